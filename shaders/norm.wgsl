@@ -1,0 +1,41 @@
+//! RMSNorm over the rows of a row-major f32 matrix: y = x / sqrt(mean(x^2) + eps) * w.
+//! Reference: Zhang & Sennrich 2019; transformers' `MistralRMSNorm` (variance in f32).
+//! One workgroup per row; a tree reduction in workgroup memory (no subgroups needed).
+
+struct Params {
+    rows: u32,
+    dim: u32,
+    eps: f32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> w: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+
+const WG: u32 = 256u;
+var<workgroup> partial: array<f32, WG>;
+
+@compute @workgroup_size(WG)
+fn rms_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+    let row = wid.x + wid.y * nwg.x;
+    if (row >= p.rows) { return; }
+    let base = row * p.dim;
+    var acc = 0.0;
+    for (var i = lid; i < p.dim; i += WG) {
+        let v = x[base + i];
+        acc += v * v;
+    }
+    partial[lid] = acc;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) { partial[lid] += partial[lid + s]; }
+        workgroupBarrier();
+    }
+    let scale = inverseSqrt(partial[0] / f32(p.dim) + p.eps);
+    for (var i = lid; i < p.dim; i += WG) {
+        y[base + i] = x[base + i] * scale * w[i];
+    }
+}

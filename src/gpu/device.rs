@@ -1,0 +1,254 @@
+//! Adapter and device creation, capability detection, buffers and readback.
+
+use std::cell::RefCell;
+use std::sync::{Arc, Mutex};
+
+use super::pipeline::PipelineCache;
+use super::{GpuError, Result};
+
+/// What the device can do, read once at creation.
+#[derive(Clone, Debug)]
+pub struct Caps {
+    /// `shader-f16` was requested and granted: f16 kernel variants may be used.
+    pub f16: bool,
+    /// Subgroup operations were requested and granted (native only for now).
+    pub subgroups: bool,
+    pub max_storage_binding: u64,
+    pub max_buffer: u64,
+    pub max_workgroup_invocations: u32,
+    pub max_workgroup_storage: u32,
+    pub max_storage_buffers_per_stage: u32,
+    pub min_uniform_offset_alignment: u32,
+    /// Adapter name, driver and backend, for reports.
+    pub adapter: String,
+    pub backend: String,
+    /// A CPU implementation (lavapipe, SwiftShader, WARP).
+    pub software: bool,
+}
+
+/// What to ask of the adapter.
+#[derive(Clone, Debug)]
+pub struct GpuOptions {
+    /// Use `shader-f16` when the adapter has it.
+    pub allow_f16: bool,
+    /// Use subgroup operations when the adapter has them (ignored on the web for now).
+    pub allow_subgroups: bool,
+}
+
+impl Default for GpuOptions {
+    fn default() -> Self {
+        Self { allow_f16: true, allow_subgroups: true }
+    }
+}
+
+/// The device, its queue, its capabilities and the pipeline cache.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub caps: Caps,
+    pub(super) pipelines: RefCell<PipelineCache>,
+    errors: Arc<Mutex<Vec<String>>>,
+}
+
+impl Gpu {
+    /// Opens the best adapter with its own limits. Native backends can be narrowed with
+    /// `WGPU_BACKEND` (e.g. `vulkan`).
+    pub async fn new(options: GpuOptions) -> Result<Gpu> {
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+        desc.backends = wgpu::Backends::PRIMARY.with_env();
+        let instance = wgpu::Instance::new(desc);
+        let adapter = instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| GpuError::NoAdapter(e.to_string()))?;
+        Self::from_adapter(&adapter, options).await
+    }
+
+    /// Blocking [`Gpu::new`] for native callers (CLI, tests, benchmarks).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn new_blocking(options: GpuOptions) -> Result<Gpu> {
+        pollster::block_on(Self::new(options))
+    }
+
+    async fn from_adapter(adapter: &wgpu::Adapter, options: GpuOptions) -> Result<Gpu> {
+        let available = adapter.features();
+        let mut features = wgpu::Features::empty();
+        if options.allow_f16 && available.contains(wgpu::Features::SHADER_F16) {
+            features |= wgpu::Features::SHADER_F16;
+        }
+        // wgpu cannot request the browser's `subgroups` feature yet (GUIDE §3).
+        let web = cfg!(target_arch = "wasm32");
+        if options.allow_subgroups && !web && available.contains(wgpu::Features::SUBGROUP) {
+            features |= wgpu::Features::SUBGROUP;
+        }
+        let limits = adapter.limits();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("webvlm"),
+                required_features: features,
+                required_limits: limits.clone(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| GpuError::RequestDevice(e.to_string()))?;
+
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let sink = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            if let Ok(mut v) = sink.lock() {
+                v.push(e.to_string());
+            }
+        }));
+
+        let info = adapter.get_info();
+        let software = info.device_type == wgpu::DeviceType::Cpu;
+        let caps = Caps {
+            f16: features.contains(wgpu::Features::SHADER_F16),
+            subgroups: features.contains(wgpu::Features::SUBGROUP),
+            max_storage_binding: limits.max_storage_buffer_binding_size as u64,
+            max_buffer: limits.max_buffer_size,
+            max_workgroup_invocations: limits.max_compute_invocations_per_workgroup,
+            max_workgroup_storage: limits.max_compute_workgroup_storage_size,
+            max_storage_buffers_per_stage: limits.max_storage_buffers_per_shader_stage,
+            min_uniform_offset_alignment: limits.min_uniform_buffer_offset_alignment,
+            adapter: format!("{} ({})", info.name, info.driver_info).trim().to_string(),
+            backend: format!("{:?}", info.backend),
+            software,
+        };
+        Ok(Gpu { device, queue, caps, pipelines: RefCell::new(PipelineCache::default()), errors })
+    }
+
+    /// Returns and clears the device errors reported since the last call.
+    pub fn take_errors(&self) -> Vec<String> {
+        self.errors.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default()
+    }
+
+    /// Fails with the first device error reported since the last check.
+    pub fn check_errors(&self) -> Result<()> {
+        match self.take_errors().into_iter().next() {
+            Some(e) => Err(GpuError::Device(e)),
+            None => Ok(()),
+        }
+    }
+
+    /// A zero-filled storage buffer (also usable as a copy source and destination).
+    pub fn storage(&self, label: &str, size: u64) -> Result<wgpu::Buffer> {
+        self.check_size(label, size)?;
+        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: size.max(4).next_multiple_of(4),
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        }))
+    }
+
+    /// A storage buffer holding `bytes` (padded to a multiple of 4).
+    pub fn storage_with(&self, label: &str, bytes: &[u8]) -> Result<wgpu::Buffer> {
+        let buffer = self.storage(label, bytes.len() as u64)?;
+        self.write(&buffer, 0, bytes);
+        Ok(buffer)
+    }
+
+    /// Writes `bytes` at `offset`, padding the tail to a multiple of 4 as WebGPU requires.
+    pub fn write(&self, buffer: &wgpu::Buffer, offset: u64, bytes: &[u8]) {
+        if bytes.len() % 4 == 0 {
+            self.queue.write_buffer(buffer, offset, bytes);
+        } else {
+            let mut padded = bytes.to_vec();
+            padded.resize(bytes.len().next_multiple_of(4), 0);
+            self.queue.write_buffer(buffer, offset, &padded);
+        }
+    }
+
+    fn check_size(&self, label: &str, size: u64) -> Result<()> {
+        let limit = self.caps.max_buffer.min(self.caps.max_storage_binding);
+        if size > limit {
+            return Err(GpuError::BufferTooLarge { label: label.into(), size, limit });
+        }
+        Ok(())
+    }
+
+    /// Copies `size` bytes at `offset` of `src` to the host. Allocates a staging buffer, so
+    /// it is for tests, logits and load-time work; the decode loop uses a [`Readback`].
+    pub async fn read(&self, src: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
+        let readback = Readback::new(self, size);
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        readback.copy_from(&mut encoder, src, offset, size);
+        self.queue.submit([encoder.finish()]);
+        readback.read(self, size).await
+    }
+
+    /// [`Gpu::read`] as f32 values.
+    pub async fn read_f32(&self, src: &wgpu::Buffer, offset: u64, len: usize) -> Result<Vec<f32>> {
+        let bytes = self.read(src, offset, len as u64 * 4).await?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    /// Blocking [`Gpu::read_f32`] for native callers.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_f32_blocking(&self, src: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
+        pollster::block_on(self.read_f32(src, 0, len))
+    }
+
+    /// Blocking byte read for native callers.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_blocking(&self, src: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
+        pollster::block_on(self.read(src, offset, size))
+    }
+}
+
+/// A persistent host-readable staging buffer: the decode loop copies its few result bytes
+/// here in the step's command encoder and maps it after the single submit.
+pub struct Readback {
+    staging: wgpu::Buffer,
+}
+
+impl Readback {
+    pub fn new(gpu: &Gpu, size: u64) -> Readback {
+        let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: size.max(4).next_multiple_of(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        Readback { staging }
+    }
+
+    /// Records the copy of `size` bytes of `src` at `offset` into the staging buffer.
+    pub fn copy_from(&self, enc: &mut wgpu::CommandEncoder, src: &wgpu::Buffer, offset: u64, size: u64) {
+        enc.copy_buffer_to_buffer(src, offset, &self.staging, 0, size.next_multiple_of(4));
+    }
+
+    /// Maps the staging buffer after the submit that filled it and returns its first `size` bytes.
+    pub async fn read(&self, gpu: &Gpu, size: u64) -> Result<Vec<u8>> {
+        let padded = size.max(4).next_multiple_of(4);
+        let (tx, rx) = futures_channel::oneshot::channel();
+        self.staging.map_async(wgpu::MapMode::Read, 0..padded, move |r| {
+            let _ = tx.send(r);
+        });
+        #[cfg(not(target_arch = "wasm32"))]
+        gpu.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| GpuError::Readback(e.to_string()))?;
+        rx.await
+            .map_err(|_| GpuError::Readback("map callback dropped".into()))?
+            .map_err(|e| GpuError::Readback(e.to_string()))?;
+        let bytes = {
+            let view = self
+                .staging
+                .get_mapped_range(0..padded)
+                .map_err(|e| GpuError::Readback(e.to_string()))?;
+            view[..size as usize].to_vec()
+        };
+        self.staging.unmap();
+        gpu.check_errors()?;
+        Ok(bytes)
+    }
+}

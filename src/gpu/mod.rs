@@ -1,0 +1,57 @@
+//! The GPU layer: one code path for native `wgpu` (Vulkan/Metal/DX12) and the browser's WebGPU.
+//!
+//! - [`Gpu`]: adapter + device created with the adapter's own limits, capability detection
+//!   (`shader-f16`, subgroups) and readback.
+//! - [`pipeline`]: kernels described by [`KernelSpec`], compiled once into a typed cache.
+//! - [`params`]: a uniform arena that holds every dispatch's shape parameters.
+//! - [`program`]: a recorded list of dispatches, encoded into one compute pass per step.
+
+mod device;
+pub mod params;
+pub mod pipeline;
+pub mod program;
+
+pub use device::{Caps, Gpu, GpuOptions, Readback};
+pub use params::{ParamSlot, ParamsArena};
+pub use pipeline::{Access, KernelSpec, Pipeline};
+pub use program::{Arg, Dispatch, Op, Program};
+
+/// Errors of the GPU layer.
+#[derive(Debug, thiserror::Error)]
+pub enum GpuError {
+    /// No adapter matched the request (no WebGPU, or no Vulkan/Metal/DX12 driver).
+    #[error("no GPU adapter available: {0}")]
+    NoAdapter(String),
+    /// The adapter refused the device request.
+    #[error("GPU device request failed: {0}")]
+    RequestDevice(String),
+    /// A WGSL shader failed to compile or a pipeline failed validation.
+    #[error("pipeline {label} failed to compile: {message}")]
+    Pipeline { label: String, message: String },
+    /// A buffer could not be mapped for reading.
+    #[error("buffer readback failed: {0}")]
+    Readback(String),
+    /// The device reported a validation or out-of-memory error.
+    #[error("GPU error: {0}")]
+    Device(String),
+    /// A buffer larger than the device allows was requested.
+    #[error("buffer {label} of {size} bytes exceeds the device limit of {limit} bytes")]
+    BufferTooLarge { label: String, size: u64, limit: u64 },
+    /// A kernel was given a different number of arguments than it declares.
+    #[error("kernel {label} takes {expected} bindings, got {got}")]
+    BindingCount { label: String, expected: usize, got: usize },
+}
+
+pub type Result<T> = std::result::Result<T, GpuError>;
+
+/// Splits a 1D workgroup count into a grid that respects the 65535-per-dimension limit.
+/// Kernels recover the linear index as `wid.x + wid.y * num_workgroups.x`.
+pub fn grid_1d(n_workgroups: u32) -> [u32; 3] {
+    const MAX: u32 = 65535;
+    if n_workgroups <= MAX {
+        [n_workgroups.max(1), 1, 1]
+    } else {
+        let y = n_workgroups.div_ceil(MAX);
+        [n_workgroups.div_ceil(y), y, 1]
+    }
+}

@@ -1,0 +1,141 @@
+//! Kernels and the typed pipeline cache.
+//!
+//! A kernel is a WGSL source (one file per family, possibly prefixed by shared parts such as
+//! a quant-format decoder), an entry point, its binding list and override constants. Bind
+//! group layouts are explicit (built from the binding list), so entry points of one family may
+//! use different subsets of the declared bindings. Every pipeline is compiled once per device.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use super::{Gpu, Result};
+
+/// How a kernel uses one binding of group 0 (binding index = position in the list).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Access {
+    Uniform,
+    Read,
+    ReadWrite,
+}
+
+/// Everything that identifies a compute pipeline: it is also the cache key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct KernelSpec {
+    /// Label for errors and debuggers.
+    pub label: &'static str,
+    /// WGSL parts concatenated in order (e.g. `["enable f16;", QUANT_Q4_K, MATVEC]`).
+    pub sources: Vec<&'static str>,
+    pub entry: &'static str,
+    pub bindings: &'static [Access],
+    /// Pipeline-overridable constants (workgroup sizes, tile shapes), as integers.
+    pub constants: Vec<(&'static str, i64)>,
+}
+
+impl KernelSpec {
+    pub fn new(label: &'static str, source: &'static str, entry: &'static str, bindings: &'static [Access]) -> Self {
+        KernelSpec { label, sources: vec![source], entry, bindings, constants: Vec::new() }
+    }
+
+    /// Prepends a source part (a shared prelude such as a quant decoder or `enable f16;`).
+    pub fn with_prefix(mut self, part: &'static str) -> Self {
+        self.sources.insert(0, part);
+        self
+    }
+
+    /// Sets an override constant.
+    pub fn with_constant(mut self, name: &'static str, value: i64) -> Self {
+        self.constants.retain(|(n, _)| *n != name);
+        self.constants.push((name, value));
+        self
+    }
+}
+
+/// A compiled pipeline with the layout its bind groups must use.
+pub struct Pipeline {
+    pub label: &'static str,
+    pub compute: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+    pub bindings: &'static [Access],
+}
+
+#[derive(Default)]
+pub(super) struct PipelineCache {
+    modules: HashMap<Vec<&'static str>, wgpu::ShaderModule>,
+    layouts: HashMap<&'static [Access], (wgpu::BindGroupLayout, wgpu::PipelineLayout)>,
+    pipelines: HashMap<KernelSpec, Rc<Pipeline>>,
+}
+
+impl Gpu {
+    /// The pipeline for `spec`, compiled on first use.
+    pub fn pipeline(&self, spec: &KernelSpec) -> Result<Rc<Pipeline>> {
+        if let Some(p) = self.pipelines.borrow().pipelines.get(spec) {
+            return Ok(p.clone());
+        }
+        let mut cache = self.pipelines.borrow_mut();
+        let module = cache
+            .modules
+            .entry(spec.sources.clone())
+            .or_insert_with(|| {
+                let code: String = spec.sources.concat();
+                self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(spec.label),
+                    source: wgpu::ShaderSource::Wgsl(code.into()),
+                })
+            })
+            .clone();
+        let (bind_layout, pipeline_layout) = cache
+            .layouts
+            .entry(spec.bindings)
+            .or_insert_with(|| self.layouts_for(spec.bindings))
+            .clone();
+        let constants: Vec<(&str, f64)> = spec.constants.iter().map(|&(n, v)| (n, v as f64)).collect();
+        let compute = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(spec.label),
+            layout: Some(&pipeline_layout),
+            module: &module,
+            entry_point: Some(spec.entry),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &constants,
+                zero_initialize_workgroup_memory: false,
+            },
+            cache: None,
+        });
+        if let Some(message) = self.take_errors().into_iter().next() {
+            return Err(super::GpuError::Pipeline { label: format!("{}::{}", spec.label, spec.entry), message });
+        }
+        let pipeline =
+            Rc::new(Pipeline { label: spec.label, compute, layout: bind_layout, bindings: spec.bindings });
+        cache.pipelines.insert(spec.clone(), pipeline.clone());
+        Ok(pipeline)
+    }
+
+    fn layouts_for(&self, bindings: &[Access]) -> (wgpu::BindGroupLayout, wgpu::PipelineLayout) {
+        let entries: Vec<wgpu::BindGroupLayoutEntry> = bindings
+            .iter()
+            .enumerate()
+            .map(|(i, access)| wgpu::BindGroupLayoutEntry {
+                binding: i as u32,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: match access {
+                        Access::Uniform => wgpu::BufferBindingType::Uniform,
+                        Access::Read => wgpu::BufferBindingType::Storage { read_only: true },
+                        Access::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
+                    },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            })
+            .collect();
+        let bind = self
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: None, entries: &entries });
+        let layout = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: None,
+            bind_group_layouts: &[Some(&bind)],
+            immediate_size: 0,
+        });
+        (bind, layout)
+    }
+}

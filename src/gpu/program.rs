@@ -1,0 +1,157 @@
+//! Recorded dispatches. A [`Program`] is built once (per model and context for decode, per
+//! chunk length for prefill) with its bind groups and params, then encoded into a single
+//! compute pass each time it runs: no allocation and no bind-group creation per step.
+
+use std::rc::Rc;
+
+use super::{Gpu, GpuError, ParamSlot, ParamsArena, Pipeline, Result};
+use super::pipeline::KernelSpec;
+
+/// One binding of a dispatch, in the kernel's declared order.
+#[derive(Clone, Copy)]
+pub enum Arg<'a> {
+    /// A whole buffer.
+    Buf(&'a wgpu::Buffer),
+    /// `size` bytes at `offset` (offset aligned to the device's storage offset alignment).
+    Range(&'a wgpu::Buffer, u64, u64),
+    /// A params slot from a [`ParamsArena`].
+    Params(&'a ParamSlot),
+}
+
+/// A pipeline, its bind group and its grid.
+pub struct Dispatch {
+    pub pipeline: Rc<Pipeline>,
+    pub bind_group: wgpu::BindGroup,
+    pub workgroups: [u32; 3],
+}
+
+impl Dispatch {
+    pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>) {
+        pass.set_pipeline(&self.pipeline.compute);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        let [x, y, z] = self.workgroups;
+        pass.dispatch_workgroups(x, y, z);
+    }
+}
+
+/// One recorded operation: a dispatch, or a buffer copy between compute passes.
+pub enum Op {
+    Dispatch(Dispatch),
+    Copy { src: wgpu::Buffer, src_offset: u64, dst: wgpu::Buffer, dst_offset: u64, size: u64 },
+}
+
+/// An ordered list of operations plus the params arena their uniforms live in.
+#[derive(Default)]
+pub struct Program {
+    pub ops: Vec<Op>,
+    pub params: ParamsArena,
+}
+
+impl Program {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Stores a params struct in this program's arena.
+    pub fn params<T: bytemuck::Pod>(&mut self, gpu: &Gpu, value: &T) -> ParamSlot {
+        self.params.push(gpu, value)
+    }
+
+    /// Appends a dispatch of `spec` over `workgroups` with `args` bound in order.
+    pub fn push(&mut self, gpu: &Gpu, spec: &KernelSpec, args: &[Arg<'_>], workgroups: [u32; 3]) -> Result<()> {
+        let pipeline = gpu.pipeline(spec)?;
+        let bind_group = bind(gpu, &pipeline, args)?;
+        self.ops.push(Op::Dispatch(Dispatch { pipeline, bind_group, workgroups }));
+        Ok(())
+    }
+
+    /// Appends a copy of `size` bytes (offsets and size multiples of 4).
+    pub fn copy(&mut self, src: &wgpu::Buffer, src_offset: u64, dst: &wgpu::Buffer, dst_offset: u64, size: u64) {
+        self.ops.push(Op::Copy { src: src.clone(), src_offset, dst: dst.clone(), dst_offset, size });
+    }
+
+    /// Number of compute dispatches (for benchmarks).
+    pub fn n_dispatches(&self) -> usize {
+        self.ops.iter().filter(|op| matches!(op, Op::Dispatch(_))).count()
+    }
+
+    /// Appends a dispatch whose params struct is stored first and bound as argument 0.
+    pub fn push_with_params<T: bytemuck::Pod>(
+        &mut self,
+        gpu: &Gpu,
+        spec: &KernelSpec,
+        params: &T,
+        args: &[Arg<'_>],
+        workgroups: [u32; 3],
+    ) -> Result<()> {
+        let slot = self.params(gpu, params);
+        let mut all = Vec::with_capacity(args.len() + 1);
+        all.push(Arg::Params(&slot));
+        all.extend_from_slice(args);
+        self.push(gpu, spec, &all, workgroups)
+    }
+
+    /// Records every operation into `encoder`: consecutive dispatches share one compute pass.
+    pub fn encode(&self, encoder: &mut wgpu::CommandEncoder) {
+        let mut ops = self.ops.iter().peekable();
+        while ops.peek().is_some() {
+            {
+                let mut pass =
+                    encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
+                while let Some(Op::Dispatch(d)) = ops.peek() {
+                    d.encode(&mut pass);
+                    ops.next();
+                }
+            }
+            if let Some(Op::Copy { src, src_offset, dst, dst_offset, size }) = ops.next() {
+                encoder.copy_buffer_to_buffer(src, *src_offset, dst, *dst_offset, *size);
+            }
+        }
+    }
+
+    /// Encodes, submits and (natively) waits: for tests and one-off work.
+    pub fn run(&self, gpu: &Gpu) -> Result<()> {
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        self.encode(&mut encoder);
+        gpu.queue.submit([encoder.finish()]);
+        gpu.check_errors()
+    }
+}
+
+/// Creates the bind group of `args` for `pipeline`.
+pub fn bind(gpu: &Gpu, pipeline: &Pipeline, args: &[Arg<'_>]) -> Result<wgpu::BindGroup> {
+    if args.len() != pipeline.bindings.len() {
+        return Err(GpuError::BindingCount {
+            label: pipeline.label.to_string(),
+            expected: pipeline.bindings.len(),
+            got: args.len(),
+        });
+    }
+    let entries: Vec<wgpu::BindGroupEntry> = args
+        .iter()
+        .enumerate()
+        .map(|(i, arg)| wgpu::BindGroupEntry {
+            binding: i as u32,
+            resource: match *arg {
+                Arg::Buf(b) => b.as_entire_binding(),
+                Arg::Range(b, offset, size) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: b,
+                    offset,
+                    size: wgpu::BufferSize::new(size),
+                }),
+                Arg::Params(slot) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: &slot.buffer,
+                    offset: slot.offset,
+                    size: wgpu::BufferSize::new(slot.size),
+                }),
+            },
+        })
+        .collect();
+    let group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some(pipeline.label),
+        layout: &pipeline.layout,
+        entries: &entries,
+    });
+    gpu.check_errors()?;
+    Ok(group)
+}
