@@ -1,0 +1,117 @@
+//! Tiled matrix product for prefill: Y[m][row_offset + n] = sum_k X[m][k] * W[n][k], W in any
+//! format of `quant.wgsl` (prepended). Classic shared-memory SGEMM tiling (as in CUTLASS'
+//! and llama.cpp's `mul_mat` WebGPU/Vulkan shaders): a 256-thread workgroup computes a
+//! BM x BN = 64 x 64 output tile, stepping K by BK = 32; each step stages an X tile and a
+//! dequantized W tile (8 values per thread, decoded once) in workgroup memory, k-major, and
+//! each thread accumulates a 4 x 4 register block in f32. Edges are bounds-checked.
+//! Grid: x/y = N tiles (linear id wid.x + wid.y * nwg.x), z = M tiles.
+
+struct Params {
+    row_words: u32,
+    bpr: u32,
+    scale_base: u32,
+    _pad0: u32,
+    m: u32,          // rows of X
+    n: u32,          // rows of this weight part
+    k: u32,          // columns of X and W
+    row_offset: u32, // first output feature of this part
+    y_stride: u32,   // floats per row of Y (all rows of the weight)
+    x_stride: u32,   // floats per row of X
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+// binding 1: the weight `w`, declared in quant.wgsl.
+@group(0) @binding(2) var<storage, read> x: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+
+const BM: u32 = 64u;
+const BN: u32 = 64u;
+const BK: u32 = 32u;
+
+// k-major tiles: [BK][BM / 4] and [BK][BN / 4] vec4s (2 x 8 KiB).
+var<workgroup> xs: array<vec4<f32>, 512>;
+var<workgroup> ws: array<vec4<f32>, 512>;
+
+/// Stores 8 values of tile row `r` at k offsets kq..kq+7 into a k-major tile.
+fn put_x(r: u32, kq: u32, v: W8) {
+    for (var i = 0u; i < 4u; i++) {
+        xs[(kq + i) * 16u + r / 4u][r % 4u] = v.a[i];
+        xs[(kq + 4u + i) * 16u + r / 4u][r % 4u] = v.b[i];
+    }
+}
+
+fn put_w(r: u32, kq: u32, v: W8) {
+    for (var i = 0u; i < 4u; i++) {
+        ws[(kq + i) * 16u + r / 4u][r % 4u] = v.a[i];
+        ws[(kq + 4u + i) * 16u + r / 4u][r % 4u] = v.b[i];
+    }
+}
+
+@compute @workgroup_size(256)
+fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) lid: u32) {
+    let wl = WLayout(p.row_words, p.bpr, p.scale_base);
+    let n0 = (wid.x + wid.y * nwg.x) * BN;
+    let m0 = wid.z * BM;
+    if (n0 >= p.n) { return; }
+    let tm = lid / 16u; // output rows m0 + 4 tm ..
+    let tn = lid % 16u; // output cols n0 + 4 tn ..
+    let lr = lid / 4u;        // loader: tile row
+    let lk = (lid % 4u) * 8u; // loader: k offset in the tile
+    var acc: array<vec4<f32>, 4>;
+    for (var i = 0u; i < 4u; i++) { acc[i] = vec4<f32>(0.0); }
+
+    for (var k0 = 0u; k0 < p.k; k0 += BK) {
+        let k = k0 + lk;
+        let m = m0 + lr;
+        var xv = W8(vec4<f32>(0.0), vec4<f32>(0.0));
+        if (m < p.m) {
+            let o = m * p.x_stride + k;
+            if (k + 8u <= p.k) {
+                xv = W8(vec4<f32>(x[o], x[o + 1u], x[o + 2u], x[o + 3u]),
+                        vec4<f32>(x[o + 4u], x[o + 5u], x[o + 6u], x[o + 7u]));
+            } else {
+                for (var i = 0u; i < 4u; i++) {
+                    if (k + i < p.k) { xv.a[i] = x[o + i]; }
+                    if (k + 4u + i < p.k) { xv.b[i] = x[o + 4u + i]; }
+                }
+            }
+        }
+        put_x(lr, lk, xv);
+        let n = n0 + lr;
+        var wv = W8(vec4<f32>(0.0), vec4<f32>(0.0));
+        if (n < p.n) {
+            if (k + 8u <= p.k) {
+                wv = wdecode8(wl, n, k);
+            } else {
+                // Plain types only: K not a multiple of 8.
+                for (var i = 0u; i < 4u; i++) {
+                    if (k + i < p.k) { wv.a[i] = wdecode1(wl, n, k + i); }
+                    if (k + 4u + i < p.k) { wv.b[i] = wdecode1(wl, n, k + 4u + i); }
+                }
+            }
+        }
+        put_w(lr, lk, wv);
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk++) {
+            let a = xs[kk * 16u + tm];
+            let b = ws[kk * 16u + tn];
+            acc[0] += a.x * b;
+            acc[1] += a.y * b;
+            acc[2] += a.z * b;
+            acc[3] += a.w * b;
+        }
+        workgroupBarrier();
+    }
+
+    for (var i = 0u; i < 4u; i++) {
+        let m = m0 + tm * 4u + i;
+        if (m >= p.m) { break; }
+        for (var j = 0u; j < 4u; j++) {
+            let n = n0 + tn * 4u + j;
+            if (n < p.n) { y[m * p.y_stride + p.row_offset + n] = acc[i][j]; }
+        }
+    }
+}

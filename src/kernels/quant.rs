@@ -1,0 +1,317 @@
+//! GPU weights: a 2-D GGUF tensor `[rows = output features][cols = input features]` uploaded
+//! in a layout that the decoders of `shaders/quant.wgsl` read with aligned `u32` loads, split
+//! by rows into parts that each fit one storage binding. Block formats: ggml's
+//! `ggml-common.h` (`block_q8_0` ... `block_q6_K`) and `dequantize_row_*` in `ggml-quants.c`.
+//!
+//! GPU layout, per part (one `array<u32>` holding rows `[row_offset, row_offset + rows)`):
+//!
+//! | GGUF type                         | GPU layout                                         |
+//! |-----------------------------------|----------------------------------------------------|
+//! | F32                               | row-major f32                                      |
+//! | F16, BF16 with even `cols`        | row-major 16-bit values, two per word (unchanged)  |
+//! | F16, BF16 with odd `cols`         | converted to F32 (exact)                           |
+//! | Q4_1 (20 B), Q4_K (144 B), Q5_K (176 B) | GGUF blocks unchanged, row-major (4-byte aligned) |
+//! | Q4_0 (18 B), Q8_0 (34 B), Q6_K (210 B)  | every block's body without its f16 `d` (16, 32, 208 B) in block order, then the f16 `d` of every block in the same order, starting at word `scale_base` |
+//!
+//! The repack is a pure byte permutation ([`repack`], inverted by [`unpack`]), so the GPU sees
+//! exactly the GGUF values.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::gguf::GgmlType;
+use crate::gpu::{Gpu, GpuError, KernelSpec};
+
+/// The shared decoder source, prepended to matvec, matmul and embedding kernels.
+pub const QUANT_WGSL: &str = include_str!("../../shaders/quant.wgsl");
+
+/// Largest part in bytes, whatever the device allows: keeps every word index below 2^31.
+const MAX_PART_BYTES: u64 = 1 << 31;
+
+/// Errors of weight upload.
+#[derive(Debug, thiserror::Error)]
+pub enum WeightError {
+    /// The GGUF type has no GPU decoder.
+    #[error("weight type {0} is not supported on the GPU")]
+    Unsupported(GgmlType),
+    /// The byte length does not match `rows x cols` of the type.
+    #[error("weight of {rows}x{cols} {ty} needs {expected} bytes, got {got}")]
+    SizeMismatch { ty: GgmlType, rows: u32, cols: u32, expected: u64, got: u64 },
+    /// `cols` is not a multiple of the type's block size, or a dimension is zero.
+    #[error("weight of {rows}x{cols} {ty}: columns must be a non-zero multiple of {block}")]
+    BadShape { ty: GgmlType, rows: u32, cols: u32, block: usize },
+    /// Not even one row fits the part size limit.
+    #[error("one row of {row_bytes} bytes exceeds the part limit of {limit} bytes")]
+    RowTooLarge { row_bytes: u64, limit: u64 },
+    /// Buffer creation failed.
+    #[error(transparent)]
+    Gpu(#[from] GpuError),
+}
+
+/// How the GPU decodes a weight; the discriminant is `WTYPE` in `shaders/quant.wgsl`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[allow(non_camel_case_types)]
+pub enum WeightFormat {
+    F32 = 0,
+    F16 = 1,
+    BF16 = 2,
+    Q8_0 = 3,
+    Q4_0 = 4,
+    Q4_1 = 5,
+    Q4_K = 6,
+    Q5_K = 7,
+    Q6_K = 8,
+}
+
+impl WeightFormat {
+    /// The GPU format of a GGUF type with `cols` columns (`None`: unsupported).
+    pub fn of(ty: GgmlType, cols: usize) -> Option<WeightFormat> {
+        use WeightFormat as W;
+        Some(match ty {
+            GgmlType::F32 => W::F32,
+            GgmlType::F16 | GgmlType::BF16 if cols % 2 == 1 => W::F32,
+            GgmlType::F16 => W::F16,
+            GgmlType::BF16 => W::BF16,
+            GgmlType::Q8_0 => W::Q8_0,
+            GgmlType::Q4_0 => W::Q4_0,
+            GgmlType::Q4_1 => W::Q4_1,
+            GgmlType::Q4_K => W::Q4_K,
+            GgmlType::Q5_K => W::Q5_K,
+            GgmlType::Q6_K => W::Q6_K,
+            _ => return None,
+        })
+    }
+
+    /// The `WTYPE` code.
+    pub fn code(self) -> u32 {
+        self as u32
+    }
+
+    /// Elements per block (1 for plain types).
+    pub fn block(self) -> usize {
+        use WeightFormat as W;
+        match self {
+            W::F32 | W::F16 | W::BF16 => 1,
+            W::Q8_0 | W::Q4_0 | W::Q4_1 => 32,
+            W::Q4_K | W::Q5_K | W::Q6_K => 256,
+        }
+    }
+
+    /// Whether the f16 scale is moved out of the block into a trailing array.
+    pub fn split_scale(self) -> bool {
+        matches!(self, WeightFormat::Q8_0 | WeightFormat::Q4_0 | WeightFormat::Q6_K)
+    }
+
+    /// Bytes per GPU row of `cols` elements, without split scales.
+    fn row_body_bytes(self, cols: usize) -> usize {
+        use WeightFormat as W;
+        let blocks = cols / self.block();
+        match self {
+            W::F32 => cols * 4,
+            W::F16 | W::BF16 => cols * 2,
+            W::Q8_0 => blocks * 32,
+            W::Q4_0 => blocks * 16,
+            W::Q4_1 => blocks * 20,
+            W::Q4_K => blocks * 144,
+            W::Q5_K => blocks * 176,
+            W::Q6_K => blocks * 208,
+        }
+    }
+
+    /// Byte offset of the f16 `d` inside a GGUF block of a split type.
+    fn scale_pos(self) -> usize {
+        if self == WeightFormat::Q6_K {
+            208
+        } else {
+            0
+        }
+    }
+}
+
+/// A part of a weight after [`repack`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Packed {
+    pub format: WeightFormat,
+    /// GPU bytes, a multiple of 4.
+    pub bytes: Vec<u8>,
+    /// Word offset of the f16 scale array (split types), else 0.
+    pub scale_base: u32,
+}
+
+/// Rearranges GGUF `src` holding whole rows of `cols` elements of `ty` into the GPU layout
+/// (module docs). Pure and lossless; `src` must hold a whole number of rows.
+pub fn repack(ty: GgmlType, cols: usize, src: &[u8]) -> Result<Packed, WeightError> {
+    let format = WeightFormat::of(ty, cols).ok_or(WeightError::Unsupported(ty))?;
+    let mut bytes = Vec::new();
+    let mut scale_base = 0;
+    if format == WeightFormat::F32 && ty != GgmlType::F32 {
+        // Odd-length F16/BF16 rows: widen each value exactly.
+        bytes.reserve(src.len() * 2);
+        for c in src.chunks_exact(2) {
+            let h = u16::from_le_bytes([c[0], c[1]]);
+            let v = if ty == GgmlType::F16 { half::f16::from_bits(h).to_f32() } else { f32::from_bits((h as u32) << 16) };
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+    } else if format.split_scale() {
+        let bsize = ty.type_size();
+        let blocks = src.len() / bsize;
+        let pos = format.scale_pos();
+        bytes.reserve(blocks * bsize + 2);
+        for b in src.chunks_exact(bsize) {
+            bytes.extend_from_slice(&b[..pos]);
+            bytes.extend_from_slice(&b[pos + 2..]);
+        }
+        scale_base = (bytes.len() / 4) as u32;
+        for b in src.chunks_exact(bsize) {
+            bytes.extend_from_slice(&b[pos..pos + 2]);
+        }
+    } else {
+        bytes.extend_from_slice(src);
+    }
+    bytes.resize(bytes.len().next_multiple_of(4), 0);
+    Ok(Packed { format, bytes, scale_base })
+}
+
+/// The inverse of [`repack`]: GGUF bytes of `n_elems` elements of `ty` from a packed part.
+pub fn unpack(ty: GgmlType, packed: &Packed, n_elems: usize) -> Vec<u8> {
+    let format = packed.format;
+    let src = &packed.bytes;
+    if format == WeightFormat::F32 && ty != GgmlType::F32 {
+        src[..n_elems * 4]
+            .chunks_exact(4)
+            .flat_map(|c| {
+                let v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                let h = if ty == GgmlType::F16 { half::f16::from_f32(v).to_bits() } else { (v.to_bits() >> 16) as u16 };
+                h.to_le_bytes()
+            })
+            .collect()
+    } else if format.split_scale() {
+        let bsize = ty.type_size();
+        let (body, pos) = (bsize - 2, format.scale_pos());
+        let blocks = n_elems / format.block();
+        let scales = &src[packed.scale_base as usize * 4..];
+        let mut out = Vec::with_capacity(blocks * bsize);
+        for i in 0..blocks {
+            let b = &src[i * body..(i + 1) * body];
+            out.extend_from_slice(&b[..pos]);
+            out.extend_from_slice(&scales[i * 2..i * 2 + 2]);
+            out.extend_from_slice(&b[pos..]);
+        }
+        out
+    } else {
+        src[..n_elems * ty.type_size() / ty.block_size()].to_vec()
+    }
+}
+
+/// Rows `[row_offset, row_offset + rows)` of a weight in one storage buffer.
+pub struct WeightPart {
+    pub buffer: wgpu::Buffer,
+    pub row_offset: u32,
+    pub rows: u32,
+    /// Word offset of the f16 scale array (split types), else 0.
+    pub scale_base: u32,
+    pub bytes: u64,
+}
+
+/// The decoder's view of a part, the `WLayout` struct of `shaders/quant.wgsl` (padded to 16 B).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct WLayout {
+    /// Words per row (block bodies only for split types).
+    pub row_words: u32,
+    /// Blocks per row.
+    pub bpr: u32,
+    /// Word offset of the split f16 scales.
+    pub scale_base: u32,
+    pub _pad: u32,
+}
+
+/// A 2-D weight on the GPU: `[rows][cols]`, `cols` = GGUF `dims[0]` (the input features).
+pub struct GpuWeight {
+    pub label: String,
+    /// The GGUF type it was uploaded from.
+    pub ty: GgmlType,
+    /// How the kernels decode it.
+    pub format: WeightFormat,
+    pub rows: u32,
+    pub cols: u32,
+    /// Row ranges, each in its own buffer, in row order.
+    pub parts: Vec<WeightPart>,
+}
+
+impl GpuWeight {
+    /// Uploads GGUF `bytes` of a `rows x cols` tensor of `ty`, splitting it by rows into parts
+    /// no larger than the device's storage binding limit.
+    pub fn upload(gpu: &Gpu, label: &str, ty: GgmlType, rows: u32, cols: u32, bytes: &[u8]) -> Result<GpuWeight, WeightError> {
+        let limit = gpu.caps.max_storage_binding.min(gpu.caps.max_buffer);
+        Self::upload_with_part_limit(gpu, label, ty, rows, cols, bytes, limit)
+    }
+
+    /// [`GpuWeight::upload`] with parts of at most `part_limit` bytes (tests force splits).
+    pub fn upload_with_part_limit(
+        gpu: &Gpu,
+        label: &str,
+        ty: GgmlType,
+        rows: u32,
+        cols: u32,
+        bytes: &[u8],
+        part_limit: u64,
+    ) -> Result<GpuWeight, WeightError> {
+        let format = WeightFormat::of(ty, cols as usize).ok_or(WeightError::Unsupported(ty))?;
+        let block = ty.block_size();
+        if rows == 0 || cols == 0 || !(cols as usize).is_multiple_of(block) {
+            return Err(WeightError::BadShape { ty, rows, cols, block });
+        }
+        let src_row = (cols as usize / block * ty.type_size()) as u64;
+        let expected = src_row * rows as u64;
+        if bytes.len() as u64 != expected {
+            return Err(WeightError::SizeMismatch { ty, rows, cols, expected, got: bytes.len() as u64 });
+        }
+        // GPU bytes per row, split scales included; 4 bytes slack for the scale padding.
+        let gpu_row = (format.row_body_bytes(cols as usize) + if format.split_scale() { cols as usize / block * 2 } else { 0 }) as u64;
+        let limit = part_limit.min(MAX_PART_BYTES);
+        let rows_per_part = (limit.saturating_sub(4) / gpu_row).min(rows as u64) as u32;
+        if rows_per_part == 0 {
+            return Err(WeightError::RowTooLarge { row_bytes: gpu_row, limit });
+        }
+        let mut parts = Vec::new();
+        let mut row_offset = 0u32;
+        while row_offset < rows {
+            let n = rows_per_part.min(rows - row_offset);
+            let start = row_offset as usize * src_row as usize;
+            let src = &bytes[start..start + n as usize * src_row as usize];
+            let packed = repack(ty, cols as usize, src)?;
+            let part_label = format!("{label}[{row_offset}..{}]", row_offset + n);
+            let buffer = gpu.storage_with(&part_label, &packed.bytes)?;
+            parts.push(WeightPart {
+                buffer,
+                row_offset,
+                rows: n,
+                scale_base: packed.scale_base,
+                bytes: packed.bytes.len() as u64,
+            });
+            row_offset += n;
+        }
+        Ok(GpuWeight { label: label.to_string(), ty, format, rows, cols, parts })
+    }
+
+    /// Bytes held in GPU buffers.
+    pub fn bytes_on_gpu(&self) -> u64 {
+        self.parts.iter().map(|p| p.bytes).sum()
+    }
+
+    /// The decoder layout of `part`.
+    pub fn layout(&self, part: &WeightPart) -> WLayout {
+        let cols = self.cols as usize;
+        WLayout {
+            row_words: (self.format.row_body_bytes(cols) / 4) as u32,
+            bpr: (cols / self.format.block()) as u32,
+            scale_base: part.scale_base,
+            _pad: 0,
+        }
+    }
+
+    /// `spec` specialised for this weight: the decoders prepended, `WTYPE` set.
+    pub fn specialise(&self, spec: KernelSpec) -> KernelSpec {
+        spec.with_prefix(QUANT_WGSL).with_constant("WTYPE", self.format.code() as i64)
+    }
+}
