@@ -1,0 +1,287 @@
+//! Causal grouped-query attention over the KV cache: a tiled FlashAttention-style prefill
+//! kernel (`shaders/attention_prefill.wgsl`, Dao et al. 2022) and a split-K decode kernel with
+//! its combine pass (`shaders/attention_decode.wgsl`, flash-decoding), plus [`StepParams`],
+//! the per-step uniform that RoPE, the KV-cache store and attention read.
+//!
+//! Layouts (f32, row-major): q `[n_tok][q_stride]` with head h at `q_offset + h*head_dim`;
+//! caches `[max_ctx][n_kv_head*head_dim]`; out `[n_tok][n_head*head_dim]`. Query head h uses KV
+//! head `h / (n_head / n_kv_head)`. New token t sits at cache row `kv_start + t` and (causal)
+//! sees rows `0..=kv_start + t`; the cache must already hold the new rows.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::gpu::{grid_1d, Access, Arg, Gpu, KernelSpec, Program, Result};
+
+const PREFILL: &str = include_str!("../../shaders/attention_prefill.wgsl");
+const DECODE: &str = include_str!("../../shaders/attention_decode.wgsl");
+const PREFILL_BINDINGS: &[Access] =
+    &[Access::Uniform, Access::Uniform, Access::Read, Access::Read, Access::Read, Access::ReadWrite];
+const DECODE_BINDINGS: &[Access] =
+    &[Access::Uniform, Access::Uniform, Access::ReadWrite, Access::ReadWrite, Access::Read, Access::Read, Access::Read];
+const COMBINE_BINDINGS: &[Access] =
+    &[Access::Uniform, Access::Uniform, Access::ReadWrite, Access::ReadWrite, Access::ReadWrite];
+
+/// Largest supported head_dim (workgroup-memory tiles are sized for it).
+pub const MAX_HEAD_DIM: u32 = 128;
+/// Query rows (token x grouped head) per prefill workgroup.
+const PREFILL_ROWS: u32 = 16;
+/// Query rows per decode workgroup (more rows use more row chunks in grid z).
+const DECODE_ROWS: u32 = 8;
+/// Keys per decode tile: split lengths are rounded up to this.
+pub const DECODE_TILE: u32 = 64;
+
+/// The per-step uniform (16 bytes) that the decode loop writes once per step with
+/// `queue.write_buffer`; recorded programs bind it and never change. Mirrored as `Step` in
+/// `rope.wgsl`, `attention_prefill.wgsl` and `attention_decode.wgsl`. It may be the first 16
+/// bytes of a larger uniform buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct StepParams {
+    /// Cache row of the first new token (tokens already in the cache).
+    pub kv_start: u32,
+    /// New tokens this step (at most the `max_tok` the program was recorded for).
+    pub n_tok: u32,
+    /// Position id of the first new token (RoPE and query scaling use `rope_pos0 + t`).
+    pub rope_pos0: u32,
+    pub _pad: u32,
+}
+
+impl StepParams {
+    pub fn new(kv_start: u32, n_tok: u32, rope_pos0: u32) -> StepParams {
+        StepParams { kv_start, n_tok, rope_pos0, _pad: 0 }
+    }
+
+    /// Keys visible after this step: `kv_start + n_tok`.
+    pub fn kv_len(&self) -> u32 {
+        self.kv_start + self.n_tok
+    }
+
+    /// A 16-byte uniform buffer for the step (UNIFORM | COPY_DST), created once.
+    pub fn create_buffer(gpu: &Gpu) -> wgpu::Buffer {
+        gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("step"),
+            size: std::mem::size_of::<StepParams>() as u64,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// Queues the write of this step into `buffer` (offset 0).
+    pub fn write(&self, gpu: &Gpu, buffer: &wgpu::Buffer) {
+        gpu.queue.write_buffer(buffer, 0, bytemuck::bytes_of(self));
+    }
+}
+
+/// Record-time shape of an attention dispatch.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnShape {
+    pub n_head: u32,
+    pub n_kv_head: u32,
+    /// <= [`MAX_HEAD_DIM`], a multiple of 4.
+    pub head_dim: u32,
+    /// Token rows the grid covers; the step's `n_tok` may be smaller.
+    pub max_tok: u32,
+    /// q row stride and first column (elements, multiples of 4): dense is `n_head*head_dim`, 0.
+    pub q_stride: u32,
+    pub q_offset: u32,
+    /// Score scale, normally `1/sqrt(head_dim)`.
+    pub scale: f32,
+    /// Causal mask (text); false lets every new token see all `kv_start + n_tok` keys (vision).
+    pub causal: bool,
+}
+
+impl AttnShape {
+    /// Dense q, scale `1/sqrt(head_dim)`, causal.
+    pub fn new(n_head: u32, n_kv_head: u32, head_dim: u32, max_tok: u32) -> AttnShape {
+        AttnShape {
+            n_head,
+            n_kv_head,
+            head_dim,
+            max_tok,
+            q_stride: n_head * head_dim,
+            q_offset: 0,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+            causal: true,
+        }
+    }
+
+    fn group(&self) -> u32 {
+        self.n_head / self.n_kv_head
+    }
+
+    fn check(&self) {
+        assert!(
+            self.head_dim <= MAX_HEAD_DIM && self.head_dim.is_multiple_of(4) && self.head_dim > 0,
+            "attention: head_dim {} must be a multiple of 4 and <= {MAX_HEAD_DIM}",
+            self.head_dim
+        );
+        assert!(self.n_kv_head > 0 && self.n_head.is_multiple_of(self.n_kv_head), "attention: n_head % n_kv_head != 0");
+        assert!(self.q_stride.is_multiple_of(4) && self.q_offset.is_multiple_of(4), "attention: q stride/offset not multiples of 4");
+    }
+
+    fn params(&self, n_split: u32) -> Params {
+        Params {
+            n_head: self.n_head,
+            n_kv_head: self.n_kv_head,
+            head_dim: self.head_dim,
+            max_tok: self.max_tok,
+            q_stride: self.q_stride,
+            q_offset: self.q_offset,
+            kv_stride: self.n_kv_head * self.head_dim,
+            causal: self.causal as u32,
+            scale: self.scale,
+            n_split,
+            _pad: [0; 2],
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    n_head: u32,
+    n_kv_head: u32,
+    head_dim: u32,
+    max_tok: u32,
+    q_stride: u32,
+    q_offset: u32,
+    kv_stride: u32,
+    causal: u32,
+    scale: f32,
+    n_split: u32,
+    _pad: [u32; 2],
+}
+
+/// Records prefill attention: the step's `n_tok` new tokens (queries in `q`) against cache
+/// rows `0..kv_start + n_tok` of `k_cache`/`v_cache`, into `out` `[n_tok][n_head*head_dim]`.
+/// Grid: `ceil(max_tok * group / 16)` x `n_kv_head` workgroups of 128 invocations.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_prefill(
+    prog: &mut Program,
+    gpu: &Gpu,
+    shape: &AttnShape,
+    step: &wgpu::Buffer,
+    q: &wgpu::Buffer,
+    k_cache: &wgpu::Buffer,
+    v_cache: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+) -> Result<()> {
+    shape.check();
+    assert!(shape.max_tok * shape.group() <= 16 * 65535, "attention_prefill: max_tok too large for one grid");
+    let spec = KernelSpec::new("attention_prefill", PREFILL, "attn_prefill", PREFILL_BINDINGS);
+    let tiles = (shape.max_tok * shape.group()).div_ceil(PREFILL_ROWS);
+    let args = [Arg::Buf(step), Arg::Buf(q), Arg::Buf(k_cache), Arg::Buf(v_cache), Arg::Buf(out)];
+    prog.push_with_params(gpu, &spec, &shape.params(1), &args, [tiles, shape.n_kv_head, 1])
+}
+
+/// A reasonable split count for decode over up to `max_ctx` keys: ~256 keys per split at
+/// full context, at most 64 splits.
+pub fn default_splits(max_ctx: u32) -> u32 {
+    max_ctx.div_ceil(256).clamp(1, 64)
+}
+
+/// Partial results of split-K decode, allocated once per context.
+pub struct DecodeScratch {
+    /// `[max_tok * n_head][n_split]` of (max, sum).
+    pub ml: wgpu::Buffer,
+    /// `[max_tok * n_head][n_split][head_dim]` unnormalised outputs.
+    pub o: wgpu::Buffer,
+    pub n_split: u32,
+    /// Capacity: `max_tok * n_head` rows of `head_dim` floats.
+    pub rows: u32,
+    pub head_dim: u32,
+}
+
+impl DecodeScratch {
+    pub fn new(gpu: &Gpu, shape: &AttnShape, n_split: u32) -> Result<DecodeScratch> {
+        let rows = (shape.max_tok * shape.n_head * n_split.max(1)) as u64;
+        Ok(DecodeScratch {
+            ml: gpu.storage("attn_part_ml", rows * 8)?,
+            o: gpu.storage("attn_part_o", rows * shape.head_dim as u64 * 4)?,
+            n_split: n_split.max(1),
+            rows: shape.max_tok * shape.n_head,
+            head_dim: shape.head_dim,
+        })
+    }
+}
+
+/// Records split-K decode attention (two dispatches): like [`attention_prefill`], for any
+/// `kv_len` up to the cache size, with a grid that does not depend on `kv_len`
+/// (`n_split` x `n_kv_head` x `ceil(max_tok * group / 8)`), then the combine pass.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_decode(
+    prog: &mut Program,
+    gpu: &Gpu,
+    shape: &AttnShape,
+    step: &wgpu::Buffer,
+    q: &wgpu::Buffer,
+    k_cache: &wgpu::Buffer,
+    v_cache: &wgpu::Buffer,
+    scratch: &DecodeScratch,
+    out: &wgpu::Buffer,
+) -> Result<()> {
+    shape.check();
+    assert!(
+        shape.max_tok * shape.n_head <= scratch.rows && shape.head_dim <= scratch.head_dim,
+        "attention_decode: scratch made for {} rows of {}, shape needs {} of {}",
+        scratch.rows,
+        scratch.head_dim,
+        shape.max_tok * shape.n_head,
+        shape.head_dim
+    );
+    let params = shape.params(scratch.n_split);
+    let spec = KernelSpec::new("attention_decode", DECODE, "attn_decode", DECODE_BINDINGS);
+    let chunks = (shape.max_tok * shape.group()).div_ceil(DECODE_ROWS);
+    let args = [
+        Arg::Buf(step),
+        Arg::Buf(&scratch.ml),
+        Arg::Buf(&scratch.o),
+        Arg::Buf(q),
+        Arg::Buf(k_cache),
+        Arg::Buf(v_cache),
+    ];
+    prog.push_with_params(gpu, &spec, &params, &args, [scratch.n_split, shape.n_kv_head, chunks])?;
+    let spec = KernelSpec::new("attention_decode", DECODE, "attn_combine", COMBINE_BINDINGS);
+    let args = [Arg::Buf(step), Arg::Buf(&scratch.ml), Arg::Buf(&scratch.o), Arg::Buf(out)];
+    prog.push_with_params(gpu, &spec, &params, &args, grid_1d(shape.max_tok * shape.n_head))
+}
+
+/// CPU reference (f64 accumulation) of both kernels: `q` dense `[n_tok][n_head*head_dim]`,
+/// caches `[>= kv_start + n_tok][n_kv_head*head_dim]`; returns `[n_tok][n_head*head_dim]`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_ref(
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    n_tok: usize,
+    kv_start: usize,
+    n_head: usize,
+    n_kv_head: usize,
+    head_dim: usize,
+    scale: f32,
+    causal: bool,
+) -> Vec<f32> {
+    let (group, kvs, hd) = (n_head / n_kv_head, n_kv_head * head_dim, head_dim);
+    let mut out = vec![0f32; n_tok * n_head * hd];
+    for t in 0..n_tok {
+        let n_keys = if causal { kv_start + t + 1 } else { kv_start + n_tok };
+        for h in 0..n_head {
+            let g = h / group;
+            let qr = &q[(t * n_head + h) * hd..][..hd];
+            let scores: Vec<f64> = (0..n_keys)
+                .map(|key| {
+                    let kr = &k_cache[key * kvs + g * hd..][..hd];
+                    qr.iter().zip(kr).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() * scale as f64
+                })
+                .collect();
+            let mx = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let w: Vec<f64> = scores.iter().map(|s| (s - mx).exp()).collect();
+            let den: f64 = w.iter().sum();
+            for d in 0..hd {
+                let num: f64 = w.iter().enumerate().map(|(key, wk)| wk * v_cache[key * kvs + g * hd + d] as f64).sum();
+                out[(t * n_head + h) * hd + d] = (num / den) as f32;
+            }
+        }
+    }
+    out
+}

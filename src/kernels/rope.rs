@@ -1,0 +1,315 @@
+//! Rotary position embedding (`shaders/rope.wgsl`): RoPE (Su et al. 2021) with plain or YaRN
+//! (Peng et al. 2023) inverse frequencies, the YaRN attention factor, and the Llama-4 /
+//! Ministral 3 query scaling, plus the fused "rotate k and store k, v in the KV cache" kernel.
+//!
+//! The frequency table is computed here on the CPU, mirroring transformers 5.x
+//! `_compute_default_rope_parameters` / `_compute_yarn_parameters` step by step in f32 (the
+//! only f64 step is `theta^(2i/d)`, rounded once to f32), and uploaded as a buffer: YaRN is
+//! just a different table. Positions come from the per-step uniform
+//! ([`StepParams`](super::attention::StepParams)): token `t` has position `rope_pos0 + t`.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::gpu::{grid_1d, Access, Arg, Gpu, KernelSpec, Program, Result};
+
+const SHADER: &str = include_str!("../../shaders/rope.wgsl");
+const INPLACE: &[Access] = &[Access::Uniform, Access::Uniform, Access::Read, Access::ReadWrite];
+const KV_STORE: &[Access] =
+    &[Access::Uniform, Access::Uniform, Access::Read, Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite];
+const WG: u32 = 256;
+
+/// Which elements form a rotated pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeMode {
+    /// (x[2i], x[2i+1]): llama.cpp "normal" RoPE, for GGUF `llama` / `mistral3` Q and K.
+    Adjacent,
+    /// (x[i], x[i + n_rot/2]): transformers' `rotate_half` (llama.cpp "neox").
+    RotateHalf,
+}
+
+/// YaRN parameters, named as in transformers' `rope_parameters`.
+#[derive(Clone, Copy, Debug)]
+pub struct Yarn {
+    pub factor: f64,
+    pub original_max_position_embeddings: f64,
+    pub beta_fast: f64,
+    pub beta_slow: f64,
+    /// `mscale` / `mscale_all_dim` (None or 0 count as absent, as Python's truthiness does).
+    pub mscale: Option<f64>,
+    pub mscale_all_dim: Option<f64>,
+    /// An explicit `attention_factor` overrides the one derived from `mscale`.
+    pub attention_factor: Option<f64>,
+    /// Truncate (floor/ceil) the correction range (transformers' default `truncate = true`).
+    pub truncate: bool,
+}
+
+impl Yarn {
+    /// Ministral 3: factor 16, original context 16384, beta 32/1, mscale = mscale_all_dim = 1.
+    pub fn ministral3() -> Yarn {
+        Yarn {
+            factor: 16.0,
+            original_max_position_embeddings: 16384.0,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+            mscale: Some(1.0),
+            mscale_all_dim: Some(1.0),
+            attention_factor: None,
+            truncate: true,
+        }
+    }
+
+    /// The multiplier on cos/sin: `get_mscale(factor, mscale) / get_mscale(factor, mscale_all_dim)`
+    /// when both are given, else `get_mscale(factor)` (= 0.1 ln(factor) + 1).
+    pub fn attention_factor(&self) -> f64 {
+        fn get_mscale(scale: f64, mscale: f64) -> f64 {
+            if scale <= 1.0 {
+                1.0
+            } else {
+                0.1 * mscale * scale.ln() + 1.0
+            }
+        }
+        if let Some(a) = self.attention_factor {
+            return a;
+        }
+        match (self.mscale.filter(|m| *m != 0.0), self.mscale_all_dim.filter(|m| *m != 0.0)) {
+            (Some(m), Some(a)) => get_mscale(self.factor, m) / get_mscale(self.factor, a),
+            _ => get_mscale(self.factor, 1.0),
+        }
+    }
+
+    /// transformers' `find_correction_range(beta_fast, beta_slow, dim, base, orig, truncate)`.
+    pub fn correction_range(&self, dim: usize, theta: f64) -> (f64, f64) {
+        let d = dim as f64;
+        let corr = |rot: f64| {
+            d * (self.original_max_position_embeddings / (rot * 2.0 * std::f64::consts::PI)).ln() / (2.0 * theta.ln())
+        };
+        let (mut low, mut high) = (corr(self.beta_fast), corr(self.beta_slow));
+        if self.truncate {
+            low = low.floor();
+            high = high.ceil();
+        }
+        (low.max(0.0), high.min(d - 1.0))
+    }
+}
+
+/// A CPU frequency table: `inv_freq[i]` for i in 0..dim/2 and the cos/sin multiplier.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RopeTable {
+    pub inv_freq: Vec<f32>,
+    pub attn_factor: f32,
+}
+
+/// transformers' `pos_freqs = base ** (arange(0, dim, 2).float() / dim)` in f32.
+fn pos_freqs(dim: usize, theta: f64) -> Vec<f32> {
+    (0..dim / 2).map(|i| theta.powf(((2 * i) as f32 / dim as f32) as f64) as f32).collect()
+}
+
+/// Plain RoPE: `inv_freq[i] = 1 / theta^(2i/dim)` (f32 as in transformers).
+pub fn rope_inv_freq(dim: usize, theta: f64) -> Vec<f32> {
+    pos_freqs(dim, theta).into_iter().map(|f| 1.0 / f).collect()
+}
+
+/// YaRN inverse frequencies and attention factor, step by step as transformers 5.x
+/// `_compute_yarn_parameters` (f32 tensors, f64 Python scalars).
+pub fn yarn_inv_freq(dim: usize, theta: f64, yarn: &Yarn) -> RopeTable {
+    let (low, high) = yarn.correction_range(dim, theta);
+    let (low, mut high) = (low as f32, high as f32);
+    if low == high {
+        high += 0.001;
+    }
+    let factor = yarn.factor as f32;
+    let inv_freq = pos_freqs(dim, theta)
+        .into_iter()
+        .enumerate()
+        .map(|(i, pf)| {
+            let extrapolation = 1.0 / pf;
+            let interpolation = 1.0 / (factor * pf);
+            let ramp = ((i as f32 - low) / (high - low)).clamp(0.0, 1.0);
+            let extra_factor = 1.0 - ramp;
+            interpolation * (1.0 - extra_factor) + extrapolation * extra_factor
+        })
+        .collect();
+    RopeTable { inv_freq, attn_factor: yarn.attention_factor() as f32 }
+}
+
+/// The table for `dim` rotated dims: YaRN when given, plain RoPE otherwise.
+pub fn rope_table(dim: usize, theta: f64, yarn: Option<&Yarn>) -> RopeTable {
+    match yarn {
+        Some(y) => yarn_inv_freq(dim, theta, y),
+        None => RopeTable { inv_freq: rope_inv_freq(dim, theta), attn_factor: 1.0 },
+    }
+}
+
+/// A frequency table on the GPU (upload once per model).
+pub struct RopeFreqs {
+    pub inv_freq: wgpu::Buffer,
+    pub attn_factor: f32,
+    /// Rotated dims (2 * table length).
+    pub n_rot: u32,
+}
+
+impl RopeFreqs {
+    pub fn upload(gpu: &Gpu, table: &RopeTable) -> Result<RopeFreqs> {
+        let inv_freq = gpu.storage_with("rope_inv_freq", bytemuck::cast_slice(&table.inv_freq))?;
+        Ok(RopeFreqs { inv_freq, attn_factor: table.attn_factor, n_rot: 2 * table.inv_freq.len() as u32 })
+    }
+}
+
+/// Llama-4 / Ministral 3 query scaling `1 + beta * ln(1 + floor(pos / orig_ctx))`; beta 0 is off.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct QScale {
+    pub beta: f32,
+    pub orig_ctx: u32,
+}
+
+impl QScale {
+    pub const NONE: QScale = QScale { beta: 0.0, orig_ctx: 0 };
+
+    /// The factor at position `pos` (f32, as transformers computes it).
+    pub fn factor(&self, pos: u32) -> f32 {
+        if self.beta == 0.0 || self.orig_ctx == 0 {
+            return 1.0;
+        }
+        1.0 + self.beta * (1.0 + (pos / self.orig_ctx) as f32).ln()
+    }
+}
+
+/// Where the heads of one token row live: element (t, h, d) is
+/// `buf[t * stride + offset + h * head_dim + d]` (dense: `stride = n_heads * head_dim`, offset 0;
+/// a fused QKV buffer uses its row width and the section's column offset).
+#[derive(Clone, Copy, Debug)]
+pub struct RopeLayout {
+    pub n_heads: u32,
+    pub head_dim: u32,
+    pub mode: RopeMode,
+    /// Rows covered by the dispatch; the kernel stops at the step's `n_tok`.
+    pub max_tok: u32,
+    pub stride: u32,
+    pub offset: u32,
+}
+
+impl RopeLayout {
+    pub fn dense(n_heads: u32, head_dim: u32, max_tok: u32, mode: RopeMode) -> RopeLayout {
+        RopeLayout { n_heads, head_dim, mode, max_tok, stride: n_heads * head_dim, offset: 0 }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    max_tok: u32,
+    n_heads: u32,
+    head_dim: u32,
+    n_rot: u32,
+    x_stride: u32,
+    x_offset: u32,
+    v_stride: u32,
+    v_offset: u32,
+    cache_stride: u32,
+    neox: u32,
+    attn_factor: f32,
+    q_beta: f32,
+    q_orig_ctx: u32,
+    _pad: [u32; 3],
+}
+
+fn params(l: &RopeLayout, freqs: &RopeFreqs, v: Option<&RopeLayout>, q: QScale) -> Params {
+    assert!(freqs.n_rot <= l.head_dim && l.head_dim.is_multiple_of(2), "rope: n_rot {} head_dim {}", freqs.n_rot, l.head_dim);
+    Params {
+        max_tok: l.max_tok,
+        n_heads: l.n_heads,
+        head_dim: l.head_dim,
+        n_rot: freqs.n_rot,
+        x_stride: l.stride,
+        x_offset: l.offset,
+        v_stride: v.map_or(0, |v| v.stride),
+        v_offset: v.map_or(0, |v| v.offset),
+        cache_stride: l.n_heads * l.head_dim,
+        neox: (l.mode == RopeMode::RotateHalf) as u32,
+        attn_factor: freqs.attn_factor,
+        q_beta: q.beta,
+        q_orig_ctx: q.orig_ctx,
+        _pad: [0; 3],
+    }
+}
+
+fn grid(l: &RopeLayout) -> [u32; 3] {
+    grid_1d((l.max_tok * l.n_heads * l.head_dim / 2).div_ceil(WG))
+}
+
+/// Records RoPE in place on `x` (q or k) for the step's `n_tok` rows at positions
+/// `rope_pos0 + t`, then multiplies by `q_scale` (pass [`QScale::NONE`] for k).
+pub fn rope_inplace(
+    prog: &mut Program,
+    gpu: &Gpu,
+    step: &wgpu::Buffer,
+    freqs: &RopeFreqs,
+    x: &wgpu::Buffer,
+    layout: &RopeLayout,
+    q_scale: QScale,
+) -> Result<()> {
+    let spec = KernelSpec::new("rope", SHADER, "rope_inplace", INPLACE);
+    let p = params(layout, freqs, None, q_scale);
+    prog.push_with_params(gpu, &spec, &p, &[Arg::Buf(step), Arg::Buf(&freqs.inv_freq), Arg::Buf(x)], grid(layout))
+}
+
+/// Records RoPE of the new k rows (`k_layout`, n_kv_head heads) and their store, with the
+/// v rows (`v_layout`: same heads, its own stride/offset), into the caches
+/// `[max_ctx][n_kv_head * head_dim]` at rows `kv_start + t`. `k` and `v` may be one buffer.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_kv_store(
+    prog: &mut Program,
+    gpu: &Gpu,
+    step: &wgpu::Buffer,
+    freqs: &RopeFreqs,
+    k: &wgpu::Buffer,
+    k_layout: &RopeLayout,
+    v: &wgpu::Buffer,
+    v_layout: &RopeLayout,
+    k_cache: &wgpu::Buffer,
+    v_cache: &wgpu::Buffer,
+) -> Result<()> {
+    let spec = KernelSpec::new("rope", SHADER, "rope_kv_store", KV_STORE);
+    let p = params(k_layout, freqs, Some(v_layout), QScale::NONE);
+    let args =
+        [Arg::Buf(step), Arg::Buf(&freqs.inv_freq), Arg::Buf(k), Arg::Buf(v), Arg::Buf(k_cache), Arg::Buf(v_cache)];
+    prog.push_with_params(gpu, &spec, &p, &args, grid(k_layout))
+}
+
+/// CPU reference of [`rope_inplace`] (f32 math as transformers: `angle = f32(pos) * inv_freq`,
+/// `cos(angle) * attn_factor`, `x*cos + rotate(x)*sin`, then the query scale), on `n_tok` rows.
+pub fn rope_ref(
+    x: &[f32],
+    layout: &RopeLayout,
+    n_tok: usize,
+    table: &RopeTable,
+    pos0: u32,
+    q_scale: QScale,
+) -> Vec<f32> {
+    let mut y = x.to_vec();
+    let (hd, half_rot) = (layout.head_dim as usize, table.inv_freq.len());
+    for t in 0..n_tok {
+        let pos = pos0 + t as u32;
+        let scale = q_scale.factor(pos);
+        for h in 0..layout.n_heads as usize {
+            let base = t * layout.stride as usize + layout.offset as usize + h * hd;
+            for i in 0..hd / 2 {
+                let (d0, d1) = match layout.mode {
+                    RopeMode::RotateHalf if i < half_rot => (i, i + half_rot),
+                    _ => (2 * i, 2 * i + 1),
+                };
+                let (x0, x1) = (x[base + d0], x[base + d1]);
+                let (y0, y1) = if i < half_rot {
+                    let angle = pos as f32 * table.inv_freq[i];
+                    let (c, s) = (angle.cos() * table.attn_factor, angle.sin() * table.attn_factor);
+                    (x0 * c - x1 * s, x1 * c + x0 * s)
+                } else {
+                    (x0, x1)
+                };
+                y[base + d0] = y0 * scale;
+                y[base + d1] = y1 * scale;
+            }
+        }
+    }
+    y
+}

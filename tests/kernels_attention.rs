@@ -1,0 +1,462 @@
+//! RoPE (plain, YaRN, query scaling), the fused KV-cache store, and prefill / split-K decode
+//! attention against their CPU references.
+// Reference literals are Python's shortest repr of f64-widened f32 values.
+#![allow(clippy::excessive_precision)]
+
+mod common;
+use common::*;
+use webvlm::gpu::{Gpu, Program};
+use webvlm::kernels::attention::{self, AttnShape, DecodeScratch, StepParams};
+use webvlm::kernels::rope::{self, QScale, RopeFreqs, RopeLayout, RopeMode, RopeTable, Yarn};
+
+/// Attention in f32 with online softmax vs an f64 reference: summation order only.
+const TOL_ATTN_F32: f32 = 2e-6;
+/// RoPE vs the CPU f32 mirror of transformers (same f32 angle; GPU cos/sin after an exact
+/// Cody-Waite reduction, rotation possibly fused into FMAs).
+const TOL_ROPE_F32: f32 = 2e-6;
+/// RoPE vs an f64 reference at positions >= 20000: dominated by the f32 rounding of the angle
+/// (ulp(40000) / 2 = 2e-3 rad on the fastest frequencies), which transformers shares.
+const TOL_ROPE_VS_F64: f32 = 2e-3;
+
+/// transformers 5.23 `ROPE_INIT_FUNCTIONS["yarn"]` for head_dim 128, theta 1e6, factor 16,
+/// original 16384, beta 32/1, mscale = mscale_all_dim = 1: f32 bit patterns of the 64
+/// inv_freq entries, printed with `inv.view(torch.int32).tolist()`.
+const YARN_MINISTRAL3_BITS: [u32; 64] = [
+    1065353216, 1062095789, 1059470816, 1057355503, 1054337179, 1051589887, 1049376004, 1046607925, 1043732615,
+    1041415569, 1038909398, 1035900102, 1033475085, 1031243027, 1028093503, 1025555485, 1023510243, 1020314024,
+    1017657739, 1015517192, 1012562930, 1009146551, 1006401108, 1002362275, 999268067, 995563502, 991961651, 988598374,
+    984461734, 981225577, 976556095, 973074466, 967922988, 963589296, 958084617, 951951739, 944772552, 934423035,
+    932156018, 929522834, 926578515, 924205860, 921840866, 918759349, 916276132, 914191828, 910966718, 908367787,
+    906273458, 903201857, 900481821, 898289901, 895466063, 892619278, 890325219, 887760690, 884781249, 882380290,
+    880087152, 876968875, 874456036, 872431084, 869183353, 866553420,
+];
+
+/// Same script: `(position, i, cos, sin)` of `f32(position) * inv_freq[i]` (torch f32 cos/sin).
+const TORCH_COS_SIN: [(u32, usize, f32, f32); 10] = [
+    (1, 1, 0.6925038695335388, 0.7214141488075256),
+    (7, 20, 0.9956463575363159, 0.09321100264787674),
+    (16383, 0, -0.918830931186676, 0.3946514427661896),
+    (16384, 37, 0.9400646090507507, 0.34099632501602173),
+    (20000, 0, 0.8131996989250183, 0.5819847583770752),
+    (20000, 20, -0.9456883072853088, 0.32507485151290894),
+    (40000, 0, 0.3225874602794647, 0.9465396404266357),
+    (40000, 1, 0.5826365947723389, 0.8127328157424927),
+    (40000, 63, 0.9999951720237732, 0.003102339571341872),
+    (131071, 20, 0.42261287569999695, 0.9063103199005127),
+];
+
+/// Same script: `1 + 0.1 * log(1 + floor(pos / 16384))` in torch f32.
+const TORCH_QSCALE: [(u32, f32); 6] = [
+    (0, 1.0),
+    (16383, 1.0),
+    (16384, 1.06931471824646),
+    (20000, 1.06931471824646),
+    (40000, 1.1098612546920776),
+    (131071, 1.2079441547393799),
+];
+
+fn step_buffer(gpu: &Gpu, s: StepParams) -> wgpu::Buffer {
+    let b = StepParams::create_buffer(gpu);
+    s.write(gpu, &b);
+    b
+}
+
+#[test]
+fn yarn_inv_freq_matches_transformers() {
+    let y = Yarn::ministral3();
+    assert_eq!(y.correction_range(128, 1e6), (20.0, 37.0));
+    let table = rope::yarn_inv_freq(128, 1e6, &y);
+    assert_eq!(table.attn_factor, 1.0);
+    // torch's f32 `pow` is not correctly rounded: at i = 37 (theta^(74/128) = 2942.727176...,
+    // almost halfway between two f32) it returns the farther neighbour, so allow 1 ulp there.
+    for (i, (got, want)) in table.inv_freq.iter().zip(YARN_MINISTRAL3_BITS).enumerate() {
+        let ulps = (got.to_bits() as i64 - want as i64).abs();
+        assert!(ulps == 0 || (i == 37 && ulps == 1), "inv_freq[{i}] {got} is {ulps} ulp from transformers");
+    }
+    // Hand-derived: extrapolated below low = 20, interpolated (/16) from high = 37 on.
+    let plain = rope::rope_inv_freq(128, 1e6);
+    for i in [0, 10, 19, 20] {
+        assert_eq!(table.inv_freq[i], plain[i], "i={i}");
+    }
+    for i in [37, 50, 63] {
+        assert_eq!(table.inv_freq[i], 1.0 / (16.0 * 1e6f64.powf(2.0 * i as f64 / 128.0) as f32), "i={i}");
+    }
+    let ramp = (25.0 - 20.0) / 17.0f64;
+    let want25 = plain[25] as f64 * (1.0 - ramp) + plain[25] as f64 / 16.0 * ramp;
+    assert!((table.inv_freq[25] as f64 / want25 - 1.0).abs() < 1e-6);
+    // Attention factor: absent mscale -> 0.1 ln(16) + 1; DeepSeek-style ratio.
+    let no_mscale = Yarn { mscale: None, mscale_all_dim: None, ..y };
+    assert!((no_mscale.attention_factor() - 1.2772588722239782).abs() < 1e-12);
+    let ratio = Yarn { mscale_all_dim: Some(0.707), ..y };
+    assert!((ratio.attention_factor() - 1.0679225365606495).abs() < 1e-12);
+}
+
+#[test]
+fn cpu_rope_reproduces_torch_cos_sin_and_query_scale() {
+    let table = rope::yarn_inv_freq(128, 1e6, &Yarn::ministral3());
+    let layout = RopeLayout::dense(1, 128, 1, RopeMode::Adjacent);
+    for (pos, i, c, s) in TORCH_COS_SIN {
+        let mut x = vec![0f32; 128];
+        x[2 * i] = 1.0;
+        let y = rope::rope_ref(&x, &layout, 1, &table, pos, QScale::NONE);
+        assert!(
+            (y[2 * i] - c).abs() <= 2e-7 && (y[2 * i + 1] - s).abs() <= 2e-7,
+            "pos {pos} i {i}: {:?}",
+            &y[2 * i..2 * i + 2]
+        );
+    }
+    let q = QScale { beta: 0.1, orig_ctx: 16384 };
+    for (pos, want) in TORCH_QSCALE {
+        assert!((q.factor(pos) - want).abs() <= 1.2e-7, "pos {pos}: {} vs {want}", q.factor(pos));
+    }
+}
+
+/// Runs `rope_inplace` on `x` and returns the result.
+fn gpu_rope(
+    gpu: &Gpu,
+    x: &[f32],
+    layout: &RopeLayout,
+    n_tok: u32,
+    table: &RopeTable,
+    pos0: u32,
+    q: QScale,
+) -> Vec<f32> {
+    let bx = upload(gpu, x);
+    let freqs = RopeFreqs::upload(gpu, table).unwrap();
+    let step = step_buffer(gpu, StepParams::new(0, n_tok, pos0));
+    let mut prog = Program::new();
+    rope::rope_inplace(&mut prog, gpu, &step, &freqs, &bx, layout, q).unwrap();
+    prog.run(gpu).unwrap();
+    gpu.read_f32_blocking(&bx, x.len()).unwrap()
+}
+
+/// f64 RoPE (angle `pos * inv_freq` without f32 rounding) for the error report.
+fn rope_f64(x: &[f32], layout: &RopeLayout, n_tok: usize, table: &RopeTable, pos0: u32) -> Vec<f32> {
+    let mut y = x.to_vec();
+    let (hd, half) = (layout.head_dim as usize, table.inv_freq.len());
+    for t in 0..n_tok {
+        for h in 0..layout.n_heads as usize {
+            let base = t * layout.stride as usize + layout.offset as usize + h * hd;
+            for i in 0..half {
+                let (d0, d1) = if layout.mode == RopeMode::RotateHalf { (i, i + half) } else { (2 * i, 2 * i + 1) };
+                let a = (pos0 as f64 + t as f64) * table.inv_freq[i] as f64;
+                let (c, s) = (a.cos() * table.attn_factor as f64, a.sin() * table.attn_factor as f64);
+                let (x0, x1) = (x[base + d0] as f64, x[base + d1] as f64);
+                y[base + d0] = (x0 * c - x1 * s) as f32;
+                y[base + d1] = (x1 * c + x0 * s) as f32;
+            }
+        }
+    }
+    y
+}
+
+#[test]
+fn rope_matches_cpu_at_small_and_large_positions() {
+    let gpu = gpu();
+    let mut rng = Rng::new(11);
+    let ministral = Yarn::ministral3();
+    let deepseek = Yarn { mscale_all_dim: Some(0.707), ..ministral };
+    // (yarn, head_dim, rotated dims, theta); the last rotates only half of the head.
+    let cases =
+        [(None, 128, 128, 1e6), (Some(&ministral), 128, 128, 1e6), (None, 64, 64, 1e4), (Some(&deepseek), 64, 32, 1e4)];
+    for (yarn, hd, n_rot, theta) in cases {
+        let table = rope::rope_table(n_rot, theta, yarn);
+        for mode in [RopeMode::Adjacent, RopeMode::RotateHalf] {
+            for (pos0, n_tok) in [(0u32, 10u32), (20000, 3), (40000, 5)] {
+                let n_heads = 3;
+                let layout = RopeLayout::dense(n_heads, hd as u32, n_tok + 2, mode);
+                let x = rng.vec(((n_tok + 2) * n_heads * hd as u32) as usize);
+                let got = gpu_rope(&gpu, &x, &layout, n_tok, &table, pos0, QScale::NONE);
+                let n = (n_tok * n_heads) as usize * hd;
+                let want = rope::rope_ref(&x, &layout, n_tok as usize, &table, pos0, QScale::NONE);
+                let (err, worst) = (rel_l2(&got[..n], &want[..n]), max_abs(&got[..n], &want[..n]));
+                let err64 = max_abs(&got[..n], &rope_f64(&x, &layout, n_tok as usize, &table, pos0)[..n]);
+                let cpu64 = max_abs(&want[..n], &rope_f64(&x, &layout, n_tok as usize, &table, pos0)[..n]);
+                eprintln!(
+                    "rope hd {hd} n_rot {n_rot} yarn {} {mode:?} pos {pos0}: vs f32 rel {err:.2e} max {worst:.2e}; vs f64 max gpu {err64:.2e} cpu-f32 {cpu64:.2e}",
+                    yarn.is_some()
+                );
+                assert!(worst < TOL_ROPE_F32, "rope vs f32 mirror: max abs {worst}");
+                assert!(err64 < TOL_ROPE_VS_F64, "rope vs f64: max abs {err64}");
+                assert_eq!(&got[n..], &x[n..], "rows past step.n_tok must be untouched");
+            }
+        }
+    }
+}
+
+#[test]
+fn query_scaling_is_identity_below_orig_and_scales_above() {
+    let gpu = gpu();
+    let mut rng = Rng::new(12);
+    let table = rope::yarn_inv_freq(128, 1e6, &Yarn::ministral3());
+    let q = QScale { beta: 0.1, orig_ctx: 16384 };
+    let layout = RopeLayout::dense(4, 128, 8, RopeMode::Adjacent);
+    let x = rng.vec(8 * 4 * 128);
+    // Positions 16380..16388 cross the first step of the scale.
+    let got = gpu_rope(&gpu, &x, &layout, 8, &table, 16380, q);
+    let plain = gpu_rope(&gpu, &x, &layout, 8, &table, 16380, QScale::NONE);
+    let row = 4 * 128;
+    assert_eq!(&got[..4 * row], &plain[..4 * row], "identity below 16384");
+    for t in 4..8 {
+        let r = t * row..(t + 1) * row;
+        let scaled: Vec<f32> = plain[r.clone()].iter().map(|v| v * 1.06931471824646).collect();
+        assert!(max_abs(&got[r], &scaled) < 1e-6, "token {t}");
+    }
+    let want = rope::rope_ref(&x, &layout, 8, &table, 16380, q);
+    assert!(max_abs(&got, &want) < TOL_ROPE_F32);
+    for pos0 in [40000, 131000] {
+        let got = gpu_rope(&gpu, &x, &layout, 8, &table, pos0, q);
+        let want = rope::rope_ref(&x, &layout, 8, &table, pos0, q);
+        assert!(max_abs(&got, &want) < 2.0 * TOL_ROPE_F32, "pos {pos0}: {}", max_abs(&got, &want));
+    }
+}
+
+#[test]
+fn rope_kv_store_rotates_k_and_copies_v_into_cache_rows() {
+    let gpu = gpu();
+    let mut rng = Rng::new(13);
+    let (n_head, n_kv, hd, n_tok, max_ctx, kv_start, pos0) = (4u32, 2u32, 64u32, 5u32, 16u32, 7u32, 20000u32);
+    // A fused QKV activation: [n_tok][(n_head + 2 n_kv) * hd].
+    let width = (n_head + 2 * n_kv) * hd;
+    let qkv = rng.vec((n_tok * width) as usize);
+    let table = rope::rope_table(hd as usize, 1e6, Some(&Yarn::ministral3()));
+    let k_layout = RopeLayout {
+        n_heads: n_kv,
+        head_dim: hd,
+        mode: RopeMode::Adjacent,
+        max_tok: n_tok,
+        stride: width,
+        offset: n_head * hd,
+    };
+    let v_layout = RopeLayout { offset: (n_head + n_kv) * hd, ..k_layout };
+    let bqkv = upload(&gpu, &qkv);
+    let row = (n_kv * hd) as usize;
+    let (kc, vc) = (
+        gpu.storage("kc", (max_ctx as usize * row * 4) as u64).unwrap(),
+        gpu.storage("vc", (max_ctx as usize * row * 4) as u64).unwrap(),
+    );
+    let freqs = RopeFreqs::upload(&gpu, &table).unwrap();
+    let step = step_buffer(&gpu, StepParams::new(kv_start, n_tok, pos0));
+    let mut prog = Program::new();
+    rope::rope_kv_store(&mut prog, &gpu, &step, &freqs, &bqkv, &k_layout, &bqkv, &v_layout, &kc, &vc).unwrap();
+    prog.run(&gpu).unwrap();
+    let (gk, gv) = (
+        gpu.read_f32_blocking(&kc, max_ctx as usize * row).unwrap(),
+        gpu.read_f32_blocking(&vc, max_ctx as usize * row).unwrap(),
+    );
+    let rotated = rope::rope_ref(&qkv, &k_layout, n_tok as usize, &table, pos0, QScale::NONE);
+    for t in 0..n_tok as usize {
+        let c = (kv_start as usize + t) * row..(kv_start as usize + t + 1) * row;
+        let k = t * width as usize + (n_head * hd) as usize;
+        let v = k + row;
+        assert!(max_abs(&gk[c.clone()], &rotated[k..k + row]) < TOL_ROPE_F32, "k row {t}");
+        assert_eq!(&gv[c], &qkv[v..v + row], "v row {t}");
+    }
+    let untouched = |buf: &[f32]| {
+        buf[..kv_start as usize * row].iter().chain(&buf[(kv_start + n_tok) as usize * row..]).all(|v| *v == 0.0)
+    };
+    assert!(untouched(&gk) && untouched(&gv), "rows outside kv_start..kv_start+n_tok written");
+}
+
+struct AttnCase {
+    n_head: u32,
+    n_kv: u32,
+    hd: u32,
+    n_tok: u32,
+    kv_start: u32,
+}
+
+/// Random q and caches holding `kv_start + n_tok` rows (plus `extra` rows of garbage after).
+fn attn_data(rng: &mut Rng, c: &AttnCase, extra: u32) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let rows = (c.kv_start + c.n_tok + extra) as usize;
+    let row = (c.n_kv * c.hd) as usize;
+    let q: Vec<f32> = rng.vec((c.n_tok * c.n_head * c.hd) as usize).iter().map(|v| v * 2.0).collect();
+    (q, rng.vec(rows * row), rng.vec(rows * row))
+}
+
+#[test]
+fn prefill_matches_cpu() {
+    let gpu = gpu();
+    let mut rng = Rng::new(21);
+    let shapes = [(4, 4, 8), (4, 2, 64), (8, 2, 128), (4, 1, 80), (2, 2, 16), (6, 3, 32)];
+    for (i, &(n_head, n_kv, hd)) in shapes.iter().enumerate() {
+        for (n_tok, kv_start) in [(1, 0), (5, 0), (67, 0), (5, 37), (67, 100 + i as u32)] {
+            let c = AttnCase { n_head, n_kv, hd, n_tok, kv_start };
+            let (q, k, v) = attn_data(&mut rng, &c, 3);
+            let mut shape = AttnShape::new(n_head, n_kv, hd, n_tok + 1);
+            for causal in [true, false] {
+                shape.causal = causal;
+                if !causal && kv_start > 0 {
+                    continue;
+                }
+                let (bq, bk, bv) = (upload(&gpu, &q), upload(&gpu, &k), upload(&gpu, &v));
+                let out = gpu.storage("out", ((n_tok + 1) * n_head * hd * 4) as u64).unwrap();
+                let step = step_buffer(&gpu, StepParams::new(kv_start, n_tok, kv_start));
+                let mut prog = Program::new();
+                attention::attention_prefill(&mut prog, &gpu, &shape, &step, &bq, &bk, &bv, &out).unwrap();
+                prog.run(&gpu).unwrap();
+                let n = (n_tok * n_head * hd) as usize;
+                let got = gpu.read_f32_blocking(&out, n).unwrap();
+                let want = attention::attention_ref(
+                    &q,
+                    &k,
+                    &v,
+                    n_tok as usize,
+                    kv_start as usize,
+                    n_head as usize,
+                    n_kv as usize,
+                    hd as usize,
+                    shape.scale,
+                    causal,
+                );
+                let err = rel_l2(&got, &want);
+                eprintln!("prefill h {n_head}/{n_kv} hd {hd} n_tok {n_tok} kv_start {kv_start} causal {causal}: rel {err:.2e}");
+                assert!(err < TOL_ATTN_F32, "prefill rel err {err}");
+            }
+        }
+    }
+}
+
+/// One decode program recorded for `max_ctx` and reused for every kv_len (only the step
+/// uniform changes), against the CPU reference.
+#[allow(clippy::too_many_arguments)]
+fn check_decode(
+    gpu: &Gpu,
+    rng: &mut Rng,
+    n_head: u32,
+    n_kv: u32,
+    hd: u32,
+    max_tok: u32,
+    max_ctx: u32,
+    steps: &[(u32, u32)],
+) {
+    let c = AttnCase { n_head, n_kv, hd, n_tok: 0, kv_start: max_ctx };
+    let (_, k, v) = attn_data(rng, &c, 0);
+    let shape = AttnShape::new(n_head, n_kv, hd, max_tok);
+    let (bk, bv) = (upload(gpu, &k), upload(gpu, &v));
+    let bq = gpu.storage("q", (max_tok * n_head * hd * 4) as u64).unwrap();
+    let out = gpu.storage("out", (max_tok * n_head * hd * 4) as u64).unwrap();
+    let step = StepParams::create_buffer(gpu);
+    let scratch = DecodeScratch::new(gpu, &shape, attention::default_splits(max_ctx)).unwrap();
+    let mut prog = Program::new();
+    attention::attention_decode(&mut prog, gpu, &shape, &step, &bq, &bk, &bv, &scratch, &out).unwrap();
+    for &(kv_len, n_tok) in steps {
+        let q: Vec<f32> = rng.vec((n_tok * n_head * hd) as usize).iter().map(|v| v * 2.0).collect();
+        gpu.write(&bq, 0, bytemuck::cast_slice(&q));
+        StepParams::new(kv_len - n_tok, n_tok, kv_len - n_tok).write(gpu, &step);
+        prog.run(gpu).unwrap();
+        let got = gpu.read_f32_blocking(&out, q.len()).unwrap();
+        let want = attention::attention_ref(
+            &q,
+            &k,
+            &v,
+            n_tok as usize,
+            (kv_len - n_tok) as usize,
+            n_head as usize,
+            n_kv as usize,
+            hd as usize,
+            shape.scale,
+            true,
+        );
+        let err = rel_l2(&got, &want);
+        eprintln!(
+            "decode h {n_head}/{n_kv} hd {hd} splits {} kv_len {kv_len} n_tok {n_tok}: rel {err:.2e}",
+            scratch.n_split
+        );
+        assert!(err < TOL_ATTN_F32, "decode kv_len {kv_len}: rel err {err}");
+    }
+}
+
+#[test]
+fn decode_matches_cpu_for_every_kv_len_with_one_program() {
+    let gpu = gpu();
+    let mut rng = Rng::new(31);
+    let steps = [(1, 1), (2, 1), (1000, 1), (4097, 1), (300, 1)];
+    check_decode(&gpu, &mut rng, 8, 2, 128, 1, 4097, &steps);
+    check_decode(&gpu, &mut rng, 4, 4, 64, 1, 4097, &steps);
+    check_decode(&gpu, &mut rng, 6, 3, 8, 1, 1000, &[(1, 1), (2, 1), (999, 1)]);
+}
+
+#[test]
+fn decode_handles_several_new_tokens_and_row_chunks() {
+    let gpu = gpu();
+    let mut rng = Rng::new(32);
+    // 5 tokens x group 4 = 20 rows: two row chunks; causal within the new tokens.
+    check_decode(&gpu, &mut rng, 8, 2, 128, 5, 2000, &[(5, 5), (1003, 5), (2000, 3), (77, 1)]);
+    check_decode(&gpu, &mut rng, 4, 1, 80, 6, 600, &[(6, 6), (600, 6)]);
+}
+
+/// The decode loop as the model records it: RoPE of q (with query scaling), RoPE + store of
+/// k/v, attention — prefill once, then one program recorded once and re-run per token with
+/// only the step uniform rewritten; positions start at 20000 while cache rows start at 0.
+#[test]
+fn recorded_prefill_then_decode_steps_match_cpu() {
+    let gpu = gpu();
+    let mut rng = Rng::new(41);
+    let (n_head, n_kv, hd, max_ctx, n_pre, pos_base) = (8u32, 2u32, 64u32, 64u32, 37u32, 20000u32);
+    let table = rope::rope_table(hd as usize, 1e6, Some(&Yarn::ministral3()));
+    let freqs = RopeFreqs::upload(&gpu, &table).unwrap();
+    let qs = QScale { beta: 0.1, orig_ctx: 16384 };
+    let row = (n_kv * hd) as usize;
+    let kc = gpu.storage("kc", (max_ctx as usize * row * 4) as u64).unwrap();
+    let vc = gpu.storage("vc", (max_ctx as usize * row * 4) as u64).unwrap();
+    let step = StepParams::create_buffer(&gpu);
+    let (mut cpu_k, mut cpu_v) = (Vec::new(), Vec::new());
+    let record = |max_tok: u32, decode: bool| {
+        let (q, k, v) = (
+            gpu.storage("q", (max_tok * n_head * hd * 4) as u64).unwrap(),
+            gpu.storage("k", (max_tok as usize * row * 4) as u64).unwrap(),
+            gpu.storage("v", (max_tok as usize * row * 4) as u64).unwrap(),
+        );
+        let out = gpu.storage("out", (max_tok * n_head * hd * 4) as u64).unwrap();
+        let (ql, kl) = (
+            RopeLayout::dense(n_head, hd, max_tok, RopeMode::Adjacent),
+            RopeLayout::dense(n_kv, hd, max_tok, RopeMode::Adjacent),
+        );
+        let shape = AttnShape::new(n_head, n_kv, hd, max_tok);
+        let mut prog = Program::new();
+        rope::rope_inplace(&mut prog, &gpu, &step, &freqs, &q, &ql, qs).unwrap();
+        rope::rope_kv_store(&mut prog, &gpu, &step, &freqs, &k, &kl, &v, &kl, &kc, &vc).unwrap();
+        let scratch = DecodeScratch::new(&gpu, &shape, 4).unwrap();
+        if decode {
+            attention::attention_decode(&mut prog, &gpu, &shape, &step, &q, &kc, &vc, &scratch, &out).unwrap();
+        } else {
+            attention::attention_prefill(&mut prog, &gpu, &shape, &step, &q, &kc, &vc, &out).unwrap();
+        }
+        (prog, q, k, v, out, ql, kl)
+    };
+    let prefill = record(n_pre, false);
+    let decode = record(1, true);
+    let mut kv_start = 0u32;
+    for (prog, q, k, v, out, ql, kl) in [&prefill].into_iter().chain(std::iter::repeat_n(&decode, 6)) {
+        let n_tok = if kv_start == 0 { n_pre } else { 1 };
+        let (hq, hk, hv) =
+            (rng.vec((n_tok * n_head * hd) as usize), rng.vec(n_tok as usize * row), rng.vec(n_tok as usize * row));
+        for (b, h) in [(q, &hq), (k, &hk), (v, &hv)] {
+            gpu.write(b, 0, bytemuck::cast_slice(h));
+        }
+        let s = StepParams::new(kv_start, n_tok, pos_base + kv_start);
+        s.write(&gpu, &step);
+        prog.run(&gpu).unwrap();
+        cpu_k.extend(rope::rope_ref(&hk, kl, n_tok as usize, &table, s.rope_pos0, QScale::NONE));
+        cpu_v.extend(&hv);
+        let q_rot = rope::rope_ref(&hq, ql, n_tok as usize, &table, s.rope_pos0, qs);
+        let want = attention::attention_ref(
+            &q_rot,
+            &cpu_k,
+            &cpu_v,
+            n_tok as usize,
+            kv_start as usize,
+            n_head as usize,
+            n_kv as usize,
+            hd as usize,
+            1.0 / (hd as f32).sqrt(),
+            true,
+        );
+        let got = gpu.read_f32_blocking(out, want.len()).unwrap();
+        let err = rel_l2(&got, &want);
+        eprintln!("pipeline kv_start {kv_start} n_tok {n_tok}: rel {err:.2e}");
+        assert!(err < TOL_ATTN_F32, "kv_start {kv_start}: rel err {err}");
+        kv_start += n_tok;
+    }
+}
