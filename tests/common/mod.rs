@@ -83,3 +83,18 @@ pub fn read_npy(path: &std::path::Path) -> (Vec<usize>, Vec<f32>) {
 pub fn fixture(rel: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
 }
+
+/// Runs the `webvlm` binary, failing the test with its stderr when it fails.
+pub fn run_cli(args: &[&str]) -> std::process::Output {
+    let out =
+        std::process::Command::new(env!("CARGO_BIN_EXE_webvlm")).args(args).output().expect("the webvlm binary runs");
+    assert!(out.status.success(), "webvlm {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// A fresh path in the temp directory for a test's output file.
+pub fn temp_path(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("webvlm-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}

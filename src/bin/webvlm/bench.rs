@@ -1,0 +1,1 @@
+pub fn run(_args: &[String]) -> crate::CliResult { Err("bench: not yet implemented".into()) }

@@ -1,0 +1,50 @@
+//! `webvlm info`: architecture, hyperparameters, tensor types and the GPU memory needed.
+
+use std::collections::BTreeMap;
+
+use webvlm::gguf::MappedGguf;
+use webvlm::model::{ContextOptions, ModelConfig};
+
+use crate::{CliResult, Flags};
+
+pub fn run(args: &[String]) -> CliResult {
+    let flags = Flags::parse(args, &[])?;
+    flags.only(&["model", "ctx"])?;
+    let model = MappedGguf::open(flags.require("model")?)?;
+    let md = model.metadata();
+    let vocab = model.tensor("token_embd.weight")?.0.dims.get(1).copied().unwrap_or(0) as u32;
+    let cfg = ModelConfig::from_metadata(md, vocab)?;
+    println!("file:          {}", model.paths().join(", "));
+    println!("architecture:  {}  ({})", cfg.arch, cfg.name.as_deref().unwrap_or("unnamed"));
+    println!("layers:        {}", cfg.n_layer);
+    println!("hidden:        {}   ffn: {}", cfg.n_embd, cfg.n_ff);
+    println!("heads:         {} query, {} key/value, head_dim {}", cfg.n_head, cfg.n_head_kv, cfg.head_dim);
+    println!("vocabulary:    {}   context: {}", cfg.vocab, cfg.context_length);
+    println!("rope:          theta {}   yarn {:?}", cfg.rope_theta, cfg.yarn);
+    println!("query scaling: beta {} orig {}", cfg.query_scale_beta, cfg.query_scale_orig);
+    println!("tokenizer:     {}", md.get_opt_str("tokenizer.ggml.model")?.unwrap_or("none"));
+
+    let mut by_type: BTreeMap<String, (usize, u64, u64)> = BTreeMap::new();
+    let mut weight_bytes = 0u64;
+    for t in model.tensors() {
+        let e = by_type.entry(format!("{:?}", t.ty)).or_default();
+        let bytes = t.n_bytes()?;
+        e.0 += 1;
+        e.1 += t.n_elements();
+        e.2 += bytes;
+        weight_bytes += bytes;
+    }
+    println!("tensors:");
+    for (ty, (n, elems, bytes)) in &by_type {
+        println!("  {ty:<6} {n:>5} tensors  {:>8.1} M params  {:>9.1} MiB", *elems as f64 / 1e6, *bytes as f64 / 1048576.0);
+    }
+    let ctx = flags.num("ctx", ContextOptions::default().max_ctx)?;
+    let kv = 2 * 4 * cfg.n_layer as u64 * ctx as u64 * cfg.kv_dim() as u64;
+    let chunk = ContextOptions::default().max_chunk as u64;
+    let acts = 4 * chunk * (3 * cfg.n_embd as u64 + 2 * cfg.q_dim() as u64 + 2 * cfg.kv_dim() as u64 + 2 * cfg.n_ff as u64)
+        + 4 * chunk.min(256) * cfg.vocab as u64;
+    let mib = |b: u64| b as f64 / 1048576.0;
+    println!("GPU memory:    weights {:.1} MiB + KV cache ({ctx} tokens, f32) {:.1} MiB + activations {:.1} MiB = {:.1} MiB",
+        mib(weight_bytes), mib(kv), mib(acts), mib(weight_bytes + kv + acts));
+    Ok(())
+}

@@ -1,0 +1,156 @@
+//! `webvlm`: the native command-line tool (generate, logits, info, bench).
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use webvlm::chat::ChatMessage;
+use webvlm::engine::{Engine, GenerateOptions};
+use webvlm::gguf::MappedGguf;
+use webvlm::gpu::{Gpu, GpuOptions};
+use webvlm::model::{ContextOptions, TensorSource};
+
+mod bench;
+mod info;
+
+const USAGE: &str = "usage:
+  webvlm generate --model M.gguf --prompt TEXT [--chat] [--max-tokens N] [--temperature T]
+                  [--top-k K] [--top-p P] [--seed S] [--ctx N] [--no-f16]
+  webvlm logits   --model M.gguf (--prompt TEXT | --tokens ID,ID,...) --out OUT.npy
+                  [--pos-offset N] [--chunk N]
+  webvlm info     --model M.gguf
+  webvlm bench    [--model M.gguf] [--synthetic] [--quick]";
+
+type CliResult = Result<(), Box<dyn std::error::Error>>;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("generate") => generate(&args[1..]),
+        Some("logits") => logits(&args[1..]),
+        Some("info") => info::run(&args[1..]),
+        Some("bench") => bench::run(&args[1..]),
+        Some("-h" | "--help" | "help") => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        _ => Err(USAGE.into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Parsed `--name value` flags and bare `--switch`es.
+pub struct Flags(Vec<(String, Option<String>)>);
+
+impl Flags {
+    /// Parses `args`; `switches` take no value.
+    pub fn parse(args: &[String], switches: &[&str]) -> Result<Flags, String> {
+        let mut out = Vec::new();
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let name = a.strip_prefix("--").ok_or_else(|| format!("unexpected argument {a:?}"))?;
+            if switches.contains(&name) {
+                out.push((name.to_string(), None));
+            } else {
+                let v = it.next().ok_or_else(|| format!("--{name} needs a value"))?;
+                out.push((name.to_string(), Some(v.clone())));
+            }
+        }
+        Ok(Flags(out))
+    }
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.iter().rev().find(|(n, _)| n == name).and_then(|(_, v)| v.as_deref())
+    }
+    pub fn has(&self, name: &str) -> bool {
+        self.0.iter().any(|(n, _)| n == name)
+    }
+    pub fn require(&self, name: &str) -> Result<&str, String> {
+        self.get(name).ok_or_else(|| format!("--{name} is required\n{USAGE}"))
+    }
+    pub fn num<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T, String> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|_| format!("--{name}: cannot parse {v:?}")),
+        }
+    }
+    /// Fails on flags outside `known`.
+    pub fn only(&self, known: &[&str]) -> Result<(), String> {
+        match self.0.iter().find(|(n, _)| !known.contains(&n.as_str())) {
+            Some((n, _)) => Err(format!("unknown flag --{n}\n{USAGE}")),
+            None => Ok(()),
+        }
+    }
+}
+
+fn open_engine(flags: &Flags) -> Result<Engine, Box<dyn std::error::Error>> {
+    let model = MappedGguf::open(flags.require("model")?)?;
+    let gpu = Gpu::new_blocking(GpuOptions { allow_f16: !flags.has("no-f16"), ..Default::default() })?;
+    let opts = ContextOptions {
+        max_ctx: flags.num("ctx", ContextOptions::default().max_ctx)?,
+        max_chunk: flags.num("chunk", ContextOptions::default().max_chunk)?,
+    };
+    Ok(Engine::load(gpu, &model as &dyn TensorSource, opts)?)
+}
+
+fn generate(args: &[String]) -> CliResult {
+    let flags = Flags::parse(args, &["chat", "no-f16"])?;
+    flags.only(&["model", "prompt", "chat", "max-tokens", "temperature", "top-k", "top-p", "seed", "ctx", "chunk", "no-f16"])?;
+    let prompt = flags.require("prompt")?;
+    let mut engine = open_engine(&flags)?;
+    let ids = if flags.has("chat") {
+        engine.chat_tokens(&[ChatMessage::text("user", prompt)])?
+    } else {
+        engine.text_tokens(prompt)?
+    };
+    let opts = GenerateOptions {
+        max_tokens: flags.num("max-tokens", 256)?,
+        temperature: flags.num("temperature", 0.0)?,
+        top_k: flags.num("top-k", 0)?,
+        top_p: flags.num("top-p", 1.0)?,
+        seed: flags.num("seed", 0)?,
+        ignore_eos: false,
+    };
+    let mut stdout = std::io::stdout();
+    let out = pollster::block_on(engine.generate(&ids, &opts, |delta| {
+        let _ = stdout.write_all(delta.as_bytes());
+        let _ = stdout.flush();
+    }))?;
+    println!();
+    let n = out.tokens.len().max(1) as f64;
+    eprintln!(
+        "[{} prompt tokens, {} generated ({:?}); first token {:.0} ms; decode {:.1} tokens/s]",
+        out.prompt_tokens,
+        out.tokens.len(),
+        out.finish,
+        out.time_to_first_token * 1e3,
+        (n - 1.0) / out.decode_seconds.max(1e-9)
+    );
+    Ok(())
+}
+
+fn logits(args: &[String]) -> CliResult {
+    let flags = Flags::parse(args, &["no-f16"])?;
+    flags.only(&["model", "prompt", "tokens", "out", "pos-offset", "ctx", "chunk", "no-f16"])?;
+    let out_path = flags.require("out")?;
+    let mut engine = open_engine(&flags)?;
+    let ids: Vec<u32> = match (flags.get("tokens"), flags.get("prompt")) {
+        (Some(t), None) => t
+            .split(',')
+            .map(|s| s.trim().parse::<u32>().map_err(|_| format!("--tokens: bad id {s:?}")))
+            .collect::<Result<_, _>>()?,
+        (None, Some(p)) => engine.text_tokens(p)?,
+        _ => return Err(format!("give exactly one of --tokens and --prompt\n{USAGE}").into()),
+    };
+    engine.ctx.set_position_offset(flags.num("pos-offset", 0)?);
+    let Engine { gpu, decoder, ctx, .. } = &mut engine;
+    let values = pollster::block_on(ctx.logits(gpu, decoder, &ids))?;
+    let file = std::io::BufWriter::new(std::fs::File::create(out_path)?);
+    webvlm::npy::write_f32(file, &[ids.len(), decoder.cfg.vocab as usize], &values)?;
+    eprintln!("wrote logits [{}, {}] to {out_path}", ids.len(), decoder.cfg.vocab);
+    Ok(())
+}

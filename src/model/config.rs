@@ -1,0 +1,134 @@
+//! Decoder hyperparameters read from GGUF metadata (`{arch}.*` keys as llama.cpp writes them).
+//!
+//! Supported architectures: `llama` (Llama, Mistral, SmolLM2) and `mistral3` (Ministral 3:
+//! YaRN RoPE and the position-dependent query scaling of `Ministral3Attention`).
+
+use crate::gguf::{arch_key, GgufError, Metadata};
+use crate::kernels::rope::Yarn;
+
+/// Everything the decoder needs to know about the network's shape.
+#[derive(Clone, Debug)]
+pub struct ModelConfig {
+    pub arch: String,
+    pub name: Option<String>,
+    pub n_layer: u32,
+    pub n_embd: u32,
+    pub n_ff: u32,
+    pub n_head: u32,
+    pub n_head_kv: u32,
+    pub head_dim: u32,
+    pub vocab: u32,
+    pub rms_eps: f32,
+    pub rope_theta: f32,
+    /// YaRN frequency scaling (Peng et al. 2023), when the file asks for it.
+    pub yarn: Option<Yarn>,
+    /// Ministral 3 query scaling `1 + beta * ln(1 + floor(pos / orig))` (beta 0 = off).
+    pub query_scale_beta: f32,
+    pub query_scale_orig: u32,
+    /// Training context length.
+    pub context_length: u32,
+}
+
+/// Errors in a model's configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file's `general.architecture` is not a decoder we implement.
+    #[error("unsupported architecture {0:?} (supported: llama, mistral3)")]
+    UnsupportedArch(String),
+    /// A metadata key is missing or has the wrong type.
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    /// A hyperparameter is zero or inconsistent with the others.
+    #[error("invalid hyperparameter: {0}")]
+    Invalid(String),
+}
+
+impl ModelConfig {
+    /// Reads the config; `vocab` comes from the token embedding's row count.
+    pub fn from_metadata(md: &Metadata, vocab: u32) -> Result<Self, ConfigError> {
+        let arch = md.architecture()?.to_string();
+        if arch != "llama" && arch != "mistral3" {
+            return Err(ConfigError::UnsupportedArch(arch));
+        }
+        let key = |s: &str| arch_key(&arch, s);
+        let n_embd = md.get_u32(&key("embedding_length"))?;
+        let n_head = md.get_u32(&key("attention.head_count"))?;
+        let n_head_kv = md.get_opt_u32(&key("attention.head_count_kv"))?.unwrap_or(n_head);
+        let head_dim = match md.get_opt_u32(&key("attention.key_length"))? {
+            Some(d) => d,
+            None if n_head > 0 => n_embd / n_head,
+            None => 0,
+        };
+        let yarn = match md.get_opt_str(&key("rope.scaling.type"))? {
+            Some("yarn") => Some(Yarn {
+                factor: md.get_f32(&key("rope.scaling.factor"))? as f64,
+                original_max_position_embeddings: md.get_u32(&key("rope.scaling.original_context_length"))? as f64,
+                beta_fast: md.get_opt_f32(&key("rope.scaling.yarn_beta_fast"))?.unwrap_or(32.0) as f64,
+                beta_slow: md.get_opt_f32(&key("rope.scaling.yarn_beta_slow"))?.unwrap_or(1.0) as f64,
+                mscale: None,
+                mscale_all_dim: None,
+                // llama.cpp's converter writes a log multiplier (0.1 * mscale_all_dim) when the
+                // model sets mscale_all_dim; Ministral 3 has mscale = mscale_all_dim = 1, so
+                // transformers' attention factor (their ratio) is 1. Otherwise transformers'
+                // default 0.1 ln(factor) + 1 applies.
+                attention_factor: md.get_opt_f32(&key("rope.scaling.yarn_log_multiplier"))?.map(|_| 1.0),
+                truncate: true,
+            }),
+            None | Some("none") => None,
+            Some(other) => return Err(ConfigError::Invalid(format!("rope scaling type {other:?}"))),
+        };
+        let query_scale_beta = md.get_opt_f32(&key("attention.temperature_scale"))?.unwrap_or(0.0);
+        let query_scale_orig = match &yarn {
+            Some(y) => y.original_max_position_embeddings as u32,
+            None => md.get_opt_u32(&key("context_length"))?.unwrap_or(1),
+        };
+        let cfg = ModelConfig {
+            name: md.get_opt_str("general.name")?.map(str::to_string),
+            n_layer: md.get_u32(&key("block_count"))?,
+            n_ff: md.get_u32(&key("feed_forward_length"))?,
+            rms_eps: md.get_opt_f32(&key("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5),
+            rope_theta: md.get_opt_f32(&key("rope.freq_base"))?.unwrap_or(10_000.0),
+            context_length: md.get_opt_u32(&key("context_length"))?.unwrap_or(4096),
+            arch,
+            n_embd,
+            n_head,
+            n_head_kv,
+            head_dim,
+            vocab,
+            yarn,
+            query_scale_beta,
+            query_scale_orig,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if [self.n_layer, self.n_embd, self.n_ff, self.n_head, self.n_head_kv, self.head_dim, self.vocab]
+            .contains(&0)
+        {
+            return bad(format!("zero dimension in {self:?}"));
+        }
+        if self.n_head % self.n_head_kv != 0 {
+            return bad(format!("{} query heads not a multiple of {} KV heads", self.n_head, self.n_head_kv));
+        }
+        if self.head_dim % 4 != 0 || self.head_dim > crate::kernels::attention::MAX_HEAD_DIM {
+            return bad(format!("head_dim {} must be a multiple of 4 and at most 128", self.head_dim));
+        }
+        if self.n_layer > 1024 || self.n_embd > 65_536 || self.n_ff > 262_144 || self.n_head > 1024 {
+            return bad("hyperparameters beyond the supported range".into());
+        }
+        Ok(())
+    }
+
+    /// Width of the query projection (`n_head * head_dim`, not always `n_embd`).
+    pub fn q_dim(&self) -> u32 {
+        self.n_head * self.head_dim
+    }
+
+    /// Width of each of the key and value projections.
+    pub fn kv_dim(&self) -> u32 {
+        self.n_head_kv * self.head_dim
+    }
+}

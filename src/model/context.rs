@@ -1,0 +1,229 @@
+//! One sequence's state: the KV cache, activation buffers sized for the largest chunk, the
+//! step uniform, the sampler, and the recorded programs. Everything is allocated once here;
+//! the decode loop only writes the step uniform and the sampler state, submits one command
+//! buffer and reads back the 4-byte token id.
+
+use std::collections::HashMap;
+
+use crate::gpu::{Gpu, GpuError, Program, Readback, Result as GpuResult};
+use crate::kernels::attention::{default_splits, AttnShape, DecodeScratch, StepParams};
+use crate::kernels::sample::{Sampler, SamplerState};
+
+use super::decoder::{Decoder, LogitsMode};
+
+/// Context sizes.
+#[derive(Clone, Copy, Debug)]
+pub struct ContextOptions {
+    /// Most tokens the KV cache holds.
+    pub max_ctx: u32,
+    /// Most tokens per prefill chunk.
+    pub max_chunk: u32,
+}
+
+impl Default for ContextOptions {
+    fn default() -> Self {
+        ContextOptions { max_ctx: 2048, max_chunk: 128 }
+    }
+}
+
+/// Errors of a running sequence.
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    /// The prompt plus generated tokens would not fit in the context.
+    #[error("context full: {needed} tokens needed, the context holds {max_ctx}")]
+    ContextFull { needed: u64, max_ctx: u32 },
+    /// An empty token list was given.
+    #[error("no tokens to process")]
+    Empty,
+    /// A token id is outside the vocabulary.
+    #[error("token id {id} is outside the vocabulary of {vocab}")]
+    BadToken { id: u32, vocab: u32 },
+    #[error(transparent)]
+    Gpu(#[from] GpuError),
+}
+
+/// The GPU buffers a recorded forward pass binds.
+pub(super) struct Buffers {
+    pub step: wgpu::Buffer,
+    pub ids: wgpu::Buffer,
+    pub x: wgpu::Buffer,
+    pub x_last: wgpu::Buffer,
+    pub h: wgpu::Buffer,
+    pub q: wgpu::Buffer,
+    pub k: wgpu::Buffer,
+    pub v: wgpu::Buffer,
+    pub attn: wgpu::Buffer,
+    pub gate: wgpu::Buffer,
+    pub up: wgpu::Buffer,
+    /// `[logits_rows][vocab]`.
+    pub logits: wgpu::Buffer,
+    pub kv: Vec<(wgpu::Buffer, wgpu::Buffer)>,
+    pub attn_scratch: DecodeScratch,
+    pub sampler: Sampler,
+}
+
+/// A sequence being processed by one [`Decoder`].
+pub struct Context {
+    opts: ContextOptions,
+    /// Rows of logits one pass can write: a full chunk, within the binding limit.
+    logits_rows: u32,
+    b: Buffers,
+    programs: HashMap<(u32, LogitsMode), Program>,
+    readback: Readback,
+    /// Tokens already in the KV cache.
+    n_past: u32,
+    /// Position id of cache row 0 (tests start sequences at large positions).
+    pos_offset: u32,
+}
+
+impl Context {
+    pub fn new(gpu: &Gpu, dec: &Decoder, opts: ContextOptions) -> GpuResult<Context> {
+        let c = &dec.cfg;
+        let chunk = opts.max_chunk.max(1) as u64;
+        let f32s = |n: u64| n * 4;
+        let row_limit = gpu.caps.max_storage_binding.min(256 << 20) / f32s(c.vocab as u64);
+        let logits_rows = (chunk.min(row_limit).max(1)) as u32;
+        let kv_bytes = f32s(opts.max_ctx as u64 * c.kv_dim() as u64);
+        let kv = (0..c.n_layer)
+            .map(|i| Ok((gpu.storage(&format!("k_cache.{i}"), kv_bytes)?, gpu.storage(&format!("v_cache.{i}"), kv_bytes)?)))
+            .collect::<GpuResult<Vec<_>>>()?;
+        let shape = AttnShape::new(c.n_head, c.n_head_kv, c.head_dim, 1);
+        let b = Buffers {
+            step: StepParams::create_buffer(gpu),
+            ids: gpu.storage("ids", 4 * chunk)?,
+            x: gpu.storage("x", f32s(chunk * c.n_embd as u64))?,
+            x_last: gpu.storage("x_last", f32s(c.n_embd as u64))?,
+            h: gpu.storage("h", f32s(chunk * c.n_embd.max(c.q_dim()) as u64))?,
+            q: gpu.storage("q", f32s(chunk * c.q_dim() as u64))?,
+            k: gpu.storage("k", f32s(chunk * c.kv_dim() as u64))?,
+            v: gpu.storage("v", f32s(chunk * c.kv_dim() as u64))?,
+            attn: gpu.storage("attn", f32s(chunk * c.q_dim() as u64))?,
+            gate: gpu.storage("gate", f32s(chunk * c.n_ff as u64))?,
+            up: gpu.storage("up", f32s(chunk * c.n_ff as u64))?,
+            logits: gpu.storage("logits", f32s(logits_rows as u64 * c.vocab as u64))?,
+            kv,
+            attn_scratch: DecodeScratch::new(gpu, &shape, default_splits(opts.max_ctx))?,
+            sampler: Sampler::new(gpu, c.vocab)?,
+        };
+        Ok(Context {
+            opts,
+            logits_rows,
+            b,
+            programs: HashMap::new(),
+            readback: Readback::new(gpu, 4),
+            n_past: 0,
+            pos_offset: 0,
+        })
+    }
+
+    /// Forgets the sequence (the cache is overwritten by the next tokens).
+    pub fn reset(&mut self) {
+        self.n_past = 0;
+    }
+
+    /// Tokens in the cache.
+    pub fn n_past(&self) -> u32 {
+        self.n_past
+    }
+
+    pub fn max_ctx(&self) -> u32 {
+        self.opts.max_ctx
+    }
+
+    /// Starts the sequence's position ids at `offset` (for tests of long-context RoPE).
+    pub fn set_position_offset(&mut self, offset: u32) {
+        self.pos_offset = offset;
+    }
+
+    /// Teacher-forced logits of every token, `[tokens.len()][vocab]` row-major.
+    pub async fn logits(&mut self, gpu: &Gpu, dec: &Decoder, tokens: &[u32]) -> Result<Vec<f32>, ContextError> {
+        self.check(dec, tokens)?;
+        let vocab = dec.cfg.vocab as usize;
+        let mut out = Vec::with_capacity(tokens.len() * vocab);
+        for chunk in tokens.chunks(self.opts.max_chunk.min(self.logits_rows) as usize) {
+            self.run(gpu, dec, chunk, LogitsMode::All)?;
+            out.extend(gpu.read_f32(&self.b.logits, 0, chunk.len() * vocab).await?);
+        }
+        Ok(out)
+    }
+
+    /// Processes the prompt and returns the first generated token.
+    pub async fn prefill(&mut self, gpu: &Gpu, dec: &Decoder, tokens: &[u32], s: &SamplerState) -> Result<u32, ContextError> {
+        self.check(dec, tokens)?;
+        let chunks: Vec<&[u32]> = tokens.chunks(self.opts.max_chunk as usize).collect();
+        let (last, rest) = chunks.split_last().ok_or(ContextError::Empty)?;
+        for chunk in rest {
+            self.run(gpu, dec, chunk, LogitsMode::None)?;
+        }
+        self.b.sampler.set(gpu, s);
+        self.run(gpu, dec, last, LogitsMode::LastAndSample)?;
+        self.read_token(gpu).await
+    }
+
+    /// Feeds the last sampled token (already on the GPU) and returns the next one.
+    pub async fn decode(&mut self, gpu: &Gpu, dec: &Decoder, s: &SamplerState) -> Result<u32, ContextError> {
+        if self.n_past >= self.opts.max_ctx {
+            return Err(ContextError::ContextFull { needed: self.n_past as u64 + 1, max_ctx: self.opts.max_ctx });
+        }
+        self.b.sampler.set(gpu, s);
+        self.submit(gpu, dec, 1, LogitsMode::LastAndSample, true)?;
+        self.read_token(gpu).await
+    }
+
+    /// The logits the last prefill/decode step sampled from.
+    pub async fn last_logits(&self, gpu: &Gpu, dec: &Decoder) -> Result<Vec<f32>, ContextError> {
+        Ok(gpu.read_f32(&self.b.logits, 0, dec.cfg.vocab as usize).await?)
+    }
+
+    /// Dispatches and submits per decoded token, for benchmarks.
+    pub fn decode_dispatches(&mut self, gpu: &Gpu, dec: &Decoder) -> GpuResult<usize> {
+        Ok(self.program(gpu, dec, 1, LogitsMode::LastAndSample)?.n_dispatches())
+    }
+
+    fn check(&self, dec: &Decoder, tokens: &[u32]) -> Result<(), ContextError> {
+        if tokens.is_empty() {
+            return Err(ContextError::Empty);
+        }
+        if let Some(&id) = tokens.iter().find(|&&t| t >= dec.cfg.vocab) {
+            return Err(ContextError::BadToken { id, vocab: dec.cfg.vocab });
+        }
+        let needed = self.n_past as u64 + tokens.len() as u64;
+        if needed > self.opts.max_ctx as u64 {
+            return Err(ContextError::ContextFull { needed, max_ctx: self.opts.max_ctx });
+        }
+        Ok(())
+    }
+
+    fn run(&mut self, gpu: &Gpu, dec: &Decoder, tokens: &[u32], mode: LogitsMode) -> Result<(), ContextError> {
+        gpu.write(&self.b.ids, 0, bytemuck::cast_slice(tokens));
+        self.submit(gpu, dec, tokens.len() as u32, mode, mode == LogitsMode::LastAndSample)
+    }
+
+    /// One step: step uniform, the recorded program, the token readback copy, one submit.
+    fn submit(&mut self, gpu: &Gpu, dec: &Decoder, n: u32, mode: LogitsMode, read_token: bool) -> Result<(), ContextError> {
+        StepParams::new(self.n_past, n, self.pos_offset + self.n_past).write(gpu, &self.b.step);
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        self.program(gpu, dec, n, mode)?.encode(&mut encoder);
+        if read_token {
+            self.readback.copy_from(&mut encoder, &self.b.ids, 0, 4);
+        }
+        gpu.queue.submit([encoder.finish()]);
+        self.n_past += n;
+        Ok(())
+    }
+
+    fn program(&mut self, gpu: &Gpu, dec: &Decoder, n: u32, mode: LogitsMode) -> GpuResult<&Program> {
+        if !self.programs.contains_key(&(n, mode)) {
+            let program = dec.record(gpu, &self.b, n, mode)?;
+            // Keep the steady-state programs (decode and full chunks); drop odd-sized ones.
+            self.programs.retain(|&(m, _), _| m == 1 || m == self.opts.max_chunk);
+            self.programs.insert((n, mode), program);
+        }
+        Ok(&self.programs[&(n, mode)])
+    }
+
+    async fn read_token(&self, gpu: &Gpu) -> Result<u32, ContextError> {
+        let bytes = self.readback.read(gpu, 4).await?;
+        Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    }
+}

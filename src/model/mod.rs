@@ -1,0 +1,15 @@
+//! Models: configuration from GGUF metadata, weights, the decoder and its per-sequence
+//! context (KV cache, buffers, recorded programs).
+
+pub mod config;
+pub mod context;
+pub mod decoder;
+pub mod source;
+pub mod vocab;
+pub mod weights;
+
+pub use config::{ConfigError, ModelConfig};
+pub use context::{Context, ContextError, ContextOptions};
+pub use decoder::{Decoder, LogitsMode, ModelError};
+pub use source::{GgufBytes, TensorSource};
+pub use weights::{DecoderWeights, LoadError};
