@@ -1,0 +1,368 @@
+//! Chat templates: OpenAI-shaped messages rendered to a prompt string by the model's Jinja
+//! template (`tokenizer.chat_template`).
+//!
+//! Reference: transformers `utils/chat_template_utils.py` (`render_jinja_template`,
+//! `_compile_jinja_template`). The template runs in minijinja configured like transformers'
+//! sandboxed Jinja environment: `trim_blocks` and `lstrip_blocks` on, trailing newline
+//! dropped, `raise_exception(msg)` and `strftime_now(fmt)` as globals, `{% generation %}`
+//! blocks (transformers' assistant-mask extension) rendered as plain blocks, a Python
+//! `json.dumps` `tojson` filter, and Python string/dict methods (`.strip()`, `.split()`,
+//! `.items()`, ...) through `minijinja_contrib::pycompat`. Variables: `messages`,
+//! `add_generation_prompt`, `bos_token`, `eos_token`, and `tools` / `documents` set to none
+//! (not undefined), as transformers passes them when the request has neither.
+//!
+//! `strftime_now` reads UTC (transformers uses local time; neither wasm32 nor a bare native
+//! build knows the time zone); [`ChatTemplate::set_fixed_time`] pins it for reproducibility.
+//!
+//! Message content is either a string or a list of parts; parts render as
+//! `{"type": "text", "text": ...}` and `{"type": "image"}`, the shapes Mistral's and other
+//! multimodal templates loop over.
+
+mod pyfmt;
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use minijinja::value::{Enumerator, Object};
+use minijinja::{context, Environment, ErrorKind, Value};
+use serde::{Deserialize, Serialize};
+
+use crate::tokenizer::{GgufVocab, Tokenizer};
+
+pub use pyfmt::strftime;
+
+/// The template used when a GGUF file has no `tokenizer.chat_template`: ChatML
+/// (`<|im_start|>role\ncontent<|im_end|>\n`), the format of transformers' old default
+/// template. Text parts are concatenated; image parts are dropped, since a model without a
+/// template has no image placeholder to put there.
+pub const CHATML_TEMPLATE: &str = "{%- for message in messages %}\
+{{- '<|im_start|>' + message['role'] + '\\n' }}\
+{%- if message['content'] is string %}{{- message['content'] }}\
+{%- else %}{%- for part in message['content'] %}{%- if part['type'] == 'text' %}{{- part['text'] }}{%- endif %}{%- endfor %}\
+{%- endif %}\
+{{- '<|im_end|>\\n' }}\
+{%- endfor %}\
+{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}";
+
+/// Name under which the template is stored in the environment.
+const TEMPLATE_NAME: &str = "chat_template";
+
+/// Sentinel of the clock cell: read the system clock.
+const SYSTEM_CLOCK: i64 = i64::MIN;
+
+/// Why a chat template could not be compiled or rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    /// The template source is not valid Jinja (as minijinja parses it).
+    #[error("chat template syntax: {0}")]
+    Syntax(#[source] minijinja::Error),
+    /// The template called `raise_exception(message)`, e.g. on a bad role order.
+    #[error("chat template raised: {0}")]
+    Raised(String),
+    /// Rendering failed for another reason (undefined method, type error, ...).
+    #[error("chat template render: {0}")]
+    Render(#[source] minijinja::Error),
+}
+
+/// One chat message, (de)serialized in OpenAI's shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// `system`, `user`, `assistant`, ...
+    pub role: String,
+    /// A plain string or a list of content parts.
+    pub content: ChatContent,
+}
+
+impl ChatMessage {
+    /// A message with plain-text content.
+    pub fn text(role: impl Into<String>, text: impl Into<String>) -> Self {
+        Self {
+            role: role.into(),
+            content: ChatContent::Text(text.into()),
+        }
+    }
+}
+
+/// Message content: `"hi"` or `[{"type": "text", "text": "hi"}, {"type": "image_url", ...}]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ChatContent {
+    /// Plain text.
+    Text(String),
+    /// Text and image parts in order.
+    Parts(Vec<ContentPart>),
+}
+
+/// One part of a multi-part message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "PartRepr", into = "PartRepr")]
+pub enum ContentPart {
+    /// A run of text.
+    Text(String),
+    /// An image, with the URL (or data URL) it came with, if any.
+    Image { url: Option<String> },
+}
+
+/// Wire shapes of a part: OpenAI's `text` / `image_url`, and Hugging Face's `image`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum PartRepr {
+    Text {
+        text: String,
+    },
+    ImageUrl {
+        image_url: ImageUrl,
+    },
+    Image {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        url: Option<String>,
+        #[serde(default, skip_serializing)]
+        image: Option<String>,
+    },
+}
+
+/// OpenAI allows `"image_url": "..."` and `"image_url": {"url": "..."}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+enum ImageUrl {
+    Object { url: String },
+    Plain(String),
+}
+
+impl From<PartRepr> for ContentPart {
+    fn from(repr: PartRepr) -> Self {
+        match repr {
+            PartRepr::Text { text } => Self::Text(text),
+            PartRepr::ImageUrl {
+                image_url: ImageUrl::Object { url } | ImageUrl::Plain(url),
+            } => Self::Image { url: Some(url) },
+            PartRepr::Image { url, image } => Self::Image { url: url.or(image) },
+        }
+    }
+}
+
+impl From<ContentPart> for PartRepr {
+    fn from(part: ContentPart) -> Self {
+        match part {
+            ContentPart::Text(text) => Self::Text { text },
+            ContentPart::Image { url: Some(url) } => Self::ImageUrl {
+                image_url: ImageUrl::Object { url },
+            },
+            ContentPart::Image { url: None } => Self::Image {
+                url: None,
+                image: None,
+            },
+        }
+    }
+}
+
+/// A Python-dict-like map for the template: fixed keys in insertion order, so `tojson` and
+/// `.items()` list them as transformers would (minijinja's own maps are sorted by key).
+#[derive(Debug)]
+struct Fields(Vec<(&'static str, Value)>);
+
+impl Object for Fields {
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        let key = key.as_str()?;
+        self.0
+            .iter()
+            .find(|(name, _)| *name == key)
+            .map(|(_, value)| value.clone())
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        Enumerator::Values(self.0.iter().map(|(name, _)| Value::from(*name)).collect())
+    }
+}
+
+/// What the template sees of a message: `{"role": ..., "content": str | [part, ...]}`, a
+/// part being `{"type": "text", "text": ...}` or `{"type": "image"}`.
+fn message_value(message: &ChatMessage) -> Value {
+    let content = match &message.content {
+        ChatContent::Text(text) => Value::from(text.as_str()),
+        ChatContent::Parts(parts) => Value::from(
+            parts
+                .iter()
+                .map(|part| match part {
+                    ContentPart::Text(text) => Fields(vec![
+                        ("type", Value::from("text")),
+                        ("text", Value::from(text.as_str())),
+                    ]),
+                    ContentPart::Image { .. } => Fields(vec![("type", Value::from("image"))]),
+                })
+                .map(Value::from_object)
+                .collect::<Vec<Value>>(),
+        ),
+    };
+    Value::from_object(Fields(vec![
+        ("role", Value::from(message.role.as_str())),
+        ("content", content),
+    ]))
+}
+
+/// Marks the error `raise_exception` returns, so `render` can tell it apart.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Raised(String);
+
+/// A compiled chat template with its special-token strings.
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    bos_token: String,
+    eos_token: String,
+    clock: Arc<AtomicI64>,
+}
+
+impl std::fmt::Debug for ChatTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatTemplate")
+            .field("bos_token", &self.bos_token)
+            .field("eos_token", &self.eos_token)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChatTemplate {
+    /// Compiles `template_source`; `bos_token` / `eos_token` fill the variables of those names.
+    pub fn new(template_source: &str, bos_token: &str, eos_token: &str) -> Result<Self, ChatError> {
+        let clock = Arc::new(AtomicI64::new(SYSTEM_CLOCK));
+        let mut env = Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_filter("tojson", pyfmt::tojson);
+        env.add_function(
+            "raise_exception",
+            |message: String| -> Result<Value, minijinja::Error> {
+                Err(
+                    minijinja::Error::new(ErrorKind::InvalidOperation, message.clone())
+                        .with_source(Raised(message)),
+                )
+            },
+        );
+        let cell = Arc::clone(&clock);
+        env.add_function("strftime_now", move |format: String| {
+            let fixed = cell.load(Ordering::Relaxed);
+            let now = if fixed == SYSTEM_CLOCK {
+                unix_now()
+            } else {
+                fixed
+            };
+            pyfmt::strftime(&format, now)
+        });
+        env.add_template_owned(TEMPLATE_NAME, rewrite_generation_tags(template_source))
+            .map_err(ChatError::Syntax)?;
+        Ok(Self {
+            env,
+            bos_token: bos_token.into(),
+            eos_token: eos_token.into(),
+            clock,
+        })
+    }
+
+    /// The model's template (or [`CHATML_TEMPLATE`] when it has none), with BOS/EOS
+    /// spelled as the tokenizer's vocabulary spells them.
+    pub fn from_vocab(vocab: &GgufVocab, tokenizer: &Tokenizer) -> Result<Self, ChatError> {
+        let source = vocab.chat_template.as_deref().unwrap_or(CHATML_TEMPLATE);
+        let spell = |id: Option<u32>| {
+            id.and_then(|id| tokenizer.token_text(id))
+                .unwrap_or_default()
+        };
+        Self::new(source, &spell(vocab.bos_id), &spell(vocab.eos_id))
+    }
+
+    /// Makes `strftime_now` report this instant (seconds since the Unix epoch, UTC) instead
+    /// of the system clock; `None` goes back to the clock. For reproducible prompts.
+    pub fn set_fixed_time(&mut self, unix_seconds: Option<i64>) {
+        self.clock
+            .store(unix_seconds.unwrap_or(SYSTEM_CLOCK), Ordering::Relaxed);
+    }
+
+    /// Renders `messages`; `add_generation_prompt` appends the assistant turn opener.
+    pub fn render(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, ChatError> {
+        let template = self
+            .env
+            .get_template(TEMPLATE_NAME)
+            .map_err(ChatError::Render)?;
+        let messages: Vec<Value> = messages.iter().map(message_value).collect();
+        let ctx = context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => &self.bos_token,
+            eos_token => &self.eos_token,
+            tools => Value::from(()),
+            documents => Value::from(()),
+        };
+        template
+            .render(ctx)
+            .map_err(|err| match raised_message(&err) {
+                Some(message) => ChatError::Raised(message),
+                None => ChatError::Render(err),
+            })
+    }
+}
+
+/// Rewrites transformers' `{% generation %}` / `{% endgeneration %}` block tags (its
+/// `AssistantTracker` extension, which only marks assistant spans and renders the body as is)
+/// to `{% if true %}` / `{% endif %}`, keeping any `-`/`+` whitespace control.
+fn rewrite_generation_tags(source: &str) -> String {
+    let mut out = String::with_capacity(source.len());
+    let mut rest = source;
+    while let Some(open) = rest.find("{%") {
+        let (before, tag) = rest.split_at(open);
+        out.push_str(before);
+        let body = &tag[2..];
+        let control = body.strip_prefix(['-', '+']).map_or(0, |_| 1);
+        let trimmed = body[control..].trim_start();
+        let word_end = trimmed
+            .find(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+            .unwrap_or(trimmed.len());
+        let replacement = match &trimmed[..word_end] {
+            "generation" => "if true",
+            "endgeneration" => "endif",
+            _ => {
+                out.push_str("{%");
+                rest = body;
+                continue;
+            }
+        };
+        out.push_str("{%");
+        out.push_str(&body[..control]);
+        out.push(' ');
+        out.push_str(replacement);
+        rest = &trimmed[word_end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The message of a `raise_exception` call somewhere in `err`'s source chain.
+fn raised_message(err: &minijinja::Error) -> Option<String> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(Raised(message)) = e.downcast_ref::<Raised>() {
+            return Some(message.clone());
+        }
+        source = e.source();
+    }
+    None
+}
+
+/// Seconds since the Unix epoch (UTC; transformers uses local time, which the browser and
+/// a bare native build cannot know without a time-zone database).
+#[cfg(not(target_arch = "wasm32"))]
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Seconds since the Unix epoch from the JavaScript clock (`SystemTime` panics on wasm32).
+#[cfg(target_arch = "wasm32")]
+fn unix_now() -> i64 {
+    (js_sys::Date::now() / 1000.0) as i64
+}

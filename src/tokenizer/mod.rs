@@ -1,0 +1,291 @@
+//! Text tokenizer built from the `tokenizer.ggml.*` metadata of a GGUF file.
+//!
+//! Reference: llama.cpp `src/llama-vocab.cpp` (how each vocabulary type, pre-tokenizer and
+//! special-token flag is read) and transformers `integrations/gguf/gguf_tokenizer_mapping.py`
+//! (how the same metadata becomes a Hugging Face `tokenizers` pipeline). Where the two
+//! disagree, the model's own Hugging Face tokenizer decides (it is what the fixtures in
+//! `tests/fixtures/tokenizer/` record). Two vocabulary types:
+//!
+//! - `gpt2`: byte-level BPE with an explicit merge list; the split regexes come from
+//!   `tokenizer.ggml.pre` ([`PreTokenizerSpec`]), decoding maps the byte alphabet back to
+//!   bytes.
+//! - `llama`: SentencePiece BPE with byte fallback; merges are derived from the scores
+//!   ([`merges_from_scores`]).
+//!
+//! Tokens of type control (3), user-defined (4) and unknown (2) are registered as added
+//! tokens, so their text in the input (`<|im_start|>`, `[INST]`, `[IMG]`) maps to their id
+//! instead of being split. Control and unknown tokens are *special*: `decode(.., true)`
+//! drops them. BOS/EOS are added by `encode(.., true)` as `tokenizer.ggml.add_bos_token` /
+//! `add_eos_token` say, with llama.cpp's defaults when absent (BOS for SentencePiece, Llama 3
+//! and Tekken vocabularies). Streaming decode is [`TextStream`].
+
+mod build;
+mod pretok;
+mod spm;
+mod stream;
+
+use build::{build_byte_level, build_sentencepiece, per_token, register_added_tokens, token_ids};
+
+pub use pretok::PreTokenizerSpec;
+pub use spm::merges_from_scores;
+pub use stream::TextStream;
+
+/// Everything `tokenizer.ggml.*` in a GGUF file says about the vocabulary.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GgufVocab {
+    /// `tokenizer.ggml.model`: `"gpt2"` (byte-level BPE) or `"llama"` (SentencePiece).
+    pub model: String,
+    /// `tokenizer.ggml.pre`: the pre-tokenizer name, e.g. `"smollm"`, `"tekken"`.
+    pub pre: Option<String>,
+    /// `tokenizer.ggml.tokens`: token text by id.
+    pub tokens: Vec<String>,
+    /// `tokenizer.ggml.scores`: SentencePiece piece scores by id.
+    pub scores: Option<Vec<f32>>,
+    /// `tokenizer.ggml.token_type`: 1 normal, 2 unknown, 3 control, 4 user-defined,
+    /// 5 unused, 6 byte.
+    pub token_types: Option<Vec<i32>>,
+    /// `tokenizer.ggml.merges`: byte-level BPE merges as `"left right"`, best first.
+    pub merges: Option<Vec<String>>,
+    /// `tokenizer.ggml.bos_token_id`.
+    pub bos_id: Option<u32>,
+    /// `tokenizer.ggml.eos_token_id`.
+    pub eos_id: Option<u32>,
+    /// `tokenizer.ggml.unknown_token_id`.
+    pub unk_id: Option<u32>,
+    /// `tokenizer.ggml.padding_token_id`.
+    pub pad_id: Option<u32>,
+    /// `tokenizer.ggml.add_bos_token`.
+    pub add_bos: Option<bool>,
+    /// `tokenizer.ggml.add_eos_token`.
+    pub add_eos: Option<bool>,
+    /// `tokenizer.ggml.add_space_prefix` (SentencePiece; default true).
+    pub add_space_prefix: Option<bool>,
+    /// `tokenizer.chat_template`.
+    pub chat_template: Option<String>,
+}
+
+/// Token type codes of `tokenizer.ggml.token_type` (llama.cpp `llama_token_type`).
+pub mod token_type {
+    /// Ordinary vocabulary entry.
+    pub const NORMAL: i32 = 1;
+    /// The unknown token.
+    pub const UNKNOWN: i32 = 2;
+    /// Control token (BOS, EOS, chat markers): special.
+    pub const CONTROL: i32 = 3;
+    /// User-defined token: matched whole in text, but not special.
+    pub const USER_DEFINED: i32 = 4;
+    /// Reserved, never produced.
+    pub const UNUSED: i32 = 5;
+    /// SentencePiece byte-fallback token `<0xNN>`.
+    pub const BYTE: i32 = 6;
+}
+
+/// Token texts that end generation besides EOS (llama.cpp's `special_eog_ids` list).
+const END_OF_GENERATION: &[&str] = &[
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|eom_id|>",
+    "<EOT>",
+    "<|end_of_text|>",
+    "<end_of_utterance>",
+    "</s>",
+];
+
+/// Why a tokenizer could not be built, or could not encode or decode.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    /// `tokenizer.ggml.model` is not a vocabulary type this crate implements.
+    #[error("unsupported tokenizer model {0:?} (expected \"gpt2\" or \"llama\")")]
+    UnsupportedModel(String),
+    /// `tokenizer.ggml.pre` names a pre-tokenizer this crate does not know.
+    #[error("unsupported pre-tokenizer {0:?}")]
+    UnsupportedPre(String),
+    /// A metadata array the vocabulary type needs is absent.
+    #[error("missing GGUF metadata {0}")]
+    Missing(&'static str),
+    /// A per-token metadata array is shorter than `tokenizer.ggml.tokens`.
+    #[error("{key} has {got} entries for {expected} tokens")]
+    LengthMismatch {
+        key: &'static str,
+        expected: usize,
+        got: usize,
+    },
+    /// The vocabulary has more entries than 32-bit ids can address.
+    #[error("vocabulary of {0} tokens is too large")]
+    VocabTooLarge(usize),
+    /// The same token text appears at two ids.
+    #[error("token {token:?} appears at ids {first} and {second}")]
+    DuplicateToken {
+        token: String,
+        first: u32,
+        second: u32,
+    },
+    /// A `tokenizer.ggml.merges` entry is not two space-separated tokens.
+    #[error("malformed merge {0:?}")]
+    BadMerge(String),
+    /// A special-token id in the metadata lies outside the vocabulary.
+    #[error("{name} id {id} is outside the vocabulary of {vocab_size}")]
+    SpecialIdOutOfRange {
+        name: &'static str,
+        id: u32,
+        vocab_size: usize,
+    },
+    /// `decode` was given an id outside the vocabulary.
+    #[error("token id {id} is outside the vocabulary of {vocab_size}")]
+    UnknownId { id: u32, vocab_size: usize },
+    /// The streaming decoder's earlier output is no longer a prefix of the decoded text.
+    #[error("stream decode diverged: {emitted:?} is not a prefix of {decoded:?}")]
+    StreamDiverged { emitted: String, decoded: String },
+    /// The `tokenizers` crate rejected the pipeline or failed while running it.
+    #[error("tokenizers: {0}")]
+    Backend(#[source] tokenizers::Error),
+}
+
+/// A text tokenizer for one GGUF vocabulary.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    vocab_size: usize,
+    bos: Option<u32>,
+    eos: Option<u32>,
+    eos_ids: Vec<u32>,
+    add_bos: bool,
+    add_eos: bool,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("vocab_size", &self.vocab_size)
+            .field("bos", &self.bos)
+            .field("eos_ids", &self.eos_ids)
+            .field("add_bos", &self.add_bos)
+            .field("add_eos", &self.add_eos)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tokenizer {
+    /// Builds the tokenizer for `vocab` (see the module docs for the rules).
+    pub fn from_gguf_vocab(vocab: &GgufVocab) -> Result<Self, TokenizerError> {
+        let n = vocab.tokens.len();
+        if u32::try_from(n).is_err() {
+            return Err(TokenizerError::VocabTooLarge(n));
+        }
+        let ids = token_ids(&vocab.tokens)?;
+        let types = per_token(vocab.token_types.as_deref(), "tokenizer.ggml.token_type", n)?;
+        for (name, id) in [
+            ("bos", vocab.bos_id),
+            ("eos", vocab.eos_id),
+            ("unknown", vocab.unk_id),
+            ("padding", vocab.pad_id),
+        ] {
+            if let Some(id) = id.filter(|&id| id as usize >= n) {
+                return Err(TokenizerError::SpecialIdOutOfRange {
+                    name,
+                    id,
+                    vocab_size: n,
+                });
+            }
+        }
+
+        let (mut inner, add_bos_default) = match vocab.model.as_str() {
+            "gpt2" => (
+                build_byte_level(vocab, ids)?,
+                PreTokenizerSpec::for_pre(vocab.pre.as_deref())?.add_bos_default,
+            ),
+            "llama" => (build_sentencepiece(vocab, ids, types)?, true),
+            other => return Err(TokenizerError::UnsupportedModel(other.to_string())),
+        };
+        if let Some(types) = types {
+            register_added_tokens(&mut inner, &vocab.tokens, types)?;
+        }
+
+        let mut eos_ids: Vec<u32> = vocab.eos_id.into_iter().collect();
+        for text in END_OF_GENERATION {
+            if let Some(id) = inner.token_to_id(text) {
+                eos_ids.push(id);
+            }
+        }
+        eos_ids.sort_unstable();
+        eos_ids.dedup();
+
+        Ok(Self {
+            inner,
+            vocab_size: n,
+            bos: vocab.bos_id,
+            eos: vocab.eos_id,
+            eos_ids,
+            add_bos: vocab.add_bos.unwrap_or(add_bos_default) && vocab.bos_id.is_some(),
+            add_eos: vocab.add_eos.unwrap_or(false) && vocab.eos_id.is_some(),
+        })
+    }
+
+    /// Token ids of `text`; with `add_special`, BOS/EOS as the file's flags ask.
+    pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>, TokenizerError> {
+        let encoding = self
+            .inner
+            .encode_fast(text, false)
+            .map_err(TokenizerError::Backend)?;
+        let body = encoding.get_ids();
+        let mut ids = Vec::with_capacity(body.len() + 2);
+        if add_special && self.add_bos {
+            ids.extend(self.bos);
+        }
+        ids.extend_from_slice(body);
+        if add_special && self.add_eos {
+            ids.extend(self.eos);
+        }
+        Ok(ids)
+    }
+
+    /// Text of `ids`; with `skip_special`, control tokens (BOS, `[INST]`, ...) are dropped.
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, TokenizerError> {
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= self.vocab_size) {
+            return Err(TokenizerError::UnknownId {
+                id,
+                vocab_size: self.vocab_size,
+            });
+        }
+        self.inner
+            .decode(ids, skip_special)
+            .map_err(TokenizerError::Backend)
+    }
+
+    /// The id of the token spelled `name` in the vocabulary (e.g. `"[IMG]"`).
+    pub fn token_id(&self, name: &str) -> Option<u32> {
+        self.inner.token_to_id(name)
+    }
+
+    /// The vocabulary entry of `id`, as stored in the file.
+    pub fn token_text(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    /// The beginning-of-sequence id, if the file names one.
+    pub fn bos_id(&self) -> Option<u32> {
+        self.bos
+    }
+
+    /// Ids that end generation: EOS plus end-of-turn tokens (`<|im_end|>`, ...), sorted.
+    pub fn eos_ids(&self) -> &[u32] {
+        &self.eos_ids
+    }
+
+    /// Whether `encode(.., true)` prepends BOS.
+    pub fn adds_bos(&self) -> bool {
+        self.add_bos
+    }
+
+    /// Number of ids in the vocabulary.
+    pub fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
+    /// A streaming decoder for generated ids (see [`TextStream`]).
+    pub fn decode_stream(&self, skip_special: bool) -> TextStream {
+        TextStream::new(skip_special)
+    }
+}

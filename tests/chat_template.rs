@@ -1,0 +1,236 @@
+//! Chat templates against transformers' `apply_chat_template` fixtures
+//! (`tests/fixtures/tokenizer/chat_*.json`), plus the Hugging Face template semantics the
+//! fixtures do not reach: `raise_exception`, content parts, `tojson`, pycompat methods.
+
+#[path = "common/gguf_vocab.rs"]
+mod gguf_vocab;
+
+use serde::Deserialize;
+use webvlm::chat::{
+    ChatContent, ChatError, ChatMessage, ChatTemplate, ContentPart, CHATML_TEMPLATE,
+};
+use webvlm::tokenizer::Tokenizer;
+
+#[derive(Deserialize)]
+struct ChatFixture {
+    chat_template: String,
+    conversations: Vec<Conversation>,
+}
+
+#[derive(Deserialize)]
+struct Conversation {
+    messages: Vec<ChatMessage>,
+    add_generation_prompt: bool,
+    text: String,
+    ids: Vec<u32>,
+}
+
+/// Renders and tokenizes every conversation of `chat_<file>.json` with the template and
+/// tokenizer read from the `model` GGUF; returns the number of conversations checked.
+fn check_chat_fixture(file: &str, model: &str) -> usize {
+    let path = gguf_vocab::fixture(&format!("tokenizer/chat_{file}.json"));
+    let json = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let fixture: ChatFixture = serde_json::from_str(&json).expect("fixture JSON");
+    let vocab = gguf_vocab::vocab_for(model);
+    assert_eq!(
+        vocab.chat_template.as_deref(),
+        Some(fixture.chat_template.as_str()),
+        "{file}: GGUF template"
+    );
+    let tokenizer = Tokenizer::from_gguf_vocab(&vocab).expect("tokenizer");
+    let template = ChatTemplate::from_vocab(&vocab, &tokenizer).expect("template compiles");
+
+    let mut failures = Vec::new();
+    for (i, conv) in fixture.conversations.iter().enumerate() {
+        let text = template
+            .render(&conv.messages, conv.add_generation_prompt)
+            .expect("render");
+        if text != conv.text {
+            failures.push(format!(
+                "conversation {i}: rendered\n{text:?}\nwant\n{:?}",
+                conv.text
+            ));
+            continue;
+        }
+        let ids = tokenizer.encode(&text, false).expect("encode");
+        if ids != conv.ids {
+            failures.push(format!(
+                "conversation {i}: ids {ids:?}\nwant {:?}",
+                conv.ids
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{file}: {} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    fixture.conversations.len()
+}
+
+#[test]
+fn smollm2_chatml_matches_transformers() {
+    assert_eq!(check_chat_fixture("smollm2", "smollm2"), 4);
+}
+
+#[test]
+fn tekken_template_matches_transformers() {
+    assert_eq!(check_chat_fixture("tiny_mistral3_tekken", "tekken"), 4);
+}
+
+fn tekken_template() -> ChatTemplate {
+    let vocab = gguf_vocab::vocab_for("tekken");
+    let source = vocab.chat_template.expect("tekken GGUF has a template");
+    ChatTemplate::new(&source, "<s>", "</s>").expect("compiles")
+}
+
+#[test]
+fn raise_exception_becomes_a_typed_error() {
+    let messages = [
+        ChatMessage::text("user", "a"),
+        ChatMessage::text("user", "b"),
+    ];
+    match tekken_template().render(&messages, true) {
+        Err(ChatError::Raised(message)) => assert_eq!(
+            message,
+            "After the optional system message, conversation roles must alternate user and \
+             assistant roles except for tool calls and results."
+        ),
+        other => panic!("expected ChatError::Raised, got {other:?}"),
+    }
+    let messages = [ChatMessage::text("narrator", "x")];
+    assert!(
+        matches!(tekken_template().render(&messages, true), Err(ChatError::Raised(m)) if m.contains("got narrator"))
+    );
+}
+
+#[test]
+fn image_parts_render_as_image_chunks() {
+    let json = r#"[
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [
+            {"type": "text", "text": "What is this?"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+        ]}
+    ]"#;
+    let messages: Vec<ChatMessage> = serde_json::from_str(json).expect("OpenAI messages");
+    let ChatContent::Parts(parts) = &messages[1].content else {
+        panic!("parts")
+    };
+    assert_eq!(
+        parts[1],
+        ContentPart::Image {
+            url: Some("data:image/png;base64,AAAA".into())
+        }
+    );
+    // Two chunks are sorted by type by this template: the image comes first.
+    let text = tekken_template().render(&messages, true).expect("render");
+    assert_eq!(
+        text,
+        "<s>[SYSTEM_PROMPT]Be brief.[/SYSTEM_PROMPT][INST][IMG]What is this?[/INST]"
+    );
+}
+
+#[test]
+fn messages_round_trip_through_openai_json() {
+    let messages = vec![
+        ChatMessage::text("user", "hi"),
+        ChatMessage {
+            role: "user".into(),
+            content: ChatContent::Parts(vec![
+                ContentPart::Text("look".into()),
+                ContentPart::Image {
+                    url: Some("https://x/y.png".into()),
+                },
+                ContentPart::Image { url: None },
+            ]),
+        },
+    ];
+    let json = serde_json::to_string(&messages).expect("serialize");
+    assert_eq!(
+        json,
+        r#"[{"role":"user","content":"hi"},{"role":"user","content":[{"type":"text","text":"look"},{"type":"image_url","image_url":{"url":"https://x/y.png"}},{"type":"image"}]}]"#
+    );
+    let back: Vec<ChatMessage> = serde_json::from_str(&json).expect("deserialize");
+    assert_eq!(back, messages);
+    let plain: ContentPart =
+        serde_json::from_str(r#"{"type":"image_url","image_url":"u"}"#).expect("plain url");
+    assert_eq!(
+        plain,
+        ContentPart::Image {
+            url: Some("u".into())
+        }
+    );
+}
+
+#[test]
+fn chatml_fallback_template() {
+    let t = ChatTemplate::new(CHATML_TEMPLATE, "", "").expect("compiles");
+    let messages = [
+        ChatMessage::text("system", "S"),
+        ChatMessage {
+            role: "user".into(),
+            content: ChatContent::Parts(vec![
+                ContentPart::Text("a".into()),
+                ContentPart::Image { url: None },
+                ContentPart::Text("b".into()),
+            ]),
+        },
+    ];
+    assert_eq!(
+        t.render(&messages, true).expect("render"),
+        "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nab<|im_end|>\n<|im_start|>assistant\n"
+    );
+    assert_eq!(
+        t.render(&messages[..1], false).expect("render"),
+        "<|im_start|>system\nS<|im_end|>\n"
+    );
+}
+
+#[test]
+fn python_semantics_tojson_pycompat_strftime() {
+    let source = "{{ messages|tojson }}|{{ messages[0]|tojson(indent=2) }}|\
+                  {{ messages[0].content.strip().split(' ')|join(',') }}|\
+                  {% for k, v in messages[0].items() %}{{ k }}={{ v|trim }};{% endfor %}|\
+                  {{ strftime_now('%d %B %Y') }}|{{ tools is none }}|{{ bos_token }}{{ eos_token }}";
+    let mut t = ChatTemplate::new(source, "<s>", "</s>").expect("compiles");
+    t.set_fixed_time(Some(1_709_211_909)); // 2024-02-29 13:05:09 UTC
+    let messages = [ChatMessage::text("user", " a \"b\" é<>\n ")];
+    assert_eq!(
+        t.render(&messages, false).expect("render"),
+        "[{\"role\": \"user\", \"content\": \" a \\\"b\\\" é<>\\n \"}]|\
+         {\n  \"role\": \"user\",\n  \"content\": \" a \\\"b\\\" é<>\\n \"\n}|\
+         a,\"b\",é<>|role=user;content=a \"b\" é<>;|29 February 2024|True|<s></s>"
+    );
+}
+
+#[test]
+fn trim_and_lstrip_blocks_like_transformers() {
+    let source = "{% for m in messages %}\n    {% if m.role == 'user' %}\n[{{ m.content }}]\n    {% endif %}\n{% endfor %}\n";
+    let t = ChatTemplate::new(source, "", "").expect("compiles");
+    let messages = [
+        ChatMessage::text("user", "x"),
+        ChatMessage::text("user", "y"),
+    ];
+    assert_eq!(t.render(&messages, false).expect("render"), "[x]\n[y]\n");
+}
+
+#[test]
+fn syntax_errors_are_reported_at_compile_time() {
+    assert!(matches!(
+        ChatTemplate::new("{% for %}", "", ""),
+        Err(ChatError::Syntax(_))
+    ));
+}
+
+#[test]
+fn generation_blocks_render_their_body() {
+    let source = "{% for m in messages %}{%- if m.role == 'assistant' %}{% generation %}<{{ m.content }}>{%- endgeneration %}{% else %}[{{ m.content }}]{% endif %}{% endfor %}";
+    let t = ChatTemplate::new(source, "", "").expect("compiles");
+    let messages = [
+        ChatMessage::text("user", "q"),
+        ChatMessage::text("assistant", "a"),
+    ];
+    assert_eq!(t.render(&messages, false).expect("render"), "[q]<a>");
+}
