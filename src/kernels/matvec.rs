@@ -9,9 +9,8 @@ use crate::gpu::{grid_1d, Access, Arg, Gpu, GpuError, KernelSpec, Program, Resul
 
 const SHADER: &str = include_str!("../../shaders/matvec.wgsl");
 const BINDINGS: &[Access] = &[Access::Uniform, Access::Read, Access::Read, Access::ReadWrite];
-/// Rows per workgroup and tokens per dispatch slice (`RPW`, `MAXT` in the shader).
-const ROWS_PER_WG: u32 = 4;
-const TOKENS_PER_SLICE: u32 = 8;
+/// Rows per workgroup (`RPW` in the shader).
+const ROWS_PER_WG: u32 = 8;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -45,7 +44,7 @@ pub fn record(prog: &mut Program, gpu: &Gpu, w: &GpuWeight, x: &wgpu::Buffer, y:
             _pad: [0; 2],
         };
         let mut grid = grid_1d(part.rows.div_ceil(ROWS_PER_WG));
-        grid[2] = n_tok.div_ceil(TOKENS_PER_SLICE).max(1);
+        grid[2] = n_tok.max(1);
         let args = [Arg::Buf(&part.buffer), Arg::Buf(x), Arg::Buf(y)];
         prog.push_with_params(gpu, &spec, &params, &args, grid)?;
     }
