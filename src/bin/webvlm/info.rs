@@ -20,7 +20,13 @@ pub fn run(args: &[String]) -> CliResult {
     println!("hidden:        {}   ffn: {}", cfg.n_embd, cfg.n_ff);
     println!("heads:         {} query, {} key/value, head_dim {}", cfg.n_head, cfg.n_head_kv, cfg.head_dim);
     println!("vocabulary:    {}   context: {}", cfg.vocab, cfg.context_length);
-    println!("rope:          theta {}   yarn {:?}", cfg.rope_theta, cfg.yarn);
+    match &cfg.yarn {
+        Some(y) => println!(
+            "rope:          theta {}, YaRN factor {} (original context {}, beta {}/{}, attention factor {})",
+            cfg.rope_theta, y.factor, y.original_max_position_embeddings, y.beta_fast, y.beta_slow, y.attention_factor()
+        ),
+        None => println!("rope:          theta {}", cfg.rope_theta),
+    }
     println!("query scaling: beta {} orig {}", cfg.query_scale_beta, cfg.query_scale_orig);
     println!("tokenizer:     {}", md.get_opt_str("tokenizer.ggml.model")?.unwrap_or("none"));
 
