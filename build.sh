@@ -22,7 +22,7 @@ build_wasm() {
   local want
   want="$(wasm_bindgen_version)"
   if ! wasm-bindgen --version 2>/dev/null | grep -q " $want\$"; then
-    cargo install wasm-bindgen-cli --version "$want" --locked
+    cargo install wasm-bindgen-cli --version "$want"
   fi
   rm -rf www/pkg
   wasm-bindgen --target web --out-dir www/pkg target/wasm32-unknown-unknown/release/webvlm.wasm

@@ -16,6 +16,8 @@
 //! `attn_combine`: one workgroup per (token, head) merges the splits:
 //!   out = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s.
 //! Workgroup memory: 8 KiB; head_dim <= 128 and a multiple of 4.
+//! The cache is read through `kv_k` / `kv_v`, prepended by `src/kernels/attention.rs` for the
+//! cache type (f32, or f16 packed two per word and widened on load); the math is f32.
 
 // Per-step uniform written by the decode loop (mirrors `kernels::attention::StepParams`).
 struct Step {
@@ -48,6 +50,9 @@ struct Params {
 @group(0) @binding(4) var<storage, read> q: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read> k_cache: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read> v_cache: array<vec4<f32>>;
+// The same bindings for an f16 cache: 4 halves per vec2<u32> (only the reader's view is used).
+@group(0) @binding(5) var<storage, read> k_cache_h: array<vec2<u32>>;
+@group(0) @binding(6) var<storage, read> v_cache_h: array<vec2<u32>>;
 // attn_combine only (naga checks binding collisions per entry point):
 @group(0) @binding(4) var<storage, read_write> out: array<vec4<f32>>;
 
@@ -120,7 +125,7 @@ fn attn_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
         if (j < nk) {
             let kbase = (key * p.kv_stride + g * p.head_dim) / 4u;
             for (var c = c0; c < c1; c++) {
-                let kc = k_cache[kbase + c];
+                let kc = kv_k(kbase + c);
                 for (var r = 0u; r < R_MAX; r++) { acc[r] += qs[r * HD4 + c] * kc; }
             }
         }
@@ -157,7 +162,7 @@ fn attn_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
                 for (var k = 0u; k < nk; k++) {
                     let pk = sc[r * BK + k];
                     sum += pk;
-                    acc_o += pk * v_cache[vbase + k * vstep];
+                    acc_o += pk * kv_v(vbase + k * vstep);
                 }
                 l[u] = sum;
                 o[u] = acc_o;

@@ -10,6 +10,9 @@
 //! (row, j) computes one score and its exp, then accumulates the dims j, j + BK, ... (vec4
 //! units) of its row's output. Key visibility: causal rows see cache rows 0..=kv_start + t;
 //! non-causal rows see 0..kv_start + n_tok.
+//!
+//! The cache is read through `kv_k` / `kv_v`, prepended by `src/kernels/attention.rs` for the
+//! cache type (f32, or f16 packed two per word and widened on load); the math is f32.
 
 // Per-step uniform written by the decode loop (mirrors `kernels::attention::StepParams`).
 struct Step {
@@ -39,6 +42,9 @@ struct Params {
 @group(0) @binding(2) var<storage, read> q: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> k_cache: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read> v_cache: array<vec4<f32>>;
+// The same bindings for an f16 cache: 4 halves per vec2<u32> (only the reader's view is used).
+@group(0) @binding(3) var<storage, read> k_cache_h: array<vec2<u32>>;
+@group(0) @binding(4) var<storage, read> v_cache_h: array<vec2<u32>>;
 @group(0) @binding(5) var<storage, read_write> out: array<vec4<f32>>;
 
 const BQ: u32 = 16u;
@@ -61,7 +67,7 @@ fn load_tile(kb: u32, nk: u32, g: u32, hd4: u32, lid: u32, is_v: bool) {
         var val = vec4<f32>(0.0);
         if (r < nk) {
             let idx = ((kb + r) * p.kv_stride + g * p.head_dim) / 4u + c;
-            if (is_v) { val = v_cache[idx]; } else { val = k_cache[idx]; }
+            if (is_v) { val = kv_v(idx); } else { val = kv_k(idx); }
         }
         kv[r * HD4 + c] = val;
     }

@@ -3,8 +3,13 @@
 //! and llama.cpp's `mul_mat` WebGPU/Vulkan shaders): a 256-thread workgroup computes a
 //! BM x BN = 64 x 64 output tile, stepping K by BK = 32; each step stages an X tile and a
 //! dequantized W tile (8 values per thread, decoded once) in workgroup memory, k-major, and
-//! each thread accumulates a 4 x 4 register block in f32. Edges are bounds-checked.
+//! each thread accumulates a 4 x 4 register block. Edges are bounds-checked.
 //! Grid: x/y = N tiles (linear id wid.x + wid.y * nwg.x), z = M tiles.
+//!
+//! Precision (a prelude from `src/kernels/matmul.rs` defines the tile type `MMT` and `MM_F16`):
+//! f32 tiles and f32 accumulation (the default); or, with `shader-f16`, f16 tiles (X clamped
+//! to ±65504) and f16 products summed in f16 over one BK = 32 step, each step's partial
+//! block then added to f32 totals (a 32-term f16 sum bounds the f16 rounding growth).
 
 struct Params {
     row_words: u32,
@@ -31,21 +36,27 @@ const BN: u32 = 64u;
 const BK: u32 = 32u;
 
 // k-major tiles: [BK][BM / 4] and [BK][BN / 4] vec4s (2 x 8 KiB).
-var<workgroup> xs: array<vec4<f32>, 512>;
-var<workgroup> ws: array<vec4<f32>, 512>;
+var<workgroup> xs: array<vec4<MMT>, 512>;
+var<workgroup> ws: array<vec4<MMT>, 512>;
+
+/// A staged value in the tile type (f16: clamped to the finite range first).
+fn mmt(v: f32) -> MMT {
+    if (MM_F16) { return MMT(clamp(v, -65504.0, 65504.0)); }
+    return MMT(v);
+}
 
 /// Stores 8 values of tile row `r` at k offsets kq..kq+7 into a k-major tile.
 fn put_x(r: u32, kq: u32, v: W8) {
     for (var i = 0u; i < 4u; i++) {
-        xs[(kq + i) * 16u + r / 4u][r % 4u] = v.a[i];
-        xs[(kq + 4u + i) * 16u + r / 4u][r % 4u] = v.b[i];
+        xs[(kq + i) * 16u + r / 4u][r % 4u] = mmt(v.a[i]);
+        xs[(kq + 4u + i) * 16u + r / 4u][r % 4u] = mmt(v.b[i]);
     }
 }
 
 fn put_w(r: u32, kq: u32, v: W8) {
     for (var i = 0u; i < 4u; i++) {
-        ws[(kq + i) * 16u + r / 4u][r % 4u] = v.a[i];
-        ws[(kq + 4u + i) * 16u + r / 4u][r % 4u] = v.b[i];
+        ws[(kq + i) * 16u + r / 4u][r % 4u] = mmt(v.a[i]);
+        ws[(kq + 4u + i) * 16u + r / 4u][r % 4u] = mmt(v.b[i]);
     }
 }
 
@@ -60,8 +71,13 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     let tn = lid % 16u; // output cols n0 + 4 tn ..
     let lr = lid / 4u;        // loader: tile row
     let lk = (lid % 4u) * 8u; // loader: k offset in the tile
+    // f32: `part` is the accumulator. f16: `part` sums one K step, then moves into `acc`.
     var acc: array<vec4<f32>, 4>;
-    for (var i = 0u; i < 4u; i++) { acc[i] = vec4<f32>(0.0); }
+    var part: array<vec4<MMT>, 4>;
+    for (var i = 0u; i < 4u; i++) {
+        acc[i] = vec4<f32>(0.0);
+        part[i] = vec4<MMT>(0.0);
+    }
 
     for (var k0 = 0u; k0 < p.k; k0 += BK) {
         let k = k0 + lk;
@@ -98,12 +114,21 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         for (var kk = 0u; kk < BK; kk++) {
             let a = xs[kk * 16u + tm];
             let b = ws[kk * 16u + tn];
-            acc[0] += a.x * b;
-            acc[1] += a.y * b;
-            acc[2] += a.z * b;
-            acc[3] += a.w * b;
+            part[0] += a.x * b;
+            part[1] += a.y * b;
+            part[2] += a.z * b;
+            part[3] += a.w * b;
+        }
+        if (MM_F16) {
+            for (var i = 0u; i < 4u; i++) {
+                acc[i] += vec4<f32>(part[i]);
+                part[i] = vec4<MMT>(0.0);
+            }
         }
         workgroupBarrier();
+    }
+    if (!MM_F16) {
+        for (var i = 0u; i < 4u; i++) { acc[i] = vec4<f32>(part[i]); }
     }
 
     for (var i = 0u; i < 4u; i++) {

@@ -14,7 +14,9 @@
 //!
 //! One invocation per (token, head, pair). `rope_inplace` rotates q or k in place;
 //! `rope_kv_store` rotates new k rows and writes them, with the matching v rows, into the KV
-//! cache at row `step.kv_start + t`.
+//! cache at row `step.kv_start + t`; `rope_kv_store_f16` does the same for an f16 cache (pairs
+//! of halves packed in a u32 by `pack2x16float`, which needs no `shader-f16`): one invocation
+//! per (token, head, word of two adjacent dims), each dim rotated with its own partner.
 
 // Per-step uniform written by the decode loop (mirrors `kernels::attention::StepParams`).
 struct Step {
@@ -53,6 +55,9 @@ struct Params {
 @group(0) @binding(4) var<storage, read> v: array<f32>;
 @group(0) @binding(5) var<storage, read_write> k_cache: array<f32>;
 @group(0) @binding(6) var<storage, read_write> v_cache: array<f32>;
+// rope_kv_store_f16 only: the caches as f16 pairs (dims 2w, 2w + 1 of a row in word w).
+@group(0) @binding(5) var<storage, read_write> k_cache_h: array<u32>;
+@group(0) @binding(6) var<storage, read_write> v_cache_h: array<u32>;
 
 const WG: u32 = 256u;
 // 2*pi = C1 + C2 + C3; C1 and C2 have 8 significant bits, so k*C1 and k*C2 are exact for k < 2^16.
@@ -141,4 +146,45 @@ fn rope_kv_store(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     }
     v_cache[cb + d.x] = v[vb + d.x];
     v_cache[cb + d.y] = v[vb + d.y];
+}
+
+// Dim d (within the head, < n_rot) of the rotated k row at kb: d * cos + sign * partner * sin.
+fn rotated_k(kb: u32, pos: u32, d: u32) -> f32 {
+    let half_rot = p.n_rot / 2u;
+    var i = d / 2u;
+    var partner = d ^ 1u;
+    var first = d % 2u == 0u;
+    if (p.neox != 0u) {
+        first = d < half_rot;
+        i = select(d - half_rot, d, first);
+        partner = select(d - half_rot, d + half_rot, first);
+    }
+    let cs = cos_sin(pos, i);
+    let x = k_in[kb + d];
+    let y = k_in[kb + partner];
+    if (first) { return x * cs.x - y * cs.y; }
+    return x * cs.x + y * cs.y;
+}
+
+@compute @workgroup_size(WG)
+fn rope_kv_store_f16(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) lid: u32) {
+    let j = job(wid, nwg, lid);  // j.i: word of the head (dims 2i, 2i + 1)
+    if (!j.ok) { return; }
+    let pos = step.rope_pos0 + j.t;
+    let d = 2u * j.i;
+    let kb = j.t * p.x_stride + p.x_offset + j.h * p.head_dim;
+    let vb = j.t * p.v_stride + p.v_offset + j.h * p.head_dim;
+    let cw = ((step.kv_start + j.t) * p.cache_stride + j.h * p.head_dim + d) / 2u;
+    var k = vec2<f32>(k_in[kb + d], k_in[kb + d + 1u]);
+    if (d < p.n_rot) {
+        if (p.neox == 0u) {
+            let cs = cos_sin(pos, j.i);
+            k = vec2<f32>(k.x * cs.x - k.y * cs.y, k.y * cs.x + k.x * cs.y);
+        } else {
+            k = vec2<f32>(rotated_k(kb, pos, d), rotated_k(kb, pos, d + 1u));
+        }
+    }
+    k_cache_h[cw] = pack2x16float(k);
+    v_cache_h[cw] = pack2x16float(vec2<f32>(v[vb + d], v[vb + d + 1u]));
 }

@@ -3,10 +3,11 @@
 //! its combine pass (`shaders/attention_decode.wgsl`, flash-decoding), plus [`StepParams`],
 //! the per-step uniform that RoPE, the KV-cache store and attention read.
 //!
-//! Layouts (f32, row-major): q `[n_tok][q_stride]` with head h at `q_offset + h*head_dim`;
-//! caches `[max_ctx][n_kv_head*head_dim]`; out `[n_tok][n_head*head_dim]`. Query head h uses KV
-//! head `h / (n_head / n_kv_head)`. New token t sits at cache row `kv_start + t` and (causal)
-//! sees rows `0..=kv_start + t`; the cache must already hold the new rows.
+//! Layouts (row-major): q `[n_tok][q_stride]` f32 with head h at `q_offset + h*head_dim`;
+//! caches `[max_ctx][n_kv_head*head_dim]` of [`KvDtype`] (f32, or f16 packed two per word);
+//! out `[n_tok][n_head*head_dim]` f32. Query head h uses KV head `h / (n_head / n_kv_head)`.
+//! New token t sits at cache row `kv_start + t` and (causal) sees rows `0..=kv_start + t`; the
+//! cache must already hold the new rows. The math is f32 whatever the cache type.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -20,6 +21,55 @@ const DECODE_BINDINGS: &[Access] =
     &[Access::Uniform, Access::Uniform, Access::ReadWrite, Access::ReadWrite, Access::Read, Access::Read, Access::Read];
 const COMBINE_BINDINGS: &[Access] =
     &[Access::Uniform, Access::Uniform, Access::ReadWrite, Access::ReadWrite, Access::ReadWrite];
+
+/// Cache readers prepended to both attention shaders, one per [`KvDtype`]: `kv_k(i)` and
+/// `kv_v(i)` return elements `4i..4i+4` of the K / V cache as f32. The shaders declare both
+/// views of each cache binding (`array<vec4<f32>>` and `array<vec2<u32>>`); only the one the
+/// reader uses is bound. `unpack2x16float` needs no `shader-f16`, so the f16 cache works on
+/// every adapter.
+const KV_READ_F32: &str = "
+fn kv_k(i: u32) -> vec4<f32> { return k_cache[i]; }
+fn kv_v(i: u32) -> vec4<f32> { return v_cache[i]; }
+";
+const KV_READ_F16: &str = "
+fn kv_k(i: u32) -> vec4<f32> { let w = k_cache_h[i]; return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)); }
+fn kv_v(i: u32) -> vec4<f32> { let w = v_cache_h[i]; return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)); }
+";
+
+/// Element type of the KV cache.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum KvDtype {
+    /// f32: exact, the default.
+    #[default]
+    F32,
+    /// IEEE binary16, two per `u32` word (element 2i in the low half, as `pack2x16float`):
+    /// half the memory and half the attention reads. Written with `pack2x16float` (rounding
+    /// to a neighbouring f16, |rel err| <= 2^-10; values beyond ±65504 are undefined), read
+    /// with `unpack2x16float`: no `shader-f16` needed.
+    F16,
+}
+
+impl KvDtype {
+    /// Bytes per cache element.
+    pub fn bytes(self) -> u64 {
+        match self {
+            KvDtype::F32 => 4,
+            KvDtype::F16 => 2,
+        }
+    }
+
+    /// Bytes of one cache (K or V) of `rows` rows of `row_elems` elements.
+    pub fn cache_bytes(self, rows: u32, row_elems: u32) -> u64 {
+        rows as u64 * row_elems as u64 * self.bytes()
+    }
+
+    fn reader(self) -> &'static str {
+        match self {
+            KvDtype::F32 => KV_READ_F32,
+            KvDtype::F16 => KV_READ_F16,
+        }
+    }
+}
 
 /// Largest supported head_dim (workgroup-memory tiles are sized for it).
 pub const MAX_HEAD_DIM: u32 = 128;
@@ -88,6 +138,8 @@ pub struct AttnShape {
     pub scale: f32,
     /// Causal mask (text); false lets every new token see all `kv_start + n_tok` keys (vision).
     pub causal: bool,
+    /// Element type of the caches read.
+    pub kv: KvDtype,
 }
 
 impl AttnShape {
@@ -102,6 +154,7 @@ impl AttnShape {
             q_offset: 0,
             scale: 1.0 / (head_dim as f32).sqrt(),
             causal: true,
+            kv: KvDtype::F32,
         }
     }
 
@@ -168,7 +221,8 @@ pub fn attention_prefill(
 ) -> Result<()> {
     shape.check();
     assert!(shape.max_tok * shape.group() <= 16 * 65535, "attention_prefill: max_tok too large for one grid");
-    let spec = KernelSpec::new("attention_prefill", PREFILL, "attn_prefill", PREFILL_BINDINGS);
+    let spec =
+        KernelSpec::new("attention_prefill", PREFILL, "attn_prefill", PREFILL_BINDINGS).with_prefix(shape.kv.reader());
     let tiles = (shape.max_tok * shape.group()).div_ceil(PREFILL_ROWS);
     let args = [Arg::Buf(step), Arg::Buf(q), Arg::Buf(k_cache), Arg::Buf(v_cache), Arg::Buf(out)];
     prog.push_with_params(gpu, &spec, &shape.params(1), &args, [tiles, shape.n_kv_head, 1])
@@ -230,7 +284,8 @@ pub fn attention_decode(
         shape.head_dim
     );
     let params = shape.params(scratch.n_split);
-    let spec = KernelSpec::new("attention_decode", DECODE, "attn_decode", DECODE_BINDINGS);
+    let spec =
+        KernelSpec::new("attention_decode", DECODE, "attn_decode", DECODE_BINDINGS).with_prefix(shape.kv.reader());
     let chunks = (shape.max_tok * shape.group()).div_ceil(DECODE_ROWS);
     let args = [
         Arg::Buf(step),
@@ -241,9 +296,36 @@ pub fn attention_decode(
         Arg::Buf(v_cache),
     ];
     prog.push_with_params(gpu, &spec, &params, &args, [scratch.n_split, shape.n_kv_head, chunks])?;
-    let spec = KernelSpec::new("attention_decode", DECODE, "attn_combine", COMBINE_BINDINGS);
+    // Same module as attn_decode (the reader is part of it; combine does not read the cache).
+    let spec =
+        KernelSpec::new("attention_decode", DECODE, "attn_combine", COMBINE_BINDINGS).with_prefix(shape.kv.reader());
     let args = [Arg::Buf(step), Arg::Buf(&scratch.ml), Arg::Buf(&scratch.o), Arg::Buf(out)];
     prog.push_with_params(gpu, &spec, &params, &args, grid_1d(shape.max_tok * shape.n_head))
+}
+
+/// Rounds `x` to f16 values as the f16 cache stores them (round to nearest even), for
+/// references of the f16-cache path.
+pub fn round_f16(x: &[f32]) -> Vec<f32> {
+    x.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect()
+}
+
+/// `x` as f16 bits packed two per word, the [`KvDtype::F16`] cache layout (length even).
+pub fn pack_f16(x: &[f32]) -> Vec<u32> {
+    x.chunks(2)
+        .map(|c| {
+            let lo = half::f16::from_f32(c[0]).to_bits() as u32;
+            let hi = c.get(1).map_or(0, |&v| half::f16::from_f32(v).to_bits() as u32);
+            lo | hi << 16
+        })
+        .collect()
+}
+
+/// The inverse of [`pack_f16`].
+pub fn unpack_f16(words: &[u32]) -> Vec<f32> {
+    words
+        .iter()
+        .flat_map(|&w| [half::f16::from_bits(w as u16).to_f32(), half::f16::from_bits((w >> 16) as u16).to_f32()])
+        .collect()
 }
 
 /// CPU reference (f64 accumulation) of both kernels: `q` dense `[n_tok][n_head*head_dim]`,

@@ -11,3 +11,4 @@ pub mod matmul;
 pub mod embedding;
 pub mod attention;
 pub mod rope;
+pub mod bench;

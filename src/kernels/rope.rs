@@ -10,6 +10,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::attention::KvDtype;
 use crate::gpu::{grid_1d, Access, Arg, Gpu, KernelSpec, Program, Result};
 
 const SHADER: &str = include_str!("../../shaders/rope.wgsl");
@@ -255,7 +256,8 @@ pub fn rope_inplace(
 
 /// Records RoPE of the new k rows (`k_layout`, n_kv_head heads) and their store, with the
 /// v rows (`v_layout`: same heads, its own stride/offset), into the caches
-/// `[max_ctx][n_kv_head * head_dim]` at rows `kv_start + t`. `k` and `v` may be one buffer.
+/// `[max_ctx][n_kv_head * head_dim]` of `kv` at rows `kv_start + t`. `k` and `v` may be one
+/// buffer. An f16 cache gets the f32 results rounded by `pack2x16float` (no `shader-f16`).
 #[allow(clippy::too_many_arguments)]
 pub fn rope_kv_store(
     prog: &mut Program,
@@ -268,8 +270,13 @@ pub fn rope_kv_store(
     v_layout: &RopeLayout,
     k_cache: &wgpu::Buffer,
     v_cache: &wgpu::Buffer,
+    kv: KvDtype,
 ) -> Result<()> {
-    let spec = KernelSpec::new("rope", SHADER, "rope_kv_store", KV_STORE);
+    let entry = match kv {
+        KvDtype::F32 => "rope_kv_store",
+        KvDtype::F16 => "rope_kv_store_f16",
+    };
+    let spec = KernelSpec::new("rope", SHADER, entry, KV_STORE);
     let p = params(k_layout, freqs, Some(v_layout), QScale::NONE);
     let args =
         [Arg::Buf(step), Arg::Buf(&freqs.inv_freq), Arg::Buf(k), Arg::Buf(v), Arg::Buf(k_cache), Arg::Buf(v_cache)];

@@ -5,8 +5,8 @@
 
 use std::collections::HashMap;
 
-use crate::gpu::{Gpu, GpuError, Program, Readback, Result as GpuResult};
-use crate::kernels::attention::{default_splits, AttnShape, DecodeScratch, StepParams};
+use crate::gpu::{Caps, Gpu, GpuError, Program, Readback, Result as GpuResult};
+use crate::kernels::attention::{default_splits, AttnShape, DecodeScratch, KvDtype, StepParams};
 use crate::kernels::sample::{Sampler, SamplerState};
 
 use super::decoder::{Decoder, LogitsMode};
@@ -23,6 +23,26 @@ pub struct ContextOptions {
 impl Default for ContextOptions {
     fn default() -> Self {
         ContextOptions { max_ctx: 2048, max_chunk: 128 }
+    }
+}
+
+/// Optional reduced-precision paths, all off by default (the f32 path matches the f32
+/// reference). Measured on SmolLM2 in `tests/model_f16.rs`. A struct of its own rather than
+/// `ContextOptions` fields so that existing `ContextOptions { .. }` literals keep compiling.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Precision {
+    /// f16 KV cache: half the cache memory and half the attention reads. Needs no
+    /// `shader-f16` (packed with `pack2x16float`), so it works on every adapter.
+    pub kv_f16: bool,
+    /// f16 tiles and math in the prefill matmuls (f32 accumulation across K steps). Only
+    /// where `caps.f16`; elsewhere the context falls back to f32 ([`Context::precision`]).
+    pub compute_f16: bool,
+}
+
+impl Precision {
+    /// Every reduced-precision path the device supports.
+    pub fn reduced(caps: &Caps) -> Precision {
+        Precision { kv_f16: true, compute_f16: caps.f16 }
     }
 }
 
@@ -58,6 +78,8 @@ pub(super) struct Buffers {
     /// `[logits_rows][vocab]`.
     pub logits: wgpu::Buffer,
     pub kv: Vec<(wgpu::Buffer, wgpu::Buffer)>,
+    /// The precision in effect (`compute_f16` cleared on devices without `shader-f16`).
+    pub precision: Precision,
     pub attn_scratch: DecodeScratch,
     pub sampler: Sampler,
 }
@@ -74,16 +96,34 @@ pub struct Context {
     n_past: u32,
     /// Position id of cache row 0 (tests start sequences at large positions).
     pos_offset: u32,
+    /// Submits and bytes read back so far, for benchmarks.
+    counters: Counters,
+}
+
+/// What a context has sent to and read from the GPU (`webvlm bench` reports per-token deltas).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Command-buffer submits.
+    pub submits: u64,
+    /// Bytes copied back to the host.
+    pub read_back_bytes: u64,
 }
 
 impl Context {
     pub fn new(gpu: &Gpu, dec: &Decoder, opts: ContextOptions) -> GpuResult<Context> {
+        Self::with_precision(gpu, dec, opts, Precision::default())
+    }
+
+    /// [`Context::new`] with reduced-precision paths.
+    pub fn with_precision(gpu: &Gpu, dec: &Decoder, opts: ContextOptions, precision: Precision) -> GpuResult<Context> {
+        let precision = Precision { compute_f16: precision.compute_f16 && gpu.caps.f16, ..precision };
         let c = &dec.cfg;
         let chunk = opts.max_chunk.max(1) as u64;
         let f32s = |n: u64| n * 4;
         let row_limit = gpu.caps.max_storage_binding.min(256 << 20) / f32s(c.vocab as u64);
         let logits_rows = (chunk.min(row_limit).max(1)) as u32;
-        let kv_bytes = f32s(opts.max_ctx as u64 * c.kv_dim() as u64);
+        let kv_dtype = if precision.kv_f16 { KvDtype::F16 } else { KvDtype::F32 };
+        let kv_bytes = kv_dtype.cache_bytes(opts.max_ctx, c.kv_dim());
         let kv = (0..c.n_layer)
             .map(|i| Ok((gpu.storage(&format!("k_cache.{i}"), kv_bytes)?, gpu.storage(&format!("v_cache.{i}"), kv_bytes)?)))
             .collect::<GpuResult<Vec<_>>>()?;
@@ -102,6 +142,7 @@ impl Context {
             up: gpu.storage("up", f32s(chunk * c.n_ff as u64))?,
             logits: gpu.storage("logits", f32s(logits_rows as u64 * c.vocab as u64))?,
             kv,
+            precision,
             attn_scratch: DecodeScratch::new(gpu, &shape, default_splits(opts.max_ctx))?,
             sampler: Sampler::new(gpu, c.vocab)?,
         };
@@ -113,6 +154,7 @@ impl Context {
             readback: Readback::new(gpu, 4),
             n_past: 0,
             pos_offset: 0,
+            counters: Counters::default(),
         })
     }
 
@@ -130,6 +172,16 @@ impl Context {
         self.opts.max_ctx
     }
 
+    /// The precision in effect.
+    pub fn precision(&self) -> Precision {
+        self.b.precision
+    }
+
+    /// Bytes of KV cache (all layers, K and V).
+    pub fn kv_cache_bytes(&self) -> u64 {
+        self.b.kv.iter().map(|(k, v)| k.size() + v.size()).sum()
+    }
+
     /// Starts the sequence's position ids at `offset` (for tests of long-context RoPE).
     pub fn set_position_offset(&mut self, offset: u32) {
         self.pos_offset = offset;
@@ -143,6 +195,8 @@ impl Context {
         for chunk in tokens.chunks(self.opts.max_chunk.min(self.logits_rows) as usize) {
             self.run(gpu, dec, chunk, LogitsMode::All)?;
             out.extend(gpu.read_f32(&self.b.logits, 0, chunk.len() * vocab).await?);
+            self.counters.submits += 1;
+            self.counters.read_back_bytes += (chunk.len() * vocab * 4) as u64;
         }
         Ok(out)
     }
@@ -177,7 +231,17 @@ impl Context {
 
     /// Dispatches and submits per decoded token, for benchmarks.
     pub fn decode_dispatches(&mut self, gpu: &Gpu, dec: &Decoder) -> GpuResult<usize> {
-        Ok(self.program(gpu, dec, 1, LogitsMode::LastAndSample)?.n_dispatches())
+        Ok(self.decode_program(gpu, dec)?.n_dispatches())
+    }
+
+    /// The recorded program of one decode step (benchmarks time its dispatches by family).
+    pub fn decode_program(&mut self, gpu: &Gpu, dec: &Decoder) -> GpuResult<&Program> {
+        self.program(gpu, dec, 1, LogitsMode::LastAndSample)
+    }
+
+    /// Submits and read-back bytes since the context was made, for benchmarks.
+    pub fn counters(&self) -> Counters {
+        self.counters
     }
 
     fn check(&self, dec: &Decoder, tokens: &[u32]) -> Result<(), ContextError> {
@@ -206,8 +270,10 @@ impl Context {
         self.program(gpu, dec, n, mode)?.encode(&mut encoder);
         if read_token {
             self.readback.copy_from(&mut encoder, &self.b.ids, 0, 4);
+            self.counters.read_back_bytes += 4;
         }
         gpu.queue.submit([encoder.finish()]);
+        self.counters.submits += 1;
         self.n_past += n;
         Ok(())
     }

@@ -7,7 +7,8 @@
 //! every step with only the step uniform changing.
 
 use crate::gpu::{Gpu, Program, Result as GpuResult};
-use crate::kernels::attention::{attention_decode, attention_prefill, AttnShape};
+use crate::kernels::attention::{attention_decode, attention_prefill, AttnShape, KvDtype};
+use crate::kernels::matmul::MatmulCompute;
 use crate::kernels::quant::GpuWeight;
 use crate::kernels::rope::{rope_inplace, rope_kv_store, rope_table, QScale, RopeFreqs, RopeLayout, RopeMode};
 use crate::kernels::{elementwise, embedding, matmul, matvec, norm};
@@ -69,28 +70,30 @@ impl Decoder {
         let q_scale = QScale { beta: c.query_scale_beta, orig_ctx: c.query_scale_orig };
         let q_layout = RopeLayout::dense(c.n_head, hd, n, RopeMode::Adjacent);
         let kv_layout = RopeLayout::dense(c.n_head_kv, hd, n, RopeMode::Adjacent);
-        let shape = AttnShape::new(c.n_head, c.n_head_kv, hd, n);
+        let kv = if b.precision.kv_f16 { KvDtype::F16 } else { KvDtype::F32 };
+        let mm = if b.precision.compute_f16 { MatmulCompute::F16 } else { MatmulCompute::F32 };
+        let shape = AttnShape { kv, ..AttnShape::new(c.n_head, c.n_head_kv, hd, n) };
 
         embedding::record(&mut p, gpu, &self.weights.token_embd, &b.ids, &b.x, n)?;
         for (l, (k_cache, v_cache)) in self.weights.layers.iter().zip(&b.kv) {
             norm::rms_norm(&mut p, gpu, &b.x, &l.attn_norm, &b.h, n, d, c.rms_eps)?;
-            linear(&mut p, gpu, &l.wq, &b.h, &b.q, n)?;
-            linear(&mut p, gpu, &l.wk, &b.h, &b.k, n)?;
-            linear(&mut p, gpu, &l.wv, &b.h, &b.v, n)?;
+            linear(&mut p, gpu, &l.wq, &b.h, &b.q, n, mm)?;
+            linear(&mut p, gpu, &l.wk, &b.h, &b.k, n, mm)?;
+            linear(&mut p, gpu, &l.wv, &b.h, &b.v, n, mm)?;
             rope_inplace(&mut p, gpu, &b.step, &self.rope, &b.q, &q_layout, q_scale)?;
-            rope_kv_store(&mut p, gpu, &b.step, &self.rope, &b.k, &kv_layout, &b.v, &kv_layout, k_cache, v_cache)?;
+            rope_kv_store(&mut p, gpu, &b.step, &self.rope, &b.k, &kv_layout, &b.v, &kv_layout, k_cache, v_cache, kv)?;
             if n == 1 {
                 attention_decode(&mut p, gpu, &shape, &b.step, &b.q, k_cache, v_cache, &b.attn_scratch, &b.attn)?;
             } else {
                 attention_prefill(&mut p, gpu, &shape, &b.step, &b.q, k_cache, v_cache, &b.attn)?;
             }
-            linear(&mut p, gpu, &l.wo, &b.attn, &b.h, n)?;
+            linear(&mut p, gpu, &l.wo, &b.attn, &b.h, n, mm)?;
             elementwise::add_inplace(&mut p, gpu, &b.h, &b.x, n * d)?;
             norm::rms_norm(&mut p, gpu, &b.x, &l.ffn_norm, &b.h, n, d, c.rms_eps)?;
-            linear(&mut p, gpu, &l.w_gate, &b.h, &b.gate, n)?;
-            linear(&mut p, gpu, &l.w_up, &b.h, &b.up, n)?;
+            linear(&mut p, gpu, &l.w_gate, &b.h, &b.gate, n, mm)?;
+            linear(&mut p, gpu, &l.w_up, &b.h, &b.up, n, mm)?;
             elementwise::silu_mul_inplace(&mut p, gpu, &b.up, &b.gate, n * ff)?;
-            linear(&mut p, gpu, &l.w_down, &b.gate, &b.h, n)?;
+            linear(&mut p, gpu, &l.w_down, &b.gate, &b.h, n, mm)?;
             elementwise::add_inplace(&mut p, gpu, &b.h, &b.x, n * d)?;
         }
         let head = self.weights.lm_head();
@@ -98,7 +101,7 @@ impl Decoder {
             LogitsMode::None => {}
             LogitsMode::All => {
                 norm::rms_norm(&mut p, gpu, &b.x, &self.weights.output_norm, &b.h, n, d, c.rms_eps)?;
-                linear(&mut p, gpu, head, &b.h, &b.logits, n)?;
+                linear(&mut p, gpu, head, &b.h, &b.logits, n, mm)?;
             }
             LogitsMode::LastAndSample => {
                 let row = 4 * d as u64;
@@ -112,11 +115,15 @@ impl Decoder {
     }
 }
 
-/// `y = x W^T` for `n` rows: the matrix-vector kernel for one row, the tiled one otherwise.
-fn linear(p: &mut Program, gpu: &Gpu, w: &GpuWeight, x: &wgpu::Buffer, y: &wgpu::Buffer, n: u32) -> GpuResult<()> {
+/// `y = x W^T` for `n` rows: the matrix-vector kernel for one row, the tiled one (at `mm`
+/// precision) otherwise.
+#[rustfmt::skip]
+fn linear(
+    p: &mut Program, gpu: &Gpu, w: &GpuWeight, x: &wgpu::Buffer, y: &wgpu::Buffer, n: u32, mm: MatmulCompute,
+) -> GpuResult<()> {
     if n == 1 {
         matvec::record(p, gpu, w, x, y, 1)
     } else {
-        matmul::record(p, gpu, w, x, y, n)
+        matmul::record_with(p, gpu, w, x, y, n, mm)
     }
 }

@@ -5,11 +5,12 @@ pub mod config;
 pub mod context;
 pub mod decoder;
 pub mod source;
+pub mod synthetic;
 pub mod vocab;
 pub mod weights;
 
 pub use config::{ConfigError, ModelConfig};
-pub use context::{Context, ContextError, ContextOptions};
+pub use context::{Context, ContextError, ContextOptions, Counters, Precision};
 pub use decoder::{Decoder, LogitsMode, ModelError};
 pub use source::{GgufBytes, TensorSource};
 pub use weights::{DecoderWeights, LoadError};

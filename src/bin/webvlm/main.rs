@@ -18,7 +18,9 @@ const USAGE: &str = "usage:
   webvlm logits   --model M.gguf (--prompt TEXT | --tokens ID,ID,...) --out OUT.npy
                   [--pos-offset N] [--chunk N]
   webvlm info     --model M.gguf
-  webvlm bench    [--model M.gguf] [--synthetic] [--quick]";
+  webvlm bench    [--model M.gguf] [--synthetic [--shape 3b|tiny]] [--quick] [--json-only]
+                  [--prompt-tokens N] [--decode-tokens N] [--prefill-reps N] [--reps N]
+                  [--no-kernels] [--breakdown | --no-breakdown]";
 
 type CliResult = Result<(), Box<dyn std::error::Error>>;
 

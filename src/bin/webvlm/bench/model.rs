@@ -1,0 +1,288 @@
+//! Whole-model figures through the engine's own API (`Context::prefill`, `Context::decode`):
+//! prefill and decode tokens/s, dispatches, submits and bytes read back per token (counted by
+//! `Context::counters`), and a per-kernel-family breakdown of one decode step: the recorded
+//! decode program's dispatches grouped by pipeline, each group timed alone.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Instant;
+
+use serde_json::{json, Value};
+
+use webvlm::gguf::SplitMix64;
+use webvlm::gpu::{Dispatch, Gpu, Op, Pipeline, Program};
+use webvlm::kernels::quant::GpuWeight;
+use webvlm::kernels::sample::{Sampler, SamplerState};
+use webvlm::kernels::{elementwise, matvec};
+use webvlm::model::{Context, ContextOptions, Decoder, TensorSource};
+
+use super::roofline::Roofline;
+use super::timing::{median, time_program, Budget};
+use super::Out;
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// What to run on one model.
+#[derive(Clone, Copy, Debug)]
+pub struct ModelPlan {
+    pub prompt_tokens: usize,
+    pub decode_tokens: usize,
+    /// Timed prefills (after one warm-up prefill).
+    pub prefill_reps: usize,
+    pub breakdown: bool,
+    /// Run one prefill and one decode before timing (compiles the pipelines). Without it the
+    /// caller has compiled them already (same kernels and weight types on a smaller model).
+    pub warmup: bool,
+}
+
+pub fn bench_model(gpu: &Gpu, out: &Out, label: &str, src: &dyn TensorSource, plan: ModelPlan, roof: &Roofline, budget: Budget) -> Res<Value> {
+    let start = Instant::now();
+    let dec = Decoder::load(gpu, src)?;
+    super::timing::wait(gpu)?;
+    let load_seconds = start.elapsed().as_secs_f64();
+    let c = dec.cfg.clone();
+    out.note(&format!(
+        "{label}: {} layers, hidden {}, ffn {}, vocab {}, {:.1} MiB of weights on the GPU, loaded in {:.1} s",
+        c.n_layer,
+        c.n_embd,
+        c.n_ff,
+        c.vocab,
+        dec.weights.bytes_on_gpu() as f64 / 1048576.0,
+        load_seconds
+    ));
+    let opts = ContextOptions::default();
+    let needed = (plan.prompt_tokens + plan.decode_tokens + 2) as u32;
+    let opts = ContextOptions { max_ctx: opts.max_ctx.max(needed), ..opts };
+    let mut ctx = Context::new(gpu, &dec, opts)?;
+    let mut rng = SplitMix64::new(11);
+    let prompt: Vec<u32> = (0..plan.prompt_tokens).map(|_| (rng.next_u64() % c.vocab as u64) as u32).collect();
+    let greedy = SamplerState::greedy();
+
+    // Warm-up: the first prefill and decode compile their pipelines.
+    let (mut first_prefill, mut first_decode) = (None, None);
+    if plan.warmup {
+        let t = Instant::now();
+        pollster::block_on(ctx.prefill(gpu, &dec, &prompt, &greedy))?;
+        first_prefill = Some(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        pollster::block_on(ctx.decode(gpu, &dec, &greedy))?;
+        first_decode = Some(t.elapsed().as_secs_f64());
+        out.note(&format!(
+            "  warm-up: first prefill {:.2} s, first decode {:.2} s (pipeline compilation)",
+            first_prefill.unwrap_or(0.0),
+            first_decode.unwrap_or(0.0)
+        ));
+    }
+
+    let mut prefill = Vec::new();
+    let mut prefill_counts = (0, 0);
+    for _ in 0..plan.prefill_reps.max(1) {
+        ctx.reset();
+        let before = ctx.counters();
+        let t = Instant::now();
+        pollster::block_on(ctx.prefill(gpu, &dec, &prompt, &greedy))?;
+        prefill.push(t.elapsed().as_secs_f64());
+        let after = ctx.counters();
+        prefill_counts = (after.submits - before.submits, after.read_back_bytes - before.read_back_bytes);
+    }
+    let prefill_s = median(&mut prefill);
+    let prefill_tps = plan.prompt_tokens as f64 / prefill_s;
+    out.note(&format!(
+        "  prefill {} tokens: {:.3} s = {:.1} tokens/s, {} submits, {} B read back",
+        plan.prompt_tokens, prefill_s, prefill_tps, prefill_counts.0, prefill_counts.1
+    ));
+
+    let before = ctx.counters();
+    let mut steps = Vec::new();
+    let t_all = Instant::now();
+    for _ in 0..plan.decode_tokens {
+        let t = Instant::now();
+        pollster::block_on(ctx.decode(gpu, &dec, &greedy))?;
+        steps.push(t.elapsed().as_secs_f64());
+    }
+    let decode_total = t_all.elapsed().as_secs_f64();
+    let after = ctx.counters();
+    let n = plan.decode_tokens.max(1) as f64;
+    let submits_per_token = (after.submits - before.submits) as f64 / n;
+    let read_back_per_token = (after.read_back_bytes - before.read_back_bytes) as f64 / n;
+    let dispatches = ctx.decode_dispatches(gpu, &dec)?;
+    let step_s = median(&mut steps);
+    let decode_bytes = decode_weight_bytes(&dec);
+    let decode_gbps = decode_bytes as f64 / step_s / 1e9;
+    out.note(&format!(
+        "  decode {} tokens: {:.1} ms/token = {:.2} tokens/s; {} dispatches, {} submits, {} B read back per token; \
+         weights {:.1} MiB/token -> {:.2} GB/s = {:.0}% of copy",
+        plan.decode_tokens,
+        step_s * 1e3,
+        1.0 / step_s,
+        dispatches,
+        submits_per_token,
+        read_back_per_token,
+        decode_bytes as f64 / 1048576.0,
+        decode_gbps,
+        100.0 * decode_gbps / roof.copy_gbps
+    ));
+    let mut v = json!({
+        "kind": "model", "model": label, "arch": c.arch, "n_layer": c.n_layer, "n_embd": c.n_embd,
+        "n_ff": c.n_ff, "n_head": c.n_head, "n_head_kv": c.n_head_kv, "head_dim": c.head_dim,
+        "vocab": c.vocab, "weight_bytes_on_gpu": dec.weights.bytes_on_gpu(), "load_seconds": load_seconds,
+        "first_prefill_seconds": first_prefill, "first_decode_seconds": first_decode,
+        "prompt_tokens": plan.prompt_tokens, "prefill_seconds": prefill_s, "prefill_tokens_per_s": prefill_tps,
+        "prefill_submits": prefill_counts.0, "prefill_read_back_bytes": prefill_counts.1,
+        "decode_tokens": plan.decode_tokens, "decode_seconds_per_token": step_s,
+        "decode_tokens_per_s": n / decode_total, "decode_tokens_per_s_median": 1.0 / step_s,
+        "dispatches_per_token": dispatches, "submits_per_token": submits_per_token,
+        "read_back_bytes_per_token": read_back_per_token, "decode_weight_bytes_per_token": decode_bytes,
+        "decode_weight_gbps": decode_gbps, "decode_fraction_of_copy": decode_gbps / roof.copy_gbps,
+        "decode_dispatch_overhead_estimate_seconds": dispatches as f64 * roof.dispatch_us * 1e-6,
+    });
+    if plan.breakdown {
+        let families = breakdown(gpu, out, label, &dec, &mut ctx, step_s, budget)?;
+        v["breakdown"] = Value::Array(families);
+    }
+    out.emit(v.clone());
+    Ok(v)
+}
+
+/// Weight bytes one decode step reads: every layer matrix and the LM head (the embedding
+/// lookup reads one row).
+fn decode_weight_bytes(dec: &Decoder) -> u64 {
+    layer_weights(dec).map(GpuWeight::bytes_on_gpu).sum::<u64>() + dec.weights.lm_head().bytes_on_gpu()
+}
+
+fn layer_weights(dec: &Decoder) -> impl Iterator<Item = &GpuWeight> {
+    dec.weights.layers.iter().flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down])
+}
+
+/// Entry names of pipelines that share a label, in the decoder's recording order.
+const ORDERED: &[(&str, &[&str])] = &[
+    ("rope", &["rope q (rope_inplace)", "rope k + kv store (rope_kv_store)"]),
+    ("attention_decode", &["attention (attn_decode, split-K)", "attention combine (attn_combine)"]),
+];
+
+/// Names the pipelines of the decode program: matvec per weight format (recorded for
+/// reference with the decoder's own weights), elementwise and sampler entries likewise, the
+/// rest by label (and recording order where a label has several entries).
+fn pipeline_names(gpu: &Gpu, dec: &Decoder) -> Res<HashMap<*const Pipeline, String>> {
+    let mut names = HashMap::new();
+    let mut take = |prog: Program, labels: &[String]| {
+        for (op, name) in prog.ops.iter().filter_map(|o| if let Op::Dispatch(d) = o { Some(d) } else { None }).zip(labels) {
+            names.entry(Rc::as_ptr(&op.pipeline)).or_insert_with(|| name.clone());
+        }
+    };
+    let dummy = gpu.storage("bench dummy", 1 << 16)?;
+    for w in layer_weights(dec).chain([dec.weights.lm_head()]) {
+        let x = gpu.storage("bench x", w.cols as u64 * 4)?;
+        let y = gpu.storage("bench y", w.rows as u64 * 4)?;
+        let mut p = Program::new();
+        matvec::record(&mut p, gpu, w, &x, &y, 1)?;
+        let n = p.n_dispatches();
+        take(p, &vec![format!("matvec {:?}", w.format); n]);
+    }
+    let mut p = Program::new();
+    elementwise::add_inplace(&mut p, gpu, &dummy, &dummy, 4)?;
+    elementwise::silu_mul_inplace(&mut p, gpu, &dummy, &dummy, 4)?;
+    take(p, &["residual add (add_inplace)".into(), "silu * up (silu_mul_inplace)".into()]);
+    let sampler = Sampler::new(gpu, 4096)?;
+    let mut p = Program::new();
+    sampler.record(&mut p, gpu, &dummy, 0, &dummy, 0)?;
+    take(p, &["sample: argmax_partial".into(), "sample: select_token".into()]);
+    Ok(names)
+}
+
+/// Times each family of the decode step's dispatches alone, and the whole program.
+fn breakdown(gpu: &Gpu, out: &Out, label: &str, dec: &Decoder, ctx: &mut Context, step_s: f64, budget: Budget) -> Res<Vec<Value>> {
+    let names = pipeline_names(gpu, dec)?;
+    let ops: Vec<Op> = ctx.decode_program(gpu, dec)?.ops.iter().map(clone_op).collect();
+    let last_norm = ops.iter().rposition(|o| matches!(o, Op::Dispatch(d) if d.pipeline.label == "rms_norm"));
+    let mut seen: HashMap<&'static str, Vec<*const Pipeline>> = HashMap::new();
+    let mut families: Vec<(String, Program)> = Vec::new();
+    let mut whole = Program::new();
+    for (i, op) in ops.iter().enumerate() {
+        whole.ops.push(clone_op(op));
+        let Op::Dispatch(d) = op else { continue };
+        let ptr = Rc::as_ptr(&d.pipeline);
+        let order = seen.entry(d.pipeline.label).or_default();
+        if !order.contains(&ptr) {
+            order.push(ptr);
+        }
+        let rank = order.iter().position(|p| *p == ptr).unwrap_or(0);
+        let mut name = names.get(&ptr).cloned().unwrap_or_else(|| {
+            match ORDERED.iter().find(|(l, _)| *l == d.pipeline.label).and_then(|(_, n)| n.get(rank)) {
+                Some(n) => n.to_string(),
+                None if rank == 0 => d.pipeline.label.to_string(),
+                None => format!("{}#{rank}", d.pipeline.label),
+            }
+        });
+        if d.pipeline.label == "matvec" && last_norm.is_some_and(|n| i > n) {
+            name = format!("lm_head {name}");
+        }
+        let at = match families.iter().position(|(n, _)| *n == name) {
+            Some(at) => at,
+            None => {
+                families.push((name, Program::new()));
+                families.len() - 1
+            }
+        };
+        families[at].1.ops.push(clone_op(op));
+    }
+    let t_whole = time_program(gpu, &whole, budget)?;
+    out.note(&format!(
+        "  decode step breakdown ({label}): whole program alone {:.1} ms ({} dispatches) vs {:.1} ms per decode() call",
+        t_whole.median * 1e3,
+        whole.n_dispatches(),
+        step_s * 1e3
+    ));
+    let mut timed = Vec::new();
+    for (name, prog) in &families {
+        let t = time_program(gpu, prog, budget)?;
+        timed.push((name.clone(), prog.n_dispatches(), t.median));
+    }
+    let sum: f64 = timed.iter().map(|t| t.2).sum();
+    let head_bytes = dec.weights.lm_head().bytes_on_gpu();
+    let mut rows = Vec::new();
+    let mut order: Vec<usize> = (0..timed.len()).collect();
+    order.sort_by(|&a, &b| timed[b].2.total_cmp(&timed[a].2));
+    for i in order {
+        let (name, n, s) = &timed[i];
+        let bytes = if name.starts_with("lm_head matvec") {
+            Some(head_bytes)
+        } else {
+            name.strip_prefix("matvec ").map(|fmt| {
+                layer_weights(dec).filter(|w| format!("{:?}", w.format) == fmt).map(GpuWeight::bytes_on_gpu).sum()
+            })
+        };
+        let gbps = bytes.map(|b| b as f64 / s / 1e9);
+        out.note(&format!(
+            "    {:<40} {:4} dispatches {:9.2} ms {:5.1}% of the sum, {:7.1} us/dispatch{}",
+            name,
+            n,
+            s * 1e3,
+            100.0 * s / sum,
+            s / *n as f64 * 1e6,
+            gbps.map_or(String::new(), |g| format!(", weights at {g:.2} GB/s"))
+        ));
+        rows.push(json!({
+            "family": name, "dispatches": n, "seconds": s, "fraction_of_sum": s / sum,
+            "us_per_dispatch": s / *n as f64 * 1e6, "weight_bytes": bytes, "weight_gbps": gbps,
+        }));
+    }
+    out.note(&format!("    sum of families {:.1} ms", sum * 1e3));
+    rows.push(json!({ "family": "whole decode program", "dispatches": whole.n_dispatches(), "seconds": t_whole.median }));
+    Ok(rows)
+}
+
+fn clone_op(op: &Op) -> Op {
+    match op {
+        Op::Dispatch(d) => {
+            Op::Dispatch(Dispatch { pipeline: d.pipeline.clone(), bind_group: d.bind_group.clone(), workgroups: d.workgroups })
+        }
+        Op::Copy { src, src_offset, dst, dst_offset, size } => Op::Copy {
+            src: src.clone(),
+            src_offset: *src_offset,
+            dst: dst.clone(),
+            dst_offset: *dst_offset,
+            size: *size,
+        },
+    }
+}

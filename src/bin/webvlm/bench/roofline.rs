@@ -1,0 +1,139 @@
+//! Kernel figures: the copy kernel (attainable read+write GB/s), a read-only reduction, the
+//! pure-FMA kernel (peak GFLOP/s), the cost of an empty-ish dispatch, and the matvec kernels
+//! at Ministral 3 3B shapes with their fraction of the copy figure.
+
+use serde_json::{json, Value};
+
+use webvlm::gguf::{random_blocks, GgmlType, SplitMix64};
+use webvlm::gpu::{Gpu, Program};
+use webvlm::kernels::{bench as k, matvec, quant::GpuWeight};
+
+use super::timing::{time_program, Budget};
+use super::Out;
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// The adapter's attainable figures, the denominators of every fraction.
+#[derive(Clone, Copy, Debug)]
+pub struct Roofline {
+    pub copy_gbps: f64,
+    pub read_gbps: f64,
+    pub fma_gflops: f64,
+    pub dispatch_us: f64,
+}
+
+/// Weight shapes `[rows][cols]` of Ministral 3 3B: FFN up/gate, FFN down, LM head.
+pub const MINISTRAL_SHAPES: [(&str, u32, u32); 3] =
+    [("ffn_up 9216x3072", 9216, 3072), ("ffn_down 3072x9216", 3072, 9216), ("lm_head 131072x3072", 131072, 3072)];
+/// `--quick` shapes: the same aspect ratios, a few MB each.
+const QUICK_SHAPES: [(&str, u32, u32); 3] =
+    [("quick 1024x512", 1024, 512), ("quick 512x1024", 512, 1024), ("quick 4096x512", 4096, 512)];
+
+/// The matvec formats benchmarked: the four, SmolLM2's Q4_1, and F32 (no decoding:
+/// separates the cost of dequantization from the kernel's structure; not at the LM head shape).
+const TYPES: [GgmlType; 6] =
+    [GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::F32];
+
+pub fn roofline(gpu: &Gpu, out: &Out, quick: bool, budget: Budget) -> Res<Roofline> {
+    let limit = gpu.caps.max_storage_binding.min(gpu.caps.max_buffer).min(256 << 20);
+    let bytes = if quick { 16 << 20 } else { limit } / 16 * 16;
+    let n_vec4 = bytes / 16;
+    let src = gpu.storage("bench src", bytes)?;
+    let dst = gpu.storage("bench dst", bytes)?;
+    let mut fill = vec![0u8; bytes as usize];
+    SplitMix64::new(7).fill_bytes(&mut fill);
+    gpu.write(&src, 0, &fill);
+    drop(fill);
+
+    let mut prog = Program::new();
+    k::record_copy(&mut prog, gpu, &src, &dst, n_vec4)?;
+    let t = time_program(gpu, &prog, budget)?;
+    let copy_gbps = 2.0 * bytes as f64 / t.median / 1e9;
+    out.emit(json!({
+        "kind": "copy", "bytes_read": bytes, "bytes_written": bytes, "seconds": t.median,
+        "gbps": copy_gbps, "gbps_best": 2.0 * bytes as f64 / t.min / 1e9, "iters": t.iters, "reps": t.reps,
+    }));
+    out.note(&format!("copy kernel       {:8.2} GB/s (read+write of {} MiB)", copy_gbps, bytes >> 20));
+
+    let mut prog = Program::new();
+    k::record_read(&mut prog, gpu, &src, &dst, n_vec4)?;
+    let t = time_program(gpu, &prog, budget)?;
+    let read_gbps = bytes as f64 / t.median / 1e9;
+    out.emit(json!({
+        "kind": "read", "bytes_read": bytes, "seconds": t.median, "gbps": read_gbps,
+        "fraction_of_copy": read_gbps / copy_gbps, "iters": t.iters, "reps": t.reps,
+    }));
+    out.note(&format!("read-only kernel  {:8.2} GB/s ({:.2} of copy)", read_gbps, read_gbps / copy_gbps));
+
+    let invocations = if quick { 1 << 14 } else { 1 << 18 };
+    let iters = if quick { 256 } else { 2048 };
+    let mut prog = Program::new();
+    let flops = k::record_fma(&mut prog, gpu, &src, &dst, invocations, iters)?;
+    let t = time_program(gpu, &prog, budget)?;
+    let fma_gflops = flops as f64 / t.median / 1e9;
+    out.emit(json!({
+        "kind": "fma", "invocations": invocations, "iterations": iters, "chains": k::FMA_CHAINS,
+        "flops": flops, "seconds": t.median, "gflops": fma_gflops, "iters": t.iters, "reps": t.reps,
+    }));
+    out.note(&format!("pure-FMA kernel   {:8.2} GFLOP/s", fma_gflops));
+
+    // Dispatch overhead: many one-workgroup copies in one compute pass.
+    let n_disp = 256;
+    let mut prog = Program::new();
+    for _ in 0..n_disp {
+        k::record_copy(&mut prog, gpu, &src, &dst, 256)?;
+    }
+    let t = time_program(gpu, &prog, budget)?;
+    let dispatch_us = t.median / n_disp as f64 * 1e6;
+    out.emit(json!({
+        "kind": "dispatch_overhead", "dispatches": n_disp, "bytes_per_dispatch": 256 * 32,
+        "seconds": t.median, "us_per_dispatch": dispatch_us,
+    }));
+    out.note(&format!("tiny dispatch     {:8.1} us each ({n_disp} in one pass)", dispatch_us));
+    Ok(Roofline { copy_gbps, read_gbps, fma_gflops, dispatch_us })
+}
+
+/// Times `y = W x` for one token for every type at every shape.
+pub fn matvecs(gpu: &Gpu, out: &Out, roof: &Roofline, quick: bool, budget: Budget) -> Res<Vec<Value>> {
+    let shapes = if quick { QUICK_SHAPES } else { MINISTRAL_SHAPES };
+    let mut rows_out = Vec::new();
+    for ty in TYPES {
+        for (name, rows, cols) in shapes {
+            if ty == GgmlType::F32 && name.starts_with("lm_head") {
+                continue;
+            }
+            let n_blocks = rows as usize * cols as usize / ty.block_size();
+            let w = GpuWeight::upload(gpu, name, ty, rows, cols, &random_blocks(ty, n_blocks, rows as u64 ^ cols as u64))?;
+            let mut rng = SplitMix64::new(3);
+            let x: Vec<f32> = (0..cols).map(|_| rng.uniform(-1.0, 1.0)).collect();
+            let xb = gpu.storage_with("bench x", bytemuck::cast_slice(&x))?;
+            let yb = gpu.storage("bench y", rows as u64 * 4)?;
+            let mut prog = Program::new();
+            matvec::record(&mut prog, gpu, &w, &xb, &yb, 1)?;
+            let t = time_program(gpu, &prog, budget)?;
+            let bytes = w.bytes_on_gpu() + 4 * cols as u64 + 4 * rows as u64;
+            let gbps = bytes as f64 / t.median / 1e9;
+            let gflops = 2.0 * rows as f64 * cols as f64 / t.median / 1e9;
+            let v = json!({
+                "kind": "matvec", "type": format!("{ty:?}"), "shape": name, "rows": rows, "cols": cols,
+                "weight_bytes": w.bytes_on_gpu(), "bytes": bytes, "dispatches": prog.n_dispatches(),
+                "seconds": t.median, "gbps": gbps, "fraction_of_copy": gbps / roof.copy_gbps,
+                "fraction_of_read": gbps / roof.read_gbps, "gflops": gflops,
+                "fraction_of_fma": gflops / roof.fma_gflops, "iters": t.iters, "reps": t.reps,
+            });
+            out.note(&format!(
+                "matvec {:<5} {:<20} {:8.3} ms {:7.2} GB/s = {:4.0}% of copy  {:7.2} GFLOP/s = {:4.0}% of FMA peak",
+                format!("{ty:?}"),
+                name,
+                t.median * 1e3,
+                gbps,
+                100.0 * gbps / roof.copy_gbps,
+                gflops,
+                100.0 * gflops / roof.fma_gflops
+            ));
+            out.emit(v.clone());
+            rows_out.push(v);
+        }
+    }
+    Ok(rows_out)
+}

@@ -1,0 +1,83 @@
+//! Wall-clock timing of recorded programs: warm-up runs (the first run compiles nothing, the
+//! pipelines exist already, but caches and lazily allocated driver memory settle), then
+//! repetitions of N back-to-back submits followed by one wait; the median repetition counts.
+
+use std::time::Instant;
+
+use webvlm::gpu::{Gpu, Program};
+
+/// How long to measure.
+#[derive(Clone, Copy, Debug)]
+pub struct Budget {
+    /// Target wall time of one repetition, seconds (sets N).
+    pub rep_seconds: f64,
+    /// Repetitions; the median is reported.
+    pub reps: usize,
+    /// Most submits in one repetition.
+    pub max_iters: usize,
+}
+
+impl Budget {
+    pub fn new(quick: bool) -> Budget {
+        if quick {
+            Budget { rep_seconds: 0.02, reps: 2, max_iters: 20 }
+        } else {
+            Budget { rep_seconds: 0.3, reps: 5, max_iters: 1000 }
+        }
+    }
+}
+
+/// Seconds per run of a program: median and best repetition.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    pub median: f64,
+    pub min: f64,
+    /// Submits per repetition.
+    pub iters: usize,
+    pub reps: usize,
+}
+
+/// Blocks until every submitted command buffer has finished.
+pub fn wait(gpu: &Gpu) -> Result<(), Box<dyn std::error::Error>> {
+    gpu.device.poll(wgpu::PollType::wait_indefinitely())?;
+    gpu.check_errors()?;
+    Ok(())
+}
+
+/// Submits `prog` `iters` times (one command buffer each) and waits; returns the seconds.
+pub fn run_n(gpu: &Gpu, prog: &Program, iters: usize) -> Result<f64, Box<dyn std::error::Error>> {
+    let start = Instant::now();
+    for _ in 0..iters {
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        prog.encode(&mut encoder);
+        gpu.queue.submit([encoder.finish()]);
+    }
+    wait(gpu)?;
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// Times `prog`: one warm-up run, then `budget.reps` repetitions of N submits and a wait.
+pub fn time_program(gpu: &Gpu, prog: &Program, budget: Budget) -> Result<Timing, Box<dyn std::error::Error>> {
+    let first = run_n(gpu, prog, 1)?;
+    let iters = ((budget.rep_seconds / first.max(1e-6)).round() as usize).clamp(1, budget.max_iters);
+    // A second warm-up when a run is short, so that clocks and caches settle.
+    if first < budget.rep_seconds {
+        run_n(gpu, prog, iters.min(8))?;
+    }
+    let mut samples = Vec::with_capacity(budget.reps);
+    for _ in 0..budget.reps.max(1) {
+        samples.push(run_n(gpu, prog, iters)? / iters as f64);
+    }
+    Ok(Timing { median: median(&mut samples), min: samples[0], iters, reps: samples.len() })
+}
+
+/// The median of `v` (sorted in place; `v[0]` is then the minimum). `v` must not be empty.
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}

@@ -1,0 +1,184 @@
+//! Synthetic decoders for benchmarks and tests: a GGUF file with Ministral 3's architecture
+//! (`mistral3`: YaRN RoPE, query temperature scaling, tied embeddings; GUIDE §1) and random
+//! quantized weights, built in memory with [`GgufWriter`], no download and no file. Loaded
+//! like any other model through [`GgufBytes`] + [`super::Decoder::load`].
+//!
+//! The type mix follows llama.cpp's Q4_K_M recipe (`llama_tensor_get_type`): Q4_K for most
+//! matrices, Q6_K for `attn_v`, `ffn_down` and the (tied) token embedding, F32 norms.
+//! Weights are random blocks ([`random_blocks`]); norms are near 1. The numbers mean
+//! nothing; the shapes, types and byte counts are the real model's.
+
+use crate::gguf::{random_blocks, GgmlType, GgufError, GgufWriter, MetaValue, SplitMix64};
+
+use super::source::GgufBytes;
+
+/// Errors while building a synthetic model.
+#[derive(Debug, thiserror::Error)]
+pub enum SyntheticError {
+    /// A dimension is zero or not a multiple of the K-quant block (256).
+    #[error("synthetic shape {0}")]
+    BadShape(String),
+    /// The GGUF writer or parser refused the file.
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+}
+
+/// The hyperparameters of a synthetic `mistral3` decoder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyntheticShape {
+    pub n_embd: u32,
+    pub n_layer: u32,
+    pub n_head: u32,
+    pub n_head_kv: u32,
+    pub head_dim: u32,
+    pub n_ff: u32,
+    pub vocab: u32,
+}
+
+impl SyntheticShape {
+    /// Ministral 3 3B's text decoder (`Ministral3ForCausalLM`, GUIDE §1): ~3.4 B parameters,
+    /// ~2 GB of weights at this type mix.
+    pub fn ministral3_3b() -> SyntheticShape {
+        SyntheticShape { n_embd: 3072, n_layer: 26, n_head: 32, n_head_kv: 8, head_dim: 128, n_ff: 9216, vocab: 131072 }
+    }
+
+    /// A few-MB model with the same structure (4:2 GQA, q_dim = n_embd, head_dim 64) for
+    /// tests and quick runs.
+    pub fn tiny() -> SyntheticShape {
+        SyntheticShape { n_embd: 256, n_layer: 2, n_head: 4, n_head_kv: 2, head_dim: 64, n_ff: 512, vocab: 1024 }
+    }
+
+    /// Width of the query projection.
+    pub fn q_dim(&self) -> u32 {
+        self.n_head * self.head_dim
+    }
+
+    /// Width of the key and value projections.
+    pub fn kv_dim(&self) -> u32 {
+        self.n_head_kv * self.head_dim
+    }
+
+    /// The matrices of one block and the embedding, as (name, rows, cols, type).
+    fn tensors(&self) -> Vec<(String, u32, u32, GgmlType)> {
+        use GgmlType::{Q4_K, Q6_K};
+        let (d, q, kv, ff) = (self.n_embd, self.q_dim(), self.kv_dim(), self.n_ff);
+        let mut out = vec![("token_embd.weight".to_string(), self.vocab, d, Q6_K)];
+        for i in 0..self.n_layer {
+            let name = |s: &str| format!("blk.{i}.{s}.weight");
+            out.extend([
+                (name("attn_q"), q, d, Q4_K),
+                (name("attn_k"), kv, d, Q4_K),
+                (name("attn_v"), kv, d, Q6_K),
+                (name("attn_output"), d, q, Q4_K),
+                (name("ffn_gate"), ff, d, Q4_K),
+                (name("ffn_up"), ff, d, Q4_K),
+                (name("ffn_down"), d, ff, Q6_K),
+            ]);
+        }
+        out
+    }
+
+    /// Bytes of quantized weights in the file (norms excluded).
+    pub fn weight_bytes(&self) -> u64 {
+        self.tensors()
+            .iter()
+            .map(|(_, rows, cols, ty)| *rows as u64 * (*cols as u64 / ty.block_size() as u64) * ty.type_size() as u64)
+            .sum()
+    }
+
+    fn check(&self) -> Result<(), SyntheticError> {
+        let k = crate::gguf::QK_K as u32;
+        let dims = [self.n_embd, self.n_layer, self.n_head, self.n_head_kv, self.head_dim, self.n_ff, self.vocab];
+        if dims.contains(&0) || [self.n_embd, self.q_dim(), self.n_ff].iter().any(|d| !d.is_multiple_of(k)) {
+            return Err(SyntheticError::BadShape(format!(
+                "{self:?}: n_embd, n_head * head_dim and n_ff must be non-zero multiples of {k}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The GGUF bytes of a synthetic `mistral3` decoder of `shape` with weights drawn from `seed`.
+pub fn synthetic_ministral3_gguf(shape: &SyntheticShape, seed: u64) -> Result<Vec<u8>, SyntheticError> {
+    shape.check()?;
+    let arch = "mistral3";
+    let mut w = GgufWriter::new();
+    let mut kv = |k: &str, v: MetaValue| {
+        w.add_kv(if k.starts_with("general.") { k.to_string() } else { format!("{arch}.{k}") }, v);
+    };
+    kv("general.architecture", MetaValue::String(arch.into()));
+    kv("general.name", MetaValue::String("synthetic Ministral 3".into()));
+    kv("block_count", MetaValue::U32(shape.n_layer));
+    kv("context_length", MetaValue::U32(262_144));
+    kv("embedding_length", MetaValue::U32(shape.n_embd));
+    kv("feed_forward_length", MetaValue::U32(shape.n_ff));
+    kv("attention.head_count", MetaValue::U32(shape.n_head));
+    kv("attention.head_count_kv", MetaValue::U32(shape.n_head_kv));
+    kv("attention.key_length", MetaValue::U32(shape.head_dim));
+    kv("attention.value_length", MetaValue::U32(shape.head_dim));
+    kv("attention.layer_norm_rms_epsilon", MetaValue::F32(1e-5));
+    kv("rope.dimension_count", MetaValue::U32(shape.head_dim));
+    kv("rope.freq_base", MetaValue::F32(1e6));
+    kv("rope.scaling.type", MetaValue::String("yarn".into()));
+    kv("rope.scaling.factor", MetaValue::F32(16.0));
+    kv("rope.scaling.original_context_length", MetaValue::U32(16_384));
+    kv("rope.scaling.yarn_beta_fast", MetaValue::F32(32.0));
+    kv("rope.scaling.yarn_beta_slow", MetaValue::F32(1.0));
+    kv("rope.scaling.yarn_log_multiplier", MetaValue::F32(1.0));
+    kv("attention.temperature_scale", MetaValue::F32(0.1));
+    kv("vocab_size", MetaValue::U32(shape.vocab));
+
+    let mut rng = SplitMix64::new(seed);
+    let mut norm = |n: u32| -> Vec<u8> {
+        (0..n).flat_map(|_| rng.uniform(0.9, 1.1).to_le_bytes()).collect()
+    };
+    let d = shape.n_embd as u64;
+    w.add_tensor("output_norm.weight", &[d], GgmlType::F32, norm(shape.n_embd))?;
+    for i in 0..shape.n_layer {
+        w.add_tensor(format!("blk.{i}.attn_norm.weight"), &[d], GgmlType::F32, norm(shape.n_embd))?;
+        w.add_tensor(format!("blk.{i}.ffn_norm.weight"), &[d], GgmlType::F32, norm(shape.n_embd))?;
+    }
+    for (index, (name, rows, cols, ty)) in shape.tensors().into_iter().enumerate() {
+        let n_blocks = rows as usize * cols as usize / ty.block_size();
+        let tensor_seed = seed ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        w.add_tensor(name, &[cols as u64, rows as u64], ty, random_blocks(ty, n_blocks, tensor_seed))?;
+    }
+    Ok(w.write()?)
+}
+
+/// A synthetic `mistral3` decoder of `shape` in memory, ready for [`super::Decoder::load`].
+/// `SyntheticShape::ministral3_3b()` gives Ministral 3 3B (~2 GB of weights).
+pub fn synthetic_ministral3_3b(shape: &SyntheticShape, seed: u64) -> Result<GgufBytes, SyntheticError> {
+    Ok(GgufBytes::parse(synthetic_ministral3_gguf(shape, seed)?)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::TensorSource;
+
+    #[test]
+    fn tiny_model_has_the_expected_tensors_and_metadata() {
+        let shape = SyntheticShape::tiny();
+        let src = synthetic_ministral3_3b(&shape, 1).unwrap();
+        let md = src.metadata();
+        let cfg = crate::model::ModelConfig::from_metadata(md, shape.vocab).unwrap();
+        assert_eq!((cfg.n_embd, cfg.n_layer, cfg.head_dim, cfg.n_ff), (256, 2, 64, 512));
+        assert!(cfg.yarn.is_some() && cfg.query_scale_beta > 0.0);
+        assert_eq!(src.tensor_info("blk.1.ffn_down.weight").unwrap().ty, GgmlType::Q6_K);
+        assert_eq!(src.tensor_info("blk.0.attn_q.weight").unwrap().ty, GgmlType::Q4_K);
+        assert!(src.tensor_info("output.weight").is_none(), "tied embeddings");
+        let bytes: u64 = shape
+            .tensors()
+            .iter()
+            .map(|(n, ..)| src.tensor_data(n).unwrap().len() as u64)
+            .sum();
+        assert_eq!(bytes, shape.weight_bytes());
+    }
+
+    #[test]
+    fn ministral3_3b_weighs_about_two_gigabytes() {
+        let gb = SyntheticShape::ministral3_3b().weight_bytes() as f64 / 1e9;
+        assert!((1.8..2.4).contains(&gb), "{gb} GB");
+    }
+}

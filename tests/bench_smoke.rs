@@ -1,0 +1,82 @@
+//! `webvlm bench --quick` on the tiny synthetic model: every JSON line parses and carries the
+//! expected fields with positive numbers. No timing thresholds: figures depend on the adapter.
+
+use serde_json::Value;
+
+fn bench_lines(args: &[&str]) -> Vec<Value> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_webvlm"))
+        .arg("bench")
+        .args(args)
+        .output()
+        .expect("webvlm runs");
+    assert!(out.status.success(), "webvlm bench failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+fn positive(v: &Value, field: &str) -> f64 {
+    let x = v[field].as_f64().unwrap_or_else(|| panic!("{field} missing in {v}"));
+    assert!(x > 0.0 && x.is_finite(), "{field} = {x} in {v}");
+    x
+}
+
+fn of_kind<'a>(lines: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    lines.iter().filter(|v| v["kind"] == kind).collect()
+}
+
+#[test]
+fn quick_bench_on_tiny_synthetic_model_reports_every_figure() {
+    let lines = bench_lines(&["--quick", "--synthetic", "--shape", "tiny", "--json-only"]);
+    let adapter = of_kind(&lines, "adapter");
+    assert_eq!(adapter.len(), 1);
+    assert!(adapter[0]["adapter"].as_str().is_some_and(|s| !s.is_empty()));
+
+    for kind in ["copy", "read"] {
+        let v = of_kind(&lines, kind);
+        assert_eq!(v.len(), 1, "{kind}");
+        positive(v[0], "gbps");
+        positive(v[0], "seconds");
+    }
+    positive(of_kind(&lines, "fma")[0], "gflops");
+    positive(of_kind(&lines, "dispatch_overhead")[0], "us_per_dispatch");
+
+    let matvecs = of_kind(&lines, "matvec");
+    for ty in ["Q4_K", "Q6_K", "Q8_0", "Q4_0"] {
+        let rows: Vec<_> = matvecs.iter().filter(|v| v["type"] == ty).collect();
+        assert_eq!(rows.len(), 3, "{ty}: one row per shape");
+        for v in rows {
+            for f in ["gbps", "fraction_of_copy", "gflops", "fraction_of_fma", "weight_bytes", "seconds"] {
+                positive(v, f);
+            }
+        }
+    }
+
+    let models = of_kind(&lines, "model");
+    assert_eq!(models.len(), 1, "--synthetic without --model benches only the synthetic model");
+    let m = models[0];
+    assert_eq!(m["arch"], "mistral3");
+    for f in [
+        "prefill_tokens_per_s",
+        "decode_tokens_per_s",
+        "dispatches_per_token",
+        "submits_per_token",
+        "read_back_bytes_per_token",
+        "decode_weight_gbps",
+    ] {
+        positive(m, f);
+    }
+    // Counted, not assumed: the engine's contract is one submit and a 4-byte id per token.
+    assert_eq!(m["submits_per_token"].as_f64(), Some(1.0));
+    assert_eq!(m["read_back_bytes_per_token"].as_f64(), Some(4.0));
+    let breakdown = m["breakdown"].as_array().expect("breakdown");
+    assert!(breakdown.iter().any(|f| f["family"].as_str().is_some_and(|s| s.starts_with("matvec"))));
+    let total: u64 = breakdown
+        .iter()
+        .filter(|f| f["family"] != "whole decode program")
+        .map(|f| f["dispatches"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, m["dispatches_per_token"].as_u64().unwrap(), "families cover every dispatch");
+}
