@@ -63,10 +63,10 @@ fn f16_paths_stay_close_to_transformers() {
     let gpu = gpu();
     let model = MappedGguf::open(model_path(&r)).unwrap();
     let dec = Decoder::load(&gpu, &model).unwrap();
-    let opts = ContextOptions { max_ctx: 256, max_chunk: 128 };
     // Without shader-f16 only the f16 KV cache (pack2x16float) can be checked.
     let want = Precision::reduced(&gpu.caps);
-    let mut ctx = Context::with_precision(&gpu, &dec, opts, want).unwrap();
+    let opts = ContextOptions { max_ctx: 256, max_chunk: 128, precision: want };
+    let mut ctx = Context::new(&gpu, &dec, opts).unwrap();
     let got = ctx.precision();
     assert!(got.kv_f16 && got.compute_f16 == gpu.caps.f16, "precision in effect: {got:?}");
     let what = if got.compute_f16 {
@@ -74,7 +74,8 @@ fn f16_paths_stay_close_to_transformers() {
     } else {
         format!("f16 KV cache ONLY: {} has no shader-f16, f16 matmuls NOT checked", gpu.caps.adapter)
     };
-    let f32_kv = Context::new(&gpu, &dec, opts).unwrap().kv_cache_bytes();
+    let f32_opts = ContextOptions { precision: Precision::default(), ..opts };
+    let f32_kv = Context::new(&gpu, &dec, f32_opts).unwrap().kv_cache_bytes();
     eprintln!("{what}: KV cache {} KiB (f32: {} KiB)", ctx.kv_cache_bytes() >> 10, f32_kv >> 10);
     assert_eq!(ctx.kv_cache_bytes() * 2, f32_kv, "the f16 cache is half the f32 one");
 

@@ -53,7 +53,7 @@ fn model_path(r: &Reference) -> std::path::PathBuf {
 
 fn engine(r: &Reference) -> Engine {
     let model = MappedGguf::open(model_path(r)).unwrap();
-    Engine::load(gpu(), &model, ContextOptions { max_ctx: 256, max_chunk: 128 }).unwrap()
+    Engine::load(gpu(), &model, ContextOptions { max_ctx: 256, max_chunk: 128, ..Default::default() }).unwrap()
 }
 
 #[test]

@@ -7,16 +7,17 @@ use webvlm::chat::ChatMessage;
 use webvlm::engine::{Engine, GenerateOptions};
 use webvlm::gguf::MappedGguf;
 use webvlm::gpu::{Gpu, GpuOptions};
-use webvlm::model::{ContextOptions, TensorSource};
+use webvlm::model::{ContextOptions, Precision, TensorSource};
 
 mod bench;
 mod info;
 
 const USAGE: &str = "usage:
   webvlm generate --model M.gguf --prompt TEXT [--chat] [--max-tokens N] [--temperature T]
-                  [--top-k K] [--top-p P] [--seed S] [--ctx N] [--no-f16]
+                  [--top-k K] [--top-p P] [--seed S] [--ctx N] [--chunk N] [--f16]
   webvlm logits   --model M.gguf (--prompt TEXT | --tokens ID,ID,...) --out OUT.npy
-                  [--pos-offset N] [--chunk N]
+                  [--pos-offset N] [--ctx N] [--chunk N] [--f16]
+  (--f16: f16 KV cache, and f16 prefill matmuls where the adapter has shader-f16)
   webvlm info     --model M.gguf
   webvlm bench    [--model M.gguf] [--synthetic [--shape 3b|tiny]] [--quick] [--json-only]
                   [--prompt-tokens N] [--decode-tokens N] [--prefill-reps N] [--reps N]
@@ -91,17 +92,19 @@ impl Flags {
 
 fn open_engine(flags: &Flags) -> Result<Engine, Box<dyn std::error::Error>> {
     let model = MappedGguf::open(flags.require("model")?)?;
-    let gpu = Gpu::new_blocking(GpuOptions { allow_f16: !flags.has("no-f16"), ..Default::default() })?;
+    let gpu = Gpu::new_blocking(GpuOptions::default())?;
+    let precision = if flags.has("f16") { Precision::reduced(&gpu.caps) } else { Precision::default() };
     let opts = ContextOptions {
         max_ctx: flags.num("ctx", ContextOptions::default().max_ctx)?,
         max_chunk: flags.num("chunk", ContextOptions::default().max_chunk)?,
+        precision,
     };
     Ok(Engine::load(gpu, &model as &dyn TensorSource, opts)?)
 }
 
 fn generate(args: &[String]) -> CliResult {
-    let flags = Flags::parse(args, &["chat", "no-f16"])?;
-    flags.only(&["model", "prompt", "chat", "max-tokens", "temperature", "top-k", "top-p", "seed", "ctx", "chunk", "no-f16"])?;
+    let flags = Flags::parse(args, &["chat", "f16"])?;
+    flags.only(&["model", "prompt", "chat", "max-tokens", "temperature", "top-k", "top-p", "seed", "ctx", "chunk", "f16"])?;
     let prompt = flags.require("prompt")?;
     let mut engine = open_engine(&flags)?;
     let ids = if flags.has("chat") {
@@ -136,8 +139,8 @@ fn generate(args: &[String]) -> CliResult {
 }
 
 fn logits(args: &[String]) -> CliResult {
-    let flags = Flags::parse(args, &["no-f16"])?;
-    flags.only(&["model", "prompt", "tokens", "out", "pos-offset", "ctx", "chunk", "no-f16"])?;
+    let flags = Flags::parse(args, &["f16"])?;
+    flags.only(&["model", "prompt", "tokens", "out", "pos-offset", "ctx", "chunk", "f16"])?;
     let out_path = flags.require("out")?;
     let mut engine = open_engine(&flags)?;
     let ids: Vec<u32> = match (flags.get("tokens"), flags.get("prompt")) {
