@@ -14,13 +14,7 @@
 //! The cache is read through `kv_k` / `kv_v`, prepended by `src/kernels/attention.rs` for the
 //! cache type (f32, or f16 packed two per word and widened on load); the math is f32.
 
-// Per-step uniform written by the decode loop (mirrors `kernels::attention::StepParams`).
-struct Step {
-    kv_start: u32,
-    n_tok: u32,
-    rope_pos0: u32,
-    _pad: u32,
-}
+// `struct Step` comes from `step.wgsl`, prepended by the Rust side.
 
 struct Params {
     n_head: u32,

@@ -18,13 +18,7 @@
 //! of halves packed in a u32 by `pack2x16float`, which needs no `shader-f16`): one invocation
 //! per (token, head, word of two adjacent dims), each dim rotated with its own partner.
 
-// Per-step uniform written by the decode loop (mirrors `kernels::attention::StepParams`).
-struct Step {
-    kv_start: u32,   // cache row of the first new token
-    n_tok: u32,      // new tokens this step (<= the recorded max_tok)
-    rope_pos0: u32,  // position id of the first new token
-    _pad: u32,
-}
+// `struct Step` comes from `step.wgsl`, prepended by the Rust side.
 
 struct Params {
     max_tok: u32,      // token rows covered by the grid

@@ -8,6 +8,7 @@
 //! generation does), then prefilled to the end.
 
 mod common;
+use common::smollm2::{model_path, reference};
 use common::*;
 use webvlm::gguf::MappedGguf;
 use webvlm::model::{Context, ContextOptions, Decoder, Precision};
@@ -24,38 +25,6 @@ const TOL_REL_L2_F16: f32 = 2e-2;
 const MIN_ARGMAX_AGREEMENT_F16: f64 = 0.97;
 /// Prompts checked (each ~100 tokens; lavapipe needs ~10-20 s per prompt).
 const N_PROMPTS: usize = 2;
-
-#[derive(serde::Deserialize)]
-struct Reference {
-    model: String,
-    prompts: Vec<Prompt>,
-}
-
-#[derive(serde::Deserialize)]
-struct Prompt {
-    prompt_ids: Vec<u32>,
-    greedy_ids: Vec<u32>,
-    teacher_forced: TeacherForced,
-    logits_file: String,
-    logits_positions: Vec<usize>,
-}
-
-#[derive(serde::Deserialize)]
-struct TeacherForced {
-    argmax: Vec<u32>,
-    margin: Vec<f32>,
-}
-
-fn reference() -> Reference {
-    serde_json::from_str(&std::fs::read_to_string(fixture("smollm2/reference.json")).unwrap()).unwrap()
-}
-
-fn model_path(r: &Reference) -> std::path::PathBuf {
-    let cache = std::env::var("WEBVLM_CACHE").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/.cache").into());
-    let path = std::path::Path::new(&cache).join("models").join(&r.model);
-    assert!(path.exists(), "{} is missing: run scripts/fetch_smollm2.sh", path.display());
-    path
-}
 
 #[test]
 fn f16_paths_stay_close_to_transformers() {

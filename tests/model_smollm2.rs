@@ -3,6 +3,7 @@
 //! (`scripts/make_smollm2_refs.py`): teacher-forced logits, greedy continuations, and a chat.
 
 mod common;
+use common::smollm2::{model_path, reference, Reference};
 use common::*;
 use webvlm::engine::{Engine, GenerateOptions};
 use webvlm::gguf::MappedGguf;
@@ -16,40 +17,6 @@ const MIN_ARGMAX_AGREEMENT: f64 = 0.99;
 /// A greedy step whose reference top-1/top-2 margin is below this is a near-tie: f32
 /// summation order alone may flip it, and the continuations legitimately diverge after it.
 const NEAR_TIE: f32 = 0.02;
-
-#[derive(serde::Deserialize)]
-struct Reference {
-    model: String,
-    prompts: Vec<Prompt>,
-}
-
-#[derive(serde::Deserialize)]
-struct Prompt {
-    messages: Vec<webvlm::chat::ChatMessage>,
-    prompt_ids: Vec<u32>,
-    greedy_ids: Vec<u32>,
-    greedy_margins: Vec<f32>,
-    teacher_forced: TeacherForced,
-    logits_file: String,
-    logits_positions: Vec<usize>,
-}
-
-#[derive(serde::Deserialize)]
-struct TeacherForced {
-    argmax: Vec<u32>,
-    margin: Vec<f32>,
-}
-
-fn reference() -> Reference {
-    serde_json::from_str(&std::fs::read_to_string(fixture("smollm2/reference.json")).unwrap()).unwrap()
-}
-
-fn model_path(r: &Reference) -> std::path::PathBuf {
-    let cache = std::env::var("WEBVLM_CACHE").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/.cache").into());
-    let path = std::path::Path::new(&cache).join("models").join(&r.model);
-    assert!(path.exists(), "{} is missing: run scripts/fetch_smollm2.sh", path.display());
-    path
-}
 
 fn engine(r: &Reference) -> Engine {
     let model = MappedGguf::open(model_path(r)).unwrap();

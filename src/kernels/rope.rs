@@ -10,7 +10,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::attention::KvDtype;
+use super::attention::{KvDtype, STEP};
 use crate::gpu::{grid_1d, Access, Arg, Gpu, KernelSpec, Program, Result};
 
 const SHADER: &str = include_str!("../../shaders/rope.wgsl");
@@ -249,7 +249,7 @@ pub fn rope_inplace(
     layout: &RopeLayout,
     q_scale: QScale,
 ) -> Result<()> {
-    let spec = KernelSpec::new("rope", SHADER, "rope_inplace", INPLACE);
+    let spec = KernelSpec::new("rope", SHADER, "rope_inplace", INPLACE).with_prefix(STEP);
     let p = params(layout, freqs, None, q_scale);
     prog.push_with_params(gpu, &spec, &p, &[Arg::Buf(step), Arg::Buf(&freqs.inv_freq), Arg::Buf(x)], grid(layout))
 }
@@ -276,7 +276,7 @@ pub fn rope_kv_store(
         KvDtype::F32 => "rope_kv_store",
         KvDtype::F16 => "rope_kv_store_f16",
     };
-    let spec = KernelSpec::new("rope", SHADER, entry, KV_STORE);
+    let spec = KernelSpec::new("rope", SHADER, entry, KV_STORE).with_prefix(STEP);
     let p = params(k_layout, freqs, Some(v_layout), QScale::NONE);
     let args =
         [Arg::Buf(step), Arg::Buf(&freqs.inv_freq), Arg::Buf(k), Arg::Buf(v), Arg::Buf(k_cache), Arg::Buf(v_cache)];

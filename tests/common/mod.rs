@@ -2,6 +2,8 @@
 //! error measures and a `.npy` reader.
 #![allow(dead_code)]
 
+pub mod smollm2;
+
 use webvlm::gpu::{Gpu, GpuOptions};
 
 /// The test adapter (lavapipe in CI). Panics when there is none: GPU tests must not skip.
