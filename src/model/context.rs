@@ -111,9 +111,11 @@ pub struct Counters {
 
 impl Context {
     pub fn new(gpu: &Gpu, dec: &Decoder, opts: ContextOptions) -> GpuResult<Context> {
+        // A chunk longer than the context is never used; zero sizes would be meaningless.
+        let opts = ContextOptions { max_ctx: opts.max_ctx.max(1), max_chunk: opts.max_chunk.clamp(1, opts.max_ctx.max(1)), ..opts };
         let precision = Precision { compute_f16: opts.precision.compute_f16 && gpu.caps.f16, ..opts.precision };
         let c = &dec.cfg;
-        let chunk = opts.max_chunk.max(1) as u64;
+        let chunk = opts.max_chunk as u64;
         let f32s = |n: u64| n * 4;
         let row_limit = gpu.caps.max_storage_binding.min(256 << 20) / f32s(c.vocab as u64);
         let logits_rows = (chunk.min(row_limit).max(1)) as u32;
