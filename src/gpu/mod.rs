@@ -37,6 +37,9 @@ pub enum GpuError {
     /// A buffer larger than the device allows was requested.
     #[error("buffer {label} of {size} bytes exceeds the device limit of {limit} bytes")]
     BufferTooLarge { label: String, size: u64, limit: u64 },
+    /// A buffer is too small for the shape a kernel was asked to process.
+    #[error("shape mismatch: {0}")]
+    Shape(String),
     /// A kernel was given a different number of arguments than it declares.
     #[error("kernel {label} takes {expected} bindings, got {got}")]
     BindingCount { label: String, expected: usize, got: usize },

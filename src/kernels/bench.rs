@@ -27,9 +27,9 @@ struct Params {
 /// Most vec4 elements one dispatch addresses (keeps linear ids below 2^32).
 fn check_vec4s(what: &str, buf: &wgpu::Buffer, n_vec4: u64) -> Result<u32> {
     if buf.size() < n_vec4 * 16 {
-        return Err(GpuError::Device(format!("{what}: buffer of {} bytes, {} needed", buf.size(), n_vec4 * 16)));
+        return Err(GpuError::Shape(format!("{what}: buffer of {} bytes, {} needed", buf.size(), n_vec4 * 16)));
     }
-    u32::try_from(n_vec4).map_err(|_| GpuError::Device(format!("{what}: {n_vec4} elements exceed one dispatch")))
+    u32::try_from(n_vec4).map_err(|_| GpuError::Shape(format!("{what}: {n_vec4} elements exceed one dispatch")))
 }
 
 /// Records `dst[i] = src[i]` for the first `n_vec4` 16-byte elements: moves `32 * n_vec4`

@@ -85,7 +85,7 @@ pub fn record(prog: &mut Program, gpu: &Gpu, w: &GpuWeight, x: &wgpu::Buffer, y:
 /// Fails when `buf` holds fewer than `floats` f32 values.
 pub(crate) fn check_len(what: &str, buf: &wgpu::Buffer, floats: u64) -> Result<()> {
     if buf.size() < floats * 4 {
-        return Err(GpuError::Device(format!("{what}: buffer of {} bytes, {} needed", buf.size(), floats * 4)));
+        return Err(GpuError::Shape(format!("{what}: buffer of {} bytes, {} needed", buf.size(), floats * 4)));
     }
     Ok(())
 }
