@@ -5,6 +5,7 @@
 
 pub mod gguf;
 pub mod gpu;
+pub mod image;
 pub mod kernels;
 pub mod engine;
 pub mod model;
