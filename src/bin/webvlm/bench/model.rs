@@ -214,7 +214,7 @@ fn breakdown(gpu: &Gpu, out: &Out, label: &str, dec: &Decoder, ctx: &mut Context
                 None => format!("{}#{rank}", d.pipeline.label),
             }
         });
-        if d.pipeline.label == "matvec" && last_norm.is_some_and(|n| i > n) {
+        if d.pipeline.label.starts_with("matvec") && last_norm.is_some_and(|n| i > n) {
             name = format!("lm_head {name}");
         }
         let at = match families.iter().position(|(n, _)| *n == name) {
