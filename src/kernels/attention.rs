@@ -11,7 +11,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{grid_1d, Access, Arg, Gpu, KernelSpec, Program, Result};
+use crate::gpu::{grid_1d, Access, Arg, Gpu, GpuError, KernelSpec, Program, Result};
 
 /// The `Step` struct shared by the RoPE and attention shaders.
 pub(crate) const STEP: &str = include_str!("../../shaders/step.wgsl");
@@ -164,14 +164,18 @@ impl AttnShape {
         self.n_head / self.n_kv_head
     }
 
-    fn check(&self) {
-        assert!(
-            self.head_dim <= MAX_HEAD_DIM && self.head_dim.is_multiple_of(4) && self.head_dim > 0,
-            "attention: head_dim {} must be a multiple of 4 and <= {MAX_HEAD_DIM}",
-            self.head_dim
-        );
-        assert!(self.n_kv_head > 0 && self.n_head.is_multiple_of(self.n_kv_head), "attention: n_head % n_kv_head != 0");
-        assert!(self.q_stride.is_multiple_of(4) && self.q_offset.is_multiple_of(4), "attention: q stride/offset not multiples of 4");
+    fn check(&self) -> Result<()> {
+        let fail = |m: String| Err(GpuError::Shape(format!("attention: {m}")));
+        if !(self.head_dim <= MAX_HEAD_DIM && self.head_dim.is_multiple_of(4) && self.head_dim > 0) {
+            return fail(format!("head_dim {} must be a multiple of 4 and <= {MAX_HEAD_DIM}", self.head_dim));
+        }
+        if !(self.n_kv_head > 0 && self.n_head.is_multiple_of(self.n_kv_head)) {
+            return fail(format!("{} heads are not a multiple of {} KV heads", self.n_head, self.n_kv_head));
+        }
+        if !(self.q_stride.is_multiple_of(4) && self.q_offset.is_multiple_of(4)) {
+            return fail("q stride/offset not multiples of 4".into());
+        }
+        Ok(())
     }
 
     fn params(&self, n_split: u32) -> Params {
@@ -221,8 +225,10 @@ pub fn attention_prefill(
     v_cache: &wgpu::Buffer,
     out: &wgpu::Buffer,
 ) -> Result<()> {
-    shape.check();
-    assert!(shape.max_tok * shape.group() <= 16 * 65535, "attention_prefill: max_tok too large for one grid");
+    shape.check()?;
+    if shape.max_tok * shape.group() > PREFILL_ROWS * 65535 {
+        return Err(GpuError::Shape(format!("attention_prefill: {} tokens do not fit one grid", shape.max_tok)));
+    }
     let spec =
         KernelSpec::new("attention_prefill", PREFILL, "attn_prefill", PREFILL_BINDINGS).with_prefix(shape.kv.reader()).with_prefix(STEP);
     let tiles = (shape.max_tok * shape.group()).div_ceil(PREFILL_ROWS);
@@ -276,15 +282,16 @@ pub fn attention_decode(
     scratch: &DecodeScratch,
     out: &wgpu::Buffer,
 ) -> Result<()> {
-    shape.check();
-    assert!(
-        shape.max_tok * shape.n_head <= scratch.rows && shape.head_dim <= scratch.head_dim,
-        "attention_decode: scratch made for {} rows of {}, shape needs {} of {}",
-        scratch.rows,
-        scratch.head_dim,
-        shape.max_tok * shape.n_head,
-        shape.head_dim
-    );
+    shape.check()?;
+    if shape.max_tok * shape.n_head > scratch.rows || shape.head_dim > scratch.head_dim {
+        return Err(GpuError::Shape(format!(
+            "attention_decode: scratch made for {} rows of {}, shape needs {} of {}",
+            scratch.rows,
+            scratch.head_dim,
+            shape.max_tok * shape.n_head,
+            shape.head_dim
+        )));
+    }
     let params = shape.params(scratch.n_split);
     let spec =
         KernelSpec::new("attention_decode", DECODE, "attn_decode", DECODE_BINDINGS).with_prefix(shape.kv.reader()).with_prefix(STEP);

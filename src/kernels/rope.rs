@@ -11,7 +11,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::attention::{KvDtype, STEP};
-use crate::gpu::{grid_1d, Access, Arg, Gpu, KernelSpec, Program, Result};
+use crate::gpu::{grid_1d, Access, Arg, Gpu, GpuError, KernelSpec, Program, Result};
 
 const SHADER: &str = include_str!("../../shaders/rope.wgsl");
 const INPLACE: &[Access] = &[Access::Uniform, Access::Uniform, Access::Read, Access::ReadWrite];
@@ -214,9 +214,11 @@ struct Params {
     _pad: [u32; 3],
 }
 
-fn params(l: &RopeLayout, freqs: &RopeFreqs, v: Option<&RopeLayout>, q: QScale) -> Params {
-    assert!(freqs.n_rot <= l.head_dim && l.head_dim.is_multiple_of(2), "rope: n_rot {} head_dim {}", freqs.n_rot, l.head_dim);
-    Params {
+fn params(l: &RopeLayout, freqs: &RopeFreqs, v: Option<&RopeLayout>, q: QScale) -> Result<Params> {
+    if freqs.n_rot > l.head_dim || !l.head_dim.is_multiple_of(2) {
+        return Err(GpuError::Shape(format!("rope: {} rotated dims in heads of {}", freqs.n_rot, l.head_dim)));
+    }
+    Ok(Params {
         max_tok: l.max_tok,
         n_heads: l.n_heads,
         head_dim: l.head_dim,
@@ -231,7 +233,7 @@ fn params(l: &RopeLayout, freqs: &RopeFreqs, v: Option<&RopeLayout>, q: QScale) 
         q_beta: q.beta,
         q_orig_ctx: q.orig_ctx,
         _pad: [0; 3],
-    }
+    })
 }
 
 fn grid(l: &RopeLayout) -> [u32; 3] {
@@ -250,7 +252,7 @@ pub fn rope_inplace(
     q_scale: QScale,
 ) -> Result<()> {
     let spec = KernelSpec::new("rope", SHADER, "rope_inplace", INPLACE).with_prefix(STEP);
-    let p = params(layout, freqs, None, q_scale);
+    let p = params(layout, freqs, None, q_scale)?;
     prog.push_with_params(gpu, &spec, &p, &[Arg::Buf(step), Arg::Buf(&freqs.inv_freq), Arg::Buf(x)], grid(layout))
 }
 
@@ -277,7 +279,7 @@ pub fn rope_kv_store(
         KvDtype::F16 => "rope_kv_store_f16",
     };
     let spec = KernelSpec::new("rope", SHADER, entry, KV_STORE).with_prefix(STEP);
-    let p = params(k_layout, freqs, Some(v_layout), QScale::NONE);
+    let p = params(k_layout, freqs, Some(v_layout), QScale::NONE)?;
     let args =
         [Arg::Buf(step), Arg::Buf(&freqs.inv_freq), Arg::Buf(k), Arg::Buf(v), Arg::Buf(k_cache), Arg::Buf(v_cache)];
     prog.push_with_params(gpu, &spec, &p, &args, grid(k_layout))
