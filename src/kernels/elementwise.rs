@@ -35,3 +35,58 @@ pub fn silu_mul_inplace(prog: &mut Program, gpu: &Gpu, up: &wgpu::Buffer, gate: 
 pub fn silu_mul_ref(gate: &[f32], up: &[f32]) -> Vec<f32> {
     gate.iter().zip(up).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect()
 }
+
+const GELU_BINDINGS: &[Access] = &[Access::Uniform, Access::ReadWrite];
+
+/// Records `x[i] = gelu(x[i]) = 0.5 x (1 + erf(x / sqrt 2))` (erf form, the Pixtral projector's
+/// activation) for the first `n` elements. WGSL has no `erf`: the shader uses Numerical
+/// Recipes' `erfcc` (fractional error < 1.2e-7 on erfc); measured against f64 in
+/// `tests/kernels_vision.rs`.
+pub fn gelu_inplace(prog: &mut Program, gpu: &Gpu, x: &wgpu::Buffer, n: u32) -> Result<()> {
+    let spec = KernelSpec::new("elementwise", SHADER, "gelu_inplace", GELU_BINDINGS);
+    let params = Params { n, _pad: [0; 3] };
+    prog.push_with_params(gpu, &spec, &params, &[Arg::Buf(x)], grid_1d(n.div_ceil(WG)))
+}
+
+/// CPU reference of [`gelu_inplace`] in f64: `0.5 x (1 + erf(x / sqrt 2))`, with
+/// `1 + erf(u)` taken as `erfc(-u)` for u < 0 so the negative tail keeps its relative precision.
+pub fn gelu_ref(x: &[f32]) -> Vec<f64> {
+    x.iter()
+        .map(|&v| {
+            let u = v as f64 / std::f64::consts::SQRT_2;
+            let one_plus_erf = if u < 0.0 { erfc_f64(-u) } else { 1.0 + erf_f64(u) };
+            0.5 * v as f64 * one_plus_erf
+        })
+        .collect()
+}
+
+/// erf in f64: Maclaurin series below 2.5, `1 - erfc` beyond (both ~1e-16 there).
+pub fn erf_f64(x: f64) -> f64 {
+    let a = x.abs();
+    let r = if a < 2.5 {
+        // erf(a) = 2/sqrt(pi) * sum_n (-1)^n a^(2n+1) / (n! (2n+1))
+        let (mut term, mut sum, mut n) = (a, a, 0.0);
+        while term.abs() > 1e-18 * sum.abs() {
+            n += 1.0;
+            term *= -a * a / n;
+            sum += term / (2.0 * n + 1.0);
+        }
+        sum * std::f64::consts::FRAC_2_SQRT_PI
+    } else {
+        1.0 - erfc_f64(a)
+    };
+    r.copysign(x)
+}
+
+/// erfc in f64 for x >= 0: `1 - erf` below 2.5, else the continued fraction
+/// `exp(-x^2)/sqrt(pi) / (x + (1/2)/(x + 1/(x + (3/2)/(x + ...))))` evaluated bottom-up.
+pub fn erfc_f64(x: f64) -> f64 {
+    if x < 2.5 {
+        return 1.0 - erf_f64(x);
+    }
+    let mut f = x;
+    for k in (1..400).rev() {
+        f = x + (k as f64 / 2.0) / f;
+    }
+    (-x * x).exp() / std::f64::consts::PI.sqrt() / f
+}

@@ -11,4 +11,5 @@ pub mod matmul;
 pub mod embedding;
 pub mod attention;
 pub mod rope;
+pub mod vision;
 pub mod bench;

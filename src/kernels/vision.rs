@@ -1,0 +1,312 @@
+//! Pixtral vision-encoder kernels (`shaders/vision.wgsl`): patch unfold (im2col) for the
+//! patch convolution, axial 2D RoPE, and the 2x2 patch merger's unfold. Reference:
+//! transformers 5.x `PixtralVisionModel` (`patch_conv`, `PixtralVisionRotaryEmbedding`) and
+//! `Mistral3PatchMerger` (`F.unfold(kernel_size=2, stride=2)`).
+//!
+//! - Patch embedding = [`patch_unfold`] then [`matmul::record`](super::matmul::record) with
+//!   the conv weight as a `[hidden][C*P*P]` [`GpuWeight`](super::quant::GpuWeight): GGUF
+//!   `v.patch_embd.weight` has dims `[P, P, C, hidden]`, i.e. torch `[hidden][C][P][P]`
+//!   row-major, whose rows are already flattened `[c][ky][kx]` — the column order of the patches.
+//! - 2D RoPE: frequency pair i of a head (i < head_dim/2) turns by `pos * inv_freq2d[i]`,
+//!   with pos the patch row for i < head_dim/4 and the patch column after; the table is
+//!   [`pixtral_inv_freq`]. Pair elements follow [`RopeMode`]: llama.cpp's converter permutes
+//!   the vision q/k rows of every head (`reshape(n_head, 2, hd/2, in).swapaxes(1, 2)`: GGUF
+//!   dims (2j, 2j+1) = HF dims (j, j + hd/2)), so **GGUF mmproj weights need
+//!   [`RopeMode::Adjacent`]**; the Hugging Face checkpoint needs [`RopeMode::RotateHalf`].
+//!   Both rotate pair j by the same angle. (llama.cpp's own `build_rope_2d` does the same: two
+//!   "normal" ropes over the two halves of the head, rows with even, columns with odd frequencies.)
+//! - Patch merge: an image's patch rows `[rows*cols][hidden]` → `[(rows/2)*(cols/2)][4*hidden]`,
+//!   feature `c*4 + ki*2 + kj`, merged row `mr*(cols/2) + mc`; an odd last row/column is dropped
+//!   as `F.unfold` does.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::matvec::check_len;
+use super::rope::{rope_inv_freq, RopeMode};
+use crate::gpu::{grid_1d, Access, Arg, Gpu, GpuError, KernelSpec, Program, Result};
+
+const SHADER: &str = include_str!("../../shaders/vision.wgsl");
+const BINDINGS: &[Access] = &[Access::Uniform, Access::Read, Access::ReadWrite];
+const WG: u32 = 256;
+
+/// Pixtral's patch size (pixels per side).
+pub const PATCH: u32 = 14;
+
+/// The patch grid of one image: `rows = H / patch`, `cols = W / patch`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PatchGrid {
+    pub rows: u32,
+    pub cols: u32,
+}
+
+impl PatchGrid {
+    /// The grid of an image of `height` x `width` pixels (multiples of `patch`).
+    pub fn of_image(height: u32, width: u32, patch: u32) -> Result<PatchGrid> {
+        if patch == 0 || !height.is_multiple_of(patch) || !width.is_multiple_of(patch) || height == 0 || width == 0 {
+            return Err(GpuError::Shape(format!("image {height}x{width} is not a grid of {patch}-pixel patches")));
+        }
+        Ok(PatchGrid { rows: height / patch, cols: width / patch })
+    }
+
+    pub fn n_patches(&self) -> u32 {
+        self.rows * self.cols
+    }
+
+    /// Tokens after the 2x2 merge.
+    pub fn n_merged(&self) -> u32 {
+        (self.rows / 2) * (self.cols / 2)
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct UnfoldParams {
+    channels: u32,
+    height: u32,
+    width: u32,
+    patch: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct MergeParams {
+    hidden: u32,
+    rows: u32,
+    cols: u32,
+    _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Rope2dParams {
+    n_tok: u32,
+    n_heads: u32,
+    head_dim: u32,
+    cols: u32,
+    stride: u32,
+    offset: u32,
+    row0: u32,
+    neox: u32,
+}
+
+/// Records the unfold of `pixels` (`[channels][height][width]` f32, sides multiples of
+/// `patch`) into `patches` (`[n_patches][channels*patch*patch]`, patch rows row-major over the
+/// grid, columns `[c][ky][kx]`).
+#[allow(clippy::too_many_arguments)]
+pub fn patch_unfold(
+    prog: &mut Program,
+    gpu: &Gpu,
+    pixels: &wgpu::Buffer,
+    patches: &wgpu::Buffer,
+    channels: u32,
+    height: u32,
+    width: u32,
+    patch: u32,
+) -> Result<()> {
+    let grid = PatchGrid::of_image(height, width, patch)?;
+    let n = grid.n_patches() * channels * patch * patch;
+    check_len("patch_unfold pixels", pixels, channels as u64 * height as u64 * width as u64)?;
+    check_len("patch_unfold patches", patches, n as u64)?;
+    let spec = KernelSpec::new("vision", SHADER, "patch_unfold", BINDINGS);
+    let p = UnfoldParams { channels, height, width, patch };
+    prog.push_with_params(gpu, &spec, &p, &[Arg::Buf(pixels), Arg::Buf(patches)], grid_1d(n.div_ceil(WG)))
+}
+
+/// CPU reference of [`patch_unfold`].
+pub fn patch_unfold_ref(pixels: &[f32], channels: usize, height: usize, width: usize, patch: usize) -> Vec<f32> {
+    let (rows, cols, k) = (height / patch, width / patch, channels * patch * patch);
+    let mut out = vec![0.0; rows * cols * k];
+    for pr in 0..rows {
+        for pc in 0..cols {
+            let dst = &mut out[(pr * cols + pc) * k..][..k];
+            for c in 0..channels {
+                for ky in 0..patch {
+                    for kx in 0..patch {
+                        let y = pr * patch + ky;
+                        let x = pc * patch + kx;
+                        dst[(c * patch + ky) * patch + kx] = pixels[(c * height + y) * width + x];
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Direct CPU convolution `Conv2d(channels, hidden, patch, stride=patch, bias=False)` of
+/// `pixels` `[channels][height][width]` with torch weight `[hidden][channels][patch][patch]`,
+/// as patch rows `[n_patches][hidden]` (torch's `conv(x).flatten(1).T`), f64 accumulation.
+pub fn conv2d_patch_ref(
+    pixels: &[f32],
+    weight: &[f32],
+    channels: usize,
+    height: usize,
+    width: usize,
+    patch: usize,
+    hidden: usize,
+) -> Vec<f32> {
+    let (rows, cols) = (height / patch, width / patch);
+    let mut out = vec![0.0; rows * cols * hidden];
+    for oy in 0..rows {
+        for ox in 0..cols {
+            for o in 0..hidden {
+                let mut acc = 0f64;
+                for c in 0..channels {
+                    for ky in 0..patch {
+                        for kx in 0..patch {
+                            let w = weight[((o * channels + c) * patch + ky) * patch + kx];
+                            let x = pixels[(c * height + oy * patch + ky) * width + ox * patch + kx];
+                            acc += w as f64 * x as f64;
+                        }
+                    }
+                }
+                out[(oy * cols + ox) * hidden + o] = acc as f32;
+            }
+        }
+    }
+    out
+}
+
+/// transformers' `PixtralVisionRotaryEmbedding.compute_axial_rope_parameters`:
+/// `inv_freq = 1 / theta^(arange(0, dim, 2) / dim)` (f32), then `cat(inv_freq[0::2], inv_freq[1::2])`
+/// — `head_dim/2` entries: the even frequencies (patch row) then the odd ones (patch column).
+pub fn pixtral_inv_freq(head_dim: usize, theta: f64) -> Vec<f32> {
+    let f = rope_inv_freq(head_dim, theta);
+    f.iter().step_by(2).chain(f.iter().skip(1).step_by(2)).copied().collect()
+}
+
+/// A 2D RoPE table on the GPU (upload once per model).
+pub struct Rope2dFreqs {
+    pub inv_freq: wgpu::Buffer,
+    pub head_dim: u32,
+}
+
+impl Rope2dFreqs {
+    /// Uploads [`pixtral_inv_freq`]`(head_dim, theta)`.
+    pub fn upload(gpu: &Gpu, head_dim: u32, theta: f64) -> Result<Rope2dFreqs> {
+        let table = pixtral_inv_freq(head_dim as usize, theta);
+        Ok(Rope2dFreqs { inv_freq: gpu.storage_with("rope2d_inv_freq", bytemuck::cast_slice(&table))?, head_dim })
+    }
+}
+
+/// Where q or k heads live: element (t, h, d) of the image's token t is
+/// `x[(row0 + t) * stride + offset + h * head_dim + d]`.
+#[derive(Clone, Copy, Debug)]
+pub struct Rope2dLayout {
+    pub n_heads: u32,
+    /// A multiple of 4 (two halves of pairs).
+    pub head_dim: u32,
+    pub mode: RopeMode,
+    pub stride: u32,
+    pub offset: u32,
+    /// First token row of the image in the buffer (several images share one buffer).
+    pub row0: u32,
+}
+
+impl Rope2dLayout {
+    /// Dense `[n][n_heads*head_dim]` rows starting at row 0.
+    pub fn dense(n_heads: u32, head_dim: u32, mode: RopeMode) -> Rope2dLayout {
+        Rope2dLayout { n_heads, head_dim, mode, stride: n_heads * head_dim, offset: 0, row0: 0 }
+    }
+}
+
+/// Records 2D RoPE in place on the `grid.n_patches()` token rows of one image in `x`.
+pub fn rope_2d(
+    prog: &mut Program,
+    gpu: &Gpu,
+    freqs: &Rope2dFreqs,
+    x: &wgpu::Buffer,
+    layout: &Rope2dLayout,
+    grid: PatchGrid,
+) -> Result<()> {
+    let l = layout;
+    if !l.head_dim.is_multiple_of(4) || l.head_dim != freqs.head_dim || l.offset + l.n_heads * l.head_dim > l.stride {
+        return Err(GpuError::Shape(format!(
+            "rope_2d: {} heads of {} (table for {}) in rows of {} from {}",
+            l.n_heads, l.head_dim, freqs.head_dim, l.stride, l.offset
+        )));
+    }
+    let n_tok = grid.n_patches();
+    check_len("rope_2d x", x, (l.row0 + n_tok) as u64 * l.stride as u64)?;
+    let p = Rope2dParams {
+        n_tok,
+        n_heads: l.n_heads,
+        head_dim: l.head_dim,
+        cols: grid.cols,
+        stride: l.stride,
+        offset: l.offset,
+        row0: l.row0,
+        neox: (l.mode == RopeMode::RotateHalf) as u32,
+    };
+    let spec = KernelSpec::new("vision", SHADER, "rope_2d", BINDINGS);
+    let wgs = (n_tok * l.n_heads * l.head_dim / 2).div_ceil(WG);
+    prog.push_with_params(gpu, &spec, &p, &[Arg::Buf(&freqs.inv_freq), Arg::Buf(x)], grid_1d(wgs))
+}
+
+/// CPU reference of [`rope_2d`] (f32 math as transformers: `angle = f32(pos) * inv_freq[i]`,
+/// `x*cos + rotate(x)*sin`).
+pub fn rope_2d_ref(x: &[f32], layout: &Rope2dLayout, grid: PatchGrid, inv_freq: &[f32]) -> Vec<f32> {
+    let mut y = x.to_vec();
+    let (hd, half) = (layout.head_dim as usize, layout.head_dim as usize / 2);
+    for t in 0..grid.n_patches() as usize {
+        let (row, col) = (t / grid.cols as usize, t % grid.cols as usize);
+        for h in 0..layout.n_heads as usize {
+            let base = (layout.row0 as usize + t) * layout.stride as usize + layout.offset as usize + h * hd;
+            for (i, &f) in inv_freq.iter().enumerate().take(half) {
+                let pos = if i < half / 2 { row } else { col };
+                let (d0, d1) = match layout.mode {
+                    RopeMode::Adjacent => (2 * i, 2 * i + 1),
+                    RopeMode::RotateHalf => (i, i + half),
+                };
+                let angle = pos as f32 * f;
+                let (c, s) = (angle.cos(), angle.sin());
+                let (x0, x1) = (x[base + d0], x[base + d1]);
+                y[base + d0] = x0 * c - x1 * s;
+                y[base + d1] = x1 * c + x0 * s;
+            }
+        }
+    }
+    y
+}
+
+/// Records the 2x2 merge of one image's patch rows `x` (`[rows*cols][hidden]`) into `out`
+/// (`[(rows/2)*(cols/2)][4*hidden]`, channel-major `[c][ki][kj]`).
+pub fn patch_merge(
+    prog: &mut Program,
+    gpu: &Gpu,
+    x: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+    hidden: u32,
+    grid: PatchGrid,
+) -> Result<()> {
+    let n = grid.n_merged() * 4 * hidden;
+    check_len("patch_merge x", x, grid.n_patches() as u64 * hidden as u64)?;
+    check_len("patch_merge out", out, n as u64)?;
+    let spec = KernelSpec::new("vision", SHADER, "patch_merge", BINDINGS);
+    let p = MergeParams { hidden, rows: grid.rows, cols: grid.cols, _pad: 0 };
+    prog.push_with_params(gpu, &spec, &p, &[Arg::Buf(x), Arg::Buf(out)], grid_1d(n.div_ceil(WG)))
+}
+
+/// CPU reference of [`patch_merge`], from torch semantics: `x.view(rows, cols, d).permute(2, 0, 1)`
+/// is the image `[d][rows][cols]`; `F.unfold(k=2, s=2)` gives `[d*4][L]` with channel
+/// `c*4 + ki*2 + kj` and block `L = mr*(cols/2) + mc` holding pixel `(2mr + ki, 2mc + kj)`;
+/// `.view(d*4, -1).t()` makes it `[L][d*4]`.
+pub fn patch_merge_ref(x: &[f32], hidden: usize, grid: PatchGrid) -> Vec<f32> {
+    let (rows, cols) = (grid.rows as usize, grid.cols as usize);
+    let image = |c: usize, r: usize, q: usize| x[(r * cols + q) * hidden + c];
+    let (lr, lc) = (rows / 2, cols / 2);
+    let mut unfolded = vec![0.0; hidden * 4 * lr * lc]; // [d*4][L]
+    for c in 0..hidden {
+        for ki in 0..2 {
+            for kj in 0..2 {
+                for mr in 0..lr {
+                    for mc in 0..lc {
+                        unfolded[(c * 4 + ki * 2 + kj) * lr * lc + mr * lc + mc] = image(c, 2 * mr + ki, 2 * mc + kj);
+                    }
+                }
+            }
+        }
+    }
+    let (n, f) = (lr * lc, hidden * 4);
+    (0..n * f).map(|i| unfolded[(i % f) * n + i / f]).collect()
+}
