@@ -48,6 +48,25 @@ fn x4(o: u32) -> vec4<f32> {
     return vec4<f32>(x[o], x[o + 1u], x[o + 2u], x[o + 3u]);
 }
 
+/// Sums each row group's `tpr` partial vec4s (4 rows per group) and writes the 4 outputs of
+/// token `t`: one barrier. `group0` is the workgroup's first row group.
+fn reduce_store(acc: vec4<f32>, lid: u32, group0: u32, gpw: u32, tpr: u32, t: u32) {
+    red[lid] = acc;
+    workgroupBarrier();
+    if (lid < gpw) {
+        let rb = (group0 + lid) * NR;
+        var s = vec4<f32>(0.0);
+        for (var i = 0u; i < tpr; i++) {
+            s += red[lid * tpr + i];
+        }
+        let yo = t * p.y_stride + p.row_offset + rb;
+        if (rb < p.rows) { y[yo] = s.x; }
+        if (rb + 1u < p.rows) { y[yo + 1u] = s.y; }
+        if (rb + 2u < p.rows) { y[yo + 2u] = s.z; }
+        if (rb + 3u < p.rows) { y[yo + 3u] = s.w; }
+    }
+}
+
 @compute @workgroup_size(256)
 fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) lid: u32) {
@@ -77,20 +96,7 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
             acc += xv * vec4<f32>(wdecode1(wl, r0, k), wdecode1(wl, r1, k), wdecode1(wl, r2, k), wdecode1(wl, r3, k));
         }
     }
-    red[lid] = acc;
-    workgroupBarrier();
-    if (lid < GPW) {
-        let rb = ((wid.x + wid.y * nwg.x) * GPW + lid) * NR;
-        var s = vec4<f32>(0.0);
-        for (var i = 0u; i < TPR; i++) {
-            s += red[lid * TPR + i];
-        }
-        let yo = wid.z * p.y_stride + p.row_offset + rb;
-        if (rb < p.rows) { y[yo] = s.x; }
-        if (rb + 1u < p.rows) { y[yo + 1u] = s.y; }
-        if (rb + 2u < p.rows) { y[yo + 2u] = s.z; }
-        if (rb + 3u < p.rows) { y[yo + 3u] = s.w; }
-    }
+    reduce_store(acc, lid, (wid.x + wid.y * nwg.x) * GPW, GPW, TPR, wid.z);
 }
 
 // ---- Block path (Q8_0, Q4_0, Q4_1, Q4_K, Q6_K): one invocation takes a whole unit of 32
@@ -252,18 +258,5 @@ fn matvec_blk(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
                              unit_row(wl, r2, u, xa, xb), unit_row(wl, r3, u, xa, xb));
         }
     }
-    red[lid] = acc;
-    workgroupBarrier();
-    if (lid < gpw) {
-        let rb = ((wid.x + wid.y * nwg.x) * gpw + lid) * NR;
-        var s = vec4<f32>(0.0);
-        for (var i = 0u; i < TPB; i++) {
-            s += red[lid * TPB + i];
-        }
-        let yo = wid.z * p.y_stride + p.row_offset + rb;
-        if (rb < p.rows) { y[yo] = s.x; }
-        if (rb + 1u < p.rows) { y[yo + 1u] = s.y; }
-        if (rb + 2u < p.rows) { y[yo + 2u] = s.z; }
-        if (rb + 3u < p.rows) { y[yo + 3u] = s.w; }
-    }
+    reduce_store(acc, lid, (wid.x + wid.y * nwg.x) * gpw, gpw, TPB, wid.z);
 }
