@@ -41,6 +41,12 @@ pub enum ConfigError {
     /// A hyperparameter is zero or inconsistent with the others.
     #[error("invalid hyperparameter: {0}")]
     Invalid(String),
+    /// A vision projector file whose `general.architecture` is not `clip`.
+    #[error("not a vision projector: architecture {0:?} (expected clip)")]
+    NotVisionProjector(String),
+    /// A `clip` file whose `clip.projector_type` is not one we implement.
+    #[error("unsupported vision projector type {0:?} (supported: pixtral)")]
+    UnsupportedProjector(String),
 }
 
 impl ModelConfig {

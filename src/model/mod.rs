@@ -6,6 +6,8 @@ pub mod context;
 pub mod decoder;
 pub mod source;
 pub mod synthetic;
+pub mod vision_config;
+pub mod vision_weights;
 pub mod vocab;
 pub mod weights;
 
@@ -13,4 +15,6 @@ pub use config::{ConfigError, ModelConfig};
 pub use context::{Context, ContextError, ContextOptions, Counters, Precision};
 pub use decoder::{Decoder, LogitsMode, ModelError};
 pub use source::{GgufBytes, TensorSource};
+pub use vision_config::VisionConfig;
+pub use vision_weights::{VisionLayerWeights, VisionWeights};
 pub use weights::{DecoderWeights, LoadError};

@@ -96,7 +96,8 @@ impl DecoderWeights {
     }
 }
 
-fn check_dims(src: &dyn TensorSource, name: &str, want: &[u64]) -> Result<(), LoadError> {
+/// Fails unless the tensor exists with dims `want` (trailing 1s ignored).
+pub(super) fn check_dims(src: &dyn TensorSource, name: &str, want: &[u64]) -> Result<(), LoadError> {
     let info = src.tensor_info(name).ok_or_else(|| LoadError::Missing(name.to_string()))?;
     let mut dims = info.dims.clone();
     while dims.len() > want.len() && dims.last() == Some(&1) {
@@ -108,16 +109,21 @@ fn check_dims(src: &dyn TensorSource, name: &str, want: &[u64]) -> Result<(), Lo
     Ok(())
 }
 
-/// A `rows x cols` matrix (GGUF dims `[cols, rows]`).
-fn matrix(gpu: &Gpu, src: &dyn TensorSource, name: &str, rows: u32, cols: u32) -> Result<GpuWeight, LoadError> {
-    check_dims(src, name, &[cols as u64, rows as u64])?;
+/// Uploads an already shape-checked tensor as a `rows x cols` weight.
+pub(super) fn upload(gpu: &Gpu, src: &dyn TensorSource, name: &str, rows: u32, cols: u32) -> Result<GpuWeight, LoadError> {
     let info = src.tensor_info(name).ok_or_else(|| LoadError::Missing(name.to_string()))?;
     let bytes = src.tensor_data(name)?;
     Ok(GpuWeight::upload(gpu, name, info.ty, rows, cols, &bytes)?)
 }
 
+/// A `rows x cols` matrix (GGUF dims `[cols, rows]`).
+pub(super) fn matrix(gpu: &Gpu, src: &dyn TensorSource, name: &str, rows: u32, cols: u32) -> Result<GpuWeight, LoadError> {
+    check_dims(src, name, &[cols as u64, rows as u64])?;
+    upload(gpu, src, name, rows, cols)
+}
+
 /// A vector of `n` values as f32.
-fn vector(gpu: &Gpu, src: &dyn TensorSource, name: &str, n: u32) -> Result<wgpu::Buffer, LoadError> {
+pub(super) fn vector(gpu: &Gpu, src: &dyn TensorSource, name: &str, n: u32) -> Result<wgpu::Buffer, LoadError> {
     check_dims(src, name, &[n as u64])?;
     let info = src.tensor_info(name).ok_or_else(|| LoadError::Missing(name.to_string()))?;
     let values = dequantize_to_vec(info.ty, &src.tensor_data(name)?, n as usize)?;

@@ -1,0 +1,94 @@
+//! Pixtral vision encoder and Mistral 3 projector weights on the GPU, loaded from an mmproj
+//! GGUF by llama.cpp tensor name (`v.*`, `mm.*`; GUIDE §1). Matrices keep their GGUF type
+//! (see `kernels::quant` for the GPU layout; F16 in the official file); norm vectors become
+//! f32. Every tensor's shape is checked against the [`VisionConfig`] before upload.
+//!
+//! Shapes below are row-major `[rows][cols]` (GGUF dims are the reverse: `[cols, rows]`).
+//! The q/k rows are in llama.cpp's permuted order (see `kernels::vision`: use
+//! `RopeMode::Adjacent`).
+
+use crate::gpu::Gpu;
+use crate::kernels::quant::GpuWeight;
+
+use super::source::TensorSource;
+use super::vision_config::VisionConfig;
+use super::weights::{check_dims, matrix, upload, vector, LoadError};
+
+/// One pre-norm encoder block (`v.blk.N.*`).
+pub struct VisionLayerWeights {
+    pub ln1: wgpu::Buffer,    // attention_norm, [hidden] f32
+    pub wq: GpuWeight,        // attn_q,   [q_dim][hidden]
+    pub wk: GpuWeight,        // attn_k,   [q_dim][hidden]
+    pub wv: GpuWeight,        // attn_v,   [q_dim][hidden]
+    pub wo: GpuWeight,        // attn_out, [hidden][q_dim]
+    pub ln2: wgpu::Buffer,    // ffn_norm, [hidden] f32
+    pub w_gate: GpuWeight,    // ffn_gate, [n_ff][hidden]
+    pub w_up: GpuWeight,      // ffn_up,   [n_ff][hidden]
+    pub w_down: GpuWeight,    // ffn_down, [hidden][n_ff]
+}
+
+/// All vision encoder + projector weights.
+pub struct VisionWeights {
+    /// `v.patch_embd.weight`, GGUF dims `[P, P, 3, hidden]` = torch `[hidden][3][P][P]`
+    /// row-major: a `[hidden][3*P*P]` matrix whose columns are `[c][ky][kx]` (no reordering).
+    pub patch_embd: GpuWeight,
+    /// `v.pre_ln.weight` (`ln_pre` RMSNorm), [hidden] f32.
+    pub pre_ln: wgpu::Buffer,
+    pub layers: Vec<VisionLayerWeights>,
+    /// `mm.input_norm.weight` (RMSNorm over each patch vector), [hidden] f32.
+    pub mm_input_norm: wgpu::Buffer,
+    /// `mm.patch_merger.weight`, [hidden][merge^2 * hidden] (columns `c*4 + ki*2 + kj`).
+    pub mm_patch_merger: GpuWeight,
+    /// `mm.1.weight` (linear_1), [text_hidden][hidden].
+    pub mm_1: GpuWeight,
+    /// `mm.2.weight` (linear_2, after GELU), [text_hidden][text_hidden].
+    pub mm_2: GpuWeight,
+}
+
+impl VisionWeights {
+    pub fn load(gpu: &Gpu, src: &dyn TensorSource, cfg: &VisionConfig) -> Result<Self, LoadError> {
+        let (d, q, ff, t) = (cfg.hidden, cfg.q_dim(), cfg.n_ff, cfg.text_hidden);
+        let p = cfg.patch_size as u64;
+        check_dims(src, "v.patch_embd.weight", &[p, p, 3, d as u64])?;
+        let patch_embd = upload(gpu, src, "v.patch_embd.weight", d, cfg.patch_dim())?;
+        let pre_ln = vector(gpu, src, "v.pre_ln.weight", d)?;
+        let mut layers = Vec::with_capacity(cfg.n_layer as usize);
+        for i in 0..cfg.n_layer {
+            let name = |s: &str| format!("v.blk.{i}.{s}.weight");
+            layers.push(VisionLayerWeights {
+                ln1: vector(gpu, src, &name("ln1"), d)?,
+                wq: matrix(gpu, src, &name("attn_q"), q, d)?,
+                wk: matrix(gpu, src, &name("attn_k"), q, d)?,
+                wv: matrix(gpu, src, &name("attn_v"), q, d)?,
+                wo: matrix(gpu, src, &name("attn_out"), d, q)?,
+                ln2: vector(gpu, src, &name("ln2"), d)?,
+                w_gate: matrix(gpu, src, &name("ffn_gate"), ff, d)?,
+                w_up: matrix(gpu, src, &name("ffn_up"), ff, d)?,
+                w_down: matrix(gpu, src, &name("ffn_down"), d, ff)?,
+            });
+        }
+        Ok(VisionWeights {
+            patch_embd,
+            pre_ln,
+            layers,
+            mm_input_norm: vector(gpu, src, "mm.input_norm.weight", d)?,
+            mm_patch_merger: matrix(gpu, src, "mm.patch_merger.weight", d, cfg.merged_dim())?,
+            mm_1: matrix(gpu, src, "mm.1.weight", t, d)?,
+            mm_2: matrix(gpu, src, "mm.2.weight", t, t)?,
+        })
+    }
+
+    /// Bytes of weights held on the GPU.
+    pub fn bytes_on_gpu(&self) -> u64 {
+        let per_layer = |l: &VisionLayerWeights| {
+            [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down].iter().map(|w| w.bytes_on_gpu()).sum::<u64>()
+                + l.ln1.size()
+                + l.ln2.size()
+        };
+        [&self.patch_embd, &self.mm_patch_merger, &self.mm_1, &self.mm_2].iter().map(|w| w.bytes_on_gpu()).sum::<u64>()
+            + self.pre_ln.size()
+            + self.mm_input_norm.size()
+            + self.layers.iter().map(per_layer).sum::<u64>()
+    }
+}
+
