@@ -10,8 +10,12 @@
 //! - `matvec_blk` (Q8_0, Q4_0, Q4_1, Q4_K, Q6_K): TPB threads x 256/TPB row groups; a thread
 //!   decodes a whole unit (a 32-weight block, or 64 weights of a K-quant super-block) per
 //!   iteration from `vec4<u32>` loads of the weight and `vec4<f32>` loads of x (bindings 4 and 5
-//!   are vec4 views of the same buffers). Private arrays and run-time-indexed vector components
-//!   are avoided: CPU adapters (llvmpipe) spill them.
+//!   are vec4 views of the same buffers), for NRB = 8 rows (two vec4 accumulators, so each x
+//!   load serves 8 rows). 4- and 6-bit values are not shifted down: `f32(v & (0xF << 8b))` is
+//!   the value times 2^(8b) exactly, so x is pre-scaled by the inverse power of two once per unit
+//!   for all rows (`NL`, `NH`), leaving one `and`, one signed convert and one FMA per weight.
+//!   Private arrays and run-time-indexed vector components are avoided: CPU adapters
+//!   (llvmpipe) spill them.
 //! Grid: x/y = row groups (linear id wid.x + wid.y * nwg.x), z = tokens.
 
 struct Params {
@@ -42,7 +46,7 @@ const NR: u32 = 4u;          // rows per thread (one vec4 accumulator)
 const GPW: u32 = 8u;         // row groups per workgroup (`matvec`)
 const WG: u32 = 256u;        // threads per workgroup
 
-var<workgroup> red: array<vec4<f32>, WG>;
+var<workgroup> red: array<vec4<f32>, 512>; // 8 KiB: two vec4 per thread in `matvec_blk`
 
 fn x4(o: u32) -> vec4<f32> {
     return vec4<f32>(x[o], x[o + 1u], x[o + 2u], x[o + 3u]);
@@ -103,6 +107,7 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
 // (Q8_0, Q4_0, Q4_1) or 64 (Q4_K, Q6_K) weights of NR rows per iteration, loading each row's
 // unit as vec4<u32> words and the unit's x once for all NR rows.
 
+override PAIR: u32 = 0u; // 1: Q4_0 with an even `bpr`, units of two blocks (scales in one word)
 override TPB: u32 = 32u; // threads per row group in the block path; GPW_B = WG / TPB
 
 /// 32 x values (8 vec4, in the order the unit's decoder pairs them) and their sum.
@@ -121,25 +126,71 @@ fn x32(o: u32, step: u32) -> X32 {
     return X32(a0, a1, a2, a3, a4, a5, a6, a7, dot(t, vec4<f32>(1.0)));
 }
 
-fn f4(v: u32) -> vec4<f32> { return vec4<f32>(u8x4(v)); }
-
-/// sum of q*x for 32 unsigned bytes packed in (lo: elements 0..15, hi: 16..31).
-fn dot32u(lo: vec4<u32>, hi: vec4<u32>, x: X32) -> f32 {
-    return (dot(f4(lo.x), x.a0) + dot(f4(lo.y), x.a1)) + (dot(f4(lo.z), x.a2) + dot(f4(lo.w), x.a3))
-         + (dot(f4(hi.x), x.a4) + dot(f4(hi.y), x.a5)) + (dot(f4(hi.z), x.a6) + dot(f4(hi.w), x.a7));
-}
-
 fn i4(v: u32) -> vec4<f32> { return vec4<f32>(i8x4(v)); }
 
-fn unit_row(l: WLayout, row: u32, u: u32, xa: X32, xb: X32) -> f32 {
+// Nibbles in place: f32(v & (0xF << 8b)) = q * 2^(8b) exactly, so the x paired with byte b is
+// pre-scaled by 2^(-8b) (`NL`; high nibbles `NH`: 2^(-8b-4), the top one shifted down instead)
+// once per unit for all rows: one `and`, one signed convert and one FMA per weight.
+const NL = vec4<f32>(1.0, 0.00390625, 1.52587890625e-5, 5.9604644775390625e-8);
+const NH = vec4<f32>(0.0625, 0.000244140625, 9.5367431640625e-7, 1.0);
+
+/// sum_b lo_nibble(byte b of v) * xl[b], xl pre-scaled by NL.
+fn nlo(v: u32, xl: vec4<f32>) -> f32 {
+    let q = bitcast<vec4<i32>>(vec4<u32>(v) & vec4<u32>(0xFu, 0xF00u, 0xF0000u, 0xF000000u));
+    return dot(vec4<f32>(q), xl);
+}
+
+/// sum_b hi_nibble(byte b of v) * xh[b], xh pre-scaled by NH.
+fn nhi(v: u32, xh: vec4<f32>) -> f32 {
+    let q = bitcast<vec4<i32>>(vec4<u32>(v & 0xF0u, v & 0xF000u, v & 0xF00000u, v >> 28u));
+    return dot(vec4<f32>(q), xh);
+}
+
+/// Q4_0 / Q4_1 body (16 bytes: low nibbles = elements 0..15, high = 16..31), x pre-scaled
+/// by `x_nib32`.
+fn dot32n(v: vec4<u32>, x: X32) -> f32 {
+    return ((nlo(v.x, x.a0) + nlo(v.y, x.a1)) + (nlo(v.z, x.a2) + nlo(v.w, x.a3)))
+         + ((nhi(v.x, x.a4) + nhi(v.y, x.a5)) + (nhi(v.z, x.a6) + nhi(v.w, x.a7)));
+}
+
+/// Low nibbles of 8 words against 32 x pre-scaled by NL.
+fn dot32lo(q0: vec4<u32>, q1: vec4<u32>, x: X32) -> f32 {
+    return ((nlo(q0.x, x.a0) + nlo(q0.y, x.a1)) + (nlo(q0.z, x.a2) + nlo(q0.w, x.a3)))
+         + ((nlo(q1.x, x.a4) + nlo(q1.y, x.a5)) + (nlo(q1.z, x.a6) + nlo(q1.w, x.a7)));
+}
+
+/// High nibbles of 8 words against 32 x pre-scaled by NH.
+fn dot32hi(q0: vec4<u32>, q1: vec4<u32>, x: X32) -> f32 {
+    return ((nhi(q0.x, x.a0) + nhi(q0.y, x.a1)) + (nhi(q0.z, x.a2) + nhi(q0.w, x.a3)))
+         + ((nhi(q1.x, x.a4) + nhi(q1.y, x.a5)) + (nhi(q1.z, x.a6) + nhi(q1.w, x.a7)));
+}
+
+/// sum_b (6-bit value in byte b of g) * x[b], x pre-scaled by NL.
+fn b6(g: u32, x: vec4<f32>) -> f32 {
+    let q = bitcast<vec4<i32>>(vec4<u32>(g) & vec4<u32>(0x3Fu, 0x3F00u, 0x3F0000u, 0x3F000000u));
+    return dot(vec4<f32>(q), x);
+}
+
+fn x_scale(x: X32, a: vec4<f32>, b: vec4<f32>) -> X32 {
+    return X32(x.a0 * a, x.a1 * a, x.a2 * a, x.a3 * a, x.a4 * b, x.a5 * b, x.a6 * b, x.a7 * b, x.s);
+}
+
+/// `xs` (Q6_K only): the sums of x over the unit's 4 groups of 16.
+fn unit_row(l: WLayout, row: u32, u: u32, xa: X32, xb: X32, xs: vec4<f32>) -> f32 {
     let m4 = vec4<u32>(0x0F0F0F0Fu);
     let rv = row * (l.row_words / 4u); // vec4 index of the row (row_words % 4 == 0 here)
     switch WTYPE {
         case WT_Q4_0: {
+            if (PAIR == 1u) { // blocks 2u, 2u+1: xa, xb; both scales in one word
+                let v0 = wv[rv + 2u * u];
+                let v1 = wv[rv + 2u * u + 1u];
+                let dd = unpack2x16float(w[l.scale_base + (row * l.bpr) / 2u + u]);
+                return dd.x * (dot32n(v0, xa) - 8.0 * xa.s) + dd.y * (dot32n(v1, xb) - 8.0 * xb.s);
+            }
             let blk = row * l.bpr + u;
             let v = wv[rv + u];
             let d = split_scale(l, blk);
-            return d * (dot32u(v & m4, (v >> vec4<u32>(4u)) & m4, xa) - 8.0 * xa.s);
+            return d * (dot32n(v, xa) - 8.0 * xa.s);
         }
         case WT_Q8_0: {
             let blk = row * l.bpr + u;
@@ -154,7 +205,7 @@ fn unit_row(l: WLayout, row: u32, u: u32, xa: X32, xb: X32) -> f32 {
             let o = row * l.row_words + 5u * u;
             let dm = unpack2x16float(w[o]);
             let v = vec4<u32>(w[o + 1u], w[o + 2u], w[o + 3u], w[o + 4u]);
-            return dm.x * dot32u(v & m4, (v >> vec4<u32>(4u)) & m4, xa) + dm.y * xa.s;
+            return dm.x * dot32n(v, xa) + dm.y * xa.s;
         }
         case WT_Q4_K: {
             let sb = u / 4u;
@@ -184,8 +235,8 @@ fn unit_row(l: WLayout, row: u32, u: u32, xa: X32, xb: X32) -> f32 {
             let scf = dm.x * vec2<f32>(sc);
             let mnf = dm.y * vec2<f32>(mn);
             // xa: elements 0..31 of the unit (low nibbles), xb: 32..63 (high nibbles).
-            let sa = dot32u(q0 & m4, q1 & m4, xa);
-            let sbb = dot32u((q0 >> vec4<u32>(4u)) & m4, (q1 >> vec4<u32>(4u)) & m4, xb);
+            let sa = dot32lo(q0, q1, xa);
+            let sbb = dot32hi(q0, q1, xb);
             return (scf.x * sa - mnf.x * xa.s) + (scf.y * sbb - mnf.y * xb.s);
         }
         case WT_Q6_K: {
@@ -196,31 +247,55 @@ fn unit_row(l: WLayout, row: u32, u: u32, xa: X32, xb: X32) -> f32 {
             let qa = wv[bv + 4u * n + h];       // ql bytes n*64 + 16h + (0..15): groups 0 (low), 2 (high)
             let qb = wv[bv + 4u * n + 2u + h];  // ql bytes n*64 + 32 + 16h + ..: groups 1, 3
             let qh = wv[bv + 8u + 2u * n + h];  // qh bytes n*32 + 16h + ..
-            let sv = wv[bv + 12u];
-            let sw0 = select(sv.x, sv.z, n == 1u);
-            let sw1 = select(sv.y, sv.w, n == 1u);
+            let so = 4u * (bv + 12u) + 2u * n;  // the 8 i8 scales of this half (2 words)
+            let sw0 = w[so];
+            let sw1 = w[so + 1u];
             let sh = 8u * h;
             let scs = vec4<i32>(bitcast<vec4<i32>>(vec4<u32>(sw0 >> sh, sw0 >> (sh + 16u), sw1 >> sh, sw1 >> (sh + 16u)) << vec4<u32>(24u)) >> vec4<u32>(24u));
-            let m2 = vec4<u32>(0x03030303u);
-            let g0 = (qa & m4) | ((qh & m2) << vec4<u32>(4u));
-            let g1 = (qb & m4) | (((qh >> vec4<u32>(2u)) & m2) << vec4<u32>(4u));
-            let g2 = ((qa >> vec4<u32>(4u)) & m4) | (((qh >> vec4<u32>(4u)) & m2) << vec4<u32>(4u));
-            let g3 = ((qb >> vec4<u32>(4u)) & m4) | (((qh >> vec4<u32>(6u)) & m2) << vec4<u32>(4u));
-            // xa: groups 0 (a0..a3), 1 (a4..a7); xb: groups 2, 3. q = byte - 32.
-            let s0 = (dot(f4(g0.x), xa.a0) + dot(f4(g0.y), xa.a1)) + (dot(f4(g0.z), xa.a2) + dot(f4(g0.w), xa.a3));
-            let s1 = (dot(f4(g1.x), xa.a4) + dot(f4(g1.y), xa.a5)) + (dot(f4(g1.z), xa.a6) + dot(f4(g1.w), xa.a7));
-            let s2 = (dot(f4(g2.x), xb.a0) + dot(f4(g2.y), xb.a1)) + (dot(f4(g2.z), xb.a2) + dot(f4(g2.w), xb.a3));
-            let s3 = (dot(f4(g3.x), xb.a4) + dot(f4(g3.y), xb.a5)) + (dot(f4(g3.z), xb.a6) + dot(f4(g3.w), xb.a7));
-            let xs = vec4<f32>(dot(xa.a0 + xa.a1 + xa.a2 + xa.a3, vec4<f32>(1.0)),
-                               dot(xa.a4 + xa.a5 + xa.a6 + xa.a7, vec4<f32>(1.0)),
-                               dot(xb.a0 + xb.a1 + xb.a2 + xb.a3, vec4<f32>(1.0)),
-                               dot(xb.a4 + xb.a5 + xb.a6 + xb.a7, vec4<f32>(1.0)));
+            // 6-bit values in place in each byte (bits 0..5): q = byte - 32.
+            let m3 = vec4<u32>(0x30303030u);
+            let g0 = (qa & m4) | ((qh << vec4<u32>(4u)) & m3);
+            let g1 = (qb & m4) | ((qh << vec4<u32>(2u)) & m3);
+            let g2 = ((qa >> vec4<u32>(4u)) & m4) | (qh & m3);
+            let g3 = ((qb >> vec4<u32>(4u)) & m4) | ((qh >> vec4<u32>(2u)) & m3);
+            // xa: groups 0 (a0..a3), 1 (a4..a7); xb: groups 2, 3; pre-scaled by NL.
+            let s0 = (b6(g0.x, xa.a0) + b6(g0.y, xa.a1)) + (b6(g0.z, xa.a2) + b6(g0.w, xa.a3));
+            let s1 = (b6(g1.x, xa.a4) + b6(g1.y, xa.a5)) + (b6(g1.z, xa.a6) + b6(g1.w, xa.a7));
+            let s2 = (b6(g2.x, xb.a0) + b6(g2.y, xb.a1)) + (b6(g2.z, xb.a2) + b6(g2.w, xb.a3));
+            let s3 = (b6(g3.x, xb.a4) + b6(g3.y, xb.a5)) + (b6(g3.z, xb.a6) + b6(g3.w, xb.a7));
             let d = split_scale(l, row * l.bpr + sb);
             return d * dot(vec4<f32>(scs), vec4<f32>(s0, s1, s2, s3) - 32.0 * xs);
         }
         default: { return 0.0; }
     }
 }
+
+/// `reduce_store` for 8 rows per thread (two vec4 per thread).
+fn reduce_store8(a0: vec4<f32>, a1: vec4<f32>, lid: u32, group0: u32, gpw: u32, tpr: u32, t: u32) {
+    red[2u * lid] = a0;
+    red[2u * lid + 1u] = a1;
+    workgroupBarrier();
+    if (lid < gpw) {
+        let rb = (group0 + lid) * NRB;
+        var s0 = vec4<f32>(0.0);
+        var s1 = vec4<f32>(0.0);
+        for (var i = 0u; i < tpr; i++) {
+            s0 += red[2u * (lid * tpr + i)];
+            s1 += red[2u * (lid * tpr + i) + 1u];
+        }
+        let yo = t * p.y_stride + p.row_offset + rb;
+        if (rb < p.rows) { y[yo] = s0.x; }
+        if (rb + 1u < p.rows) { y[yo + 1u] = s0.y; }
+        if (rb + 2u < p.rows) { y[yo + 2u] = s0.z; }
+        if (rb + 3u < p.rows) { y[yo + 3u] = s0.w; }
+        if (rb + 4u < p.rows) { y[yo + 4u] = s1.x; }
+        if (rb + 5u < p.rows) { y[yo + 5u] = s1.y; }
+        if (rb + 6u < p.rows) { y[yo + 6u] = s1.z; }
+        if (rb + 7u < p.rows) { y[yo + 7u] = s1.w; }
+    }
+}
+
+const NRB: u32 = 8u; // rows per thread in the block path (two vec4 accumulators)
 
 @compute @workgroup_size(256)
 fn matvec_blk(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -229,34 +304,56 @@ fn matvec_blk(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     let gpw = WG / TPB;
     let lane = lid % TPB;
     let grp = lid / TPB;
-    let row0 = ((wid.x + wid.y * nwg.x) * gpw + grp) * NR;
+    let row0 = ((wid.x + wid.y * nwg.x) * gpw + grp) * NRB;
     let last = p.rows - 1u;
     let r0 = min(row0, last);
     let r1 = min(row0 + 1u, last);
     let r2 = min(row0 + 2u, last);
     let r3 = min(row0 + 3u, last);
+    let r4 = min(row0 + 4u, last);
+    let r5 = min(row0 + 5u, last);
+    let r6 = min(row0 + 6u, last);
+    let r7 = min(row0 + 7u, last);
     let xo = wid.z * (p.x_stride / 4u); // vec4 index of this token's x
     var acc = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
     if (row0 < p.rows) {
         var units = p.bpr;
         if (WTYPE == WT_Q4_K || WTYPE == WT_Q6_K) { units = 4u * p.bpr; }
+        if (PAIR == 1u) { units = p.bpr / 2u; }
         for (var u = lane; u < units; u += TPB) {
             var xa: X32;
             var xb: X32;
+            var xs = vec4<f32>(0.0);
             if (WTYPE == WT_Q4_K) {
                 let o = xo + 16u * u;              // 64 consecutive x
                 xa = x32(o, 4u);
                 xb = x32(o + 8u, 4u);
+                xa = x_scale(xa, NL, NL);
+                xb = x_scale(xb, NH, NH);
             } else if (WTYPE == WT_Q6_K) {
                 let o = xo + 64u * (u / 4u) + 32u * ((u / 2u) % 2u) + 4u * (u % 2u);
                 xa = x32(o, 8u);                   // groups 0, 1 (32 elements apart)
                 xb = x32(o + 16u, 8u);             // groups 2, 3
+                xs = vec4<f32>(dot(xa.a0 + xa.a1 + xa.a2 + xa.a3, vec4<f32>(1.0)),
+                               dot(xa.a4 + xa.a5 + xa.a6 + xa.a7, vec4<f32>(1.0)),
+                               dot(xb.a0 + xb.a1 + xb.a2 + xb.a3, vec4<f32>(1.0)),
+                               dot(xb.a4 + xb.a5 + xb.a6 + xb.a7, vec4<f32>(1.0)));
+                xa = x_scale(xa, NL, NL);
+                xb = x_scale(xb, NL, NL);
+            } else if (PAIR == 1u) {
+                xa = x32(xo + 16u * u, 4u);        // blocks 2u, 2u + 1
+                xb = x32(xo + 16u * u + 8u, 4u);
+                if (WTYPE == WT_Q4_0) { xa = x_scale(xa, NL, NH); xb = x_scale(xb, NL, NH); }
             } else {
                 xa = x32(xo + 8u * u, 4u);         // 32 consecutive x
+                if (WTYPE == WT_Q4_0 || WTYPE == WT_Q4_1) { xa = x_scale(xa, NL, NH); }
             }
-            acc += vec4<f32>(unit_row(wl, r0, u, xa, xb), unit_row(wl, r1, u, xa, xb),
-                             unit_row(wl, r2, u, xa, xb), unit_row(wl, r3, u, xa, xb));
+            acc += vec4<f32>(unit_row(wl, r0, u, xa, xb, xs), unit_row(wl, r1, u, xa, xb, xs),
+                             unit_row(wl, r2, u, xa, xb, xs), unit_row(wl, r3, u, xa, xb, xs));
+            acc1 += vec4<f32>(unit_row(wl, r4, u, xa, xb, xs), unit_row(wl, r5, u, xa, xb, xs),
+                              unit_row(wl, r6, u, xa, xb, xs), unit_row(wl, r7, u, xa, xb, xs));
         }
     }
-    reduce_store(acc, lid, (wid.x + wid.y * nwg.x) * gpw, gpw, TPB, wid.z);
+    reduce_store8(acc, acc1, lid, (wid.x + wid.y * nwg.x) * gpw, gpw, TPB, wid.z);
 }

@@ -59,7 +59,8 @@ fn tol(ty: GgmlType) -> f32 {
 fn col_shapes(ty: GgmlType) -> &'static [usize] {
     match ty.block_size() {
         256 => &[256, 512, 1024],
-        32 => &[32, 96, 4128],
+        // Odd and even blocks per row (Q4_0 decodes block pairs when the count is even).
+        32 => &[32, 64, 96, 3072, 4128],
         _ => &[1, 7, 96, 257, 4128],
     }
 }
