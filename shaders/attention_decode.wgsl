@@ -19,22 +19,8 @@
 //! The cache is read through `kv_k` / `kv_v`, prepended by `src/kernels/attention.rs` for the
 //! cache type (f32, or f16 packed two per word and widened on load); the math is f32.
 
-// `struct Step` comes from `step.wgsl`, prepended by the Rust side.
-
-struct Params {
-    n_head: u32,
-    n_kv_head: u32,
-    head_dim: u32,
-    max_tok: u32,
-    q_stride: u32,
-    q_offset: u32,
-    kv_stride: u32,
-    causal: u32,
-    scale: f32,
-    n_split: u32,
-    _pad0: u32,
-    _pad1: u32,
-}
+// `struct Step` (step.wgsl) and `struct Params` (attention_params.wgsl) are prepended by
+// the Rust side.
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<uniform> step: Step;
