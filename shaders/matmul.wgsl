@@ -1,4 +1,4 @@
-//! Tiled matrix product for prefill: Y[m][row_offset + n] = sum_k X[m][k] * W[n][k], W in any
+//! Tiled matrix product for prefill: Y[y_row0 + m][row_offset + n] = sum_k X[x_row0 + m][k] * W[n][k], W in any
 //! format of `quant.wgsl` (prepended). Classic shared-memory SGEMM tiling (as in CUTLASS'
 //! and llama.cpp's `mul_mat` WebGPU/Vulkan shaders): a 256-thread workgroup computes a
 //! BM x BN = 64 x 64 output tile, stepping K by BK = 32; each step stages an X tile and a
@@ -22,8 +22,8 @@ struct Params {
     row_offset: u32, // first output feature of this part
     y_stride: u32,   // floats per row of Y (all rows of the weight)
     x_stride: u32,   // floats per row of X
-    _pad1: u32,
-    _pad2: u32,
+    x_row0: u32,     // first row of X read (row m of the product reads X row x_row0 + m)
+    y_row0: u32,     // first row of Y written
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -84,7 +84,7 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         let m = m0 + lr;
         var xv = W8(vec4<f32>(0.0), vec4<f32>(0.0));
         if (m < p.m) {
-            let o = m * p.x_stride + k;
+            let o = (p.x_row0 + m) * p.x_stride + k;
             if (k + 8u <= p.k) {
                 xv = W8(vec4<f32>(x[o], x[o + 1u], x[o + 2u], x[o + 3u]),
                         vec4<f32>(x[o + 4u], x[o + 5u], x[o + 6u], x[o + 7u]));
@@ -136,7 +136,7 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         if (m >= p.m) { break; }
         for (var j = 0u; j < 4u; j++) {
             let n = n0 + tn * 4u + j;
-            if (n < p.n) { y[m * p.y_stride + p.row_offset + n] = acc[i][j]; }
+            if (n < p.n) { y[(p.y_row0 + m) * p.y_stride + p.row_offset + n] = acc[i][j]; }
         }
     }
 }

@@ -284,3 +284,28 @@ fn row_split_weights_give_identical_results() {
         assert_eq!(bytemuck::cast_slice::<f32, u32>(&a), bytemuck::cast_slice::<f32, u32>(&b), "{ty} gather");
     }
 }
+
+/// `record_rows` reads and writes only its window: rows outside it keep their poison.
+#[test]
+fn matmul_row_window_reads_and_writes_only_its_rows() {
+    let gpu = gpu();
+    let (rows, cols, m) = (70usize, 96usize, 67usize);
+    let (x_row0, y_row0) = (5usize, 130usize);
+    let (bytes, deq) = weight(GgmlType::Q8_0, rows, cols, 21);
+    let w = GpuWeight::upload(&gpu, "w", GgmlType::Q8_0, rows as u32, cols as u32, &bytes).unwrap();
+    let x = Rng::new(22).vec((x_row0 + m + 3) * cols);
+    let y_len = (y_row0 + m + 2) * rows;
+    let (bx, by) = (upload(&gpu, &x), upload(&gpu, &vec![f32::NAN; y_len]));
+    let mut prog = Program::new();
+    matmul::record_rows(&mut prog, &gpu, &w, (&bx, x_row0 as u32), (&by, y_row0 as u32), m as u32, MatmulCompute::F32).unwrap();
+    prog.run(&gpu).unwrap();
+    let got = gpu.read_f32_blocking(&by, y_len).unwrap();
+    let want = matmul::matmul_ref(&x[x_row0 * cols..(x_row0 + m) * cols], &deq, m, rows, cols);
+    let window = &got[y_row0 * rows..(y_row0 + m) * rows];
+    let err = rel_l2(window, &want);
+    assert!(err < TOL_Q8_0, "window rel err {err}");
+    let outside = got[..y_row0 * rows].iter().chain(&got[(y_row0 + m) * rows..]);
+    assert!(outside.into_iter().all(|v| v.is_nan()), "rows outside the window were written");
+    let r = matmul::record_rows(&mut Program::new(), &gpu, &w, (&bx, (x_row0 + 4) as u32), (&by, 0), m as u32, MatmulCompute::F32);
+    assert!(r.is_err(), "a window past the end of x must be refused");
+}

@@ -50,7 +50,8 @@ struct Params {
     row_offset: u32,
     y_stride: u32,
     x_stride: u32,
-    _pad: [u32; 2],
+    x_row0: u32,
+    y_row0: u32,
 }
 
 /// Records `y[i][r] = sum_k x[i][k] * w[r][k]` for `i < m`: `x` is `[m][w.cols]` f32, `y` is
@@ -70,8 +71,23 @@ pub fn record_with(
     m: u32,
     compute: MatmulCompute,
 ) -> Result<()> {
-    check_len("matmul x", x, m as u64 * w.cols as u64)?;
-    check_len("matmul y", y, m as u64 * w.rows as u64)?;
+    record_rows(prog, gpu, w, (x, 0), (y, 0), m, compute)
+}
+
+/// [`record_with`] on a window of rows: product row `i < m` reads row `x.1 + i` of `x.0`
+/// (`[..][w.cols]`) and writes row `y.1 + i` of `y.0` (`[..][w.rows]`), so a long sequence
+/// can go through a weight in chunks with a chunk-sized output buffer.
+pub fn record_rows(
+    prog: &mut Program,
+    gpu: &Gpu,
+    w: &GpuWeight,
+    (x, x_row0): (&wgpu::Buffer, u32),
+    (y, y_row0): (&wgpu::Buffer, u32),
+    m: u32,
+    compute: MatmulCompute,
+) -> Result<()> {
+    check_len("matmul x", x, (x_row0 as u64 + m as u64) * w.cols as u64)?;
+    check_len("matmul y", y, (y_row0 as u64 + m as u64) * w.rows as u64)?;
     if compute == MatmulCompute::F16 && !gpu.caps.f16 {
         return Err(GpuError::Pipeline {
             label: "matmul (f16)".into(),
@@ -88,7 +104,8 @@ pub fn record_with(
             row_offset: part.row_offset,
             y_stride: w.rows,
             x_stride: w.cols,
-            _pad: [0; 2],
+            x_row0,
+            y_row0,
         };
         let mut grid = grid_1d(part.rows.div_ceil(TILE_N));
         grid[2] = m.div_ceil(TILE_M).max(1);

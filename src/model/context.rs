@@ -10,6 +10,7 @@ use crate::kernels::attention::{default_splits, AttnShape, DecodeScratch, KvDtyp
 use crate::kernels::sample::{Sampler, SamplerState};
 
 use super::decoder::{Decoder, LogitsMode};
+use super::prompt_images::PromptImages;
 
 /// Context sizes and precision.
 #[derive(Clone, Copy, Debug)]
@@ -58,8 +59,20 @@ pub enum ContextError {
     /// A token id is outside the vocabulary.
     #[error("token id {id} is outside the vocabulary of {vocab}")]
     BadToken { id: u32, vocab: u32 },
+    /// The prompt's `[IMG]` positions and the images' feature rows differ in number.
+    #[error("the prompt has {slots} image-token positions but the images give {rows} feature rows")]
+    ImageTokens { slots: u64, rows: u64 },
+    /// Image features of another width than the text model's embeddings (wrong mmproj).
+    #[error("image features of width {got} for a text model of width {want}")]
+    ImageWidth { got: u32, want: u32 },
     #[error(transparent)]
     Gpu(#[from] GpuError),
+}
+
+/// The two recorded programs of one step shape: the embedding gather, then the rest.
+struct StepPrograms {
+    embed: Program,
+    body: Program,
 }
 
 /// The GPU buffers a recorded forward pass binds.
@@ -90,7 +103,7 @@ pub struct Context {
     /// Rows of logits one pass can write: a full chunk, within the binding limit.
     logits_rows: u32,
     b: Buffers,
-    programs: HashMap<(u32, LogitsMode), Program>,
+    programs: HashMap<(u32, LogitsMode), StepPrograms>,
     readback: Readback,
     /// Tokens already in the KV cache.
     n_past: u32,
@@ -186,28 +199,53 @@ impl Context {
 
     /// Teacher-forced logits of every token, `[tokens.len()][vocab]` row-major.
     pub async fn logits(&mut self, gpu: &Gpu, dec: &Decoder, tokens: &[u32]) -> Result<Vec<f32>, ContextError> {
-        self.check(dec, tokens)?;
+        self.logits_with_images(gpu, dec, tokens, None).await
+    }
+
+    /// [`Context::logits`] with image features at the prompt's `[IMG]` positions.
+    pub async fn logits_with_images(
+        &mut self,
+        gpu: &Gpu,
+        dec: &Decoder,
+        tokens: &[u32],
+        images: Option<&PromptImages<'_>>,
+    ) -> Result<Vec<f32>, ContextError> {
+        self.check(dec, tokens, images)?;
         let vocab = dec.cfg.vocab as usize;
         let mut out = Vec::with_capacity(tokens.len() * vocab);
-        for chunk in tokens.chunks(self.opts.max_chunk.min(self.logits_rows) as usize) {
-            self.run(gpu, dec, chunk, LogitsMode::All)?;
-            out.extend(gpu.read_f32(&self.b.logits, 0, chunk.len() * vocab).await?);
+        let chunk = self.opts.max_chunk.min(self.logits_rows) as usize;
+        for start in (0..tokens.len()).step_by(chunk) {
+            let len = chunk.min(tokens.len() - start);
+            self.run(gpu, dec, tokens, start..start + len, images, LogitsMode::All)?;
+            out.extend(gpu.read_f32(&self.b.logits, 0, len * vocab).await?);
             self.counters.submits += 1;
-            self.counters.read_back_bytes += (chunk.len() * vocab * 4) as u64;
+            self.counters.read_back_bytes += (len * vocab * 4) as u64;
         }
         Ok(out)
     }
 
     /// Processes the prompt and returns the first generated token.
     pub async fn prefill(&mut self, gpu: &Gpu, dec: &Decoder, tokens: &[u32], s: &SamplerState) -> Result<u32, ContextError> {
-        self.check(dec, tokens)?;
-        let chunks: Vec<&[u32]> = tokens.chunks(self.opts.max_chunk as usize).collect();
-        let (last, rest) = chunks.split_last().ok_or(ContextError::Empty)?;
-        for chunk in rest {
-            self.run(gpu, dec, chunk, LogitsMode::None)?;
+        self.prefill_with_images(gpu, dec, tokens, None, s).await
+    }
+
+    /// [`Context::prefill`] with image features at the prompt's `[IMG]` positions.
+    pub async fn prefill_with_images(
+        &mut self,
+        gpu: &Gpu,
+        dec: &Decoder,
+        tokens: &[u32],
+        images: Option<&PromptImages<'_>>,
+        s: &SamplerState,
+    ) -> Result<u32, ContextError> {
+        self.check(dec, tokens, images)?;
+        let chunk = self.opts.max_chunk as usize;
+        let last = (tokens.len() - 1) / chunk * chunk;
+        for start in (0..last).step_by(chunk) {
+            self.run(gpu, dec, tokens, start..start + chunk, images, LogitsMode::None)?;
         }
         self.b.sampler.set(gpu, s);
-        self.run(gpu, dec, last, LogitsMode::LastAndSample)?;
+        self.run(gpu, dec, tokens, last..tokens.len(), images, LogitsMode::LastAndSample)?;
         self.read_token(gpu).await
     }
 
@@ -217,7 +255,7 @@ impl Context {
             return Err(ContextError::ContextFull { needed: self.n_past as u64 + 1, max_ctx: self.opts.max_ctx });
         }
         self.b.sampler.set(gpu, s);
-        self.submit(gpu, dec, 1, LogitsMode::LastAndSample, true)?;
+        self.submit(gpu, dec, 1, LogitsMode::LastAndSample, &[], true)?;
         self.read_token(gpu).await
     }
 
@@ -228,12 +266,14 @@ impl Context {
 
     /// Dispatches and submits per decoded token, for benchmarks.
     pub fn decode_dispatches(&mut self, gpu: &Gpu, dec: &Decoder) -> GpuResult<usize> {
-        Ok(self.decode_program(gpu, dec)?.n_dispatches())
+        let p = self.programs(gpu, dec, 1, LogitsMode::LastAndSample)?;
+        Ok(p.embed.n_dispatches() + p.body.n_dispatches())
     }
 
-    /// The recorded program of one decode step (benchmarks time its dispatches by family).
+    /// The recorded program of one decode step after the gather (benchmarks time its
+    /// dispatches by family).
     pub fn decode_program(&mut self, gpu: &Gpu, dec: &Decoder) -> GpuResult<&Program> {
-        self.program(gpu, dec, 1, LogitsMode::LastAndSample)
+        Ok(&self.programs(gpu, dec, 1, LogitsMode::LastAndSample)?.body)
     }
 
     /// Submits and read-back bytes since the context was made, for benchmarks.
@@ -241,7 +281,10 @@ impl Context {
         self.counters
     }
 
-    fn check(&self, dec: &Decoder, tokens: &[u32]) -> Result<(), ContextError> {
+    fn check(&self, dec: &Decoder, tokens: &[u32], images: Option<&PromptImages<'_>>) -> Result<(), ContextError> {
+        if let Some(images) = images {
+            images.check(tokens, dec.cfg.n_embd)?;
+        }
         if tokens.is_empty() {
             return Err(ContextError::Empty);
         }
@@ -255,16 +298,47 @@ impl Context {
         Ok(())
     }
 
-    fn run(&mut self, gpu: &Gpu, dec: &Decoder, tokens: &[u32], mode: LogitsMode) -> Result<(), ContextError> {
-        gpu.write(&self.b.ids, 0, bytemuck::cast_slice(tokens));
-        self.submit(gpu, dec, tokens.len() as u32, mode, mode == LogitsMode::LastAndSample)
+    /// Runs `tokens[range]` as one chunk (image features copied in over its `[IMG]` rows).
+    fn run(
+        &mut self,
+        gpu: &Gpu,
+        dec: &Decoder,
+        tokens: &[u32],
+        range: std::ops::Range<usize>,
+        images: Option<&PromptImages<'_>>,
+        mode: LogitsMode,
+    ) -> Result<(), ContextError> {
+        let row = dec.cfg.n_embd as u64 * 4;
+        let copies: Vec<_> = images
+            .map(|im| im.runs(tokens, range.start, range.len()))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| (&images.unwrap().images[r.image].buffer, r.src_row as u64 * row, r.dst_row as u64 * row, r.rows as u64 * row))
+            .collect();
+        gpu.write(&self.b.ids, 0, bytemuck::cast_slice(&tokens[range.clone()]));
+        self.submit(gpu, dec, range.len() as u32, mode, &copies, mode == LogitsMode::LastAndSample)
     }
 
-    /// One step: step uniform, the recorded program, the token readback copy, one submit.
-    fn submit(&mut self, gpu: &Gpu, dec: &Decoder, n: u32, mode: LogitsMode, read_token: bool) -> Result<(), ContextError> {
+    /// One step: step uniform, the gather, `copies` (source, source offset, offset in `x`,
+    /// bytes) over the embeddings, the rest of the pass, the token readback copy, one submit.
+    fn submit(
+        &mut self,
+        gpu: &Gpu,
+        dec: &Decoder,
+        n: u32,
+        mode: LogitsMode,
+        copies: &[(&wgpu::Buffer, u64, u64, u64)],
+        read_token: bool,
+    ) -> Result<(), ContextError> {
         StepParams::new(self.n_past, n, self.pos_offset + self.n_past).write(gpu, &self.b.step);
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
-        self.program(gpu, dec, n, mode)?.encode(&mut encoder);
+        self.programs(gpu, dec, n, mode)?;
+        let programs = &self.programs[&(n, mode)];
+        programs.embed.encode(&mut encoder);
+        for &(src, src_offset, dst_offset, size) in copies {
+            encoder.copy_buffer_to_buffer(src, src_offset, &self.b.x, dst_offset, size);
+        }
+        programs.body.encode(&mut encoder);
         if read_token {
             self.readback.copy_from(&mut encoder, &self.b.ids, 0, 4);
             self.counters.read_back_bytes += 4;
@@ -275,12 +349,12 @@ impl Context {
         Ok(())
     }
 
-    fn program(&mut self, gpu: &Gpu, dec: &Decoder, n: u32, mode: LogitsMode) -> GpuResult<&Program> {
+    fn programs(&mut self, gpu: &Gpu, dec: &Decoder, n: u32, mode: LogitsMode) -> GpuResult<&StepPrograms> {
         if !self.programs.contains_key(&(n, mode)) {
-            let program = dec.record(gpu, &self.b, n, mode)?;
+            let programs = StepPrograms { embed: dec.record_embed(gpu, &self.b, n)?, body: dec.record(gpu, &self.b, n, mode)? };
             // Keep the steady-state programs (decode and full chunks); drop odd-sized ones.
             self.programs.retain(|&(m, _), _| m == 1 || m == self.opts.max_chunk);
-            self.programs.insert((n, mode), program);
+            self.programs.insert((n, mode), programs);
         }
         Ok(&self.programs[&(n, mode)])
     }

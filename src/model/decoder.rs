@@ -2,9 +2,11 @@
 //! attention with RoPE (YaRN for Ministral 3) and a SiLU-gated MLP.
 //! Reference: transformers' `LlamaModel` / `Ministral3Model`; llama.cpp `build_llama`.
 //!
-//! [`Decoder`] holds the weights; [`Decoder::record`] records one forward pass over `n`
-//! tokens into a [`Program`] against a context's buffers, so the program can be replayed
-//! every step with only the step uniform changing.
+//! [`Decoder`] holds the weights; [`Decoder::record_embed`] and [`Decoder::record`] record
+//! one forward pass over `n` tokens (the embedding gather, then the blocks and the head)
+//! into two [`Program`]s against a context's buffers, so they can be replayed every step
+//! with only the step uniform changing. Between the two, the context may overwrite rows of
+//! the embeddings (image features at `[IMG]` positions).
 
 use crate::gpu::{Gpu, Program, Result as GpuResult};
 use crate::kernels::attention::{attention_decode, attention_prefill, AttnShape, KvDtype};
@@ -62,7 +64,14 @@ impl Decoder {
         Ok(Decoder { cfg, weights, rope })
     }
 
-    /// Records a forward pass over `n` tokens (ids in `b.ids`) at the step's positions.
+    /// Records the embedding gather of `n` tokens (ids in `b.ids`) into `b.x`.
+    pub(super) fn record_embed(&self, gpu: &Gpu, b: &Buffers, n: u32) -> GpuResult<Program> {
+        let mut p = Program::new();
+        embedding::record(&mut p, gpu, &self.weights.token_embd, &b.ids, &b.x, n)?;
+        Ok(p)
+    }
+
+    /// Records the blocks and the head over `n` embedded tokens in `b.x` at the step's positions.
     pub(super) fn record(&self, gpu: &Gpu, b: &Buffers, n: u32, mode: LogitsMode) -> GpuResult<Program> {
         let c = &self.cfg;
         let (d, ff, hd) = (c.n_embd, c.n_ff, c.head_dim);
@@ -74,7 +83,6 @@ impl Decoder {
         let mm = if b.precision.compute_f16 { MatmulCompute::F16 } else { MatmulCompute::F32 };
         let shape = AttnShape { kv, ..AttnShape::new(c.n_head, c.n_head_kv, hd, n) };
 
-        embedding::record(&mut p, gpu, &self.weights.token_embd, &b.ids, &b.x, n)?;
         for (l, (k_cache, v_cache)) in self.weights.layers.iter().zip(&b.kv) {
             norm::rms_norm(&mut p, gpu, &b.x, &l.attn_norm, &b.h, n, d, c.rms_eps)?;
             linear(&mut p, gpu, &l.wq, &b.h, &b.q, n, mm)?;

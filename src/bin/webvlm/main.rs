@@ -3,8 +3,8 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use webvlm::chat::ChatMessage;
-use webvlm::engine::{Engine, GenerateOptions};
+use webvlm::chat::{ChatContent, ChatMessage, ContentPart};
+use webvlm::engine::{Engine, EngineError, GenerateOptions, Prompt};
 use webvlm::gguf::MappedGguf;
 use webvlm::gpu::{Gpu, GpuOptions};
 use webvlm::model::{ContextOptions, Precision, TensorSource};
@@ -13,11 +13,16 @@ mod bench;
 mod info;
 
 const USAGE: &str = "usage:
-  webvlm generate --model M.gguf --prompt TEXT [--chat] [--max-tokens N] [--temperature T]
-                  [--top-k K] [--top-p P] [--seed S] [--ctx N] [--chunk N] [--f16]
-  webvlm logits   --model M.gguf (--prompt TEXT | --tokens ID,ID,...) --out OUT.npy
-                  [--pos-offset N] [--ctx N] [--chunk N] [--f16]
+  webvlm generate --model M.gguf [--mmproj P.gguf --image F ...] --prompt TEXT [--chat]
+                  [--max-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S]
+                  [--ctx N] [--chunk N] [--f16] [--image-max-edge N]
+  webvlm logits   --model M.gguf [--mmproj P.gguf --image F ...]
+                  (--prompt TEXT | --tokens ID,ID,...) --out OUT.npy
+                  [--pos-offset N] [--ctx N] [--chunk N] [--f16] [--image-max-edge N]
   (--f16: f16 KV cache, and f16 prefill matmuls where the adapter has shader-f16)
+  (images: with --chat they come first in the user message; otherwise each [IMG] in the
+   prompt text is one image, or all images go before the text when it has none; with
+   --tokens the ids hold the expanded layout and each [IMG] id takes the next feature)
   webvlm info     --model M.gguf
   webvlm bench    [--model M.gguf] [--synthetic [--shape 3b|tiny]] [--quick] [--json-only]
                   [--prompt-tokens N] [--decode-tokens N] [--prefill-reps N] [--reps N]
@@ -66,6 +71,10 @@ impl Flags {
         }
         Ok(Flags(out))
     }
+    /// Every value of a repeatable flag, in order.
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.0.iter().filter(|(n, _)| n == name).filter_map(|(_, v)| v.as_deref()).collect()
+    }
     pub fn get(&self, name: &str) -> Option<&str> {
         self.0.iter().rev().find(|(n, _)| n == name).and_then(|(_, v)| v.as_deref())
     }
@@ -92,6 +101,10 @@ impl Flags {
 
 fn open_engine(flags: &Flags) -> Result<Engine, Box<dyn std::error::Error>> {
     let model = MappedGguf::open(flags.require("model")?)?;
+    let mmproj = flags.get("mmproj").map(MappedGguf::open).transpose()?;
+    if mmproj.is_none() && flags.has("image") {
+        return Err("--image needs --mmproj (the model's vision projector file)".into());
+    }
     let gpu = Gpu::new_blocking(GpuOptions::default())?;
     let precision = if flags.has("f16") { Precision::reduced(&gpu.caps) } else { Precision::default() };
     let opts = ContextOptions {
@@ -99,19 +112,44 @@ fn open_engine(flags: &Flags) -> Result<Engine, Box<dyn std::error::Error>> {
         max_chunk: flags.num("chunk", ContextOptions::default().max_chunk)?,
         precision,
     };
-    Ok(Engine::load(gpu, &model as &dyn TensorSource, opts)?)
+    let mmproj = mmproj.as_ref().map(|m| m as &dyn TensorSource);
+    let mut engine = Engine::load_with_vision(gpu, &model as &dyn TensorSource, mmproj, opts)?;
+    engine.image_options.max_edge = flags.num("image-max-edge", engine.image_options.max_edge)?;
+    Ok(engine)
+}
+
+fn read_file(path: &str) -> Result<Vec<u8>, EngineError> {
+    std::fs::read(path).map_err(|e| EngineError::BadImageUrl(format!("{path}: {e}")))
+}
+
+/// The prompt of `generate` / `logits --prompt`: chat or plain text, with the `--image`s.
+fn text_prompt(engine: &mut Engine, flags: &Flags, text: &str) -> Result<Prompt, EngineError> {
+    let files = flags.all("image");
+    if flags.has("chat") {
+        let mut parts: Vec<ContentPart> = files.iter().map(|f| ContentPart::Image { url: Some(f.to_string()) }).collect();
+        parts.push(ContentPart::Text(text.to_string()));
+        let message = ChatMessage { role: "user".into(), content: ChatContent::Parts(parts) };
+        return engine.chat_prompt(&[message], &mut |url| read_file(url));
+    }
+    let images = files.iter().map(|f| engine.image_features(&read_file(f)?)).collect::<Result<Vec<_>, _>>()?;
+    let mut tokens = engine.text_tokens(text)?;
+    if !images.is_empty() && !tokens.contains(&engine.image_tokens()?.img) {
+        let at = engine.tokenizer.bos_id().filter(|&b| tokens.first() == Some(&b)).map_or(0, |_| 1);
+        let img = engine.image_tokens()?.img;
+        tokens.splice(at..at, std::iter::repeat_n(img, images.len()));
+    }
+    engine.prompt_with_images(&tokens, images)
 }
 
 fn generate(args: &[String]) -> CliResult {
     let flags = Flags::parse(args, &["chat", "f16"])?;
-    flags.only(&["model", "prompt", "chat", "max-tokens", "temperature", "top-k", "top-p", "seed", "ctx", "chunk", "f16"])?;
-    let prompt = flags.require("prompt")?;
+    flags.only(&[
+        "model", "mmproj", "image", "image-max-edge", "prompt", "chat", "max-tokens", "temperature", "top-k", "top-p",
+        "seed", "ctx", "chunk", "f16",
+    ])?;
+    let text = flags.require("prompt")?;
     let mut engine = open_engine(&flags)?;
-    let ids = if flags.has("chat") {
-        engine.chat_tokens(&[ChatMessage::text("user", prompt)])?
-    } else {
-        engine.text_tokens(prompt)?
-    };
+    let prompt = text_prompt(&mut engine, &flags, text)?;
     let opts = GenerateOptions {
         max_tokens: flags.num("max-tokens", 256)?,
         temperature: flags.num("temperature", 0.0)?,
@@ -121,15 +159,16 @@ fn generate(args: &[String]) -> CliResult {
         ignore_eos: false,
     };
     let mut stdout = std::io::stdout();
-    let out = pollster::block_on(engine.generate(&ids, &opts, |delta| {
+    let out = pollster::block_on(engine.generate_prompt(&prompt, &opts, |delta| {
         let _ = stdout.write_all(delta.as_bytes());
         let _ = stdout.flush();
     }))?;
     println!();
     let n = out.tokens.len().max(1) as f64;
     eprintln!(
-        "[{} prompt tokens, {} generated ({:?}); first token {:.0} ms; decode {:.1} tokens/s]",
+        "[{} prompt tokens ({} images), {} generated ({:?}); first token {:.0} ms; decode {:.1} tokens/s]",
         out.prompt_tokens,
+        prompt.images.len(),
         out.tokens.len(),
         out.finish,
         out.time_to_first_token * 1e3,
@@ -140,22 +179,26 @@ fn generate(args: &[String]) -> CliResult {
 
 fn logits(args: &[String]) -> CliResult {
     let flags = Flags::parse(args, &["f16"])?;
-    flags.only(&["model", "prompt", "tokens", "out", "pos-offset", "ctx", "chunk", "f16"])?;
+    flags.only(&["model", "mmproj", "image", "image-max-edge", "prompt", "tokens", "out", "pos-offset", "ctx", "chunk", "f16"])?;
     let out_path = flags.require("out")?;
     let mut engine = open_engine(&flags)?;
-    let ids: Vec<u32> = match (flags.get("tokens"), flags.get("prompt")) {
-        (Some(t), None) => t
-            .split(',')
-            .map(|s| s.trim().parse::<u32>().map_err(|_| format!("--tokens: bad id {s:?}")))
-            .collect::<Result<_, _>>()?,
-        (None, Some(p)) => engine.text_tokens(p)?,
+    let prompt = match (flags.get("tokens"), flags.get("prompt")) {
+        (Some(t), None) => {
+            let tokens = t
+                .split(',')
+                .map(|s| s.trim().parse::<u32>().map_err(|_| format!("--tokens: bad id {s:?}")))
+                .collect::<Result<_, _>>()?;
+            let images = flags.all("image").iter().map(|f| engine.image_features(&read_file(f)?)).collect::<Result<_, EngineError>>()?;
+            Prompt { tokens, images }
+        }
+        (None, Some(p)) => text_prompt(&mut engine, &flags, p)?,
         _ => return Err(format!("give exactly one of --tokens and --prompt\n{USAGE}").into()),
     };
     engine.ctx.set_position_offset(flags.num("pos-offset", 0)?);
-    let Engine { gpu, decoder, ctx, .. } = &mut engine;
-    let values = pollster::block_on(ctx.logits(gpu, decoder, &ids))?;
+    let values = pollster::block_on(engine.logits(&prompt))?;
+    let (n, vocab) = (prompt.tokens.len(), engine.decoder.cfg.vocab as usize);
     let file = std::io::BufWriter::new(std::fs::File::create(out_path)?);
-    webvlm::npy::write_f32(file, &[ids.len(), decoder.cfg.vocab as usize], &values)?;
-    eprintln!("wrote logits [{}, {}] to {out_path}", ids.len(), decoder.cfg.vocab);
+    webvlm::npy::write_f32(file, &[n, vocab], &values)?;
+    eprintln!("wrote logits [{n}, {vocab}] to {out_path}");
     Ok(())
 }

@@ -1,0 +1,147 @@
+//! Images in prompts: where their bytes come from (data URLs, or a loader the caller gives
+//! for other URLs), the image-embedding cache, and the expansion of each `[IMG]` placeholder
+//! the chat template writes into the image's token layout (GUIDE §1, transformers'
+//! `PixtralProcessor`): `([IMG] × cols + [IMG_BREAK]) × rows`, the last token `[IMG_END]`.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::rc::Rc;
+
+use crate::image::{preprocess, PreprocessOptions};
+use crate::model::ImageFeatures;
+use crate::tokenizer::Tokenizer;
+
+use super::EngineError;
+
+/// Token ids of the image layout, looked up by name in the vocabulary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImageTokens {
+    pub img: u32,
+    pub brk: u32,
+    pub end: u32,
+}
+
+impl ImageTokens {
+    /// `[IMG]`, `[IMG_BREAK]` and `[IMG_END]` of `tokenizer`, if it has all three.
+    pub fn from_tokenizer(tokenizer: &Tokenizer) -> Option<ImageTokens> {
+        Some(ImageTokens {
+            img: tokenizer.token_id("[IMG]")?,
+            brk: tokenizer.token_id("[IMG_BREAK]")?,
+            end: tokenizer.token_id("[IMG_END]")?,
+        })
+    }
+
+    /// The token layout of an image of `rows x cols` merged patches.
+    pub fn layout(&self, rows: u32, cols: u32) -> Vec<u32> {
+        let mut ids = Vec::with_capacity(((cols + 1) * rows) as usize);
+        for _ in 0..rows {
+            ids.extend(std::iter::repeat_n(self.img, cols as usize));
+            ids.push(self.brk);
+        }
+        if let Some(last) = ids.last_mut() {
+            *last = self.end;
+        }
+        ids
+    }
+
+    /// Replaces the i-th `[IMG]` of `tokens` by the layout of `images[i]`.
+    pub fn expand(&self, tokens: &[u32], images: &[Rc<ImageFeatures>]) -> Result<Vec<u32>, EngineError> {
+        let placeholders = tokens.iter().filter(|&&t| t == self.img).count();
+        if placeholders != images.len() {
+            return Err(EngineError::ImageCount { placeholders, images: images.len() });
+        }
+        let mut next = images.iter();
+        let mut out = Vec::with_capacity(tokens.len() + images.iter().map(|f| f.n_tokens() as usize * 2).sum::<usize>());
+        for &t in tokens {
+            match (t == self.img).then(|| next.next()).flatten() {
+                Some(f) => out.extend(self.layout(f.rows, f.cols)),
+                None => out.push(t),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The bytes of a `data:` URL (`data:image/png;base64,...`); other URLs give `None`.
+pub fn data_url_bytes(url: &str) -> Option<Result<Vec<u8>, EngineError>> {
+    let rest = url.strip_prefix("data:")?;
+    let bad = |reason: &str| EngineError::BadImageUrl(format!("{reason} in a data URL"));
+    let Some((header, payload)) = rest.split_once(',') else { return Some(Err(bad("no ','"))) };
+    if !header.ends_with(";base64") {
+        return Some(Err(bad("no ';base64'")));
+    }
+    let payload: String = payload.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    Some(base64::decode(payload).map_err(|e| bad(&format!("bad base64 ({e})"))))
+}
+
+/// Cache key: the image's bytes (hashed, with their length) and the preprocessing settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Key {
+    hash: u64,
+    len: usize,
+    max_edge: u32,
+}
+
+impl Key {
+    fn of(bytes: &[u8], opts: &PreprocessOptions) -> Key {
+        let mut h = DefaultHasher::new();
+        bytes.hash(&mut h);
+        Key { hash: h.finish(), len: bytes.len(), max_edge: opts.max_edge }
+    }
+}
+
+/// Image features by image content, least recently used evicted beyond a byte budget.
+pub struct ImageCache {
+    entries: Vec<(Key, Rc<ImageFeatures>)>,
+    max_bytes: u64,
+    /// Encoder runs and cache hits since creation.
+    pub misses: u64,
+    pub hits: u64,
+}
+
+impl ImageCache {
+    pub fn new(max_bytes: u64) -> ImageCache {
+        ImageCache { entries: Vec::new(), max_bytes, misses: 0, hits: 0 }
+    }
+
+    /// The cached features of `bytes`, or those `encode` makes from its preprocessed pixels.
+    pub fn get_or_encode(
+        &mut self,
+        bytes: &[u8],
+        opts: &PreprocessOptions,
+        encode: impl FnOnce(&crate::image::PixelImage) -> Result<ImageFeatures, EngineError>,
+    ) -> Result<Rc<ImageFeatures>, EngineError> {
+        let key = Key::of(bytes, opts);
+        if let Some(i) = self.entries.iter().position(|(k, _)| *k == key) {
+            // Most recently used last.
+            let entry = self.entries.remove(i);
+            self.entries.push(entry);
+            self.hits += 1;
+            return Ok(self.entries.last().map(|(_, f)| f.clone()).expect("just pushed"));
+        }
+        let features = Rc::new(encode(&preprocess(bytes, opts)?)?);
+        self.misses += 1;
+        self.entries.push((key, features.clone()));
+        while self.bytes() > self.max_bytes && self.entries.len() > 1 {
+            self.entries.remove(0);
+        }
+        Ok(features)
+    }
+
+    /// Bytes of GPU memory the cached features hold.
+    pub fn bytes(&self) -> u64 {
+        self.entries.iter().map(|(_, f)| f.bytes()).sum()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+}

@@ -1,0 +1,315 @@
+//! The engine: a model, its tokenizer and chat template, optionally a vision encoder with its
+//! image-embedding cache, one context, and the generation loop (prompt → prefill → decode
+//! steps → text deltas). One submit per decoded token; the only data read back per step is
+//! the 4-byte token id.
+
+mod images;
+
+use std::rc::Rc;
+
+pub use images::{data_url_bytes, ImageCache, ImageTokens};
+
+use crate::chat::{ChatContent, ChatError, ChatMessage, ChatTemplate, ContentPart};
+use crate::gguf::GgufError;
+use crate::gpu::Gpu;
+use crate::image::{ImageError, PreprocessOptions};
+use crate::kernels::sample::SamplerState;
+use crate::model::vocab::vocab_from_metadata;
+use crate::model::{
+    Context, ContextError, ContextOptions, Decoder, ImageFeatures, ModelError, PromptImages, TensorSource, VisionEncoder,
+};
+use crate::tokenizer::{Tokenizer, TokenizerError};
+
+/// GPU memory the image-embedding cache may hold (Ministral 3 3B: ~12 KiB per image token,
+/// so ~5000 image tokens, a few large images).
+pub const IMAGE_CACHE_BYTES: u64 = 64 << 20;
+
+/// Errors of the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Context(#[from] ContextError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    Chat(#[from] ChatError),
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error(transparent)]
+    Gpu(#[from] crate::gpu::GpuError),
+    /// A generation parameter is out of range.
+    #[error("invalid parameter {name}: {reason}")]
+    InvalidParameter { name: &'static str, reason: String },
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// An image was given to a model loaded without a vision projector (mmproj).
+    #[error("this model has no vision encoder: load it with its mmproj file to use images")]
+    NoVision,
+    /// The vocabulary lacks `[IMG]`, `[IMG_BREAK]` or `[IMG_END]`.
+    #[error("the vocabulary has no [IMG] / [IMG_BREAK] / [IMG_END] tokens")]
+    NoImageTokens,
+    /// The prompt's image placeholders and the images given differ in number.
+    #[error("the prompt has {placeholders} image placeholders but {images} images were given")]
+    ImageCount { placeholders: usize, images: usize },
+    /// An image URL that cannot be read (bad data URL, unsupported scheme, missing file).
+    #[error("cannot read image URL: {0}")]
+    BadImageUrl(String),
+}
+
+/// Sampling and length settings of one generation.
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    pub max_tokens: u32,
+    /// 0 selects greedy decoding.
+    pub temperature: f32,
+    /// 0 disables top-k.
+    pub top_k: u32,
+    /// 1 disables top-p.
+    pub top_p: f32,
+    pub seed: u64,
+    /// Keep generating through end-of-generation tokens (for reference comparisons).
+    pub ignore_eos: bool,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions { max_tokens: 256, temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0, ignore_eos: false }
+    }
+}
+
+impl GenerateOptions {
+    fn sampler(&self) -> Result<SamplerState, EngineError> {
+        let bad = |name, reason: &str| Err(EngineError::InvalidParameter { name, reason: reason.into() });
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return bad("temperature", "must be a finite number >= 0");
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad("top_p", "must be in (0, 1]");
+        }
+        let seed = (self.seed ^ (self.seed >> 32)) as u32;
+        Ok(SamplerState { temperature: self.temperature, top_k: self.top_k, top_p: self.top_p, seed, ..Default::default() })
+    }
+}
+
+/// Why generation stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// An end-of-generation token.
+    Stop,
+    /// `max_tokens` reached, or the context is full.
+    Length,
+}
+
+/// The result of one generation.
+#[derive(Clone, Debug)]
+pub struct Generation {
+    pub tokens: Vec<u32>,
+    pub text: String,
+    pub finish: FinishReason,
+    pub prompt_tokens: usize,
+    /// Seconds from the start to the first token, and of the decode steps after it.
+    pub time_to_first_token: f64,
+    pub decode_seconds: f64,
+}
+
+/// A prompt ready to run: token ids with each image's layout expanded, and the images whose
+/// features fill its `[IMG]` positions, in order.
+#[derive(Clone, Default)]
+pub struct Prompt {
+    pub tokens: Vec<u32>,
+    pub images: Vec<Rc<ImageFeatures>>,
+}
+
+/// A model ready to generate.
+pub struct Engine {
+    pub gpu: Gpu,
+    pub decoder: Decoder,
+    pub tokenizer: Tokenizer,
+    pub template: ChatTemplate,
+    pub ctx: Context,
+    pub vision: Option<VisionEncoder>,
+    /// Image preprocessing settings (the longest edge sets the number of image tokens).
+    pub image_options: PreprocessOptions,
+    pub image_cache: ImageCache,
+}
+
+impl Engine {
+    /// Uploads the model and builds its tokenizer and chat template.
+    pub fn load(gpu: Gpu, src: &dyn TensorSource, opts: ContextOptions) -> Result<Engine, EngineError> {
+        Self::load_with_vision(gpu, src, None, opts)
+    }
+
+    /// [`Engine::load`] plus the vision encoder and projector of an mmproj file.
+    pub fn load_with_vision(
+        gpu: Gpu,
+        src: &dyn TensorSource,
+        mmproj: Option<&dyn TensorSource>,
+        opts: ContextOptions,
+    ) -> Result<Engine, EngineError> {
+        let vocab = vocab_from_metadata(src.metadata())?;
+        let tokenizer = Tokenizer::from_gguf_vocab(&vocab)?;
+        let template = ChatTemplate::from_vocab(&vocab, &tokenizer)?;
+        let decoder = Decoder::load(&gpu, src)?;
+        let vision = match mmproj {
+            Some(m) => {
+                ImageTokens::from_tokenizer(&tokenizer).ok_or(EngineError::NoImageTokens)?;
+                Some(VisionEncoder::load(&gpu, m)?)
+            }
+            None => None,
+        };
+        let ctx = Context::new(&gpu, &decoder, opts)?;
+        let (image_options, image_cache) = (PreprocessOptions::default(), ImageCache::new(IMAGE_CACHE_BYTES));
+        Ok(Engine { gpu, decoder, tokenizer, template, ctx, vision, image_options, image_cache })
+    }
+
+    /// The features of an encoded image (PNG, JPEG, WebP, GIF), from the cache when the same
+    /// bytes were encoded before with the same preprocessing settings.
+    pub fn image_features(&mut self, bytes: &[u8]) -> Result<Rc<ImageFeatures>, EngineError> {
+        let (vision, gpu) = (self.vision.as_ref().ok_or(EngineError::NoVision)?, &self.gpu);
+        self.image_cache.get_or_encode(bytes, &self.image_options, |pixels| Ok(vision.encode(gpu, pixels)?))
+    }
+
+    /// The image-token ids of this vocabulary.
+    pub fn image_tokens(&self) -> Result<ImageTokens, EngineError> {
+        ImageTokens::from_tokenizer(&self.tokenizer).ok_or(EngineError::NoImageTokens)
+    }
+
+    /// Prompt ids of a chat rendered with the model's template (special tokens parsed).
+    /// Text only: a chat with images goes through [`Engine::chat_prompt`].
+    pub fn chat_tokens(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, EngineError> {
+        let text = self.template.render(messages, true)?;
+        Ok(self.tokenizer.encode(&text, false)?)
+    }
+
+    /// A chat with text and image parts as a [`Prompt`]: the template places one `[IMG]` per
+    /// image part, each is expanded to its image's layout. Image URLs that are not `data:`
+    /// URLs go to `load_url` (the CLI reads files; the browser fetches before calling).
+    pub fn chat_prompt(
+        &mut self,
+        messages: &[ChatMessage],
+        load_url: &mut dyn FnMut(&str) -> Result<Vec<u8>, EngineError>,
+    ) -> Result<Prompt, EngineError> {
+        let mut images = Vec::new();
+        for m in messages {
+            let ChatContent::Parts(parts) = &m.content else { continue };
+            for part in parts {
+                let ContentPart::Image { url } = part else { continue };
+                let url = url.as_deref().ok_or_else(|| EngineError::BadImageUrl("an image part without a URL".into()))?;
+                let bytes = match data_url_bytes(url) {
+                    Some(bytes) => bytes?,
+                    None => load_url(url)?,
+                };
+                images.push(self.image_features(&bytes)?);
+            }
+        }
+        let tokens = self.chat_tokens(messages)?;
+        self.prompt_with_images(&tokens, images)
+    }
+
+    /// A [`Prompt`] from ids holding one `[IMG]` placeholder per image.
+    pub fn prompt_with_images(&self, tokens: &[u32], images: Vec<Rc<ImageFeatures>>) -> Result<Prompt, EngineError> {
+        if images.is_empty() {
+            return Ok(Prompt { tokens: tokens.to_vec(), images });
+        }
+        Ok(Prompt { tokens: self.image_tokens()?.expand(tokens, &images)?, images })
+    }
+
+    /// Teacher-forced logits of a prompt whose ids already hold the expanded image layouts
+    /// (`[tokens.len()][vocab]`), image features at the `[IMG]` positions in order, in a
+    /// fresh sequence.
+    pub async fn logits(&mut self, prompt: &Prompt) -> Result<Vec<f32>, EngineError> {
+        let images = self.placement(prompt)?;
+        self.ctx.reset();
+        Ok(self.ctx.logits_with_images(&self.gpu, &self.decoder, &prompt.tokens, images.as_ref()).await?)
+    }
+
+    /// Where the prompt's image features go, if it has images.
+    fn placement<'a>(&self, prompt: &'a Prompt) -> Result<Option<PromptImages<'a>>, EngineError> {
+        if prompt.images.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(PromptImages { token: self.image_tokens()?.img, images: &prompt.images }))
+    }
+
+    /// Prompt ids of plain text (BOS added as the vocabulary asks).
+    pub fn text_tokens(&self, text: &str) -> Result<Vec<u32>, EngineError> {
+        Ok(self.tokenizer.encode(text, true)?)
+    }
+
+    /// Generates from text-only `prompt` ids in a fresh sequence, calling `on_text` with each
+    /// text delta.
+    pub async fn generate(
+        &mut self,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        on_text: impl FnMut(&str),
+    ) -> Result<Generation, EngineError> {
+        let prompt = Prompt { tokens: prompt.to_vec(), images: Vec::new() };
+        self.generate_prompt(&prompt, opts, on_text).await
+    }
+
+    /// Generates from a [`Prompt`] (text and images) in a fresh sequence.
+    pub async fn generate_prompt(
+        &mut self,
+        prompt: &Prompt,
+        opts: &GenerateOptions,
+        mut on_text: impl FnMut(&str),
+    ) -> Result<Generation, EngineError> {
+        let mut state = opts.sampler()?;
+        let images = self.placement(prompt)?;
+        let start = web_time_now();
+        self.ctx.reset();
+        let mut stream = self.tokenizer.decode_stream(true);
+        let mut out = Generation {
+            tokens: Vec::new(),
+            text: String::new(),
+            finish: FinishReason::Length,
+            prompt_tokens: prompt.tokens.len(),
+            time_to_first_token: 0.0,
+            decode_seconds: 0.0,
+        };
+        if opts.max_tokens == 0 {
+            return Ok(out);
+        }
+        let mut token = self.ctx.prefill_with_images(&self.gpu, &self.decoder, &prompt.tokens, images.as_ref(), &state).await?;
+        out.time_to_first_token = web_time_now() - start;
+        loop {
+            if !opts.ignore_eos && self.tokenizer.eos_ids().contains(&token) {
+                out.finish = FinishReason::Stop;
+                break;
+            }
+            out.tokens.push(token);
+            if let Some(delta) = stream.step(&self.tokenizer, token)? {
+                out.text.push_str(&delta);
+                on_text(&delta);
+            }
+            if out.tokens.len() as u32 >= opts.max_tokens || self.ctx.n_past() >= self.ctx.max_ctx() {
+                break;
+            }
+            state.draw += 1;
+            token = self.ctx.decode(&self.gpu, &self.decoder, &state).await?;
+        }
+        if let Some(delta) = stream.flush(&self.tokenizer)? {
+            out.text.push_str(&delta);
+            on_text(&delta);
+        }
+        out.decode_seconds = web_time_now() - start - out.time_to_first_token;
+        Ok(out)
+    }
+}
+
+/// Seconds on a monotonic clock (`performance.now()` in the browser).
+fn web_time_now() -> f64 {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        use std::sync::OnceLock;
+        static START: OnceLock<std::time::Instant> = OnceLock::new();
+        START.get_or_init(std::time::Instant::now).elapsed().as_secs_f64()
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        js_sys::Date::now() / 1000.0
+    }
+}
