@@ -62,7 +62,7 @@ fn fixture_config_values() {
     let c = VisionConfig::from_metadata(src.metadata()).unwrap();
     assert_eq!(c.projector_type, "pixtral");
     assert_eq!((c.hidden, c.n_layer, c.n_head, c.head_dim, c.n_ff), (32, 3, 2, 16, 48));
-    assert_eq!((c.patch_size, c.merge_size, c.image_size), (14, 2, 56));
+    assert_eq!((c.patch_size, c.merge_size, c.image_size), (14, 2, 1540));
     assert_eq!((c.patch_dim(), c.merged_dim(), c.q_dim()), (588, 128, 32));
     assert!((c.norm_eps - 1e-5).abs() < 1e-9, "eps {}", c.norm_eps);
     assert_eq!(c.rope_theta, 10_000.0);

@@ -16,7 +16,8 @@ use crate::image::{ImageError, PreprocessOptions};
 use crate::kernels::sample::SamplerState;
 use crate::model::vocab::vocab_from_metadata;
 use crate::model::{
-    Context, ContextError, ContextOptions, Decoder, ImageFeatures, ModelError, PromptImages, TensorSource, VisionEncoder,
+    Context, ContextError, ContextOptions, Decoder, ImageFeatures, LoadQuant, ModelError, PromptImages, TensorSource,
+    VisionEncoder,
 };
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
@@ -114,6 +115,14 @@ pub struct Generation {
     pub decode_seconds: f64,
 }
 
+/// A vision projector file to load with the text model.
+#[derive(Clone, Copy)]
+pub struct Mmproj<'a> {
+    pub src: &'a dyn TensorSource,
+    /// Load-time requantization of its matrices ([`LoadQuant::Keep`] keeps the file's types).
+    pub quant: LoadQuant,
+}
+
 /// A prompt ready to run: token ids with each image's layout expanded, and the images whose
 /// features fill its `[IMG]` positions, in order.
 #[derive(Clone, Default)]
@@ -145,7 +154,7 @@ impl Engine {
     pub fn load_with_vision(
         gpu: Gpu,
         src: &dyn TensorSource,
-        mmproj: Option<&dyn TensorSource>,
+        mmproj: Option<Mmproj<'_>>,
         opts: ContextOptions,
     ) -> Result<Engine, EngineError> {
         let vocab = vocab_from_metadata(src.metadata())?;
@@ -155,7 +164,7 @@ impl Engine {
         let vision = match mmproj {
             Some(m) => {
                 ImageTokens::from_tokenizer(&tokenizer).ok_or(EngineError::NoImageTokens)?;
-                Some(VisionEncoder::load(&gpu, m)?)
+                Some(VisionEncoder::load(&gpu, m.src, m.quant)?)
             }
             None => None,
         };

@@ -21,4 +21,4 @@ pub use prompt_images::PromptImages;
 pub use vision::{ImageFeatures, VisionEncoder};
 pub use vision_config::VisionConfig;
 pub use vision_weights::{VisionLayerWeights, VisionWeights};
-pub use weights::{DecoderWeights, LoadError};
+pub use weights::{DecoderWeights, LoadError, LoadQuant};

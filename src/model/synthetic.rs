@@ -7,8 +7,13 @@
 //! matrices, Q6_K for `attn_v`, `ffn_down` and the (tied) token embedding, F32 norms.
 //! Weights are random blocks ([`random_blocks`]); norms are near 1. The numbers mean
 //! nothing; the shapes, types and byte counts are the real model's.
+//!
+//! [`synthetic_pixtral_mmproj`] builds the matching vision side: a Pixtral encoder + Mistral 3
+//! projector mmproj (`general.architecture = clip`, `clip.projector_type = pixtral`) with F16
+//! matrices (as the official mmproj) and F32 norms, loaded through
+//! [`super::VisionEncoder::load`].
 
-use crate::gguf::{random_blocks, GgmlType, GgufError, GgufWriter, MetaValue, SplitMix64};
+use crate::gguf::{random_blocks, GgmlType, GgufError, GgufWriter, MetaValue, SplitMix64, ValueType};
 
 use super::source::GgufBytes;
 
@@ -152,6 +157,149 @@ pub fn synthetic_ministral3_3b(shape: &SyntheticShape, seed: u64) -> Result<Gguf
     Ok(GgufBytes::parse(synthetic_ministral3_gguf(shape, seed)?)?)
 }
 
+/// The hyperparameters of a synthetic Pixtral vision encoder + Mistral 3 projector (patch 14,
+/// 2x2 merge, SiLU-gated FFN: the values the kernels implement).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VisionShape {
+    pub hidden: u32,
+    pub n_layer: u32,
+    pub n_head: u32,
+    pub head_dim: u32,
+    pub n_ff: u32,
+    /// Projector output = the text model's hidden size.
+    pub text_hidden: u32,
+}
+
+/// Pixtral's patch side and merge factor (`clip.vision.patch_size`, `spatial_merge_size`).
+const VISION_PATCH: u32 = 14;
+const VISION_MERGE: u32 = 2;
+
+impl VisionShape {
+    /// Ministral 3 3B's vision tower and projector (GUIDE §1): ~0.42 B parameters, ~0.84 GB
+    /// of F16 weights.
+    pub fn ministral3_3b() -> VisionShape {
+        VisionShape { hidden: 1024, n_layer: 24, n_head: 16, head_dim: 64, n_ff: 4096, text_hidden: 3072 }
+    }
+
+    /// A sub-MB encoder with the same structure and head_dim (so it compiles the same
+    /// pipelines) for tests and quick runs.
+    pub fn tiny() -> VisionShape {
+        VisionShape { hidden: 128, n_layer: 2, n_head: 2, head_dim: 64, n_ff: 256, text_hidden: 256 }
+    }
+
+    /// Width of q/k/v.
+    pub fn q_dim(&self) -> u32 {
+        self.n_head * self.head_dim
+    }
+
+    /// The matrices as (name, GGUF dims, rows, cols): rows x cols row-major, GGUF dims reversed.
+    fn matrices(&self) -> Vec<(String, Vec<u64>, u32, u32)> {
+        let (d, q, ff, t, p) = (self.hidden, self.q_dim(), self.n_ff, self.text_hidden, VISION_PATCH);
+        let m = |name: String, rows: u32, cols: u32| (name, vec![cols as u64, rows as u64], rows, cols);
+        let mut out = vec![("v.patch_embd.weight".to_string(), vec![p as u64, p as u64, 3, d as u64], d, 3 * p * p)];
+        for i in 0..self.n_layer {
+            let name = |s: &str| format!("v.blk.{i}.{s}.weight");
+            out.extend([
+                m(name("attn_q"), q, d),
+                m(name("attn_k"), q, d),
+                m(name("attn_v"), q, d),
+                m(name("attn_out"), d, q),
+                m(name("ffn_gate"), ff, d),
+                m(name("ffn_up"), ff, d),
+                m(name("ffn_down"), d, ff),
+            ]);
+        }
+        out.extend([
+            m("mm.patch_merger.weight".into(), d, VISION_MERGE * VISION_MERGE * d),
+            m("mm.1.weight".into(), t, d),
+            m("mm.2.weight".into(), t, t),
+        ]);
+        out
+    }
+
+    /// Parameters of the matrices (norms excluded).
+    pub fn n_params(&self) -> u64 {
+        self.matrices().iter().map(|(_, _, r, c)| *r as u64 * *c as u64).sum()
+    }
+
+    /// Bytes of F16 matrices in the file (norms excluded).
+    pub fn weight_bytes(&self) -> u64 {
+        2 * self.n_params()
+    }
+
+    fn check(&self) -> Result<(), SyntheticError> {
+        let dims = [self.hidden, self.n_layer, self.n_head, self.head_dim, self.n_ff, self.text_hidden];
+        if dims.contains(&0) || self.q_dim() != self.hidden || !self.head_dim.is_multiple_of(4) || self.hidden % 2 == 1 {
+            return Err(SyntheticError::BadShape(format!(
+                "{self:?}: non-zero dimensions, n_head * head_dim = hidden (even), head_dim a multiple of 4"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// F16 values uniform in `±sqrt(3 / cols)` (unit variance times `1/cols`, the usual init), so
+/// that activations stay of order 1 through many layers.
+fn random_f16_matrix(rows: u32, cols: u32, seed: u64) -> Vec<u8> {
+    let a = (3.0 / cols as f32).sqrt();
+    let mut rng = SplitMix64::new(seed);
+    let mut out = vec![0u8; rows as usize * cols as usize * 2];
+    for c in out.chunks_exact_mut(2) {
+        c.copy_from_slice(&half::f16::from_f32(rng.uniform(-a, a)).to_bits().to_le_bytes());
+    }
+    out
+}
+
+/// The GGUF bytes of a synthetic Pixtral mmproj of `shape` with weights drawn from `seed`:
+/// the `clip.*` metadata [`super::VisionConfig::from_metadata`] reads, F16 matrices, F32 norms
+/// near 1.
+pub fn synthetic_pixtral_mmproj_gguf(shape: &VisionShape, seed: u64) -> Result<Vec<u8>, SyntheticError> {
+    shape.check()?;
+    let mut w = GgufWriter::new();
+    let s = |v: &str| MetaValue::String(v.into());
+    let rgb = |v: [f32; 3]| MetaValue::Array { elem: ValueType::F32, items: v.into_iter().map(MetaValue::F32).collect() };
+    w.add_kv("general.architecture", s("clip"));
+    w.add_kv("general.name", s("synthetic Pixtral (Ministral 3)"));
+    w.add_kv("clip.projector_type", s("pixtral"));
+    w.add_kv("clip.has_vision_encoder", MetaValue::Bool(true));
+    w.add_kv("clip.use_silu", MetaValue::Bool(true));
+    let mut v = |k: &str, val: MetaValue| {
+        w.add_kv(format!("clip.vision.{k}"), val);
+    };
+    v("embedding_length", MetaValue::U32(shape.hidden));
+    v("block_count", MetaValue::U32(shape.n_layer));
+    v("feed_forward_length", MetaValue::U32(shape.n_ff));
+    v("projection_dim", MetaValue::U32(shape.text_hidden));
+    v("patch_size", MetaValue::U32(VISION_PATCH));
+    v("image_size", MetaValue::U32(1540));
+    v("spatial_merge_size", MetaValue::U32(VISION_MERGE));
+    v("attention.head_count", MetaValue::U32(shape.n_head));
+    v("attention.layer_norm_epsilon", MetaValue::F32(1e-5));
+    v("image_mean", rgb([0.481_454_66, 0.457_827_5, 0.408_210_73]));
+    v("image_std", rgb([0.268_629_54, 0.261_302_6, 0.275_777_1]));
+
+    let mut rng = SplitMix64::new(seed);
+    let mut norm = |n: u32| -> Vec<u8> { (0..n).flat_map(|_| rng.uniform(0.9, 1.1).to_le_bytes()).collect() };
+    let d = shape.hidden as u64;
+    w.add_tensor("v.pre_ln.weight", &[d], GgmlType::F32, norm(shape.hidden))?;
+    for i in 0..shape.n_layer {
+        w.add_tensor(format!("v.blk.{i}.ln1.weight"), &[d], GgmlType::F32, norm(shape.hidden))?;
+        w.add_tensor(format!("v.blk.{i}.ln2.weight"), &[d], GgmlType::F32, norm(shape.hidden))?;
+    }
+    w.add_tensor("mm.input_norm.weight", &[d], GgmlType::F32, norm(shape.hidden))?;
+    for (index, (name, dims, rows, cols)) in shape.matrices().into_iter().enumerate() {
+        let tensor_seed = seed ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        w.add_tensor(name, &dims, GgmlType::F16, random_f16_matrix(rows, cols, tensor_seed))?;
+    }
+    Ok(w.write()?)
+}
+
+/// A synthetic Pixtral mmproj of `shape` in memory, ready for [`super::VisionEncoder::load`].
+/// `VisionShape::ministral3_3b()` gives Ministral 3 3B's vision tower (~0.84 GB of F16).
+pub fn synthetic_pixtral_mmproj(shape: &VisionShape, seed: u64) -> Result<GgufBytes, SyntheticError> {
+    Ok(GgufBytes::parse(synthetic_pixtral_mmproj_gguf(shape, seed)?)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,5 +328,28 @@ mod tests {
     fn ministral3_3b_weighs_about_two_gigabytes() {
         let gb = SyntheticShape::ministral3_3b().weight_bytes() as f64 / 1e9;
         assert!((1.8..2.4).contains(&gb), "{gb} GB");
+    }
+
+    #[test]
+    fn tiny_mmproj_has_the_expected_config_and_tensors() {
+        let shape = VisionShape::tiny();
+        let src = synthetic_pixtral_mmproj(&shape, 1).unwrap();
+        let cfg = crate::model::VisionConfig::from_metadata(src.metadata()).unwrap();
+        assert_eq!((cfg.hidden, cfg.n_layer, cfg.n_head, cfg.head_dim, cfg.n_ff), (128, 2, 2, 64, 256));
+        assert_eq!((cfg.patch_size, cfg.merge_size, cfg.text_hidden), (14, 2, 256));
+        let info = src.tensor_info("v.patch_embd.weight").unwrap();
+        assert_eq!((info.ty, info.dims.as_slice()), (GgmlType::F16, &[14u64, 14, 3, 128][..]));
+        assert_eq!(src.tensor_info("v.blk.1.ffn_down.weight").unwrap().dims, vec![256, 128]);
+        assert_eq!(src.tensor_info("mm.patch_merger.weight").unwrap().dims, vec![512, 128]);
+        assert_eq!(src.tensor_info("v.blk.0.ln2.weight").unwrap().ty, GgmlType::F32);
+        let bytes: u64 =
+            shape.matrices().iter().map(|(n, ..)| src.tensor_data(n).unwrap().len() as u64).sum();
+        assert_eq!(bytes, shape.weight_bytes());
+    }
+
+    #[test]
+    fn ministral3_3b_vision_has_about_0_4_billion_parameters() {
+        let p = VisionShape::ministral3_3b().n_params() as f64 / 1e9;
+        assert!((0.40..0.44).contains(&p), "{p} B");
     }
 }

@@ -26,6 +26,7 @@ use super::decoder::ModelError;
 use super::source::TensorSource;
 use super::vision_config::VisionConfig;
 use super::vision_weights::VisionWeights;
+use super::weights::LoadQuant;
 
 /// Largest scratch buffer the encoder allocates for the FFN of one chunk of patch rows.
 const FFN_CHUNK_BYTES: u64 = 64 << 20;
@@ -63,10 +64,11 @@ impl ImageFeatures {
 }
 
 impl VisionEncoder {
-    /// Reads an mmproj file's config and uploads its weights.
-    pub fn load(gpu: &Gpu, src: &dyn TensorSource) -> Result<VisionEncoder, ModelError> {
+    /// Reads an mmproj file's config and uploads its weights, matrices requantized to
+    /// `quant` (see [`VisionWeights::load_as`]).
+    pub fn load(gpu: &Gpu, src: &dyn TensorSource, quant: LoadQuant) -> Result<VisionEncoder, ModelError> {
         let cfg = VisionConfig::from_metadata(src.metadata())?;
-        let weights = VisionWeights::load(gpu, src, &cfg)?;
+        let weights = VisionWeights::load_as(gpu, src, &cfg, quant)?;
         let rope = Rope2dFreqs::upload(gpu, cfg.head_dim, cfg.rope_theta as f64)?;
         Ok(VisionEncoder { cfg, weights, rope })
     }

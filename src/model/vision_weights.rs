@@ -12,7 +12,7 @@ use crate::kernels::quant::GpuWeight;
 
 use super::source::TensorSource;
 use super::vision_config::VisionConfig;
-use super::weights::{check_dims, matrix, upload, vector, LoadError};
+use super::weights::{check_dims, matrix_as, upload, vector, LoadError, LoadQuant};
 
 /// One pre-norm encoder block (`v.blk.N.*`).
 pub struct VisionLayerWeights {
@@ -47,6 +47,15 @@ pub struct VisionWeights {
 
 impl VisionWeights {
     pub fn load(gpu: &Gpu, src: &dyn TensorSource, cfg: &VisionConfig) -> Result<Self, LoadError> {
+        Self::load_as(gpu, src, cfg, LoadQuant::Keep)
+    }
+
+    /// [`VisionWeights::load`] with the block and projector matrices requantized to `quant`
+    /// (the patch embedding, 588 columns, keeps its type; norms are f32).
+    pub fn load_as(gpu: &Gpu, src: &dyn TensorSource, cfg: &VisionConfig, quant: LoadQuant) -> Result<Self, LoadError> {
+        let matrix = |gpu: &Gpu, src: &dyn TensorSource, name: &str, rows: u32, cols: u32| {
+            matrix_as(gpu, src, name, rows, cols, quant)
+        };
         let (d, q, ff, t) = (cfg.hidden, cfg.q_dim(), cfg.n_ff, cfg.text_hidden);
         let p = cfg.patch_size as u64;
         check_dims(src, "v.patch_embd.weight", &[p, p, 3, d as u64])?;

@@ -1,7 +1,8 @@
 //! Decoder weights on the GPU, loaded by llama.cpp tensor name. Matrices keep their GGUF
 //! quantization (see `kernels::quant` for the GPU layout); norm vectors become f32.
 
-use crate::gguf::{dequantize_to_vec, GgufError};
+use crate::gguf::quant::{quantize_q4_0, quantize_q4_1, quantize_q8_0};
+use crate::gguf::{dequantize_to_vec, GgmlType, GgufError};
 use crate::gpu::Gpu;
 use crate::kernels::quant::{GpuWeight, WeightError};
 
@@ -120,6 +121,66 @@ pub(super) fn upload(gpu: &Gpu, src: &dyn TensorSource, name: &str, rows: u32, c
 pub(super) fn matrix(gpu: &Gpu, src: &dyn TensorSource, name: &str, rows: u32, cols: u32) -> Result<GpuWeight, LoadError> {
     check_dims(src, name, &[cols as u64, rows as u64])?;
     upload(gpu, src, name, rows, cols)
+}
+
+/// A type to requantize matrices to at load time (to save GPU memory).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LoadQuant {
+    /// Keep each tensor's file type.
+    #[default]
+    Keep,
+    Q8_0,
+    Q4_0,
+    Q4_1,
+}
+
+impl LoadQuant {
+    pub fn ggml_type(self) -> Option<GgmlType> {
+        match self {
+            LoadQuant::Keep => None,
+            LoadQuant::Q8_0 => Some(GgmlType::Q8_0),
+            LoadQuant::Q4_0 => Some(GgmlType::Q4_0),
+            LoadQuant::Q4_1 => Some(GgmlType::Q4_1),
+        }
+    }
+}
+
+impl std::str::FromStr for LoadQuant {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "keep" | "none" => Ok(LoadQuant::Keep),
+            "q8_0" => Ok(LoadQuant::Q8_0),
+            "q4_0" => Ok(LoadQuant::Q4_0),
+            "q4_1" => Ok(LoadQuant::Q4_1),
+            _ => Err(format!("unknown load-time quantization {s:?} (keep, q8_0, q4_0, q4_1)")),
+        }
+    }
+}
+
+/// [`matrix`], requantized to `quant` when that type is set, differs from the file's, and
+/// `cols` is a multiple of its 32-value block (other matrices keep their type).
+pub(super) fn matrix_as(
+    gpu: &Gpu,
+    src: &dyn TensorSource,
+    name: &str,
+    rows: u32,
+    cols: u32,
+    quant: LoadQuant,
+) -> Result<GpuWeight, LoadError> {
+    check_dims(src, name, &[cols as u64, rows as u64])?;
+    let info = src.tensor_info(name).ok_or_else(|| LoadError::Missing(name.to_string()))?;
+    let ty = match quant.ggml_type() {
+        Some(ty) if ty != info.ty && cols.is_multiple_of(ty.block_size() as u32) => ty,
+        _ => return upload(gpu, src, name, rows, cols),
+    };
+    let values = dequantize_to_vec(info.ty, &src.tensor_data(name)?, rows as usize * cols as usize)?;
+    let bytes = match ty {
+        GgmlType::Q8_0 => quantize_q8_0(&values)?,
+        GgmlType::Q4_0 => quantize_q4_0(&values)?,
+        _ => quantize_q4_1(&values)?,
+    };
+    Ok(GpuWeight::upload(gpu, name, ty, rows, cols, &bytes)?)
 }
 
 /// A vector of `n` values as f32.

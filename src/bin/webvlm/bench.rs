@@ -1,30 +1,41 @@
 //! `webvlm bench`: what the adapter in hand attains and how close webvlm gets to it.
 //!
 //! Prints JSON Lines on stdout (one object per figure, each with a `kind`: `adapter`, `copy`,
-//! `read`, `fma`, `dispatch_overhead`, `matvec`, `model`, `skipped`) and a readable summary
+//! `read`, `fma`, `dispatch_overhead`, `matvec`, `model`, `vision`, `skipped`) and a readable summary
 //! on stderr (silenced by `--json-only`). See BENCHMARKS.md for the fields and the figures.
 //!
 //! Sections: roofline kernels (copy, read-only, pure FMA, dispatch overhead), matvec kernels
 //! at Ministral 3 3B shapes, then whole models (a GGUF file, SmolLM2 by default, and with
-//! `--synthetic` a random Ministral 3 3B built in memory) through the engine's `Context`.
+//! `--synthetic` a random Ministral 3 3B built in memory) through the engine's `Context`,
+//! then the vision encoder + projector (`--quick`: a tiny one on a small image; at Ministral 3
+//! 3B shapes on 512x512 and 1024x1024 images with `--vision`, opt-in because one 1024x1024
+//! encode takes minutes on a CPU adapter).
 
 mod model;
 mod roofline;
 mod timing;
+mod vision;
 
 use serde_json::{json, Value};
 
 use webvlm::gguf::MappedGguf;
 use webvlm::gpu::{Gpu, GpuOptions};
-use webvlm::model::synthetic::{synthetic_ministral3_3b, SyntheticShape};
+use webvlm::model::synthetic::{synthetic_ministral3_3b, SyntheticShape, VisionShape};
+use webvlm::model::LoadQuant;
 
 use crate::{CliResult, Flags};
 use model::{bench_model, ModelPlan};
 use timing::Budget;
+use vision::{bench_vision, VisionPlan};
 
 const DEFAULT_MODEL: &str = ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf";
-const SWITCHES: &[&str] = &["synthetic", "quick", "json-only", "no-kernels", "breakdown", "no-breakdown", "no-f16"];
-const VALUES: &[&str] = &["model", "shape", "prompt-tokens", "decode-tokens", "prefill-reps", "reps", "seed"];
+const SWITCHES: &[&str] =
+    &["synthetic", "quick", "json-only", "no-kernels", "no-model", "breakdown", "no-breakdown", "no-f16", "vision", "no-vision"];
+const VALUES: &[&str] =
+    &["model", "shape", "prompt-tokens", "decode-tokens", "prefill-reps", "reps", "seed", "vision-sizes", "vision-quant"];
+/// Source image sides of the vision figures (square images, before preprocessing).
+const VISION_SIZES: &[u32] = &[512, 1024];
+const QUICK_VISION_SIZES: &[u32] = &[112];
 
 /// Where the figures go: JSON Lines on stdout, notes on stderr.
 pub struct Out {
@@ -73,13 +84,13 @@ pub fn run(args: &[String]) -> CliResult {
     let forced_breakdown = flags.has("breakdown");
     let model_path = match flags.get("model") {
         Some(p) => Some(p.to_string()),
-        None if !flags.has("synthetic") && std::path::Path::new(DEFAULT_MODEL).exists() => Some(DEFAULT_MODEL.into()),
-        None if !flags.has("synthetic") => {
+        None if flags.has("synthetic") || flags.has("no-model") => None,
+        None if std::path::Path::new(DEFAULT_MODEL).exists() => Some(DEFAULT_MODEL.into()),
+        None => {
             out.emit(json!({ "kind": "skipped", "model": DEFAULT_MODEL, "reason": "not found (scripts/fetch_smollm2.sh)" }));
             out.note(&format!("skipping {DEFAULT_MODEL}: not found (run scripts/fetch_smollm2.sh)"));
             None
         }
-        None => None,
     };
     if let Some(path) = model_path {
         let file = MappedGguf::open(&path)?;
@@ -125,5 +136,43 @@ pub fn run(args: &[String]) -> CliResult {
         let budget = if big { Budget { reps: 1, rep_seconds: 0.0, ..budget } } else { budget };
         bench_model(&gpu, &out, name, &src, plan, &roof, budget)?;
     }
+
+    if flags.has("no-vision") {
+        return Ok(());
+    }
+    if !quick && !flags.has("vision") {
+        out.emit(json!({ "kind": "skipped", "vision": "Ministral 3 3B shapes", "reason": "opt-in: --vision" }));
+        out.note("skipping the vision encoder at Ministral 3 3B shapes (opt-in: --vision)");
+        return Ok(());
+    }
+    let sizes = match flags.get("vision-sizes") {
+        Some(list) => list.split(',').map(parse_size).collect::<Result<Vec<_>, _>>()?,
+        None => (if quick { QUICK_VISION_SIZES } else { VISION_SIZES }).iter().map(|&s| (s, s)).collect(),
+    };
+    let quant: LoadQuant = match flags.get("vision-quant") {
+        Some(q) => q.parse().map_err(|e| format!("--vision-quant: {e}"))?,
+        None => LoadQuant::Keep,
+    };
+    let plan = VisionPlan {
+        shape: if quick { VisionShape::tiny() } else { VisionShape::ministral3_3b() },
+        sizes,
+        seed: flags.num("seed", 1)?,
+        quant,
+        reps: budget.reps,
+        // A 3B encode of a 1024x1024 image takes minutes on a CPU adapter.
+        max_seconds: if quick { 1.0 } else { 60.0 },
+        warm_on_tiny: !quick,
+    };
+    bench_vision(&gpu, &out, &roof, &plan)?;
     Ok(())
+}
+
+/// `512` (square) or `640x480` (width x height).
+fn parse_size(s: &str) -> Result<(u32, u32), String> {
+    let num = |v: &str| v.trim().parse::<u32>().ok().filter(|&n| n > 0);
+    let size = match s.split_once('x') {
+        Some((w, h)) => num(w).zip(num(h)),
+        None => num(s).map(|n| (n, n)),
+    };
+    size.ok_or_else(|| format!("--vision-sizes: {s:?} is not N or WxH"))
 }

@@ -4,22 +4,24 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use webvlm::chat::{ChatContent, ChatMessage, ContentPart};
-use webvlm::engine::{Engine, EngineError, GenerateOptions, Prompt};
+use webvlm::engine::{Engine, EngineError, GenerateOptions, Mmproj, Prompt};
 use webvlm::gguf::MappedGguf;
 use webvlm::gpu::{Gpu, GpuOptions};
-use webvlm::model::{ContextOptions, Precision, TensorSource};
+use webvlm::model::{ContextOptions, LoadQuant, Precision, TensorSource};
 
 mod bench;
 mod info;
 
 const USAGE: &str = "usage:
-  webvlm generate --model M.gguf [--mmproj P.gguf --image F ...] --prompt TEXT [--chat]
+  webvlm generate --model M.gguf [--mmproj P.gguf [--vision-quant Q] --image F ...]
+                  --prompt TEXT [--chat]
                   [--max-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S]
                   [--ctx N] [--chunk N] [--f16] [--image-max-edge N]
-  webvlm logits   --model M.gguf [--mmproj P.gguf --image F ...]
+  webvlm logits   --model M.gguf [--mmproj P.gguf [--vision-quant Q] --image F ...]
                   (--prompt TEXT | --tokens ID,ID,...) --out OUT.npy
                   [--pos-offset N] [--ctx N] [--chunk N] [--f16] [--image-max-edge N]
-  (--f16: f16 KV cache, and f16 prefill matmuls where the adapter has shader-f16)
+  (--f16: f16 KV cache, and f16 prefill matmuls where the adapter has shader-f16;
+   --vision-quant q8_0|q4_0|q4_1: requantize the mmproj matrices at load time)
   (images: with --chat they come first in the user message; otherwise each [IMG] in the
    prompt text is one image, or all images go before the text when it has none; with
    --tokens the ids hold the expanded layout and each [IMG] id takes the next feature)
@@ -112,7 +114,8 @@ fn open_engine(flags: &Flags) -> Result<Engine, Box<dyn std::error::Error>> {
         max_chunk: flags.num("chunk", ContextOptions::default().max_chunk)?,
         precision,
     };
-    let mmproj = mmproj.as_ref().map(|m| m as &dyn TensorSource);
+    let quant: LoadQuant = flags.get("vision-quant").map(str::parse).transpose()?.unwrap_or_default();
+    let mmproj = mmproj.as_ref().map(|m| Mmproj { src: m as &dyn TensorSource, quant });
     let mut engine = Engine::load_with_vision(gpu, &model as &dyn TensorSource, mmproj, opts)?;
     engine.image_options.max_edge = flags.num("image-max-edge", engine.image_options.max_edge)?;
     Ok(engine)
@@ -144,7 +147,7 @@ fn text_prompt(engine: &mut Engine, flags: &Flags, text: &str) -> Result<Prompt,
 fn generate(args: &[String]) -> CliResult {
     let flags = Flags::parse(args, &["chat", "f16"])?;
     flags.only(&[
-        "model", "mmproj", "image", "image-max-edge", "prompt", "chat", "max-tokens", "temperature", "top-k", "top-p",
+        "model", "mmproj", "vision-quant", "image", "image-max-edge", "prompt", "chat", "max-tokens", "temperature", "top-k", "top-p",
         "seed", "ctx", "chunk", "f16",
     ])?;
     let text = flags.require("prompt")?;
@@ -179,7 +182,7 @@ fn generate(args: &[String]) -> CliResult {
 
 fn logits(args: &[String]) -> CliResult {
     let flags = Flags::parse(args, &["f16"])?;
-    flags.only(&["model", "mmproj", "image", "image-max-edge", "prompt", "tokens", "out", "pos-offset", "ctx", "chunk", "f16"])?;
+    flags.only(&["model", "mmproj", "vision-quant", "image", "image-max-edge", "prompt", "tokens", "out", "pos-offset", "ctx", "chunk", "f16"])?;
     let out_path = flags.require("out")?;
     let mut engine = open_engine(&flags)?;
     let prompt = match (flags.get("tokens"), flags.get("prompt")) {
