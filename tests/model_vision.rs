@@ -302,3 +302,30 @@ fn load_time_quantization_error_is_measured() {
         assert!(worst_logits <= tol_logits, "{quant:?}: logits rel L2 {worst_logits:.2e}");
     }
 }
+
+/// `webvlm generate --mmproj --image --chat` runs end to end and reports its image.
+#[test]
+fn cli_generate_with_an_image() {
+    let dir = "tiny_mistral3_tekken";
+    let fx = load_fixture(dir);
+    let case = &fx.image_cases[0];
+    let (model, mmproj, image) = (fixture(dir).join(&fx.model), fixture(dir).join(&case.mmproj), fixture(dir).join(&case.images[0]));
+    let out = run_cli(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--mmproj",
+        mmproj.to_str().unwrap(),
+        "--image",
+        image.to_str().unwrap(),
+        "--prompt",
+        "Describe the image.",
+        "--chat",
+        "--max-tokens",
+        "4",
+        "--ctx",
+        "1024",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("(1 images)"), "{stderr}");
+}
