@@ -27,6 +27,9 @@ const TOL_Q8_FEATURES: f32 = 2.5e-2;
 const TOL_Q8_LOGITS: f32 = 3.5e-2;
 const TOL_Q4_FEATURES: f32 = 0.35;
 const TOL_Q4_LOGITS: f32 = 0.45;
+/// f16 vision matmuls (`MatmulCompute::F16`) on `tiny_mistral3_b`: measured 1.8e-3
+/// (features) and 3.6e-3 (logits), in line with the f16 matmul's ~1e-3 per product.
+const TOL_F16_FEATURES: f32 = 8e-3;
 /// Preprocessed pixels of images that need no resize (same f32 arithmetic as numpy).
 const TOL_PIXELS: f32 = 1e-5;
 
@@ -328,4 +331,29 @@ fn cli_generate_with_an_image() {
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("(1 images)"), "{stderr}");
+}
+
+/// The f16-tile vision matmuls (`Precision::compute_f16` on adapters with `shader-f16`)
+/// against transformers' f32 features and logits.
+#[test]
+fn f16_vision_matmuls_error_is_measured() {
+    let dir = "tiny_mistral3_b";
+    let fx = load_fixture(dir);
+    let case = fx.image_cases.iter().max_by_key(|c| c.images.len()).unwrap();
+    let mut e = engine(dir, &fx.model, &case.mmproj);
+    assert!(e.gpu.caps.f16, "the test adapter (lavapipe) has shader-f16");
+    e.vision.as_mut().unwrap().compute = webvlm::kernels::matmul::MatmulCompute::F16;
+    let mut images = Vec::new();
+    for (file, features) in case.images.iter().zip(&case.features) {
+        let f = e.image_features(&read(dir, file)).unwrap();
+        let err = rel_l2(&pollster::block_on(f.read(&e.gpu)).unwrap(), &read_npy(&fixture(dir).join(features)).1);
+        eprintln!("f16 vision {file}: features rel L2 {err:.2e}");
+        assert!(err <= TOL_F16_FEATURES, "{file}: features rel L2 {err:.2e}");
+        images.push(f);
+    }
+    let got = pollster::block_on(e.logits(&Prompt { tokens: case.tokens.clone(), images })).unwrap();
+    let (shape, want) = read_npy(&fixture(dir).join(&case.logits));
+    let worst = got.chunks(shape[1]).zip(want.chunks(shape[1])).map(|(g, w)| rel_l2(g, w)).fold(0.0, f32::max);
+    eprintln!("f16 vision: logits worst rel L2 {worst:.2e}");
+    assert!(worst <= TOL_F16_FEATURES, "logits rel L2 {worst:.2e}");
 }

@@ -13,6 +13,7 @@ use crate::chat::{ChatContent, ChatError, ChatMessage, ChatTemplate, ContentPart
 use crate::gguf::GgufError;
 use crate::gpu::Gpu;
 use crate::image::{ImageError, PreprocessOptions};
+use crate::kernels::matmul::MatmulCompute;
 use crate::kernels::sample::SamplerState;
 use crate::model::vocab::vocab_from_metadata;
 use crate::model::{
@@ -164,7 +165,11 @@ impl Engine {
         let vision = match mmproj {
             Some(m) => {
                 ImageTokens::from_tokenizer(&tokenizer).ok_or(EngineError::NoImageTokens)?;
-                Some(VisionEncoder::load(&gpu, m.src, m.quant)?)
+                let mut vision = VisionEncoder::load(&gpu, m.src, m.quant)?;
+                if opts.precision.compute_f16 && gpu.caps.f16 {
+                    vision.compute = MatmulCompute::F16;
+                }
+                Some(vision)
             }
             None => None,
         };

@@ -35,6 +35,9 @@ const FFN_CHUNK_BYTES: u64 = 64 << 20;
 pub struct VisionEncoder {
     pub cfg: VisionConfig,
     pub weights: VisionWeights,
+    /// Matmul precision: f32 by default; f16 tiles where the adapter has `shader-f16` and the
+    /// caller asks for reduced precision (error measured in `tests/model_vision.rs`).
+    pub compute: MatmulCompute,
     rope: Rope2dFreqs,
 }
 
@@ -70,7 +73,7 @@ impl VisionEncoder {
         let cfg = VisionConfig::from_metadata(src.metadata())?;
         let weights = VisionWeights::load_as(gpu, src, &cfg, quant)?;
         let rope = Rope2dFreqs::upload(gpu, cfg.head_dim, cfg.rope_theta as f64)?;
-        Ok(VisionEncoder { cfg, weights, rope })
+        Ok(VisionEncoder { cfg, weights, compute: MatmulCompute::F32, rope })
     }
 
     /// Encodes one image: records and submits the whole encoder in one command buffer and
@@ -88,23 +91,23 @@ impl VisionEncoder {
         let (c, w) = (&self.cfg, &self.weights);
         let (d, ff, n) = (c.hidden, c.n_ff, grid.n_patches());
         let eps = c.norm_eps;
-        let mm = MatmulCompute::F32;
+        let mm = self.compute;
         let mut p = Program::new();
         let rope = Rope2dLayout::dense(c.n_head, c.head_dim, RopeMode::Adjacent);
         let attn = AttnShape { causal: false, ..AttnShape::new(c.n_head, c.n_head, c.head_dim, n) };
 
         patch_unfold(&mut p, gpu, &s.pixels, &s.patches, 3, image.height, image.width, c.patch_size)?;
-        matmul::record(&mut p, gpu, &w.patch_embd, &s.patches, &s.h, n)?;
+        matmul::record_with(&mut p, gpu, &w.patch_embd, &s.patches, &s.h, n, mm)?;
         norm::rms_norm(&mut p, gpu, &s.h, &w.pre_ln, &s.x, n, d, eps)?;
         for l in &w.layers {
             norm::rms_norm(&mut p, gpu, &s.x, &l.ln1, &s.h, n, d, eps)?;
-            matmul::record(&mut p, gpu, &l.wq, &s.h, &s.q, n)?;
-            matmul::record(&mut p, gpu, &l.wk, &s.h, &s.k, n)?;
-            matmul::record(&mut p, gpu, &l.wv, &s.h, &s.v, n)?;
+            matmul::record_with(&mut p, gpu, &l.wq, &s.h, &s.q, n, mm)?;
+            matmul::record_with(&mut p, gpu, &l.wk, &s.h, &s.k, n, mm)?;
+            matmul::record_with(&mut p, gpu, &l.wv, &s.h, &s.v, n, mm)?;
             rope_2d(&mut p, gpu, &self.rope, &s.q, &rope, grid)?;
             rope_2d(&mut p, gpu, &self.rope, &s.k, &rope, grid)?;
             attention_prefill(&mut p, gpu, &attn, &s.step, &s.q, &s.k, &s.v, &s.attn)?;
-            matmul::record(&mut p, gpu, &l.wo, &s.attn, &s.h, n)?;
+            matmul::record_with(&mut p, gpu, &l.wo, &s.attn, &s.h, n, mm)?;
             elementwise::add_inplace(&mut p, gpu, &s.h, &s.x, n * d)?;
             norm::rms_norm(&mut p, gpu, &s.x, &l.ln2, &s.h, n, d, eps)?;
             for r0 in (0..n).step_by(s.ffn_rows as usize) {
@@ -120,10 +123,10 @@ impl VisionEncoder {
         let merged = grid.n_merged();
         norm::rms_norm(&mut p, gpu, &s.x, &w.mm_input_norm, &s.h, n, d, eps)?;
         patch_merge(&mut p, gpu, &s.h, &s.merged, d, grid)?;
-        matmul::record(&mut p, gpu, &w.mm_patch_merger, &s.merged, &s.attn, merged)?;
-        matmul::record(&mut p, gpu, &w.mm_1, &s.attn, &s.proj, merged)?;
+        matmul::record_with(&mut p, gpu, &w.mm_patch_merger, &s.merged, &s.attn, merged, mm)?;
+        matmul::record_with(&mut p, gpu, &w.mm_1, &s.attn, &s.proj, merged, mm)?;
         elementwise::gelu_inplace(&mut p, gpu, &s.proj, merged * c.text_hidden)?;
-        matmul::record(&mut p, gpu, &w.mm_2, &s.proj, &s.out, merged)?;
+        matmul::record_with(&mut p, gpu, &w.mm_2, &s.proj, &s.out, merged, mm)?;
         Ok(p)
     }
 }
