@@ -17,8 +17,8 @@ use crate::kernels::matmul::MatmulCompute;
 use crate::kernels::sample::SamplerState;
 use crate::model::vocab::vocab_from_metadata;
 use crate::model::{
-    Context, ContextError, ContextOptions, Decoder, ImageFeatures, LoadQuant, ModelError, PromptImages, TensorSource,
-    VisionEncoder,
+    Context, ContextError, ContextOptions, Decoder, Eager, ImageFeatures, LoadQuant, ModelError, PromptImages, TensorSource,
+    VisionEncoder, WeightLoader,
 };
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
@@ -148,7 +148,7 @@ pub struct Engine {
 impl Engine {
     /// Uploads the model and builds its tokenizer and chat template.
     pub fn load(gpu: Gpu, src: &dyn TensorSource, opts: ContextOptions) -> Result<Engine, EngineError> {
-        Self::load_with_vision(gpu, src, None, opts)
+        Self::load_from(gpu, &mut Eager(src), opts)
     }
 
     /// [`Engine::load`] plus the vision encoder and projector of an mmproj file.
@@ -158,24 +158,37 @@ impl Engine {
         mmproj: Option<Mmproj<'_>>,
         opts: ContextOptions,
     ) -> Result<Engine, EngineError> {
+        let mut engine = Self::load(gpu, src, opts)?;
+        if let Some(m) = mmproj {
+            engine.load_vision_from(&mut Eager(m.src), m.quant)?;
+        }
+        Ok(engine)
+    }
+
+    /// Builds the engine on any [`WeightLoader`] (a [`crate::model::GgufStream`] fills the
+    /// weights afterwards, as the file streams in).
+    pub fn load_from(gpu: Gpu, src: &mut dyn WeightLoader, opts: ContextOptions) -> Result<Engine, EngineError> {
         let vocab = vocab_from_metadata(src.metadata())?;
         let tokenizer = Tokenizer::from_gguf_vocab(&vocab)?;
         let template = ChatTemplate::from_vocab(&vocab, &tokenizer)?;
-        let decoder = Decoder::load(&gpu, src)?;
-        let vision = match mmproj {
-            Some(m) => {
-                ImageTokens::from_tokenizer(&tokenizer).ok_or(EngineError::NoImageTokens)?;
-                let mut vision = VisionEncoder::load(&gpu, m.src, m.quant)?;
-                if opts.precision.compute_f16 && gpu.caps.f16 {
-                    vision.compute = MatmulCompute::F16;
-                }
-                Some(vision)
-            }
-            None => None,
-        };
+        let decoder = Decoder::load_from(&gpu, src)?;
         let ctx = Context::new(&gpu, &decoder, opts)?;
         let (image_options, image_cache) = (PreprocessOptions::default(), ImageCache::new(IMAGE_CACHE_BYTES));
-        Ok(Engine { gpu, decoder, tokenizer, template, ctx, vision, image_options, image_cache })
+        Ok(Engine { gpu, decoder, tokenizer, template, ctx, vision: None, image_options, image_cache })
+    }
+
+    /// Adds the vision encoder and projector of an mmproj file, matrices requantized to
+    /// `quant`; f16 matmuls when the context asked for reduced precision and the adapter
+    /// has `shader-f16`.
+    pub fn load_vision_from(&mut self, src: &mut dyn WeightLoader, quant: LoadQuant) -> Result<(), EngineError> {
+        self.image_tokens()?;
+        let mut vision = VisionEncoder::load_from(&self.gpu, src, quant)?;
+        if self.ctx.precision().compute_f16 {
+            vision.compute = MatmulCompute::F16;
+        }
+        self.vision = Some(vision);
+        self.image_cache.clear();
+        Ok(())
     }
 
     /// The features of an encoded image (PNG, JPEG, WebP, GIF), from the cache when the same

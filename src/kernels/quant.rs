@@ -42,6 +42,9 @@ pub enum WeightError {
     /// Not even one row fits the part size limit.
     #[error("one row of {row_bytes} bytes exceeds the part limit of {limit} bytes")]
     RowTooLarge { row_bytes: u64, limit: u64 },
+    /// A row write outside the weight, of partial rows, or breaking the scale alignment.
+    #[error("{label}: cannot write {bytes} bytes at row {row0}")]
+    BadWrite { label: String, row0: u32, bytes: u64 },
     /// Buffer creation failed.
     #[error(transparent)]
     Gpu(#[from] GpuError),
@@ -203,6 +206,7 @@ pub fn unpack(ty: GgmlType, packed: &Packed, n_elems: usize) -> Vec<u8> {
 }
 
 /// Rows `[row_offset, row_offset + rows)` of a weight in one storage buffer.
+#[derive(Clone)]
 pub struct WeightPart {
     pub buffer: wgpu::Buffer,
     pub row_offset: u32,
@@ -226,6 +230,8 @@ pub struct WLayout {
 }
 
 /// A 2-D weight on the GPU: `[rows][cols]`, `cols` = GGUF `dims[0]` (the input features).
+/// Cloning shares the GPU buffers.
+#[derive(Clone)]
 pub struct GpuWeight {
     pub label: String,
     /// The GGUF type it was uploaded from.
@@ -256,42 +262,88 @@ impl GpuWeight {
         bytes: &[u8],
         part_limit: u64,
     ) -> Result<GpuWeight, WeightError> {
+        let w = Self::allocate(gpu, label, ty, rows, cols, part_limit)?;
+        if bytes.len() as u64 != w.src_row_bytes() * rows as u64 {
+            let expected = w.src_row_bytes() * rows as u64;
+            return Err(WeightError::SizeMismatch { ty, rows, cols, expected, got: bytes.len() as u64 });
+        }
+        w.write_rows(gpu, 0, bytes)?;
+        Ok(w)
+    }
+
+    /// The zeroed GPU parts of a `rows x cols` weight of `ty`, each at most `part_limit`
+    /// bytes, to be filled by [`GpuWeight::write_rows`] (the streaming loader writes the
+    /// rows as they arrive). Parts hold an even number of rows, so that every write of an
+    /// even number of rows keeps the split scale arrays 4-byte aligned.
+    pub fn allocate(gpu: &Gpu, label: &str, ty: GgmlType, rows: u32, cols: u32, part_limit: u64) -> Result<GpuWeight, WeightError> {
         let format = WeightFormat::of(ty, cols as usize).ok_or(WeightError::Unsupported(ty))?;
         let block = ty.block_size();
         if rows == 0 || cols == 0 || !(cols as usize).is_multiple_of(block) {
             return Err(WeightError::BadShape { ty, rows, cols, block });
         }
-        let src_row = (cols as usize / block * ty.type_size()) as u64;
-        let expected = src_row * rows as u64;
-        if bytes.len() as u64 != expected {
-            return Err(WeightError::SizeMismatch { ty, rows, cols, expected, got: bytes.len() as u64 });
-        }
-        // GPU bytes per row, split scales included; 4 bytes slack for the scale padding.
-        let gpu_row = (format.row_body_bytes(cols as usize) + if format.split_scale() { cols as usize / block * 2 } else { 0 }) as u64;
+        let body = format.row_body_bytes(cols as usize) as u64;
+        let scales = if format.split_scale() { (cols as usize / block * 2) as u64 } else { 0 };
+        // 4 bytes of slack for the scale array's padding.
         let limit = part_limit.min(MAX_PART_BYTES);
-        let rows_per_part = (limit.saturating_sub(4) / gpu_row).min(rows as u64) as u32;
+        let mut rows_per_part = (limit.saturating_sub(4) / (body + scales)).min(rows as u64) as u32;
+        if rows_per_part > 1 && rows_per_part < rows {
+            rows_per_part &= !1;
+        }
         if rows_per_part == 0 {
-            return Err(WeightError::RowTooLarge { row_bytes: gpu_row, limit });
+            return Err(WeightError::RowTooLarge { row_bytes: body + scales, limit });
         }
         let mut parts = Vec::new();
         let mut row_offset = 0u32;
         while row_offset < rows {
             let n = rows_per_part.min(rows - row_offset);
-            let start = row_offset as usize * src_row as usize;
-            let src = &bytes[start..start + n as usize * src_row as usize];
-            let packed = repack(ty, cols as usize, src)?;
-            let part_label = format!("{label}[{row_offset}..{}]", row_offset + n);
-            let buffer = gpu.storage_with(&part_label, &packed.bytes)?;
-            parts.push(WeightPart {
-                buffer,
-                row_offset,
-                rows: n,
-                scale_base: packed.scale_base,
-                bytes: packed.bytes.len() as u64,
-            });
+            let body_bytes = body * n as u64;
+            let bytes = body_bytes + (scales * n as u64).next_multiple_of(4);
+            let buffer = gpu.storage(&format!("{label}[{row_offset}..{}]", row_offset + n), bytes)?;
+            let scale_base = if format.split_scale() { (body_bytes / 4) as u32 } else { 0 };
+            parts.push(WeightPart { buffer, row_offset, rows: n, scale_base, bytes });
             row_offset += n;
         }
         Ok(GpuWeight { label: label.to_string(), ty, format, rows, cols, parts })
+    }
+
+    /// GGUF bytes of one row.
+    pub fn src_row_bytes(&self) -> u64 {
+        (self.cols as usize / self.ty.block_size() * self.ty.type_size()) as u64
+    }
+
+    /// Repacks GGUF `bytes` holding whole rows from `row0` and queues their writes into the
+    /// parts. Split types (Q4_0, Q8_0, Q6_K) with an odd number of blocks per row need an
+    /// even `row0`, and an even row count unless the write ends the weight.
+    pub fn write_rows(&self, gpu: &Gpu, row0: u32, bytes: &[u8]) -> Result<(), WeightError> {
+        let src_row = self.src_row_bytes() as usize;
+        let n = (bytes.len() / src_row) as u32;
+        let bad = || WeightError::BadWrite { label: self.label.clone(), row0, bytes: bytes.len() as u64 };
+        if !bytes.len().is_multiple_of(src_row) || row0.checked_add(n).is_none_or(|end| end > self.rows) {
+            return Err(bad());
+        }
+        let body = self.format.row_body_bytes(self.cols as usize) as u64;
+        let scales = (self.cols as usize / self.format.block() * 2) as u64;
+        for part in &self.parts {
+            let (lo, hi) = (row0.max(part.row_offset), (row0 + n).min(part.row_offset + part.rows));
+            if lo >= hi {
+                continue;
+            }
+            let src = &bytes[(lo - row0) as usize * src_row..(hi - row0) as usize * src_row];
+            let packed = repack(self.ty, self.cols as usize, src)?;
+            let local = (lo - part.row_offset) as u64;
+            if !self.format.split_scale() {
+                gpu.write(&part.buffer, local * body, &packed.bytes);
+                continue;
+            }
+            let split = packed.scale_base as usize * 4;
+            let (scale_at, ends_part) = (part.scale_base as u64 * 4 + local * scales, hi == part.row_offset + part.rows);
+            if !scale_at.is_multiple_of(4) || !(ends_part || ((hi - lo) as u64 * scales).is_multiple_of(4)) {
+                return Err(bad());
+            }
+            gpu.write(&part.buffer, local * body, &packed.bytes[..split]);
+            gpu.write(&part.buffer, scale_at, &packed.bytes[split..]);
+        }
+        Ok(())
     }
 
     /// Bytes held in GPU buffers.

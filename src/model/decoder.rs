@@ -17,6 +17,7 @@ use crate::kernels::{elementwise, embedding, matmul, matvec, norm};
 
 use super::config::{ConfigError, ModelConfig};
 use super::context::Buffers;
+use super::loader::{Eager, WeightLoader};
 use super::source::TensorSource;
 use super::weights::{DecoderWeights, LoadError};
 
@@ -52,13 +53,18 @@ pub struct Decoder {
 impl Decoder {
     /// Reads the config and uploads every weight.
     pub fn load(gpu: &Gpu, src: &dyn TensorSource) -> Result<Decoder, ModelError> {
+        Self::load_from(gpu, &mut Eager(src))
+    }
+
+    /// Reads the config and has `src` allocate (and fill, or stream in) every weight.
+    pub fn load_from(gpu: &Gpu, src: &mut dyn WeightLoader) -> Result<Decoder, ModelError> {
         let vocab = src
             .tensor_info("token_embd.weight")
             .and_then(|t| t.dims.get(1).copied())
             .ok_or_else(|| LoadError::Missing("token_embd.weight".into()))?;
         let vocab = u32::try_from(vocab).map_err(|_| ConfigError::Invalid(format!("vocabulary of {vocab}")))?;
         let cfg = ModelConfig::from_metadata(src.metadata(), vocab)?;
-        let weights = DecoderWeights::load(gpu, src, &cfg)?;
+        let weights = DecoderWeights::load_from(gpu, src, &cfg)?;
         let table = rope_table(cfg.head_dim as usize, cfg.rope_theta as f64, cfg.yarn.as_ref());
         let rope = RopeFreqs::upload(gpu, &table)?;
         Ok(Decoder { cfg, weights, rope })

@@ -26,7 +26,7 @@ use super::decoder::ModelError;
 use super::source::TensorSource;
 use super::vision_config::VisionConfig;
 use super::vision_weights::VisionWeights;
-use super::weights::LoadQuant;
+use super::loader::{Eager, LoadQuant, WeightLoader};
 
 /// Largest scratch buffer the encoder allocates for the FFN of one chunk of patch rows.
 const FFN_CHUNK_BYTES: u64 = 64 << 20;
@@ -68,10 +68,15 @@ impl ImageFeatures {
 
 impl VisionEncoder {
     /// Reads an mmproj file's config and uploads its weights, matrices requantized to
-    /// `quant` (see [`VisionWeights::load_as`]).
+    /// `quant` (see [`VisionWeights::load_from`]).
     pub fn load(gpu: &Gpu, src: &dyn TensorSource, quant: LoadQuant) -> Result<VisionEncoder, ModelError> {
+        Self::load_from(gpu, &mut Eager(src), quant)
+    }
+
+    /// [`VisionEncoder::load`] through any [`WeightLoader`] (the browser streams).
+    pub fn load_from(gpu: &Gpu, src: &mut dyn WeightLoader, quant: LoadQuant) -> Result<VisionEncoder, ModelError> {
         let cfg = VisionConfig::from_metadata(src.metadata())?;
-        let weights = VisionWeights::load_as(gpu, src, &cfg, quant)?;
+        let weights = VisionWeights::load_from(gpu, src, &cfg, quant)?;
         let rope = Rope2dFreqs::upload(gpu, cfg.head_dim, cfg.rope_theta as f64)?;
         Ok(VisionEncoder { cfg, weights, compute: MatmulCompute::F32, rope })
     }

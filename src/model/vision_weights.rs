@@ -12,7 +12,8 @@ use crate::kernels::quant::GpuWeight;
 
 use super::source::TensorSource;
 use super::vision_config::VisionConfig;
-use super::weights::{check_dims, matrix_as, upload, vector, LoadError, LoadQuant};
+use super::loader::{check_dims, Eager, LoadQuant, WeightLoader};
+use super::weights::LoadError;
 
 /// One pre-norm encoder block (`v.blk.N.*`).
 pub struct VisionLayerWeights {
@@ -47,43 +48,42 @@ pub struct VisionWeights {
 
 impl VisionWeights {
     pub fn load(gpu: &Gpu, src: &dyn TensorSource, cfg: &VisionConfig) -> Result<Self, LoadError> {
-        Self::load_as(gpu, src, cfg, LoadQuant::Keep)
+        Self::load_from(gpu, &mut Eager(src), cfg, LoadQuant::Keep)
     }
 
-    /// [`VisionWeights::load`] with the block and projector matrices requantized to `quant`
+    /// Loads through `src` with the block and projector matrices requantized to `quant`
     /// (the patch embedding, 588 columns, keeps its type; norms are f32).
-    pub fn load_as(gpu: &Gpu, src: &dyn TensorSource, cfg: &VisionConfig, quant: LoadQuant) -> Result<Self, LoadError> {
-        let matrix = |gpu: &Gpu, src: &dyn TensorSource, name: &str, rows: u32, cols: u32| {
-            matrix_as(gpu, src, name, rows, cols, quant)
-        };
+    pub fn load_from(gpu: &Gpu, src: &mut dyn WeightLoader, cfg: &VisionConfig, quant: LoadQuant) -> Result<Self, LoadError> {
+        let matrix = |src: &mut dyn WeightLoader, name: &str, rows, cols| src.matrix(gpu, name, rows, cols, quant);
+        let vector = |src: &mut dyn WeightLoader, name: &str, n| src.vector(gpu, name, n);
         let (d, q, ff, t) = (cfg.hidden, cfg.q_dim(), cfg.n_ff, cfg.text_hidden);
         let p = cfg.patch_size as u64;
-        check_dims(src, "v.patch_embd.weight", &[p, p, 3, d as u64])?;
-        let patch_embd = upload(gpu, src, "v.patch_embd.weight", d, cfg.patch_dim())?;
-        let pre_ln = vector(gpu, src, "v.pre_ln.weight", d)?;
+        check_dims("v.patch_embd.weight", src.tensor_info("v.patch_embd.weight"), &[p, p, 3, d as u64])?;
+        let patch_embd = src.reshaped(gpu, "v.patch_embd.weight", d, cfg.patch_dim())?;
+        let pre_ln = vector(src, "v.pre_ln.weight", d)?;
         let mut layers = Vec::with_capacity(cfg.n_layer as usize);
         for i in 0..cfg.n_layer {
             let name = |s: &str| format!("v.blk.{i}.{s}.weight");
             layers.push(VisionLayerWeights {
-                ln1: vector(gpu, src, &name("ln1"), d)?,
-                wq: matrix(gpu, src, &name("attn_q"), q, d)?,
-                wk: matrix(gpu, src, &name("attn_k"), q, d)?,
-                wv: matrix(gpu, src, &name("attn_v"), q, d)?,
-                wo: matrix(gpu, src, &name("attn_out"), d, q)?,
-                ln2: vector(gpu, src, &name("ln2"), d)?,
-                w_gate: matrix(gpu, src, &name("ffn_gate"), ff, d)?,
-                w_up: matrix(gpu, src, &name("ffn_up"), ff, d)?,
-                w_down: matrix(gpu, src, &name("ffn_down"), d, ff)?,
+                ln1: vector(src, &name("ln1"), d)?,
+                wq: matrix(src, &name("attn_q"), q, d)?,
+                wk: matrix(src, &name("attn_k"), q, d)?,
+                wv: matrix(src, &name("attn_v"), q, d)?,
+                wo: matrix(src, &name("attn_out"), d, q)?,
+                ln2: vector(src, &name("ln2"), d)?,
+                w_gate: matrix(src, &name("ffn_gate"), ff, d)?,
+                w_up: matrix(src, &name("ffn_up"), ff, d)?,
+                w_down: matrix(src, &name("ffn_down"), d, ff)?,
             });
         }
         Ok(VisionWeights {
             patch_embd,
             pre_ln,
             layers,
-            mm_input_norm: vector(gpu, src, "mm.input_norm.weight", d)?,
-            mm_patch_merger: matrix(gpu, src, "mm.patch_merger.weight", d, cfg.merged_dim())?,
-            mm_1: matrix(gpu, src, "mm.1.weight", t, d)?,
-            mm_2: matrix(gpu, src, "mm.2.weight", t, t)?,
+            mm_input_norm: vector(src, "mm.input_norm.weight", d)?,
+            mm_patch_merger: matrix(src, "mm.patch_merger.weight", d, cfg.merged_dim())?,
+            mm_1: matrix(src, "mm.1.weight", t, d)?,
+            mm_2: matrix(src, "mm.2.weight", t, t)?,
         })
     }
 
