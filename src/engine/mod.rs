@@ -5,6 +5,7 @@
 
 mod images;
 
+use std::cell::Cell;
 use std::rc::Rc;
 
 pub use images::{data_url_bytes, ImageCache, ImageTokens};
@@ -73,11 +74,14 @@ pub struct GenerateOptions {
     pub seed: u64,
     /// Keep generating through end-of-generation tokens (for reference comparisons).
     pub ignore_eos: bool,
+    /// Checked before every decode step: once set, generation ends with
+    /// [`FinishReason::Abort`] (the browser's stop button; at most one more step runs).
+    pub abort: Option<Rc<Cell<bool>>>,
 }
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        GenerateOptions { max_tokens: 256, temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0, ignore_eos: false }
+        GenerateOptions { max_tokens: 256, temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0, ignore_eos: false, abort: None }
     }
 }
 
@@ -102,6 +106,8 @@ pub enum FinishReason {
     Stop,
     /// `max_tokens` reached, or the context is full.
     Length,
+    /// The caller set [`GenerateOptions::abort`].
+    Abort,
 }
 
 /// The result of one generation.
@@ -313,6 +319,10 @@ impl Engine {
                 on_text(&delta);
             }
             if out.tokens.len() as u32 >= opts.max_tokens || self.ctx.n_past() >= self.ctx.max_ctx() {
+                break;
+            }
+            if opts.abort.as_ref().is_some_and(|a| a.get()) {
+                out.finish = FinishReason::Abort;
                 break;
             }
             state.draw += 1;

@@ -1,9 +1,21 @@
-//! The wasm-bindgen surface: the only place `JsValue` appears. Grows into the engine API in
-//! the browser issue; for now it proves the core builds and opens a WebGPU device on wasm32.
+//! The wasm-bindgen surface: the only place `JsValue` appears. [`WebEngine`] is what the
+//! package's Web Worker drives (`js/worker.js`): open WebGPU, stream the GGUF bytes of the
+//! text model and its mmproj in file order (the model is built when a header is complete,
+//! the weights are written to GPU buffers as they arrive), then generate with streamed text
+//! deltas. Requests and results cross as JSON strings (the worker speaks OpenAI's shapes).
+
+mod request;
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 
 use wasm_bindgen::prelude::*;
 
+use crate::engine::{Engine, FinishReason, Prompt};
 use crate::gpu::{Gpu, GpuOptions};
+use crate::model::{ContextOptions, GgufStream, LoadQuant, Precision};
+
+pub use request::GenerateRequest;
 
 /// The crate version, for the page footer.
 #[wasm_bindgen]
@@ -14,13 +26,202 @@ pub fn version() -> String {
 /// Opens the WebGPU device and describes the adapter, or fails with a readable error.
 #[wasm_bindgen(js_name = adapterInfo)]
 pub async fn adapter_info() -> Result<String, JsError> {
-    let gpu = Gpu::new(GpuOptions::default()).await.map_err(|e| JsError::new(&e.to_string()))?;
+    let gpu = Gpu::new(GpuOptions::default()).await.map_err(js)?;
+    Ok(describe(&gpu))
+}
+
+fn describe(gpu: &Gpu) -> String {
     let c = &gpu.caps;
-    Ok(format!(
-        "{} [{}] f16={} max storage binding={} MiB",
-        c.adapter,
-        c.backend,
-        c.f16,
-        c.max_storage_binding >> 20
-    ))
+    format!("{} [{}] f16={} max storage binding={} MiB", c.adapter, c.backend, c.f16, c.max_storage_binding >> 20)
+}
+
+fn js(e: impl std::fmt::Display) -> JsError {
+    JsError::new(&e.to_string())
+}
+
+/// Loading state: the device until the text header is in, then the engine.
+enum State {
+    Device(Gpu),
+    Ready(Box<Engine>),
+    Poisoned,
+}
+
+struct Inner {
+    state: State,
+    text: GgufStream,
+    vision: Option<GgufStream>,
+    context: ContextOptions,
+    vision_quant: LoadQuant,
+}
+
+/// An engine loading or running in the browser.
+#[wasm_bindgen]
+pub struct WebEngine {
+    inner: Rc<RefCell<Inner>>,
+    abort: Rc<Cell<bool>>,
+}
+
+#[wasm_bindgen]
+impl WebEngine {
+    /// Opens WebGPU. `options`: JSON `{"maxContext", "maxChunk", "f16", "visionQuant"}`, all optional.
+    pub async fn create(options: String) -> Result<WebEngine, JsError> {
+        let o: request::EngineOptions = serde_json::from_str(&options).map_err(js)?;
+        let gpu = Gpu::new(GpuOptions::default()).await.map_err(js)?;
+        let defaults = ContextOptions::default();
+        let precision = if o.f16 { Precision::reduced(&gpu.caps) } else { Precision::default() };
+        let context = ContextOptions {
+            max_ctx: o.max_context.unwrap_or(defaults.max_ctx),
+            max_chunk: o.max_chunk.unwrap_or(defaults.max_chunk),
+            precision,
+        };
+        let vision_quant = o.vision_quant.as_deref().map(str::parse).transpose().map_err(|e: String| js(e))?.unwrap_or_default();
+        let inner = Inner { state: State::Device(gpu), text: GgufStream::new(), vision: None, context, vision_quant };
+        Ok(WebEngine { inner: Rc::new(RefCell::new(inner)), abort: Rc::new(Cell::new(false)) })
+    }
+
+    /// The adapter's name, backend and limits.
+    #[wasm_bindgen(js_name = adapterInfo)]
+    pub fn adapter(&self) -> Result<String, JsError> {
+        let inner = self.inner.try_borrow().map_err(|_| js("the engine is busy"))?;
+        match &inner.state {
+            State::Device(gpu) => Ok(describe(gpu)),
+            State::Ready(e) => Ok(describe(&e.gpu)),
+            State::Poisoned => Err(js("the engine failed to load")),
+        }
+    }
+
+    /// Feeds the next bytes of the text model (in file order; split parts are not supported
+    /// yet). The model is built as soon as its header is complete.
+    #[wasm_bindgen(js_name = pushModel)]
+    pub fn push_model(&self, chunk: &[u8]) -> Result<(), JsError> {
+        let mut guard = self.inner.try_borrow_mut().map_err(|_| js("the engine is busy"))?;
+        let inner = &mut *guard;
+        match std::mem::replace(&mut inner.state, State::Poisoned) {
+            State::Device(gpu) => {
+                inner.text.push(&gpu, chunk).map_err(js)?;
+                if inner.text.header().is_none() {
+                    inner.state = State::Device(gpu);
+                    return Ok(());
+                }
+                let engine = Engine::load_from(gpu, &mut inner.text, inner.context).map_err(js)?;
+                inner.text.seal(&engine.gpu).map_err(js)?;
+                inner.state = State::Ready(Box::new(engine));
+            }
+            State::Ready(engine) => {
+                let r = inner.text.push(&engine.gpu, chunk);
+                inner.state = State::Ready(engine);
+                r.map_err(js)?;
+            }
+            State::Poisoned => return Err(js("the engine failed to load")),
+        }
+        Ok(())
+    }
+
+    /// Feeds the next bytes of the vision projector (mmproj), after the text model's header.
+    #[wasm_bindgen(js_name = pushMmproj)]
+    pub fn push_mmproj(&self, chunk: &[u8]) -> Result<(), JsError> {
+        let mut guard = self.inner.try_borrow_mut().map_err(|_| js("the engine is busy"))?;
+        let inner = &mut *guard;
+        let State::Ready(engine) = &mut inner.state else {
+            return Err(js("push the text model's header before the mmproj"));
+        };
+        let stream = inner.vision.get_or_insert_with(GgufStream::new);
+        let planned = stream.header().is_some();
+        stream.push(&engine.gpu, chunk).map_err(js)?;
+        if !planned && stream.header().is_some() {
+            engine.load_vision_from(stream, inner.vision_quant).map_err(js)?;
+            stream.seal(&engine.gpu).map_err(js)?;
+        }
+        Ok(())
+    }
+
+    /// Checks that every weight arrived; returns a JSON summary of the model.
+    #[wasm_bindgen(js_name = finishLoad)]
+    pub fn finish_load(&self) -> Result<String, JsError> {
+        let mut guard = self.inner.try_borrow_mut().map_err(|_| js("the engine is busy"))?;
+        let inner = &mut *guard;
+        inner.text.finish().map_err(js)?;
+        if let Some(v) = &mut inner.vision {
+            v.finish().map_err(js)?;
+        }
+        let State::Ready(e) = &inner.state else { return Err(js("the model never loaded")) };
+        let c = &e.decoder.cfg;
+        let summary = serde_json::json!({
+            "architecture": c.arch,
+            "name": c.name,
+            "layers": c.n_layer,
+            "hidden": c.n_embd,
+            "vocab": c.vocab,
+            "vision": e.vision.is_some(),
+            "weightBytes": e.decoder.weights.bytes_on_gpu() + e.vision.as_ref().map_or(0, |v| v.weights.bytes_on_gpu()),
+            "maxContext": e.ctx.max_ctx(),
+            "adapter": describe(&e.gpu),
+        });
+        Ok(summary.to_string())
+    }
+
+    /// Generates for a JSON [`GenerateRequest`]; `images` maps image URLs that are not
+    /// `data:` URLs to their bytes; `on_text(delta)` is called as text decodes. Returns the
+    /// result as JSON `{text, finishReason, promptTokens, completionTokens, timings}`.
+    pub async fn generate(&self, request: String, images: js_sys::Map, on_text: js_sys::Function) -> Result<String, JsError> {
+        let req: GenerateRequest = serde_json::from_str(&request).map_err(js)?;
+        let mut guard = self.inner.try_borrow_mut().map_err(|_| js("the engine is busy"))?;
+        let State::Ready(engine) = &mut guard.state else { return Err(js("no model is loaded")) };
+        self.abort.set(false);
+        let mut opts = req.options().map_err(js)?;
+        opts.abort = Some(self.abort.clone());
+        if let Some(edge) = req.image_max_edge {
+            engine.image_options.max_edge = edge;
+        }
+        let prompt = if let Some(tokens) = &req.tokens {
+            Prompt { tokens: tokens.clone(), images: Vec::new() }
+        } else {
+            let mut load = |url: &str| request::image_bytes(&images, url);
+            engine.chat_prompt(&req.messages, &mut load).map_err(js)?
+        };
+        let out = engine
+            .generate_prompt(&prompt, &opts, |delta| {
+                let _ = on_text.call1(&JsValue::NULL, &JsValue::from_str(delta));
+            })
+            .await
+            .map_err(js)?;
+        let finish = match out.finish {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Abort => "abort",
+        };
+        let n = out.tokens.len();
+        Ok(serde_json::json!({
+            "text": out.text,
+            "tokens": out.tokens,
+            "finishReason": finish,
+            "promptTokens": out.prompt_tokens,
+            "completionTokens": n,
+            "imageTokens": prompt.images.iter().map(|f| f.n_tokens()).sum::<u32>(),
+            "timings": {
+                "timeToFirstToken": out.time_to_first_token,
+                "prefillTokensPerSecond": out.prompt_tokens as f64 / out.time_to_first_token.max(1e-9),
+                "decodeTokensPerSecond": (n.saturating_sub(1)) as f64 / out.decode_seconds.max(1e-9),
+            },
+        })
+        .to_string())
+    }
+
+    /// Ends the running generation after the current step.
+    pub fn stop(&self) {
+        self.abort.set(true);
+    }
+
+    /// Teacher-forced logits `[tokens.length][vocab]` of ids that hold expanded image
+    /// layouts, `images` (encoded files) filling the `[IMG]` positions in order (tests).
+    pub async fn logits(&self, tokens: Vec<u32>, images: js_sys::Array) -> Result<Vec<f32>, JsError> {
+        let mut guard = self.inner.try_borrow_mut().map_err(|_| js("the engine is busy"))?;
+        let State::Ready(engine) = &mut guard.state else { return Err(js("no model is loaded")) };
+        let images = images
+            .iter()
+            .map(|v| engine.image_features(&js_sys::Uint8Array::new(&v).to_vec()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(js)?;
+        engine.logits(&Prompt { tokens, images }).await.map_err(js)
+    }
 }

@@ -160,6 +160,7 @@ fn generate(args: &[String]) -> CliResult {
         top_p: flags.num("top-p", 1.0)?,
         seed: flags.num("seed", 0)?,
         ignore_eos: false,
+        abort: None,
     };
     let mut stdout = std::io::stdout();
     let out = pollster::block_on(engine.generate_prompt(&prompt, &opts, |delta| {
