@@ -79,4 +79,25 @@ fn quick_bench_on_tiny_synthetic_model_reports_every_figure() {
         .map(|f| f["dispatches"].as_u64().unwrap())
         .sum();
     assert_eq!(total, m["dispatches_per_token"].as_u64().unwrap(), "families cover every dispatch");
+
+    // The vision encoder + projector, tiny shape on one small image (112x112: 8x8 patches,
+    // 4x4 merged image tokens).
+    let vision = of_kind(&lines, "vision");
+    assert_eq!(vision.len(), 1, "--quick encodes one image size");
+    let v = vision[0];
+    assert_eq!(v["image"], "112x112");
+    assert_eq!(v["processed"], "112x112");
+    assert_eq!(v["patches"].as_u64(), Some(64));
+    assert_eq!(v["image_tokens"].as_u64(), Some(16));
+    for f in ["seconds", "ms", "flops", "gflops", "fraction_of_fma", "first_seconds", "weight_bytes", "activation_bytes"] {
+        positive(v, f);
+    }
+}
+
+#[test]
+fn no_vision_skips_the_vision_encoder() {
+    let lines = bench_lines(&["--quick", "--no-kernels", "--no-model", "--no-vision", "--json-only"]);
+    assert!(of_kind(&lines, "vision").is_empty());
+    assert!(of_kind(&lines, "model").is_empty(), "--no-model skips the default model");
+    assert_eq!(of_kind(&lines, "fma").len(), 1);
 }

@@ -270,10 +270,12 @@ impl Context {
         Ok(p.embed.n_dispatches() + p.body.n_dispatches())
     }
 
-    /// The recorded program of one decode step after the gather (benchmarks time its
-    /// dispatches by family).
-    pub fn decode_program(&mut self, gpu: &Gpu, dec: &Decoder) -> GpuResult<&Program> {
-        Ok(&self.programs(gpu, dec, 1, LogitsMode::LastAndSample)?.body)
+    /// The recorded programs of one decode step in submit order: the embedding gather, then
+    /// the rest (benchmarks time their dispatches by family); together they hold
+    /// [`Context::decode_dispatches`] dispatches.
+    pub fn decode_programs(&mut self, gpu: &Gpu, dec: &Decoder) -> GpuResult<[&Program; 2]> {
+        let p = self.programs(gpu, dec, 1, LogitsMode::LastAndSample)?;
+        Ok([&p.embed, &p.body])
     }
 
     /// Submits and read-back bytes since the context was made, for benchmarks.

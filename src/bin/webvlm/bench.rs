@@ -32,7 +32,8 @@ const DEFAULT_MODEL: &str = ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf";
 const SWITCHES: &[&str] =
     &["synthetic", "quick", "json-only", "no-kernels", "no-model", "breakdown", "no-breakdown", "no-f16", "vision", "no-vision"];
 const VALUES: &[&str] =
-    &["model", "shape", "prompt-tokens", "decode-tokens", "prefill-reps", "reps", "seed", "vision-sizes", "vision-quant"];
+    &["model", "shape", "prompt-tokens", "decode-tokens", "prefill-reps", "reps", "seed", "vision-sizes", "vision-quant",
+      "vision-layers"];
 /// Source image sides of the vision figures (square images, before preprocessing).
 const VISION_SIZES: &[u32] = &[512, 1024];
 const QUICK_VISION_SIZES: &[u32] = &[112];
@@ -153,8 +154,11 @@ pub fn run(args: &[String]) -> CliResult {
         Some(q) => q.parse().map_err(|e| format!("--vision-quant: {e}"))?,
         None => LoadQuant::Keep,
     };
+    let mut shape = if quick { VisionShape::tiny() } else { VisionShape::ministral3_3b() };
+    // Fewer encoder blocks (same per-block work): a per-block figure where 24 take too long.
+    shape.n_layer = flags.num("vision-layers", shape.n_layer)?;
     let plan = VisionPlan {
-        shape: if quick { VisionShape::tiny() } else { VisionShape::ministral3_3b() },
+        shape,
         sizes,
         seed: flags.num("seed", 1)?,
         quant,

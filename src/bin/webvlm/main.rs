@@ -28,7 +28,9 @@ const USAGE: &str = "usage:
   webvlm info     --model M.gguf
   webvlm bench    [--model M.gguf] [--synthetic [--shape 3b|tiny]] [--quick] [--json-only]
                   [--prompt-tokens N] [--decode-tokens N] [--prefill-reps N] [--reps N]
-                  [--no-kernels] [--breakdown | --no-breakdown]";
+                  [--no-kernels] [--breakdown | --no-breakdown] [--no-model]
+                  [--vision | --no-vision] [--vision-sizes 512,1024] [--vision-layers N]
+                  [--vision-quant q8_0|q4_1|q4_0]";
 
 type CliResult = Result<(), Box<dyn std::error::Error>>;
 

@@ -193,7 +193,9 @@ fn pipeline_names(gpu: &Gpu, dec: &Decoder) -> Res<HashMap<*const Pipeline, Stri
 /// Times each family of the decode step's dispatches alone, and the whole program.
 fn breakdown(gpu: &Gpu, out: &Out, label: &str, dec: &Decoder, ctx: &mut Context, step_s: f64, budget: Budget) -> Res<Vec<Value>> {
     let names = pipeline_names(gpu, dec)?;
-    let ops: Vec<Op> = ctx.decode_program(gpu, dec)?.ops.iter().map(clone_op).collect();
+    // The embedding gather is a program of its own (images are written between it and the
+    // blocks); both are one decode step.
+    let ops: Vec<Op> = ctx.decode_programs(gpu, dec)?.iter().flat_map(|p| p.ops.iter().map(clone_op)).collect();
     let last_norm = ops.iter().rposition(|o| matches!(o, Op::Dispatch(d) if d.pipeline.label == "rms_norm"));
     let mut seen: HashMap<&'static str, Vec<*const Pipeline>> = HashMap::new();
     let mut families: Vec<(String, Program)> = Vec::new();

@@ -137,9 +137,16 @@ pub fn bench_vision(gpu: &Gpu, out: &Out, roof: &Roofline, plan: &VisionPlan) ->
         let features_bytes = feats.bytes();
         drop((feats, values));
 
+        // With the pipelines compiled beforehand, a first encode that already took longer
+        // than the time budget is the one timed run (the read-back of the features is
+        // negligible beside it): a 3B encode of a large image takes minutes on a CPU adapter.
         let mut samples = Vec::new();
+        let first_is_the_run = plan.warm_on_tiny && first_seconds >= plan.max_seconds;
+        if first_is_the_run {
+            samples.push(first_seconds);
+        }
         let started = Instant::now();
-        while samples.len() < plan.reps.max(1) {
+        while !first_is_the_run && samples.len() < plan.reps.max(1) {
             samples.push(encode_once(gpu, &enc, &image)?.0);
             if started.elapsed().as_secs_f64() >= plan.max_seconds {
                 break;
@@ -162,7 +169,7 @@ pub fn bench_vision(gpu: &Gpu, out: &Out, roof: &Roofline, plan: &VisionPlan) ->
         out.emit(json!({
             "kind": "vision", "image": label, "processed": format!("{pw}x{ph}"), "patches": n,
             "image_tokens": image_tokens, "seconds": seconds, "seconds_best": samples[0], "ms": seconds * 1e3,
-            "runs": samples.len(), "flops": flops, "gflops": gflops, "fraction_of_fma": gflops / roof.fma_gflops,
+            "runs": samples.len(), "first_is_the_run": first_is_the_run, "flops": flops, "gflops": gflops, "fraction_of_fma": gflops / roof.fma_gflops,
             "first_seconds": first_seconds, "weight_bytes": weight_bytes, "features_bytes": features_bytes,
             "activation_bytes": activation_bytes(gpu, &c, n), "quant": format!("{:?}", plan.quant),
             "hidden": c.hidden, "n_layer": c.n_layer, "n_head": c.n_head, "head_dim": c.head_dim, "n_ff": c.n_ff,
