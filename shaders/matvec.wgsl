@@ -10,8 +10,8 @@
 //! - `matvec_blk` (Q8_0, Q4_0, Q4_1, Q4_K, Q6_K): TPB threads x 256/TPB row groups; a thread
 //!   decodes a whole unit (a 32-weight block, or 64 weights of a K-quant super-block) per
 //!   iteration from `vec4<u32>` loads of the weight and `vec4<f32>` loads of x (bindings 4 and 5
-//!   are vec4 views of the same buffers), for NRB = 8 rows (two vec4 accumulators, so each x
-//!   load serves 8 rows). 4- and 6-bit values are not shifted down: `f32(v & (0xF << 8b))` is
+//!   are vec4 views of the same buffers), for NRB = 8 or 16 rows (NRB / 4 vec4 accumulators, so each
+//!   x load serves NRB rows; 16 on CPU adapters). 4- and 6-bit values are not shifted down: `f32(v & (0xF << 8b))` is
 //!   the value times 2^(8b) exactly, so x is pre-scaled by the inverse power of two once per unit
 //!   for all rows (`NL`, `NH`), leaving one `and`, one signed convert and one FMA per weight.
 //!   Private arrays and run-time-indexed vector components are avoided: CPU adapters
@@ -46,7 +46,7 @@ const NR: u32 = 4u;          // rows per thread (one vec4 accumulator)
 const GPW: u32 = 8u;         // row groups per workgroup (`matvec`)
 const WG: u32 = 256u;        // threads per workgroup
 
-var<workgroup> red: array<vec4<f32>, 512>; // 8 KiB: two vec4 per thread in `matvec_blk`
+var<workgroup> red: array<vec4<f32>, 1024>; // 16 KiB: up to four vec4 per thread in `matvec_blk`
 
 fn x4(o: u32) -> vec4<f32> {
     return vec4<f32>(x[o], x[o + 1u], x[o + 2u], x[o + 3u]);
@@ -270,32 +270,35 @@ fn unit_row(l: WLayout, row: u32, u: u32, xa: X32, xb: X32, xs: vec4<f32>) -> f3
     }
 }
 
-/// `reduce_store` for 8 rows per thread (two vec4 per thread).
-fn reduce_store8(a0: vec4<f32>, a1: vec4<f32>, lid: u32, group0: u32, gpw: u32, tpr: u32, t: u32) {
-    red[2u * lid] = a0;
-    red[2u * lid + 1u] = a1;
+/// `reduce_store` for NRB = 8 or 16 rows per thread (NRB / 4 vec4 per thread).
+fn reduce_store_blk(a0: vec4<f32>, a1: vec4<f32>, a2: vec4<f32>, a3: vec4<f32>, lid: u32, group0: u32, gpw: u32,
+                    tpr: u32, t: u32) {
+    let nv = NRB / 4u;
+    red[nv * lid] = a0;
+    red[nv * lid + 1u] = a1;
+    if (NRB == 16u) {
+        red[nv * lid + 2u] = a2;
+        red[nv * lid + 3u] = a3;
+    }
     workgroupBarrier();
     if (lid < gpw) {
         let rb = (group0 + lid) * NRB;
-        var s0 = vec4<f32>(0.0);
-        var s1 = vec4<f32>(0.0);
-        for (var i = 0u; i < tpr; i++) {
-            s0 += red[2u * (lid * tpr + i)];
-            s1 += red[2u * (lid * tpr + i) + 1u];
-        }
         let yo = t * p.y_stride + p.row_offset + rb;
-        if (rb < p.rows) { y[yo] = s0.x; }
-        if (rb + 1u < p.rows) { y[yo + 1u] = s0.y; }
-        if (rb + 2u < p.rows) { y[yo + 2u] = s0.z; }
-        if (rb + 3u < p.rows) { y[yo + 3u] = s0.w; }
-        if (rb + 4u < p.rows) { y[yo + 4u] = s1.x; }
-        if (rb + 5u < p.rows) { y[yo + 5u] = s1.y; }
-        if (rb + 6u < p.rows) { y[yo + 6u] = s1.z; }
-        if (rb + 7u < p.rows) { y[yo + 7u] = s1.w; }
+        for (var k = 0u; k < nv; k++) {
+            var s = vec4<f32>(0.0);
+            for (var i = 0u; i < tpr; i++) {
+                s += red[nv * (lid * tpr + i) + k];
+            }
+            let r = rb + 4u * k;
+            if (r < p.rows) { y[yo + 4u * k] = s.x; }
+            if (r + 1u < p.rows) { y[yo + 4u * k + 1u] = s.y; }
+            if (r + 2u < p.rows) { y[yo + 4u * k + 2u] = s.z; }
+            if (r + 3u < p.rows) { y[yo + 4u * k + 3u] = s.w; }
+        }
     }
 }
 
-const NRB: u32 = 8u; // rows per thread in the block path (two vec4 accumulators)
+override NRB: u32 = 8u; // rows per thread in the block path: 8 or 16 (NRB / 4 vec4 accumulators)
 
 @compute @workgroup_size(256)
 fn matvec_blk(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -314,9 +317,19 @@ fn matvec_blk(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     let r5 = min(row0 + 5u, last);
     let r6 = min(row0 + 6u, last);
     let r7 = min(row0 + 7u, last);
+    let r8 = min(row0 + 8u, last);
+    let r9 = min(row0 + 9u, last);
+    let r10 = min(row0 + 10u, last);
+    let r11 = min(row0 + 11u, last);
+    let r12 = min(row0 + 12u, last);
+    let r13 = min(row0 + 13u, last);
+    let r14 = min(row0 + 14u, last);
+    let r15 = min(row0 + 15u, last);
     let xo = wid.z * (p.x_stride / 4u); // vec4 index of this token's x
     var acc = vec4<f32>(0.0);
     var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
     if (row0 < p.rows) {
         var units = p.bpr;
         if (WTYPE == WT_Q4_K || WTYPE == WT_Q6_K) { units = 4u * p.bpr; }
@@ -353,7 +366,13 @@ fn matvec_blk(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
                              unit_row(wl, r2, u, xa, xb, xs), unit_row(wl, r3, u, xa, xb, xs));
             acc1 += vec4<f32>(unit_row(wl, r4, u, xa, xb, xs), unit_row(wl, r5, u, xa, xb, xs),
                               unit_row(wl, r6, u, xa, xb, xs), unit_row(wl, r7, u, xa, xb, xs));
+            if (NRB == 16u) {
+                acc2 += vec4<f32>(unit_row(wl, r8, u, xa, xb, xs), unit_row(wl, r9, u, xa, xb, xs),
+                                  unit_row(wl, r10, u, xa, xb, xs), unit_row(wl, r11, u, xa, xb, xs));
+                acc3 += vec4<f32>(unit_row(wl, r12, u, xa, xb, xs), unit_row(wl, r13, u, xa, xb, xs),
+                                  unit_row(wl, r14, u, xa, xb, xs), unit_row(wl, r15, u, xa, xb, xs));
+            }
         }
     }
-    reduce_store8(acc, acc1, lid, (wid.x + wid.y * nwg.x) * gpw, gpw, TPB, wid.z);
+    reduce_store_blk(acc, acc1, acc2, acc3, lid, (wid.x + wid.y * nwg.x) * gpw, gpw, TPB, wid.z);
 }

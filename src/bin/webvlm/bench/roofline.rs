@@ -8,7 +8,7 @@ use webvlm::gguf::{random_blocks, GgmlType, SplitMix64};
 use webvlm::gpu::{Gpu, Program};
 use webvlm::kernels::{bench as k, matvec, quant::GpuWeight};
 
-use super::timing::{time_program, Budget};
+use super::timing::{time_program, Budget, Timing};
 use super::Out;
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -28,6 +28,14 @@ pub const MINISTRAL_SHAPES: [(&str, u32, u32); 3] =
 /// `--quick` shapes: the same aspect ratios, a few MB each.
 const QUICK_SHAPES: [(&str, u32, u32); 3] =
     [("quick 1024x512", 1024, 512), ("quick 512x1024", 512, 1024), ("quick 4096x512", 4096, 512)];
+
+/// In-cache matvec shape `[rows][cols]`: every format's weight (at most 6 MiB, F32) stays in
+/// the CPU's caches across back-to-back runs (2 MiB L2 + 32 MiB L3 on the test machine), with
+/// enough row groups for every core. `--quick`: a smaller one.
+const CACHED_SHAPE: (u32, u32) = (512, 3072);
+const QUICK_CACHED_SHAPE: (u32, u32) = (256, 512);
+/// Dispatches of the in-cache matvec per submit: amortizes the submit, not the dispatch.
+const CACHED_DISPATCHES: usize = 16;
 
 /// The matvec formats benchmarked: the four, SmolLM2's Q4_1, and F32 (no decoding:
 /// separates the cost of dequantization from the kernel's structure; not at the LM head shape).
@@ -93,43 +101,75 @@ pub fn roofline(gpu: &Gpu, out: &Out, quick: bool, budget: Budget) -> Res<Roofli
     Ok(Roofline { copy_gbps, read_gbps, fma_gflops, dispatch_us })
 }
 
-/// Times `y = W x` for one token for every type at every shape.
+/// Seconds of one `y = W x` (one token) for a random `[rows][cols]` weight of type `ty`,
+/// `dispatches` back-to-back in one submit; the weight's bytes on the GPU and the dispatches.
+fn time_matvec(gpu: &Gpu, ty: GgmlType, name: &str, rows: u32, cols: u32, dispatches: usize, budget: Budget) -> Res<(f64, u64, usize, Timing)> {
+    let n_blocks = rows as usize * cols as usize / ty.block_size();
+    let w = GpuWeight::upload(gpu, name, ty, rows, cols, &random_blocks(ty, n_blocks, rows as u64 ^ cols as u64))?;
+    let mut rng = SplitMix64::new(3);
+    let x: Vec<f32> = (0..cols).map(|_| rng.uniform(-1.0, 1.0)).collect();
+    let xb = gpu.storage_with("bench x", bytemuck::cast_slice(&x))?;
+    let yb = gpu.storage("bench y", rows as u64 * 4)?;
+    let mut prog = Program::new();
+    for _ in 0..dispatches {
+        matvec::record(&mut prog, gpu, &w, &xb, &yb, 1)?;
+    }
+    let t = time_program(gpu, &prog, budget)?;
+    Ok((t.median / dispatches as f64, w.bytes_on_gpu(), prog.n_dispatches() / dispatches, t))
+}
+
+/// Times `y = W x` for one token for every type at every shape, and once per type on a
+/// weight that stays in the CPU's caches (`cached_*` fields on each of the type's lines): if
+/// the in-cache GB/s is about the full-size GB/s, the kernel is bound by its instructions
+/// (dequantization, loads), not by memory bandwidth.
 pub fn matvecs(gpu: &Gpu, out: &Out, roof: &Roofline, quick: bool, budget: Budget) -> Res<Vec<Value>> {
     let shapes = if quick { QUICK_SHAPES } else { MINISTRAL_SHAPES };
+    let (c_rows, c_cols) = if quick { QUICK_CACHED_SHAPE } else { CACHED_SHAPE };
     let mut rows_out = Vec::new();
     for ty in TYPES {
+        let (c_secs, c_weight, _, _) = time_matvec(gpu, ty, "in-cache", c_rows, c_cols, CACHED_DISPATCHES, budget)?;
+        let c_bytes = c_weight + 4 * c_cols as u64 + 4 * c_rows as u64;
+        let c_gbps = c_bytes as f64 / c_secs / 1e9;
+        let c_gflops = 2.0 * c_rows as f64 * c_cols as f64 / c_secs / 1e9;
+        out.note(&format!(
+            "matvec {:<5} {:<20} {:8.3} ms {:7.2} GB/s = {:4.0}% of copy  {:7.2} GFLOP/s = {:4.0}% of FMA peak",
+            format!("{ty:?}"),
+            format!("in-cache {c_rows}x{c_cols}"),
+            c_secs * 1e3,
+            c_gbps,
+            100.0 * c_gbps / roof.copy_gbps,
+            c_gflops,
+            100.0 * c_gflops / roof.fma_gflops
+        ));
         for (name, rows, cols) in shapes {
             if ty == GgmlType::F32 && name.starts_with("lm_head") {
                 continue;
             }
-            let n_blocks = rows as usize * cols as usize / ty.block_size();
-            let w = GpuWeight::upload(gpu, name, ty, rows, cols, &random_blocks(ty, n_blocks, rows as u64 ^ cols as u64))?;
-            let mut rng = SplitMix64::new(3);
-            let x: Vec<f32> = (0..cols).map(|_| rng.uniform(-1.0, 1.0)).collect();
-            let xb = gpu.storage_with("bench x", bytemuck::cast_slice(&x))?;
-            let yb = gpu.storage("bench y", rows as u64 * 4)?;
-            let mut prog = Program::new();
-            matvec::record(&mut prog, gpu, &w, &xb, &yb, 1)?;
-            let t = time_program(gpu, &prog, budget)?;
-            let bytes = w.bytes_on_gpu() + 4 * cols as u64 + 4 * rows as u64;
-            let gbps = bytes as f64 / t.median / 1e9;
-            let gflops = 2.0 * rows as f64 * cols as f64 / t.median / 1e9;
+            let (secs, weight_bytes, dispatches, t) = time_matvec(gpu, ty, name, rows, cols, 1, budget)?;
+            let bytes = weight_bytes + 4 * cols as u64 + 4 * rows as u64;
+            let gbps = bytes as f64 / secs / 1e9;
+            let gflops = 2.0 * rows as f64 * cols as f64 / secs / 1e9;
             let v = json!({
                 "kind": "matvec", "type": format!("{ty:?}"), "shape": name, "rows": rows, "cols": cols,
-                "weight_bytes": w.bytes_on_gpu(), "bytes": bytes, "dispatches": prog.n_dispatches(),
-                "seconds": t.median, "gbps": gbps, "fraction_of_copy": gbps / roof.copy_gbps,
+                "weight_bytes": weight_bytes, "bytes": bytes, "dispatches": dispatches,
+                "seconds": secs, "gbps": gbps, "fraction_of_copy": gbps / roof.copy_gbps,
                 "fraction_of_read": gbps / roof.read_gbps, "gflops": gflops,
-                "fraction_of_fma": gflops / roof.fma_gflops, "iters": t.iters, "reps": t.reps,
+                "fraction_of_fma": gflops / roof.fma_gflops,
+                "cached_rows": c_rows, "cached_cols": c_cols, "cached_weight_bytes": c_weight,
+                "cached_seconds": c_secs, "cached_gbps": c_gbps, "cached_fraction_of_copy": c_gbps / roof.copy_gbps,
+                "cached_gflops": c_gflops, "cached_fraction_of_fma": c_gflops / roof.fma_gflops,
+                "cached_speedup": c_gbps / gbps, "iters": t.iters, "reps": t.reps,
             });
             out.note(&format!(
-                "matvec {:<5} {:<20} {:8.3} ms {:7.2} GB/s = {:4.0}% of copy  {:7.2} GFLOP/s = {:4.0}% of FMA peak",
+                "matvec {:<5} {:<20} {:8.3} ms {:7.2} GB/s = {:4.0}% of copy  {:7.2} GFLOP/s = {:4.0}% of FMA peak  (in cache: {:.2}x)",
                 format!("{ty:?}"),
                 name,
-                t.median * 1e3,
+                secs * 1e3,
                 gbps,
                 100.0 * gbps / roof.copy_gbps,
                 gflops,
-                100.0 * gflops / roof.fma_gflops
+                100.0 * gflops / roof.fma_gflops,
+                c_gbps / gbps
             ));
             out.emit(v.clone());
             rows_out.push(v);
