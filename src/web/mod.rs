@@ -63,14 +63,16 @@ pub struct WebEngine {
 
 #[wasm_bindgen]
 impl WebEngine {
-    /// Opens WebGPU. `options`: JSON `{"maxContext", "maxChunk", "f16", "visionQuant"}`, all optional.
+    /// Opens WebGPU. `options`: JSON `{"maxContext", "maxChunk", "f16", "kvF16",
+    /// "visionQuant"}`, all optional: a 4096-token f16 KV cache by default (a 1540-pixel
+    /// image alone can take ~3000 tokens; f16 halves the cache on any adapter).
     pub async fn create(options: String) -> Result<WebEngine, JsError> {
         let o: request::EngineOptions = serde_json::from_str(&options).map_err(js)?;
         let gpu = Gpu::new(GpuOptions::default()).await.map_err(js)?;
         let defaults = ContextOptions::default();
-        let precision = if o.f16 { Precision::reduced(&gpu.caps) } else { Precision::default() };
+        let precision = Precision { kv_f16: o.kv_f16.unwrap_or(true), compute_f16: o.f16 && gpu.caps.f16 };
         let context = ContextOptions {
-            max_ctx: o.max_context.unwrap_or(defaults.max_ctx),
+            max_ctx: o.max_context.unwrap_or(4096),
             max_chunk: o.max_chunk.unwrap_or(defaults.max_chunk),
             precision,
         };

@@ -14,6 +14,7 @@ pub struct EngineOptions {
     pub max_chunk: Option<u32>,
     #[serde(default)]
     pub f16: bool,
+    pub kv_f16: Option<bool>,
     pub vision_quant: Option<String>,
 }
 

@@ -1,0 +1,149 @@
+// The engine side of the message protocol: owns the wasm `WebEngine`, streams the model's
+// bytes into it, resolves image URLs and runs generations. It runs in the module worker
+// (worker.js) or, with `createEngine({worker: false})`, on the page's own thread; either way
+// it only talks through `post(message)` and `handle(message)`.
+//
+// Page → host:  {id, type: "load", model: {text: [source], mmproj: [source]?}, options, cacheName}
+//               {id, type: "generate", request}   {type: "stop", target?}   {id, type: "unload"}
+//               {id, type: "logits", tokens, images: [url]}   (teacher-forced logits, for tests)
+// Host → page:  {id, type: "progress", progress}  {id, type: "delta", text}
+//               {id, type: "result", value}       {id, type: "error", error: {name, message}}
+
+import init, { WebEngine } from "./webvlm.js";
+import { normalizeSource, readSources } from "./source.js";
+import { BadRequestError, EngineUnloadedError, ModelNotSupportedError, toWire } from "./errors.js";
+
+export class Host {
+  constructor(post) {
+    this.post = post;
+    this.engine = null;
+    this.queue = Promise.resolve();
+    this.running = null; // id of the request in progress
+    this.stopped = new Set(); // ids stopped before they started
+  }
+
+  /** Handles one message; requests run one at a time, in arrival order. A stop names its
+   * request (`target`); without one it stops whatever runs. */
+  handle(msg) {
+    if (msg.type === "stop") {
+      if (msg.target === undefined || msg.target === this.running) this.engine?.stop();
+      else this.stopped.add(msg.target);
+      return;
+    }
+    this.queue = this.queue.then(() => this.run(msg));
+  }
+
+  async run(msg) {
+    const { id } = msg;
+    this.running = id;
+    try {
+      if (this.stopped.delete(id)) {
+        this.post({ id, type: "result", value: aborted() });
+        return;
+      }
+      let value;
+      if (msg.type === "load") value = await this.load(msg, (progress) => this.post({ id, type: "progress", progress }));
+      else if (msg.type === "generate") value = await this.generate(msg.request, (text) => this.post({ id, type: "delta", text }));
+      else if (msg.type === "unload") value = this.unload();
+      else if (msg.type === "logits") value = await this.logits(msg);
+      else throw new BadRequestError(`unknown message type ${msg.type}`);
+      this.post({ id, type: "result", value });
+    } catch (e) {
+      this.post({ id, type: "error", error: toWire(e) });
+    } finally {
+      this.running = null;
+    }
+  }
+
+  async load({ model, options = {}, cacheName, chunkBytes }, onProgress) {
+    const started = performance.now();
+    wasm ??= await init();
+    const engine = await WebEngine.create(JSON.stringify(options));
+    const text = [model.text].flat().map(normalizeSource);
+    const mmproj = model.mmproj ? [model.mmproj].flat().map(normalizeSource) : [];
+    if (text.length > 1 || mmproj.length > 1) {
+      throw new ModelNotSupportedError("split GGUF parts are not supported yet: give one file per model");
+    }
+    const sources = [...text, ...mmproj];
+    let total = 0;
+    let loaded = 0;
+    let network = 0;
+    const report = (phase, text) => {
+      const seconds = (performance.now() - started) / 1000;
+      const bytesPerSecond = seconds > 0 ? loaded / seconds : 0;
+      onProgress({
+        phase, loadedBytes: loaded, totalBytes: total, networkBytes: network,
+        fraction: total ? loaded / total : 0, bytesPerSecond,
+        etaSeconds: bytesPerSecond > 0 ? (total - loaded) / bytesPerSecond : null, text,
+      });
+    };
+    await readSources(sources, {
+      cacheName,
+      chunkBytes,
+      onStart: (t) => { total = t; report("download", "starting"); },
+      onBytes: (n, fromNetwork) => {
+        loaded += n;
+        if (fromNetwork) network += n;
+        report(fromNetwork ? "download" : "cache", `${(loaded / 2 ** 20).toFixed(0)} / ${(total / 2 ** 20).toFixed(0)} MiB`);
+      },
+      sink: (i, bytes) => (i < text.length ? engine.pushModel(bytes) : engine.pushMmproj(bytes)),
+    });
+    const info = JSON.parse(engine.finishLoad());
+    this.engine = engine;
+    report("ready", "model ready");
+    return { ...info, loadSeconds: (performance.now() - started) / 1000, networkBytes: network, wasmMemoryBytes: wasmMemoryBytes() };
+  }
+
+  async generate(request, onDelta) {
+    if (!this.engine) throw new EngineUnloadedError("no model is loaded");
+    const images = new Map();
+    for (const m of request.messages ?? []) {
+      for (const part of Array.isArray(m.content) ? m.content : []) {
+        const url = part?.image_url?.url ?? part?.image_url;
+        if (part?.type === "image_url" && typeof url === "string" && !url.startsWith("data:") && !images.has(url)) {
+          images.set(url, await fetchImage(url));
+        }
+      }
+    }
+    const out = JSON.parse(await this.engine.generate(JSON.stringify(request), images, onDelta));
+    return { ...out, wasmMemoryBytes: wasmMemoryBytes() };
+  }
+
+  async logits({ tokens, images = [] }) {
+    if (!this.engine) throw new EngineUnloadedError("no model is loaded");
+    const bytes = [];
+    for (const url of images) bytes.push(await fetchImage(url));
+    return this.engine.logits(Uint32Array.from(tokens), bytes);
+  }
+
+  unload() {
+    this.engine?.free();
+    this.engine = null;
+    return true;
+  }
+}
+
+/** The result of a request stopped before it ran. */
+function aborted() {
+  return { text: "", tokens: [], finishReason: "abort", promptTokens: 0, completionTokens: 0, imageTokens: 0,
+    timings: { timeToFirstToken: 0, prefillTokensPerSecond: 0, decodeTokensPerSecond: 0 } };
+}
+
+async function fetchImage(url) {
+  let r;
+  try {
+    r = await fetch(url);
+  } catch (e) {
+    throw new BadRequestError(`image ${url}: ${e.message}`);
+  }
+  if (!r.ok) throw new BadRequestError(`image ${url}: HTTP ${r.status}`);
+  return new Uint8Array(await r.arrayBuffer());
+}
+
+let wasm = null;
+
+/** Bytes of the wasm heap (it only grows, so this is its peak; the weights never pass
+ * through it as a whole). */
+function wasmMemoryBytes() {
+  return wasm?.memory.buffer.byteLength ?? null;
+}

@@ -1,0 +1,173 @@
+// webvlm: a vision-language model on the user's GPU, in the page.
+//
+//   import { createEngine } from "webvlm";
+//   const engine = await createEngine({ model: { text: url, mmproj: url }, onProgress });
+//   const reply = await engine.chat.completions.create({ messages, max_tokens: 64 });
+//   for await (const chunk of await engine.chat.completions.create({ messages, stream: true })) ...
+//   await engine.unload();
+//
+// The engine runs in a module worker (worker.js) unless `worker: false`; the object is the
+// same either way. Requests are queued and run one at a time.
+
+import { BadRequestError, EngineUnloadedError, NoWebGPUError, fromWire } from "./errors.js";
+import { cacheContents, deleteCached, DEFAULT_CACHE } from "./source.js";
+
+export * from "./errors.js";
+export { cacheContents, deleteCached, DEFAULT_CACHE };
+
+/**
+ * Creates an engine and loads a model.
+ * @param {object} o
+ * @param {{text: any, mmproj?: any}} o.model URLs, Files or Blobs (the text GGUF and its mmproj)
+ * @param {(p: object) => void} [o.onProgress] {phase, loadedBytes, totalBytes, fraction, bytesPerSecond, etaSeconds, text}
+ * @param {boolean} [o.worker=true] run the engine in a module worker
+ * @param {object} [o.engine] {maxContext, maxChunk, f16, visionQuant}
+ * @param {string} [o.cacheName] Cache Storage name for weight chunks
+ * @param {number} [o.chunkBytes] download chunk size (default 32 MiB)
+ */
+export async function createEngine({ model, onProgress, worker = true, engine: options = {}, cacheName = DEFAULT_CACHE, chunkBytes } = {}) {
+  if (!model?.text) throw new BadRequestError("createEngine needs model.text (a URL, File or Blob)");
+  if (!globalThis.navigator?.gpu) throw new NoWebGPUError("this browser has no WebGPU (navigator.gpu is missing)");
+  const port = worker ? workerPort() : await inlinePort();
+  const e = new Engine(port);
+  try {
+    e.info = await e._call({ type: "load", model, options, cacheName, chunkBytes }, { onProgress });
+  } catch (err) {
+    port.close(); // a failed load leaves no worker or GPU device behind
+    throw err;
+  }
+  return e;
+}
+
+function workerPort() {
+  const w = new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
+  return {
+    send: (m) => w.postMessage(m),
+    listen: (f) => { w.onmessage = (e) => f(e.data); w.onerror = (e) => f({ type: "fatal", message: e.message }); },
+    close: () => w.terminate(),
+  };
+}
+
+async function inlinePort() {
+  const { Host } = await import("./host.js");
+  let listener = () => {};
+  const host = new Host((m) => queueMicrotask(() => listener(m)));
+  return { send: (m) => host.handle(m), listen: (f) => { listener = f; }, close: () => {} };
+}
+
+let nextId = 1;
+
+class Engine {
+  #port;
+  #pending = new Map();
+  #closed = false;
+
+  constructor(port) {
+    this.#port = port;
+    port.listen((m) => this.#receive(m));
+    this.chat = { completions: { create: (request) => this.#create(request) } };
+  }
+
+  #receive(m) {
+    if (m.type === "fatal") {
+      for (const p of this.#pending.values()) p.reject(new EngineUnloadedError(`the engine worker failed: ${m.message}`));
+      this.#pending.clear();
+      return;
+    }
+    const p = this.#pending.get(m.id);
+    if (!p) return;
+    if (m.type === "progress") p.onProgress?.(m.progress);
+    else if (m.type === "delta") p.onDelta?.(m.text);
+    else {
+      this.#pending.delete(m.id);
+      if (m.type === "result") p.resolve(m.value);
+      else p.reject(fromWire(m.error));
+    }
+  }
+
+  _call(msg, handlers = {}, id = nextId++) {
+    if (this.#closed) return Promise.reject(new EngineUnloadedError("the engine was unloaded"));
+    return new Promise((resolve, reject) => {
+      this.#pending.set(id, { resolve, reject, ...handlers });
+      this.#port.send({ ...msg, id });
+    });
+  }
+
+  /** Teacher-forced logits (Float32Array `[tokens.length * vocab]`) of ids that hold expanded
+   * image layouts, the images (URLs) filling the `[IMG]` positions in order. For tests. */
+  logits(tokens, images = []) {
+    return this._call({ type: "logits", tokens, images });
+  }
+
+  /** Ends the running generation (or, given its id, one request) after the current token;
+   * a queued request that is stopped ends at once with finish_reason "abort". */
+  stop(requestId) {
+    this.#port.send({ type: "stop", target: requestId });
+  }
+
+  async unload() {
+    if (this.#closed) return;
+    await this._call({ type: "unload" });
+    this.#closed = true;
+    this.#port.close();
+  }
+
+  #create(request) {
+    const { stream = false, signal, stream_options, ...body } = request ?? {};
+    if (!Array.isArray(body.messages) || body.messages.length === 0) {
+      return Promise.reject(new BadRequestError("messages must be a non-empty array"));
+    }
+    const model = this.info?.name ?? "webvlm";
+    const id = `chatcmpl-${Date.now().toString(36)}${Math.random().toString(36).slice(2, 8)}`;
+    const created = Math.floor(Date.now() / 1000);
+    const usage = (r) => ({
+      prompt_tokens: r.promptTokens, completion_tokens: r.completionTokens,
+      total_tokens: r.promptTokens + r.completionTokens, timings: r.timings,
+    });
+    const callId = nextId++;
+    const onAbort = () => this.stop(callId);
+    signal?.addEventListener("abort", onAbort, { once: true });
+    if (!stream) {
+      return this._call({ type: "generate", request: body }, {}, callId).then((r) => ({
+        id, object: "chat.completion", created, model,
+        choices: [{ index: 0, message: { role: "assistant", content: r.text }, finish_reason: r.finishReason, logprobs: null }],
+        usage: usage(r),
+      })).finally(() => signal?.removeEventListener("abort", onAbort));
+    }
+    // Streaming: deltas queue up until the reader asks for them.
+    const queue = [];
+    let wake = null;
+    const push = (item) => { queue.push(item); wake?.(); wake = null; };
+    const chunk = (delta, finish_reason = null) => ({
+      id, object: "chat.completion.chunk", created, model,
+      choices: [{ index: 0, delta, finish_reason, logprobs: null }],
+    });
+    push(chunk({ role: "assistant", content: "" }));
+    this._call({ type: "generate", request: body }, { onDelta: (text) => text && push(chunk({ content: text })) }, callId)
+      .then((r) => {
+        push(chunk({}, r.finishReason));
+        if (stream_options?.include_usage) push({ ...chunk({}), choices: [], usage: usage(r) });
+        push({ done: true });
+      }, (error) => push({ error }))
+      .finally(() => signal?.removeEventListener("abort", onAbort));
+    const engine = this;
+    return Promise.resolve({
+      async *[Symbol.asyncIterator]() {
+        let finished = false;
+        try {
+          for (;;) {
+            while (queue.length === 0) await new Promise((r) => { wake = r; });
+            const item = queue.shift();
+            finished = item.done || !!item.error;
+            if (item.done) return;
+            if (item.error) throw item.error;
+            yield item;
+          }
+        } finally {
+          // Leaving the loop early (break, throw in the body) stops the generation.
+          if (!finished) engine.stop(callId);
+        }
+      },
+    });
+  }
+}

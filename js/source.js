@@ -1,0 +1,164 @@
+// Model bytes, in file order, from a URL (downloaded in Range chunks, each chunk kept as its
+// own Cache Storage entry so an interrupted download resumes where it stopped and a second
+// visit makes no weight request) or from a local File/Blob. Only a few chunks are in memory
+// at once; the engine writes each one to GPU buffers before the next is read.
+
+import { DownloadError, QuotaExceededError } from "./errors.js";
+
+export const DEFAULT_CACHE = "webvlm-weights-v1";
+export const CHUNK_BYTES = 32 << 20;
+const PARALLEL = 3;
+
+/** Cache key of bytes [start, end) of `url` (the query keeps keys distinct; fragments are ignored). */
+function chunkKey(url, start, end) {
+  return `${url}${url.includes("?") ? "&" : "?"}webvlm-bytes=${start}-${end}`;
+}
+const manifestKey = (url) => `${url}${url.includes("?") ? "&" : "?"}webvlm-manifest`;
+
+/** `source` as {url} | {blob}: a string is a URL, a Blob/File is read locally. */
+export function normalizeSource(source) {
+  if (typeof source === "string" || source instanceof URL) return { url: new URL(source, globalThis.location?.href).href };
+  if (typeof Blob !== "undefined" && source instanceof Blob) return { blob: source, name: source.name ?? "blob" };
+  if (source && typeof source === "object" && (source.url || source.blob)) return source;
+  throw new TypeError("a model source is a URL string, a File/Blob, or {url} / {blob}");
+}
+
+/** Total size of a source, from the cache manifest when there is one (no request). */
+async function describe(src, cache, chunkBytes) {
+  if (src.blob) return { size: src.blob.size, cached: false };
+  const hit = cache && (await cache.match(manifestKey(src.url)));
+  if (hit) return { ...(await hit.json()), cached: true };
+  let r;
+  try {
+    r = await fetch(src.url, { headers: { Range: "bytes=0-0" } });
+  } catch (e) {
+    throw new DownloadError(`${src.url}: ${e.message}`);
+  }
+  if (!r.ok) throw new DownloadError(`${src.url}: HTTP ${r.status}`);
+  await r.body?.cancel();
+  const range = r.headers.get("Content-Range");
+  const size = range ? Number(range.split("/")[1]) : Number(r.headers.get("Content-Length"));
+  if (!(size > 0)) throw new DownloadError(`${src.url}: the server gave no size (Content-Range / Content-Length)`);
+  if (r.status !== 206 && size > chunkBytes) throw new DownloadError(`${src.url}: the server does not support Range requests`);
+  return { size, cached: false };
+}
+
+/** Asks for persistent storage and fails early when `bytes` more cannot fit. */
+export async function checkQuota(bytes) {
+  const storage = globalThis.navigator?.storage;
+  if (!storage?.estimate) return;
+  try { await storage.persist?.(); } catch { /* best effort */ }
+  const { usage = 0, quota = Infinity } = await storage.estimate();
+  if (usage + bytes > quota) {
+    const mb = (n) => (n / 2 ** 20).toFixed(0);
+    throw new QuotaExceededError(`the model needs ${mb(bytes)} MiB of storage; ${mb(quota - usage)} MiB are free`);
+  }
+}
+
+/**
+ * Reads `sources` (in order) and calls `sink(index, bytes)` with each chunk in file order.
+ * `onBytes(n, fromNetwork)` reports progress. Returns the total size.
+ */
+export async function readSources(sources, { cacheName = DEFAULT_CACHE, chunkBytes = CHUNK_BYTES, sink, onBytes, onStart, signal }) {
+  const cache = typeof caches !== "undefined" ? await caches.open(cacheName) : null;
+  const described = [];
+  for (const s of sources) described.push(await describe(s, cache, chunkBytes));
+  const total = described.reduce((a, d) => a + d.size, 0);
+  const missing = described.reduce((a, d, i) => a + (sources[i].url && !d.cached ? d.size : 0), 0);
+  if (missing > 0) await checkQuota(missing);
+  onStart?.(total);
+  for (let i = 0; i < sources.length; i++) {
+    const src = sources[i];
+    const { size } = described[i];
+    // A cached model keeps the chunking it was stored with.
+    const chunk = described[i].chunk ?? chunkBytes;
+    const ranges = [];
+    for (let start = 0; start < size; start += chunk) ranges.push([start, Math.min(size, start + chunk)]);
+    const read = src.blob
+      ? async ([s, e]) => ({ bytes: new Uint8Array(await src.blob.slice(s, e).arrayBuffer()), network: false })
+      : (r) => cachedChunk(cache, src.url, r, signal);
+    // A chunk that fails while an earlier one is awaited must not count as unhandled.
+    const load = (r) => {
+      const p = read(r);
+      p.catch(() => {});
+      return p;
+    };
+    // Keep PARALLEL chunks in flight, hand them over in order.
+    const inFlight = ranges.slice(0, PARALLEL).map(load);
+    for (let k = 0; k < ranges.length; k++) {
+      if (signal?.aborted) throw new DownloadError("the download was cancelled");
+      const { bytes, network } = await inFlight[k];
+      inFlight[k] = null;
+      if (k + PARALLEL < ranges.length) inFlight.push(load(ranges[k + PARALLEL]));
+      onBytes?.(bytes.length, network);
+      await sink(i, bytes);
+    }
+    if (cache && src.url && !described[i].cached) {
+      await cache.put(manifestKey(src.url), new Response(JSON.stringify({ size, chunk })));
+    }
+  }
+  return total;
+}
+
+async function cachedChunk(cache, url, [start, end], signal) {
+  const key = chunkKey(url, start, end);
+  const hit = cache && (await cache.match(key));
+  if (hit) return { bytes: new Uint8Array(await hit.arrayBuffer()), network: false };
+  let r;
+  try {
+    r = await fetch(url, { headers: { Range: `bytes=${start}-${end - 1}` }, signal });
+  } catch (e) {
+    throw new DownloadError(`${url} bytes ${start}-${end - 1}: ${e.message}`);
+  }
+  if (r.status !== 206 && !(r.status === 200 && start === 0)) throw new DownloadError(`${url} bytes ${start}-${end - 1}: HTTP ${r.status}`);
+  let bytes = new Uint8Array(await r.arrayBuffer());
+  if (r.status === 200) bytes = bytes.subarray(0, end - start);
+  if (bytes.length !== end - start) throw new DownloadError(`${url} bytes ${start}-${end - 1}: got ${bytes.length} bytes`);
+  if (cache) {
+    try {
+      await cache.put(key, new Response(bytes));
+    } catch (e) {
+      if (e?.name === "QuotaExceededError") throw new QuotaExceededError(`Cache Storage is full: ${e.message}`);
+      throw e;
+    }
+  }
+  return { bytes, network: true };
+}
+
+/** What the weight cache holds: [{url, bytes, chunks, size, complete}] and the total
+ * (`size` and `complete` come from the manifest written when a download finishes). */
+export async function cacheContents(cacheName = DEFAULT_CACHE) {
+  const cache = await caches.open(cacheName);
+  const byUrl = new Map();
+  for (const req of await cache.keys()) {
+    const u = new URL(req.url);
+    const range = u.searchParams.get("webvlm-bytes");
+    u.searchParams.delete("webvlm-bytes");
+    u.searchParams.delete("webvlm-manifest");
+    const e = byUrl.get(u.href) ?? { url: u.href, bytes: 0, chunks: 0, size: null, complete: false };
+    if (range) {
+      const [s, t] = range.split("-").map(Number);
+      e.bytes += t - s;
+      e.chunks += 1;
+    } else {
+      e.size = (await (await cache.match(req)).json()).size;
+      e.complete = true;
+    }
+    byUrl.set(u.href, e);
+  }
+  const entries = [...byUrl.values()];
+  return { entries, bytes: entries.reduce((a, e) => a + e.bytes, 0) };
+}
+
+/** Deletes one model's chunks (or the whole cache when `url` is omitted). */
+export async function deleteCached(url, cacheName = DEFAULT_CACHE) {
+  if (!url) return caches.delete(cacheName);
+  const cache = await caches.open(cacheName);
+  for (const req of await cache.keys()) {
+    const u = new URL(req.url);
+    u.searchParams.delete("webvlm-bytes");
+    u.searchParams.delete("webvlm-manifest");
+    if (u.href === url) await cache.delete(req);
+  }
+  return true;
+}
