@@ -1,19 +1,40 @@
 #!/usr/bin/env bash
 # webvlm build driver.
-#   ./build.sh serve   build the wasm package and serve the demo on http://127.0.0.1:8080
-#   ./build.sh test    run the whole test suite (native GPU tests on the system adapter,
-#                      wasm32 build check); CI runs exactly this
-#   ./build.sh wasm    build the wasm package only
+#   ./build.sh serve     build the wasm package and serve the demo on http://127.0.0.1:8080
+#   ./build.sh test      run the whole test suite: native GPU tests on the system adapter, the
+#                        wasm package build, browser tests in headless Chromium; CI runs this
+#   ./build.sh wasm      build the npm package only (pkg/, copied to www/pkg/ for the demo)
+#   ./build.sh browser   build the wasm package and run the browser tests only
+#                        (node --test; extra arguments go to node, e.g. a test file)
+# Environment: WASM_OPT=0 skips wasm-opt; WASM_OPT_FLAGS (default -O1); PORT for serve.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 cmd="${1:-serve}"
 port="${PORT:-8080}"
+browser_dir=tests/browser
 
 # The wasm-bindgen CLI must match the crate's resolved wasm-bindgen version exactly.
 wasm_bindgen_version() {
   cargo metadata --format-version 1 --filter-platform wasm32-unknown-unknown 2>/dev/null |
     python3 -c 'import json,sys; print(next(p["version"] for p in json.load(sys.stdin)["packages"] if p["name"]=="wasm-bindgen"))'
+}
+
+# npm packages for the browser tests and wasm-opt (binaryen), from the committed lockfile.
+# Reinstalled only when the lockfile changed since the last install.
+npm_deps() {
+  if ! command -v npm >/dev/null; then
+    echo "npm not found: install Node.js >= 20 (bash .ci/run does)" >&2
+    return 1
+  fi
+  if [ ! -f "$browser_dir/node_modules/.package-lock.json" ] ||
+     [ "$browser_dir/package-lock.json" -nt "$browser_dir/node_modules/.package-lock.json" ]; then
+    (cd "$browser_dir" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+}
+
+size_line() { # file -> "N bytes (gzip -9: M)"
+  echo "$(stat -c %s "$1") bytes (gzip -9: $(gzip -9c "$1" | wc -c))"
 }
 
 build_wasm() {
@@ -24,16 +45,64 @@ build_wasm() {
   if ! wasm-bindgen --version 2>/dev/null | grep -q " $want\$"; then
     cargo install wasm-bindgen-cli --version "$want"
   fi
-  rm -rf www/pkg
-  wasm-bindgen --target web --out-dir www/pkg target/wasm32-unknown-unknown/release/webvlm.wasm
+  rm -rf pkg www/pkg
+  wasm-bindgen --target web --out-dir pkg "${CARGO_TARGET_DIR:-target}"/wasm32-unknown-unknown/release/webvlm.wasm
+  local wasm=pkg/webvlm_bg.wasm
+  echo "wasm (wasm-bindgen): $(size_line "$wasm")"
+  if [ "${WASM_OPT:-1}" != 0 ]; then
+    if command -v npm >/dev/null; then
+      npm_deps
+      wasm_opt "$wasm"
+      echo "wasm (wasm-opt $wasm_opt_flags): $(size_line "$wasm")"
+    else
+      echo "npm not found: skipping wasm-opt" >&2
+    fi
+  fi
+  # The npm package: the JS API (createEngine, worker, d.ts, package.json, README) around
+  # the wasm-bindgen module; the demo page imports the same files from www/pkg/.
+  cp -R js/. pkg/
+  rm -f pkg/.gitignore
+  cp -R pkg www/pkg
+}
+
+# wasm-opt from the npm `binaryen` package (itself compiled to wasm: ~25 s at -O1, ~2.5 min at
+# -O3 on this 4.7 MB module on 2 shared cores; -O1 also gives the smallest gzip). The result
+# is cached by input hash, so rebuilding unchanged Rust skips it.
+wasm_opt_flags="${WASM_OPT_FLAGS:--O1}"
+wasm_opt() {
+  local bin="$browser_dir/node_modules/.bin/wasm-opt" cache="${CARGO_TARGET_DIR:-target}/wasm-opt-cache" key
+  key="$( { sha256sum <"$1"; echo "$wasm_opt_flags"; "$bin" --version; } | sha256sum | cut -c1-32)"
+  if [ ! -f "$cache/$key.wasm" ]; then
+    mkdir -p "$cache"
+    find "$cache" -name '*.wasm' -mtime +7 -delete 2>/dev/null || true
+    # shellcheck disable=SC2086
+    "$bin" $wasm_opt_flags "$1" -o "$cache/$key.tmp"
+    mv "$cache/$key.tmp" "$cache/$key.wasm"
+  fi
+  cp "$cache/$key.wasm" "$1"
+}
+
+browser_tests() {
+  npm_deps
+  # One process per test file; the spec reporter ends with node's summary (tests/pass/fail).
+  node --test --test-reporter=spec --test-timeout=600000 "$@" "$browser_dir"/*.test.js
 }
 
 case "$cmd" in
   wasm)
     build_wasm
     ;;
+  browser)
+    shift
+    build_wasm
+    browser_tests "$@"
+    ;;
   serve)
     build_wasm
+    if command -v node >/dev/null; then
+      # Range requests, correct types, a request log; the same server the browser tests use.
+      exec node "$browser_dir/server.js" --port "$port" --root www
+    fi
     echo "serving www/ on http://127.0.0.1:$port"
     exec python3 -m http.server "$port" --bind 127.0.0.1 --directory www
     ;;
@@ -41,11 +110,27 @@ case "$cmd" in
     # Mesa's Vulkan loader complains without a runtime dir; give it a private one.
     export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
     bash scripts/fetch_smollm2.sh
-    cargo check --lib --target wasm32-unknown-unknown
-    cargo test --no-fail-fast
+    # Each part runs even when an earlier one failed; the run fails if any did. The parts run
+    # as child processes so that `set -e` holds inside each of them.
+    failed=()
+    bash "$0" wasm || failed+=("wasm build")
+    cargo test --no-fail-fast || failed+=("native tests")
+    if [[ " ${failed[*]} " == *" wasm build "* ]]; then
+      failed+=("browser tests (not run: no wasm package)")
+    else
+      bash "$0" browser-only || failed+=("browser tests")
+    fi
+    if [ ${#failed[@]} -gt 0 ]; then
+      printf 'FAILED: %s\n' "${failed[@]}" >&2
+      exit 1
+    fi
+    ;;
+  browser-only)
+    shift
+    browser_tests "$@"
     ;;
   *)
-    echo "usage: $0 [serve|test|wasm]" >&2
+    echo "usage: $0 [serve|test|wasm|browser]" >&2
     exit 2
     ;;
 esac
