@@ -116,10 +116,10 @@ impl ModelConfig {
         {
             return bad(format!("zero dimension in {self:?}"));
         }
-        if self.n_head % self.n_head_kv != 0 {
+        if !self.n_head.is_multiple_of(self.n_head_kv) {
             return bad(format!("{} query heads not a multiple of {} KV heads", self.n_head, self.n_head_kv));
         }
-        if self.head_dim % 4 != 0 || self.head_dim > crate::kernels::attention::MAX_HEAD_DIM {
+        if !self.head_dim.is_multiple_of(4) || self.head_dim > crate::kernels::attention::MAX_HEAD_DIM {
             return bad(format!("head_dim {} must be a multiple of 4 and at most 128", self.head_dim));
         }
         if self.n_layer > 1024 || self.n_embd > 65_536 || self.n_ff > 262_144 || self.n_head > 1024 {

@@ -55,6 +55,12 @@ test("the demo loads a tiny VLM with progress, streams a reply about an attached
   assert.ok(progress >= 2, `${progress} progress events shown`);
   assert.match(await page.locator("#progress-text").textContent(), /\S/);
 
+  // Long tasks (> 50 ms) on the page's thread from here on: the engine works in its worker.
+  await page.evaluate(() => {
+    window.__longTasks = [];
+    new PerformanceObserver((list) => window.__longTasks.push(...list.getEntries().map((e) => e.duration)))
+      .observe({ type: "longtask" });
+  });
   await page.locator("#attach").setInputFiles(path.join(repoRoot, "tests/fixtures/tiny_mistral3_tekken/img_84x56.png"));
   await page.waitForSelector("#attachments img");
   await page.fill("#prompt", "What is in this picture?");
@@ -81,6 +87,9 @@ test("the demo loads a tiny VLM with progress, streams a reply about an attached
   const after = (await content.textContent()).length;
   assert.ok(after <= before + 40, `text kept growing after stop (${before} -> ${after} characters)`);
   assert.equal(await page.locator(".msg.assistant").last().getAttribute("data-state"), "stopped");
+  const longTasks = await page.evaluate(() => window.__longTasks);
+  t.diagnostic(`long tasks on the main thread while generating: ${JSON.stringify(longTasks)}`);
+  assert.deepEqual(longTasks, [], "the page's thread blocked for more than 50 ms");
   await browser.screenshot(page, "demo-chat-stopped");
   await page.setViewportSize({ width: 390, height: 844 });
   await page.waitForTimeout(200);

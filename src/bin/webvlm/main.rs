@@ -26,6 +26,8 @@ const USAGE: &str = "usage:
    prompt text is one image, or all images go before the text when it has none; with
    --tokens the ids hold the expanded layout and each [IMG] id takes the next feature)
   webvlm info     --model M.gguf
+  webvlm synthetic --out M.gguf [--mmproj-out P.gguf] [--shape 3b|tiny] [--seed S]
+                  (random weights with Ministral 3 3B's exact shapes, for load tests)
   webvlm bench    [--model M.gguf] [--synthetic [--shape 3b|tiny]] [--quick] [--json-only]
                   [--prompt-tokens N] [--decode-tokens N] [--prefill-reps N] [--reps N]
                   [--no-kernels] [--breakdown | --no-breakdown] [--no-model]
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
         Some("logits") => logits(&args[1..]),
         Some("info") => info::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
+        Some("synthetic") => synthetic(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())
@@ -123,6 +126,26 @@ fn open_engine(flags: &Flags) -> Result<Engine, Box<dyn std::error::Error>> {
     Ok(engine)
 }
 
+fn synthetic(args: &[String]) -> CliResult {
+    use webvlm::model::synthetic::{synthetic_ministral3_gguf, synthetic_pixtral_mmproj_gguf, SyntheticShape, VisionShape};
+    let flags = Flags::parse(args, &[])?;
+    flags.only(&["out", "mmproj-out", "shape", "seed"])?;
+    let seed = flags.num("seed", 1)?;
+    let (text, vision) = match flags.get("shape").unwrap_or("3b") {
+        "3b" => (SyntheticShape::ministral3_3b(), VisionShape::ministral3_3b()),
+        "tiny" => (SyntheticShape::tiny(), VisionShape::tiny()),
+        other => return Err(format!("--shape {other}: expected 3b or tiny").into()),
+    };
+    let out = flags.require("out")?;
+    std::fs::write(out, synthetic_ministral3_gguf(&text, seed)?)?;
+    eprintln!("wrote {out}");
+    if let Some(path) = flags.get("mmproj-out") {
+        std::fs::write(path, synthetic_pixtral_mmproj_gguf(&vision, seed)?)?;
+        eprintln!("wrote {path}");
+    }
+    Ok(())
+}
+
 fn read_file(path: &str) -> Result<Vec<u8>, EngineError> {
     std::fs::read(path).map_err(|e| EngineError::BadImageUrl(format!("{path}: {e}")))
 }
@@ -131,9 +154,14 @@ fn read_file(path: &str) -> Result<Vec<u8>, EngineError> {
 fn text_prompt(engine: &mut Engine, flags: &Flags, text: &str) -> Result<Prompt, EngineError> {
     let files = flags.all("image");
     if flags.has("chat") {
-        let mut parts: Vec<ContentPart> = files.iter().map(|f| ContentPart::Image { url: Some(f.to_string()) }).collect();
-        parts.push(ContentPart::Text(text.to_string()));
-        let message = ChatMessage { role: "user".into(), content: ChatContent::Parts(parts) };
+        // Plain string content unless there are images: not every template takes part lists.
+        let message = if files.is_empty() {
+            ChatMessage::text("user", text)
+        } else {
+            let mut parts: Vec<ContentPart> = files.iter().map(|f| ContentPart::Image { url: Some(f.to_string()) }).collect();
+            parts.push(ContentPart::Text(text.to_string()));
+            ChatMessage { role: "user".into(), content: ChatContent::Parts(parts) }
+        };
         return engine.chat_prompt(&[message], &mut |url| read_file(url));
     }
     let images = files.iter().map(|f| engine.image_features(&read_file(f)?)).collect::<Result<Vec<_>, _>>()?;
