@@ -160,9 +160,7 @@ impl GgufStream {
                 break;
             }
             let (lo, hi) = (t.start.max(at), t.end.min(end));
-            t.pending.extend_from_slice(&data[(lo - at) as usize..(hi - at) as usize]);
-            t.received += hi - lo;
-            t.flush(gpu)?;
+            t.feed(gpu, &data[(lo - at) as usize..(hi - at) as usize])?;
         }
         Ok(())
     }
@@ -189,34 +187,57 @@ impl GgufStream {
 }
 
 impl Target {
-    /// Writes what is complete: groups of whole rows, or the whole vector.
-    fn flush(&mut self, gpu: &Gpu) -> Result<(), LoadError> {
+    /// Takes the next bytes of the tensor. Rows go to the GPU a group at a time, straight
+    /// from `data` where a whole group is there; only a partial group is copied to
+    /// `pending`, so host memory stays at one group per tensor in flight (freed when done).
+    fn feed(&mut self, gpu: &Gpu, mut data: &[u8]) -> Result<(), LoadError> {
+        self.received += data.len() as u64;
         let complete = self.received == self.end - self.start;
-        match &mut self.sink {
+        let (weight, file_ty, done_rows, group_rows) = match &mut self.sink {
+            Sink::Rows { weight, file_ty, done_rows, group_rows } => (weight, file_ty, done_rows, group_rows),
             Sink::Vector { buffer, ty, n } => {
+                self.pending.extend_from_slice(data);
                 if complete {
                     let values = dequantize_to_vec(*ty, &self.pending, *n as usize)?;
                     gpu.write(buffer, 0, bytemuck::cast_slice(&values));
                     self.pending = Vec::new();
                 }
+                return Ok(());
             }
-            Sink::Rows { weight, file_ty, done_rows, group_rows } => {
-                let row = (weight.cols as usize / file_ty.block_size()) * file_ty.type_size();
-                let ready = (self.pending.len() / row) as u32;
-                let rows = if complete { ready } else { ready / *group_rows * *group_rows };
-                if rows == 0 {
-                    return Ok(());
-                }
-                let bytes = &self.pending[..rows as usize * row];
-                if weight.ty == *file_ty {
-                    weight.write_rows(gpu, *done_rows, bytes)?;
-                } else {
-                    let values = dequantize_to_vec(*file_ty, bytes, rows as usize * weight.cols as usize)?;
-                    weight.write_rows(gpu, *done_rows, &requantize(weight.ty, &values)?)?;
-                }
-                *done_rows += rows;
-                self.pending.drain(..rows as usize * row);
+        };
+        let row = (weight.cols as usize / file_ty.block_size()) * file_ty.type_size();
+        let group = *group_rows as usize * row;
+        let mut write = |bytes: &[u8]| -> Result<(), LoadError> {
+            let rows = (bytes.len() / row) as u32;
+            if weight.ty == *file_ty {
+                weight.write_rows(gpu, *done_rows, bytes)?;
+            } else {
+                let values = dequantize_to_vec(*file_ty, bytes, rows as usize * weight.cols as usize)?;
+                weight.write_rows(gpu, *done_rows, &requantize(weight.ty, &values)?)?;
             }
+            *done_rows += rows;
+            Ok(())
+        };
+        while !data.is_empty() {
+            if self.pending.is_empty() && data.len() >= group {
+                write(&data[..group])?;
+                data = &data[group..];
+                continue;
+            }
+            let take = (group - self.pending.len()).min(data.len());
+            self.pending.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.pending.len() == group {
+                write(&self.pending)?;
+                self.pending.clear();
+            }
+        }
+        if complete {
+            // The tensor's last rows (fewer than a group).
+            if !self.pending.is_empty() {
+                write(&self.pending)?;
+            }
+            self.pending = Vec::new();
         }
         Ok(())
     }

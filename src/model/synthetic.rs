@@ -105,9 +105,22 @@ impl SyntheticShape {
 
 /// The GGUF bytes of a synthetic `mistral3` decoder of `shape` with weights drawn from `seed`.
 pub fn synthetic_ministral3_gguf(shape: &SyntheticShape, seed: u64) -> Result<Vec<u8>, SyntheticError> {
+    synthetic_ministral3_gguf_with(shape, seed, &[])
+}
+
+/// [`synthetic_ministral3_gguf`] with `extra` metadata added (e.g. a real model's
+/// `tokenizer.*` keys, so that an engine can be built on it).
+pub fn synthetic_ministral3_gguf_with(
+    shape: &SyntheticShape,
+    seed: u64,
+    extra: &[(String, MetaValue)],
+) -> Result<Vec<u8>, SyntheticError> {
     shape.check()?;
     let arch = "mistral3";
     let mut w = GgufWriter::new();
+    for (k, v) in extra {
+        w.add_kv(k.clone(), v.clone());
+    }
     let mut kv = |k: &str, v: MetaValue| {
         w.add_kv(if k.starts_with("general.") { k.to_string() } else { format!("{arch}.{k}") }, v);
     };

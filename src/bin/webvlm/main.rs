@@ -27,7 +27,8 @@ const USAGE: &str = "usage:
    --tokens the ids hold the expanded layout and each [IMG] id takes the next feature)
   webvlm info     --model M.gguf
   webvlm synthetic --out M.gguf [--mmproj-out P.gguf] [--shape 3b|tiny] [--seed S]
-                  (random weights with Ministral 3 3B's exact shapes, for load tests)
+                  [--vocab-from T.gguf]  (random weights with Ministral 3 3B's exact shapes,
+                  the tokenizer of T, for load tests)
   webvlm bench    [--model M.gguf] [--synthetic [--shape 3b|tiny]] [--quick] [--json-only]
                   [--prompt-tokens N] [--decode-tokens N] [--prefill-reps N] [--reps N]
                   [--no-kernels] [--breakdown | --no-breakdown] [--no-model]
@@ -127,17 +128,25 @@ fn open_engine(flags: &Flags) -> Result<Engine, Box<dyn std::error::Error>> {
 }
 
 fn synthetic(args: &[String]) -> CliResult {
-    use webvlm::model::synthetic::{synthetic_ministral3_gguf, synthetic_pixtral_mmproj_gguf, SyntheticShape, VisionShape};
+    use webvlm::model::synthetic::{synthetic_ministral3_gguf_with, synthetic_pixtral_mmproj_gguf, SyntheticShape, VisionShape};
     let flags = Flags::parse(args, &[])?;
-    flags.only(&["out", "mmproj-out", "shape", "seed"])?;
+    flags.only(&["out", "mmproj-out", "shape", "seed", "vocab-from"])?;
     let seed = flags.num("seed", 1)?;
     let (text, vision) = match flags.get("shape").unwrap_or("3b") {
         "3b" => (SyntheticShape::ministral3_3b(), VisionShape::ministral3_3b()),
         "tiny" => (SyntheticShape::tiny(), VisionShape::tiny()),
         other => return Err(format!("--shape {other}: expected 3b or tiny").into()),
     };
+    // A real model's tokenizer (e.g. the Tekken fixture) makes the file loadable by the engine.
+    let vocab = match flags.get("vocab-from") {
+        Some(path) => {
+            let src = MappedGguf::open(path)?;
+            src.metadata().iter().filter(|(k, _)| k.starts_with("tokenizer.")).map(|(k, v)| (k.to_string(), v.clone())).collect()
+        }
+        None => Vec::new(),
+    };
     let out = flags.require("out")?;
-    std::fs::write(out, synthetic_ministral3_gguf(&text, seed)?)?;
+    std::fs::write(out, synthetic_ministral3_gguf_with(&text, seed, &vocab)?)?;
     eprintln!("wrote {out}");
     if let Some(path) = flags.get("mmproj-out") {
         std::fs::write(path, synthetic_pixtral_mmproj_gguf(&vision, seed)?)?;

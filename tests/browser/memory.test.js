@@ -1,0 +1,51 @@
+// Loading a model with Ministral 3 3B's exact shapes (random Q4_K/Q6_K weights written by
+// `webvlm synthetic` with the real Tekken tokenizer, plus an F16 mmproj: 3.1 GB) streams the
+// weights chunk by chunk into GPU buffers: the wasm heap (WebAssembly.Memory, which only
+// grows) must stay within 256 MiB.
+
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { startServer, repoRoot, DEFAULT_MOUNTS } from "./server.js";
+import { launchBrowser, requireWasmPackage } from "./harness.js";
+
+const LIMIT = 256 * 2 ** 20;
+let dir, server, browser;
+
+before(async () => {
+  requireWasmPackage();
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), "webvlm-3b-"));
+  execFileSync("cargo", ["run", "--quiet", "--bin", "webvlm", "--", "synthetic", "--shape", "3b",
+    "--out", path.join(dir, "model.gguf"), "--mmproj-out", path.join(dir, "mmproj.gguf"),
+    "--vocab-from", path.join(repoRoot, "tests/fixtures/tiny_mistral3_tekken/model.gguf")], { cwd: repoRoot, stdio: "inherit" });
+  server = await startServer({ mounts: { ...DEFAULT_MOUNTS, "/s3b/": dir } });
+  browser = await launchBrowser();
+});
+
+after(async () => {
+  await browser?.close();
+  await server?.close();
+  if (dir) fs.rmSync(dir, { recursive: true, force: true });
+});
+
+test("a 3B-shaped model streams into the GPU with the wasm heap under 256 MiB", async (t) => {
+  const page = await browser.newPage();
+  await page.goto(`${server.url}/test/blank.html`);
+  const info = await page.evaluate(async () => {
+    const { createEngine } = await import("/pkg/index.js");
+    const e = await createEngine({ model: { text: "/s3b/model.gguf", mmproj: "/s3b/mmproj.gguf" }, cacheName: "s3b" });
+    const info = e.info;
+    await e.unload();
+    return info;
+  });
+  t.diagnostic(`weights ${info.weightBytes} B on the GPU in ${info.loadSeconds.toFixed(1)} s; wasm heap ${info.wasmMemoryBytes} B`);
+  console.log(`# 3B-shaped load: ${(info.weightBytes / 2 ** 30).toFixed(2)} GiB of weights, wasm heap peak ${(info.wasmMemoryBytes / 2 ** 20).toFixed(0)} MiB, ${info.loadSeconds.toFixed(1)} s`);
+  assert.equal(info.layers, 26);
+  assert.equal(info.vision, true);
+  assert.ok(info.weightBytes > 2.5 * 2 ** 30, `${info.weightBytes} bytes of weights`);
+  assert.ok(info.wasmMemoryBytes <= LIMIT, `wasm heap ${info.wasmMemoryBytes} bytes`);
+  browser.assertNoErrors();
+});
