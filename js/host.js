@@ -10,8 +10,8 @@
 //               {id, type: "result", value}       {id, type: "error", error: {name, message}}
 
 import init, { WebEngine } from "./webvlm.js";
-import { normalizeSource, readSources } from "./source.js";
-import { BadRequestError, EngineUnloadedError, ModelNotSupportedError, toWire } from "./errors.js";
+import { deleteCached, markVerified, normalizeSource, readSources } from "./source.js";
+import { BadRequestError, DownloadError, EngineUnloadedError, ModelNotSupportedError, toWire } from "./errors.js";
 
 export class Host {
   constructor(post) {
@@ -77,9 +77,15 @@ export class Host {
         etaSeconds: bytesPerSecond > 0 ? (total - loaded) / bytesPerSecond : null, text,
       });
     };
+    const hashed = []; // URL sources checked against a published SHA-256 in this load
     await readSources(sources, {
       cacheName,
       chunkBytes,
+      onDescribed: (i, d) => {
+        if (!d.sha256 || d.verified) return;
+        engine.expectSha256(i < text.length ? "text" : "mmproj", d.sha256);
+        if (sources[i].url) hashed.push(sources[i].url);
+      },
       onStart: (t) => { total = t; report("download", "starting"); },
       onBytes: (n, fromNetwork) => {
         loaded += n;
@@ -88,7 +94,20 @@ export class Host {
       },
       sink: (i, bytes) => (i < text.length ? engine.pushModel(bytes) : engine.pushMmproj(bytes)),
     });
-    const info = JSON.parse(engine.finishLoad());
+    let info;
+    try {
+      info = JSON.parse(engine.finishLoad());
+    } catch (e) {
+      if (!/sha256 mismatch/.test(e.message)) throw e;
+      // A corrupt download: drop its chunks so the next load fetches it again.
+      for (const url of hashed) await deleteCached(url, cacheName);
+      throw new DownloadError(`the downloaded model is corrupt (${e.message}); its cached chunks were deleted`);
+    }
+    for (const url of hashed) await markVerified(url, cacheName);
+    // wgpu sees no adapter name in browsers; the page can read GPUAdapterInfo.
+    const gpu = (await navigator.gpu?.requestAdapter())?.info;
+    const label = [gpu?.vendor, gpu?.architecture, gpu?.device, gpu?.description].filter(Boolean).join(" ");
+    if (label) info.adapter = `${label} — ${info.adapter.replace(/^\(\) /, "")}`;
     this.engine = engine;
     report("ready", "model ready");
     return { ...info, loadSeconds: (performance.now() - started) / 1000, networkBytes: network, wasmMemoryBytes: wasmMemoryBytes() };

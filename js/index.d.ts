@@ -1,6 +1,8 @@
 // Type declarations for the webvlm package (index.js).
 
-export type ModelSource = string | URL | Blob | File | { url: string } | { blob: Blob; name?: string };
+/** A URL (its SHA-256 is checked when the server publishes one: Hugging Face's X-Linked-ETag),
+ * a local File/Blob, or either with an explicit `sha256` (64 hex digits) to verify. */
+export type ModelSource = string | URL | Blob | File | { url: string; sha256?: string } | { blob: Blob; name?: string; sha256?: string };
 
 export interface LoadProgress {
   /** "download" (bytes from the network), "cache" (from Cache Storage), "ready". */

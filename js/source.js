@@ -25,7 +25,7 @@ export function normalizeSource(source) {
 
 /** Total size of a source, from the cache manifest when there is one (no request). */
 async function describe(src, cache, chunkBytes) {
-  if (src.blob) return { size: src.blob.size, cached: false };
+  if (src.blob) return { size: src.blob.size, cached: false, sha256: src.sha256 ?? null };
   const hit = cache && (await cache.match(manifestKey(src.url)));
   if (hit) return { ...(await hit.json()), cached: true };
   let r;
@@ -37,10 +37,31 @@ async function describe(src, cache, chunkBytes) {
   if (!r.ok) throw new DownloadError(`${src.url}: HTTP ${r.status}`);
   await r.body?.cancel();
   const range = r.headers.get("Content-Range");
+  if (r.status === 206 && !range) {
+    throw new DownloadError(`${src.url}: the server hides Content-Range from this page (CORS Access-Control-Expose-Headers)`);
+  }
   const size = range ? Number(range.split("/")[1]) : Number(r.headers.get("Content-Length"));
   if (!(size > 0)) throw new DownloadError(`${src.url}: the server gave no size (Content-Range / Content-Length)`);
   if (r.status !== 206 && size > chunkBytes) throw new DownloadError(`${src.url}: the server does not support Range requests`);
-  return { size, cached: false };
+  return { size, cached: false, sha256: src.sha256 ?? publishedSha256(r.headers) };
+}
+
+/** The SHA-256 a server publishes for a file: Hugging Face's `X-Linked-ETag` (LFS files), or
+ * an `ETag` that is one (64 hex digits). */
+function publishedSha256(headers) {
+  for (const name of ["X-Linked-ETag", "ETag"]) {
+    const v = headers.get(name)?.replace(/^W\//, "").replaceAll('"', "").toLowerCase();
+    if (v && /^[0-9a-f]{64}$/.test(v)) return v;
+  }
+  return null;
+}
+
+/** Records in the manifest that the cached file hashed to its published SHA-256, so later
+ * visits skip hashing it. */
+export async function markVerified(url, cacheName = DEFAULT_CACHE) {
+  const cache = await caches.open(cacheName);
+  const hit = await cache.match(manifestKey(url));
+  if (hit) await cache.put(manifestKey(url), new Response(JSON.stringify({ ...(await hit.json()), verified: true })));
 }
 
 /** Asks for persistent storage and fails early when `bytes` more cannot fit. */
@@ -59,7 +80,7 @@ export async function checkQuota(bytes) {
  * Reads `sources` (in order) and calls `sink(index, bytes)` with each chunk in file order.
  * `onBytes(n, fromNetwork)` reports progress. Returns the total size.
  */
-export async function readSources(sources, { cacheName = DEFAULT_CACHE, chunkBytes = CHUNK_BYTES, sink, onBytes, onStart, signal }) {
+export async function readSources(sources, { cacheName = DEFAULT_CACHE, chunkBytes = CHUNK_BYTES, sink, onBytes, onStart, onDescribed, signal }) {
   const cache = typeof caches !== "undefined" ? await caches.open(cacheName) : null;
   const described = [];
   for (const s of sources) described.push(await describe(s, cache, chunkBytes));
@@ -67,6 +88,7 @@ export async function readSources(sources, { cacheName = DEFAULT_CACHE, chunkByt
   const missing = described.reduce((a, d, i) => a + (sources[i].url && !d.cached ? d.size : 0), 0);
   if (missing > 0) await checkQuota(missing);
   onStart?.(total);
+  described.forEach((d, i) => onDescribed?.(i, d));
   for (let i = 0; i < sources.length; i++) {
     const src = sources[i];
     const { size } = described[i];
@@ -94,7 +116,8 @@ export async function readSources(sources, { cacheName = DEFAULT_CACHE, chunkByt
       await sink(i, bytes);
     }
     if (cache && src.url && !described[i].cached) {
-      await cache.put(manifestKey(src.url), new Response(JSON.stringify({ size, chunk })));
+      const manifest = { size, chunk, sha256: described[i].sha256 ?? null, verified: false };
+      await cache.put(manifestKey(src.url), new Response(JSON.stringify(manifest)));
     }
   }
   return total;

@@ -177,3 +177,28 @@ fn run(gpu: &Gpu, w: &GpuWeight, x: &[f32]) -> Vec<f32> {
     prog.run(gpu).unwrap();
     gpu.read_f32_blocking(&by, w.rows as usize).unwrap()
 }
+
+/// A published SHA-256 is checked over every byte pushed: the right digest loads, a wrong
+/// one (or one corrupted byte) is a `Checksum` error at `finish`.
+#[test]
+fn published_sha256_is_verified() {
+    use sha2::{Digest, Sha256};
+    let model = std::fs::read(fixture("tiny_mistral3_c").join("model.gguf")).unwrap();
+    let digest: [u8; 32] = Sha256::digest(&model).into();
+    let mut corrupt = model.clone();
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 1;
+    for (bytes, ok) in [(&model, true), (&corrupt, false)] {
+        let gpu = gpu();
+        let mut s = GgufStream::new();
+        s.expect_sha256(digest).unwrap();
+        s.push(&gpu, bytes).unwrap();
+        let e = Engine::load_from(gpu, &mut s, opts()).unwrap();
+        s.seal(&e.gpu).unwrap();
+        let r = s.finish();
+        assert_eq!(r.is_ok(), ok, "{r:?}");
+        if !ok {
+            assert!(matches!(r, Err(LoadError::Checksum { .. })), "{r:?}");
+        }
+    }
+}

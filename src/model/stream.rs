@@ -9,7 +9,11 @@
 //!    requantized) and written with `queue.write_buffer` as soon as a group of rows is
 //!    complete, vectors when complete. Host memory: the header plus less than one row group
 //!    per tensor in flight ([`GgufStream::held_bytes`] reports it);
-//! 4. [`GgufStream::finish`] fails unless every target received all its bytes.
+//! 4. [`GgufStream::finish`] fails unless every target received all its bytes, and, when the
+//!    source published the file's SHA-256 ([`GgufStream::expect_sha256`]), unless the bytes
+//!    pushed hash to it.
+
+use sha2::{Digest, Sha256};
 
 use crate::gguf::{dequantize_to_vec, GgmlType, GgufHeader, GgufHeaderParser, Metadata, TensorInfo};
 use crate::gpu::Gpu;
@@ -53,6 +57,8 @@ pub struct GgufStream {
     early_at: u64,
     targets: Vec<Target>,
     sealed: bool,
+    /// The file's published SHA-256 and the hash of the bytes pushed so far.
+    sha256: Option<([u8; 32], Sha256)>,
 }
 
 impl Default for GgufStream {
@@ -71,7 +77,17 @@ impl GgufStream {
             early_at: 0,
             targets: Vec::new(),
             sealed: false,
+            sha256: None,
         }
+    }
+
+    /// Checks the whole file against `digest` in [`Self::finish`] (call before the first push).
+    pub fn expect_sha256(&mut self, digest: [u8; 32]) -> Result<(), LoadError> {
+        if self.pushed > 0 {
+            return Err(LoadError::Stream("the expected SHA-256 must be set before the first push".into()));
+        }
+        self.sha256 = Some((digest, Sha256::new()));
+        Ok(())
     }
 
     /// The header, once parsed: build the model on the stream then, then [`Self::seal`].
@@ -91,6 +107,9 @@ impl GgufStream {
 
     /// Feeds the next bytes of the file. Returns true once the header is available.
     pub fn push(&mut self, gpu: &Gpu, chunk: &[u8]) -> Result<bool, LoadError> {
+        if let Some((_, hasher)) = &mut self.sha256 {
+            hasher.update(chunk);
+        }
         let at = self.pushed;
         self.pushed += chunk.len() as u64;
         let mut data = chunk;
@@ -139,16 +158,23 @@ impl GgufStream {
         if self.header.is_none() {
             return Err(LoadError::Gguf(self.parser.eof_error()));
         }
-        match self.targets.iter().find(|t| t.received < t.end - t.start) {
-            Some(t) => Err(LoadError::Stream(format!(
+        if let Some(t) = self.targets.iter().find(|t| t.received < t.end - t.start) {
+            return Err(LoadError::Stream(format!(
                 "the file ended at byte {} before tensor {} ({} of {} bytes)",
                 self.pushed,
                 t.name,
                 t.received,
                 t.end - t.start
-            ))),
-            None => Ok(()),
+            )));
         }
+        if let Some((want, hasher)) = self.sha256.take() {
+            let got: [u8; 32] = hasher.finalize().into();
+            if got != want {
+                let hex = |d: &[u8]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
+                return Err(LoadError::Checksum { want: hex(&want), got: hex(&got) });
+            }
+        }
+        Ok(())
     }
 
     /// Hands `data` (starting at absolute offset `at`) to the targets it overlaps.

@@ -26,6 +26,9 @@ pub enum LoadError {
     /// A streamed file ended before this tensor's bytes, or its bytes came out of order.
     #[error("model stream: {0}")]
     Stream(String),
+    /// The file's bytes do not hash to the SHA-256 its source published (a corrupt download).
+    #[error("sha256 mismatch: the source publishes {want}, the bytes hash to {got}")]
+    Checksum { want: String, got: String },
 }
 
 /// One transformer block.

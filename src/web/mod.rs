@@ -50,6 +50,8 @@ struct Inner {
     state: State,
     text: GgufStream,
     vision: Option<GgufStream>,
+    /// The mmproj's published SHA-256, applied when its stream starts.
+    vision_sha256: Option<[u8; 32]>,
     context: ContextOptions,
     vision_quant: LoadQuant,
 }
@@ -77,7 +79,8 @@ impl WebEngine {
             precision,
         };
         let vision_quant = o.vision_quant.as_deref().map(str::parse).transpose().map_err(|e: String| js(e))?.unwrap_or_default();
-        let inner = Inner { state: State::Device(gpu), text: GgufStream::new(), vision: None, context, vision_quant };
+        let inner =
+            Inner { state: State::Device(gpu), text: GgufStream::new(), vision: None, vision_sha256: None, context, vision_quant };
         Ok(WebEngine { inner: Rc::new(RefCell::new(inner)), abort: Rc::new(Cell::new(false)) })
     }
 
@@ -89,6 +92,29 @@ impl WebEngine {
             State::Device(gpu) => Ok(describe(gpu)),
             State::Ready(e) => Ok(describe(&e.gpu)),
             State::Poisoned => Err(js("the engine failed to load")),
+        }
+    }
+
+    /// Verifies the whole file (`"text"` or `"mmproj"`) against its published SHA-256 (64 hex
+    /// digits) when loading finishes; call before its first bytes are pushed.
+    #[wasm_bindgen(js_name = expectSha256)]
+    pub fn expect_sha256(&self, file: &str, hex: &str) -> Result<(), JsError> {
+        let mut inner = self.inner.try_borrow_mut().map_err(|_| js("the engine is busy"))?;
+        let bad = || js(format!("{hex:?} is not a SHA-256 (64 hex digits)"));
+        if hex.len() != 64 || !hex.is_ascii() {
+            return Err(bad());
+        }
+        let mut digest = [0u8; 32];
+        for (i, d) in digest.iter_mut().enumerate() {
+            *d = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+        }
+        match file {
+            "text" => inner.text.expect_sha256(digest).map_err(js),
+            "mmproj" if inner.vision.is_none() => {
+                inner.vision_sha256 = Some(digest);
+                Ok(())
+            }
+            _ => Err(js(format!("expectSha256: unknown or already started file {file:?}"))),
         }
     }
 
@@ -127,7 +153,17 @@ impl WebEngine {
         let State::Ready(engine) = &mut inner.state else {
             return Err(js("push the text model's header before the mmproj"));
         };
-        let stream = inner.vision.get_or_insert_with(GgufStream::new);
+        let stream = match inner.vision.take() {
+            Some(stream) => stream,
+            None => {
+                let mut stream = GgufStream::new();
+                if let Some(digest) = inner.vision_sha256 {
+                    stream.expect_sha256(digest).map_err(js)?;
+                }
+                stream
+            }
+        };
+        let stream = inner.vision.insert(stream);
         let planned = stream.header().is_some();
         stream.push(&engine.gpu, chunk).map_err(js)?;
         if !planned && stream.header().is_some() {

@@ -188,3 +188,38 @@ test("stop ends a streamed generation at once", async () => {
   assert.equal(r.finish, "abort");
   assert.ok(r.afterStop <= 1, `${r.afterStop} deltas after stop`);
 });
+
+test("a published SHA-256 is checked: a mismatch is a DownloadError and drops the cached chunks", async () => {
+  const { createHash } = await import("node:crypto");
+  const fs = await import("node:fs");
+  const file = path.join(repoRoot, "tests/fixtures/tiny_mistral3_tekken/model.gguf");
+  const sha256 = createHash("sha256").update(fs.readFileSync(file)).digest("hex");
+  // A server whose files all claim a wrong hash, as Hugging Face publishes X-Linked-ETag.
+  const lying = await startServer({ headers: { "X-Linked-ETag": `"${"0".repeat(64)}"` } });
+  try {
+    const r = await inPage(async (api, [base, sha256]) => {
+      const url = `${base}/fixtures/tiny_mistral3_tekken/model.gguf`;
+      const out = {};
+      try {
+        await api.createEngine({ model: { text: url }, cacheName: "sha-test", chunkBytes: 4 << 20 });
+        out.wrong = "loaded";
+      } catch (e) {
+        out.wrong = e.name;
+        out.message = e.message;
+      }
+      out.cachedAfterWrong = (await api.cacheContents("sha-test")).entries.length;
+      const e = await api.createEngine({ model: { text: { url, sha256 } }, cacheName: "sha-test", chunkBytes: 4 << 20 });
+      out.right = e.info.layers;
+      await e.unload();
+      out.cachedAfterRight = (await api.cacheContents("sha-test")).entries.map((c) => c.complete);
+      return out;
+    }, [lying.url, sha256]);
+    assert.equal(r.wrong, "DownloadError", r.message);
+    assert.match(r.message, /sha256 mismatch/);
+    assert.equal(r.cachedAfterWrong, 0, "the corrupt download's chunks were deleted");
+    assert.equal(r.right, 2);
+    assert.deepEqual(r.cachedAfterRight, [true]);
+  } finally {
+    await lying.close();
+  }
+});

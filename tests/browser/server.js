@@ -108,7 +108,7 @@ export async function startServer({
     });
     res.on("close", () => { entry.status ||= res.statusCode; entry.aborted = !res.writableFinished; });
     res.setHeader("Access-Control-Allow-Origin", "*");
-    res.setHeader("Access-Control-Expose-Headers", "Content-Range, Content-Length, Accept-Ranges, ETag");
+    res.setHeader("Access-Control-Expose-Headers", "Content-Range, Content-Length, Accept-Ranges, ETag, X-Linked-ETag");
     res.setHeader("Cache-Control", "no-store");
     for (const [k, v] of Object.entries(headers)) res.setHeader(k, v);
     if (pathname === null || pathname.includes("\0")) { res.writeHead(400); return res.end(); }
