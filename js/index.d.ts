@@ -40,6 +40,9 @@ export interface CreateEngineOptions {
   cacheName?: string;
   /** Download chunk size in bytes (default 32 MiB). */
   chunkBytes?: number;
+  /** Cancels the load: the worker ends, the promise rejects with DownloadError; chunks
+   * already stored stay cached for the next attempt. */
+  signal?: AbortSignal;
 }
 
 export type ContentPart =

@@ -9,7 +9,7 @@
 // The engine runs in a module worker (worker.js) unless `worker: false`; the object is the
 // same either way. Requests are queued and run one at a time.
 
-import { BadRequestError, EngineUnloadedError, NoWebGPUError, fromWire } from "./errors.js";
+import { BadRequestError, DownloadError, EngineUnloadedError, NoWebGPUError, fromWire } from "./errors.js";
 import { cacheContents, deleteCached, DEFAULT_CACHE } from "./source.js";
 
 export * from "./errors.js";
@@ -24,17 +24,28 @@ export { cacheContents, deleteCached, DEFAULT_CACHE };
  * @param {object} [o.engine] {maxContext, maxChunk, f16, visionQuant}
  * @param {string} [o.cacheName] Cache Storage name for weight chunks
  * @param {number} [o.chunkBytes] download chunk size (default 32 MiB)
+ * @param {AbortSignal} [o.signal] cancels the load (rejects with DownloadError)
  */
-export async function createEngine({ model, onProgress, worker = true, engine: options = {}, cacheName = DEFAULT_CACHE, chunkBytes } = {}) {
+export async function createEngine({ model, onProgress, worker = true, engine: options = {}, cacheName = DEFAULT_CACHE, chunkBytes, signal } = {}) {
   if (!model?.text) throw new BadRequestError("createEngine needs model.text (a URL, File or Blob)");
   if (!globalThis.navigator?.gpu) throw new NoWebGPUError("this browser has no WebGPU (navigator.gpu is missing)");
+  signal?.throwIfAborted();
   const port = worker ? workerPort() : await inlinePort();
   const e = new Engine(port);
+  // Cancelling ends the worker (downloads, GPU device and all); chunks already stored stay
+  // in the cache for the next attempt.
+  const onAbort = () => {
+    port.close();
+    e._failAll(new DownloadError("the model load was cancelled"));
+  };
+  signal?.addEventListener("abort", onAbort, { once: true });
   try {
     e.info = await e._call({ type: "load", model, options, cacheName, chunkBytes }, { onProgress });
   } catch (err) {
     port.close(); // a failed load leaves no worker or GPU device behind
     throw err;
+  } finally {
+    signal?.removeEventListener("abort", onAbort);
   }
   return e;
 }
@@ -68,10 +79,16 @@ class Engine {
     this.chat = { completions: { create: (request) => this.#create(request) } };
   }
 
+  /** Rejects every pending call with `error` (the worker is gone). */
+  _failAll(error) {
+    for (const p of this.#pending.values()) p.reject(error);
+    this.#pending.clear();
+    this.#closed = true;
+  }
+
   #receive(m) {
     if (m.type === "fatal") {
-      for (const p of this.#pending.values()) p.reject(new EngineUnloadedError(`the engine worker failed: ${m.message}`));
-      this.#pending.clear();
+      this._failAll(new EngineUnloadedError(`the engine worker failed: ${m.message}`));
       return;
     }
     const p = this.#pending.get(m.id);

@@ -223,3 +223,30 @@ test("a published SHA-256 is checked: a mismatch is a DownloadError and drops th
     await lying.close();
   }
 });
+
+test("a load can be cancelled with an AbortSignal; stored chunks serve the next attempt", async () => {
+  let served = 0;
+  server.intercept = (req, res) => {
+    // Stall every chunk after the third, so the load is still running when it is cancelled.
+    if (!req.url.endsWith("model.gguf") || !req.headers.range) return false;
+    if (++served <= 4) return false;
+    setTimeout(() => { res.writeHead(503); res.end(); }, 10_000);
+    return true;
+  };
+  const r = await inPage(async (api, model) => {
+    const ac = new AbortController();
+    const started = performance.now();
+    const p = api.createEngine({ model, chunkBytes: 1 << 20, cacheName: "cancel-test", signal: ac.signal,
+      onProgress: (q) => { if (q.loadedBytes >= 2 << 20) ac.abort(); } });
+    try {
+      await p;
+      return { outcome: "loaded" };
+    } catch (e) {
+      return { outcome: e.name, ms: performance.now() - started, cached: (await api.cacheContents("cancel-test")).bytes };
+    }
+  }, MODEL);
+  server.intercept = null;
+  assert.equal(r.outcome, "DownloadError");
+  assert.ok(r.ms < 8000, `cancelled after ${r.ms} ms`);
+  assert.ok(r.cached >= 2 << 20, `${r.cached} bytes stay cached`);
+});
