@@ -12,7 +12,9 @@
 //!    output projection + residual; RMSNorm → SiLU-gated FFN + residual. The FFN runs in
 //!    chunks of rows so its `[rows][n_ff]` buffers stay within the binding limit;
 //! 4. projector: RMSNorm (`mm.input_norm`), 2x2 patch merge, `mm.patch_merger`, `mm.1`,
-//!    GELU (erf), `mm.2` (no biases).
+//!    GELU (erf), `mm.2` (no biases). transformers takes this norm's epsilon from the text
+//!    config, which the mmproj does not record; the vision epsilon (1e-5) is used, equal to
+//!    Ministral 3's `rms_norm_eps`.
 
 use crate::gpu::{Gpu, GpuError, Program, Result as GpuResult};
 use crate::image::PixelImage;
