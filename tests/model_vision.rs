@@ -94,6 +94,11 @@ fn check_logits(label: &str, got: &[f32], want: &[f32], vocab: usize) -> f32 {
     worst
 }
 
+/// The largest per-position relative L2 error (no limit checked).
+fn worst_rel_l2(got: &[f32], want: &[f32], vocab: usize) -> f32 {
+    got.chunks(vocab).zip(want.chunks(vocab)).map(|(g, w)| rel_l2(g, w)).fold(0.0, f32::max)
+}
+
 /// The ids with each image's expanded layout collapsed back to one `[IMG]`.
 fn collapse(tokens: &[u32], e: &Engine) -> Vec<u32> {
     let t = e.image_tokens().unwrap();
@@ -297,7 +302,7 @@ fn load_time_quantization_error_is_measured() {
         }
         let got = pollster::block_on(e.logits(&Prompt { tokens: case.tokens.clone(), images })).unwrap();
         let (shape, want) = read_npy(&fixture(dir).join(&case.logits));
-        let worst_logits = got.chunks(shape[1]).zip(want.chunks(shape[1])).map(|(g, w)| rel_l2(g, w)).fold(0.0, f32::max);
+        let worst_logits = worst_rel_l2(&got, &want, shape[1]);
         eprintln!(
             "{quant:?}: vision weights {bytes} B (F32 {keep_bytes} B), features rel L2 {worst_features:.2e}, logits worst rel L2 {worst_logits:.2e}"
         );
@@ -353,7 +358,7 @@ fn f16_vision_matmuls_error_is_measured() {
     }
     let got = pollster::block_on(e.logits(&Prompt { tokens: case.tokens.clone(), images })).unwrap();
     let (shape, want) = read_npy(&fixture(dir).join(&case.logits));
-    let worst = got.chunks(shape[1]).zip(want.chunks(shape[1])).map(|(g, w)| rel_l2(g, w)).fold(0.0, f32::max);
+    let worst = worst_rel_l2(&got, &want, shape[1]);
     eprintln!("f16 vision: logits worst rel L2 {worst:.2e}");
     assert!(worst <= TOL_F16_FEATURES, "logits rel L2 {worst:.2e}");
 }

@@ -266,8 +266,7 @@ impl Context {
 
     /// Dispatches and submits per decoded token, for benchmarks.
     pub fn decode_dispatches(&mut self, gpu: &Gpu, dec: &Decoder) -> GpuResult<usize> {
-        let p = self.programs(gpu, dec, 1, LogitsMode::LastAndSample)?;
-        Ok(p.embed.n_dispatches() + p.body.n_dispatches())
+        Ok(self.decode_programs(gpu, dec)?.iter().map(|p| p.n_dispatches()).sum())
     }
 
     /// The recorded programs of one decode step in submit order: the embedding gather, then
