@@ -1,6 +1,12 @@
 // Named errors of the webvlm package: every failure a page can meet has its own class, so
 // `catch (e) { if (e instanceof QuotaExceededError) ... }` works. Errors raised in the
 // worker cross postMessage as {name, message} and are rebuilt here by `fromWire`.
+//
+// The engine (wasm) names its errors itself: src/web/error.rs sets each JS Error's `name` to
+// one of these class names from the Rust error's type and variant (a buffer over the
+// adapter's limits is an AdapterTooSmallError, a lost GPUDevice a DeviceLostError, ...), so
+// nothing here depends on message wording. Errors of other origins keep their DOM name
+// (QuotaExceededError) or become a WebvlmError.
 
 export class WebvlmError extends Error {
   constructor(message, options) {
@@ -19,7 +25,8 @@ export class ModelNotSupportedError extends WebvlmError {}
 export class DownloadError extends WebvlmError {}
 /** Cache Storage is full or the download cannot fit (`navigator.storage.estimate()`). */
 export class QuotaExceededError extends WebvlmError {}
-/** The GPU device was lost; the engine must be created again. */
+/** The GPU device was lost (driver reset, GPU process crash, a mobile tab put away): the
+ * running request and every later one fail; create the engine again to go on. */
 export class DeviceLostError extends WebvlmError {}
 /** A request the engine refuses (bad parameters, bad image, prompt too long). */
 export class BadRequestError extends WebvlmError {}
@@ -33,22 +40,10 @@ const CLASSES = {
 
 /** A plain object that survives structured cloning. */
 export function toWire(e) {
-  const name = e?.name in CLASSES ? e.name : classify(e);
+  const name = e?.name in CLASSES ? e.name : "WebvlmError";
   return { name, message: String(e?.message ?? e) };
 }
 
 export function fromWire(w) {
   return new (CLASSES[w.name] ?? WebvlmError)(w.message);
-}
-
-/** Maps an engine (wasm) error message or a DOM exception to a class name. */
-function classify(e) {
-  const m = String(e?.message ?? e);
-  if (e?.name === "QuotaExceededError" || /quota/i.test(m)) return "QuotaExceededError";
-  if (/device (was )?lost|DeviceLost/i.test(m)) return "DeviceLostError";
-  if (/no adapter|WebGPU/i.test(m) && /adapter|unavailable|not supported/i.test(m)) return "NoWebGPUError";
-  if (/BufferTooLarge|exceeds the (device|part) limit|binding/i.test(m)) return "AdapterTooSmallError";
-  if (/gguf|tensor|architecture|unsupported|vocabulary|not supported/i.test(m)) return "ModelNotSupportedError";
-  if (/image|invalid parameter|context full|placeholder|messages/i.test(m)) return "BadRequestError";
-  return "WebvlmError";
 }

@@ -5,13 +5,17 @@
 //
 // Page → host:  {id, type: "load", model: {text: [source], mmproj: [source]?}, options, cacheName}
 //               {id, type: "generate", request}   {type: "stop", target?}   {id, type: "unload"}
+//               {type: "ack", target}   (a streamed chunk was read: flow control)
 //               {id, type: "logits", tokens, images: [url]}   (teacher-forced logits, for tests)
-// Host → page:  {id, type: "progress", progress}  {id, type: "delta", text}
+// Host → page:  {id, type: "progress", progress}  {id, type: "chunk", chunk}  (streams)
 //               {id, type: "result", value}       {id, type: "error", error: {name, message}}
 
 import init, { WebEngine } from "./webvlm.js";
-import { deleteCached, markVerified, normalizeSource, readSources } from "./source.js";
-import { BadRequestError, DownloadError, EngineUnloadedError, ModelNotSupportedError, toWire } from "./errors.js";
+import { deleteCached, expandSplitParts, markVerified, normalizeSource, readSources } from "./source.js";
+import { BadRequestError, DeviceLostError, DownloadError, EngineUnloadedError, ModelNotSupportedError, toWire } from "./errors.js";
+
+/** Streamed chunks the page may leave unread before decoding pauses. */
+export const STREAM_WINDOW = 4;
 
 export class Host {
   constructor(post) {
@@ -20,14 +24,27 @@ export class Host {
     this.queue = Promise.resolve();
     this.running = null; // id of the request in progress
     this.stopped = new Set(); // ids stopped before they started
+    this.lost = null; // the DeviceLostError that ended the engine's GPU device
+    this.flow = null; // the running stream's flow control: {unread, resume}
   }
 
   /** Handles one message; requests run one at a time, in arrival order. A stop names its
    * request (`target`); without one it stops whatever runs. */
   handle(msg) {
     if (msg.type === "stop") {
-      if (msg.target === undefined || msg.target === this.running) this.engine?.stop();
-      else this.stopped.add(msg.target);
+      if (msg.target === undefined || msg.target === this.running) {
+        this.engine?.stop();
+        this.flow?.resume(true); // a paused stream must wake up to see the stop
+      } else {
+        this.stopped.add(msg.target);
+      }
+      return;
+    }
+    if (msg.type === "ack") {
+      if (msg.target === this.running && this.flow) {
+        this.flow.unread--;
+        if (this.flow.unread < STREAM_WINDOW) this.flow.resume();
+      }
       return;
     }
     this.queue = this.queue.then(() => this.run(msg));
@@ -41,14 +58,19 @@ export class Host {
         this.post({ id, type: "result", value: aborted() });
         return;
       }
+      // A lost device fails every later request at once (the wasm engine would fail too).
+      if (this.lost && msg.type !== "unload") {
+        throw new DeviceLostError(`${this.lost.message}: create the engine again`);
+      }
       let value;
       if (msg.type === "load") value = await this.load(msg, (progress) => this.post({ id, type: "progress", progress }));
-      else if (msg.type === "generate") value = await this.generate(msg.request, (text) => this.post({ id, type: "delta", text }));
+      else if (msg.type === "generate") value = await this.generate(msg.request, (chunk) => this.post({ id, type: "chunk", chunk }));
       else if (msg.type === "unload") value = this.unload();
       else if (msg.type === "logits") value = await this.logits(msg);
       else throw new BadRequestError(`unknown message type ${msg.type}`);
       this.post({ id, type: "result", value });
     } catch (e) {
+      if (e?.name === "DeviceLostError") this.lost ??= e;
       this.post({ id, type: "error", error: toWire(e) });
     } finally {
       this.running = null;
@@ -58,11 +80,15 @@ export class Host {
   async load({ model, options = {}, cacheName, chunkBytes }, onProgress) {
     const started = performance.now();
     wasm ??= await init();
-    const engine = await WebEngine.create(JSON.stringify(options));
-    const text = [model.text].flat().map(normalizeSource);
+    const text = [model.text].flat().flatMap(expandSplitParts).map(normalizeSource);
     const mmproj = model.mmproj ? [model.mmproj].flat().map(normalizeSource) : [];
-    if (text.length > 1 || mmproj.length > 1) {
-      throw new ModelNotSupportedError("split GGUF parts are not supported yet: give one file per model");
+    if (mmproj.length > 1) throw new ModelNotSupportedError("the mmproj must be one file");
+    const engine = await WebEngine.create(JSON.stringify({ ...options, textParts: text.length }));
+    if (text.length > 1) {
+      // Split parts: every part's header is needed before the model can be planned.
+      onProgress({ phase: "headers", loadedBytes: 0, totalBytes: 0, networkBytes: 0, fraction: 0,
+        bytesPerSecond: 0, etaSeconds: null, text: `reading the headers of ${text.length} parts` });
+      await readSources(text, { cacheName, chunkBytes, parallel: 1, sink: (i, bytes) => engine.pushHeader(i, bytes) });
     }
     const sources = [...text, ...mmproj];
     let total = 0;
@@ -83,7 +109,7 @@ export class Host {
       chunkBytes,
       onDescribed: (i, d) => {
         if (!d.sha256 || d.verified) return;
-        engine.expectSha256(i < text.length ? "text" : "mmproj", d.sha256);
+        engine.expectSha256(i < text.length ? "text" : "mmproj", i, d.sha256);
         if (sources[i].url) hashed.push(sources[i].url);
       },
       onStart: (t) => { total = t; report("download", "starting"); },
@@ -92,7 +118,7 @@ export class Host {
         if (fromNetwork) network += n;
         report(fromNetwork ? "download" : "cache", `${(loaded / 2 ** 20).toFixed(0)} / ${(total / 2 ** 20).toFixed(0)} MiB`);
       },
-      sink: (i, bytes) => (i < text.length ? engine.pushModel(bytes) : engine.pushMmproj(bytes)),
+      sink: (i, bytes) => { i < text.length ? engine.pushModel(i, bytes) : engine.pushMmproj(bytes); },
     });
     let info;
     try {
@@ -113,19 +139,36 @@ export class Host {
     return { ...info, loadSeconds: (performance.now() - started) / 1000, networkBytes: network, wasmMemoryBytes: wasmMemoryBytes() };
   }
 
-  async generate(request, onDelta) {
+  /** Runs one request; with `stream`, chunks go to `onChunk` and decoding waits while
+   * STREAM_WINDOW of them are unread (the page acknowledges each one it reads). */
+  async generate(request, onChunk) {
     if (!this.engine) throw new EngineUnloadedError("no model is loaded");
     const images = new Map();
-    for (const m of request.messages ?? []) {
-      for (const part of Array.isArray(m.content) ? m.content : []) {
+    for (const m of Array.isArray(request?.messages) ? request.messages : []) {
+      for (const part of Array.isArray(m?.content) ? m.content : []) {
         const url = part?.image_url?.url ?? part?.image_url;
         if (part?.type === "image_url" && typeof url === "string" && !url.startsWith("data:") && !images.has(url)) {
           images.set(url, await fetchImage(url));
         }
       }
     }
-    const out = JSON.parse(await this.engine.generate(JSON.stringify(request), images, onDelta));
-    return { ...out, wasmMemoryBytes: wasmMemoryBytes() };
+    const flow = {
+      unread: 0, wake: null, stopped: false,
+      resume(stop = false) { this.stopped ||= stop; this.wake?.(); this.wake = null; },
+    };
+    this.flow = flow;
+    try {
+      const out = await this.engine.generate(JSON.stringify(request), images, (json) => {
+        onChunk(JSON.parse(json));
+        if (++flow.unread < STREAM_WINDOW || flow.stopped) return undefined;
+        return new Promise((resolve) => { flow.wake = resolve; });
+      });
+      const value = JSON.parse(out);
+      value.usage.wasm_memory_bytes = wasmMemoryBytes();
+      return value;
+    } finally {
+      this.flow = null;
+    }
   }
 
   async logits({ tokens, images = [] }) {
@@ -144,8 +187,11 @@ export class Host {
 
 /** The result of a request stopped before it ran. */
 function aborted() {
-  return { text: "", tokens: [], finishReason: "abort", promptTokens: 0, completionTokens: 0, imageTokens: 0,
-    timings: { timeToFirstToken: 0, prefillTokensPerSecond: 0, decodeTokensPerSecond: 0 } };
+  return {
+    id: "chatcmpl-aborted", object: "chat.completion", created: Math.floor(Date.now() / 1000), model: "webvlm",
+    choices: [{ index: 0, message: { role: "assistant", content: "" }, logprobs: null, finish_reason: "abort" }],
+    usage: { prompt_tokens: 0, completion_tokens: 0, total_tokens: 0, prompt_tokens_details: { cached_tokens: 0 } },
+  };
 }
 
 async function fetchImage(url) {

@@ -5,8 +5,9 @@
 export type ModelSource = string | URL | Blob | File | { url: string; sha256?: string } | { blob: Blob; name?: string; sha256?: string };
 
 export interface LoadProgress {
-  /** "download" (bytes from the network), "cache" (from Cache Storage), "ready". */
-  phase: "download" | "cache" | "ready";
+  /** "headers" (split parts: reading each part's header first), "download" (bytes from the
+   * network), "cache" (from Cache Storage), "ready". */
+  phase: "headers" | "download" | "cache" | "ready";
   loadedBytes: number;
   totalBytes: number;
   /** Bytes of this load that came from the network (0 on a cached visit). */
@@ -31,7 +32,9 @@ export interface EngineOptions {
 }
 
 export interface CreateEngineOptions {
-  model: { text: ModelSource; mmproj?: ModelSource };
+  /** `text` may be split GGUF parts: an array in part order, or the URL of the first part
+   * (`name-00001-of-00003.gguf`), which stands for all of them. */
+  model: { text: ModelSource | ModelSource[]; mmproj?: ModelSource };
   onProgress?: (p: LoadProgress) => void;
   /** Run the engine in a module worker (default true). */
   worker?: boolean;
@@ -50,47 +53,94 @@ export type ContentPart =
   | { type: "image_url"; image_url: { url: string } | string };
 
 export interface ChatMessage {
-  role: "system" | "user" | "assistant";
+  role: "system" | "developer" | "user" | "assistant";
   content: string | ContentPart[];
 }
 
+export type ResponseFormat =
+  | { type: "text" }
+  | { type: "json_object" }
+  | { type: "json_schema"; json_schema: { name: string; description?: string; schema?: object; strict?: boolean } };
+
+/** OpenAI's chat-completions request. Unknown fields and out-of-range values reject with a
+ * BadRequestError naming the field (`param`, `code`) before any work starts. */
 export interface ChatCompletionRequest {
   messages: ChatMessage[];
+  /** Accepted and echoed; the loaded model answers. */
+  model?: string;
+  /** Default: until the context is full. */
   max_tokens?: number;
   max_completion_tokens?: number;
-  /** 0 = greedy (the default). */
+  /** [0, 2], default 1; 0 = greedy. */
   temperature?: number;
+  /** (0, 1], default 1. */
   top_p?: number;
+  /** 0 = off (default). */
   top_k?: number;
+  /** [0, 1]: keep tokens at least this fraction as likely as the most likely one. */
+  min_p?: number;
+  /** [-2, 2]: minus count × penalty per token already generated. */
+  frequency_penalty?: number;
+  /** [-2, 2]: minus penalty once per token already generated. */
+  presence_penalty?: number;
+  /** (0, 10], 1 = off: divides positive / multiplies negative logits of prompt and reply tokens. */
+  repetition_penalty?: number;
+  /** Token id → bias in [-100, 100], added to the logits. */
+  logit_bias?: Record<string, number>;
+  /** Same seed, same settings, same prompt: same output. */
   seed?: number;
+  /** Up to 4 strings; generation stops before the first one (not included in the output). */
+  stop?: string | string[];
+  /** Only 1. */
+  n?: 1;
+  /** Per-token log-probabilities: the log-softmax of the model's raw logits, before
+   * penalties, bias, temperature and filtering. */
+  logprobs?: boolean;
+  /** 0–20 most likely alternatives per token (needs logprobs). */
+  top_logprobs?: number;
+  /** JSON output enforced token by token (llguidance). */
+  response_format?: ResponseFormat;
   stream?: boolean;
   stream_options?: { include_usage?: boolean };
   /** Longest image edge in pixels before tokenization (default 1540). */
   image_max_edge?: number;
+  /** Stops the request (finish_reason "abort"). */
   signal?: AbortSignal;
 }
 
 export interface Timings {
-  timeToFirstToken: number;
-  prefillTokensPerSecond: number;
-  decodeTokensPerSecond: number;
+  time_to_first_token: number;
+  /** Prompt tokens not served by the prompt cache, per second of time to first token. */
+  prefill_tokens_per_second: number;
+  decode_tokens_per_second: number;
+  /** Seconds computing JSON-constraint masks (overlapping the GPU's work). */
+  mask_seconds: number;
 }
 
 export interface Usage {
   prompt_tokens: number;
   completion_tokens: number;
   total_tokens: number;
+  /** Prompt tokens whose KV cache was reused from the previous request. */
+  prompt_tokens_details: { cached_tokens: number };
   timings: Timings;
 }
 
 export type FinishReason = "stop" | "length" | "abort";
+
+export interface TokenLogprob {
+  token: string;
+  logprob: number;
+  bytes: number[];
+  top_logprobs: { token: string; logprob: number; bytes: number[] }[];
+}
 
 export interface ChatCompletion {
   id: string;
   object: "chat.completion";
   created: number;
   model: string;
-  choices: { index: number; message: { role: "assistant"; content: string }; finish_reason: FinishReason; logprobs: null }[];
+  choices: { index: number; message: { role: "assistant"; content: string }; finish_reason: FinishReason; logprobs: { content: TokenLogprob[] } | null }[];
   usage: Usage;
 }
 
@@ -99,8 +149,27 @@ export interface ChatCompletionChunk {
   object: "chat.completion.chunk";
   created: number;
   model: string;
-  choices: { index: number; delta: { role?: "assistant"; content?: string }; finish_reason: FinishReason | null; logprobs: null }[];
+  choices: { index: number; delta: { role?: "assistant"; content?: string }; finish_reason: FinishReason | null; logprobs: { content: TokenLogprob[] } | null }[];
   usage?: Usage;
+}
+
+export interface BatchRequest {
+  custom_id: string;
+  body: Omit<ChatCompletionRequest, "stream" | "signal">;
+}
+
+export interface BatchResult {
+  id: string;
+  custom_id: string | null;
+  response: { status_code: 200; body: ChatCompletion } | null;
+  error: { code: string; message: string; param: string | null } | null;
+}
+
+export interface BatchProgress {
+  completed: number;
+  total: number;
+  failed: number;
+  result: BatchResult;
 }
 
 export interface ModelInfo {
@@ -126,6 +195,9 @@ export interface Engine {
       create(request: ChatCompletionRequest & { stream?: false }): Promise<ChatCompletion>;
     };
   };
+  /** Runs requests one after another (an array or OpenAI batch JSONL); failures are
+   * reported per request and the batch goes on. */
+  batch(input: BatchRequest[] | string, options?: { onProgress?: (p: BatchProgress) => void; signal?: AbortSignal }): Promise<BatchResult[]>;
   /** Teacher-forced logits `[tokens.length * vocab]` (tests; ids hold expanded image layouts). */
   logits(tokens: number[], images?: string[]): Promise<Float32Array>;
   /** Ends the running generation (or the request `requestId`) after the current token. */
@@ -149,3 +221,8 @@ export class QuotaExceededError extends WebvlmError {}
 export class DeviceLostError extends WebvlmError {}
 export class BadRequestError extends WebvlmError {}
 export class EngineUnloadedError extends WebvlmError {}
+
+/** Batch results as JSONL (one result object per line). */
+export function toJSONL(results: BatchResult[]): string;
+/** Batch results as CSV: custom_id, status, finish_reason, content, prompt_tokens, completion_tokens, error. */
+export function toCSV(results: BatchResult[]): string;

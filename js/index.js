@@ -11,9 +11,10 @@
 
 import { BadRequestError, DownloadError, EngineUnloadedError, NoWebGPUError, fromWire } from "./errors.js";
 import { cacheContents, deleteCached, DEFAULT_CACHE } from "./source.js";
+import { runBatch, toCSV, toJSONL } from "./batch.js";
 
 export * from "./errors.js";
-export { cacheContents, deleteCached, DEFAULT_CACHE };
+export { cacheContents, deleteCached, DEFAULT_CACHE, toCSV, toJSONL };
 
 /**
  * Creates an engine and loads a model.
@@ -94,7 +95,7 @@ class Engine {
     const p = this.#pending.get(m.id);
     if (!p) return;
     if (m.type === "progress") p.onProgress?.(m.progress);
-    else if (m.type === "delta") p.onDelta?.(m.text);
+    else if (m.type === "chunk") p.onChunk?.(m.chunk);
     else {
       this.#pending.delete(m.id);
       if (m.type === "result") p.resolve(m.value);
@@ -108,6 +109,13 @@ class Engine {
       this.#pending.set(id, { resolve, reject, ...handlers });
       this.#port.send({ ...msg, id });
     });
+  }
+
+  /** Runs many requests (`[{custom_id, body}]` or a JSONL string of such lines) one after
+   * another; returns a result line per request in input order, failures included
+   * (see batch.js). `onProgress({completed, total, failed, result})` after each. */
+  batch(input, options) {
+    return runBatch((request) => this.#create(request), input, options);
   }
 
   /** Teacher-forced logits (Float32Array `[tokens.length * vocab]`) of ids that hold expanded
@@ -129,44 +137,29 @@ class Engine {
     this.#port.close();
   }
 
+  /** OpenAI's `chat.completions.create`: the request is checked by the engine before any
+   * work (a BadRequestError naming the field otherwise). With `stream: true`, an async
+   * iterable of chunks; decoding pauses while more than a few chunks wait unread, and leaving
+   * the loop early stops the generation. `signal` (an AbortSignal) stops it too. */
   #create(request) {
-    const { stream = false, signal, stream_options, ...body } = request ?? {};
-    if (!Array.isArray(body.messages) || body.messages.length === 0) {
-      return Promise.reject(new BadRequestError("messages must be a non-empty array"));
-    }
-    const model = this.info?.name ?? "webvlm";
-    const id = `chatcmpl-${Date.now().toString(36)}${Math.random().toString(36).slice(2, 8)}`;
-    const created = Math.floor(Date.now() / 1000);
-    const usage = (r) => ({
-      prompt_tokens: r.promptTokens, completion_tokens: r.completionTokens,
-      total_tokens: r.promptTokens + r.completionTokens, timings: r.timings,
-    });
+    const { signal, ...body } = request ?? {};
     const callId = nextId++;
     const onAbort = () => this.stop(callId);
+    if (signal?.aborted) return Promise.reject(new DOMException("the request was aborted", "AbortError"));
     signal?.addEventListener("abort", onAbort, { once: true });
-    if (!stream) {
-      return this._call({ type: "generate", request: body }, {}, callId).then((r) => ({
-        id, object: "chat.completion", created, model,
-        choices: [{ index: 0, message: { role: "assistant", content: r.text }, finish_reason: r.finishReason, logprobs: null }],
-        usage: usage(r),
-      })).finally(() => signal?.removeEventListener("abort", onAbort));
+    const done = () => signal?.removeEventListener("abort", onAbort);
+    if (!body.stream) {
+      return this._call({ type: "generate", request: body }, {}, callId).finally(done);
     }
-    // Streaming: deltas queue up until the reader asks for them.
+    // Streaming: chunks queue up until the reader asks for them; each one read is
+    // acknowledged so the worker keeps at most STREAM_WINDOW unread chunks ahead.
     const queue = [];
     let wake = null;
     const push = (item) => { queue.push(item); wake?.(); wake = null; };
-    const chunk = (delta, finish_reason = null) => ({
-      id, object: "chat.completion.chunk", created, model,
-      choices: [{ index: 0, delta, finish_reason, logprobs: null }],
-    });
-    push(chunk({ role: "assistant", content: "" }));
-    this._call({ type: "generate", request: body }, { onDelta: (text) => text && push(chunk({ content: text })) }, callId)
-      .then((r) => {
-        push(chunk({}, r.finishReason));
-        if (stream_options?.include_usage) push({ ...chunk({}), choices: [], usage: usage(r) });
-        push({ done: true });
-      }, (error) => push({ error }))
-      .finally(() => signal?.removeEventListener("abort", onAbort));
+    this._call({ type: "generate", request: body }, { onChunk: (chunk) => push({ chunk }) }, callId)
+      .then(() => push({ done: true }), (error) => push({ error }))
+      .finally(done);
+    const port = this.#port;
     const engine = this;
     return Promise.resolve({
       async *[Symbol.asyncIterator]() {
@@ -178,7 +171,8 @@ class Engine {
             finished = item.done || !!item.error;
             if (item.done) return;
             if (item.error) throw item.error;
-            yield item;
+            port.send({ type: "ack", target: callId });
+            yield item.chunk;
           }
         } finally {
           // Leaving the loop early (break, throw in the body) stops the generation.

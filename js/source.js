@@ -23,6 +23,16 @@ export function normalizeSource(source) {
   throw new TypeError("a model source is a URL string, a File/Blob, or {url} / {blob}");
 }
 
+/** A URL of the first of split GGUF parts (`name-00001-of-00003.gguf`, llama.cpp's
+ * `gguf-split` naming) stands for all its parts, in order; anything else for itself. */
+export function expandSplitParts(source) {
+  const url = typeof source === "string" || source instanceof URL ? String(source) : null;
+  const m = url?.match(/^(.*)-00001-of-(\d{5})\.gguf(\?.*)?$/);
+  if (!m) return [source];
+  const count = Number(m[2]);
+  return Array.from({ length: count }, (_, i) => `${m[1]}-${String(i + 1).padStart(5, "0")}-of-${m[2]}.gguf${m[3] ?? ""}`);
+}
+
 /** Total size of a source, from the cache manifest when there is one (no request). */
 async function describe(src, cache, chunkBytes) {
   if (src.blob) return { size: src.blob.size, cached: false, sha256: src.sha256 ?? null };
@@ -77,10 +87,12 @@ export async function checkQuota(bytes) {
 }
 
 /**
- * Reads `sources` (in order) and calls `sink(index, bytes)` with each chunk in file order.
- * `onBytes(n, fromNetwork)` reports progress. Returns the total size.
+ * Reads `sources` (in order) and calls `sink(index, bytes)` with each chunk in file order;
+ * a sink that returns `true` has read enough of that source (a split model's header pass).
+ * `onBytes(n, fromNetwork)` reports progress; `parallel` chunks are fetched at once.
+ * Returns the total size.
  */
-export async function readSources(sources, { cacheName = DEFAULT_CACHE, chunkBytes = CHUNK_BYTES, sink, onBytes, onStart, onDescribed, signal }) {
+export async function readSources(sources, { cacheName = DEFAULT_CACHE, chunkBytes = CHUNK_BYTES, sink, onBytes, onStart, onDescribed, signal, parallel = PARALLEL }) {
   const cache = typeof caches !== "undefined" ? await caches.open(cacheName) : null;
   const described = [];
   for (const s of sources) described.push(await describe(s, cache, chunkBytes));
@@ -106,16 +118,20 @@ export async function readSources(sources, { cacheName = DEFAULT_CACHE, chunkByt
       return p;
     };
     // Keep PARALLEL chunks in flight, hand them over in order.
-    const inFlight = ranges.slice(0, PARALLEL).map(load);
+    const inFlight = ranges.slice(0, parallel).map(load);
+    let whole = true;
     for (let k = 0; k < ranges.length; k++) {
       if (signal?.aborted) throw new DownloadError("the download was cancelled");
       const { bytes, network } = await inFlight[k];
       inFlight[k] = null;
-      if (k + PARALLEL < ranges.length) inFlight.push(load(ranges[k + PARALLEL]));
+      if (k + parallel < ranges.length) inFlight.push(load(ranges[k + parallel]));
       onBytes?.(bytes.length, network);
-      await sink(i, bytes);
+      if ((await sink(i, bytes)) === true) {
+        whole = false;
+        break;
+      }
     }
-    if (cache && src.url && !described[i].cached) {
+    if (whole && cache && src.url && !described[i].cached) {
       const manifest = { size, chunk, sha256: described[i].sha256 ?? null, verified: false };
       await cache.put(manifestKey(src.url), new Response(JSON.stringify(manifest)));
     }

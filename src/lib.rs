@@ -1,8 +1,12 @@
 //! webvlm: a vision-language model runtime for WebGPU (browser) and wgpu (native).
 //!
 //! Layout: [`gpu`] (device, pipelines, params, programs), [`kernels`] (one module per WGSL
-//! kernel family), [`gguf`] (file format), [`model`] (decoder), [`tokenizer`], [`chat`].
+//! kernel family), [`gguf`] (file format), [`model`] (decoder, vision encoder, loaders),
+//! [`tokenizer`], [`chat`] (templates), [`image`] (preprocessing), [`sampling`] and
+//! [`constraint`] (host-side token choice), [`engine`] (the generation loop), [`api`]
+//! (OpenAI's chat-completions shapes), [`web`] (the wasm-bindgen surface).
 
+pub mod api;
 pub mod gguf;
 pub mod gpu;
 pub mod image;
@@ -10,8 +14,10 @@ pub mod kernels;
 pub mod engine;
 pub mod model;
 pub mod npy;
+pub mod sampling;
 pub mod tokenizer;
 pub mod chat;
+pub mod constraint;
 
 #[cfg(target_arch = "wasm32")]
 pub mod web;

@@ -81,6 +81,8 @@ fn quick_bench_on_tiny_synthetic_model_reports_every_figure() {
     ] {
         positive(m, f);
     }
+    positive(&m["prompt_cache"], "ttft_uncached_seconds");
+    positive(&m["prompt_cache"], "ttft_cached_seconds");
     // Counted, not assumed: the engine's contract is one submit and a 4-byte id per token.
     assert_eq!(m["submits_per_token"].as_f64(), Some(1.0));
     assert_eq!(m["read_back_bytes_per_token"].as_f64(), Some(4.0));

@@ -1,17 +1,18 @@
 //! Streaming a GGUF file into GPU buffers chunk by chunk (`model::GgufStream`, the browser's
 //! loading path) gives exactly the weights of the in-memory loader: logits and image
 //! features are bit-identical, for odd chunk sizes, load-time requantization, and bytes
-//! pushed before the model was planned; a truncated stream is an error.
+//! pushed before the model was planned; a truncated stream is an error. Split GGUF parts
+//! (`webvlm split`) load like the single file, mapped and streamed.
 
 mod common;
 use common::*;
 
 use webvlm::engine::{Engine, Mmproj, Prompt};
-use webvlm::gguf::{GgmlType, MappedGguf};
+use webvlm::gguf::{GgmlType, GgufError, MappedGguf};
 use webvlm::gpu::{Gpu, Program};
 use webvlm::kernels::matvec;
 use webvlm::kernels::quant::GpuWeight;
-use webvlm::model::{ContextOptions, GgufStream, LoadError, LoadQuant, TensorSource};
+use webvlm::model::{ContextOptions, GgufParts, GgufStream, LoadError, LoadQuant, TensorSource};
 
 fn opts() -> ContextOptions {
     ContextOptions { max_ctx: 256, max_chunk: 16, ..Default::default() }
@@ -201,4 +202,78 @@ fn published_sha256_is_verified() {
             assert!(matches!(r, Err(LoadError::Checksum { .. })), "{r:?}");
         }
     }
+}
+
+/// Text logits of a few ids.
+fn text_logits(e: &mut Engine) -> Vec<f32> {
+    let prompt = Prompt { tokens: vec![1, 5, 9, 42, 7], images: Vec::new() };
+    pollster::block_on(e.logits(&prompt)).unwrap()
+}
+
+/// A model cut into three parts by `webvlm split` loads to the same logits as the single
+/// file: memory-mapped natively (the first part's name finds the rest), and streamed the
+/// browser's way (every part's header first, then every part from byte 0).
+#[test]
+fn split_parts_load_like_one_file() {
+    let dir = "tiny_mistral3_c";
+    let single = fixture(dir).join("model.gguf");
+    let prefix = temp_path("split_c");
+    run_cli(&["split", "--model", single.to_str().unwrap(), "--parts", "3", "--out", prefix.to_str().unwrap()]);
+    let names: Vec<_> = (1..=3).map(|i| webvlm::gguf::split_name(prefix.to_str().unwrap(), i, 3)).collect();
+    let want = text_logits(&mut eager_engine(dir, None));
+
+    let mapped = MappedGguf::open(&names[0]).unwrap();
+    assert_eq!(mapped.paths().len(), 3);
+    let got = text_logits(&mut Engine::load(gpu(), &mapped as &dyn TensorSource, opts()).unwrap());
+    assert!(got == want, "mapped parts: logits differ (rel L2 {:.2e})", rel_l2(&got, &want));
+
+    let parts: Vec<Vec<u8>> = names.iter().map(|n| std::fs::read(n).unwrap()).collect();
+    let gpu = gpu();
+    let mut streams = GgufParts::new(3).unwrap();
+    for (i, p) in parts.iter().enumerate() {
+        let mut chunks = Chunks::new(p, &[777, 4096]);
+        while !streams.push_header(i, chunks.next().expect("header before the end")).unwrap() {}
+    }
+    assert!(streams.headers_complete().unwrap());
+    let mut e = Engine::load_from(gpu, &mut streams, opts()).unwrap();
+    streams.seal(&e.gpu).unwrap();
+    for (i, p) in parts.iter().enumerate() {
+        Chunks::new(p, &[65536, 3]).try_for_each(|c| streams.push(&e.gpu, i, c)).unwrap();
+    }
+    streams.finish().unwrap();
+    let got = text_logits(&mut e);
+    assert!(got == want, "streamed parts: logits differ (rel L2 {:.2e})", rel_l2(&got, &want));
+}
+
+/// Parts out of order, a missing part and a truncated part are typed errors.
+#[test]
+fn bad_split_parts_are_errors() {
+    let model = std::fs::read(fixture("tiny_mistral3_c").join("model.gguf")).unwrap();
+    let header = webvlm::gguf::parse_header(&model).unwrap();
+    let parts = webvlm::gguf::split_model(&header, &model, 3).unwrap();
+    let headers_of = |order: &[usize]| {
+        let mut s = GgufParts::new(order.len()).unwrap();
+        for (i, &k) in order.iter().enumerate() {
+            assert!(s.push_header(i, &parts[k]).unwrap());
+        }
+        s
+    };
+    let swapped = headers_of(&[0, 2, 1]).headers_complete();
+    assert!(matches!(swapped, Err(LoadError::Gguf(GgufError::SplitMismatch(_)))), "{swapped:?}");
+    let missing = headers_of(&[0, 1]).headers_complete();
+    assert!(matches!(missing, Err(LoadError::Gguf(GgufError::MissingSplit { .. }))), "{missing:?}");
+    assert!(matches!(GgufParts::new(3).unwrap().push_header(3, &parts[0]), Err(LoadError::Stream(_))));
+
+    let gpu = gpu();
+    let mut s = headers_of(&[0, 1, 2]);
+    assert!(s.headers_complete().unwrap());
+    let e = Engine::load_from(gpu, &mut s, opts()).unwrap();
+    s.seal(&e.gpu).unwrap();
+    for (i, p) in parts.iter().enumerate() {
+        let end = if i == 1 { p.len() - 64 } else { p.len() };
+        s.push(&e.gpu, i, &p[..end]).unwrap();
+    }
+    let err = s.finish().unwrap_err();
+    assert!(matches!(&err, LoadError::InPart { no: 2, count: 3, .. }), "{err:?}");
+    assert!(err.to_string().starts_with("part 2 of 3: "), "{err}");
 }

@@ -88,6 +88,13 @@ impl Key {
         bytes.hash(&mut h);
         Key { hash: h.finish(), len: bytes.len(), max_edge: opts.max_edge }
     }
+
+    /// The whole key as one hash (the prompt cache's image identity).
+    fn digest(&self) -> u64 {
+        let mut h = DefaultHasher::new();
+        (self.hash, self.len, self.max_edge).hash(&mut h);
+        h.finish()
+    }
 }
 
 /// Image features by image content, least recently used evicted beyond a byte budget.
@@ -119,7 +126,9 @@ impl ImageCache {
             self.hits += 1;
             return Ok(self.entries.last().map(|(_, f)| f.clone()).expect("just pushed"));
         }
-        let features = Rc::new(encode(&preprocess(bytes, opts)?)?);
+        let mut features = encode(&preprocess(bytes, opts)?)?;
+        features.content = Some(key.digest());
+        let features = Rc::new(features);
         self.misses += 1;
         self.entries.push((key, features.clone()));
         while self.bytes() > self.max_bytes && self.entries.len() > 1 {

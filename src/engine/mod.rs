@@ -1,26 +1,30 @@
 //! The engine: a model, its tokenizer and chat template, optionally a vision encoder with its
-//! image-embedding cache, one context, and the generation loop (prompt → prefill → decode
-//! steps → text deltas). One submit per decoded token; the only data read back per step is
-//! the 4-byte token id.
+//! image-embedding cache, one context whose KV cache doubles as the prompt cache, and the
+//! generation loop (`generate.rs`).
 
+mod generate;
 mod images;
+mod prompt_cache;
 
-use std::cell::Cell;
 use std::rc::Rc;
+use std::sync::Arc;
 
+pub use generate::{FinishReason, GenerateOptions, Generation, ResponseFormat, StepOutput, Wait};
 pub use images::{data_url_bytes, ImageCache, ImageTokens};
+use prompt_cache::PromptCache;
 
 use crate::chat::{ChatContent, ChatError, ChatMessage, ChatTemplate, ContentPart};
+use crate::constraint::{ConstraintError, ConstraintFactory};
 use crate::gguf::GgufError;
 use crate::gpu::Gpu;
 use crate::image::{ImageError, PreprocessOptions};
 use crate::kernels::matmul::MatmulCompute;
-use crate::kernels::sample::SamplerState;
 use crate::model::vocab::vocab_from_metadata;
 use crate::model::{
     Context, ContextError, ContextOptions, Decoder, Eager, ImageFeatures, LoadQuant, ModelError, PromptImages, TensorSource,
     VisionEncoder, WeightLoader,
 };
+use crate::sampling::{ParamError, SampleError};
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
 /// GPU memory the image-embedding cache may hold (Ministral 3 3B: ~12 KiB per image token,
@@ -43,8 +47,13 @@ pub enum EngineError {
     #[error(transparent)]
     Gpu(#[from] crate::gpu::GpuError),
     /// A generation parameter is out of range.
-    #[error("invalid parameter {name}: {reason}")]
-    InvalidParameter { name: &'static str, reason: String },
+    #[error(transparent)]
+    Param(#[from] ParamError),
+    /// The JSON schema cannot be enforced, or the constraint failed.
+    #[error(transparent)]
+    Constraint(#[from] ConstraintError),
+    #[error(transparent)]
+    Sample(#[from] SampleError),
     #[error(transparent)]
     Image(#[from] ImageError),
     /// An image was given to a model loaded without a vision projector (mmproj).
@@ -59,67 +68,6 @@ pub enum EngineError {
     /// An image URL that cannot be read (bad data URL, unsupported scheme, missing file).
     #[error("cannot read image URL: {0}")]
     BadImageUrl(String),
-}
-
-/// Sampling and length settings of one generation.
-#[derive(Clone, Debug)]
-pub struct GenerateOptions {
-    pub max_tokens: u32,
-    /// 0 selects greedy decoding.
-    pub temperature: f32,
-    /// 0 disables top-k.
-    pub top_k: u32,
-    /// 1 disables top-p.
-    pub top_p: f32,
-    pub seed: u64,
-    /// Keep generating through end-of-generation tokens (for reference comparisons).
-    pub ignore_eos: bool,
-    /// Checked before every decode step: once set, generation ends with
-    /// [`FinishReason::Abort`] (the browser's stop button; at most one more step runs).
-    pub abort: Option<Rc<Cell<bool>>>,
-}
-
-impl Default for GenerateOptions {
-    fn default() -> Self {
-        GenerateOptions { max_tokens: 256, temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0, ignore_eos: false, abort: None }
-    }
-}
-
-impl GenerateOptions {
-    fn sampler(&self) -> Result<SamplerState, EngineError> {
-        let bad = |name, reason: &str| Err(EngineError::InvalidParameter { name, reason: reason.into() });
-        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            return bad("temperature", "must be a finite number >= 0");
-        }
-        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return bad("top_p", "must be in (0, 1]");
-        }
-        let seed = (self.seed ^ (self.seed >> 32)) as u32;
-        Ok(SamplerState { temperature: self.temperature, top_k: self.top_k, top_p: self.top_p, seed, ..Default::default() })
-    }
-}
-
-/// Why generation stopped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FinishReason {
-    /// An end-of-generation token.
-    Stop,
-    /// `max_tokens` reached, or the context is full.
-    Length,
-    /// The caller set [`GenerateOptions::abort`].
-    Abort,
-}
-
-/// The result of one generation.
-#[derive(Clone, Debug)]
-pub struct Generation {
-    pub tokens: Vec<u32>,
-    pub text: String,
-    pub finish: FinishReason,
-    pub prompt_tokens: usize,
-    /// Seconds from the start to the first token, and of the decode steps after it.
-    pub time_to_first_token: f64,
-    pub decode_seconds: f64,
 }
 
 /// A vision projector file to load with the text model.
@@ -142,13 +90,17 @@ pub struct Prompt {
 pub struct Engine {
     pub gpu: Gpu,
     pub decoder: Decoder,
-    pub tokenizer: Tokenizer,
+    pub tokenizer: Arc<Tokenizer>,
     pub template: ChatTemplate,
     pub ctx: Context,
     pub vision: Option<VisionEncoder>,
     /// Image preprocessing settings (the longest edge sets the number of image tokens).
     pub image_options: PreprocessOptions,
     pub image_cache: ImageCache,
+    /// What the context's KV cache holds, for reuse by the next prompt.
+    prompt_cache: PromptCache,
+    /// JSON-constraint token tables, built on first use.
+    constraints: Option<ConstraintFactory>,
 }
 
 impl Engine {
@@ -175,12 +127,23 @@ impl Engine {
     /// weights afterwards, as the file streams in).
     pub fn load_from(gpu: Gpu, src: &mut dyn WeightLoader, opts: ContextOptions) -> Result<Engine, EngineError> {
         let vocab = vocab_from_metadata(src.metadata())?;
-        let tokenizer = Tokenizer::from_gguf_vocab(&vocab)?;
+        let tokenizer = Arc::new(Tokenizer::from_gguf_vocab(&vocab)?);
         let template = ChatTemplate::from_vocab(&vocab, &tokenizer)?;
         let decoder = Decoder::load_from(&gpu, src)?;
         let ctx = Context::new(&gpu, &decoder, opts)?;
         let (image_options, image_cache) = (PreprocessOptions::default(), ImageCache::new(IMAGE_CACHE_BYTES));
-        Ok(Engine { gpu, decoder, tokenizer, template, ctx, vision: None, image_options, image_cache })
+        Ok(Engine {
+            gpu,
+            decoder,
+            tokenizer,
+            template,
+            ctx,
+            vision: None,
+            image_options,
+            image_cache,
+            prompt_cache: PromptCache::default(),
+            constraints: None,
+        })
     }
 
     /// Adds the vision encoder and projector of an mmproj file, matrices requantized to
@@ -255,6 +218,7 @@ impl Engine {
     pub async fn logits(&mut self, prompt: &Prompt) -> Result<Vec<f32>, EngineError> {
         let images = self.placement(prompt)?;
         self.ctx.reset();
+        self.prompt_cache.clear();
         Ok(self.ctx.logits_with_images(&self.gpu, &self.decoder, &prompt.tokens, images.as_ref()).await?)
     }
 
@@ -269,71 +233,6 @@ impl Engine {
     /// Prompt ids of plain text (BOS added as the vocabulary asks).
     pub fn text_tokens(&self, text: &str) -> Result<Vec<u32>, EngineError> {
         Ok(self.tokenizer.encode(text, true)?)
-    }
-
-    /// Generates from text-only `prompt` ids in a fresh sequence, calling `on_text` with each
-    /// text delta.
-    pub async fn generate(
-        &mut self,
-        prompt: &[u32],
-        opts: &GenerateOptions,
-        on_text: impl FnMut(&str),
-    ) -> Result<Generation, EngineError> {
-        let prompt = Prompt { tokens: prompt.to_vec(), images: Vec::new() };
-        self.generate_prompt(&prompt, opts, on_text).await
-    }
-
-    /// Generates from a [`Prompt`] (text and images) in a fresh sequence.
-    pub async fn generate_prompt(
-        &mut self,
-        prompt: &Prompt,
-        opts: &GenerateOptions,
-        mut on_text: impl FnMut(&str),
-    ) -> Result<Generation, EngineError> {
-        let mut state = opts.sampler()?;
-        let images = self.placement(prompt)?;
-        let start = web_time_now();
-        self.ctx.reset();
-        let mut stream = self.tokenizer.decode_stream(true);
-        let mut out = Generation {
-            tokens: Vec::new(),
-            text: String::new(),
-            finish: FinishReason::Length,
-            prompt_tokens: prompt.tokens.len(),
-            time_to_first_token: 0.0,
-            decode_seconds: 0.0,
-        };
-        if opts.max_tokens == 0 {
-            return Ok(out);
-        }
-        let mut token = self.ctx.prefill_with_images(&self.gpu, &self.decoder, &prompt.tokens, images.as_ref(), &state).await?;
-        out.time_to_first_token = web_time_now() - start;
-        loop {
-            if !opts.ignore_eos && self.tokenizer.eos_ids().contains(&token) {
-                out.finish = FinishReason::Stop;
-                break;
-            }
-            out.tokens.push(token);
-            if let Some(delta) = stream.step(&self.tokenizer, token)? {
-                out.text.push_str(&delta);
-                on_text(&delta);
-            }
-            if out.tokens.len() as u32 >= opts.max_tokens || self.ctx.n_past() >= self.ctx.max_ctx() {
-                break;
-            }
-            if opts.abort.as_ref().is_some_and(|a| a.get()) {
-                out.finish = FinishReason::Abort;
-                break;
-            }
-            state.draw += 1;
-            token = self.ctx.decode(&self.gpu, &self.decoder, &state).await?;
-        }
-        if let Some(delta) = stream.flush(&self.tokenizer)? {
-            out.text.push_str(&delta);
-            on_text(&delta);
-        }
-        out.decode_seconds = web_time_now() - start - out.time_to_first_token;
-        Ok(out)
     }
 }
 

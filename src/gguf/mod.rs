@@ -29,7 +29,7 @@ pub use reader::{
     MAX_STRING_LEN, MAX_TENSORS,
 };
 pub use split::{
-    parse_split_name, split_paths, GgufModelFiles, SplitInfo, TensorIndex, TensorLocation,
+    parse_split_name, split_model, split_name, split_paths, GgufModelFiles, SplitInfo, TensorIndex, TensorLocation,
     KEY_SPLIT_COUNT, KEY_SPLIT_NO, KEY_SPLIT_TENSORS_COUNT,
 };
 pub use types::{GgmlType, QK_K};

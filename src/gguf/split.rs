@@ -6,12 +6,15 @@
 //! number of tensors). Model metadata is read from the first part. A single unsplit file
 //! is a model of one part.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::ops::Range;
 
 use super::error::GgufError;
 use super::header::{GgufHeader, TensorInfo};
 use super::metadata::Metadata;
+use super::value::MetaValue;
+use super::writer::GgufWriter;
 
 /// Metadata key: number of parts.
 pub const KEY_SPLIT_COUNT: &str = "split.count";
@@ -64,9 +67,7 @@ pub fn parse_split_name(path: &str) -> Option<(&str, u64, u64)> {
 /// `[path]` when the name does not follow the split pattern.
 pub fn split_paths(path: &str) -> Vec<String> {
     match parse_split_name(path) {
-        Some((prefix, _, count)) => (1..=count)
-            .map(|i| format!("{prefix}-{i:05}-of-{count:05}.gguf"))
-            .collect(),
+        Some((prefix, _, count)) => (1..=count).map(|i| split_name(prefix, i, count)).collect(),
         None => vec![path.to_owned()],
     }
 }
@@ -91,10 +92,11 @@ pub struct TensorIndex {
 
 impl TensorIndex {
     /// Checks the split keys of `headers` (given in part order) and indexes every tensor.
-    pub fn build(headers: &[GgufHeader]) -> Result<Self, GgufError> {
+    pub fn build<H: Borrow<GgufHeader>>(headers: &[H]) -> Result<Self, GgufError> {
         let first = headers
             .first()
-            .ok_or(GgufError::MissingSplit { no: 0, count: 1 })?;
+            .ok_or(GgufError::MissingSplit { no: 0, count: 1 })?
+            .borrow();
         let first_info = SplitInfo::from_metadata(&first.metadata)?;
         let count = first_info.map_or(1, |s| s.count);
         if count == 0 {
@@ -114,6 +116,7 @@ impl TensorIndex {
         }
         let mut index = Self::default();
         for (file, h) in headers.iter().enumerate() {
+            let h = h.borrow();
             let info = SplitInfo::from_metadata(&h.metadata)?;
             let (no, c) = info.map_or((0, 1), |s| (s.no, s.count));
             if c != count {
@@ -260,4 +263,45 @@ mod tests {
         );
         assert_eq!(split_paths("m.gguf"), vec!["m.gguf".to_string()]);
     }
+}
+
+/// The file name of part `no` (1-based) of `count`: `{prefix}-{no:05}-of-{count:05}.gguf`.
+pub fn split_name(prefix: &str, no: u64, count: u64) -> String {
+    format!("{prefix}-{no:05}-of-{count:05}.gguf")
+}
+
+/// Splits the model in `file` (parsed as `header`) into `parts` GGUF files as llama.cpp's
+/// `gguf-split` lays them out: the tensors in file order, in `parts` runs of near-equal
+/// count; the first part keeps all metadata; every part carries the three split keys.
+pub fn split_model(header: &GgufHeader, file: &[u8], parts: usize) -> Result<Vec<Vec<u8>>, GgufError> {
+    let n = header.tensors.len();
+    if parts == 0 || parts > n.max(1) || parts > u16::MAX as usize {
+        return Err(GgufError::SplitMismatch(format!("cannot split {n} tensors into {parts} parts")));
+    }
+    (0..parts)
+        .map(|no| {
+            let mut w = GgufWriter::new();
+            if header.alignment != super::header::DEFAULT_ALIGNMENT {
+                w.set_alignment(header.alignment as u32)?;
+            }
+            if no == 0 {
+                for (k, v) in header.metadata.iter() {
+                    if !k.starts_with("split.") && k != "general.alignment" {
+                        w.add_kv(k, v.clone());
+                    }
+                }
+            }
+            w.add_kv(KEY_SPLIT_NO, MetaValue::U16(no as u16));
+            w.add_kv(KEY_SPLIT_COUNT, MetaValue::U16(parts as u16));
+            w.add_kv(KEY_SPLIT_TENSORS_COUNT, MetaValue::I32(n as i32));
+            for t in &header.tensors[no * n / parts..(no + 1) * n / parts] {
+                let range = header.absolute_range(t)?;
+                let data = file
+                    .get(range.start as usize..range.end as usize)
+                    .ok_or(GgufError::SplitMismatch(format!("tensor {} lies past the end of the file", t.name)))?;
+                w.add_tensor(t.name.clone(), &t.dims, t.ty, data)?;
+            }
+            w.write()
+        })
+        .collect()
 }

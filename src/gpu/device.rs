@@ -48,6 +48,25 @@ pub struct Gpu {
     pub caps: Caps,
     pub(super) pipelines: RefCell<PipelineCache>,
     errors: Arc<Mutex<Vec<String>>>,
+    /// Why the device was lost, once its device-lost callback ran.
+    lost: Arc<Mutex<Option<String>>>,
+}
+
+/// How a [`GpuError::Device`] caused by a lost device starts: [`GpuError::is_device_lost`].
+const DEVICE_LOST: &str = "the GPU device was lost";
+
+impl GpuError {
+    /// The device is gone (destroyed, driver reset, GPU process crash): every later GPU
+    /// operation fails too, so the model must be loaded again on a new device.
+    pub fn is_device_lost(&self) -> bool {
+        matches!(self, GpuError::Device(m) if m.starts_with(DEVICE_LOST))
+    }
+
+    /// Whether an error already flattened to text (an OpenAI-style `ApiError`) came from a
+    /// lost device.
+    pub fn is_device_lost_message(message: &str) -> bool {
+        message.contains(DEVICE_LOST)
+    }
 }
 
 impl Gpu {
@@ -120,7 +139,14 @@ impl Gpu {
             backend: format!("{:?}", info.backend),
             software,
         };
-        Ok(Gpu { device, queue, caps, pipelines: RefCell::new(PipelineCache::default()), errors })
+        let lost = Arc::new(Mutex::new(None));
+        let flag = lost.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            if let Ok(mut l) = flag.lock() {
+                *l = Some(format!("{reason:?}: {message}"));
+            }
+        });
+        Ok(Gpu { device, queue, caps, pipelines: RefCell::new(PipelineCache::default()), errors, lost })
     }
 
     /// Returns and clears the device errors reported since the last call.
@@ -128,8 +154,18 @@ impl Gpu {
         self.errors.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default()
     }
 
-    /// Fails with the first device error reported since the last check.
+    /// The lost-device error, once the device-lost callback has run.
+    pub fn lost(&self) -> Option<GpuError> {
+        let reason = self.lost.lock().ok()?.clone()?;
+        Some(GpuError::Device(format!("{DEVICE_LOST} ({reason}); load the model again")))
+    }
+
+    /// Fails when the device was lost, else with the first device error reported since the
+    /// last check.
     pub fn check_errors(&self) -> Result<()> {
+        if let Some(e) = self.lost() {
+            return Err(e);
+        }
         match self.take_errors().into_iter().next() {
             Some(e) => Err(GpuError::Device(e)),
             None => Ok(()),
@@ -237,9 +273,10 @@ impl Readback {
         gpu.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| GpuError::Readback(e.to_string()))?;
-        rx.await
-            .map_err(|_| GpuError::Readback("map callback dropped".into()))?
-            .map_err(|e| GpuError::Readback(e.to_string()))?;
+        let mapped = rx.await.map_err(|_| GpuError::Readback("map callback dropped".into()))?;
+        if let Err(e) = mapped {
+            return Err(lost_or(gpu, GpuError::Readback(e.to_string())).await);
+        }
         let bytes = {
             let view = self
                 .staging
@@ -251,4 +288,19 @@ impl Readback {
         gpu.check_errors()?;
         Ok(bytes)
     }
+}
+
+/// `error`, or the lost-device error when a failed map was the device going away. A
+/// browser rejects pending maps before it resolves the device's `lost` promise; waiting
+/// for the queue (which resolves even on a lost device) lets the callback run first.
+async fn lost_or(gpu: &Gpu, error: GpuError) -> GpuError {
+    #[cfg(target_arch = "wasm32")]
+    if gpu.lost().is_none() {
+        let (tx, rx) = futures_channel::oneshot::channel();
+        gpu.queue.on_submitted_work_done(move || {
+            let _ = tx.send(());
+        });
+        let _ = rx.await;
+    }
+    gpu.lost().unwrap_or(error)
 }

@@ -173,6 +173,12 @@ impl Context {
         self.n_past = 0;
     }
 
+    /// Keeps only the first `n` cached tokens (a prompt-cache hit: the next prefill starts
+    /// there).
+    pub fn truncate(&mut self, n: u32) {
+        self.n_past = self.n_past.min(n);
+    }
+
     /// Tokens in the cache.
     pub fn n_past(&self) -> u32 {
         self.n_past
@@ -197,7 +203,8 @@ impl Context {
         self.pos_offset = offset;
     }
 
-    /// Teacher-forced logits of every token, `[tokens.len()][vocab]` row-major.
+    /// Teacher-forced logits of every token, appended to the cached sequence,
+    /// `[tokens.len()][vocab]` row-major.
     pub async fn logits(&mut self, gpu: &Gpu, dec: &Decoder, tokens: &[u32]) -> Result<Vec<f32>, ContextError> {
         self.logits_with_images(gpu, dec, tokens, None).await
     }
@@ -210,13 +217,13 @@ impl Context {
         tokens: &[u32],
         images: Option<&PromptImages<'_>>,
     ) -> Result<Vec<f32>, ContextError> {
-        self.check(dec, tokens, images)?;
+        self.check(dec, tokens, 0, images)?;
         let vocab = dec.cfg.vocab as usize;
         let mut out = Vec::with_capacity(tokens.len() * vocab);
         let chunk = self.opts.max_chunk.min(self.logits_rows) as usize;
         for start in (0..tokens.len()).step_by(chunk) {
             let len = chunk.min(tokens.len() - start);
-            self.run(gpu, dec, tokens, start..start + len, images, LogitsMode::All)?;
+            self.run(gpu, dec, tokens, start..start + len, images, LogitsMode::All, false)?;
             out.extend(gpu.read_f32(&self.b.logits, 0, len * vocab).await?);
             self.counters.submits += 1;
             self.counters.read_back_bytes += (len * vocab * 4) as u64;
@@ -229,7 +236,9 @@ impl Context {
         self.prefill_with_images(gpu, dec, tokens, None, s).await
     }
 
-    /// [`Context::prefill`] with image features at the prompt's `[IMG]` positions.
+    /// Processes the prompt `tokens` (with image features at its `[IMG]` positions) of
+    /// which the cache already holds the first [`Self::n_past`], and returns the first
+    /// generated token, chosen on the GPU.
     pub async fn prefill_with_images(
         &mut self,
         gpu: &Gpu,
@@ -238,30 +247,75 @@ impl Context {
         images: Option<&PromptImages<'_>>,
         s: &SamplerState,
     ) -> Result<u32, ContextError> {
-        self.check(dec, tokens, images)?;
-        let chunk = self.opts.max_chunk as usize;
-        let last = (tokens.len() - 1) / chunk * chunk;
-        for start in (0..last).step_by(chunk) {
-            self.run(gpu, dec, tokens, start..start + chunk, images, LogitsMode::None)?;
-        }
         self.b.sampler.set(gpu, s);
-        self.run(gpu, dec, tokens, last..tokens.len(), images, LogitsMode::LastAndSample)?;
+        self.submit_prefill(gpu, dec, tokens, images, true)?;
         self.read_token(gpu).await
     }
 
     /// Feeds the last sampled token (already on the GPU) and returns the next one.
     pub async fn decode(&mut self, gpu: &Gpu, dec: &Decoder, s: &SamplerState) -> Result<u32, ContextError> {
-        if self.n_past >= self.opts.max_ctx {
-            return Err(ContextError::ContextFull { needed: self.n_past as u64 + 1, max_ctx: self.opts.max_ctx });
-        }
+        self.check_room(1)?;
         self.b.sampler.set(gpu, s);
         self.submit(gpu, dec, 1, LogitsMode::LastAndSample, &[], true)?;
         self.read_token(gpu).await
     }
 
+    /// Submits the prefill of `tokens[n_past..]` (as [`Self::prefill_with_images`]) and
+    /// returns at once; the host picks the first token from [`Self::read_logits`], so it
+    /// can work while the GPU computes.
+    pub fn submit_prompt(&mut self, gpu: &Gpu, dec: &Decoder, tokens: &[u32], images: Option<&PromptImages<'_>>) -> Result<(), ContextError> {
+        self.submit_prefill(gpu, dec, tokens, images, false)
+    }
+
+    /// Submits the decode step that feeds `token` (picked by the host) and returns at once;
+    /// its logits come from [`Self::read_logits`].
+    pub fn submit_token(&mut self, gpu: &Gpu, dec: &Decoder, token: u32) -> Result<(), ContextError> {
+        self.check_room(1)?;
+        if token >= dec.cfg.vocab {
+            return Err(ContextError::BadToken { id: token, vocab: dec.cfg.vocab });
+        }
+        gpu.write(&self.b.ids, 0, &token.to_le_bytes());
+        self.submit(gpu, dec, 1, LogitsMode::LastAndSample, &[], false)
+    }
+
+    /// The logits row of the last submitted step's last token.
+    pub async fn read_logits(&mut self, gpu: &Gpu, dec: &Decoder) -> Result<Vec<f32>, ContextError> {
+        let vocab = dec.cfg.vocab as usize;
+        self.counters.read_back_bytes += vocab as u64 * 4;
+        Ok(gpu.read_f32(&self.b.logits, 0, vocab).await?)
+    }
+
     /// The logits the last prefill/decode step sampled from.
     pub async fn last_logits(&self, gpu: &Gpu, dec: &Decoder) -> Result<Vec<f32>, ContextError> {
         Ok(gpu.read_f32(&self.b.logits, 0, dec.cfg.vocab as usize).await?)
+    }
+
+    /// Submits `tokens[n_past..]` in chunks, the last one with its logits (and the GPU's
+    /// choice of the next token, read back when `read_token`).
+    fn submit_prefill(
+        &mut self,
+        gpu: &Gpu,
+        dec: &Decoder,
+        tokens: &[u32],
+        images: Option<&PromptImages<'_>>,
+        read_token: bool,
+    ) -> Result<(), ContextError> {
+        let mut start = self.n_past as usize;
+        self.check(dec, tokens, start, images)?;
+        let chunk = self.opts.max_chunk as usize;
+        while tokens.len() - start > chunk {
+            self.run(gpu, dec, tokens, start..start + chunk, images, LogitsMode::None, false)?;
+            start += chunk;
+        }
+        self.run(gpu, dec, tokens, start..tokens.len(), images, LogitsMode::LastAndSample, read_token)
+    }
+
+    fn check_room(&self, n: u64) -> Result<(), ContextError> {
+        let needed = self.n_past as u64 + n;
+        if needed > self.opts.max_ctx as u64 {
+            return Err(ContextError::ContextFull { needed, max_ctx: self.opts.max_ctx });
+        }
+        Ok(())
     }
 
     /// Dispatches and submits per decoded token, for benchmarks.
@@ -282,21 +336,18 @@ impl Context {
         self.counters
     }
 
-    fn check(&self, dec: &Decoder, tokens: &[u32], images: Option<&PromptImages<'_>>) -> Result<(), ContextError> {
+    /// Checks a pass over `tokens[from..]`, appended to the `n_past` cached tokens.
+    fn check(&self, dec: &Decoder, tokens: &[u32], from: usize, images: Option<&PromptImages<'_>>) -> Result<(), ContextError> {
         if let Some(images) = images {
             images.check(tokens, dec.cfg.n_embd)?;
         }
-        if tokens.is_empty() {
+        if tokens.len() <= from {
             return Err(ContextError::Empty);
         }
-        if let Some(&id) = tokens.iter().find(|&&t| t >= dec.cfg.vocab) {
+        if let Some(&id) = tokens[from..].iter().find(|&&t| t >= dec.cfg.vocab) {
             return Err(ContextError::BadToken { id, vocab: dec.cfg.vocab });
         }
-        let needed = self.n_past as u64 + tokens.len() as u64;
-        if needed > self.opts.max_ctx as u64 {
-            return Err(ContextError::ContextFull { needed, max_ctx: self.opts.max_ctx });
-        }
-        Ok(())
+        self.check_room((tokens.len() - from) as u64)
     }
 
     /// Runs `tokens[range]` as one chunk (image features copied in over its `[IMG]` rows).
@@ -308,6 +359,7 @@ impl Context {
         range: std::ops::Range<usize>,
         images: Option<&PromptImages<'_>>,
         mode: LogitsMode,
+        read_token: bool,
     ) -> Result<(), ContextError> {
         let row = dec.cfg.n_embd as u64 * 4;
         let copies: Vec<_> = images
@@ -317,7 +369,7 @@ impl Context {
             .map(|r| (&images.unwrap().images[r.image].buffer, r.src_row as u64 * row, r.dst_row as u64 * row, r.rows as u64 * row))
             .collect();
         gpu.write(&self.b.ids, 0, bytemuck::cast_slice(&tokens[range.clone()]));
-        self.submit(gpu, dec, range.len() as u32, mode, &copies, mode == LogitsMode::LastAndSample)
+        self.submit(gpu, dec, range.len() as u32, mode, &copies, read_token)
     }
 
     /// One step: step uniform, the gather, `copies` (source, source offset, offset in `x`,

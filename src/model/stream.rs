@@ -52,9 +52,10 @@ pub struct GgufStream {
     header: Option<GgufHeader>,
     /// Bytes pushed so far (the absolute offset of the next push).
     pushed: u64,
-    /// Data bytes pushed before the targets were sealed, from absolute offset `early_at`.
+    /// Where the data section starts (the header's length, once parsed).
+    data_start: u64,
+    /// Data bytes pushed before the targets were sealed (they start at `data_start`).
     early: Vec<u8>,
-    early_at: u64,
     targets: Vec<Target>,
     sealed: bool,
     /// The file's published SHA-256 and the hash of the bytes pushed so far.
@@ -73,8 +74,8 @@ impl GgufStream {
             parser: GgufHeaderParser::new(),
             header: None,
             pushed: 0,
+            data_start: 0,
             early: Vec::new(),
-            early_at: 0,
             targets: Vec::new(),
             sealed: false,
             sha256: None,
@@ -105,6 +106,25 @@ impl GgufStream {
         self.early.len() + self.targets.iter().map(|t| t.pending.len()).sum::<usize>()
     }
 
+    /// Parses the header from the file's first bytes, keeping none of the data bytes that
+    /// follow it; returns true once it is complete. For split models, whose every part's
+    /// header is needed before the model can be planned: each part is pushed again from
+    /// byte 0 with [`Self::push`] afterwards, which skips the header bytes.
+    pub fn push_header(&mut self, chunk: &[u8]) -> Result<bool, LoadError> {
+        if self.pushed > 0 {
+            return Err(LoadError::Stream("push_header after the file's bytes were pushed".into()));
+        }
+        Ok(self.header.is_some() || self.parse_header(chunk)?)
+    }
+
+    fn parse_header(&mut self, chunk: &[u8]) -> Result<bool, LoadError> {
+        let Some(header) = self.parser.feed(chunk)? else { return Ok(false) };
+        header.validate_layout()?;
+        self.data_start = self.parser.bytes_consumed();
+        self.header = Some(header);
+        Ok(true)
+    }
+
     /// Feeds the next bytes of the file. Returns true once the header is available.
     pub fn push(&mut self, gpu: &Gpu, chunk: &[u8]) -> Result<bool, LoadError> {
         if let Some((_, hasher)) = &mut self.sha256 {
@@ -112,21 +132,12 @@ impl GgufStream {
         }
         let at = self.pushed;
         self.pushed += chunk.len() as u64;
-        let mut data = chunk;
-        if self.header.is_none() {
-            match self.parser.feed(chunk)? {
-                None => return Ok(false),
-                Some(header) => {
-                    header.validate_layout()?;
-                    let end = self.parser.bytes_consumed();
-                    data = &chunk[(end.saturating_sub(at) as usize).min(chunk.len())..];
-                    self.early_at = end;
-                    self.header = Some(header);
-                }
-            }
-            if data.is_empty() {
-                return Ok(true);
-            }
+        if self.header.is_none() && !self.parse_header(chunk)? {
+            return Ok(false);
+        }
+        let data = &chunk[(self.data_start.saturating_sub(at) as usize).min(chunk.len())..];
+        if data.is_empty() {
+            return Ok(true);
         }
         if self.sealed {
             self.route(gpu, self.pushed - data.len() as u64, data)?;
@@ -150,7 +161,7 @@ impl GgufStream {
         }
         self.sealed = true;
         let early = std::mem::take(&mut self.early);
-        self.route(gpu, self.early_at, &early)
+        self.route(gpu, self.data_start, &early)
     }
 
     /// Fails unless every target has all its bytes (call after the last push).

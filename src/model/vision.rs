@@ -50,6 +50,9 @@ pub struct ImageFeatures {
     pub rows: u32,
     pub cols: u32,
     pub dim: u32,
+    /// A hash of the image file and preprocessing settings, when known (set by the engine's
+    /// image cache): the prompt cache reuses KV entries of image positions only with it.
+    pub content: Option<u64>,
 }
 
 impl ImageFeatures {
@@ -91,7 +94,7 @@ impl VisionEncoder {
         let prog = self.record(gpu, &scratch, image, grid)?;
         StepParams::new(0, grid.n_patches(), 0).write(gpu, &scratch.step);
         prog.run(gpu)?;
-        Ok(ImageFeatures { buffer: scratch.out, rows: grid.rows / 2, cols: grid.cols / 2, dim: self.cfg.text_hidden })
+        Ok(ImageFeatures { buffer: scratch.out, rows: grid.rows / 2, cols: grid.cols / 2, dim: self.cfg.text_hidden, content: None })
     }
 
     fn record(&self, gpu: &Gpu, s: &Scratch, image: &PixelImage, grid: PatchGrid) -> GpuResult<Program> {

@@ -288,4 +288,58 @@ impl Tokenizer {
     pub fn decode_stream(&self, skip_special: bool) -> TextStream {
         TextStream::new(skip_special)
     }
+
+    /// The bytes token `id` contributes to `decode(.., false)`, or `None` outside the
+    /// vocabulary. Byte-level BPE: each character of the entry mapped back through the GPT-2
+    /// byte alphabet (an entry with a character outside it, such as an added token, is its
+    /// own UTF-8, as the decoder does). SentencePiece: `<0xNN>` is the byte `NN`, otherwise
+    /// the entry's UTF-8 with `▁` as a space; the one leading space that `decode` strips from
+    /// the whole text is not stripped here. A special token's bytes are its text.
+    pub fn token_bytes(&self, id: u32) -> Option<Vec<u8>> {
+        let text = self.inner.id_to_token(id)?;
+        let byte_level = matches!(
+            self.inner.get_decoder(),
+            Some(tokenizers::DecoderWrapper::ByteLevel(_))
+        );
+        Some(if byte_level {
+            text.chars()
+                .map(byte_level_byte)
+                .collect::<Option<Vec<u8>>>()
+                .unwrap_or_else(|| text.into_bytes())
+        } else if let Some(byte) = byte_fallback_byte(&text) {
+            vec![byte]
+        } else {
+            text.replace(spm::SPACE_MARKER, " ").into_bytes()
+        })
+    }
+
+    /// Whether `id` is a special token (control or unknown type): `decode(.., true)` drops
+    /// it and `encode` produces it only from its exact text.
+    pub fn is_special(&self, id: u32) -> bool {
+        self.inner
+            .id_to_token(id)
+            .is_some_and(|text| self.inner.get_added_vocabulary().is_special_token(&text))
+    }
+}
+
+/// The byte a character of the GPT-2 byte-level alphabet stands for: printable Latin-1
+/// characters are themselves, the other 68 bytes (0x00-0x20, 0x7F-0xA0, 0xAD) were moved,
+/// in order, to U+0100.. U+0143.
+fn byte_level_byte(c: char) -> Option<u8> {
+    match c {
+        '!'..='~' | '\u{A1}'..='\u{AC}' | '\u{AE}'..='\u{FF}' => Some(c as u8),
+        '\u{100}'..='\u{120}' => Some((c as u32 - 0x100) as u8),
+        '\u{121}'..='\u{142}' => Some((c as u32 - 0x121 + 0x7F) as u8),
+        '\u{143}' => Some(0xAD),
+        _ => None,
+    }
+}
+
+/// The byte of a SentencePiece byte-fallback piece `<0xNN>`.
+fn byte_fallback_byte(text: &str) -> Option<u8> {
+    let hex = text.strip_prefix("<0x")?.strip_suffix('>')?;
+    if hex.len() != 2 {
+        return None;
+    }
+    u8::from_str_radix(hex, 16).ok()
 }

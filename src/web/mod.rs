@@ -4,6 +4,7 @@
 //! the weights are written to GPU buffers as they arrive), then generate with streamed text
 //! deltas. Requests and results cross as JSON strings (the worker speaks OpenAI's shapes).
 
+pub mod error;
 mod request;
 
 use std::cell::{Cell, RefCell};
@@ -11,11 +12,11 @@ use std::rc::Rc;
 
 use wasm_bindgen::prelude::*;
 
-use crate::engine::{Engine, FinishReason, Prompt};
+use crate::api::ChatRequest;
+use crate::engine::{Engine, Prompt, Wait};
 use crate::gpu::{Gpu, GpuOptions};
-use crate::model::{ContextOptions, GgufStream, LoadQuant, Precision};
+use crate::model::{ContextOptions, GgufParts, GgufStream, LoadQuant, Precision};
 
-pub use request::GenerateRequest;
 
 /// The crate version, for the page footer.
 #[wasm_bindgen]
@@ -35,8 +36,9 @@ fn describe(gpu: &Gpu) -> String {
     format!("{} [{}] f16={} max storage binding={} MiB", c.adapter, c.backend, c.f16, c.max_storage_binding >> 20)
 }
 
-fn js(e: impl std::fmt::Display) -> JsError {
-    JsError::new(&e.to_string())
+/// A JS `Error` named after the error's kind (`AdapterTooSmallError`, ...: [`error`]).
+fn js<E: std::fmt::Display + 'static>(e: E) -> JsError {
+    error::to_js(&e)
 }
 
 /// Loading state: the device until the text header is in, then the engine.
@@ -48,7 +50,7 @@ enum State {
 
 struct Inner {
     state: State,
-    text: GgufStream,
+    text: GgufParts,
     vision: Option<GgufStream>,
     /// The mmproj's published SHA-256, applied when its stream starts.
     vision_sha256: Option<[u8; 32]>,
@@ -66,8 +68,9 @@ pub struct WebEngine {
 #[wasm_bindgen]
 impl WebEngine {
     /// Opens WebGPU. `options`: JSON `{"maxContext", "maxChunk", "f16", "kvF16",
-    /// "visionQuant"}`, all optional: a 4096-token f16 KV cache by default (a 1540-pixel
-    /// image alone can take ~3000 tokens; f16 halves the cache on any adapter).
+    /// "visionQuant", "textParts"}`, all optional: a 4096-token f16 KV cache by default (a
+    /// 1540-pixel image alone can take ~3000 tokens; f16 halves the cache on any adapter),
+    /// and a text model of one file.
     pub async fn create(options: String) -> Result<WebEngine, JsError> {
         let o: request::EngineOptions = serde_json::from_str(&options).map_err(js)?;
         let gpu = Gpu::new(GpuOptions::default()).await.map_err(js)?;
@@ -79,8 +82,8 @@ impl WebEngine {
             precision,
         };
         let vision_quant = o.vision_quant.as_deref().map(str::parse).transpose().map_err(|e: String| js(e))?.unwrap_or_default();
-        let inner =
-            Inner { state: State::Device(gpu), text: GgufStream::new(), vision: None, vision_sha256: None, context, vision_quant };
+        let text = GgufParts::new(o.text_parts.unwrap_or(1)).map_err(js)?;
+        let inner = Inner { state: State::Device(gpu), text, vision: None, vision_sha256: None, context, vision_quant };
         Ok(WebEngine { inner: Rc::new(RefCell::new(inner)), abort: Rc::new(Cell::new(false)) })
     }
 
@@ -95,10 +98,11 @@ impl WebEngine {
         }
     }
 
-    /// Verifies the whole file (`"text"` or `"mmproj"`) against its published SHA-256 (64 hex
-    /// digits) when loading finishes; call before its first bytes are pushed.
+    /// Verifies a whole file (`"text"` with its part index, or `"mmproj"`) against its
+    /// published SHA-256 (64 hex digits) when loading finishes; call before its first bytes
+    /// are pushed.
     #[wasm_bindgen(js_name = expectSha256)]
-    pub fn expect_sha256(&self, file: &str, hex: &str) -> Result<(), JsError> {
+    pub fn expect_sha256(&self, file: &str, part: usize, hex: &str) -> Result<(), JsError> {
         let mut inner = self.inner.try_borrow_mut().map_err(|_| js("the engine is busy"))?;
         let bad = || js(format!("{hex:?} is not a SHA-256 (64 hex digits)"));
         if hex.len() != 64 || !hex.is_ascii() {
@@ -109,7 +113,7 @@ impl WebEngine {
             *d = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
         }
         match file {
-            "text" => inner.text.expect_sha256(digest).map_err(js),
+            "text" => inner.text.part(part).and_then(|p| p.expect_sha256(digest)).map_err(js),
             "mmproj" if inner.vision.is_none() => {
                 inner.vision_sha256 = Some(digest);
                 Ok(())
@@ -118,16 +122,25 @@ impl WebEngine {
         }
     }
 
-    /// Feeds the next bytes of the text model (in file order; split parts are not supported
-    /// yet). The model is built as soon as its header is complete.
+    /// First pass over a split text model: the first bytes of `part`, until the call
+    /// returns true (its header is complete). Every part's header must be in before the
+    /// parts' bytes are pushed with [`Self::push_model`]; an unsplit file needs no first pass.
+    #[wasm_bindgen(js_name = pushHeader)]
+    pub fn push_header(&self, part: usize, chunk: &[u8]) -> Result<bool, JsError> {
+        let mut inner = self.inner.try_borrow_mut().map_err(|_| js("the engine is busy"))?;
+        inner.text.push_header(part, chunk).map_err(js)
+    }
+
+    /// Feeds the next bytes of the text model's `part` (each part in file order, from byte 0).
+    /// The model is built as soon as every part's header is complete.
     #[wasm_bindgen(js_name = pushModel)]
-    pub fn push_model(&self, chunk: &[u8]) -> Result<(), JsError> {
+    pub fn push_model(&self, part: usize, chunk: &[u8]) -> Result<(), JsError> {
         let mut guard = self.inner.try_borrow_mut().map_err(|_| js("the engine is busy"))?;
         let inner = &mut *guard;
         match std::mem::replace(&mut inner.state, State::Poisoned) {
             State::Device(gpu) => {
-                inner.text.push(&gpu, chunk).map_err(js)?;
-                if inner.text.header().is_none() {
+                inner.text.push(&gpu, part, chunk).map_err(js)?;
+                if !inner.text.headers_complete().map_err(js)? {
                     inner.state = State::Device(gpu);
                     return Ok(());
                 }
@@ -136,7 +149,7 @@ impl WebEngine {
                 inner.state = State::Ready(Box::new(engine));
             }
             State::Ready(engine) => {
-                let r = inner.text.push(&engine.gpu, chunk);
+                let r = inner.text.push(&engine.gpu, part, chunk);
                 inner.state = State::Ready(engine);
                 r.map_err(js)?;
             }
@@ -198,51 +211,26 @@ impl WebEngine {
         Ok(summary.to_string())
     }
 
-    /// Generates for a JSON [`GenerateRequest`]; `images` maps image URLs that are not
-    /// `data:` URLs to their bytes; `on_text(delta)` is called as text decodes. Returns the
-    /// result as JSON `{text, finishReason, promptTokens, completionTokens, timings}`.
-    pub async fn generate(&self, request: String, images: js_sys::Map, on_text: js_sys::Function) -> Result<String, JsError> {
-        let req: GenerateRequest = serde_json::from_str(&request).map_err(js)?;
+    /// Runs an OpenAI chat-completions request (JSON, checked before any work) and returns
+    /// the `chat.completion` object as JSON. `images` maps image URLs that are not `data:`
+    /// URLs to their bytes (the worker fetched them). With `stream: true`, each
+    /// `chat.completion.chunk` goes to `on_chunk(json)` as it is made; when that returns a
+    /// Promise, the next step waits for it (the page reads slower than tokens decode).
+    pub async fn generate(&self, request: String, images: js_sys::Map, on_chunk: js_sys::Function) -> Result<String, JsError> {
         let mut guard = self.inner.try_borrow_mut().map_err(|_| js("the engine is busy"))?;
         let State::Ready(engine) = &mut guard.state else { return Err(js("no model is loaded")) };
+        let req = ChatRequest::parse(&request, engine.decoder.cfg.vocab as usize).map_err(js)?;
         self.abort.set(false);
-        let mut opts = req.options().map_err(js)?;
-        opts.abort = Some(self.abort.clone());
-        if let Some(edge) = req.image_max_edge {
-            engine.image_options.max_edge = edge;
-        }
-        let prompt = if let Some(tokens) = &req.tokens {
-            Prompt { tokens: tokens.clone(), images: Vec::new() }
-        } else {
-            let mut load = |url: &str| request::image_bytes(&images, url);
-            engine.chat_prompt(&req.messages, &mut load).map_err(js)?
+        let mut load = |url: &str| request::image_bytes(&images, url);
+        let on_chunk = |chunk: serde_json::Value| -> Option<Wait> {
+            let ret = on_chunk.call1(&JsValue::NULL, &JsValue::from_str(&chunk.to_string())).ok()?;
+            let promise = ret.dyn_into::<js_sys::Promise>().ok()?;
+            Some(Box::pin(async move {
+                let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
+            }))
         };
-        let out = engine
-            .generate_prompt(&prompt, &opts, |delta| {
-                let _ = on_text.call1(&JsValue::NULL, &JsValue::from_str(delta));
-            })
-            .await
-            .map_err(js)?;
-        let finish = match out.finish {
-            FinishReason::Stop => "stop",
-            FinishReason::Length => "length",
-            FinishReason::Abort => "abort",
-        };
-        let n = out.tokens.len();
-        Ok(serde_json::json!({
-            "text": out.text,
-            "tokens": out.tokens,
-            "finishReason": finish,
-            "promptTokens": out.prompt_tokens,
-            "completionTokens": n,
-            "imageTokens": prompt.images.iter().map(|f| f.n_tokens()).sum::<u32>(),
-            "timings": {
-                "timeToFirstToken": out.time_to_first_token,
-                "prefillTokensPerSecond": out.prompt_tokens as f64 / out.time_to_first_token.max(1e-9),
-                "decodeTokensPerSecond": (n.saturating_sub(1)) as f64 / out.decode_seconds.max(1e-9),
-            },
-        })
-        .to_string())
+        let value = crate::api::run(engine, &req, &mut load, Some(self.abort.clone()), on_chunk).await.map_err(js)?;
+        Ok(value.to_string())
     }
 
     /// Ends the running generation after the current step.

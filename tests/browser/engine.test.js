@@ -2,15 +2,18 @@
 // (`createEngine` in a module worker): a tiny Mistral 3 VLM fixture loads from the local
 // server with progress events, its logits with an image match transformers' (the native
 // tolerance), greedy text equals the native CLI's, a reload makes no weight request, an
-// interrupted download resumes without refetching stored chunks, stop ends a stream at once.
+// interrupted download resumes without refetching stored chunks, stop ends a stream at once,
+// the model split into parts (`webvlm split`) loads to bit-identical logits.
 //
 // Needs `./build.sh wasm` (pkg/ and www/pkg/) and the native CLI (built here with cargo).
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
 import path from "node:path";
-import { startServer, repoRoot } from "./server.js";
+import { startServer, repoRoot, DEFAULT_MOUNTS } from "./server.js";
 import { launchBrowser, requireWasmPackage } from "./harness.js";
 
 const TINY = "/fixtures/tiny_mistral3_tekken";
@@ -19,10 +22,15 @@ const MODEL = { text: `${TINY}/model.gguf`, mmproj: `${TINY}/mmproj.gguf` };
 const TOL_LOGITS = 1e-3;
 
 let server, browser, page;
+/** The tiny model cut into three parts by the native CLI, served at /split/. */
+const splitDir = fs.mkdtempSync(path.join(os.tmpdir(), "webvlm-split-"));
 
 before(async () => {
   requireWasmPackage();
-  server = await startServer();
+  execFileSync("cargo", ["run", "--quiet", "--bin", "webvlm", "--", "split", "--model",
+    path.join(repoRoot, "tests/fixtures/tiny_mistral3_tekken/model.gguf"), "--parts", "3", "--out", path.join(splitDir, "tiny")],
+  { cwd: repoRoot });
+  server = await startServer({ mounts: { ...DEFAULT_MOUNTS, "/split/": splitDir } });
   browser = await launchBrowser();
   page = await browser.newPage();
   await page.goto(`${server.url}/test/blank.html`);
@@ -31,6 +39,7 @@ before(async () => {
 after(async () => {
   await browser?.close();
   await server?.close();
+  fs.rmSync(splitDir, { recursive: true, force: true });
 });
 
 /** Runs `fn(api, arg)` in the page with the package imported as `api`. */
@@ -117,6 +126,27 @@ test("the tiny VLM loads with progress, its logits match transformers, greedy te
   t.diagnostic(`browser: ${JSON.stringify(reply.choices[0].message.content)} native: ${JSON.stringify(native)}`);
   assert.equal(reply.choices[0].message.content, native.replace(/\n$/, ""));
   browser.assertNoErrors();
+});
+
+test("split GGUF parts, given by the first part's URL, load to the single file's logits", async () => {
+  const since = server.log.length;
+  const same = await inPage(async (api, [dir, mmproj], s) => {
+    const phases = new Set();
+    const split = await api.createEngine({
+      model: { text: "/split/tiny-00001-of-00003.gguf", mmproj }, engine: { kvF16: false }, chunkBytes: 1 << 20,
+      cacheName: "split-test", onProgress: (p) => phases.add(p.phase),
+    });
+    const c = (await (await fetch(`${dir}/cases.json`)).json()).image_cases[0];
+    const images = c.images.map((f) => `${dir}/${f}`);
+    const [a, b] = [await split.logits(c.tokens, images), await s.engine.logits(c.tokens, images)];
+    await split.unload();
+    return { phases: [...phases], n: a.length, identical: a.length === b.length && a.every((v, i) => v === b[i]) };
+  }, [TINY, MODEL.mmproj]);
+  assert.ok(same.n > 0 && same.identical, `split logits differ from the single file's (${same.n} values)`);
+  assert.equal(same.phases[0], "headers", JSON.stringify(same.phases));
+  assert.equal(same.phases.at(-1), "ready", JSON.stringify(same.phases));
+  const parts = new Set(weightRequests(since).map((e) => e.path).filter((p) => p.startsWith("/split/")));
+  assert.deepEqual([...parts].sort(), [1, 2, 3].map((i) => `/split/tiny-0000${i}-of-00003.gguf`));
 });
 
 test("a reload loads from Cache Storage with no weight request", async () => {

@@ -1,4 +1,5 @@
-//! `webvlm info`: architecture, hyperparameters, tensor types and the GPU memory needed.
+//! `webvlm info`: architecture, hyperparameters, tensor types and the GPU memory needed;
+//! `webvlm split`: a GGUF model cut into parts the way llama.cpp's `gguf-split` does.
 
 use std::collections::BTreeMap;
 
@@ -52,5 +53,25 @@ pub fn run(args: &[String]) -> CliResult {
     let mib = |b: u64| b as f64 / 1048576.0;
     println!("GPU memory:    weights {:.1} MiB + KV cache ({ctx} tokens, f32) {:.1} MiB + activations {:.1} MiB = {:.1} MiB",
         mib(weight_bytes), mib(kv), mib(acts), mib(weight_bytes + kv + acts));
+    Ok(())
+}
+
+pub fn split(args: &[String]) -> CliResult {
+    let flags = Flags::parse(args, &[])?;
+    flags.only(&["model", "parts", "out"])?;
+    let path = flags.require("model")?;
+    let parts: usize = flags.num("parts", 2)?;
+    let prefix = flags.require("out")?;
+    let file = std::fs::File::open(path)?;
+    // SAFETY: the file is only read, and not expected to change while it is split.
+    let bytes = unsafe { memmap2::Mmap::map(&file)? };
+    let header = webvlm::gguf::parse_header(&bytes)?;
+    header.validate_data(bytes.len() as u64)?;
+    let files = webvlm::gguf::split_model(&header, &bytes, parts)?;
+    for (i, data) in files.iter().enumerate() {
+        let name = webvlm::gguf::split_name(prefix, i as u64 + 1, parts as u64);
+        std::fs::write(&name, data)?;
+        println!("{name}: {} bytes", data.len());
+    }
     Ok(())
 }

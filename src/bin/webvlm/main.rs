@@ -1,4 +1,5 @@
-//! `webvlm`: the native command-line tool (generate, logits, info, bench).
+//! `webvlm`: the native command-line tool (generate, logits, chat, batch, info, split,
+//! synthetic, bench).
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -8,14 +9,17 @@ use webvlm::engine::{Engine, EngineError, GenerateOptions, Mmproj, Prompt};
 use webvlm::gguf::MappedGguf;
 use webvlm::gpu::{Gpu, GpuOptions};
 use webvlm::model::{ContextOptions, LoadQuant, Precision, TensorSource};
+use webvlm::sampling::SamplingParams;
 
+mod api;
 mod bench;
 mod info;
 
-const USAGE: &str = "usage:
+pub const USAGE: &str = "usage:
   webvlm generate --model M.gguf [--mmproj P.gguf [--vision-quant Q] --image F ...]
                   --prompt TEXT [--chat]
-                  [--max-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S]
+                  [--max-tokens N] [--temperature T] [--top-k K] [--top-p P] [--min-p P]
+                  [--seed S] [--stop TEXT ...]
                   [--ctx N] [--chunk N] [--f16] [--image-max-edge N]
   webvlm logits   --model M.gguf [--mmproj P.gguf [--vision-quant Q] --image F ...]
                   (--prompt TEXT | --tokens ID,ID,...) --out OUT.npy
@@ -25,7 +29,13 @@ const USAGE: &str = "usage:
   (images: with --chat they come first in the user message; otherwise each [IMG] in the
    prompt text is one image, or all images go before the text when it has none; with
    --tokens the ids hold the expanded layout and each [IMG] id takes the next feature)
+  webvlm chat     --model M.gguf [--mmproj P.gguf] --request REQ.json [engine flags]
+                  (an OpenAI chat-completions request; prints the response, or with
+                   stream: true the chunks as server-sent events)
+  webvlm batch    REQUESTS.jsonl --model M.gguf [--mmproj P.gguf] [--out RESULTS.jsonl]
+                  (OpenAI batch lines {custom_id, body}; one result line per request)
   webvlm info     --model M.gguf
+  webvlm split    --model M.gguf --parts N --out PREFIX  (writes PREFIX-00001-of-0000N.gguf ...)
   webvlm synthetic --out M.gguf [--mmproj-out P.gguf] [--shape 3b|tiny] [--seed S]
                   [--vocab-from T.gguf]  (random weights with Ministral 3 3B's exact shapes,
                   the tokenizer of T, for load tests)
@@ -42,7 +52,10 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("generate") => generate(&args[1..]),
         Some("logits") => logits(&args[1..]),
+        Some("chat") => api::chat(&args[1..]),
+        Some("batch") => api::batch(&args[1..]),
         Some("info") => info::run(&args[1..]),
+        Some("split") => info::split(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
         Some("synthetic") => synthetic(&args[1..]),
         Some("-h" | "--help" | "help") => {
@@ -107,7 +120,7 @@ impl Flags {
     }
 }
 
-fn open_engine(flags: &Flags) -> Result<Engine, Box<dyn std::error::Error>> {
+pub fn open_engine(flags: &Flags) -> Result<Engine, Box<dyn std::error::Error>> {
     let model = MappedGguf::open(flags.require("model")?)?;
     let mmproj = flags.get("mmproj").map(MappedGguf::open).transpose()?;
     if mmproj.is_none() && flags.has("image") {
@@ -155,7 +168,7 @@ fn synthetic(args: &[String]) -> CliResult {
     Ok(())
 }
 
-fn read_file(path: &str) -> Result<Vec<u8>, EngineError> {
+pub fn read_file(path: &str) -> Result<Vec<u8>, EngineError> {
     std::fs::read(path).map_err(|e| EngineError::BadImageUrl(format!("{path}: {e}")))
 }
 
@@ -187,24 +200,25 @@ fn generate(args: &[String]) -> CliResult {
     let flags = Flags::parse(args, &["chat", "f16"])?;
     flags.only(&[
         "model", "mmproj", "vision-quant", "image", "image-max-edge", "prompt", "chat", "max-tokens", "temperature", "top-k", "top-p",
-        "seed", "ctx", "chunk", "f16",
+        "min-p", "stop", "seed", "ctx", "chunk", "f16",
     ])?;
     let text = flags.require("prompt")?;
     let mut engine = open_engine(&flags)?;
     let prompt = text_prompt(&mut engine, &flags, text)?;
-    let opts = GenerateOptions {
-        max_tokens: flags.num("max-tokens", 256)?,
+    let sampling = SamplingParams {
         temperature: flags.num("temperature", 0.0)?,
         top_k: flags.num("top-k", 0)?,
         top_p: flags.num("top-p", 1.0)?,
+        min_p: flags.num("min-p", 0.0)?,
         seed: flags.num("seed", 0)?,
-        ignore_eos: false,
-        abort: None,
+        ..Default::default()
     };
+    let opts = GenerateOptions { max_tokens: flags.num("max-tokens", 256)?, sampling, stop: flags.all("stop").into_iter().map(String::from).collect(), ..Default::default() };
     let mut stdout = std::io::stdout();
-    let out = pollster::block_on(engine.generate_prompt(&prompt, &opts, |delta| {
-        let _ = stdout.write_all(delta.as_bytes());
+    let out = pollster::block_on(engine.generate_prompt(&prompt, &opts, |step| {
+        let _ = stdout.write_all(step.text.as_bytes());
         let _ = stdout.flush();
+        None
     }))?;
     println!();
     let n = out.tokens.len().max(1) as f64;

@@ -1,0 +1,252 @@
+//! A chat-completions request in OpenAI's shape, checked field by field before any work
+//! starts: unknown fields, wrong types and out-of-range values are [`ApiError`]s naming the
+//! field. `null` means "the default", as in OpenAI's API.
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::chat::{ChatContent, ChatMessage};
+use crate::engine::{GenerateOptions, ResponseFormat};
+use crate::sampling::{SamplingParams, StopStrings, MAX_TOP_LOGPROBS};
+
+use super::ApiError;
+
+/// Fields a request may carry. `model` and `user` are accepted and not used; `tokens` (prompt
+/// ids instead of messages) and `image_max_edge` are webvlm's.
+const FIELDS: &[&str] = &[
+    "model",
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "frequency_penalty",
+    "presence_penalty",
+    "repetition_penalty",
+    "logit_bias",
+    "seed",
+    "stop",
+    "n",
+    "logprobs",
+    "top_logprobs",
+    "stream",
+    "stream_options",
+    "response_format",
+    "user",
+    "tokens",
+    "image_max_edge",
+];
+
+/// Roles a message may have.
+const ROLES: &[&str] = &["system", "developer", "user", "assistant"];
+
+/// A checked request.
+#[derive(Clone, Debug)]
+pub struct ChatRequest {
+    pub model: Option<String>,
+    pub messages: Vec<ChatMessage>,
+    /// Prompt ids instead of messages (tests, the logits command's ids).
+    pub tokens: Option<Vec<u32>>,
+    /// Everything the generation loop needs (its `abort` is the caller's to set).
+    pub options: GenerateOptions,
+    pub stream: bool,
+    /// `stream_options.include_usage`: a last chunk with the usage.
+    pub include_usage: bool,
+    /// Longest image edge before tiling into 28-pixel tokens.
+    pub image_max_edge: Option<u32>,
+}
+
+/// Reads the fields of one JSON object, each at most once.
+struct Fields(Map<String, Value>);
+
+impl Fields {
+    /// `name` as `T`, `None` when absent or null.
+    fn get<T: DeserializeOwned>(&mut self, name: &str) -> Result<Option<T>, ApiError> {
+        match self.0.remove(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => serde_json::from_value(v)
+                .map(Some)
+                .map_err(|e| ApiError::invalid(name, "invalid_type", format!("`{name}`: {e}"))),
+        }
+    }
+}
+
+impl ChatRequest {
+    /// Parses and checks a JSON request. `vocab` bounds `logit_bias` ids and `tokens`.
+    pub fn parse(json: &str, vocab: usize) -> Result<ChatRequest, ApiError> {
+        let value: Value = serde_json::from_str(json)
+            .map_err(|e| ApiError { message: format!("the request is not valid JSON: {e}"), kind: "invalid_request_error", param: None, code: Some("invalid_json") })?;
+        Self::from_value(value, vocab)
+    }
+
+    /// [`Self::parse`] of an already parsed JSON value.
+    pub fn from_value(value: Value, vocab: usize) -> Result<ChatRequest, ApiError> {
+        let Value::Object(map) = value else {
+            return Err(ApiError { message: "the request must be a JSON object".into(), kind: "invalid_request_error", param: None, code: Some("invalid_type") });
+        };
+        if let Some(key) = map.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+            return Err(ApiError::invalid(key.as_str(), "unknown_parameter", format!("unrecognized request argument supplied: {key}")));
+        }
+        let mut f = Fields(map);
+        let messages: Vec<ChatMessage> = f.get("messages")?.unwrap_or_default();
+        let tokens: Option<Vec<u32>> = f.get("tokens")?;
+        check_messages(&messages, tokens.is_some())?;
+        if let Some(&id) = tokens.iter().flatten().find(|&&t| t as usize >= vocab) {
+            return Err(ApiError::invalid("tokens", "invalid_value", format!("token {id} is not below the vocabulary size {vocab}")));
+        }
+        let sampling = SamplingParams {
+            temperature: f.get("temperature")?.unwrap_or(1.0),
+            top_k: f.get("top_k")?.unwrap_or(0),
+            top_p: f.get("top_p")?.unwrap_or(1.0),
+            min_p: f.get("min_p")?.unwrap_or(0.0),
+            frequency_penalty: f.get("frequency_penalty")?.unwrap_or(0.0),
+            presence_penalty: f.get("presence_penalty")?.unwrap_or(0.0),
+            repetition_penalty: f.get("repetition_penalty")?.unwrap_or(1.0),
+            logit_bias: logit_bias(f.get("logit_bias")?)?,
+            seed: f.get::<i64>("seed")?.map_or(0, |s| s as u64),
+        };
+        sampling.validate(vocab).map_err(|e| ApiError::invalid(e.param, "invalid_value", e.to_string()))?;
+        let max_tokens = max_tokens(f.get("max_completion_tokens")?, f.get("max_tokens")?)?;
+        if let Some(n) = f.get::<u32>("n")? {
+            if n != 1 {
+                return Err(ApiError::invalid("n", "unsupported_value", format!("n = {n}: webvlm generates one choice per request")));
+            }
+        }
+        let stop = match f.get::<StopField>("stop")? {
+            None => Vec::new(),
+            Some(StopField::One(s)) => vec![s],
+            Some(StopField::Many(v)) => v,
+        };
+        StopStrings::new(stop.clone()).map_err(|e| ApiError::invalid("stop", "invalid_value", e.to_string()))?;
+        let logprobs = f.get::<bool>("logprobs")?.unwrap_or(false);
+        let top = f.get::<usize>("top_logprobs")?;
+        if top.is_some_and(|n| n > MAX_TOP_LOGPROBS) {
+            return Err(ApiError::invalid("top_logprobs", "invalid_value", format!("top_logprobs must be 0 to {MAX_TOP_LOGPROBS}")));
+        }
+        if top.is_some() && !logprobs {
+            return Err(ApiError::invalid("top_logprobs", "invalid_value", "top_logprobs needs logprobs: true"));
+        }
+        let stream = f.get::<bool>("stream")?.unwrap_or(false);
+        let stream_options: Option<StreamOptions> = f.get("stream_options")?;
+        if stream_options.is_some() && !stream {
+            return Err(ApiError::invalid("stream_options", "invalid_value", "stream_options is only allowed with stream: true"));
+        }
+        let image_max_edge = f.get::<u32>("image_max_edge")?;
+        if image_max_edge == Some(0) {
+            return Err(ApiError::invalid("image_max_edge", "invalid_value", "image_max_edge must be positive"));
+        }
+        let response_format = response_format(f.get("response_format")?)?;
+        let options = GenerateOptions {
+            max_tokens,
+            sampling,
+            stop,
+            logprobs: logprobs.then_some(top.unwrap_or(0)),
+            response_format,
+            ignore_eos: false,
+            abort: None,
+        };
+        Ok(ChatRequest {
+            model: f.get("model")?,
+            messages,
+            tokens,
+            options,
+            stream,
+            include_usage: stream_options.and_then(|o| o.include_usage).unwrap_or(false),
+            image_max_edge,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StopField {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamOptions {
+    include_usage: Option<bool>,
+}
+
+fn check_messages(messages: &[ChatMessage], have_tokens: bool) -> Result<(), ApiError> {
+    if messages.is_empty() && !have_tokens {
+        return Err(ApiError::invalid("messages", "invalid_value", "messages must be a non-empty array"));
+    }
+    for (i, m) in messages.iter().enumerate() {
+        if !ROLES.contains(&m.role.as_str()) {
+            return Err(ApiError::invalid(format!("messages[{i}].role"), "invalid_value", format!("unknown role {:?} (system, developer, user, assistant)", m.role)));
+        }
+        if let ChatContent::Parts(parts) = &m.content {
+            let image = parts.iter().any(|p| matches!(p, crate::chat::ContentPart::Image { .. }));
+            if image && m.role != "user" {
+                return Err(ApiError::invalid(format!("messages[{i}].content"), "invalid_value", "only user messages may hold images"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `max_completion_tokens` (or the older `max_tokens`): at least 1; absent means "until
+/// the context is full".
+fn max_tokens(completion: Option<i64>, legacy: Option<i64>) -> Result<u32, ApiError> {
+    let (name, n) = match (completion, legacy) {
+        (Some(n), _) => ("max_completion_tokens", n),
+        (None, Some(n)) => ("max_tokens", n),
+        (None, None) => return Ok(u32::MAX),
+    };
+    u32::try_from(n)
+        .ok()
+        .filter(|&n| n >= 1)
+        .ok_or_else(|| ApiError::invalid(name, "invalid_value", format!("{name} must be at least 1, got {n}")))
+}
+
+/// OpenAI's `{"<token id>": bias}` map.
+fn logit_bias(map: Option<Map<String, Value>>) -> Result<Vec<(u32, f32)>, ApiError> {
+    let bad = |m: String| ApiError::invalid("logit_bias", "invalid_value", m);
+    map.unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| {
+            let id = k.parse::<u32>().map_err(|_| bad(format!("{k:?} is not a token id")))?;
+            let bias = v.as_f64().ok_or_else(|| bad(format!("the bias of token {id} is not a number")))?;
+            Ok((id, bias as f32))
+        })
+        .collect()
+}
+
+/// `{"type": "text" | "json_object" | "json_schema", "json_schema": {name, schema, strict, description}}`.
+fn response_format(v: Option<Map<String, Value>>) -> Result<ResponseFormat, ApiError> {
+    let Some(map) = v else { return Ok(ResponseFormat::Text) };
+    let bad = |param: &str, m: &str| ApiError::invalid(param, "invalid_value", m);
+    let mut f = Fields(map);
+    let kind: String = f.get("type")?.ok_or_else(|| bad("response_format.type", "response_format needs a type"))?;
+    let format = match kind.as_str() {
+        "text" => ResponseFormat::Text,
+        "json_object" => ResponseFormat::JsonObject,
+        "json_schema" => {
+            let spec: Map<String, Value> =
+                f.get("json_schema")?.ok_or_else(|| bad("response_format.json_schema", "json_schema is required"))?;
+            let mut s = Fields(spec);
+            let name: String = s.get("name")?.ok_or_else(|| bad("response_format.json_schema.name", "name is required"))?;
+            if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+                return Err(bad("response_format.json_schema.name", "name must be 1-64 characters of a-z, A-Z, 0-9, _ and -"));
+            }
+            let _description: Option<String> = s.get("description")?;
+            let schema: Value = s.get("schema")?.unwrap_or_else(|| serde_json::json!({}));
+            let strict = s.get::<bool>("strict")?.unwrap_or(false);
+            if let Some(k) = s.0.keys().next() {
+                return Err(ApiError::invalid(format!("response_format.json_schema.{k}"), "unknown_parameter", format!("unknown field {k}")));
+            }
+            ResponseFormat::JsonSchema { schema, strict }
+        }
+        other => return Err(bad("response_format.type", &format!("unknown response format {other:?} (text, json_object, json_schema)"))),
+    };
+    if let Some(k) = f.0.keys().next() {
+        return Err(ApiError::invalid(format!("response_format.{k}"), "unknown_parameter", format!("unknown field {k}")));
+    }
+    Ok(format)
+}

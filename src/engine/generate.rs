@@ -1,0 +1,309 @@
+//! The generation loop: prompt → prefill (after the prompt-cache hit) → decode steps →
+//! text deltas, stop strings, per-token logprobs and JSON constraints.
+//!
+//! Two ways to choose each token:
+//! - on the GPU (greedy, temperature, top-k, top-p): one submit per token and 4 bytes read
+//!   back; the default;
+//! - on the host, from the logits row read back (512 KiB for a 131k vocabulary), when a
+//!   request needs what the GPU sampler cannot do: min-p, penalties, logit bias, logprobs or a
+//!   JSON constraint. The step for token `t` is submitted first, then the constraint's mask
+//!   for the token after it is computed while the GPU works, then the logits are awaited.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+
+use crate::constraint::Constraint;
+use crate::kernels::sample::SamplerState;
+use crate::sampling::{fold_seed, logprobs, Sampler, SamplingParams, StopStrings, TokenLogprob, MAX_TOP_LOGPROBS};
+
+use super::prompt_cache::PromptCache;
+use super::{Engine, EngineError, Prompt};
+
+/// What the output must be.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum ResponseFormat {
+    /// Free text.
+    #[default]
+    Text,
+    /// Any JSON object.
+    JsonObject,
+    /// JSON valid against `schema`; `strict` rejects schemas with unsupported keywords.
+    JsonSchema { schema: serde_json::Value, strict: bool },
+}
+
+/// Settings of one generation.
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    /// Most tokens to generate (the context's end also stops generation).
+    pub max_tokens: u32,
+    pub sampling: SamplingParams,
+    /// Strings that end generation, matched across token boundaries, not included.
+    pub stop: Vec<String>,
+    /// Per-token log-probabilities with this many alternatives (`None`: off).
+    pub logprobs: Option<usize>,
+    pub response_format: ResponseFormat,
+    /// Keep generating through end-of-generation tokens (for reference comparisons).
+    pub ignore_eos: bool,
+    /// Checked before every decode step: once set, generation ends with
+    /// [`FinishReason::Abort`] (the browser's stop button; at most one more step runs).
+    pub abort: Option<Rc<Cell<bool>>>,
+}
+
+impl Default for GenerateOptions {
+    /// Greedy, 256 tokens (the OpenAI layer applies OpenAI's defaults).
+    fn default() -> Self {
+        GenerateOptions {
+            max_tokens: 256,
+            sampling: SamplingParams { temperature: 0.0, ..Default::default() },
+            stop: Vec::new(),
+            logprobs: None,
+            response_format: ResponseFormat::Text,
+            ignore_eos: false,
+            abort: None,
+        }
+    }
+}
+
+impl GenerateOptions {
+    /// Whether tokens must be chosen on the host (see the module docs).
+    fn host_sampling(&self) -> bool {
+        self.sampling.needs_cpu() || self.logprobs.is_some() || self.response_format != ResponseFormat::Text
+    }
+
+    fn gpu_sampler(&self) -> SamplerState {
+        let s = &self.sampling;
+        SamplerState { temperature: s.temperature, top_k: s.top_k, top_p: s.top_p, seed: fold_seed(s.seed), ..Default::default() }
+    }
+}
+
+/// Why generation stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// An end-of-generation token or a stop string.
+    Stop,
+    /// `max_tokens` reached, or the context is full.
+    Length,
+    /// The caller set [`GenerateOptions::abort`].
+    Abort,
+}
+
+impl FinishReason {
+    /// OpenAI's `finish_reason`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Abort => "abort",
+        }
+    }
+}
+
+/// The result of one generation.
+#[derive(Clone, Debug)]
+pub struct Generation {
+    pub tokens: Vec<u32>,
+    /// The text shown (a matched stop string and what follows it trimmed).
+    pub text: String,
+    pub finish: FinishReason,
+    pub prompt_tokens: usize,
+    /// Prompt tokens whose KV-cache entries were reused from the previous request.
+    pub cached_tokens: usize,
+    /// One per generated token when logprobs were asked for.
+    pub logprobs: Vec<TokenLogprob>,
+    /// Seconds from the start to the first token, and of the decode steps after it.
+    pub time_to_first_token: f64,
+    pub decode_seconds: f64,
+    /// Seconds spent computing JSON-constraint masks (overlapping the GPU's work).
+    pub mask_seconds: f64,
+}
+
+/// What one step hands to the caller: text now safe to show (possibly empty while a stop
+/// string may be starting) and the step's token logprob.
+pub struct StepOutput<'a> {
+    pub text: &'a str,
+    pub logprob: Option<&'a TokenLogprob>,
+}
+
+/// A future the loop awaits before its next step (the browser's stream backpressure).
+pub type Wait = Pin<Box<dyn Future<Output = ()>>>;
+
+/// Host-side token choice: sampler, constraint, logprobs.
+struct HostPicker {
+    sampler: Sampler,
+    constraint: Option<Constraint>,
+    top_logprobs: Option<usize>,
+    mask_seconds: f64,
+}
+
+impl HostPicker {
+    /// The constraint's mask for the next token (call while the GPU computes its logits).
+    fn mask(&mut self) -> Result<Option<Vec<u32>>, EngineError> {
+        let Some(c) = &mut self.constraint else { return Ok(None) };
+        let start = super::web_time_now();
+        let mask = c.mask()?;
+        self.mask_seconds += super::web_time_now() - start;
+        Ok(Some(mask))
+    }
+
+    fn pick(&mut self, logits: &[f32], mask: Option<&[u32]>) -> Result<(u32, Option<TokenLogprob>), EngineError> {
+        let token = self.sampler.try_sample(logits, mask)?;
+        let lp = self.top_logprobs.map(|n| logprobs(logits, token, n.min(MAX_TOP_LOGPROBS)));
+        Ok((token, lp))
+    }
+
+    /// Records a token that will be generated (penalties, constraint state).
+    fn accept(&mut self, token: u32) -> Result<(), EngineError> {
+        self.sampler.accept(token);
+        if let Some(c) = &mut self.constraint {
+            c.commit(token)?;
+        }
+        Ok(())
+    }
+}
+
+impl Engine {
+    /// Generates from a [`Prompt`] (text and images), reusing the KV cache of the longest
+    /// prefix it shares with the sequence already cached; `on_step` sees each step's text
+    /// and logprob and may return a future to await before the next step.
+    pub async fn generate_prompt(
+        &mut self,
+        prompt: &Prompt,
+        opts: &GenerateOptions,
+        mut on_step: impl FnMut(&StepOutput<'_>) -> Option<Wait>,
+    ) -> Result<Generation, EngineError> {
+        opts.sampling.validate(self.decoder.cfg.vocab as usize)?;
+        let mut stops = StopStrings::new(opts.stop.clone())?;
+        let images = self.placement(prompt)?;
+        let mut host = match opts.host_sampling() {
+            false => None,
+            true => Some(HostPicker {
+                sampler: Sampler::new(opts.sampling.clone(), &prompt.tokens),
+                constraint: self.constraint(&opts.response_format)?,
+                top_logprobs: opts.logprobs,
+                mask_seconds: 0.0,
+            }),
+        };
+        let start = super::web_time_now();
+        let keys = PromptCache::keys(prompt, self.image_tokens().ok().map(|t| t.img));
+        let cached = self.prompt_cache.take_reusable(&keys);
+        self.ctx.truncate(cached as u32);
+        let mut out = Generation {
+            tokens: Vec::new(),
+            text: String::new(),
+            finish: FinishReason::Length,
+            prompt_tokens: prompt.tokens.len(),
+            cached_tokens: cached.min(self.ctx.n_past() as usize),
+            logprobs: Vec::new(),
+            time_to_first_token: 0.0,
+            decode_seconds: 0.0,
+            mask_seconds: 0.0,
+        };
+        if opts.max_tokens == 0 {
+            return Ok(out);
+        }
+        let (gpu, dec) = (&self.gpu, &self.decoder);
+        let mut state = opts.gpu_sampler();
+        let (mut token, mut logprob) = match &mut host {
+            None => (self.ctx.prefill_with_images(gpu, dec, &prompt.tokens, images.as_ref(), &state).await?, None),
+            Some(h) => {
+                self.ctx.submit_prompt(gpu, dec, &prompt.tokens, images.as_ref())?;
+                let mask = h.mask()?;
+                let logits = self.ctx.read_logits(gpu, dec).await?;
+                h.pick(&logits, mask.as_deref())?
+            }
+        };
+        // The cache now holds the prompt; each step below feeds one more token.
+        let mut live = keys;
+        out.time_to_first_token = super::web_time_now() - start;
+        let mut text = self.tokenizer.decode_stream(true);
+        loop {
+            if !opts.ignore_eos && self.tokenizer.eos_ids().contains(&token) {
+                out.finish = FinishReason::Stop;
+                break;
+            }
+            out.tokens.push(token);
+            if let Some(h) = &mut host {
+                h.accept(token)?;
+            }
+            let delta = text.step(&self.tokenizer, token)?.unwrap_or_default();
+            let shown = stops.push(&delta);
+            out.text.push_str(&shown.emit);
+            if let Some(wait) = on_step(&StepOutput { text: &shown.emit, logprob: logprob.as_ref() }) {
+                wait.await;
+            }
+            out.logprobs.extend(logprob.take());
+            if shown.stopped {
+                out.finish = FinishReason::Stop;
+                break;
+            }
+            if out.tokens.len() as u32 >= opts.max_tokens || self.ctx.n_past() >= self.ctx.max_ctx() {
+                break;
+            }
+            if opts.abort.as_ref().is_some_and(|a| a.get()) {
+                out.finish = FinishReason::Abort;
+                break;
+            }
+            (token, logprob) = match &mut host {
+                None => {
+                    state.draw += 1;
+                    (self.ctx.decode(gpu, dec, &state).await?, None)
+                }
+                Some(h) => {
+                    self.ctx.submit_token(gpu, dec, token)?;
+                    let mask = h.mask()?;
+                    let logits = self.ctx.read_logits(gpu, dec).await?;
+                    h.pick(&logits, mask.as_deref())?
+                }
+            };
+            live.push(*out.tokens.last().expect("a token was generated") as u64);
+        }
+        let mut rest = text.flush(&self.tokenizer)?.map(|d| stops.push(&d).emit).unwrap_or_default();
+        if !stops.stopped() {
+            rest.push_str(&stops.finish());
+        }
+        if !rest.is_empty() {
+            out.text.push_str(&rest);
+            if let Some(wait) = on_step(&StepOutput { text: &rest, logprob: None }) {
+                wait.await;
+            }
+        }
+        self.prompt_cache.set(live);
+        out.decode_seconds = super::web_time_now() - start - out.time_to_first_token;
+        out.mask_seconds = host.map_or(0.0, |h| h.mask_seconds);
+        Ok(out)
+    }
+
+    /// Generates from text-only `prompt` ids, calling `on_text` with each text delta.
+    pub async fn generate(&mut self, prompt: &[u32], opts: &GenerateOptions, mut on_text: impl FnMut(&str)) -> Result<Generation, EngineError> {
+        let prompt = Prompt { tokens: prompt.to_vec(), images: Vec::new() };
+        self.generate_prompt(&prompt, opts, |step| {
+            on_text(step.text);
+            None
+        })
+        .await
+    }
+
+    /// Fails unless `format` can be enforced (an invalid or unsupported schema), before any
+    /// prompt work.
+    pub fn check_response_format(&mut self, format: &ResponseFormat) -> Result<(), EngineError> {
+        self.constraint(format).map(drop)
+    }
+
+    /// The token constraint a response format asks for (the token trie is built on first use).
+    fn constraint(&mut self, format: &ResponseFormat) -> Result<Option<Constraint>, EngineError> {
+        if *format == ResponseFormat::Text {
+            return Ok(None);
+        }
+        if self.constraints.is_none() {
+            let factory = crate::constraint::ConstraintFactory::new(self.tokenizer.clone())?;
+            self.constraints = Some(factory);
+        }
+        let factory = self.constraints.as_ref().expect("just built");
+        Ok(Some(match format {
+            ResponseFormat::JsonSchema { schema, strict } => factory.json_schema(schema, *strict)?,
+            _ => factory.json_object()?,
+        }))
+    }
+}
