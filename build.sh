@@ -6,6 +6,9 @@
 #   ./build.sh wasm      build the npm package only (pkg/, copied to www/pkg/ for the demo)
 #   ./build.sh browser   build the wasm package and run the browser tests only
 #                        (node --test; extra arguments go to node, e.g. a test file)
+#   ./build.sh wasm-test Rust tests in the browser (tests/wasm_browser.rs: wasm-bindgen-test
+#                        in headless Chromium through chromedriver; extra arguments go to
+#                        the test binary, e.g. a test name filter)
 # Environment: WASM_OPT=0 skips wasm-opt; WASM_OPT_FLAGS (default -O1); PORT for serve.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -37,14 +40,20 @@ size_line() { # file -> "N bytes (gzip -9: M)"
   echo "$(stat -c %s "$1") bytes (gzip -9: $(gzip -9c "$1" | wc -c))"
 }
 
+# wasm-bindgen and wasm-bindgen-test-runner (both from wasm-bindgen-cli) at that version.
+wasm_bindgen_cli() {
+  local want
+  want="$(wasm_bindgen_version)"
+  if ! wasm-bindgen --version 2>/dev/null | grep -q " $want\$" ||
+     ! wasm-bindgen-test-runner --version 2>/dev/null | grep -q " $want\$"; then
+    cargo install wasm-bindgen-cli --version "$want"
+  fi
+}
+
 build_wasm() {
   rustup target add wasm32-unknown-unknown >/dev/null 2>&1 || true
   cargo build --lib --release --target wasm32-unknown-unknown
-  local want
-  want="$(wasm_bindgen_version)"
-  if ! wasm-bindgen --version 2>/dev/null | grep -q " $want\$"; then
-    cargo install wasm-bindgen-cli --version "$want"
-  fi
+  wasm_bindgen_cli
   rm -rf pkg www/pkg
   wasm-bindgen --target web --out-dir pkg "${CARGO_TARGET_DIR:-target}"/wasm32-unknown-unknown/release/webvlm.wasm
   local wasm=pkg/webvlm_bg.wasm
@@ -82,6 +91,19 @@ wasm_opt() {
   cp "$cache/$key.wasm" "$1"
 }
 
+# The Rust tests of tests/wasm_browser.rs in headless Chromium with WebGPU (webdriver.json holds
+# its flags). The CLI binary does not build for wasm32: --no-default-features leaves it out.
+# Debug info off keeps the test module ~10x smaller (faster to bind, load and compile).
+wasm_tests() {
+  rustup target add wasm32-unknown-unknown >/dev/null 2>&1 || true
+  wasm_bindgen_cli
+  CHROMEDRIVER="${CHROMEDRIVER:-/usr/bin/chromedriver}" \
+  CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+  WASM_BINDGEN_TEST_TIMEOUT="${WASM_BINDGEN_TEST_TIMEOUT:-600}" \
+  CARGO_PROFILE_DEV_DEBUG="${CARGO_PROFILE_DEV_DEBUG:-false}" \
+    cargo test --target wasm32-unknown-unknown --no-default-features --test wasm_browser -- "$@"
+}
+
 browser_tests() {
   npm_deps
   # One process per test file; the spec reporter ends with node's summary (tests/pass/fail).
@@ -115,6 +137,7 @@ case "$cmd" in
     failed=()
     bash "$0" wasm || failed+=("wasm build")
     cargo test --no-fail-fast || failed+=("native tests")
+    bash "$0" wasm-test || failed+=("wasm tests in the browser")
     if [[ " ${failed[*]} " == *" wasm build "* ]]; then
       failed+=("browser tests (not run: no wasm package)")
     else
@@ -129,8 +152,12 @@ case "$cmd" in
     shift
     browser_tests "$@"
     ;;
+  wasm-test)
+    shift
+    wasm_tests "$@"
+    ;;
   *)
-    echo "usage: $0 [serve|test|wasm|browser]" >&2
+    echo "usage: $0 [serve|test|wasm|browser|wasm-test]" >&2
     exit 2
     ;;
 esac

@@ -38,12 +38,18 @@ const CLASSES = {
   QuotaExceededError, DeviceLostError, BadRequestError, EngineUnloadedError,
 };
 
-/** A plain object that survives structured cloning. */
+/** A plain object that survives structured cloning. A refused request keeps OpenAI's error
+ * fields: `type`, `code` (e.g. "invalid_value", "context_length_exceeded") and `param` (the
+ * request field at fault). */
 export function toWire(e) {
   const name = e?.name in CLASSES ? e.name : "WebvlmError";
-  return { name, message: String(e?.message ?? e) };
+  const wire = { name, message: String(e?.message ?? e) };
+  for (const k of ["type", "code", "param"]) if (e?.[k] !== undefined) wire[k] = e[k];
+  return wire;
 }
 
 export function fromWire(w) {
-  return new (CLASSES[w.name] ?? WebvlmError)(w.message);
+  const e = new (CLASSES[w.name] ?? WebvlmError)(w.message);
+  for (const k of ["type", "code", "param"]) if (w[k] !== undefined) e[k] = w[k];
+  return e;
 }

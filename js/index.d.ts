@@ -219,7 +219,13 @@ export class ModelNotSupportedError extends WebvlmError {}
 export class DownloadError extends WebvlmError {}
 export class QuotaExceededError extends WebvlmError {}
 export class DeviceLostError extends WebvlmError {}
-export class BadRequestError extends WebvlmError {}
+export class BadRequestError extends WebvlmError {
+  /** OpenAI's error fields: "invalid_request_error", a code such as "invalid_value",
+   * "unknown_parameter" or "context_length_exceeded", and the request field at fault. */
+  type?: string;
+  code?: string | null;
+  param?: string | null;
+}
 export class EngineUnloadedError extends WebvlmError {}
 
 /** Batch results as JSONL (one result object per line). */

@@ -37,6 +37,13 @@ impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> ApiError {
         use crate::model::ContextError;
         let message = e.to_string();
+        let lost = match &e {
+            EngineError::Gpu(g) | EngineError::Context(ContextError::Gpu(g)) => g.is_device_lost(),
+            _ => false,
+        };
+        if lost {
+            return ApiError { message, kind: "server_error", param: None, code: Some("device_lost") };
+        }
         match &e {
             EngineError::Param(p) => ApiError::invalid(p.param, "invalid_value", message),
             EngineError::Context(ContextError::ContextFull { .. }) => ApiError::invalid("messages", "context_length_exceeded", message),
