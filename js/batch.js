@@ -37,7 +37,9 @@ export async function runBatch(create, input, { onProgress, signal } = {}) {
       if (signal?.aborted) throw new DOMException("the batch was aborted", "AbortError");
       response = { status_code: 200, body: await create({ ...line.body, signal }) };
     } catch (e) {
-      error = { code: e.code ?? e.name ?? "error", message: String(e.message ?? e), param: e.param ?? null };
+      // OpenAI's code for refused requests; else the error's name (a DOMException's numeric
+      // `code` is not one).
+      error = { code: typeof e?.code === "string" ? e.code : e?.name ?? "error", message: String(e?.message ?? e), param: e?.param ?? null };
       failed++;
     }
     const result = { id: `batch_req_${i}`, custom_id: line.custom_id, response, error };

@@ -1,6 +1,8 @@
 // webvlm demo page: picks a model, loads it with a progress bar, and chats about images with
-// tokens streamed into the transcript. All model work happens in the package's module worker;
-// this file only moves DOM nodes and messages around (no heavy work on the page's thread).
+// tokens streamed into the transcript, or describes a folder of images one request per image
+// (Batch mode, engine.batch) with per-image progress and JSONL / CSV export. All model work
+// happens in the package's module worker; this file only moves DOM nodes and messages around
+// (no heavy work on the page's thread).
 //
 // ---------------------------------------------------------------------------------------------
 // Contract for tests (stable; keep in sync with index.html)
@@ -11,16 +13,21 @@
 //   &autoload=1                 load it (or the default model) as soon as the page is ready
 //   &temperature= &top_p= &max_tokens= &image_max_edge= &context= &f16=1
 //                               override the settings for this visit (not saved)
+//   &mode=batch                 open in Batch mode
 //
-// document.body.dataset.state   "idle" | "loading" | "ready" | "generating" | "error"
+// document.body.dataset.state   "idle" | "loading" | "ready" | "generating" | "batch" | "error"
 //   idle: no model loaded; error: the last load failed or the engine was lost (the page stays
 //   usable: pick a model and press Load again). A failed *request* returns to "ready".
+//   batch: a batch runs (the chat cannot send; Load / Unload are disabled).
+// document.body.dataset.mode    "chat" | "batch" (the tab shown)
 //
 // window.webvlmDemo = { engine, state, api }
 //   engine   the webvlm Engine once loaded (null before / after unload)
-//   state    { status, info, progress, progressLog[], messages[] (OpenAI history sent with each
-//              request), attachments[], settings, lastReply: { text, deltas, finishReason, usage,
-//              stopped, error }, lastError: { name, message } | null }
+//   state    { status, mode, info, progress, progressLog[], messages[] (OpenAI history sent with
+//              each request), attachments[], settings, lastReply: { text, deltas, finishReason,
+//              usage, stopped, error }, lastError: { name, message } | null,
+//              batch: { status, items[] ({ id, name (= custom_id), file, state, result, text,
+//              error }), run: { total, completed, failed, startedAt, endedAt } | null } }
 //   api      the imported package module (./pkg/index.js) once imported
 //
 // Elements
@@ -56,7 +63,45 @@
 //   #error                 error banner (role=alert), data-error-name = the error class name;
 //                          #error-title, #error-message, #error-hint, #error-dismiss,
 //                          #error-reload (shown for DeviceLostError)
-//   #drop-overlay          shown while files are dragged over the page
+//   #drop-overlay          shown while files are dragged over the page (#drop-title says where
+//                          they go: chat attachments, or the batch in Batch mode)
+//
+// Mode switch (in the chat panel's header; role=tablist)
+//   #mode-chat, #mode-batch  tabs (aria-selected); #chat-panel, #batch-panel their tabpanels.
+//                          #mode-batch-count shows "3/5" on the Batch tab while a batch runs
+//   #batch-clear           (header, Batch mode) removes every image and result; disabled while
+//                          a batch runs
+//
+// Batch mode ("Describe a folder of images": one engine.batch request per image, sent as a
+// data: URL with #batch-prompt, using Settings' temperature, top-p, max tokens, image size
+// limit and system prompt; custom_id = the file's name, or its path inside a picked folder)
+//   #batch-panel[data-state] "empty" (no images) | "ready" | "running" | "stopping" | "done"
+//                          (the last run finished) | "stopped" (Stop ended the last run)
+//   #batch-files           <input type=file accept=image/* multiple>
+//   #batch-folder          <input type=file webkitdirectory multiple> (non-images are skipped)
+//   #batch-drop            the pick / drop area (images and folders can be dropped anywhere
+//                          in Batch mode); #batch-summary: "5 images · 1.2 MB · …"
+//   #batch-prompt          <textarea>, default "Describe this image in one sentence."
+//   #batch-start           runs every image that is not done yet (#batch-start-label: "Start"
+//                          before any result, "Continue (n left)", "Retry failed (n)" when only
+//                          failed ones are left, "Run again" when all are done); disabled while
+//                          the chat is generating, while loading, with no model or no images
+//   #batch-stop            visible while running: aborts engine.batch's AbortSignal (Escape too)
+//   #batch-hint            why Start is disabled / what a run will do
+//   #batch-export-jsonl, #batch-export-csv
+//                          download the results (toJSONL / toCSV of the package) as
+//                          webvlm-batch-<time>.jsonl / .csv; enabled once any result exists.
+//                          One line per image with a result, in list order; id is
+//                          "batch_req_<its index in the list>". Images never run (after Stop)
+//                          have no line
+//   #batch-progress-box    #batch-progress (<progress max=1>: images with a result / all) and
+//                          #batch-progress-text "Describing 3 of 5 · 2 done · 1 failed ·
+//                          4.2 images/min · about 30 s left"
+//   #batch-empty           the empty state (hidden once images are added)
+//   #batch-list            li.batch-item[data-state="queued"|"running"|"done"|"failed"|
+//                          "stopped"][data-name=custom_id], each with .batch-thumb img (object
+//                          URL), .batch-name, .batch-status (badge text), .batch-text (the reply,
+//                          or the error message for "failed") and .batch-meta (tokens · seconds)
 // ---------------------------------------------------------------------------------------------
 
 const $ = (id) => document.getElementById(id);
@@ -88,16 +133,18 @@ const params = new URLSearchParams(location.search);
 /** Everything the page knows; exposed as window.webvlmDemo.state. */
 const state = {
   status: "idle",
+  mode: "chat",
   info: null,
   progress: null,
   progressLog: [],
   messages: [],
   attachments: [],
   settings: loadSettings(),
-  localFiles: { text: null, mmproj: null },
+  localFiles: { text: [], mmproj: null }, // text: one file, or split parts in name order
   loadedSource: null,
   lastReply: null,
   lastError: null,
+  batch: { status: "empty", items: [], run: null },
 };
 
 let api = null; // the package module
@@ -124,6 +171,7 @@ function setState(s) {
     loading: "Loading…",
     ready: `Ready · ${modelName()}`,
     generating: "Generating…",
+    batch: "Describing images…",
     error: engine ? "Error" : "Not loaded",
   }[s];
   $("status-text").textContent = text;
@@ -136,7 +184,7 @@ function modelName() {
 
 function updateControls() {
   const s = state.status;
-  const busy = s === "loading" || s === "generating";
+  const busy = s === "loading" || s === "generating" || s === "batch";
   $("load").disabled = busy;
   $("model-select").disabled = busy;
   $("model-file").disabled = busy;
@@ -151,6 +199,10 @@ function updateControls() {
   $("new-chat").disabled = s === "generating" || $("messages").querySelector(".msg") === null;
   $("cache-clear").disabled = s === "loading";
   for (const b of document.querySelectorAll("#cache-list .cache-delete")) b.disabled = s === "loading";
+  // The header names the loaded model next to the Chat / Batch tabs.
+  $("chat-title").hidden = !engine;
+  $("prompt").placeholder = s === "batch" ? "Chat is paused while the batch runs…" : "Ask about an image…";
+  updateBatchControls();
 }
 
 const fmtBytes = (n) => {
@@ -381,8 +433,11 @@ function renderModelSource() {
   $("model-source").textContent = v === "local"
     ? "Load a GGUF model from this device. Nothing is uploaded."
     : PRESETS[v]?.note ?? "";
-  $("model-file-name").textContent = state.localFiles.text ? `${state.localFiles.text.name} · ${fmtBytes(state.localFiles.text.size)}` : "none";
-  $("model-file-name").classList.toggle("has-file", !!state.localFiles.text);
+  const parts = state.localFiles.text;
+  const size = parts.reduce((a, f) => a + f.size, 0);
+  $("model-file-name").textContent = !parts.length ? "none"
+    : parts.length === 1 ? `${parts[0].name} · ${fmtBytes(size)}` : `${parts[0].name} + ${parts.length - 1} more parts · ${fmtBytes(size)}`;
+  $("model-file-name").classList.toggle("has-file", parts.length > 0);
   $("mmproj-file-name").textContent = state.localFiles.mmproj ? `${state.localFiles.mmproj.name} · ${fmtBytes(state.localFiles.mmproj.size)}` : "none";
   $("mmproj-file-name").classList.toggle("has-file", !!state.localFiles.mmproj);
 }
@@ -392,18 +447,21 @@ function selectedSource() {
   const v = $("model-select").value;
   if (v === "local") {
     const { text, mmproj } = state.localFiles;
-    if (!text) return null;
-    return { kind: "local", name: text.name.replace(/\.gguf$/i, ""), text, mmproj };
+    if (!text.length) return null;
+    const name = text[0].name.replace(/(-\d{5}-of-\d{5})?\.gguf$/i, "");
+    return { kind: "local", name, text: text.length === 1 ? text[0] : text, mmproj };
   }
   const p = PRESETS[v];
   return { kind: "url", name: p.name, text: new URL(p.text, location.href).href, mmproj: p.mmproj ? new URL(p.mmproj, location.href).href : null };
 }
 
+/** Sorts dropped or picked .gguf files into the vision projector (named *mmproj*) and the
+ * text model: one file, or split parts (`name-00001-of-00003.gguf`, …) in name order. */
 function setLocalFiles(files) {
-  for (const f of files) {
-    if (/mmproj/i.test(f.name)) state.localFiles.mmproj = f;
-    else state.localFiles.text = f;
-  }
+  const text = files.filter((f) => !/mmproj/i.test(f.name));
+  const mmproj = files.find((f) => /mmproj/i.test(f.name));
+  if (mmproj) state.localFiles.mmproj = mmproj;
+  if (text.length) state.localFiles.text = text.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   $("model-select").value = "local";
   renderModelSource();
 }
@@ -422,7 +480,7 @@ async function getApi() {
 }
 
 async function load() {
-  if (state.status === "loading" || state.status === "generating") return;
+  if (state.status === "loading" || state.status === "generating" || state.status === "batch") return;
   const source = selectedSource();
   if (!source) {
     showError(pageError("NoModelFile", "No text model file is selected."));
@@ -642,13 +700,14 @@ function renderAssistantMessage() {
       if (usage?.timings) {
         const t = usage.timings;
         const stats = [
-          `${t.timeToFirstToken.toFixed(2)} s to first token`,
-          `${t.decodeTokensPerSecond.toFixed(1)} tokens/s`,
+          `${t.time_to_first_token.toFixed(2)} s to first token`,
+          `${t.decode_tokens_per_second.toFixed(1)} tokens/s`,
           `${usage.completion_tokens} tokens`,
         ].join(" · ");
+        const cached = usage.prompt_tokens_details?.cached_tokens ?? 0;
         meta.append(el("span", {
           class: "msg-stats",
-          title: `Prompt: ${usage.prompt_tokens} tokens at ${t.prefillTokensPerSecond.toFixed(0)} tokens/s`,
+          title: `Prompt: ${usage.prompt_tokens} tokens (${cached} reused from the previous turn), the rest at ${t.prefill_tokens_per_second.toFixed(0)} tokens/s`,
         }, stats));
       } else if (!error && firstTokenMs != null) {
         // Stopped before the engine reported its timings: what the page measured.
@@ -874,6 +933,497 @@ async function clearCache() {
   refreshCache();
 }
 
+// ------------------------------------------------------------------------------------ batch
+//
+// "Describe a folder of images": every image becomes one request of engine.batch (a data: URL
+// and the prompt in a user message). Images are read into data: URLs a few at a time, the next
+// few while the engine works on the current ones, so a folder of gigabytes never sits in
+// memory at once; thumbnails are object URLs of the files (decoded lazily by the browser).
+
+const DEFAULT_BATCH_PROMPT = "Describe this image in one sentence.";
+const BATCH_CHUNK = 4; // images per engine.batch call (read into data: URLs together)
+const IMAGE_EXT = /\.(png|jpe?g|jfif|webp|gif|bmp|avif|tiff?|ico)$/i;
+const isImageFile = (f) => (f.type ? f.type.startsWith("image/") : IMAGE_EXT.test(f.name));
+const BATCH_LABEL = { queued: "Queued", running: "Describing…", done: "Done", failed: "Failed", stopped: "Stopped" };
+const ICON_IMAGE = '<svg viewBox="0 0 24 24" aria-hidden="true"><rect x="3" y="4" width="18" height="16" rx="3" fill="none" stroke="currentColor" stroke-width="1.8"/><circle cx="9" cy="10" r="2" fill="currentColor"/><path d="m4 18 5-5 4 4 3-3 4 4" fill="none" stroke="currentColor" stroke-width="1.8" stroke-linejoin="round"/></svg>';
+
+let batchItemId = 0;
+let batchAbort = null; // the running batch's AbortController
+const batchNodes = new Map(); // item id -> its li
+
+function setMode(mode) {
+  if (mode !== "chat" && mode !== "batch") return;
+  state.mode = mode;
+  document.body.dataset.mode = mode;
+  const batch = mode === "batch";
+  $("mode-chat").setAttribute("aria-selected", String(!batch));
+  $("mode-batch").setAttribute("aria-selected", String(batch));
+  $("mode-chat").tabIndex = batch ? -1 : 0;
+  $("mode-batch").tabIndex = batch ? 0 : -1;
+  $("chat-panel").hidden = batch;
+  $("batch-panel").hidden = !batch;
+  $("new-chat").hidden = batch;
+  $("batch-clear").hidden = !batch;
+  $("drop-title").textContent = batch ? "Drop images or folders to add them to the batch" : "Drop to attach images";
+  updateControls();
+}
+
+function setBatchStatus(s) {
+  state.batch.status = s;
+  $("batch-panel").dataset.state = s;
+  updateBatchControls();
+}
+
+/** Files from a picker or a drop as [{file, path}] (path: inside a picked or dropped folder). */
+function addBatchFiles(entries) {
+  const images = [];
+  let skipped = 0;
+  for (const entry of entries) {
+    const { file } = entry;
+    if (isImageFile(file)) images.push({ file, path: entry.path || file.webkitRelativePath || file.name || "image" });
+    else skipped++;
+  }
+  images.sort((a, b) => a.path.localeCompare(b.path, undefined, { numeric: true, sensitivity: "base" }));
+  const known = new Map(state.batch.items.map((i) => [i.name, i]));
+  const fragment = document.createDocumentFragment();
+  let duplicates = 0;
+  for (const { file, path } of images) {
+    let name = path;
+    const same = known.get(name);
+    if (same) {
+      if (same.file.size === file.size && same.file.lastModified === file.lastModified) { duplicates++; continue; }
+      let n = 2;
+      while (known.has(`${path} (${n})`)) n++;
+      name = `${path} (${n})`; // custom_ids stay unique
+    }
+    const item = { id: ++batchItemId, name, file, url: URL.createObjectURL(file), state: "queued", result: null, text: "", error: null, startedAt: 0, ms: null };
+    known.set(name, item);
+    state.batch.items.push(item);
+    fragment.append(renderBatchItem(item));
+  }
+  $("batch-list").append(fragment);
+  const notes = [];
+  if (skipped) notes.push(`${skipped} file${skipped === 1 ? " that is not an image was" : "s that are not images were"} skipped`);
+  if (duplicates) notes.push(`${duplicates} already in the list`);
+  state.batch.addNote = notes.join(" · ");
+  if (state.batch.status === "empty" || state.batch.status === "done" || state.batch.status === "stopped") {
+    if (state.batch.items.length && images.length - duplicates > 0) setBatchStatus("ready");
+  }
+  renderBatchSummary();
+  updateBatchProgress();
+  updateBatchControls();
+}
+
+function renderBatchItem(item) {
+  const img = el("img", { src: item.url, alt: item.name, loading: "lazy", decoding: "async" });
+  const thumb = el("button", {
+    type: "button", class: "batch-thumb", title: `View ${item.name}`, "aria-label": `View ${item.name}`,
+    onclick: () => { if (!thumb.classList.contains("no-preview")) openImage(item.url, item.name); },
+  }, img);
+  img.addEventListener("error", () => {
+    thumb.classList.add("no-preview");
+    thumb.insertAdjacentHTML("beforeend", ICON_IMAGE);
+    thumb.title = "No preview: the browser cannot show this file";
+  }, { once: true });
+  const node = el("li", { class: "batch-item", dataset: { state: item.state, name: item.name, id: item.id } },
+    thumb,
+    el("div", { class: "batch-body" },
+      el("div", { class: "batch-item-head" },
+        // A path shows its file name whole; the folders give way first.
+        el("span", { class: "batch-name", title: item.name },
+          item.name.includes("/") ? el("span", { class: "batch-dir" }, item.name.slice(0, item.name.lastIndexOf("/") + 1)) : null,
+          el("span", { class: "batch-file" }, item.name.slice(item.name.lastIndexOf("/") + 1))),
+        el("span", { class: "badge batch-status" }, BATCH_LABEL[item.state])),
+      el("p", { class: "batch-text" }),
+      el("p", { class: "batch-meta" }, fmtBytes(item.file.size))));
+  batchNodes.set(item.id, node);
+  return node;
+}
+
+function setItemState(item, s) {
+  item.state = s;
+  if (s === "running") item.startedAt = performance.now();
+  const node = batchNodes.get(item.id);
+  if (!node) return;
+  node.dataset.state = s;
+  node.querySelector(".batch-status").textContent = BATCH_LABEL[s];
+  const text = node.querySelector(".batch-text");
+  const meta = node.querySelector(".batch-meta");
+  if (s === "queued" || s === "running") {
+    text.textContent = "";
+    meta.textContent = s === "queued" ? fmtBytes(item.file.size) : "0 s";
+  } else {
+    text.textContent = item.error ? item.error.message : item.text || (s === "stopped" ? "Stopped before a reply." : "(empty reply)");
+    meta.textContent = item.metaText ?? "";
+  }
+  if (s === "running" && matchMedia("(min-width: 861px)").matches) {
+    // Keep the running image in view inside the list (not the page) when it scrolls.
+    const list = $("batch-list"); // position: relative, so offsetTop is within the list
+    const top = node.offsetTop;
+    if (top < list.scrollTop || top + node.offsetHeight > list.scrollTop + list.clientHeight) {
+      list.scrollTo({ top: Math.max(0, top - 8), behavior: "smooth" });
+    }
+  }
+}
+
+/** Records a result line of engine.batch (or one made on the page) for `item`. */
+function finishItem(item, result, run) {
+  const err = result.error;
+  const ms = item.startedAt ? performance.now() - item.startedAt : null;
+  if (err && run.abort.signal.aborted && (err.code === 20 || err.code === "AbortError" || /abort/i.test(err.message))) {
+    // Not run: Stop came first. It stays in line for the next Start.
+    item.result = null;
+    item.error = null;
+    setItemState(item, "queued");
+    return;
+  }
+  const index = state.batch.items.indexOf(item);
+  item.result = { ...result, id: `batch_req_${index}`, custom_id: item.name };
+  item.ms = ms;
+  run.completed++;
+  if (err) {
+    run.failed++;
+    item.error = { name: String(err.code ?? "Error"), message: err.message };
+    item.text = "";
+    item.metaText = [String(err.code ?? "Error"), ms != null ? `${(ms / 1000).toFixed(1)} s` : null].filter(Boolean).join(" · ");
+    setItemState(item, "failed");
+  } else {
+    const body = result.response.body;
+    const choice = body.choices?.[0];
+    item.error = null;
+    item.text = String(choice?.message?.content ?? "").trim();
+    const finish = choice?.finish_reason;
+    item.metaText = [
+      body.usage ? `${body.usage.completion_tokens} tokens` : null,
+      ms != null ? `${(ms / 1000).toFixed(1)} s` : null,
+      finish === "length" ? "max tokens reached" : null,
+    ].filter(Boolean).join(" · ");
+    setItemState(item, finish === "abort" ? "stopped" : "done");
+  }
+}
+
+function batchCounts() {
+  const c = { queued: 0, running: 0, done: 0, failed: 0, stopped: 0 };
+  for (const i of state.batch.items) c[i.state]++;
+  return c;
+}
+
+function renderBatchSummary() {
+  const items = state.batch.items;
+  const bytes = items.reduce((a, i) => a + i.file.size, 0);
+  $("batch-summary").textContent = items.length
+    ? [`${items.length} image${items.length === 1 ? "" : "s"}`, fmtBytes(bytes), state.batch.addNote].filter(Boolean).join(" · ")
+    : state.batch.addNote
+      ? `No images added: ${state.batch.addNote}.`
+      : "Drop images or a folder here, or choose them. Each image gets its own reply.";
+}
+
+function updateBatchProgress() {
+  const items = state.batch.items;
+  const run = state.batch.run;
+  const c = batchCounts();
+  const box = $("batch-progress-box");
+  box.hidden = !run;
+  $("mode-batch-count").hidden = state.batch.status !== "running" && state.batch.status !== "stopping";
+  if (!run) return;
+  const finished = c.done + c.failed + c.stopped;
+  $("batch-progress").value = items.length ? finished / items.length : 0;
+  box.classList.toggle("failed", c.failed > 0 && c.done === 0 && state.batch.status !== "running");
+  const now = run.endedAt ?? performance.now();
+  const minutes = (now - run.startedAt) / 60000;
+  const rate = run.completed > 0 && minutes > 0 ? run.completed / minutes : null;
+  const parts = [];
+  const status = state.batch.status;
+  if (status === "running") parts.push(`<strong>Describing ${Math.min(items.length, finished + 1)} of ${items.length}</strong>`);
+  else if (status === "stopping") parts.push("<strong>Stopping…</strong>");
+  else if (status === "stopped") parts.push(`<strong>Stopped</strong> · ${finished} of ${items.length}`);
+  else parts.push(`<strong>${finished === items.length ? "Finished" : `${finished} of ${items.length}`}</strong>`);
+  parts.push(`${c.done} done`);
+  parts.push(`<span class="${c.failed ? "count-failed" : ""}">${c.failed} failed</span>`);
+  if (c.stopped) parts.push(`${c.stopped} stopped`);
+  if (rate != null) parts.push(`${rate >= 10 ? rate.toFixed(0) : rate.toFixed(1)} images/min`);
+  const left = run.total - run.completed;
+  if (status === "running" && rate != null && left > 0) parts.push(`about ${fmtDuration((left / rate) * 60)} left`);
+  if (status !== "running" && status !== "stopping" && run.endedAt) parts.push(`${fmtDuration((run.endedAt - run.startedAt) / 1000)} in all`);
+  $("batch-progress-text").innerHTML = parts.join(" · ");
+  $("mode-batch-count").textContent = `${finished}/${items.length}`;
+  if (state.status === "batch") $("status-text").textContent = status === "stopping" ? "Stopping…" : `Describing image ${Math.min(items.length, finished + 1)} of ${items.length}`;
+}
+
+/** The items a Start would run: those not done; all of them when every one is done. */
+function batchTodo() {
+  const items = state.batch.items;
+  const todo = items.filter((i) => i.state !== "done");
+  return todo.length ? todo : items.slice();
+}
+
+function updateBatchControls() {
+  const s = state.status;
+  const b = state.batch;
+  const running = b.status === "running" || b.status === "stopping";
+  const items = b.items;
+  const noVision = !!(engine && state.info && !state.info.vision);
+  const canStart = s === "ready" && !!engine && !noVision && items.length > 0 && !running;
+  $("batch-start").disabled = !canStart;
+  $("batch-start").hidden = running;
+  $("batch-stop").hidden = !running;
+  $("batch-stop").disabled = b.status === "stopping";
+  const pending = items.filter((i) => i.state !== "done");
+  const failed = pending.filter((i) => i.state === "failed").length;
+  $("batch-start-label").textContent = !items.some((i) => i.result) ? "Start"
+    : pending.length === 0 ? "Run again"
+      : failed === pending.length ? `Retry failed (${failed})`
+        : `Continue (${pending.length} left)`;
+  const hasResults = items.some((i) => i.result);
+  $("batch-export-jsonl").disabled = !hasResults;
+  $("batch-export-csv").disabled = !hasResults;
+  $("batch-clear").disabled = running || items.length === 0;
+  $("batch-empty").hidden = items.length > 0;
+  $("batch-files").disabled = false;
+  $("batch-folder").disabled = false;
+  let hint;
+  if (running) hint = "The chat is paused while the batch runs. Stop ends it after the current image; Start again continues where it stopped.";
+  else if (s === "generating") hint = "Wait for the chat reply to finish (or stop it) to start the batch.";
+  else if (s === "loading") hint = "Wait for the model to load.";
+  else if (!engine) hint = "Load a model with a vision projector to start.";
+  else if (noVision) hint = "This model was loaded without a vision projector (mmproj), so it cannot describe images.";
+  else if (!items.length) hint = "Add images to start. They stay on this device.";
+  else {
+    const n = batchTodo().length;
+    hint = `${n} image${n === 1 ? "" : "s"} to describe · up to ${state.settings.max_tokens} tokens each · images scaled to at most ${state.settings.image_max_edge} px (Settings).`;
+  }
+  $("batch-hint").textContent = hint;
+}
+
+async function startBatch() {
+  if (state.status !== "ready" || !engine || state.batch.status === "running" || state.batch.status === "stopping") return;
+  if (state.info && !state.info.vision) {
+    showError(pageError("NoVision", "The loaded model has no vision projector (mmproj)."));
+    return;
+  }
+  const todo = batchTodo();
+  if (!todo.length) return;
+  hideError();
+  const prompt = $("batch-prompt").value.trim() || DEFAULT_BATCH_PROMPT;
+  const s = state.settings;
+  const system = s.system.trim() ? [{ role: "system", content: s.system.trim() }] : [];
+  // The prompt comes before the image: every request then starts with the same tokens, which
+  // the engine keeps from the previous request (only the image and what follows are new).
+  const body = (url) => ({
+    messages: [...system, { role: "user", content: [{ type: "text", text: prompt }, { type: "image_url", image_url: { url } }] }],
+    temperature: s.temperature,
+    top_p: s.top_p,
+    max_tokens: s.max_tokens,
+    image_max_edge: s.image_max_edge,
+  });
+  for (const item of todo) {
+    item.result = null;
+    item.error = null;
+    item.text = "";
+    item.metaText = "";
+    setItemState(item, "queued");
+  }
+  const abort = new AbortController();
+  batchAbort = abort;
+  const run = { total: todo.length, completed: 0, failed: 0, startedAt: performance.now(), endedAt: null, abort };
+  state.batch.run = run;
+  setBatchStatus("running");
+  setState("batch");
+  updateBatchProgress();
+  // Once a second: the rate, the time left and the running image's seconds move on.
+  const tick = setInterval(() => {
+    updateBatchProgress();
+    for (const item of todo) {
+      if (item.state === "running") batchNodes.get(item.id).querySelector(".batch-meta").textContent = `${Math.round((performance.now() - item.startedAt) / 1000)} s`;
+    }
+  }, 1000);
+
+  // Stop ends the run on the page at once, like the chat's Stop: the engine finishes its
+  // current step in the background; late results of this run are ignored.
+  const STOP = Symbol("stop");
+  const stopped = new Promise((resolve) => abort.signal.addEventListener("abort", () => setTimeout(() => resolve(STOP), STOP_GRACE_MS), { once: true }));
+  let closed = false;
+  let fatal = null;
+  const chunks = [];
+  for (let i = 0; i < todo.length; i += BATCH_CHUNK) chunks.push(todo.slice(i, i + BATCH_CHUNK));
+  const read = (chunk) => Promise.all(chunk.map((item) =>
+    readDataUrl(item.file).then((url) => ({ item, url }), (error) => ({ item, error }))));
+  let next = read(chunks[0]);
+  try {
+    for (let c = 0; c < chunks.length && !abort.signal.aborted && !fatal; c++) {
+      const ready = await Promise.race([next, stopped]);
+      if (ready === STOP) break;
+      next = c + 1 < chunks.length ? read(chunks[c + 1]) : null;
+      const lines = [];
+      const sent = [];
+      for (const r of ready) {
+        if (r.error) {
+          // A file the browser cannot read fails here; the batch goes on.
+          r.item.startedAt = 0;
+          finishItem(r.item, { id: "", custom_id: r.item.name, response: null, error: { code: "ImageError", message: `could not read the file: ${r.error?.message ?? r.error}`, param: null } }, run);
+        } else {
+          lines.push({ custom_id: r.item.name, body: body(r.url) });
+          sent.push(r.item);
+        }
+      }
+      updateBatchProgress();
+      if (!sent.length) continue;
+      setItemState(sent[0], "running");
+      const done = engine.batch(lines, {
+        signal: abort.signal,
+        onProgress: ({ completed, result }) => {
+          if (closed) return;
+          finishItem(sent[completed - 1], result, run);
+          const code = result.error?.code;
+          if (code === "DeviceLostError" || code === "EngineUnloadedError") {
+            fatal ??= Object.assign(new Error(result.error.message), { name: code });
+            abort.abort();
+          } else if (completed < sent.length && !abort.signal.aborted) {
+            setItemState(sent[completed], "running");
+          }
+          updateBatchProgress();
+        },
+      });
+      done.catch(() => {});
+      if ((await Promise.race([done, stopped])) === STOP) break;
+    }
+  } catch (err) {
+    fatal = err; // engine.batch refused the whole batch (it reports request failures per line)
+  }
+  closed = true;
+  clearInterval(tick);
+  batchAbort = null;
+  run.endedAt = performance.now();
+  for (const item of todo) {
+    if (item.state === "running") {
+      item.metaText = item.startedAt ? `stopped after ${((run.endedAt - item.startedAt) / 1000).toFixed(1)} s` : "";
+      setItemState(item, "stopped");
+    }
+  }
+  setBatchStatus(abort.signal.aborted && !fatal ? "stopped" : "done");
+  if (fatal && (fatal.name === "DeviceLostError" || fatal.name === "EngineUnloadedError")) {
+    engine = null;
+    state.info = null;
+    $("model-info").hidden = true;
+    setState("error");
+    showError(fatal);
+  } else {
+    setState("ready");
+    if (fatal) showError(fatal);
+  }
+  updateBatchProgress();
+}
+
+function stopBatch() {
+  if (!batchAbort || state.batch.status !== "running") return;
+  setBatchStatus("stopping");
+  batchAbort.abort();
+  updateBatchProgress();
+}
+
+function clearBatch() {
+  if (state.batch.status === "running" || state.batch.status === "stopping") return;
+  for (const item of state.batch.items) URL.revokeObjectURL(item.url);
+  state.batch.items = [];
+  state.batch.run = null;
+  state.batch.addNote = "";
+  batchNodes.clear();
+  $("batch-list").replaceChildren();
+  setBatchStatus("empty");
+  renderBatchSummary();
+  updateBatchProgress();
+}
+
+/** The results so far, in list order (OpenAI batch output lines). */
+function batchResults() {
+  return state.batch.items.filter((i) => i.result).map((i) => i.result);
+}
+
+function exportBatch(kind) {
+  const results = batchResults();
+  if (!results.length || !api) return;
+  const text = kind === "csv" ? api.toCSV(results) : api.toJSONL(results);
+  const type = kind === "csv" ? "text/csv;charset=utf-8" : "application/jsonl;charset=utf-8";
+  const url = URL.createObjectURL(new Blob([text], { type }));
+  const d = new Date();
+  const pad = (n) => String(n).padStart(2, "0");
+  const stamp = `${d.getFullYear()}${pad(d.getMonth() + 1)}${pad(d.getDate())}-${pad(d.getHours())}${pad(d.getMinutes())}${pad(d.getSeconds())}`;
+  const a = el("a", { href: url, download: `webvlm-batch-${stamp}.${kind}`, hidden: true });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
+}
+
+/** Dropped files as [{file, path}], walking dropped folders (their entries must be taken
+ * from the DataTransfer before the drop handler returns). */
+function droppedEntries(dataTransfer) {
+  const entries = [...(dataTransfer.items ?? [])]
+    .filter((i) => i.kind === "file")
+    .map((i) => i.webkitGetAsEntry?.())
+    .filter(Boolean);
+  const files = [...dataTransfer.files];
+  if (!entries.some((e) => e.isDirectory)) return Promise.resolve(files.map((file) => ({ file, path: file.name })));
+  const out = [];
+  const walk = async (entry) => {
+    if (entry.isFile) {
+      const file = await new Promise((resolve, reject) => entry.file(resolve, reject));
+      out.push({ file, path: entry.fullPath.replace(/^\//, "") });
+    } else if (entry.isDirectory) {
+      const reader = entry.createReader();
+      for (;;) {
+        const some = await new Promise((resolve, reject) => reader.readEntries(resolve, reject));
+        if (!some.length) break;
+        for (const e of some) await walk(e);
+      }
+    }
+  };
+  return (async () => {
+    for (const e of entries) await walk(e);
+    return out;
+  })();
+}
+
+async function dropIntoBatch(dataTransfer) {
+  let entries;
+  try {
+    entries = await droppedEntries(dataTransfer);
+  } catch (e) {
+    showError(pageError("ImageError", `Could not read the dropped files: ${e?.message ?? e}`));
+    return;
+  }
+  const ggufs = entries.filter((e) => /\.gguf$/i.test(e.file.name));
+  if (ggufs.length) handleFiles(ggufs.map((e) => e.file));
+  addBatchFiles(entries.filter((e) => !/\.gguf$/i.test(e.file.name)));
+}
+
+function bindBatch() {
+  const tabs = [$("mode-chat"), $("mode-batch")];
+  $("mode-chat").addEventListener("click", () => setMode("chat"));
+  $("mode-batch").addEventListener("click", () => setMode("batch"));
+  $("mode-tabs").addEventListener("keydown", (e) => {
+    if (e.key !== "ArrowLeft" && e.key !== "ArrowRight" && e.key !== "Home" && e.key !== "End") return;
+    e.preventDefault();
+    const mode = e.key === "Home" ? "chat" : e.key === "End" ? "batch" : state.mode === "chat" ? "batch" : "chat";
+    setMode(mode);
+    tabs[mode === "chat" ? 0 : 1].focus();
+  });
+  for (const id of ["batch-files", "batch-folder"]) {
+    $(id).addEventListener("change", (e) => {
+      addBatchFiles([...(e.target.files ?? [])].map((file) => ({ file, path: file.webkitRelativePath || file.name })));
+      e.target.value = ""; // the same folder can be picked again
+    });
+  }
+  $("batch-start").addEventListener("click", startBatch);
+  $("batch-stop").addEventListener("click", stopBatch);
+  $("batch-clear").addEventListener("click", clearBatch);
+  $("batch-export-jsonl").addEventListener("click", () => exportBatch("jsonl"));
+  $("batch-export-csv").addEventListener("click", () => exportBatch("csv"));
+  $("batch-prompt").addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); startBatch(); }
+  });
+}
+
 // ------------------------------------------------------------------------------ drag & drop
 
 function setupDragAndDrop() {
@@ -901,7 +1451,8 @@ function setupDragAndDrop() {
     e.preventDefault();
     depth = 0;
     overlay.hidden = true;
-    handleFiles([...e.dataTransfer.files]);
+    if (state.mode === "batch") dropIntoBatch(e.dataTransfer);
+    else handleFiles([...e.dataTransfer.files]);
   });
 }
 
@@ -909,8 +1460,8 @@ function handleFiles(files) {
   const ggufs = files.filter((f) => /\.gguf$/i.test(f.name));
   const rest = files.filter((f) => !/\.gguf$/i.test(f.name));
   if (ggufs.length) {
-    if (state.status === "loading" || state.status === "generating") {
-      showError(pageError("NoModelFile", "Wait for the current load or reply to finish before opening another model."));
+    if (state.status === "loading" || state.status === "generating" || state.status === "batch") {
+      showError(pageError("NoModelFile", "Wait for the current load, reply or batch to finish before opening another model."));
     } else {
       setLocalFiles(ggufs);
     }
@@ -924,8 +1475,7 @@ function bind() {
   $("load").addEventListener("click", load);
   $("unload").addEventListener("click", () => unload());
   $("model-file").addEventListener("change", (e) => {
-    const f = e.target.files?.[0];
-    if (f) { state.localFiles.text = f; renderModelSource(); }
+    if (e.target.files?.length) setLocalFiles([...e.target.files].filter((f) => !/mmproj/i.test(f.name)));
   });
   $("mmproj-file").addEventListener("change", (e) => {
     const f = e.target.files?.[0];
@@ -943,6 +1493,7 @@ function bind() {
   $("prompt").addEventListener("input", () => { autosize(); updateControls(); });
   document.addEventListener("keydown", (e) => {
     if (e.key === "Escape" && state.status === "generating") stop();
+    if (e.key === "Escape" && state.status === "batch") stopBatch();
   });
   $("stop").addEventListener("click", stop);
   $("attach-button").addEventListener("click", () => $("attach").click());
@@ -954,7 +1505,8 @@ function bind() {
     const files = [...(e.clipboardData?.files ?? [])].filter((f) => f.type.startsWith("image/"));
     if (files.length) {
       e.preventDefault();
-      addAttachments(files);
+      if (state.mode === "batch") addBatchFiles(files.map((file) => ({ file, path: file.name || "pasted image" })));
+      else addAttachments(files);
     }
   });
   $("new-chat").addEventListener("click", newChat);
@@ -987,7 +1539,10 @@ async function main() {
   renderSettings();
   bindSettings();
   bind();
+  bindBatch();
   setupDragAndDrop();
+  setMode(params.get("mode") === "batch" ? "batch" : "chat");
+  renderBatchSummary();
   setState("idle");
   renderEmptyState();
 
