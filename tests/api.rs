@@ -134,7 +134,8 @@ fn stop_strings_across_token_boundaries_are_trimmed() {
     let text = content(&full).to_string();
     // A stop string made of the end of one token's text and the start of the next.
     let pieces = pieces_of(&mut e, &base);
-    let (i, _) = pieces.iter().enumerate().skip(1).find(|(i, p)| p.chars().count() >= 2 && pieces[i - 1].chars().count() >= 2).expect("two adjacent multi-char tokens");
+    let long = |p: &String| p.chars().count() >= 2;
+    let i = (1..pieces.len()).find(|&i| long(&pieces[i - 1]) && long(&pieces[i])).expect("two adjacent multi-char tokens");
     let tail: String = pieces[i - 1].chars().rev().take(2).collect::<Vec<_>>().into_iter().rev().collect();
     let head: String = pieces[i].chars().take(1).collect();
     let stop = format!("{tail}{head}");
