@@ -110,7 +110,7 @@ export class Host {
       onDescribed: (i, d) => {
         if (!d.sha256 || d.verified) return;
         engine.expectSha256(i < text.length ? "text" : "mmproj", i, d.sha256);
-        if (sources[i].url) hashed.push(sources[i].url);
+        if (sources[i].url && cacheName !== null) hashed.push(sources[i].url);
       },
       onStart: (t) => { total = t; report("download", "starting"); },
       onBytes: (n, fromNetwork) => {

@@ -39,8 +39,9 @@ export interface CreateEngineOptions {
   /** Run the engine in a module worker (default true). */
   worker?: boolean;
   engine?: EngineOptions;
-  /** Cache Storage name for weight chunks (default "webvlm-weights-v1"). */
-  cacheName?: string;
+  /** Cache Storage name for weight chunks (default "webvlm-weights-v1"); `null` streams the
+   * weights without storing them, so every load downloads them again. */
+  cacheName?: string | null;
   /** Download chunk size in bytes (default 32 MiB). */
   chunkBytes?: number;
   /** Cancels the load: the worker ends, the promise rejects with DownloadError; chunks

@@ -93,12 +93,13 @@ export async function checkQuota(bytes) {
  * Returns the total size.
  */
 export async function readSources(sources, { cacheName = DEFAULT_CACHE, chunkBytes = CHUNK_BYTES, sink, onBytes, onStart, onDescribed, signal, parallel = PARALLEL }) {
-  const cache = typeof caches !== "undefined" ? await caches.open(cacheName) : null;
+  // `cacheName: null` streams the weights without storing them.
+  const cache = cacheName !== null && typeof caches !== "undefined" ? await caches.open(cacheName) : null;
   const described = [];
   for (const s of sources) described.push(await describe(s, cache, chunkBytes));
   const total = described.reduce((a, d) => a + d.size, 0);
   const missing = described.reduce((a, d, i) => a + (sources[i].url && !d.cached ? d.size : 0), 0);
-  if (missing > 0) await checkQuota(missing);
+  if (missing > 0 && cache) await checkQuota(missing);
   onStart?.(total);
   described.forEach((d, i) => onDescribed?.(i, d));
   for (let i = 0; i < sources.length; i++) {

@@ -76,6 +76,15 @@ fn sample(
     alignment: Option<u32>,
     types: &[GgmlType],
 ) -> (Vec<u8>, Vec<(String, Vec<u8>)>) {
+    let (w, tensors) = sample_writer(version, alignment, types);
+    (w.write().unwrap(), tensors)
+}
+
+fn sample_writer(
+    version: u32,
+    alignment: Option<u32>,
+    types: &[GgmlType],
+) -> (GgufWriter, Vec<(String, Vec<u8>)>) {
     let mut w = GgufWriter::new();
     w.set_version(version);
     w.add_kv("general.architecture", MetaValue::String("llama".into()));
@@ -93,7 +102,7 @@ fn sample(
             .unwrap();
         tensors.push((name, data));
     }
-    (w.write().unwrap(), tensors)
+    (w, tensors)
 }
 
 fn check_tensors(bytes: &[u8], h: &GgufHeader, tensors: &[(String, Vec<u8>)]) {
@@ -155,6 +164,18 @@ fn versions_2_and_3_and_alignments() {
             check_tensors(&bytes, &h, &tensors);
             h.validate_data(bytes.len() as u64).unwrap();
         }
+    }
+}
+
+#[test]
+fn streamed_writing_gives_the_same_bytes() {
+    for alignment in [None, Some(1), Some(4096)] {
+        let (mut w, _) = sample_writer(3, alignment, &GgmlType::ALL);
+        w.add_raw_tensor_info("raw", &[4], GgmlType::F32.id(), 1 << 20);
+        w.append_raw_data(&[7; 40]);
+        let mut streamed = Vec::new();
+        w.write_to(&mut streamed).unwrap();
+        assert_eq!(streamed, w.write().unwrap(), "alignment {alignment:?}");
     }
 }
 

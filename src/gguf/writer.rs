@@ -135,6 +135,37 @@ impl GgufWriter {
 
     /// Serializes the file.
     pub fn write(&self) -> Result<Vec<u8>, GgufError> {
+        let (mut out, placed, data_len) = self.header()?;
+        let data_start = out.len() as u64;
+        out.reserve(data_len as usize + self.extra_data.len());
+        for (offset, data) in placed {
+            out.resize((data_start + offset) as usize, 0);
+            out.extend_from_slice(data);
+        }
+        out.resize((data_start + data_len) as usize, 0);
+        out.extend_from_slice(&self.extra_data);
+        Ok(out)
+    }
+
+    /// Serializes the file into `out` tensor by tensor, without a second copy of the data in
+    /// memory (a 3B model's file is as large as its tensors).
+    pub fn write_to(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        let invalid = |e: GgufError| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+        let (header, placed, data_len) = self.header().map_err(invalid)?;
+        out.write_all(&header)?;
+        let mut at = 0u64;
+        for (offset, data) in placed {
+            out.write_all(&vec![0; (offset - at) as usize])?;
+            out.write_all(data)?;
+            at = offset + data.len() as u64;
+        }
+        out.write_all(&vec![0; (data_len - at) as usize])?;
+        out.write_all(&self.extra_data)
+    }
+
+    /// The header (magic to tensor infos, padded to the alignment), where each automatically
+    /// placed tensor's data goes relative to the data section, and the data section's length.
+    fn header(&self) -> Result<(Vec<u8>, Vec<(u64, &[u8])>, u64), GgufError> {
         let mut out = Vec::new();
         out.extend_from_slice(b"GGUF");
         out.extend_from_slice(&self.version.to_le_bytes());
@@ -153,7 +184,7 @@ impl GgufWriter {
                 None => {
                     let o = next;
                     next = align_up(o + t.data.len() as u64, self.alignment);
-                    placed.push((o, &t.data));
+                    placed.push((o, t.data.as_slice()));
                     o
                 }
             };
@@ -167,13 +198,7 @@ impl GgufWriter {
         }
         let data_start = align_up(out.len() as u64, self.alignment);
         out.resize(data_start as usize, 0);
-        for (offset, data) in placed {
-            out.resize((data_start + offset) as usize, 0);
-            out.extend_from_slice(data);
-        }
-        out.resize((data_start + next) as usize, 0);
-        out.extend_from_slice(&self.extra_data);
-        Ok(out)
+        Ok((out, placed, next))
     }
 }
 

@@ -105,16 +105,17 @@ impl SyntheticShape {
 
 /// The GGUF bytes of a synthetic `mistral3` decoder of `shape` with weights drawn from `seed`.
 pub fn synthetic_ministral3_gguf(shape: &SyntheticShape, seed: u64) -> Result<Vec<u8>, SyntheticError> {
-    synthetic_ministral3_gguf_with(shape, seed, &[])
+    Ok(synthetic_ministral3_writer(shape, seed, &[])?.write()?)
 }
 
-/// [`synthetic_ministral3_gguf`] with `extra` metadata added (e.g. a real model's
-/// `tokenizer.*` keys, so that an engine can be built on it).
-pub fn synthetic_ministral3_gguf_with(
+/// The writer of [`synthetic_ministral3_gguf`] with `extra` metadata added (e.g. a real
+/// model's `tokenizer.*` keys, so that an engine can be built on it), for
+/// [`GgufWriter::write_to`] a file.
+pub fn synthetic_ministral3_writer(
     shape: &SyntheticShape,
     seed: u64,
     extra: &[(String, MetaValue)],
-) -> Result<Vec<u8>, SyntheticError> {
+) -> Result<GgufWriter, SyntheticError> {
     shape.check()?;
     let arch = "mistral3";
     let mut w = GgufWriter::new();
@@ -161,7 +162,7 @@ pub fn synthetic_ministral3_gguf_with(
         let tensor_seed = seed ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         w.add_tensor(name, &[cols as u64, rows as u64], ty, random_blocks(ty, n_blocks, tensor_seed))?;
     }
-    Ok(w.write()?)
+    Ok(w)
 }
 
 /// A synthetic `mistral3` decoder of `shape` in memory, ready for [`super::Decoder::load`].
@@ -267,6 +268,11 @@ fn random_f16_matrix(rows: u32, cols: u32, seed: u64) -> Vec<u8> {
 /// the `clip.*` metadata [`super::VisionConfig::from_metadata`] reads, F16 matrices, F32 norms
 /// near 1.
 pub fn synthetic_pixtral_mmproj_gguf(shape: &VisionShape, seed: u64) -> Result<Vec<u8>, SyntheticError> {
+    Ok(synthetic_pixtral_mmproj_writer(shape, seed)?.write()?)
+}
+
+/// The writer of [`synthetic_pixtral_mmproj_gguf`].
+pub fn synthetic_pixtral_mmproj_writer(shape: &VisionShape, seed: u64) -> Result<GgufWriter, SyntheticError> {
     shape.check()?;
     let mut w = GgufWriter::new();
     let s = |v: &str| MetaValue::String(v.into());
@@ -304,7 +310,7 @@ pub fn synthetic_pixtral_mmproj_gguf(shape: &VisionShape, seed: u64) -> Result<V
         let tensor_seed = seed ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         w.add_tensor(name, &dims, GgmlType::F16, random_f16_matrix(rows, cols, tensor_seed))?;
     }
-    Ok(w.write()?)
+    Ok(w)
 }
 
 /// A synthetic Pixtral mmproj of `shape` in memory, ready for [`super::VisionEncoder::load`].

@@ -1,13 +1,13 @@
 // Loading a model with Ministral 3 3B's exact shapes (random Q4_K/Q6_K weights written by
 // `webvlm synthetic` with the real Tekken tokenizer, plus an F16 mmproj: 3.1 GB) streams the
 // weights chunk by chunk into GPU buffers: the wasm heap (WebAssembly.Memory, which only
-// grows) must stay within 256 MiB.
+// grows) must stay within 256 MiB. The files go under target/ (the build's disk; /tmp may
+// be a small tmpfs) and the load skips Cache Storage, so the run needs 3.1 GB of disk, once.
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { startServer, repoRoot, DEFAULT_MOUNTS } from "./server.js";
 import { launchBrowser, requireWasmPackage } from "./harness.js";
@@ -17,10 +17,17 @@ let dir, server, browser;
 
 before(async () => {
   requireWasmPackage();
-  dir = fs.mkdtempSync(path.join(os.tmpdir(), "webvlm-3b-"));
-  execFileSync("cargo", ["run", "--quiet", "--bin", "webvlm", "--", "synthetic", "--shape", "3b",
+  const parent = path.join(repoRoot, "target");
+  fs.mkdirSync(parent, { recursive: true });
+  dir = fs.mkdtempSync(path.join(parent, "webvlm-3b-"));
+  const args = ["run", "--quiet", "--bin", "webvlm", "--", "synthetic", "--shape", "3b",
     "--out", path.join(dir, "model.gguf"), "--mmproj-out", path.join(dir, "mmproj.gguf"),
-    "--vocab-from", path.join(repoRoot, "tests/fixtures/tiny_mistral3_tekken/model.gguf")], { cwd: repoRoot, stdio: "inherit" });
+    "--vocab-from", path.join(repoRoot, "tests/fixtures/tiny_mistral3_tekken/model.gguf")];
+  const run = spawnSync("cargo", args, { cwd: repoRoot, encoding: "utf8" });
+  if (run.status !== 0) {
+    const free = spawnSync("df", ["-h", dir], { encoding: "utf8" }).stdout;
+    throw new Error(`webvlm synthetic failed (status ${run.status}, signal ${run.signal}):\n${run.stderr}\n${free}`);
+  }
   server = await startServer({ mounts: { ...DEFAULT_MOUNTS, "/s3b/": dir } });
   browser = await launchBrowser();
 });
@@ -36,7 +43,7 @@ test("a 3B-shaped model streams into the GPU with the wasm heap under 256 MiB", 
   await page.goto(`${server.url}/test/blank.html`);
   const info = await page.evaluate(async () => {
     const { createEngine } = await import("/pkg/index.js");
-    const e = await createEngine({ model: { text: "/s3b/model.gguf", mmproj: "/s3b/mmproj.gguf" }, cacheName: "s3b" });
+    const e = await createEngine({ model: { text: "/s3b/model.gguf", mmproj: "/s3b/mmproj.gguf" }, cacheName: null });
     const info = e.info;
     await e.unload();
     return info;

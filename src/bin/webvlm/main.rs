@@ -141,7 +141,7 @@ pub fn open_engine(flags: &Flags) -> Result<Engine, Box<dyn std::error::Error>> 
 }
 
 fn synthetic(args: &[String]) -> CliResult {
-    use webvlm::model::synthetic::{synthetic_ministral3_gguf_with, synthetic_pixtral_mmproj_gguf, SyntheticShape, VisionShape};
+    use webvlm::model::synthetic::{synthetic_ministral3_writer, synthetic_pixtral_mmproj_writer, SyntheticShape, VisionShape};
     let flags = Flags::parse(args, &[])?;
     flags.only(&["out", "mmproj-out", "shape", "seed", "vocab-from"])?;
     let seed = flags.num("seed", 1)?;
@@ -159,12 +159,18 @@ fn synthetic(args: &[String]) -> CliResult {
         None => Vec::new(),
     };
     let out = flags.require("out")?;
-    std::fs::write(out, synthetic_ministral3_gguf_with(&text, seed, &vocab)?)?;
-    eprintln!("wrote {out}");
+    write_gguf(out, &synthetic_ministral3_writer(&text, seed, &vocab)?)?;
     if let Some(path) = flags.get("mmproj-out") {
-        std::fs::write(path, synthetic_pixtral_mmproj_gguf(&vision, seed)?)?;
-        eprintln!("wrote {path}");
+        write_gguf(path, &synthetic_pixtral_mmproj_writer(&vision, seed)?)?;
     }
+    Ok(())
+}
+
+/// Writes `gguf` to `path` (the error names the file: a 3B model needs ~3 GB free).
+fn write_gguf(path: &str, gguf: &webvlm::gguf::GgufWriter) -> CliResult {
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).map_err(|e| format!("{path}: {e}"))?);
+    gguf.write_to(&mut file).and_then(|()| file.flush()).map_err(|e| format!("{path}: {e}"))?;
+    eprintln!("wrote {path}");
     Ok(())
 }
 
