@@ -29,6 +29,9 @@ export interface EngineOptions {
   kvF16?: boolean;
   /** Requantize the vision matrices at load time: "q8_0" | "q4_1" | "q4_0". */
   visionQuant?: "q8_0" | "q4_1" | "q4_0";
+  /** GPU memory for saved prompt prefixes, evicted least recently used (default 256 MiB;
+   * 0 keeps only the last request's sequence). */
+  promptCacheBytes?: number;
 }
 
 export interface CreateEngineOptions {
@@ -182,6 +185,7 @@ export interface ModelInfo {
   vision: boolean;
   weightBytes: number;
   maxContext: number;
+  promptCacheBytes: number;
   adapter: string;
   loadSeconds: number;
   networkBytes: number;

@@ -187,8 +187,7 @@ impl Engine {
         };
         let start = super::web_time_now();
         let keys = PromptCache::keys(prompt, self.image_tokens().ok().map(|t| t.img));
-        let cached = self.prompt_cache.take_reusable(&keys);
-        self.ctx.truncate(cached as u32);
+        let cached = self.prompt_cache.reuse(&self.gpu, &mut self.ctx, &keys)?;
         let mut out = Generation {
             tokens: Vec::new(),
             text: String::new(),

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 pub use generate::{FinishReason, GenerateOptions, Generation, ResponseFormat, StepOutput, Wait};
 pub use images::{data_url_bytes, ImageCache, ImageTokens};
+pub use prompt_cache::{PromptCacheStats, DEFAULT_PROMPT_CACHE_BYTES};
 use prompt_cache::PromptCache;
 
 use crate::chat::{ChatContent, ChatError, ChatMessage, ChatTemplate, ContentPart};
@@ -141,7 +142,7 @@ impl Engine {
             vision: None,
             image_options,
             image_cache,
-            prompt_cache: PromptCache::default(),
+            prompt_cache: PromptCache::new(DEFAULT_PROMPT_CACHE_BYTES),
             constraints: None,
         })
     }
@@ -210,6 +211,16 @@ impl Engine {
             return Ok(Prompt { tokens: tokens.to_vec(), images });
         }
         Ok(Prompt { tokens: self.image_tokens()?.expand(tokens, &images)?, images })
+    }
+
+    /// What the prompt cache holds.
+    pub fn prompt_cache_stats(&self) -> PromptCacheStats {
+        self.prompt_cache.stats()
+    }
+
+    /// Limits the GPU memory of saved prompt prefixes (0 keeps only the live sequence).
+    pub fn set_prompt_cache_bytes(&mut self, bytes: u64) {
+        self.prompt_cache.set_budget(bytes);
     }
 
     /// Teacher-forced logits of a prompt whose ids already hold the expanded image layouts

@@ -12,6 +12,9 @@ use crate::kernels::sample::{Sampler, SamplerState};
 use super::decoder::{Decoder, LogitsMode};
 use super::prompt_images::PromptImages;
 
+mod kv_snapshot;
+pub use kv_snapshot::KvSnapshot;
+
 /// Context sizes and precision.
 #[derive(Clone, Copy, Debug)]
 pub struct ContextOptions {

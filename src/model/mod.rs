@@ -17,7 +17,7 @@ pub mod vocab;
 pub mod weights;
 
 pub use config::{ConfigError, ModelConfig};
-pub use context::{Context, ContextError, ContextOptions, Counters, Precision};
+pub use context::{Context, ContextError, ContextOptions, Counters, KvSnapshot, Precision};
 pub use decoder::{Decoder, LogitsMode, ModelError};
 pub use source::{GgufBytes, TensorSource};
 pub use stream::GgufStream;

@@ -17,6 +17,8 @@ pub struct EngineOptions {
     pub vision_quant: Option<String>,
     /// Number of split GGUF parts of the text model (default 1).
     pub text_parts: Option<usize>,
+    /// GPU memory for saved prompt prefixes (default 256 MiB; 0 keeps only the last sequence).
+    pub prompt_cache_bytes: Option<u64>,
 }
 
 /// The bytes the page resolved for an image URL (blob: and http(s): URLs are fetched by
