@@ -12,19 +12,9 @@ use std::rc::Rc;
 
 use serde_json::{json, Value};
 use webvlm::api::{batch, run, ApiError, ChatRequest};
-use webvlm::engine::{Engine, EngineError, Mmproj};
+use webvlm::engine::{Engine, EngineError};
 use webvlm::gguf::MappedGguf;
-use webvlm::model::{ContextOptions, LoadQuant, TensorSource};
-
-const TINY: &str = "tiny_mistral3_tekken";
-
-fn tiny_engine() -> Engine {
-    let model = MappedGguf::open(fixture(TINY).join("model.gguf")).unwrap();
-    let proj = MappedGguf::open(fixture(TINY).join("mmproj.gguf")).unwrap();
-    let mmproj = Some(Mmproj { src: &proj as &dyn TensorSource, quant: LoadQuant::Keep });
-    Engine::load_with_vision(gpu(), &model as &dyn TensorSource, mmproj, ContextOptions { max_ctx: 512, max_chunk: 16, ..Default::default() })
-        .unwrap()
-}
+use webvlm::model::ContextOptions;
 
 fn smollm2_engine() -> Engine {
     let model = MappedGguf::open(common::smollm2::model_path(&common::smollm2::reference())).unwrap();
@@ -32,12 +22,7 @@ fn smollm2_engine() -> Engine {
 }
 
 fn no_files(url: &str) -> Result<Vec<u8>, EngineError> {
-    read_image(url)
-}
-
-/// Image URLs of the tests are fixture file names.
-fn read_image(url: &str) -> Result<Vec<u8>, EngineError> {
-    std::fs::read(fixture(TINY).join(url)).map_err(|e| EngineError::BadImageUrl(format!("{url}: {e}")))
+    read_tiny_vlm_image(url)
 }
 
 /// Runs `request` (JSON) to completion; the streamed chunks are returned too.
@@ -61,7 +46,7 @@ fn user(text: &str) -> Value {
 
 #[test]
 fn bad_requests_are_openai_errors_naming_the_field() {
-    let e = tiny_engine();
+    let e = tiny_vlm_engine();
     let vocab = e.decoder.cfg.vocab as usize;
     let m = user("hi");
     let cases = [
@@ -96,7 +81,7 @@ fn bad_requests_are_openai_errors_naming_the_field() {
 
 #[test]
 fn schema_and_length_errors_come_before_any_work() {
-    let mut e = tiny_engine();
+    let mut e = tiny_vlm_engine();
     let bad_schema = json!({ "type": "json_schema", "json_schema": { "name": "x", "schema": { "type": "nosuchtype" }, "strict": true } });
     let err = complete(&mut e, json!({ "messages": user("hi"), "response_format": bad_schema })).unwrap_err();
     assert_eq!((err.param.as_deref(), err.code), (Some("response_format"), Some("invalid_json_schema")), "{err:?}");
@@ -110,7 +95,7 @@ fn schema_and_length_errors_come_before_any_work() {
 
 #[test]
 fn same_seed_same_output_on_both_samplers() {
-    let mut e = tiny_engine();
+    let mut e = tiny_vlm_engine();
     // GPU sampler (plain temperature / top-p) and host sampler (min-p forces the CPU path).
     for extra in [json!({}), json!({ "min_p": 0.01 })] {
         let request = |seed: i64| {
@@ -128,7 +113,7 @@ fn same_seed_same_output_on_both_samplers() {
 
 #[test]
 fn stop_strings_across_token_boundaries_are_trimmed() {
-    let mut e = tiny_engine();
+    let mut e = tiny_vlm_engine();
     let base = json!({ "tokens": [1, 3, 1784, 8961, 4], "max_tokens": 16, "temperature": 0 });
     let (full, _) = complete(&mut e, base.clone()).unwrap();
     let text = content(&full).to_string();
@@ -160,7 +145,7 @@ fn pieces_of(e: &mut Engine, base: &Value) -> Vec<String> {
 
 #[test]
 fn logprobs_are_the_log_softmax_of_the_logits_command() {
-    let mut e = tiny_engine();
+    let mut e = tiny_vlm_engine();
     let prompt = [1u32, 3, 1784, 8961, 4];
     let request = json!({ "tokens": prompt, "max_tokens": 6, "temperature": 0, "logprobs": true, "top_logprobs": 5, "stream": true });
     let (reply, chunks) = complete(&mut e, request).unwrap();
@@ -172,7 +157,7 @@ fn logprobs_are_the_log_softmax_of_the_logits_command() {
     let ids: Vec<u32> = prompt.iter().copied().chain(generated_ids(&mut e, &prompt, 6)).collect();
     let out = temp_path("api_logprobs.npy");
     let list = ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
-    let model = fixture(TINY).join("model.gguf");
+    let model = fixture(TINY_VLM).join("model.gguf");
     run_cli(&["logits", "--model", model.to_str().unwrap(), "--tokens", &list, "--out", out.to_str().unwrap()]);
     let (shape, logits) = read_npy(&out);
     let vocab = shape[1];
@@ -205,7 +190,7 @@ fn generated_ids(e: &mut Engine, prompt: &[u32], n: u32) -> Vec<u32> {
 
 #[test]
 fn logit_bias_steers_greedy_decoding() {
-    let mut e = tiny_engine();
+    let mut e = tiny_vlm_engine();
     let target = 1784u32;
     let request = json!({ "tokens": [1, 3, 8961, 4], "max_tokens": 4, "temperature": 0, "logit_bias": { target.to_string(): 100 } });
     let (reply, _) = complete(&mut e, request).unwrap();
@@ -223,14 +208,14 @@ fn logit_bias_steers_greedy_decoding() {
 
 #[test]
 fn second_chat_turn_reuses_the_first_turns_cache() {
-    let mut e = tiny_engine();
+    let mut e = tiny_vlm_engine();
     let first = json!([{ "role": "user", "content": [
         { "type": "image_url", "image_url": { "url": "img_84x56.png" } },
         { "type": "text", "text": "Describe the image in detail. ".repeat(20) },
     ] }]);
     let read = |e: &mut Engine, messages: &Value| {
         let req = ChatRequest::from_value(json!({ "messages": messages, "max_tokens": 8, "temperature": 0 }), 131072).unwrap();
-        pollster::block_on(run(e, &req, &mut read_image, None, |_| None)).unwrap()
+        pollster::block_on(run(e, &req, &mut read_tiny_vlm_image, None, |_| None)).unwrap()
     };
     let one = read(&mut e, &first);
     let prompt1 = one["usage"]["prompt_tokens"].as_u64().unwrap();
@@ -244,14 +229,14 @@ fn second_chat_turn_reuses_the_first_turns_cache() {
     assert!(cached >= prompt1, "cached {cached} < first prompt {prompt1}");
     assert_eq!(one["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
     // The cached turn answers as a fresh engine does.
-    let fresh = read(&mut tiny_engine(), &Value::Array(second));
+    let fresh = read(&mut tiny_vlm_engine(), &Value::Array(second));
     assert_eq!(content(&two), content(&fresh));
     assert_eq!(fresh["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
 }
 
 #[test]
 fn abort_mid_stream_then_a_new_request_matches_a_fresh_engine() {
-    let mut e = tiny_engine();
+    let mut e = tiny_vlm_engine();
     let abort = Rc::new(Cell::new(false));
     let req = ChatRequest::from_value(json!({ "messages": user("Count to twenty"), "max_tokens": 40, "temperature": 0, "stream": true }), 131072).unwrap();
     let mut seen = 0;
@@ -270,7 +255,7 @@ fn abort_mid_stream_then_a_new_request_matches_a_fresh_engine() {
     assert!(out["usage"]["completion_tokens"].as_u64().unwrap() <= 4, "stopped within one step: {}", out["usage"]);
     let next = json!({ "messages": user("Count to five"), "max_tokens": 10, "temperature": 0 });
     let after = complete(&mut e, next.clone()).unwrap().0;
-    let fresh = complete(&mut tiny_engine(), next).unwrap().0;
+    let fresh = complete(&mut tiny_vlm_engine(), next).unwrap().0;
     assert_eq!(content(&after), content(&fresh));
 }
 
@@ -315,8 +300,8 @@ fn json_schema_completions_from_a_real_model_validate() {
 /// 20 image requests, 2 of them with broken images: 18 results and 2 errors, in order.
 #[test]
 fn a_batch_reports_broken_images_per_request() {
-    let mut e = tiny_engine();
-    let broken = std::fs::read(fixture(TINY).join("img_84x56.png")).unwrap()[..200].to_vec();
+    let mut e = tiny_vlm_engine();
+    let broken = std::fs::read(fixture(TINY_VLM).join("img_84x56.png")).unwrap()[..200].to_vec();
     std::fs::write(temp_path("broken.png"), &broken).unwrap();
     let lines: String = (0..20)
         .map(|i| {
@@ -325,7 +310,7 @@ fn a_batch_reports_broken_images_per_request() {
             format!("{}\n", json!({ "custom_id": format!("photo-{i}"), "method": "POST", "url": "/v1/chat/completions", "body": body }))
         })
         .collect();
-    let mut load = |url: &str| if url.starts_with('/') { std::fs::read(url).map_err(|e| EngineError::BadImageUrl(e.to_string())) } else { read_image(url) };
+    let mut load = |url: &str| if url.starts_with('/') { std::fs::read(url).map_err(|e| EngineError::BadImageUrl(e.to_string())) } else { read_tiny_vlm_image(url) };
     let mut progress = 0;
     let out = pollster::block_on(batch::run_batch(&mut e, &lines, &mut load, |i, total, _| {
         assert_eq!((i + 1, total), (progress + 1, 20));

@@ -8,28 +8,12 @@ use common::*;
 
 use serde_json::{json, Value};
 use webvlm::api::{run, ChatRequest};
-use webvlm::engine::{Engine, EngineError, Mmproj};
-use webvlm::gguf::MappedGguf;
-use webvlm::model::{ContextOptions, LoadQuant, TensorSource};
-
-const TINY: &str = "tiny_mistral3_tekken";
-
-fn tiny_engine() -> Engine {
-    let model = MappedGguf::open(fixture(TINY).join("model.gguf")).unwrap();
-    let proj = MappedGguf::open(fixture(TINY).join("mmproj.gguf")).unwrap();
-    let mmproj = Some(Mmproj { src: &proj as &dyn TensorSource, quant: LoadQuant::Keep });
-    let opts = ContextOptions { max_ctx: 512, max_chunk: 16, ..Default::default() };
-    Engine::load_with_vision(gpu(), &model as &dyn TensorSource, mmproj, opts).unwrap()
-}
-
-fn read_image(url: &str) -> Result<Vec<u8>, EngineError> {
-    std::fs::read(fixture(TINY).join(url)).map_err(|e| EngineError::BadImageUrl(format!("{url}: {e}")))
-}
+use webvlm::engine::Engine;
 
 /// A greedy 8-token reply to `messages`.
 fn reply(e: &mut Engine, messages: &[Value]) -> Value {
     let req = ChatRequest::from_value(json!({ "messages": messages, "max_tokens": 8, "temperature": 0 }), 131072).unwrap();
-    pollster::block_on(run(e, &req, &mut read_image, None, |_| None)).unwrap()
+    pollster::block_on(run(e, &req, &mut read_tiny_vlm_image, None, |_| None)).unwrap()
 }
 
 fn content(reply: &Value) -> String {
@@ -61,7 +45,7 @@ fn two_chats_in_turns_keep_their_prefixes() {
     ] })];
     let chat_b = vec![system, json!({ "role": "user", "content": "Write a list of ten fruits and their colours. ".repeat(5) })];
 
-    let mut e = tiny_engine();
+    let mut e = tiny_vlm_engine();
     let a1 = reply(&mut e, &chat_a);
     let b1 = reply(&mut e, &chat_b);
     // B shares the system prompt with A, still live; A is saved before B overwrites it.
@@ -89,11 +73,11 @@ fn two_chats_in_turns_keep_their_prefixes() {
     assert!(tokens(&a2, "cached") >= tokens(&a1, "prompt"), "A's second turn: {}", a2["usage"]);
     assert!(tokens(&b2, "cached") >= tokens(&b1, "prompt"), "B's second turn: {}", b2["usage"]);
     // Copied-back prefixes answer as a fresh engine does.
-    assert_eq!(content(&a2), content(&reply(&mut tiny_engine(), &chat_a2)));
-    assert_eq!(content(&b2), content(&reply(&mut tiny_engine(), &chat_b2)));
+    assert_eq!(content(&a2), content(&reply(&mut tiny_vlm_engine(), &chat_a2)));
+    assert_eq!(content(&b2), content(&reply(&mut tiny_vlm_engine(), &chat_b2)));
 
     // With no budget for saved prefixes only the live sequence is reused.
-    let mut live_only = tiny_engine();
+    let mut live_only = tiny_vlm_engine();
     live_only.set_prompt_cache_bytes(0);
     reply(&mut live_only, &chat_a);
     reply(&mut live_only, &chat_b);
@@ -104,7 +88,7 @@ fn two_chats_in_turns_keep_their_prefixes() {
 
 #[test]
 fn saved_prefixes_stay_within_the_budget_least_recently_used_first() {
-    let mut e = tiny_engine();
+    let mut e = tiny_vlm_engine();
     let chat = |topic: &str| vec![json!({ "role": "user", "content": format!("Tell me about {topic}. ").repeat(12) })];
     let topics = ["rivers", "mountains", "deserts", "forests"];
     let first = reply(&mut e, &chat(topics[0]));

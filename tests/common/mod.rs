@@ -100,3 +100,23 @@ pub fn temp_path(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir.join(name)
 }
+
+/// The tiny VLM fixture (Tekken tokenizer, random weights) with its mmproj, as an engine with
+/// a 512-token context.
+pub fn tiny_vlm_engine() -> webvlm::engine::Engine {
+    use webvlm::engine::{Engine, Mmproj};
+    use webvlm::gguf::MappedGguf;
+    use webvlm::model::{ContextOptions, LoadQuant, TensorSource};
+    let model = MappedGguf::open(fixture(TINY_VLM).join("model.gguf")).unwrap();
+    let proj = MappedGguf::open(fixture(TINY_VLM).join("mmproj.gguf")).unwrap();
+    let mmproj = Some(Mmproj { src: &proj as &dyn TensorSource, quant: LoadQuant::Keep });
+    let opts = ContextOptions { max_ctx: 512, max_chunk: 16, ..Default::default() };
+    Engine::load_with_vision(gpu(), &model as &dyn TensorSource, mmproj, opts).unwrap()
+}
+
+pub const TINY_VLM: &str = "tiny_mistral3_tekken";
+
+/// Image URLs in the API tests are file names in the tiny VLM's fixture directory.
+pub fn read_tiny_vlm_image(url: &str) -> Result<Vec<u8>, webvlm::engine::EngineError> {
+    std::fs::read(fixture(TINY_VLM).join(url)).map_err(|e| webvlm::engine::EngineError::BadImageUrl(format!("{url}: {e}")))
+}
