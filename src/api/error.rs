@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use crate::engine::EngineError;
+use crate::gpu::GpuError;
 
 /// A request that cannot run, or a generation that failed, in OpenAI's error shape.
 #[derive(Clone, Debug, PartialEq, Serialize, thiserror::Error)]
@@ -37,12 +38,16 @@ impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> ApiError {
         use crate::model::ContextError;
         let message = e.to_string();
-        let lost = match &e {
-            EngineError::Gpu(g) | EngineError::Context(ContextError::Gpu(g)) => g.is_device_lost(),
-            _ => false,
+        let gpu = match &e {
+            EngineError::Gpu(g) | EngineError::Context(ContextError::Gpu(g)) => Some(g),
+            _ => None,
         };
-        if lost {
-            return ApiError { message, kind: "server_error", param: None, code: Some("device_lost") };
+        match gpu {
+            Some(g) if g.is_device_lost() => return ApiError { message, kind: "server_error", param: None, code: Some("device_lost") },
+            Some(GpuError::OutOfMemory(_) | GpuError::BufferTooLarge { .. }) => {
+                return ApiError { message, kind: "server_error", param: None, code: Some("adapter_too_small") }
+            }
+            _ => {}
         }
         match &e {
             EngineError::Param(p) => ApiError::invalid(p.param, "invalid_value", message),

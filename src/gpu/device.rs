@@ -47,7 +47,7 @@ pub struct Gpu {
     pub queue: wgpu::Queue,
     pub caps: Caps,
     pub(super) pipelines: RefCell<PipelineCache>,
-    errors: Arc<Mutex<Vec<String>>>,
+    errors: Arc<Mutex<Vec<GpuError>>>,
     /// Why the device was lost, once its device-lost callback ran.
     lost: Arc<Mutex<Option<String>>>,
 }
@@ -119,8 +119,12 @@ impl Gpu {
         let errors = Arc::new(Mutex::new(Vec::new()));
         let sink = errors.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let e = match e {
+                wgpu::Error::OutOfMemory { .. } => GpuError::OutOfMemory(e.to_string()),
+                _ => GpuError::Device(e.to_string()),
+            };
             if let Ok(mut v) = sink.lock() {
-                v.push(e.to_string());
+                v.push(e);
             }
         }));
 
@@ -150,7 +154,7 @@ impl Gpu {
     }
 
     /// Returns and clears the device errors reported since the last call.
-    pub fn take_errors(&self) -> Vec<String> {
+    pub fn take_errors(&self) -> Vec<GpuError> {
         self.errors.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default()
     }
 
@@ -167,7 +171,7 @@ impl Gpu {
             return Err(e);
         }
         match self.take_errors().into_iter().next() {
-            Some(e) => Err(GpuError::Device(e)),
+            Some(e) => Err(e),
             None => Ok(()),
         }
     }

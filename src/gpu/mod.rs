@@ -31,9 +31,12 @@ pub enum GpuError {
     /// A buffer could not be mapped for reading.
     #[error("buffer readback failed: {0}")]
     Readback(String),
-    /// The device reported a validation or out-of-memory error.
+    /// The device reported a validation error.
     #[error("GPU error: {0}")]
     Device(String),
+    /// The device could not allocate memory (a buffer larger than what is left).
+    #[error("GPU out of memory: {0}")]
+    OutOfMemory(String),
     /// A buffer larger than the device allows was requested.
     #[error("buffer {label} of {size} bytes exceeds the device limit of {limit} bytes")]
     BufferTooLarge { label: String, size: u64, limit: u64 },

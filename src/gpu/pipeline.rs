@@ -100,8 +100,8 @@ impl Gpu {
             },
             cache: None,
         });
-        if let Some(message) = self.take_errors().into_iter().next() {
-            return Err(super::GpuError::Pipeline { label: format!("{}::{}", spec.label, spec.entry), message });
+        if let Some(e) = self.take_errors().into_iter().next() {
+            return Err(super::GpuError::Pipeline { label: format!("{}::{}", spec.label, spec.entry), message: e.to_string() });
         }
         let pipeline =
             Rc::new(Pipeline { label: spec.label, compute, layout: bind_layout, bindings: spec.bindings });

@@ -40,7 +40,7 @@ pub enum WeightError {
     #[error("weight of {rows}x{cols} {ty}: columns must be a non-zero multiple of {block}")]
     BadShape { ty: GgmlType, rows: u32, cols: u32, block: usize },
     /// Not even one row fits the part size limit.
-    #[error("one row of {row_bytes} bytes exceeds the part limit of {limit} bytes")]
+    #[error("one row of {row_bytes} bytes (plus 4 bytes of scale padding) exceeds the part limit of {limit} bytes")]
     RowTooLarge { row_bytes: u64, limit: u64 },
     /// A row write outside the weight, of partial rows, or breaking the scale alignment.
     #[error("{label}: cannot write {bytes} bytes at row {row0}")]

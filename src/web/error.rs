@@ -87,7 +87,7 @@ impl ErrorKind {
 pub fn to_js<E: Display + 'static>(e: &E) -> JsError {
     let kind = ErrorKind::of(e);
     let message = match kind {
-        ErrorKind::AdapterTooSmall => format!("this GPU's WebGPU limits are too small for the model: {e}"),
+        ErrorKind::AdapterTooSmall => format!("this GPU's WebGPU limits or free memory are too small for the model: {e}"),
         _ => e.to_string(),
     };
     let error = JsError::new(&message);
@@ -105,7 +105,7 @@ pub fn to_js<E: Display + 'static>(e: &E) -> JsError {
 fn gpu(e: &GpuError) -> ErrorKind {
     match e {
         GpuError::NoAdapter(_) => ErrorKind::NoWebGpu,
-        GpuError::RequestDevice(_) | GpuError::BufferTooLarge { .. } => ErrorKind::AdapterTooSmall,
+        GpuError::RequestDevice(_) | GpuError::BufferTooLarge { .. } | GpuError::OutOfMemory(_) => ErrorKind::AdapterTooSmall,
         e if e.is_device_lost() => ErrorKind::DeviceLost,
         _ => ErrorKind::Other,
     }
