@@ -23,6 +23,7 @@ export class Host {
     this.engine = null;
     this.queue = Promise.resolve();
     this.running = null; // id of the request in progress
+    this.runningStopped = false; // a stop for it arrived (seen before the wasm engine starts)
     this.stopped = new Set(); // ids stopped before they started
     this.lost = null; // the DeviceLostError that ended the engine's GPU device
     this.flow = null; // the running stream's flow control: {unread, resume}
@@ -33,6 +34,7 @@ export class Host {
   handle(msg) {
     if (msg.type === "stop") {
       if (msg.target === undefined || msg.target === this.running) {
+        this.runningStopped = true;
         this.engine?.stop();
         this.flow?.resume(true); // a paused stream must wake up to see the stop
       } else {
@@ -53,6 +55,7 @@ export class Host {
   async run(msg) {
     const { id } = msg;
     this.running = id;
+    this.runningStopped = false;
     try {
       if (this.stopped.delete(id)) {
         this.post({ id, type: "result", value: aborted() });
@@ -110,7 +113,7 @@ export class Host {
       onDescribed: (i, d) => {
         if (!d.sha256 || d.verified) return;
         engine.expectSha256(i < text.length ? "text" : "mmproj", i, d.sha256);
-        if (sources[i].url && cacheName !== null) hashed.push(sources[i].url);
+        if (sources[i].url) hashed.push(sources[i].url);
       },
       onStart: (t) => { total = t; report("download", "starting"); },
       onBytes: (n, fromNetwork) => {
@@ -143,15 +146,21 @@ export class Host {
    * STREAM_WINDOW of them are unread (the page acknowledges each one it reads). */
   async generate(request, onChunk) {
     if (!this.engine) throw new EngineUnloadedError("no model is loaded");
-    const images = new Map();
+    const urls = new Set();
     for (const m of Array.isArray(request?.messages) ? request.messages : []) {
       for (const part of Array.isArray(m?.content) ? m.content : []) {
         const url = part?.image_url?.url ?? part?.image_url;
-        if (part?.type === "image_url" && typeof url === "string" && !url.startsWith("data:") && !images.has(url)) {
-          images.set(url, await fetchImage(url));
-        }
+        if (part?.type === "image_url" && typeof url === "string" && !url.startsWith("data:")) urls.add(url);
       }
     }
+    // A request the engine will refuse is refused before its images download (throws the
+    // BadRequestError the generation would).
+    if (urls.size) this.engine.check(JSON.stringify(request));
+    const images = new Map();
+    for (const url of urls) images.set(url, await fetchImage(url));
+    // A stop that came while the images downloaded: the wasm engine clears its stop flag
+    // when a generation starts, so it would be lost there.
+    if (this.runningStopped) return aborted();
     const flow = {
       unread: 0, wake: null, stopped: false,
       resume(stop = false) { this.stopped ||= stop; this.wake?.(); this.wake = null; },
