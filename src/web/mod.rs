@@ -14,7 +14,7 @@ use wasm_bindgen::prelude::*;
 
 use crate::api::{ApiError, ChatRequest};
 use crate::chat::{ChatContent, ContentPart};
-use crate::engine::{Engine, Prompt, Wait};
+use crate::engine::{Engine, Prompt, Wait, DEFAULT_PROMPT_CACHE_BYTES};
 use crate::gpu::{Gpu, GpuOptions};
 use crate::model::{ContextOptions, GgufParts, GgufStream, LoadQuant, Precision};
 
@@ -57,6 +57,7 @@ struct Inner {
     vision_sha256: Option<[u8; 32]>,
     context: ContextOptions,
     vision_quant: LoadQuant,
+    prompt_cache_bytes: u64,
 }
 
 /// An engine loading or running in the browser.
@@ -69,9 +70,9 @@ pub struct WebEngine {
 #[wasm_bindgen]
 impl WebEngine {
     /// Opens WebGPU. `options`: JSON `{"maxContext", "maxChunk", "f16", "kvF16",
-    /// "visionQuant", "textParts"}`, all optional: a 4096-token f16 KV cache by default (a
-    /// 1540-pixel image alone can take ~3000 tokens; f16 halves the cache on any adapter),
-    /// and a text model of one file.
+    /// "visionQuant", "textParts", "promptCacheBytes"}`, all optional: a 4096-token f16 KV
+    /// cache by default (a 1540-pixel image alone can take ~3000 tokens; f16 halves the cache
+    /// on any adapter), a text model of one file, 256 MiB for saved prompt prefixes.
     pub async fn create(options: String) -> Result<WebEngine, JsError> {
         let o: request::EngineOptions = serde_json::from_str(&options).map_err(js)?;
         let gpu = Gpu::new(GpuOptions::default()).await.map_err(js)?;
@@ -84,7 +85,8 @@ impl WebEngine {
         };
         let vision_quant = o.vision_quant.as_deref().map(str::parse).transpose().map_err(|e: String| js(e))?.unwrap_or_default();
         let text = GgufParts::new(o.text_parts.unwrap_or(1)).map_err(js)?;
-        let inner = Inner { state: State::Device(gpu), text, vision: None, vision_sha256: None, context, vision_quant };
+        let prompt_cache_bytes = o.prompt_cache_bytes.unwrap_or(DEFAULT_PROMPT_CACHE_BYTES);
+        let inner = Inner { state: State::Device(gpu), text, vision: None, vision_sha256: None, context, vision_quant, prompt_cache_bytes };
         Ok(WebEngine { inner: Rc::new(RefCell::new(inner)), abort: Rc::new(Cell::new(false)) })
     }
 
@@ -145,7 +147,8 @@ impl WebEngine {
                     inner.state = State::Device(gpu);
                     return Ok(());
                 }
-                let engine = Engine::load_from(gpu, &mut inner.text, inner.context).map_err(js)?;
+                let mut engine = Engine::load_from(gpu, &mut inner.text, inner.context).map_err(js)?;
+                engine.set_prompt_cache_bytes(inner.prompt_cache_bytes);
                 inner.text.seal(&engine.gpu).map_err(js)?;
                 inner.state = State::Ready(Box::new(engine));
             }
@@ -207,6 +210,7 @@ impl WebEngine {
             "vision": e.vision.is_some(),
             "weightBytes": e.decoder.weights.bytes_on_gpu() + e.vision.as_ref().map_or(0, |v| v.weights.bytes_on_gpu()),
             "maxContext": e.ctx.max_ctx(),
+            "promptCacheBytes": e.prompt_cache_stats().budget_bytes,
             "adapter": describe(&e.gpu),
         });
         Ok(summary.to_string())
