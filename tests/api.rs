@@ -88,6 +88,19 @@ fn schema_and_length_errors_come_before_any_work() {
     let long = "word ".repeat(600);
     let err = complete(&mut e, json!({ "messages": user(&long) })).unwrap_err();
     assert_eq!(err.code, Some("context_length_exceeded"), "{err:?}");
+    // `check` (what the browser's worker asks before fetching image URLs) refuses the same
+    // requests, with images it never reads.
+    let with_image = |text: &str| json!([{ "role": "user", "content": [
+        { "type": "image_url", "image_url": { "url": "https://example.com/never-fetched.png" } },
+        { "type": "text", "text": text },
+    ] }]);
+    let check = |e: &mut Engine, body: Value| webvlm::api::check(e, &ChatRequest::from_value(body, 131072).unwrap());
+    let err = check(&mut e, json!({ "messages": with_image(&long) })).unwrap_err();
+    assert_eq!(err.code, Some("context_length_exceeded"), "{err:?}");
+    assert!(err.message.contains("before its images"), "{}", err.message);
+    let err = check(&mut e, json!({ "messages": with_image("hi"), "response_format": bad_schema })).unwrap_err();
+    assert_eq!(err.code, Some("invalid_json_schema"), "{err:?}");
+    check(&mut e, json!({ "messages": with_image("hi") })).unwrap();
     // The engine is still ready.
     let (reply, _) = complete(&mut e, json!({ "messages": user("hi"), "max_tokens": 3, "temperature": 0 })).unwrap();
     assert_eq!(reply["usage"]["completion_tokens"], 3);

@@ -13,11 +13,43 @@ use std::rc::Rc;
 
 use serde_json::{json, Value};
 
+use crate::chat::{ChatContent, ContentPart};
 use crate::engine::{Engine, EngineError, Prompt, Wait};
 
 pub use error::ApiError;
 pub use request::ChatRequest;
 pub use response::ResponseMeta;
+
+/// Refuses what [`run`] would refuse before any image is fetched: an invalid or unsupported
+/// `response_format`, a prompt longer than the context (counted before the images' tokens,
+/// a lower bound). The browser's worker calls it before downloading a request's image URLs.
+pub fn check(engine: &mut Engine, req: &ChatRequest) -> Result<(), ApiError> {
+    engine.check_response_format(&req.options.response_format)?;
+    let has_images = req.messages.iter().any(|m| match &m.content {
+        ChatContent::Parts(parts) => parts.iter().any(|p| matches!(p, ContentPart::Image { .. })),
+        ChatContent::Text(_) => false,
+    });
+    let tokens = match &req.tokens {
+        Some(tokens) => tokens.len(),
+        None => match engine.chat_tokens(&req.messages) {
+            Ok(tokens) => tokens.len(),
+            // With images, generation meets them first (a bad one is its error).
+            Err(_) if has_images => return Ok(()),
+            Err(e) => return Err(e.into()),
+        },
+    };
+    check_length(engine, tokens, if has_images { " before its images" } else { "" })
+}
+
+fn check_length(engine: &Engine, tokens: usize, counted: &str) -> Result<(), ApiError> {
+    let max_ctx = engine.ctx.max_ctx() as usize;
+    if tokens < max_ctx {
+        return Ok(());
+    }
+    let size = if counted.is_empty() { format!("{tokens} tokens") } else { format!("at least {tokens} tokens{counted}") };
+    let message = format!("the prompt is {size}; this engine's context holds {max_ctx} (prompt and reply)");
+    Err(ApiError::invalid("messages", "context_length_exceeded", message))
+}
 
 /// Runs a checked request: builds its prompt (image URLs that are not `data:` URLs go to
 /// `load_url`), generates, and returns the `chat.completion` object. With `stream`, each
@@ -37,14 +69,7 @@ pub async fn run(
         Some(tokens) => Prompt { tokens: tokens.clone(), images: Vec::new() },
         None => engine.chat_prompt(&req.messages, load_url)?,
     };
-    let max_ctx = engine.ctx.max_ctx() as usize;
-    if prompt.tokens.len() >= max_ctx {
-        return Err(ApiError::invalid(
-            "messages",
-            "context_length_exceeded",
-            format!("the prompt is {} tokens; this engine's context holds {max_ctx} (prompt and reply)", prompt.tokens.len()),
-        ));
-    }
+    check_length(engine, prompt.tokens.len(), "")?;
     let meta = ResponseMeta::new(req.model.as_deref().or(engine.decoder.cfg.name.as_deref()).unwrap_or("webvlm"));
     let mut opts = req.options.clone();
     opts.abort = abort;

@@ -12,8 +12,7 @@ use std::rc::Rc;
 
 use wasm_bindgen::prelude::*;
 
-use crate::api::{ApiError, ChatRequest};
-use crate::chat::{ChatContent, ContentPart};
+use crate::api::ChatRequest;
 use crate::engine::{Engine, Prompt, Wait, DEFAULT_PROMPT_CACHE_BYTES};
 use crate::gpu::{Gpu, GpuOptions};
 use crate::model::{ContextOptions, GgufParts, GgufStream, LoadQuant, Precision};
@@ -239,34 +238,12 @@ impl WebEngine {
     }
 
     /// Refuses a request [`Self::generate`] would refuse before its images are needed, with
-    /// the same `BadRequestError`: its fields, its `response_format`, a prompt longer than
-    /// the context (counted without the images' tokens, a lower bound). The worker calls it
-    /// before fetching a request's image URLs.
+    /// the same `BadRequestError` ([`crate::api::check`]).
     pub fn check(&self, request: String) -> Result<(), JsError> {
         let mut guard = self.inner.try_borrow_mut().map_err(|_| js("the engine is busy"))?;
         let State::Ready(engine) = &mut guard.state else { return Err(js("no model is loaded")) };
         let req = ChatRequest::parse(&request, engine.decoder.cfg.vocab as usize).map_err(js)?;
-        engine.check_response_format(&req.options.response_format).map_err(|e| js(ApiError::from(e)))?;
-        let has_images = req.messages.iter().any(|m| match &m.content {
-            ChatContent::Parts(parts) => parts.iter().any(|p| matches!(p, ContentPart::Image { .. })),
-            ChatContent::Text(_) => false,
-        });
-        let tokens = match &req.tokens {
-            Some(tokens) => tokens.len(),
-            None => match engine.chat_tokens(&req.messages) {
-                Ok(tokens) => tokens.len(),
-                // With images, generation meets them first (a bad one is its error).
-                Err(_) if has_images => return Ok(()),
-                Err(e) => return Err(js(ApiError::from(e))),
-            },
-        };
-        let max_ctx = engine.ctx.max_ctx() as usize;
-        if tokens >= max_ctx {
-            let size = if has_images { format!("at least {tokens} tokens before its images") } else { format!("{tokens} tokens") };
-            let message = format!("the prompt is {size}; this engine's context holds {max_ctx} (prompt and reply)");
-            return Err(js(ApiError::invalid("messages", "context_length_exceeded", message)));
-        }
-        Ok(())
+        crate::api::check(engine, &req).map_err(js)
     }
 
     /// Ends the running generation after the current step.
