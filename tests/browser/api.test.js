@@ -28,7 +28,7 @@ import path from "node:path";
 import { promisify } from "node:util";
 import Ajv from "ajv";
 import { startServer, repoRoot } from "./server.js";
-import { launchBrowser, requireWasmPackage } from "./harness.js";
+import { inPage, launchBrowser, parseCSV, requireWasmPackage } from "./harness.js";
 
 const TINY = "/fixtures/tiny_mistral3_tekken";
 const TINY_DIR = path.join(repoRoot, "tests/fixtures/tiny_mistral3_tekken");
@@ -63,7 +63,7 @@ before(async () => {
   browser = await launchBrowser();
   page = await browser.newPage();
   await page.goto(`${server.url}/test/blank.html`);
-  await inPage(async (api, [model, engine], s) => {
+  await inPage(page, async (api, [model, engine], s) => {
     // Counts the stream chunks the engine's worker posts to the page (a listener beside the
     // package's own; it changes nothing): the flow-control test watches them arrive.
     const NativeWorker = globalThis.Worker;
@@ -107,17 +107,6 @@ async function nativeChat(request) {
   }
 }
 
-/** Runs `fn(api, arg, s)` in the page with the package imported as `api`; `s` persists. */
-function inPage(fn, arg) {
-  return page.evaluate(
-    async ([src, arg]) => {
-      const api = await import("/pkg/index.js");
-      globalThis.__t ??= {};
-      return (0, eval)(`(${src})`)(api, arg, globalThis.__t);
-    },
-    [fn.toString(), arg],
-  );
-}
 
 /** A test that prints how long it took. */
 function timedTest(name, options, fn) {
@@ -171,7 +160,7 @@ timedTest("invalid requests reject with a BadRequestError naming the field, befo
     { request: { messages: [{ role: "user", content: [image("long"), { type: "text", text: "hi ".repeat(6000) }] }] }, param: "messages", code: "context_length_exceeded", mention: /context/ },
     { request: { messages: [{ role: "user", content: [image("stream"), { type: "text", text: "hi" }] }], temperature: 3, stream: true }, param: "temperature", code: "invalid_value", mention: /temperature/ },
   ];
-  const out = await inPage(async (api, requests, s) => {
+  const out = await inPage(page, async (api, requests, s) => {
     const out = [];
     for (const extra of requests) {
       const t0 = performance.now();
@@ -214,7 +203,7 @@ timedTest("invalid requests reject with a BadRequestError naming the field, befo
 timedTest("seeded sampling reproduces exactly and equals the native CLI's; requests sent together are queued in order, never interleaved", { timeout: 20 * MIN }, async (t) => {
   // Each request alone, then all three at once as streams (the engine serves the next
   // request after the refusals above).
-  const r = await inPage(async (api, requests, s) => {
+  const r = await inPage(page, async (api, requests, s) => {
     const alone = [];
     for (const q of requests) alone.push((await s.engine.chat.completions.create(q)).choices[0].message.content);
     let seq = 0;
@@ -246,7 +235,7 @@ timedTest("seeded sampling reproduces exactly and equals the native CLI's; reque
 timedTest("logprobs, streamed or not, are the log-softmax of engine.logits; stop strings split across tokens are trimmed, streamed text too", { timeout: 20 * MIN }, async (t) => {
   const n = 2;
   const request = { ...NEXT, max_tokens: n };
-  const r = await inPage(async (api, [request, n], s) => {
+  const r = await inPage(page, async (api, [request, n], s) => {
     const reply = await s.engine.chat.completions.create(request);
     // Teacher-forced: the greedy ids are the argmax of each row, one prefix at a time.
     const vocab = s.engine.info.vocab;
@@ -295,7 +284,7 @@ timedTest("logprobs, streamed or not, are the log-softmax of engine.logits; stop
   assert.ok(at >= 0 && at < pieces[0].length);
   t.diagnostic(`tokens ${JSON.stringify(pieces)}: stop ${JSON.stringify(stop)} -> ${JSON.stringify(text.slice(0, at))}`);
   const stopped = { ...request, max_tokens: n + 2, stop: ["never-there", stop] };
-  const s = await inPage(async (api, request, s) => ({
+  const s = await inPage(page, async (api, request, s) => ({
     reply: await s.engine.chat.completions.create(request),
     chunks: await s.collect(await s.engine.chat.completions.create({ ...request, stream: true })),
   }), stopped);
@@ -318,7 +307,7 @@ timedTest("response_format: a json_schema completion parses and validates (ajv);
     { tokens: GREEDY, max_tokens: 8, temperature: 1, seed: 8, response_format: { type: "json_schema", json_schema: { name: "digits", schema, strict: true } } },
     { tokens: GREEDY, max_tokens: 8, temperature: 0, response_format: { type: "json_object" } },
   ];
-  const replies = await inPage(async (api, requests, s) => {
+  const replies = await inPage(page, async (api, requests, s) => {
     const out = [];
     for (const r of requests) out.push(await s.engine.chat.completions.create(r));
     return out;
@@ -338,7 +327,7 @@ timedTest("response_format: a json_schema completion parses and validates (ajv);
 });
 
 timedTest("a second chat turn reuses the first turn's prompt cache", { timeout: 10 * MIN }, async (t) => {
-  const r = await inPage(async (api, tiny, s) => {
+  const r = await inPage(page, async (api, tiny, s) => {
     const first = [{ role: "user", content: [
       { type: "image_url", image_url: { url: `${tiny}/img_84x56.png` } },
       { type: "text", text: "Describe the image in detail." },
@@ -356,7 +345,7 @@ timedTest("a second chat turn reuses the first turn's prompt cache", { timeout: 
 });
 
 timedTest("a stream nobody reads stops decoding after STREAM_WINDOW unread chunks; its AbortSignal ends it, and the next request is a clean one", { timeout: 20 * MIN }, async (t) => {
-  const r = await inPage(async (api, [prompt, window, next], s) => {
+  const r = await inPage(page, async (api, [prompt, window, next], s) => {
     const ac = new AbortController();
     const since = s.chunkArrivals.length;
     const arrived = () => s.chunkArrivals.length - since;
@@ -420,7 +409,7 @@ timedTest("aborting (leaving the loop, a non-stream request's signal, a stop whi
   };
   let r;
   try {
-    r = await inPage(async (api, [prompt, next, tiny], s) => {
+    r = await inPage(page, async (api, [prompt, next, tiny], s) => {
       const create = (r) => s.engine.chat.completions.create(r);
       const long = { tokens: prompt, max_tokens: 64, temperature: 0 };
       const after = [];
@@ -471,24 +460,6 @@ timedTest("aborting (leaving the loop, a non-stream request's signal, a stop whi
   assertClean(r.after[1], "after the non-stream abort and the stalled image");
 });
 
-/** Parses RFC 4180 CSV (quoted cells, CRLF rows). */
-function parseCSV(text) {
-  const rows = [];
-  let row = [], cell = "", quoted = false;
-  for (let i = 0; i < text.length; i++) {
-    const ch = text[i];
-    if (quoted) {
-      if (ch === '"' && text[i + 1] === '"') { cell += '"'; i++; }
-      else if (ch === '"') quoted = false;
-      else cell += ch;
-    } else if (ch === '"') quoted = true;
-    else if (ch === ",") { row.push(cell); cell = ""; }
-    else if (ch === "\r" && text[i + 1] === "\n") { row.push(cell); rows.push(row); row = []; cell = ""; i++; }
-    else cell += ch;
-  }
-  if (cell || row.length) { row.push(cell); rows.push(row); }
-  return rows;
-}
 
 timedTest("a batch of 20 image requests with 2 broken images: 18 results and 2 errors in order; JSONL input; CSV/JSONL exports", { timeout: 60 * MIN }, async (t) => {
   const dataUrl = (bytes) => `data:image/png;base64,${Buffer.from(bytes).toString("base64")}`;
@@ -507,7 +478,7 @@ timedTest("a batch of 20 image requests with 2 broken images: 18 results and 2 e
     "{not json",
     JSON.stringify({ custom_id: "too-hot", body: { tokens: GREEDY, temperature: 3 } }),
   ].join("\n");
-  const r = await inPage(async (api, [items, jsonl], s) => {
+  const r = await inPage(page, async (api, [items, jsonl], s) => {
     const progress = [];
     const t0 = performance.now();
     const results = await s.engine.batch(items, {

@@ -8,7 +8,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { startServer, repoRoot } from "./server.js";
-import { launchBrowser, requireWasmPackage } from "./harness.js";
+import { launchBrowser, parseCSV, requireWasmPackage } from "./harness.js";
 
 let server, browser;
 before(async () => {
@@ -270,22 +270,3 @@ test("batch mode describes 5 images (one broken) with per-image progress, stops,
   browser.assertNoErrors();
 });
 
-/** RFC 4180 CSV (quoted cells with "" escapes and line breaks) as rows of cells. */
-function parseCSV(text) {
-  const rows = [];
-  let row = [], cell = "", quoted = false;
-  for (let i = 0; i < text.length; i++) {
-    const ch = text[i];
-    if (quoted) {
-      if (ch === '"' && text[i + 1] === '"') { cell += '"'; i++; }
-      else if (ch === '"') quoted = false;
-      else cell += ch;
-    } else if (ch === '"') quoted = true;
-    else if (ch === ",") { row.push(cell); cell = ""; }
-    else if (ch === "\r" && text[i + 1] === "\n") { row.push(cell); rows.push(row); row = []; cell = ""; i++; }
-    else if (ch === "\n") { row.push(cell); rows.push(row); row = []; cell = ""; }
-    else cell += ch;
-  }
-  if (cell !== "" || row.length) { row.push(cell); rows.push(row); }
-  return rows;
-}

@@ -14,7 +14,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { startServer, repoRoot, DEFAULT_MOUNTS } from "./server.js";
-import { launchBrowser, requireWasmPackage } from "./harness.js";
+import { inPage, launchBrowser, requireWasmPackage } from "./harness.js";
 
 const TINY = "/fixtures/tiny_mistral3_tekken";
 const MODEL = { text: `${TINY}/model.gguf`, mmproj: `${TINY}/mmproj.gguf` };
@@ -42,24 +42,13 @@ after(async () => {
   fs.rmSync(splitDir, { recursive: true, force: true });
 });
 
-/** Runs `fn(api, arg)` in the page with the package imported as `api`. */
-function inPage(fn, arg) {
-  return page.evaluate(
-    async ([src, arg]) => {
-      const api = await import("/pkg/index.js");
-      globalThis.__t ??= {};
-      return (0, eval)(`(${src})`)(api, arg, globalThis.__t);
-    },
-    [fn.toString(), arg],
-  );
-}
 
 function weightRequests(since = 0) {
   return server.log.slice(since).filter((e) => e.path.endsWith(".gguf"));
 }
 
 test("the tiny VLM loads with progress, its logits match transformers, greedy text equals the native CLI", async (t) => {
-  const loaded = await inPage(async (api, model, s) => {
+  const loaded = await inPage(page, async (api, model, s) => {
     const progress = [];
     s.engine = await api.createEngine({
       model, engine: { kvF16: false }, chunkBytes: 1 << 20, cacheName: "engine-test",
@@ -78,7 +67,7 @@ test("the tiny VLM loads with progress, its logits match transformers, greedy te
   assert.ok(info.wasmMemoryBytes < 256 * 2 ** 20, `wasm heap ${info.wasmMemoryBytes} bytes`);
 
   // Logits of the fixture's image case, compared in the page with the .npy reference.
-  const cmp = await inPage(async (api, dir, s) => {
+  const cmp = await inPage(page, async (api, dir, s) => {
     const cases = await (await fetch(`${dir}/cases.json`)).json();
     const c = cases.image_cases[0];
     const got = await s.engine.logits(c.tokens, c.images.map((f) => `${dir}/${f}`));
@@ -109,7 +98,7 @@ test("the tiny VLM loads with progress, its logits match transformers, greedy te
   // Greedy text with an image, against `webvlm generate` on the native adapter.
   const prompt = "Describe the image.";
   const image = "img_84x56.png";
-  const reply = await inPage(async (api, [dir, image, prompt], s) => {
+  const reply = await inPage(page, async (api, [dir, image, prompt], s) => {
     const r = await s.engine.chat.completions.create({
       messages: [{ role: "user", content: [{ type: "image_url", image_url: { url: `${dir}/${image}` } }, { type: "text", text: prompt }] }],
       max_tokens: 6, temperature: 0,
@@ -130,7 +119,7 @@ test("the tiny VLM loads with progress, its logits match transformers, greedy te
 
 test("split GGUF parts, given by the first part's URL, load to the single file's logits", async () => {
   const since = server.log.length;
-  const same = await inPage(async (api, [dir, mmproj], s) => {
+  const same = await inPage(page, async (api, [dir, mmproj], s) => {
     const phases = new Set();
     const split = await api.createEngine({
       model: { text: "/split/tiny-00001-of-00003.gguf", mmproj }, engine: { kvF16: false }, chunkBytes: 1 << 20,
@@ -152,13 +141,13 @@ test("split GGUF parts, given by the first part's URL, load to the single file's
 test("a reload loads from Cache Storage with no weight request", async () => {
   await page.reload();
   const since = server.log.length;
-  const info = await inPage(async (api, model, s) => {
+  const info = await inPage(page, async (api, model, s) => {
     s.engine = await api.createEngine({ model, chunkBytes: 1 << 20, cacheName: "engine-test" });
     return s.engine.info;
   }, MODEL);
   assert.deepEqual(weightRequests(since), [], "weight requests after the reload");
   assert.equal(info.networkBytes, 0);
-  const cached = await inPage((api) => api.cacheContents("engine-test"));
+  const cached = await inPage(page, (api) => api.cacheContents("engine-test"));
   assert.equal(cached.entries.length, 2);
   assert.ok(cached.entries.every((e) => e.complete && e.bytes === e.size), JSON.stringify(cached.entries));
 });
@@ -175,7 +164,7 @@ test("an interrupted download resumes without refetching stored chunks", async (
     }
     return false;
   };
-  const first = await inPage(async (api, model) => {
+  const first = await inPage(page, async (api, model) => {
     try {
       await api.createEngine({ model, chunkBytes: 1 << 20, cacheName: "resume-test" });
       return "loaded";
@@ -186,7 +175,7 @@ test("an interrupted download resumes without refetching stored chunks", async (
   server.intercept = null;
   assert.equal(first, "DownloadError");
   const since = server.log.length;
-  await inPage(async (api, model, s) => {
+  await inPage(page, async (api, model, s) => {
     s.engine = await api.createEngine({ model, chunkBytes: 1 << 20, cacheName: "resume-test" });
   }, MODEL);
   const again = weightRequests(since).filter((e) => e.path.endsWith("model.gguf") && e.range);
@@ -197,7 +186,7 @@ test("an interrupted download resumes without refetching stored chunks", async (
 });
 
 test("stop ends a streamed generation at once", async () => {
-  const r = await inPage(async (api, [dir], s) => {
+  const r = await inPage(page, async (api, [dir], s) => {
     const stream = await s.engine.chat.completions.create({
       messages: [{ role: "user", content: "Tell me a long story." }], max_tokens: 200, stream: true,
     });
@@ -227,7 +216,7 @@ test("a published SHA-256 is checked: a mismatch is a DownloadError and drops th
   // A server whose files all claim a wrong hash, as Hugging Face publishes X-Linked-ETag.
   const lying = await startServer({ headers: { "X-Linked-ETag": `"${"0".repeat(64)}"` } });
   try {
-    const r = await inPage(async (api, [base, sha256]) => {
+    const r = await inPage(page, async (api, [base, sha256]) => {
       const url = `${base}/fixtures/tiny_mistral3_tekken/model.gguf`;
       const out = {};
       try {
@@ -263,7 +252,7 @@ test("a load can be cancelled with an AbortSignal; stored chunks serve the next 
     setTimeout(() => { res.writeHead(503); res.end(); }, 10_000);
     return true;
   };
-  const r = await inPage(async (api, model) => {
+  const r = await inPage(page, async (api, model) => {
     const ac = new AbortController();
     const started = performance.now();
     const p = api.createEngine({ model, chunkBytes: 1 << 20, cacheName: "cancel-test", signal: ac.signal,

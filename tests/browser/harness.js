@@ -168,3 +168,36 @@ export function requireWasmPackage() {
     throw new Error(`${path.relative(repoRoot, js)} is missing: run ./build.sh wasm first`);
   }
 }
+
+/** Runs `fn(api, arg, state)` in `page` with the package imported as `api`; `state` persists
+ * across calls in that page. `fn` is sent as source, so it sees only its arguments. */
+export function inPage(page, fn, arg) {
+  return page.evaluate(
+    async ([src, arg]) => {
+      const api = await import("/pkg/index.js");
+      globalThis.__t ??= {};
+      return (0, eval)(`(${src})`)(api, arg, globalThis.__t);
+    },
+    [fn.toString(), arg],
+  );
+}
+
+/** RFC 4180 CSV (quoted cells with "" escapes and line breaks) as rows of cells. */
+export function parseCSV(text) {
+  const rows = [];
+  let row = [], cell = "", quoted = false;
+  for (let i = 0; i < text.length; i++) {
+    const ch = text[i];
+    if (quoted) {
+      if (ch === '"' && text[i + 1] === '"') { cell += '"'; i++; }
+      else if (ch === '"') quoted = false;
+      else cell += ch;
+    } else if (ch === '"') quoted = true;
+    else if (ch === ",") { row.push(cell); cell = ""; }
+    else if (ch === "\r" && text[i + 1] === "\n") { row.push(cell); rows.push(row); row = []; cell = ""; i++; }
+    else if (ch === "\n") { row.push(cell); rows.push(row); row = []; cell = ""; }
+    else cell += ch;
+  }
+  if (cell !== "" || row.length) { row.push(cell); rows.push(row); }
+  return rows;
+}
