@@ -707,7 +707,7 @@ function renderAssistantMessage() {
         const cached = usage.prompt_tokens_details?.cached_tokens ?? 0;
         meta.append(el("span", {
           class: "msg-stats",
-          title: `Prompt: ${usage.prompt_tokens} tokens (${cached} reused from the previous turn), the rest at ${t.prefill_tokens_per_second.toFixed(0)} tokens/s`,
+          title: `Prompt: ${usage.prompt_tokens} tokens (${cached} reused from the prompt cache), the rest at ${t.prefill_tokens_per_second.toFixed(0)} tokens/s`,
         }, stats));
       } else if (!error && firstTokenMs != null) {
         // Stopped before the engine reported its timings: what the page measured.
