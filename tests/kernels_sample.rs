@@ -2,6 +2,7 @@
 //! filtered distribution (chi-square) for temperature, top-k and top-p.
 
 mod common;
+use common::chi_square::{chi2_critical, chi_square};
 use common::*;
 use webvlm::gpu::{Gpu, Program};
 use webvlm::kernels::sample::{filtered_distribution, Sampler, SamplerState};
@@ -54,13 +55,6 @@ fn argmax_prefers_lowest_id_on_ties() {
     assert_eq!(rig.draw(&SamplerState::greedy()), 4500);
 }
 
-/// Chi-square critical value at p = 1e-4 (Wilson-Hilferty approximation).
-fn chi2_critical(df: f64) -> f64 {
-    let z = 3.719;
-    let a = 2.0 / (9.0 * df);
-    df * (1.0 - a + z * a.sqrt()).powi(3)
-}
-
 fn check_frequencies(rig: &Rig, logits: &[f32], state: SamplerState, draws: u32) {
     let want = filtered_distribution(logits, &state);
     let mut counts = vec![0u32; logits.len()];
@@ -69,25 +63,9 @@ fn check_frequencies(rig: &Rig, logits: &[f32], state: SamplerState, draws: u32)
         assert!(want[t] > 0.0, "{state:?}: drew token {t} outside the kept set");
         counts[t] += 1;
     }
-    // Pool cells with small expected counts so the chi-square approximation holds.
-    let (mut chi2, mut df, mut pool_e, mut pool_o) = (0.0, 0.0, 0.0, 0.0);
-    for (i, &p) in want.iter().enumerate().filter(|(_, &p)| p > 0.0) {
-        let e = p * draws as f64;
-        if e < 5.0 {
-            pool_e += e;
-            pool_o += counts[i] as f64;
-            continue;
-        }
-        chi2 += (counts[i] as f64 - e).powi(2) / e;
-        df += 1.0;
-    }
-    if pool_e > 0.0 {
-        chi2 += (pool_o - pool_e).powi(2) / pool_e;
-        df += 1.0;
-    }
-    df -= 1.0;
+    let (chi2, df) = chi_square(&counts, &want);
     if df >= 1.0 {
-        assert!(chi2 < chi2_critical(df), "{state:?}: chi2 {chi2:.1} over {df} dof");
+        assert!(chi2 < chi2_critical(df, 1e-4), "{state:?}: chi2 {chi2:.1} over {df} dof");
     }
 }
 

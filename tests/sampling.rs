@@ -4,42 +4,11 @@
 //! deltas, parameter validation. CPU only.
 
 mod common;
+use common::chi_square::{chi2_critical, chi_square, normal_quantile_upper};
 use common::Rng;
 use webvlm::sampling::{
     fold_seed, logprobs, rand01, SampleError, Sampler, SamplingParams, StopStep, StopStrings, MAX_STOP_BYTES,
 };
-
-// ---- statistics -------------------------------------------------------------------------
-
-/// Upper-tail probability of the standard normal, `1/2 - ∫_0^z φ`, by composite Simpson.
-fn normal_upper_tail(z: f64) -> f64 {
-    let phi = |t: f64| (-0.5 * t * t).exp() / (2.0 * std::f64::consts::PI).sqrt();
-    let n = 2000;
-    let h = z / n as f64;
-    let inner: f64 = (1..n).map(|i| phi(i as f64 * h) * if i % 2 == 1 { 4.0 } else { 2.0 }).sum();
-    0.5 - h / 3.0 * (phi(0.0) + inner + phi(z))
-}
-
-/// The `z` with upper-tail probability `p`, by bisection on [0, 10].
-fn normal_quantile_upper(p: f64) -> f64 {
-    let (mut lo, mut hi) = (0.0, 10.0);
-    for _ in 0..100 {
-        let mid = 0.5 * (lo + hi);
-        if normal_upper_tail(mid) > p {
-            lo = mid;
-        } else {
-            hi = mid;
-        }
-    }
-    0.5 * (lo + hi)
-}
-
-/// Chi-square critical value at upper-tail probability `p` (Wilson–Hilferty: `(X/df)^(1/3)`
-/// is approximately normal with mean `1 - 2/(9 df)` and variance `2/(9 df)`).
-fn chi2_critical(df: f64, p: f64) -> f64 {
-    let a = 2.0 / (9.0 * df);
-    df * (1.0 - a + normal_quantile_upper(p) * a.sqrt()).powi(3)
-}
 
 #[test]
 fn chi2_critical_values_match_tables() {
@@ -64,23 +33,8 @@ fn check_frequencies(logits: &[f32], params: SamplingParams, draws: u32) {
         counts[t] += 1;
         s.accept(t as u32);
     }
-    let (mut chi2, mut cells, mut pool_e, mut pool_o) = (0.0, 0.0, 0.0, 0.0);
-    for (i, &p) in want.iter().enumerate().filter(|(_, &p)| p > 0.0) {
-        let e = p * draws as f64;
-        if e < 5.0 {
-            pool_e += e;
-            pool_o += counts[i] as f64;
-            continue;
-        }
-        chi2 += (counts[i] as f64 - e).powi(2) / e;
-        cells += 1.0;
-    }
-    if pool_e > 0.0 {
-        chi2 += (pool_o - pool_e).powi(2) / pool_e;
-        cells += 1.0;
-    }
-    let df = cells - 1.0;
-    assert!(df >= 1.0, "{params:?}: only {cells} cells, nothing to test");
+    let (chi2, df) = chi_square(&counts, &want);
+    assert!(df >= 1.0, "{params:?}: only {} cells, nothing to test", df + 1.0);
     let crit = chi2_critical(df, 0.001);
     assert!(chi2 < crit, "{params:?}: chi2 {chi2:.1} over {df} dof, critical {crit:.1}");
 }
