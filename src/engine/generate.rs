@@ -108,7 +108,7 @@ pub struct Generation {
     pub text: String,
     pub finish: FinishReason,
     pub prompt_tokens: usize,
-    /// Prompt tokens whose KV-cache entries were reused from the previous request.
+    /// Prompt tokens whose KV-cache entries came from the prompt cache.
     pub cached_tokens: usize,
     /// One per generated token when logprobs were asked for.
     pub logprobs: Vec<TokenLogprob>,
@@ -193,7 +193,7 @@ impl Engine {
             text: String::new(),
             finish: FinishReason::Length,
             prompt_tokens: prompt.tokens.len(),
-            cached_tokens: cached.min(self.ctx.n_past() as usize),
+            cached_tokens: cached,
             logprobs: Vec::new(),
             time_to_first_token: 0.0,
             decode_seconds: 0.0,
