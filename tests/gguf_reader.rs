@@ -170,12 +170,20 @@ fn versions_2_and_3_and_alignments() {
 #[test]
 fn streamed_writing_gives_the_same_bytes() {
     for alignment in [None, Some(1), Some(4096)] {
-        let (mut w, _) = sample_writer(3, alignment, &GgmlType::ALL);
-        w.add_raw_tensor_info("raw", &[4], GgmlType::F32.id(), 1 << 20);
-        w.append_raw_data(&[7; 40]);
-        let mut streamed = Vec::new();
-        w.write_to(&mut streamed).unwrap();
-        assert_eq!(streamed, w.write().unwrap(), "alignment {alignment:?}");
+        for trailing_zeros in [false, true] {
+            let (mut w, _) = sample_writer(3, alignment, &GgmlType::ALL);
+            w.add_zero_tensor("zeros", &[256, 2], GgmlType::Q4_K).unwrap();
+            w.add_tensor("after", &[2], GgmlType::F32, [1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
+            if trailing_zeros {
+                w.add_zero_tensor("last", &[40], GgmlType::F16).unwrap();
+            } else {
+                w.add_raw_tensor_info("raw", &[4], GgmlType::F32.id(), 1 << 20);
+                w.append_raw_data(&[7; 40]);
+            }
+            let mut streamed = std::io::Cursor::new(Vec::new());
+            w.write_to(&mut streamed).unwrap();
+            assert_eq!(streamed.into_inner(), w.write().unwrap(), "alignment {alignment:?}");
+        }
     }
 }
 

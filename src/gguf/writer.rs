@@ -17,7 +17,22 @@ struct WriterTensor {
     type_id: u32,
     /// `None`: placed automatically in the data section; `Some`: written verbatim.
     offset: Option<u64>,
-    data: Vec<u8>,
+    data: TensorData,
+}
+
+enum TensorData {
+    Bytes(Vec<u8>),
+    /// This many zero bytes, never held in memory.
+    Zeros(u64),
+}
+
+impl TensorData {
+    fn len(&self) -> u64 {
+        match self {
+            TensorData::Bytes(b) => b.len() as u64,
+            TensorData::Zeros(n) => *n,
+        }
+    }
 }
 
 /// Builds a GGUF file in memory.
@@ -84,29 +99,32 @@ impl GgufWriter {
         data: impl Into<Vec<u8>>,
     ) -> Result<&mut Self, GgufError> {
         let data = data.into();
-        let info = super::header::TensorInfo {
-            name: name.into(),
-            dims: dims.to_vec(),
-            ty,
-            offset: 0,
-        };
-        info.check_shape()?;
-        let elements = info.n_elements() as usize;
+        let info = Self::tensor_info(name.into(), dims, ty)?;
         if info.n_bytes()? != data.len() as u64 {
-            return Err(GgufError::SizeMismatch {
-                ty,
-                bytes: data.len(),
-                elements,
-            });
+            let elements = info.n_elements() as usize;
+            return Err(GgufError::SizeMismatch { ty, bytes: data.len(), elements });
         }
-        self.tensors.push(WriterTensor {
-            name: info.name,
-            dims: info.dims,
-            type_id: ty.id(),
-            offset: None,
-            data,
-        });
+        self.push_placed(info, TensorData::Bytes(data));
         Ok(self)
+    }
+
+    /// Appends a tensor of zeros without holding them: [`Self::write_to`] seeks over them, so
+    /// a file gets a hole (no disk blocks) where the filesystem supports sparse files.
+    pub fn add_zero_tensor(&mut self, name: impl Into<String>, dims: &[u64], ty: GgmlType) -> Result<&mut Self, GgufError> {
+        let info = Self::tensor_info(name.into(), dims, ty)?;
+        let len = info.n_bytes()?;
+        self.push_placed(info, TensorData::Zeros(len));
+        Ok(self)
+    }
+
+    fn tensor_info(name: String, dims: &[u64], ty: GgmlType) -> Result<super::header::TensorInfo, GgufError> {
+        let info = super::header::TensorInfo { name, dims: dims.to_vec(), ty, offset: 0 };
+        info.check_shape()?;
+        Ok(info)
+    }
+
+    fn push_placed(&mut self, info: super::header::TensorInfo, data: TensorData) {
+        self.tensors.push(WriterTensor { name: info.name, dims: info.dims, type_id: info.ty.id(), offset: None, data });
     }
 
     /// Appends a tensor info written verbatim (any type id, any offset), with no data.
@@ -122,7 +140,7 @@ impl GgufWriter {
             dims: dims.to_vec(),
             type_id,
             offset: Some(offset),
-            data: Vec::new(),
+            data: TensorData::Bytes(Vec::new()),
         });
         self
     }
@@ -140,32 +158,45 @@ impl GgufWriter {
         out.reserve(data_len as usize + self.extra_data.len());
         for (offset, data) in placed {
             out.resize((data_start + offset) as usize, 0);
-            out.extend_from_slice(data);
+            if let TensorData::Bytes(bytes) = data {
+                out.extend_from_slice(bytes);
+            }
         }
         out.resize((data_start + data_len) as usize, 0);
         out.extend_from_slice(&self.extra_data);
         Ok(out)
     }
 
-    /// Serializes the file into `out` tensor by tensor, without a second copy of the data in
-    /// memory (a 3B model's file is as large as its tensors).
-    pub fn write_to(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+    /// Serializes the file into `out` (from its start) tensor by tensor, without a second
+    /// copy of the data in memory (a 3B model's file is as large as its tensors). Padding and
+    /// zero tensors are seeked over, not written: a file gets holes there.
+    pub fn write_to<W: std::io::Write + std::io::Seek>(&self, out: &mut W) -> std::io::Result<()> {
+        use std::io::SeekFrom;
         let invalid = |e: GgufError| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
         let (header, placed, data_len) = self.header().map_err(invalid)?;
         out.write_all(&header)?;
-        let mut at = 0u64;
+        let data_start = header.len() as u64;
         for (offset, data) in placed {
-            out.write_all(&vec![0; (offset - at) as usize])?;
-            out.write_all(data)?;
-            at = offset + data.len() as u64;
+            if let TensorData::Bytes(bytes) = data {
+                out.seek(SeekFrom::Start(data_start + offset))?;
+                out.write_all(bytes)?;
+            }
         }
-        out.write_all(&vec![0; (data_len - at) as usize])?;
-        out.write_all(&self.extra_data)
+        let end = data_start + data_len + self.extra_data.len() as u64;
+        if !self.extra_data.is_empty() {
+            out.seek(SeekFrom::Start(data_start + data_len))?;
+            out.write_all(&self.extra_data)?;
+        } else if out.stream_position()? < end {
+            // A trailing hole still needs the file's length: its last byte.
+            out.seek(SeekFrom::Start(end - 1))?;
+            out.write_all(&[0])?;
+        }
+        Ok(())
     }
 
     /// The header (magic to tensor infos, padded to the alignment), where each automatically
     /// placed tensor's data goes relative to the data section, and the data section's length.
-    fn header(&self) -> Result<(Vec<u8>, Vec<(u64, &[u8])>, u64), GgufError> {
+    fn header(&self) -> Result<(Vec<u8>, Vec<(u64, &TensorData)>, u64), GgufError> {
         let mut out = Vec::new();
         out.extend_from_slice(b"GGUF");
         out.extend_from_slice(&self.version.to_le_bytes());
@@ -183,8 +214,8 @@ impl GgufWriter {
                 Some(o) => o,
                 None => {
                     let o = next;
-                    next = align_up(o + t.data.len() as u64, self.alignment);
-                    placed.push((o, t.data.as_slice()));
+                    next = align_up(o + t.data.len(), self.alignment);
+                    placed.push((o, &t.data));
                     o
                 }
             };

@@ -5,8 +5,9 @@
 //!
 //! The type mix follows llama.cpp's Q4_K_M recipe (`llama_tensor_get_type`): Q4_K for most
 //! matrices, Q6_K for `attn_v`, `ffn_down` and the (tied) token embedding, F32 norms.
-//! Weights are random blocks ([`random_blocks`]); norms are near 1. The numbers mean
-//! nothing; the shapes, types and byte counts are the real model's.
+//! Weights are random blocks ([`random_blocks`]), or zeros that a file stores as holes
+//! ([`SyntheticWeights::Zeros`]); norms are near 1. The numbers mean nothing; the shapes,
+//! types and byte counts are the real model's.
 //!
 //! [`synthetic_pixtral_mmproj`] builds the matching vision side: a Pixtral encoder + Mistral 3
 //! projector mmproj (`general.architecture = clip`, `clip.projector_type = pixtral`) with F16
@@ -103,9 +104,49 @@ impl SyntheticShape {
     }
 }
 
+/// What a synthetic model's matrices hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyntheticWeights {
+    /// Random blocks drawn from `seed` (norms too).
+    Random { seed: u64 },
+    /// Zeros, never held in memory: [`GgufWriter::write_to`] leaves them as holes, so a 3B
+    /// model's file takes only its header's disk space (for load tests, which measure where
+    /// the bytes go, not what they are). Norms are drawn from seed 0.
+    Zeros,
+}
+
+impl SyntheticWeights {
+    fn seed(self) -> u64 {
+        match self {
+            SyntheticWeights::Random { seed } => seed,
+            SyntheticWeights::Zeros => 0,
+        }
+    }
+
+    /// Adds matrix number `index`: `random(seed)` gives its random bytes.
+    fn add(
+        self,
+        w: &mut GgufWriter,
+        index: usize,
+        name: String,
+        dims: &[u64],
+        ty: GgmlType,
+        random: impl FnOnce(u64) -> Vec<u8>,
+    ) -> Result<(), GgufError> {
+        match self {
+            SyntheticWeights::Random { seed } => {
+                let tensor_seed = seed ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                w.add_tensor(name, dims, ty, random(tensor_seed))?
+            }
+            SyntheticWeights::Zeros => w.add_zero_tensor(name, dims, ty)?,
+        };
+        Ok(())
+    }
+}
+
 /// The GGUF bytes of a synthetic `mistral3` decoder of `shape` with weights drawn from `seed`.
 pub fn synthetic_ministral3_gguf(shape: &SyntheticShape, seed: u64) -> Result<Vec<u8>, SyntheticError> {
-    Ok(synthetic_ministral3_writer(shape, seed, &[])?.write()?)
+    Ok(synthetic_ministral3_writer(shape, SyntheticWeights::Random { seed }, &[])?.write()?)
 }
 
 /// The writer of [`synthetic_ministral3_gguf`] with `extra` metadata added (e.g. a real
@@ -113,7 +154,7 @@ pub fn synthetic_ministral3_gguf(shape: &SyntheticShape, seed: u64) -> Result<Ve
 /// [`GgufWriter::write_to`] a file.
 pub fn synthetic_ministral3_writer(
     shape: &SyntheticShape,
-    seed: u64,
+    weights: SyntheticWeights,
     extra: &[(String, MetaValue)],
 ) -> Result<GgufWriter, SyntheticError> {
     shape.check()?;
@@ -147,7 +188,7 @@ pub fn synthetic_ministral3_writer(
     kv("attention.temperature_scale", MetaValue::F32(0.1));
     kv("vocab_size", MetaValue::U32(shape.vocab));
 
-    let mut rng = SplitMix64::new(seed);
+    let mut rng = SplitMix64::new(weights.seed());
     let mut norm = |n: u32| -> Vec<u8> {
         (0..n).flat_map(|_| rng.uniform(0.9, 1.1).to_le_bytes()).collect()
     };
@@ -159,8 +200,7 @@ pub fn synthetic_ministral3_writer(
     }
     for (index, (name, rows, cols, ty)) in shape.tensors().into_iter().enumerate() {
         let n_blocks = rows as usize * cols as usize / ty.block_size();
-        let tensor_seed = seed ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        w.add_tensor(name, &[cols as u64, rows as u64], ty, random_blocks(ty, n_blocks, tensor_seed))?;
+        weights.add(&mut w, index, name, &[cols as u64, rows as u64], ty, |seed| random_blocks(ty, n_blocks, seed))?;
     }
     Ok(w)
 }
@@ -268,11 +308,11 @@ fn random_f16_matrix(rows: u32, cols: u32, seed: u64) -> Vec<u8> {
 /// the `clip.*` metadata [`super::VisionConfig::from_metadata`] reads, F16 matrices, F32 norms
 /// near 1.
 pub fn synthetic_pixtral_mmproj_gguf(shape: &VisionShape, seed: u64) -> Result<Vec<u8>, SyntheticError> {
-    Ok(synthetic_pixtral_mmproj_writer(shape, seed)?.write()?)
+    Ok(synthetic_pixtral_mmproj_writer(shape, SyntheticWeights::Random { seed })?.write()?)
 }
 
 /// The writer of [`synthetic_pixtral_mmproj_gguf`].
-pub fn synthetic_pixtral_mmproj_writer(shape: &VisionShape, seed: u64) -> Result<GgufWriter, SyntheticError> {
+pub fn synthetic_pixtral_mmproj_writer(shape: &VisionShape, weights: SyntheticWeights) -> Result<GgufWriter, SyntheticError> {
     shape.check()?;
     let mut w = GgufWriter::new();
     let s = |v: &str| MetaValue::String(v.into());
@@ -297,7 +337,7 @@ pub fn synthetic_pixtral_mmproj_writer(shape: &VisionShape, seed: u64) -> Result
     v("image_mean", rgb([0.481_454_66, 0.457_827_5, 0.408_210_73]));
     v("image_std", rgb([0.268_629_54, 0.261_302_6, 0.275_777_1]));
 
-    let mut rng = SplitMix64::new(seed);
+    let mut rng = SplitMix64::new(weights.seed());
     let mut norm = |n: u32| -> Vec<u8> { (0..n).flat_map(|_| rng.uniform(0.9, 1.1).to_le_bytes()).collect() };
     let d = shape.hidden as u64;
     w.add_tensor("v.pre_ln.weight", &[d], GgmlType::F32, norm(shape.hidden))?;
@@ -307,8 +347,7 @@ pub fn synthetic_pixtral_mmproj_writer(shape: &VisionShape, seed: u64) -> Result
     }
     w.add_tensor("mm.input_norm.weight", &[d], GgmlType::F32, norm(shape.hidden))?;
     for (index, (name, dims, rows, cols)) in shape.matrices().into_iter().enumerate() {
-        let tensor_seed = seed ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        w.add_tensor(name, &dims, GgmlType::F16, random_f16_matrix(rows, cols, tensor_seed))?;
+        weights.add(&mut w, index, name, &dims, GgmlType::F16, |seed| random_f16_matrix(rows, cols, seed))?;
     }
     Ok(w)
 }

@@ -36,9 +36,10 @@ pub const USAGE: &str = "usage:
                   (OpenAI batch lines {custom_id, body}; one result line per request)
   webvlm info     --model M.gguf
   webvlm split    --model M.gguf --parts N --out PREFIX  (writes PREFIX-00001-of-0000N.gguf ...)
-  webvlm synthetic --out M.gguf [--mmproj-out P.gguf] [--shape 3b|tiny] [--seed S]
+  webvlm synthetic --out M.gguf [--mmproj-out P.gguf] [--shape 3b|tiny] [--seed S | --zeros]
                   [--vocab-from T.gguf]  (random weights with Ministral 3 3B's exact shapes,
-                  the tokenizer of T, for load tests)
+                  the tokenizer of T, for load tests; --zeros: zero weights left as holes in
+                  sparse files, which take almost no disk)
   webvlm bench    [--model M.gguf] [--synthetic [--shape 3b|tiny]] [--quick] [--json-only]
                   [--prompt-tokens N] [--decode-tokens N] [--prefill-reps N] [--reps N]
                   [--no-kernels] [--breakdown | --no-breakdown] [--no-model]
@@ -141,10 +142,11 @@ pub fn open_engine(flags: &Flags) -> Result<Engine, Box<dyn std::error::Error>> 
 }
 
 fn synthetic(args: &[String]) -> CliResult {
-    use webvlm::model::synthetic::{synthetic_ministral3_writer, synthetic_pixtral_mmproj_writer, SyntheticShape, VisionShape};
-    let flags = Flags::parse(args, &[])?;
-    flags.only(&["out", "mmproj-out", "shape", "seed", "vocab-from"])?;
-    let seed = flags.num("seed", 1)?;
+    use webvlm::model::synthetic::{synthetic_ministral3_writer, synthetic_pixtral_mmproj_writer, SyntheticShape, SyntheticWeights, VisionShape};
+    let flags = Flags::parse(args, &["zeros"])?;
+    flags.only(&["out", "mmproj-out", "shape", "seed", "vocab-from", "zeros"])?;
+    let weights =
+        if flags.has("zeros") { SyntheticWeights::Zeros } else { SyntheticWeights::Random { seed: flags.num("seed", 1)? } };
     let (text, vision) = match flags.get("shape").unwrap_or("3b") {
         "3b" => (SyntheticShape::ministral3_3b(), VisionShape::ministral3_3b()),
         "tiny" => (SyntheticShape::tiny(), VisionShape::tiny()),
@@ -159,14 +161,15 @@ fn synthetic(args: &[String]) -> CliResult {
         None => Vec::new(),
     };
     let out = flags.require("out")?;
-    write_gguf(out, &synthetic_ministral3_writer(&text, seed, &vocab)?)?;
+    write_gguf(out, &synthetic_ministral3_writer(&text, weights, &vocab)?)?;
     if let Some(path) = flags.get("mmproj-out") {
-        write_gguf(path, &synthetic_pixtral_mmproj_writer(&vision, seed)?)?;
+        write_gguf(path, &synthetic_pixtral_mmproj_writer(&vision, weights)?)?;
     }
     Ok(())
 }
 
-/// Writes `gguf` to `path` (the error names the file: a 3B model needs ~3 GB free).
+/// Writes `gguf` to `path` (the error names the file: a 3B model needs ~3 GB free, unless
+/// its weights are zeros, which become holes).
 fn write_gguf(path: &str, gguf: &webvlm::gguf::GgufWriter) -> CliResult {
     let mut file = std::io::BufWriter::new(std::fs::File::create(path).map_err(|e| format!("{path}: {e}"))?);
     gguf.write_to(&mut file).and_then(|()| file.flush()).map_err(|e| format!("{path}: {e}"))?;
