@@ -5,8 +5,9 @@
 //! (consecutive threads read consecutive weight words of the same 4 rows), and the per-thread
 //! partial sums are reduced in workgroup memory with a single barrier (one thread per row group
 //! sums its threads' vec4s; no subgroups needed).
-//! - `matvec` (F32, F16, BF16, Q5_K; any `cols`): 32 threads x 8 row groups, units of 8 weights
-//!   through `wdecode8`.
+//! - `matvec` (F32, F16, BF16, Q5_K; any `cols`): TPR threads x 256/TPR row groups, units of 8
+//!   weights through `wdecode8`. TPR is 32, or fewer for rows of fewer than 256 weights (a
+//!   16-wide LM head of 131k rows: 2 threads per row group, 16x fewer workgroups).
 //! - `matvec_blk` (Q8_0, Q4_0, Q4_1, Q4_K, Q6_K): TPB threads x 256/TPB row groups; a thread
 //!   decodes a whole unit (a 32-weight block, or 64 weights of a K-quant super-block) per
 //!   iteration from `vec4<u32>` loads of the weight and `vec4<f32>` loads of x (bindings 4 and 5
@@ -41,10 +42,10 @@ struct Params {
 @group(0) @binding(4) var<storage, read> xv: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read> wv: array<vec4<u32>>;
 
-const TPR: u32 = 32u;        // threads per row group (`matvec`)
 const NR: u32 = 4u;          // rows per thread (one vec4 accumulator)
-const GPW: u32 = 8u;         // row groups per workgroup (`matvec`)
 const WG: u32 = 256u;        // threads per workgroup
+override TPR: u32 = 32u;     // threads per row group (`matvec`): a power of two <= 32
+override GPW: u32 = WG / TPR; // row groups per workgroup (`matvec`)
 
 var<workgroup> red: array<vec4<f32>, 1024>; // 16 KiB: up to four vec4 per thread in `matvec_blk`
 

@@ -61,7 +61,8 @@ fn col_shapes(ty: GgmlType) -> &'static [usize] {
         256 => &[256, 512, 1024],
         // Odd and even blocks per row (Q4_0 decodes block pairs when the count is even).
         32 => &[32, 64, 96, 3072, 4128],
-        _ => &[1, 7, 96, 257, 4128],
+        // 1 to 32 threads per row group (16: the tiny models' LM head; 20: groups plus a tail).
+        _ => &[1, 7, 16, 20, 96, 257, 4128],
     }
 }
 

@@ -27,8 +27,13 @@ fn rows_per_thread_blk(gpu: &Gpu) -> u32 {
     }
 }
 const WG: u32 = 256;
-/// Threads per row group of the generic path (`TPR`).
-const TPR: u32 = 32;
+
+/// Threads per row group of the generic path (`TPR`): 32, or one per unit of 8 columns
+/// (rounded up to a power of two) when rows are shorter, so that no lane idles. On a CPU
+/// adapter, where every workgroup barrier costs, this also means far fewer workgroups.
+fn generic_tpr(cols: u32) -> u32 {
+    cols.div_ceil(8).next_power_of_two().min(32)
+}
 
 /// Threads per row group of the block path (`TPB`), `None`: generic path. 16 threads per row
 /// group (64 rows per workgroup) is faster on lavapipe (fewer idle iterations per thread);
@@ -73,7 +78,11 @@ pub fn record(prog: &mut Program, gpu: &Gpu, w: &GpuWeight, x: &wgpu::Buffer, y:
                 .with_constant("NRB", rows_per_thread_blk(gpu) as i64),
             WG / t * rows_per_thread_blk(gpu),
         ),
-        None => (w.specialise(KernelSpec::new("matvec", SHADER, "matvec", BINDINGS)), WG / TPR * ROWS_PER_THREAD),
+        None => {
+            let tpr = generic_tpr(w.cols);
+            let spec = w.specialise(KernelSpec::new("matvec", SHADER, "matvec", BINDINGS)).with_constant("TPR", tpr as i64);
+            (spec, WG / tpr * ROWS_PER_THREAD)
+        }
     };
     for part in &w.parts {
         let params = Params {
