@@ -35,6 +35,7 @@ export class Host {
     if (msg.type === "stop") {
       if (msg.target === undefined || msg.target === this.running) {
         this.runningStopped = true;
+        this.downloads?.abort(); // a request still fetching its images stops at once
         this.engine?.stop();
         this.flow?.resume(true); // a paused stream must wake up to see the stop
       } else {
@@ -56,6 +57,7 @@ export class Host {
     const { id } = msg;
     this.running = id;
     this.runningStopped = false;
+    this.downloads = new AbortController();
     try {
       if (this.stopped.delete(id)) {
         this.post({ id, type: "result", value: aborted() });
@@ -157,9 +159,13 @@ export class Host {
     // BadRequestError the generation would).
     if (urls.size) this.engine.check(JSON.stringify(request));
     const images = new Map();
-    for (const url of urls) images.set(url, await fetchImage(url));
-    // A stop that came while the images downloaded: the wasm engine clears its stop flag
-    // when a generation starts, so it would be lost there.
+    try {
+      for (const url of urls) images.set(url, await fetchImage(url, this.downloads.signal));
+    } catch (e) {
+      if (!this.runningStopped) throw e;
+    }
+    // A stop that came while the images downloaded (the download ends with it): the wasm
+    // engine clears its stop flag when a generation starts, so it would be lost there.
     if (this.runningStopped) return aborted();
     const flow = {
       unread: 0, wake: null, stopped: false,
@@ -203,15 +209,16 @@ function aborted() {
   };
 }
 
-async function fetchImage(url) {
-  let r;
+async function fetchImage(url, signal) {
+  let r, bytes;
   try {
-    r = await fetch(url);
+    r = await fetch(url, { signal });
+    if (r.ok) bytes = new Uint8Array(await r.arrayBuffer());
   } catch (e) {
     throw new BadRequestError(`image ${url}: ${e.message}`);
   }
   if (!r.ok) throw new BadRequestError(`image ${url}: HTTP ${r.status}`);
-  return new Uint8Array(await r.arrayBuffer());
+  return bytes;
 }
 
 let wasm = null;

@@ -10,9 +10,8 @@
 // STREAM_WINDOW chunks, concurrent requests queue without interleaving, a batch with broken
 // images reports them in order.
 //
-// SwiftShader is slow: every forward pass that samples a token costs seconds even on this
-// 2-layer model (the 131k-row output projection dominates), so the whole file shares one
-// engine, keeps max_tokens at what each check needs and counts its steps. Prompts are ids
+// SwiftShader is slow (a CPU runs every workgroup), so the whole file shares one engine,
+// keeps max_tokens at what each check needs and counts its steps. Prompts are ids
 // (`tokens`, webvlm's field) where the chat template is not the point: GREEDY's greedy
 // reply repeats one multi-character token (stop strings split across two of them), SEEDED
 // goes through the chat template.
@@ -399,12 +398,15 @@ timedTest("a stream nobody reads stops decoding after STREAM_WINDOW unread chunk
 
 timedTest("aborting (leaving the loop, a non-stream request's signal, a stop while the image downloads) leaves the engine clean", { timeout: 20 * MIN }, async (t) => {
   const png = fs.readFileSync(path.join(TINY_DIR, "img_84x56.png"));
+  // The server holds the image HOLD_MS; the stop comes after 1 s and must not wait for it.
+  const HOLD_MS = 30_000;
+  const held = [];
   server.intercept = (req, res) => {
     if (!req.url.includes("?stalled")) return false;
-    setTimeout(() => {
+    held.push(setTimeout(() => {
       res.writeHead(200, { "Content-Type": "image/png", "Cache-Control": "no-store" });
       res.end(png);
-    }, 3000);
+    }, HOLD_MS));
     return true;
   };
   let r;
@@ -429,7 +431,7 @@ timedTest("aborting (leaving the loop, a non-stream request's signal, a stop whi
       const delay = Math.max(200, b.firstDeltaMs * 0.5);
       setTimeout(() => ac.abort(), delay);
       const c = await pending;
-      // Stopped while its image downloads (the server holds it 3 s): nothing is generated.
+      // Stopped while its image downloads (the server holds it): nothing is generated.
       const ac2 = new AbortController();
       const t0 = performance.now();
       const stalled = create({
@@ -447,6 +449,7 @@ timedTest("aborting (leaving the loop, a non-stream request's signal, a stop whi
     }, [GREEDY, NEXT, TINY]);
   } finally {
     server.intercept = null;
+    held.forEach(clearTimeout);
   }
   t.diagnostic(`loop left after ${(r.b.firstDeltaMs / 1000).toFixed(1)} s; non-stream aborted after ${(r.c.delay / 1000).toFixed(1)} s: `
     + `${r.c.usage.completion_tokens} tokens, finish ${r.c.finish}; stopped while its image downloaded: ${r.d.usage.completion_tokens} tokens, `
@@ -456,6 +459,7 @@ timedTest("aborting (leaving the loop, a non-stream request's signal, a stop whi
   assert.ok(r.c.usage.completion_tokens < 64, JSON.stringify(r.c.usage));
   assert.equal(r.d.finish, "abort", "the stop sent while the image downloaded was lost");
   assert.equal(r.d.usage.completion_tokens, 0);
+  assert.ok(r.d.ms < HOLD_MS / 2, `the stop waited ${r.d.ms.toFixed(0)} ms for the image download`);
   assertClean(r.after[0], "after leaving the loop");
   assertClean(r.after[1], "after the non-stream abort and the stalled image");
 });
