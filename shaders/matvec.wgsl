@@ -47,7 +47,9 @@ const WG: u32 = 256u;        // threads per workgroup
 override TPR: u32 = 32u;     // threads per row group (`matvec`): a power of two <= 32
 override GPW: u32 = WG / TPR; // row groups per workgroup (`matvec`)
 
-var<workgroup> red: array<vec4<f32>, 1024>; // 16 KiB: up to four vec4 per thread in `matvec_blk`
+// Workgroup memory is zero-initialised at every workgroup's start (WGSL; Dawn and naga emit
+// stores and a barrier for it), so each entry point has its own array of the size it needs.
+var<workgroup> red: array<vec4<f32>, WG>; // `matvec`: one vec4 per thread
 
 fn x4(o: u32) -> vec4<f32> {
     return vec4<f32>(x[o], x[o + 1u], x[o + 2u], x[o + 3u]);
@@ -271,15 +273,18 @@ fn unit_row(l: WLayout, row: u32, u: u32, xa: X32, xb: X32, xs: vec4<f32>) -> f3
     }
 }
 
+override NRB: u32 = 8u; // rows per thread in the block path: 8 or 16 (NRB / 4 vec4 accumulators)
+var<workgroup> red_blk: array<vec4<f32>, WG * NRB / 4u>; // `matvec_blk`: NRB / 4 vec4 per thread
+
 /// `reduce_store` for NRB = 8 or 16 rows per thread (NRB / 4 vec4 per thread).
 fn reduce_store_blk(a0: vec4<f32>, a1: vec4<f32>, a2: vec4<f32>, a3: vec4<f32>, lid: u32, group0: u32, gpw: u32,
                     tpr: u32, t: u32) {
     let nv = NRB / 4u;
-    red[nv * lid] = a0;
-    red[nv * lid + 1u] = a1;
+    red_blk[nv * lid] = a0;
+    red_blk[nv * lid + 1u] = a1;
     if (NRB == 16u) {
-        red[nv * lid + 2u] = a2;
-        red[nv * lid + 3u] = a3;
+        red_blk[nv * lid + 2u] = a2;
+        red_blk[nv * lid + 3u] = a3;
     }
     workgroupBarrier();
     if (lid < gpw) {
@@ -288,7 +293,7 @@ fn reduce_store_blk(a0: vec4<f32>, a1: vec4<f32>, a2: vec4<f32>, a3: vec4<f32>, 
         for (var k = 0u; k < nv; k++) {
             var s = vec4<f32>(0.0);
             for (var i = 0u; i < tpr; i++) {
-                s += red[nv * (lid * tpr + i) + k];
+                s += red_blk[nv * (lid * tpr + i) + k];
             }
             let r = rb + 4u * k;
             if (r < p.rows) { y[yo + 4u * k] = s.x; }
@@ -299,7 +304,6 @@ fn reduce_store_blk(a0: vec4<f32>, a1: vec4<f32>, a2: vec4<f32>, a3: vec4<f32>, 
     }
 }
 
-override NRB: u32 = 8u; // rows per thread in the block path: 8 or 16 (NRB / 4 vec4 accumulators)
 
 @compute @workgroup_size(256)
 fn matvec_blk(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
