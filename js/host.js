@@ -210,15 +210,13 @@ function aborted() {
 }
 
 async function fetchImage(url, signal) {
-  let r, bytes;
   try {
-    r = await fetch(url, { signal });
-    if (r.ok) bytes = new Uint8Array(await r.arrayBuffer());
+    const r = await fetch(url, { signal });
+    if (!r.ok) throw new Error(`HTTP ${r.status}`);
+    return new Uint8Array(await r.arrayBuffer());
   } catch (e) {
     throw new BadRequestError(`image ${url}: ${e.message}`);
   }
-  if (!r.ok) throw new BadRequestError(`image ${url}: HTTP ${r.status}`);
-  return bytes;
 }
 
 let wasm = null;

@@ -42,7 +42,6 @@ after(async () => {
   fs.rmSync(splitDir, { recursive: true, force: true });
 });
 
-
 function weightRequests(since = 0) {
   return server.log.slice(since).filter((e) => e.path.endsWith(".gguf"));
 }
