@@ -76,10 +76,7 @@ pub struct ChatMessage {
 impl ChatMessage {
     /// A message with plain-text content.
     pub fn text(role: impl Into<String>, text: impl Into<String>) -> Self {
-        Self {
-            role: role.into(),
-            content: ChatContent::Text(text.into()),
-        }
+        Self { role: role.into(), content: ChatContent::Text(text.into()) }
     }
 }
 
@@ -133,9 +130,7 @@ impl From<PartRepr> for ContentPart {
     fn from(repr: PartRepr) -> Self {
         match repr {
             PartRepr::Text { text } => Self::Text(text),
-            PartRepr::ImageUrl {
-                image_url: ImageUrl::Object { url } | ImageUrl::Plain(url),
-            } => Self::Image { url: Some(url) },
+            PartRepr::ImageUrl { image_url: ImageUrl::Object { url } | ImageUrl::Plain(url) } => Self::Image { url: Some(url) },
             PartRepr::Image { url, image } => Self::Image { url: url.or(image) },
         }
     }
@@ -145,13 +140,8 @@ impl From<ContentPart> for PartRepr {
     fn from(part: ContentPart) -> Self {
         match part {
             ContentPart::Text(text) => Self::Text { text },
-            ContentPart::Image { url: Some(url) } => Self::ImageUrl {
-                image_url: ImageUrl::Object { url },
-            },
-            ContentPart::Image { url: None } => Self::Image {
-                url: None,
-                image: None,
-            },
+            ContentPart::Image { url: Some(url) } => Self::ImageUrl { image_url: ImageUrl::Object { url } },
+            ContentPart::Image { url: None } => Self::Image { url: None, image: None },
         }
     }
 }
@@ -164,10 +154,7 @@ struct Fields(Vec<(&'static str, Value)>);
 impl Object for Fields {
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
         let key = key.as_str()?;
-        self.0
-            .iter()
-            .find(|(name, _)| *name == key)
-            .map(|(_, value)| value.clone())
+        self.0.iter().find(|(name, _)| *name == key).map(|(_, value)| value.clone())
     }
 
     fn enumerate(self: &Arc<Self>) -> Enumerator {
@@ -184,20 +171,14 @@ fn message_value(message: &ChatMessage) -> Value {
             parts
                 .iter()
                 .map(|part| match part {
-                    ContentPart::Text(text) => Fields(vec![
-                        ("type", Value::from("text")),
-                        ("text", Value::from(text.as_str())),
-                    ]),
+                    ContentPart::Text(text) => Fields(vec![("type", Value::from("text")), ("text", Value::from(text.as_str()))]),
                     ContentPart::Image { .. } => Fields(vec![("type", Value::from("image"))]),
                 })
                 .map(Value::from_object)
                 .collect::<Vec<Value>>(),
         ),
     };
-    Value::from_object(Fields(vec![
-        ("role", Value::from(message.role.as_str())),
-        ("content", content),
-    ]))
+    Value::from_object(Fields(vec![("role", Value::from(message.role.as_str())), ("content", content)]))
 }
 
 /// Marks the error `raise_exception` returns, so `render` can tell it apart.
@@ -231,63 +212,36 @@ impl ChatTemplate {
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_filter("tojson", pyfmt::tojson);
-        env.add_function(
-            "raise_exception",
-            |message: String| -> Result<Value, minijinja::Error> {
-                Err(
-                    minijinja::Error::new(ErrorKind::InvalidOperation, message.clone())
-                        .with_source(Raised(message)),
-                )
-            },
-        );
+        env.add_function("raise_exception", |message: String| -> Result<Value, minijinja::Error> {
+            Err(minijinja::Error::new(ErrorKind::InvalidOperation, message.clone()).with_source(Raised(message)))
+        });
         let cell = Arc::clone(&clock);
         env.add_function("strftime_now", move |format: String| {
             let fixed = cell.load(Ordering::Relaxed);
-            let now = if fixed == SYSTEM_CLOCK {
-                unix_now()
-            } else {
-                fixed
-            };
+            let now = if fixed == SYSTEM_CLOCK { unix_now() } else { fixed };
             pyfmt::strftime(&format, now)
         });
-        env.add_template_owned(TEMPLATE_NAME, rewrite_generation_tags(template_source))
-            .map_err(ChatError::Syntax)?;
-        Ok(Self {
-            env,
-            bos_token: bos_token.into(),
-            eos_token: eos_token.into(),
-            clock,
-        })
+        env.add_template_owned(TEMPLATE_NAME, rewrite_generation_tags(template_source)).map_err(ChatError::Syntax)?;
+        Ok(Self { env, bos_token: bos_token.into(), eos_token: eos_token.into(), clock })
     }
 
     /// The model's template (or [`CHATML_TEMPLATE`] when it has none), with BOS/EOS
     /// spelled as the tokenizer's vocabulary spells them.
     pub fn from_vocab(vocab: &GgufVocab, tokenizer: &Tokenizer) -> Result<Self, ChatError> {
         let source = vocab.chat_template.as_deref().unwrap_or(CHATML_TEMPLATE);
-        let spell = |id: Option<u32>| {
-            id.and_then(|id| tokenizer.token_text(id))
-                .unwrap_or_default()
-        };
+        let spell = |id: Option<u32>| id.and_then(|id| tokenizer.token_text(id)).unwrap_or_default();
         Self::new(source, &spell(vocab.bos_id), &spell(vocab.eos_id))
     }
 
     /// Makes `strftime_now` report this instant (seconds since the Unix epoch, UTC) instead
     /// of the system clock; `None` goes back to the clock. For reproducible prompts.
     pub fn set_fixed_time(&mut self, unix_seconds: Option<i64>) {
-        self.clock
-            .store(unix_seconds.unwrap_or(SYSTEM_CLOCK), Ordering::Relaxed);
+        self.clock.store(unix_seconds.unwrap_or(SYSTEM_CLOCK), Ordering::Relaxed);
     }
 
     /// Renders `messages`; `add_generation_prompt` appends the assistant turn opener.
-    pub fn render(
-        &self,
-        messages: &[ChatMessage],
-        add_generation_prompt: bool,
-    ) -> Result<String, ChatError> {
-        let template = self
-            .env
-            .get_template(TEMPLATE_NAME)
-            .map_err(ChatError::Render)?;
+    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, ChatError> {
+        let template = self.env.get_template(TEMPLATE_NAME).map_err(ChatError::Render)?;
         let messages: Vec<Value> = messages.iter().map(message_value).collect();
         let ctx = context! {
             messages => messages,
@@ -297,12 +251,10 @@ impl ChatTemplate {
             tools => Value::from(()),
             documents => Value::from(()),
         };
-        template
-            .render(ctx)
-            .map_err(|err| match raised_message(&err) {
-                Some(message) => ChatError::Raised(message),
-                None => ChatError::Render(err),
-            })
+        template.render(ctx).map_err(|err| match raised_message(&err) {
+            Some(message) => ChatError::Raised(message),
+            None => ChatError::Render(err),
+        })
     }
 }
 
@@ -318,9 +270,7 @@ fn rewrite_generation_tags(source: &str) -> String {
         let body = &tag[2..];
         let control = body.strip_prefix(['-', '+']).map_or(0, |_| 1);
         let trimmed = body[control..].trim_start();
-        let word_end = trimmed
-            .find(|c: char| !c.is_ascii_alphanumeric() && c != '_')
-            .unwrap_or(trimmed.len());
+        let word_end = trimmed.find(|c: char| !c.is_ascii_alphanumeric() && c != '_').unwrap_or(trimmed.len());
         let replacement = match &trimmed[..word_end] {
             "generation" => "if true",
             "endgeneration" => "endif",
@@ -356,9 +306,7 @@ fn raised_message(err: &minijinja::Error) -> Option<String> {
 /// a bare native build cannot know without a time-zone database).
 #[cfg(not(target_arch = "wasm32"))]
 fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Seconds since the Unix epoch from the JavaScript clock (`SystemTime` panics on wasm32).

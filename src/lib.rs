@@ -7,17 +7,17 @@
 //! (OpenAI's chat-completions shapes), [`web`] (the wasm-bindgen surface).
 
 pub mod api;
+pub mod chat;
+pub mod constraint;
+pub mod engine;
 pub mod gguf;
 pub mod gpu;
 pub mod image;
 pub mod kernels;
-pub mod engine;
 pub mod model;
 pub mod npy;
 pub mod sampling;
 pub mod tokenizer;
-pub mod chat;
-pub mod constraint;
 
 #[cfg(target_arch = "wasm32")]
 pub mod web;

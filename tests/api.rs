@@ -82,7 +82,8 @@ fn bad_requests_are_openai_errors_naming_the_field() {
 #[test]
 fn schema_and_length_errors_come_before_any_work() {
     let mut e = tiny_vlm_engine();
-    let bad_schema = json!({ "type": "json_schema", "json_schema": { "name": "x", "schema": { "type": "nosuchtype" }, "strict": true } });
+    let bad_schema =
+        json!({ "type": "json_schema", "json_schema": { "name": "x", "schema": { "type": "nosuchtype" }, "strict": true } });
     let err = complete(&mut e, json!({ "messages": user("hi"), "response_format": bad_schema })).unwrap_err();
     assert_eq!((err.param.as_deref(), err.code), (Some("response_format"), Some("invalid_json_schema")), "{err:?}");
     let long = "word ".repeat(600);
@@ -90,10 +91,12 @@ fn schema_and_length_errors_come_before_any_work() {
     assert_eq!(err.code, Some("context_length_exceeded"), "{err:?}");
     // `check` (what the browser's worker asks before fetching image URLs) refuses the same
     // requests, with images it never reads.
-    let with_image = |text: &str| json!([{ "role": "user", "content": [
+    let with_image = |text: &str| {
+        json!([{ "role": "user", "content": [
         { "type": "image_url", "image_url": { "url": "https://example.com/never-fetched.png" } },
         { "type": "text", "text": text },
-    ] }]);
+    ] }])
+    };
     let check = |e: &mut Engine, body: Value| webvlm::api::check(e, &ChatRequest::from_value(body, 131072).unwrap());
     let err = check(&mut e, json!({ "messages": with_image(&long) })).unwrap_err();
     assert_eq!(err.code, Some("context_length_exceeded"), "{err:?}");
@@ -112,7 +115,8 @@ fn same_seed_same_output_on_both_samplers() {
     // GPU sampler (plain temperature / top-p) and host sampler (min-p forces the CPU path).
     for extra in [json!({}), json!({ "min_p": 0.01 })] {
         let request = |seed: i64| {
-            let mut r = json!({ "messages": user("Tell me a story"), "max_tokens": 12, "temperature": 1.0, "top_p": 0.95, "seed": seed });
+            let mut r =
+                json!({ "messages": user("Tell me a story"), "max_tokens": 12, "temperature": 1.0, "top_p": 0.95, "seed": seed });
             r.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
             r
         };
@@ -153,18 +157,25 @@ fn pieces_of(e: &mut Engine, base: &Value) -> Vec<String> {
     let mut request = base.clone();
     request["logprobs"] = json!(true);
     let (reply, _) = complete(e, request).unwrap();
-    reply["choices"][0]["logprobs"]["content"].as_array().unwrap().iter().map(|t| t["token"].as_str().unwrap().to_string()).collect()
+    reply["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["token"].as_str().unwrap().to_string())
+        .collect()
 }
 
 #[test]
 fn logprobs_are_the_log_softmax_of_the_logits_command() {
     let mut e = tiny_vlm_engine();
     let prompt = [1u32, 3, 1784, 8961, 4];
-    let request = json!({ "tokens": prompt, "max_tokens": 6, "temperature": 0, "logprobs": true, "top_logprobs": 5, "stream": true });
+    let request =
+        json!({ "tokens": prompt, "max_tokens": 6, "temperature": 0, "logprobs": true, "top_logprobs": 5, "stream": true });
     let (reply, chunks) = complete(&mut e, request).unwrap();
     let entries = reply["choices"][0]["logprobs"]["content"].as_array().unwrap().clone();
     assert_eq!(entries.len(), 6);
-    let streamed: Vec<&Value> = chunks.iter().filter_map(|c| c["choices"][0]["logprobs"]["content"].as_array()).flatten().collect();
+    let streamed: Vec<&Value> =
+        chunks.iter().filter_map(|c| c["choices"][0]["logprobs"]["content"].as_array()).flatten().collect();
     assert_eq!(streamed.len(), 6, "every streamed token carries its logprob");
     // Teacher-forced logits of prompt + reply from the CLI, as .npy.
     let ids: Vec<u32> = prompt.iter().copied().chain(generated_ids(&mut e, &prompt, 6)).collect();
@@ -205,7 +216,8 @@ fn generated_ids(e: &mut Engine, prompt: &[u32], n: u32) -> Vec<u32> {
 fn logit_bias_steers_greedy_decoding() {
     let mut e = tiny_vlm_engine();
     let target = 1784u32;
-    let request = json!({ "tokens": [1, 3, 8961, 4], "max_tokens": 4, "temperature": 0, "logit_bias": { target.to_string(): 100 } });
+    let request =
+        json!({ "tokens": [1, 3, 8961, 4], "max_tokens": 4, "temperature": 0, "logit_bias": { target.to_string(): 100 } });
     let (reply, _) = complete(&mut e, request).unwrap();
     let piece = e.tokenizer.decode(&[target], true).unwrap();
     assert_eq!(content(&reply), piece.repeat(4));
@@ -238,7 +250,12 @@ fn second_chat_turn_reuses_the_first_turns_cache() {
     let two = read(&mut e, &Value::Array(second.clone()));
     let cached = two["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap();
     let ttft = |r: &Value| r["usage"]["timings"]["time_to_first_token"].as_f64().unwrap();
-    eprintln!("turn 1: {prompt1} prompt tokens, TTFT {:.3} s; turn 2: {} prompt tokens, {cached} cached, TTFT {:.3} s", ttft(&one), two["usage"]["prompt_tokens"], ttft(&two));
+    eprintln!(
+        "turn 1: {prompt1} prompt tokens, TTFT {:.3} s; turn 2: {} prompt tokens, {cached} cached, TTFT {:.3} s",
+        ttft(&one),
+        two["usage"]["prompt_tokens"],
+        ttft(&two)
+    );
     assert!(cached >= prompt1, "cached {cached} < first prompt {prompt1}");
     assert_eq!(one["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
     // The cached turn answers as a fresh engine does.
@@ -251,7 +268,11 @@ fn second_chat_turn_reuses_the_first_turns_cache() {
 fn abort_mid_stream_then_a_new_request_matches_a_fresh_engine() {
     let mut e = tiny_vlm_engine();
     let abort = Rc::new(Cell::new(false));
-    let req = ChatRequest::from_value(json!({ "messages": user("Count to twenty"), "max_tokens": 40, "temperature": 0, "stream": true }), 131072).unwrap();
+    let req = ChatRequest::from_value(
+        json!({ "messages": user("Count to twenty"), "max_tokens": 40, "temperature": 0, "stream": true }),
+        131072,
+    )
+    .unwrap();
     let mut seen = 0;
     let flag = abort.clone();
     let out = pollster::block_on(run(&mut e, &req, &mut no_files, Some(abort.clone()), |c| {
@@ -300,7 +321,8 @@ fn json_schema_completions_from_a_real_model_validate() {
             let (reply, _) = complete(&mut e, request).unwrap();
             let text = content(&reply);
             assert_eq!(reply["choices"][0]["finish_reason"], "stop", "schema {i} seed {seed}: {text:?}");
-            let value: Value = serde_json::from_str(text).unwrap_or_else(|err| panic!("schema {i} seed {seed}: {text:?} is not JSON: {err}"));
+            let value: Value =
+                serde_json::from_str(text).unwrap_or_else(|err| panic!("schema {i} seed {seed}: {text:?} is not JSON: {err}"));
             assert!(validator.is_valid(&value), "schema {i} seed {seed}: {text} does not validate");
             let n = reply["usage"]["completion_tokens"].as_f64().unwrap();
             mask_ms.push(reply["usage"]["timings"]["mask_seconds"].as_f64().unwrap() * 1e3 / n);
@@ -323,7 +345,13 @@ fn a_batch_reports_broken_images_per_request() {
             format!("{}\n", json!({ "custom_id": format!("photo-{i}"), "method": "POST", "url": "/v1/chat/completions", "body": body }))
         })
         .collect();
-    let mut load = |url: &str| if url.starts_with('/') { std::fs::read(url).map_err(|e| EngineError::BadImageUrl(e.to_string())) } else { read_tiny_vlm_image(url) };
+    let mut load = |url: &str| {
+        if url.starts_with('/') {
+            std::fs::read(url).map_err(|e| EngineError::BadImageUrl(e.to_string()))
+        } else {
+            read_tiny_vlm_image(url)
+        }
+    };
     let mut progress = 0;
     let out = pollster::block_on(batch::run_batch(&mut e, &lines, &mut load, |i, total, _| {
         assert_eq!((i + 1, total), (progress + 1, 20));

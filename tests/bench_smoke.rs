@@ -4,11 +4,7 @@
 use serde_json::Value;
 
 fn bench_lines(args: &[&str]) -> Vec<Value> {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_webvlm"))
-        .arg("bench")
-        .args(args)
-        .output()
-        .expect("webvlm runs");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_webvlm")).arg("bench").args(args).output().expect("webvlm runs");
     assert!(out.status.success(), "webvlm bench failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout)
         .expect("utf-8")
@@ -88,11 +84,8 @@ fn quick_bench_on_tiny_synthetic_model_reports_every_figure() {
     assert_eq!(m["read_back_bytes_per_token"].as_f64(), Some(4.0));
     let breakdown = m["breakdown"].as_array().expect("breakdown");
     assert!(breakdown.iter().any(|f| f["family"].as_str().is_some_and(|s| s.starts_with("matvec"))));
-    let total: u64 = breakdown
-        .iter()
-        .filter(|f| f["family"] != "whole decode program")
-        .map(|f| f["dispatches"].as_u64().unwrap())
-        .sum();
+    let total: u64 =
+        breakdown.iter().filter(|f| f["family"] != "whole decode program").map(|f| f["dispatches"].as_u64().unwrap()).sum();
     assert_eq!(total, m["dispatches_per_token"].as_u64().unwrap(), "families cover every dispatch");
 
     // The vision encoder + projector, tiny shape on one small image (112x112: 8x8 patches,

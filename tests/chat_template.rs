@@ -6,9 +6,7 @@
 mod gguf_vocab;
 
 use serde::Deserialize;
-use webvlm::chat::{
-    ChatContent, ChatError, ChatMessage, ChatTemplate, ContentPart, CHATML_TEMPLATE,
-};
+use webvlm::chat::{ChatContent, ChatError, ChatMessage, ChatTemplate, ContentPart, CHATML_TEMPLATE};
 use webvlm::tokenizer::Tokenizer;
 
 #[derive(Deserialize)]
@@ -32,40 +30,23 @@ fn check_chat_fixture(file: &str, model: &str) -> usize {
     let json = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let fixture: ChatFixture = serde_json::from_str(&json).expect("fixture JSON");
     let vocab = gguf_vocab::vocab_for(model);
-    assert_eq!(
-        vocab.chat_template.as_deref(),
-        Some(fixture.chat_template.as_str()),
-        "{file}: GGUF template"
-    );
+    assert_eq!(vocab.chat_template.as_deref(), Some(fixture.chat_template.as_str()), "{file}: GGUF template");
     let tokenizer = Tokenizer::from_gguf_vocab(&vocab).expect("tokenizer");
     let template = ChatTemplate::from_vocab(&vocab, &tokenizer).expect("template compiles");
 
     let mut failures = Vec::new();
     for (i, conv) in fixture.conversations.iter().enumerate() {
-        let text = template
-            .render(&conv.messages, conv.add_generation_prompt)
-            .expect("render");
+        let text = template.render(&conv.messages, conv.add_generation_prompt).expect("render");
         if text != conv.text {
-            failures.push(format!(
-                "conversation {i}: rendered\n{text:?}\nwant\n{:?}",
-                conv.text
-            ));
+            failures.push(format!("conversation {i}: rendered\n{text:?}\nwant\n{:?}", conv.text));
             continue;
         }
         let ids = tokenizer.encode(&text, false).expect("encode");
         if ids != conv.ids {
-            failures.push(format!(
-                "conversation {i}: ids {ids:?}\nwant {:?}",
-                conv.ids
-            ));
+            failures.push(format!("conversation {i}: ids {ids:?}\nwant {:?}", conv.ids));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{file}: {} mismatches:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{file}: {} mismatches:\n{}", failures.len(), failures.join("\n"));
     fixture.conversations.len()
 }
 
@@ -87,10 +68,7 @@ fn tekken_template() -> ChatTemplate {
 
 #[test]
 fn raise_exception_becomes_a_typed_error() {
-    let messages = [
-        ChatMessage::text("user", "a"),
-        ChatMessage::text("user", "b"),
-    ];
+    let messages = [ChatMessage::text("user", "a"), ChatMessage::text("user", "b")];
     match tekken_template().render(&messages, true) {
         Err(ChatError::Raised(message)) => assert_eq!(
             message,
@@ -100,9 +78,7 @@ fn raise_exception_becomes_a_typed_error() {
         other => panic!("expected ChatError::Raised, got {other:?}"),
     }
     let messages = [ChatMessage::text("narrator", "x")];
-    assert!(
-        matches!(tekken_template().render(&messages, true), Err(ChatError::Raised(m)) if m.contains("got narrator"))
-    );
+    assert!(matches!(tekken_template().render(&messages, true), Err(ChatError::Raised(m)) if m.contains("got narrator")));
 }
 
 #[test]
@@ -115,21 +91,11 @@ fn image_parts_render_as_image_chunks() {
         ]}
     ]"#;
     let messages: Vec<ChatMessage> = serde_json::from_str(json).expect("OpenAI messages");
-    let ChatContent::Parts(parts) = &messages[1].content else {
-        panic!("parts")
-    };
-    assert_eq!(
-        parts[1],
-        ContentPart::Image {
-            url: Some("data:image/png;base64,AAAA".into())
-        }
-    );
+    let ChatContent::Parts(parts) = &messages[1].content else { panic!("parts") };
+    assert_eq!(parts[1], ContentPart::Image { url: Some("data:image/png;base64,AAAA".into()) });
     // Two chunks are sorted by type by this template: the image comes first.
     let text = tekken_template().render(&messages, true).expect("render");
-    assert_eq!(
-        text,
-        "<s>[SYSTEM_PROMPT]Be brief.[/SYSTEM_PROMPT][INST][IMG]What is this?[/INST]"
-    );
+    assert_eq!(text, "<s>[SYSTEM_PROMPT]Be brief.[/SYSTEM_PROMPT][INST][IMG]What is this?[/INST]");
 }
 
 #[test]
@@ -140,9 +106,7 @@ fn messages_round_trip_through_openai_json() {
             role: "user".into(),
             content: ChatContent::Parts(vec![
                 ContentPart::Text("look".into()),
-                ContentPart::Image {
-                    url: Some("https://x/y.png".into()),
-                },
+                ContentPart::Image { url: Some("https://x/y.png".into()) },
                 ContentPart::Image { url: None },
             ]),
         },
@@ -154,14 +118,8 @@ fn messages_round_trip_through_openai_json() {
     );
     let back: Vec<ChatMessage> = serde_json::from_str(&json).expect("deserialize");
     assert_eq!(back, messages);
-    let plain: ContentPart =
-        serde_json::from_str(r#"{"type":"image_url","image_url":"u"}"#).expect("plain url");
-    assert_eq!(
-        plain,
-        ContentPart::Image {
-            url: Some("u".into())
-        }
-    );
+    let plain: ContentPart = serde_json::from_str(r#"{"type":"image_url","image_url":"u"}"#).expect("plain url");
+    assert_eq!(plain, ContentPart::Image { url: Some("u".into()) });
 }
 
 #[test]
@@ -182,10 +140,7 @@ fn chatml_fallback_template() {
         t.render(&messages, true).expect("render"),
         "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nab<|im_end|>\n<|im_start|>assistant\n"
     );
-    assert_eq!(
-        t.render(&messages[..1], false).expect("render"),
-        "<|im_start|>system\nS<|im_end|>\n"
-    );
+    assert_eq!(t.render(&messages[..1], false).expect("render"), "<|im_start|>system\nS<|im_end|>\n");
 }
 
 #[test]
@@ -209,28 +164,19 @@ fn python_semantics_tojson_pycompat_strftime() {
 fn trim_and_lstrip_blocks_like_transformers() {
     let source = "{% for m in messages %}\n    {% if m.role == 'user' %}\n[{{ m.content }}]\n    {% endif %}\n{% endfor %}\n";
     let t = ChatTemplate::new(source, "", "").expect("compiles");
-    let messages = [
-        ChatMessage::text("user", "x"),
-        ChatMessage::text("user", "y"),
-    ];
+    let messages = [ChatMessage::text("user", "x"), ChatMessage::text("user", "y")];
     assert_eq!(t.render(&messages, false).expect("render"), "[x]\n[y]\n");
 }
 
 #[test]
 fn syntax_errors_are_reported_at_compile_time() {
-    assert!(matches!(
-        ChatTemplate::new("{% for %}", "", ""),
-        Err(ChatError::Syntax(_))
-    ));
+    assert!(matches!(ChatTemplate::new("{% for %}", "", ""), Err(ChatError::Syntax(_))));
 }
 
 #[test]
 fn generation_blocks_render_their_body() {
     let source = "{% for m in messages %}{%- if m.role == 'assistant' %}{% generation %}<{{ m.content }}>{%- endgeneration %}{% else %}[{{ m.content }}]{% endif %}{% endfor %}";
     let t = ChatTemplate::new(source, "", "").expect("compiles");
-    let messages = [
-        ChatMessage::text("user", "q"),
-        ChatMessage::text("assistant", "a"),
-    ];
+    let messages = [ChatMessage::text("user", "q"), ChatMessage::text("assistant", "a")];
     assert_eq!(t.render(&messages, false).expect("render"), "[q]<a>");
 }

@@ -34,17 +34,10 @@ struct Vocab {
 }
 
 fn load(name: &'static str) -> Vocab {
-    let tokenizer = Arc::new(
-        Tokenizer::from_gguf_vocab(&gguf_vocab::vocab_for(name)).expect("tokenizer from GGUF"),
-    );
+    let tokenizer = Arc::new(Tokenizer::from_gguf_vocab(&gguf_vocab::vocab_for(name)).expect("tokenizer from GGUF"));
     let t0 = Instant::now();
     let factory = ConstraintFactory::new(tokenizer.clone()).expect("constraint factory");
-    Vocab {
-        name,
-        tokenizer,
-        factory,
-        build_time: t0.elapsed(),
-    }
+    Vocab { name, tokenizer, factory, build_time: t0.elapsed() }
 }
 
 fn tekken() -> &'static Vocab {
@@ -133,12 +126,7 @@ fn complete(
         }
         assert_eq!(mask.len(), v.factory.vocab_size().div_ceil(32));
         let set = set_bits(&mask);
-        assert!(
-            !set.is_empty(),
-            "{}: empty mask after {:?}",
-            v.name,
-            text_of(v, &ids)
-        );
+        assert!(!set.is_empty(), "{}: empty mask after {:?}", v.name, text_of(v, &ids));
         let eos_ok: Vec<u32> = set.iter().copied().filter(|t| eos.contains(t)).collect();
         if !eos_ok.is_empty() {
             let text = text_of(v, &ids);
@@ -147,11 +135,7 @@ fn complete(
             }
         }
         if constraint.is_finished() {
-            assert_eq!(
-                set, eos_ok,
-                "{}: finished, but non-EOS tokens allowed",
-                v.name
-            );
+            assert_eq!(set, eos_ok, "{}: finished, but non-EOS tokens allowed", v.name);
         }
         let others: Vec<u32> = set.iter().copied().filter(|t| !eos.contains(t)).collect();
         let token = if !eos_ok.is_empty() && (others.is_empty() || rng.chance(0.5)) {
@@ -171,28 +155,14 @@ fn complete(
                 others[rng.below(others.len())]
             }
         };
-        constraint.commit(token).unwrap_or_else(|e| {
-            panic!(
-                "{}: commit {token} after {:?}: {e}",
-                v.name,
-                text_of(v, &ids)
-            )
-        });
+        constraint.commit(token).unwrap_or_else(|e| panic!("{}: commit {token} after {:?}: {e}", v.name, text_of(v, &ids)));
         if eos.contains(&token) {
-            assert!(
-                constraint.is_finished(),
-                "{}: EOS committed but not finished",
-                v.name
-            );
+            assert!(constraint.is_finished(), "{}: EOS committed but not finished", v.name);
             return ids;
         }
         ids.push(token);
     }
-    panic!(
-        "{}: no end within {BUDGET} tokens: {:?}",
-        v.name,
-        text_of(v, &ids)
-    );
+    panic!("{}: no end within {BUDGET} tokens: {:?}", v.name, text_of(v, &ids));
 }
 
 /// Generates `seeds` completions of `schema` on `v`, checks each, returns them.
@@ -201,17 +171,11 @@ fn run_schema(v: &Vocab, schema: &Value, seeds: u64, close_bias: f64) -> Vec<Str
     let mut timing = Timing::default();
     (0..seeds)
         .map(|seed| {
-            let constraint = v
-                .factory
-                .json_schema(schema, true)
-                .expect("schema compiles");
+            let constraint = v.factory.json_schema(schema, true).expect("schema compiles");
             let ids = complete(v, constraint, &check, 1000 + seed, close_bias, &mut timing);
             let text = text_of(v, &ids);
             // The constraint saw the same bytes the tokenizer decodes.
-            let bytes: Vec<u8> = ids
-                .iter()
-                .flat_map(|&t| v.factory.token_bytes(t).unwrap_or_default().to_vec())
-                .collect();
+            let bytes: Vec<u8> = ids.iter().flat_map(|&t| v.factory.token_bytes(t).unwrap_or_default().to_vec()).collect();
             let spelled = String::from_utf8_lossy(&bytes);
             assert!(
                 spelled == text || spelled.strip_prefix(' ') == Some(&text),
@@ -219,10 +183,7 @@ fn run_schema(v: &Vocab, schema: &Value, seeds: u64, close_bias: f64) -> Vec<Str
                 v.name
             );
             if let Some(why) = json_schemas::violations(&check, &text) {
-                panic!(
-                    "{}: completion {text:?} of {schema} is invalid: {why}",
-                    v.name
-                );
+                panic!("{}: completion {text:?} of {schema} is invalid: {why}", v.name);
             }
             text
         })
@@ -277,10 +238,7 @@ fn check_token_bytes(v: &Vocab, strip_space: bool) {
     let tok = &v.tokenizer;
     let n = tok.vocab_size() as u32;
     let spell = |ids: &[u32]| -> String {
-        let bytes: Vec<u8> = ids
-            .iter()
-            .flat_map(|&t| tok.token_bytes(t).expect("in vocab"))
-            .collect();
+        let bytes: Vec<u8> = ids.iter().flat_map(|&t| tok.token_bytes(t).expect("in vocab")).collect();
         let text = String::from_utf8_lossy(&bytes).into_owned();
         match text.strip_prefix(' ') {
             Some(rest) if strip_space => rest.to_string(),
@@ -301,12 +259,7 @@ fn check_token_bytes(v: &Vocab, strip_space: bool) {
         // byte (not one per invalid sequence as from_utf8_lossy does): valid text only there.
         let ids: Vec<u32> = (0..1 + rng.below(12))
             .map(|_| rng.below(n as usize) as u32)
-            .filter(|&t| {
-                !strip_space
-                    || tok
-                        .token_bytes(t)
-                        .is_some_and(|b| std::str::from_utf8(&b).is_ok())
-            })
+            .filter(|&t| !strip_space || tok.token_bytes(t).is_some_and(|b| std::str::from_utf8(&b).is_ok()))
             .collect();
         let decoded = tok.decode(&ids, false).expect("decode");
         assert_eq!(spell(&ids), decoded, "{}: ids {ids:?}", v.name);
@@ -324,10 +277,7 @@ fn token_bytes_reproduce_decode() {
     let byte_a = spm.token_id("<0x41>").expect("byte piece");
     assert_eq!(spm.token_bytes(byte_a).as_deref(), Some(&b"A"[..]));
     let ids = spm.encode("hello world", false).expect("encode");
-    let bytes: Vec<u8> = ids
-        .iter()
-        .flat_map(|&t| spm.token_bytes(t).unwrap())
-        .collect();
+    let bytes: Vec<u8> = ids.iter().flat_map(|&t| spm.token_bytes(t).unwrap()).collect();
     assert_eq!(bytes, b" hello world");
 }
 
@@ -335,21 +285,14 @@ fn token_bytes_reproduce_decode() {
 fn special_tokens_never_match_text() {
     for v in [tekken(), smollm2(), llama_spm()] {
         let tok = &v.tokenizer;
-        let specials: Vec<u32> = (0..tok.vocab_size() as u32)
-            .filter(|&t| tok.is_special(t))
-            .collect();
+        let specials: Vec<u32> = (0..tok.vocab_size() as u32).filter(|&t| tok.is_special(t)).collect();
         assert!(!specials.is_empty(), "{}: no special tokens", v.name);
         for &eos in tok.eos_ids() {
             assert!(specials.contains(&eos), "{}: EOS {eos} not special", v.name);
         }
         for &t in &specials {
             let bytes = v.factory.token_bytes(t).expect("in vocab");
-            assert_eq!(
-                bytes.first(),
-                Some(&0xFF),
-                "{}: special {t} not marked",
-                v.name
-            );
+            assert_eq!(bytes.first(), Some(&0xFF), "{}: special {t} not marked", v.name);
         }
         // No special token is ever allowed inside a document.
         let mut c = v.factory.json_object().expect("json_object");
@@ -359,11 +302,7 @@ fn special_tokens_never_match_text() {
             let t = tok.token_id(text).expect("single-character token");
             c.commit(t).expect("commit");
             let mask = c.mask().expect("mask");
-            assert!(
-                specials.iter().all(|&t| !allowed(&mask, t)),
-                "{} after {text}",
-                v.name
-            );
+            assert!(specials.iter().all(|&t| !allowed(&mask, t)), "{} after {text}", v.name);
         }
         println!("{}: {} special tokens", v.name, specials.len());
     }
@@ -372,8 +311,7 @@ fn special_tokens_never_match_text() {
 /// Commits the tokens of `text` (our encoding) one by one.
 fn feed(v: &Vocab, c: &mut Constraint, text: &str) {
     for t in v.tokenizer.encode(text, false).expect("encode") {
-        c.commit(t)
-            .unwrap_or_else(|e| panic!("{}: feeding {text:?}: {e}", v.name));
+        c.commit(t).unwrap_or_else(|e| panic!("{}: feeding {text:?}: {e}", v.name));
     }
 }
 
@@ -389,11 +327,7 @@ fn mask_forbids_invalid_continuations() {
         let eos = v.tokenizer.eos_ids();
         let mut c = v.factory.json_schema(&schema, true).expect("schema");
         let mask = c.mask().expect("mask");
-        assert!(
-            eos.iter().all(|&t| !allowed(&mask, t)),
-            "{}: EOS at start",
-            v.name
-        );
+        assert!(eos.iter().all(|&t| !allowed(&mask, t)), "{}: EOS at start", v.name);
         feed(v, &mut c, "{\"a\":");
         let mask = c.mask().expect("mask");
         for t in set_bits(&mask) {
@@ -406,49 +340,27 @@ fn mask_forbids_invalid_continuations() {
                 String::from_utf8_lossy(b)
             );
         }
-        assert!(
-            eos.iter().all(|&t| !allowed(&mask, t)),
-            "{}: EOS mid-object",
-            v.name
-        );
+        assert!(eos.iter().all(|&t| !allowed(&mask, t)), "{}: EOS mid-object", v.name);
         let close = v.tokenizer.token_id("}").expect("} token");
         assert!(!allowed(&mask, close));
         let err = c.commit(close).expect_err("} must be rejected");
         assert!(matches!(err, ConstraintError::Rejected { .. }), "{err}");
         let quote = v.tokenizer.token_id("\"").expect("\" token");
-        assert!(matches!(
-            c.commit(quote),
-            Err(ConstraintError::Rejected { .. })
-        ));
+        assert!(matches!(c.commit(quote), Err(ConstraintError::Rejected { .. })));
         // The rejections changed nothing: the document can still be completed.
         feed(v, &mut c, "42");
         let mask = c.mask().expect("mask");
-        assert!(
-            eos.iter().all(|&t| !allowed(&mask, t)),
-            "{}: EOS before }}",
-            v.name
-        );
+        assert!(eos.iter().all(|&t| !allowed(&mask, t)), "{}: EOS before }}", v.name);
         assert!(!c.is_finished());
         feed(v, &mut c, "}");
         assert!(c.is_finished(), "{}", v.name);
         let mask = c.mask().expect("mask");
-        assert_eq!(
-            set_bits(&mask),
-            eos,
-            "{}: only EOS after the document",
-            v.name
-        );
+        assert_eq!(set_bits(&mask), eos, "{}: only EOS after the document", v.name);
         c.commit(eos[0]).expect("EOS");
         assert!(c.is_finished());
-        assert!(matches!(
-            c.commit(close),
-            Err(ConstraintError::Rejected { .. } | ConstraintError::Parser(_))
-        ));
+        assert!(matches!(c.commit(close), Err(ConstraintError::Rejected { .. } | ConstraintError::Parser(_))));
         let n = v.factory.vocab_size() as u32;
-        assert!(matches!(
-            c.commit(n),
-            Err(ConstraintError::UnknownToken { .. })
-        ));
+        assert!(matches!(c.commit(n), Err(ConstraintError::UnknownToken { .. })));
     }
 }
 
@@ -457,13 +369,7 @@ fn eos_allowed_exactly_when_complete() {
     // A top-level number is complete after each digit, but may go on.
     let v = tekken();
     let eos = v.tokenizer.eos_ids();
-    let mut c = v
-        .factory
-        .json_schema(
-            &json!({"type": "integer", "minimum": 0, "maximum": 999}),
-            true,
-        )
-        .expect("schema");
+    let mut c = v.factory.json_schema(&json!({"type": "integer", "minimum": 0, "maximum": 999}), true).expect("schema");
     assert!(eos.iter().all(|&t| !allowed(&c.mask().unwrap(), t)));
     feed(v, &mut c, "1");
     assert!(eos.iter().all(|&t| allowed(&c.mask().unwrap(), t)));
@@ -471,15 +377,9 @@ fn eos_allowed_exactly_when_complete() {
     feed(v, &mut c, "2");
     assert!(eos.iter().all(|&t| allowed(&c.mask().unwrap(), t)));
     feed(v, &mut c, "3");
-    assert!(
-        c.is_finished(),
-        "999 is the largest: nothing may follow 123"
-    );
+    assert!(c.is_finished(), "999 is the largest: nothing may follow 123");
     // A string is complete only after its closing quote.
-    let mut c = v
-        .factory
-        .json_schema(&json!({"type": "string", "maxLength": 5}), true)
-        .unwrap();
+    let mut c = v.factory.json_schema(&json!({"type": "string", "maxLength": 5}), true).unwrap();
     feed(v, &mut c, "\"ab");
     assert!(eos.iter().all(|&t| !allowed(&c.mask().unwrap(), t)));
     feed(v, &mut c, "\"");
@@ -508,17 +408,11 @@ fn invalid_schemas_are_rejected() {
         (json!({"type": "string", "pattern": "(["}), ""),
         (json!(false), "admits no document"),
         (json!(42), "object or a boolean"),
-        (
-            json!({"allOf": [{"type": "string"}, {"type": "integer"}]}),
-            "",
-        ),
+        (json!({"allOf": [{"type": "string"}, {"type": "integer"}]}), ""),
     ];
     for (schema, needle) in cases {
         let msg = rejected(v, schema.clone(), false);
-        assert!(
-            msg.contains(needle),
-            "{schema}: message {msg:?} lacks {needle:?}"
-        );
+        assert!(msg.contains(needle), "{schema}: message {msg:?} lacks {needle:?}");
         println!("{schema}: {msg}");
     }
 }
@@ -527,52 +421,26 @@ fn invalid_schemas_are_rejected() {
 fn unsupported_keywords_fail_only_when_strict() {
     let v = tekken();
     for (schema, needle) in [
-        (
-            json!({"type": "array", "items": {"type": "integer"}, "uniqueItems": true}),
-            "uniqueItems",
-        ),
-        (
-            json!({"type": "array", "contains": {"type": "integer"}}),
-            "contains",
-        ),
+        (json!({"type": "array", "items": {"type": "integer"}, "uniqueItems": true}), "uniqueItems"),
+        (json!({"type": "array", "contains": {"type": "integer"}}), "contains"),
         (json!({"not": {"type": "string"}}), "not"),
-        (
-            json!({"oneOf": [{"type": "integer"}, {"type": "number"}]}),
-            "oneOf",
-        ),
-        (
-            json!({"type": "string", "format": "no-such-format"}),
-            "no-such-format",
-        ),
+        (json!({"oneOf": [{"type": "integer"}, {"type": "number"}]}), "oneOf"),
+        (json!({"type": "string", "format": "no-such-format"}), "no-such-format"),
     ] {
         let msg = rejected(v, schema.clone(), true);
-        assert!(
-            msg.contains(needle),
-            "{schema}: message {msg:?} lacks {needle:?}"
-        );
-        let lenient = v
-            .factory
-            .json_schema(&schema, false)
-            .expect("accepted when not strict");
-        assert!(
-            !lenient.warnings().is_empty(),
-            "{schema}: no warning when not strict"
-        );
+        assert!(msg.contains(needle), "{schema}: message {msg:?} lacks {needle:?}");
+        let lenient = v.factory.json_schema(&schema, false).expect("accepted when not strict");
+        assert!(!lenient.warnings().is_empty(), "{schema}: no warning when not strict");
         println!("{schema}: strict: {msg}; lenient: {:?}", lenient.warnings());
     }
     // Keywords no draft defines are ignored, as JSON Schema says, strict or not.
     let c = v
         .factory
-        .json_schema(
-            &json!({"type": "boolean", "x-vendor": 1, "title": "t"}),
-            true,
-        )
+        .json_schema(&json!({"type": "boolean", "x-vendor": 1, "title": "t"}), true)
         .expect("unknown keywords are ignored");
     assert!(c.warnings().is_empty());
     // `true` is the empty schema.
-    v.factory
-        .json_schema(&json!(true), true)
-        .expect("true schema");
+    v.factory.json_schema(&json!(true), true).expect("true schema");
 }
 
 fn micros(d: &[Duration], q: f64) -> f64 {
@@ -596,9 +464,7 @@ fn mask_cost() {
                 complete(v, c, &check, 5000 + seed, 0.1, &mut timing);
             }
         }
-        let mean = |t: &[Duration]| {
-            t.iter().map(Duration::as_secs_f64).sum::<f64>() / t.len() as f64 * 1e6
-        };
+        let mean = |t: &[Duration]| t.iter().map(Duration::as_secs_f64).sum::<f64>() / t.len() as f64 * 1e6;
         let t = &timing.masks;
         println!(
             "{} ({} tokens): factory {:.0} ms; schema compile mean {:.0} µs; first mask mean \

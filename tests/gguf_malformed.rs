@@ -91,40 +91,12 @@ impl Raw {
 fn valid_file() -> Vec<u8> {
     let mut w = GgufWriter::new();
     w.add_kv("general.architecture", MetaValue::String("llama".into()));
-    w.add_kv(
-        "a.f32s",
-        MetaValue::Array {
-            elem: ValueType::F32,
-            items: vec![MetaValue::F32(1.0); 5],
-        },
-    );
-    let inner = MetaValue::Array {
-        elem: ValueType::String,
-        items: vec![MetaValue::String("tok".into())],
-    };
-    w.add_kv(
-        "a.nested",
-        MetaValue::Array {
-            elem: ValueType::Array,
-            items: vec![inner.clone(), inner],
-        },
-    );
-    w.add_kv("a.u64", MetaValue::U64(7))
-        .add_kv("a.bool", MetaValue::Bool(false));
-    w.add_tensor(
-        "a",
-        &[64, 2],
-        GgmlType::Q8_0,
-        random_blocks(GgmlType::Q8_0, 4, 1),
-    )
-    .unwrap();
-    w.add_tensor(
-        "b",
-        &[256],
-        GgmlType::Q4_K,
-        random_blocks(GgmlType::Q4_K, 1, 2),
-    )
-    .unwrap();
+    w.add_kv("a.f32s", MetaValue::Array { elem: ValueType::F32, items: vec![MetaValue::F32(1.0); 5] });
+    let inner = MetaValue::Array { elem: ValueType::String, items: vec![MetaValue::String("tok".into())] };
+    w.add_kv("a.nested", MetaValue::Array { elem: ValueType::Array, items: vec![inner.clone(), inner] });
+    w.add_kv("a.u64", MetaValue::U64(7)).add_kv("a.bool", MetaValue::Bool(false));
+    w.add_tensor("a", &[64, 2], GgmlType::Q8_0, random_blocks(GgmlType::Q8_0, 4, 1)).unwrap();
+    w.add_tensor("b", &[256], GgmlType::Q4_K, random_blocks(GgmlType::Q4_K, 1, 2)).unwrap();
     w.write().unwrap()
 }
 
@@ -144,78 +116,35 @@ fn truncated_at_every_byte_of_the_header() {
         // A stream that ends there reports truncation too.
         let mut p = GgufHeaderParser::new();
         assert!(p.feed(&bytes[..cut]).unwrap().is_none(), "cut {cut}");
-        assert!(
-            matches!(p.eof_error(), GgufError::Truncated { offset, .. } if offset == cut as u64)
-        );
+        assert!(matches!(p.eof_error(), GgufError::Truncated { offset, .. } if offset == cut as u64));
     }
     // Header complete but tensor data cut short.
     let h = parse_header(&bytes).unwrap();
     let data_end = (h.data_offset + h.data_len().unwrap()) as usize;
     parse_header(&bytes[..data_end]).unwrap();
     for cut in [end, data_end - 1] {
-        assert!(
-            matches!(
-                parse_header(&bytes[..cut]),
-                Err(GgufError::OutOfRange { .. })
-            ),
-            "cut {cut}"
-        );
+        assert!(matches!(parse_header(&bytes[..cut]), Err(GgufError::OutOfRange { .. })), "cut {cut}");
     }
 }
 
 #[test]
 fn absurd_counts_and_lengths() {
     let e = parse_err(&Raw::new(u64::MAX, 0).bytes());
-    assert!(
-        matches!(
-            e,
-            GgufError::AbsurdCount {
-                field: "tensor count",
-                value: u64::MAX,
-                ..
-            }
-        ),
-        "{e}"
-    );
+    assert!(matches!(e, GgufError::AbsurdCount { field: "tensor count", value: u64::MAX, .. }), "{e}");
     let e = parse_err(&Raw::new(0, 1 << 40).bytes());
-    assert!(
-        matches!(
-            e,
-            GgufError::AbsurdCount {
-                field: "metadata count",
-                value: 0x100_0000_0000,
-                ..
-            }
-        ),
-        "{e}"
-    );
+    assert!(matches!(e, GgufError::AbsurdCount { field: "metadata count", value: 0x100_0000_0000, .. }), "{e}");
     // Plausible count, file far too short for it.
     let e = parse_err(&Raw::new(0, 1000).bytes());
     assert!(matches!(e, GgufError::Truncated { .. }), "{e}");
     let e = parse_err(&Raw::new(0, 1).u64(u64::MAX).bytes());
-    assert!(
-        matches!(e, GgufError::StringTooLong { len: u64::MAX, .. }),
-        "{e}"
-    );
+    assert!(matches!(e, GgufError::StringTooLong { len: u64::MAX, .. }), "{e}");
     let e = parse_err(&Raw::new(0, 1).str("k").u32(8).u64(u64::MAX).bytes());
-    assert!(
-        matches!(e, GgufError::StringTooLong { len: u64::MAX, .. }),
-        "{e}"
-    );
+    assert!(matches!(e, GgufError::StringTooLong { len: u64::MAX, .. }), "{e}");
     let e = parse_err(&Raw::new(0, 1).str("k").u32(8).u64(1 << 20).bytes());
     assert!(matches!(e, GgufError::Truncated { .. }), "{e}");
     for len in [u64::MAX, 1 << 40] {
         let e = parse_err(&Raw::new(0, 1).str("k").u32(9).u32(0).u64(len).bytes());
-        assert!(
-            matches!(
-                e,
-                GgufError::AbsurdCount {
-                    field: "array length",
-                    ..
-                }
-            ),
-            "{e}"
-        );
+        assert!(matches!(e, GgufError::AbsurdCount { field: "array length", .. }), "{e}");
     }
     let e = parse_err(&Raw::new(0, 1).str("k").u32(9).u32(8).u64(1 << 27).bytes());
     assert!(matches!(e, GgufError::Truncated { .. }), "{e}");
@@ -241,76 +170,42 @@ fn one_tensor(dims: &[u64], type_id: u32, offset: u64) -> Vec<u8> {
 #[test]
 fn bad_tensor_infos() {
     let e = parse_err(&one_tensor(&[1; 99], 0, 0));
-    assert!(
-        matches!(e, GgufError::TooManyDims { n_dims: 99, .. }),
-        "{e}"
-    );
+    assert!(matches!(e, GgufError::TooManyDims { n_dims: 99, .. }), "{e}");
     let e = parse_err(&one_tensor(&[4, 0], 0, 0));
     assert!(matches!(e, GgufError::ZeroDim { index: 1, .. }), "{e}");
     let e = parse_err(&one_tensor(&[u64::MAX, 2], 0, 0));
     assert!(matches!(e, GgufError::DimsOverflow { .. }), "{e}");
     let e = parse_err(&one_tensor(&[1 << 21, 1 << 20], 0, 0));
-    assert!(
-        matches!(e, GgufError::DimsOverflow { .. }),
-        "more than 2^40 elements: {e}"
-    );
+    assert!(matches!(e, GgufError::DimsOverflow { .. }), "more than 2^40 elements: {e}");
     let e = parse_err(&one_tensor(&[33], GgmlType::Q4_0.id(), 0));
-    assert!(
-        matches!(e, GgufError::NotBlockMultiple { n: 33, .. }),
-        "{e}"
-    );
+    assert!(matches!(e, GgufError::NotBlockMultiple { n: 33, .. }), "{e}");
     for id in [4, 31, 1000, u32::MAX] {
         let e = parse_err(&one_tensor(&[32], id, 0));
-        assert!(
-            matches!(e, GgufError::UnknownTensorType { id: i, .. } if i == id),
-            "{e}"
-        );
+        assert!(matches!(e, GgufError::UnknownTensorType { id: i, .. } if i == id), "{e}");
     }
     let e = parse_err(&one_tensor(&[32], 0, 16));
-    assert!(
-        matches!(
-            e,
-            GgufError::MisalignedOffset {
-                offset: 16,
-                alignment: 32,
-                ..
-            }
-        ),
-        "{e}"
-    );
+    assert!(matches!(e, GgufError::MisalignedOffset { offset: 16, alignment: 32, .. }), "{e}");
     let e = parse_err(&one_tensor(&[32], 0, 1 << 20));
     assert!(matches!(e, GgufError::OutOfRange { .. }), "past EOF: {e}");
     let e = parse_err(&one_tensor(&[4], 0, u64::MAX - 31));
-    assert!(
-        matches!(e, GgufError::OutOfRange { .. }),
-        "offset + size overflows: {e}"
-    );
+    assert!(matches!(e, GgufError::OutOfRange { .. }), "offset + size overflows: {e}");
 }
 
 #[test]
 fn overlapping_and_duplicate_tensors() {
     let mut w = GgufWriter::new();
-    w.add_raw_tensor_info("x", &[16], 0, 0)
-        .add_raw_tensor_info("y", &[16], 0, 32);
+    w.add_raw_tensor_info("x", &[16], 0, 0).add_raw_tensor_info("y", &[16], 0, 32);
     w.append_raw_data(&[0; 128]);
     let e = parse_err(&w.write().unwrap());
-    assert!(
-        matches!(&e, GgufError::Overlap { first, second } if first == "x" && second == "y"),
-        "{e}"
-    );
+    assert!(matches!(&e, GgufError::Overlap { first, second } if first == "x" && second == "y"), "{e}");
     let mut w = GgufWriter::new();
-    w.add_raw_tensor_info("x", &[8], 0, 0)
-        .add_raw_tensor_info("x", &[8], 0, 32);
+    w.add_raw_tensor_info("x", &[8], 0, 0).add_raw_tensor_info("x", &[8], 0, 32);
     w.append_raw_data(&[0; 128]);
     let e = parse_err(&w.write().unwrap());
-    assert!(
-        matches!(&e, GgufError::DuplicateTensor(n) if n == "x"),
-        "{e}"
-    );
+    assert!(matches!(&e, GgufError::DuplicateTensor(n) if n == "x"), "{e}");
     // Within bounds and disjoint: accepted.
     let mut w = GgufWriter::new();
-    w.add_raw_tensor_info("x", &[8], 0, 0)
-        .add_raw_tensor_info("y", &[8], 0, 32);
+    w.add_raw_tensor_info("x", &[8], 0, 0).add_raw_tensor_info("y", &[8], 0, 32);
     w.append_raw_data(&[0; 64]);
     parse_header(&w.write().unwrap()).unwrap();
 }
@@ -319,15 +214,9 @@ fn overlapping_and_duplicate_tensors() {
 fn bad_metadata() {
     for id in [13, 100, u32::MAX] {
         let e = parse_err(&Raw::new(0, 1).str("k").u32(id).bytes());
-        assert!(
-            matches!(e, GgufError::UnknownValueType { id: i, .. } if i == id),
-            "{e}"
-        );
+        assert!(matches!(e, GgufError::UnknownValueType { id: i, .. } if i == id), "{e}");
         let e = parse_err(&Raw::new(0, 1).str("k").u32(9).u32(id).u64(1).bytes());
-        assert!(
-            matches!(e, GgufError::UnknownValueType { id: i, .. } if i == id),
-            "array element: {e}"
-        );
+        assert!(matches!(e, GgufError::UnknownValueType { id: i, .. } if i == id), "array element: {e}");
     }
     let mut r = Raw::new(0, 1);
     r.u64(2).0.extend_from_slice(&[0xff, 0xfe]);
@@ -337,16 +226,7 @@ fn bad_metadata() {
     r.str("k").u32(7).0.push(2);
     let e = parse_err(&r.bytes());
     assert!(matches!(e, GgufError::InvalidBool { value: 2, .. }), "{e}");
-    let e = parse_err(
-        &Raw::new(0, 2)
-            .str("k")
-            .u32(4)
-            .u32(1)
-            .str("k")
-            .u32(4)
-            .u32(2)
-            .bytes(),
-    );
+    let e = parse_err(&Raw::new(0, 2).str("k").u32(4).u32(1).str("k").u32(4).u32(2).bytes());
     assert!(matches!(&e, GgufError::DuplicateKey(k) if k == "k"), "{e}");
 }
 
@@ -356,10 +236,7 @@ fn bad_alignment() {
         let mut w = GgufWriter::new();
         w.add_kv("general.alignment", MetaValue::U32(a));
         let e = parse_err(&w.write().unwrap());
-        assert!(
-            matches!(e, GgufError::BadAlignment(v) if v == u64::from(a)),
-            "{e}"
-        );
+        assert!(matches!(e, GgufError::BadAlignment(v) if v == u64::from(a)), "{e}");
     }
     let mut w = GgufWriter::new();
     w.add_kv("general.alignment", MetaValue::String("32".into()));
@@ -378,10 +255,7 @@ fn bad_magic_versions_and_endianness() {
     for v in [0u32, 1, 4, 99, u32::MAX] {
         good[4..8].copy_from_slice(&v.to_le_bytes());
         let e = parse_err(&good);
-        assert!(
-            matches!(e, GgufError::UnsupportedVersion(x) if x == v),
-            "{e}"
-        );
+        assert!(matches!(e, GgufError::UnsupportedVersion(x) if x == v), "{e}");
     }
     for v in [2u32, 3] {
         let mut be = b"GGUF".to_vec();
@@ -391,8 +265,5 @@ fn bad_magic_versions_and_endianness() {
         let e = parse_err(&be);
         assert!(matches!(e, GgufError::BigEndian(x) if x == v), "{e}");
     }
-    assert!(
-        parse_header(&Raw::new(0, 0).0).is_ok(),
-        "empty model is valid"
-    );
+    assert!(parse_header(&Raw::new(0, 0).0).is_ok(), "empty model is valid");
 }

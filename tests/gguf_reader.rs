@@ -26,26 +26,11 @@ fn every_value() -> Vec<(&'static str, MetaValue)> {
         ("t.u64", V::U64(u64::MAX)),
         ("t.i64", V::I64(i64::MIN)),
         ("t.f64", V::F64(-1e300)),
-        (
-            "t.arr_f32",
-            arr(ValueType::F32, vec![V::F32(0.5), V::F32(-2.0)]),
-        ),
-        (
-            "t.arr_str",
-            arr(
-                ValueType::String,
-                vec![V::String("<s>".into()), V::String("Ġa".into())],
-            ),
-        ),
-        (
-            "t.arr_i32",
-            arr(ValueType::I32, vec![V::I32(1), V::I32(-3)]),
-        ),
+        ("t.arr_f32", arr(ValueType::F32, vec![V::F32(0.5), V::F32(-2.0)])),
+        ("t.arr_str", arr(ValueType::String, vec![V::String("<s>".into()), V::String("Ġa".into())])),
+        ("t.arr_i32", arr(ValueType::I32, vec![V::I32(1), V::I32(-3)])),
         ("t.arr_empty", arr(ValueType::U64, vec![])),
-        (
-            "t.arr_bool",
-            arr(ValueType::Bool, vec![V::Bool(false), V::Bool(true)]),
-        ),
+        ("t.arr_bool", arr(ValueType::Bool, vec![V::Bool(false), V::Bool(true)])),
         (
             "t.nested",
             arr(
@@ -59,32 +44,18 @@ fn every_value() -> Vec<(&'static str, MetaValue)> {
         ),
         (
             "t.nested3",
-            arr(
-                ValueType::Array,
-                vec![arr(
-                    ValueType::Array,
-                    vec![arr(ValueType::String, vec![V::String("x".into())])],
-                )],
-            ),
+            arr(ValueType::Array, vec![arr(ValueType::Array, vec![arr(ValueType::String, vec![V::String("x".into())])])]),
         ),
     ]
 }
 
 /// A file with every metadata type and one tensor of each given type.
-fn sample(
-    version: u32,
-    alignment: Option<u32>,
-    types: &[GgmlType],
-) -> (Vec<u8>, Vec<(String, Vec<u8>)>) {
+fn sample(version: u32, alignment: Option<u32>, types: &[GgmlType]) -> (Vec<u8>, Vec<(String, Vec<u8>)>) {
     let (w, tensors) = sample_writer(version, alignment, types);
     (w.write().unwrap(), tensors)
 }
 
-fn sample_writer(
-    version: u32,
-    alignment: Option<u32>,
-    types: &[GgmlType],
-) -> (GgufWriter, Vec<(String, Vec<u8>)>) {
+fn sample_writer(version: u32, alignment: Option<u32>, types: &[GgmlType]) -> (GgufWriter, Vec<(String, Vec<u8>)>) {
     let mut w = GgufWriter::new();
     w.set_version(version);
     w.add_kv("general.architecture", MetaValue::String("llama".into()));
@@ -98,8 +69,7 @@ fn sample_writer(
     for (i, &ty) in types.iter().enumerate() {
         let name = format!("blk.{i}.{}.weight", ty.name().to_lowercase());
         let data = random_blocks(ty, 2 * 3, i as u64);
-        w.add_tensor(&name, &[2 * ty.block_size() as u64, 3], ty, data.clone())
-            .unwrap();
+        w.add_tensor(&name, &[2 * ty.block_size() as u64, 3], ty, data.clone()).unwrap();
         tensors.push((name, data));
     }
     (w, tensors)
@@ -113,11 +83,7 @@ fn check_tensors(bytes: &[u8], h: &GgufHeader, tensors: &[(String, Vec<u8>)]) {
         assert_eq!(t.offset % h.alignment, 0);
         assert_eq!(t.n_bytes().unwrap(), data.len() as u64);
         let r = h.absolute_range(t).unwrap();
-        assert_eq!(
-            &bytes[r.start as usize..r.end as usize],
-            &data[..],
-            "{name}"
-        );
+        assert_eq!(&bytes[r.start as usize..r.end as usize], &data[..], "{name}");
     }
 }
 
@@ -136,20 +102,14 @@ fn every_metadata_type_round_trips() {
     let m = &h.metadata;
     assert_eq!(m.architecture().unwrap(), "llama");
     assert_eq!(m.get_u32(&arch_key("t", "u16")).unwrap(), 60000);
-    assert!(
-        matches!(m.get_f32("t.f64"), Err(GgufError::ValueOutOfRange { .. })),
-        "-1e300 overflows f32"
-    );
+    assert!(matches!(m.get_f32("t.f64"), Err(GgufError::ValueOutOfRange { .. })), "-1e300 overflows f32");
     assert_eq!(m.get_f32("t.f32").unwrap(), 1.5e-5);
     assert_eq!(m.get_str_array("t.arr_str").unwrap(), vec!["<s>", "Ġa"]);
     assert_eq!(m.get_i32_array("t.arr_i32").unwrap(), vec![1, -3]);
     assert_eq!(m.get_f32_array("t.arr_f32").unwrap(), vec![0.5, -2.0]);
     assert!(m.get_bool("t.bool").unwrap());
     assert_eq!(m.get_opt_u64("t.missing").unwrap(), None);
-    assert!(matches!(
-        m.get_str_array("t.arr_i32"),
-        Err(GgufError::WrongType { .. })
-    ));
+    assert!(matches!(m.get_str_array("t.arr_i32"), Err(GgufError::WrongType { .. })));
 }
 
 #[test]
@@ -202,19 +162,11 @@ fn tensors_of_every_type() {
 
 #[test]
 fn chunked_feeding_gives_identical_headers() {
-    let (bytes, _) = sample(
-        3,
-        Some(64),
-        &[GgmlType::Q6_K, GgmlType::BF16, GgmlType::Q8_0],
-    );
+    let (bytes, _) = sample(3, Some(64), &[GgmlType::Q6_K, GgmlType::BF16, GgmlType::Q8_0]);
     let whole = parse_header(&bytes).unwrap();
     for chunk in [1, 2, 7, 13, 4096, bytes.len()] {
         for known_len in [false, true] {
-            let mut p = if known_len {
-                GgufHeaderParser::with_file_len(bytes.len() as u64)
-            } else {
-                GgufHeaderParser::new()
-            };
+            let mut p = if known_len { GgufHeaderParser::with_file_len(bytes.len() as u64) } else { GgufHeaderParser::new() };
             let mut got = None;
             for c in bytes.chunks(chunk) {
                 if let Some(h) = p.feed(c).unwrap() {
@@ -223,11 +175,7 @@ fn chunked_feeding_gives_identical_headers() {
                 }
             }
             assert!(p.is_complete());
-            assert_eq!(
-                got.as_ref(),
-                Some(&whole),
-                "chunk {chunk}, known length {known_len}"
-            );
+            assert_eq!(got.as_ref(), Some(&whole), "chunk {chunk}, known length {known_len}");
             assert!(p.bytes_consumed() <= whole.data_offset);
             assert!(whole.data_offset - p.bytes_consumed() < whole.alignment);
             assert!(p.feed(b"more").unwrap().is_none());
@@ -263,17 +211,13 @@ fn split_parts(count: u64, total_override: Option<u64>) -> Vec<Vec<u8>> {
             let mut w = GgufWriter::new();
             if no == 0 {
                 w.add_kv("general.architecture", MetaValue::String("llama".into()));
-                w.add_kv(
-                    KEY_SPLIT_TENSORS_COUNT,
-                    MetaValue::I32(total_override.unwrap_or(2 * count) as i32),
-                );
+                w.add_kv(KEY_SPLIT_TENSORS_COUNT, MetaValue::I32(total_override.unwrap_or(2 * count) as i32));
             }
             w.add_kv(KEY_SPLIT_NO, MetaValue::U16(no as u16));
             w.add_kv(KEY_SPLIT_COUNT, MetaValue::U16(count as u16));
             for j in 0..2 {
                 let data = random_blocks(GgmlType::Q8_0, 2, no * 10 + j);
-                w.add_tensor(format!("blk.{no}.t{j}"), &[64], GgmlType::Q8_0, data)
-                    .unwrap();
+                w.add_tensor(format!("blk.{no}.t{j}"), &[64], GgmlType::Q8_0, data).unwrap();
             }
             w.write().unwrap()
         })
@@ -299,59 +243,26 @@ fn split_files_merge_into_one_index() {
         }
         assert_eq!(files.index().locations_in_file(no as usize).len(), 2);
     }
-    assert!(matches!(
-        files.tensor("nope"),
-        Err(GgufError::MissingTensor(_))
-    ));
+    assert!(matches!(files.tensor("nope"), Err(GgufError::MissingTensor(_))));
     assert_eq!(files.tensors().count(), 6);
 
-    assert!(matches!(
-        GgufModelFiles::new(headers[..2].to_vec()),
-        Err(GgufError::MissingSplit { no: 2, count: 3 })
-    ));
+    assert!(matches!(GgufModelFiles::new(headers[..2].to_vec()), Err(GgufError::MissingSplit { no: 2, count: 3 })));
     let swapped = vec![headers[1].clone(), headers[0].clone(), headers[2].clone()];
-    assert!(matches!(
-        GgufModelFiles::new(swapped),
-        Err(GgufError::SplitMismatch(_))
-    ));
+    assert!(matches!(GgufModelFiles::new(swapped), Err(GgufError::SplitMismatch(_))));
     let dup = vec![headers[0].clone(), headers[1].clone(), headers[1].clone()];
-    assert!(matches!(
-        GgufModelFiles::new(dup),
-        Err(GgufError::SplitMismatch(_))
-    ));
-    let four: Vec<_> = split_parts(4, None)
-        .iter()
-        .map(|p| parse_header(p).unwrap())
-        .collect();
+    assert!(matches!(GgufModelFiles::new(dup), Err(GgufError::SplitMismatch(_))));
+    let four: Vec<_> = split_parts(4, None).iter().map(|p| parse_header(p).unwrap()).collect();
     let mixed = vec![headers[0].clone(), headers[1].clone(), four[2].clone()];
-    assert!(matches!(
-        GgufModelFiles::new(mixed),
-        Err(GgufError::SplitMismatch(_))
-    ));
-    let wrong_total: Vec<_> = split_parts(3, Some(5))
-        .iter()
-        .map(|p| parse_header(p).unwrap())
-        .collect();
-    assert!(matches!(
-        GgufModelFiles::new(wrong_total),
-        Err(GgufError::SplitMismatch(_))
-    ));
+    assert!(matches!(GgufModelFiles::new(mixed), Err(GgufError::SplitMismatch(_))));
+    let wrong_total: Vec<_> = split_parts(3, Some(5)).iter().map(|p| parse_header(p).unwrap()).collect();
+    assert!(matches!(GgufModelFiles::new(wrong_total), Err(GgufError::SplitMismatch(_))));
     // The same tensor name in two parts.
     let mut w = GgufWriter::new();
-    w.add_kv(KEY_SPLIT_NO, MetaValue::U16(2))
-        .add_kv(KEY_SPLIT_COUNT, MetaValue::U16(3));
-    w.add_tensor(
-        "blk.0.t0",
-        &[32],
-        GgmlType::Q8_0,
-        random_blocks(GgmlType::Q8_0, 1, 0),
-    )
-    .unwrap();
+    w.add_kv(KEY_SPLIT_NO, MetaValue::U16(2)).add_kv(KEY_SPLIT_COUNT, MetaValue::U16(3));
+    w.add_tensor("blk.0.t0", &[32], GgmlType::Q8_0, random_blocks(GgmlType::Q8_0, 1, 0)).unwrap();
     let clash = parse_header(&w.write().unwrap()).unwrap();
     let with_clash = vec![headers[0].clone(), headers[1].clone(), clash];
-    assert!(
-        matches!(GgufModelFiles::new(with_clash), Err(GgufError::DuplicateTensor(n)) if n == "blk.0.t0")
-    );
+    assert!(matches!(GgufModelFiles::new(with_clash), Err(GgufError::DuplicateTensor(n)) if n == "blk.0.t0"));
 }
 
 fn temp_dir(tag: &str) -> std::path::PathBuf {
@@ -367,8 +278,7 @@ fn mapped_single_and_split_files() {
     let q = quantize_q8_0(&x).unwrap();
     let mut w = GgufWriter::new();
     w.add_kv("general.architecture", MetaValue::String("llama".into()));
-    w.add_tensor("token_embd.weight", &[32, 2], GgmlType::Q8_0, q.clone())
-        .unwrap();
+    w.add_tensor("token_embd.weight", &[32, 2], GgmlType::Q8_0, q.clone()).unwrap();
     let single = dir.join("single.gguf");
     std::fs::write(&single, w.write().unwrap()).unwrap();
     let m = MappedGguf::open(&single).unwrap();
@@ -391,24 +301,11 @@ fn mapped_single_and_split_files() {
     assert_eq!(bytes, &random_blocks(GgmlType::Q8_0, 2, 21)[..]);
 
     std::fs::remove_file(dir.join("model-00003-of-00003.gguf")).unwrap();
-    assert!(matches!(
-        MappedGguf::open(&first),
-        Err(GgufError::MissingSplit { no: 2, count: 3 })
-    ));
+    assert!(matches!(MappedGguf::open(&first), Err(GgufError::MissingSplit { no: 2, count: 3 })));
     // A truncated file fails validation instead of slicing out of bounds.
-    std::fs::write(
-        dir.join("model-00003-of-00003.gguf"),
-        &parts[2][..parts[2].len() - 40],
-    )
-    .unwrap();
-    assert!(matches!(
-        MappedGguf::open(&first),
-        Err(GgufError::OutOfRange { .. })
-    ));
-    assert!(matches!(
-        MappedGguf::open(dir.join("absent.gguf")),
-        Err(GgufError::Io { .. })
-    ));
+    std::fs::write(dir.join("model-00003-of-00003.gguf"), &parts[2][..parts[2].len() - 40]).unwrap();
+    assert!(matches!(MappedGguf::open(&first), Err(GgufError::OutOfRange { .. })));
+    assert!(matches!(MappedGguf::open(dir.join("absent.gguf")), Err(GgufError::Io { .. })));
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -417,21 +314,12 @@ fn read_npy_f32(bytes: &[u8]) -> Vec<f32> {
     assert_eq!(&bytes[..6], b"\x93NUMPY", "npy magic");
     let (header_len, start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        _ => (
-            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
-            12,
-        ),
+        _ => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
     };
     let header = std::str::from_utf8(&bytes[start..start + header_len]).unwrap();
-    assert!(
-        header.contains("'descr': '<f4'"),
-        "float32 little-endian: {header}"
-    );
+    assert!(header.contains("'descr': '<f4'"), "float32 little-endian: {header}");
     assert!(header.contains("'fortran_order': False"), "{header}");
-    bytes[start + header_len..]
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
+    bytes[start + header_len..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
 #[test]
@@ -445,9 +333,7 @@ fn dequantize_matches_gguf_py_fixtures() {
             continue;
         }
         let stem = path.file_stem().unwrap().to_string_lossy().to_string();
-        let ty = GgmlType::ALL
-            .into_iter()
-            .find(|t| t.name().eq_ignore_ascii_case(&stem));
+        let ty = GgmlType::ALL.into_iter().find(|t| t.name().eq_ignore_ascii_case(&stem));
         let (Some(ty), Ok(npy)) = (ty, std::fs::read(path.with_extension("npy"))) else {
             continue;
         };
@@ -458,15 +344,9 @@ fn dequantize_matches_gguf_py_fixtures() {
         }
         checked += 1;
     }
-    let expected = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .filter(|e| e.path().extension().is_some_and(|x| x == "bin"))
-        .count();
-    assert_eq!(
-        checked, expected,
-        "every .bin fixture names a type and has its .npy"
-    );
+    let expected =
+        std::fs::read_dir(&dir).unwrap().flatten().filter(|e| e.path().extension().is_some_and(|x| x == "bin")).count();
+    assert_eq!(checked, expected, "every .bin fixture names a type and has its .npy");
     eprintln!("checked {checked} fixture types");
 }
 
@@ -496,10 +376,7 @@ fn fixture_models_match_gguf_py_metadata() {
                 serde_json::Value::Bool(b) => assert_eq!(m.get_bool(key).unwrap(), *b, "{key}"),
                 serde_json::Value::Number(n) if n.is_f64() => {
                     let got = m.get_f32(key).unwrap();
-                    assert!(
-                        (got as f64 - n.as_f64().unwrap()).abs() <= 1e-6 * got.abs() as f64,
-                        "{key}"
-                    );
+                    assert!((got as f64 - n.as_f64().unwrap()).abs() <= 1e-6 * got.abs() as f64, "{key}");
                 }
                 serde_json::Value::Number(n) => {
                     assert_eq!(m.get_u64(key).unwrap(), n.as_u64().unwrap(), "{key}")
@@ -512,12 +389,7 @@ fn fixture_models_match_gguf_py_metadata() {
         for t in tensors {
             let (info, data) = mapped.tensor(t["name"].as_str().unwrap()).unwrap();
             assert_eq!(info.ty.name(), t["type"].as_str().unwrap());
-            let shape: Vec<u64> = t["shape"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|d| d.as_u64().unwrap())
-                .collect();
+            let shape: Vec<u64> = t["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).collect();
             assert_eq!(info.dims, shape, "{}", info.name);
             let y = dequantize_to_vec(info.ty, data, info.n_elements() as usize).unwrap();
             assert!(y.iter().all(|v| v.is_finite()), "{}", info.name);

@@ -173,4 +173,3 @@ fn zero_max_edge_is_an_option_error() {
     let bytes = std::fs::read(fixture("images/rgb_56x84.png")).unwrap();
     assert!(matches!(preprocess(&bytes, &opts(0)), Err(ImageError::InvalidOptions(_))));
 }
-

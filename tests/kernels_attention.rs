@@ -31,13 +31,12 @@ const TOL_ATTN_F16_KV: f32 = 1e-3;
 /// original 16384, beta 32/1, mscale = mscale_all_dim = 1: f32 bit patterns of the 64
 /// inv_freq entries, printed with `inv.view(torch.int32).tolist()`.
 const YARN_MINISTRAL3_BITS: [u32; 64] = [
-    1065353216, 1062095789, 1059470816, 1057355503, 1054337179, 1051589887, 1049376004, 1046607925, 1043732615,
-    1041415569, 1038909398, 1035900102, 1033475085, 1031243027, 1028093503, 1025555485, 1023510243, 1020314024,
-    1017657739, 1015517192, 1012562930, 1009146551, 1006401108, 1002362275, 999268067, 995563502, 991961651, 988598374,
-    984461734, 981225577, 976556095, 973074466, 967922988, 963589296, 958084617, 951951739, 944772552, 934423035,
-    932156018, 929522834, 926578515, 924205860, 921840866, 918759349, 916276132, 914191828, 910966718, 908367787,
-    906273458, 903201857, 900481821, 898289901, 895466063, 892619278, 890325219, 887760690, 884781249, 882380290,
-    880087152, 876968875, 874456036, 872431084, 869183353, 866553420,
+    1065353216, 1062095789, 1059470816, 1057355503, 1054337179, 1051589887, 1049376004, 1046607925, 1043732615, 1041415569,
+    1038909398, 1035900102, 1033475085, 1031243027, 1028093503, 1025555485, 1023510243, 1020314024, 1017657739, 1015517192,
+    1012562930, 1009146551, 1006401108, 1002362275, 999268067, 995563502, 991961651, 988598374, 984461734, 981225577, 976556095,
+    973074466, 967922988, 963589296, 958084617, 951951739, 944772552, 934423035, 932156018, 929522834, 926578515, 924205860,
+    921840866, 918759349, 916276132, 914191828, 910966718, 908367787, 906273458, 903201857, 900481821, 898289901, 895466063,
+    892619278, 890325219, 887760690, 884781249, 882380290, 880087152, 876968875, 874456036, 872431084, 869183353, 866553420,
 ];
 
 /// Same script: `(position, i, cos, sin)` of `f32(position) * inv_freq[i]` (torch f32 cos/sin).
@@ -108,11 +107,7 @@ fn cpu_rope_reproduces_torch_cos_sin_and_query_scale() {
         let mut x = vec![0f32; 128];
         x[2 * i] = 1.0;
         let y = rope::rope_ref(&x, &layout, 1, &table, pos, QScale::NONE);
-        assert!(
-            (y[2 * i] - c).abs() <= 2e-7 && (y[2 * i + 1] - s).abs() <= 2e-7,
-            "pos {pos} i {i}: {:?}",
-            &y[2 * i..2 * i + 2]
-        );
+        assert!((y[2 * i] - c).abs() <= 2e-7 && (y[2 * i + 1] - s).abs() <= 2e-7, "pos {pos} i {i}: {:?}", &y[2 * i..2 * i + 2]);
     }
     let q = QScale { beta: 0.1, orig_ctx: 16384 };
     for (pos, want) in TORCH_QSCALE {
@@ -121,15 +116,7 @@ fn cpu_rope_reproduces_torch_cos_sin_and_query_scale() {
 }
 
 /// Runs `rope_inplace` on `x` and returns the result.
-fn gpu_rope(
-    gpu: &Gpu,
-    x: &[f32],
-    layout: &RopeLayout,
-    n_tok: u32,
-    table: &RopeTable,
-    pos0: u32,
-    q: QScale,
-) -> Vec<f32> {
+fn gpu_rope(gpu: &Gpu, x: &[f32], layout: &RopeLayout, n_tok: u32, table: &RopeTable, pos0: u32, q: QScale) -> Vec<f32> {
     let bx = upload(gpu, x);
     let freqs = RopeFreqs::upload(gpu, table).unwrap();
     let step = step_buffer(gpu, StepParams::new(0, n_tok, pos0));
@@ -166,8 +153,7 @@ fn rope_matches_cpu_at_small_and_large_positions() {
     let ministral = Yarn::ministral3();
     let deepseek = Yarn { mscale_all_dim: Some(0.707), ..ministral };
     // (yarn, head_dim, rotated dims, theta); the last rotates only half of the head.
-    let cases =
-        [(None, 128, 128, 1e6), (Some(&ministral), 128, 128, 1e6), (None, 64, 64, 1e4), (Some(&deepseek), 64, 32, 1e4)];
+    let cases = [(None, 128, 128, 1e6), (Some(&ministral), 128, 128, 1e6), (None, 64, 64, 1e4), (Some(&deepseek), 64, 32, 1e4)];
     for (yarn, hd, n_rot, theta) in cases {
         let table = rope::rope_table(n_rot, theta, yarn);
         for mode in [RopeMode::Adjacent, RopeMode::RotateHalf] {

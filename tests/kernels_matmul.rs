@@ -6,8 +6,8 @@ use common::*;
 use webvlm::gguf::quant::{quantize_q4_0, quantize_q4_1, quantize_q8_0};
 use webvlm::gguf::{dequantize_to_vec, random_blocks, GgmlType};
 use webvlm::gpu::{Gpu, GpuOptions, Program};
-use webvlm::kernels::quant::{repack, unpack, GpuWeight, WeightError};
 use webvlm::kernels::matmul::MatmulCompute;
+use webvlm::kernels::quant::{repack, unpack, GpuWeight, WeightError};
 use webvlm::kernels::{embedding, matmul, matvec};
 
 // Relative L2 error limits against the f64-accumulated reference on the dequantized weights:
@@ -311,6 +311,7 @@ fn matmul_row_window_reads_and_writes_only_its_rows() {
     assert!(err < TOL_Q8_0, "window rel err {err}");
     let outside = got[..y_row0 * rows].iter().chain(&got[(y_row0 + m) * rows..]);
     assert!(outside.into_iter().all(|v| v.is_nan()), "rows outside the window were written");
-    let r = matmul::record_rows(&mut Program::new(), &gpu, &w, (&bx, (x_row0 + 4) as u32), (&by, 0), m as u32, MatmulCompute::F32);
+    let r =
+        matmul::record_rows(&mut Program::new(), &gpu, &w, (&bx, (x_row0 + 4) as u32), (&by, 0), m as u32, MatmulCompute::F32);
     assert!(r.is_err(), "a window past the end of x must be refused");
 }

@@ -38,12 +38,9 @@ fn patch_unfold_then_matmul_equals_direct_convolution() {
     let gpu = gpu();
     let mut rng = Rng::new(31);
     let k = (3 * PATCH * PATCH) as usize;
-    for (h, w, hidden, ty) in [
-        (14, 14, 8, GgmlType::F32),
-        (28, 42, 37, GgmlType::F32),
-        (126, 70, 64, GgmlType::F16),
-        (42, 154, 20, GgmlType::F16),
-    ] {
+    for (h, w, hidden, ty) in
+        [(14, 14, 8, GgmlType::F32), (28, 42, 37, GgmlType::F32), (126, 70, 64, GgmlType::F16), (42, 154, 20, GgmlType::F16)]
+    {
         let pixels = rng.vec(3 * h * w);
         let grid = PatchGrid::of_image(h as u32, w as u32, PATCH).unwrap();
         let n = grid.n_patches() as usize;
@@ -251,9 +248,12 @@ fn gelu_erf_matches_f64() {
 #[test]
 fn cpu_erf_reference_is_accurate() {
     // Tabulated erf values (Abramowitz & Stegun table 7.1 / high-precision references).
-    for (x, want) in [(0.5, 0.520_499_877_813_046_5), (1.0, 0.842_700_792_949_714_9), (2.0, 0.995_322_265_018_952_7),
-        (3.0, 0.999_977_909_503_001_4)]
-    {
+    for (x, want) in [
+        (0.5, 0.520_499_877_813_046_5),
+        (1.0, 0.842_700_792_949_714_9),
+        (2.0, 0.995_322_265_018_952_7),
+        (3.0, 0.999_977_909_503_001_4),
+    ] {
         assert!((elementwise::erf_f64(x) - want).abs() < 1e-15, "erf({x})");
         assert!((elementwise::erf_f64(-x) + want).abs() < 1e-15, "erf(-{x})");
     }

@@ -25,10 +25,7 @@ type Tensor = (String, Vec<u64>, GgmlType, Vec<u8>);
 
 /// The fixture rewritten through `GgufWriter` with `kv` applied to each key/value pair
 /// (`None` drops it) and `tensor` to each tensor (`None` drops it).
-fn rewrite(
-    kv: impl Fn(&str, &MetaValue) -> Option<MetaValue>,
-    tensor: impl Fn(Tensor) -> Option<Tensor>,
-) -> GgufBytes {
+fn rewrite(kv: impl Fn(&str, &MetaValue) -> Option<MetaValue>, tensor: impl Fn(Tensor) -> Option<Tensor>) -> GgufBytes {
     let bytes = fixture_bytes();
     let header = parse_header(&bytes).unwrap();
     let mut w = GgufWriter::new();

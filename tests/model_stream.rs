@@ -88,7 +88,8 @@ fn eager_engine(dir: &str, mmproj: Option<LoadQuant>) -> Engine {
 
 /// Logits of the fixture's first image case (its image encoded by `e`).
 fn image_case_logits(e: &mut Engine, dir: &str) -> Vec<f32> {
-    let cases: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture(dir).join("cases.json")).unwrap()).unwrap();
+    let cases: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture(dir).join("cases.json")).unwrap()).unwrap();
     let case = &cases["image_cases"][0];
     let tokens: Vec<u32> = serde_json::from_value(case["tokens"].clone()).unwrap();
     let images = case["images"]
@@ -104,7 +105,11 @@ fn image_case_logits(e: &mut Engine, dir: &str) -> Vec<f32> {
 fn streamed_text_and_vision_equal_the_in_memory_load() {
     // Tekken: F16 text (tied head, 131072-row embedding), F16 mmproj with 32-wide matrices
     // (one Q8_0 block per row: odd block counts exercise the split-scale alignment).
-    for (dir, quant) in [("tiny_mistral3_tekken", LoadQuant::Keep), ("tiny_mistral3_tekken", LoadQuant::Q8_0), ("tiny_mistral3_b", LoadQuant::Q4_1)] {
+    for (dir, quant) in [
+        ("tiny_mistral3_tekken", LoadQuant::Keep),
+        ("tiny_mistral3_tekken", LoadQuant::Q8_0),
+        ("tiny_mistral3_b", LoadQuant::Q4_1),
+    ] {
         let model = std::fs::read(fixture(dir).join("model.gguf")).unwrap();
         let proj = std::fs::read(fixture(dir).join("mmproj.gguf")).unwrap();
         let (mut streamed, held) = stream_engine(&model, Some((&proj, quant)), &[4097, 65536, 1, 100_003]);

@@ -286,9 +286,11 @@ fn load_time_quantization_error_is_measured() {
     let fx = load_fixture(dir);
     let case = fx.image_cases.iter().find(|c| c.mmproj == "mmproj.gguf" && c.images.len() == 2).unwrap();
     let keep_bytes = engine(dir, &fx.model, &case.mmproj).vision.unwrap().weights.bytes_on_gpu();
-    for (quant, tol_features, tol_logits) in
-        [(LoadQuant::Q8_0, TOL_Q8_FEATURES, TOL_Q8_LOGITS), (LoadQuant::Q4_1, TOL_Q4_FEATURES, TOL_Q4_LOGITS), (LoadQuant::Q4_0, TOL_Q4_FEATURES, TOL_Q4_LOGITS)]
-    {
+    for (quant, tol_features, tol_logits) in [
+        (LoadQuant::Q8_0, TOL_Q8_FEATURES, TOL_Q8_LOGITS),
+        (LoadQuant::Q4_1, TOL_Q4_FEATURES, TOL_Q4_LOGITS),
+        (LoadQuant::Q4_0, TOL_Q4_FEATURES, TOL_Q4_LOGITS),
+    ] {
         let mut e = engine_as(dir, &fx.model, &case.mmproj, quant);
         let bytes = e.vision.as_ref().unwrap().weights.bytes_on_gpu();
         assert!(bytes < keep_bytes, "{quant:?}: {bytes} bytes on the GPU, F32 file {keep_bytes}");
@@ -317,7 +319,8 @@ fn cli_generate_with_an_image() {
     let dir = "tiny_mistral3_tekken";
     let fx = load_fixture(dir);
     let case = &fx.image_cases[0];
-    let (model, mmproj, image) = (fixture(dir).join(&fx.model), fixture(dir).join(&case.mmproj), fixture(dir).join(&case.images[0]));
+    let (model, mmproj, image) =
+        (fixture(dir).join(&fx.model), fixture(dir).join(&case.mmproj), fixture(dir).join(&case.images[0]));
     let out = run_cli(&[
         "generate",
         "--model",

@@ -39,10 +39,13 @@ fn next_turn(turn: &[Value], answer: &Value, question: &str) -> Vec<Value> {
 fn two_chats_in_turns_keep_their_prefixes() {
     let instructions = "You are a careful assistant who answers briefly. ".repeat(6);
     let system = json!({ "role": "system", "content": instructions });
-    let chat_a = vec![system.clone(), json!({ "role": "user", "content": [
+    let chat_a = vec![
+        system.clone(),
+        json!({ "role": "user", "content": [
         { "type": "image_url", "image_url": { "url": "img_84x56.png" } },
         { "type": "text", "text": "What is in this picture? ".repeat(6) },
-    ] })];
+    ] }),
+    ];
     let chat_b = vec![system, json!({ "role": "user", "content": "Write a list of ten fruits and their colours. ".repeat(5) })];
 
     let mut e = tiny_vlm_engine();
@@ -122,4 +125,3 @@ fn saved_prefixes_stay_within_the_budget_least_recently_used_first() {
     e.set_prompt_cache_bytes(0);
     assert_eq!(e.prompt_cache_stats().saved_bytes, 0);
 }
-

@@ -382,9 +382,7 @@ fn overlapping_stop_strings_stop_where_the_first_completes() {
 
 /// Where a stop must cut `text`: the smallest end of any occurrence, the longest stop there.
 fn reference_cut(text: &str, stops: &[&str]) -> Option<usize> {
-    (1..=text.len()).find_map(|end| {
-        stops.iter().filter(|s| text[..end].ends_with(*s)).map(|s| end - s.len()).min()
-    })
+    (1..=text.len()).find_map(|end| stops.iter().filter(|s| text[..end].ends_with(*s)).map(|s| end - s.len()).min())
 }
 
 #[test]

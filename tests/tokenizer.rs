@@ -33,8 +33,7 @@ fn load(name: &str) -> (Tokenizer, Expected) {
     let path = gguf_vocab::fixture(&format!("tokenizer/expected_{name}.json"));
     let json = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let expected: Expected = serde_json::from_str(&json).expect("fixture JSON");
-    let tokenizer =
-        Tokenizer::from_gguf_vocab(&gguf_vocab::vocab_for(name)).expect("tokenizer from GGUF");
+    let tokenizer = Tokenizer::from_gguf_vocab(&gguf_vocab::vocab_for(name)).expect("tokenizer from GGUF");
     (tokenizer, expected)
 }
 
@@ -44,16 +43,9 @@ fn check_fixture(name: &str) -> usize {
     assert_eq!(tok.vocab_size(), expected.vocab_size, "{name}: vocab size");
     assert_eq!(tok.bos_id(), expected.bos_token_id, "{name}: bos");
     if let Some(eos) = expected.eos_token_id {
-        assert!(
-            tok.eos_ids().contains(&eos),
-            "{name}: eos {eos} not in {:?}",
-            tok.eos_ids()
-        );
+        assert!(tok.eos_ids().contains(&eos), "{name}: eos {eos} not in {:?}", tok.eos_ids());
     }
-    assert!(
-        expected.entries.len() >= 30,
-        "{name}: corpus unexpectedly small"
-    );
+    assert!(expected.entries.len() >= 30, "{name}: corpus unexpectedly small");
 
     let mut failures = Vec::new();
     let mut checks = 0;
@@ -65,23 +57,11 @@ fn check_fixture(name: &str) -> usize {
             }
         };
         let ids = tok.encode(&e.text, false).expect("encode");
-        check(
-            "ids",
-            ids == e.ids,
-            format!("got {ids:?}, want {:?}", e.ids),
-        );
+        check("ids", ids == e.ids, format!("got {ids:?}, want {:?}", e.ids));
         let ids_sp = tok.encode(&e.text, true).expect("encode");
-        check(
-            "ids_with_special",
-            ids_sp == e.ids_with_special,
-            format!("got {ids_sp:?}, want {:?}", e.ids_with_special),
-        );
+        check("ids_with_special", ids_sp == e.ids_with_special, format!("got {ids_sp:?}, want {:?}", e.ids_with_special));
         let text = tok.decode(&e.ids, false).expect("decode");
-        check(
-            "decoded",
-            text == e.decoded,
-            format!("got {text:?}, want {:?}", e.decoded),
-        );
+        check("decoded", text == e.decoded, format!("got {text:?}, want {:?}", e.decoded));
         let text_sp = tok.decode(&e.ids_with_special, false).expect("decode");
         check(
             "decoded_with_special",
@@ -89,12 +69,7 @@ fn check_fixture(name: &str) -> usize {
             format!("got {text_sp:?}, want {:?}", e.decoded_with_special),
         );
     }
-    assert!(
-        failures.is_empty(),
-        "{name}: {} of {checks} checks failed:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{name}: {} of {checks} checks failed:\n{}", failures.len(), failures.join("\n"));
     checks
 }
 
@@ -130,33 +105,19 @@ fn special_tokens_are_found_by_name() {
     }
     assert_eq!(tekken.token_id("[NO_SUCH_TOKEN]"), None);
     // An image row: special tokens written in the text map to single ids.
-    assert_eq!(
-        tekken
-            .encode("[IMG][IMG][IMG_BREAK][IMG][IMG][IMG_END]", false)
-            .expect("encode"),
-        [10, 10, 12, 10, 10, 13]
-    );
+    assert_eq!(tekken.encode("[IMG][IMG][IMG_BREAK][IMG][IMG][IMG_END]", false).expect("encode"), [10, 10, 12, 10, 10, 13]);
 
     let smol = Tokenizer::from_gguf_vocab(&gguf_vocab::vocab_for("smollm2")).expect("smollm2");
     assert_eq!(smol.token_id("<|im_start|>"), Some(1));
-    assert_eq!(
-        smol.eos_ids(),
-        [0, 2],
-        "<|endoftext|> and <|im_end|> end generation"
-    );
+    assert_eq!(smol.eos_ids(), [0, 2], "<|endoftext|> and <|im_end|> end generation");
 }
 
 #[test]
 fn skip_special_drops_control_tokens() {
     let tok = Tokenizer::from_gguf_vocab(&gguf_vocab::vocab_for("tekken")).expect("tekken");
-    let ids = tok
-        .encode("<s>[INST]Hi[/INST]Hello!</s>", false)
-        .expect("encode");
+    let ids = tok.encode("<s>[INST]Hi[/INST]Hello!</s>", false).expect("encode");
     assert_eq!(ids[..2], [1, 3]);
-    assert_eq!(
-        tok.decode(&ids, false).expect("decode"),
-        "<s>[INST]Hi[/INST]Hello!</s>"
-    );
+    assert_eq!(tok.decode(&ids, false).expect("decode"), "<s>[INST]Hi[/INST]Hello!</s>");
     assert_eq!(tok.decode(&ids, true).expect("decode"), "HiHello!");
 }
 
@@ -169,19 +130,12 @@ fn streaming_reassembles_every_corpus_string() {
             let mut text = String::new();
             for &id in &e.ids_with_special {
                 if let Some(delta) = stream.step(&tok, id).expect("step") {
-                    assert!(
-                        !delta.contains('\u{FFFD}'),
-                        "{name}: split character in {delta:?}"
-                    );
+                    assert!(!delta.contains('\u{FFFD}'), "{name}: split character in {delta:?}");
                     text.push_str(&delta);
                 }
             }
             text.extend(stream.flush(&tok).expect("flush"));
-            assert_eq!(
-                text, e.decoded_with_special,
-                "{name}: streamed {:?}",
-                e.text
-            );
+            assert_eq!(text, e.decoded_with_special, "{name}: streamed {:?}", e.text);
         }
     }
 }
@@ -189,35 +143,19 @@ fn streaming_reassembles_every_corpus_string() {
 #[test]
 fn bad_input_is_a_typed_error() {
     let tok = Tokenizer::from_gguf_vocab(&gguf_vocab::vocab_for("llama_spm")).expect("spm");
-    assert!(matches!(
-        tok.decode(&[1, 800], false),
-        Err(TokenizerError::UnknownId { id: 800, .. })
-    ));
+    assert!(matches!(tok.decode(&[1, 800], false), Err(TokenizerError::UnknownId { id: 800, .. })));
 
     let mut vocab = gguf_vocab::vocab_for("llama_spm");
     vocab.model = "bert".into();
-    assert!(matches!(
-        Tokenizer::from_gguf_vocab(&vocab),
-        Err(TokenizerError::UnsupportedModel(_))
-    ));
+    assert!(matches!(Tokenizer::from_gguf_vocab(&vocab), Err(TokenizerError::UnsupportedModel(_))));
 
     let mut vocab = gguf_vocab::vocab_for("llama_spm");
     vocab.scores = None;
-    assert!(matches!(
-        Tokenizer::from_gguf_vocab(&vocab),
-        Err(TokenizerError::Missing(_))
-    ));
+    assert!(matches!(Tokenizer::from_gguf_vocab(&vocab), Err(TokenizerError::Missing(_))));
 
     let mut vocab = gguf_vocab::vocab_for("llama_spm");
     vocab.tokens[5] = vocab.tokens[4].clone();
-    assert!(matches!(
-        Tokenizer::from_gguf_vocab(&vocab),
-        Err(TokenizerError::DuplicateToken {
-            first: 4,
-            second: 5,
-            ..
-        })
-    ));
+    assert!(matches!(Tokenizer::from_gguf_vocab(&vocab), Err(TokenizerError::DuplicateToken { first: 4, second: 5, .. })));
 }
 
 #[test]
@@ -236,8 +174,5 @@ fn tokenizer_and_template_can_move_between_threads() {
 fn smollm2_splits_digits_before_the_regex() {
     let tok = Tokenizer::from_gguf_vocab(&gguf_vocab::vocab_for("smollm2")).expect("smollm2");
     assert_eq!(tok.encode("x    3", false).expect("encode"), [104, 289, 35]);
-    assert_eq!(
-        tok.encode("pi is  3.14159", false).expect("encode"),
-        [9020, 314, 256, 35, 30, 33, 36, 33, 37, 41]
-    );
+    assert_eq!(tok.encode("pi is  3.14159", false).expect("encode"), [9020, 314, 256, 35, 30, 33, 36, 33, 37, 41]);
 }

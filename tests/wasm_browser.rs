@@ -12,7 +12,9 @@ use wasm_bindgen_test::{wasm_bindgen_test, wasm_bindgen_test_configure};
 
 use webvlm::api::ApiError;
 use webvlm::engine::EngineError;
-use webvlm::gguf::{dequantize_to_vec, parse_header, random_blocks, GgmlType, GgufHeaderParser, GgufWriter, MetaValue, SplitMix64};
+use webvlm::gguf::{
+    dequantize_to_vec, parse_header, random_blocks, GgmlType, GgufHeaderParser, GgufWriter, MetaValue, SplitMix64,
+};
 use webvlm::gpu::{Gpu, GpuError, GpuOptions, Program};
 use webvlm::kernels::quant::{GpuWeight, WeightError};
 use webvlm::kernels::sample::{Sampler, SamplerState};
@@ -99,7 +101,16 @@ async fn webgpu_device_opens_with_the_adapter_limits() {
 async fn quantized_matvec_matches_cpu_whole_and_split() {
     let gpu = gpu().await;
     let mut rng = SplitMix64::new(1);
-    let types = [GgmlType::F32, GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K];
+    let types = [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+    ];
     for (i, ty) in types.into_iter().enumerate() {
         let cols = match ty.block_size() {
             256 => 512,
@@ -110,7 +121,8 @@ async fn quantized_matvec_matches_cpu_whole_and_split() {
         let bytes = random_blocks(ty, rows * cols / ty.block_size(), 10 + i as u64);
         let deq = dequantize_to_vec(ty, &bytes, rows * cols).unwrap();
         let whole = GpuWeight::upload(&gpu, "w", ty, rows as u32, cols as u32, &bytes).unwrap();
-        let split = GpuWeight::upload_with_part_limit(&gpu, "w", ty, rows as u32, cols as u32, &bytes, whole.bytes_on_gpu() / 3).unwrap();
+        let split =
+            GpuWeight::upload_with_part_limit(&gpu, "w", ty, rows as u32, cols as u32, &bytes, whole.bytes_on_gpu() / 3).unwrap();
         assert!(split.parts.len() >= 3, "{ty}: {} parts", split.parts.len());
         for n_tok in [1, 3] {
             let x = random_vec(&mut rng, n_tok * cols);

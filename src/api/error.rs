@@ -43,7 +43,9 @@ impl From<EngineError> for ApiError {
             _ => None,
         };
         match gpu {
-            Some(g) if g.is_device_lost() => return ApiError { message, kind: "server_error", param: None, code: Some("device_lost") },
+            Some(g) if g.is_device_lost() => {
+                return ApiError { message, kind: "server_error", param: None, code: Some("device_lost") }
+            }
             Some(GpuError::OutOfMemory(_) | GpuError::BufferTooLarge { .. }) => {
                 return ApiError { message, kind: "server_error", param: None, code: Some("adapter_too_small") }
             }
@@ -51,8 +53,12 @@ impl From<EngineError> for ApiError {
         }
         match &e {
             EngineError::Param(p) => ApiError::invalid(p.param, "invalid_value", message),
-            EngineError::Context(ContextError::ContextFull { .. }) => ApiError::invalid("messages", "context_length_exceeded", message),
-            EngineError::Context(ContextError::BadToken { .. } | ContextError::Empty) => ApiError::invalid("tokens", "invalid_value", message),
+            EngineError::Context(ContextError::ContextFull { .. }) => {
+                ApiError::invalid("messages", "context_length_exceeded", message)
+            }
+            EngineError::Context(ContextError::BadToken { .. } | ContextError::Empty) => {
+                ApiError::invalid("tokens", "invalid_value", message)
+            }
             EngineError::Constraint(crate::constraint::ConstraintError::Schema(_)) => {
                 ApiError::invalid("response_format", "invalid_json_schema", message)
             }

@@ -67,9 +67,9 @@ impl Fields {
     fn get<T: DeserializeOwned>(&mut self, name: &str) -> Result<Option<T>, ApiError> {
         match self.0.remove(name) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => serde_json::from_value(v)
-                .map(Some)
-                .map_err(|e| ApiError::invalid(name, "invalid_type", format!("`{name}`: {e}"))),
+            Some(v) => {
+                serde_json::from_value(v).map(Some).map_err(|e| ApiError::invalid(name, "invalid_type", format!("`{name}`: {e}")))
+            }
         }
     }
 }
@@ -77,25 +77,42 @@ impl Fields {
 impl ChatRequest {
     /// Parses and checks a JSON request. `vocab` bounds `logit_bias` ids and `tokens`.
     pub fn parse(json: &str, vocab: usize) -> Result<ChatRequest, ApiError> {
-        let value: Value = serde_json::from_str(json)
-            .map_err(|e| ApiError { message: format!("the request is not valid JSON: {e}"), kind: "invalid_request_error", param: None, code: Some("invalid_json") })?;
+        let value: Value = serde_json::from_str(json).map_err(|e| ApiError {
+            message: format!("the request is not valid JSON: {e}"),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("invalid_json"),
+        })?;
         Self::from_value(value, vocab)
     }
 
     /// [`Self::parse`] of an already parsed JSON value.
     pub fn from_value(value: Value, vocab: usize) -> Result<ChatRequest, ApiError> {
         let Value::Object(map) = value else {
-            return Err(ApiError { message: "the request must be a JSON object".into(), kind: "invalid_request_error", param: None, code: Some("invalid_type") });
+            return Err(ApiError {
+                message: "the request must be a JSON object".into(),
+                kind: "invalid_request_error",
+                param: None,
+                code: Some("invalid_type"),
+            });
         };
         if let Some(key) = map.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-            return Err(ApiError::invalid(key.as_str(), "unknown_parameter", format!("unrecognized request argument supplied: {key}")));
+            return Err(ApiError::invalid(
+                key.as_str(),
+                "unknown_parameter",
+                format!("unrecognized request argument supplied: {key}"),
+            ));
         }
         let mut f = Fields(map);
         let messages: Vec<ChatMessage> = f.get("messages")?.unwrap_or_default();
         let tokens: Option<Vec<u32>> = f.get("tokens")?;
         check_messages(&messages, tokens.is_some())?;
         if let Some(&id) = tokens.iter().flatten().find(|&&t| t as usize >= vocab) {
-            return Err(ApiError::invalid("tokens", "invalid_value", format!("token {id} is not below the vocabulary size {vocab}")));
+            return Err(ApiError::invalid(
+                "tokens",
+                "invalid_value",
+                format!("token {id} is not below the vocabulary size {vocab}"),
+            ));
         }
         let sampling = SamplingParams {
             temperature: f.get("temperature")?.unwrap_or(1.0),
@@ -112,7 +129,11 @@ impl ChatRequest {
         let max_tokens = max_tokens(f.get("max_completion_tokens")?, f.get("max_tokens")?)?;
         if let Some(n) = f.get::<u32>("n")? {
             if n != 1 {
-                return Err(ApiError::invalid("n", "unsupported_value", format!("n = {n}: webvlm generates one choice per request")));
+                return Err(ApiError::invalid(
+                    "n",
+                    "unsupported_value",
+                    format!("n = {n}: webvlm generates one choice per request"),
+                ));
             }
         }
         let stop = match f.get::<StopField>("stop")? {
@@ -124,7 +145,11 @@ impl ChatRequest {
         let logprobs = f.get::<bool>("logprobs")?.unwrap_or(false);
         let top = f.get::<usize>("top_logprobs")?;
         if top.is_some_and(|n| n > MAX_TOP_LOGPROBS) {
-            return Err(ApiError::invalid("top_logprobs", "invalid_value", format!("top_logprobs must be 0 to {MAX_TOP_LOGPROBS}")));
+            return Err(ApiError::invalid(
+                "top_logprobs",
+                "invalid_value",
+                format!("top_logprobs must be 0 to {MAX_TOP_LOGPROBS}"),
+            ));
         }
         if top.is_some() && !logprobs {
             return Err(ApiError::invalid("top_logprobs", "invalid_value", "top_logprobs needs logprobs: true"));
@@ -179,12 +204,20 @@ fn check_messages(messages: &[ChatMessage], have_tokens: bool) -> Result<(), Api
     }
     for (i, m) in messages.iter().enumerate() {
         if !ROLES.contains(&m.role.as_str()) {
-            return Err(ApiError::invalid(format!("messages[{i}].role"), "invalid_value", format!("unknown role {:?} (system, developer, user, assistant)", m.role)));
+            return Err(ApiError::invalid(
+                format!("messages[{i}].role"),
+                "invalid_value",
+                format!("unknown role {:?} (system, developer, user, assistant)", m.role),
+            ));
         }
         if let ChatContent::Parts(parts) = &m.content {
             let image = parts.iter().any(|p| matches!(p, crate::chat::ContentPart::Image { .. }));
             if image && m.role != "user" {
-                return Err(ApiError::invalid(format!("messages[{i}].content"), "invalid_value", "only user messages may hold images"));
+                return Err(ApiError::invalid(
+                    format!("messages[{i}].content"),
+                    "invalid_value",
+                    "only user messages may hold images",
+                ));
             }
         }
     }
@@ -239,11 +272,20 @@ fn response_format(v: Option<Map<String, Value>>) -> Result<ResponseFormat, ApiE
             let schema: Value = s.get("schema")?.unwrap_or_else(|| serde_json::json!({}));
             let strict = s.get::<bool>("strict")?.unwrap_or(false);
             if let Some(k) = s.0.keys().next() {
-                return Err(ApiError::invalid(format!("response_format.json_schema.{k}"), "unknown_parameter", format!("unknown field {k}")));
+                return Err(ApiError::invalid(
+                    format!("response_format.json_schema.{k}"),
+                    "unknown_parameter",
+                    format!("unknown field {k}"),
+                ));
             }
             ResponseFormat::JsonSchema { schema, strict }
         }
-        other => return Err(bad("response_format.type", &format!("unknown response format {other:?} (text, json_object, json_schema)"))),
+        other => {
+            return Err(bad(
+                "response_format.type",
+                &format!("unknown response format {other:?} (text, json_object, json_schema)"),
+            ))
+        }
     };
     if let Some(k) = f.0.keys().next() {
         return Err(ApiError::invalid(format!("response_format.{k}"), "unknown_parameter", format!("unknown field {k}")));

@@ -14,11 +14,7 @@ use minijinja::{Error, ErrorKind};
 
 /// The `tojson` filter with transformers' options (`indent`, `ensure_ascii`, `sort_keys`,
 /// `separators`), by keyword or in `json.dumps` order after the value.
-pub fn tojson(
-    value: &Value,
-    args: minijinja::value::Rest<Value>,
-    kwargs: Kwargs,
-) -> Result<Value, Error> {
+pub fn tojson(value: &Value, args: minijinja::value::Rest<Value>, kwargs: Kwargs) -> Result<Value, Error> {
     let arg = |pos: usize, name: &str| -> Result<Option<Value>, Error> {
         match kwargs.get::<Option<Value>>(name)? {
             Some(v) => Ok(Some(v)),
@@ -28,9 +24,7 @@ pub fn tojson(
     let ensure_ascii = arg(0, "ensure_ascii")?.is_some_and(|v| v.is_true());
     let indent = match arg(1, "indent")? {
         Some(v) if v.is_none() || v.is_undefined() => None,
-        Some(v) if v.kind() == ValueKind::String => {
-            Some(v.as_str().unwrap_or_default().to_string())
-        }
+        Some(v) if v.kind() == ValueKind::String => Some(v.as_str().unwrap_or_default().to_string()),
         Some(v) => Some(" ".repeat(usize::try_from(v)?)),
         None => None,
     };
@@ -38,23 +32,14 @@ pub fn tojson(
         Some(v) if !v.is_none() && !v.is_undefined() => {
             let item = v.get_item_by_index(0)?;
             let key = v.get_item_by_index(1)?;
-            (
-                item.as_str().unwrap_or(",").to_string(),
-                key.as_str().unwrap_or(":").to_string(),
-            )
+            (item.as_str().unwrap_or(",").to_string(), key.as_str().unwrap_or(":").to_string())
         }
         _ if indent.is_some() => (",".to_string(), ": ".to_string()),
         _ => (", ".to_string(), ": ".to_string()),
     };
     let sort_keys = arg(3, "sort_keys")?.is_some_and(|v| v.is_true());
     kwargs.assert_all_used()?;
-    let style = JsonStyle {
-        indent,
-        item_sep,
-        key_sep,
-        ensure_ascii,
-        sort_keys,
-    };
+    let style = JsonStyle { indent, item_sep, key_sep, ensure_ascii, sort_keys };
     let mut out = String::new();
     style.write(&mut out, value, 0)?;
     Ok(Value::from_safe_string(out))
@@ -81,9 +66,7 @@ impl JsonStyle {
             ValueKind::String => self.write_str(out, value.as_str().unwrap_or_default()),
             ValueKind::Seq | ValueKind::Iterable => {
                 let items: Vec<Value> = value.try_iter()?.collect();
-                self.write_container(out, '[', ']', depth, &items, |s, out, item, d| {
-                    s.write(out, item, d)
-                })?;
+                self.write_container(out, '[', ']', depth, &items, |s, out, item, d| s.write(out, item, d))?;
             }
             ValueKind::Map => {
                 let mut keys: Vec<Value> = value.try_iter()?.collect();
@@ -97,10 +80,7 @@ impl JsonStyle {
                 })?;
             }
             kind => {
-                return Err(Error::new(
-                    ErrorKind::InvalidOperation,
-                    format!("tojson: cannot serialize a value of kind {kind}"),
-                ))
+                return Err(Error::new(ErrorKind::InvalidOperation, format!("tojson: cannot serialize a value of kind {kind}")))
             }
         }
         Ok(())
@@ -173,11 +153,7 @@ fn python_float(x: f64) -> String {
         return "NaN".into();
     }
     if x.is_infinite() {
-        return if x > 0.0 {
-            "Infinity".into()
-        } else {
-            "-Infinity".into()
-        };
+        return if x > 0.0 { "Infinity".into() } else { "-Infinity".into() };
     }
     let magnitude = x.abs();
     if magnitude != 0.0 && !(1e-4..1e16).contains(&magnitude) {
@@ -197,29 +173,9 @@ fn python_float(x: f64) -> String {
     }
 }
 
-const MONTHS: [&str; 12] = [
-    "January",
-    "February",
-    "March",
-    "April",
-    "May",
-    "June",
-    "July",
-    "August",
-    "September",
-    "October",
-    "November",
-    "December",
-];
-const WEEKDAYS: [&str; 7] = [
-    "Monday",
-    "Tuesday",
-    "Wednesday",
-    "Thursday",
-    "Friday",
-    "Saturday",
-    "Sunday",
-];
+const MONTHS: [&str; 12] =
+    ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
+const WEEKDAYS: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
 
 /// `time.strftime(fmt)` for a UTC instant given as seconds since the Unix epoch.
 ///
@@ -310,10 +266,7 @@ mod tests {
         // 2024-02-29 13:05:09 UTC, a Thursday, day 60 of a leap year.
         let t = 1_709_211_909;
         assert_eq!(strftime("%Y-%m-%d %H:%M:%S", t), "2024-02-29 13:05:09");
-        assert_eq!(
-            strftime("%d %B %Y, %A %a %b %j %I%p %y %%", t),
-            "29 February 2024, Thursday Thu Feb 060 01PM 24 %"
-        );
+        assert_eq!(strftime("%d %B %Y, %A %a %b %j %I%p %y %%", t), "29 February 2024, Thursday Thu Feb 060 01PM 24 %");
         assert_eq!(strftime("%F", 0), "1970-01-01");
         assert_eq!(strftime("%Y-%m-%d", -1), "1969-12-31");
     }

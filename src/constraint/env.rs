@@ -41,10 +41,7 @@ impl TokenEnv {
     pub(super) fn new(tokenizer: Arc<Tokenizer>) -> Result<Self, ConstraintError> {
         let n = tokenizer.vocab_size();
         if n == 0 || n >= MAX_VOCAB {
-            return Err(ConstraintError::Vocabulary(format!(
-                "{n} tokens (llguidance supports 1 to {} tokens)",
-                MAX_VOCAB - 1
-            )));
+            return Err(ConstraintError::Vocabulary(format!("{n} tokens (llguidance supports 1 to {} tokens)", MAX_VOCAB - 1)));
         }
         let eos = tokenizer.eos_ids().to_vec();
         let Some(&first_eos) = eos.first() else {
@@ -52,9 +49,9 @@ impl TokenEnv {
         };
         let mut words = Vec::with_capacity(n);
         for id in (0..n).map(|i| i as u32) {
-            let bytes = tokenizer.token_bytes(id).ok_or_else(|| {
-                ConstraintError::Vocabulary(format!("token {id} has no vocabulary entry"))
-            })?;
+            let bytes = tokenizer
+                .token_bytes(id)
+                .ok_or_else(|| ConstraintError::Vocabulary(format!("token {id} has no vocabulary entry")))?;
             if bytes.len() > MAX_TOKEN_BYTES {
                 return Err(ConstraintError::Vocabulary(format!(
                     "token {id} is {} bytes long (at most {MAX_TOKEN_BYTES})",
@@ -72,9 +69,7 @@ impl TokenEnv {
         }
         let total: usize = words.iter().map(Vec::len).sum();
         if total > MAX_TOTAL_BYTES {
-            return Err(ConstraintError::Vocabulary(format!(
-                "the tokens total {total} bytes (at most {MAX_TOTAL_BYTES})"
-            )));
+            return Err(ConstraintError::Vocabulary(format!("the tokens total {total} bytes (at most {MAX_TOTAL_BYTES})")));
         }
         let info = TokRxInfo {
             vocab_size: n as u32,
@@ -86,24 +81,17 @@ impl TokenEnv {
         };
         let trie = TokTrie::from(&info, &words).with_eos_tokens(&eos);
         // Byte-level BPE spells text exactly; SentencePiece's `encode` prefixes a space.
-        let canonical = tokenizer.encode("{", false).ok().is_some_and(|ids| {
-            ids.iter()
-                .flat_map(|&id| trie.token(id).iter().copied())
-                .eq(*b"{")
-        });
-        Ok(Self {
-            tokenizer,
-            trie,
-            canonical,
-        })
+        let canonical = tokenizer
+            .encode("{", false)
+            .ok()
+            .is_some_and(|ids| ids.iter().flat_map(|&id| trie.token(id).iter().copied()).eq(*b"{"));
+        Ok(Self { tokenizer, trie, canonical })
     }
 
     /// `encode(text)` when its tokens spell `text` exactly, else the greedy trie match.
     fn encode_exact(&self, text: &str) -> Vec<TokenId> {
         if let Ok(ids) = self.tokenizer.encode(text, false) {
-            let spelled = ids
-                .iter()
-                .flat_map(|&id| self.trie.token(id).iter().copied());
+            let spelled = ids.iter().flat_map(|&id| self.trie.token(id).iter().copied());
             if spelled.eq(text.bytes()) {
                 return ids;
             }
@@ -118,8 +106,7 @@ impl TokenizerEnv for TokenEnv {
     }
 
     fn tokenize_bytes(&self, s: &[u8]) -> Vec<TokenId> {
-        self.trie
-            .tokenize_with_greedy_fallback(s, |text| self.encode_exact(text))
+        self.trie.tokenize_with_greedy_fallback(s, |text| self.encode_exact(text))
     }
 
     fn tokenize_is_canonical(&self) -> bool {

@@ -80,9 +80,7 @@ pub struct ConstraintFactory {
 
 impl std::fmt::Debug for ConstraintFactory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConstraintFactory")
-            .field("vocab_size", &self.vocab_size)
-            .finish_non_exhaustive()
+        f.debug_struct("ConstraintFactory").field("vocab_size", &self.vocab_size).finish_non_exhaustive()
     }
 }
 
@@ -92,13 +90,9 @@ impl ConstraintFactory {
     pub fn new(tokenizer: Arc<Tokenizer>) -> Result<Self, ConstraintError> {
         let vocab_size = tokenizer.vocab_size();
         let env: TokEnv = Arc::new(TokenEnv::new(tokenizer)?);
-        let mut parsers = ParserFactory::new_simple(&env)
-            .map_err(|e| ConstraintError::Setup(format!("{e:#}")))?;
+        let mut parsers = ParserFactory::new_simple(&env).map_err(|e| ConstraintError::Setup(format!("{e:#}")))?;
         parsers.quiet();
-        Ok(Self {
-            parsers,
-            vocab_size,
-        })
+        Ok(Self { parsers, vocab_size })
     }
 
     /// Number of token ids (bits in a mask).
@@ -118,16 +112,9 @@ impl ConstraintFactory {
         let mut schema = match schema {
             Value::Object(_) => schema.clone(),
             Value::Bool(true) => json!({}),
-            Value::Bool(false) => {
-                return Err(ConstraintError::Schema(
-                    "the schema `false` admits no document".into(),
-                ))
-            }
+            Value::Bool(false) => return Err(ConstraintError::Schema("the schema `false` admits no document".into())),
             other => {
-                return Err(ConstraintError::Schema(format!(
-                    "a schema must be an object or a boolean, not {}",
-                    json_kind(other)
-                )))
+                return Err(ConstraintError::Schema(format!("a schema must be an object or a boolean, not {}", json_kind(other))))
             }
         };
         let options = JsonCompileOptions {
@@ -148,11 +135,7 @@ impl ConstraintFactory {
         if strict && !warnings.is_empty() {
             return Err(ConstraintError::Schema(warnings.join("; ")));
         }
-        Ok(Constraint {
-            matcher,
-            vocab_size: self.vocab_size,
-            warnings,
-        })
+        Ok(Constraint { matcher, vocab_size: self.vocab_size, warnings })
     }
 
     /// A constraint to any JSON object.
@@ -184,16 +167,9 @@ impl Constraint {
     /// ids are set exactly when the document is complete; once [`is_finished`](Self::is_finished),
     /// only they are. A single set bit means the grammar forces that token.
     pub fn mask(&mut self) -> Result<Vec<u32>, ConstraintError> {
-        let set = self
-            .matcher
-            .compute_mask_or_eos()
-            .map_err(|e| ConstraintError::Parser(format!("{e:#}")))?;
+        let set = self.matcher.compute_mask_or_eos().map_err(|e| ConstraintError::Parser(format!("{e:#}")))?;
         let words = self.vocab_size.div_ceil(32);
-        let mut mask = set
-            .as_slice()
-            .get(..words)
-            .unwrap_or(set.as_slice())
-            .to_vec();
+        let mut mask = set.as_slice().get(..words).unwrap_or(set.as_slice()).to_vec();
         mask.resize(words, 0);
         if !self.vocab_size.is_multiple_of(32) {
             if let Some(last) = mask.last_mut() {
@@ -208,23 +184,14 @@ impl Constraint {
     /// token after the document is finished is accepted and changes nothing.
     pub fn commit(&mut self, token: u32) -> Result<(), ConstraintError> {
         if token as usize >= self.vocab_size {
-            return Err(ConstraintError::UnknownToken {
-                id: token,
-                vocab_size: self.vocab_size,
-            });
+            return Err(ConstraintError::UnknownToken { id: token, vocab_size: self.vocab_size });
         }
         if self.is_finished() && self.is_eos(token) {
             return Ok(());
         }
-        let consumed = self
-            .matcher
-            .try_consume_tokens(&[token])
-            .map_err(|e| ConstraintError::Parser(format!("{e:#}")))?;
+        let consumed = self.matcher.try_consume_tokens(&[token]).map_err(|e| ConstraintError::Parser(format!("{e:#}")))?;
         if consumed == 0 {
-            return Err(ConstraintError::Rejected {
-                token,
-                text: self.token_text(token),
-            });
+            return Err(ConstraintError::Rejected { token, text: self.token_text(token) });
         }
         Ok(())
     }
@@ -241,16 +208,13 @@ impl Constraint {
     }
 
     fn is_eos(&self, token: u32) -> bool {
-        self.matcher
-            .tok_env()
-            .is_ok_and(|env| env.tok_trie().eos_tokens().contains(&token))
+        self.matcher.tok_env().is_ok_and(|env| env.tok_trie().eos_tokens().contains(&token))
     }
 
     fn token_text(&self, token: u32) -> String {
-        self.matcher.tok_env().map_or_else(
-            |_| String::new(),
-            |env| String::from_utf8_lossy(env.tok_trie().token(token)).into_owned(),
-        )
+        self.matcher
+            .tok_env()
+            .map_or_else(|_| String::new(), |env| String::from_utf8_lossy(env.tok_trie().token(token)).into_owned())
     }
 }
 

@@ -275,7 +275,12 @@ impl Engine {
     }
 
     /// Generates from text-only `prompt` ids, calling `on_text` with each text delta.
-    pub async fn generate(&mut self, prompt: &[u32], opts: &GenerateOptions, mut on_text: impl FnMut(&str)) -> Result<Generation, EngineError> {
+    pub async fn generate(
+        &mut self,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        mut on_text: impl FnMut(&str),
+    ) -> Result<Generation, EngineError> {
         let prompt = Prompt { tokens: prompt.to_vec(), images: Vec::new() };
         self.generate_prompt(&prompt, opts, |step| {
             on_text(step.text);

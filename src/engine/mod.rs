@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 pub use generate::{FinishReason, GenerateOptions, Generation, ResponseFormat, StepOutput, Wait};
 pub use images::{data_url_bytes, ImageCache, ImageTokens};
-pub use prompt_cache::{PromptCacheStats, DEFAULT_PROMPT_CACHE_BYTES};
 use prompt_cache::PromptCache;
+pub use prompt_cache::{PromptCacheStats, DEFAULT_PROMPT_CACHE_BYTES};
 
 use crate::chat::{ChatContent, ChatError, ChatMessage, ChatTemplate, ContentPart};
 use crate::constraint::{ConstraintError, ConstraintFactory};

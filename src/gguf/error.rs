@@ -63,11 +63,7 @@ pub enum GgufError {
     UnsupportedVersion(u32),
     /// A count or length field exceeds its hard limit.
     #[error("absurd {field}: {value} (limit {limit})")]
-    AbsurdCount {
-        field: &'static str,
-        value: u64,
-        limit: u64,
-    },
+    AbsurdCount { field: &'static str, value: u64, limit: u64 },
     /// A string's declared length exceeds its hard limit.
     #[error("string of {len} bytes at byte {offset} exceeds the limit of {limit}")]
     StringTooLong { len: u64, limit: u64, offset: u64 },
@@ -103,19 +99,10 @@ pub enum GgufError {
     BadAlignment(u64),
     /// A tensor offset is not a multiple of the alignment.
     #[error("tensor '{tensor}': offset {offset} is not aligned to {alignment}")]
-    MisalignedOffset {
-        tensor: String,
-        offset: u64,
-        alignment: u64,
-    },
+    MisalignedOffset { tensor: String, offset: u64, alignment: u64 },
     /// A tensor's bytes lie (partly) outside the file.
     #[error("tensor '{tensor}': bytes {start}..{end} outside the file of {file_len} bytes")]
-    OutOfRange {
-        tensor: String,
-        start: u64,
-        end: u64,
-        file_len: u64,
-    },
+    OutOfRange { tensor: String, start: u64, end: u64, file_len: u64 },
     /// Two tensors' byte ranges overlap.
     #[error("tensors '{first}' and '{second}' overlap")]
     Overlap { first: String, second: String },
@@ -130,18 +117,10 @@ pub enum GgufError {
     MissingKey(String),
     /// A metadata value has a type the getter cannot convert.
     #[error("metadata key '{key}': expected {expected}, found {found}")]
-    WrongType {
-        key: String,
-        expected: &'static str,
-        found: &'static str,
-    },
+    WrongType { key: String, expected: &'static str, found: &'static str },
     /// A numeric metadata value does not fit the requested type.
     #[error("metadata key '{key}': value {value} does not fit {target}")]
-    ValueOutOfRange {
-        key: String,
-        value: String,
-        target: &'static str,
-    },
+    ValueOutOfRange { key: String, value: String, target: &'static str },
     /// A requested tensor is not in the file(s).
     #[error("no tensor named '{0}'")]
     MissingTensor(String),
@@ -156,18 +135,11 @@ pub enum GgufError {
     UnsupportedType(GgmlType),
     /// A byte buffer and element count that do not match the type's block layout.
     #[error("{ty}: {bytes} bytes do not hold {elements} elements")]
-    SizeMismatch {
-        ty: GgmlType,
-        bytes: usize,
-        elements: usize,
-    },
+    SizeMismatch { ty: GgmlType, bytes: usize, elements: usize },
     /// The streaming parser was fed again after it reported an error.
     #[error("the GGUF header parser already failed")]
     ParserFailed,
     /// An I/O error opening or mapping a file.
     #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
 }

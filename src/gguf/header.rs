@@ -34,25 +34,13 @@ impl TensorInfo {
     /// Checks dims (≤ 4, each > 0, ≤ 2^40 elements) and the row's block multiple.
     pub fn check_shape(&self) -> Result<(), GgufError> {
         if self.dims.len() > MAX_DIMS as usize {
-            return Err(GgufError::TooManyDims {
-                tensor: self.name.clone(),
-                n_dims: self.dims.len() as u32,
-            });
+            return Err(GgufError::TooManyDims { tensor: self.name.clone(), n_dims: self.dims.len() as u32 });
         }
         if let Some(index) = self.dims.iter().position(|&d| d == 0) {
-            return Err(GgufError::ZeroDim {
-                tensor: self.name.clone(),
-                index,
-            });
+            return Err(GgufError::ZeroDim { tensor: self.name.clone(), index });
         }
-        let overflow = || GgufError::DimsOverflow {
-            tensor: self.name.clone(),
-        };
-        let n = self
-            .dims
-            .iter()
-            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
-            .ok_or_else(overflow)?;
+        let overflow = || GgufError::DimsOverflow { tensor: self.name.clone() };
+        let n = self.dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).ok_or_else(overflow)?;
         if n > MAX_ELEMENTS {
             return Err(overflow());
         }
@@ -72,10 +60,7 @@ impl TensorInfo {
 
     /// Number of rows (product of `dims[1..]`).
     pub fn n_rows(&self) -> u64 {
-        self.dims
-            .iter()
-            .skip(1)
-            .fold(1u64, |acc, &d| acc.saturating_mul(d))
+        self.dims.iter().skip(1).fold(1u64, |acc, &d| acc.saturating_mul(d))
     }
 
     /// Bytes of tensor data; errors if the row length is not a block multiple.
@@ -83,9 +68,7 @@ impl TensorInfo {
         self.ty
             .row_bytes(self.row_len())?
             .checked_mul(self.n_rows())
-            .ok_or_else(|| GgufError::DimsOverflow {
-                tensor: self.name.clone(),
-            })
+            .ok_or_else(|| GgufError::DimsOverflow { tensor: self.name.clone() })
     }
 
     /// Dims as text, e.g. `[3072, 131072]`.
@@ -97,15 +80,12 @@ impl TensorInfo {
     /// Byte range relative to the data section.
     pub fn relative_range(&self) -> Result<Range<u64>, GgufError> {
         let len = self.n_bytes()?;
-        let end = self
-            .offset
-            .checked_add(len)
-            .ok_or_else(|| GgufError::OutOfRange {
-                tensor: self.name.clone(),
-                start: self.offset,
-                end: u64::MAX,
-                file_len: 0,
-            })?;
+        let end = self.offset.checked_add(len).ok_or_else(|| GgufError::OutOfRange {
+            tensor: self.name.clone(),
+            start: self.offset,
+            end: u64::MAX,
+            file_len: 0,
+        })?;
         Ok(self.offset..end)
     }
 }
@@ -134,28 +114,15 @@ impl GgufHeader {
     /// Absolute byte range of a tensor's data in the file.
     pub fn absolute_range(&self, t: &TensorInfo) -> Result<Range<u64>, GgufError> {
         let r = t.relative_range()?;
-        let out_of_range = || GgufError::OutOfRange {
-            tensor: t.name.clone(),
-            start: r.start,
-            end: r.end,
-            file_len: 0,
-        };
-        let start = self
-            .data_offset
-            .checked_add(r.start)
-            .ok_or_else(out_of_range)?;
-        let end = self
-            .data_offset
-            .checked_add(r.end)
-            .ok_or_else(out_of_range)?;
+        let out_of_range = || GgufError::OutOfRange { tensor: t.name.clone(), start: r.start, end: r.end, file_len: 0 };
+        let start = self.data_offset.checked_add(r.start).ok_or_else(out_of_range)?;
+        let end = self.data_offset.checked_add(r.end).ok_or_else(out_of_range)?;
         Ok(start..end)
     }
 
     /// Bytes the data section must span: the largest tensor end offset.
     pub fn data_len(&self) -> Result<u64, GgufError> {
-        self.tensors
-            .iter()
-            .try_fold(0u64, |m, t| Ok(m.max(t.relative_range()?.end)))
+        self.tensors.iter().try_fold(0u64, |m, t| Ok(m.max(t.relative_range()?.end)))
     }
 
     /// Checks shapes, offset alignment and that no two tensors overlap.
@@ -164,11 +131,7 @@ impl GgufHeader {
         for (i, t) in self.tensors.iter().enumerate() {
             t.check_shape()?;
             if self.alignment == 0 || !t.offset.is_multiple_of(self.alignment) {
-                return Err(GgufError::MisalignedOffset {
-                    tensor: t.name.clone(),
-                    offset: t.offset,
-                    alignment: self.alignment,
-                });
+                return Err(GgufError::MisalignedOffset { tensor: t.name.clone(), offset: t.offset, alignment: self.alignment });
             }
             ranges.push((t.relative_range()?, i));
         }
@@ -177,10 +140,7 @@ impl GgufHeader {
         for (r, i) in ranges {
             if let Some((end, j)) = furthest {
                 if r.start < end {
-                    return Err(GgufError::Overlap {
-                        first: self.tensors[j].name.clone(),
-                        second: self.tensors[i].name.clone(),
-                    });
+                    return Err(GgufError::Overlap { first: self.tensors[j].name.clone(), second: self.tensors[i].name.clone() });
                 }
             }
             if furthest.is_none_or(|(end, _)| r.end > end) {
@@ -196,12 +156,7 @@ impl GgufHeader {
         for t in &self.tensors {
             let r = self.absolute_range(t)?;
             if r.end > file_len {
-                return Err(GgufError::OutOfRange {
-                    tensor: t.name.clone(),
-                    start: r.start,
-                    end: r.end,
-                    file_len,
-                });
+                return Err(GgufError::OutOfRange { tensor: t.name.clone(), start: r.start, end: r.end, file_len });
             }
         }
         Ok(())

@@ -22,35 +22,19 @@ pub struct Metadata {
 }
 
 fn wrong(key: &str, expected: &'static str, v: &MetaValue) -> GgufError {
-    GgufError::WrongType {
-        key: key.to_owned(),
-        expected,
-        found: v.value_type().name(),
-    }
+    GgufError::WrongType { key: key.to_owned(), expected, found: v.value_type().name() }
 }
 
-fn int_to<T: TryFrom<i128>>(
-    key: &str,
-    v: &MetaValue,
-    target: &'static str,
-) -> Result<T, GgufError> {
+fn int_to<T: TryFrom<i128>>(key: &str, v: &MetaValue, target: &'static str) -> Result<T, GgufError> {
     let i = v.as_i128().ok_or_else(|| wrong(key, target, v))?;
-    T::try_from(i).map_err(|_| GgufError::ValueOutOfRange {
-        key: key.to_owned(),
-        value: i.to_string(),
-        target,
-    })
+    T::try_from(i).map_err(|_| GgufError::ValueOutOfRange { key: key.to_owned(), value: i.to_string(), target })
 }
 
 fn to_f32(key: &str, v: &MetaValue) -> Result<f32, GgufError> {
     let f = v.as_f64().ok_or_else(|| wrong(key, "number", v))?;
     let g = f as f32;
     if f.is_finite() && !g.is_finite() {
-        return Err(GgufError::ValueOutOfRange {
-            key: key.to_owned(),
-            value: f.to_string(),
-            target: "f32",
-        });
+        return Err(GgufError::ValueOutOfRange { key: key.to_owned(), value: f.to_string(), target: "f32" });
     }
     Ok(g)
 }
@@ -97,8 +81,7 @@ impl Metadata {
     }
 
     fn require(&self, key: &str) -> Result<&MetaValue, GgufError> {
-        self.get(key)
-            .ok_or_else(|| GgufError::MissingKey(key.to_owned()))
+        self.get(key).ok_or_else(|| GgufError::MissingKey(key.to_owned()))
     }
 
     /// `general.architecture`.
@@ -148,10 +131,7 @@ impl Metadata {
     /// An array of strings.
     pub fn get_str_array(&self, key: &str) -> Result<Vec<&str>, GgufError> {
         let items = self.items(key, "array of string")?;
-        items
-            .iter()
-            .map(|v| v.as_str().ok_or_else(|| wrong(key, "array of string", v)))
-            .collect()
+        items.iter().map(|v| v.as_str().ok_or_else(|| wrong(key, "array of string", v))).collect()
     }
 
     /// An array of numbers as `f32`.
@@ -166,11 +146,7 @@ impl Metadata {
         items.iter().map(|v| int_to(key, v, "i32")).collect()
     }
 
-    fn opt<'a, T>(
-        &'a self,
-        key: &str,
-        f: impl FnOnce(&'a Self) -> Result<T, GgufError>,
-    ) -> Result<Option<T>, GgufError> {
+    fn opt<'a, T>(&'a self, key: &str, f: impl FnOnce(&'a Self) -> Result<T, GgufError>) -> Result<Option<T>, GgufError> {
         if self.contains(key) {
             f(self).map(Some)
         } else {
@@ -231,45 +207,22 @@ mod tests {
         m.insert("a.neg".into(), MetaValue::I32(-1)).unwrap();
         m.insert("a.big".into(), MetaValue::U64(1 << 40)).unwrap();
         m.insert("a.f".into(), MetaValue::F64(0.5)).unwrap();
-        m.insert("a.s".into(), MetaValue::String("x".into()))
-            .unwrap();
+        m.insert("a.s".into(), MetaValue::String("x".into())).unwrap();
         let ints = (0..3).map(MetaValue::I16).collect();
-        m.insert(
-            "a.arr".into(),
-            MetaValue::Array {
-                elem: ValueType::I16,
-                items: ints,
-            },
-        )
-        .unwrap();
+        m.insert("a.arr".into(), MetaValue::Array { elem: ValueType::I16, items: ints }).unwrap();
         assert_eq!(m.get_u32("a.u8").unwrap(), 7);
         assert_eq!(m.get_f32("a.u8").unwrap(), 7.0);
         assert_eq!(m.get_f32("a.f").unwrap(), 0.5);
         assert_eq!(m.get_u64("a.big").unwrap(), 1 << 40);
         assert_eq!(m.get_i32_array("a.arr").unwrap(), vec![0, 1, 2]);
         assert_eq!(m.get_f32_array("a.arr").unwrap(), vec![0.0, 1.0, 2.0]);
-        assert!(matches!(
-            m.get_u32("a.neg"),
-            Err(GgufError::ValueOutOfRange { .. })
-        ));
-        assert!(matches!(
-            m.get_u32("a.big"),
-            Err(GgufError::ValueOutOfRange { .. })
-        ));
-        assert!(matches!(
-            m.get_u32("a.s"),
-            Err(GgufError::WrongType {
-                found: "string",
-                ..
-            })
-        ));
+        assert!(matches!(m.get_u32("a.neg"), Err(GgufError::ValueOutOfRange { .. })));
+        assert!(matches!(m.get_u32("a.big"), Err(GgufError::ValueOutOfRange { .. })));
+        assert!(matches!(m.get_u32("a.s"), Err(GgufError::WrongType { found: "string", .. })));
         assert!(matches!(m.get_str("nope"), Err(GgufError::MissingKey(_))));
         assert_eq!(m.get_opt_str("nope").unwrap(), None);
         assert!(m.get_opt_bool("a.s").is_err());
-        assert!(matches!(
-            m.insert("a.s".into(), MetaValue::Bool(true)),
-            Err(GgufError::DuplicateKey(_))
-        ));
+        assert!(matches!(m.insert("a.s".into(), MetaValue::Bool(true)), Err(GgufError::DuplicateKey(_))));
         assert_eq!(arch_key("llama", "block_count"), "llama.block_count");
     }
 }

@@ -24,10 +24,7 @@ pub struct MappedGguf {
 }
 
 fn map_file(path: &str) -> Result<Mmap, GgufError> {
-    let io = |source| GgufError::Io {
-        path: path.to_owned(),
-        source,
-    };
+    let io = |source| GgufError::Io { path: path.to_owned(), source };
     let file = File::open(path).map_err(io)?;
     // SAFETY: the map is read-only; like every mmap-based model loader we assume the
     // file is not truncated or rewritten by another process while it is mapped.
@@ -60,10 +57,7 @@ impl MappedGguf {
         let mut headers = vec![first_header];
         for (no, p) in paths.iter().enumerate().skip(1) {
             if !Path::new(p).exists() {
-                return Err(GgufError::MissingSplit {
-                    no: no as u64,
-                    count,
-                });
+                return Err(GgufError::MissingSplit { no: no as u64, count });
             }
             let map = map_file(p)?;
             headers.push(parse_mapped(&map)?);

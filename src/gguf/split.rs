@@ -42,11 +42,7 @@ impl SplitInfo {
         };
         let no = m.get_opt_u64(KEY_SPLIT_NO)?.unwrap_or(0);
         let tensors_count = m.get_opt_u64(KEY_SPLIT_TENSORS_COUNT)?;
-        Ok(Some(Self {
-            no,
-            count,
-            tensors_count,
-        }))
+        Ok(Some(Self { no, count, tensors_count }))
     }
 }
 
@@ -93,26 +89,17 @@ pub struct TensorIndex {
 impl TensorIndex {
     /// Checks the split keys of `headers` (given in part order) and indexes every tensor.
     pub fn build<H: Borrow<GgufHeader>>(headers: &[H]) -> Result<Self, GgufError> {
-        let first = headers
-            .first()
-            .ok_or(GgufError::MissingSplit { no: 0, count: 1 })?
-            .borrow();
+        let first = headers.first().ok_or(GgufError::MissingSplit { no: 0, count: 1 })?.borrow();
         let first_info = SplitInfo::from_metadata(&first.metadata)?;
         let count = first_info.map_or(1, |s| s.count);
         if count == 0 {
             return Err(GgufError::SplitMismatch("split.count is 0".into()));
         }
         if (headers.len() as u64) < count {
-            return Err(GgufError::MissingSplit {
-                no: headers.len() as u64,
-                count,
-            });
+            return Err(GgufError::MissingSplit { no: headers.len() as u64, count });
         }
         if headers.len() as u64 > count {
-            return Err(GgufError::SplitMismatch(format!(
-                "{} files given for split.count {count}",
-                headers.len()
-            )));
+            return Err(GgufError::SplitMismatch(format!("{} files given for split.count {count}", headers.len())));
         }
         let mut index = Self::default();
         for (file, h) in headers.iter().enumerate() {
@@ -120,25 +107,17 @@ impl TensorIndex {
             let info = SplitInfo::from_metadata(&h.metadata)?;
             let (no, c) = info.map_or((0, 1), |s| (s.no, s.count));
             if c != count {
-                return Err(GgufError::SplitMismatch(format!(
-                    "part {file} has split.count {c}, part 0 has {count}"
-                )));
+                return Err(GgufError::SplitMismatch(format!("part {file} has split.count {c}, part 0 has {count}")));
             }
             if no != file as u64 {
-                return Err(GgufError::SplitMismatch(format!(
-                    "file {file} has split.no {no}"
-                )));
+                return Err(GgufError::SplitMismatch(format!("file {file} has split.no {no}")));
             }
             for (i, t) in h.tensors.iter().enumerate() {
                 if index.by_name.contains_key(&t.name) {
                     return Err(GgufError::DuplicateTensor(t.name.clone()));
                 }
                 index.by_name.insert(t.name.clone(), index.locations.len());
-                index.locations.push(TensorLocation {
-                    file,
-                    tensor: i,
-                    range: h.absolute_range(t)?,
-                });
+                index.locations.push(TensorLocation { file, tensor: i, range: h.absolute_range(t)? });
             }
         }
         if let Some(total) = first_info.and_then(|s| s.tensors_count) {
@@ -211,34 +190,21 @@ impl GgufModelFiles {
 
     /// All tensor infos over all parts.
     pub fn tensors(&self) -> impl Iterator<Item = &TensorInfo> {
-        self.index
-            .locations
-            .iter()
-            .map(|l| &self.headers[l.file].tensors[l.tensor])
+        self.index.locations.iter().map(|l| &self.headers[l.file].tensors[l.tensor])
     }
 
     /// A tensor's info and location.
     pub fn tensor(&self, name: &str) -> Result<(&TensorInfo, &TensorLocation), GgufError> {
-        let loc = self
-            .index
-            .get(name)
-            .ok_or_else(|| GgufError::MissingTensor(name.to_owned()))?;
+        let loc = self.index.get(name).ok_or_else(|| GgufError::MissingTensor(name.to_owned()))?;
         Ok((&self.headers[loc.file].tensors[loc.tensor], loc))
     }
 
     /// Checks every part against its file length (one length per part).
     pub fn validate_file_lens(&self, lens: &[u64]) -> Result<(), GgufError> {
         if lens.len() != self.headers.len() {
-            return Err(GgufError::SplitMismatch(format!(
-                "{} lengths for {} parts",
-                lens.len(),
-                self.headers.len()
-            )));
+            return Err(GgufError::SplitMismatch(format!("{} lengths for {} parts", lens.len(), self.headers.len())));
         }
-        self.headers
-            .iter()
-            .zip(lens)
-            .try_for_each(|(h, &len)| h.validate_data(len))
+        self.headers.iter().zip(lens).try_for_each(|(h, &len)| h.validate_data(len))
     }
 }
 
@@ -248,18 +214,12 @@ mod tests {
 
     #[test]
     fn split_names() {
-        assert_eq!(
-            parse_split_name("a/m-00002-of-00003.gguf"),
-            Some(("a/m", 2, 3))
-        );
+        assert_eq!(parse_split_name("a/m-00002-of-00003.gguf"), Some(("a/m", 2, 3)));
         assert_eq!(parse_split_name("m-00004-of-00003.gguf"), None);
         assert_eq!(parse_split_name("m.gguf"), None);
         assert_eq!(
             split_paths("x/m-q4-00001-of-00002.gguf"),
-            vec![
-                "x/m-q4-00001-of-00002.gguf".to_string(),
-                "x/m-q4-00002-of-00002.gguf".to_string()
-            ]
+            vec!["x/m-q4-00001-of-00002.gguf".to_string(), "x/m-q4-00002-of-00002.gguf".to_string()]
         );
         assert_eq!(split_paths("m.gguf"), vec!["m.gguf".to_string()]);
     }

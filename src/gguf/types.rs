@@ -89,17 +89,8 @@ impl GgmlType {
     ];
 
     /// The types webvlm computes with (CPU dequantization and GPU kernels).
-    pub const SUPPORTED: [GgmlType; 9] = [
-        Self::F32,
-        Self::F16,
-        Self::BF16,
-        Self::Q8_0,
-        Self::Q4_0,
-        Self::Q4_1,
-        Self::Q4_K,
-        Self::Q5_K,
-        Self::Q6_K,
-    ];
+    pub const SUPPORTED: [GgmlType; 9] =
+        [Self::F32, Self::F16, Self::BF16, Self::Q8_0, Self::Q4_0, Self::Q4_1, Self::Q4_K, Self::Q5_K, Self::Q6_K];
 
     /// Looks a GGUF type id up; ids not in the spec (or removed from it) are `None`.
     pub fn from_id(id: u32) -> Option<Self> {
@@ -156,8 +147,8 @@ impl GgmlType {
         match self {
             F32 | F16 | BF16 | I8 | I16 | I32 | I64 | F64 => 1,
             Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 | IQ4_NL | MXFP4 => 32,
-            Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K | IQ2_XXS | IQ2_XS | IQ3_XXS | IQ1_S
-            | IQ3_S | IQ2_S | IQ4_XS | IQ1_M | TQ1_0 | TQ2_0 => QK_K,
+            Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K | IQ2_XXS | IQ2_XS | IQ3_XXS | IQ1_S | IQ3_S | IQ2_S | IQ4_XS | IQ1_M
+            | TQ1_0 | TQ2_0 => QK_K,
         }
     }
 
@@ -214,11 +205,7 @@ impl GgmlType {
         if !n.is_multiple_of(bs) {
             return Err(GgufError::NotBlockMultiple { ty: self, n });
         }
-        (n / bs)
-            .checked_mul(self.type_size() as u64)
-            .ok_or(GgufError::DimsOverflow {
-                tensor: String::new(),
-            })
+        (n / bs).checked_mul(self.type_size() as u64).ok_or(GgufError::DimsOverflow { tensor: String::new() })
     }
 }
 
@@ -248,10 +235,7 @@ mod tests {
         assert_eq!(GgmlType::Q6_K.row_bytes(256).unwrap(), 210);
         assert_eq!(GgmlType::Q8_0.row_bytes(64).unwrap(), 68);
         assert_eq!(GgmlType::BF16.row_bytes(3).unwrap(), 6);
-        assert!(matches!(
-            GgmlType::Q4_0.row_bytes(33),
-            Err(GgufError::NotBlockMultiple { n: 33, .. })
-        ));
+        assert!(matches!(GgmlType::Q4_0.row_bytes(33), Err(GgufError::NotBlockMultiple { n: 33, .. })));
         assert!(GgmlType::Q5_K.is_supported() && !GgmlType::Q5_0.is_supported());
     }
 }

@@ -57,13 +57,7 @@ fn align_up(n: u64, a: u64) -> u64 {
 impl GgufWriter {
     /// An empty v3 file with the default alignment (32).
     pub fn new() -> Self {
-        Self {
-            version: 3,
-            alignment: DEFAULT_ALIGNMENT,
-            kvs: Vec::new(),
-            tensors: Vec::new(),
-            extra_data: Vec::new(),
-        }
+        Self { version: 3, alignment: DEFAULT_ALIGNMENT, kvs: Vec::new(), tensors: Vec::new(), extra_data: Vec::new() }
     }
 
     /// Sets the version field written (2 and 3 share one layout).
@@ -79,8 +73,7 @@ impl GgufWriter {
         }
         self.alignment = alignment.into();
         self.kvs.retain(|(k, _)| k != "general.alignment");
-        self.kvs
-            .push(("general.alignment".into(), MetaValue::U32(alignment)));
+        self.kvs.push(("general.alignment".into(), MetaValue::U32(alignment)));
         Ok(self)
     }
 
@@ -128,13 +121,7 @@ impl GgufWriter {
     }
 
     /// Appends a tensor info written verbatim (any type id, any offset), with no data.
-    pub fn add_raw_tensor_info(
-        &mut self,
-        name: impl Into<String>,
-        dims: &[u64],
-        type_id: u32,
-        offset: u64,
-    ) -> &mut Self {
+    pub fn add_raw_tensor_info(&mut self, name: impl Into<String>, dims: &[u64], type_id: u32, offset: u64) -> &mut Self {
         self.tensors.push(WriterTensor {
             name: name.into(),
             dims: dims.to_vec(),

@@ -182,9 +182,7 @@ impl Gpu {
         Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: size.max(4).next_multiple_of(4),
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_SRC
-                | wgpu::BufferUsages::COPY_DST,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         }))
     }
@@ -274,18 +272,13 @@ impl Readback {
             let _ = tx.send(r);
         });
         #[cfg(not(target_arch = "wasm32"))]
-        gpu.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| GpuError::Readback(e.to_string()))?;
+        gpu.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| GpuError::Readback(e.to_string()))?;
         let mapped = rx.await.map_err(|_| GpuError::Readback("map callback dropped".into()))?;
         if let Err(e) = mapped {
             return Err(lost_or(gpu, GpuError::Readback(e.to_string())).await);
         }
         let bytes = {
-            let view = self
-                .staging
-                .get_mapped_range(0..padded)
-                .map_err(|e| GpuError::Readback(e.to_string()))?;
+            let view = self.staging.get_mapped_range(0..padded).map_err(|e| GpuError::Readback(e.to_string()))?;
             view[..size as usize].to_vec()
         };
         self.staging.unmap();

@@ -83,11 +83,8 @@ impl Gpu {
                 })
             })
             .clone();
-        let (bind_layout, pipeline_layout) = cache
-            .layouts
-            .entry(spec.bindings)
-            .or_insert_with(|| self.layouts_for(spec.bindings))
-            .clone();
+        let (bind_layout, pipeline_layout) =
+            cache.layouts.entry(spec.bindings).or_insert_with(|| self.layouts_for(spec.bindings)).clone();
         let constants: Vec<(&str, f64)> = spec.constants.iter().map(|&(n, v)| (n, v as f64)).collect();
         let compute = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(spec.label),
@@ -103,8 +100,7 @@ impl Gpu {
         if let Some(e) = self.take_errors().into_iter().next() {
             return Err(super::GpuError::Pipeline { label: format!("{}::{}", spec.label, spec.entry), message: e.to_string() });
         }
-        let pipeline =
-            Rc::new(Pipeline { label: spec.label, compute, layout: bind_layout, bindings: spec.bindings });
+        let pipeline = Rc::new(Pipeline { label: spec.label, compute, layout: bind_layout, bindings: spec.bindings });
         cache.pipelines.insert(spec.clone(), pipeline.clone());
         Ok(pipeline)
     }
@@ -128,9 +124,7 @@ impl Gpu {
                 count: None,
             })
             .collect();
-        let bind = self
-            .device
-            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: None, entries: &entries });
+        let bind = self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: None, entries: &entries });
         let layout = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
             label: None,
             bind_group_layouts: &[Some(&bind)],

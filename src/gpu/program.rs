@@ -4,8 +4,8 @@
 
 use std::rc::Rc;
 
-use super::{Gpu, GpuError, ParamSlot, ParamsArena, Pipeline, Result};
 use super::pipeline::KernelSpec;
+use super::{Gpu, GpuError, ParamSlot, ParamsArena, Pipeline, Result};
 
 /// One binding of a dispatch, in the kernel's declared order.
 #[derive(Clone, Copy)]
@@ -96,8 +96,7 @@ impl Program {
         let mut ops = self.ops.iter().peekable();
         while ops.peek().is_some() {
             {
-                let mut pass =
-                    encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
                 while let Some(Op::Dispatch(d)) = ops.peek() {
                     d.encode(&mut pass);
                     ops.next();
@@ -134,11 +133,9 @@ pub fn bind(gpu: &Gpu, pipeline: &Pipeline, args: &[Arg<'_>]) -> Result<wgpu::Bi
             binding: i as u32,
             resource: match *arg {
                 Arg::Buf(b) => b.as_entire_binding(),
-                Arg::Range(b, offset, size) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                    buffer: b,
-                    offset,
-                    size: wgpu::BufferSize::new(size),
-                }),
+                Arg::Range(b, offset, size) => {
+                    wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: b, offset, size: wgpu::BufferSize::new(size) })
+                }
                 Arg::Params(slot) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                     buffer: &slot.buffer,
                     offset: slot.offset,

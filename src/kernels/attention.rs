@@ -23,8 +23,7 @@ const PREFILL_BINDINGS: &[Access] =
     &[Access::Uniform, Access::Uniform, Access::Read, Access::Read, Access::Read, Access::ReadWrite];
 const DECODE_BINDINGS: &[Access] =
     &[Access::Uniform, Access::Uniform, Access::ReadWrite, Access::ReadWrite, Access::Read, Access::Read, Access::Read];
-const COMBINE_BINDINGS: &[Access] =
-    &[Access::Uniform, Access::Uniform, Access::ReadWrite, Access::ReadWrite, Access::ReadWrite];
+const COMBINE_BINDINGS: &[Access] = &[Access::Uniform, Access::Uniform, Access::ReadWrite, Access::ReadWrite, Access::ReadWrite];
 
 /// Cache readers prepended to both attention shaders, one per [`KvDtype`]: `kv_k(i)` and
 /// `kv_v(i)` return elements `4i..4i+4` of the K / V cache as f32. The shaders declare both
@@ -231,8 +230,10 @@ pub fn attention_prefill(
     if shape.max_tok * shape.group() > PREFILL_ROWS * 65535 {
         return Err(GpuError::Shape(format!("attention_prefill: {} tokens do not fit one grid", shape.max_tok)));
     }
-    let spec =
-        KernelSpec::new("attention_prefill", PREFILL, "attn_prefill", PREFILL_BINDINGS).with_prefix(shape.kv.reader()).with_prefix(PARAMS).with_prefix(STEP);
+    let spec = KernelSpec::new("attention_prefill", PREFILL, "attn_prefill", PREFILL_BINDINGS)
+        .with_prefix(shape.kv.reader())
+        .with_prefix(PARAMS)
+        .with_prefix(STEP);
     let tiles = (shape.max_tok * shape.group()).div_ceil(PREFILL_ROWS);
     let args = [Arg::Buf(step), Arg::Buf(q), Arg::Buf(k_cache), Arg::Buf(v_cache), Arg::Buf(out)];
     prog.push_with_params(gpu, &spec, &shape.params(1), &args, [tiles, shape.n_kv_head, 1])
@@ -295,21 +296,18 @@ pub fn attention_decode(
         )));
     }
     let params = shape.params(scratch.n_split);
-    let spec =
-        KernelSpec::new("attention_decode", DECODE, "attn_decode", DECODE_BINDINGS).with_prefix(shape.kv.reader()).with_prefix(PARAMS).with_prefix(STEP);
+    let spec = KernelSpec::new("attention_decode", DECODE, "attn_decode", DECODE_BINDINGS)
+        .with_prefix(shape.kv.reader())
+        .with_prefix(PARAMS)
+        .with_prefix(STEP);
     let chunks = (shape.max_tok * shape.group()).div_ceil(DECODE_ROWS);
-    let args = [
-        Arg::Buf(step),
-        Arg::Buf(&scratch.ml),
-        Arg::Buf(&scratch.o),
-        Arg::Buf(q),
-        Arg::Buf(k_cache),
-        Arg::Buf(v_cache),
-    ];
+    let args = [Arg::Buf(step), Arg::Buf(&scratch.ml), Arg::Buf(&scratch.o), Arg::Buf(q), Arg::Buf(k_cache), Arg::Buf(v_cache)];
     prog.push_with_params(gpu, &spec, &params, &args, [scratch.n_split, shape.n_kv_head, chunks])?;
     // Same module as attn_decode (the reader is part of it; combine does not read the cache).
-    let spec =
-        KernelSpec::new("attention_decode", DECODE, "attn_combine", COMBINE_BINDINGS).with_prefix(shape.kv.reader()).with_prefix(PARAMS).with_prefix(STEP);
+    let spec = KernelSpec::new("attention_decode", DECODE, "attn_combine", COMBINE_BINDINGS)
+        .with_prefix(shape.kv.reader())
+        .with_prefix(PARAMS)
+        .with_prefix(STEP);
     let args = [Arg::Buf(step), Arg::Buf(&scratch.ml), Arg::Buf(&scratch.o), Arg::Buf(out)];
     prog.push_with_params(gpu, &spec, &params, &args, grid_1d(shape.max_tok * shape.n_head))
 }

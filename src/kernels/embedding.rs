@@ -53,7 +53,11 @@ pub fn embedding_ref(w: &[f32], cols: usize, ids: &[u32]) -> Vec<f32> {
     ids.iter()
         .flat_map(|&id| {
             let id = id as usize;
-            if id < rows { w[id * cols..(id + 1) * cols].to_vec() } else { vec![0.0; cols] }
+            if id < rows {
+                w[id * cols..(id + 1) * cols].to_vec()
+            } else {
+                vec![0.0; cols]
+            }
         })
         .collect()
 }

@@ -11,8 +11,7 @@ use crate::gpu::{grid_1d, Access, Arg, Gpu, GpuError, KernelSpec, Program, Resul
 const SHADER: &str = include_str!("../../shaders/matvec.wgsl");
 const BINDINGS: &[Access] = &[Access::Uniform, Access::Read, Access::Read, Access::ReadWrite];
 /// `matvec_blk`: also vec4 views of x (binding 4) and of the weight (binding 5).
-const BINDINGS_BLK: &[Access] =
-    &[Access::Uniform, Access::Read, Access::Read, Access::ReadWrite, Access::Read, Access::Read];
+const BINDINGS_BLK: &[Access] = &[Access::Uniform, Access::Read, Access::Read, Access::ReadWrite, Access::Read, Access::Read];
 /// Rows per thread (`NR` in the shader) and threads per workgroup (`WG`).
 const ROWS_PER_THREAD: u32 = 4;
 /// Rows per thread of the block path (`NRB`): 16 on CPU adapters, where every storage load

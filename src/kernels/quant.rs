@@ -275,7 +275,14 @@ impl GpuWeight {
     /// bytes, to be filled by [`GpuWeight::write_rows`] (the streaming loader writes the
     /// rows as they arrive). Parts hold an even number of rows, so that every write of an
     /// even number of rows keeps the split scale arrays 4-byte aligned.
-    pub fn allocate(gpu: &Gpu, label: &str, ty: GgmlType, rows: u32, cols: u32, part_limit: u64) -> Result<GpuWeight, WeightError> {
+    pub fn allocate(
+        gpu: &Gpu,
+        label: &str,
+        ty: GgmlType,
+        rows: u32,
+        cols: u32,
+        part_limit: u64,
+    ) -> Result<GpuWeight, WeightError> {
         let format = WeightFormat::of(ty, cols as usize).ok_or(WeightError::Unsupported(ty))?;
         let block = ty.block_size();
         if rows == 0 || cols == 0 || !(cols as usize).is_multiple_of(block) {

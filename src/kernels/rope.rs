@@ -81,9 +81,8 @@ impl Yarn {
     /// transformers' `find_correction_range(beta_fast, beta_slow, dim, base, orig, truncate)`.
     pub fn correction_range(&self, dim: usize, theta: f64) -> (f64, f64) {
         let d = dim as f64;
-        let corr = |rot: f64| {
-            d * (self.original_max_position_embeddings / (rot * 2.0 * std::f64::consts::PI)).ln() / (2.0 * theta.ln())
-        };
+        let corr =
+            |rot: f64| d * (self.original_max_position_embeddings / (rot * 2.0 * std::f64::consts::PI)).ln() / (2.0 * theta.ln());
         let (mut low, mut high) = (corr(self.beta_fast), corr(self.beta_slow));
         if self.truncate {
             low = low.floor();
@@ -280,21 +279,13 @@ pub fn rope_kv_store(
     };
     let spec = KernelSpec::new("rope", SHADER, entry, KV_STORE).with_prefix(STEP);
     let p = params(k_layout, freqs, Some(v_layout), QScale::NONE)?;
-    let args =
-        [Arg::Buf(step), Arg::Buf(&freqs.inv_freq), Arg::Buf(k), Arg::Buf(v), Arg::Buf(k_cache), Arg::Buf(v_cache)];
+    let args = [Arg::Buf(step), Arg::Buf(&freqs.inv_freq), Arg::Buf(k), Arg::Buf(v), Arg::Buf(k_cache), Arg::Buf(v_cache)];
     prog.push_with_params(gpu, &spec, &p, &args, grid(k_layout))
 }
 
 /// CPU reference of [`rope_inplace`] (f32 math as transformers: `angle = f32(pos) * inv_freq`,
 /// `cos(angle) * attn_factor`, `x*cos + rotate(x)*sin`, then the query scale), on `n_tok` rows.
-pub fn rope_ref(
-    x: &[f32],
-    layout: &RopeLayout,
-    n_tok: usize,
-    table: &RopeTable,
-    pos0: u32,
-    q_scale: QScale,
-) -> Vec<f32> {
+pub fn rope_ref(x: &[f32], layout: &RopeLayout, n_tok: usize, table: &RopeTable, pos0: u32, q_scale: QScale) -> Vec<f32> {
     let mut y = x.to_vec();
     let (hd, half_rot) = (layout.head_dim as usize, table.inv_freq.len());
     for t in 0..n_tok {

@@ -111,9 +111,7 @@ impl ModelConfig {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
-        if [self.n_layer, self.n_embd, self.n_ff, self.n_head, self.n_head_kv, self.head_dim, self.vocab]
-            .contains(&0)
-        {
+        if [self.n_layer, self.n_embd, self.n_ff, self.n_head, self.n_head_kv, self.head_dim, self.vocab].contains(&0) {
             return bad(format!("zero dimension in {self:?}"));
         }
         if !self.n_head.is_multiple_of(self.n_head_kv) {

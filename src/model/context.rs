@@ -128,7 +128,8 @@ pub struct Counters {
 impl Context {
     pub fn new(gpu: &Gpu, dec: &Decoder, opts: ContextOptions) -> GpuResult<Context> {
         // A chunk longer than the context is never used; zero sizes would be meaningless.
-        let opts = ContextOptions { max_ctx: opts.max_ctx.max(1), max_chunk: opts.max_chunk.clamp(1, opts.max_ctx.max(1)), ..opts };
+        let opts =
+            ContextOptions { max_ctx: opts.max_ctx.max(1), max_chunk: opts.max_chunk.clamp(1, opts.max_ctx.max(1)), ..opts };
         let precision = Precision { compute_f16: opts.precision.compute_f16 && gpu.caps.f16, ..opts.precision };
         let c = &dec.cfg;
         let chunk = opts.max_chunk as u64;
@@ -266,7 +267,13 @@ impl Context {
     /// Submits the prefill of `tokens[n_past..]` (as [`Self::prefill_with_images`]) and
     /// returns at once; the host picks the first token from [`Self::read_logits`], so it
     /// can work while the GPU computes.
-    pub fn submit_prompt(&mut self, gpu: &Gpu, dec: &Decoder, tokens: &[u32], images: Option<&PromptImages<'_>>) -> Result<(), ContextError> {
+    pub fn submit_prompt(
+        &mut self,
+        gpu: &Gpu,
+        dec: &Decoder,
+        tokens: &[u32],
+        images: Option<&PromptImages<'_>>,
+    ) -> Result<(), ContextError> {
         self.submit_prefill(gpu, dec, tokens, images, false)
     }
 
@@ -369,7 +376,9 @@ impl Context {
             .map(|im| im.runs(tokens, range.start, range.len()))
             .unwrap_or_default()
             .into_iter()
-            .map(|r| (&images.unwrap().images[r.image].buffer, r.src_row as u64 * row, r.dst_row as u64 * row, r.rows as u64 * row))
+            .map(|r| {
+                (&images.unwrap().images[r.image].buffer, r.src_row as u64 * row, r.dst_row as u64 * row, r.rows as u64 * row)
+            })
             .collect();
         gpu.write(&self.b.ids, 0, bytemuck::cast_slice(&tokens[range.clone()]));
         self.submit(gpu, dec, range.len() as u32, mode, &copies, read_token)

@@ -47,7 +47,11 @@ impl LoadQuant {
             LoadQuant::Q4_0 => GgmlType::Q4_0,
             LoadQuant::Q4_1 => GgmlType::Q4_1,
         };
-        if cols.is_multiple_of(ty.block_size() as u32) { ty } else { file_ty }
+        if cols.is_multiple_of(ty.block_size() as u32) {
+            ty
+        } else {
+            file_ty
+        }
     }
 }
 

@@ -84,10 +84,7 @@ mod tests {
     fn one_run_per_patch_row_and_image() {
         // Image 0: 2 x 2 merged patches, image 1: 1 x 3.
         let prompt = [1, I, I, B, I, I, E, 5, I, I, I, E, 6];
-        assert_eq!(
-            runs(&[4, 3], &prompt, I, 0),
-            vec![run(0, 0, 1, 2), run(0, 2, 4, 2), run(1, 0, 8, 3)]
-        );
+        assert_eq!(runs(&[4, 3], &prompt, I, 0), vec![run(0, 0, 1, 2), run(0, 2, 4, 2), run(1, 0, 8, 3)]);
     }
 
     #[test]

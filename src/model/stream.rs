@@ -311,7 +311,15 @@ impl WeightLoader for GgufStream {
 }
 
 impl GgufStream {
-    fn rows_target(&mut self, gpu: &Gpu, name: &str, rows: u32, cols: u32, file_ty: GgmlType, ty: GgmlType) -> Result<GpuWeight, LoadError> {
+    fn rows_target(
+        &mut self,
+        gpu: &Gpu,
+        name: &str,
+        rows: u32,
+        cols: u32,
+        file_ty: GgmlType,
+        ty: GgmlType,
+    ) -> Result<GpuWeight, LoadError> {
         let limit = gpu.caps.max_storage_binding.min(gpu.caps.max_buffer);
         let weight = GpuWeight::allocate(gpu, name, ty, rows, cols, limit)?;
         let row = (cols as usize / file_ty.block_size() * file_ty.type_size()).max(1);

@@ -89,7 +89,8 @@ impl GgufParts {
 
     /// The stream holding tensor `name`.
     fn holder(&mut self, name: &str) -> Result<&mut GgufStream, LoadError> {
-        let index = self.index.as_ref().ok_or_else(|| LoadError::Stream("the model was planned before every header was in".into()))?;
+        let index =
+            self.index.as_ref().ok_or_else(|| LoadError::Stream("the model was planned before every header was in".into()))?;
         let file = index.get(name).ok_or_else(|| LoadError::Missing(name.into()))?.file;
         Ok(&mut self.parts[file])
     }

@@ -189,9 +189,7 @@ pub fn synthetic_ministral3_writer(
     kv("vocab_size", MetaValue::U32(shape.vocab));
 
     let mut rng = SplitMix64::new(weights.seed());
-    let mut norm = |n: u32| -> Vec<u8> {
-        (0..n).flat_map(|_| rng.uniform(0.9, 1.1).to_le_bytes()).collect()
-    };
+    let mut norm = |n: u32| -> Vec<u8> { (0..n).flat_map(|_| rng.uniform(0.9, 1.1).to_le_bytes()).collect() };
     let d = shape.n_embd as u64;
     w.add_tensor("output_norm.weight", &[d], GgmlType::F32, norm(shape.n_embd))?;
     for i in 0..shape.n_layer {
@@ -374,11 +372,7 @@ mod tests {
         assert_eq!(src.tensor_info("blk.1.ffn_down.weight").unwrap().ty, GgmlType::Q6_K);
         assert_eq!(src.tensor_info("blk.0.attn_q.weight").unwrap().ty, GgmlType::Q4_K);
         assert!(src.tensor_info("output.weight").is_none(), "tied embeddings");
-        let bytes: u64 = shape
-            .tensors()
-            .iter()
-            .map(|(n, ..)| src.tensor_data(n).unwrap().len() as u64)
-            .sum();
+        let bytes: u64 = shape.tensors().iter().map(|(n, ..)| src.tensor_data(n).unwrap().len() as u64).sum();
         assert_eq!(bytes, shape.weight_bytes());
     }
 
@@ -400,8 +394,7 @@ mod tests {
         assert_eq!(src.tensor_info("v.blk.1.ffn_down.weight").unwrap().dims, vec![256, 128]);
         assert_eq!(src.tensor_info("mm.patch_merger.weight").unwrap().dims, vec![512, 128]);
         assert_eq!(src.tensor_info("v.blk.0.ln2.weight").unwrap().ty, GgmlType::F32);
-        let bytes: u64 =
-            shape.matrices().iter().map(|(n, ..)| src.tensor_data(n).unwrap().len() as u64).sum();
+        let bytes: u64 = shape.matrices().iter().map(|(n, ..)| src.tensor_data(n).unwrap().len() as u64).sum();
         assert_eq!(bytes, shape.weight_bytes());
     }
 

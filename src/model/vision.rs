@@ -25,10 +25,10 @@ use crate::kernels::vision::{patch_merge, patch_unfold, rope_2d, PatchGrid, Rope
 use crate::kernels::{elementwise, matmul, norm};
 
 use super::decoder::ModelError;
+use super::loader::{Eager, LoadQuant, WeightLoader};
 use super::source::TensorSource;
 use super::vision_config::VisionConfig;
 use super::vision_weights::VisionWeights;
-use super::loader::{Eager, LoadQuant, WeightLoader};
 
 /// Largest scratch buffer the encoder allocates for the FFN of one chunk of patch rows.
 const FFN_CHUNK_BYTES: u64 = 64 << 20;
@@ -94,7 +94,13 @@ impl VisionEncoder {
         let prog = self.record(gpu, &scratch, image, grid)?;
         StepParams::new(0, grid.n_patches(), 0).write(gpu, &scratch.step);
         prog.run(gpu)?;
-        Ok(ImageFeatures { buffer: scratch.out, rows: grid.rows / 2, cols: grid.cols / 2, dim: self.cfg.text_hidden, content: None })
+        Ok(ImageFeatures {
+            buffer: scratch.out,
+            rows: grid.rows / 2,
+            cols: grid.cols / 2,
+            dim: self.cfg.text_hidden,
+            content: None,
+        })
     }
 
     fn record(&self, gpu: &Gpu, s: &Scratch, image: &PixelImage, grid: PatchGrid) -> GpuResult<Program> {
@@ -164,10 +170,18 @@ struct Scratch {
 impl Scratch {
     fn new(gpu: &Gpu, c: &VisionConfig, image: &PixelImage, grid: PatchGrid) -> GpuResult<Scratch> {
         if image.data.len() != 3 * image.height as usize * image.width as usize {
-            return Err(GpuError::Shape(format!("{} pixel values for a {}x{} RGB image", image.data.len(), image.width, image.height)));
+            return Err(GpuError::Shape(format!(
+                "{} pixel values for a {}x{} RGB image",
+                image.data.len(),
+                image.width,
+                image.height
+            )));
         }
         if grid.rows < 2 || grid.cols < 2 {
-            return Err(GpuError::Shape(format!("image of {}x{} patches is smaller than one merged patch", grid.cols, grid.rows)));
+            return Err(GpuError::Shape(format!(
+                "image of {}x{} patches is smaller than one merged patch",
+                grid.cols, grid.rows
+            )));
         }
         let (n, merged) = (grid.n_patches() as u64, grid.n_merged() as u64);
         let f32s = |rows: u64, cols: u32| rows * cols as u64 * 4;

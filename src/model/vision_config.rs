@@ -107,9 +107,7 @@ impl VisionConfig {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
-        if [self.hidden, self.n_layer, self.n_head, self.head_dim, self.n_ff, self.text_hidden, self.image_size]
-            .contains(&0)
-        {
+        if [self.hidden, self.n_layer, self.n_head, self.head_dim, self.n_ff, self.text_hidden, self.image_size].contains(&0) {
             return bad(format!("zero dimension in {self:?}"));
         }
         if self.q_dim() != self.hidden {

@@ -10,22 +10,22 @@
 use crate::gpu::Gpu;
 use crate::kernels::quant::GpuWeight;
 
+use super::loader::{check_dims, Eager, LoadQuant, WeightLoader};
 use super::source::TensorSource;
 use super::vision_config::VisionConfig;
-use super::loader::{check_dims, Eager, LoadQuant, WeightLoader};
 use super::weights::LoadError;
 
 /// One pre-norm encoder block (`v.blk.N.*`).
 pub struct VisionLayerWeights {
-    pub ln1: wgpu::Buffer,    // attention_norm, [hidden] f32
-    pub wq: GpuWeight,        // attn_q,   [q_dim][hidden]
-    pub wk: GpuWeight,        // attn_k,   [q_dim][hidden]
-    pub wv: GpuWeight,        // attn_v,   [q_dim][hidden]
-    pub wo: GpuWeight,        // attn_out, [hidden][q_dim]
-    pub ln2: wgpu::Buffer,    // ffn_norm, [hidden] f32
-    pub w_gate: GpuWeight,    // ffn_gate, [n_ff][hidden]
-    pub w_up: GpuWeight,      // ffn_up,   [n_ff][hidden]
-    pub w_down: GpuWeight,    // ffn_down, [hidden][n_ff]
+    pub ln1: wgpu::Buffer, // attention_norm, [hidden] f32
+    pub wq: GpuWeight,     // attn_q,   [q_dim][hidden]
+    pub wk: GpuWeight,     // attn_k,   [q_dim][hidden]
+    pub wv: GpuWeight,     // attn_v,   [q_dim][hidden]
+    pub wo: GpuWeight,     // attn_out, [hidden][q_dim]
+    pub ln2: wgpu::Buffer, // ffn_norm, [hidden] f32
+    pub w_gate: GpuWeight, // ffn_gate, [n_ff][hidden]
+    pub w_up: GpuWeight,   // ffn_up,   [n_ff][hidden]
+    pub w_down: GpuWeight, // ffn_down, [hidden][n_ff]
 }
 
 /// All vision encoder + projector weights.
@@ -100,4 +100,3 @@ impl VisionWeights {
             + self.layers.iter().map(per_layer).sum::<u64>()
     }
 }
-

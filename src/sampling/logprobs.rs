@@ -77,9 +77,6 @@ fn top_ids(raw: &[f32], top_n: usize) -> Vec<u32> {
 pub fn logprobs(raw_logits: &[f32], token: u32, top_n: usize) -> TokenLogprob {
     let ls = LogSoftmax::new(raw_logits);
     let logprob = raw_logits.get(token as usize).map_or(f32::NEG_INFINITY, |&l| ls.of(l));
-    let top = top_ids(raw_logits, top_n.min(MAX_TOP_LOGPROBS))
-        .into_iter()
-        .map(|i| (i, ls.of(raw_logits[i as usize])))
-        .collect();
+    let top = top_ids(raw_logits, top_n.min(MAX_TOP_LOGPROBS)).into_iter().map(|i| (i, ls.of(raw_logits[i as usize]))).collect();
     TokenLogprob { token, logprob, top }
 }

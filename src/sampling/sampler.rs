@@ -301,11 +301,7 @@ impl Sampler {
         row.clear();
         row.extend_from_slice(logits);
         self.prepare(&mut row, allowed);
-        let picked = if self.greedy() {
-            argmax(&row)
-        } else {
-            draw(&filter(&self.params, &row), rand01(self.seed, self.draw))
-        };
+        let picked = if self.greedy() { argmax(&row) } else { draw(&filter(&self.params, &row), rand01(self.seed, self.draw)) };
         self.scratch = row;
         picked.ok_or(SampleError::NoCandidates)
     }

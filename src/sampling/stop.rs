@@ -44,7 +44,10 @@ impl StopStrings {
                 return Err(ParamError::new("stop", "stop strings must not be empty"));
             }
             if s.len() > MAX_STOP_BYTES {
-                return Err(ParamError::new("stop", format!("a stop string is {} bytes, at most {MAX_STOP_BYTES} allowed", s.len())));
+                return Err(ParamError::new(
+                    "stop",
+                    format!("a stop string is {} bytes, at most {MAX_STOP_BYTES} allowed", s.len()),
+                ));
             }
         }
         Ok(StopStrings { stops, held: String::new(), stopped: false })

@@ -15,11 +15,7 @@ pub(super) fn token_ids(tokens: &[String]) -> Result<Vocab, TokenizerError> {
     let mut ids = Vocab::with_capacity(tokens.len());
     for (id, token) in (0u32..).zip(tokens) {
         if let Some(first) = ids.insert(token.clone(), id) {
-            return Err(TokenizerError::DuplicateToken {
-                token: token.clone(),
-                first,
-                second: id,
-            });
+            return Err(TokenizerError::DuplicateToken { token: token.clone(), first, second: id });
         }
     }
     Ok(ids)
@@ -32,26 +28,16 @@ pub(super) fn per_token<'a, T>(
     expected: usize,
 ) -> Result<Option<&'a [T]>, TokenizerError> {
     match values {
-        Some(v) if v.len() < expected => Err(TokenizerError::LengthMismatch {
-            key,
-            expected,
-            got: v.len(),
-        }),
+        Some(v) if v.len() < expected => Err(TokenizerError::LengthMismatch { key, expected, got: v.len() }),
         Some(v) => Ok(Some(&v[..expected])),
         None => Ok(None),
     }
 }
 
 /// Byte-level BPE (`gpt2`): explicit merges, regex splits, byte alphabet.
-pub(super) fn build_byte_level(
-    vocab: &GgufVocab,
-    ids: Vocab,
-) -> Result<tokenizers::Tokenizer, TokenizerError> {
+pub(super) fn build_byte_level(vocab: &GgufVocab, ids: Vocab) -> Result<tokenizers::Tokenizer, TokenizerError> {
     let spec = PreTokenizerSpec::for_pre(vocab.pre.as_deref())?;
-    let lines = vocab
-        .merges
-        .as_ref()
-        .ok_or(TokenizerError::Missing("tokenizer.ggml.merges"))?;
+    let lines = vocab.merges.as_ref().ok_or(TokenizerError::Missing("tokenizer.ggml.merges"))?;
     let mut merges = Vec::with_capacity(lines.len());
     for line in lines {
         // llama.cpp splits at the first space after the first byte, so a merge whose left
@@ -70,9 +56,7 @@ pub(super) fn build_byte_level(
         .map_err(TokenizerError::Backend)?;
     let mut tokenizer = tokenizers::Tokenizer::new(model);
     tokenizer.with_pre_tokenizer(Some(spec.build()?));
-    tokenizer.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevel::new(
-        false, false, false,
-    ))));
+    tokenizer.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevel::new(false, false, false))));
     Ok(tokenizer)
 }
 
@@ -88,18 +72,11 @@ pub(super) fn build_sentencepiece(
     let merges = spm::merges_from_scores(&vocab.tokens, scores);
     let unk = vocab.unk_id.or_else(|| {
         let types = types?;
-        types
-            .iter()
-            .position(|&t| t == token_type::UNKNOWN)
-            .map(|i| i as u32)
+        types.iter().position(|&t| t == token_type::UNKNOWN).map(|i| i as u32)
     });
-    let mut builder = BPE::builder()
-        .vocab_and_merges(ids, merges)
-        .byte_fallback(true);
+    let mut builder = BPE::builder().vocab_and_merges(ids, merges).byte_fallback(true);
     if let Some(unk) = unk {
-        builder = builder
-            .unk_token(vocab.tokens[unk as usize].clone())
-            .fuse_unk(true);
+        builder = builder.unk_token(vocab.tokens[unk as usize].clone()).fuse_unk(true);
     }
     let model = builder.build().map_err(TokenizerError::Backend)?;
     let add_space_prefix = vocab.add_space_prefix.unwrap_or(true);
@@ -128,11 +105,7 @@ pub(super) fn register_added_tokens(
             _ => {}
         }
     }
-    tokenizer
-        .add_special_tokens(special)
-        .map_err(TokenizerError::Backend)?;
-    tokenizer
-        .add_tokens(user)
-        .map_err(TokenizerError::Backend)?;
+    tokenizer.add_special_tokens(special).map_err(TokenizerError::Backend)?;
+    tokenizer.add_tokens(user).map_err(TokenizerError::Backend)?;
     Ok(())
 }

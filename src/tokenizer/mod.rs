@@ -108,31 +108,19 @@ pub enum TokenizerError {
     Missing(&'static str),
     /// A per-token metadata array is shorter than `tokenizer.ggml.tokens`.
     #[error("{key} has {got} entries for {expected} tokens")]
-    LengthMismatch {
-        key: &'static str,
-        expected: usize,
-        got: usize,
-    },
+    LengthMismatch { key: &'static str, expected: usize, got: usize },
     /// The vocabulary has more entries than 32-bit ids can address.
     #[error("vocabulary of {0} tokens is too large")]
     VocabTooLarge(usize),
     /// The same token text appears at two ids.
     #[error("token {token:?} appears at ids {first} and {second}")]
-    DuplicateToken {
-        token: String,
-        first: u32,
-        second: u32,
-    },
+    DuplicateToken { token: String, first: u32, second: u32 },
     /// A `tokenizer.ggml.merges` entry is not two space-separated tokens.
     #[error("malformed merge {0:?}")]
     BadMerge(String),
     /// A special-token id in the metadata lies outside the vocabulary.
     #[error("{name} id {id} is outside the vocabulary of {vocab_size}")]
-    SpecialIdOutOfRange {
-        name: &'static str,
-        id: u32,
-        vocab_size: usize,
-    },
+    SpecialIdOutOfRange { name: &'static str, id: u32, vocab_size: usize },
     /// `decode` was given an id outside the vocabulary.
     #[error("token id {id} is outside the vocabulary of {vocab_size}")]
     UnknownId { id: u32, vocab_size: usize },
@@ -176,26 +164,14 @@ impl Tokenizer {
         }
         let ids = token_ids(&vocab.tokens)?;
         let types = per_token(vocab.token_types.as_deref(), "tokenizer.ggml.token_type", n)?;
-        for (name, id) in [
-            ("bos", vocab.bos_id),
-            ("eos", vocab.eos_id),
-            ("unknown", vocab.unk_id),
-            ("padding", vocab.pad_id),
-        ] {
+        for (name, id) in [("bos", vocab.bos_id), ("eos", vocab.eos_id), ("unknown", vocab.unk_id), ("padding", vocab.pad_id)] {
             if let Some(id) = id.filter(|&id| id as usize >= n) {
-                return Err(TokenizerError::SpecialIdOutOfRange {
-                    name,
-                    id,
-                    vocab_size: n,
-                });
+                return Err(TokenizerError::SpecialIdOutOfRange { name, id, vocab_size: n });
             }
         }
 
         let (mut inner, add_bos_default) = match vocab.model.as_str() {
-            "gpt2" => (
-                build_byte_level(vocab, ids)?,
-                PreTokenizerSpec::for_pre(vocab.pre.as_deref())?.add_bos_default,
-            ),
+            "gpt2" => (build_byte_level(vocab, ids)?, PreTokenizerSpec::for_pre(vocab.pre.as_deref())?.add_bos_default),
             "llama" => (build_sentencepiece(vocab, ids, types)?, true),
             other => return Err(TokenizerError::UnsupportedModel(other.to_string())),
         };
@@ -225,10 +201,7 @@ impl Tokenizer {
 
     /// Token ids of `text`; with `add_special`, BOS/EOS as the file's flags ask.
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>, TokenizerError> {
-        let encoding = self
-            .inner
-            .encode_fast(text, false)
-            .map_err(TokenizerError::Backend)?;
+        let encoding = self.inner.encode_fast(text, false).map_err(TokenizerError::Backend)?;
         let body = encoding.get_ids();
         let mut ids = Vec::with_capacity(body.len() + 2);
         if add_special && self.add_bos {
@@ -244,14 +217,9 @@ impl Tokenizer {
     /// Text of `ids`; with `skip_special`, control tokens (BOS, `[INST]`, ...) are dropped.
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, TokenizerError> {
         if let Some(&id) = ids.iter().find(|&&id| id as usize >= self.vocab_size) {
-            return Err(TokenizerError::UnknownId {
-                id,
-                vocab_size: self.vocab_size,
-            });
+            return Err(TokenizerError::UnknownId { id, vocab_size: self.vocab_size });
         }
-        self.inner
-            .decode(ids, skip_special)
-            .map_err(TokenizerError::Backend)
+        self.inner.decode(ids, skip_special).map_err(TokenizerError::Backend)
     }
 
     /// The id of the token spelled `name` in the vocabulary (e.g. `"[IMG]"`).
@@ -297,15 +265,9 @@ impl Tokenizer {
     /// the whole text is not stripped here. A special token's bytes are its text.
     pub fn token_bytes(&self, id: u32) -> Option<Vec<u8>> {
         let text = self.inner.id_to_token(id)?;
-        let byte_level = matches!(
-            self.inner.get_decoder(),
-            Some(tokenizers::DecoderWrapper::ByteLevel(_))
-        );
+        let byte_level = matches!(self.inner.get_decoder(), Some(tokenizers::DecoderWrapper::ByteLevel(_)));
         Some(if byte_level {
-            text.chars()
-                .map(byte_level_byte)
-                .collect::<Option<Vec<u8>>>()
-                .unwrap_or_else(|| text.into_bytes())
+            text.chars().map(byte_level_byte).collect::<Option<Vec<u8>>>().unwrap_or_else(|| text.into_bytes())
         } else if let Some(byte) = byte_fallback_byte(&text) {
             vec![byte]
         } else {
@@ -316,9 +278,7 @@ impl Tokenizer {
     /// Whether `id` is a special token (control or unknown type): `decode(.., true)` drops
     /// it and `encode` produces it only from its exact text.
     pub fn is_special(&self, id: u32) -> bool {
-        self.inner
-            .id_to_token(id)
-            .is_some_and(|text| self.inner.get_added_vocabulary().is_special_token(&text))
+        self.inner.id_to_token(id).is_some_and(|text| self.inner.get_added_vocabulary().is_special_token(&text))
     }
 }
 

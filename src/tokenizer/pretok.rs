@@ -23,10 +23,12 @@ use super::TokenizerError;
 const GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 
 /// Llama 3's pattern (digits in runs of up to three).
-const LLAMA3: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const LLAMA3: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// Qwen 2's pattern: Llama 3's with single digits.
-const QWEN2: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// Mistral Tekken's pattern (case-aware words, single digits, no contractions).
 const TEKKEN: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -62,21 +64,23 @@ impl PreTokenizerSpec {
         };
         Ok(match name {
             "default" => spec(DEFAULT, false, false),
-            "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "midm-2.0" | "lfm2"
-            | "jina-v5-nano" => spec(&[LLAMA3], true, true),
+            "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "midm-2.0" | "lfm2" | "jina-v5-nano" => {
+                spec(&[LLAMA3], true, true)
+            }
             "dbrx" | "smaug-bpe" | "chatglm-bpe" | "glm4" => spec(&[LLAMA3], false, false),
             // llama.cpp (and transformers' GGUF loader) split "pixtral" vocabularies with the
             // Llama 3 regex, but a "pixtral" vocabulary is Tekken (tekken_240911), whose own
             // tokenizer.json and mistral-common split with the Tekken regex; so does this.
             "tekken" | "pixtral" => spec(&[TEKKEN], true, true),
-            "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone"
-            | "minerva-7b" | "mellum2" => spec(&[SINGLE_DIGITS, GPT2], false, false),
-            "gpt2" | "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es"
-            | "jina-v2-de" | "a.x-4.0" | "mellum" | "modern-bert" | "jina-v1-en"
-            | "jina-v2-code" | "roberta-bpe" | "mpt" | "olmo" | "jais" | "trillion"
+            "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b" | "mellum2" => {
+                spec(&[SINGLE_DIGITS, GPT2], false, false)
+            }
+            "gpt2" | "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es" | "jina-v2-de" | "a.x-4.0"
+            | "mellum" | "modern-bert" | "jina-v1-en" | "jina-v2-code" | "roberta-bpe" | "mpt" | "olmo" | "jais" | "trillion"
             | "granite-docling" | "exaone4" => spec(&[GPT2], false, false),
-            "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" | "megrez" | "stablelm2"
-            | "hunyuan" | "solar-open" => spec(&[QWEN2], false, false),
+            "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" | "megrez" | "stablelm2" | "hunyuan" | "solar-open" => {
+                spec(&[QWEN2], false, false)
+            }
             other => return Err(TokenizerError::UnsupportedPre(other.to_string())),
         })
     }
@@ -85,17 +89,11 @@ impl PreTokenizerSpec {
     pub fn build(&self) -> Result<PreTokenizerWrapper, TokenizerError> {
         let mut steps = Vec::with_capacity(self.regexes.len() + 1);
         for regex in &self.regexes {
-            let split = Split::new(
-                SplitPattern::Regex((*regex).to_string()),
-                SplitDelimiterBehavior::Isolated,
-                false,
-            )
-            .map_err(TokenizerError::Backend)?;
+            let split = Split::new(SplitPattern::Regex((*regex).to_string()), SplitDelimiterBehavior::Isolated, false)
+                .map_err(TokenizerError::Backend)?;
             steps.push(PreTokenizerWrapper::Split(split));
         }
-        steps.push(PreTokenizerWrapper::ByteLevel(ByteLevel::new(
-            false, false, false,
-        )));
+        steps.push(PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, false, false)));
         Ok(PreTokenizerWrapper::Sequence(Sequence::new(steps)))
     }
 }
@@ -111,10 +109,7 @@ mod tests {
         let pt = pt.expect("known pre-tokenizer");
         let mut s = PreTokenizedString::from(text);
         pt.pre_tokenize(&mut s).expect("pre-tokenize");
-        s.get_splits(OffsetReferential::Original, OffsetType::Byte)
-            .into_iter()
-            .map(|(piece, _, _)| piece.to_string())
-            .collect()
+        s.get_splits(OffsetReferential::Original, OffsetType::Byte).into_iter().map(|(piece, _, _)| piece.to_string()).collect()
     }
 
     #[test]
@@ -124,10 +119,7 @@ mod tests {
 
     #[test]
     fn llama3_groups_three_digits_and_contractions() {
-        assert_eq!(
-            pieces("llama-bpe", "I'LL 12345"),
-            ["I", "'LL", "Ġ", "123", "45"]
-        );
+        assert_eq!(pieces("llama-bpe", "I'LL 12345"), ["I", "'LL", "Ġ", "123", "45"]);
     }
 
     #[test]
@@ -137,9 +129,6 @@ mod tests {
 
     #[test]
     fn unknown_pre_is_an_error() {
-        assert!(matches!(
-            PreTokenizerSpec::for_pre(Some("no-such-pre")),
-            Err(TokenizerError::UnsupportedPre(_))
-        ));
+        assert!(matches!(PreTokenizerSpec::for_pre(Some("no-such-pre")), Err(TokenizerError::UnsupportedPre(_))));
     }
 }

@@ -79,19 +79,12 @@ pub fn merges_from_scores(tokens: &[String], scores: &[f32]) -> Vec<(String, Str
             .then_with(|| chars(b.left).cmp(&chars(a.left)))
             .then_with(|| chars(b.right).cmp(&chars(a.right)))
     });
-    candidates
-        .into_iter()
-        .map(|c| (c.left.to_string(), c.right.to_string()))
-        .collect()
+    candidates.into_iter().map(|c| (c.left.to_string(), c.right.to_string())).collect()
 }
 
 /// Spaces to `▁`, and `▁` prepended to the text's start when `add_space_prefix`.
 pub fn pre_tokenizer(add_space_prefix: bool) -> PreTokenizerWrapper {
-    let scheme = if add_space_prefix {
-        PrependScheme::First
-    } else {
-        PrependScheme::Never
-    };
+    let scheme = if add_space_prefix { PrependScheme::First } else { PrependScheme::Never };
     PreTokenizerWrapper::Metaspace(Metaspace::new(SPACE_MARKER, scheme, false))
 }
 
@@ -122,10 +115,7 @@ mod tests {
         let tokens = strings(&["a", "b", "c", "ab", "bc", "abc"]);
         let scores = [0.0, 0.0, 0.0, -2.0, -1.0, -3.0];
         let merges = merges_from_scores(&tokens, &scores);
-        let pairs: Vec<(&str, &str)> = merges
-            .iter()
-            .map(|(l, r)| (l.as_str(), r.as_str()))
-            .collect();
+        let pairs: Vec<(&str, &str)> = merges.iter().map(|(l, r)| (l.as_str(), r.as_str())).collect();
         // "bc" (-1), then "ab" (-2), then the two ways to make "abc" (-3): "ab"+"c" first,
         // since its left half is longer.
         assert_eq!(pairs, [("b", "c"), ("a", "b"), ("ab", "c"), ("a", "bc")]);

@@ -31,18 +31,11 @@ pub struct TextStream {
 impl TextStream {
     /// A fresh stream; `skip_special` drops control tokens as [`Tokenizer::decode`] does.
     pub fn new(skip_special: bool) -> Self {
-        Self {
-            skip_special,
-            ..Self::default()
-        }
+        Self { skip_special, ..Self::default() }
     }
 
     /// Adds one id; returns the new text, or `None` while a character is incomplete.
-    pub fn step(
-        &mut self,
-        tokenizer: &Tokenizer,
-        id: u32,
-    ) -> Result<Option<String>, TokenizerError> {
+    pub fn step(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<Option<String>, TokenizerError> {
         self.window.push(id);
         let decoded = tokenizer.decode(&self.window, self.skip_special)?;
         if decoded.len() <= self.emitted.len() || decoded.ends_with(REPLACEMENT) {
@@ -59,11 +52,7 @@ impl TextStream {
     /// Emits whatever is held back (incomplete characters become U+FFFD) and resets.
     pub fn flush(&mut self, tokenizer: &Tokenizer) -> Result<Option<String>, TokenizerError> {
         let decoded = tokenizer.decode(&self.window, self.skip_special)?;
-        let delta = if decoded.len() > self.emitted.len() {
-            Some(self.delta(decoded)?)
-        } else {
-            None
-        };
+        let delta = if decoded.len() > self.emitted.len() { Some(self.delta(decoded)?) } else { None };
         self.reset();
         Ok(delta)
     }
@@ -84,10 +73,7 @@ impl TextStream {
     fn delta(&self, decoded: String) -> Result<String, TokenizerError> {
         match decoded.strip_prefix(self.emitted.as_str()) {
             Some(rest) => Ok(rest.to_string()),
-            None => Err(TokenizerError::StreamDiverged {
-                emitted: self.emitted.clone(),
-                decoded,
-            }),
+            None => Err(TokenizerError::StreamDiverged { emitted: self.emitted.clone(), decoded }),
         }
     }
 }
@@ -122,11 +108,7 @@ mod tests {
     /// SentencePiece vocabulary: specials, the 256 byte tokens, and `▁Hi` with its parts.
     fn sentencepiece() -> Tokenizer {
         let mut tokens: Vec<String> = vec!["<unk>".into(), "<s>".into(), "</s>".into()];
-        let mut types = vec![
-            token_type::UNKNOWN,
-            token_type::CONTROL,
-            token_type::CONTROL,
-        ];
+        let mut types = vec![token_type::UNKNOWN, token_type::CONTROL, token_type::CONTROL];
         tokens.extend((0..=255u8).map(|b| format!("<0x{b:02X}>")));
         types.extend([token_type::BYTE; 256]);
         for piece in ["▁", "H", "i", "▁H", "▁Hi"] {
@@ -150,10 +132,7 @@ mod tests {
     /// Streams `ids` one by one, returning every step's output.
     fn stream(tok: &Tokenizer, ids: &[u32]) -> Vec<Option<String>> {
         let mut s = tok.decode_stream(false);
-        let mut out: Vec<Option<String>> = ids
-            .iter()
-            .map(|&id| s.step(tok, id).expect("step"))
-            .collect();
+        let mut out: Vec<Option<String>> = ids.iter().map(|&id| s.step(tok, id).expect("step")).collect();
         assert!(!s.is_pending());
         out.push(s.flush(tok).expect("flush"));
         out
@@ -164,15 +143,7 @@ mod tests {
         let tok = byte_level();
         let ids = tok.encode("a😀b", false).expect("encode");
         assert_eq!(ids.len(), 6, "one id per byte");
-        let expected: Vec<Option<String>> = vec![
-            Some("a".into()),
-            None,
-            None,
-            None,
-            Some("😀".into()),
-            Some("b".into()),
-            None,
-        ];
+        let expected: Vec<Option<String>> = vec![Some("a".into()), None, None, None, Some("😀".into()), Some("b".into()), None];
         assert_eq!(stream(&tok, &ids), expected);
     }
 

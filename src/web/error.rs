@@ -92,11 +92,13 @@ pub fn to_js<E: Display + 'static>(e: &E) -> JsError {
     };
     let error = JsError::new(&message);
     let value: JsValue = error.clone().into(); // the same JS object
-    // Setting a property on a fresh Error object cannot fail.
+                                               // Setting a property on a fresh Error object cannot fail.
     let _ = js_sys::Reflect::set(&value, &JsValue::from_str("name"), &JsValue::from_str(kind.name()));
     // OpenAI's error fields, for requests the API layer refused.
     if let Some(api) = (e as &dyn Any).downcast_ref::<ApiError>() {
-        let set = |k: &str, v: Option<&str>| js_sys::Reflect::set(&value, &JsValue::from_str(k), &v.map_or(JsValue::NULL, JsValue::from_str));
+        let set = |k: &str, v: Option<&str>| {
+            js_sys::Reflect::set(&value, &JsValue::from_str(k), &v.map_or(JsValue::NULL, JsValue::from_str))
+        };
         let _ = (set("type", Some(api.kind)), set("code", api.code), set("param", api.param.as_deref()));
     }
     error

@@ -17,7 +17,6 @@ use crate::engine::{Engine, Prompt, Wait, DEFAULT_PROMPT_CACHE_BYTES};
 use crate::gpu::{Gpu, GpuOptions};
 use crate::model::{ContextOptions, GgufParts, GgufStream, LoadQuant, Precision};
 
-
 /// The crate version, for the page footer.
 #[wasm_bindgen]
 pub fn version() -> String {
@@ -85,7 +84,15 @@ impl WebEngine {
         let vision_quant = o.vision_quant.as_deref().map(str::parse).transpose().map_err(|e: String| js(e))?.unwrap_or_default();
         let text = GgufParts::new(o.text_parts.unwrap_or(1)).map_err(js)?;
         let prompt_cache_bytes = o.prompt_cache_bytes.unwrap_or(DEFAULT_PROMPT_CACHE_BYTES);
-        let inner = Inner { state: State::Device(gpu), text, vision: None, vision_sha256: None, context, vision_quant, prompt_cache_bytes };
+        let inner = Inner {
+            state: State::Device(gpu),
+            text,
+            vision: None,
+            vision_sha256: None,
+            context,
+            vision_quant,
+            prompt_cache_bytes,
+        };
         Ok(WebEngine { inner: Rc::new(RefCell::new(inner)), abort: Rc::new(Cell::new(false)) })
     }
 

@@ -13,8 +13,7 @@ use webvlm::tokenizer::GgufVocab;
 
 /// The header (metadata and tensor index) of the GGUF file at `path`.
 pub fn read_header(path: &Path) -> GgufHeader {
-    let mut file =
-        std::fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut file = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
     let len = file.metadata().expect("file metadata").len();
     let mut parser = GgufHeaderParser::with_file_len(len);
     let mut chunk = vec![0u8; 1 << 20];
@@ -44,14 +43,9 @@ pub fn fixture(rel: &str) -> PathBuf {
 
 /// The real SmolLM2-135M-Instruct GGUF fetched by `scripts/fetch_smollm2.sh`.
 pub fn smollm2_gguf() -> PathBuf {
-    let cache =
-        std::env::var_os("WEBVLM_CACHE").map_or_else(|| repo_root().join(".cache"), PathBuf::from);
+    let cache = std::env::var_os("WEBVLM_CACHE").map_or_else(|| repo_root().join(".cache"), PathBuf::from);
     let path = cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.exists(),
-        "{} is missing: run `bash scripts/fetch_smollm2.sh`",
-        path.display()
-    );
+    assert!(path.exists(), "{} is missing: run `bash scripts/fetch_smollm2.sh`", path.display());
     path
 }
 
@@ -59,9 +53,7 @@ pub fn smollm2_gguf() -> PathBuf {
 pub fn vocab_for(name: &str) -> GgufVocab {
     match name {
         "smollm2" => read_vocab(&smollm2_gguf()),
-        "tekken" | "tiny_mistral3_tekken" => {
-            read_vocab(&fixture("tiny_mistral3_tekken/model.gguf"))
-        }
+        "tekken" | "tiny_mistral3_tekken" => read_vocab(&fixture("tiny_mistral3_tekken/model.gguf")),
         "llama_spm" => read_vocab(&fixture("tiny_llama_spm/model.gguf")),
         other => panic!("no GGUF for tokenizer fixture {other}"),
     }

@@ -233,10 +233,7 @@ pub fn schemas() -> Vec<(&'static str, Value)> {
                 "maxItems": 6
             }),
         ),
-        (
-            "top_level_integer",
-            json!({"type": "integer", "minimum": 10, "maximum": 2000}),
-        ),
+        ("top_level_integer", json!({"type": "integer", "minimum": 10, "maximum": 2000})),
     ]
 }
 
@@ -270,13 +267,7 @@ pub fn violations(check: &jsonschema::Validator, text: &str) -> Option<String> {
         println!("llguidance date leniency: {text:?}");
         return None;
     }
-    Some(
-        errors
-            .iter()
-            .map(|e| e.to_string())
-            .collect::<Vec<_>>()
-            .join("; "),
-    )
+    Some(errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))
 }
 
 /// `doc` with leap seconds and February 29 moved to the day's valid neighbours.
@@ -284,9 +275,7 @@ fn relax_dates(doc: Value) -> Value {
     match doc {
         Value::String(s) => Value::String(s.replace(":60", ":59").replace("-02-29", "-02-28")),
         Value::Array(items) => Value::Array(items.into_iter().map(relax_dates).collect()),
-        Value::Object(map) => {
-            Value::Object(map.into_iter().map(|(k, v)| (k, relax_dates(v))).collect())
-        }
+        Value::Object(map) => Value::Object(map.into_iter().map(|(k, v)| (k, relax_dates(v))).collect()),
         other => other,
     }
 }

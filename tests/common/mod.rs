@@ -89,8 +89,7 @@ pub fn fixture(rel: &str) -> std::path::PathBuf {
 
 /// Runs the `webvlm` binary, failing the test with its stderr when it fails.
 pub fn run_cli(args: &[&str]) -> std::process::Output {
-    let out =
-        std::process::Command::new(env!("CARGO_BIN_EXE_webvlm")).args(args).output().expect("the webvlm binary runs");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_webvlm")).args(args).output().expect("the webvlm binary runs");
     assert!(out.status.success(), "webvlm {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
     out
 }

@@ -31,9 +31,18 @@ use vision::{bench_vision, VisionPlan};
 const DEFAULT_MODEL: &str = ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf";
 const SWITCHES: &[&str] =
     &["synthetic", "quick", "json-only", "no-kernels", "no-model", "breakdown", "no-breakdown", "no-f16", "vision", "no-vision"];
-const VALUES: &[&str] =
-    &["model", "shape", "prompt-tokens", "decode-tokens", "prefill-reps", "reps", "seed", "vision-sizes", "vision-quant",
-      "vision-layers"];
+const VALUES: &[&str] = &[
+    "model",
+    "shape",
+    "prompt-tokens",
+    "decode-tokens",
+    "prefill-reps",
+    "reps",
+    "seed",
+    "vision-sizes",
+    "vision-quant",
+    "vision-layers",
+];
 /// Source image sides of the vision figures (square images, before preprocessing).
 const VISION_SIZES: &[u32] = &[512, 1024];
 const QUICK_VISION_SIZES: &[u32] = &[112];
@@ -73,7 +82,12 @@ pub fn run(args: &[String]) -> CliResult {
         "max_buffer": caps.max_buffer, "quick": quick,
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
     }));
-    out.note(&format!("adapter: {} [{}]{}", caps.adapter, caps.backend, if caps.software { " (CPU implementation)" } else { "" }));
+    out.note(&format!(
+        "adapter: {} [{}]{}",
+        caps.adapter,
+        caps.backend,
+        if caps.software { " (CPU implementation)" } else { "" }
+    ));
 
     let roof = roofline::roofline(&gpu, &out, quick, budget)?;
     if !flags.has("no-kernels") {
@@ -124,10 +138,32 @@ pub fn run(args: &[String]) -> CliResult {
         }
         let t = std::time::Instant::now();
         let src = synthetic_ministral3_3b(&shape, seed)?;
-        out.note(&format!("{name}: {:.2} GB of random weights built in {:.1} s", shape.weight_bytes() as f64 / 1e9, t.elapsed().as_secs_f64()));
+        out.note(&format!(
+            "{name}: {:.2} GB of random weights built in {:.1} s",
+            shape.weight_bytes() as f64 / 1e9,
+            t.elapsed().as_secs_f64()
+        ));
         let plan = ModelPlan {
-            prompt_tokens: num("prompt-tokens", if quick { 8 } else if big { 32 } else { 128 })?,
-            decode_tokens: num("decode-tokens", if quick { 2 } else if big { 4 } else { 32 })?,
+            prompt_tokens: num(
+                "prompt-tokens",
+                if quick {
+                    8
+                } else if big {
+                    32
+                } else {
+                    128
+                },
+            )?,
+            decode_tokens: num(
+                "decode-tokens",
+                if quick {
+                    2
+                } else if big {
+                    4
+                } else {
+                    32
+                },
+            )?,
             prefill_reps: num("prefill-reps", if quick || big { 1 } else { 3 })?,
             // One 3B decode step takes tens of seconds on a CPU adapter: opt in.
             breakdown: if big { forced_breakdown } else { breakdown },

@@ -24,7 +24,12 @@ pub fn run(args: &[String]) -> CliResult {
     match &cfg.yarn {
         Some(y) => println!(
             "rope:          theta {}, YaRN factor {} (original context {}, beta {}/{}, attention factor {})",
-            cfg.rope_theta, y.factor, y.original_max_position_embeddings, y.beta_fast, y.beta_slow, y.attention_factor()
+            cfg.rope_theta,
+            y.factor,
+            y.original_max_position_embeddings,
+            y.beta_fast,
+            y.beta_slow,
+            y.attention_factor()
         ),
         None => println!("rope:          theta {}", cfg.rope_theta),
     }
@@ -51,8 +56,13 @@ pub fn run(args: &[String]) -> CliResult {
     let acts = 4 * chunk * (3 * cfg.n_embd as u64 + 2 * cfg.q_dim() as u64 + 2 * cfg.kv_dim() as u64 + 2 * cfg.n_ff as u64)
         + 4 * chunk.min(256) * cfg.vocab as u64;
     let mib = |b: u64| b as f64 / 1048576.0;
-    println!("GPU memory:    weights {:.1} MiB + KV cache ({ctx} tokens, f32) {:.1} MiB + activations {:.1} MiB = {:.1} MiB",
-        mib(weight_bytes), mib(kv), mib(acts), mib(weight_bytes + kv + acts));
+    println!(
+        "GPU memory:    weights {:.1} MiB + KV cache ({ctx} tokens, f32) {:.1} MiB + activations {:.1} MiB = {:.1} MiB",
+        mib(weight_bytes),
+        mib(kv),
+        mib(acts),
+        mib(weight_bytes + kv + acts)
+    );
     Ok(())
 }
 

@@ -142,7 +142,9 @@ pub fn open_engine(flags: &Flags) -> Result<Engine, Box<dyn std::error::Error>> 
 }
 
 fn synthetic(args: &[String]) -> CliResult {
-    use webvlm::model::synthetic::{synthetic_ministral3_writer, synthetic_pixtral_mmproj_writer, SyntheticShape, SyntheticWeights, VisionShape};
+    use webvlm::model::synthetic::{
+        synthetic_ministral3_writer, synthetic_pixtral_mmproj_writer, SyntheticShape, SyntheticWeights, VisionShape,
+    };
     let flags = Flags::parse(args, &["zeros"])?;
     flags.only(&["out", "mmproj-out", "shape", "seed", "vocab-from", "zeros"])?;
     let weights =
@@ -208,8 +210,23 @@ fn text_prompt(engine: &mut Engine, flags: &Flags, text: &str) -> Result<Prompt,
 fn generate(args: &[String]) -> CliResult {
     let flags = Flags::parse(args, &["chat", "f16"])?;
     flags.only(&[
-        "model", "mmproj", "vision-quant", "image", "image-max-edge", "prompt", "chat", "max-tokens", "temperature", "top-k", "top-p",
-        "min-p", "stop", "seed", "ctx", "chunk", "f16",
+        "model",
+        "mmproj",
+        "vision-quant",
+        "image",
+        "image-max-edge",
+        "prompt",
+        "chat",
+        "max-tokens",
+        "temperature",
+        "top-k",
+        "top-p",
+        "min-p",
+        "stop",
+        "seed",
+        "ctx",
+        "chunk",
+        "f16",
     ])?;
     let text = flags.require("prompt")?;
     let mut engine = open_engine(&flags)?;
@@ -222,7 +239,12 @@ fn generate(args: &[String]) -> CliResult {
         seed: flags.num("seed", 0)?,
         ..Default::default()
     };
-    let opts = GenerateOptions { max_tokens: flags.num("max-tokens", 256)?, sampling, stop: flags.all("stop").into_iter().map(String::from).collect(), ..Default::default() };
+    let opts = GenerateOptions {
+        max_tokens: flags.num("max-tokens", 256)?,
+        sampling,
+        stop: flags.all("stop").into_iter().map(String::from).collect(),
+        ..Default::default()
+    };
     let mut stdout = std::io::stdout();
     let out = pollster::block_on(engine.generate_prompt(&prompt, &opts, |step| {
         let _ = stdout.write_all(step.text.as_bytes());
@@ -245,7 +267,20 @@ fn generate(args: &[String]) -> CliResult {
 
 fn logits(args: &[String]) -> CliResult {
     let flags = Flags::parse(args, &["f16"])?;
-    flags.only(&["model", "mmproj", "vision-quant", "image", "image-max-edge", "prompt", "tokens", "out", "pos-offset", "ctx", "chunk", "f16"])?;
+    flags.only(&[
+        "model",
+        "mmproj",
+        "vision-quant",
+        "image",
+        "image-max-edge",
+        "prompt",
+        "tokens",
+        "out",
+        "pos-offset",
+        "ctx",
+        "chunk",
+        "f16",
+    ])?;
     let out_path = flags.require("out")?;
     let mut engine = open_engine(&flags)?;
     let prompt = match (flags.get("tokens"), flags.get("prompt")) {
@@ -254,7 +289,8 @@ fn logits(args: &[String]) -> CliResult {
                 .split(',')
                 .map(|s| s.trim().parse::<u32>().map_err(|_| format!("--tokens: bad id {s:?}")))
                 .collect::<Result<_, _>>()?;
-            let images = flags.all("image").iter().map(|f| engine.image_features(&read_file(f)?)).collect::<Result<_, EngineError>>()?;
+            let images =
+                flags.all("image").iter().map(|f| engine.image_features(&read_file(f)?)).collect::<Result<_, EngineError>>()?;
             Prompt { tokens, images }
         }
         (None, Some(p)) => text_prompt(&mut engine, &flags, p)?,

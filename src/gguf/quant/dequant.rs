@@ -135,9 +135,7 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), Ggu
     let block: fn(&[u8], &mut [f32]) = match ty {
         GgmlType::F32 => |b, y| y[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
         GgmlType::F16 => |b, y| y[0] = f16_at(b, 0),
-        GgmlType::BF16 => {
-            |b, y| y[0] = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16)
-        }
+        GgmlType::BF16 => |b, y| y[0] = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16),
         GgmlType::Q8_0 => block_q8_0,
         GgmlType::Q4_0 => block_q4_0,
         GgmlType::Q4_1 => block_q4_1,
@@ -148,11 +146,7 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), Ggu
     };
     let (bs, ts) = (ty.block_size(), ty.type_size());
     if !out.len().is_multiple_of(bs) || bytes.len() != out.len() / bs * ts {
-        return Err(GgufError::SizeMismatch {
-            ty,
-            bytes: bytes.len(),
-            elements: out.len(),
-        });
+        return Err(GgufError::SizeMismatch { ty, bytes: bytes.len(), elements: out.len() });
     }
     for (b, y) in bytes.chunks_exact(ts).zip(out.chunks_exact_mut(bs)) {
         block(b, y);
@@ -161,18 +155,10 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), Ggu
 }
 
 /// [`dequantize`] into a new vector of `n_elements`.
-pub fn dequantize_to_vec(
-    ty: GgmlType,
-    bytes: &[u8],
-    n_elements: usize,
-) -> Result<Vec<f32>, GgufError> {
+pub fn dequantize_to_vec(ty: GgmlType, bytes: &[u8], n_elements: usize) -> Result<Vec<f32>, GgufError> {
     let (bs, ts) = (ty.block_size(), ty.type_size());
     if !n_elements.is_multiple_of(bs) || bytes.len() != n_elements / bs * ts {
-        return Err(GgufError::SizeMismatch {
-            ty,
-            bytes: bytes.len(),
-            elements: n_elements,
-        });
+        return Err(GgufError::SizeMismatch { ty, bytes: bytes.len(), elements: n_elements });
     }
     let mut out = vec![0.0; n_elements];
     dequantize(ty, bytes, &mut out)?;

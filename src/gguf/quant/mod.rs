@@ -41,16 +41,7 @@ mod tests {
         s
     }
 
-    const SM: [(u8, u8); 8] = [
-        (1, 2),
-        (63, 0),
-        (17, 33),
-        (40, 63),
-        (5, 48),
-        (62, 1),
-        (32, 31),
-        (16, 60),
-    ];
+    const SM: [(u8, u8); 8] = [(1, 2), (63, 0), (17, 33), (40, 63), (5, 48), (62, 1), (32, 31), (16, 60)];
 
     #[test]
     fn scale_min_unpacks_all_eight() {
@@ -84,11 +75,7 @@ mod tests {
             let q = if sub % 2 == 0 { byte & 15 } else { byte >> 4 };
             let hi = (qh[l] >> sub) & 1;
             let (sc, m) = SM[sub];
-            assert_eq!(
-                y4[i],
-                d * sc as f32 * q as f32 - dmin * m as f32,
-                "q4_k {i}"
-            );
+            assert_eq!(y4[i], d * sc as f32 * q as f32 - dmin * m as f32, "q4_k {i}");
             let q5 = q as f32 + 16.0 * hi as f32;
             assert_eq!(y5[i], d * sc as f32 * q5 - dmin * m as f32, "q5_k {i}");
         }
@@ -126,20 +113,13 @@ mod tests {
             for (blk_x, blk_y) in x.chunks(32).zip(y.chunks(32)) {
                 let amax = blk_x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
                 // Q8_0 rounds to nearest; Q4_0 may clamp its extreme by one step of amax/8.
-                let tol = if ty == GgmlType::Q8_0 {
-                    amax / 127.0 * 0.51
-                } else {
-                    amax / 8.0
-                };
+                let tol = if ty == GgmlType::Q8_0 { amax / 127.0 * 0.51 } else { amax / 8.0 };
                 for (a, b) in blk_x.iter().zip(blk_y) {
                     assert!((a - b).abs() <= tol + 2e-3 * amax, "{ty}: {a} vs {b}");
                 }
             }
         }
-        assert!(matches!(
-            quantize_q8_0(&x[..31]),
-            Err(GgufError::SizeMismatch { .. })
-        ));
+        assert!(matches!(quantize_q8_0(&x[..31]), Err(GgufError::SizeMismatch { .. })));
     }
 
     #[test]
@@ -152,13 +132,7 @@ mod tests {
             assert!(y.iter().all(|v| v.is_finite() && v.abs() < 64.0), "{ty}");
         }
         let mut out = [0.0f32; 32];
-        assert!(matches!(
-            dequantize(GgmlType::Q8_0, &[0; 33], &mut out),
-            Err(GgufError::SizeMismatch { .. })
-        ));
-        assert!(matches!(
-            dequantize(GgmlType::Q5_0, &[0; 22], &mut out),
-            Err(GgufError::UnsupportedType(_))
-        ));
+        assert!(matches!(dequantize(GgmlType::Q8_0, &[0; 33], &mut out), Err(GgufError::SizeMismatch { .. })));
+        assert!(matches!(dequantize(GgmlType::Q5_0, &[0; 22], &mut out), Err(GgufError::UnsupportedType(_))));
     }
 }

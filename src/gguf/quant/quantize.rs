@@ -14,11 +14,7 @@ const QK: usize = 32;
 
 fn blocks(ty: GgmlType, src: &[f32]) -> Result<std::slice::ChunksExact<'_, f32>, GgufError> {
     if !src.len().is_multiple_of(QK) {
-        return Err(GgufError::SizeMismatch {
-            ty,
-            bytes: 0,
-            elements: src.len(),
-        });
+        return Err(GgufError::SizeMismatch { ty, bytes: 0, elements: src.len() });
     }
     Ok(src.chunks_exact(QK))
 }

@@ -54,8 +54,7 @@ impl SplitMix64 {
 fn scale_fields(ty: GgmlType) -> (&'static [usize], bool) {
     use GgmlType::*;
     match ty {
-        Q4_0 | Q5_0 | Q8_0 | IQ2_XXS | IQ2_XS | IQ3_XXS | IQ1_S | IQ4_NL | IQ3_S | IQ2_S
-        | IQ4_XS => (&[0], false),
+        Q4_0 | Q5_0 | Q8_0 | IQ2_XXS | IQ2_XS | IQ3_XXS | IQ1_S | IQ4_NL | IQ3_S | IQ2_S | IQ4_XS => (&[0], false),
         Q4_1 | Q5_1 | Q8_1 => (&[0, 2], false),
         Q2_K => (&[80, 82], true),
         Q3_K => (&[108], false),
@@ -75,26 +74,16 @@ pub fn random_blocks(ty: GgmlType, n_blocks: usize, seed: u64) -> Vec<u8> {
     let ts = ty.type_size();
     let mut out = vec![0u8; n_blocks * ts];
     match ty {
-        GgmlType::F32 => out
-            .chunks_exact_mut(4)
-            .for_each(|c| c.copy_from_slice(&rng.uniform(-1.0, 1.0).to_le_bytes())),
-        GgmlType::F64 => out
-            .chunks_exact_mut(8)
-            .for_each(|c| c.copy_from_slice(&f64::from(rng.uniform(-1.0, 1.0)).to_le_bytes())),
-        GgmlType::F16 => out.chunks_exact_mut(2).for_each(|c| {
-            c.copy_from_slice(
-                &f16::from_f32(rng.uniform(-1.0, 1.0))
-                    .to_bits()
-                    .to_le_bytes(),
-            )
-        }),
-        GgmlType::BF16 => out.chunks_exact_mut(2).for_each(|c| {
-            c.copy_from_slice(
-                &bf16::from_f32(rng.uniform(-1.0, 1.0))
-                    .to_bits()
-                    .to_le_bytes(),
-            )
-        }),
+        GgmlType::F32 => out.chunks_exact_mut(4).for_each(|c| c.copy_from_slice(&rng.uniform(-1.0, 1.0).to_le_bytes())),
+        GgmlType::F64 => {
+            out.chunks_exact_mut(8).for_each(|c| c.copy_from_slice(&f64::from(rng.uniform(-1.0, 1.0)).to_le_bytes()))
+        }
+        GgmlType::F16 => out
+            .chunks_exact_mut(2)
+            .for_each(|c| c.copy_from_slice(&f16::from_f32(rng.uniform(-1.0, 1.0)).to_bits().to_le_bytes())),
+        GgmlType::BF16 => out
+            .chunks_exact_mut(2)
+            .for_each(|c| c.copy_from_slice(&bf16::from_f32(rng.uniform(-1.0, 1.0)).to_bits().to_le_bytes())),
         _ => {
             rng.fill_bytes(&mut out);
             let (fields, positive) = scale_fields(ty);
@@ -107,9 +96,7 @@ pub fn random_blocks(ty: GgmlType, n_blocks: usize, seed: u64) -> Vec<u8> {
                     block[at..at + 2].copy_from_slice(&f16::from_f32(d).to_bits().to_le_bytes());
                 }
                 match ty {
-                    GgmlType::Q8_K => {
-                        block[..4].copy_from_slice(&(rng.uniform(0.25, 1.0) / 64.0).to_le_bytes())
-                    }
+                    GgmlType::Q8_K => block[..4].copy_from_slice(&(rng.uniform(0.25, 1.0) / 64.0).to_le_bytes()),
                     GgmlType::MXFP4 => block[0] = 120 + (rng.next_u64() % 8) as u8,
                     _ => {}
                 }

@@ -77,11 +77,6 @@ pub(super) fn decode_scalar(ty: ValueType, b: &[u8], offset: u64) -> Result<Meta
             value => return Err(GgufError::InvalidBool { value, offset }),
         },
         // Strings and arrays never reach here (see `step_scalar` and `value_state`).
-        ValueType::String | ValueType::Array => {
-            return Err(GgufError::UnknownValueType {
-                id: ty.id(),
-                offset,
-            })
-        }
+        ValueType::String | ValueType::Array => return Err(GgufError::UnknownValueType { id: ty.id(), offset }),
     })
 }

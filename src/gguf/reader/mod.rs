@@ -114,10 +114,7 @@ impl GgufHeaderParser {
     /// A parser for a file of known length: counts and lengths are also checked
     /// against the bytes remaining, and the finished header against the file length.
     pub fn with_file_len(file_len: u64) -> Self {
-        Self {
-            file_len: Some(file_len),
-            ..Self::new()
-        }
+        Self { file_len: Some(file_len), ..Self::new() }
     }
 
     /// Header bytes consumed so far (once complete: the end of the tensor infos).
@@ -148,10 +145,7 @@ impl GgufHeaderParser {
 
     /// The error to report when the input ends now, before the header is complete.
     pub fn eof_error(&self) -> GgufError {
-        GgufError::Truncated {
-            section: self.section(),
-            offset: self.pos + self.pending.len() as u64,
-        }
+        GgufError::Truncated { section: self.section(), offset: self.pos + self.pending.len() as u64 }
     }
 
     /// Feeds the next chunk. Returns the header, once, as soon as the tensor infos are
@@ -165,11 +159,7 @@ impl GgufHeaderParser {
             _ => {}
         }
         let mut pending = std::mem::take(&mut self.pending);
-        let mut input = Input {
-            a: &pending,
-            b: chunk,
-            off: 0,
-        };
+        let mut input = Input { a: &pending, b: chunk, off: 0 };
         let result = self.run(&mut input);
         let off = input.off;
         match result {

@@ -7,8 +7,8 @@
 
 use super::input::{decode_scalar, le_u32, le_u64, Input};
 use super::{
-    ArrayFrame, GgufHeaderParser, State, MAX_ARRAY_DEPTH, MAX_ARRAY_LEN, MAX_KV, MAX_NAME_LEN,
-    MAX_STRING_LEN, MAX_TENSORS, MIN_KV_BYTES, MIN_TENSOR_INFO_BYTES,
+    ArrayFrame, GgufHeaderParser, State, MAX_ARRAY_DEPTH, MAX_ARRAY_LEN, MAX_KV, MAX_NAME_LEN, MAX_STRING_LEN, MAX_TENSORS,
+    MIN_KV_BYTES, MIN_TENSOR_INFO_BYTES,
 };
 use crate::gguf::error::GgufError;
 use crate::gguf::header::{GgufHeader, TensorInfo, MAX_DIMS};
@@ -24,28 +24,14 @@ impl GgufHeaderParser {
     /// Truncated if the file is known to end before `n` more bytes.
     fn need_remaining(&self, n: u64) -> Result<(), GgufError> {
         match self.file_len {
-            Some(len) if self.pos.saturating_add(n) > len => Err(GgufError::Truncated {
-                section: self.section(),
-                offset: len,
-            }),
+            Some(len) if self.pos.saturating_add(n) > len => Err(GgufError::Truncated { section: self.section(), offset: len }),
             _ => Ok(()),
         }
     }
 
-    fn check_count(
-        &self,
-        field: &'static str,
-        value: u64,
-        limit: u64,
-        min_item: u64,
-        header: u64,
-    ) -> Result<(), GgufError> {
+    fn check_count(&self, field: &'static str, value: u64, limit: u64, min_item: u64, header: u64) -> Result<(), GgufError> {
         if value > limit {
-            return Err(GgufError::AbsurdCount {
-                field,
-                value,
-                limit,
-            });
+            return Err(GgufError::AbsurdCount { field, value, limit });
         }
         self.need_remaining(header.saturating_add(value.saturating_mul(min_item)))
     }
@@ -57,32 +43,20 @@ impl GgufHeaderParser {
     }
 
     /// A length-prefixed UTF-8 string, read whole or not at all.
-    fn read_string(
-        &mut self,
-        input: &mut Input<'_>,
-        limit: u64,
-    ) -> Result<Option<String>, GgufError> {
+    fn read_string(&mut self, input: &mut Input<'_>, limit: u64) -> Result<Option<String>, GgufError> {
         let Some(len_bytes) = input.peek_array::<8>() else {
             return Ok(None);
         };
         let len = u64::from_le_bytes(len_bytes);
         if len > limit {
-            return Err(GgufError::StringTooLong {
-                len,
-                limit,
-                offset: self.pos,
-            });
+            return Err(GgufError::StringTooLong { len, limit, offset: self.pos });
         }
         self.need_remaining(8 + len)?;
         let total = 8 + len as usize;
         let Some(bytes) = input.peek(total) else {
             return Ok(None);
         };
-        let text = std::str::from_utf8(&bytes[8..])
-            .map_err(|_| GgufError::InvalidUtf8 {
-                offset: self.pos + 8,
-            })?
-            .to_owned();
+        let text = std::str::from_utf8(&bytes[8..]).map_err(|_| GgufError::InvalidUtf8 { offset: self.pos + 8 })?.to_owned();
         self.advance(input, total);
         Ok(Some(text))
     }
@@ -106,9 +80,7 @@ impl GgufHeaderParser {
                 };
                 match v {
                     2 | 3 => self.version = v,
-                    _ if (1..=3).contains(&v.swap_bytes()) => {
-                        return Err(GgufError::BigEndian(v.swap_bytes()))
-                    }
+                    _ if (1..=3).contains(&v.swap_bytes()) => return Err(GgufError::BigEndian(v.swap_bytes())),
                     _ => return Err(GgufError::UnsupportedVersion(v)),
                 }
                 self.state = State::TensorCount;
@@ -130,11 +102,7 @@ impl GgufHeaderParser {
                 self.check_count("metadata count", n, MAX_KV, MIN_KV_BYTES, 8 + tensor_bytes)?;
                 self.advance(input, 8);
                 self.n_kv = n;
-                self.state = if n > 0 {
-                    State::KvKey
-                } else {
-                    self.end_of_metadata()?
-                };
+                self.state = if n > 0 { State::KvKey } else { self.end_of_metadata()? };
             }
             State::KvKey => {
                 let Some(key) = self.read_string(input, MAX_NAME_LEN)? else {
@@ -151,8 +119,7 @@ impl GgufHeaderParser {
                 let Some(id) = self.read_u32(input) else {
                     return Ok(false);
                 };
-                let ty =
-                    ValueType::from_id(id).ok_or(GgufError::UnknownValueType { id, offset: at })?;
+                let ty = ValueType::from_id(id).ok_or(GgufError::UnknownValueType { id, offset: at })?;
                 self.state = Self::value_state(ty);
             }
             State::Scalar(ty) => return self.step_scalar(input, ty),
@@ -161,32 +128,17 @@ impl GgufHeaderParser {
                     return Ok(false);
                 };
                 let (id, len) = (le_u32(&h), le_u64(&h[4..]));
-                let elem = ValueType::from_id(id).ok_or(GgufError::UnknownValueType {
-                    id,
-                    offset: self.pos,
-                })?;
+                let elem = ValueType::from_id(id).ok_or(GgufError::UnknownValueType { id, offset: self.pos })?;
                 if self.stack.len() >= MAX_ARRAY_DEPTH {
-                    return Err(GgufError::NestingTooDeep {
-                        limit: MAX_ARRAY_DEPTH,
-                    });
+                    return Err(GgufError::NestingTooDeep { limit: MAX_ARRAY_DEPTH });
                 }
-                self.check_count(
-                    "array length",
-                    len,
-                    MAX_ARRAY_LEN,
-                    elem.min_encoded_size(),
-                    12,
-                )?;
+                self.check_count("array length", len, MAX_ARRAY_LEN, elem.min_encoded_size(), 12)?;
                 self.advance(input, 12);
                 let items = Vec::with_capacity(len.min(1024) as usize);
                 if len == 0 {
                     self.complete_value(MetaValue::Array { elem, items })?;
                 } else {
-                    self.stack.push(ArrayFrame {
-                        elem,
-                        remaining: len,
-                        items,
-                    });
+                    self.stack.push(ArrayFrame { elem, remaining: len, items });
                     self.state = Self::value_state(elem);
                 }
             }
@@ -205,19 +157,12 @@ impl GgufHeaderParser {
                     return Ok(false);
                 };
                 if n > MAX_DIMS {
-                    return Err(GgufError::TooManyDims {
-                        tensor: self.cur_name.clone(),
-                        n_dims: n,
-                    });
+                    return Err(GgufError::TooManyDims { tensor: self.cur_name.clone(), n_dims: n });
                 }
                 self.advance(input, 4);
                 self.n_dims = n;
                 self.cur_dims.clear();
-                self.state = if n > 0 {
-                    State::TensorDims
-                } else {
-                    State::TensorTypeOffset
-                };
+                self.state = if n > 0 { State::TensorDims } else { State::TensorTypeOffset };
             }
             State::TensorDims => {
                 let n = self.n_dims as usize * 8;
@@ -279,18 +224,11 @@ impl GgufHeaderParser {
                 return Ok(());
             }
             let full = std::mem::take(&mut frame.items);
-            value = MetaValue::Array {
-                elem: frame.elem,
-                items: full,
-            };
+            value = MetaValue::Array { elem: frame.elem, items: full };
             self.stack.pop();
         }
         self.metadata.insert(std::mem::take(&mut self.key), value)?;
-        self.state = if (self.metadata.len() as u64) < self.n_kv {
-            State::KvKey
-        } else {
-            self.end_of_metadata()?
-        };
+        self.state = if (self.metadata.len() as u64) < self.n_kv { State::KvKey } else { self.end_of_metadata()? };
         Ok(())
     }
 
@@ -311,34 +249,18 @@ impl GgufHeaderParser {
             }
             self.alignment = a;
         }
-        Ok(if self.n_tensors > 0 {
-            State::TensorName
-        } else {
-            State::Done
-        })
+        Ok(if self.n_tensors > 0 { State::TensorName } else { State::Done })
     }
 
     fn push_tensor(&mut self, type_id: u32, offset: u64) -> Result<(), GgufError> {
         let name = std::mem::take(&mut self.cur_name);
         let Some(ty) = GgmlType::from_id(type_id) else {
-            return Err(GgufError::UnknownTensorType {
-                tensor: name,
-                id: type_id,
-            });
+            return Err(GgufError::UnknownTensorType { tensor: name, id: type_id });
         };
-        let info = TensorInfo {
-            name,
-            dims: std::mem::take(&mut self.cur_dims),
-            ty,
-            offset,
-        };
+        let info = TensorInfo { name, dims: std::mem::take(&mut self.cur_dims), ty, offset };
         info.check_shape()?;
         if !offset.is_multiple_of(self.alignment) {
-            return Err(GgufError::MisalignedOffset {
-                tensor: info.name,
-                offset,
-                alignment: self.alignment,
-            });
+            return Err(GgufError::MisalignedOffset { tensor: info.name, offset, alignment: self.alignment });
         }
         info.relative_range()?;
         self.names.insert(info.name.clone());

@@ -35,7 +35,15 @@ pub struct ModelPlan {
     pub warmup: bool,
 }
 
-pub fn bench_model(gpu: &Gpu, out: &Out, label: &str, src: &dyn TensorSource, plan: ModelPlan, roof: &Roofline, budget: Budget) -> Res<Value> {
+pub fn bench_model(
+    gpu: &Gpu,
+    out: &Out,
+    label: &str,
+    src: &dyn TensorSource,
+    plan: ModelPlan,
+    roof: &Roofline,
+    budget: Budget,
+) -> Res<Value> {
     let start = Instant::now();
     let dec = Decoder::load(gpu, src)?;
     super::timing::wait(gpu)?;
@@ -164,9 +172,17 @@ fn turn_tokens(plan: ModelPlan) -> usize {
 /// Time to the first token of a second chat turn (`prompt` plus `extra` new tokens): prefilled
 /// whole, with `prompt`'s KV entries kept from the first turn, and with them copied back from
 /// a saved prefix after another sequence used the cache (what the engine's prompt cache does).
-fn prompt_cache_ttft(gpu: &Gpu, dec: &Decoder, ctx: &mut Context, prompt: &[u32], extra: usize, rng: &mut SplitMix64) -> Res<(f64, f64, f64)> {
+fn prompt_cache_ttft(
+    gpu: &Gpu,
+    dec: &Decoder,
+    ctx: &mut Context,
+    prompt: &[u32],
+    extra: usize,
+    rng: &mut SplitMix64,
+) -> Res<(f64, f64, f64)> {
     let greedy = SamplerState::greedy();
-    let turn: Vec<u32> = prompt.iter().copied().chain((0..extra).map(|_| (rng.next_u64() % dec.cfg.vocab as u64) as u32)).collect();
+    let turn: Vec<u32> =
+        prompt.iter().copied().chain((0..extra).map(|_| (rng.next_u64() % dec.cfg.vocab as u64) as u32)).collect();
     ctx.reset();
     let t = Instant::now();
     pollster::block_on(ctx.prefill(gpu, dec, &turn, &greedy))?;
@@ -232,7 +248,15 @@ fn pipeline_names(gpu: &Gpu, dec: &Decoder) -> Res<HashMap<*const Pipeline, Stri
 }
 
 /// Times each family of the decode step's dispatches alone, and the whole program.
-fn breakdown(gpu: &Gpu, out: &Out, label: &str, dec: &Decoder, ctx: &mut Context, step_s: f64, budget: Budget) -> Res<Vec<Value>> {
+fn breakdown(
+    gpu: &Gpu,
+    out: &Out,
+    label: &str,
+    dec: &Decoder,
+    ctx: &mut Context,
+    step_s: f64,
+    budget: Budget,
+) -> Res<Vec<Value>> {
     let names = pipeline_names(gpu, dec)?;
     // The embedding gather is a program of its own (images are written between it and the
     // blocks); both are one decode step.
@@ -291,9 +315,8 @@ fn breakdown(gpu: &Gpu, out: &Out, label: &str, dec: &Decoder, ctx: &mut Context
         let bytes = if name.starts_with("lm_head matvec") {
             Some(head_bytes)
         } else {
-            name.strip_prefix("matvec ").map(|fmt| {
-                layer_weights(dec).filter(|w| format!("{:?}", w.format) == fmt).map(GpuWeight::bytes_on_gpu).sum()
-            })
+            name.strip_prefix("matvec ")
+                .map(|fmt| layer_weights(dec).filter(|w| format!("{:?}", w.format) == fmt).map(GpuWeight::bytes_on_gpu).sum())
         };
         let gbps = bytes.map(|b| b as f64 / s / 1e9);
         out.note(&format!(
@@ -320,12 +343,8 @@ fn clone_op(op: &Op) -> Op {
         Op::Dispatch(d) => {
             Op::Dispatch(Dispatch { pipeline: d.pipeline.clone(), bind_group: d.bind_group.clone(), workgroups: d.workgroups })
         }
-        Op::Copy { src, src_offset, dst, dst_offset, size } => Op::Copy {
-            src: src.clone(),
-            src_offset: *src_offset,
-            dst: dst.clone(),
-            dst_offset: *dst_offset,
-            size: *size,
-        },
+        Op::Copy { src, src_offset, dst, dst_offset, size } => {
+            Op::Copy { src: src.clone(), src_offset: *src_offset, dst: dst.clone(), dst_offset: *dst_offset, size: *size }
+        }
     }
 }

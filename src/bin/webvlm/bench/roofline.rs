@@ -39,8 +39,7 @@ const CACHED_DISPATCHES: usize = 16;
 
 /// The matvec formats benchmarked: the four, SmolLM2's Q4_1, and F32 (no decoding:
 /// separates the cost of dequantization from the kernel's structure; not at the LM head shape).
-const TYPES: [GgmlType; 6] =
-    [GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::F32];
+const TYPES: [GgmlType; 6] = [GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::F32];
 
 pub fn roofline(gpu: &Gpu, out: &Out, quick: bool, budget: Budget) -> Res<Roofline> {
     let limit = gpu.caps.max_storage_binding.min(gpu.caps.max_buffer).min(256 << 20);
@@ -103,7 +102,15 @@ pub fn roofline(gpu: &Gpu, out: &Out, quick: bool, budget: Budget) -> Res<Roofli
 
 /// Seconds of one `y = W x` (one token) for a random `[rows][cols]` weight of type `ty`,
 /// `dispatches` back-to-back in one submit; the weight's bytes on the GPU and the dispatches.
-fn time_matvec(gpu: &Gpu, ty: GgmlType, name: &str, rows: u32, cols: u32, dispatches: usize, budget: Budget) -> Res<(f64, u64, usize, Timing)> {
+fn time_matvec(
+    gpu: &Gpu,
+    ty: GgmlType,
+    name: &str,
+    rows: u32,
+    cols: u32,
+    dispatches: usize,
+    budget: Budget,
+) -> Res<(f64, u64, usize, Timing)> {
     let n_blocks = rows as usize * cols as usize / ty.block_size();
     let w = GpuWeight::upload(gpu, name, ty, rows, cols, &random_blocks(ty, n_blocks, rows as u64 ^ cols as u64))?;
     let mut rng = SplitMix64::new(3);

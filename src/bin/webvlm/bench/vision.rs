@@ -197,9 +197,7 @@ mod tests {
         let (d, ff) = (1024.0, 4096.0);
         let nf = n as f64;
         let layer = 8.0 * nf * d * d + 4.0 * nf * nf * d + 6.0 * nf * d * ff;
-        let expected = 2.0 * nf * 588.0 * d
-            + 24.0 * layer
-            + 2.0 * 361.0 * (4096.0 * d + d * 3072.0 + 3072.0 * 3072.0);
+        let expected = 2.0 * nf * 588.0 * d + 24.0 * layer + 2.0 * 361.0 * (4096.0 * d + d * 3072.0 + 3072.0 * 3072.0);
         assert!((encode_flops(&c, n) - expected).abs() < 1.0);
         assert!((1.3e12..1.5e12).contains(&expected), "{expected}");
     }
