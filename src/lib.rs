@@ -10,6 +10,7 @@ pub mod api;
 pub mod chat;
 pub mod constraint;
 pub mod engine;
+pub mod error;
 pub mod gguf;
 pub mod gpu;
 pub mod image;
@@ -17,6 +18,7 @@ pub mod kernels;
 pub mod model;
 pub mod npy;
 pub mod sampling;
+pub mod source;
 pub mod tokenizer;
 
 #[cfg(target_arch = "wasm32")]

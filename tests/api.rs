@@ -376,7 +376,7 @@ fn gpu_memory_errors_say_the_adapter_is_too_small() {
     let oom = ApiError::from(EngineError::Gpu(GpuError::OutOfMemory("creating buffer kv_snapshot.3".into())));
     assert_eq!((oom.kind, oom.code), ("server_error", Some("adapter_too_small")));
     let large = GpuError::BufferTooLarge { label: "logits".into(), size: 1 << 31, limit: 1 << 30 };
-    let large = ApiError::from(EngineError::Context(webvlm::model::ContextError::Gpu(large)));
+    let large = ApiError::from(EngineError::Model(webvlm::model::ModelError::Gpu(large)));
     assert_eq!(large.code, Some("adapter_too_small"));
     assert!(large.message.contains("exceeds the device limit"), "{}", large.message);
     let other = ApiError::from(EngineError::Gpu(GpuError::Device("validation".into())));

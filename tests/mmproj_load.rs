@@ -6,7 +6,9 @@ mod common;
 use common::gpu;
 
 use webvlm::gguf::{parse_header, GgmlType, GgufError, GgufWriter, MetaValue};
-use webvlm::model::{ConfigError, GgufBytes, LoadError, TensorSource, VisionConfig, VisionWeights};
+use webvlm::model::vision::pixtral::{PixtralConfig, PixtralWeights};
+use webvlm::model::ModelError;
+use webvlm::source::{GgufBytes, LoadError, TensorSource};
 
 fn fixture_path(rel: &str) -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_mistral3_tekken").join(rel)
@@ -48,15 +50,15 @@ fn with_kv(key: &'static str, value: MetaValue) -> GgufBytes {
     rewrite(move |k, v| Some(if k == key { value.clone() } else { v.clone() }), Some)
 }
 
-fn load(src: &GgufBytes) -> Result<VisionWeights, LoadError> {
-    let cfg = VisionConfig::from_metadata(src.metadata()).expect("config");
-    VisionWeights::load(&gpu(), src, &cfg)
+fn load(src: &GgufBytes) -> Result<PixtralWeights, LoadError> {
+    let cfg = PixtralConfig::from_metadata(src.metadata()).expect("config");
+    PixtralWeights::load(&gpu(), src, &cfg)
 }
 
 #[test]
 fn fixture_config_values() {
     let src = fixture();
-    let c = VisionConfig::from_metadata(src.metadata()).unwrap();
+    let c = PixtralConfig::from_metadata(src.metadata()).unwrap();
     assert_eq!(c.projector_type, "pixtral");
     assert_eq!((c.hidden, c.n_layer, c.n_head, c.head_dim, c.n_ff), (32, 3, 2, 16, 48));
     assert_eq!((c.patch_size, c.merge_size, c.image_size), (14, 2, 1540));
@@ -76,8 +78,8 @@ fn fixture_config_values() {
 fn fixture_weights_load_with_every_tensor_shaped() {
     let src = fixture();
     let gpu = gpu();
-    let cfg = VisionConfig::from_metadata(src.metadata()).unwrap();
-    let w = VisionWeights::load(&gpu, &src, &cfg).unwrap();
+    let cfg = PixtralConfig::from_metadata(src.metadata()).unwrap();
+    let w = PixtralWeights::load(&gpu, &src, &cfg).unwrap();
     let shape = |g: &webvlm::kernels::quant::GpuWeight| (g.rows, g.cols);
     assert_eq!(shape(&w.patch_embd), (32, 588));
     assert_eq!(w.layers.len(), 3);
@@ -112,8 +114,8 @@ fn fixture_weights_load_with_every_tensor_shaped() {
 #[test]
 fn wrong_projector_type_is_typed_error() {
     let src = with_kv("clip.projector_type", MetaValue::String("llava".into()));
-    match VisionConfig::from_metadata(src.metadata()) {
-        Err(ConfigError::UnsupportedProjector(p)) => assert_eq!(p, "llava"),
+    match PixtralConfig::from_metadata(src.metadata()) {
+        Err(ModelError::UnsupportedProjector(p)) => assert_eq!(p, "llava"),
         other => panic!("expected UnsupportedProjector, got {other:?}"),
     }
 }
@@ -121,23 +123,23 @@ fn wrong_projector_type_is_typed_error() {
 #[test]
 fn text_model_is_not_a_vision_projector() {
     let src = with_kv("general.architecture", MetaValue::String("mistral3".into()));
-    assert!(matches!(VisionConfig::from_metadata(src.metadata()), Err(ConfigError::NotVisionProjector(a)) if a == "mistral3"));
+    assert!(matches!(PixtralConfig::from_metadata(src.metadata()), Err(ModelError::NotVisionProjector(a)) if a == "mistral3"));
     let text = GgufBytes::parse(std::fs::read(fixture_path("model.gguf")).unwrap()).unwrap();
-    assert!(matches!(VisionConfig::from_metadata(text.metadata()), Err(ConfigError::NotVisionProjector(_))));
+    assert!(matches!(PixtralConfig::from_metadata(text.metadata()), Err(ModelError::NotVisionProjector(_))));
 }
 
 #[test]
 fn bad_config_values_are_typed_errors() {
     let src = rewrite(|k, v| (k != "clip.vision.embedding_length").then(|| v.clone()), Some);
     assert!(matches!(
-        VisionConfig::from_metadata(src.metadata()),
-        Err(ConfigError::Gguf(GgufError::MissingKey(k))) if k == "clip.vision.embedding_length"
+        PixtralConfig::from_metadata(src.metadata()),
+        Err(ModelError::Metadata(GgufError::MissingKey(k))) if k == "clip.vision.embedding_length"
     ));
     // 3 heads do not divide 32.
     let src = with_kv("clip.vision.attention.head_count", MetaValue::U32(3));
-    assert!(matches!(VisionConfig::from_metadata(src.metadata()), Err(ConfigError::Invalid(_))));
+    assert!(matches!(PixtralConfig::from_metadata(src.metadata()), Err(ModelError::Invalid(_))));
     let src = with_kv("clip.vision.patch_size", MetaValue::U32(16));
-    assert!(matches!(VisionConfig::from_metadata(src.metadata()), Err(ConfigError::Invalid(_))));
+    assert!(matches!(PixtralConfig::from_metadata(src.metadata()), Err(ModelError::Invalid(_))));
 }
 
 #[test]

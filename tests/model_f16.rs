@@ -44,9 +44,9 @@ fn f16_paths_stay_close_to_transformers() {
         format!("f16 KV cache ONLY: {} has no shader-f16, f16 matmuls NOT checked", gpu.caps.adapter)
     };
     let f32_opts = ContextOptions { precision: Precision::default(), ..opts };
-    let f32_kv = Context::new(&gpu, &dec, f32_opts).unwrap().kv_cache_bytes();
-    eprintln!("{what}: KV cache {} KiB (f32: {} KiB)", ctx.kv_cache_bytes() >> 10, f32_kv >> 10);
-    assert_eq!(ctx.kv_cache_bytes() * 2, f32_kv, "the f16 cache is half the f32 one");
+    let f32_kv = Context::new(&gpu, &dec, f32_opts).unwrap().state_bytes();
+    eprintln!("{what}: KV cache {} KiB (f32: {} KiB)", ctx.state_bytes() >> 10, f32_kv >> 10);
+    assert_eq!(ctx.state_bytes() * 2, f32_kv, "the f16 cache is half the f32 one");
 
     let vocab = dec.cfg.vocab as usize;
     let (mut agree, mut total, mut errs) = (0usize, 0usize, Vec::new());

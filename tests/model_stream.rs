@@ -12,7 +12,8 @@ use webvlm::gguf::{GgmlType, GgufError, MappedGguf};
 use webvlm::gpu::{Gpu, Program};
 use webvlm::kernels::matvec;
 use webvlm::kernels::quant::GpuWeight;
-use webvlm::model::{ContextOptions, GgufParts, GgufStream, LoadError, LoadQuant, TensorSource};
+use webvlm::model::ContextOptions;
+use webvlm::source::{GgufParts, GgufStream, LoadError, LoadQuant, TensorSource};
 
 fn opts() -> ContextOptions {
     ContextOptions { max_ctx: 256, max_chunk: 16, ..Default::default() }

@@ -13,7 +13,8 @@ use webvlm::chat::ChatMessage;
 use webvlm::engine::{Engine, EngineError, Mmproj, Prompt};
 use webvlm::gguf::MappedGguf;
 use webvlm::image::{preprocess, ImageError};
-use webvlm::model::{ContextOptions, LoadQuant, TensorSource};
+use webvlm::model::ContextOptions;
+use webvlm::source::{LoadQuant, TensorSource};
 
 /// Relative L2 error allowed per logits position (f32 compute against an f32 reference).
 const TOL_LOGITS: f32 = 1e-3;
@@ -285,14 +286,14 @@ fn load_time_quantization_error_is_measured() {
     let dir = "tiny_mistral3_c";
     let fx = load_fixture(dir);
     let case = fx.image_cases.iter().find(|c| c.mmproj == "mmproj.gguf" && c.images.len() == 2).unwrap();
-    let keep_bytes = engine(dir, &fx.model, &case.mmproj).vision.unwrap().weights.bytes_on_gpu();
+    let keep_bytes = engine(dir, &fx.model, &case.mmproj).vision.unwrap().weight_bytes();
     for (quant, tol_features, tol_logits) in [
         (LoadQuant::Q8_0, TOL_Q8_FEATURES, TOL_Q8_LOGITS),
         (LoadQuant::Q4_1, TOL_Q4_FEATURES, TOL_Q4_LOGITS),
         (LoadQuant::Q4_0, TOL_Q4_FEATURES, TOL_Q4_LOGITS),
     ] {
         let mut e = engine_as(dir, &fx.model, &case.mmproj, quant);
-        let bytes = e.vision.as_ref().unwrap().weights.bytes_on_gpu();
+        let bytes = e.vision.as_ref().unwrap().weight_bytes();
         assert!(bytes < keep_bytes, "{quant:?}: {bytes} bytes on the GPU, F32 file {keep_bytes}");
         let mut images = Vec::new();
         let mut worst_features = 0f32;
@@ -350,7 +351,7 @@ fn f16_vision_matmuls_error_is_measured() {
     let case = fx.image_cases.iter().max_by_key(|c| c.images.len()).unwrap();
     let mut e = engine(dir, &fx.model, &case.mmproj);
     assert!(e.gpu.caps.f16, "the test adapter (lavapipe) has shader-f16");
-    e.vision.as_mut().unwrap().compute = webvlm::kernels::matmul::MatmulCompute::F16;
+    e.vision.as_mut().unwrap().set_compute(webvlm::kernels::matmul::MatmulCompute::F16);
     let mut images = Vec::new();
     for (file, features) in case.images.iter().zip(&case.features) {
         let f = e.image_features(&read(dir, file)).unwrap();

@@ -12,6 +12,7 @@ use wasm_bindgen_test::{wasm_bindgen_test, wasm_bindgen_test_configure};
 
 use webvlm::api::ApiError;
 use webvlm::engine::EngineError;
+use webvlm::error::{Classify, ErrorClass};
 use webvlm::gguf::{
     dequantize_to_vec, parse_header, random_blocks, GgmlType, GgufHeaderParser, GgufWriter, MetaValue, SplitMix64,
 };
@@ -20,8 +21,9 @@ use webvlm::kernels::quant::{GpuWeight, WeightError};
 use webvlm::kernels::sample::{Sampler, SamplerState};
 use webvlm::kernels::{elementwise, matvec, norm};
 use webvlm::model::synthetic::{synthetic_ministral3_gguf, SyntheticShape};
-use webvlm::model::{Context, ContextOptions, Decoder, GgufBytes, GgufStream, LoadError, ModelError};
-use webvlm::web::error::{to_js, ErrorKind};
+use webvlm::model::{Context, ContextOptions, Decoder, ModelError};
+use webvlm::source::{GgufBytes, GgufStream, LoadError};
+use webvlm::web::error::{to_js, WebError};
 
 wasm_bindgen_test_configure!(run_in_browser);
 
@@ -278,7 +280,7 @@ async fn tiny_mistral3_logits_match_transformers() {
     }
 }
 
-fn js_name(e: impl std::fmt::Display + 'static) -> String {
+fn js_name(e: impl Classify + std::fmt::Display + 'static) -> String {
     let v: JsValue = to_js(&e).into();
     js_sys::Reflect::get(&v, &"name".into()).unwrap().as_string().unwrap()
 }
@@ -294,13 +296,13 @@ async fn over_limit_buffers_are_adapter_too_small_errors() {
     let row = GpuWeight::allocate(&gpu, "w", GgmlType::Q8_0, 4, 1024, 512).err().expect("a row over the part limit");
     assert!(matches!(row, WeightError::RowTooLarge { .. }), "{row:?}");
     let wrapped = EngineError::Model(ModelError::Load(LoadError::Weight(row)));
-    assert_eq!(ErrorKind::of(&wrapped), ErrorKind::AdapterTooSmall);
+    assert_eq!(wrapped.class(), ErrorClass::AdapterTooSmall);
     assert_eq!(js_name(wrapped), "AdapterTooSmallError");
     // Other kinds keep their own names.
     assert_eq!(js_name(parse_header(b"GGUX").unwrap_err()), "ModelNotSupportedError");
     assert_eq!(js_name(serde_json::from_str::<u32>("{").unwrap_err()), "BadRequestError");
     assert_eq!(js_name(ApiError::invalid("top_k", "invalid_type", "top_k must be a u32")), "BadRequestError");
-    assert_eq!(js_name(String::from("the engine is busy")), "WebvlmError");
+    assert_eq!(js_name(WebError::Busy), "WebvlmError");
 }
 
 #[wasm_bindgen_test]

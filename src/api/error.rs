@@ -2,8 +2,10 @@
 
 use serde::Serialize;
 
+use crate::constraint::ConstraintError;
 use crate::engine::EngineError;
-use crate::gpu::GpuError;
+use crate::error::{Classify, ErrorClass};
+use crate::model::ModelError;
 
 /// A request that cannot run, or a generation that failed, in OpenAI's error shape.
 #[derive(Clone, Debug, PartialEq, Serialize, thiserror::Error)]
@@ -16,14 +18,29 @@ pub struct ApiError {
     /// The request field at fault (`temperature`, `messages[1].content`, ...).
     pub param: Option<String>,
     /// `unknown_parameter`, `invalid_type`, `invalid_value`, `unsupported_value`,
-    /// `context_length_exceeded`, `invalid_image`, `invalid_json_schema`, `engine_error`.
+    /// `invalid_json`, `context_length_exceeded`, `invalid_image`, `invalid_json_schema`,
+    /// `device_lost`, `adapter_too_small`, `engine_error`.
     pub code: Option<&'static str>,
+    /// What the failure means (not serialized: OpenAI's object has no such field).
+    #[serde(skip)]
+    pub class: ErrorClass,
 }
 
 impl ApiError {
     /// A bad request naming the field at fault.
     pub fn invalid(param: impl Into<String>, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { message: message.into(), kind: "invalid_request_error", param: Some(param.into()), code: Some(code) }
+        Self::bad_request(Some(param.into()), code, message)
+    }
+
+    /// A bad request, the field at fault named when there is one.
+    pub fn bad_request(param: Option<String>, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            message: message.into(),
+            kind: "invalid_request_error",
+            param,
+            code: Some(code),
+            class: ErrorClass::BadRequest,
+        }
     }
 
     /// `{"error": {...}}`.
@@ -34,39 +51,31 @@ impl ApiError {
 
 impl From<EngineError> for ApiError {
     /// Input errors become `invalid_request_error`s naming their field; the rest are
-    /// `server_error`s.
+    /// `server_error`s with a code from their class.
     fn from(e: EngineError) -> ApiError {
-        use crate::model::ContextError;
         let message = e.to_string();
-        let gpu = match &e {
-            EngineError::Gpu(g) | EngineError::Context(ContextError::Gpu(g)) => Some(g),
-            _ => None,
-        };
-        match gpu {
-            Some(g) if g.is_device_lost() => {
-                return ApiError { message, kind: "server_error", param: None, code: Some("device_lost") }
+        let invalid = |param: &str, code| ApiError::invalid(param, code, message.clone());
+        match &e {
+            EngineError::Param(p) => return invalid(p.param, "invalid_value"),
+            EngineError::Model(ModelError::ContextFull { .. }) => return invalid("messages", "context_length_exceeded"),
+            EngineError::Model(ModelError::BadToken { .. } | ModelError::Empty) => return invalid("tokens", "invalid_value"),
+            EngineError::Constraint(ConstraintError::Schema(_)) => return invalid("response_format", "invalid_json_schema"),
+            EngineError::Image(_) | EngineError::BadImageUrl(_) | EngineError::ImageCount { .. } | EngineError::NoVision => {
+                return invalid("messages", "invalid_image")
             }
-            Some(GpuError::OutOfMemory(_) | GpuError::BufferTooLarge { .. }) => {
-                return ApiError { message, kind: "server_error", param: None, code: Some("adapter_too_small") }
-            }
+            EngineError::Chat(_) | EngineError::Tokenizer(_) => return invalid("messages", "invalid_value"),
             _ => {}
         }
-        match &e {
-            EngineError::Param(p) => ApiError::invalid(p.param, "invalid_value", message),
-            EngineError::Context(ContextError::ContextFull { .. }) => {
-                ApiError::invalid("messages", "context_length_exceeded", message)
-            }
-            EngineError::Context(ContextError::BadToken { .. } | ContextError::Empty) => {
-                ApiError::invalid("tokens", "invalid_value", message)
-            }
-            EngineError::Constraint(crate::constraint::ConstraintError::Schema(_)) => {
-                ApiError::invalid("response_format", "invalid_json_schema", message)
-            }
-            EngineError::Image(_) | EngineError::BadImageUrl(_) | EngineError::ImageCount { .. } | EngineError::NoVision => {
-                ApiError::invalid("messages", "invalid_image", message)
-            }
-            EngineError::Chat(_) | EngineError::Tokenizer(_) => ApiError::invalid("messages", "invalid_value", message),
-            _ => ApiError { message, kind: "server_error", param: None, code: Some("engine_error") },
-        }
+        let class = e.class();
+        let code = match class {
+            ErrorClass::DeviceLost => "device_lost",
+            ErrorClass::AdapterTooSmall => "adapter_too_small",
+            ErrorClass::NoGpu
+            | ErrorClass::ModelNotSupported
+            | ErrorClass::Download
+            | ErrorClass::BadRequest
+            | ErrorClass::Internal => "engine_error",
+        };
+        ApiError { message, kind: "server_error", param: None, code: Some(code), class }
     }
 }

@@ -77,24 +77,15 @@ impl Fields {
 impl ChatRequest {
     /// Parses and checks a JSON request. `vocab` bounds `logit_bias` ids and `tokens`.
     pub fn parse(json: &str, vocab: usize) -> Result<ChatRequest, ApiError> {
-        let value: Value = serde_json::from_str(json).map_err(|e| ApiError {
-            message: format!("the request is not valid JSON: {e}"),
-            kind: "invalid_request_error",
-            param: None,
-            code: Some("invalid_json"),
-        })?;
+        let value: Value = serde_json::from_str(json)
+            .map_err(|e| ApiError::bad_request(None, "invalid_json", format!("the request is not valid JSON: {e}")))?;
         Self::from_value(value, vocab)
     }
 
     /// [`Self::parse`] of an already parsed JSON value.
     pub fn from_value(value: Value, vocab: usize) -> Result<ChatRequest, ApiError> {
         let Value::Object(map) = value else {
-            return Err(ApiError {
-                message: "the request must be a JSON object".into(),
-                kind: "invalid_request_error",
-                param: None,
-                code: Some("invalid_type"),
-            });
+            return Err(ApiError::bad_request(None, "invalid_type", "the request must be a JSON object"));
         };
         if let Some(key) = map.keys().find(|k| !FIELDS.contains(&k.as_str())) {
             return Err(ApiError::invalid(

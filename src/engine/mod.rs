@@ -20,12 +20,10 @@ use crate::gguf::GgufError;
 use crate::gpu::Gpu;
 use crate::image::{ImageError, PreprocessOptions};
 use crate::kernels::matmul::MatmulCompute;
-use crate::model::vocab::vocab_from_metadata;
-use crate::model::{
-    Context, ContextError, ContextOptions, Decoder, Eager, ImageFeatures, LoadQuant, ModelError, PromptImages, TensorSource,
-    VisionEncoder, WeightLoader,
-};
+use crate::model::{Context, ContextOptions, Decoder, ImageFeatures, ModelError, PromptImages, VisionEncoder};
 use crate::sampling::{ParamError, SampleError};
+use crate::source::{Eager, LoadQuant, TensorSource, WeightLoader};
+use crate::tokenizer::GgufVocab;
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
 /// GPU memory the image-embedding cache may hold (Ministral 3 3B: ~12 KiB per image token,
@@ -37,8 +35,6 @@ pub const IMAGE_CACHE_BYTES: u64 = 64 << 20;
 pub enum EngineError {
     #[error(transparent)]
     Model(#[from] ModelError),
-    #[error(transparent)]
-    Context(#[from] ContextError),
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
     #[error(transparent)]
@@ -124,10 +120,10 @@ impl Engine {
         Ok(engine)
     }
 
-    /// Builds the engine on any [`WeightLoader`] (a [`crate::model::GgufStream`] fills the
+    /// Builds the engine on any [`WeightLoader`] (a [`crate::source::GgufStream`] fills the
     /// weights afterwards, as the file streams in).
     pub fn load_from(gpu: Gpu, src: &mut dyn WeightLoader, opts: ContextOptions) -> Result<Engine, EngineError> {
-        let vocab = vocab_from_metadata(src.metadata())?;
+        let vocab = GgufVocab::from_metadata(src.metadata())?;
         let tokenizer = Arc::new(Tokenizer::from_gguf_vocab(&vocab)?);
         let template = ChatTemplate::from_vocab(&vocab, &tokenizer)?;
         let decoder = Decoder::load_from(&gpu, src)?;
@@ -154,7 +150,7 @@ impl Engine {
         self.image_tokens()?;
         let mut vision = VisionEncoder::load_from(&self.gpu, src, quant)?;
         if self.ctx.precision().compute_f16 {
-            vision.compute = MatmulCompute::F16;
+            vision.set_compute(MatmulCompute::F16);
         }
         self.vision = Some(vision);
         self.image_cache.clear();

@@ -19,7 +19,7 @@ use std::hash::{Hash, Hasher};
 use std::rc::Rc;
 
 use crate::gpu::{Gpu, Result as GpuResult};
-use crate::model::{Context, KvSnapshot};
+use crate::model::{Context, StateSnapshot};
 
 use super::Prompt;
 
@@ -45,7 +45,7 @@ pub struct PromptCache {
 struct Saved {
     keys: Vec<u64>,
     /// Shared so that a prefix being copied back outlives its eviction by this very request.
-    kv: Rc<KvSnapshot>,
+    kv: Rc<StateSnapshot>,
     last_used: u64,
 }
 
@@ -127,7 +127,7 @@ impl PromptCache {
         }
         Ok(match restore {
             Some((n, kv)) => {
-                ctx.restore_kv(gpu, &kv, n as u32);
+                ctx.restore_state(gpu, &kv, n as u32);
                 n
             }
             None => {
@@ -140,7 +140,7 @@ impl PromptCache {
     /// Copies the live sequence's KV rows (as many as the budget allows) to a saved prefix,
     /// evicting the least recently used.
     fn save(&mut self, gpu: &Gpu, ctx: &mut Context, mut keys: Vec<u64>) -> GpuResult<()> {
-        let per_token = ctx.kv_bytes_per_token().max(1);
+        let per_token = ctx.state_bytes_per_token().max(1);
         keys.truncate((ctx.n_past() as usize).min((self.budget / per_token) as usize));
         if keys.len() < MIN_SAVED_TOKENS || self.saved.iter().any(|s| s.keys.starts_with(&keys)) {
             return Ok(());
@@ -152,7 +152,7 @@ impl PromptCache {
         while self.saved_bytes() + needed > self.budget {
             self.saved.pop();
         }
-        let kv = ctx.save_kv(gpu, keys.len() as u32)?;
+        let kv = ctx.save_state(gpu, keys.len() as u32)?;
         self.saved.push(Saved { keys, kv: Rc::new(kv), last_used: self.clock });
         Ok(())
     }

@@ -52,20 +52,10 @@ pub struct Gpu {
     lost: Arc<Mutex<Option<String>>>,
 }
 
-/// How a [`GpuError::Device`] caused by a lost device starts: [`GpuError::is_device_lost`].
-const DEVICE_LOST: &str = "the GPU device was lost";
-
 impl GpuError {
-    /// The device is gone (destroyed, driver reset, GPU process crash): every later GPU
-    /// operation fails too, so the model must be loaded again on a new device.
+    /// The device is gone: every later GPU operation fails too.
     pub fn is_device_lost(&self) -> bool {
-        matches!(self, GpuError::Device(m) if m.starts_with(DEVICE_LOST))
-    }
-
-    /// Whether an error already flattened to text (an OpenAI-style `ApiError`) came from a
-    /// lost device.
-    pub fn is_device_lost_message(message: &str) -> bool {
-        message.contains(DEVICE_LOST)
+        matches!(self, GpuError::DeviceLost(_))
     }
 }
 
@@ -161,7 +151,7 @@ impl Gpu {
     /// The lost-device error, once the device-lost callback has run.
     pub fn lost(&self) -> Option<GpuError> {
         let reason = self.lost.lock().ok()?.clone()?;
-        Some(GpuError::Device(format!("{DEVICE_LOST} ({reason}); load the model again")))
+        Some(GpuError::DeviceLost(reason))
     }
 
     /// Fails when the device was lost, else with the first device error reported since the

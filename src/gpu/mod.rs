@@ -34,6 +34,10 @@ pub enum GpuError {
     /// The device reported a validation error.
     #[error("GPU error: {0}")]
     Device(String),
+    /// The device was lost (destroyed, driver reset, GPU process crash): every later GPU
+    /// operation fails too, so the model must be loaded again on a new device.
+    #[error("the GPU device was lost ({0}); load the model again")]
+    DeviceLost(String),
     /// The device could not allocate memory (a buffer larger than what is left).
     #[error("GPU out of memory: {0}")]
     OutOfMemory(String),

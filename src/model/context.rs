@@ -5,15 +5,16 @@
 
 use std::collections::HashMap;
 
-use crate::gpu::{Caps, Gpu, GpuError, Program, Readback, Result as GpuResult};
-use crate::kernels::attention::{default_splits, AttnShape, DecodeScratch, KvDtype, StepParams};
-use crate::kernels::sample::{Sampler, SamplerState};
+use crate::gpu::{Gpu, Program, Readback, Result as GpuResult};
+use crate::kernels::attention::StepParams;
+use crate::kernels::sample::SamplerState;
 
-use super::decoder::{Decoder, LogitsMode};
-use super::prompt_images::PromptImages;
-
-mod kv_snapshot;
-pub use kv_snapshot::KvSnapshot;
+use super::decoder::Decoder;
+use super::families::Scratch;
+use super::state::{SequenceState, StateSnapshot};
+use super::step::{LogitsMode, Precision, StepBuffers};
+use super::vision::PromptImages;
+use super::ModelError;
 
 /// Context sizes and precision.
 #[derive(Clone, Copy, Debug)]
@@ -31,73 +32,10 @@ impl Default for ContextOptions {
     }
 }
 
-/// Optional reduced-precision paths, all off by default (the f32 path matches the f32
-/// reference). Their error is measured on SmolLM2 in `tests/model_f16.rs`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Precision {
-    /// f16 KV cache: half the cache memory and half the attention reads. Needs no
-    /// `shader-f16` (packed with `pack2x16float`), so it works on every adapter.
-    pub kv_f16: bool,
-    /// f16 tiles and math in the prefill matmuls (f32 accumulation across K steps). Only
-    /// where `caps.f16`; elsewhere the context falls back to f32 ([`Context::precision`]).
-    pub compute_f16: bool,
-}
-
-impl Precision {
-    /// Every reduced-precision path the device supports.
-    pub fn reduced(caps: &Caps) -> Precision {
-        Precision { kv_f16: true, compute_f16: caps.f16 }
-    }
-}
-
-/// Errors of a running sequence.
-#[derive(Debug, thiserror::Error)]
-pub enum ContextError {
-    /// The prompt plus generated tokens would not fit in the context.
-    #[error("context full: {needed} tokens needed, the context holds {max_ctx}")]
-    ContextFull { needed: u64, max_ctx: u32 },
-    /// An empty token list was given.
-    #[error("no tokens to process")]
-    Empty,
-    /// A token id is outside the vocabulary.
-    #[error("token id {id} is outside the vocabulary of {vocab}")]
-    BadToken { id: u32, vocab: u32 },
-    /// The prompt's `[IMG]` positions and the images' feature rows differ in number.
-    #[error("the prompt has {slots} image-token positions but the images give {rows} feature rows")]
-    ImageTokens { slots: u64, rows: u64 },
-    /// Image features of another width than the text model's embeddings (wrong mmproj).
-    #[error("image features of width {got} for a text model of width {want}")]
-    ImageWidth { got: u32, want: u32 },
-    #[error(transparent)]
-    Gpu(#[from] GpuError),
-}
-
 /// The two recorded programs of one step shape: the embedding gather, then the rest.
 struct StepPrograms {
     embed: Program,
     body: Program,
-}
-
-/// The GPU buffers a recorded forward pass binds.
-pub(super) struct Buffers {
-    pub step: wgpu::Buffer,
-    pub ids: wgpu::Buffer,
-    pub x: wgpu::Buffer,
-    pub x_last: wgpu::Buffer,
-    pub h: wgpu::Buffer,
-    pub q: wgpu::Buffer,
-    pub k: wgpu::Buffer,
-    pub v: wgpu::Buffer,
-    pub attn: wgpu::Buffer,
-    pub gate: wgpu::Buffer,
-    pub up: wgpu::Buffer,
-    /// `[logits_rows][vocab]`.
-    pub logits: wgpu::Buffer,
-    pub kv: Vec<(wgpu::Buffer, wgpu::Buffer)>,
-    /// The precision in effect (`compute_f16` cleared on devices without `shader-f16`).
-    pub precision: Precision,
-    pub attn_scratch: DecodeScratch,
-    pub sampler: Sampler,
 }
 
 /// A sequence being processed by one [`Decoder`].
@@ -105,7 +43,9 @@ pub struct Context {
     opts: ContextOptions,
     /// Rows of logits one pass can write: a full chunk, within the binding limit.
     logits_rows: u32,
-    b: Buffers,
+    b: StepBuffers,
+    scratch: Scratch,
+    state: SequenceState,
     programs: HashMap<(u32, LogitsMode), StepPrograms>,
     readback: Readback,
     /// Tokens already in the KV cache.
@@ -132,38 +72,17 @@ impl Context {
             ContextOptions { max_ctx: opts.max_ctx.max(1), max_chunk: opts.max_chunk.clamp(1, opts.max_ctx.max(1)), ..opts };
         let precision = Precision { compute_f16: opts.precision.compute_f16 && gpu.caps.f16, ..opts.precision };
         let c = &dec.cfg;
-        let chunk = opts.max_chunk as u64;
-        let f32s = |n: u64| n * 4;
-        let row_limit = gpu.caps.max_storage_binding.min(256 << 20) / f32s(c.vocab as u64);
-        let logits_rows = (chunk.min(row_limit).max(1)) as u32;
-        let kv_dtype = if precision.kv_f16 { KvDtype::F16 } else { KvDtype::F32 };
-        let kv_bytes = kv_dtype.cache_bytes(opts.max_ctx, c.kv_dim());
-        let kv = (0..c.n_layer)
-            .map(|i| Ok((gpu.storage(&format!("k_cache.{i}"), kv_bytes)?, gpu.storage(&format!("v_cache.{i}"), kv_bytes)?)))
-            .collect::<GpuResult<Vec<_>>>()?;
-        let shape = AttnShape::new(c.n_head, c.n_head_kv, c.head_dim, 1);
-        let b = Buffers {
-            step: StepParams::create_buffer(gpu),
-            ids: gpu.storage("ids", 4 * chunk)?,
-            x: gpu.storage("x", f32s(chunk * c.n_embd as u64))?,
-            x_last: gpu.storage("x_last", f32s(c.n_embd as u64))?,
-            h: gpu.storage("h", f32s(chunk * c.n_embd.max(c.q_dim()) as u64))?,
-            q: gpu.storage("q", f32s(chunk * c.q_dim() as u64))?,
-            k: gpu.storage("k", f32s(chunk * c.kv_dim() as u64))?,
-            v: gpu.storage("v", f32s(chunk * c.kv_dim() as u64))?,
-            attn: gpu.storage("attn", f32s(chunk * c.q_dim() as u64))?,
-            gate: gpu.storage("gate", f32s(chunk * c.n_ff as u64))?,
-            up: gpu.storage("up", f32s(chunk * c.n_ff as u64))?,
-            logits: gpu.storage("logits", f32s(logits_rows as u64 * c.vocab as u64))?,
-            kv,
-            precision,
-            attn_scratch: DecodeScratch::new(gpu, &shape, default_splits(opts.max_ctx))?,
-            sampler: Sampler::new(gpu, c.vocab)?,
-        };
+        let row_limit = gpu.caps.max_storage_binding.min(256 << 20) / (4 * c.vocab as u64);
+        let logits_rows = (opts.max_chunk as u64).min(row_limit).max(1) as u32;
+        let b = StepBuffers::new(gpu, opts.max_chunk, c.n_embd, c.vocab, logits_rows, precision)?;
+        let scratch = dec.scratch(gpu, opts.max_chunk, opts.max_ctx)?;
+        let state = SequenceState::new(gpu, &dec.layers(), opts.max_ctx, precision.kv_dtype())?;
         Ok(Context {
             opts,
             logits_rows,
             b,
+            scratch,
+            state,
             programs: HashMap::new(),
             readback: Readback::new(gpu, 4),
             n_past: 0,
@@ -197,9 +116,27 @@ impl Context {
         self.b.precision
     }
 
-    /// Bytes of KV cache (all layers, K and V).
-    pub fn kv_cache_bytes(&self) -> u64 {
-        self.b.kv.iter().map(|(k, v)| k.size() + v.size()).sum()
+    /// Bytes of the sequence state (all layers' KV caches).
+    pub fn state_bytes(&self) -> u64 {
+        self.state.bytes()
+    }
+
+    /// Bytes one cached position takes in all layers' state.
+    pub fn state_bytes_per_token(&self) -> u64 {
+        self.state.bytes_per_position()
+    }
+
+    /// Copies the first `rows` cached positions (at most those in the cache) to new buffers.
+    pub fn save_state(&mut self, gpu: &Gpu, rows: u32) -> GpuResult<StateSnapshot> {
+        let snapshot = self.state.snapshot(gpu, rows.min(self.n_past))?;
+        self.counters.submits += 1;
+        Ok(snapshot)
+    }
+
+    /// Puts the first `rows` positions of `snapshot` back; the cache then holds those.
+    pub fn restore_state(&mut self, gpu: &Gpu, snapshot: &StateSnapshot, rows: u32) {
+        self.n_past = self.state.restore(gpu, snapshot, rows);
+        self.counters.submits += 1;
     }
 
     /// Starts the sequence's position ids at `offset` (for tests of long-context RoPE).
@@ -209,7 +146,7 @@ impl Context {
 
     /// Teacher-forced logits of every token, appended to the cached sequence,
     /// `[tokens.len()][vocab]` row-major.
-    pub async fn logits(&mut self, gpu: &Gpu, dec: &Decoder, tokens: &[u32]) -> Result<Vec<f32>, ContextError> {
+    pub async fn logits(&mut self, gpu: &Gpu, dec: &Decoder, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
         self.logits_with_images(gpu, dec, tokens, None).await
     }
 
@@ -220,7 +157,7 @@ impl Context {
         dec: &Decoder,
         tokens: &[u32],
         images: Option<&PromptImages<'_>>,
-    ) -> Result<Vec<f32>, ContextError> {
+    ) -> Result<Vec<f32>, ModelError> {
         self.check(dec, tokens, 0, images)?;
         let vocab = dec.cfg.vocab as usize;
         let mut out = Vec::with_capacity(tokens.len() * vocab);
@@ -236,7 +173,7 @@ impl Context {
     }
 
     /// Processes the prompt and returns the first generated token.
-    pub async fn prefill(&mut self, gpu: &Gpu, dec: &Decoder, tokens: &[u32], s: &SamplerState) -> Result<u32, ContextError> {
+    pub async fn prefill(&mut self, gpu: &Gpu, dec: &Decoder, tokens: &[u32], s: &SamplerState) -> Result<u32, ModelError> {
         self.prefill_with_images(gpu, dec, tokens, None, s).await
     }
 
@@ -250,14 +187,14 @@ impl Context {
         tokens: &[u32],
         images: Option<&PromptImages<'_>>,
         s: &SamplerState,
-    ) -> Result<u32, ContextError> {
+    ) -> Result<u32, ModelError> {
         self.b.sampler.set(gpu, s);
         self.submit_prefill(gpu, dec, tokens, images, true)?;
         self.read_token(gpu).await
     }
 
     /// Feeds the last sampled token (already on the GPU) and returns the next one.
-    pub async fn decode(&mut self, gpu: &Gpu, dec: &Decoder, s: &SamplerState) -> Result<u32, ContextError> {
+    pub async fn decode(&mut self, gpu: &Gpu, dec: &Decoder, s: &SamplerState) -> Result<u32, ModelError> {
         self.check_room(1)?;
         self.b.sampler.set(gpu, s);
         self.submit(gpu, dec, 1, LogitsMode::LastAndSample, &[], true)?;
@@ -273,30 +210,30 @@ impl Context {
         dec: &Decoder,
         tokens: &[u32],
         images: Option<&PromptImages<'_>>,
-    ) -> Result<(), ContextError> {
+    ) -> Result<(), ModelError> {
         self.submit_prefill(gpu, dec, tokens, images, false)
     }
 
     /// Submits the decode step that feeds `token` (picked by the host) and returns at once;
     /// its logits come from [`Self::read_logits`].
-    pub fn submit_token(&mut self, gpu: &Gpu, dec: &Decoder, token: u32) -> Result<(), ContextError> {
+    pub fn submit_token(&mut self, gpu: &Gpu, dec: &Decoder, token: u32) -> Result<(), ModelError> {
         self.check_room(1)?;
         if token >= dec.cfg.vocab {
-            return Err(ContextError::BadToken { id: token, vocab: dec.cfg.vocab });
+            return Err(ModelError::BadToken { id: token, vocab: dec.cfg.vocab });
         }
         gpu.write(&self.b.ids, 0, &token.to_le_bytes());
         self.submit(gpu, dec, 1, LogitsMode::LastAndSample, &[], false)
     }
 
     /// The logits row of the last submitted step's last token.
-    pub async fn read_logits(&mut self, gpu: &Gpu, dec: &Decoder) -> Result<Vec<f32>, ContextError> {
+    pub async fn read_logits(&mut self, gpu: &Gpu, dec: &Decoder) -> Result<Vec<f32>, ModelError> {
         let vocab = dec.cfg.vocab as usize;
         self.counters.read_back_bytes += vocab as u64 * 4;
         Ok(gpu.read_f32(&self.b.logits, 0, vocab).await?)
     }
 
     /// The logits the last prefill/decode step sampled from.
-    pub async fn last_logits(&self, gpu: &Gpu, dec: &Decoder) -> Result<Vec<f32>, ContextError> {
+    pub async fn last_logits(&self, gpu: &Gpu, dec: &Decoder) -> Result<Vec<f32>, ModelError> {
         Ok(gpu.read_f32(&self.b.logits, 0, dec.cfg.vocab as usize).await?)
     }
 
@@ -309,7 +246,7 @@ impl Context {
         tokens: &[u32],
         images: Option<&PromptImages<'_>>,
         read_token: bool,
-    ) -> Result<(), ContextError> {
+    ) -> Result<(), ModelError> {
         let mut start = self.n_past as usize;
         self.check(dec, tokens, start, images)?;
         let chunk = self.opts.max_chunk as usize;
@@ -320,10 +257,10 @@ impl Context {
         self.run(gpu, dec, tokens, start..tokens.len(), images, LogitsMode::LastAndSample, read_token)
     }
 
-    fn check_room(&self, n: u64) -> Result<(), ContextError> {
+    fn check_room(&self, n: u64) -> Result<(), ModelError> {
         let needed = self.n_past as u64 + n;
         if needed > self.opts.max_ctx as u64 {
-            return Err(ContextError::ContextFull { needed, max_ctx: self.opts.max_ctx });
+            return Err(ModelError::ContextFull { needed, max_ctx: self.opts.max_ctx });
         }
         Ok(())
     }
@@ -347,15 +284,15 @@ impl Context {
     }
 
     /// Checks a pass over `tokens[from..]`, appended to the `n_past` cached tokens.
-    fn check(&self, dec: &Decoder, tokens: &[u32], from: usize, images: Option<&PromptImages<'_>>) -> Result<(), ContextError> {
+    fn check(&self, dec: &Decoder, tokens: &[u32], from: usize, images: Option<&PromptImages<'_>>) -> Result<(), ModelError> {
         if let Some(images) = images {
             images.check(tokens, dec.cfg.n_embd)?;
         }
         if tokens.len() <= from {
-            return Err(ContextError::Empty);
+            return Err(ModelError::Empty);
         }
         if let Some(&id) = tokens[from..].iter().find(|&&t| t >= dec.cfg.vocab) {
-            return Err(ContextError::BadToken { id, vocab: dec.cfg.vocab });
+            return Err(ModelError::BadToken { id, vocab: dec.cfg.vocab });
         }
         self.check_room((tokens.len() - from) as u64)
     }
@@ -370,7 +307,7 @@ impl Context {
         images: Option<&PromptImages<'_>>,
         mode: LogitsMode,
         read_token: bool,
-    ) -> Result<(), ContextError> {
+    ) -> Result<(), ModelError> {
         let row = dec.cfg.n_embd as u64 * 4;
         let copies: Vec<_> = images
             .map(|im| im.runs(tokens, range.start, range.len()))
@@ -394,7 +331,7 @@ impl Context {
         mode: LogitsMode,
         copies: &[(&wgpu::Buffer, u64, u64, u64)],
         read_token: bool,
-    ) -> Result<(), ContextError> {
+    ) -> Result<(), ModelError> {
         StepParams::new(self.n_past, n, self.pos_offset + self.n_past).write(gpu, &self.b.step);
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
         self.programs(gpu, dec, n, mode)?;
@@ -416,7 +353,8 @@ impl Context {
 
     fn programs(&mut self, gpu: &Gpu, dec: &Decoder, n: u32, mode: LogitsMode) -> GpuResult<&StepPrograms> {
         if !self.programs.contains_key(&(n, mode)) {
-            let programs = StepPrograms { embed: dec.record_embed(gpu, &self.b, n)?, body: dec.record(gpu, &self.b, n, mode)? };
+            let body = dec.record(gpu, &self.b, &self.scratch, &self.state, n, mode)?;
+            let programs = StepPrograms { embed: dec.record_embed(gpu, &self.b, n)?, body };
             // Keep the steady-state programs (decode and full chunks); drop odd-sized ones.
             self.programs.retain(|&(m, _), _| m == 1 || m == self.opts.max_chunk);
             self.programs.insert((n, mode), programs);
@@ -424,7 +362,7 @@ impl Context {
         Ok(&self.programs[&(n, mode)])
     }
 
-    async fn read_token(&self, gpu: &Gpu) -> Result<u32, ContextError> {
+    async fn read_token(&self, gpu: &Gpu) -> Result<u32, ModelError> {
         let bytes = self.readback.read(gpu, 4).await?;
         Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
     }

@@ -1,30 +1,30 @@
-//! Models: configuration from GGUF metadata, weights, the decoder and its per-sequence
-//! context (KV cache, buffers, recorded programs).
+//! Models: decoder families and vision encoders built from shared blocks, run one sequence
+//! at a time by a [`Context`].
+//!
+//! - [`families`]: one folder per decoder family (config from metadata, weight names, the
+//!   recording of one step); [`Decoder`] is a loaded decoder of any family.
+//! - [`blocks`]: attention with its KV cache, the gated FFN, embedding and LM head.
+//! - [`vision`]: one folder per vision encoder behind [`VisionEncoder`]; image features
+//!   and their placement in a prompt.
+//! - [`state`]: what a sequence keeps between tokens (KV caches; recurrent states next),
+//!   and snapshots of it; [`step`]: the buffers every step binds.
+//! - [`context`]: a sequence being run — prefill in chunks, decode, logits.
+//!
+//! Weights come from `crate::source`; errors are [`ModelError`].
 
-pub mod config;
+pub mod blocks;
 pub mod context;
-pub mod decoder;
-pub mod loader;
-pub mod prompt_images;
-pub mod source;
-pub mod stream;
-mod stream_parts;
+mod decoder;
+mod error;
+pub mod families;
+pub mod state;
+pub mod step;
 pub mod synthetic;
 pub mod vision;
-pub mod vision_config;
-pub mod vision_weights;
-pub mod vocab;
-pub mod weights;
 
-pub use config::{ConfigError, ModelConfig};
-pub use context::{Context, ContextError, ContextOptions, Counters, KvSnapshot, Precision};
-pub use decoder::{Decoder, LogitsMode, ModelError};
-pub use loader::{Eager, LoadQuant, WeightLoader};
-pub use prompt_images::PromptImages;
-pub use source::{GgufBytes, TensorSource};
-pub use stream::GgufStream;
-pub use stream_parts::GgufParts;
-pub use vision::{ImageFeatures, VisionEncoder};
-pub use vision_config::VisionConfig;
-pub use vision_weights::{VisionLayerWeights, VisionWeights};
-pub use weights::{DecoderWeights, LoadError};
+pub use context::{Context, ContextOptions, Counters};
+pub use decoder::{Decoder, TextConfig};
+pub use error::ModelError;
+pub use state::{LayerKind, SequenceState, StateSnapshot};
+pub use step::{LogitsMode, Precision};
+pub use vision::{ImageFeatures, PromptImages, VisionEncoder};

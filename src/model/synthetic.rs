@@ -16,7 +16,7 @@
 
 use crate::gguf::{random_blocks, GgmlType, GgufError, GgufWriter, MetaValue, SplitMix64, ValueType};
 
-use super::source::GgufBytes;
+use crate::source::GgufBytes;
 
 /// Errors while building a synthetic model.
 #[derive(Debug, thiserror::Error)]
@@ -303,7 +303,7 @@ fn random_f16_matrix(rows: u32, cols: u32, seed: u64) -> Vec<u8> {
 }
 
 /// The GGUF bytes of a synthetic Pixtral mmproj of `shape` with weights drawn from `seed`:
-/// the `clip.*` metadata [`super::VisionConfig::from_metadata`] reads, F16 matrices, F32 norms
+/// the `clip.*` metadata [`super::vision::pixtral::PixtralConfig::from_metadata`] reads, F16 matrices, F32 norms
 /// near 1.
 pub fn synthetic_pixtral_mmproj_gguf(shape: &VisionShape, seed: u64) -> Result<Vec<u8>, SyntheticError> {
     Ok(synthetic_pixtral_mmproj_writer(shape, SyntheticWeights::Random { seed })?.write()?)
@@ -359,14 +359,14 @@ pub fn synthetic_pixtral_mmproj(shape: &VisionShape, seed: u64) -> Result<GgufBy
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::TensorSource;
+    use crate::source::TensorSource;
 
     #[test]
     fn tiny_model_has_the_expected_tensors_and_metadata() {
         let shape = SyntheticShape::tiny();
         let src = synthetic_ministral3_3b(&shape, 1).unwrap();
         let md = src.metadata();
-        let cfg = crate::model::ModelConfig::from_metadata(md, shape.vocab).unwrap();
+        let cfg = crate::model::families::llama::LlamaConfig::from_metadata(md, shape.vocab).unwrap();
         assert_eq!((cfg.n_embd, cfg.n_layer, cfg.head_dim, cfg.n_ff), (256, 2, 64, 512));
         assert!(cfg.yarn.is_some() && cfg.query_scale_beta > 0.0);
         assert_eq!(src.tensor_info("blk.1.ffn_down.weight").unwrap().ty, GgmlType::Q6_K);
@@ -386,7 +386,7 @@ mod tests {
     fn tiny_mmproj_has_the_expected_config_and_tensors() {
         let shape = VisionShape::tiny();
         let src = synthetic_pixtral_mmproj(&shape, 1).unwrap();
-        let cfg = crate::model::VisionConfig::from_metadata(src.metadata()).unwrap();
+        let cfg = crate::model::vision::pixtral::PixtralConfig::from_metadata(src.metadata()).unwrap();
         assert_eq!((cfg.hidden, cfg.n_layer, cfg.n_head, cfg.head_dim, cfg.n_ff), (128, 2, 2, 64, 256));
         assert_eq!((cfg.patch_size, cfg.merge_size, cfg.text_hidden), (14, 2, 256));
         let info = src.tensor_info("v.patch_embd.weight").unwrap();

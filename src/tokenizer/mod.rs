@@ -20,6 +20,7 @@
 //! and Tekken vocabularies). Streaming decode is [`TextStream`].
 
 mod build;
+mod gguf_vocab;
 mod pretok;
 mod spm;
 mod stream;

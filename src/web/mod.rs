@@ -14,8 +14,11 @@ use wasm_bindgen::prelude::*;
 
 use crate::api::ChatRequest;
 use crate::engine::{Engine, Prompt, Wait, DEFAULT_PROMPT_CACHE_BYTES};
+use crate::error::Classify;
 use crate::gpu::{Gpu, GpuOptions};
-use crate::model::{ContextOptions, GgufParts, GgufStream, LoadQuant, Precision};
+use crate::model::{ContextOptions, Precision};
+use crate::source::{GgufParts, GgufStream, LoadQuant};
+use error::WebError;
 
 /// The crate version, for the page footer.
 #[wasm_bindgen]
@@ -35,8 +38,8 @@ fn describe(gpu: &Gpu) -> String {
     format!("{} [{}] f16={} max storage binding={} MiB", c.adapter, c.backend, c.f16, c.max_storage_binding >> 20)
 }
 
-/// A JS `Error` named after the error's kind (`AdapterTooSmallError`, ...: [`error`]).
-fn js<E: std::fmt::Display + 'static>(e: E) -> JsError {
+/// A JS `Error` named after the error's class (`AdapterTooSmallError`, ...: [`error`]).
+fn js<E: Classify + std::fmt::Display + 'static>(e: E) -> JsError {
     error::to_js(&e)
 }
 
@@ -81,7 +84,13 @@ impl WebEngine {
             max_chunk: o.max_chunk.unwrap_or(defaults.max_chunk),
             precision,
         };
-        let vision_quant = o.vision_quant.as_deref().map(str::parse).transpose().map_err(|e: String| js(e))?.unwrap_or_default();
+        let vision_quant = o
+            .vision_quant
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|e: String| js(WebError::BadOption(e)))?
+            .unwrap_or_default();
         let text = GgufParts::new(o.text_parts.unwrap_or(1)).map_err(js)?;
         let prompt_cache_bytes = o.prompt_cache_bytes.unwrap_or(DEFAULT_PROMPT_CACHE_BYTES);
         let inner = Inner {
@@ -99,11 +108,11 @@ impl WebEngine {
     /// The adapter's name, backend and limits.
     #[wasm_bindgen(js_name = adapterInfo)]
     pub fn adapter(&self) -> Result<String, JsError> {
-        let inner = self.inner.try_borrow().map_err(|_| js("the engine is busy"))?;
+        let inner = self.inner.try_borrow().map_err(|_| js(WebError::Busy))?;
         match &inner.state {
             State::Device(gpu) => Ok(describe(gpu)),
             State::Ready(e) => Ok(describe(&e.gpu)),
-            State::Poisoned => Err(js("the engine failed to load")),
+            State::Poisoned => Err(js(WebError::LoadFailed)),
         }
     }
 
@@ -112,8 +121,8 @@ impl WebEngine {
     /// are pushed.
     #[wasm_bindgen(js_name = expectSha256)]
     pub fn expect_sha256(&self, file: &str, part: usize, hex: &str) -> Result<(), JsError> {
-        let mut inner = self.inner.try_borrow_mut().map_err(|_| js("the engine is busy"))?;
-        let bad = || js(format!("{hex:?} is not a SHA-256 (64 hex digits)"));
+        let mut inner = self.inner.try_borrow_mut().map_err(|_| js(WebError::Busy))?;
+        let bad = || js(WebError::BadSha256(hex.to_string()));
         if hex.len() != 64 || !hex.is_ascii() {
             return Err(bad());
         }
@@ -127,7 +136,7 @@ impl WebEngine {
                 inner.vision_sha256 = Some(digest);
                 Ok(())
             }
-            _ => Err(js(format!("expectSha256: unknown or already started file {file:?}"))),
+            _ => Err(js(WebError::UnknownFile(file.to_string()))),
         }
     }
 
@@ -136,7 +145,7 @@ impl WebEngine {
     /// parts' bytes are pushed with [`Self::push_model`]; an unsplit file needs no first pass.
     #[wasm_bindgen(js_name = pushHeader)]
     pub fn push_header(&self, part: usize, chunk: &[u8]) -> Result<bool, JsError> {
-        let mut inner = self.inner.try_borrow_mut().map_err(|_| js("the engine is busy"))?;
+        let mut inner = self.inner.try_borrow_mut().map_err(|_| js(WebError::Busy))?;
         inner.text.push_header(part, chunk).map_err(js)
     }
 
@@ -144,7 +153,7 @@ impl WebEngine {
     /// The model is built as soon as every part's header is complete.
     #[wasm_bindgen(js_name = pushModel)]
     pub fn push_model(&self, part: usize, chunk: &[u8]) -> Result<(), JsError> {
-        let mut guard = self.inner.try_borrow_mut().map_err(|_| js("the engine is busy"))?;
+        let mut guard = self.inner.try_borrow_mut().map_err(|_| js(WebError::Busy))?;
         let inner = &mut *guard;
         match std::mem::replace(&mut inner.state, State::Poisoned) {
             State::Device(gpu) => {
@@ -163,7 +172,7 @@ impl WebEngine {
                 inner.state = State::Ready(engine);
                 r.map_err(js)?;
             }
-            State::Poisoned => return Err(js("the engine failed to load")),
+            State::Poisoned => return Err(js(WebError::LoadFailed)),
         }
         Ok(())
     }
@@ -171,10 +180,10 @@ impl WebEngine {
     /// Feeds the next bytes of the vision projector (mmproj), after the text model's header.
     #[wasm_bindgen(js_name = pushMmproj)]
     pub fn push_mmproj(&self, chunk: &[u8]) -> Result<(), JsError> {
-        let mut guard = self.inner.try_borrow_mut().map_err(|_| js("the engine is busy"))?;
+        let mut guard = self.inner.try_borrow_mut().map_err(|_| js(WebError::Busy))?;
         let inner = &mut *guard;
         let State::Ready(engine) = &mut inner.state else {
-            return Err(js("push the text model's header before the mmproj"));
+            return Err(js(WebError::MmprojFirst));
         };
         let stream = match inner.vision.take() {
             Some(stream) => stream,
@@ -199,13 +208,13 @@ impl WebEngine {
     /// Checks that every weight arrived; returns a JSON summary of the model.
     #[wasm_bindgen(js_name = finishLoad)]
     pub fn finish_load(&self) -> Result<String, JsError> {
-        let mut guard = self.inner.try_borrow_mut().map_err(|_| js("the engine is busy"))?;
+        let mut guard = self.inner.try_borrow_mut().map_err(|_| js(WebError::Busy))?;
         let inner = &mut *guard;
         inner.text.finish().map_err(js)?;
         if let Some(v) = &mut inner.vision {
             v.finish().map_err(js)?;
         }
-        let State::Ready(e) = &inner.state else { return Err(js("the model never loaded")) };
+        let State::Ready(e) = &inner.state else { return Err(js(WebError::NeverLoaded)) };
         let c = &e.decoder.cfg;
         let summary = serde_json::json!({
             "architecture": c.arch,
@@ -214,7 +223,7 @@ impl WebEngine {
             "hidden": c.n_embd,
             "vocab": c.vocab,
             "vision": e.vision.is_some(),
-            "weightBytes": e.decoder.weights.bytes_on_gpu() + e.vision.as_ref().map_or(0, |v| v.weights.bytes_on_gpu()),
+            "weightBytes": e.decoder.weight_bytes() + e.vision.as_ref().map_or(0, |v| v.weight_bytes()),
             "maxContext": e.ctx.max_ctx(),
             "promptCacheBytes": e.prompt_cache_stats().budget_bytes,
             "adapter": describe(&e.gpu),
@@ -228,8 +237,8 @@ impl WebEngine {
     /// `chat.completion.chunk` goes to `on_chunk(json)` as it is made; when that returns a
     /// Promise, the next step waits for it (the page reads slower than tokens decode).
     pub async fn generate(&self, request: String, images: js_sys::Map, on_chunk: js_sys::Function) -> Result<String, JsError> {
-        let mut guard = self.inner.try_borrow_mut().map_err(|_| js("the engine is busy"))?;
-        let State::Ready(engine) = &mut guard.state else { return Err(js("no model is loaded")) };
+        let mut guard = self.inner.try_borrow_mut().map_err(|_| js(WebError::Busy))?;
+        let State::Ready(engine) = &mut guard.state else { return Err(js(WebError::NotLoaded)) };
         let req = ChatRequest::parse(&request, engine.decoder.cfg.vocab as usize).map_err(js)?;
         self.abort.set(false);
         let mut load = |url: &str| request::image_bytes(&images, url);
@@ -247,8 +256,8 @@ impl WebEngine {
     /// Refuses a request [`Self::generate`] would refuse before its images are needed, with
     /// the same `BadRequestError` ([`crate::api::check`]).
     pub fn check(&self, request: String) -> Result<(), JsError> {
-        let mut guard = self.inner.try_borrow_mut().map_err(|_| js("the engine is busy"))?;
-        let State::Ready(engine) = &mut guard.state else { return Err(js("no model is loaded")) };
+        let mut guard = self.inner.try_borrow_mut().map_err(|_| js(WebError::Busy))?;
+        let State::Ready(engine) = &mut guard.state else { return Err(js(WebError::NotLoaded)) };
         let req = ChatRequest::parse(&request, engine.decoder.cfg.vocab as usize).map_err(js)?;
         crate::api::check(engine, &req).map_err(js)
     }
@@ -261,8 +270,8 @@ impl WebEngine {
     /// Teacher-forced logits `[tokens.length][vocab]` of ids that hold expanded image
     /// layouts, `images` (encoded files) filling the `[IMG]` positions in order (tests).
     pub async fn logits(&self, tokens: Vec<u32>, images: js_sys::Array) -> Result<Vec<f32>, JsError> {
-        let mut guard = self.inner.try_borrow_mut().map_err(|_| js("the engine is busy"))?;
-        let State::Ready(engine) = &mut guard.state else { return Err(js("no model is loaded")) };
+        let mut guard = self.inner.try_borrow_mut().map_err(|_| js(WebError::Busy))?;
+        let State::Ready(engine) = &mut guard.state else { return Err(js(WebError::NotLoaded)) };
         let images = images
             .iter()
             .map(|v| engine.image_features(&js_sys::Uint8Array::new(&v).to_vec()))

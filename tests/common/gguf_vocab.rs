@@ -1,14 +1,13 @@
 //! GGUF vocabularies and fixture paths for the tokenizer and chat-template tests: the
 //! header is parsed with the crate's own streaming reader (`webvlm::gguf`), fed from the
 //! file in chunks until the metadata is complete, and turned into a `GgufVocab` by
-//! `webvlm::model::vocab::vocab_from_metadata`, the same path the engine takes.
+//! `webvlm::tokenizer::GgufVocab::from_metadata`, the same path the engine takes.
 #![allow(dead_code)]
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use webvlm::gguf::{GgufHeader, GgufHeaderParser};
-use webvlm::model::vocab::vocab_from_metadata;
 use webvlm::tokenizer::GgufVocab;
 
 /// The header (metadata and tensor index) of the GGUF file at `path`.
@@ -28,7 +27,7 @@ pub fn read_header(path: &Path) -> GgufHeader {
 
 /// The `tokenizer.*` metadata of a GGUF file as a [`GgufVocab`].
 pub fn read_vocab(path: &Path) -> GgufVocab {
-    vocab_from_metadata(&read_header(path).metadata).expect("tokenizer metadata")
+    GgufVocab::from_metadata(&read_header(path).metadata).expect("tokenizer metadata")
 }
 
 /// Repository root (where `Cargo.toml` is).

@@ -106,7 +106,8 @@ pub fn temp_path(name: &str) -> std::path::PathBuf {
 pub fn tiny_vlm_engine() -> webvlm::engine::Engine {
     use webvlm::engine::{Engine, Mmproj};
     use webvlm::gguf::MappedGguf;
-    use webvlm::model::{ContextOptions, LoadQuant, TensorSource};
+    use webvlm::model::ContextOptions;
+    use webvlm::source::{LoadQuant, TensorSource};
     let model = MappedGguf::open(fixture(TINY_VLM).join("model.gguf")).unwrap();
     let proj = MappedGguf::open(fixture(TINY_VLM).join("mmproj.gguf")).unwrap();
     let mmproj = Some(Mmproj { src: &proj as &dyn TensorSource, quant: LoadQuant::Keep });

@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 use webvlm::gguf::MappedGguf;
 use webvlm::gpu::{Gpu, GpuOptions};
 use webvlm::model::synthetic::{synthetic_ministral3_3b, SyntheticShape, VisionShape};
-use webvlm::model::LoadQuant;
+use webvlm::source::LoadQuant;
 
 use crate::{CliResult, Flags};
 use model::{bench_model, ModelPlan};

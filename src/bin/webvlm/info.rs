@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 
 use webvlm::gguf::MappedGguf;
-use webvlm::model::{ContextOptions, ModelConfig};
+use webvlm::model::families::llama::LlamaConfig;
+use webvlm::model::ContextOptions;
 
 use crate::{CliResult, Flags};
 
@@ -14,7 +15,7 @@ pub fn run(args: &[String]) -> CliResult {
     let model = MappedGguf::open(flags.require("model")?)?;
     let md = model.metadata();
     let vocab = model.tensor("token_embd.weight")?.0.dims.get(1).copied().unwrap_or(0) as u32;
-    let cfg = ModelConfig::from_metadata(md, vocab)?;
+    let cfg = LlamaConfig::from_metadata(md, vocab)?;
     println!("file:          {}", model.paths().join(", "));
     println!("architecture:  {}  ({})", cfg.arch, cfg.name.as_deref().unwrap_or("unnamed"));
     println!("layers:        {}", cfg.n_layer);

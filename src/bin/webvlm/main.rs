@@ -8,8 +8,9 @@ use webvlm::chat::{ChatContent, ChatMessage, ContentPart};
 use webvlm::engine::{Engine, EngineError, GenerateOptions, Mmproj, Prompt};
 use webvlm::gguf::MappedGguf;
 use webvlm::gpu::{Gpu, GpuOptions};
-use webvlm::model::{ContextOptions, LoadQuant, Precision, TensorSource};
+use webvlm::model::{ContextOptions, Precision};
 use webvlm::sampling::SamplingParams;
+use webvlm::source::{LoadQuant, TensorSource};
 
 mod api;
 mod bench;

@@ -14,7 +14,8 @@ use webvlm::gpu::{Dispatch, Gpu, Op, Pipeline, Program};
 use webvlm::kernels::quant::GpuWeight;
 use webvlm::kernels::sample::{Sampler, SamplerState};
 use webvlm::kernels::{elementwise, matvec};
-use webvlm::model::{Context, ContextOptions, Decoder, TensorSource};
+use webvlm::model::{Context, ContextOptions, Decoder};
+use webvlm::source::TensorSource;
 
 use super::roofline::Roofline;
 use super::timing::{median, time_program, Budget};
@@ -55,7 +56,7 @@ pub fn bench_model(
         c.n_embd,
         c.n_ff,
         c.vocab,
-        dec.weights.bytes_on_gpu() as f64 / 1048576.0,
+        dec.weight_bytes() as f64 / 1048576.0,
         load_seconds
     ));
     let opts = ContextOptions::default();
@@ -145,7 +146,7 @@ pub fn bench_model(
             "ttft_uncached_seconds": cold, "ttft_cached_seconds": cached, "ttft_restored_seconds": restored },
         "kind": "model", "model": label, "arch": c.arch, "n_layer": c.n_layer, "n_embd": c.n_embd,
         "n_ff": c.n_ff, "n_head": c.n_head, "n_head_kv": c.n_head_kv, "head_dim": c.head_dim,
-        "vocab": c.vocab, "weight_bytes_on_gpu": dec.weights.bytes_on_gpu(), "load_seconds": load_seconds,
+        "vocab": c.vocab, "weight_bytes_on_gpu": dec.weight_bytes(), "load_seconds": load_seconds,
         "first_prefill_seconds": first_prefill, "first_decode_seconds": first_decode,
         "prompt_tokens": plan.prompt_tokens, "prefill_seconds": prefill_s, "prefill_tokens_per_s": prefill_tps,
         "prefill_submits": prefill_counts.0, "prefill_read_back_bytes": prefill_counts.1,
@@ -193,10 +194,10 @@ fn prompt_cache_ttft(
     pollster::block_on(ctx.prefill(gpu, dec, &turn, &greedy))?;
     let cached = t.elapsed().as_secs_f64();
     // Another chat overwrote the cache after the first turn was saved; it is copied back.
-    let saved = ctx.save_kv(gpu, prompt.len() as u32)?;
+    let saved = ctx.save_state(gpu, prompt.len() as u32)?;
     ctx.reset();
     let t = Instant::now();
-    ctx.restore_kv(gpu, &saved, prompt.len() as u32);
+    ctx.restore_state(gpu, &saved, prompt.len() as u32);
     pollster::block_on(ctx.prefill(gpu, dec, &turn, &greedy))?;
     Ok((cold, cached, t.elapsed().as_secs_f64()))
 }
@@ -204,11 +205,11 @@ fn prompt_cache_ttft(
 /// Weight bytes one decode step reads: every layer matrix and the LM head (the embedding
 /// lookup reads one row).
 fn decode_weight_bytes(dec: &Decoder) -> u64 {
-    layer_weights(dec).map(GpuWeight::bytes_on_gpu).sum::<u64>() + dec.weights.lm_head().bytes_on_gpu()
+    layer_weights(dec).map(GpuWeight::bytes_on_gpu).sum::<u64>() + dec.lm_head().bytes_on_gpu()
 }
 
 fn layer_weights(dec: &Decoder) -> impl Iterator<Item = &GpuWeight> {
-    dec.weights.layers.iter().flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down])
+    dec.layer_matrices().into_iter()
 }
 
 /// Entry names of pipelines that share a label, in the decoder's recording order.
@@ -228,7 +229,7 @@ fn pipeline_names(gpu: &Gpu, dec: &Decoder) -> Res<HashMap<*const Pipeline, Stri
         }
     };
     let dummy = gpu.storage("bench dummy", 1 << 16)?;
-    for w in layer_weights(dec).chain([dec.weights.lm_head()]) {
+    for w in layer_weights(dec).chain([dec.lm_head()]) {
         let x = gpu.storage("bench x", w.cols as u64 * 4)?;
         let y = gpu.storage("bench y", w.rows as u64 * 4)?;
         let mut p = Program::new();
@@ -306,7 +307,7 @@ fn breakdown(
         timed.push((name.clone(), prog.n_dispatches(), t.median));
     }
     let sum: f64 = timed.iter().map(|t| t.2).sum();
-    let head_bytes = dec.weights.lm_head().bytes_on_gpu();
+    let head_bytes = dec.lm_head().bytes_on_gpu();
     let mut rows = Vec::new();
     let mut order: Vec<usize> = (0..timed.len()).collect();
     order.sort_by(|&a, &b| timed[b].2.total_cmp(&timed[a].2));

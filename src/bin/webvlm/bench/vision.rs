@@ -1,4 +1,4 @@
-//! The vision encoder + projector (`VisionEncoder::encode`, the engine's own call) at
+//! The vision encoder + projector (`Pixtral::encode`, the engine's own call) at
 //! Ministral 3 3B shapes, synthetic weights built in memory
 //! (`model::synthetic::synthetic_pixtral_mmproj`): milliseconds per image, GFLOP/s from the
 //! shapes, and the image tokens produced, for square source images taken through
@@ -15,7 +15,8 @@ use webvlm::gguf::SplitMix64;
 use webvlm::gpu::Gpu;
 use webvlm::image::{output_size, PixelImage, DEFAULT_MAX_EDGE};
 use webvlm::model::synthetic::{synthetic_pixtral_mmproj, VisionShape};
-use webvlm::model::{LoadQuant, VisionConfig, VisionEncoder};
+use webvlm::model::vision::pixtral::{Pixtral, PixtralConfig};
+use webvlm::source::LoadQuant;
 
 use super::roofline::Roofline;
 use super::timing::{median, wait};
@@ -48,7 +49,7 @@ pub struct VisionPlan {
 /// - projector: patch merger `2·m·(4d)·d`, `mm.1` `2·m·d·t`, `mm.2` `2·m·t·t`.
 ///
 /// Norms, RoPE, softmax, SiLU and GELU (O(n·d) each) are left out.
-pub fn encode_flops(c: &VisionConfig, n: u64) -> f64 {
+pub fn encode_flops(c: &PixtralConfig, n: u64) -> f64 {
     let (d, q, ff, t) = (c.hidden as f64, c.q_dim() as f64, c.n_ff as f64, c.text_hidden as f64);
     let (n, m) = (n as f64, (n / 4) as f64);
     let patch = 2.0 * n * c.patch_dim() as f64 * d;
@@ -61,7 +62,7 @@ pub fn encode_flops(c: &VisionConfig, n: u64) -> f64 {
 /// seven `[n][hidden]` buffers (x, h, q, k, v, attention out; q = hidden), the FFN chunk
 /// (gate and up, `[rows][n_ff]` within 64 MiB and the binding limit), the merged patches, the
 /// projector hidden layer and the features.
-fn activation_bytes(gpu: &Gpu, c: &VisionConfig, n: u64) -> u64 {
+fn activation_bytes(gpu: &Gpu, c: &PixtralConfig, n: u64) -> u64 {
     let m = n / 4;
     let ffn_rows = (gpu.caps.max_storage_binding.min(64 << 20) / (4 * c.n_ff as u64)).clamp(1, n);
     4 * (n * (c.patch_dim() as u64 + 6 * c.hidden as u64)
@@ -77,7 +78,7 @@ fn noise_image(width: u32, height: u32, seed: u64) -> PixelImage {
 }
 
 /// Encodes `image` and waits for the GPU; returns the seconds and the image tokens.
-fn encode_once(gpu: &Gpu, enc: &VisionEncoder, image: &PixelImage) -> Res<(f64, u32)> {
+fn encode_once(gpu: &Gpu, enc: &Pixtral, image: &PixelImage) -> Res<(f64, u32)> {
     let t = Instant::now();
     let feats = enc.encode(gpu, image)?;
     wait(gpu)?;
@@ -88,7 +89,7 @@ pub fn bench_vision(gpu: &Gpu, out: &Out, roof: &Roofline, plan: &VisionPlan) ->
     if plan.warm_on_tiny {
         let t = Instant::now();
         let tiny = synthetic_pixtral_mmproj(&VisionShape::tiny(), plan.seed)?;
-        let enc = VisionEncoder::load(gpu, &tiny, plan.quant)?;
+        let enc = Pixtral::load(gpu, &tiny, plan.quant)?;
         encode_once(gpu, &enc, &noise_image(56, 56, 1))?;
         out.note(&format!("vision: pipelines compiled on the tiny synthetic encoder in {:.1} s", t.elapsed().as_secs_f64()));
     }
@@ -96,7 +97,7 @@ pub fn bench_vision(gpu: &Gpu, out: &Out, roof: &Roofline, plan: &VisionPlan) ->
     let src = synthetic_pixtral_mmproj(&plan.shape, plan.seed)?;
     let build_seconds = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let enc = VisionEncoder::load(gpu, &src, plan.quant)?;
+    let enc = Pixtral::load(gpu, &src, plan.quant)?;
     wait(gpu)?;
     let load_seconds = t.elapsed().as_secs_f64();
     drop(src);
@@ -183,12 +184,12 @@ pub fn bench_vision(gpu: &Gpu, out: &Out, roof: &Roofline, plan: &VisionPlan) ->
 mod tests {
     use super::*;
     use webvlm::model::synthetic::synthetic_pixtral_mmproj;
-    use webvlm::model::TensorSource;
+    use webvlm::source::TensorSource;
 
     #[test]
     fn flops_of_a_512_image_at_3b_shapes() {
         let src = synthetic_pixtral_mmproj(&VisionShape::tiny(), 1).unwrap();
-        let mut c = VisionConfig::from_metadata(src.metadata()).unwrap();
+        let mut c = PixtralConfig::from_metadata(src.metadata()).unwrap();
         let s = VisionShape::ministral3_3b();
         (c.hidden, c.n_layer, c.n_head, c.head_dim, c.n_ff, c.text_hidden) =
             (s.hidden, s.n_layer, s.n_head, s.head_dim, s.n_ff, s.text_hidden);

@@ -15,7 +15,7 @@ use crate::kernels::quant::GpuWeight;
 
 use super::loader::{LoadQuant, WeightLoader};
 use super::stream::GgufStream;
-use super::weights::LoadError;
+use super::LoadError;
 
 /// The parts of one model being streamed.
 pub struct GgufParts {

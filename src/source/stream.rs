@@ -20,7 +20,7 @@ use crate::gpu::Gpu;
 use crate::kernels::quant::GpuWeight;
 
 use super::loader::{check_dims, requantize, LoadQuant, WeightLoader};
-use super::weights::LoadError;
+use super::LoadError;
 
 /// Rows are written in groups of about this many source bytes (an even row count).
 const ROW_GROUP_BYTES: usize = 1 << 20;

@@ -1,7 +1,7 @@
 //! How a model's tensors reach the GPU. The weight structs ask a [`WeightLoader`] for each
 //! named tensor with the shape the config implies; the loader checks the shape, allocates
 //! the GPU buffers and fills them — at once from a file in memory or mapped ([`Eager`]), or
-//! later, as the bytes stream in ([`super::stream::GgufStream`], the browser's path, which
+//! later, as the bytes stream in ([`super::GgufStream`], the browser's path, which
 //! never holds the whole file).
 
 use crate::gguf::quant::{quantize_q4_0, quantize_q4_1, quantize_q8_0};
@@ -9,8 +9,8 @@ use crate::gguf::{dequantize_to_vec, GgmlType, Metadata, TensorInfo};
 use crate::gpu::Gpu;
 use crate::kernels::quant::GpuWeight;
 
-use super::source::TensorSource;
-use super::weights::LoadError;
+use super::LoadError;
+use super::TensorSource;
 
 /// A source of GPU weights by llama.cpp tensor name.
 pub trait WeightLoader {
@@ -78,7 +78,7 @@ pub(super) fn requantize(ty: GgmlType, values: &[f32]) -> Result<Vec<u8>, LoadEr
 }
 
 /// Fails unless `info` has dims `want` (trailing 1s ignored).
-pub(super) fn check_dims(name: &str, info: Option<&TensorInfo>, want: &[u64]) -> Result<(), LoadError> {
+pub fn check_dims(name: &str, info: Option<&TensorInfo>, want: &[u64]) -> Result<(), LoadError> {
     let info = info.ok_or_else(|| LoadError::Missing(name.to_string()))?;
     let mut dims = info.dims.clone();
     while dims.len() > want.len() && dims.last() == Some(&1) {

@@ -1,7 +1,7 @@
 //! Pixtral vision encoder and Mistral 3 projector weights on the GPU, loaded from an mmproj
-//! GGUF by llama.cpp tensor name (`v.*`, `mm.*`; GUIDE §1). Matrices keep their GGUF type
+//! GGUF by llama.cpp tensor name (`v.*`, `mm.*`; `docs/MODELS.md`). Matrices keep their GGUF type
 //! (see `kernels::quant` for the GPU layout; F16 in the official file); norm vectors become
-//! f32. Every tensor's shape is checked against the [`VisionConfig`] before upload.
+//! f32. Every tensor's shape is checked against the [`PixtralConfig`] before upload.
 //!
 //! Shapes below are row-major `[rows][cols]` (GGUF dims are the reverse: `[cols, rows]`).
 //! The q/k rows are in llama.cpp's permuted order (see `kernels::vision`: use
@@ -10,13 +10,12 @@
 use crate::gpu::Gpu;
 use crate::kernels::quant::GpuWeight;
 
-use super::loader::{check_dims, Eager, LoadQuant, WeightLoader};
-use super::source::TensorSource;
-use super::vision_config::VisionConfig;
-use super::weights::LoadError;
+use crate::source::{check_dims, Eager, LoadError, LoadQuant, TensorSource, WeightLoader};
+
+use super::config::PixtralConfig;
 
 /// One pre-norm encoder block (`v.blk.N.*`).
-pub struct VisionLayerWeights {
+pub struct PixtralLayerWeights {
     pub ln1: wgpu::Buffer, // attention_norm, [hidden] f32
     pub wq: GpuWeight,     // attn_q,   [q_dim][hidden]
     pub wk: GpuWeight,     // attn_k,   [q_dim][hidden]
@@ -29,13 +28,13 @@ pub struct VisionLayerWeights {
 }
 
 /// All vision encoder + projector weights.
-pub struct VisionWeights {
+pub struct PixtralWeights {
     /// `v.patch_embd.weight`, GGUF dims `[P, P, 3, hidden]` = torch `[hidden][3][P][P]`
     /// row-major: a `[hidden][3*P*P]` matrix whose columns are `[c][ky][kx]` (no reordering).
     pub patch_embd: GpuWeight,
     /// `v.pre_ln.weight` (`ln_pre` RMSNorm), [hidden] f32.
     pub pre_ln: wgpu::Buffer,
-    pub layers: Vec<VisionLayerWeights>,
+    pub layers: Vec<PixtralLayerWeights>,
     /// `mm.input_norm.weight` (RMSNorm over each patch vector), [hidden] f32.
     pub mm_input_norm: wgpu::Buffer,
     /// `mm.patch_merger.weight`, [hidden][merge^2 * hidden] (columns `c*4 + ki*2 + kj`).
@@ -46,14 +45,14 @@ pub struct VisionWeights {
     pub mm_2: GpuWeight,
 }
 
-impl VisionWeights {
-    pub fn load(gpu: &Gpu, src: &dyn TensorSource, cfg: &VisionConfig) -> Result<Self, LoadError> {
+impl PixtralWeights {
+    pub fn load(gpu: &Gpu, src: &dyn TensorSource, cfg: &PixtralConfig) -> Result<Self, LoadError> {
         Self::load_from(gpu, &mut Eager(src), cfg, LoadQuant::Keep)
     }
 
     /// Loads through `src` with the block and projector matrices requantized to `quant`
     /// (the patch embedding, 588 columns, keeps its type; norms are f32).
-    pub fn load_from(gpu: &Gpu, src: &mut dyn WeightLoader, cfg: &VisionConfig, quant: LoadQuant) -> Result<Self, LoadError> {
+    pub fn load_from(gpu: &Gpu, src: &mut dyn WeightLoader, cfg: &PixtralConfig, quant: LoadQuant) -> Result<Self, LoadError> {
         let matrix = |src: &mut dyn WeightLoader, name: &str, rows, cols| src.matrix(gpu, name, rows, cols, quant);
         let vector = |src: &mut dyn WeightLoader, name: &str, n| src.vector(gpu, name, n);
         let (d, q, ff, t) = (cfg.hidden, cfg.q_dim(), cfg.n_ff, cfg.text_hidden);
@@ -64,7 +63,7 @@ impl VisionWeights {
         let mut layers = Vec::with_capacity(cfg.n_layer as usize);
         for i in 0..cfg.n_layer {
             let name = |s: &str| format!("v.blk.{i}.{s}.weight");
-            layers.push(VisionLayerWeights {
+            layers.push(PixtralLayerWeights {
                 ln1: vector(src, &name("ln1"), d)?,
                 wq: matrix(src, &name("attn_q"), q, d)?,
                 wk: matrix(src, &name("attn_k"), q, d)?,
@@ -76,7 +75,7 @@ impl VisionWeights {
                 w_down: matrix(src, &name("ffn_down"), d, ff)?,
             });
         }
-        Ok(VisionWeights {
+        Ok(PixtralWeights {
             patch_embd,
             pre_ln,
             layers,
@@ -89,7 +88,7 @@ impl VisionWeights {
 
     /// Bytes of weights held on the GPU.
     pub fn bytes_on_gpu(&self) -> u64 {
-        let per_layer = |l: &VisionLayerWeights| {
+        let per_layer = |l: &PixtralLayerWeights| {
             [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down].iter().map(|w| w.bytes_on_gpu()).sum::<u64>()
                 + l.ln1.size()
                 + l.ln2.size()

@@ -1,7 +1,7 @@
 //! The Pixtral vision encoder and the Mistral 3 multimodal projector: one preprocessed image
 //! in, one row of text-model embedding per merged 28x28 patch out. References: transformers
 //! 5.x `PixtralVisionModel` + `Mistral3MultiModalProjector`; llama.cpp `clip.cpp`
-//! (`build_pixtral`). GUIDE §1 has the shapes.
+//! (`build_pixtral`). `docs/MODELS.md` has the shapes.
 //!
 //! Per image (images are encoded one at a time, which is the block-diagonal attention of a
 //! batch without the mask):
@@ -24,66 +24,42 @@ use crate::kernels::rope::RopeMode;
 use crate::kernels::vision::{patch_merge, patch_unfold, rope_2d, PatchGrid, Rope2dFreqs, Rope2dLayout};
 use crate::kernels::{elementwise, matmul, norm};
 
-use super::decoder::ModelError;
-use super::loader::{Eager, LoadQuant, WeightLoader};
-use super::source::TensorSource;
-use super::vision_config::VisionConfig;
-use super::vision_weights::VisionWeights;
+mod config;
+mod weights;
+
+pub use config::{PixtralConfig, PIXTRAL_ROPE_THETA};
+pub use weights::{PixtralLayerWeights, PixtralWeights};
+
+use crate::model::vision::ImageFeatures;
+use crate::model::ModelError;
+use crate::source::{Eager, LoadQuant, TensorSource, WeightLoader};
 
 /// Largest scratch buffer the encoder allocates for the FFN of one chunk of patch rows.
 const FFN_CHUNK_BYTES: u64 = 64 << 20;
 
 /// A loaded vision encoder + projector.
-pub struct VisionEncoder {
-    pub cfg: VisionConfig,
-    pub weights: VisionWeights,
+pub struct Pixtral {
+    pub cfg: PixtralConfig,
+    pub weights: PixtralWeights,
     /// Matmul precision: f32 by default; f16 tiles where the adapter has `shader-f16` and the
     /// caller asks for reduced precision (error measured in `tests/model_vision.rs`).
     pub compute: MatmulCompute,
     rope: Rope2dFreqs,
 }
 
-/// The projector output of one image, on the GPU: `[n_tokens][dim]` f32, merged patches in
-/// row-major order over a `rows x cols` grid (the image's `[IMG]` tokens, in prompt order).
-pub struct ImageFeatures {
-    pub buffer: wgpu::Buffer,
-    pub rows: u32,
-    pub cols: u32,
-    pub dim: u32,
-    /// A hash of the image file and preprocessing settings, when known (set by the engine's
-    /// image cache): the prompt cache reuses KV entries of image positions only with it.
-    pub content: Option<u64>,
-}
-
-impl ImageFeatures {
-    pub fn n_tokens(&self) -> u32 {
-        self.rows * self.cols
-    }
-
-    /// Bytes held on the GPU.
-    pub fn bytes(&self) -> u64 {
-        self.buffer.size()
-    }
-
-    /// Reads the features back (tests, debugging).
-    pub async fn read(&self, gpu: &Gpu) -> GpuResult<Vec<f32>> {
-        gpu.read_f32(&self.buffer, 0, (self.n_tokens() * self.dim) as usize).await
-    }
-}
-
-impl VisionEncoder {
+impl Pixtral {
     /// Reads an mmproj file's config and uploads its weights, matrices requantized to
-    /// `quant` (see [`VisionWeights::load_from`]).
-    pub fn load(gpu: &Gpu, src: &dyn TensorSource, quant: LoadQuant) -> Result<VisionEncoder, ModelError> {
+    /// `quant` (see [`PixtralWeights::load_from`]).
+    pub fn load(gpu: &Gpu, src: &dyn TensorSource, quant: LoadQuant) -> Result<Pixtral, ModelError> {
         Self::load_from(gpu, &mut Eager(src), quant)
     }
 
-    /// [`VisionEncoder::load`] through any [`WeightLoader`] (the browser streams).
-    pub fn load_from(gpu: &Gpu, src: &mut dyn WeightLoader, quant: LoadQuant) -> Result<VisionEncoder, ModelError> {
-        let cfg = VisionConfig::from_metadata(src.metadata())?;
-        let weights = VisionWeights::load_from(gpu, src, &cfg, quant)?;
+    /// [`Pixtral::load`] through any [`WeightLoader`] (the browser streams).
+    pub fn load_from(gpu: &Gpu, src: &mut dyn WeightLoader, quant: LoadQuant) -> Result<Pixtral, ModelError> {
+        let cfg = PixtralConfig::from_metadata(src.metadata())?;
+        let weights = PixtralWeights::load_from(gpu, src, &cfg, quant)?;
         let rope = Rope2dFreqs::upload(gpu, cfg.head_dim, cfg.rope_theta as f64)?;
-        Ok(VisionEncoder { cfg, weights, compute: MatmulCompute::F32, rope })
+        Ok(Pixtral { cfg, weights, compute: MatmulCompute::F32, rope })
     }
 
     /// Encodes one image: records and submits the whole encoder in one command buffer and
@@ -168,7 +144,7 @@ struct Scratch {
 }
 
 impl Scratch {
-    fn new(gpu: &Gpu, c: &VisionConfig, image: &PixelImage, grid: PatchGrid) -> GpuResult<Scratch> {
+    fn new(gpu: &Gpu, c: &PixtralConfig, image: &PixelImage, grid: PatchGrid) -> GpuResult<Scratch> {
         if image.data.len() != 3 * image.height as usize * image.width as usize {
             return Err(GpuError::Shape(format!(
                 "{} pixel values for a {}x{} RGB image",

@@ -1,6 +1,6 @@
 //! Pixtral vision encoder + Mistral 3 projector hyperparameters read from an mmproj GGUF
 //! (`general.architecture = clip`, `clip.projector_type = pixtral`, `clip.vision.*` keys as
-//! llama.cpp's converter writes them; key names from gguf-py `Keys.ClipVision`). GUIDE §1.
+//! llama.cpp's converter writes them; key names from gguf-py `Keys.ClipVision`); shapes in `docs/MODELS.md`.
 //!
 //! Keys read: `clip.projector_type` (or `clip.vision.projector_type`), `clip.has_vision_encoder`
 //! (optional, must not be false), `clip.use_gelu` (optional, must not be true: Pixtral's FFN is
@@ -11,14 +11,14 @@
 
 use crate::gguf::Metadata;
 
-use super::config::ConfigError;
+use crate::model::ModelError;
 
-/// Pixtral's 2D RoPE base (`PixtralVisionConfig.rope_theta`); not written to GGUF.
+/// Pixtral's 2D RoPE base (`PixtralPixtralConfig.rope_theta`); not written to GGUF.
 pub const PIXTRAL_ROPE_THETA: f32 = 10_000.0;
 
 /// Everything the vision encoder and projector need to know about the network's shape.
 #[derive(Clone, Debug)]
-pub struct VisionConfig {
+pub struct PixtralConfig {
     /// `clip.projector_type` (always `pixtral` once validated).
     pub projector_type: String,
     pub name: Option<String>,
@@ -49,25 +49,18 @@ pub struct VisionConfig {
     pub text_hidden: u32,
 }
 
-impl VisionConfig {
+impl PixtralConfig {
     /// Reads and validates the config of an mmproj file.
-    pub fn from_metadata(md: &Metadata) -> Result<Self, ConfigError> {
-        let arch = md.architecture()?;
-        if arch != "clip" {
-            return Err(ConfigError::NotVisionProjector(arch.to_string()));
-        }
-        let projector = match md.get_opt_str("clip.projector_type")? {
-            Some(p) => p,
-            None => md.get_str("clip.vision.projector_type")?,
-        };
+    pub fn from_metadata(md: &Metadata) -> Result<Self, ModelError> {
+        let projector = crate::model::vision::projector_type(md)?;
         if projector != "pixtral" {
-            return Err(ConfigError::UnsupportedProjector(projector.to_string()));
+            return Err(ModelError::UnsupportedProjector(projector.to_string()));
         }
         if md.get_opt_bool("clip.has_vision_encoder")? == Some(false) {
-            return Err(ConfigError::Invalid("clip.has_vision_encoder is false".into()));
+            return Err(ModelError::Invalid("clip.has_vision_encoder is false".into()));
         }
         if md.get_opt_bool("clip.use_gelu")? == Some(true) {
-            return Err(ConfigError::Invalid("GELU vision FFN (clip.use_gelu); Pixtral is SiLU-gated".into()));
+            return Err(ModelError::Invalid("GELU vision FFN (clip.use_gelu); Pixtral is SiLU-gated".into()));
         }
         let v = |s: &str| format!("clip.vision.{s}");
         let hidden = md.get_u32(&v("embedding_length"))?;
@@ -77,15 +70,15 @@ impl VisionConfig {
             None if n_head > 0 => hidden / n_head,
             None => 0,
         };
-        let rgb = |key: &str, default: [f32; 3]| -> Result<[f32; 3], ConfigError> {
+        let rgb = |key: &str, default: [f32; 3]| -> Result<[f32; 3], ModelError> {
             match md.get_opt_f32_array(key)? {
                 None => Ok(default),
                 Some(a) => <[f32; 3]>::try_from(a.as_slice())
-                    .map_err(|_| ConfigError::Invalid(format!("{key} has {} values, expected 3", a.len()))),
+                    .map_err(|_| ModelError::Invalid(format!("{key} has {} values, expected 3", a.len()))),
             }
         };
-        let cfg = VisionConfig {
-            projector_type: projector.to_string(),
+        let cfg = PixtralConfig {
+            projector_type: projector,
             name: md.get_opt_str("general.name")?.map(str::to_string),
             hidden,
             n_layer: md.get_u32(&v("block_count"))?,
@@ -105,8 +98,8 @@ impl VisionConfig {
         Ok(cfg)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |m: String| Err(ConfigError::Invalid(m));
+    fn validate(&self) -> Result<(), ModelError> {
+        let bad = |m: String| Err(ModelError::Invalid(m));
         if [self.hidden, self.n_layer, self.n_head, self.head_dim, self.n_ff, self.text_hidden, self.image_size].contains(&0) {
             return bad(format!("zero dimension in {self:?}"));
         }

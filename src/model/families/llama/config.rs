@@ -3,12 +3,14 @@
 //! Supported architectures: `llama` (Llama, Mistral, SmolLM2) and `mistral3` (Ministral 3:
 //! YaRN RoPE and the position-dependent query scaling of `Ministral3Attention`).
 
-use crate::gguf::{arch_key, GgufError, Metadata};
-use crate::kernels::rope::Yarn;
+use crate::gguf::{arch_key, Metadata};
+use crate::kernels::rope::{QScale, Yarn};
+use crate::model::blocks::attention::AttentionShape;
+use crate::model::{ModelError, TextConfig};
 
 /// Everything the decoder needs to know about the network's shape.
 #[derive(Clone, Debug)]
-pub struct ModelConfig {
+pub struct LlamaConfig {
     pub arch: String,
     pub name: Option<String>,
     pub n_layer: u32,
@@ -29,32 +31,12 @@ pub struct ModelConfig {
     pub context_length: u32,
 }
 
-/// Errors in a model's configuration.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file's `general.architecture` is not a decoder we implement.
-    #[error("unsupported architecture {0:?} (supported: llama, mistral3)")]
-    UnsupportedArch(String),
-    /// A metadata key is missing or has the wrong type.
-    #[error(transparent)]
-    Gguf(#[from] GgufError),
-    /// A hyperparameter is zero or inconsistent with the others.
-    #[error("invalid hyperparameter: {0}")]
-    Invalid(String),
-    /// A vision projector file whose `general.architecture` is not `clip`.
-    #[error("not a vision projector: architecture {0:?} (expected clip)")]
-    NotVisionProjector(String),
-    /// A `clip` file whose `clip.projector_type` is not one we implement.
-    #[error("unsupported vision projector type {0:?} (supported: pixtral)")]
-    UnsupportedProjector(String),
-}
-
-impl ModelConfig {
+impl LlamaConfig {
     /// Reads the config; `vocab` comes from the token embedding's row count.
-    pub fn from_metadata(md: &Metadata, vocab: u32) -> Result<Self, ConfigError> {
+    pub fn from_metadata(md: &Metadata, vocab: u32) -> Result<Self, ModelError> {
         let arch = md.architecture()?.to_string();
-        if arch != "llama" && arch != "mistral3" {
-            return Err(ConfigError::UnsupportedArch(arch));
+        if !super::ARCHITECTURES.contains(&arch.as_str()) {
+            return Err(ModelError::UnsupportedArch(arch));
         }
         let key = |s: &str| arch_key(&arch, s);
         let n_embd = md.get_u32(&key("embedding_length"))?;
@@ -81,14 +63,14 @@ impl ModelConfig {
                 truncate: true,
             }),
             None | Some("none") => None,
-            Some(other) => return Err(ConfigError::Invalid(format!("rope scaling type {other:?}"))),
+            Some(other) => return Err(ModelError::Invalid(format!("rope scaling type {other:?}"))),
         };
         let query_scale_beta = md.get_opt_f32(&key("attention.temperature_scale"))?.unwrap_or(0.0);
         let query_scale_orig = match &yarn {
             Some(y) => y.original_max_position_embeddings as u32,
             None => md.get_opt_u32(&key("context_length"))?.unwrap_or(1),
         };
-        let cfg = ModelConfig {
+        let cfg = LlamaConfig {
             name: md.get_opt_str("general.name")?.map(str::to_string),
             n_layer: md.get_u32(&key("block_count"))?,
             n_ff: md.get_u32(&key("feed_forward_length"))?,
@@ -109,8 +91,8 @@ impl ModelConfig {
         Ok(cfg)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |m: String| Err(ConfigError::Invalid(m));
+    fn validate(&self) -> Result<(), ModelError> {
+        let bad = |m: String| Err(ModelError::Invalid(m));
         if [self.n_layer, self.n_embd, self.n_ff, self.n_head, self.n_head_kv, self.head_dim, self.vocab].contains(&0) {
             return bad(format!("zero dimension in {self:?}"));
         }
@@ -129,6 +111,32 @@ impl ModelConfig {
     /// Width of the query projection (`n_head * head_dim`, not always `n_embd`).
     pub fn q_dim(&self) -> u32 {
         self.n_head * self.head_dim
+    }
+
+    /// The family-independent part.
+    pub fn text(&self) -> TextConfig {
+        TextConfig {
+            arch: self.arch.clone(),
+            name: self.name.clone(),
+            n_layer: self.n_layer,
+            n_embd: self.n_embd,
+            n_ff: self.n_ff,
+            n_head: self.n_head,
+            n_head_kv: self.n_head_kv,
+            head_dim: self.head_dim,
+            vocab: self.vocab,
+            context_length: self.context_length,
+        }
+    }
+
+    /// Heads, RoPE and query scaling of the attention layers.
+    pub fn attention(&self) -> AttentionShape {
+        AttentionShape {
+            n_head: self.n_head,
+            n_kv_head: self.n_head_kv,
+            head_dim: self.head_dim,
+            q_scale: QScale { beta: self.query_scale_beta, orig_ctx: self.query_scale_orig },
+        }
     }
 
     /// Width of each of the key and value projections.

@@ -1,7 +1,20 @@
-//! Where tensor bytes come from: a memory-mapped file natively, a byte buffer (synthetic
-//! models, tests), and later the browser's streamed chunks.
+//! Weight sources: where a model's tensors come from, separate from the models that
+//! consume them. A [`TensorSource`] is a complete file (memory-mapped natively, or bytes in
+//! memory); a [`WeightLoader`] is what the models ask for GPU weights by name — [`Eager`]
+//! over a complete source, or a stream that fills the buffers as the file's bytes arrive
+//! ([`GgufStream`], one file; [`GgufParts`], a model split in parts: the browser's path).
+
+mod error;
+mod loader;
+mod parts;
+mod stream;
 
 use std::borrow::Cow;
+
+pub use error::LoadError;
+pub use loader::{check_dims, Eager, LoadQuant, WeightLoader};
+pub use parts::GgufParts;
+pub use stream::GgufStream;
 
 use crate::gguf::{GgufError, GgufHeader, Metadata, TensorInfo};
 

@@ -6,8 +6,8 @@
 
 use std::rc::Rc;
 
-use super::context::ContextError;
-use super::vision::ImageFeatures;
+use super::ImageFeatures;
+use crate::model::ModelError;
 
 /// Images to place in a prompt.
 #[derive(Clone, Copy)]
@@ -19,7 +19,7 @@ pub struct PromptImages<'a> {
 
 /// `rows` feature rows of image `image` from row `src_row` go to chunk row `dst_row`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct RowRun {
+pub(crate) struct RowRun {
     pub image: usize,
     pub src_row: u32,
     pub dst_row: u32,
@@ -28,20 +28,20 @@ pub(super) struct RowRun {
 
 impl PromptImages<'_> {
     /// Checks that the prompt's `[IMG]` count equals the feature rows and their width.
-    pub(super) fn check(&self, tokens: &[u32], dim: u32) -> Result<(), ContextError> {
+    pub(crate) fn check(&self, tokens: &[u32], dim: u32) -> Result<(), ModelError> {
         let slots = tokens.iter().filter(|&&t| t == self.token).count() as u64;
         let rows = self.images.iter().map(|f| f.n_tokens() as u64).sum::<u64>();
         if slots != rows {
-            return Err(ContextError::ImageTokens { slots, rows });
+            return Err(ModelError::ImageTokens { slots, rows });
         }
         match self.images.iter().find(|f| f.dim != dim) {
-            Some(f) => Err(ContextError::ImageWidth { got: f.dim, want: dim }),
+            Some(f) => Err(ModelError::ImageWidth { got: f.dim, want: dim }),
             None => Ok(()),
         }
     }
 
     /// The copies for the chunk `tokens[start..start + len]` of a checked prompt.
-    pub(super) fn runs(&self, tokens: &[u32], start: usize, len: usize) -> Vec<RowRun> {
+    pub(crate) fn runs(&self, tokens: &[u32], start: usize, len: usize) -> Vec<RowRun> {
         let sizes: Vec<u32> = self.images.iter().map(|f| f.n_tokens()).collect();
         let before = tokens[..start].iter().filter(|&&t| t == self.token).count() as u64;
         runs(&sizes, &tokens[start..start + len], self.token, before)

@@ -1,0 +1,48 @@
+//! The model layer's one error type: a model that cannot be opened (architecture, config,
+//! weights) and a sequence that cannot run (context full, bad tokens, images that do not fit
+//! the prompt).
+
+use crate::gguf::GgufError;
+use crate::gpu::GpuError;
+use crate::source::LoadError;
+
+/// Errors of the model layer.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The file's `general.architecture` is not a decoder family we implement.
+    #[error("unsupported architecture {0:?} (supported: {supported})", supported = super::families::SUPPORTED)]
+    UnsupportedArch(String),
+    /// A vision projector file whose `general.architecture` is not `clip`.
+    #[error("not a vision projector: architecture {0:?} (expected clip)")]
+    NotVisionProjector(String),
+    /// A `clip` file whose `clip.projector_type` is not an encoder we implement.
+    #[error("unsupported vision projector type {0:?} (supported: {supported})", supported = super::vision::SUPPORTED)]
+    UnsupportedProjector(String),
+    /// A hyperparameter is zero, out of range or inconsistent with the others.
+    #[error("invalid hyperparameter: {0}")]
+    Invalid(String),
+    /// A metadata key is missing or has the wrong type.
+    #[error(transparent)]
+    Metadata(#[from] GgufError),
+    /// A weight is missing, misshapen or could not be read.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// The prompt plus generated tokens would not fit in the context.
+    #[error("context full: {needed} tokens needed, the context holds {max_ctx}")]
+    ContextFull { needed: u64, max_ctx: u32 },
+    /// An empty token list was given.
+    #[error("no tokens to process")]
+    Empty,
+    /// A token id is outside the vocabulary.
+    #[error("token id {id} is outside the vocabulary of {vocab}")]
+    BadToken { id: u32, vocab: u32 },
+    /// The prompt's image-token positions and the images' feature rows differ in number.
+    #[error("the prompt has {slots} image-token positions but the images give {rows} feature rows")]
+    ImageTokens { slots: u64, rows: u64 },
+    /// Image features of another width than the text model's embeddings (wrong mmproj).
+    #[error("image features of width {got} for a text model of width {want}")]
+    ImageWidth { got: u32, want: u32 },
+    /// The GPU failed (out of memory, device lost, ...).
+    #[error(transparent)]
+    Gpu(#[from] GpuError),
+}

@@ -1,0 +1,96 @@
+//! The Llama family (GGUF `llama`: Llama, Mistral, SmolLM2; `mistral3`: Ministral 3 and
+//! Mistral Small 3.1): pre-norm blocks of grouped-query attention with RoPE (YaRN and the
+//! position-dependent query scaling for Ministral 3) and a SiLU-gated MLP, RMSNorm
+//! throughout. Reference: transformers' `LlamaModel` / `Ministral3Model`.
+
+mod config;
+mod weights;
+
+pub use config::LlamaConfig;
+pub use weights::{LayerWeights, LlamaWeights};
+
+use crate::gpu::{Gpu, Program, Result as GpuResult};
+use crate::kernels::attention::{default_splits, AttnShape, DecodeScratch};
+use crate::kernels::rope::{rope_table, RopeFreqs};
+use crate::kernels::{elementwise, norm};
+use crate::model::blocks::attention::AttentionIo;
+use crate::model::blocks::ffn::FfnScratch;
+use crate::model::state::{LayerKind, SequenceState};
+use crate::model::step::{LogitsMode, StepBuffers};
+use crate::model::ModelError;
+use crate::source::WeightLoader;
+
+/// The GGUF architectures this family reads.
+pub const ARCHITECTURES: [&str; 2] = ["llama", "mistral3"];
+
+/// A loaded Llama-family decoder.
+pub struct Llama {
+    pub cfg: LlamaConfig,
+    pub weights: LlamaWeights,
+    rope: RopeFreqs,
+}
+
+/// Per-context scratch of one step, sized for `chunk` tokens.
+pub struct Scratch {
+    q: wgpu::Buffer,
+    k: wgpu::Buffer,
+    v: wgpu::Buffer,
+    attn: wgpu::Buffer,
+    gate: wgpu::Buffer,
+    up: wgpu::Buffer,
+    decode: DecodeScratch,
+}
+
+impl Llama {
+    /// Reads the config (`vocab` from the embedding's rows) and has `src` load every weight.
+    pub fn load_from(gpu: &Gpu, src: &mut dyn WeightLoader, vocab: u32) -> Result<Llama, ModelError> {
+        let cfg = LlamaConfig::from_metadata(src.metadata(), vocab)?;
+        let weights = LlamaWeights::load_from(gpu, src, &cfg)?;
+        let rope = RopeFreqs::upload(gpu, &rope_table(cfg.head_dim as usize, cfg.rope_theta as f64, cfg.yarn.as_ref()))?;
+        Ok(Llama { cfg, weights, rope })
+    }
+
+    /// Every layer keeps a KV cache.
+    pub fn layers(&self) -> Vec<LayerKind> {
+        vec![LayerKind::Attention { kv_dim: self.cfg.kv_dim() }; self.cfg.n_layer as usize]
+    }
+
+    pub fn scratch(&self, gpu: &Gpu, chunk: u32, max_ctx: u32) -> GpuResult<Scratch> {
+        let c = &self.cfg;
+        let buf = |label: &str, cols: u32| gpu.storage(label, 4 * chunk as u64 * cols as u64);
+        let shape = AttnShape::new(c.n_head, c.n_head_kv, c.head_dim, 1);
+        Ok(Scratch {
+            q: buf("q", c.q_dim())?,
+            k: buf("k", c.kv_dim())?,
+            v: buf("v", c.kv_dim())?,
+            attn: buf("attn", c.q_dim())?,
+            gate: buf("gate", c.n_ff)?,
+            up: buf("up", c.n_ff)?,
+            decode: DecodeScratch::new(gpu, &shape, default_splits(max_ctx))?,
+        })
+    }
+
+    /// Records the blocks and the head over `n` embedded tokens in `b.x` at the step's
+    /// positions.
+    #[rustfmt::skip]
+    pub fn record(
+        &self, p: &mut Program, gpu: &Gpu, b: &StepBuffers, s: &Scratch, state: &SequenceState, n: u32, mode: LogitsMode,
+    ) -> GpuResult<()> {
+        let c = &self.cfg;
+        let (d, mm, shape) = (c.n_embd, b.precision.matmul(), c.attention());
+        for (i, l) in self.weights.layers.iter().enumerate() {
+            let (k_cache, v_cache) = state.kv(i);
+            let io = AttentionIo {
+                step: &b.step, x: &b.h, q: &s.q, k: &s.k, v: &s.v, attn: &s.attn, out: &b.h,
+                decode_scratch: &s.decode, k_cache, v_cache, kv: b.precision.kv_dtype(),
+            };
+            norm::rms_norm(p, gpu, &b.x, &l.attn_norm, &b.h, n, d, c.rms_eps)?;
+            l.attn.record(p, gpu, &shape, &self.rope, &io, n, mm)?;
+            elementwise::add_inplace(p, gpu, &b.h, &b.x, n * d)?;
+            norm::rms_norm(p, gpu, &b.x, &l.ffn_norm, &b.h, n, d, c.rms_eps)?;
+            l.ffn.record(p, gpu, &b.h, FfnScratch { gate: &s.gate, up: &s.up }, &b.h, n, mm)?;
+            elementwise::add_inplace(p, gpu, &b.h, &b.x, n * d)?;
+        }
+        self.weights.head.record_logits(p, gpu, b, n, mode)
+    }
+}

@@ -1,0 +1,56 @@
+//! Llama-family weights on the GPU, loaded by llama.cpp tensor name (`blk.N.attn_*`,
+//! `blk.N.ffn_*`, `token_embd`, `output_norm`, `output`). Matrices keep their GGUF
+//! quantization (see `kernels::quant` for the GPU layout); norm vectors become f32.
+
+use crate::gpu::Gpu;
+use crate::kernels::quant::GpuWeight;
+use crate::model::blocks::attention::AttentionWeights;
+use crate::model::blocks::ffn::GatedFfn;
+use crate::model::blocks::head::Head;
+use crate::source::{LoadError, LoadQuant, WeightLoader};
+
+use super::config::LlamaConfig;
+
+/// One pre-norm transformer block.
+pub struct LayerWeights {
+    pub attn_norm: wgpu::Buffer, // [n_embd] f32
+    pub attn: AttentionWeights,
+    pub ffn_norm: wgpu::Buffer, // [n_embd] f32
+    pub ffn: GatedFfn,
+}
+
+/// All decoder weights.
+pub struct LlamaWeights {
+    pub layers: Vec<LayerWeights>,
+    pub head: Head,
+}
+
+impl LlamaWeights {
+    pub fn load_from(gpu: &Gpu, src: &mut dyn WeightLoader, cfg: &LlamaConfig) -> Result<Self, LoadError> {
+        let (d, attn) = (cfg.n_embd, cfg.attention());
+        let mut layers = Vec::with_capacity(cfg.n_layer as usize);
+        for i in 0..cfg.n_layer {
+            let blk = format!("blk.{i}");
+            layers.push(LayerWeights {
+                attn_norm: src.vector(gpu, &format!("{blk}.attn_norm.weight"), d)?,
+                attn: AttentionWeights::load(gpu, src, &format!("{blk}.attn"), d, &attn)?,
+                ffn_norm: src.vector(gpu, &format!("{blk}.ffn_norm.weight"), d)?,
+                ffn: GatedFfn::load(gpu, src, &format!("{blk}.ffn"), d, cfg.n_ff, LoadQuant::Keep)?,
+            });
+        }
+        let head = Head::load(gpu, src, cfg.vocab, d, cfg.rms_eps)?;
+        Ok(LlamaWeights { layers, head })
+    }
+
+    /// The matrices of every block (what a decode step reads besides the head).
+    pub fn layer_matrices(&self) -> impl Iterator<Item = &GpuWeight> {
+        self.layers.iter().flat_map(|l| l.attn.matrices().into_iter().chain(l.ffn.matrices()))
+    }
+
+    /// Bytes of weights held on the GPU.
+    pub fn bytes_on_gpu(&self) -> u64 {
+        self.layer_matrices().map(GpuWeight::bytes_on_gpu).sum::<u64>()
+            + self.layers.iter().map(|l| l.attn_norm.size() + l.ffn_norm.size()).sum::<u64>()
+            + self.head.bytes_on_gpu()
+    }
+}

@@ -1,0 +1,66 @@
+//! Decoder families, one folder each: its config read from GGUF metadata, its weight names
+//! and the recording of one step from the shared [`super::blocks`]. [`Family`] is the one
+//! place that dispatches on the architecture; adding a family adds a variant here (see
+//! `docs/ARCHITECTURE.md`, "Adding a model family").
+
+pub mod llama;
+
+use crate::gpu::{Gpu, Program, Result as GpuResult};
+use crate::source::WeightLoader;
+
+use super::decoder::TextConfig;
+use super::state::{LayerKind, SequenceState};
+use super::step::{LogitsMode, StepBuffers};
+use super::ModelError;
+
+/// The architectures of every family, for error messages.
+pub const SUPPORTED: &str = "llama, mistral3";
+
+/// A loaded decoder of one family.
+pub enum Family {
+    Llama(llama::Llama),
+}
+
+/// A family's per-context step scratch.
+pub enum Scratch {
+    Llama(llama::Scratch),
+}
+
+impl Family {
+    /// Loads the family `arch` names.
+    pub fn load_from(gpu: &Gpu, src: &mut dyn WeightLoader, arch: &str, vocab: u32) -> Result<Family, ModelError> {
+        if llama::ARCHITECTURES.contains(&arch) {
+            return Ok(Family::Llama(llama::Llama::load_from(gpu, src, vocab)?));
+        }
+        Err(ModelError::UnsupportedArch(arch.to_string()))
+    }
+
+    /// The shape every caller may read.
+    pub fn text_config(&self) -> TextConfig {
+        match self {
+            Family::Llama(m) => m.cfg.text(),
+        }
+    }
+
+    /// What each layer keeps between tokens.
+    pub fn layers(&self) -> Vec<LayerKind> {
+        match self {
+            Family::Llama(m) => m.layers(),
+        }
+    }
+
+    pub fn scratch(&self, gpu: &Gpu, chunk: u32, max_ctx: u32) -> GpuResult<Scratch> {
+        match self {
+            Family::Llama(m) => Ok(Scratch::Llama(m.scratch(gpu, chunk, max_ctx)?)),
+        }
+    }
+
+    #[rustfmt::skip]
+    pub fn record(
+        &self, p: &mut Program, gpu: &Gpu, b: &StepBuffers, s: &Scratch, state: &SequenceState, n: u32, mode: LogitsMode,
+    ) -> GpuResult<()> {
+        match (self, s) {
+            (Family::Llama(m), Scratch::Llama(s)) => m.record(p, gpu, b, s, state, n, mode),
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! The buffers every family's recorded step binds: the step uniform (positions), token ids,
+//! the residual stream, logits and the GPU sampler. Families add their own scratch; the
+//! per-sequence caches are in [`super::state`]. All are allocated once per context, sized
+//! for the largest chunk.
+
+use crate::gpu::{Caps, Gpu, Result};
+use crate::kernels::attention::{KvDtype, StepParams};
+use crate::kernels::matmul::MatmulCompute;
+use crate::kernels::sample::Sampler;
+
+/// Which logits a forward pass computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LogitsMode {
+    /// None (a prefill chunk that is not the last).
+    None,
+    /// The last token's, then a token is selected on the GPU.
+    LastAndSample,
+    /// Every token's (teacher forcing, the `logits` command).
+    All,
+}
+
+/// Optional reduced-precision paths, all off by default (the f32 path matches the f32
+/// reference). Their error is measured on SmolLM2 in `tests/model_f16.rs`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Precision {
+    /// f16 KV cache: half the cache memory and half the attention reads. Needs no
+    /// `shader-f16` (packed with `pack2x16float`), so it works on every adapter.
+    pub kv_f16: bool,
+    /// f16 tiles and math in the prefill matmuls (f32 accumulation across K steps). Only
+    /// where `caps.f16`; elsewhere the context falls back to f32.
+    pub compute_f16: bool,
+}
+
+impl Precision {
+    /// Every reduced-precision path the device supports.
+    pub fn reduced(caps: &Caps) -> Precision {
+        Precision { kv_f16: true, compute_f16: caps.f16 }
+    }
+
+    pub fn kv_dtype(&self) -> KvDtype {
+        if self.kv_f16 {
+            KvDtype::F16
+        } else {
+            KvDtype::F32
+        }
+    }
+
+    pub fn matmul(&self) -> MatmulCompute {
+        if self.compute_f16 {
+            MatmulCompute::F16
+        } else {
+            MatmulCompute::F32
+        }
+    }
+}
+
+/// The buffers shared by every family's step.
+pub struct StepBuffers {
+    /// [`StepParams`]: cache start, tokens and RoPE position of this step.
+    pub step: wgpu::Buffer,
+    /// `[chunk]` token ids in; the sampled id out (row 0).
+    pub ids: wgpu::Buffer,
+    /// The residual stream, `[chunk][n_embd]`.
+    pub x: wgpu::Buffer,
+    /// The last row of `x` (the one the head reads when sampling).
+    pub x_last: wgpu::Buffer,
+    /// A normed or projected `[chunk][n_embd]` (block inputs and outputs).
+    pub h: wgpu::Buffer,
+    /// `[logits_rows][vocab]`.
+    pub logits: wgpu::Buffer,
+    /// The precision in effect (`compute_f16` cleared on devices without `shader-f16`).
+    pub precision: Precision,
+    pub sampler: Sampler,
+}
+
+impl StepBuffers {
+    pub fn new(gpu: &Gpu, chunk: u32, n_embd: u32, vocab: u32, logits_rows: u32, precision: Precision) -> Result<StepBuffers> {
+        let f32s = |rows: u32, cols: u32| 4 * rows as u64 * cols as u64;
+        Ok(StepBuffers {
+            step: StepParams::create_buffer(gpu),
+            ids: gpu.storage("ids", f32s(chunk, 1))?,
+            x: gpu.storage("x", f32s(chunk, n_embd))?,
+            x_last: gpu.storage("x_last", f32s(1, n_embd))?,
+            h: gpu.storage("h", f32s(chunk, n_embd))?,
+            logits: gpu.storage("logits", f32s(logits_rows, vocab))?,
+            precision,
+            sampler: Sampler::new(gpu, vocab)?,
+        })
+    }
+}

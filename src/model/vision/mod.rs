@@ -1,0 +1,78 @@
+//! Vision encoders, one folder each, behind one interface: [`VisionEncoder`] turns a
+//! preprocessed image into [`ImageFeatures`] (one text-width row per image token), and
+//! [`PromptImages`] places those rows at the prompt's image-token positions. Each encoder
+//! reads its own mmproj config and weights; the engine owns preprocessing settings and the
+//! expansion of the chat template's image placeholder into the encoder's token layout.
+
+mod features;
+pub mod pixtral;
+mod placement;
+
+pub use features::ImageFeatures;
+pub use placement::PromptImages;
+
+use crate::gguf::Metadata;
+use crate::gpu::{Gpu, Result as GpuResult};
+use crate::image::PixelImage;
+use crate::kernels::matmul::MatmulCompute;
+use crate::source::{Eager, LoadQuant, TensorSource, WeightLoader};
+
+use super::ModelError;
+
+/// The projector types of every encoder, for error messages.
+pub const SUPPORTED: &str = "pixtral";
+
+/// A loaded vision encoder and its projector to the text model's width.
+pub enum VisionEncoder {
+    Pixtral(pixtral::Pixtral),
+}
+
+impl VisionEncoder {
+    /// Reads an mmproj file's config and uploads its weights, matrices requantized to `quant`.
+    pub fn load(gpu: &Gpu, src: &dyn TensorSource, quant: LoadQuant) -> Result<VisionEncoder, ModelError> {
+        Self::load_from(gpu, &mut Eager(src), quant)
+    }
+
+    /// [`VisionEncoder::load`] through any [`WeightLoader`] (the browser streams).
+    pub fn load_from(gpu: &Gpu, src: &mut dyn WeightLoader, quant: LoadQuant) -> Result<VisionEncoder, ModelError> {
+        match projector_type(src.metadata())?.as_str() {
+            "pixtral" => Ok(VisionEncoder::Pixtral(pixtral::Pixtral::load_from(gpu, src, quant)?)),
+            other => Err(ModelError::UnsupportedProjector(other.to_string())),
+        }
+    }
+
+    /// Encodes one image: records and submits the whole encoder in one command buffer and
+    /// returns the features without waiting for them (the GPU queue orders later work).
+    pub fn encode(&self, gpu: &Gpu, image: &PixelImage) -> GpuResult<ImageFeatures> {
+        match self {
+            VisionEncoder::Pixtral(m) => m.encode(gpu, image),
+        }
+    }
+
+    /// Sets the matmul precision (f16 only where the adapter has `shader-f16`).
+    pub fn set_compute(&mut self, compute: MatmulCompute) {
+        match self {
+            VisionEncoder::Pixtral(m) => m.compute = compute,
+        }
+    }
+
+    /// Bytes of weights held on the GPU.
+    pub fn weight_bytes(&self) -> u64 {
+        match self {
+            VisionEncoder::Pixtral(m) => m.weights.bytes_on_gpu(),
+        }
+    }
+}
+
+/// `clip.projector_type` of an mmproj file (older files: `clip.vision.projector_type`).
+fn projector_type(md: &Metadata) -> Result<String, ModelError> {
+    let arch = md.architecture()?;
+    if arch != "clip" {
+        return Err(ModelError::NotVisionProjector(arch.to_string()));
+    }
+    Ok(match md.get_opt_str("clip.projector_type")? {
+        Some(p) => p,
+        None => md.get_str("clip.vision.projector_type")?,
+    }
+    .to_string())
+}
