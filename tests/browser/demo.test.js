@@ -1,6 +1,7 @@
 // The demo page (www/index.html) loads without errors; screenshots at desktop and phone
 // widths go to the test output. With the tiny fixture VLM: the chat streams a reply and
 // stops; Batch mode describes several images (one broken) and exports JSONL and CSV.
+// What the tests rely on (URL parameters, data-state, window.webvlmDemo, ids): DEMO_CONTRACT.md.
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";

@@ -1,0 +1,105 @@
+// The error banner: a title and a hint for each error name (the engine's named errors and the
+// page's own), showError / hideError, and the names that mean the engine is gone.
+
+import { $ } from "./helpers.js";
+import { state } from "./state.js";
+
+const ERROR_TEXT = {
+  NoWebGPUError: {
+    title: "WebGPU is not available in this browser",
+    hint: "Use a recent Chrome or Edge (version 113 or later) on Windows, macOS or ChromeOS, or Chrome 121+ on Android. "
+      + "On Linux, enable chrome://flags/#enable-unsafe-webgpu (and #enable-vulkan). Firefox Nightly and Safari Technology "
+      + "Preview need WebGPU switched on in their settings. Also check that hardware acceleration is enabled.",
+  },
+  AdapterTooSmallError: {
+    title: "Your GPU cannot hold this model",
+    hint: "The graphics adapter's memory or buffer limits are too small. Try a smaller model, a shorter context length in Settings, "
+      + "half precision, or a device with a more capable GPU.",
+  },
+  ModelNotSupportedError: {
+    title: "This model is not supported",
+    hint: "webvlm runs llama-architecture GGUF models (Ministral 3, Llama, SmolLM2, …) with their Pixtral vision projector (mmproj). "
+      + "Check that you picked the text model as the model and the mmproj file as the vision projector.",
+  },
+  DownloadError: {
+    title: "The download failed",
+    hint: "Check your connection and press Load again. Parts already downloaded are kept, so the download resumes where it stopped.",
+  },
+  QuotaExceededError: {
+    title: "Not enough storage space",
+    hint: "Delete models you no longer need in the Storage panel, or free space for this site in the browser's settings, then load again.",
+  },
+  DeviceLostError: {
+    title: "The GPU was lost",
+    hint: "The graphics driver was reset or the tab ran out of GPU memory. Reload the page to start again.",
+    reload: true,
+  },
+  BadRequestError: {
+    title: "The model could not answer this request",
+    hint: "Try a smaller image size limit in Settings, fewer or smaller images, a shorter message, or start a new chat.",
+  },
+  EngineUnloadedError: {
+    title: "The engine stopped",
+    hint: "Load the model again to continue. If this keeps happening, reload the page.",
+  },
+  PackageMissing: {
+    title: "The webvlm package could not be loaded",
+    hint: "The page expects the built package in www/pkg/. Build it with ./build.sh (or serve the demo with ./build.sh serve).",
+  },
+  NoModelFile: {
+    title: "Choose a model file first",
+    hint: "Pick the text model (.gguf) and, for images, its vision projector (mmproj .gguf), or drop them onto the page.",
+  },
+  ImageError: {
+    title: "That image could not be attached",
+    hint: "Attach PNG, JPEG, WebP or GIF images.",
+  },
+  NoVision: {
+    title: "This model cannot see images",
+    hint: "It was loaded without a vision projector. Load an mmproj file with it to ask about images, or remove the attachments.",
+  },
+};
+
+/** Shows the error banner for any thrown value; never throws. */
+export function showError(err, { name } = {}) {
+  const errName = name || err?.name || "Error";
+  const message = String(err?.message ?? err ?? "Unknown error");
+  const text = ERROR_TEXT[errName] ?? {
+    title: "Something went wrong",
+    hint: "Try again. If the problem persists, reload the page.",
+  };
+  state.lastError = { name: errName, message };
+  const box = $("error");
+  box.dataset.errorName = errName;
+  $("error-title").textContent = text.title;
+  $("error-message").textContent = message;
+  $("error-hint").textContent = text.hint;
+  $("error-reload").hidden = !text.reload;
+  box.hidden = false;
+  console.warn(`[webvlm demo] ${errName}: ${message}`);
+}
+
+export function hideError() {
+  $("error").hidden = true;
+  delete $("error").dataset.errorName;
+}
+
+/** A plain error object with a name, for failures that happen on the page (not in the engine). */
+export const pageError = (name, message) => Object.assign(new Error(message), { name });
+
+/** The loaded model has no vision projector, so it cannot take images. */
+export const noVisionError = () => pageError("NoVision", "The loaded model has no vision projector (mmproj).");
+
+/** Error names after which the engine cannot be used again: its GPU device was lost, or its
+ * worker stopped. */
+export const isEngineLost = (name) => name === "DeviceLostError" || name === "EngineUnloadedError";
+
+export function bindErrors() {
+  $("error-dismiss").addEventListener("click", hideError);
+  $("error-reload").addEventListener("click", () => location.reload());
+  // Unhandled failures still reach the user (never a silent failure).
+  window.addEventListener("unhandledrejection", (e) => {
+    showError(e.reason);
+    e.preventDefault();
+  });
+}

@@ -1,0 +1,217 @@
+// Model choice and loading: the model list (the preset, ?model= / ?mmproj=, local files), the
+// package import, Load with its progress bar, the model info, and Unload.
+
+import { $, basename, el, fmtBytes, fmtDuration, isMmproj, progressHtml } from "./helpers.js";
+import { api, engine, isBusy, params, setApi, setEngine, state } from "./state.js";
+import { hideError, pageError, showError } from "./errors.js";
+import { forgetEngine, loseEngine, setState } from "./status.js";
+import { renderEmptyState } from "./chat.js";
+import { refreshCache } from "./storage.js";
+
+const HF = "https://huggingface.co/mistralai/Ministral-3-3B-Instruct-2512-GGUF/resolve/main/";
+const PRESETS = {
+  "ministral-3b": {
+    label: "Ministral 3 3B Instruct (Q4_K_M + vision)",
+    name: "Ministral 3 3B Instruct",
+    text: HF + "Ministral-3-3B-Instruct-2512-Q4_K_M.gguf",
+    mmproj: HF + "mmproj-Ministral-3-3B-Instruct-2512-F16.gguf",
+    note: "mistralai/Ministral-3-3B-Instruct-2512-GGUF on Hugging Face · Q4_K_M text model + F16 vision projector · about 3 GB, downloaded once and kept on this device",
+  },
+};
+
+/** Imports the package module once. When it is missing: null, and the PackageMissing error
+ * shown unless `quiet`; a later call tries again. */
+export async function getApi({ quiet = false } = {}) {
+  if (api) return api;
+  try {
+    setApi(await import("../pkg/index.js"));
+    return api;
+  } catch (e) {
+    if (!quiet) showError(pageError("PackageMissing", `./pkg/index.js: ${e.message ?? e}`));
+    return null;
+  }
+}
+
+// ------------------------------------------------------------------------------- model source
+
+export function setupModelSelect() {
+  const select = $("model-select");
+  if (params.has("model")) {
+    const text = params.get("model");
+    const mmproj = params.get("mmproj");
+    PRESETS.custom = {
+      label: `Custom: ${basename(text)}${mmproj ? " + " + basename(mmproj) : ""}`,
+      name: basename(text).replace(/\.gguf$/i, ""),
+      text,
+      mmproj,
+      note: `${new URL(text, location.href).href}${mmproj ? ` with ${new URL(mmproj, location.href).href}` : " (no vision projector)"}`,
+    };
+    select.insertBefore(el("option", { value: "custom" }, PRESETS.custom.label), select.firstChild);
+    select.value = "custom";
+  }
+  select.addEventListener("change", renderModelSource);
+  renderModelSource();
+}
+
+function renderModelSource() {
+  const v = $("model-select").value;
+  $("local-files").hidden = v !== "local";
+  $("model-source").textContent = v === "local"
+    ? "Load a GGUF model from this device. Nothing is uploaded."
+    : PRESETS[v]?.note ?? "";
+  const parts = state.localFiles.text;
+  const size = parts.reduce((a, f) => a + f.size, 0);
+  $("model-file-name").textContent = !parts.length ? "none"
+    : parts.length === 1 ? `${parts[0].name} · ${fmtBytes(size)}` : `${parts[0].name} + ${parts.length - 1} more parts · ${fmtBytes(size)}`;
+  $("model-file-name").classList.toggle("has-file", parts.length > 0);
+  $("mmproj-file-name").textContent = state.localFiles.mmproj ? `${state.localFiles.mmproj.name} · ${fmtBytes(state.localFiles.mmproj.size)}` : "none";
+  $("mmproj-file-name").classList.toggle("has-file", !!state.localFiles.mmproj);
+}
+
+/** The selected model as {name, text, mmproj, kind} or null when local files are missing. */
+function selectedSource() {
+  const v = $("model-select").value;
+  if (v === "local") {
+    const { text, mmproj } = state.localFiles;
+    if (!text.length) return null;
+    const name = text[0].name.replace(/(-\d{5}-of-\d{5})?\.gguf$/i, "");
+    return { kind: "local", name, text: text.length === 1 ? text[0] : text, mmproj };
+  }
+  const p = PRESETS[v];
+  return { kind: "url", name: p.name, text: new URL(p.text, location.href).href, mmproj: p.mmproj ? new URL(p.mmproj, location.href).href : null };
+}
+
+/** Sorts dropped or picked .gguf files into the vision projector (named *mmproj*) and the
+ * text model: one file, or split parts (`name-00001-of-00003.gguf`, …) in name order. */
+function setLocalFiles(files) {
+  const text = files.filter((f) => !isMmproj(f));
+  const mmproj = files.find(isMmproj);
+  if (mmproj) state.localFiles.mmproj = mmproj;
+  if (text.length) state.localFiles.text = text.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  $("model-select").value = "local";
+  renderModelSource();
+}
+
+/** .gguf files dropped on the page become the local model, unless something is under way. */
+export function openModelFiles(files) {
+  if (!files.length) return;
+  if (isBusy()) {
+    showError(pageError("NoModelFile", "Wait for the current load, reply or batch to finish before opening another model."));
+  } else {
+    setLocalFiles(files);
+  }
+}
+
+// ---------------------------------------------------------------------------------- loading
+
+export async function load() {
+  if (isBusy()) return;
+  const source = selectedSource();
+  if (!source) {
+    showError(pageError("NoModelFile", "No text model file is selected."));
+    return;
+  }
+  hideError();
+  const mod = await getApi();
+  if (!mod) { setState("error"); return; }
+
+  if (engine) await unload({ quiet: true });
+  setState("loading");
+  state.progress = null;
+  state.progressLog = [];
+  $("model-info").hidden = true;
+  $("progress-box").hidden = false;
+  $("progress-box").classList.remove("failed");
+  $("progress").value = 0;
+  $("progress").removeAttribute("value"); // indeterminate until the first event
+  $("progress-text").textContent = "Starting WebGPU…";
+
+  try {
+    const model = { text: source.text };
+    if (source.mmproj) model.mmproj = source.mmproj;
+    const e = await mod.createEngine({
+      model,
+      onProgress,
+      engine: { maxContext: state.settings.context, f16: !!state.settings.f16 },
+    });
+    setEngine(e);
+    state.info = e.info;
+    state.loadedSource = source;
+    setState("ready");
+    $("progress").value = 1;
+    const from = e.info.networkBytes > 0 ? `${fmtBytes(e.info.networkBytes)} downloaded` : source.kind === "local" ? "from local files" : "from this device's cache";
+    $("progress-text").textContent = `Ready · loaded in ${e.info.loadSeconds.toFixed(1)} s · ${from}`;
+    renderInfo();
+    renderEmptyState();
+    refreshCache();
+    if (matchMedia("(max-width: 860px)").matches) $("messages").scrollIntoView({ behavior: "smooth", block: "start" });
+    $("prompt").focus({ preventScroll: true });
+  } catch (err) {
+    loseEngine(err);
+    $("progress-box").classList.add("failed");
+    $("progress-text").textContent = `Loading failed: ${err?.name ?? "error"}. See the message above.`;
+    refreshCache();
+  }
+}
+
+function onProgress(p) {
+  state.progress = p;
+  if (state.progressLog.length < 2000) state.progressLog.push(p);
+  $("progress").value = Math.min(1, p.fraction || 0);
+  const pct = Math.floor((p.fraction || 0) * 100);
+  let phase;
+  if (p.phase === "ready") phase = "Ready";
+  else if (p.fraction >= 1) phase = "Preparing the model on the GPU…";
+  else if (p.phase === "cache") phase = "Loading from this device";
+  else phase = "Downloading";
+  const moving = p.fraction < 1;
+  $("progress-text").innerHTML = progressHtml(phase, p.totalBytes > 0 && p.phase !== "ready" ? [
+    `${pct}%`,
+    `${fmtBytes(p.loadedBytes)} of ${fmtBytes(p.totalBytes)}`,
+    p.bytesPerSecond > 0 && moving && `${(p.bytesPerSecond / 1e6).toFixed(1)} MB/s`,
+    p.etaSeconds != null && moving && `${fmtDuration(p.etaSeconds)} left`,
+  ] : []);
+  $("status-text").textContent = p.phase === "ready" ? "Finishing…" : `Loading ${pct}%`;
+}
+
+function renderInfo() {
+  const i = state.info;
+  const dl = $("model-info");
+  dl.replaceChildren();
+  const row = (k, v) => dl.append(el("dt", {}, k), el("dd", {}, v));
+  row("Model", i.name || state.loadedSource?.name || "—");
+  row("Architecture", `${i.architecture} · ${i.layers} layers · ${i.hidden} wide`);
+  row("Size on GPU", fmtBytes(i.weightBytes));
+  row("Vision", i.vision ? "Yes (images supported)" : "No (text only)");
+  row("Context", `${i.maxContext.toLocaleString("en-US")} tokens`);
+  row("Adapter", i.adapter || "—");
+  dl.hidden = false;
+  $("chat-title").textContent = i.name || state.loadedSource?.name || "Chat";
+}
+
+/** Unloads the engine; `quiet`: as the first step of another load (no error, no UI reset). */
+async function unload({ quiet = false } = {}) {
+  const e = engine;
+  forgetEngine();
+  try { await e?.unload(); } catch (err) { if (!quiet) showError(err); }
+  if (!quiet) {
+    $("model-info").hidden = true;
+    $("progress-box").hidden = true;
+    $("chat-title").textContent = "Chat";
+    setState("idle");
+    renderEmptyState();
+  }
+}
+
+export function bindModel() {
+  $("load").addEventListener("click", load);
+  $("unload").addEventListener("click", () => unload());
+  $("model-file").addEventListener("change", (e) => {
+    if (e.target.files?.length) setLocalFiles([...e.target.files].filter((f) => !isMmproj(f)));
+  });
+  $("mmproj-file").addEventListener("change", (e) => {
+    const f = e.target.files?.[0];
+    state.localFiles.mmproj = f ?? null;
+    renderModelSource();
+  });
+}

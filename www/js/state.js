@@ -1,0 +1,70 @@
+// The page's shared mutable state: `state`, the engine, the package module (`api`), the URL's
+// parameters and the saved settings; exposed to tests as window.webvlmDemo.
+
+export const params = new URLSearchParams(location.search);
+
+export const DEFAULT_SETTINGS = {
+  temperature: 0.15,
+  top_p: 0.95,
+  max_tokens: 512,
+  image_max_edge: 1540,
+  system: "",
+  context: 4096,
+  f16: false,
+};
+const SETTINGS_KEY = "webvlm-demo-settings-v1";
+
+/** The saved settings, overridden for this visit by the URL's parameters. */
+function loadSettings() {
+  let saved = {};
+  try { saved = JSON.parse(localStorage.getItem(SETTINGS_KEY) ?? "{}") ?? {}; } catch { /* private mode */ }
+  const s = { ...DEFAULT_SETTINGS, ...saved };
+  const num = (k, p = k) => { if (params.has(p) && Number.isFinite(Number(params.get(p)))) s[k] = Number(params.get(p)); };
+  num("temperature"); num("top_p"); num("max_tokens"); num("image_max_edge"); num("context");
+  if (params.has("f16")) s.f16 = params.get("f16") === "1" || params.get("f16") === "true";
+  return s;
+}
+
+export function saveSettings() {
+  try { localStorage.setItem(SETTINGS_KEY, JSON.stringify(state.settings)); } catch { /* private mode */ }
+}
+
+/** Everything the page knows; exposed as window.webvlmDemo.state. */
+export const state = {
+  status: "idle",
+  mode: "chat",
+  info: null,
+  progress: null,
+  progressLog: [],
+  messages: [],
+  attachments: [],
+  settings: loadSettings(),
+  localFiles: { text: [], mmproj: null }, // text: one file, or split parts in name order
+  loadedSource: null,
+  lastReply: null,
+  lastError: null,
+  batch: { status: "empty", items: [], run: null },
+};
+
+/** The package module (pkg/index.js) once imported (model.js: getApi). */
+export let api = null;
+/** The loaded Engine, or null. */
+export let engine = null;
+
+export const setApi = (m) => { api = m; };
+export const setEngine = (e) => { engine = e; };
+
+window.webvlmDemo = {
+  get engine() { return engine; },
+  get api() { return api; },
+  state,
+};
+
+/** A load, a chat reply or a batch is under way (Load, Unload and model files wait). */
+export const isBusy = () => state.status === "loading" || state.status === "generating" || state.status === "batch";
+
+/** The loaded model has no vision projector (it cannot take images). */
+export const lacksVision = () => !!(state.info && !state.info.vision);
+
+/** A batch is running or stopping. */
+export const batchRunning = () => state.batch.status === "running" || state.batch.status === "stopping";
