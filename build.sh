@@ -110,7 +110,7 @@ browser_tests() {
   # their per-file time limits. `cargo test` built it with the dev-dependencies' features
   # (jsonschema's serde_json), so a cold `cargo run` compiles it again: 187 s in api.test.js.
   cargo build --quiet --bin webvlm
-  # One process per test file; the spec reporter ends with node's summary (tests/pass/fail).
+  # One process per test file; the spec reporter ends with node's summary (tests, pass, fail).
   node --test --test-reporter=spec --test-timeout=600000 "$@" "$browser_dir"/*.test.js
 }
 

@@ -1,6 +1,6 @@
 //! Images in prompts: where their bytes come from (data URLs, or a loader the caller gives
 //! for other URLs), the image-embedding cache, and the expansion of each `[IMG]` placeholder
-//! the chat template writes into the image's token layout (GUIDE §1, transformers'
+//! the chat template writes into the image's token layout (`docs/MODELS.md`, transformers'
 //! `PixtralProcessor`): `([IMG] × cols + [IMG_BREAK]) × rows`, the last token `[IMG_END]`.
 
 use std::collections::hash_map::DefaultHasher;

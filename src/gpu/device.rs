@@ -88,7 +88,7 @@ impl Gpu {
         if options.allow_f16 && available.contains(wgpu::Features::SHADER_F16) {
             features |= wgpu::Features::SHADER_F16;
         }
-        // wgpu cannot request the browser's `subgroups` feature yet (GUIDE §3).
+        // wgpu cannot request the browser's `subgroups` feature yet, and naga rejects `enable subgroups;`.
         let web = cfg!(target_arch = "wasm32");
         if options.allow_subgroups && !web && available.contains(wgpu::Features::SUBGROUP) {
             features |= wgpu::Features::SUBGROUP;

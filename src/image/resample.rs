@@ -1,7 +1,7 @@
 //! Bicubic resampling that reproduces Pillow's `Image.resize(size, Image.BICUBIC)` on 8-bit
 //! RGB images bit for bit.
 //!
-//! Reference: Pillow `src/libImaging/Resample.c` (`precompute_coeffs`,
+//! Reference: Pillow's `libImaging/Resample.c` (`precompute_coeffs`,
 //! `normalize_coeffs_8bpc`, `ImagingResampleHorizontal_8bpc`, `ImagingResampleVertical_8bpc`,
 //! `ImagingResampleInner`). The filter is Keys' cubic with a = -0.5 and support 2, widened by
 //! the downscale factor (antialiasing). Coefficients are computed in f64, normalised to sum 1,

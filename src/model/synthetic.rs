@@ -1,5 +1,5 @@
 //! Synthetic decoders for benchmarks and tests: a GGUF file with Ministral 3's architecture
-//! (`mistral3`: YaRN RoPE, query temperature scaling, tied embeddings; GUIDE §1) and random
+//! (`mistral3`: YaRN RoPE, query temperature scaling, tied embeddings; `docs/MODELS.md`) and random
 //! quantized weights, built in memory with [`GgufWriter`], no download and no file. Loaded
 //! like any other model through [`GgufBytes`] + [`super::Decoder::load`].
 //!
@@ -42,7 +42,7 @@ pub struct SyntheticShape {
 }
 
 impl SyntheticShape {
-    /// Ministral 3 3B's text decoder (`Ministral3ForCausalLM`, GUIDE §1): ~3.4 B parameters,
+    /// Ministral 3 3B's text decoder (`Ministral3ForCausalLM`, `docs/MODELS.md`): ~3.4 B parameters,
     /// ~2 GB of weights at this type mix.
     pub fn ministral3_3b() -> SyntheticShape {
         SyntheticShape { n_embd: 3072, n_layer: 26, n_head: 32, n_head_kv: 8, head_dim: 128, n_ff: 9216, vocab: 131072 }
@@ -227,7 +227,7 @@ const VISION_PATCH: u32 = 14;
 const VISION_MERGE: u32 = 2;
 
 impl VisionShape {
-    /// Ministral 3 3B's vision tower and projector (GUIDE §1): ~0.42 B parameters, ~0.84 GB
+    /// Ministral 3 3B's vision tower and projector (`docs/MODELS.md`): ~0.42 B parameters, ~0.84 GB
     /// of F16 weights.
     pub fn ministral3_3b() -> VisionShape {
         VisionShape { hidden: 1024, n_layer: 24, n_head: 16, head_dim: 64, n_ff: 4096, text_hidden: 3072 }

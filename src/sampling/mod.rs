@@ -14,7 +14,7 @@
 //! References: transformers `generation/logits_process.py` (`RepetitionPenaltyLogitsProcessor`,
 //! `TemperatureLogitsWarper`, `TopKLogitsWarper`, `TopPLogitsWarper`, `MinPLogitsWarper`);
 //! OpenAI's "frequency and presence penalties" formula (API reference, parameter details);
-//! llama.cpp `src/llama-sampling.cpp` (`llama_sampler_min_p`, default chain
+//! llama.cpp's `llama-sampling.cpp` (`llama_sampler_min_p`, default chain
 //! `penalties; …; top_k; typ_p; top_p; min_p; …; temperature`); vLLM `SamplingParams` and
 //! `v1/sample/sampler.py`.
 

@@ -1,6 +1,6 @@
 //! Assembly of the `tokenizers` pipeline for each vocabulary type.
 //!
-//! Reference: llama.cpp `src/llama-vocab.cpp` (`llama_vocab::impl::load`: token list, merge
+//! Reference: llama.cpp's `llama-vocab.cpp` (`llama_vocab::impl::load`: token list, merge
 //! parsing, duplicate check) and transformers `integrations/gguf/gguf_tokenizer_mapping.py`
 //! (`byte_level_tokenizer`, `sentencepiece_tokenizer`, `add_gguf_special_tokens`).
 

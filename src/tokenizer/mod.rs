@@ -1,6 +1,6 @@
 //! Text tokenizer built from the `tokenizer.ggml.*` metadata of a GGUF file.
 //!
-//! Reference: llama.cpp `src/llama-vocab.cpp` (how each vocabulary type, pre-tokenizer and
+//! Reference: llama.cpp's `llama-vocab.cpp` (how each vocabulary type, pre-tokenizer and
 //! special-token flag is read) and transformers `integrations/gguf/gguf_tokenizer_mapping.py`
 //! (how the same metadata becomes a Hugging Face `tokenizers` pipeline). Where the two
 //! disagree, the model's own Hugging Face tokenizer decides (it is what the fixtures in

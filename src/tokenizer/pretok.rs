@@ -1,6 +1,6 @@
 //! Byte-level BPE pre-tokenization, chosen by `tokenizer.ggml.pre`.
 //!
-//! Reference: llama.cpp `src/llama-vocab.cpp` (`llama_vocab::impl::load`, which maps the
+//! Reference: llama.cpp's `llama-vocab.cpp` (`llama_vocab::impl::load`, which maps the
 //! `tokenizer.ggml.pre` string to a pre-tokenizer type and its flags, and
 //! `llm_tokenizer_bpe`, which lists the split regexes of each type) and the `pre_tokenizer`
 //! sections of the Hugging Face `tokenizer.json` files those GGUFs were converted from.
