@@ -168,7 +168,7 @@ fn attn_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
 @compute @workgroup_size(64)
 fn attn_combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
-    let row = wid.x + wid.y * nwg.x;  // token * n_head + head
+    let row = linear_workgroup(wid, nwg);  // token * n_head + head
     if (row >= min(step.n_tok, p.max_tok) * p.n_head) { return; }
     let hd4 = p.head_dim / 4u;
     let base = row * p.n_split;

@@ -13,7 +13,7 @@ pub mod program;
 
 pub use device::{Caps, Gpu, GpuOptions, Readback};
 pub use params::{ParamSlot, ParamsArena};
-pub use pipeline::{Access, KernelSpec, Pipeline};
+pub use pipeline::{Access, KernelSpec, Pipeline, COMMON_WGSL};
 pub use program::{Arg, Dispatch, Op, Program};
 
 /// Errors of the GPU layer.
@@ -51,7 +51,8 @@ pub enum GpuError {
 pub type Result<T> = std::result::Result<T, GpuError>;
 
 /// Splits a 1D workgroup count into a grid that respects the 65535-per-dimension limit.
-/// Kernels recover the linear index as `wid.x + wid.y * num_workgroups.x`.
+/// Kernels recover the linear index as `linear_workgroup(wid, num_workgroups)`
+/// ([`COMMON_WGSL`]), i.e. `wid.x + wid.y * num_workgroups.x`.
 pub fn grid_1d(n_workgroups: u32) -> [u32; 3] {
     const MAX: u32 = 65535;
     if n_workgroups <= MAX {
