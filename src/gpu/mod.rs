@@ -50,15 +50,19 @@ pub enum GpuError {
 
 pub type Result<T> = std::result::Result<T, GpuError>;
 
-/// Splits a 1D workgroup count into a grid that respects the 65535-per-dimension limit.
+/// Workgroups per grid dimension that every adapter accepts (WebGPU's default
+/// `maxComputeWorkgroupsPerDimension`).
+pub const MAX_GRID_DIM: u32 = 65535;
+
+/// Splits a 1D workgroup count into a grid that respects the [`MAX_GRID_DIM`] limit (x =
+/// `ceil(n / y)`, so the grid may hold a few more workgroups than asked: kernels bound-check).
 /// Kernels recover the linear index as `linear_workgroup(wid, num_workgroups)`
 /// ([`COMMON_WGSL`]), i.e. `wid.x + wid.y * num_workgroups.x`.
 pub fn grid_1d(n_workgroups: u32) -> [u32; 3] {
-    const MAX: u32 = 65535;
-    if n_workgroups <= MAX {
+    if n_workgroups <= MAX_GRID_DIM {
         [n_workgroups.max(1), 1, 1]
     } else {
-        let y = n_workgroups.div_ceil(MAX);
+        let y = n_workgroups.div_ceil(MAX_GRID_DIM);
         [n_workgroups.div_ceil(y), y, 1]
     }
 }

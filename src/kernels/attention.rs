@@ -11,7 +11,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{grid_1d, Access, Arg, Gpu, GpuError, KernelSpec, Program, Result};
+use crate::gpu::{grid_1d, Access, Arg, Gpu, GpuError, KernelSpec, Program, Result, MAX_GRID_DIM};
 
 /// The `Step` struct shared by the RoPE and attention shaders.
 pub(crate) const STEP: &str = include_str!("../../shaders/step.wgsl");
@@ -227,7 +227,7 @@ pub fn attention_prefill(
     out: &wgpu::Buffer,
 ) -> Result<()> {
     shape.check()?;
-    if shape.max_tok * shape.group() > PREFILL_ROWS * 65535 {
+    if shape.max_tok * shape.group() > PREFILL_ROWS * MAX_GRID_DIM {
         return Err(GpuError::Shape(format!("attention_prefill: {} tokens do not fit one grid", shape.max_tok)));
     }
     let spec = KernelSpec::new("attention_prefill", PREFILL, "attn_prefill", PREFILL_BINDINGS)
