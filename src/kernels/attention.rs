@@ -16,9 +16,9 @@ use crate::gpu::{grid_1d, Access, Arg, Gpu, GpuError, KernelSpec, Program, Resul
 /// The `Step` struct shared by the RoPE and attention shaders.
 pub(crate) const STEP: &str = include_str!("../../shaders/step.wgsl");
 /// The `Params` struct and the constants shared by the attention shaders.
-const ATTN_COMMON: &str = include_str!("../../shaders/attention_common.wgsl");
-const PREFILL: &str = include_str!("../../shaders/attention_prefill.wgsl");
-const DECODE: &str = include_str!("../../shaders/attention_decode.wgsl");
+pub(super) const ATTN_COMMON: &str = include_str!("../../shaders/attention_common.wgsl");
+pub(super) const PREFILL: &str = include_str!("../../shaders/attention_prefill.wgsl");
+pub(super) const DECODE: &str = include_str!("../../shaders/attention_decode.wgsl");
 const PREFILL_BINDINGS: &[Access] =
     &[Access::Uniform, Access::Uniform, Access::Read, Access::Read, Access::Read, Access::ReadWrite];
 const DECODE_BINDINGS: &[Access] =
@@ -66,7 +66,7 @@ impl KvDtype {
         rows as u64 * row_elems as u64 * self.bytes()
     }
 
-    fn reader(self) -> &'static str {
+    pub(super) fn reader(self) -> &'static str {
         match self {
             KvDtype::F32 => KV_READ_F32,
             KvDtype::F16 => KV_READ_F16,
