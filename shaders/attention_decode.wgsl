@@ -19,8 +19,8 @@
 //! The cache is read through `kv_k` / `kv_v`, prepended by `src/kernels/attention.rs` for the
 //! cache type (f32, or f16 packed two per word and widened on load); the math is f32.
 
-// `struct Step` (step.wgsl) and `struct Params` (attention_params.wgsl) are prepended by
-// the Rust side.
+// `struct Step` (step.wgsl), and `struct Params`, `HD4` and `NEG` (attention_common.wgsl)
+// are prepended by the Rust side.
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<uniform> step: Step;
@@ -39,9 +39,7 @@
 const R_MAX: u32 = 8u;
 const BK: u32 = 64u;
 const WG: u32 = 128u;         // BK keys x 2 halves of head_dim in phase 1
-const HD4: u32 = 32u;
 const PAIRS: u32 = 2u;        // R_MAX * HD4 / WG
-const NEG: f32 = -1.0e30;
 const MASKED: f32 = -1.0e38;
 
 var<workgroup> qs: array<vec4<f32>, 256>;  // R_MAX * HD4, pre-scaled q rows
@@ -168,7 +166,7 @@ fn attn_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
 @compute @workgroup_size(64)
 fn attn_combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
-    let row = wid.x + wid.y * nwg.x;  // token * n_head + head
+    let row = linear_workgroup(wid, nwg);  // token * n_head + head
     if (row >= min(step.n_tok, p.max_tok) * p.n_head) { return; }
     let hd4 = p.head_dim / 4u;
     let base = row * p.n_split;

@@ -14,8 +14,8 @@
 //! The cache is read through `kv_k` / `kv_v`, prepended by `src/kernels/attention.rs` for the
 //! cache type (f32, or f16 packed two per word and widened on load); the math is f32.
 
-// `struct Step` (step.wgsl) and `struct Params` (attention_params.wgsl) are prepended by
-// the Rust side.
+// `struct Step` (step.wgsl), and `struct Params`, `HD4` and `NEG` (attention_common.wgsl)
+// are prepended by the Rust side.
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<uniform> step: Step;
@@ -30,9 +30,7 @@
 const BQ: u32 = 16u;
 const BK: u32 = 8u;
 const WG: u32 = 128u;    // BQ * BK
-const HD4: u32 = 32u;    // max head_dim / 4
 const OPT: u32 = 4u;     // HD4 / BK output vec4s per invocation
-const NEG: f32 = -1.0e30;     // initial running max
 const MASKED: f32 = -3.0e38;  // score of an invisible key: exp(MASKED - m) == 0
 
 var<workgroup> qs: array<vec4<f32>, 512>;  // BQ * HD4

@@ -10,7 +10,7 @@
 //! - `fma_peak`: each invocation runs CHAINS independent vec4<f32> fma chains for `iters`
 //!   iterations in registers (no memory traffic): peak f32 FMA throughput,
 //!   2 * 4 * CHAINS * iters FLOP per invocation.
-//! Grid: linear workgroup id wid.x + wid.y * nwg.x (see `gpu::grid_1d`).
+//! Grid: x/y folded by `gpu::grid_1d` (`linear_invocation`, common.wgsl).
 
 struct Params {
     n: u32,       // copy / read_sum: vec4 elements; fma: invocations
@@ -26,14 +26,10 @@ struct Params {
 const WG: u32 = 256u;
 const PER: u32 = 16u;
 
-fn linear_id(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wid.x + wid.y * nwg.x) * WG + lid;
-}
-
 @compute @workgroup_size(WG)
 fn copy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
-    let i = linear_id(wid, nwg, lid);
+    let i = linear_invocation(wid, nwg, lid, WG);
     if (i < p.n) {
         dst[i] = src[i];
     }
@@ -42,7 +38,7 @@ fn copy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 @compute @workgroup_size(WG)
 fn read_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
-    let i = linear_id(wid, nwg, lid);
+    let i = linear_invocation(wid, nwg, lid, WG);
     var acc = vec4<u32>(0u);
     for (var k = 0u; k < PER; k++) {
         let j = i + k * p.stride;
@@ -58,7 +54,7 @@ fn read_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
 @compute @workgroup_size(WG)
 fn fma_peak(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
        @builtin(local_invocation_index) lid: u32) {
-    let i = linear_id(wid, nwg, lid);
+    let i = linear_invocation(wid, nwg, lid, WG);
     if (i >= p.n) {
         return;
     }

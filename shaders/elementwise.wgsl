@@ -14,15 +14,11 @@ struct Params {
 
 const WG: u32 = 256u;
 
-fn index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wid.x + wid.y * nwg.x) * WG + lid;
-}
-
 /// b += a (the residual stream is `b`).
 @compute @workgroup_size(WG)
 fn add_inplace(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
-    let i = index(wid, nwg, lid);
+    let i = linear_invocation(wid, nwg, lid, WG);
     if (i < p.n) { b[i] = b[i] + a[i]; }
 }
 
@@ -30,7 +26,7 @@ fn add_inplace(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
 @compute @workgroup_size(WG)
 fn silu_mul_inplace(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                     @builtin(local_invocation_index) lid: u32) {
-    let i = index(wid, nwg, lid);
+    let i = linear_invocation(wid, nwg, lid, WG);
     if (i < p.n) {
         let g = b[i];
         b[i] = g / (1.0 + exp(-g)) * a[i];
@@ -55,7 +51,7 @@ fn erfc_pos(z: f32) -> f32 {
 @compute @workgroup_size(WG)
 fn gelu_inplace(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
-    let i = index(wid, nwg, lid);
+    let i = linear_invocation(wid, nwg, lid, WG);
     if (i < p.n) {
         let v = xg[i];
         let u = v * 0.70710678118654752;

@@ -3,7 +3,7 @@
 //! One workgroup per id; a row-split weight is one dispatch per part and each part writes
 //! only the ids it holds. Ids >= total_rows read nothing and give a zero row (written by the
 //! dispatch with `zero_oob` = 1, the first part).
-//! Grid: x/y = ids (linear id wid.x + wid.y * nwg.x).
+//! Grid: x/y = ids (`linear_workgroup`, common.wgsl).
 
 struct Params {
     row_words: u32,
@@ -30,7 +30,7 @@ const WG: u32 = 256u;
 @compute @workgroup_size(256)
 fn embedding(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(local_invocation_index) lid: u32) {
-    let i = wid.x + wid.y * nwg.x;
+    let i = linear_workgroup(wid, nwg);
     if (i >= p.n) { return; }
     let id = ids[i];
     let base = i * p.cols;

@@ -4,7 +4,7 @@
 //! BM x BN = 64 x 64 output tile, stepping K by BK = 32; each step stages an X tile and a
 //! dequantized W tile (8 values per thread, decoded once) in workgroup memory, k-major, and
 //! each thread accumulates a 4 x 4 register block. Edges are bounds-checked.
-//! Grid: x/y = N tiles (linear id wid.x + wid.y * nwg.x), z = M tiles.
+//! Grid: x/y = N tiles (`linear_workgroup`, common.wgsl), z = M tiles.
 //!
 //! Precision (a prelude from `src/kernels/matmul.rs` defines the tile type `MMT` and `MM_F16`):
 //! f32 tiles and f32 accumulation (the default); or, with `shader-f16`, f16 tiles (X clamped
@@ -64,7 +64,7 @@ fn put_w(r: u32, kq: u32, v: W8) {
 fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) lid: u32) {
     let wl = WLayout(p.row_words, p.bpr, p.scale_base);
-    let n0 = (wid.x + wid.y * nwg.x) * BN;
+    let n0 = linear_workgroup(wid, nwg) * BN;
     let m0 = wid.z * BM;
     if (n0 >= p.n) { return; }
     let tm = lid / 16u; // output rows m0 + 4 tm ..

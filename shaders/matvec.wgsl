@@ -17,7 +17,7 @@
 //!   for all rows (`NL`, `NH`), leaving one `and`, one signed convert and one FMA per weight.
 //!   Private arrays and run-time-indexed vector components are avoided: CPU adapters
 //!   (llvmpipe) spill them.
-//! Grid: x/y = row groups (linear id wid.x + wid.y * nwg.x), z = tokens.
+//! Grid: x/y = row groups (`linear_workgroup`, common.wgsl), z = tokens.
 
 struct Params {
     row_words: u32,
@@ -80,7 +80,8 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     let wl = WLayout(p.row_words, p.bpr, p.scale_base);
     let lane = lid % TPR;
     let grp = lid / TPR;
-    let row0 = ((wid.x + wid.y * nwg.x) * GPW + grp) * NR;
+    let group0 = linear_workgroup(wid, nwg) * GPW;
+    let row0 = (group0 + grp) * NR;
     let last = p.rows - 1u;
     let r0 = min(row0, last);
     let r1 = min(row0 + 1u, last);
@@ -103,7 +104,7 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
             acc += xv * vec4<f32>(wdecode1(wl, r0, k), wdecode1(wl, r1, k), wdecode1(wl, r2, k), wdecode1(wl, r3, k));
         }
     }
-    reduce_store(acc, lid, (wid.x + wid.y * nwg.x) * GPW, GPW, TPR, wid.z);
+    reduce_store(acc, lid, group0, GPW, TPR, wid.z);
 }
 
 // ---- Block path (Q8_0, Q4_0, Q4_1, Q4_K, Q6_K): one invocation takes a whole unit of 32
@@ -312,7 +313,8 @@ fn matvec_blk(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     let gpw = WG / TPB;
     let lane = lid % TPB;
     let grp = lid / TPB;
-    let row0 = ((wid.x + wid.y * nwg.x) * gpw + grp) * NRB;
+    let group0 = linear_workgroup(wid, nwg) * gpw;
+    let row0 = (group0 + grp) * NRB;
     let last = p.rows - 1u;
     let r0 = min(row0, last);
     let r1 = min(row0 + 1u, last);
@@ -379,5 +381,5 @@ fn matvec_blk(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
             }
         }
     }
-    reduce_store_blk(acc, acc1, acc2, acc3, lid, (wid.x + wid.y * nwg.x) * gpw, gpw, TPB, wid.z);
+    reduce_store_blk(acc, acc1, acc2, acc3, lid, group0, gpw, TPB, wid.z);
 }

@@ -20,7 +20,7 @@ var<workgroup> partial: array<f32, WG>;
 @compute @workgroup_size(WG)
 fn rms_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
-    let row = wid.x + wid.y * nwg.x;
+    let row = linear_workgroup(wid, nwg);
     if (row >= p.rows) { return; }
     let base = row * p.dim;
     var acc = 0.0;

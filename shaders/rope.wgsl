@@ -9,8 +9,9 @@
 //! pass through unchanged.
 //!
 //! Angles: `angle = f32(pos) * inv_freq[i]` rounded to f32 exactly as transformers does, then
-//! reduced modulo 2*pi with a three-part Cody-Waite split (exact for |angle| < 2^16 * 2*pi)
-//! so that GPU `cos`/`sin`, only accurate on [-pi, pi], agree with a CPU f32 `cos(angle)`.
+//! reduced modulo 2*pi with a three-part Cody-Waite split (`reduce_angle`, common.wgsl; exact
+//! for |angle| < 2^16 * 2*pi) so that GPU `cos`/`sin`, only accurate on [-pi, pi], agree with
+//! a CPU f32 `cos(angle)`.
 //!
 //! One invocation per (token, head, pair). `rope_inplace` rotates q or k in place;
 //! `rope_kv_store` rotates new k rows and writes them, with the matching v rows, into the KV
@@ -54,17 +55,10 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> v_cache_h: array<u32>;
 
 const WG: u32 = 256u;
-// 2*pi = C1 + C2 + C3; C1 and C2 have 8 significant bits, so k*C1 and k*C2 are exact for k < 2^16.
-const C1: f32 = 6.28125;
-const C2: f32 = 0.00193023681640625;
-const C3: f32 = 5.070363386039389e-06;
-const INV_TWO_PI: f32 = 0.15915493667125702;
 
 // (cos, sin) * attn_factor of frequency i at position pos.
 fn cos_sin(pos: u32, i: u32) -> vec2<f32> {
-    let angle = f32(pos) * inv_freq[i];
-    let k = round(angle * INV_TWO_PI);
-    let r = ((angle - k * C1) - k * C2) - k * C3;
+    let r = reduce_angle(f32(pos) * inv_freq[i]);
     return vec2<f32>(cos(r), sin(r)) * p.attn_factor;
 }
 
@@ -84,7 +78,7 @@ struct Job {
 }
 
 fn job(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> Job {
-    let g = (wid.x + wid.y * nwg.x) * WG + lid;
+    let g = linear_invocation(wid, nwg, lid, WG);
     let half_dim = p.head_dim / 2u;
     let per_tok = p.n_heads * half_dim;
     let t = g / per_tok;

@@ -52,20 +52,11 @@ struct Rope2dParams {
 @group(0) @binding(2) var<storage, read_write> x: array<f32>;
 
 const WG: u32 = 256u;
-// 2*pi = C1 + C2 + C3 (Cody-Waite, as in rope.wgsl): GPU cos/sin are accurate on [-pi, pi] only.
-const C1: f32 = 6.28125;
-const C2: f32 = 0.00193023681640625;
-const C3: f32 = 5.070363386039389e-06;
-const INV_TWO_PI: f32 = 0.15915493667125702;
-
-fn index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wid.x + wid.y * nwg.x) * WG + lid;
-}
 
 @compute @workgroup_size(WG)
 fn patch_unfold(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
-    let i = index(wid, nwg, lid);
+    let i = linear_invocation(wid, nwg, lid, WG);
     let ps = pu.patch_size;
     let k = pu.channels * ps * ps;
     let cols = pu.width / ps;
@@ -84,7 +75,7 @@ fn patch_unfold(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
 @compute @workgroup_size(WG)
 fn patch_merge(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
-    let i = index(wid, nwg, lid);
+    let i = linear_invocation(wid, nwg, lid, WG);
     let hidden = pm.hidden;
     let mcols = pm.cols / 2u;
     let n = (pm.rows / 2u) * mcols * hidden * 4u;
@@ -102,7 +93,7 @@ fn patch_merge(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
 @compute @workgroup_size(WG)
 fn rope_2d(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
-    let g = index(wid, nwg, lid);
+    let g = linear_invocation(wid, nwg, lid, WG);
     let half_dim = pr.head_dim / 2u;
     let per_tok = pr.n_heads * half_dim;
     let t = g / per_tok;
@@ -119,9 +110,9 @@ fn rope_2d(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
         d0 = i;
         d1 = i + half_dim;
     }
-    let angle = f32(pos) * inv_freq[i];
-    let k = round(angle * INV_TWO_PI);
-    let r = ((angle - k * C1) - k * C2) - k * C3;
+    // Reduced modulo 2*pi first (`reduce_angle`, common.wgsl): GPU cos/sin are accurate on
+    // [-pi, pi] only.
+    let r = reduce_angle(f32(pos) * inv_freq[i]);
     let cs = cos(r);
     let sn = sin(r);
     let base = (pr.row0 + t) * pr.stride + pr.offset + h * pr.head_dim;

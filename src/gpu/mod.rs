@@ -13,7 +13,7 @@ pub mod program;
 
 pub use device::{Caps, Gpu, GpuOptions, Readback};
 pub use params::{ParamSlot, ParamsArena};
-pub use pipeline::{Access, KernelSpec, Pipeline};
+pub use pipeline::{Access, KernelSpec, Pipeline, COMMON_WGSL};
 pub use program::{Arg, Dispatch, Op, Program};
 
 /// Errors of the GPU layer.
@@ -54,14 +54,19 @@ pub enum GpuError {
 
 pub type Result<T> = std::result::Result<T, GpuError>;
 
-/// Splits a 1D workgroup count into a grid that respects the 65535-per-dimension limit.
-/// Kernels recover the linear index as `wid.x + wid.y * num_workgroups.x`.
+/// Workgroups per grid dimension that every adapter accepts (WebGPU's default
+/// `maxComputeWorkgroupsPerDimension`).
+pub const MAX_GRID_DIM: u32 = 65535;
+
+/// Splits a 1D workgroup count into a grid that respects the [`MAX_GRID_DIM`] limit (x =
+/// `ceil(n / y)`, so the grid may hold a few more workgroups than asked: kernels bound-check).
+/// Kernels recover the linear index as `linear_workgroup(wid, num_workgroups)`
+/// ([`COMMON_WGSL`]), i.e. `wid.x + wid.y * num_workgroups.x`.
 pub fn grid_1d(n_workgroups: u32) -> [u32; 3] {
-    const MAX: u32 = 65535;
-    if n_workgroups <= MAX {
+    if n_workgroups <= MAX_GRID_DIM {
         [n_workgroups.max(1), 1, 1]
     } else {
-        let y = n_workgroups.div_ceil(MAX);
+        let y = n_workgroups.div_ceil(MAX_GRID_DIM);
         [n_workgroups.div_ceil(y), y, 1]
     }
 }

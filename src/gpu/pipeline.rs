@@ -1,14 +1,21 @@
 //! Kernels and the typed pipeline cache.
 //!
 //! A kernel is a WGSL source (one file per family, possibly prefixed by shared parts such as
-//! a quant-format decoder), an entry point, its binding list and override constants. Bind
-//! group layouts are explicit (built from the binding list), so entry points of one family may
-//! use different subsets of the declared bindings. Every pipeline is compiled once per device.
+//! a quant-format decoder, and always preceded by [`COMMON_WGSL`]), an entry point, its
+//! binding list and override constants. Bind group layouts are explicit (built from the
+//! binding list), so entry points of one family may use different subsets of the declared
+//! bindings. Every pipeline is compiled once per device.
 
 use std::collections::HashMap;
 use std::rc::Rc;
 
 use super::{Gpu, Result};
+
+/// Helpers shared by the kernel families (`shaders/common.wgsl`: the linear index of a grid
+/// folded by [`grid_1d`](super::grid_1d), the Cody-Waite angle reduction): part of every
+/// module, right before the family's own source (WGSL module-scope declarations may be used
+/// before they appear, and unused ones cost nothing).
+pub const COMMON_WGSL: &str = include_str!("../../shaders/common.wgsl");
 
 /// How a kernel uses one binding of group 0 (binding index = position in the list).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -23,7 +30,8 @@ pub enum Access {
 pub struct KernelSpec {
     /// Label for errors and debuggers.
     pub label: &'static str,
-    /// WGSL parts concatenated in order (e.g. `["enable f16;", QUANT_Q4_K, MATVEC]`).
+    /// WGSL parts concatenated in order (e.g. `[QUANT_WGSL, COMMON_WGSL, MATVEC]`); a part
+    /// with an `enable` directive must come first.
     pub sources: Vec<&'static str>,
     pub entry: &'static str,
     pub bindings: &'static [Access],
@@ -32,11 +40,13 @@ pub struct KernelSpec {
 }
 
 impl KernelSpec {
+    /// The family source `source`, preceded by [`COMMON_WGSL`].
     pub fn new(label: &'static str, source: &'static str, entry: &'static str, bindings: &'static [Access]) -> Self {
-        KernelSpec { label, sources: vec![source], entry, bindings, constants: Vec::new() }
+        KernelSpec { label, sources: vec![COMMON_WGSL, source], entry, bindings, constants: Vec::new() }
     }
 
-    /// Prepends a source part (a shared prelude such as a quant decoder or `enable f16;`).
+    /// Prepends a source part (a shared prelude such as a quant decoder or `enable f16;`):
+    /// the last part prepended comes first in the module.
     pub fn with_prefix(mut self, part: &'static str) -> Self {
         self.sources.insert(0, part);
         self

@@ -11,14 +11,14 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{grid_1d, Access, Arg, Gpu, GpuError, KernelSpec, Program, Result};
+use crate::gpu::{grid_1d, Access, Arg, Gpu, GpuError, KernelSpec, Program, Result, MAX_GRID_DIM};
 
 /// The `Step` struct shared by the RoPE and attention shaders.
 pub(crate) const STEP: &str = include_str!("../../shaders/step.wgsl");
-/// The `Params` struct shared by the attention shaders.
-const PARAMS: &str = include_str!("../../shaders/attention_params.wgsl");
-const PREFILL: &str = include_str!("../../shaders/attention_prefill.wgsl");
-const DECODE: &str = include_str!("../../shaders/attention_decode.wgsl");
+/// The `Params` struct and the constants shared by the attention shaders.
+pub(super) const ATTN_COMMON: &str = include_str!("../../shaders/attention_common.wgsl");
+pub(super) const PREFILL: &str = include_str!("../../shaders/attention_prefill.wgsl");
+pub(super) const DECODE: &str = include_str!("../../shaders/attention_decode.wgsl");
 const PREFILL_BINDINGS: &[Access] =
     &[Access::Uniform, Access::Uniform, Access::Read, Access::Read, Access::Read, Access::ReadWrite];
 const DECODE_BINDINGS: &[Access] =
@@ -66,7 +66,7 @@ impl KvDtype {
         rows as u64 * row_elems as u64 * self.bytes()
     }
 
-    fn reader(self) -> &'static str {
+    pub(super) fn reader(self) -> &'static str {
         match self {
             KvDtype::F32 => KV_READ_F32,
             KvDtype::F16 => KV_READ_F16,
@@ -227,12 +227,12 @@ pub fn attention_prefill(
     out: &wgpu::Buffer,
 ) -> Result<()> {
     shape.check()?;
-    if shape.max_tok * shape.group() > PREFILL_ROWS * 65535 {
+    if shape.max_tok * shape.group() > PREFILL_ROWS * MAX_GRID_DIM {
         return Err(GpuError::Shape(format!("attention_prefill: {} tokens do not fit one grid", shape.max_tok)));
     }
     let spec = KernelSpec::new("attention_prefill", PREFILL, "attn_prefill", PREFILL_BINDINGS)
         .with_prefix(shape.kv.reader())
-        .with_prefix(PARAMS)
+        .with_prefix(ATTN_COMMON)
         .with_prefix(STEP);
     let tiles = (shape.max_tok * shape.group()).div_ceil(PREFILL_ROWS);
     let args = [Arg::Buf(step), Arg::Buf(q), Arg::Buf(k_cache), Arg::Buf(v_cache), Arg::Buf(out)];
@@ -298,7 +298,7 @@ pub fn attention_decode(
     let params = shape.params(scratch.n_split);
     let spec = KernelSpec::new("attention_decode", DECODE, "attn_decode", DECODE_BINDINGS)
         .with_prefix(shape.kv.reader())
-        .with_prefix(PARAMS)
+        .with_prefix(ATTN_COMMON)
         .with_prefix(STEP);
     let chunks = (shape.max_tok * shape.group()).div_ceil(DECODE_ROWS);
     let args = [Arg::Buf(step), Arg::Buf(&scratch.ml), Arg::Buf(&scratch.o), Arg::Buf(q), Arg::Buf(k_cache), Arg::Buf(v_cache)];
@@ -306,7 +306,7 @@ pub fn attention_decode(
     // Same module as attn_decode (the reader is part of it; combine does not read the cache).
     let spec = KernelSpec::new("attention_decode", DECODE, "attn_combine", COMBINE_BINDINGS)
         .with_prefix(shape.kv.reader())
-        .with_prefix(PARAMS)
+        .with_prefix(ATTN_COMMON)
         .with_prefix(STEP);
     let args = [Arg::Buf(step), Arg::Buf(&scratch.ml), Arg::Buf(&scratch.o), Arg::Buf(out)];
     prog.push_with_params(gpu, &spec, &params, &args, grid_1d(shape.max_tok * shape.n_head))

@@ -7,7 +7,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::{grid_1d, Access, Arg, Gpu, GpuError, KernelSpec, Program, Result};
 
-const SHADER: &str = include_str!("../../shaders/bench.wgsl");
+pub(super) const SHADER: &str = include_str!("../../shaders/bench.wgsl");
 const BINDINGS: &[Access] = &[Access::Uniform, Access::Read, Access::ReadWrite];
 /// Invocations per workgroup (`WG`), vec4 loads per invocation of `read_sum` (`PER`).
 const WG: u32 = 256;

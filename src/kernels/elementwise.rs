@@ -4,7 +4,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::{grid_1d, Access, Arg, Gpu, KernelSpec, Program, Result};
 
-const SHADER: &str = include_str!("../../shaders/elementwise.wgsl");
+pub(super) const SHADER: &str = include_str!("../../shaders/elementwise.wgsl");
 const BINDINGS: &[Access] = &[Access::Uniform, Access::Read, Access::ReadWrite];
 const WG: u32 = 256;
 

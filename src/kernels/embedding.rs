@@ -8,7 +8,7 @@ use super::matvec::check_len;
 use super::quant::{GpuWeight, WLayout};
 use crate::gpu::{grid_1d, Access, Arg, Gpu, KernelSpec, Program, Result};
 
-const SHADER: &str = include_str!("../../shaders/embedding.wgsl");
+pub(super) const SHADER: &str = include_str!("../../shaders/embedding.wgsl");
 const BINDINGS: &[Access] = &[Access::Uniform, Access::Read, Access::Read, Access::ReadWrite];
 
 #[repr(C)]

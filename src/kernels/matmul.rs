@@ -13,7 +13,7 @@ use super::matvec::check_len;
 use super::quant::{GpuWeight, WLayout};
 use crate::gpu::{grid_1d, Access, Arg, Gpu, GpuError, KernelSpec, Program, Result};
 
-const SHADER: &str = include_str!("../../shaders/matmul.wgsl");
+pub(super) const SHADER: &str = include_str!("../../shaders/matmul.wgsl");
 const BINDINGS: &[Access] = &[Access::Uniform, Access::Read, Access::Read, Access::ReadWrite];
 /// Output tile (`BM`, `BN` in the shader).
 const TILE_M: u32 = 64;
@@ -32,7 +32,7 @@ pub enum MatmulCompute {
 
 impl MatmulCompute {
     /// The prelude that sets the shader's tile type (`enable f16;` comes first in the module).
-    fn prelude(self) -> &'static str {
+    pub(super) fn prelude(self) -> &'static str {
         match self {
             MatmulCompute::F32 => "alias MMT = f32;\nconst MM_F16 = false;\n",
             MatmulCompute::F16 => "enable f16;\nalias MMT = f16;\nconst MM_F16 = true;\n",

@@ -8,7 +8,7 @@ use bytemuck::{Pod, Zeroable};
 use super::quant::{GpuWeight, WLayout, WeightFormat};
 use crate::gpu::{grid_1d, Access, Arg, Gpu, GpuError, KernelSpec, Program, Result};
 
-const SHADER: &str = include_str!("../../shaders/matvec.wgsl");
+pub(super) const SHADER: &str = include_str!("../../shaders/matvec.wgsl");
 const BINDINGS: &[Access] = &[Access::Uniform, Access::Read, Access::Read, Access::ReadWrite];
 /// `matvec_blk`: also vec4 views of x (binding 4) and of the weight (binding 5).
 const BINDINGS_BLK: &[Access] = &[Access::Uniform, Access::Read, Access::Read, Access::ReadWrite, Access::Read, Access::Read];

@@ -13,3 +13,54 @@ pub mod quant;
 pub mod rope;
 pub mod sample;
 pub mod vision;
+
+/// Every kernel module, assembled as the kernels assemble it (prefixes, `common.wgsl`, the
+/// family source), parses and validates in naga, wgpu's shader compiler on native adapters,
+/// with no device: all entry points, both KV-cache readers and both matmul preludes.
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use super::attention::{KvDtype, ATTN_COMMON, DECODE, PREFILL, STEP};
+    use super::matmul::MatmulCompute;
+    use super::quant::QUANT_WGSL;
+    use crate::gpu::KernelSpec;
+    use wgpu::naga;
+
+    fn modules() -> Vec<KernelSpec> {
+        let spec = |label: &'static str, source: &'static str| KernelSpec::new(label, source, "", &[]);
+        let mut specs = vec![
+            spec("bench", super::bench::SHADER),
+            spec("elementwise", super::elementwise::SHADER),
+            spec("norm", super::norm::SHADER),
+            spec("sample", super::sample::SHADER),
+            spec("vision", super::vision::SHADER),
+            spec("embedding", super::embedding::SHADER).with_prefix(QUANT_WGSL),
+            spec("matvec", super::matvec::SHADER).with_prefix(QUANT_WGSL),
+            spec("rope", super::rope::SHADER).with_prefix(STEP),
+        ];
+        for compute in [MatmulCompute::F32, MatmulCompute::F16] {
+            specs.push(spec("matmul", super::matmul::SHADER).with_prefix(QUANT_WGSL).with_prefix(compute.prelude()));
+        }
+        for kv in [KvDtype::F32, KvDtype::F16] {
+            for (label, source) in [("attention_prefill", PREFILL), ("attention_decode", DECODE)] {
+                specs.push(spec(label, source).with_prefix(kv.reader()).with_prefix(ATTN_COMMON).with_prefix(STEP));
+            }
+        }
+        specs
+    }
+
+    #[test]
+    fn every_kernel_module_validates() {
+        // What a WebGPU device grants (`unpack2x16float` and friends are core WGSL), plus
+        // `shader-f16` for matmul's f16 prelude.
+        use naga::valid::Capabilities as C;
+        let caps = C::default() | C::SHADER_FLOAT16_IN_FLOAT32 | C::SHADER_FLOAT16;
+        for spec in modules() {
+            let code = spec.sources.concat();
+            let module =
+                naga::front::wgsl::parse_str(&code).unwrap_or_else(|e| panic!("{}: {}", spec.label, e.emit_to_string(&code)));
+            naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("{}: {}", spec.label, e.emit_to_string(&code)));
+        }
+    }
+}

@@ -13,7 +13,7 @@ use bytemuck::{Pod, Zeroable};
 use super::attention::{KvDtype, STEP};
 use crate::gpu::{grid_1d, Access, Arg, Gpu, GpuError, KernelSpec, Program, Result};
 
-const SHADER: &str = include_str!("../../shaders/rope.wgsl");
+pub(super) const SHADER: &str = include_str!("../../shaders/rope.wgsl");
 const INPLACE: &[Access] = &[Access::Uniform, Access::Uniform, Access::Read, Access::ReadWrite];
 const KV_STORE: &[Access] =
     &[Access::Uniform, Access::Uniform, Access::Read, Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite];

@@ -9,7 +9,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::{Access, Arg, Gpu, KernelSpec, Program, Result};
 
-const SHADER: &str = include_str!("../../shaders/sample.wgsl");
+pub(super) const SHADER: &str = include_str!("../../shaders/sample.wgsl");
 const BINDINGS: &[Access] = &[Access::Uniform, Access::Uniform, Access::Read, Access::ReadWrite, Access::ReadWrite];
 const PER_WG: u32 = 4096;
 

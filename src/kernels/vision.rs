@@ -25,7 +25,7 @@ use super::matvec::check_len;
 use super::rope::{rope_inv_freq, RopeMode};
 use crate::gpu::{grid_1d, Access, Arg, Gpu, GpuError, KernelSpec, Program, Result};
 
-const SHADER: &str = include_str!("../../shaders/vision.wgsl");
+pub(super) const SHADER: &str = include_str!("../../shaders/vision.wgsl");
 const BINDINGS: &[Access] = &[Access::Uniform, Access::Read, Access::ReadWrite];
 const WG: u32 = 256;
 
