@@ -6,6 +6,7 @@
 #   ./build.sh wasm      build the npm package only (pkg/, copied to www/pkg/ for the demo)
 #   ./build.sh browser   build the wasm package and run the browser tests only
 #                        (node --test; extra arguments go to node, e.g. a test file)
+#   ./build.sh lint      rustfmt check and clippy with warnings as errors, native and wasm32
 #   ./build.sh wasm-test Rust tests in the browser (tests/wasm_browser.rs: wasm-bindgen-test
 #                        in headless Chromium through chromedriver; extra arguments go to
 #                        the test binary, e.g. a test name filter)
@@ -104,6 +105,16 @@ wasm_tests() {
     cargo test --target wasm32-unknown-unknown --no-default-features --test wasm_browser -- "$@"
 }
 
+# Formatting and lints: `cargo fmt --check` (rustfmt.toml), clippy with warnings as errors for
+# every native target and for the wasm32 library and its browser tests.
+lint() {
+  rustup component add rustfmt clippy >/dev/null 2>&1 || true
+  rustup target add wasm32-unknown-unknown >/dev/null 2>&1 || true
+  cargo fmt --check
+  cargo clippy --all-targets -- -D warnings
+  cargo clippy --target wasm32-unknown-unknown --no-default-features --lib --test wasm_browser -- -D warnings
+}
+
 browser_tests() {
   npm_deps
   # Several tests compare with the native CLI (`cargo run --bin webvlm`): build it here, outside
@@ -139,6 +150,7 @@ case "$cmd" in
     # Each part runs even when an earlier one failed; the run fails if any did. The parts run
     # as child processes so that `set -e` holds inside each of them.
     failed=()
+    bash "$0" lint || failed+=("lint (cargo fmt --check, clippy -D warnings)")
     bash "$0" wasm || failed+=("wasm build")
     cargo test --no-fail-fast || failed+=("native tests")
     bash "$0" wasm-test || failed+=("wasm tests in the browser")
@@ -160,8 +172,11 @@ case "$cmd" in
     shift
     wasm_tests "$@"
     ;;
+  lint)
+    lint
+    ;;
   *)
-    echo "usage: $0 [serve|test|wasm|browser|wasm-test]" >&2
+    echo "usage: $0 [serve|test|wasm|browser|wasm-test|lint]" >&2
     exit 2
     ;;
 esac
