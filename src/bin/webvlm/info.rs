@@ -3,15 +3,36 @@
 
 use std::collections::BTreeMap;
 
+use clap::Args;
 use webvlm::gguf::MappedGguf;
 use webvlm::model::{ContextOptions, ModelConfig};
 
-use crate::{CliResult, Flags};
+use crate::args::ModelArg;
+use crate::CliResult;
 
-pub fn run(args: &[String]) -> CliResult {
-    let flags = Flags::parse(args, &[])?;
-    flags.only(&["model", "ctx"])?;
-    let model = MappedGguf::open(flags.require("model")?)?;
+#[derive(Args, Debug)]
+pub struct InfoArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// Context size in tokens, for the KV cache in the GPU memory estimate
+    #[arg(long, value_name = "N", default_value_t = ContextOptions::default().max_ctx)]
+    ctx: u32,
+}
+
+#[derive(Args, Debug)]
+pub struct SplitArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// Number of parts
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    parts: usize,
+    /// Prefix of the part files: PREFIX-00001-of-0000N.gguf ...
+    #[arg(long, value_name = "PREFIX")]
+    out: String,
+}
+
+pub fn run(args: &InfoArgs) -> CliResult {
+    let model = MappedGguf::open(&args.model.model)?;
     let md = model.metadata();
     let vocab = model.tensor("token_embd.weight")?.0.dims.get(1).copied().unwrap_or(0) as u32;
     let cfg = ModelConfig::from_metadata(md, vocab)?;
@@ -50,7 +71,7 @@ pub fn run(args: &[String]) -> CliResult {
     for (ty, (n, elems, bytes)) in &by_type {
         println!("  {ty:<6} {n:>5} tensors  {:>8.1} M params  {:>9.1} MiB", *elems as f64 / 1e6, *bytes as f64 / 1048576.0);
     }
-    let ctx = flags.num("ctx", ContextOptions::default().max_ctx)?;
+    let ctx = args.ctx;
     let kv = 2 * 4 * cfg.n_layer as u64 * ctx as u64 * cfg.kv_dim() as u64;
     let chunk = ContextOptions::default().max_chunk as u64;
     let acts = 4 * chunk * (3 * cfg.n_embd as u64 + 2 * cfg.q_dim() as u64 + 2 * cfg.kv_dim() as u64 + 2 * cfg.n_ff as u64)
@@ -66,13 +87,9 @@ pub fn run(args: &[String]) -> CliResult {
     Ok(())
 }
 
-pub fn split(args: &[String]) -> CliResult {
-    let flags = Flags::parse(args, &[])?;
-    flags.only(&["model", "parts", "out"])?;
-    let path = flags.require("model")?;
-    let parts: usize = flags.num("parts", 2)?;
-    let prefix = flags.require("out")?;
-    let file = std::fs::File::open(path)?;
+pub fn split(args: &SplitArgs) -> CliResult {
+    let (path, parts, prefix) = (&args.model.model, args.parts, &args.out);
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     // SAFETY: the file is only read, and not expected to change while it is split.
     let bytes = unsafe { memmap2::Mmap::map(&file)? };
     let header = webvlm::gguf::parse_header(&bytes)?;
