@@ -8,6 +8,7 @@ use clap::Args;
 use webvlm::api::{batch, run, ChatRequest};
 
 use crate::args::EngineArgs;
+use crate::stdout::{out, outln};
 use crate::{open_engine, read_file, CliResult};
 
 #[derive(Args, Debug)]
@@ -37,11 +38,11 @@ pub fn chat(args: &ChatArgs) -> CliResult {
     let out = match ChatRequest::parse(&json, crate::vocab_size(&engine)) {
         Ok(req) => {
             let result = pollster::block_on(run(&mut engine, &req, &mut |url| read_file(url), None, |chunk| {
-                println!("data: {chunk}");
+                outln!("data: {chunk}");
                 None
             }));
             if req.stream {
-                println!("data: [DONE]");
+                outln!("data: [DONE]");
             }
             result
         }
@@ -49,12 +50,12 @@ pub fn chat(args: &ChatArgs) -> CliResult {
     };
     match out {
         Ok(completion) if !completion.is_null() => {
-            println!("{completion:#}");
+            outln!("{completion:#}");
             Ok(())
         }
         Ok(_) => Ok(()),
         Err(e) => {
-            println!("{:#}", e.to_json());
+            outln!("{:#}", e.to_json());
             Err(e.message.into())
         }
     }
@@ -70,7 +71,7 @@ pub fn batch(args: &BatchArgs) -> CliResult {
     let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
     match &args.out {
         Some(path) => std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?,
-        None => print!("{text}"),
+        None => out!("{text}"),
     }
     let failed = lines.iter().filter(|l| !l["error"].is_null()).count();
     eprintln!("{} requests, {failed} failed", lines.len());

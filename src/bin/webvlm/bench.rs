@@ -27,6 +27,7 @@ use webvlm::model::synthetic::{synthetic_ministral3_3b, SyntheticShape, VisionSh
 use webvlm::model::LoadQuant;
 
 use crate::args::{load_quant, Shape};
+use crate::stdout::outln;
 use crate::CliResult;
 use model::{bench_model, ModelPlan};
 use timing::Budget;
@@ -111,7 +112,7 @@ pub struct Out {
 impl Out {
     pub fn emit(&self, v: Value) {
         if !self.silent {
-            println!("{v}");
+            outln!("{v}");
         }
     }
     pub fn note(&self, s: &str) {

@@ -1,6 +1,5 @@
 //! `webvlm generate`: text streamed to stdout; `webvlm logits`: a prompt's logits to a .npy file.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::rc::Rc;
 
@@ -10,6 +9,7 @@ use webvlm::engine::{Engine, EngineError, Prompt};
 use webvlm::model::ImageFeatures;
 
 use crate::args::{EngineArgs, ImageArgs, SamplingArgs};
+use crate::stdout::{out, outln};
 use crate::{open_engine, read_file, CliResult};
 
 #[derive(Args, Debug)]
@@ -54,12 +54,10 @@ pub fn generate(args: &GenerateArgs) -> CliResult {
     let prompt = text_prompt(&mut engine, &args.images.images, args.chat, &args.prompt)?;
     let opts = args.sampling.options();
     let out = pollster::block_on(engine.generate_prompt(&prompt, &opts, |step| {
-        let mut stdout = std::io::stdout();
-        let _ = stdout.write_all(step.text.as_bytes());
-        let _ = stdout.flush();
+        out!("{}", step.text);
         None
     }))?;
-    println!();
+    outln!();
     let n = out.tokens.len().max(1) as f64;
     eprintln!(
         "[{} prompt tokens ({} images), {} generated ({:?}); first token {:.0} ms; decode {:.1} tokens/s]",

@@ -8,6 +8,7 @@ use webvlm::gguf::MappedGguf;
 use webvlm::model::{ContextOptions, ModelConfig};
 
 use crate::args::ModelArg;
+use crate::stdout::outln;
 use crate::CliResult;
 
 #[derive(Args, Debug)]
@@ -36,14 +37,14 @@ pub fn run(args: &InfoArgs) -> CliResult {
     let md = model.metadata();
     let vocab = model.tensor("token_embd.weight")?.0.dims.get(1).copied().unwrap_or(0) as u32;
     let cfg = ModelConfig::from_metadata(md, vocab)?;
-    println!("file:          {}", model.paths().join(", "));
-    println!("architecture:  {}  ({})", cfg.arch, cfg.name.as_deref().unwrap_or("unnamed"));
-    println!("layers:        {}", cfg.n_layer);
-    println!("hidden:        {}   ffn: {}", cfg.n_embd, cfg.n_ff);
-    println!("heads:         {} query, {} key/value, head_dim {}", cfg.n_head, cfg.n_head_kv, cfg.head_dim);
-    println!("vocabulary:    {}   context: {}", cfg.vocab, cfg.context_length);
+    outln!("file:          {}", model.paths().join(", "));
+    outln!("architecture:  {}  ({})", cfg.arch, cfg.name.as_deref().unwrap_or("unnamed"));
+    outln!("layers:        {}", cfg.n_layer);
+    outln!("hidden:        {}   ffn: {}", cfg.n_embd, cfg.n_ff);
+    outln!("heads:         {} query, {} key/value, head_dim {}", cfg.n_head, cfg.n_head_kv, cfg.head_dim);
+    outln!("vocabulary:    {}   context: {}", cfg.vocab, cfg.context_length);
     match &cfg.yarn {
-        Some(y) => println!(
+        Some(y) => outln!(
             "rope:          theta {}, YaRN factor {} (original context {}, beta {}/{}, attention factor {})",
             cfg.rope_theta,
             y.factor,
@@ -52,10 +53,10 @@ pub fn run(args: &InfoArgs) -> CliResult {
             y.beta_slow,
             y.attention_factor()
         ),
-        None => println!("rope:          theta {}", cfg.rope_theta),
+        None => outln!("rope:          theta {}", cfg.rope_theta),
     }
-    println!("query scaling: beta {} orig {}", cfg.query_scale_beta, cfg.query_scale_orig);
-    println!("tokenizer:     {}", md.get_opt_str("tokenizer.ggml.model")?.unwrap_or("none"));
+    outln!("query scaling: beta {} orig {}", cfg.query_scale_beta, cfg.query_scale_orig);
+    outln!("tokenizer:     {}", md.get_opt_str("tokenizer.ggml.model")?.unwrap_or("none"));
 
     let mut by_type: BTreeMap<String, (usize, u64, u64)> = BTreeMap::new();
     let mut weight_bytes = 0u64;
@@ -67,9 +68,9 @@ pub fn run(args: &InfoArgs) -> CliResult {
         e.2 += bytes;
         weight_bytes += bytes;
     }
-    println!("tensors:");
+    outln!("tensors:");
     for (ty, (n, elems, bytes)) in &by_type {
-        println!("  {ty:<6} {n:>5} tensors  {:>8.1} M params  {:>9.1} MiB", *elems as f64 / 1e6, *bytes as f64 / 1048576.0);
+        outln!("  {ty:<6} {n:>5} tensors  {:>8.1} M params  {:>9.1} MiB", *elems as f64 / 1e6, *bytes as f64 / 1048576.0);
     }
     let ctx = args.ctx;
     let kv = 2 * 4 * cfg.n_layer as u64 * ctx as u64 * cfg.kv_dim() as u64;
@@ -77,7 +78,7 @@ pub fn run(args: &InfoArgs) -> CliResult {
     let acts = 4 * chunk * (3 * cfg.n_embd as u64 + 2 * cfg.q_dim() as u64 + 2 * cfg.kv_dim() as u64 + 2 * cfg.n_ff as u64)
         + 4 * chunk.min(256) * cfg.vocab as u64;
     let mib = |b: u64| b as f64 / 1048576.0;
-    println!(
+    outln!(
         "GPU memory:    weights {:.1} MiB + KV cache ({ctx} tokens, f32) {:.1} MiB + activations {:.1} MiB = {:.1} MiB",
         mib(weight_bytes),
         mib(kv),
@@ -98,7 +99,7 @@ pub fn split(args: &SplitArgs) -> CliResult {
     for (i, data) in files.iter().enumerate() {
         let name = webvlm::gguf::split_name(prefix, i as u64 + 1, parts as u64);
         std::fs::write(&name, data)?;
-        println!("{name}: {} bytes", data.len());
+        outln!("{name}: {} bytes", data.len());
     }
     Ok(())
 }

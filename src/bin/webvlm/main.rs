@@ -15,6 +15,7 @@ mod args;
 mod bench;
 mod generate;
 mod info;
+mod stdout;
 mod synthetic;
 
 type CliResult = Result<(), Box<dyn std::error::Error>>;
