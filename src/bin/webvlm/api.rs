@@ -2,29 +2,47 @@
 //! (`{custom_id, body}` JSONL) run natively through the same code as the browser package.
 //! Image URLs that are not `data:` URLs are read as file paths.
 
-use std::io::Write;
+use std::path::PathBuf;
 
+use clap::Args;
 use webvlm::api::{batch, run, ChatRequest};
 
-use crate::{open_engine, read_file, CliResult, Flags};
+use crate::args::EngineArgs;
+use crate::stdout::{out, outln};
+use crate::{open_engine, read_file, CliResult};
 
-/// Engine flags shared with `generate`.
-const ENGINE_FLAGS: &[&str] = &["model", "mmproj", "vision-quant", "image-max-edge", "ctx", "chunk", "f16"];
+#[derive(Args, Debug)]
+pub struct ChatArgs {
+    /// The request, an OpenAI chat-completions body (JSON)
+    #[arg(long, value_name = "REQ.json")]
+    request: PathBuf,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
 
-pub fn chat(args: &[String]) -> CliResult {
-    let flags = Flags::parse(args, &["f16"])?;
-    flags.only(&[ENGINE_FLAGS, &["request"]].concat())?;
-    let json = std::fs::read_to_string(flags.require("request")?)?;
-    let mut engine = open_engine(&flags)?;
-    let out = match ChatRequest::parse(&json, engine.decoder.cfg.vocab as usize) {
+#[derive(Args, Debug)]
+pub struct BatchArgs {
+    /// The requests, one OpenAI batch line {custom_id, body} each
+    #[arg(value_name = "REQUESTS.jsonl")]
+    input: PathBuf,
+    /// Where to write the result lines [default: stdout]
+    #[arg(long, value_name = "RESULTS.jsonl")]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+pub fn chat(args: &ChatArgs) -> CliResult {
+    let json = read_text(&args.request)?;
+    let mut engine = open_engine(&args.engine)?;
+    let out = match ChatRequest::parse(&json, crate::vocab_size(&engine)) {
         Ok(req) => {
-            let mut stdout = std::io::stdout();
             let result = pollster::block_on(run(&mut engine, &req, &mut |url| read_file(url), None, |chunk| {
-                let _ = writeln!(stdout, "data: {chunk}");
+                outln!("data: {chunk}");
                 None
             }));
             if req.stream {
-                println!("data: [DONE]");
+                outln!("data: [DONE]");
             }
             result
         }
@@ -32,36 +50,35 @@ pub fn chat(args: &[String]) -> CliResult {
     };
     match out {
         Ok(completion) if !completion.is_null() => {
-            println!("{completion:#}");
+            outln!("{completion:#}");
             Ok(())
         }
         Ok(_) => Ok(()),
         Err(e) => {
-            println!("{:#}", e.to_json());
+            outln!("{:#}", e.to_json());
             Err(e.message.into())
         }
     }
 }
 
-pub fn batch(args: &[String]) -> CliResult {
-    let (input, rest) = match args.split_first() {
-        Some((path, rest)) if !path.starts_with("--") => (path.as_str(), rest),
-        _ => return Err(format!("usage: webvlm batch REQUESTS.jsonl --model M.gguf ...\n{}", crate::USAGE).into()),
-    };
-    let flags = Flags::parse(rest, &["f16"])?;
-    flags.only(&[ENGINE_FLAGS, &["out"]].concat())?;
-    let jsonl = std::fs::read_to_string(input)?;
-    let mut engine = open_engine(&flags)?;
+pub fn batch(args: &BatchArgs) -> CliResult {
+    let jsonl = read_text(&args.input)?;
+    let mut engine = open_engine(&args.engine)?;
     let lines = pollster::block_on(batch::run_batch(&mut engine, &jsonl, &mut |url| read_file(url), |i, total, line| {
         let status = if line["error"].is_null() { "ok" } else { "error" };
         eprintln!("[{}/{total}] {}: {status}", i + 1, line["custom_id"].as_str().unwrap_or("?"));
     }));
     let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
-    match flags.get("out") {
-        Some(path) => std::fs::write(path, text)?,
-        None => print!("{text}"),
+    match &args.out {
+        Some(path) => std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?,
+        None => out!("{text}"),
     }
     let failed = lines.iter().filter(|l| !l["error"].is_null()).count();
     eprintln!("{} requests, {failed} failed", lines.len());
     Ok(())
+}
+
+/// A text file's contents (the error names the file).
+fn read_text(path: &std::path::Path) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
 }

@@ -16,6 +16,9 @@ mod roofline;
 mod timing;
 mod vision;
 
+use std::path::PathBuf;
+
+use clap::Args;
 use serde_json::{json, Value};
 
 use webvlm::gguf::MappedGguf;
@@ -23,26 +26,78 @@ use webvlm::gpu::{Gpu, GpuOptions};
 use webvlm::model::synthetic::{synthetic_ministral3_3b, SyntheticShape, VisionShape};
 use webvlm::source::LoadQuant;
 
-use crate::{CliResult, Flags};
+use crate::args::{load_quant, Shape};
+use crate::stdout::outln;
+use crate::CliResult;
 use model::{bench_model, ModelPlan};
 use timing::Budget;
 use vision::{bench_vision, VisionPlan};
 
 const DEFAULT_MODEL: &str = ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf";
-const SWITCHES: &[&str] =
-    &["synthetic", "quick", "json-only", "no-kernels", "no-model", "breakdown", "no-breakdown", "no-f16", "vision", "no-vision"];
-const VALUES: &[&str] = &[
-    "model",
-    "shape",
-    "prompt-tokens",
-    "decode-tokens",
-    "prefill-reps",
-    "reps",
-    "seed",
-    "vision-sizes",
-    "vision-quant",
-    "vision-layers",
-];
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// A model to time [default: SmolLM2 at .cache/models/, when there]
+    #[arg(long, value_name = "M.gguf")]
+    model: Option<PathBuf>,
+    /// Time a synthetic Ministral 3 model built in memory (random weights)
+    #[arg(long)]
+    synthetic: bool,
+    /// Shapes of the synthetic model [default: 3b; tiny with --quick]
+    #[arg(long, value_enum)]
+    shape: Option<Shape>,
+    /// Small buffers, shapes and models (CI smoke runs)
+    #[arg(long)]
+    quick: bool,
+    /// Only the JSON lines (no summary on stderr)
+    #[arg(long)]
+    json_only: bool,
+    /// Prompt tokens of the model figures [default: 128, 32 on the 3B synthetic model; --quick: 16, 8 on a synthetic one]
+    #[arg(long, value_name = "N")]
+    prompt_tokens: Option<usize>,
+    /// Decode steps timed [default: 32, 4 on the 3B synthetic model; --quick: 4, 2 on a synthetic one]
+    #[arg(long, value_name = "N")]
+    decode_tokens: Option<usize>,
+    /// Timed prefills [default: 3; 1 on the 3B synthetic model or with --quick]
+    #[arg(long, value_name = "N")]
+    prefill_reps: Option<usize>,
+    /// Repetitions of each timed figure, the median counts [default: 5; 2 with --quick]
+    #[arg(long, value_name = "N")]
+    reps: Option<usize>,
+    /// Seed of the synthetic weights
+    #[arg(long, value_name = "S", default_value_t = 1)]
+    seed: u64,
+    /// Skip the matvec kernel figures
+    #[arg(long)]
+    no_kernels: bool,
+    /// Time each kernel family of a decode step (the default, except on the 3B synthetic model)
+    #[arg(long, conflicts_with = "no_breakdown")]
+    breakdown: bool,
+    /// No per-family breakdown of a decode step
+    #[arg(long)]
+    no_breakdown: bool,
+    /// Skip the default model (SmolLM2)
+    #[arg(long)]
+    no_model: bool,
+    /// No f16 shaders, even where the adapter has shader-f16
+    #[arg(long)]
+    no_f16: bool,
+    /// Time the vision encoder at Ministral 3 3B shapes (minutes on a CPU adapter)
+    #[arg(long, conflicts_with = "no_vision")]
+    vision: bool,
+    /// No vision encoder figures (not even --quick's tiny one)
+    #[arg(long)]
+    no_vision: bool,
+    /// Source image sizes of the vision figures, N (square) or WxH [default: 512,1024; 112 with --quick]
+    #[arg(long, value_name = "SIZE,...", value_delimiter = ',', value_parser = parse_size)]
+    vision_sizes: Vec<(u32, u32)>,
+    /// Vision encoder blocks (same work per block: a per-block figure where 24 take too long)
+    #[arg(long, value_name = "N")]
+    vision_layers: Option<u32>,
+    /// Requantize the vision matrices at load time
+    #[arg(long, value_name = "Q", default_value = "keep", value_parser = load_quant())]
+    vision_quant: LoadQuant,
+}
+
 /// Source image sides of the vision figures (square images, before preprocessing).
 const VISION_SIZES: &[u32] = &[512, 1024];
 const QUICK_VISION_SIZES: &[u32] = &[112];
@@ -57,7 +112,7 @@ pub struct Out {
 impl Out {
     pub fn emit(&self, v: Value) {
         if !self.silent {
-            println!("{v}");
+            outln!("{v}");
         }
     }
     pub fn note(&self, s: &str) {
@@ -67,14 +122,12 @@ impl Out {
     }
 }
 
-pub fn run(args: &[String]) -> CliResult {
-    let flags = Flags::parse(args, SWITCHES)?;
-    flags.only(&[SWITCHES, VALUES].concat())?;
-    let quick = flags.has("quick");
-    let out = Out { json_only: flags.has("json-only"), silent: false };
+pub fn run(args: &BenchArgs) -> CliResult {
+    let quick = args.quick;
+    let out = Out { json_only: args.json_only, silent: false };
     let mut budget = Budget::new(quick);
-    budget.reps = flags.num("reps", budget.reps)?;
-    let gpu = Gpu::new_blocking(GpuOptions { allow_f16: !flags.has("no-f16"), ..Default::default() })?;
+    budget.reps = args.reps.unwrap_or(budget.reps);
+    let gpu = Gpu::new_blocking(GpuOptions { allow_f16: !args.no_f16, ..Default::default() })?;
     let caps = &gpu.caps;
     out.emit(json!({
         "kind": "adapter", "adapter": caps.adapter, "backend": caps.backend, "software": caps.software,
@@ -90,16 +143,13 @@ pub fn run(args: &[String]) -> CliResult {
     ));
 
     let roof = roofline::roofline(&gpu, &out, quick, budget)?;
-    if !flags.has("no-kernels") {
+    if !args.no_kernels {
         roofline::matvecs(&gpu, &out, &roof, quick, budget)?;
     }
 
-    let num = |name: &str, default: usize| flags.num(name, default);
-    let breakdown = !flags.has("no-breakdown");
-    let forced_breakdown = flags.has("breakdown");
-    let model_path = match flags.get("model") {
-        Some(p) => Some(p.to_string()),
-        None if flags.has("synthetic") || flags.has("no-model") => None,
+    let model_path = match &args.model {
+        Some(p) => Some(p.clone()),
+        None if args.synthetic || args.no_model => None,
         None if std::path::Path::new(DEFAULT_MODEL).exists() => Some(DEFAULT_MODEL.into()),
         None => {
             out.emit(json!({ "kind": "skipped", "model": DEFAULT_MODEL, "reason": "not found (scripts/fetch_smollm2.sh)" }));
@@ -110,100 +160,89 @@ pub fn run(args: &[String]) -> CliResult {
     if let Some(path) = model_path {
         let file = MappedGguf::open(&path)?;
         let plan = ModelPlan {
-            prompt_tokens: num("prompt-tokens", if quick { 16 } else { 128 })?,
-            decode_tokens: num("decode-tokens", if quick { 4 } else { 32 })?,
-            prefill_reps: num("prefill-reps", if quick { 1 } else { 3 })?,
-            breakdown,
+            prompt_tokens: args.prompt_tokens.unwrap_or(if quick { 16 } else { 128 }),
+            decode_tokens: args.decode_tokens.unwrap_or(if quick { 4 } else { 32 }),
+            prefill_reps: args.prefill_reps.unwrap_or(if quick { 1 } else { 3 }),
+            breakdown: !args.no_breakdown,
             warmup: true,
         };
-        let label = std::path::Path::new(&path).file_name().map_or(path.clone(), |f| f.to_string_lossy().into_owned());
+        let label = path.file_name().map_or(path.to_string_lossy(), |f| f.to_string_lossy()).into_owned();
         bench_model(&gpu, &out, &label, &file, plan, &roof, budget)?;
     }
-    if flags.has("synthetic") {
-        let (shape, name) = match flags.get("shape").unwrap_or(if quick { "tiny" } else { "3b" }) {
-            "3b" => (SyntheticShape::ministral3_3b(), "synthetic Ministral 3 3B"),
-            "tiny" => (SyntheticShape::tiny(), "synthetic tiny mistral3"),
-            other => return Err(format!("--shape: {other:?} is not 3b or tiny").into()),
-        };
-        let big = shape == SyntheticShape::ministral3_3b();
-        let seed = flags.num("seed", 1)?;
-        if big {
-            // The tiny model uses the same kernels and weight types: running it compiles every
-            // pipeline, so the 3B model's slow steps need no warm-up runs of their own.
-            out.note("compiling pipelines on the tiny synthetic model first");
-            let tiny = synthetic_ministral3_3b(&SyntheticShape::tiny(), seed)?;
-            let plan = ModelPlan { prompt_tokens: 8, decode_tokens: 1, prefill_reps: 1, breakdown: false, warmup: true };
-            let quiet = Out { json_only: true, silent: true };
-            bench_model(&gpu, &quiet, "warm-up", &tiny, plan, &roof, budget)?;
-        }
-        let t = std::time::Instant::now();
-        let src = synthetic_ministral3_3b(&shape, seed)?;
-        out.note(&format!(
-            "{name}: {:.2} GB of random weights built in {:.1} s",
-            shape.weight_bytes() as f64 / 1e9,
-            t.elapsed().as_secs_f64()
-        ));
-        let plan = ModelPlan {
-            prompt_tokens: num(
-                "prompt-tokens",
-                if quick {
-                    8
-                } else if big {
-                    32
-                } else {
-                    128
-                },
-            )?,
-            decode_tokens: num(
-                "decode-tokens",
-                if quick {
-                    2
-                } else if big {
-                    4
-                } else {
-                    32
-                },
-            )?,
-            prefill_reps: num("prefill-reps", if quick || big { 1 } else { 3 })?,
-            // One 3B decode step takes tens of seconds on a CPU adapter: opt in.
-            breakdown: if big { forced_breakdown } else { breakdown },
-            warmup: !big,
-        };
-        // Family timings of a slow model: one repetition, no extra warm-up.
-        let budget = if big { Budget { reps: 1, rep_seconds: 0.0, ..budget } } else { budget };
-        bench_model(&gpu, &out, name, &src, plan, &roof, budget)?;
+    if args.synthetic {
+        bench_synthetic(&gpu, &out, args, &roof, budget)?;
     }
 
-    if flags.has("no-vision") {
+    if args.no_vision {
         return Ok(());
     }
-    if !quick && !flags.has("vision") {
+    if !quick && !args.vision {
         out.emit(json!({ "kind": "skipped", "vision": "Ministral 3 3B shapes", "reason": "opt-in: --vision" }));
         out.note("skipping the vision encoder at Ministral 3 3B shapes (opt-in: --vision)");
         return Ok(());
     }
-    let sizes = match flags.get("vision-sizes") {
-        Some(list) => list.split(',').map(parse_size).collect::<Result<Vec<_>, _>>()?,
-        None => (if quick { QUICK_VISION_SIZES } else { VISION_SIZES }).iter().map(|&s| (s, s)).collect(),
-    };
-    let quant: LoadQuant = match flags.get("vision-quant") {
-        Some(q) => q.parse().map_err(|e| format!("--vision-quant: {e}"))?,
-        None => LoadQuant::Keep,
+    let sizes = match args.vision_sizes.is_empty() {
+        false => args.vision_sizes.clone(),
+        true => (if quick { QUICK_VISION_SIZES } else { VISION_SIZES }).iter().map(|&s| (s, s)).collect(),
     };
     let mut shape = if quick { VisionShape::tiny() } else { VisionShape::ministral3_3b() };
     // Fewer encoder blocks (same per-block work): a per-block figure where 24 take too long.
-    shape.n_layer = flags.num("vision-layers", shape.n_layer)?;
+    shape.n_layer = args.vision_layers.unwrap_or(shape.n_layer);
     let plan = VisionPlan {
         shape,
         sizes,
-        seed: flags.num("seed", 1)?,
-        quant,
+        seed: args.seed,
+        quant: args.vision_quant,
         reps: budget.reps,
         // A 3B encode of a 1024x1024 image takes minutes on a CPU adapter.
         max_seconds: if quick { 1.0 } else { 60.0 },
         warm_on_tiny: !quick,
     };
     bench_vision(&gpu, &out, &roof, &plan)?;
+    Ok(())
+}
+
+/// `--synthetic`: the synthetic model built in memory (the 3B one after a warm-up on the tiny one).
+fn bench_synthetic(gpu: &Gpu, out: &Out, args: &BenchArgs, roof: &roofline::Roofline, budget: Budget) -> CliResult {
+    let quick = args.quick;
+    let shape = args.shape.unwrap_or(if quick { Shape::Tiny } else { Shape::Ministral3b });
+    let (name, big) = match shape {
+        Shape::Ministral3b => ("synthetic Ministral 3 3B", true),
+        Shape::Tiny => ("synthetic tiny mistral3", false),
+    };
+    let shape = shape.text();
+    if big {
+        // The tiny model uses the same kernels and weight types: running it compiles every
+        // pipeline, so the 3B model's slow steps need no warm-up runs of their own.
+        out.note("compiling pipelines on the tiny synthetic model first");
+        let tiny = synthetic_ministral3_3b(&SyntheticShape::tiny(), args.seed)?;
+        let plan = ModelPlan { prompt_tokens: 8, decode_tokens: 1, prefill_reps: 1, breakdown: false, warmup: true };
+        let quiet = Out { json_only: true, silent: true };
+        bench_model(gpu, &quiet, "warm-up", &tiny, plan, roof, budget)?;
+    }
+    let t = std::time::Instant::now();
+    let src = synthetic_ministral3_3b(&shape, args.seed)?;
+    out.note(&format!(
+        "{name}: {:.2} GB of random weights built in {:.1} s",
+        shape.weight_bytes() as f64 / 1e9,
+        t.elapsed().as_secs_f64()
+    ));
+    let by_size = |quick_n, big_n, n| match (quick, big) {
+        (true, _) => quick_n,
+        (false, true) => big_n,
+        (false, false) => n,
+    };
+    let plan = ModelPlan {
+        prompt_tokens: args.prompt_tokens.unwrap_or(by_size(8, 32, 128)),
+        decode_tokens: args.decode_tokens.unwrap_or(by_size(2, 4, 32)),
+        prefill_reps: args.prefill_reps.unwrap_or(by_size(1, 1, 3)),
+        // One 3B decode step takes tens of seconds on a CPU adapter: opt in.
+        breakdown: if big { args.breakdown } else { !args.no_breakdown },
+        warmup: !big,
+    };
+    // Family timings of a slow model: one repetition, no extra warm-up.
+    let budget = if big { Budget { reps: 1, rep_seconds: 0.0, ..budget } } else { budget };
+    bench_model(gpu, out, name, &src, plan, roof, budget)?;
     Ok(())
 }
 
@@ -214,5 +253,5 @@ fn parse_size(s: &str) -> Result<(u32, u32), String> {
         Some((w, h)) => num(w).zip(num(h)),
         None => num(s).map(|n| (n, n)),
     };
-    size.ok_or_else(|| format!("--vision-sizes: {s:?} is not N or WxH"))
+    size.ok_or_else(|| format!("{s:?} is not N or WxH"))
 }

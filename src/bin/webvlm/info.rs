@@ -3,27 +3,49 @@
 
 use std::collections::BTreeMap;
 
+use clap::Args;
 use webvlm::gguf::MappedGguf;
 use webvlm::model::families::llama::LlamaConfig;
 use webvlm::model::ContextOptions;
 
-use crate::{CliResult, Flags};
+use crate::args::ModelArg;
+use crate::stdout::outln;
+use crate::CliResult;
 
-pub fn run(args: &[String]) -> CliResult {
-    let flags = Flags::parse(args, &[])?;
-    flags.only(&["model", "ctx"])?;
-    let model = MappedGguf::open(flags.require("model")?)?;
+#[derive(Args, Debug)]
+pub struct InfoArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// Context size in tokens, for the KV cache in the GPU memory estimate
+    #[arg(long, value_name = "N", default_value_t = ContextOptions::default().max_ctx)]
+    ctx: u32,
+}
+
+#[derive(Args, Debug)]
+pub struct SplitArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// Number of parts
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    parts: usize,
+    /// Prefix of the part files: PREFIX-00001-of-0000N.gguf ...
+    #[arg(long, value_name = "PREFIX")]
+    out: String,
+}
+
+pub fn run(args: &InfoArgs) -> CliResult {
+    let model = MappedGguf::open(&args.model.model)?;
     let md = model.metadata();
     let vocab = model.tensor("token_embd.weight")?.0.dims.get(1).copied().unwrap_or(0) as u32;
     let cfg = LlamaConfig::from_metadata(md, vocab)?;
-    println!("file:          {}", model.paths().join(", "));
-    println!("architecture:  {}  ({})", cfg.arch, cfg.name.as_deref().unwrap_or("unnamed"));
-    println!("layers:        {}", cfg.n_layer);
-    println!("hidden:        {}   ffn: {}", cfg.n_embd, cfg.n_ff);
-    println!("heads:         {} query, {} key/value, head_dim {}", cfg.n_head, cfg.n_head_kv, cfg.head_dim);
-    println!("vocabulary:    {}   context: {}", cfg.vocab, cfg.context_length);
+    outln!("file:          {}", model.paths().join(", "));
+    outln!("architecture:  {}  ({})", cfg.arch, cfg.name.as_deref().unwrap_or("unnamed"));
+    outln!("layers:        {}", cfg.n_layer);
+    outln!("hidden:        {}   ffn: {}", cfg.n_embd, cfg.n_ff);
+    outln!("heads:         {} query, {} key/value, head_dim {}", cfg.n_head, cfg.n_head_kv, cfg.head_dim);
+    outln!("vocabulary:    {}   context: {}", cfg.vocab, cfg.context_length);
     match &cfg.yarn {
-        Some(y) => println!(
+        Some(y) => outln!(
             "rope:          theta {}, YaRN factor {} (original context {}, beta {}/{}, attention factor {})",
             cfg.rope_theta,
             y.factor,
@@ -32,10 +54,10 @@ pub fn run(args: &[String]) -> CliResult {
             y.beta_slow,
             y.attention_factor()
         ),
-        None => println!("rope:          theta {}", cfg.rope_theta),
+        None => outln!("rope:          theta {}", cfg.rope_theta),
     }
-    println!("query scaling: beta {} orig {}", cfg.query_scale_beta, cfg.query_scale_orig);
-    println!("tokenizer:     {}", md.get_opt_str("tokenizer.ggml.model")?.unwrap_or("none"));
+    outln!("query scaling: beta {} orig {}", cfg.query_scale_beta, cfg.query_scale_orig);
+    outln!("tokenizer:     {}", md.get_opt_str("tokenizer.ggml.model")?.unwrap_or("none"));
 
     let mut by_type: BTreeMap<String, (usize, u64, u64)> = BTreeMap::new();
     let mut weight_bytes = 0u64;
@@ -47,17 +69,17 @@ pub fn run(args: &[String]) -> CliResult {
         e.2 += bytes;
         weight_bytes += bytes;
     }
-    println!("tensors:");
+    outln!("tensors:");
     for (ty, (n, elems, bytes)) in &by_type {
-        println!("  {ty:<6} {n:>5} tensors  {:>8.1} M params  {:>9.1} MiB", *elems as f64 / 1e6, *bytes as f64 / 1048576.0);
+        outln!("  {ty:<6} {n:>5} tensors  {:>8.1} M params  {:>9.1} MiB", *elems as f64 / 1e6, *bytes as f64 / 1048576.0);
     }
-    let ctx = flags.num("ctx", ContextOptions::default().max_ctx)?;
+    let ctx = args.ctx;
     let kv = 2 * 4 * cfg.n_layer as u64 * ctx as u64 * cfg.kv_dim() as u64;
     let chunk = ContextOptions::default().max_chunk as u64;
     let acts = 4 * chunk * (3 * cfg.n_embd as u64 + 2 * cfg.q_dim() as u64 + 2 * cfg.kv_dim() as u64 + 2 * cfg.n_ff as u64)
         + 4 * chunk.min(256) * cfg.vocab as u64;
     let mib = |b: u64| b as f64 / 1048576.0;
-    println!(
+    outln!(
         "GPU memory:    weights {:.1} MiB + KV cache ({ctx} tokens, f32) {:.1} MiB + activations {:.1} MiB = {:.1} MiB",
         mib(weight_bytes),
         mib(kv),
@@ -67,13 +89,9 @@ pub fn run(args: &[String]) -> CliResult {
     Ok(())
 }
 
-pub fn split(args: &[String]) -> CliResult {
-    let flags = Flags::parse(args, &[])?;
-    flags.only(&["model", "parts", "out"])?;
-    let path = flags.require("model")?;
-    let parts: usize = flags.num("parts", 2)?;
-    let prefix = flags.require("out")?;
-    let file = std::fs::File::open(path)?;
+pub fn split(args: &SplitArgs) -> CliResult {
+    let (path, parts, prefix) = (&args.model.model, args.parts, &args.out);
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     // SAFETY: the file is only read, and not expected to change while it is split.
     let bytes = unsafe { memmap2::Mmap::map(&file)? };
     let header = webvlm::gguf::parse_header(&bytes)?;
@@ -82,7 +100,7 @@ pub fn split(args: &[String]) -> CliResult {
     for (i, data) in files.iter().enumerate() {
         let name = webvlm::gguf::split_name(prefix, i as u64 + 1, parts as u64);
         std::fs::write(&name, data)?;
-        println!("{name}: {} bytes", data.len());
+        outln!("{name}: {} bytes", data.len());
     }
     Ok(())
 }

@@ -1,0 +1,132 @@
+//! Flag groups that several subcommands share (each flag is defined once, here, and
+//! flattened into the subcommands that take it), and the typed values they parse to.
+
+use std::path::PathBuf;
+
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+use clap::{Args, ValueEnum};
+use webvlm::engine::GenerateOptions;
+use webvlm::image::PreprocessOptions;
+use webvlm::model::synthetic::{SyntheticShape, VisionShape};
+use webvlm::model::ContextOptions;
+use webvlm::source::LoadQuant;
+use webvlm::sampling::SamplingParams;
+
+/// `--model`: a GGUF file to read.
+#[derive(Args, Debug)]
+pub struct ModelArg {
+    /// The model, a GGUF file (a split model: its first part)
+    #[arg(long, value_name = "M.gguf")]
+    pub model: PathBuf,
+}
+
+/// The model files and how the engine runs them (generate, logits, chat, batch).
+#[derive(Args, Debug)]
+#[command(next_help_heading = "Model and engine")]
+pub struct EngineArgs {
+    #[command(flatten)]
+    pub model: ModelArg,
+    /// The vision projector (llama.cpp's mmproj GGUF), needed for images
+    #[arg(long, value_name = "P.gguf")]
+    pub mmproj: Option<PathBuf>,
+    /// Requantize the mmproj matrices at load time (less GPU memory; keep: the file's types)
+    #[arg(long, value_name = "Q", default_value = "keep", value_parser = load_quant())]
+    pub vision_quant: LoadQuant,
+    /// Context size in tokens (KV cache entries)
+    #[arg(long, value_name = "N", default_value_t = ContextOptions::default().max_ctx)]
+    pub ctx: u32,
+    /// Most prompt tokens per prefill step
+    #[arg(long, value_name = "N", default_value_t = ContextOptions::default().max_chunk)]
+    pub chunk: u32,
+    /// f16 KV cache, and f16 prefill matmuls where the adapter has shader-f16
+    #[arg(long)]
+    pub f16: bool,
+    /// Longest image edge after preprocessing (rounded up to multiples of 28): smaller, fewer image tokens
+    #[arg(long, value_name = "N", default_value_t = PreprocessOptions::default().max_edge)]
+    pub image_max_edge: u32,
+}
+
+/// `--image`, repeatable (generate, logits).
+#[derive(Args, Debug)]
+pub struct ImageArgs {
+    /// An image file (PNG, JPEG, WebP, GIF); repeat for several
+    #[arg(long = "image", value_name = "F", requires = "mmproj")]
+    pub images: Vec<PathBuf>,
+}
+
+/// How `generate` picks tokens and when it stops.
+#[derive(Args, Debug)]
+#[command(next_help_heading = "Sampling")]
+pub struct SamplingArgs {
+    /// Most tokens to generate
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub max_tokens: u32,
+    /// Sampling temperature; 0 is greedy decoding
+    #[arg(long, value_name = "T", default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Keep the K most likely tokens; 0 keeps all
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    pub top_k: u32,
+    /// Keep the most likely tokens up to probability P; 1 keeps all
+    #[arg(long, value_name = "P", default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Drop tokens less likely than P times the most likely one; 0 keeps all
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    pub min_p: f32,
+    /// Seed of the sampler
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    pub seed: u64,
+    /// Text that ends generation (not printed); repeat for several
+    #[arg(long, value_name = "TEXT")]
+    pub stop: Vec<String>,
+}
+
+impl SamplingArgs {
+    pub fn options(&self) -> GenerateOptions {
+        let sampling = SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            seed: self.seed,
+            ..Default::default()
+        };
+        GenerateOptions { max_tokens: self.max_tokens, sampling, stop: self.stop.clone(), ..Default::default() }
+    }
+}
+
+/// The shapes of a synthetic model (synthetic, bench).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Shape {
+    // Ministral 3 3B's exact shapes.
+    #[value(name = "3b")]
+    Ministral3b,
+    // A model of the same structure, about 1 MB.
+    Tiny,
+}
+
+impl Shape {
+    pub fn text(self) -> SyntheticShape {
+        match self {
+            Shape::Ministral3b => SyntheticShape::ministral3_3b(),
+            Shape::Tiny => SyntheticShape::tiny(),
+        }
+    }
+    pub fn vision(self) -> VisionShape {
+        match self {
+            Shape::Ministral3b => VisionShape::ministral3_3b(),
+            Shape::Tiny => VisionShape::tiny(),
+        }
+    }
+}
+
+/// `--vision-quant`'s values, parsed by `LoadQuant`'s `FromStr`.
+pub fn load_quant() -> impl TypedValueParser<Value = LoadQuant> {
+    PossibleValuesParser::new([
+        PossibleValue::new("keep").alias("none"),
+        PossibleValue::new("q8_0"),
+        PossibleValue::new("q4_0"),
+        PossibleValue::new("q4_1"),
+    ])
+    .try_map(|s| s.parse::<LoadQuant>())
+}

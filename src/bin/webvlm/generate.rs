@@ -1,0 +1,118 @@
+//! `webvlm generate`: text streamed to stdout; `webvlm logits`: a prompt's logits to a .npy file.
+
+use std::path::PathBuf;
+use std::rc::Rc;
+
+use clap::{ArgGroup, Args};
+use webvlm::chat::{ChatContent, ChatMessage, ContentPart};
+use webvlm::engine::{Engine, EngineError, Prompt};
+use webvlm::model::ImageFeatures;
+
+use crate::args::{EngineArgs, ImageArgs, SamplingArgs};
+use crate::stdout::{out, outln};
+use crate::{open_engine, read_file, CliResult};
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// The prompt text
+    #[arg(long, value_name = "TEXT")]
+    prompt: String,
+    /// Format the prompt with the model's chat template, as one user message (images first)
+    #[arg(long)]
+    chat: bool,
+    #[command(flatten)]
+    images: ImageArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+}
+
+#[derive(Args, Debug)]
+#[command(group(ArgGroup::new("input").required(true).args(["prompt", "tokens"])))]
+pub struct LogitsArgs {
+    /// The prompt text
+    #[arg(long, value_name = "TEXT")]
+    prompt: Option<String>,
+    /// The prompt as token ids (images in the expanded layout)
+    #[arg(long, value_name = "ID,ID,...", value_delimiter = ',')]
+    tokens: Vec<u32>,
+    /// Where to write the logits, an f32 array [tokens, vocab]
+    #[arg(long, value_name = "OUT.npy")]
+    out: PathBuf,
+    /// Position of the first token (RoPE and attention), as after that many cached tokens
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pos_offset: u32,
+    #[command(flatten)]
+    images: ImageArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+pub fn generate(args: &GenerateArgs) -> CliResult {
+    let mut engine = open_engine(&args.engine)?;
+    let prompt = text_prompt(&mut engine, &args.images.images, args.chat, &args.prompt)?;
+    let opts = args.sampling.options();
+    let out = pollster::block_on(engine.generate_prompt(&prompt, &opts, |step| {
+        out!("{}", step.text);
+        None
+    }))?;
+    outln!();
+    let n = out.tokens.len().max(1) as f64;
+    eprintln!(
+        "[{} prompt tokens ({} images), {} generated ({:?}); first token {:.0} ms; decode {:.1} tokens/s]",
+        out.prompt_tokens,
+        prompt.images.len(),
+        out.tokens.len(),
+        out.finish,
+        out.time_to_first_token * 1e3,
+        (n - 1.0) / out.decode_seconds.max(1e-9)
+    );
+    Ok(())
+}
+
+pub fn logits(args: &LogitsArgs) -> CliResult {
+    let mut engine = open_engine(&args.engine)?;
+    let files = &args.images.images;
+    let prompt = match &args.prompt {
+        Some(text) => text_prompt(&mut engine, files, false, text)?,
+        None => Prompt { tokens: args.tokens.clone(), images: image_features(&mut engine, files)? },
+    };
+    engine.ctx.set_position_offset(args.pos_offset);
+    let values = pollster::block_on(engine.logits(&prompt))?;
+    let (n, vocab) = (prompt.tokens.len(), crate::vocab_size(&engine));
+    let file = std::io::BufWriter::new(std::fs::File::create(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?);
+    webvlm::npy::write_f32(file, &[n, vocab], &values)?;
+    eprintln!("wrote logits [{n}, {vocab}] to {}", args.out.display());
+    Ok(())
+}
+
+fn image_features(engine: &mut Engine, files: &[PathBuf]) -> Result<Vec<Rc<ImageFeatures>>, EngineError> {
+    files.iter().map(|f| engine.image_features(&read_file(f)?)).collect()
+}
+
+/// The prompt of `generate` / `logits --prompt`: chat or plain text, with the `--image`s. As
+/// plain text each `[IMG]` in `text` is one image, or all images go before the text when it
+/// has none.
+fn text_prompt(engine: &mut Engine, files: &[PathBuf], chat: bool, text: &str) -> Result<Prompt, EngineError> {
+    if chat {
+        // Plain string content unless there are images: not every template takes part lists.
+        let message = if files.is_empty() {
+            ChatMessage::text("user", text)
+        } else {
+            let url = |f: &PathBuf| ContentPart::Image { url: Some(f.to_string_lossy().into_owned()) };
+            let mut parts: Vec<ContentPart> = files.iter().map(url).collect();
+            parts.push(ContentPart::Text(text.to_string()));
+            ChatMessage { role: "user".into(), content: ChatContent::Parts(parts) }
+        };
+        return engine.chat_prompt(&[message], &mut |url| read_file(url));
+    }
+    let images = image_features(engine, files)?;
+    let mut tokens = engine.text_tokens(text)?;
+    if !images.is_empty() && !tokens.contains(&engine.image_tokens()?.img) {
+        let at = engine.tokenizer.bos_id().filter(|&b| tokens.first() == Some(&b)).map_or(0, |_| 1);
+        let img = engine.image_tokens()?.img;
+        tokens.splice(at..at, std::iter::repeat_n(img, images.len()));
+    }
+    engine.prompt_with_images(&tokens, images)
+}

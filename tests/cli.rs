@@ -1,0 +1,193 @@
+//! The `webvlm` command line: help for every subcommand, typed values and conflicting flags
+//! rejected by the parser (before any model or GPU work), and output into a closed pipe
+//! (`webvlm info | head -n 1`) ending quietly.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+
+mod common;
+use common::fixture;
+
+fn webvlm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_webvlm")).args(args).output().expect("the webvlm binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Runs `args`, which the parser must reject (status 2) with a message holding each of `needles`.
+fn rejected(args: &[&str], needles: &[&str]) {
+    let out = webvlm(args);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "webvlm {args:?}: {stderr}");
+    for n in needles {
+        assert!(stderr.contains(n), "webvlm {args:?}: {n:?} not in\n{stderr}");
+    }
+}
+
+const ENGINE_FLAGS: &[&str] = &["--model", "--mmproj", "--vision-quant", "--ctx", "--chunk", "--f16", "--image-max-edge"];
+const SAMPLING_FLAGS: &[&str] = &["--max-tokens", "--temperature", "--top-k", "--top-p", "--min-p", "--seed", "--stop"];
+
+fn subcommands() -> Vec<(&'static str, Vec<&'static str>)> {
+    let with = |own: &[&'static str], groups: &[&[&'static str]]| [own, &groups.concat()].concat();
+    vec![
+        ("generate", with(&["--prompt", "--chat", "--image"], &[ENGINE_FLAGS, SAMPLING_FLAGS])),
+        ("logits", with(&["--prompt", "--tokens", "--out", "--pos-offset", "--image"], &[ENGINE_FLAGS])),
+        ("chat", with(&["--request"], &[ENGINE_FLAGS])),
+        ("batch", with(&["REQUESTS.jsonl", "--out"], &[ENGINE_FLAGS])),
+        ("info", vec!["--model", "--ctx"]),
+        ("split", vec!["--model", "--parts", "--out"]),
+        ("synthetic", vec!["--out", "--mmproj-out", "--shape", "--seed", "--zeros", "--vocab-from"]),
+        (
+            "bench",
+            vec![
+                "--model",
+                "--synthetic",
+                "--shape",
+                "--quick",
+                "--json-only",
+                "--prompt-tokens",
+                "--decode-tokens",
+                "--prefill-reps",
+                "--reps",
+                "--seed",
+                "--no-kernels",
+                "--breakdown",
+                "--no-breakdown",
+                "--no-model",
+                "--no-f16",
+                "--vision",
+                "--no-vision",
+                "--vision-sizes",
+                "--vision-layers",
+                "--vision-quant",
+            ],
+        ),
+    ]
+}
+
+#[test]
+fn help_lists_every_subcommand() {
+    for help in [&["--help"][..], &["help"], &["-h"]] {
+        let out = webvlm(help);
+        assert!(out.status.success(), "{help:?}: {}", text(&out.stderr));
+        let stdout = text(&out.stdout);
+        for (sub, _) in subcommands() {
+            assert!(stdout.contains(sub), "{help:?}: no {sub} in\n{stdout}");
+        }
+    }
+    // No subcommand: the help, as a usage error.
+    let out = webvlm(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("generate"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn each_subcommand_help_describes_its_flags() {
+    for (sub, flags) in subcommands() {
+        let out = webvlm(&[sub, "--help"]);
+        let stdout = text(&out.stdout);
+        assert!(out.status.success(), "{sub} --help: {}", text(&out.stderr));
+        for flag in flags {
+            // `  --flag <VALUE>  what it does` (a positional argument: `  <NAME>  what it does`).
+            let line =
+                stdout.lines().find(|l| [flag.to_string(), format!("<{flag}>")].iter().any(|f| l.trim_start().starts_with(f)));
+            let line = line.unwrap_or_else(|| panic!("{sub} --help: no {flag} in\n{stdout}"));
+            let words = line.split_whitespace().filter(|w| !w.starts_with(['-', '<', '['])).count();
+            assert!(words >= 2, "{sub} --help: {flag} has no description: {line:?}");
+        }
+        assert!(webvlm(&[sub, "-h"]).status.success(), "{sub} -h");
+        assert!(webvlm(&["help", sub]).status.success(), "help {sub}");
+    }
+    let synthetic = text(&webvlm(&["synthetic", "--help"]).stdout);
+    assert!(synthetic.contains("[possible values: 3b, tiny]"), "{synthetic}");
+}
+
+#[test]
+fn bad_values_name_the_flag() {
+    let m = ["--model", "m.gguf"];
+    rejected(&[&["generate", "--prompt", "hi", "--max-tokens", "abc"][..], &m].concat(), &["--max-tokens", "abc"]);
+    rejected(&[&["generate", "--prompt", "hi", "--temperature", "warm"][..], &m].concat(), &["--temperature"]);
+    rejected(&["synthetic", "--out", "x.gguf", "--shape", "7b"], &["--shape", "7b", "3b", "tiny"]);
+    rejected(&["bench", "--shape", "huge"], &["--shape", "huge"]);
+    rejected(&["bench", "--vision-quant", "q2_k"], &["--vision-quant", "q2_k", "q8_0"]);
+    rejected(&[&["chat", "--request", "r.json", "--vision-quant", "q3"][..], &m].concat(), &["--vision-quant"]);
+    rejected(&["bench", "--vision-sizes", "512,0"], &["--vision-sizes", "\"0\""]);
+    rejected(&[&["logits", "--tokens", "1,x,3", "--out", "o.npy"][..], &m].concat(), &["--tokens", "x"]);
+    rejected(&["info", "--model", "m.gguf", "--ctx", "1e3"], &["--ctx", "1e3"]);
+    rejected(&["split", "--model", "m.gguf", "--out", "p", "--parts", "two"], &["--parts"]);
+    rejected(&["info", "--model", "m.gguf", "--bogus"], &["--bogus"]);
+}
+
+#[test]
+fn missing_and_conflicting_flags_are_rejected() {
+    let m = ["--model", "m.gguf"];
+    rejected(&["generate", "--prompt", "hi"], &["--model"]);
+    rejected(&[&["logits", "--out", "o.npy"][..], &m].concat(), &["--prompt", "--tokens"]);
+    rejected(&[&["logits", "--prompt", "hi", "--tokens", "1,2", "--out", "o.npy"][..], &m].concat(), &["cannot be used with"]);
+    rejected(&[&["generate", "--prompt", "hi", "--image", "a.png"][..], &m].concat(), &["--mmproj"]);
+    rejected(&["bench", "--breakdown", "--no-breakdown"], &["--breakdown", "--no-breakdown", "cannot be used with"]);
+    rejected(&["bench", "--vision", "--no-vision"], &["--vision", "--no-vision", "cannot be used with"]);
+    rejected(&["synthetic", "--out", "x.gguf", "--seed", "3", "--zeros"], &["--seed", "--zeros", "cannot be used with"]);
+    rejected(&[&["batch"][..], &m].concat(), &["REQUESTS.jsonl"]);
+    rejected(&["chat", "--request", "r.json"], &["--model"]);
+}
+
+/// Whether `stderr` reads like a failure: a panic or an error message.
+fn complains(stderr: &str) -> bool {
+    let s = stderr.to_lowercase();
+    s.contains("panicked") || s.contains("error") || s.contains("broken pipe")
+}
+
+/// `webvlm info | head -n 1`: the first line arrives, the reader goes, the program ends quietly.
+#[test]
+fn info_into_head_ends_quietly() {
+    let model = fixture("tiny_mistral3_b/model.gguf");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_webvlm"))
+        .args(["info", "--model", model.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("webvlm runs");
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    assert!(first.starts_with("file:"), "{first:?}");
+    let out = child.wait_with_output().unwrap();
+    let stderr = text(&out.stderr);
+    assert!(out.status.success() && !complains(&stderr), "{:?}: {stderr}", out.status);
+}
+
+/// Every printing subcommand whose stdout is closed before it writes (the reader gone at once)
+/// ends with status 0 and nothing on stderr but its own notes.
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let tiny = fixture("tiny_mistral3_tekken/model.gguf");
+    let tiny = tiny.to_str().unwrap();
+    let request = common::temp_path("cli-stream-request.json");
+    let body = r#"{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": true}"#;
+    std::fs::write(&request, body).unwrap();
+    let batch = common::temp_path("cli-batch.jsonl");
+    std::fs::write(&batch, format!("{{\"custom_id\": \"a\", \"body\": {body}}}\n")).unwrap();
+    let cases: [&[&str]; 5] = [
+        &["info", "--model", tiny],
+        &["generate", "--model", tiny, "--prompt", "hi", "--max-tokens", "3", "--ctx", "256"],
+        &["chat", "--model", tiny, "--request", request.to_str().unwrap(), "--ctx", "256"],
+        &["batch", batch.to_str().unwrap(), "--model", tiny, "--ctx", "256"],
+        &["bench", "--quick", "--json-only", "--no-kernels", "--no-model", "--no-vision"],
+    ];
+    for args in cases {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_webvlm"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("webvlm runs");
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = text(&out.stderr);
+        // `batch` reports each request's status ("ok" / "error") on stderr, its own notes.
+        let stderr: String = stderr.lines().filter(|l| !l.starts_with('[') && !l.contains("failed")).collect();
+        assert!(out.status.success() && !complains(&stderr), "webvlm {args:?}: {:?}\n{stderr}", out.status);
+    }
+}
