@@ -53,7 +53,7 @@ impl From<EngineError> for ApiError {
         }
         match &e {
             EngineError::Param(p) => ApiError::invalid(p.param, "invalid_value", message),
-            EngineError::Context(ContextError::ContextFull { .. }) => {
+            EngineError::Context(ContextError::ContextFull { .. }) | EngineError::PromptTooLong { .. } => {
                 ApiError::invalid("messages", "context_length_exceeded", message)
             }
             EngineError::Context(ContextError::BadToken { .. } | ContextError::Empty) => {

@@ -44,6 +44,17 @@ impl ImageTokens {
         ids
     }
 
+    /// The length of [`Self::expand`]'s result for images of `(rows, cols)` merged patches,
+    /// without the images' features.
+    pub fn expanded_len(&self, tokens: &[u32], grids: &[(u32, u32)]) -> Result<usize, EngineError> {
+        let placeholders = tokens.iter().filter(|&&t| t == self.img).count();
+        if placeholders != grids.len() {
+            return Err(EngineError::ImageCount { placeholders, images: grids.len() });
+        }
+        let images: usize = grids.iter().map(|&(rows, cols)| rows as usize * (cols as usize + 1)).sum();
+        Ok(tokens.len() - placeholders + images)
+    }
+
     /// Replaces the i-th `[IMG]` of `tokens` by the layout of `images[i]`.
     pub fn expand(&self, tokens: &[u32], images: &[Rc<ImageFeatures>]) -> Result<Vec<u32>, EngineError> {
         let placeholders = tokens.iter().filter(|&&t| t == self.img).count();
