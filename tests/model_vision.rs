@@ -211,6 +211,8 @@ fn image_cache_skips_the_encoder_for_the_same_image() {
     e.image_options.max_edge = 28;
     let c = e.image_features(&bytes).unwrap();
     assert_eq!((e.image_cache.misses, c.n_tokens()), (2, 1), "a 28-pixel limit gives one image token");
+    // The prompt cache tells the two apart by their contents' digests.
+    assert!(a.content.is_some() && a.content != c.content, "{:?} {:?}", a.content, c.content);
 }
 
 /// Bad images give typed errors and the engine answers the next request exactly.

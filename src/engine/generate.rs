@@ -18,7 +18,7 @@ use crate::constraint::Constraint;
 use crate::kernels::sample::SamplerState;
 use crate::sampling::{fold_seed, logprobs, Sampler, SamplingParams, StopStrings, TokenLogprob, MAX_TOP_LOGPROBS};
 
-use super::prompt_cache::PromptCache;
+use super::prompt_cache::{PosKey, PromptCache};
 use super::{Engine, EngineError, Prompt};
 
 /// What the output must be.
@@ -256,7 +256,7 @@ impl Engine {
                     h.pick(&logits, mask.as_deref())?
                 }
             };
-            live.push(*out.tokens.last().expect("a token was generated") as u64);
+            live.push(PosKey::Token(*out.tokens.last().expect("a token was generated")));
         }
         let mut rest = text.flush(&self.tokenizer)?.map(|d| stops.push(&d).emit).unwrap_or_default();
         if !stops.stopped() {

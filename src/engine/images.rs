@@ -3,9 +3,9 @@
 //! the chat template writes into the image's token layout (GUIDE §1, transformers'
 //! `PixtralProcessor`): `([IMG] × cols + [IMG_BREAK]) × rows`, the last token `[IMG_END]`.
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::rc::Rc;
+
+use sha2::{Digest, Sha256};
 
 use crate::image::{preprocess, PreprocessOptions};
 use crate::model::ImageFeatures;
@@ -85,26 +85,26 @@ pub fn data_url_bytes(url: &str) -> Option<Result<Vec<u8>, EngineError>> {
     Some(base64::decode(payload).map_err(|e| bad(&format!("bad base64 ({e})"))))
 }
 
-/// Cache key: the image's bytes (hashed, with their length) and the preprocessing settings.
+/// An image's identity: the SHA-256 of its preprocessing settings and its bytes. It keys the
+/// image cache and, as [`ImageFeatures::content`], the prompt cache's image positions.
+pub type ImageDigest = [u8; 32];
+
+/// Cache key: the [`ImageDigest`] of the image's bytes and preprocessing settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Key {
-    hash: u64,
-    len: usize,
-    max_edge: u32,
-}
+struct Key(ImageDigest);
 
 impl Key {
+    /// SHA-256 over every setting (fixed-width fields) and then the bytes, so no two
+    /// different (settings, bytes) pairs give the same input.
     fn of(bytes: &[u8], opts: &PreprocessOptions) -> Key {
-        let mut h = DefaultHasher::new();
-        bytes.hash(&mut h);
-        Key { hash: h.finish(), len: bytes.len(), max_edge: opts.max_edge }
-    }
-
-    /// The whole key as one hash (the prompt cache's image identity).
-    fn digest(&self) -> u64 {
-        let mut h = DefaultHasher::new();
-        (self.hash, self.len, self.max_edge).hash(&mut h);
-        h.finish()
+        // Destructured so that a new setting cannot be left out of the key.
+        let PreprocessOptions { max_edge, max_pixels, apply_exif_orientation } = opts;
+        let mut h = Sha256::new();
+        h.update(max_edge.to_le_bytes());
+        h.update(max_pixels.to_le_bytes());
+        h.update([u8::from(*apply_exif_orientation)]);
+        h.update(bytes);
+        Key(h.finalize().into())
     }
 }
 
@@ -138,7 +138,7 @@ impl ImageCache {
             return Ok(self.entries.last().map(|(_, f)| f.clone()).expect("just pushed"));
         }
         let mut features = encode(&preprocess(bytes, opts)?)?;
-        features.content = Some(key.digest());
+        features.content = Some(key.0);
         let features = Rc::new(features);
         self.misses += 1;
         self.entries.push((key, features.clone()));
@@ -163,5 +163,28 @@ impl ImageCache {
 
     pub fn clear(&mut self) {
         self.entries.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_keys_are_equal_only_for_equal_bytes_and_settings() {
+        let opts = PreprocessOptions::default();
+        let bytes = b"the bytes of one image";
+        let key = Key::of(bytes, &opts);
+        assert_eq!(key, Key::of(bytes, &opts.clone()));
+        assert_ne!(key, Key::of(b"the bytes of one imagf", &opts));
+        assert_ne!(key, Key::of(b"the bytes of one image\0", &opts));
+        let others = [
+            PreprocessOptions { max_edge: 28, ..opts.clone() },
+            PreprocessOptions { max_pixels: 1000, ..opts.clone() },
+            PreprocessOptions { apply_exif_orientation: false, ..opts.clone() },
+        ];
+        for other in &others {
+            assert_ne!(key, Key::of(bytes, other), "{other:?}");
+        }
     }
 }

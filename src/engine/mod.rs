@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 pub use generate::{FinishReason, GenerateOptions, Generation, ResponseFormat, StepOutput, Wait};
-pub use images::{data_url_bytes, ImageCache, ImageTokens};
+pub use images::{data_url_bytes, ImageCache, ImageDigest, ImageTokens};
 use prompt_cache::PromptCache;
 pub use prompt_cache::{PromptCacheStats, DEFAULT_PROMPT_CACHE_BYTES};
 
