@@ -442,3 +442,29 @@ fn an_image_too_large_for_the_context_is_refused_before_encoding() {
     complete(&mut e, image_request(path.to_str().unwrap(), Some(280))).unwrap();
     assert_eq!(e.image_cache.misses, 1);
 }
+
+#[test]
+fn a_json_schema_is_compiled_once_for_check_and_run() {
+    let mut e = tiny_vlm_engine();
+    let format = |schema: Value, strict: bool| json!({ "type": "json_schema", "json_schema": { "name": "answer", "schema": schema, "strict": strict } });
+    let schema = json!({ "type": "object", "properties": { "n": { "type": "integer" } }, "required": ["n"] });
+    let body = |format: Value| json!({ "messages": user("hi"), "response_format": format, "max_tokens": 6, "temperature": 0 });
+    let request = body(format(schema.clone(), true));
+    // What the browser's worker does: check, then run.
+    let req = ChatRequest::from_value(request.clone(), e.decoder.cfg.vocab as usize).unwrap();
+    webvlm::api::check(&mut e, &req).unwrap();
+    let first = pollster::block_on(run(&mut e, &req, &mut no_files, None, |_| None)).unwrap();
+    assert_eq!(e.constraint_compilations(), 1, "check + run of one request");
+    // The same schema again: no compilation, the same output.
+    let (again, _) = complete(&mut e, request).unwrap();
+    assert_eq!(e.constraint_compilations(), 1, "a repeated schema");
+    assert_eq!(content(&again), content(&first));
+    // Another strict flag or another schema is compiled.
+    complete(&mut e, body(format(schema.clone(), false))).unwrap();
+    assert_eq!(e.constraint_compilations(), 2);
+    complete(&mut e, body(json!({ "type": "json_object" }))).unwrap();
+    assert_eq!(e.constraint_compilations(), 3);
+    // The cached constraint starts fresh each time: the output matches a fresh engine's.
+    let (fresh, _) = complete(&mut tiny_vlm_engine(), body(format(schema, true))).unwrap();
+    assert_eq!(content(&fresh), content(&first));
+}

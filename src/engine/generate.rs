@@ -14,7 +14,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 
-use crate::constraint::Constraint;
+use crate::constraint::{Constraint, ConstraintFactory, SchemaCache};
 use crate::kernels::sample::SamplerState;
 use crate::sampling::{fold_seed, logprobs, Sampler, SamplingParams, StopStrings, TokenLogprob, MAX_TOP_LOGPROBS};
 
@@ -295,19 +295,25 @@ impl Engine {
         self.constraint(format).map(drop)
     }
 
-    /// The token constraint a response format asks for (the token trie is built on first use).
+    /// JSON schemas compiled so far (each is compiled once while it stays among the last
+    /// few used).
+    pub fn constraint_compilations(&self) -> u64 {
+        self.constraints.as_ref().map_or(0, |c| c.factory().compilations())
+    }
+
+    /// The token constraint a response format asks for (the token trie is built on first use;
+    /// a schema is compiled on its first use among the last few).
     fn constraint(&mut self, format: &ResponseFormat) -> Result<Option<Constraint>, EngineError> {
         if *format == ResponseFormat::Text {
             return Ok(None);
         }
-        if self.constraints.is_none() {
-            let factory = crate::constraint::ConstraintFactory::new(self.tokenizer.clone())?;
-            self.constraints = Some(factory);
-        }
-        let factory = self.constraints.as_ref().expect("just built");
+        let schemas = match &mut self.constraints {
+            Some(schemas) => schemas,
+            slot @ None => slot.insert(SchemaCache::new(ConstraintFactory::new(self.tokenizer.clone())?)),
+        };
         Ok(Some(match format {
-            ResponseFormat::JsonSchema { schema, strict } => factory.json_schema(schema, *strict)?,
-            _ => factory.json_object()?,
+            ResponseFormat::JsonSchema { schema, strict } => schemas.json_schema(schema, *strict)?,
+            _ => schemas.json_object()?,
         }))
     }
 }

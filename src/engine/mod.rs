@@ -15,7 +15,7 @@ use prompt_cache::PromptCache;
 pub use prompt_cache::{PromptCacheStats, DEFAULT_PROMPT_CACHE_BYTES};
 
 use crate::chat::{ChatContent, ChatError, ChatMessage, ChatTemplate, ContentPart};
-use crate::constraint::{ConstraintError, ConstraintFactory};
+use crate::constraint::{ConstraintError, SchemaCache};
 use crate::gguf::GgufError;
 use crate::gpu::Gpu;
 use crate::image::{preprocessed_size, ImageError, PreprocessOptions, DEFAULT_MAX_EDGE, PATCH_ALIGN};
@@ -104,8 +104,8 @@ pub struct Engine {
     pub image_cache: ImageCache,
     /// What the context's KV cache holds, for reuse by the next prompt.
     prompt_cache: PromptCache,
-    /// JSON-constraint token tables, built on first use.
-    constraints: Option<ConstraintFactory>,
+    /// JSON-constraint token tables, built on first use, and the last schemas compiled.
+    constraints: Option<SchemaCache>,
 }
 
 impl Engine {
