@@ -9,6 +9,8 @@ use common::*;
 
 use std::rc::Rc;
 
+use base64::Engine as _;
+
 use webvlm::chat::ChatMessage;
 use webvlm::engine::{Engine, EngineError, Mmproj, Prompt};
 use webvlm::gguf::MappedGguf;
@@ -186,7 +188,8 @@ fn chat_with_images_gives_the_processor_ids() {
             if let webvlm::chat::ChatContent::Parts(parts) = &mut m.content {
                 for p in parts {
                     if let webvlm::chat::ContentPart::Image { url: Some(url) } = p {
-                        *url = format!("data:image/png;base64,{}", base64::encode(read(dir, url)));
+                        *url =
+                            format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(read(dir, url)));
                     }
                 }
             }

@@ -5,6 +5,10 @@
 
 use std::rc::Rc;
 
+use base64::alphabet;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::DecodePaddingMode;
+use base64::Engine as _;
 use sha2::{Digest, Sha256};
 
 use crate::image::{preprocess, PreprocessOptions};
@@ -82,8 +86,15 @@ pub fn data_url_bytes(url: &str) -> Option<Result<Vec<u8>, EngineError>> {
         return Some(Err(bad("no ';base64'")));
     }
     let payload: String = payload.chars().filter(|c| !c.is_ascii_whitespace()).collect();
-    Some(base64::decode(payload).map_err(|e| bad(&format!("bad base64 ({e})"))))
+    Some(DATA_URL_BASE64.decode(payload).map_err(|e| bad(&format!("bad base64 ({e})"))))
 }
+
+/// Standard base64 with its `=` padding optional, as browsers read data URLs (the
+/// `STANDARD` engine requires the padding).
+const DATA_URL_BASE64: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
 
 /// An image's identity: the SHA-256 of its preprocessing settings and its bytes. It keys the
 /// image cache and, as [`ImageFeatures::content`], the prompt cache's image positions.
@@ -169,6 +180,28 @@ impl ImageCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_urls_decode_as_in_a_browser() {
+        let ok = |url: &str| data_url_bytes(url).expect("a data URL").expect("decodes");
+        assert_eq!(ok("data:image/png;base64,QUJD"), b"ABC");
+        assert_eq!(ok("data:image/png;base64,QU\n JD\r\n"), b"ABC", "whitespace is skipped");
+        assert_eq!(ok("data:image/png;base64,QUI="), b"AB");
+        assert_eq!(ok("data:image/png;base64,QUI"), b"AB", "padding may be left out");
+        assert_eq!(ok("data:;base64,"), b"");
+        let bad = [
+            "data:image/png;base64,@@@",
+            "data:image/png;base64,Q",
+            "data:image/png;base64,QR==",
+            "data:image/png;base64,QUJD=",
+            "data:image/png,QUJD",
+            "data:image/png;base64",
+        ];
+        for url in bad {
+            assert!(matches!(data_url_bytes(url), Some(Err(EngineError::BadImageUrl(_)))), "{url}");
+        }
+        assert!(data_url_bytes("https://example.com/a.png").is_none());
+    }
 
     #[test]
     fn image_keys_are_equal_only_for_equal_bytes_and_settings() {

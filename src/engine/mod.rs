@@ -294,17 +294,3 @@ impl Engine {
         Ok(self.tokenizer.encode(text, true)?)
     }
 }
-
-/// Seconds on a monotonic clock (`performance.now()` in the browser).
-fn web_time_now() -> f64 {
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        use std::sync::OnceLock;
-        static START: OnceLock<std::time::Instant> = OnceLock::new();
-        START.get_or_init(std::time::Instant::now).elapsed().as_secs_f64()
-    }
-    #[cfg(target_arch = "wasm32")]
-    {
-        js_sys::Date::now() / 1000.0
-    }
-}
