@@ -183,7 +183,10 @@ impl Classify for EngineError {
             EngineError::Sample(e) => e.class(),
             EngineError::Image(e) => e.class(),
             EngineError::NoImageTokens => ModelNotSupported,
-            EngineError::NoVision | EngineError::ImageCount { .. } | EngineError::BadImageUrl(_) => BadRequest,
+            EngineError::NoVision
+            | EngineError::ImageCount { .. }
+            | EngineError::BadImageUrl(_)
+            | EngineError::PromptTooLong { .. } => BadRequest,
         }
     }
 }

@@ -382,3 +382,89 @@ fn gpu_memory_errors_say_the_adapter_is_too_small() {
     let other = ApiError::from(EngineError::Gpu(GpuError::Device("validation".into())));
     assert_eq!(other.code, Some("engine_error"));
 }
+
+/// A request with the tiny VLM's 84x56 fixture image (2 rows of 3 image tokens at the
+/// default size) and `image_max_edge` when given.
+fn image_request(url: &str, image_max_edge: Option<u32>) -> Value {
+    json!({
+        "messages": [{ "role": "user", "content": [
+            { "type": "image_url", "image_url": { "url": url } },
+            { "type": "text", "text": "Describe." },
+        ] }],
+        "max_tokens": 1,
+        "temperature": 0,
+        "image_max_edge": image_max_edge,
+    })
+}
+
+fn prompt_tokens(reply: &Value) -> u64 {
+    reply["usage"]["prompt_tokens"].as_u64().unwrap()
+}
+
+#[test]
+fn image_max_edge_applies_to_its_request_only() {
+    let mut e = tiny_vlm_engine();
+    let default_edge = e.image_options.max_edge;
+    let default = prompt_tokens(&complete(&mut e, image_request("img_84x56.png", None)).unwrap().0);
+    // 28 pixels: one [IMG] and [IMG_END] instead of 2 rows of 3 [IMG] and a break.
+    let small = prompt_tokens(&complete(&mut e, image_request("img_84x56.png", Some(28))).unwrap().0);
+    assert_eq!(default - small, 6, "image_max_edge 28 gives one image token");
+    let after = prompt_tokens(&complete(&mut e, image_request("img_84x56.png", None)).unwrap().0);
+    assert_eq!(after, default, "the previous request's image_max_edge leaked into this one");
+    assert_eq!(e.image_options.max_edge, default_edge, "the engine's default changed");
+}
+
+#[test]
+fn image_max_edge_is_at_most_the_models_image_size() {
+    let mut e = tiny_vlm_engine();
+    let limit = e.vision.as_ref().unwrap().max_image_edge();
+    let over = image_request("https://example.com/never-fetched.png", Some(limit + 1));
+    let req = ChatRequest::from_value(over.clone(), e.decoder.cfg.vocab as usize).unwrap();
+    for err in [webvlm::api::check(&mut e, &req).unwrap_err(), complete(&mut e, over).unwrap_err()] {
+        assert_eq!(err.kind, "invalid_request_error", "{err:?}");
+        assert_eq!((err.param.as_deref(), err.code), (Some("image_max_edge"), Some("invalid_value")), "{err:?}");
+        assert!(err.message.contains(&limit.to_string()), "{}", err.message);
+    }
+    assert_eq!(e.image_cache.misses, 0);
+    complete(&mut e, image_request("img_84x56.png", Some(limit))).unwrap();
+}
+
+#[test]
+fn an_image_too_large_for_the_context_is_refused_before_encoding() {
+    let mut e = tiny_vlm_engine();
+    // 644 = 23 x 28 pixels a side: 23 rows of 23 [IMG] and a break, 552 ids > 512.
+    let path = temp_path("plain_644x644.png");
+    image::RgbImage::from_pixel(644, 644, image::Rgb([200, 120, 40])).save(&path).unwrap();
+    let err = complete(&mut e, image_request(path.to_str().unwrap(), None)).unwrap_err();
+    assert_eq!((err.param.as_deref(), err.code), (Some("messages"), Some("context_length_exceeded")), "{err:?}");
+    assert_eq!((e.image_cache.misses, e.image_cache.hits), (0, 0), "the vision encoder ran");
+    // Scaled down by the request, it fits.
+    complete(&mut e, image_request(path.to_str().unwrap(), Some(280))).unwrap();
+    assert_eq!(e.image_cache.misses, 1);
+}
+
+#[test]
+fn a_json_schema_is_compiled_once_for_check_and_run() {
+    let mut e = tiny_vlm_engine();
+    let format = |schema: Value, strict: bool| json!({ "type": "json_schema", "json_schema": { "name": "answer", "schema": schema, "strict": strict } });
+    let schema = json!({ "type": "object", "properties": { "n": { "type": "integer" } }, "required": ["n"] });
+    let body = |format: Value| json!({ "messages": user("hi"), "response_format": format, "max_tokens": 6, "temperature": 0 });
+    let request = body(format(schema.clone(), true));
+    // What the browser's worker does: check, then run.
+    let req = ChatRequest::from_value(request.clone(), e.decoder.cfg.vocab as usize).unwrap();
+    webvlm::api::check(&mut e, &req).unwrap();
+    let first = pollster::block_on(run(&mut e, &req, &mut no_files, None, |_| None)).unwrap();
+    assert_eq!(e.constraint_compilations(), 1, "check + run of one request");
+    // The same schema again: no compilation, the same output.
+    let (again, _) = complete(&mut e, request).unwrap();
+    assert_eq!(e.constraint_compilations(), 1, "a repeated schema");
+    assert_eq!(content(&again), content(&first));
+    // Another strict flag or another schema is compiled.
+    complete(&mut e, body(format(schema.clone(), false))).unwrap();
+    assert_eq!(e.constraint_compilations(), 2);
+    complete(&mut e, body(json!({ "type": "json_object" }))).unwrap();
+    assert_eq!(e.constraint_compilations(), 3);
+    // The cached constraint starts fresh each time: the output matches a fresh engine's.
+    let (fresh, _) = complete(&mut tiny_vlm_engine(), body(format(schema, true))).unwrap();
+    assert_eq!(content(&fresh), content(&first));
+}

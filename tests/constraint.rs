@@ -19,7 +19,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use webvlm::constraint::{Constraint, ConstraintError, ConstraintFactory};
+use webvlm::constraint::{Constraint, ConstraintError, ConstraintFactory, SchemaCache};
 use webvlm::tokenizer::Tokenizer;
 
 /// Tokens a completion may take before the test fails.
@@ -483,4 +483,39 @@ fn mask_cost() {
         );
         assert!(t.len() > 100);
     }
+}
+
+/// A schema is compiled once while among the last few used; each use starts fresh.
+#[test]
+fn schema_cache_compiles_each_schema_once() {
+    let v = tekken();
+    let mut cache = SchemaCache::new(ConstraintFactory::new(v.tokenizer.clone()).expect("factory"));
+    let schema =
+        json!({"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "string"}}, "required": ["a", "b"]});
+    let mut first = cache.json_schema(&schema, true).expect("schema");
+    let fresh = first.mask().expect("mask");
+    feed(v, &mut first, r#"{"a": 12, "b": "x"#);
+    let mut second = cache.json_schema(&schema, true).expect("schema");
+    assert_eq!(cache.factory().compilations(), 1);
+    assert_eq!(second.mask().expect("mask"), fresh, "a cached constraint starts fresh");
+    assert_ne!(first.mask().expect("mask"), fresh);
+    // The same keys in another order give another grammar (properties in document order),
+    // the other strict flag another compile; an invalid schema is an error every time.
+    let reordered =
+        json!({"type": "object", "properties": {"b": {"type": "string"}, "a": {"type": "integer"}}, "required": ["a", "b"]});
+    cache.json_schema(&reordered, true).expect("schema");
+    cache.json_schema(&schema, false).expect("schema");
+    assert_eq!(cache.factory().compilations(), 3);
+    for _ in 0..2 {
+        assert!(matches!(cache.json_schema(&json!({"type": "nosuchtype"}), true), Err(ConstraintError::Schema(_))));
+    }
+    assert_eq!(cache.factory().compilations(), 5);
+    // Beyond the last few schemas, the least recently used is compiled again.
+    cache.json_schema(&schema, true).expect("schema");
+    for n in 0..4 {
+        cache.json_schema(&json!({"type": "integer", "minimum": n}), true).expect("schema");
+    }
+    assert_eq!(cache.factory().compilations(), 9);
+    cache.json_schema(&schema, true).expect("schema");
+    assert_eq!(cache.factory().compilations(), 10);
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{fixture, max_abs, read_npy};
-use webvlm::image::{output_size, preprocess, ImageError, PixelImage, PreprocessOptions};
+use webvlm::image::{output_size, preprocess, preprocessed_size, ImageError, PixelImage, PreprocessOptions};
 
 /// Exact paths (no JPEG): identical u8 pixels, so only f32 rounding in normalisation remains.
 const EXACT_TOL: f32 = 1e-5;
@@ -109,6 +109,38 @@ fn output_size_rounds_up_to_28() {
     assert_eq!(output_size(1, 1, 1540), (28, 28));
     assert_eq!(output_size(3000, 4000, 1540), (1176, 1540));
     assert_eq!(output_size(29, 28, 1540), (56, 28));
+}
+
+/// The size `preprocess` gives is known from the image's header (dimensions and EXIF
+/// orientation), before any pixel is decoded.
+#[test]
+fn header_size_is_the_preprocessed_size() {
+    let names = [
+        "rgb_300x200.png",
+        "rgb_130x181.png",
+        "rgba_100x60.png",
+        "palette_70x42.png",
+        "gray16_56x56.png",
+        "lossless_84x56.webp",
+        "anim_2frames_56x56.gif",
+        "exif6_84x56.jpg",
+    ];
+    for name in names {
+        let bytes = std::fs::read(fixture(&format!("images/{name}"))).unwrap();
+        for max_edge in [28, 100, 1540] {
+            for apply_exif_orientation in [true, false] {
+                let o = PreprocessOptions { apply_exif_orientation, ..opts(max_edge) };
+                let img = preprocess(&bytes, &o).unwrap();
+                let size = preprocessed_size(&bytes, &o).unwrap();
+                assert_eq!(size, (img.height, img.width), "{name}, max edge {max_edge}, EXIF {apply_exif_orientation}");
+            }
+        }
+    }
+    let bomb = std::fs::read(fixture("images/bomb_30000.png")).unwrap();
+    assert!(matches!(preprocessed_size(&bomb, &opts(1540)), Err(ImageError::TooLarge { .. })));
+    assert!(matches!(preprocessed_size(b"hello", &opts(1540)), Err(ImageError::NotAnImage)));
+    let png = std::fs::read(fixture("images/rgb_56x84.png")).unwrap();
+    assert!(matches!(preprocessed_size(&png, &opts(0)), Err(ImageError::InvalidOptions(_))));
 }
 
 fn bad(bytes: &[u8]) -> ImageError {

@@ -9,6 +9,8 @@ use common::*;
 
 use std::rc::Rc;
 
+use base64::Engine as _;
+
 use webvlm::chat::ChatMessage;
 use webvlm::engine::{Engine, EngineError, Mmproj, Prompt};
 use webvlm::gguf::MappedGguf;
@@ -187,7 +189,8 @@ fn chat_with_images_gives_the_processor_ids() {
             if let webvlm::chat::ChatContent::Parts(parts) = &mut m.content {
                 for p in parts {
                     if let webvlm::chat::ContentPart::Image { url: Some(url) } = p {
-                        *url = format!("data:image/png;base64,{}", base64::encode(read(dir, url)));
+                        *url =
+                            format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(read(dir, url)));
                     }
                 }
             }
@@ -212,6 +215,8 @@ fn image_cache_skips_the_encoder_for_the_same_image() {
     e.image_options.max_edge = 28;
     let c = e.image_features(&bytes).unwrap();
     assert_eq!((e.image_cache.misses, c.n_tokens()), (2, 1), "a 28-pixel limit gives one image token");
+    // The prompt cache tells the two apart by their contents' digests.
+    assert!(a.content.is_some() && a.content != c.content, "{:?} {:?}", a.content, c.content);
 }
 
 /// Bad images give typed errors and the engine answers the next request exactly.

@@ -57,7 +57,9 @@ impl From<EngineError> for ApiError {
         let invalid = |param: &str, code| ApiError::invalid(param, code, message.clone());
         match &e {
             EngineError::Param(p) => return invalid(p.param, "invalid_value"),
-            EngineError::Model(ModelError::ContextFull { .. }) => return invalid("messages", "context_length_exceeded"),
+            EngineError::Model(ModelError::ContextFull { .. }) | EngineError::PromptTooLong { .. } => {
+                return invalid("messages", "context_length_exceeded")
+            }
             EngineError::Model(ModelError::BadToken { .. } | ModelError::Empty) => return invalid("tokens", "invalid_value"),
             EngineError::Constraint(ConstraintError::Schema(_)) => return invalid("response_format", "invalid_json_schema"),
             EngineError::Image(_) | EngineError::BadImageUrl(_) | EngineError::ImageCount { .. } | EngineError::NoVision => {

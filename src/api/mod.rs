@@ -15,16 +15,18 @@ use serde_json::{json, Value};
 
 use crate::chat::{ChatContent, ContentPart};
 use crate::engine::{Engine, EngineError, Prompt, Wait};
+use crate::image::PreprocessOptions;
 
 pub use error::ApiError;
 pub use request::ChatRequest;
 pub use response::ResponseMeta;
 
 /// Refuses what [`run`] would refuse before any image is fetched: an invalid or unsupported
-/// `response_format`, a prompt longer than the context (counted before the images' tokens,
-/// a lower bound). The browser's worker calls it before downloading a request's image URLs.
+/// `response_format`, an `image_max_edge` above the model's image size, a prompt longer than
+/// the context (counted before the images' tokens, a lower bound). The browser's worker calls it before downloading a request's image URLs.
 pub fn check(engine: &mut Engine, req: &ChatRequest) -> Result<(), ApiError> {
     engine.check_response_format(&req.options.response_format)?;
+    image_options(engine, req)?;
     let has_images = req.messages.iter().any(|m| match &m.content {
         ChatContent::Parts(parts) => parts.iter().any(|p| matches!(p, ContentPart::Image { .. })),
         ChatContent::Text(_) => false,
@@ -51,6 +53,22 @@ fn check_length(engine: &Engine, tokens: usize, counted: &str) -> Result<(), Api
     Err(ApiError::invalid("messages", "context_length_exceeded", message))
 }
 
+/// The image preprocessing settings of a request: the engine's, with the request's
+/// `image_max_edge`, which may not exceed the model's configured edge (a larger one would
+/// only make the encoder run over more patches than the model was trained for).
+fn image_options(engine: &Engine, req: &ChatRequest) -> Result<PreprocessOptions, ApiError> {
+    let mut opts = engine.image_options.clone();
+    if let Some(edge) = req.image_max_edge {
+        let max = engine.max_image_edge();
+        if edge > max {
+            let message = format!("image_max_edge must be at most {max} (this model's image size), got {edge}");
+            return Err(ApiError::invalid("image_max_edge", "invalid_value", message));
+        }
+        opts.max_edge = edge;
+    }
+    Ok(opts)
+}
+
 /// Runs a checked request: builds its prompt (image URLs that are not `data:` URLs go to
 /// `load_url`), generates, and returns the `chat.completion` object. With `stream`, each
 /// chunk goes to `on_chunk` as it is made (which may return a future to await: backpressure).
@@ -62,12 +80,10 @@ pub async fn run(
     mut on_chunk: impl FnMut(Value) -> Option<Wait>,
 ) -> Result<Value, ApiError> {
     engine.check_response_format(&req.options.response_format)?;
-    if let Some(edge) = req.image_max_edge {
-        engine.image_options.max_edge = edge;
-    }
+    let image_options = image_options(engine, req)?;
     let prompt = match &req.tokens {
         Some(tokens) => Prompt { tokens: tokens.clone(), images: Vec::new() },
-        None => engine.chat_prompt(&req.messages, load_url)?,
+        None => engine.chat_prompt_with(&req.messages, &image_options, load_url)?,
     };
     check_length(engine, prompt.tokens.len(), "")?;
     let meta = ResponseMeta::new(req.model.as_deref().or(engine.decoder.cfg.name.as_deref()).unwrap_or("webvlm"));

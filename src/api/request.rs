@@ -55,7 +55,8 @@ pub struct ChatRequest {
     pub stream: bool,
     /// `stream_options.include_usage`: a last chunk with the usage.
     pub include_usage: bool,
-    /// Longest image edge before tiling into 28-pixel tokens.
+    /// Longest image edge before tiling into 28-pixel tokens, for this request only (at most
+    /// the model's image size: [`super::run`] and [`super::check`] refuse larger ones).
     pub image_max_edge: Option<u32>,
 }
 

@@ -6,6 +6,8 @@
 //! The trie is built once per tokenizer ([`ConstraintFactory::new`]); each request gets a
 //! [`Constraint`], whose [`mask`](Constraint::mask) is the allowed-token bitset for the next
 //! sampled token and whose [`commit`](Constraint::commit) advances it by the sampled token.
+//! A [`SchemaCache`] keeps the last few schemas compiled, so that a request's check and its
+//! generation (and later requests with the same schema) compile it once.
 //! Token bytes come from [`Tokenizer::token_bytes`] (byte-level BPE: the GPT-2 byte alphabet
 //! mapped back to bytes; SentencePiece: `▁` as a space, `<0xNN>` as its byte); special tokens
 //! are marked so no grammar matches them, and the end-of-generation ids are allowed exactly
@@ -33,11 +35,13 @@
 
 mod env;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use llguidance::api::TopLevelGrammar;
 use llguidance::{JsonCompileOptions, Matcher, ParserFactory};
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 use toktrie::TokEnv;
 
 use crate::tokenizer::Tokenizer;
@@ -45,6 +49,8 @@ use env::TokenEnv;
 
 /// Skip pattern between JSON tokens: a space, or newlines and indentation.
 const WHITESPACE: &str = r"(?: |\n{1,2}[ \t]{0,20})";
+/// Compiled schemas a [`SchemaCache`] keeps.
+const CACHED_SCHEMAS: usize = 4;
 
 /// Why a constraint could not be built or advanced.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +82,8 @@ pub enum ConstraintError {
 pub struct ConstraintFactory {
     parsers: ParserFactory,
     vocab_size: usize,
+    /// Schemas compiled so far.
+    compilations: AtomicU64,
 }
 
 impl std::fmt::Debug for ConstraintFactory {
@@ -92,12 +100,17 @@ impl ConstraintFactory {
         let env: TokEnv = Arc::new(TokenEnv::new(tokenizer)?);
         let mut parsers = ParserFactory::new_simple(&env).map_err(|e| ConstraintError::Setup(format!("{e:#}")))?;
         parsers.quiet();
-        Ok(Self { parsers, vocab_size })
+        Ok(Self { parsers, vocab_size, compilations: AtomicU64::new(0) })
     }
 
     /// Number of token ids (bits in a mask).
     pub fn vocab_size(&self) -> usize {
         self.vocab_size
+    }
+
+    /// How many schemas [`Self::json_schema`] has compiled (tests, statistics).
+    pub fn compilations(&self) -> u64 {
+        self.compilations.load(Ordering::Relaxed)
     }
 
     /// The bytes the constraint matches for token `id`: its decoded bytes, or `0xFF` and
@@ -123,6 +136,7 @@ impl ConstraintFactory {
             ..JsonCompileOptions::default()
         };
         options.apply_to(&mut schema);
+        self.compilations.fetch_add(1, Ordering::Relaxed);
         let parser = self
             .parsers
             .create_parser(TopLevelGrammar::from_json_schema(schema))
@@ -140,11 +154,75 @@ impl ConstraintFactory {
 
     /// A constraint to any JSON object.
     pub fn json_object(&self) -> Result<Constraint, ConstraintError> {
-        self.json_schema(&json!({"type": "object"}), true)
+        self.json_schema(&object_schema(), true)
     }
 }
 
-/// One request's constraint: the grammar state after the tokens committed so far.
+/// The last few schemas' constraints, each compiled once: a request's check, its generation
+/// and later requests with the same schema start from a clone of the fresh constraint.
+pub struct SchemaCache {
+    factory: ConstraintFactory,
+    /// Fresh constraints by [`schema_key`], most recently used last.
+    compiled: Vec<([u8; 32], Constraint)>,
+}
+
+impl std::fmt::Debug for SchemaCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SchemaCache").field("factory", &self.factory).field("schemas", &self.compiled.len()).finish()
+    }
+}
+
+impl SchemaCache {
+    pub fn new(factory: ConstraintFactory) -> Self {
+        Self { factory, compiled: Vec::new() }
+    }
+
+    pub fn factory(&self) -> &ConstraintFactory {
+        &self.factory
+    }
+
+    /// [`ConstraintFactory::json_schema`], compiled only when `(schema, strict)` is not
+    /// among the last few used. Errors are not kept: an invalid schema is compiled again.
+    pub fn json_schema(&mut self, schema: &Value, strict: bool) -> Result<Constraint, ConstraintError> {
+        let key = schema_key(schema, strict);
+        if let Some(i) = self.compiled.iter().position(|(k, _)| *k == key) {
+            let entry = self.compiled.remove(i);
+            let constraint = entry.1.clone();
+            self.compiled.push(entry);
+            return Ok(constraint);
+        }
+        let constraint = self.factory.json_schema(schema, strict)?;
+        if self.compiled.len() >= CACHED_SCHEMAS {
+            self.compiled.remove(0);
+        }
+        self.compiled.push((key, constraint.clone()));
+        Ok(constraint)
+    }
+
+    /// [`ConstraintFactory::json_object`], compiled once.
+    pub fn json_object(&mut self) -> Result<Constraint, ConstraintError> {
+        self.json_schema(&object_schema(), true)
+    }
+}
+
+/// The identity of a compiled schema: SHA-256 of the strict flag and the schema's JSON as
+/// serde_json writes it. Object keys keep the document's order: llguidance emits properties
+/// in that order, so schemas differing only in it compile differently.
+pub fn schema_key(schema: &Value, strict: bool) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update([u8::from(strict)]);
+    h.update(schema.to_string().as_bytes());
+    h.finalize().into()
+}
+
+/// The schema of [`ConstraintFactory::json_object`].
+fn object_schema() -> Value {
+    json!({"type": "object"})
+}
+
+/// One request's constraint: the grammar state after the tokens committed so far. A clone
+/// goes on from the same state independently (llguidance's lexer cache stays shared).
+#[derive(Clone)]
 pub struct Constraint {
     matcher: Matcher,
     vocab_size: usize,

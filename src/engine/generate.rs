@@ -14,11 +14,13 @@ use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 
-use crate::constraint::Constraint;
+use web_time::Instant;
+
+use crate::constraint::{Constraint, ConstraintFactory, SchemaCache};
 use crate::kernels::sample::SamplerState;
 use crate::sampling::{fold_seed, logprobs, Sampler, SamplingParams, StopStrings, TokenLogprob, MAX_TOP_LOGPROBS};
 
-use super::prompt_cache::PromptCache;
+use super::prompt_cache::{PosKey, PromptCache};
 use super::{Engine, EngineError, Prompt};
 
 /// What the output must be.
@@ -141,9 +143,9 @@ impl HostPicker {
     /// The constraint's mask for the next token (call while the GPU computes its logits).
     fn mask(&mut self) -> Result<Option<Vec<u32>>, EngineError> {
         let Some(c) = &mut self.constraint else { return Ok(None) };
-        let start = super::web_time_now();
+        let start = Instant::now();
         let mask = c.mask()?;
-        self.mask_seconds += super::web_time_now() - start;
+        self.mask_seconds += start.elapsed().as_secs_f64();
         Ok(Some(mask))
     }
 
@@ -185,7 +187,7 @@ impl Engine {
                 mask_seconds: 0.0,
             }),
         };
-        let start = super::web_time_now();
+        let start = Instant::now();
         let keys = PromptCache::keys(prompt, self.image_tokens().ok().map(|t| t.img));
         let cached = self.prompt_cache.reuse(&self.gpu, &mut self.ctx, &keys)?;
         let mut out = Generation {
@@ -215,7 +217,7 @@ impl Engine {
         };
         // The cache now holds the prompt; each step below feeds one more token.
         let mut live = keys;
-        out.time_to_first_token = super::web_time_now() - start;
+        out.time_to_first_token = start.elapsed().as_secs_f64();
         let mut text = self.tokenizer.decode_stream(true);
         loop {
             if !opts.ignore_eos && self.tokenizer.eos_ids().contains(&token) {
@@ -256,7 +258,7 @@ impl Engine {
                     h.pick(&logits, mask.as_deref())?
                 }
             };
-            live.push(*out.tokens.last().expect("a token was generated") as u64);
+            live.push(PosKey::Token(*out.tokens.last().expect("a token was generated")));
         }
         let mut rest = text.flush(&self.tokenizer)?.map(|d| stops.push(&d).emit).unwrap_or_default();
         if !stops.stopped() {
@@ -269,7 +271,7 @@ impl Engine {
             }
         }
         self.prompt_cache.set(live);
-        out.decode_seconds = super::web_time_now() - start - out.time_to_first_token;
+        out.decode_seconds = start.elapsed().as_secs_f64() - out.time_to_first_token;
         out.mask_seconds = host.map_or(0.0, |h| h.mask_seconds);
         Ok(out)
     }
@@ -295,19 +297,43 @@ impl Engine {
         self.constraint(format).map(drop)
     }
 
-    /// The token constraint a response format asks for (the token trie is built on first use).
+    /// JSON schemas compiled so far (each is compiled once while it stays among the last
+    /// few used).
+    pub fn constraint_compilations(&self) -> u64 {
+        self.constraints.as_ref().map_or(0, |c| c.factory().compilations())
+    }
+
+    /// The token constraint a response format asks for (the token trie is built on first use;
+    /// a schema is compiled on its first use among the last few).
     fn constraint(&mut self, format: &ResponseFormat) -> Result<Option<Constraint>, EngineError> {
         if *format == ResponseFormat::Text {
             return Ok(None);
         }
-        if self.constraints.is_none() {
-            let factory = crate::constraint::ConstraintFactory::new(self.tokenizer.clone())?;
-            self.constraints = Some(factory);
-        }
-        let factory = self.constraints.as_ref().expect("just built");
+        let schemas = match &mut self.constraints {
+            Some(schemas) => schemas,
+            slot @ None => slot.insert(SchemaCache::new(ConstraintFactory::new(self.tokenizer.clone())?)),
+        };
         Ok(Some(match format {
-            ResponseFormat::JsonSchema { schema, strict } => factory.json_schema(schema, *strict)?,
-            _ => factory.json_object()?,
+            ResponseFormat::JsonSchema { schema, strict } => schemas.json_schema(schema, *strict)?,
+            _ => schemas.json_object()?,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The clock of the generation timings never goes back (`performance.now()` in the
+    /// browser, through `web_time`; `std::time::Instant` natively).
+    #[test]
+    fn the_timing_clock_is_monotonic() {
+        let start = Instant::now();
+        let mut last = 0.0;
+        for _ in 0..100_000 {
+            let now = start.elapsed().as_secs_f64();
+            assert!(now >= last, "{now} < {last}");
+            last = now;
+        }
     }
 }

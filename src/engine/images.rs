@@ -3,9 +3,13 @@
 //! the chat template writes into the image's token layout (`docs/MODELS.md`, transformers'
 //! `PixtralProcessor`): `([IMG] × cols + [IMG_BREAK]) × rows`, the last token `[IMG_END]`.
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::rc::Rc;
+
+use base64::alphabet;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::DecodePaddingMode;
+use base64::Engine as _;
+use sha2::{Digest, Sha256};
 
 use crate::image::{preprocess, PreprocessOptions};
 use crate::model::ImageFeatures;
@@ -44,6 +48,17 @@ impl ImageTokens {
         ids
     }
 
+    /// The length of [`Self::expand`]'s result for images of `(rows, cols)` merged patches,
+    /// without the images' features.
+    pub fn expanded_len(&self, tokens: &[u32], grids: &[(u32, u32)]) -> Result<usize, EngineError> {
+        let placeholders = tokens.iter().filter(|&&t| t == self.img).count();
+        if placeholders != grids.len() {
+            return Err(EngineError::ImageCount { placeholders, images: grids.len() });
+        }
+        let images: usize = grids.iter().map(|&(rows, cols)| rows as usize * (cols as usize + 1)).sum();
+        Ok(tokens.len() - placeholders + images)
+    }
+
     /// Replaces the i-th `[IMG]` of `tokens` by the layout of `images[i]`.
     pub fn expand(&self, tokens: &[u32], images: &[Rc<ImageFeatures>]) -> Result<Vec<u32>, EngineError> {
         let placeholders = tokens.iter().filter(|&&t| t == self.img).count();
@@ -71,29 +86,36 @@ pub fn data_url_bytes(url: &str) -> Option<Result<Vec<u8>, EngineError>> {
         return Some(Err(bad("no ';base64'")));
     }
     let payload: String = payload.chars().filter(|c| !c.is_ascii_whitespace()).collect();
-    Some(base64::decode(payload).map_err(|e| bad(&format!("bad base64 ({e})"))))
+    Some(DATA_URL_BASE64.decode(payload).map_err(|e| bad(&format!("bad base64 ({e})"))))
 }
 
-/// Cache key: the image's bytes (hashed, with their length) and the preprocessing settings.
+/// Standard base64 with its `=` padding optional, as browsers read data URLs (the
+/// `STANDARD` engine requires the padding).
+const DATA_URL_BASE64: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// An image's identity: the SHA-256 of its preprocessing settings and its bytes. It keys the
+/// image cache and, as [`ImageFeatures::content`], the prompt cache's image positions.
+pub type ImageDigest = [u8; 32];
+
+/// Cache key: the [`ImageDigest`] of the image's bytes and preprocessing settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Key {
-    hash: u64,
-    len: usize,
-    max_edge: u32,
-}
+struct Key(ImageDigest);
 
 impl Key {
+    /// SHA-256 over every setting (fixed-width fields) and then the bytes, so no two
+    /// different (settings, bytes) pairs give the same input.
     fn of(bytes: &[u8], opts: &PreprocessOptions) -> Key {
-        let mut h = DefaultHasher::new();
-        bytes.hash(&mut h);
-        Key { hash: h.finish(), len: bytes.len(), max_edge: opts.max_edge }
-    }
-
-    /// The whole key as one hash (the prompt cache's image identity).
-    fn digest(&self) -> u64 {
-        let mut h = DefaultHasher::new();
-        (self.hash, self.len, self.max_edge).hash(&mut h);
-        h.finish()
+        // Destructured so that a new setting cannot be left out of the key.
+        let PreprocessOptions { max_edge, max_pixels, apply_exif_orientation } = opts;
+        let mut h = Sha256::new();
+        h.update(max_edge.to_le_bytes());
+        h.update(max_pixels.to_le_bytes());
+        h.update([u8::from(*apply_exif_orientation)]);
+        h.update(bytes);
+        Key(h.finalize().into())
     }
 }
 
@@ -127,7 +149,7 @@ impl ImageCache {
             return Ok(self.entries.last().map(|(_, f)| f.clone()).expect("just pushed"));
         }
         let mut features = encode(&preprocess(bytes, opts)?)?;
-        features.content = Some(key.digest());
+        features.content = Some(key.0);
         let features = Rc::new(features);
         self.misses += 1;
         self.entries.push((key, features.clone()));
@@ -152,5 +174,50 @@ impl ImageCache {
 
     pub fn clear(&mut self) {
         self.entries.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_urls_decode_as_in_a_browser() {
+        let ok = |url: &str| data_url_bytes(url).expect("a data URL").expect("decodes");
+        assert_eq!(ok("data:image/png;base64,QUJD"), b"ABC");
+        assert_eq!(ok("data:image/png;base64,QU\n JD\r\n"), b"ABC", "whitespace is skipped");
+        assert_eq!(ok("data:image/png;base64,QUI="), b"AB");
+        assert_eq!(ok("data:image/png;base64,QUI"), b"AB", "padding may be left out");
+        assert_eq!(ok("data:;base64,"), b"");
+        let bad = [
+            "data:image/png;base64,@@@",
+            "data:image/png;base64,Q",
+            "data:image/png;base64,QR==",
+            "data:image/png;base64,QUJD=",
+            "data:image/png,QUJD",
+            "data:image/png;base64",
+        ];
+        for url in bad {
+            assert!(matches!(data_url_bytes(url), Some(Err(EngineError::BadImageUrl(_)))), "{url}");
+        }
+        assert!(data_url_bytes("https://example.com/a.png").is_none());
+    }
+
+    #[test]
+    fn image_keys_are_equal_only_for_equal_bytes_and_settings() {
+        let opts = PreprocessOptions::default();
+        let bytes = b"the bytes of one image";
+        let key = Key::of(bytes, &opts);
+        assert_eq!(key, Key::of(bytes, &opts.clone()));
+        assert_ne!(key, Key::of(b"the bytes of one imagf", &opts));
+        assert_ne!(key, Key::of(b"the bytes of one image\0", &opts));
+        let others = [
+            PreprocessOptions { max_edge: 28, ..opts.clone() },
+            PreprocessOptions { max_pixels: 1000, ..opts.clone() },
+            PreprocessOptions { apply_exif_orientation: false, ..opts.clone() },
+        ];
+        for other in &others {
+            assert_ne!(key, Key::of(bytes, other), "{other:?}");
+        }
     }
 }

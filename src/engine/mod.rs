@@ -10,15 +10,15 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 pub use generate::{FinishReason, GenerateOptions, Generation, ResponseFormat, StepOutput, Wait};
-pub use images::{data_url_bytes, ImageCache, ImageTokens};
+pub use images::{data_url_bytes, ImageCache, ImageDigest, ImageTokens};
 use prompt_cache::PromptCache;
 pub use prompt_cache::{PromptCacheStats, DEFAULT_PROMPT_CACHE_BYTES};
 
 use crate::chat::{ChatContent, ChatError, ChatMessage, ChatTemplate, ContentPart};
-use crate::constraint::{ConstraintError, ConstraintFactory};
+use crate::constraint::{ConstraintError, SchemaCache};
 use crate::gguf::GgufError;
 use crate::gpu::Gpu;
-use crate::image::{ImageError, PreprocessOptions};
+use crate::image::{preprocessed_size, ImageError, PreprocessOptions, DEFAULT_MAX_EDGE, PATCH_ALIGN};
 use crate::kernels::matmul::MatmulCompute;
 use crate::model::{Context, ContextOptions, Decoder, ImageFeatures, ModelError, PromptImages, VisionEncoder};
 use crate::sampling::{ParamError, SampleError};
@@ -65,6 +65,10 @@ pub enum EngineError {
     /// An image URL that cannot be read (bad data URL, unsupported scheme, missing file).
     #[error("cannot read image URL: {0}")]
     BadImageUrl(String),
+    /// The prompt with its images' tokens (counted from their headers, before any is
+    /// encoded) leaves no room in the context.
+    #[error("the prompt is {tokens} tokens with its images; this engine's context holds {max_ctx} (prompt and reply)")]
+    PromptTooLong { tokens: usize, max_ctx: usize },
 }
 
 /// A vision projector file to load with the text model.
@@ -96,8 +100,8 @@ pub struct Engine {
     pub image_cache: ImageCache,
     /// What the context's KV cache holds, for reuse by the next prompt.
     prompt_cache: PromptCache,
-    /// JSON-constraint token tables, built on first use.
-    constraints: Option<ConstraintFactory>,
+    /// JSON-constraint token tables, built on first use, and the last schemas compiled.
+    constraints: Option<SchemaCache>,
 }
 
 impl Engine {
@@ -157,11 +161,26 @@ impl Engine {
         Ok(())
     }
 
-    /// The features of an encoded image (PNG, JPEG, WebP, GIF), from the cache when the same
-    /// bytes were encoded before with the same preprocessing settings.
+    /// The features of an encoded image (PNG, JPEG, WebP, GIF) preprocessed with the engine's
+    /// settings ([`Engine::image_options`]), from the cache when the same bytes were encoded
+    /// before with the same settings.
     pub fn image_features(&mut self, bytes: &[u8]) -> Result<Rc<ImageFeatures>, EngineError> {
+        let opts = self.image_options.clone();
+        self.image_features_with(bytes, &opts)
+    }
+
+    /// [`Engine::image_features`] with other preprocessing settings (a request's own); the
+    /// engine's stay as they are.
+    pub fn image_features_with(&mut self, bytes: &[u8], opts: &PreprocessOptions) -> Result<Rc<ImageFeatures>, EngineError> {
         let (vision, gpu) = (self.vision.as_ref().ok_or(EngineError::NoVision)?, &self.gpu);
-        self.image_cache.get_or_encode(bytes, &self.image_options, |pixels| Ok(vision.encode(gpu, pixels)?))
+        self.image_cache.get_or_encode(bytes, opts, |pixels| Ok(vision.encode(gpu, pixels)?))
+    }
+
+    /// The longest image edge the model was configured for (its vision config's
+    /// `image_size`; the default edge without a vision encoder): the most a request may ask
+    /// for as its `max_edge`.
+    pub fn max_image_edge(&self) -> u32 {
+        self.vision.as_ref().map_or(DEFAULT_MAX_EDGE, VisionEncoder::max_image_edge)
     }
 
     /// The image-token ids of this vocabulary.
@@ -179,12 +198,26 @@ impl Engine {
     /// A chat with text and image parts as a [`Prompt`]: the template places one `[IMG]` per
     /// image part, each is expanded to its image's layout. Image URLs that are not `data:`
     /// URLs go to `load_url` (the CLI reads files; the browser fetches before calling).
+    /// Images are preprocessed with the engine's settings ([`Engine::image_options`]).
     pub fn chat_prompt(
         &mut self,
         messages: &[ChatMessage],
         load_url: &mut dyn FnMut(&str) -> Result<Vec<u8>, EngineError>,
     ) -> Result<Prompt, EngineError> {
-        let mut images = Vec::new();
+        let opts = self.image_options.clone();
+        self.chat_prompt_with(messages, &opts, load_url)
+    }
+
+    /// [`Engine::chat_prompt`] with other preprocessing settings (a request's own). Each
+    /// image's token count comes from its header first: a prompt that does not fit the
+    /// context is [`EngineError::PromptTooLong`] before any image is decoded or encoded.
+    pub fn chat_prompt_with(
+        &mut self,
+        messages: &[ChatMessage],
+        opts: &PreprocessOptions,
+        load_url: &mut dyn FnMut(&str) -> Result<Vec<u8>, EngineError>,
+    ) -> Result<Prompt, EngineError> {
+        let mut files = Vec::new();
         for m in messages {
             let ChatContent::Parts(parts) = &m.content else { continue };
             for part in parts {
@@ -194,10 +227,25 @@ impl Engine {
                     Some(bytes) => bytes?,
                     None => load_url(url)?,
                 };
-                images.push(self.image_features(&bytes)?);
+                files.push(bytes);
             }
         }
+        if !files.is_empty() && self.vision.is_none() {
+            return Err(EngineError::NoVision);
+        }
         let tokens = self.chat_tokens(messages)?;
+        if !files.is_empty() {
+            let grids = files
+                .iter()
+                .map(|bytes| preprocessed_size(bytes, opts).map(|(h, w)| (h / PATCH_ALIGN, w / PATCH_ALIGN)))
+                .collect::<Result<Vec<_>, _>>()?;
+            let len = self.image_tokens()?.expanded_len(&tokens, &grids)?;
+            let max_ctx = self.ctx.max_ctx() as usize;
+            if len >= max_ctx {
+                return Err(EngineError::PromptTooLong { tokens: len, max_ctx });
+            }
+        }
+        let images = files.iter().map(|bytes| self.image_features_with(bytes, opts)).collect::<Result<Vec<_>, _>>()?;
         self.prompt_with_images(&tokens, images)
     }
 
@@ -240,19 +288,5 @@ impl Engine {
     /// Prompt ids of plain text (BOS added as the vocabulary asks).
     pub fn text_tokens(&self, text: &str) -> Result<Vec<u32>, EngineError> {
         Ok(self.tokenizer.encode(text, true)?)
-    }
-}
-
-/// Seconds on a monotonic clock (`performance.now()` in the browser).
-fn web_time_now() -> f64 {
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        use std::sync::OnceLock;
-        static START: OnceLock<std::time::Instant> = OnceLock::new();
-        START.get_or_init(std::time::Instant::now).elapsed().as_secs_f64()
-    }
-    #[cfg(target_arch = "wasm32")]
-    {
-        js_sys::Date::now() / 1000.0
     }
 }

@@ -8,25 +8,30 @@
 //! copied back. Saved prefixes share a byte budget and the least recently used go first, so
 //! two chats taken in turns, or many chats over one long system prompt, all stay cached.
 //!
-//! Every cached position has a key: its token id, or for an image position the hash of the
-//! image's file and preprocessing settings with the position's index in the image. Two
-//! positions match when their keys are equal; KV entries depend only on the positions up to
+//! Every cached position has a key ([`PosKey`]): its token id, or for an image position the
+//! SHA-256 of the image's file and preprocessing settings (the whole digest, shared by the
+//! image's positions) with the position's index in the image. Two positions match when their
+//! keys are equal; KV entries depend only on the positions up to
 //! theirs (causal attention), so an equal prefix has equal entries. At least the prompt's last
 //! token is always run again, since its logits choose the first new token.
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::rc::Rc;
 
 use crate::gpu::{Gpu, Result as GpuResult};
 use crate::model::{Context, StateSnapshot};
 
-use super::Prompt;
+use super::{ImageDigest, Prompt};
 
-/// A position that never matches (an image of unknown content).
-const NEVER: u64 = u64::MAX;
-/// Image keys have the top bit set; token ids never do.
-const IMAGE_BIT: u64 = 1 << 63;
+/// The key of one cached position (16 bytes: an image's digest is shared by its positions).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PosKey {
+    /// A text token.
+    Token(u32),
+    /// Position `index` (from 1) of the image with this digest.
+    Image { digest: Rc<ImageDigest>, index: u32 },
+    /// An image position of unknown content: it never matches.
+    Unknown,
+}
 /// Shorter sequences are not worth a copy: they prefill in about one chunk.
 const MIN_SAVED_TOKENS: usize = 32;
 /// GPU memory for saved prefixes unless the engine is told otherwise: ~2,500 positions of
@@ -35,7 +40,7 @@ pub const DEFAULT_PROMPT_CACHE_BYTES: u64 = 256 << 20;
 
 /// The keys of the live sequence and the saved prefixes.
 pub struct PromptCache {
-    live: Vec<u64>,
+    live: Vec<PosKey>,
     saved: Vec<Saved>,
     budget: u64,
     /// Counts uses, for least-recently-used eviction.
@@ -43,7 +48,7 @@ pub struct PromptCache {
 }
 
 struct Saved {
-    keys: Vec<u64>,
+    keys: Vec<PosKey>,
     /// Shared so that a prefix being copied back outlives its eviction by this very request.
     kv: Rc<StateSnapshot>,
     last_used: u64,
@@ -68,33 +73,9 @@ impl PromptCache {
     }
 
     /// The keys of `prompt`'s positions (`img`: the `[IMG]` id, when the vocabulary has one).
-    pub fn keys(prompt: &Prompt, img: Option<u32>) -> Vec<u64> {
-        let mut images = prompt.images.iter();
-        let (mut image, mut left, mut index) = (None, 0u32, 0u32);
-        prompt
-            .tokens
-            .iter()
-            .map(|&t| {
-                if Some(t) != img || prompt.images.is_empty() {
-                    return t as u64;
-                }
-                if left == 0 {
-                    image = images.next();
-                    left = image.map_or(0, |f| f.n_tokens());
-                    index = 0;
-                }
-                left = left.saturating_sub(1);
-                index += 1;
-                match image.and_then(|f| f.content) {
-                    Some(content) => {
-                        let mut h = DefaultHasher::new();
-                        (content, index).hash(&mut h);
-                        h.finish() | IMAGE_BIT
-                    }
-                    None => NEVER,
-                }
-            })
-            .collect()
+    pub fn keys(prompt: &Prompt, img: Option<u32>) -> Vec<PosKey> {
+        let images: Vec<_> = prompt.images.iter().map(|f| (f.content, f.n_tokens())).collect();
+        keys_of(&prompt.tokens, &images, img)
     }
 
     /// Readies `ctx` for a prompt with `keys`: keeps the live sequence's common prefix or
@@ -102,7 +83,7 @@ impl PromptCache {
     /// part worth keeping would be overwritten. Returns the positions reused (at most all but
     /// the last). The live keys stay empty until [`Self::set`] records the new sequence, so a
     /// generation that fails half way leaves nothing stale behind.
-    pub fn reuse(&mut self, gpu: &Gpu, ctx: &mut Context, keys: &[u64]) -> GpuResult<usize> {
+    pub fn reuse(&mut self, gpu: &Gpu, ctx: &mut Context, keys: &[PosKey]) -> GpuResult<usize> {
         self.clock += 1;
         let usable = keys.len().saturating_sub(1);
         let live = std::mem::take(&mut self.live);
@@ -139,7 +120,7 @@ impl PromptCache {
 
     /// Copies the live sequence's KV rows (as many as the budget allows) to a saved prefix,
     /// evicting the least recently used.
-    fn save(&mut self, gpu: &Gpu, ctx: &mut Context, mut keys: Vec<u64>) -> GpuResult<()> {
+    fn save(&mut self, gpu: &Gpu, ctx: &mut Context, mut keys: Vec<PosKey>) -> GpuResult<()> {
         let per_token = ctx.state_bytes_per_token().max(1);
         keys.truncate((ctx.n_past() as usize).min((self.budget / per_token) as usize));
         if keys.len() < MIN_SAVED_TOKENS || self.saved.iter().any(|s| s.keys.starts_with(&keys)) {
@@ -158,7 +139,7 @@ impl PromptCache {
     }
 
     /// Records the sequence the KV cache now holds.
-    pub fn set(&mut self, live: Vec<u64>) {
+    pub fn set(&mut self, live: Vec<PosKey>) {
         self.live = live;
     }
 
@@ -192,7 +173,73 @@ impl PromptCache {
     }
 }
 
+/// The keys of positions `tokens` whose `[IMG]` runs are filled by images of
+/// `(content, n_tokens)`, in order.
+fn keys_of(tokens: &[u32], images: &[(Option<ImageDigest>, u32)], img: Option<u32>) -> Vec<PosKey> {
+    let mut next = images.iter();
+    let (mut digest, mut left, mut index) = (None, 0u32, 0u32);
+    tokens
+        .iter()
+        .map(|&t| {
+            if Some(t) != img || images.is_empty() {
+                return PosKey::Token(t);
+            }
+            if left == 0 {
+                let image = next.next();
+                digest = image.and_then(|(content, _)| content.map(Rc::new));
+                left = image.map_or(0, |&(_, n)| n);
+                index = 0;
+            }
+            left = left.saturating_sub(1);
+            index += 1;
+            match &digest {
+                Some(d) => PosKey::Image { digest: Rc::clone(d), index },
+                None => PosKey::Unknown,
+            }
+        })
+        .collect()
+}
+
 /// Leading positions on which `a` and `b` agree.
-fn common_prefix(a: &[u64], b: &[u64]) -> usize {
-    a.iter().zip(b).take_while(|(x, y)| x == y && **x != NEVER).count()
+fn common_prefix(a: &[PosKey], b: &[PosKey]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y && **x != PosKey::Unknown).count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IMG: u32 = 10;
+
+    #[test]
+    fn image_positions_match_by_the_whole_digest() {
+        let one = [7u8; 32];
+        let mut other = one;
+        other[31] ^= 1;
+        let tokens = [1, IMG, IMG, IMG, 2];
+        let a = keys_of(&tokens, &[(Some(one), 3)], Some(IMG));
+        assert_eq!(a, keys_of(&tokens, &[(Some(one), 3)], Some(IMG)), "same image, same keys");
+        let b = keys_of(&tokens, &[(Some(other), 3)], Some(IMG));
+        assert_eq!(common_prefix(&a, &b), 1, "images differing in the digest's last bit share no position");
+        assert_eq!((&a[0], &a[4]), (&PosKey::Token(1), &PosKey::Token(2)));
+        assert_eq!(a[2], PosKey::Image { digest: Rc::new(one), index: 2 });
+        // Positions of one image differ from each other and from any token id.
+        assert_ne!(a[1], a[2]);
+        assert!(a[1..4].iter().all(|k| !matches!(k, PosKey::Token(_))));
+    }
+
+    #[test]
+    fn unknown_images_never_match() {
+        let tokens = [1, IMG, IMG, 2];
+        let a = keys_of(&tokens, &[(None, 2)], Some(IMG));
+        assert_eq!(a[1..3], [PosKey::Unknown, PosKey::Unknown]);
+        assert_eq!(common_prefix(&a, &a), 1);
+        // An [IMG] without images is a token like any other.
+        assert_eq!(keys_of(&tokens, &[], Some(IMG))[1], PosKey::Token(IMG));
+    }
+
+    #[test]
+    fn a_position_key_stays_small() {
+        assert!(std::mem::size_of::<PosKey>() <= 16, "{} bytes", std::mem::size_of::<PosKey>());
+    }
 }

@@ -5,7 +5,8 @@
 //! 28 passed to the image processor), plus `load_image`'s EXIF transpose. Steps:
 //! 1. decode PNG / JPEG / WebP / GIF (first frame) with bounded memory: dimensions are read
 //!    from the header and checked against [`PreprocessOptions::max_pixels`] before any pixel
-//!    buffer is allocated;
+//!    buffer is allocated ([`preprocessed_size`] reads the same header to tell the output
+//!    size, and so the image's token count, before any decoding);
 //! 2. apply the EXIF orientation (as `transformers.image_utils.load_image` does with
 //!    `PIL.ImageOps.exif_transpose`; the processor itself does not look at EXIF);
 //! 3. convert to RGB8, compositing alpha onto white with Pillow's `alpha_composite` integer
@@ -21,6 +22,7 @@ mod resample;
 
 use std::io::Cursor;
 
+use ::image::metadata::Orientation;
 use ::image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
 
 /// Side alignment of the processed image: Pixtral patch 14 × spatial merge 2.
@@ -119,9 +121,7 @@ pub fn output_size(height: u32, width: u32, max_edge: u32) -> (u32, u32) {
 
 /// Decodes, orients, converts, resizes and normalises one encoded image.
 pub fn preprocess(bytes: &[u8], opts: &PreprocessOptions) -> Result<PixelImage, ImageError> {
-    if opts.max_edge == 0 {
-        return Err(ImageError::InvalidOptions("max_edge must be positive".into()));
-    }
+    check_options(opts)?;
     let rgb = decode_rgb8(bytes, opts)?;
     let (w, h) = rgb.dimensions();
     let (out_h, out_w) = output_size(h, w, opts.max_edge);
@@ -130,8 +130,49 @@ pub fn preprocess(bytes: &[u8], opts: &PreprocessOptions) -> Result<PixelImage, 
     Ok(PixelImage { width: out_w, height: out_h, data: normalize_chw(&resized, out_w as usize, out_h as usize) })
 }
 
+/// The `(height, width)` that [`preprocess`] gives `bytes`, from the image's header alone
+/// (its dimensions and EXIF orientation): no pixel is decoded, so the image's token count
+/// ([`PATCH_ALIGN`]-pixel tokens) is known before any work. Fails as [`preprocess`] would on
+/// a header it would reject.
+pub fn preprocessed_size(bytes: &[u8], opts: &PreprocessOptions) -> Result<(u32, u32), ImageError> {
+    check_options(opts)?;
+    let mut decoder = open(bytes, opts)?;
+    let (mut width, mut height) = decoder.dimensions();
+    let orientation = if opts.apply_exif_orientation { decoder.orientation().ok() } else { None };
+    if orientation.is_some_and(swaps_sides) {
+        (width, height) = (height, width);
+    }
+    Ok(output_size(height, width, opts.max_edge))
+}
+
+/// Whether an EXIF orientation turns the image a quarter turn (its width becomes its height).
+fn swaps_sides(o: Orientation) -> bool {
+    matches!(o, Orientation::Rotate90 | Orientation::Rotate270 | Orientation::Rotate90FlipH | Orientation::Rotate270FlipH)
+}
+
+/// Rejects unusable options.
+fn check_options(opts: &PreprocessOptions) -> Result<(), ImageError> {
+    if opts.max_edge == 0 {
+        return Err(ImageError::InvalidOptions("max_edge must be positive".into()));
+    }
+    Ok(())
+}
+
 /// Decodes to RGB8 (alpha on white), applying the EXIF orientation when asked.
 pub fn decode_rgb8(bytes: &[u8], opts: &PreprocessOptions) -> Result<::image::RgbImage, ImageError> {
+    let mut decoder = open(bytes, opts)?;
+    // A malformed EXIF block is ignored rather than rejecting an otherwise good image.
+    let orientation = if opts.apply_exif_orientation { decoder.orientation().ok() } else { None };
+    let mut img = DynamicImage::from_decoder(decoder).map_err(map_err)?;
+    if let Some(o) = orientation {
+        img.apply_orientation(o);
+    }
+    Ok(to_rgb8_on_white(img))
+}
+
+/// A decoder of a supported format whose header has been read and whose dimensions are
+/// within the limits, with its memory bounded; no pixel is decoded yet.
+fn open<'a>(bytes: &'a [u8], opts: &PreprocessOptions) -> Result<impl ImageDecoder + 'a, ImageError> {
     let format = ::image::guess_format(bytes).map_err(|_| ImageError::NotAnImage)?;
     if !matches!(format, ImageFormat::Png | ImageFormat::Jpeg | ImageFormat::WebP | ImageFormat::Gif) {
         return Err(ImageError::UnsupportedFormat(format!("{format:?}")));
@@ -145,16 +186,10 @@ pub fn decode_rgb8(bytes: &[u8], opts: &PreprocessOptions) -> Result<::image::Rg
     // Room for a 16-bit RGBA buffer of the largest accepted image plus decoder state.
     limits.max_alloc = Some(opts.max_pixels.saturating_mul(8).saturating_add(64 << 20));
     reader.limits(limits);
-    let mut decoder = reader.into_decoder().map_err(map_err)?;
+    let decoder = reader.into_decoder().map_err(map_err)?;
     let (width, height) = decoder.dimensions();
     check_dimensions(width, height, opts)?;
-    // A malformed EXIF block is ignored rather than rejecting an otherwise good image.
-    let orientation = if opts.apply_exif_orientation { decoder.orientation().ok() } else { None };
-    let mut img = DynamicImage::from_decoder(decoder).map_err(map_err)?;
-    if let Some(o) = orientation {
-        img.apply_orientation(o);
-    }
-    Ok(to_rgb8_on_white(img))
+    Ok(decoder)
 }
 
 /// Rejects empty images and images above `max_pixels`.

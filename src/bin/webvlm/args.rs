@@ -9,8 +9,8 @@ use webvlm::engine::GenerateOptions;
 use webvlm::image::PreprocessOptions;
 use webvlm::model::synthetic::{SyntheticShape, VisionShape};
 use webvlm::model::ContextOptions;
-use webvlm::source::LoadQuant;
 use webvlm::sampling::SamplingParams;
+use webvlm::source::LoadQuant;
 
 /// `--model`: a GGUF file to read.
 #[derive(Args, Debug)]

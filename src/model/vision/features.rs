@@ -10,9 +10,10 @@ pub struct ImageFeatures {
     pub rows: u32,
     pub cols: u32,
     pub dim: u32,
-    /// A hash of the image file and preprocessing settings, when known (set by the engine's
-    /// image cache): the prompt cache reuses KV entries of image positions only with it.
-    pub content: Option<u64>,
+    /// The SHA-256 of the image file and preprocessing settings, when known (set by the
+    /// engine's image cache): the prompt cache reuses KV entries of image positions only
+    /// with it.
+    pub content: Option<[u8; 32]>,
 }
 
 impl ImageFeatures {

@@ -56,6 +56,13 @@ impl VisionEncoder {
         }
     }
 
+    /// The longest image edge the encoder was configured for (preprocessing's upper bound).
+    pub fn max_image_edge(&self) -> u32 {
+        match self {
+            VisionEncoder::Pixtral(m) => m.cfg.image_size,
+        }
+    }
+
     /// Bytes of weights held on the GPU.
     pub fn weight_bytes(&self) -> u64 {
         match self {
