@@ -27,7 +27,7 @@ fn no_files(url: &str) -> Result<Vec<u8>, EngineError> {
 
 /// Runs `request` (JSON) to completion; the streamed chunks are returned too.
 fn complete(e: &mut Engine, request: Value) -> Result<(Value, Vec<Value>), ApiError> {
-    let req = ChatRequest::from_value(request, e.decoder.cfg.vocab as usize)?;
+    let req = ChatRequest::from_value(request, e.decoder().cfg.vocab as usize)?;
     let mut chunks = Vec::new();
     let out = pollster::block_on(run(e, &req, &mut no_files, None, |c| {
         chunks.push(c);
@@ -47,7 +47,7 @@ fn user(text: &str) -> Value {
 #[test]
 fn bad_requests_are_openai_errors_naming_the_field() {
     let e = tiny_vlm_engine();
-    let vocab = e.decoder.cfg.vocab as usize;
+    let vocab = e.decoder().cfg.vocab as usize;
     let m = user("hi");
     let cases = [
         (json!({ "messages": m, "temprature": 0.5 }), "temprature", "unknown_parameter"),
@@ -219,7 +219,7 @@ fn logit_bias_steers_greedy_decoding() {
     let request =
         json!({ "tokens": [1, 3, 8961, 4], "max_tokens": 4, "temperature": 0, "logit_bias": { target.to_string(): 100 } });
     let (reply, _) = complete(&mut e, request).unwrap();
-    let piece = e.tokenizer.decode(&[target], true).unwrap();
+    let piece = e.tokenizer().decode(&[target], true).unwrap();
     assert_eq!(content(&reply), piece.repeat(4));
     let banned = json!({ "tokens": [1, 3, 8961, 4], "max_tokens": 1, "temperature": 0, "logprobs": true });
     let (free, _) = complete(&mut e, banned.clone()).unwrap();
@@ -404,28 +404,28 @@ fn prompt_tokens(reply: &Value) -> u64 {
 #[test]
 fn image_max_edge_applies_to_its_request_only() {
     let mut e = tiny_vlm_engine();
-    let default_edge = e.image_options.max_edge;
+    let default_edge = e.image_options().max_edge;
     let default = prompt_tokens(&complete(&mut e, image_request("img_84x56.png", None)).unwrap().0);
     // 28 pixels: one [IMG] and [IMG_END] instead of 2 rows of 3 [IMG] and a break.
     let small = prompt_tokens(&complete(&mut e, image_request("img_84x56.png", Some(28))).unwrap().0);
     assert_eq!(default - small, 6, "image_max_edge 28 gives one image token");
     let after = prompt_tokens(&complete(&mut e, image_request("img_84x56.png", None)).unwrap().0);
     assert_eq!(after, default, "the previous request's image_max_edge leaked into this one");
-    assert_eq!(e.image_options.max_edge, default_edge, "the engine's default changed");
+    assert_eq!(e.image_options().max_edge, default_edge, "the engine's default changed");
 }
 
 #[test]
 fn image_max_edge_is_at_most_the_models_image_size() {
     let mut e = tiny_vlm_engine();
-    let limit = e.vision.as_ref().unwrap().max_image_edge();
+    let limit = e.vision().unwrap().max_image_edge();
     let over = image_request("https://example.com/never-fetched.png", Some(limit + 1));
-    let req = ChatRequest::from_value(over.clone(), e.decoder.cfg.vocab as usize).unwrap();
+    let req = ChatRequest::from_value(over.clone(), e.decoder().cfg.vocab as usize).unwrap();
     for err in [webvlm::api::check(&mut e, &req).unwrap_err(), complete(&mut e, over).unwrap_err()] {
         assert_eq!(err.kind, "invalid_request_error", "{err:?}");
         assert_eq!((err.param.as_deref(), err.code), (Some("image_max_edge"), Some("invalid_value")), "{err:?}");
         assert!(err.message.contains(&limit.to_string()), "{}", err.message);
     }
-    assert_eq!(e.image_cache.misses, 0);
+    assert_eq!(e.image_cache().misses, 0);
     complete(&mut e, image_request("img_84x56.png", Some(limit))).unwrap();
 }
 
@@ -437,10 +437,10 @@ fn an_image_too_large_for_the_context_is_refused_before_encoding() {
     image::RgbImage::from_pixel(644, 644, image::Rgb([200, 120, 40])).save(&path).unwrap();
     let err = complete(&mut e, image_request(path.to_str().unwrap(), None)).unwrap_err();
     assert_eq!((err.param.as_deref(), err.code), (Some("messages"), Some("context_length_exceeded")), "{err:?}");
-    assert_eq!((e.image_cache.misses, e.image_cache.hits), (0, 0), "the vision encoder ran");
+    assert_eq!((e.image_cache().misses, e.image_cache().hits), (0, 0), "the vision encoder ran");
     // Scaled down by the request, it fits.
     complete(&mut e, image_request(path.to_str().unwrap(), Some(280))).unwrap();
-    assert_eq!(e.image_cache.misses, 1);
+    assert_eq!(e.image_cache().misses, 1);
 }
 
 #[test]
@@ -451,7 +451,7 @@ fn a_json_schema_is_compiled_once_for_check_and_run() {
     let body = |format: Value| json!({ "messages": user("hi"), "response_format": format, "max_tokens": 6, "temperature": 0 });
     let request = body(format(schema.clone(), true));
     // What the browser's worker does: check, then run.
-    let req = ChatRequest::from_value(request.clone(), e.decoder.cfg.vocab as usize).unwrap();
+    let req = ChatRequest::from_value(request.clone(), e.decoder().cfg.vocab as usize).unwrap();
     webvlm::api::check(&mut e, &req).unwrap();
     let first = pollster::block_on(run(&mut e, &req, &mut no_files, None, |_| None)).unwrap();
     assert_eq!(e.constraint_compilations(), 1, "check + run of one request");

@@ -5,7 +5,7 @@
 mod common;
 use common::smollm2::{model_path, reference, Reference};
 use common::*;
-use webvlm::engine::{Engine, GenerateOptions};
+use webvlm::engine::{Engine, GenerateOptions, Prompt};
 use webvlm::gguf::MappedGguf;
 use webvlm::model::ContextOptions;
 
@@ -30,9 +30,8 @@ fn teacher_forced_logits_match_transformers() {
     let (mut agree, mut total, mut worst) = (0usize, 0usize, 0f32);
     for (i, p) in r.prompts.iter().enumerate() {
         let tokens: Vec<u32> = p.prompt_ids.iter().chain(&p.greedy_ids).copied().collect();
-        e.ctx.reset();
-        let logits = pollster::block_on(e.ctx.logits(&e.gpu, &e.decoder, &tokens)).unwrap();
-        let vocab = e.decoder.cfg.vocab as usize;
+        let logits = pollster::block_on(e.logits(&Prompt { tokens, images: Vec::new() })).unwrap();
+        let vocab = e.decoder().cfg.vocab as usize;
         for (pos, row) in logits.chunks(vocab).enumerate().take(p.teacher_forced.argmax.len()) {
             total += 1;
             if argmax(row) as u32 == p.teacher_forced.argmax[pos] {

@@ -30,10 +30,10 @@ fn stream_engine(model: &[u8], mmproj: Option<(&[u8], LoadQuant)>, sizes: &[usiz
         text.push(&gpu, chunks.next().expect("header before the end")).unwrap();
     }
     let mut e = Engine::load_from(gpu, &mut text, opts()).unwrap();
-    text.seal(&e.gpu).unwrap();
+    text.seal(e.gpu()).unwrap();
     let mut held = text.held_bytes();
     for c in chunks {
-        text.push(&e.gpu, c).unwrap();
+        text.push(e.gpu(), c).unwrap();
         held = held.max(text.held_bytes());
     }
     text.finish().unwrap();
@@ -41,12 +41,12 @@ fn stream_engine(model: &[u8], mmproj: Option<(&[u8], LoadQuant)>, sizes: &[usiz
         let mut vision = GgufStream::new();
         let mut chunks = Chunks::new(bytes, sizes);
         while vision.header().is_none() {
-            vision.push(&e.gpu, chunks.next().unwrap()).unwrap();
+            vision.push(e.gpu(), chunks.next().unwrap()).unwrap();
         }
         e.load_vision_from(&mut vision, quant).unwrap();
-        vision.seal(&e.gpu).unwrap();
+        vision.seal(e.gpu()).unwrap();
         for c in chunks {
-            vision.push(&e.gpu, c).unwrap();
+            vision.push(e.gpu(), c).unwrap();
             held = held.max(vision.held_bytes());
         }
         vision.finish().unwrap();
@@ -145,11 +145,11 @@ fn truncated_stream_is_an_error() {
     let mut s = GgufStream::new();
     s.push(&gpu, &model[..model.len() - 100]).unwrap();
     let e = Engine::load_from(gpu, &mut s, opts()).unwrap();
-    s.seal(&e.gpu).unwrap();
+    s.seal(e.gpu()).unwrap();
     let err = s.finish();
     assert!(matches!(err, Err(LoadError::Stream(_))), "truncated data: {err:?}");
     let mut header_only = GgufStream::new();
-    header_only.push(&e.gpu, &model[..100]).unwrap();
+    header_only.push(e.gpu(), &model[..100]).unwrap();
     assert!(matches!(header_only.finish(), Err(LoadError::Gguf(_))), "truncated header");
 }
 
@@ -201,7 +201,7 @@ fn published_sha256_is_verified() {
         s.expect_sha256(digest).unwrap();
         s.push(&gpu, bytes).unwrap();
         let e = Engine::load_from(gpu, &mut s, opts()).unwrap();
-        s.seal(&e.gpu).unwrap();
+        s.seal(e.gpu()).unwrap();
         let r = s.finish();
         assert_eq!(r.is_ok(), ok, "{r:?}");
         if !ok {
@@ -242,9 +242,9 @@ fn split_parts_load_like_one_file() {
     }
     assert!(streams.headers_complete().unwrap());
     let mut e = Engine::load_from(gpu, &mut streams, opts()).unwrap();
-    streams.seal(&e.gpu).unwrap();
+    streams.seal(e.gpu()).unwrap();
     for (i, p) in parts.iter().enumerate() {
-        Chunks::new(p, &[65536, 3]).try_for_each(|c| streams.push(&e.gpu, i, c)).unwrap();
+        Chunks::new(p, &[65536, 3]).try_for_each(|c| streams.push(e.gpu(), i, c)).unwrap();
     }
     streams.finish().unwrap();
     let got = text_logits(&mut e);
@@ -274,10 +274,10 @@ fn bad_split_parts_are_errors() {
     let mut s = headers_of(&[0, 1, 2]);
     assert!(s.headers_complete().unwrap());
     let e = Engine::load_from(gpu, &mut s, opts()).unwrap();
-    s.seal(&e.gpu).unwrap();
+    s.seal(e.gpu()).unwrap();
     for (i, p) in parts.iter().enumerate() {
         let end = if i == 1 { p.len() - 64 } else { p.len() };
-        s.push(&e.gpu, i, &p[..end]).unwrap();
+        s.push(e.gpu(), i, &p[..end]).unwrap();
     }
     let err = s.finish().unwrap_err();
     assert!(matches!(&err, LoadError::InPart { no: 2, count: 3, .. }), "{err:?}");

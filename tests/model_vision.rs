@@ -131,13 +131,13 @@ fn check_image_cases(dir: &str) {
         let mut images = Vec::new();
         for ((file, pixels), features) in case.images.iter().zip(&case.pixel_values).zip(&case.features) {
             let bytes = read(dir, file);
-            let px = preprocess(&bytes, &e.image_options).unwrap();
+            let px = preprocess(&bytes, e.image_options()).unwrap();
             let (shape, want_px) = read_npy(&fixture(dir).join(pixels));
             assert_eq!(shape, [3, px.height as usize, px.width as usize], "{label} {file}: pixel shape");
             assert!(max_abs(&px.data, &want_px) <= TOL_PIXELS, "{label} {file}: pixels");
 
             let f = e.image_features(&bytes).unwrap();
-            let got = pollster::block_on(f.read(&e.gpu)).unwrap();
+            let got = pollster::block_on(f.read(e.gpu())).unwrap();
             let (shape, want) = read_npy(&fixture(dir).join(features));
             assert_eq!(shape, [f.n_tokens() as usize, f.dim as usize], "{label} {file}: feature shape");
             let err = rel_l2(&got, &want);
@@ -182,7 +182,7 @@ fn chat_with_images_gives_the_processor_ids() {
     let mmproj = "mmproj.gguf";
     let mut e = engine(dir, &fx.model, mmproj);
     for case in &fx.chat_cases {
-        assert_eq!(e.template.render(&case.messages, true).unwrap(), case.text, "{}: rendered text", case.name);
+        assert_eq!(e.template().render(&case.messages, true).unwrap(), case.text, "{}: rendered text", case.name);
         // The fixture names image files; send them as data URLs, as a browser would.
         let mut messages = case.messages.clone();
         for m in &mut messages {
@@ -211,10 +211,10 @@ fn image_cache_skips_the_encoder_for_the_same_image() {
     let a = e.image_features(&bytes).unwrap();
     let b = e.image_features(&bytes).unwrap();
     assert!(Rc::ptr_eq(&a, &b), "second request did not come from the cache");
-    assert_eq!((e.image_cache.misses, e.image_cache.hits), (1, 1));
-    e.image_options.max_edge = 28;
+    assert_eq!((e.image_cache().misses, e.image_cache().hits), (1, 1));
+    e.set_image_max_edge(28).unwrap();
     let c = e.image_features(&bytes).unwrap();
-    assert_eq!((e.image_cache.misses, c.n_tokens()), (2, 1), "a 28-pixel limit gives one image token");
+    assert_eq!((e.image_cache().misses, c.n_tokens()), (2, 1), "a 28-pixel limit gives one image token");
     // The prompt cache tells the two apart by their contents' digests.
     assert!(a.content.is_some() && a.content != c.content, "{:?} {:?}", a.content, c.content);
 }
@@ -246,7 +246,7 @@ fn bad_images_leave_the_engine_serving() {
     let one = vec![e.image_features(&png).unwrap()];
     let too_many = e.prompt_with_images(&[1, 5], one);
     assert!(matches!(too_many, Err(EngineError::ImageCount { placeholders: 0, images: 1 })), "no placeholder");
-    assert!(matches!(preprocess(&bad[2].1, &e.image_options), Err(ImageError::TooLarge { .. })), "bomb error kind");
+    assert!(matches!(preprocess(&bad[2].1, e.image_options()), Err(ImageError::TooLarge { .. })), "bomb error kind");
 
     let images = case.images.iter().map(|f| e.image_features(&read(dir, f)).unwrap()).collect();
     let got = pollster::block_on(e.logits(&Prompt { tokens: case.tokens.clone(), images })).unwrap();
@@ -291,20 +291,20 @@ fn load_time_quantization_error_is_measured() {
     let dir = "tiny_mistral3_c";
     let fx = load_fixture(dir);
     let case = fx.image_cases.iter().find(|c| c.mmproj == "mmproj.gguf" && c.images.len() == 2).unwrap();
-    let keep_bytes = engine(dir, &fx.model, &case.mmproj).vision.unwrap().weight_bytes();
+    let keep_bytes = engine(dir, &fx.model, &case.mmproj).vision().unwrap().weight_bytes();
     for (quant, tol_features, tol_logits) in [
         (LoadQuant::Q8_0, TOL_Q8_FEATURES, TOL_Q8_LOGITS),
         (LoadQuant::Q4_1, TOL_Q4_FEATURES, TOL_Q4_LOGITS),
         (LoadQuant::Q4_0, TOL_Q4_FEATURES, TOL_Q4_LOGITS),
     ] {
         let mut e = engine_as(dir, &fx.model, &case.mmproj, quant);
-        let bytes = e.vision.as_ref().unwrap().weight_bytes();
+        let bytes = e.vision().unwrap().weight_bytes();
         assert!(bytes < keep_bytes, "{quant:?}: {bytes} bytes on the GPU, F32 file {keep_bytes}");
         let mut images = Vec::new();
         let mut worst_features = 0f32;
         for (file, features) in case.images.iter().zip(&case.features) {
             let f = e.image_features(&read(dir, file)).unwrap();
-            let got = pollster::block_on(f.read(&e.gpu)).unwrap();
+            let got = pollster::block_on(f.read(e.gpu())).unwrap();
             worst_features = worst_features.max(rel_l2(&got, &read_npy(&fixture(dir).join(features)).1));
             images.push(f);
         }
@@ -355,12 +355,12 @@ fn f16_vision_matmuls_error_is_measured() {
     let fx = load_fixture(dir);
     let case = fx.image_cases.iter().max_by_key(|c| c.images.len()).unwrap();
     let mut e = engine(dir, &fx.model, &case.mmproj);
-    assert!(e.gpu.caps.f16, "the test adapter (lavapipe) has shader-f16");
-    e.vision.as_mut().unwrap().set_compute(webvlm::kernels::matmul::MatmulCompute::F16);
+    assert!(e.gpu().caps.f16, "the test adapter (lavapipe) has shader-f16");
+    e.set_vision_compute(webvlm::kernels::matmul::MatmulCompute::F16).unwrap();
     let mut images = Vec::new();
     for (file, features) in case.images.iter().zip(&case.features) {
         let f = e.image_features(&read(dir, file)).unwrap();
-        let err = rel_l2(&pollster::block_on(f.read(&e.gpu)).unwrap(), &read_npy(&fixture(dir).join(features)).1);
+        let err = rel_l2(&pollster::block_on(f.read(e.gpu())).unwrap(), &read_npy(&fixture(dir).join(features)).1);
         eprintln!("f16 vision {file}: features rel L2 {err:.2e}");
         assert!(err <= TOL_F16_FEATURES, "{file}: features rel L2 {err:.2e}");
         images.push(f);

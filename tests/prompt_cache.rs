@@ -99,7 +99,7 @@ fn saved_prefixes_stay_within_the_budget_least_recently_used_first() {
     let shared = tokens(&reply(&mut e, &chat(topics[1])), "cached");
     reply(&mut e, &chat(topics[0]));
     // Room for two of these sequences (prompt + 8 reply tokens), not three.
-    let per_sequence = (tokens(&first, "prompt") + 8) * e.ctx.state_bytes_per_token();
+    let per_sequence = (tokens(&first, "prompt") + 8) * e.context().state_bytes_per_token();
     let budget = per_sequence * 5 / 2;
     e.set_prompt_cache_bytes(budget);
     for topic in &topics[1..] {

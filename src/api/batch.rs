@@ -55,7 +55,7 @@ pub async fn run_batch(
 ) -> Vec<Value> {
     let lines = parse_lines(jsonl);
     let mut out = Vec::with_capacity(lines.len());
-    let vocab = engine.decoder.cfg.vocab as usize;
+    let vocab = engine.decoder().cfg.vocab as usize;
     for (i, line) in lines.iter().enumerate() {
         let result = match line.body.clone().and_then(|b| ChatRequest::from_value(b, vocab)) {
             Ok(req) if req.stream => Err(ApiError::invalid("stream", "unsupported_value", "batch requests cannot stream")),

@@ -44,7 +44,7 @@ pub fn check(engine: &mut Engine, req: &ChatRequest) -> Result<(), ApiError> {
 }
 
 fn check_length(engine: &Engine, tokens: usize, counted: &str) -> Result<(), ApiError> {
-    let max_ctx = engine.ctx.max_ctx() as usize;
+    let max_ctx = engine.max_context() as usize;
     if tokens < max_ctx {
         return Ok(());
     }
@@ -57,7 +57,7 @@ fn check_length(engine: &Engine, tokens: usize, counted: &str) -> Result<(), Api
 /// `image_max_edge`, which may not exceed the model's configured edge (a larger one would
 /// only make the encoder run over more patches than the model was trained for).
 fn image_options(engine: &Engine, req: &ChatRequest) -> Result<PreprocessOptions, ApiError> {
-    let mut opts = engine.image_options.clone();
+    let mut opts = engine.image_options().clone();
     if let Some(edge) = req.image_max_edge {
         let max = engine.max_image_edge();
         if edge > max {
@@ -86,7 +86,7 @@ pub async fn run(
         None => engine.chat_prompt_with(&req.messages, &image_options, load_url)?,
     };
     check_length(engine, prompt.tokens.len(), "")?;
-    let meta = ResponseMeta::new(req.model.as_deref().or(engine.decoder.cfg.name.as_deref()).unwrap_or("webvlm"));
+    let meta = ResponseMeta::new(req.model.as_deref().or(engine.decoder().cfg.name.as_deref()).unwrap_or("webvlm"));
     let mut opts = req.options.clone();
     opts.abort = abort;
     let logprobs = opts.logprobs.is_some();
@@ -95,7 +95,7 @@ pub async fn run(
             wait.await;
         }
     }
-    let tokenizer = engine.tokenizer.clone();
+    let tokenizer = engine.tokenizer().clone();
     let g = engine
         .generate_prompt(&prompt, &opts, |step| {
             let lp = step.logprob.map(|e| json!({ "content": response::logprob_content(&tokenizer, std::slice::from_ref(e)) }));
@@ -111,5 +111,5 @@ pub async fn run(
             on_chunk(response::usage_chunk(&meta, &g));
         }
     }
-    Ok(response::completion(&meta, &g, &engine.tokenizer, logprobs))
+    Ok(response::completion(&meta, &g, engine.tokenizer(), logprobs))
 }

@@ -89,15 +89,16 @@ pub struct Prompt {
 
 /// A model ready to generate.
 pub struct Engine {
-    pub gpu: Gpu,
-    pub decoder: Decoder,
-    pub tokenizer: Arc<Tokenizer>,
-    pub template: ChatTemplate,
-    pub ctx: Context,
-    pub vision: Option<VisionEncoder>,
-    /// Image preprocessing settings (the longest edge sets the number of image tokens).
-    pub image_options: PreprocessOptions,
-    pub image_cache: ImageCache,
+    gpu: Gpu,
+    decoder: Decoder,
+    tokenizer: Arc<Tokenizer>,
+    template: ChatTemplate,
+    ctx: Context,
+    vision: Option<VisionEncoder>,
+    /// Default image preprocessing settings (the longest edge sets the number of image
+    /// tokens); a request may ask for fewer tokens.
+    image_options: PreprocessOptions,
+    image_cache: ImageCache,
     /// What the context's KV cache holds, for reuse by the next prompt.
     prompt_cache: PromptCache,
     /// JSON-constraint token tables, built on first use, and the last schemas compiled.
@@ -181,6 +182,73 @@ impl Engine {
     /// for as its `max_edge`.
     pub fn max_image_edge(&self) -> u32 {
         self.vision.as_ref().map_or(DEFAULT_MAX_EDGE, VisionEncoder::max_image_edge)
+    }
+
+    /// The GPU the model lives on.
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    /// The text decoder (its shape in `decoder().cfg`).
+    pub fn decoder(&self) -> &Decoder {
+        &self.decoder
+    }
+
+    pub fn tokenizer(&self) -> &Arc<Tokenizer> {
+        &self.tokenizer
+    }
+
+    /// The model's chat template.
+    pub fn template(&self) -> &ChatTemplate {
+        &self.template
+    }
+
+    /// The vision encoder, when an mmproj was loaded.
+    pub fn vision(&self) -> Option<&VisionEncoder> {
+        self.vision.as_ref()
+    }
+
+    /// Sets the vision encoder's matmul precision (f16 needs `shader-f16`).
+    pub fn set_vision_compute(&mut self, compute: MatmulCompute) -> Result<(), EngineError> {
+        self.vision.as_mut().ok_or(EngineError::NoVision)?.set_compute(compute);
+        self.image_cache.clear();
+        Ok(())
+    }
+
+    /// The sequence the engine runs (sizes, state bytes).
+    pub fn context(&self) -> &Context {
+        &self.ctx
+    }
+
+    /// Most tokens a prompt and its reply may take.
+    pub fn max_context(&self) -> u32 {
+        self.ctx.max_ctx()
+    }
+
+    /// Starts position ids at `offset` (tests of long-context RoPE through `logits`).
+    pub fn set_position_offset(&mut self, offset: u32) {
+        self.ctx.set_position_offset(offset);
+    }
+
+    /// The default image preprocessing settings.
+    pub fn image_options(&self) -> &PreprocessOptions {
+        &self.image_options
+    }
+
+    /// Sets the default longest image edge, at most [`Self::max_image_edge`].
+    pub fn set_image_max_edge(&mut self, edge: u32) -> Result<(), EngineError> {
+        let max = self.max_image_edge();
+        if edge == 0 || edge > max {
+            let message = format!("image_max_edge must be in 1..={max} (this model's image size), got {edge}");
+            return Err(EngineError::Image(ImageError::InvalidOptions(message)));
+        }
+        self.image_options.max_edge = edge;
+        Ok(())
+    }
+
+    /// Encoded images kept for reuse.
+    pub fn image_cache(&self) -> &ImageCache {
+        &self.image_cache
     }
 
     /// The image-token ids of this vocabulary.

@@ -208,23 +208,6 @@ impl GgufModelFiles {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn split_names() {
-        assert_eq!(parse_split_name("a/m-00002-of-00003.gguf"), Some(("a/m", 2, 3)));
-        assert_eq!(parse_split_name("m-00004-of-00003.gguf"), None);
-        assert_eq!(parse_split_name("m.gguf"), None);
-        assert_eq!(
-            split_paths("x/m-q4-00001-of-00002.gguf"),
-            vec!["x/m-q4-00001-of-00002.gguf".to_string(), "x/m-q4-00002-of-00002.gguf".to_string()]
-        );
-        assert_eq!(split_paths("m.gguf"), vec!["m.gguf".to_string()]);
-    }
-}
-
 /// The file name of part `no` (1-based) of `count`: `{prefix}-{no:05}-of-{count:05}.gguf`.
 pub fn split_name(prefix: &str, no: u64, count: u64) -> String {
     format!("{prefix}-{no:05}-of-{count:05}.gguf")
@@ -264,4 +247,21 @@ pub fn split_model(header: &GgufHeader, file: &[u8], parts: usize) -> Result<Vec
             w.write()
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_names() {
+        assert_eq!(parse_split_name("a/m-00002-of-00003.gguf"), Some(("a/m", 2, 3)));
+        assert_eq!(parse_split_name("m-00004-of-00003.gguf"), None);
+        assert_eq!(parse_split_name("m.gguf"), None);
+        assert_eq!(
+            split_paths("x/m-q4-00001-of-00002.gguf"),
+            vec!["x/m-q4-00001-of-00002.gguf".to_string(), "x/m-q4-00002-of-00002.gguf".to_string()]
+        );
+        assert_eq!(split_paths("m.gguf"), vec!["m.gguf".to_string()]);
+    }
 }

@@ -54,6 +54,10 @@ fn align_up(n: u64, a: u64) -> u64 {
     n.div_ceil(a) * a
 }
 
+/// A written header: its bytes, each automatically placed tensor with its offset in the
+/// data section, and the data section's length.
+type Header<'a> = (Vec<u8>, Vec<(u64, &'a TensorData)>, u64);
+
 impl GgufWriter {
     /// An empty v3 file with the default alignment (32).
     pub fn new() -> Self {
@@ -183,7 +187,7 @@ impl GgufWriter {
 
     /// The header (magic to tensor infos, padded to the alignment), where each automatically
     /// placed tensor's data goes relative to the data section, and the data section's length.
-    fn header(&self) -> Result<(Vec<u8>, Vec<(u64, &TensorData)>, u64), GgufError> {
+    fn header(&self) -> Result<Header<'_>, GgufError> {
         let mut out = Vec::new();
         out.extend_from_slice(b"GGUF");
         out.extend_from_slice(&self.version.to_le_bytes());

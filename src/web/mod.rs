@@ -45,7 +45,7 @@ fn js<E: Classify + std::fmt::Display + 'static>(e: E) -> JsError {
 
 /// Loading state: the device until the text header is in, then the engine.
 enum State {
-    Device(Gpu),
+    Device(Box<Gpu>),
     Ready(Box<Engine>),
     Poisoned,
 }
@@ -94,7 +94,7 @@ impl WebEngine {
         let text = GgufParts::new(o.text_parts.unwrap_or(1)).map_err(js)?;
         let prompt_cache_bytes = o.prompt_cache_bytes.unwrap_or(DEFAULT_PROMPT_CACHE_BYTES);
         let inner = Inner {
-            state: State::Device(gpu),
+            state: State::Device(Box::new(gpu)),
             text,
             vision: None,
             vision_sha256: None,
@@ -111,7 +111,7 @@ impl WebEngine {
         let inner = self.inner.try_borrow().map_err(|_| js(WebError::Busy))?;
         match &inner.state {
             State::Device(gpu) => Ok(describe(gpu)),
-            State::Ready(e) => Ok(describe(&e.gpu)),
+            State::Ready(e) => Ok(describe(e.gpu())),
             State::Poisoned => Err(js(WebError::LoadFailed)),
         }
     }
@@ -162,13 +162,13 @@ impl WebEngine {
                     inner.state = State::Device(gpu);
                     return Ok(());
                 }
-                let mut engine = Engine::load_from(gpu, &mut inner.text, inner.context).map_err(js)?;
+                let mut engine = Engine::load_from(*gpu, &mut inner.text, inner.context).map_err(js)?;
                 engine.set_prompt_cache_bytes(inner.prompt_cache_bytes);
-                inner.text.seal(&engine.gpu).map_err(js)?;
+                inner.text.seal(engine.gpu()).map_err(js)?;
                 inner.state = State::Ready(Box::new(engine));
             }
             State::Ready(engine) => {
-                let r = inner.text.push(&engine.gpu, part, chunk);
+                let r = inner.text.push(engine.gpu(), part, chunk);
                 inner.state = State::Ready(engine);
                 r.map_err(js)?;
             }
@@ -197,10 +197,10 @@ impl WebEngine {
         };
         let stream = inner.vision.insert(stream);
         let planned = stream.header().is_some();
-        stream.push(&engine.gpu, chunk).map_err(js)?;
+        stream.push(engine.gpu(), chunk).map_err(js)?;
         if !planned && stream.header().is_some() {
             engine.load_vision_from(stream, inner.vision_quant).map_err(js)?;
-            stream.seal(&engine.gpu).map_err(js)?;
+            stream.seal(engine.gpu()).map_err(js)?;
         }
         Ok(())
     }
@@ -215,18 +215,18 @@ impl WebEngine {
             v.finish().map_err(js)?;
         }
         let State::Ready(e) = &inner.state else { return Err(js(WebError::NeverLoaded)) };
-        let c = &e.decoder.cfg;
+        let c = &e.decoder().cfg;
         let summary = serde_json::json!({
             "architecture": c.arch,
             "name": c.name,
             "layers": c.n_layer,
             "hidden": c.n_embd,
             "vocab": c.vocab,
-            "vision": e.vision.is_some(),
-            "weightBytes": e.decoder.weight_bytes() + e.vision.as_ref().map_or(0, |v| v.weight_bytes()),
-            "maxContext": e.ctx.max_ctx(),
+            "vision": e.vision().is_some(),
+            "weightBytes": e.decoder().weight_bytes() + e.vision().map_or(0, |v| v.weight_bytes()),
+            "maxContext": e.max_context(),
             "promptCacheBytes": e.prompt_cache_stats().budget_bytes,
-            "adapter": describe(&e.gpu),
+            "adapter": describe(e.gpu()),
         });
         Ok(summary.to_string())
     }
@@ -236,10 +236,13 @@ impl WebEngine {
     /// URLs to their bytes (the worker fetched them). With `stream: true`, each
     /// `chat.completion.chunk` goes to `on_chunk(json)` as it is made; when that returns a
     /// Promise, the next step waits for it (the page reads slower than tokens decode).
+    // The borrow is held across the awaits on purpose: it marks the engine busy, so a call
+    // that comes meanwhile fails with `WebError::Busy` (`try_borrow_mut`) instead of running.
+    #[allow(clippy::await_holding_refcell_ref)]
     pub async fn generate(&self, request: String, images: js_sys::Map, on_chunk: js_sys::Function) -> Result<String, JsError> {
         let mut guard = self.inner.try_borrow_mut().map_err(|_| js(WebError::Busy))?;
         let State::Ready(engine) = &mut guard.state else { return Err(js(WebError::NotLoaded)) };
-        let req = ChatRequest::parse(&request, engine.decoder.cfg.vocab as usize).map_err(js)?;
+        let req = ChatRequest::parse(&request, engine.decoder().cfg.vocab as usize).map_err(js)?;
         self.abort.set(false);
         let mut load = |url: &str| request::image_bytes(&images, url);
         let on_chunk = |chunk: serde_json::Value| -> Option<Wait> {
@@ -258,7 +261,7 @@ impl WebEngine {
     pub fn check(&self, request: String) -> Result<(), JsError> {
         let mut guard = self.inner.try_borrow_mut().map_err(|_| js(WebError::Busy))?;
         let State::Ready(engine) = &mut guard.state else { return Err(js(WebError::NotLoaded)) };
-        let req = ChatRequest::parse(&request, engine.decoder.cfg.vocab as usize).map_err(js)?;
+        let req = ChatRequest::parse(&request, engine.decoder().cfg.vocab as usize).map_err(js)?;
         crate::api::check(engine, &req).map_err(js)
     }
 
@@ -269,6 +272,9 @@ impl WebEngine {
 
     /// Teacher-forced logits `[tokens.length][vocab]` of ids that hold expanded image
     /// layouts, `images` (encoded files) filling the `[IMG]` positions in order (tests).
+    // The borrow is held across the awaits on purpose: it marks the engine busy, so a call
+    // that comes meanwhile fails with `WebError::Busy` (`try_borrow_mut`) instead of running.
+    #[allow(clippy::await_holding_refcell_ref)]
     pub async fn logits(&self, tokens: Vec<u32>, images: js_sys::Array) -> Result<Vec<f32>, JsError> {
         let mut guard = self.inner.try_borrow_mut().map_err(|_| js(WebError::Busy))?;
         let State::Ready(engine) = &mut guard.state else { return Err(js(WebError::NotLoaded)) };

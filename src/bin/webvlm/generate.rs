@@ -78,7 +78,7 @@ pub fn logits(args: &LogitsArgs) -> CliResult {
         Some(text) => text_prompt(&mut engine, files, false, text)?,
         None => Prompt { tokens: args.tokens.clone(), images: image_features(&mut engine, files)? },
     };
-    engine.ctx.set_position_offset(args.pos_offset);
+    engine.set_position_offset(args.pos_offset);
     let values = pollster::block_on(engine.logits(&prompt))?;
     let (n, vocab) = (prompt.tokens.len(), crate::vocab_size(&engine));
     let file = std::io::BufWriter::new(std::fs::File::create(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?);
@@ -110,7 +110,7 @@ fn text_prompt(engine: &mut Engine, files: &[PathBuf], chat: bool, text: &str) -
     let images = image_features(engine, files)?;
     let mut tokens = engine.text_tokens(text)?;
     if !images.is_empty() && !tokens.contains(&engine.image_tokens()?.img) {
-        let at = engine.tokenizer.bos_id().filter(|&b| tokens.first() == Some(&b)).map_or(0, |_| 1);
+        let at = engine.tokenizer().bos_id().filter(|&b| tokens.first() == Some(&b)).map_or(0, |_| 1);
         let img = engine.image_tokens()?.img;
         tokens.splice(at..at, std::iter::repeat_n(img, images.len()));
     }

@@ -83,13 +83,13 @@ pub fn open_engine(args: &args::EngineArgs) -> Result<Engine, Box<dyn std::error
     let opts = ContextOptions { max_ctx: args.ctx, max_chunk: args.chunk, precision };
     let mmproj = mmproj.as_ref().map(|m| Mmproj { src: m as &dyn TensorSource, quant: args.vision_quant });
     let mut engine = Engine::load_with_vision(gpu, &model as &dyn TensorSource, mmproj, opts)?;
-    engine.image_options.max_edge = args.image_max_edge;
+    engine.set_image_max_edge(args.image_max_edge)?;
     Ok(engine)
 }
 
 /// The model's vocabulary size (the logits' row length).
 pub fn vocab_size(engine: &Engine) -> usize {
-    engine.decoder.cfg.vocab as usize
+    engine.decoder().cfg.vocab as usize
 }
 
 pub fn read_file(path: impl AsRef<Path>) -> Result<Vec<u8>, EngineError> {
