@@ -15,7 +15,7 @@ use webvlm::chat::ChatMessage;
 use webvlm::engine::{Engine, EngineError, Mmproj, Prompt};
 use webvlm::gguf::MappedGguf;
 use webvlm::image::{preprocess, ImageError};
-use webvlm::model::ContextOptions;
+use webvlm::model::{ContextOptions, PromptLayout};
 use webvlm::source::{LoadQuant, TensorSource};
 
 /// Relative L2 error allowed per logits position (f32 compute against an f32 reference).
@@ -104,16 +104,16 @@ fn worst_rel_l2(got: &[f32], want: &[f32], vocab: usize) -> f32 {
 
 /// The ids with each image's expanded layout collapsed back to one `[IMG]`.
 fn collapse(tokens: &[u32], e: &Engine) -> Vec<u32> {
-    let t = e.image_tokens().unwrap();
+    let PromptLayout::Pixtral { img, brk, end } = e.prompt_layout().unwrap();
     let mut out = Vec::new();
     let mut inside = false;
     for &id in tokens {
-        if id == t.img || id == t.brk {
+        if id == img || id == brk {
             if !inside {
-                out.push(t.img);
+                out.push(img);
             }
             inside = true;
-        } else if id == t.end {
+        } else if id == end {
             inside = false;
         } else {
             out.push(id);

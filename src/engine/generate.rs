@@ -188,7 +188,7 @@ impl Engine {
             }),
         };
         let start = Instant::now();
-        let keys = PromptCache::keys(prompt, self.image_tokens().ok().map(|t| t.img));
+        let keys = PromptCache::keys(prompt, self.prompt_layout().ok().map(|l| l.fill()));
         let cached = self.prompt_cache.reuse(&self.gpu, &mut self.ctx, &keys)?;
         let mut out = Generation {
             tokens: Vec::new(),

@@ -1,7 +1,6 @@
 //! Images in prompts: where their bytes come from (data URLs, or a loader the caller gives
-//! for other URLs), the image-embedding cache, and the expansion of each `[IMG]` placeholder
-//! the chat template writes into the image's token layout (`docs/MODELS.md`, transformers'
-//! `PixtralProcessor`): `([IMG] × cols + [IMG_BREAK]) × rows`, the last token `[IMG_END]`.
+//! for other URLs), the image-embedding cache, and the expansion of each image placeholder
+//! the chat template writes into the encoder's token layout ([`PromptLayout`]).
 
 use std::rc::Rc;
 
@@ -12,69 +11,39 @@ use base64::Engine as _;
 use sha2::{Digest, Sha256};
 
 use crate::image::{preprocess, PreprocessOptions};
-use crate::model::ImageFeatures;
-use crate::tokenizer::Tokenizer;
+use crate::model::{ImageFeatures, PromptLayout};
 
 use super::EngineError;
 
-/// Token ids of the image layout, looked up by name in the vocabulary.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ImageTokens {
-    pub img: u32,
-    pub brk: u32,
-    pub end: u32,
+/// The length of [`expand`]'s result for images of `(rows, cols)` feature rows, without the
+/// images' features.
+pub fn expanded_len(layout: &PromptLayout, tokens: &[u32], grids: &[(u32, u32)]) -> Result<usize, EngineError> {
+    let placeholders = count_placeholders(layout, tokens, grids.len())?;
+    let images: usize = grids.iter().map(|&(rows, cols)| layout.image_len(rows, cols)).sum();
+    Ok(tokens.len() - placeholders + images)
 }
 
-impl ImageTokens {
-    /// `[IMG]`, `[IMG_BREAK]` and `[IMG_END]` of `tokenizer`, if it has all three.
-    pub fn from_tokenizer(tokenizer: &Tokenizer) -> Option<ImageTokens> {
-        Some(ImageTokens {
-            img: tokenizer.token_id("[IMG]")?,
-            brk: tokenizer.token_id("[IMG_BREAK]")?,
-            end: tokenizer.token_id("[IMG_END]")?,
-        })
+/// Replaces the i-th image placeholder of `tokens` by the layout of `images[i]`.
+pub fn expand(layout: &PromptLayout, tokens: &[u32], images: &[Rc<ImageFeatures>]) -> Result<Vec<u32>, EngineError> {
+    count_placeholders(layout, tokens, images.len())?;
+    let mut next = images.iter();
+    let mut out = Vec::with_capacity(tokens.len() + images.iter().map(|f| layout.image_len(f.rows, f.cols)).sum::<usize>());
+    for &t in tokens {
+        match (t == layout.placeholder()).then(|| next.next()).flatten() {
+            Some(f) => out.extend(layout.image(f.rows, f.cols)),
+            None => out.push(t),
+        }
     }
+    Ok(out)
+}
 
-    /// The token layout of an image of `rows x cols` merged patches.
-    pub fn layout(&self, rows: u32, cols: u32) -> Vec<u32> {
-        let mut ids = Vec::with_capacity(((cols + 1) * rows) as usize);
-        for _ in 0..rows {
-            ids.extend(std::iter::repeat_n(self.img, cols as usize));
-            ids.push(self.brk);
-        }
-        if let Some(last) = ids.last_mut() {
-            *last = self.end;
-        }
-        ids
+/// The placeholders in `tokens`, which must be one per image.
+fn count_placeholders(layout: &PromptLayout, tokens: &[u32], images: usize) -> Result<usize, EngineError> {
+    let placeholders = tokens.iter().filter(|&&t| t == layout.placeholder()).count();
+    if placeholders != images {
+        return Err(EngineError::ImageCount { placeholders, images });
     }
-
-    /// The length of [`Self::expand`]'s result for images of `(rows, cols)` merged patches,
-    /// without the images' features.
-    pub fn expanded_len(&self, tokens: &[u32], grids: &[(u32, u32)]) -> Result<usize, EngineError> {
-        let placeholders = tokens.iter().filter(|&&t| t == self.img).count();
-        if placeholders != grids.len() {
-            return Err(EngineError::ImageCount { placeholders, images: grids.len() });
-        }
-        let images: usize = grids.iter().map(|&(rows, cols)| rows as usize * (cols as usize + 1)).sum();
-        Ok(tokens.len() - placeholders + images)
-    }
-
-    /// Replaces the i-th `[IMG]` of `tokens` by the layout of `images[i]`.
-    pub fn expand(&self, tokens: &[u32], images: &[Rc<ImageFeatures>]) -> Result<Vec<u32>, EngineError> {
-        let placeholders = tokens.iter().filter(|&&t| t == self.img).count();
-        if placeholders != images.len() {
-            return Err(EngineError::ImageCount { placeholders, images: images.len() });
-        }
-        let mut next = images.iter();
-        let mut out = Vec::with_capacity(tokens.len() + images.iter().map(|f| f.n_tokens() as usize * 2).sum::<usize>());
-        for &t in tokens {
-            match (t == self.img).then(|| next.next()).flatten() {
-                Some(f) => out.extend(self.layout(f.rows, f.cols)),
-                None => out.push(t),
-            }
-        }
-        Ok(out)
-    }
+    Ok(placeholders)
 }
 
 /// The bytes of a `data:` URL (`data:image/png;base64,...`); other URLs give `None`.

@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 pub use generate::{FinishReason, GenerateOptions, Generation, ResponseFormat, StepOutput, Wait};
-pub use images::{data_url_bytes, ImageCache, ImageDigest, ImageTokens};
+pub use images::{data_url_bytes, expand, expanded_len, ImageCache, ImageDigest};
 use prompt_cache::PromptCache;
 pub use prompt_cache::{PromptCacheStats, DEFAULT_PROMPT_CACHE_BYTES};
 
@@ -18,9 +18,9 @@ use crate::chat::{ChatContent, ChatError, ChatMessage, ChatTemplate, ContentPart
 use crate::constraint::{ConstraintError, SchemaCache};
 use crate::gguf::GgufError;
 use crate::gpu::Gpu;
-use crate::image::{preprocessed_size, ImageError, PreprocessOptions, DEFAULT_MAX_EDGE, PATCH_ALIGN};
+use crate::image::{preprocessed_size, ImageError, PreprocessOptions, DEFAULT_MAX_EDGE};
 use crate::kernels::matmul::MatmulCompute;
-use crate::model::{Context, ContextOptions, Decoder, ImageFeatures, ModelError, PromptImages, VisionEncoder};
+use crate::model::{Context, ContextOptions, Decoder, ImageFeatures, ModelError, PromptImages, PromptLayout, VisionEncoder};
 use crate::sampling::{ParamError, SampleError};
 use crate::source::{Eager, LoadQuant, TensorSource, WeightLoader};
 use crate::tokenizer::GgufVocab;
@@ -152,8 +152,8 @@ impl Engine {
     /// `quant`; f16 matmuls when the context asked for reduced precision and the adapter
     /// has `shader-f16`.
     pub fn load_vision_from(&mut self, src: &mut dyn WeightLoader, quant: LoadQuant) -> Result<(), EngineError> {
-        self.image_tokens()?;
         let mut vision = VisionEncoder::load_from(&self.gpu, src, quant)?;
+        vision.prompt_layout(&|name| self.tokenizer.token_id(name)).ok_or(EngineError::NoImageTokens)?;
         if self.ctx.precision().compute_f16 {
             vision.set_compute(MatmulCompute::F16);
         }
@@ -251,9 +251,10 @@ impl Engine {
         &self.image_cache
     }
 
-    /// The image-token ids of this vocabulary.
-    pub fn image_tokens(&self) -> Result<ImageTokens, EngineError> {
-        ImageTokens::from_tokenizer(&self.tokenizer).ok_or(EngineError::NoImageTokens)
+    /// How the vision encoder's images appear in prompts (its token ids in this vocabulary).
+    pub fn prompt_layout(&self) -> Result<PromptLayout, EngineError> {
+        let vision = self.vision.as_ref().ok_or(EngineError::NoVision)?;
+        vision.prompt_layout(&|name| self.tokenizer.token_id(name)).ok_or(EngineError::NoImageTokens)
     }
 
     /// Prompt ids of a chat rendered with the model's template (special tokens parsed).
@@ -298,16 +299,14 @@ impl Engine {
                 files.push(bytes);
             }
         }
-        if !files.is_empty() && self.vision.is_none() {
-            return Err(EngineError::NoVision);
-        }
         let tokens = self.chat_tokens(messages)?;
         if !files.is_empty() {
+            let vision = self.vision.as_ref().ok_or(EngineError::NoVision)?;
             let grids = files
                 .iter()
-                .map(|bytes| preprocessed_size(bytes, opts).map(|(h, w)| (h / PATCH_ALIGN, w / PATCH_ALIGN)))
+                .map(|bytes| preprocessed_size(bytes, opts).map(|(h, w)| vision.feature_grid(h, w)))
                 .collect::<Result<Vec<_>, _>>()?;
-            let len = self.image_tokens()?.expanded_len(&tokens, &grids)?;
+            let len = expanded_len(&self.prompt_layout()?, &tokens, &grids)?;
             let max_ctx = self.ctx.max_ctx() as usize;
             if len >= max_ctx {
                 return Err(EngineError::PromptTooLong { tokens: len, max_ctx });
@@ -322,7 +321,7 @@ impl Engine {
         if images.is_empty() {
             return Ok(Prompt { tokens: tokens.to_vec(), images });
         }
-        Ok(Prompt { tokens: self.image_tokens()?.expand(tokens, &images)?, images })
+        Ok(Prompt { tokens: expand(&self.prompt_layout()?, tokens, &images)?, images })
     }
 
     /// What the prompt cache holds.
@@ -350,7 +349,7 @@ impl Engine {
         if prompt.images.is_empty() {
             return Ok(None);
         }
-        Ok(Some(PromptImages { token: self.image_tokens()?.img, images: &prompt.images }))
+        Ok(Some(PromptImages { token: self.prompt_layout()?.fill(), images: &prompt.images }))
     }
 
     /// Prompt ids of plain text (BOS added as the vocabulary asks).

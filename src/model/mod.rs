@@ -27,4 +27,4 @@ pub use decoder::{Decoder, TextConfig};
 pub use error::ModelError;
 pub use state::{LayerKind, SequenceState, StateSnapshot};
 pub use step::{LogitsMode, Precision};
-pub use vision::{ImageFeatures, PromptImages, VisionEncoder};
+pub use vision::{ImageFeatures, PromptImages, PromptLayout, VisionEncoder};

@@ -109,9 +109,9 @@ fn text_prompt(engine: &mut Engine, files: &[PathBuf], chat: bool, text: &str) -
     }
     let images = image_features(engine, files)?;
     let mut tokens = engine.text_tokens(text)?;
-    if !images.is_empty() && !tokens.contains(&engine.image_tokens()?.img) {
+    if !images.is_empty() && !tokens.contains(&engine.prompt_layout()?.placeholder()) {
         let at = engine.tokenizer().bos_id().filter(|&b| tokens.first() == Some(&b)).map_or(0, |_| 1);
-        let img = engine.image_tokens()?.img;
+        let img = engine.prompt_layout()?.placeholder();
         tokens.splice(at..at, std::iter::repeat_n(img, images.len()));
     }
     engine.prompt_with_images(&tokens, images)

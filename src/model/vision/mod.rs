@@ -5,10 +5,12 @@
 //! expansion of the chat template's image placeholder into the encoder's token layout.
 
 mod features;
+mod layout;
 pub mod pixtral;
 mod placement;
 
 pub use features::ImageFeatures;
+pub use layout::PromptLayout;
 pub use placement::PromptImages;
 
 use crate::gguf::Metadata;
@@ -53,6 +55,24 @@ impl VisionEncoder {
     pub fn set_compute(&mut self, compute: MatmulCompute) {
         match self {
             VisionEncoder::Pixtral(m) => m.compute = compute,
+        }
+    }
+
+    /// How this encoder's images appear in a prompt, with token ids from `lookup` (the
+    /// vocabulary by name); `None` when the vocabulary lacks them.
+    pub fn prompt_layout(&self, lookup: &dyn Fn(&str) -> Option<u32>) -> Option<PromptLayout> {
+        match self {
+            VisionEncoder::Pixtral(_) => PromptLayout::pixtral(lookup),
+        }
+    }
+
+    /// The feature grid `(rows, cols)` of a preprocessed `height x width` image.
+    pub fn feature_grid(&self, height: u32, width: u32) -> (u32, u32) {
+        match self {
+            VisionEncoder::Pixtral(m) => {
+                let side = m.cfg.patch_size * m.cfg.merge_size;
+                (height / side, width / side)
+            }
         }
     }
 
