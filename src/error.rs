@@ -92,9 +92,9 @@ impl Classify for LoadError {
 impl Classify for ModelError {
     fn class(&self) -> ErrorClass {
         match self {
-            ModelError::UnsupportedArch(_)
+            ModelError::UnsupportedArch { .. }
             | ModelError::NotVisionProjector(_)
-            | ModelError::UnsupportedProjector(_)
+            | ModelError::UnsupportedProjector { .. }
             | ModelError::Invalid(_)
             | ModelError::Metadata(_)
             // Image features of another width: the mmproj does not belong to the model.

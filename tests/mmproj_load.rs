@@ -115,7 +115,7 @@ fn fixture_weights_load_with_every_tensor_shaped() {
 fn wrong_projector_type_is_typed_error() {
     let src = with_kv("clip.projector_type", MetaValue::String("llava".into()));
     match PixtralConfig::from_metadata(src.metadata()) {
-        Err(ModelError::UnsupportedProjector(p)) => assert_eq!(p, "llava"),
+        Err(ModelError::UnsupportedProjector { projector, .. }) => assert_eq!(projector, "llava"),
         other => panic!("expected UnsupportedProjector, got {other:?}"),
     }
 }

@@ -8,28 +8,10 @@ use crate::gpu::{Gpu, Program, Result as GpuResult};
 use crate::kernels::quant::GpuWeight;
 use crate::source::{Eager, LoadError, TensorSource, WeightLoader};
 
-use super::families::{Family, Scratch};
+use super::families::{Family, Scratch, TextConfig};
 use super::state::{LayerKind, SequenceState};
 use super::step::{LogitsMode, StepBuffers};
 use super::ModelError;
-
-/// The shape of a decoder, whatever its family (sizes of its attention layers; families
-/// with other layer kinds keep their own config besides).
-#[derive(Clone, Debug)]
-pub struct TextConfig {
-    /// GGUF `general.architecture`.
-    pub arch: String,
-    pub name: Option<String>,
-    pub n_layer: u32,
-    pub n_embd: u32,
-    pub n_ff: u32,
-    pub n_head: u32,
-    pub n_head_kv: u32,
-    pub head_dim: u32,
-    pub vocab: u32,
-    /// Training context length.
-    pub context_length: u32,
-}
 
 /// A loaded decoder.
 pub struct Decoder {

@@ -10,14 +10,14 @@ use crate::source::LoadError;
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     /// The file's `general.architecture` is not a decoder family we implement.
-    #[error("unsupported architecture {0:?} (supported: {supported})", supported = super::families::SUPPORTED)]
-    UnsupportedArch(String),
+    #[error("unsupported architecture {arch:?} (supported: {supported})")]
+    UnsupportedArch { arch: String, supported: &'static str },
     /// A vision projector file whose `general.architecture` is not `clip`.
     #[error("not a vision projector: architecture {0:?} (expected clip)")]
     NotVisionProjector(String),
     /// A `clip` file whose `clip.projector_type` is not an encoder we implement.
-    #[error("unsupported vision projector type {0:?} (supported: {supported})", supported = super::vision::SUPPORTED)]
-    UnsupportedProjector(String),
+    #[error("unsupported vision projector type {projector:?} (supported: {supported})")]
+    UnsupportedProjector { projector: String, supported: &'static str },
     /// A hyperparameter is zero, out of range or inconsistent with the others.
     #[error("invalid hyperparameter: {0}")]
     Invalid(String),

@@ -23,8 +23,9 @@ pub mod synthetic;
 pub mod vision;
 
 pub use context::{Context, ContextOptions, Counters};
-pub use decoder::{Decoder, TextConfig};
+pub use decoder::Decoder;
 pub use error::ModelError;
+pub use families::TextConfig;
 pub use state::{LayerKind, SequenceState, StateSnapshot};
 pub use step::{LogitsMode, Precision};
 pub use vision::{ImageFeatures, PromptImages, PromptLayout, VisionEncoder};

@@ -8,13 +8,30 @@ pub mod llama;
 use crate::gpu::{Gpu, Program, Result as GpuResult};
 use crate::source::WeightLoader;
 
-use super::decoder::TextConfig;
 use super::state::{LayerKind, SequenceState};
 use super::step::{LogitsMode, StepBuffers};
 use super::ModelError;
 
 /// The architectures of every family, for error messages.
 pub const SUPPORTED: &str = "llama, mistral3";
+
+/// The shape of a decoder, whatever its family (sizes of its attention layers; families
+/// with other layer kinds keep their own config besides).
+#[derive(Clone, Debug)]
+pub struct TextConfig {
+    /// GGUF `general.architecture`.
+    pub arch: String,
+    pub name: Option<String>,
+    pub n_layer: u32,
+    pub n_embd: u32,
+    pub n_ff: u32,
+    pub n_head: u32,
+    pub n_head_kv: u32,
+    pub head_dim: u32,
+    pub vocab: u32,
+    /// Training context length.
+    pub context_length: u32,
+}
 
 /// A loaded decoder of one family.
 pub enum Family {
@@ -32,7 +49,7 @@ impl Family {
         if llama::ARCHITECTURES.contains(&arch) {
             return Ok(Family::Llama(llama::Llama::load_from(gpu, src, vocab)?));
         }
-        Err(ModelError::UnsupportedArch(arch.to_string()))
+        Err(ModelError::UnsupportedArch { arch: arch.to_string(), supported: SUPPORTED })
     }
 
     /// The shape every caller may read.

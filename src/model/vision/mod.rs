@@ -39,7 +39,7 @@ impl VisionEncoder {
     pub fn load_from(gpu: &Gpu, src: &mut dyn WeightLoader, quant: LoadQuant) -> Result<VisionEncoder, ModelError> {
         match projector_type(src.metadata())?.as_str() {
             "pixtral" => Ok(VisionEncoder::Pixtral(pixtral::Pixtral::load_from(gpu, src, quant)?)),
-            other => Err(ModelError::UnsupportedProjector(other.to_string())),
+            other => Err(unsupported(other)),
         }
     }
 
@@ -89,6 +89,11 @@ impl VisionEncoder {
             VisionEncoder::Pixtral(m) => m.weights.bytes_on_gpu(),
         }
     }
+}
+
+/// The error for a projector type no encoder implements.
+fn unsupported(projector: &str) -> ModelError {
+    ModelError::UnsupportedProjector { projector: projector.to_string(), supported: SUPPORTED }
 }
 
 /// `clip.projector_type` of an mmproj file (older files: `clip.vision.projector_type`).

@@ -36,7 +36,7 @@ impl LlamaConfig {
     pub fn from_metadata(md: &Metadata, vocab: u32) -> Result<Self, ModelError> {
         let arch = md.architecture()?.to_string();
         if !super::ARCHITECTURES.contains(&arch.as_str()) {
-            return Err(ModelError::UnsupportedArch(arch));
+            return Err(ModelError::UnsupportedArch { arch, supported: crate::model::families::SUPPORTED });
         }
         let key = |s: &str| arch_key(&arch, s);
         let n_embd = md.get_u32(&key("embedding_length"))?;

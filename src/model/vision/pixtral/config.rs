@@ -54,7 +54,7 @@ impl PixtralConfig {
     pub fn from_metadata(md: &Metadata) -> Result<Self, ModelError> {
         let projector = crate::model::vision::projector_type(md)?;
         if projector != "pixtral" {
-            return Err(ModelError::UnsupportedProjector(projector.to_string()));
+            return Err(crate::model::vision::unsupported(&projector));
         }
         if md.get_opt_bool("clip.has_vision_encoder")? == Some(false) {
             return Err(ModelError::Invalid("clip.has_vision_encoder is false".into()));
