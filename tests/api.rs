@@ -383,6 +383,26 @@ fn gpu_memory_errors_say_the_adapter_is_too_small() {
     assert_eq!(other.code, Some("engine_error"));
 }
 
+/// Errors are classified by type and variant: a lost device is `device_lost` wherever it is
+/// wrapped, and text that merely mentions one (here from a constraint failure) is not.
+#[test]
+fn errors_are_classified_by_type_not_by_message() {
+    use webvlm::constraint::ConstraintError;
+    use webvlm::error::{Classify, ErrorClass};
+    use webvlm::gpu::GpuError;
+    use webvlm::model::ModelError;
+    let lost = || GpuError::DeviceLost("Destroyed: device.destroy()".into());
+    for e in [EngineError::Gpu(lost()), EngineError::Model(ModelError::Gpu(lost()))] {
+        let api = ApiError::from(e);
+        assert_eq!((api.kind, api.code, api.class()), ("server_error", Some("device_lost"), ErrorClass::DeviceLost));
+    }
+    let words = ApiError::from(EngineError::Constraint(ConstraintError::Setup("the GPU device was lost".into())));
+    assert_eq!((words.code, words.class()), (Some("engine_error"), ErrorClass::Internal), "{}", words.message);
+    let refused = ApiError::invalid("messages", "invalid_value", "the GPU device was lost");
+    assert_eq!(refused.class(), ErrorClass::BadRequest);
+    assert_eq!(EngineError::Model(ModelError::ContextFull { needed: 9, max_ctx: 8 }).class(), ErrorClass::BadRequest);
+}
+
 /// A request with the tiny VLM's 84x56 fixture image (2 rows of 3 image tokens at the
 /// default size) and `image_max_edge` when given.
 fn image_request(url: &str, image_max_edge: Option<u32>) -> Value {
