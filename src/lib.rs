@@ -1,10 +1,12 @@
 //! webvlm: a vision-language model runtime for WebGPU (browser) and wgpu (native).
 //!
-//! Layout: [`gpu`] (device, pipelines, params, programs), [`kernels`] (one module per WGSL
-//! kernel family), [`gguf`] (file format), [`model`] (decoder, vision encoder, loaders),
-//! [`tokenizer`], [`chat`] (templates), [`image`] (preprocessing), [`sampling`] and
-//! [`constraint`] (host-side token choice), [`engine`] (the generation loop), [`api`]
-//! (OpenAI's chat-completions shapes), [`web`] (the wasm-bindgen surface).
+//! Layout (`docs/ARCHITECTURE.md` has the map): [`gpu`] (device, pipelines, params,
+//! programs), [`kernels`] (one module per WGSL kernel family), [`gguf`] (file format),
+//! [`source`] (weight sources: files, streams, split parts), [`model`] (decoder families,
+//! vision encoders, shared blocks, per-sequence state), [`tokenizer`], [`chat`] (templates),
+//! [`image`] (preprocessing), [`sampling`] and [`constraint`] (host-side token choice),
+//! [`engine`] (the generation loop), [`api`] (OpenAI's chat-completions shapes), [`error`]
+//! (what each failure means to a caller), [`web`] (the wasm-bindgen surface).
 
 pub mod api;
 pub mod chat;
