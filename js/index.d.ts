@@ -106,7 +106,7 @@ export interface ChatCompletionRequest {
   response_format?: ResponseFormat;
   stream?: boolean;
   stream_options?: { include_usage?: boolean };
-  /** Longest image edge in pixels before tokenization (default 1540). */
+  /** Longest image edge in pixels before tokenization (default and maximum: the model's image size, `info.maxImageEdge`, 1540 for Ministral 3). */
   image_max_edge?: number;
   /** Stops the request (finish_reason "abort"). */
   signal?: AbortSignal;
@@ -185,6 +185,8 @@ export interface ModelInfo {
   vision: boolean;
   weightBytes: number;
   maxContext: number;
+  /** The vision encoder's image size: the largest `image_max_edge` a request may ask for (null without vision). */
+  maxImageEdge: number | null;
   promptCacheBytes: number;
   adapter: string;
   loadSeconds: number;

@@ -1,10 +1,10 @@
 //! What a failure means to the caller, decided from error types and variants (never from
 //! message text). Every error type of the crate says its [`ErrorClass`] through [`Classify`]
 //! with an exhaustive `match`, so a new variant does not compile until it is classified. The
-//! browser package names its JS errors after the class (`web::error`); the OpenAI layer sets
-//! its error `type` and `code` from it (`api::ApiError`).
+//! browser package names its JS errors after the class (`web::error`); the OpenAI layer
+//! (`api::ApiError`, which implements it next to its type) sets the `type` and `code` of
+//! errors it does not map to a request field from it.
 
-use crate::api::ApiError;
 use crate::chat::ChatError;
 use crate::constraint::ConstraintError;
 use crate::engine::EngineError;
@@ -188,12 +188,6 @@ impl Classify for EngineError {
             | EngineError::BadImageUrl(_)
             | EngineError::PromptTooLong { .. } => BadRequest,
         }
-    }
-}
-
-impl Classify for ApiError {
-    fn class(&self) -> ErrorClass {
-        self.class
     }
 }
 

@@ -1,4 +1,4 @@
-//! Streaming a GGUF file into GPU buffers chunk by chunk (`model::GgufStream`, the browser's
+//! Streaming a GGUF file into GPU buffers chunk by chunk (`source::GgufStream`, the browser's
 //! loading path) gives exactly the weights of the in-memory loader: logits and image
 //! features are bit-identical, for odd chunk sizes, load-time requantization, and bytes
 //! pushed before the model was planned; a truncated stream is an error. Split GGUF parts

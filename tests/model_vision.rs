@@ -371,3 +371,45 @@ fn f16_vision_matmuls_error_is_measured() {
     eprintln!("f16 vision: logits worst rel L2 {worst:.2e}");
     assert!(worst <= TOL_F16_FEATURES, "logits rel L2 {worst:.2e}");
 }
+
+/// A vocabulary without the encoder's image tokens is refused before any weight is asked
+/// for (nothing of the mmproj is uploaded or streamed).
+#[test]
+fn a_vocabulary_without_image_tokens_is_refused_before_loading_weights() {
+    use webvlm::gguf::{Metadata, TensorInfo};
+    use webvlm::gpu::Gpu;
+    use webvlm::kernels::quant::GpuWeight;
+    use webvlm::source::{Eager, LoadError, WeightLoader};
+
+    /// Counts the weights asked for.
+    struct Counting<'a>(Eager<'a>, usize);
+    impl WeightLoader for Counting<'_> {
+        fn metadata(&self) -> &Metadata {
+            self.0.metadata()
+        }
+        fn tensor_info(&self, name: &str) -> Option<&TensorInfo> {
+            self.0.tensor_info(name)
+        }
+        fn matrix(&mut self, gpu: &Gpu, name: &str, rows: u32, cols: u32, quant: LoadQuant) -> Result<GpuWeight, LoadError> {
+            self.1 += 1;
+            self.0.matrix(gpu, name, rows, cols, quant)
+        }
+        fn vector(&mut self, gpu: &Gpu, name: &str, n: u32) -> Result<wgpu::Buffer, LoadError> {
+            self.1 += 1;
+            self.0.vector(gpu, name, n)
+        }
+        fn reshaped(&mut self, gpu: &Gpu, name: &str, rows: u32, cols: u32) -> Result<GpuWeight, LoadError> {
+            self.1 += 1;
+            self.0.reshaped(gpu, name, rows, cols)
+        }
+    }
+
+    let text = MappedGguf::open(fixture("tiny_llama_spm/model.gguf")).unwrap();
+    let mut e = Engine::load(gpu(), &text, ContextOptions::default()).unwrap();
+    let mmproj = MappedGguf::open(fixture("tiny_mistral3_b/mmproj.gguf")).unwrap();
+    let mut loader = Counting(Eager(&mmproj), 0);
+    let err = e.load_vision_from(&mut loader, LoadQuant::Keep).unwrap_err();
+    assert!(matches!(err, EngineError::NoImageTokens), "{err}");
+    assert_eq!(loader.1, 0, "weights were loaded before the vocabulary was checked");
+    assert!(e.vision().is_none());
+}

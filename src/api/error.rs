@@ -69,6 +69,11 @@ impl From<EngineError> for ApiError {
             _ => {}
         }
         let class = e.class();
+        if class == ErrorClass::BadRequest {
+            // The rest of the request's faults (image rows that do not fit their positions,
+            // every token masked away) name no single field.
+            return ApiError::bad_request(None, "invalid_value", message);
+        }
         let code = match class {
             ErrorClass::DeviceLost => "device_lost",
             ErrorClass::AdapterTooSmall => "adapter_too_small",
@@ -79,5 +84,11 @@ impl From<EngineError> for ApiError {
             | ErrorClass::Internal => "engine_error",
         };
         ApiError { message, kind: "server_error", param: None, code: Some(code), class }
+    }
+}
+
+impl Classify for ApiError {
+    fn class(&self) -> ErrorClass {
+        self.class
     }
 }

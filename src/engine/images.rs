@@ -11,7 +11,7 @@ use base64::Engine as _;
 use sha2::{Digest, Sha256};
 
 use crate::image::{preprocess, PreprocessOptions};
-use crate::model::{ImageFeatures, PromptLayout};
+use crate::model::{ImageDigest, ImageFeatures, PromptLayout};
 
 use super::EngineError;
 
@@ -64,10 +64,6 @@ const DATA_URL_BASE64: GeneralPurpose = GeneralPurpose::new(
     &alphabet::STANDARD,
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
-
-/// An image's identity: the SHA-256 of its preprocessing settings and its bytes. It keys the
-/// image cache and, as [`ImageFeatures::content`], the prompt cache's image positions.
-pub type ImageDigest = [u8; 32];
 
 /// Cache key: the [`ImageDigest`] of the image's bytes and preprocessing settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

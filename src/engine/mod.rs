@@ -9,8 +9,9 @@ mod prompt_cache;
 use std::rc::Rc;
 use std::sync::Arc;
 
+pub use crate::model::ImageDigest;
 pub use generate::{FinishReason, GenerateOptions, Generation, ResponseFormat, StepOutput, Wait};
-pub use images::{data_url_bytes, expand, expanded_len, ImageCache, ImageDigest};
+pub use images::{data_url_bytes, expand, expanded_len, ImageCache};
 use prompt_cache::PromptCache;
 pub use prompt_cache::{PromptCacheStats, DEFAULT_PROMPT_CACHE_BYTES};
 
@@ -152,14 +153,21 @@ impl Engine {
     /// `quant`; f16 matmuls when the context asked for reduced precision and the adapter
     /// has `shader-f16`.
     pub fn load_vision_from(&mut self, src: &mut dyn WeightLoader, quant: LoadQuant) -> Result<(), EngineError> {
+        VisionEncoder::prompt_layout_of(src.metadata(), &|name| self.vocab_id(name))?.ok_or(EngineError::NoImageTokens)?;
         let mut vision = VisionEncoder::load_from(&self.gpu, src, quant)?;
-        vision.prompt_layout(&|name| self.tokenizer.token_id(name)).ok_or(EngineError::NoImageTokens)?;
         if self.ctx.precision().compute_f16 {
             vision.set_compute(MatmulCompute::F16);
         }
+        // The default edge never exceeds what this encoder was configured for.
+        self.image_options.max_edge = self.image_options.max_edge.min(vision.max_image_edge());
         self.vision = Some(vision);
         self.image_cache.clear();
         Ok(())
+    }
+
+    /// A token's id by name in the vocabulary.
+    fn vocab_id(&self, name: &str) -> Option<u32> {
+        self.tokenizer.token_id(name)
     }
 
     /// The features of an encoded image (PNG, JPEG, WebP, GIF) preprocessed with the engine's
@@ -212,6 +220,7 @@ impl Engine {
     pub fn set_vision_compute(&mut self, compute: MatmulCompute) -> Result<(), EngineError> {
         self.vision.as_mut().ok_or(EngineError::NoVision)?.set_compute(compute);
         self.image_cache.clear();
+        self.prompt_cache.clear_all();
         Ok(())
     }
 
@@ -254,7 +263,7 @@ impl Engine {
     /// How the vision encoder's images appear in prompts (its token ids in this vocabulary).
     pub fn prompt_layout(&self) -> Result<PromptLayout, EngineError> {
         let vision = self.vision.as_ref().ok_or(EngineError::NoVision)?;
-        vision.prompt_layout(&|name| self.tokenizer.token_id(name)).ok_or(EngineError::NoImageTokens)
+        vision.prompt_layout(&|name| self.vocab_id(name)).ok_or(EngineError::NoImageTokens)
     }
 
     /// Prompt ids of a chat rendered with the model's template (special tokens parsed).

@@ -72,7 +72,8 @@ impl PromptCache {
         PromptCache { live: Vec::new(), saved: Vec::new(), budget, clock: 0 }
     }
 
-    /// The keys of `prompt`'s positions (`img`: the `[IMG]` id, when the vocabulary has one).
+    /// The keys of `prompt`'s positions (`img`: the token whose positions take image features,
+    /// when a vision encoder is loaded).
     pub fn keys(prompt: &Prompt, img: Option<u32>) -> Vec<PosKey> {
         let images: Vec<_> = prompt.images.iter().map(|f| (f.content, f.n_tokens())).collect();
         keys_of(&prompt.tokens, &images, img)
@@ -146,6 +147,13 @@ impl PromptCache {
     /// Forgets the live sequence (its KV entries were overwritten); saved prefixes stay.
     pub fn clear(&mut self) {
         self.live.clear();
+    }
+
+    /// Forgets the live sequence and every saved prefix (their image positions were computed
+    /// from features the encoder would no longer give).
+    pub fn clear_all(&mut self) {
+        self.live.clear();
+        self.saved.clear();
     }
 
     /// Changes the budget, evicting the least recently used saved prefixes over it.

@@ -1,6 +1,7 @@
-//! One sequence's state: the KV cache, activation buffers sized for the largest chunk, the
-//! step uniform, the sampler, and the recorded programs. Everything is allocated once here;
-//! the decode loop only writes the step uniform and the sampler state, submits one command
+//! A sequence being run by one [`Decoder`]: the step buffers ([`StepBuffers`]), the family's
+//! scratch, the sequence state ([`SequenceState`]: KV caches), the step uniform, the sampler
+//! and the recorded programs of each step shape. Everything is allocated once here; the
+//! decode loop only writes the step uniform and the sampler state, submits one command
 //! buffer and reads back the 4-byte token id.
 
 use std::collections::HashMap;

@@ -45,23 +45,17 @@ impl Decoder {
 
     /// The matrices of every block (what a decode step reads besides the LM head).
     pub fn layer_matrices(&self) -> Vec<&GpuWeight> {
-        match &self.family {
-            Family::Llama(m) => m.weights.layer_matrices().collect(),
-        }
+        self.family.layer_matrices()
     }
 
     /// The LM head (the tied token embedding when the file has no `output.weight`).
     pub fn lm_head(&self) -> &GpuWeight {
-        match &self.family {
-            Family::Llama(m) => m.weights.head.lm_head(),
-        }
+        self.family.head().lm_head()
     }
 
     /// Bytes of weights held on the GPU.
     pub fn weight_bytes(&self) -> u64 {
-        match &self.family {
-            Family::Llama(m) => m.weights.bytes_on_gpu(),
-        }
+        self.family.weight_bytes()
     }
 
     pub(super) fn scratch(&self, gpu: &Gpu, chunk: u32, max_ctx: u32) -> GpuResult<Scratch> {
@@ -71,9 +65,7 @@ impl Decoder {
     /// Records the embedding gather of `n` tokens (ids in `b.ids`) into `b.x`.
     pub(super) fn record_embed(&self, gpu: &Gpu, b: &StepBuffers, n: u32) -> GpuResult<Program> {
         let mut p = Program::new();
-        match &self.family {
-            Family::Llama(m) => m.weights.head.record_embed(&mut p, gpu, b, n)?,
-        }
+        self.family.head().record_embed(&mut p, gpu, b, n)?;
         Ok(p)
     }
 

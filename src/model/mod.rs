@@ -28,4 +28,4 @@ pub use error::ModelError;
 pub use families::TextConfig;
 pub use state::{LayerKind, SequenceState, StateSnapshot};
 pub use step::{LogitsMode, Precision};
-pub use vision::{ImageFeatures, PromptImages, PromptLayout, VisionEncoder};
+pub use vision::{ImageDigest, ImageFeatures, PromptImages, PromptLayout, VisionEncoder};

@@ -27,7 +27,7 @@ pub enum LayerState {
 
 /// Every layer's state of one sequence.
 pub struct SequenceState {
-    pub layers: Vec<LayerState>,
+    layers: Vec<LayerState>,
     /// Most positions the caches hold.
     max_ctx: u32,
 }

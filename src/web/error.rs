@@ -76,8 +76,8 @@ pub fn to_js<E: Classify + Display + 'static>(e: &E) -> JsError {
         _ => e.to_string(),
     };
     let error = JsError::new(&message);
-    let value: JsValue = error.clone().into(); // the same JS object
-                                               // Setting a property on a fresh Error object cannot fail.
+    // The same JS object; setting a property on a fresh Error object cannot fail.
+    let value: JsValue = error.clone().into();
     let _ = js_sys::Reflect::set(&value, &JsValue::from_str("name"), &JsValue::from_str(js_name(class)));
     // OpenAI's error fields, for requests the API layer refused.
     if let Some(api) = (e as &dyn Any).downcast_ref::<ApiError>() {

@@ -225,6 +225,7 @@ impl WebEngine {
             "vision": e.vision().is_some(),
             "weightBytes": e.decoder().weight_bytes() + e.vision().map_or(0, |v| v.weight_bytes()),
             "maxContext": e.max_context(),
+            "maxImageEdge": e.vision().map(|v| v.max_image_edge()),
             "promptCacheBytes": e.prompt_cache_stats().budget_bytes,
             "adapter": describe(e.gpu()),
         });

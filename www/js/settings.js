@@ -71,5 +71,7 @@ export function systemMessages() {
 
 /** The sampling and image options of a request, from Settings (`s`). */
 export function requestOptions(s = state.settings) {
-  return { temperature: s.temperature, top_p: s.top_p, max_tokens: s.max_tokens, image_max_edge: s.image_max_edge };
+  // The engine refuses an edge above the model's own image size (state.info.maxImageEdge).
+  const image_max_edge = Math.min(s.image_max_edge, state.info?.maxImageEdge ?? Infinity);
+  return { temperature: s.temperature, top_p: s.top_p, max_tokens: s.max_tokens, image_max_edge };
 }

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Args, ValueEnum};
 use webvlm::engine::GenerateOptions;
-use webvlm::image::PreprocessOptions;
 use webvlm::model::synthetic::{SyntheticShape, VisionShape};
 use webvlm::model::ContextOptions;
 use webvlm::sampling::SamplingParams;
@@ -41,9 +40,10 @@ pub struct EngineArgs {
     /// f16 KV cache, and f16 prefill matmuls where the adapter has shader-f16
     #[arg(long)]
     pub f16: bool,
-    /// Longest image edge after preprocessing (rounded up to multiples of 28): smaller, fewer image tokens
-    #[arg(long, value_name = "N", default_value_t = PreprocessOptions::default().max_edge)]
-    pub image_max_edge: u32,
+    /// Longest image edge after preprocessing (rounded up to multiples of 28): smaller, fewer image
+    /// tokens [default and maximum: the model's image size, 1540 for Ministral 3]
+    #[arg(long, value_name = "N")]
+    pub image_max_edge: Option<u32>,
 }
 
 /// `--image`, repeatable (generate, logits).

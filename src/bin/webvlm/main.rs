@@ -83,7 +83,9 @@ pub fn open_engine(args: &args::EngineArgs) -> Result<Engine, Box<dyn std::error
     let opts = ContextOptions { max_ctx: args.ctx, max_chunk: args.chunk, precision };
     let mmproj = mmproj.as_ref().map(|m| Mmproj { src: m as &dyn TensorSource, quant: args.vision_quant });
     let mut engine = Engine::load_with_vision(gpu, &model as &dyn TensorSource, mmproj, opts)?;
-    engine.set_image_max_edge(args.image_max_edge)?;
+    if let Some(edge) = args.image_max_edge {
+        engine.set_image_max_edge(edge)?;
+    }
     Ok(engine)
 }
 

@@ -1,13 +1,15 @@
 //! Decoder families, one folder each: its config read from GGUF metadata, its weight names
-//! and the recording of one step from the shared [`super::blocks`]. [`Family`] is the one
-//! place that dispatches on the architecture; adding a family adds a variant here (see
-//! `docs/ARCHITECTURE.md`, "Adding a model family").
+//! and the recording of one step from the shared [`super::blocks`]. [`Family`] dispatches on
+//! the architecture (`super::Decoder` only calls its methods); adding a family adds a
+//! variant here (see `docs/ARCHITECTURE.md`, "Adding a model family").
 
 pub mod llama;
 
 use crate::gpu::{Gpu, Program, Result as GpuResult};
+use crate::kernels::quant::GpuWeight;
 use crate::source::WeightLoader;
 
+use super::blocks::head::Head;
 use super::state::{LayerKind, SequenceState};
 use super::step::{LogitsMode, StepBuffers};
 use super::ModelError;
@@ -56,6 +58,27 @@ impl Family {
     pub fn text_config(&self) -> TextConfig {
         match self {
             Family::Llama(m) => m.cfg.text(),
+        }
+    }
+
+    /// Token embedding, final norm and LM head.
+    pub fn head(&self) -> &Head {
+        match self {
+            Family::Llama(m) => &m.weights.head,
+        }
+    }
+
+    /// The matrices of every block.
+    pub fn layer_matrices(&self) -> Vec<&GpuWeight> {
+        match self {
+            Family::Llama(m) => m.weights.layer_matrices().collect(),
+        }
+    }
+
+    /// Bytes of weights held on the GPU.
+    pub fn weight_bytes(&self) -> u64 {
+        match self {
+            Family::Llama(m) => m.weights.bytes_on_gpu(),
         }
     }
 

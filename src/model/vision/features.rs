@@ -3,6 +3,10 @@
 
 use crate::gpu::{Gpu, Result as GpuResult};
 
+/// An image's identity: the SHA-256 of its preprocessing settings and its bytes. It keys the
+/// engine's image cache and, as [`ImageFeatures::content`], the prompt cache's image positions.
+pub type ImageDigest = [u8; 32];
+
 /// The projector output of one image, on the GPU: `[n_tokens][dim]` f32, merged patches in
 /// row-major order over a `rows x cols` grid (the image's `[IMG]` tokens, in prompt order).
 pub struct ImageFeatures {
@@ -13,7 +17,7 @@ pub struct ImageFeatures {
     /// The SHA-256 of the image file and preprocessing settings, when known (set by the
     /// engine's image cache): the prompt cache reuses KV entries of image positions only
     /// with it.
-    pub content: Option<[u8; 32]>,
+    pub content: Option<ImageDigest>,
 }
 
 impl ImageFeatures {

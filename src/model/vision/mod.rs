@@ -9,7 +9,7 @@ mod layout;
 pub mod pixtral;
 mod placement;
 
-pub use features::ImageFeatures;
+pub use features::{ImageDigest, ImageFeatures};
 pub use layout::PromptLayout;
 pub use placement::PromptImages;
 
@@ -63,6 +63,15 @@ impl VisionEncoder {
     pub fn prompt_layout(&self, lookup: &dyn Fn(&str) -> Option<u32>) -> Option<PromptLayout> {
         match self {
             VisionEncoder::Pixtral(_) => PromptLayout::pixtral(lookup),
+        }
+    }
+
+    /// [`Self::prompt_layout`] of the encoder an mmproj file holds, before loading it (a
+    /// vocabulary that cannot place its images fails before any weight is uploaded).
+    pub fn prompt_layout_of(md: &Metadata, lookup: &dyn Fn(&str) -> Option<u32>) -> Result<Option<PromptLayout>, ModelError> {
+        match projector_type(md)?.as_str() {
+            "pixtral" => Ok(PromptLayout::pixtral(lookup)),
+            other => Err(unsupported(other)),
         }
     }
 

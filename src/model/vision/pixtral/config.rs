@@ -13,7 +13,7 @@ use crate::gguf::Metadata;
 
 use crate::model::ModelError;
 
-/// Pixtral's 2D RoPE base (`PixtralPixtralConfig.rope_theta`); not written to GGUF.
+/// Pixtral's 2D RoPE base (`PixtralVisionConfig.rope_theta` in transformers); not written to GGUF.
 pub const PIXTRAL_ROPE_THETA: f32 = 10_000.0;
 
 /// Everything the vision encoder and projector need to know about the network's shape.
