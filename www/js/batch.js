@@ -125,7 +125,8 @@ async function startBatch() {
         onProgress: ({ completed, result }) => {
           if (closed) return;
           finishItem(sent[completed - 1], result, run);
-          const code = result.error?.code;
+          // A refused request carries OpenAI's code; a lost device's is "device_lost".
+          const code = result.error?.code === "device_lost" ? "DeviceLostError" : result.error?.code;
           if (isEngineLost(code)) {
             fatal ??= pageError(code, result.error.message);
             abort.abort();
