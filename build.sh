@@ -59,6 +59,7 @@ build_wasm() {
   wasm-bindgen --target web --out-dir pkg "${CARGO_TARGET_DIR:-target}"/wasm32-unknown-unknown/release/webvlm.wasm
   local wasm=pkg/webvlm_bg.wasm
   echo "wasm (wasm-bindgen): $(size_line "$wasm")"
+  wasm_imports_check "$wasm"
   if [ "${WASM_OPT:-1}" != 0 ]; then
     if command -v npm >/dev/null; then
       npm_deps
@@ -73,6 +74,22 @@ build_wasm() {
   cp -R js/. pkg/
   rm -f pkg/.gitignore
   cp -R pkg www/pkg
+}
+
+# Fails when the module imports anything but its own JS glue (`./webvlm_bg.js`): a browser has
+# no `env` module to satisfy, e.g., a dependency's `env.now` timer, and the page would not load.
+wasm_imports_check() {
+  if ! command -v node >/dev/null; then
+    echo "node not found: the wasm module's imports are not checked" >&2
+    return 0
+  fi
+  node -e '
+    const m = new WebAssembly.Module(require("fs").readFileSync(process.argv[1]));
+    const bad = WebAssembly.Module.imports(m).filter((i) => i.module !== "./webvlm_bg.js");
+    if (bad.length) {
+      console.error("the wasm module imports what no browser provides: " + bad.map((i) => i.module + "." + i.name).join(", "));
+      process.exit(1);
+    }' "$1"
 }
 
 # wasm-opt from the npm `binaryen` package (itself compiled to wasm: ~25 s at -O1, ~2.5 min at
