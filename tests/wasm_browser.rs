@@ -315,11 +315,14 @@ async fn a_lost_device_fails_reads_with_device_lost() {
     wasm_bindgen_futures::spawn_local(async move { device.destroy() });
     let err = gpu.read(&buf, 0, 4).await.unwrap_err();
     assert!(err.is_device_lost(), "pending read: {err:?}");
-    // Also once flattened into an OpenAI error object (the chat-completions path).
-    assert_eq!(js_name(ApiError::from(EngineError::Gpu(GpuError::Device(err.to_string())))), "DeviceLostError");
+    let message = err.to_string();
     assert_eq!(js_name(err), "DeviceLostError");
     // Every later operation fails the same way.
     let err = gpu.read(&buf, 0, 4).await.unwrap_err();
     assert!(err.is_device_lost(), "later read: {err:?}");
+    // Also once flattened into an OpenAI error object (the chat-completions path): by its
+    // type, not its text (another error quoting the text keeps its own class).
+    assert_eq!(js_name(ApiError::from(EngineError::Gpu(err))), "DeviceLostError");
+    assert_eq!(js_name(ApiError::from(EngineError::Gpu(GpuError::Device(message)))), "WebvlmError");
     assert!(gpu.check_errors().is_err_and(|e| e.is_device_lost()));
 }
