@@ -108,7 +108,7 @@ fn cited_paths_exist_and_nothing_cites_outside_notes() {
 }
 
 #[test]
-fn the_scanner_finds_paths_and_skips_templates() {
+fn the_scanner_finds_paths_but_not_templates() {
     let text = "see `src/model/state.rs`, src/gpu/. and tests/kernels_*.rs or families/<f> and src/model/families/<family>/x";
     assert_eq!(cited_paths(text), ["src/model/state.rs", "src/gpu/"]);
     assert_eq!(markdown_links("[a](MODELS.md) [b](https://x.y/z) [c](../src/lib.rs#L1)"), ["MODELS.md", "../src/lib.rs"]);

@@ -34,7 +34,7 @@ impl Decoder {
         let vocab = u32::try_from(vocab).map_err(|_| ModelError::Invalid(format!("vocabulary of {vocab}")))?;
         let arch = src.metadata().architecture()?.to_string();
         let family = Family::load_from(gpu, src, &arch, vocab)?;
-        let cfg = family.text_config();
+        let cfg = family.text_config().clone();
         Ok(Decoder { cfg, family })
     }
 
@@ -70,9 +70,14 @@ impl Decoder {
     }
 
     /// Records the blocks and the head over `n` embedded tokens in `b.x`.
-    #[rustfmt::skip]
     pub(super) fn record(
-        &self, gpu: &Gpu, b: &StepBuffers, s: &Scratch, state: &SequenceState, n: u32, mode: LogitsMode,
+        &self,
+        gpu: &Gpu,
+        b: &StepBuffers,
+        s: &Scratch,
+        state: &SequenceState,
+        n: u32,
+        mode: LogitsMode,
     ) -> GpuResult<Program> {
         let mut p = Program::new();
         self.family.record(&mut p, gpu, b, s, state, n, mode)?;

@@ -367,7 +367,7 @@ mod tests {
         let src = synthetic_ministral3_3b(&shape, 1).unwrap();
         let md = src.metadata();
         let cfg = crate::model::families::llama::LlamaConfig::from_metadata(md, shape.vocab).unwrap();
-        assert_eq!((cfg.n_embd, cfg.n_layer, cfg.head_dim, cfg.n_ff), (256, 2, 64, 512));
+        assert_eq!((cfg.text.n_embd, cfg.text.n_layer, cfg.text.head_dim, cfg.text.n_ff), (256, 2, 64, 512));
         assert!(cfg.yarn.is_some() && cfg.query_scale_beta > 0.0);
         assert_eq!(src.tensor_info("blk.1.ffn_down.weight").unwrap().ty, GgmlType::Q6_K);
         assert_eq!(src.tensor_info("blk.0.attn_q.weight").unwrap().ty, GgmlType::Q4_K);

@@ -39,11 +39,11 @@ pub fn run(args: &InfoArgs) -> CliResult {
     let vocab = model.tensor("token_embd.weight")?.0.dims.get(1).copied().unwrap_or(0) as u32;
     let cfg = LlamaConfig::from_metadata(md, vocab)?;
     outln!("file:          {}", model.paths().join(", "));
-    outln!("architecture:  {}  ({})", cfg.arch, cfg.name.as_deref().unwrap_or("unnamed"));
-    outln!("layers:        {}", cfg.n_layer);
-    outln!("hidden:        {}   ffn: {}", cfg.n_embd, cfg.n_ff);
-    outln!("heads:         {} query, {} key/value, head_dim {}", cfg.n_head, cfg.n_head_kv, cfg.head_dim);
-    outln!("vocabulary:    {}   context: {}", cfg.vocab, cfg.context_length);
+    outln!("architecture:  {}  ({})", cfg.text.arch, cfg.text.name.as_deref().unwrap_or("unnamed"));
+    outln!("layers:        {}", cfg.text.n_layer);
+    outln!("hidden:        {}   ffn: {}", cfg.text.n_embd, cfg.text.n_ff);
+    outln!("heads:         {} query, {} key/value, head_dim {}", cfg.text.n_head, cfg.text.n_head_kv, cfg.text.head_dim);
+    outln!("vocabulary:    {}   context: {}", cfg.text.vocab, cfg.text.context_length);
     match &cfg.yarn {
         Some(y) => outln!(
             "rope:          theta {}, YaRN factor {} (original context {}, beta {}/{}, attention factor {})",
@@ -74,10 +74,12 @@ pub fn run(args: &InfoArgs) -> CliResult {
         outln!("  {ty:<6} {n:>5} tensors  {:>8.1} M params  {:>9.1} MiB", *elems as f64 / 1e6, *bytes as f64 / 1048576.0);
     }
     let ctx = args.ctx;
-    let kv = 2 * 4 * cfg.n_layer as u64 * ctx as u64 * cfg.kv_dim() as u64;
+    let kv = 2 * 4 * cfg.text.n_layer as u64 * ctx as u64 * cfg.text.kv_dim() as u64;
     let chunk = ContextOptions::default().max_chunk as u64;
-    let acts = 4 * chunk * (3 * cfg.n_embd as u64 + 2 * cfg.q_dim() as u64 + 2 * cfg.kv_dim() as u64 + 2 * cfg.n_ff as u64)
-        + 4 * chunk.min(256) * cfg.vocab as u64;
+    let acts = 4
+        * chunk
+        * (3 * cfg.text.n_embd as u64 + 2 * cfg.text.q_dim() as u64 + 2 * cfg.text.kv_dim() as u64 + 2 * cfg.text.n_ff as u64)
+        + 4 * chunk.min(256) * cfg.text.vocab as u64;
     let mib = |b: u64| b as f64 / 1048576.0;
     outln!(
         "GPU memory:    weights {:.1} MiB + KV cache ({ctx} tokens, f32) {:.1} MiB + activations {:.1} MiB = {:.1} MiB",

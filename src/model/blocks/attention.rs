@@ -73,9 +73,15 @@ impl AttentionWeights {
     }
 
     /// Records the layer over `n` tokens at the step's positions.
-    #[rustfmt::skip]
     pub fn record(
-        &self, p: &mut Program, gpu: &Gpu, s: &AttentionShape, rope: &RopeFreqs, io: &AttentionIo<'_>, n: u32, mm: MatmulCompute,
+        &self,
+        p: &mut Program,
+        gpu: &Gpu,
+        s: &AttentionShape,
+        rope: &RopeFreqs,
+        io: &AttentionIo<'_>,
+        n: u32,
+        mm: MatmulCompute,
     ) -> Result<()> {
         let q_layout = RopeLayout::dense(s.n_head, s.head_dim, n, RopeMode::Adjacent);
         let kv_layout = RopeLayout::dense(s.n_kv_head, s.head_dim, n, RopeMode::Adjacent);

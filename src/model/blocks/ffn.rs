@@ -25,18 +25,28 @@ pub struct FfnScratch<'a> {
 impl GatedFfn {
     /// Loads `{prefix}_gate`, `{prefix}_up`, `{prefix}_down` (llama.cpp's `blk.N.ffn`), requantized
     /// to `quant`.
-    #[rustfmt::skip]
     pub fn load(
-        gpu: &Gpu, src: &mut dyn WeightLoader, prefix: &str, d: u32, ff: u32, quant: LoadQuant,
+        gpu: &Gpu,
+        src: &mut dyn WeightLoader,
+        prefix: &str,
+        d: u32,
+        ff: u32,
+        quant: LoadQuant,
     ) -> std::result::Result<GatedFfn, LoadError> {
         let mut matrix = |s: &str, rows, cols| src.matrix(gpu, &format!("{prefix}_{s}.weight"), rows, cols, quant);
         Ok(GatedFfn { gate: matrix("gate", ff, d)?, up: matrix("up", ff, d)?, down: matrix("down", d, ff)? })
     }
 
     /// `y = down(silu(gate(x)) * up(x))` over `n` rows.
-    #[rustfmt::skip]
     pub fn record(
-        &self, p: &mut Program, gpu: &Gpu, x: &wgpu::Buffer, s: FfnScratch<'_>, y: &wgpu::Buffer, n: u32, mm: MatmulCompute,
+        &self,
+        p: &mut Program,
+        gpu: &Gpu,
+        x: &wgpu::Buffer,
+        s: FfnScratch<'_>,
+        y: &wgpu::Buffer,
+        n: u32,
+        mm: MatmulCompute,
     ) -> Result<()> {
         linear(p, gpu, &self.gate, x, s.gate, n, mm)?;
         linear(p, gpu, &self.up, x, s.up, n, mm)?;

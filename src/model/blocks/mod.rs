@@ -14,9 +14,14 @@ use crate::kernels::quant::GpuWeight;
 
 /// `y = x W^T` for `n` rows: the matrix-vector kernel for one row, the tiled one (at `mm`
 /// precision) otherwise.
-#[rustfmt::skip]
 pub fn linear(
-    p: &mut Program, gpu: &Gpu, w: &GpuWeight, x: &wgpu::Buffer, y: &wgpu::Buffer, n: u32, mm: MatmulCompute,
+    p: &mut Program,
+    gpu: &Gpu,
+    w: &GpuWeight,
+    x: &wgpu::Buffer,
+    y: &wgpu::Buffer,
+    n: u32,
+    mm: MatmulCompute,
 ) -> Result<()> {
     if n == 1 {
         matvec::record(p, gpu, w, x, y, 1)

@@ -35,6 +35,36 @@ pub struct TextConfig {
     pub context_length: u32,
 }
 
+impl TextConfig {
+    /// Fails on zero or out-of-range sizes and head counts the attention kernels cannot run.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let bad = |m: String| Err(ModelError::Invalid(m));
+        if [self.n_layer, self.n_embd, self.n_ff, self.n_head, self.n_head_kv, self.head_dim, self.vocab].contains(&0) {
+            return bad(format!("zero dimension in {self:?}"));
+        }
+        if !self.n_head.is_multiple_of(self.n_head_kv) {
+            return bad(format!("{} query heads not a multiple of {} KV heads", self.n_head, self.n_head_kv));
+        }
+        if !self.head_dim.is_multiple_of(4) || self.head_dim > crate::kernels::attention::MAX_HEAD_DIM {
+            return bad(format!("head_dim {} must be a multiple of 4 and at most 128", self.head_dim));
+        }
+        if self.n_layer > 1024 || self.n_embd > 65_536 || self.n_ff > 262_144 || self.n_head > 1024 {
+            return bad("hyperparameters beyond the supported range".into());
+        }
+        Ok(())
+    }
+
+    /// Width of the query projection (`n_head * head_dim`, not always `n_embd`).
+    pub fn q_dim(&self) -> u32 {
+        self.n_head * self.head_dim
+    }
+
+    /// Width of each of the key and value projections.
+    pub fn kv_dim(&self) -> u32 {
+        self.n_head_kv * self.head_dim
+    }
+}
+
 /// A loaded decoder of one family.
 pub enum Family {
     Llama(llama::Llama),
@@ -55,9 +85,9 @@ impl Family {
     }
 
     /// The shape every caller may read.
-    pub fn text_config(&self) -> TextConfig {
+    pub fn text_config(&self) -> &TextConfig {
         match self {
-            Family::Llama(m) => m.cfg.text(),
+            Family::Llama(m) => &m.cfg.text,
         }
     }
 
@@ -95,9 +125,15 @@ impl Family {
         }
     }
 
-    #[rustfmt::skip]
     pub fn record(
-        &self, p: &mut Program, gpu: &Gpu, b: &StepBuffers, s: &Scratch, state: &SequenceState, n: u32, mode: LogitsMode,
+        &self,
+        p: &mut Program,
+        gpu: &Gpu,
+        b: &StepBuffers,
+        s: &Scratch,
+        state: &SequenceState,
+        n: u32,
+        mode: LogitsMode,
     ) -> GpuResult<()> {
         match (self, s) {
             (Family::Llama(m), Scratch::Llama(s)) => m.record(p, gpu, b, s, state, n, mode),

@@ -11,15 +11,8 @@ use crate::model::{ModelError, TextConfig};
 /// Everything the decoder needs to know about the network's shape.
 #[derive(Clone, Debug)]
 pub struct LlamaConfig {
-    pub arch: String,
-    pub name: Option<String>,
-    pub n_layer: u32,
-    pub n_embd: u32,
-    pub n_ff: u32,
-    pub n_head: u32,
-    pub n_head_kv: u32,
-    pub head_dim: u32,
-    pub vocab: u32,
+    /// Sizes, vocabulary and context length (validated).
+    pub text: TextConfig,
     pub rms_eps: f32,
     pub rope_theta: f32,
     /// YaRN frequency scaling (Peng et al. 2023), when the file asks for it.
@@ -27,8 +20,6 @@ pub struct LlamaConfig {
     /// Ministral 3 query scaling `1 + beta * ln(1 + floor(pos / orig))` (beta 0 = off).
     pub query_scale_beta: f32,
     pub query_scale_orig: u32,
-    /// Training context length.
-    pub context_length: u32,
 }
 
 impl LlamaConfig {
@@ -70,12 +61,12 @@ impl LlamaConfig {
             Some(y) => y.original_max_position_embeddings as u32,
             None => md.get_opt_u32(&key("context_length"))?.unwrap_or(1),
         };
-        let cfg = LlamaConfig {
+        let rms_eps = md.get_opt_f32(&key("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5);
+        let rope_theta = md.get_opt_f32(&key("rope.freq_base"))?.unwrap_or(10_000.0);
+        let text = TextConfig {
             name: md.get_opt_str("general.name")?.map(str::to_string),
             n_layer: md.get_u32(&key("block_count"))?,
             n_ff: md.get_u32(&key("feed_forward_length"))?,
-            rms_eps: md.get_opt_f32(&key("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5),
-            rope_theta: md.get_opt_f32(&key("rope.freq_base"))?.unwrap_or(10_000.0),
             context_length: md.get_opt_u32(&key("context_length"))?.unwrap_or(4096),
             arch,
             n_embd,
@@ -83,64 +74,18 @@ impl LlamaConfig {
             n_head_kv,
             head_dim,
             vocab,
-            yarn,
-            query_scale_beta,
-            query_scale_orig,
         };
-        cfg.validate()?;
-        Ok(cfg)
-    }
-
-    fn validate(&self) -> Result<(), ModelError> {
-        let bad = |m: String| Err(ModelError::Invalid(m));
-        if [self.n_layer, self.n_embd, self.n_ff, self.n_head, self.n_head_kv, self.head_dim, self.vocab].contains(&0) {
-            return bad(format!("zero dimension in {self:?}"));
-        }
-        if !self.n_head.is_multiple_of(self.n_head_kv) {
-            return bad(format!("{} query heads not a multiple of {} KV heads", self.n_head, self.n_head_kv));
-        }
-        if !self.head_dim.is_multiple_of(4) || self.head_dim > crate::kernels::attention::MAX_HEAD_DIM {
-            return bad(format!("head_dim {} must be a multiple of 4 and at most 128", self.head_dim));
-        }
-        if self.n_layer > 1024 || self.n_embd > 65_536 || self.n_ff > 262_144 || self.n_head > 1024 {
-            return bad("hyperparameters beyond the supported range".into());
-        }
-        Ok(())
-    }
-
-    /// Width of the query projection (`n_head * head_dim`, not always `n_embd`).
-    pub fn q_dim(&self) -> u32 {
-        self.n_head * self.head_dim
-    }
-
-    /// The family-independent part.
-    pub fn text(&self) -> TextConfig {
-        TextConfig {
-            arch: self.arch.clone(),
-            name: self.name.clone(),
-            n_layer: self.n_layer,
-            n_embd: self.n_embd,
-            n_ff: self.n_ff,
-            n_head: self.n_head,
-            n_head_kv: self.n_head_kv,
-            head_dim: self.head_dim,
-            vocab: self.vocab,
-            context_length: self.context_length,
-        }
+        text.validate()?;
+        Ok(LlamaConfig { text, rms_eps, rope_theta, yarn, query_scale_beta, query_scale_orig })
     }
 
     /// Heads, RoPE and query scaling of the attention layers.
     pub fn attention(&self) -> AttentionShape {
         AttentionShape {
-            n_head: self.n_head,
-            n_kv_head: self.n_head_kv,
-            head_dim: self.head_dim,
+            n_head: self.text.n_head,
+            n_kv_head: self.text.n_head_kv,
+            head_dim: self.text.head_dim,
             q_scale: QScale { beta: self.query_scale_beta, orig_ctx: self.query_scale_orig },
         }
-    }
-
-    /// Width of each of the key and value projections.
-    pub fn kv_dim(&self) -> u32 {
-        self.n_head_kv * self.head_dim
     }
 }

@@ -46,17 +46,18 @@ impl Llama {
     pub fn load_from(gpu: &Gpu, src: &mut dyn WeightLoader, vocab: u32) -> Result<Llama, ModelError> {
         let cfg = LlamaConfig::from_metadata(src.metadata(), vocab)?;
         let weights = LlamaWeights::load_from(gpu, src, &cfg)?;
-        let rope = RopeFreqs::upload(gpu, &rope_table(cfg.head_dim as usize, cfg.rope_theta as f64, cfg.yarn.as_ref()))?;
+        let rope = RopeFreqs::upload(gpu, &rope_table(cfg.text.head_dim as usize, cfg.rope_theta as f64, cfg.yarn.as_ref()))?;
         Ok(Llama { cfg, weights, rope })
     }
 
     /// Every layer keeps a KV cache.
     pub fn layers(&self) -> Vec<LayerKind> {
-        vec![LayerKind::Attention { kv_dim: self.cfg.kv_dim() }; self.cfg.n_layer as usize]
+        let t = &self.cfg.text;
+        vec![LayerKind::Attention { kv_dim: t.kv_dim() }; t.n_layer as usize]
     }
 
     pub fn scratch(&self, gpu: &Gpu, chunk: u32, max_ctx: u32) -> GpuResult<Scratch> {
-        let c = &self.cfg;
+        let c = &self.cfg.text;
         let buf = |label: &str, cols: u32| gpu.storage(label, 4 * chunk as u64 * cols as u64);
         let shape = AttnShape::new(c.n_head, c.n_head_kv, c.head_dim, 1);
         Ok(Scratch {
@@ -72,17 +73,32 @@ impl Llama {
 
     /// Records the blocks and the head over `n` embedded tokens in `b.x` at the step's
     /// positions.
-    #[rustfmt::skip]
     pub fn record(
-        &self, p: &mut Program, gpu: &Gpu, b: &StepBuffers, s: &Scratch, state: &SequenceState, n: u32, mode: LogitsMode,
+        &self,
+        p: &mut Program,
+        gpu: &Gpu,
+        b: &StepBuffers,
+        s: &Scratch,
+        state: &SequenceState,
+        n: u32,
+        mode: LogitsMode,
     ) -> GpuResult<()> {
         let c = &self.cfg;
-        let (d, mm, shape) = (c.n_embd, b.precision.matmul(), c.attention());
+        let (d, mm, shape) = (c.text.n_embd, b.precision.matmul(), c.attention());
         for (i, l) in self.weights.layers.iter().enumerate() {
             let (k_cache, v_cache) = state.kv(i);
             let io = AttentionIo {
-                step: &b.step, x: &b.h, q: &s.q, k: &s.k, v: &s.v, attn: &s.attn, out: &b.h,
-                decode_scratch: &s.decode, k_cache, v_cache, kv: b.precision.kv_dtype(),
+                step: &b.step,
+                x: &b.h,
+                q: &s.q,
+                k: &s.k,
+                v: &s.v,
+                attn: &s.attn,
+                out: &b.h,
+                decode_scratch: &s.decode,
+                k_cache,
+                v_cache,
+                kv: b.precision.kv_dtype(),
             };
             norm::rms_norm(p, gpu, &b.x, &l.attn_norm, &b.h, n, d, c.rms_eps)?;
             l.attn.record(p, gpu, &shape, &self.rope, &io, n, mm)?;

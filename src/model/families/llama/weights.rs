@@ -27,18 +27,18 @@ pub struct LlamaWeights {
 
 impl LlamaWeights {
     pub fn load_from(gpu: &Gpu, src: &mut dyn WeightLoader, cfg: &LlamaConfig) -> Result<Self, LoadError> {
-        let (d, attn) = (cfg.n_embd, cfg.attention());
-        let mut layers = Vec::with_capacity(cfg.n_layer as usize);
-        for i in 0..cfg.n_layer {
+        let (d, attn) = (cfg.text.n_embd, cfg.attention());
+        let mut layers = Vec::with_capacity(cfg.text.n_layer as usize);
+        for i in 0..cfg.text.n_layer {
             let blk = format!("blk.{i}");
             layers.push(LayerWeights {
                 attn_norm: src.vector(gpu, &format!("{blk}.attn_norm.weight"), d)?,
                 attn: AttentionWeights::load(gpu, src, &format!("{blk}.attn"), d, &attn)?,
                 ffn_norm: src.vector(gpu, &format!("{blk}.ffn_norm.weight"), d)?,
-                ffn: GatedFfn::load(gpu, src, &format!("{blk}.ffn"), d, cfg.n_ff, LoadQuant::Keep)?,
+                ffn: GatedFfn::load(gpu, src, &format!("{blk}.ffn"), d, cfg.text.n_ff, LoadQuant::Keep)?,
             });
         }
-        let head = Head::load(gpu, src, cfg.vocab, d, cfg.rms_eps)?;
+        let head = Head::load(gpu, src, cfg.text.vocab, d, cfg.rms_eps)?;
         Ok(LlamaWeights { layers, head })
     }
 
