@@ -53,20 +53,9 @@ fn check_length(engine: &Engine, tokens: usize, counted: &str) -> Result<(), Api
     Err(ApiError::invalid("messages", "context_length_exceeded", message))
 }
 
-/// The image preprocessing settings of a request: the engine's, with the request's
-/// `image_max_edge`, which may not exceed the model's configured edge (a larger one would
-/// only make the encoder run over more patches than the model was trained for).
+/// The image preprocessing settings of a request ([`Engine::image_options_for`]).
 fn image_options(engine: &Engine, req: &ChatRequest) -> Result<PreprocessOptions, ApiError> {
-    let mut opts = engine.image_options().clone();
-    if let Some(edge) = req.image_max_edge {
-        let max = engine.max_image_edge();
-        if edge > max {
-            let message = format!("image_max_edge must be at most {max} (this model's image size), got {edge}");
-            return Err(ApiError::invalid("image_max_edge", "invalid_value", message));
-        }
-        opts.max_edge = edge;
-    }
-    Ok(opts)
+    engine.image_options_for(req.image_max_edge).map_err(|e| ApiError::invalid("image_max_edge", "invalid_value", e.to_string()))
 }
 
 /// Runs a checked request: builds its prompt (image URLs that are not `data:` URLs go to

@@ -246,13 +246,24 @@ impl Engine {
 
     /// Sets the default longest image edge, at most [`Self::max_image_edge`].
     pub fn set_image_max_edge(&mut self, edge: u32) -> Result<(), EngineError> {
-        let max = self.max_image_edge();
-        if edge == 0 || edge > max {
-            let message = format!("image_max_edge must be in 1..={max} (this model's image size), got {edge}");
-            return Err(EngineError::Image(ImageError::InvalidOptions(message)));
-        }
-        self.image_options.max_edge = edge;
+        self.image_options = self.image_options_for(Some(edge))?;
         Ok(())
+    }
+
+    /// The default preprocessing settings with the longest edge `edge` when given, which
+    /// may not exceed the model's image size (a larger one would only make the encoder run
+    /// over more patches than the model was trained for).
+    pub fn image_options_for(&self, edge: Option<u32>) -> Result<PreprocessOptions, EngineError> {
+        let mut opts = self.image_options.clone();
+        if let Some(edge) = edge {
+            let max = self.max_image_edge();
+            if edge == 0 || edge > max {
+                let message = format!("image_max_edge must be in 1..={max} (this model's image size), got {edge}");
+                return Err(EngineError::Image(ImageError::InvalidOptions(message)));
+            }
+            opts.max_edge = edge;
+        }
+        Ok(opts)
     }
 
     /// Encoded images kept for reuse.
