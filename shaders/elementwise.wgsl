@@ -3,7 +3,7 @@
 
 struct Params {
     n: u32,
-    _pad0: u32,
+    half: u32,     // silu_mul_halves: outputs per row
     _pad1: u32,
     _pad2: u32,
 }
@@ -30,6 +30,19 @@ fn silu_mul_inplace(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     if (i < p.n) {
         let g = b[i];
         b[i] = g / (1.0 + exp(-g)) * a[i];
+    }
+}
+
+/// b[t][r] = silu(a[t][r]) * a[t][half + r] for rows t of `2 half` values in `a` (the output
+/// of a stacked [gate; up] weight) and of `half` values in `b`; i = t * half + r < n.
+@compute @workgroup_size(WG)
+fn silu_mul_halves(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) lid: u32) {
+    let i = linear_invocation(wid, nwg, lid, WG);
+    if (i < p.n) {
+        let o = (i / p.half) * 2u * p.half + i % p.half;
+        let g = a[o];
+        b[i] = g / (1.0 + exp(-g)) * a[o + p.half];
     }
 }
 

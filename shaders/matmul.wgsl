@@ -31,6 +31,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 
+override ADD: u32 = 0u; // 1: add the product into y (the residual add)
 const BM: u32 = 64u;
 const BN: u32 = 64u;
 const BK: u32 = 32u;
@@ -136,7 +137,10 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         if (m >= p.m) { break; }
         for (var j = 0u; j < 4u; j++) {
             let n = n0 + tn * 4u + j;
-            if (n < p.n) { y[(p.y_row0 + m) * p.y_stride + p.row_offset + n] = acc[i][j]; }
+            if (n < p.n) {
+                let o = (p.y_row0 + m) * p.y_stride + p.row_offset + n;
+                y[o] = acc[i][j] + select(0.0, y[o], ADD == 1u);
+            }
         }
     }
 }

@@ -1,22 +1,27 @@
 //! Matrix-vector products for decode: y[t][row_offset + r] = sum_k W[r][k] * x[t][k] for a few
 //! tokens t, W in any format of `quant.wgsl` (prepended). A GEMV in the style of llama.cpp's
-//! `mul_mat_vec` kernels: each thread computes NR = 4 rows at once (one vec4 accumulator), so
-//! every x value it loads serves 4 rows; a row group of threads strides over the columns
-//! (consecutive threads read consecutive weight words of the same 4 rows), and the per-thread
-//! partial sums are reduced in workgroup memory with a single barrier (one thread per row group
-//! sums its threads' vec4s; no subgroups needed).
-//! - `matvec` (F32, F16, BF16, Q5_K; any `cols`): TPR threads x 256/TPR row groups, units of 8
-//!   weights through `wdecode8`. TPR is 32, or fewer for rows of fewer than 256 weights (a
-//!   16-wide LM head of 131k rows: 2 threads per row group, 16x fewer workgroups).
-//! - `matvec_blk` (Q8_0, Q4_0, Q4_1, Q4_K, Q6_K): TPB threads x 256/TPB row groups; a thread
-//!   decodes a whole unit (a 32-weight block, or 64 weights of a K-quant super-block) per
-//!   iteration from `vec4<u32>` loads of the weight and `vec4<f32>` loads of x (bindings 4 and 5
-//!   are vec4 views of the same buffers), for NRB = 8 or 16 rows (NRB / 4 vec4 accumulators, so each
-//!   x load serves NRB rows; 16 on CPU adapters). 4- and 6-bit values are not shifted down: `f32(v & (0xF << 8b))` is
-//!   the value times 2^(8b) exactly, so x is pre-scaled by the inverse power of two once per unit
-//!   for all rows (`NL`, `NH`), leaving one `and`, one signed convert and one FMA per weight.
-//!   Private arrays and run-time-indexed vector components are avoided: CPU adapters
-//!   (llvmpipe) spill them.
+//! `mul_mat_vec` kernels: each thread computes several rows at once (vec4 accumulators), so
+//! every x value it loads serves all of them; a row group of threads strides over the columns
+//! (consecutive threads read consecutive weight words of the same rows), and the row group's
+//! partial sums are reduced in workgroup memory.
+//! - `matvec` (F32, F16, BF16, Q5_K; any `cols`): NR = 4 rows per thread, TPR threads per row
+//!   group, units of 8 weights through `wdecode8`.
+//! - `matvec_blk` (Q8_0, Q4_0, Q4_1, Q4_K, Q6_K): NRB = 4, 8 or 16 rows per thread (NRB / 4
+//!   vec4 accumulators), TPB threads per row group; a thread decodes a whole unit (a 32-weight
+//!   block, or 64 weights of a K-quant super-block) per iteration from `vec4<u32>` loads of the
+//!   weight and `vec4<f32>` loads of x (bindings 4 and 5 are vec4 views of the same buffers).
+//!   4- and 6-bit values are not shifted down: `f32(v & (0xF << 8b))` is the value times
+//!   2^(8b) exactly, so x is pre-scaled by the inverse power of two once per unit for all rows
+//!   (`NL`, `NH`), leaving one `and`, one signed convert and one FMA per weight. Private arrays
+//!   and run-time-indexed vector components are avoided: CPU adapters (llvmpipe) spill them.
+//! Launch shape (override constants, chosen per adapter by `src/kernels/matvec.rs`): WG
+//! threads per workgroup; the reduction is a log2(TPR) tree (`TREE = 1`, GPUs) or one thread
+//! per row group summing its lanes after a single barrier (`TREE = 0`, CPU adapters, where
+//! barriers cost).
+//! Epilogue (`EPI`): 0 stores y; 1 adds into y (the residual add of `wo` and `ffn_down`);
+//! 2 is the SiLU-gated product of a stacked [gate; up] weight: of a thread's rows the first
+//! half are gate rows r, the second half the up rows rows/2 + r, and it writes
+//! y[r] = silu(gate_r . x) * (up_r . x) for r < rows / 2.
 //! Grid: x/y = row groups (`linear_workgroup`, common.wgsl), z = tokens.
 
 struct Params {
@@ -42,10 +47,11 @@ struct Params {
 @group(0) @binding(4) var<storage, read> xv: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read> wv: array<vec4<u32>>;
 
-const NR: u32 = 4u;          // rows per thread (one vec4 accumulator)
-const WG: u32 = 256u;        // threads per workgroup
-override TPR: u32 = 32u;     // threads per row group (`matvec`): a power of two <= 32
-override GPW: u32 = WG / TPR; // row groups per workgroup (`matvec`)
+const NR: u32 = 4u;           // rows per thread of `matvec` (one vec4 accumulator)
+override WG: u32 = 256u;      // threads per workgroup
+override TPR: u32 = 32u;      // threads per row group (`matvec`): a power of two <= WG
+override TREE: u32 = 0u;      // 1: tree reduction (GPUs); 0: one summing thread per row group
+override EPI: u32 = 0u;       // epilogue: 0 store, 1 add into y, 2 SiLU-gated product
 
 // Workgroup memory is zero-initialised at every workgroup's start (WGSL; Dawn and naga emit
 // stores and a barrier for it), so each entry point has its own array of the size it needs.
@@ -55,41 +61,108 @@ fn x4(o: u32) -> vec4<f32> {
     return vec4<f32>(x[o], x[o + 1u], x[o + 2u], x[o + 3u]);
 }
 
-/// Sums each row group's `tpr` partial vec4s (4 rows per group) and writes the 4 outputs of
-/// token `t`: one barrier. `group0` is the workgroup's first row group.
-fn reduce_store(acc: vec4<f32>, lid: u32, group0: u32, gpw: u32, tpr: u32, t: u32) {
-    red[lid] = acc;
-    workgroupBarrier();
-    if (lid < gpw) {
-        let rb = (group0 + lid) * NR;
-        var s = vec4<f32>(0.0);
-        for (var i = 0u; i < tpr; i++) {
-            s += red[lid * tpr + i];
+/// Output rows: the weight's rows, or half of them for the SiLU-gated product.
+fn out_rows() -> u32 {
+    return select(p.rows, p.rows / 2u, EPI == 2u);
+}
+
+/// The weight row of a thread's row slot `i` (of `n`) for outputs from `out0`: slots map to
+/// consecutive rows, except for the SiLU-gated product, whose second half reads the up rows.
+/// Clamped to the last row (the results of rows past the end are not stored).
+fn weight_row(out0: u32, i: u32, n: u32) -> u32 {
+    var r = out0 + i;
+    if (EPI == 2u && i >= n / 2u) { r = p.rows / 2u + out0 + i - n / 2u; }
+    return min(r, p.rows - 1u);
+}
+
+fn silu(v: vec4<f32>) -> vec4<f32> {
+    return v / (1.0 + exp(-v));
+}
+
+/// Stores the outputs `v` of rows `r..r + 4` of token `t` (those below `n_out`), added to y's
+/// values with EPI = 1.
+fn put4(t: u32, r: u32, v: vec4<f32>, n_out: u32) {
+    let o = t * p.y_stride + p.row_offset + r;
+    var add = vec4<f32>(0.0);
+    if (EPI == 1u) {
+        if (r < n_out) { add.x = y[o]; }
+        if (r + 1u < n_out) { add.y = y[o + 1u]; }
+        if (r + 2u < n_out) { add.z = y[o + 2u]; }
+        if (r + 3u < n_out) { add.w = y[o + 3u]; }
+    }
+    let s = v + add;
+    if (r < n_out) { y[o] = s.x; }
+    if (r + 1u < n_out) { y[o + 1u] = s.y; }
+    if (r + 2u < n_out) { y[o + 2u] = s.z; }
+    if (r + 3u < n_out) { y[o + 3u] = s.w; }
+}
+
+/// The epilogue of a row group whose `n` row slots (4, 8 or 16) summed to s0..s3 (s0 = slots
+/// 0..3, ...), outputs from `out0`.
+fn emit(t: u32, out0: u32, n: u32, s0: vec4<f32>, s1: vec4<f32>, s2: vec4<f32>, s3: vec4<f32>) {
+    let n_out = out_rows();
+    if (EPI == 2u) {
+        if (n == 4u) {
+            let g = silu(s0);
+            put4(t, out0, vec4<f32>(g.x * s0.z, g.y * s0.w, 0.0, 0.0), min(n_out, out0 + 2u));
+        } else if (n == 8u) {
+            put4(t, out0, silu(s0) * s1, n_out);
+        } else {
+            put4(t, out0, silu(s0) * s2, n_out);
+            put4(t, out0 + 4u, silu(s1) * s3, n_out);
         }
-        let yo = t * p.y_stride + p.row_offset + rb;
-        if (rb < p.rows) { y[yo] = s.x; }
-        if (rb + 1u < p.rows) { y[yo + 1u] = s.y; }
-        if (rb + 2u < p.rows) { y[yo + 2u] = s.z; }
-        if (rb + 3u < p.rows) { y[yo + 3u] = s.w; }
+        return;
+    }
+    put4(t, out0, s0, n_out);
+    if (n >= 8u) { put4(t, out0 + 4u, s1, n_out); }
+    if (n == 16u) {
+        put4(t, out0 + 8u, s2, n_out);
+        put4(t, out0 + 12u, s3, n_out);
     }
 }
 
-@compute @workgroup_size(256)
+/// Sums each row group's `tpr` partial vec4s (NR = 4 rows per group) and runs the epilogue
+/// for token `t`. `group0` is the workgroup's first row group; all threads must call it.
+fn reduce_store(acc: vec4<f32>, lid: u32, group0: u32, tpr: u32, t: u32) {
+    red[lid] = acc;
+    workgroupBarrier();
+    // The row group `grp` whose sum this thread holds at the end, if `leader`.
+    var grp = lid / tpr;
+    var leader = lid % tpr == 0u;
+    var s = vec4<f32>(0.0);
+    if (TREE == 1u) {
+        for (var h = tpr / 2u; h > 0u; h /= 2u) {
+            if (lid % tpr < h) { red[lid] += red[lid + h]; }
+            workgroupBarrier();
+        }
+        s = red[lid];
+    } else {
+        // Threads 0..WG/tpr sum one row group each (adjacent lanes: no divergence on CPUs).
+        grp = lid;
+        leader = lid < WG / tpr;
+        for (var i = 0u; leader && i < tpr; i++) { s += red[lid * tpr + i]; }
+    }
+    let out0 = (group0 + grp) * select(NR, NR / 2u, EPI == 2u);
+    if (leader && out0 < out_rows()) {
+        emit(t, out0, NR, s, vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    }
+}
+
+@compute @workgroup_size(WG)
 fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) lid: u32) {
     let wl = WLayout(p.row_words, p.bpr, p.scale_base);
     let lane = lid % TPR;
     let grp = lid / TPR;
-    let group0 = linear_workgroup(wid, nwg) * GPW;
-    let row0 = (group0 + grp) * NR;
-    let last = p.rows - 1u;
-    let r0 = min(row0, last);
-    let r1 = min(row0 + 1u, last);
-    let r2 = min(row0 + 2u, last);
-    let r3 = min(row0 + 3u, last);
+    let group0 = linear_workgroup(wid, nwg) * (WG / TPR);
+    let out0 = (group0 + grp) * select(NR, NR / 2u, EPI == 2u);
+    let r0 = weight_row(out0, 0u, NR);
+    let r1 = weight_row(out0, 1u, NR);
+    let r2 = weight_row(out0, 2u, NR);
+    let r3 = weight_row(out0, 3u, NR);
     let xo = wid.z * p.x_stride;
     var acc = vec4<f32>(0.0);
-    if (row0 < p.rows) {
+    if (out0 < out_rows()) {
         let groups = p.cols / 8u;
         for (var g = lane; g < groups; g += TPR) {
             let k = g * 8u;
@@ -104,7 +177,7 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
             acc += xv * vec4<f32>(wdecode1(wl, r0, k), wdecode1(wl, r1, k), wdecode1(wl, r2, k), wdecode1(wl, r3, k));
         }
     }
-    reduce_store(acc, lid, group0, GPW, TPR, wid.z);
+    reduce_store(acc, lid, group0, TPR, wid.z);
 }
 
 // ---- Block path (Q8_0, Q4_0, Q4_1, Q4_K, Q6_K): one invocation takes a whole unit of 32
@@ -112,7 +185,7 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
 // unit as vec4<u32> words and the unit's x once for all NR rows.
 
 override PAIR: u32 = 0u; // 1: Q4_0 with an even `bpr`, units of two blocks (scales in one word)
-override TPB: u32 = 32u; // threads per row group in the block path; GPW_B = WG / TPB
+override TPB: u32 = 32u; // threads per row group in the block path: a power of two <= WG
 
 /// 32 x values (8 vec4, in the order the unit's decoder pairs them) and their sum.
 struct X32 {
@@ -274,70 +347,89 @@ fn unit_row(l: WLayout, row: u32, u: u32, xa: X32, xb: X32, xs: vec4<f32>) -> f3
     }
 }
 
-override NRB: u32 = 8u; // rows per thread in the block path: 8 or 16 (NRB / 4 vec4 accumulators)
+override NRB: u32 = 8u; // rows per thread in the block path: 4, 8 or 16 (NRB / 4 vec4 accumulators)
 var<workgroup> red_blk: array<vec4<f32>, WG * NRB / 4u>; // `matvec_blk`: NRB / 4 vec4 per thread
 
-/// `reduce_store` for NRB = 8 or 16 rows per thread (NRB / 4 vec4 per thread).
-fn reduce_store_blk(a0: vec4<f32>, a1: vec4<f32>, a2: vec4<f32>, a3: vec4<f32>, lid: u32, group0: u32, gpw: u32,
-                    tpr: u32, t: u32) {
+/// `reduce_store` for NRB rows per thread (NRB / 4 vec4 per thread, slot k of thread l at
+/// `nv * l + k`).
+fn reduce_store_blk(a0: vec4<f32>, a1: vec4<f32>, a2: vec4<f32>, a3: vec4<f32>, lid: u32, group0: u32, t: u32) {
     let nv = NRB / 4u;
     red_blk[nv * lid] = a0;
-    red_blk[nv * lid + 1u] = a1;
+    if (NRB >= 8u) { red_blk[nv * lid + 1u] = a1; }
     if (NRB == 16u) {
         red_blk[nv * lid + 2u] = a2;
         red_blk[nv * lid + 3u] = a3;
     }
     workgroupBarrier();
-    if (lid < gpw) {
-        let rb = (group0 + lid) * NRB;
-        let yo = t * p.y_stride + p.row_offset + rb;
-        for (var k = 0u; k < nv; k++) {
-            var s = vec4<f32>(0.0);
-            for (var i = 0u; i < tpr; i++) {
-                s += red_blk[nv * (lid * tpr + i) + k];
+    // As in `reduce_store`: the row group `grp` whose sums this thread holds, if `leader`.
+    var grp = lid / TPB;
+    var leader = lid % TPB == 0u;
+    var s0 = vec4<f32>(0.0);
+    var s1 = vec4<f32>(0.0);
+    var s2 = vec4<f32>(0.0);
+    var s3 = vec4<f32>(0.0);
+    if (TREE == 1u) {
+        for (var h = TPB / 2u; h > 0u; h /= 2u) {
+            if (lid % TPB < h) {
+                for (var k = 0u; k < nv; k++) { red_blk[nv * lid + k] += red_blk[nv * (lid + h) + k]; }
             }
-            let r = rb + 4u * k;
-            if (r < p.rows) { y[yo + 4u * k] = s.x; }
-            if (r + 1u < p.rows) { y[yo + 4u * k + 1u] = s.y; }
-            if (r + 2u < p.rows) { y[yo + 4u * k + 2u] = s.z; }
-            if (r + 3u < p.rows) { y[yo + 4u * k + 3u] = s.w; }
+            workgroupBarrier();
         }
+        s0 = red_blk[nv * lid];
+        if (NRB >= 8u) { s1 = red_blk[nv * lid + 1u]; }
+        if (NRB == 16u) {
+            s2 = red_blk[nv * lid + 2u];
+            s3 = red_blk[nv * lid + 3u];
+        }
+    } else {
+        grp = lid;
+        leader = lid < WG / TPB;
+        for (var i = 0u; leader && i < TPB; i++) {
+            let b = nv * (lid * TPB + i);
+            s0 += red_blk[b];
+            if (NRB >= 8u) { s1 += red_blk[b + 1u]; }
+            if (NRB == 16u) {
+                s2 += red_blk[b + 2u];
+                s3 += red_blk[b + 3u];
+            }
+        }
+    }
+    let out0 = (group0 + grp) * select(NRB, NRB / 2u, EPI == 2u);
+    if (leader && out0 < out_rows()) {
+        emit(t, out0, NRB, s0, s1, s2, s3);
     }
 }
 
-
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn matvec_blk(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
               @builtin(local_invocation_index) lid: u32) {
     let wl = WLayout(p.row_words, p.bpr, p.scale_base);
-    let gpw = WG / TPB;
     let lane = lid % TPB;
     let grp = lid / TPB;
-    let group0 = linear_workgroup(wid, nwg) * gpw;
-    let row0 = (group0 + grp) * NRB;
-    let last = p.rows - 1u;
-    let r0 = min(row0, last);
-    let r1 = min(row0 + 1u, last);
-    let r2 = min(row0 + 2u, last);
-    let r3 = min(row0 + 3u, last);
-    let r4 = min(row0 + 4u, last);
-    let r5 = min(row0 + 5u, last);
-    let r6 = min(row0 + 6u, last);
-    let r7 = min(row0 + 7u, last);
-    let r8 = min(row0 + 8u, last);
-    let r9 = min(row0 + 9u, last);
-    let r10 = min(row0 + 10u, last);
-    let r11 = min(row0 + 11u, last);
-    let r12 = min(row0 + 12u, last);
-    let r13 = min(row0 + 13u, last);
-    let r14 = min(row0 + 14u, last);
-    let r15 = min(row0 + 15u, last);
+    let group0 = linear_workgroup(wid, nwg) * (WG / TPB);
+    let out0 = (group0 + grp) * select(NRB, NRB / 2u, EPI == 2u);
+    let r0 = weight_row(out0, 0u, NRB);
+    let r1 = weight_row(out0, 1u, NRB);
+    let r2 = weight_row(out0, 2u, NRB);
+    let r3 = weight_row(out0, 3u, NRB);
+    let r4 = weight_row(out0, 4u, NRB);
+    let r5 = weight_row(out0, 5u, NRB);
+    let r6 = weight_row(out0, 6u, NRB);
+    let r7 = weight_row(out0, 7u, NRB);
+    let r8 = weight_row(out0, 8u, NRB);
+    let r9 = weight_row(out0, 9u, NRB);
+    let r10 = weight_row(out0, 10u, NRB);
+    let r11 = weight_row(out0, 11u, NRB);
+    let r12 = weight_row(out0, 12u, NRB);
+    let r13 = weight_row(out0, 13u, NRB);
+    let r14 = weight_row(out0, 14u, NRB);
+    let r15 = weight_row(out0, 15u, NRB);
     let xo = wid.z * (p.x_stride / 4u); // vec4 index of this token's x
     var acc = vec4<f32>(0.0);
     var acc1 = vec4<f32>(0.0);
     var acc2 = vec4<f32>(0.0);
     var acc3 = vec4<f32>(0.0);
-    if (row0 < p.rows) {
+    if (out0 < out_rows()) {
         var units = p.bpr;
         if (WTYPE == WT_Q4_K || WTYPE == WT_Q6_K) { units = 4u * p.bpr; }
         if (PAIR == 1u) { units = p.bpr / 2u; }
@@ -371,8 +463,10 @@ fn matvec_blk(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
             }
             acc += vec4<f32>(unit_row(wl, r0, u, xa, xb, xs), unit_row(wl, r1, u, xa, xb, xs),
                              unit_row(wl, r2, u, xa, xb, xs), unit_row(wl, r3, u, xa, xb, xs));
-            acc1 += vec4<f32>(unit_row(wl, r4, u, xa, xb, xs), unit_row(wl, r5, u, xa, xb, xs),
-                              unit_row(wl, r6, u, xa, xb, xs), unit_row(wl, r7, u, xa, xb, xs));
+            if (NRB >= 8u) {
+                acc1 += vec4<f32>(unit_row(wl, r4, u, xa, xb, xs), unit_row(wl, r5, u, xa, xb, xs),
+                                  unit_row(wl, r6, u, xa, xb, xs), unit_row(wl, r7, u, xa, xb, xs));
+            }
             if (NRB == 16u) {
                 acc2 += vec4<f32>(unit_row(wl, r8, u, xa, xb, xs), unit_row(wl, r9, u, xa, xb, xs),
                                   unit_row(wl, r10, u, xa, xb, xs), unit_row(wl, r11, u, xa, xb, xs));
@@ -381,5 +475,5 @@ fn matvec_blk(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
             }
         }
     }
-    reduce_store_blk(acc, acc1, acc2, acc3, lid, group0, gpw, TPB, wid.z);
+    reduce_store_blk(acc, acc1, acc2, acc3, lid, group0, wid.z);
 }

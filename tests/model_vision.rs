@@ -390,17 +390,13 @@ fn a_vocabulary_without_image_tokens_is_refused_before_loading_weights() {
         fn tensor_info(&self, name: &str) -> Option<&TensorInfo> {
             self.0.tensor_info(name)
         }
-        fn matrix(&mut self, gpu: &Gpu, name: &str, rows: u32, cols: u32, quant: LoadQuant) -> Result<GpuWeight, LoadError> {
+        fn fill(&mut self, gpu: &Gpu, name: &str, target: &GpuWeight, row0: u32) -> Result<(), LoadError> {
             self.1 += 1;
-            self.0.matrix(gpu, name, rows, cols, quant)
+            self.0.fill(gpu, name, target, row0)
         }
         fn vector(&mut self, gpu: &Gpu, name: &str, n: u32) -> Result<wgpu::Buffer, LoadError> {
             self.1 += 1;
             self.0.vector(gpu, name, n)
-        }
-        fn reshaped(&mut self, gpu: &Gpu, name: &str, rows: u32, cols: u32) -> Result<GpuWeight, LoadError> {
-            self.1 += 1;
-            self.0.reshaped(gpu, name, rows, cols)
         }
     }
 

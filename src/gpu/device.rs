@@ -24,6 +24,55 @@ pub struct Caps {
     pub backend: String,
     /// A CPU implementation (lavapipe, SwiftShader, WARP).
     pub software: bool,
+    /// The launch shapes the kernels take (from `software` unless forced).
+    pub geometry: Geometry,
+}
+
+/// Launch shapes of the kernels: the same math in two shapes.
+///
+/// - `Gpu`: many small workgroups (a decode matvec gives each workgroup 4 rows, so a
+///   3072-row matrix launches 768 of them), enough to keep 128 compute units busy; tree
+///   reductions in workgroup memory.
+/// - `Cpu`: CPU implementations (lavapipe, SwiftShader) run workgroups on a few threads, where
+///   every workgroup and barrier costs and memory coalescing does not matter: fewer, wider
+///   workgroups (16 rows per thread on the block path).
+///
+/// Chosen from the adapter; forced with [`GpuOptions::geometry`] (natively also by the
+/// `WEBVLM_GEOMETRY=gpu|cpu` environment variable, so that the whole test suite runs the GPU
+/// shape on lavapipe).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Geometry {
+    Gpu,
+    Cpu,
+}
+
+impl std::str::FromStr for Geometry {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "gpu" => Ok(Geometry::Gpu),
+            "cpu" => Ok(Geometry::Cpu),
+            _ => Err(format!("unknown geometry {s:?} (gpu, cpu)")),
+        }
+    }
+}
+
+impl Geometry {
+    /// `WEBVLM_GEOMETRY`, when set (native only).
+    fn from_env() -> Option<Geometry> {
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Ok(v) = std::env::var("WEBVLM_GEOMETRY") {
+            return v.parse().ok();
+        }
+        None
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Geometry::Gpu => "gpu",
+            Geometry::Cpu => "cpu",
+        }
+    }
 }
 
 /// What to ask of the adapter.
@@ -33,11 +82,13 @@ pub struct GpuOptions {
     pub allow_f16: bool,
     /// Use subgroup operations when the adapter has them (ignored on the web for now).
     pub allow_subgroups: bool,
+    /// Force a kernel geometry (`None`: from the adapter, or `WEBVLM_GEOMETRY` natively).
+    pub geometry: Option<Geometry>,
 }
 
 impl Default for GpuOptions {
     fn default() -> Self {
-        Self { allow_f16: true, allow_subgroups: true }
+        Self { allow_f16: true, allow_subgroups: true, geometry: None }
     }
 }
 
@@ -50,6 +101,13 @@ pub struct Gpu {
     errors: Arc<Mutex<Vec<GpuError>>>,
     /// Why the device was lost, once its device-lost callback ran.
     lost: Arc<Mutex<Option<String>>>,
+}
+
+impl Caps {
+    /// Largest buffer one storage binding may see: weights are split into parts of this size.
+    pub fn part_limit(&self) -> u64 {
+        self.max_storage_binding.min(self.max_buffer)
+    }
 }
 
 impl GpuError {
@@ -119,7 +177,12 @@ impl Gpu {
         }));
 
         let info = adapter.get_info();
-        let software = info.device_type == wgpu::DeviceType::Cpu;
+        // Browsers report only a fallback adapter as a CPU: recognise SwiftShader by name too.
+        let name = info.name.to_ascii_lowercase();
+        let software =
+            info.device_type == wgpu::DeviceType::Cpu || ["swiftshader", "llvmpipe", "lavapipe"].iter().any(|n| name.contains(n));
+        let geometry =
+            options.geometry.or_else(Geometry::from_env).unwrap_or(if software { Geometry::Cpu } else { Geometry::Gpu });
         let caps = Caps {
             f16: features.contains(wgpu::Features::SHADER_F16),
             subgroups: features.contains(wgpu::Features::SUBGROUP),
@@ -132,6 +195,7 @@ impl Gpu {
             adapter: format!("{} ({})", info.name, info.driver_info).trim().to_string(),
             backend: format!("{:?}", info.backend),
             software,
+            geometry,
         };
         let lost = Arc::new(Mutex::new(None));
         let flag = lost.clone();

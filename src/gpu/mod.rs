@@ -11,10 +11,10 @@ pub mod params;
 pub mod pipeline;
 pub mod program;
 
-pub use device::{Caps, Gpu, GpuOptions, Readback};
+pub use device::{Caps, Geometry, Gpu, GpuOptions, Readback};
 pub use params::{ParamSlot, ParamsArena};
 pub use pipeline::{Access, KernelSpec, Pipeline, COMMON_WGSL};
-pub use program::{Arg, Dispatch, Op, Program};
+pub use program::{Arg, Dispatch, Launch, Op, Program};
 
 /// Errors of the GPU layer.
 #[derive(Debug, thiserror::Error)]

@@ -23,6 +23,23 @@ pub struct Dispatch {
     pub pipeline: Rc<Pipeline>,
     pub bind_group: wgpu::BindGroup,
     pub workgroups: [u32; 3],
+    /// Its launch shape, where the kernel describes it (for `webvlm bench`).
+    pub launch: Option<Launch>,
+}
+
+/// The launch shape of a dispatch as its kernel describes it: invocations per workgroup and
+/// the bytes of its large operand (a weight) that the whole grid reads once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Launch {
+    pub invocations: u32,
+    pub weight_bytes: u64,
+}
+
+impl Dispatch {
+    /// Workgroups of the grid.
+    pub fn n_workgroups(&self) -> u64 {
+        self.workgroups.iter().map(|&n| n as u64).product()
+    }
 }
 
 impl Dispatch {
@@ -61,8 +78,15 @@ impl Program {
     pub fn push(&mut self, gpu: &Gpu, spec: &KernelSpec, args: &[Arg<'_>], workgroups: [u32; 3]) -> Result<()> {
         let pipeline = gpu.pipeline(spec)?;
         let bind_group = bind(gpu, &pipeline, args)?;
-        self.ops.push(Op::Dispatch(Dispatch { pipeline, bind_group, workgroups }));
+        self.ops.push(Op::Dispatch(Dispatch { pipeline, bind_group, workgroups, launch: None }));
         Ok(())
+    }
+
+    /// Describes the launch of the last dispatch (see [`Launch`]).
+    pub fn set_launch(&mut self, launch: Launch) {
+        if let Some(Op::Dispatch(d)) = self.ops.last_mut() {
+            d.launch = Some(launch);
+        }
     }
 
     /// Appends a copy of `size` bytes (offsets and size multiples of 4).

@@ -1,4 +1,5 @@
-//! Element-wise kernels (`shaders/elementwise.wgsl`): residual add, SiLU-gated product.
+//! Element-wise kernels (`shaders/elementwise.wgsl`): residual add, SiLU-gated product (of two
+//! buffers, or of the two halves of a stacked [gate; up] product's rows), GELU.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -12,12 +13,25 @@ const WG: u32 = 256;
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct Params {
     n: u32,
-    _pad: [u32; 3],
+    half: u32,
+    _pad: [u32; 2],
 }
 
 fn push(prog: &mut Program, gpu: &Gpu, entry: &'static str, a: &wgpu::Buffer, b: &wgpu::Buffer, n: u32) -> Result<()> {
+    push_half(prog, gpu, entry, a, b, n, 0)
+}
+
+fn push_half(
+    prog: &mut Program,
+    gpu: &Gpu,
+    entry: &'static str,
+    a: &wgpu::Buffer,
+    b: &wgpu::Buffer,
+    n: u32,
+    half: u32,
+) -> Result<()> {
     let spec = KernelSpec::new("elementwise", SHADER, entry, BINDINGS);
-    let params = Params { n, _pad: [0; 3] };
+    let params = Params { n, half, _pad: [0; 2] };
     prog.push_with_params(gpu, &spec, &params, &[Arg::Buf(a), Arg::Buf(b)], grid_1d(n.div_ceil(WG)))
 }
 
@@ -29,6 +43,19 @@ pub fn add_inplace(prog: &mut Program, gpu: &Gpu, a: &wgpu::Buffer, residual: &w
 /// Records `gate[i] = silu(gate[i]) * up[i]` for the first `n` elements.
 pub fn silu_mul_inplace(prog: &mut Program, gpu: &Gpu, up: &wgpu::Buffer, gate: &wgpu::Buffer, n: u32) -> Result<()> {
     push(prog, gpu, "silu_mul_inplace", up, gate, n)
+}
+
+/// Records `out[t][r] = silu(gate_up[t][r]) * gate_up[t][half + r]` for `rows` rows: `gate_up`
+/// is `[rows][2 half]` (the product of a stacked [gate; up] weight), `out` `[rows][half]`.
+pub fn silu_mul_halves(
+    prog: &mut Program,
+    gpu: &Gpu,
+    gate_up: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+    rows: u32,
+    half: u32,
+) -> Result<()> {
+    push_half(prog, gpu, "silu_mul_halves", gate_up, out, rows * half, half.max(1))
 }
 
 /// CPU reference of [`silu_mul_inplace`].
@@ -44,7 +71,7 @@ const GELU_BINDINGS: &[Access] = &[Access::Uniform, Access::ReadWrite];
 /// `tests/kernels_vision.rs`.
 pub fn gelu_inplace(prog: &mut Program, gpu: &Gpu, x: &wgpu::Buffer, n: u32) -> Result<()> {
     let spec = KernelSpec::new("elementwise", SHADER, "gelu_inplace", GELU_BINDINGS);
-    let params = Params { n, _pad: [0; 3] };
+    let params = Params { n, half: 0, _pad: [0; 2] };
     prog.push_with_params(gpu, &spec, &params, &[Arg::Buf(x)], grid_1d(n.div_ceil(WG)))
 }
 

@@ -6,12 +6,14 @@
 //! [`MatmulCompute::F16`] (devices with `shader-f16` only) stages f16 tiles and sums f16
 //! products per K step of 32 into f32 totals: half the workgroup memory and, on GPUs with
 //! fast f16, twice the math rate, for ~1e-3 relative error (see `tests/kernels_matmul.rs`).
+//! [`record_into`] writes into a column window of a wider output and can add into it (the
+//! residual add of `wo` and `ffn_down`).
 
 use bytemuck::{Pod, Zeroable};
 
-use super::matvec::check_len;
+use super::matvec::{check_len, Epilogue, Output};
 use super::quant::{GpuWeight, WLayout};
-use crate::gpu::{grid_1d, Access, Arg, Gpu, GpuError, KernelSpec, Program, Result};
+use crate::gpu::{grid_1d, Access, Arg, Gpu, GpuError, KernelSpec, Launch, Program, Result};
 
 pub(super) const SHADER: &str = include_str!("../../shaders/matmul.wgsl");
 const BINDINGS: &[Access] = &[Access::Uniform, Access::Read, Access::Read, Access::ReadWrite];
@@ -81,28 +83,63 @@ pub fn record_rows(
     prog: &mut Program,
     gpu: &Gpu,
     w: &GpuWeight,
-    (x, x_row0): (&wgpu::Buffer, u32),
-    (y, y_row0): (&wgpu::Buffer, u32),
+    x: (&wgpu::Buffer, u32),
+    y: (&wgpu::Buffer, u32),
     m: u32,
     compute: MatmulCompute,
 ) -> Result<()> {
+    push(prog, gpu, w, x, y, Output::dense(w, Epilogue::Store), m, compute)
+}
+
+/// [`record_with`] into the columns `out` names ([`Epilogue::Store`] or [`Epilogue::Add`]).
+#[allow(clippy::too_many_arguments)]
+pub fn record_into(
+    prog: &mut Program,
+    gpu: &Gpu,
+    w: &GpuWeight,
+    x: &wgpu::Buffer,
+    y: &wgpu::Buffer,
+    out: Output,
+    m: u32,
+    compute: MatmulCompute,
+) -> Result<()> {
+    push(prog, gpu, w, (x, 0), (y, 0), out, m, compute)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn push(
+    prog: &mut Program,
+    gpu: &Gpu,
+    w: &GpuWeight,
+    (x, x_row0): (&wgpu::Buffer, u32),
+    (y, y_row0): (&wgpu::Buffer, u32),
+    out: Output,
+    m: u32,
+    compute: MatmulCompute,
+) -> Result<()> {
+    if out.epilogue == Epilogue::SiluMul {
+        return Err(GpuError::Shape(format!("matmul {}: no SiLU-gated epilogue (use elementwise::silu_mul_halves)", w.label)));
+    }
     check_len("matmul x", x, (x_row0 as u64 + m as u64) * w.cols as u64)?;
-    check_len("matmul y", y, (y_row0 as u64 + m as u64) * w.rows as u64)?;
+    check_len("matmul y", y, (y_row0 as u64 + m.max(1) as u64 - 1) * out.stride as u64 + out.offset as u64 + w.rows as u64)?;
     if compute == MatmulCompute::F16 && !gpu.caps.f16 {
         return Err(GpuError::Pipeline {
             label: "matmul (f16)".into(),
             message: "the device has no shader-f16; use MatmulCompute::F32".into(),
         });
     }
-    let spec = w.specialise(KernelSpec::new("matmul", SHADER, "matmul", BINDINGS)).with_prefix(compute.prelude());
+    let spec = w
+        .specialise(KernelSpec::new("matmul", SHADER, "matmul", BINDINGS))
+        .with_prefix(compute.prelude())
+        .with_constant("ADD", (out.epilogue == Epilogue::Add) as i64);
     for part in &w.parts {
         let params = Params {
             layout: w.layout(part),
             m,
             n: part.rows,
             k: w.cols,
-            row_offset: part.row_offset,
-            y_stride: w.rows,
+            row_offset: out.offset + part.row_offset,
+            y_stride: out.stride,
             x_stride: w.cols,
             x_row0,
             y_row0,
@@ -111,6 +148,7 @@ pub fn record_rows(
         grid[2] = m.div_ceil(TILE_M).max(1);
         let args = [Arg::Buf(&part.buffer), Arg::Buf(x), Arg::Buf(y)];
         prog.push_with_params(gpu, &spec, &params, &args, grid)?;
+        prog.set_launch(Launch { invocations: 256, weight_bytes: part.bytes });
     }
     Ok(())
 }

@@ -1,48 +1,152 @@
 //! Matrix-vector products for decode (`shaders/matvec.wgsl`): `y[t] = W · x[t]` for a few
-//! tokens, W a [`GpuWeight`] in any supported format. GEMV with coalesced weight reads, 4 rows
-//! per thread (8 or 16 on the block path), whole-block decoding from vec4 loads for the block formats, and a one-barrier
-//! workgroup-memory reduction (details in the shader); reference: llama.cpp `mul_mat_vec` (ggml-vulkan / ggml-webgpu).
+//! tokens, W a [`GpuWeight`] in any supported format. GEMV with coalesced weight reads,
+//! several rows per thread, whole-block decoding from vec4 loads for the block formats and a
+//! workgroup-memory reduction (details in the shader); reference: llama.cpp `mul_mat_vec`
+//! (ggml-vulkan / ggml-webgpu). Epilogues fold the residual add and the SiLU-gated product
+//! into the dispatch ([`Epilogue`]).
+//!
+//! Launch shapes ([`MatvecLaunch`], from the adapter's [`Geometry`]):
+//! - GPU: 64-invocation workgroups of 4 output rows (one row group of up to 64 lanes, tree
+//!   reduction): a 3072-row matrix launches 768 workgroups, enough for 128 compute units;
+//!   4 rows per thread keep registers moderate.
+//! - CPU adapters: 256-invocation workgroups of 64-512 rows, 16 rows per thread on the block
+//!   path (every storage load costs a per-invocation loop there, so each x load serves 16
+//!   rows: measured on lavapipe, in-cache Q4_K/Q4_0 up to 2x), one summing thread per row
+//!   group after a single barrier.
 
 use bytemuck::{Pod, Zeroable};
 
 use super::quant::{GpuWeight, WLayout, WeightFormat};
-use crate::gpu::{grid_1d, Access, Arg, Gpu, GpuError, KernelSpec, Program, Result};
+use crate::gpu::{grid_1d, Access, Arg, Geometry, Gpu, GpuError, KernelSpec, Launch, Program, Result};
 
 pub(super) const SHADER: &str = include_str!("../../shaders/matvec.wgsl");
 const BINDINGS: &[Access] = &[Access::Uniform, Access::Read, Access::Read, Access::ReadWrite];
 /// `matvec_blk`: also vec4 views of x (binding 4) and of the weight (binding 5).
 const BINDINGS_BLK: &[Access] = &[Access::Uniform, Access::Read, Access::Read, Access::ReadWrite, Access::Read, Access::Read];
-/// Rows per thread (`NR` in the shader) and threads per workgroup (`WG`).
-const ROWS_PER_THREAD: u32 = 4;
-/// Rows per thread of the block path (`NRB`): 16 on CPU adapters, where every storage load
-/// costs a per-invocation loop, so sharing each x load among 16 rows instead of 8 saves loads
-/// (measured on lavapipe: in-cache Q4_K/Q4_0 up to 2x, the other types +0-50%, noisy); 8
-/// elsewhere, so that a GPU keeps twice as many workgroups.
-fn rows_per_thread_blk(gpu: &Gpu) -> u32 {
-    if gpu.caps.software {
-        16
-    } else {
-        8
+
+/// What the dispatch does with its sums.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Epilogue {
+    /// `y = W x`.
+    Store,
+    /// `y += W x` (the residual add).
+    Add,
+    /// W stacks `[gate; up]` (2h rows): `y[r] = silu(gate_r . x) * (up_r . x)` for `r < h`.
+    SiluMul,
+}
+
+impl Epilogue {
+    fn code(self) -> i64 {
+        match self {
+            Epilogue::Store => 0,
+            Epilogue::Add => 1,
+            Epilogue::SiluMul => 2,
+        }
     }
 }
-const WG: u32 = 256;
 
-/// Threads per row group of the generic path (`TPR`): 32, or one per unit of 8 columns
-/// (rounded up to a power of two) when rows are shorter, so that no lane idles. On a CPU
-/// adapter, where every workgroup barrier costs, this also means far fewer workgroups.
-fn generic_tpr(cols: u32) -> u32 {
-    cols.div_ceil(8).next_power_of_two().min(32)
+/// Where a product lands: token `t`'s output row `r` is `y[t * stride + offset + r]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Output {
+    pub stride: u32,
+    pub offset: u32,
+    pub epilogue: Epilogue,
 }
 
-/// Threads per row group of the block path (`TPB`), `None`: generic path. 16 threads per row
-/// group (64 rows per workgroup) is faster on lavapipe (fewer idle iterations per thread);
-/// matrices with fewer rows keep 32 (32 rows per workgroup) so that a GPU still gets enough
-/// workgroups (3072 rows: 96).
-fn block_tpb(format: WeightFormat, rows: u32) -> Option<u32> {
-    use WeightFormat as W;
-    match format {
-        W::Q8_0 | W::Q4_0 | W::Q4_1 | W::Q4_K | W::Q6_K => Some(if rows >= 8192 { 16 } else { 32 }),
-        _ => None,
+impl Output {
+    /// `y` is `[n_tok][outputs]`: the weight's rows, or half of them for [`Epilogue::SiluMul`].
+    pub fn dense(w: &GpuWeight, epilogue: Epilogue) -> Output {
+        let stride = if epilogue == Epilogue::SiluMul { w.rows / 2 } else { w.rows };
+        Output { stride, offset: 0, epilogue }
+    }
+}
+
+/// The launch shape of the matvec of one weight (the shader's override constants).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MatvecLaunch {
+    /// `matvec_blk` for the block formats, `matvec` otherwise.
+    pub entry: &'static str,
+    /// Invocations per workgroup (`WG`).
+    pub invocations: u32,
+    /// Threads per row group (`TPR` / `TPB`).
+    pub lanes: u32,
+    /// Weight rows per thread (`NR` / `NRB`).
+    pub rows_per_thread: u32,
+    /// Tree reduction (GPU) or one summing thread per row group (CPU).
+    pub tree: bool,
+    /// Q4_0 in units of two blocks.
+    pub pair: bool,
+}
+
+impl MatvecLaunch {
+    pub fn of(geometry: Geometry, w: &GpuWeight) -> MatvecLaunch {
+        use WeightFormat as W;
+        let blocks = w.cols / w.format.block() as u32;
+        // Q4_0 rows of an even number of blocks: two blocks per unit (their f16 scales share a
+        // word). Measured on lavapipe: Q4_0 +7-25%, Q8_0 no gain.
+        let pair = w.format == W::Q4_0 && blocks.is_multiple_of(2);
+        let units = match w.format {
+            W::Q4_K | W::Q6_K => Some(4 * blocks),
+            W::Q4_0 if pair => Some(blocks / 2),
+            W::Q8_0 | W::Q4_0 | W::Q4_1 => Some(blocks),
+            _ => None,
+        };
+        let gpu = geometry == Geometry::Gpu;
+        match units {
+            // GPU: a row group of up to 64 lanes (no idle lane on short rows), 4 rows.
+            Some(units) if gpu => MatvecLaunch {
+                entry: "matvec_blk",
+                invocations: 64,
+                lanes: units.next_power_of_two().min(64),
+                rows_per_thread: 4,
+                tree: true,
+                pair,
+            },
+            // CPU: 16 lanes per row group (fewer idle iterations per thread on lavapipe);
+            // matrices of fewer rows keep 32, so that there are still a few workgroups.
+            Some(_) => MatvecLaunch {
+                entry: "matvec_blk",
+                invocations: 256,
+                lanes: if w.rows >= 8192 { 16 } else { 32 },
+                rows_per_thread: 16,
+                tree: false,
+                pair,
+            },
+            // Generic path: one lane per unit of 8 columns up to the cap (rows shorter than
+            // 256 weights, such as a 16-wide LM head of 131k rows, leave no lane idle; on a CPU
+            // adapter this also means far fewer workgroups).
+            None => {
+                let lanes = w.cols.div_ceil(8).next_power_of_two();
+                let (invocations, cap) = if gpu { (64, 64) } else { (256, 32) };
+                MatvecLaunch { entry: "matvec", invocations, lanes: lanes.min(cap), rows_per_thread: 4, tree: gpu, pair: false }
+            }
+        }
+    }
+
+    /// Output rows per workgroup.
+    pub fn outputs_per_workgroup(&self, epilogue: Epilogue) -> u32 {
+        let rows = self.invocations / self.lanes * self.rows_per_thread;
+        if epilogue == Epilogue::SiluMul {
+            rows / 2
+        } else {
+            rows
+        }
+    }
+
+    fn spec(&self, w: &GpuWeight, epilogue: Epilogue) -> KernelSpec {
+        let blk = self.entry == "matvec_blk";
+        let spec = w
+            .specialise(KernelSpec::new("matvec", SHADER, self.entry, if blk { BINDINGS_BLK } else { BINDINGS }))
+            .with_constant("WG", self.invocations as i64)
+            .with_constant("TREE", self.tree as i64)
+            .with_constant("EPI", epilogue.code());
+        match blk {
+            true => spec
+                .with_constant("TPB", self.lanes as i64)
+                .with_constant("NRB", self.rows_per_thread as i64)
+                .with_constant("PAIR", self.pair as i64),
+            false => spec.with_constant("TPR", self.lanes as i64),
+        }
     }
 }
 
@@ -63,46 +167,50 @@ struct Params {
 /// `y` is `[n_tok][w.rows]` f32. Meant for small `n_tok` (decode); prefill uses
 /// [`super::matmul::record`]. One dispatch per weight part.
 pub fn record(prog: &mut Program, gpu: &Gpu, w: &GpuWeight, x: &wgpu::Buffer, y: &wgpu::Buffer, n_tok: u32) -> Result<()> {
+    record_into(prog, gpu, w, x, y, Output::dense(w, Epilogue::Store), n_tok)
+}
+
+/// [`record`] into the columns `out` names, with its epilogue.
+pub fn record_into(
+    prog: &mut Program,
+    gpu: &Gpu,
+    w: &GpuWeight,
+    x: &wgpu::Buffer,
+    y: &wgpu::Buffer,
+    out: Output,
+    n_tok: u32,
+) -> Result<()> {
+    let glu = out.epilogue == Epilogue::SiluMul;
+    if glu && (w.parts.len() != 1 || !w.rows.is_multiple_of(2)) {
+        return Err(GpuError::Shape(format!("matvec {}: a SiLU-gated product needs one part of an even row count", w.label)));
+    }
+    let outputs = if glu { w.rows / 2 } else { w.rows };
     check_len("matvec x", x, n_tok as u64 * w.cols as u64)?;
-    check_len("matvec y", y, n_tok as u64 * w.rows as u64)?;
-    let tpb = block_tpb(w.format, w.rows);
-    // Q4_0 rows of an even number of blocks: two blocks per unit (their f16 scales share a
-    // word). Measured on lavapipe: Q4_0 +7-25%, Q8_0 no gain.
-    let pair = w.format == WeightFormat::Q4_0 && (w.cols / 32).is_multiple_of(2);
-    let (spec, rows_per_wg) = match tpb {
-        Some(t) => (
-            w.specialise(KernelSpec::new("matvec_blk", SHADER, "matvec_blk", BINDINGS_BLK))
-                .with_constant("TPB", t as i64)
-                .with_constant("PAIR", pair as i64)
-                .with_constant("NRB", rows_per_thread_blk(gpu) as i64),
-            WG / t * rows_per_thread_blk(gpu),
-        ),
-        None => {
-            let tpr = generic_tpr(w.cols);
-            let spec = w.specialise(KernelSpec::new("matvec", SHADER, "matvec", BINDINGS)).with_constant("TPR", tpr as i64);
-            (spec, WG / tpr * ROWS_PER_THREAD)
-        }
-    };
+    check_len("matvec y", y, (n_tok.max(1) - 1) as u64 * out.stride as u64 + out.offset as u64 + outputs as u64)?;
+    let launch = MatvecLaunch::of(gpu.caps.geometry, w);
+    let spec = launch.spec(w, out.epilogue);
     for part in &w.parts {
         let params = Params {
             layout: w.layout(part),
             rows: part.rows,
             cols: w.cols,
             n_tok,
-            row_offset: part.row_offset,
-            y_stride: w.rows,
+            row_offset: out.offset + part.row_offset,
+            y_stride: out.stride,
             x_stride: w.cols,
             _pad: [0; 2],
         };
-        let mut grid = grid_1d(part.rows.div_ceil(rows_per_wg));
+        let part_outputs = if glu { part.rows / 2 } else { part.rows };
+        let mut grid = grid_1d(part_outputs.div_ceil(launch.outputs_per_workgroup(out.epilogue)));
         grid[2] = n_tok.max(1);
-        if tpb.is_some() {
+        if launch.entry == "matvec_blk" {
             let args = [Arg::Buf(&part.buffer), Arg::Buf(x), Arg::Buf(y), Arg::Buf(x), Arg::Buf(&part.buffer)];
             prog.push_with_params(gpu, &spec, &params, &args, grid)?;
         } else {
             let args = [Arg::Buf(&part.buffer), Arg::Buf(x), Arg::Buf(y)];
             prog.push_with_params(gpu, &spec, &params, &args, grid)?;
         }
+        prog.set_launch(Launch { invocations: launch.invocations, weight_bytes: part.bytes });
     }
     Ok(())
 }

@@ -248,8 +248,7 @@ impl GpuWeight {
     /// Uploads GGUF `bytes` of a `rows x cols` tensor of `ty`, splitting it by rows into parts
     /// no larger than the device's storage binding limit.
     pub fn upload(gpu: &Gpu, label: &str, ty: GgmlType, rows: u32, cols: u32, bytes: &[u8]) -> Result<GpuWeight, WeightError> {
-        let limit = gpu.caps.max_storage_binding.min(gpu.caps.max_buffer);
-        Self::upload_with_part_limit(gpu, label, ty, rows, cols, bytes, limit)
+        Self::upload_with_part_limit(gpu, label, ty, rows, cols, bytes, gpu.caps.part_limit())
     }
 
     /// [`GpuWeight::upload`] with parts of at most `part_limit` bytes (tests force splits).

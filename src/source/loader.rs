@@ -7,7 +7,7 @@
 use crate::gguf::quant::{quantize_q4_0, quantize_q4_1, quantize_q8_0};
 use crate::gguf::{dequantize_to_vec, GgmlType, Metadata, TensorInfo};
 use crate::gpu::Gpu;
-use crate::kernels::quant::GpuWeight;
+use crate::kernels::quant::{GpuWeight, WeightFormat};
 
 use super::LoadError;
 use super::TensorSource;
@@ -16,14 +16,89 @@ use super::TensorSource;
 pub trait WeightLoader {
     fn metadata(&self) -> &Metadata;
     fn tensor_info(&self, name: &str) -> Option<&TensorInfo>;
-    /// The `rows x cols` matrix `name` (GGUF dims `[cols, rows]`), requantized to `quant`
-    /// where [`LoadQuant::target`] says so.
-    fn matrix(&mut self, gpu: &Gpu, name: &str, rows: u32, cols: u32, quant: LoadQuant) -> Result<GpuWeight, LoadError>;
+    /// Fills rows `row0..row0 + r` of `target` with the tensor `name` (`r` rows of
+    /// `target.cols`; the caller checked its dims), requantized when `target.ty` differs from
+    /// the file's type — at once, or as the bytes arrive.
+    fn fill(&mut self, gpu: &Gpu, name: &str, target: &GpuWeight, row0: u32) -> Result<(), LoadError>;
     /// The vector `name` of `n` values, as f32.
     fn vector(&mut self, gpu: &Gpu, name: &str, n: u32) -> Result<wgpu::Buffer, LoadError>;
+
+    /// The type the `rows x cols` matrix `name` (GGUF dims `[cols, rows]`) is uploaded as:
+    /// its file type, or `quant`'s where [`LoadQuant::target`] says so. Checks the dims.
+    fn matrix_type(&self, name: &str, rows: u32, cols: u32, quant: LoadQuant) -> Result<GgmlType, LoadError> {
+        check_dims(name, self.tensor_info(name), &[cols as u64, rows as u64])?;
+        let file_ty = self.tensor_info(name).map(|t| t.ty).ok_or_else(|| LoadError::Missing(name.into()))?;
+        Ok(quant.target(file_ty, cols))
+    }
+
+    /// The `rows x cols` matrix `name`, requantized to `quant` where [`LoadQuant::target`]
+    /// says so.
+    fn matrix(&mut self, gpu: &Gpu, name: &str, rows: u32, cols: u32, quant: LoadQuant) -> Result<GpuWeight, LoadError> {
+        let ty = self.matrix_type(name, rows, cols, quant)?;
+        let weight = GpuWeight::allocate(gpu, name, ty, rows, cols, gpu.caps.part_limit())?;
+        self.fill(gpu, name, &weight, 0)?;
+        Ok(weight)
+    }
+
     /// A tensor uploaded as `rows x cols` whatever its GGUF dims (the patch embedding's
     /// `[P, P, 3, hidden]` is a `[hidden][3*P*P]` matrix); the caller checked the dims.
-    fn reshaped(&mut self, gpu: &Gpu, name: &str, rows: u32, cols: u32) -> Result<GpuWeight, LoadError>;
+    fn reshaped(&mut self, gpu: &Gpu, name: &str, rows: u32, cols: u32) -> Result<GpuWeight, LoadError> {
+        let ty = self.tensor_info(name).map(|t| t.ty).ok_or_else(|| LoadError::Missing(name.into()))?;
+        let weight = GpuWeight::allocate(gpu, name, ty, rows, cols, gpu.caps.part_limit())?;
+        self.fill(gpu, name, &weight, 0)?;
+        Ok(weight)
+    }
+}
+
+/// Matrices that multiply the same input, loaded by [`load_stacked`].
+pub enum Stacked {
+    /// Stacked by rows into one weight (in the order asked): one dispatch computes them all.
+    One(GpuWeight),
+    /// Each on its own (their types differ, or the stack would not fit one storage binding).
+    Each(Vec<GpuWeight>),
+}
+
+impl Stacked {
+    /// The GPU weights.
+    pub fn weights(&self) -> Vec<&GpuWeight> {
+        match self {
+            Stacked::One(w) => vec![w],
+            Stacked::Each(ws) => ws.iter().collect(),
+        }
+    }
+}
+
+/// Loads the `(name, rows)` matrices of `cols` columns stacked by rows into one weight
+/// `label` when they can be: the same upload type, one storage binding for the whole stack,
+/// and row offsets that keep split f16 scales 4-byte aligned. Otherwise each on its own.
+pub fn load_stacked(
+    gpu: &Gpu,
+    src: &mut dyn WeightLoader,
+    label: &str,
+    parts: &[(&str, u32)],
+    cols: u32,
+    quant: LoadQuant,
+) -> Result<Stacked, LoadError> {
+    let types = parts.iter().map(|&(name, rows)| src.matrix_type(name, rows, cols, quant)).collect::<Result<Vec<_>, _>>()?;
+    let ty = types[0];
+    let total: u32 = parts.iter().map(|&(_, rows)| rows).sum();
+    let aligned = match WeightFormat::of(ty, cols as usize) {
+        Some(f) => !f.split_scale() || (cols as usize / f.block()).is_multiple_of(2) || parts.iter().all(|p| p.1 % 2 == 0),
+        None => false,
+    };
+    if types.iter().all(|&t| t == ty) && aligned {
+        let weight = GpuWeight::allocate(gpu, label, ty, total, cols, gpu.caps.part_limit())?;
+        if weight.parts.len() == 1 {
+            let mut row0 = 0;
+            for &(name, rows) in parts {
+                src.fill(gpu, name, &weight, row0)?;
+                row0 += rows;
+            }
+            return Ok(Stacked::One(weight));
+        }
+    }
+    let each = parts.iter().map(|&(name, rows)| src.matrix(gpu, name, rows, cols, quant));
+    Ok(Stacked::Each(each.collect::<Result<_, _>>()?))
 }
 
 /// A type to requantize matrices to at load time (to save GPU memory).
@@ -102,15 +177,17 @@ impl WeightLoader for Eager<'_> {
         self.0.tensor_info(name)
     }
 
-    fn matrix(&mut self, gpu: &Gpu, name: &str, rows: u32, cols: u32, quant: LoadQuant) -> Result<GpuWeight, LoadError> {
-        check_dims(name, self.tensor_info(name), &[cols as u64, rows as u64])?;
+    fn fill(&mut self, gpu: &Gpu, name: &str, target: &GpuWeight, row0: u32) -> Result<(), LoadError> {
         let file_ty = self.tensor_info(name).map(|t| t.ty).ok_or_else(|| LoadError::Missing(name.into()))?;
-        let ty = quant.target(file_ty, cols);
-        if ty == file_ty {
-            return self.reshaped(gpu, name, rows, cols);
+        let data = self.0.tensor_data(name)?;
+        if target.ty == file_ty {
+            target.write_rows(gpu, row0, &data)?;
+        } else {
+            let n = data.len() / file_ty.type_size() * file_ty.block_size();
+            let values = dequantize_to_vec(file_ty, &data, n)?;
+            target.write_rows(gpu, row0, &requantize(target.ty, &values)?)?;
         }
-        let values = dequantize_to_vec(file_ty, &self.0.tensor_data(name)?, rows as usize * cols as usize)?;
-        Ok(GpuWeight::upload(gpu, name, ty, rows, cols, &requantize(ty, &values)?)?)
+        Ok(())
     }
 
     fn vector(&mut self, gpu: &Gpu, name: &str, n: u32) -> Result<wgpu::Buffer, LoadError> {
@@ -118,10 +195,5 @@ impl WeightLoader for Eager<'_> {
         let ty = self.tensor_info(name).map(|t| t.ty).ok_or_else(|| LoadError::Missing(name.into()))?;
         let values = dequantize_to_vec(ty, &self.0.tensor_data(name)?, n as usize)?;
         Ok(gpu.storage_with(name, bytemuck::cast_slice(&values))?)
-    }
-
-    fn reshaped(&mut self, gpu: &Gpu, name: &str, rows: u32, cols: u32) -> Result<GpuWeight, LoadError> {
-        let ty = self.tensor_info(name).map(|t| t.ty).ok_or_else(|| LoadError::Missing(name.into()))?;
-        Ok(GpuWeight::upload(gpu, name, ty, rows, cols, &self.0.tensor_data(name)?)?)
     }
 }

@@ -12,7 +12,7 @@ mod stream;
 use std::borrow::Cow;
 
 pub use error::LoadError;
-pub use loader::{check_dims, Eager, LoadQuant, WeightLoader};
+pub use loader::{check_dims, load_stacked, Eager, LoadQuant, Stacked, WeightLoader};
 pub use parts::GgufParts;
 pub use stream::GgufStream;
 

@@ -13,7 +13,7 @@ use crate::gguf::{GgufHeader, Metadata, TensorIndex, TensorInfo};
 use crate::gpu::Gpu;
 use crate::kernels::quant::GpuWeight;
 
-use super::loader::{LoadQuant, WeightLoader};
+use super::loader::WeightLoader;
 use super::stream::GgufStream;
 use super::LoadError;
 
@@ -106,15 +106,11 @@ impl WeightLoader for GgufParts {
         self.parts[file].tensor_info(name)
     }
 
-    fn matrix(&mut self, gpu: &Gpu, name: &str, rows: u32, cols: u32, quant: LoadQuant) -> Result<GpuWeight, LoadError> {
-        self.holder(name)?.matrix(gpu, name, rows, cols, quant)
+    fn fill(&mut self, gpu: &Gpu, name: &str, target: &GpuWeight, row0: u32) -> Result<(), LoadError> {
+        self.holder(name)?.fill(gpu, name, target, row0)
     }
 
     fn vector(&mut self, gpu: &Gpu, name: &str, n: u32) -> Result<wgpu::Buffer, LoadError> {
         self.holder(name)?.vector(gpu, name, n)
-    }
-
-    fn reshaped(&mut self, gpu: &Gpu, name: &str, rows: u32, cols: u32) -> Result<GpuWeight, LoadError> {
-        self.holder(name)?.reshaped(gpu, name, rows, cols)
     }
 }

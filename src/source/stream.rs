@@ -19,7 +19,7 @@ use crate::gguf::{dequantize_to_vec, GgmlType, GgufHeader, GgufHeaderParser, Met
 use crate::gpu::Gpu;
 use crate::kernels::quant::GpuWeight;
 
-use super::loader::{check_dims, requantize, LoadQuant, WeightLoader};
+use super::loader::{check_dims, requantize, WeightLoader};
 use super::LoadError;
 
 /// Rows are written in groups of about this many source bytes (an even row count).
@@ -29,7 +29,8 @@ const MAX_EARLY_BYTES: usize = 64 << 20;
 
 /// Where a tensor's bytes go.
 enum Sink {
-    /// Whole rows of `file_ty`, written into `weight` (requantized when its type differs).
+    /// Whole rows of `file_ty`, written into `weight` from row `done_rows` on (requantized
+    /// when its type differs).
     Rows { weight: GpuWeight, file_ty: GgmlType, done_rows: u32, group_rows: u32 },
     /// A vector dequantized to f32 once complete.
     Vector { buffer: wgpu::Buffer, ty: GgmlType, n: u32 },
@@ -290,10 +291,12 @@ impl WeightLoader for GgufStream {
         self.header.as_ref()?.tensor(name)
     }
 
-    fn matrix(&mut self, gpu: &Gpu, name: &str, rows: u32, cols: u32, quant: LoadQuant) -> Result<GpuWeight, LoadError> {
-        check_dims(name, self.tensor_info(name), &[cols as u64, rows as u64])?;
+    fn fill(&mut self, _gpu: &Gpu, name: &str, target: &GpuWeight, row0: u32) -> Result<(), LoadError> {
         let file_ty = self.file_type(name)?;
-        self.rows_target(gpu, name, rows, cols, file_ty, quant.target(file_ty, cols))
+        let row = (target.cols as usize / file_ty.block_size() * file_ty.type_size()).max(1);
+        let group_rows = ((ROW_GROUP_BYTES / row).max(2) & !1) as u32;
+        let sink = Sink::Rows { weight: target.clone(), file_ty, done_rows: row0, group_rows };
+        self.add_target(name, sink)
     }
 
     fn vector(&mut self, gpu: &Gpu, name: &str, n: u32) -> Result<wgpu::Buffer, LoadError> {
@@ -302,30 +305,5 @@ impl WeightLoader for GgufStream {
         let buffer = gpu.storage(name, n as u64 * 4)?;
         self.add_target(name, Sink::Vector { buffer: buffer.clone(), ty, n })?;
         Ok(buffer)
-    }
-
-    fn reshaped(&mut self, gpu: &Gpu, name: &str, rows: u32, cols: u32) -> Result<GpuWeight, LoadError> {
-        let file_ty = self.file_type(name)?;
-        self.rows_target(gpu, name, rows, cols, file_ty, file_ty)
-    }
-}
-
-impl GgufStream {
-    fn rows_target(
-        &mut self,
-        gpu: &Gpu,
-        name: &str,
-        rows: u32,
-        cols: u32,
-        file_ty: GgmlType,
-        ty: GgmlType,
-    ) -> Result<GpuWeight, LoadError> {
-        let limit = gpu.caps.max_storage_binding.min(gpu.caps.max_buffer);
-        let weight = GpuWeight::allocate(gpu, name, ty, rows, cols, limit)?;
-        let row = (cols as usize / file_ty.block_size() * file_ty.type_size()).max(1);
-        let group_rows = ((ROW_GROUP_BYTES / row).max(2) & !1) as u32;
-        let sink = Sink::Rows { weight: weight.clone(), file_ty, done_rows: 0, group_rows };
-        self.add_target(name, sink)?;
-        Ok(weight)
     }
 }

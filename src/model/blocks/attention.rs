@@ -1,23 +1,27 @@
 //! Grouped-query self-attention (Ainslie et al. 2023) with rotary position embeddings and a
 //! KV cache, as in transformers' `LlamaAttention`: q/k/v projections, RoPE on q and k (the
 //! rotated k and v are stored in the cache at the step's positions), causal attention over
-//! the cached positions, the output projection. Decode (one token) uses the split-K decode
-//! kernel, longer chunks the tiled prefill kernel.
+//! the cached positions, the output projection added into the residual stream. Decode (one
+//! token) uses the split-K decode kernel, longer chunks the tiled prefill kernel.
+//!
+//! q, k and v come from one product over the weights stacked `[wq; wk; wv]` at load when
+//! their types allow (three otherwise), into one `[n][q + 2 kv]` buffer that RoPE, the cache
+//! store and attention read in place; `wo` adds into the residual in its epilogue.
 
 use crate::gpu::{Gpu, Program, Result};
 use crate::kernels::attention::{attention_decode, attention_prefill, AttnShape, DecodeScratch, KvDtype};
 use crate::kernels::matmul::MatmulCompute;
+use crate::kernels::matvec::{Epilogue, Output};
 use crate::kernels::quant::GpuWeight;
 use crate::kernels::rope::{rope_inplace, rope_kv_store, QScale, RopeFreqs, RopeLayout, RopeMode};
-use crate::source::{LoadError, LoadQuant, WeightLoader};
+use crate::source::{load_stacked, LoadError, LoadQuant, Stacked, WeightLoader};
 
-use super::linear;
+use super::{linear_into, linear_stacked};
 
-/// The four projections of one attention layer.
+/// The projections of one attention layer.
 pub struct AttentionWeights {
-    pub wq: GpuWeight, // [n_head * head_dim][n_embd]
-    pub wk: GpuWeight, // [n_kv_head * head_dim][n_embd]
-    pub wv: GpuWeight, // [n_kv_head * head_dim][n_embd]
+    /// wq `[n_head * head_dim][n_embd]`, wk and wv `[n_kv_head * head_dim][n_embd]`, stacked.
+    pub qkv: Stacked,
     pub wo: GpuWeight, // [n_embd][n_head * head_dim]
 }
 
@@ -31,16 +35,23 @@ pub struct AttentionShape {
     pub q_scale: QScale,
 }
 
+impl AttentionShape {
+    /// Floats per row of the stacked q, k, v output: `(n_head + 2 n_kv_head) * head_dim`.
+    pub fn qkv_width(&self) -> u32 {
+        (self.n_head + 2 * self.n_kv_head) * self.head_dim
+    }
+}
+
 /// The buffers one attention pass reads and writes: `x` the normed input `[n][n_embd]`,
-/// `out` the projected output `[n][n_embd]`, the rest scratch sized for the largest chunk.
+/// `residual` `[n][n_embd]` the projected output is added into, the rest scratch sized for
+/// the largest chunk.
 pub struct AttentionIo<'a> {
     pub step: &'a wgpu::Buffer,
     pub x: &'a wgpu::Buffer,
-    pub q: &'a wgpu::Buffer,
-    pub k: &'a wgpu::Buffer,
-    pub v: &'a wgpu::Buffer,
+    /// `[n][qkv_width]`: q, k and v of each token side by side.
+    pub qkv: &'a wgpu::Buffer,
     pub attn: &'a wgpu::Buffer,
-    pub out: &'a wgpu::Buffer,
+    pub residual: &'a wgpu::Buffer,
     pub decode_scratch: &'a DecodeScratch,
     /// This layer's cache.
     pub k_cache: &'a wgpu::Buffer,
@@ -49,7 +60,8 @@ pub struct AttentionIo<'a> {
 }
 
 impl AttentionWeights {
-    /// Loads `{prefix}_q`, `_k`, `_v`, `_output` (llama.cpp's `blk.N.attn`).
+    /// Loads `{prefix}_q`, `_k`, `_v` (stacked where their types allow) and `_output`
+    /// (llama.cpp's `blk.N.attn`).
     pub fn load(
         gpu: &Gpu,
         src: &mut dyn WeightLoader,
@@ -58,18 +70,18 @@ impl AttentionWeights {
         s: &AttentionShape,
     ) -> std::result::Result<AttentionWeights, LoadError> {
         let (q, kv) = (s.n_head * s.head_dim, s.n_kv_head * s.head_dim);
-        let mut matrix =
-            |name: &str, rows, cols| src.matrix(gpu, &format!("{prefix}_{name}.weight"), rows, cols, LoadQuant::Keep);
+        let names = ["q", "k", "v"].map(|m| format!("{prefix}_{m}.weight"));
+        let parts = [(names[0].as_str(), q), (names[1].as_str(), kv), (names[2].as_str(), kv)];
         Ok(AttentionWeights {
-            wq: matrix("q", q, n_embd)?,
-            wk: matrix("k", kv, n_embd)?,
-            wv: matrix("v", kv, n_embd)?,
-            wo: matrix("output", n_embd, q)?,
+            qkv: load_stacked(gpu, src, &format!("{prefix}_qkv"), &parts, n_embd, LoadQuant::Keep)?,
+            wo: src.matrix(gpu, &format!("{prefix}_output.weight"), n_embd, q, LoadQuant::Keep)?,
         })
     }
 
-    pub fn matrices(&self) -> [&GpuWeight; 4] {
-        [&self.wq, &self.wk, &self.wv, &self.wo]
+    pub fn matrices(&self) -> Vec<&GpuWeight> {
+        let mut all = self.qkv.weights();
+        all.push(&self.wo);
+        all
     }
 
     /// Records the layer over `n` tokens at the step's positions.
@@ -83,19 +95,24 @@ impl AttentionWeights {
         n: u32,
         mm: MatmulCompute,
     ) -> Result<()> {
-        let q_layout = RopeLayout::dense(s.n_head, s.head_dim, n, RopeMode::Adjacent);
-        let kv_layout = RopeLayout::dense(s.n_kv_head, s.head_dim, n, RopeMode::Adjacent);
-        let shape = AttnShape { kv: io.kv, ..AttnShape::new(s.n_head, s.n_kv_head, s.head_dim, n) };
-        linear(p, gpu, &self.wq, io.x, io.q, n, mm)?;
-        linear(p, gpu, &self.wk, io.x, io.k, n, mm)?;
-        linear(p, gpu, &self.wv, io.x, io.v, n, mm)?;
-        rope_inplace(p, gpu, io.step, rope, io.q, &q_layout, s.q_scale)?;
-        rope_kv_store(p, gpu, io.step, rope, io.k, &kv_layout, io.v, &kv_layout, io.k_cache, io.v_cache, io.kv)?;
+        let (width, q_dim, kv_dim) = (s.qkv_width(), s.n_head * s.head_dim, s.n_kv_head * s.head_dim);
+        let section = |n_heads, offset| RopeLayout {
+            stride: width,
+            offset,
+            ..RopeLayout::dense(n_heads, s.head_dim, n, RopeMode::Adjacent)
+        };
+        let (q_layout, k_layout, v_layout) =
+            (section(s.n_head, 0), section(s.n_kv_head, q_dim), section(s.n_kv_head, q_dim + kv_dim));
+        let shape = AttnShape { kv: io.kv, q_stride: width, q_offset: 0, ..AttnShape::new(s.n_head, s.n_kv_head, s.head_dim, n) };
+        linear_stacked(p, gpu, &self.qkv, io.x, (io.qkv, width), n, mm)?;
+        rope_inplace(p, gpu, io.step, rope, io.qkv, &q_layout, s.q_scale)?;
+        rope_kv_store(p, gpu, io.step, rope, io.qkv, &k_layout, io.qkv, &v_layout, io.k_cache, io.v_cache, io.kv)?;
         if n == 1 {
-            attention_decode(p, gpu, &shape, io.step, io.q, io.k_cache, io.v_cache, io.decode_scratch, io.attn)?;
+            attention_decode(p, gpu, &shape, io.step, io.qkv, io.k_cache, io.v_cache, io.decode_scratch, io.attn)?;
         } else {
-            attention_prefill(p, gpu, &shape, io.step, io.q, io.k_cache, io.v_cache, io.attn)?;
+            attention_prefill(p, gpu, &shape, io.step, io.qkv, io.k_cache, io.v_cache, io.attn)?;
         }
-        linear(p, gpu, &self.wo, io.attn, io.out, n, mm)
+        let out = Output { stride: self.wo.rows, offset: 0, epilogue: Epilogue::Add };
+        linear_into(p, gpu, &self.wo, io.attn, io.residual, out, n, mm)
     }
 }

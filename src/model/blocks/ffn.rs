@@ -1,30 +1,36 @@
 //! The SiLU-gated MLP (SwiGLU, Shazeer 2020): `down(silu(gate(x)) * up(x))`, as in
-//! transformers' `LlamaMLP`; the residual add is the caller's.
+//! transformers' `LlamaMLP`, added into the residual stream.
+//!
+//! gate and up are stacked `[gate; up]` at load when their types allow: one decode dispatch
+//! then computes both products and the SiLU-gated one in its epilogue; prefill (and
+//! unstacked weights) write `[n][2 n_ff]` and gate it with `silu_mul_halves`. `down` adds
+//! into the residual in its epilogue.
 
 use crate::gpu::{Gpu, Program, Result};
 use crate::kernels::elementwise;
 use crate::kernels::matmul::MatmulCompute;
+use crate::kernels::matvec::{self, Epilogue, Output};
 use crate::kernels::quant::GpuWeight;
-use crate::source::{LoadError, LoadQuant, WeightLoader};
+use crate::source::{load_stacked, LoadError, LoadQuant, Stacked, WeightLoader};
 
-use super::linear;
+use super::{linear_into, linear_stacked};
 
-/// The three matrices of a gated MLP.
+/// The matrices of a gated MLP.
 pub struct GatedFfn {
-    pub gate: GpuWeight, // [n_ff][n_embd]
-    pub up: GpuWeight,   // [n_ff][n_embd]
+    /// gate and up, `[n_ff][n_embd]` each, stacked.
+    pub gate_up: Stacked,
     pub down: GpuWeight, // [n_embd][n_ff]
 }
 
-/// Scratch of `[rows][n_ff]` f32 each.
+/// Scratch of the largest chunk: `gate_up` `[rows][2 n_ff]`, `act` `[rows][n_ff]` f32.
 pub struct FfnScratch<'a> {
-    pub gate: &'a wgpu::Buffer,
-    pub up: &'a wgpu::Buffer,
+    pub gate_up: &'a wgpu::Buffer,
+    pub act: &'a wgpu::Buffer,
 }
 
 impl GatedFfn {
-    /// Loads `{prefix}_gate`, `{prefix}_up`, `{prefix}_down` (llama.cpp's `blk.N.ffn`), requantized
-    /// to `quant`.
+    /// Loads `{prefix}_gate`, `{prefix}_up` (stacked where their types allow) and
+    /// `{prefix}_down` (llama.cpp's `blk.N.ffn`), requantized to `quant`.
     pub fn load(
         gpu: &Gpu,
         src: &mut dyn WeightLoader,
@@ -33,28 +39,40 @@ impl GatedFfn {
         ff: u32,
         quant: LoadQuant,
     ) -> std::result::Result<GatedFfn, LoadError> {
-        let mut matrix = |s: &str, rows, cols| src.matrix(gpu, &format!("{prefix}_{s}.weight"), rows, cols, quant);
-        Ok(GatedFfn { gate: matrix("gate", ff, d)?, up: matrix("up", ff, d)?, down: matrix("down", d, ff)? })
+        let (gate, up) = (format!("{prefix}_gate.weight"), format!("{prefix}_up.weight"));
+        Ok(GatedFfn {
+            gate_up: load_stacked(gpu, src, &format!("{prefix}_gate_up"), &[(&gate, ff), (&up, ff)], d, quant)?,
+            down: src.matrix(gpu, &format!("{prefix}_down.weight"), d, ff, quant)?,
+        })
     }
 
-    /// `y = down(silu(gate(x)) * up(x))` over `n` rows.
+    /// `residual += down(silu(gate(x)) * up(x))` over `n` rows.
+    #[allow(clippy::too_many_arguments)]
     pub fn record(
         &self,
         p: &mut Program,
         gpu: &Gpu,
         x: &wgpu::Buffer,
         s: FfnScratch<'_>,
-        y: &wgpu::Buffer,
+        residual: &wgpu::Buffer,
         n: u32,
         mm: MatmulCompute,
     ) -> Result<()> {
-        linear(p, gpu, &self.gate, x, s.gate, n, mm)?;
-        linear(p, gpu, &self.up, x, s.up, n, mm)?;
-        elementwise::silu_mul_inplace(p, gpu, s.up, s.gate, n * self.gate.rows)?;
-        linear(p, gpu, &self.down, s.gate, y, n, mm)
+        let ff = self.down.cols;
+        match &self.gate_up {
+            Stacked::One(w) if n == 1 => matvec::record_into(p, gpu, w, x, s.act, Output::dense(w, Epilogue::SiluMul), 1)?,
+            stack => {
+                linear_stacked(p, gpu, stack, x, (s.gate_up, 2 * ff), n, mm)?;
+                elementwise::silu_mul_halves(p, gpu, s.gate_up, s.act, n, ff)?;
+            }
+        }
+        let out = Output { stride: self.down.rows, offset: 0, epilogue: Epilogue::Add };
+        linear_into(p, gpu, &self.down, s.act, residual, out, n, mm)
     }
 
-    pub fn matrices(&self) -> [&GpuWeight; 3] {
-        [&self.gate, &self.up, &self.down]
+    pub fn matrices(&self) -> Vec<&GpuWeight> {
+        let mut all = self.gate_up.weights();
+        all.push(&self.down);
+        all
     }
 }

@@ -9,8 +9,9 @@ pub mod head;
 
 use crate::gpu::{Gpu, Program, Result};
 use crate::kernels::matmul::{self, MatmulCompute};
-use crate::kernels::matvec;
+use crate::kernels::matvec::{self, Epilogue, Output};
 use crate::kernels::quant::GpuWeight;
+use crate::source::Stacked;
 
 /// `y = x W^T` for `n` rows: the matrix-vector kernel for one row, the tiled one (at `mm`
 /// precision) otherwise.
@@ -23,9 +24,44 @@ pub fn linear(
     n: u32,
     mm: MatmulCompute,
 ) -> Result<()> {
+    linear_into(p, gpu, w, x, y, Output::dense(w, Epilogue::Store), n, mm)
+}
+
+/// [`linear`] into the columns `out` names, with its epilogue (the tiled kernel has no
+/// SiLU-gated one).
+#[allow(clippy::too_many_arguments)]
+pub fn linear_into(
+    p: &mut Program,
+    gpu: &Gpu,
+    w: &GpuWeight,
+    x: &wgpu::Buffer,
+    y: &wgpu::Buffer,
+    out: Output,
+    n: u32,
+    mm: MatmulCompute,
+) -> Result<()> {
     if n == 1 {
-        matvec::record(p, gpu, w, x, y, 1)
+        matvec::record_into(p, gpu, w, x, y, out, 1)
     } else {
-        matmul::record_with(p, gpu, w, x, y, n, mm)
+        matmul::record_into(p, gpu, w, x, y, out, n, mm)
     }
+}
+
+/// The matrices of `stack` side by side: rows of `y` hold each matrix's outputs in the order
+/// they were stacked (`stride` floats per row), whether the stack is one weight or several.
+pub fn linear_stacked(
+    p: &mut Program,
+    gpu: &Gpu,
+    stack: &Stacked,
+    x: &wgpu::Buffer,
+    (y, stride): (&wgpu::Buffer, u32),
+    n: u32,
+    mm: MatmulCompute,
+) -> Result<()> {
+    let mut offset = 0;
+    for w in stack.weights() {
+        linear_into(p, gpu, w, x, y, Output { stride, offset, epilogue: Epilogue::Store }, n, mm)?;
+        offset += w.rows;
+    }
+    Ok(())
 }

@@ -341,9 +341,12 @@ fn breakdown(
 
 fn clone_op(op: &Op) -> Op {
     match op {
-        Op::Dispatch(d) => {
-            Op::Dispatch(Dispatch { pipeline: d.pipeline.clone(), bind_group: d.bind_group.clone(), workgroups: d.workgroups })
-        }
+        Op::Dispatch(d) => Op::Dispatch(Dispatch {
+            pipeline: d.pipeline.clone(),
+            bind_group: d.bind_group.clone(),
+            workgroups: d.workgroups,
+            launch: d.launch,
+        }),
         Op::Copy { src, src_offset, dst, dst_offset, size } => {
             Op::Copy { src: src.clone(), src_offset: *src_offset, dst: dst.clone(), dst_offset: *dst_offset, size: *size }
         }

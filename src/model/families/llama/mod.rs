@@ -11,8 +11,8 @@ pub use weights::{LayerWeights, LlamaWeights};
 
 use crate::gpu::{Gpu, Program, Result as GpuResult};
 use crate::kernels::attention::{default_splits, AttnShape, DecodeScratch};
+use crate::kernels::norm;
 use crate::kernels::rope::{rope_table, RopeFreqs};
-use crate::kernels::{elementwise, norm};
 use crate::model::blocks::attention::AttentionIo;
 use crate::model::blocks::ffn::FfnScratch;
 use crate::model::state::{LayerKind, SequenceState};
@@ -32,12 +32,10 @@ pub struct Llama {
 
 /// Per-context scratch of one step, sized for `chunk` tokens.
 pub struct Scratch {
-    q: wgpu::Buffer,
-    k: wgpu::Buffer,
-    v: wgpu::Buffer,
+    qkv: wgpu::Buffer,
     attn: wgpu::Buffer,
-    gate: wgpu::Buffer,
-    up: wgpu::Buffer,
+    gate_up: wgpu::Buffer,
+    act: wgpu::Buffer,
     decode: DecodeScratch,
 }
 
@@ -61,18 +59,18 @@ impl Llama {
         let buf = |label: &str, cols: u32| gpu.storage(label, 4 * chunk as u64 * cols as u64);
         let shape = AttnShape::new(c.n_head, c.n_head_kv, c.head_dim, 1);
         Ok(Scratch {
-            q: buf("q", c.q_dim())?,
-            k: buf("k", c.kv_dim())?,
-            v: buf("v", c.kv_dim())?,
+            qkv: buf("qkv", self.cfg.attention().qkv_width())?,
             attn: buf("attn", c.q_dim())?,
-            gate: buf("gate", c.n_ff)?,
-            up: buf("up", c.n_ff)?,
+            gate_up: buf("gate_up", 2 * c.n_ff)?,
+            act: buf("act", c.n_ff)?,
             decode: DecodeScratch::new(gpu, &shape, default_splits(max_ctx))?,
         })
     }
 
     /// Records the blocks and the head over `n` embedded tokens in `b.x` at the step's
-    /// positions.
+    /// positions. Per layer: norm, the stacked q/k/v product, RoPE of q, RoPE of k with the
+    /// cache store, attention (decode: split-K pass and combine), `wo` added into `x`, norm,
+    /// the SiLU-gated gate/up product, `down` added into `x`.
     pub fn record(
         &self,
         p: &mut Program,
@@ -90,11 +88,9 @@ impl Llama {
             let io = AttentionIo {
                 step: &b.step,
                 x: &b.h,
-                q: &s.q,
-                k: &s.k,
-                v: &s.v,
+                qkv: &s.qkv,
                 attn: &s.attn,
-                out: &b.h,
+                residual: &b.x,
                 decode_scratch: &s.decode,
                 k_cache,
                 v_cache,
@@ -102,10 +98,8 @@ impl Llama {
             };
             norm::rms_norm(p, gpu, &b.x, &l.attn_norm, &b.h, n, d, c.rms_eps)?;
             l.attn.record(p, gpu, &shape, &self.rope, &io, n, mm)?;
-            elementwise::add_inplace(p, gpu, &b.h, &b.x, n * d)?;
             norm::rms_norm(p, gpu, &b.x, &l.ffn_norm, &b.h, n, d, c.rms_eps)?;
-            l.ffn.record(p, gpu, &b.h, FfnScratch { gate: &s.gate, up: &s.up }, &b.h, n, mm)?;
-            elementwise::add_inplace(p, gpu, &b.h, &b.x, n * d)?;
+            l.ffn.record(p, gpu, &b.h, FfnScratch { gate_up: &s.gate_up, act: &s.act }, &b.x, n, mm)?;
         }
         self.weights.head.record_logits(p, gpu, b, n, mode)
     }

@@ -1,0 +1,244 @@
+//! The fused decode paths against CPU references, in both kernel geometries (the GPU shape
+//! forced on the CPU adapter, and the CPU shape): matvec epilogues (store into a column
+//! window, residual add, SiLU-gated product of a stacked [gate; up] weight), the tiled
+//! matmul's add epilogue, the stacked-halves activation, and weights stacked at load
+//! (`load_stacked`, eager and streamed). Also the launch geometry at Ministral 3 3B shapes.
+
+mod common;
+use common::*;
+use webvlm::gguf::quant::quantize_q8_0;
+use webvlm::gguf::{dequantize_to_vec, random_blocks, GgmlType, GgufWriter};
+use webvlm::gpu::{Geometry, Gpu, GpuOptions, Program};
+use webvlm::kernels::elementwise::{self, silu_mul_ref};
+use webvlm::kernels::matmul::{self, MatmulCompute};
+use webvlm::kernels::matvec::{self, matvec_ref, Epilogue, MatvecLaunch, Output};
+use webvlm::kernels::quant::GpuWeight;
+use webvlm::source::{load_stacked, Eager, GgufBytes, GgufStream, LoadQuant, Stacked, WeightLoader};
+
+/// f32 summation order only (as the plain matvec tests).
+const TOL: f32 = 1e-5;
+
+const GEOMETRIES: [Geometry; 2] = [Geometry::Gpu, Geometry::Cpu];
+
+/// One type per decoder path: generic (F32, F16, Q5_K), block (Q8_0, Q4_0 paired, Q4_K, Q6_K).
+const TYPES: [GgmlType; 7] =
+    [GgmlType::F32, GgmlType::F16, GgmlType::Q5_K, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_K, GgmlType::Q6_K];
+
+fn gpu_with(geometry: Geometry) -> Gpu {
+    Gpu::new_blocking(GpuOptions { geometry: Some(geometry), ..GpuOptions::default() }).expect("a GPU adapter")
+}
+
+fn random_weight(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> (Vec<u8>, Vec<f32>) {
+    let n = rows * cols;
+    let bytes = match ty {
+        GgmlType::F32 => bytemuck::cast_slice(&Rng::new(seed).vec(n)).to_vec(),
+        GgmlType::F16 => Rng::new(seed).vec(n).iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
+        _ => random_blocks(ty, n / ty.block_size(), seed),
+    };
+    let deq = dequantize_to_vec(ty, &bytes, n).unwrap();
+    (bytes, deq)
+}
+
+fn cols_of(ty: GgmlType) -> usize {
+    if ty.block_size() == 256 {
+        512
+    } else {
+        320
+    }
+}
+
+/// Runs `record` on a fresh program with `y` preset to `y0`; returns y.
+fn run(gpu: &Gpu, y0: &[f32], record: impl FnOnce(&mut Program, &wgpu::Buffer)) -> Vec<f32> {
+    let y = upload(gpu, y0);
+    let mut prog = Program::new();
+    record(&mut prog, &y);
+    prog.run(gpu).unwrap();
+    gpu.read_f32_blocking(&y, y0.len()).unwrap()
+}
+
+#[test]
+fn matvec_epilogues_match_cpu_in_both_geometries() {
+    for geometry in GEOMETRIES {
+        let gpu = gpu_with(geometry);
+        assert_eq!(gpu.caps.geometry, geometry);
+        for ty in TYPES {
+            let (rows, cols, n_tok) = (38, cols_of(ty), 2);
+            let (bytes, deq) = random_weight(ty, rows, cols, 5);
+            let w = GpuWeight::upload(&gpu, "w", ty, rows as u32, cols as u32, &bytes).unwrap();
+            let x = Rng::new(6).vec(n_tok * cols);
+            let bx = upload(&gpu, &x);
+            let want = matvec_ref(&deq, rows, cols, &x, n_tok);
+            let what = format!("{geometry:?} {ty}");
+
+            // Store into columns 3..3+rows of rows of 50: the other columns keep their values.
+            let (stride, offset) = (50, 3);
+            let y0 = Rng::new(7).vec(n_tok * stride);
+            let out = Output { stride: stride as u32, offset: offset as u32, epilogue: Epilogue::Store };
+            let got = run(&gpu, &y0, |p, y| matvec::record_into(p, &gpu, &w, &bx, y, out, n_tok as u32).unwrap());
+            for t in 0..n_tok {
+                let row = &got[t * stride..(t + 1) * stride];
+                assert_eq!(&row[..offset], &y0[t * stride..t * stride + offset], "{what}: columns before the window");
+                assert_eq!(&row[offset + rows..], &y0[t * stride + offset + rows..(t + 1) * stride], "{what}: after it");
+                let err = rel_l2(&row[offset..offset + rows], &want[t * rows..(t + 1) * rows]);
+                assert!(err < TOL, "{what} store: rel L2 {err:.2e}");
+            }
+
+            // Residual add: y = y0 + W x.
+            let y0 = Rng::new(8).vec(n_tok * rows);
+            let added: Vec<f32> = y0.iter().zip(&want).map(|(a, b)| a + b).collect();
+            let got = run(&gpu, &y0, |p, y| {
+                matvec::record_into(p, &gpu, &w, &bx, y, Output::dense(&w, Epilogue::Add), n_tok as u32).unwrap()
+            });
+            let err = rel_l2(&got, &added);
+            assert!(err < TOL, "{what} add: rel L2 {err:.2e}");
+
+            // SiLU-gated product: rows 0..19 gate, 19..38 up.
+            let half = rows / 2;
+            let glu: Vec<f32> = (0..n_tok)
+                .flat_map(|t| silu_mul_ref(&want[t * rows..t * rows + half], &want[t * rows + half..(t + 1) * rows]))
+                .collect();
+            let got = run(&gpu, &vec![f32::NAN; n_tok * half], |p, y| {
+                matvec::record_into(p, &gpu, &w, &bx, y, Output::dense(&w, Epilogue::SiluMul), n_tok as u32).unwrap()
+            });
+            let err = rel_l2(&got, &glu);
+            assert!(err < TOL, "{what} SiLU-gated: rel L2 {err:.2e}");
+        }
+    }
+}
+
+#[test]
+fn silu_gated_matvec_refuses_a_weight_it_cannot_pair() {
+    let gpu = gpu();
+    let (bytes, _) = random_weight(GgmlType::F32, 3, 32, 1);
+    let w = GpuWeight::upload(&gpu, "odd", GgmlType::F32, 3, 32, &bytes).unwrap();
+    let (x, y) = (upload(&gpu, &[0.0; 32]), upload(&gpu, &[0.0; 4]));
+    let out = Output { stride: 1, offset: 0, epilogue: Epilogue::SiluMul };
+    assert!(matvec::record_into(&mut Program::new(), &gpu, &w, &x, &y, out, 1).is_err(), "odd row count");
+    let err = matmul::record_into(&mut Program::new(), &gpu, &w, &x, &y, out, 2, MatmulCompute::F32);
+    assert!(err.is_err(), "matmul has no SiLU-gated epilogue");
+}
+
+#[test]
+fn matmul_add_epilogue_and_stacked_halves_match_cpu() {
+    let gpu = gpu();
+    let (rows, cols, m) = (70, 96, 5);
+    let (bytes, deq) = random_weight(GgmlType::Q8_0, rows, cols, 9);
+    let w = GpuWeight::upload(&gpu, "w", GgmlType::Q8_0, rows as u32, cols as u32, &bytes).unwrap();
+    let x = Rng::new(10).vec(m * cols);
+    let bx = upload(&gpu, &x);
+    let want = matvec_ref(&deq, rows, cols, &x, m);
+    let y0 = Rng::new(11).vec(m * rows);
+    let got = run(&gpu, &y0, |p, y| {
+        matmul::record_into(p, &gpu, &w, &bx, y, Output::dense(&w, Epilogue::Add), m as u32, MatmulCompute::F32).unwrap()
+    });
+    let added: Vec<f32> = y0.iter().zip(&want).map(|(a, b)| a + b).collect();
+    assert!(rel_l2(&got, &added) < TOL, "matmul add: rel L2 {:.2e}", rel_l2(&got, &added));
+
+    // silu_mul_halves over the [m][2 * 35] product: out[t][r] = silu(g) * u.
+    let half = rows / 2;
+    let by = upload(&gpu, &want);
+    let got = run(&gpu, &vec![f32::NAN; m * half], |p, out| {
+        elementwise::silu_mul_halves(p, &gpu, &by, out, m as u32, half as u32).unwrap()
+    });
+    let glu: Vec<f32> =
+        (0..m).flat_map(|t| silu_mul_ref(&want[t * rows..t * rows + half], &want[t * rows + half..(t + 1) * rows])).collect();
+    assert!(rel_l2(&got, &glu) < 1e-6, "silu_mul_halves: rel L2 {:.2e}", rel_l2(&got, &glu));
+}
+
+/// A GGUF of three matrices of 64 columns: `a` (Q8_0, 6 rows), `b` (Q8_0, 4 rows), `c` (F32,
+/// 4 rows).
+fn three_matrices() -> (Vec<u8>, Vec<Vec<f32>>) {
+    let cols = 64;
+    let mut writer = GgufWriter::new();
+    let mut values = Vec::new();
+    for (i, (name, rows, ty)) in [("a", 6, GgmlType::Q8_0), ("b", 4, GgmlType::Q8_0), ("c", 4, GgmlType::F32)].iter().enumerate()
+    {
+        let v = Rng::new(20 + i as u64).vec(rows * cols);
+        let bytes = match ty {
+            GgmlType::Q8_0 => quantize_q8_0(&v).unwrap(),
+            _ => bytemuck::cast_slice(&v).to_vec(),
+        };
+        values.push(dequantize_to_vec(*ty, &bytes, rows * cols).unwrap());
+        writer.add_tensor(*name, &[cols as u64, *rows as u64], *ty, bytes).unwrap();
+    }
+    (writer.write().unwrap(), values)
+}
+
+/// The product of every matrix of `stack` side by side, against the separate references.
+fn check_stacked_product(gpu: &Gpu, stack: &Stacked, refs: &[&Vec<f32>], what: &str) {
+    let cols = 64;
+    let x = Rng::new(30).vec(cols);
+    let width: usize = refs.iter().map(|r| r.len() / cols).sum();
+    let want: Vec<f32> = refs.iter().flat_map(|r| matvec_ref(r, r.len() / cols, cols, &x, 1)).collect();
+    let bx = upload(gpu, &x);
+    let mut got = vec![f32::NAN; width];
+    let mut offset = 0;
+    for w in stack.weights() {
+        let out = Output { stride: width as u32, offset, epilogue: Epilogue::Store };
+        got = run(gpu, &got, |p, y| matvec::record_into(p, gpu, w, &bx, y, out, 1).unwrap());
+        offset += w.rows;
+    }
+    assert!(rel_l2(&got, &want) < TOL, "{what}: rel L2 {:.2e}", rel_l2(&got, &want));
+}
+
+#[test]
+fn matrices_of_one_type_are_stacked_at_load_eager_and_streamed() {
+    let gpu = gpu();
+    let (file, values) = three_matrices();
+    let source = GgufBytes::parse(file.clone()).unwrap();
+
+    let mut eager = Eager(&source);
+    let same = load_stacked(&gpu, &mut eager, "ab", &[("a", 6), ("b", 4)], 64, LoadQuant::Keep).unwrap();
+    assert!(matches!(&same, Stacked::One(w) if w.rows == 10), "same type: one weight");
+    check_stacked_product(&gpu, &same, &[&values[0], &values[1]], "eager stack");
+    let mixed = load_stacked(&gpu, &mut eager, "ac", &[("a", 6), ("c", 4)], 64, LoadQuant::Keep).unwrap();
+    assert!(matches!(&mixed, Stacked::Each(ws) if ws.len() == 2), "Q8_0 and F32 stay apart");
+    check_stacked_product(&gpu, &mixed, &[&values[0], &values[2]], "eager separate");
+    // Requantized to one type at load, they stack again.
+    let requant = load_stacked(&gpu, &mut eager, "ac8", &[("a", 6), ("c", 4)], 64, LoadQuant::Q8_0).unwrap();
+    assert!(matches!(&requant, Stacked::One(w) if w.ty == GgmlType::Q8_0), "both Q8_0 after requantization");
+    let err = load_stacked(&gpu, &mut eager, "bad", &[("a", 5)], 64, LoadQuant::Keep);
+    assert!(err.is_err(), "wrong row count");
+
+    // The streaming loader fills the stack as the bytes arrive, in small chunks.
+    let mut stream = GgufStream::new();
+    let mut at = 0;
+    while !stream.push_header(&file[at..(at + 64).min(file.len())]).unwrap() {
+        at += 64;
+    }
+    let streamed = load_stacked(&gpu, &mut stream, "ab", &[("a", 6), ("b", 4)], 64, LoadQuant::Keep).unwrap();
+    stream.seal(&gpu).unwrap();
+    for chunk in file[stream.pushed() as usize..].chunks(100) {
+        stream.push(&gpu, chunk).unwrap();
+    }
+    stream.finish().unwrap();
+    assert!(matches!(&streamed, Stacked::One(_)), "streamed: one weight");
+    check_stacked_product(&gpu, &streamed, &[&values[0], &values[1]], "streamed stack");
+    let _ = stream.metadata();
+}
+
+/// At Ministral 3 3B shapes (d 3072, q 4096, kv 1024, ff 9216) the GPU shape launches at
+/// least 512 workgroups for every per-layer matrix of a decode step, in Q4_K and Q4_0
+/// alike; the CPU shape keeps few, wide workgroups.
+#[test]
+fn gpu_geometry_fills_a_large_gpu_at_3b_shapes() {
+    let gpu = gpu();
+    for ty in [GgmlType::Q4_K, GgmlType::Q4_0, GgmlType::Q6_K, GgmlType::Q8_0] {
+        // (rows, cols, epilogue): stacked qkv, wo, stacked gate/up, down.
+        for (rows, cols, epilogue) in [
+            (6144, 3072, Epilogue::Store),
+            (3072, 4096, Epilogue::Add),
+            (18432, 3072, Epilogue::SiluMul),
+            (3072, 9216, Epilogue::Add),
+        ] {
+            let w = GpuWeight::allocate(&gpu, "w", ty, rows, cols, gpu.caps.part_limit()).unwrap();
+            let outputs = if epilogue == Epilogue::SiluMul { rows / 2 } else { rows };
+            let launch = MatvecLaunch::of(Geometry::Gpu, &w);
+            let workgroups = outputs.div_ceil(launch.outputs_per_workgroup(epilogue));
+            assert!(workgroups >= 512, "{ty} {rows}x{cols}: {workgroups} workgroups");
+            assert!(launch.rows_per_thread <= 4 && launch.invocations == 64, "{launch:?}");
+            let cpu = MatvecLaunch::of(Geometry::Cpu, &w);
+            assert!(outputs.div_ceil(cpu.outputs_per_workgroup(epilogue)) < workgroups, "{ty}: the CPU shape is wider");
+        }
+    }
+}
