@@ -18,6 +18,9 @@
 //! cache at row `step.kv_start + t`; `rope_kv_store_f16` does the same for an f16 cache (pairs
 //! of halves packed in a u32 by `pack2x16float`, which needs no `shader-f16`): one invocation
 //! per (token, head, word of two adjacent dims), each dim rotated with its own partner.
+//! `rope_qkv_store` / `_f16` do both in one dispatch over a fused q|k|v row (q at column 0,
+//! k at `x_offset`, v at `v_offset`): heads below `n_q` rotate q in place, the rest store
+//! k and v.
 
 // `struct Step` comes from `step.wgsl`, prepended by the Rust side.
 
@@ -35,7 +38,7 @@ struct Params {
     attn_factor: f32,  // multiplier on cos and sin (YaRN mscale ratio)
     q_beta: f32,       // query scaling beta (0: off)
     q_orig_ctx: u32,   // query scaling period (original max position embeddings)
-    _pad0: u32,
+    n_q: u32,          // rope_qkv_store: q heads before the k heads
     _pad1: u32,
     _pad2: u32,
 }
@@ -53,6 +56,11 @@ struct Params {
 // rope_kv_store_f16 only: the caches as f16 pairs (dims 2w, 2w + 1 of a row in word w).
 @group(0) @binding(5) var<storage, read_write> k_cache_h: array<u32>;
 @group(0) @binding(6) var<storage, read_write> v_cache_h: array<u32>;
+// rope_qkv_store (and _f16) only: the caches, after the fused rows in `x`.
+@group(0) @binding(4) var<storage, read_write> qkv_k_cache: array<f32>;
+@group(0) @binding(5) var<storage, read_write> qkv_v_cache: array<f32>;
+@group(0) @binding(4) var<storage, read_write> qkv_k_cache_h: array<u32>;
+@group(0) @binding(5) var<storage, read_write> qkv_v_cache_h: array<u32>;
 
 const WG: u32 = 256u;
 
@@ -77,10 +85,11 @@ struct Job {
     i: u32,
 }
 
-fn job(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> Job {
+/// The (token, head, pair) of this invocation, over `n_heads` heads per token.
+fn job(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, n_heads: u32) -> Job {
     let g = linear_invocation(wid, nwg, lid, WG);
     let half_dim = p.head_dim / 2u;
-    let per_tok = p.n_heads * half_dim;
+    let per_tok = n_heads * half_dim;
     let t = g / per_tok;
     let rem = g % per_tok;
     return Job(t < min(step.n_tok, p.max_tok), t, rem / half_dim, rem % half_dim);
@@ -91,88 +100,136 @@ fn q_scale(pos: u32) -> f32 {
     return 1.0 + p.q_beta * log(1.0 + f32(pos / p.q_orig_ctx));
 }
 
+/// (a, b) rotated by the angle whose (cos, sin) is `cs`.
+fn rot(a: vec2<f32>, cs: vec2<f32>) -> vec2<f32> {
+    return vec2<f32>(a.x * cs.x - a.y * cs.y, a.y * cs.x + a.x * cs.y);
+}
+
+/// Rotates pair i of the head at `base` of x in place, with the query scaling.
+fn rope_x_pair(base: u32, pos: u32, i: u32) {
+    let d = pair_dims(i);
+    var r = vec2<f32>(x[base + d.x], x[base + d.y]);
+    if (d.z != 0u) { r = rot(r, cos_sin(pos, i)); }
+    r *= q_scale(pos);
+    x[base + d.x] = r.x;
+    x[base + d.y] = r.y;
+}
+
 @compute @workgroup_size(WG)
 fn rope_inplace(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
-    let j = job(wid, nwg, lid);
+    let j = job(wid, nwg, lid, p.n_heads);
     if (!j.ok) { return; }
-    let pos = step.rope_pos0 + j.t;
-    let d = pair_dims(j.i);
-    let base = j.t * p.x_stride + p.x_offset + j.h * p.head_dim;
-    let x0 = x[base + d.x];
-    let x1 = x[base + d.y];
-    let scale = q_scale(pos);
-    if (d.z == 0u) {
-        x[base + d.x] = x0 * scale;
-        x[base + d.y] = x1 * scale;
-        return;
-    }
-    let cs = cos_sin(pos, j.i);
-    x[base + d.x] = (x0 * cs.x - x1 * cs.y) * scale;
-    x[base + d.y] = (x1 * cs.x + x0 * cs.y) * scale;
+    rope_x_pair(j.t * p.x_stride + p.x_offset + j.h * p.head_dim, step.rope_pos0 + j.t, j.i);
 }
 
 @compute @workgroup_size(WG)
 fn rope_kv_store(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) lid: u32) {
-    let j = job(wid, nwg, lid);
+    let j = job(wid, nwg, lid, p.n_heads);
     if (!j.ok) { return; }
-    let pos = step.rope_pos0 + j.t;
     let d = pair_dims(j.i);
     let kb = j.t * p.x_stride + p.x_offset + j.h * p.head_dim;
     let vb = j.t * p.v_stride + p.v_offset + j.h * p.head_dim;
     let cb = (step.kv_start + j.t) * p.cache_stride + j.h * p.head_dim;
-    let k0 = k_in[kb + d.x];
-    let k1 = k_in[kb + d.y];
-    if (d.z == 0u) {
-        k_cache[cb + d.x] = k0;
-        k_cache[cb + d.y] = k1;
-    } else {
-        let cs = cos_sin(pos, j.i);
-        k_cache[cb + d.x] = k0 * cs.x - k1 * cs.y;
-        k_cache[cb + d.y] = k1 * cs.x + k0 * cs.y;
-    }
+    let k = k_pair(vec2<f32>(k_in[kb + d.x], k_in[kb + d.y]), step.rope_pos0 + j.t, j.i);
+    k_cache[cb + d.x] = k.x;
+    k_cache[cb + d.y] = k.y;
     v_cache[cb + d.x] = v[vb + d.x];
     v_cache[cb + d.y] = v[vb + d.y];
 }
 
-// Dim d (within the head, < n_rot) of the rotated k row at kb: d * cos + sign * partner * sin.
-fn rotated_k(kb: u32, pos: u32, d: u32) -> f32 {
-    let half_rot = p.n_rot / 2u;
-    var i = d / 2u;
-    var partner = d ^ 1u;
-    var first = d % 2u == 0u;
-    if (p.neox != 0u) {
-        first = d < half_rot;
-        i = select(d - half_rot, d, first);
-        partner = select(d - half_rot, d + half_rot, first);
-    }
-    let cs = cos_sin(pos, i);
-    let x = k_in[kb + d];
-    let y = k_in[kb + partner];
-    if (first) { return x * cs.x - y * cs.y; }
-    return x * cs.x + y * cs.y;
+/// Pair i (dims `pair_dims(i)`) of a k row, rotated if it is among the rotated pairs.
+fn k_pair(k: vec2<f32>, pos: u32, i: u32) -> vec2<f32> {
+    if (pair_dims(i).z == 0u) { return k; }
+    return rot(k, cos_sin(pos, i));
+}
+
+/// Dims d and d + 1 of the f16 cache word: the partner of each dim (its rotation pair in the
+/// neox layout) and the two rotated values, from the k row's values `k` at d, d + 1 and
+/// `partners` at their partners (`neox_partners`). Adjacent pairs are the word itself.
+fn k_word(k: vec2<f32>, partners: vec2<f32>, pos: u32, d: u32) -> vec2<f32> {
+    if (d >= p.n_rot) { return k; }
+    if (p.neox == 0u) { return rot(k, cos_sin(pos, d / 2u)); }
+    return vec2<f32>(neox_dim(k.x, partners.x, pos, d), neox_dim(k.y, partners.y, pos, d + 1u));
+}
+
+/// Partners of dims d and d + 1 (< n_rot) in the neox layout: d +- n_rot / 2.
+fn neox_partners(d: u32) -> vec2<u32> {
+    let h = p.n_rot / 2u;
+    return vec2<u32>(select(d - h, d + h, d < h), select(d + 1u - h, d + 1u + h, d + 1u < h));
+}
+
+/// Dim d of a neox-rotated row: d * cos -+ partner * sin.
+fn neox_dim(x_d: f32, partner: f32, pos: u32, d: u32) -> f32 {
+    let h = p.n_rot / 2u;
+    let first = d < h;
+    let cs = cos_sin(pos, select(d - h, d, first));
+    return select(x_d * cs.x + partner * cs.y, x_d * cs.x - partner * cs.y, first);
 }
 
 @compute @workgroup_size(WG)
 fn rope_kv_store_f16(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                      @builtin(local_invocation_index) lid: u32) {
-    let j = job(wid, nwg, lid);  // j.i: word of the head (dims 2i, 2i + 1)
+    let j = job(wid, nwg, lid, p.n_heads);  // j.i: word of the head (dims 2i, 2i + 1)
     if (!j.ok) { return; }
-    let pos = step.rope_pos0 + j.t;
     let d = 2u * j.i;
     let kb = j.t * p.x_stride + p.x_offset + j.h * p.head_dim;
     let vb = j.t * p.v_stride + p.v_offset + j.h * p.head_dim;
     let cw = ((step.kv_start + j.t) * p.cache_stride + j.h * p.head_dim + d) / 2u;
-    var k = vec2<f32>(k_in[kb + d], k_in[kb + d + 1u]);
-    if (d < p.n_rot) {
-        if (p.neox == 0u) {
-            let cs = cos_sin(pos, j.i);
-            k = vec2<f32>(k.x * cs.x - k.y * cs.y, k.y * cs.x + k.x * cs.y);
-        } else {
-            k = vec2<f32>(rotated_k(kb, pos, d), rotated_k(kb, pos, d + 1u));
-        }
+    var partners = vec2<f32>(0.0);
+    if (p.neox != 0u && d < p.n_rot) {
+        let pd = neox_partners(d);
+        partners = vec2<f32>(k_in[kb + pd.x], k_in[kb + pd.y]);
     }
+    let k = k_word(vec2<f32>(k_in[kb + d], k_in[kb + d + 1u]), partners, step.rope_pos0 + j.t, d);
     k_cache_h[cw] = pack2x16float(k);
     v_cache_h[cw] = pack2x16float(vec2<f32>(v[vb + d], v[vb + d + 1u]));
+}
+
+@compute @workgroup_size(WG)
+fn rope_qkv_store(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+    let j = job(wid, nwg, lid, p.n_q + p.n_heads);
+    if (!j.ok) { return; }
+    let pos = step.rope_pos0 + j.t;
+    if (j.h < p.n_q) {
+        rope_x_pair(j.t * p.x_stride + j.h * p.head_dim, pos, j.i);
+        return;
+    }
+    let h = j.h - p.n_q;
+    let d = pair_dims(j.i);
+    let kb = j.t * p.x_stride + p.x_offset + h * p.head_dim;
+    let vb = j.t * p.x_stride + p.v_offset + h * p.head_dim;
+    let cb = (step.kv_start + j.t) * p.cache_stride + h * p.head_dim;
+    let k = k_pair(vec2<f32>(x[kb + d.x], x[kb + d.y]), pos, j.i);
+    qkv_k_cache[cb + d.x] = k.x;
+    qkv_k_cache[cb + d.y] = k.y;
+    qkv_v_cache[cb + d.x] = x[vb + d.x];
+    qkv_v_cache[cb + d.y] = x[vb + d.y];
+}
+
+@compute @workgroup_size(WG)
+fn rope_qkv_store_f16(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_index) lid: u32) {
+    let j = job(wid, nwg, lid, p.n_q + p.n_heads);  // q heads: j.i a pair; k heads: a word
+    if (!j.ok) { return; }
+    let pos = step.rope_pos0 + j.t;
+    if (j.h < p.n_q) {
+        rope_x_pair(j.t * p.x_stride + j.h * p.head_dim, pos, j.i);
+        return;
+    }
+    let h = j.h - p.n_q;
+    let d = 2u * j.i;
+    let kb = j.t * p.x_stride + p.x_offset + h * p.head_dim;
+    let vb = j.t * p.x_stride + p.v_offset + h * p.head_dim;
+    let cw = ((step.kv_start + j.t) * p.cache_stride + h * p.head_dim + d) / 2u;
+    var partners = vec2<f32>(0.0);
+    if (p.neox != 0u && d < p.n_rot) {
+        let pd = neox_partners(d);
+        partners = vec2<f32>(x[kb + pd.x], x[kb + pd.y]);
+    }
+    let k = k_word(vec2<f32>(x[kb + d], x[kb + d + 1u]), partners, pos, d);
+    qkv_k_cache_h[cw] = pack2x16float(k);
+    qkv_v_cache_h[cw] = pack2x16float(vec2<f32>(x[vb + d], x[vb + d + 1u]));
 }

@@ -189,14 +189,19 @@ fn matrices_of_one_type_are_stacked_at_load_eager_and_streamed() {
 
     let mut eager = Eager(&source);
     let same = load_stacked(&gpu, &mut eager, "ab", &[("a", 6), ("b", 4)], 64, LoadQuant::Keep).unwrap();
-    assert!(matches!(&same, Stacked::One(w) if w.rows == 10), "same type: one weight");
+    assert!(same.one().is_some_and(|w| w.rows == 10 && w.label == "ab"), "same type: one weight");
     check_stacked_product(&gpu, &same, &[&values[0], &values[1]], "eager stack");
     let mixed = load_stacked(&gpu, &mut eager, "ac", &[("a", 6), ("c", 4)], 64, LoadQuant::Keep).unwrap();
-    assert!(matches!(&mixed, Stacked::Each(ws) if ws.len() == 2), "Q8_0 and F32 stay apart");
+    assert_eq!(mixed.weights().len(), 2, "Q8_0 and F32 stay apart");
     check_stacked_product(&gpu, &mixed, &[&values[0], &values[2]], "eager separate");
+    // Runs of one type stack: [a; b] and c.
+    let runs = load_stacked(&gpu, &mut eager, "abc", &[("a", 6), ("b", 4), ("c", 4)], 64, LoadQuant::Keep).unwrap();
+    let shapes: Vec<_> = runs.weights().iter().map(|w| (w.label.as_str(), w.rows)).collect();
+    assert_eq!(shapes, [("a+b", 10), ("c", 4)]);
+    check_stacked_product(&gpu, &runs, &[&values[0], &values[1], &values[2]], "eager runs");
     // Requantized to one type at load, they stack again.
     let requant = load_stacked(&gpu, &mut eager, "ac8", &[("a", 6), ("c", 4)], 64, LoadQuant::Q8_0).unwrap();
-    assert!(matches!(&requant, Stacked::One(w) if w.ty == GgmlType::Q8_0), "both Q8_0 after requantization");
+    assert!(requant.one().is_some_and(|w| w.ty == GgmlType::Q8_0), "both Q8_0 after requantization");
     let err = load_stacked(&gpu, &mut eager, "bad", &[("a", 5)], 64, LoadQuant::Keep);
     assert!(err.is_err(), "wrong row count");
 
@@ -212,7 +217,7 @@ fn matrices_of_one_type_are_stacked_at_load_eager_and_streamed() {
         stream.push(&gpu, chunk).unwrap();
     }
     stream.finish().unwrap();
-    assert!(matches!(&streamed, Stacked::One(_)), "streamed: one weight");
+    assert!(streamed.one().is_some(), "streamed: one weight");
     check_stacked_product(&gpu, &streamed, &[&values[0], &values[1]], "streamed stack");
     let _ = stream.metadata();
 }
@@ -239,6 +244,60 @@ fn gpu_geometry_fills_a_large_gpu_at_3b_shapes() {
             assert!(launch.rows_per_thread <= 4 && launch.invocations == 64, "{launch:?}");
             let cpu = MatvecLaunch::of(Geometry::Cpu, &w);
             assert!(outputs.div_ceil(cpu.outputs_per_workgroup(epilogue)) < workgroups, "{ty}: the CPU shape is wider");
+        }
+    }
+}
+
+/// One dispatch over fused q|k|v rows gives exactly what `rope_inplace` on q and
+/// `rope_kv_store` on k and v give (both checked against the CPU in kernels_attention.rs):
+/// both pair layouts, full and partial rotation, the query scaling, f32 and f16 caches.
+#[test]
+fn fused_rope_and_cache_store_equal_the_separate_kernels() {
+    use webvlm::kernels::attention::{KvDtype, StepParams};
+    use webvlm::kernels::rope::{self, QScale, QkvRope, RopeFreqs, RopeLayout, RopeMode, Yarn};
+    let gpu = gpu();
+    let (n_q, n_kv, hd, n_tok, max_ctx) = (4u32, 2u32, 64u32, 3u32, 8u32);
+    let width = (n_q + 2 * n_kv) * hd;
+    let qkv = Rng::new(40).vec((n_tok * width) as usize);
+    let step = StepParams::create_buffer(&gpu);
+    StepParams::new(2, n_tok, 70_000).write(&gpu, &step);
+    let q_scale = QScale { beta: 0.1, orig_ctx: 16384 };
+    let tables = [
+        (rope::rope_table(hd as usize, 1e6, Some(&Yarn::ministral3())), RopeMode::Adjacent),
+        (rope::rope_table(hd as usize / 2, 1e4, None), RopeMode::RotateHalf),
+    ];
+    for (table, mode) in &tables {
+        let freqs = RopeFreqs::upload(&gpu, table).unwrap();
+        let q = RopeLayout { stride: width, ..RopeLayout::dense(n_q, hd, n_tok, *mode) };
+        let k = RopeLayout { n_heads: n_kv, offset: n_q * hd, ..q };
+        let v = RopeLayout { offset: (n_q + n_kv) * hd, ..k };
+        for kv in [KvDtype::F32, KvDtype::F16] {
+            let caches = || {
+                let bytes = kv.cache_bytes(max_ctx, n_kv * hd);
+                (gpu.storage("k", bytes).unwrap(), gpu.storage("v", bytes).unwrap())
+            };
+            let words = (kv.cache_bytes(max_ctx, n_kv * hd) / 4) as usize;
+            let read = |b: &wgpu::Buffer, n: usize| -> Vec<u32> {
+                gpu.read_f32_blocking(b, n).unwrap().iter().map(|v| v.to_bits()).collect()
+            };
+
+            let (sep, (sk, sv)) = (upload(&gpu, &qkv), caches());
+            let mut prog = Program::new();
+            rope::rope_inplace(&mut prog, &gpu, &step, &freqs, &sep, &q, q_scale).unwrap();
+            rope::rope_kv_store(&mut prog, &gpu, &step, &freqs, &sep, &k, &sep, &v, &sk, &sv, kv).unwrap();
+            prog.run(&gpu).unwrap();
+
+            let (fused, (fk, fv)) = (upload(&gpu, &qkv), caches());
+            let layout = QkvRope { n_q_heads: n_q, k, v_offset: v.offset, q_scale };
+            let mut prog = Program::new();
+            rope::rope_qkv_store(&mut prog, &gpu, &step, &freqs, &fused, &layout, (&fk, &fv), kv).unwrap();
+            prog.run(&gpu).unwrap();
+
+            let what = format!("{mode:?} {kv:?}");
+            assert_eq!(read(&fused, qkv.len()), read(&sep, qkv.len()), "{what}: rotated q (and untouched k, v)");
+            assert_eq!(read(&fk, words), read(&sk, words), "{what}: k cache");
+            assert_eq!(read(&fv, words), read(&sv, words), "{what}: v cache");
+            assert!(read(&fk, words).iter().any(|&w| w != 0), "{what}: the cache was written");
         }
     }
 }

@@ -14,7 +14,7 @@ pub mod program;
 pub use device::{Caps, Geometry, Gpu, GpuOptions, Readback};
 pub use params::{ParamSlot, ParamsArena};
 pub use pipeline::{Access, KernelSpec, Pipeline, COMMON_WGSL};
-pub use program::{Arg, Dispatch, Launch, Op, Program};
+pub use program::{Arg, Dispatch, Launch, Op, Program, WeightRead};
 
 /// Errors of the GPU layer.
 #[derive(Debug, thiserror::Error)]

@@ -28,11 +28,29 @@ pub struct Dispatch {
 }
 
 /// The launch shape of a dispatch as its kernel describes it: invocations per workgroup and
-/// the bytes of its large operand (a weight) that the whole grid reads once.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// the weight the whole grid reads once, if any.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Launch {
     pub invocations: u32,
-    pub weight_bytes: u64,
+    pub weight: Option<WeightRead>,
+}
+
+/// The weight a dispatch reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WeightRead {
+    pub label: String,
+    /// Bytes of the weight (part) read by the whole grid, each once.
+    pub bytes: u64,
+    /// Activation bytes each workgroup reads (its input rows): re-read by every workgroup,
+    /// small enough to stay in cache.
+    pub activation_bytes: u64,
+}
+
+impl Launch {
+    /// A launch of `invocations` per workgroup that reads no weight.
+    pub fn threads(invocations: u32) -> Launch {
+        Launch { invocations, weight: None }
+    }
 }
 
 impl Dispatch {

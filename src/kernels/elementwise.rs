@@ -3,7 +3,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{grid_1d, Access, Arg, Gpu, KernelSpec, Program, Result};
+use crate::gpu::{grid_1d, Access, Arg, Gpu, KernelSpec, Launch, Program, Result};
 
 pub(super) const SHADER: &str = include_str!("../../shaders/elementwise.wgsl");
 const BINDINGS: &[Access] = &[Access::Uniform, Access::Read, Access::ReadWrite];
@@ -32,7 +32,9 @@ fn push_half(
 ) -> Result<()> {
     let spec = KernelSpec::new("elementwise", SHADER, entry, BINDINGS);
     let params = Params { n, half, _pad: [0; 2] };
-    prog.push_with_params(gpu, &spec, &params, &[Arg::Buf(a), Arg::Buf(b)], grid_1d(n.div_ceil(WG)))
+    prog.push_with_params(gpu, &spec, &params, &[Arg::Buf(a), Arg::Buf(b)], grid_1d(n.div_ceil(WG)))?;
+    prog.set_launch(Launch::threads(WG));
+    Ok(())
 }
 
 /// Records `residual[i] += a[i]` for the first `n` elements.

@@ -6,7 +6,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::matvec::check_len;
 use super::quant::{GpuWeight, WLayout};
-use crate::gpu::{grid_1d, Access, Arg, Gpu, KernelSpec, Program, Result};
+use crate::gpu::{grid_1d, Access, Arg, Gpu, KernelSpec, Launch, Program, Result};
 
 pub(super) const SHADER: &str = include_str!("../../shaders/embedding.wgsl");
 const BINDINGS: &[Access] = &[Access::Uniform, Access::Read, Access::Read, Access::ReadWrite];
@@ -43,6 +43,7 @@ pub fn record(prog: &mut Program, gpu: &Gpu, w: &GpuWeight, ids: &wgpu::Buffer, 
         };
         let args = [Arg::Buf(&part.buffer), Arg::Buf(ids), Arg::Buf(out)];
         prog.push_with_params(gpu, &spec, &params, &args, grid_1d(n))?;
+        prog.set_launch(Launch::threads(256)); // reads one row per token, not the weight
     }
     Ok(())
 }

@@ -13,7 +13,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::matvec::{check_len, Epilogue, Output};
 use super::quant::{GpuWeight, WLayout};
-use crate::gpu::{grid_1d, Access, Arg, Gpu, GpuError, KernelSpec, Launch, Program, Result};
+use crate::gpu::{grid_1d, Access, Arg, Gpu, GpuError, KernelSpec, Launch, Program, Result, WeightRead};
 
 pub(super) const SHADER: &str = include_str!("../../shaders/matmul.wgsl");
 const BINDINGS: &[Access] = &[Access::Uniform, Access::Read, Access::Read, Access::ReadWrite];
@@ -148,7 +148,10 @@ fn push(
         grid[2] = m.div_ceil(TILE_M).max(1);
         let args = [Arg::Buf(&part.buffer), Arg::Buf(x), Arg::Buf(y)];
         prog.push_with_params(gpu, &spec, &params, &args, grid)?;
-        prog.set_launch(Launch { invocations: 256, weight_bytes: part.bytes });
+        // Each workgroup reads its TILE_M rows of X.
+        let activation_bytes = 4 * w.cols as u64 * TILE_M.min(m) as u64;
+        let weight = WeightRead { label: w.label.clone(), bytes: part.bytes, activation_bytes };
+        prog.set_launch(Launch { invocations: 256, weight: Some(weight) });
     }
     Ok(())
 }

@@ -17,7 +17,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::quant::{GpuWeight, WLayout, WeightFormat};
-use crate::gpu::{grid_1d, Access, Arg, Geometry, Gpu, GpuError, KernelSpec, Launch, Program, Result};
+use crate::gpu::{grid_1d, Access, Arg, Geometry, Gpu, GpuError, KernelSpec, Launch, Program, Result, WeightRead};
 
 pub(super) const SHADER: &str = include_str!("../../shaders/matvec.wgsl");
 const BINDINGS: &[Access] = &[Access::Uniform, Access::Read, Access::Read, Access::ReadWrite];
@@ -210,7 +210,8 @@ pub fn record_into(
             let args = [Arg::Buf(&part.buffer), Arg::Buf(x), Arg::Buf(y)];
             prog.push_with_params(gpu, &spec, &params, &args, grid)?;
         }
-        prog.set_launch(Launch { invocations: launch.invocations, weight_bytes: part.bytes });
+        let weight = WeightRead { label: w.label.clone(), bytes: part.bytes, activation_bytes: 4 * w.cols as u64 };
+        prog.set_launch(Launch { invocations: launch.invocations, weight: Some(weight) });
     }
     Ok(())
 }

@@ -2,7 +2,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{grid_1d, Access, Arg, Gpu, KernelSpec, Program, Result};
+use crate::gpu::{grid_1d, Access, Arg, Gpu, KernelSpec, Launch, Program, Result};
 
 pub(super) const SHADER: &str = include_str!("../../shaders/norm.wgsl");
 const BINDINGS: &[Access] = &[Access::Uniform, Access::Read, Access::Read, Access::ReadWrite];
@@ -30,7 +30,9 @@ pub fn rms_norm(
 ) -> Result<()> {
     let spec = KernelSpec::new("rms_norm", SHADER, "rms_norm", BINDINGS);
     let params = Params { rows, dim, eps, _pad: 0 };
-    prog.push_with_params(gpu, &spec, &params, &[Arg::Buf(x), Arg::Buf(w), Arg::Buf(y)], grid_1d(rows))
+    prog.push_with_params(gpu, &spec, &params, &[Arg::Buf(x), Arg::Buf(w), Arg::Buf(y)], grid_1d(rows))?;
+    prog.set_launch(Launch::threads(256)); // WG in norm.wgsl
+    Ok(())
 }
 
 /// CPU reference of [`rms_norm`].

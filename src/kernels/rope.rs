@@ -11,12 +11,15 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::attention::{KvDtype, STEP};
-use crate::gpu::{grid_1d, Access, Arg, Gpu, GpuError, KernelSpec, Program, Result};
+use crate::gpu::{grid_1d, Access, Arg, Gpu, GpuError, KernelSpec, Launch, Program, Result};
 
 pub(super) const SHADER: &str = include_str!("../../shaders/rope.wgsl");
 const INPLACE: &[Access] = &[Access::Uniform, Access::Uniform, Access::Read, Access::ReadWrite];
 const KV_STORE: &[Access] =
     &[Access::Uniform, Access::Uniform, Access::Read, Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite];
+/// `rope_qkv_store`: the fused rows (read and written), then the caches.
+const QKV_STORE: &[Access] =
+    &[Access::Uniform, Access::Uniform, Access::Read, Access::ReadWrite, Access::ReadWrite, Access::ReadWrite];
 const WG: u32 = 256;
 
 /// Which elements form a rotated pair.
@@ -210,7 +213,8 @@ struct Params {
     attn_factor: f32,
     q_beta: f32,
     q_orig_ctx: u32,
-    _pad: [u32; 3],
+    n_q: u32,
+    _pad: [u32; 2],
 }
 
 fn params(l: &RopeLayout, freqs: &RopeFreqs, v: Option<&RopeLayout>, q: QScale) -> Result<Params> {
@@ -231,7 +235,8 @@ fn params(l: &RopeLayout, freqs: &RopeFreqs, v: Option<&RopeLayout>, q: QScale) 
         attn_factor: freqs.attn_factor,
         q_beta: q.beta,
         q_orig_ctx: q.orig_ctx,
-        _pad: [0; 3],
+        n_q: 0,
+        _pad: [0; 2],
     })
 }
 
@@ -252,7 +257,9 @@ pub fn rope_inplace(
 ) -> Result<()> {
     let spec = KernelSpec::new("rope", SHADER, "rope_inplace", INPLACE).with_prefix(STEP);
     let p = params(layout, freqs, None, q_scale)?;
-    prog.push_with_params(gpu, &spec, &p, &[Arg::Buf(step), Arg::Buf(&freqs.inv_freq), Arg::Buf(x)], grid(layout))
+    prog.push_with_params(gpu, &spec, &p, &[Arg::Buf(step), Arg::Buf(&freqs.inv_freq), Arg::Buf(x)], grid(layout))?;
+    prog.set_launch(Launch::threads(WG));
+    Ok(())
 }
 
 /// Records RoPE of the new k rows (`k_layout`, n_kv_head heads) and their store, with the
@@ -280,7 +287,47 @@ pub fn rope_kv_store(
     let spec = KernelSpec::new("rope", SHADER, entry, KV_STORE).with_prefix(STEP);
     let p = params(k_layout, freqs, Some(v_layout), QScale::NONE)?;
     let args = [Arg::Buf(step), Arg::Buf(&freqs.inv_freq), Arg::Buf(k), Arg::Buf(v), Arg::Buf(k_cache), Arg::Buf(v_cache)];
-    prog.push_with_params(gpu, &spec, &p, &args, grid(k_layout))
+    prog.push_with_params(gpu, &spec, &p, &args, grid(k_layout))?;
+    prog.set_launch(Launch::threads(WG));
+    Ok(())
+}
+
+/// The three sections of a fused q|k|v row: q heads from column 0, `k` (its stride is the
+/// row's, its offset k's first column), v at `v_offset`.
+#[derive(Clone, Copy, Debug)]
+pub struct QkvRope {
+    pub n_q_heads: u32,
+    pub k: RopeLayout,
+    pub v_offset: u32,
+    /// The query scaling (q only).
+    pub q_scale: QScale,
+}
+
+/// [`rope_inplace`] of q and [`rope_kv_store`] of k and v in one dispatch over fused q|k|v
+/// rows (`qkv`, bound once, read and written).
+#[allow(clippy::too_many_arguments)]
+pub fn rope_qkv_store(
+    prog: &mut Program,
+    gpu: &Gpu,
+    step: &wgpu::Buffer,
+    freqs: &RopeFreqs,
+    qkv: &wgpu::Buffer,
+    layout: &QkvRope,
+    (k_cache, v_cache): (&wgpu::Buffer, &wgpu::Buffer),
+    kv: KvDtype,
+) -> Result<()> {
+    let entry = match kv {
+        KvDtype::F32 => "rope_qkv_store",
+        KvDtype::F16 => "rope_qkv_store_f16",
+    };
+    let spec = KernelSpec::new("rope", SHADER, entry, QKV_STORE).with_prefix(STEP);
+    let v = RopeLayout { offset: layout.v_offset, ..layout.k };
+    let p = Params { n_q: layout.n_q_heads, ..params(&layout.k, freqs, Some(&v), layout.q_scale)? };
+    let all_heads = RopeLayout { n_heads: layout.n_q_heads + layout.k.n_heads, ..layout.k };
+    let args = [Arg::Buf(step), Arg::Buf(&freqs.inv_freq), Arg::Buf(qkv), Arg::Buf(k_cache), Arg::Buf(v_cache)];
+    prog.push_with_params(gpu, &spec, &p, &args, grid(&all_heads))?;
+    prog.set_launch(Launch::threads(WG));
+    Ok(())
 }
 
 /// CPU reference of [`rope_inplace`] (f32 math as transformers: `angle = f32(pos) * inv_freq`,

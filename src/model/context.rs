@@ -271,6 +271,12 @@ impl Context {
         Ok(self.decode_programs(gpu, dec)?.iter().map(|p| p.n_dispatches()).sum())
     }
 
+    /// Dispatches of the blocks alone in a decode step (no embedding, head or sampling), for
+    /// benchmarks: divided by the layer count, the dispatches per layer.
+    pub fn decode_block_dispatches(&mut self, gpu: &Gpu, dec: &Decoder) -> GpuResult<usize> {
+        Ok(self.programs(gpu, dec, 1, LogitsMode::None)?.body.n_dispatches())
+    }
+
     /// The recorded programs of one decode step in submit order: the embedding gather, then
     /// the rest (benchmarks time their dispatches by family); together they hold
     /// [`Context::decode_dispatches`] dispatches.

@@ -50,27 +50,30 @@ pub trait WeightLoader {
     }
 }
 
-/// Matrices that multiply the same input, loaded by [`load_stacked`].
-pub enum Stacked {
-    /// Stacked by rows into one weight (in the order asked): one dispatch computes them all.
-    One(GpuWeight),
-    /// Each on its own (their types differ, or the stack would not fit one storage binding).
-    Each(Vec<GpuWeight>),
-}
+/// Matrices that multiply the same input, loaded by [`load_stacked`]: in the order asked,
+/// consecutive ones of one type stacked by rows into one weight, so that one dispatch computes
+/// them all.
+pub struct Stacked(pub Vec<GpuWeight>);
 
 impl Stacked {
-    /// The GPU weights.
-    pub fn weights(&self) -> Vec<&GpuWeight> {
-        match self {
-            Stacked::One(w) => vec![w],
-            Stacked::Each(ws) => ws.iter().collect(),
+    /// The GPU weights, each one run of the stack.
+    pub fn weights(&self) -> &[GpuWeight] {
+        &self.0
+    }
+
+    /// The single weight, when every matrix went into one stack.
+    pub fn one(&self) -> Option<&GpuWeight> {
+        match self.0.as_slice() {
+            [w] => Some(w),
+            _ => None,
         }
     }
 }
 
-/// Loads the `(name, rows)` matrices of `cols` columns stacked by rows into one weight
-/// `label` when they can be: the same upload type, one storage binding for the whole stack,
-/// and row offsets that keep split f16 scales 4-byte aligned. Otherwise each on its own.
+/// Loads the `(name, rows)` matrices of `cols` columns, stacking each run of consecutive ones
+/// that can share a weight: the same upload type, one storage binding for the run, and row
+/// offsets that keep split f16 scales 4-byte aligned. A run of all of them is named `label`,
+/// a shorter one by its members' names joined with `+`.
 pub fn load_stacked(
     gpu: &Gpu,
     src: &mut dyn WeightLoader,
@@ -80,25 +83,54 @@ pub fn load_stacked(
     quant: LoadQuant,
 ) -> Result<Stacked, LoadError> {
     let types = parts.iter().map(|&(name, rows)| src.matrix_type(name, rows, cols, quant)).collect::<Result<Vec<_>, _>>()?;
-    let ty = types[0];
-    let total: u32 = parts.iter().map(|&(_, rows)| rows).sum();
+    let mut weights = Vec::new();
+    let mut start = 0;
+    while start < parts.len() {
+        let end = start + types[start..].iter().take_while(|&&t| t == types[start]).count();
+        let run = &parts[start..end];
+        let name =
+            if run.len() == parts.len() { label.to_string() } else { run.iter().map(|p| p.0).collect::<Vec<_>>().join("+") };
+        match stack(gpu, src, &name, run, types[start], cols)? {
+            Some(w) => weights.push(w),
+            None => {
+                for &(name, rows) in run {
+                    weights.push(src.matrix(gpu, name, rows, cols, quant)?);
+                }
+            }
+        }
+        start = end;
+    }
+    Ok(Stacked(weights))
+}
+
+/// `run` (two or more matrices of upload type `ty`) stacked into one weight, or `None` when
+/// it does not fit one binding or would misalign split scales.
+fn stack(
+    gpu: &Gpu,
+    src: &mut dyn WeightLoader,
+    label: &str,
+    run: &[(&str, u32)],
+    ty: GgmlType,
+    cols: u32,
+) -> Result<Option<GpuWeight>, LoadError> {
     let aligned = match WeightFormat::of(ty, cols as usize) {
-        Some(f) => !f.split_scale() || (cols as usize / f.block()).is_multiple_of(2) || parts.iter().all(|p| p.1 % 2 == 0),
+        Some(f) => !f.split_scale() || (cols as usize / f.block()).is_multiple_of(2) || run.iter().all(|p| p.1 % 2 == 0),
         None => false,
     };
-    if types.iter().all(|&t| t == ty) && aligned {
-        let weight = GpuWeight::allocate(gpu, label, ty, total, cols, gpu.caps.part_limit())?;
-        if weight.parts.len() == 1 {
-            let mut row0 = 0;
-            for &(name, rows) in parts {
-                src.fill(gpu, name, &weight, row0)?;
-                row0 += rows;
-            }
-            return Ok(Stacked::One(weight));
-        }
+    if run.len() < 2 || !aligned {
+        return Ok(None);
     }
-    let each = parts.iter().map(|&(name, rows)| src.matrix(gpu, name, rows, cols, quant));
-    Ok(Stacked::Each(each.collect::<Result<_, _>>()?))
+    let total: u32 = run.iter().map(|&(_, rows)| rows).sum();
+    let weight = GpuWeight::allocate(gpu, label, ty, total, cols, gpu.caps.part_limit())?;
+    if weight.parts.len() != 1 {
+        return Ok(None);
+    }
+    let mut row0 = 0;
+    for &(name, rows) in run {
+        src.fill(gpu, name, &weight, row0)?;
+        row0 += rows;
+    }
+    Ok(Some(weight))
 }
 
 /// A type to requantize matrices to at load time (to save GPU memory).

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Args, ValueEnum};
 use webvlm::engine::GenerateOptions;
+use webvlm::gpu::Geometry;
 use webvlm::model::synthetic::{SyntheticShape, VisionShape};
 use webvlm::model::ContextOptions;
 use webvlm::sampling::SamplingParams;
@@ -44,6 +45,10 @@ pub struct EngineArgs {
     /// tokens [default and maximum: the model's image size, 1540 for Ministral 3]
     #[arg(long, value_name = "N")]
     pub image_max_edge: Option<u32>,
+    /// Kernel launch shapes: gpu (many small workgroups) or cpu (few wide ones, for CPU
+    /// adapters) [default: from the adapter]
+    #[arg(long, value_name = "G")]
+    pub geometry: Option<Geometry>,
 }
 
 /// `--image`, repeatable (generate, logits).

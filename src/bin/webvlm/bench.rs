@@ -1,7 +1,7 @@
 //! `webvlm bench`: what the adapter in hand attains and how close webvlm gets to it.
 //!
 //! Prints JSON Lines on stdout (one object per figure, each with a `kind`: `adapter`, `copy`,
-//! `read`, `fma`, `dispatch_overhead`, `matvec`, `model`, `vision`, `skipped`) and a readable summary
+//! `read`, `fma`, `dispatch_overhead`, `matvec`, `model`, `launch`, `vision`, `skipped`) and a readable summary
 //! on stderr (silenced by `--json-only`). See BENCHMARKS.md for the fields and the figures.
 //!
 //! Sections: roofline kernels (copy, read-only, pure FMA, dispatch overhead), matvec kernels
@@ -11,6 +11,7 @@
 //! 3B shapes on 512x512 and 1024x1024 images with `--vision`, opt-in because one 1024x1024
 //! encode takes minutes on a CPU adapter).
 
+mod launch;
 mod model;
 mod roofline;
 mod timing;
@@ -22,7 +23,7 @@ use clap::Args;
 use serde_json::{json, Value};
 
 use webvlm::gguf::MappedGguf;
-use webvlm::gpu::{Gpu, GpuOptions};
+use webvlm::gpu::{Geometry, Gpu, GpuOptions};
 use webvlm::model::synthetic::{synthetic_ministral3_3b, SyntheticShape, VisionShape};
 use webvlm::source::LoadQuant;
 
@@ -81,6 +82,9 @@ pub struct BenchArgs {
     /// No f16 shaders, even where the adapter has shader-f16
     #[arg(long)]
     no_f16: bool,
+    /// Kernel launch shapes: gpu or cpu [default: from the adapter]
+    #[arg(long, value_name = "G")]
+    geometry: Option<Geometry>,
     /// Time the vision encoder at Ministral 3 3B shapes (minutes on a CPU adapter)
     #[arg(long, conflicts_with = "no_vision")]
     vision: bool,
@@ -127,19 +131,20 @@ pub fn run(args: &BenchArgs) -> CliResult {
     let out = Out { json_only: args.json_only, silent: false };
     let mut budget = Budget::new(quick);
     budget.reps = args.reps.unwrap_or(budget.reps);
-    let gpu = Gpu::new_blocking(GpuOptions { allow_f16: !args.no_f16, ..Default::default() })?;
+    let gpu = Gpu::new_blocking(GpuOptions { allow_f16: !args.no_f16, geometry: args.geometry, ..Default::default() })?;
     let caps = &gpu.caps;
     out.emit(json!({
         "kind": "adapter", "adapter": caps.adapter, "backend": caps.backend, "software": caps.software,
-        "f16": caps.f16, "subgroups": caps.subgroups, "max_storage_binding": caps.max_storage_binding,
+        "f16": caps.f16, "subgroups": caps.subgroups, "geometry": caps.geometry.name(), "max_storage_binding": caps.max_storage_binding,
         "max_buffer": caps.max_buffer, "quick": quick,
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
     }));
     out.note(&format!(
-        "adapter: {} [{}]{}",
+        "adapter: {} [{}]{}, {} kernel geometry",
         caps.adapter,
         caps.backend,
-        if caps.software { " (CPU implementation)" } else { "" }
+        if caps.software { " (CPU implementation)" } else { "" },
+        caps.geometry.name()
     ));
 
     let roof = roofline::roofline(&gpu, &out, quick, budget)?;

@@ -5,15 +5,16 @@
 //! token) uses the split-K decode kernel, longer chunks the tiled prefill kernel.
 //!
 //! q, k and v come from one product over the weights stacked `[wq; wk; wv]` at load when
-//! their types allow (three otherwise), into one `[n][q + 2 kv]` buffer that RoPE, the cache
-//! store and attention read in place; `wo` adds into the residual in its epilogue.
+//! their types allow (by runs of one type otherwise), into one `[n][q + 2 kv]` buffer; one
+//! dispatch rotates q in place and k into the cache with v, attention reads q in place, and
+//! `wo` adds into the residual in its epilogue.
 
 use crate::gpu::{Gpu, Program, Result};
 use crate::kernels::attention::{attention_decode, attention_prefill, AttnShape, DecodeScratch, KvDtype};
 use crate::kernels::matmul::MatmulCompute;
 use crate::kernels::matvec::{Epilogue, Output};
 use crate::kernels::quant::GpuWeight;
-use crate::kernels::rope::{rope_inplace, rope_kv_store, QScale, RopeFreqs, RopeLayout, RopeMode};
+use crate::kernels::rope::{rope_qkv_store, QScale, QkvRope, RopeFreqs, RopeLayout, RopeMode};
 use crate::source::{load_stacked, LoadError, LoadQuant, Stacked, WeightLoader};
 
 use super::{linear_into, linear_stacked};
@@ -79,9 +80,7 @@ impl AttentionWeights {
     }
 
     pub fn matrices(&self) -> Vec<&GpuWeight> {
-        let mut all = self.qkv.weights();
-        all.push(&self.wo);
-        all
+        self.qkv.weights().iter().chain([&self.wo]).collect()
     }
 
     /// Records the layer over `n` tokens at the step's positions.
@@ -96,17 +95,11 @@ impl AttentionWeights {
         mm: MatmulCompute,
     ) -> Result<()> {
         let (width, q_dim, kv_dim) = (s.qkv_width(), s.n_head * s.head_dim, s.n_kv_head * s.head_dim);
-        let section = |n_heads, offset| RopeLayout {
-            stride: width,
-            offset,
-            ..RopeLayout::dense(n_heads, s.head_dim, n, RopeMode::Adjacent)
-        };
-        let (q_layout, k_layout, v_layout) =
-            (section(s.n_head, 0), section(s.n_kv_head, q_dim), section(s.n_kv_head, q_dim + kv_dim));
+        let k = RopeLayout { stride: width, offset: q_dim, ..RopeLayout::dense(s.n_kv_head, s.head_dim, n, RopeMode::Adjacent) };
+        let qkv_rope = QkvRope { n_q_heads: s.n_head, k, v_offset: q_dim + kv_dim, q_scale: s.q_scale };
         let shape = AttnShape { kv: io.kv, q_stride: width, q_offset: 0, ..AttnShape::new(s.n_head, s.n_kv_head, s.head_dim, n) };
         linear_stacked(p, gpu, &self.qkv, io.x, (io.qkv, width), n, mm)?;
-        rope_inplace(p, gpu, io.step, rope, io.qkv, &q_layout, s.q_scale)?;
-        rope_kv_store(p, gpu, io.step, rope, io.qkv, &k_layout, io.qkv, &v_layout, io.k_cache, io.v_cache, io.kv)?;
+        rope_qkv_store(p, gpu, io.step, rope, io.qkv, &qkv_rope, (io.k_cache, io.v_cache), io.kv)?;
         if n == 1 {
             attention_decode(p, gpu, &shape, io.step, io.qkv, io.k_cache, io.v_cache, io.decode_scratch, io.attn)?;
         } else {

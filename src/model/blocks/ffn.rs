@@ -59,10 +59,10 @@ impl GatedFfn {
         mm: MatmulCompute,
     ) -> Result<()> {
         let ff = self.down.cols;
-        match &self.gate_up {
-            Stacked::One(w) if n == 1 => matvec::record_into(p, gpu, w, x, s.act, Output::dense(w, Epilogue::SiluMul), 1)?,
-            stack => {
-                linear_stacked(p, gpu, stack, x, (s.gate_up, 2 * ff), n, mm)?;
+        match self.gate_up.one() {
+            Some(w) if n == 1 => matvec::record_into(p, gpu, w, x, s.act, Output::dense(w, Epilogue::SiluMul), 1)?,
+            _ => {
+                linear_stacked(p, gpu, &self.gate_up, x, (s.gate_up, 2 * ff), n, mm)?;
                 elementwise::silu_mul_halves(p, gpu, s.gate_up, s.act, n, ff)?;
             }
         }
@@ -71,8 +71,6 @@ impl GatedFfn {
     }
 
     pub fn matrices(&self) -> Vec<&GpuWeight> {
-        let mut all = self.gate_up.weights();
-        all.push(&self.down);
-        all
+        self.gate_up.weights().iter().chain([&self.down]).collect()
     }
 }

@@ -131,6 +131,7 @@ pub fn bench_model(
         decode_gbps,
         100.0 * decode_gbps / roof.copy_gbps
     ));
+    let launch = super::launch::report(gpu, out, label, &dec, &mut ctx)?;
     let (cold, cached, restored) = prompt_cache_ttft(gpu, &dec, &mut ctx, &prompt, turn_tokens(plan), &mut rng)?;
     out.note(&format!(
         "  prompt cache: a second turn of {} + {} tokens: first token after {:.3} s prefilled whole, {:.3} s with the first {} cached, {:.3} s with them copied back from a saved prefix",
@@ -152,7 +153,8 @@ pub fn bench_model(
         "prefill_submits": prefill_counts.0, "prefill_read_back_bytes": prefill_counts.1,
         "decode_tokens": plan.decode_tokens, "decode_seconds_per_token": step_s,
         "decode_tokens_per_s": n / decode_total, "decode_tokens_per_s_median": 1.0 / step_s,
-        "dispatches_per_token": dispatches, "submits_per_token": submits_per_token,
+        "dispatches_per_token": dispatches, "dispatches_per_layer": launch["dispatches_per_layer"],
+        "submits_per_token": submits_per_token,
         "read_back_bytes_per_token": read_back_per_token, "decode_weight_bytes_per_token": decode_bytes,
         "decode_weight_gbps": decode_gbps, "decode_fraction_of_copy": decode_gbps / roof.copy_gbps,
         "decode_dispatch_overhead_estimate_seconds": dispatches as f64 * roof.dispatch_us * 1e-6,
@@ -345,7 +347,7 @@ fn clone_op(op: &Op) -> Op {
             pipeline: d.pipeline.clone(),
             bind_group: d.bind_group.clone(),
             workgroups: d.workgroups,
-            launch: d.launch,
+            launch: d.launch.clone(),
         }),
         Op::Copy { src, src_offset, dst, dst_offset, size } => {
             Op::Copy { src: src.clone(), src_offset: *src_offset, dst: dst.clone(), dst_offset: *dst_offset, size: *size }
