@@ -285,11 +285,6 @@ impl Readback {
         self.pending = Some(PendingMap { rx, size, submission });
     }
 
-    /// Whether a map was requested and not yet read.
-    pub fn is_pending(&self) -> bool {
-        self.pending.is_some()
-    }
-
     /// Awaits the map requested by [`Readback::map`] and returns its bytes.
     pub async fn read(&mut self, gpu: &Gpu) -> Result<Vec<u8>> {
         let Some(pending) = &mut self.pending else {
