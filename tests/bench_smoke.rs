@@ -82,6 +82,8 @@ fn quick_bench_on_tiny_synthetic_model_reports_every_figure() {
     // Counted, not assumed: the engine's contract is one submit and a 4-byte id per token.
     assert_eq!(m["submits_per_token"].as_f64(), Some(1.0));
     assert_eq!(m["read_back_bytes_per_token"].as_f64(), Some(4.0));
+    // Pipelined: the next step is always submitted before a token is read.
+    assert_eq!(m["host_waits_per_token"].as_f64(), Some(0.0));
     let breakdown = m["breakdown"].as_array().expect("breakdown");
     assert!(breakdown.iter().any(|f| f["family"].as_str().is_some_and(|s| s.starts_with("matvec"))));
     let total: u64 =

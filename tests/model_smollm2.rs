@@ -1,13 +1,16 @@
 //! The real SmolLM2-135M-Instruct Q4_1 model (fetched from PyPI by `scripts/fetch_smollm2.sh`)
 //! against transformers loading the same GGUF dequantized to f32
-//! (`scripts/make_smollm2_refs.py`): teacher-forced logits, greedy continuations, and a chat.
+//! (`scripts/make_smollm2_refs.py`): teacher-forced logits, greedy continuations, and a chat;
+//! the pipelined decode loop ends a reply at its end-of-turn token.
 
 mod common;
 use common::smollm2::{model_path, reference, Reference};
 use common::*;
-use webvlm::engine::{Engine, GenerateOptions, Prompt};
+use webvlm::chat::ChatMessage;
+use webvlm::engine::{Engine, FinishReason, GenerateOptions, Prompt};
 use webvlm::gguf::MappedGguf;
-use webvlm::model::ContextOptions;
+use webvlm::kernels::sample::SamplerState;
+use webvlm::model::{Context, ContextOptions};
 
 /// Relative L2 error allowed per position against the f32 reference (stored as f16, which
 /// alone contributes ~3e-4).
@@ -92,4 +95,43 @@ fn chat_names_paris() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Paris"), "reply: {text}");
     assert!(text.trim_end().ends_with('.') || text.contains("Paris."), "not a sentence: {text}");
+}
+
+/// A reply that ends with the end-of-turn token, which the pipelined loop sees one step late:
+/// the same tokens as a step-by-step loop up to it (not kept), no host wait, the step fed
+/// with it dropped, and the next chat turn (reusing the cache) as a fresh engine answers it.
+#[test]
+fn pipelined_reply_ends_at_the_end_of_turn_token() {
+    let r = reference();
+    let mut e = engine(&r);
+    let p = &r.prompts[0];
+    let (gpu, dec) = (e.gpu(), e.decoder());
+    let mut ctx = Context::new(gpu, dec, ContextOptions { max_ctx: 256, max_chunk: 128, ..Default::default() }).unwrap();
+    let greedy = SamplerState::greedy();
+    let mut want = vec![pollster::block_on(ctx.prefill(gpu, dec, &p.prompt_ids, &greedy)).unwrap()];
+    while !e.tokenizer().eos_ids().contains(want.last().unwrap()) {
+        assert!(want.len() < 32, "the reference reply ends within 32 tokens");
+        want.push(pollster::block_on(ctx.decode(gpu, dec, &greedy)).unwrap());
+    }
+    drop(ctx);
+    want.pop();
+
+    let before = e.context().counters();
+    let opts = GenerateOptions { max_tokens: 32, ..Default::default() };
+    let g = pollster::block_on(e.generate(&p.prompt_ids, &opts, |_| {})).unwrap();
+    assert_eq!((g.tokens.as_slice(), g.finish), (want.as_slice(), FinishReason::Stop));
+    assert_eq!(g.text, e.tokenizer().decode(&want, true).unwrap());
+    assert!(g.text.contains("Paris"), "{}", g.text);
+    assert_eq!(e.context().counters().host_waits - before.host_waits, 0);
+    assert_eq!(e.context().n_past() as usize, p.prompt_ids.len() + want.len(), "the step fed the end token is dropped");
+
+    let mut messages = p.messages.clone();
+    messages.push(ChatMessage::text("assistant", &g.text));
+    messages.push(ChatMessage::text("user", "And of Germany?"));
+    let next = e.chat_tokens(&messages).unwrap();
+    let opts = GenerateOptions { max_tokens: 8, ignore_eos: true, ..Default::default() };
+    let turn = pollster::block_on(e.generate(&next, &opts, |_| {})).unwrap();
+    assert!(turn.cached_tokens >= p.prompt_ids.len(), "cached {}", turn.cached_tokens);
+    let fresh = pollster::block_on(engine(&r).generate(&next, &opts, |_| {})).unwrap();
+    assert_eq!(turn.tokens, fresh.tokens);
 }

@@ -3,7 +3,12 @@
 //!
 //! Two ways to choose each token:
 //! - on the GPU (greedy, temperature, top-k, top-p): one submit per token and 4 bytes read
-//!   back; the default;
+//!   back, pipelined (the default). The sampled id stays on the GPU and feeds the next step,
+//!   so step n+1 is submitted before token n is read and the GPU never waits for the host
+//!   between tokens. `max_tokens` and the context's end are known in advance and never
+//!   overrun; an end-of-generation token, a stop string or an abort is seen one step late,
+//!   and that surplus step is dropped (its KV entry is forgotten, the prompt cache records
+//!   only the tokens fed before the last one kept);
 //! - on the host, from the logits row read back (512 KiB for a 131k vocabulary), when a
 //!   request needs what the GPU sampler cannot do: min-p, penalties, logit bias, logprobs or a
 //!   JSON constraint. The step for token `t` is submitted first, then the constraint's mask
@@ -17,8 +22,11 @@ use std::rc::Rc;
 use web_time::Instant;
 
 use crate::constraint::{Constraint, ConstraintFactory, SchemaCache};
+use crate::gpu::Gpu;
 use crate::kernels::sample::SamplerState;
+use crate::model::{Context, Decoder, PromptImages};
 use crate::sampling::{fold_seed, logprobs, Sampler, SamplingParams, StopStrings, TokenLogprob, MAX_TOP_LOGPROBS};
+use crate::tokenizer::{TextStream, Tokenizer};
 
 use super::prompt_cache::{PosKey, PromptCache};
 use super::{Engine, EngineError, Prompt};
@@ -48,8 +56,8 @@ pub struct GenerateOptions {
     pub response_format: ResponseFormat,
     /// Keep generating through end-of-generation tokens (for reference comparisons).
     pub ignore_eos: bool,
-    /// Checked before every decode step: once set, generation ends with
-    /// [`FinishReason::Abort`] (the browser's stop button; at most one more step runs).
+    /// Checked after every token: once set, generation ends with [`FinishReason::Abort`]
+    /// (the browser's stop button; the step already submitted for the next token is dropped).
     pub abort: Option<Rc<Cell<bool>>>,
 }
 
@@ -165,6 +173,58 @@ impl HostPicker {
     }
 }
 
+/// The output side of one generation: kept tokens, text deltas (a stop string held back
+/// while it may be starting, then trimmed) and logprobs, each step streamed to `on_step`.
+struct Emitter<'t, F> {
+    tokenizer: &'t Tokenizer,
+    text: TextStream,
+    stops: StopStrings,
+    ignore_eos: bool,
+    on_step: F,
+}
+
+impl<F: FnMut(&StepOutput<'_>) -> Option<Wait>> Emitter<'_, F> {
+    /// An end-of-generation token (not kept: generation stops before it).
+    fn is_end(&self, token: u32) -> bool {
+        !self.ignore_eos && self.tokenizer.eos_ids().contains(&token)
+    }
+
+    /// Keeps `token` and streams its text; true when a stop string ended generation.
+    async fn push(&mut self, out: &mut Generation, token: u32, logprob: Option<TokenLogprob>) -> Result<bool, EngineError> {
+        out.tokens.push(token);
+        let delta = self.text.step(self.tokenizer, token)?.unwrap_or_default();
+        let shown = self.stops.push(&delta);
+        out.text.push_str(&shown.emit);
+        if let Some(wait) = (self.on_step)(&StepOutput { text: &shown.emit, logprob: logprob.as_ref() }) {
+            wait.await;
+        }
+        out.logprobs.extend(logprob);
+        Ok(shown.stopped)
+    }
+
+    /// Streams the text held back at the end (an incomplete character, a partial stop string).
+    async fn finish(mut self, out: &mut Generation) -> Result<(), EngineError> {
+        let mut rest = self.text.flush(self.tokenizer)?.map(|d| self.stops.push(&d).emit).unwrap_or_default();
+        if !self.stops.stopped() {
+            rest.push_str(&self.stops.finish());
+        }
+        if !rest.is_empty() {
+            out.text.push_str(&rest);
+            if let Some(wait) = (self.on_step)(&StepOutput { text: &rest, logprob: None }) {
+                wait.await;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The model side of one generation: what runs the steps.
+struct Steps<'a> {
+    gpu: &'a Gpu,
+    dec: &'a Decoder,
+    ctx: &'a mut Context,
+}
+
 impl Engine {
     /// Generates from a [`Prompt`] (text and images), reusing the KV cache of the longest
     /// prefix it shares with the sequence already cached; `on_step` sees each step's text
@@ -173,12 +233,12 @@ impl Engine {
         &mut self,
         prompt: &Prompt,
         opts: &GenerateOptions,
-        mut on_step: impl FnMut(&StepOutput<'_>) -> Option<Wait>,
+        on_step: impl FnMut(&StepOutput<'_>) -> Option<Wait>,
     ) -> Result<Generation, EngineError> {
         opts.sampling.validate(self.decoder.cfg.vocab as usize)?;
-        let mut stops = StopStrings::new(opts.stop.clone())?;
+        let stops = StopStrings::new(opts.stop.clone())?;
         let images = self.placement(prompt)?;
-        let mut host = match opts.host_sampling() {
+        let host = match opts.host_sampling() {
             false => None,
             true => Some(HostPicker {
                 sampler: Sampler::new(opts.sampling.clone(), &prompt.tokens),
@@ -204,75 +264,22 @@ impl Engine {
         if opts.max_tokens == 0 {
             return Ok(out);
         }
-        let (gpu, dec) = (&self.gpu, &self.decoder);
-        let mut state = opts.gpu_sampler();
-        let (mut token, mut logprob) = match &mut host {
-            None => (self.ctx.prefill_with_images(gpu, dec, &prompt.tokens, images.as_ref(), &state).await?, None),
-            Some(h) => {
-                self.ctx.submit_prompt(gpu, dec, &prompt.tokens, images.as_ref())?;
-                let mask = h.mask()?;
-                let logits = self.ctx.read_logits(gpu, dec).await?;
-                h.pick(&logits, mask.as_deref())?
-            }
+        let text = self.tokenizer.decode_stream(true);
+        let mut emit = Emitter { tokenizer: &self.tokenizer, text, stops, ignore_eos: opts.ignore_eos, on_step };
+        let mut steps = Steps { gpu: &self.gpu, dec: &self.decoder, ctx: &mut self.ctx };
+        let images = images.as_ref();
+        let (prompt_end, mask_seconds) = match host {
+            None => (steps.run_on_gpu(prompt, images, opts, &mut emit, &mut out, start).await?, 0.0),
+            Some(mut h) => (steps.run_on_host(prompt, images, opts, &mut h, &mut emit, &mut out, start).await?, h.mask_seconds),
         };
-        // The cache now holds the prompt; each step below feeds one more token.
+        // The cache holds the prompt and the generated tokens fed back so far (not the last).
+        let fed = (self.ctx.n_past() - prompt_end) as usize;
         let mut live = keys;
-        out.time_to_first_token = start.elapsed().as_secs_f64();
-        let mut text = self.tokenizer.decode_stream(true);
-        loop {
-            if !opts.ignore_eos && self.tokenizer.eos_ids().contains(&token) {
-                out.finish = FinishReason::Stop;
-                break;
-            }
-            out.tokens.push(token);
-            if let Some(h) = &mut host {
-                h.accept(token)?;
-            }
-            let delta = text.step(&self.tokenizer, token)?.unwrap_or_default();
-            let shown = stops.push(&delta);
-            out.text.push_str(&shown.emit);
-            if let Some(wait) = on_step(&StepOutput { text: &shown.emit, logprob: logprob.as_ref() }) {
-                wait.await;
-            }
-            out.logprobs.extend(logprob.take());
-            if shown.stopped {
-                out.finish = FinishReason::Stop;
-                break;
-            }
-            if out.tokens.len() as u32 >= opts.max_tokens || self.ctx.n_past() >= self.ctx.max_ctx() {
-                break;
-            }
-            if opts.abort.as_ref().is_some_and(|a| a.get()) {
-                out.finish = FinishReason::Abort;
-                break;
-            }
-            (token, logprob) = match &mut host {
-                None => {
-                    state.draw += 1;
-                    (self.ctx.decode(gpu, dec, &state).await?, None)
-                }
-                Some(h) => {
-                    self.ctx.submit_token(gpu, dec, token)?;
-                    let mask = h.mask()?;
-                    let logits = self.ctx.read_logits(gpu, dec).await?;
-                    h.pick(&logits, mask.as_deref())?
-                }
-            };
-            live.push(PosKey::Token(*out.tokens.last().expect("a token was generated")));
-        }
-        let mut rest = text.flush(&self.tokenizer)?.map(|d| stops.push(&d).emit).unwrap_or_default();
-        if !stops.stopped() {
-            rest.push_str(&stops.finish());
-        }
-        if !rest.is_empty() {
-            out.text.push_str(&rest);
-            if let Some(wait) = on_step(&StepOutput { text: &rest, logprob: None }) {
-                wait.await;
-            }
-        }
+        live.extend(out.tokens[..fed].iter().map(|&t| PosKey::Token(t)));
+        emit.finish(&mut out).await?;
         self.prompt_cache.set(live);
         out.decode_seconds = start.elapsed().as_secs_f64() - out.time_to_first_token;
-        out.mask_seconds = host.map_or(0.0, |h| h.mask_seconds);
+        out.mask_seconds = mask_seconds;
         Ok(out)
     }
 
@@ -317,6 +324,97 @@ impl Engine {
             ResponseFormat::JsonSchema { schema, strict } => schemas.json_schema(schema, *strict)?,
             _ => schemas.json_object()?,
         }))
+    }
+}
+
+impl Steps<'_> {
+    /// Tokens chosen on the GPU, pipelined: the step feeding token n (still on the GPU) is
+    /// submitted before token n is read, so the GPU never waits for the host between tokens.
+    /// `max_tokens` and the context's end are known in advance and never overrun; an
+    /// end-of-generation token, a stop string or an abort is seen one step late, and the
+    /// surplus step is dropped. Returns the cache length after the prompt.
+    async fn run_on_gpu<F: FnMut(&StepOutput<'_>) -> Option<Wait>>(
+        &mut self,
+        prompt: &Prompt,
+        images: Option<&PromptImages<'_>>,
+        opts: &GenerateOptions,
+        emit: &mut Emitter<'_, F>,
+        out: &mut Generation,
+        start: Instant,
+    ) -> Result<u32, EngineError> {
+        let mut state = opts.gpu_sampler();
+        self.ctx.submit_prompt_sampled(self.gpu, self.dec, &prompt.tokens, images, &state)?;
+        let prompt_end = self.ctx.n_past();
+        // Decode steps that may run: each samples one token after the prefill's.
+        let mut steps_left = (opts.max_tokens - 1).min(self.ctx.max_ctx() - prompt_end);
+        loop {
+            if steps_left > 0 {
+                state.draw += 1;
+                self.ctx.submit_decode(self.gpu, self.dec, &state)?;
+                steps_left -= 1;
+            }
+            let token = self.ctx.read_next_token(self.gpu).await?;
+            if out.tokens.is_empty() {
+                out.time_to_first_token = start.elapsed().as_secs_f64();
+            }
+            if emit.is_end(token) || emit.push(out, token, None).await? {
+                out.finish = FinishReason::Stop;
+                break;
+            }
+            if self.ctx.steps_in_flight() == 0 {
+                break; // `max_tokens` or the context's end: FinishReason::Length.
+            }
+            if opts.abort.as_ref().is_some_and(|a| a.get()) {
+                out.finish = FinishReason::Abort;
+                break;
+            }
+        }
+        self.ctx.drop_last_step();
+        Ok(prompt_end)
+    }
+
+    /// Tokens chosen on the host, one step at a time: the step for token t is submitted, the
+    /// constraint's mask for the token after it computed while the GPU works, then its logits
+    /// awaited. Returns the cache length after the prompt.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_on_host<F: FnMut(&StepOutput<'_>) -> Option<Wait>>(
+        &mut self,
+        prompt: &Prompt,
+        images: Option<&PromptImages<'_>>,
+        opts: &GenerateOptions,
+        h: &mut HostPicker,
+        emit: &mut Emitter<'_, F>,
+        out: &mut Generation,
+        start: Instant,
+    ) -> Result<u32, EngineError> {
+        let (gpu, dec) = (self.gpu, self.dec);
+        self.ctx.submit_prompt(gpu, dec, &prompt.tokens, images)?;
+        let prompt_end = self.ctx.n_past();
+        let mask = h.mask()?;
+        let (mut token, mut logprob) = h.pick(&self.ctx.read_logits(gpu, dec).await?, mask.as_deref())?;
+        out.time_to_first_token = start.elapsed().as_secs_f64();
+        loop {
+            if emit.is_end(token) {
+                out.finish = FinishReason::Stop;
+                break;
+            }
+            h.accept(token)?;
+            if emit.push(out, token, logprob.take()).await? {
+                out.finish = FinishReason::Stop;
+                break;
+            }
+            if out.tokens.len() as u32 >= opts.max_tokens || self.ctx.n_past() >= self.ctx.max_ctx() {
+                break;
+            }
+            if opts.abort.as_ref().is_some_and(|a| a.get()) {
+                out.finish = FinishReason::Abort;
+                break;
+            }
+            self.ctx.submit_token(gpu, dec, token)?;
+            let mask = h.mask()?;
+            (token, logprob) = h.pick(&self.ctx.read_logits(gpu, dec).await?, mask.as_deref())?;
+        }
+        Ok(prompt_end)
     }
 }
 

@@ -270,11 +270,12 @@ impl Gpu {
     /// Copies `size` bytes at `offset` of `src` to the host. Allocates a staging buffer, so
     /// it is for tests, logits and load-time work; the decode loop uses a [`Readback`].
     pub async fn read(&self, src: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
-        let readback = Readback::new(self, size);
+        let mut readback = Readback::new(self, size);
         let mut encoder = self.device.create_command_encoder(&Default::default());
         readback.copy_from(&mut encoder, src, offset, size);
-        self.queue.submit([encoder.finish()]);
-        readback.read(self, size).await
+        let index = self.queue.submit([encoder.finish()]);
+        readback.map(size, index);
+        readback.read(self).await
     }
 
     /// [`Gpu::read`] as f32 values.
@@ -296,10 +297,25 @@ impl Gpu {
     }
 }
 
-/// A persistent host-readable staging buffer: the decode loop copies its few result bytes
-/// here in the step's command encoder and maps it after the single submit.
+/// A persistent host-readable staging buffer: a step copies its few result bytes here in its
+/// command encoder, [`Readback::map`] requests the map right after that step's submit, and
+/// [`Readback::read`] awaits it, possibly after later steps were submitted.
+///
+/// The map is requested before any later submit because a browser resolves a map only once
+/// all the work submitted before the request is done; natively, the read waits for the
+/// step's own submission, not for the device to go idle.
 pub struct Readback {
     staging: wgpu::Buffer,
+    /// The map requested and not yet read (or abandoned).
+    pending: Option<PendingMap>,
+}
+
+struct PendingMap {
+    rx: futures_channel::oneshot::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>,
+    size: u64,
+    /// The submission that fills the buffer (what a native read waits for).
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+    submission: wgpu::SubmissionIndex,
 }
 
 impl Readback {
@@ -310,27 +326,50 @@ impl Readback {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        Readback { staging }
+        Readback { staging, pending: None }
     }
 
-    /// Records the copy of `size` bytes of `src` at `offset` into the staging buffer.
-    pub fn copy_from(&self, enc: &mut wgpu::CommandEncoder, src: &wgpu::Buffer, offset: u64, size: u64) {
+    /// Records the copy of `size` bytes of `src` at `offset` into the staging buffer. A map
+    /// still pending from an earlier use is abandoned first (the buffer must be unmapped to
+    /// be copied into).
+    pub fn copy_from(&mut self, enc: &mut wgpu::CommandEncoder, src: &wgpu::Buffer, offset: u64, size: u64) {
+        self.cancel();
         enc.copy_buffer_to_buffer(src, offset, &self.staging, 0, size.next_multiple_of(4));
     }
 
-    /// Maps the staging buffer after the submit that filled it and returns its first `size` bytes.
-    pub async fn read(&self, gpu: &Gpu, size: u64) -> Result<Vec<u8>> {
+    /// Requests the map of the first `size` bytes, right after `submission` (the submit that
+    /// filled the buffer) and before any later submit.
+    pub fn map(&mut self, size: u64, submission: wgpu::SubmissionIndex) {
+        self.cancel();
         let padded = size.max(4).next_multiple_of(4);
         let (tx, rx) = futures_channel::oneshot::channel();
         self.staging.map_async(wgpu::MapMode::Read, 0..padded, move |r| {
             let _ = tx.send(r);
         });
+        self.pending = Some(PendingMap { rx, size, submission });
+    }
+
+    /// Awaits the map requested by [`Readback::map`] and returns its bytes.
+    pub async fn read(&mut self, gpu: &Gpu) -> Result<Vec<u8>> {
+        let Some(pending) = &mut self.pending else {
+            return Err(GpuError::Readback("read without a requested map".into()));
+        };
         #[cfg(not(target_arch = "wasm32"))]
-        gpu.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| GpuError::Readback(e.to_string()))?;
-        let mapped = rx.await.map_err(|_| GpuError::Readback("map callback dropped".into()))?;
-        if let Err(e) = mapped {
-            return Err(lost_or(gpu, GpuError::Readback(e.to_string())).await);
+        {
+            let wait = wgpu::PollType::Wait { submission_index: Some(pending.submission.clone()), timeout: None };
+            gpu.device.poll(wait).map_err(|e| GpuError::Readback(e.to_string()))?;
         }
+        // Awaited through a borrow: if this future is dropped here, `pending` stays recorded
+        // and the next use of the buffer abandons the map.
+        let mapped = (&mut pending.rx).await;
+        let size = pending.size;
+        self.pending = None;
+        match mapped {
+            Err(_) => return Err(GpuError::Readback("map callback dropped".into())),
+            Ok(Err(e)) => return Err(lost_or(gpu, GpuError::Readback(e.to_string())).await),
+            Ok(Ok(())) => {}
+        }
+        let padded = size.max(4).next_multiple_of(4);
         let bytes = {
             let view = self.staging.get_mapped_range(0..padded).map_err(|e| GpuError::Readback(e.to_string()))?;
             view[..size as usize].to_vec()
@@ -338,6 +377,14 @@ impl Readback {
         self.staging.unmap();
         gpu.check_errors()?;
         Ok(bytes)
+    }
+
+    /// Abandons a requested map that will not be read (a pending map is aborted, a completed
+    /// one unmapped); does nothing when none is pending.
+    pub fn cancel(&mut self) {
+        if self.pending.take().is_some() {
+            self.staging.unmap();
+        }
     }
 }
 

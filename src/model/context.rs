@@ -1,12 +1,20 @@
 //! A sequence being run by one [`Decoder`]: the step buffers ([`StepBuffers`]), the family's
 //! scratch, the sequence state ([`SequenceState`]: KV caches), the step uniform, the sampler
-//! and the recorded programs of each step shape. Everything is allocated once here; the
-//! decode loop only writes the step uniform and the sampler state, submits one command
-//! buffer and reads back the 4-byte token id.
+//! and the recorded programs of each step shape. Everything is allocated once here; a decode
+//! step only writes the step uniform and the sampler state, submits one command buffer and
+//! copies its 4-byte token id to a readback buffer.
+//!
+//! Decoding is pipelined: the sampled id stays on the GPU (`ids[0]`, which the next step's
+//! embedding gather reads), so [`Context::submit_decode`] can submit step n+1 before
+//! [`Context::read_next_token`] awaits step n's id. Each step in flight has its own readback
+//! buffer (two in steady state), mapped right after its submit; reading one waits for its
+//! own submission only. A step submitted past the end of generation (the host learns of an
+//! end-of-generation token or a stop string one step late) is dropped with
+//! [`Context::drop_last_step`]: its KV entry is forgotten and overwritten later.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
-use crate::gpu::{Gpu, Program, Readback, Result as GpuResult};
+use crate::gpu::{Gpu, GpuError, Program, Readback, Result as GpuResult};
 use crate::kernels::attention::StepParams;
 use crate::kernels::sample::SamplerState;
 
@@ -48,13 +56,23 @@ pub struct Context {
     scratch: Scratch,
     state: SequenceState,
     programs: HashMap<(u32, LogitsMode), StepPrograms>,
-    readback: Readback,
+    /// Submitted steps whose sampled token is not read yet, oldest first.
+    in_flight: VecDeque<InFlight>,
+    /// Token readbacks not in use (reused, so steady-state decode allocates nothing).
+    spare: Vec<Readback>,
     /// Tokens already in the KV cache.
     n_past: u32,
     /// Position id of cache row 0 (tests start sequences at large positions).
     pos_offset: u32,
     /// Submits and bytes read back so far, for benchmarks.
     counters: Counters,
+}
+
+/// A submitted step whose sampled token id is being copied to `readback`.
+struct InFlight {
+    readback: Readback,
+    /// Tokens the step appended to the cache.
+    tokens: u32,
 }
 
 /// What a context has sent to and read from the GPU (`webvlm bench` reports per-token deltas).
@@ -64,6 +82,9 @@ pub struct Counters {
     pub submits: u64,
     /// Bytes copied back to the host.
     pub read_back_bytes: u64,
+    /// Token or logits reads awaited while no later step was submitted: the GPU idles until
+    /// the host submits again. Pipelined decode adds none in steady state.
+    pub host_waits: u64,
 }
 
 impl Context {
@@ -85,7 +106,8 @@ impl Context {
             scratch,
             state,
             programs: HashMap::new(),
-            readback: Readback::new(gpu, 4),
+            in_flight: VecDeque::new(),
+            spare: Vec::new(),
             n_past: 0,
             pos_offset: 0,
             counters: Counters::default(),
@@ -94,12 +116,14 @@ impl Context {
 
     /// Forgets the sequence (the cache is overwritten by the next tokens).
     pub fn reset(&mut self) {
+        self.forget_in_flight();
         self.n_past = 0;
     }
 
     /// Keeps only the first `n` cached tokens (a prompt-cache hit: the next prefill starts
     /// there).
     pub fn truncate(&mut self, n: u32) {
+        self.forget_in_flight();
         self.n_past = self.n_past.min(n);
     }
 
@@ -136,6 +160,7 @@ impl Context {
 
     /// Puts the first `rows` positions of `snapshot` back; the cache then holds those.
     pub fn restore_state(&mut self, gpu: &Gpu, snapshot: &StateSnapshot, rows: u32) {
+        self.forget_in_flight();
         self.n_past = self.state.restore(gpu, snapshot, rows);
         self.counters.submits += 1;
     }
@@ -169,6 +194,7 @@ impl Context {
             out.extend(gpu.read_f32(&self.b.logits, 0, len * vocab).await?);
             self.counters.submits += 1;
             self.counters.read_back_bytes += (len * vocab * 4) as u64;
+            self.counters.host_waits += 1;
         }
         Ok(out)
     }
@@ -189,17 +215,73 @@ impl Context {
         images: Option<&PromptImages<'_>>,
         s: &SamplerState,
     ) -> Result<u32, ModelError> {
-        self.b.sampler.set(gpu, s);
-        self.submit_prefill(gpu, dec, tokens, images, true)?;
-        self.read_token(gpu).await
+        self.submit_prompt_sampled(gpu, dec, tokens, images, s)?;
+        self.read_next_token(gpu).await
     }
 
-    /// Feeds the last sampled token (already on the GPU) and returns the next one.
+    /// Submits the prefill of `tokens[n_past..]` (as [`Self::prefill_with_images`]) with the
+    /// GPU's choice of the first generated token, and returns at once: the token comes from
+    /// [`Self::read_next_token`], and [`Self::submit_decode`] may feed it before that. Steps
+    /// still in flight from an earlier sequence are forgotten.
+    pub fn submit_prompt_sampled(
+        &mut self,
+        gpu: &Gpu,
+        dec: &Decoder,
+        tokens: &[u32],
+        images: Option<&PromptImages<'_>>,
+        s: &SamplerState,
+    ) -> Result<(), ModelError> {
+        self.b.sampler.set(gpu, s);
+        self.submit_prefill(gpu, dec, tokens, images, true)
+    }
+
+    /// Feeds the last sampled token (already on the GPU) and returns the oldest token not
+    /// read yet: with no step in flight before, the one this step samples. Synchronous:
+    /// the GPU idles while the host reads (the generation loop uses [`Self::submit_decode`]).
     pub async fn decode(&mut self, gpu: &Gpu, dec: &Decoder, s: &SamplerState) -> Result<u32, ModelError> {
+        self.submit_decode(gpu, dec, s)?;
+        self.read_next_token(gpu).await
+    }
+
+    /// Submits the decode step that feeds the last sampled token (still on the GPU, possibly
+    /// not computed yet) and samples the next one with `s`, and returns at once; its token
+    /// comes from [`Self::read_next_token`] after those of the steps submitted before it.
+    pub fn submit_decode(&mut self, gpu: &Gpu, dec: &Decoder, s: &SamplerState) -> Result<(), ModelError> {
         self.check_room(1)?;
         self.b.sampler.set(gpu, s);
-        self.submit(gpu, dec, 1, LogitsMode::LastAndSample, &[], true)?;
-        self.read_token(gpu).await
+        self.submit(gpu, dec, 1, LogitsMode::LastAndSample, &[], true)
+    }
+
+    /// Awaits the token of the oldest submitted step not read yet (waiting for that step's
+    /// submission only, not for later ones). Counts a host wait when no later step is
+    /// submitted.
+    pub async fn read_next_token(&mut self, gpu: &Gpu) -> Result<u32, ModelError> {
+        let Some(mut step) = self.in_flight.pop_front() else {
+            return Err(GpuError::Readback("no submitted step has a token to read".into()).into());
+        };
+        if self.in_flight.is_empty() {
+            self.counters.host_waits += 1;
+        }
+        let bytes = step.readback.read(gpu).await;
+        self.spare.push(step.readback);
+        let bytes = bytes?;
+        Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    }
+
+    /// Steps submitted whose token is not read yet.
+    pub fn steps_in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Drops the newest submitted step whose token is not read yet (generation ended before
+    /// its token was needed): its tokens leave the cache (their KV entries are overwritten
+    /// later) and its token is never read. Returns whether there was one.
+    pub fn drop_last_step(&mut self) -> bool {
+        let Some(mut step) = self.in_flight.pop_back() else { return false };
+        step.readback.cancel();
+        self.spare.push(step.readback);
+        self.n_past -= step.tokens;
+        true
     }
 
     /// Submits the prefill of `tokens[n_past..]` (as [`Self::prefill_with_images`]) and
@@ -230,6 +312,7 @@ impl Context {
     pub async fn read_logits(&mut self, gpu: &Gpu, dec: &Decoder) -> Result<Vec<f32>, ModelError> {
         let vocab = dec.cfg.vocab as usize;
         self.counters.read_back_bytes += vocab as u64 * 4;
+        self.counters.host_waits += 1;
         Ok(gpu.read_f32(&self.b.logits, 0, vocab).await?)
     }
 
@@ -248,6 +331,7 @@ impl Context {
         images: Option<&PromptImages<'_>>,
         read_token: bool,
     ) -> Result<(), ModelError> {
+        self.forget_in_flight();
         let mut start = self.n_past as usize;
         self.check(dec, tokens, start, images)?;
         let chunk = self.opts.max_chunk as usize;
@@ -285,7 +369,7 @@ impl Context {
         Ok([&p.embed, &p.body])
     }
 
-    /// Submits and read-back bytes since the context was made, for benchmarks.
+    /// Submits, read-back bytes and host waits since the context was made, for benchmarks.
     pub fn counters(&self) -> Counters {
         self.counters
     }
@@ -329,7 +413,8 @@ impl Context {
     }
 
     /// One step: step uniform, the gather, `copies` (source, source offset, offset in `x`,
-    /// bytes) over the embeddings, the rest of the pass, the token readback copy, one submit.
+    /// bytes) over the embeddings, the rest of the pass, the token readback copy (then mapped,
+    /// before any later submit), one submit.
     fn submit(
         &mut self,
         gpu: &Gpu,
@@ -348,14 +433,29 @@ impl Context {
             encoder.copy_buffer_to_buffer(src, src_offset, &self.b.x, dst_offset, size);
         }
         programs.body.encode(&mut encoder);
-        if read_token {
-            self.readback.copy_from(&mut encoder, &self.b.ids, 0, 4);
+        let readback = read_token.then(|| {
+            let mut readback = self.spare.pop().unwrap_or_else(|| Readback::new(gpu, 4));
+            readback.copy_from(&mut encoder, &self.b.ids, 0, 4);
+            readback
+        });
+        let submission = gpu.queue.submit([encoder.finish()]);
+        if let Some(mut readback) = readback {
+            readback.map(4, submission);
+            self.in_flight.push_back(InFlight { readback, tokens: n });
             self.counters.read_back_bytes += 4;
         }
-        gpu.queue.submit([encoder.finish()]);
         self.counters.submits += 1;
         self.n_past += n;
         Ok(())
+    }
+
+    /// Forgets the steps whose tokens were not read (their maps abandoned); the cache keeps
+    /// their entries.
+    fn forget_in_flight(&mut self) {
+        for mut step in self.in_flight.drain(..) {
+            step.readback.cancel();
+            self.spare.push(step.readback);
+        }
     }
 
     fn programs(&mut self, gpu: &Gpu, dec: &Decoder, n: u32, mode: LogitsMode) -> GpuResult<&StepPrograms> {
@@ -367,10 +467,5 @@ impl Context {
             self.programs.insert((n, mode), programs);
         }
         Ok(&self.programs[&(n, mode)])
-    }
-
-    async fn read_token(&self, gpu: &Gpu) -> Result<u32, ModelError> {
-        let bytes = self.readback.read(gpu, 4).await?;
-        Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
     }
 }

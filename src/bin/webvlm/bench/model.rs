@@ -1,7 +1,8 @@
-//! Whole-model figures through the engine's own API (`Context::prefill`, `Context::decode`):
-//! prefill and decode tokens/s, dispatches, submits and bytes read back per token (counted by
-//! `Context::counters`), and a per-kernel-family breakdown of one decode step: the recorded
-//! decode program's dispatches grouped by pipeline, each group timed alone.
+//! Whole-model figures through the engine's own API (`Context::prefill`, and
+//! `Context::submit_decode` / `Context::read_next_token` pipelined as generation runs them):
+//! prefill and decode tokens/s, dispatches, submits, bytes read back and host waits per token
+//! (counted by `Context::counters`), and a per-kernel-family breakdown of one decode step: the
+//! recorded decode program's dispatches grouped by pipeline, each group timed alone.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -101,32 +102,41 @@ pub fn bench_model(
         plan.prompt_tokens, prefill_s, prefill_tps, prefill_counts.0, prefill_counts.1
     ));
 
+    // Pipelined as generation runs it: the step for token n+1 is submitted before token n is
+    // read. Counted from after the first submit, each token costs one submit and one read;
+    // a step is the time between two tokens read. The step left over is dropped.
+    ctx.submit_decode(gpu, &dec, &greedy)?;
     let before = ctx.counters();
     let mut steps = Vec::new();
     let t_all = Instant::now();
+    let mut t = t_all;
     for _ in 0..plan.decode_tokens {
-        let t = Instant::now();
-        pollster::block_on(ctx.decode(gpu, &dec, &greedy))?;
+        ctx.submit_decode(gpu, &dec, &greedy)?;
+        pollster::block_on(ctx.read_next_token(gpu))?;
         steps.push(t.elapsed().as_secs_f64());
+        t = Instant::now();
     }
     let decode_total = t_all.elapsed().as_secs_f64();
     let after = ctx.counters();
+    ctx.drop_last_step();
     let n = plan.decode_tokens.max(1) as f64;
     let submits_per_token = (after.submits - before.submits) as f64 / n;
     let read_back_per_token = (after.read_back_bytes - before.read_back_bytes) as f64 / n;
+    let host_waits_per_token = (after.host_waits - before.host_waits) as f64 / n;
     let dispatches = ctx.decode_dispatches(gpu, &dec)?;
     let step_s = median(&mut steps);
     let decode_bytes = decode_weight_bytes(&dec);
     let decode_gbps = decode_bytes as f64 / step_s / 1e9;
     out.note(&format!(
-        "  decode {} tokens: {:.1} ms/token = {:.2} tokens/s; {} dispatches, {} submits, {} B read back per token; \
-         weights {:.1} MiB/token -> {:.2} GB/s = {:.0}% of copy",
+        "  decode {} tokens: {:.1} ms/token = {:.2} tokens/s; {} dispatches, {} submits, {} B read back, \
+         {} host waits per token; weights {:.1} MiB/token -> {:.2} GB/s = {:.0}% of copy",
         plan.decode_tokens,
         step_s * 1e3,
         1.0 / step_s,
         dispatches,
         submits_per_token,
         read_back_per_token,
+        host_waits_per_token,
         decode_bytes as f64 / 1048576.0,
         decode_gbps,
         100.0 * decode_gbps / roof.copy_gbps
@@ -154,8 +164,8 @@ pub fn bench_model(
         "decode_tokens": plan.decode_tokens, "decode_seconds_per_token": step_s,
         "decode_tokens_per_s": n / decode_total, "decode_tokens_per_s_median": 1.0 / step_s,
         "dispatches_per_token": dispatches, "dispatches_per_layer": launch["dispatches_per_layer"],
-        "submits_per_token": submits_per_token,
-        "read_back_bytes_per_token": read_back_per_token, "decode_weight_bytes_per_token": decode_bytes,
+        "submits_per_token": submits_per_token, "read_back_bytes_per_token": read_back_per_token,
+        "host_waits_per_token": host_waits_per_token, "decode_weight_bytes_per_token": decode_bytes,
         "decode_weight_gbps": decode_gbps, "decode_fraction_of_copy": decode_gbps / roof.copy_gbps,
         "decode_dispatch_overhead_estimate_seconds": dispatches as f64 * roof.dispatch_us * 1e-6,
     });
@@ -298,7 +308,7 @@ fn breakdown(
     }
     let t_whole = time_program(gpu, &whole, budget)?;
     out.note(&format!(
-        "  decode step breakdown ({label}): whole program alone {:.1} ms ({} dispatches) vs {:.1} ms per decode() call",
+        "  decode step breakdown ({label}): whole program alone {:.1} ms ({} dispatches) vs {:.1} ms per pipelined decode step",
         t_whole.median * 1e3,
         whole.n_dispatches(),
         step_s * 1e3
