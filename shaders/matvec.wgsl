@@ -66,6 +66,12 @@ fn out_rows() -> u32 {
     return select(p.rows, p.rows / 2u, EPI == 2u);
 }
 
+/// The first output row of row group `g` of `n` rows per thread (half as many outputs for
+/// the SiLU-gated product).
+fn first_output(g: u32, n: u32) -> u32 {
+    return g * select(n, n / 2u, EPI == 2u);
+}
+
 /// The weight row of a thread's row slot `i` (of `n`) for outputs from `out0`: slots map to
 /// consecutive rows, except for the SiLU-gated product, whose second half reads the up rows.
 /// Clamped to the last row (the results of rows past the end are not stored).
@@ -142,7 +148,7 @@ fn reduce_store(acc: vec4<f32>, lid: u32, group0: u32, tpr: u32, t: u32) {
         leader = lid < WG / tpr;
         for (var i = 0u; leader && i < tpr; i++) { s += red[lid * tpr + i]; }
     }
-    let out0 = (group0 + grp) * select(NR, NR / 2u, EPI == 2u);
+    let out0 = first_output(group0 + grp, NR);
     if (leader && out0 < out_rows()) {
         emit(t, out0, NR, s, vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     }
@@ -155,7 +161,7 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     let lane = lid % TPR;
     let grp = lid / TPR;
     let group0 = linear_workgroup(wid, nwg) * (WG / TPR);
-    let out0 = (group0 + grp) * select(NR, NR / 2u, EPI == 2u);
+    let out0 = first_output(group0 + grp, NR);
     let r0 = weight_row(out0, 0u, NR);
     let r1 = weight_row(out0, 1u, NR);
     let r2 = weight_row(out0, 2u, NR);
@@ -394,7 +400,7 @@ fn reduce_store_blk(a0: vec4<f32>, a1: vec4<f32>, a2: vec4<f32>, a3: vec4<f32>, 
             }
         }
     }
-    let out0 = (group0 + grp) * select(NRB, NRB / 2u, EPI == 2u);
+    let out0 = first_output(group0 + grp, NRB);
     if (leader && out0 < out_rows()) {
         emit(t, out0, NRB, s0, s1, s2, s3);
     }
@@ -407,7 +413,7 @@ fn matvec_blk(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     let lane = lid % TPB;
     let grp = lid / TPB;
     let group0 = linear_workgroup(wid, nwg) * (WG / TPB);
-    let out0 = (group0 + grp) * select(NRB, NRB / 2u, EPI == 2u);
+    let out0 = first_output(group0 + grp, NRB);
     let r0 = weight_row(out0, 0u, NRB);
     let r1 = weight_row(out0, 1u, NRB);
     let r2 = weight_row(out0, 2u, NRB);

@@ -187,16 +187,18 @@ fn rope_kv_store_f16(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     v_cache_h[cw] = pack2x16float(vec2<f32>(v[vb + d], v[vb + d + 1u]));
 }
 
+/// The q part of a fused pass: rotates q's pair if `j` is one; true when done with `j`.
+fn qkv_rotate_q(j: Job, pos: u32) -> bool {
+    if (j.ok && j.h < p.n_q) { rope_x_pair(j.t * p.x_stride + j.h * p.head_dim, pos, j.i); }
+    return !j.ok || j.h < p.n_q;
+}
+
 @compute @workgroup_size(WG)
 fn rope_qkv_store(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                   @builtin(local_invocation_index) lid: u32) {
     let j = job(wid, nwg, lid, p.n_q + p.n_heads);
-    if (!j.ok) { return; }
     let pos = step.rope_pos0 + j.t;
-    if (j.h < p.n_q) {
-        rope_x_pair(j.t * p.x_stride + j.h * p.head_dim, pos, j.i);
-        return;
-    }
+    if (qkv_rotate_q(j, pos)) { return; }
     let h = j.h - p.n_q;
     let d = pair_dims(j.i);
     let kb = j.t * p.x_stride + p.x_offset + h * p.head_dim;
@@ -212,13 +214,9 @@ fn rope_qkv_store(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
 @compute @workgroup_size(WG)
 fn rope_qkv_store_f16(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                       @builtin(local_invocation_index) lid: u32) {
-    let j = job(wid, nwg, lid, p.n_q + p.n_heads);  // q heads: j.i a pair; k heads: a word
-    if (!j.ok) { return; }
+    let j = job(wid, nwg, lid, p.n_q + p.n_heads);  // k heads: j.i a word
     let pos = step.rope_pos0 + j.t;
-    if (j.h < p.n_q) {
-        rope_x_pair(j.t * p.x_stride + j.h * p.head_dim, pos, j.i);
-        return;
-    }
+    if (qkv_rotate_q(j, pos)) { return; }
     let h = j.h - p.n_q;
     let d = 2u * j.i;
     let kb = j.t * p.x_stride + p.x_offset + h * p.head_dim;
