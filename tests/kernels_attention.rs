@@ -450,9 +450,10 @@ fn decode_covers_group_sizes_head_dims_and_context_lengths() {
         for hd in [64, 128] {
             // Alternate the cache type so that each group size meets both across head_dims.
             let kv = if (i + hd as usize / 64) % 2 == 0 { KvDtype::F32 } else { KvDtype::F16 };
-            let steps = [(1, 1), (150, 1), (2999, 1), (max_ctx, 1)];
+            // Short after long: the splits the long step wrote must not leak into the short one.
+            let steps = [(2999, 1), (1, 1), (max_ctx, 1), (150, 1)];
             check_decode(&gpu, &mut rng, &DecodeCase::new(n_head, n_kv, hd, 1, max_ctx, kv), &steps);
-            let steps = [(3, 3), (200, 3), (max_ctx - 1, 2), (max_ctx, 3)];
+            let steps = [(3, 3), (max_ctx - 1, 2), (200, 3), (max_ctx, 3)];
             check_decode(&gpu, &mut rng, &DecodeCase::new(n_head, n_kv, hd, 3, max_ctx, kv), &steps);
         }
     }
