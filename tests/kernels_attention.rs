@@ -449,7 +449,7 @@ fn decode_covers_group_sizes_head_dims_and_context_lengths() {
     for (i, &(n_head, n_kv)) in heads.iter().enumerate() {
         for hd in [64, 128] {
             // Alternate the cache type so that each group size meets both across head_dims.
-            let kv = if (i + hd as usize / 64) % 2 == 0 { KvDtype::F32 } else { KvDtype::F16 };
+            let kv = if (i + hd as usize / 64).is_multiple_of(2) { KvDtype::F32 } else { KvDtype::F16 };
             // Short after long: the splits the long step wrote must not leak into the short one.
             let steps = [(2999, 1), (1, 1), (max_ctx, 1), (150, 1)];
             check_decode(&gpu, &mut rng, &DecodeCase::new(n_head, n_kv, hd, 1, max_ctx, kv), &steps);
@@ -478,7 +478,7 @@ fn decode_rows_are_the_kv_group_and_splits_follow_kv_len() {
     // Every active split holds keys (the last one too), and together they cover kv_len.
     for kv_len in 1..=32768 {
         let (per, n) = (attention::split_keys(kv_len, n_split), active(kv_len));
-        assert!(per % attention::DECODE_TILE == 0 && n <= n_split, "kv_len {kv_len}");
+        assert!(per.is_multiple_of(attention::DECODE_TILE) && n <= n_split, "kv_len {kv_len}");
         assert!((n - 1) * per < kv_len && n * per >= kv_len, "kv_len {kv_len}: {n} splits of {per}");
     }
     assert_eq!((attention::split_keys(8193, n_split), active(8193)), (192, 43), "capped: fewer, longer splits");

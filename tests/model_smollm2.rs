@@ -7,7 +7,7 @@ use common::smollm2::{model_path, reference, Reference};
 use common::*;
 use webvlm::engine::{Engine, GenerateOptions, Prompt};
 use webvlm::gguf::MappedGguf;
-use webvlm::model::ContextOptions;
+use webvlm::model::{ContextOptions, Precision};
 
 /// Relative L2 error allowed per position against the f32 reference (stored as f16, which
 /// alone contributes ~3e-4).
@@ -20,7 +20,7 @@ const NEAR_TIE: f32 = 0.02;
 
 fn engine(r: &Reference) -> Engine {
     let model = MappedGguf::open(model_path(r)).unwrap();
-    Engine::load(gpu(), &model, ContextOptions { max_ctx: 256, max_chunk: 128, ..Default::default() }).unwrap()
+    Engine::load(gpu(), &model, ContextOptions { max_ctx: 256, max_chunk: 128, precision: Precision::F32 }).unwrap()
 }
 
 #[test]

@@ -8,6 +8,22 @@
 //! out `[n_tok][n_head*head_dim]` f32. Query head h uses KV head `h / (n_head / n_kv_head)`.
 //! New token t sits at cache row `kv_start + t` and (causal) sees rows `0..=kv_start + t`; the
 //! cache must already hold the new rows. The math is f32 whatever the cache type.
+//!
+//! Decode shape ([`attention_decode`]): the grid is recorded once for `max_ctx`
+//! ([`decode_grid`]: [`default_splits`] x KV heads x row chunks) and the step's `kv_len`
+//! picks the splits that work ([`active_splits`], >= [`DECODE_SPLIT_KEYS`] keys each); the
+//! others return at once and the combine pass merges only the active ones. A workgroup's rows
+//! are the query heads of one KV group ([`decode_rows`]), and each V tile is loaded once
+//! into workgroup memory for all of them. At Ministral 3 3B shapes (32 heads, 8 KV heads,
+//! head_dim 128), one token, max_ctx 32768 (64 splits, 512 workgroups launched):
+//!
+//! | | rows used / slots | active workgroups at kv_len 128 / 4096 | K+V loaded per active workgroup at 4096 (f32) |
+//! |---|---|---|---|
+//! | before | 4 / 8 | 16 (of 512 running) / 512 | 64 keys: K 32 KiB + V 4 x 32 KiB (once per row) = 160 KiB |
+//! | now | 4 / 4 | 8 (504 exit at once) / 256 | 128 keys: K 64 KiB + V 64 KiB, each once = 128 KiB |
+//!
+//! (f16 cache: half the bytes. The combine pass merges 64 splits per row before at every
+//! kv_len, now 1 at 128 and 32 at 4096.)
 
 use bytemuck::{Pod, Zeroable};
 
