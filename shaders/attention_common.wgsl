@@ -12,8 +12,8 @@ struct Params {
     kv_stride: u32, // elements per cache row (n_kv_head * head_dim)
     causal: u32,
     scale: f32,
-    n_split: u32,   // decode: key splits
-    _pad0: u32,
+    n_split: u32,   // decode: key splits of the grid
+    split_keys: u32, // decode: fewest keys per split (fewer splits are used for short contexts)
     _pad1: u32,
 }
 

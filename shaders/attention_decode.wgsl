@@ -2,20 +2,25 @@
 //! Dao et al. 2023; the partial-softmax merge of Milakov & Gimelshein 2018).
 //!
 //! `attn_decode`: workgroup (split s, KV head g, row chunk z). A row is a (token, query head of
-//! the group) pair; a chunk holds up to R_MAX rows. The cache rows 0..kv_len (kv_len =
-//! kv_start + n_tok, read from the step uniform) are cut into n_split chunks of
-//! ceil(kv_len / n_split) keys rounded up to BK; split s walks its chunk in tiles of BK keys:
-//!   1. scores of the tile for every row into workgroup memory: invocation (key, half of
-//!      head_dim) reads its K slice once from global and dots it with every row's q;
-//!   2. the new running max of each row; 3. one exp per (row, key);
-//!   4. each invocation owns (row, vec4 of head_dim) pairs and folds the tile into its running
-//!      sum l and unnormalised output o (V read straight from global, coalesced).
-//! It writes (m, l) and o per (row, split); splits past kv_len write l = 0 and are skipped.
-//! The grid (n_split x n_kv_head x row chunks) depends only on record-time sizes, so one
-//! recorded program serves every kv_len up to max_ctx.
-//! `attn_combine`: one workgroup per (token, head) merges the splits:
+//! the group) pair; a workgroup holds R rows (override, set per shape by
+//! `src/kernels/attention.rs`: the group's heads x as many tokens as fit in R_MAX, so no row
+//! slot idles). The cache rows 0..kv_len (kv_len = kv_start + n_tok, from the step uniform)
+//! are cut into splits of per = ceil(kv_len / n) keys rounded up to BK, n = clamp(ceil(kv_len
+//! / split_keys), 1, n_split); n_eff = ceil(kv_len / per) <= n of them hold keys. The grid
+//! has n_split splits (enough for max_ctx, fixed when the step program is recorded) and
+//! splits s >= n_eff return at once.
+//! Split s walks its keys in tiles of BK:
+//!   1. partial scores of the tile into workgroup memory: invocation (key, half of head_dim)
+//!      reads its K slice once from global and dots it with every row's q;
+//!   2. the new running max of each row; 3. one exp per (row, key) into `pr`;
+//!   4. V in sub-tiles of VT / hd4 keys, each loaded once (coalesced) into workgroup memory
+//!      and used by every row: invocation (row, vec4 of head_dim) folds it into its running
+//!      sum l and unnormalised output o.
+//! It writes (m, l) and o per (row, split); a split that sees no key writes l = 0.
+//! `attn_combine`: one workgroup per (token, head) merges the n_eff splits (same formula):
 //!   out = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s.
-//! Workgroup memory: 8 KiB; head_dim <= 128 and a multiple of 4.
+//! Score rows are padded to BKP = BK + 1 floats so that rows read by one warp fall in
+//! different banks. Workgroup memory: 14.1 KiB; head_dim <= 128 and a multiple of 4.
 //! The cache is read through `kv_k` / `kv_v`, prepended by `src/kernels/attention.rs` for the
 //! cache type (f32, or f16 packed two per word and widened on load); the math is f32.
 
@@ -36,16 +41,32 @@
 // attn_combine only (naga checks binding collisions per entry point):
 @group(0) @binding(4) var<storage, read_write> out: array<vec4<f32>>;
 
+override R: u32 = 8u;      // rows per workgroup, <= R_MAX
 const R_MAX: u32 = 8u;
-const BK: u32 = 64u;
-const WG: u32 = 128u;         // BK keys x 2 halves of head_dim in phase 1
-const PAIRS: u32 = 2u;        // R_MAX * HD4 / WG
+const BK: u32 = 64u;        // keys per tile
+const BKP: u32 = 65u;       // padded row stride of the score arrays
+const WG: u32 = 128u;       // BK keys x 2 halves of head_dim in phase 1
+const PAIRS: u32 = 2u;      // R_MAX * HD4 / WG (row, vec4) outputs per invocation
+const VT: u32 = 512u;       // vec4s of a V sub-tile: 16 keys of head_dim 128, 32 of 64
 const MASKED: f32 = -1.0e38;
 
-var<workgroup> qs: array<vec4<f32>, 256>;  // R_MAX * HD4, pre-scaled q rows
-var<workgroup> sc: array<f32, 1024>;       // [2 halves][R_MAX][BK] partial scores; then [R_MAX][BK] probabilities
-var<workgroup> rm: array<f32, 8>;          // running max per row
-var<workgroup> ra: array<f32, 8>;          // rescale of the row's old state for this tile
+var<workgroup> qs: array<vec4<f32>, 256>;  // [R_MAX][HD4] pre-scaled q rows
+var<workgroup> pr: array<f32, 520>;        // [R_MAX][BKP] probabilities of the tile
+// Phases 1-3: partial scores [2 halves][R_MAX][BKP] as flat f32 (`part`); phase 4: a V
+// sub-tile [keys][hd4]. 8 KiB.
+var<workgroup> sh: array<vec4<f32>, VT>;
+var<workgroup> rm: array<f32, R_MAX>;      // running max per row
+var<workgroup> ra: array<f32, R_MAX>;      // rescale of the row's old state for this tile
+
+fn part(i: u32) -> f32 { return sh[i / 4u][i % 4u]; }
+
+/// (keys per split, splits that hold keys) for `kv_len` keys; both passes use it.
+fn split_plan(kv_len: u32) -> vec2<u32> {
+    let n = max(kv_len, 1u);
+    let want = clamp((n + p.split_keys - 1u) / p.split_keys, 1u, p.n_split);
+    let per = ((n + want - 1u) / want + BK - 1u) / BK * BK;
+    return vec2<u32>(per, (n + per - 1u) / per);
+}
 
 @compute @workgroup_size(WG)
 fn attn_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -55,13 +76,15 @@ fn attn_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     let n_tok = min(step.n_tok, p.max_tok);
     let kv_start = step.kv_start;
     let kv_len = kv_start + n_tok;
+    let plan = split_plan(kv_len);
+    let n_split = plan.y;
     let n_rows = n_tok * group;
-    let row0 = wid.z * R_MAX;
-    if (row0 >= n_rows) { return; }
-    let nr = min(R_MAX, n_rows - row0);
+    let row0 = wid.z * R;
+    if (split >= n_split || row0 >= n_rows) { return; }
+    let nr = min(R, n_rows - row0);
     let hd4 = p.head_dim / 4u;
 
-    for (var i = lid; i < R_MAX * hd4; i += WG) {
+    for (var i = lid; i < R * hd4; i += WG) {
         let r = i / hd4;
         var val = vec4<f32>(0.0);
         if (r < nr) {
@@ -71,14 +94,13 @@ fn attn_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
         }
         qs[r * HD4 + i % hd4] = val;
     }
-    if (lid < R_MAX) {
+    if (lid < R) {
         rm[lid] = NEG;
         ra[lid] = 1.0;
     }
 
-    let per = ((kv_len + p.n_split - 1u) / p.n_split + BK - 1u) / BK * BK;
-    let k0 = split * per;
-    var k1 = min(k0 + per, kv_len);
+    let k0 = split * plan.x;
+    var k1 = min(k0 + plan.x, kv_len);
     if (p.causal != 0u) { k1 = min(k1, kv_start + (row0 + nr - 1u) / group + 1u); }
 
     var l: array<f32, PAIRS>;
@@ -92,6 +114,7 @@ fn attn_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     let hh = lid / BK;
     let c0 = hh * (hd4 / 2u);
     let c1 = select(hd4 / 2u, hd4, hh == 1u);
+    let vk = VT / hd4;  // keys per V sub-tile
     workgroupBarrier();
 
     for (var kb = k0; kb < k1; kb += BK) {
@@ -99,54 +122,71 @@ fn attn_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
         let key = kb + j;
         // 1. Partial scores q_r . k_key over this half of head_dim (each K element read once).
         var acc: array<vec4<f32>, R_MAX>;
-        for (var r = 0u; r < R_MAX; r++) { acc[r] = vec4<f32>(0.0); }
+        for (var r = 0u; r < R; r++) { acc[r] = vec4<f32>(0.0); }
         if (j < nk) {
             let kbase = (key * p.kv_stride + g * p.head_dim) / 4u;
             for (var c = c0; c < c1; c++) {
                 let kc = kv_k(kbase + c);
-                for (var r = 0u; r < R_MAX; r++) { acc[r] += qs[r * HD4 + c] * kc; }
+                for (var r = 0u; r < R; r++) { acc[r] += qs[r * HD4 + c] * kc; }
             }
         }
-        for (var r = 0u; r < R_MAX; r++) {
+        for (var r = 0u; r < R; r++) {
             var lim = kv_len;
             if (p.causal != 0u) { lim = kv_start + (row0 + r) / group + 1u; }
             var s = dot(acc[r], vec4<f32>(1.0));
             if (j >= nk || key >= lim) { s = select(0.0, MASKED, hh == 0u); }
-            sc[(hh * R_MAX + r) * BK + j] = s;
+            let i = (hh * R_MAX + r) * BKP + j;
+            sh[i / 4u][i % 4u] = s;
         }
         workgroupBarrier();
         // 2. New running max per row and the rescale of the old state.
         if (lid < nr) {
             var mt = rm[lid];
-            for (var k = 0u; k < nk; k++) { mt = max(mt, sc[lid * BK + k] + sc[(R_MAX + lid) * BK + k]); }
+            for (var k = 0u; k < nk; k++) { mt = max(mt, part(lid * BKP + k) + part((R_MAX + lid) * BKP + k)); }
             ra[lid] = exp(rm[lid] - mt);
             rm[lid] = mt;
         }
         workgroupBarrier();
         // 3. Probabilities, one exp per (row, key).
-        for (var i = lid; i < nr * BK; i += WG) { sc[i] = exp(sc[i] + sc[R_MAX * BK + i] - rm[i / BK]); }
-        workgroupBarrier();
-        // 4. Fold the tile into the owned (row, vec4) outputs; V rows read coalesced.
+        for (var i = lid; i < nr * BK; i += WG) {
+            let s = (i / BK) * BKP + i % BK;
+            pr[s] = exp(part(s) + part(R_MAX * BKP + s) - rm[i / BK]);
+        }
         for (var u = 0u; u < PAIRS; u++) {
-            let pi = lid + u * WG;
-            let r = pi / hd4;
-            let c = pi % hd4;
+            let r = (lid + u * WG) / hd4;
             if (r < nr) {
-                let alpha = ra[r];
-                var acc_o = o[u] * alpha;
-                var sum = l[u] * alpha;
-                let vbase = (kb * p.kv_stride + g * p.head_dim) / 4u + c;
-                let vstep = p.kv_stride / 4u;
-                for (var k = 0u; k < nk; k++) {
-                    let pk = sc[r * BK + k];
-                    sum += pk;
-                    acc_o += pk * kv_v(vbase + k * vstep);
-                }
-                l[u] = sum;
-                o[u] = acc_o;
+                o[u] *= ra[r];
+                l[u] *= ra[r];
             }
         }
         workgroupBarrier();
+        // 4. V sub-tiles: loaded once, coalesced, into `sh` (the scores are consumed), then
+        //    folded into every row's owned (row, vec4) outputs.
+        for (var vb = 0u; vb < nk; vb += vk) {
+            let nv = min(vk, nk - vb);
+            let vbase = ((kb + vb) * p.kv_stride + g * p.head_dim) / 4u;
+            for (var i = lid; i < nv * hd4; i += WG) {
+                sh[i] = kv_v(vbase + (i / hd4) * (p.kv_stride / 4u) + i % hd4);
+            }
+            workgroupBarrier();
+            for (var u = 0u; u < PAIRS; u++) {
+                let pi = lid + u * WG;
+                let r = pi / hd4;
+                let c = pi % hd4;
+                if (r < nr) {
+                    var sum = l[u];
+                    var acc_o = o[u];
+                    for (var k = 0u; k < nv; k++) {
+                        let pk = pr[r * BKP + vb + k];
+                        sum += pk;
+                        acc_o += pk * sh[k * hd4 + c];
+                    }
+                    l[u] = sum;
+                    o[u] = acc_o;
+                }
+            }
+            workgroupBarrier();
+        }
     }
 
     for (var u = 0u; u < PAIRS; u++) {
@@ -167,23 +207,25 @@ fn attn_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
 fn attn_combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
     let row = linear_workgroup(wid, nwg);  // token * n_head + head
-    if (row >= min(step.n_tok, p.max_tok) * p.n_head) { return; }
+    let n_tok = min(step.n_tok, p.max_tok);
+    if (row >= n_tok * p.n_head) { return; }
+    let n_split = split_plan(step.kv_start + n_tok).y;
     let hd4 = p.head_dim / 4u;
     let base = row * p.n_split;
     var mx = NEG;
-    for (var s = 0u; s < p.n_split; s++) {
+    for (var s = 0u; s < n_split; s++) {
         let ml = part_ml[base + s];
         if (ml.y > 0.0) { mx = max(mx, ml.x); }
     }
     var den = 0.0;
-    for (var s = 0u; s < p.n_split; s++) {
+    for (var s = 0u; s < n_split; s++) {
         let ml = part_ml[base + s];
         if (ml.y > 0.0) { den += exp(ml.x - mx) * ml.y; }
     }
     let inv = 1.0 / den;
     for (var c = lid; c < hd4; c += 64u) {
         var acc = vec4<f32>(0.0);
-        for (var s = 0u; s < p.n_split; s++) {
+        for (var s = 0u; s < n_split; s++) {
             let ml = part_ml[base + s];
             if (ml.y > 0.0) { acc += exp(ml.x - mx) * part_o[(base + s) * hd4 + c]; }
         }

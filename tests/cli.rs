@@ -26,7 +26,8 @@ fn rejected(args: &[&str], needles: &[&str]) {
     }
 }
 
-const ENGINE_FLAGS: &[&str] = &["--model", "--mmproj", "--vision-quant", "--ctx", "--chunk", "--f16", "--image-max-edge"];
+const ENGINE_FLAGS: &[&str] =
+    &["--model", "--mmproj", "--vision-quant", "--ctx", "--chunk", "--f16", "--kv-f32", "--image-max-edge"];
 const SAMPLING_FLAGS: &[&str] = &["--max-tokens", "--temperature", "--top-k", "--top-p", "--min-p", "--seed", "--stop"];
 
 fn subcommands() -> Vec<(&'static str, Vec<&'static str>)> {

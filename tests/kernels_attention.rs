@@ -343,23 +343,30 @@ fn prefill_matches_cpu() {
     }
 }
 
-/// One decode program recorded for `max_ctx` and reused for every kv_len (only the step
-/// uniform changes), against the CPU reference.
-#[allow(clippy::too_many_arguments)]
-fn check_decode(
-    gpu: &Gpu,
-    rng: &mut Rng,
+/// Record-time shape of a decode check.
+struct DecodeCase {
     n_head: u32,
     n_kv: u32,
     hd: u32,
     max_tok: u32,
     max_ctx: u32,
-    steps: &[(u32, u32)],
     kv: KvDtype,
-) {
+    causal: bool,
+}
+
+impl DecodeCase {
+    fn new(n_head: u32, n_kv: u32, hd: u32, max_tok: u32, max_ctx: u32, kv: KvDtype) -> DecodeCase {
+        DecodeCase { n_head, n_kv, hd, max_tok, max_ctx, kv, causal: true }
+    }
+}
+
+/// One decode program recorded for `max_ctx` and reused for every `(kv_len, n_tok)` step
+/// (only the step uniform changes), against the CPU reference.
+fn check_decode(gpu: &Gpu, rng: &mut Rng, d: &DecodeCase, steps: &[(u32, u32)]) {
+    let DecodeCase { n_head, n_kv, hd, max_tok, max_ctx, kv, causal } = *d;
     let c = AttnCase { n_head, n_kv, hd, n_tok: 0, kv_start: max_ctx };
     let (_, k, v) = attn_data(rng, &c, 0);
-    let shape = AttnShape { kv, ..AttnShape::new(n_head, n_kv, hd, max_tok) };
+    let shape = AttnShape { kv, causal, ..AttnShape::new(n_head, n_kv, hd, max_tok) };
     let (bk, bv) = (upload_cache(gpu, &k, kv), upload_cache(gpu, &v, kv));
     // What the kernel sees: the f16 cache holds the rounded values.
     let (k_seen, v_seen) = match kv {
@@ -381,11 +388,13 @@ fn check_decode(
         let reference = |k: &[f32], v: &[f32]| {
             let (kv_start, n_tok) = ((kv_len - n_tok) as usize, n_tok as usize);
             let (n_head, n_kv, hd) = (n_head as usize, n_kv as usize, hd as usize);
-            attention::attention_ref(&q, k, v, n_tok, kv_start, n_head, n_kv, hd, shape.scale, true)
+            attention::attention_ref(&q, k, v, n_tok, kv_start, n_head, n_kv, hd, shape.scale, causal)
         };
         let err = rel_l2(&got, &reference(&k_seen, &v_seen));
         eprintln!(
-            "decode {kv:?} h {n_head}/{n_kv} hd {hd} splits {} kv_len {kv_len} n_tok {n_tok}: rel {err:.2e}",
+            "decode {kv:?} h {n_head}/{n_kv} hd {hd} rows/wg {} splits {}/{} kv_len {kv_len} n_tok {n_tok} causal {causal}: rel {err:.2e}",
+            attention::decode_rows(&shape),
+            attention::active_splits(kv_len, scratch.n_split),
             scratch.n_split
         );
         assert!(err < TOL_ATTN_F32.max(TOL_ATTN_F16_KV_ROUNDED), "decode {kv:?} kv_len {kv_len}: rel err {err}");
@@ -402,27 +411,120 @@ fn decode_matches_cpu_for_every_kv_len_with_one_program() {
     let gpu = gpu();
     let mut rng = Rng::new(31);
     let steps = [(1, 1), (2, 1), (1000, 1), (4097, 1), (300, 1)];
-    check_decode(&gpu, &mut rng, 8, 2, 128, 1, 4097, &steps, KvDtype::F32);
-    check_decode(&gpu, &mut rng, 4, 4, 64, 1, 4097, &steps, KvDtype::F32);
-    check_decode(&gpu, &mut rng, 6, 3, 8, 1, 1000, &[(1, 1), (2, 1), (999, 1)], KvDtype::F32);
+    check_decode(&gpu, &mut rng, &DecodeCase::new(8, 2, 128, 1, 4097, KvDtype::F32), &steps);
+    check_decode(&gpu, &mut rng, &DecodeCase::new(4, 4, 64, 1, 4097, KvDtype::F32), &steps);
+    check_decode(&gpu, &mut rng, &DecodeCase::new(6, 3, 8, 1, 1000, KvDtype::F32), &[(1, 1), (2, 1), (999, 1)]);
 }
 
 #[test]
 fn decode_handles_several_new_tokens_and_row_chunks() {
     let gpu = gpu();
     let mut rng = Rng::new(32);
-    // 5 tokens x group 4 = 20 rows: two row chunks; causal within the new tokens.
-    check_decode(&gpu, &mut rng, 8, 2, 128, 5, 2000, &[(5, 5), (1003, 5), (2000, 3), (77, 1)], KvDtype::F32);
-    check_decode(&gpu, &mut rng, 4, 1, 80, 6, 600, &[(6, 6), (600, 6)], KvDtype::F32);
+    // 5 tokens x group 4 = 20 rows: three chunks of 8 rows; causal within the new tokens.
+    check_decode(&gpu, &mut rng, &DecodeCase::new(8, 2, 128, 5, 2000, KvDtype::F32), &[(5, 5), (1003, 5), (2000, 3), (77, 1)]);
+    check_decode(&gpu, &mut rng, &DecodeCase::new(4, 1, 80, 6, 600, KvDtype::F32), &[(6, 6), (600, 6)]);
+    // Non-causal (every new token sees all kv_start + n_tok keys), as a vision encoder would.
+    let full = DecodeCase { causal: false, ..DecodeCase::new(8, 2, 64, 4, 900, KvDtype::F32) };
+    check_decode(&gpu, &mut rng, &full, &[(4, 4), (700, 3), (900, 4)]);
 }
 
 #[test]
 fn decode_reads_an_f16_cache() {
     let gpu = gpu();
     let mut rng = Rng::new(33);
-    check_decode(&gpu, &mut rng, 8, 2, 128, 1, 4097, &[(1, 1), (1000, 1), (4097, 1)], KvDtype::F16);
-    check_decode(&gpu, &mut rng, 8, 2, 128, 5, 2000, &[(5, 5), (1003, 5), (2000, 3)], KvDtype::F16);
-    check_decode(&gpu, &mut rng, 6, 3, 8, 1, 1000, &[(2, 1), (999, 1)], KvDtype::F16);
+    check_decode(&gpu, &mut rng, &DecodeCase::new(8, 2, 128, 1, 4097, KvDtype::F16), &[(1, 1), (1000, 1), (4097, 1)]);
+    check_decode(&gpu, &mut rng, &DecodeCase::new(8, 2, 128, 5, 2000, KvDtype::F16), &[(5, 5), (1003, 5), (2000, 3)]);
+    check_decode(&gpu, &mut rng, &DecodeCase::new(6, 3, 8, 1, 1000, KvDtype::F16), &[(2, 1), (999, 1)]);
+}
+
+/// Every group size of the target models (1; 3: SmolLM2; 4: Ministral 3 3B; 8; and 16, wider
+/// than a workgroup's rows), head_dim 64 and 128, both caches, one and several new tokens,
+/// at a kv_len far below max_ctx (one or two active splits of 24) and near max_ctx (all).
+#[test]
+fn decode_covers_group_sizes_head_dims_and_context_lengths() {
+    let gpu = gpu();
+    let mut rng = Rng::new(34);
+    let max_ctx = 3000;
+    let heads = [(2, 2), (9, 3), (8, 2), (8, 1), (16, 1)];
+    for (i, &(n_head, n_kv)) in heads.iter().enumerate() {
+        for hd in [64, 128] {
+            // Alternate the cache type so that each group size meets both across head_dims.
+            let kv = if (i + hd as usize / 64).is_multiple_of(2) { KvDtype::F32 } else { KvDtype::F16 };
+            // Short after long: the splits the long step wrote must not leak into the short one.
+            let steps = [(2999, 1), (1, 1), (max_ctx, 1), (150, 1)];
+            check_decode(&gpu, &mut rng, &DecodeCase::new(n_head, n_kv, hd, 1, max_ctx, kv), &steps);
+            let steps = [(3, 3), (max_ctx - 1, 2), (200, 3), (max_ctx, 3)];
+            check_decode(&gpu, &mut rng, &DecodeCase::new(n_head, n_kv, hd, 3, max_ctx, kv), &steps);
+        }
+    }
+}
+
+/// The workgroup holds exactly the query heads of one KV group (times tokens), and the grid
+/// is recorded for max_ctx while kv_len picks the active splits.
+#[test]
+fn decode_rows_are_the_kv_group_and_splits_follow_kv_len() {
+    let rows = |n_head, n_kv, max_tok| attention::decode_rows(&AttnShape::new(n_head, n_kv, 64, max_tok));
+    assert_eq!(rows(32, 8, 1), 4, "Ministral 3 3B decode");
+    assert_eq!(rows(9, 3, 1), 3, "SmolLM2 decode");
+    assert_eq!((rows(4, 4, 1), rows(8, 1, 1)), (1, 8));
+    assert_eq!((rows(32, 8, 5), rows(9, 3, 5), rows(4, 4, 3)), (8, 6, 3), "several tokens per workgroup");
+    assert_eq!((rows(16, 1, 1), rows(12, 1, 1), rows(36, 3, 1)), (8, 6, 6), "groups wider than a workgroup");
+    let ministral = AttnShape::new(32, 8, 128, 1);
+    let n_split = attention::default_splits(32768);
+    assert_eq!(attention::decode_grid(&ministral, n_split), [64, 8, 1]);
+    assert_eq!(attention::decode_grid(&AttnShape::new(32, 8, 128, 5), n_split), [64, 8, 3]);
+    let active = |kv_len| attention::active_splits(kv_len, n_split);
+    assert_eq!((active(0), active(1), active(128), active(129), active(4096), active(32768)), (1, 1, 1, 2, 32, 64));
+    // Every active split holds keys (the last one too), and together they cover kv_len.
+    for kv_len in 1..=32768 {
+        let (per, n) = (attention::split_keys(kv_len, n_split), active(kv_len));
+        assert!(per.is_multiple_of(attention::DECODE_TILE) && n <= n_split, "kv_len {kv_len}");
+        assert!((n - 1) * per < kv_len && n * per >= kv_len, "kv_len {kv_len}: {n} splits of {per}");
+    }
+    assert_eq!((attention::split_keys(8193, n_split), active(8193)), (192, 43), "capped: fewer, longer splits");
+}
+
+/// Splits past `active_splits(kv_len)` are neither run nor merged: scratch entries primed
+/// with a dominant fake partial (m = 50, l = 1, o = 1000) stay untouched and out of the result.
+#[test]
+fn decode_skips_and_ignores_inactive_splits() {
+    let gpu = gpu();
+    let mut rng = Rng::new(35);
+    let (n_head, n_kv, hd, max_ctx) = (8u32, 2u32, 64u32, 2048u32);
+    let shape = AttnShape::new(n_head, n_kv, hd, 1);
+    let (k, v) = (rng.vec((max_ctx * n_kv * hd) as usize), rng.vec((max_ctx * n_kv * hd) as usize));
+    let (bk, bv) = (upload(&gpu, &k), upload(&gpu, &v));
+    let bq = gpu.storage("q", (n_head * hd * 4) as u64).unwrap();
+    let out = gpu.storage("out", (n_head * hd * 4) as u64).unwrap();
+    let step = StepParams::create_buffer(&gpu);
+    let scratch = DecodeScratch::new(&gpu, &shape, attention::default_splits(max_ctx)).unwrap();
+    let n_split = scratch.n_split as usize;
+    assert_eq!(n_split, 8);
+    let mut prog = Program::new();
+    attention::attention_decode(&mut prog, &gpu, &shape, &step, &bq, &bk, &bv, &scratch, &out).unwrap();
+    for kv_len in [100u32, 300, 2048] {
+        let active = attention::active_splits(kv_len, scratch.n_split) as usize;
+        let rows = n_head as usize * n_split;
+        gpu.write(&scratch.ml, 0, bytemuck::cast_slice(&[50f32, 1.0].repeat(rows)));
+        gpu.write(&scratch.o, 0, bytemuck::cast_slice(&vec![1000f32; rows * hd as usize]));
+        let q = rng.vec((n_head * hd) as usize);
+        gpu.write(&bq, 0, bytemuck::cast_slice(&q));
+        StepParams::new(kv_len - 1, 1, kv_len - 1).write(&gpu, &step);
+        prog.run(&gpu).unwrap();
+        let got = gpu.read_f32_blocking(&out, q.len()).unwrap();
+        let (n, nh, nk, d) = (kv_len as usize, n_head as usize, n_kv as usize, hd as usize);
+        let want = attention::attention_ref(&q, &k, &v, 1, n - 1, nh, nk, d, shape.scale, true);
+        let err = rel_l2(&got, &want);
+        eprintln!("decode kv_len {kv_len}: {active} of {n_split} splits, rel {err:.2e}");
+        assert!(err < TOL_ATTN_F32, "kv_len {kv_len}: rel err {err} (stale splits merged?)");
+        let ml = gpu.read_f32_blocking(&scratch.ml, 2 * rows).unwrap();
+        for (row, parts) in ml.chunks(2 * n_split).enumerate() {
+            for (s, m_l) in parts.chunks(2).enumerate() {
+                let primed = m_l == [50.0, 1.0];
+                assert_eq!(primed, s >= active, "kv_len {kv_len} row {row} split {s}: written {}", !primed);
+            }
+        }
+    }
 }
 
 #[test]

@@ -43,7 +43,7 @@ fn f16_paths_stay_close_to_transformers() {
     } else {
         format!("f16 KV cache ONLY: {} has no shader-f16, f16 matmuls NOT checked", gpu.caps.adapter)
     };
-    let f32_opts = ContextOptions { precision: Precision::default(), ..opts };
+    let f32_opts = ContextOptions { precision: Precision::F32, ..opts };
     let f32_kv = Context::new(&gpu, &dec, f32_opts).unwrap().state_bytes();
     eprintln!("{what}: KV cache {} KiB (f32: {} KiB)", ctx.state_bytes() >> 10, f32_kv >> 10);
     assert_eq!(ctx.state_bytes() * 2, f32_kv, "the f16 cache is half the f32 one");

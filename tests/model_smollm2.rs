@@ -10,7 +10,7 @@ use webvlm::chat::ChatMessage;
 use webvlm::engine::{Engine, FinishReason, GenerateOptions, Prompt};
 use webvlm::gguf::MappedGguf;
 use webvlm::kernels::sample::SamplerState;
-use webvlm::model::{Context, ContextOptions};
+use webvlm::model::{Context, ContextOptions, Precision};
 
 /// Relative L2 error allowed per position against the f32 reference (stored as f16, which
 /// alone contributes ~3e-4).
@@ -23,7 +23,7 @@ const NEAR_TIE: f32 = 0.02;
 
 fn engine(r: &Reference) -> Engine {
     let model = MappedGguf::open(model_path(r)).unwrap();
-    Engine::load(gpu(), &model, ContextOptions { max_ctx: 256, max_chunk: 128, ..Default::default() }).unwrap()
+    Engine::load(gpu(), &model, ContextOptions { max_ctx: 256, max_chunk: 128, precision: Precision::F32 }).unwrap()
 }
 
 #[test]

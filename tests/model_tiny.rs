@@ -18,7 +18,7 @@ use webvlm::kernels::sample::SamplerState;
 use webvlm::model::{Context, ContextOptions, Counters};
 use webvlm::sampling::{fold_seed, SamplingParams};
 
-/// Relative L2 error allowed per position (f32 compute; the reference is f32 too).
+/// Relative L2 error allowed per position (f32 compute and `--kv-f32`; the reference is f32 too).
 const TOL_REL_L2: f32 = 1e-3;
 
 #[derive(serde::Deserialize)]
@@ -52,6 +52,7 @@ fn check_fixture(dir: &str) {
             &case.pos_offset.to_string(),
             "--ctx",
             "256",
+            "--kv-f32",
             "--out",
             out.to_str().unwrap(),
         ]);

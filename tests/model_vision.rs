@@ -15,7 +15,7 @@ use webvlm::chat::ChatMessage;
 use webvlm::engine::{Engine, EngineError, Mmproj, Prompt};
 use webvlm::gguf::MappedGguf;
 use webvlm::image::{preprocess, ImageError};
-use webvlm::model::{ContextOptions, PromptLayout};
+use webvlm::model::{ContextOptions, Precision, PromptLayout};
 use webvlm::source::{LoadQuant, TensorSource};
 
 /// Relative L2 error allowed per logits position (f32 compute against an f32 reference).
@@ -75,7 +75,7 @@ fn engine(dir: &str, model: &str, mmproj: &str) -> Engine {
 fn engine_as(dir: &str, model: &str, mmproj: &str, quant: LoadQuant) -> Engine {
     let model = MappedGguf::open(fixture(dir).join(model)).unwrap();
     let mmproj = MappedGguf::open(fixture(dir).join(mmproj)).unwrap();
-    let opts = ContextOptions { max_ctx: 512, max_chunk: 16, ..Default::default() };
+    let opts = ContextOptions { max_ctx: 512, max_chunk: 16, precision: Precision::F32 };
     let mmproj = Mmproj { src: &mmproj as &dyn TensorSource, quant };
     Engine::load_with_vision(gpu(), &model as &dyn TensorSource, Some(mmproj), opts).unwrap()
 }

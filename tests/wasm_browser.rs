@@ -21,7 +21,7 @@ use webvlm::kernels::quant::{GpuWeight, WeightError};
 use webvlm::kernels::sample::{Sampler, SamplerState};
 use webvlm::kernels::{elementwise, matvec, norm};
 use webvlm::model::synthetic::{synthetic_ministral3_gguf, SyntheticShape};
-use webvlm::model::{Context, ContextOptions, Decoder, ModelError};
+use webvlm::model::{Context, ContextOptions, Decoder, ModelError, Precision};
 use webvlm::source::{GgufBytes, GgufStream, LoadError};
 use webvlm::web::error::{to_js, WebError};
 
@@ -233,7 +233,7 @@ fn stream_decoder(gpu: &Gpu, file: &[u8], sizes: &[usize]) -> Decoder {
 }
 
 async fn logits(gpu: &Gpu, dec: &Decoder, tokens: &[u32]) -> Vec<f32> {
-    let opts = ContextOptions { max_ctx: 256, max_chunk: 16, ..Default::default() };
+    let opts = ContextOptions { max_ctx: 256, max_chunk: 16, precision: Precision::F32 };
     let mut ctx = Context::new(gpu, dec, opts).unwrap();
     ctx.logits(gpu, dec, tokens).await.unwrap()
 }

@@ -8,6 +8,22 @@
 //! out `[n_tok][n_head*head_dim]` f32. Query head h uses KV head `h / (n_head / n_kv_head)`.
 //! New token t sits at cache row `kv_start + t` and (causal) sees rows `0..=kv_start + t`; the
 //! cache must already hold the new rows. The math is f32 whatever the cache type.
+//!
+//! Decode shape ([`attention_decode`]): the grid is recorded once for `max_ctx`
+//! ([`decode_grid`]: [`default_splits`] x KV heads x row chunks) and the step's `kv_len`
+//! picks the splits that work ([`active_splits`], >= [`DECODE_SPLIT_KEYS`] keys each); the
+//! others return at once and the combine pass merges only the active ones. A workgroup's rows
+//! are the query heads of one KV group ([`decode_rows`]), and each V tile is loaded once
+//! into workgroup memory for all of them. At Ministral 3 3B shapes (32 heads, 8 KV heads,
+//! head_dim 128), one token, max_ctx 32768 (64 splits, 512 workgroups launched):
+//!
+//! | | rows used / slots | active workgroups at kv_len 128 / 4096 | K+V loaded per active workgroup at 4096 (f32) |
+//! |---|---|---|---|
+//! | before | 4 / 8 | 16 (of 512 running) / 512 | 64 keys: K 32 KiB + V 4 x 32 KiB (once per row) = 160 KiB |
+//! | now | 4 / 4 | 8 (504 exit at once) / 256 | 128 keys: K 64 KiB + V 64 KiB, each once = 128 KiB |
+//!
+//! (f16 cache: half the bytes. The combine pass merges 64 splits per row before at every
+//! kv_len, now 1 at 128 and 32 at 4096.)
 
 use bytemuck::{Pod, Zeroable};
 
@@ -78,10 +94,13 @@ impl KvDtype {
 pub const MAX_HEAD_DIM: u32 = 128;
 /// Query rows (token x grouped head) per prefill workgroup.
 const PREFILL_ROWS: u32 = 16;
-/// Query rows per decode workgroup (more rows use more row chunks in grid z).
-const DECODE_ROWS: u32 = 8;
+/// Most query rows per decode workgroup (`R_MAX` in the shader).
+pub const DECODE_MAX_ROWS: u32 = 8;
 /// Keys per decode tile: split lengths are rounded up to this.
 pub const DECODE_TILE: u32 = 64;
+/// Fewest keys per decode split: the step's `kv_len` sets how many of the recorded splits
+/// hold keys ([`active_splits`]), so short contexts are not spread thin over many splits.
+pub const DECODE_SPLIT_KEYS: u32 = 2 * DECODE_TILE;
 
 /// The per-step uniform (16 bytes) that the decode loop writes once per step with
 /// `queue.write_buffer`; recorded programs bind it and never change. Mirrored as `Step` in
@@ -162,7 +181,7 @@ impl AttnShape {
     }
 
     fn group(&self) -> u32 {
-        self.n_head / self.n_kv_head
+        self.n_head / self.n_kv_head.max(1)
     }
 
     fn check(&self) -> Result<()> {
@@ -191,7 +210,8 @@ impl AttnShape {
             causal: self.causal as u32,
             scale: self.scale,
             n_split,
-            _pad: [0; 2],
+            split_keys: DECODE_SPLIT_KEYS,
+            _pad: 0,
         }
     }
 }
@@ -209,7 +229,8 @@ struct Params {
     causal: u32,
     scale: f32,
     n_split: u32,
-    _pad: [u32; 2],
+    split_keys: u32,
+    _pad: u32,
 }
 
 /// Records prefill attention: the step's `n_tok` new tokens (queries in `q`) against cache
@@ -239,10 +260,43 @@ pub fn attention_prefill(
     prog.push_with_params(gpu, &spec, &shape.params(1), &args, [tiles, shape.n_kv_head, 1])
 }
 
-/// A reasonable split count for decode over up to `max_ctx` keys: ~256 keys per split at
-/// full context, at most 64 splits.
+/// The split count of a decode grid over up to `max_ctx` keys: ~256 keys per split at full
+/// context, at most 64 splits. The step's `kv_len` uses the first [`active_splits`] of them.
 pub fn default_splits(max_ctx: u32) -> u32 {
     max_ctx.div_ceil(256).clamp(1, 64)
+}
+
+/// Keys per split at `kv_len` keys with a grid of `n_split` splits (the shader's
+/// `split_plan`): about [`DECODE_SPLIT_KEYS`] or more, over at most `n_split` splits, rounded
+/// up to whole tiles of [`DECODE_TILE`].
+pub fn split_keys(kv_len: u32, n_split: u32) -> u32 {
+    let n = kv_len.max(1);
+    let want = n.div_ceil(DECODE_SPLIT_KEYS).clamp(1, n_split.max(1));
+    n.div_ceil(want).next_multiple_of(DECODE_TILE)
+}
+
+/// Splits of a grid of `n_split` that hold keys at `kv_len` keys: the only ones that run
+/// and that the combine pass merges.
+pub fn active_splits(kv_len: u32, n_split: u32) -> u32 {
+    kv_len.max(1).div_ceil(split_keys(kv_len, n_split))
+}
+
+/// Query rows per decode workgroup for `shape` (the shader's `R` override): the heads of one
+/// KV group times as many of the `max_tok` tokens as fit in [`DECODE_MAX_ROWS`]; for a group
+/// wider than that, its largest divisor that fits. No row slot is left empty at `n_tok =
+/// max_tok`, and a single token uses exactly `group` rows (4 for Ministral 3 3B, 3 for SmolLM2).
+pub fn decode_rows(shape: &AttnShape) -> u32 {
+    let group = shape.group().max(1);
+    if group <= DECODE_MAX_ROWS {
+        group * shape.max_tok.clamp(1, DECODE_MAX_ROWS / group)
+    } else {
+        (1..=DECODE_MAX_ROWS).rev().find(|d| group.is_multiple_of(*d)).unwrap_or(1)
+    }
+}
+
+/// The decode grid `[n_split, n_kv_head, row chunks]` recorded for `shape`.
+pub fn decode_grid(shape: &AttnShape, n_split: u32) -> [u32; 3] {
+    [n_split.max(1), shape.n_kv_head, (shape.max_tok * shape.group()).div_ceil(decode_rows(shape))]
 }
 
 /// Partial results of split-K decode, allocated once per context.
@@ -251,6 +305,7 @@ pub struct DecodeScratch {
     pub ml: wgpu::Buffer,
     /// `[max_tok * n_head][n_split][head_dim]` unnormalised outputs.
     pub o: wgpu::Buffer,
+    /// Splits of the grid (the most any `kv_len` uses).
     pub n_split: u32,
     /// Capacity: `max_tok * n_head` rows of `head_dim` floats.
     pub rows: u32,
@@ -272,7 +327,8 @@ impl DecodeScratch {
 
 /// Records split-K decode attention (two dispatches): like [`attention_prefill`], for any
 /// `kv_len` up to the cache size, with a grid that does not depend on `kv_len`
-/// (`n_split` x `n_kv_head` x `ceil(max_tok * group / 8)`), then the combine pass.
+/// ([`decode_grid`]: `n_split` x `n_kv_head` x row chunks of [`decode_rows`]), then the
+/// combine pass. Only the first [`active_splits`]`(kv_len)` splits work and are merged.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_decode(
     prog: &mut Program,
@@ -295,14 +351,18 @@ pub fn attention_decode(
             shape.head_dim
         )));
     }
+    let grid = decode_grid(shape, scratch.n_split);
+    if grid[2] > MAX_GRID_DIM {
+        return Err(GpuError::Shape(format!("attention_decode: {} tokens do not fit one grid", shape.max_tok)));
+    }
     let params = shape.params(scratch.n_split);
     let spec = KernelSpec::new("attention_decode", DECODE, "attn_decode", DECODE_BINDINGS)
         .with_prefix(shape.kv.reader())
         .with_prefix(ATTN_COMMON)
-        .with_prefix(STEP);
-    let chunks = (shape.max_tok * shape.group()).div_ceil(DECODE_ROWS);
+        .with_prefix(STEP)
+        .with_constant("R", decode_rows(shape) as i64);
     let args = [Arg::Buf(step), Arg::Buf(&scratch.ml), Arg::Buf(&scratch.o), Arg::Buf(q), Arg::Buf(k_cache), Arg::Buf(v_cache)];
-    prog.push_with_params(gpu, &spec, &params, &args, [scratch.n_split, shape.n_kv_head, chunks])?;
+    prog.push_with_params(gpu, &spec, &params, &args, grid)?;
     // Same module as attn_decode (the reader is part of it; combine does not read the cache).
     let spec = KernelSpec::new("attention_decode", DECODE, "attn_combine", COMBINE_BINDINGS)
         .with_prefix(shape.kv.reader())

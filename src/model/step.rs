@@ -19,9 +19,11 @@ pub enum LogitsMode {
     All,
 }
 
-/// Optional reduced-precision paths, all off by default (the f32 path matches the f32
-/// reference). Their error is measured on SmolLM2 in `tests/model_f16.rs`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Reduced-precision paths. The default is an f16 KV cache with f32 math (half the cache
+/// memory and attention reads); [`Precision::F32`] is the exact path that matches the f32
+/// reference (the logits tests ask for it). Their error is measured on SmolLM2 in
+/// `tests/model_f16.rs`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Precision {
     /// f16 KV cache: half the cache memory and half the attention reads. Needs no
     /// `shader-f16` (packed with `pack2x16float`), so it works on every adapter.
@@ -31,7 +33,17 @@ pub struct Precision {
     pub compute_f16: bool,
 }
 
+impl Default for Precision {
+    /// The f16 KV cache (every adapter), f32 matmuls.
+    fn default() -> Self {
+        Precision { kv_f16: true, compute_f16: false }
+    }
+}
+
 impl Precision {
+    /// f32 everywhere: matches transformers' f32 logits.
+    pub const F32: Precision = Precision { kv_f16: false, compute_f16: false };
+
     /// Every reduced-precision path the device supports.
     pub fn reduced(caps: &Caps) -> Precision {
         Precision { kv_f16: true, compute_f16: caps.f16 }

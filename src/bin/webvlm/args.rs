@@ -38,9 +38,12 @@ pub struct EngineArgs {
     /// Most prompt tokens per prefill step
     #[arg(long, value_name = "N", default_value_t = ContextOptions::default().max_chunk)]
     pub chunk: u32,
-    /// f16 KV cache, and f16 prefill matmuls where the adapter has shader-f16
-    #[arg(long)]
+    /// f16 prefill matmuls where the adapter has shader-f16 (on top of the default f16 KV cache)
+    #[arg(long, conflicts_with = "kv_f32")]
     pub f16: bool,
+    /// f32 KV cache: all-f32 math that matches transformers' f32 logits [default: f16 cache]
+    #[arg(long)]
+    pub kv_f32: bool,
     /// Longest image edge after preprocessing (rounded up to multiples of 28): smaller, fewer image
     /// tokens [default and maximum: the model's image size, 1540 for Ministral 3]
     #[arg(long, value_name = "N")]

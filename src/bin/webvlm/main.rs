@@ -79,7 +79,11 @@ pub fn open_engine(args: &args::EngineArgs) -> Result<Engine, Box<dyn std::error
     let model = MappedGguf::open(&args.model.model)?;
     let mmproj = args.mmproj.as_ref().map(MappedGguf::open).transpose()?;
     let gpu = Gpu::new_blocking(GpuOptions { geometry: args.geometry, ..GpuOptions::default() })?;
-    let precision = if args.f16 { Precision::reduced(&gpu.caps) } else { Precision::default() };
+    let precision = match (args.f16, args.kv_f32) {
+        (true, _) => Precision::reduced(&gpu.caps),
+        (false, true) => Precision::F32,
+        (false, false) => Precision::default(),
+    };
     let opts = ContextOptions { max_ctx: args.ctx, max_chunk: args.chunk, precision };
     let mmproj = mmproj.as_ref().map(|m| Mmproj { src: m as &dyn TensorSource, quant: args.vision_quant });
     let mut engine = Engine::load_with_vision(gpu, &model as &dyn TensorSource, mmproj, opts)?;
