@@ -200,22 +200,38 @@ fn resolve(lid: u32, d: u32, st: Sel, total_goal: bool) -> Sel {
     return r;
 }
 
-/// The state at the start of pass d >= 1: pass d - 1's state with its histogram resolved.
-/// Workgroup 0 stores it for pass d + 1.
+/// Whether dispatch d (a digit pass, or chunk_mass at d = PASSES) has work: pass 0 always
+/// (argmax), the others only for the cuts that are on. The rest return at once.
+fn runs(d: u32) -> bool {
+    if (d == 0u) { return true; }
+    if (greedy()) { return false; }
+    if (d < 4u) { return s.top_k > 0u && s.top_k < p.vocab; }
+    if (d < PASSES) { return s.top_p < 1.0; }
+    return true;
+}
+
+/// The argmax of the row from pass 0's per-chunk results.
+fn reduce_partials(lid: u32) -> vec2<u32> {
+    var best = vec2<u32>(0u, 0xffffffffu);
+    for (var i = lid; i < p.n_chunks; i += WG) { best = better(best, partial[i]); }
+    return reduce_best(lid, best);
+}
+
+/// The state at the start of a running pass d >= 1: the state of the last pass that ran,
+/// with its histogram resolved. Workgroup 0 stores it for the passes after d.
 fn advance(d: u32, wid: u32, lid: u32) -> Sel {
-    if (lid == 0u) { sel_w = sel[d - 1u]; }
+    var last = 0u;
+    for (var j = 1u; j < d; j++) {
+        if (runs(j)) { last = j; }
+    }
+    if (lid == 0u) { sel_w = sel[last]; }
     var st = workgroupUniformLoad(&sel_w);
-    if (d == 1u) {
-        var best = vec2<u32>(0u, 0xffffffffu);
-        for (var i = lid; i < p.n_chunks; i += WG) { best = better(best, partial[i]); }
-        st.best = reduce_best(lid, best);
+    if (last == 0u) { st.best = reduce_partials(lid); }
+    if (pass_on(last, st)) {
+        st = resolve(lid, last, st, last == 4u);
+        if (last == 3u || last == 7u) { st.cut = st.prefix; }
     }
-    let prev = d - 1u;
-    if (pass_on(prev, st)) {
-        st = resolve(lid, prev, st, prev == 4u);
-        if (prev == 3u || prev == 7u) { st.cut = st.prefix; }
-    }
-    if (prev == 3u) {
+    if (last == 3u) {
         st.prefix = 0u;
         st.above = vec2<u32>(0u, 0u);
     }
@@ -233,6 +249,7 @@ fn advance(d: u32, wid: u32, lid: u32) -> Sel {
 @compute @workgroup_size(WG)
 fn select_pass(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let d = p.pass_index;
+    if (!runs(d)) { return; }
     atomicStore(&local_hist[2u * lid], 0u);
     atomicStore(&local_hist[2u * lid + 1u], 0u);
     var st: Sel;
@@ -302,8 +319,9 @@ fn thread_ids(c: u32, lid: u32) -> vec2<u32> {
 /// After the last digit pass: each workgroup's kept mass (f32, id order).
 @compute @workgroup_size(WG)
 fn chunk_mass(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    if (!runs(PASSES)) { return; }
     let st = advance(PASSES, wid.x, lid);
-    if (greedy() || st.best.x == 0u) { return; }
+    if (st.best.x == 0u) { return; }
     let r = thread_ids(wid.x, lid);
     prefix_f(lid, range_mass(r.x, r.y, st));
     if (lid == WG - 1u) { chunk[wid.x] = red_f[lid]; }
@@ -314,9 +332,14 @@ fn chunk_mass(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
 @compute @workgroup_size(WG)
 fn draw(@builtin(local_invocation_index) lid: u32) {
     for (var i = lid; i < PASSES * BINS * 2u; i += WG) { atomicStore(&hist[i], 0u); }
+    if (greedy()) {
+        let best = reduce_partials(lid);
+        if (lid == 0u) { out[p.out_index] = best.y; }
+        return;
+    }
     if (lid == 0u) { sel_w = sel[PASSES]; }
     let st = workgroupUniformLoad(&sel_w);
-    if (greedy() || st.best.x == 0u) {
+    if (st.best.x == 0u) {
         if (lid == 0u) { out[p.out_index] = st.best.y; }
         return;
     }
