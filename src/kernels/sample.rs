@@ -1,17 +1,53 @@
 //! Next-token selection (`shaders/sample.wgsl`): argmax, or temperature / top-k / top-p
-//! sampling with a seed, entirely on the GPU.
+//! sampling with a seed, entirely on the GPU and spread over one workgroup per
+//! [`CHUNK`] logits.
 //!
-//! The recorded dispatches read a [`SamplerState`] uniform that the host rewrites before
-//! each step (16 bytes of settings plus the draw counter), so one program serves every
-//! request. Two dispatches: per-chunk maxima, then selection by a single workgroup.
+//! Top-k and top-p cuts come from a radix select (8-bit digits, most significant first) on
+//! the order-preserving u32 key of each logit: per digit, every workgroup histograms its
+//! chunk (by count for top-k, by 24.40 fixed-point mass for top-p) into a global histogram,
+//! and the next dispatch's workgroups read it to fix that digit. The draw is an inverse CDF
+//! in token-id order: per-chunk kept mass, then one workgroup picks the chunk and the id.
+//!
+//! Structure of one sampling step (fixed, whatever the settings; disabled stages exit at
+//! once, as the settings come from the [`SamplerState`] uniform the host rewrites each step):
+//!
+//! | | dispatches | workgroups at vocab 131072 | passes over the logits |
+//! |---|---|---|---|
+//! | before: argmax + one-workgroup bisection | 2 | 32, then 1 | greedy 1; sampling up to 1 + 32 + 1 + 32 + 1, all but the first in one workgroup |
+//! | now: radix select | [`DISPATCHES`] = 10 | 128 × 9, then 1 | greedy 1, temperature only 2, top-k 5, top-p 6, both 9, each over 128 workgroups |
+//!
+//! Pass 0 always reads the row (argmax, first top-k digit); `draw` reads two chunks.
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{Access, Arg, Gpu, KernelSpec, Program, Result};
+use crate::gpu::{Access, Arg, Gpu, GpuError, KernelSpec, Program, Result, MAX_GRID_DIM};
 
 pub(super) const SHADER: &str = include_str!("../../shaders/sample.wgsl");
-const BINDINGS: &[Access] = &[Access::Uniform, Access::Uniform, Access::Read, Access::ReadWrite, Access::ReadWrite];
-const PER_WG: u32 = 4096;
+const BINDINGS: &[Access] = &[
+    Access::Uniform,
+    Access::Uniform,
+    Access::Read,
+    Access::ReadWrite,
+    Access::ReadWrite,
+    Access::ReadWrite,
+    Access::ReadWrite,
+    Access::ReadWrite,
+];
+/// Logits per workgroup (`CHUNK` in the shader).
+pub const CHUNK: u32 = 1024;
+/// Radix-select digit passes: 4 for the top-k key, 4 for the top-p key (`PASSES`).
+const PASSES: u32 = 8;
+/// Global histogram: PASSES x 256 bins x u64.
+const HIST_BYTES: u64 = PASSES as u64 * 256 * 8;
+/// The entry point of each dispatch [`Sampler::record`] records, in order.
+pub const DISPATCH_NAMES: [&str; DISPATCHES] = {
+    let mut names = ["sample: select_pass (radix digit)"; DISPATCHES];
+    names[DISPATCHES - 2] = "sample: chunk_mass";
+    names[DISPATCHES - 1] = "sample: draw";
+    names
+};
+/// Number of dispatches of one sampling step.
+pub const DISPATCHES: usize = PASSES as usize + 2;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -19,7 +55,9 @@ struct Params {
     vocab: u32,
     logits_offset: u32,
     out_index: u32,
-    n_partials: u32,
+    n_chunks: u32,
+    pass_index: u32,
+    _pad: [u32; 3],
 }
 
 /// Sampling settings as the shader reads them (mirrors `Sampler` in `sample.wgsl`).
@@ -49,24 +87,49 @@ pub struct Sampler {
     /// The [`SamplerState`] uniform (host-written each step).
     pub state: wgpu::Buffer,
     partials: wgpu::Buffer,
+    hist: wgpu::Buffer,
+    sel: wgpu::Buffer,
+    chunks: wgpu::Buffer,
     vocab: u32,
 }
 
 impl Sampler {
+    /// Buffers for rows of `vocab` logits (1 to 65535 x [`CHUNK`]).
     pub fn new(gpu: &Gpu, vocab: u32) -> Result<Sampler> {
+        let n_chunks = vocab.div_ceil(CHUNK);
+        if n_chunks == 0 || n_chunks > MAX_GRID_DIM {
+            return Err(GpuError::Shape(format!("sampler vocabulary {vocab} outside 1..={}", MAX_GRID_DIM * CHUNK)));
+        }
         let state = gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("sampler state"),
             size: std::mem::size_of::<SamplerState>() as u64,
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let partials = gpu.storage("sampler partials", vocab.div_ceil(PER_WG) as u64 * 8)?;
-        Ok(Sampler { state, partials, vocab })
+        Ok(Sampler {
+            state,
+            partials: gpu.storage("sampler partials", n_chunks as u64 * 8)?,
+            // Zeroed at creation; the draw dispatch clears it again after each use.
+            hist: gpu.storage("sampler histograms", HIST_BYTES)?,
+            sel: gpu.storage("sampler selection state", (PASSES as u64 + 1) * 32)?,
+            chunks: gpu.storage("sampler chunk masses", n_chunks as u64 * 4)?,
+            vocab,
+        })
     }
 
     /// Writes the settings for the next draw (call before submitting the step).
     pub fn set(&self, gpu: &Gpu, state: &SamplerState) {
         gpu.queue.write_buffer(&self.state, 0, bytemuck::bytes_of(state));
+    }
+
+    /// The smallest logit the last draw kept after top-k and top-p (`None`: every token),
+    /// read back after the program ran. For tests, against [`filtered_distribution`].
+    pub async fn read_cut(&self, gpu: &Gpu) -> Result<Option<f32>> {
+        // `Sel::cut` of the last slot (8 u32 per slot, cut at word 3).
+        let bytes = gpu.read(&self.sel, PASSES as u64 * 32 + 12, 4).await?;
+        let key = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+        let bits = if key & 0x8000_0000 != 0 { key & 0x7fff_ffff } else { !key };
+        Ok((key != 0).then(|| f32::from_bits(bits)))
     }
 
     /// Records the selection of a token from the logits row at element `logits_offset`,
@@ -80,20 +143,40 @@ impl Sampler {
         out: &wgpu::Buffer,
         out_index: u32,
     ) -> Result<()> {
-        let n_partials = self.vocab.div_ceil(PER_WG);
-        let params = Params { vocab: self.vocab, logits_offset, out_index, n_partials };
-        let args = [Arg::Buf(&self.state), Arg::Buf(logits), Arg::Buf(&self.partials), Arg::Buf(out)];
-        let partial = KernelSpec::new("sample", SHADER, "argmax_partial", BINDINGS);
-        prog.push_with_params(gpu, &partial, &params, &args, [n_partials, 1, 1])?;
-        let select = KernelSpec::new("sample", SHADER, "select_token", BINDINGS);
-        prog.push_with_params(gpu, &select, &params, &args, [1, 1, 1])
+        let n_chunks = self.vocab.div_ceil(CHUNK);
+        let args = [
+            Arg::Buf(&self.state),
+            Arg::Buf(logits),
+            Arg::Buf(&self.partials),
+            Arg::Buf(&self.hist),
+            Arg::Buf(&self.sel),
+            Arg::Buf(&self.chunks),
+            Arg::Buf(out),
+        ];
+        let params = |pass_index| Params { vocab: self.vocab, logits_offset, out_index, n_chunks, pass_index, _pad: [0; 3] };
+        let select = KernelSpec::new("sample", SHADER, "select_pass", BINDINGS);
+        for d in 0..PASSES {
+            prog.push_with_params(gpu, &select, &params(d), &args, [n_chunks, 1, 1])?;
+        }
+        let mass = KernelSpec::new("sample", SHADER, "chunk_mass", BINDINGS);
+        prog.push_with_params(gpu, &mass, &params(PASSES), &args, [n_chunks, 1, 1])?;
+        let draw = KernelSpec::new("sample", SHADER, "draw", BINDINGS);
+        prog.push_with_params(gpu, &draw, &params(PASSES + 1), &args, [1, 1, 1])
     }
 }
 
 /// The distribution [`Sampler`] draws from, computed on the CPU in f64: probabilities per
-/// token after temperature, top-k and top-p (zero outside the kept set). For tests.
+/// token after temperature, top-k and top-p (zero outside the kept set). NaN and -inf logits
+/// weigh 0 (they rank below every live logit for top-k); with no live logit, token 0 is
+/// certain. For tests.
 pub fn filtered_distribution(logits: &[f32], st: &SamplerState) -> Vec<f64> {
+    let logits: Vec<f32> = logits.iter().map(|&l| if l.is_nan() { f32::NEG_INFINITY } else { l }).collect();
+    let mut p = vec![0.0; logits.len()];
     let m = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    if m == f32::NEG_INFINITY {
+        p[0] = 1.0;
+        return p;
+    }
     let mut order: Vec<usize> = (0..logits.len()).collect();
     order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
     let mut keep = logits.len();
@@ -101,7 +184,8 @@ pub fn filtered_distribution(logits: &[f32], st: &SamplerState) -> Vec<f64> {
         let kth = logits[order[(st.top_k as usize).min(logits.len()) - 1]];
         keep = order.iter().take_while(|&&i| logits[i] >= kth).count();
     }
-    let w: Vec<f64> = logits.iter().map(|&l| (((l - m) / st.temperature) as f64).exp()).collect();
+    // The maximum weighs exactly 1 (also when it is +inf).
+    let w: Vec<f64> = logits.iter().map(|&l| if l == m { 1.0 } else { (((l - m) / st.temperature) as f64).exp() }).collect();
     if st.top_p < 1.0 {
         let z: f64 = order[..keep].iter().map(|&i| w[i]).sum();
         let mut mass = 0.0;
@@ -117,7 +201,6 @@ pub fn filtered_distribution(logits: &[f32], st: &SamplerState) -> Vec<f64> {
         let last = logits[order[n - 1]];
         keep = order[..keep].iter().take_while(|&&i| logits[i] >= last).count();
     }
-    let mut p = vec![0.0; logits.len()];
     let z: f64 = order[..keep].iter().map(|&i| w[i]).sum();
     for &i in &order[..keep] {
         p[i] = w[i] / z;

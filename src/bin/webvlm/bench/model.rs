@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use webvlm::gguf::SplitMix64;
 use webvlm::gpu::{Dispatch, Gpu, Op, Pipeline, Program};
 use webvlm::kernels::quant::GpuWeight;
-use webvlm::kernels::sample::{Sampler, SamplerState};
+use webvlm::kernels::sample::{Sampler, SamplerState, DISPATCH_NAMES};
 use webvlm::kernels::{elementwise, matvec};
 use webvlm::model::{Context, ContextOptions, Decoder};
 use webvlm::source::TensorSource;
@@ -256,7 +256,7 @@ fn pipeline_names(gpu: &Gpu, dec: &Decoder) -> Res<HashMap<*const Pipeline, Stri
     let sampler = Sampler::new(gpu, 4096)?;
     let mut p = Program::new();
     sampler.record(&mut p, gpu, &dummy, 0, &dummy, 0)?;
-    take(p, &["sample: argmax_partial".into(), "sample: select_token".into()]);
+    take(p, &DISPATCH_NAMES.map(String::from));
     Ok(names)
 }
 
