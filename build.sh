@@ -173,7 +173,7 @@ case "$cmd" in
     # The kernel and model tests again with the GPU kernel geometry forced (a CPU adapter takes
     # the CPU shape by default): every kernel variant a real GPU takes runs here against the
     # same references and tolerances.
-    WEBVLM_GEOMETRY=gpu cargo test --no-fail-fast --test kernels_matmul --test kernels_fused \
+    WEBVLM_GEOMETRY=gpu cargo test --no-fail-fast --test kernels_matmul --test kernels_fused --test kernels_sample \
       --test kernels_attention --test model_tiny --test model_smollm2 --test model_vision --test model_f16 \
       --test model_stream || failed+=("native tests in the GPU kernel geometry")
     bash "$0" wasm-test || failed+=("wasm tests in the browser")

@@ -64,8 +64,8 @@ struct Sel {
 @group(0) @binding(7) var<storage, read_write> out: array<u32>;
 
 const WG: u32 = 256u;
-const CHUNK: u32 = 1024u;              // logits per workgroup
-const PER_T: u32 = CHUNK / WG;         // contiguous ids per thread in the draw
+override CHUNK: u32 = 1024u;           // logits per workgroup (by kernel geometry)
+override PER_T: u32 = CHUNK / WG;      // contiguous ids per thread in the draw
 const BINS: u32 = 256u;                // 8-bit digits
 const PASSES: u32 = 8u;                // 4 top-k digits, then 4 top-p digits
 const FIX_ONE: f32 = 1099511627776.0;  // 2^40: weight 1 in fixed point

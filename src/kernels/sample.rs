@@ -1,6 +1,6 @@
 //! Next-token selection (`shaders/sample.wgsl`): argmax, or temperature / top-k / top-p
 //! sampling with a seed, entirely on the GPU and spread over one workgroup per
-//! [`CHUNK`] logits.
+//! [`CHUNK`] logits ([`CHUNK_CPU`] on CPU adapters).
 //!
 //! Top-k and top-p cuts come from a radix select (8-bit digits, most significant first) on
 //! the order-preserving u32 key of each logit: per digit, every workgroup histograms its
@@ -20,7 +20,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{Access, Arg, Gpu, GpuError, KernelSpec, Program, Result, MAX_GRID_DIM};
+use crate::gpu::{Access, Arg, Geometry, Gpu, GpuError, KernelSpec, Launch, Program, Result, MAX_GRID_DIM};
 
 pub(super) const SHADER: &str = include_str!("../../shaders/sample.wgsl");
 const BINDINGS: &[Access] = &[
@@ -33,8 +33,14 @@ const BINDINGS: &[Access] = &[
     Access::ReadWrite,
     Access::ReadWrite,
 ];
-/// Logits per workgroup (`CHUNK` in the shader).
+/// Logits per workgroup (`CHUNK` in the shader) in the GPU geometry: 128 workgroups at a
+/// 131k vocabulary, enough for 128 compute units.
 pub const CHUNK: u32 = 1024;
+/// Logits per workgroup on CPU adapters, where every workgroup and barrier costs: 16
+/// workgroups at 131k (lavapipe: 4096 per workgroup was already 2-3x cheaper than 1024).
+pub const CHUNK_CPU: u32 = 8192;
+/// Invocations per workgroup (`WG` in the shader).
+const WG: u32 = 256;
 /// Radix-select digit passes: 4 for the top-k key, 4 for the top-p key (`PASSES`).
 const PASSES: u32 = 8;
 /// Global histogram: PASSES x 256 bins x u64.
@@ -91,13 +97,16 @@ pub struct Sampler {
     sel: wgpu::Buffer,
     chunks: wgpu::Buffer,
     vocab: u32,
+    /// Logits per workgroup, from the kernel geometry.
+    chunk: u32,
 }
 
 impl Sampler {
     /// Buffers for rows of `vocab` logits (1 to 65535 x [`CHUNK`]).
     pub fn new(gpu: &Gpu, vocab: u32) -> Result<Sampler> {
-        let n_chunks = vocab.div_ceil(CHUNK);
-        if n_chunks == 0 || n_chunks > MAX_GRID_DIM {
+        let chunk = if gpu.caps.geometry == Geometry::Gpu { CHUNK } else { CHUNK_CPU };
+        let n_chunks = vocab.div_ceil(chunk);
+        if n_chunks == 0 || vocab.div_ceil(CHUNK) > MAX_GRID_DIM {
             return Err(GpuError::Shape(format!("sampler vocabulary {vocab} outside 1..={}", MAX_GRID_DIM * CHUNK)));
         }
         let state = gpu.device.create_buffer(&wgpu::BufferDescriptor {
@@ -114,6 +123,7 @@ impl Sampler {
             sel: gpu.storage("sampler selection state", (PASSES as u64 + 1) * 32)?,
             chunks: gpu.storage("sampler chunk masses", n_chunks as u64 * 4)?,
             vocab,
+            chunk,
         })
     }
 
@@ -143,7 +153,7 @@ impl Sampler {
         out: &wgpu::Buffer,
         out_index: u32,
     ) -> Result<()> {
-        let n_chunks = self.vocab.div_ceil(CHUNK);
+        let n_chunks = self.vocab.div_ceil(self.chunk);
         let args = [
             Arg::Buf(&self.state),
             Arg::Buf(logits),
@@ -154,14 +164,16 @@ impl Sampler {
             Arg::Buf(out),
         ];
         let params = |pass_index| Params { vocab: self.vocab, logits_offset, out_index, n_chunks, pass_index, _pad: [0; 3] };
-        let select = KernelSpec::new("sample", SHADER, "select_pass", BINDINGS);
+        let spec = |entry| KernelSpec::new("sample", SHADER, entry, BINDINGS).with_constant("CHUNK", self.chunk as i64);
         for d in 0..PASSES {
-            prog.push_with_params(gpu, &select, &params(d), &args, [n_chunks, 1, 1])?;
+            prog.push_with_params(gpu, &spec("select_pass"), &params(d), &args, [n_chunks, 1, 1])?;
+            prog.set_launch(Launch::threads(WG));
         }
-        let mass = KernelSpec::new("sample", SHADER, "chunk_mass", BINDINGS);
-        prog.push_with_params(gpu, &mass, &params(PASSES), &args, [n_chunks, 1, 1])?;
-        let draw = KernelSpec::new("sample", SHADER, "draw", BINDINGS);
-        prog.push_with_params(gpu, &draw, &params(PASSES + 1), &args, [1, 1, 1])
+        prog.push_with_params(gpu, &spec("chunk_mass"), &params(PASSES), &args, [n_chunks, 1, 1])?;
+        prog.set_launch(Launch::threads(WG));
+        prog.push_with_params(gpu, &spec("draw"), &params(PASSES + 1), &args, [1, 1, 1])?;
+        prog.set_launch(Launch::threads(WG));
+        Ok(())
     }
 }
 
