@@ -63,6 +63,7 @@ impl KernelSpec {
 /// A compiled pipeline with the layout its bind groups must use.
 pub struct Pipeline {
     pub label: &'static str,
+    pub entry: &'static str,
     pub compute: wgpu::ComputePipeline,
     pub layout: wgpu::BindGroupLayout,
     pub bindings: &'static [Access],
@@ -110,7 +111,8 @@ impl Gpu {
         if let Some(e) = self.take_errors().into_iter().next() {
             return Err(super::GpuError::Pipeline { label: format!("{}::{}", spec.label, spec.entry), message: e.to_string() });
         }
-        let pipeline = Rc::new(Pipeline { label: spec.label, compute, layout: bind_layout, bindings: spec.bindings });
+        let pipeline =
+            Rc::new(Pipeline { label: spec.label, entry: spec.entry, compute, layout: bind_layout, bindings: spec.bindings });
         cache.pipelines.insert(spec.clone(), pipeline.clone());
         Ok(pipeline)
     }

@@ -27,7 +27,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{grid_1d, Access, Arg, Gpu, GpuError, KernelSpec, Program, Result, MAX_GRID_DIM};
+use crate::gpu::{grid_1d, Access, Arg, Gpu, GpuError, KernelSpec, Launch, Program, Result, MAX_GRID_DIM};
 
 /// The `Step` struct shared by the RoPE and attention shaders.
 pub(crate) const STEP: &str = include_str!("../../shaders/step.wgsl");
@@ -257,7 +257,9 @@ pub fn attention_prefill(
         .with_prefix(STEP);
     let tiles = (shape.max_tok * shape.group()).div_ceil(PREFILL_ROWS);
     let args = [Arg::Buf(step), Arg::Buf(q), Arg::Buf(k_cache), Arg::Buf(v_cache), Arg::Buf(out)];
-    prog.push_with_params(gpu, &spec, &shape.params(1), &args, [tiles, shape.n_kv_head, 1])
+    prog.push_with_params(gpu, &spec, &shape.params(1), &args, [tiles, shape.n_kv_head, 1])?;
+    prog.set_launch(Launch::threads(128)); // WG in attention_prefill.wgsl
+    Ok(())
 }
 
 /// The split count of a decode grid over up to `max_ctx` keys: ~256 keys per split at full
@@ -363,13 +365,16 @@ pub fn attention_decode(
         .with_constant("R", decode_rows(shape) as i64);
     let args = [Arg::Buf(step), Arg::Buf(&scratch.ml), Arg::Buf(&scratch.o), Arg::Buf(q), Arg::Buf(k_cache), Arg::Buf(v_cache)];
     prog.push_with_params(gpu, &spec, &params, &args, grid)?;
-    // Same module as attn_decode (the reader is part of it; combine does not read the cache).
+    prog.set_launch(Launch::threads(128)); // WG in attention_decode.wgsl
+                                           // Same module as attn_decode (the reader is part of it; combine does not read the cache).
     let spec = KernelSpec::new("attention_decode", DECODE, "attn_combine", COMBINE_BINDINGS)
         .with_prefix(shape.kv.reader())
         .with_prefix(ATTN_COMMON)
         .with_prefix(STEP);
     let args = [Arg::Buf(step), Arg::Buf(&scratch.ml), Arg::Buf(&scratch.o), Arg::Buf(out)];
-    prog.push_with_params(gpu, &spec, &params, &args, grid_1d(shape.max_tok * shape.n_head))
+    prog.push_with_params(gpu, &spec, &params, &args, grid_1d(shape.max_tok * shape.n_head))?;
+    prog.set_launch(Launch::threads(64)); // attn_combine
+    Ok(())
 }
 
 /// Rounds `x` to f16 values as the f16 cache stores them (round to nearest even), for

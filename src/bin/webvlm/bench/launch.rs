@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
-use webvlm::gpu::{Gpu, Op, Program};
+use webvlm::gpu::{Gpu, Op, Pipeline, Program};
 use webvlm::model::{Context, Decoder};
 
 use super::Out;
@@ -24,9 +24,14 @@ struct Family {
 }
 
 /// The family of a dispatch: its weight's name (of each member of a stack: `a+b`) without the
-/// layer prefix (`blk.N.`) and the `.weight` suffix, else the pipeline's label.
-fn family_name(pipeline: &str, weight: Option<&str>) -> String {
-    let Some(label) = weight else { return pipeline.to_string() };
+/// layer prefix (`blk.N.`) and the `.weight` suffix, else the pipeline's label and entry.
+fn family_name(pipeline: &Pipeline, weight: Option<&str>) -> String {
+    let Some(label) = weight else {
+        return match pipeline.label == pipeline.entry {
+            true => pipeline.label.to_string(),
+            false => format!("{} {}", pipeline.label, pipeline.entry),
+        };
+    };
     label
         .split('+')
         .map(|m| {
@@ -44,7 +49,7 @@ fn families(programs: &[&Program]) -> BTreeMap<String, Family> {
     let mut out: BTreeMap<String, Family> = BTreeMap::new();
     for d in programs.iter().flat_map(|p| &p.ops).filter_map(|op| if let Op::Dispatch(d) = op { Some(d) } else { None }) {
         let weight = d.launch.as_ref().and_then(|l| l.weight.as_ref());
-        let f = out.entry(family_name(d.pipeline.label, weight.map(|w| w.label.as_str()))).or_default();
+        let f = out.entry(family_name(&d.pipeline, weight.map(|w| w.label.as_str()))).or_default();
         let wgs = d.n_workgroups();
         f.min_workgroups = if f.dispatches == 0 { wgs } else { f.min_workgroups.min(wgs) };
         f.dispatches += 1;
@@ -82,7 +87,7 @@ pub fn report(gpu: &Gpu, out: &Out, label: &str, dec: &Decoder, ctx: &mut Contex
         let per_dispatch = f.workgroups / f.dispatches as u64;
         let bytes_per_wg = (f.weight_bytes > 0).then(|| f.weight_bytes / f.workgroups.max(1));
         out.note(&format!(
-            "    {name:<22} {:4} dispatches, {:7} workgroups each (min {:6}) x {:>4} invocations{}",
+            "    {name:<30} {:4} dispatches, {:7} workgroups each (min {:6}) x {:>4} invocations{}",
             f.dispatches,
             per_dispatch,
             f.min_workgroups,
