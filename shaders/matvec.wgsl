@@ -6,8 +6,8 @@
 //! partial sums are reduced in workgroup memory.
 //! - `matvec` (F32, F16, BF16, Q5_K; any `cols`): NR = 4 rows per thread, TPR threads per row
 //!   group, units of 8 weights through `wdecode8`.
-//! - `matvec_blk` (Q8_0, Q4_0, Q4_1, Q4_K, Q6_K): NRB = 4, 8 or 16 rows per thread (NRB / 4
-//!   vec4 accumulators), TPB threads per row group; a thread decodes a whole unit (a 32-weight
+//! - `matvec_blk` (Q8_0, Q4_0, Q4_1, Q4_K, Q6_K): NRB = 2, 4, 8 or 16 rows per thread (one
+//!   vec4 accumulator per 4 rows), TPB threads per row group; a thread decodes a whole unit (a 32-weight
 //!   block, or 64 weights of a K-quant super-block) per iteration from `vec4<u32>` loads of the
 //!   weight and `vec4<f32>` loads of x (bindings 4 and 5 are vec4 views of the same buffers).
 //!   4- and 6-bit values are not shifted down: `f32(v & (0xF << 8b))` is the value times
@@ -103,10 +103,16 @@ fn put4(t: u32, r: u32, v: vec4<f32>, n_out: u32) {
     if (r + 3u < n_out) { y[o + 3u] = s.w; }
 }
 
-/// The epilogue of a row group whose `n` row slots (4, 8 or 16) summed to s0..s3 (s0 = slots
-/// 0..3, ...), outputs from `out0`.
+/// The epilogue of a row group whose `n` row slots (2, 4, 8 or 16) summed to s0..s3 (s0 =
+/// slots 0..3, ...), outputs from `out0`.
 fn emit(t: u32, out0: u32, n: u32, s0: vec4<f32>, s1: vec4<f32>, s2: vec4<f32>, s3: vec4<f32>) {
     let n_out = out_rows();
+    if (n == 2u) {
+        var v = s0;
+        if (EPI == 2u) { v = vec4<f32>(silu(s0).x * s0.y, 0.0, 0.0, 0.0); }
+        put4(t, out0, v, min(n_out, out0 + select(2u, 1u, EPI == 2u)));
+        return;
+    }
     if (EPI == 2u) {
         if (n == 4u) {
             let g = silu(s0);
@@ -353,13 +359,14 @@ fn unit_row(l: WLayout, row: u32, u: u32, xa: X32, xb: X32, xs: vec4<f32>) -> f3
     }
 }
 
-override NRB: u32 = 8u; // rows per thread in the block path: 4, 8 or 16 (NRB / 4 vec4 accumulators)
-var<workgroup> red_blk: array<vec4<f32>, WG * NRB / 4u>; // `matvec_blk`: NRB / 4 vec4 per thread
+override NRB: u32 = 8u; // rows per thread in the block path: 2, 4, 8 or 16 (one vec4 accumulator per 4)
+override NV: u32 = max(NRB / 4u, 1u); // vec4 accumulators per thread
+var<workgroup> red_blk: array<vec4<f32>, WG * NV>; // `matvec_blk`: NV vec4 per thread
 
-/// `reduce_store` for NRB rows per thread (NRB / 4 vec4 per thread, slot k of thread l at
-/// `nv * l + k`).
+/// `reduce_store` for NRB rows per thread (NV vec4 per thread, slot k of thread l at
+/// `NV * l + k`).
 fn reduce_store_blk(a0: vec4<f32>, a1: vec4<f32>, a2: vec4<f32>, a3: vec4<f32>, lid: u32, group0: u32, t: u32) {
-    let nv = NRB / 4u;
+    let nv = NV;
     red_blk[nv * lid] = a0;
     if (NRB >= 8u) { red_blk[nv * lid + 1u] = a1; }
     if (NRB == 16u) {
@@ -467,8 +474,12 @@ fn matvec_blk(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
                 xa = x32(xo + 8u * u, 4u);         // 32 consecutive x
                 if (WTYPE == WT_Q4_0 || WTYPE == WT_Q4_1) { xa = x_scale(xa, NL, NH); }
             }
-            acc += vec4<f32>(unit_row(wl, r0, u, xa, xb, xs), unit_row(wl, r1, u, xa, xb, xs),
-                             unit_row(wl, r2, u, xa, xb, xs), unit_row(wl, r3, u, xa, xb, xs));
+            if (NRB == 2u) {
+                acc += vec4<f32>(unit_row(wl, r0, u, xa, xb, xs), unit_row(wl, r1, u, xa, xb, xs), 0.0, 0.0);
+            } else {
+                acc += vec4<f32>(unit_row(wl, r0, u, xa, xb, xs), unit_row(wl, r1, u, xa, xb, xs),
+                                 unit_row(wl, r2, u, xa, xb, xs), unit_row(wl, r3, u, xa, xb, xs));
+            }
             if (NRB >= 8u) {
                 acc1 += vec4<f32>(unit_row(wl, r4, u, xa, xb, xs), unit_row(wl, r5, u, xa, xb, xs),
                                   unit_row(wl, r6, u, xa, xb, xs), unit_row(wl, r7, u, xa, xb, xs));

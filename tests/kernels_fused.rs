@@ -61,8 +61,9 @@ fn matvec_epilogues_match_cpu_in_both_geometries() {
     for geometry in GEOMETRIES {
         let gpu = gpu_with(geometry);
         assert_eq!(gpu.caps.geometry, geometry);
-        for ty in TYPES {
-            let (rows, cols, n_tok) = (38, cols_of(ty), 2);
+        // 38 rows: 2 rows per thread in the GPU shape's block path; 2050: 4.
+        for (ty, rows) in TYPES.into_iter().flat_map(|ty| [(ty, 38), (ty, 2050)]) {
+            let (cols, n_tok) = (cols_of(ty), 2);
             let (bytes, deq) = random_weight(ty, rows, cols, 5);
             let w = GpuWeight::upload(&gpu, "w", ty, rows as u32, cols as u32, &bytes).unwrap();
             let x = Rng::new(6).vec(n_tok * cols);
@@ -70,8 +71,8 @@ fn matvec_epilogues_match_cpu_in_both_geometries() {
             let want = matvec_ref(&deq, rows, cols, &x, n_tok);
             let what = format!("{geometry:?} {ty}");
 
-            // Store into columns 3..3+rows of rows of 50: the other columns keep their values.
-            let (stride, offset) = (50, 3);
+            // Store into columns 3..3+rows of wider rows: the other columns keep their values.
+            let (stride, offset) = (rows + 12, 3);
             let y0 = Rng::new(7).vec(n_tok * stride);
             let out = Output { stride: stride as u32, offset: offset as u32, epilogue: Epilogue::Store };
             let got = run(&gpu, &y0, |p, y| matvec::record_into(p, &gpu, &w, &bx, y, out, n_tok as u32).unwrap());
@@ -229,9 +230,12 @@ fn matrices_of_one_type_are_stacked_at_load_eager_and_streamed() {
 fn gpu_geometry_fills_a_large_gpu_at_3b_shapes() {
     let gpu = gpu();
     for ty in [GgmlType::Q4_K, GgmlType::Q4_0, GgmlType::Q6_K, GgmlType::Q8_0] {
-        // (rows, cols, epilogue): stacked qkv, wo, stacked gate/up, down.
+        // (rows, cols, epilogue): stacked qkv, [q; k] and v apart (another type), wo, stacked
+        // gate/up, down.
         for (rows, cols, epilogue) in [
             (6144, 3072, Epilogue::Store),
+            (5120, 3072, Epilogue::Store),
+            (1024, 3072, Epilogue::Store),
             (3072, 4096, Epilogue::Add),
             (18432, 3072, Epilogue::SiluMul),
             (3072, 9216, Epilogue::Add),

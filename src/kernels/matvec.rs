@@ -8,7 +8,8 @@
 //! Launch shapes ([`MatvecLaunch`], from the adapter's [`Geometry`]):
 //! - GPU: 64-invocation workgroups of 4 output rows (one row group of up to 64 lanes, tree
 //!   reduction): a 3072-row matrix launches 768 workgroups, enough for 128 compute units;
-//!   4 rows per thread keep registers moderate.
+//!   4 rows per thread keep registers moderate; block-format matrices of fewer than 2048
+//!   rows take 2 rows per workgroup (a 1024-row V projection: 512 workgroups).
 //! - CPU adapters: 256-invocation workgroups of 64-512 rows, 16 rows per thread on the block
 //!   path (every storage load costs a per-invocation loop there, so each x load serves 16
 //!   rows: measured on lavapipe, in-cache Q4_K/Q4_0 up to 2x), one summing thread per row
@@ -93,12 +94,13 @@ impl MatvecLaunch {
         };
         let gpu = geometry == Geometry::Gpu;
         match units {
-            // GPU: a row group of up to 64 lanes (no idle lane on short rows), 4 rows.
+            // GPU: a row group of up to 64 lanes (no idle lane on short rows), 4 rows; 2 for
+            // matrices of fewer than 2048 rows (a 1024-row V projection: 512 workgroups).
             Some(units) if gpu => MatvecLaunch {
                 entry: "matvec_blk",
                 invocations: 64,
                 lanes: units.next_power_of_two().min(64),
-                rows_per_thread: 4,
+                rows_per_thread: if w.rows < 2048 { 2 } else { 4 },
                 tree: true,
                 pair,
             },
