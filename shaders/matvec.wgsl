@@ -17,7 +17,11 @@
 //! Launch shape (override constants, chosen per adapter by `src/kernels/matvec.rs`): WG
 //! threads per workgroup; the reduction is a log2(TPR) tree (`TREE = 1`, GPUs) or one thread
 //! per row group summing its lanes after a single barrier (`TREE = 0`, CPU adapters, where
-//! barriers cost).
+//! barriers cost). On native adapters with subgroups the tree starts in registers: a
+//! prelude (`matvec_subgroups.wgsl`) adds the entry points `matvec_sg` / `matvec_blk_sg`,
+//! which sum a subgroup's lanes with `subgroupShuffleXor` before the workgroup-memory tree
+//! (one barrier instead of log2(lanes) when a row group fits a subgroup). Every other module
+//! gets `matvec_nosubgroups.wgsl` (WGSL on the web needs an extension wgpu cannot request yet).
 //! Epilogue (`EPI`): 0 stores y; 1 adds into y (the residual add of `wo` and `ffn_down`);
 //! 2 is the SiLU-gated product of a stacked [gate; up] weight: of a thread's rows the first
 //! half are gate rows r, the second half the up rows rows/2 + r, and it writes
@@ -133,21 +137,35 @@ fn emit(t: u32, out0: u32, n: u32, s0: vec4<f32>, s1: vec4<f32>, s2: vec4<f32>, 
     }
 }
 
+/// Lanes summed in registers before the workgroup-memory stage: a subgroup's worth of a row
+/// group of `tpr` lanes where the native adapter's subgroups are in use (`sg_size` > 0, the
+/// `matvec_subgroups.wgsl` prelude), else 1. Row groups are aligned to subgroups (lanes are
+/// consecutive invocations; subgroups take consecutive invocation indices of a 1-D workgroup).
+fn lanes_in_registers(tpr: u32, sg_size: u32) -> u32 {
+    return select(1u, min(tpr, sg_size), SUBGROUPS && sg_size > 0u && TREE == 1u);
+}
+
 /// Sums each row group's `tpr` partial vec4s (NR = 4 rows per group) and runs the epilogue
 /// for token `t`. `group0` is the workgroup's first row group; all threads must call it.
-fn reduce_store(acc: vec4<f32>, lid: u32, group0: u32, tpr: u32, t: u32) {
-    red[lid] = acc;
+fn reduce_store(acc: vec4<f32>, lid: u32, group0: u32, tpr: u32, t: u32, sg_size: u32) {
+    // Subgroups first (w lanes to one partial), then a tree over the k = tpr / w partials of
+    // each row group, compacted at red[lid / w].
+    let w = lanes_in_registers(tpr, sg_size);
+    let v = lanes_sum(acc, w);
+    if (lid % w == 0u) { red[lid / w] = v; }
     workgroupBarrier();
     // The row group `grp` whose sum this thread holds at the end, if `leader`.
     var grp = lid / tpr;
     var leader = lid % tpr == 0u;
     var s = vec4<f32>(0.0);
     if (TREE == 1u) {
-        for (var h = tpr / 2u; h > 0u; h /= 2u) {
-            if (lid % tpr < h) { red[lid] += red[lid + h]; }
+        let k = tpr / w;
+        let j = lid / w;
+        for (var h = k / 2u; h > 0u; h /= 2u) {
+            if (lid % w == 0u && j % k < h) { red[j] += red[j + h]; }
             workgroupBarrier();
         }
-        s = red[lid];
+        s = red[j];
     } else {
         // Threads 0..WG/tpr sum one row group each (adjacent lanes: no divergence on CPUs).
         grp = lid;
@@ -163,6 +181,11 @@ fn reduce_store(acc: vec4<f32>, lid: u32, group0: u32, tpr: u32, t: u32) {
 @compute @workgroup_size(WG)
 fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) lid: u32) {
+    matvec_main(wid, nwg, lid, 0u);
+}
+
+/// The generic-path body; `sg_size` > 0 where the native subgroup entry point calls it.
+fn matvec_main(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, sg_size: u32) {
     let wl = WLayout(p.row_words, p.bpr, p.scale_base);
     let lane = lid % TPR;
     let grp = lid / TPR;
@@ -189,7 +212,7 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
             acc += xv * vec4<f32>(wdecode1(wl, r0, k), wdecode1(wl, r1, k), wdecode1(wl, r2, k), wdecode1(wl, r3, k));
         }
     }
-    reduce_store(acc, lid, group0, TPR, wid.z);
+    reduce_store(acc, lid, group0, TPR, wid.z, sg_size);
 }
 
 // ---- Block path (Q8_0, Q4_0, Q4_1, Q4_K, Q6_K): one invocation takes a whole unit of 32
@@ -365,8 +388,14 @@ var<workgroup> red_blk: array<vec4<f32>, WG * NV>; // `matvec_blk`: NV vec4 per 
 
 /// `reduce_store` for NRB rows per thread (NV vec4 per thread, slot k of thread l at
 /// `NV * l + k`).
-fn reduce_store_blk(a0: vec4<f32>, a1: vec4<f32>, a2: vec4<f32>, a3: vec4<f32>, lid: u32, group0: u32, t: u32) {
+fn reduce_store_blk(a0: vec4<f32>, a1: vec4<f32>, a2: vec4<f32>, a3: vec4<f32>, lid: u32, group0: u32, t: u32,
+                    sg_size: u32) {
     let nv = NV;
+    if (NV == 1u && TREE == 1u) {
+        // The GPU shape (one accumulator): as `reduce_store`.
+        reduce_store_blk1(a0, lid, group0, t, sg_size);
+        return;
+    }
     red_blk[nv * lid] = a0;
     if (NRB >= 8u) { red_blk[nv * lid + 1u] = a1; }
     if (NRB == 16u) {
@@ -413,9 +442,32 @@ fn reduce_store_blk(a0: vec4<f32>, a1: vec4<f32>, a2: vec4<f32>, a3: vec4<f32>, 
     }
 }
 
+/// `reduce_store_blk` with one accumulator per thread (NRB <= 4): subgroups, then a tree.
+fn reduce_store_blk1(acc: vec4<f32>, lid: u32, group0: u32, t: u32, sg_size: u32) {
+    let w = lanes_in_registers(TPB, sg_size);
+    let v = lanes_sum(acc, w);
+    if (lid % w == 0u) { red_blk[lid / w] = v; }
+    workgroupBarrier();
+    let k = TPB / w;
+    let j = lid / w;
+    for (var h = k / 2u; h > 0u; h /= 2u) {
+        if (lid % w == 0u && j % k < h) { red_blk[j] += red_blk[j + h]; }
+        workgroupBarrier();
+    }
+    let out0 = first_output(group0 + lid / TPB, NRB);
+    if (lid % TPB == 0u && out0 < out_rows()) {
+        emit(t, out0, NRB, red_blk[j], vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    }
+}
+
 @compute @workgroup_size(WG)
 fn matvec_blk(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
               @builtin(local_invocation_index) lid: u32) {
+    matvec_blk_main(wid, nwg, lid, 0u);
+}
+
+/// The block-path body; `sg_size` > 0 where the native subgroup entry point calls it.
+fn matvec_blk_main(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, sg_size: u32) {
     let wl = WLayout(p.row_words, p.bpr, p.scale_base);
     let lane = lid % TPB;
     let grp = lid / TPB;
@@ -492,5 +544,5 @@ fn matvec_blk(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
             }
         }
     }
-    reduce_store_blk(acc, acc1, acc2, acc3, lid, group0, wid.z);
+    reduce_store_blk(acc, acc1, acc2, acc3, lid, group0, wid.z, sg_size);
 }

@@ -18,14 +18,15 @@ use webvlm::source::{load_stacked, Eager, GgufBytes, GgufStream, LoadQuant, Stac
 /// f32 summation order only (as the plain matvec tests).
 const TOL: f32 = 1e-5;
 
-const GEOMETRIES: [Geometry; 2] = [Geometry::Gpu, Geometry::Cpu];
+/// Both geometries, the GPU one with and without native subgroup reductions.
+const SHAPES: [(Geometry, bool); 3] = [(Geometry::Gpu, true), (Geometry::Gpu, false), (Geometry::Cpu, false)];
 
 /// One type per decoder path: generic (F32, F16, Q5_K), block (Q8_0, Q4_0 paired, Q4_K, Q6_K).
 const TYPES: [GgmlType; 7] =
     [GgmlType::F32, GgmlType::F16, GgmlType::Q5_K, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_K, GgmlType::Q6_K];
 
-fn gpu_with(geometry: Geometry) -> Gpu {
-    Gpu::new_blocking(GpuOptions { geometry: Some(geometry), ..GpuOptions::default() }).expect("a GPU adapter")
+fn gpu_with(geometry: Geometry, allow_subgroups: bool) -> Gpu {
+    Gpu::new_blocking(GpuOptions { geometry: Some(geometry), allow_subgroups, ..GpuOptions::default() }).expect("a GPU adapter")
 }
 
 fn random_weight(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> (Vec<u8>, Vec<f32>) {
@@ -58,9 +59,10 @@ fn run(gpu: &Gpu, y0: &[f32], record: impl FnOnce(&mut Program, &wgpu::Buffer)) 
 
 #[test]
 fn matvec_epilogues_match_cpu_in_both_geometries() {
-    for geometry in GEOMETRIES {
-        let gpu = gpu_with(geometry);
+    for (geometry, subgroups) in SHAPES {
+        let gpu = gpu_with(geometry, subgroups);
         assert_eq!(gpu.caps.geometry, geometry);
+        let geometry = format!("{geometry:?}{}", if gpu.caps.subgroups { " + subgroups" } else { "" });
         // 38 rows: 2 rows per thread in the GPU shape's block path; 2050: 4.
         for (ty, rows) in TYPES.into_iter().flat_map(|ty| [(ty, 38), (ty, 2050)]) {
             let (cols, n_tok) = (cols_of(ty), 2);
@@ -69,7 +71,7 @@ fn matvec_epilogues_match_cpu_in_both_geometries() {
             let x = Rng::new(6).vec(n_tok * cols);
             let bx = upload(&gpu, &x);
             let want = matvec_ref(&deq, rows, cols, &x, n_tok);
-            let what = format!("{geometry:?} {ty}");
+            let what = format!("{geometry} {ty} {rows} rows");
 
             // Store into columns 3..3+rows of wider rows: the other columns keep their values.
             let (stride, offset) = (rows + 12, 3);

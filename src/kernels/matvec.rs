@@ -21,6 +21,10 @@ use super::quant::{GpuWeight, WLayout, WeightFormat};
 use crate::gpu::{grid_1d, Access, Arg, Geometry, Gpu, GpuError, KernelSpec, Launch, Program, Result, WeightRead};
 
 pub(super) const SHADER: &str = include_str!("../../shaders/matvec.wgsl");
+/// Preludes: subgroup entry points and `lanes_sum` (native adapters with subgroups), or the
+/// workgroup-memory-only stub (everywhere else).
+pub(super) const SUBGROUPS: &str = include_str!("../../shaders/matvec_subgroups.wgsl");
+pub(super) const NO_SUBGROUPS: &str = include_str!("../../shaders/matvec_nosubgroups.wgsl");
 const BINDINGS: &[Access] = &[Access::Uniform, Access::Read, Access::Read, Access::ReadWrite];
 /// `matvec_blk`: also vec4 views of x (binding 4) and of the weight (binding 5).
 const BINDINGS_BLK: &[Access] = &[Access::Uniform, Access::Read, Access::Read, Access::ReadWrite, Access::Read, Access::Read];
@@ -77,6 +81,8 @@ pub struct MatvecLaunch {
     pub tree: bool,
     /// Q4_0 in units of two blocks.
     pub pair: bool,
+    /// Subgroup shuffles start the tree reduction (native adapters with subgroups, GPU shape).
+    pub subgroups: bool,
 }
 
 impl MatvecLaunch {
@@ -103,6 +109,7 @@ impl MatvecLaunch {
                 rows_per_thread: if w.rows < 2048 { 2 } else { 4 },
                 tree: true,
                 pair,
+                subgroups: false,
             },
             // CPU: 16 lanes per row group (fewer idle iterations per thread on lavapipe);
             // matrices of fewer rows keep 32, so that there are still a few workgroups.
@@ -113,6 +120,7 @@ impl MatvecLaunch {
                 rows_per_thread: 16,
                 tree: false,
                 pair,
+                subgroups: false,
             },
             // Generic path: one lane per unit of 8 columns up to the cap (rows shorter than
             // 256 weights, such as a 16-wide LM head of 131k rows, leave no lane idle; on a CPU
@@ -120,9 +128,16 @@ impl MatvecLaunch {
             None => {
                 let lanes = w.cols.div_ceil(8).next_power_of_two();
                 let (invocations, cap) = if gpu { (64, 64) } else { (256, 32) };
-                MatvecLaunch { entry: "matvec", invocations, lanes: lanes.min(cap), rows_per_thread: 4, tree: gpu, pair: false }
+                let lanes = lanes.min(cap);
+                MatvecLaunch { entry: "matvec", invocations, lanes, rows_per_thread: 4, tree: gpu, pair: false, subgroups: false }
             }
         }
+    }
+
+    /// The same launch with subgroup reductions where `available` (the device's) and the
+    /// shape reduces by tree.
+    pub fn with_subgroups(self, available: bool) -> MatvecLaunch {
+        MatvecLaunch { subgroups: available && self.tree, ..self }
     }
 
     /// Output rows per workgroup.
@@ -137,8 +152,14 @@ impl MatvecLaunch {
 
     fn spec(&self, w: &GpuWeight, epilogue: Epilogue) -> KernelSpec {
         let blk = self.entry == "matvec_blk";
+        let (entry, prelude) = match (self.subgroups, blk) {
+            (true, true) => ("matvec_blk_sg", SUBGROUPS),
+            (true, false) => ("matvec_sg", SUBGROUPS),
+            (false, _) => (self.entry, NO_SUBGROUPS),
+        };
         let spec = w
-            .specialise(KernelSpec::new("matvec", SHADER, self.entry, if blk { BINDINGS_BLK } else { BINDINGS }))
+            .specialise(KernelSpec::new("matvec", SHADER, entry, if blk { BINDINGS_BLK } else { BINDINGS }))
+            .with_prefix(prelude)
             .with_constant("WG", self.invocations as i64)
             .with_constant("TREE", self.tree as i64)
             .with_constant("EPI", epilogue.code());
@@ -189,7 +210,7 @@ pub fn record_into(
     let outputs = if glu { w.rows / 2 } else { w.rows };
     check_len("matvec x", x, n_tok as u64 * w.cols as u64)?;
     check_len("matvec y", y, (n_tok.max(1) - 1) as u64 * out.stride as u64 + out.offset as u64 + outputs as u64)?;
-    let launch = MatvecLaunch::of(gpu.caps.geometry, w);
+    let launch = MatvecLaunch::of(gpu.caps.geometry, w).with_subgroups(gpu.caps.subgroups);
     let spec = launch.spec(w, out.epilogue);
     for part in &w.parts {
         let params = Params {

@@ -34,7 +34,8 @@ mod tests {
             spec("sample", super::sample::SHADER),
             spec("vision", super::vision::SHADER),
             spec("embedding", super::embedding::SHADER).with_prefix(QUANT_WGSL),
-            spec("matvec", super::matvec::SHADER).with_prefix(QUANT_WGSL),
+            spec("matvec", super::matvec::SHADER).with_prefix(QUANT_WGSL).with_prefix(super::matvec::NO_SUBGROUPS),
+            spec("matvec", super::matvec::SHADER).with_prefix(QUANT_WGSL).with_prefix(super::matvec::SUBGROUPS),
             spec("rope", super::rope::SHADER).with_prefix(STEP),
         ];
         for compute in [MatmulCompute::F32, MatmulCompute::F16] {
@@ -51,16 +52,23 @@ mod tests {
     #[test]
     fn every_kernel_module_validates() {
         // What a WebGPU device grants (`unpack2x16float` and friends are core WGSL), plus
-        // `shader-f16` for matmul's f16 prelude.
+        // `shader-f16` for matmul's f16 prelude, and subgroups for the native matvec prelude
+        // only (every other module must validate without them).
         use naga::valid::Capabilities as C;
-        let caps = C::default() | C::SHADER_FLOAT16_IN_FLOAT32 | C::SHADER_FLOAT16;
+        let web = C::default() | C::SHADER_FLOAT16_IN_FLOAT32 | C::SHADER_FLOAT16;
         for spec in modules() {
+            let native = spec.sources.contains(&super::matvec::SUBGROUPS);
+            let caps = if native { web | C::SUBGROUP } else { web };
             let code = spec.sources.concat();
             let module =
                 naga::front::wgsl::parse_str(&code).unwrap_or_else(|e| panic!("{}: {}", spec.label, e.emit_to_string(&code)));
-            naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
-                .validate(&module)
-                .unwrap_or_else(|e| panic!("{}: {}", spec.label, e.emit_to_string(&code)));
+            let mut validator = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps);
+            if native {
+                validator
+                    .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
+                    .subgroup_operations(naga::valid::SubgroupOperationSet::all());
+            }
+            validator.validate(&module).unwrap_or_else(|e| panic!("{}: {}", spec.label, e.emit_to_string(&code)));
         }
     }
 }
