@@ -90,6 +90,27 @@ fn quick_bench_on_tiny_synthetic_model_reports_every_figure() {
         breakdown.iter().filter(|f| f["family"] != "whole decode program").map(|f| f["dispatches"].as_u64().unwrap()).sum();
     assert_eq!(total, m["dispatches_per_token"].as_u64().unwrap(), "families cover every dispatch");
 
+    // The launch geometry of that decode step, read off the recorded program: every dispatch
+    // in a family, the synthetic model's `attn_v` (another type than q and k) leaving 10
+    // dispatches per layer, and every weight read once per token.
+    let launch = of_kind(&lines, "launch");
+    assert_eq!(launch.len(), 1);
+    let l = launch[0];
+    let families = l["families"].as_array().expect("families");
+    let counted: u64 = families.iter().map(|f| f["dispatches"].as_u64().unwrap()).sum();
+    assert_eq!(counted, l["dispatches_per_token"].as_u64().unwrap(), "families cover every dispatch");
+    assert_eq!(l["dispatches_per_token"], m["dispatches_per_token"]);
+    assert_eq!(l["dispatches_per_layer"].as_f64(), Some(10.0));
+    let (fetched, model) = (positive(l, "weight_bytes_fetched_per_token"), positive(l, "model_weight_bytes"));
+    assert!(fetched <= model && fetched > 0.95 * model, "weights fetched {fetched} of {model}");
+    for f in families {
+        positive(f, "workgroups_per_dispatch");
+        positive(f, "invocations_per_workgroup");
+    }
+    for stacked in ["attn_q+attn_k", "ffn_gate_up"] {
+        assert!(families.iter().any(|f| f["family"] == stacked), "{stacked} is one weight");
+    }
+
     // The vision encoder + projector, tiny shape on one small image (112x112: 8x8 patches,
     // 4x4 merged image tokens).
     let vision = of_kind(&lines, "vision");

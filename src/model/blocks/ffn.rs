@@ -47,7 +47,6 @@ impl GatedFfn {
     }
 
     /// `residual += down(silu(gate(x)) * up(x))` over `n` rows.
-    #[allow(clippy::too_many_arguments)]
     pub fn record(
         &self,
         p: &mut Program,
