@@ -45,13 +45,6 @@ const WG: u32 = 256;
 const PASSES: u32 = 8;
 /// Global histogram: PASSES x 256 bins x u64.
 const HIST_BYTES: u64 = PASSES as u64 * 256 * 8;
-/// The entry point of each dispatch [`Sampler::record`] records, in order.
-pub const DISPATCH_NAMES: [&str; DISPATCHES] = {
-    let mut names = ["sample: select_pass (radix digit)"; DISPATCHES];
-    names[DISPATCHES - 2] = "sample: chunk_mass";
-    names[DISPATCHES - 1] = "sample: draw";
-    names
-};
 /// Number of dispatches of one sampling step.
 pub const DISPATCHES: usize = PASSES as usize + 2;
 

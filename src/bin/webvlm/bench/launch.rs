@@ -25,7 +25,7 @@ struct Family {
 
 /// The family of a dispatch: its weight's name (of each member of a stack: `a+b`) without the
 /// layer prefix (`blk.N.`) and the `.weight` suffix, else the pipeline's label and entry.
-fn family_name(pipeline: &Pipeline, weight: Option<&str>) -> String {
+pub(super) fn family_name(pipeline: &Pipeline, weight: Option<&str>) -> String {
     let Some(label) = weight else {
         return match pipeline.label == pipeline.entry {
             true => pipeline.label.to_string(),

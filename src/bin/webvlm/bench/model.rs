@@ -2,22 +2,21 @@
 //! `Context::submit_decode` / `Context::read_next_token` pipelined as generation runs them):
 //! prefill and decode tokens/s, dispatches, submits, bytes read back and host waits per token
 //! (counted by `Context::counters`), and a per-kernel-family breakdown of one decode step: the
-//! recorded decode program's dispatches grouped by pipeline, each group timed alone.
+//! recorded decode program's dispatches grouped as in the launch report (matvecs by weight,
+//! the rest by pipeline entry), each group timed alone.
 
-use std::collections::HashMap;
-use std::rc::Rc;
 use std::time::Instant;
 
 use serde_json::{json, Value};
 
 use webvlm::gguf::SplitMix64;
-use webvlm::gpu::{Dispatch, Gpu, Op, Pipeline, Program};
+use webvlm::gpu::{Dispatch, Gpu, Op, Program};
 use webvlm::kernels::quant::GpuWeight;
-use webvlm::kernels::sample::{Sampler, SamplerState, DISPATCH_NAMES};
-use webvlm::kernels::{elementwise, matvec};
+use webvlm::kernels::sample::SamplerState;
 use webvlm::model::{Context, ContextOptions, Decoder};
 use webvlm::source::TensorSource;
 
+use super::launch::family_name;
 use super::roofline::Roofline;
 use super::timing::{median, time_program, Budget};
 use super::Out;
@@ -217,47 +216,7 @@ fn prompt_cache_ttft(
 /// Weight bytes one decode step reads: every layer matrix and the LM head (the embedding
 /// lookup reads one row).
 fn decode_weight_bytes(dec: &Decoder) -> u64 {
-    layer_weights(dec).map(GpuWeight::bytes_on_gpu).sum::<u64>() + dec.lm_head().bytes_on_gpu()
-}
-
-fn layer_weights(dec: &Decoder) -> impl Iterator<Item = &GpuWeight> {
-    dec.layer_matrices().into_iter()
-}
-
-/// Entry names of pipelines that share a label, in the decoder's recording order.
-const ORDERED: &[(&str, &[&str])] = &[
-    ("rope", &["rope q (rope_inplace)", "rope k + kv store (rope_kv_store)"]),
-    ("attention_decode", &["attention (attn_decode, split-K)", "attention combine (attn_combine)"]),
-];
-
-/// Names the pipelines of the decode program: matvec per weight format (recorded for
-/// reference with the decoder's own weights), elementwise and sampler entries likewise, the
-/// rest by label (and recording order where a label has several entries).
-fn pipeline_names(gpu: &Gpu, dec: &Decoder) -> Res<HashMap<*const Pipeline, String>> {
-    let mut names = HashMap::new();
-    let mut take = |prog: Program, labels: &[String]| {
-        for (op, name) in prog.ops.iter().filter_map(|o| if let Op::Dispatch(d) = o { Some(d) } else { None }).zip(labels) {
-            names.entry(Rc::as_ptr(&op.pipeline)).or_insert_with(|| name.clone());
-        }
-    };
-    let dummy = gpu.storage("bench dummy", 1 << 16)?;
-    for w in layer_weights(dec).chain([dec.lm_head()]) {
-        let x = gpu.storage("bench x", w.cols as u64 * 4)?;
-        let y = gpu.storage("bench y", w.rows as u64 * 4)?;
-        let mut p = Program::new();
-        matvec::record(&mut p, gpu, w, &x, &y, 1)?;
-        let n = p.n_dispatches();
-        take(p, &vec![format!("matvec {:?}", w.format); n]);
-    }
-    let mut p = Program::new();
-    elementwise::add_inplace(&mut p, gpu, &dummy, &dummy, 4)?;
-    elementwise::silu_mul_inplace(&mut p, gpu, &dummy, &dummy, 4)?;
-    take(p, &["residual add (add_inplace)".into(), "silu * up (silu_mul_inplace)".into()]);
-    let sampler = Sampler::new(gpu, 4096)?;
-    let mut p = Program::new();
-    sampler.record(&mut p, gpu, &dummy, 0, &dummy, 0)?;
-    take(p, &DISPATCH_NAMES.map(String::from));
-    Ok(names)
+    dec.layer_matrices().into_iter().map(GpuWeight::bytes_on_gpu).sum::<u64>() + dec.lm_head().bytes_on_gpu()
 }
 
 /// Times each family of the decode step's dispatches alone, and the whole program.
@@ -270,41 +229,27 @@ fn breakdown(
     step_s: f64,
     budget: Budget,
 ) -> Res<Vec<Value>> {
-    let names = pipeline_names(gpu, dec)?;
     // The embedding gather is a program of its own (images are written between it and the
-    // blocks); both are one decode step.
+    // blocks); both are one decode step. Families are named as in the launch report, those
+    // reading a weight (the matvecs) with their weight bytes.
     let ops: Vec<Op> = ctx.decode_programs(gpu, dec)?.iter().flat_map(|p| p.ops.iter().map(clone_op)).collect();
-    let last_norm = ops.iter().rposition(|o| matches!(o, Op::Dispatch(d) if d.pipeline.label == "rms_norm"));
-    let mut seen: HashMap<&'static str, Vec<*const Pipeline>> = HashMap::new();
-    let mut families: Vec<(String, Program)> = Vec::new();
+    let mut families: Vec<(String, Program, u64)> = Vec::new();
     let mut whole = Program::new();
-    for (i, op) in ops.iter().enumerate() {
+    for op in &ops {
         whole.ops.push(clone_op(op));
         let Op::Dispatch(d) = op else { continue };
-        let ptr = Rc::as_ptr(&d.pipeline);
-        let order = seen.entry(d.pipeline.label).or_default();
-        if !order.contains(&ptr) {
-            order.push(ptr);
-        }
-        let rank = order.iter().position(|p| *p == ptr).unwrap_or(0);
-        let mut name = names.get(&ptr).cloned().unwrap_or_else(|| {
-            match ORDERED.iter().find(|(l, _)| *l == d.pipeline.label).and_then(|(_, n)| n.get(rank)) {
-                Some(n) => n.to_string(),
-                None if rank == 0 => d.pipeline.label.to_string(),
-                None => format!("{}#{rank}", d.pipeline.label),
-            }
-        });
-        if d.pipeline.label.starts_with("matvec") && last_norm.is_some_and(|n| i > n) {
-            name = format!("lm_head {name}");
-        }
-        let at = match families.iter().position(|(n, _)| *n == name) {
+        let weight = d.launch.as_ref().and_then(|l| l.weight.as_ref());
+        let name = family_name(&d.pipeline, weight.map(|w| w.label.as_str()));
+        let name = if weight.is_some() { format!("matvec {name}") } else { name };
+        let at = match families.iter().position(|(n, ..)| *n == name) {
             Some(at) => at,
             None => {
-                families.push((name, Program::new()));
+                families.push((name, Program::new(), 0));
                 families.len() - 1
             }
         };
         families[at].1.ops.push(clone_op(op));
+        families[at].2 += weight.map_or(0, |w| w.bytes);
     }
     let t_whole = time_program(gpu, &whole, budget)?;
     out.note(&format!(
@@ -314,23 +259,17 @@ fn breakdown(
         step_s * 1e3
     ));
     let mut timed = Vec::new();
-    for (name, prog) in &families {
+    for (name, prog, bytes) in &families {
         let t = time_program(gpu, prog, budget)?;
-        timed.push((name.clone(), prog.n_dispatches(), t.median));
+        timed.push((name.clone(), prog.n_dispatches(), t.median, *bytes));
     }
     let sum: f64 = timed.iter().map(|t| t.2).sum();
-    let head_bytes = dec.lm_head().bytes_on_gpu();
     let mut rows = Vec::new();
     let mut order: Vec<usize> = (0..timed.len()).collect();
     order.sort_by(|&a, &b| timed[b].2.total_cmp(&timed[a].2));
     for i in order {
-        let (name, n, s) = &timed[i];
-        let bytes = if name.starts_with("lm_head matvec") {
-            Some(head_bytes)
-        } else {
-            name.strip_prefix("matvec ")
-                .map(|fmt| layer_weights(dec).filter(|w| format!("{:?}", w.format) == fmt).map(GpuWeight::bytes_on_gpu).sum())
-        };
+        let (name, n, s, bytes) = &timed[i];
+        let bytes = (*bytes > 0).then_some(*bytes);
         let gbps = bytes.map(|b| b as f64 / s / 1e9);
         out.note(&format!(
             "    {:<40} {:4} dispatches {:9.2} ms {:5.1}% of the sum, {:7.1} us/dispatch{}",

@@ -68,9 +68,9 @@ impl Llama {
     }
 
     /// Records the blocks and the head over `n` embedded tokens in `b.x` at the step's
-    /// positions. Per layer: norm, the stacked q/k/v product, RoPE of q, RoPE of k with the
-    /// cache store, attention (decode: split-K pass and combine), `wo` added into `x`, norm,
-    /// the SiLU-gated gate/up product, `down` added into `x`.
+    /// positions. Per layer: norm, the stacked q/k/v product, one RoPE pass (q in place, k
+    /// and v into the cache), attention (decode: split-K pass and combine), `wo` added into
+    /// `x`, norm, the SiLU-gated gate/up product, `down` added into `x`.
     pub fn record(
         &self,
         p: &mut Program,
