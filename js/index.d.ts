@@ -21,9 +21,10 @@ export interface LoadProgress {
 export interface EngineOptions {
   /** Tokens the KV cache holds (default 4096: a 1540-pixel image takes up to ~3000). */
   maxContext?: number;
-  /** Tokens per prefill chunk (default 128). */
+  /** Tokens per prefill chunk (default 512 on GPUs, 128 on CPU adapters). */
   maxChunk?: number;
-  /** f16 matmuls where the adapter has shader-f16 (the KV cache is f16 by default). */
+  /** f16 prefill matmuls where the adapter has shader-f16 (default: on GPUs that have it,
+   *  off on CPU adapters such as SwiftShader; the KV cache is f16 by default either way). */
   f16?: boolean;
   /** f16 KV cache (default true: half the memory, any adapter). */
   kvF16?: boolean;

@@ -23,6 +23,20 @@ fn of_kind<'a>(lines: &'a [Value], kind: &str) -> Vec<&'a Value> {
     lines.iter().filter(|v| v["kind"] == kind).collect()
 }
 
+/// A `prefill_launch` or `vision_launch` line: its families cover its dispatches, each with
+/// its workgroup size, and weights are fetched. Returns the families.
+fn check_pass_launch(v: &Value) -> &Vec<Value> {
+    let families = v["families"].as_array().expect("families");
+    let counted: u64 = families.iter().map(|f| f["dispatches"].as_u64().unwrap()).sum();
+    assert_eq!(counted, v["dispatches"].as_u64().unwrap(), "families cover every dispatch");
+    for f in families {
+        positive(f, "workgroups_per_dispatch");
+        positive(f, "invocations_per_workgroup");
+    }
+    positive(v, "weight_bytes_fetched");
+    families
+}
+
 #[test]
 fn quick_bench_on_tiny_synthetic_model_reports_every_figure() {
     let lines = bench_lines(&["--quick", "--synthetic", "--shape", "tiny", "--json-only"]);
@@ -110,6 +124,27 @@ fn quick_bench_on_tiny_synthetic_model_reports_every_figure() {
     for stacked in ["attn_q+attn_k", "ffn_gate_up"] {
         assert!(families.iter().any(|f| f["family"] == stacked), "{stacked} is one weight");
     }
+
+    // A full prefill chunk's launch (the adapter's chunk: 128 tokens in the CPU shape) and an
+    // image's: every dispatch in a family with its workgroup size, every weight fetched.
+    let prefill = of_kind(&lines, "prefill_launch");
+    assert_eq!(prefill.len(), 1);
+    let chunk = if l["geometry"] == "gpu" { 512 } else { 128 };
+    assert_eq!(prefill[0]["chunk_tokens"].as_u64(), Some(chunk));
+    let prefill_families = check_pass_launch(prefill[0]);
+    // The blocks' matrices (the decode step's weights less the embedding and head) are each
+    // fetched at least once per chunk.
+    for f in families.iter().filter(|f| f["weight_bytes"].as_u64() > Some(0)) {
+        let name = f["family"].as_str().unwrap();
+        if name != "token_embd" && name != "output" {
+            let p = prefill_families.iter().find(|p| p["family"] == name).unwrap_or_else(|| panic!("{name} in prefill"));
+            assert!(p["weight_bytes"].as_u64() >= f["weight_bytes"].as_u64(), "{name}: {p} fetched per chunk");
+        }
+    }
+    let vision_launch = of_kind(&lines, "vision_launch");
+    assert_eq!(vision_launch.len(), 1);
+    assert_eq!(vision_launch[0]["rows"].as_u64(), Some(64));
+    check_pass_launch(vision_launch[0]);
 
     // The vision encoder + projector, tiny shape on one small image (112x112: 8x8 patches,
     // 4x4 merged image tokens).

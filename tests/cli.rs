@@ -27,7 +27,7 @@ fn rejected(args: &[&str], needles: &[&str]) {
 }
 
 const ENGINE_FLAGS: &[&str] =
-    &["--model", "--mmproj", "--vision-quant", "--ctx", "--chunk", "--f16", "--kv-f32", "--image-max-edge"];
+    &["--model", "--mmproj", "--vision-quant", "--ctx", "--chunk", "--f16", "--no-f16", "--kv-f32", "--image-max-edge"];
 const SAMPLING_FLAGS: &[&str] = &["--max-tokens", "--temperature", "--top-k", "--top-p", "--min-p", "--seed", "--stop"];
 
 fn subcommands() -> Vec<(&'static str, Vec<&'static str>)> {
@@ -130,6 +130,14 @@ fn missing_and_conflicting_flags_are_rejected() {
     rejected(&[&["generate", "--prompt", "hi", "--image", "a.png"][..], &m].concat(), &["--mmproj"]);
     rejected(&["bench", "--breakdown", "--no-breakdown"], &["--breakdown", "--no-breakdown", "cannot be used with"]);
     rejected(&["bench", "--vision", "--no-vision"], &["--vision", "--no-vision", "cannot be used with"]);
+    rejected(
+        &[&["generate", "--prompt", "hi", "--f16", "--no-f16"][..], &m].concat(),
+        &["--f16", "--no-f16", "cannot be used with"],
+    );
+    rejected(
+        &[&["generate", "--prompt", "hi", "--no-f16", "--kv-f32"][..], &m].concat(),
+        &["--no-f16", "--kv-f32", "cannot be used with"],
+    );
     rejected(&["synthetic", "--out", "x.gguf", "--seed", "3", "--zeros"], &["--seed", "--zeros", "cannot be used with"]);
     rejected(&[&["batch"][..], &m].concat(), &["REQUESTS.jsonl"]);
     rejected(&["chat", "--request", "r.json"], &["--model"]);

@@ -108,6 +108,17 @@ impl Caps {
     pub fn part_limit(&self) -> u64 {
         self.max_storage_binding.min(self.max_buffer)
     }
+
+    /// Prompt tokens per prefill chunk for this adapter: on GPUs a chunk of 512 gives every
+    /// prefill matmul several output tiles along the tokens too (3B shapes: 192 workgroups or
+    /// more per matrix) and reads each weight once per 512 tokens; CPU adapters gain nothing
+    /// from longer chunks, and 128 keeps their scratch small.
+    pub fn prefill_chunk(&self) -> u32 {
+        match self.geometry {
+            Geometry::Gpu => 512,
+            Geometry::Cpu => 128,
+        }
+    }
 }
 
 impl GpuError {

@@ -74,7 +74,9 @@ const GELU_BINDINGS: &[Access] = &[Access::Uniform, Access::ReadWrite];
 pub fn gelu_inplace(prog: &mut Program, gpu: &Gpu, x: &wgpu::Buffer, n: u32) -> Result<()> {
     let spec = KernelSpec::new("elementwise", SHADER, "gelu_inplace", GELU_BINDINGS);
     let params = Params { n, half: 0, _pad: [0; 2] };
-    prog.push_with_params(gpu, &spec, &params, &[Arg::Buf(x)], grid_1d(n.div_ceil(WG)))
+    prog.push_with_params(gpu, &spec, &params, &[Arg::Buf(x)], grid_1d(n.div_ceil(WG)))?;
+    prog.set_launch(Launch::threads(WG));
+    Ok(())
 }
 
 /// CPU reference of [`gelu_inplace`] in f64: `0.5 x (1 + erf(x / sqrt 2))`, with

@@ -23,7 +23,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::matvec::check_len;
 use super::rope::{rope_inv_freq, RopeMode};
-use crate::gpu::{grid_1d, Access, Arg, Gpu, GpuError, KernelSpec, Program, Result};
+use crate::gpu::{grid_1d, Access, Arg, Gpu, GpuError, KernelSpec, Launch, Program, Result};
 
 pub(super) const SHADER: &str = include_str!("../../shaders/vision.wgsl");
 const BINDINGS: &[Access] = &[Access::Uniform, Access::Read, Access::ReadWrite];
@@ -109,7 +109,9 @@ pub fn patch_unfold(
     check_len("patch_unfold patches", patches, n as u64)?;
     let spec = KernelSpec::new("vision", SHADER, "patch_unfold", BINDINGS);
     let p = UnfoldParams { channels, height, width, patch };
-    prog.push_with_params(gpu, &spec, &p, &[Arg::Buf(pixels), Arg::Buf(patches)], grid_1d(n.div_ceil(WG)))
+    prog.push_with_params(gpu, &spec, &p, &[Arg::Buf(pixels), Arg::Buf(patches)], grid_1d(n.div_ceil(WG)))?;
+    prog.set_launch(Launch::threads(WG));
+    Ok(())
 }
 
 /// CPU reference of [`patch_unfold`].
@@ -240,7 +242,9 @@ pub fn rope_2d(
     };
     let spec = KernelSpec::new("vision", SHADER, "rope_2d", BINDINGS);
     let wgs = (n_tok * l.n_heads * l.head_dim / 2).div_ceil(WG);
-    prog.push_with_params(gpu, &spec, &p, &[Arg::Buf(&freqs.inv_freq), Arg::Buf(x)], grid_1d(wgs))
+    prog.push_with_params(gpu, &spec, &p, &[Arg::Buf(&freqs.inv_freq), Arg::Buf(x)], grid_1d(wgs))?;
+    prog.set_launch(Launch::threads(WG));
+    Ok(())
 }
 
 /// CPU reference of [`rope_2d`] (f32 math as transformers: `angle = f32(pos) * inv_freq[i]`,
@@ -284,7 +288,9 @@ pub fn patch_merge(
     check_len("patch_merge out", out, n as u64)?;
     let spec = KernelSpec::new("vision", SHADER, "patch_merge", BINDINGS);
     let p = MergeParams { hidden, rows: grid.rows, cols: grid.cols, _pad: 0 };
-    prog.push_with_params(gpu, &spec, &p, &[Arg::Buf(x), Arg::Buf(out)], grid_1d(n.div_ceil(WG)))
+    prog.push_with_params(gpu, &spec, &p, &[Arg::Buf(x), Arg::Buf(out)], grid_1d(n.div_ceil(WG)))?;
+    prog.set_launch(Launch::threads(WG));
+    Ok(())
 }
 
 /// CPU reference of [`patch_merge`], from torch semantics: `x.view(rows, cols, d).permute(2, 0, 1)`

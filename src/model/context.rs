@@ -14,7 +14,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::gpu::{Gpu, GpuError, Program, Readback, Result as GpuResult};
+use crate::gpu::{Caps, Gpu, GpuError, Program, Readback, Result as GpuResult};
 use crate::kernels::attention::StepParams;
 use crate::kernels::sample::SamplerState;
 
@@ -36,8 +36,17 @@ pub struct ContextOptions {
 }
 
 impl Default for ContextOptions {
+    /// Adapter-independent defaults (tests): 2048 tokens, chunks of 128, the f16 KV cache.
     fn default() -> Self {
         ContextOptions { max_ctx: 2048, max_chunk: 128, precision: Precision::default() }
+    }
+}
+
+impl ContextOptions {
+    /// What users get on this adapter: its prefill chunk ([`Caps::prefill_chunk`]) and
+    /// precision ([`Precision::for_adapter`]).
+    pub fn for_adapter(caps: &Caps) -> ContextOptions {
+        ContextOptions { max_chunk: caps.prefill_chunk(), precision: Precision::for_adapter(caps), ..Default::default() }
     }
 }
 
@@ -369,6 +378,18 @@ impl Context {
         Ok([&p.embed, &p.body])
     }
 
+    /// The recorded programs of one full prefill chunk ([`Context::max_chunk`] tokens, no
+    /// logits), for benchmarks (their launch geometry).
+    pub fn prefill_programs(&mut self, gpu: &Gpu, dec: &Decoder) -> GpuResult<[&Program; 2]> {
+        let p = self.programs(gpu, dec, self.opts.max_chunk, LogitsMode::None)?;
+        Ok([&p.embed, &p.body])
+    }
+
+    /// Most tokens per prefill chunk.
+    pub fn max_chunk(&self) -> u32 {
+        self.opts.max_chunk
+    }
+
     /// Submits, read-back bytes and host waits since the context was made, for benchmarks.
     pub fn counters(&self) -> Counters {
         self.counters
@@ -467,5 +488,39 @@ impl Context {
             self.programs.insert((n, mode), programs);
         }
         Ok(&self.programs[&(n, mode)])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::Geometry;
+
+    fn caps(geometry: Geometry, f16: bool) -> Caps {
+        Caps {
+            f16,
+            subgroups: false,
+            max_storage_binding: 128 << 20,
+            max_buffer: 256 << 20,
+            max_workgroup_invocations: 256,
+            max_workgroup_storage: 16384,
+            max_storage_buffers_per_stage: 8,
+            min_uniform_offset_alignment: 256,
+            adapter: "test".into(),
+            backend: "none".into(),
+            software: geometry == Geometry::Cpu,
+            geometry,
+        }
+    }
+
+    #[test]
+    fn adapter_defaults_follow_the_launch_shape_and_shader_f16() {
+        let gpu = ContextOptions::for_adapter(&caps(Geometry::Gpu, true));
+        assert_eq!((gpu.max_chunk, gpu.precision), (512, Precision { kv_f16: true, compute_f16: true }));
+        let no_f16 = ContextOptions::for_adapter(&caps(Geometry::Gpu, false));
+        assert_eq!((no_f16.max_chunk, no_f16.precision), (512, Precision::default()));
+        let cpu = ContextOptions::for_adapter(&caps(Geometry::Cpu, true));
+        assert_eq!((cpu.max_chunk, cpu.precision), (128, Precision::default()));
+        assert_eq!(cpu.max_ctx, ContextOptions::default().max_ctx);
     }
 }

@@ -3,7 +3,7 @@
 //! per-sequence caches are in [`super::state`]. All are allocated once per context, sized
 //! for the largest chunk.
 
-use crate::gpu::{Caps, Gpu, Result};
+use crate::gpu::{Caps, Geometry, Gpu, Result};
 use crate::kernels::attention::{KvDtype, StepParams};
 use crate::kernels::matmul::MatmulCompute;
 use crate::kernels::sample::Sampler;
@@ -19,10 +19,10 @@ pub enum LogitsMode {
     All,
 }
 
-/// Reduced-precision paths. The default is an f16 KV cache with f32 math (half the cache
-/// memory and attention reads); [`Precision::F32`] is the exact path that matches the f32
-/// reference (the logits tests ask for it). Their error is measured on SmolLM2 in
-/// `tests/model_f16.rs`.
+/// Reduced-precision paths. [`Precision::for_adapter`] is what users get: an f16 KV cache
+/// everywhere (half the cache memory and attention reads) and f16 matmul tiles on GPUs with
+/// `shader-f16`; [`Precision::F32`] is the exact path that matches the f32 reference (the
+/// logits tests ask for it). Their error is measured on SmolLM2 in `tests/model_f16.rs`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Precision {
     /// f16 KV cache: half the cache memory and half the attention reads. Needs no
@@ -34,7 +34,7 @@ pub struct Precision {
 }
 
 impl Default for Precision {
-    /// The f16 KV cache (every adapter), f32 matmuls.
+    /// The f16 KV cache (every adapter), f32 matmuls: the adapter-independent default.
     fn default() -> Self {
         Precision { kv_f16: true, compute_f16: false }
     }
@@ -43,6 +43,13 @@ impl Default for Precision {
 impl Precision {
     /// f32 everywhere: matches transformers' f32 logits.
     pub const F32: Precision = Precision { kv_f16: false, compute_f16: false };
+
+    /// The default for an adapter: the f16 KV cache, and f16 matmul tiles where the adapter
+    /// has `shader-f16` and takes the GPU launch shape (GPUs run f16 math at up to twice the
+    /// f32 rate; CPU adapters emulate it, so they keep f32).
+    pub fn for_adapter(caps: &Caps) -> Precision {
+        Precision { kv_f16: true, compute_f16: caps.f16 && caps.geometry == Geometry::Gpu }
+    }
 
     /// Every reduced-precision path the device supports.
     pub fn reduced(caps: &Caps) -> Precision {

@@ -77,8 +77,11 @@ impl WebEngine {
     pub async fn create(options: String) -> Result<WebEngine, JsError> {
         let o: request::EngineOptions = serde_json::from_str(&options).map_err(js)?;
         let gpu = Gpu::new(GpuOptions::default()).await.map_err(js)?;
-        let defaults = ContextOptions::default();
-        let precision = Precision { kv_f16: o.kv_f16.unwrap_or(true), compute_f16: o.f16 && gpu.caps.f16 };
+        let defaults = ContextOptions::for_adapter(&gpu.caps);
+        let precision = Precision {
+            kv_f16: o.kv_f16.unwrap_or(defaults.precision.kv_f16),
+            compute_f16: o.f16.unwrap_or(defaults.precision.compute_f16) && gpu.caps.f16,
+        };
         let context = ContextOptions {
             max_ctx: o.max_context.unwrap_or(4096),
             max_chunk: o.max_chunk.unwrap_or(defaults.max_chunk),

@@ -11,8 +11,7 @@ use crate::engine::EngineError;
 pub struct EngineOptions {
     pub max_context: Option<u32>,
     pub max_chunk: Option<u32>,
-    #[serde(default)]
-    pub f16: bool,
+    pub f16: Option<bool>,
     pub kv_f16: Option<bool>,
     pub vision_quant: Option<String>,
     /// Number of split GGUF parts of the text model (default 1).

@@ -132,7 +132,8 @@ export async function load() {
     const e = await mod.createEngine({
       model,
       onProgress,
-      engine: { maxContext: state.settings.context, f16: !!state.settings.f16 },
+      // f16 checked: the engine's choice for the adapter; unchecked: f32 matmuls.
+      engine: { maxContext: state.settings.context, ...(state.settings.f16 ? {} : { f16: false }) },
     });
     setEngine(e);
     state.info = e.info;

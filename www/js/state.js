@@ -10,7 +10,7 @@ export const DEFAULT_SETTINGS = {
   image_max_edge: 1540,
   system: "",
   context: 4096,
-  f16: false,
+  f16: true,
 };
 const SETTINGS_KEY = "webvlm-demo-settings-v1";
 

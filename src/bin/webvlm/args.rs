@@ -35,12 +35,16 @@ pub struct EngineArgs {
     /// Context size in tokens (KV cache entries)
     #[arg(long, value_name = "N", default_value_t = ContextOptions::default().max_ctx)]
     pub ctx: u32,
-    /// Most prompt tokens per prefill step
-    #[arg(long, value_name = "N", default_value_t = ContextOptions::default().max_chunk)]
-    pub chunk: u32,
-    /// f16 prefill matmuls where the adapter has shader-f16 (on top of the default f16 KV cache)
-    #[arg(long, conflicts_with = "kv_f32")]
+    /// Most prompt tokens per prefill step [default: 512 in the GPU launch shape, 128 in the CPU one]
+    #[arg(long, value_name = "N")]
+    pub chunk: Option<u32>,
+    /// f16 prefill matmuls wherever the adapter has shader-f16 [default: on GPUs that have it,
+    /// not on CPU adapters]
+    #[arg(long, conflicts_with_all = ["kv_f32", "no_f16"])]
     pub f16: bool,
+    /// f32 prefill matmuls (keeps the f16 KV cache)
+    #[arg(long, conflicts_with = "kv_f32")]
+    pub no_f16: bool,
     /// f32 KV cache: all-f32 math that matches transformers' f32 logits [default: f16 cache]
     #[arg(long)]
     pub kv_f32: bool,

@@ -79,12 +79,14 @@ pub fn open_engine(args: &args::EngineArgs) -> Result<Engine, Box<dyn std::error
     let model = MappedGguf::open(&args.model.model)?;
     let mmproj = args.mmproj.as_ref().map(MappedGguf::open).transpose()?;
     let gpu = Gpu::new_blocking(GpuOptions { geometry: args.geometry, ..GpuOptions::default() })?;
-    let precision = match (args.f16, args.kv_f32) {
-        (true, _) => Precision::reduced(&gpu.caps),
-        (false, true) => Precision::F32,
-        (false, false) => Precision::default(),
+    let defaults = ContextOptions::for_adapter(&gpu.caps);
+    let precision = match (args.f16, args.no_f16, args.kv_f32) {
+        (true, _, _) => Precision::reduced(&gpu.caps),
+        (_, true, _) => Precision::default(),
+        (_, _, true) => Precision::F32,
+        _ => defaults.precision,
     };
-    let opts = ContextOptions { max_ctx: args.ctx, max_chunk: args.chunk, precision };
+    let opts = ContextOptions { max_ctx: args.ctx, max_chunk: args.chunk.unwrap_or(defaults.max_chunk), precision };
     let mmproj = mmproj.as_ref().map(|m| Mmproj { src: m as &dyn TensorSource, quant: args.vision_quant });
     let mut engine = Engine::load_with_vision(gpu, &model as &dyn TensorSource, mmproj, opts)?;
     if let Some(edge) = args.image_max_edge {

@@ -24,7 +24,8 @@ struct Family {
 }
 
 /// The family of a dispatch: its weight's name (of each member of a stack: `a+b`) without the
-/// layer prefix (`blk.N.`) and the `.weight` suffix, else the pipeline's label and entry.
+/// layer number (`blk.N.`, `v.blk.N.` → `v.`) and the `.weight` suffix, else the pipeline's
+/// label and entry.
 pub(super) fn family_name(pipeline: &Pipeline, weight: Option<&str>) -> String {
     let Some(label) = weight else {
         return match pipeline.label == pipeline.entry {
@@ -36,9 +37,9 @@ pub(super) fn family_name(pipeline: &Pipeline, weight: Option<&str>) -> String {
         .split('+')
         .map(|m| {
             let m = m.strip_suffix(".weight").unwrap_or(m);
-            match m.strip_prefix("blk.") {
-                Some(rest) => rest.split_once('.').map_or(rest, |(_, r)| r),
-                None => m,
+            match m.split_once("blk.") {
+                Some((prefix, rest)) => format!("{prefix}{}", rest.split_once('.').map_or(rest, |(_, r)| r)),
+                None => m.to_string(),
             }
         })
         .collect::<Vec<_>>()
@@ -70,20 +71,78 @@ pub fn report(gpu: &Gpu, out: &Out, label: &str, dec: &Decoder, ctx: &mut Contex
     let programs = ctx.decode_programs(gpu, dec)?;
     let total: usize = programs.iter().map(|p| p.n_dispatches()).sum();
     let families = families(&programs);
-    let fetched: u64 = families.values().map(|f| f.weight_bytes).sum();
-    let activation: u64 = families.values().map(|f| f.activation_bytes).sum();
+    let (fetched, activation) = totals(&families);
     let model = dec.weight_bytes();
     out.note(&format!(
         "  launch geometry ({} shape): {total} dispatches per token, {per_layer:.1} per layer; weights fetched {:.1} MiB \
          per token of {:.1} MiB in the model ({:.2}x); activations re-read by workgroups {:.2} MiB per token",
         gpu.caps.geometry.name(),
-        fetched as f64 / 1048576.0,
-        model as f64 / 1048576.0,
+        mib(fetched),
+        mib(model),
         fetched as f64 / model as f64,
-        activation as f64 / 1048576.0
+        mib(activation)
     ));
+    let v = json!({
+        "kind": "launch", "model": label, "geometry": gpu.caps.geometry.name(), "dispatches_per_token": total,
+        "dispatches_per_layer": per_layer, "weight_bytes_fetched_per_token": fetched, "model_weight_bytes": model,
+        "activation_bytes_per_token": activation, "families": rows(out, &families),
+    });
+    out.emit(v.clone());
+    Ok(v)
+}
+
+/// Prints the launch geometry of one full prefill chunk and emits it as a `prefill_launch`
+/// JSON line (see [`pass_report`]).
+pub fn prefill_report(
+    gpu: &Gpu,
+    out: &Out,
+    label: &str,
+    dec: &Decoder,
+    ctx: &mut Context,
+) -> Result<Value, webvlm::gpu::GpuError> {
+    let chunk = ctx.max_chunk();
+    let what = format!("prefill launch geometry ({} shape, chunks of {chunk} tokens)", gpu.caps.geometry.name());
+    let v = json!({ "kind": "prefill_launch", "model": label, "geometry": gpu.caps.geometry.name(), "chunk_tokens": chunk });
+    Ok(pass_report(out, &what, &ctx.prefill_programs(gpu, dec)?, chunk, v))
+}
+
+/// Prints the launch geometry of a pass over `tokens` rows (a prefill chunk, an image's
+/// patches) and emits `v` with it: per family the tiled matmuls' and attention's workgroups,
+/// and the weight bytes all workgroups fetch (each weight once per tile of rows), per pass and
+/// per row.
+pub fn pass_report(out: &Out, what: &str, programs: &[&Program], tokens: u32, mut v: Value) -> Value {
+    let total: usize = programs.iter().map(|p| p.n_dispatches()).sum();
+    let families = families(programs);
+    let (fetched, activation) = totals(&families);
+    out.note(&format!(
+        "  {what}: {total} dispatches; weights fetched {:.1} MiB = {:.2} MiB per row of {tokens}; activations read by \
+         workgroups {:.1} MiB",
+        mib(fetched),
+        mib(fetched) / tokens as f64,
+        mib(activation)
+    ));
+    v["rows"] = json!(tokens);
+    v["dispatches"] = json!(total);
+    v["weight_bytes_fetched"] = json!(fetched);
+    v["activation_bytes"] = json!(activation);
+    v["families"] = Value::Array(rows(out, &families));
+    out.emit(v.clone());
+    v
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / 1048576.0
+}
+
+/// Weight and activation bytes fetched by all the families' workgroups.
+fn totals(families: &BTreeMap<String, Family>) -> (u64, u64) {
+    (families.values().map(|f| f.weight_bytes).sum(), families.values().map(|f| f.activation_bytes).sum())
+}
+
+/// Prints one line per family and returns their JSON rows.
+fn rows(out: &Out, families: &BTreeMap<String, Family>) -> Vec<Value> {
     let mut rows = Vec::new();
-    for (name, f) in &families {
+    for (name, f) in families {
         let per_dispatch = f.workgroups / f.dispatches as u64;
         let bytes_per_wg = (f.weight_bytes > 0).then(|| f.weight_bytes / f.workgroups.max(1));
         out.note(&format!(
@@ -101,11 +160,5 @@ pub fn report(gpu: &Gpu, out: &Out, label: &str, dec: &Decoder, ctx: &mut Contex
             "activation_bytes": f.activation_bytes,
         }));
     }
-    let v = json!({
-        "kind": "launch", "model": label, "geometry": gpu.caps.geometry.name(), "dispatches_per_token": total,
-        "dispatches_per_layer": per_layer, "weight_bytes_fetched_per_token": fetched, "model_weight_bytes": model,
-        "activation_bytes_per_token": activation, "families": rows,
-    });
-    out.emit(v.clone());
-    Ok(v)
+    rows
 }

@@ -59,7 +59,7 @@ pub fn bench_model(
         dec.weight_bytes() as f64 / 1048576.0,
         load_seconds
     ));
-    let opts = ContextOptions::default();
+    let opts = ContextOptions::for_adapter(&gpu.caps);
     let needed = (plan.prompt_tokens + turn_tokens(plan) + plan.decode_tokens + 2) as u32;
     let opts = ContextOptions { max_ctx: opts.max_ctx.max(needed), ..opts };
     let mut ctx = Context::new(gpu, &dec, opts)?;
@@ -97,8 +97,14 @@ pub fn bench_model(
     let prefill_s = median(&mut prefill);
     let prefill_tps = plan.prompt_tokens as f64 / prefill_s;
     out.note(&format!(
-        "  prefill {} tokens: {:.3} s = {:.1} tokens/s, {} submits, {} B read back",
-        plan.prompt_tokens, prefill_s, prefill_tps, prefill_counts.0, prefill_counts.1
+        "  prefill {} tokens: {:.3} s = {:.1} tokens/s, {} submits, {} B read back (chunks of {}, {} matmuls)",
+        plan.prompt_tokens,
+        prefill_s,
+        prefill_tps,
+        prefill_counts.0,
+        prefill_counts.1,
+        ctx.max_chunk(),
+        if ctx.precision().compute_f16 { "f16" } else { "f32" }
     ));
 
     // Pipelined as generation runs it: the step for token n+1 is submitted before token n is
@@ -141,6 +147,7 @@ pub fn bench_model(
         100.0 * decode_gbps / roof.copy_gbps
     ));
     let launch = super::launch::report(gpu, out, label, &dec, &mut ctx)?;
+    super::launch::prefill_report(gpu, out, label, &dec, &mut ctx)?;
     let (cold, cached, restored) = prompt_cache_ttft(gpu, &dec, &mut ctx, &prompt, turn_tokens(plan), &mut rng)?;
     out.note(&format!(
         "  prompt cache: a second turn of {} + {} tokens: first token after {:.3} s prefilled whole, {:.3} s with the first {} cached, {:.3} s with them copied back from a saved prefix",
@@ -158,6 +165,7 @@ pub fn bench_model(
         "n_ff": c.n_ff, "n_head": c.n_head, "n_head_kv": c.n_head_kv, "head_dim": c.head_dim,
         "vocab": c.vocab, "weight_bytes_on_gpu": dec.weight_bytes(), "load_seconds": load_seconds,
         "first_prefill_seconds": first_prefill, "first_decode_seconds": first_decode,
+        "prefill_chunk": ctx.max_chunk(), "f16_matmuls": ctx.precision().compute_f16,
         "prompt_tokens": plan.prompt_tokens, "prefill_seconds": prefill_s, "prefill_tokens_per_s": prefill_tps,
         "prefill_submits": prefill_counts.0, "prefill_read_back_bytes": prefill_counts.1,
         "decode_tokens": plan.decode_tokens, "decode_seconds_per_token": step_s,

@@ -14,8 +14,10 @@ use serde_json::json;
 use webvlm::gguf::SplitMix64;
 use webvlm::gpu::Gpu;
 use webvlm::image::{output_size, PixelImage, DEFAULT_MAX_EDGE};
+use webvlm::kernels::matmul::MatmulCompute;
 use webvlm::model::synthetic::{synthetic_pixtral_mmproj, VisionShape};
 use webvlm::model::vision::pixtral::{Pixtral, PixtralConfig};
+use webvlm::model::Precision;
 use webvlm::source::LoadQuant;
 
 use super::roofline::Roofline;
@@ -97,7 +99,10 @@ pub fn bench_vision(gpu: &Gpu, out: &Out, roof: &Roofline, plan: &VisionPlan) ->
     let src = synthetic_pixtral_mmproj(&plan.shape, plan.seed)?;
     let build_seconds = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let enc = Pixtral::load(gpu, &src, plan.quant)?;
+    let mut enc = Pixtral::load(gpu, &src, plan.quant)?;
+    if Precision::for_adapter(&gpu.caps).compute_f16 {
+        enc.compute = MatmulCompute::F16;
+    }
     wait(gpu)?;
     let load_seconds = t.elapsed().as_secs_f64();
     drop(src);
@@ -124,6 +129,9 @@ pub fn bench_vision(gpu: &Gpu, out: &Out, roof: &Roofline, plan: &VisionPlan) ->
         let patch = c.patch_size;
         let n = (ph / patch) as u64 * (pw / patch) as u64;
         let flops = encode_flops(&c, n);
+        let what = format!("vision launch geometry ({} shape, {:?} matmuls, {n} patches)", gpu.caps.geometry.name(), enc.compute);
+        let v = json!({ "kind": "vision_launch", "image": format!("{sw}x{sh}"), "geometry": gpu.caps.geometry.name() });
+        super::launch::pass_report(out, &what, &[&enc.record_pass(gpu, &image)?], n as u32, v);
 
         // First encode: pipeline compilation (unless warmed on the tiny shape), first-use
         // allocations. Its features are checked once for finiteness.

@@ -79,6 +79,12 @@ impl Pixtral {
         })
     }
 
+    /// The recorded pass of one image, not run (benchmarks read its launch geometry).
+    pub fn record_pass(&self, gpu: &Gpu, image: &PixelImage) -> GpuResult<Program> {
+        let grid = PatchGrid::of_image(image.height, image.width, self.cfg.patch_size)?;
+        self.record(gpu, &Scratch::new(gpu, &self.cfg, image, grid)?, image, grid)
+    }
+
     fn record(&self, gpu: &Gpu, s: &Scratch, image: &PixelImage, grid: PatchGrid) -> GpuResult<Program> {
         let (c, w) = (&self.cfg, &self.weights);
         let (d, ff, n) = (c.hidden, c.n_ff, grid.n_patches());
