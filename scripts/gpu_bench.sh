@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One command for a machine with a real GPU: builds webvlm (release), runs `webvlm bench` at
 # Ministral 3 3B shapes in the GPU kernel geometry (the roofline kernels, matvec GB/s per
-# weight type, the synthetic 3B model's prefill/decode tokens/s with its launch geometry, and
-# the vision encoder on 512x512 and 1024x1024 images), and writes a Markdown report.
+# weight type, the synthetic 3B model's prefill/decode tokens/s with the launch geometry of a
+# decode step and a prefill chunk, and the vision encoder on 512x512 and 1024x1024 images with
+# its launch geometry), and writes a Markdown report.
 #
 #   scripts/gpu_bench.sh [OUT_DIR]      (default: gpu-bench-<date>/)
 #
@@ -67,6 +68,15 @@ for l in of("launch"):
     rows = [[x["family"], x["dispatches"], x["workgroups_per_dispatch"], x["invocations_per_workgroup"] or "-",
              x["weight_bytes_per_workgroup"] or "-"] for x in l["families"]]
     table(["family", "dispatches", "workgroups each", "invocations", "weight bytes per workgroup"], rows)
+
+for kind, what in (("prefill_launch", "a prefill chunk"), ("vision_launch", "an image")):
+    for l in of(kind):
+        print(f"## Launch geometry of {what} ({l['rows']} rows, {l['geometry']} shape)\n")
+        print(f"{l['dispatches']} dispatches; weights fetched {l['weight_bytes_fetched'] / 2**20:.1f} MiB "
+              f"({l['weight_bytes_fetched'] / 2**20 / l['rows']:.2f} MiB per row)\n")
+        rows = [[x["family"], x["dispatches"], x["workgroups_per_dispatch"], x["invocations_per_workgroup"] or "-"]
+                for x in l["families"]]
+        table(["family", "dispatches", "workgroups each", "invocations"], rows)
 
 print("## Vision encoder (3B shapes)\n")
 rows = [[l["image"], l["image_tokens"], f(l["ms"], 1), f(l["gflops"], 1), f(100 * l["fraction_of_fma"], 0) + "%"]
