@@ -1,12 +1,15 @@
 //! Quantized weight upload, matvec, matmul and embedding gather against CPU references on the
-//! dequantized weights (`webvlm::gguf::quant`), for every supported GGUF type.
+//! dequantized weights (`webvlm::gguf::quant`), for every supported GGUF type. The matmul
+//! checks run in both launch geometries (the GPU shape forced on the CPU adapter, and the CPU
+//! shape); the GPU shape's launch at 3B-like sizes is checked too.
 
 mod common;
 use common::*;
 use webvlm::gguf::quant::{quantize_q4_0, quantize_q4_1, quantize_q8_0};
 use webvlm::gguf::{dequantize_to_vec, random_blocks, GgmlType};
-use webvlm::gpu::{Gpu, GpuOptions, Program};
-use webvlm::kernels::matmul::MatmulCompute;
+use webvlm::gpu::{Geometry, Gpu, GpuOptions, Op, Program};
+use webvlm::kernels::matmul::{MatmulCompute, MatmulLaunch};
+use webvlm::kernels::matvec::{Epilogue, Output};
 use webvlm::kernels::quant::{repack, unpack, GpuWeight, WeightError};
 use webvlm::kernels::{embedding, matmul, matvec};
 
@@ -40,6 +43,20 @@ const TYPES: [GgmlType; 9] = [
     GgmlType::Q5_K,
     GgmlType::Q6_K,
 ];
+
+const GEOMETRIES: [Geometry; 2] = [Geometry::Gpu, Geometry::Cpu];
+
+/// The test adapter with the given kernel geometry; the matmul must take that geometry's
+/// shape (lavapipe has the workgroup memory of the GPU shape).
+fn gpu_with(geometry: Geometry) -> Gpu {
+    let gpu = Gpu::new_blocking(GpuOptions { geometry: Some(geometry), ..GpuOptions::default() }).expect("a GPU adapter");
+    assert_eq!(gpu.caps.geometry, geometry);
+    for compute in [MatmulCompute::F32, MatmulCompute::F16] {
+        let launch = MatmulLaunch::of(geometry, &gpu.caps, compute);
+        assert_eq!(launch.gpu, geometry == Geometry::Gpu, "{geometry:?} {compute:?}: {launch:?}");
+    }
+    gpu
+}
 
 fn tol(ty: GgmlType) -> f32 {
     match ty {
@@ -179,24 +196,31 @@ fn matvec_matches_cpu_for_every_type() {
     }
 }
 
+/// (m, rows, cols) of the every-type matmul checks: M = 1, M and N off the tiles of both
+/// shapes (M past one 128-row tile), K off the 32 step for the plain types.
+fn matmul_shapes(ty: GgmlType) -> [(usize, usize, usize); 5] {
+    let cols = col_shapes(ty);
+    [(1, 31, cols[0]), (3, 257, cols[1]), (17, 100, cols[cols.len() - 1]), (65, 129, cols[0]), (131, 70, cols[1])]
+}
+
 #[test]
 fn matmul_matches_cpu_for_every_type() {
-    let gpu = gpu();
-    let mut rng = Rng::new(6);
-    for ty in TYPES {
-        let mut worst = 0.0f32;
-        let cols = col_shapes(ty);
-        let shapes = [(1, 31, cols[0]), (3, 257, cols[1]), (17, 100, cols[cols.len() - 1]), (65, 129, cols[0])];
-        for (m, rows, cols) in shapes {
-            let (bytes, deq) = weight(ty, rows, cols, (m + rows) as u64);
-            let w = GpuWeight::upload(&gpu, "w", ty, rows as u32, cols as u32, &bytes).unwrap();
-            let x = rng.vec(m * cols);
-            let got = run_matmul(&gpu, &w, &x, m);
-            let err = rel_l2(&got, &matmul::matmul_ref(&x, &deq, m, rows, cols));
-            assert!(err < tol(ty), "{ty} m {m} {rows}x{cols}: rel err {err}");
-            worst = worst.max(err);
+    for geometry in GEOMETRIES {
+        let gpu = gpu_with(geometry);
+        let mut rng = Rng::new(6);
+        for ty in TYPES {
+            let mut worst = 0.0f32;
+            for (m, rows, cols) in matmul_shapes(ty) {
+                let (bytes, deq) = weight(ty, rows, cols, (m + rows) as u64);
+                let w = GpuWeight::upload(&gpu, "w", ty, rows as u32, cols as u32, &bytes).unwrap();
+                let x = rng.vec(m * cols);
+                let got = run_matmul(&gpu, &w, &x, m);
+                let err = rel_l2(&got, &matmul::matmul_ref(&x, &deq, m, rows, cols));
+                assert!(err < tol(ty), "{geometry:?} {ty} m {m} {rows}x{cols}: rel err {err}");
+                worst = worst.max(err);
+            }
+            println!("matmul {geometry:?} {ty}: worst rel L2 {worst:.2e}");
         }
-        println!("matmul {ty}: worst rel L2 {worst:.2e}");
     }
 }
 
@@ -215,33 +239,33 @@ fn matmul_f16_compute_is_refused_without_shader_f16() {
 
 #[test]
 fn matmul_f16_compute_matches_cpu_for_every_type() {
-    let gpu = gpu();
-    assert!(gpu.caps.f16, "the test adapter (lavapipe) has shader-f16");
-    let mut rng = Rng::new(8);
-    for ty in TYPES {
-        let mut worst = 0.0f32;
-        let cols = col_shapes(ty);
-        let shapes = [(1, 31, cols[0]), (3, 257, cols[1]), (17, 100, cols[cols.len() - 1]), (65, 129, cols[0])];
-        for (m, rows, cols) in shapes {
-            let (bytes, deq) = weight(ty, rows, cols, (m + rows) as u64);
-            let w = GpuWeight::upload(&gpu, "w", ty, rows as u32, cols as u32, &bytes).unwrap();
-            let x = rng.vec(m * cols);
-            let got = run_matmul_with(&gpu, &w, &x, m, MatmulCompute::F16);
-            let err = rel_l2(&got, &matmul::matmul_ref(&x, &deq, m, rows, cols));
-            assert!(err < TOL_MATMUL_F16, "f16 compute {ty} m {m} {rows}x{cols}: rel err {err}");
-            worst = worst.max(err);
+    for geometry in GEOMETRIES {
+        let gpu = gpu_with(geometry);
+        assert!(gpu.caps.f16, "the test adapter (lavapipe) has shader-f16");
+        let mut rng = Rng::new(8);
+        for ty in TYPES {
+            let mut worst = 0.0f32;
+            for (m, rows, cols) in matmul_shapes(ty) {
+                let (bytes, deq) = weight(ty, rows, cols, (m + rows) as u64);
+                let w = GpuWeight::upload(&gpu, "w", ty, rows as u32, cols as u32, &bytes).unwrap();
+                let x = rng.vec(m * cols);
+                let got = run_matmul_with(&gpu, &w, &x, m, MatmulCompute::F16);
+                let err = rel_l2(&got, &matmul::matmul_ref(&x, &deq, m, rows, cols));
+                assert!(err < TOL_MATMUL_F16, "{geometry:?} f16 compute {ty} m {m} {rows}x{cols}: rel err {err}");
+                worst = worst.max(err);
+            }
+            println!("matmul {geometry:?} f16 compute {ty}: worst rel L2 {worst:.2e}");
         }
-        println!("matmul f16 compute {ty}: worst rel L2 {worst:.2e}");
+        // An input beyond the f16 range is clamped to ±65504 rather than becoming inf (sums
+        // whose 32-term partials exceed 65504 still overflow: f16 compute is opt-in).
+        let (bytes, _) = weight(GgmlType::F16, 64, 64, 2);
+        let w = GpuWeight::upload(&gpu, "w", GgmlType::F16, 64, 64, &bytes).unwrap();
+        let mut x = rng.vec(64 * 2);
+        x[5] = 1e6;
+        x[64 + 40] = -1e6;
+        let got = run_matmul_with(&gpu, &w, &x, 2, MatmulCompute::F16);
+        assert!(got.iter().all(|v| v.is_finite()), "{geometry:?} f16 compute: non-finite output for an out-of-range input");
     }
-    // An input beyond the f16 range is clamped to ±65504 rather than becoming inf (sums
-    // whose 32-term partials exceed 65504 still overflow: f16 compute is opt-in).
-    let (bytes, _) = weight(GgmlType::F16, 64, 64, 2);
-    let w = GpuWeight::upload(&gpu, "w", GgmlType::F16, 64, 64, &bytes).unwrap();
-    let mut x = rng.vec(64 * 2);
-    x[5] = 1e6;
-    x[64 + 40] = -1e6;
-    let got = run_matmul_with(&gpu, &w, &x, 2, MatmulCompute::F16);
-    assert!(got.iter().all(|v| v.is_finite()), "f16 compute: non-finite output for an out-of-range input");
 }
 
 #[test]
@@ -266,52 +290,154 @@ fn embedding_gathers_every_type() {
     }
 }
 
+/// Matvec, matmul and gather of a weight split into row parts equal those of the whole weight
+/// (matmul and matvec in both geometries).
 #[test]
 fn row_split_weights_give_identical_results() {
-    let gpu = gpu();
-    let mut rng = Rng::new(7);
-    for (ty, cols) in [(GgmlType::Q4_K, 512), (GgmlType::Q6_K, 256), (GgmlType::Q8_0, 96), (GgmlType::F16, 7)] {
-        let rows = 300;
-        let (bytes, _) = weight(ty, rows, cols, 99);
-        let whole = GpuWeight::upload(&gpu, "w", ty, rows as u32, cols as u32, &bytes).unwrap();
-        // About 70 rows per part: 5 parts, the last one short.
-        let limit = (bytes.len() / rows * 70) as u64 + 4;
-        let split = GpuWeight::upload_with_part_limit(&gpu, "w", ty, rows as u32, cols as u32, &bytes, limit).unwrap();
-        assert_eq!(whole.parts.len(), 1);
-        assert!(split.parts.len() >= 4, "{ty}: {} parts", split.parts.len());
-        assert_eq!(split.parts.iter().map(|p| p.rows).sum::<u32>(), rows as u32);
-        let x = rng.vec(3 * cols);
-        assert_eq!(run_matvec(&gpu, &split, &x, 3), run_matvec(&gpu, &whole, &x, 3), "{ty} matvec");
-        let x = rng.vec(20 * cols);
-        assert_eq!(run_matmul(&gpu, &split, &x, 20), run_matmul(&gpu, &whole, &x, 20), "{ty} matmul");
-        let ids = [299u32, 0, 70, 69, 140, 1000, 211];
-        let (a, b) = (run_gather(&gpu, &split, &ids), run_gather(&gpu, &whole, &ids));
-        assert_eq!(bytemuck::cast_slice::<f32, u32>(&a), bytemuck::cast_slice::<f32, u32>(&b), "{ty} gather");
+    for geometry in GEOMETRIES {
+        let gpu = gpu_with(geometry);
+        let mut rng = Rng::new(7);
+        for (ty, cols) in [(GgmlType::Q4_K, 512), (GgmlType::Q6_K, 256), (GgmlType::Q8_0, 96), (GgmlType::F16, 7)] {
+            let rows = 300;
+            let (bytes, _) = weight(ty, rows, cols, 99);
+            let whole = GpuWeight::upload(&gpu, "w", ty, rows as u32, cols as u32, &bytes).unwrap();
+            // About 70 rows per part: 5 parts, the last one short.
+            let limit = (bytes.len() / rows * 70) as u64 + 4;
+            let split = GpuWeight::upload_with_part_limit(&gpu, "w", ty, rows as u32, cols as u32, &bytes, limit).unwrap();
+            assert_eq!(whole.parts.len(), 1);
+            assert!(split.parts.len() >= 4, "{ty}: {} parts", split.parts.len());
+            assert_eq!(split.parts.iter().map(|p| p.rows).sum::<u32>(), rows as u32);
+            let x = rng.vec(3 * cols);
+            assert_eq!(run_matvec(&gpu, &split, &x, 3), run_matvec(&gpu, &whole, &x, 3), "{geometry:?} {ty} matvec");
+            let x = rng.vec(20 * cols);
+            assert_eq!(run_matmul(&gpu, &split, &x, 20), run_matmul(&gpu, &whole, &x, 20), "{geometry:?} {ty} matmul");
+            let ids = [299u32, 0, 70, 69, 140, 1000, 211];
+            let (a, b) = (run_gather(&gpu, &split, &ids), run_gather(&gpu, &whole, &ids));
+            assert_eq!(bytemuck::cast_slice::<f32, u32>(&a), bytemuck::cast_slice::<f32, u32>(&b), "{geometry:?} {ty} gather");
+        }
     }
 }
 
 /// `record_rows` reads and writes only its window: rows outside it keep their poison.
 #[test]
 fn matmul_row_window_reads_and_writes_only_its_rows() {
-    let gpu = gpu();
-    let (rows, cols, m) = (70usize, 96usize, 67usize);
-    let (x_row0, y_row0) = (5usize, 130usize);
-    let (bytes, deq) = weight(GgmlType::Q8_0, rows, cols, 21);
-    let w = GpuWeight::upload(&gpu, "w", GgmlType::Q8_0, rows as u32, cols as u32, &bytes).unwrap();
-    let x = Rng::new(22).vec((x_row0 + m + 3) * cols);
-    let y_len = (y_row0 + m + 2) * rows;
-    let (bx, by) = (upload(&gpu, &x), upload(&gpu, &vec![f32::NAN; y_len]));
+    for geometry in GEOMETRIES {
+        let gpu = gpu_with(geometry);
+        let (rows, cols, m) = (70usize, 96usize, 67usize);
+        let (x_row0, y_row0) = (5usize, 130usize);
+        let (bytes, deq) = weight(GgmlType::Q8_0, rows, cols, 21);
+        let w = GpuWeight::upload(&gpu, "w", GgmlType::Q8_0, rows as u32, cols as u32, &bytes).unwrap();
+        let x = Rng::new(22).vec((x_row0 + m + 3) * cols);
+        let y_len = (y_row0 + m + 2) * rows;
+        let (bx, by) = (upload(&gpu, &x), upload(&gpu, &vec![f32::NAN; y_len]));
+        let mut prog = Program::new();
+        matmul::record_rows(&mut prog, &gpu, &w, (&bx, x_row0 as u32), (&by, y_row0 as u32), m as u32, MatmulCompute::F32)
+            .unwrap();
+        prog.run(&gpu).unwrap();
+        let got = gpu.read_f32_blocking(&by, y_len).unwrap();
+        let want = matmul::matmul_ref(&x[x_row0 * cols..(x_row0 + m) * cols], &deq, m, rows, cols);
+        let window = &got[y_row0 * rows..(y_row0 + m) * rows];
+        let err = rel_l2(window, &want);
+        assert!(err < TOL_Q8_0, "{geometry:?} window rel err {err}");
+        let outside = got[..y_row0 * rows].iter().chain(&got[(y_row0 + m) * rows..]);
+        assert!(outside.into_iter().all(|v| v.is_nan()), "{geometry:?}: rows outside the window were written");
+        let r = matmul::record_rows(
+            &mut Program::new(),
+            &gpu,
+            &w,
+            (&bx, (x_row0 + 4) as u32),
+            (&by, 0),
+            m as u32,
+            MatmulCompute::F32,
+        );
+        assert!(r.is_err(), "a window past the end of x must be refused");
+    }
+}
+
+/// `record_into` a column window of wider rows, storing and adding (the residual add):
+/// columns outside the window keep their values.
+#[test]
+fn matmul_into_a_column_window_stores_and_adds() {
+    for geometry in GEOMETRIES {
+        let gpu = gpu_with(geometry);
+        for (ty, m, rows, cols) in [(GgmlType::Q4_K, 130, 70, 512), (GgmlType::F16, 5, 66, 20)] {
+            let (bytes, deq) = weight(ty, rows, cols, 31);
+            let w = GpuWeight::upload(&gpu, "w", ty, rows as u32, cols as u32, &bytes).unwrap();
+            let x = Rng::new(32).vec(m * cols);
+            let bx = upload(&gpu, &x);
+            let want = matmul::matmul_ref(&x, &deq, m, rows, cols);
+            let (stride, offset) = (rows + 9, 5);
+            let y0 = Rng::new(33).vec(m * stride);
+            for epilogue in [Epilogue::Store, Epilogue::Add] {
+                let by = upload(&gpu, &y0);
+                let out = Output { stride: stride as u32, offset: offset as u32, epilogue };
+                let mut prog = Program::new();
+                matmul::record_into(&mut prog, &gpu, &w, &bx, &by, out, m as u32, MatmulCompute::F32).unwrap();
+                prog.run(&gpu).unwrap();
+                let got = gpu.read_f32_blocking(&by, y0.len()).unwrap();
+                let what = format!("{geometry:?} {ty} m {m} {epilogue:?}");
+                for t in 0..m {
+                    let (row, row0) = (&got[t * stride..(t + 1) * stride], &y0[t * stride..(t + 1) * stride]);
+                    assert_eq!(&row[..offset], &row0[..offset], "{what}: columns before the window");
+                    assert_eq!(&row[offset + rows..], &row0[offset + rows..], "{what}: columns after the window");
+                }
+                let window: Vec<f32> =
+                    (0..m).flat_map(|t| got[t * stride + offset..t * stride + offset + rows].to_vec()).collect();
+                let expected: Vec<f32> = match epilogue {
+                    Epilogue::Add => (0..m * rows).map(|i| y0[(i / rows) * stride + offset + i % rows] + want[i]).collect(),
+                    _ => want.clone(),
+                };
+                let err = rel_l2(&window, &expected);
+                assert!(err < tol(ty), "{what}: rel err {err}");
+            }
+        }
+    }
+}
+
+/// The GPU shape at Ministral 3 3B sizes (m = 512 prompt rows, k = 3072): 128 x 64 tiles of
+/// 8 x 4 accumulators per invocation, within 32 KiB of workgroup memory; the CPU shape where
+/// the adapter has less than the GPU shape needs, or in the CPU geometry.
+#[test]
+fn matmul_launch_shapes() {
+    let mut caps = gpu().caps;
+    caps.max_workgroup_storage = 32 << 10;
+    let launch = MatmulLaunch::of(Geometry::Gpu, &caps, MatmulCompute::F32);
+    assert!(launch.gpu);
+    assert_eq!((launch.tile_m, launch.tile_n, launch.invocations), (128, 64, 256));
+    assert_eq!(launch.outputs_per_invocation(), 32);
+    assert_eq!(launch.workgroup_bytes, (128 + 64) * 32 * 4);
+    assert!(launch.workgroup_bytes <= 32 << 10);
+    // q (3072), k/v (1024), stacked gate/up (2 x 9216).
+    assert_eq!(launch.grid(3072, 512), [48, 1, 4]);
+    assert_eq!(launch.grid(1024, 512), [16, 1, 4]);
+    assert_eq!(launch.grid(2 * 9216, 512), [288, 1, 4]);
+    // Short prompts and off-tile sizes round up; M = 1 is one row of tiles.
+    assert_eq!(launch.grid(100, 129), [2, 1, 2]);
+    assert_eq!(launch.grid(3072, 1), [48, 1, 1]);
+    let f16 = MatmulLaunch::of(Geometry::Gpu, &caps, MatmulCompute::F16);
+    assert_eq!((f16.tile_m, f16.workgroup_bytes), (128, (128 + 64) * 32 * 2));
+
+    let cpu = MatmulLaunch::of(Geometry::Cpu, &caps, MatmulCompute::F32);
+    assert_eq!((cpu.gpu, cpu.tile_m, cpu.tile_n, cpu.outputs_per_invocation()), (false, 64, 64, 16));
+    assert_eq!(cpu.workgroup_bytes, 16 << 10);
+    assert_eq!(cpu.grid(3072, 512), [48, 1, 8]);
+
+    // WebGPU's default 16 KiB: f32 tiles fall back to the CPU shape, f16 tiles still fit.
+    caps.max_workgroup_storage = 16 << 10;
+    assert_eq!(MatmulLaunch::of(Geometry::Gpu, &caps, MatmulCompute::F32), cpu);
+    assert!(MatmulLaunch::of(Geometry::Gpu, &caps, MatmulCompute::F16).gpu);
+
+    // What `record` dispatches on a GPU-geometry device: the shape's grid and launch.
+    let gpu = gpu_with(Geometry::Gpu);
+    let (m, n, k) = (512u32, 3072u32, 3072u32);
+    let bytes = random_blocks(GgmlType::Q4_K, (n * k / 256) as usize, 4);
+    let w = GpuWeight::upload(&gpu, "wq", GgmlType::Q4_K, n, k, &bytes).unwrap();
+    let (bx, by) = (gpu.storage("x", 4 * (m * k) as u64).unwrap(), gpu.storage("y", 4 * (m * n) as u64).unwrap());
     let mut prog = Program::new();
-    matmul::record_rows(&mut prog, &gpu, &w, (&bx, x_row0 as u32), (&by, y_row0 as u32), m as u32, MatmulCompute::F32).unwrap();
-    prog.run(&gpu).unwrap();
-    let got = gpu.read_f32_blocking(&by, y_len).unwrap();
-    let want = matmul::matmul_ref(&x[x_row0 * cols..(x_row0 + m) * cols], &deq, m, rows, cols);
-    let window = &got[y_row0 * rows..(y_row0 + m) * rows];
-    let err = rel_l2(window, &want);
-    assert!(err < TOL_Q8_0, "window rel err {err}");
-    let outside = got[..y_row0 * rows].iter().chain(&got[(y_row0 + m) * rows..]);
-    assert!(outside.into_iter().all(|v| v.is_nan()), "rows outside the window were written");
-    let r =
-        matmul::record_rows(&mut Program::new(), &gpu, &w, (&bx, (x_row0 + 4) as u32), (&by, 0), m as u32, MatmulCompute::F32);
-    assert!(r.is_err(), "a window past the end of x must be refused");
+    matmul::record(&mut prog, &gpu, &w, &bx, &by, m).unwrap();
+    let [Op::Dispatch(d)] = &prog.ops[..] else { panic!("one dispatch expected") };
+    assert_eq!(d.workgroups, [48, 1, 4]);
+    let launch = d.launch.as_ref().expect("a described launch");
+    assert_eq!(launch.invocations, 256);
+    assert_eq!(launch.weight.as_ref().map(|r| r.activation_bytes), Some(4 * k as u64 * 128), "X rows per workgroup");
 }

@@ -1,7 +1,16 @@
 //! Tiled matrix products for prefill (`shaders/matmul.wgsl`): `Y = X · Wᵀ` with X `[m][k]`
 //! f32 and W a [`GpuWeight`] `[n][k]` in any supported format, dequantized tile by tile into
-//! workgroup memory. Shared-memory SGEMM tiling (64 x 64 output tile, K step 32, 4 x 4
-//! register block per thread); reference: llama.cpp `mul_mat` (ggml-webgpu / ggml-vulkan).
+//! workgroup memory. Shared-memory SGEMM tiling, K step 32; reference: llama.cpp `mul_mat`
+//! (ggml-webgpu / ggml-vulkan).
+//!
+//! Launch shapes ([`MatmulLaunch`], from the adapter's [`Geometry`] and workgroup memory):
+//! - CPU: 64 x 64 output tiles, 4 x 4 register blocks per thread, load / barrier / products /
+//!   barrier (the shape tuned on lavapipe).
+//! - GPU: 128 (tokens) x 64 (features) tiles, 8 x 4 register blocks, the next K tile read
+//!   and decoded into registers during the current tile's products, conflict-free
+//!   workgroup-memory stores. The 128 side is M: a 128-token prefill chunk decodes each
+//!   weight once, and short prompts keep N / 64 workgroups. It needs 24 KiB of workgroup
+//!   memory with f32 tiles (12 KiB f16); an adapter with less gets the CPU shape.
 //!
 //! [`MatmulCompute::F16`] (devices with `shader-f16` only) stages f16 tiles and sums f16
 //! products per K step of 32 into f32 totals: half the workgroup memory and, on GPUs with
@@ -13,13 +22,13 @@ use bytemuck::{Pod, Zeroable};
 
 use super::matvec::{check_len, Epilogue, Output};
 use super::quant::{GpuWeight, WLayout};
-use crate::gpu::{grid_1d, Access, Arg, Gpu, GpuError, KernelSpec, Launch, Program, Result, WeightRead};
+use crate::gpu::{grid_1d, Access, Arg, Caps, Geometry, Gpu, GpuError, KernelSpec, Launch, Program, Result, WeightRead};
 
 pub(super) const SHADER: &str = include_str!("../../shaders/matmul.wgsl");
 const BINDINGS: &[Access] = &[Access::Uniform, Access::Read, Access::Read, Access::ReadWrite];
-/// Output tile (`BM`, `BN` in the shader).
-const TILE_M: u32 = 64;
-const TILE_N: u32 = 64;
+/// Invocations per workgroup, K step (`BK` in the shader).
+const INVOCATIONS: u32 = 256;
+const TILE_K: u32 = 32;
 
 /// Tile type and inner-product precision of the tiled matmul.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -41,6 +50,65 @@ impl MatmulCompute {
         }
     }
 }
+
+/// The launch shape of the tiled matmul (the shader's `MM_BM` / `MM_GPU` prelude).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MatmulLaunch {
+    /// Output rows (tokens) per workgroup: 64 (CPU) or 128 (GPU).
+    pub tile_m: u32,
+    /// Output columns (features) per workgroup.
+    pub tile_n: u32,
+    pub invocations: u32,
+    /// The GPU shape: 8 x 4 register blocks, next tile prefetched into registers, rows-first
+    /// loader order.
+    pub gpu: bool,
+    /// Workgroup memory of the X and W tiles.
+    pub workgroup_bytes: u32,
+}
+
+impl MatmulLaunch {
+    /// The shape for `geometry`, or the CPU shape where the device's workgroup memory
+    /// (`caps.max_workgroup_storage`) is smaller than the GPU shape's tiles.
+    pub fn of(geometry: Geometry, caps: &Caps, compute: MatmulCompute) -> MatmulLaunch {
+        let gpu = MatmulLaunch::shape(true, compute);
+        if geometry == Geometry::Gpu && gpu.workgroup_bytes <= caps.max_workgroup_storage {
+            gpu
+        } else {
+            MatmulLaunch::shape(false, compute)
+        }
+    }
+
+    fn shape(gpu: bool, compute: MatmulCompute) -> MatmulLaunch {
+        let tile_m = if gpu { 128 } else { 64 };
+        let tile_n = 64;
+        let elem = if compute == MatmulCompute::F16 { 2 } else { 4 };
+        MatmulLaunch { tile_m, tile_n, invocations: INVOCATIONS, gpu, workgroup_bytes: (tile_m + tile_n) * TILE_K * elem }
+    }
+
+    /// Accumulators per invocation (the register block).
+    pub fn outputs_per_invocation(&self) -> u32 {
+        self.tile_m * self.tile_n / self.invocations
+    }
+
+    /// The grid of an `m`-row product with a weight part of `rows` rows: x/y = N tiles, z = M tiles.
+    pub fn grid(&self, rows: u32, m: u32) -> [u32; 3] {
+        let mut grid = grid_1d(rows.div_ceil(self.tile_n));
+        grid[2] = m.div_ceil(self.tile_m).max(1);
+        grid
+    }
+
+    /// The prelude that sets the shape's constants.
+    pub(super) fn prelude(&self) -> &'static str {
+        match self.gpu {
+            true => SHAPE_GPU,
+            false => SHAPE_CPU,
+        }
+    }
+}
+
+/// Shape preludes of the shader (after the precision prelude, which may hold `enable f16;`).
+pub(super) const SHAPE_CPU: &str = "const MM_BM = 64u;\nconst MM_GPU = false;\n";
+pub(super) const SHAPE_GPU: &str = "const MM_BM = 128u;\nconst MM_GPU = true;\n";
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -128,8 +196,10 @@ fn push(
             message: "the device has no shader-f16; use MatmulCompute::F32".into(),
         });
     }
+    let launch = MatmulLaunch::of(gpu.caps.geometry, &gpu.caps, compute);
     let spec = w
         .specialise(KernelSpec::new("matmul", SHADER, "matmul", BINDINGS))
+        .with_prefix(launch.prelude())
         .with_prefix(compute.prelude())
         .with_constant("ADD", (out.epilogue == Epilogue::Add) as i64);
     for part in &w.parts {
@@ -144,14 +214,12 @@ fn push(
             x_row0,
             y_row0,
         };
-        let mut grid = grid_1d(part.rows.div_ceil(TILE_N));
-        grid[2] = m.div_ceil(TILE_M).max(1);
         let args = [Arg::Buf(&part.buffer), Arg::Buf(x), Arg::Buf(y)];
-        prog.push_with_params(gpu, &spec, &params, &args, grid)?;
-        // Each workgroup reads its TILE_M rows of X.
-        let activation_bytes = 4 * w.cols as u64 * TILE_M.min(m) as u64;
+        prog.push_with_params(gpu, &spec, &params, &args, launch.grid(part.rows, m))?;
+        // Each workgroup reads its tile_m rows of X.
+        let activation_bytes = 4 * w.cols as u64 * launch.tile_m.min(m) as u64;
         let weight = WeightRead { label: w.label.clone(), bytes: part.bytes, activation_bytes };
-        prog.set_launch(Launch { invocations: 256, weight: Some(weight) });
+        prog.set_launch(Launch { invocations: launch.invocations, weight: Some(weight) });
     }
     Ok(())
 }

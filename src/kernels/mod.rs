@@ -16,7 +16,7 @@ pub mod vision;
 
 /// Every kernel module, assembled as the kernels assemble it (prefixes, `common.wgsl`, the
 /// family source), parses and validates in naga, wgpu's shader compiler on native adapters,
-/// with no device: all entry points, both KV-cache readers and both matmul preludes.
+/// with no device: all entry points, both KV-cache readers, both matmul precisions in both shapes.
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use super::attention::{KvDtype, ATTN_COMMON, DECODE, PREFILL, STEP};
@@ -39,7 +39,10 @@ mod tests {
             spec("rope", super::rope::SHADER).with_prefix(STEP),
         ];
         for compute in [MatmulCompute::F32, MatmulCompute::F16] {
-            specs.push(spec("matmul", super::matmul::SHADER).with_prefix(QUANT_WGSL).with_prefix(compute.prelude()));
+            for shape in [super::matmul::SHAPE_CPU, super::matmul::SHAPE_GPU] {
+                let matmul = spec("matmul", super::matmul::SHADER).with_prefix(QUANT_WGSL);
+                specs.push(matmul.with_prefix(shape).with_prefix(compute.prelude()));
+            }
         }
         for kv in [KvDtype::F32, KvDtype::F16] {
             for (label, source) in [("attention_prefill", PREFILL), ("attention_decode", DECODE)] {
