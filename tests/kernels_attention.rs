@@ -380,6 +380,46 @@ fn check_prefill(gpu: &Gpu) {
     }
 }
 
+/// K and V bytes (f32 cache) that row tile `x` of `launch` reads for `shape` at `n_tok` tokens
+/// from cache row 0: the keys up to its last row's limit (the shaders' `kv_end`).
+fn kv_bytes_read(launch: &PrefillLaunch, shape: &AttnShape, x: u32) -> u64 {
+    let group = shape.n_head / shape.n_kv_head;
+    let n_rows = shape.max_tok * group;
+    let keys = if shape.causal { ((x + 1) * launch.rows).min(n_rows).div_ceil(group) } else { shape.max_tok };
+    2 * keys as u64 * shape.head_dim as u64 * 4
+}
+
+/// The prefill launch shapes at Ministral 3 3B text prefill (32 heads, 8 KV heads, head_dim
+/// 128, 512 tokens) and Pixtral vision (16 heads, head_dim 64, 1024 patches): tiles, grids,
+/// workgroup memory within 32 KiB (the GPU shape needs it all, else the CPU shape is used),
+/// subgroups only where the shape reduces across invocations, and the K/V bytes read.
+#[test]
+fn prefill_launch_shapes_at_text_and_vision_sizes() {
+    let cpu = PrefillLaunch::CPU;
+    let text = AttnShape::new(32, 8, 128, 512);
+    let vision = AttnShape { causal: false, ..AttnShape::new(16, 16, 64, 1024) };
+    let gpu_text = PrefillLaunch::of(Geometry::Gpu, 128, 32768);
+    let gpu_vision = PrefillLaunch::of(Geometry::Gpu, 64, 32768);
+    let shape = |l: PrefillLaunch| (l.gpu, l.key_tile, l.rows, l.invocations, l.workgroup_bytes);
+    assert_eq!(shape(gpu_text), (true, 32, 32, 128, 32768));
+    assert_eq!(shape(gpu_vision), (true, 64, 32, 128, 32768));
+    assert_eq!(shape(cpu), (false, 8, 16, 128, 13312));
+    assert_eq!(PrefillLaunch::of(Geometry::Cpu, 128, 32768), cpu);
+    assert_eq!(PrefillLaunch::of(Geometry::Gpu, 128, 16384), cpu, "less workgroup memory than the GPU shape needs");
+    assert!(gpu_text.with_subgroups(true).subgroups && !gpu_text.with_subgroups(false).subgroups);
+    assert!(!cpu.with_subgroups(true).subgroups, "the CPU shape has no cross-invocation reduction");
+    assert_eq!((gpu_text.grid(&text), cpu.grid(&text)), ([64, 8, 1], [128, 8, 1]));
+    assert_eq!((gpu_vision.grid(&vision), cpu.grid(&vision)), ([32, 16, 1], [64, 16, 1]));
+    // Every workgroup of a row tile reads the same keys in both shapes; twice the rows per
+    // workgroup halve the K/V traffic.
+    let total =
+        |l: &PrefillLaunch, s: &AttnShape| (0..l.grid(s)[0]).map(|x| kv_bytes_read(l, s, x)).sum::<u64>() * s.n_kv_head as u64;
+    const MIB: u64 = 1 << 20;
+    assert_eq!((total(&gpu_text, &text), total(&cpu, &text)), (130 * MIB, 258 * MIB));
+    assert_eq!((total(&gpu_vision, &vision), total(&cpu, &vision)), (256 * MIB, 512 * MIB));
+    assert_eq!((kv_bytes_read(&gpu_text, &text, 63), kv_bytes_read(&gpu_vision, &vision, 0)), (512 << 10, 512 << 10));
+}
+
 /// Record-time shape of a decode check.
 struct DecodeCase {
     n_head: u32,

@@ -9,6 +9,24 @@
 //! New token t sits at cache row `kv_start + t` and (causal) sees rows `0..=kv_start + t`; the
 //! cache must already hold the new rows. The math is f32 whatever the cache type.
 //!
+//! Prefill shapes ([`PrefillLaunch`], from the geometry and the adapter's workgroup memory):
+//! the CPU one keeps q and 8-key tiles in workgroup memory (16 rows per workgroup, tuned on
+//! lavapipe); the GPU one keeps q and the output in registers (32 rows of 4 lanes), walks
+//! 32-64-key K/V tiles (32 KiB) and prefetches the next tile into registers. Structure at
+//! Ministral 3 3B text prefill (512 tokens, 32/8 heads, head_dim 128, causal) and Pixtral
+//! vision (1024 patches, 16 heads, head_dim 64), f32 K/V:
+//!
+//! | | workgroups (x 128 invocations) | workgroup memory | K+V read per workgroup | K+V read in all |
+//! |---|---|---|---|---|
+//! | text, CPU shape | 128 x 8 = 1024 | 13 KiB | 4 KiB to 512 KiB | 258 MiB |
+//! | text, GPU shape | 64 x 8 = 512 | 32 KiB | 8 KiB to 512 KiB | 130 MiB |
+//! | vision, CPU shape | 64 x 16 = 1024 | 13 KiB | 512 KiB | 512 MiB |
+//! | vision, GPU shape | 32 x 16 = 512 | 32 KiB | 512 KiB | 256 MiB |
+//!
+//! Where the native adapter has subgroups (GPU geometry), the GPU prefill shape's score sums
+//! and decode's row maxima start with subgroup shuffles (`attention_subgroups.wgsl`); every
+//! other build uses workgroup memory (`attention_nosubgroups.wgsl`).
+//!
 //! Decode shape ([`attention_decode`]): the grid is recorded once for `max_ctx`
 //! ([`decode_grid`]: [`default_splits`] x KV heads x row chunks) and the step's `kv_len`
 //! picks the splits that work ([`active_splits`], >= [`DECODE_SPLIT_KEYS`] keys each); the
@@ -267,9 +285,8 @@ pub fn attention_prefill(
 /// Launch shape of prefill attention ([`attention_prefill`]), from the device's geometry and
 /// workgroup-memory limit and the head_dim.
 ///
-/// - CPU (`attention_prefill.wgsl`, lavapipe's): 16 query rows x 8 keys per tile, q and the
-///   8-key K then V tile in workgroup memory (13 KiB); few barriers-worth of work per
-///   workgroup matters little there, and the tile is tuned for it.
+/// - CPU (`attention_prefill.wgsl`, tuned on lavapipe): 16 query rows x 8 keys per tile, q
+///   and the 8-key K then V tile in workgroup memory (13 KiB).
 /// - GPU (`attention_prefill_gpu.wgsl`): 32 query rows of 4 lanes, q and the output in
 ///   registers, K and V tiles of [`Self::key_tile`] keys (32 at head_dim > 64, 64 below: a
 ///   tile is at most 16 KiB, so K + V fit 32 KiB and the scores of a tile fit a lane's
