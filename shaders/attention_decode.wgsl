@@ -20,12 +20,17 @@
 //! `attn_combine`: one workgroup per (token, head) merges the n_eff splits (same formula):
 //!   out = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s.
 //! Score rows are padded to BKP = BK + 1 floats so that rows read by one warp fall in
-//! different banks. Workgroup memory: 14.1 KiB; head_dim <= 128 and a multiple of 4.
+//! different banks. Workgroup memory: 14.2 KiB; head_dim <= 128 and a multiple of 4.
+//! Step 2 starts in registers where `attention_subgroups.wgsl` is the prelude (native
+//! adapters with subgroups, GPU geometry): 16 lanes per row, 4-lane shuffles, then 4 partial
+//! maxima per row in workgroup memory; `attention_nosubgroups.wgsl` keeps one invocation per
+//! row walking the tile.
 //! The cache is read through `kv_k` / `kv_v`, prepended by `src/kernels/attention.rs` for the
 //! cache type (f32, or f16 packed two per word and widened on load); the math is f32.
 
-// `struct Step` (step.wgsl), and `struct Params`, `HD4` and `NEG` (attention_common.wgsl)
-// are prepended by the Rust side.
+// `struct Step` (step.wgsl), `struct Params`, `HD4` and `NEG` (attention_common.wgsl), the
+// cache reader and `SUBGROUPS` / `lanes4_max` (the subgroup prelude) are prepended by the
+// Rust side.
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<uniform> step: Step;
@@ -57,6 +62,7 @@ var<workgroup> pr: array<f32, 520>;        // [R_MAX][BKP] probabilities of the 
 var<workgroup> sh: array<vec4<f32>, VT>;
 var<workgroup> rm: array<f32, R_MAX>;      // running max per row
 var<workgroup> ra: array<f32, R_MAX>;      // rescale of the row's old state for this tile
+var<workgroup> rmx: array<f32, 32>;        // with subgroups: 4 partial maxima per row
 
 fn part(i: u32) -> f32 { return sh[i / 4u][i % 4u]; }
 
@@ -139,10 +145,24 @@ fn attn_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
             sh[i / 4u][i % 4u] = s;
         }
         workgroupBarrier();
-        // 2. New running max per row and the rescale of the old state.
+        // 2. New running max per row and the rescale of the old state. With subgroups, 16
+        //    lanes per row: lane i takes keys i, i + 16, ..., then 4-lane shuffles and the 4
+        //    partial maxima of the row; without, one invocation per row walks the tile.
+        var mx = NEG;
+        if (SUBGROUPS) {
+            let r = lid / 16u;
+            for (var k = lid % 16u; r < nr && k < nk; k += 16u) { mx = max(mx, part(r * BKP + k) + part((R_MAX + r) * BKP + k)); }
+            mx = lanes4_max(mx);
+            if (lid % 4u == 0u) { rmx[lid / 4u] = mx; }
+            workgroupBarrier();
+        }
         if (lid < nr) {
             var mt = rm[lid];
-            for (var k = 0u; k < nk; k++) { mt = max(mt, part(lid * BKP + k) + part((R_MAX + lid) * BKP + k)); }
+            if (SUBGROUPS) {
+                mt = max(mt, max(max(rmx[4u * lid], rmx[4u * lid + 1u]), max(rmx[4u * lid + 2u], rmx[4u * lid + 3u])));
+            } else {
+                for (var k = 0u; k < nk; k++) { mt = max(mt, part(lid * BKP + k) + part((R_MAX + lid) * BKP + k)); }
+            }
             ra[lid] = exp(rm[lid] - mt);
             rm[lid] = mt;
         }

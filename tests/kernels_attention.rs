@@ -1,12 +1,12 @@
 //! RoPE (plain, YaRN, query scaling), the fused KV-cache store, and prefill / split-K decode
-//! attention against their CPU references.
+//! attention against their CPU references, the attention checks in every launch variant.
 // Reference literals are Python's shortest repr of f64-widened f32 values.
 #![allow(clippy::excessive_precision)]
 
 mod common;
 use common::*;
-use webvlm::gpu::{Gpu, Program};
-use webvlm::kernels::attention::{self, AttnShape, DecodeScratch, KvDtype, StepParams};
+use webvlm::gpu::{Geometry, Gpu, GpuOptions, Program};
+use webvlm::kernels::attention::{self, AttnShape, DecodeScratch, KvDtype, PrefillLaunch, StepParams};
 use webvlm::kernels::rope::{self, QScale, RopeFreqs, RopeLayout, RopeMode, RopeTable, Yarn};
 
 /// Attention in f32 with online softmax vs an f64 reference: summation order only.
@@ -62,6 +62,29 @@ const TORCH_QSCALE: [(u32, f32); 6] = [
     (40000, 1.1098612546920776),
     (131071, 1.2079441547393799),
 ];
+
+/// The launch variants every attention check runs in: the CPU shape, and the GPU shape
+/// without and with subgroup reductions (the CPU shape uses none: with subgroups it is the same).
+const VARIANTS: [(Geometry, bool); 3] = [(Geometry::Cpu, false), (Geometry::Gpu, false), (Geometry::Gpu, true)];
+
+/// One device per launch variant. The forced GPU geometry must get the GPU prefill shape
+/// wherever the adapter grants its workgroup memory (lavapipe does).
+fn variants() -> impl Iterator<Item = Gpu> {
+    VARIANTS.into_iter().map(|(geometry, allow_subgroups)| {
+        let options = GpuOptions { geometry: Some(geometry), allow_subgroups, ..GpuOptions::default() };
+        let gpu = Gpu::new_blocking(options).expect("a GPU adapter");
+        let caps = &gpu.caps;
+        let launch = PrefillLaunch::of(caps.geometry, 128, caps.max_workgroup_storage);
+        assert_eq!(launch.gpu, geometry == Geometry::Gpu && caps.max_workgroup_storage >= launch.workgroup_bytes);
+        eprintln!("variant {}: workgroup storage {} B, prefill {launch:?}", variant(&gpu), caps.max_workgroup_storage);
+        gpu
+    })
+}
+
+/// The launch variant of `gpu`, for messages.
+fn variant(gpu: &Gpu) -> String {
+    format!("{:?}{}", gpu.caps.geometry, if gpu.caps.subgroups { " + subgroups" } else { "" })
+}
 
 fn step_buffer(gpu: &Gpu, s: StepParams) -> wgpu::Buffer {
     let b = StepParams::create_buffer(gpu);
@@ -300,13 +323,22 @@ fn attn_data(rng: &mut Rng, c: &AttnCase, extra: u32) -> (Vec<f32>, Vec<f32>, Ve
     (q, rng.vec(rows * row), rng.vec(rows * row))
 }
 
+/// Head counts and dims of both shapes' tiles (GQA groups 1-4, head_dim 8-128, 80: lanes
+/// with fewer head_dim vec4s), several chunk offsets, causal and not; (16, 16, 64) is the
+/// vision encoder's, over more patches than a GPU tile.
 #[test]
 fn prefill_matches_cpu() {
-    let gpu = gpu();
+    for gpu in variants() {
+        check_prefill(&gpu);
+    }
+}
+
+fn check_prefill(gpu: &Gpu) {
+    let name = variant(gpu);
     let mut rng = Rng::new(21);
-    let shapes = [(4, 4, 8), (4, 2, 64), (8, 2, 128), (4, 1, 80), (2, 2, 16), (6, 3, 32)];
+    let shapes = [(4, 4, 8), (4, 2, 64), (8, 2, 128), (4, 1, 80), (2, 2, 16), (6, 3, 32), (16, 16, 64)];
     for (i, &(n_head, n_kv, hd)) in shapes.iter().enumerate() {
-        for (n_tok, kv_start) in [(1, 0), (5, 0), (67, 0), (5, 37), (67, 100 + i as u32)] {
+        for (n_tok, kv_start) in [(1, 0), (5, 0), (67, 0), (5, 37), (67, 100 + i as u32), (150, 0)] {
             let c = AttnCase { n_head, n_kv, hd, n_tok, kv_start };
             let (q, k, v) = attn_data(&mut rng, &c, 3);
             let mut shape = AttnShape::new(n_head, n_kv, hd, n_tok + 1);
@@ -315,12 +347,12 @@ fn prefill_matches_cpu() {
                 if !causal && kv_start > 0 {
                     continue;
                 }
-                let (bq, bk, bv) = (upload(&gpu, &q), upload(&gpu, &k), upload(&gpu, &v));
+                let (bq, bk, bv) = (upload(gpu, &q), upload(gpu, &k), upload(gpu, &v));
                 let out = gpu.storage("out", ((n_tok + 1) * n_head * hd * 4) as u64).unwrap();
-                let step = step_buffer(&gpu, StepParams::new(kv_start, n_tok, kv_start));
+                let step = step_buffer(gpu, StepParams::new(kv_start, n_tok, kv_start));
                 let mut prog = Program::new();
-                attention::attention_prefill(&mut prog, &gpu, &shape, &step, &bq, &bk, &bv, &out).unwrap();
-                prog.run(&gpu).unwrap();
+                attention::attention_prefill(&mut prog, gpu, &shape, &step, &bq, &bk, &bv, &out).unwrap();
+                prog.run(gpu).unwrap();
                 let n = (n_tok * n_head * hd) as usize;
                 let got = gpu.read_f32_blocking(&out, n).unwrap();
                 let want = attention::attention_ref(
@@ -336,11 +368,56 @@ fn prefill_matches_cpu() {
                     causal,
                 );
                 let err = rel_l2(&got, &want);
-                eprintln!("prefill h {n_head}/{n_kv} hd {hd} n_tok {n_tok} kv_start {kv_start} causal {causal}: rel {err:.2e}");
-                assert!(err < TOL_ATTN_F32, "prefill rel err {err}");
+                eprintln!(
+                    "{name} prefill h {n_head}/{n_kv} hd {hd} n_tok {n_tok} kv_start {kv_start} causal {causal}: rel {err:.2e}"
+                );
+                assert!(
+                    err < TOL_ATTN_F32,
+                    "{name} prefill h {n_head}/{n_kv} hd {hd} n_tok {n_tok} kv_start {kv_start}: rel err {err}"
+                );
             }
         }
     }
+}
+
+/// K and V bytes (f32 cache) that row tile `x` of `launch` reads for `shape` at `n_tok` tokens
+/// from cache row 0: the keys up to its last row's limit (the shaders' `kv_end`).
+fn kv_bytes_read(launch: &PrefillLaunch, shape: &AttnShape, x: u32) -> u64 {
+    let group = shape.n_head / shape.n_kv_head;
+    let n_rows = shape.max_tok * group;
+    let keys = if shape.causal { ((x + 1) * launch.rows).min(n_rows).div_ceil(group) } else { shape.max_tok };
+    2 * keys as u64 * shape.head_dim as u64 * 4
+}
+
+/// The prefill launch shapes at Ministral 3 3B text prefill (32 heads, 8 KV heads, head_dim
+/// 128, 512 tokens) and Pixtral vision (16 heads, head_dim 64, 1024 patches): tiles, grids,
+/// workgroup memory within 32 KiB (the GPU shape needs it all, else the CPU shape is used),
+/// subgroups only where the shape reduces across invocations, and the K/V bytes read.
+#[test]
+fn prefill_launch_shapes_at_text_and_vision_sizes() {
+    let cpu = PrefillLaunch::CPU;
+    let text = AttnShape::new(32, 8, 128, 512);
+    let vision = AttnShape { causal: false, ..AttnShape::new(16, 16, 64, 1024) };
+    let gpu_text = PrefillLaunch::of(Geometry::Gpu, 128, 32768);
+    let gpu_vision = PrefillLaunch::of(Geometry::Gpu, 64, 32768);
+    let shape = |l: PrefillLaunch| (l.gpu, l.key_tile, l.rows, l.invocations, l.workgroup_bytes);
+    assert_eq!(shape(gpu_text), (true, 32, 32, 128, 32768));
+    assert_eq!(shape(gpu_vision), (true, 64, 32, 128, 32768));
+    assert_eq!(shape(cpu), (false, 8, 16, 128, 13312));
+    assert_eq!(PrefillLaunch::of(Geometry::Cpu, 128, 32768), cpu);
+    assert_eq!(PrefillLaunch::of(Geometry::Gpu, 128, 16384), cpu, "less workgroup memory than the GPU shape needs");
+    assert!(gpu_text.with_subgroups(true).subgroups && !gpu_text.with_subgroups(false).subgroups);
+    assert!(!cpu.with_subgroups(true).subgroups, "the CPU shape has no cross-invocation reduction");
+    assert_eq!((gpu_text.grid(&text), cpu.grid(&text)), ([64, 8, 1], [128, 8, 1]));
+    assert_eq!((gpu_vision.grid(&vision), cpu.grid(&vision)), ([32, 16, 1], [64, 16, 1]));
+    // Every workgroup of a row tile reads the same keys in both shapes; twice the rows per
+    // workgroup halve the K/V traffic.
+    let total =
+        |l: &PrefillLaunch, s: &AttnShape| (0..l.grid(s)[0]).map(|x| kv_bytes_read(l, s, x)).sum::<u64>() * s.n_kv_head as u64;
+    const MIB: u64 = 1 << 20;
+    assert_eq!((total(&gpu_text, &text), total(&cpu, &text)), (130 * MIB, 258 * MIB));
+    assert_eq!((total(&gpu_vision, &vision), total(&cpu, &vision)), (256 * MIB, 512 * MIB));
+    assert_eq!((kv_bytes_read(&gpu_text, &text, 63), kv_bytes_read(&gpu_vision, &vision, 0)), (512 << 10, 512 << 10));
 }
 
 /// Record-time shape of a decode check.
@@ -392,12 +469,13 @@ fn check_decode(gpu: &Gpu, rng: &mut Rng, d: &DecodeCase, steps: &[(u32, u32)]) 
         };
         let err = rel_l2(&got, &reference(&k_seen, &v_seen));
         eprintln!(
-            "decode {kv:?} h {n_head}/{n_kv} hd {hd} rows/wg {} splits {}/{} kv_len {kv_len} n_tok {n_tok} causal {causal}: rel {err:.2e}",
+            "{} decode {kv:?} h {n_head}/{n_kv} hd {hd} rows/wg {} splits {}/{} kv_len {kv_len} n_tok {n_tok} causal {causal}: rel {err:.2e}",
+            variant(gpu),
             attention::decode_rows(&shape),
             attention::active_splits(kv_len, scratch.n_split),
             scratch.n_split
         );
-        assert!(err < TOL_ATTN_F32.max(TOL_ATTN_F16_KV_ROUNDED), "decode {kv:?} kv_len {kv_len}: rel err {err}");
+        assert!(err < TOL_ATTN_F32.max(TOL_ATTN_F16_KV_ROUNDED), "{} decode {kv:?} kv_len {kv_len}: rel err {err}", variant(gpu));
         if kv == KvDtype::F16 {
             let err = rel_l2(&got, &reference(&k, &v));
             eprintln!("  vs the unrounded f32 cache: rel {err:.2e}");
@@ -408,33 +486,41 @@ fn check_decode(gpu: &Gpu, rng: &mut Rng, d: &DecodeCase, steps: &[(u32, u32)]) 
 
 #[test]
 fn decode_matches_cpu_for_every_kv_len_with_one_program() {
-    let gpu = gpu();
-    let mut rng = Rng::new(31);
-    let steps = [(1, 1), (2, 1), (1000, 1), (4097, 1), (300, 1)];
-    check_decode(&gpu, &mut rng, &DecodeCase::new(8, 2, 128, 1, 4097, KvDtype::F32), &steps);
-    check_decode(&gpu, &mut rng, &DecodeCase::new(4, 4, 64, 1, 4097, KvDtype::F32), &steps);
-    check_decode(&gpu, &mut rng, &DecodeCase::new(6, 3, 8, 1, 1000, KvDtype::F32), &[(1, 1), (2, 1), (999, 1)]);
+    for gpu in variants() {
+        let mut rng = Rng::new(31);
+        let steps = [(1, 1), (2, 1), (1000, 1), (4097, 1), (300, 1)];
+        check_decode(&gpu, &mut rng, &DecodeCase::new(8, 2, 128, 1, 4097, KvDtype::F32), &steps);
+        check_decode(&gpu, &mut rng, &DecodeCase::new(4, 4, 64, 1, 4097, KvDtype::F32), &steps);
+        check_decode(&gpu, &mut rng, &DecodeCase::new(6, 3, 8, 1, 1000, KvDtype::F32), &[(1, 1), (2, 1), (999, 1)]);
+    }
 }
 
 #[test]
 fn decode_handles_several_new_tokens_and_row_chunks() {
-    let gpu = gpu();
-    let mut rng = Rng::new(32);
-    // 5 tokens x group 4 = 20 rows: three chunks of 8 rows; causal within the new tokens.
-    check_decode(&gpu, &mut rng, &DecodeCase::new(8, 2, 128, 5, 2000, KvDtype::F32), &[(5, 5), (1003, 5), (2000, 3), (77, 1)]);
-    check_decode(&gpu, &mut rng, &DecodeCase::new(4, 1, 80, 6, 600, KvDtype::F32), &[(6, 6), (600, 6)]);
-    // Non-causal (every new token sees all kv_start + n_tok keys), as a vision encoder would.
-    let full = DecodeCase { causal: false, ..DecodeCase::new(8, 2, 64, 4, 900, KvDtype::F32) };
-    check_decode(&gpu, &mut rng, &full, &[(4, 4), (700, 3), (900, 4)]);
+    for gpu in variants() {
+        let mut rng = Rng::new(32);
+        // 5 tokens x group 4 = 20 rows: three chunks of 8 rows; causal within the new tokens.
+        check_decode(
+            &gpu,
+            &mut rng,
+            &DecodeCase::new(8, 2, 128, 5, 2000, KvDtype::F32),
+            &[(5, 5), (1003, 5), (2000, 3), (77, 1)],
+        );
+        check_decode(&gpu, &mut rng, &DecodeCase::new(4, 1, 80, 6, 600, KvDtype::F32), &[(6, 6), (600, 6)]);
+        // Non-causal (every new token sees all kv_start + n_tok keys), as a vision encoder would.
+        let full = DecodeCase { causal: false, ..DecodeCase::new(8, 2, 64, 4, 900, KvDtype::F32) };
+        check_decode(&gpu, &mut rng, &full, &[(4, 4), (700, 3), (900, 4)]);
+    }
 }
 
 #[test]
 fn decode_reads_an_f16_cache() {
-    let gpu = gpu();
-    let mut rng = Rng::new(33);
-    check_decode(&gpu, &mut rng, &DecodeCase::new(8, 2, 128, 1, 4097, KvDtype::F16), &[(1, 1), (1000, 1), (4097, 1)]);
-    check_decode(&gpu, &mut rng, &DecodeCase::new(8, 2, 128, 5, 2000, KvDtype::F16), &[(5, 5), (1003, 5), (2000, 3)]);
-    check_decode(&gpu, &mut rng, &DecodeCase::new(6, 3, 8, 1, 1000, KvDtype::F16), &[(2, 1), (999, 1)]);
+    for gpu in variants() {
+        let mut rng = Rng::new(33);
+        check_decode(&gpu, &mut rng, &DecodeCase::new(8, 2, 128, 1, 4097, KvDtype::F16), &[(1, 1), (1000, 1), (4097, 1)]);
+        check_decode(&gpu, &mut rng, &DecodeCase::new(8, 2, 128, 5, 2000, KvDtype::F16), &[(5, 5), (1003, 5), (2000, 3)]);
+        check_decode(&gpu, &mut rng, &DecodeCase::new(6, 3, 8, 1, 1000, KvDtype::F16), &[(2, 1), (999, 1)]);
+    }
 }
 
 /// Every group size of the target models (1; 3: SmolLM2; 4: Ministral 3 3B; 8; and 16, wider
@@ -442,19 +528,20 @@ fn decode_reads_an_f16_cache() {
 /// at a kv_len far below max_ctx (one or two active splits of 24) and near max_ctx (all).
 #[test]
 fn decode_covers_group_sizes_head_dims_and_context_lengths() {
-    let gpu = gpu();
-    let mut rng = Rng::new(34);
-    let max_ctx = 3000;
-    let heads = [(2, 2), (9, 3), (8, 2), (8, 1), (16, 1)];
-    for (i, &(n_head, n_kv)) in heads.iter().enumerate() {
-        for hd in [64, 128] {
-            // Alternate the cache type so that each group size meets both across head_dims.
-            let kv = if (i + hd as usize / 64).is_multiple_of(2) { KvDtype::F32 } else { KvDtype::F16 };
-            // Short after long: the splits the long step wrote must not leak into the short one.
-            let steps = [(2999, 1), (1, 1), (max_ctx, 1), (150, 1)];
-            check_decode(&gpu, &mut rng, &DecodeCase::new(n_head, n_kv, hd, 1, max_ctx, kv), &steps);
-            let steps = [(3, 3), (max_ctx - 1, 2), (200, 3), (max_ctx, 3)];
-            check_decode(&gpu, &mut rng, &DecodeCase::new(n_head, n_kv, hd, 3, max_ctx, kv), &steps);
+    for gpu in variants() {
+        let mut rng = Rng::new(34);
+        let max_ctx = 3000;
+        let heads = [(2, 2), (9, 3), (8, 2), (8, 1), (16, 1)];
+        for (i, &(n_head, n_kv)) in heads.iter().enumerate() {
+            for hd in [64, 128] {
+                // Alternate the cache type so that each group size meets both across head_dims.
+                let kv = if (i + hd as usize / 64).is_multiple_of(2) { KvDtype::F32 } else { KvDtype::F16 };
+                // Short after long: the splits the long step wrote must not leak into the short one.
+                let steps = [(2999, 1), (1, 1), (max_ctx, 1), (150, 1)];
+                check_decode(&gpu, &mut rng, &DecodeCase::new(n_head, n_kv, hd, 1, max_ctx, kv), &steps);
+                let steps = [(3, 3), (max_ctx - 1, 2), (200, 3), (max_ctx, 3)];
+                check_decode(&gpu, &mut rng, &DecodeCase::new(n_head, n_kv, hd, 3, max_ctx, kv), &steps);
+            }
         }
     }
 }
@@ -488,40 +575,41 @@ fn decode_rows_are_the_kv_group_and_splits_follow_kv_len() {
 /// with a dominant fake partial (m = 50, l = 1, o = 1000) stay untouched and out of the result.
 #[test]
 fn decode_skips_and_ignores_inactive_splits() {
-    let gpu = gpu();
-    let mut rng = Rng::new(35);
-    let (n_head, n_kv, hd, max_ctx) = (8u32, 2u32, 64u32, 2048u32);
-    let shape = AttnShape::new(n_head, n_kv, hd, 1);
-    let (k, v) = (rng.vec((max_ctx * n_kv * hd) as usize), rng.vec((max_ctx * n_kv * hd) as usize));
-    let (bk, bv) = (upload(&gpu, &k), upload(&gpu, &v));
-    let bq = gpu.storage("q", (n_head * hd * 4) as u64).unwrap();
-    let out = gpu.storage("out", (n_head * hd * 4) as u64).unwrap();
-    let step = StepParams::create_buffer(&gpu);
-    let scratch = DecodeScratch::new(&gpu, &shape, attention::default_splits(max_ctx)).unwrap();
-    let n_split = scratch.n_split as usize;
-    assert_eq!(n_split, 8);
-    let mut prog = Program::new();
-    attention::attention_decode(&mut prog, &gpu, &shape, &step, &bq, &bk, &bv, &scratch, &out).unwrap();
-    for kv_len in [100u32, 300, 2048] {
-        let active = attention::active_splits(kv_len, scratch.n_split) as usize;
-        let rows = n_head as usize * n_split;
-        gpu.write(&scratch.ml, 0, bytemuck::cast_slice(&[50f32, 1.0].repeat(rows)));
-        gpu.write(&scratch.o, 0, bytemuck::cast_slice(&vec![1000f32; rows * hd as usize]));
-        let q = rng.vec((n_head * hd) as usize);
-        gpu.write(&bq, 0, bytemuck::cast_slice(&q));
-        StepParams::new(kv_len - 1, 1, kv_len - 1).write(&gpu, &step);
-        prog.run(&gpu).unwrap();
-        let got = gpu.read_f32_blocking(&out, q.len()).unwrap();
-        let (n, nh, nk, d) = (kv_len as usize, n_head as usize, n_kv as usize, hd as usize);
-        let want = attention::attention_ref(&q, &k, &v, 1, n - 1, nh, nk, d, shape.scale, true);
-        let err = rel_l2(&got, &want);
-        eprintln!("decode kv_len {kv_len}: {active} of {n_split} splits, rel {err:.2e}");
-        assert!(err < TOL_ATTN_F32, "kv_len {kv_len}: rel err {err} (stale splits merged?)");
-        let ml = gpu.read_f32_blocking(&scratch.ml, 2 * rows).unwrap();
-        for (row, parts) in ml.chunks(2 * n_split).enumerate() {
-            for (s, m_l) in parts.chunks(2).enumerate() {
-                let primed = m_l == [50.0, 1.0];
-                assert_eq!(primed, s >= active, "kv_len {kv_len} row {row} split {s}: written {}", !primed);
+    for gpu in variants() {
+        let mut rng = Rng::new(35);
+        let (n_head, n_kv, hd, max_ctx) = (8u32, 2u32, 64u32, 2048u32);
+        let shape = AttnShape::new(n_head, n_kv, hd, 1);
+        let (k, v) = (rng.vec((max_ctx * n_kv * hd) as usize), rng.vec((max_ctx * n_kv * hd) as usize));
+        let (bk, bv) = (upload(&gpu, &k), upload(&gpu, &v));
+        let bq = gpu.storage("q", (n_head * hd * 4) as u64).unwrap();
+        let out = gpu.storage("out", (n_head * hd * 4) as u64).unwrap();
+        let step = StepParams::create_buffer(&gpu);
+        let scratch = DecodeScratch::new(&gpu, &shape, attention::default_splits(max_ctx)).unwrap();
+        let n_split = scratch.n_split as usize;
+        assert_eq!(n_split, 8);
+        let mut prog = Program::new();
+        attention::attention_decode(&mut prog, &gpu, &shape, &step, &bq, &bk, &bv, &scratch, &out).unwrap();
+        for kv_len in [100u32, 300, 2048] {
+            let active = attention::active_splits(kv_len, scratch.n_split) as usize;
+            let rows = n_head as usize * n_split;
+            gpu.write(&scratch.ml, 0, bytemuck::cast_slice(&[50f32, 1.0].repeat(rows)));
+            gpu.write(&scratch.o, 0, bytemuck::cast_slice(&vec![1000f32; rows * hd as usize]));
+            let q = rng.vec((n_head * hd) as usize);
+            gpu.write(&bq, 0, bytemuck::cast_slice(&q));
+            StepParams::new(kv_len - 1, 1, kv_len - 1).write(&gpu, &step);
+            prog.run(&gpu).unwrap();
+            let got = gpu.read_f32_blocking(&out, q.len()).unwrap();
+            let (n, nh, nk, d) = (kv_len as usize, n_head as usize, n_kv as usize, hd as usize);
+            let want = attention::attention_ref(&q, &k, &v, 1, n - 1, nh, nk, d, shape.scale, true);
+            let err = rel_l2(&got, &want);
+            eprintln!("decode kv_len {kv_len}: {active} of {n_split} splits, rel {err:.2e}");
+            assert!(err < TOL_ATTN_F32, "kv_len {kv_len}: rel err {err} (stale splits merged?)");
+            let ml = gpu.read_f32_blocking(&scratch.ml, 2 * rows).unwrap();
+            for (row, parts) in ml.chunks(2 * n_split).enumerate() {
+                for (s, m_l) in parts.chunks(2).enumerate() {
+                    let primed = m_l == [50.0, 1.0];
+                    assert_eq!(primed, s >= active, "kv_len {kv_len} row {row} split {s}: written {}", !primed);
+                }
             }
         }
     }
@@ -529,34 +617,35 @@ fn decode_skips_and_ignores_inactive_splits() {
 
 #[test]
 fn prefill_reads_an_f16_cache() {
-    let gpu = gpu();
-    let mut rng = Rng::new(22);
-    for (n_head, n_kv, hd) in [(4, 2, 64), (8, 2, 128), (4, 1, 80)] {
-        for (n_tok, kv_start, causal) in [(5, 0, true), (67, 100, true), (20, 0, false)] {
-            let c = AttnCase { n_head, n_kv, hd, n_tok, kv_start };
-            let (q, k, v) = attn_data(&mut rng, &c, 3);
-            let shape = AttnShape { causal, kv: KvDtype::F16, ..AttnShape::new(n_head, n_kv, hd, n_tok) };
-            let (bk, bv) = (upload_cache(&gpu, &k, KvDtype::F16), upload_cache(&gpu, &v, KvDtype::F16));
-            let bq = upload(&gpu, &q);
-            let out = gpu.storage("out", (n_tok * n_head * hd * 4) as u64).unwrap();
-            let step = step_buffer(&gpu, StepParams::new(kv_start, n_tok, kv_start));
-            let mut prog = Program::new();
-            attention::attention_prefill(&mut prog, &gpu, &shape, &step, &bq, &bk, &bv, &out).unwrap();
-            prog.run(&gpu).unwrap();
-            let got = gpu.read_f32_blocking(&out, (n_tok * n_head * hd) as usize).unwrap();
-            let reference = |k: &[f32], v: &[f32]| {
-                let (n_tok, kv_start, n_head, n_kv, hd) =
-                    (n_tok as usize, kv_start as usize, n_head as usize, n_kv as usize, hd as usize);
-                attention::attention_ref(&q, k, v, n_tok, kv_start, n_head, n_kv, hd, shape.scale, causal)
-            };
-            let exact = rel_l2(&got, &reference(&attention::round_f16(&k), &attention::round_f16(&v)));
-            let err = rel_l2(&got, &reference(&k, &v));
-            eprintln!(
-                "prefill f16 cache h {n_head}/{n_kv} hd {hd} n_tok {n_tok} kv_start {kv_start}: \
-                 rel {exact:.2e} (vs f32 values {err:.2e})"
-            );
-            assert!(exact < TOL_ATTN_F16_KV_ROUNDED, "prefill f16 cache vs its rounded values: rel err {exact}");
-            assert!(err < TOL_ATTN_F16_KV, "prefill f16 cache vs the f32 values: rel err {err}");
+    for gpu in variants() {
+        let mut rng = Rng::new(22);
+        for (n_head, n_kv, hd) in [(4, 2, 64), (8, 2, 128), (4, 1, 80)] {
+            for (n_tok, kv_start, causal) in [(5, 0, true), (67, 100, true), (20, 0, false)] {
+                let c = AttnCase { n_head, n_kv, hd, n_tok, kv_start };
+                let (q, k, v) = attn_data(&mut rng, &c, 3);
+                let shape = AttnShape { causal, kv: KvDtype::F16, ..AttnShape::new(n_head, n_kv, hd, n_tok) };
+                let (bk, bv) = (upload_cache(&gpu, &k, KvDtype::F16), upload_cache(&gpu, &v, KvDtype::F16));
+                let bq = upload(&gpu, &q);
+                let out = gpu.storage("out", (n_tok * n_head * hd * 4) as u64).unwrap();
+                let step = step_buffer(&gpu, StepParams::new(kv_start, n_tok, kv_start));
+                let mut prog = Program::new();
+                attention::attention_prefill(&mut prog, &gpu, &shape, &step, &bq, &bk, &bv, &out).unwrap();
+                prog.run(&gpu).unwrap();
+                let got = gpu.read_f32_blocking(&out, (n_tok * n_head * hd) as usize).unwrap();
+                let reference = |k: &[f32], v: &[f32]| {
+                    let (n_tok, kv_start, n_head, n_kv, hd) =
+                        (n_tok as usize, kv_start as usize, n_head as usize, n_kv as usize, hd as usize);
+                    attention::attention_ref(&q, k, v, n_tok, kv_start, n_head, n_kv, hd, shape.scale, causal)
+                };
+                let exact = rel_l2(&got, &reference(&attention::round_f16(&k), &attention::round_f16(&v)));
+                let err = rel_l2(&got, &reference(&k, &v));
+                eprintln!(
+                    "prefill f16 cache h {n_head}/{n_kv} hd {hd} n_tok {n_tok} kv_start {kv_start}: \
+                     rel {exact:.2e} (vs f32 values {err:.2e})"
+                );
+                assert!(exact < TOL_ATTN_F16_KV_ROUNDED, "prefill f16 cache vs its rounded values: rel err {exact}");
+                assert!(err < TOL_ATTN_F16_KV, "prefill f16 cache vs the f32 values: rel err {err}");
+            }
         }
     }
 }
@@ -566,9 +655,10 @@ fn prefill_reads_an_f16_cache() {
 /// only the step uniform rewritten; positions start at 20000 while cache rows start at 0.
 #[test]
 fn recorded_prefill_then_decode_steps_match_cpu() {
-    let gpu = gpu();
-    for kv in [KvDtype::F32, KvDtype::F16] {
-        recorded_pipeline(&gpu, kv);
+    for gpu in variants() {
+        for kv in [KvDtype::F32, KvDtype::F16] {
+            recorded_pipeline(&gpu, kv);
+        }
     }
 }
 

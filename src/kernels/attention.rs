@@ -9,6 +9,24 @@
 //! New token t sits at cache row `kv_start + t` and (causal) sees rows `0..=kv_start + t`; the
 //! cache must already hold the new rows. The math is f32 whatever the cache type.
 //!
+//! Prefill shapes ([`PrefillLaunch`], from the geometry and the adapter's workgroup memory):
+//! the CPU one keeps q and 8-key tiles in workgroup memory (16 rows per workgroup, tuned on
+//! lavapipe); the GPU one keeps q and the output in registers (32 rows of 4 lanes), walks
+//! 32-64-key K/V tiles (32 KiB) and prefetches the next tile into registers. Structure at
+//! Ministral 3 3B text prefill (512 tokens, 32/8 heads, head_dim 128, causal) and Pixtral
+//! vision (1024 patches, 16 heads, head_dim 64), f32 K/V:
+//!
+//! | | workgroups (x 128 invocations) | workgroup memory | K+V read per workgroup | K+V read in all |
+//! |---|---|---|---|---|
+//! | text, CPU shape | 128 x 8 = 1024 | 13 KiB | 4 KiB to 512 KiB | 258 MiB |
+//! | text, GPU shape | 64 x 8 = 512 | 32 KiB | 8 KiB to 512 KiB | 130 MiB |
+//! | vision, CPU shape | 64 x 16 = 1024 | 13 KiB | 512 KiB | 512 MiB |
+//! | vision, GPU shape | 32 x 16 = 512 | 32 KiB | 512 KiB | 256 MiB |
+//!
+//! Where the native adapter has subgroups (GPU geometry), the GPU prefill shape's score sums
+//! and decode's row maxima start with subgroup shuffles (`attention_subgroups.wgsl`); every
+//! other build uses workgroup memory (`attention_nosubgroups.wgsl`).
+//!
 //! Decode shape ([`attention_decode`]): the grid is recorded once for `max_ctx`
 //! ([`decode_grid`]: [`default_splits`] x KV heads x row chunks) and the step's `kv_len`
 //! picks the splits that work ([`active_splits`], >= [`DECODE_SPLIT_KEYS`] keys each); the
@@ -27,14 +45,19 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{grid_1d, Access, Arg, Gpu, GpuError, KernelSpec, Launch, Program, Result, MAX_GRID_DIM};
+use crate::gpu::{grid_1d, Access, Arg, Geometry, Gpu, GpuError, KernelSpec, Launch, Program, Result, MAX_GRID_DIM};
 
 /// The `Step` struct shared by the RoPE and attention shaders.
 pub(crate) const STEP: &str = include_str!("../../shaders/step.wgsl");
 /// The `Params` struct and the constants shared by the attention shaders.
 pub(super) const ATTN_COMMON: &str = include_str!("../../shaders/attention_common.wgsl");
 pub(super) const PREFILL: &str = include_str!("../../shaders/attention_prefill.wgsl");
+pub(super) const PREFILL_GPU: &str = include_str!("../../shaders/attention_prefill_gpu.wgsl");
 pub(super) const DECODE: &str = include_str!("../../shaders/attention_decode.wgsl");
+/// Preludes of the GPU prefill shape and of decode: subgroup row reductions (native adapters
+/// with subgroups, GPU geometry), or the workgroup-memory-only stand-ins (everywhere else).
+pub(super) const SUBGROUPS: &str = include_str!("../../shaders/attention_subgroups.wgsl");
+pub(super) const NO_SUBGROUPS: &str = include_str!("../../shaders/attention_nosubgroups.wgsl");
 const PREFILL_BINDINGS: &[Access] =
     &[Access::Uniform, Access::Uniform, Access::Read, Access::Read, Access::Read, Access::ReadWrite];
 const DECODE_BINDINGS: &[Access] =
@@ -92,8 +115,6 @@ impl KvDtype {
 
 /// Largest supported head_dim (workgroup-memory tiles are sized for it).
 pub const MAX_HEAD_DIM: u32 = 128;
-/// Query rows (token x grouped head) per prefill workgroup.
-const PREFILL_ROWS: u32 = 16;
 /// Most query rows per decode workgroup (`R_MAX` in the shader).
 pub const DECODE_MAX_ROWS: u32 = 8;
 /// Keys per decode tile: split lengths are rounded up to this.
@@ -235,7 +256,8 @@ struct Params {
 
 /// Records prefill attention: the step's `n_tok` new tokens (queries in `q`) against cache
 /// rows `0..kv_start + n_tok` of `k_cache`/`v_cache`, into `out` `[n_tok][n_head*head_dim]`.
-/// Grid: `ceil(max_tok * group / 16)` x `n_kv_head` workgroups of 128 invocations.
+/// Grid: `ceil(max_tok * group / rows)` x `n_kv_head` workgroups of the [`PrefillLaunch`]
+/// chosen from the device's geometry, workgroup memory and subgroups.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_prefill(
     prog: &mut Program,
@@ -248,18 +270,91 @@ pub fn attention_prefill(
     out: &wgpu::Buffer,
 ) -> Result<()> {
     shape.check()?;
-    if shape.max_tok * shape.group() > PREFILL_ROWS * MAX_GRID_DIM {
+    let caps = &gpu.caps;
+    let launch = PrefillLaunch::of(caps.geometry, shape.head_dim, caps.max_workgroup_storage).with_subgroups(caps.subgroups);
+    let grid = launch.grid(shape);
+    if grid[0] > MAX_GRID_DIM {
         return Err(GpuError::Shape(format!("attention_prefill: {} tokens do not fit one grid", shape.max_tok)));
     }
-    let spec = KernelSpec::new("attention_prefill", PREFILL, "attn_prefill", PREFILL_BINDINGS)
-        .with_prefix(shape.kv.reader())
-        .with_prefix(ATTN_COMMON)
-        .with_prefix(STEP);
-    let tiles = (shape.max_tok * shape.group()).div_ceil(PREFILL_ROWS);
     let args = [Arg::Buf(step), Arg::Buf(q), Arg::Buf(k_cache), Arg::Buf(v_cache), Arg::Buf(out)];
-    prog.push_with_params(gpu, &spec, &shape.params(1), &args, [tiles, shape.n_kv_head, 1])?;
-    prog.set_launch(Launch::threads(128)); // WG in attention_prefill.wgsl
+    prog.push_with_params(gpu, &launch.spec(shape), &shape.params(1), &args, grid)?;
+    prog.set_launch(Launch::threads(launch.invocations));
     Ok(())
+}
+
+/// Launch shape of prefill attention ([`attention_prefill`]), from the device's geometry and
+/// workgroup-memory limit and the head_dim.
+///
+/// - CPU (`attention_prefill.wgsl`, tuned on lavapipe): 16 query rows x 8 keys per tile, q
+///   and the 8-key K then V tile in workgroup memory (13 KiB).
+/// - GPU (`attention_prefill_gpu.wgsl`): 32 query rows of 4 lanes, q and the output in
+///   registers, K and V tiles of [`Self::key_tile`] keys (32 at head_dim > 64, 64 below: a
+///   tile is at most 16 KiB, so K + V fit 32 KiB and the scores of a tile fit a lane's
+///   registers), the next tile prefetched into registers while the current one is used.
+///   Adapters that grant less than its 32 KiB of workgroup memory get the CPU shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrefillLaunch {
+    /// The GPU shape (else the CPU one).
+    pub gpu: bool,
+    /// Keys per K/V tile.
+    pub key_tile: u32,
+    /// Query rows (token x grouped head) per workgroup.
+    pub rows: u32,
+    /// Invocations per workgroup.
+    pub invocations: u32,
+    /// Workgroup memory of the shader, bytes.
+    pub workgroup_bytes: u32,
+    /// Subgroup shuffles sum the GPU shape's scores (native adapters with subgroups).
+    pub subgroups: bool,
+}
+
+/// Invocations per query row of the GPU shape (`LANES`): within one subgroup on any adapter.
+const PREFILL_GPU_LANES: u32 = 4;
+const _: () = assert!(wgpu::MINIMUM_SUBGROUP_MIN_SIZE >= PREFILL_GPU_LANES);
+
+impl PrefillLaunch {
+    /// The CPU shape (`BQ`, `BK`, `WG` and the arrays of `attention_prefill.wgsl`).
+    pub const CPU: PrefillLaunch =
+        PrefillLaunch { gpu: false, key_tile: 8, rows: 16, invocations: 128, workgroup_bytes: 13 * 1024, subgroups: false };
+
+    pub fn of(geometry: Geometry, head_dim: u32, max_workgroup_storage: u32) -> PrefillLaunch {
+        // Two tile buffers of 1024 vec4s (`TILE` in attention_prefill_gpu.wgsl).
+        let workgroup_bytes = 2 * 1024 * 16;
+        if geometry == Geometry::Cpu || max_workgroup_storage < workgroup_bytes {
+            return PrefillLaunch::CPU;
+        }
+        let key_tile = if head_dim > 64 { 32 } else { 64 };
+        PrefillLaunch { gpu: true, key_tile, rows: 32, invocations: 128, workgroup_bytes, subgroups: false }
+    }
+
+    /// The same launch with subgroup reductions where `available` (the device's) and the
+    /// shape reduces across invocations (the GPU one).
+    pub fn with_subgroups(self, available: bool) -> PrefillLaunch {
+        PrefillLaunch { subgroups: available && self.gpu, ..self }
+    }
+
+    /// The grid `[row tiles, n_kv_head, 1]` for `shape`.
+    pub fn grid(&self, shape: &AttnShape) -> [u32; 3] {
+        [(shape.max_tok * shape.group()).div_ceil(self.rows), shape.n_kv_head, 1]
+    }
+
+    fn spec(&self, shape: &AttnShape) -> KernelSpec {
+        if !self.gpu {
+            return KernelSpec::new("attention_prefill", PREFILL, "attn_prefill", PREFILL_BINDINGS)
+                .with_prefix(shape.kv.reader())
+                .with_prefix(ATTN_COMMON)
+                .with_prefix(STEP);
+        }
+        let hd4 = shape.head_dim / 4;
+        KernelSpec::new("attention_prefill", PREFILL_GPU, "attn_prefill_gpu", PREFILL_BINDINGS)
+            .with_prefix(if self.subgroups { SUBGROUPS } else { NO_SUBGROUPS })
+            .with_prefix(shape.kv.reader())
+            .with_prefix(ATTN_COMMON)
+            .with_prefix(STEP)
+            .with_constant("BK", self.key_tile as i64)
+            .with_constant("HPL", hd4.div_ceil(PREFILL_GPU_LANES) as i64)
+            .with_constant("SPT", (self.key_tile * hd4).div_ceil(self.invocations) as i64)
+    }
 }
 
 /// The split count of a decode grid over up to `max_ctx` keys: ~256 keys per split at full
@@ -358,7 +453,9 @@ pub fn attention_decode(
         return Err(GpuError::Shape(format!("attention_decode: {} tokens do not fit one grid", shape.max_tok)));
     }
     let params = shape.params(scratch.n_split);
+    let subgroups = gpu.caps.geometry == Geometry::Gpu && gpu.caps.subgroups;
     let spec = KernelSpec::new("attention_decode", DECODE, "attn_decode", DECODE_BINDINGS)
+        .with_prefix(if subgroups { SUBGROUPS } else { NO_SUBGROUPS })
         .with_prefix(shape.kv.reader())
         .with_prefix(ATTN_COMMON)
         .with_prefix(STEP)
@@ -368,6 +465,7 @@ pub fn attention_decode(
     prog.set_launch(Launch::threads(128)); // WG in attention_decode.wgsl
                                            // Same module as attn_decode (the reader is part of it; combine does not read the cache).
     let spec = KernelSpec::new("attention_decode", DECODE, "attn_combine", COMBINE_BINDINGS)
+        .with_prefix(if subgroups { SUBGROUPS } else { NO_SUBGROUPS })
         .with_prefix(shape.kv.reader())
         .with_prefix(ATTN_COMMON)
         .with_prefix(STEP);

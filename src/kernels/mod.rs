@@ -16,10 +16,11 @@ pub mod vision;
 
 /// Every kernel module, assembled as the kernels assemble it (prefixes, `common.wgsl`, the
 /// family source), parses and validates in naga, wgpu's shader compiler on native adapters,
-/// with no device: all entry points, both KV-cache readers, both matmul precisions in both shapes.
+/// with no device: all entry points, both KV-cache readers, both matmul precisions in both shapes
+/// and both subgroup preludes of matvec and attention.
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
-    use super::attention::{KvDtype, ATTN_COMMON, DECODE, PREFILL, STEP};
+    use super::attention::{self, KvDtype, ATTN_COMMON, DECODE, PREFILL, PREFILL_GPU, STEP};
     use super::matmul::MatmulCompute;
     use super::quant::QUANT_WGSL;
     use crate::gpu::KernelSpec;
@@ -45,8 +46,12 @@ mod tests {
             }
         }
         for kv in [KvDtype::F32, KvDtype::F16] {
-            for (label, source) in [("attention_prefill", PREFILL), ("attention_decode", DECODE)] {
-                specs.push(spec(label, source).with_prefix(kv.reader()).with_prefix(ATTN_COMMON).with_prefix(STEP));
+            let attn = |label, source| spec(label, source).with_prefix(kv.reader()).with_prefix(ATTN_COMMON).with_prefix(STEP);
+            specs.push(attn("attention_prefill", PREFILL));
+            for prelude in [attention::NO_SUBGROUPS, attention::SUBGROUPS] {
+                for (label, source) in [("attention_prefill_gpu", PREFILL_GPU), ("attention_decode", DECODE)] {
+                    specs.push(attn(label, source).with_prefix(prelude));
+                }
             }
         }
         specs
@@ -55,12 +60,12 @@ mod tests {
     #[test]
     fn every_kernel_module_validates() {
         // What a WebGPU device grants (`unpack2x16float` and friends are core WGSL), plus
-        // `shader-f16` for matmul's f16 prelude, and subgroups for the native matvec prelude
-        // only (every other module must validate without them).
+        // `shader-f16` for matmul's f16 prelude, and subgroups for the native matvec and attention
+        // preludes only (every other module must validate without them).
         use naga::valid::Capabilities as C;
         let web = C::default() | C::SHADER_FLOAT16_IN_FLOAT32 | C::SHADER_FLOAT16;
         for spec in modules() {
-            let native = spec.sources.contains(&super::matvec::SUBGROUPS);
+            let native = spec.sources.contains(&super::matvec::SUBGROUPS) || spec.sources.contains(&attention::SUBGROUPS);
             let caps = if native { web | C::SUBGROUP } else { web };
             let code = spec.sources.concat();
             let module =
