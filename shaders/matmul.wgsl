@@ -12,8 +12,8 @@
 //!   row; load, barrier, products, barrier.
 //! - GPU: 128 x 64 tiles, 8 x 4 blocks (32 accumulators per thread, half the tile loads per
 //!   product of the CPU shape). The 128 side is M: each weight is decoded once per 128
-//!   tokens (a whole 128-token prefill chunk) and the grid keeps N / 64 workgroups per
-//!   M tile, the most for short prompts; rows of M past the prompt cost products on zeros,
+//!   tokens (4 times per 512-token prefill chunk, a GPU's default) and the grid keeps N / 64
+//!   workgroups per M tile, the most for short prompts; rows of M past the prompt cost products on zeros,
 //!   no memory traffic. Tile k + 1 is read (and decoded) into registers before the
 //!   products of tile k, so global latency overlaps the math. Consecutive lanes load
 //!   consecutive rows at one k offset: a warp's transposing stores hit 32 consecutive words

@@ -8,8 +8,8 @@
 //!   barrier (the shape tuned on lavapipe).
 //! - GPU: 128 (tokens) x 64 (features) tiles, 8 x 4 register blocks, the next K tile read
 //!   and decoded into registers during the current tile's products, conflict-free
-//!   workgroup-memory stores. The 128 side is M: a 128-token prefill chunk decodes each
-//!   weight once, and short prompts keep N / 64 workgroups. It needs 24 KiB of workgroup
+//!   workgroup-memory stores. The 128 side is M: each weight is decoded once per 128 tokens
+//!   (4 times in a GPU's 512-token prefill chunk), and short prompts keep N / 64 workgroups. It needs 24 KiB of workgroup
 //!   memory with f32 tiles (12 KiB f16); an adapter with less gets the CPU shape.
 //!
 //! [`MatmulCompute::F16`] (devices with `shader-f16` only) stages f16 tiles and sums f16
@@ -215,10 +215,11 @@ fn push(
             y_row0,
         };
         let args = [Arg::Buf(&part.buffer), Arg::Buf(x), Arg::Buf(y)];
-        prog.push_with_params(gpu, &spec, &params, &args, launch.grid(part.rows, m))?;
-        // Each workgroup reads its tile_m rows of X.
+        let grid = launch.grid(part.rows, m);
+        prog.push_with_params(gpu, &spec, &params, &args, grid)?;
+        // Each M tile (grid z) decodes the whole part again; each workgroup reads its tile_m rows of X.
         let activation_bytes = 4 * w.cols as u64 * launch.tile_m.min(m) as u64;
-        let weight = WeightRead { label: w.label.clone(), bytes: part.bytes, activation_bytes };
+        let weight = WeightRead { label: w.label.clone(), bytes: part.bytes * grid[2] as u64, activation_bytes };
         prog.set_launch(Launch { invocations: launch.invocations, weight: Some(weight) });
     }
     Ok(())
