@@ -6,6 +6,7 @@ pub mod attention;
 pub mod bench;
 pub mod elementwise;
 pub mod embedding;
+pub mod gdn_prep;
 pub mod matmul;
 pub mod matvec;
 pub mod norm;
@@ -38,6 +39,7 @@ mod tests {
             spec("matvec", super::matvec::SHADER).with_prefix(QUANT_WGSL).with_prefix(super::matvec::NO_SUBGROUPS),
             spec("matvec", super::matvec::SHADER).with_prefix(QUANT_WGSL).with_prefix(super::matvec::SUBGROUPS),
             spec("rope", super::rope::SHADER).with_prefix(STEP),
+            spec("gdn_prep", super::gdn_prep::SHADER).with_prefix(STEP),
         ];
         for compute in [MatmulCompute::F32, MatmulCompute::F16] {
             for shape in [super::matmul::SHAPE_CPU, super::matmul::SHAPE_GPU] {

@@ -1,0 +1,367 @@
+//! The per-token kernels around Qwen3.5's Gated DeltaNet layer (`shaders/gdn_prep.wgsl`):
+//! everything but the delta rule (Yang, Kautz & Hatamizadeh 2024, "Gated Delta Networks").
+//! Reference: transformers `modeling_qwen3_5.py` (`Qwen3_5GatedDeltaNet.forward`,
+//! `causal_conv1d_update`, `Qwen3_5RMSNormGated`; shared with `modeling_qwen3_next.py`).
+//!
+//! Three kernels, in the layer's order:
+//!
+//! 1. [`record_conv`]: causal depthwise conv1d with a rolling state, then SiLU, over the mixed
+//!    q|k|v rows (`C = 2 Hk dk + Hv dv` channels). `y[t][c] = silu(sum_j w[c][j] * xe[t+j][c])`,
+//!    `xe` = the state (the K-1 inputs before this step, zeros at the start of a sequence)
+//!    followed by the step's rows; the state then holds the last K-1 rows of `xe`. This is
+//!    `causal_conv1d_update` (decode) and `causal_conv1d_fn` over the cached state plus the new
+//!    rows (prefill), so one pass over a sequence equals chunk after chunk. No bias
+//!    (`nn.Conv1d(..., bias=False)` in Qwen3.5).
+//! 2. [`record_decay`]: `g = A * softplus(a + dt_bias)`, `beta = sigmoid(b)` per token and v
+//!    head (`g` is the log of the state's decay, `<= 0`).
+//! 3. [`record_gated_norm`]: `out = rmsnorm(o) * w * silu(z)` per token and v head over `dv`
+//!    (`Qwen3_5RMSNormGated`: norm before gate, variance in f32, weight used as is).
+//!
+//! # Inputs and their GGUF tensors (llama.cpp `qwen35` / `qwen3next`, `blk.N.` prefix)
+//!
+//! - conv `x`: the rows of `attn_qkv.weight` · h (HF `in_proj_qkv`), columns q (Hk·dk), k
+//!   (Hk·dk), v (Hv·dv): the conv runs over the whole row before the q|k|v split.
+//! - conv `weight` `[C][K]`: `ssm_conv1d.weight`, GGUF dims `[K, C]` (ne0 = K), i.e. row-major
+//!   `[C][K]` as here; the converter squeezes HF's `[C, 1, K]`. Upload as f32 (dequantize at
+//!   load; it is stored f32 in practice). `w[c][K-1]` multiplies the newest input.
+//! - decay `a`, `b`: windows of the rows of `ssm_alpha.weight` · h (HF `in_proj_a`) and
+//!   `ssm_beta.weight` · h (HF `in_proj_b`), Hv values each.
+//! - decay `ssm_a` `[Hv]`: GGUF `ssm_a`, which llama.cpp's converter stores as
+//!   **`A = -exp(A_log)`** (`data_torch = -torch.exp(data_torch)`): the kernel takes that
+//!   negative form as is. From HF safetensors, upload `-exp(A_log)` (computed in f32).
+//! - decay `dt_bias` `[Hv]`: GGUF `ssm_dt.bias` (HF `dt_bias`), as is.
+//! - norm `o` `[T][Hv][dv]`: the delta rule's output. `z`: a window of the rows of
+//!   `attn_gate.weight` · h (HF `in_proj_z`), Hv·dv values, head-major like `o`.
+//! - norm `weight` `[dv]`, shared by the heads: GGUF `ssm_norm.weight` (HF
+//!   `linear_attn.norm.weight`), **as is, no `+ 1`**: `Qwen3_5RMSNormGated` multiplies by
+//!   `weight` (initialised to ones), and the converter, which adds 1 to every other
+//!   `norm.weight` of Qwen3.5 (those are `(1 + w)` norms in transformers), skips this one.
+//!   From HF safetensors the tensor is likewise used unchanged.
+//!
+//! Head order: when Hk < Hv, llama.cpp's converter reorders the v heads of every tensor of
+//! the layer (v rows of the qkv weight and of the conv weight, z, a, b, `A_log`, `dt_bias`,
+//! the out projection's columns) from grouped to tiled order, consistently; these kernels map
+//! head `h` of `a`, `b`, `ssm_a`, `dt_bias`, `o` and `z` to each other and are indifferent to
+//! the order, but the delta rule must pair k heads with v heads accordingly.
+//!
+//! Every kernel covers `min(step.n_tok, max_tok)` token rows (the per-step uniform of
+//! [`StepParams`](super::attention::StepParams)): rows past the step's `n_tok` are untouched,
+//! and the conv state advances by exactly `n_tok` rows.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::attention::STEP;
+use super::matvec::check_len;
+use crate::gpu::{grid_1d, Access, Arg, Gpu, GpuError, KernelSpec, Launch, Program, Result};
+
+pub(super) const SHADER: &str = include_str!("../../shaders/gdn_prep.wgsl");
+const CONV_STEP: &[Access] =
+    &[Access::Uniform, Access::Uniform, Access::Read, Access::Read, Access::Read, Access::ReadWrite];
+const CONV_STATE: &[Access] = &[Access::Uniform, Access::Uniform, Access::Read, Access::ReadWrite];
+const DECAY: &[Access] = &[
+    Access::Uniform,
+    Access::Uniform,
+    Access::Read,
+    Access::Read,
+    Access::Read,
+    Access::Read,
+    Access::ReadWrite,
+    Access::ReadWrite,
+];
+const NORM: &[Access] = &[Access::Uniform, Access::Uniform, Access::Read, Access::Read, Access::Read, Access::ReadWrite];
+/// `WG` and `NORM_WG` in gdn_prep.wgsl.
+const WG: u32 = 256;
+const NORM_WG: u32 = 128;
+/// torch's `F.softplus` threshold: `softplus(x) = x` above it.
+pub const SOFTPLUS_THRESHOLD: f32 = 20.0;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    max_tok: u32,
+    width: u32,
+    kernel: u32,
+    x_stride: u32,
+    x_offset: u32,
+    b_stride: u32,
+    b_offset: u32,
+    eps: f32,
+}
+
+/// Where a per-token vector lives in a buffer of rows: element `(t, i)` is
+/// `buf[t * stride + offset + i]` (a projection's output row, or a window of a fused one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowWindow {
+    pub stride: u32,
+    pub offset: u32,
+}
+
+impl RowWindow {
+    /// Rows of exactly `width` elements.
+    pub fn dense(width: u32) -> RowWindow {
+        RowWindow { stride: width, offset: 0 }
+    }
+
+    fn at(&self, t: usize, i: usize) -> usize {
+        t * self.stride as usize + self.offset as usize + i
+    }
+
+    /// Checks that `width` elements fit each row and that `buf` holds `rows` of them.
+    fn check(&self, what: &str, buf: &wgpu::Buffer, rows: u32, width: u32) -> Result<()> {
+        if self.offset as u64 + width as u64 > self.stride as u64 {
+            return Err(GpuError::Shape(format!(
+                "{what}: a window of {width} at offset {} does not fit rows of {}",
+                self.offset, self.stride
+            )));
+        }
+        check_len(what, buf, (rows as u64 - 1) * self.stride as u64 + self.offset as u64 + width as u64)
+    }
+}
+
+fn shape_err<T>(msg: String) -> Result<T> {
+    Err(GpuError::Shape(msg))
+}
+
+/// `n * per` rows of work must index in u32 (the kernels' linear index).
+fn check_grid(what: &str, max_tok: u32, per: u32) -> Result<u32> {
+    if max_tok == 0 || per == 0 {
+        return shape_err(format!("{what}: empty shape ({max_tok} tokens x {per})"));
+    }
+    max_tok.checked_mul(per).ok_or_else(|| GpuError::Shape(format!("{what}: {max_tok} x {per} overflows the grid")))
+}
+
+/// The conv's shape: up to `max_tok` rows of `channels`, kernel `kernel` (Qwen3.5: 4).
+#[derive(Clone, Copy, Debug)]
+pub struct ConvShape {
+    pub max_tok: u32,
+    pub channels: u32,
+    pub kernel: u32,
+}
+
+/// Records the causal depthwise conv1d + SiLU of the step's rows `x` (window `x_win`, `channels`
+/// wide) into `y` (`[max_tok][channels]`, dense; must not alias `x`), reading and then
+/// advancing `state` (`[channels][kernel - 1]`, oldest first; zeros at a sequence's start).
+/// `weight` is `[channels][kernel]` (GGUF `ssm_conv1d.weight`). Two dispatches: the outputs,
+/// then the state update.
+#[allow(clippy::too_many_arguments)]
+pub fn record_conv(
+    prog: &mut Program,
+    gpu: &Gpu,
+    step: &wgpu::Buffer,
+    x: &wgpu::Buffer,
+    x_win: RowWindow,
+    weight: &wgpu::Buffer,
+    state: &wgpu::Buffer,
+    y: &wgpu::Buffer,
+    shape: &ConvShape,
+) -> Result<()> {
+    let ConvShape { max_tok, channels: c, kernel: k } = *shape;
+    let n = check_grid("gdn conv", max_tok, c)?;
+    if !(2..=64).contains(&k) {
+        return shape_err(format!("gdn conv: kernel size {k} (2..=64 supported)"));
+    }
+    x_win.check("gdn conv x", x, max_tok, c)?;
+    check_len("gdn conv weight", weight, c as u64 * k as u64)?;
+    check_len("gdn conv state", state, c as u64 * (k - 1) as u64)?;
+    check_len("gdn conv y", y, n as u64)?;
+    let params = Params {
+        max_tok,
+        width: c,
+        kernel: k,
+        x_stride: x_win.stride,
+        x_offset: x_win.offset,
+        b_stride: 0,
+        b_offset: 0,
+        eps: 0.0,
+    };
+    let spec = KernelSpec::new("gdn_prep", SHADER, "conv_step", CONV_STEP).with_prefix(STEP);
+    let args = [Arg::Buf(step), Arg::Buf(x), Arg::Buf(weight), Arg::Buf(state), Arg::Buf(y)];
+    prog.push_with_params(gpu, &spec, &params, &args, grid_1d(n.div_ceil(WG)))?;
+    prog.set_launch(Launch::threads(WG));
+    let spec = KernelSpec::new("gdn_prep", SHADER, "conv_state", CONV_STATE).with_prefix(STEP);
+    prog.push_with_params(gpu, &spec, &params, &[Arg::Buf(step), Arg::Buf(x), Arg::Buf(state)], grid_1d(c.div_ceil(WG)))?;
+    prog.set_launch(Launch::threads(WG));
+    Ok(())
+}
+
+fn silu_f64(v: f64) -> f64 {
+    v / (1.0 + (-v).exp())
+}
+
+/// CPU reference of [`record_conv`] on `n_tok` rows (f64 sums): returns `y` (`[n_tok][channels]`)
+/// and advances `state` (`[channels][kernel - 1]`) in place.
+pub fn conv_ref(
+    x: &[f32],
+    x_win: RowWindow,
+    n_tok: usize,
+    weight: &[f32],
+    state: &mut [f32],
+    channels: usize,
+    kernel: usize,
+) -> Vec<f32> {
+    let hist = kernel - 1;
+    let mut y = vec![0.0; n_tok * channels];
+    for c in 0..channels {
+        // xe: the state's slots, then the step's inputs.
+        let xe: Vec<f32> =
+            state[c * hist..(c + 1) * hist].iter().copied().chain((0..n_tok).map(|t| x[x_win.at(t, c)])).collect();
+        for t in 0..n_tok {
+            let acc: f64 = (0..kernel).map(|j| weight[c * kernel + j] as f64 * xe[t + j] as f64).sum();
+            y[t * channels + c] = silu_f64(acc) as f32;
+        }
+        state[c * hist..(c + 1) * hist].copy_from_slice(&xe[n_tok..]);
+    }
+    y
+}
+
+/// Records `g[t][h] = ssm_a[h] * softplus(a[t][h] + dt_bias[h])` and
+/// `beta[t][h] = sigmoid(b[t][h])` for `n_heads` v heads (`g`, `beta`: `[max_tok][n_heads]`).
+/// `ssm_a` is GGUF `ssm_a` = `-exp(A_log)`, `dt_bias` GGUF `ssm_dt.bias`. `a` and `b` may be
+/// one buffer (two windows of a fused projection row).
+#[allow(clippy::too_many_arguments)]
+pub fn record_decay(
+    prog: &mut Program,
+    gpu: &Gpu,
+    step: &wgpu::Buffer,
+    (a, a_win): (&wgpu::Buffer, RowWindow),
+    (b, b_win): (&wgpu::Buffer, RowWindow),
+    ssm_a: &wgpu::Buffer,
+    dt_bias: &wgpu::Buffer,
+    (g, beta): (&wgpu::Buffer, &wgpu::Buffer),
+    max_tok: u32,
+    n_heads: u32,
+) -> Result<()> {
+    let n = check_grid("gdn decay", max_tok, n_heads)?;
+    a_win.check("gdn decay a", a, max_tok, n_heads)?;
+    b_win.check("gdn decay b", b, max_tok, n_heads)?;
+    check_len("gdn decay ssm_a", ssm_a, n_heads as u64)?;
+    check_len("gdn decay dt_bias", dt_bias, n_heads as u64)?;
+    check_len("gdn decay g", g, n as u64)?;
+    check_len("gdn decay beta", beta, n as u64)?;
+    let params = Params {
+        max_tok,
+        width: n_heads,
+        kernel: 0,
+        x_stride: a_win.stride,
+        x_offset: a_win.offset,
+        b_stride: b_win.stride,
+        b_offset: b_win.offset,
+        eps: 0.0,
+    };
+    let spec = KernelSpec::new("gdn_prep", SHADER, "gdn_decay", DECAY).with_prefix(STEP);
+    let args = [Arg::Buf(step), Arg::Buf(a), Arg::Buf(b), Arg::Buf(ssm_a), Arg::Buf(dt_bias), Arg::Buf(g), Arg::Buf(beta)];
+    prog.push_with_params(gpu, &spec, &params, &args, grid_1d(n.div_ceil(WG)))?;
+    prog.set_launch(Launch::threads(WG));
+    Ok(())
+}
+
+/// torch's `F.softplus(x)` (beta 1, threshold 20) in f64: `x` above 20, else `log1p(exp(x))`.
+pub fn softplus_ref(x: f32) -> f64 {
+    if x > SOFTPLUS_THRESHOLD {
+        x as f64
+    } else {
+        (x as f64).exp().ln_1p()
+    }
+}
+
+/// CPU reference of [`record_decay`] on `n_tok` rows: `(g, beta)`, each `[n_tok][n_heads]`.
+/// `a + dt_bias` is rounded to f32 first, as torch adds them in f32.
+#[allow(clippy::too_many_arguments)]
+pub fn decay_ref(
+    (a, a_win): (&[f32], RowWindow),
+    (b, b_win): (&[f32], RowWindow),
+    ssm_a: &[f32],
+    dt_bias: &[f32],
+    n_tok: usize,
+    n_heads: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let mut g = Vec::with_capacity(n_tok * n_heads);
+    let mut beta = Vec::with_capacity(n_tok * n_heads);
+    for t in 0..n_tok {
+        for h in 0..n_heads {
+            g.push((ssm_a[h] as f64 * softplus_ref(a[a_win.at(t, h)] + dt_bias[h])) as f32);
+            beta.push((1.0 / (1.0 + (-(b[b_win.at(t, h)] as f64)).exp())) as f32);
+        }
+    }
+    (g, beta)
+}
+
+/// The gated norm's shape: up to `max_tok` rows of `n_heads` heads of `head_dim`.
+#[derive(Clone, Copy, Debug)]
+pub struct GatedNormShape {
+    pub max_tok: u32,
+    pub n_heads: u32,
+    pub head_dim: u32,
+    /// Qwen3.5: `rms_norm_eps` = 1e-6.
+    pub eps: f32,
+}
+
+/// Records `out[t][h] = o[t][h] / sqrt(mean(o[t][h]^2) + eps) * weight * silu(z[t][h])` over
+/// `head_dim` for every head: `o` and `out` are `[max_tok][n_heads][head_dim]` (dense; `out`
+/// must not alias `o`), `z` a window of `n_heads * head_dim` per row, `weight` `[head_dim]`
+/// (GGUF `ssm_norm.weight`, used as is: no `1 + w`).
+#[allow(clippy::too_many_arguments)]
+pub fn record_gated_norm(
+    prog: &mut Program,
+    gpu: &Gpu,
+    step: &wgpu::Buffer,
+    o: &wgpu::Buffer,
+    (z, z_win): (&wgpu::Buffer, RowWindow),
+    weight: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+    shape: &GatedNormShape,
+) -> Result<()> {
+    let GatedNormShape { max_tok, n_heads, head_dim, eps } = *shape;
+    let rows = check_grid("gdn gated norm", max_tok, n_heads)?;
+    let width = check_grid("gdn gated norm", n_heads, head_dim)?;
+    let n = check_grid("gdn gated norm", max_tok, width)?;
+    if !(eps.is_finite() && eps >= 0.0) {
+        return shape_err(format!("gdn gated norm: eps {eps}"));
+    }
+    check_len("gdn gated norm o", o, n as u64)?;
+    z_win.check("gdn gated norm z", z, max_tok, width)?;
+    check_len("gdn gated norm weight", weight, head_dim as u64)?;
+    check_len("gdn gated norm out", out, n as u64)?;
+    let params = Params {
+        max_tok,
+        width: n_heads,
+        kernel: head_dim,
+        x_stride: z_win.stride,
+        x_offset: z_win.offset,
+        b_stride: 0,
+        b_offset: 0,
+        eps,
+    };
+    let spec = KernelSpec::new("gdn_prep", SHADER, "gated_rms_norm", NORM).with_prefix(STEP);
+    let args = [Arg::Buf(step), Arg::Buf(o), Arg::Buf(z), Arg::Buf(weight), Arg::Buf(out)];
+    prog.push_with_params(gpu, &spec, &params, &args, grid_1d(rows))?;
+    prog.set_launch(Launch::threads(NORM_WG));
+    Ok(())
+}
+
+/// CPU reference of [`record_gated_norm`] on `n_tok` rows (f64), in transformers' order:
+/// `(o * rsqrt(mean(o^2) + eps)) * w * silu(z)`.
+#[allow(clippy::too_many_arguments)]
+pub fn gated_norm_ref(
+    o: &[f32],
+    (z, z_win): (&[f32], RowWindow),
+    weight: &[f32],
+    n_tok: usize,
+    n_heads: usize,
+    head_dim: usize,
+    eps: f32,
+) -> Vec<f32> {
+    let mut out = Vec::with_capacity(n_tok * n_heads * head_dim);
+    for t in 0..n_tok {
+        for h in 0..n_heads {
+            let row = &o[(t * n_heads + h) * head_dim..][..head_dim];
+            let ms = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / head_dim as f64;
+            let scale = 1.0 / (ms + eps as f64).sqrt();
+            for (i, &v) in row.iter().enumerate() {
+                let zv = z[z_win.at(t, h * head_dim + i)] as f64;
+                out.push((v as f64 * scale * weight[i] as f64 * silu_f64(zv)) as f32);
+            }
+        }
+    }
+    out
+}
