@@ -55,8 +55,7 @@ use super::matvec::check_len;
 use crate::gpu::{grid_1d, Access, Arg, Gpu, GpuError, KernelSpec, Launch, Program, Result};
 
 pub(super) const SHADER: &str = include_str!("../../shaders/gdn_prep.wgsl");
-const CONV_STEP: &[Access] =
-    &[Access::Uniform, Access::Uniform, Access::Read, Access::Read, Access::Read, Access::ReadWrite];
+const CONV_STEP: &[Access] = &[Access::Uniform, Access::Uniform, Access::Read, Access::Read, Access::Read, Access::ReadWrite];
 const CONV_STATE: &[Access] = &[Access::Uniform, Access::Uniform, Access::Read, Access::ReadWrite];
 const DECAY: &[Access] = &[
     Access::Uniform,
@@ -203,8 +202,7 @@ pub fn conv_ref(
     let mut y = vec![0.0; n_tok * channels];
     for c in 0..channels {
         // xe: the state's slots, then the step's inputs.
-        let xe: Vec<f32> =
-            state[c * hist..(c + 1) * hist].iter().copied().chain((0..n_tok).map(|t| x[x_win.at(t, c)])).collect();
+        let xe: Vec<f32> = state[c * hist..(c + 1) * hist].iter().copied().chain((0..n_tok).map(|t| x[x_win.at(t, c)])).collect();
         for t in 0..n_tok {
             let acc: f64 = (0..kernel).map(|j| weight[c * kernel + j] as f64 * xe[t + j] as f64).sum();
             y[t * channels + c] = silu_f64(acc) as f32;
