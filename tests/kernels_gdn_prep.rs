@@ -39,13 +39,13 @@ fn gpu_conv(
     n_tok: usize,
     w: &[f32],
     state: &[f32],
-    c: usize,
+    (c, k): (usize, usize),
 ) -> (Vec<f32>, Vec<f32>) {
     let (bx, bw, bs) = (upload(gpu, x), upload(gpu, w), upload(gpu, state));
     let by = gpu.storage("y", (max_tok * c * 4) as u64).unwrap();
     let step = step_buffer(gpu, n_tok as u32);
     let mut prog = Program::new();
-    let shape = ConvShape { max_tok: max_tok as u32, channels: c as u32, kernel: K as u32 };
+    let shape = ConvShape { max_tok: max_tok as u32, channels: c as u32, kernel: k as u32 };
     gdn_prep::record_conv(&mut prog, gpu, &step, &bx, win, &bw, &bs, &by, &shape).unwrap();
     prog.run(gpu).unwrap();
     (gpu.read_f32_blocking(&by, n_tok * c).unwrap(), gpu.read_f32_blocking(&bs, state.len()).unwrap())
@@ -56,24 +56,26 @@ fn conv_matches_cpu_at_tiny_and_qwen35_shapes() {
     let gpu = gpu();
     let mut rng = Rng::new(11);
     let cases = [
-        (7, 1, RowWindow::dense(7)),
-        (7, 5, RowWindow { stride: 12, offset: 3 }),
-        (qkv_width(16), 1, RowWindow::dense(qkv_width(16) as u32)),
-        (qkv_width(16), 5, RowWindow { stride: qkv_width(16) as u32 + 2048 + 32, offset: 0 }),
-        (qkv_width(16), 64, RowWindow::dense(qkv_width(16) as u32)),
-        (qkv_width(32), 64, RowWindow { stride: qkv_width(32) as u32 + 17, offset: 9 }),
+        (7, K, 1, RowWindow::dense(7)),
+        (7, K, 5, RowWindow { stride: 12, offset: 3 }),
+        (5, 2, 3, RowWindow::dense(5)),
+        (5, 6, 3, RowWindow::dense(5)),
+        (qkv_width(16), K, 1, RowWindow::dense(qkv_width(16) as u32)),
+        (qkv_width(16), K, 5, RowWindow { stride: qkv_width(16) as u32 + 2048 + 32, offset: 0 }),
+        (qkv_width(16), K, 64, RowWindow::dense(qkv_width(16) as u32)),
+        (qkv_width(32), K, 64, RowWindow { stride: qkv_width(32) as u32 + 17, offset: 9 }),
     ];
-    for (c, t, win) in cases {
+    for (c, k, t, win) in cases {
         let x = windowed(&mut rng, t, win);
-        let w = rng.vec(c * K);
-        let state0 = rng.vec(c * (K - 1));
-        let (y, state) = gpu_conv(&gpu, &x, win, t, t, &w, &state0, c);
+        let w = rng.vec(c * k);
+        let state0 = rng.vec(c * (k - 1));
+        let (y, state) = gpu_conv(&gpu, &x, win, t, t, &w, &state0, (c, k));
         let mut want_state = state0.clone();
-        let want = gdn_prep::conv_ref(&x, win, t, &w, &mut want_state, c, K);
+        let want = gdn_prep::conv_ref(&x, win, t, &w, &mut want_state, c, k);
         let err = rel_l2(&y, &want);
-        eprintln!("conv C={c} T={t} {win:?}: rel L2 {err:.2e}, max abs {:.2e}", max_abs(&y, &want));
-        assert!(err < F32_TOL, "conv C={c} T={t}: rel err {err}");
-        assert_eq!(state, want_state, "conv C={c} T={t}: state after the step");
+        eprintln!("conv C={c} K={k} T={t} {win:?}: rel L2 {err:.2e}, max abs {:.2e}", max_abs(&y, &want));
+        assert!(err < F32_TOL, "conv C={c} K={k} T={t}: rel err {err}");
+        assert_eq!(state, want_state, "conv C={c} K={k} T={t}: state after the step");
     }
 }
 
@@ -84,7 +86,7 @@ fn conv_first_step_sees_zero_history() {
     let mut rng = Rng::new(12);
     let c = 33;
     let (x, w) = (rng.vec(c), rng.vec(c * K));
-    let (y, state) = gpu_conv(&gpu, &x, RowWindow::dense(c as u32), 1, 1, &w, &vec![0.0; c * (K - 1)], c);
+    let (y, state) = gpu_conv(&gpu, &x, RowWindow::dense(c as u32), 1, 1, &w, &vec![0.0; c * (K - 1)], (c, K));
     for ch in 0..c {
         let v = (w[ch * K + K - 1] * x[ch]) as f64;
         let want = (v / (1.0 + (-v).exp())) as f32;
@@ -107,7 +109,7 @@ fn conv_chunk_after_chunk_and_decode_equal_one_pass() {
         let x = windowed(&mut rng, total, win);
         let w = rng.vec(c * K);
         let zero = vec![0.0; c * (K - 1)];
-        let (one_pass, final_state) = gpu_conv(&gpu, &x, win, total, total, &w, &zero, c);
+        let (one_pass, final_state) = gpu_conv(&gpu, &x, win, total, total, &w, &zero, (c, K));
         let mut want_state = zero.clone();
         let want = gdn_prep::conv_ref(&x, win, total, &w, &mut want_state, c, K);
         let err = rel_l2(&one_pass, &want);
