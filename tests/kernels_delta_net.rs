@@ -85,6 +85,15 @@ fn run_recurrent(gpu: &Gpu, c: &Case) -> (Vec<f32>, Vec<f32>) {
     bufs.read(gpu, c)
 }
 
+fn run_chunked(gpu: &Gpu, c: &Case) -> (Vec<f32>, Vec<f32>) {
+    let bufs = GpuCase::new(gpu, c);
+    let scratch = gpu.storage("scratch", 4 * delta_net::chunked_scratch_len(&c.layout, c.n_tok) as u64).unwrap();
+    let mut prog = Program::new();
+    delta_net::record_chunked(&mut prog, gpu, &c.layout, c.n_tok, &bufs.buffers(), &scratch).unwrap();
+    prog.run(gpu).unwrap();
+    bufs.read(gpu, c)
+}
+
 /// (Hk, Hv, d, k-head mapping) of the shapes under test.
 const SHAPES: [(u32, u32, u32, KHeads); 4] =
     [(2, 4, 16, KHeads::Tiled), (2, 4, 16, KHeads::Grouped), (2, 2, 32, KHeads::Tiled), (1, 2, 128, KHeads::Tiled)];
@@ -104,6 +113,58 @@ fn gpu_recurrent_matches_cpu_recurrence() {
             assert!(eo <= TOL_GPU && es <= TOL_GPU, "Hk={hk} Hv={hv} d={d} {map:?} T={n}: out {eo:.2e}, state {es:.2e}");
         }
     }
+}
+
+#[test]
+fn gpu_chunked_matches_cpu_recurrence() {
+    let gpu = gpu();
+    for (hk, hv, d, map) in SHAPES {
+        let layout = DeltaNetLayout::conv_rows(hk, hv, d, d, map);
+        let lens: &[usize] = if d == 128 { &[1, 65] } else { &[1, 63, 64, 65, 200] };
+        for &n in lens {
+            let c = Case::new(layout, n, 50 + n as u64);
+            let (want_o, want_s) = c.recurrent_ref();
+            let (o, s) = run_chunked(&gpu, &c);
+            let (eo, es) = (rel_l2(&o, &want_o), rel_l2(&s, &want_s));
+            eprintln!("chunked Hk={hk} Hv={hv} d={d} {map:?} T={n}: out {eo:.2e}, state {es:.2e}");
+            assert!(eo <= TOL_GPU && es <= TOL_GPU, "Hk={hk} Hv={hv} d={d} {map:?} T={n}: out {eo:.2e}, state {es:.2e}");
+        }
+    }
+}
+
+/// Chunked prefill of 70 tokens, then three single-token decode steps on the state it left,
+/// equal the recurrence over all 73 tokens.
+#[test]
+fn decode_after_chunked_prefill_continues_the_recurrence() {
+    let gpu = gpu();
+    let layout = DeltaNetLayout::conv_rows(2, 4, 32, 16, KHeads::Tiled);
+    let (n_prefill, n_all) = (70, 73);
+    let all = Case::new(layout, n_all, 11);
+    let (want_o, want_s) = all.recurrent_ref();
+    let hv = layout.n_v_heads as usize;
+    let stride = layout.row_stride as usize;
+    let window = |c: &Case, t0: usize, n: usize| Case {
+        layout,
+        n_tok: n,
+        qkv: c.qkv[t0 * stride..t0 * stride + layout.qkv_len(n)].to_vec(),
+        g: c.g[t0 * hv..(t0 + n) * hv].to_vec(),
+        beta: c.beta[t0 * hv..(t0 + n) * hv].to_vec(),
+        state: c.state.clone(),
+    };
+    let prefill = window(&all, 0, n_prefill);
+    let (mut o, mut s) = run_chunked(&gpu, &prefill);
+    for t in n_prefill..n_all {
+        let step = Case { state: s, ..window(&all, t, 1) };
+        let (o1, s1) = run_recurrent(&gpu, &step);
+        o.extend(o1);
+        s = s1;
+    }
+    let (eo, es) = (rel_l2(&o, &want_o), rel_l2(&s, &want_s));
+    eprintln!("prefill {n_prefill} + decode: out {eo:.2e}, state {es:.2e}");
+    assert!(eo <= TOL_GPU && es <= TOL_GPU, "out {eo:.2e}, state {es:.2e}");
+    // The decode outputs alone (the last three rows) too.
+    let tail = (n_all - n_prefill) * hv * layout.d_v as usize;
+    assert!(rel_l2(&o[o.len() - tail..], &want_o[want_o.len() - tail..]) <= TOL_GPU);
 }
 
 #[test]
@@ -167,4 +228,12 @@ fn bad_shapes_are_errors() {
     shape_err(record(&good, 4, &DeltaNetBuffers { g: &small, ..bufs.buffers() }), "small g");
     shape_err(record(&good, 4, &DeltaNetBuffers { beta: &small, ..bufs.buffers() }), "small beta");
     shape_err(record(&good, 4, &DeltaNetBuffers { out: &small, ..bufs.buffers() }), "small out");
+    let chunked =
+        |scratch: &wgpu::Buffer| delta_net::record_chunked(&mut Program::new(), &gpu, &good, 4, &bufs.buffers(), scratch);
+    let scratch = gpu.storage("scratch", 4 * delta_net::chunked_scratch_len(&good, 4) as u64).unwrap();
+    chunked(&scratch).unwrap();
+    shape_err(chunked(&small), "small scratch");
+    let r =
+        delta_net::record_chunked(&mut Program::new(), &gpu, &DeltaNetLayout { d_k: 129, ..good }, 4, &bufs.buffers(), &scratch);
+    shape_err(r, "chunked d_k > 128");
 }

@@ -20,6 +20,11 @@ use crate::gpu::{Access, Arg, Gpu, GpuError, KernelSpec, Launch, Program, Result
 
 pub(super) const SHADER: &str = include_str!("../../shaders/gated_delta_net.wgsl");
 const RECURRENT: &[Access] = &[Access::Uniform, Access::Read, Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite];
+const CHUNK_PREP: &[Access] = &[Access::Uniform, Access::Read, Access::Read, Access::Read, Access::ReadWrite];
+const CHUNK_STATE: &[Access] = &[Access::Uniform, Access::Read, Access::ReadWrite, Access::ReadWrite];
+/// State columns per `gdn_chunk_state` workgroup (256 invocations, 16 lanes per column).
+const BLOCK_COLS: u32 = 16;
+const CHUNK_WG: u32 = 256;
 /// State columns per recurrent workgroup, and its invocations (`COLS` x 4 row slices).
 const COLS: u32 = 32;
 const RECURRENT_WG: u32 = 128;
@@ -211,6 +216,45 @@ pub fn record_recurrent(
     let args = [Arg::Buf(b.qkv), Arg::Buf(b.g), Arg::Buf(b.beta), Arg::Buf(b.state), Arg::Buf(b.out)];
     prog.push_with_params(gpu, &spec, &p, &args, [layout.d_v.div_ceil(COLS), layout.n_v_heads, 1])?;
     prog.set_launch(Launch::threads(RECURRENT_WG));
+    Ok(())
+}
+
+/// Floats of the scratch buffer [`record_chunked`] needs for `n_tok` tokens: per (v head,
+/// chunk) the UT matrix T and the decayed scores P (64 x 64 each), W, Qe, Kd (64 x d_k each),
+/// U (64 x d_v) and the cumulative log decays (64).
+pub fn chunked_scratch_len(layout: &DeltaNetLayout, n_tok: usize) -> usize {
+    let (c, dk, dv) = (CHUNK, layout.d_k as usize, layout.d_v as usize);
+    n_tok.div_ceil(c) * layout.n_v_heads as usize * (2 * c * c + c * (3 * dk + dv + 1))
+}
+
+/// Records the chunked form (prefill): `gdn_chunk_prep` over (chunks, Hv) workgroups of 256
+/// (the within-chunk UT transform of every chunk, in parallel, into `scratch`), then
+/// `gdn_chunk_state` over (ceil(d_v / 16), Hv) workgroups of 256 (16 state columns each, kept
+/// in 8 KiB of workgroup memory, carried across the chunks in order). Same outputs and final
+/// state as [`record_recurrent`] over the same tokens. `scratch` holds at least
+/// [`chunked_scratch_len`] floats.
+pub fn record_chunked(
+    prog: &mut Program,
+    gpu: &Gpu,
+    layout: &DeltaNetLayout,
+    n_tok: usize,
+    b: &DeltaNetBuffers<'_>,
+    scratch: &wgpu::Buffer,
+) -> Result<()> {
+    let p = checked_params(layout, n_tok, b)?;
+    let scratch_len = chunked_scratch_len(layout, n_tok);
+    if scratch_len > u32::MAX as usize {
+        return Err(GpuError::Shape(format!("gated delta rule: {n_tok} tokens need {scratch_len} scratch floats")));
+    }
+    check_len("scratch", scratch, scratch_len)?;
+    let prep = KernelSpec::new("gated_delta_net", SHADER, "gdn_chunk_prep", CHUNK_PREP);
+    let args = [Arg::Buf(b.qkv), Arg::Buf(b.g), Arg::Buf(b.beta), Arg::Buf(scratch)];
+    prog.push_with_params(gpu, &prep, &p, &args, [n_tok.div_ceil(CHUNK) as u32, layout.n_v_heads, 1])?;
+    prog.set_launch(Launch::threads(CHUNK_WG));
+    let state = KernelSpec::new("gated_delta_net", SHADER, "gdn_chunk_state", CHUNK_STATE);
+    let args = [Arg::Buf(scratch), Arg::Buf(b.state), Arg::Buf(b.out)];
+    prog.push_with_params(gpu, &state, &p, &args, [layout.d_v.div_ceil(BLOCK_COLS), layout.n_v_heads, 1])?;
+    prog.set_launch(Launch::threads(CHUNK_WG));
     Ok(())
 }
 
