@@ -95,8 +95,13 @@ fn run_chunked(gpu: &Gpu, c: &Case) -> (Vec<f32>, Vec<f32>) {
 }
 
 /// (Hk, Hv, d, k-head mapping) of the shapes under test.
-const SHAPES: [(u32, u32, u32, KHeads); 4] =
-    [(2, 4, 16, KHeads::Tiled), (2, 4, 16, KHeads::Grouped), (2, 2, 32, KHeads::Tiled), (1, 2, 128, KHeads::Tiled)];
+const SHAPES: [(u32, u32, u32, KHeads); 5] = [
+    (2, 4, 16, KHeads::Tiled),
+    (2, 4, 16, KHeads::Grouped),
+    (2, 2, 16, KHeads::Grouped),
+    (2, 2, 32, KHeads::Tiled),
+    (1, 2, 128, KHeads::Tiled),
+];
 
 #[test]
 fn gpu_recurrent_matches_cpu_recurrence() {
