@@ -71,9 +71,11 @@ fn gdn_recurrent(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     let n_rows = (p.d_k + SLICES - 1u - slice) / SLICES; // rows slice + SLICES * m < d_k
     let s_base = h * p.d_k * p.d_v + j;
     let kh = k_head(h);
+    // Loops over m run to the constant ROWS (guarded by n_rows) so that compilers can unroll
+    // them and keep `s` in registers.
     var s: array<f32, ROWS>;
-    for (var m = 0u; m < n_rows; m++) {
-        s[m] = select(0.0, state[s_base + (slice + SLICES * m) * p.d_v], live);
+    for (var m = 0u; m < ROWS; m++) {
+        if (m < n_rows && live) { s[m] = state[s_base + (slice + SLICES * m) * p.d_v]; }
     }
     for (var t = 0u; t < p.n_tok; t++) {
         let row = t * p.row_stride;
@@ -93,9 +95,11 @@ fn gdn_recurrent(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
         let k_mul = inverseSqrt(kk + L2_EPS);
         let decay = exp(g[t * p.n_v_heads + h]);
         var kv = 0.0;
-        for (var m = 0u; m < n_rows; m++) {
-            s[m] *= decay;
-            kv += s[m] * (k_row[slice + SLICES * m] * k_mul);
+        for (var m = 0u; m < ROWS; m++) {
+            if (m < n_rows) {
+                s[m] *= decay;
+                kv += s[m] * (k_row[slice + SLICES * m] * k_mul);
+            }
         }
         partial[lid] = kv;
         workgroupBarrier();
@@ -103,10 +107,12 @@ fn gdn_recurrent(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
         if (live) { v = qkv[row + p.v_offset + h * p.d_v + j]; }
         let delta = (v - column_sum(col)) * beta[t * p.n_v_heads + h];
         var o = 0.0;
-        for (var m = 0u; m < n_rows; m++) {
-            let i = slice + SLICES * m;
-            s[m] += (k_row[i] * k_mul) * delta;
-            o += s[m] * (q_row[i] * q_mul);
+        for (var m = 0u; m < ROWS; m++) {
+            if (m < n_rows) {
+                let i = slice + SLICES * m;
+                s[m] += (k_row[i] * k_mul) * delta;
+                o += s[m] * (q_row[i] * q_mul);
+            }
         }
         workgroupBarrier(); // every column has read its kv partials
         partial[lid] = o;
@@ -117,8 +123,8 @@ fn gdn_recurrent(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
         workgroupBarrier(); // before the next token overwrites q_row, k_row, partial
     }
     if (live) {
-        for (var m = 0u; m < n_rows; m++) {
-            state[s_base + (slice + SLICES * m) * p.d_v] = s[m];
+        for (var m = 0u; m < ROWS; m++) {
+            if (m < n_rows) { state[s_base + (slice + SLICES * m) * p.d_v] = s[m]; }
         }
     }
 }
@@ -130,8 +136,8 @@ fn gdn_recurrent(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
 // with c the in-chunk cumulative sum of g, D[i][m] = exp(c_i - c_m) (m <= i), hat k / hat q
 // normalised (q scaled), it writes the chunk's block of `scratch` (rows past n_tok are
 // padding: zero q, k, v, beta and g):
-//   A = (I + L)^-1-style UT matrix: L[i][m] = beta_i (k_i . k_m) D[i][m] for m < i,
-//       strictly lower part of T = (I + L)^-1 by forward substitution (torch's loop);
+//   T: with L[i][m] = beta_i (k_i . k_m) D[i][m] (m < i), the strictly lower part of
+//       (I + L)^-1, by forward substitution row by row (torch's loop; "UT transform");
 //   P[i][m] = (q_i . k_m) D[i][m] (m <= i);   W = T (beta k exp(c));   U = T (beta v);
 //   Qe = q exp(c);   Kd = k exp(c_last - c);   c.
 // `gdn_chunk_state`, one workgroup per (block of BLOCK_COLS state columns, v head), the
@@ -162,7 +168,7 @@ var<workgroup> v_new: array<f32, CHUNK * BLOCK_COLS>;   // [CHUNK][BLOCK_COLS], 
 
 /// Offsets of one (v head, chunk) block of the scratch buffer, in floats.
 struct Block {
-    a: u32,  // T strictly lower [CHUNK][CHUNK]
+    a: u32,  // -L, then T (strictly lower) [CHUNK][CHUNK]
     p: u32,  // P [CHUNK][CHUNK]
     w: u32,  // W [CHUNK][d_k]
     qe: u32, // Qe [CHUNK][d_k]

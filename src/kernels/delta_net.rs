@@ -307,8 +307,9 @@ pub fn gated_delta_rule_recurrent_ref(
 
 /// CPU reference of the chunked form, step by step as `torch_chunk_gated_delta_rule` (f64):
 /// per chunk of [`CHUNK`] tokens (the last zero-padded) with in-chunk cumulative log decay
-/// `c`, `A = -(diag(beta) K K^T) * D` strictly below the diagonal (`D[i][j] = exp(c_i - c_j)`),
-/// made `(I - A)^-1`-like by forward substitution, then `U = A V_beta`, `W = A (K_beta exp(c))`;
+/// `c` and decay mask `D[i][j] = exp(c_i - c_j)` (j <= i): `L = (diag(beta) K K^T) * D` strictly
+/// below the diagonal, `A = (I + L)^-1` by forward substitution (torch's row loop on `-L`), then
+/// `U = A (beta V)`, `W = A (beta K exp(c))`;
 /// per chunk with state S: `V' = U - W S`, `O = (Q exp(c)) S + ((Q K^T) * D, lower) V'`,
 /// `S = S exp(c_last) + (K exp(c_last - c))^T V'`. Same outputs and state as the recurrence.
 pub fn gated_delta_rule_chunked_ref(
