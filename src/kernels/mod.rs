@@ -4,6 +4,7 @@
 
 pub mod attention;
 pub mod bench;
+pub mod delta_net;
 pub mod elementwise;
 pub mod embedding;
 pub mod gdn_prep;
@@ -31,6 +32,7 @@ mod tests {
         let spec = |label: &'static str, source: &'static str| KernelSpec::new(label, source, "", &[]);
         let mut specs = vec![
             spec("bench", super::bench::SHADER),
+            spec("gated_delta_net", super::delta_net::SHADER),
             spec("elementwise", super::elementwise::SHADER),
             spec("norm", super::norm::SHADER),
             spec("sample", super::sample::SHADER),

@@ -1,0 +1,389 @@
+//! Gated delta rule (`shaders/gated_delta_net.wgsl`): the linear-attention token mixer of
+//! Qwen3.5 / Qwen3-Next (Gated DeltaNet; Yang, Kautz & Hatamizadeh, "Gated Delta Networks:
+//! Improving Mamba2 with Delta Rule", arXiv:2412.06464), as transformers'
+//! `torch_recurrent_gated_delta_rule` and `torch_chunk_gated_delta_rule`
+//! (`modeling_qwen3_next.py`, `modeling_qwen3_5.py`) with `use_qk_l2norm_in_kernel=True`.
+//!
+//! Per v head h with k head `kh` ([`KHeads`]) and state S (d_k x d_v, f32, [Hv][d_k][d_v]):
+//! q and k are L2-normalised (`x * rsqrt(sum x^2 + 1e-6)`), q scaled by 1/sqrt(d_k); then per
+//! token `S *= exp(g)`, `delta = (v - S^T k) * beta`, `S += k delta^T`, `o = S^T q`.
+//! `g` (log decay) and `beta` come in precomputed, [T][Hv] f32.
+//!
+//! The CPU references accumulate in f64: [`gated_delta_rule_recurrent_ref`] is the per-token
+//! recurrence, [`gated_delta_rule_chunked_ref`] mirrors torch's chunked form (chunks of 64,
+//! UT transform of the within-chunk delta rule under the decay mask, then the inter-chunk state
+//! update), so that comparing the two checks the chunked algebra itself.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::gpu::{Access, Arg, Gpu, GpuError, KernelSpec, Launch, Program, Result};
+
+pub(super) const SHADER: &str = include_str!("../../shaders/gated_delta_net.wgsl");
+const RECURRENT: &[Access] = &[Access::Uniform, Access::Read, Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite];
+const CHUNK_PREP: &[Access] = &[Access::Uniform, Access::Read, Access::Read, Access::Read, Access::ReadWrite];
+const CHUNK_STATE: &[Access] = &[Access::Uniform, Access::Read, Access::ReadWrite, Access::ReadWrite];
+/// State columns per `gdn_chunk_state` workgroup (256 invocations, 16 lanes per column).
+const BLOCK_COLS: u32 = 16;
+const CHUNK_WG: u32 = 256;
+/// State columns per recurrent workgroup, and its invocations (`COLS` x 4 row slices).
+const COLS: u32 = 32;
+const RECURRENT_WG: u32 = 128;
+/// Largest d_k and d_v the kernels take.
+pub const MAX_HEAD_DIM: u32 = 128;
+/// Tokens per chunk of the chunked form (torch's default `chunk_size`).
+pub const CHUNK: usize = 64;
+/// The L2-norm epsilon of transformers' `l2norm` (as FLA's).
+pub const L2_EPS: f64 = 1e-6;
+
+/// Which k head v head h reads when Hv > Hk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KHeads {
+    /// `h % Hk`: llama.cpp's converter reorders the V heads of a GGUF from grouped to tiled
+    /// order (`_reorder_v_heads`, so that ggml's broadcast repeats the k heads), hence GGUF files.
+    Tiled,
+    /// `h / (Hv / Hk)`: Hugging Face checkpoints (`repeat_interleave` of q and k).
+    Grouped,
+}
+
+/// Shapes and the places of q, k, v in the rows of the mixed (conv1d output) buffer: element d
+/// of q head kh at token t is `qkv[t * row_stride + q_offset + kh * d_k + d]`, k likewise at
+/// `k_offset`, v head h at `v_offset + h * d_v + d`.
+#[derive(Clone, Copy, Debug)]
+pub struct DeltaNetLayout {
+    pub n_k_heads: u32,
+    pub n_v_heads: u32,
+    pub d_k: u32,
+    pub d_v: u32,
+    pub row_stride: u32,
+    pub q_offset: u32,
+    pub k_offset: u32,
+    pub v_offset: u32,
+    pub k_heads: KHeads,
+}
+
+impl DeltaNetLayout {
+    /// The conv1d output layout: rows of `[q heads | k heads | v heads]`, nothing else.
+    pub fn conv_rows(n_k_heads: u32, n_v_heads: u32, d_k: u32, d_v: u32, k_heads: KHeads) -> DeltaNetLayout {
+        let key_dim = n_k_heads * d_k;
+        DeltaNetLayout {
+            n_k_heads,
+            n_v_heads,
+            d_k,
+            d_v,
+            row_stride: 2 * key_dim + n_v_heads * d_v,
+            q_offset: 0,
+            k_offset: key_dim,
+            v_offset: 2 * key_dim,
+            k_heads,
+        }
+    }
+
+    /// The k head of v head `h`.
+    pub fn k_head(&self, h: usize) -> usize {
+        match self.k_heads {
+            KHeads::Tiled => h % self.n_k_heads as usize,
+            KHeads::Grouped => h / (self.n_v_heads / self.n_k_heads) as usize,
+        }
+    }
+
+    /// Floats of the state (all v heads).
+    pub fn state_len(&self) -> usize {
+        (self.n_v_heads * self.d_k * self.d_v) as usize
+    }
+
+    /// Floats of the output of `n_tok` tokens.
+    pub fn out_len(&self, n_tok: usize) -> usize {
+        n_tok * (self.n_v_heads * self.d_v) as usize
+    }
+
+    /// Floats of `n_tok` mixed rows (the last row need not be full).
+    pub fn qkv_len(&self, n_tok: usize) -> usize {
+        if n_tok == 0 {
+            return 0;
+        }
+        let widths = [
+            self.q_offset + self.n_k_heads * self.d_k,
+            self.k_offset + self.n_k_heads * self.d_k,
+            self.v_offset + self.n_v_heads * self.d_v,
+        ];
+        (n_tok - 1) * self.row_stride as usize + *widths.iter().max().unwrap() as usize
+    }
+
+    /// The head counts, dims and column windows are consistent.
+    pub fn check(&self) -> Result<()> {
+        let bad = |what: String| Err(GpuError::Shape(format!("gated delta rule: {what}")));
+        let (hk, hv) = (self.n_k_heads, self.n_v_heads);
+        if hk == 0 || hv == 0 || !hv.is_multiple_of(hk) {
+            return bad(format!("{hv} v heads are not a multiple of {hk} k heads"));
+        }
+        for (name, d) in [("d_k", self.d_k), ("d_v", self.d_v)] {
+            if d == 0 || d > MAX_HEAD_DIM {
+                return bad(format!("{name} = {d} outside 1..={MAX_HEAD_DIM}"));
+            }
+        }
+        let windows =
+            [("q", self.q_offset, hk * self.d_k), ("k", self.k_offset, hk * self.d_k), ("v", self.v_offset, hv * self.d_v)];
+        for (name, offset, width) in windows {
+            if offset as u64 + width as u64 > self.row_stride as u64 {
+                return bad(format!("{name} columns {offset}..{} past the row stride {}", offset + width, self.row_stride));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    n_tok: u32,
+    n_k_heads: u32,
+    n_v_heads: u32,
+    d_k: u32,
+    d_v: u32,
+    row_stride: u32,
+    q_offset: u32,
+    k_offset: u32,
+    v_offset: u32,
+    k_head_tiled: u32,
+    q_scale: f32,
+    _pad: u32,
+}
+
+/// torch's `1 / (d_k ** 0.5)`: a Python float, rounded to f32 when it multiplies q.
+fn q_scale(d_k: u32) -> f64 {
+    1.0 / (d_k as f64).sqrt()
+}
+
+fn check_len(what: &str, buf: &wgpu::Buffer, floats: usize) -> Result<()> {
+    if buf.size() < 4 * floats as u64 {
+        return Err(GpuError::Shape(format!("gated delta rule: {what} holds {} bytes, needs {}", buf.size(), 4 * floats)));
+    }
+    Ok(())
+}
+
+/// The buffers of one gated-delta-rule dispatch.
+pub struct DeltaNetBuffers<'a> {
+    /// Mixed rows (see [`DeltaNetLayout`]), read only.
+    pub qkv: &'a wgpu::Buffer,
+    /// `[n_tok][Hv]` log decays.
+    pub g: &'a wgpu::Buffer,
+    /// `[n_tok][Hv]` update strengths.
+    pub beta: &'a wgpu::Buffer,
+    /// `[Hv][d_k][d_v]` state, read and written in place.
+    pub state: &'a wgpu::Buffer,
+    /// `[n_tok][Hv * d_v]` outputs.
+    pub out: &'a wgpu::Buffer,
+}
+
+fn checked_params(layout: &DeltaNetLayout, n_tok: usize, b: &DeltaNetBuffers<'_>) -> Result<Params> {
+    layout.check()?;
+    if n_tok == 0 || n_tok > u32::MAX as usize / layout.row_stride.max(1) as usize {
+        return Err(GpuError::Shape(format!("gated delta rule: {n_tok} tokens")));
+    }
+    check_len("qkv", b.qkv, layout.qkv_len(n_tok))?;
+    check_len("g", b.g, n_tok * layout.n_v_heads as usize)?;
+    check_len("beta", b.beta, n_tok * layout.n_v_heads as usize)?;
+    check_len("state", b.state, layout.state_len())?;
+    check_len("out", b.out, layout.out_len(n_tok))?;
+    Ok(Params {
+        n_tok: n_tok as u32,
+        n_k_heads: layout.n_k_heads,
+        n_v_heads: layout.n_v_heads,
+        d_k: layout.d_k,
+        d_v: layout.d_v,
+        row_stride: layout.row_stride,
+        q_offset: layout.q_offset,
+        k_offset: layout.k_offset,
+        v_offset: layout.v_offset,
+        k_head_tiled: (layout.k_heads == KHeads::Tiled) as u32,
+        q_scale: q_scale(layout.d_k) as f32,
+        _pad: 0,
+    })
+}
+
+/// Records `gdn_recurrent`: `n_tok` tokens one after the other (n_tok = 1 for decode), the
+/// state read once and written back in place. Grid: (ceil(d_v / 32), Hv) workgroups of 128
+/// invocations, each owning a quarter of one state column.
+pub fn record_recurrent(
+    prog: &mut Program,
+    gpu: &Gpu,
+    layout: &DeltaNetLayout,
+    n_tok: usize,
+    b: &DeltaNetBuffers<'_>,
+) -> Result<()> {
+    let p = checked_params(layout, n_tok, b)?;
+    let spec = KernelSpec::new("gated_delta_net", SHADER, "gdn_recurrent", RECURRENT);
+    let args = [Arg::Buf(b.qkv), Arg::Buf(b.g), Arg::Buf(b.beta), Arg::Buf(b.state), Arg::Buf(b.out)];
+    prog.push_with_params(gpu, &spec, &p, &args, [layout.d_v.div_ceil(COLS), layout.n_v_heads, 1])?;
+    prog.set_launch(Launch::threads(RECURRENT_WG));
+    Ok(())
+}
+
+/// Floats of the scratch buffer [`record_chunked`] needs for `n_tok` tokens: per (v head,
+/// chunk) the UT matrix T and the decayed scores P (64 x 64 each), W, Qe, Kd (64 x d_k each),
+/// U (64 x d_v) and the cumulative log decays (64).
+pub fn chunked_scratch_len(layout: &DeltaNetLayout, n_tok: usize) -> usize {
+    let (c, dk, dv) = (CHUNK, layout.d_k as usize, layout.d_v as usize);
+    n_tok.div_ceil(c) * layout.n_v_heads as usize * (2 * c * c + c * (3 * dk + dv + 1))
+}
+
+/// Records the chunked form (prefill): `gdn_chunk_prep` over (chunks, Hv) workgroups of 256
+/// (the within-chunk UT transform of every chunk, in parallel, into `scratch`), then
+/// `gdn_chunk_state` over (ceil(d_v / 16), Hv) workgroups of 256 (16 state columns each, kept
+/// in 8 KiB of workgroup memory, carried across the chunks in order). Same outputs and final
+/// state as [`record_recurrent`] over the same tokens. `scratch` holds at least
+/// [`chunked_scratch_len`] floats.
+pub fn record_chunked(
+    prog: &mut Program,
+    gpu: &Gpu,
+    layout: &DeltaNetLayout,
+    n_tok: usize,
+    b: &DeltaNetBuffers<'_>,
+    scratch: &wgpu::Buffer,
+) -> Result<()> {
+    let p = checked_params(layout, n_tok, b)?;
+    let scratch_len = chunked_scratch_len(layout, n_tok);
+    if scratch_len > u32::MAX as usize {
+        return Err(GpuError::Shape(format!("gated delta rule: {n_tok} tokens need {scratch_len} scratch floats")));
+    }
+    check_len("scratch", scratch, scratch_len)?;
+    let prep = KernelSpec::new("gated_delta_net", SHADER, "gdn_chunk_prep", CHUNK_PREP);
+    let args = [Arg::Buf(b.qkv), Arg::Buf(b.g), Arg::Buf(b.beta), Arg::Buf(scratch)];
+    prog.push_with_params(gpu, &prep, &p, &args, [n_tok.div_ceil(CHUNK) as u32, layout.n_v_heads, 1])?;
+    prog.set_launch(Launch::threads(CHUNK_WG));
+    let state = KernelSpec::new("gated_delta_net", SHADER, "gdn_chunk_state", CHUNK_STATE);
+    let args = [Arg::Buf(scratch), Arg::Buf(b.state), Arg::Buf(b.out)];
+    prog.push_with_params(gpu, &state, &p, &args, [layout.d_v.div_ceil(BLOCK_COLS), layout.n_v_heads, 1])?;
+    prog.set_launch(Launch::threads(CHUNK_WG));
+    Ok(())
+}
+
+/// L2-normalised (`x * rsqrt(sum x^2 + eps)`) copy of `x`, times `scale`.
+fn l2norm(x: &[f32], scale: f64) -> Vec<f64> {
+    let inv = 1.0 / (x.iter().map(|&v| v as f64 * v as f64).sum::<f64>() + L2_EPS).sqrt();
+    x.iter().map(|&v| v as f64 * inv * scale).collect()
+}
+
+/// Normalised q (scaled), k and raw v of v head `h` at token `t`.
+fn token_qkv(l: &DeltaNetLayout, qkv: &[f32], t: usize, h: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (dk, dv) = (l.d_k as usize, l.d_v as usize);
+    let row = t * l.row_stride as usize;
+    let kh = l.k_head(h);
+    let q = &qkv[row + l.q_offset as usize + kh * dk..][..dk];
+    let k = &qkv[row + l.k_offset as usize + kh * dk..][..dk];
+    let v = &qkv[row + l.v_offset as usize + h * dv..][..dv];
+    (l2norm(q, q_scale(l.d_k) as f32 as f64), l2norm(k, 1.0), v.iter().map(|&x| x as f64).collect())
+}
+
+/// CPU reference of [`record_recurrent`] (transformers' `torch_recurrent_gated_delta_rule`, f64
+/// accumulation): the `[n_tok][Hv * d_v]` outputs; `state` ([Hv][d_k][d_v]) is updated in place.
+pub fn gated_delta_rule_recurrent_ref(
+    l: &DeltaNetLayout,
+    n_tok: usize,
+    qkv: &[f32],
+    g: &[f32],
+    beta: &[f32],
+    state: &mut [f32],
+) -> Vec<f32> {
+    let (hv, dk, dv) = (l.n_v_heads as usize, l.d_k as usize, l.d_v as usize);
+    let mut out = vec![0.0; l.out_len(n_tok)];
+    for h in 0..hv {
+        let mut s: Vec<f64> = state[h * dk * dv..][..dk * dv].iter().map(|&x| x as f64).collect();
+        for t in 0..n_tok {
+            let (q, k, v) = token_qkv(l, qkv, t, h);
+            let decay = (g[t * hv + h] as f64).exp();
+            s.iter_mut().for_each(|x| *x *= decay);
+            for j in 0..dv {
+                let kv: f64 = (0..dk).map(|i| s[i * dv + j] * k[i]).sum();
+                let delta = (v[j] - kv) * beta[t * hv + h] as f64;
+                (0..dk).for_each(|i| s[i * dv + j] += k[i] * delta);
+                out[t * hv * dv + h * dv + j] = (0..dk).map(|i| s[i * dv + j] * q[i]).sum::<f64>() as f32;
+            }
+        }
+        state[h * dk * dv..][..dk * dv].iter_mut().zip(&s).for_each(|(d, x)| *d = *x as f32);
+    }
+    out
+}
+
+/// CPU reference of the chunked form, step by step as `torch_chunk_gated_delta_rule` (f64):
+/// per chunk of [`CHUNK`] tokens (the last zero-padded) with in-chunk cumulative log decay
+/// `c` and decay mask `D[i][j] = exp(c_i - c_j)` (j <= i): `L = (diag(beta) K K^T) * D` strictly
+/// below the diagonal, `A = (I + L)^-1` by forward substitution (torch's row loop on `-L`), then
+/// `U = A (beta V)`, `W = A (beta K exp(c))`;
+/// per chunk with state S: `V' = U - W S`, `O = (Q exp(c)) S + ((Q K^T) * D, lower) V'`,
+/// `S = S exp(c_last) + (K exp(c_last - c))^T V'`. Same outputs and state as the recurrence.
+pub fn gated_delta_rule_chunked_ref(
+    l: &DeltaNetLayout,
+    n_tok: usize,
+    qkv: &[f32],
+    g: &[f32],
+    beta: &[f32],
+    state: &mut [f32],
+) -> Vec<f32> {
+    let (hv, dk, dv) = (l.n_v_heads as usize, l.d_k as usize, l.d_v as usize);
+    let mut out = vec![0.0; l.out_len(n_tok)];
+    for h in 0..hv {
+        let mut s: Vec<f64> = state[h * dk * dv..][..dk * dv].iter().map(|&x| x as f64).collect();
+        for c0 in (0..n_tok).step_by(CHUNK) {
+            let n = CHUNK.min(n_tok - c0);
+            // Padding rows (q = k = v = 0, g = beta = 0) change nothing: drop them.
+            let rows: Vec<_> = (c0..c0 + n).map(|t| token_qkv(l, qkv, t, h)).collect();
+            let b: Vec<f64> = (c0..c0 + n).map(|t| beta[t * hv + h] as f64).collect();
+            let mut c = vec![0.0f64; n];
+            for i in 0..n {
+                c[i] = g[(c0 + i) * hv + h] as f64 + if i > 0 { c[i - 1] } else { 0.0 };
+            }
+            let decay = |i: usize, j: usize| if j <= i { (c[i] - c[j]).exp() } else { 0.0 };
+            let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+            let mut a = vec![0.0f64; n * n];
+            for i in 0..n {
+                for j in 0..i {
+                    a[i * n + j] = -b[i] * dot(&rows[i].1, &rows[j].1) * decay(i, j);
+                }
+            }
+            for i in 1..n {
+                let row: Vec<f64> = a[i * n..i * n + i].to_vec();
+                for j in 0..i {
+                    a[i * n + j] = row[j] + (0..i).map(|m| row[m] * a[m * n + j]).sum::<f64>();
+                }
+            }
+            (0..n).for_each(|i| a[i * n + i] += 1.0);
+            // U = A (beta v) [n][dv]; W = A (beta k exp(c)) [n][dk].
+            let mut u = vec![0.0f64; n * dv];
+            let mut w = vec![0.0f64; n * dk];
+            for i in 0..n {
+                for m in 0..=i {
+                    let am = a[i * n + m] * b[m];
+                    (0..dv).for_each(|j| u[i * dv + j] += am * rows[m].2[j]);
+                    (0..dk).for_each(|d| w[i * dk + d] += am * rows[m].1[d] * c[m].exp());
+                }
+            }
+            // V' = U - W S.
+            let mut v_new = u;
+            for i in 0..n {
+                for d in 0..dk {
+                    (0..dv).for_each(|j| v_new[i * dv + j] -= w[i * dk + d] * s[d * dv + j]);
+                }
+            }
+            for i in 0..n {
+                let q = &rows[i].0;
+                for j in 0..dv {
+                    let inter: f64 = (0..dk).map(|d| q[d] * c[i].exp() * s[d * dv + j]).sum();
+                    let intra: f64 = (0..=i).map(|m| dot(q, &rows[m].1) * decay(i, m) * v_new[m * dv + j]).sum();
+                    out[(c0 + i) * hv * dv + h * dv + j] = (inter + intra) as f32;
+                }
+            }
+            let last = c[n - 1];
+            s.iter_mut().for_each(|x| *x *= last.exp());
+            for m in 0..n {
+                let f = (last - c[m]).exp();
+                for d in 0..dk {
+                    let kd = rows[m].1[d] * f;
+                    (0..dv).for_each(|j| s[d * dv + j] += kd * v_new[m * dv + j]);
+                }
+            }
+        }
+        state[h * dk * dv..][..dk * dv].iter_mut().zip(&s).for_each(|(d, x)| *d = *x as f32);
+    }
+    out
+}
