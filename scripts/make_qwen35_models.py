@@ -34,6 +34,11 @@ reference logits computed by transformers are exact for the stored weights. The 
 are written by llama.cpp's own convert_hf_to_gguf.py (llama-cpp-python 0.3.36 sdist) with
 --no-mtp.
 
+Qwen3VLProcessor (the processor Qwen3.5 uses) needs torchvision importable to check its
+video processor class; the venv has no torchvision, so this script appends
+WEBVLM_TORCHVISION_SITE (default /work/scratch/qwen/torchvision_site, a
+`pip install --no-deps --target` of torchvision 0.29.2) to sys.path when present.
+
 Run (see scripts/README.md for the venv):
     /work/scratch/qwen/venv/bin/python scripts/make_qwen35_models.py [name ...]
 """
@@ -55,6 +60,13 @@ from common import (  # noqa: E402
     FIXTURES, LLAMA_CPP, WORK, gguf_metadata, gguf_tensor, gguf_tensors, save_npy, write_json,
 )
 
+# Qwen3VLProcessor checks its video processor class, which needs torchvision importable
+# (only the PIL image processor is used); as in make_tiny_models.py, torchvision is kept out
+# of the venv and appended from WEBVLM_TORCHVISION_SITE when present.
+TORCHVISION_SITE = Path(os.environ.get("WEBVLM_TORCHVISION_SITE",
+                                       "/work/scratch/qwen/torchvision_site"))
+if TORCHVISION_SITE.is_dir():
+    sys.path.append(str(TORCHVISION_SITE))
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 SEED = 4321
@@ -289,7 +301,10 @@ def qwen35_processor(tok):
         image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
         size={"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS},
     )
-    return Qwen3VLProcessor(image_processor=ip, tokenizer=tok, video_processor=None)
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+    return Qwen3VLProcessor(image_processor=ip, tokenizer=tok,
+                            video_processor=Qwen3VLVideoProcessor())
 
 
 def image_cases(ref, tok, out: Path, specs: list[dict]) -> dict:
@@ -321,6 +336,7 @@ def image_cases(ref, tok, out: Path, specs: list[dict]) -> dict:
                 "text": spec["text"], "tokens": tokens,
                 "mm_token_type_ids": [int(x) for x in mm[0].tolist()],
                 "image_grid_thw": grid.tolist(),
+                "resized_sizes_wh": [[int(g[2]) * PATCH, int(g[1]) * PATCH] for g in grid],
                 "pixel_values": f"{name}_pixels.npy",
                 "pixel_values_shape": list(pixel_values.shape),
                 "position_ids": f"{name}_pos.npy",
@@ -472,7 +488,9 @@ VISION_NOTE = (
     "position_ids (int32 [3, n_tokens], from model.get_rope_index), rope_deltas, logits of "
     "model(input_ids, pixel_values, image_grid_thw, mm_token_type_ids), and features[i] "
     "(get_image_features pooler_output, float32 [grid_h*grid_w/4, text hidden]) per image. "
-    "Images not a multiple of 32 px are resized by smart_resize (bicubic) first."
+    "Images whose sides are not multiples of 32 px are resized by the processor's smart_resize "
+    "(each side rounded to a multiple of 32, PIL bicubic) first: img_100x44.png becomes 96x32 "
+    "(resized_sizes_wh); img_32x64.png and img_96x32.png are not resized."
 )
 
 
@@ -492,10 +510,10 @@ def tiny_qwen35_a() -> None:
 
     vision = {
         "mmproj_outtype": "f32",
-        "images": {"img_64x48.png": (64, 48, 1), "img_32x64.png": (32, 64, 2),
+        "images": {"img_100x44.png": (100, 44, 1), "img_32x64.png": (32, 64, 2),
                    "img_96x32.png": (96, 32, 3)},
         "image_cases": [
-            {"name": "one_image", "images": ["img_64x48.png"],
+            {"name": "one_image", "images": ["img_100x44.png"],
              "text": "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>"
                      "Describe this image.<|im_end|>\n<|im_start|>assistant\n"},
             {"name": "two_images", "images": ["img_32x64.png", "img_96x32.png"],
