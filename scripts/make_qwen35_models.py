@@ -267,6 +267,24 @@ def logits_text(model, tokens: list[int]) -> np.ndarray:
     return out.logits[0].float().numpy()
 
 
+def decode_consistency(model, tokens: list[int], n_prefill: int) -> float:
+    """Max abs difference between the full-prefill logits and logits from a prefill of
+    n_prefill tokens followed by one-token decode steps with transformers' cache (the decode
+    steps use the recurrent gated delta rule and the conv state)."""
+    full = logits_text(model, tokens)
+    ids = torch.tensor([tokens], dtype=torch.long)
+    with torch.no_grad():
+        out = model(input_ids=ids[:, :n_prefill], use_cache=True)
+        cache = out.past_key_values
+        rows = [out.logits[0]]
+        for i in range(n_prefill, len(tokens)):
+            out = model(input_ids=ids[:, i:i + 1], past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            rows.append(out.logits[0])
+    inc = torch.cat(rows).float().numpy()
+    return float(np.abs(inc - full).max())
+
+
 # ----------------------------------------------------------------------------- vision
 
 def make_image(path: Path, width: int, height: int, seed: int) -> None:
@@ -426,6 +444,11 @@ def make_fixture(name: str, build, outtype: str, notes: str, vision: dict | None
         case["logits"] = f"{case['name']}.npy"
         case["argmax"] = logits.argmax(-1).tolist()
         save_npy(out / case["logits"], logits.astype(np.float32))
+
+    long = next(c for c in cases if c["name"] == "long272")
+    long["decode_check"] = {
+        "prefill": 200, "max_abs_diff_vs_logits": decode_consistency(ref, long["tokens"], 200),
+        "what": "prefill of the first 200 tokens, then one token at a time with the cache"}
 
     cfg = ref.config.get_text_config()
     first_linear = cfg.layer_types.index("linear_attention")
