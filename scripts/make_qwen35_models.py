@@ -285,6 +285,88 @@ def decode_consistency(model, tokens: list[int], n_prefill: int) -> float:
     return float(np.abs(inc - full).max())
 
 
+# ----------------------------------------------------------------------------- GGUF check
+
+def _rms(x, w, eps=1e-6):
+    return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w
+
+
+def gguf_numpy_logits(path, tokens):
+    """Independent float64 numpy forward of a qwen35 GGUF text model with llama.cpp's
+    semantics (converted norm weights, ssm_a = -exp(A_log), tiled V heads: V head h uses
+    K head h mod Hk; causal conv, recurrent gated delta rule, gated attention, NEOX partial
+    RoPE with text positions). Checks that the GGUF and the transformers logits agree."""
+    path = str(path)
+    md = gguf_metadata(Path(path))
+    names = {t['name'] for t in gguf_tensors(Path(path))}
+    def W(n):
+        return gguf_tensor(Path(path), n).astype(np.float64)
+    P = 'qwen35.'
+    nl = md[P+'block_count']; H = md[P+'attention.head_count']; KV = md[P+'attention.head_count_kv']
+    hd = md[P+'attention.key_length']; rot = md[P+'rope.dimension_count']; theta = md[P+'rope.freq_base']
+    dk = md[P+'ssm.state_size']; Hk = md[P+'ssm.group_count']; Hv = md[P+'ssm.time_step_rank']
+    dv = md[P+'ssm.inner_size'] // Hv; K = md[P+'ssm.conv_kernel']
+    rec = md[P+'attention.recurrent_layers']['first']
+    emb = W('token_embd.weight')
+    x = emb[tokens]; T = len(tokens)
+    for l in range(nl):
+        b = f'blk.{l}.'
+        h = _rms(x, W(b+'attn_norm.weight'))
+        if rec[l]:
+            qkv = h @ W(b+'attn_qkv.weight').T  # [T, ch]
+            cw = W(b+'ssm_conv1d.weight')  # [ch, K]
+            pad = np.concatenate([np.zeros((K-1, qkv.shape[1])), qkv])
+            conv = sum(pad[i:i+T] * cw[:, i] for i in range(K))
+            conv = conv / (1 + np.exp(-conv))
+            q = conv[:, :Hk*dk].reshape(T, Hk, dk); k = conv[:, Hk*dk:2*Hk*dk].reshape(T, Hk, dk)
+            v = conv[:, 2*Hk*dk:].reshape(T, Hv, dv)
+            z = (h @ W(b+'attn_gate.weight').T).reshape(T, Hv, dv)
+            beta = 1/(1+np.exp(-(h @ W(b+'ssm_beta.weight').T)))
+            a = h @ W(b+'ssm_alpha.weight').T + W(b+'ssm_dt.bias')
+            g = W(b+'ssm_a') * np.log1p(np.exp(a))
+            q = q / np.sqrt((q*q).sum(-1, keepdims=True) + 1e-6); k = k / np.sqrt((k*k).sum(-1, keepdims=True) + 1e-6)
+            q = q / np.sqrt(dk)
+            S = np.zeros((Hv, dk, dv)); o = np.zeros((T, Hv, dv))
+            for t in range(T):
+                for hh in range(Hv):
+                    kh = k[t, hh % Hk]; qh = q[t, hh % Hk]
+                    S[hh] *= np.exp(g[t, hh])
+                    d = (v[t, hh] - kh @ S[hh]) * beta[t, hh]
+                    S[hh] += np.outer(kh, d)
+                    o[t, hh] = qh @ S[hh]
+            o = _rms(o, W(b+'ssm_norm.weight')) * (z / (1 + np.exp(-z)))
+            x = x + o.reshape(T, -1) @ W(b+'ssm_out.weight').T
+        else:
+            qg = (h @ W(b+'attn_q.weight').T).reshape(T, H, 2*hd)
+            q, gate = qg[..., :hd], qg[..., hd:]
+            k = (h @ W(b+'attn_k.weight').T).reshape(T, KV, hd)
+            v = (h @ W(b+'attn_v.weight').T).reshape(T, KV, hd)
+            q = _rms(q, W(b+'attn_q_norm.weight')); k = _rms(k, W(b+'attn_k_norm.weight'))
+            inv = theta ** (-np.arange(0, rot, 2) / rot)
+            ang = np.arange(T)[:, None] * inv[None]
+            c, s = np.cos(ang)[:, None], np.sin(ang)[:, None]
+            def rope(y):
+                r, p = y[..., :rot], y[..., rot:]
+                r1, r2 = r[..., :rot//2], r[..., rot//2:]
+                return np.concatenate([r1*c - r2*s, r2*c + r1*s, p], -1)
+            q, k = rope(q), rope(k)
+            o = np.zeros((T, H, hd))
+            mask = np.triu(np.full((T, T), -np.inf), 1)
+            for hh in range(H):
+                kv = hh // (H // KV)
+                sc = q[:, hh] @ k[:, kv].T / np.sqrt(hd) + mask
+                p = np.exp(sc - sc.max(-1, keepdims=True)); p /= p.sum(-1, keepdims=True)
+                o[:, hh] = p @ v[:, kv]
+            o = o * (1/(1+np.exp(-gate)))
+            x = x + o.reshape(T, -1) @ W(b+'attn_output.weight').T
+        h = _rms(x, W(b+'post_attention_norm.weight'))
+        gt = h @ W(b+'ffn_gate.weight').T; up = h @ W(b+'ffn_up.weight').T
+        x = x + (gt / (1+np.exp(-gt)) * up) @ W(b+'ffn_down.weight').T
+    x = _rms(x, W('output_norm.weight'))
+    out = W('output.weight') if 'output.weight' in names else emb
+    return x @ out.T
+
+
 # ----------------------------------------------------------------------------- vision
 
 def make_image(path: Path, width: int, height: int, seed: int) -> None:
@@ -444,6 +526,9 @@ def make_fixture(name: str, build, outtype: str, notes: str, vision: dict | None
         case["logits"] = f"{case['name']}.npy"
         case["argmax"] = logits.argmax(-1).tolist()
         save_npy(out / case["logits"], logits.astype(np.float32))
+        diff = float(np.abs(gguf_numpy_logits(out / "model.gguf", case["tokens"]) - logits).max())
+        assert diff < 1e-3, (case["name"], diff)
+        case["numpy_gguf_max_abs_diff"] = diff
 
     long = next(c for c in cases if c["name"] == "long272")
     long["decode_check"] = {
@@ -500,7 +585,9 @@ COMMON_NOTES = (
     "computed. 'argmax' is the per-position argmax. The GGUF was written with --no-mtp (the "
     "tiny models have no MTP layers). The converter adds 1 to Qwen3.5's (1 + w) RMSNorm "
     "weights (not to the gated linear_attn.norm), writes -exp(A_log) as ssm_a, and for "
-    "Hv != Hk reorders V heads (see ssm_out_layout_vs_hf). "
+    "Hv != Hk reorders V heads (see ssm_out_layout_vs_hf). numpy_gguf_max_abs_diff: max abs "
+    "difference between these logits and an independent float64 numpy forward of model.gguf "
+    "with llama.cpp's semantics (gguf_numpy_logits in scripts/make_qwen35_models.py). "
 )
 
 VISION_NOTE = (
