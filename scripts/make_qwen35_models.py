@@ -407,6 +407,25 @@ def qwen35_processor(tok):
                             video_processor=Qwen3VLVideoProcessor())
 
 
+def mmproj_vs_hf(path: Path, ref) -> dict:
+    """For every mmproj tensor, the transformers parameter it equals exactly (values in the
+    same order; a Conv3d patch kernel is split per temporal slice: `[:, :, i]`)."""
+    params = {k: v.detach().numpy() for k, v in ref.named_parameters() if ".visual." in k}
+    found = {}
+    for t in gguf_tensors(path):
+        g = gguf_tensor(path, t["name"]).reshape(-1)
+        hits = []
+        for k, v in params.items():
+            if v.size == g.size and np.array_equal(v.reshape(-1), g):
+                hits.append(k)
+            if v.ndim == 5:
+                hits += [f"{k}[:, :, {i}]" for i in range(v.shape[2])
+                         if v[:, :, i].size == g.size and np.array_equal(v[:, :, i].reshape(-1), g)]
+        assert len(hits) == 1, (t["name"], hits)
+        found[t["name"]] = hits[0]
+    return found
+
+
 def image_cases(ref, tok, out: Path, specs: list[dict]) -> dict:
     from PIL import Image
 
@@ -568,6 +587,7 @@ def make_fixture(name: str, build, outtype: str, notes: str, vision: dict | None
         doc["mmproj_outtype"] = vision["mmproj_outtype"]
         doc["mmproj_metadata"] = interesting_keys(gguf_metadata(out / "mmproj.gguf"))
         doc["mmproj_tensors"] = gguf_tensors(out / "mmproj.gguf")
+        doc["mmproj_vs_hf"] = mmproj_vs_hf(out / "mmproj.gguf", ref)
         for file, (w, h, seed) in vision["images"].items():
             make_image(out / file, w, h, seed)
         doc.update(image_cases(ref, tok, out, vision["image_cases"]))
@@ -598,6 +618,10 @@ VISION_NOTE = (
     "position_ids (int32 [3, n_tokens], from model.get_rope_index), rope_deltas, logits of "
     "model(input_ids, pixel_values, image_grid_thw, mm_token_type_ids), and features[i] "
     "(get_image_features pooler_output, float32 [grid_h*grid_w/4, text hidden]) per image. "
+    "mmproj_vs_hf names the transformers parameter each mmproj tensor equals exactly (no "
+    "permutation; v.patch_embd.weight and .weight.1 are the two temporal slices of the Conv3d "
+    "kernel; v.post_ln is the merger's LayerNorm, applied per patch before the 2x2 merge; "
+    "mm.0 / mm.2 are the merger's fc1 / fc2 around a GELU (erf)). "
     "Images whose sides are not multiples of 32 px are resized by the processor's smart_resize "
     "(each side rounded to a multiple of 32, PIL bicubic) first: img_100x44.png becomes 96x32 "
     "(resized_sizes_wh); img_32x64.png and img_96x32.png are not resized."
