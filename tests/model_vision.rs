@@ -104,7 +104,7 @@ fn worst_rel_l2(got: &[f32], want: &[f32], vocab: usize) -> f32 {
 
 /// The ids with each image's expanded layout collapsed back to one `[IMG]`.
 fn collapse(tokens: &[u32], e: &Engine) -> Vec<u32> {
-    let PromptLayout::Pixtral { img, brk, end } = e.prompt_layout().unwrap();
+    let PromptLayout::Pixtral { img, brk, end } = e.prompt_layout().unwrap() else { panic!("the tiny VLM has Pixtral's layout") };
     let mut out = Vec::new();
     let mut inside = false;
     for &id in tokens {

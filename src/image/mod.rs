@@ -18,6 +18,7 @@
 //!    resampling is Pillow's bicubic, reproduced exactly in [`resample`];
 //! 5. `x as f64 * (1/255)` → f32, then `(x - mean) / std` in f32, as transformers' numpy path.
 
+pub mod qwen;
 mod resample;
 
 use std::io::Cursor;
@@ -249,10 +250,14 @@ fn composite_on_white(v: u8, a: u32) -> u8 {
 
 /// HWC RGB8 → CHW f32: `f32(v as f64 * (1/255))`, then `(x - mean) / std` in f32.
 fn normalize_chw(rgb: &[u8], w: usize, h: usize) -> Vec<f32> {
+    normalize_chw_with(rgb, w, h, IMAGE_MEAN.map(|m| m as f32), IMAGE_STD.map(|s| s as f32))
+}
+
+/// [`normalize_chw`] with the given per-channel mean and standard deviation.
+fn normalize_chw_with(rgb: &[u8], w: usize, h: usize, mean: [f32; 3], std: [f32; 3]) -> Vec<f32> {
     let plane = w * h;
     let mut data = vec![0f32; 3 * plane];
     let scale = 1.0f64 / 255.0;
-    let (mean, std) = (IMAGE_MEAN.map(|m| m as f32), IMAGE_STD.map(|s| s as f32));
     for (i, px) in rgb.chunks_exact(3).enumerate() {
         for c in 0..3 {
             let x = (px[c] as f64 * scale) as f32;

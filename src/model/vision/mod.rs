@@ -6,11 +6,13 @@
 
 mod features;
 mod layout;
+mod mrope;
 pub mod pixtral;
 mod placement;
 
 pub use features::{ImageDigest, ImageFeatures};
 pub use layout::PromptLayout;
+pub use mrope::{mrope_positions, MropePositions};
 pub use placement::PromptImages;
 
 use crate::gguf::Metadata;

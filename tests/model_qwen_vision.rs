@@ -1,0 +1,142 @@
+//! The Qwen3.5 vision path (mmproj `clip.projector_type = qwen3vl_merger`) against
+//! transformers (`tests/fixtures/tiny_qwen35_a`, `scripts/make_qwen35_models.py`):
+//! preprocessing (`Qwen2VLImageProcessorPil`), the prompt layout, the M-RoPE positions
+//! (`get_rope_index`) and the encoder's features (`get_image_features`).
+
+mod common;
+
+use common::{fixture, max_abs, read_npy};
+use serde_json::Value;
+use webvlm::image::qwen::{patch_rows, preprocess_qwen, QwenPreprocess};
+use webvlm::image::ImageError;
+use webvlm::model::vision::{mrope_positions, PromptLayout};
+
+fn cases() -> Value {
+    let text = std::fs::read_to_string(fixture("tiny_qwen35_a/cases.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The fixture's processor settings (min/max pixels 32² and 256² for the tiny images).
+fn processor(cases: &Value) -> QwenPreprocess {
+    let p = &cases["image_processor"];
+    let u = |k: &str| p[k].as_u64().unwrap();
+    let rgb = |k: &str| -> [f32; 3] { std::array::from_fn(|i| p[k][i].as_f64().unwrap() as f32) };
+    QwenPreprocess {
+        patch_size: u("patch_size") as u32,
+        merge_size: u("merge_size") as u32,
+        temporal_patch_size: u("temporal_patch_size") as u32,
+        min_pixels: u("min_pixels"),
+        max_pixels: u("max_pixels"),
+        image_mean: rgb("image_mean"),
+        image_std: rgb("image_std"),
+        ..QwenPreprocess::default()
+    }
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+/// An int32 `.npy` file (the fixture's position ids).
+fn read_npy_i32(path: &std::path::Path) -> (Vec<usize>, Vec<i32>) {
+    let bytes = std::fs::read(path).unwrap();
+    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
+    assert!(header.contains("'<i4'") && header.contains("'fortran_order': False"), "{header}");
+    let shape_str = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
+    let shape = shape_str.split(',').filter_map(|s| s.trim().parse().ok()).collect();
+    (shape, bytemuck::pod_collect_to_vec(&bytes[10 + header_len..]))
+}
+
+fn image_bytes(name: &str) -> Vec<u8> {
+    std::fs::read(fixture(&format!("tiny_qwen35_a/{name}"))).unwrap()
+}
+
+#[test]
+fn pixel_values_and_grids_match_the_processor() {
+    let cases = cases();
+    let opts = processor(&cases);
+    for case in cases["image_cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let mut rows = Vec::new();
+        for (i, image) in case["images"].as_array().unwrap().iter().enumerate() {
+            let img = preprocess_qwen(&image_bytes(image.as_str().unwrap()), &opts).unwrap();
+            assert_eq!(
+                [img.width as u64, img.height as u64],
+                *ids(&case["resized_sizes_wh"][i]).iter().map(|&x| x as u64).collect::<Vec<_>>()
+            );
+            let (r, (gh, gw)) = patch_rows(&img, opts.patch_size, opts.merge_size, opts.temporal_patch_size);
+            assert_eq!(vec![1, gh, gw], ids(&case["image_grid_thw"][i]), "{name} image {i}: grid");
+            rows.extend(r);
+        }
+        let (shape, want) = read_npy(&fixture(&format!("tiny_qwen35_a/{}", case["pixel_values"].as_str().unwrap())));
+        assert_eq!(shape.iter().product::<usize>(), rows.len(), "{name}: {shape:?}");
+        let err = max_abs(&rows, &want);
+        // Pillow's bicubic is reproduced bit for bit: only the f32 normalisation can differ.
+        println!("{name}: pixel_values max abs err {err:e}");
+        assert!(err <= 1e-6, "{name}: max abs {err}");
+    }
+}
+
+#[test]
+fn bad_images_give_typed_errors() {
+    let opts = QwenPreprocess { min_pixels: 1024, max_pixels: 65536, ..QwenPreprocess::default() };
+    let png = image_bytes("img_100x44.png");
+    assert!(matches!(preprocess_qwen(b"not an image", &opts), Err(ImageError::NotAnImage)));
+    assert!(matches!(preprocess_qwen(&png[..png.len() / 2], &opts), Err(ImageError::Truncated(_) | ImageError::Corrupt(_))));
+    let mut tiny_limit = opts.clone();
+    tiny_limit.decode.max_pixels = 100;
+    assert!(matches!(preprocess_qwen(&png, &tiny_limit), Err(ImageError::TooLarge { .. })));
+    let bad = QwenPreprocess { min_pixels: 10, max_pixels: 5, ..opts.clone() };
+    assert!(matches!(preprocess_qwen(&png, &bad), Err(ImageError::InvalidOptions(_))));
+    let bad = QwenPreprocess { image_std: [0.0; 3], ..opts };
+    assert!(matches!(preprocess_qwen(&png, &bad), Err(ImageError::InvalidOptions(_))));
+}
+
+#[test]
+fn expanded_prompts_and_positions_match_the_processor() {
+    let cases = cases();
+    let t = &cases["token_ids"];
+    let names = |s: &str| match s {
+        "<|vision_start|>" => t["vision_start_token_id"].as_u64().map(|x| x as u32),
+        "<|vision_end|>" => t["vision_end_token_id"].as_u64().map(|x| x as u32),
+        "<|image_pad|>" => t["image_token_id"].as_u64().map(|x| x as u32),
+        _ => None,
+    };
+    let layout = PromptLayout::qwen_vl(&names).unwrap();
+    let merge = cases["image_processor"]["merge_size"].as_u64().unwrap() as u32;
+    for case in cases["image_cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let want = ids(&case["tokens"]);
+        let grids: Vec<(u32, u32, u32)> = case["image_grid_thw"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| {
+                let g = ids(g);
+                (g[0], g[1] / merge, g[2] / merge)
+            })
+            .collect();
+        // The template's prompt: one placeholder per image, between vision start and end.
+        let mut template = want.clone();
+        template.dedup_by(|a, b| *a == layout.placeholder() && a == b);
+        let mut images = grids.iter();
+        let mut expanded = Vec::new();
+        for &tok in &template {
+            if tok == layout.placeholder() {
+                let &(_, rows, cols) = images.next().unwrap();
+                expanded.extend(layout.image(rows, cols));
+            } else {
+                expanded.push(tok);
+            }
+        }
+        assert_eq!(expanded, want, "{name}: expanded prompt");
+
+        let pos = mrope_positions(&want, layout.fill(), &grids).unwrap();
+        let (shape, want_pos) = read_npy_i32(&fixture(&format!("tiny_qwen35_a/{}", case["position_ids"].as_str().unwrap())));
+        assert_eq!(shape, vec![3, want.len()], "{name}");
+        let got: Vec<i32> = pos.axes.iter().flatten().map(|&p| p as i32).collect();
+        assert_eq!(got, want_pos, "{name}: position ids");
+        assert_eq!(pos.rope_delta(), case["rope_deltas"][0].as_i64().unwrap(), "{name}: rope delta");
+    }
+}
