@@ -1,0 +1,160 @@
+//! Kernels of the Qwen2-VL-family vision encoder (`shaders/vision_qwen.wgsl`): LayerNorm with
+//! bias, row-broadcast bias add, GELU (tanh), a column-slice copy (q/k/v out of the fused qkv
+//! product) and a weighted row gather (the interpolated position embeddings; the patch
+//! reordering into 2x2 merge windows). CPU references alongside, tested in
+//! `tests/kernels_vision.rs`.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::matvec::check_len;
+use crate::gpu::{grid_1d, Access, Arg, Gpu, KernelSpec, Launch, Program, Result};
+
+pub(super) const SHADER: &str = include_str!("../../shaders/vision_qwen.wgsl");
+const WG: u32 = 256;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Default)]
+struct Params {
+    rows: u32,
+    dim: u32,
+    eps: f32,
+    n: u32,
+    stride: u32,
+    offset: u32,
+    _pad: [u32; 2],
+}
+
+/// One term of a [`gather_rows`] output row: `weight * src[row]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq)]
+pub struct Tap {
+    pub row: u32,
+    pub weight: f32,
+}
+
+fn push(
+    prog: &mut Program,
+    gpu: &Gpu,
+    entry: &'static str,
+    bindings: &'static [Access],
+    p: Params,
+    args: &[Arg],
+    wgs: u32,
+) -> Result<()> {
+    let spec = KernelSpec::new("vision_qwen", SHADER, entry, bindings);
+    prog.push_with_params(gpu, &spec, &p, args, grid_1d(wgs))?;
+    prog.set_launch(Launch::threads(WG));
+    Ok(())
+}
+
+/// Records `y[r] = layernorm(x[r]) * w + b` for `rows` rows of `dim` (`y` may not alias `x`).
+#[allow(clippy::too_many_arguments)]
+pub fn layer_norm(
+    prog: &mut Program,
+    gpu: &Gpu,
+    x: &wgpu::Buffer,
+    w: &wgpu::Buffer,
+    b: &wgpu::Buffer,
+    y: &wgpu::Buffer,
+    rows: u32,
+    dim: u32,
+    eps: f32,
+) -> Result<()> {
+    const B: &[Access] = &[Access::Uniform, Access::Read, Access::Read, Access::Read, Access::ReadWrite];
+    let n = rows as u64 * dim as u64;
+    check_len("layer_norm x", x, n)?;
+    check_len("layer_norm y", y, n)?;
+    check_len("layer_norm w", w, dim as u64)?;
+    check_len("layer_norm b", b, dim as u64)?;
+    let p = Params { rows, dim, eps, ..Params::default() };
+    push(prog, gpu, "layer_norm", B, p, &[Arg::Buf(x), Arg::Buf(w), Arg::Buf(b), Arg::Buf(y)], rows)
+}
+
+/// CPU reference of [`layer_norm`] (f32, two passes as PyTorch).
+pub fn layer_norm_ref(x: &[f32], w: &[f32], b: &[f32], dim: usize, eps: f32) -> Vec<f32> {
+    x.chunks(dim)
+        .flat_map(|row| {
+            let mean = row.iter().sum::<f32>() / dim as f32;
+            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / dim as f32;
+            let s = 1.0 / (var + eps).sqrt();
+            row.iter().zip(w).zip(b).map(move |((v, w), b)| (v - mean) * s * w + b)
+        })
+        .collect()
+}
+
+/// Records `x[i] += bias[i % dim]` for the first `rows * dim` elements.
+pub fn add_bias(prog: &mut Program, gpu: &Gpu, bias: &wgpu::Buffer, x: &wgpu::Buffer, rows: u32, dim: u32) -> Result<()> {
+    const B: &[Access] = &[Access::Uniform, Access::Read, Access::ReadWrite];
+    let n = rows * dim;
+    check_len("add_bias x", x, n as u64)?;
+    check_len("add_bias bias", bias, dim as u64)?;
+    let p = Params { dim, n, ..Params::default() };
+    push(prog, gpu, "add_bias", B, p, &[Arg::Buf(bias), Arg::Buf(x)], n.div_ceil(WG))
+}
+
+/// Records `out[r][c] = x[r * stride + offset + c]` for `rows` rows and `dim` columns.
+#[allow(clippy::too_many_arguments)]
+pub fn copy_cols(
+    prog: &mut Program,
+    gpu: &Gpu,
+    x: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+    rows: u32,
+    dim: u32,
+    stride: u32,
+    offset: u32,
+) -> Result<()> {
+    const B: &[Access] = &[Access::Uniform, Access::Read, Access::ReadWrite];
+    check_len("copy_cols x", x, rows as u64 * stride as u64)?;
+    check_len("copy_cols out", out, rows as u64 * dim as u64)?;
+    if offset + dim > stride {
+        return Err(crate::gpu::GpuError::Shape(format!("copy_cols: columns {offset}..{} of {stride}", offset + dim)));
+    }
+    let p = Params { rows, dim, stride, offset, ..Params::default() };
+    push(prog, gpu, "copy_cols", B, p, &[Arg::Buf(x), Arg::Buf(out)], (rows * dim).div_ceil(WG))
+}
+
+/// Records `out[r] = Σ_k taps[r*k_per_row + k].weight * src[taps[..].row]` over rows of `dim`
+/// values (`taps` holds `rows * k_per_row` [`Tap`]s).
+#[allow(clippy::too_many_arguments)]
+pub fn gather_rows(
+    prog: &mut Program,
+    gpu: &Gpu,
+    src: &wgpu::Buffer,
+    taps: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+    rows: u32,
+    k_per_row: u32,
+    dim: u32,
+) -> Result<()> {
+    const B: &[Access] = &[Access::Uniform, Access::Read, Access::ReadWrite, Access::Read];
+    check_len("gather_rows out", out, rows as u64 * dim as u64)?;
+    check_len("gather_rows taps", taps, 2 * rows as u64 * k_per_row as u64)?;
+    let p = Params { rows, dim, n: k_per_row, stride: dim, ..Params::default() };
+    push(prog, gpu, "gather_rows", B, p, &[Arg::Buf(src), Arg::Buf(out), Arg::Buf(taps)], (rows * dim).div_ceil(WG))
+}
+
+/// CPU reference of [`gather_rows`].
+pub fn gather_rows_ref(src: &[f32], taps: &[Tap], k_per_row: usize, dim: usize) -> Vec<f32> {
+    taps.chunks(k_per_row)
+        .flat_map(|row| (0..dim).map(move |c| row.iter().fold(0f32, |acc, t| acc + t.weight * src[t.row as usize * dim + c])))
+        .collect()
+}
+
+/// Records `x[i] = gelu_tanh(x[i])` for the first `n` elements.
+pub fn gelu_tanh(prog: &mut Program, gpu: &Gpu, x: &wgpu::Buffer, n: u32) -> Result<()> {
+    const B: &[Access] = &[Access::Uniform, Access::ReadWrite];
+    check_len("gelu_tanh x", x, n as u64)?;
+    let p = Params { n, ..Params::default() };
+    push(prog, gpu, "gelu_tanh", B, p, &[Arg::Buf(x)], n.div_ceil(WG))
+}
+
+/// CPU reference of [`gelu_tanh`] in f64: `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`.
+pub fn gelu_tanh_ref(x: &[f32]) -> Vec<f64> {
+    x.iter()
+        .map(|&v| {
+            let v = v as f64;
+            0.5 * v * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v * v * v)).tanh())
+        })
+        .collect()
+}
