@@ -5,11 +5,17 @@
 
 mod common;
 
-use common::{fixture, max_abs, read_npy};
+use common::{fixture, gpu, max_abs, read_npy, rel_l2};
 use serde_json::Value;
+use webvlm::gguf::MappedGguf;
 use webvlm::image::qwen::{patch_rows, preprocess_qwen, QwenPreprocess};
 use webvlm::image::ImageError;
-use webvlm::model::vision::{mrope_positions, PromptLayout};
+use webvlm::model::vision::{mrope_positions, PromptLayout, VisionEncoder};
+use webvlm::model::ModelError;
+use webvlm::source::{LoadQuant, TensorSource};
+
+/// Features in f32 against transformers' float32 `get_image_features` (relative L2 per image).
+const TOL_FEATURES: f32 = 1e-3;
 
 fn cases() -> Value {
     let text = std::fs::read_to_string(fixture("tiny_qwen35_a/cases.json")).unwrap();
@@ -139,4 +145,38 @@ fn expanded_prompts_and_positions_match_the_processor() {
         assert_eq!(got, want_pos, "{name}: position ids");
         assert_eq!(pos.rope_delta(), case["rope_deltas"][0].as_i64().unwrap(), "{name}: rope delta");
     }
+}
+
+#[test]
+fn features_match_transformers() {
+    let cases = cases();
+    let opts = processor(&cases);
+    let gpu = gpu();
+    let mmproj = MappedGguf::open(fixture("tiny_qwen35_a/mmproj.gguf")).unwrap();
+    let enc = VisionEncoder::load(&gpu, &mmproj as &dyn TensorSource, LoadQuant::Keep).unwrap();
+    assert!(matches!(enc, VisionEncoder::QwenVl(_)));
+    for case in cases["image_cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        for (i, image) in case["images"].as_array().unwrap().iter().enumerate() {
+            let img = preprocess_qwen(&image_bytes(image.as_str().unwrap()), &opts).unwrap();
+            let grid = ids(&case["image_grid_thw"][i]);
+            assert_eq!(enc.feature_grid(img.height, img.width), (grid[1] / 2, grid[2] / 2), "{name} image {i}");
+            let features = enc.encode(&gpu, &img).unwrap();
+            let got = pollster::block_on(features.read(&gpu)).unwrap();
+            let (shape, want) = read_npy(&fixture(&format!("tiny_qwen35_a/{}", case["features"][i].as_str().unwrap())));
+            assert_eq!(shape, vec![features.n_tokens() as usize, features.dim as usize], "{name} image {i}: shape");
+            let err = rel_l2(&got, &want);
+            println!("{name} image {i}: features rel L2 {err:.2e}, max abs {:.2e}", max_abs(&got, &want));
+            assert!(err <= TOL_FEATURES, "{name} image {i}: rel L2 {err}");
+        }
+    }
+}
+
+#[test]
+fn bad_mmproj_configs_are_typed_errors() {
+    let mmproj = MappedGguf::open(fixture("tiny_qwen35_a/mmproj.gguf")).unwrap();
+    let md = mmproj.metadata();
+    let cfg = webvlm::model::vision::qwen_vl::QwenVlConfig::from_metadata(md, 64).unwrap();
+    assert_eq!((cfg.hidden, cfg.n_head, cfg.head_dim, cfg.n_ff, cfg.pos_side, cfg.text_hidden), (32, 2, 16, 64, 8, 64));
+    assert!(matches!(webvlm::model::vision::qwen_vl::QwenVlConfig::from_metadata(md, 63), Err(ModelError::Invalid(_))));
 }

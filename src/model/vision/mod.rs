@@ -9,6 +9,7 @@ mod layout;
 mod mrope;
 pub mod pixtral;
 mod placement;
+pub mod qwen_vl;
 
 pub use features::{ImageDigest, ImageFeatures};
 pub use layout::PromptLayout;
@@ -24,11 +25,13 @@ use crate::source::{Eager, LoadQuant, TensorSource, WeightLoader};
 use super::ModelError;
 
 /// The projector types of every encoder, for error messages.
-pub const SUPPORTED: &str = "pixtral";
+pub const SUPPORTED: &str = "pixtral, qwen3vl_merger";
 
 /// A loaded vision encoder and its projector to the text model's width.
 pub enum VisionEncoder {
     Pixtral(pixtral::Pixtral),
+    /// Qwen3-VL / Qwen3.5 (`qwen3vl_merger`).
+    QwenVl(qwen_vl::QwenVl),
 }
 
 impl VisionEncoder {
@@ -41,6 +44,7 @@ impl VisionEncoder {
     pub fn load_from(gpu: &Gpu, src: &mut dyn WeightLoader, quant: LoadQuant) -> Result<VisionEncoder, ModelError> {
         match projector_type(src.metadata())?.as_str() {
             "pixtral" => Ok(VisionEncoder::Pixtral(pixtral::Pixtral::load_from(gpu, src, quant)?)),
+            p if qwen_vl::PROJECTORS.contains(&p) => Ok(VisionEncoder::QwenVl(qwen_vl::QwenVl::load_from(gpu, src, quant)?)),
             other => Err(unsupported(other)),
         }
     }
@@ -50,6 +54,7 @@ impl VisionEncoder {
     pub fn encode(&self, gpu: &Gpu, image: &PixelImage) -> GpuResult<ImageFeatures> {
         match self {
             VisionEncoder::Pixtral(m) => m.encode(gpu, image),
+            VisionEncoder::QwenVl(m) => m.encode(gpu, image),
         }
     }
 
@@ -57,6 +62,7 @@ impl VisionEncoder {
     pub fn set_compute(&mut self, compute: MatmulCompute) {
         match self {
             VisionEncoder::Pixtral(m) => m.compute = compute,
+            VisionEncoder::QwenVl(m) => m.compute = compute,
         }
     }
 
@@ -65,6 +71,7 @@ impl VisionEncoder {
     pub fn prompt_layout(&self, lookup: &dyn Fn(&str) -> Option<u32>) -> Option<PromptLayout> {
         match self {
             VisionEncoder::Pixtral(_) => PromptLayout::pixtral(lookup),
+            VisionEncoder::QwenVl(_) => PromptLayout::qwen_vl(lookup),
         }
     }
 
@@ -73,6 +80,7 @@ impl VisionEncoder {
     pub fn prompt_layout_of(md: &Metadata, lookup: &dyn Fn(&str) -> Option<u32>) -> Result<Option<PromptLayout>, ModelError> {
         match projector_type(md)?.as_str() {
             "pixtral" => Ok(PromptLayout::pixtral(lookup)),
+            p if qwen_vl::PROJECTORS.contains(&p) => Ok(PromptLayout::qwen_vl(lookup)),
             other => Err(unsupported(other)),
         }
     }
@@ -84,6 +92,7 @@ impl VisionEncoder {
                 let side = m.cfg.patch_size * m.cfg.merge_size;
                 (height / side, width / side)
             }
+            VisionEncoder::QwenVl(m) => m.feature_grid(height, width),
         }
     }
 
@@ -91,6 +100,8 @@ impl VisionEncoder {
     pub fn max_image_edge(&self) -> u32 {
         match self {
             VisionEncoder::Pixtral(m) => m.cfg.image_size,
+            // The Qwen processor bounds the area, not the edge: the edge of its largest square.
+            VisionEncoder::QwenVl(m) => (m.cfg.preprocess().max_pixels as f64).sqrt() as u32,
         }
     }
 
@@ -98,6 +109,7 @@ impl VisionEncoder {
     pub fn weight_bytes(&self) -> u64 {
         match self {
             VisionEncoder::Pixtral(m) => m.weights.bytes_on_gpu(),
+            VisionEncoder::QwenVl(m) => m.weights.bytes_on_gpu(),
         }
     }
 }
