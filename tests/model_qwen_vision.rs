@@ -8,7 +8,7 @@ mod common;
 use common::{fixture, gpu, max_abs, read_npy, rel_l2};
 use serde_json::Value;
 use webvlm::gguf::MappedGguf;
-use webvlm::image::qwen::{patch_rows, preprocess_qwen, QwenPreprocess};
+use webvlm::image::qwen::{patch_rows, preprocess_qwen, preprocessed_size_qwen, QwenPreprocess};
 use webvlm::image::ImageError;
 use webvlm::model::vision::{mrope_positions, PromptLayout, VisionEncoder};
 use webvlm::model::ModelError;
@@ -93,6 +93,8 @@ fn bad_images_give_typed_errors() {
     let mut tiny_limit = opts.clone();
     tiny_limit.decode.max_pixels = 100;
     assert!(matches!(preprocess_qwen(&png, &tiny_limit), Err(ImageError::TooLarge { .. })));
+    assert!(matches!(preprocessed_size_qwen(&png, &tiny_limit), Err(ImageError::TooLarge { .. })));
+    assert!(preprocessed_size_qwen(b"GIF89a", &opts).is_err());
     let bad = QwenPreprocess { min_pixels: 10, max_pixels: 5, ..opts.clone() };
     assert!(matches!(preprocess_qwen(&png, &bad), Err(ImageError::InvalidOptions(_))));
     let bad = QwenPreprocess { image_std: [0.0; 3], ..opts };

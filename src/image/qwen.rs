@@ -11,7 +11,7 @@
 //! are the same picture, so the 3D patch convolution is the sum of its two temporal slices
 //! applied to one frame.
 
-use super::{decode_rgb8, resample, ImageError, PixelImage, PreprocessOptions};
+use super::{decode_rgb8, open, resample, swaps_sides, ImageDecoder, ImageError, PixelImage, PreprocessOptions};
 
 /// Settings of the Qwen2-VL image processor.
 #[derive(Clone, Debug, PartialEq)]
@@ -115,6 +115,20 @@ pub fn preprocess_qwen(bytes: &[u8], opts: &QwenPreprocess) -> Result<PixelImage
     };
     let data = super::normalize_chw_with(&resized, out_w as usize, out_h as usize, opts.image_mean, opts.image_std);
     Ok(PixelImage { width: out_w, height: out_h, data })
+}
+
+/// The `(height, width)` that [`preprocess_qwen`] gives `bytes`, from the image's header
+/// alone (dimensions and EXIF orientation): the image's token count,
+/// `(height / factor) * (width / factor)`, is known before any pixel is decoded.
+pub fn preprocessed_size_qwen(bytes: &[u8], opts: &QwenPreprocess) -> Result<(u32, u32), ImageError> {
+    opts.check()?;
+    let mut decoder = open(bytes, &opts.decode)?;
+    let (mut width, mut height) = decoder.dimensions();
+    let orientation = if opts.decode.apply_exif_orientation { decoder.orientation().ok() } else { None };
+    if orientation.is_some_and(swaps_sides) {
+        (width, height) = (height, width);
+    }
+    smart_resize(height, width, opts.factor(), opts.min_pixels, opts.max_pixels)
 }
 
 /// The processor's `pixel_values` rows of `image`: `[n_patches][3 * temporal * patch * patch]`,

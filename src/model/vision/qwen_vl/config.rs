@@ -160,3 +160,53 @@ impl QwenVlConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::MetaValue;
+
+    fn tiny() -> Metadata {
+        let mut md = Metadata::new();
+        let mut put = |k: &str, v: MetaValue| md.insert(k.into(), v).unwrap();
+        put("general.architecture", MetaValue::String("clip".into()));
+        put("clip.projector_type", MetaValue::String("qwen3vl_merger".into()));
+        for (k, v) in [
+            ("embedding_length", 32),
+            ("block_count", 2),
+            ("attention.head_count", 2),
+            ("feed_forward_length", 64),
+            ("patch_size", 16),
+            ("projection_dim", 64),
+        ] {
+            put(&format!("clip.vision.{k}"), MetaValue::U32(v));
+        }
+        md
+    }
+
+    #[test]
+    fn reads_the_tiny_config_and_rejects_bad_ones() {
+        let cfg = QwenVlConfig::from_metadata(&tiny(), 64).unwrap();
+        assert_eq!((cfg.head_dim, cfg.merge_size, cfg.pos_side, cfg.norm_eps), (16, 2, 8, 1e-6));
+        assert!(matches!(QwenVlConfig::from_metadata(&tiny(), 60), Err(ModelError::Invalid(_))));
+        let with = |k: &str, v: MetaValue| {
+            let mut md = tiny();
+            md.insert(k.into(), v).unwrap();
+            QwenVlConfig::from_metadata(&md, 64)
+        };
+        let deep =
+            MetaValue::Array { elem: crate::gguf::ValueType::Bool, items: vec![MetaValue::Bool(false), MetaValue::Bool(true)] };
+        assert!(matches!(with("clip.vision.is_deepstack_layers", deep), Err(ModelError::Invalid(_))));
+        assert!(matches!(with("clip.vision.spatial_merge_size", MetaValue::U32(3)), Err(ModelError::Invalid(_))));
+        assert!(matches!(with("clip.vision.attention.head_dim", MetaValue::U32(8)), Err(ModelError::Invalid(_))));
+        assert!(matches!(with("clip.has_vision_encoder", MetaValue::Bool(false)), Err(ModelError::Invalid(_))));
+        let mut md = Metadata::new();
+        md.insert("general.architecture".into(), MetaValue::String("clip".into())).unwrap();
+        md.insert("clip.projector_type".into(), MetaValue::String("qwen3vl_merger".into())).unwrap();
+        assert!(QwenVlConfig::from_metadata(&md, 64).is_err());
+        let mut other = Metadata::new();
+        other.insert("general.architecture".into(), MetaValue::String("clip".into())).unwrap();
+        other.insert("clip.projector_type".into(), MetaValue::String("pixtral".into())).unwrap();
+        assert!(matches!(QwenVlConfig::from_metadata(&other, 64), Err(ModelError::UnsupportedProjector { .. })));
+    }
+}
