@@ -12,7 +12,7 @@ use webvlm::image::qwen::{patch_rows, preprocess_qwen, preprocessed_size_qwen, Q
 use webvlm::image::ImageError;
 use webvlm::model::vision::{mrope_positions, PromptLayout, VisionEncoder};
 use webvlm::model::ModelError;
-use webvlm::source::{LoadQuant, TensorSource};
+use webvlm::source::{GgufStream, LoadQuant, TensorSource};
 
 /// Features in f32 against transformers' float32 `get_image_features` (relative L2 per image).
 const TOL_FEATURES: f32 = 1e-3;
@@ -181,4 +181,32 @@ fn bad_mmproj_configs_are_typed_errors() {
     let cfg = webvlm::model::vision::qwen_vl::QwenVlConfig::from_metadata(md, 64).unwrap();
     assert_eq!((cfg.hidden, cfg.n_head, cfg.head_dim, cfg.n_ff, cfg.pos_side, cfg.text_hidden), (32, 2, 16, 64, 8, 64));
     assert!(matches!(webvlm::model::vision::qwen_vl::QwenVlConfig::from_metadata(md, 63), Err(ModelError::Invalid(_))));
+}
+
+/// Loading while the mmproj streams in (weights filled after `load_from` returns, as in the
+/// browser) gives the same features as the in-memory load.
+#[test]
+fn streamed_load_equals_the_in_memory_load() {
+    let cases = cases();
+    let opts = processor(&cases);
+    let gpu = gpu();
+    let img = preprocess_qwen(&image_bytes("img_100x44.png"), &opts).unwrap();
+    let mmproj = MappedGguf::open(fixture("tiny_qwen35_a/mmproj.gguf")).unwrap();
+    let eager = VisionEncoder::load(&gpu, &mmproj as &dyn TensorSource, LoadQuant::Keep).unwrap();
+    let want = pollster::block_on(eager.encode(&gpu, &img).unwrap().read(&gpu)).unwrap();
+
+    let bytes = std::fs::read(fixture("tiny_qwen35_a/mmproj.gguf")).unwrap();
+    let mut chunks = bytes.chunks(1000);
+    let mut stream = GgufStream::new();
+    while stream.header().is_none() {
+        stream.push(&gpu, chunks.next().unwrap()).unwrap();
+    }
+    let streamed = VisionEncoder::load_from(&gpu, &mut stream, LoadQuant::Keep).unwrap();
+    stream.seal(&gpu).unwrap();
+    for c in chunks {
+        stream.push(&gpu, c).unwrap();
+    }
+    stream.finish().unwrap();
+    let got = pollster::block_on(streamed.encode(&gpu, &img).unwrap().read(&gpu)).unwrap();
+    assert_eq!(got, want);
 }

@@ -32,7 +32,7 @@ use crate::kernels::matmul::{record_rows, MatmulCompute};
 use crate::kernels::rope::{rope_inv_freq, RopeMode};
 use crate::kernels::vision::{patch_unfold, rope_2d, PatchGrid, Rope2dFreqs, Rope2dLayout};
 use crate::kernels::vision_qwen::{self as vq, Tap};
-use crate::kernels::{elementwise, matmul};
+use crate::kernels::{elementwise, embedding, matmul};
 use crate::model::vision::ImageFeatures;
 use crate::model::ModelError;
 use crate::source::{Eager, LoadQuant, TensorSource, WeightLoader};
@@ -112,7 +112,8 @@ impl QwenVl {
         matmul::record_with(&mut p, gpu, &w.patch_embd[1], &s.patches, &s.tmp, n, mm)?;
         elementwise::add_inplace(&mut p, gpu, &s.tmp, &s.x, n * d)?;
         vq::add_bias(&mut p, gpu, &w.patch_embd_b, &s.x, n, d)?;
-        vq::gather_rows(&mut p, gpu, &w.pos_table, &s.pos_taps, &s.tmp, n, 4, d)?;
+        embedding::record(&mut p, gpu, &w.pos_embd, &s.pos_ids, &s.pos_rows, 4 * n)?;
+        vq::gather_rows(&mut p, gpu, &s.pos_rows, &s.pos_taps, &s.tmp, n, 4, d)?;
         elementwise::add_inplace(&mut p, gpu, &s.tmp, &s.x, n * d)?;
         for l in &w.layers {
             vq::layer_norm(&mut p, gpu, &s.x, &l.ln1_w, &l.ln1_b, &s.h, n, d, eps)?;
@@ -217,6 +218,10 @@ struct Scratch {
     step: wgpu::Buffer,
     pixels: wgpu::Buffer,
     patches: wgpu::Buffer,
+    /// The table rows of the position taps (4 per patch), gathered as f32 into `pos_rows`,
+    /// which `pos_taps` (rows `0..4n`) weight and sum.
+    pos_ids: wgpu::Buffer,
+    pos_rows: wgpu::Buffer,
     pos_taps: wgpu::Buffer,
     window_taps: wgpu::Buffer,
     x: wgpu::Buffer,
@@ -247,13 +252,17 @@ impl Scratch {
         let limit = gpu.caps.max_storage_binding.min(FFN_CHUNK_BYTES);
         let ffn_rows = (limit / f32s(1, c.n_ff)).clamp(1, n) as u32;
         let buf = |label: &str, rows: u64, cols: u32| gpu.storage(&format!("qwen_vl.{label}"), f32s(rows, cols));
-        let pos_taps = position_taps(grid.rows, grid.cols, c.pos_side);
+        let mut pos_taps = position_taps(grid.rows, grid.cols, c.pos_side);
+        let pos_ids: Vec<u32> = pos_taps.iter().map(|t| t.row).collect();
+        pos_taps.iter_mut().enumerate().for_each(|(i, t)| t.row = i as u32);
         let window_taps: Vec<Tap> =
             window_order(grid.rows, grid.cols, c.merge_size).into_iter().map(|row| Tap { row, weight: 1.0 }).collect();
         Ok(Scratch {
             step: StepParams::create_buffer(gpu),
             pixels: gpu.storage_with("qwen_vl.pixels", bytemuck::cast_slice(&image.data))?,
             patches: buf("patches", n, c.patch_dim())?,
+            pos_ids: gpu.storage_with("qwen_vl.pos_ids", bytemuck::cast_slice(&pos_ids))?,
+            pos_rows: buf("pos_rows", 4 * n, c.hidden)?,
             pos_taps: gpu.storage_with("qwen_vl.pos_taps", bytemuck::cast_slice(&pos_taps))?,
             window_taps: gpu.storage_with("qwen_vl.window_taps", bytemuck::cast_slice(&window_taps))?,
             x: buf("x", n, c.hidden)?,

@@ -1,11 +1,10 @@
 //! Qwen2-VL-family vision encoder + merger weights on the GPU, loaded from an mmproj GGUF by
 //! llama.cpp tensor name (`v.*`, `mm.*`; `tests/fixtures/tiny_qwen35_a/cases.json`
 //! `mmproj_vs_hf` names the transformers parameter each equals, unpermuted). Matrices keep
-//! their GGUF type (or `quant`'s); vectors become f32; the position table is dequantized to
-//! f32 on the GPU at load. Shapes are row-major `[rows][cols]` (GGUF dims reversed).
+//! their GGUF type (or `quant`'s); vectors become f32; the position table keeps its type (the
+//! encoder gathers the rows it needs as f32). Shapes are row-major `[rows][cols]` (GGUF dims reversed).
 
-use crate::gpu::{Gpu, Program};
-use crate::kernels::embedding;
+use crate::gpu::Gpu;
 use crate::kernels::quant::GpuWeight;
 use crate::source::{check_dims, LoadError, LoadQuant, WeightLoader};
 
@@ -36,8 +35,8 @@ pub struct QwenVlWeights {
     /// dims `[P, P, 3, hidden]` each: `[hidden][3*P*P]` matrices with columns `[c][ky][kx]`.
     pub patch_embd: [GpuWeight; 2],
     pub patch_embd_b: wgpu::Buffer,
-    /// `v.position_embd.weight` as f32 `[side*side][hidden]`.
-    pub pos_table: wgpu::Buffer,
+    /// `v.position_embd.weight`, `[side*side][hidden]` (rows read by the embedding gather).
+    pub pos_embd: GpuWeight,
     pub layers: Vec<QwenVlLayerWeights>,
     /// `v.post_ln` (the merger's LayerNorm, per patch before the 2x2 merge).
     pub post_ln_w: wgpu::Buffer,
@@ -72,8 +71,7 @@ impl QwenVlWeights {
         let patch_embd = [slice(src, "v.patch_embd.weight")?, slice(src, "v.patch_embd.weight.1")?];
         let n_pos = cfg.pos_side * cfg.pos_side;
         check_dims("v.position_embd.weight", src.tensor_info("v.position_embd.weight"), &[d as u64, n_pos as u64])?;
-        let table = src.reshaped(gpu, "v.position_embd.weight", n_pos, d)?;
-        let pos_table = dequantize_rows(gpu, &table)?;
+        let pos_embd = src.reshaped(gpu, "v.position_embd.weight", n_pos, d)?;
         let mut layers = Vec::with_capacity(cfg.n_layer as usize);
         for i in 0..cfg.n_layer {
             let name = |s: &str| format!("v.blk.{i}.{s}");
@@ -95,7 +93,7 @@ impl QwenVlWeights {
         Ok(QwenVlWeights {
             patch_embd,
             patch_embd_b: vector(src, "v.patch_embd.bias", d)?,
-            pos_table,
+            pos_embd,
             layers,
             post_ln_w: vector(src, "v.post_ln.weight", d)?,
             post_ln_b: vector(src, "v.post_ln.bias", d)?,
@@ -115,22 +113,14 @@ impl QwenVlWeights {
                     .map(|b| b.size())
                     .sum::<u64>()
         };
-        [&self.patch_embd[0], &self.patch_embd[1], &self.mm_0, &self.mm_2].iter().map(|w| w.bytes_on_gpu()).sum::<u64>()
-            + [&self.patch_embd_b, &self.pos_table, &self.post_ln_w, &self.post_ln_b, &self.mm_0_b, &self.mm_2_b]
+        [&self.patch_embd[0], &self.patch_embd[1], &self.pos_embd, &self.mm_0, &self.mm_2]
+            .iter()
+            .map(|w| w.bytes_on_gpu())
+            .sum::<u64>()
+            + [&self.patch_embd_b, &self.post_ln_w, &self.post_ln_b, &self.mm_0_b, &self.mm_2_b]
                 .iter()
                 .map(|b| b.size())
                 .sum::<u64>()
             + self.layers.iter().map(per_layer).sum::<u64>()
     }
-}
-
-/// Every row of `w` as f32 `[rows][cols]`, by the embedding gather of rows `0..rows`.
-fn dequantize_rows(gpu: &Gpu, w: &GpuWeight) -> Result<wgpu::Buffer, LoadError> {
-    let ids: Vec<u32> = (0..w.rows).collect();
-    let ids = gpu.storage_with("vision.pos_ids", bytemuck::cast_slice(&ids))?;
-    let out = gpu.storage("vision.pos_table", w.rows as u64 * w.cols as u64 * 4)?;
-    let mut prog = Program::new();
-    embedding::record(&mut prog, gpu, w, &ids, &out, w.rows)?;
-    prog.run(gpu)?;
-    Ok(out)
 }
