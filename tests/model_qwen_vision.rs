@@ -9,13 +9,21 @@ use common::{fixture, gpu, max_abs, read_npy, rel_l2};
 use serde_json::Value;
 use webvlm::gguf::MappedGguf;
 use webvlm::image::qwen::{patch_rows, preprocess_qwen, preprocessed_size_qwen, QwenPreprocess};
-use webvlm::image::ImageError;
+use webvlm::image::{ImageError, PixelImage};
+use webvlm::kernels::matmul::MatmulCompute;
 use webvlm::model::vision::{mrope_positions, PromptLayout, VisionEncoder};
 use webvlm::model::ModelError;
 use webvlm::source::{GgufStream, LoadQuant, TensorSource};
 
 /// Features in f32 against transformers' float32 `get_image_features` (relative L2 per image).
+/// Measured: <= 8.7e-7.
 const TOL_FEATURES: f32 = 1e-3;
+/// Matrices requantized at load (rel L2; a wrong block layout gives errors of order 1) and
+/// f16-tile matmuls, limits as `tests/model_vision.rs` sets them for Pixtral. Measured on
+/// `one_image`: Q8_0 7.1e-3, Q4_1 0.12, Q4_0 0.13, f16 tiles 1.5e-3.
+const TOL_Q8_FEATURES: f32 = 2.5e-2;
+const TOL_Q4_FEATURES: f32 = 0.35;
+const TOL_F16_FEATURES: f32 = 8e-3;
 
 fn cases() -> Value {
     let text = std::fs::read_to_string(fixture("tiny_qwen35_a/cases.json")).unwrap();
@@ -209,4 +217,41 @@ fn streamed_load_equals_the_in_memory_load() {
     stream.finish().unwrap();
     let got = pollster::block_on(streamed.encode(&gpu, &img).unwrap().read(&gpu)).unwrap();
     assert_eq!(got, want);
+}
+
+/// Requantized weights and f16 matmuls stay near the f32 features; images whose patch grid
+/// is not made of 2x2 windows are shape errors.
+#[test]
+fn reduced_precision_error_is_measured_and_bad_grids_fail() {
+    let cases = cases();
+    let opts = processor(&cases);
+    let gpu = gpu();
+    let case = &cases["image_cases"][0];
+    let img = preprocess_qwen(&image_bytes(case["images"][0].as_str().unwrap()), &opts).unwrap();
+    let (_, want) = read_npy(&fixture(&format!("tiny_qwen35_a/{}", case["features"][0].as_str().unwrap())));
+    let mmproj = MappedGguf::open(fixture("tiny_qwen35_a/mmproj.gguf")).unwrap();
+    let runs = [
+        (LoadQuant::Q8_0, MatmulCompute::F32, TOL_Q8_FEATURES),
+        (LoadQuant::Q4_1, MatmulCompute::F32, TOL_Q4_FEATURES),
+        (LoadQuant::Q4_0, MatmulCompute::F32, TOL_Q4_FEATURES),
+        (LoadQuant::Keep, MatmulCompute::F16, TOL_F16_FEATURES),
+    ];
+    for (quant, compute, tol) in runs {
+        if compute == MatmulCompute::F16 && !gpu.caps.f16 {
+            continue;
+        }
+        let mut enc = VisionEncoder::load(&gpu, &mmproj as &dyn TensorSource, quant).unwrap();
+        enc.set_compute(compute);
+        let got = pollster::block_on(enc.encode(&gpu, &img).unwrap().read(&gpu)).unwrap();
+        let err = rel_l2(&got, &want);
+        println!("{quant:?} / {compute:?}: features rel L2 {err:.2e}");
+        assert!(err <= tol, "{quant:?} / {compute:?}: rel L2 {err}");
+    }
+    let enc = VisionEncoder::load(&gpu, &mmproj as &dyn TensorSource, LoadQuant::Keep).unwrap();
+    let odd = PixelImage { width: 32, height: 48, data: vec![0.0; 3 * 32 * 48] };
+    assert!(enc.encode(&gpu, &odd).is_err());
+    let ragged = PixelImage { width: 40, height: 32, data: vec![0.0; 3 * 40 * 32] };
+    assert!(enc.encode(&gpu, &ragged).is_err());
+    let short = PixelImage { width: 32, height: 32, data: vec![0.0; 10] };
+    assert!(enc.encode(&gpu, &short).is_err());
 }
