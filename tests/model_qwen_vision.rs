@@ -165,6 +165,10 @@ fn features_match_transformers() {
     let mmproj = MappedGguf::open(fixture("tiny_qwen35_a/mmproj.gguf")).unwrap();
     let enc = VisionEncoder::load(&gpu, &mmproj as &dyn TensorSource, LoadQuant::Keep).unwrap();
     assert!(matches!(enc, VisionEncoder::QwenVl(_)));
+    // The encoder's own preprocessing (default pixel bounds: min 256², so upscaled).
+    let default = enc.preprocess(&image_bytes("img_96x32.png"), &Default::default()).unwrap();
+    assert_eq!((default.height, default.width), (160, 448));
+    assert_eq!(enc.preprocessed_size(&image_bytes("img_96x32.png"), &Default::default()).unwrap(), (160, 448));
     for case in cases["image_cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
         for (i, image) in case["images"].as_array().unwrap().iter().enumerate() {

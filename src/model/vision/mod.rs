@@ -18,7 +18,7 @@ pub use placement::PromptImages;
 
 use crate::gguf::Metadata;
 use crate::gpu::{Gpu, Result as GpuResult};
-use crate::image::PixelImage;
+use crate::image::{ImageError, PixelImage, PreprocessOptions};
 use crate::kernels::matmul::MatmulCompute;
 use crate::source::{Eager, LoadQuant, TensorSource, WeightLoader};
 
@@ -55,6 +55,24 @@ impl VisionEncoder {
         match self {
             VisionEncoder::Pixtral(m) => m.encode(gpu, image),
             VisionEncoder::QwenVl(m) => m.encode(gpu, image),
+        }
+    }
+
+    /// Preprocesses an encoded image for this encoder: Pixtral's resize to multiples of 28
+    /// within `opts.max_edge`, or the Qwen2-VL processor's `smart_resize` (its pixel bounds and
+    /// this mmproj's mean/std; `opts` gives the decoding limits and EXIF handling).
+    pub fn preprocess(&self, bytes: &[u8], opts: &PreprocessOptions) -> Result<PixelImage, ImageError> {
+        match self {
+            VisionEncoder::Pixtral(_) => crate::image::preprocess(bytes, opts),
+            VisionEncoder::QwenVl(m) => crate::image::qwen::preprocess_qwen(bytes, &m.preprocess_options(opts)),
+        }
+    }
+
+    /// The `(height, width)` [`Self::preprocess`] gives `bytes`, from its header alone.
+    pub fn preprocessed_size(&self, bytes: &[u8], opts: &PreprocessOptions) -> Result<(u32, u32), ImageError> {
+        match self {
+            VisionEncoder::Pixtral(_) => crate::image::preprocessed_size(bytes, opts),
+            VisionEncoder::QwenVl(m) => crate::image::qwen::preprocessed_size_qwen(bytes, &m.preprocess_options(opts)),
         }
     }
 

@@ -67,6 +67,12 @@ impl QwenVl {
         Ok(QwenVl { cfg, weights, compute: MatmulCompute::F32, rope })
     }
 
+    /// The processor settings for this encoder ([`QwenVlConfig::preprocess`]) with the
+    /// decoding limits and EXIF handling of `decode`.
+    pub fn preprocess_options(&self, decode: &crate::image::PreprocessOptions) -> crate::image::qwen::QwenPreprocess {
+        crate::image::qwen::QwenPreprocess { decode: decode.clone(), ..self.cfg.preprocess() }
+    }
+
     /// The feature grid `(rows, cols)` of a preprocessed `height x width` image.
     pub fn feature_grid(&self, height: u32, width: u32) -> (u32, u32) {
         let side = self.cfg.patch_size * self.cfg.merge_size;
