@@ -1,4 +1,5 @@
 //! Image preprocessing for the Pixtral vision encoder: encoded bytes → normalised CHW f32.
+//! (The Qwen2-VL family's processor, which shares the decoding below, is [`qwen`].)
 //!
 //! Reference: transformers 5.x `PixtralImageProcessorPil` (`image_processing_pil_pixtral.py`)
 //! as driven by `PixtralProcessor` for Mistral 3 (`patch_size` 14 × `spatial_merge_size` 2 =
