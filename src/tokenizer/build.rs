@@ -55,6 +55,11 @@ pub(super) fn build_byte_level(vocab: &GgufVocab, ids: Vocab) -> Result<tokenize
         .build()
         .map_err(TokenizerError::Backend)?;
     let mut tokenizer = tokenizers::Tokenizer::new(model);
+    if spec.nfc {
+        tokenizer
+            .with_normalizer(Some(tokenizers::NormalizerWrapper::NFC(tokenizers::normalizers::unicode::NFC)))
+            .map_err(TokenizerError::Backend)?;
+    }
     tokenizer.with_pre_tokenizer(Some(spec.build()?));
     tokenizer.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevel::new(false, false, false))));
     Ok(tokenizer)
