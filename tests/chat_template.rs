@@ -180,3 +180,72 @@ fn generation_blocks_render_their_body() {
     let messages = [ChatMessage::text("user", "q"), ChatMessage::text("assistant", "a")];
     assert_eq!(t.render(&messages, false).expect("render"), "[q]<a>");
 }
+
+#[derive(Deserialize)]
+struct Qwen35Fixture {
+    chat_template: String,
+    cases: Vec<Qwen35Case>,
+}
+
+#[derive(Deserialize)]
+struct Qwen35Case {
+    name: String,
+    messages: Vec<ChatMessage>,
+    add_generation_prompt: bool,
+    kwargs: serde_json::Map<String, serde_json::Value>,
+    text: String,
+}
+
+fn qwen35_fixture() -> Qwen35Fixture {
+    let path = gguf_vocab::fixture("tokenizer/chat_qwen35.json");
+    serde_json::from_str(&std::fs::read_to_string(&path).expect("chat_qwen35.json")).expect("fixture JSON")
+}
+
+/// Qwen3.5's template (llama.cpp's `Qwen3.5-4B.jinja`) with `chat_template_kwargs`
+/// (`enable_thinking` true / false / absent, `tools`), images and multi-turn think blocks,
+/// against transformers' `render_jinja_template`; the prompts then tokenize with the tiny
+/// qwen35 vocabulary, each image placeholder one `<|image_pad|>` id.
+#[test]
+fn qwen35_template_matches_transformers() {
+    let fixture = qwen35_fixture();
+    let template = ChatTemplate::new(&fixture.chat_template, "", "<|im_end|>").expect("template compiles");
+    assert!(template.uses_think());
+    let vocab = gguf_vocab::read_vocab(&gguf_vocab::fixture("tiny_qwen35_a/model.gguf"));
+    let tokenizer = Tokenizer::from_gguf_vocab(&vocab).expect("tokenizer");
+    let pad = tokenizer.token_id("<|image_pad|>").expect("<|image_pad|>");
+    let mut failures = Vec::new();
+    for case in &fixture.cases {
+        let kwargs = (!case.kwargs.is_empty()).then_some(&case.kwargs);
+        let text = template.render_with(&case.messages, case.add_generation_prompt, kwargs).expect("render");
+        if text != case.text {
+            failures.push(format!("{}: rendered\n{text:?}\nwant\n{:?}", case.name, case.text));
+        }
+        let images = case.messages.iter().map(|m| match &m.content {
+            ChatContent::Parts(parts) => parts.iter().filter(|p| matches!(p, ContentPart::Image { .. })).count(),
+            ChatContent::Text(_) => 0,
+        });
+        let ids = tokenizer.encode(&text, false).expect("encode");
+        assert_eq!(ids.iter().filter(|&&id| id == pad).count(), images.sum::<usize>(), "{}", case.name);
+        let thinking_off = case.kwargs.get("enable_thinking") == Some(&serde_json::Value::Bool(false));
+        if case.add_generation_prompt {
+            assert_eq!(webvlm::chat::reasoning::prompt_opens_think(&text), !thinking_off, "{}", case.name);
+        }
+    }
+    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert_eq!(fixture.cases.len(), 9);
+}
+
+/// Templates without think tags render as before and do not split replies.
+#[test]
+fn templates_without_think_tags_are_not_split() {
+    let template = ChatTemplate::new(CHATML_TEMPLATE, "", "").expect("chatml");
+    assert!(!template.uses_think());
+    let kwargs: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(r#"{"enable_thinking": false, "messages": "ignored"}"#).expect("json");
+    let messages = [ChatMessage::text("user", "Hi")];
+    // A kwarg never replaces a standard variable.
+    assert_eq!(
+        template.render_with(&messages, true, Some(&kwargs)).expect("render"),
+        template.render(&messages, true).expect("render")
+    );
+}

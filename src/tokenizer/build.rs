@@ -91,6 +91,9 @@ pub(super) fn build_sentencepiece(
     Ok(tokenizer)
 }
 
+/// Added tokens kept by `decode(.., skip_special = true)` even when typed control.
+const THINK_TAGS: &[&str] = &["<think>", "</think>"];
+
 /// Registers control/unknown tokens as special and user-defined ones as plain added tokens.
 pub(super) fn register_added_tokens(
     tokenizer: &mut tokenizers::Tokenizer,
@@ -101,6 +104,12 @@ pub(super) fn register_added_tokens(
     let mut user = Vec::new();
     for (token, &ty) in tokens.iter().zip(types) {
         match ty {
+            // Think tags are added tokens but not special in the Hugging Face tokenizers of
+            // the models that use them (Qwen3, Qwen3.5: `"special": false`), so a reply's
+            // decoded text keeps them for the reasoning split, whatever type the GGUF gives.
+            token_type::CONTROL if THINK_TAGS.contains(&token.as_str()) => {
+                user.push(AddedToken::from(token.clone(), false).normalized(false));
+            }
             token_type::CONTROL | token_type::UNKNOWN => {
                 special.push(AddedToken::from(token.clone(), true).normalized(false));
             }
