@@ -79,6 +79,55 @@ fn bad_requests_are_openai_errors_naming_the_field() {
     ChatRequest::from_value(ok, vocab).unwrap();
 }
 
+/// `chat_template_kwargs` (vLLM's): a JSON object, at most 16 KiB, none of the variables
+/// the request itself sets; `null` is "none".
+#[test]
+fn chat_template_kwargs_are_checked() {
+    let vocab = 1000;
+    let m = user("hi");
+    let big = "x".repeat(webvlm::api::MAX_CHAT_TEMPLATE_KWARGS_BYTES);
+    let cases = [
+        (json!({ "messages": m, "chat_template_kwargs": "enable_thinking" }), "chat_template_kwargs", "invalid_type"),
+        (json!({ "messages": m, "chat_template_kwargs": [1, 2] }), "chat_template_kwargs", "invalid_type"),
+        (json!({ "messages": m, "chat_template_kwargs": false }), "chat_template_kwargs", "invalid_type"),
+        (json!({ "messages": m, "chat_template_kwargs": { "notes": big } }), "chat_template_kwargs", "invalid_value"),
+        (json!({ "messages": m, "chat_template_kwargs": { "messages": [] } }), "chat_template_kwargs.messages", "invalid_value"),
+        (
+            json!({ "messages": m, "chat_template_kwargs": { "add_generation_prompt": false } }),
+            "chat_template_kwargs.add_generation_prompt",
+            "invalid_value",
+        ),
+    ];
+    for (request, param, code) in cases {
+        let err = ChatRequest::from_value(request.clone(), vocab).unwrap_err();
+        assert_eq!((err.param.as_deref(), err.code), (Some(param), Some(code)), "{err:?}");
+        assert_eq!(err.kind, "invalid_request_error");
+    }
+    let ok = json!({ "messages": m, "chat_template_kwargs": { "enable_thinking": false, "tools": [{ "type": "function" }] } });
+    let req = ChatRequest::from_value(ok, vocab).unwrap();
+    assert_eq!(req.chat_template_kwargs.unwrap()["enable_thinking"], false);
+    let none = ChatRequest::from_value(json!({ "messages": m, "chat_template_kwargs": null }), vocab).unwrap();
+    assert!(none.chat_template_kwargs.is_none());
+}
+
+/// A model whose template writes no think tags answers as before: no `reasoning_content`,
+/// and `chat_template_kwargs` it does not read change nothing.
+#[test]
+fn replies_without_think_tags_have_no_reasoning_content() {
+    let mut e = tiny_vlm_engine();
+    let base = json!({ "messages": user("hi"), "max_tokens": 6, "temperature": 0 });
+    let (plain, _) = complete(&mut e, base.clone()).unwrap();
+    let mut with_kwargs = base.clone();
+    with_kwargs["chat_template_kwargs"] = json!({ "enable_thinking": false });
+    with_kwargs["stream"] = json!(true);
+    let (reply, chunks) = complete(&mut e, with_kwargs).unwrap();
+    assert_eq!(content(&reply), content(&plain));
+    assert!(reply["choices"][0]["message"].get("reasoning_content").is_none());
+    assert!(chunks.iter().all(|c| c["choices"][0]["delta"].get("reasoning_content").is_none()));
+    let streamed: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    assert_eq!(streamed, content(&plain));
+}
+
 #[test]
 fn schema_and_length_errors_come_before_any_work() {
     let mut e = tiny_vlm_engine();
