@@ -249,3 +249,48 @@ fn templates_without_think_tags_are_not_split() {
         template.render(&messages, true).expect("render")
     );
 }
+
+/// A Qwen3.5 reply streamed token by token as generation decodes it (special tokens
+/// skipped): `<think>` / `</think>` survive the decode (not special, as in Qwen's own
+/// tokenizer), and the split of the streamed deltas, `</think>` one token of its own, equals
+/// the whole-reply split, with and without the prompt having opened the block.
+#[test]
+fn qwen35_streamed_reply_splits_reasoning() {
+    use webvlm::chat::reasoning::{split_reasoning, ReasoningSplitter};
+    let vocab = gguf_vocab::read_vocab(&gguf_vocab::fixture("tiny_qwen35_a/model.gguf"));
+    let tok = Tokenizer::from_gguf_vocab(&vocab).expect("tokenizer");
+    let close = tok.token_id("</think>").expect("</think>");
+    assert!(!tok.is_special(close));
+    for (reply, opened, reasoning, content) in [
+        ("Let me see: a cat.\n</think>\n\nThe cat sat.<|im_end|>", true, Some("Let me see: a cat.\n"), "The cat sat."),
+        ("<think>\nhmm\n</think>\n\nIt is a cat.<|im_end|>", false, Some("\nhmm\n"), "It is a cat."),
+        ("</think>\n\nJust the answer.<|im_end|>", true, Some(""), "Just the answer."),
+        ("No block at all.<|im_end|>", false, None, "No block at all."),
+    ] {
+        let ids = tok.encode(reply, false).expect("encode");
+        assert!(ids.contains(&close) == reply.contains("</think>"), "{reply:?}");
+        let mut stream = tok.decode_stream(true);
+        let mut splitter = ReasoningSplitter::new(opened);
+        let (mut r, mut c, mut text) = (String::new(), String::new(), String::new());
+        let mut feed = |delta: &str, splitter: &mut ReasoningSplitter| {
+            text.push_str(delta);
+            let (dr, dc) = splitter.push(delta);
+            r += &dr;
+            c += &dc;
+        };
+        for &id in &ids {
+            if let Some(delta) = stream.step(&tok, id).expect("step") {
+                feed(&delta, &mut splitter);
+            }
+        }
+        if let Some(delta) = stream.flush(&tok).expect("flush") {
+            feed(&delta, &mut splitter);
+        }
+        let (dr, dc) = splitter.finish();
+        r += &dr;
+        c += &dc;
+        assert_eq!((splitter.saw_reasoning().then_some(r.as_str()), c.as_str()), (reasoning, content), "{reply:?}");
+        let (whole_r, whole_c) = split_reasoning(&text, opened);
+        assert_eq!((whole_r.as_deref(), whole_c.as_str()), (reasoning, content), "{reply:?}");
+    }
+}
