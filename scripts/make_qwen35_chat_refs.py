@@ -8,9 +8,6 @@ messages, `add_generation_prompt`, the extra template variables (`chat_template_
 `apply_chat_template(..., tokenize=False)` runs) produces. Cases: thinking on (default) and
 off, images, multi-turn with an earlier reply's think block, tools.
 
-Tool dicts are written with keys in sorted order at every level: webvlm passes kwargs to the
-template as a serde_json map, which `tojson` lists sorted.
-
 Run: QWEN35_TEMPLATE=path/to/Qwen3.5-4B.jinja /work/scratch/qwen/venv/bin/python scripts/make_qwen35_chat_refs.py
 """
 
@@ -33,17 +30,18 @@ TEMPLATE = Path(
 )
 OUT = FIXTURES / "tokenizer" / "chat_qwen35.json"
 
+# OpenAI's key order (not sorted): the template's `tojson` keeps it.
 WEATHER_TOOL = {
+    "type": "function",
     "function": {
-        "description": "Current weather in a city",
         "name": "get_weather",
+        "description": "Current weather in a city",
         "parameters": {
-            "properties": {"city": {"description": "City name", "type": "string"}},
-            "required": ["city"],
             "type": "object",
+            "properties": {"city": {"type": "string", "description": "City name"}},
+            "required": ["city"],
         },
     },
-    "type": "function",
 }
 
 SYSTEM_USER = [

@@ -163,6 +163,34 @@ impl Object for Fields {
     }
 }
 
+/// A JSON object for the template with its keys in the request's order (`tools` render with
+/// `tojson` as transformers renders the same dicts; minijinja's own maps sort their keys).
+/// The request keeps its order: serde_json's `preserve_order` is on (llguidance enables it).
+#[derive(Debug)]
+struct JsonObject(Vec<(String, Value)>);
+
+impl Object for JsonObject {
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        let key = key.as_str()?;
+        self.0.iter().find(|(name, _)| name == key).map(|(_, value)| value.clone())
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        Enumerator::Values(self.0.iter().map(|(name, _)| Value::from(name.as_str())).collect())
+    }
+}
+
+/// A JSON value (a `chat_template_kwargs` entry) as a template value, objects in key order.
+fn json_value(value: &serde_json::Value) -> Value {
+    match value {
+        serde_json::Value::Object(map) => {
+            Value::from_object(JsonObject(map.iter().map(|(k, v)| (k.clone(), json_value(v))).collect()))
+        }
+        serde_json::Value::Array(items) => Value::from(items.iter().map(json_value).collect::<Vec<Value>>()),
+        other => Value::from_serialize(other),
+    }
+}
+
 /// What the template sees of a message: `{"role": ..., "content": str | [part, ...]}`, a
 /// part being `{"type": "text", "text": ...}` or `{"type": "image"}`.
 fn message_value(message: &ChatMessage) -> Value {
@@ -272,7 +300,8 @@ impl ChatTemplate {
             eos_token => &self.eos_token,
         };
         let defaults = context! { tools => Value::from(()), documents => Value::from(()) };
-        let extra = kwargs.map_or(Value::from(()), Value::from_serialize);
+        let extra = kwargs
+            .map_or(Value::from(()), |map| Value::from_iter(map.iter().map(|(k, v)| (Value::from(k.as_str()), json_value(v)))));
         let ctx = context! { ..base, ..extra, ..defaults };
         template.render(ctx).map_err(|err| match raised_message(&err) {
             Some(message) => ChatError::Raised(message),
