@@ -2,8 +2,8 @@
 //! parsers (`deepseek_r1`, `qwen3`) return `reasoning_content` apart from `content`.
 //!
 //! A reply is in a think block from its start when the prompt left one open (Qwen3.5 with
-//! thinking on ends the prompt with `<think>\n`) or when the reply itself starts with
-//! `<think>`; the text up to `</think>` is reasoning, the rest (leading newlines dropped,
+//! thinking on ends the prompt with `<think>\n`; a `<think>` the model writes again first is
+//! dropped) or when the reply itself starts with `<think>`; the text up to `</think>` is reasoning, the rest (leading newlines dropped,
 //! as the templates write `</think>\n\n`) is content. A reply that never opened a block is
 //! all content. [`ReasoningSplitter`] does the same on streamed deltas cut anywhere, tags
 //! included: a delta that could be the start of a tag is held back until it can be told.
@@ -41,6 +41,9 @@ pub fn split_reasoning(reply: &str, prompt_opened: bool) -> (Option<String>, Str
 enum State {
     /// Nothing seen yet: the reply may still start with `<think>`.
     Start,
+    /// The prompt opened the block and nothing is seen yet: a `<think>` the model writes
+    /// again at the start is dropped (vLLM's parsers do the same).
+    OpenedStart,
     /// Inside the think block.
     Thinking,
     /// After `</think>`, before the first content character (newlines are dropped here).
@@ -61,7 +64,7 @@ pub struct ReasoningSplitter {
 impl ReasoningSplitter {
     /// A splitter for a reply whose prompt left a think block open (`prompt_opened`) or not.
     pub fn new(prompt_opened: bool) -> Self {
-        let state = if prompt_opened { State::Thinking } else { State::Start };
+        let state = if prompt_opened { State::OpenedStart } else { State::Start };
         Self { state, held: String::new(), saw_reasoning: prompt_opened }
     }
 
@@ -88,6 +91,14 @@ impl ReasoningSplitter {
                     } else {
                         self.state = State::Content;
                     }
+                }
+                State::OpenedStart => {
+                    if let Some(rest) = self.held.strip_prefix(THINK_OPEN) {
+                        self.held = rest.to_string();
+                    } else if THINK_OPEN.starts_with(self.held.as_str()) {
+                        return (reasoning, content); // maybe a repeated tag still coming
+                    }
+                    self.state = State::Thinking;
                 }
                 State::Thinking => {
                     if let Some(at) = self.held.find(THINK_CLOSE) {
@@ -124,7 +135,7 @@ impl ReasoningSplitter {
     pub fn finish(&mut self) -> (String, String) {
         let held = std::mem::take(&mut self.held);
         match self.state {
-            State::Thinking => (held, String::new()),
+            State::Thinking | State::OpenedStart => (held, String::new()),
             State::Start | State::Content => {
                 self.state = State::Content;
                 (String::new(), held)
@@ -170,6 +181,8 @@ mod tests {
         check_all_cuts("no end tag yet", true, Some("no end tag yet"), "");
         check_all_cuts("</think>\n\nx < y", true, Some(""), "x < y");
         check_all_cuts("a </thin b</think>c", true, Some("a </thin b"), "c");
+        check_all_cuts("<think>\nagain</think>x", true, Some("\nagain"), "x");
+        check_all_cuts("<thin", true, Some("<thin"), "");
     }
 
     #[test]
