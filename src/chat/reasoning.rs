@@ -5,9 +5,9 @@
 //! thinking on ends the prompt with `<think>\n`; a `<think>` the model writes again first is
 //! dropped) or when the reply itself starts with `<think>`; the text up to `</think>` is
 //! reasoning, the rest (leading newlines dropped, as the templates write `</think>\n\n`)
-//! is content. A reply that never opened a block is
-//! all content. [`ReasoningSplitter`] does the same on streamed deltas cut anywhere, tags
-//! included: a delta that could be the start of a tag is held back until it can be told.
+//! is content. A reply that never opened a block is all content. [`ReasoningSplitter`] does
+//! the same on streamed deltas cut anywhere, tags included: a delta that could be the start
+//! of a tag is held back until it can be told.
 
 /// Opening tag of a think block.
 pub const THINK_OPEN: &str = "<think>";
