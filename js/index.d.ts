@@ -109,6 +109,10 @@ export interface ChatCompletionRequest {
   stream_options?: { include_usage?: boolean };
   /** Longest image edge in pixels before tokenization (default and maximum: the model's image size, `info.maxImageEdge`, 1540 for Ministral 3). */
   image_max_edge?: number;
+  /** Extra variables for the model's chat template, as vLLM's `chat_template_kwargs`: a JSON
+   * object of at most 16 KiB, e.g. `{ enable_thinking: false }` for Qwen3.5 (no think block).
+   * `messages`, `add_generation_prompt`, `bos_token` and `eos_token` may not be set. */
+  chat_template_kwargs?: Record<string, unknown>;
   /** Stops the request (finish_reason "abort"). */
   signal?: AbortSignal;
 }
@@ -145,7 +149,13 @@ export interface ChatCompletion {
   object: "chat.completion";
   created: number;
   model: string;
-  choices: { index: number; message: { role: "assistant"; content: string }; finish_reason: FinishReason; logprobs: { content: TokenLogprob[] } | null }[];
+  choices: { index: number; message: {
+      role: "assistant";
+      content: string;
+      /** The text of the reply's `<think>` block, for models whose template writes think
+       * tags (null when the reply had none); absent for other models. */
+      reasoning_content?: string | null;
+    }; finish_reason: FinishReason; logprobs: { content: TokenLogprob[] } | null }[];
   usage: Usage;
 }
 
@@ -154,7 +164,7 @@ export interface ChatCompletionChunk {
   object: "chat.completion.chunk";
   created: number;
   model: string;
-  choices: { index: number; delta: { role?: "assistant"; content?: string }; finish_reason: FinishReason | null; logprobs: { content: TokenLogprob[] } | null }[];
+  choices: { index: number; delta: { role?: "assistant"; content?: string; /** Think-block text (see `ChatCompletion`). */ reasoning_content?: string }; finish_reason: FinishReason | null; logprobs: { content: TokenLogprob[] } | null }[];
   usage?: Usage;
 }
 

@@ -19,6 +19,7 @@
 //! multimodal templates loop over.
 
 mod pyfmt;
+pub mod reasoning;
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -162,6 +163,34 @@ impl Object for Fields {
     }
 }
 
+/// A JSON object for the template with its keys in the request's order (`tools` render with
+/// `tojson` as transformers renders the same dicts; minijinja's own maps sort their keys).
+/// The request keeps its order: serde_json's `preserve_order` is on (llguidance enables it).
+#[derive(Debug)]
+struct JsonObject(Vec<(String, Value)>);
+
+impl Object for JsonObject {
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        let key = key.as_str()?;
+        self.0.iter().find(|(name, _)| name == key).map(|(_, value)| value.clone())
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        Enumerator::Values(self.0.iter().map(|(name, _)| Value::from(name.as_str())).collect())
+    }
+}
+
+/// A JSON value (a `chat_template_kwargs` entry) as a template value, objects in key order.
+fn json_value(value: &serde_json::Value) -> Value {
+    match value {
+        serde_json::Value::Object(map) => {
+            Value::from_object(JsonObject(map.iter().map(|(k, v)| (k.clone(), json_value(v))).collect()))
+        }
+        serde_json::Value::Array(items) => Value::from(items.iter().map(json_value).collect::<Vec<Value>>()),
+        other => Value::from_serialize(other),
+    }
+}
+
 /// What the template sees of a message: `{"role": ..., "content": str | [part, ...]}`, a
 /// part being `{"type": "text", "text": ...}` or `{"type": "image"}`.
 fn message_value(message: &ChatMessage) -> Value {
@@ -192,6 +221,7 @@ pub struct ChatTemplate {
     bos_token: String,
     eos_token: String,
     clock: Arc<AtomicI64>,
+    uses_think: bool,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -222,7 +252,8 @@ impl ChatTemplate {
             pyfmt::strftime(&format, now)
         });
         env.add_template_owned(TEMPLATE_NAME, rewrite_generation_tags(template_source)).map_err(ChatError::Syntax)?;
-        Ok(Self { env, bos_token: bos_token.into(), eos_token: eos_token.into(), clock })
+        let uses_think = reasoning::template_uses_think(template_source);
+        Ok(Self { env, bos_token: bos_token.into(), eos_token: eos_token.into(), clock, uses_think })
     }
 
     /// The model's template (or [`CHATML_TEMPLATE`] when it has none), with BOS/EOS
@@ -239,18 +270,39 @@ impl ChatTemplate {
         self.clock.store(unix_seconds.unwrap_or(SYSTEM_CLOCK), Ordering::Relaxed);
     }
 
+    /// Whether the template writes `<think>` blocks: replies are then split into
+    /// `reasoning_content` and `content` ([`reasoning`]).
+    pub fn uses_think(&self) -> bool {
+        self.uses_think
+    }
+
     /// Renders `messages`; `add_generation_prompt` appends the assistant turn opener.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, ChatError> {
+        self.render_with(messages, add_generation_prompt, None)
+    }
+
+    /// [`ChatTemplate::render`] with extra template variables (`chat_template_kwargs`, e.g.
+    /// `{"enable_thinking": false}`), as transformers' `apply_chat_template(**kwargs)` passes
+    /// them. The standard variables (`messages`, `add_generation_prompt`, `bos_token`,
+    /// `eos_token`) win over a kwarg of the same name.
+    pub fn render_with(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        kwargs: Option<&serde_json::Map<String, serde_json::Value>>,
+    ) -> Result<String, ChatError> {
         let template = self.env.get_template(TEMPLATE_NAME).map_err(ChatError::Render)?;
         let messages: Vec<Value> = messages.iter().map(message_value).collect();
-        let ctx = context! {
+        let base = context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,
-            tools => Value::from(()),
-            documents => Value::from(()),
         };
+        let defaults = context! { tools => Value::from(()), documents => Value::from(()) };
+        let extra = kwargs
+            .map_or(Value::from(()), |map| Value::from_iter(map.iter().map(|(k, v)| (Value::from(k.as_str()), json_value(v)))));
+        let ctx = context! { ..base, ..extra, ..defaults };
         template.render(ctx).map_err(|err| match raised_message(&err) {
             Some(message) => ChatError::Raised(message),
             None => ChatError::Render(err),

@@ -79,6 +79,118 @@ fn bad_requests_are_openai_errors_naming_the_field() {
     ChatRequest::from_value(ok, vocab).unwrap();
 }
 
+/// `chat_template_kwargs` (vLLM's): a JSON object, at most 16 KiB, none of the variables
+/// the request itself sets; `null` is "none".
+#[test]
+fn chat_template_kwargs_are_checked() {
+    let vocab = 1000;
+    let m = user("hi");
+    let big = "x".repeat(webvlm::api::MAX_CHAT_TEMPLATE_KWARGS_BYTES);
+    let cases = [
+        (json!({ "messages": m, "chat_template_kwargs": "enable_thinking" }), "chat_template_kwargs", "invalid_type"),
+        (json!({ "messages": m, "chat_template_kwargs": [1, 2] }), "chat_template_kwargs", "invalid_type"),
+        (json!({ "messages": m, "chat_template_kwargs": false }), "chat_template_kwargs", "invalid_type"),
+        (json!({ "messages": m, "chat_template_kwargs": { "notes": big } }), "chat_template_kwargs", "invalid_value"),
+        (json!({ "messages": m, "chat_template_kwargs": { "messages": [] } }), "chat_template_kwargs.messages", "invalid_value"),
+        (
+            json!({ "messages": m, "chat_template_kwargs": { "add_generation_prompt": false } }),
+            "chat_template_kwargs.add_generation_prompt",
+            "invalid_value",
+        ),
+    ];
+    for (request, param, code) in cases {
+        let err = ChatRequest::from_value(request.clone(), vocab).unwrap_err();
+        assert_eq!((err.param.as_deref(), err.code), (Some(param), Some(code)), "{err:?}");
+        assert_eq!(err.kind, "invalid_request_error");
+    }
+    let ok = json!({ "messages": m, "chat_template_kwargs": { "enable_thinking": false, "tools": [{ "type": "function" }] } });
+    let req = ChatRequest::from_value(ok, vocab).unwrap();
+    assert_eq!(req.chat_template_kwargs.unwrap()["enable_thinking"], false);
+    let none = ChatRequest::from_value(json!({ "messages": m, "chat_template_kwargs": null }), vocab).unwrap();
+    assert!(none.chat_template_kwargs.is_none());
+}
+
+/// A model whose template writes no think tags answers as before: no `reasoning_content`,
+/// and `chat_template_kwargs` it does not read change nothing.
+#[test]
+fn replies_without_think_tags_have_no_reasoning_content() {
+    let mut e = tiny_vlm_engine();
+    let base = json!({ "messages": user("hi"), "max_tokens": 6, "temperature": 0 });
+    let (plain, _) = complete(&mut e, base.clone()).unwrap();
+    let mut with_kwargs = base.clone();
+    with_kwargs["chat_template_kwargs"] = json!({ "enable_thinking": false });
+    with_kwargs["stream"] = json!(true);
+    let (reply, chunks) = complete(&mut e, with_kwargs).unwrap();
+    assert_eq!(content(&reply), content(&plain));
+    assert!(reply["choices"][0]["message"].get("reasoning_content").is_none());
+    assert!(chunks.iter().all(|c| c["choices"][0]["delta"].get("reasoning_content").is_none()));
+    let streamed: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    assert_eq!(streamed, content(&plain));
+}
+
+/// The tiny VLM with a ChatML template that opens `<think>\n` at the generation prompt unless
+/// `enable_thinking` is false (as Qwen3.5's does), rewritten in memory.
+fn think_template_engine() -> Engine {
+    use webvlm::gguf::{parse_header, GgufWriter, MetaValue};
+    use webvlm::source::GgufBytes;
+    const TEMPLATE: &str =
+        "{%- for m in messages %}{{ '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}{%- endfor %}\
+        {%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}\
+        {%- if enable_thinking is defined and enable_thinking is false %}{{ '<think>\\n\\n</think>\\n\\n' }}\
+        {%- else %}{{ '<think>\\n' }}{%- endif %}{%- endif %}";
+    let bytes = std::fs::read(fixture(TINY_VLM).join("model.gguf")).unwrap();
+    let header = parse_header(&bytes).unwrap();
+    let mut w = GgufWriter::new();
+    for (k, v) in header.metadata.iter() {
+        if k != "tokenizer.chat_template" {
+            w.add_kv(k, v.clone());
+        }
+    }
+    w.add_kv("tokenizer.chat_template", MetaValue::String(TEMPLATE.into()));
+    for t in &header.tensors {
+        let r = header.absolute_range(t).unwrap();
+        w.add_tensor(t.name.clone(), &t.dims, t.ty, bytes[r.start as usize..r.end as usize].to_vec()).unwrap();
+    }
+    let model = GgufBytes::parse(w.write().unwrap()).unwrap();
+    Engine::load(gpu(), &model, ContextOptions { max_ctx: 512, max_chunk: 16, ..Default::default() }).unwrap()
+}
+
+/// With a template that leaves `<think>` open, the whole reply (no `</think>` in 8 random
+/// tokens) is `reasoning_content`, streamed as `delta.reasoning_content` and never as
+/// `content`; with `enable_thinking: false` the prompt closes the block and the same engine
+/// answers in `content` with `reasoning_content` null.
+#[test]
+fn think_blocks_become_reasoning_content() {
+    let mut e = think_template_engine();
+    let base = json!({ "messages": user("hi"), "max_tokens": 8, "temperature": 0 });
+    for stream in [false, true] {
+        let mut req = base.clone();
+        req["stream"] = json!(stream);
+        let (reply, chunks) = complete(&mut e, req).unwrap();
+        let message = &reply["choices"][0]["message"];
+        let reasoning = message["reasoning_content"].as_str().expect("reasoning_content");
+        assert!(!reasoning.is_empty() && !reasoning.contains("</think>"), "{reply}");
+        assert_eq!(content(&reply), "");
+        if stream {
+            let deltas = |key: &str| -> String { chunks.iter().filter_map(|c| c["choices"][0]["delta"][key].as_str()).collect() };
+            assert_eq!(deltas("reasoning_content"), reasoning);
+            assert_eq!(deltas("content"), "");
+        }
+
+        let mut off = base.clone();
+        off["stream"] = json!(stream);
+        off["chat_template_kwargs"] = json!({ "enable_thinking": false });
+        let (reply, chunks) = complete(&mut e, off).unwrap();
+        assert!(reply["choices"][0]["message"]["reasoning_content"].is_null(), "{reply}");
+        assert!(!content(&reply).is_empty());
+        if stream {
+            let streamed: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+            assert_eq!(streamed, content(&reply));
+            assert!(chunks.iter().all(|c| c["choices"][0]["delta"].get("reasoning_content").is_none()));
+        }
+    }
+}
+
 #[test]
 fn schema_and_length_errors_come_before_any_work() {
     let mut e = tiny_vlm_engine();

@@ -180,3 +180,117 @@ fn generation_blocks_render_their_body() {
     let messages = [ChatMessage::text("user", "q"), ChatMessage::text("assistant", "a")];
     assert_eq!(t.render(&messages, false).expect("render"), "[q]<a>");
 }
+
+#[derive(Deserialize)]
+struct Qwen35Fixture {
+    chat_template: String,
+    cases: Vec<Qwen35Case>,
+}
+
+#[derive(Deserialize)]
+struct Qwen35Case {
+    name: String,
+    messages: Vec<ChatMessage>,
+    add_generation_prompt: bool,
+    kwargs: serde_json::Map<String, serde_json::Value>,
+    text: String,
+}
+
+fn qwen35_fixture() -> Qwen35Fixture {
+    let path = gguf_vocab::fixture("tokenizer/chat_qwen35.json");
+    serde_json::from_str(&std::fs::read_to_string(&path).expect("chat_qwen35.json")).expect("fixture JSON")
+}
+
+/// Qwen3.5's template (llama.cpp's `Qwen3.5-4B.jinja`) with `chat_template_kwargs`
+/// (`enable_thinking` true / false / absent, `tools`), images and multi-turn think blocks,
+/// against transformers' `render_jinja_template`; the prompts then tokenize with the tiny
+/// qwen35 vocabulary, each image placeholder one `<|image_pad|>` id.
+#[test]
+fn qwen35_template_matches_transformers() {
+    let fixture = qwen35_fixture();
+    let template = ChatTemplate::new(&fixture.chat_template, "", "<|im_end|>").expect("template compiles");
+    assert!(template.uses_think());
+    let vocab = gguf_vocab::read_vocab(&gguf_vocab::fixture("tiny_qwen35_a/model.gguf"));
+    let tokenizer = Tokenizer::from_gguf_vocab(&vocab).expect("tokenizer");
+    let pad = tokenizer.token_id("<|image_pad|>").expect("<|image_pad|>");
+    let mut failures = Vec::new();
+    for case in &fixture.cases {
+        let kwargs = (!case.kwargs.is_empty()).then_some(&case.kwargs);
+        let text = template.render_with(&case.messages, case.add_generation_prompt, kwargs).expect("render");
+        if text != case.text {
+            failures.push(format!("{}: rendered\n{text:?}\nwant\n{:?}", case.name, case.text));
+        }
+        let images = case.messages.iter().map(|m| match &m.content {
+            ChatContent::Parts(parts) => parts.iter().filter(|p| matches!(p, ContentPart::Image { .. })).count(),
+            ChatContent::Text(_) => 0,
+        });
+        let ids = tokenizer.encode(&text, false).expect("encode");
+        assert_eq!(ids.iter().filter(|&&id| id == pad).count(), images.sum::<usize>(), "{}", case.name);
+        let thinking_off = case.kwargs.get("enable_thinking") == Some(&serde_json::Value::Bool(false));
+        if case.add_generation_prompt {
+            assert_eq!(webvlm::chat::reasoning::prompt_opens_think(&text), !thinking_off, "{}", case.name);
+        }
+    }
+    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert_eq!(fixture.cases.len(), 9);
+}
+
+/// Templates without think tags render as before and do not split replies.
+#[test]
+fn templates_without_think_tags_are_not_split() {
+    let template = ChatTemplate::new(CHATML_TEMPLATE, "", "").expect("chatml");
+    assert!(!template.uses_think());
+    let kwargs: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(r#"{"enable_thinking": false, "messages": "ignored"}"#).expect("json");
+    let messages = [ChatMessage::text("user", "Hi")];
+    // A kwarg never replaces a standard variable.
+    assert_eq!(
+        template.render_with(&messages, true, Some(&kwargs)).expect("render"),
+        template.render(&messages, true).expect("render")
+    );
+}
+
+/// A Qwen3.5 reply streamed token by token as generation decodes it (special tokens
+/// skipped): `<think>` / `</think>` survive the decode (not special, as in Qwen's own
+/// tokenizer), and the split of the streamed deltas, `</think>` one token of its own, equals
+/// the whole-reply split, with and without the prompt having opened the block.
+#[test]
+fn qwen35_streamed_reply_splits_reasoning() {
+    use webvlm::chat::reasoning::{split_reasoning, ReasoningSplitter};
+    let vocab = gguf_vocab::read_vocab(&gguf_vocab::fixture("tiny_qwen35_a/model.gguf"));
+    let tok = Tokenizer::from_gguf_vocab(&vocab).expect("tokenizer");
+    let close = tok.token_id("</think>").expect("</think>");
+    assert!(!tok.is_special(close));
+    for (reply, opened, reasoning, content) in [
+        ("Let me see: a cat.\n</think>\n\nThe cat sat.<|im_end|>", true, Some("Let me see: a cat.\n"), "The cat sat."),
+        ("<think>\nhmm\n</think>\n\nIt is a cat.<|im_end|>", false, Some("\nhmm\n"), "It is a cat."),
+        ("</think>\n\nJust the answer.<|im_end|>", true, Some(""), "Just the answer."),
+        ("No block at all.<|im_end|>", false, None, "No block at all."),
+    ] {
+        let ids = tok.encode(reply, false).expect("encode");
+        assert!(ids.contains(&close) == reply.contains("</think>"), "{reply:?}");
+        let mut stream = tok.decode_stream(true);
+        let mut splitter = ReasoningSplitter::new(opened);
+        let (mut r, mut c, mut text) = (String::new(), String::new(), String::new());
+        let mut feed = |delta: &str, splitter: &mut ReasoningSplitter| {
+            text.push_str(delta);
+            let (dr, dc) = splitter.push(delta);
+            r += &dr;
+            c += &dc;
+        };
+        for &id in &ids {
+            if let Some(delta) = stream.step(&tok, id).expect("step") {
+                feed(&delta, &mut splitter);
+            }
+        }
+        if let Some(delta) = stream.flush(&tok).expect("flush") {
+            feed(&delta, &mut splitter);
+        }
+        let (dr, dc) = splitter.finish();
+        r += &dr;
+        c += &dc;
+        assert_eq!((splitter.saw_reasoning().then_some(r.as_str()), c.as_str()), (reasoning, content), "{reply:?}");
+        let (whole_r, whole_c) = split_reasoning(&text, opened);
+        assert_eq!((whole_r.as_deref(), whole_c.as_str()), (reasoning, content), "{reply:?}");
+    }
+}

@@ -33,7 +33,10 @@ const SAMPLING_FLAGS: &[&str] = &["--max-tokens", "--temperature", "--top-k", "-
 fn subcommands() -> Vec<(&'static str, Vec<&'static str>)> {
     let with = |own: &[&'static str], groups: &[&[&'static str]]| [own, &groups.concat()].concat();
     vec![
-        ("generate", with(&["--prompt", "--chat", "--image"], &[ENGINE_FLAGS, SAMPLING_FLAGS])),
+        (
+            "generate",
+            with(&["--prompt", "--chat", "--chat-template-kwargs", "--no-think", "--image"], &[ENGINE_FLAGS, SAMPLING_FLAGS]),
+        ),
         ("logits", with(&["--prompt", "--tokens", "--out", "--pos-offset", "--image"], &[ENGINE_FLAGS])),
         ("chat", with(&["--request"], &[ENGINE_FLAGS])),
         ("batch", with(&["REQUESTS.jsonl", "--out"], &[ENGINE_FLAGS])),
@@ -141,6 +144,22 @@ fn missing_and_conflicting_flags_are_rejected() {
     rejected(&["synthetic", "--out", "x.gguf", "--seed", "3", "--zeros"], &["--seed", "--zeros", "cannot be used with"]);
     rejected(&[&["batch"][..], &m].concat(), &["REQUESTS.jsonl"]);
     rejected(&["chat", "--request", "r.json"], &["--model"]);
+    rejected(&[&["generate", "--prompt", "hi", "--no-think"][..], &m].concat(), &["--chat"]);
+    rejected(&[&["generate", "--prompt", "hi", "--chat-template-kwargs", "{}"][..], &m].concat(), &["--chat"]);
+}
+
+/// `--chat-template-kwargs` is checked as the API checks `chat_template_kwargs`, before the
+/// model is opened.
+#[test]
+fn chat_template_kwargs_flag_is_checked() {
+    for (json, needle) in
+        [("[1]", "must be a JSON object"), ("{oops", "--chat-template-kwargs"), (r#"{"messages": 1}"#, "may not set")]
+    {
+        let out = webvlm(&["generate", "--model", "missing.gguf", "--prompt", "hi", "--chat", "--chat-template-kwargs", json]);
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "{json}");
+        assert!(stderr.contains(needle) && !stderr.contains("missing.gguf"), "{json}: {stderr}");
+    }
 }
 
 /// Whether `stderr` reads like a failure: a panic or an error message.

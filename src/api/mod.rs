@@ -13,12 +13,13 @@ use std::rc::Rc;
 
 use serde_json::{json, Value};
 
+use crate::chat::reasoning::{split_reasoning, ReasoningSplitter};
 use crate::chat::{ChatContent, ContentPart};
 use crate::engine::{Engine, EngineError, Prompt, Wait};
 use crate::image::PreprocessOptions;
 
 pub use error::ApiError;
-pub use request::ChatRequest;
+pub use request::{chat_template_kwargs, ChatRequest, MAX_CHAT_TEMPLATE_KWARGS_BYTES};
 pub use response::ResponseMeta;
 
 /// Refuses what [`run`] would refuse before any image is fetched: an invalid or unsupported
@@ -33,7 +34,7 @@ pub fn check(engine: &mut Engine, req: &ChatRequest) -> Result<(), ApiError> {
     });
     let tokens = match &req.tokens {
         Some(tokens) => tokens.len(),
-        None => match engine.chat_tokens(&req.messages) {
+        None => match engine.chat_tokens_with(&req.messages, req.chat_template_kwargs.as_ref()) {
             Ok(tokens) => tokens.len(),
             // With images, generation meets them first (a bad one is its error).
             Err(_) if has_images => return Ok(()),
@@ -72,8 +73,18 @@ pub async fn run(
     let image_options = image_options(engine, req)?;
     let prompt = match &req.tokens {
         Some(tokens) => Prompt { tokens: tokens.clone(), images: Vec::new() },
-        None => engine.chat_prompt_with(&req.messages, &image_options, load_url)?,
+        None => engine.chat_prompt_kwargs(&req.messages, &image_options, req.chat_template_kwargs.as_ref(), load_url)?,
     };
+    // Replies of a template with think tags are split into reasoning and content; a prompt
+    // of raw ids is split when its text left a think block open.
+    let reasoning_opened = match &req.tokens {
+        Some(tokens) if engine.template_uses_think() => Some(crate::chat::reasoning::prompt_opens_think(
+            &engine.tokenizer().decode(tokens, false).map_err(EngineError::from)?,
+        )),
+        Some(_) => None,
+        None => engine.reasoning_opened(&req.messages, req.chat_template_kwargs.as_ref())?,
+    };
+    let mut splitter = reasoning_opened.map(ReasoningSplitter::new);
     check_length(engine, prompt.tokens.len(), "")?;
     let meta = ResponseMeta::new(req.model.as_deref().or(engine.decoder().cfg.name.as_deref()).unwrap_or("webvlm"));
     let mut opts = req.options.clone();
@@ -91,14 +102,47 @@ pub async fn run(
             if !req.stream || (step.text.is_empty() && lp.is_none()) {
                 return None;
             }
-            on_chunk(response::chunk(&meta, json!({ "content": step.text }), lp, None))
+            let delta = match splitter.as_mut() {
+                Some(s) => reasoning_delta(s.push(step.text)),
+                None => Some(json!({ "content": step.text })),
+            };
+            match delta {
+                Some(delta) => on_chunk(response::chunk(&meta, delta, lp, None)),
+                None if lp.is_some() => on_chunk(response::chunk(&meta, json!({ "content": "" }), lp, None)),
+                None => None,
+            }
         })
         .await?;
     if req.stream {
+        if let Some(delta) = splitter.as_mut().and_then(|s| reasoning_delta(s.finish())) {
+            if let Some(wait) = on_chunk(response::chunk(&meta, delta, None, None)) {
+                wait.await;
+            }
+        }
         on_chunk(response::chunk(&meta, json!({}), None, Some(g.finish.as_str())));
         if req.include_usage {
             on_chunk(response::usage_chunk(&meta, &g));
         }
     }
-    Ok(response::completion(&meta, &g, engine.tokenizer(), logprobs))
+    let mut completion = response::completion(&meta, &g, engine.tokenizer(), logprobs);
+    if let Some(opened) = reasoning_opened {
+        let (reasoning, content) = split_reasoning(&g.text, opened);
+        if let Some(message) = completion.pointer_mut("/choices/0/message") {
+            message["content"] = json!(content);
+            message["reasoning_content"] = json!(reasoning);
+        }
+    }
+    Ok(completion)
+}
+
+/// The stream delta of a settled `(reasoning, content)` pair, `None` when both are empty.
+fn reasoning_delta((reasoning, content): (String, String)) -> Option<Value> {
+    let mut delta = serde_json::Map::new();
+    if !reasoning.is_empty() {
+        delta.insert("reasoning_content".into(), json!(reasoning));
+    }
+    if !content.is_empty() {
+        delta.insert("content".into(), json!(content));
+    }
+    (!delta.is_empty()).then_some(Value::Object(delta))
 }

@@ -13,7 +13,8 @@ use crate::sampling::{SamplingParams, StopStrings, MAX_TOP_LOGPROBS};
 use super::ApiError;
 
 /// Fields a request may carry. `model` and `user` are accepted and not used; `tokens` (prompt
-/// ids instead of messages) and `image_max_edge` are webvlm's.
+/// ids instead of messages) and `image_max_edge` are webvlm's; `chat_template_kwargs` is
+/// vLLM's (extra variables for the chat template, e.g. `{"enable_thinking": false}`).
 const FIELDS: &[&str] = &[
     "model",
     "messages",
@@ -38,7 +39,14 @@ const FIELDS: &[&str] = &[
     "user",
     "tokens",
     "image_max_edge",
+    "chat_template_kwargs",
 ];
+
+/// Most bytes `chat_template_kwargs` may take as JSON.
+pub const MAX_CHAT_TEMPLATE_KWARGS_BYTES: usize = 16 * 1024;
+
+/// Template variables a `chat_template_kwargs` entry may not set (the request sets them).
+const RESERVED_TEMPLATE_VARS: &[&str] = &["messages", "add_generation_prompt", "bos_token", "eos_token"];
 
 /// Roles a message may have.
 const ROLES: &[&str] = &["system", "developer", "user", "assistant"];
@@ -58,6 +66,9 @@ pub struct ChatRequest {
     /// Longest image edge before tiling into 28-pixel tokens, for this request only (at most
     /// the model's image size: [`super::run`] and [`super::check`] refuse larger ones).
     pub image_max_edge: Option<u32>,
+    /// `chat_template_kwargs`: extra chat-template variables (a JSON object of at most
+    /// [`MAX_CHAT_TEMPLATE_KWARGS_BYTES`], none of the template's standard variables).
+    pub chat_template_kwargs: Option<Map<String, Value>>,
 }
 
 /// Reads the fields of one JSON object, each at most once.
@@ -156,6 +167,7 @@ impl ChatRequest {
             return Err(ApiError::invalid("image_max_edge", "invalid_value", "image_max_edge must be positive"));
         }
         let response_format = response_format(f.get("response_format")?)?;
+        let chat_template_kwargs = chat_template_kwargs(f.0.remove("chat_template_kwargs"))?;
         let options = GenerateOptions {
             max_tokens,
             sampling,
@@ -173,8 +185,32 @@ impl ChatRequest {
             stream,
             include_usage: stream_options.and_then(|o| o.include_usage).unwrap_or(false),
             image_max_edge,
+            chat_template_kwargs,
         })
     }
+}
+
+/// `chat_template_kwargs`: null or a JSON object, bounded in size, with no standard
+/// template variable among its keys.
+/// The CLI's `--chat-template-kwargs` goes through it too.
+pub fn chat_template_kwargs(v: Option<Value>) -> Result<Option<Map<String, Value>>, ApiError> {
+    const FIELD: &str = "chat_template_kwargs";
+    let map = match v {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(map)) => map,
+        Some(_) => return Err(ApiError::invalid(FIELD, "invalid_type", "chat_template_kwargs must be a JSON object")),
+    };
+    let size = serde_json::to_string(&map).map_or(usize::MAX, |s| s.len());
+    if size > MAX_CHAT_TEMPLATE_KWARGS_BYTES {
+        let message =
+            format!("chat_template_kwargs is {size} bytes of JSON; at most {MAX_CHAT_TEMPLATE_KWARGS_BYTES} are allowed");
+        return Err(ApiError::invalid(FIELD, "invalid_value", message));
+    }
+    if let Some(key) = map.keys().find(|k| RESERVED_TEMPLATE_VARS.contains(&k.as_str())) {
+        let message = format!("chat_template_kwargs may not set `{key}` (the request sets it)");
+        return Err(ApiError::invalid(format!("{FIELD}.{key}"), "invalid_value", message));
+    }
+    Ok(Some(map))
 }
 
 #[derive(Deserialize)]

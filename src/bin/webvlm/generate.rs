@@ -5,7 +5,7 @@ use std::rc::Rc;
 
 use clap::{ArgGroup, Args};
 use webvlm::chat::{ChatContent, ChatMessage, ContentPart};
-use webvlm::engine::{Engine, EngineError, Prompt};
+use webvlm::engine::{Engine, EngineError, JsonMap, Prompt};
 use webvlm::model::ImageFeatures;
 
 use crate::args::{EngineArgs, ImageArgs, SamplingArgs};
@@ -20,12 +20,35 @@ pub struct GenerateArgs {
     /// Format the prompt with the model's chat template, as one user message (images first)
     #[arg(long)]
     chat: bool,
+    /// Extra chat-template variables, a JSON object (vLLM's chat_template_kwargs), e.g.
+    /// '{"enable_thinking": false}'
+    #[arg(long, value_name = "JSON", requires = "chat")]
+    chat_template_kwargs: Option<String>,
+    /// No think block: chat-template variable enable_thinking = false (Qwen3, Qwen3.5)
+    #[arg(long, requires = "chat")]
+    no_think: bool,
     #[command(flatten)]
     images: ImageArgs,
     #[command(flatten)]
     engine: EngineArgs,
     #[command(flatten)]
     sampling: SamplingArgs,
+}
+
+impl GenerateArgs {
+    /// `--chat-template-kwargs` checked as the API checks `chat_template_kwargs`, with
+    /// `--no-think` setting `enable_thinking` to false.
+    fn template_kwargs(&self) -> Result<Option<JsonMap>, String> {
+        let value = match &self.chat_template_kwargs {
+            Some(json) => Some(serde_json::from_str(json).map_err(|e| format!("--chat-template-kwargs: {e}"))?),
+            None => None,
+        };
+        let mut kwargs = webvlm::api::chat_template_kwargs(value).map_err(|e| format!("--chat-template-kwargs: {e}"))?;
+        if self.no_think {
+            kwargs.get_or_insert_with(JsonMap::new).insert("enable_thinking".into(), false.into());
+        }
+        Ok(kwargs)
+    }
 }
 
 #[derive(Args, Debug)]
@@ -50,8 +73,9 @@ pub struct LogitsArgs {
 }
 
 pub fn generate(args: &GenerateArgs) -> CliResult {
+    let kwargs = args.template_kwargs()?;
     let mut engine = open_engine(&args.engine)?;
-    let prompt = text_prompt(&mut engine, &args.images.images, args.chat, &args.prompt)?;
+    let prompt = text_prompt(&mut engine, &args.images.images, args.chat, &args.prompt, kwargs.as_ref())?;
     let opts = args.sampling.options();
     let out = pollster::block_on(engine.generate_prompt(&prompt, &opts, |step| {
         out!("{}", step.text);
@@ -75,7 +99,7 @@ pub fn logits(args: &LogitsArgs) -> CliResult {
     let mut engine = open_engine(&args.engine)?;
     let files = &args.images.images;
     let prompt = match &args.prompt {
-        Some(text) => text_prompt(&mut engine, files, false, text)?,
+        Some(text) => text_prompt(&mut engine, files, false, text, None)?,
         None => Prompt { tokens: args.tokens.clone(), images: image_features(&mut engine, files)? },
     };
     engine.set_position_offset(args.pos_offset);
@@ -94,7 +118,13 @@ fn image_features(engine: &mut Engine, files: &[PathBuf]) -> Result<Vec<Rc<Image
 /// The prompt of `generate` / `logits --prompt`: chat or plain text, with the `--image`s. As
 /// plain text each `[IMG]` in `text` is one image, or all images go before the text when it
 /// has none.
-fn text_prompt(engine: &mut Engine, files: &[PathBuf], chat: bool, text: &str) -> Result<Prompt, EngineError> {
+fn text_prompt(
+    engine: &mut Engine,
+    files: &[PathBuf],
+    chat: bool,
+    text: &str,
+    kwargs: Option<&JsonMap>,
+) -> Result<Prompt, EngineError> {
     if chat {
         // Plain string content unless there are images: not every template takes part lists.
         let message = if files.is_empty() {
@@ -105,7 +135,8 @@ fn text_prompt(engine: &mut Engine, files: &[PathBuf], chat: bool, text: &str) -
             parts.push(ContentPart::Text(text.to_string()));
             ChatMessage { role: "user".into(), content: ChatContent::Parts(parts) }
         };
-        return engine.chat_prompt(&[message], &mut |url| read_file(url));
+        let opts = engine.image_options().clone();
+        return engine.chat_prompt_kwargs(&[message], &opts, kwargs, &mut |url| read_file(url));
     }
     let images = image_features(engine, files)?;
     let mut tokens = engine.text_tokens(text)?;
