@@ -71,6 +71,10 @@ pub struct Context {
     spare: Vec<Readback>,
     /// Tokens already in the KV cache.
     n_past: u32,
+    /// Tokens the recurrent layers' state has consumed (equal to `n_past` but after
+    /// [`Self::drop_last_step`], which cannot take a token out of a recurrent state). See
+    /// [`Self::sync_recurrent`].
+    rec_pos: u32,
     /// Position id of cache row 0 (tests start sequences at large positions).
     pos_offset: u32,
     /// Submits and bytes read back so far, for benchmarks.
@@ -118,6 +122,7 @@ impl Context {
             in_flight: VecDeque::new(),
             spare: Vec::new(),
             n_past: 0,
+            rec_pos: 0,
             pos_offset: 0,
             counters: Counters::default(),
         })
@@ -127,13 +132,33 @@ impl Context {
     pub fn reset(&mut self) {
         self.forget_in_flight();
         self.n_past = 0;
+        self.rec_pos = 0;
     }
 
     /// Keeps only the first `n` cached tokens (a prompt-cache hit: the next prefill starts
-    /// there).
+    /// there). A decoder with recurrent layers cannot rewind them: unless `n` is where their
+    /// state stands, the whole sequence is forgotten ([`Self::n_past`] tells what was kept).
     pub fn truncate(&mut self, n: u32) {
         self.forget_in_flight();
         self.n_past = self.n_past.min(n);
+        self.sync_recurrent();
+    }
+
+    /// Recurrent states hold a summary of every token they consumed and cannot be rewound:
+    /// when the cached length is not where they stand (a pipelined decode's surplus step was
+    /// dropped, or the cache was cut), nothing of the sequence is reusable, so it starts over
+    /// (the next step at position 0 zeroes the states). A no-op without recurrent layers.
+    ///
+    /// Design note: the pipelined decode loop (`engine::generate`) submits one step past the
+    /// last token it keeps; rather than checkpoint every recurrent state before each decode
+    /// step (a full copy of all states per token) to undo that step, a hybrid decoder's next
+    /// prompt is prefilled again from the start. Results stay exact and the cached-token
+    /// counts truthful; a cheaper undo is future work.
+    fn sync_recurrent(&mut self) {
+        if self.state.has_recurrent() && self.rec_pos != self.n_past {
+            self.n_past = 0;
+            self.rec_pos = 0;
+        }
     }
 
     /// Tokens in the cache.
@@ -161,16 +186,24 @@ impl Context {
     }
 
     /// Copies the first `rows` cached positions (at most those in the cache) to new buffers.
+    /// With recurrent layers only the whole sequence can be saved (their state is valid at its
+    /// end only): asked for fewer rows, the snapshot holds none.
     pub fn save_state(&mut self, gpu: &Gpu, rows: u32) -> GpuResult<StateSnapshot> {
-        let snapshot = self.state.snapshot(gpu, rows.min(self.n_past))?;
+        let mut rows = rows.min(self.n_past);
+        if self.state.has_recurrent() && (rows != self.n_past || self.rec_pos != self.n_past) {
+            rows = 0;
+        }
+        let snapshot = self.state.snapshot(gpu, rows)?;
         self.counters.submits += 1;
         Ok(snapshot)
     }
 
-    /// Puts the first `rows` positions of `snapshot` back; the cache then holds those.
+    /// Puts the first `rows` positions of `snapshot` back; the cache then holds those (with
+    /// recurrent layers, all of the snapshot's positions or none: see [`Self::n_past`]).
     pub fn restore_state(&mut self, gpu: &Gpu, snapshot: &StateSnapshot, rows: u32) {
         self.forget_in_flight();
         self.n_past = self.state.restore(gpu, snapshot, rows);
+        self.rec_pos = self.n_past;
         self.counters.submits += 1;
     }
 
@@ -284,7 +317,8 @@ impl Context {
 
     /// Drops the newest submitted step whose token is not read yet (generation ended before
     /// its token was needed): its tokens leave the cache (their KV entries are overwritten
-    /// later) and its token is never read. Returns whether there was one.
+    /// later) and its token is never read. Recurrent states keep them (see
+    /// [`Self::sync_recurrent`]: the next prompt starts over). Returns whether there was one.
     pub fn drop_last_step(&mut self) -> bool {
         let Some(mut step) = self.in_flight.pop_back() else { return false };
         step.readback.cancel();
@@ -341,6 +375,7 @@ impl Context {
         read_token: bool,
     ) -> Result<(), ModelError> {
         self.forget_in_flight();
+        self.sync_recurrent();
         let mut start = self.n_past as usize;
         self.check(dec, tokens, start, images)?;
         let chunk = self.opts.max_chunk as usize;
@@ -445,8 +480,18 @@ impl Context {
         copies: &[(&wgpu::Buffer, u64, u64, u64)],
         read_token: bool,
     ) -> Result<(), ModelError> {
+        if self.rec_pos != self.n_past && self.state.has_recurrent() {
+            return Err(ModelError::Invalid(format!(
+                "the recurrent layers have consumed {} tokens, the cache {}: prefill the sequence again",
+                self.rec_pos, self.n_past
+            )));
+        }
         StepParams::new(self.n_past, n, self.pos_offset + self.n_past).write(gpu, &self.b.step);
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        if self.n_past == 0 {
+            // A new sequence: recurrent states start from zero (a no-op without them).
+            self.state.clear_recurrent(&mut encoder);
+        }
         self.programs(gpu, dec, n, mode)?;
         let programs = &self.programs[&(n, mode)];
         programs.embed.encode(&mut encoder);
@@ -467,6 +512,7 @@ impl Context {
         }
         self.counters.submits += 1;
         self.n_past += n;
+        self.rec_pos = self.n_past;
         Ok(())
     }
 

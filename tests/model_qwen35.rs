@@ -1,0 +1,189 @@
+//! The Qwen3.5 hybrid decoder (GGUF `qwen35`) on the tiny fixtures `tests/fixtures/
+//! tiny_qwen35_{a,b,c}`: config from metadata (typed errors for bad values), every weight
+//! loaded by name, and the recurrent layers' state (zeroed, counted, restored only at its own
+//! position). The step itself is not recorded yet, so logits are not compared here yet.
+
+mod common;
+
+use webvlm::gguf::{MappedGguf, MetaValue, Metadata, ValueType};
+use webvlm::kernels::attention::KvDtype;
+use webvlm::model::families::qwen35::{layer_kinds, Mixer, Qwen35, Qwen35Config};
+use webvlm::model::{LayerKind, ModelError, SequenceState};
+use webvlm::source::Eager;
+
+fn fixture(name: &str) -> MappedGguf {
+    let path = format!("{}/tests/fixtures/tiny_qwen35_{name}/model.gguf", env!("CARGO_MANIFEST_DIR"));
+    MappedGguf::open(path).expect("fixture")
+}
+
+fn vocab(m: &MappedGguf) -> u32 {
+    m.tensor("token_embd.weight").unwrap().0.dims[1] as u32
+}
+
+/// The fixture's metadata with `key` removed, or replaced by `value`.
+fn edited(md: &Metadata, key: &str, value: Option<MetaValue>) -> Metadata {
+    let mut out = Metadata::new();
+    for (k, v) in md.iter() {
+        if k == key {
+            continue;
+        }
+        out.insert(k.to_string(), v.clone()).unwrap();
+    }
+    if let Some(v) = value {
+        out.insert(key.to_string(), v).unwrap();
+    }
+    out
+}
+
+#[test]
+fn config_of_each_fixture() {
+    let expect = [
+        ("a", vec![true, true, true, false], (3, 3, 16, 16), (3, 1, 32)),
+        ("b", vec![false, true, true, false, true], (2, 4, 16, 32), (5, 1, 16)),
+        ("c", vec![true, false, true, true], (1, 3, 32, 16), (2, 2, 32)),
+    ];
+    for (name, pattern, (hk, hv, dk, dv), (h, kv, hd)) in expect {
+        let m = fixture(name);
+        let cfg = Qwen35Config::from_metadata(m.metadata(), vocab(&m)).unwrap();
+        assert_eq!(cfg.recurrent, pattern, "{name}");
+        let s = cfg.ssm;
+        assert_eq!((s.n_k_heads, s.n_v_heads, s.d_k, s.d_v, s.conv_kernel), (hk, hv, dk, dv, 4), "{name}");
+        assert_eq!((cfg.text.n_head, cfg.text.n_head_kv, cfg.text.head_dim), (h, kv, hd), "{name}");
+        assert_eq!((cfg.n_rot, cfg.rope_sections, cfg.text.vocab), (8, [2, 1, 1, 0], 545), "{name}");
+        assert_eq!(cfg.rms_eps, 1e-6);
+        assert_eq!(cfg.rope_theta, 1e7);
+        // The interval alone gives the same pattern where it describes it.
+        let interval = edited(m.metadata(), "qwen35.attention.recurrent_layers", None);
+        let by_interval = Qwen35Config::from_metadata(&interval, 545).unwrap().recurrent;
+        let k = m.metadata().get_u32("qwen35.full_attention_interval").unwrap();
+        assert_eq!(by_interval, (0..pattern.len() as u32).map(|i| (i + 1) % k != 0).collect::<Vec<_>>());
+        let kinds = layer_kinds(&cfg);
+        let (conv, ssm) = s.state_floats();
+        assert_eq!(conv, (2 * hk * dk + hv * dv) as u64 * 3);
+        assert_eq!(ssm, (hv * dk * dv) as u64);
+        for (kind, &r) in kinds.iter().zip(&pattern) {
+            let want = match r {
+                true => LayerKind::Recurrent { conv_floats: conv, ssm_floats: ssm },
+                false => LayerKind::Attention { kv_dim: kv * hd },
+            };
+            assert_eq!(*kind, want);
+        }
+    }
+}
+
+#[test]
+fn malformed_metadata_is_a_typed_error() {
+    let m = fixture("b");
+    let md = m.metadata();
+    let flags = |items: Vec<MetaValue>| Some(MetaValue::Array { elem: ValueType::Bool, items });
+    let invalid = [
+        ("qwen35.attention.recurrent_layers", flags(vec![MetaValue::Bool(true); 3])),
+        ("qwen35.attention.recurrent_layers", flags(vec![MetaValue::String("x".into()); 5])),
+        ("qwen35.attention.recurrent_layers", Some(MetaValue::U32(1))),
+        ("qwen35.ssm.time_step_rank", Some(MetaValue::U32(3))),
+        ("qwen35.ssm.time_step_rank", Some(MetaValue::U32(0))),
+        ("qwen35.ssm.inner_size", Some(MetaValue::U32(130))),
+        ("qwen35.ssm.state_size", Some(MetaValue::U32(4096))),
+        ("qwen35.ssm.conv_kernel", Some(MetaValue::U32(1))),
+        ("qwen35.rope.dimension_count", Some(MetaValue::U32(7))),
+        ("qwen35.rope.dimension_count", Some(MetaValue::U32(64))),
+        ("qwen35.attention.value_length", Some(MetaValue::U32(8))),
+        ("qwen35.attention.layer_norm_rms_epsilon", Some(MetaValue::F32(-1.0))),
+        ("qwen35.attention.head_count_kv", Some(MetaValue::U32(2))),
+        ("qwen35.rope.dimension_sections", Some(MetaValue::Array { elem: ValueType::I32, items: vec![MetaValue::I32(4); 4] })),
+    ];
+    for (key, value) in invalid {
+        let err = Qwen35Config::from_metadata(&edited(md, key, value.clone()), 545).unwrap_err();
+        assert!(matches!(err, ModelError::Invalid(_)), "{key} = {value:?}: {err:?}");
+    }
+    // Missing keys and wrong types are metadata errors.
+    for key in ["qwen35.ssm.group_count", "qwen35.embedding_length", "qwen35.attention.key_length"] {
+        let err = Qwen35Config::from_metadata(&edited(md, key, None), 545).unwrap_err();
+        assert!(matches!(err, ModelError::Metadata(_)), "{key}: {err:?}");
+    }
+    let err = Qwen35Config::from_metadata(&edited(md, "qwen35.ssm.group_count", Some(MetaValue::String("2".into()))), 545);
+    assert!(matches!(err, Err(ModelError::Metadata(_))), "{err:?}");
+    // No layer pattern at all.
+    let none = edited(&edited(md, "qwen35.attention.recurrent_layers", None), "qwen35.full_attention_interval", None);
+    assert!(matches!(Qwen35Config::from_metadata(&none, 545), Err(ModelError::Invalid(_))));
+    let zero = edited(&none, "qwen35.full_attention_interval", Some(MetaValue::U32(0)));
+    assert!(matches!(Qwen35Config::from_metadata(&zero, 545), Err(ModelError::Invalid(_))));
+    // Another architecture.
+    let llama = edited(md, "general.architecture", Some(MetaValue::String("llama".into())));
+    assert!(matches!(Qwen35Config::from_metadata(&llama, 545), Err(ModelError::UnsupportedArch { .. })));
+}
+
+#[test]
+fn weights_load_by_name() {
+    let gpu = common::gpu();
+    for name in ["a", "b", "c"] {
+        let m = fixture(name);
+        let model = Qwen35::load_from(&gpu, &mut Eager(&m), vocab(&m)).unwrap();
+        let cfg = &model.cfg;
+        assert_eq!(model.weights.layers.len(), cfg.recurrent.len());
+        for (l, &r) in model.weights.layers.iter().zip(&cfg.recurrent) {
+            match (&l.mixer, r) {
+                (Mixer::DeltaNet(d), true) => {
+                    let rows: u32 = d.in_proj.weights().iter().map(|w| w.rows).sum();
+                    assert_eq!(rows, cfg.ssm.conv_channels() + cfg.ssm.inner() + 2 * cfg.ssm.n_v_heads);
+                    assert_eq!((d.conv.rows, d.conv.cols, d.conv.parts.len()), (cfg.ssm.conv_channels(), 4, 1));
+                }
+                (Mixer::Attention(a), false) => {
+                    let rows: u32 = a.qkv.weights().iter().map(|w| w.rows).sum();
+                    assert_eq!(rows, 2 * cfg.text.q_dim() + 2 * cfg.text.kv_dim());
+                }
+                _ => panic!("{name}: layer kind differs from the config"),
+            }
+        }
+        assert_eq!(model.weights.head.output.is_none(), name == "b", "b ties its LM head to the embedding");
+        assert!(model.weights.bytes_on_gpu() > 0);
+        // The conv taps are the file's values, as f32.
+        if let Mixer::DeltaNet(d) = &model.weights.layers[1].mixer {
+            let got = gpu.read_f32_blocking(&d.conv.parts[0].buffer, (cfg.ssm.conv_channels() * 4) as usize).unwrap();
+            let (info, bytes) = m.tensor("blk.1.ssm_conv1d.weight").unwrap();
+            let want = webvlm::gguf::dequantize_to_vec(info.ty, bytes, got.len()).unwrap();
+            assert_eq!(got, want, "{name}");
+        }
+    }
+}
+
+#[test]
+fn recurrent_state_counts_restores_only_at_its_position() {
+    let gpu = common::gpu();
+    let kinds = [LayerKind::Recurrent { conv_floats: 6, ssm_floats: 10 }, LayerKind::Attention { kv_dim: 4 }];
+    let state = SequenceState::new(&gpu, &kinds, 8, KvDtype::F32).unwrap();
+    assert!(state.has_recurrent());
+    assert_eq!(state.bytes(), 4 * (6 + 10) + 2 * 8 * 4 * 4);
+    assert_eq!(state.bytes_per_position(), 2 * 4 * 4);
+    let (conv, ssm) = state.recurrent(0);
+    let (k, _) = state.kv(1);
+    gpu.queue.write_buffer(conv, 0, bytemuck::cast_slice(&[1.0f32; 6]));
+    gpu.queue.write_buffer(ssm, 0, bytemuck::cast_slice(&[2.0f32; 10]));
+    gpu.queue.write_buffer(k, 0, bytemuck::cast_slice(&[3.0f32; 32]));
+    let snap = state.snapshot(&gpu, 5).unwrap();
+    assert_eq!(snap.rows(), 5);
+    // Overwrite, then restore: fewer rows than taken cannot be restored (the recurrent state
+    // belongs to position 5), exactly 5 can.
+    gpu.queue.write_buffer(conv, 0, bytemuck::cast_slice(&[9.0f32; 6]));
+    gpu.queue.write_buffer(ssm, 0, bytemuck::cast_slice(&[9.0f32; 10]));
+    gpu.queue.write_buffer(k, 0, bytemuck::cast_slice(&[9.0f32; 32]));
+    assert_eq!(state.restore(&gpu, &snap, 3), 0);
+    assert_eq!(gpu.read_f32_blocking(conv, 6).unwrap(), vec![9.0; 6], "nothing restored");
+    assert_eq!(state.restore(&gpu, &snap, 7), 5);
+    assert_eq!(gpu.read_f32_blocking(conv, 6).unwrap(), vec![1.0; 6]);
+    assert_eq!(gpu.read_f32_blocking(ssm, 10).unwrap(), vec![2.0; 10]);
+    let k_rows = gpu.read_f32_blocking(k, 32).unwrap();
+    assert_eq!(&k_rows[..20], &[3.0; 20], "5 rows of 4 restored");
+    assert_eq!(&k_rows[20..], &[9.0; 12], "later rows untouched");
+    // A new sequence zeroes the recurrent state.
+    let mut enc = gpu.device.create_command_encoder(&Default::default());
+    state.clear_recurrent(&mut enc);
+    gpu.queue.submit([enc.finish()]);
+    assert_eq!(gpu.read_f32_blocking(conv, 6).unwrap(), vec![0.0; 6]);
+    assert_eq!(gpu.read_f32_blocking(ssm, 10).unwrap(), vec![0.0; 10]);
+    // Attention-only states restore any prefix.
+    let attn = SequenceState::new(&gpu, &kinds[1..], 8, KvDtype::F32).unwrap();
+    assert!(!attn.has_recurrent());
+    let snap = attn.snapshot(&gpu, 5).unwrap();
+    assert_eq!(attn.restore(&gpu, &snap, 3), 3);
+}
