@@ -2,7 +2,7 @@
 //! `blk.N.attn_qkv`, `attn_gate`, `ssm_alpha`, `ssm_beta` (stacked into one input
 //! projection where their types allow: each token's row is then `q | k | v | z | a | b`),
 //! `ssm_conv1d`, `ssm_a`, `ssm_dt.bias`, `ssm_norm`, `ssm_out`. Full-attention layers:
-//! `attn_q` (per head `[q | gate]`), `attn_k`, `attn_v` (stacked), `attn_q_norm`,
+//! `attn_q` (per head `[q | gate]`), `attn_k`, `attn_v`, `attn_q_norm`,
 //! `attn_k_norm`, `attn_output`. Every layer: `attn_norm`, `post_attention_norm` and the
 //! SiLU-gated FFN. Matrices keep their GGUF type; vectors and the conv taps become f32.
 
@@ -34,9 +34,11 @@ pub struct DeltaNetWeights {
 
 /// A gated full-attention mixer.
 pub struct GatedAttentionWeights {
-    /// `attn_q` `[n_head * 2 hd][n_embd]` (per head `[q | gate]`), `attn_k` and `attn_v`
-    /// `[n_kv_head * hd][n_embd]`, stacked.
-    pub qkv: Stacked,
+    /// `attn_q` `[n_head * 2 hd][n_embd]` (per head `[q | gate]`).
+    pub q: GpuWeight,
+    /// `attn_k` and `attn_v` `[n_kv_head * hd][n_embd]`.
+    pub k: GpuWeight,
+    pub v: GpuWeight,
     /// Per-head RMSNorms of q and k, `[hd]` f32 (the converter's `1 + w`).
     pub q_norm: wgpu::Buffer,
     pub k_norm: wgpu::Buffer,
@@ -96,19 +98,15 @@ impl DeltaNetWeights {
 impl GatedAttentionWeights {
     fn load(gpu: &Gpu, src: &mut dyn WeightLoader, blk: &str, cfg: &Qwen35Config) -> Result<Self, LoadError> {
         let t = &cfg.text;
-        let names = ["attn_q", "attn_k", "attn_v"].map(|m| format!("{blk}.{m}.weight"));
-        let parts = [(names[0].as_str(), 2 * t.q_dim()), (names[1].as_str(), t.kv_dim()), (names[2].as_str(), t.kv_dim())];
+        let d = t.n_embd;
         Ok(GatedAttentionWeights {
-            qkv: load_stacked(gpu, src, &format!("{blk}.attn_qkv"), &parts, t.n_embd, LoadQuant::Keep)?,
+            q: src.matrix(gpu, &format!("{blk}.attn_q.weight"), 2 * t.q_dim(), d, LoadQuant::Keep)?,
+            k: src.matrix(gpu, &format!("{blk}.attn_k.weight"), t.kv_dim(), d, LoadQuant::Keep)?,
+            v: src.matrix(gpu, &format!("{blk}.attn_v.weight"), t.kv_dim(), d, LoadQuant::Keep)?,
             q_norm: src.vector(gpu, &format!("{blk}.attn_q_norm.weight"), t.head_dim)?,
             k_norm: src.vector(gpu, &format!("{blk}.attn_k_norm.weight"), t.head_dim)?,
             wo: src.matrix(gpu, &format!("{blk}.attn_output.weight"), t.n_embd, t.q_dim(), LoadQuant::Keep)?,
         })
-    }
-
-    /// Width of one token's row of the stacked q (with gates), k, v product.
-    pub fn qkv_width(cfg: &Qwen35Config) -> u32 {
-        2 * cfg.text.q_dim() + 2 * cfg.text.kv_dim()
     }
 }
 
@@ -139,7 +137,7 @@ impl Qwen35Weights {
         self.layers.iter().flat_map(|l| {
             let mixer: Vec<&GpuWeight> = match &l.mixer {
                 Mixer::DeltaNet(m) => m.in_proj.weights().iter().chain([&m.out]).collect(),
-                Mixer::Attention(m) => m.qkv.weights().iter().chain([&m.wo]).collect(),
+                Mixer::Attention(m) => vec![&m.q, &m.k, &m.v, &m.wo],
             };
             mixer.into_iter().chain(l.ffn.matrices())
         })
