@@ -256,3 +256,96 @@ fn recurrent_state_counts_restores_only_at_its_position() {
     let snap = attn.snapshot(&gpu, 5).unwrap();
     assert_eq!(attn.restore(&gpu, &snap, 3), 3);
 }
+
+/// The fixture with `tokenizer.ggml.pre` = `qwen2`, so that an engine loads it before the
+/// `qwen35` pre-tokenizer is supported (these tests feed token ids; the text is not checked).
+fn qwen2_pretokenizer(m: &MappedGguf) -> webvlm::source::GgufBytes {
+    let mut w = webvlm::gguf::GgufWriter::new();
+    for (k, v) in m.metadata().iter() {
+        match k {
+            "general.alignment" => {}
+            "tokenizer.ggml.pre" => {
+                w.add_kv(k, MetaValue::String("qwen2".into()));
+            }
+            _ => {
+                w.add_kv(k, v.clone());
+            }
+        }
+    }
+    for t in m.tensors() {
+        let (info, bytes) = m.tensor(&t.name).unwrap();
+        w.add_tensor(t.name.clone(), &info.dims, info.ty, bytes.to_vec()).unwrap();
+    }
+    webvlm::source::GgufBytes::parse(w.write().unwrap()).unwrap()
+}
+
+/// Greedy generation from `prompt` (aborted after `abort_after` tokens when given: the
+/// pipelined loop then drops its surplus step).
+fn generate(
+    e: &mut webvlm::engine::Engine,
+    prompt: &[u32],
+    max_tokens: u32,
+    abort_after: Option<usize>,
+) -> webvlm::engine::Generation {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    let abort = Rc::new(Cell::new(false));
+    let opts = webvlm::engine::GenerateOptions { max_tokens, ignore_eos: true, abort: Some(abort.clone()), ..Default::default() };
+    let mut seen = 0;
+    pollster::block_on(e.generate(prompt, &opts, |_| {
+        seen += 1;
+        if abort_after.is_some_and(|n| seen >= n) {
+            abort.set(true);
+        }
+    }))
+    .unwrap()
+}
+
+/// A second turn reuses what the context truly holds: the whole first turn when generation
+/// ended at `max_tokens`, nothing after a dropped pipelined step (its token went into the
+/// recurrent state, which cannot be rewound); either way the reply equals a fresh engine's.
+/// Context-level rewinds likewise never claim rows the recurrent state cannot give back.
+#[test]
+fn second_turn_and_rewinds_stay_exact() {
+    let m = fixture("b");
+    let with_pre = qwen2_pretokenizer(&m);
+    let opts = ContextOptions { max_ctx: 512, max_chunk: 32, precision: Precision::F32 };
+    let engine = || webvlm::engine::Engine::load(common::gpu(), &with_pre, opts).unwrap();
+    let (_, first, _) = cases("b").into_iter().find(|c| c.0 == "chat_short").unwrap();
+    for abort_after in [None, Some(2)] {
+        let mut e = engine();
+        let g1 = generate(&mut e, &first, 6, abort_after);
+        assert_eq!(g1.cached_tokens, 0);
+        let mut second = first.clone();
+        second.extend(&g1.tokens);
+        second.extend(&first[3..12]);
+        let g2 = generate(&mut e, &second, 6, None);
+        let fresh = generate(&mut engine(), &second, 6, None);
+        assert_eq!(g2.tokens, fresh.tokens, "abort after {abort_after:?}");
+        match abort_after {
+            // The prompt and every generated token but the last were fed.
+            None => assert_eq!(g2.cached_tokens, first.len() + g1.tokens.len() - 1),
+            Some(_) => assert_eq!(g2.cached_tokens, 0, "the surplus step cannot be undone"),
+        }
+    }
+
+    let gpu = common::gpu();
+    let dec = Decoder::load(&gpu, &m).unwrap();
+    let mut ctx = context(&gpu, &dec, 32);
+    pollster::block_on(ctx.logits(&gpu, &dec, &first[..20])).unwrap();
+    ctx.truncate(25);
+    assert_eq!(ctx.n_past(), 20, "truncating past the end keeps everything");
+    let whole = ctx.save_state(&gpu, 20).unwrap();
+    assert_eq!(whole.rows(), 20);
+    assert_eq!(ctx.save_state(&gpu, 10).unwrap().rows(), 0, "a recurrent state is only valid at its end");
+    ctx.truncate(10);
+    assert_eq!(ctx.n_past(), 0, "a recurrent state cannot be cut back");
+    ctx.restore_state(&gpu, &whole, 15);
+    assert_eq!(ctx.n_past(), 0, "nor restored short of its position");
+    ctx.restore_state(&gpu, &whole, 20);
+    assert_eq!(ctx.n_past(), 20);
+    let (_, _, want) = cases("b").into_iter().find(|c| c.0 == "chat_short").unwrap();
+    let rest = pollster::block_on(ctx.logits(&gpu, &dec, &first[20..])).unwrap();
+    let (err, same) = compare(&rest, &want[20 * 545..], 545);
+    assert!(err <= 1e-3 && same, "after restore: rel L2 {err:.2e}");
+}
