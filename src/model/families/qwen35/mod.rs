@@ -2,7 +2,7 @@
 //! DeltaNet (linear attention with a recurrent state, Yang et al. 2024) layers and one gated
 //! full-attention layer (partial NeoX RoPE, per-head q/k RMSNorm, a sigmoid output gate),
 //! each followed by a SiLU-gated MLP. Reference: transformers' `modeling_qwen3_5.py`,
-//! llama.cpp's `src/models/qwen35.cpp`; the GGUF conventions are in `docs/MODELS.md`.
+//! llama.cpp's `qwen35` graph; the GGUF conventions are in `docs/MODELS.md`.
 //!
 //! Text positions only so far: every mrope section gets the token's position, which is
 //! ordinary NeoX RoPE of the first `rope.dimension_count` dims (a positions buffer for
