@@ -260,6 +260,10 @@ fn recurrent_state_counts_restores_only_at_its_position() {
 /// The fixture with `tokenizer.ggml.pre` = `qwen2`, so that an engine loads it before the
 /// `qwen35` pre-tokenizer is supported (these tests feed token ids; the text is not checked).
 fn qwen2_pretokenizer(m: &MappedGguf) -> webvlm::source::GgufBytes {
+    webvlm::source::GgufBytes::parse(qwen2_pretokenizer_bytes(m)).unwrap()
+}
+
+fn qwen2_pretokenizer_bytes(m: &MappedGguf) -> Vec<u8> {
     let mut w = webvlm::gguf::GgufWriter::new();
     for (k, v) in m.metadata().iter() {
         match k {
@@ -276,7 +280,46 @@ fn qwen2_pretokenizer(m: &MappedGguf) -> webvlm::source::GgufBytes {
         let (info, bytes) = m.tensor(&t.name).unwrap();
         w.add_tensor(t.name.clone(), &info.dims, info.ty, bytes.to_vec()).unwrap();
     }
-    webvlm::source::GgufBytes::parse(w.write().unwrap()).unwrap()
+    w.write().unwrap()
+}
+
+/// Streamed in small pieces (the browser's load) a hybrid model gives the in-memory load's
+/// logits exactly, with the default (reduced) precision of the adapter as well.
+#[test]
+fn streamed_load_equals_in_memory() {
+    use webvlm::engine::Engine;
+    use webvlm::engine::Prompt;
+    for name in ["a", "b"] {
+        let bytes = qwen2_pretokenizer_bytes(&fixture(name));
+        let opts = ContextOptions { max_ctx: 128, max_chunk: 16, ..Default::default() };
+        let prompt = Prompt { tokens: cases(name)[0].1.clone(), images: Vec::new() };
+        let gpu = common::gpu();
+        let mut stream = webvlm::source::GgufStream::new();
+        let mut rest = bytes.as_slice();
+        while stream.header().is_none() {
+            let (c, r) = rest.split_at(777.min(rest.len()));
+            stream.push(&gpu, c).unwrap();
+            rest = r;
+        }
+        let mut streamed = Engine::load_from(gpu, &mut stream, opts).unwrap();
+        stream.seal(streamed.gpu()).unwrap();
+        for c in rest.chunks(4096) {
+            stream.push(streamed.gpu(), c).unwrap();
+        }
+        stream.finish().unwrap();
+        let got = pollster::block_on(streamed.logits(&prompt)).unwrap();
+        let src = webvlm::source::GgufBytes::parse(bytes.clone()).unwrap();
+        let mut eager = Engine::load(common::gpu(), &src, opts).unwrap();
+        let want = pollster::block_on(eager.logits(&prompt)).unwrap();
+        assert!(got == want, "{name}: streamed logits differ (rel L2 {:.2e})", common::rel_l2(&got, &want));
+        let (_, _, reference) = cases(name).remove(0);
+        let (err, same) = compare(&got, &reference, 545);
+        eprintln!(
+            "{name} chat_short at the default precision {:?}: rel L2 {err:.2e}, argmax equal {same}",
+            eager.context().precision()
+        );
+        assert!(err <= 1e-2, "{name}: default precision rel L2 {err:.2e}");
+    }
 }
 
 /// Greedy generation from `prompt` (aborted after `abort_after` tokens when given: the
