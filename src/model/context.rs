@@ -72,7 +72,7 @@ pub struct Context {
     /// Tokens already in the KV cache.
     n_past: u32,
     /// Tokens the recurrent layers' state has consumed (equal to `n_past` but after
-    /// [`Self::drop_last_step`], which cannot take a token out of a recurrent state). See
+    /// [`Self::drop_last_step`] of a step without a checkpoint). See
     /// [`Self::sync_recurrent`].
     rec_pos: u32,
     /// Position id of cache row 0 (tests start sequences at large positions).
@@ -86,6 +86,9 @@ struct InFlight {
     readback: Readback,
     /// Tokens the step appended to the cache.
     tokens: u32,
+    /// The recurrent states' checkpoint holds the state from before this step (it is the
+    /// newest step that took one): dropping it can restore them.
+    checkpoint: bool,
 }
 
 /// What a context has sent to and read from the GPU (`webvlm bench` reports per-token deltas).
@@ -150,10 +153,10 @@ impl Context {
     /// (the next step at position 0 zeroes the states). A no-op without recurrent layers.
     ///
     /// Design note: the pipelined decode loop (`engine::generate`) submits one step past the
-    /// last token it keeps; rather than checkpoint every recurrent state before each decode
-    /// step (a full copy of all states per token) to undo that step, a hybrid decoder's next
-    /// prompt is prefilled again from the start. Results stay exact and the cached-token
-    /// counts truthful; a cheaper undo is future work.
+    /// last token it keeps. Every one-token sampled step of a hybrid decoder first copies the
+    /// recurrent states to a checkpoint (on the GPU, in the step's own command buffer: about
+    /// 50 MiB per token for the 9B, small next to its weights), so [`Self::drop_last_step`]
+    /// undoes that step exactly and the next turn reuses the cache; other rewinds start over.
     fn sync_recurrent(&mut self) {
         if self.state.has_recurrent() && self.rec_pos != self.n_past {
             self.n_past = 0;
@@ -317,13 +320,20 @@ impl Context {
 
     /// Drops the newest submitted step whose token is not read yet (generation ended before
     /// its token was needed): its tokens leave the cache (their KV entries are overwritten
-    /// later) and its token is never read. Recurrent states keep them (see
-    /// [`Self::sync_recurrent`]: the next prompt starts over). Returns whether there was one.
-    pub fn drop_last_step(&mut self) -> bool {
+    /// later) and its token is never read. Recurrent states are put back from the checkpoint
+    /// taken before a one-token sampled step (the pipelined decode's surplus step); for any
+    /// other step they keep its tokens (see [`Self::sync_recurrent`]: the next prompt starts
+    /// over). Returns whether there was one.
+    pub fn drop_last_step(&mut self, gpu: &Gpu) -> bool {
         let Some(mut step) = self.in_flight.pop_back() else { return false };
         step.readback.cancel();
         self.spare.push(step.readback);
         self.n_past -= step.tokens;
+        if step.checkpoint {
+            self.state.restore_checkpoint(gpu);
+            self.rec_pos = self.n_past;
+            self.counters.submits += 1;
+        }
         true
     }
 
@@ -492,6 +502,13 @@ impl Context {
             // A new sequence: recurrent states start from zero (a no-op without them).
             self.state.clear_recurrent(&mut encoder);
         }
+        // A decode step the pipelined loop may have to drop: keep the recurrent states from
+        // before it (see `sync_recurrent`).
+        let checkpoint = read_token && n == 1 && self.state.has_recurrent();
+        if checkpoint {
+            self.state.record_checkpoint(&mut encoder);
+            self.in_flight.iter_mut().for_each(|s| s.checkpoint = false);
+        }
         self.programs(gpu, dec, n, mode)?;
         let programs = &self.programs[&(n, mode)];
         programs.embed.encode(&mut encoder);
@@ -507,7 +524,7 @@ impl Context {
         let submission = gpu.queue.submit([encoder.finish()]);
         if let Some(mut readback) = readback {
             readback.map(4, submission);
-            self.in_flight.push_back(InFlight { readback, tokens: n });
+            self.in_flight.push_back(InFlight { readback, tokens: n, checkpoint });
             self.counters.read_back_bytes += 4;
         }
         self.counters.submits += 1;

@@ -38,6 +38,10 @@ pub enum LayerState {
 /// Every layer's state of one sequence.
 pub struct SequenceState {
     layers: Vec<LayerState>,
+    /// A copy of every recurrent layer's `(conv, ssm)` taken before a decode step, so that a
+    /// step the pipelined decode loop submitted past the end can be undone
+    /// ([`Self::record_checkpoint`], [`Self::restore_checkpoint`]).
+    checkpoint: Vec<(wgpu::Buffer, wgpu::Buffer)>,
     /// Most positions the caches hold.
     max_ctx: u32,
 }
@@ -60,7 +64,16 @@ impl SequenceState {
                 }),
             })
             .collect::<GpuResult<Vec<_>>>()?;
-        Ok(SequenceState { layers, max_ctx })
+        let checkpoint = (layers.iter().enumerate())
+            .filter_map(|(i, l)| match l {
+                LayerState::Recurrent { conv, ssm } => Some((i, conv.size(), ssm.size())),
+                LayerState::Attention { .. } => None,
+            })
+            .map(|(i, conv, ssm)| {
+                Ok((gpu.storage(&format!("conv_checkpoint.{i}"), conv)?, gpu.storage(&format!("ssm_checkpoint.{i}"), ssm)?))
+            })
+            .collect::<GpuResult<Vec<_>>>()?;
+        Ok(SequenceState { layers, checkpoint, max_ctx })
     }
 
     /// The KV cache of layer `i` (families call this for their attention layers).
@@ -101,9 +114,37 @@ impl SequenceState {
         }
     }
 
-    /// GPU memory of every layer's state.
+    /// Records a copy of every recurrent state into the checkpoint (before a step that may
+    /// have to be undone).
+    pub fn record_checkpoint(&self, enc: &mut wgpu::CommandEncoder) {
+        for ((conv, ssm), (c, s)) in self.recurrent_buffers().zip(&self.checkpoint) {
+            enc.copy_buffer_to_buffer(conv, 0, c, 0, conv.size());
+            enc.copy_buffer_to_buffer(ssm, 0, s, 0, ssm.size());
+        }
+    }
+
+    /// Puts the checkpoint back into the recurrent states (undoes the steps since
+    /// [`Self::record_checkpoint`]).
+    pub fn restore_checkpoint(&self, gpu: &Gpu) {
+        let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("state checkpoint") });
+        for ((conv, ssm), (c, s)) in self.recurrent_buffers().zip(&self.checkpoint) {
+            enc.copy_buffer_to_buffer(c, 0, conv, 0, conv.size());
+            enc.copy_buffer_to_buffer(s, 0, ssm, 0, ssm.size());
+        }
+        gpu.queue.submit([enc.finish()]);
+    }
+
+    fn recurrent_buffers(&self) -> impl Iterator<Item = (&wgpu::Buffer, &wgpu::Buffer)> {
+        self.layers.iter().filter_map(|l| match l {
+            LayerState::Recurrent { conv, ssm } => Some((conv, ssm)),
+            LayerState::Attention { .. } => None,
+        })
+    }
+
+    /// GPU memory of every layer's state (with the recurrent states' checkpoint).
     pub fn bytes(&self) -> u64 {
-        self.layers.iter().map(|l| l.buffers().iter().map(|b| b.size()).sum::<u64>()).sum()
+        let checkpoint: u64 = self.checkpoint.iter().map(|(c, s)| c.size() + s.size()).sum();
+        self.layers.iter().map(|l| l.buffers().iter().map(|b| b.size()).sum::<u64>()).sum::<u64>() + checkpoint
     }
 
     /// Bytes one position takes in all KV caches (recurrent states take the same bytes at
