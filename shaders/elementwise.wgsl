@@ -46,6 +46,29 @@ fn silu_mul_halves(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
     }
 }
 
+/// b[t][r] = a[t][r] for rows t of `2 half` values in `a` and `half` in `b`: the first half of
+/// each row (Qwen3.5's gated attention: the query of each head's `[q | gate]`).
+@compute @workgroup_size(WG)
+fn copy_first_halves(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) lid: u32) {
+    let i = linear_invocation(wid, nwg, lid, WG);
+    if (i < p.n) {
+        b[i] = a[(i / p.half) * 2u * p.half + i % p.half];
+    }
+}
+
+/// b[t][r] *= sigmoid(a[t][half + r]): gates rows of `half` values in `b` by the second half of
+/// the rows of `2 half` in `a` (Qwen3.5's attention output times sigmoid(gate)).
+@compute @workgroup_size(WG)
+fn sigmoid_mul_second_halves(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                             @builtin(local_invocation_index) lid: u32) {
+    let i = linear_invocation(wid, nwg, lid, WG);
+    if (i < p.n) {
+        let g = a[(i / p.half) * 2u * p.half + p.half + i % p.half];
+        b[i] = b[i] / (1.0 + exp(-g));
+    }
+}
+
 // gelu_inplace only: the vector it rewrites (its own binding list, [uniform, read_write]).
 @group(0) @binding(1) var<storage, read_write> xg: array<f32>;
 

@@ -148,6 +148,26 @@ fn matmul_add_epilogue_and_stacked_halves_match_cpu() {
     assert!(rel_l2(&got, &glu) < 1e-6, "silu_mul_halves: rel L2 {:.2e}", rel_l2(&got, &glu));
 }
 
+/// Qwen3.5's gated attention: the query out of each head's `[q | gate]` row, and the
+/// attention output times sigmoid(gate).
+#[test]
+fn qwen35_gate_halves() {
+    let gpu = common::gpu();
+    let (rows, half) = (7usize, 12usize);
+    let x = Rng::new(41).vec(rows * 2 * half);
+    let y = Rng::new(42).vec(rows * half);
+    let bx = upload(&gpu, &x);
+    let got = run(&gpu, &vec![f32::NAN; rows * half], |p, out| {
+        elementwise::copy_first_halves(p, &gpu, &bx, out, rows as u32, half as u32).unwrap()
+    });
+    let want: Vec<f32> = x.chunks(2 * half).flat_map(|r| r[..half].to_vec()).collect();
+    assert_eq!(got, want);
+    let got =
+        run(&gpu, &y, |p, out| elementwise::sigmoid_mul_second_halves(p, &gpu, &bx, out, rows as u32, half as u32).unwrap());
+    let want = elementwise::sigmoid_mul_second_halves_ref(&x, &y, half);
+    assert!(rel_l2(&got, &want) < 1e-6, "sigmoid_mul_second_halves: rel L2 {:.2e}", rel_l2(&got, &want));
+}
+
 /// A GGUF of three matrices of 64 columns: `a` (Q8_0, 6 rows), `b` (Q8_0, 4 rows), `c` (F32,
 /// 4 rows).
 fn three_matrices() -> (Vec<u8>, Vec<Vec<f32>>) {

@@ -369,7 +369,7 @@ impl Steps<'_> {
                 break;
             }
         }
-        self.ctx.drop_last_step();
+        self.ctx.drop_last_step(self.gpu);
         Ok(prompt_end)
     }
 

@@ -107,16 +107,13 @@ impl PromptCache {
         if live.len() - kept >= MIN_SAVED_TOKENS {
             self.save(gpu, ctx, live)?;
         }
-        Ok(match restore {
-            Some((n, kv)) => {
-                ctx.restore_state(gpu, &kv, n as u32);
-                n
-            }
-            None => {
-                ctx.truncate(live_common as u32);
-                live_common
-            }
-        })
+        // What the context holds afterwards, not what was asked for: a decoder with
+        // recurrent layers restores or keeps a prefix only where its state stands.
+        match restore {
+            Some((n, kv)) => ctx.restore_state(gpu, &kv, n as u32),
+            None => ctx.truncate(live_common as u32),
+        }
+        Ok(ctx.n_past() as usize)
     }
 
     /// Copies the live sequence's KV rows (as many as the budget allows) to a saved prefix,
@@ -135,6 +132,11 @@ impl PromptCache {
             self.saved.pop();
         }
         let kv = ctx.save_state(gpu, keys.len() as u32)?;
+        // A decoder with recurrent layers saves its whole sequence or nothing.
+        keys.truncate(kv.rows() as usize);
+        if keys.len() < MIN_SAVED_TOKENS {
+            return Ok(());
+        }
         self.saved.push(Saved { keys, kv: Rc::new(kv), last_used: self.clock });
         Ok(())
     }

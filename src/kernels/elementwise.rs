@@ -61,6 +61,44 @@ pub fn silu_mul_halves(
 }
 
 /// CPU reference of [`silu_mul_inplace`].
+/// Records `out[t][r] = x[t][r]` for `rows` rows: `x` is `[rows][2 half]`, `out`
+/// `[rows][half]` (the first half of each row: Qwen3.5's query out of each head's
+/// `[q | gate]`).
+pub fn copy_first_halves(
+    prog: &mut Program,
+    gpu: &Gpu,
+    x: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+    rows: u32,
+    half: u32,
+) -> Result<()> {
+    push_half(prog, gpu, "copy_first_halves", x, out, rows * half, half.max(1))
+}
+
+/// Records `y[t][r] *= sigmoid(x[t][half + r])` for `rows` rows: `x` is `[rows][2 half]`, `y`
+/// `[rows][half]` (Qwen3.5's attention output gated by each head's gate).
+pub fn sigmoid_mul_second_halves(
+    prog: &mut Program,
+    gpu: &Gpu,
+    x: &wgpu::Buffer,
+    y: &wgpu::Buffer,
+    rows: u32,
+    half: u32,
+) -> Result<()> {
+    push_half(prog, gpu, "sigmoid_mul_second_halves", x, y, rows * half, half.max(1))
+}
+
+/// CPU reference of [`sigmoid_mul_second_halves`] (f64 math): `y * sigmoid(gate)` with `x`
+/// `[rows][2 half]`.
+pub fn sigmoid_mul_second_halves_ref(x: &[f32], y: &[f32], half: usize) -> Vec<f32> {
+    (y.iter().enumerate())
+        .map(|(i, &v)| {
+            let g = x[(i / half) * 2 * half + half + i % half] as f64;
+            (v as f64 / (1.0 + (-g).exp())) as f32
+        })
+        .collect()
+}
+
 pub fn silu_mul_ref(gate: &[f32], up: &[f32]) -> Vec<f32> {
     gate.iter().zip(up).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect()
 }

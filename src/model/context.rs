@@ -71,6 +71,10 @@ pub struct Context {
     spare: Vec<Readback>,
     /// Tokens already in the KV cache.
     n_past: u32,
+    /// Tokens the recurrent layers' state has consumed (equal to `n_past` but after
+    /// [`Self::drop_last_step`] of a step without a checkpoint). See
+    /// [`Self::sync_recurrent`].
+    rec_pos: u32,
     /// Position id of cache row 0 (tests start sequences at large positions).
     pos_offset: u32,
     /// Submits and bytes read back so far, for benchmarks.
@@ -82,6 +86,9 @@ struct InFlight {
     readback: Readback,
     /// Tokens the step appended to the cache.
     tokens: u32,
+    /// The recurrent states' checkpoint holds the state from before this step (it is the
+    /// newest step that took one): dropping it can restore them.
+    checkpoint: bool,
 }
 
 /// What a context has sent to and read from the GPU (`webvlm bench` reports per-token deltas).
@@ -118,6 +125,7 @@ impl Context {
             in_flight: VecDeque::new(),
             spare: Vec::new(),
             n_past: 0,
+            rec_pos: 0,
             pos_offset: 0,
             counters: Counters::default(),
         })
@@ -127,13 +135,33 @@ impl Context {
     pub fn reset(&mut self) {
         self.forget_in_flight();
         self.n_past = 0;
+        self.rec_pos = 0;
     }
 
     /// Keeps only the first `n` cached tokens (a prompt-cache hit: the next prefill starts
-    /// there).
+    /// there). A decoder with recurrent layers cannot rewind them: unless `n` is where their
+    /// state stands, the whole sequence is forgotten ([`Self::n_past`] tells what was kept).
     pub fn truncate(&mut self, n: u32) {
         self.forget_in_flight();
         self.n_past = self.n_past.min(n);
+        self.sync_recurrent();
+    }
+
+    /// Recurrent states hold a summary of every token they consumed and cannot be rewound:
+    /// when the cached length is not where they stand (a pipelined decode's surplus step was
+    /// dropped, or the cache was cut), nothing of the sequence is reusable, so it starts over
+    /// (the next step at position 0 zeroes the states). A no-op without recurrent layers.
+    ///
+    /// Design note: the pipelined decode loop (`engine::generate`) submits one step past the
+    /// last token it keeps. Every one-token sampled step of a hybrid decoder first copies the
+    /// recurrent states to a checkpoint (on the GPU, in the step's own command buffer: about
+    /// 50 MiB per token for the 9B, small next to its weights), so [`Self::drop_last_step`]
+    /// undoes that step exactly and the next turn reuses the cache; other rewinds start over.
+    fn sync_recurrent(&mut self) {
+        if self.state.has_recurrent() && self.rec_pos != self.n_past {
+            self.n_past = 0;
+            self.rec_pos = 0;
+        }
     }
 
     /// Tokens in the cache.
@@ -161,16 +189,24 @@ impl Context {
     }
 
     /// Copies the first `rows` cached positions (at most those in the cache) to new buffers.
+    /// With recurrent layers only the whole sequence can be saved (their state is valid at its
+    /// end only): asked for fewer rows, the snapshot holds none.
     pub fn save_state(&mut self, gpu: &Gpu, rows: u32) -> GpuResult<StateSnapshot> {
-        let snapshot = self.state.snapshot(gpu, rows.min(self.n_past))?;
+        let mut rows = rows.min(self.n_past);
+        if self.state.has_recurrent() && (rows != self.n_past || self.rec_pos != self.n_past) {
+            rows = 0;
+        }
+        let snapshot = self.state.snapshot(gpu, rows)?;
         self.counters.submits += 1;
         Ok(snapshot)
     }
 
-    /// Puts the first `rows` positions of `snapshot` back; the cache then holds those.
+    /// Puts the first `rows` positions of `snapshot` back; the cache then holds those (with
+    /// recurrent layers, all of the snapshot's positions or none: see [`Self::n_past`]).
     pub fn restore_state(&mut self, gpu: &Gpu, snapshot: &StateSnapshot, rows: u32) {
         self.forget_in_flight();
         self.n_past = self.state.restore(gpu, snapshot, rows);
+        self.rec_pos = self.n_past;
         self.counters.submits += 1;
     }
 
@@ -284,12 +320,20 @@ impl Context {
 
     /// Drops the newest submitted step whose token is not read yet (generation ended before
     /// its token was needed): its tokens leave the cache (their KV entries are overwritten
-    /// later) and its token is never read. Returns whether there was one.
-    pub fn drop_last_step(&mut self) -> bool {
+    /// later) and its token is never read. Recurrent states are put back from the checkpoint
+    /// taken before a one-token sampled step (the pipelined decode's surplus step); for any
+    /// other step they keep its tokens (see [`Self::sync_recurrent`]: the next prompt starts
+    /// over). Returns whether there was one.
+    pub fn drop_last_step(&mut self, gpu: &Gpu) -> bool {
         let Some(mut step) = self.in_flight.pop_back() else { return false };
         step.readback.cancel();
         self.spare.push(step.readback);
         self.n_past -= step.tokens;
+        if step.checkpoint {
+            self.state.restore_checkpoint(gpu);
+            self.rec_pos = self.n_past;
+            self.counters.submits += 1;
+        }
         true
     }
 
@@ -341,6 +385,7 @@ impl Context {
         read_token: bool,
     ) -> Result<(), ModelError> {
         self.forget_in_flight();
+        self.sync_recurrent();
         let mut start = self.n_past as usize;
         self.check(dec, tokens, start, images)?;
         let chunk = self.opts.max_chunk as usize;
@@ -445,8 +490,25 @@ impl Context {
         copies: &[(&wgpu::Buffer, u64, u64, u64)],
         read_token: bool,
     ) -> Result<(), ModelError> {
+        if self.rec_pos != self.n_past && self.state.has_recurrent() {
+            return Err(ModelError::Invalid(format!(
+                "the recurrent layers have consumed {} tokens, the cache {}: prefill the sequence again",
+                self.rec_pos, self.n_past
+            )));
+        }
         StepParams::new(self.n_past, n, self.pos_offset + self.n_past).write(gpu, &self.b.step);
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        if self.n_past == 0 {
+            // A new sequence: recurrent states start from zero (a no-op without them).
+            self.state.clear_recurrent(&mut encoder);
+        }
+        // A decode step the pipelined loop may have to drop: keep the recurrent states from
+        // before it (see `sync_recurrent`).
+        let checkpoint = read_token && n == 1 && self.state.has_recurrent();
+        if checkpoint {
+            self.state.record_checkpoint(&mut encoder);
+            self.in_flight.iter_mut().for_each(|s| s.checkpoint = false);
+        }
         self.programs(gpu, dec, n, mode)?;
         let programs = &self.programs[&(n, mode)];
         programs.embed.encode(&mut encoder);
@@ -462,11 +524,12 @@ impl Context {
         let submission = gpu.queue.submit([encoder.finish()]);
         if let Some(mut readback) = readback {
             readback.map(4, submission);
-            self.in_flight.push_back(InFlight { readback, tokens: n });
+            self.in_flight.push_back(InFlight { readback, tokens: n, checkpoint });
             self.counters.read_back_bytes += 4;
         }
         self.counters.submits += 1;
         self.n_past += n;
+        self.rec_pos = self.n_past;
         Ok(())
     }
 

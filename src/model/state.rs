@@ -1,13 +1,17 @@
 //! One sequence's state across steps: what each layer keeps between tokens. Attention layers
-//! keep a KV cache (one row per position); a recurrent layer (the linear-attention layers of
-//! hybrid decoders) will keep a fixed-size state that each token overwrites. Families say
-//! what their layers keep ([`LayerKind`]), the context allocates it once.
+//! keep a KV cache (one row per position); a recurrent layer (the Gated DeltaNet layers of
+//! hybrid decoders such as Qwen3.5) keeps a fixed-size state that each token overwrites: the
+//! conv's last inputs and the delta rule's matrices, f32, zeroed at a sequence's start
+//! ([`SequenceState::clear_recurrent`], which the context records when a step starts at
+//! position 0). Families say what their layers keep ([`LayerKind`]), the context allocates
+//! it once.
 //!
 //! Snapshots copy a sequence's first positions to other GPU buffers so that a sequence the
 //! context is about to overwrite can be brought back later (the engine's saved prompt
 //! prefixes). A KV cache can be cut at any position; a recurrent state cannot be rewound, so
-//! a snapshot of a state with recurrent layers will only restore at the exact position it was
-//! taken.
+//! a snapshot of a state with recurrent layers restores only at the exact position it was
+//! taken ([`SequenceState::restore`] reports 0 positions restored otherwise, and the caller
+//! prefills again from the start).
 
 use crate::gpu::{Gpu, Result as GpuResult};
 use crate::kernels::attention::KvDtype;
@@ -17,17 +21,27 @@ use crate::kernels::attention::KvDtype;
 pub enum LayerKind {
     /// A KV cache of `kv_dim` keys and values per position.
     Attention { kv_dim: u32 },
+    /// A fixed-size recurrent state: `conv_floats` f32 of the conv's rolling window and
+    /// `ssm_floats` f32 of the recurrence's matrices, whatever the position.
+    Recurrent { conv_floats: u64, ssm_floats: u64 },
 }
 
 /// One layer's state on the GPU.
 pub enum LayerState {
     /// Keys and values, `[max_ctx][kv_dim]` each, in the cache's dtype.
     Attention { k: wgpu::Buffer, v: wgpu::Buffer },
+    /// The conv window `[channels][kernel - 1]` and the recurrence's state (for Gated
+    /// DeltaNet `[Hv][dk][dv]`), f32.
+    Recurrent { conv: wgpu::Buffer, ssm: wgpu::Buffer },
 }
 
 /// Every layer's state of one sequence.
 pub struct SequenceState {
     layers: Vec<LayerState>,
+    /// A copy of every recurrent layer's `(conv, ssm)` taken before a decode step, so that a
+    /// step the pipelined decode loop submitted past the end can be undone
+    /// ([`Self::record_checkpoint`], [`Self::restore_checkpoint`]).
+    checkpoint: Vec<(wgpu::Buffer, wgpu::Buffer)>,
     /// Most positions the caches hold.
     max_ctx: u32,
 }
@@ -44,24 +58,97 @@ impl SequenceState {
                         v: gpu.storage(&format!("v_cache.{i}"), bytes)?,
                     })
                 }
+                LayerKind::Recurrent { conv_floats, ssm_floats } => Ok(LayerState::Recurrent {
+                    conv: gpu.storage(&format!("conv_state.{i}"), 4 * conv_floats.max(1))?,
+                    ssm: gpu.storage(&format!("ssm_state.{i}"), 4 * ssm_floats.max(1))?,
+                }),
             })
             .collect::<GpuResult<Vec<_>>>()?;
-        Ok(SequenceState { layers, max_ctx })
+        let checkpoint = (layers.iter().enumerate())
+            .filter_map(|(i, l)| match l {
+                LayerState::Recurrent { conv, ssm } => Some((i, conv.size(), ssm.size())),
+                LayerState::Attention { .. } => None,
+            })
+            .map(|(i, conv, ssm)| {
+                Ok((gpu.storage(&format!("conv_checkpoint.{i}"), conv)?, gpu.storage(&format!("ssm_checkpoint.{i}"), ssm)?))
+            })
+            .collect::<GpuResult<Vec<_>>>()?;
+        Ok(SequenceState { layers, checkpoint, max_ctx })
     }
 
     /// The KV cache of layer `i` (families call this for their attention layers).
+    ///
+    /// # Panics
+    /// If layer `i` is recurrent (a family bug: it said what its layers keep).
     pub fn kv(&self, i: usize) -> (&wgpu::Buffer, &wgpu::Buffer) {
         match &self.layers[i] {
             LayerState::Attention { k, v } => (k, v),
+            LayerState::Recurrent { .. } => panic!("layer {i} is recurrent, not attention"),
         }
     }
 
-    /// GPU memory of every layer's state.
-    pub fn bytes(&self) -> u64 {
-        self.layers.iter().map(|l| l.buffers().iter().map(|b| b.size()).sum::<u64>()).sum()
+    /// The conv window and recurrence state of layer `i` (families call this for their
+    /// recurrent layers).
+    ///
+    /// # Panics
+    /// If layer `i` keeps a KV cache (a family bug).
+    pub fn recurrent(&self, i: usize) -> (&wgpu::Buffer, &wgpu::Buffer) {
+        match &self.layers[i] {
+            LayerState::Recurrent { conv, ssm } => (conv, ssm),
+            LayerState::Attention { .. } => panic!("layer {i} keeps a KV cache, not a recurrent state"),
+        }
     }
 
-    /// Bytes one position takes in all KV caches.
+    /// Whether any layer keeps a recurrent state (which cannot be rewound).
+    pub fn has_recurrent(&self) -> bool {
+        self.layers.iter().any(|l| matches!(l, LayerState::Recurrent { .. }))
+    }
+
+    /// Records the zeroing of every recurrent state (a new sequence starts).
+    pub fn clear_recurrent(&self, enc: &mut wgpu::CommandEncoder) {
+        for layer in &self.layers {
+            if let LayerState::Recurrent { conv, ssm } = layer {
+                enc.clear_buffer(conv, 0, None);
+                enc.clear_buffer(ssm, 0, None);
+            }
+        }
+    }
+
+    /// Records a copy of every recurrent state into the checkpoint (before a step that may
+    /// have to be undone).
+    pub fn record_checkpoint(&self, enc: &mut wgpu::CommandEncoder) {
+        for ((conv, ssm), (c, s)) in self.recurrent_buffers().zip(&self.checkpoint) {
+            enc.copy_buffer_to_buffer(conv, 0, c, 0, conv.size());
+            enc.copy_buffer_to_buffer(ssm, 0, s, 0, ssm.size());
+        }
+    }
+
+    /// Puts the checkpoint back into the recurrent states (undoes the steps since
+    /// [`Self::record_checkpoint`]).
+    pub fn restore_checkpoint(&self, gpu: &Gpu) {
+        let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("state checkpoint") });
+        for ((conv, ssm), (c, s)) in self.recurrent_buffers().zip(&self.checkpoint) {
+            enc.copy_buffer_to_buffer(c, 0, conv, 0, conv.size());
+            enc.copy_buffer_to_buffer(s, 0, ssm, 0, ssm.size());
+        }
+        gpu.queue.submit([enc.finish()]);
+    }
+
+    fn recurrent_buffers(&self) -> impl Iterator<Item = (&wgpu::Buffer, &wgpu::Buffer)> {
+        self.layers.iter().filter_map(|l| match l {
+            LayerState::Recurrent { conv, ssm } => Some((conv, ssm)),
+            LayerState::Attention { .. } => None,
+        })
+    }
+
+    /// GPU memory of every layer's state (with the recurrent states' checkpoint).
+    pub fn bytes(&self) -> u64 {
+        let checkpoint: u64 = self.checkpoint.iter().map(|(c, s)| c.size() + s.size()).sum();
+        self.layers.iter().map(|l| l.buffers().iter().map(|b| b.size()).sum::<u64>()).sum::<u64>() + checkpoint
+    }
+
+    /// Bytes one position takes in all KV caches (recurrent states take the same bytes at
+    /// every position).
     pub fn bytes_per_position(&self) -> u64 {
         (self.layers.iter()).map(|l| 2 * self.row_bytes(l)).sum()
     }
@@ -70,41 +157,52 @@ impl SequenceState {
         match layer {
             // The cache buffers hold exactly `max_ctx` rows (padded to 4 bytes at most).
             LayerState::Attention { k, .. } => k.size() / self.max_ctx as u64,
+            LayerState::Recurrent { .. } => 0,
         }
     }
 
-    /// Bytes of a layer's first `rows` rows, rounded up to WebGPU's 4-byte copy alignment
-    /// (the rounding stays inside the padded buffer).
-    fn span(&self, layer: &LayerState, rows: u32) -> u64 {
-        (rows as u64 * self.row_bytes(layer)).next_multiple_of(4)
+    /// Bytes of each of a layer's two buffers a snapshot of `rows` positions copies: the first
+    /// `rows` rows of a KV cache, rounded up to WebGPU's 4-byte copy alignment (the rounding
+    /// stays inside the padded buffer); a recurrent state whole.
+    fn spans(&self, layer: &LayerState, rows: u32) -> [u64; 2] {
+        match layer {
+            LayerState::Attention { .. } => [(rows as u64 * self.row_bytes(layer)).next_multiple_of(4); 2],
+            LayerState::Recurrent { conv, ssm } => [conv.size(), ssm.size()],
+        }
     }
 
-    /// Copies the first `rows` positions of every layer to new buffers.
+    /// Copies the first `rows` positions of every layer to new buffers. Recurrent states are
+    /// copied whole: they are valid for `rows` only when the sequence holds exactly `rows`
+    /// positions (the context snapshots its whole sequence), and restore only there.
     pub fn snapshot(&self, gpu: &Gpu, rows: u32) -> GpuResult<StateSnapshot> {
         let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("state snapshot") });
         let mut layers = Vec::with_capacity(self.layers.len());
         for (i, layer) in self.layers.iter().enumerate() {
-            let span = self.span(layer, rows);
-            let copy = gpu.storage(&format!("state_snapshot.{i}"), 2 * span)?;
-            let LayerState::Attention { k, v } = layer;
-            enc.copy_buffer_to_buffer(k, 0, &copy, 0, span);
-            enc.copy_buffer_to_buffer(v, 0, &copy, span, span);
-            layers.push((copy, span));
+            let [a, b] = layer.buffers();
+            let [span_a, span_b] = self.spans(layer, rows);
+            let copy = gpu.storage(&format!("state_snapshot.{i}"), (span_a + span_b).max(4))?;
+            enc.copy_buffer_to_buffer(a, 0, &copy, 0, span_a);
+            enc.copy_buffer_to_buffer(b, 0, &copy, span_a, span_b);
+            layers.push((copy, span_a));
         }
         gpu.queue.submit([enc.finish()]);
         Ok(StateSnapshot { layers, rows })
     }
 
     /// Puts the first `rows` positions of `snapshot` back (at most those it holds); returns
-    /// the positions restored.
+    /// the positions restored. With recurrent layers only the snapshot's own position can be
+    /// restored: asked for fewer rows, nothing is restored and 0 is returned.
     pub fn restore(&self, gpu: &Gpu, snapshot: &StateSnapshot, rows: u32) -> u32 {
         let rows = rows.min(snapshot.rows);
+        if self.has_recurrent() && rows != snapshot.rows {
+            return 0;
+        }
         let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("state restore") });
         for (layer, (copy, copy_span)) in self.layers.iter().zip(&snapshot.layers) {
-            let span = self.span(layer, rows);
-            let LayerState::Attention { k, v } = layer;
-            enc.copy_buffer_to_buffer(copy, 0, k, 0, span);
-            enc.copy_buffer_to_buffer(copy, *copy_span, v, 0, span);
+            let [a, b] = layer.buffers();
+            let [span_a, span_b] = self.spans(layer, rows);
+            enc.copy_buffer_to_buffer(copy, 0, a, 0, span_a);
+            enc.copy_buffer_to_buffer(copy, *copy_span, b, 0, span_b);
         }
         gpu.queue.submit([enc.finish()]);
         rows
@@ -115,13 +213,15 @@ impl LayerState {
     fn buffers(&self) -> [&wgpu::Buffer; 2] {
         match self {
             LayerState::Attention { k, v } => [k, v],
+            LayerState::Recurrent { conv, ssm } => [conv, ssm],
         }
     }
 }
 
 /// The first `rows` positions of every layer's state, on the GPU.
 pub struct StateSnapshot {
-    /// Per layer: one buffer holding the K rows then the V rows, and the bytes of each half.
+    /// Per layer: one buffer holding the first buffer's bytes (K rows, or the conv window)
+    /// then the second's (V rows, or the recurrence state), and the bytes of the first.
     layers: Vec<(wgpu::Buffer, u64)>,
     rows: u32,
 }

@@ -175,9 +175,11 @@ impl std::str::FromStr for LoadQuant {
     }
 }
 
-/// GGUF bytes of `values` (whole 32-blocks) quantized to `ty` (Q8_0, Q4_0 or Q4_1).
+/// GGUF bytes of `values` as `ty`: F32 (small tensors kernels read as f32, such as the
+/// Qwen3.5 conv taps) or quantized in whole 32-blocks (Q8_0, Q4_0 or Q4_1).
 pub(super) fn requantize(ty: GgmlType, values: &[f32]) -> Result<Vec<u8>, LoadError> {
     Ok(match ty {
+        GgmlType::F32 => bytemuck::cast_slice(values).to_vec(),
         GgmlType::Q8_0 => quantize_q8_0(values)?,
         GgmlType::Q4_0 => quantize_q4_0(values)?,
         _ => quantize_q4_1(values)?,

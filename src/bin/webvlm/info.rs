@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use clap::Args;
 use webvlm::gguf::MappedGguf;
 use webvlm::model::families::llama::LlamaConfig;
+use webvlm::model::families::qwen35::{self, Qwen35Config};
 use webvlm::model::ContextOptions;
+use webvlm::model::TextConfig;
 
 use crate::args::ModelArg;
 use crate::stdout::outln;
@@ -37,13 +39,46 @@ pub fn run(args: &InfoArgs) -> CliResult {
     let model = MappedGguf::open(&args.model.model)?;
     let md = model.metadata();
     let vocab = model.tensor("token_embd.weight")?.0.dims.get(1).copied().unwrap_or(0) as u32;
-    let cfg = LlamaConfig::from_metadata(md, vocab)?;
     outln!("file:          {}", model.paths().join(", "));
-    outln!("architecture:  {}  ({})", cfg.text.arch, cfg.text.name.as_deref().unwrap_or("unnamed"));
-    outln!("layers:        {}", cfg.text.n_layer);
-    outln!("hidden:        {}   ffn: {}", cfg.text.n_embd, cfg.text.n_ff);
-    outln!("heads:         {} query, {} key/value, head_dim {}", cfg.text.n_head, cfg.text.n_head_kv, cfg.text.head_dim);
-    outln!("vocabulary:    {}   context: {}", cfg.text.vocab, cfg.text.context_length);
+    // Layers with a KV cache, and bytes of fixed-size recurrent state.
+    let (text, kv_layers, recurrent_bytes) = if qwen35::ARCHITECTURES.contains(&md.architecture()?) {
+        let cfg = Qwen35Config::from_metadata(md, vocab)?;
+        print_text(&cfg.text);
+        let (n_rec, n_full) = cfg.layer_counts();
+        let pattern: String = cfg.recurrent.iter().map(|&r| if r { 'L' } else { 'F' }).collect();
+        outln!("layer pattern: {pattern}  ({n_rec} Gated DeltaNet, {n_full} full attention)");
+        let s = &cfg.ssm;
+        outln!(
+            "deltanet:      {} k heads x {}, {} v heads x {}, conv kernel {}",
+            s.n_k_heads,
+            s.d_k,
+            s.n_v_heads,
+            s.d_v,
+            s.conv_kernel
+        );
+        outln!("rope:          theta {}, {} rotated dims, sections {:?}", cfg.rope_theta, cfg.n_rot, cfg.rope_sections);
+        outln!("rms eps:       {}", cfg.rms_eps);
+        let (conv, ssm) = s.state_floats();
+        (cfg.text.clone(), n_full as u64, 4 * n_rec as u64 * (conv + ssm))
+    } else {
+        let cfg = LlamaConfig::from_metadata(md, vocab)?;
+        print_text(&cfg.text);
+        print_llama(&cfg);
+        (cfg.text.clone(), cfg.text.n_layer as u64, 0)
+    };
+    outln!("tokenizer:     {}", md.get_opt_str("tokenizer.ggml.model")?.unwrap_or("none"));
+    print_memory(&model, &text, args.ctx, kv_layers, recurrent_bytes)
+}
+
+fn print_text(t: &TextConfig) {
+    outln!("architecture:  {}  ({})", t.arch, t.name.as_deref().unwrap_or("unnamed"));
+    outln!("layers:        {}", t.n_layer);
+    outln!("hidden:        {}   ffn: {}", t.n_embd, t.n_ff);
+    outln!("heads:         {} query, {} key/value, head_dim {}", t.n_head, t.n_head_kv, t.head_dim);
+    outln!("vocabulary:    {}   context: {}", t.vocab, t.context_length);
+}
+
+fn print_llama(cfg: &LlamaConfig) {
     match &cfg.yarn {
         Some(y) => outln!(
             "rope:          theta {}, YaRN factor {} (original context {}, beta {}/{}, attention factor {})",
@@ -57,8 +92,11 @@ pub fn run(args: &InfoArgs) -> CliResult {
         None => outln!("rope:          theta {}", cfg.rope_theta),
     }
     outln!("query scaling: beta {} orig {}", cfg.query_scale_beta, cfg.query_scale_orig);
-    outln!("tokenizer:     {}", md.get_opt_str("tokenizer.ggml.model")?.unwrap_or("none"));
+}
 
+/// Tensors by type and the GPU memory estimate: weights, the KV cache of `kv_layers`
+/// layers over `ctx` tokens plus `recurrent_bytes` of recurrent state, activations.
+fn print_memory(model: &MappedGguf, text: &TextConfig, ctx: u32, kv_layers: u64, recurrent_bytes: u64) -> CliResult {
     let mut by_type: BTreeMap<String, (usize, u64, u64)> = BTreeMap::new();
     let mut weight_bytes = 0u64;
     for t in model.tensors() {
@@ -73,16 +111,13 @@ pub fn run(args: &InfoArgs) -> CliResult {
     for (ty, (n, elems, bytes)) in &by_type {
         outln!("  {ty:<6} {n:>5} tensors  {:>8.1} M params  {:>9.1} MiB", *elems as f64 / 1e6, *bytes as f64 / 1048576.0);
     }
-    let ctx = args.ctx;
-    let kv = 2 * 4 * cfg.text.n_layer as u64 * ctx as u64 * cfg.text.kv_dim() as u64;
+    let kv = 2 * 4 * kv_layers * ctx as u64 * text.kv_dim() as u64 + recurrent_bytes;
     let chunk = ContextOptions::default().max_chunk as u64;
-    let acts = 4
-        * chunk
-        * (3 * cfg.text.n_embd as u64 + 2 * cfg.text.q_dim() as u64 + 2 * cfg.text.kv_dim() as u64 + 2 * cfg.text.n_ff as u64)
-        + 4 * chunk.min(256) * cfg.text.vocab as u64;
+    let acts = 4 * chunk * (3 * text.n_embd as u64 + 2 * text.q_dim() as u64 + 2 * text.kv_dim() as u64 + 2 * text.n_ff as u64)
+        + 4 * chunk.min(256) * text.vocab as u64;
     let mib = |b: u64| b as f64 / 1048576.0;
     outln!(
-        "GPU memory:    weights {:.1} MiB + KV cache ({ctx} tokens, f32) {:.1} MiB + activations {:.1} MiB = {:.1} MiB",
+        "GPU memory:    weights {:.1} MiB + KV cache ({ctx} tokens, f32) and recurrent state {:.1} MiB + activations {:.1} MiB = {:.1} MiB",
         mib(weight_bytes),
         mib(kv),
         mib(acts),

@@ -4,6 +4,7 @@
 //! variant here (see `docs/ARCHITECTURE.md`, "Adding a model family").
 
 pub mod llama;
+pub mod qwen35;
 
 use crate::gpu::{Gpu, Program, Result as GpuResult};
 use crate::kernels::quant::GpuWeight;
@@ -15,7 +16,7 @@ use super::step::{LogitsMode, StepBuffers};
 use super::ModelError;
 
 /// The architectures of every family, for error messages.
-pub const SUPPORTED: &str = "llama, mistral3";
+pub const SUPPORTED: &str = "llama, mistral3, qwen35";
 
 /// The shape of a decoder, whatever its family (sizes of its attention layers; families
 /// with other layer kinds keep their own config besides).
@@ -68,11 +69,13 @@ impl TextConfig {
 /// A loaded decoder of one family.
 pub enum Family {
     Llama(llama::Llama),
+    Qwen35(qwen35::Qwen35),
 }
 
 /// A family's per-context step scratch.
 pub enum Scratch {
-    Llama(llama::Scratch),
+    Llama(Box<llama::Scratch>),
+    Qwen35(Box<qwen35::Scratch>),
 }
 
 impl Family {
@@ -81,6 +84,9 @@ impl Family {
         if llama::ARCHITECTURES.contains(&arch) {
             return Ok(Family::Llama(llama::Llama::load_from(gpu, src, vocab)?));
         }
+        if qwen35::ARCHITECTURES.contains(&arch) {
+            return Ok(Family::Qwen35(qwen35::Qwen35::load_from(gpu, src, vocab)?));
+        }
         Err(ModelError::UnsupportedArch { arch: arch.to_string(), supported: SUPPORTED })
     }
 
@@ -88,6 +94,7 @@ impl Family {
     pub fn text_config(&self) -> &TextConfig {
         match self {
             Family::Llama(m) => &m.cfg.text,
+            Family::Qwen35(m) => &m.cfg.text,
         }
     }
 
@@ -95,6 +102,7 @@ impl Family {
     pub fn head(&self) -> &Head {
         match self {
             Family::Llama(m) => &m.weights.head,
+            Family::Qwen35(m) => &m.weights.head,
         }
     }
 
@@ -102,6 +110,7 @@ impl Family {
     pub fn layer_matrices(&self) -> Vec<&GpuWeight> {
         match self {
             Family::Llama(m) => m.weights.layer_matrices().collect(),
+            Family::Qwen35(m) => m.weights.layer_matrices().collect(),
         }
     }
 
@@ -109,6 +118,7 @@ impl Family {
     pub fn weight_bytes(&self) -> u64 {
         match self {
             Family::Llama(m) => m.weights.bytes_on_gpu(),
+            Family::Qwen35(m) => m.weights.bytes_on_gpu(),
         }
     }
 
@@ -116,12 +126,14 @@ impl Family {
     pub fn layers(&self) -> Vec<LayerKind> {
         match self {
             Family::Llama(m) => m.layers(),
+            Family::Qwen35(m) => m.layers(),
         }
     }
 
     pub fn scratch(&self, gpu: &Gpu, chunk: u32, max_ctx: u32) -> GpuResult<Scratch> {
         match self {
-            Family::Llama(m) => Ok(Scratch::Llama(m.scratch(gpu, chunk, max_ctx)?)),
+            Family::Llama(m) => Ok(Scratch::Llama(Box::new(m.scratch(gpu, chunk, max_ctx)?))),
+            Family::Qwen35(m) => Ok(Scratch::Qwen35(Box::new(m.scratch(gpu, chunk, max_ctx)?))),
         }
     }
 
@@ -137,6 +149,8 @@ impl Family {
     ) -> GpuResult<()> {
         match (self, s) {
             (Family::Llama(m), Scratch::Llama(s)) => m.record(p, gpu, b, s, state, n, mode),
+            (Family::Qwen35(m), Scratch::Qwen35(s)) => m.record(p, gpu, b, s, state, n, mode),
+            _ => unreachable!("a context's scratch comes from its own decoder's family"),
         }
     }
 }

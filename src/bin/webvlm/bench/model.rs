@@ -123,7 +123,7 @@ pub fn bench_model(
     }
     let decode_total = t_all.elapsed().as_secs_f64();
     let after = ctx.counters();
-    ctx.drop_last_step();
+    ctx.drop_last_step(gpu);
     let n = plan.decode_tokens.max(1) as f64;
     let submits_per_token = (after.submits - before.submits) as f64 / n;
     let read_back_per_token = (after.read_back_bytes - before.read_back_bytes) as f64 / n;

@@ -1,0 +1,211 @@
+//! The Qwen3.5 family (GGUF `qwen35`): a hybrid decoder whose layers come in groups of Gated
+//! DeltaNet (linear attention with a recurrent state, Yang et al. 2024) layers and one gated
+//! full-attention layer (partial NeoX RoPE, per-head q/k RMSNorm, a sigmoid output gate),
+//! each followed by a SiLU-gated MLP. Reference: transformers' `modeling_qwen3_5.py`,
+//! llama.cpp's `qwen35` graph; the GGUF conventions are in `docs/MODELS.md`.
+//!
+//! Text positions only so far: every mrope section gets the token's position, which is
+//! ordinary NeoX RoPE of the first `rope.dimension_count` dims (a positions buffer for
+//! image (t, h, w) positions is future work).
+
+mod config;
+mod weights;
+
+pub use config::{Qwen35Config, SsmConfig};
+pub use weights::{DeltaNetWeights, GatedAttentionWeights, LayerWeights, Mixer, Qwen35Weights};
+
+use crate::gpu::{Gpu, Program, Result as GpuResult};
+use crate::kernels::attention::{attention_decode, attention_prefill, default_splits, AttnShape, DecodeScratch};
+use crate::kernels::delta_net::{self, DeltaNetBuffers, DeltaNetLayout, KHeads};
+use crate::kernels::gdn_prep::{self, ConvShape, GatedNormShape, RowWindow};
+use crate::kernels::matvec::{Epilogue, Output};
+use crate::kernels::rope::{rope_inplace, rope_kv_store, rope_table, QScale, RopeFreqs, RopeLayout, RopeMode};
+use crate::kernels::{elementwise, norm};
+use crate::model::blocks::ffn::FfnScratch;
+use crate::model::blocks::{linear, linear_into, linear_stacked};
+use crate::model::state::{LayerKind, SequenceState};
+use crate::model::step::{LogitsMode, StepBuffers};
+use crate::model::ModelError;
+use crate::source::WeightLoader;
+
+/// The GGUF architectures this family reads.
+pub const ARCHITECTURES: [&str; 1] = ["qwen35"];
+
+/// A loaded Qwen3.5 decoder.
+pub struct Qwen35 {
+    pub cfg: Qwen35Config,
+    pub weights: Qwen35Weights,
+    /// NeoX RoPE over the first `n_rot` dims of each head.
+    rope: RopeFreqs,
+}
+
+/// Per-context scratch of one step, sized for `chunk` tokens (f32).
+pub struct Scratch {
+    /// DeltaNet: the stacked input projection `[chunk][q | k | v | z | a | b]`.
+    mixed: wgpu::Buffer,
+    /// DeltaNet: the conv output `[chunk][q | k | v]`.
+    conv: wgpu::Buffer,
+    g: wgpu::Buffer,
+    beta: wgpu::Buffer,
+    /// DeltaNet: the delta rule's output and its gated norm, `[chunk][Hv dv]`.
+    o: wgpu::Buffer,
+    normed: wgpu::Buffer,
+    chunked: wgpu::Buffer,
+    /// Attention: `[chunk][n_head][q | gate]`, q `[chunk][n_head hd]` before and after its
+    /// norm, k before and after, v, the attention output.
+    qg: wgpu::Buffer,
+    q: wgpu::Buffer,
+    qn: wgpu::Buffer,
+    k: wgpu::Buffer,
+    kn: wgpu::Buffer,
+    v: wgpu::Buffer,
+    attn: wgpu::Buffer,
+    decode: DecodeScratch,
+    gate_up: wgpu::Buffer,
+    act: wgpu::Buffer,
+}
+
+impl Qwen35 {
+    /// Reads the config (`vocab` from the embedding's rows) and has `src` load every weight.
+    pub fn load_from(gpu: &Gpu, src: &mut dyn WeightLoader, vocab: u32) -> Result<Qwen35, ModelError> {
+        let cfg = Qwen35Config::from_metadata(src.metadata(), vocab)?;
+        let weights = Qwen35Weights::load_from(gpu, src, &cfg)?;
+        let rope = RopeFreqs::upload(gpu, &rope_table(cfg.n_rot as usize, cfg.rope_theta as f64, None))?;
+        Ok(Qwen35 { cfg, weights, rope })
+    }
+
+    fn delta_layout(&self) -> DeltaNetLayout {
+        let s = &self.cfg.ssm;
+        DeltaNetLayout::conv_rows(s.n_k_heads, s.n_v_heads, s.d_k, s.d_v, KHeads::Tiled)
+    }
+
+    fn attn_shape(&self, n: u32) -> AttnShape {
+        let t = &self.cfg.text;
+        AttnShape::new(t.n_head, t.n_head_kv, t.head_dim, n)
+    }
+
+    pub fn scratch(&self, gpu: &Gpu, chunk: u32, max_ctx: u32) -> GpuResult<Scratch> {
+        let (t, s) = (&self.cfg.text, &self.cfg.ssm);
+        let buf = |label: &str, cols: u32| gpu.storage(label, 4 * chunk as u64 * cols.max(1) as u64);
+        let chunked = delta_net::chunked_scratch_len(&self.delta_layout(), chunk as usize).max(1);
+        Ok(Scratch {
+            mixed: buf("gdn_mixed", DeltaNetWeights::in_width(&self.cfg))?,
+            conv: buf("gdn_conv", s.conv_channels())?,
+            g: buf("gdn_g", s.n_v_heads)?,
+            beta: buf("gdn_beta", s.n_v_heads)?,
+            o: buf("gdn_o", s.inner())?,
+            normed: buf("gdn_normed", s.inner())?,
+            chunked: gpu.storage("gdn_chunked", 4 * chunked as u64)?,
+            qg: buf("attn_qg", 2 * t.q_dim())?,
+            q: buf("attn_q", t.q_dim())?,
+            qn: buf("attn_qn", t.q_dim())?,
+            k: buf("attn_k", t.kv_dim())?,
+            kn: buf("attn_kn", t.kv_dim())?,
+            v: buf("attn_v", t.kv_dim())?,
+            attn: buf("attn_out", t.q_dim())?,
+            decode: DecodeScratch::new(gpu, &self.attn_shape(1), default_splits(max_ctx))?,
+            gate_up: buf("gate_up", 2 * t.n_ff)?,
+            act: buf("act", t.n_ff)?,
+        })
+    }
+
+    /// Records the blocks and the head over `n` embedded tokens in `b.x` at the step's
+    /// positions. Per layer: norm; the mixer (DeltaNet: the stacked q|k|v|z|a|b product,
+    /// conv + SiLU, decay and beta, the delta rule (recurrent for one token, chunked
+    /// otherwise), the gated norm, `ssm_out` added into `x`; attention: q|gate, k and v
+    /// products, per-head RMSNorm of q and k, NeoX RoPE of their first `n_rot` dims (k and v
+    /// into the cache), attention, times sigmoid(gate), `attn_output` added into `x`);
+    /// `post_attention_norm` and the SiLU-gated MLP added into `x`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record(
+        &self,
+        p: &mut Program,
+        gpu: &Gpu,
+        b: &StepBuffers,
+        s: &Scratch,
+        state: &SequenceState,
+        n: u32,
+        mode: LogitsMode,
+    ) -> GpuResult<()> {
+        let (c, t, ss) = (&self.cfg, &self.cfg.text, &self.cfg.ssm);
+        let (d, mm, eps) = (t.n_embd, b.precision.matmul(), c.rms_eps);
+        let add = Output { stride: d, offset: 0, epilogue: Epilogue::Add };
+        for (i, l) in self.weights.layers.iter().enumerate() {
+            norm::rms_norm(p, gpu, &b.x, &l.attn_norm, &b.h, n, d, eps)?;
+            match &l.mixer {
+                Mixer::DeltaNet(w) => {
+                    let (conv_state, ssm_state) = state.recurrent(i);
+                    let (ch, inner, hv) = (ss.conv_channels(), ss.inner(), ss.n_v_heads);
+                    let width = DeltaNetWeights::in_width(c);
+                    let win = |offset| RowWindow { stride: width, offset };
+                    linear_stacked(p, gpu, &w.in_proj, &b.h, (&s.mixed, width), n, mm)?;
+                    let conv = ConvShape { max_tok: n, channels: ch, kernel: ss.conv_kernel };
+                    gdn_prep::record_conv(
+                        p,
+                        gpu,
+                        &b.step,
+                        &s.mixed,
+                        win(0),
+                        &w.conv.parts[0].buffer,
+                        conv_state,
+                        &s.conv,
+                        &conv,
+                    )?;
+                    let (a, bb) = ((&s.mixed, win(ch + inner)), (&s.mixed, win(ch + inner + hv)));
+                    gdn_prep::record_decay(p, gpu, &b.step, a, bb, &w.a, &w.dt_bias, (&s.g, &s.beta), n, hv)?;
+                    let bufs = DeltaNetBuffers { qkv: &s.conv, g: &s.g, beta: &s.beta, state: ssm_state, out: &s.o };
+                    if n == 1 {
+                        delta_net::record_recurrent(p, gpu, &self.delta_layout(), 1, &bufs)?;
+                    } else {
+                        delta_net::record_chunked(p, gpu, &self.delta_layout(), n as usize, &bufs, &s.chunked)?;
+                    }
+                    let shape = GatedNormShape { max_tok: n, n_heads: hv, head_dim: ss.d_v, eps };
+                    gdn_prep::record_gated_norm(p, gpu, &b.step, &s.o, (&s.mixed, win(ch)), &w.norm, &s.normed, &shape)?;
+                    linear_into(p, gpu, &w.out, &s.normed, &b.x, add, n, mm)?;
+                }
+                Mixer::Attention(w) => {
+                    let (k_cache, v_cache) = state.kv(i);
+                    let (h, kvh, hd) = (t.n_head, t.n_head_kv, t.head_dim);
+                    linear(p, gpu, &w.q, &b.h, &s.qg, n, mm)?;
+                    linear(p, gpu, &w.k, &b.h, &s.k, n, mm)?;
+                    linear(p, gpu, &w.v, &b.h, &s.v, n, mm)?;
+                    elementwise::copy_first_halves(p, gpu, &s.qg, &s.q, n * h, hd)?;
+                    norm::rms_norm(p, gpu, &s.q, &w.q_norm, &s.qn, n * h, hd, eps)?;
+                    norm::rms_norm(p, gpu, &s.k, &w.k_norm, &s.kn, n * kvh, hd, eps)?;
+                    let (q_layout, kv_layout) =
+                        (RopeLayout::dense(h, hd, n, RopeMode::RotateHalf), RopeLayout::dense(kvh, hd, n, RopeMode::RotateHalf));
+                    rope_inplace(p, gpu, &b.step, &self.rope, &s.qn, &q_layout, QScale::NONE)?;
+                    let kv = b.precision.kv_dtype();
+                    rope_kv_store(p, gpu, &b.step, &self.rope, &s.kn, &kv_layout, &s.v, &kv_layout, k_cache, v_cache, kv)?;
+                    let shape = AttnShape { kv, ..self.attn_shape(n) };
+                    if n == 1 {
+                        attention_decode(p, gpu, &shape, &b.step, &s.qn, k_cache, v_cache, &s.decode, &s.attn)?;
+                    } else {
+                        attention_prefill(p, gpu, &shape, &b.step, &s.qn, k_cache, v_cache, &s.attn)?;
+                    }
+                    elementwise::sigmoid_mul_second_halves(p, gpu, &s.qg, &s.attn, n * h, hd)?;
+                    linear_into(p, gpu, &w.wo, &s.attn, &b.x, add, n, mm)?;
+                }
+            }
+            norm::rms_norm(p, gpu, &b.x, &l.post_attention_norm, &b.h, n, d, eps)?;
+            l.ffn.record(p, gpu, &b.h, FfnScratch { gate_up: &s.gate_up, act: &s.act }, &b.x, n, mm)?;
+        }
+        self.weights.head.record_logits(p, gpu, b, n, mode)
+    }
+
+    /// Full-attention layers keep a KV cache, DeltaNet layers their conv and delta-rule state.
+    pub fn layers(&self) -> Vec<LayerKind> {
+        layer_kinds(&self.cfg)
+    }
+}
+
+/// What each layer of `cfg` keeps between tokens.
+pub fn layer_kinds(cfg: &Qwen35Config) -> Vec<LayerKind> {
+    let (conv, ssm) = cfg.ssm.state_floats();
+    (cfg.recurrent.iter())
+        .map(|&r| match r {
+            true => LayerKind::Recurrent { conv_floats: conv, ssm_floats: ssm },
+            false => LayerKind::Attention { kv_dim: cfg.text.kv_dim() },
+        })
+        .collect()
+}
