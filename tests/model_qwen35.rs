@@ -258,32 +258,6 @@ fn recurrent_state_counts_restores_only_at_its_position() {
     assert_eq!(attn.restore(&gpu, &snap, 3), 3);
 }
 
-/// The fixture with `tokenizer.ggml.pre` = `qwen2`, so that an engine loads it before the
-/// `qwen35` pre-tokenizer is supported (these tests feed token ids; the text is not checked).
-fn qwen2_pretokenizer(m: &MappedGguf) -> webvlm::source::GgufBytes {
-    webvlm::source::GgufBytes::parse(qwen2_pretokenizer_bytes(m)).unwrap()
-}
-
-fn qwen2_pretokenizer_bytes(m: &MappedGguf) -> Vec<u8> {
-    let mut w = webvlm::gguf::GgufWriter::new();
-    for (k, v) in m.metadata().iter() {
-        match k {
-            "general.alignment" => {}
-            "tokenizer.ggml.pre" => {
-                w.add_kv(k, MetaValue::String("qwen2".into()));
-            }
-            _ => {
-                w.add_kv(k, v.clone());
-            }
-        }
-    }
-    for t in m.tensors() {
-        let (info, bytes) = m.tensor(&t.name).unwrap();
-        w.add_tensor(t.name.clone(), &info.dims, info.ty, bytes.to_vec()).unwrap();
-    }
-    w.write().unwrap()
-}
-
 /// Streamed in small pieces (the browser's load) a hybrid model gives the in-memory load's
 /// logits exactly, with the default (reduced) precision of the adapter as well.
 #[test]
@@ -291,7 +265,7 @@ fn streamed_load_equals_in_memory() {
     use webvlm::engine::Engine;
     use webvlm::engine::Prompt;
     for name in ["a", "b"] {
-        let bytes = qwen2_pretokenizer_bytes(&fixture(name));
+        let bytes = std::fs::read(common::fixture(&format!("tiny_qwen35_{name}/model.gguf"))).unwrap();
         let opts = ContextOptions { max_ctx: 128, max_chunk: 16, ..Default::default() };
         let prompt = Prompt { tokens: cases(name)[0].1.clone(), images: Vec::new() };
         let gpu = common::gpu();
@@ -352,9 +326,8 @@ fn generate(
 #[test]
 fn second_turn_and_rewinds_stay_exact() {
     let m = fixture("b");
-    let with_pre = qwen2_pretokenizer(&m);
     let opts = ContextOptions { max_ctx: 512, max_chunk: 32, precision: Precision::F32 };
-    let engine = || webvlm::engine::Engine::load(common::gpu(), &with_pre, opts).unwrap();
+    let engine = || webvlm::engine::Engine::load(common::gpu(), &m, opts).unwrap();
     let (_, first, _) = cases("b").into_iter().find(|c| c.0 == "chat_short").unwrap();
     for abort_after in [None, Some(2)] {
         let mut e = engine();
