@@ -366,3 +366,38 @@ fn second_turn_and_rewinds_stay_exact() {
     let (err, same) = compare(&rest, &want[20 * 545..], 545);
     assert!(err <= 1e-3 && same, "after restore: rel L2 {err:.2e}");
 }
+
+/// The recurrent state is saved at the prompt's turn boundaries and end while it is
+/// prefilled, so a chat's next turn, a regenerated reply and a new chat with the same
+/// system prompt each start from the longest saved state that matches whole; every reply
+/// equals a fresh engine's and `cached_tokens` is what was reused.
+#[test]
+fn turn_snapshots_serve_later_prompts() {
+    let m = fixture("b");
+    let opts = ContextOptions { max_ctx: 512, max_chunk: 16, precision: Precision::F32 };
+    let engine = || webvlm::engine::Engine::load(common::gpu(), &m, opts).unwrap();
+    let (start, end, nl) = (513, 514, 198);
+    let text = |seed: u32, n: u32| (0..n).map(move |i| (seed * 7 + i * 13) % 500 + 3);
+    let message = |seed: u32, n: u32| -> Vec<u32> { [start].into_iter().chain(text(seed, n)).chain([end, nl]).collect() };
+    let reply_prompt = [start, 389, 375, nl];
+    let (system, user1, user2, user3) = (message(1, 40), message(2, 20), message(3, 9), message(4, 12));
+    let cat = |parts: &[&[u32]]| -> Vec<u32> { parts.concat() };
+
+    let mut e = engine();
+    let first = cat(&[&system, &user1, &reply_prompt]);
+    assert_eq!(generate(&mut e, &first, 5, None).cached_tokens, 0);
+    // The next turn renders the reply differently (as a template that drops the thinking
+    // does): only the first prompt's end state matches whole.
+    let reply: Vec<u32> = text(9, 6).chain([end, nl]).collect();
+    let second = cat(&[&first, &reply, &user2, &reply_prompt]);
+    // A new chat over the same system prompt, and the second prompt sent again (a regenerated
+    // reply: its last token must run again, so its end state cannot serve it).
+    let other = cat(&[&system, &user3, &reply_prompt]);
+    // (A turn boundary is right after its end-of-turn token, before the newline.)
+    let want_cached = [first.len(), system.len() - 1, second.len() - reply_prompt.len() - 1];
+    for (prompt, cached) in [&second, &other, &second].into_iter().zip(want_cached) {
+        let got = generate(&mut e, prompt, 5, None);
+        assert_eq!(got.cached_tokens, cached, "prompt of {} tokens", prompt.len());
+        assert_eq!(got.tokens, generate(&mut engine(), prompt, 5, None).tokens, "prompt of {} tokens", prompt.len());
+    }
+}

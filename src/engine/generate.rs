@@ -24,11 +24,11 @@ use web_time::Instant;
 use crate::constraint::{Constraint, ConstraintFactory, SchemaCache};
 use crate::gpu::Gpu;
 use crate::kernels::sample::SamplerState;
-use crate::model::{Context, Decoder, PromptImages};
+use crate::model::{Context, Decoder};
 use crate::sampling::{fold_seed, logprobs, Sampler, SamplingParams, StopStrings, TokenLogprob, MAX_TOP_LOGPROBS};
 use crate::tokenizer::{TextStream, Tokenizer};
 
-use super::prompt_cache::{PosKey, PromptCache};
+use super::prompt_cache::{turn_boundaries, PosKey, PromptCache};
 use super::{Engine, EngineError, Prompt};
 
 /// What the output must be.
@@ -266,11 +266,36 @@ impl Engine {
         }
         let text = self.tokenizer.decode_stream(true);
         let mut emit = Emitter { tokenizer: &self.tokenizer, text, stops, ignore_eos: opts.ignore_eos, on_step };
-        let mut steps = Steps { gpu: &self.gpu, dec: &self.decoder, ctx: &mut self.ctx };
         let images = images.as_ref();
-        let (prompt_end, mask_seconds) = match host {
-            None => (steps.run_on_gpu(prompt, images, opts, &mut emit, &mut out, start).await?, 0.0),
-            Some(mut h) => (steps.run_on_host(prompt, images, opts, &mut h, &mut emit, &mut out, start).await?, h.mask_seconds),
+        let (gpu, dec) = (&self.gpu, &self.decoder);
+        // A recurrent state is saved at the prompt's turn boundaries and end as it is
+        // prefilled: it cannot be cut back to them later (see `prompt_cache`).
+        let recurrent = self.ctx.has_recurrent();
+        if recurrent {
+            for end in turn_boundaries(&prompt.tokens, cached, self.tokenizer.eos_ids()) {
+                self.ctx.submit_prefix(gpu, dec, &prompt.tokens, end, images)?;
+                self.prompt_cache.save_prefix(gpu, &mut self.ctx, &keys[..end])?;
+            }
+        }
+        let mut sampler = opts.gpu_sampler();
+        match host {
+            None => self.ctx.submit_prompt_sampled(gpu, dec, &prompt.tokens, images, &sampler)?,
+            Some(_) => self.ctx.submit_prompt(gpu, dec, &prompt.tokens, images)?,
+        }
+        let prompt_end = self.ctx.n_past();
+        if recurrent {
+            self.prompt_cache.save_prefix(gpu, &mut self.ctx, &keys)?;
+        }
+        let mut steps = Steps { gpu, dec, ctx: &mut self.ctx };
+        let mask_seconds = match host {
+            None => {
+                steps.run_on_gpu(prompt_end, &mut sampler, opts, &mut emit, &mut out, start).await?;
+                0.0
+            }
+            Some(mut h) => {
+                steps.run_on_host(opts, &mut h, &mut emit, &mut out, start).await?;
+                h.mask_seconds
+            }
         };
         // The cache holds the prompt and the generated tokens fed back so far (not the last).
         let fed = (self.ctx.n_past() - prompt_end) as usize;
@@ -332,25 +357,23 @@ impl Steps<'_> {
     /// submitted before token n is read, so the GPU never waits for the host between tokens.
     /// `max_tokens` and the context's end are known in advance and never overrun; an
     /// end-of-generation token, a stop string or an abort is seen one step late, and the
-    /// surplus step is dropped. Returns the cache length after the prompt.
+    /// surplus step is dropped. The prompt's prefill is submitted (sampling with `state`) and
+    /// has left the cache at `prompt_end`.
     async fn run_on_gpu<F: FnMut(&StepOutput<'_>) -> Option<Wait>>(
         &mut self,
-        prompt: &Prompt,
-        images: Option<&PromptImages<'_>>,
+        prompt_end: u32,
+        state: &mut SamplerState,
         opts: &GenerateOptions,
         emit: &mut Emitter<'_, F>,
         out: &mut Generation,
         start: Instant,
-    ) -> Result<u32, EngineError> {
-        let mut state = opts.gpu_sampler();
-        self.ctx.submit_prompt_sampled(self.gpu, self.dec, &prompt.tokens, images, &state)?;
-        let prompt_end = self.ctx.n_past();
+    ) -> Result<(), EngineError> {
         // Decode steps that may run: each samples one token after the prefill's.
         let mut steps_left = (opts.max_tokens - 1).min(self.ctx.max_ctx() - prompt_end);
         loop {
             if steps_left > 0 {
                 state.draw += 1;
-                self.ctx.submit_decode(self.gpu, self.dec, &state)?;
+                self.ctx.submit_decode(self.gpu, self.dec, state)?;
                 steps_left -= 1;
             }
             let token = self.ctx.read_next_token(self.gpu).await?;
@@ -370,26 +393,21 @@ impl Steps<'_> {
             }
         }
         self.ctx.drop_last_step(self.gpu);
-        Ok(prompt_end)
+        Ok(())
     }
 
     /// Tokens chosen on the host, one step at a time: the step for token t is submitted, the
     /// constraint's mask for the token after it computed while the GPU works, then its logits
-    /// awaited. Returns the cache length after the prompt.
-    #[allow(clippy::too_many_arguments)]
+    /// awaited. The prompt's prefill is submitted.
     async fn run_on_host<F: FnMut(&StepOutput<'_>) -> Option<Wait>>(
         &mut self,
-        prompt: &Prompt,
-        images: Option<&PromptImages<'_>>,
         opts: &GenerateOptions,
         h: &mut HostPicker,
         emit: &mut Emitter<'_, F>,
         out: &mut Generation,
         start: Instant,
-    ) -> Result<u32, EngineError> {
+    ) -> Result<(), EngineError> {
         let (gpu, dec) = (self.gpu, self.dec);
-        self.ctx.submit_prompt(gpu, dec, &prompt.tokens, images)?;
-        let prompt_end = self.ctx.n_past();
         let mask = h.mask()?;
         let (mut token, mut logprob) = h.pick(&self.ctx.read_logits(gpu, dec).await?, mask.as_deref())?;
         out.time_to_first_token = start.elapsed().as_secs_f64();
@@ -414,7 +432,7 @@ impl Steps<'_> {
             let mask = h.mask()?;
             (token, logprob) = h.pick(&self.ctx.read_logits(gpu, dec).await?, mask.as_deref())?;
         }
-        Ok(prompt_end)
+        Ok(())
     }
 }
 

@@ -14,6 +14,13 @@
 //! keys are equal; KV entries depend only on the positions up to
 //! theirs (causal attention), so an equal prefix has equal entries. At least the prompt's last
 //! token is always run again, since its logits choose the first new token.
+//!
+//! A decoder with recurrent layers (Qwen3.5's Gated DeltaNet) cannot cut its state back: a
+//! live sequence or saved prefix is reusable only whole. So the engine saves such a state at
+//! the prompt's turn boundaries while it prefills ([`turn_boundaries`]: after the first and
+//! the last end-of-turn token, that is the end of the system prompt and of the last message)
+//! and at the prompt's end, where the next turn of the chat, a regenerated reply or a new
+//! chat with the same system prompt pick it up.
 
 use std::rc::Rc;
 
@@ -87,18 +94,24 @@ impl PromptCache {
     pub fn reuse(&mut self, gpu: &Gpu, ctx: &mut Context, keys: &[PosKey]) -> GpuResult<usize> {
         self.clock += 1;
         let usable = keys.len().saturating_sub(1);
+        let recurrent = ctx.has_recurrent();
         let live = std::mem::take(&mut self.live);
-        let live_common = common_prefix(&live, keys).min(ctx.n_past() as usize).min(usable);
+        let mut live_common = common_prefix(&live, keys).min(ctx.n_past() as usize).min(usable);
+        if recurrent && live_common != ctx.n_past() as usize {
+            live_common = 0;
+        }
         let best = (self.saved.iter().enumerate())
             .map(|(i, s)| (common_prefix(&s.keys, keys).min(usable), i))
-            .max()
-            .filter(|&(n, _)| n > live_common);
+            .filter(|&(n, i)| !recurrent || n == self.saved[i].keys.len())
+            .filter(|&(n, _)| n > live_common)
+            .max();
         let restore = best.map(|(n, i)| {
             let s = &mut self.saved[i];
             s.last_used = self.clock;
             let kv = Rc::clone(&s.kv);
-            // Copied back whole, it becomes the live sequence.
-            if n == s.keys.len() {
+            // Copied back whole, it becomes the live sequence (a recurrent state's copy
+            // stays: the live sequence moves on from it and cannot come back).
+            if n == s.keys.len() && !recurrent {
                 self.saved.swap_remove(i);
             }
             (n, kv)
@@ -116,16 +129,27 @@ impl PromptCache {
         Ok(ctx.n_past() as usize)
     }
 
+    /// Saves the sequence state of `ctx`, which holds exactly the positions of `keys` (a turn
+    /// boundary or the end of a prompt, for a decoder with recurrent layers).
+    pub fn save_prefix(&mut self, gpu: &Gpu, ctx: &mut Context, keys: &[PosKey]) -> GpuResult<()> {
+        self.save(gpu, ctx, keys.to_vec())
+    }
+
     /// Copies the live sequence's KV rows (as many as the budget allows) to a saved prefix,
     /// evicting the least recently used.
     fn save(&mut self, gpu: &Gpu, ctx: &mut Context, mut keys: Vec<PosKey>) -> GpuResult<()> {
         let per_token = ctx.state_bytes_per_token().max(1);
         keys.truncate((ctx.n_past() as usize).min((self.budget / per_token) as usize));
-        if keys.len() < MIN_SAVED_TOKENS || self.saved.iter().any(|s| s.keys.starts_with(&keys)) {
+        // A KV cache can be cut anywhere, so a longer saved sequence serves its prefixes; a
+        // recurrent state serves only its own length.
+        let covers = |longer: &[PosKey], shorter: &[PosKey]| match ctx.has_recurrent() {
+            false => longer.starts_with(shorter),
+            true => longer == shorter,
+        };
+        if keys.len() < MIN_SAVED_TOKENS || self.saved.iter().any(|s| covers(&s.keys, &keys)) {
             return Ok(());
         }
-        // A saved prefix of this sequence is superseded by it.
-        self.saved.retain(|s| !keys.starts_with(&s.keys));
+        self.saved.retain(|s| !covers(&keys, &s.keys));
         let needed = keys.len() as u64 * per_token;
         self.saved.sort_by_key(|s| std::cmp::Reverse(s.last_used));
         while self.saved_bytes() + needed > self.budget {
@@ -210,6 +234,17 @@ fn keys_of(tokens: &[u32], images: &[(Option<ImageDigest>, u32)], img: Option<u3
         .collect()
 }
 
+/// Where a decoder with recurrent layers saves its state while prefilling `tokens` from
+/// `cached`: after the first and the last end-of-turn token (`eot`), if past `cached`, before
+/// the last token and long enough to be worth a copy, in order.
+pub fn turn_boundaries(tokens: &[u32], cached: usize, eot: &[u32]) -> Vec<usize> {
+    let ends = || tokens.iter().enumerate().filter(|(_, t)| eot.contains(t)).map(|(i, _)| i + 1);
+    let mut at: Vec<usize> = ends().take(1).chain(ends().next_back()).collect();
+    at.dedup();
+    at.retain(|&b| b > cached && b >= MIN_SAVED_TOKENS && b < tokens.len());
+    at
+}
+
 /// Leading positions on which `a` and `b` agree.
 fn common_prefix(a: &[PosKey], b: &[PosKey]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y && **x != PosKey::Unknown).count()
@@ -220,6 +255,18 @@ mod tests {
     use super::*;
 
     const IMG: u32 = 10;
+
+    #[test]
+    fn turn_boundaries_follow_the_first_and_last_end_of_turn() {
+        const EOT: u32 = 2;
+        let turn = |n: usize| std::iter::repeat_n(5, n - 1).chain([EOT]);
+        let prompt: Vec<u32> = turn(40).chain(turn(40)).chain(turn(40)).chain([5, 5]).collect();
+        assert_eq!(turn_boundaries(&prompt, 0, &[EOT]), [40, 120]);
+        assert_eq!(turn_boundaries(&prompt, 40, &[EOT, 7]), [120], "already cached");
+        assert_eq!(turn_boundaries(&prompt[..120], 0, &[EOT]), [40], "not at the prompt's end");
+        assert_eq!(turn_boundaries(&prompt[20..], 0, &[EOT]), [100], "too short a first turn");
+        assert!(turn_boundaries(&prompt, 0, &[]).is_empty());
+    }
 
     #[test]
     fn image_positions_match_by_the_whole_digest() {

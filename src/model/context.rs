@@ -164,6 +164,11 @@ impl Context {
         }
     }
 
+    /// Whether the sequence state has recurrent layers (which restore only where they stand).
+    pub fn has_recurrent(&self) -> bool {
+        self.state.has_recurrent()
+    }
+
     /// Tokens in the cache.
     pub fn n_past(&self) -> u32 {
         self.n_past
@@ -384,16 +389,49 @@ impl Context {
         images: Option<&PromptImages<'_>>,
         read_token: bool,
     ) -> Result<(), ModelError> {
+        let start = self.submit_chunks(gpu, dec, tokens, tokens.len(), images)?;
+        self.run(gpu, dec, tokens, start..tokens.len(), images, LogitsMode::LastAndSample, read_token)
+    }
+
+    /// Submits `tokens[n_past..end]` without logits, so that the sequence state can be saved
+    /// at `end` (a turn boundary of the prompt: see `engine::prompt_cache`) before the rest
+    /// of `tokens` is prefilled.
+    pub fn submit_prefix(
+        &mut self,
+        gpu: &Gpu,
+        dec: &Decoder,
+        tokens: &[u32],
+        end: usize,
+        images: Option<&PromptImages<'_>>,
+    ) -> Result<(), ModelError> {
+        let start = self.submit_chunks(gpu, dec, tokens, end, images)?;
+        if start < end {
+            self.run(gpu, dec, tokens, start..end, images, LogitsMode::None, false)?;
+        }
+        Ok(())
+    }
+
+    /// Checks `tokens` and submits whole chunks without logits from `n_past` while more than
+    /// a chunk is left before `end` (<= `tokens.len()`); returns where they stopped, at most
+    /// a chunk before `end`.
+    fn submit_chunks(
+        &mut self,
+        gpu: &Gpu,
+        dec: &Decoder,
+        tokens: &[u32],
+        end: usize,
+        images: Option<&PromptImages<'_>>,
+    ) -> Result<usize, ModelError> {
         self.forget_in_flight();
         self.sync_recurrent();
         let mut start = self.n_past as usize;
         self.check(dec, tokens, start, images)?;
         let chunk = self.opts.max_chunk as usize;
-        while tokens.len() - start > chunk {
+        while end.saturating_sub(start) > chunk {
             self.run(gpu, dec, tokens, start..start + chunk, images, LogitsMode::None, false)?;
             start += chunk;
         }
-        self.run(gpu, dec, tokens, start..tokens.len(), images, LogitsMode::LastAndSample, read_token)
+        Ok(start)
     }
 
     fn check_room(&self, n: u64) -> Result<(), ModelError> {
