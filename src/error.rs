@@ -103,6 +103,8 @@ impl Classify for ModelError {
             ModelError::ContextFull { .. } | ModelError::Empty | ModelError::BadToken { .. } | ModelError::ImageTokens { .. } => {
                 BadRequest
             }
+            // The engine never steps where the states do not stand: a bug if it does.
+            ModelError::RecurrentPosition { .. } => Internal,
             ModelError::Gpu(e) => e.class(),
         }
     }

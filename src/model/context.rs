@@ -529,10 +529,7 @@ impl Context {
         read_token: bool,
     ) -> Result<(), ModelError> {
         if self.rec_pos != self.n_past && self.state.has_recurrent() {
-            return Err(ModelError::Invalid(format!(
-                "the recurrent layers have consumed {} tokens, the cache {}: prefill the sequence again",
-                self.rec_pos, self.n_past
-            )));
+            return Err(ModelError::RecurrentPosition { consumed: self.rec_pos, cached: self.n_past });
         }
         StepParams::new(self.n_past, n, self.pos_offset + self.n_past).write(gpu, &self.b.step);
         let mut encoder = gpu.device.create_command_encoder(&Default::default());

@@ -42,6 +42,10 @@ pub enum ModelError {
     /// Image features of another width than the text model's embeddings (wrong mmproj).
     #[error("image features of width {got} for a text model of width {want}")]
     ImageWidth { got: u32, want: u32 },
+    /// A step after the cache was cut or restored where the recurrent layers' states do not
+    /// stand (they cannot be rewound).
+    #[error("the recurrent layers have consumed {consumed} tokens but the cache holds {cached}: prefill the sequence again")]
+    RecurrentPosition { consumed: u32, cached: u32 },
     /// The GPU failed (out of memory, device lost, ...).
     #[error(transparent)]
     Gpu(#[from] GpuError),

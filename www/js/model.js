@@ -17,7 +17,25 @@ const PRESETS = {
     mmproj: HF + "mmproj-Ministral-3-3B-Instruct-2512-F16.gguf",
     note: "mistralai/Ministral-3-3B-Instruct-2512-GGUF on Hugging Face · Q4_K_M text model + F16 vision projector · about 3 GB, downloaded once and kept on this device",
   },
+  ...qwen35Preset("0.8B"),
+  ...qwen35Preset("2B"),
+  ...qwen35Preset("4B"),
 };
+
+/** A Qwen3.5 preset: unsloth's GGUF conversion of Qwen/Qwen3.5-SIZE (Q4_K_M + F16 mmproj). */
+function qwen35Preset(size) {
+  const repo = `unsloth/Qwen3.5-${size}-GGUF`;
+  const base = `https://huggingface.co/${repo}/resolve/main/`;
+  return {
+    [`qwen3.5-${size.toLowerCase()}`]: {
+      label: `Qwen3.5 ${size} (Q4_K_M + vision)`,
+      name: `Qwen3.5 ${size}`,
+      text: `${base}Qwen3.5-${size}-Q4_K_M.gguf`,
+      mmproj: `${base}mmproj-F16.gguf`,
+      note: `${repo} on Hugging Face · Q4_K_M text model + F16 vision projector · downloaded once and kept on this device`,
+    },
+  };
+}
 
 /** Imports the package module once. When it is missing: null, and the PackageMissing error
  * shown unless `quiet`; a later call tries again. */
@@ -36,6 +54,9 @@ export async function getApi({ quiet = false } = {}) {
 
 export function setupModelSelect() {
   const select = $("model-select");
+  const local = select.firstElementChild;
+  for (const [value, p] of Object.entries(PRESETS)) select.insertBefore(el("option", { value }, p.label), local);
+  select.value = "ministral-3b";
   if (params.has("model")) {
     const text = params.get("model");
     const mmproj = params.get("mmproj");
