@@ -204,12 +204,7 @@ impl HfQwen35 {
 #[test]
 fn qwen35_structure_of_the_released_sizes() {
     // Qwen/Qwen3.5-{0.8B, 2B, 4B, 9B} text configs (linear heads: 16 q/k, 16 or 32 v, of 128).
-    let sizes = [
-        ("0.8b", 24, 1024, 2, 16),
-        ("2b", 24, 2048, 2, 16),
-        ("4b", 32, 2560, 4, 32),
-        ("9b", 32, 4096, 4, 32),
-    ];
+    let sizes = [("0.8b", 24, 1024, 2, 16), ("2b", 24, 2048, 2, 16), ("4b", 32, 2560, 4, 32), ("9b", 32, 4096, 4, 32)];
     for (size, layers, hidden, kv_heads, linear_v_heads) in sizes {
         let hf = HfQwen35 {
             layers,

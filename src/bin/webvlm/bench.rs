@@ -35,9 +35,9 @@ use webvlm::model::synthetic::{
 use webvlm::source::LoadQuant;
 
 use crate::args::{load_quant, Shape, ShapeModel};
-use encoders::VisionSpec;
 use crate::stdout::outln;
 use crate::CliResult;
+use encoders::VisionSpec;
 use model::{bench_model, ModelPlan};
 use timing::Budget;
 use vision::{bench_vision, VisionPlan};

@@ -91,16 +91,7 @@ impl Qwen35Shape {
     /// Qwen/Qwen3.5-9B `text_config`: hidden 4096, 32 layers, FFN 12288, 16 / 4 heads,
     /// DeltaNet 16 q/k and 32 v heads, untied embeddings.
     pub fn qwen35_9b() -> Qwen35Shape {
-        Qwen35Shape {
-            n_embd: 4096,
-            n_layer: 32,
-            n_head: 16,
-            n_head_kv: 4,
-            n_v_heads: 32,
-            n_ff: 12288,
-            tied: false,
-            ..QWEN35
-        }
+        Qwen35Shape { n_embd: 4096, n_layer: 32, n_head: 16, n_head_kv: 4, n_v_heads: 32, n_ff: 12288, tied: false, ..QWEN35 }
     }
 
     /// A few-MB model of the same structure within the kernels' head dims (128): two groups
