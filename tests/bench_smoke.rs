@@ -169,3 +169,139 @@ fn no_vision_skips_the_vision_encoder() {
     assert!(of_kind(&lines, "model").is_empty(), "--no-model skips the default model");
     assert_eq!(of_kind(&lines, "fma").len(), 1);
 }
+
+/// A Qwen3.5 text config as Hugging Face writes it (`text_config`): the numbers the
+/// structural figures are checked against.
+struct HfQwen35 {
+    layers: u64,
+    hidden: u64,
+    full_attention_interval: u64,
+    kv_heads: u64,
+    head_dim: u64,
+    conv_kernel: u64,
+    linear_k_heads: u64,
+    linear_v_heads: u64,
+    linear_k_dim: u64,
+    linear_v_dim: u64,
+}
+
+impl HfQwen35 {
+    /// f32 recurrent state of every linear-attention layer: the conv keeps its last
+    /// `kernel - 1` inputs of q, k and v; the delta rule one `d_k x d_v` matrix per v head.
+    fn recurrent_state_bytes(&self) -> u64 {
+        let linear = self.layers - self.layers / self.full_attention_interval;
+        let conv_channels = 2 * self.linear_k_heads * self.linear_k_dim + self.linear_v_heads * self.linear_v_dim;
+        let per_layer = (self.conv_kernel - 1) * conv_channels + self.linear_v_heads * self.linear_k_dim * self.linear_v_dim;
+        linear * per_layer * 4
+    }
+
+    /// f16 keys and values of the full-attention layers at `ctx` positions.
+    fn kv_bytes(&self, ctx: u64) -> u64 {
+        (self.layers / self.full_attention_interval) * 2 * ctx * self.kv_heads * self.head_dim * 2
+    }
+}
+
+#[test]
+fn qwen35_structure_of_the_released_sizes() {
+    // Qwen/Qwen3.5-{0.8B, 2B, 4B, 9B} text configs (linear heads: 16 q/k, 16 or 32 v, of 128).
+    let sizes = [("0.8b", 24, 1024, 2, 16), ("2b", 24, 2048, 2, 16), ("4b", 32, 2560, 4, 32), ("9b", 32, 4096, 4, 32)];
+    for (size, layers, hidden, kv_heads, linear_v_heads) in sizes {
+        let hf = HfQwen35 {
+            layers,
+            hidden,
+            full_attention_interval: 4,
+            kv_heads,
+            head_dim: 256,
+            conv_kernel: 4,
+            linear_k_heads: 16,
+            linear_v_heads,
+            linear_k_dim: 128,
+            linear_v_dim: 128,
+        };
+        let lines = bench_lines(&["--structure-only", "--shape", &format!("qwen3.5-{size}"), "--json-only"]);
+        assert_eq!(lines.len(), 1, "{size}: only the structure line");
+        let s = &lines[0];
+        assert_eq!(s["kind"], "structure");
+        assert_eq!(s["n_embd"].as_u64(), Some(hf.hidden));
+        assert_eq!(s["recurrent_layers"].as_u64(), Some(layers * 3 / 4), "{size}: 3 DeltaNet layers per attention layer");
+        assert_eq!(s["recurrent_state_bytes"].as_u64(), Some(hf.recurrent_state_bytes()), "{size}");
+        assert_eq!(s["kv_context"].as_u64(), Some(4096));
+        assert_eq!(s["kv_bytes"].as_u64(), Some(hf.kv_bytes(4096)), "{size}");
+        positive(s, "weight_bytes");
+    }
+    // The 0.8B: 18 layers x (3 x 8192 conv + 16 x 128 x 128) f32 = 19.3 MiB; 6 x 2 x 4096 x 512 x 2 = 48 MiB.
+    let s = &bench_lines(&["--structure-only", "--shape", "qwen3.5-0.8b", "--json-only"])[0];
+    assert_eq!(s["recurrent_state_bytes"].as_u64(), Some(20_201_472));
+    assert_eq!(s["kv_bytes"].as_u64(), Some(50_331_648));
+}
+
+#[test]
+fn quick_bench_on_tiny_qwen35_reports_structure_run_and_vision() {
+    let lines = bench_lines(&["--quick", "--no-kernels", "--synthetic", "--shape", "qwen3.5-tiny", "--json-only"]);
+    let structure = of_kind(&lines, "structure");
+    assert_eq!(structure.len(), 1);
+    let s = structure[0];
+    // The tiny shape: 8 layers (6 DeltaNet, 2 attention), 1 KV head of 128; DeltaNet 2 q/k and
+    // 4 v heads of 64, conv of 4 taps.
+    let hf = HfQwen35 {
+        layers: 8,
+        hidden: 256,
+        full_attention_interval: 4,
+        kv_heads: 1,
+        head_dim: 128,
+        conv_kernel: 4,
+        linear_k_heads: 2,
+        linear_v_heads: 4,
+        linear_k_dim: 64,
+        linear_v_dim: 64,
+    };
+    assert_eq!((s["recurrent_layers"].as_u64(), s["attention_layers"].as_u64()), (Some(6), Some(2)));
+    assert_eq!(s["recurrent_state_bytes"].as_u64(), Some(hf.recurrent_state_bytes()));
+    assert_eq!(s["kv_bytes"].as_u64(), Some(hf.kv_bytes(4096)));
+    assert_eq!(s["kv_bytes_per_token"].as_u64(), Some(hf.kv_bytes(1)));
+
+    // The run: the engine's own allocation agrees with the structure (every weight uploaded
+    // in its file type; KV rows of the attention layers only; each recurrent state twice,
+    // with the checkpoint the pipelined decode keeps).
+    let models = of_kind(&lines, "model");
+    assert_eq!(models.len(), 1);
+    let m = models[0];
+    assert_eq!(m["arch"], "qwen35");
+    for f in ["prefill_tokens_per_s", "decode_tokens_per_s", "dispatches_per_token"] {
+        positive(m, f);
+    }
+    assert_eq!(m["weight_bytes_on_gpu"], s["weight_bytes"]);
+    assert_eq!(m["state_bytes_per_token"], s["kv_bytes_per_token"]);
+    let max_ctx = m["max_ctx"].as_u64().unwrap();
+    let expected_state = max_ctx * hf.kv_bytes(1) + 2 * hf.recurrent_state_bytes();
+    assert_eq!(m["state_bytes"].as_u64(), Some(expected_state));
+    assert_eq!(m["submits_per_token"].as_f64(), Some(1.0));
+    assert_eq!(m["host_waits_per_token"].as_f64(), Some(0.0));
+
+    // The decode step: one delta-rule dispatch per DeltaNet layer, one attention (and its
+    // combine) per attention layer, every dispatch in a family.
+    let launch = of_kind(&lines, "launch");
+    assert_eq!(launch.len(), 1);
+    let families = launch[0]["families"].as_array().expect("families");
+    let count = |name: &str| families.iter().find(|f| f["family"] == name).and_then(|f| f["dispatches"].as_u64());
+    assert_eq!(count("gated_delta_net gdn_recurrent"), Some(6));
+    assert_eq!(count("attention_decode attn_decode"), Some(2));
+    assert_eq!(count("ssm_out"), Some(6));
+    assert_eq!(count("attn_output"), Some(2));
+    let counted: u64 = families.iter().map(|f| f["dispatches"].as_u64().unwrap()).sum();
+    assert_eq!(counted, m["dispatches_per_token"].as_u64().unwrap());
+
+    // The Qwen encoder on one small image: 112x112 is resized up to the processor's
+    // 256x256 minimum (16x16 patches of 16, 8x8 merged tokens).
+    let vision = of_kind(&lines, "vision");
+    assert_eq!(vision.len(), 1);
+    let v = vision[0];
+    assert_eq!(v["processed"], "256x256");
+    assert_eq!((v["patches"].as_u64(), v["image_tokens"].as_u64()), (Some(256), Some(64)));
+    assert_eq!(v["head_dim"].as_u64(), Some(64));
+    for f in ["seconds", "flops", "weight_bytes", "activation_bytes"] {
+        positive(v, f);
+    }
+    assert_eq!(of_kind(&lines, "vision_launch").len(), 1);
+    check_pass_launch(of_kind(&lines, "vision_launch")[0]);
+}

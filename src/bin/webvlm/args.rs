@@ -7,7 +7,7 @@ use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Args, ValueEnum};
 use webvlm::engine::GenerateOptions;
 use webvlm::gpu::Geometry;
-use webvlm::model::synthetic::{SyntheticShape, VisionShape};
+use webvlm::model::synthetic::{Qwen35Shape, QwenVisionShape, SyntheticShape, VisionShape};
 use webvlm::model::ContextOptions;
 use webvlm::sampling::SamplingParams;
 use webvlm::source::LoadQuant;
@@ -115,20 +115,58 @@ pub enum Shape {
     Ministral3b,
     // A model of the same structure, about 1 MB.
     Tiny,
+    // Qwen3.5's released sizes (hybrid DeltaNet + attention, with their vision encoders).
+    #[value(name = "qwen3.5-0.8b")]
+    Qwen35_0_8b,
+    #[value(name = "qwen3.5-2b")]
+    Qwen35_2b,
+    #[value(name = "qwen3.5-4b")]
+    Qwen35_4b,
+    #[value(name = "qwen3.5-9b")]
+    Qwen35_9b,
+    // A Qwen3.5 of the same structure within 128-dim heads, a few MB.
+    #[value(name = "qwen3.5-tiny")]
+    Qwen35Tiny,
+}
+
+/// What a [`Shape`] builds: a `mistral3` decoder and Pixtral mmproj, or a `qwen35` decoder
+/// and (where its config is known) a Qwen vision mmproj.
+#[derive(Clone, Copy, Debug)]
+pub enum ShapeModel {
+    Ministral(SyntheticShape, VisionShape),
+    Qwen35(Qwen35Shape, Option<QwenVisionShape>),
 }
 
 impl Shape {
-    pub fn text(self) -> SyntheticShape {
+    pub fn model(self) -> ShapeModel {
         match self {
-            Shape::Ministral3b => SyntheticShape::ministral3_3b(),
-            Shape::Tiny => SyntheticShape::tiny(),
+            Shape::Ministral3b => ShapeModel::Ministral(SyntheticShape::ministral3_3b(), VisionShape::ministral3_3b()),
+            Shape::Tiny => ShapeModel::Ministral(SyntheticShape::tiny(), VisionShape::tiny()),
+            Shape::Qwen35_0_8b => ShapeModel::Qwen35(Qwen35Shape::qwen35_0_8b(), Some(QwenVisionShape::qwen35_0_8b())),
+            Shape::Qwen35_2b => ShapeModel::Qwen35(Qwen35Shape::qwen35_2b(), QwenVisionShape::qwen35_2b()),
+            Shape::Qwen35_4b => ShapeModel::Qwen35(Qwen35Shape::qwen35_4b(), Some(QwenVisionShape::qwen35_4b())),
+            Shape::Qwen35_9b => ShapeModel::Qwen35(Qwen35Shape::qwen35_9b(), Some(QwenVisionShape::qwen35_9b())),
+            Shape::Qwen35Tiny => ShapeModel::Qwen35(Qwen35Shape::tiny(), Some(QwenVisionShape::tiny())),
         }
     }
-    pub fn vision(self) -> VisionShape {
+
+    /// The model's name in the figures.
+    pub fn label(self) -> &'static str {
         match self {
-            Shape::Ministral3b => VisionShape::ministral3_3b(),
-            Shape::Tiny => VisionShape::tiny(),
+            Shape::Ministral3b => "synthetic Ministral 3 3B",
+            Shape::Tiny => "synthetic tiny mistral3",
+            Shape::Qwen35_0_8b => "synthetic Qwen3.5-0.8B",
+            Shape::Qwen35_2b => "synthetic Qwen3.5-2B",
+            Shape::Qwen35_4b => "synthetic Qwen3.5-4B",
+            Shape::Qwen35_9b => "synthetic Qwen3.5-9B",
+            Shape::Qwen35Tiny => "synthetic tiny qwen35",
         }
+    }
+
+    /// A real model's size (slow on a CPU adapter: one timed repetition, warmed up on the
+    /// tiny shape of its family).
+    pub fn is_big(self) -> bool {
+        !matches!(self, Shape::Tiny | Shape::Qwen35Tiny)
     }
 }
 

@@ -6,13 +6,18 @@
 //!
 //! Sections: roofline kernels (copy, read-only, pure FMA, dispatch overhead), matvec kernels
 //! at Ministral 3 3B shapes, then whole models (a GGUF file, SmolLM2 by default, and with
-//! `--synthetic` a random Ministral 3 3B built in memory) through the engine's `Context`,
-//! then the vision encoder + projector (`--quick`: a tiny one on a small image; at Ministral 3
-//! 3B shapes on 512x512 and 1024x1024 images with `--vision`, opt-in because one 1024x1024
-//! encode takes minutes on a CPU adapter).
+//! `--synthetic` a random Ministral 3 3B or, with `--shape qwen3.5-*`, a Qwen3.5 size built
+//! in memory) through the engine's `Context`, then the vision encoder + projector
+//! (`--quick`: a tiny one on a small image; at Ministral 3 3B shapes on 512x512 and
+//! 1024x1024 images with `--vision`, opt-in because one 1024x1024 encode takes minutes on a
+//! CPU adapter; a Qwen3.5 size's own encoder on a 512x512 image by default). A Qwen3.5 size
+//! first prints its structural figures (`structure`: state, KV and weight bytes), computed
+//! from its shapes.
 
+mod encoders;
 mod launch;
 mod model;
+mod qwen;
 mod roofline;
 mod timing;
 mod vision;
@@ -24,12 +29,15 @@ use serde_json::{json, Value};
 
 use webvlm::gguf::MappedGguf;
 use webvlm::gpu::{Geometry, Gpu, GpuOptions};
-use webvlm::model::synthetic::{synthetic_ministral3_3b, SyntheticShape, VisionShape};
+use webvlm::model::synthetic::{
+    synthetic_ministral3_3b, synthetic_qwen35, Qwen35Shape, QwenVisionShape, SyntheticShape, VisionShape,
+};
 use webvlm::source::LoadQuant;
 
-use crate::args::{load_quant, Shape};
+use crate::args::{load_quant, Shape, ShapeModel};
 use crate::stdout::outln;
 use crate::CliResult;
+use encoders::VisionSpec;
 use model::{bench_model, ModelPlan};
 use timing::Budget;
 use vision::{bench_vision, VisionPlan};
@@ -40,12 +48,15 @@ pub struct BenchArgs {
     /// A model to time [default: SmolLM2 at .cache/models/, when there]
     #[arg(long, value_name = "M.gguf")]
     model: Option<PathBuf>,
-    /// Time a synthetic Ministral 3 model built in memory (random weights)
+    /// Time a synthetic model built in memory (random weights): Ministral 3, or a Qwen3.5 size
     #[arg(long)]
     synthetic: bool,
-    /// Shapes of the synthetic model [default: 3b; tiny with --quick]
+    /// Shapes of the synthetic model (3b, tiny, qwen3.5-0.8b|2b|4b|9b|tiny) [default: 3b; tiny with --quick]
     #[arg(long, value_enum)]
     shape: Option<Shape>,
+    /// Only the structural figures of a Qwen3.5 `--shape` (state, KV and weight bytes), no GPU
+    #[arg(long)]
+    structure_only: bool,
     /// Small buffers, shapes and models (CI smoke runs)
     #[arg(long)]
     quick: bool,
@@ -91,7 +102,7 @@ pub struct BenchArgs {
     /// No vision encoder figures (not even --quick's tiny one)
     #[arg(long)]
     no_vision: bool,
-    /// Source image sizes of the vision figures, N (square) or WxH [default: 512,1024; 112 with --quick]
+    /// Source image sizes of the vision figures, N (square) or WxH [default: 512,1024; 512 for Qwen3.5; 112 with --quick]
     #[arg(long, value_name = "SIZE,...", value_delimiter = ',', value_parser = parse_size)]
     vision_sizes: Vec<(u32, u32)>,
     /// Vision encoder blocks (same work per block: a per-block figure where 24 take too long)
@@ -105,6 +116,7 @@ pub struct BenchArgs {
 /// Source image sides of the vision figures (square images, before preprocessing).
 const VISION_SIZES: &[u32] = &[512, 1024];
 const QUICK_VISION_SIZES: &[u32] = &[112];
+const QWEN_VISION_SIZES: &[u32] = &[512];
 
 /// Where the figures go: JSON Lines on stdout, notes on stderr.
 pub struct Out {
@@ -129,6 +141,14 @@ impl Out {
 pub fn run(args: &BenchArgs) -> CliResult {
     let quick = args.quick;
     let out = Out { json_only: args.json_only, silent: false };
+    if args.structure_only {
+        let shape = args.shape.unwrap_or(Shape::Qwen35Tiny);
+        let ShapeModel::Qwen35(text, vision) = shape.model() else {
+            return Err("--structure-only takes a Qwen3.5 --shape".into());
+        };
+        qwen::structure(&out, shape.label(), &text, vision.as_ref());
+        return Ok(());
+    }
     let mut budget = Budget::new(quick);
     budget.reps = args.reps.unwrap_or(budget.reps);
     let gpu = Gpu::new_blocking(GpuOptions { allow_f16: !args.no_f16, geometry: args.geometry, ..Default::default() })?;
@@ -181,55 +201,81 @@ pub fn run(args: &BenchArgs) -> CliResult {
     if args.no_vision {
         return Ok(());
     }
-    if !quick && !args.vision {
-        out.emit(json!({ "kind": "skipped", "vision": "Ministral 3 3B shapes", "reason": "opt-in: --vision" }));
-        out.note("skipping the vision encoder at Ministral 3 3B shapes (opt-in: --vision)");
-        return Ok(());
-    }
+    let shape = args.shape.filter(|_| args.synthetic);
+    let (spec, default_sizes) = match shape.map(Shape::model) {
+        // A Qwen3.5 size: its own encoder, on by default, at 512x512.
+        Some(ShapeModel::Qwen35(_, vision)) => {
+            let Some(v) = vision else {
+                let label = shape.map_or("", Shape::label);
+                out.emit(json!({ "kind": "skipped", "vision": label, "reason": "vision_config not known for this size" }));
+                out.note(&format!("skipping the vision encoder of {label}: its vision_config is not known"));
+                return Ok(());
+            };
+            (VisionSpec::Qwen(if quick { QwenVisionShape::tiny() } else { v }), QWEN_VISION_SIZES)
+        }
+        _ if !quick && !args.vision => {
+            out.emit(json!({ "kind": "skipped", "vision": "Ministral 3 3B shapes", "reason": "opt-in: --vision" }));
+            out.note("skipping the vision encoder at Ministral 3 3B shapes (opt-in: --vision)");
+            return Ok(());
+        }
+        _ => (VisionSpec::Pixtral(if quick { VisionShape::tiny() } else { VisionShape::ministral3_3b() }), VISION_SIZES),
+    };
     let sizes = match args.vision_sizes.is_empty() {
         false => args.vision_sizes.clone(),
-        true => (if quick { QUICK_VISION_SIZES } else { VISION_SIZES }).iter().map(|&s| (s, s)).collect(),
+        true => (if quick { QUICK_VISION_SIZES } else { default_sizes }).iter().map(|&s| (s, s)).collect(),
     };
-    let mut shape = if quick { VisionShape::tiny() } else { VisionShape::ministral3_3b() };
-    // Fewer encoder blocks (same per-block work): a per-block figure where 24 take too long.
-    shape.n_layer = args.vision_layers.unwrap_or(shape.n_layer);
     let plan = VisionPlan {
-        shape,
+        // Fewer encoder blocks (same per-block work): a per-block figure where all take too long.
+        spec: spec.with_layers(args.vision_layers),
         sizes,
         seed: args.seed,
         quant: args.vision_quant,
         reps: budget.reps,
         // A 3B encode of a 1024x1024 image takes minutes on a CPU adapter.
         max_seconds: if quick { 1.0 } else { 60.0 },
-        warm_on_tiny: !quick,
+        warm_on_tiny: !quick && shape.is_none_or(Shape::is_big),
     };
     bench_vision(&gpu, &out, &roof, &plan)?;
     Ok(())
 }
 
-/// `--synthetic`: the synthetic model built in memory (the 3B one after a warm-up on the tiny one).
+/// `--synthetic`: the synthetic model built in memory (a real size after a warm-up on the
+/// tiny model of its family). A Qwen3.5 size first prints its structural figures; one the
+/// kernels refuse (head dims beyond theirs) is reported as skipped after them.
 fn bench_synthetic(gpu: &Gpu, out: &Out, args: &BenchArgs, roof: &roofline::Roofline, budget: Budget) -> CliResult {
     let quick = args.quick;
     let shape = args.shape.unwrap_or(if quick { Shape::Tiny } else { Shape::Ministral3b });
-    let (name, big) = match shape {
-        Shape::Ministral3b => ("synthetic Ministral 3 3B", true),
-        Shape::Tiny => ("synthetic tiny mistral3", false),
-    };
-    let shape = shape.text();
+    let (name, big, model) = (shape.label(), shape.is_big(), shape.model());
+    if let ShapeModel::Qwen35(text, vision) = model {
+        qwen::structure(out, name, &text, vision.as_ref());
+        let max = webvlm::kernels::attention::MAX_HEAD_DIM;
+        if text.head_dim > max {
+            let reason = format!("attention head_dim {} > {max}, the attention kernels' largest", text.head_dim);
+            out.emit(json!({ "kind": "skipped", "model": name, "reason": reason }));
+            out.note(&format!("skipping the run of {name}: {reason}"));
+            return Ok(());
+        }
+    }
     if big {
         // The tiny model uses the same kernels and weight types: running it compiles every
-        // pipeline, so the 3B model's slow steps need no warm-up runs of their own.
+        // pipeline, so a real size's slow steps need no warm-up runs of their own.
         out.note("compiling pipelines on the tiny synthetic model first");
-        let tiny = synthetic_ministral3_3b(&SyntheticShape::tiny(), args.seed)?;
+        let tiny = match model {
+            ShapeModel::Ministral(..) => synthetic_ministral3_3b(&SyntheticShape::tiny(), args.seed)?,
+            ShapeModel::Qwen35(..) => synthetic_qwen35(&Qwen35Shape::tiny(), args.seed)?,
+        };
         let plan = ModelPlan { prompt_tokens: 8, decode_tokens: 1, prefill_reps: 1, breakdown: false, warmup: true };
         let quiet = Out { json_only: true, silent: true };
         bench_model(gpu, &quiet, "warm-up", &tiny, plan, roof, budget)?;
     }
     let t = std::time::Instant::now();
-    let src = synthetic_ministral3_3b(&shape, args.seed)?;
+    let (src, weight_bytes) = match model {
+        ShapeModel::Ministral(s, _) => (synthetic_ministral3_3b(&s, args.seed)?, s.weight_bytes()),
+        ShapeModel::Qwen35(s, _) => (synthetic_qwen35(&s, args.seed)?, s.weight_bytes()),
+    };
     out.note(&format!(
         "{name}: {:.2} GB of random weights built in {:.1} s",
-        shape.weight_bytes() as f64 / 1e9,
+        weight_bytes as f64 / 1e9,
         t.elapsed().as_secs_f64()
     ));
     let by_size = |quick_n, big_n, n| match (quick, big) {

@@ -1,14 +1,17 @@
-//! `webvlm synthetic`: a model file of random (or zero) weights with Ministral 3 3B's exact
-//! shapes, for load tests.
+//! `webvlm synthetic`: a model file of random (or zero) weights with Ministral 3 3B's (or a
+//! Qwen3.5 size's) exact shapes, for load tests.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
 use webvlm::gguf::{GgufWriter, MappedGguf};
-use webvlm::model::synthetic::{synthetic_ministral3_writer, synthetic_pixtral_mmproj_writer, SyntheticWeights};
+use webvlm::model::synthetic::{
+    synthetic_ministral3_writer, synthetic_pixtral_mmproj_writer, synthetic_qwen35_writer, synthetic_qwen_vl_mmproj_writer,
+    SyntheticWeights,
+};
 
-use crate::args::Shape;
+use crate::args::{Shape, ShapeModel};
 use crate::CliResult;
 
 #[derive(Args, Debug)]
@@ -19,7 +22,8 @@ pub struct SyntheticArgs {
     /// Where to write a vision projector (Pixtral mmproj) of the same shape
     #[arg(long, value_name = "P.gguf")]
     mmproj_out: Option<PathBuf>,
-    /// The shapes: 3b, Ministral 3 3B's exact ones; tiny, the same structure in about 1 MB
+    /// The shapes: 3b, Ministral 3 3B's exact ones; tiny, the same structure in about 1 MB;
+    /// qwen3.5-*, a Qwen3.5 size
     #[arg(long, value_enum, default_value_t = Shape::Ministral3b)]
     shape: Shape,
     /// Seed of the random weights
@@ -42,9 +46,25 @@ pub fn run(args: &SyntheticArgs) -> CliResult {
         }
         None => Vec::new(),
     };
-    write_gguf(&args.out, &synthetic_ministral3_writer(&args.shape.text(), weights, &vocab)?)?;
-    if let Some(path) = &args.mmproj_out {
-        write_gguf(path, &synthetic_pixtral_mmproj_writer(&args.shape.vision(), weights)?)?;
+    match args.shape.model() {
+        ShapeModel::Ministral(text, vision) => {
+            write_gguf(&args.out, &synthetic_ministral3_writer(&text, weights, &vocab)?)?;
+            if let Some(path) = &args.mmproj_out {
+                write_gguf(path, &synthetic_pixtral_mmproj_writer(&vision, weights)?)?;
+            }
+        }
+        ShapeModel::Qwen35(text, vision) => {
+            let mut gguf = synthetic_qwen35_writer(&text, weights)?;
+            for (k, v) in vocab {
+                gguf.add_kv(k, v);
+            }
+            write_gguf(&args.out, &gguf)?;
+            match (&args.mmproj_out, vision) {
+                (Some(path), Some(vision)) => write_gguf(path, &synthetic_qwen_vl_mmproj_writer(&vision, weights)?)?,
+                (Some(_), None) => return Err("this Qwen3.5 size's vision config is not known: no mmproj".into()),
+                (None, _) => {}
+            }
+        }
     }
     Ok(())
 }

@@ -175,6 +175,7 @@ pub fn bench_model(
         "host_waits_per_token": host_waits_per_token, "decode_weight_bytes_per_token": decode_bytes,
         "decode_weight_gbps": decode_gbps, "decode_fraction_of_copy": decode_gbps / roof.copy_gbps,
         "decode_dispatch_overhead_estimate_seconds": dispatches as f64 * roof.dispatch_us * 1e-6,
+        "max_ctx": ctx.max_ctx(), "state_bytes": ctx.state_bytes(), "state_bytes_per_token": ctx.state_bytes_per_token(),
     });
     if plan.breakdown {
         let families = breakdown(gpu, out, label, &dec, &mut ctx, step_s, budget)?;

@@ -96,6 +96,13 @@ impl QwenVl {
         })
     }
 
+    /// The encoder's recorded pass over `image` with fresh scratch, for benchmarks (its
+    /// launch geometry); nothing is submitted.
+    pub fn record_pass(&self, gpu: &Gpu, image: &PixelImage) -> GpuResult<Program> {
+        let grid = self.grid(image)?;
+        self.record(gpu, &Scratch::new(gpu, &self.cfg, image, grid)?, image, grid)
+    }
+
     fn grid(&self, image: &PixelImage) -> GpuResult<PatchGrid> {
         let grid = PatchGrid::of_image(image.height, image.width, self.cfg.patch_size)?;
         if grid.rows % 2 != 0 || grid.cols % 2 != 0 {

@@ -13,10 +13,19 @@
 //! projector mmproj (`general.architecture = clip`, `clip.projector_type = pixtral`) with F16
 //! matrices (as the official mmproj) and F32 norms, loaded through
 //! [`super::VisionEncoder::load`].
+//!
+//! The `qwen35` submodule builds the Qwen3.5 family the same way (a hybrid DeltaNet + attention decoder
+//! and its Qwen vision encoder mmproj).
 
 use crate::gguf::{random_blocks, GgmlType, GgufError, GgufWriter, MetaValue, SplitMix64, ValueType};
 
 use crate::source::GgufBytes;
+
+mod qwen35;
+pub use qwen35::{
+    synthetic_qwen35, synthetic_qwen35_writer, synthetic_qwen_vl_mmproj, synthetic_qwen_vl_mmproj_writer, Qwen35Shape,
+    QwenVisionShape,
+};
 
 /// Errors while building a synthetic model.
 #[derive(Debug, thiserror::Error)]
