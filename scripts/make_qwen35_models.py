@@ -101,21 +101,25 @@ def _dist_version(name: str) -> str | None:
 
 # ----------------------------------------------------------------------------- converter
 
-# Runs convert_hf_to_gguf.py as __main__ with the BPE pre-tokenizer check answering "qwen35"
-# (see the module docstring).
+# Runs convert_hf_to_gguf.py as __main__; with a non-empty second argument the BPE
+# pre-tokenizer check answers that name (the cut-down vocabularies, see the module docstring).
 _CONVERT_SHIM = """
 import runpy, sys
 sys.path.insert(0, sys.argv[1])
-from conversion import base
-base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "qwen35"
+if sys.argv[2]:
+    from conversion import base
+    base.TextModel.get_vocab_base_pre = lambda self, tokenizer, pre=sys.argv[2]: pre
 script = sys.argv[1] + "/convert_hf_to_gguf.py"
-sys.argv = [script] + sys.argv[2:]
+sys.argv = [script] + sys.argv[3:]
 runpy.run_path(script, run_name="__main__")
 """
 
 
-def convert(hf_dir: Path, outfile: Path, outtype: str, mmproj: bool = False) -> None:
-    cmd = [sys.executable, "-c", _CONVERT_SHIM, str(LLAMA_CPP), str(hf_dir),
+def convert(hf_dir: Path, outfile: Path, outtype: str, mmproj: bool = False,
+            force_pre: str | None = "qwen35") -> None:
+    """llama.cpp's converter on hf_dir; force_pre=None leaves its pre-tokenizer hash check
+    alone (the full vocabulary must be recognised by itself)."""
+    cmd = [sys.executable, "-c", _CONVERT_SHIM, str(LLAMA_CPP), force_pre or "", str(hf_dir),
            "--outtype", outtype, "--outfile", str(outfile)]
     cmd.append("--mmproj" if mmproj else "--no-mtp")
     env = dict(os.environ, PYTHONPATH=str(LLAMA_CPP / "gguf-py"))
@@ -205,7 +209,8 @@ def randomize_(model: torch.nn.Module, outtype: str, std: float = 0.08) -> None:
 
 # ----------------------------------------------------------------------------- models
 
-def build_qwen35(text: dict, vision: dict, tok, tied: bool, rope: dict):
+def build_qwen35(text: dict, vision: dict, tok, tied: bool, rope: dict,
+                 vocab_size: int | None = None):
     from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
     from transformers.models.qwen3_5.configuration_qwen3_5 import (
         Qwen3_5TextConfig, Qwen3_5VisionConfig,
@@ -215,7 +220,7 @@ def build_qwen35(text: dict, vision: dict, tok, tied: bool, rope: dict):
            ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>",
             "<|endoftext|>", "<|im_end|>")}
     text_config = Qwen3_5TextConfig(
-        vocab_size=len(tok), rms_norm_eps=1e-6, max_position_embeddings=4096,
+        vocab_size=vocab_size or len(tok), rms_norm_eps=1e-6, max_position_embeddings=4096,
         rope_parameters=dict(rope), tie_word_embeddings=tied, linear_conv_kernel_dim=4,
         eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"], **text,
     )
@@ -296,11 +301,34 @@ def gguf_numpy_logits(path, tokens):
     semantics (converted norm weights, ssm_a = -exp(A_log), tiled V heads: V head h uses
     K head h mod Hk; causal conv, recurrent gated delta rule, gated attention, NEOX partial
     RoPE with text positions). Checks that the GGUF and the transformers logits agree."""
-    path = str(path)
+    x, W = gguf_numpy_hidden(path, tokens)
+    out = W('output.weight') if W.has('output.weight') else W('token_embd.weight')
+    return x @ out.T
+
+
+class _GgufWeights:
+    """Float64 tensors of one GGUF file by name (the file is parsed once)."""
+
+    def __init__(self, path):
+        from gguf import GGUFReader
+
+        self.tensors = {t.name: t for t in GGUFReader(str(path)).tensors}
+
+    def has(self, name):
+        return name in self.tensors
+
+    def __call__(self, name):
+        from gguf.quants import dequantize
+
+        t = self.tensors[name]
+        return dequantize(t.data, t.tensor_type).astype(np.float64)
+
+
+def gguf_numpy_hidden(path, tokens):
+    """The final hidden states (after output_norm) of gguf_numpy_logits' forward, float64
+    [n_tokens, hidden], and the file's weights."""
     md = gguf_metadata(Path(path))
-    names = {t['name'] for t in gguf_tensors(Path(path))}
-    def W(n):
-        return gguf_tensor(Path(path), n).astype(np.float64)
+    W = _GgufWeights(path)
     P = 'qwen35.'
     nl = md[P+'block_count']; H = md[P+'attention.head_count']; KV = md[P+'attention.head_count_kv']
     hd = md[P+'attention.key_length']; rot = md[P+'rope.dimension_count']; theta = md[P+'rope.freq_base']
@@ -362,9 +390,7 @@ def gguf_numpy_logits(path, tokens):
         h = _rms(x, W(b+'post_attention_norm.weight'))
         gt = h @ W(b+'ffn_gate.weight').T; up = h @ W(b+'ffn_up.weight').T
         x = x + (gt / (1+np.exp(-gt)) * up) @ W(b+'ffn_down.weight').T
-    x = _rms(x, W('output_norm.weight'))
-    out = W('output.weight') if 'output.weight' in names else emb
-    return x @ out.T
+    return _rms(x, W('output_norm.weight')), W
 
 
 # ----------------------------------------------------------------------------- vision
