@@ -550,7 +550,8 @@ def v_reorder_check(gguf_path: Path, ref, layer: int) -> str:
     return "different"
 
 
-def make_fixture(name: str, build, outtype: str, notes: str, vision: dict | None = None) -> None:
+def make_fixture(name: str, build, outtype: str, notes: str, vision: dict | None = None,
+                 chat_template: bool = False) -> None:
     from transformers import Qwen3_5ForConditionalGeneration
 
     work = WORK / name
@@ -560,6 +561,8 @@ def make_fixture(name: str, build, outtype: str, notes: str, vision: dict | None
         shutil.rmtree(out)
     out.mkdir(parents=True)
     tok = qwen35_tokenizer(work, N_RANKS)
+    if chat_template:
+        tok.chat_template = QWEN35_TEMPLATE.read_text()
     model = build(tok)
     randomize_(model, outtype)
     save_hf(model, tok, hf_dir, vision=vision is not None)
@@ -697,7 +700,8 @@ def tiny_qwen35_a() -> None:
         "mrope_section [2, 1, 1], theta 1e7; linear attention Hk = Hv = 3, d_k = d_v = 16, "
         "conv kernel 4; untied output; F32. mmproj.gguf F32: vision depth 2, hidden 32, 2 "
         "heads, FFN 64, patch 16, temporal patch 2, merge 2, 64 learned position embeddings "
-        "(8 x 8 grid, bilinearly interpolated)."), vision=vision)
+        "(8 x 8 grid, bilinearly interpolated). The GGUF carries Qwen3.5's chat template "
+        "(llama.cpp Qwen3.5-4B.jinja), for chats with images."), vision=vision, chat_template=True)
 
 
 def tiny_qwen35_b() -> None:
