@@ -1,7 +1,9 @@
-// Declarations shared by the attention kernels, prepended to `attention_prefill.wgsl` and
-// `attention_decode.wgsl` by `src/kernels/attention.rs`: their shape parameters (`Params`
-// mirrors `Params` there), the row width of their workgroup tiles (`HD4`) and the start of
-// the online softmax's running max (`NEG`).
+// Declarations shared by the attention kernels, prepended to `attention_prefill.wgsl`,
+// `attention_prefill_gpu.wgsl` and `attention_decode.wgsl` by `src/kernels/attention.rs`:
+// their shape parameters (`Params` mirrors `Params` there) and the start of the online
+// softmax's running max (`NEG`). The row width of their tiles and register arrays (`HD4`,
+// vec4s per row: 32 for head_dim <= 128, 64 for head_dim <= 256) is not here: a width prelude
+// chosen per head_dim by the Rust side defines it, with the sizes that depend on it.
 struct Params {
     n_head: u32,
     n_kv_head: u32,
@@ -17,5 +19,4 @@ struct Params {
     _pad1: u32,
 }
 
-const HD4: u32 = 32u;      // vec4s per row of the workgroup tiles: MAX_HEAD_DIM (128) / 4
 const NEG: f32 = -1.0e30;  // initial running max of the online softmax

@@ -20,7 +20,12 @@
 //! `attn_combine`: one workgroup per (token, head) merges the n_eff splits (same formula):
 //!   out = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s.
 //! Score rows are padded to BKP = BK + 1 floats so that rows read by one warp fall in
-//! different banks. Workgroup memory: 14.2 KiB; head_dim <= 128 and a multiple of 4.
+//! different banks. head_dim is a multiple of 4, at most 4 * HD4. The width prelude (from
+//! `src/kernels/attention.rs`) sets HD4 and VT per head_dim; workgroup memory is q (R_MAX x
+//! HD4 vec4s) + probabilities (2 KiB) + `sh` (VT vec4s, the larger of the scores and a V
+//! sub-tile) + 192 B, within WebGPU's default 16 KiB:
+//!   head_dim <= 128: HD4 32, VT 512 (16-key V sub-tiles): 4 + 2 + 8 KiB = 14.2 KiB;
+//!   head_dim <= 256: HD4 64, VT 320 (5-key V sub-tiles): 8 + 2 + 5 KiB = 15.2 KiB.
 //! Step 2 starts in registers where `attention_subgroups.wgsl` is the prelude (native
 //! adapters with subgroups, GPU geometry): 16 lanes per row, 4-lane shuffles, then 4 partial
 //! maxima per row in workgroup memory; `attention_nosubgroups.wgsl` keeps one invocation per
@@ -28,9 +33,9 @@
 //! The cache is read through `kv_k` / `kv_v`, prepended by `src/kernels/attention.rs` for the
 //! cache type (f32, or f16 packed two per word and widened on load); the math is f32.
 
-// `struct Step` (step.wgsl), `struct Params`, `HD4` and `NEG` (attention_common.wgsl), the
-// cache reader and `SUBGROUPS` / `lanes4_max` (the subgroup prelude) are prepended by the
-// Rust side.
+// `struct Step` (step.wgsl), `struct Params` and `NEG` (attention_common.wgsl), `HD4` and
+// `VT` (the width prelude), the cache reader and `SUBGROUPS` / `lanes4_max` (the subgroup
+// prelude) are prepended by the Rust side.
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<uniform> step: Step;
@@ -51,14 +56,15 @@ const R_MAX: u32 = 8u;
 const BK: u32 = 64u;        // keys per tile
 const BKP: u32 = 65u;       // padded row stride of the score arrays
 const WG: u32 = 128u;       // BK keys x 2 halves of head_dim in phase 1
-const PAIRS: u32 = 2u;      // R_MAX * HD4 / WG (row, vec4) outputs per invocation
-const VT: u32 = 512u;       // vec4s of a V sub-tile: 16 keys of head_dim 128, 32 of 64
+const PAIRS: u32 = R_MAX * HD4 / WG;  // (row, vec4) outputs per invocation: 2 or 4
 const MASKED: f32 = -1.0e38;
+// `sh` holds a tile's partial scores between phases 1 and 3 (VT is the V sub-tile's size).
+const_assert 4u * VT >= 2u * R_MAX * BKP;
 
-var<workgroup> qs: array<vec4<f32>, 256>;  // [R_MAX][HD4] pre-scaled q rows
+var<workgroup> qs: array<vec4<f32>, R_MAX * HD4>;  // [R_MAX][HD4] pre-scaled q rows
 var<workgroup> pr: array<f32, 520>;        // [R_MAX][BKP] probabilities of the tile
 // Phases 1-3: partial scores [2 halves][R_MAX][BKP] as flat f32 (`part`); phase 4: a V
-// sub-tile [keys][hd4]. 8 KiB.
+// sub-tile [VT / hd4 keys][hd4] (16 keys of head_dim 128, 32 of 64, 5 of 256).
 var<workgroup> sh: array<vec4<f32>, VT>;
 var<workgroup> rm: array<f32, R_MAX>;      // running max per row
 var<workgroup> ra: array<f32, R_MAX>;      // rescale of the row's old state for this tile

@@ -5,17 +5,19 @@
 //!
 //! A workgroup owns one KV head and a tile of BQ query rows, a row being a (token, query head
 //! of the group) pair: GQA heads that share a KV head share its K/V tiles. Q (pre-scaled), the
-//! current K or V tile, the tile's scores and probabilities live in workgroup memory (13 KiB
-//! for head_dim <= 128; head_dim % 4 == 0). 128 invocations = BQ rows x BK keys: invocation
-//! (row, j) computes one score and its exp, then accumulates the dims j, j + BK, ... (vec4
-//! units) of its row's output. Key visibility: causal rows see cache rows 0..=kv_start + t;
-//! non-causal rows see 0..kv_start + n_tok.
+//! current K or V tile, the tile's scores and probabilities live in workgroup memory: 13 KiB
+//! with the 128-wide prelude (HD4 = 32, head_dim <= 128, a multiple of 4), the only one this
+//! kernel is built with: at 256 its q tile alone would fill 16 KiB, so wider heads run in
+//! `attention_prefill_gpu.wgsl` with 8-key tiles. 128 invocations = BQ rows x BK keys:
+//! invocation (row, j) computes one score and its exp, then accumulates the dims j, j + BK,
+//! ... (vec4 units) of its row's output. Key visibility: causal rows see cache rows
+//! 0..=kv_start + t; non-causal rows see 0..kv_start + n_tok.
 //!
 //! The cache is read through `kv_k` / `kv_v`, prepended by `src/kernels/attention.rs` for the
 //! cache type (f32, or f16 packed two per word and widened on load); the math is f32.
 
-// `struct Step` (step.wgsl), and `struct Params`, `HD4` and `NEG` (attention_common.wgsl)
-// are prepended by the Rust side.
+// `struct Step` (step.wgsl), `struct Params` and `NEG` (attention_common.wgsl), `HD4` (the
+// width prelude) and the cache reader are prepended by the Rust side.
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<uniform> step: Step;
@@ -30,11 +32,11 @@
 const BQ: u32 = 16u;
 const BK: u32 = 8u;
 const WG: u32 = 128u;    // BQ * BK
-const OPT: u32 = 4u;     // HD4 / BK output vec4s per invocation
+const OPT: u32 = HD4 / BK;  // output vec4s per invocation
 const MASKED: f32 = -3.0e38;  // score of an invisible key: exp(MASKED - m) == 0
 
-var<workgroup> qs: array<vec4<f32>, 512>;  // BQ * HD4
-var<workgroup> kv: array<vec4<f32>, 256>;  // BK * HD4, K then V of the current tile
+var<workgroup> qs: array<vec4<f32>, BQ * HD4>;
+var<workgroup> kv: array<vec4<f32>, BK * HD4>;  // K then V of the current tile
 var<workgroup> sc: array<f32, 128>;        // BQ * BK scores
 var<workgroup> pr: array<f32, 128>;        // BQ * BK probabilities
 

@@ -5,12 +5,16 @@
 //! A workgroup owns one KV head and BQ = 32 query rows (a row is a (token, query head of the
 //! group) pair); 128 invocations = 32 rows x LANES = 4 lanes. Lane `i` of a row keeps the
 //! row's q (pre-scaled) and its unnormalised output for the head_dim vec4s i, i + 4, ... in
-//! registers (HPL <= 8 vec4s each), so workgroup memory only holds K and V. Rows past the
-//! chunk are padding: they run every barrier and reduction with q = 0 and are not written.
+//! registers (HPL <= MAX_HPL = HD4 / 4 vec4s each: 8 with the 128-wide prelude, 16 with the
+//! 256-wide one), so workgroup memory only holds K and V. Rows past the chunk are padding:
+//! they run every barrier and reduction with q = 0 and are not written.
 //!
-//! Keys come in tiles of BK (set by `src/kernels/attention.rs`: 32 at head_dim 128, 64 at
-//! head_dim <= 64, so a tile is at most 4096 floats = 16 KiB). The K and V tiles of step t
-//! live in two 16 KiB buffers and the next one is prefetched into registers (SPT <= 8 vec4s
+//! Keys come in tiles of BK, set by `src/kernels/attention.rs` so that a tile fills at most
+//! one of the two tile buffers of TILE vec4s (the tile prelude: TILE = 1024, 16 KiB, where the
+//! adapter grants 32 KiB of workgroup memory in the GPU geometry; TILE = 512, 8 KiB, for
+//! head_dim > 128 elsewhere, keeping WebGPU's default 16 KiB). BK = 64 at head_dim <= 64, 32
+//! at <= 128, 16 at <= 256 in 32 KiB; 8 at <= 256 in 16 KiB. The K and V tiles of step t live
+//! in the two buffers and the next one is prefetched into registers (SPT <= TILE / WG vec4s
 //! per invocation) while the current one is used: V_t's loads are in flight during the
 //! scores against K_t, K_{t+1}'s during the P V_t product. Per tile:
 //!   1. scores: for each group of 4 keys, each lane dots its q slice with the 4 keys, and the
@@ -19,12 +23,14 @@
 //!      buffer, which is free until V_t is stored). Every lane of the row then holds all BK
 //!      scores in registers, so the max, the exps and the running sum need no exchange;
 //!   2. store V_t, start K_{t+1}; 3. o = alpha o + P V_t; 4. store K_{t+1}.
-//! Three barriers per tile with subgroups, BK / 4 more without. Workgroup memory: 32 KiB.
-//! Key visibility as in `attention_prefill.wgsl`; head_dim <= 128, a multiple of 4.
+//! Three barriers per tile with subgroups, BK / 4 more without. Workgroup memory: 2 x TILE
+//! vec4s, 32 or 16 KiB. Key visibility as in `attention_prefill.wgsl`; head_dim <= 4 * HD4,
+//! a multiple of 4.
 
-// `struct Step` (step.wgsl), `struct Params`, `NEG` (attention_common.wgsl), the cache reader
-// (`kv_k`, `kv_v`) and `SUBGROUPS` / `lanes4_sum` (attention_subgroups.wgsl or
-// attention_nosubgroups.wgsl) are prepended by the Rust side.
+// `struct Step` (step.wgsl), `struct Params`, `NEG` (attention_common.wgsl), `HD4` (the width
+// prelude), `TILE` (the tile prelude), the cache reader (`kv_k`, `kv_v`) and `SUBGROUPS` /
+// `lanes4_sum` (attention_subgroups.wgsl or attention_nosubgroups.wgsl) are prepended by the
+// Rust side.
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<uniform> step: Step;
@@ -36,17 +42,18 @@
 @group(0) @binding(4) var<storage, read> v_cache_h: array<vec2<u32>>;
 @group(0) @binding(5) var<storage, read_write> out: array<vec4<f32>>;
 
-override BK: u32 = 32u;   // keys per tile, a multiple of 4, BK * head_dim <= 4096
+override BK: u32 = 32u;   // keys per tile, a multiple of 4, BK * head_dim <= 4 * TILE
 override HPL: u32 = 8u;   // head_dim vec4s per lane: ceil(head_dim / 4 / LANES)
 override SPT: u32 = 8u;   // tile vec4s staged per invocation: ceil(BK * head_dim / 4 / WG)
 const LANES: u32 = 4u;    // invocations per query row (within one subgroup: sizes are >= 4)
 const WG: u32 = 128u;
 const BQ: u32 = 32u;      // WG / LANES query rows
-const TILE: u32 = 1024u;  // vec4s of a tile buffer
-const MAX_HPL: u32 = 8u;
+const MAX_HPL: u32 = HD4 / LANES;
 const MAX_GROUPS: u32 = 16u;  // BK / 4 at BK = 64
-const MAX_SPT: u32 = 8u;
+const MAX_SPT: u32 = TILE / WG;
 const MASKED: f32 = -3.0e38;  // score of an invisible key: exp(MASKED - m) == 0
+// `row_sum` without subgroups borrows 2 x WG vec4s of the V buffer.
+const_assert TILE >= 2u * WG;
 
 var<workgroup> kt: array<vec4<f32>, TILE>;  // K of the current tile, [BK][hd4]
 var<workgroup> vt: array<vec4<f32>, TILE>;  // V of the current tile; scores' scratch before

@@ -6,7 +6,7 @@
 mod common;
 use common::*;
 use webvlm::gpu::{Geometry, Gpu, GpuOptions, Program};
-use webvlm::kernels::attention::{self, AttnShape, DecodeScratch, KvDtype, PrefillLaunch, StepParams};
+use webvlm::kernels::attention::{self, AttnShape, DecodeScratch, KvDtype, PrefillLaunch, RowWidth, StepParams};
 use webvlm::kernels::rope::{self, QScale, RopeFreqs, RopeLayout, RopeMode, RopeTable, Yarn};
 
 /// Attention in f32 with online softmax vs an f64 reference: summation order only.
@@ -75,7 +75,7 @@ fn variants() -> impl Iterator<Item = Gpu> {
         let gpu = Gpu::new_blocking(options).expect("a GPU adapter");
         let caps = &gpu.caps;
         let launch = PrefillLaunch::of(caps.geometry, 128, caps.max_workgroup_storage);
-        assert_eq!(launch.gpu, geometry == Geometry::Gpu && caps.max_workgroup_storage >= launch.workgroup_bytes);
+        assert_eq!(launch.registers, geometry == Geometry::Gpu && caps.max_workgroup_storage >= launch.workgroup_bytes);
         eprintln!("variant {}: workgroup storage {} B, prefill {launch:?}", variant(&gpu), caps.max_workgroup_storage);
         gpu
     })
@@ -400,7 +400,7 @@ fn prefill_launch_shapes_at_text_and_vision_sizes() {
     let vision = AttnShape { causal: false, ..AttnShape::new(16, 16, 64, 1024) };
     let gpu_text = PrefillLaunch::of(Geometry::Gpu, 128, 32768);
     let gpu_vision = PrefillLaunch::of(Geometry::Gpu, 64, 32768);
-    let shape = |l: PrefillLaunch| (l.gpu, l.key_tile, l.rows, l.invocations, l.workgroup_bytes);
+    let shape = |l: PrefillLaunch| (l.registers, l.key_tile, l.rows, l.invocations, l.workgroup_bytes);
     assert_eq!(shape(gpu_text), (true, 32, 32, 128, 32768));
     assert_eq!(shape(gpu_vision), (true, 64, 32, 128, 32768));
     assert_eq!(shape(cpu), (false, 8, 16, 128, 13312));
@@ -648,6 +648,122 @@ fn prefill_reads_an_f16_cache() {
             }
         }
     }
+}
+
+/// One prefill dispatch of `c` over a cache of `kv`, against the f64 reference: rel L2 vs the
+/// values the cache holds (f16-rounded or not) and vs the unrounded f32 values.
+fn prefill_errors(gpu: &Gpu, rng: &mut Rng, c: &AttnCase, causal: bool, kv: KvDtype) -> (f32, f32) {
+    let AttnCase { n_head, n_kv, hd, n_tok, kv_start } = *c;
+    let (q, k, v) = attn_data(rng, c, 3);
+    let shape = AttnShape { causal, kv, ..AttnShape::new(n_head, n_kv, hd, n_tok) };
+    let (bk, bv) = (upload_cache(gpu, &k, kv), upload_cache(gpu, &v, kv));
+    let bq = upload(gpu, &q);
+    let out = gpu.storage("out", (n_tok * n_head * hd * 4) as u64).unwrap();
+    let step = step_buffer(gpu, StepParams::new(kv_start, n_tok, kv_start));
+    let mut prog = Program::new();
+    attention::attention_prefill(&mut prog, gpu, &shape, &step, &bq, &bk, &bv, &out).unwrap();
+    prog.run(gpu).unwrap();
+    let got = gpu.read_f32_blocking(&out, (n_tok * n_head * hd) as usize).unwrap();
+    let reference = |k: &[f32], v: &[f32]| {
+        let (n_tok, kv_start, n_head, n_kv, hd) =
+            (n_tok as usize, kv_start as usize, n_head as usize, n_kv as usize, hd as usize);
+        attention::attention_ref(&q, k, v, n_tok, kv_start, n_head, n_kv, hd, shape.scale, causal)
+    };
+    let exact = match kv {
+        KvDtype::F32 => reference(&k, &v),
+        KvDtype::F16 => reference(&attention::round_f16(&k), &attention::round_f16(&v)),
+    };
+    (rel_l2(&got, &exact), rel_l2(&got, &reference(&k, &v)))
+}
+
+/// Heads wider than 128 (Qwen3.5's 256 with GQA group 4; 192; 132, an odd vec4 count just
+/// past 128) in every launch variant: the CPU geometry runs the register kernel with 8-key
+/// tiles, the GPU one with 16-key tiles. Chunks from 1 token to 70 (past a CPU workgroup's
+/// 32 rows, over up to 20 tiles of keys), chunk offsets, causal and not, both caches.
+#[test]
+fn prefill_matches_cpu_at_head_dim_256() {
+    for gpu in variants() {
+        let name = variant(&gpu);
+        let mut rng = Rng::new(23);
+        for (n_head, n_kv, hd) in [(8, 2, 256), (4, 1, 192), (2, 2, 132)] {
+            let cases = [
+                (1, 0, true, KvDtype::F32),
+                (70, 0, true, KvDtype::F32),
+                (9, 37, true, KvDtype::F32),
+                (45, 90, true, KvDtype::F16),
+                (70, 0, false, KvDtype::F16),
+                (30, 0, false, KvDtype::F32),
+            ];
+            for (n_tok, kv_start, causal, kv) in cases {
+                let c = AttnCase { n_head, n_kv, hd, n_tok, kv_start };
+                let (exact, vs_f32) = prefill_errors(&gpu, &mut rng, &c, causal, kv);
+                eprintln!(
+                    "{name} prefill {kv:?} h {n_head}/{n_kv} hd {hd} n_tok {n_tok} kv_start {kv_start} causal {causal}: \
+                     rel {exact:.2e} (vs f32 values {vs_f32:.2e})"
+                );
+                assert!(exact < TOL_ATTN_F32.max(TOL_ATTN_F16_KV_ROUNDED), "{name} prefill hd {hd} n_tok {n_tok}: rel {exact}");
+                assert!(vs_f32 < TOL_ATTN_F16_KV, "{name} prefill hd {hd} {kv:?} vs f32 values: rel {vs_f32}");
+            }
+        }
+        // Past MAX_HEAD_DIM (or not a multiple of 4): a typed shape error, nothing recorded.
+        for hd in [attention::MAX_HEAD_DIM + 4, 254] {
+            let b = gpu.storage("b", 4 << 10).unwrap();
+            let step = StepParams::create_buffer(&gpu);
+            let r = attention::attention_prefill(&mut Program::new(), &gpu, &AttnShape::new(2, 2, hd, 1), &step, &b, &b, &b, &b);
+            assert!(matches!(r, Err(webvlm::gpu::GpuError::Shape(_))), "head_dim {hd} accepted");
+        }
+    }
+}
+
+/// Decode at heads wider than 128: Qwen3.5 0.8B / 2B (8 heads, 2 KV heads) and 4B / 9B (16, 4)
+/// at head_dim 256, both caches, one token over short contexts and all 17 splits of a long
+/// one; several tokens per workgroup and row chunks; a group of 6 at 192 and a non-causal
+/// odd-width case (132).
+#[test]
+fn decode_matches_cpu_at_head_dim_256() {
+    for gpu in variants() {
+        let mut rng = Rng::new(36);
+        let steps = [(1, 1), (130, 1), (4097, 1), (700, 1)];
+        check_decode(&gpu, &mut rng, &DecodeCase::new(8, 2, 256, 1, 4097, KvDtype::F32), &steps);
+        check_decode(&gpu, &mut rng, &DecodeCase::new(16, 4, 256, 1, 4097, KvDtype::F16), &steps);
+        // 3 tokens x group 4 = 12 rows: two chunks (8 rows, then 4); causal within the tokens.
+        let steps = [(3, 3), (1500, 3), (200, 2)];
+        check_decode(&gpu, &mut rng, &DecodeCase::new(8, 2, 256, 3, 1500, KvDtype::F16), &steps);
+        check_decode(&gpu, &mut rng, &DecodeCase::new(6, 1, 192, 2, 900, KvDtype::F32), &[(2, 2), (900, 2), (65, 1)]);
+        let full = DecodeCase { causal: false, ..DecodeCase::new(4, 2, 132, 4, 600, KvDtype::F32) };
+        check_decode(&gpu, &mut rng, &full, &[(4, 4), (600, 3)]);
+    }
+}
+
+/// Workgroup memory per head width: models of head_dim <= 128 keep the 128-wide footprints;
+/// 256-wide heads take 16-key tiles in the GPU prefill shape (32 KiB) and 8-key tiles in the
+/// register kernel where the CPU shape would be used (16 KiB, WebGPU's default limit), and
+/// decode stays within 16 KiB at both widths.
+#[test]
+fn launch_shapes_at_head_dim_256_fit_their_workgroup_memory() {
+    let shape = |l: PrefillLaunch| (l.registers, l.key_tile, l.rows, l.invocations, l.workgroup_bytes);
+    for hd in [132, 192, 256] {
+        assert_eq!(shape(PrefillLaunch::of(Geometry::Gpu, hd, 32768)), (true, 16, 32, 128, 32768), "hd {hd}");
+        let small = PrefillLaunch::of(Geometry::Gpu, hd, 16384);
+        assert_eq!(shape(small), (true, 8, 32, 128, 16384), "hd {hd}: 8-key tiles in 16 KiB");
+        assert_eq!(PrefillLaunch::of(Geometry::Cpu, hd, 32768), small, "hd {hd}: the CPU geometry keeps to 16 KiB");
+        assert!(small.with_subgroups(true).subgroups, "the register kernel reduces across lanes");
+        // A tile buffer (half the workgroup memory) holds key_tile rows of the widest head.
+        assert!(small.key_tile * 256 * 4 <= small.workgroup_bytes / 2);
+    }
+    for hd in [64, 80, 128] {
+        assert_eq!(PrefillLaunch::of(Geometry::Cpu, hd, 32768), PrefillLaunch::CPU, "hd {hd}");
+        assert_eq!(PrefillLaunch::of(Geometry::Gpu, hd, 16384), PrefillLaunch::CPU, "hd {hd}");
+    }
+    assert_eq!((RowWidth::of(128), RowWidth::of(132), RowWidth::of(256)), (RowWidth::W128, RowWidth::W256, RowWidth::W256));
+    assert_eq!(RowWidth::W256.max_head_dim(), attention::MAX_HEAD_DIM);
+    assert_eq!(RowWidth::W128.decode_workgroup_bytes(), 14560, "the 128-wide decode keeps its 14.2 KiB");
+    assert_eq!(RowWidth::W256.decode_workgroup_bytes(), 15584);
+    assert!(RowWidth::W256.decode_workgroup_bytes() <= 16384);
+    // Qwen3.5 9B text prefill (16 heads, 4 KV heads, 512 tokens): 2048 rows in 64 tiles of 32.
+    let qwen = AttnShape::new(16, 4, 256, 512);
+    assert_eq!(PrefillLaunch::of(Geometry::Gpu, 256, 32768).grid(&qwen), [64, 4, 1]);
+    assert_eq!(attention::decode_rows(&AttnShape::new(16, 4, 256, 1)), 4);
 }
 
 /// The decode loop as the model records it: RoPE of q (with query scaling), RoPE + store of

@@ -12,9 +12,9 @@
 //! Prefill shapes ([`PrefillLaunch`], from the geometry and the adapter's workgroup memory):
 //! the CPU one keeps q and 8-key tiles in workgroup memory (16 rows per workgroup, tuned on
 //! lavapipe); the GPU one keeps q and the output in registers (32 rows of 4 lanes), walks
-//! 32-64-key K/V tiles (32 KiB) and prefetches the next tile into registers. Structure at
-//! Ministral 3 3B text prefill (512 tokens, 32/8 heads, head_dim 128, causal) and Pixtral
-//! vision (1024 patches, 16 heads, head_dim 64), f32 K/V:
+//! 32-64-key K/V tiles (32 KiB; 16 keys above head_dim 128) and prefetches the next tile into
+//! registers. Structure at Ministral 3 3B text prefill (512 tokens, 32/8 heads, head_dim 128,
+//! causal) and Pixtral vision (1024 patches, 16 heads, head_dim 64), f32 K/V:
 //!
 //! | | workgroups (x 128 invocations) | workgroup memory | K+V read per workgroup | K+V read in all |
 //! |---|---|---|---|---|
@@ -22,6 +22,17 @@
 //! | text, GPU shape | 64 x 8 = 512 | 32 KiB | 8 KiB to 512 KiB | 130 MiB |
 //! | vision, CPU shape | 64 x 16 = 1024 | 13 KiB | 512 KiB | 512 MiB |
 //! | vision, GPU shape | 32 x 16 = 512 | 32 KiB | 512 KiB | 256 MiB |
+//!
+//! Head widths ([`RowWidth`]): each shader is built with a width prelude, 128 (head_dim <= 128)
+//! or 256 (up to [`MAX_HEAD_DIM`]: Qwen3.5's full-attention heads), that sizes its tiles and
+//! per-lane arrays, so narrower heads keep the 128-wide footprint (the GPU prefill kernel's
+//! lanes hold 8 + 8 vec4s of q and output at 128, 16 + 16 at 256). Workgroup memory:
+//!
+//! | | head_dim <= 128 | head_dim <= 256 |
+//! |---|---|---|
+//! | decode | 14.2 KiB (V sub-tiles of 16 keys) | 15.2 KiB (V sub-tiles of 5 keys) |
+//! | prefill, GPU shape | 32 KiB (32-64-key tiles) | 32 KiB (16-key tiles) |
+//! | prefill, CPU geometry or < 32 KiB | 13 KiB (the CPU shape) | 16 KiB (GPU kernel, 8-key tiles) |
 //!
 //! Where the native adapter has subgroups (GPU geometry), the GPU prefill shape's score sums
 //! and decode's row maxima start with subgroup shuffles (`attention_subgroups.wgsl`); every
@@ -58,6 +69,14 @@ pub(super) const DECODE: &str = include_str!("../../shaders/attention_decode.wgs
 /// with subgroups, GPU geometry), or the workgroup-memory-only stand-ins (everywhere else).
 pub(super) const SUBGROUPS: &str = include_str!("../../shaders/attention_subgroups.wgsl");
 pub(super) const NO_SUBGROUPS: &str = include_str!("../../shaders/attention_nosubgroups.wgsl");
+/// Width preludes ([`RowWidth`]): `HD4`, the vec4s per row of every attention shader's tiles
+/// and register arrays, and decode's V sub-tile `VT` (vec4s), which shrinks at 256 so that
+/// the 16 KiB budget holds the wider q rows.
+const WIDTH_128: &str = "const HD4: u32 = 32u;\nconst VT: u32 = 512u;\n";
+const WIDTH_256: &str = "const HD4: u32 = 64u;\nconst VT: u32 = 320u;\n";
+/// Tile preludes of `attention_prefill_gpu.wgsl`: vec4s per K / V tile buffer (16 or 8 KiB).
+const TILE_1024: &str = "const TILE: u32 = 1024u;\n";
+const TILE_512: &str = "const TILE: u32 = 512u;\n";
 const PREFILL_BINDINGS: &[Access] =
     &[Access::Uniform, Access::Uniform, Access::Read, Access::Read, Access::Read, Access::ReadWrite];
 const DECODE_BINDINGS: &[Access] =
@@ -113,8 +132,8 @@ impl KvDtype {
     }
 }
 
-/// Largest supported head_dim (workgroup-memory tiles are sized for it).
-pub const MAX_HEAD_DIM: u32 = 128;
+/// Largest supported head_dim ([`RowWidth::W256`]; Qwen3.5's full-attention layers).
+pub const MAX_HEAD_DIM: u32 = 256;
 /// Most query rows per decode workgroup (`R_MAX` in the shader).
 pub const DECODE_MAX_ROWS: u32 = 8;
 /// Keys per decode tile: split lengths are rounded up to this.
@@ -122,6 +141,54 @@ pub const DECODE_TILE: u32 = 64;
 /// Fewest keys per decode split: the step's `kv_len` sets how many of the recorded splits
 /// hold keys ([`active_splits`]), so short contexts are not spread thin over many splits.
 pub const DECODE_SPLIT_KEYS: u32 = 2 * DECODE_TILE;
+
+/// Row width the attention shaders are built for, from head_dim: its prelude sets their `HD4`
+/// (vec4s per row of the workgroup tiles and register arrays) and the sizes that follow from
+/// it, so heads of at most 128 keep the 128-wide tiles (and their footprint and speed) and
+/// only wider heads pay for 256.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RowWidth {
+    /// head_dim <= 128: `HD4 = 32`.
+    W128,
+    /// 128 < head_dim <= 256: `HD4 = 64`.
+    W256,
+}
+
+impl RowWidth {
+    pub fn of(head_dim: u32) -> RowWidth {
+        if head_dim <= 128 {
+            RowWidth::W128
+        } else {
+            RowWidth::W256
+        }
+    }
+
+    /// The widest head this width takes.
+    pub fn max_head_dim(self) -> u32 {
+        match self {
+            RowWidth::W128 => 128,
+            RowWidth::W256 => 256,
+        }
+    }
+
+    fn prelude(self) -> &'static str {
+        match self {
+            RowWidth::W128 => WIDTH_128,
+            RowWidth::W256 => WIDTH_256,
+        }
+    }
+
+    /// Workgroup memory of `attention_decode.wgsl` at this width, bytes: q rows (`R_MAX` x
+    /// `HD4` vec4s), the tile's probabilities (`R_MAX` x 65 f32), `sh` (`VT` vec4s: the partial
+    /// scores, then V sub-tiles of 16 keys at 128 and 5 at 256), and 48 f32 of row state.
+    pub fn decode_workgroup_bytes(self) -> u32 {
+        let (hd4, vt) = match self {
+            RowWidth::W128 => (32, 512),
+            RowWidth::W256 => (64, 320),
+        };
+        16 * DECODE_MAX_ROWS * hd4 + 4 * DECODE_MAX_ROWS * (DECODE_TILE + 1) + 16 * vt + 4 * 48
+    }
+}
 
 /// The per-step uniform (16 bytes) that the decode loop writes once per step with
 /// `queue.write_buffer`; recorded programs bind it and never change. Mirrored as `Step` in
@@ -170,7 +237,7 @@ impl StepParams {
 pub struct AttnShape {
     pub n_head: u32,
     pub n_kv_head: u32,
-    /// <= [`MAX_HEAD_DIM`], a multiple of 4.
+    /// <= [`MAX_HEAD_DIM`], a multiple of 4 (the kernels are built for its [`RowWidth`]).
     pub head_dim: u32,
     /// Token rows the grid covers; the step's `n_tok` may be smaller.
     pub max_tok: u32,
@@ -271,7 +338,9 @@ pub fn attention_prefill(
 ) -> Result<()> {
     shape.check()?;
     let caps = &gpu.caps;
-    let launch = PrefillLaunch::of(caps.geometry, shape.head_dim, caps.max_workgroup_storage).with_subgroups(caps.subgroups);
+    // Subgroups in the GPU geometry only, as in decode: the CPU one stands for the browser.
+    let subgroups = caps.subgroups && caps.geometry == Geometry::Gpu;
+    let launch = PrefillLaunch::of(caps.geometry, shape.head_dim, caps.max_workgroup_storage).with_subgroups(subgroups);
     let grid = launch.grid(shape);
     if grid[0] > MAX_GRID_DIM {
         return Err(GpuError::Shape(format!("attention_prefill: {} tokens do not fit one grid", shape.max_tok)));
@@ -285,17 +354,22 @@ pub fn attention_prefill(
 /// Launch shape of prefill attention ([`attention_prefill`]), from the device's geometry and
 /// workgroup-memory limit and the head_dim.
 ///
-/// - CPU (`attention_prefill.wgsl`, tuned on lavapipe): 16 query rows x 8 keys per tile, q
-///   and the 8-key K then V tile in workgroup memory (13 KiB).
+/// - CPU (`attention_prefill.wgsl`, tuned on lavapipe; head_dim <= 128): 16 query rows x 8
+///   keys per tile, q and the 8-key K then V tile in workgroup memory (13 KiB).
 /// - GPU (`attention_prefill_gpu.wgsl`): 32 query rows of 4 lanes, q and the output in
-///   registers, K and V tiles of [`Self::key_tile`] keys (32 at head_dim > 64, 64 below: a
-///   tile is at most 16 KiB, so K + V fit 32 KiB and the scores of a tile fit a lane's
-///   registers), the next tile prefetched into registers while the current one is used.
-///   Adapters that grant less than its 32 KiB of workgroup memory get the CPU shape.
+///   registers (8 vec4s each per lane at head_dim <= 128, 16 at 256), K and V tiles of
+///   [`Self::key_tile`] keys (64 at head_dim <= 64, 32 at 128, 16 at 256: a tile is at most
+///   16 KiB, so K + V fit 32 KiB and the scores of a tile fit a lane's registers), the next
+///   tile prefetched into registers while the current one is used. Adapters that grant less
+///   than its 32 KiB of workgroup memory get the CPU shape.
+/// - head_dim > 128 without the GPU shape (CPU geometry, or less than 32 KiB): the CPU
+///   shape's q tile alone would take 16 KiB, so the register kernel runs with 8-key tiles
+///   (K + V: 16 KiB, WebGPU's default limit).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PrefillLaunch {
-    /// The GPU shape (else the CPU one).
-    pub gpu: bool,
+    /// The register kernel (`attention_prefill_gpu.wgsl`), else the tiled CPU one
+    /// (`attention_prefill.wgsl`).
+    pub registers: bool,
     /// Keys per K/V tile.
     pub key_tile: u32,
     /// Query rows (token x grouped head) per workgroup.
@@ -315,22 +389,26 @@ const _: () = assert!(wgpu::MINIMUM_SUBGROUP_MIN_SIZE >= PREFILL_GPU_LANES);
 impl PrefillLaunch {
     /// The CPU shape (`BQ`, `BK`, `WG` and the arrays of `attention_prefill.wgsl`).
     pub const CPU: PrefillLaunch =
-        PrefillLaunch { gpu: false, key_tile: 8, rows: 16, invocations: 128, workgroup_bytes: 13 * 1024, subgroups: false };
+        PrefillLaunch { registers: false, key_tile: 8, rows: 16, invocations: 128, workgroup_bytes: 13 * 1024, subgroups: false };
 
     pub fn of(geometry: Geometry, head_dim: u32, max_workgroup_storage: u32) -> PrefillLaunch {
-        // Two tile buffers of 1024 vec4s (`TILE` in attention_prefill_gpu.wgsl).
-        let workgroup_bytes = 2 * 1024 * 16;
-        if geometry == Geometry::Cpu || max_workgroup_storage < workgroup_bytes {
-            return PrefillLaunch::CPU;
-        }
-        let key_tile = if head_dim > 64 { 32 } else { 64 };
-        PrefillLaunch { gpu: true, key_tile, rows: 32, invocations: 128, workgroup_bytes, subgroups: false }
+        // Two tile buffers (K, V) of `TILE` vec4s: 1024 (32 KiB) in the GPU shape, else 512.
+        const GPU_BYTES: u32 = 2 * 1024 * 16;
+        let gpu_shape = geometry == Geometry::Gpu && max_workgroup_storage >= GPU_BYTES;
+        let workgroup_bytes = match (gpu_shape, RowWidth::of(head_dim)) {
+            (true, _) => GPU_BYTES,
+            (false, RowWidth::W128) => return PrefillLaunch::CPU,
+            (false, RowWidth::W256) => GPU_BYTES / 2,
+        };
+        // As many keys as fill a tile buffer at the head's power-of-two width (>= 64).
+        let key_tile = workgroup_bytes / 2 / (4 * head_dim.next_power_of_two().max(64));
+        PrefillLaunch { registers: true, key_tile, rows: 32, invocations: 128, workgroup_bytes, subgroups: false }
     }
 
-    /// The same launch with subgroup reductions where `available` (the device's) and the
-    /// shape reduces across invocations (the GPU one).
+    /// The same launch with subgroup reductions where `available` (the device's, in the GPU
+    /// geometry) and the kernel reduces across invocations (the register one).
     pub fn with_subgroups(self, available: bool) -> PrefillLaunch {
-        PrefillLaunch { subgroups: available && self.gpu, ..self }
+        PrefillLaunch { subgroups: available && self.registers, ..self }
     }
 
     /// The grid `[row tiles, n_kv_head, 1]` for `shape`.
@@ -339,10 +417,13 @@ impl PrefillLaunch {
     }
 
     fn spec(&self, shape: &AttnShape) -> KernelSpec {
-        if !self.gpu {
+        let width = RowWidth::of(shape.head_dim);
+        if !self.registers {
+            debug_assert_eq!(width, RowWidth::W128, "the CPU prefill shape takes head_dim <= 128");
             return KernelSpec::new("attention_prefill", PREFILL, "attn_prefill", PREFILL_BINDINGS)
                 .with_prefix(shape.kv.reader())
                 .with_prefix(ATTN_COMMON)
+                .with_prefix(WIDTH_128)
                 .with_prefix(STEP);
         }
         let hd4 = shape.head_dim / 4;
@@ -350,6 +431,8 @@ impl PrefillLaunch {
             .with_prefix(if self.subgroups { SUBGROUPS } else { NO_SUBGROUPS })
             .with_prefix(shape.kv.reader())
             .with_prefix(ATTN_COMMON)
+            .with_prefix(if self.workgroup_bytes >= 32 << 10 { TILE_1024 } else { TILE_512 })
+            .with_prefix(width.prelude())
             .with_prefix(STEP)
             .with_constant("BK", self.key_tile as i64)
             .with_constant("HPL", hd4.div_ceil(PREFILL_GPU_LANES) as i64)
@@ -454,10 +537,12 @@ pub fn attention_decode(
     }
     let params = shape.params(scratch.n_split);
     let subgroups = gpu.caps.geometry == Geometry::Gpu && gpu.caps.subgroups;
+    let width = RowWidth::of(shape.head_dim).prelude();
     let spec = KernelSpec::new("attention_decode", DECODE, "attn_decode", DECODE_BINDINGS)
         .with_prefix(if subgroups { SUBGROUPS } else { NO_SUBGROUPS })
         .with_prefix(shape.kv.reader())
         .with_prefix(ATTN_COMMON)
+        .with_prefix(width)
         .with_prefix(STEP)
         .with_constant("R", decode_rows(shape) as i64);
     let args = [Arg::Buf(step), Arg::Buf(&scratch.ml), Arg::Buf(&scratch.o), Arg::Buf(q), Arg::Buf(k_cache), Arg::Buf(v_cache)];
@@ -468,6 +553,7 @@ pub fn attention_decode(
         .with_prefix(if subgroups { SUBGROUPS } else { NO_SUBGROUPS })
         .with_prefix(shape.kv.reader())
         .with_prefix(ATTN_COMMON)
+        .with_prefix(width)
         .with_prefix(STEP);
     let args = [Arg::Buf(step), Arg::Buf(&scratch.ml), Arg::Buf(&scratch.o), Arg::Buf(out)];
     prog.push_with_params(gpu, &spec, &params, &args, grid_1d(shape.max_tok * shape.n_head))?;

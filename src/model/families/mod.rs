@@ -47,7 +47,11 @@ impl TextConfig {
             return bad(format!("{} query heads not a multiple of {} KV heads", self.n_head, self.n_head_kv));
         }
         if !self.head_dim.is_multiple_of(4) || self.head_dim > crate::kernels::attention::MAX_HEAD_DIM {
-            return bad(format!("head_dim {} must be a multiple of 4 and at most 128", self.head_dim));
+            return bad(format!(
+                "head_dim {} must be a multiple of 4 and at most {}",
+                self.head_dim,
+                crate::kernels::attention::MAX_HEAD_DIM
+            ));
         }
         if self.n_layer > 1024 || self.n_embd > 65_536 || self.n_ff > 262_144 || self.n_head > 1024 {
             return bad("hyperparameters beyond the supported range".into());

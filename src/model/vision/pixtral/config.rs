@@ -108,7 +108,11 @@ impl PixtralConfig {
         }
         // 2D RoPE splits each head's frequency pairs between rows and columns.
         if !self.head_dim.is_multiple_of(4) || self.head_dim > crate::kernels::attention::MAX_HEAD_DIM {
-            return bad(format!("head_dim {} must be a multiple of 4 and at most 128", self.head_dim));
+            return bad(format!(
+                "head_dim {} must be a multiple of 4 and at most {}",
+                self.head_dim,
+                crate::kernels::attention::MAX_HEAD_DIM
+            ));
         }
         if self.patch_size != crate::kernels::vision::PATCH {
             return bad(format!("patch_size {} (the kernels implement {})", self.patch_size, crate::kernels::vision::PATCH));

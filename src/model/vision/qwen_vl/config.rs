@@ -113,7 +113,11 @@ impl QwenVlConfig {
         }
         // 2D RoPE: a quarter of each head's dims per axis, rotated in halves.
         if !self.head_dim.is_multiple_of(4) || self.head_dim > crate::kernels::attention::MAX_HEAD_DIM {
-            return bad(format!("head_dim {} must be a multiple of 4 and at most 128", self.head_dim));
+            return bad(format!(
+                "head_dim {} must be a multiple of 4 and at most {}",
+                self.head_dim,
+                crate::kernels::attention::MAX_HEAD_DIM
+            ));
         }
         if self.merge_size != 2 {
             return bad(format!("spatial_merge_size {} (the merger implements 2)", self.merge_size));
