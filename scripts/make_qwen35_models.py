@@ -733,19 +733,20 @@ def tiny_qwen35_c() -> None:
             dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4,
                  layer_types=["linear_attention", "full_attention", "linear_attention",
                               "linear_attention"],
-                 num_attention_heads=2, num_key_value_heads=2, head_dim=32,
+                 num_attention_heads=3, num_key_value_heads=1, head_dim=256,
                  linear_num_key_heads=1, linear_num_value_heads=3, linear_key_head_dim=32,
                  linear_value_head_dim=16),
             dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2,
                  num_position_embeddings=64),
             tok, tied=False,
             rope={"rope_type": "default", "rope_theta": 10000000.0, "partial_rotary_factor": 0.25,
-                  "mrope_section": [2, 1, 1], "mrope_interleaved": True})
+                  "mrope_section": [11, 11, 10], "mrope_interleaved": True})
 
     make_fixture("tiny_qwen35_c", build, "f32", (
         "Qwen3_5ForConditionalGeneration (arch qwen35), hidden 32, FFN 64, 4 layers "
-        "[linear, full, linear, linear], full attention 2 heads x 32, 2 KV heads, "
-        "partial_rotary_factor 0.25, mrope_section [2, 1, 1], theta 1e7; linear attention "
+        "[linear, full, linear, linear], full attention 3 heads x 256 (the released sizes' "
+        "head_dim), 1 KV head, partial_rotary_factor 0.25 (64 rotary dims), mrope_section "
+        "[11, 11, 10] (as released), theta 1e7; linear attention "
         "Hk = 1, Hv = 3, d_k 32, d_v 16; untied output; F32."))
 
 

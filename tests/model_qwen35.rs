@@ -111,7 +111,7 @@ fn config_of_each_fixture() {
     let expect = [
         ("a", vec![true, true, true, false], (3, 3, 16, 16), (3, 1, 32)),
         ("b", vec![false, true, true, false, true], (2, 4, 16, 32), (5, 1, 16)),
-        ("c", vec![true, false, true, true], (1, 3, 32, 16), (2, 2, 32)),
+        ("c", vec![true, false, true, true], (1, 3, 32, 16), (3, 1, 256)),
     ];
     for (name, pattern, (hk, hv, dk, dv), (h, kv, hd)) in expect {
         let m = fixture(name);
@@ -120,7 +120,9 @@ fn config_of_each_fixture() {
         let s = cfg.ssm;
         assert_eq!((s.n_k_heads, s.n_v_heads, s.d_k, s.d_v, s.conv_kernel), (hk, hv, dk, dv, 4), "{name}");
         assert_eq!((cfg.text.n_head, cfg.text.n_head_kv, cfg.text.head_dim), (h, kv, hd), "{name}");
-        assert_eq!((cfg.n_rot, cfg.rope_sections, cfg.text.vocab), (8, [2, 1, 1, 0], 545), "{name}");
+        // c has the released sizes' attention: heads of 256, 64 rotated dims, sections 11/11/10.
+        let rope = if name == "c" { (64, [11, 11, 10, 0]) } else { (8, [2, 1, 1, 0]) };
+        assert_eq!((cfg.n_rot, cfg.rope_sections, cfg.text.vocab), (rope.0, rope.1, 545), "{name}");
         assert_eq!(cfg.rms_eps, 1e-6);
         assert_eq!(cfg.rope_theta, 1e7);
         // The interval alone gives the same pattern where it describes it.
