@@ -63,8 +63,9 @@ fn area() -> (u64, u64) {
     (p["min_pixels"].as_u64().unwrap(), p["max_pixels"].as_u64().unwrap())
 }
 
-/// The tiny model has no chat template: this one renders content parts as Qwen3-VL's
-/// template does (an image as `<|vision_start|><|image_pad|><|vision_end|>`), without thinking.
+/// The chat template of the tests (in place of the file's): content parts as Qwen3-VL's
+/// template renders them (an image as `<|vision_start|><|image_pad|><|vision_end|>`), no
+/// thinking, as the fixture's cases were rendered.
 const TEMPLATE: &str = "{%- for m in messages %}{{- '<|im_start|>' + m['role'] + '\n' }}\
 {%- if m['content'] is string %}{{- m['content'] }}{%- else %}{%- for p in m['content'] %}\
 {%- if p['type'] == 'text' %}{{- p['text'] }}{%- else %}{{- '<|vision_start|><|image_pad|><|vision_end|>' }}{%- endif %}\
@@ -81,7 +82,7 @@ impl WithTemplate {
     fn open() -> WithTemplate {
         let model = MappedGguf::open(fixture(DIR).join("model.gguf")).unwrap();
         let mut metadata = Metadata::new();
-        for (k, v) in model.metadata().iter() {
+        for (k, v) in model.metadata().iter().filter(|(k, _)| *k != "tokenizer.chat_template") {
             metadata.insert(k.to_string(), v.clone()).unwrap();
         }
         metadata.insert("tokenizer.chat_template".into(), MetaValue::String(TEMPLATE.into())).unwrap();
