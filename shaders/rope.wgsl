@@ -21,6 +21,12 @@
 //! `rope_qkv_store` / `_f16` do both in one dispatch over a fused q|k|v row (q at column 0,
 //! k at `x_offset`, v at `v_offset`): heads below `n_q` rotate q in place, the rest store
 //! k and v.
+//!
+//! Interleaved multimodal RoPE (Qwen3-VL / Qwen3.5; transformers' `apply_interleaved_mrope`,
+//! llama.cpp's IMROPE): `rope_inplace_mrope`, `rope_kv_store_mrope` and `_f16` take each
+//! token's (t, h, w) positions from a `[3][n_tok]` buffer; frequency i turns with the h
+//! position when i % 3 == 1 and i < 3 * mrope_h, with the w position when i % 3 == 2 and
+//! i < 3 * mrope_w, and with t otherwise. Equal axes give plain RoPE bit for bit.
 
 // `struct Step` comes from `step.wgsl`, prepended by the Rust side.
 
@@ -39,8 +45,8 @@ struct Params {
     q_beta: f32,       // query scaling beta (0: off)
     q_orig_ctx: u32,   // query scaling period (original max position embeddings)
     n_q: u32,          // rope_qkv_store: q heads before the k heads
-    _pad1: u32,
-    _pad2: u32,
+    mrope_h: u32,      // M-RoPE entries: frequencies turned by the h and w positions (sections)
+    mrope_w: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -61,6 +67,9 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> qkv_v_cache: array<f32>;
 @group(0) @binding(4) var<storage, read_write> qkv_k_cache_h: array<u32>;
 @group(0) @binding(5) var<storage, read_write> qkv_v_cache_h: array<u32>;
+// M-RoPE entries: `[3][n_tok]` (t, h, w) positions, after the entry's other bindings.
+@group(0) @binding(4) var<storage, read> q_pos: array<u32>;
+@group(0) @binding(7) var<storage, read> kv_pos: array<u32>;
 
 const WG: u32 = 256u;
 
@@ -128,11 +137,16 @@ fn rope_kv_store(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
                  @builtin(local_invocation_index) lid: u32) {
     let j = job(wid, nwg, lid, p.n_heads);
     if (!j.ok) { return; }
+    kv_store_pair(j, step.rope_pos0 + j.t);
+}
+
+/// `rope_kv_store` of pair `j.i` of a k head (rotated at `pos`) and the same dims of v.
+fn kv_store_pair(j: Job, pos: u32) {
     let d = pair_dims(j.i);
     let kb = j.t * p.x_stride + p.x_offset + j.h * p.head_dim;
     let vb = j.t * p.v_stride + p.v_offset + j.h * p.head_dim;
     let cb = (step.kv_start + j.t) * p.cache_stride + j.h * p.head_dim;
-    let k = k_pair(vec2<f32>(k_in[kb + d.x], k_in[kb + d.y]), step.rope_pos0 + j.t, j.i);
+    let k = k_pair(vec2<f32>(k_in[kb + d.x], k_in[kb + d.y]), pos, j.i);
     k_cache[cb + d.x] = k.x;
     k_cache[cb + d.y] = k.y;
     v_cache[cb + d.x] = v[vb + d.x];
@@ -147,11 +161,12 @@ fn k_pair(k: vec2<f32>, pos: u32, i: u32) -> vec2<f32> {
 
 /// Dims d and d + 1 of the f16 cache word: the partner of each dim (its rotation pair in the
 /// neox layout) and the two rotated values, from the k row's values `k` at d, d + 1 and
-/// `partners` at their partners (`neox_partners`). Adjacent pairs are the word itself.
-fn k_word(k: vec2<f32>, partners: vec2<f32>, pos: u32, d: u32) -> vec2<f32> {
+/// `partners` at their partners (`neox_partners`), the pair of dim d turned by position
+/// `pos.x` and that of d + 1 by `pos.y`. Adjacent pairs are the word itself.
+fn k_word(k: vec2<f32>, partners: vec2<f32>, pos: vec2<u32>, d: u32) -> vec2<f32> {
     if (d >= p.n_rot) { return k; }
-    if (p.neox == 0u) { return rot(k, cos_sin(pos, d / 2u)); }
-    return vec2<f32>(neox_dim(k.x, partners.x, pos, d), neox_dim(k.y, partners.y, pos, d + 1u));
+    if (p.neox == 0u) { return rot(k, cos_sin(pos.x, d / 2u)); }
+    return vec2<f32>(neox_dim(k.x, partners.x, pos.x, d), neox_dim(k.y, partners.y, pos.y, d + 1u));
 }
 
 /// Partners of dims d and d + 1 (< n_rot) in the neox layout: d +- n_rot / 2.
@@ -173,6 +188,13 @@ fn rope_kv_store_f16(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
                      @builtin(local_invocation_index) lid: u32) {
     let j = job(wid, nwg, lid, p.n_heads);  // j.i: word of the head (dims 2i, 2i + 1)
     if (!j.ok) { return; }
+    let pos = step.rope_pos0 + j.t;
+    kv_store_word(j, vec2<u32>(pos, pos));
+}
+
+/// `rope_kv_store_f16` of word `j.i` (dims 2i, 2i + 1) of a k head, the pair of each dim
+/// turned by its entry of `pos`, and the same word of v.
+fn kv_store_word(j: Job, pos: vec2<u32>) {
     let d = 2u * j.i;
     let kb = j.t * p.x_stride + p.x_offset + j.h * p.head_dim;
     let vb = j.t * p.v_stride + p.v_offset + j.h * p.head_dim;
@@ -182,7 +204,7 @@ fn rope_kv_store_f16(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
         let pd = neox_partners(d);
         partners = vec2<f32>(k_in[kb + pd.x], k_in[kb + pd.y]);
     }
-    let k = k_word(vec2<f32>(k_in[kb + d], k_in[kb + d + 1u]), partners, step.rope_pos0 + j.t, d);
+    let k = k_word(vec2<f32>(k_in[kb + d], k_in[kb + d + 1u]), partners, pos, d);
     k_cache_h[cw] = pack2x16float(k);
     v_cache_h[cw] = pack2x16float(vec2<f32>(v[vb + d], v[vb + d + 1u]));
 }
@@ -227,7 +249,55 @@ fn rope_qkv_store_f16(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
         let pd = neox_partners(d);
         partners = vec2<f32>(x[kb + pd.x], x[kb + pd.y]);
     }
-    let k = k_word(vec2<f32>(x[kb + d], x[kb + d + 1u]), partners, pos, d);
+    let k = k_word(vec2<f32>(x[kb + d], x[kb + d + 1u]), partners, vec2<u32>(pos, pos), d);
     qkv_k_cache_h[cw] = pack2x16float(k);
     qkv_v_cache_h[cw] = pack2x16float(vec2<f32>(x[vb + d], x[vb + d + 1u]));
+}
+
+// ---- Interleaved M-RoPE ----
+
+/// The axis (0: t, 1: h, 2: w) whose position turns rotated pair i.
+fn mrope_axis(i: u32) -> u32 {
+    let r = i % 3u;
+    if (r == 1u && i < 3u * p.mrope_h) { return 1u; }
+    if (r == 2u && i < 3u * p.mrope_w) { return 2u; }
+    return 0u;
+}
+
+/// The rotated pair of head dim x (< n_rot).
+fn pair_of_dim(x: u32) -> u32 {
+    let h = p.n_rot / 2u;
+    if (p.neox == 0u) { return x / 2u; }
+    return select(x - h, x, x < h);
+}
+
+@compute @workgroup_size(WG)
+fn rope_inplace_mrope(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_index) lid: u32) {
+    let j = job(wid, nwg, lid, p.n_heads);
+    if (!j.ok) { return; }
+    let pos = q_pos[mrope_axis(j.i) * step.n_tok + j.t];
+    rope_x_pair(j.t * p.x_stride + p.x_offset + j.h * p.head_dim, pos, j.i);
+}
+
+@compute @workgroup_size(WG)
+fn rope_kv_store_mrope(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                       @builtin(local_invocation_index) lid: u32) {
+    let j = job(wid, nwg, lid, p.n_heads);
+    if (!j.ok) { return; }
+    kv_store_pair(j, kv_pos[mrope_axis(j.i) * step.n_tok + j.t]);
+}
+
+@compute @workgroup_size(WG)
+fn rope_kv_store_mrope_f16(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                           @builtin(local_invocation_index) lid: u32) {
+    let j = job(wid, nwg, lid, p.n_heads);
+    if (!j.ok) { return; }
+    let d = 2u * j.i;
+    var pos = vec2<u32>(0u);
+    if (d < p.n_rot) {
+        pos = vec2<u32>(kv_pos[mrope_axis(pair_of_dim(d)) * step.n_tok + j.t],
+                        kv_pos[mrope_axis(pair_of_dim(d + 1u)) * step.n_tok + j.t]);
+    }
+    kv_store_word(j, pos);
 }

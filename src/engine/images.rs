@@ -10,7 +10,7 @@ use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
 
-use crate::image::{preprocess, PreprocessOptions};
+use crate::image::PreprocessOptions;
 use crate::model::{ImageDigest, ImageFeatures, PromptLayout};
 
 use super::EngineError;
@@ -70,15 +70,22 @@ const DATA_URL_BASE64: GeneralPurpose = GeneralPurpose::new(
 struct Key(ImageDigest);
 
 impl Key {
-    /// SHA-256 over every setting (fixed-width fields) and then the bytes, so no two
-    /// different (settings, bytes) pairs give the same input.
-    fn of(bytes: &[u8], opts: &PreprocessOptions) -> Key {
+    /// SHA-256 over every setting (fixed-width fields, then the length-prefixed encoder
+    /// settings `encoder`) and then the bytes, so no two different (settings, bytes) pairs
+    /// give the same input.
+    fn of(bytes: &[u8], opts: &PreprocessOptions, encoder: &[u8]) -> Key {
         // Destructured so that a new setting cannot be left out of the key.
-        let PreprocessOptions { max_edge, max_pixels, apply_exif_orientation } = opts;
+        let PreprocessOptions { max_edge, max_pixels, apply_exif_orientation, min_area, max_area } = opts;
         let mut h = Sha256::new();
         h.update(max_edge.to_le_bytes());
         h.update(max_pixels.to_le_bytes());
         h.update([u8::from(*apply_exif_orientation)]);
+        for bound in [min_area, max_area] {
+            h.update([u8::from(bound.is_some())]);
+            h.update(bound.unwrap_or(0).to_le_bytes());
+        }
+        h.update((encoder.len() as u64).to_le_bytes());
+        h.update(encoder);
         h.update(bytes);
         Key(h.finalize().into())
     }
@@ -98,14 +105,17 @@ impl ImageCache {
         ImageCache { entries: Vec::new(), max_bytes, misses: 0, hits: 0 }
     }
 
-    /// The cached features of `bytes`, or those `encode` makes from its preprocessed pixels.
+    /// The cached features of `bytes` preprocessed with `opts` by an encoder whose own
+    /// settings are `encoder` ([`crate::model::VisionEncoder::preprocess_key`]), or those
+    /// `encode` makes (preprocessing and encoding the image).
     pub fn get_or_encode(
         &mut self,
         bytes: &[u8],
         opts: &PreprocessOptions,
-        encode: impl FnOnce(&crate::image::PixelImage) -> Result<ImageFeatures, EngineError>,
+        encoder: &[u8],
+        encode: impl FnOnce() -> Result<ImageFeatures, EngineError>,
     ) -> Result<Rc<ImageFeatures>, EngineError> {
-        let key = Key::of(bytes, opts);
+        let key = Key::of(bytes, opts, encoder);
         if let Some(i) = self.entries.iter().position(|(k, _)| *k == key) {
             // Most recently used last.
             let entry = self.entries.remove(i);
@@ -113,7 +123,7 @@ impl ImageCache {
             self.hits += 1;
             return Ok(self.entries.last().map(|(_, f)| f.clone()).expect("just pushed"));
         }
-        let mut features = encode(&preprocess(bytes, opts)?)?;
+        let mut features = encode()?;
         features.content = Some(key.0);
         let features = Rc::new(features);
         self.misses += 1;
@@ -172,17 +182,23 @@ mod tests {
     fn image_keys_are_equal_only_for_equal_bytes_and_settings() {
         let opts = PreprocessOptions::default();
         let bytes = b"the bytes of one image";
-        let key = Key::of(bytes, &opts);
-        assert_eq!(key, Key::of(bytes, &opts.clone()));
-        assert_ne!(key, Key::of(b"the bytes of one imagf", &opts));
-        assert_ne!(key, Key::of(b"the bytes of one image\0", &opts));
+        let key = Key::of(bytes, &opts, b"");
+        assert_eq!(key, Key::of(bytes, &opts.clone(), b""));
+        assert_ne!(key, Key::of(b"the bytes of one imagf", &opts, b""));
+        assert_ne!(key, Key::of(b"the bytes of one image\0", &opts, b""));
+        assert_ne!(key, Key::of(bytes, &opts, b"qwen2vl"), "another encoder's settings");
+        assert_ne!(Key::of(bytes, &opts, b"q"), Key::of(b"qthe bytes of one image", &opts, b""));
         let others = [
             PreprocessOptions { max_edge: 28, ..opts.clone() },
             PreprocessOptions { max_pixels: 1000, ..opts.clone() },
             PreprocessOptions { apply_exif_orientation: false, ..opts.clone() },
+            PreprocessOptions { min_area: Some(0), ..opts.clone() },
+            PreprocessOptions { max_area: Some(1024), ..opts.clone() },
+            PreprocessOptions { min_area: Some(1024), ..opts.clone() },
         ];
         for other in &others {
-            assert_ne!(key, Key::of(bytes, other), "{other:?}");
+            assert_ne!(key, Key::of(bytes, other, b""), "{other:?}");
         }
+        assert_ne!(Key::of(bytes, &others[4], b""), Key::of(bytes, &others[5], b""), "which bound is set");
     }
 }

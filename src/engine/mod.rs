@@ -19,7 +19,7 @@ use crate::chat::{ChatContent, ChatError, ChatMessage, ChatTemplate, ContentPart
 use crate::constraint::{ConstraintError, SchemaCache};
 use crate::gguf::GgufError;
 use crate::gpu::Gpu;
-use crate::image::{preprocessed_size, ImageError, PreprocessOptions, DEFAULT_MAX_EDGE};
+use crate::image::{ImageError, PreprocessOptions, DEFAULT_MAX_EDGE};
 use crate::kernels::matmul::MatmulCompute;
 use crate::model::{Context, ContextOptions, Decoder, ImageFeatures, ModelError, PromptImages, PromptLayout, VisionEncoder};
 use crate::sampling::{ParamError, SampleError};
@@ -185,7 +185,8 @@ impl Engine {
     /// engine's stay as they are.
     pub fn image_features_with(&mut self, bytes: &[u8], opts: &PreprocessOptions) -> Result<Rc<ImageFeatures>, EngineError> {
         let (vision, gpu) = (self.vision.as_ref().ok_or(EngineError::NoVision)?, &self.gpu);
-        self.image_cache.get_or_encode(bytes, opts, |pixels| Ok(vision.encode(gpu, pixels)?))
+        let encoder = vision.preprocess_key();
+        self.image_cache.get_or_encode(bytes, opts, &encoder, || Ok(vision.encode(gpu, &vision.preprocess(bytes, opts)?)?))
     }
 
     /// The longest image edge the model was configured for (its vision config's
@@ -250,6 +251,21 @@ impl Engine {
     /// Sets the default longest image edge, at most [`Self::max_image_edge`].
     pub fn set_image_max_edge(&mut self, edge: u32) -> Result<(), EngineError> {
         self.image_options = self.image_options_for(Some(edge))?;
+        Ok(())
+    }
+
+    /// Sets the default resized-area bounds of area-bounded processors (the Qwen2-VL
+    /// family's `min_pixels` / `max_pixels`; `None` keeps the encoder's own): fewer pixels,
+    /// fewer image tokens. Pixtral's resize ignores them.
+    pub fn set_image_area(&mut self, min_area: Option<u64>, max_area: Option<u64>) -> Result<(), EngineError> {
+        let bad = |m: String| Err(EngineError::Image(ImageError::InvalidOptions(m)));
+        match (min_area, max_area) {
+            (_, Some(0)) => return bad("the largest image area must be positive".into()),
+            (Some(lo), Some(hi)) if lo > hi => return bad(format!("image area bounds {lo} > {hi}")),
+            _ => {}
+        }
+        self.image_options.min_area = min_area;
+        self.image_options.max_area = max_area;
         Ok(())
     }
 
@@ -360,7 +376,7 @@ impl Engine {
             let vision = self.vision.as_ref().ok_or(EngineError::NoVision)?;
             let grids = files
                 .iter()
-                .map(|bytes| preprocessed_size(bytes, opts).map(|(h, w)| vision.feature_grid(h, w)))
+                .map(|bytes| vision.preprocessed_size(bytes, opts).map(|(h, w)| vision.feature_grid(h, w)))
                 .collect::<Result<Vec<_>, _>>()?;
             let len = expanded_len(&self.prompt_layout()?, &tokens, &grids)?;
             let max_ctx = self.ctx.max_ctx() as usize;

@@ -77,11 +77,22 @@ pub struct PreprocessOptions {
     pub max_pixels: u64,
     /// Rotate / flip per the EXIF orientation tag (JPEG, PNG, WebP), as `load_image` does.
     pub apply_exif_orientation: bool,
+    /// Area-bounded processors (the Qwen2-VL family's `smart_resize`): the smallest and
+    /// largest resized area, width × height (transformers' `min_pixels` / `max_pixels`);
+    /// `None` keeps the processor's own. Pixtral's resize ignores them.
+    pub min_area: Option<u64>,
+    pub max_area: Option<u64>,
 }
 
 impl Default for PreprocessOptions {
     fn default() -> Self {
-        PreprocessOptions { max_edge: DEFAULT_MAX_EDGE, max_pixels: DEFAULT_MAX_PIXELS, apply_exif_orientation: true }
+        PreprocessOptions {
+            max_edge: DEFAULT_MAX_EDGE,
+            max_pixels: DEFAULT_MAX_PIXELS,
+            apply_exif_orientation: true,
+            min_area: None,
+            max_area: None,
+        }
     }
 }
 

@@ -7,6 +7,11 @@
 //! only f64 step is `theta^(2i/d)`, rounded once to f32), and uploaded as a buffer: YaRN is
 //! just a different table. Positions come from the per-step uniform
 //! ([`StepParams`](super::attention::StepParams)): token `t` has position `rope_pos0 + t`.
+//!
+//! Interleaved multimodal RoPE ([`Mrope`], transformers' `apply_interleaved_mrope`, used by
+//! Qwen3-VL and Qwen3.5): each token has (t, h, w) positions, read from a buffer, and rotated
+//! pair i turns with the h position when `i % 3 == 1 && i < 3 * sections[1]`, with w when
+//! `i % 3 == 2 && i < 3 * sections[2]`, with t otherwise ([`mrope_axis`]).
 
 use bytemuck::{Pod, Zeroable};
 
@@ -20,6 +25,18 @@ const KV_STORE: &[Access] =
 /// `rope_qkv_store`: the fused rows (read and written), then the caches.
 const QKV_STORE: &[Access] =
     &[Access::Uniform, Access::Uniform, Access::Read, Access::ReadWrite, Access::ReadWrite, Access::ReadWrite];
+/// The M-RoPE entries: the plain entry's bindings, then the positions.
+const INPLACE_MROPE: &[Access] = &[Access::Uniform, Access::Uniform, Access::Read, Access::ReadWrite, Access::Read];
+const KV_STORE_MROPE: &[Access] = &[
+    Access::Uniform,
+    Access::Uniform,
+    Access::Read,
+    Access::Read,
+    Access::Read,
+    Access::ReadWrite,
+    Access::ReadWrite,
+    Access::Read,
+];
 const WG: u32 = 256;
 
 /// Which elements form a rotated pair.
@@ -214,7 +231,8 @@ struct Params {
     q_beta: f32,
     q_orig_ctx: u32,
     n_q: u32,
-    _pad: [u32; 2],
+    mrope_h: u32,
+    mrope_w: u32,
 }
 
 fn params(l: &RopeLayout, freqs: &RopeFreqs, v: Option<&RopeLayout>, q: QScale) -> Result<Params> {
@@ -236,7 +254,8 @@ fn params(l: &RopeLayout, freqs: &RopeFreqs, v: Option<&RopeLayout>, q: QScale) 
         q_beta: q.beta,
         q_orig_ctx: q.orig_ctx,
         n_q: 0,
-        _pad: [0; 2],
+        mrope_h: 0,
+        mrope_w: 0,
     })
 }
 
@@ -328,6 +347,109 @@ pub fn rope_qkv_store(
     prog.push_with_params(gpu, &spec, &p, &args, grid(&all_heads))?;
     prog.set_launch(Launch::threads(WG));
     Ok(())
+}
+
+/// Interleaved multimodal RoPE positions of a step.
+#[derive(Clone, Copy, Debug)]
+pub struct Mrope<'a> {
+    /// `[3][n_tok]` u32: the (t, h, w) positions of the step's `n_tok` tokens, axis by axis.
+    pub positions: &'a wgpu::Buffer,
+    /// `mrope_section`: rotated pairs per axis (t, h, w); only h and w are read, pairs outside
+    /// their interleaved slots turn with t.
+    pub sections: [u32; 3],
+}
+
+impl Mrope<'_> {
+    fn apply(&self, p: Params) -> Result<Params> {
+        let [_, h, w] = self.sections;
+        if self.sections.iter().sum::<u32>() > p.n_rot / 2 {
+            return Err(GpuError::Shape(format!("mrope sections {:?} for {} rotated dims", self.sections, p.n_rot)));
+        }
+        Ok(Params { mrope_h: h, mrope_w: w, ..p })
+    }
+}
+
+/// The axis (0: t, 1: h, 2: w) whose position turns rotated pair `i` under `sections`.
+pub fn mrope_axis(i: usize, sections: [u32; 3]) -> usize {
+    match i % 3 {
+        1 if i < 3 * sections[1] as usize => 1,
+        2 if i < 3 * sections[2] as usize => 2,
+        _ => 0,
+    }
+}
+
+/// [`rope_inplace`] at the positions of `m` (no query scaling).
+pub fn rope_inplace_mrope(
+    prog: &mut Program,
+    gpu: &Gpu,
+    step: &wgpu::Buffer,
+    freqs: &RopeFreqs,
+    x: &wgpu::Buffer,
+    layout: &RopeLayout,
+    m: &Mrope<'_>,
+) -> Result<()> {
+    let spec = KernelSpec::new("rope", SHADER, "rope_inplace_mrope", INPLACE_MROPE).with_prefix(STEP);
+    let p = m.apply(params(layout, freqs, None, QScale::NONE)?)?;
+    let args = [Arg::Buf(step), Arg::Buf(&freqs.inv_freq), Arg::Buf(x), Arg::Buf(m.positions)];
+    prog.push_with_params(gpu, &spec, &p, &args, grid(layout))?;
+    prog.set_launch(Launch::threads(WG));
+    Ok(())
+}
+
+/// [`rope_kv_store`] at the positions of `m`.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_kv_store_mrope(
+    prog: &mut Program,
+    gpu: &Gpu,
+    step: &wgpu::Buffer,
+    freqs: &RopeFreqs,
+    (k, k_layout): (&wgpu::Buffer, &RopeLayout),
+    (v, v_layout): (&wgpu::Buffer, &RopeLayout),
+    (k_cache, v_cache): (&wgpu::Buffer, &wgpu::Buffer),
+    kv: KvDtype,
+    m: &Mrope<'_>,
+) -> Result<()> {
+    let entry = match kv {
+        KvDtype::F32 => "rope_kv_store_mrope",
+        KvDtype::F16 => "rope_kv_store_mrope_f16",
+    };
+    let spec = KernelSpec::new("rope", SHADER, entry, KV_STORE_MROPE).with_prefix(STEP);
+    let p = m.apply(params(k_layout, freqs, Some(v_layout), QScale::NONE)?)?;
+    let args = [
+        Arg::Buf(step),
+        Arg::Buf(&freqs.inv_freq),
+        Arg::Buf(k),
+        Arg::Buf(v),
+        Arg::Buf(k_cache),
+        Arg::Buf(v_cache),
+        Arg::Buf(m.positions),
+    ];
+    prog.push_with_params(gpu, &spec, &p, &args, grid(k_layout))?;
+    prog.set_launch(Launch::threads(WG));
+    Ok(())
+}
+
+/// CPU reference of [`rope_inplace_mrope`]: [`rope_ref`] with pair i of token t turned by
+/// `positions[mrope_axis(i)][t]`.
+pub fn mrope_ref(x: &[f32], layout: &RopeLayout, table: &RopeTable, positions: &[Vec<u32>; 3], sections: [u32; 3]) -> Vec<f32> {
+    let mut y = x.to_vec();
+    let (hd, half_rot) = (layout.head_dim as usize, table.inv_freq.len());
+    let n_tok = positions[0].len();
+    for (t, h) in (0..n_tok).flat_map(|t| (0..layout.n_heads as usize).map(move |h| (t, h))) {
+        let base = t * layout.stride as usize + layout.offset as usize + h * hd;
+        for (i, inv_freq) in table.inv_freq.iter().enumerate() {
+            let (d0, d1) = match layout.mode {
+                RopeMode::RotateHalf => (i, i + half_rot),
+                RopeMode::Adjacent => (2 * i, 2 * i + 1),
+            };
+            let angle = positions[mrope_axis(i, sections)][t] as f32 * inv_freq;
+            let (c, s) = (angle.cos() * table.attn_factor, angle.sin() * table.attn_factor);
+            let (x0, x1) = (x[base + d0], x[base + d1]);
+            y[base + d0] = x0 * c - x1 * s;
+            y[base + d1] = x1 * c + x0 * s;
+        }
+    }
+    y
 }
 
 /// CPU reference of [`rope_inplace`] (f32 math as transformers: `angle = f32(pos) * inv_freq`,

@@ -11,6 +11,11 @@
 //! own submission only. A step submitted past the end of generation (the host learns of an
 //! end-of-generation token or a stop string one step late) is dropped with
 //! [`Context::drop_last_step`]: its KV entry is forgotten and overwritten later.
+//!
+//! Decoders with multimodal RoPE ([`Decoder::uses_mrope`]) get every step's (t, h, w)
+//! positions written to [`StepBuffers::positions`]: a prompt's from its tokens and images
+//! (`super::positions`), a decode step's from its row and the sequence's [`RopeDeltas`]
+//! (carried by truncation and snapshots).
 
 use std::collections::{HashMap, VecDeque};
 
@@ -20,6 +25,7 @@ use crate::kernels::sample::SamplerState;
 
 use super::decoder::Decoder;
 use super::families::Scratch;
+use super::positions::{PassPositions, RopeDeltas};
 use super::state::{SequenceState, StateSnapshot};
 use super::step::{LogitsMode, Precision, StepBuffers};
 use super::vision::PromptImages;
@@ -77,6 +83,8 @@ pub struct Context {
     rec_pos: u32,
     /// Position id of cache row 0 (tests start sequences at large positions).
     pos_offset: u32,
+    /// How the RoPE positions of text after images depart from the rows (M-RoPE decoders).
+    deltas: RopeDeltas,
     /// Submits and bytes read back so far, for benchmarks.
     counters: Counters,
 }
@@ -127,6 +135,7 @@ impl Context {
             n_past: 0,
             rec_pos: 0,
             pos_offset: 0,
+            deltas: RopeDeltas::default(),
             counters: Counters::default(),
         })
     }
@@ -136,6 +145,7 @@ impl Context {
         self.forget_in_flight();
         self.n_past = 0;
         self.rec_pos = 0;
+        self.deltas = RopeDeltas::default();
     }
 
     /// Keeps only the first `n` cached tokens (a prompt-cache hit: the next prefill starts
@@ -145,6 +155,7 @@ impl Context {
         self.forget_in_flight();
         self.n_past = self.n_past.min(n);
         self.sync_recurrent();
+        self.deltas.truncate(self.n_past);
     }
 
     /// Recurrent states hold a summary of every token they consumed and cannot be rewound:
@@ -201,7 +212,8 @@ impl Context {
         if self.state.has_recurrent() && (rows != self.n_past || self.rec_pos != self.n_past) {
             rows = 0;
         }
-        let snapshot = self.state.snapshot(gpu, rows)?;
+        let mut snapshot = self.state.snapshot(gpu, rows)?;
+        snapshot.rope_deltas = self.deltas.prefix(rows);
         self.counters.submits += 1;
         Ok(snapshot)
     }
@@ -212,6 +224,7 @@ impl Context {
         self.forget_in_flight();
         self.n_past = self.state.restore(gpu, snapshot, rows);
         self.rec_pos = self.n_past;
+        self.deltas = snapshot.rope_deltas.prefix(self.n_past);
         self.counters.submits += 1;
     }
 
@@ -235,12 +248,13 @@ impl Context {
         images: Option<&PromptImages<'_>>,
     ) -> Result<Vec<f32>, ModelError> {
         self.check(dec, tokens, 0, images)?;
+        let pass = self.pass_positions(dec, tokens, self.n_past, images)?;
         let vocab = dec.cfg.vocab as usize;
         let mut out = Vec::with_capacity(tokens.len() * vocab);
         let chunk = self.opts.max_chunk.min(self.logits_rows) as usize;
         for start in (0..tokens.len()).step_by(chunk) {
             let len = chunk.min(tokens.len() - start);
-            self.run(gpu, dec, tokens, start..start + len, images, LogitsMode::All, false)?;
+            self.run(gpu, dec, tokens, start..start + len, (images, pass.as_ref()), LogitsMode::All, false)?;
             out.extend(gpu.read_f32(&self.b.logits, 0, len * vocab).await?);
             self.counters.submits += 1;
             self.counters.read_back_bytes += (len * vocab * 4) as u64;
@@ -299,7 +313,7 @@ impl Context {
     pub fn submit_decode(&mut self, gpu: &Gpu, dec: &Decoder, s: &SamplerState) -> Result<(), ModelError> {
         self.check_room(1)?;
         self.b.sampler.set(gpu, s);
-        self.submit(gpu, dec, 1, LogitsMode::LastAndSample, &[], true)
+        self.submit(gpu, dec, 1, LogitsMode::LastAndSample, &[], None, true)
     }
 
     /// Awaits the token of the oldest submitted step not read yet (waiting for that step's
@@ -334,6 +348,7 @@ impl Context {
         step.readback.cancel();
         self.spare.push(step.readback);
         self.n_past -= step.tokens;
+        self.deltas.truncate(self.n_past);
         if step.checkpoint {
             self.state.restore_checkpoint(gpu);
             self.rec_pos = self.n_past;
@@ -363,7 +378,7 @@ impl Context {
             return Err(ModelError::BadToken { id: token, vocab: dec.cfg.vocab });
         }
         gpu.write(&self.b.ids, 0, &token.to_le_bytes());
-        self.submit(gpu, dec, 1, LogitsMode::LastAndSample, &[], false)
+        self.submit(gpu, dec, 1, LogitsMode::LastAndSample, &[], None, false)
     }
 
     /// The logits row of the last submitted step's last token.
@@ -389,8 +404,9 @@ impl Context {
         images: Option<&PromptImages<'_>>,
         read_token: bool,
     ) -> Result<(), ModelError> {
-        let start = self.submit_chunks(gpu, dec, tokens, tokens.len(), images)?;
-        self.run(gpu, dec, tokens, start..tokens.len(), images, LogitsMode::LastAndSample, read_token)
+        let (start, pass) = self.submit_chunks(gpu, dec, tokens, tokens.len(), images)?;
+        let last = start..tokens.len();
+        self.run(gpu, dec, tokens, last, (images, pass.as_ref()), LogitsMode::LastAndSample, read_token)
     }
 
     /// Submits `tokens[n_past..end]` without logits, so that the sequence state can be saved
@@ -404,16 +420,16 @@ impl Context {
         end: usize,
         images: Option<&PromptImages<'_>>,
     ) -> Result<(), ModelError> {
-        let start = self.submit_chunks(gpu, dec, tokens, end, images)?;
+        let (start, pass) = self.submit_chunks(gpu, dec, tokens, end, images)?;
         if start < end {
-            self.run(gpu, dec, tokens, start..end, images, LogitsMode::None, false)?;
+            self.run(gpu, dec, tokens, start..end, (images, pass.as_ref()), LogitsMode::None, false)?;
         }
         Ok(())
     }
 
     /// Checks `tokens` and submits whole chunks without logits from `n_past` while more than
     /// a chunk is left before `end` (<= `tokens.len()`); returns where they stopped, at most
-    /// a chunk before `end`.
+    /// a chunk before `end`, and the prompt's M-RoPE positions for the rest.
     fn submit_chunks(
         &mut self,
         gpu: &Gpu,
@@ -421,17 +437,19 @@ impl Context {
         tokens: &[u32],
         end: usize,
         images: Option<&PromptImages<'_>>,
-    ) -> Result<usize, ModelError> {
+    ) -> Result<(usize, Option<PassPositions>), ModelError> {
         self.forget_in_flight();
         self.sync_recurrent();
         let mut start = self.n_past as usize;
         self.check(dec, tokens, start, images)?;
+        // The prompt starts at row 0: its positions come from its own tokens and images.
+        let pass = self.pass_positions(dec, tokens, 0, images)?;
         let chunk = self.opts.max_chunk as usize;
         while end.saturating_sub(start) > chunk {
-            self.run(gpu, dec, tokens, start..start + chunk, images, LogitsMode::None, false)?;
+            self.run(gpu, dec, tokens, start..start + chunk, (images, pass.as_ref()), LogitsMode::None, false)?;
             start += chunk;
         }
-        Ok(start)
+        Ok((start, pass))
     }
 
     fn check_room(&self, n: u64) -> Result<(), ModelError> {
@@ -492,14 +510,31 @@ impl Context {
         self.check_room((tokens.len() - from) as u64)
     }
 
-    /// Runs `tokens[range]` as one chunk (image features copied in over its `[IMG]` rows).
+    /// The M-RoPE positions of a pass over `tokens` from KV row `row0` (None for decoders
+    /// with 1-D positions, which take them from the step uniform).
+    fn pass_positions(
+        &self,
+        dec: &Decoder,
+        tokens: &[u32],
+        row0: u32,
+        images: Option<&PromptImages<'_>>,
+    ) -> Result<Option<PassPositions>, ModelError> {
+        if !dec.uses_mrope() {
+            return Ok(None);
+        }
+        PassPositions::new(tokens, row0, self.pos_offset, &self.deltas, images).map(Some)
+    }
+
+    /// Runs `tokens[range]` as one chunk (image features copied in over its `[IMG]` rows, at
+    /// the pass's M-RoPE positions when the decoder has them).
+    #[allow(clippy::too_many_arguments)]
     fn run(
         &mut self,
         gpu: &Gpu,
         dec: &Decoder,
         tokens: &[u32],
         range: std::ops::Range<usize>,
-        images: Option<&PromptImages<'_>>,
+        (images, pass): (Option<&PromptImages<'_>>, Option<&PassPositions>),
         mode: LogitsMode,
         read_token: bool,
     ) -> Result<(), ModelError> {
@@ -513,12 +548,20 @@ impl Context {
             })
             .collect();
         gpu.write(&self.b.ids, 0, bytemuck::cast_slice(&tokens[range.clone()]));
-        self.submit(gpu, dec, range.len() as u32, mode, &copies, read_token)
+        let positions = pass.map(|p| p.chunk(range.clone()));
+        self.submit(gpu, dec, range.len() as u32, mode, &copies, positions.as_deref(), read_token)?;
+        if let Some(p) = pass {
+            // Rows before the chunk keep their deltas; its image ends add theirs.
+            p.record(range, &mut self.deltas);
+        }
+        Ok(())
     }
 
-    /// One step: step uniform, the gather, `copies` (source, source offset, offset in `x`,
-    /// bytes) over the embeddings, the rest of the pass, the token readback copy (then mapped,
-    /// before any later submit), one submit.
+    /// One step: step uniform (and M-RoPE positions: `positions`, `[3][n]`, or a decode
+    /// step's from its row and delta), the gather, `copies` (source, source offset, offset in
+    /// `x`, bytes) over the embeddings, the rest of the pass, the token readback copy (then
+    /// mapped, before any later submit), one submit.
+    #[allow(clippy::too_many_arguments)]
     fn submit(
         &mut self,
         gpu: &Gpu,
@@ -526,12 +569,21 @@ impl Context {
         n: u32,
         mode: LogitsMode,
         copies: &[(&wgpu::Buffer, u64, u64, u64)],
+        positions: Option<&[u32]>,
         read_token: bool,
     ) -> Result<(), ModelError> {
         if self.rec_pos != self.n_past && self.state.has_recurrent() {
             return Err(ModelError::RecurrentPosition { consumed: self.rec_pos, cached: self.n_past });
         }
-        StepParams::new(self.n_past, n, self.pos_offset + self.n_past).write(gpu, &self.b.step);
+        let pos0 = (self.pos_offset as i64 + self.n_past as i64 + self.deltas.at(self.n_past)).max(0) as u32;
+        StepParams::new(self.n_past, n, pos0).write(gpu, &self.b.step);
+        if dec.uses_mrope() {
+            match positions {
+                Some(p) => gpu.write(&self.b.positions, 0, bytemuck::cast_slice(p)),
+                None if n == 1 => gpu.write(&self.b.positions, 0, bytemuck::cast_slice(&[pos0; 3])),
+                None => return Err(ModelError::Invalid(format!("a step of {n} tokens without their positions"))),
+            }
+        }
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
         if self.n_past == 0 {
             // A new sequence: recurrent states start from zero (a no-op without them).

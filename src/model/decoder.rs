@@ -38,6 +38,12 @@ impl Decoder {
         Ok(Decoder { cfg, family })
     }
 
+    /// Whether the decoder rotates with multimodal (t, h, w) positions read from
+    /// [`StepBuffers::positions`], which the context then writes every step.
+    pub fn uses_mrope(&self) -> bool {
+        self.family.uses_mrope()
+    }
+
     /// What each layer keeps between tokens (the context allocates it).
     pub fn layers(&self) -> Vec<LayerKind> {
         self.family.layers()

@@ -8,7 +8,8 @@
 //!   and their placement in a prompt.
 //! - [`state`]: what a sequence keeps between tokens (KV caches; recurrent states next),
 //!   and snapshots of it; [`step`]: the buffers every step binds.
-//! - [`context`]: a sequence being run — prefill in chunks, decode, logits.
+//! - [`context`]: a sequence being run — prefill in chunks, decode, logits; `positions`:
+//!   its multimodal RoPE positions and their delta from the KV rows.
 //!
 //! Weights come from `crate::source`; errors are [`ModelError`].
 
@@ -17,6 +18,7 @@ pub mod context;
 mod decoder;
 mod error;
 pub mod families;
+mod positions;
 pub mod state;
 pub mod step;
 pub mod synthetic;
@@ -26,6 +28,7 @@ pub use context::{Context, ContextOptions, Counters};
 pub use decoder::Decoder;
 pub use error::ModelError;
 pub use families::TextConfig;
+pub use positions::RopeDeltas;
 pub use state::{LayerKind, SequenceState, StateSnapshot};
 pub use step::{LogitsMode, Precision};
 pub use vision::{ImageDigest, ImageFeatures, PromptImages, PromptLayout, VisionEncoder};

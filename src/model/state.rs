@@ -13,6 +13,7 @@
 //! taken ([`SequenceState::restore`] reports 0 positions restored otherwise, and the caller
 //! prefills again from the start).
 
+use super::positions::RopeDeltas;
 use crate::gpu::{Gpu, Result as GpuResult};
 use crate::kernels::attention::KvDtype;
 
@@ -186,7 +187,7 @@ impl SequenceState {
             layers.push((copy, span_a));
         }
         gpu.queue.submit([enc.finish()]);
-        Ok(StateSnapshot { layers, rows })
+        Ok(StateSnapshot { layers, rows, rope_deltas: RopeDeltas::default() })
     }
 
     /// Puts the first `rows` positions of `snapshot` back (at most those it holds); returns
@@ -224,6 +225,8 @@ pub struct StateSnapshot {
     /// then the second's (V rows, or the recurrence state), and the bytes of the first.
     layers: Vec<(wgpu::Buffer, u64)>,
     rows: u32,
+    /// The multimodal RoPE deltas of the saved rows (set by the context).
+    pub(crate) rope_deltas: RopeDeltas,
 }
 
 impl StateSnapshot {

@@ -1,7 +1,7 @@
-//! The buffers every family's recorded step binds: the step uniform (positions), token ids,
-//! the residual stream, logits and the GPU sampler. Families add their own scratch; the
-//! per-sequence caches are in [`super::state`]. All are allocated once per context, sized
-//! for the largest chunk.
+//! The buffers every family's recorded step binds: the step uniform (positions), token ids
+//! and their multimodal RoPE positions, the residual stream, logits and the GPU sampler.
+//! Families add their own scratch; the per-sequence caches are in [`super::state`]. All are
+//! allocated once per context, sized for the largest chunk.
 
 use crate::gpu::{Caps, Geometry, Gpu, Result};
 use crate::kernels::attention::{KvDtype, StepParams};
@@ -79,6 +79,9 @@ pub struct StepBuffers {
     pub step: wgpu::Buffer,
     /// `[chunk]` token ids in; the sampled id out (row 0).
     pub ids: wgpu::Buffer,
+    /// `[3][n]` u32 (t, h, w) RoPE positions of the step's `n` tokens, for decoders with
+    /// multimodal RoPE ([`super::Decoder::uses_mrope`]; written by the context each step).
+    pub positions: wgpu::Buffer,
     /// The residual stream, `[chunk][n_embd]`.
     pub x: wgpu::Buffer,
     /// The last row of `x` (the one the head reads when sampling).
@@ -98,6 +101,7 @@ impl StepBuffers {
         Ok(StepBuffers {
             step: StepParams::create_buffer(gpu),
             ids: gpu.storage("ids", f32s(chunk, 1))?,
+            positions: gpu.storage("positions", f32s(chunk, 3))?,
             x: gpu.storage("x", f32s(chunk, n_embd))?,
             x_last: gpu.storage("x_last", f32s(1, n_embd))?,
             h: gpu.storage("h", f32s(chunk, n_embd))?,

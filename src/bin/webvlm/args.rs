@@ -52,6 +52,14 @@ pub struct EngineArgs {
     /// tokens [default and maximum: the model's image size, 1540 for Ministral 3]
     #[arg(long, value_name = "N")]
     pub image_max_edge: Option<u32>,
+    /// Qwen-VL encoders: the smallest resized image area in pixels (smart_resize's min_pixels)
+    /// [default: the processor's, 65536]
+    #[arg(long, value_name = "N")]
+    pub image_min_area: Option<u64>,
+    /// Qwen-VL encoders: the largest resized image area in pixels (smart_resize's max_pixels):
+    /// smaller, fewer image tokens [default: the processor's, 16777216]
+    #[arg(long, value_name = "N")]
+    pub image_max_area: Option<u64>,
     /// Kernel launch shapes: gpu (many small workgroups) or cpu (few wide ones, for CPU
     /// adapters) [default: from the adapter]
     #[arg(long, value_name = "G")]

@@ -92,6 +92,9 @@ pub fn open_engine(args: &args::EngineArgs) -> Result<Engine, Box<dyn std::error
     if let Some(edge) = args.image_max_edge {
         engine.set_image_max_edge(edge)?;
     }
+    if args.image_min_area.is_some() || args.image_max_area.is_some() {
+        engine.set_image_area(args.image_min_area, args.image_max_area)?;
+    }
     Ok(engine)
 }
 

@@ -126,6 +126,11 @@ impl Family {
         }
     }
 
+    /// Whether the family's RoPE reads (t, h, w) positions (Qwen3.5's interleaved M-RoPE).
+    pub fn uses_mrope(&self) -> bool {
+        matches!(self, Family::Qwen35(_))
+    }
+
     /// What each layer keeps between tokens.
     pub fn layers(&self) -> Vec<LayerKind> {
         match self {

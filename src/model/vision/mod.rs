@@ -68,6 +68,35 @@ impl VisionEncoder {
         }
     }
 
+    /// What besides the [`PreprocessOptions`] and the file decides [`Self::preprocess`]'s
+    /// pixels: the encoder's own settings, as bytes for a cache key (Pixtral: none).
+    pub fn preprocess_key(&self) -> Vec<u8> {
+        match self {
+            VisionEncoder::Pixtral(_) => Vec::new(),
+            VisionEncoder::QwenVl(m) => {
+                // Destructured so that a new setting cannot be left out of the key.
+                let crate::image::qwen::QwenPreprocess {
+                    patch_size,
+                    merge_size,
+                    temporal_patch_size,
+                    min_pixels,
+                    max_pixels,
+                    image_mean,
+                    image_std,
+                    decode: _,
+                } = m.cfg.preprocess();
+                let mut key = b"qwen2vl".to_vec();
+                for v in [patch_size, merge_size, temporal_patch_size] {
+                    key.extend(v.to_le_bytes());
+                }
+                key.extend(min_pixels.to_le_bytes());
+                key.extend(max_pixels.to_le_bytes());
+                image_mean.iter().chain(&image_std).for_each(|v| key.extend(v.to_le_bytes()));
+                key
+            }
+        }
+    }
+
     /// The `(height, width)` [`Self::preprocess`] gives `bytes`, from its header alone.
     pub fn preprocessed_size(&self, bytes: &[u8], opts: &PreprocessOptions) -> Result<(u32, u32), ImageError> {
         match self {

@@ -47,8 +47,8 @@ pub struct Qwen35Config {
     pub rope_theta: f32,
     /// `rope.dimension_count`: the rotated leading dims of each attention head.
     pub n_rot: u32,
-    /// `rope.dimension_sections`: multimodal RoPE sections (t, h, w, unused) in pairs of dims;
-    /// text positions give every section the same position.
+    /// `rope.dimension_sections`: multimodal RoPE sections (t, h, w, unused) in rotated pairs,
+    /// interleaved (`mrope_interleaved`); text positions give every axis the same position.
     pub rope_sections: [u32; 4],
     /// Per layer: `true` for a Gated DeltaNet layer, `false` for gated full attention.
     pub recurrent: Vec<bool>,

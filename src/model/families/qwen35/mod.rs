@@ -4,9 +4,11 @@
 //! each followed by a SiLU-gated MLP. Reference: transformers' `modeling_qwen3_5.py`,
 //! llama.cpp's `qwen35` graph; the GGUF conventions are in `docs/MODELS.md`.
 //!
-//! Text positions only so far: every mrope section gets the token's position, which is
-//! ordinary NeoX RoPE of the first `rope.dimension_count` dims (a positions buffer for
-//! image (t, h, w) positions is future work).
+//! Positions: interleaved multimodal RoPE (transformers' `Qwen3_5TextRotaryEmbedding` with
+//! `apply_interleaved_mrope`) over the first `rope.dimension_count` dims, each token's
+//! (t, h, w) positions read from [`StepBuffers::positions`] (the context writes them: equal
+//! axes for text, which is ordinary NeoX RoPE; `model::vision::mrope_positions` for image
+//! tokens), the sections from `rope.dimension_sections`.
 
 mod config;
 mod weights;
@@ -19,7 +21,7 @@ use crate::kernels::attention::{attention_decode, attention_prefill, default_spl
 use crate::kernels::delta_net::{self, DeltaNetBuffers, DeltaNetLayout, KHeads};
 use crate::kernels::gdn_prep::{self, ConvShape, GatedNormShape, RowWindow};
 use crate::kernels::matvec::{Epilogue, Output};
-use crate::kernels::rope::{rope_inplace, rope_kv_store, rope_table, QScale, RopeFreqs, RopeLayout, RopeMode};
+use crate::kernels::rope::{rope_inplace_mrope, rope_kv_store_mrope, rope_table, Mrope, RopeFreqs, RopeLayout, RopeMode};
 use crate::kernels::{elementwise, norm};
 use crate::model::blocks::ffn::FfnScratch;
 use crate::model::blocks::{linear, linear_into, linear_stacked};
@@ -35,7 +37,7 @@ pub const ARCHITECTURES: [&str; 1] = ["qwen35"];
 pub struct Qwen35 {
     pub cfg: Qwen35Config,
     pub weights: Qwen35Weights,
-    /// NeoX RoPE over the first `n_rot` dims of each head.
+    /// NeoX RoPE over the first `n_rot` dims of each head (frequencies shared by the axes).
     rope: RopeFreqs,
 }
 
@@ -113,7 +115,7 @@ impl Qwen35 {
     /// positions. Per layer: norm; the mixer (DeltaNet: the stacked q|k|v|z|a|b product,
     /// conv + SiLU, decay and beta, the delta rule (recurrent for one token, chunked
     /// otherwise), the gated norm, `ssm_out` added into `x`; attention: q|gate, k and v
-    /// products, per-head RMSNorm of q and k, NeoX RoPE of their first `n_rot` dims (k and v
+    /// products, per-head RMSNorm of q and k, M-RoPE of their first `n_rot` dims (k and v
     /// into the cache), attention, times sigmoid(gate), `attn_output` added into `x`);
     /// `post_attention_norm` and the SiLU-gated MLP added into `x`.
     #[allow(clippy::too_many_arguments)]
@@ -174,9 +176,12 @@ impl Qwen35 {
                     norm::rms_norm(p, gpu, &s.k, &w.k_norm, &s.kn, n * kvh, hd, eps)?;
                     let (q_layout, kv_layout) =
                         (RopeLayout::dense(h, hd, n, RopeMode::RotateHalf), RopeLayout::dense(kvh, hd, n, RopeMode::RotateHalf));
-                    rope_inplace(p, gpu, &b.step, &self.rope, &s.qn, &q_layout, QScale::NONE)?;
+                    let [st, sh, sw, _] = c.rope_sections;
+                    let mrope = Mrope { positions: &b.positions, sections: [st, sh, sw] };
+                    rope_inplace_mrope(p, gpu, &b.step, &self.rope, &s.qn, &q_layout, &mrope)?;
                     let kv = b.precision.kv_dtype();
-                    rope_kv_store(p, gpu, &b.step, &self.rope, &s.kn, &kv_layout, &s.v, &kv_layout, k_cache, v_cache, kv)?;
+                    let (k, v) = ((&s.kn, &kv_layout), (&s.v, &kv_layout));
+                    rope_kv_store_mrope(p, gpu, &b.step, &self.rope, k, v, (k_cache, v_cache), kv, &mrope)?;
                     let shape = AttnShape { kv, ..self.attn_shape(n) };
                     if n == 1 {
                         attention_decode(p, gpu, &shape, &b.step, &s.qn, k_cache, v_cache, &s.decode, &s.attn)?;

@@ -68,9 +68,15 @@ impl QwenVl {
     }
 
     /// The processor settings for this encoder ([`QwenVlConfig::preprocess`]) with the
-    /// decoding limits and EXIF handling of `decode`.
+    /// decoding limits, EXIF handling and (where given) area bounds of `decode`.
     pub fn preprocess_options(&self, decode: &crate::image::PreprocessOptions) -> crate::image::qwen::QwenPreprocess {
-        crate::image::qwen::QwenPreprocess { decode: decode.clone(), ..self.cfg.preprocess() }
+        let own = self.cfg.preprocess();
+        crate::image::qwen::QwenPreprocess {
+            min_pixels: decode.min_area.unwrap_or(own.min_pixels),
+            max_pixels: decode.max_area.unwrap_or(own.max_pixels),
+            decode: decode.clone(),
+            ..own
+        }
     }
 
     /// The feature grid `(rows, cols)` of a preprocessed `height x width` image.
