@@ -72,11 +72,11 @@ pub(super) const NO_SUBGROUPS: &str = include_str!("../../shaders/attention_nosu
 /// Width preludes ([`RowWidth`]): `HD4`, the vec4s per row of every attention shader's tiles
 /// and register arrays, and decode's V sub-tile `VT` (vec4s), which shrinks at 256 so that
 /// the 16 KiB budget holds the wider q rows.
-const WIDTH_128: &str = "const HD4: u32 = 32u;\nconst VT: u32 = 512u;\n";
-const WIDTH_256: &str = "const HD4: u32 = 64u;\nconst VT: u32 = 320u;\n";
+pub(super) const WIDTH_128: &str = "const HD4: u32 = 32u;\nconst VT: u32 = 512u;\n";
+pub(super) const WIDTH_256: &str = "const HD4: u32 = 64u;\nconst VT: u32 = 320u;\n";
 /// Tile preludes of `attention_prefill_gpu.wgsl`: vec4s per K / V tile buffer (16 or 8 KiB).
-const TILE_1024: &str = "const TILE: u32 = 1024u;\n";
-const TILE_512: &str = "const TILE: u32 = 512u;\n";
+pub(super) const TILE_1024: &str = "const TILE: u32 = 1024u;\n";
+pub(super) const TILE_512: &str = "const TILE: u32 = 512u;\n";
 const PREFILL_BINDINGS: &[Access] =
     &[Access::Uniform, Access::Uniform, Access::Read, Access::Read, Access::Read, Access::ReadWrite];
 const DECODE_BINDINGS: &[Access] =

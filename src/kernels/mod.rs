@@ -53,10 +53,15 @@ mod tests {
         }
         for kv in [KvDtype::F32, KvDtype::F16] {
             let attn = |label, source| spec(label, source).with_prefix(kv.reader()).with_prefix(ATTN_COMMON).with_prefix(STEP);
-            specs.push(attn("attention_prefill", PREFILL));
+            specs.push(attn("attention_prefill", PREFILL).with_prefix(attention::WIDTH_128));
             for prelude in [attention::NO_SUBGROUPS, attention::SUBGROUPS] {
-                for (label, source) in [("attention_prefill_gpu", PREFILL_GPU), ("attention_decode", DECODE)] {
-                    specs.push(attn(label, source).with_prefix(prelude));
+                for width in [attention::WIDTH_128, attention::WIDTH_256] {
+                    for tile in [attention::TILE_1024, attention::TILE_512] {
+                        specs.push(
+                            attn("attention_prefill_gpu", PREFILL_GPU).with_prefix(tile).with_prefix(width).with_prefix(prelude),
+                        );
+                    }
+                    specs.push(attn("attention_decode", DECODE).with_prefix(width).with_prefix(prelude));
                 }
             }
         }
