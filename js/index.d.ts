@@ -33,6 +33,11 @@ export interface EngineOptions {
   /** GPU memory for saved prompt prefixes, evicted least recently used (default 256 MiB;
    * 0 keeps only the last request's sequence). */
   promptCacheBytes?: number;
+  /** Resized-area bounds in pixels of area-bounded image processors (Qwen3.5's `min_pixels`
+   * and `max_pixels`): fewer pixels, fewer image tokens. Default: the model's own, with the
+   * largest area within the square of the image edge (`image_max_edge`, default 1540). */
+  imageMinArea?: number;
+  imageMaxArea?: number;
 }
 
 export interface CreateEngineOptions {

@@ -22,7 +22,7 @@ export { cacheContents, deleteCached, DEFAULT_CACHE, toCSV, toJSONL };
  * @param {{text: any, mmproj?: any}} o.model URLs, Files or Blobs (the text GGUF and its mmproj)
  * @param {(p: object) => void} [o.onProgress] {phase, loadedBytes, totalBytes, fraction, bytesPerSecond, etaSeconds, text}
  * @param {boolean} [o.worker=true] run the engine in a module worker
- * @param {object} [o.engine] {maxContext, maxChunk, f16, kvF16, visionQuant, promptCacheBytes}
+ * @param {object} [o.engine] {maxContext, maxChunk, f16, kvF16, visionQuant, promptCacheBytes, imageMinArea, imageMaxArea}
  * @param {string|null} [o.cacheName] Cache Storage name for weight chunks; `null` streams the
  *   weights without storing them (every load downloads them again)
  * @param {number} [o.chunkBytes] download chunk size (default 32 MiB)

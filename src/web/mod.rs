@@ -59,6 +59,8 @@ struct Inner {
     context: ContextOptions,
     vision_quant: LoadQuant,
     prompt_cache_bytes: u64,
+    /// `(min, max)` resized image area, applied when the engine is built.
+    image_area: (Option<u64>, Option<u64>),
 }
 
 /// An engine loading or running in the browser.
@@ -71,7 +73,8 @@ pub struct WebEngine {
 #[wasm_bindgen]
 impl WebEngine {
     /// Opens WebGPU. `options`: JSON `{"maxContext", "maxChunk", "f16", "kvF16",
-    /// "visionQuant", "textParts", "promptCacheBytes"}`, all optional: a 4096-token f16 KV
+    /// "visionQuant", "textParts", "promptCacheBytes", "imageMinArea", "imageMaxArea"}`, all
+    /// optional: a 4096-token f16 KV
     /// cache by default (a 1540-pixel image alone can take ~3000 tokens; f16 halves the cache
     /// on any adapter), a text model of one file, 256 MiB for saved prompt prefixes.
     pub async fn create(options: String) -> Result<WebEngine, JsError> {
@@ -104,6 +107,7 @@ impl WebEngine {
             context,
             vision_quant,
             prompt_cache_bytes,
+            image_area: (o.image_min_area, o.image_max_area),
         };
         Ok(WebEngine { inner: Rc::new(RefCell::new(inner)), abort: Rc::new(Cell::new(false)) })
     }
@@ -167,6 +171,7 @@ impl WebEngine {
                 }
                 let mut engine = Engine::load_from(*gpu, &mut inner.text, inner.context).map_err(js)?;
                 engine.set_prompt_cache_bytes(inner.prompt_cache_bytes);
+                engine.set_image_area(inner.image_area.0, inner.image_area.1).map_err(js)?;
                 inner.text.seal(engine.gpu()).map_err(js)?;
                 inner.state = State::Ready(Box::new(engine));
             }

@@ -18,6 +18,10 @@ pub struct EngineOptions {
     pub text_parts: Option<usize>,
     /// GPU memory for saved prompt prefixes (default 256 MiB; 0 keeps only the last sequence).
     pub prompt_cache_bytes: Option<u64>,
+    /// Resized-area bounds of area-bounded image processors (Qwen's `min_pixels` /
+    /// `max_pixels`; default: the encoder's own, the largest within the image edge's square).
+    pub image_min_area: Option<u64>,
+    pub image_max_area: Option<u64>,
 }
 
 /// The bytes the page resolved for an image URL (blob: and http(s): URLs are fetched by

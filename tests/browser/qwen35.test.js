@@ -16,6 +16,8 @@ const TINY = "/fixtures/tiny_qwen35_a";
 const MODEL = { text: `${TINY}/model.gguf`, mmproj: `${TINY}/mmproj.gguf` };
 /** Relative L2 error allowed per logits position (as tests/model_qwen35_vision.rs). */
 const TOL_LOGITS = 1e-3;
+/** The fixture processor's area bounds (its `image_processor` in cases.json). */
+const AREA = { min: 1024, max: 65536 };
 
 let server, browser, page;
 
@@ -33,10 +35,11 @@ after(async () => {
 });
 
 test("the tiny Qwen3.5 VLM matches transformers with images and answers as the native CLI does", async (t) => {
-  const info = await inPage(page, async (api, model, s) => {
-    s.engine = await api.createEngine({ model, engine: { kvF16: false }, cacheName: "qwen35-test" });
+  const info = await inPage(page, async (api, [model, area], s) => {
+    const engine = { kvF16: false, imageMinArea: area.min, imageMaxArea: area.max };
+    s.engine = await api.createEngine({ model, engine, cacheName: "qwen35-test" });
     return s.engine.info;
-  }, MODEL);
+  }, [MODEL, AREA]);
   t.diagnostic(`loaded: ${JSON.stringify(info)}`);
   assert.equal(info.vision, true);
 
@@ -86,6 +89,7 @@ test("the tiny Qwen3.5 VLM matches transformers with images and answers as the n
   const fixture = (f) => path.join(repoRoot, "tests/fixtures/tiny_qwen35_a", f);
   const native = execFileSync("cargo", ["run", "--quiet", "--bin", "webvlm", "--", "generate",
     "--model", fixture("model.gguf"), "--mmproj", fixture("mmproj.gguf"), "--image", fixture(image),
+    "--image-min-area", `${AREA.min}`, "--image-max-area", `${AREA.max}`,
     "--prompt", prompt, "--chat", "--no-think", "--max-tokens", "8", "--ctx", "4096"], { cwd: repoRoot, encoding: "utf8" });
   t.diagnostic(`browser: ${JSON.stringify(reply.choices[0].message.content)} native: ${JSON.stringify(native)}`);
   assert.ok(reply.usage.prompt_tokens > 30, `${reply.usage.prompt_tokens} prompt tokens (the image's included)`);

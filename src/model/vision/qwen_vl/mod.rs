@@ -68,12 +68,17 @@ impl QwenVl {
     }
 
     /// The processor settings for this encoder ([`QwenVlConfig::preprocess`]) with the
-    /// decoding limits, EXIF handling and (where given) area bounds of `decode`.
+    /// decoding limits, EXIF handling and (where given) area bounds of `decode`. Without an
+    /// explicit largest area, `decode.max_edge` bounds it to that edge's square (the engine's
+    /// and a request's `image_max_edge`: Qwen3.5's own bound, 4096², would let one image take
+    /// 16k tokens).
     pub fn preprocess_options(&self, decode: &crate::image::PreprocessOptions) -> crate::image::qwen::QwenPreprocess {
         let own = self.cfg.preprocess();
+        let edge = decode.max_edge as u64;
+        let max_pixels = decode.max_area.unwrap_or(own.max_pixels.min(edge * edge));
         crate::image::qwen::QwenPreprocess {
-            min_pixels: decode.min_area.unwrap_or(own.min_pixels),
-            max_pixels: decode.max_area.unwrap_or(own.max_pixels),
+            min_pixels: decode.min_area.unwrap_or(own.min_pixels).min(max_pixels),
+            max_pixels,
             decode: decode.clone(),
             ..own
         }
