@@ -350,3 +350,26 @@ fn second_turn_reuses_a_cached_image_prefix() {
         }
     }
 }
+
+/// Without area bounds, the image edge (the engine's, or a request's `image_max_edge`) bounds
+/// the resized area to its square; explicit bounds take precedence.
+#[test]
+fn the_image_edge_bounds_the_area() {
+    let mut e = engine(64);
+    let tokens = |e: &mut Engine, edge: Option<u32>| {
+        let opts = e.image_options_for(edge).unwrap();
+        e.image_features_with(&png(600, 400), &opts).unwrap().n_tokens() as u64
+    };
+    let (lo, hi) = area();
+    let n = tokens(&mut e, Some(128));
+    assert!(n * 1024 <= hi && n > 16, "explicit bounds, not the edge's square: {n} tokens");
+    e.set_image_area(None, None).unwrap();
+    for edge in [128u32, 256, 512] {
+        let n = tokens(&mut e, Some(edge));
+        // One token per 32 x 32 pixels, at most the square's, and not far below it.
+        let most = (edge as u64).pow(2) / 1024;
+        assert!(n <= most && n * 2 > most, "edge {edge}: {n} tokens");
+    }
+    e.set_image_area(Some(lo), None).unwrap();
+    assert!(tokens(&mut e, Some(128)) <= 16, "an explicit smallest area alone leaves the edge bound");
+}
