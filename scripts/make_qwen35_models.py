@@ -682,7 +682,7 @@ def tiny_qwen35_a() -> None:
     vision = {
         "mmproj_outtype": "f32",
         "images": {"img_100x44.png": (100, 44, 1), "img_32x64.png": (32, 64, 2),
-                   "img_96x32.png": (96, 32, 3)},
+                   "img_96x32.png": (96, 32, 3), "img_64x96.png": (64, 96, 4)},
         "image_cases": [
             {"name": "one_image", "images": ["img_100x44.png"],
              "text": "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>"
@@ -691,6 +691,11 @@ def tiny_qwen35_a() -> None:
              "text": "<|im_start|>user\nFirst <|vision_start|><|image_pad|><|vision_end|> and "
                      "second <|vision_start|><|image_pad|><|vision_end|> compared.<|im_end|>\n"
                      "<|im_start|>assistant\n"},
+            # 2 x 3 merged patches: the text after it continues 3 positions behind its row
+            # (a non-zero rope delta, as every real photo has).
+            {"name": "grid_image", "images": ["img_64x96.png"],
+             "text": "<|im_start|>user\nWhat is in <|vision_start|><|image_pad|><|vision_end|> "
+                     "this picture?<|im_end|>\n<|im_start|>assistant\n"},
         ],
     }
     make_fixture("tiny_qwen35_a", build, "f32", (

@@ -1,7 +1,8 @@
 // The tiny Qwen3.5 VLM (hybrid Gated DeltaNet decoder + Qwen vision encoder) in headless
-// Chromium through the npm package: its logits for the one- and two-image prompts match
-// transformers' (the native tolerance), and a greedy answer about an image, with thinking
-// switched off through `chat_template_kwargs`, equals the native CLI's.
+// Chromium through the npm package: its logits for the image prompts (one image, two, and one
+// whose text runs behind its rows: a non-zero rope delta) match transformers' (the native
+// tolerance), and a greedy answer about an image, with thinking switched off through
+// `chat_template_kwargs`, equals the native CLI's.
 //
 // Needs `./build.sh wasm` (pkg/ and www/pkg/) and the native CLI (built here with cargo).
 
@@ -68,7 +69,7 @@ test("the tiny Qwen3.5 VLM matches transformers with images and answers as the n
     }
     return out;
   }, TINY);
-  assert.equal(cases.length, 2);
+  assert.equal(cases.length, 3);
   for (const c of cases) {
     assert.equal(c.n, c.expected, `${c.name}: logits length`);
     for (const [i, r] of c.rows.entries()) {
