@@ -2,7 +2,8 @@
 //! browser package runs): requests checked before any work with OpenAI-style errors,
 //! seeded sampling, stop strings across token boundaries, logprobs against the `logits`
 //! command, logit bias, the prompt cache on a second chat turn, abort then a new request,
-//! JSON-schema output from the real SmolLM2 model, and a batch with broken images.
+//! JSON-schema output from the real SmolLM2 model, a batch with broken images, and the tiny
+//! Qwen3.5 VLM's JSON-schema output, logprobs and batch.
 
 mod common;
 use common::*;
@@ -599,4 +600,66 @@ fn a_json_schema_is_compiled_once_for_check_and_run() {
     // The cached constraint starts fresh each time: the output matches a fresh engine's.
     let (fresh, _) = complete(&mut tiny_vlm_engine(), body(format(schema, true))).unwrap();
     assert_eq!(content(&fresh), content(&first));
+}
+
+/// The tiny Qwen3.5 VLM through the API (thinking off): a JSON-schema answer about an image
+/// validates, logprobs come with greedy choices at the top, and a batch of image requests
+/// equals the same requests run one by one.
+#[test]
+fn qwen35_json_schema_logprobs_and_batch() {
+    use webvlm::engine::Mmproj;
+    use webvlm::source::{LoadQuant, TensorSource};
+    const QWEN: &str = "tiny_qwen35_a";
+    let model = MappedGguf::open(fixture(QWEN).join("model.gguf")).unwrap();
+    let proj = MappedGguf::open(fixture(QWEN).join("mmproj.gguf")).unwrap();
+    let mmproj = Some(Mmproj { src: &proj as &dyn TensorSource, quant: LoadQuant::Keep });
+    let opts = ContextOptions { max_ctx: 512, max_chunk: 32, ..Default::default() };
+    let mut e = Engine::load_with_vision(gpu(), &model as &dyn TensorSource, mmproj, opts).unwrap();
+    // The fixture processor's area bounds (its cases.json `image_processor`).
+    e.set_image_area(Some(1024), Some(65536)).unwrap();
+    fn load(url: &str) -> Result<Vec<u8>, EngineError> {
+        std::fs::read(fixture(QWEN).join(url)).map_err(|err| EngineError::BadImageUrl(err.to_string()))
+    }
+    let ask = |image: &str, extra: Value| {
+        let mut body = json!({
+            "messages": [{ "role": "user", "content": [{ "type": "image_url", "image_url": { "url": image } }, { "type": "text", "text": "Which colour?" }] }],
+            "max_tokens": 24, "temperature": 0, "chat_template_kwargs": { "enable_thinking": false },
+        });
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        body
+    };
+    let complete = |e: &mut Engine, body: Value| {
+        let req = ChatRequest::from_value(body, e.decoder().cfg.vocab as usize).unwrap();
+        pollster::block_on(run(e, &req, &mut load, None, |_| None)).unwrap()
+    };
+
+    let schema = json!({ "type": "object", "properties": { "colour": { "enum": ["red", "green", "blue"] } }, "required": ["colour"], "additionalProperties": false });
+    let format = json!({ "type": "json_schema", "json_schema": { "name": "colour", "schema": schema, "strict": true } });
+    let reply = complete(&mut e, ask("img_100x44.png", json!({ "response_format": format })));
+    let value: Value = serde_json::from_str(content(&reply)).unwrap();
+    assert!(jsonschema::validator_for(&schema).unwrap().is_valid(&value), "{value}");
+
+    let reply = complete(&mut e, ask("img_64x96.png", json!({ "logprobs": true, "top_logprobs": 3, "max_tokens": 6 })));
+    let tokens = reply["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(tokens.len() as u64, reply["usage"]["completion_tokens"].as_u64().unwrap());
+    for t in tokens {
+        let top = t["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        assert_eq!(top[0]["token"], t["token"], "greedy takes the most likely token");
+        assert!(t["logprob"].as_f64().unwrap() <= 0.0);
+    }
+
+    let images = ["img_100x44.png", "img_32x64.png", "img_64x96.png"];
+    let lines: String = (images.iter().enumerate())
+        .map(|(i, image)| format!("{}\n", json!({ "custom_id": format!("q{i}"), "method": "POST", "url": "/v1/chat/completions", "body": ask(image, json!({})) })))
+        .collect();
+    let out = pollster::block_on(batch::run_batch(&mut e, &lines, &mut load, |_, _, _| {}));
+    for (line, image) in out.iter().zip(images) {
+        let one = complete(&mut e, ask(image, json!({})));
+        assert_eq!(
+            line["response"]["body"]["choices"][0]["message"]["content"], one["choices"][0]["message"]["content"],
+            "{image}"
+        );
+        assert_eq!(line["response"]["body"]["usage"]["prompt_tokens"], one["usage"]["prompt_tokens"], "{image}");
+    }
 }
