@@ -1,6 +1,6 @@
 //! The `webvlm` command line: help for every subcommand, typed values and conflicting flags
-//! rejected by the parser (before any model or GPU work), and output into a closed pipe
-//! (`webvlm info | head -n 1`) ending quietly.
+//! rejected by the parser (before any model or GPU work), output into a closed pipe
+//! (`webvlm info | head -n 1`) ending quietly, and `info`, `chat` and `batch` on Qwen3.5.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
@@ -218,4 +218,60 @@ fn output_into_a_closed_pipe_ends_quietly() {
         let stderr: String = stderr.lines().filter(|l| !l.starts_with('[') && !l.contains("failed")).collect();
         assert!(out.status.success() && !complains(&stderr), "webvlm {args:?}: {:?}\n{stderr}", out.status);
     }
+}
+
+/// The tiny Qwen3.5 VLM through the CLI: `info` shows the hybrid layer pattern; `chat` answers
+/// a request with an image and thinking off (no `reasoning_content`); `batch` gives the same
+/// answer for the same request, and a request with thinking on (the template's default) puts
+/// what it generates in `reasoning_content`.
+#[test]
+fn qwen35_info_chat_and_batch() {
+    let dir = fixture("tiny_qwen35_a");
+    let path = |f: &str| dir.join(f).to_str().unwrap().to_string();
+    let info = webvlm(&["info", "--model", &path("model.gguf")]);
+    assert!(text(&info.stdout).contains("layer pattern: LLLF  (3 Gated DeltaNet, 1 full attention)"), "{}", text(&info.stdout));
+
+    let image = serde_json::json!({ "type": "image_url", "image_url": { "url": path("img_64x96.png") } });
+    let no_think = serde_json::json!({
+        "messages": [{ "role": "user", "content": [image, { "type": "text", "text": "What is it?" }] }],
+        "max_tokens": 5, "temperature": 0, "chat_template_kwargs": { "enable_thinking": false },
+    });
+    let think = serde_json::json!({ "messages": [{ "role": "user", "content": "hi" }], "max_tokens": 3, "temperature": 0 });
+    let request = common::temp_path("qwen35-cli-request.json");
+    std::fs::write(&request, no_think.to_string()).unwrap();
+    let batch = common::temp_path("qwen35-cli-batch.jsonl");
+    std::fs::write(
+        &batch,
+        format!(
+            "{}\n{}\n",
+            serde_json::json!({ "custom_id": "a", "body": no_think }),
+            serde_json::json!({ "custom_id": "b", "body": think })
+        ),
+    )
+    .unwrap();
+    let model = [
+        "--model",
+        &path("model.gguf"),
+        "--mmproj",
+        &path("mmproj.gguf"),
+        "--image-min-area",
+        "1024",
+        "--image-max-area",
+        "65536",
+    ];
+
+    let out = webvlm(&[&["chat", "--request", request.to_str().unwrap()][..], &model].concat());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // 6 image tokens (3 x 2 merged patches) besides the text.
+    assert_eq!(reply["usage"]["prompt_tokens"], 29, "{reply}");
+    assert!(reply["choices"][0]["message"]["reasoning_content"].is_null(), "{reply}");
+
+    let out = webvlm(&[&["batch", batch.to_str().unwrap()][..], &model].concat());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<serde_json::Value> = text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let message = |i: usize| &lines[i]["response"]["body"]["choices"][0]["message"];
+    assert_eq!(message(0)["content"], reply["choices"][0]["message"]["content"]);
+    assert_eq!(message(1)["content"], "", "{}", lines[1]);
+    assert!(message(1)["reasoning_content"].as_str().is_some_and(|r| !r.is_empty()), "{}", lines[1]);
 }

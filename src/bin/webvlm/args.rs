@@ -48,8 +48,9 @@ pub struct EngineArgs {
     /// f32 KV cache: all-f32 math that matches transformers' f32 logits [default: f16 cache]
     #[arg(long)]
     pub kv_f32: bool,
-    /// Longest image edge after preprocessing (rounded up to multiples of 28): smaller, fewer image
-    /// tokens [default and maximum: the model's image size, 1540 for Ministral 3]
+    /// Longest image edge after preprocessing (Pixtral: rounded up to multiples of 28; Qwen-VL:
+    /// the area within its square): smaller, fewer image tokens [default 1540, at most the
+    /// model's image size]
     #[arg(long, value_name = "N")]
     pub image_max_edge: Option<u32>,
     /// Qwen-VL encoders: the smallest resized image area in pixels (smart_resize's min_pixels)
@@ -57,7 +58,8 @@ pub struct EngineArgs {
     #[arg(long, value_name = "N")]
     pub image_min_area: Option<u64>,
     /// Qwen-VL encoders: the largest resized image area in pixels (smart_resize's max_pixels):
-    /// smaller, fewer image tokens [default: the processor's, 16777216]
+    /// smaller, fewer image tokens [default: the processor's, 16777216, within the square of
+    /// the image edge]
     #[arg(long, value_name = "N")]
     pub image_max_area: Option<u64>,
     /// Kernel launch shapes: gpu (many small workgroups) or cpu (few wide ones, for CPU
