@@ -105,7 +105,10 @@ fn each_subcommand_help_describes_its_flags() {
         assert!(webvlm(&["help", sub]).status.success(), "help {sub}");
     }
     let synthetic = text(&webvlm(&["synthetic", "--help"]).stdout);
-    assert!(synthetic.contains("[possible values: 3b, tiny]"), "{synthetic}");
+    assert!(
+        synthetic.contains("[possible values: 3b, tiny, qwen3.5-0.8b, qwen3.5-2b, qwen3.5-4b, qwen3.5-9b, qwen3.5-tiny]"),
+        "{synthetic}"
+    );
 }
 
 #[test]
