@@ -321,9 +321,11 @@ impl QwenVisionShape {
         QwenVisionShape { hidden: 768, n_layer: 12, n_head: 12, n_ff: 3072, text_hidden: 1024, pos_side: 48 }
     }
 
-    /// Qwen/Qwen3.5-2B: its `vision_config` was not found, so there is no vision shape.
+    /// Qwen/Qwen3.5-2B: its `vision_config` was not found; inferred from the published F16
+    /// mmproj (unsloth's `mmproj-F16.gguf`, 668,227,264 bytes), about 4.2 MB under the 4B's:
+    /// the 4B encoder with a merger output of 2048 (4096 x 512 fewer F16 weights).
     pub fn qwen35_2b() -> Option<QwenVisionShape> {
-        None
+        Some(QwenVisionShape { text_hidden: 2048, ..QwenVisionShape::qwen35_4b() })
     }
 
     /// Qwen/Qwen3.5-4B `vision_config`: depth 24, hidden 1024, 16 heads, FFN 4096, out 2560.
