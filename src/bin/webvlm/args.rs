@@ -140,11 +140,11 @@ pub enum Shape {
 }
 
 /// What a [`Shape`] builds: a `mistral3` decoder and Pixtral mmproj, or a `qwen35` decoder
-/// and (where its config is known) a Qwen vision mmproj.
+/// and a Qwen vision mmproj.
 #[derive(Clone, Copy, Debug)]
 pub enum ShapeModel {
     Ministral(SyntheticShape, VisionShape),
-    Qwen35(Qwen35Shape, Option<QwenVisionShape>),
+    Qwen35(Qwen35Shape, QwenVisionShape),
 }
 
 impl Shape {
@@ -152,11 +152,11 @@ impl Shape {
         match self {
             Shape::Ministral3b => ShapeModel::Ministral(SyntheticShape::ministral3_3b(), VisionShape::ministral3_3b()),
             Shape::Tiny => ShapeModel::Ministral(SyntheticShape::tiny(), VisionShape::tiny()),
-            Shape::Qwen35_0_8b => ShapeModel::Qwen35(Qwen35Shape::qwen35_0_8b(), Some(QwenVisionShape::qwen35_0_8b())),
+            Shape::Qwen35_0_8b => ShapeModel::Qwen35(Qwen35Shape::qwen35_0_8b(), QwenVisionShape::qwen35_0_8b()),
             Shape::Qwen35_2b => ShapeModel::Qwen35(Qwen35Shape::qwen35_2b(), QwenVisionShape::qwen35_2b()),
-            Shape::Qwen35_4b => ShapeModel::Qwen35(Qwen35Shape::qwen35_4b(), Some(QwenVisionShape::qwen35_4b())),
-            Shape::Qwen35_9b => ShapeModel::Qwen35(Qwen35Shape::qwen35_9b(), Some(QwenVisionShape::qwen35_9b())),
-            Shape::Qwen35Tiny => ShapeModel::Qwen35(Qwen35Shape::tiny(), Some(QwenVisionShape::tiny())),
+            Shape::Qwen35_4b => ShapeModel::Qwen35(Qwen35Shape::qwen35_4b(), QwenVisionShape::qwen35_4b()),
+            Shape::Qwen35_9b => ShapeModel::Qwen35(Qwen35Shape::qwen35_9b(), QwenVisionShape::qwen35_9b()),
+            Shape::Qwen35Tiny => ShapeModel::Qwen35(Qwen35Shape::tiny(), QwenVisionShape::tiny()),
         }
     }
 

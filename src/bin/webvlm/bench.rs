@@ -146,7 +146,7 @@ pub fn run(args: &BenchArgs) -> CliResult {
         let ShapeModel::Qwen35(text, vision) = shape.model() else {
             return Err("--structure-only takes a Qwen3.5 --shape".into());
         };
-        qwen::structure(&out, shape.label(), &text, vision.as_ref());
+        qwen::structure(&out, shape.label(), &text, &vision);
         return Ok(());
     }
     let mut budget = Budget::new(quick);
@@ -204,15 +204,7 @@ pub fn run(args: &BenchArgs) -> CliResult {
     let shape = args.shape.filter(|_| args.synthetic);
     let (spec, default_sizes) = match shape.map(Shape::model) {
         // A Qwen3.5 size: its own encoder, on by default, at 512x512.
-        Some(ShapeModel::Qwen35(_, vision)) => {
-            let Some(v) = vision else {
-                let label = shape.map_or("", Shape::label);
-                out.emit(json!({ "kind": "skipped", "vision": label, "reason": "vision_config not known for this size" }));
-                out.note(&format!("skipping the vision encoder of {label}: its vision_config is not known"));
-                return Ok(());
-            };
-            (VisionSpec::Qwen(if quick { QwenVisionShape::tiny() } else { v }), QWEN_VISION_SIZES)
-        }
+        Some(ShapeModel::Qwen35(_, v)) => (VisionSpec::Qwen(if quick { QwenVisionShape::tiny() } else { v }), QWEN_VISION_SIZES),
         _ if !quick && !args.vision => {
             out.emit(json!({ "kind": "skipped", "vision": "Ministral 3 3B shapes", "reason": "opt-in: --vision" }));
             out.note("skipping the vision encoder at Ministral 3 3B shapes (opt-in: --vision)");
@@ -240,21 +232,13 @@ pub fn run(args: &BenchArgs) -> CliResult {
 }
 
 /// `--synthetic`: the synthetic model built in memory (a real size after a warm-up on the
-/// tiny model of its family). A Qwen3.5 size first prints its structural figures; one the
-/// kernels refuse (head dims beyond theirs) is reported as skipped after them.
+/// tiny model of its family). A Qwen3.5 size first prints its structural figures.
 fn bench_synthetic(gpu: &Gpu, out: &Out, args: &BenchArgs, roof: &roofline::Roofline, budget: Budget) -> CliResult {
     let quick = args.quick;
     let shape = args.shape.unwrap_or(if quick { Shape::Tiny } else { Shape::Ministral3b });
     let (name, big, model) = (shape.label(), shape.is_big(), shape.model());
     if let ShapeModel::Qwen35(text, vision) = model {
-        qwen::structure(out, name, &text, vision.as_ref());
-        let max = webvlm::kernels::attention::MAX_HEAD_DIM;
-        if text.head_dim > max {
-            let reason = format!("attention head_dim {} > {max}, the attention kernels' largest", text.head_dim);
-            out.emit(json!({ "kind": "skipped", "model": name, "reason": reason }));
-            out.note(&format!("skipping the run of {name}: {reason}"));
-            return Ok(());
-        }
+        qwen::structure(out, name, &text, &vision);
     }
     if big {
         // The tiny model uses the same kernels and weight types: running it compiles every

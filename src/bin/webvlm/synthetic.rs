@@ -59,10 +59,8 @@ pub fn run(args: &SyntheticArgs) -> CliResult {
                 gguf.add_kv(k, v);
             }
             write_gguf(&args.out, &gguf)?;
-            match (&args.mmproj_out, vision) {
-                (Some(path), Some(vision)) => write_gguf(path, &synthetic_qwen_vl_mmproj_writer(&vision, weights)?)?,
-                (Some(_), None) => return Err("this Qwen3.5 size's vision config is not known: no mmproj".into()),
-                (None, _) => {}
+            if let Some(path) = &args.mmproj_out {
+                write_gguf(path, &synthetic_qwen_vl_mmproj_writer(&vision, weights)?)?;
             }
         }
     }

@@ -324,8 +324,8 @@ impl QwenVisionShape {
     /// Qwen/Qwen3.5-2B: its `vision_config` was not found; inferred from the published F16
     /// mmproj (unsloth's `mmproj-F16.gguf`, 668,227,264 bytes), about 4.2 MB under the 4B's:
     /// the 4B encoder with a merger output of 2048 (4096 x 512 fewer F16 weights).
-    pub fn qwen35_2b() -> Option<QwenVisionShape> {
-        Some(QwenVisionShape { text_hidden: 2048, ..QwenVisionShape::qwen35_4b() })
+    pub fn qwen35_2b() -> QwenVisionShape {
+        QwenVisionShape { text_hidden: 2048, ..QwenVisionShape::qwen35_4b() }
     }
 
     /// Qwen/Qwen3.5-4B `vision_config`: depth 24, hidden 1024, 16 heads, FFN 4096, out 2560.

@@ -21,20 +21,20 @@ fn mib(bytes: u64) -> f64 {
 }
 
 /// Emits the `structure` line of `shape` (and notes it on stderr); returns it.
-pub fn structure(out: &Out, label: &str, shape: &Qwen35Shape, vision: Option<&QwenVisionShape>) -> Value {
+pub fn structure(out: &Out, label: &str, shape: &Qwen35Shape, vision: &QwenVisionShape) -> Value {
     let (recurrent, attention) = shape.layer_counts();
     let state = shape.recurrent_state_bytes();
     let kv_per_token = shape.kv_bytes(1, KV_ELEM);
     let kv = shape.kv_bytes(KV_CONTEXT, KV_ELEM);
-    let vision_json = vision.map(|v| {
-        json!({
-            "hidden": v.hidden, "n_layer": v.n_layer, "n_head": v.n_head, "head_dim": v.hidden / v.n_head,
-            "n_ff": v.n_ff, "text_hidden": v.text_hidden, "weight_bytes": v.weight_bytes(),
-        })
+    let v = vision;
+    let vision_json = json!({
+        "hidden": v.hidden, "n_layer": v.n_layer, "n_head": v.n_head, "head_dim": v.hidden / v.n_head,
+        "n_ff": v.n_ff, "text_hidden": v.text_hidden, "weight_bytes": v.weight_bytes(),
     });
     out.note(&format!(
         "{label}: {} layers ({recurrent} Gated DeltaNet + {attention} gated attention), hidden {}, ffn {}, vocab {}{}; \
-         {:.2} GB of weights in the file; recurrent state {:.2} MiB; KV cache {:.1} KiB per token = {:.1} MiB at {} tokens (f16){}",
+         {:.2} GB of weights in the file; recurrent state {:.2} MiB; KV cache {:.1} KiB per token = {:.1} MiB at {} tokens (f16); \
+         vision encoder {} layers x {}, {:.1} MiB of F16 weights",
         shape.n_layer,
         shape.n_embd,
         shape.n_ff,
@@ -45,12 +45,9 @@ pub fn structure(out: &Out, label: &str, shape: &Qwen35Shape, vision: Option<&Qw
         kv_per_token as f64 / 1024.0,
         mib(kv),
         KV_CONTEXT,
-        vision.map_or(", no vision config".into(), |v| format!(
-            "; vision encoder {} layers x {}, {:.1} MiB of F16 weights",
-            v.n_layer,
-            v.hidden,
-            mib(v.weight_bytes())
-        ))
+        v.n_layer,
+        v.hidden,
+        mib(v.weight_bytes())
     ));
     let v = json!({
         "kind": "structure", "model": label, "arch": "qwen35", "n_layer": shape.n_layer,
