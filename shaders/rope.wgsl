@@ -8,7 +8,8 @@
 //! rotates (x[i], x[i + n_rot/2]) — transformers' `rotate_half` ("neox"). Dims past n_rot
 //! pass through unchanged.
 //!
-//! Angles: `angle = f32(pos) * inv_freq[i]` rounded to f32 exactly as transformers does, then
+//! Angles: `angle = f32(pos) * inv_freq[i]` rounded to f32 exactly as transformers does (then
+//! divided by `freq_factors[i]`, llama.cpp's `rope_freqs`: 1 unless the model has them), then
 //! reduced modulo 2*pi with a three-part Cody-Waite split (`reduce_angle`, common.wgsl; exact
 //! for |angle| < 2^16 * 2*pi) so that GPU `cos`/`sin`, only accurate on [-pi, pi], agree with
 //! a CPU f32 `cos(angle)`.
@@ -51,6 +52,7 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<uniform> step: Step;
+// [inv_freq (n_rot / 2) | freq_factors (n_rot / 2)]
 @group(0) @binding(2) var<storage, read> inv_freq: array<f32>;
 @group(0) @binding(3) var<storage, read_write> x: array<f32>;
 // rope_kv_store only (naga checks binding collisions per entry point): new k and v rows,
@@ -75,7 +77,7 @@ const WG: u32 = 256u;
 
 // (cos, sin) * attn_factor of frequency i at position pos.
 fn cos_sin(pos: u32, i: u32) -> vec2<f32> {
-    let r = reduce_angle(f32(pos) * inv_freq[i]);
+    let r = reduce_angle(f32(pos) * inv_freq[i] / inv_freq[p.n_rot / 2u + i]);
     return vec2<f32>(cos(r), sin(r)) * p.attn_factor;
 }
 

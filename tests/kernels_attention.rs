@@ -158,7 +158,8 @@ fn rope_f64(x: &[f32], layout: &RopeLayout, n_tok: usize, table: &RopeTable, pos
             let base = t * layout.stride as usize + layout.offset as usize + h * hd;
             for i in 0..half {
                 let (d0, d1) = if layout.mode == RopeMode::RotateHalf { (i, i + half) } else { (2 * i, 2 * i + 1) };
-                let a = (pos0 as f64 + t as f64) * table.inv_freq[i] as f64;
+                let factor = table.freq_factors.as_ref().map_or(1.0, |f| f[i] as f64);
+                let a = (pos0 as f64 + t as f64) * table.inv_freq[i] as f64 / factor;
                 let (c, s) = (a.cos() * table.attn_factor as f64, a.sin() * table.attn_factor as f64);
                 let (x0, x1) = (x[base + d0] as f64, x[base + d1] as f64);
                 y[base + d0] = (x0 * c - x1 * s) as f32;
@@ -175,10 +176,18 @@ fn rope_matches_cpu_at_small_and_large_positions() {
     let mut rng = Rng::new(11);
     let ministral = Yarn::ministral3();
     let deepseek = Yarn { mscale_all_dim: Some(0.707), ..ministral };
-    // (yarn, head_dim, rotated dims, theta); the last rotates only half of the head.
-    let cases = [(None, 128, 128, 1e6), (Some(&ministral), 128, 128, 1e6), (None, 64, 64, 1e4), (Some(&deepseek), 64, 32, 1e4)];
-    for (yarn, hd, n_rot, theta) in cases {
-        let table = rope::rope_table(n_rot, theta, yarn);
+    // Llama 3 style divisors: 1 for high frequencies, 8 for low ones, a ramp between.
+    let llama3 = |n: usize| (0..n / 2).map(|i| 1.0 + 7.0 * (i as f32 / (n / 2 - 1) as f32).powi(2)).collect::<Vec<_>>();
+    // (yarn, head_dim, rotated dims, theta, divisors); the fourth rotates half of the head.
+    let cases = [
+        (None, 128, 128, 1e6, false),
+        (Some(&ministral), 128, 128, 1e6, false),
+        (None, 64, 64, 1e4, false),
+        (Some(&deepseek), 64, 32, 1e4, false),
+        (None, 64, 64, 5e5, true),
+    ];
+    for (yarn, hd, n_rot, theta, divisors) in cases {
+        let table = RopeTable { freq_factors: divisors.then(|| llama3(n_rot)), ..rope::rope_table(n_rot, theta, yarn) };
         for mode in [RopeMode::Adjacent, RopeMode::RotateHalf] {
             for (pos0, n_tok) in [(0u32, 10u32), (20000, 3), (40000, 5)] {
                 let n_heads = 3;
@@ -191,7 +200,7 @@ fn rope_matches_cpu_at_small_and_large_positions() {
                 let err64 = max_abs(&got[..n], &rope_f64(&x, &layout, n_tok as usize, &table, pos0)[..n]);
                 let cpu64 = max_abs(&want[..n], &rope_f64(&x, &layout, n_tok as usize, &table, pos0)[..n]);
                 eprintln!(
-                    "rope hd {hd} n_rot {n_rot} yarn {} {mode:?} pos {pos0}: vs f32 rel {err:.2e} max {worst:.2e}; vs f64 max gpu {err64:.2e} cpu-f32 {cpu64:.2e}",
+                    "rope hd {hd} n_rot {n_rot} yarn {} divisors {divisors} {mode:?} pos {pos0}: vs f32 rel {err:.2e} max {worst:.2e}; vs f64 max gpu {err64:.2e} cpu-f32 {cpu64:.2e}",
                     yarn.is_some()
                 );
                 assert!(worst < TOL_ROPE_F32, "rope vs f32 mirror: max abs {worst}");

@@ -16,6 +16,8 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::attention::{KvDtype, STEP};
+use super::quant::{GpuWeight, WeightError};
+use crate::gguf::GgmlType;
 use crate::gpu::{grid_1d, Access, Arg, Gpu, GpuError, KernelSpec, Launch, Program, Result};
 
 pub(super) const SHADER: &str = include_str!("../../shaders/rope.wgsl");
@@ -112,11 +114,26 @@ impl Yarn {
     }
 }
 
-/// A CPU frequency table: `inv_freq[i]` for i in 0..dim/2 and the cos/sin multiplier.
+/// A CPU frequency table: `inv_freq[i]` for i in 0..dim/2, optional per-frequency divisors
+/// (`freq_factors`, llama.cpp's `rope_freqs` tensor: Llama 3's RoPE scaling; angles are
+/// `f32(pos) * inv_freq[i] / freq_factors[i]`, as ggml computes them) and the cos/sin
+/// multiplier.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RopeTable {
     pub inv_freq: Vec<f32>,
     pub attn_factor: f32,
+    pub freq_factors: Option<Vec<f32>>,
+}
+
+impl RopeTable {
+    /// The rotation angle of frequency `i` at `pos`, in f32 as the kernels compute it.
+    pub fn angle(&self, pos: u32, i: usize) -> f32 {
+        let angle = pos as f32 * self.inv_freq[i];
+        match &self.freq_factors {
+            Some(f) => angle / f[i],
+            None => angle,
+        }
+    }
 }
 
 /// transformers' `pos_freqs = base ** (arange(0, dim, 2).float() / dim)` in f32.
@@ -149,29 +166,47 @@ pub fn yarn_inv_freq(dim: usize, theta: f64, yarn: &Yarn) -> RopeTable {
             interpolation * (1.0 - extra_factor) + extrapolation * extra_factor
         })
         .collect();
-    RopeTable { inv_freq, attn_factor: yarn.attention_factor() as f32 }
+    RopeTable { inv_freq, attn_factor: yarn.attention_factor() as f32, freq_factors: None }
 }
 
 /// The table for `dim` rotated dims: YaRN when given, plain RoPE otherwise.
 pub fn rope_table(dim: usize, theta: f64, yarn: Option<&Yarn>) -> RopeTable {
     match yarn {
         Some(y) => yarn_inv_freq(dim, theta, y),
-        None => RopeTable { inv_freq: rope_inv_freq(dim, theta), attn_factor: 1.0 },
+        None => RopeTable { inv_freq: rope_inv_freq(dim, theta), attn_factor: 1.0, freq_factors: None },
     }
 }
 
-/// A frequency table on the GPU (upload once per model).
+/// A frequency table on the GPU (upload once per model): an F32 weight of two rows, the
+/// inverse frequencies and the frequency divisors (ones without them). The divisors row is
+/// a weight row so that a loader can fill it from a file's `rope_freqs` tensor as its bytes
+/// arrive ([`RopeFreqs::FACTORS_ROW`]).
 pub struct RopeFreqs {
-    pub inv_freq: wgpu::Buffer,
+    pub table: GpuWeight,
     pub attn_factor: f32,
     /// Rotated dims (2 * table length).
     pub n_rot: u32,
 }
 
 impl RopeFreqs {
-    pub fn upload(gpu: &Gpu, table: &RopeTable) -> Result<RopeFreqs> {
-        let inv_freq = gpu.storage_with("rope_inv_freq", bytemuck::cast_slice(&table.inv_freq))?;
-        Ok(RopeFreqs { inv_freq, attn_factor: table.attn_factor, n_rot: 2 * table.inv_freq.len() as u32 })
+    /// The row of `table` that holds the frequency divisors.
+    pub const FACTORS_ROW: u32 = 1;
+
+    pub fn upload(gpu: &Gpu, table: &RopeTable) -> std::result::Result<RopeFreqs, WeightError> {
+        let half = table.inv_freq.len();
+        let ones = vec![1.0f32; half];
+        let factors = table.freq_factors.as_deref().unwrap_or(&ones);
+        if factors.len() != half {
+            return Err(GpuError::Shape(format!("rope: {} frequency divisors for {half} frequencies", factors.len())).into());
+        }
+        let rows = [table.inv_freq.as_slice(), factors].concat();
+        let table_weight = GpuWeight::upload(gpu, "rope_freqs", GgmlType::F32, 2, half as u32, bytemuck::cast_slice(&rows))?;
+        Ok(RopeFreqs { table: table_weight, attn_factor: table.attn_factor, n_rot: 2 * half as u32 })
+    }
+
+    /// The table's buffer, as the kernels bind it.
+    fn buffer(&self) -> &wgpu::Buffer {
+        &self.table.parts[0].buffer
     }
 }
 
@@ -276,7 +311,7 @@ pub fn rope_inplace(
 ) -> Result<()> {
     let spec = KernelSpec::new("rope", SHADER, "rope_inplace", INPLACE).with_prefix(STEP);
     let p = params(layout, freqs, None, q_scale)?;
-    prog.push_with_params(gpu, &spec, &p, &[Arg::Buf(step), Arg::Buf(&freqs.inv_freq), Arg::Buf(x)], grid(layout))?;
+    prog.push_with_params(gpu, &spec, &p, &[Arg::Buf(step), Arg::Buf(freqs.buffer()), Arg::Buf(x)], grid(layout))?;
     prog.set_launch(Launch::threads(WG));
     Ok(())
 }
@@ -305,7 +340,7 @@ pub fn rope_kv_store(
     };
     let spec = KernelSpec::new("rope", SHADER, entry, KV_STORE).with_prefix(STEP);
     let p = params(k_layout, freqs, Some(v_layout), QScale::NONE)?;
-    let args = [Arg::Buf(step), Arg::Buf(&freqs.inv_freq), Arg::Buf(k), Arg::Buf(v), Arg::Buf(k_cache), Arg::Buf(v_cache)];
+    let args = [Arg::Buf(step), Arg::Buf(freqs.buffer()), Arg::Buf(k), Arg::Buf(v), Arg::Buf(k_cache), Arg::Buf(v_cache)];
     prog.push_with_params(gpu, &spec, &p, &args, grid(k_layout))?;
     prog.set_launch(Launch::threads(WG));
     Ok(())
@@ -343,7 +378,7 @@ pub fn rope_qkv_store(
     let v = RopeLayout { offset: layout.v_offset, ..layout.k };
     let p = Params { n_q: layout.n_q_heads, ..params(&layout.k, freqs, Some(&v), layout.q_scale)? };
     let all_heads = RopeLayout { n_heads: layout.n_q_heads + layout.k.n_heads, ..layout.k };
-    let args = [Arg::Buf(step), Arg::Buf(&freqs.inv_freq), Arg::Buf(qkv), Arg::Buf(k_cache), Arg::Buf(v_cache)];
+    let args = [Arg::Buf(step), Arg::Buf(freqs.buffer()), Arg::Buf(qkv), Arg::Buf(k_cache), Arg::Buf(v_cache)];
     prog.push_with_params(gpu, &spec, &p, &args, grid(&all_heads))?;
     prog.set_launch(Launch::threads(WG));
     Ok(())
@@ -390,7 +425,7 @@ pub fn rope_inplace_mrope(
 ) -> Result<()> {
     let spec = KernelSpec::new("rope", SHADER, "rope_inplace_mrope", INPLACE_MROPE).with_prefix(STEP);
     let p = m.apply(params(layout, freqs, None, QScale::NONE)?)?;
-    let args = [Arg::Buf(step), Arg::Buf(&freqs.inv_freq), Arg::Buf(x), Arg::Buf(m.positions)];
+    let args = [Arg::Buf(step), Arg::Buf(freqs.buffer()), Arg::Buf(x), Arg::Buf(m.positions)];
     prog.push_with_params(gpu, &spec, &p, &args, grid(layout))?;
     prog.set_launch(Launch::threads(WG));
     Ok(())
@@ -417,7 +452,7 @@ pub fn rope_kv_store_mrope(
     let p = m.apply(params(k_layout, freqs, Some(v_layout), QScale::NONE)?)?;
     let args = [
         Arg::Buf(step),
-        Arg::Buf(&freqs.inv_freq),
+        Arg::Buf(freqs.buffer()),
         Arg::Buf(k),
         Arg::Buf(v),
         Arg::Buf(k_cache),
@@ -437,12 +472,12 @@ pub fn mrope_ref(x: &[f32], layout: &RopeLayout, table: &RopeTable, positions: &
     let n_tok = positions[0].len();
     for (t, h) in (0..n_tok).flat_map(|t| (0..layout.n_heads as usize).map(move |h| (t, h))) {
         let base = t * layout.stride as usize + layout.offset as usize + h * hd;
-        for (i, inv_freq) in table.inv_freq.iter().enumerate() {
+        for i in 0..table.inv_freq.len() {
             let (d0, d1) = match layout.mode {
                 RopeMode::RotateHalf => (i, i + half_rot),
                 RopeMode::Adjacent => (2 * i, 2 * i + 1),
             };
-            let angle = positions[mrope_axis(i, sections)][t] as f32 * inv_freq;
+            let angle = table.angle(positions[mrope_axis(i, sections)][t], i);
             let (c, s) = (angle.cos() * table.attn_factor, angle.sin() * table.attn_factor);
             let (x0, x1) = (x[base + d0], x[base + d1]);
             y[base + d0] = x0 * c - x1 * s;
@@ -469,7 +504,7 @@ pub fn rope_ref(x: &[f32], layout: &RopeLayout, n_tok: usize, table: &RopeTable,
                 };
                 let (x0, x1) = (x[base + d0], x[base + d1]);
                 let (y0, y1) = if i < half_rot {
-                    let angle = pos as f32 * table.inv_freq[i];
+                    let angle = table.angle(pos, i);
                     let (c, s) = (angle.cos() * table.attn_factor, angle.sin() * table.attn_factor);
                     (x0 * c - x1 * s, x1 * c + x0 * s)
                 } else {

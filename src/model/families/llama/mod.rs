@@ -1,7 +1,7 @@
 //! The Llama family (GGUF `llama`: Llama, Mistral, SmolLM2; `mistral3`: Ministral 3 and
 //! Mistral Small 3.1): pre-norm blocks of grouped-query attention with RoPE (YaRN and the
-//! position-dependent query scaling for Ministral 3) and a SiLU-gated MLP, RMSNorm
-//! throughout. Reference: transformers' `LlamaModel` / `Ministral3Model`.
+//! position-dependent query scaling for Ministral 3, Llama 3's frequency divisors from
+//! `rope_freqs.weight`) and a SiLU-gated MLP, RMSNorm throughout. Reference: transformers' `LlamaModel` / `Ministral3Model`.
 
 mod config;
 mod weights;
@@ -18,7 +18,10 @@ use crate::model::blocks::ffn::FfnScratch;
 use crate::model::state::{LayerKind, SequenceState};
 use crate::model::step::{LogitsMode, StepBuffers};
 use crate::model::ModelError;
-use crate::source::WeightLoader;
+use crate::source::{check_dims, LoadError, WeightLoader};
+
+/// Llama 3's per-frequency RoPE divisors (`[head_dim / 2]`, F32), when the file has them.
+const ROPE_FREQS: &str = "rope_freqs.weight";
 
 /// The GGUF architectures this family reads.
 pub const ARCHITECTURES: [&str; 2] = ["llama", "mistral3"];
@@ -44,7 +47,13 @@ impl Llama {
     pub fn load_from(gpu: &Gpu, src: &mut dyn WeightLoader, vocab: u32) -> Result<Llama, ModelError> {
         let cfg = LlamaConfig::from_metadata(src.metadata(), vocab)?;
         let weights = LlamaWeights::load_from(gpu, src, &cfg)?;
-        let rope = RopeFreqs::upload(gpu, &rope_table(cfg.text.head_dim as usize, cfg.rope_theta as f64, cfg.yarn.as_ref()))?;
+        let rope = RopeFreqs::upload(gpu, &rope_table(cfg.text.head_dim as usize, cfg.rope_theta as f64, cfg.yarn.as_ref()))
+            .map_err(LoadError::from)?;
+        // Llama 3's RoPE scaling: llama.cpp's converter writes per-frequency divisors.
+        if src.tensor_info(ROPE_FREQS).is_some() {
+            check_dims(ROPE_FREQS, src.tensor_info(ROPE_FREQS), &[rope.n_rot as u64 / 2])?;
+            src.fill(gpu, ROPE_FREQS, &rope.table, RopeFreqs::FACTORS_ROW)?;
+        }
         Ok(Llama { cfg, weights, rope })
     }
 

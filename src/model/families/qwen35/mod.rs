@@ -72,7 +72,8 @@ impl Qwen35 {
     pub fn load_from(gpu: &Gpu, src: &mut dyn WeightLoader, vocab: u32) -> Result<Qwen35, ModelError> {
         let cfg = Qwen35Config::from_metadata(src.metadata(), vocab)?;
         let weights = Qwen35Weights::load_from(gpu, src, &cfg)?;
-        let rope = RopeFreqs::upload(gpu, &rope_table(cfg.n_rot as usize, cfg.rope_theta as f64, None))?;
+        let rope = RopeFreqs::upload(gpu, &rope_table(cfg.n_rot as usize, cfg.rope_theta as f64, None))
+            .map_err(crate::source::LoadError::from)?;
         Ok(Qwen35 { cfg, weights, rope })
     }
 
