@@ -18,6 +18,7 @@
 //! `{"type": "text", "text": ...}` and `{"type": "image"}`, the shapes Mistral's and other
 //! multimodal templates loop over.
 
+mod hf;
 mod pyfmt;
 pub mod reasoning;
 

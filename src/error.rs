@@ -120,7 +120,8 @@ impl Classify for TokenizerError {
             | TokenizerError::VocabTooLarge(_)
             | TokenizerError::DuplicateToken { .. }
             | TokenizerError::BadMerge(_)
-            | TokenizerError::SpecialIdOutOfRange { .. } => ModelNotSupported,
+            | TokenizerError::SpecialIdOutOfRange { .. }
+            | TokenizerError::HfFile(_) => ModelNotSupported,
             TokenizerError::UnknownId { .. } => BadRequest,
             TokenizerError::StreamDiverged { .. } | TokenizerError::Backend(_) => Internal,
         }

@@ -23,8 +23,9 @@ use crate::image::{ImageError, PreprocessOptions, DEFAULT_MAX_EDGE};
 use crate::kernels::matmul::MatmulCompute;
 use crate::model::{Context, ContextOptions, Decoder, ImageFeatures, ModelError, PromptImages, PromptLayout, VisionEncoder};
 use crate::sampling::{ParamError, SampleError};
+use crate::source::hf::HfTextFiles;
 use crate::source::{Eager, LoadQuant, TensorSource, WeightLoader};
-use crate::tokenizer::GgufVocab;
+use crate::tokenizer::{GgufVocab, HfTokenizerConfig};
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
 /// A JSON object (`chat_template_kwargs`).
@@ -133,8 +134,31 @@ impl Engine {
     /// weights afterwards, as the file streams in).
     pub fn load_from(gpu: Gpu, src: &mut dyn WeightLoader, opts: ContextOptions) -> Result<Engine, EngineError> {
         let vocab = GgufVocab::from_metadata(src.metadata())?;
-        let tokenizer = Arc::new(Tokenizer::from_gguf_vocab(&vocab)?);
+        let tokenizer = Tokenizer::from_gguf_vocab(&vocab)?;
         let template = ChatTemplate::from_vocab(&vocab, &tokenizer)?;
+        Self::load_with_text(gpu, src, tokenizer, template, opts)
+    }
+
+    /// Builds the engine on the weights of a Hugging Face folder (`src`, e.g.
+    /// `Eager(&HfModel)`), with the tokenizer, chat template and end-of-generation ids of its
+    /// text files.
+    pub fn load_hf(gpu: Gpu, src: &mut dyn WeightLoader, text: &HfTextFiles, opts: ContextOptions) -> Result<Engine, EngineError> {
+        let mut tokenizer = Tokenizer::from_hf(&text.tokenizer_json, text.tokenizer_config.as_deref())?;
+        tokenizer.add_eos_ids(&text.generation.eos_token_ids)?;
+        let config = text.tokenizer_config.as_deref().map(HfTokenizerConfig::parse).transpose()?.unwrap_or_default();
+        let template = ChatTemplate::from_hf(&config, text.chat_template.as_deref(), &tokenizer)?;
+        Self::load_with_text(gpu, src, tokenizer, template, opts)
+    }
+
+    /// Builds the engine on any [`WeightLoader`] with the tokenizer and template given.
+    pub fn load_with_text(
+        gpu: Gpu,
+        src: &mut dyn WeightLoader,
+        tokenizer: Tokenizer,
+        template: ChatTemplate,
+        opts: ContextOptions,
+    ) -> Result<Engine, EngineError> {
+        let tokenizer = Arc::new(tokenizer);
         let decoder = Decoder::load_from(&gpu, src)?;
         let ctx = Context::new(&gpu, &decoder, opts)?;
         let (image_options, image_cache) = (PreprocessOptions::default(), ImageCache::new(IMAGE_CACHE_BYTES));

@@ -3,8 +3,11 @@
 //! memory); a [`WeightLoader`] is what the models ask for GPU weights by name — [`Eager`]
 //! over a complete source, or a stream that fills the buffers as the file's bytes arrive
 //! ([`GgufStream`], one file; [`GgufParts`], a model split in parts: the browser's path).
+//! A Hugging Face folder (safetensors + `config.json`) is a source too ([`hf`]): it shows
+//! the tensors and metadata llama.cpp's converter would write for it.
 
 mod error;
+pub mod hf;
 mod loader;
 mod parts;
 mod stream;

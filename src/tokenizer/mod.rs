@@ -18,15 +18,20 @@
 //! drops them. BOS/EOS are added by `encode(.., true)` as `tokenizer.ggml.add_bos_token` /
 //! `add_eos_token` say, with llama.cpp's defaults when absent (BOS for SentencePiece, Llama 3
 //! and Tekken vocabularies). Streaming decode is [`TextStream`].
+//!
+//! A Hugging Face folder's `tokenizer.json` is run as is instead ([`Tokenizer::from_hf`],
+//! `hf.rs`).
 
 mod build;
 mod gguf_vocab;
+mod hf;
 mod pretok;
 mod spm;
 mod stream;
 
 use build::{build_byte_level, build_sentencepiece, per_token, register_added_tokens, token_ids};
 
+pub use hf::HfTokenizerConfig;
 pub use pretok::PreTokenizerSpec;
 pub use spm::merges_from_scores;
 pub use stream::TextStream;
@@ -128,6 +133,10 @@ pub enum TokenizerError {
     /// The streaming decoder's earlier output is no longer a prefix of the decoded text.
     #[error("stream decode diverged: {emitted:?} is not a prefix of {decoded:?}")]
     StreamDiverged { emitted: String, decoded: String },
+    /// A Hugging Face `tokenizer.json` or `tokenizer_config.json` that is not valid, or
+    /// names a special token the vocabulary lacks (the message names the file).
+    #[error("{0}")]
+    HfFile(String),
     /// The `tokenizers` crate rejected the pipeline or failed while running it.
     #[error("tokenizers: {0}")]
     Backend(#[source] tokenizers::Error),
@@ -236,6 +245,11 @@ impl Tokenizer {
     /// The beginning-of-sequence id, if the file names one.
     pub fn bos_id(&self) -> Option<u32> {
         self.bos
+    }
+
+    /// The end-of-sequence id, if the file names one.
+    pub fn eos_id(&self) -> Option<u32> {
+        self.eos
     }
 
     /// Ids that end generation: EOS plus end-of-turn tokens (`<|im_end|>`, ...), sorted.

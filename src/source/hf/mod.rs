@@ -1,0 +1,25 @@
+//! A Hugging Face model folder as a weight source: `config.json` becomes the GGUF metadata
+//! llama.cpp's converter would write, the safetensors tensors appear under llama.cpp's GGUF
+//! names and dims with the converter's q/k row permutation (and synthesized tensors such as
+//! Llama 3's `rope_freqs.weight`), so the families and the engine load it like the GGUF the
+//! converter makes of the same folder. Tensors keep their file type (F32/F16/BF16);
+//! `WeightLoader::fill` requantizes where asked.
+//!
+//! The mapping (`config.rs`, `names.rs`, `tensors.rs`) does not depend on how the bytes are
+//! held; [`HfModel`] is the native reader over memory-mapped shards.
+//!
+//! Reference: llama.cpp `convert_hf_to_gguf.py` (`conversion/base.py`, `conversion/llama.py`).
+
+mod config;
+mod error;
+mod generation;
+mod names;
+mod tensors;
+mod text;
+
+pub use config::{HfConfig, RopeScaling, ARCHITECTURES, SUPPORTED};
+pub use error::HfError;
+pub use generation::GenerationDefaults;
+pub use names::{gguf_name, permute_rows, Mapped, Permute};
+pub use tensors::{HfTensor, HfTensors, Origin};
+pub use text::{HfTextFiles, CHAT_TEMPLATE, GENERATION_CONFIG, TOKENIZER_CONFIG, TOKENIZER_JSON};
