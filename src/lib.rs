@@ -1,8 +1,9 @@
 //! webvlm: a vision-language model runtime for WebGPU (browser) and wgpu (native).
 //!
 //! Layout (`docs/ARCHITECTURE.md` has the map): [`gpu`] (device, pipelines, params,
-//! programs), [`kernels`] (one module per WGSL kernel family), [`gguf`] (file format),
-//! [`source`] (weight sources: files, streams, split parts), [`model`] (decoder families,
+//! programs), [`kernels`] (one module per WGSL kernel family), [`gguf`] and
+//! [`safetensors`] (file formats), [`source`] (weight sources: files, streams, split
+//! parts), [`model`] (decoder families,
 //! vision encoders, shared blocks, per-sequence state), [`tokenizer`], [`chat`] (templates),
 //! [`image`] (preprocessing), [`sampling`] and [`constraint`] (host-side token choice),
 //! [`engine`] (the generation loop), [`api`] (OpenAI's chat-completions shapes), [`error`]
@@ -19,6 +20,7 @@ pub mod image;
 pub mod kernels;
 pub mod model;
 pub mod npy;
+pub mod safetensors;
 pub mod sampling;
 pub mod source;
 pub mod tokenizer;
