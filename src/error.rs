@@ -15,6 +15,7 @@ use crate::kernels::quant::WeightError;
 use crate::model::ModelError;
 use crate::safetensors::SafetensorsError;
 use crate::sampling::{ParamError, SampleError};
+use crate::source::hf::HfError;
 use crate::source::LoadError;
 use crate::tokenizer::TokenizerError;
 
@@ -83,6 +84,17 @@ impl Classify for SafetensorsError {
     /// cannot be opened included).
     fn class(&self) -> ErrorClass {
         ModelNotSupported
+    }
+}
+
+impl Classify for HfError {
+    /// Every error of a Hugging Face folder is a model webvlm cannot read: a file missing or
+    /// malformed, an architecture or setting it does not map.
+    fn class(&self) -> ErrorClass {
+        match self {
+            HfError::Safetensors(e) => e.class(),
+            _ => ModelNotSupported,
+        }
     }
 }
 

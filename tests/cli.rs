@@ -1,6 +1,7 @@
 //! The `webvlm` command line: help for every subcommand, typed values and conflicting flags
 //! rejected by the parser (before any model or GPU work), output into a closed pipe
-//! (`webvlm info | head -n 1`) ending quietly, and `info`, `chat` and `batch` on Qwen3.5.
+//! (`webvlm info | head -n 1`) ending quietly, `info`, `chat` and `batch` on Qwen3.5, and
+//! `info` and `generate` on a Hugging Face folder.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
@@ -277,4 +278,28 @@ fn qwen35_info_chat_and_batch() {
     assert_eq!(message(0)["content"], reply["choices"][0]["message"]["content"]);
     assert_eq!(message(1)["content"], "", "{}", lines[1]);
     assert!(message(1)["reasoning_content"].as_str().is_some_and(|r| !r.is_empty()), "{}", lines[1]);
+}
+
+/// A Hugging Face folder as `--model` (`tiny_llama_hf`): `info` reads its config and
+/// safetensors; a greedy chat `generate` runs and writes what the GGUF llama.cpp converted
+/// from the same folder writes.
+#[test]
+fn hf_folder_info_and_generate() {
+    let dir = fixture("tiny_llama_hf");
+    let folder = dir.to_str().unwrap();
+    let info = webvlm(&["info", "--model", folder]);
+    let stdout = text(&info.stdout);
+    assert!(info.status.success(), "{}", text(&info.stderr));
+    for needle in ["architecture:  llama", "heads:         4 query, 2 key/value, head_dim 16", "BF16", "tokenizer.json"] {
+        assert!(stdout.contains(needle), "{needle:?} not in\n{stdout}");
+    }
+    let generate = |model: &str| {
+        let args = ["generate", "--model", model, "--chat", "--prompt", "Hello", "--max-tokens", "6", "--temperature", "0"];
+        let out = webvlm(&args);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let from_folder = generate(folder);
+    assert!(!from_folder.is_empty());
+    assert_eq!(from_folder, generate(dir.join("model.gguf").to_str().unwrap()));
 }

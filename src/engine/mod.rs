@@ -142,7 +142,12 @@ impl Engine {
     /// Builds the engine on the weights of a Hugging Face folder (`src`, e.g.
     /// `Eager(&HfModel)`), with the tokenizer, chat template and end-of-generation ids of its
     /// text files.
-    pub fn load_hf(gpu: Gpu, src: &mut dyn WeightLoader, text: &HfTextFiles, opts: ContextOptions) -> Result<Engine, EngineError> {
+    pub fn load_hf(
+        gpu: Gpu,
+        src: &mut dyn WeightLoader,
+        text: &HfTextFiles,
+        opts: ContextOptions,
+    ) -> Result<Engine, EngineError> {
         let mut tokenizer = Tokenizer::from_hf(&text.tokenizer_json, text.tokenizer_config.as_deref())?;
         tokenizer.add_eos_ids(&text.generation.eos_token_ids)?;
         let config = text.tokenizer_config.as_deref().map(HfTokenizerConfig::parse).transpose()?.unwrap_or_default();

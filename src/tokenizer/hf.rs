@@ -99,7 +99,9 @@ impl Tokenizer {
         let id_of = |name: &'static str, text: Option<&str>| -> Result<Option<u32>, TokenizerError> {
             match text {
                 None => Ok(None),
-                Some(t) => inner.token_to_id(t).map(Some).ok_or_else(|| TokenizerError::HfFile(format!("tokenizer_config.json: {name} {t:?} is not in the vocabulary"))),
+                Some(t) => inner.token_to_id(t).map(Some).ok_or_else(|| {
+                    TokenizerError::HfFile(format!("tokenizer_config.json: {name} {t:?} is not in the vocabulary"))
+                }),
             }
         };
         let bos = id_of("bos_token", config.bos_token())?;
@@ -109,8 +111,9 @@ impl Tokenizer {
         let probe = inner.encode_fast("", true).map_err(TokenizerError::Backend)?;
         let probe = probe.get_ids();
         let add_bos = config.add_bos_token.unwrap_or(bos.is_some() && probe.first().copied() == bos) && bos.is_some();
-        let add_eos = config.add_eos_token.unwrap_or(eos.is_some() && probe.len() > usize::from(add_bos) && probe.last().copied() == eos)
-            && eos.is_some();
+        let add_eos =
+            config.add_eos_token.unwrap_or(eos.is_some() && probe.len() > usize::from(add_bos) && probe.last().copied() == eos)
+                && eos.is_some();
 
         let mut eos_ids: Vec<u32> = eos.into_iter().collect();
         eos_ids.extend(END_OF_GENERATION.iter().filter_map(|text| inner.token_to_id(text)));

@@ -12,11 +12,12 @@ use webvlm::model::ContextOptions;
 use webvlm::sampling::SamplingParams;
 use webvlm::source::LoadQuant;
 
-/// `--model`: a GGUF file to read.
+/// `--model`: a GGUF file or a Hugging Face model folder to read.
 #[derive(Args, Debug)]
 pub struct ModelArg {
-    /// The model, a GGUF file (a split model: its first part)
-    #[arg(long, value_name = "M.gguf")]
+    /// The model: a GGUF file (a split model: its first part), or a Hugging Face model folder
+    /// (config.json, tokenizer.json, safetensors)
+    #[arg(long, value_name = "M.gguf|DIR")]
     pub model: PathBuf,
 }
 

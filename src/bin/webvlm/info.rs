@@ -1,16 +1,17 @@
-//! `webvlm info`: architecture, hyperparameters, tensor types and the GPU memory needed;
+//! `webvlm info`: architecture, hyperparameters, tensor types and the GPU memory needed (of a
+//! GGUF file or a Hugging Face folder);
 //! `webvlm split`: a GGUF model cut into parts the way llama.cpp's `gguf-split` does.
 
 use std::collections::BTreeMap;
 
 use clap::Args;
-use webvlm::gguf::MappedGguf;
 use webvlm::model::families::llama::LlamaConfig;
 use webvlm::model::families::qwen35::{self, Qwen35Config};
 use webvlm::model::ContextOptions;
 use webvlm::model::TextConfig;
 
 use crate::args::ModelArg;
+use crate::open::ModelFiles;
 use crate::stdout::outln;
 use crate::CliResult;
 
@@ -36,9 +37,10 @@ pub struct SplitArgs {
 }
 
 pub fn run(args: &InfoArgs) -> CliResult {
-    let model = MappedGguf::open(&args.model.model)?;
-    let md = model.metadata();
-    let vocab = model.tensor("token_embd.weight")?.0.dims.get(1).copied().unwrap_or(0) as u32;
+    let model = ModelFiles::open(&args.model.model)?;
+    let md = model.source().metadata();
+    let embd = model.source().tensor_info("token_embd.weight").ok_or("the model has no token_embd.weight")?;
+    let vocab = embd.dims.get(1).copied().unwrap_or(0) as u32;
     outln!("file:          {}", model.paths().join(", "));
     // Layers with a KV cache, and bytes of fixed-size recurrent state.
     let (text, kv_layers, recurrent_bytes) = if qwen35::ARCHITECTURES.contains(&md.architecture()?) {
@@ -66,7 +68,10 @@ pub fn run(args: &InfoArgs) -> CliResult {
         print_llama(&cfg);
         (cfg.text.clone(), cfg.text.n_layer as u64, 0)
     };
-    outln!("tokenizer:     {}", md.get_opt_str("tokenizer.ggml.model")?.unwrap_or("none"));
+    match &model {
+        ModelFiles::Hf(_) => outln!("tokenizer:     tokenizer.json"),
+        ModelFiles::Gguf(_) => outln!("tokenizer:     {}", md.get_opt_str("tokenizer.ggml.model")?.unwrap_or("none")),
+    }
     print_memory(&model, &text, args.ctx, kv_layers, recurrent_bytes)
 }
 
@@ -96,7 +101,7 @@ fn print_llama(cfg: &LlamaConfig) {
 
 /// Tensors by type and the GPU memory estimate: weights, the KV cache of `kv_layers`
 /// layers over `ctx` tokens plus `recurrent_bytes` of recurrent state, activations.
-fn print_memory(model: &MappedGguf, text: &TextConfig, ctx: u32, kv_layers: u64, recurrent_bytes: u64) -> CliResult {
+fn print_memory(model: &ModelFiles, text: &TextConfig, ctx: u32, kv_layers: u64, recurrent_bytes: u64) -> CliResult {
     let mut by_type: BTreeMap<String, (usize, u64, u64)> = BTreeMap::new();
     let mut weight_bytes = 0u64;
     for t in model.tensors() {

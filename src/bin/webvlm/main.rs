@@ -16,6 +16,7 @@ mod args;
 mod bench;
 mod generate;
 mod info;
+mod open;
 mod stdout;
 mod synthetic;
 
@@ -76,7 +77,7 @@ fn main() -> ExitCode {
 }
 
 pub fn open_engine(args: &args::EngineArgs) -> Result<Engine, Box<dyn std::error::Error>> {
-    let model = MappedGguf::open(&args.model.model)?;
+    let model = open::ModelFiles::open(&args.model.model)?;
     let mmproj = args.mmproj.as_ref().map(MappedGguf::open).transpose()?;
     let gpu = Gpu::new_blocking(GpuOptions { geometry: args.geometry, ..GpuOptions::default() })?;
     let defaults = ContextOptions::for_adapter(&gpu.caps);
@@ -88,7 +89,7 @@ pub fn open_engine(args: &args::EngineArgs) -> Result<Engine, Box<dyn std::error
     };
     let opts = ContextOptions { max_ctx: args.ctx, max_chunk: args.chunk.unwrap_or(defaults.max_chunk), precision };
     let mmproj = mmproj.as_ref().map(|m| Mmproj { src: m as &dyn TensorSource, quant: args.vision_quant });
-    let mut engine = Engine::load_with_vision(gpu, &model as &dyn TensorSource, mmproj, opts)?;
+    let mut engine = model.engine(gpu, mmproj, opts)?;
     if let Some(edge) = args.image_max_edge {
         engine.set_image_max_edge(edge)?;
     }

@@ -24,10 +24,23 @@ const MAX_HEAD_DIM: u32 = 1 << 12;
 #[derive(Clone, Debug, PartialEq)]
 pub enum RopeScaling {
     None,
-    Linear { factor: f64 },
-    Yarn { factor: f64, original_context: u32, beta_fast: Option<f64>, beta_slow: Option<f64>, attn_factor: Option<f64> },
+    Linear {
+        factor: f64,
+    },
+    Yarn {
+        factor: f64,
+        original_context: u32,
+        beta_fast: Option<f64>,
+        beta_slow: Option<f64>,
+        attn_factor: Option<f64>,
+    },
     /// Llama 3.1: per-frequency divisors, stored as the `rope_freqs.weight` tensor.
-    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_context: f64 },
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_context: f64,
+    },
 }
 
 /// The hyperparameters of a `config.json`, as the converter reads them.
@@ -141,7 +154,14 @@ impl HfConfig {
             n_head_kv: c.opt_u32("num_key_value_heads")?,
             head_dim,
             vocab: c.u32("vocab_size")?,
-            context_length: c.first_u32(&["max_position_embeddings", "n_ctx", "n_positions", "max_length", "max_sequence_length", "model_max_length"])?,
+            context_length: c.first_u32(&[
+                "max_position_embeddings",
+                "n_ctx",
+                "n_positions",
+                "max_length",
+                "max_sequence_length",
+                "model_max_length",
+            ])?,
             rms_eps: c.opt_f64("rms_norm_eps")?,
             rope_theta: rope_theta(&c)?,
             rope: rope_scaling(&c)?,
@@ -275,7 +295,8 @@ fn rope_scaling(c: &Obj<'_>) -> Result<RopeScaling, HfError> {
         ("linear", Some(factor)) => RopeScaling::Linear { factor },
         ("yarn", Some(factor)) => RopeScaling::Yarn {
             factor,
-            original_context: orig.ok_or_else(|| HfError::MissingKey("rope_parameters.original_max_position_embeddings".into()))?,
+            original_context: orig
+                .ok_or_else(|| HfError::MissingKey("rope_parameters.original_max_position_embeddings".into()))?,
             beta_fast: p.opt_f64("beta_fast")?,
             beta_slow: p.opt_f64("beta_slow")?,
             attn_factor: match p.opt_f64("attention_factor")? {
@@ -319,7 +340,9 @@ mod tests {
     #[test]
     fn bad_configs_are_typed_errors() {
         let with = |from: &str, to: &str| HfConfig::parse(LLAMA.replace(from, to).as_bytes()).unwrap_err();
-        assert!(matches!(with("LlamaForCausalLM", "GPT2LMHeadModel"), HfError::UnsupportedArch { arch, .. } if arch == "GPT2LMHeadModel"));
+        assert!(
+            matches!(with("LlamaForCausalLM", "GPT2LMHeadModel"), HfError::UnsupportedArch { arch, .. } if arch == "GPT2LMHeadModel")
+        );
         assert!(matches!(with("\"hidden_size\"", "\"hidden\""), HfError::MissingKey(k) if k == "hidden_size"));
         assert!(matches!(with("\"vocab_size\": 100", "\"vocab_size\": -1"), HfError::BadValue { .. }));
         assert!(matches!(with("\"yarn\"", "\"dynamic\""), HfError::RopeScaling(t) if t == "dynamic"));

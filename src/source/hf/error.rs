@@ -28,6 +28,12 @@ pub enum HfError {
     /// A tensor of the weights that has no GGUF name (llama.cpp's converter refuses it too).
     #[error("tensor {0} has no GGUF name for this architecture")]
     UnmappedTensor(String),
+    /// A tensor stored in a type webvlm does not load as weights (only F32, F16, BF16).
+    #[error("tensor {name} is stored as {dtype}; webvlm loads F32, F16 and BF16 weights")]
+    Dtype { name: String, dtype: String },
+    /// The safetensors files are missing or malformed.
+    #[error(transparent)]
+    Safetensors(#[from] crate::safetensors::SafetensorsError),
     /// A tensor whose shape does not fit the config (e.g. q_proj rows not whole heads).
     #[error("tensor {name} has shape {shape:?}: {why}")]
     TensorShape { name: String, shape: Vec<u64>, why: &'static str },

@@ -31,7 +31,9 @@ impl GenerationDefaults {
         let bad = |key: &str, v: &Value, why| HfError::BadValue { key: format!("{file}: {key}"), value: v.to_string(), why };
         let get = |key: &str| map.get(key).filter(|v| !v.is_null());
         let float = |key: &str| -> Result<Option<f32>, HfError> {
-            get(key).map(|v| v.as_f64().filter(|f| f.is_finite()).map(|f| f as f32).ok_or_else(|| bad(key, v, "not a number"))).transpose()
+            get(key)
+                .map(|v| v.as_f64().filter(|f| f.is_finite()).map(|f| f as f32).ok_or_else(|| bad(key, v, "not a number")))
+                .transpose()
         };
         let uint = |v: &Value, key: &str| v.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| bad(key, v, "not a u32"));
         let eos_token_ids = match get("eos_token_id") {

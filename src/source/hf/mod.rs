@@ -12,6 +12,8 @@
 
 mod config;
 mod error;
+#[cfg(not(target_arch = "wasm32"))]
+mod folder;
 mod generation;
 mod names;
 mod tensors;
@@ -19,6 +21,8 @@ mod text;
 
 pub use config::{HfConfig, RopeScaling, ARCHITECTURES, SUPPORTED};
 pub use error::HfError;
+#[cfg(not(target_arch = "wasm32"))]
+pub use folder::HfModel;
 pub use generation::GenerationDefaults;
 pub use names::{gguf_name, permute_rows, Mapped, Permute};
 pub use tensors::{HfTensor, HfTensors, Origin};

@@ -78,7 +78,10 @@ impl HfTensors {
         if let Some(freqs) = cfg.rope_freqs() {
             let dims = vec![freqs.len() as u64];
             let bytes = bytemuck::cast_slice(&freqs).to_vec();
-            out.push(HfTensor { info: info("rope_freqs.weight".into(), dims, GgmlType::F32), origin: Origin::Synthesized(bytes) });
+            out.push(HfTensor {
+                info: info("rope_freqs.weight".into(), dims, GgmlType::F32),
+                origin: Origin::Synthesized(bytes),
+            });
         }
         Ok(out)
     }

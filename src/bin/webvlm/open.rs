@@ -1,0 +1,67 @@
+//! `--model`: a GGUF file (or the first part of a split one), or a Hugging Face model folder
+//! (`config.json`, tokenizer files, safetensors shards).
+
+use std::path::Path;
+
+use webvlm::engine::{Engine, Mmproj};
+use webvlm::gguf::{MappedGguf, TensorInfo};
+use webvlm::gpu::Gpu;
+use webvlm::model::ContextOptions;
+use webvlm::source::hf::HfModel;
+use webvlm::source::{Eager, TensorSource};
+
+/// A model opened from `--model`.
+pub enum ModelFiles {
+    Gguf(MappedGguf),
+    Hf(HfModel),
+}
+
+impl ModelFiles {
+    /// A folder is read as a Hugging Face model, anything else as GGUF.
+    pub fn open(path: &Path) -> Result<ModelFiles, Box<dyn std::error::Error>> {
+        Ok(if path.is_dir() { ModelFiles::Hf(HfModel::open(path)?) } else { ModelFiles::Gguf(MappedGguf::open(path)?) })
+    }
+
+    pub fn source(&self) -> &dyn TensorSource {
+        match self {
+            ModelFiles::Gguf(m) => m,
+            ModelFiles::Hf(m) => m,
+        }
+    }
+
+    /// Every tensor as GGUF lists it.
+    pub fn tensors(&self) -> Vec<&TensorInfo> {
+        match self {
+            ModelFiles::Gguf(m) => m.tensors().collect(),
+            ModelFiles::Hf(m) => m.tensors().map(|t| &t.info).collect(),
+        }
+    }
+
+    /// The files the weights come from.
+    pub fn paths(&self) -> Vec<String> {
+        match self {
+            ModelFiles::Gguf(m) => m.paths().to_vec(),
+            ModelFiles::Hf(m) => m.paths(),
+        }
+    }
+
+    /// The engine on this model: the tokenizer and template from the GGUF metadata or the
+    /// folder's files, then the vision encoder if an mmproj is given.
+    pub fn engine(
+        &self,
+        gpu: Gpu,
+        mmproj: Option<Mmproj<'_>>,
+        opts: ContextOptions,
+    ) -> Result<Engine, Box<dyn std::error::Error>> {
+        Ok(match self {
+            ModelFiles::Gguf(m) => Engine::load_with_vision(gpu, m, mmproj, opts)?,
+            ModelFiles::Hf(m) => {
+                let mut engine = Engine::load_hf(gpu, &mut Eager(m), m.text_files(), opts)?;
+                if let Some(p) = mmproj {
+                    engine.load_vision_from(&mut Eager(p.src), p.quant)?;
+                }
+                engine
+            }
+        })
+    }
+}
