@@ -3,9 +3,8 @@
 //! Layout (`docs/ARCHITECTURE.md` has the map): [`gpu`] (device, pipelines, params,
 //! programs), [`kernels`] (one module per WGSL kernel family), [`gguf`] and
 //! [`safetensors`] (file formats), [`source`] (weight sources: files, streams, split
-//! parts), [`model`] (decoder families,
-//! vision encoders, shared blocks, per-sequence state), [`tokenizer`], [`chat`] (templates),
-//! [`image`] (preprocessing), [`sampling`] and [`constraint`] (host-side token choice),
+//! parts), [`model`] (decoder families, vision encoders, shared blocks, per-sequence
+//! state), [`tokenizer`], [`chat`] (templates), [`image`] (preprocessing), [`sampling`] and [`constraint`] (host-side token choice),
 //! [`engine`] (the generation loop), [`api`] (OpenAI's chat-completions shapes), [`error`]
 //! (what each failure means to a caller), [`web`] (the wasm-bindgen surface).
 
