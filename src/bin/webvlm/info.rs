@@ -66,6 +66,9 @@ pub fn run(args: &InfoArgs) -> CliResult {
         let cfg = LlamaConfig::from_metadata(md, vocab)?;
         print_text(&cfg.text);
         print_llama(&cfg);
+        if model.source().tensor_info("rope_freqs.weight").is_some() {
+            outln!("rope freqs:    Llama 3 per-frequency divisors (rope_freqs.weight)");
+        }
         (cfg.text.clone(), cfg.text.n_layer as u64, 0)
     };
     match &model {

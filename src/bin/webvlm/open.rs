@@ -13,19 +13,19 @@ use webvlm::source::{Eager, TensorSource};
 /// A model opened from `--model`.
 pub enum ModelFiles {
     Gguf(MappedGguf),
-    Hf(HfModel),
+    Hf(Box<HfModel>),
 }
 
 impl ModelFiles {
     /// A folder is read as a Hugging Face model, anything else as GGUF.
     pub fn open(path: &Path) -> Result<ModelFiles, Box<dyn std::error::Error>> {
-        Ok(if path.is_dir() { ModelFiles::Hf(HfModel::open(path)?) } else { ModelFiles::Gguf(MappedGguf::open(path)?) })
+        Ok(if path.is_dir() { ModelFiles::Hf(Box::new(HfModel::open(path)?)) } else { ModelFiles::Gguf(MappedGguf::open(path)?) })
     }
 
     pub fn source(&self) -> &dyn TensorSource {
         match self {
             ModelFiles::Gguf(m) => m,
-            ModelFiles::Hf(m) => m,
+            ModelFiles::Hf(m) => m.as_ref(),
         }
     }
 
@@ -56,7 +56,7 @@ impl ModelFiles {
         Ok(match self {
             ModelFiles::Gguf(m) => Engine::load_with_vision(gpu, m, mmproj, opts)?,
             ModelFiles::Hf(m) => {
-                let mut engine = Engine::load_hf(gpu, &mut Eager(m), m.text_files(), opts)?;
+                let mut engine = Engine::load_hf(gpu, &mut Eager(m.as_ref()), m.text_files(), opts)?;
                 if let Some(p) = mmproj {
                     engine.load_vision_from(&mut Eager(p.src), p.quant)?;
                 }
