@@ -8,6 +8,7 @@ references the tests compare against:
   model.gguf   what llama.cpp's convert_hf_to_gguf.py makes of the same folder (--outtype
                bf16: weights byte-identical to the safetensors after the q/k permutation,
                norms and rope_freqs.weight in F32)
+  model_q8_0.gguf  the same with --outtype q8_0 (every matrix Q8_0, gguf-py's quantizer)
   cases.json   token ids of a few strings and of a rendered chat (transformers' tokenizer and
                apply_chat_template), and the logits cases
   <case>.npy   float32 logits [n_tokens, vocab] from transformers, weights as stored (BF16
@@ -140,7 +141,7 @@ def build_model():
     return model
 
 
-def convert(hf_dir: Path, outfile: Path) -> None:
+def convert(hf_dir: Path, outfile: Path, outtype: str) -> None:
     """llama.cpp's converter with the BPE pre-tokenizer lookup answered (module docstring)."""
     code = (
         "import sys; sys.argv = sys.argv[1:]; sys.path.insert(0, sys.argv[0].rsplit('/', 1)[0]);"
@@ -148,7 +149,7 @@ def convert(hf_dir: Path, outfile: Path) -> None:
         "import runpy; runpy.run_path(sys.argv[0], run_name='__main__')"
     )
     cmd = [sys.executable, "-c", code, str(LLAMA_CPP / "convert_hf_to_gguf.py"), str(hf_dir),
-           "--outtype", "bf16", "--outfile", str(outfile)]
+           "--outtype", outtype, "--outfile", str(outfile)]
     env = dict(os.environ, PYTHONPATH=str(LLAMA_CPP / "gguf-py"))
     subprocess.run(cmd, check=True, env=env)
 
@@ -176,7 +177,8 @@ def main() -> None:
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(hf_dir, out)
-    convert(hf_dir, out / "model.gguf")
+    convert(hf_dir, out / "model.gguf", "bf16")
+    convert(hf_dir, out / "model_q8_0.gguf", "q8_0")
 
     # References from the folder as written: the weights as stored, widened to float32.
     tok = AutoTokenizer.from_pretrained(out)

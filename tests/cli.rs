@@ -27,8 +27,18 @@ fn rejected(args: &[&str], needles: &[&str]) {
     }
 }
 
-const ENGINE_FLAGS: &[&str] =
-    &["--model", "--mmproj", "--vision-quant", "--ctx", "--chunk", "--f16", "--no-f16", "--kv-f32", "--image-max-edge"];
+const ENGINE_FLAGS: &[&str] = &[
+    "--model",
+    "--quant",
+    "--mmproj",
+    "--vision-quant",
+    "--ctx",
+    "--chunk",
+    "--f16",
+    "--no-f16",
+    "--kv-f32",
+    "--image-max-edge",
+];
 const SAMPLING_FLAGS: &[&str] = &["--max-tokens", "--temperature", "--top-k", "--top-p", "--min-p", "--seed", "--stop"];
 
 fn subcommands() -> Vec<(&'static str, Vec<&'static str>)> {
@@ -281,8 +291,8 @@ fn qwen35_info_chat_and_batch() {
 }
 
 /// A Hugging Face folder as `--model` (`tiny_llama_hf`): `info` reads its config and
-/// safetensors; a greedy chat `generate` runs and writes what the GGUF llama.cpp converted
-/// from the same folder writes.
+/// safetensors; a greedy chat `generate` writes what the GGUF llama.cpp converted from the
+/// same folder writes, and with `--quant q8_0` what the converter's Q8_0 GGUF writes.
 #[test]
 fn hf_folder_info_and_generate() {
     let dir = fixture("tiny_llama_hf");
@@ -293,13 +303,26 @@ fn hf_folder_info_and_generate() {
     for needle in ["architecture:  llama", "heads:         4 query, 2 key/value, head_dim 16", "BF16", "tokenizer.json"] {
         assert!(stdout.contains(needle), "{needle:?} not in\n{stdout}");
     }
-    let generate = |model: &str| {
-        let args = ["generate", "--model", model, "--chat", "--prompt", "Hello", "--max-tokens", "6", "--temperature", "0"];
+    let generate = |model: &str, quant: &str| {
+        let args = [
+            "generate",
+            "--model",
+            model,
+            "--quant",
+            quant,
+            "--chat",
+            "--prompt",
+            "Hello",
+            "--max-tokens",
+            "6",
+            "--temperature",
+            "0",
+        ];
         let out = webvlm(&args);
         assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(text(&out.stderr).contains("6 generated"), "{}", text(&out.stderr));
         text(&out.stdout)
     };
-    let from_folder = generate(folder);
-    assert!(!from_folder.is_empty());
-    assert_eq!(from_folder, generate(dir.join("model.gguf").to_str().unwrap()));
+    assert_eq!(generate(folder, "keep"), generate(dir.join("model.gguf").to_str().unwrap(), "keep"));
+    assert_eq!(generate(folder, "q8_0"), generate(dir.join("model_q8_0.gguf").to_str().unwrap(), "keep"));
 }

@@ -2,7 +2,8 @@
 //! `scripts/make_hf_models.py`: a tiny random Llama 3 with Llama 3 RoPE scaling, BF16, three
 //! safetensors shards): logits equal transformers' at every position; the folder and the
 //! GGUF llama.cpp converts from it hold the same tensors byte for byte after the q/k
-//! permutation and give equal logits; the tokenizer and chat template equal transformers';
+//! permutation and give equal logits; loaded as Q8_0 it holds the bytes of the converter's
+//! `--outtype q8_0` GGUF and gives its logits; the tokenizer and chat template equal transformers';
 //! generation defaults are read; malformed folders give typed errors.
 
 mod common;
@@ -10,10 +11,12 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use webvlm::engine::Engine;
+use webvlm::gguf::quant::quantize_q8_0;
+use webvlm::gguf::GgmlType;
 use webvlm::gguf::{dequantize_to_vec, MappedGguf};
 use webvlm::model::{Context, ContextOptions, Decoder, Precision};
 use webvlm::source::hf::{GenerationDefaults, HfError, HfModel};
-use webvlm::source::{Eager, TensorSource};
+use webvlm::source::{Eager, LoadQuant, Requantize, TensorSource};
 
 const VOCAB: usize = 384;
 
@@ -31,7 +34,18 @@ fn ids(v: &serde_json::Value) -> Vec<u32> {
 
 /// Logits of every position of `tokens`, in one prefill.
 fn logits(gpu: &webvlm::gpu::Gpu, src: &dyn TensorSource, tokens: &[u32], precision: Precision) -> Vec<f32> {
-    let dec = Decoder::load(gpu, src).unwrap();
+    logits_quant(gpu, src, tokens, precision, LoadQuant::Keep)
+}
+
+/// [`logits`] with the float matrices requantized at load.
+fn logits_quant(
+    gpu: &webvlm::gpu::Gpu,
+    src: &dyn TensorSource,
+    tokens: &[u32],
+    precision: Precision,
+    quant: LoadQuant,
+) -> Vec<f32> {
+    let dec = Decoder::load_from(gpu, &mut Requantize { inner: &mut Eager(src), quant }).unwrap();
     let mut ctx = Context::new(gpu, &dec, ContextOptions { max_ctx: 128, max_chunk: 64, precision }).unwrap();
     pollster::block_on(ctx.logits(gpu, &dec, tokens)).unwrap()
 }
@@ -94,6 +108,34 @@ fn tensors_equal_the_converted_gguf() {
             assert_eq!(a.dims.len(), 1, "{name}: only vectors change type");
         }
     }
+}
+
+/// Requantized to Q8_0 at load, the folder's BF16 matrices become the bytes llama.cpp's
+/// converter writes with `--outtype q8_0` (gguf-py's quantizer), and the logits equal that
+/// file's.
+#[test]
+fn q8_0_load_equals_the_converters_q8_0() {
+    let hf = HfModel::open(dir()).unwrap();
+    let q8 = MappedGguf::open(dir().join("model_q8_0.gguf")).unwrap();
+    let mut matrices = 0;
+    for t in q8.tensors().filter(|t| t.ty == GgmlType::Q8_0) {
+        let info = hf.tensor_info(&t.name).unwrap();
+        let values = dequantize_to_vec(info.ty, &hf.tensor_data(&t.name).unwrap(), info.n_elements() as usize).unwrap();
+        assert!(quantize_q8_0(&values).unwrap() == q8.tensor_data(&t.name).unwrap().as_ref(), "{}: Q8_0 bytes", t.name);
+        matrices += 1;
+    }
+    assert_eq!(matrices, 1 + 2 * 7, "token_embd and 7 matrices per block");
+    let gpu = common::gpu();
+    let tokens = ids(&cases()["cases"][2]["tokens"]);
+    let got = logits_quant(&gpu, &hf, &tokens, Precision::F32, LoadQuant::Q8_0);
+    let want = logits(&gpu, &q8, &tokens, Precision::F32);
+    let diff = common::max_abs(&got, &want);
+    eprintln!("chat, Q8_0: max |folder - converted Q8_0 GGUF| = {diff:e}");
+    assert_eq!(diff, 0.0);
+    let (_, reference) = common::read_npy(&dir().join("chat.npy"));
+    let (err, same) = compare(&got, &reference);
+    eprintln!("chat, Q8_0: rel L2 {err:.2e} vs transformers' BF16 logits, argmax equal {same}");
+    assert!(err > 0.0 && err < 0.1, "Q8_0 rel L2 {err:.2e}");
 }
 
 #[test]

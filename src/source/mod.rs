@@ -10,6 +10,7 @@ mod error;
 pub mod hf;
 mod loader;
 mod parts;
+mod requant;
 mod stream;
 
 use std::borrow::Cow;
@@ -17,6 +18,7 @@ use std::borrow::Cow;
 pub use error::LoadError;
 pub use loader::{check_dims, load_stacked, Eager, LoadQuant, Stacked, WeightLoader};
 pub use parts::GgufParts;
+pub use requant::Requantize;
 pub use stream::GgufStream;
 
 use crate::gguf::{GgufError, GgufHeader, Metadata, TensorInfo};

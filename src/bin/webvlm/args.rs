@@ -27,6 +27,10 @@ pub struct ModelArg {
 pub struct EngineArgs {
     #[command(flatten)]
     pub model: ModelArg,
+    /// Requantize the model's float (F32/F16/BF16) matrices at load time, e.g. a Hugging Face
+    /// folder's BF16 weights (less GPU memory; keep: the file's types)
+    #[arg(long, value_name = "Q", default_value = "keep", value_parser = load_quant())]
+    pub quant: LoadQuant,
     /// The vision projector (llama.cpp's mmproj GGUF), needed for images
     #[arg(long, value_name = "P.gguf")]
     pub mmproj: Option<PathBuf>,

@@ -89,7 +89,7 @@ pub fn open_engine(args: &args::EngineArgs) -> Result<Engine, Box<dyn std::error
     };
     let opts = ContextOptions { max_ctx: args.ctx, max_chunk: args.chunk.unwrap_or(defaults.max_chunk), precision };
     let mmproj = mmproj.as_ref().map(|m| Mmproj { src: m as &dyn TensorSource, quant: args.vision_quant });
-    let mut engine = model.engine(gpu, mmproj, opts)?;
+    let mut engine = model.engine(gpu, mmproj, args.quant, opts)?;
     if let Some(edge) = args.image_max_edge {
         engine.set_image_max_edge(edge)?;
     }

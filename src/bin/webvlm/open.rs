@@ -8,7 +8,7 @@ use webvlm::gguf::{MappedGguf, TensorInfo};
 use webvlm::gpu::Gpu;
 use webvlm::model::ContextOptions;
 use webvlm::source::hf::HfModel;
-use webvlm::source::{Eager, TensorSource};
+use webvlm::source::{Eager, LoadQuant, Requantize, TensorSource};
 
 /// A model opened from `--model`.
 pub enum ModelFiles {
@@ -46,22 +46,24 @@ impl ModelFiles {
     }
 
     /// The engine on this model: the tokenizer and template from the GGUF metadata or the
-    /// folder's files, then the vision encoder if an mmproj is given.
+    /// folder's files, float matrices requantized to `quant`, then the vision encoder if an
+    /// mmproj is given.
     pub fn engine(
         &self,
         gpu: Gpu,
         mmproj: Option<Mmproj<'_>>,
+        quant: LoadQuant,
         opts: ContextOptions,
     ) -> Result<Engine, Box<dyn std::error::Error>> {
-        Ok(match self {
-            ModelFiles::Gguf(m) => Engine::load_with_vision(gpu, m, mmproj, opts)?,
-            ModelFiles::Hf(m) => {
-                let mut engine = Engine::load_hf(gpu, &mut Eager(m.as_ref()), m.text_files(), opts)?;
-                if let Some(p) = mmproj {
-                    engine.load_vision_from(&mut Eager(p.src), p.quant)?;
-                }
-                engine
-            }
-        })
+        let mut eager = Eager(self.source());
+        let mut src = Requantize { inner: &mut eager, quant };
+        let mut engine = match self {
+            ModelFiles::Gguf(_) => Engine::load_from(gpu, &mut src, opts)?,
+            ModelFiles::Hf(m) => Engine::load_hf(gpu, &mut src, m.text_files(), opts)?,
+        };
+        if let Some(p) = mmproj {
+            engine.load_vision_from(&mut Eager(p.src), p.quant)?;
+        }
+        Ok(engine)
     }
 }
