@@ -4,14 +4,15 @@
 //! `mistral3` (today's converter) and as arch `llama` (the text saved as `MistralForCausalLM`,
 //! as older published files are), each with the same `pixtral` mmproj. Logits of both archs
 //! must match transformers' (text at positions 0 and 30000, and a prompt with an image) and
-//! each other's.
+//! each other's. The memory plan computed from these files' headers must equal what the
+//! loaded engine holds, and the CLI must refuse a model that does not fit its budget.
 
 mod common;
 use common::*;
 
 use webvlm::engine::{Engine, Mmproj, Prompt};
-use webvlm::gguf::MappedGguf;
-use webvlm::model::{ContextOptions, Precision};
+use webvlm::gguf::{MappedGguf, TensorInfo};
+use webvlm::model::{ContextOptions, MemoryPlan, ModelHeaders, PlanLimits, PlanOptions, Precision};
 use webvlm::source::{LoadQuant, TensorSource};
 
 const MISTRAL3: &str = "tiny_mistral_small_mistral3";
@@ -119,4 +120,75 @@ fn mistral_small_as_llama_matches_transformers_and_mistral3() {
         let err = rel_l2(a, b);
         assert!(err <= TOL_ARCHS, "case {i}: llama vs mistral3 rel L2 {err:.2e}");
     }
+}
+
+/// The memory plan, from the headers alone, gives the bytes a loaded engine actually holds:
+/// weights (text and vision, kept or requantized at load) and KV cache.
+#[test]
+fn memory_plan_matches_the_loaded_buffers() {
+    let cases = [
+        (MISTRAL3, "model.gguf", MISTRAL3, "mmproj.gguf", LoadQuant::Keep, Precision::default()),
+        (LLAMA, "model.gguf", MISTRAL3, "mmproj.gguf", LoadQuant::Q8_0, Precision::F32),
+        ("tiny_mistral3_c", "model.gguf", "tiny_mistral3_c", "mmproj.gguf", LoadQuant::Q4_1, Precision::default()),
+        ("tiny_mistral3_tekken", "model.gguf", "tiny_mistral3_tekken", "mmproj.gguf", LoadQuant::Q4_0, Precision::F32),
+    ];
+    for (dir, model, vdir, mmproj, quant, precision) in cases {
+        let model = MappedGguf::open(fixture(dir).join(model)).unwrap();
+        let proj = MappedGguf::open(fixture(vdir).join(mmproj)).unwrap();
+        let opts = ContextOptions { max_ctx: 200, max_chunk: 16, precision };
+        let gpu = gpu();
+        let limits = PlanLimits::from_caps(&gpu.caps);
+        let text: Vec<TensorInfo> = model.tensors().cloned().collect();
+        let vision: Vec<TensorInfo> = proj.tensors().cloned().collect();
+        let plan_opts =
+            PlanOptions { ctx: 200, chunk: 16, kv: precision.kv_dtype(), vision_quant: quant, ..PlanOptions::default() };
+        let plan = MemoryPlan::new(
+            ModelHeaders { metadata: model.metadata(), tensors: &text },
+            Some(ModelHeaders { metadata: proj.metadata(), tensors: &vision }),
+            limits,
+            plan_opts,
+        )
+        .unwrap();
+        let mmproj = Some(Mmproj { src: &proj as &dyn TensorSource, quant });
+        let e = Engine::load_with_vision(gpu, &model as &dyn TensorSource, mmproj, opts).unwrap();
+        assert_eq!(plan.text_weights, e.decoder().weight_bytes(), "{dir}: text weights");
+        assert_eq!(plan.vision_weights, e.vision().unwrap().weight_bytes(), "{dir} {quant:?}: vision weights");
+        assert_eq!(plan.state, e.context().state_bytes(), "{dir}: KV cache");
+        assert_eq!(plan.state_per_token, e.context().state_bytes_per_token(), "{dir}: KV per token");
+        eprintln!(
+            "{dir}: text {} + vision {} ({quant:?}) + KV {} bytes as planned",
+            plan.text_weights, plan.vision_weights, plan.state
+        );
+    }
+}
+
+/// `webvlm info --plan` prints the plan and says whether it fits; a command that loads the
+/// model refuses it before uploading when `--gpu-memory` is too small, naming the largest
+/// context that fits.
+#[test]
+fn cli_plans_and_refuses_a_model_that_does_not_fit() {
+    let (model, mmproj) = (fixture(MISTRAL3).join("model.gguf"), fixture(MISTRAL3).join("mmproj.gguf"));
+    let (model, mmproj) = (model.to_str().unwrap(), mmproj.to_str().unwrap());
+    let out = run_cli(&["info", "--model", model, "--mmproj", mmproj, "--plan", "--ctx", "256", "--gpu-memory", "1G"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("memory plan:") && text.contains("fits: yes"), "{text}");
+    assert!(text.contains("largest context that fits: 131072"), "{text}");
+
+    let bin = env!("CARGO_BIN_EXE_webvlm");
+    let run = |args: &[&str]| std::process::Command::new(bin).args(args).output().unwrap();
+    let out = run(&["info", "--model", model, "--mmproj", mmproj, "--plan", "--gpu-memory", "8M"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the model needs") && err.contains("8.0 MiB are available") && err.contains("no context fits"), "{err}");
+
+    // Text only, 1 MiB: the weights and buffers fit, 2048 positions of KV cache do not.
+    let out =
+        run(&["logits", "--model", model, "--tokens", "1,5,6", "--ctx", "2048", "--gpu-memory", "1M", "--out", "/dev/null"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("KV cache at 2048 tokens") && err.contains("the largest context that fits is"), "{err}");
+    let largest: u32 = err.split("the largest context that fits is ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    let ctx = largest.to_string();
+    let out = run(&["logits", "--model", model, "--tokens", "1,5,6", "--ctx", &ctx, "--gpu-memory", "1M", "--out", "/dev/null"]);
+    assert!(out.status.success(), "at the largest context: {}", String::from_utf8_lossy(&out.stderr));
 }

@@ -184,15 +184,12 @@ impl MemoryPlan {
         let vocab = text.tensors.iter().find(|t| t.name == "token_embd.weight").and_then(|t| t.dims.get(1)).copied();
         let vocab = vocab.ok_or_else(|| ModelError::Invalid("no token_embd.weight".into()))? as u32;
         let (cfg, layers) = text_layers(text.metadata, vocab)?;
-        let text_weights = weight_bytes(text.tensors, limits, |name| {
-            if name.starts_with("blk.") {
-                opts.text_quant
-            } else {
-                LoadQuant::Keep
-            }
-        })?;
+        let text_weights =
+            weight_bytes(text.tensors, limits, |name| if name.starts_with("blk.") { opts.text_quant } else { LoadQuant::Keep })?;
         let (vision_weights, vision_scratch) = match mmproj {
-            Some(m) => (weight_bytes(m.tensors, limits, |_| opts.vision_quant)?, vision_scratch(m.metadata, limits, opts.image_edge)?),
+            Some(m) => {
+                (weight_bytes(m.tensors, limits, |_| opts.vision_quant)?, vision_scratch(m.metadata, limits, opts.image_edge)?)
+            }
             None => (0, 0),
         };
         let state_per_token: u64 = layers
@@ -202,7 +199,11 @@ impl MemoryPlan {
                 LayerKind::Recurrent { .. } => 0,
             })
             .sum();
-        let max_kv_row = layers.iter().map(|l| if let LayerKind::Attention { kv_dim } = *l { opts.kv.cache_bytes(1, kv_dim) } else { 0 }).max().unwrap_or(0);
+        let max_kv_row = layers
+            .iter()
+            .map(|l| if let LayerKind::Attention { kv_dim } = *l { opts.kv.cache_bytes(1, kv_dim) } else { 0 })
+            .max()
+            .unwrap_or(0);
         let ctx_buffer_limit = match max_kv_row {
             0 => u32::MAX,
             row => (limits.part_limit() / row).min(u32::MAX as u64) as u32,
@@ -327,7 +328,8 @@ fn weight_bytes(tensors: &[TensorInfo], limits: PlanLimits, quant: impl Fn(&str)
             if !prefix.starts_with("blk.") {
                 continue;
             }
-            let members: Option<Vec<&TensorInfo>> = group.iter().map(|g| by_name.get(format!("{prefix}{g}.weight").as_str()).copied()).collect();
+            let members: Option<Vec<&TensorInfo>> =
+                group.iter().map(|g| by_name.get(format!("{prefix}{g}.weight").as_str()).copied()).collect();
             if let Some(members) = members {
                 total += stack_bytes(&members, limits, &quant)?;
                 stacked.extend(members.iter().map(|m| m.name.clone()));
@@ -378,7 +380,9 @@ fn stack_bytes(members: &[&TensorInfo], limits: PlanLimits, quant: &impl Fn(&str
         let run = &shapes[start..end];
         let alone = || run.iter().map(|&(ty, rows, cols)| matrix_bytes(ty, rows, cols, limits)).sum::<Result<u64, _>>();
         let format = crate::kernels::quant::WeightFormat::of(ty, cols as usize);
-        let aligned = format.is_some_and(|f| !f.split_scale() || (cols as usize / f.block()).is_multiple_of(2) || run.iter().all(|s| s.1 % 2 == 0));
+        let aligned = format.is_some_and(|f| {
+            !f.split_scale() || (cols as usize / f.block()).is_multiple_of(2) || run.iter().all(|s| s.1 % 2 == 0)
+        });
         let rows: u32 = run.iter().map(|s| s.1).sum();
         total += match plan_parts(ty, rows, cols, limits.part_limit()) {
             Ok((_, parts)) if run.len() >= 2 && aligned && parts.len() == 1 => parts[0].bytes,
@@ -464,7 +468,15 @@ impl PixtralVisionShape {
     fn from_metadata(md: &Metadata) -> Result<Self, ModelError> {
         if let Ok(c) = PixtralConfig::from_metadata(md) {
             let q_dim = c.q_dim();
-            return Ok(Self { hidden: c.hidden, q_dim, n_ff: c.n_ff, patch: c.patch_size, merge: c.merge_size, image_size: c.image_size, text_hidden: c.text_hidden });
+            return Ok(Self {
+                hidden: c.hidden,
+                q_dim,
+                n_ff: c.n_ff,
+                patch: c.patch_size,
+                merge: c.merge_size,
+                image_size: c.image_size,
+                text_hidden: c.text_hidden,
+            });
         }
         // Other encoders (Qwen-VL): the generic clip keys.
         let get = |k: &str| md.get_u32(k);

@@ -23,11 +23,29 @@ struct Shape {
 }
 
 /// Mistral Small 3.1 24B (`docs/MODELS.md`).
-const MISTRAL_SMALL: Shape =
-    Shape { arch: "mistral3", n_embd: 5120, n_layer: 40, n_head: 32, n_head_kv: 8, head_dim: 128, n_ff: 32768, vocab: 131072, tied: false };
+const MISTRAL_SMALL: Shape = Shape {
+    arch: "mistral3",
+    n_embd: 5120,
+    n_layer: 40,
+    n_head: 32,
+    n_head_kv: 8,
+    head_dim: 128,
+    n_ff: 32768,
+    vocab: 131072,
+    tied: false,
+};
 /// Ministral 3 3B.
-const MINISTRAL_3B: Shape =
-    Shape { arch: "mistral3", n_embd: 3072, n_layer: 26, n_head: 32, n_head_kv: 8, head_dim: 128, n_ff: 9216, vocab: 131072, tied: true };
+const MINISTRAL_3B: Shape = Shape {
+    arch: "mistral3",
+    n_embd: 3072,
+    n_layer: 26,
+    n_head: 32,
+    n_head_kv: 8,
+    head_dim: 128,
+    n_ff: 9216,
+    vocab: 131072,
+    tied: true,
+};
 
 fn tensor(name: String, dims: &[u64], ty: GgmlType) -> TensorInfo {
     TensorInfo { name, dims: dims.to_vec(), ty, offset: 0 }
@@ -36,7 +54,9 @@ fn tensor(name: String, dims: &[u64], ty: GgmlType) -> TensorInfo {
 /// The text model's metadata and tensors; `matrix(kind)` gives each matrix's type.
 fn text_headers(s: &Shape, matrix: impl Fn(&str) -> GgmlType) -> (Metadata, Vec<TensorInfo>) {
     let mut md = Metadata::new();
-    let mut kv = |k: &str, v: MetaValue| md.insert(if k.starts_with("general.") { k.into() } else { format!("{}.{k}", s.arch) }, v).unwrap();
+    let mut kv = |k: &str, v: MetaValue| {
+        md.insert(if k.starts_with("general.") { k.into() } else { format!("{}.{k}", s.arch) }, v).unwrap()
+    };
     kv("general.architecture", MetaValue::String(s.arch.into()));
     kv("block_count", MetaValue::U32(s.n_layer));
     kv("context_length", MetaValue::U32(131072));
@@ -47,7 +67,10 @@ fn text_headers(s: &Shape, matrix: impl Fn(&str) -> GgmlType) -> (Metadata, Vec<
     kv("attention.key_length", MetaValue::U32(s.head_dim));
     kv("rope.freq_base", MetaValue::F32(1e9));
     let (d, q, kvd, ff) = (s.n_embd as u64, (s.n_head * s.head_dim) as u64, (s.n_head_kv * s.head_dim) as u64, s.n_ff as u64);
-    let mut t = vec![tensor("token_embd.weight".into(), &[d, s.vocab as u64], matrix("token_embd")), tensor("output_norm.weight".into(), &[d], GgmlType::F32)];
+    let mut t = vec![
+        tensor("token_embd.weight".into(), &[d, s.vocab as u64], matrix("token_embd")),
+        tensor("output_norm.weight".into(), &[d], GgmlType::F32),
+    ];
     if !s.tied {
         t.push(tensor("output.weight".into(), &[d, s.vocab as u64], matrix("output")));
     }
@@ -80,7 +103,8 @@ fn q4_k_m(kind: &str) -> GgmlType {
 fn pixtral_headers(text_hidden: u32) -> (Metadata, Vec<TensorInfo>) {
     let mut md = Metadata::new();
     let mut kv = |k: &str, v: MetaValue| md.insert(k.into(), v).unwrap();
-    let rgb = |v: [f32; 3]| MetaValue::Array { elem: crate::gguf::ValueType::F32, items: v.into_iter().map(MetaValue::F32).collect() };
+    let rgb =
+        |v: [f32; 3]| MetaValue::Array { elem: crate::gguf::ValueType::F32, items: v.into_iter().map(MetaValue::F32).collect() };
     kv("general.architecture", MetaValue::String("clip".into()));
     kv("clip.projector_type", MetaValue::String("pixtral".into()));
     kv("clip.vision.embedding_length", MetaValue::U32(1024));
