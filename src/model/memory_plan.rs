@@ -98,7 +98,7 @@ impl PlanLimits {
     }
 
     pub fn from_limits(limits: &wgpu::Limits) -> PlanLimits {
-        PlanLimits { max_buffer: limits.max_buffer_size, max_storage_binding: limits.max_storage_buffer_binding_size as u64 }
+        PlanLimits { max_buffer: limits.max_buffer_size, max_storage_binding: limits.max_storage_buffer_binding_size }
     }
 
     /// The largest weight part ([`Caps::part_limit`]).

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use webvlm::engine::{Engine, EngineError, Mmproj};
+use webvlm::error::{Classify, ErrorClass};
 use webvlm::gguf::{MappedGguf, TensorInfo};
 use webvlm::gpu::{Gpu, GpuOptions};
 use webvlm::image::DEFAULT_MAX_EDGE;
@@ -97,7 +98,12 @@ pub fn open_engine(args: &args::EngineArgs) -> Result<Engine, Box<dyn std::error
         image_edge: args.image_max_edge.unwrap_or(DEFAULT_MAX_EDGE),
         ..PlanOptions::default()
     };
-    memory_plan(&model, mmproj.as_ref(), PlanLimits::from_caps(&gpu.caps), plan_opts)?.check(args.budget.budget())?;
+    // Headers the plan cannot read are left to the loader, whose errors name the tensor.
+    match memory_plan(&model, mmproj.as_ref(), PlanLimits::from_caps(&gpu.caps), plan_opts) {
+        Ok(plan) => plan.check(args.budget.budget())?,
+        Err(e) if e.class() == ErrorClass::AdapterTooSmall => return Err(e.into()),
+        Err(_) => {}
+    }
     let mmproj = mmproj.as_ref().map(|m| Mmproj { src: m as &dyn TensorSource, quant: args.vision_quant });
     let mut engine = Engine::load_with_vision(gpu, &model as &dyn TensorSource, mmproj, opts)?;
     if let Some(edge) = args.image_max_edge {
