@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 use webvlm::engine::GenerateOptions;
 use webvlm::gpu::Geometry;
 use webvlm::model::synthetic::{Qwen35Shape, QwenVisionShape, SyntheticShape, VisionShape};
-use webvlm::model::ContextOptions;
+use webvlm::model::{ContextOptions, MemoryBudget};
 use webvlm::sampling::SamplingParams;
 use webvlm::source::LoadQuant;
 
@@ -66,6 +66,24 @@ pub struct EngineArgs {
     /// adapters) [default: from the adapter]
     #[arg(long, value_name = "G")]
     pub geometry: Option<Geometry>,
+    #[command(flatten)]
+    pub budget: BudgetArg,
+}
+
+/// `--gpu-memory`: the GPU memory budget the memory plan checks before loading.
+#[derive(Args, Debug)]
+pub struct BudgetArg {
+    /// GPU memory the model may use (8G, 12GiB, 512M): a model that does not fit at --ctx is
+    /// refused before any weight is uploaded, with the largest context that fits [default:
+    /// no total limit; the adapter's buffer limits are always checked]
+    #[arg(long, value_name = "BYTES")]
+    pub gpu_memory: Option<MemoryBudget>,
+}
+
+impl BudgetArg {
+    pub fn budget(&self) -> MemoryBudget {
+        self.gpu_memory.unwrap_or_else(MemoryBudget::default_for_target)
+    }
 }
 
 /// `--image`, repeatable (generate, logits).
