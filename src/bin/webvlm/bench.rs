@@ -51,7 +51,7 @@ pub struct BenchArgs {
     /// Time a synthetic model built in memory (random weights): Ministral 3, or a Qwen3.5 size
     #[arg(long)]
     synthetic: bool,
-    /// Shapes of the synthetic model (3b, tiny, qwen3.5-0.8b|2b|4b|9b|tiny) [default: 3b; tiny with --quick]
+    /// Shapes of the synthetic model (3b, tiny, mistral-small-24b, qwen3.5-0.8b|2b|4b|9b|tiny) [default: 3b; tiny with --quick]
     #[arg(long, value_enum)]
     shape: Option<Shape>,
     /// Only the structural figures of a Qwen3.5 `--shape` (state, KV and weight bytes), no GPU
