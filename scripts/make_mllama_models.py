@@ -255,6 +255,13 @@ def save_hf(model, folder: Path, outtype: str, shard: str | None) -> list[str]:
     import copy
 
     stored = copy.deepcopy(model).to(DTYPES[outtype])
+    # Llama-3.2-11B-Vision-Instruct's generation_config.json, with the tiny ids.
+    specials = {t: N_BPE + i for i, t in enumerate(LLAMA3_SPECIALS)}
+    gen = stored.generation_config
+    gen.bos_token_id = specials["<|begin_of_text|>"]
+    gen.eos_token_id = [specials[t] for t in ("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>")]
+    gen.pad_token_id = specials["<|finetune_right_pad_id|>"]
+    gen.do_sample, gen.temperature, gen.top_p = True, 0.6, 0.9
     kwargs = {"max_shard_size": shard} if shard else {}
     stored.save_pretrained(str(folder), safe_serialization=True, **kwargs)
     return sorted(p.name for p in folder.glob("*.safetensors"))
