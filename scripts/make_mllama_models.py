@@ -57,6 +57,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import mllama_numpy  # noqa: E402
 from common import FIXTURES, WORK, save_npy, write_json  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -397,6 +398,9 @@ def make_fixture(name: str, vision: dict, text: dict, outtype: str, shard: str |
                                "date_string": DATE_STRING, "text": text_in, "tokens": case["tokens"]})
         cases.append(case)
     reload_diff = reload_check(out, proc, cases[0])
+    for case in cases:
+        case["numpy_vs_transformers"] = mllama_numpy.check_case(out, case)
+        assert case["numpy_vs_transformers"]["logits_rel_l2"] < 1e-5, case["numpy_vs_transformers"]
     with_image = next(p for p in prompts if p.get("images") and "text" in p
                       and not p["text"].startswith(IMAGE_TOKEN))
     row_check = cross_attn_rows_before_image(model, proc, out, with_image["text"], with_image["images"][0])
