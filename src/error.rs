@@ -126,6 +126,7 @@ impl Classify for ModelError {
             }
             // The engine never steps where the states do not stand: a bug if it does.
             ModelError::RecurrentPosition { .. } => Internal,
+            ModelError::DoesNotFit { .. } | ModelError::BufferTooLarge { .. } => AdapterTooSmall,
             ModelError::Gpu(e) => e.class(),
         }
     }

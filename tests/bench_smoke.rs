@@ -305,3 +305,22 @@ fn quick_bench_on_tiny_qwen35_reports_structure_run_and_vision() {
     assert_eq!(of_kind(&lines, "vision_launch").len(), 1);
     check_pass_launch(of_kind(&lines, "vision_launch")[0]);
 }
+
+#[test]
+fn fewer_layers_scale_to_the_full_depth() {
+    let args = ["--quick", "--no-kernels", "--no-vision", "--no-breakdown", "--synthetic", "--shape", "tiny", "--json-only"];
+    let lines = bench_lines(&[&args[..], &["--layers", "2"]].concat());
+    let runs = of_kind(&lines, "model");
+    let layers: Vec<_> = runs.iter().map(|v| v["n_layer"].as_u64().unwrap()).collect();
+    assert_eq!(layers, [1, 2], "timed at half and all of --layers");
+    let scaled = of_kind(&lines, "model_scaled");
+    assert_eq!(scaled.len(), 1);
+    let s = scaled[0];
+    assert_eq!(s["n_layer"].as_u64(), Some(2), "the tiny shape's own depth");
+    // At the measured depth the line gives the measured bytes back exactly.
+    for key in ["weight_bytes_on_gpu", "state_bytes", "dispatches_per_token"] {
+        assert_eq!(s[key].as_f64(), runs[1][key].as_f64(), "{key}");
+    }
+    positive(s, "decode_tokens_per_s");
+    positive(s, "prefill_tokens_per_s");
+}

@@ -38,6 +38,7 @@ const ENGINE_FLAGS: &[&str] = &[
     "--no-f16",
     "--kv-f32",
     "--image-max-edge",
+    "--gpu-memory",
 ];
 const SAMPLING_FLAGS: &[&str] = &["--max-tokens", "--temperature", "--top-k", "--top-p", "--min-p", "--seed", "--stop"];
 
@@ -51,7 +52,7 @@ fn subcommands() -> Vec<(&'static str, Vec<&'static str>)> {
         ("logits", with(&["--prompt", "--tokens", "--out", "--pos-offset", "--image"], &[ENGINE_FLAGS])),
         ("chat", with(&["--request"], &[ENGINE_FLAGS])),
         ("batch", with(&["REQUESTS.jsonl", "--out"], &[ENGINE_FLAGS])),
-        ("info", vec!["--model", "--ctx"]),
+        ("info", vec!["--model", "--ctx", "--plan", "--mmproj", "--gpu-memory"]),
         ("split", vec!["--model", "--parts", "--out"]),
         ("synthetic", vec!["--out", "--mmproj-out", "--shape", "--seed", "--zeros", "--vocab-from"]),
         (
@@ -75,6 +76,7 @@ fn subcommands() -> Vec<(&'static str, Vec<&'static str>)> {
                 "--vision",
                 "--no-vision",
                 "--vision-sizes",
+                "--layers",
                 "--vision-layers",
                 "--vision-quant",
             ],
@@ -117,7 +119,9 @@ fn each_subcommand_help_describes_its_flags() {
     }
     let synthetic = text(&webvlm(&["synthetic", "--help"]).stdout);
     assert!(
-        synthetic.contains("[possible values: 3b, tiny, qwen3.5-0.8b, qwen3.5-2b, qwen3.5-4b, qwen3.5-9b, qwen3.5-tiny]"),
+        synthetic.contains(
+            "[possible values: 3b, tiny, mistral-small-24b, qwen3.5-0.8b, qwen3.5-2b, qwen3.5-4b, qwen3.5-9b, qwen3.5-tiny]"
+        ),
         "{synthetic}"
     );
 }

@@ -1,5 +1,6 @@
 //! Image preprocessing for the Pixtral vision encoder: encoded bytes → normalised CHW f32.
-//! (The Qwen2-VL family's processor, which shares the decoding below, is [`qwen`].)
+//! (The Qwen2-VL family's processor, which shares the decoding below, is [`qwen`]; Llama 3.2
+//! Vision's tiling processor is [`mllama`].)
 //!
 //! Reference: transformers 5.x `PixtralImageProcessorPil` (`image_processing_pil_pixtral.py`)
 //! as driven by `PixtralProcessor` for Mistral 3 (`patch_size` 14 × `spatial_merge_size` 2 =
@@ -19,6 +20,7 @@
 //!    resampling is Pillow's bicubic, reproduced exactly in [`resample`];
 //! 5. `x as f64 * (1/255)` → f32, then `(x - mean) / std` in f32, as transformers' numpy path.
 
+pub mod mllama;
 pub mod qwen;
 mod resample;
 

@@ -1,10 +1,11 @@
-//! Bicubic resampling that reproduces Pillow's `Image.resize(size, Image.BICUBIC)` on 8-bit
-//! RGB images bit for bit.
+//! Bicubic and bilinear resampling that reproduce Pillow's `Image.resize(size, Image.BICUBIC)`
+//! and `Image.resize(size, Image.BILINEAR)` on 8-bit RGB images bit for bit.
 //!
 //! Reference: Pillow's `libImaging/Resample.c` (`precompute_coeffs`,
 //! `normalize_coeffs_8bpc`, `ImagingResampleHorizontal_8bpc`, `ImagingResampleVertical_8bpc`,
-//! `ImagingResampleInner`). The filter is Keys' cubic with a = -0.5 and support 2, widened by
-//! the downscale factor (antialiasing). Coefficients are computed in f64, normalised to sum 1,
+//! `ImagingResampleInner`). The bicubic filter is Keys' cubic with a = -0.5 and support 2, the
+//! bilinear one the triangle `1 - |x|` with support 1; either is widened by the downscale
+//! factor (antialiasing). Coefficients are computed in f64, normalised to sum 1,
 //! converted to 22-bit fixed point, and each pass rounds and clips to u8: horizontal pass first
 //! (only over the source rows the vertical pass reads), then the vertical pass, except that
 //! Pillow 13 runs the vertical pass first when the height shrinks by more than twice as many
@@ -12,6 +13,42 @@
 
 /// Fixed-point precision of the 8-bit coefficients (`32 - 8 - 2` in Pillow).
 const PRECISION_BITS: u32 = 22;
+
+/// A Pillow resampling filter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Filter {
+    /// `Image.BICUBIC` (Pixtral, Qwen2-VL processors).
+    Bicubic,
+    /// `Image.BILINEAR` (the Mllama processor).
+    Bilinear,
+}
+
+impl Filter {
+    /// The kernel's support radius before widening (Pillow's `filter->support`).
+    fn support(self) -> f64 {
+        match self {
+            Filter::Bicubic => 2.0,
+            Filter::Bilinear => 1.0,
+        }
+    }
+
+    fn weight(self, x: f64) -> f64 {
+        match self {
+            Filter::Bicubic => bicubic(x),
+            Filter::Bilinear => bilinear(x),
+        }
+    }
+}
+
+/// Pillow's `bilinear_filter`: the triangle kernel.
+fn bilinear(x: f64) -> f64 {
+    let x = x.abs();
+    if x < 1.0 {
+        1.0 - x
+    } else {
+        0.0
+    }
+}
 
 /// Keys' cubic convolution kernel with a = -0.5 (Pillow's `bicubic_filter`).
 fn bicubic(x: f64) -> f64 {
@@ -37,12 +74,11 @@ struct Coeffs {
 }
 
 /// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for the box `[0, in_size)`.
-fn precompute(in_size: usize, out_size: usize) -> Coeffs {
-    const SUPPORT: f64 = 2.0;
+fn precompute(in_size: usize, out_size: usize, filter: Filter) -> Coeffs {
     // Pillow computes `in1 - in0` in C `float`; exact for any size that fits our limits.
     let scale = in_size as f32 as f64 / out_size as f64;
     let filterscale = scale.max(1.0);
-    let support = SUPPORT * filterscale;
+    let support = filter.support() * filterscale;
     let ksize = support.ceil() as usize * 2 + 1;
     let mut bounds = Vec::with_capacity(out_size);
     let mut weights = vec![0i32; out_size * ksize];
@@ -56,7 +92,7 @@ fn precompute(in_size: usize, out_size: usize) -> Coeffs {
         let n = xmax.saturating_sub(xmin).min(ksize);
         let mut ww = 0.0;
         for (x, kx) in k.iter_mut().enumerate().take(n) {
-            let w = bicubic((x as f64 + xmin as f64 - center + 0.5) * ss);
+            let w = filter.weight((x as f64 + xmin as f64 - center + 0.5) * ss);
             *kx = w;
             ww += w;
         }
@@ -127,12 +163,17 @@ fn vertical(src: &[u8], w: usize, row0: usize, c: &Coeffs) -> Vec<u8> {
     out
 }
 
-/// Resizes an interleaved RGB8 image (`src.len() == 3 * w * h`) to `out_w × out_h`.
-/// Callers guarantee all four sizes are non-zero.
+/// Resizes an interleaved RGB8 image (`src.len() == 3 * w * h`) to `out_w × out_h` with
+/// Pillow's bicubic filter. Callers guarantee all four sizes are non-zero.
+pub(crate) fn resize_rgb8(src: &[u8], w: usize, h: usize, out_w: usize, out_h: usize) -> Vec<u8> {
+    resize_rgb8_with(src, w, h, out_w, out_h, Filter::Bicubic)
+}
+
+/// [`resize_rgb8`] with the given filter.
 ///
 /// Pass order follows Pillow 13: horizontal first, unless the height shrinks by more than
 /// twice as many pixels as the width does (then vertical first, over the full width).
-pub(crate) fn resize_rgb8(src: &[u8], w: usize, h: usize, out_w: usize, out_h: usize) -> Vec<u8> {
+pub(crate) fn resize_rgb8_with(src: &[u8], w: usize, h: usize, out_w: usize, out_h: usize, filter: Filter) -> Vec<u8> {
     debug_assert_eq!(src.len(), 3 * w * h);
     let (need_h, need_v) = (w != out_w, h != out_h);
     if !need_h && !need_v {
@@ -142,9 +183,9 @@ pub(crate) fn resize_rgb8(src: &[u8], w: usize, h: usize, out_w: usize, out_h: u
     let horizontal_first = !(dy > 0 && dy > (w as i64 - out_w as i64) * 2);
     if horizontal_first {
         if !need_v {
-            return horizontal(src, w, 0, h, &precompute(w, out_w));
+            return horizontal(src, w, 0, h, &precompute(w, out_w, filter));
         }
-        let vert = precompute(h, out_h);
+        let vert = precompute(h, out_h, filter);
         if !need_h {
             return vertical(src, w, 0, &vert);
         }
@@ -153,14 +194,14 @@ pub(crate) fn resize_rgb8(src: &[u8], w: usize, h: usize, out_w: usize, out_h: u
             (Some(&(f, _)), Some(&(l, n))) => (f, l + n),
             _ => (0, h),
         };
-        let tmp = horizontal(src, w, y_first, y_last - y_first, &precompute(w, out_w));
+        let tmp = horizontal(src, w, y_first, y_last - y_first, &precompute(w, out_w, filter));
         vertical(&tmp, out_w, y_first, &vert)
     } else {
-        let tmp = vertical(src, w, 0, &precompute(h, out_h));
+        let tmp = vertical(src, w, 0, &precompute(h, out_h, filter));
         if !need_h {
             return tmp;
         }
-        horizontal(&tmp, w, 0, out_h, &precompute(w, out_w))
+        horizontal(&tmp, w, 0, out_h, &precompute(w, out_w, filter))
     }
 }
 
@@ -170,11 +211,13 @@ mod tests {
 
     #[test]
     fn weights_sum_to_one_in_fixed_point() {
-        for (i, o) in [(100, 28), (28, 112), (1540, 1540 / 3), (7, 5)] {
-            let c = precompute(i, o);
-            for (xx, &(_, n)) in c.bounds.iter().enumerate() {
-                let s: i32 = c.weights[xx * c.ksize..xx * c.ksize + n].iter().sum();
-                assert!((s - (1 << PRECISION_BITS)).abs() <= n as i32, "{i}->{o} sample {xx}: {s}");
+        for filter in [Filter::Bicubic, Filter::Bilinear] {
+            for (i, o) in [(100, 28), (28, 112), (1540, 1540 / 3), (7, 5)] {
+                let c = precompute(i, o, filter);
+                for (xx, &(_, n)) in c.bounds.iter().enumerate() {
+                    let s: i32 = c.weights[xx * c.ksize..xx * c.ksize + n].iter().sum();
+                    assert!((s - (1 << PRECISION_BITS)).abs() <= n as i32, "{filter:?} {i}->{o} sample {xx}: {s}");
+                }
             }
         }
     }
@@ -184,5 +227,15 @@ mod tests {
         let src = vec![77u8; 3 * 13 * 9];
         let out = resize_rgb8(&src, 13, 9, 28, 56);
         assert!(out.iter().all(|&v| v == 77));
+        let out = resize_rgb8_with(&src, 13, 9, 5, 30, Filter::Bilinear);
+        assert!(out.iter().all(|&v| v == 77));
+    }
+
+    #[test]
+    fn bilinear_upscale_by_two_interpolates() {
+        // Pillow: a 2-px row [0, 200] resized to 4 px with BILINEAR gives [0, 50, 150, 200].
+        let src = [0, 0, 0, 200, 200, 200];
+        let out = resize_rgb8_with(&src, 2, 1, 4, 1, Filter::Bilinear);
+        assert_eq!(out.chunks(3).map(|p| p[0]).collect::<Vec<_>>(), vec![0, 50, 150, 200]);
     }
 }

@@ -229,6 +229,50 @@ pub struct WLayout {
     pub _pad: u32,
 }
 
+/// One GPU buffer of a weight as [`plan_parts`] lays it out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PartPlan {
+    pub row_offset: u32,
+    pub rows: u32,
+    /// Bytes of the packed rows (without the split scale array).
+    pub body_bytes: u64,
+    /// Bytes of the buffer: the rows and their split scales padded to 4.
+    pub bytes: u64,
+}
+
+/// How a `rows x cols` weight of GGUF type `ty` is laid out on the GPU: its format and its
+/// parts of at most `part_limit` bytes, in row order. A pure function of the shape (the
+/// memory plan sizes weights from file headers with it; [`GpuWeight::allocate`] allocates
+/// exactly these parts).
+pub fn plan_parts(ty: GgmlType, rows: u32, cols: u32, part_limit: u64) -> Result<(WeightFormat, Vec<PartPlan>), WeightError> {
+    let format = WeightFormat::of(ty, cols as usize).ok_or(WeightError::Unsupported(ty))?;
+    let block = ty.block_size();
+    if rows == 0 || cols == 0 || !(cols as usize).is_multiple_of(block) {
+        return Err(WeightError::BadShape { ty, rows, cols, block });
+    }
+    let body = format.row_body_bytes(cols as usize) as u64;
+    let scales = if format.split_scale() { (cols as usize / block * 2) as u64 } else { 0 };
+    // 4 bytes of slack for the scale array's padding.
+    let limit = part_limit.min(MAX_PART_BYTES);
+    let mut rows_per_part = (limit.saturating_sub(4) / (body + scales)).min(rows as u64) as u32;
+    if rows_per_part > 1 && rows_per_part < rows {
+        rows_per_part &= !1;
+    }
+    if rows_per_part == 0 {
+        return Err(WeightError::RowTooLarge { row_bytes: body + scales, limit });
+    }
+    let mut parts = Vec::new();
+    let mut row_offset = 0u32;
+    while row_offset < rows {
+        let n = rows_per_part.min(rows - row_offset);
+        let body_bytes = body * n as u64;
+        let bytes = body_bytes + (scales * n as u64).next_multiple_of(4);
+        parts.push(PartPlan { row_offset, rows: n, body_bytes, bytes });
+        row_offset += n;
+    }
+    Ok((format, parts))
+}
+
 /// A 2-D weight on the GPU: `[rows][cols]`, `cols` = GGUF `dims[0]` (the input features).
 /// Cloning shares the GPU buffers.
 #[derive(Clone)]
@@ -282,32 +326,12 @@ impl GpuWeight {
         cols: u32,
         part_limit: u64,
     ) -> Result<GpuWeight, WeightError> {
-        let format = WeightFormat::of(ty, cols as usize).ok_or(WeightError::Unsupported(ty))?;
-        let block = ty.block_size();
-        if rows == 0 || cols == 0 || !(cols as usize).is_multiple_of(block) {
-            return Err(WeightError::BadShape { ty, rows, cols, block });
-        }
-        let body = format.row_body_bytes(cols as usize) as u64;
-        let scales = if format.split_scale() { (cols as usize / block * 2) as u64 } else { 0 };
-        // 4 bytes of slack for the scale array's padding.
-        let limit = part_limit.min(MAX_PART_BYTES);
-        let mut rows_per_part = (limit.saturating_sub(4) / (body + scales)).min(rows as u64) as u32;
-        if rows_per_part > 1 && rows_per_part < rows {
-            rows_per_part &= !1;
-        }
-        if rows_per_part == 0 {
-            return Err(WeightError::RowTooLarge { row_bytes: body + scales, limit });
-        }
-        let mut parts = Vec::new();
-        let mut row_offset = 0u32;
-        while row_offset < rows {
-            let n = rows_per_part.min(rows - row_offset);
-            let body_bytes = body * n as u64;
-            let bytes = body_bytes + (scales * n as u64).next_multiple_of(4);
-            let buffer = gpu.storage(&format!("{label}[{row_offset}..{}]", row_offset + n), bytes)?;
-            let scale_base = if format.split_scale() { (body_bytes / 4) as u32 } else { 0 };
-            parts.push(WeightPart { buffer, row_offset, rows: n, scale_base, bytes });
-            row_offset += n;
+        let (format, planned) = plan_parts(ty, rows, cols, part_limit)?;
+        let mut parts = Vec::with_capacity(planned.len());
+        for p in planned {
+            let buffer = gpu.storage(&format!("{label}[{}..{}]", p.row_offset, p.row_offset + p.rows), p.bytes)?;
+            let scale_base = if format.split_scale() { (p.body_bytes / 4) as u32 } else { 0 };
+            parts.push(WeightPart { buffer, row_offset: p.row_offset, rows: p.rows, scale_base, bytes: p.bytes });
         }
         Ok(GpuWeight { label: label.to_string(), ty, format, rows, cols, parts })
     }

@@ -46,7 +46,23 @@ pub enum ModelError {
     /// stand (they cannot be rewound).
     #[error("the recurrent layers have consumed {consumed} tokens but the cache holds {cached}: prefill the sequence again")]
     RecurrentPosition { consumed: u32, cached: u32 },
+    /// The model at the asked context needs more GPU memory than the budget
+    /// (`memory_plan::MemoryPlan::check`).
+    #[error(
+        "the model needs {} MiB of GPU memory ({} MiB weights + {} MiB KV cache at {ctx} tokens + {} MiB buffers) but {} MiB are available; {}",
+        mib(*needed), mib(*weights), mib(*state), mib(*other), mib(*available),
+        if *largest_ctx > 0 { format!("the largest context that fits is {largest_ctx} tokens") } else { "no context fits".to_string() }
+    )]
+    DoesNotFit { needed: u64, available: u64, weights: u64, state: u64, ctx: u32, other: u64, largest_ctx: u32 },
+    /// One buffer the model needs exceeds the adapter's buffer or binding limit.
+    #[error("{what} needs a buffer of {bytes} bytes; the adapter allows {limit}")]
+    BufferTooLarge { what: String, bytes: u64, limit: u64 },
     /// The GPU failed (out of memory, device lost, ...).
     #[error(transparent)]
     Gpu(#[from] GpuError),
+}
+
+/// Bytes in MiB with one decimal, for messages.
+fn mib(bytes: u64) -> String {
+    format!("{:.1}", bytes as f64 / 1048576.0)
 }

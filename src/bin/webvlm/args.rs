@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 use webvlm::engine::GenerateOptions;
 use webvlm::gpu::Geometry;
 use webvlm::model::synthetic::{Qwen35Shape, QwenVisionShape, SyntheticShape, VisionShape};
-use webvlm::model::ContextOptions;
+use webvlm::model::{ContextOptions, MemoryBudget};
 use webvlm::sampling::SamplingParams;
 use webvlm::source::LoadQuant;
 
@@ -71,6 +71,24 @@ pub struct EngineArgs {
     /// adapters) [default: from the adapter]
     #[arg(long, value_name = "G")]
     pub geometry: Option<Geometry>,
+    #[command(flatten)]
+    pub budget: BudgetArg,
+}
+
+/// `--gpu-memory`: the GPU memory budget the memory plan checks before loading.
+#[derive(Args, Debug)]
+pub struct BudgetArg {
+    /// GPU memory the model may use (8G, 12GiB, 512M): a model that does not fit at --ctx is
+    /// refused before any weight is uploaded, with the largest context that fits [default:
+    /// no total limit; the adapter's buffer limits are always checked]
+    #[arg(long, value_name = "BYTES")]
+    pub gpu_memory: Option<MemoryBudget>,
+}
+
+impl BudgetArg {
+    pub fn budget(&self) -> MemoryBudget {
+        self.gpu_memory.unwrap_or_else(MemoryBudget::default_for_target)
+    }
 }
 
 /// `--image`, repeatable (generate, logits).
@@ -130,6 +148,9 @@ pub enum Shape {
     Ministral3b,
     // A model of the same structure, about 1 MB.
     Tiny,
+    // Mistral Small 3.1 24B's exact shapes (use --layers: 40 blocks take ~14 GB).
+    #[value(name = "mistral-small-24b")]
+    MistralSmall24b,
     // Qwen3.5's released sizes (hybrid DeltaNet + attention, with their vision encoders).
     #[value(name = "qwen3.5-0.8b")]
     Qwen35_0_8b,
@@ -144,7 +165,7 @@ pub enum Shape {
     Qwen35Tiny,
 }
 
-/// What a [`Shape`] builds: a `mistral3` decoder and Pixtral mmproj, or a `qwen35` decoder
+/// What a [`Shape`] builds: a `mistral3` decoder (Ministral 3 or Mistral Small) and Pixtral mmproj, or a `qwen35` decoder
 /// and a Qwen vision mmproj.
 #[derive(Clone, Copy, Debug)]
 pub enum ShapeModel {
@@ -152,11 +173,32 @@ pub enum ShapeModel {
     Qwen35(Qwen35Shape, QwenVisionShape),
 }
 
+impl ShapeModel {
+    /// Decoder blocks.
+    pub fn n_layer(self) -> u32 {
+        match self {
+            ShapeModel::Ministral(s, _) => s.n_layer,
+            ShapeModel::Qwen35(s, _) => s.n_layer,
+        }
+    }
+
+    /// The same model with `n_layer` decoder blocks.
+    pub fn with_layers(self, n_layer: u32) -> ShapeModel {
+        match self {
+            ShapeModel::Ministral(s, v) => ShapeModel::Ministral(SyntheticShape { n_layer, ..s }, v),
+            ShapeModel::Qwen35(s, v) => ShapeModel::Qwen35(Qwen35Shape { n_layer, ..s }, v),
+        }
+    }
+}
+
 impl Shape {
     pub fn model(self) -> ShapeModel {
         match self {
             Shape::Ministral3b => ShapeModel::Ministral(SyntheticShape::ministral3_3b(), VisionShape::ministral3_3b()),
             Shape::Tiny => ShapeModel::Ministral(SyntheticShape::tiny(), VisionShape::tiny()),
+            Shape::MistralSmall24b => {
+                ShapeModel::Ministral(SyntheticShape::mistral_small_24b(), VisionShape::mistral_small_24b())
+            }
             Shape::Qwen35_0_8b => ShapeModel::Qwen35(Qwen35Shape::qwen35_0_8b(), QwenVisionShape::qwen35_0_8b()),
             Shape::Qwen35_2b => ShapeModel::Qwen35(Qwen35Shape::qwen35_2b(), QwenVisionShape::qwen35_2b()),
             Shape::Qwen35_4b => ShapeModel::Qwen35(Qwen35Shape::qwen35_4b(), QwenVisionShape::qwen35_4b()),
@@ -170,6 +212,7 @@ impl Shape {
         match self {
             Shape::Ministral3b => "synthetic Ministral 3 3B",
             Shape::Tiny => "synthetic tiny mistral3",
+            Shape::MistralSmall24b => "synthetic Mistral Small 3.1 24B",
             Shape::Qwen35_0_8b => "synthetic Qwen3.5-0.8B",
             Shape::Qwen35_2b => "synthetic Qwen3.5-2B",
             Shape::Qwen35_4b => "synthetic Qwen3.5-4B",

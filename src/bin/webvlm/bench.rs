@@ -51,7 +51,7 @@ pub struct BenchArgs {
     /// Time a synthetic model built in memory (random weights): Ministral 3, or a Qwen3.5 size
     #[arg(long)]
     synthetic: bool,
-    /// Shapes of the synthetic model (3b, tiny, qwen3.5-0.8b|2b|4b|9b|tiny) [default: 3b; tiny with --quick]
+    /// Shapes of the synthetic model (3b, tiny, mistral-small-24b, qwen3.5-0.8b|2b|4b|9b|tiny) [default: 3b; tiny with --quick]
     #[arg(long, value_enum)]
     shape: Option<Shape>,
     /// Only the structural figures of a Qwen3.5 `--shape` (state, KV and weight bytes), no GPU
@@ -105,6 +105,10 @@ pub struct BenchArgs {
     /// Source image sizes of the vision figures, N (square) or WxH [default: 512,1024; 512 for Qwen3.5; 112 with --quick]
     #[arg(long, value_name = "SIZE,...", value_delimiter = ',', value_parser = parse_size)]
     vision_sizes: Vec<(u32, u32)>,
+    /// Decoder blocks of the synthetic model (same work per block, for sizes that do not fit
+    /// in memory): times N/2 and N blocks and scales to the full depth by a line through both
+    #[arg(long, value_name = "N")]
+    layers: Option<u32>,
     /// Vision encoder blocks (same work per block: a per-block figure where 24 take too long)
     #[arg(long, value_name = "N")]
     vision_layers: Option<u32>,
@@ -206,10 +210,12 @@ pub fn run(args: &BenchArgs) -> CliResult {
         // A Qwen3.5 size: its own encoder, on by default, at 512x512.
         Some(ShapeModel::Qwen35(_, v)) => (VisionSpec::Qwen(if quick { QwenVisionShape::tiny() } else { v }), QWEN_VISION_SIZES),
         _ if !quick && !args.vision => {
-            out.emit(json!({ "kind": "skipped", "vision": "Ministral 3 3B shapes", "reason": "opt-in: --vision" }));
-            out.note("skipping the vision encoder at Ministral 3 3B shapes (opt-in: --vision)");
+            out.emit(json!({ "kind": "skipped", "vision": "Pixtral shapes", "reason": "opt-in: --vision" }));
+            out.note("skipping the Pixtral vision encoder (opt-in: --vision)");
             return Ok(());
         }
+        // The shape's own Pixtral encoder (Ministral 3 3B's by default).
+        Some(ShapeModel::Ministral(_, v)) if !quick => (VisionSpec::Pixtral(v), VISION_SIZES),
         _ => (VisionSpec::Pixtral(if quick { VisionShape::tiny() } else { VisionShape::ministral3_3b() }), VISION_SIZES),
     };
     let sizes = match args.vision_sizes.is_empty() {
@@ -252,16 +258,6 @@ fn bench_synthetic(gpu: &Gpu, out: &Out, args: &BenchArgs, roof: &roofline::Roof
         let quiet = Out { json_only: true, silent: true };
         bench_model(gpu, &quiet, "warm-up", &tiny, plan, roof, budget)?;
     }
-    let t = std::time::Instant::now();
-    let (src, weight_bytes) = match model {
-        ShapeModel::Ministral(s, _) => (synthetic_ministral3_3b(&s, args.seed)?, s.weight_bytes()),
-        ShapeModel::Qwen35(s, _) => (synthetic_qwen35(&s, args.seed)?, s.weight_bytes()),
-    };
-    out.note(&format!(
-        "{name}: {:.2} GB of random weights built in {:.1} s",
-        weight_bytes as f64 / 1e9,
-        t.elapsed().as_secs_f64()
-    ));
     let by_size = |quick_n, big_n, n| match (quick, big) {
         (true, _) => quick_n,
         (false, true) => big_n,
@@ -277,8 +273,76 @@ fn bench_synthetic(gpu: &Gpu, out: &Out, args: &BenchArgs, roof: &roofline::Roof
     };
     // Family timings of a slow model: one repetition, no extra warm-up.
     let budget = if big { Budget { reps: 1, rep_seconds: 0.0, ..budget } } else { budget };
-    bench_model(gpu, out, name, &src, plan, roof, budget)?;
+    let Some(layers) = args.layers else {
+        bench_shape(gpu, out, name, model, args.seed, plan, roof, budget)?;
+        return Ok(());
+    };
+    let full = model.n_layer();
+    if layers < 2 || layers > full {
+        return Err(format!("--layers takes 2..={full} for this shape").into());
+    }
+    // Two depths: the per-block cost is the slope, the rest (embedding, head) the intercept.
+    let mut runs = Vec::new();
+    for n in [layers / 2, layers] {
+        let label = format!("{name} ({n} of {full} blocks)");
+        runs.push((n, bench_shape(gpu, out, &label, model.with_layers(n), args.seed, plan, roof, budget)?));
+    }
+    out.emit(scaled_to_depth(out, name, full, &runs));
     Ok(())
+}
+
+/// Builds the synthetic model of `model` in memory and times it.
+#[allow(clippy::too_many_arguments)]
+fn bench_shape(
+    gpu: &Gpu,
+    out: &Out,
+    name: &str,
+    model: ShapeModel,
+    seed: u64,
+    plan: ModelPlan,
+    roof: &roofline::Roofline,
+    budget: Budget,
+) -> Result<Value, Box<dyn std::error::Error>> {
+    let t = std::time::Instant::now();
+    let (src, weight_bytes) = match model {
+        ShapeModel::Ministral(s, _) => (synthetic_ministral3_3b(&s, seed)?, s.weight_bytes()),
+        ShapeModel::Qwen35(s, _) => (synthetic_qwen35(&s, seed)?, s.weight_bytes()),
+    };
+    out.note(&format!(
+        "{name}: {:.2} GB of random weights built in {:.1} s",
+        weight_bytes as f64 / 1e9,
+        t.elapsed().as_secs_f64()
+    ));
+    bench_model(gpu, out, name, &src, plan, roof, budget)
+}
+
+/// The figures of a model of `full` blocks from runs at two smaller depths: each time a line
+/// `a + b * blocks` through the two, GPU bytes likewise (exact: every block has the same
+/// weights and KV rows).
+fn scaled_to_depth(out: &Out, name: &str, full: u32, runs: &[(u32, Value)]) -> Value {
+    let [(n0, v0), (n1, v1)] = runs else { return json!({}) };
+    let at_full = |key: &str| {
+        let (y0, y1) = (v0[key].as_f64().unwrap_or(0.0), v1[key].as_f64().unwrap_or(0.0));
+        let slope = (y1 - y0) / (*n1 - *n0) as f64;
+        y1 + slope * (full - n1) as f64
+    };
+    let (prefill_s, decode_s) = (at_full("prefill_seconds"), at_full("decode_seconds_per_token"));
+    let prompt_tokens = v1["prompt_tokens"].as_f64().unwrap_or(0.0);
+    let v = json!({
+        "kind": "model_scaled", "model": name, "n_layer": full, "measured_layers": [n0, n1],
+        "prompt_tokens": prompt_tokens, "prefill_seconds": prefill_s, "prefill_tokens_per_s": prompt_tokens / prefill_s,
+        "decode_seconds_per_token": decode_s, "decode_tokens_per_s": 1.0 / decode_s,
+        "weight_bytes_on_gpu": at_full("weight_bytes_on_gpu"), "state_bytes": at_full("state_bytes"),
+        "dispatches_per_token": at_full("dispatches_per_token"),
+    });
+    out.note(&format!(
+        "{name}, scaled from {n0} and {n1} blocks to {full}: prefill {:.2} tokens/s, decode {:.3} tokens/s, {:.2} GB of weights and {:.0} MiB of KV cache on the GPU",
+        prompt_tokens / prefill_s,
+        1.0 / decode_s,
+        v["weight_bytes_on_gpu"].as_f64().unwrap_or(0.0) / 1e9,
+        v["state_bytes"].as_f64().unwrap_or(0.0) / 1048576.0
+    ));
+    v
 }
 
 /// `512` (square) or `640x480` (width x height).

@@ -3,14 +3,17 @@
 //! `webvlm split`: a GGUF model cut into parts the way llama.cpp's `gguf-split` does.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use clap::Args;
+use webvlm::gguf::MappedGguf;
+use webvlm::gpu::{Gpu, GpuOptions};
 use webvlm::model::families::llama::LlamaConfig;
 use webvlm::model::families::qwen35::{self, Qwen35Config};
-use webvlm::model::ContextOptions;
 use webvlm::model::TextConfig;
+use webvlm::model::{ContextOptions, MemoryBudget, PlanLimits, PlanOptions, Precision};
 
-use crate::args::ModelArg;
+use crate::args::{BudgetArg, ModelArg};
 use crate::open::ModelFiles;
 use crate::stdout::outln;
 use crate::CliResult;
@@ -22,6 +25,16 @@ pub struct InfoArgs {
     /// Context size in tokens, for the KV cache in the GPU memory estimate
     #[arg(long, value_name = "N", default_value_t = ContextOptions::default().max_ctx)]
     ctx: u32,
+    /// Print the memory plan against this machine's adapter: weights as uploaded, KV cache,
+    /// step and vision buffers, whether it fits --gpu-memory and the largest context that does
+    /// (exit status 1 when it does not fit)
+    #[arg(long)]
+    plan: bool,
+    /// The vision projector (llama.cpp's mmproj GGUF), for the plan
+    #[arg(long, value_name = "P.gguf", requires = "plan")]
+    mmproj: Option<PathBuf>,
+    #[command(flatten)]
+    budget: BudgetArg,
 }
 
 #[derive(Args, Debug)]
@@ -75,7 +88,51 @@ pub fn run(args: &InfoArgs) -> CliResult {
         ModelFiles::Hf(_) => outln!("tokenizer:     tokenizer.json"),
         ModelFiles::Gguf(_) => outln!("tokenizer:     {}", md.get_opt_str("tokenizer.ggml.model")?.unwrap_or("none")),
     }
-    print_memory(&model, &text, args.ctx, kv_layers, recurrent_bytes)
+    print_memory(&model, &text, args.ctx, kv_layers, recurrent_bytes)?;
+    if args.plan {
+        print_plan(&model, args)?;
+    }
+    Ok(())
+}
+
+/// The memory plan on this machine's adapter (its limits and prefill chunk; f16 KV cache).
+fn print_plan(model: &ModelFiles, args: &InfoArgs) -> CliResult {
+    let mmproj = args.mmproj.as_ref().map(MappedGguf::open).transpose()?;
+    let gpu = Gpu::new_blocking(GpuOptions::default())?;
+    let defaults = ContextOptions::for_adapter(&gpu.caps);
+    let opts =
+        PlanOptions { ctx: args.ctx, chunk: defaults.max_chunk, kv: Precision::default().kv_dtype(), ..PlanOptions::default() };
+    let limits = PlanLimits::from_caps(&gpu.caps);
+    let plan = crate::memory_plan(model, mmproj.as_ref(), limits, opts)?;
+    let budget = args.budget.budget();
+    let mib = |b: u64| b as f64 / 1048576.0;
+    outln!(
+        "memory plan:   adapter {} (buffer limit {:.0} MiB, binding limit {:.0} MiB)",
+        gpu.caps.adapter,
+        mib(limits.max_buffer),
+        mib(limits.max_storage_binding)
+    );
+    outln!("  text weights   {:>10.1} MiB", mib(plan.text_weights));
+    outln!("  vision weights {:>10.1} MiB", mib(plan.vision_weights));
+    outln!(
+        "  KV cache       {:>10.1} MiB  ({} tokens x {} bytes, {:?})",
+        mib(plan.state),
+        opts.ctx,
+        plan.state_per_token,
+        opts.kv
+    );
+    outln!("  step buffers   {:>10.1} MiB  (chunk {})", mib(plan.step), opts.chunk);
+    outln!("  vision scratch {:>10.1} MiB  ({} px image)", mib(plan.vision_scratch), opts.image_edge);
+    outln!("  total          {:>10.1} MiB", mib(plan.total()));
+    match budget {
+        MemoryBudget::Bytes(b) => outln!("  budget         {:>10.1} MiB", mib(b)),
+        MemoryBudget::Unknown => outln!("  budget         unknown (give --gpu-memory)"),
+    }
+    let largest = plan.largest_context(budget).map_or("none".to_string(), |c| c.to_string());
+    outln!("  largest context that fits: {largest}");
+    plan.check(budget)?;
+    outln!("  fits: yes");
+    Ok(())
 }
 
 fn print_text(t: &TextConfig) {

@@ -6,9 +6,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use webvlm::engine::{Engine, EngineError, Mmproj};
-use webvlm::gguf::MappedGguf;
+use webvlm::error::{Classify, ErrorClass};
+use webvlm::gguf::{MappedGguf, TensorInfo};
 use webvlm::gpu::{Gpu, GpuOptions};
-use webvlm::model::{ContextOptions, Precision};
+use webvlm::image::DEFAULT_MAX_EDGE;
+use webvlm::model::{ContextOptions, MemoryPlan, ModelHeaders, PlanLimits, PlanOptions, Precision};
 use webvlm::source::TensorSource;
 
 mod api;
@@ -88,6 +90,21 @@ pub fn open_engine(args: &args::EngineArgs) -> Result<Engine, Box<dyn std::error
         _ => defaults.precision,
     };
     let opts = ContextOptions { max_ctx: args.ctx, max_chunk: args.chunk.unwrap_or(defaults.max_chunk), precision };
+    // Refuse a model that cannot fit before any weight is uploaded.
+    let plan_opts = PlanOptions {
+        ctx: opts.max_ctx,
+        chunk: opts.max_chunk,
+        kv: precision.kv_dtype(),
+        text_quant: args.quant,
+        vision_quant: args.vision_quant,
+        image_edge: args.image_max_edge.unwrap_or(DEFAULT_MAX_EDGE),
+    };
+    // Headers the plan cannot read are left to the loader, whose errors name the tensor.
+    match memory_plan(&model, mmproj.as_ref(), PlanLimits::from_caps(&gpu.caps), plan_opts) {
+        Ok(plan) => plan.check(args.budget.budget())?,
+        Err(e) if e.class() == ErrorClass::AdapterTooSmall => return Err(e.into()),
+        Err(_) => {}
+    }
     let mmproj = mmproj.as_ref().map(|m| Mmproj { src: m as &dyn TensorSource, quant: args.vision_quant });
     let mut engine = model.engine(gpu, mmproj, args.quant, opts)?;
     if let Some(edge) = args.image_max_edge {
@@ -97,6 +114,20 @@ pub fn open_engine(args: &args::EngineArgs) -> Result<Engine, Box<dyn std::error
         engine.set_image_area(args.image_min_area, args.image_max_area)?;
     }
     Ok(engine)
+}
+
+/// The memory plan of a model (and mmproj) file from their headers.
+pub fn memory_plan(
+    model: &open::ModelFiles,
+    mmproj: Option<&MappedGguf>,
+    limits: PlanLimits,
+    opts: PlanOptions,
+) -> Result<MemoryPlan, webvlm::model::ModelError> {
+    let text: Vec<TensorInfo> = model.tensors().into_iter().cloned().collect();
+    let proj: Option<Vec<TensorInfo>> = mmproj.map(|m| m.tensors().cloned().collect());
+    let text_headers = ModelHeaders { metadata: model.source().metadata(), tensors: &text };
+    let mmproj_headers = mmproj.zip(proj.as_deref()).map(|(m, t)| ModelHeaders { metadata: m.metadata(), tensors: t });
+    MemoryPlan::new(text_headers, mmproj_headers, limits, opts)
 }
 
 /// The model's vocabulary size (the logits' row length).

@@ -23,7 +23,7 @@ pub struct SyntheticArgs {
     #[arg(long, value_name = "P.gguf")]
     mmproj_out: Option<PathBuf>,
     /// The shapes: 3b, Ministral 3 3B's exact ones; tiny, the same structure in about 1 MB;
-    /// qwen3.5-*, a Qwen3.5 size
+    /// mistral-small-24b, Mistral Small 3.1's; qwen3.5-*, a Qwen3.5 size
     #[arg(long, value_enum, default_value_t = Shape::Ministral3b)]
     shape: Shape,
     /// Seed of the random weights

@@ -48,19 +48,62 @@ pub struct SyntheticShape {
     pub head_dim: u32,
     pub n_ff: u32,
     pub vocab: u32,
+    pub rope: SyntheticRope,
+}
+
+/// The RoPE metadata of a synthetic `mistral3` decoder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyntheticRope {
+    /// Ministral 3: theta 1e6, YaRN (factor 16 over 16k) and the position-dependent query scaling.
+    Ministral3,
+    /// Mistral Small 3.1: theta 1e9, no scaling (llama.cpp writes `mistral3` without YaRN keys).
+    MistralSmall,
 }
 
 impl SyntheticShape {
     /// Ministral 3 3B's text decoder (`Ministral3ForCausalLM`, `docs/MODELS.md`): ~3.4 B parameters,
     /// ~2 GB of weights at this type mix.
     pub fn ministral3_3b() -> SyntheticShape {
-        SyntheticShape { n_embd: 3072, n_layer: 26, n_head: 32, n_head_kv: 8, head_dim: 128, n_ff: 9216, vocab: 131072 }
+        SyntheticShape {
+            n_embd: 3072,
+            n_layer: 26,
+            n_head: 32,
+            n_head_kv: 8,
+            head_dim: 128,
+            n_ff: 9216,
+            vocab: 131072,
+            rope: SyntheticRope::Ministral3,
+        }
+    }
+
+    /// Mistral Small 3.1 24B's text decoder (`docs/MODELS.md`): ~23.6 B parameters, ~14 GB of
+    /// weights at this type mix.
+    pub fn mistral_small_24b() -> SyntheticShape {
+        SyntheticShape {
+            n_embd: 5120,
+            n_layer: 40,
+            n_head: 32,
+            n_head_kv: 8,
+            head_dim: 128,
+            n_ff: 32768,
+            vocab: 131072,
+            rope: SyntheticRope::MistralSmall,
+        }
     }
 
     /// A few-MB model with the same structure (4:2 GQA, q_dim = n_embd, head_dim 64) for
     /// tests and quick runs.
     pub fn tiny() -> SyntheticShape {
-        SyntheticShape { n_embd: 256, n_layer: 2, n_head: 4, n_head_kv: 2, head_dim: 64, n_ff: 512, vocab: 1024 }
+        SyntheticShape {
+            n_embd: 256,
+            n_layer: 2,
+            n_head: 4,
+            n_head_kv: 2,
+            head_dim: 64,
+            n_ff: 512,
+            vocab: 1024,
+            rope: SyntheticRope::Ministral3,
+        }
     }
 
     /// Width of the query projection.
@@ -176,7 +219,7 @@ pub fn synthetic_ministral3_writer(
         w.add_kv(if k.starts_with("general.") { k.to_string() } else { format!("{arch}.{k}") }, v);
     };
     kv("general.architecture", MetaValue::String(arch.into()));
-    kv("general.name", MetaValue::String("synthetic Ministral 3".into()));
+    kv("general.name", MetaValue::String("synthetic mistral3".into()));
     kv("block_count", MetaValue::U32(shape.n_layer));
     kv("context_length", MetaValue::U32(262_144));
     kv("embedding_length", MetaValue::U32(shape.n_embd));
@@ -187,14 +230,19 @@ pub fn synthetic_ministral3_writer(
     kv("attention.value_length", MetaValue::U32(shape.head_dim));
     kv("attention.layer_norm_rms_epsilon", MetaValue::F32(1e-5));
     kv("rope.dimension_count", MetaValue::U32(shape.head_dim));
-    kv("rope.freq_base", MetaValue::F32(1e6));
-    kv("rope.scaling.type", MetaValue::String("yarn".into()));
-    kv("rope.scaling.factor", MetaValue::F32(16.0));
-    kv("rope.scaling.original_context_length", MetaValue::U32(16_384));
-    kv("rope.scaling.yarn_beta_fast", MetaValue::F32(32.0));
-    kv("rope.scaling.yarn_beta_slow", MetaValue::F32(1.0));
-    kv("rope.scaling.yarn_log_multiplier", MetaValue::F32(1.0));
-    kv("attention.temperature_scale", MetaValue::F32(0.1));
+    match shape.rope {
+        SyntheticRope::Ministral3 => {
+            kv("rope.freq_base", MetaValue::F32(1e6));
+            kv("rope.scaling.type", MetaValue::String("yarn".into()));
+            kv("rope.scaling.factor", MetaValue::F32(16.0));
+            kv("rope.scaling.original_context_length", MetaValue::U32(16_384));
+            kv("rope.scaling.yarn_beta_fast", MetaValue::F32(32.0));
+            kv("rope.scaling.yarn_beta_slow", MetaValue::F32(1.0));
+            kv("rope.scaling.yarn_log_multiplier", MetaValue::F32(1.0));
+            kv("attention.temperature_scale", MetaValue::F32(0.1));
+        }
+        SyntheticRope::MistralSmall => kv("rope.freq_base", MetaValue::F32(1e9)),
+    }
     kv("vocab_size", MetaValue::U32(shape.vocab));
 
     let mut rng = SplitMix64::new(weights.seed());
@@ -240,6 +288,11 @@ impl VisionShape {
     /// of F16 weights.
     pub fn ministral3_3b() -> VisionShape {
         VisionShape { hidden: 1024, n_layer: 24, n_head: 16, head_dim: 64, n_ff: 4096, text_hidden: 3072 }
+    }
+
+    /// Mistral Small 3.1 24B's: Ministral 3's encoder with a projector to 5120.
+    pub fn mistral_small_24b() -> VisionShape {
+        VisionShape { text_hidden: 5120, ..VisionShape::ministral3_3b() }
     }
 
     /// A sub-MB encoder with the same structure and head_dim (so it compiles the same
@@ -389,6 +442,17 @@ mod tests {
     fn ministral3_3b_weighs_about_two_gigabytes() {
         let gb = SyntheticShape::ministral3_3b().weight_bytes() as f64 / 1e9;
         assert!((1.8..2.4).contains(&gb), "{gb} GB");
+    }
+
+    #[test]
+    fn mistral_small_24b_weighs_about_fourteen_gigabytes_without_scaling() {
+        let shape = SyntheticShape::mistral_small_24b();
+        let gb = shape.weight_bytes() as f64 / 1e9;
+        assert!((13.0..15.0).contains(&gb), "{gb} GB");
+        let src = synthetic_ministral3_3b(&SyntheticShape { n_layer: 1, vocab: 256, ..shape }, 1).unwrap();
+        let cfg = crate::model::families::llama::LlamaConfig::from_metadata(src.metadata(), 256).unwrap();
+        assert!(cfg.yarn.is_none() && cfg.query_scale_beta == 0.0 && cfg.rope_theta == 1e9);
+        assert_eq!((cfg.text.n_embd, cfg.text.head_dim * cfg.text.n_head), (5120, 4096));
     }
 
     #[test]

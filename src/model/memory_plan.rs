@@ -1,0 +1,498 @@
+//! GPU memory a model needs, planned from file headers alone (metadata + tensor infos of the
+//! text model and optional mmproj; no weight is read), against the adapter's limits and a
+//! memory budget: so that a browser can refuse a model that cannot fit after fetching only
+//! the headers (Range requests), before the download.
+//!
+//! What is counted: the weights as uploaded (each matrix's type after [`LoadQuant`], split into
+//! binding-sized parts by [`plan_parts`], q/k/v and gate/up stacked as `source::load_stacked`
+//! does; norm vectors as f32), the KV cache at the chosen context (recurrent states for
+//! hybrid decoders), the step buffers and family scratch at the prefill chunk, and the vision
+//! encoder's scratch for the largest image. Weights and KV cache are exact for the Llama
+//! family and the Pixtral encoder (tests compare them with loaded models); step, scratch
+//! and vision buffers are the allocations' formulas and other families' stacks are not
+//! modelled (a few bytes of scale padding per stack).
+//!
+//! WebGPU exposes no total memory figure, so the budget is the user's ([`MemoryBudget`]).
+//! Reference for the browser practice: WebLLM's model records carry a `vram_required_MB`
+//! figure and it checks `maxStorageBufferBindingSize` / `maxBufferSize` before loading.
+
+use crate::gguf::{GgmlType, GgufHeader, Metadata, TensorInfo};
+use crate::gpu::Caps;
+use crate::image::DEFAULT_MAX_EDGE;
+use crate::kernels::attention::KvDtype;
+use crate::kernels::quant::plan_parts;
+use crate::model::families::llama::{self, LlamaConfig};
+use crate::model::families::qwen35::{self, Qwen35Config};
+use crate::model::vision::pixtral::PixtralConfig;
+use crate::model::{LayerKind, ModelError, TextConfig};
+use crate::source::LoadQuant;
+
+/// Bytes of GPU memory the model may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoryBudget {
+    /// Given by the user (`--gpu-memory 8G`, the package's `gpuMemory` option).
+    Bytes(u64),
+    /// Nothing known: only the adapter's per-buffer limits are checked, and the driver
+    /// reports an allocation it cannot serve.
+    Unknown,
+}
+
+/// The browser's default budget: WebGPU reports no memory size, and 4 GiB holds the 3-4 B
+/// models at 4-8 bits (what WebLLM lists as fitting common laptops); users with larger GPUs
+/// raise it. Natively the default is [`MemoryBudget::Unknown`] (wgpu exposes no portable
+/// heap size; Vulkan's would need the raw instance).
+pub const DEFAULT_WEB_BUDGET: u64 = 4 << 30;
+
+impl MemoryBudget {
+    /// The default for this build: [`DEFAULT_WEB_BUDGET`] in wasm, unknown natively.
+    pub fn default_for_target() -> MemoryBudget {
+        if cfg!(target_arch = "wasm32") {
+            MemoryBudget::Bytes(DEFAULT_WEB_BUDGET)
+        } else {
+            MemoryBudget::Unknown
+        }
+    }
+
+    fn bytes(self) -> Option<u64> {
+        match self {
+            MemoryBudget::Bytes(b) => Some(b),
+            MemoryBudget::Unknown => None,
+        }
+    }
+}
+
+impl std::str::FromStr for MemoryBudget {
+    type Err = String;
+    /// `8G`, `8GiB`, `8GB`, `512M`, `1.5G`, a plain byte count (units are binary).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim().to_ascii_lowercase();
+        let digits = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+        let (num, unit) = t.split_at(digits);
+        let scale: u64 = match unit.trim() {
+            "" | "b" => 1,
+            "k" | "kb" | "kib" => 1 << 10,
+            "m" | "mb" | "mib" => 1 << 20,
+            "g" | "gb" | "gib" => 1 << 30,
+            "t" | "tb" | "tib" => 1 << 40,
+            _ => return Err(format!("unknown memory unit in {s:?} (B, K, M, G, T)")),
+        };
+        let value: f64 = num.parse().map_err(|_| format!("not a memory size: {s:?}"))?;
+        let bytes = value * scale as f64;
+        if !(bytes >= 1.0 && bytes < u64::MAX as f64) {
+            return Err(format!("memory size out of range: {s:?}"));
+        }
+        Ok(MemoryBudget::Bytes(bytes as u64))
+    }
+}
+
+/// The adapter limits the plan checks (from [`Caps`] or `wgpu::Limits`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlanLimits {
+    pub max_buffer: u64,
+    pub max_storage_binding: u64,
+}
+
+impl PlanLimits {
+    pub fn from_caps(caps: &Caps) -> PlanLimits {
+        PlanLimits { max_buffer: caps.max_buffer, max_storage_binding: caps.max_storage_binding }
+    }
+
+    pub fn from_limits(limits: &wgpu::Limits) -> PlanLimits {
+        PlanLimits { max_buffer: limits.max_buffer_size, max_storage_binding: limits.max_storage_buffer_binding_size }
+    }
+
+    /// The largest weight part ([`Caps::part_limit`]).
+    fn part_limit(&self) -> u64 {
+        self.max_storage_binding.min(self.max_buffer)
+    }
+}
+
+/// What the engine will be asked to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlanOptions {
+    /// Context in tokens (KV cache rows).
+    pub ctx: u32,
+    /// Prompt tokens per prefill step.
+    pub chunk: u32,
+    pub kv: KvDtype,
+    /// Load-time quantization of the text blocks' matrices (`blk.*`).
+    pub text_quant: LoadQuant,
+    /// Load-time quantization of the mmproj's matrices.
+    pub vision_quant: LoadQuant,
+    /// Longest image edge the encoder will be given.
+    pub image_edge: u32,
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        PlanOptions {
+            ctx: 4096,
+            chunk: 512,
+            kv: KvDtype::F16,
+            text_quant: LoadQuant::Keep,
+            vision_quant: LoadQuant::Keep,
+            image_edge: DEFAULT_MAX_EDGE,
+        }
+    }
+}
+
+/// A GGUF file's header as the plan reads it.
+#[derive(Clone, Copy)]
+pub struct ModelHeaders<'a> {
+    pub metadata: &'a Metadata,
+    pub tensors: &'a [TensorInfo],
+}
+
+impl<'a> From<&'a GgufHeader> for ModelHeaders<'a> {
+    fn from(h: &'a GgufHeader) -> Self {
+        ModelHeaders { metadata: &h.metadata, tensors: &h.tensors }
+    }
+}
+
+/// GPU bytes of one model at one context, by kind.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemoryPlan {
+    pub options: PlanOptions,
+    /// Text model weights as uploaded.
+    pub text_weights: u64,
+    /// Vision encoder + projector weights as uploaded (0 without an mmproj).
+    pub vision_weights: u64,
+    /// KV caches (and recurrent states with their checkpoints) at `options.ctx`.
+    pub state: u64,
+    /// Bytes each context position adds to `state`.
+    pub state_per_token: u64,
+    /// Step buffers, family scratch and logits at `options.chunk`.
+    pub step: u64,
+    /// The vision encoder's scratch for one image of `options.image_edge` (0 without an mmproj).
+    pub vision_scratch: u64,
+    /// The model's own context length (the largest context worth planning).
+    pub model_context: u32,
+    /// Most positions one layer's KV cache buffer can hold within the binding limit.
+    pub ctx_buffer_limit: u32,
+}
+
+impl MemoryPlan {
+    /// Plans `text` (+ `mmproj`) for `limits` and `opts`. Fails on headers the engine could
+    /// not load (unsupported architecture, misshapen tensors) and on buffers over the
+    /// adapter's limits.
+    pub fn new(
+        text: ModelHeaders<'_>,
+        mmproj: Option<ModelHeaders<'_>>,
+        limits: PlanLimits,
+        opts: PlanOptions,
+    ) -> Result<MemoryPlan, ModelError> {
+        let vocab = text.tensors.iter().find(|t| t.name == "token_embd.weight").and_then(|t| t.dims.get(1)).copied();
+        let vocab = vocab.ok_or_else(|| ModelError::Invalid("no token_embd.weight".into()))? as u32;
+        let (cfg, layers) = text_layers(text.metadata, vocab)?;
+        let text_weights =
+            weight_bytes(text.tensors, limits, |name| if name.starts_with("blk.") { opts.text_quant } else { LoadQuant::Keep })?;
+        let (vision_weights, vision_scratch) = match mmproj {
+            Some(m) => {
+                (weight_bytes(m.tensors, limits, |_| opts.vision_quant)?, vision_scratch(m.metadata, limits, opts.image_edge)?)
+            }
+            None => (0, 0),
+        };
+        let state_per_token: u64 = layers
+            .iter()
+            .map(|l| match *l {
+                LayerKind::Attention { kv_dim } => 2 * opts.kv.cache_bytes(1, kv_dim),
+                LayerKind::Recurrent { .. } => 0,
+            })
+            .sum();
+        let max_kv_row = layers
+            .iter()
+            .map(|l| if let LayerKind::Attention { kv_dim } = *l { opts.kv.cache_bytes(1, kv_dim) } else { 0 })
+            .max()
+            .unwrap_or(0);
+        let ctx_buffer_limit = match max_kv_row {
+            0 => u32::MAX,
+            row => (limits.part_limit() / row).min(u32::MAX as u64) as u32,
+        };
+        let plan = MemoryPlan {
+            options: opts,
+            text_weights,
+            vision_weights,
+            state: state_bytes(&layers, opts.ctx, opts.kv),
+            state_per_token,
+            step: step_bytes(&cfg, opts.chunk.min(opts.ctx).max(1), limits),
+            vision_scratch,
+            model_context: cfg.context_length,
+            ctx_buffer_limit,
+        };
+        if opts.ctx > ctx_buffer_limit {
+            return Err(ModelError::BufferTooLarge {
+                what: format!("one layer's KV cache at {} tokens", opts.ctx),
+                bytes: max_kv_row * opts.ctx as u64,
+                limit: limits.part_limit(),
+            });
+        }
+        Ok(plan)
+    }
+
+    /// Bytes of everything but the context-dependent state.
+    pub fn fixed(&self) -> u64 {
+        self.text_weights + self.vision_weights + self.step + self.vision_scratch
+    }
+
+    /// Everything at the planned context.
+    pub fn total(&self) -> u64 {
+        self.fixed() + self.state
+    }
+
+    /// The largest context (at most the model's own and the KV buffer limit) whose total
+    /// fits `budget`; `None` when not even one position fits (or nothing is known: the
+    /// model's context then).
+    pub fn largest_context(&self, budget: MemoryBudget) -> Option<u32> {
+        let cap = self.model_context.min(self.ctx_buffer_limit);
+        let Some(bytes) = budget.bytes() else { return Some(cap) };
+        // Recurrent states do not grow with the context: they are in `state` at any context.
+        let fixed_state = self.state - self.state_per_token * self.options.ctx as u64;
+        let room = bytes.checked_sub(self.fixed() + fixed_state)?;
+        let ctx = match self.state_per_token {
+            0 => cap as u64,
+            per => (room / per).min(cap as u64),
+        };
+        (ctx >= 1).then_some(ctx as u32)
+    }
+
+    /// Ok when the plan fits `budget`; else what needs how much, and the largest context
+    /// that would fit.
+    pub fn check(&self, budget: MemoryBudget) -> Result<(), ModelError> {
+        match budget.bytes() {
+            Some(available) if self.total() > available => Err(ModelError::DoesNotFit {
+                needed: self.total(),
+                available,
+                weights: self.text_weights + self.vision_weights,
+                state: self.state,
+                ctx: self.options.ctx,
+                other: self.step + self.vision_scratch,
+                largest_ctx: self.largest_context(budget).unwrap_or(0),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// The load-time quantization for a source whose text matrices are F32/F16/BF16: none
+    /// when the file is already quantized; else Q8_0 when the model fits `budget` at
+    /// `opts.ctx` with it, otherwise the 4-bit type (Q4_0 until `LoadQuant::Q4_K` exists;
+    /// then Q4_K). Fails with the 4-bit plan's error when neither fits.
+    pub fn choose_quant(
+        text: ModelHeaders<'_>,
+        mmproj: Option<ModelHeaders<'_>>,
+        limits: PlanLimits,
+        opts: PlanOptions,
+        budget: MemoryBudget,
+    ) -> Result<LoadQuant, ModelError> {
+        let float = |t: &&TensorInfo| matches!(t.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16);
+        let float_matrices = text.tensors.iter().filter(|t| t.name.starts_with("blk.") && t.dims.len() == 2).any(|t| float(&t));
+        if !float_matrices {
+            return Ok(LoadQuant::Keep);
+        }
+        let mut last = Ok(());
+        for quant in [LoadQuant::Q8_0, LoadQuant::Q4_0] {
+            let plan = MemoryPlan::new(text, mmproj, limits, PlanOptions { text_quant: quant, ..opts })?;
+            last = plan.check(budget);
+            if last.is_ok() {
+                return Ok(quant);
+            }
+        }
+        last.map(|()| LoadQuant::Q4_0)
+    }
+}
+
+/// The decoder's shape and what each layer keeps, from the text model's metadata.
+fn text_layers(md: &Metadata, vocab: u32) -> Result<(TextConfig, Vec<LayerKind>), ModelError> {
+    let arch = md.architecture()?;
+    if qwen35::ARCHITECTURES.contains(&arch) {
+        let cfg = Qwen35Config::from_metadata(md, vocab)?;
+        return Ok((cfg.text.clone(), qwen35::layer_kinds(&cfg)));
+    }
+    if !llama::ARCHITECTURES.contains(&arch) {
+        return Err(ModelError::UnsupportedArch { arch: arch.into(), supported: crate::model::families::SUPPORTED });
+    }
+    let cfg = LlamaConfig::from_metadata(md, vocab)?;
+    let layers = vec![LayerKind::Attention { kv_dim: cfg.text.kv_dim() }; cfg.text.n_layer as usize];
+    Ok((cfg.text, layers))
+}
+
+/// Bytes of the uploaded weights: vectors as f32; matrices (2-D, or more dims flattened into
+/// the columns as the patch embedding is) in their upload type, split into parts; runs of
+/// q/k/v and gate/up of one type stacked into one weight where it fits one binding.
+fn weight_bytes(tensors: &[TensorInfo], limits: PlanLimits, quant: impl Fn(&str) -> LoadQuant) -> Result<u64, ModelError> {
+    let by_name: std::collections::HashMap<&str, &TensorInfo> = tensors.iter().map(|t| (t.name.as_str(), t)).collect();
+    let mut stacked = std::collections::HashSet::new();
+    let mut total = 0u64;
+    for t in tensors {
+        for group in [["attn_q", "attn_k", "attn_v"].as_slice(), ["ffn_gate", "ffn_up"].as_slice()] {
+            let Some(prefix) = t.name.strip_suffix(&format!("{}.weight", group[0])) else { continue };
+            if !prefix.starts_with("blk.") {
+                continue;
+            }
+            let members: Option<Vec<&TensorInfo>> =
+                group.iter().map(|g| by_name.get(format!("{prefix}{g}.weight").as_str()).copied()).collect();
+            if let Some(members) = members {
+                total += stack_bytes(&members, limits, &quant)?;
+                stacked.extend(members.iter().map(|m| m.name.clone()));
+            }
+        }
+    }
+    for t in tensors.iter().filter(|t| !stacked.contains(&t.name)) {
+        total += match t.dims.len() {
+            0 | 1 => (4 * t.n_elements()).max(4),
+            _ => {
+                let (ty, rows, cols) = upload_shape(t, &quant)?;
+                matrix_bytes(ty, rows, cols, limits)?
+            }
+        };
+    }
+    Ok(total)
+}
+
+/// A tensor's upload type and `rows x cols` (2-D: the load-time quantization applies; more
+/// dims: the last is the rows, the file's type is kept).
+fn upload_shape(t: &TensorInfo, quant: &impl Fn(&str) -> LoadQuant) -> Result<(GgmlType, u32, u32), ModelError> {
+    let rows = *t.dims.last().unwrap_or(&1);
+    let cols = t.n_elements() / rows.max(1);
+    let (rows, cols) = (to_u32(&t.name, rows)?, to_u32(&t.name, cols)?);
+    let ty = if t.dims.len() == 2 { quant(&t.name).target(t.ty, cols) } else { t.ty };
+    Ok((ty, rows, cols))
+}
+
+fn to_u32(name: &str, v: u64) -> Result<u32, ModelError> {
+    u32::try_from(v).map_err(|_| ModelError::Invalid(format!("{name}: dimension {v} too large")))
+}
+
+fn matrix_bytes(ty: GgmlType, rows: u32, cols: u32, limits: PlanLimits) -> Result<u64, ModelError> {
+    let (_, parts) = plan_parts(ty, rows, cols, limits.part_limit()).map_err(|e| ModelError::Invalid(e.to_string()))?;
+    Ok(parts.iter().map(|p| p.bytes).sum())
+}
+
+/// Bytes of matrices that multiply one input, as `source::load_stacked` uploads them:
+/// consecutive ones of one type stacked when the stack is one part and keeps split scales
+/// aligned, the others alone.
+fn stack_bytes(members: &[&TensorInfo], limits: PlanLimits, quant: &impl Fn(&str) -> LoadQuant) -> Result<u64, ModelError> {
+    let shapes = members.iter().map(|t| upload_shape(t, quant)).collect::<Result<Vec<_>, _>>()?;
+    let mut total = 0;
+    let mut start = 0;
+    while start < shapes.len() {
+        let (ty, _, cols) = shapes[start];
+        let end = start + shapes[start..].iter().take_while(|s| s.0 == ty && s.2 == cols).count();
+        let run = &shapes[start..end];
+        let alone = || run.iter().map(|&(ty, rows, cols)| matrix_bytes(ty, rows, cols, limits)).sum::<Result<u64, _>>();
+        let format = crate::kernels::quant::WeightFormat::of(ty, cols as usize);
+        let aligned = format.is_some_and(|f| {
+            !f.split_scale() || (cols as usize / f.block()).is_multiple_of(2) || run.iter().all(|s| s.1 % 2 == 0)
+        });
+        let rows: u32 = run.iter().map(|s| s.1).sum();
+        total += match plan_parts(ty, rows, cols, limits.part_limit()) {
+            Ok((_, parts)) if run.len() >= 2 && aligned && parts.len() == 1 => parts[0].bytes,
+            _ => alone()?,
+        };
+        start = end;
+    }
+    Ok(total)
+}
+
+/// Bytes of every layer's state at `ctx` positions (`SequenceState::new`).
+fn state_bytes(layers: &[LayerKind], ctx: u32, kv: KvDtype) -> u64 {
+    let buffer = |b: u64| b.max(4).next_multiple_of(4);
+    layers
+        .iter()
+        .map(|l| match *l {
+            LayerKind::Attention { kv_dim } => 2 * buffer(kv.cache_bytes(ctx, kv_dim)),
+            // The state and its checkpoint.
+            LayerKind::Recurrent { conv_floats, ssm_floats } => 2 * (4 * conv_floats.max(1) + 4 * ssm_floats.max(1)),
+        })
+        .sum()
+}
+
+/// Step buffers (`model::step::StepBuffers`), the Llama family's scratch and the decode
+/// attention's split-K partials at `chunk` tokens (counted at their most splits, under 2 MiB,
+/// so that the plan's only context-dependent term is the state).
+fn step_bytes(c: &TextConfig, chunk: u32, limits: PlanLimits) -> u64 {
+    let (chunk, d, vocab) = (chunk as u64, c.n_embd as u64, c.vocab as u64);
+    let logits_rows = chunk.min(limits.max_storage_binding.min(256 << 20) / (4 * vocab)).max(1);
+    let step = 4 * (chunk * (1 + 3 + 2 * d) + d + logits_rows * vocab) + 8 * vocab;
+    let qkv = (c.n_head + 2 * c.n_head_kv) as u64 * c.head_dim as u64;
+    let scratch = 4 * chunk * (qkv + c.q_dim() as u64 + 3 * c.n_ff as u64);
+    let splits = crate::kernels::attention::default_splits(u32::MAX) as u64;
+    step + scratch + 4 * splits * c.n_head as u64 * (c.head_dim as u64 + 2)
+}
+
+/// The vision encoder's scratch for a square image of `edge` pixels (Pixtral's
+/// `Scratch::new`; other encoders are sized with the same ViT formula from their widths),
+/// checking that each buffer fits one binding.
+fn vision_scratch(md: &Metadata, limits: PlanLimits, edge: u32) -> Result<u64, ModelError> {
+    let cfg = PixtralVisionShape::from_metadata(md)?;
+    let side = cfg.patch * cfg.merge;
+    let edge = edge.min(cfg.image_size).max(side).next_multiple_of(side) as u64;
+    let n = (edge / cfg.patch as u64).pow(2);
+    let merged = n / (cfg.merge as u64).pow(2);
+    let f32s = |rows: u64, cols: u32| 4 * rows * cols as u64;
+    let ffn_rows = (limits.max_storage_binding.min(64 << 20) / f32s(1, cfg.n_ff)).clamp(1, n);
+    let buffers = [
+        ("pixels", f32s(3 * edge, edge as u32)),
+        ("patches", f32s(n, 3 * cfg.patch * cfg.patch)),
+        ("activations", f32s(n, cfg.hidden.max(cfg.q_dim))),
+        ("merged", f32s(merged, cfg.hidden * cfg.merge * cfg.merge)),
+        ("features", f32s(merged, cfg.text_hidden)),
+    ];
+    if let Some((what, bytes)) = buffers.iter().find(|(_, b)| *b > limits.max_storage_binding) {
+        return Err(ModelError::BufferTooLarge {
+            what: format!("vision {what} of a {edge}x{edge} image"),
+            bytes: *bytes,
+            limit: limits.max_storage_binding,
+        });
+    }
+    Ok(f32s(3 * edge, edge as u32)
+        + f32s(n, 3 * cfg.patch * cfg.patch)
+        + 2 * f32s(n, cfg.hidden)
+        + 4 * f32s(n, cfg.q_dim)
+        + 2 * f32s(ffn_rows, cfg.n_ff)
+        + f32s(merged, cfg.hidden * cfg.merge * cfg.merge)
+        + 2 * f32s(merged, cfg.text_hidden))
+}
+
+/// The widths the vision scratch depends on.
+struct PixtralVisionShape {
+    hidden: u32,
+    q_dim: u32,
+    n_ff: u32,
+    patch: u32,
+    merge: u32,
+    image_size: u32,
+    text_hidden: u32,
+}
+
+impl PixtralVisionShape {
+    fn from_metadata(md: &Metadata) -> Result<Self, ModelError> {
+        if let Ok(c) = PixtralConfig::from_metadata(md) {
+            let q_dim = c.q_dim();
+            return Ok(Self {
+                hidden: c.hidden,
+                q_dim,
+                n_ff: c.n_ff,
+                patch: c.patch_size,
+                merge: c.merge_size,
+                image_size: c.image_size,
+                text_hidden: c.text_hidden,
+            });
+        }
+        // Other encoders (Qwen-VL): the generic clip keys.
+        let get = |k: &str| md.get_u32(k);
+        let hidden = get("clip.vision.embedding_length")?;
+        Ok(Self {
+            hidden,
+            q_dim: hidden,
+            n_ff: get("clip.vision.feed_forward_length")?,
+            patch: get("clip.vision.patch_size")?.max(1),
+            merge: md.get_opt_u32("clip.vision.spatial_merge_size")?.unwrap_or(2).max(1),
+            image_size: md.get_opt_u32("clip.vision.image_size")?.unwrap_or(DEFAULT_MAX_EDGE).max(1),
+            text_hidden: get("clip.vision.projection_dim")?,
+        })
+    }
+}
+
+#[cfg(test)]
+#[path = "memory_plan_tests.rs"]
+mod tests;

@@ -1,0 +1,245 @@
+//! Unit tests of the memory plan on synthetic headers (metadata + tensor infos built in
+//! memory, no weights): Mistral Small 3.1 24B and Ministral 3 3B at llama.cpp's Q4_K_M type
+//! mix with their F16 Pixtral mmprojs, and a BF16 source for `choose_quant`.
+
+use super::*;
+use crate::gguf::MetaValue;
+
+const GIB: u64 = 1 << 30;
+
+/// WebGPU's default-ish limits of a desktop browser: 2 GiB buffers, 1 GiB bindings.
+const LIMITS: PlanLimits = PlanLimits { max_buffer: 2 * GIB, max_storage_binding: GIB };
+
+struct Shape {
+    arch: &'static str,
+    n_embd: u32,
+    n_layer: u32,
+    n_head: u32,
+    n_head_kv: u32,
+    head_dim: u32,
+    n_ff: u32,
+    vocab: u32,
+    tied: bool,
+}
+
+/// Mistral Small 3.1 24B (`docs/MODELS.md`).
+const MISTRAL_SMALL: Shape = Shape {
+    arch: "mistral3",
+    n_embd: 5120,
+    n_layer: 40,
+    n_head: 32,
+    n_head_kv: 8,
+    head_dim: 128,
+    n_ff: 32768,
+    vocab: 131072,
+    tied: false,
+};
+/// Ministral 3 3B.
+const MINISTRAL_3B: Shape = Shape {
+    arch: "mistral3",
+    n_embd: 3072,
+    n_layer: 26,
+    n_head: 32,
+    n_head_kv: 8,
+    head_dim: 128,
+    n_ff: 9216,
+    vocab: 131072,
+    tied: true,
+};
+
+fn tensor(name: String, dims: &[u64], ty: GgmlType) -> TensorInfo {
+    TensorInfo { name, dims: dims.to_vec(), ty, offset: 0 }
+}
+
+/// The text model's metadata and tensors; `matrix(kind)` gives each matrix's type.
+fn text_headers(s: &Shape, matrix: impl Fn(&str) -> GgmlType) -> (Metadata, Vec<TensorInfo>) {
+    let mut md = Metadata::new();
+    let mut kv = |k: &str, v: MetaValue| {
+        md.insert(if k.starts_with("general.") { k.into() } else { format!("{}.{k}", s.arch) }, v).unwrap()
+    };
+    kv("general.architecture", MetaValue::String(s.arch.into()));
+    kv("block_count", MetaValue::U32(s.n_layer));
+    kv("context_length", MetaValue::U32(131072));
+    kv("embedding_length", MetaValue::U32(s.n_embd));
+    kv("feed_forward_length", MetaValue::U32(s.n_ff));
+    kv("attention.head_count", MetaValue::U32(s.n_head));
+    kv("attention.head_count_kv", MetaValue::U32(s.n_head_kv));
+    kv("attention.key_length", MetaValue::U32(s.head_dim));
+    kv("rope.freq_base", MetaValue::F32(1e9));
+    let (d, q, kvd, ff) = (s.n_embd as u64, (s.n_head * s.head_dim) as u64, (s.n_head_kv * s.head_dim) as u64, s.n_ff as u64);
+    let mut t = vec![
+        tensor("token_embd.weight".into(), &[d, s.vocab as u64], matrix("token_embd")),
+        tensor("output_norm.weight".into(), &[d], GgmlType::F32),
+    ];
+    if !s.tied {
+        t.push(tensor("output.weight".into(), &[d, s.vocab as u64], matrix("output")));
+    }
+    for i in 0..s.n_layer {
+        let n = |k: &str| format!("blk.{i}.{k}.weight");
+        t.extend([
+            tensor(n("attn_norm"), &[d], GgmlType::F32),
+            tensor(n("attn_q"), &[d, q], matrix("attn_q")),
+            tensor(n("attn_k"), &[d, kvd], matrix("attn_k")),
+            tensor(n("attn_v"), &[d, kvd], matrix("attn_v")),
+            tensor(n("attn_output"), &[q, d], matrix("attn_output")),
+            tensor(n("ffn_norm"), &[d], GgmlType::F32),
+            tensor(n("ffn_gate"), &[d, ff], matrix("ffn_gate")),
+            tensor(n("ffn_up"), &[d, ff], matrix("ffn_up")),
+            tensor(n("ffn_down"), &[ff, d], matrix("ffn_down")),
+        ]);
+    }
+    (md, t)
+}
+
+/// llama.cpp's Q4_K_M mix (simplified: Q6_K for attn_v, ffn_down and the head).
+fn q4_k_m(kind: &str) -> GgmlType {
+    match kind {
+        "attn_v" | "ffn_down" | "output" => GgmlType::Q6_K,
+        _ => GgmlType::Q4_K,
+    }
+}
+
+/// A Pixtral mmproj (hidden 1024, 24 layers, FFN 4096, F16 matrices) projecting to `text_hidden`.
+fn pixtral_headers(text_hidden: u32) -> (Metadata, Vec<TensorInfo>) {
+    let mut md = Metadata::new();
+    let mut kv = |k: &str, v: MetaValue| md.insert(k.into(), v).unwrap();
+    let rgb =
+        |v: [f32; 3]| MetaValue::Array { elem: crate::gguf::ValueType::F32, items: v.into_iter().map(MetaValue::F32).collect() };
+    kv("general.architecture", MetaValue::String("clip".into()));
+    kv("clip.projector_type", MetaValue::String("pixtral".into()));
+    kv("clip.vision.embedding_length", MetaValue::U32(1024));
+    kv("clip.vision.block_count", MetaValue::U32(24));
+    kv("clip.vision.feed_forward_length", MetaValue::U32(4096));
+    kv("clip.vision.projection_dim", MetaValue::U32(text_hidden));
+    kv("clip.vision.patch_size", MetaValue::U32(14));
+    kv("clip.vision.image_size", MetaValue::U32(1540));
+    kv("clip.vision.spatial_merge_size", MetaValue::U32(2));
+    kv("clip.vision.attention.head_count", MetaValue::U32(16));
+    kv("clip.vision.attention.layer_norm_epsilon", MetaValue::F32(1e-5));
+    kv("clip.vision.image_mean", rgb([0.48, 0.46, 0.41]));
+    kv("clip.vision.image_std", rgb([0.27, 0.26, 0.28]));
+    let (d, ff, th) = (1024u64, 4096u64, text_hidden as u64);
+    let f16 = GgmlType::F16;
+    let mut t = vec![
+        tensor("v.patch_embd.weight".into(), &[14, 14, 3, d], f16),
+        tensor("v.pre_ln.weight".into(), &[d], GgmlType::F32),
+        tensor("mm.input_norm.weight".into(), &[d], GgmlType::F32),
+        tensor("mm.patch_merger.weight".into(), &[4 * d, d], f16),
+        tensor("mm.1.weight".into(), &[d, th], f16),
+        tensor("mm.2.weight".into(), &[th, th], f16),
+    ];
+    for i in 0..24 {
+        let n = |k: &str| format!("v.blk.{i}.{k}.weight");
+        t.extend([
+            tensor(n("ln1"), &[d], GgmlType::F32),
+            tensor(n("ln2"), &[d], GgmlType::F32),
+            tensor(n("attn_q"), &[d, d], f16),
+            tensor(n("attn_k"), &[d, d], f16),
+            tensor(n("attn_v"), &[d, d], f16),
+            tensor(n("attn_out"), &[d, d], f16),
+            tensor(n("ffn_gate"), &[d, ff], f16),
+            tensor(n("ffn_up"), &[d, ff], f16),
+            tensor(n("ffn_down"), &[ff, d], f16),
+        ]);
+    }
+    (md, t)
+}
+
+fn plan(text: &(Metadata, Vec<TensorInfo>), mmproj: Option<&(Metadata, Vec<TensorInfo>)>, opts: PlanOptions) -> MemoryPlan {
+    MemoryPlan::new(headers(text), mmproj.map(headers), LIMITS, opts).unwrap()
+}
+
+fn headers(x: &(Metadata, Vec<TensorInfo>)) -> ModelHeaders<'_> {
+    ModelHeaders { metadata: &x.0, tensors: &x.1 }
+}
+
+#[test]
+fn mistral_small_24b_is_refused_on_8_gib_and_fits_24_gib_at_4k() {
+    let text = text_headers(&MISTRAL_SMALL, q4_k_m);
+    let vision = pixtral_headers(5120);
+    let p = plan(&text, Some(&vision), PlanOptions { ctx: 4096, ..Default::default() });
+    // ~14.2 GiB of weights at this mix (llama.cpp's file: 13.3 GiB, half its ffn_down Q4_K); 40 layers x 2 x 1024 f16 = 160 KiB of KV cache per token.
+    assert!((13 * GIB..15 * GIB).contains(&p.text_weights), "{}", p.text_weights);
+    assert_eq!(p.state_per_token, 160 << 10);
+    assert_eq!(p.state, 4096 * (160 << 10));
+    // The F16 vision tower + projector: ~0.44 B parameters.
+    assert!((800 << 20..1000 << 20).contains(&p.vision_weights), "{}", p.vision_weights);
+    assert!(p.check(MemoryBudget::Bytes(24 * GIB)).is_ok());
+
+    let small = MemoryBudget::Bytes(8 * GIB);
+    assert_eq!(p.largest_context(small), None, "not even the weights fit");
+    let err = p.check(small).unwrap_err();
+    assert!(matches!(err, ModelError::DoesNotFit { largest_ctx: 0, available, .. } if available == 8 * GIB), "{err}");
+    assert_eq!(crate::error::Classify::class(&err), crate::error::ErrorClass::AdapterTooSmall);
+    assert!(err.to_string().contains("no context fits"), "{err}");
+
+    // 18 GiB: the weights fit, the model's 131072 positions (20 GiB of cache) do not.
+    let mid = MemoryBudget::Bytes(18 * GIB);
+    let long = plan(&text, Some(&vision), PlanOptions { ctx: 131072, ..Default::default() });
+    let err = long.check(mid).unwrap_err();
+    let largest = long.largest_context(mid).unwrap();
+    assert!(matches!(err, ModelError::DoesNotFit { largest_ctx, .. } if largest_ctx == largest), "{err}");
+    assert!((4096..131072).contains(&largest), "{largest}");
+    let at = |ctx| plan(&text, Some(&vision), PlanOptions { ctx, ..Default::default() });
+    assert!(at(largest).check(mid).is_ok());
+    assert!(at(largest + 1).check(mid).is_err());
+    assert!(err.to_string().contains(&format!("the largest context that fits is {largest} tokens")), "{err}");
+}
+
+#[test]
+fn ministral_3b_fits_4_gib() {
+    let budget = MemoryBudget::Bytes(4 * GIB);
+    let text = text_headers(&MINISTRAL_3B, q4_k_m);
+    let p = plan(&text, None, PlanOptions::default());
+    assert!(p.check(budget).is_ok(), "{p:?}");
+    assert_eq!(p.largest_context(MemoryBudget::Unknown), Some(131072));
+    assert!(p.check(MemoryBudget::Unknown).is_ok());
+    // With its F16 vision tower (0.8 GiB) and the scratch of a 1540-pixel image (0.6 GiB),
+    // 4 GiB holds a shorter context (measured: ~3.3k tokens at 104 KiB each).
+    let with_vision = plan(&text, Some(&pixtral_headers(3072)), PlanOptions::default());
+    assert!(with_vision.check(budget).is_err());
+    let largest = with_vision.largest_context(budget).unwrap();
+    assert!((2048..4096).contains(&largest), "{largest}");
+}
+
+#[test]
+fn kv_cache_over_the_binding_limit_is_refused() {
+    let text = text_headers(&MISTRAL_SMALL, q4_k_m);
+    let h = ModelHeaders { metadata: &text.0, tensors: &text.1 };
+    // One layer's f32 cache row is 4 KiB: a 64 MiB binding holds 16384 positions.
+    let limits = PlanLimits { max_buffer: 64 << 20, max_storage_binding: 64 << 20 };
+    let opts = PlanOptions { ctx: 16385, kv: KvDtype::F32, ..Default::default() };
+    let err = MemoryPlan::new(h, None, limits, opts).unwrap_err();
+    assert!(matches!(err, ModelError::BufferTooLarge { limit, .. } if limit == 64 << 20), "{err}");
+    let ok = MemoryPlan::new(h, None, limits, PlanOptions { ctx: 16384, ..opts }).unwrap();
+    assert_eq!(ok.ctx_buffer_limit, 16384);
+}
+
+#[test]
+fn choose_quant_picks_q8_0_when_it_fits_else_4_bit() {
+    let text = text_headers(&MISTRAL_SMALL, |_| GgmlType::BF16);
+    let h = ModelHeaders { metadata: &text.0, tensors: &text.1 };
+    let opts = PlanOptions { ctx: 4096, ..Default::default() };
+    let choose = |gib: u64| MemoryPlan::choose_quant(h, None, LIMITS, opts, MemoryBudget::Bytes(gib * GIB));
+    // BF16 blocks: ~44 GiB; Q8_0 ~24 GiB (with the BF16 embedding and head); Q4_0 ~14 GiB.
+    assert_eq!(choose(32).unwrap(), LoadQuant::Q8_0);
+    assert_eq!(choose(18).unwrap(), LoadQuant::Q4_0);
+    assert!(matches!(choose(8), Err(ModelError::DoesNotFit { .. })));
+    // An already quantized file keeps its types.
+    let q = text_headers(&MISTRAL_SMALL, q4_k_m);
+    let qh = ModelHeaders { metadata: &q.0, tensors: &q.1 };
+    assert_eq!(MemoryPlan::choose_quant(qh, None, LIMITS, opts, MemoryBudget::Bytes(GIB)).unwrap(), LoadQuant::Keep);
+}
+
+#[test]
+fn budgets_parse_with_binary_units() {
+    let p = |s: &str| s.parse::<MemoryBudget>();
+    assert_eq!(p("8G"), Ok(MemoryBudget::Bytes(8 * GIB)));
+    assert_eq!(p("8GiB"), Ok(MemoryBudget::Bytes(8 * GIB)));
+    assert_eq!(p("1.5g"), Ok(MemoryBudget::Bytes(3 * GIB / 2)));
+    assert_eq!(p("512M"), Ok(MemoryBudget::Bytes(512 << 20)));
+    assert_eq!(p("4096"), Ok(MemoryBudget::Bytes(4096)));
+    for bad in ["", "G", "8X", "-1G", "0", "1e30T"] {
+        assert!(p(bad).is_err(), "{bad:?}");
+    }
+}
