@@ -17,6 +17,7 @@ use webvlm::gguf::{dequantize_to_vec, MappedGguf};
 use webvlm::model::{Context, ContextOptions, Decoder, Precision};
 use webvlm::source::hf::{GenerationDefaults, HfError, HfModel};
 use webvlm::source::{Eager, LoadQuant, Requantize, TensorSource};
+use webvlm::tokenizer::Tokenizer;
 
 const VOCAB: usize = 384;
 
@@ -155,7 +156,7 @@ fn metadata_has_the_converters_model_keys() {
 fn tokenizer_and_chat_template_match_transformers() {
     let hf = HfModel::open(dir()).unwrap();
     let text = hf.text_files();
-    let tok = webvlm::tokenizer::Tokenizer::from_hf(&text.tokenizer_json, text.tokenizer_config.as_deref()).unwrap();
+    let tok = Tokenizer::from_hf(&text.tokenizer_json, text.tokenizer_config.as_deref()).unwrap();
     let refs = cases();
     for s in refs["strings"].as_array().unwrap() {
         let input = s["text"].as_str().unwrap();
@@ -235,5 +236,12 @@ fn malformed_folders_give_typed_errors() {
     let e = open(broken("gen", |d| std::fs::write(d.join("generation_config.json"), "{\"top_k\": \"many\"}").unwrap()));
     assert!(matches!(&e, HfError::BadValue { .. }), "{e}");
     let e = open(broken("weights", |d| std::fs::remove_file(d.join("model.safetensors.index.json")).unwrap()));
-    assert!(matches!(&e, HfError::MissingFile(_) | HfError::Safetensors(_)), "{e}");
+    assert!(matches!(&e, HfError::Safetensors(_)), "{e}");
+
+    // The tokenizer files are read by the text layer when the engine is built.
+    let json = std::fs::read(dir().join("tokenizer.json")).unwrap();
+    let bad = |json: &[u8], config: &[u8]| Tokenizer::from_hf(json, Some(config)).expect_err("refused").to_string();
+    assert!(bad(b"{\"model\":", b"{}").starts_with("tokenizer.json: "));
+    assert!(bad(&json, b"{\"eos_token\": \"<|missing|>\"}").contains("not in the vocabulary"));
+    assert!(bad(&json, b"[").starts_with("tokenizer_config.json: "));
 }

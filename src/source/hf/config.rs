@@ -64,7 +64,7 @@ pub struct HfConfig {
     pub rope: RopeScaling,
 }
 
-/// A JSON object and the name of the file it came from, with typed getters.
+/// A `config.json` object with typed getters (errors name the key).
 struct Obj<'a>(&'a Map<String, Value>);
 
 impl Obj<'_> {
