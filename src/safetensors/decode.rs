@@ -16,7 +16,7 @@ pub fn decode_f32(dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>, SafetensorsErr
         Dtype::F16 | Dtype::BF16 => 2,
         _ => return Err(SafetensorsError::UnsupportedDtype { tensor: String::new(), dtype: dtype.name() }),
     };
-    if bytes.len() % size != 0 {
+    if !bytes.len().is_multiple_of(size) {
         return Err(ragged());
     }
     let chunks = bytes.chunks_exact(size);
