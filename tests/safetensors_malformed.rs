@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use webvlm::error::{Classify, ErrorClass};
 use webvlm::safetensors::{
     parse_header, HeaderParser, MappedSafetensors, SafetensorsError as E, SafetensorsFolder, SafetensorsHeader, ShardIndex,
-    MAX_HEADER_LEN,
+    MAX_HEADER_LEN, MAX_INDEX_LEN,
 };
 
 /// A file: the 8-byte length, `json`, then `data_len` zero bytes.
@@ -110,6 +110,9 @@ fn header_not_json_object() {
     assert!(matches!(error("", 0), E::HeaderNotJson(_)));
     assert!(matches!(error("{} x", 0), E::HeaderNotJson(_)));
     assert!(matches!(error(&"[".repeat(200), 0), E::HeaderNotJson(_)), "nesting beyond serde_json's limit");
+    // A long array (which would make a tree many times the header's size) is refused.
+    let json = format!(r#"{{"t":{}}}"#, entry("F32", &format!("[{}]", vec!["1"; 65].join(",")), "[0,4]"));
+    assert!(matches!(error(&json, 4), E::HeaderNotJson(_)));
     for json in ["[1]", "\"x\"", "3", "null"] {
         assert!(matches!(error(json, 0), E::HeaderNotObject), "{json}");
     }
@@ -228,6 +231,8 @@ fn push_parser_fails_once() {
 #[test]
 fn bad_indexes() {
     assert!(matches!(ShardIndex::parse(b"{"), Err(E::IndexNotJson(_))));
+    let huge = vec![b' '; MAX_INDEX_LEN as usize + 1];
+    assert!(matches!(ShardIndex::parse(&huge), Err(E::IndexTooLarge { limit: MAX_INDEX_LEN, .. })));
     assert!(matches!(ShardIndex::parse(b"\xff"), Err(E::IndexNotJson(_))));
     assert!(matches!(ShardIndex::parse(b"[]"), Err(E::IndexNotJson(_))));
     assert!(matches!(ShardIndex::parse(br#"{"metadata":{}}"#), Err(E::IndexNoWeightMap)));
@@ -348,6 +353,10 @@ fn bad_single_files() {
     std::fs::write(&path, bytes).unwrap();
     let err = MappedSafetensors::open(&path).err().unwrap();
     assert!(matches!(err.root(), E::HeaderTooLarge { .. }), "{err}");
+    let path = dir.join("empty.safetensors");
+    std::fs::write(&path, b"").unwrap();
+    let err = MappedSafetensors::open(&path).err().unwrap();
+    assert!(matches!(err.root(), E::TruncatedLength { len: 0 }), "{err}");
     let err = MappedSafetensors::open(dir.join("absent.safetensors")).err().unwrap();
     assert!(matches!(err, E::Io { .. }), "{err}");
     assert!(matches!(err.class(), ErrorClass::ModelNotSupported));
