@@ -8,7 +8,8 @@ use half::{bf16, f16};
 use super::dtype::Dtype;
 use super::error::SafetensorsError;
 
-/// Decodes little-endian `bytes` of `dtype` (F32, F16 or BF16) to `f32`, exactly.
+/// Decodes little-endian `bytes` of `dtype` (F32, F16 or BF16) to `f32`, exactly. Any other
+/// dtype gives `UnsupportedDtype` with an empty tensor name (the caller knows which tensor).
 pub fn decode_f32(dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>, SafetensorsError> {
     let ragged = || SafetensorsError::RaggedBytes { dtype: dtype.name(), bytes: bytes.len() };
     let size = match dtype {
