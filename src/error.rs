@@ -13,6 +13,7 @@ use crate::gpu::GpuError;
 use crate::image::ImageError;
 use crate::kernels::quant::WeightError;
 use crate::model::ModelError;
+use crate::safetensors::SafetensorsError;
 use crate::sampling::{ParamError, SampleError};
 use crate::source::LoadError;
 use crate::tokenizer::TokenizerError;
@@ -72,6 +73,14 @@ impl Classify for WeightError {
 impl Classify for GgufError {
     /// Every GGUF error is a file webvlm cannot read (a local file that cannot be opened
     /// included).
+    fn class(&self) -> ErrorClass {
+        ModelNotSupported
+    }
+}
+
+impl Classify for SafetensorsError {
+    /// Every safetensors error is a file or folder webvlm cannot read (a local file that
+    /// cannot be opened included).
     fn class(&self) -> ErrorClass {
         ModelNotSupported
     }

@@ -1,10 +1,10 @@
 //! webvlm: a vision-language model runtime for WebGPU (browser) and wgpu (native).
 //!
 //! Layout (`docs/ARCHITECTURE.md` has the map): [`gpu`] (device, pipelines, params,
-//! programs), [`kernels`] (one module per WGSL kernel family), [`gguf`] (file format),
-//! [`source`] (weight sources: files, streams, split parts), [`model`] (decoder families,
-//! vision encoders, shared blocks, per-sequence state), [`tokenizer`], [`chat`] (templates),
-//! [`image`] (preprocessing), [`sampling`] and [`constraint`] (host-side token choice),
+//! programs), [`kernels`] (one module per WGSL kernel family), [`gguf`] and
+//! [`safetensors`] (file formats), [`source`] (weight sources: files, streams, split
+//! parts), [`model`] (decoder families, vision encoders, shared blocks, per-sequence
+//! state), [`tokenizer`], [`chat`] (templates), [`image`] (preprocessing), [`sampling`] and [`constraint`] (host-side token choice),
 //! [`engine`] (the generation loop), [`api`] (OpenAI's chat-completions shapes), [`error`]
 //! (what each failure means to a caller), [`web`] (the wasm-bindgen surface).
 
@@ -19,6 +19,7 @@ pub mod image;
 pub mod kernels;
 pub mod model;
 pub mod npy;
+pub mod safetensors;
 pub mod sampling;
 pub mod source;
 pub mod tokenizer;
