@@ -8,7 +8,8 @@ use half::{bf16, f16};
 use super::dtype::Dtype;
 use super::error::SafetensorsError;
 
-/// Decodes little-endian `bytes` of `dtype` (F32, F16 or BF16) to `f32`, exactly.
+/// Decodes little-endian `bytes` of `dtype` (F32, F16 or BF16) to `f32`, exactly. Any other
+/// dtype gives `UnsupportedDtype` with an empty tensor name (the caller knows which tensor).
 pub fn decode_f32(dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>, SafetensorsError> {
     let ragged = || SafetensorsError::RaggedBytes { dtype: dtype.name(), bytes: bytes.len() };
     let size = match dtype {
@@ -16,7 +17,7 @@ pub fn decode_f32(dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>, SafetensorsErr
         Dtype::F16 | Dtype::BF16 => 2,
         _ => return Err(SafetensorsError::UnsupportedDtype { tensor: String::new(), dtype: dtype.name() }),
     };
-    if bytes.len() % size != 0 {
+    if !bytes.len().is_multiple_of(size) {
         return Err(ragged());
     }
     let chunks = bytes.chunks_exact(size);

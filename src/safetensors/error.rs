@@ -68,6 +68,9 @@ pub enum SafetensorsError {
     /// The shard index is not JSON, or not an object.
     #[error("shard index is not a JSON object: {0}")]
     IndexNotJson(String),
+    /// The shard index is longer than the reader accepts.
+    #[error("shard index of {len} bytes exceeds the limit of {limit}")]
+    IndexTooLarge { len: u64, limit: u64 },
     /// The shard index has no `weight_map` object.
     #[error("shard index has no weight_map object")]
     IndexNoWeightMap,

@@ -18,6 +18,8 @@ use super::json::Node;
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
 /// The single file of an unsharded model folder.
 pub const SINGLE_FILE: &str = "model.safetensors";
+/// Largest index accepted (a 400B-parameter model's is well under 1 MiB).
+pub const MAX_INDEX_LEN: u64 = 16 << 20;
 
 /// A parsed shard index.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,6 +34,7 @@ impl ShardIndex {
     /// Parses the index JSON; checks every shard name ([`check_shard_name`]) and refuses
     /// tensors mapped twice.
     pub fn parse(json: &[u8]) -> Result<ShardIndex, SafetensorsError> {
+        check_index_len(json.len() as u64)?;
         let text = std::str::from_utf8(json).map_err(|e| SafetensorsError::IndexNotJson(e.to_string()))?;
         let root = Node::parse(text).map_err(|e| SafetensorsError::IndexNotJson(e.to_string()))?;
         let Node::Object(members) = root else {
@@ -115,6 +118,15 @@ impl ShardIndex {
         }
         Ok(())
     }
+}
+
+/// Refuses an index longer than [`MAX_INDEX_LEN`] (check a file's or response's length
+/// with it before reading the body).
+pub fn check_index_len(len: u64) -> Result<(), SafetensorsError> {
+    if len > MAX_INDEX_LEN {
+        return Err(SafetensorsError::IndexTooLarge { len, limit: MAX_INDEX_LEN });
+    }
+    Ok(())
 }
 
 /// Refuses a shard name that is not a plain file name: empty, `.`/`..`, containing a

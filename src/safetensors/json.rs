@@ -4,11 +4,18 @@
 //! twice (or an entry with two `data_offsets`) would be read silently as whichever came
 //! last, while another reader may take the first. Parsing into [`Node`] lets the header and
 //! index readers refuse duplicates instead. Only the shapes those readers need are kept:
-//! numbers other than non-negative integers become [`Node::Other`].
+//! numbers other than non-negative integers become [`Node::Other`]. Arrays and objects are
+//! capped ([`MAX_ARRAY_LEN`], [`MAX_MEMBERS`]) so that a header at the length limit cannot
+//! make the tree many times its own size (a `[0,0,...]` is 2 bytes of text per 32-byte node).
 
 use std::fmt;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+
+/// Most items of one array: shapes have at most `MAX_DIMS`, offsets two.
+pub(crate) const MAX_ARRAY_LEN: usize = 64;
+/// Most members of one object (a header's tensors, an index's weight map).
+pub(crate) const MAX_MEMBERS: usize = 1 << 20;
 
 /// A parsed JSON value.
 #[derive(Debug, PartialEq)]
@@ -82,6 +89,9 @@ impl<'de> Visitor<'de> for NodeVisitor {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
         let mut items = Vec::new();
         while let Some(item) = seq.next_element()? {
+            if items.len() == MAX_ARRAY_LEN {
+                return Err(de::Error::custom(format_args!("array longer than {MAX_ARRAY_LEN} items")));
+            }
             items.push(item);
         }
         Ok(Node::Array(items))
@@ -90,6 +100,9 @@ impl<'de> Visitor<'de> for NodeVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
         let mut members = Vec::new();
         while let Some((k, v)) = map.next_entry::<String, Node>()? {
+            if members.len() == MAX_MEMBERS {
+                return Err(de::Error::custom(format_args!("object with more than {MAX_MEMBERS} members")));
+            }
             members.push((k, v));
         }
         Ok(Node::Object(members))
@@ -98,7 +111,7 @@ impl<'de> Visitor<'de> for NodeVisitor {
 
 #[cfg(test)]
 mod tests {
-    use super::Node;
+    use super::{Node, MAX_ARRAY_LEN};
 
     #[test]
     fn keeps_duplicate_keys_in_order() {
@@ -118,5 +131,13 @@ mod tests {
             ])
         );
         assert_eq!(Node::duplicate_key(&members), Some("a"));
+    }
+
+    #[test]
+    fn caps_array_length() {
+        let items = |n: usize| format!("[{}]", vec!["0"; n].join(","));
+        assert!(Node::parse(&items(MAX_ARRAY_LEN)).is_ok());
+        let err = Node::parse(&items(MAX_ARRAY_LEN + 1)).unwrap_err();
+        assert!(err.to_string().contains("array longer than 64"), "{err}");
     }
 }

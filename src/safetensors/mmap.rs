@@ -14,7 +14,7 @@ use memmap2::Mmap;
 
 use super::error::SafetensorsError;
 use super::header::{SafetensorsHeader, TensorEntry};
-use super::index::{ShardIndex, INDEX_FILE, SINGLE_FILE};
+use super::index::{check_index_len, ShardIndex, INDEX_FILE, SINGLE_FILE};
 use super::parser::parse_header;
 
 /// One safetensors file, mapped.
@@ -91,6 +91,8 @@ impl SafetensorsFolder {
         let dir = dir.as_ref().to_owned();
         let index_path = dir.join(INDEX_FILE);
         let (index, shards) = if index_path.is_file() {
+            let len = std::fs::metadata(&index_path).map_err(io_error(&index_path))?.len();
+            check_index_len(len).map_err(|e| e.in_file(INDEX_FILE))?;
             let json = std::fs::read(&index_path).map_err(io_error(&index_path))?;
             let index = ShardIndex::parse(&json).map_err(|e| e.in_file(INDEX_FILE))?;
             let mut shards = Vec::new();

@@ -22,7 +22,7 @@ pub use decode::decode_f32;
 pub use dtype::Dtype;
 pub use error::SafetensorsError;
 pub use header::{SafetensorsHeader, TensorEntry, MAX_DIMS, MAX_HEADER_LEN, METADATA_KEY};
-pub use index::{check_shard_name, ShardIndex, INDEX_FILE, SINGLE_FILE};
+pub use index::{check_index_len, check_shard_name, ShardIndex, INDEX_FILE, MAX_INDEX_LEN, SINGLE_FILE};
 #[cfg(not(target_arch = "wasm32"))]
 pub use mmap::{MappedSafetensors, SafetensorsFolder};
 pub use parser::{parse_header, HeaderParser, LENGTH_PREFIX};
