@@ -11,6 +11,7 @@ pub mod hf;
 mod loader;
 mod parts;
 mod requant;
+mod route;
 mod stream;
 
 use std::borrow::Cow;
