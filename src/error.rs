@@ -106,6 +106,7 @@ impl Classify for LoadError {
             LoadError::Gpu(e) => e.class(),
             LoadError::Checksum { .. } => Download,
             LoadError::InPart { error, .. } => error.class(),
+            LoadError::Hf(e) => e.class(),
         }
     }
 }

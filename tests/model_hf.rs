@@ -15,7 +15,7 @@ use webvlm::gguf::quant::quantize_q8_0;
 use webvlm::gguf::GgmlType;
 use webvlm::gguf::{dequantize_to_vec, MappedGguf};
 use webvlm::model::{Context, ContextOptions, Decoder, Precision};
-use webvlm::source::hf::{GenerationDefaults, HfError, HfModel};
+use webvlm::source::hf::{GenerationDefaults, HfError, HfModel, HfStream, HfTextFiles};
 use webvlm::source::{Eager, LoadQuant, Requantize, TensorSource};
 use webvlm::tokenizer::Tokenizer;
 
@@ -244,4 +244,53 @@ fn malformed_folders_give_typed_errors() {
     assert!(bad(b"{\"model\":", b"{}").starts_with("tokenizer.json: "));
     assert!(bad(&json, b"{\"eos_token\": \"<|missing|>\"}").contains("not in the vocabulary"));
     assert!(bad(&json, b"[").starts_with("tokenizer_config.json: "));
+}
+
+/// The folder streamed as the browser streams a repository: every shard's header first (in
+/// 7-byte chunks), then every shard from byte 0 in uneven chunks; `cut` bytes are left off
+/// the end of the last shard.
+fn streamed(gpu: &webvlm::gpu::Gpu, quant: LoadQuant, cut: usize) -> Result<Decoder, webvlm::source::LoadError> {
+    let read = |name: &str| std::fs::read(dir().join(name)).ok();
+    let text = HfTextFiles::from_reader(|name| Ok(read(name))).unwrap();
+    let mut stream = HfStream::new(&read("config.json").unwrap(), text, read("model.safetensors.index.json").as_deref())?;
+    let shards: Vec<Vec<u8>> = stream.shard_names().iter().map(|n| read(n).unwrap()).collect();
+    assert!(shards.len() > 1, "the fixture is sharded");
+    for (i, bytes) in shards.iter().enumerate() {
+        let mut chunks = bytes.chunks(7);
+        while !stream.push_header(i, chunks.next().expect("header within the file"))? {}
+    }
+    assert!(stream.headers_complete()?);
+    let dec = Decoder::load_from(gpu, &mut Requantize { inner: &mut stream, quant }).unwrap();
+    stream.seal()?;
+    let last = shards.len() - 1;
+    for (i, bytes) in shards.iter().enumerate() {
+        let bytes = if i == last { &bytes[..bytes.len() - cut] } else { &bytes[..] };
+        let (mut at, mut size) = (0, 1000);
+        while at < bytes.len() {
+            let end = (at + size).min(bytes.len());
+            stream.push(gpu, i, &bytes[at..end])?;
+            (at, size) = (end, size * 3 % 70_001 + 1);
+        }
+    }
+    stream.finish()?;
+    assert_eq!(stream.held_bytes(), 0, "nothing held once every tensor is in");
+    Ok(dec)
+}
+
+#[test]
+fn streamed_shards_load_the_same_model() {
+    let gpu = common::gpu();
+    let hf = HfModel::open(dir()).unwrap();
+    let case = &cases()["cases"][0];
+    let tokens = ids(&case["tokens"]);
+    for quant in [LoadQuant::Keep, LoadQuant::Q8_0] {
+        let dec = streamed(&gpu, quant, 0).unwrap();
+        let mut ctx =
+            Context::new(&gpu, &dec, ContextOptions { max_ctx: 128, max_chunk: 64, precision: Precision::F32 }).unwrap();
+        let got = pollster::block_on(ctx.logits(&gpu, &dec, &tokens)).unwrap();
+        let want = logits_quant(&gpu, &hf, &tokens, Precision::F32, quant);
+        assert_eq!(got, want, "{quant:?}: streamed and mapped loads differ");
+    }
+    let err = streamed(&gpu, LoadQuant::Keep, 1).err().expect("a truncated shard");
+    assert!(matches!(err, webvlm::source::LoadError::Stream(_)), "{err}");
 }

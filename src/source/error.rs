@@ -22,6 +22,9 @@ pub enum LoadError {
     /// The file's bytes do not hash to the SHA-256 its source published (a corrupt download).
     #[error("sha256 mismatch: the source publishes {want}, the bytes hash to {got}")]
     Checksum { want: String, got: String },
+    /// A Hugging Face folder or repository that cannot be read as a model.
+    #[error(transparent)]
+    Hf(#[from] super::hf::HfError),
     /// An error in one part of a split model (numbered from 1, as in the file names).
     #[error("part {no} of {count}: {error}")]
     InPart { no: usize, count: usize, error: Box<LoadError> },

@@ -6,7 +6,8 @@
 //! `WeightLoader::fill` requantizes where asked.
 //!
 //! The mapping (`config.rs`, `names.rs`, `tensors.rs`) does not depend on how the bytes are
-//! held; [`HfModel`] is the native reader over memory-mapped shards.
+//! held; [`HfModel`] is the native reader over memory-mapped shards, [`HfStream`] the
+//! streamed one (the browser's).
 //!
 //! Reference: llama.cpp `convert_hf_to_gguf.py` (`conversion/base.py`, `conversion/llama.py`).
 
@@ -16,6 +17,7 @@ mod error;
 mod folder;
 mod generation;
 mod names;
+mod stream;
 mod tensors;
 mod text;
 
@@ -25,5 +27,6 @@ pub use error::HfError;
 pub use folder::HfModel;
 pub use generation::GenerationDefaults;
 pub use names::{gguf_name, permute_rows, Mapped, Permute};
+pub use stream::HfStream;
 pub use tensors::{HfTensor, HfTensors, Origin};
 pub use text::{HfTextFiles, CHAT_TEMPLATE, GENERATION_CONFIG, TOKENIZER_CONFIG, TOKENIZER_JSON};

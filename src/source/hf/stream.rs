@@ -1,0 +1,214 @@
+//! A Hugging Face model streamed shard by shard into GPU buffers, never holding a shard: the
+//! browser's path for a repository (its safetensors files come over the network or from
+//! Cache Storage a few MiB at a time), tested natively against [`super::HfModel`].
+//!
+//! The model can be planned only once every shard's header is known (the names, types and
+//! shapes of all tensors), so it loads in two passes over the shards, as a split GGUF does:
+//! 1. [`HfStream::push_header`] reads each shard's first bytes until its header is complete
+//!    (checked against the index); then the GGUF view of the tensors is built;
+//! 2. the model is built on the stream as its [`WeightLoader`] (each tensor asked for becomes
+//!    a target: its byte range in its shard; tensors synthesized from the config, such as
+//!    `rope_freqs.weight`, are written at once), then [`HfStream::seal`];
+//! 3. [`HfStream::push`] streams every shard from byte 0 (the header bytes are skipped):
+//!    whole rows are converted (requantized, q/k rows permuted per head) and written a group
+//!    at a time (`route.rs`);
+//! 4. [`HfStream::finish`] fails unless every target received all its bytes.
+
+use std::collections::HashMap;
+
+use super::{HfConfig, HfError, HfTensor, HfTensors, HfTextFiles, Origin};
+use crate::gguf::{dequantize_to_vec, Metadata, TensorInfo};
+use crate::gpu::Gpu;
+use crate::kernels::quant::GpuWeight;
+use crate::safetensors::{HeaderParser, SafetensorsHeader, ShardIndex, SINGLE_FILE};
+use crate::source::loader::{check_dims, requantize, WeightLoader};
+use crate::source::route::{Router, Sink};
+use crate::source::LoadError;
+
+/// One safetensors file of the model.
+struct Shard {
+    name: String,
+    parser: HeaderParser,
+    header: Option<SafetensorsHeader>,
+    /// Bytes pushed in the second pass.
+    pushed: u64,
+    router: Router,
+}
+
+/// A Hugging Face model whose shards are being streamed.
+pub struct HfStream {
+    config: HfConfig,
+    metadata: Metadata,
+    text: HfTextFiles,
+    index: Option<ShardIndex>,
+    shards: Vec<Shard>,
+    /// The GGUF view, once every header is in.
+    tensors: Option<HfTensors>,
+    /// Hugging Face name → shard number.
+    shard_of: HashMap<String, usize>,
+}
+
+impl HfStream {
+    /// A model of `config.json` and its text files; `index_json` is
+    /// `model.safetensors.index.json` for a sharded model (its files are the shards, in the
+    /// order [`HfStream::shard_names`] lists), `None` for a single `model.safetensors`.
+    pub fn new(config_json: &[u8], text: HfTextFiles, index_json: Option<&[u8]>) -> Result<HfStream, HfError> {
+        let config = HfConfig::parse(config_json)?;
+        let index = index_json.map(ShardIndex::parse).transpose()?;
+        let names: Vec<String> = match &index {
+            Some(index) => index.files().map(str::to_string).collect(),
+            None => vec![SINGLE_FILE.to_string()],
+        };
+        let shards = names
+            .into_iter()
+            .map(|name| Shard { name, parser: HeaderParser::new(), header: None, pushed: 0, router: Router::default() })
+            .collect();
+        Ok(HfStream { metadata: config.metadata(), config, text, index, shards, tensors: None, shard_of: HashMap::new() })
+    }
+
+    /// The safetensors files to fetch, by shard number.
+    pub fn shard_names(&self) -> Vec<&str> {
+        self.shards.iter().map(|s| s.name.as_str()).collect()
+    }
+
+    /// The tokenizer, template and generation files.
+    pub fn text_files(&self) -> &HfTextFiles {
+        &self.text
+    }
+
+    fn shard(&mut self, shard: usize) -> Result<&mut Shard, LoadError> {
+        let count = self.shards.len();
+        self.shards.get_mut(shard).ok_or_else(|| LoadError::Stream(format!("shard {shard} of a model of {count} files")))
+    }
+
+    /// First pass: the next bytes of shard `shard` from its start; true once its header is
+    /// complete (later bytes are ignored).
+    pub fn push_header(&mut self, shard: usize, chunk: &[u8]) -> Result<bool, LoadError> {
+        let s = self.shard(shard)?;
+        if s.header.is_none() {
+            s.header = s.parser.feed(chunk).map_err(HfError::from)?;
+        }
+        Ok(s.header.is_some())
+    }
+
+    /// Whether every shard's header is in; the first time they are, checks each against the
+    /// index and builds the GGUF view of the tensors.
+    pub fn headers_complete(&mut self) -> Result<bool, LoadError> {
+        if self.tensors.is_some() {
+            return Ok(true);
+        }
+        let Some(headers) = self.shards.iter().map(|s| s.header.as_ref()).collect::<Option<Vec<_>>>() else {
+            return Ok(false);
+        };
+        let mut stored = Vec::new();
+        let mut shard_of = HashMap::new();
+        for (i, (shard, header)) in self.shards.iter().zip(&headers).enumerate() {
+            if let Some(index) = &self.index {
+                index.check_shard(&shard.name, header).map_err(HfError::from)?;
+            }
+            for e in &header.tensors {
+                let ty =
+                    e.dtype.ggml_type().ok_or_else(|| HfError::Dtype { name: e.name.clone(), dtype: e.dtype.name().into() })?;
+                if shard_of.insert(e.name.clone(), i).is_some() {
+                    return Err(LoadError::Stream(format!("tensor {} is in two shards", e.name)));
+                }
+                stored.push((e.name.as_str(), ty, e.shape.as_slice()));
+            }
+        }
+        self.tensors = Some(HfTensors::new(&self.config, stored)?);
+        self.shard_of = shard_of;
+        Ok(true)
+    }
+
+    /// Ends planning: no more tensors may be asked for.
+    pub fn seal(&mut self) -> Result<(), LoadError> {
+        if self.tensors.is_none() {
+            return Err(LoadError::Stream("sealed before every shard's header was in".into()));
+        }
+        self.shards.iter_mut().try_for_each(|s| s.router.seal())
+    }
+
+    /// Second pass: the next bytes of shard `shard`, from its byte 0 on (after [`Self::seal`]).
+    pub fn push(&mut self, gpu: &Gpu, shard: usize, chunk: &[u8]) -> Result<(), LoadError> {
+        let s = self.shard(shard)?;
+        if !s.router.is_sealed() {
+            return Err(LoadError::Stream(format!("{}: bytes pushed before the model was planned", s.name)));
+        }
+        let at = s.pushed;
+        s.pushed += chunk.len() as u64;
+        s.router.route(gpu, at, chunk)
+    }
+
+    /// Fails unless every shard delivered every tensor asked for.
+    pub fn finish(&mut self) -> Result<(), LoadError> {
+        for s in &self.shards {
+            s.router.finish(s.pushed).map_err(|e| LoadError::Stream(format!("{}: {e}", s.name)))?;
+        }
+        Ok(())
+    }
+
+    /// Bytes held for partial row groups and incomplete vectors.
+    pub fn held_bytes(&self) -> usize {
+        self.shards.iter().map(|s| s.router.held_bytes()).sum()
+    }
+
+    fn tensor(&self, name: &str) -> Result<&HfTensor, LoadError> {
+        let tensors = self.tensors.as_ref().ok_or_else(|| LoadError::Stream("planned before every header was in".into()))?;
+        tensors.get(name).ok_or_else(|| LoadError::Missing(name.into()))
+    }
+
+    /// Registers `name` (stored in a shard) with `sink`.
+    fn add_target(&mut self, name: &str, hf_name: &str, sink: Sink) -> Result<(), LoadError> {
+        let &shard = self.shard_of.get(hf_name).ok_or_else(|| LoadError::Missing(name.into()))?;
+        let s = &mut self.shards[shard];
+        let header = s.header.as_ref().ok_or_else(|| LoadError::Stream("no header".into()))?;
+        let entry = header.tensor(hf_name).ok_or_else(|| LoadError::Missing(name.into()))?;
+        let range = header.file_range(entry);
+        s.router.add(name, range.start, range.end, sink)
+    }
+}
+
+impl WeightLoader for HfStream {
+    fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+
+    fn tensor_info(&self, name: &str) -> Option<&TensorInfo> {
+        self.tensors.as_ref()?.get(name).map(|t| &t.info)
+    }
+
+    fn fill(&mut self, gpu: &Gpu, name: &str, target: &GpuWeight, row0: u32) -> Result<(), LoadError> {
+        let t = self.tensor(name)?;
+        let file_ty = t.info.ty;
+        match t.origin.clone() {
+            Origin::Synthesized(bytes) if target.ty == file_ty => target.write_rows(gpu, row0, &bytes)?,
+            Origin::Synthesized(bytes) => {
+                let values = dequantize_to_vec(file_ty, &bytes, bytes.len() / file_ty.type_size() * file_ty.block_size())?;
+                target.write_rows(gpu, row0, &requantize(target.ty, &values)?)?;
+            }
+            Origin::Stored { hf_name, heads } => {
+                let rows = t.info.dims.get(1).copied().unwrap_or(1) as u32;
+                let head_rows = heads.map(|h| rows / h.max(1));
+                self.add_target(name, &hf_name, Sink::rows(file_ty, target, row0, head_rows))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn vector(&mut self, gpu: &Gpu, name: &str, n: u32) -> Result<wgpu::Buffer, LoadError> {
+        check_dims(name, self.tensor_info(name), &[n as u64])?;
+        let t = self.tensor(name)?;
+        let ty = t.info.ty;
+        match t.origin.clone() {
+            Origin::Synthesized(bytes) => {
+                let values = dequantize_to_vec(ty, &bytes, n as usize)?;
+                Ok(gpu.storage_with(name, bytemuck::cast_slice(&values))?)
+            }
+            Origin::Stored { hf_name, .. } => {
+                let buffer = gpu.storage(name, n as u64 * 4)?;
+                self.add_target(name, &hf_name, Sink::Vector { buffer: buffer.clone(), ty, n })?;
+                Ok(buffer)
+            }
+        }
+    }
+}
