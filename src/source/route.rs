@@ -139,7 +139,7 @@ impl Target {
             let rows = (bytes.len() / row) as u32;
             let permuted;
             let bytes = match head_rows {
-                Some(h) if rows % h == 0 => {
+                Some(h) if rows.is_multiple_of(h) => {
                     permuted = permute_rows(bytes, (rows / h) as usize, row);
                     &permuted[..]
                 }
