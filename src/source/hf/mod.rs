@@ -15,6 +15,7 @@ mod error;
 #[cfg(not(target_arch = "wasm32"))]
 mod folder;
 mod generation;
+mod mllama;
 mod names;
 mod tensors;
 mod text;
@@ -24,6 +25,7 @@ pub use error::HfError;
 #[cfg(not(target_arch = "wasm32"))]
 pub use folder::HfModel;
 pub use generation::GenerationDefaults;
+pub use mllama::{MllamaConfig, MllamaVisionConfig};
 pub use names::{gguf_name, permute_rows, Mapped, Permute};
 pub use tensors::{HfTensor, HfTensors, Origin};
 pub use text::{HfTextFiles, CHAT_TEMPLATE, GENERATION_CONFIG, TOKENIZER_CONFIG, TOKENIZER_JSON};
