@@ -61,7 +61,7 @@ impl MllamaVisionConfig {
             patch_size: md.get_u32(&k("patch_size"))?,
             hidden,
             n_head,
-            head_dim: if n_head > 0 { hidden / n_head } else { 0 },
+            head_dim: hidden.checked_div(n_head).unwrap_or(0),
             n_ff: md.get_u32(&k("feed_forward_length"))?,
             n_local: md.get_u32(&k("block_count"))?,
             n_global: md.get_u32(&k("global_block_count"))?,
