@@ -16,7 +16,7 @@ struct Params {
     scale: f32,
     n_split: u32,   // decode: key splits of the grid
     split_keys: u32, // decode: fewest keys per split (fewer splits are used for short contexts)
-    _pad1: u32,
+    valid_rows: u32, // prefill: rows t >= valid_rows see only keys < valid_rows (Mllama vision)
 }
 
 const NEG: f32 = -1.0e30;  // initial running max of the online softmax

@@ -11,7 +11,8 @@
 //! `attention_prefill_gpu.wgsl` with 8-key tiles. 128 invocations = BQ rows x BK keys:
 //! invocation (row, j) computes one score and its exp, then accumulates the dims j, j + BK,
 //! ... (vec4 units) of its row's output. Key visibility: causal rows see cache rows
-//! 0..=kv_start + t; non-causal rows see 0..kv_start + n_tok.
+//! 0..=kv_start + t; non-causal rows see 0..kv_start + n_tok; rows t >= valid_rows (Mllama's
+//! vision padding tokens) see only keys 0..valid_rows.
 //!
 //! The cache is read through `kv_k` / `kv_v`, prepended by `src/kernels/attention.rs` for the
 //! cache type (f32, or f16 packed two per word and widened on load); the math is f32.
@@ -87,6 +88,7 @@ fn attn_prefill(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
         kv_end = kv_start + (min(row0 + BQ, n_rows) - 1u) / group + 1u;
         my_end = kv_start + t + 1u;
     }
+    if (t >= p.valid_rows) { my_end = min(my_end, p.valid_rows); }
 
     var m = NEG;
     var l = 0.0;

@@ -133,6 +133,7 @@ fn attn_prefill_gpu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
         kv_end = kv_start + (min(row0 + BQ, n_rows) - 1u) / group + 1u;
         my_end = kv_start + t + 1u;
     }
+    if (t >= p.valid_rows) { my_end = min(my_end, p.valid_rows); }
 
     var m = NEG;
     var l = 0.0;

@@ -250,6 +250,9 @@ pub struct AttnShape {
     pub causal: bool,
     /// Element type of the caches read.
     pub kv: KvDtype,
+    /// Mllama's vision mask: query rows `t >= valid_rows` (padding tokens) see only keys
+    /// `< valid_rows`; the others see every key. `u32::MAX` (the default): no such rows.
+    pub valid_rows: u32,
 }
 
 impl AttnShape {
@@ -265,6 +268,7 @@ impl AttnShape {
             scale: 1.0 / (head_dim as f32).sqrt(),
             causal: true,
             kv: KvDtype::F32,
+            valid_rows: u32::MAX,
         }
     }
 
@@ -299,7 +303,7 @@ impl AttnShape {
             scale: self.scale,
             n_split,
             split_keys: DECODE_SPLIT_KEYS,
-            _pad: 0,
+            valid_rows: self.valid_rows,
         }
     }
 }
@@ -318,7 +322,7 @@ struct Params {
     scale: f32,
     n_split: u32,
     split_keys: u32,
-    _pad: u32,
+    valid_rows: u32,
 }
 
 /// Records prefill attention: the step's `n_tok` new tokens (queries in `q`) against cache

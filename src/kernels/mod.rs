@@ -15,6 +15,7 @@ pub mod quant;
 pub mod rope;
 pub mod sample;
 pub mod vision;
+pub mod vision_mllama;
 pub mod vision_qwen;
 
 /// Every kernel module, assembled as the kernels assemble it (prefixes, `common.wgsl`, the
@@ -39,6 +40,7 @@ mod tests {
             spec("sample", super::sample::SHADER),
             spec("vision", super::vision::SHADER),
             spec("vision_qwen", super::vision_qwen::SHADER),
+            spec("vision_mllama", super::vision_mllama::SHADER),
             spec("embedding", super::embedding::SHADER).with_prefix(QUANT_WGSL),
             spec("matvec", super::matvec::SHADER).with_prefix(QUANT_WGSL).with_prefix(super::matvec::NO_SUBGROUPS),
             spec("matvec", super::matvec::SHADER).with_prefix(QUANT_WGSL).with_prefix(super::matvec::SUBGROUPS),

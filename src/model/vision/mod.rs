@@ -6,6 +6,7 @@
 
 mod features;
 mod layout;
+pub mod mllama;
 mod mrope;
 pub mod pixtral;
 mod placement;

@@ -7,15 +7,17 @@
 
 use serde_json::{Map, Value};
 
+use super::mllama::{MllamaConfig, ARCH as MLLAMA};
 use super::HfError;
 use crate::gguf::{arch_key, MetaValue, Metadata};
 
 /// Hugging Face architectures (`config.json` `architectures[0]`) and the GGUF architecture
 /// llama.cpp's converter writes them as.
-pub const ARCHITECTURES: &[(&str, &str)] = &[("LlamaForCausalLM", "llama"), ("MistralForCausalLM", "llama")];
+pub const ARCHITECTURES: &[(&str, &str)] =
+    &[("LlamaForCausalLM", "llama"), ("MistralForCausalLM", "llama"), ("MllamaForConditionalGeneration", super::mllama::ARCH)];
 
 /// The Hugging Face names of [`ARCHITECTURES`], for error messages.
-pub const SUPPORTED: &[&str] = &["LlamaForCausalLM", "MistralForCausalLM"];
+pub const SUPPORTED: &[&str] = &["LlamaForCausalLM", "MistralForCausalLM", "MllamaForConditionalGeneration"];
 
 /// The largest head width accepted (the `rope_freqs` table has one entry per pair).
 const MAX_HEAD_DIM: u32 = 1 << 12;
@@ -62,10 +64,12 @@ pub struct HfConfig {
     pub rms_eps: Option<f64>,
     pub rope_theta: Option<f64>,
     pub rope: RopeScaling,
+    /// The vision and cross-attention keys of an `MllamaForConditionalGeneration` config.
+    pub mllama: Option<MllamaConfig>,
 }
 
 /// A `config.json` object with typed getters (errors name the key).
-struct Obj<'a>(&'a Map<String, Value>);
+pub(super) struct Obj<'a>(pub(super) &'a Map<String, Value>);
 
 impl Obj<'_> {
     fn bad(key: &str, v: &Value, why: &'static str) -> HfError {
@@ -79,7 +83,7 @@ impl Obj<'_> {
         }
     }
 
-    fn u32(&self, key: &str) -> Result<u32, HfError> {
+    pub(super) fn u32(&self, key: &str) -> Result<u32, HfError> {
         self.opt_u32(key)?.ok_or_else(|| HfError::MissingKey(key.to_string()))
     }
 
@@ -93,7 +97,7 @@ impl Obj<'_> {
         Ok(None)
     }
 
-    fn opt_f64(&self, key: &str) -> Result<Option<f64>, HfError> {
+    pub(super) fn opt_f64(&self, key: &str) -> Result<Option<f64>, HfError> {
         match self.0.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(v) => v.as_f64().filter(|f| f.is_finite()).map(Some).ok_or_else(|| Self::bad(key, v, "not a finite number")),
@@ -145,9 +149,11 @@ impl HfConfig {
         if n_head == 0 {
             return Err(Obj::bad("num_attention_heads", &Value::from(0), "zero"));
         }
+        let n_layer = c.u32("num_hidden_layers")?;
+        let mllama = if arch == MLLAMA { Some(MllamaConfig::parse(&root, n_layer)?) } else { None };
         Ok(HfConfig {
             arch,
-            n_layer: c.u32("num_hidden_layers")?,
+            n_layer,
             n_embd: c.u32("hidden_size")?,
             n_ff: c.u32("intermediate_size")?,
             n_head,
@@ -165,6 +171,7 @@ impl HfConfig {
             rms_eps: c.opt_f64("rms_norm_eps")?,
             rope_theta: rope_theta(&c)?,
             rope: rope_scaling(&c)?,
+            mllama,
             hf_arch,
         })
     }
@@ -227,6 +234,9 @@ impl HfConfig {
             put(key("attention.value_length"), MetaValue::U32(d));
         }
         put(key("rope.dimension_count"), MetaValue::U32(self.rope_dim()));
+        if let Some(m) = &self.mllama {
+            m.put_metadata(&mut md, self.n_embd);
+        }
         md
     }
 

@@ -16,6 +16,7 @@ mod error;
 #[cfg(not(target_arch = "wasm32"))]
 mod folder;
 mod generation;
+mod mllama;
 mod names;
 mod stream;
 mod tensors;
@@ -26,6 +27,7 @@ pub use error::HfError;
 #[cfg(not(target_arch = "wasm32"))]
 pub use folder::HfModel;
 pub use generation::GenerationDefaults;
+pub use mllama::{MllamaConfig, MllamaVisionConfig};
 pub use names::{gguf_name, permute_rows, Mapped, Permute};
 pub use stream::HfStream;
 pub use tensors::{HfTensor, HfTensors, Origin};

@@ -52,7 +52,11 @@ impl HfTensors {
     pub fn new<'a>(cfg: &HfConfig, stored: impl IntoIterator<Item = (&'a str, GgmlType, &'a [u64])>) -> Result<Self, HfError> {
         let mut out = HfTensors::default();
         for (hf_name, ty, shape) in stored {
-            let (name, permute) = match gguf_name(hf_name, cfg.n_layer) {
+            let mapped = match &cfg.mllama {
+                Some(m) => m.gguf_name(hf_name, cfg.n_layer),
+                None => gguf_name(hf_name, cfg.n_layer),
+            };
+            let (name, permute) = match mapped {
                 Some(Mapped::To(name, permute)) => (name, permute),
                 Some(Mapped::Skipped) => continue,
                 None => return Err(HfError::UnmappedTensor(hf_name.to_string())),

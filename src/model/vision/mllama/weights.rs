@@ -1,0 +1,126 @@
+//! Mllama vision encoder + projector weights on the GPU, by the GGUF names `source::hf` maps
+//! the safetensors to (`v.*`, `mm.0.*`; table in `docs/MODELS.md`). Matrices keep their type
+//! (or `quant`'s); vectors and the 1-element gates become f32; the position and aspect-ratio
+//! tables keep their type (the encoder gathers the rows it needs as f32). Shapes row-major
+//! `[rows][cols]` (GGUF dims reversed).
+
+use crate::gpu::Gpu;
+use crate::kernels::quant::GpuWeight;
+use crate::source::{check_dims, LoadError, LoadQuant, WeightLoader};
+
+use super::config::MllamaVisionConfig;
+
+/// One pre-LayerNorm layer (`v.blk.N.*` local, `v.global.blk.N.*` global); attention without
+/// biases, MLP fc1 / fc2 with biases.
+pub struct MllamaLayerWeights {
+    pub ln1_w: wgpu::Buffer,
+    pub ln1_b: wgpu::Buffer,
+    pub q: GpuWeight,
+    pub k: GpuWeight,
+    pub v: GpuWeight,
+    pub o: GpuWeight,
+    pub ln2_w: wgpu::Buffer,
+    pub ln2_b: wgpu::Buffer,
+    /// fc1 `[n_ff][hidden]`, fc2 `[hidden][n_ff]`.
+    pub up: GpuWeight,
+    pub up_b: wgpu::Buffer,
+    pub down: GpuWeight,
+    pub down_b: wgpu::Buffer,
+    /// Global layers: the residual gates (`attn_gate`, `ffn_gate`, 1 value each, used as tanh).
+    pub gates: Option<(wgpu::Buffer, wgpu::Buffer)>,
+}
+
+/// All encoder + projector weights.
+pub struct MllamaVisionWeights {
+    /// `v.patch_embd.weight`, GGUF dims `[P, P, 3, hidden]`: `[hidden][3*P*P]`.
+    pub patch_embd: GpuWeight,
+    pub class_embd: wgpu::Buffer,
+    /// `v.position_embd.weight` `[tokens][hidden]` and its gate.
+    pub pos_embd: GpuWeight,
+    pub pos_gate: wgpu::Buffer,
+    /// `v.tile_position_embd.weight` `[aspect_rows][max_tiles * tokens * hidden]`.
+    pub tile_pos_embd: GpuWeight,
+    /// `v.{pre,post}_tile_position_embd.weight` `[aspect_rows][max_tiles * hidden]`, gates.
+    pub pre_tile: GpuWeight,
+    pub pre_tile_gate: wgpu::Buffer,
+    pub post_tile: GpuWeight,
+    pub post_tile_gate: wgpu::Buffer,
+    pub pre_ln_w: wgpu::Buffer,
+    pub pre_ln_b: wgpu::Buffer,
+    pub post_ln_w: wgpu::Buffer,
+    pub post_ln_b: wgpu::Buffer,
+    pub local: Vec<MllamaLayerWeights>,
+    pub global: Vec<MllamaLayerWeights>,
+    /// `mm.0` (`multi_modal_projector`) `[text_hidden][output_dim]` and its bias.
+    pub mm_0: GpuWeight,
+    pub mm_0_b: wgpu::Buffer,
+}
+
+impl MllamaVisionWeights {
+    /// Loads through `src`, layer and projector matrices requantized to `quant` (the patch
+    /// embedding and the tables keep their type).
+    pub fn load_from(
+        gpu: &Gpu,
+        src: &mut dyn WeightLoader,
+        cfg: &MllamaVisionConfig,
+        quant: LoadQuant,
+    ) -> Result<Self, LoadError> {
+        let (d, ff) = (cfg.hidden, cfg.n_ff);
+        let p = cfg.patch_size as u64;
+        let table = |src: &mut dyn WeightLoader, name: &str, rows: u32, cols: u64| -> Result<GpuWeight, LoadError> {
+            check_dims(name, src.tensor_info(name), &[cols, rows as u64])?;
+            let cols = u32::try_from(cols).map_err(|_| LoadError::Shape {
+                name: name.into(),
+                got: format!("{cols} columns"),
+                want: "at most u32::MAX".into(),
+            })?;
+            src.reshaped(gpu, name, rows, cols)
+        };
+        let layer = |src: &mut dyn WeightLoader, prefix: String, gated: bool| -> Result<MllamaLayerWeights, LoadError> {
+            let name = |s: &str| format!("{prefix}{s}");
+            let m = |src: &mut dyn WeightLoader, s: &str, rows, cols| src.matrix(gpu, &name(s), rows, cols, quant);
+            Ok(MllamaLayerWeights {
+                q: m(src, "attn_q.weight", d, d)?,
+                k: m(src, "attn_k.weight", d, d)?,
+                v: m(src, "attn_v.weight", d, d)?,
+                o: m(src, "attn_out.weight", d, d)?,
+                up: m(src, "ffn_up.weight", ff, d)?,
+                down: m(src, "ffn_down.weight", d, ff)?,
+                ln1_w: src.vector(gpu, &name("ln1.weight"), d)?,
+                ln1_b: src.vector(gpu, &name("ln1.bias"), d)?,
+                ln2_w: src.vector(gpu, &name("ln2.weight"), d)?,
+                ln2_b: src.vector(gpu, &name("ln2.bias"), d)?,
+                up_b: src.vector(gpu, &name("ffn_up.bias"), ff)?,
+                down_b: src.vector(gpu, &name("ffn_down.bias"), d)?,
+                gates: match gated {
+                    true => Some((src.vector(gpu, &name("attn_gate.weight"), 1)?, src.vector(gpu, &name("ffn_gate.weight"), 1)?)),
+                    false => None,
+                },
+            })
+        };
+        check_dims("v.patch_embd.weight", src.tensor_info("v.patch_embd.weight"), &[p, p, 3, d as u64])?;
+        let patch_embd = src.reshaped(gpu, "v.patch_embd.weight", d, cfg.patch_dim())?;
+        let (rows, tiles, tokens) = (cfg.aspect_rows(), cfg.max_tiles as u64, cfg.tokens() as u64);
+        let local = (0..cfg.n_local).map(|i| layer(src, format!("v.blk.{i}."), false)).collect::<Result<_, _>>()?;
+        let global = (0..cfg.n_global).map(|i| layer(src, format!("v.global.blk.{i}."), true)).collect::<Result<_, _>>()?;
+        Ok(MllamaVisionWeights {
+            patch_embd,
+            class_embd: src.vector(gpu, "v.class_embd.weight", d)?,
+            pos_embd: table(src, "v.position_embd.weight", cfg.tokens(), d as u64)?,
+            pos_gate: src.vector(gpu, "v.position_embd.gate", 1)?,
+            tile_pos_embd: table(src, "v.tile_position_embd.weight", rows, tiles * tokens * d as u64)?,
+            pre_tile: table(src, "v.pre_tile_position_embd.weight", rows, tiles * d as u64)?,
+            pre_tile_gate: src.vector(gpu, "v.pre_tile_position_embd.gate", 1)?,
+            post_tile: table(src, "v.post_tile_position_embd.weight", rows, tiles * d as u64)?,
+            post_tile_gate: src.vector(gpu, "v.post_tile_position_embd.gate", 1)?,
+            pre_ln_w: src.vector(gpu, "v.pre_ln.weight", d)?,
+            pre_ln_b: src.vector(gpu, "v.pre_ln.bias", d)?,
+            post_ln_w: src.vector(gpu, "v.post_ln.weight", d)?,
+            post_ln_b: src.vector(gpu, "v.post_ln.bias", d)?,
+            local,
+            global,
+            mm_0: src.matrix(gpu, "mm.0.weight", cfg.text_hidden, cfg.output_dim, quant)?,
+            mm_0_b: src.vector(gpu, "mm.0.bias", cfg.text_hidden)?,
+        })
+    }
+}
