@@ -181,14 +181,15 @@ fn cli_plans_and_refuses_a_model_that_does_not_fit() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("the model needs") && err.contains("8.0 MiB are available") && err.contains("no context fits"), "{err}");
 
-    // Text only, 1 MiB: the weights and buffers fit, 2048 positions of KV cache do not.
+    // Text only, 4 MiB: the weights and buffers fit (at either kernel geometry's chunk size),
+    // 32768 positions of KV cache do not.
     let out =
-        run(&["logits", "--model", model, "--tokens", "1,5,6", "--ctx", "2048", "--gpu-memory", "1M", "--out", "/dev/null"]);
+        run(&["logits", "--model", model, "--tokens", "1,5,6", "--ctx", "32768", "--gpu-memory", "4M", "--out", "/dev/null"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("KV cache at 2048 tokens") && err.contains("the largest context that fits is"), "{err}");
+    assert!(err.contains("KV cache at 32768 tokens") && err.contains("the largest context that fits is"), "{err}");
     let largest: u32 = err.split("the largest context that fits is ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
     let ctx = largest.to_string();
-    let out = run(&["logits", "--model", model, "--tokens", "1,5,6", "--ctx", &ctx, "--gpu-memory", "1M", "--out", "/dev/null"]);
+    let out = run(&["logits", "--model", model, "--tokens", "1,5,6", "--ctx", &ctx, "--gpu-memory", "4M", "--out", "/dev/null"]);
     assert!(out.status.success(), "at the largest context: {}", String::from_utf8_lossy(&out.stderr));
 }
