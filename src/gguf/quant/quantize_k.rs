@@ -4,7 +4,10 @@
 //! `nearest_int` (`ggml-quants.c`), which `ggml_quantize_chunk` runs when no importance matrix
 //! is given (as llama-quantize does without `--imatrix`). Every f32 operation happens in the
 //! same order as there and nothing is fused, so the bytes match for every input (checked
-//! against llama.cpp's own build in `tests/quantizers.rs`).
+//! against llama.cpp's own build in `tests/quantizers.rs`). That reference is llama.cpp as
+//! built for x86-64, where `ggml-quants.c` gets no `-march` and so no fused multiply-adds;
+//! a build that contracts to FMA (llama.cpp's arm64 clang toolchain files) can round a sum
+//! differently and pick another grid in rare blocks.
 //!
 //! A super-block of 256 values is 8 sub-blocks of 32. Each sub-block gets a scale and a min
 //! from a weighted least-squares search over 21 candidate grids; those 8 + 8 floats are then
