@@ -38,75 +38,98 @@ fn level(v: f32) -> u8 {
     nearest_int(v).clamp(0, NMAX) as u8
 }
 
-/// `make_qkx2_quants(32, 15, x, w, L, &the_min, Laux, -1, 0.1, 20, false)`: the levels in
-/// `l`, returns `(scale, the_min)` with `x ≈ scale * l - the_min`. Starting from the plain
-/// min/max grid, each candidate grid `(14 + 0.1 k) / (max - min)`, `k = 0..=20`, gets the
-/// weighted least-squares scale and min of its levels; the one with the smallest weighted
-/// squared error wins.
-fn make_qkx2(x: &[f32], w: &[f32; SUB], l: &mut [u8]) -> (f32, f32) {
+/// Eight lanes, one per sub-block: lane `s` of `t[i]` is value `i` of sub-block `s`.
+type Lanes<T> = [[T; 8]; SUB];
+
+/// `make_qkx2_quants(32, 15, x, w, L, &the_min, Laux, -1, 0.1, 20, false)` on the 8
+/// sub-blocks at once (independent lanes, each doing exactly the scalar operations in ggml's
+/// order; the lanes only let the CPU overlap the 8 chains of sums). Writes the levels to `l`,
+/// returns `(scale, the_min)` per sub-block with `x ≈ scale * l - the_min`. Starting from the
+/// plain min/max grid, each candidate grid `(14 + 0.1 k) / (max - min)`, `k = 0..=20`, gets
+/// the weighted least-squares scale and min of its levels; the one with the smallest weighted
+/// squared error wins, and (as in ggml) its min becomes the offset of the next candidates.
+fn make_qkx2(x: &Lanes<f32>, w: &Lanes<f32>, l: &mut Lanes<u8>) -> ([f32; 8], [f32; 8]) {
     let (rmin, rdelta, nstep) = (-1.0f32, 0.1f32, 20);
-    let (mut min, mut max) = (x[0], x[0]);
-    let mut sum_w = w[0];
-    let mut sum_x = sum_w * x[0];
+    let (mut min, mut max, mut sum_w) = (x[0], x[0], w[0]);
+    let mut sum_x: [f32; 8] = std::array::from_fn(|s| w[0][s] * x[0][s]);
     for i in 1..SUB {
-        if x[i] < min {
-            min = x[i];
+        for s in 0..8 {
+            if x[i][s] < min[s] {
+                min[s] = x[i][s];
+            }
+            if x[i][s] > max[s] {
+                max[s] = x[i][s];
+            }
+            sum_w[s] += w[i][s];
+            sum_x[s] += w[i][s] * x[i][s];
         }
-        if x[i] > max {
-            max = x[i];
+    }
+    for m in &mut min {
+        if *m > 0.0 {
+            *m = 0.0;
         }
-        sum_w += w[i];
-        sum_x += w[i] * x[i];
     }
-    if min > 0.0 {
-        min = 0.0;
-    }
-    if max == min {
-        l.fill(0);
-        return (0.0, -min);
-    }
-    let iscale = NMAX as f32 / (max - min);
-    let mut scale = 1.0 / iscale;
-    let mut best_error = 0.0f32;
+    // Lanes with max == min compute garbage below and are set at the end.
+    let flat: [bool; 8] = std::array::from_fn(|s| max[s] == min[s]);
+    let flat_min = min;
+
+    let iscale: [f32; 8] = std::array::from_fn(|s| NMAX as f32 / (max[s] - min[s]));
+    let mut scale: [f32; 8] = std::array::from_fn(|s| 1.0 / iscale[s]);
+    let mut best_error = [0.0f32; 8];
     for i in 0..SUB {
-        l[i] = level(iscale * (x[i] - min));
-        let diff = scale * l[i] as f32 + min - x[i];
-        best_error += w[i] * (diff * diff);
+        for s in 0..8 {
+            l[i][s] = level(iscale[s] * (x[i][s] - min[s]));
+            let diff = scale[s] * l[i][s] as f32 + min[s] - x[i][s];
+            best_error[s] += w[i][s] * (diff * diff);
+        }
     }
-    let mut aux = [0u8; SUB];
-    // As in ggml, a better candidate's `min` becomes the offset (and range) of the next ones.
+    let mut aux: Lanes<u8> = [[0; 8]; SUB];
     for is in 0..=nstep {
-        let iscale = (rmin + rdelta * is as f32 + NMAX as f32) / (max - min);
-        let (mut sum_l, mut sum_l2, mut sum_xl) = (0.0f32, 0.0f32, 0.0f32);
+        let iscale: [f32; 8] = std::array::from_fn(|s| (rmin + rdelta * is as f32 + NMAX as f32) / (max[s] - min[s]));
+        let (mut sum_l, mut sum_l2, mut sum_xl) = ([0.0f32; 8], [0.0f32; 8], [0.0f32; 8]);
         for i in 0..SUB {
-            aux[i] = level(iscale * (x[i] - min));
-            let lf = aux[i] as f32;
-            sum_l += w[i] * lf;
-            sum_l2 += w[i] * lf * lf;
-            sum_xl += w[i] * lf * x[i];
+            for s in 0..8 {
+                aux[i][s] = level(iscale[s] * (x[i][s] - min[s]));
+                let lf = aux[i][s] as f32;
+                sum_l[s] += w[i][s] * lf;
+                sum_l2[s] += w[i][s] * lf * lf;
+                sum_xl[s] += w[i][s] * lf * x[i][s];
+            }
         }
-        let det = sum_w * sum_l2 - sum_l * sum_l;
-        if det > 0.0 {
-            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / det;
-            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det;
-            if this_min > 0.0 {
-                this_min = 0.0;
-                this_scale = sum_xl / sum_l2;
+        let (mut this_scale, mut this_min, mut det) = ([0.0f32; 8], [0.0f32; 8], [0.0f32; 8]);
+        for s in 0..8 {
+            det[s] = sum_w[s] * sum_l2[s] - sum_l[s] * sum_l[s];
+            this_scale[s] = (sum_w[s] * sum_xl[s] - sum_x[s] * sum_l[s]) / det[s];
+            this_min[s] = (sum_l2[s] * sum_x[s] - sum_l[s] * sum_xl[s]) / det[s];
+            if this_min[s] > 0.0 {
+                this_min[s] = 0.0;
+                this_scale[s] = sum_xl[s] / sum_l2[s];
             }
-            let mut cur_error = 0.0f32;
+        }
+        let mut cur_error = [0.0f32; 8];
+        for i in 0..SUB {
+            for s in 0..8 {
+                let diff = this_scale[s] * aux[i][s] as f32 + this_min[s] - x[i][s];
+                cur_error[s] += w[i][s] * (diff * diff);
+            }
+        }
+        let better: [bool; 8] = std::array::from_fn(|s| det[s] > 0.0 && cur_error[s] < best_error[s]);
+        for s in (0..8).filter(|&s| better[s]) {
+            best_error[s] = cur_error[s];
+            scale[s] = this_scale[s];
+            min[s] = this_min[s];
             for i in 0..SUB {
-                let diff = this_scale * aux[i] as f32 + this_min - x[i];
-                cur_error += w[i] * (diff * diff);
-            }
-            if cur_error < best_error {
-                l.copy_from_slice(&aux);
-                best_error = cur_error;
-                scale = this_scale;
-                min = this_min;
+                l[i][s] = aux[i][s];
             }
         }
     }
-    (scale, -min)
+    for s in (0..8).filter(|&s| flat[s]) {
+        (scale[s], min[s]) = (0.0, flat_min[s]);
+        for li in l.iter_mut() {
+            li[s] = 0;
+        }
+    }
+    (scale, min.map(|m| -m))
 }
 
 /// Q4_K: blocks of 256 values, 144 bytes each (`quantize_row_q4_K_ref`).
@@ -122,17 +145,25 @@ pub fn quantize_q4_k(src: &[f32]) -> Result<Vec<u8>, GgufError> {
 }
 
 fn quantize_block(x: &[f32]) -> [u8; BLOCK_BYTES] {
-    let mut levels = [0u8; QK_K];
-    let (mut scales, mut mins) = ([0.0f32; 8], [0.0f32; 8]);
-    let (mut max_scale, mut max_min) = (0.0f32, 0.0f32);
-    let mut w = [0.0f32; SUB];
+    let (mut xt, mut wt): (Lanes<f32>, Lanes<f32>) = ([[0.0; 8]; SUB], [[0.0; 8]; SUB]);
     for (j, xs) in x.chunks_exact(SUB).enumerate() {
         let sum_x2 = xs.iter().fold(0.0f32, |s, &v| s + v * v);
         let av_x = (sum_x2 / SUB as f32).sqrt();
-        for (wi, &v) in w.iter_mut().zip(xs) {
-            *wi = av_x + v.abs();
+        for (i, &v) in xs.iter().enumerate() {
+            xt[i][j] = v;
+            wt[i][j] = av_x + v.abs();
         }
-        (scales[j], mins[j]) = make_qkx2(xs, &w, &mut levels[j * SUB..(j + 1) * SUB]);
+    }
+    let mut lt: Lanes<u8> = [[0; 8]; SUB];
+    let (scales, mins) = make_qkx2(&xt, &wt, &mut lt);
+    let mut levels = [0u8; QK_K];
+    for (i, li) in lt.iter().enumerate() {
+        for (j, &v) in li.iter().enumerate() {
+            levels[j * SUB + i] = v;
+        }
+    }
+    let (mut max_scale, mut max_min) = (0.0f32, 0.0f32);
+    for j in 0..8 {
         if scales[j] > max_scale {
             max_scale = scales[j];
         }
