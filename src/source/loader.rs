@@ -4,8 +4,8 @@
 //! later, as the bytes stream in ([`super::GgufStream`], the browser's path, which
 //! never holds the whole file).
 
-use crate::gguf::quant::{quantize_q4_0, quantize_q4_1, quantize_q8_0};
-use crate::gguf::{dequantize_to_vec, GgmlType, Metadata, TensorInfo};
+use crate::gguf::quant::{quantize_q4_0, quantize_q4_1, quantize_q4_k, quantize_q8_0};
+use crate::gguf::{dequantize_to_vec, GgmlType, GgufError, Metadata, TensorInfo};
 use crate::gpu::Gpu;
 use crate::kernels::quant::{GpuWeight, WeightFormat};
 
@@ -133,7 +133,9 @@ fn stack(
     Ok(Some(weight))
 }
 
-/// A type to requantize matrices to at load time (to save GPU memory).
+/// A type to requantize matrices to at load time (to save GPU memory). The quantizers are
+/// byte-identical to llama.cpp's (`crate::gguf::quant`), so a BF16/F16 matrix requantized
+/// here equals the one llama-quantize writes (without an importance matrix).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum LoadQuant {
     /// Keep each tensor's file type.
@@ -142,22 +144,29 @@ pub enum LoadQuant {
     Q8_0,
     Q4_0,
     Q4_1,
+    #[allow(non_camel_case_types)] // named like `GgmlType::Q4_K`
+    Q4_K,
 }
 
 impl LoadQuant {
     /// The type a `cols`-wide matrix stored as `file_ty` is uploaded as: the requested type
-    /// when it differs from the file's and `cols` is a multiple of its 32-value block.
+    /// when `cols` is a multiple of its block. Otherwise, as llama-quantize's
+    /// `tensor_type_fallback` does, a 32-block type stands in for Q4_K when `cols` is a multiple
+    /// of 32: llama.cpp takes Q5_0, which the kernels do not read, so Q8_0 (at least as
+    /// precise); a 32-block request keeps the file type (where llama.cpp writes F16).
     pub fn target(self, file_ty: GgmlType, cols: u32) -> GgmlType {
         let ty = match self {
             LoadQuant::Keep => return file_ty,
             LoadQuant::Q8_0 => GgmlType::Q8_0,
             LoadQuant::Q4_0 => GgmlType::Q4_0,
             LoadQuant::Q4_1 => GgmlType::Q4_1,
+            LoadQuant::Q4_K => GgmlType::Q4_K,
         };
-        if cols.is_multiple_of(ty.block_size() as u32) {
-            ty
-        } else {
-            file_ty
+        let fits = |ty: GgmlType| cols.is_multiple_of(ty.block_size() as u32);
+        match ty {
+            _ if fits(ty) => ty,
+            GgmlType::Q4_K if fits(GgmlType::Q8_0) => GgmlType::Q8_0,
+            _ => file_ty,
         }
     }
 }
@@ -170,19 +179,22 @@ impl std::str::FromStr for LoadQuant {
             "q8_0" => Ok(LoadQuant::Q8_0),
             "q4_0" => Ok(LoadQuant::Q4_0),
             "q4_1" => Ok(LoadQuant::Q4_1),
-            _ => Err(format!("unknown load-time quantization {s:?} (keep, q8_0, q4_0, q4_1)")),
+            "q4_k" => Ok(LoadQuant::Q4_K),
+            _ => Err(format!("unknown load-time quantization {s:?} (keep, q8_0, q4_0, q4_1, q4_k)")),
         }
     }
 }
 
 /// GGUF bytes of `values` as `ty`: F32 (small tensors kernels read as f32, such as the
-/// Qwen3.5 conv taps) or quantized in whole 32-blocks (Q8_0, Q4_0 or Q4_1).
+/// Qwen3.5 conv taps) or quantized in whole blocks (Q8_0, Q4_0, Q4_1, Q4_K).
 pub(super) fn requantize(ty: GgmlType, values: &[f32]) -> Result<Vec<u8>, LoadError> {
     Ok(match ty {
         GgmlType::F32 => bytemuck::cast_slice(values).to_vec(),
         GgmlType::Q8_0 => quantize_q8_0(values)?,
         GgmlType::Q4_0 => quantize_q4_0(values)?,
-        _ => quantize_q4_1(values)?,
+        GgmlType::Q4_1 => quantize_q4_1(values)?,
+        GgmlType::Q4_K => quantize_q4_k(values)?,
+        other => return Err(GgufError::UnsupportedType(other).into()),
     })
 }
 

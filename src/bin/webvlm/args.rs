@@ -235,6 +235,7 @@ pub fn load_quant() -> impl TypedValueParser<Value = LoadQuant> {
         PossibleValue::new("q8_0"),
         PossibleValue::new("q4_0"),
         PossibleValue::new("q4_1"),
+        PossibleValue::new("q4_k"),
     ])
     .try_map(|s| s.parse::<LoadQuant>())
 }

@@ -1,5 +1,7 @@
-//! GGUF quantization block formats: CPU reference dequantization, reference
-//! quantizers and random-block generators for tests and benchmarks.
+//! GGUF quantization block formats: CPU reference dequantization, quantizers
+//! byte-identical to llama.cpp's (Q8_0, Q4_0, Q4_1 in `quantize.rs`, Q4_K in
+//! `quantize_k.rs`; used to requantize while loading) and random-block generators for tests
+//! and benchmarks.
 //!
 //! Reference: ggml's `ggml-common.h` (block structs) and `ggml-quants.c`
 //! (`dequantize_row_*`, `quantize_row_*_ref`); gguf-py's `quants.py`. The byte layout
@@ -7,10 +9,12 @@
 
 mod dequant;
 mod quantize;
+mod quantize_k;
 mod random;
 
 pub use dequant::{dequantize, dequantize_to_vec, scale_min_k4};
 pub use quantize::{quantize_q4_0, quantize_q4_1, quantize_q8_0};
+pub use quantize_k::quantize_q4_k;
 pub use random::{random_blocks, SplitMix64};
 
 #[cfg(test)]
