@@ -4,6 +4,7 @@
 //! variant here (see `docs/ARCHITECTURE.md`, "Adding a model family").
 
 pub mod llama;
+pub mod mllama;
 pub mod qwen35;
 
 use crate::gpu::{Gpu, Program, Result as GpuResult};
