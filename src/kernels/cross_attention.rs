@@ -129,3 +129,46 @@ pub fn cross_attention_ref(s: &CrossAttnShape, q: &[f32], k: &[f32], v: &[f32], 
     }
     out
 }
+
+const GATED_ADD: &str = include_str!("../../shaders/gated_add.wgsl");
+const GATED_ADD_BINDINGS: &[Access] = &[Access::Uniform, Access::Read, Access::Read, Access::Read, Access::ReadWrite];
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct GatedAddParams {
+    n: u32,
+    dim: u32,
+    use_row_mask: u32,
+    _pad: u32,
+}
+
+/// Records `x[t][i] += tanh(gate[0]) * row_mask[t] * y[t][i]` over `n_tok` rows of `dim`
+/// (Mllama's gated residual; `row_mask` `[n_tok]` f32, or `None` for a factor of 1).
+#[allow(clippy::too_many_arguments)]
+pub fn gated_add(
+    prog: &mut Program,
+    gpu: &Gpu,
+    gate: &wgpu::Buffer,
+    row_mask: Option<&wgpu::Buffer>,
+    y: &wgpu::Buffer,
+    x: &wgpu::Buffer,
+    n_tok: u32,
+    dim: u32,
+) -> Result<()> {
+    let n = n_tok.checked_mul(dim).filter(|_| dim > 0).ok_or_else(|| GpuError::Shape(format!("gated add: {n_tok} x {dim}")))?;
+    let params = GatedAddParams { n, dim, use_row_mask: row_mask.is_some() as u32, _pad: 0 };
+    let spec = KernelSpec::new("gated_add", GATED_ADD, "gated_add", GATED_ADD_BINDINGS);
+    // Without a row mask the binding is unused: bind the gate in its place.
+    let args = [Arg::Buf(gate), Arg::Buf(row_mask.unwrap_or(gate)), Arg::Buf(y), Arg::Buf(x)];
+    prog.push_with_params(gpu, &spec, &params, &args, grid_1d(n.div_ceil(256)))?;
+    prog.set_launch(Launch::threads(256));
+    Ok(())
+}
+
+/// CPU reference of [`gated_add`] (f64 math).
+pub fn gated_add_ref(gate: f32, row_mask: Option<&[f32]>, y: &[f32], x: &[f32], dim: usize) -> Vec<f32> {
+    let g = (gate as f64).tanh();
+    (x.iter().zip(y).enumerate())
+        .map(|(i, (&x, &y))| (x as f64 + g * row_mask.map_or(1.0, |m| m[i / dim] as f64) * y as f64) as f32)
+        .collect()
+}

@@ -19,6 +19,12 @@ pub struct MllamaConfig {
     pub cross_layers: Vec<u32>,
     /// The `<|image|>` id: one past the text vocabulary, its own embedding row.
     pub image_token: u32,
+    /// Rows of the token embedding (text vocabulary + 8, the image token's included).
+    pub embd_rows: u32,
+    /// Vision states per image tile: `(image_size / patch_size)^2` patches and the class token.
+    pub tile_keys: u32,
+    /// Tiles per image (each image's cross-attention states are this many tiles).
+    pub max_tiles: u32,
 }
 
 impl MllamaConfig {
@@ -58,6 +64,14 @@ impl MllamaConfig {
                 _ => return Err(ModelError::Invalid(format!("cross-attention layer {l} of {}", text.n_layer))),
             }
         }
+        let (image_size, patch_size) = (md.get_u32(&key("vision.image_size"))?, md.get_u32(&key("vision.patch_size"))?);
+        let max_tiles = md.get_u32(&key("vision.max_num_tiles"))?;
+        let side = image_size.checked_div(patch_size).filter(|&s| s > 0 && s <= 1024 && image_size % patch_size == 0);
+        let Some(side) = side.filter(|_| (1..=64).contains(&max_tiles)) else {
+            return Err(ModelError::Invalid(format!(
+                "vision image size {image_size}, patch size {patch_size}, {max_tiles} tiles"
+            )));
+        };
         cross_layers.sort_unstable();
         cross_layers.dedup();
         let llama = LlamaConfig {
@@ -68,7 +82,7 @@ impl MllamaConfig {
             query_scale_orig: 1,
             text,
         };
-        Ok(MllamaConfig { llama, cross_layers, image_token })
+        Ok(MllamaConfig { llama, cross_layers, image_token, embd_rows, tile_keys: side * side + 1, max_tiles })
     }
 
     /// Whether layer `i` is a cross-attention layer.
@@ -92,6 +106,7 @@ mod tests {
         assert!(cfg.is_cross(3) && !cfg.is_cross(2));
         assert_eq!((cfg.image_token, cfg.llama.text.vocab, cfg.llama.text.head_dim), (311, 311, 16));
         assert_eq!(cfg.llama.rope_theta, 500_000.0);
+        assert_eq!((cfg.tile_keys, cfg.max_tiles), (5, 4));
         let b = HfModel::open(dir("tiny_mllama_b")).unwrap();
         let cfg = MllamaConfig::from_metadata(b.metadata(), 319).unwrap();
         assert_eq!((cfg.cross_layers.as_slice(), cfg.llama.text.n_head, cfg.llama.text.n_head_kv), ([0, 3].as_slice(), 3, 1));
