@@ -906,3 +906,27 @@ fn cross_attention_matches_reference() {
         assert!(max_abs(&want[..row], &want[row..2 * row]) > 1e-2);
     }
 }
+
+/// Mllama's gated residual add against its f64 reference: with and without the row mask,
+/// and a gate large enough that tanh saturates.
+#[test]
+fn gated_add_matches_reference() {
+    use webvlm::kernels::cross_attention::{gated_add, gated_add_ref};
+    let gpu = gpu();
+    let (n_tok, dim) = (3u32, 70u32);
+    let mut rng = Rng::new(7);
+    let (x, y) = (rng.vec((n_tok * dim) as usize), rng.vec((n_tok * dim) as usize));
+    let row_mask = [1.0f32, 0.0, 1.0];
+    for (gate, masked) in [(0.37f32, false), (-0.8, true), (45.0, true)] {
+        let buf = |data: &[f32]| gpu.storage_with("t", bytemuck::cast_slice(data)).unwrap();
+        let (gb, mb, yb, xb) = (buf(&[gate]), buf(&row_mask), buf(&y), buf(&x));
+        let mut prog = Program::new();
+        gated_add(&mut prog, &gpu, &gb, masked.then_some(&mb), &yb, &xb, n_tok, dim).unwrap();
+        prog.run(&gpu).unwrap();
+        let got = gpu.read_f32_blocking(&xb, x.len()).unwrap();
+        let want = gated_add_ref(gate, masked.then_some(&row_mask[..]), &y, &x, dim as usize);
+        assert!(max_abs(&got, &want) < 1e-6, "gate {gate}: {}", max_abs(&got, &want));
+        // The masked row is untouched.
+        assert_eq!(masked, got[dim as usize..2 * dim as usize] == x[dim as usize..2 * dim as usize]);
+    }
+}

@@ -2,6 +2,7 @@
 //! (`shaders/cross_attention.wgsl`): Mllama's text-to-image attention, no RoPE, no
 //! causality. Keys are `n_tiles` tiles of `tile_keys` rows each (one image's 4 tiles of
 //! 1601 vision tokens, images one after another); token t sees the tiles its mask row marks.
+//! Also the gated residual add of Mllama's cross layers ([`gated_add`], `shaders/gated_add.wgsl`).
 //!
 //! Layouts (row-major f32): q `[n_tok][q_stride]` with head h at `h * head_dim`; k and v
 //! `[n_tiles * tile_keys][n_kv_head * head_dim]`; mask `[n_tok][n_tiles]` u32 (0 = hidden);

@@ -32,7 +32,7 @@ pub struct CrossLayerWeights {
 
 /// One decoder block of either kind.
 pub enum MllamaLayer {
-    SelfAttn(LayerWeights),
+    SelfAttn(Box<LayerWeights>),
     Cross(Box<CrossLayerWeights>),
 }
 
@@ -85,12 +85,12 @@ impl MllamaWeights {
             layers.push(if cfg.is_cross(i) {
                 MllamaLayer::Cross(Box::new(CrossLayerWeights::load(gpu, src, &blk, cfg)?))
             } else {
-                MllamaLayer::SelfAttn(LayerWeights {
+                MllamaLayer::SelfAttn(Box::new(LayerWeights {
                     attn_norm: src.vector(gpu, &format!("{blk}.attn_norm.weight"), t.n_embd)?,
                     attn: AttentionWeights::load(gpu, src, &format!("{blk}.attn"), t.n_embd, &attn)?,
                     ffn_norm: src.vector(gpu, &format!("{blk}.ffn_norm.weight"), t.n_embd)?,
                     ffn: GatedFfn::load(gpu, src, &format!("{blk}.ffn"), t.n_embd, t.n_ff, LoadQuant::Keep)?,
-                })
+                }))
             });
         }
         // The LM head has the text vocabulary's rows, the embedding 8 more.
