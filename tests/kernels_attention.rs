@@ -857,3 +857,76 @@ fn recorded_pipeline(gpu: &Gpu, kv: KvDtype) {
         kv_start += n_tok;
     }
 }
+
+/// Mllama's cross-attention kernel against its f64 reference: GQA, a strided q, tokens that
+/// see one image's first tiles, two images' tiles, all keys, and a head wider than the
+/// kernel's 64 invocations (output dims split over invocations) with more keys than a chunk.
+#[test]
+fn cross_attention_matches_reference() {
+    use webvlm::kernels::cross_attention::{cross_attention, cross_attention_ref, CrossAttnShape};
+    let gpu = gpu();
+    for (head_dim, n_head, n_kv_head, tile_keys) in [(16, 4, 1, 5), (80, 4, 2, 37), (128, 2, 2, 3)] {
+        let (n_tok, n_tiles) = (5u32, 8u32);
+        let s = CrossAttnShape {
+            n_tok,
+            n_head,
+            n_kv_head,
+            head_dim,
+            q_stride: n_head * head_dim + 8,
+            n_tiles,
+            tile_keys,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+        };
+        let mut rng = Rng::new(head_dim as u64);
+        let n_keys = (n_tiles * tile_keys) as usize;
+        let q: Vec<f32> = rng.vec((n_tok * s.q_stride) as usize).iter().map(|x| 3.0 * x).collect();
+        let k = rng.vec(n_keys * (n_kv_head * head_dim) as usize);
+        let v = rng.vec(n_keys * (n_kv_head * head_dim) as usize);
+        // Rows: all tiles; image 0's first tile; image 0's 3 tiles; image 1's 4; both images' first 2.
+        let rows: [&[u32]; 5] =
+            [&[1; 8], &[1, 0, 0, 0, 0, 0, 0, 0], &[1, 1, 1, 0, 0, 0, 0, 0], &[0, 0, 0, 0, 1, 1, 1, 1], &[1, 1, 0, 0, 1, 1, 0, 0]];
+        let mask: Vec<u32> = rows.concat();
+        let buf = |label: &str, data: &[u8]| gpu.storage_with(label, data).unwrap();
+        let (qb, kb, vb, mb) = (
+            buf("q", bytemuck::cast_slice(&q)),
+            buf("k", bytemuck::cast_slice(&k)),
+            buf("v", bytemuck::cast_slice(&v)),
+            buf("mask", bytemuck::cast_slice(&mask)),
+        );
+        let out = gpu.storage("out", 4 * (n_tok * n_head * head_dim) as u64).unwrap();
+        let mut prog = Program::new();
+        cross_attention(&mut prog, &gpu, &s, &qb, &kb, &vb, &mb, &out).unwrap();
+        prog.run(&gpu).unwrap();
+        let got = gpu.read_f32_blocking(&out, (n_tok * n_head * head_dim) as usize).unwrap();
+        let want = cross_attention_ref(&s, &q, &k, &v, &mask);
+        let err = max_abs(&got, &want);
+        assert!(err <= TOL_ATTN_F32, "head_dim {head_dim}: max abs error {err}");
+        // The mask matters: token 1 (one tile) differs from token 0 (all tiles).
+        let row = (n_head * head_dim) as usize;
+        assert!(max_abs(&want[..row], &want[row..2 * row]) > 1e-2);
+    }
+}
+
+/// Mllama's gated residual add against its f64 reference: with and without the row mask,
+/// and a gate large enough that tanh saturates.
+#[test]
+fn gated_add_matches_reference() {
+    use webvlm::kernels::cross_attention::{gated_add, gated_add_ref};
+    let gpu = gpu();
+    let (n_tok, dim) = (3u32, 70u32);
+    let mut rng = Rng::new(7);
+    let (x, y) = (rng.vec((n_tok * dim) as usize), rng.vec((n_tok * dim) as usize));
+    let row_mask = [1.0f32, 0.0, 1.0];
+    for (gate, masked) in [(0.37f32, false), (-0.8, true), (45.0, true)] {
+        let buf = |data: &[f32]| gpu.storage_with("t", bytemuck::cast_slice(data)).unwrap();
+        let (gb, mb, yb, xb) = (buf(&[gate]), buf(&row_mask), buf(&y), buf(&x));
+        let mut prog = Program::new();
+        gated_add(&mut prog, &gpu, &gb, masked.then_some(&mb), &yb, &xb, n_tok, dim).unwrap();
+        prog.run(&gpu).unwrap();
+        let got = gpu.read_f32_blocking(&xb, x.len()).unwrap();
+        let want = gated_add_ref(gate, masked.then_some(&row_mask[..]), &y, &x, dim as usize);
+        assert!(max_abs(&got, &want) < 1e-6, "gate {gate}: {}", max_abs(&got, &want));
+        // The masked row is untouched.
+        assert_eq!(masked, got[dim as usize..2 * dim as usize] == x[dim as usize..2 * dim as usize]);
+    }
+}

@@ -4,6 +4,7 @@
 
 pub mod attention;
 pub mod bench;
+pub mod cross_attention;
 pub mod delta_net;
 pub mod elementwise;
 pub mod embedding;

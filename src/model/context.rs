@@ -140,9 +140,33 @@ impl Context {
         })
     }
 
+    /// Gives the sequence images for a cross-attention decoder (Mllama): `states` is
+    /// `[n_tiles * tile_keys][n_embd]` f32 (the projected vision output, `max_tiles` tiles per
+    /// image, image after image), `mask` the dense `[tokens][n_tiles]` tile mask of the
+    /// prompt from its first token (`mllama::processor_mask`; later positions repeat its last
+    /// row). Keys and values are computed here, once; [`Self::reset`] drops them.
+    pub fn set_cross_attention(
+        &mut self,
+        gpu: &Gpu,
+        dec: &Decoder,
+        states: &wgpu::Buffer,
+        n_tiles: u32,
+        mask: &[u32],
+    ) -> Result<(), ModelError> {
+        self.forget_in_flight();
+        dec.set_cross(gpu, &mut self.scratch, states, n_tiles, mask)?;
+        // The recorded steps bind the store's buffers and tile count.
+        self.programs.clear();
+        Ok(())
+    }
+
     /// Forgets the sequence (the cache is overwritten by the next tokens).
     pub fn reset(&mut self) {
         self.forget_in_flight();
+        if self.scratch.has_cross() {
+            self.scratch.clear_cross();
+            self.programs.clear();
+        }
         self.n_past = 0;
         self.rec_pos = 0;
         self.deltas = RopeDeltas::default();
@@ -504,8 +528,8 @@ impl Context {
         if tokens.len() <= from {
             return Err(ModelError::Empty);
         }
-        if let Some(&id) = tokens[from..].iter().find(|&&t| t >= dec.cfg.vocab) {
-            return Err(ModelError::BadToken { id, vocab: dec.cfg.vocab });
+        if let Some(&id) = tokens[from..].iter().find(|&&t| t >= dec.token_rows()) {
+            return Err(ModelError::BadToken { id, vocab: dec.token_rows() });
         }
         self.check_room((tokens.len() - from) as u64)
     }
@@ -577,6 +601,7 @@ impl Context {
         }
         let pos0 = (self.pos_offset as i64 + self.n_past as i64 + self.deltas.at(self.n_past)).max(0) as u32;
         StepParams::new(self.n_past, n, pos0).write(gpu, &self.b.step);
+        self.scratch.write_step(gpu, self.n_past, n);
         if dec.uses_mrope() {
             match positions {
                 Some(p) => gpu.write(&self.b.positions, 0, bytemuck::cast_slice(p)),

@@ -64,6 +64,23 @@ impl Decoder {
         self.family.weight_bytes()
     }
 
+    /// Ids a prompt may hold (the token embedding's rows; at least `cfg.vocab`).
+    pub fn token_rows(&self) -> u32 {
+        self.family.token_rows()
+    }
+
+    /// Computes a cross-attention decoder's image keys and values into `s`.
+    pub(super) fn set_cross(
+        &self,
+        gpu: &Gpu,
+        s: &mut Scratch,
+        states: &wgpu::Buffer,
+        n_tiles: u32,
+        mask: &[u32],
+    ) -> Result<(), ModelError> {
+        self.family.set_cross(gpu, s, states, n_tiles, mask)
+    }
+
     pub(super) fn scratch(&self, gpu: &Gpu, chunk: u32, max_ctx: u32) -> GpuResult<Scratch> {
         self.family.scratch(gpu, chunk, max_ctx)
     }

@@ -59,7 +59,7 @@ pub fn upload(gpu: &Gpu, data: &[f32]) -> wgpu::Buffer {
     gpu.storage_with("test", bytemuck::cast_slice(data)).unwrap()
 }
 
-/// A `.npy` array of f32 or f16 (little-endian, C order) as f32 with its shape.
+/// A `.npy` array of f32, f16 or i32 (little-endian, C order) as f32 with its shape.
 pub fn read_npy(path: &std::path::Path) -> (Vec<usize>, Vec<f32>) {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     assert_eq!(&bytes[..6], b"\x93NUMPY", "not a .npy file");
@@ -77,6 +77,8 @@ pub fn read_npy(path: &std::path::Path) -> (Vec<usize>, Vec<f32>) {
         bytemuck::pod_collect_to_vec::<u8, f32>(data)
     } else if header.contains("'<f2'") {
         data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
+    } else if header.contains("'<i4'") {
+        bytemuck::pod_collect_to_vec::<u8, i32>(data).into_iter().map(|v| v as f32).collect()
     } else {
         panic!("unsupported dtype in {header}");
     };

@@ -4,6 +4,7 @@
 //! variant here (see `docs/ARCHITECTURE.md`, "Adding a model family").
 
 pub mod llama;
+pub mod mllama;
 pub mod qwen35;
 
 use crate::gpu::{Gpu, Program, Result as GpuResult};
@@ -16,7 +17,7 @@ use super::step::{LogitsMode, StepBuffers};
 use super::ModelError;
 
 /// The architectures of every family, for error messages.
-pub const SUPPORTED: &str = "llama, mistral3, qwen35";
+pub const SUPPORTED: &str = "llama, mistral3, mllama, qwen35";
 
 /// The shape of a decoder, whatever its family (sizes of its attention layers; families
 /// with other layer kinds keep their own config besides).
@@ -73,13 +74,37 @@ impl TextConfig {
 /// A loaded decoder of one family.
 pub enum Family {
     Llama(llama::Llama),
+    Mllama(mllama::Mllama),
     Qwen35(qwen35::Qwen35),
 }
 
 /// A family's per-context step scratch.
 pub enum Scratch {
     Llama(Box<llama::Scratch>),
+    Mllama(Box<mllama::Scratch>),
     Qwen35(Box<qwen35::Scratch>),
+}
+
+impl Scratch {
+    /// Writes the step's per-token inputs other than ids and positions (Mllama's
+    /// cross-attention mask rows) for positions `start..start + n`.
+    pub fn write_step(&self, gpu: &Gpu, start: u32, n: u32) {
+        if let Scratch::Mllama(s) = self {
+            s.write_step(gpu, start, n);
+        }
+    }
+
+    /// Whether the scratch holds image keys for cross-attention layers.
+    pub fn has_cross(&self) -> bool {
+        matches!(self, Scratch::Mllama(s) if s.cross.is_some())
+    }
+
+    /// Drops the image keys (a new sequence without images).
+    pub fn clear_cross(&mut self) {
+        if let Scratch::Mllama(s) = self {
+            s.cross = None;
+        }
+    }
 }
 
 impl Family {
@@ -87,6 +112,9 @@ impl Family {
     pub fn load_from(gpu: &Gpu, src: &mut dyn WeightLoader, arch: &str, vocab: u32) -> Result<Family, ModelError> {
         if llama::ARCHITECTURES.contains(&arch) {
             return Ok(Family::Llama(llama::Llama::load_from(gpu, src, vocab)?));
+        }
+        if arch == mllama::ARCH {
+            return Ok(Family::Mllama(mllama::Mllama::load_from(gpu, src, vocab)?));
         }
         if qwen35::ARCHITECTURES.contains(&arch) {
             return Ok(Family::Qwen35(qwen35::Qwen35::load_from(gpu, src, vocab)?));
@@ -98,6 +126,7 @@ impl Family {
     pub fn text_config(&self) -> &TextConfig {
         match self {
             Family::Llama(m) => &m.cfg.text,
+            Family::Mllama(m) => &m.cfg.llama.text,
             Family::Qwen35(m) => &m.cfg.text,
         }
     }
@@ -106,6 +135,7 @@ impl Family {
     pub fn head(&self) -> &Head {
         match self {
             Family::Llama(m) => &m.weights.head,
+            Family::Mllama(m) => &m.weights.head,
             Family::Qwen35(m) => &m.weights.head,
         }
     }
@@ -114,6 +144,7 @@ impl Family {
     pub fn layer_matrices(&self) -> Vec<&GpuWeight> {
         match self {
             Family::Llama(m) => m.weights.layer_matrices().collect(),
+            Family::Mllama(m) => m.weights.layer_matrices().collect(),
             Family::Qwen35(m) => m.weights.layer_matrices().collect(),
         }
     }
@@ -122,6 +153,7 @@ impl Family {
     pub fn weight_bytes(&self) -> u64 {
         match self {
             Family::Llama(m) => m.weights.bytes_on_gpu(),
+            Family::Mllama(m) => m.weights.bytes_on_gpu(),
             Family::Qwen35(m) => m.weights.bytes_on_gpu(),
         }
     }
@@ -135,6 +167,7 @@ impl Family {
     pub fn layers(&self) -> Vec<LayerKind> {
         match self {
             Family::Llama(m) => m.layers(),
+            Family::Mllama(m) => m.layers(),
             Family::Qwen35(m) => m.layers(),
         }
     }
@@ -142,8 +175,31 @@ impl Family {
     pub fn scratch(&self, gpu: &Gpu, chunk: u32, max_ctx: u32) -> GpuResult<Scratch> {
         match self {
             Family::Llama(m) => Ok(Scratch::Llama(Box::new(m.scratch(gpu, chunk, max_ctx)?))),
+            Family::Mllama(m) => Ok(Scratch::Mllama(Box::new(m.scratch(gpu, chunk, max_ctx)?))),
             Family::Qwen35(m) => Ok(Scratch::Qwen35(Box::new(m.scratch(gpu, chunk, max_ctx)?))),
         }
+    }
+
+    /// Computes the image keys of a cross-attention decoder into `s` (see
+    /// `mllama::CrossStore::new`); other families have no cross-attention.
+    pub fn set_cross(
+        &self,
+        gpu: &Gpu,
+        s: &mut Scratch,
+        states: &wgpu::Buffer,
+        n_tiles: u32,
+        mask: &[u32],
+    ) -> Result<(), ModelError> {
+        match (self, s) {
+            (Family::Mllama(m), Scratch::Mllama(s)) => m.set_cross(gpu, s, states, n_tiles, mask),
+            _ => Err(ModelError::Invalid(format!("{} has no cross-attention layers", self.text_config().arch))),
+        }
+    }
+
+    /// Rows of the token embedding: the ids a prompt may hold (Mllama's image token is one
+    /// past the text vocabulary the LM head scores).
+    pub fn token_rows(&self) -> u32 {
+        self.head().token_embd.rows
     }
 
     pub fn record(
@@ -158,6 +214,7 @@ impl Family {
     ) -> GpuResult<()> {
         match (self, s) {
             (Family::Llama(m), Scratch::Llama(s)) => m.record(p, gpu, b, s, state, n, mode),
+            (Family::Mllama(m), Scratch::Mllama(s)) => m.record(p, gpu, b, s, state, n, mode),
             (Family::Qwen35(m), Scratch::Qwen35(s)) => m.record(p, gpu, b, s, state, n, mode),
             _ => unreachable!("a context's scratch comes from its own decoder's family"),
         }

@@ -1,0 +1,175 @@
+//! Cross-attention of text tokens over a fixed key set with a per-token tile mask
+//! (`shaders/cross_attention.wgsl`): Mllama's text-to-image attention, no RoPE, no
+//! causality. Keys are `n_tiles` tiles of `tile_keys` rows each (one image's 4 tiles of
+//! 1601 vision tokens, images one after another); token t sees the tiles its mask row marks.
+//! Also the gated residual add of Mllama's cross layers ([`gated_add`], `shaders/gated_add.wgsl`).
+//!
+//! Layouts (row-major f32): q `[n_tok][q_stride]` with head h at `h * head_dim`; k and v
+//! `[n_tiles * tile_keys][n_kv_head * head_dim]`; mask `[n_tok][n_tiles]` u32 (0 = hidden);
+//! out `[n_tok][n_head * head_dim]`. Query head h uses KV head `h / (n_head / n_kv_head)`.
+//! Reference: transformers' `MllamaTextCrossAttention`.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::gpu::{grid_1d, Access, Arg, Gpu, GpuError, KernelSpec, Launch, Program, Result};
+
+const SHADER: &str = include_str!("../../shaders/cross_attention.wgsl");
+const BINDINGS: &[Access] = &[Access::Uniform, Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite];
+/// Widest head the kernel takes (4 output dims per invocation, 64 invocations).
+pub const MAX_HEAD_DIM: u32 = 256;
+
+/// Record-time shape of a cross-attention dispatch.
+#[derive(Clone, Copy, Debug)]
+pub struct CrossAttnShape {
+    pub n_tok: u32,
+    pub n_head: u32,
+    pub n_kv_head: u32,
+    pub head_dim: u32,
+    /// Floats per q row (`n_head * head_dim` when dense).
+    pub q_stride: u32,
+    pub n_tiles: u32,
+    pub tile_keys: u32,
+    /// Score scale, `1/sqrt(head_dim)`.
+    pub scale: f32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    n_tok: u32,
+    n_head: u32,
+    n_kv_head: u32,
+    head_dim: u32,
+    q_stride: u32,
+    n_keys: u32,
+    n_tiles: u32,
+    tile_keys: u32,
+    scale: f32,
+    _pad: [u32; 3],
+}
+
+impl CrossAttnShape {
+    fn check(&self) -> Result<u32> {
+        let fail = |m: String| Err(GpuError::Shape(format!("cross attention: {m}")));
+        if self.head_dim == 0 || self.head_dim > MAX_HEAD_DIM || self.q_stride < self.n_head * self.head_dim {
+            return fail(format!("head_dim {} (at most {MAX_HEAD_DIM}), q stride {}", self.head_dim, self.q_stride));
+        }
+        if self.n_kv_head == 0 || !self.n_head.is_multiple_of(self.n_kv_head) {
+            return fail(format!("{} heads are not a multiple of {} KV heads", self.n_head, self.n_kv_head));
+        }
+        match self.n_tiles.checked_mul(self.tile_keys) {
+            Some(n) if n > 0 => Ok(n),
+            _ => fail(format!("{} tiles of {} keys", self.n_tiles, self.tile_keys)),
+        }
+    }
+}
+
+/// Records `out = softmax_masked(q k^T * scale) v` per token and head.
+#[allow(clippy::too_many_arguments)]
+pub fn cross_attention(
+    prog: &mut Program,
+    gpu: &Gpu,
+    s: &CrossAttnShape,
+    q: &wgpu::Buffer,
+    k: &wgpu::Buffer,
+    v: &wgpu::Buffer,
+    mask: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+) -> Result<()> {
+    let n_keys = s.check()?;
+    let params = Params {
+        n_tok: s.n_tok,
+        n_head: s.n_head,
+        n_kv_head: s.n_kv_head,
+        head_dim: s.head_dim,
+        q_stride: s.q_stride,
+        n_keys,
+        n_tiles: s.n_tiles,
+        tile_keys: s.tile_keys,
+        scale: s.scale,
+        _pad: [0; 3],
+    };
+    let spec = KernelSpec::new("cross_attention", SHADER, "cross_attention", BINDINGS);
+    let args = [Arg::Buf(q), Arg::Buf(k), Arg::Buf(v), Arg::Buf(mask), Arg::Buf(out)];
+    prog.push_with_params(gpu, &spec, &params, &args, grid_1d(s.n_tok * s.n_head))?;
+    prog.set_launch(Launch::threads(64)); // WG in the shader
+    Ok(())
+}
+
+/// CPU reference of [`cross_attention`] in f64.
+pub fn cross_attention_ref(s: &CrossAttnShape, q: &[f32], k: &[f32], v: &[f32], mask: &[u32]) -> Vec<f32> {
+    let (hd, kv_stride) = (s.head_dim as usize, (s.n_kv_head * s.head_dim) as usize);
+    let n_keys = (s.n_tiles * s.tile_keys) as usize;
+    let group = (s.n_head / s.n_kv_head) as usize;
+    let mut out = vec![0f32; (s.n_tok * s.n_head) as usize * hd];
+    for t in 0..s.n_tok as usize {
+        for h in 0..s.n_head as usize {
+            let qr = &q[t * s.q_stride as usize + h * hd..][..hd];
+            let kb = (h / group) * hd;
+            let visible = |j: usize| mask[t * s.n_tiles as usize + j / s.tile_keys as usize] != 0;
+            let scores: Vec<Option<f64>> = (0..n_keys)
+                .map(|j| {
+                    visible(j).then(|| {
+                        let kr = &k[j * kv_stride + kb..][..hd];
+                        qr.iter().zip(kr).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() * s.scale as f64
+                    })
+                })
+                .collect();
+            let m = scores.iter().flatten().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+            let w: Vec<f64> = scores.iter().map(|sc| sc.map_or(0.0, |sc| (sc - m).exp())).collect();
+            let l: f64 = w.iter().sum();
+            let mut o = vec![0f64; hd];
+            for (j, wj) in w.iter().enumerate().filter(|(_, w)| **w > 0.0) {
+                for (d, od) in o.iter_mut().enumerate() {
+                    *od += wj / l * v[j * kv_stride + kb + d] as f64;
+                }
+            }
+            let dst = &mut out[(t * s.n_head as usize + h) * hd..][..hd];
+            dst.iter_mut().zip(o).for_each(|(d, o)| *d = o as f32);
+        }
+    }
+    out
+}
+
+const GATED_ADD: &str = include_str!("../../shaders/gated_add.wgsl");
+const GATED_ADD_BINDINGS: &[Access] = &[Access::Uniform, Access::Read, Access::Read, Access::Read, Access::ReadWrite];
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct GatedAddParams {
+    n: u32,
+    dim: u32,
+    use_row_mask: u32,
+    _pad: u32,
+}
+
+/// Records `x[t][i] += tanh(gate[0]) * row_mask[t] * y[t][i]` over `n_tok` rows of `dim`
+/// (Mllama's gated residual; `row_mask` `[n_tok]` f32, or `None` for a factor of 1).
+#[allow(clippy::too_many_arguments)]
+pub fn gated_add(
+    prog: &mut Program,
+    gpu: &Gpu,
+    gate: &wgpu::Buffer,
+    row_mask: Option<&wgpu::Buffer>,
+    y: &wgpu::Buffer,
+    x: &wgpu::Buffer,
+    n_tok: u32,
+    dim: u32,
+) -> Result<()> {
+    let n = n_tok.checked_mul(dim).filter(|_| dim > 0).ok_or_else(|| GpuError::Shape(format!("gated add: {n_tok} x {dim}")))?;
+    let params = GatedAddParams { n, dim, use_row_mask: row_mask.is_some() as u32, _pad: 0 };
+    let spec = KernelSpec::new("gated_add", GATED_ADD, "gated_add", GATED_ADD_BINDINGS);
+    // Without a row mask the binding is unused: bind the gate in its place.
+    let args = [Arg::Buf(gate), Arg::Buf(row_mask.unwrap_or(gate)), Arg::Buf(y), Arg::Buf(x)];
+    prog.push_with_params(gpu, &spec, &params, &args, grid_1d(n.div_ceil(256)))?;
+    prog.set_launch(Launch::threads(256));
+    Ok(())
+}
+
+/// CPU reference of [`gated_add`] (f64 math).
+pub fn gated_add_ref(gate: f32, row_mask: Option<&[f32]>, y: &[f32], x: &[f32], dim: usize) -> Vec<f32> {
+    let g = (gate as f64).tanh();
+    (x.iter().zip(y).enumerate())
+        .map(|(i, (&x, &y))| (x as f64 + g * row_mask.map_or(1.0, |m| m[i / dim] as f64) * y as f64) as f32)
+        .collect()
+}
