@@ -1,7 +1,7 @@
 // A Hugging Face repository as a model source (`model: {repo, quant}`): its small files
 // (config, tokenizer, template, generation config, shard index) fetched whole and kept in
 // Cache Storage, its safetensors shards streamed by source.js like GGUF parts. The engine
-// converts the shards at load (src/web/repo.rs); the result is kept as one GGUF (convert.js).
+// converts the shards at load (src/web/repo.rs).
 // Reference: the file layout transformers' `save_pretrained` writes.
 
 import { BadRequestError, DownloadError, QuotaExceededError } from "./errors.js";

@@ -27,10 +27,7 @@ pub struct RepoLoad {
 impl RepoLoad {
     /// A repository of the files `read(name)` gives (`None`: the repository lacks it):
     /// `config.json` is required, [`INDEX_JSON`] marks a sharded model.
-    pub fn new(
-        mut read: impl FnMut(&str) -> Option<Vec<u8>>,
-        quant: LoadQuant,
-    ) -> Result<RepoLoad, HfError> {
+    pub fn new(mut read: impl FnMut(&str) -> Option<Vec<u8>>, quant: LoadQuant) -> Result<RepoLoad, HfError> {
         let config = read("config.json").ok_or_else(|| HfError::MissingFile("config.json".into()))?;
         let text = HfTextFiles::from_reader(|name| Ok(read(name)))?;
         let stream = HfStream::new(&config, text, read(INDEX_JSON).as_deref())?;
