@@ -3,7 +3,7 @@
 // (worker.js) or, with `createEngine({worker: false})`, on the page's own thread; either way
 // it only talks through `post(message)` and `handle(message)`.
 //
-// Page → host:  {id, type: "load", model: {text: [source], mmproj: [source]?}, options, cacheName}
+// Page → host:  {id, type: "load", model: {text: [source] | repo: URL, quant?, mmproj: [source]?}, options, cacheName}
 //               {id, type: "generate", request}   {type: "stop", target?}   {id, type: "unload"}
 //               {type: "ack", target}   (a streamed chunk was read: flow control)
 //               {id, type: "logits", tokens, images: [url]}   (teacher-forced logits, for tests)
@@ -12,6 +12,7 @@
 
 import init, { WebEngine } from "./webvlm.js";
 import { deleteCached, expandSplitParts, markVerified, normalizeSource, readSources } from "./source.js";
+import { repoBase, repoFiles, repoQuant } from "./repo.js";
 import { BadRequestError, DeviceLostError, DownloadError, EngineUnloadedError, ModelNotSupportedError, toWire } from "./errors.js";
 
 /** Streamed chunks the page may leave unread before decoding pauses. */
@@ -85,14 +86,20 @@ export class Host {
   async load({ model, options = {}, cacheName, chunkBytes }, onProgress) {
     const started = performance.now();
     wasm ??= await init();
-    const text = [model.text].flat().flatMap(expandSplitParts).map(normalizeSource);
+    const repo = model.repo ? { base: repoBase(model.repo), quant: repoQuant(model.quant) } : null;
+    let text = repo ? [] : [model.text].flat().flatMap(expandSplitParts).map(normalizeSource);
     const mmproj = model.mmproj ? [model.mmproj].flat().map(normalizeSource) : [];
     if (mmproj.length > 1) throw new ModelNotSupportedError("the mmproj must be one file");
-    const engine = await WebEngine.create(JSON.stringify({ ...options, textParts: text.length }));
-    if (text.length > 1) {
-      // Split parts: every part's header is needed before the model can be planned.
+    const engine = await WebEngine.create(JSON.stringify({ ...options, textParts: Math.max(1, text.length) }));
+    if (repo) {
+      // A Hugging Face repository: its safetensors shards stand for the text model's parts.
+      const files = await repoFiles(repo.base, { cacheName, signal: this.downloads.signal });
+      text = engine.openRepository(files, repo.quant).map((name) => ({ url: repo.base + name }));
+    }
+    if (text.length > 1 || repo) {
+      // Split parts or shards: every header is needed before the model can be planned.
       onProgress({ phase: "headers", loadedBytes: 0, totalBytes: 0, networkBytes: 0, fraction: 0,
-        bytesPerSecond: 0, etaSeconds: null, text: `reading the headers of ${text.length} parts` });
+        bytesPerSecond: 0, etaSeconds: null, text: `reading the headers of ${text.length} ${repo ? "shards" : "parts"}` });
       await readSources(text, { cacheName, chunkBytes, parallel: 1, sink: (i, bytes) => engine.pushHeader(i, bytes) });
     }
     const sources = [...text, ...mmproj];

@@ -40,10 +40,19 @@ export interface EngineOptions {
   imageMaxArea?: number;
 }
 
+/** Load-time quantization of a repository's float matrices (default "q8_0"); "keep" keeps
+ * the stored types (BF16, F16, F32). */
+export type RepoQuant = "q8_0" | "q4_0" | "q4_1" | "keep";
+
 export interface CreateEngineOptions {
   /** `text` may be split GGUF parts: an array in part order, or the URL of the first part
-   * (`name-00001-of-00003.gguf`), which stands for all of them. */
-  model: { text: ModelSource | ModelSource[]; mmproj?: ModelSource };
+   * (`name-00001-of-00003.gguf`), which stands for all of them. Or `repo`: a Hugging Face
+   * model folder (`config.json`, `tokenizer.json`, safetensors shards), as a plain folder URL,
+   * `https://huggingface.co/ORG/NAME` (its `main` branch) or `…/resolve/REVISION/`; its float
+   * matrices are quantized at load to `quant`. */
+  model:
+    | { text: ModelSource | ModelSource[]; mmproj?: ModelSource }
+    | { repo: string | URL; quant?: RepoQuant; mmproj?: ModelSource };
   onProgress?: (p: LoadProgress) => void;
   /** Run the engine in a module worker (default true). */
   worker?: boolean;

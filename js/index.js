@@ -19,7 +19,9 @@ export { cacheContents, deleteCached, DEFAULT_CACHE, toCSV, toJSONL };
 /**
  * Creates an engine and loads a model.
  * @param {object} o
- * @param {{text: any, mmproj?: any}} o.model URLs, Files or Blobs (the text GGUF and its mmproj)
+ * @param {{text?: any, repo?: string|URL, quant?: string, mmproj?: any}} o.model URLs, Files or
+ *   Blobs (the text GGUF and its mmproj), or a Hugging Face repository's folder URL with the
+ *   load-time quantization of its float matrices (`q8_0` default, `q4_0`, `q4_1`, `keep`)
  * @param {(p: object) => void} [o.onProgress] {phase, loadedBytes, totalBytes, fraction, bytesPerSecond, etaSeconds, text}
  * @param {boolean} [o.worker=true] run the engine in a module worker
  * @param {object} [o.engine] {maxContext, maxChunk, f16, kvF16, visionQuant, promptCacheBytes, imageMinArea, imageMaxArea}
@@ -29,7 +31,7 @@ export { cacheContents, deleteCached, DEFAULT_CACHE, toCSV, toJSONL };
  * @param {AbortSignal} [o.signal] cancels the load (rejects with DownloadError)
  */
 export async function createEngine({ model, onProgress, worker = true, engine: options = {}, cacheName = DEFAULT_CACHE, chunkBytes, signal } = {}) {
-  if (!model?.text) throw new BadRequestError("createEngine needs model.text (a URL, File or Blob)");
+  if (!model?.text && !model?.repo) throw new BadRequestError("createEngine needs model.text (a URL, File or Blob) or model.repo (a URL)");
   if (!globalThis.navigator?.gpu) throw new NoWebGPUError("this browser has no WebGPU (navigator.gpu is missing)");
   signal?.throwIfAborted();
   const port = worker ? workerPort() : await inlinePort();

@@ -173,10 +173,13 @@ export async function cacheContents(cacheName = DEFAULT_CACHE) {
   for (const req of await cache.keys()) {
     const u = new URL(req.url);
     const range = u.searchParams.get("webvlm-bytes");
-    u.searchParams.delete("webvlm-bytes");
-    u.searchParams.delete("webvlm-manifest");
+    const whole = u.searchParams.has("webvlm-file"); // a repository's small file (repo.js)
+    for (const k of ["webvlm-bytes", "webvlm-manifest", "webvlm-file"]) u.searchParams.delete(k);
     const e = byUrl.get(u.href) ?? { url: u.href, bytes: 0, chunks: 0, size: null, complete: false };
-    if (range) {
+    if (whole) {
+      e.size = e.bytes = (await (await cache.match(req)).arrayBuffer()).byteLength;
+      e.complete = true;
+    } else if (range) {
       const [s, t] = range.split("-").map(Number);
       e.bytes += t - s;
       e.chunks += 1;
@@ -196,8 +199,7 @@ export async function deleteCached(url, cacheName = DEFAULT_CACHE) {
   const cache = await caches.open(cacheName);
   for (const req of await cache.keys()) {
     const u = new URL(req.url);
-    u.searchParams.delete("webvlm-bytes");
-    u.searchParams.delete("webvlm-manifest");
+    for (const k of ["webvlm-bytes", "webvlm-manifest", "webvlm-file"]) u.searchParams.delete(k);
     if (u.href === url) await cache.delete(req);
   }
   return true;

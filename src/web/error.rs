@@ -38,6 +38,12 @@ pub enum WebError {
     /// An engine option that cannot be used.
     #[error("invalid engine option: {0}")]
     BadOption(String),
+    /// `openRepository` after the model's bytes started, or twice.
+    #[error("openRepository must come once, before any model bytes")]
+    RepoLate,
+    /// A repository shard's bytes pushed before every shard's header.
+    #[error("push every shard's header before the shards' bytes")]
+    HeadersFirst,
 }
 
 impl Classify for WebError {
@@ -50,7 +56,9 @@ impl Classify for WebError {
             | WebError::MmprojFirst
             | WebError::BadSha256(_)
             | WebError::UnknownFile(_)
-            | WebError::BadOption(_) => ErrorClass::Internal,
+            | WebError::BadOption(_)
+            | WebError::RepoLate
+            | WebError::HeadersFirst => ErrorClass::Internal,
         }
     }
 }

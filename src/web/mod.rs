@@ -3,8 +3,11 @@
 //! text model and its mmproj in file order (the model is built when a header is complete,
 //! the weights are written to GPU buffers as they arrive), then generate with streamed text
 //! deltas. Requests and results cross as JSON strings (the worker speaks OpenAI's shapes).
+//! A Hugging Face repository loads the same way after [`WebEngine::open_repository`]: its
+//! safetensors shards take the place of the GGUF parts ([`repo`]).
 
 pub mod error;
+mod repo;
 mod request;
 
 use std::cell::{Cell, RefCell};
@@ -19,6 +22,7 @@ use crate::gpu::{Gpu, GpuOptions};
 use crate::model::{ContextOptions, Precision};
 use crate::source::{GgufParts, GgufStream, LoadQuant};
 use error::WebError;
+use repo::RepoLoad;
 
 /// The crate version, for the page footer.
 #[wasm_bindgen]
@@ -53,6 +57,8 @@ enum State {
 struct Inner {
     state: State,
     text: GgufParts,
+    /// A Hugging Face repository, whose shards replace the text GGUF parts.
+    repo: Option<RepoLoad>,
     vision: Option<GgufStream>,
     /// The mmproj's published SHA-256, applied when its stream starts.
     vision_sha256: Option<[u8; 32]>,
@@ -102,6 +108,7 @@ impl WebEngine {
         let inner = Inner {
             state: State::Device(Box::new(gpu)),
             text,
+            repo: None,
             vision: None,
             vision_sha256: None,
             context,
@@ -138,6 +145,7 @@ impl WebEngine {
             *d = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
         }
         match file {
+            "text" if inner.repo.is_some() => inner.repo.as_mut().map_or(Ok(()), |r| r.expect_sha256(part, digest)).map_err(js),
             "text" => inner.text.part(part).and_then(|p| p.expect_sha256(digest)).map_err(js),
             "mmproj" if inner.vision.is_none() => {
                 inner.vision_sha256 = Some(digest);
@@ -147,13 +155,41 @@ impl WebEngine {
         }
     }
 
-    /// First pass over a split text model: the first bytes of `part`, until the call
-    /// returns true (its header is complete). Every part's header must be in before the
-    /// parts' bytes are pushed with [`Self::push_model`]; an unsplit file needs no first pass.
+    /// Makes the text model a Hugging Face repository instead of GGUF parts (before any
+    /// push): `files` maps the names fetched (`config.json`, `tokenizer.json`,
+    /// `tokenizer_config.json`, `chat_template.jinja`, `generation_config.json`,
+    /// `model.safetensors.index.json`; absent ones left out) to their bytes, `quant` is the
+    /// load-time quantization of its float matrices (`keep`, `q8_0`, `q4_0`, `q4_1`).
+    /// Returns the safetensors shards to stream, in order: their headers first
+    /// ([`Self::push_header`]), then their bytes ([`Self::push_model`]) as for GGUF parts.
+    #[wasm_bindgen(js_name = openRepository)]
+    pub fn open_repository(&self, files: js_sys::Map, quant: &str) -> Result<Vec<String>, JsError> {
+        let mut inner = self.inner.try_borrow_mut().map_err(|_| js(WebError::Busy))?;
+        if !matches!(inner.state, State::Device(_)) || inner.repo.is_some() {
+            return Err(js(WebError::RepoLate));
+        }
+        let quant = quant.parse().map_err(|e: String| js(WebError::BadOption(e)))?;
+        let read = |name: &str| {
+            let v = files.get(&JsValue::from_str(name));
+            (!v.is_undefined() && !v.is_null()).then(|| js_sys::Uint8Array::new(&v).to_vec())
+        };
+        let repo = RepoLoad::new(read, quant).map_err(js)?;
+        let shards = repo.shard_names();
+        inner.repo = Some(repo);
+        Ok(shards)
+    }
+
+    /// First pass over a split text model or a repository's shards: the first bytes of
+    /// `part`, until the call returns true (its header is complete). Every part's header must
+    /// be in before the parts' bytes are pushed with [`Self::push_model`]; an unsplit GGUF
+    /// needs no first pass.
     #[wasm_bindgen(js_name = pushHeader)]
     pub fn push_header(&self, part: usize, chunk: &[u8]) -> Result<bool, JsError> {
         let mut inner = self.inner.try_borrow_mut().map_err(|_| js(WebError::Busy))?;
-        inner.text.push_header(part, chunk).map_err(js)
+        match &mut inner.repo {
+            Some(repo) => repo.push_header(part, chunk).map_err(js),
+            None => inner.text.push_header(part, chunk).map_err(js),
+        }
     }
 
     /// Feeds the next bytes of the text model's `part` (each part in file order, from byte 0).
@@ -162,6 +198,9 @@ impl WebEngine {
     pub fn push_model(&self, part: usize, chunk: &[u8]) -> Result<(), JsError> {
         let mut guard = self.inner.try_borrow_mut().map_err(|_| js(WebError::Busy))?;
         let inner = &mut *guard;
+        if inner.repo.is_some() {
+            return push_shard(inner, part, chunk);
+        }
         match std::mem::replace(&mut inner.state, State::Poisoned) {
             State::Device(gpu) => {
                 inner.text.push(&gpu, part, chunk).map_err(js)?;
@@ -170,8 +209,7 @@ impl WebEngine {
                     return Ok(());
                 }
                 let mut engine = Engine::load_from(*gpu, &mut inner.text, inner.context).map_err(js)?;
-                engine.set_prompt_cache_bytes(inner.prompt_cache_bytes);
-                engine.set_image_area(inner.image_area.0, inner.image_area.1).map_err(js)?;
+                configure(&mut engine, inner)?;
                 inner.text.seal(engine.gpu()).map_err(js)?;
                 inner.state = State::Ready(Box::new(engine));
             }
@@ -218,7 +256,10 @@ impl WebEngine {
     pub fn finish_load(&self) -> Result<String, JsError> {
         let mut guard = self.inner.try_borrow_mut().map_err(|_| js(WebError::Busy))?;
         let inner = &mut *guard;
-        inner.text.finish().map_err(js)?;
+        match &mut inner.repo {
+            Some(repo) => repo.finish().map_err(js)?,
+            None => inner.text.finish().map_err(js)?,
+        }
         if let Some(v) = &mut inner.vision {
             v.finish().map_err(js)?;
         }
@@ -294,4 +335,35 @@ impl WebEngine {
             .map_err(js)?;
         engine.logits(&Prompt { tokens, images }).await.map_err(js)
     }
+}
+
+/// The engine options that apply once the model is built.
+fn configure(engine: &mut Engine, inner: &Inner) -> Result<(), JsError> {
+    engine.set_prompt_cache_bytes(inner.prompt_cache_bytes);
+    engine.set_image_area(inner.image_area.0, inner.image_area.1).map_err(js)
+}
+
+/// [`WebEngine::push_model`] for a repository's shard: the engine is built on the first push
+/// (every shard's header must be in by then).
+fn push_shard(inner: &mut Inner, shard: usize, chunk: &[u8]) -> Result<(), JsError> {
+    let Some(mut repo) = inner.repo.take() else { return Err(js(WebError::LoadFailed)) };
+    let r = push_shard_to(inner, &mut repo, shard, chunk);
+    inner.repo = Some(repo);
+    r
+}
+
+fn push_shard_to(inner: &mut Inner, repo: &mut RepoLoad, shard: usize, chunk: &[u8]) -> Result<(), JsError> {
+    match std::mem::replace(&mut inner.state, State::Poisoned) {
+        State::Device(gpu) => match repo.build(*gpu, inner.context).map_err(js)? {
+            Ok(mut engine) => {
+                configure(&mut engine, inner)?;
+                inner.state = State::Ready(Box::new(engine));
+            }
+            Err(_) => return Err(js(WebError::HeadersFirst)),
+        },
+        ready @ State::Ready(_) => inner.state = ready,
+        State::Poisoned => return Err(js(WebError::LoadFailed)),
+    }
+    let State::Ready(engine) = &inner.state else { return Err(js(WebError::LoadFailed)) };
+    repo.push(engine.gpu(), shard, chunk).map_err(js)
 }

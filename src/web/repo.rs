@@ -1,0 +1,87 @@
+//! A Hugging Face repository loading in the browser: the wasm side of
+//! `createEngine({model: {repo, quant}})`. The worker fetches the repository's small files
+//! (`config.json`, tokenizer, template, generation config, shard index), then every shard's
+//! header, then every shard's bytes; this wraps [`HfStream`] with the load-time quantization
+//! and the per-shard SHA-256 checks that a GGUF gets from [`crate::source::GgufStream`]
+//! (Hugging Face publishes each LFS file's SHA-256 as its `X-Linked-ETag`).
+
+use sha2::{Digest, Sha256};
+
+use crate::engine::{Engine, EngineError};
+use crate::gpu::Gpu;
+use crate::model::{ContextOptions, ModelError};
+use crate::source::hf::{HfError, HfStream, HfTextFiles};
+use crate::source::{LoadError, LoadQuant, Requantize};
+
+/// `model.safetensors.index.json`, the shard index of a sharded model.
+pub const INDEX_JSON: &str = "model.safetensors.index.json";
+
+/// A repository whose shards are being streamed.
+pub struct RepoLoad {
+    stream: HfStream,
+    quant: LoadQuant,
+    /// Per shard: the published digest and the running hash.
+    digests: Vec<Option<([u8; 32], Sha256)>>,
+}
+
+impl RepoLoad {
+    /// A repository of the files `read(name)` gives (`None`: the repository lacks it):
+    /// `config.json` is required, [`INDEX_JSON`] marks a sharded model.
+    pub fn new(mut read: impl FnMut(&str) -> Option<Vec<u8>>, quant: LoadQuant) -> Result<RepoLoad, HfError> {
+        let config = read("config.json").ok_or_else(|| HfError::MissingFile("config.json".into()))?;
+        let text = HfTextFiles::from_reader(|name| Ok(read(name)))?;
+        let stream = HfStream::new(&config, text, read(INDEX_JSON).as_deref())?;
+        let digests = vec![None; stream.shard_names().len()];
+        Ok(RepoLoad { stream, quant, digests })
+    }
+
+    /// The safetensors files to fetch, in shard order.
+    pub fn shard_names(&self) -> Vec<String> {
+        self.stream.shard_names().into_iter().map(str::to_string).collect()
+    }
+
+    /// Checks shard `shard` against `digest` when loading finishes (before its first push).
+    pub fn expect_sha256(&mut self, shard: usize, digest: [u8; 32]) -> Result<(), LoadError> {
+        let slot = self.digests.get_mut(shard).ok_or_else(|| LoadError::Stream(format!("no shard {shard}")))?;
+        *slot = Some((digest, Sha256::new()));
+        Ok(())
+    }
+
+    /// First pass: the next bytes of `shard` from its start; true once its header is in.
+    pub fn push_header(&mut self, shard: usize, chunk: &[u8]) -> Result<bool, LoadError> {
+        self.stream.push_header(shard, chunk)
+    }
+
+    /// Builds the engine once every shard's header is in (`Ok(Err(gpu))` hands the device
+    /// back while some are missing), then seals the plan.
+    pub fn build(&mut self, gpu: Gpu, context: ContextOptions) -> Result<Result<Engine, Gpu>, EngineError> {
+        if !self.stream.headers_complete().map_err(ModelError::from)? {
+            return Ok(Err(gpu));
+        }
+        let text = self.stream.text_files().clone();
+        let engine = Engine::load_hf(gpu, &mut Requantize { inner: &mut self.stream, quant: self.quant }, &text, context)?;
+        self.stream.seal().map_err(ModelError::from)?;
+        Ok(Ok(engine))
+    }
+
+    /// Second pass: the next bytes of `shard`, from its byte 0 on.
+    pub fn push(&mut self, gpu: &Gpu, shard: usize, chunk: &[u8]) -> Result<(), LoadError> {
+        if let Some(Some((_, hasher))) = self.digests.get_mut(shard) {
+            hasher.update(chunk);
+        }
+        self.stream.push(gpu, shard, chunk)
+    }
+
+    /// Fails unless every tensor arrived and every shard hashed to its published digest.
+    pub fn finish(&mut self) -> Result<(), LoadError> {
+        self.stream.finish()?;
+        for (want, hasher) in self.digests.iter_mut().filter_map(Option::take) {
+            let got: [u8; 32] = hasher.finalize().into();
+            if got != want {
+                let hex = |d: &[u8]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
+                return Err(LoadError::Checksum { want: hex(&want), got: hex(&got) });
+            }
+        }
+        Ok(())
+    }
+}
