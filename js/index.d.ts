@@ -42,7 +42,7 @@ export interface EngineOptions {
 
 /** Load-time quantization of a repository's float matrices (default "q8_0"); "keep" keeps
  * the stored types (BF16, F16, F32). */
-export type RepoQuant = "q8_0" | "q4_0" | "q4_1" | "keep";
+export type RepoQuant = "q8_0" | "q4_k" | "q4_0" | "q4_1" | "keep";
 
 export interface CreateEngineOptions {
   /** `text` may be split GGUF parts: an array in part order, or the URL of the first part

@@ -7,7 +7,7 @@
 import { BadRequestError, DownloadError, QuotaExceededError } from "./errors.js";
 
 /** Load-time quantizations of the float matrices; `keep` keeps the repository's types. */
-export const REPO_QUANTS = ["q8_0", "q4_0", "q4_1", "keep"];
+export const REPO_QUANTS = ["q8_0", "q4_k", "q4_0", "q4_1", "keep"];
 export const DEFAULT_REPO_QUANT = "q8_0";
 
 /** The repository files besides the weights, and whether a model needs them. */

@@ -159,7 +159,7 @@ impl WebEngine {
     /// push): `files` maps the names fetched (`config.json`, `tokenizer.json`,
     /// `tokenizer_config.json`, `chat_template.jinja`, `generation_config.json`,
     /// `model.safetensors.index.json`; absent ones left out) to their bytes, `quant` is the
-    /// load-time quantization of its float matrices (`keep`, `q8_0`, `q4_0`, `q4_1`).
+    /// load-time quantization of its float matrices (`keep`, `q8_0`, `q4_k`, `q4_0`, `q4_1`).
     /// Returns the safetensors shards to stream, in order: their headers first
     /// ([`Self::push_header`]), then their bytes ([`Self::push_model`]) as for GGUF parts.
     #[wasm_bindgen(js_name = openRepository)]
