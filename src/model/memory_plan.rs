@@ -274,8 +274,10 @@ impl MemoryPlan {
 
     /// The load-time quantization for a source whose text matrices are F32/F16/BF16: none
     /// when the file is already quantized; else Q8_0 when the model fits `budget` at
-    /// `opts.ctx` with it, otherwise the 4-bit type (Q4_0 until `LoadQuant::Q4_K` exists;
-    /// then Q4_K). Fails with the 4-bit plan's error when neither fits.
+    /// `opts.ctx` with it, otherwise Q4_0. (Q4_K takes the same bytes and is closer to the
+    /// weights, but its quantizer runs about ten times slower on the CPU: ~17 minutes for a
+    /// 24B model's matrices natively; a user may still ask for it.) Fails with the 4-bit
+    /// plan's error when neither fits.
     pub fn choose_quant(
         text: ModelHeaders<'_>,
         mmproj: Option<ModelHeaders<'_>>,
