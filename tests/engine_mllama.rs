@@ -132,3 +132,30 @@ fn prompt_cache_is_not_reused_across_images() {
     let (want, _) = greedy(&mut engine(folder, Precision::F32), &Prompt { tokens: text, images: Vec::new() });
     assert_eq!((got, cached), (want, 0));
 }
+
+/// `webvlm generate --model DIR --image IMG` writes the engine's greedy reply; `info` names
+/// the cross-attention layers.
+#[test]
+fn cli_generate_and_info() {
+    let folder = "tiny_mllama_a";
+    let dir = fixture(folder);
+    let png = dir.join("img_24x20.png");
+    let text = "Look at the photo. <|image|>Why?";
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_webvlm")).args(args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let d = dir.to_str().unwrap();
+    let p = png.to_str().unwrap();
+    let cli = run(&["generate", "--model", d, "--image", p, "--prompt", text, "--max-tokens", "4", "--temperature", "0"]);
+    let mut e = engine(folder, Precision::default());
+    let case = &cases(folder)["cases"][0];
+    let prompt = text_prompt(&mut e, folder, case);
+    let opts = GenerateOptions { max_tokens: 4, ..GenerateOptions::default() };
+    let g = pollster::block_on(e.generate_prompt(&prompt, &opts, |_| None)).unwrap();
+    assert!(!g.tokens.is_empty());
+    assert_eq!(cli.trim_end_matches('\n'), g.text);
+    let info = run(&["info", "--model", d]);
+    assert!(info.contains("cross-attn:    layers [1, 3]"), "{info}");
+}
