@@ -4,6 +4,7 @@
 
 mod generate;
 mod images;
+mod mllama;
 mod prompt_cache;
 
 use std::rc::Rc;
@@ -12,6 +13,7 @@ use std::sync::Arc;
 pub use crate::model::ImageDigest;
 pub use generate::{FinishReason, GenerateOptions, Generation, ResponseFormat, StepOutput, Wait};
 pub use images::{data_url_bytes, expand, expanded_len, ImageCache};
+pub use mllama::CrossVision;
 use prompt_cache::PromptCache;
 pub use prompt_cache::{PromptCacheStats, DEFAULT_PROMPT_CACHE_BYTES};
 
@@ -100,6 +102,8 @@ pub struct Engine {
     template: ChatTemplate,
     ctx: Context,
     vision: Option<VisionEncoder>,
+    /// Mllama's encoder (images through cross-attention, from the model's own folder).
+    cross_vision: Option<CrossVision>,
     /// Default image preprocessing settings (the longest edge sets the number of image
     /// tokens); a request may ask for fewer tokens.
     image_options: PreprocessOptions,
@@ -152,7 +156,15 @@ impl Engine {
         tokenizer.add_eos_ids(&text.generation.eos_token_ids)?;
         let config = text.tokenizer_config.as_deref().map(HfTokenizerConfig::parse).transpose()?.unwrap_or_default();
         let template = ChatTemplate::from_hf(&config, text.chat_template.as_deref(), &tokenizer)?;
-        Self::load_with_text(gpu, src, tokenizer, template, opts)
+        let mut engine = Self::load_with_text(gpu, src, tokenizer, template, opts)?;
+        // Mllama folders hold the vision encoder beside the text model.
+        engine.cross_vision = CrossVision::load(&engine.gpu, src, LoadQuant::Keep)?;
+        if let Some(v) = engine.cross_vision.as_mut() {
+            if engine.ctx.precision().compute_f16 {
+                v.encoder.compute = MatmulCompute::F16;
+            }
+        }
+        Ok(engine)
     }
 
     /// Builds the engine on any [`WeightLoader`] with the tokenizer and template given.
@@ -174,6 +186,7 @@ impl Engine {
             template,
             ctx,
             vision: None,
+            cross_vision: None,
             image_options,
             image_cache,
             prompt_cache: PromptCache::new(DEFAULT_PROMPT_CACHE_BYTES),
@@ -213,6 +226,10 @@ impl Engine {
     /// [`Engine::image_features`] with other preprocessing settings (a request's own); the
     /// engine's stay as they are.
     pub fn image_features_with(&mut self, bytes: &[u8], opts: &PreprocessOptions) -> Result<Rc<ImageFeatures>, EngineError> {
+        if let Some(cross) = &self.cross_vision {
+            let gpu = &self.gpu;
+            return self.image_cache.get_or_encode(bytes, opts, &cross.preprocess_key(), || cross.encode(gpu, bytes, opts));
+        }
         let (vision, gpu) = (self.vision.as_ref().ok_or(EngineError::NoVision)?, &self.gpu);
         let encoder = vision.preprocess_key();
         self.image_cache.get_or_encode(bytes, opts, &encoder, || Ok(vision.encode(gpu, &vision.preprocess(bytes, opts)?)?))
@@ -249,9 +266,23 @@ impl Engine {
         self.vision.as_ref()
     }
 
+    /// Mllama's vision encoder, for a model whose folder holds one.
+    pub fn cross_vision(&self) -> Option<&CrossVision> {
+        self.cross_vision.as_ref()
+    }
+
+    /// Whether images can be given (an mmproj, or a model with its own encoder).
+    pub fn has_vision(&self) -> bool {
+        self.vision.is_some() || self.cross_vision.is_some()
+    }
+
     /// Sets the vision encoder's matmul precision (f16 needs `shader-f16`).
     pub fn set_vision_compute(&mut self, compute: MatmulCompute) -> Result<(), EngineError> {
-        self.vision.as_mut().ok_or(EngineError::NoVision)?.set_compute(compute);
+        match (self.vision.as_mut(), self.cross_vision.as_mut()) {
+            (Some(v), _) => v.set_compute(compute),
+            (None, Some(v)) => v.encoder.compute = compute,
+            (None, None) => return Err(EngineError::NoVision),
+        }
         self.image_cache.clear();
         self.prompt_cache.clear_all();
         Ok(())
@@ -401,6 +432,16 @@ impl Engine {
             }
         }
         let tokens = self.chat_tokens_with(messages, kwargs)?;
+        if let Some(cross) = &self.cross_vision {
+            let tokens = cross.with_bos(tokens, self.tokenizer.bos_id());
+            cross.check_count(&tokens, files.len())?;
+            let max_ctx = self.ctx.max_ctx() as usize;
+            if tokens.len() >= max_ctx {
+                return Err(EngineError::PromptTooLong { tokens: tokens.len(), max_ctx });
+            }
+            let images = files.iter().map(|bytes| self.image_features_with(bytes, opts)).collect::<Result<Vec<_>, _>>()?;
+            return Ok(Prompt { tokens, images });
+        }
         if !files.is_empty() {
             let vision = self.vision.as_ref().ok_or(EngineError::NoVision)?;
             let grids = files
@@ -418,7 +459,12 @@ impl Engine {
     }
 
     /// A [`Prompt`] from ids holding one `[IMG]` placeholder per image.
+    /// Mllama: ids holding one `<|image|>` per image, kept as they are.
     pub fn prompt_with_images(&self, tokens: &[u32], images: Vec<Rc<ImageFeatures>>) -> Result<Prompt, EngineError> {
+        if let Some(cross) = &self.cross_vision {
+            cross.check_count(tokens, images.len())?;
+            return Ok(Prompt { tokens: tokens.to_vec(), images });
+        }
         if images.is_empty() {
             return Ok(Prompt { tokens: tokens.to_vec(), images });
         }
@@ -442,19 +488,28 @@ impl Engine {
         let images = self.placement(prompt)?;
         self.ctx.reset();
         self.prompt_cache.clear();
+        if let Some(cross) = self.cross_vision.as_mut() {
+            cross.forget();
+            cross.prepare(&self.gpu, &self.decoder, &mut self.ctx, &mut self.prompt_cache, prompt)?;
+        }
         Ok(self.ctx.logits_with_images(&self.gpu, &self.decoder, &prompt.tokens, images.as_ref()).await?)
     }
 
     /// Where the prompt's image features go, if it has images.
     fn placement<'a>(&self, prompt: &'a Prompt) -> Result<Option<PromptImages<'a>>, EngineError> {
-        if prompt.images.is_empty() {
+        // Mllama's images go to the cross-attention store ([`CrossVision::prepare`]).
+        if prompt.images.is_empty() || self.cross_vision.is_some() {
             return Ok(None);
         }
         Ok(Some(PromptImages { token: self.prompt_layout()?.fill(), images: &prompt.images }))
     }
 
-    /// Prompt ids of plain text (BOS added as the vocabulary asks).
+    /// Prompt ids of plain text (BOS added as the vocabulary asks; Mllama: as its processor
+    /// does, after any leading `<|image|>` tokens).
     pub fn text_tokens(&self, text: &str) -> Result<Vec<u32>, EngineError> {
-        Ok(self.tokenizer.encode(text, true)?)
+        match &self.cross_vision {
+            Some(cross) => Ok(cross.with_bos(self.tokenizer.encode(text, false)?, self.tokenizer.bos_id())),
+            None => Ok(self.tokenizer.encode(text, true)?),
+        }
     }
 }

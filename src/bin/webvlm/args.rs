@@ -95,8 +95,19 @@ impl BudgetArg {
 #[derive(Args, Debug)]
 pub struct ImageArgs {
     /// An image file (PNG, JPEG, WebP, GIF); repeat for several
-    #[arg(long = "image", value_name = "F", requires = "mmproj")]
+    #[arg(long = "image", value_name = "F")]
     pub images: Vec<PathBuf>,
+}
+
+impl ImageArgs {
+    /// Images need `--mmproj` unless the model is a folder that holds its own encoder
+    /// (Llama 3.2 Vision): a usage error (exit code 2) otherwise.
+    pub fn check(&self, engine: &EngineArgs) {
+        if !self.images.is_empty() && engine.mmproj.is_none() && !engine.model.model.is_dir() {
+            let message = "--image needs --mmproj <P.gguf> (or a model folder with its own vision encoder)\n";
+            clap::Error::raw(clap::error::ErrorKind::MissingRequiredArgument, message).exit();
+        }
+    }
 }
 
 /// How `generate` picks tokens and when it stops.

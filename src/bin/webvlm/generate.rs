@@ -74,6 +74,7 @@ pub struct LogitsArgs {
 
 pub fn generate(args: &GenerateArgs) -> CliResult {
     let kwargs = args.template_kwargs()?;
+    args.images.check(&args.engine);
     let mut engine = open_engine(&args.engine)?;
     let prompt = text_prompt(&mut engine, &args.images.images, args.chat, &args.prompt, kwargs.as_ref())?;
     let opts = args.sampling.options();
@@ -96,6 +97,7 @@ pub fn generate(args: &GenerateArgs) -> CliResult {
 }
 
 pub fn logits(args: &LogitsArgs) -> CliResult {
+    args.images.check(&args.engine);
     let mut engine = open_engine(&args.engine)?;
     let files = &args.images.images;
     let prompt = match &args.prompt {
@@ -140,6 +142,15 @@ fn text_prompt(
     }
     let images = image_features(engine, files)?;
     let mut tokens = engine.text_tokens(text)?;
+    if let Some(cross) = engine.cross_vision() {
+        // Mllama: the images before the text, then `<|begin_of_text|>`, as its processor does.
+        if !images.is_empty() && !tokens.contains(&cross.image_token) {
+            let bos = engine.tokenizer().bos_id();
+            let text = tokens.iter().skip_while(|&&t| Some(t) == bos).copied();
+            tokens = cross.with_bos(std::iter::repeat_n(cross.image_token, images.len()).chain(text).collect(), bos);
+        }
+        return engine.prompt_with_images(&tokens, images);
+    }
     if !images.is_empty() && !tokens.contains(&engine.prompt_layout()?.placeholder()) {
         let at = engine.tokenizer().bos_id().filter(|&b| tokens.first() == Some(&b)).map_or(0, |_| 1);
         let img = engine.prompt_layout()?.placeholder();

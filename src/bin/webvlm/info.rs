@@ -9,6 +9,7 @@ use clap::Args;
 use webvlm::gguf::MappedGguf;
 use webvlm::gpu::{Gpu, GpuOptions};
 use webvlm::model::families::llama::LlamaConfig;
+use webvlm::model::families::mllama::{self, MllamaConfig};
 use webvlm::model::families::qwen35::{self, Qwen35Config};
 use webvlm::model::TextConfig;
 use webvlm::model::{ContextOptions, MemoryBudget, PlanLimits, PlanOptions, Precision};
@@ -75,6 +76,19 @@ pub fn run(args: &InfoArgs) -> CliResult {
         outln!("rms eps:       {}", cfg.rms_eps);
         let (conv, ssm) = s.state_floats();
         (cfg.text.clone(), n_full as u64, 4 * n_rec as u64 * (conv + ssm))
+    } else if md.architecture()? == mllama::ARCH {
+        let cfg = MllamaConfig::from_metadata(md, vocab)?;
+        print_text(&cfg.llama.text);
+        print_llama(&cfg.llama);
+        outln!(
+            "cross-attn:    layers {:?} (image token {}, {} tiles of {} keys per image)",
+            cfg.cross_layers,
+            cfg.image_token,
+            cfg.max_tiles,
+            cfg.tile_keys
+        );
+        let self_layers = cfg.llama.text.n_layer as u64 - cfg.cross_layers.len() as u64;
+        (cfg.llama.text.clone(), self_layers, 0)
     } else {
         let cfg = LlamaConfig::from_metadata(md, vocab)?;
         print_text(&cfg.text);

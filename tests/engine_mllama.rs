@@ -1,0 +1,161 @@
+//! Mllama (Llama 3.2 Vision) through the engine, against transformers' fixtures
+//! (`tests/fixtures/tiny_mllama_a`, `tiny_mllama_b`): `Engine::load_hf` loads the vision
+//! encoder from the folder; each case's prompt ids (from its text, or its chat messages
+//! through the real chat template) equal the processor's, and PNG → preprocess → encode →
+//! cross-attention → decoder gives transformers' logits at every position. The prompt cache
+//! is not reused across different images.
+
+mod common;
+use common::*;
+use serde_json::Value;
+use webvlm::chat::{ChatContent, ChatMessage, ContentPart};
+use webvlm::engine::{Engine, EngineError, GenerateOptions, Prompt};
+use webvlm::model::{ContextOptions, Precision};
+use webvlm::source::hf::HfModel;
+use webvlm::source::Eager;
+
+const FOLDERS: [&str; 2] = ["tiny_mllama_a", "tiny_mllama_b"];
+
+fn engine(folder: &str, precision: Precision) -> Engine {
+    let hf = HfModel::open(fixture(folder)).unwrap();
+    let opts = ContextOptions { max_ctx: 64, max_chunk: 64, precision };
+    Engine::load_hf(gpu(), &mut Eager(&hf), hf.text_files(), opts).unwrap()
+}
+
+fn cases(folder: &str) -> Value {
+    serde_json::from_slice(&std::fs::read(fixture(&format!("{folder}/cases.json"))).unwrap()).unwrap()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect()
+}
+
+/// The case's prompt from its text and PNGs, as the CLI and API build it.
+fn text_prompt(e: &mut Engine, folder: &str, case: &Value) -> Prompt {
+    let tokens = e.text_tokens(case["text"].as_str().unwrap()).unwrap();
+    let images = (case["images"].as_array().unwrap().iter())
+        .map(|f| e.image_features(&std::fs::read(fixture(&format!("{folder}/{}", f.as_str().unwrap()))).unwrap()).unwrap())
+        .collect();
+    e.prompt_with_images(&tokens, images).unwrap()
+}
+
+fn check_logits(e: &mut Engine, prompt: &Prompt, folder: &str, logits_file: &str, tol: f32, name: &str) {
+    let (shape, want) = read_npy(&fixture(&format!("{folder}/{logits_file}")));
+    let got = pollster::block_on(e.logits(prompt)).unwrap();
+    assert_eq!(got.len(), want.len(), "{name}");
+    let err = rel_l2(&got, &want);
+    println!("{name}: rel L2 {err:.2e}");
+    assert!(err <= tol, "{name}: rel L2 {err:.2e} > {tol:.0e}");
+    for (g, w) in got.chunks(shape[1]).zip(want.chunks(shape[1])) {
+        assert_eq!(argmax(g), argmax(w), "{name}");
+    }
+}
+
+#[test]
+fn text_cases_match_transformers() {
+    let mut checked = 0;
+    for folder in FOLDERS {
+        for (precision, tol) in [(Precision::F32, 1e-4), (Precision::default(), 1e-3)] {
+            let mut e = engine(folder, precision);
+            assert!(e.cross_vision().is_some() && e.has_vision());
+            for case in cases(folder)["cases"].as_array().unwrap() {
+                let name = format!("{folder} {} {precision:?}", case["name"]);
+                let prompt = text_prompt(&mut e, folder, case);
+                assert_eq!(prompt.tokens, ids(&case["tokens"]), "{name}: the processor's ids");
+                check_logits(&mut e, &prompt, folder, case["logits"].as_str().unwrap(), tol, &name);
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 8);
+}
+
+#[test]
+fn chat_case_matches_transformers() {
+    let folder = "tiny_mllama_a";
+    let all = cases(folder);
+    let chat = &all["chat_cases"][0];
+    let case = all["cases"].as_array().unwrap().iter().find(|c| c["name"] == chat["name"]).unwrap();
+    let png = fixture(&format!("{folder}/{}", case["images"][0].as_str().unwrap()));
+    let mut messages: Vec<ChatMessage> = serde_json::from_value(chat["messages"].clone()).unwrap();
+    for m in &mut messages {
+        if let ChatContent::Parts(parts) = &mut m.content {
+            for p in parts {
+                if let ContentPart::Image { url } = p {
+                    *url = Some(png.to_string_lossy().into_owned());
+                }
+            }
+        }
+    }
+    let mut e = engine(folder, Precision::F32);
+    let prompt =
+        e.chat_prompt(&messages, &mut |url| std::fs::read(url).map_err(|err| EngineError::BadImageUrl(err.to_string()))).unwrap();
+    assert_eq!(prompt.tokens, ids(&chat["tokens"]));
+    assert_eq!(prompt.images.len(), 1);
+    check_logits(&mut e, &prompt, folder, case["logits"].as_str().unwrap(), 1e-4, "chat");
+    // One `<|image|>` per image: a missing image is an error.
+    assert!(matches!(e.prompt_with_images(&prompt.tokens, Vec::new()), Err(EngineError::ImageCount { .. })));
+}
+
+/// Greedy tokens of `prompt` after whatever the engine ran before.
+fn greedy(e: &mut Engine, prompt: &Prompt) -> (Vec<u32>, usize) {
+    let opts = GenerateOptions { max_tokens: 4, ignore_eos: true, ..GenerateOptions::default() };
+    let g = pollster::block_on(e.generate_prompt(prompt, &opts, |_| None)).unwrap();
+    (g.tokens, g.cached_tokens)
+}
+
+#[test]
+fn prompt_cache_is_not_reused_across_images() {
+    let folder = "tiny_mllama_a";
+    let all = cases(folder);
+    let case = &all["cases"][0];
+    let read = |f: &str| std::fs::read(fixture(&format!("{folder}/{f}"))).unwrap();
+    let mut fresh = engine(folder, Precision::F32);
+    let mut e = engine(folder, Precision::F32);
+    let tokens = ids(&case["tokens"]);
+    let with = |e: &mut Engine, png: &str| {
+        let f = e.image_features(&read(png)).unwrap();
+        e.prompt_with_images(&tokens, vec![f]).unwrap()
+    };
+    let (a, b) = (with(&mut e, "img_24x20.png"), with(&mut e, "img_26x100.png"));
+    let fresh_b = with(&mut fresh, "img_26x100.png");
+    let (want_b, _) = greedy(&mut fresh, &fresh_b);
+    greedy(&mut e, &a);
+    let (got_b, cached) = greedy(&mut e, &b);
+    assert_eq!((got_b.clone(), cached), (want_b.clone(), 0), "another image: nothing reused");
+    let (again, cached) = greedy(&mut e, &b);
+    assert_eq!(again, want_b);
+    assert_eq!(cached, tokens.len() - 1, "the same image: the prompt is reused");
+    // A text-only prompt after an image conversation sees no image.
+    let text = e.text_tokens("Why?").unwrap();
+    let (got, cached) = greedy(&mut e, &Prompt { tokens: text.clone(), images: Vec::new() });
+    let (want, _) = greedy(&mut engine(folder, Precision::F32), &Prompt { tokens: text, images: Vec::new() });
+    assert_eq!((got, cached), (want, 0));
+}
+
+/// `webvlm generate --model DIR --image IMG` writes the engine's greedy reply; `info` names
+/// the cross-attention layers.
+#[test]
+fn cli_generate_and_info() {
+    let folder = "tiny_mllama_a";
+    let dir = fixture(folder);
+    let png = dir.join("img_24x20.png");
+    let text = "Look at the photo. <|image|>Why?";
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_webvlm")).args(args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let d = dir.to_str().unwrap();
+    let p = png.to_str().unwrap();
+    let cli = run(&["generate", "--model", d, "--image", p, "--prompt", text, "--max-tokens", "4", "--temperature", "0"]);
+    let mut e = engine(folder, Precision::default());
+    let case = &cases(folder)["cases"][0];
+    let prompt = text_prompt(&mut e, folder, case);
+    let opts = GenerateOptions { max_tokens: 4, ..GenerateOptions::default() };
+    let g = pollster::block_on(e.generate_prompt(&prompt, &opts, |_| None)).unwrap();
+    assert!(!g.tokens.is_empty());
+    assert_eq!(cli.trim_end_matches('\n'), g.text);
+    let info = run(&["info", "--model", d]);
+    assert!(info.contains("cross-attn:    layers [1, 3]"), "{info}");
+}
