@@ -178,7 +178,7 @@ case "$cmd" in
       --test kernels_attention --test model_tiny --test model_smollm2 --test model_vision --test model_f16 \
       --test model_stream --test kernels_vision --test bench_smoke --test model_qwen35 --test kernels_mrope \
       --test model_qwen35_vision --test model_hf --test model_mistral_small --test kernels_vision_mllama \
-      --test model_mllama_vision || failed+=("native tests in the GPU kernel geometry")
+      --test model_mllama_vision --test model_mllama --test engine_mllama || failed+=("native tests in the GPU kernel geometry")
     bash "$0" wasm-test || failed+=("wasm tests in the browser")
     if [[ " ${failed[*]} " == *" wasm build "* ]]; then
       failed+=("browser tests (not run: no wasm package)")
