@@ -248,8 +248,13 @@ fn malformed_folders_give_typed_errors() {
 
 /// The folder streamed as the browser streams a repository: every shard's header first (in
 /// 7-byte chunks), then every shard from byte 0 in uneven chunks; `cut` bytes are left off
-/// the end of the last shard.
-fn streamed(gpu: &webvlm::gpu::Gpu, quant: LoadQuant, cut: usize) -> Result<Decoder, webvlm::source::LoadError> {
+/// the end of the last shard; `digest` is given as shard 0's published SHA-256.
+fn streamed(
+    gpu: &webvlm::gpu::Gpu,
+    quant: LoadQuant,
+    cut: usize,
+    digest: Option<[u8; 32]>,
+) -> Result<Decoder, webvlm::source::LoadError> {
     let read = |name: &str| std::fs::read(dir().join(name)).ok();
     let text = HfTextFiles::from_reader(|name| Ok(read(name))).unwrap();
     let mut stream = HfStream::new(&read("config.json").unwrap(), text, read("model.safetensors.index.json").as_deref())?;
@@ -262,6 +267,9 @@ fn streamed(gpu: &webvlm::gpu::Gpu, quant: LoadQuant, cut: usize) -> Result<Deco
     assert!(stream.headers_complete()?);
     let dec = Decoder::load_from(gpu, &mut Requantize { inner: &mut stream, quant }).unwrap();
     stream.seal()?;
+    if let Some(d) = digest {
+        stream.expect_sha256(0, d)?;
+    }
     let last = shards.len() - 1;
     for (i, bytes) in shards.iter().enumerate() {
         let bytes = if i == last { &bytes[..bytes.len() - cut] } else { &bytes[..] };
@@ -283,14 +291,19 @@ fn streamed_shards_load_the_same_model() {
     let hf = HfModel::open(dir()).unwrap();
     let case = &cases()["cases"][0];
     let tokens = ids(&case["tokens"]);
-    for quant in [LoadQuant::Keep, LoadQuant::Q8_0] {
-        let dec = streamed(&gpu, quant, 0).unwrap();
+    // The Q8_0 load also checks shard 0 against its true SHA-256.
+    let shard0 = std::fs::read(dir().join("model-00001-of-00003.safetensors")).unwrap();
+    let sha0: [u8; 32] = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&shard0)).into();
+    for (quant, digest) in [(LoadQuant::Keep, None), (LoadQuant::Q8_0, Some(sha0))] {
+        let dec = streamed(&gpu, quant, 0, digest).unwrap();
         let mut ctx =
             Context::new(&gpu, &dec, ContextOptions { max_ctx: 128, max_chunk: 64, precision: Precision::F32 }).unwrap();
         let got = pollster::block_on(ctx.logits(&gpu, &dec, &tokens)).unwrap();
         let want = logits_quant(&gpu, &hf, &tokens, Precision::F32, quant);
         assert_eq!(got, want, "{quant:?}: streamed and mapped loads differ");
     }
-    let err = streamed(&gpu, LoadQuant::Keep, 1).err().expect("a truncated shard");
+    let err = streamed(&gpu, LoadQuant::Keep, 1, None).err().expect("a truncated shard");
     assert!(matches!(err, webvlm::source::LoadError::Stream(_)), "{err}");
+    let err = streamed(&gpu, LoadQuant::Keep, 0, Some([7; 32])).err().expect("a shard that does not hash to its digest");
+    assert!(matches!(err, webvlm::source::LoadError::Checksum { .. }), "{err}");
 }

@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use webvlm::gguf::GgmlType;
+use webvlm::gguf::{dequantize_to_vec, GgmlType};
 use webvlm::safetensors::{
-    decode_f32, parse_header, Dtype, HeaderParser, MappedSafetensors, SafetensorsError, SafetensorsFolder, TensorEntry,
+    parse_header, Dtype, HeaderParser, MappedSafetensors, SafetensorsError, SafetensorsFolder, TensorEntry,
 };
 
 fn fixtures() -> PathBuf {
@@ -33,12 +33,10 @@ fn check_values<'a>(expected: &Value, stem: &str, entries: impl Iterator<Item = 
         let shape: Vec<u64> = e["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).collect();
         assert_eq!(entry.shape, shape, "{}", entry.name);
         assert_eq!(bytes.len() as u64, entry.byte_len());
-        if entry.dtype.ggml_type().is_none() {
-            continue;
-        }
+        let Some(ty) = entry.dtype.ggml_type() else { continue };
         let (npy_shape, values) = common::read_npy(&fixtures().join(format!("npy/{stem}/{}.npy", entry.name)));
         assert_eq!(npy_shape.iter().map(|&d| d as u64).collect::<Vec<_>>(), entry.shape, "{}", entry.name);
-        let decoded = decode_f32(entry.dtype, bytes).unwrap();
+        let decoded = dequantize_to_vec(ty, bytes, entry.n_elements() as usize).unwrap();
         assert_eq!(decoded.len() as u64, entry.n_elements());
         // F16 and BF16 widen to f32 exactly: the values must be bit-identical.
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
@@ -62,7 +60,10 @@ fn single_file_reads_back_equal() {
 
     // Shapes of every rank, GGUF dims reversed, weight types and the one non-weight dtype.
     let (scale, bytes) = file.tensor("scale").unwrap();
-    assert_eq!((scale.shape.as_slice(), scale.n_elements(), decode_f32(Dtype::F32, bytes).unwrap()), (&[][..], 1, vec![0.125]));
+    assert_eq!(
+        (scale.shape.as_slice(), scale.n_elements(), dequantize_to_vec(GgmlType::F32, bytes, 1).unwrap()),
+        (&[][..], 1, vec![0.125])
+    );
     let (patch, _) = file.tensor("patch.weight").unwrap();
     assert_eq!((patch.ggml_dims(), patch.ggml_type().unwrap()), (vec![2, 2, 3, 2], GgmlType::F16));
     assert_eq!(file.tensor("embed.weight").unwrap().0.ggml_type().unwrap(), GgmlType::BF16);

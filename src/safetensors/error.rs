@@ -96,9 +96,6 @@ pub enum SafetensorsError {
     /// A requested tensor is not in the file(s).
     #[error("no tensor named '{0}'")]
     MissingTensor(String),
-    /// A byte buffer whose length is not a whole number of elements.
-    #[error("{dtype}: {bytes} bytes are not a whole number of elements")]
-    RaggedBytes { dtype: &'static str, bytes: usize },
     /// The streaming parser was fed again after it reported an error.
     #[error("the safetensors header parser already failed")]
     ParserFailed,

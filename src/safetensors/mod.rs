@@ -6,9 +6,9 @@
 //! [`parse_header`] and the push-based [`HeaderParser`] read and check a file's header
 //! without knowing where the bytes come from; [`ShardIndex`] reads and checks a shard index;
 //! [`MappedSafetensors`] and [`SafetensorsFolder`] (native only) memory-map a file or a
-//! whole model folder; [`decode_f32`] turns F32/F16/BF16 bytes into `f32` on the CPU.
+//! whole model folder. F32/F16/BF16 bytes decode to `f32` as GGUF's do
+//! ([`crate::gguf::dequantize_to_vec`] with [`TensorEntry::ggml_type`]).
 
-mod decode;
 mod dtype;
 mod error;
 mod header;
@@ -18,7 +18,6 @@ mod json;
 mod mmap;
 mod parser;
 
-pub use decode::decode_f32;
 pub use dtype::Dtype;
 pub use error::SafetensorsError;
 pub use header::{SafetensorsHeader, TensorEntry, MAX_DIMS, MAX_HEADER_LEN, METADATA_KEY};

@@ -6,6 +6,7 @@
 //! A Hugging Face folder (safetensors + `config.json`) is a source too ([`hf`]): it shows
 //! the tensors and metadata llama.cpp's converter would write for it.
 
+mod digest;
 mod error;
 pub mod hf;
 mod loader;

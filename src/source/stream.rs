@@ -13,12 +13,11 @@
 //!    source published the file's SHA-256 ([`GgufStream::expect_sha256`]), unless the bytes
 //!    pushed hash to it.
 
-use sha2::{Digest, Sha256};
-
 use crate::gguf::{GgmlType, GgufHeader, GgufHeaderParser, Metadata, TensorInfo};
 use crate::gpu::Gpu;
 use crate::kernels::quant::GpuWeight;
 
+use super::digest::Sha256Check;
 use super::loader::{check_dims, WeightLoader};
 use super::route::{Router, Sink};
 use super::LoadError;
@@ -38,7 +37,7 @@ pub struct GgufStream {
     early: Vec<u8>,
     targets: Router,
     /// The file's published SHA-256 and the hash of the bytes pushed so far.
-    sha256: Option<([u8; 32], Sha256)>,
+    sha256: Option<Sha256Check>,
 }
 
 impl Default for GgufStream {
@@ -65,7 +64,7 @@ impl GgufStream {
         if self.pushed > 0 {
             return Err(LoadError::Stream("the expected SHA-256 must be set before the first push".into()));
         }
-        self.sha256 = Some((digest, Sha256::new()));
+        self.sha256 = Some(Sha256Check::new(digest));
         Ok(())
     }
 
@@ -105,8 +104,8 @@ impl GgufStream {
 
     /// Feeds the next bytes of the file. Returns true once the header is available.
     pub fn push(&mut self, gpu: &Gpu, chunk: &[u8]) -> Result<bool, LoadError> {
-        if let Some((_, hasher)) = &mut self.sha256 {
-            hasher.update(chunk);
+        if let Some(check) = &mut self.sha256 {
+            check.update(chunk);
         }
         let at = self.pushed;
         self.pushed += chunk.len() as u64;
@@ -144,14 +143,7 @@ impl GgufStream {
             return Err(LoadError::Gguf(self.parser.eof_error()));
         }
         self.targets.finish(self.pushed)?;
-        if let Some((want, hasher)) = self.sha256.take() {
-            let got: [u8; 32] = hasher.finalize().into();
-            if got != want {
-                let hex = |d: &[u8]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
-                return Err(LoadError::Checksum { want: hex(&want), got: hex(&got) });
-            }
-        }
-        Ok(())
+        self.sha256.take().map_or(Ok(()), Sha256Check::finish)
     }
 
     fn header_ref(&self) -> Result<&GgufHeader, LoadError> {

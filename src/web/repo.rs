@@ -2,10 +2,8 @@
 //! `createEngine({model: {repo, quant}})`. The worker fetches the repository's small files
 //! (`config.json`, tokenizer, template, generation config, shard index), then every shard's
 //! header, then every shard's bytes; this wraps [`HfStream`] with the load-time quantization
-//! and the per-shard SHA-256 checks that a GGUF gets from [`crate::source::GgufStream`]
-//! (Hugging Face publishes each LFS file's SHA-256 as its `X-Linked-ETag`).
-
-use sha2::{Digest, Sha256};
+//! (the shards' SHA-256, which Hugging Face publishes as each LFS file's `X-Linked-ETag`, are
+//! checked by the stream).
 
 use crate::engine::{Engine, EngineError};
 use crate::gpu::Gpu;
@@ -20,8 +18,6 @@ pub const INDEX_JSON: &str = "model.safetensors.index.json";
 pub struct RepoLoad {
     stream: HfStream,
     quant: LoadQuant,
-    /// Per shard: the published digest and the running hash.
-    digests: Vec<Option<([u8; 32], Sha256)>>,
 }
 
 impl RepoLoad {
@@ -31,8 +27,7 @@ impl RepoLoad {
         let config = read("config.json").ok_or_else(|| HfError::MissingFile("config.json".into()))?;
         let text = HfTextFiles::from_reader(|name| Ok(read(name)))?;
         let stream = HfStream::new(&config, text, read(INDEX_JSON).as_deref())?;
-        let digests = vec![None; stream.shard_names().len()];
-        Ok(RepoLoad { stream, quant, digests })
+        Ok(RepoLoad { stream, quant })
     }
 
     /// The safetensors files to fetch, in shard order.
@@ -42,9 +37,7 @@ impl RepoLoad {
 
     /// Checks shard `shard` against `digest` when loading finishes (before its first push).
     pub fn expect_sha256(&mut self, shard: usize, digest: [u8; 32]) -> Result<(), LoadError> {
-        let slot = self.digests.get_mut(shard).ok_or_else(|| LoadError::Stream(format!("no shard {shard}")))?;
-        *slot = Some((digest, Sha256::new()));
-        Ok(())
+        self.stream.expect_sha256(shard, digest)
     }
 
     /// First pass: the next bytes of `shard` from its start; true once its header is in.
@@ -66,22 +59,11 @@ impl RepoLoad {
 
     /// Second pass: the next bytes of `shard`, from its byte 0 on.
     pub fn push(&mut self, gpu: &Gpu, shard: usize, chunk: &[u8]) -> Result<(), LoadError> {
-        if let Some(Some((_, hasher))) = self.digests.get_mut(shard) {
-            hasher.update(chunk);
-        }
         self.stream.push(gpu, shard, chunk)
     }
 
     /// Fails unless every tensor arrived and every shard hashed to its published digest.
     pub fn finish(&mut self) -> Result<(), LoadError> {
-        self.stream.finish()?;
-        for (want, hasher) in self.digests.iter_mut().filter_map(Option::take) {
-            let got: [u8; 32] = hasher.finalize().into();
-            if got != want {
-                let hex = |d: &[u8]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
-                return Err(LoadError::Checksum { want: hex(&want), got: hex(&got) });
-            }
-        }
-        Ok(())
+        self.stream.finish()
     }
 }

@@ -12,7 +12,8 @@
 //! 3. [`HfStream::push`] streams every shard from byte 0 (the header bytes are skipped):
 //!    whole rows are converted (requantized, q/k rows permuted per head) and written a group
 //!    at a time (`route.rs`);
-//! 4. [`HfStream::finish`] fails unless every target received all its bytes.
+//! 4. [`HfStream::finish`] fails unless every target received all its bytes and every shard
+//!    whose SHA-256 was published ([`HfStream::expect_sha256`]) hashed to it.
 
 use std::collections::HashMap;
 
@@ -21,6 +22,7 @@ use crate::gguf::{dequantize_to_vec, Metadata, TensorInfo};
 use crate::gpu::Gpu;
 use crate::kernels::quant::GpuWeight;
 use crate::safetensors::{HeaderParser, SafetensorsHeader, ShardIndex, SINGLE_FILE};
+use crate::source::digest::Sha256Check;
 use crate::source::loader::{check_dims, requantize, WeightLoader};
 use crate::source::route::{Router, Sink};
 use crate::source::LoadError;
@@ -33,6 +35,8 @@ struct Shard {
     /// Bytes pushed in the second pass.
     pushed: u64,
     router: Router,
+    /// The shard's published SHA-256, checked over the second pass.
+    sha256: Option<Sha256Check>,
 }
 
 /// A Hugging Face model whose shards are being streamed.
@@ -61,7 +65,14 @@ impl HfStream {
         };
         let shards = names
             .into_iter()
-            .map(|name| Shard { name, parser: HeaderParser::new(), header: None, pushed: 0, router: Router::default() })
+            .map(|name| Shard {
+                name,
+                parser: HeaderParser::new(),
+                header: None,
+                pushed: 0,
+                router: Router::default(),
+                sha256: None,
+            })
             .collect();
         Ok(HfStream { metadata: config.metadata(), config, text, index, shards, tensors: None, shard_of: HashMap::new() })
     }
@@ -79,6 +90,16 @@ impl HfStream {
     fn shard(&mut self, shard: usize) -> Result<&mut Shard, LoadError> {
         let count = self.shards.len();
         self.shards.get_mut(shard).ok_or_else(|| LoadError::Stream(format!("shard {shard} of a model of {count} files")))
+    }
+
+    /// Checks shard `shard` against `digest` in [`Self::finish`] (before its first [`Self::push`]).
+    pub fn expect_sha256(&mut self, shard: usize, digest: [u8; 32]) -> Result<(), LoadError> {
+        let s = self.shard(shard)?;
+        if s.pushed > 0 {
+            return Err(LoadError::Stream(format!("{}: the expected SHA-256 must be set before its first push", s.name)));
+        }
+        s.sha256 = Some(Sha256Check::new(digest));
+        Ok(())
     }
 
     /// First pass: the next bytes of shard `shard` from its start; true once its header is
@@ -134,15 +155,20 @@ impl HfStream {
         if !s.router.is_sealed() {
             return Err(LoadError::Stream(format!("{}: bytes pushed before the model was planned", s.name)));
         }
+        if let Some(check) = &mut s.sha256 {
+            check.update(chunk);
+        }
         let at = s.pushed;
         s.pushed += chunk.len() as u64;
         s.router.route(gpu, at, chunk)
     }
 
-    /// Fails unless every shard delivered every tensor asked for.
+    /// Fails unless every shard delivered every tensor asked for and hashed to its published
+    /// SHA-256.
     pub fn finish(&mut self) -> Result<(), LoadError> {
-        for s in &self.shards {
+        for s in &mut self.shards {
             s.router.finish(s.pushed).map_err(|e| LoadError::Stream(format!("{}: {e}", s.name)))?;
+            s.sha256.take().map_or(Ok(()), Sha256Check::finish)?;
         }
         Ok(())
     }
