@@ -11,8 +11,8 @@
 //               {id, type: "result", value}       {id, type: "error", error: {name, message}}
 
 import init, { WebEngine } from "./webvlm.js";
-import { deleteCached, expandSplitParts, markVerified, normalizeSource, readSources } from "./source.js";
-import { repoBase, repoFiles, repoQuant } from "./repo.js";
+import { CacheWriter, deleteCached, expandSplitParts, isCached, markVerified, normalizeSource, readSources } from "./source.js";
+import { convertedName, repoBase, repoFiles, repoQuant } from "./repo.js";
 import { BadRequestError, DeviceLostError, DownloadError, EngineUnloadedError, ModelNotSupportedError, toWire } from "./errors.js";
 
 /** Streamed chunks the page may leave unread before decoding pauses. */
@@ -86,15 +86,28 @@ export class Host {
   async load({ model, options = {}, cacheName, chunkBytes }, onProgress) {
     const started = performance.now();
     wasm ??= await init();
-    const repo = model.repo ? { base: repoBase(model.repo), quant: repoQuant(model.quant) } : null;
+    let repo = model.repo ? { base: repoBase(model.repo), quant: repoQuant(model.quant) } : null;
     let text = repo ? [] : [model.text].flat().flatMap(expandSplitParts).map(normalizeSource);
     const mmproj = model.mmproj ? [model.mmproj].flat().map(normalizeSource) : [];
     if (mmproj.length > 1) throw new ModelNotSupportedError("the mmproj must be one file");
+    let converted = null; // the repository converted at this quantization, as one GGUF
+    if (repo) {
+      converted = { url: `${repo.base}${convertedName(repo.quant)}`, state: "not stored" };
+      if (await isCached(converted.url, cacheName)) {
+        // Converted on an earlier visit: load that file as a GGUF, no shard and no conversion.
+        text = [{ url: converted.url }];
+        converted.state = "reused";
+        repo = null;
+      }
+    }
     const engine = await WebEngine.create(JSON.stringify({ ...options, textParts: Math.max(1, text.length) }));
+    let writer = null;
     if (repo) {
       // A Hugging Face repository: its safetensors shards stand for the text model's parts.
       const files = await repoFiles(repo.base, { cacheName, signal: this.downloads.signal });
-      text = engine.openRepository(files, repo.quant).map((name) => ({ url: repo.base + name }));
+      const store = cacheName !== null && typeof caches !== "undefined";
+      text = engine.openRepository(files, repo.quant, store).map((name) => ({ url: repo.base + name }));
+      if (store) writer = new CacheWriter(await caches.open(cacheName), converted.url, chunkBytes);
     }
     if (text.length > 1 || repo) {
       // Split parts or shards: every header is needed before the model can be planned.
@@ -130,7 +143,10 @@ export class Host {
         if (fromNetwork) network += n;
         report(fromNetwork ? "download" : "cache", `${(loaded / 2 ** 20).toFixed(0)} / ${(total / 2 ** 20).toFixed(0)} MiB`);
       },
-      sink: (i, bytes) => { i < text.length ? engine.pushModel(i, bytes) : engine.pushMmproj(bytes); },
+      sink: async (i, bytes) => {
+        i < text.length ? engine.pushModel(i, bytes) : engine.pushMmproj(bytes);
+        await writer?.write(engine.takeGguf());
+      },
     });
     let info;
     try {
@@ -142,6 +158,17 @@ export class Host {
       throw new DownloadError(`the downloaded model is corrupt (${e.message}); its cached chunks were deleted`);
     }
     for (const url of hashed) await markVerified(url, cacheName);
+    if (writer) {
+      await writer.write(engine.takeGguf());
+      if (await writer.finish()) {
+        // The converted file replaces the shards: later visits load it instead.
+        for (const s of text) await deleteCached(s.url, cacheName);
+        converted.state = "stored";
+      } else {
+        converted.state = `not stored: ${writer.failed?.message}`;
+      }
+    }
+    if (converted) info.converted = converted;
     // wgpu sees no adapter name in browsers; the page can read GPUAdapterInfo.
     const gpu = (await navigator.gpu?.requestAdapter())?.info;
     const label = [gpu?.vendor, gpu?.architecture, gpu?.device, gpu?.description].filter(Boolean).join(" ");

@@ -1,7 +1,8 @@
 // A Hugging Face repository as a model source (`model: {repo, quant}`): its small files
 // (config, tokenizer, template, generation config, shard index) fetched whole and kept in
 // Cache Storage, its safetensors shards streamed by source.js like GGUF parts. The engine
-// converts the shards at load (src/web/repo.rs).
+// converts the shards at load (src/engine/repo.rs) and writes the converted model out as one
+// GGUF, which host.js keeps in Cache Storage in place of the shards (`convertedName`).
 // Reference: the file layout transformers' `save_pretrained` writes.
 
 import { BadRequestError, DownloadError, QuotaExceededError } from "./errors.js";
@@ -47,6 +48,10 @@ export function repoQuant(quant = DEFAULT_REPO_QUANT) {
   if (!REPO_QUANTS.includes(q)) throw new BadRequestError(`model.quant ${JSON.stringify(quant)}: one of ${REPO_QUANTS.join(", ")}`);
   return q;
 }
+
+/** The name under the repository's URL that its conversion at `quant` is kept as in Cache
+ * Storage (never fetched: a GGUF the engine wrote while loading the shards). */
+export const convertedName = (quant) => `webvlm-converted-${quant}.gguf`;
 
 const fileKey = (url) => `${url}?webvlm-file`;
 

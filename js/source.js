@@ -66,6 +66,58 @@ function publishedSha256(headers) {
   return null;
 }
 
+/** Whether `url` is stored whole in the cache (a manifest is written once every chunk is). */
+export async function isCached(url, cacheName = DEFAULT_CACHE) {
+  if (cacheName === null || typeof caches === "undefined") return false;
+  return !!(await (await caches.open(cacheName)).match(manifestKey(url)));
+}
+
+/**
+ * Stores a file made in the page (a repository converted while it loaded: its GGUF) as the
+ * chunks and manifest of `url`, as if it had been downloaded, so that `readSources` reads it
+ * from the cache. Bytes are written in order; one chunk is held at a time. A full cache ends
+ * the writing (`failed` says why) without failing the caller: the file is simply not kept.
+ */
+export class CacheWriter {
+  constructor(cache, url, chunkBytes = CHUNK_BYTES) {
+    Object.assign(this, { cache, url, chunkBytes, size: 0, failed: null });
+    this.buffer = new Uint8Array(chunkBytes);
+    this.filled = 0;
+  }
+
+  async write(bytes) {
+    for (let at = 0; at < bytes.length && !this.failed;) {
+      const n = Math.min(bytes.length - at, this.chunkBytes - this.filled);
+      this.buffer.set(bytes.subarray(at, at + n), this.filled);
+      this.filled += n;
+      at += n;
+      if (this.filled === this.chunkBytes) await this.flush();
+    }
+  }
+
+  async flush() {
+    const start = this.size;
+    this.size += this.filled;
+    const chunk = this.buffer.slice(0, this.filled);
+    this.filled = 0;
+    try {
+      await this.cache.put(chunkKey(this.url, start, this.size), new Response(chunk));
+    } catch (e) {
+      this.failed = e;
+      await deleteCached(this.url, null, this.cache);
+    }
+  }
+
+  /** Stores the last chunk and the manifest; true when the whole file was kept. */
+  async finish() {
+    if (this.filled && !this.failed) await this.flush();
+    if (this.failed) return false;
+    const manifest = { size: this.size, chunk: this.chunkBytes, sha256: null, verified: true };
+    await this.cache.put(manifestKey(this.url), new Response(JSON.stringify(manifest)));
+    return true;
+  }
+}
+
 /** Records in the manifest that the cached file hashed to its published SHA-256, so later
  * visits skip hashing it. */
 export async function markVerified(url, cacheName = DEFAULT_CACHE) {
@@ -194,9 +246,9 @@ export async function cacheContents(cacheName = DEFAULT_CACHE) {
 }
 
 /** Deletes one model's chunks (or the whole cache when `url` is omitted). */
-export async function deleteCached(url, cacheName = DEFAULT_CACHE) {
+export async function deleteCached(url, cacheName = DEFAULT_CACHE, cache = null) {
   if (!url) return caches.delete(cacheName);
-  const cache = await caches.open(cacheName);
+  cache ??= await caches.open(cacheName);
   for (const req of await cache.keys()) {
     const u = new URL(req.url);
     for (const k of ["webvlm-bytes", "webvlm-manifest", "webvlm-file"]) u.searchParams.delete(k);

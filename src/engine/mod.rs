@@ -6,6 +6,7 @@ mod generate;
 mod images;
 mod mllama;
 mod prompt_cache;
+mod repo;
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ pub use images::{data_url_bytes, expand, expanded_len, ImageCache};
 pub use mllama::CrossVision;
 use prompt_cache::PromptCache;
 pub use prompt_cache::{PromptCacheStats, DEFAULT_PROMPT_CACHE_BYTES};
+pub use repo::{RepoLoad, INDEX_JSON};
 
 use crate::chat::{ChatContent, ChatError, ChatMessage, ChatTemplate, ContentPart};
 use crate::constraint::{ConstraintError, SchemaCache};
@@ -136,7 +138,12 @@ impl Engine {
 
     /// Builds the engine on any [`WeightLoader`] (a [`crate::source::GgufStream`] fills the
     /// weights afterwards, as the file streams in).
+    /// A GGUF that webvlm wrote of a Hugging Face model ([`RepoLoad::write_gguf`]) carries
+    /// the folder's text files and loads as that folder does ([`Engine::load_hf`]).
     pub fn load_from(gpu: Gpu, src: &mut dyn WeightLoader, opts: ContextOptions) -> Result<Engine, EngineError> {
+        if let Some(text) = HfTextFiles::from_metadata(src.metadata()).map_err(|e| ModelError::Load(e.into()))? {
+            return Self::load_hf(gpu, src, &text, opts);
+        }
         let vocab = GgufVocab::from_metadata(src.metadata())?;
         let tokenizer = Tokenizer::from_gguf_vocab(&vocab)?;
         let template = ChatTemplate::from_vocab(&vocab, &tokenizer)?;

@@ -185,6 +185,15 @@ impl GgufWriter {
         Ok(())
     }
 
+    /// The header bytes (padded to the alignment), the data-section offset of each
+    /// automatically placed tensor in the order added, and the data section's length: what a
+    /// writer that streams the tensors' bytes itself needs ([`crate::source::hf::HfStream`]'s
+    /// GGUF output).
+    pub fn layout(&self) -> Result<(Vec<u8>, Vec<u64>, u64), GgufError> {
+        let (header, placed, data_len) = self.header()?;
+        Ok((header, placed.into_iter().map(|(offset, _)| offset).collect(), data_len))
+    }
+
     /// The header (magic to tensor infos, padded to the alignment), where each automatically
     /// placed tensor's data goes relative to the data section, and the data section's length.
     fn header(&self) -> Result<Header<'_>, GgufError> {

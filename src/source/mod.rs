@@ -8,6 +8,7 @@
 
 mod digest;
 mod error;
+mod gguf_out;
 pub mod hf;
 mod loader;
 mod parts;

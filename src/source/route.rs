@@ -9,6 +9,7 @@ use crate::gguf::{dequantize_to_vec, GgmlType};
 use crate::gpu::Gpu;
 use crate::kernels::quant::GpuWeight;
 
+use super::gguf_out::GgufOut;
 use super::hf::permute_rows;
 use super::loader::requantize;
 use super::LoadError;
@@ -84,8 +85,9 @@ impl Router {
         self.targets.iter().map(|t| t.pending.len()).sum()
     }
 
-    /// Hands `data` (starting at absolute offset `at`) to the targets it overlaps.
-    pub(super) fn route(&mut self, gpu: &Gpu, at: u64, data: &[u8]) -> Result<(), LoadError> {
+    /// Hands `data` (starting at absolute offset `at`) to the targets it overlaps; `out`
+    /// gets each tensor's bytes as they are written to the GPU.
+    pub(super) fn route(&mut self, gpu: &Gpu, at: u64, data: &[u8], mut out: Option<&mut GgufOut>) -> Result<(), LoadError> {
         let end = at + data.len() as u64;
         let first = self.targets.partition_point(|t| t.end <= at);
         for t in &mut self.targets[first..] {
@@ -93,7 +95,7 @@ impl Router {
                 break;
             }
             let (lo, hi) = (t.start.max(at), t.end.min(end));
-            t.feed(gpu, &data[(lo - at) as usize..(hi - at) as usize])?;
+            t.feed(gpu, &data[(lo - at) as usize..(hi - at) as usize], out.as_deref_mut())?;
         }
         Ok(())
     }
@@ -116,7 +118,7 @@ impl Target {
     /// Takes the next bytes of the tensor. Rows go to the GPU a group at a time, straight
     /// from `data` where a whole group is there; only a partial group is copied to
     /// `pending`, so host memory stays at one group per tensor in flight (freed when done).
-    fn feed(&mut self, gpu: &Gpu, mut data: &[u8]) -> Result<(), LoadError> {
+    fn feed(&mut self, gpu: &Gpu, mut data: &[u8], mut out: Option<&mut GgufOut>) -> Result<(), LoadError> {
         self.received += data.len() as u64;
         let complete = self.received == self.end - self.start;
         let (weight, file_ty, done_rows, group_rows, head_rows) = match &mut self.sink {
@@ -128,11 +130,15 @@ impl Target {
                 if complete {
                     let values = dequantize_to_vec(*ty, &self.pending, *n as usize)?;
                     gpu.write(buffer, 0, bytemuck::cast_slice(&values));
+                    if let Some(out) = out {
+                        out.write(&self.name, bytemuck::cast_slice(&values))?;
+                    }
                     self.pending = Vec::new();
                 }
                 return Ok(());
             }
         };
+        let name = &self.name;
         let row = (weight.cols as usize / file_ty.block_size()) * file_ty.type_size();
         let group = group_rows as usize * row;
         let mut write = |bytes: &[u8]| -> Result<(), LoadError> {
@@ -146,11 +152,17 @@ impl Target {
                 Some(_) => return Err(LoadError::Stream(format!("tensor {}: rows end inside a head", weight.label))),
                 None => bytes,
             };
-            if weight.ty == file_ty {
-                weight.write_rows(gpu, *done_rows, bytes)?;
+            let converted;
+            let bytes = if weight.ty == file_ty {
+                bytes
             } else {
                 let values = dequantize_to_vec(file_ty, bytes, rows as usize * weight.cols as usize)?;
-                weight.write_rows(gpu, *done_rows, &requantize(weight.ty, &values)?)?;
+                converted = requantize(weight.ty, &values)?;
+                &converted[..]
+            };
+            weight.write_rows(gpu, *done_rows, bytes)?;
+            if let Some(out) = out.as_deref_mut() {
+                out.write(name, bytes)?;
             }
             *done_rows += rows;
             Ok(())

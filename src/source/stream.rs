@@ -117,7 +117,7 @@ impl GgufStream {
             return Ok(true);
         }
         if self.targets.is_sealed() {
-            self.targets.route(gpu, self.pushed - data.len() as u64, data)?;
+            self.targets.route(gpu, self.pushed - data.len() as u64, data, None)?;
         } else {
             if self.early.len() + data.len() > MAX_EARLY_BYTES {
                 return Err(LoadError::Stream("more than 64 MiB pushed before the model was built on the stream".into()));
@@ -134,7 +134,7 @@ impl GgufStream {
         }
         self.targets.seal()?;
         let early = std::mem::take(&mut self.early);
-        self.targets.route(gpu, self.data_start, &early)
+        self.targets.route(gpu, self.data_start, &early, None)
     }
 
     /// Fails unless every target has all its bytes (call after the last push).

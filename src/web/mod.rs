@@ -4,10 +4,9 @@
 //! the weights are written to GPU buffers as they arrive), then generate with streamed text
 //! deltas. Requests and results cross as JSON strings (the worker speaks OpenAI's shapes).
 //! A Hugging Face repository loads the same way after [`WebEngine::open_repository`]: its
-//! safetensors shards take the place of the GGUF parts ([`repo`]).
+//! safetensors shards take the place of the GGUF parts ([`RepoLoad`]).
 
 pub mod error;
-mod repo;
 mod request;
 
 use std::cell::{Cell, RefCell};
@@ -16,13 +15,12 @@ use std::rc::Rc;
 use wasm_bindgen::prelude::*;
 
 use crate::api::ChatRequest;
-use crate::engine::{Engine, Prompt, Wait, DEFAULT_PROMPT_CACHE_BYTES};
+use crate::engine::{Engine, Prompt, RepoLoad, Wait, DEFAULT_PROMPT_CACHE_BYTES};
 use crate::error::Classify;
 use crate::gpu::{Gpu, GpuOptions};
 use crate::model::{ContextOptions, Precision};
 use crate::source::{GgufParts, GgufStream, LoadQuant};
 use error::WebError;
-use repo::RepoLoad;
 
 /// The crate version, for the page footer.
 #[wasm_bindgen]
@@ -160,10 +158,12 @@ impl WebEngine {
     /// `tokenizer_config.json`, `chat_template.jinja`, `generation_config.json`,
     /// `model.safetensors.index.json`; absent ones left out) to their bytes, `quant` is the
     /// load-time quantization of its float matrices (`keep`, `q8_0`, `q4_k`, `q4_0`, `q4_1`).
+    /// With `write_gguf` the converted model also comes out as one GGUF file while it loads
+    /// ([`Self::take_gguf`]): the package keeps it in Cache Storage in place of the shards.
     /// Returns the safetensors shards to stream, in order: their headers first
     /// ([`Self::push_header`]), then their bytes ([`Self::push_model`]) as for GGUF parts.
     #[wasm_bindgen(js_name = openRepository)]
-    pub fn open_repository(&self, files: js_sys::Map, quant: &str) -> Result<Vec<String>, JsError> {
+    pub fn open_repository(&self, files: js_sys::Map, quant: &str, write_gguf: bool) -> Result<Vec<String>, JsError> {
         let mut inner = self.inner.try_borrow_mut().map_err(|_| js(WebError::Busy))?;
         if !matches!(inner.state, State::Device(_)) || inner.repo.is_some() {
             return Err(js(WebError::RepoLate));
@@ -173,10 +173,22 @@ impl WebEngine {
             let v = files.get(&JsValue::from_str(name));
             (!v.is_undefined() && !v.is_null()).then(|| js_sys::Uint8Array::new(&v).to_vec())
         };
-        let repo = RepoLoad::new(read, quant).map_err(js)?;
+        let mut repo = RepoLoad::new(read, quant).map_err(js)?;
+        if write_gguf {
+            repo.write_gguf().map_err(js)?;
+        }
         let shards = repo.shard_names();
         inner.repo = Some(repo);
         Ok(shards)
+    }
+
+    /// The converted repository's GGUF bytes produced since the last call, in file order
+    /// (after [`Self::open_repository`] with `write_gguf`; empty otherwise). The file is
+    /// complete once [`Self::finish_load`] succeeded and this was called after it.
+    #[wasm_bindgen(js_name = takeGguf)]
+    pub fn take_gguf(&self) -> Result<Vec<u8>, JsError> {
+        let mut inner = self.inner.try_borrow_mut().map_err(|_| js(WebError::Busy))?;
+        Ok(inner.repo.as_mut().map(RepoLoad::take_gguf).unwrap_or_default())
     }
 
     /// First pass over a split text model or a repository's shards: the first bytes of

@@ -1,4 +1,4 @@
-//! `webvlm`: the native command-line tool (generate, logits, chat, batch, info, split,
+//! `webvlm`: the native command-line tool (generate, logits, chat, batch, info, convert, split,
 //! synthetic, bench). `webvlm --help` and `webvlm <command> --help` list the flags.
 
 use std::path::Path;
@@ -16,6 +16,7 @@ use webvlm::source::TensorSource;
 mod api;
 mod args;
 mod bench;
+mod convert;
 mod generate;
 mod info;
 mod open;
@@ -50,6 +51,9 @@ enum Command {
     Batch(api::BatchArgs),
     /// Show a model's architecture, hyperparameters, tensor types and the GPU memory needed
     Info(info::InfoArgs),
+    /// Convert a Hugging Face model folder (quantized while loading) to one GGUF file, as the
+    /// browser keeps a repository in Cache Storage
+    Convert(convert::ConvertArgs),
     /// Cut a model into parts as llama.cpp's gguf-split does (PREFIX-00001-of-0000N.gguf ...)
     Split(info::SplitArgs),
     /// Write a model of random weights with Ministral 3 3B's exact shapes, for load tests
@@ -65,6 +69,7 @@ fn main() -> ExitCode {
         Command::Chat(a) => api::chat(&a),
         Command::Batch(a) => api::batch(&a),
         Command::Info(a) => info::run(&a),
+        Command::Convert(a) => convert::run(&a),
         Command::Split(a) => info::split(&a),
         Command::Synthetic(a) => synthetic::run(&a),
         Command::Bench(a) => bench::run(&a),

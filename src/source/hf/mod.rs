@@ -31,4 +31,4 @@ pub use mllama::{MllamaConfig, MllamaVisionConfig};
 pub use names::{gguf_name, permute_rows, Mapped, Permute};
 pub use stream::HfStream;
 pub use tensors::{HfTensor, HfTensors, Origin};
-pub use text::{HfTextFiles, CHAT_TEMPLATE, GENERATION_CONFIG, TOKENIZER_CONFIG, TOKENIZER_JSON};
+pub use text::{HfTextFiles, CHAT_TEMPLATE, GENERATION_CONFIG, METADATA_PREFIX, TOKENIZER_CONFIG, TOKENIZER_JSON};

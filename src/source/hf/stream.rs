@@ -14,15 +14,20 @@
 //!    at a time (`route.rs`);
 //! 4. [`HfStream::finish`] fails unless every target received all its bytes and every shard
 //!    whose SHA-256 was published ([`HfStream::expect_sha256`]) hashed to it.
+//!
+//! With [`HfStream::write_gguf`] the stream also writes the model out as one GGUF file as it
+//! loads (the tensors as uploaded, the text files in its metadata: `gguf_out.rs`), which
+//! loads the same model with no conversion.
 
 use std::collections::HashMap;
 
 use super::{HfConfig, HfError, HfTensor, HfTensors, HfTextFiles, Origin};
-use crate::gguf::{dequantize_to_vec, Metadata, TensorInfo};
+use crate::gguf::{dequantize_to_vec, GgmlType, Metadata, TensorInfo};
 use crate::gpu::Gpu;
 use crate::kernels::quant::GpuWeight;
 use crate::safetensors::{HeaderParser, SafetensorsHeader, ShardIndex, SINGLE_FILE};
 use crate::source::digest::Sha256Check;
+use crate::source::gguf_out::{Arrival, GgufOut};
 use crate::source::loader::{check_dims, requantize, WeightLoader};
 use crate::source::route::{Router, Sink};
 use crate::source::LoadError;
@@ -50,6 +55,8 @@ pub struct HfStream {
     tensors: Option<HfTensors>,
     /// Hugging Face name → shard number.
     shard_of: HashMap<String, usize>,
+    /// The GGUF file being written, with [`Self::write_gguf`].
+    out: Option<GgufOut>,
 }
 
 impl HfStream {
@@ -74,7 +81,33 @@ impl HfStream {
                 sha256: None,
             })
             .collect();
-        Ok(HfStream { metadata: config.metadata(), config, text, index, shards, tensors: None, shard_of: HashMap::new() })
+        Ok(HfStream {
+            metadata: config.metadata(),
+            config,
+            text,
+            index,
+            shards,
+            tensors: None,
+            shard_of: HashMap::new(),
+            out: None,
+        })
+    }
+
+    /// Also writes the model out as a GGUF file as it loads ([`Self::take_gguf`]); call
+    /// before the model is built on the stream.
+    pub fn write_gguf(&mut self) -> Result<(), LoadError> {
+        if self.shards.iter().any(|s| s.router.is_sealed()) {
+            return Err(LoadError::Stream("the GGUF output must be asked for before the model is planned".into()));
+        }
+        self.out = Some(GgufOut::default());
+        Ok(())
+    }
+
+    /// The GGUF file's bytes produced since the last call, in file order (its header once
+    /// the stream is sealed, then the tensors as their bytes are pushed; complete after
+    /// [`Self::finish`]). Empty without [`Self::write_gguf`].
+    pub fn take_gguf(&mut self) -> Vec<u8> {
+        self.out.as_mut().map(GgufOut::take).unwrap_or_default()
     }
 
     /// The safetensors files to fetch, by shard number.
@@ -146,12 +179,17 @@ impl HfStream {
         if self.tensors.is_none() {
             return Err(LoadError::Stream("sealed before every shard's header was in".into()));
         }
-        self.shards.iter_mut().try_for_each(|s| s.router.seal())
+        self.shards.iter_mut().try_for_each(|s| s.router.seal())?;
+        if let Some(out) = &mut self.out {
+            out.lay_out(&self.metadata, self.text.to_metadata()?)?;
+        }
+        Ok(())
     }
 
     /// Second pass: the next bytes of shard `shard`, from its byte 0 on (after [`Self::seal`]).
     pub fn push(&mut self, gpu: &Gpu, shard: usize, chunk: &[u8]) -> Result<(), LoadError> {
-        let s = self.shard(shard)?;
+        self.shard(shard)?;
+        let s = &mut self.shards[shard];
         if !s.router.is_sealed() {
             return Err(LoadError::Stream(format!("{}: bytes pushed before the model was planned", s.name)));
         }
@@ -160,7 +198,7 @@ impl HfStream {
         }
         let at = s.pushed;
         s.pushed += chunk.len() as u64;
-        s.router.route(gpu, at, chunk)
+        s.router.route(gpu, at, chunk, self.out.as_mut())
     }
 
     /// Fails unless every shard delivered every tensor asked for and hashed to its published
@@ -170,7 +208,7 @@ impl HfStream {
             s.router.finish(s.pushed).map_err(|e| LoadError::Stream(format!("{}: {e}", s.name)))?;
             s.sha256.take().map_or(Ok(()), Sha256Check::finish)?;
         }
-        Ok(())
+        self.out.as_mut().map_or(Ok(()), GgufOut::finish)
     }
 
     /// Bytes held for partial row groups and incomplete vectors.
@@ -183,14 +221,22 @@ impl HfStream {
         tensors.get(name).ok_or_else(|| LoadError::Missing(name.into()))
     }
 
-    /// Registers `name` (stored in a shard) with `sink`.
-    fn add_target(&mut self, name: &str, hf_name: &str, sink: Sink) -> Result<(), LoadError> {
+    /// Registers `name` (stored in a shard) with `sink`, uploaded as `ty`.
+    fn add_target(&mut self, name: &str, hf_name: &str, ty: GgmlType, sink: Sink) -> Result<(), LoadError> {
         let &shard = self.shard_of.get(hf_name).ok_or_else(|| LoadError::Missing(name.into()))?;
         let s = &mut self.shards[shard];
         let header = s.header.as_ref().ok_or_else(|| LoadError::Stream("no header".into()))?;
         let entry = header.tensor(hf_name).ok_or_else(|| LoadError::Missing(name.into()))?;
         let range = header.file_range(entry);
-        s.router.add(name, range.start, range.end, sink)
+        s.router.add(name, range.start, range.end, sink)?;
+        self.plan_out(name, ty, Arrival::Streamed { shard, start: range.start }, Vec::new())
+    }
+
+    /// Records `name`, uploaded as `ty`, in the GGUF output (`bytes`: the upload, when known now).
+    fn plan_out(&mut self, name: &str, ty: GgmlType, arrival: Arrival, bytes: Vec<u8>) -> Result<(), LoadError> {
+        let Some(out) = &mut self.out else { return Ok(()) };
+        let dims = self.tensors.as_ref().and_then(|t| t.get(name)).map(|t| t.info.dims.clone()).unwrap_or_default();
+        out.plan(name, &dims, ty, arrival, bytes)
     }
 }
 
@@ -207,18 +253,22 @@ impl WeightLoader for HfStream {
         let t = self.tensor(name)?;
         let file_ty = t.info.ty;
         match t.origin.clone() {
-            Origin::Synthesized(bytes) if target.ty == file_ty => target.write_rows(gpu, row0, &bytes)?,
             Origin::Synthesized(bytes) => {
-                let values = dequantize_to_vec(file_ty, &bytes, bytes.len() / file_ty.type_size() * file_ty.block_size())?;
-                target.write_rows(gpu, row0, &requantize(target.ty, &values)?)?;
+                let bytes = if target.ty == file_ty {
+                    bytes
+                } else {
+                    let values = dequantize_to_vec(file_ty, &bytes, bytes.len() / file_ty.type_size() * file_ty.block_size())?;
+                    requantize(target.ty, &values)?
+                };
+                target.write_rows(gpu, row0, &bytes)?;
+                self.plan_out(name, target.ty, Arrival::Now, bytes)
             }
             Origin::Stored { hf_name, heads } => {
                 let rows = t.info.dims.get(1).copied().unwrap_or(1) as u32;
                 let head_rows = heads.map(|h| rows / h.max(1));
-                self.add_target(name, &hf_name, Sink::rows(file_ty, target, row0, head_rows))?;
+                self.add_target(name, &hf_name, target.ty, Sink::rows(file_ty, target, row0, head_rows))
             }
         }
-        Ok(())
     }
 
     fn vector(&mut self, gpu: &Gpu, name: &str, n: u32) -> Result<wgpu::Buffer, LoadError> {
@@ -228,11 +278,13 @@ impl WeightLoader for HfStream {
         match t.origin.clone() {
             Origin::Synthesized(bytes) => {
                 let values = dequantize_to_vec(ty, &bytes, n as usize)?;
-                Ok(gpu.storage_with(name, bytemuck::cast_slice(&values))?)
+                let buffer = gpu.storage_with(name, bytemuck::cast_slice(&values))?;
+                self.plan_out(name, GgmlType::F32, Arrival::Now, bytemuck::cast_slice(&values).to_vec())?;
+                Ok(buffer)
             }
             Origin::Stored { hf_name, .. } => {
                 let buffer = gpu.storage(name, n as u64 * 4)?;
-                self.add_target(name, &hf_name, Sink::Vector { buffer: buffer.clone(), ty, n })?;
+                self.add_target(name, &hf_name, GgmlType::F32, Sink::Vector { buffer: buffer.clone(), ty, n })?;
                 Ok(buffer)
             }
         }

@@ -6,6 +6,7 @@
 
 use super::generation::GenerationDefaults;
 use super::HfError;
+use crate::gguf::{MetaValue, Metadata};
 
 /// The folder's tokenizer, template and generation files.
 #[derive(Clone, Debug, Default)]
@@ -18,7 +19,13 @@ pub struct HfTextFiles {
     pub chat_template: Option<String>,
     /// `generation_config.json`, parsed (all `None` when absent).
     pub generation: GenerationDefaults,
+    /// `generation_config.json` as read, kept for writing the model out.
+    pub generation_json: Option<Vec<u8>>,
 }
+
+/// A model written out as GGUF (`HfStream::write_gguf`) carries each file as a string under
+/// this prefix and the file's name, e.g. `webvlm.hf.tokenizer.json`.
+pub const METADATA_PREFIX: &str = "webvlm.hf.";
 
 /// The file names, for readers that fetch them.
 pub const TOKENIZER_JSON: &str = "tokenizer.json";
@@ -35,7 +42,39 @@ impl HfTextFiles {
         let chat_template = read(CHAT_TEMPLATE)?
             .map(|b| String::from_utf8(b).map_err(|e| HfError::Io { file: CHAT_TEMPLATE.into(), error: e.to_string() }))
             .transpose()?;
-        let generation = read(GENERATION_CONFIG)?.map(|b| GenerationDefaults::parse(&b)).transpose()?.unwrap_or_default();
-        Ok(HfTextFiles { tokenizer_json, tokenizer_config: read(TOKENIZER_CONFIG)?, chat_template, generation })
+        let generation_json = read(GENERATION_CONFIG)?;
+        let generation = generation_json.as_deref().map(GenerationDefaults::parse).transpose()?.unwrap_or_default();
+        Ok(HfTextFiles { tokenizer_json, tokenizer_config: read(TOKENIZER_CONFIG)?, chat_template, generation, generation_json })
+    }
+
+    /// The files as GGUF key/value pairs ([`METADATA_PREFIX`]); each must be UTF-8.
+    pub fn to_metadata(&self) -> Result<Vec<(String, MetaValue)>, HfError> {
+        let files = [
+            (TOKENIZER_JSON, Some(&self.tokenizer_json[..])),
+            (TOKENIZER_CONFIG, self.tokenizer_config.as_deref()),
+            (CHAT_TEMPLATE, self.chat_template.as_deref().map(str::as_bytes)),
+            (GENERATION_CONFIG, self.generation_json.as_deref()),
+        ];
+        let mut kvs = Vec::new();
+        for (name, bytes) in files {
+            let Some(bytes) = bytes else { continue };
+            let text = std::str::from_utf8(bytes).map_err(|e| HfError::Io { file: name.into(), error: e.to_string() })?;
+            kvs.push((format!("{METADATA_PREFIX}{name}"), MetaValue::String(text.into())));
+        }
+        Ok(kvs)
+    }
+
+    /// The files a GGUF written by webvlm carries ([`Self::to_metadata`]), or `None` for any
+    /// other GGUF (one without `webvlm.hf.tokenizer.json`).
+    pub fn from_metadata(md: &Metadata) -> Result<Option<Self>, HfError> {
+        let get = |name: &str| -> Result<Option<Vec<u8>>, HfError> {
+            let key = format!("{METADATA_PREFIX}{name}");
+            let value = md.get_opt_str(&key).map_err(|e| HfError::Io { file: key.clone(), error: e.to_string() })?;
+            Ok(value.map(|v| v.as_bytes().to_vec()))
+        };
+        if get(TOKENIZER_JSON)?.is_none() {
+            return Ok(None);
+        }
+        Self::from_reader(get).map(Some)
     }
 }

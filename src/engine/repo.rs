@@ -1,11 +1,13 @@
-//! A Hugging Face repository loading in the browser: the wasm side of
-//! `createEngine({model: {repo, quant}})`. The worker fetches the repository's small files
-//! (`config.json`, tokenizer, template, generation config, shard index), then every shard's
-//! header, then every shard's bytes; this wraps [`HfStream`] with the load-time quantization
-//! (the shards' SHA-256, which Hugging Face publishes as each LFS file's `X-Linked-ETag`, are
-//! checked by the stream).
+//! A Hugging Face repository loading as a stream of shard bytes: the browser's
+//! `createEngine({model: {repo, quant}})` and `webvlm convert`. The caller fetches the
+//! repository's small files (`config.json`, tokenizer, template, generation config, shard
+//! index), then every shard's header, then every shard's bytes; this wraps [`HfStream`] with
+//! the load-time quantization (the shards' SHA-256, which Hugging Face publishes as each LFS
+//! file's `X-Linked-ETag`, are checked by the stream). With [`RepoLoad::write_gguf`] the
+//! converted model comes out as one GGUF file as it loads ([`RepoLoad::take_gguf`]): the
+//! browser keeps it in Cache Storage, the CLI writes it to disk.
 
-use crate::engine::{Engine, EngineError};
+use super::{Engine, EngineError};
 use crate::gpu::Gpu;
 use crate::model::{ContextOptions, ModelError};
 use crate::source::hf::{HfError, HfStream, HfTextFiles};
@@ -28,6 +30,16 @@ impl RepoLoad {
         let text = HfTextFiles::from_reader(|name| Ok(read(name)))?;
         let stream = HfStream::new(&config, text, read(INDEX_JSON).as_deref())?;
         Ok(RepoLoad { stream, quant })
+    }
+
+    /// Also writes the converted model out as GGUF ([`Self::take_gguf`]); before [`Self::build`].
+    pub fn write_gguf(&mut self) -> Result<(), LoadError> {
+        self.stream.write_gguf()
+    }
+
+    /// The GGUF bytes produced since the last call ([`HfStream::take_gguf`]).
+    pub fn take_gguf(&mut self) -> Vec<u8> {
+        self.stream.take_gguf()
     }
 
     /// The safetensors files to fetch, in shard order.
