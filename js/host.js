@@ -11,8 +11,8 @@
 //               {id, type: "result", value}       {id, type: "error", error: {name, message}}
 
 import init, { WebEngine } from "./webvlm.js";
-import { CacheWriter, deleteCached, expandSplitParts, isCached, markVerified, normalizeSource, readSources } from "./source.js";
-import { convertedName, repoBase, repoFiles, repoQuant } from "./repo.js";
+import { CacheWriter, deleteCached, expandSplitParts, isCached, markVerified, normalizeSource, readHead, readSources } from "./source.js";
+import { convertedName, DEFAULT_REPO_QUANT, REPO_QUANTS, repoBase, repoFiles, repoQuant } from "./repo.js";
 import { BadRequestError, DeviceLostError, DownloadError, EngineUnloadedError, ModelNotSupportedError, toWire } from "./errors.js";
 
 /** Streamed chunks the page may leave unread before decoding pauses. */
@@ -90,30 +90,40 @@ export class Host {
     let text = repo ? [] : [model.text].flat().flatMap(expandSplitParts).map(normalizeSource);
     const mmproj = model.mmproj ? [model.mmproj].flat().map(normalizeSource) : [];
     if (mmproj.length > 1) throw new ModelNotSupportedError("the mmproj must be one file");
-    let converted = null; // the repository converted at this quantization, as one GGUF
+    const signal = this.downloads.signal;
+    let converted = null; // the repository converted at a quantization, kept as one GGUF
     if (repo) {
-      converted = { url: `${repo.base}${convertedName(repo.quant)}`, state: "not stored" };
-      if (await isCached(converted.url, cacheName)) {
-        // Converted on an earlier visit: load that file as a GGUF, no shard and no conversion.
-        text = [{ url: converted.url }];
-        converted.state = "reused";
-        repo = null;
+      // Converted on an earlier visit (at the quantization asked for, or at any): load that
+      // file as a GGUF, with no shard and no conversion.
+      for (const quant of repo.quant ? [repo.quant] : REPO_QUANTS) {
+        const url = repo.base + convertedName(quant);
+        if (await isCached(url, cacheName)) {
+          converted = { url, quant, state: "reused" };
+          text = [{ url }];
+          repo = null;
+          break;
+        }
       }
     }
     const engine = await WebEngine.create(JSON.stringify({ ...options, textParts: Math.max(1, text.length) }));
-    let writer = null;
+    const store = cacheName !== null && typeof caches !== "undefined";
     if (repo) {
       // A Hugging Face repository: its safetensors shards stand for the text model's parts.
-      const files = await repoFiles(repo.base, { cacheName, signal: this.downloads.signal });
-      const store = cacheName !== null && typeof caches !== "undefined";
-      text = engine.openRepository(files, repo.quant, store).map((name) => ({ url: repo.base + name }));
-      if (store) writer = new CacheWriter(await caches.open(cacheName), converted.url, chunkBytes);
+      const files = await repoFiles(repo.base, { cacheName, signal });
+      text = engine.openRepository(files, repo.quant ?? undefined, store).map((name) => ({ url: repo.base + name }));
     }
-    if (text.length > 1 || repo) {
-      // Split parts or shards: every header is needed before the model can be planned.
-      onProgress({ phase: "headers", loadedBytes: 0, totalBytes: 0, networkBytes: 0, fraction: 0,
-        bytesPerSecond: 0, etaSeconds: null, text: `reading the headers of ${text.length} ${repo ? "shards" : "parts"}` });
-      await readSources(text, { cacheName, chunkBytes, parallel: 1, sink: (i, bytes) => engine.pushHeader(i, bytes) });
+    // Headers first, with small Range requests: the memory plan refuses a model that cannot
+    // fit before the download starts.
+    onProgress({ phase: "headers", loadedBytes: 0, totalBytes: 0, networkBytes: 0, fraction: 0,
+      bytesPerSecond: 0, etaSeconds: null, text: "reading the model's headers" });
+    for (let i = 0; i < text.length; i++) await readHead(text[i], { cacheName, signal, push: (b) => engine.pushHeader(i, b) });
+    if (mmproj.length) await readHead(mmproj[0], { cacheName, signal, push: (b) => engine.pushMmprojHeader(b) });
+    const { plan, reason: planReason } = JSON.parse(engine.planMemory());
+    let writer = null;
+    if (repo) {
+      const quant = plan?.quant ?? repo.quant ?? DEFAULT_REPO_QUANT;
+      converted = { url: repo.base + convertedName(quant), quant, state: "not stored" };
+      if (store) writer = new CacheWriter(await caches.open(cacheName), converted.url, chunkBytes);
     }
     const sources = [...text, ...mmproj];
     let total = 0;
@@ -169,6 +179,7 @@ export class Host {
       }
     }
     if (converted) info.converted = converted;
+    info.memoryPlan = plan ?? { unplanned: planReason };
     // wgpu sees no adapter name in browsers; the page can read GPUAdapterInfo.
     const gpu = (await navigator.gpu?.requestAdapter())?.info;
     const label = [gpu?.vendor, gpu?.architecture, gpu?.device, gpu?.description].filter(Boolean).join(" ");

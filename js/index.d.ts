@@ -38,10 +38,15 @@ export interface EngineOptions {
    * largest area within the square of the image edge (`image_max_edge`, default 1540). */
   imageMinArea?: number;
   imageMaxArea?: number;
+  /** GPU memory the model may use: "8G", "512M" or bytes (default "4G": WebGPU reports no
+   * memory size). The model is planned from its headers before the download starts, and one
+   * that does not fit at `maxContext` is refused with an `AdapterTooSmallError` naming the
+   * largest context that would. */
+  gpuMemory?: string;
 }
 
-/** Load-time quantization of a repository's float matrices (default "q8_0"); "keep" keeps
- * the stored types (BF16, F16, F32). */
+/** Load-time quantization of a repository's float matrices; "keep" keeps the stored types
+ * (BF16, F16, F32). Default: "q8_0" when the model fits `gpuMemory` with it, else "q4_0". */
 export type RepoQuant = "q8_0" | "q4_k" | "q4_0" | "q4_1" | "keep";
 
 export interface CreateEngineOptions {
@@ -49,7 +54,9 @@ export interface CreateEngineOptions {
    * (`name-00001-of-00003.gguf`), which stands for all of them. Or `repo`: a Hugging Face
    * model folder (`config.json`, `tokenizer.json`, safetensors shards), as a plain folder URL,
    * `https://huggingface.co/ORG/NAME` (its `main` branch) or `…/resolve/REVISION/`; its float
-   * matrices are quantized at load to `quant`. */
+   * matrices are quantized at load to `quant`, and the converted model is kept in Cache
+   * Storage as one GGUF in place of the shards: later loads read it with no shard request and
+   * no conversion (`info.converted`). */
   model:
     | { text: ModelSource | ModelSource[]; mmproj?: ModelSource }
     | { repo: string | URL; quant?: RepoQuant; mmproj?: ModelSource };
@@ -217,6 +224,14 @@ export interface ModelInfo {
   loadSeconds: number;
   networkBytes: number;
   wasmMemoryBytes: number | null;
+  /** The GPU memory planned from the headers before the download (`unplanned`: why not). */
+  memoryPlan:
+    | { quant: string; textWeightBytes: number; visionWeightBytes: number; stateBytes: number; otherBytes: number;
+        totalBytes: number; budgetBytes: number | null; context: number; largestContext: number | null }
+    | { unplanned: string };
+  /** A repository's conversion: "stored" in Cache Storage by this load, "reused" from an
+   * earlier one, or "not stored: why" (a full cache; `cacheName: null`). */
+  converted?: { url: string; quant: RepoQuant; state: string };
 }
 
 export interface Engine {

@@ -9,6 +9,7 @@ import { BadRequestError, DownloadError, QuotaExceededError } from "./errors.js"
 
 /** Load-time quantizations of the float matrices; `keep` keeps the repository's types. */
 export const REPO_QUANTS = ["q8_0", "q4_k", "q4_0", "q4_1", "keep"];
+/** The quantization when neither the caller nor the memory plan chose one. */
 export const DEFAULT_REPO_QUANT = "q8_0";
 
 /** The repository files besides the weights, and whether a model needs them. */
@@ -42,8 +43,9 @@ export function repoBase(repo) {
   return u.href;
 }
 
-/** The quantization asked for, checked. */
-export function repoQuant(quant = DEFAULT_REPO_QUANT) {
+/** The quantization asked for, checked; `null` when none is (the memory plan chooses). */
+export function repoQuant(quant) {
+  if (quant === undefined || quant === null || quant === "auto") return null;
   const q = String(quant).toLowerCase();
   if (!REPO_QUANTS.includes(q)) throw new BadRequestError(`model.quant ${JSON.stringify(quant)}: one of ${REPO_QUANTS.join(", ")}`);
   return q;

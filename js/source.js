@@ -138,6 +138,45 @@ export async function checkQuota(bytes) {
   }
 }
 
+/** Bytes of the first header request; each next one asks for four times more. */
+const HEAD_BYTES = 64 << 10;
+
+/**
+ * Reads the start of `src` until `push(bytes)` returns true (its header is complete) or the
+ * file ends: from the cache when the file is stored there, else with small Range requests that
+ * are not cached (the memory plan reads the headers before the download starts).
+ */
+export async function readHead(src, { cacheName = DEFAULT_CACHE, signal, push }) {
+  if (src.blob) {
+    for (let start = 0, size = HEAD_BYTES; start < src.blob.size; start += size, size *= 4) {
+      if (push(new Uint8Array(await src.blob.slice(start, start + size).arrayBuffer()))) return;
+    }
+    return;
+  }
+  const cache = cacheName !== null && typeof caches !== "undefined" ? await caches.open(cacheName) : null;
+  const hit = cache && (await cache.match(manifestKey(src.url)));
+  if (hit) {
+    const { size, chunk } = await hit.json();
+    for (let start = 0; start < size; start += chunk) {
+      const { bytes } = await cachedChunk(cache, src.url, [start, Math.min(size, start + chunk)], signal);
+      if (push(bytes)) return;
+    }
+    return;
+  }
+  for (let start = 0, size = HEAD_BYTES; ; start += size, size *= 4) {
+    let r;
+    try {
+      r = await fetch(src.url, { headers: { Range: `bytes=${start}-${start + size - 1}` }, signal });
+    } catch (e) {
+      throw new DownloadError(`${src.url}: ${e.message}`);
+    }
+    if (r.status === 416) return; // past the end: the file is shorter than its header says
+    if (r.status !== 206 && !(r.status === 200 && start === 0)) throw new DownloadError(`${src.url} header: HTTP ${r.status}`);
+    const bytes = new Uint8Array(await r.arrayBuffer());
+    if (push(bytes) || r.status === 200 || bytes.length < size) return;
+  }
+}
+
 /**
  * Reads `sources` (in order) and calls `sink(index, bytes)` with each chunk in file order;
  * a sink that returns `true` has read enough of that source (a split model's header pass).

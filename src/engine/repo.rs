@@ -8,10 +8,11 @@
 //! browser keeps it in Cache Storage, the CLI writes it to disk.
 
 use super::{Engine, EngineError};
+use crate::gguf::{Metadata, TensorInfo};
 use crate::gpu::Gpu;
 use crate::model::{ContextOptions, ModelError};
 use crate::source::hf::{HfError, HfStream, HfTextFiles};
-use crate::source::{LoadError, LoadQuant, Requantize};
+use crate::source::{LoadError, LoadQuant, Requantize, WeightLoader};
 
 /// `model.safetensors.index.json`, the shard index of a sharded model.
 pub const INDEX_JSON: &str = "model.safetensors.index.json";
@@ -55,6 +56,24 @@ impl RepoLoad {
     /// First pass: the next bytes of `shard` from its start; true once its header is in.
     pub fn push_header(&mut self, shard: usize, chunk: &[u8]) -> Result<bool, LoadError> {
         self.stream.push_header(shard, chunk)
+    }
+
+    /// The metadata and GGUF tensor infos the shards' headers give, once every one is in
+    /// (checked against the index): what the memory plan reads.
+    pub fn headers(&mut self) -> Result<Option<(&Metadata, Vec<TensorInfo>)>, LoadError> {
+        if !self.stream.headers_complete()? {
+            return Ok(None);
+        }
+        Ok(self.stream.tensor_infos().map(|t| (self.stream.metadata(), t)))
+    }
+
+    /// The load-time quantization of the float matrices (before [`Self::build`]).
+    pub fn quant(&self) -> LoadQuant {
+        self.quant
+    }
+
+    pub fn set_quant(&mut self, quant: LoadQuant) {
+        self.quant = quant;
     }
 
     /// Builds the engine once every shard's header is in (`Ok(Err(gpu))` hands the device

@@ -70,6 +70,12 @@ impl GgufParts {
         Ok(true)
     }
 
+    /// Every part's tensors, once every header is in (for the memory plan).
+    pub fn tensor_infos(&self) -> Option<Vec<TensorInfo>> {
+        let headers = self.parts.iter().map(GgufStream::header).collect::<Option<Vec<&GgufHeader>>>()?;
+        Some(headers.iter().flat_map(|h| h.tensors.iter().cloned()).collect())
+    }
+
     /// Ends planning on every part (see [`GgufStream::seal`]).
     pub fn seal(&mut self, gpu: &Gpu) -> Result<(), LoadError> {
         self.parts.iter_mut().try_for_each(|p| p.seal(gpu))

@@ -7,6 +7,7 @@
 //! safetensors shards take the place of the GGUF parts ([`RepoLoad`]).
 
 pub mod error;
+mod plan;
 mod request;
 
 use std::cell::{Cell, RefCell};
@@ -18,7 +19,7 @@ use crate::api::ChatRequest;
 use crate::engine::{Engine, Prompt, RepoLoad, Wait, DEFAULT_PROMPT_CACHE_BYTES};
 use crate::error::Classify;
 use crate::gpu::{Gpu, GpuOptions};
-use crate::model::{ContextOptions, Precision};
+use crate::model::{ContextOptions, MemoryBudget, Precision};
 use crate::source::{GgufParts, GgufStream, LoadQuant};
 use error::WebError;
 
@@ -57,6 +58,10 @@ struct Inner {
     text: GgufParts,
     /// A Hugging Face repository, whose shards replace the text GGUF parts.
     repo: Option<RepoLoad>,
+    /// The repository's load-time quantization is the memory plan's choice.
+    repo_quant_auto: bool,
+    /// GPU memory the model may use (`gpuMemory`; 4 GiB by default).
+    budget: MemoryBudget,
     vision: Option<GgufStream>,
     /// The mmproj's published SHA-256, applied when its stream starts.
     vision_sha256: Option<[u8; 32]>,
@@ -102,11 +107,17 @@ impl WebEngine {
             .map_err(|e: String| js(WebError::BadOption(e)))?
             .unwrap_or_default();
         let text = GgufParts::new(o.text_parts.unwrap_or(1)).map_err(js)?;
+        let budget = match o.gpu_memory.as_deref() {
+            Some(b) => b.parse().map_err(|e: String| js(WebError::BadOption(format!("gpuMemory: {e}"))))?,
+            None => MemoryBudget::default_for_target(),
+        };
         let prompt_cache_bytes = o.prompt_cache_bytes.unwrap_or(DEFAULT_PROMPT_CACHE_BYTES);
         let inner = Inner {
             state: State::Device(Box::new(gpu)),
             text,
             repo: None,
+            repo_quant_auto: false,
+            budget,
             vision: None,
             vision_sha256: None,
             context,
@@ -145,10 +156,13 @@ impl WebEngine {
         match file {
             "text" if inner.repo.is_some() => inner.repo.as_mut().map_or(Ok(()), |r| r.expect_sha256(part, digest)).map_err(js),
             "text" => inner.text.part(part).and_then(|p| p.expect_sha256(digest)).map_err(js),
-            "mmproj" if inner.vision.is_none() => {
-                inner.vision_sha256 = Some(digest);
-                Ok(())
-            }
+            "mmproj" => match &mut inner.vision {
+                Some(stream) => stream.expect_sha256(digest).map_err(js),
+                None => {
+                    inner.vision_sha256 = Some(digest);
+                    Ok(())
+                }
+            },
             _ => Err(js(WebError::UnknownFile(file.to_string()))),
         }
     }
@@ -157,18 +171,20 @@ impl WebEngine {
     /// push): `files` maps the names fetched (`config.json`, `tokenizer.json`,
     /// `tokenizer_config.json`, `chat_template.jinja`, `generation_config.json`,
     /// `model.safetensors.index.json`; absent ones left out) to their bytes, `quant` is the
-    /// load-time quantization of its float matrices (`keep`, `q8_0`, `q4_k`, `q4_0`, `q4_1`).
+    /// load-time quantization of its float matrices (`keep`, `q8_0`, `q4_k`, `q4_0`, `q4_1`;
+    /// `undefined`: the memory plan's choice, [`Self::plan_memory`]).
     /// With `write_gguf` the converted model also comes out as one GGUF file while it loads
     /// ([`Self::take_gguf`]): the package keeps it in Cache Storage in place of the shards.
     /// Returns the safetensors shards to stream, in order: their headers first
     /// ([`Self::push_header`]), then their bytes ([`Self::push_model`]) as for GGUF parts.
     #[wasm_bindgen(js_name = openRepository)]
-    pub fn open_repository(&self, files: js_sys::Map, quant: &str, write_gguf: bool) -> Result<Vec<String>, JsError> {
+    pub fn open_repository(&self, files: js_sys::Map, quant: Option<String>, write_gguf: bool) -> Result<Vec<String>, JsError> {
         let mut inner = self.inner.try_borrow_mut().map_err(|_| js(WebError::Busy))?;
         if !matches!(inner.state, State::Device(_)) || inner.repo.is_some() {
             return Err(js(WebError::RepoLate));
         }
-        let quant = quant.parse().map_err(|e: String| js(WebError::BadOption(e)))?;
+        inner.repo_quant_auto = quant.is_none();
+        let quant = quant.as_deref().unwrap_or("q8_0").parse().map_err(|e: String| js(WebError::BadOption(e)))?;
         let read = |name: &str| {
             let v = files.get(&JsValue::from_str(name));
             (!v.is_undefined() && !v.is_null()).then(|| js_sys::Uint8Array::new(&v).to_vec())
@@ -235,6 +251,30 @@ impl WebEngine {
         Ok(())
     }
 
+    /// First pass over the mmproj, for the memory plan: its first bytes until the call
+    /// returns true (its header is complete); [`Self::push_mmproj`] then streams it from byte 0.
+    #[wasm_bindgen(js_name = pushMmprojHeader)]
+    pub fn push_mmproj_header(&self, chunk: &[u8]) -> Result<bool, JsError> {
+        let mut inner = self.inner.try_borrow_mut().map_err(|_| js(WebError::Busy))?;
+        let inner = &mut *inner;
+        if inner.vision.is_none() {
+            inner.vision = Some(vision_stream(inner.vision_sha256)?);
+        }
+        inner.vision.as_mut().map_or(Ok(false), |v| v.push_header(chunk)).map_err(js)
+    }
+
+    /// The GPU memory the model needs, planned from the headers pushed so far (every text
+    /// part's or shard's and the mmproj's, before any weight bytes), as JSON `{plan: {quant,
+    /// totalBytes, largestContext, ...}}` (`plan: null` with a `reason` for models the plan
+    /// does not read); a model that cannot fit the adapter's limits or the `gpuMemory` budget
+    /// fails with `AdapterTooSmallError`. A repository opened without a quantization gets the
+    /// plan's (`plan.quant`).
+    #[wasm_bindgen(js_name = planMemory)]
+    pub fn plan_memory(&self) -> Result<String, JsError> {
+        let mut inner = self.inner.try_borrow_mut().map_err(|_| js(WebError::Busy))?;
+        plan::plan(&mut inner).map(|v| v.to_string()).map_err(js)
+    }
+
     /// Feeds the next bytes of the vision projector (mmproj), after the text model's header.
     #[wasm_bindgen(js_name = pushMmproj)]
     pub fn push_mmproj(&self, chunk: &[u8]) -> Result<(), JsError> {
@@ -245,18 +285,12 @@ impl WebEngine {
         };
         let stream = match inner.vision.take() {
             Some(stream) => stream,
-            None => {
-                let mut stream = GgufStream::new();
-                if let Some(digest) = inner.vision_sha256 {
-                    stream.expect_sha256(digest).map_err(js)?;
-                }
-                stream
-            }
+            None => vision_stream(inner.vision_sha256)?,
         };
         let stream = inner.vision.insert(stream);
-        let planned = stream.header().is_some();
+        let loaded = engine.vision().is_some();
         stream.push(engine.gpu(), chunk).map_err(js)?;
-        if !planned && stream.header().is_some() {
+        if !loaded && stream.header().is_some() {
             engine.load_vision_from(stream, inner.vision_quant).map_err(js)?;
             stream.seal(engine.gpu()).map_err(js)?;
         }
@@ -283,7 +317,7 @@ impl WebEngine {
             "layers": c.n_layer,
             "hidden": c.n_embd,
             "vocab": c.vocab,
-            "vision": e.vision().is_some(),
+            "vision": e.has_vision(),
             "weightBytes": e.decoder().weight_bytes() + e.vision().map_or(0, |v| v.weight_bytes()),
             "maxContext": e.max_context(),
             "maxImageEdge": e.vision().map(|v| v.max_image_edge()),
@@ -347,6 +381,15 @@ impl WebEngine {
             .map_err(js)?;
         engine.logits(&Prompt { tokens, images }).await.map_err(js)
     }
+}
+
+/// The mmproj's stream, checked against its published SHA-256 when one was given.
+fn vision_stream(sha256: Option<[u8; 32]>) -> Result<GgufStream, JsError> {
+    let mut stream = GgufStream::new();
+    if let Some(digest) = sha256 {
+        stream.expect_sha256(digest).map_err(js)?;
+    }
+    Ok(stream)
 }
 
 /// The engine options that apply once the model is built.

@@ -22,6 +22,9 @@ pub struct EngineOptions {
     /// `max_pixels`; default: the encoder's own, the largest within the image edge's square).
     pub image_min_area: Option<u64>,
     pub image_max_area: Option<u64>,
+    /// GPU memory the model may use, checked before the download (`8G`, `512M`, bytes;
+    /// default 4 GiB: WebGPU reports no memory size).
+    pub gpu_memory: Option<String>,
 }
 
 /// The bytes the page resolved for an image URL (blob: and http(s): URLs are fetched by

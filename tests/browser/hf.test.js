@@ -1,7 +1,8 @@
 // A Hugging Face repository in the browser through the npm package (`model: {repo, quant}`):
 // the tiny Llama 3 of tests/fixtures/tiny_llama_hf (three BF16 safetensors shards) served as
 // a repository folder, loaded at Q8_0; its greedy reply equals the native CLI's on the same
-// folder; a reload loads it again with no shard request; an interrupted shard download
+// folder; the converted model is kept in Cache Storage as one GGUF in place of the shards, so
+// a reload loads it with no shard request and no conversion; an interrupted shard download
 // resumes without refetching stored chunks; a malformed config.json is a
 // ModelNotSupportedError; Hugging Face repository URLs resolve to their `resolve/main/` folder.
 //
@@ -72,16 +73,21 @@ test("a repository loads at Q8_0 and answers as the native CLI does", async (t) 
   { cwd: repoRoot, encoding: "utf8" }).replace(/\n$/, "");
   t.diagnostic(`browser: ${JSON.stringify(r.text)} native: ${JSON.stringify(native)}`);
   assert.equal(r.text, native);
+  assert.equal(r.info.converted.state, "stored");
+  const cached = await page.evaluate(async () => (await import("/pkg/source.js")).cacheContents("hf-test"));
+  const urls = cached.entries.filter((e) => e.chunks > 0).map((e) => e.url.replace(/^.*\//, ""));
+  assert.deepEqual(urls, ["webvlm-converted-q8_0.gguf"], "the converted GGUF replaced the shards");
   browser.assertNoErrors();
 });
 
-test("a reload loads the repository from Cache Storage with no shard request", async () => {
+test("a reload loads the converted repository from Cache Storage with no shard request", async () => {
   assert.ok(native !== undefined, "the first test ran");
   await page.reload();
   const since = server.log.length;
   const r = await loadAndAsk({ repo: REPO, chunk: CHUNK, cacheName: "hf-test" });
   assert.deepEqual(shardRequests(since), [], "shard requests after the reload");
   assert.equal(r.info.networkBytes, 0);
+  assert.equal(r.info.converted.state, "reused");
   assert.equal(r.text, native);
 });
 
@@ -111,13 +117,41 @@ test("an interrupted shard download resumes without refetching stored chunks", a
   const since = server.log.length;
   const r = await loadAndAsk({ repo: REPO, chunk: CHUNK, cacheName: "hf-resume-test" });
   assert.equal(r.text, native);
-  // `bytes=0-0` asks for the size of a shard with no completed download (source.js).
-  const starts = shardRequests(since).filter((e) => e.path.endsWith(shard) && e.range !== "bytes=0-0")
+  // `bytes=0-0` asks for the size of a shard with no completed download, `bytes=0-65535` reads
+  // its header for the memory plan (source.js); the rest are chunks.
+  const starts = shardRequests(since).filter((e) => e.path.endsWith(shard) && !["bytes=0-0", "bytes=0-65535"].includes(e.range))
     .map((e) => Number(e.range.replace("bytes=", "").split("-")[0]));
   assert.ok(starts.includes(cut), `the failed chunk is fetched again: ${JSON.stringify(starts)}`);
   assert.ok(!starts.includes(0) && !starts.includes(CHUNK), `chunks stored before the failure are not fetched again: ${JSON.stringify(starts)}`);
-  const other = shardRequests(since).filter((e) => e.path.endsWith("model-00001-of-00003.safetensors"));
-  assert.deepEqual(other, [], "a shard stored whole is not fetched again");
+  const other = shardRequests(since).filter((e) => e.path.endsWith("model-00001-of-00003.safetensors") && e.range !== "bytes=0-65535");
+  assert.deepEqual(other, [], "a shard stored whole is not fetched again (its header only, for the plan)");
+});
+
+test("the memory plan picks the quantization and refuses a model that cannot fit, before the download", async () => {
+  const load = (engine) => inPage(page, async (api, [repo, engine]) => {
+    try {
+      const e = await api.createEngine({ model: { repo }, engine, cacheName: null });
+      const info = e.info;
+      await e.unload();
+      return { info };
+    } catch (e) {
+      return { error: `${e.name}: ${e.message}` };
+    }
+  }, [REPO, engine]);
+  const fits = await load({});
+  assert.equal(fits.info.memoryPlan.quant, "q8_0", JSON.stringify(fits));
+  const q8 = fits.info.memoryPlan.totalBytes;
+  assert.ok(q8 > 0 && fits.info.weightBytes <= q8);
+  // One byte short of the Q8_0 plan: the plan takes 4 bits.
+  const smaller = await load({ gpuMemory: String(q8 - 1) });
+  assert.equal(smaller.info?.memoryPlan.quant, "q4_0", JSON.stringify(smaller));
+  assert.ok(smaller.info.memoryPlan.totalBytes <= q8 - 1);
+  const since = server.log.length;
+  const refused = await load({ gpuMemory: "64K" });
+  assert.match(refused.error ?? "", /^AdapterTooSmallError: .*(context)/, JSON.stringify(refused));
+  const shards = shardRequests(since);
+  assert.equal(shards.length, 3, "one header request per shard");
+  assert.ok(shards.every((e) => e.range === "bytes=0-65535"), `only the headers were read: ${JSON.stringify(shards.map((e) => e.range))}`);
 });
 
 test("a malformed config.json is a ModelNotSupportedError, a bad quant a BadRequestError", async () => {

@@ -20,6 +20,24 @@ const PRESETS = {
   ...qwen35Preset("0.8B"),
   ...qwen35Preset("2B"),
   ...qwen35Preset("4B"),
+  // Large models, for GPUs with the memory: the package plans them from their headers and
+  // refuses before the download when `gpuMemory` is too small.
+  "llama-3.2-11b-vision": {
+    label: "Llama 3.2 11B Vision Instruct (Q4_K, large GPUs)",
+    name: "Llama 3.2 11B Vision Instruct",
+    repo: "https://huggingface.co/unsloth/Llama-3.2-11B-Vision-Instruct",
+    quant: "q4_k",
+    gpuMemory: "12G",
+    note: "unsloth/Llama-3.2-11B-Vision-Instruct on Hugging Face (an ungated copy of Meta's weights) · BF16 safetensors (~21 GB) quantized to Q4_K while they download; the converted model (~7 GB) is kept on this device · for GPUs with 12 GB or more",
+  },
+  "mistral-small-3.1-24b": {
+    label: "Mistral Small 3.1 24B Instruct (Q4_K_M + vision, large GPUs)",
+    name: "Mistral Small 3.1 24B Instruct",
+    text: "https://huggingface.co/unsloth/Mistral-Small-3.1-24B-Instruct-2503-GGUF/resolve/main/Mistral-Small-3.1-24B-Instruct-2503-Q4_K_M.gguf",
+    mmproj: "https://huggingface.co/unsloth/Mistral-Small-3.1-24B-Instruct-2503-GGUF/resolve/main/mmproj-F16.gguf",
+    gpuMemory: "20G",
+    note: "unsloth/Mistral-Small-3.1-24B-Instruct-2503-GGUF on Hugging Face · Q4_K_M text model + F16 vision projector · about 15 GB, downloaded once and kept on this device · for GPUs with 20 GB or more",
+  },
 };
 
 /** A Qwen3.5 preset: unsloth's GGUF conversion of Qwen/Qwen3.5-SIZE (Q4_K_M + F16 mmproj). */
@@ -99,7 +117,8 @@ function selectedSource() {
     return { kind: "local", name, text: text.length === 1 ? text[0] : text, mmproj };
   }
   const p = PRESETS[v];
-  return { kind: "url", name: p.name, text: new URL(p.text, location.href).href, mmproj: p.mmproj ? new URL(p.mmproj, location.href).href : null };
+  if (p.repo) return { kind: "repo", name: p.name, repo: p.repo, quant: p.quant, gpuMemory: p.gpuMemory };
+  return { kind: "url", name: p.name, text: new URL(p.text, location.href).href, mmproj: p.mmproj ? new URL(p.mmproj, location.href).href : null, gpuMemory: p.gpuMemory };
 }
 
 /** Sorts dropped or picked .gguf files into the vision projector (named *mmproj*) and the
@@ -148,13 +167,17 @@ export async function load() {
   $("progress-text").textContent = "Starting WebGPU…";
 
   try {
-    const model = { text: source.text };
+    const model = source.repo ? { repo: source.repo, quant: source.quant } : { text: source.text };
     if (source.mmproj) model.mmproj = source.mmproj;
     const e = await mod.createEngine({
       model,
       onProgress,
       // f16 checked: the engine's choice for the adapter; unchecked: f32 matmuls.
-      engine: { maxContext: state.settings.context, ...(state.settings.f16 ? {} : { f16: false }) },
+      engine: {
+        maxContext: state.settings.context,
+        ...(state.settings.f16 ? {} : { f16: false }),
+        ...(source.gpuMemory ? { gpuMemory: source.gpuMemory } : {}),
+      },
     });
     setEngine(e);
     state.info = e.info;

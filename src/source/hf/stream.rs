@@ -174,6 +174,11 @@ impl HfStream {
         Ok(true)
     }
 
+    /// The GGUF view's tensors, once every header is in (for the memory plan).
+    pub fn tensor_infos(&self) -> Option<Vec<TensorInfo>> {
+        Some(self.tensors.as_ref()?.iter().map(|t| t.info.clone()).collect())
+    }
+
     /// Ends planning: no more tensors may be asked for.
     pub fn seal(&mut self) -> Result<(), LoadError> {
         if self.tensors.is_none() {
