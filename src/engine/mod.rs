@@ -198,7 +198,8 @@ impl Engine {
     /// `quant`; f16 matmuls when the context asked for reduced precision and the adapter
     /// has `shader-f16`.
     pub fn load_vision_from(&mut self, src: &mut dyn WeightLoader, quant: LoadQuant) -> Result<(), EngineError> {
-        VisionEncoder::prompt_layout_of(src.metadata(), &|name| self.vocab_id(name))?.ok_or(EngineError::NoImageTokens)?;
+        let layout =
+            VisionEncoder::prompt_layout_of(src.metadata(), &|name| self.vocab_id(name))?.ok_or(EngineError::NoImageTokens)?;
         let mut vision = VisionEncoder::load_from(&self.gpu, src, quant)?;
         if self.ctx.precision().compute_f16 {
             vision.set_compute(MatmulCompute::F16);
@@ -206,6 +207,8 @@ impl Engine {
         // The default edge never exceeds what this encoder was configured for.
         self.image_options.max_edge = self.image_options.max_edge.min(vision.max_image_edge());
         self.vision = Some(vision);
+        let placeholder = layout.template_tokens().into_iter().filter_map(|id| self.tokenizer.token_text(id)).collect();
+        self.template.set_image_placeholder(placeholder);
         self.image_cache.clear();
         Ok(())
     }
