@@ -2,6 +2,7 @@
 //! image-embedding cache, one context whose KV cache doubles as the prompt cache, and the
 //! generation loop (`generate.rs`).
 
+mod defaults;
 mod generate;
 mod images;
 mod mllama;
@@ -11,6 +12,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 pub use crate::model::ImageDigest;
+pub use defaults::{SamplingDefaultError, SamplingPreset};
 pub use generate::{FinishReason, GenerateOptions, Generation, ResponseFormat, StepOutput, Wait};
 pub use images::{data_url_bytes, expand, expanded_len, ImageCache};
 pub use mllama::CrossVision;
@@ -76,6 +78,9 @@ pub enum EngineError {
     /// encoded) leaves no room in the context.
     #[error("the prompt is {tokens} tokens with its images; this engine's context holds {max_ctx} (prompt and reply)")]
     PromptTooLong { tokens: usize, max_ctx: usize },
+    /// The model's published sampling defaults hold a value no request could ask for.
+    #[error(transparent)]
+    SamplingDefault(#[from] SamplingDefaultError),
 }
 
 /// A vision projector file to load with the text model.
@@ -112,6 +117,8 @@ pub struct Engine {
     prompt_cache: PromptCache,
     /// JSON-constraint token tables, built on first use, and the last schemas compiled.
     constraints: Option<SchemaCache>,
+    /// The sampling settings the model is published with, for requests that leave them unset.
+    sampling_defaults: SamplingPreset,
 }
 
 impl Engine {
@@ -152,11 +159,13 @@ impl Engine {
         text: &HfTextFiles,
         opts: ContextOptions,
     ) -> Result<Engine, EngineError> {
+        let sampling_defaults = SamplingPreset::from_generation_config(&text.generation)?;
         let mut tokenizer = Tokenizer::from_hf(&text.tokenizer_json, text.tokenizer_config.as_deref())?;
         tokenizer.add_eos_ids(&text.generation.eos_token_ids)?;
         let config = text.tokenizer_config.as_deref().map(HfTokenizerConfig::parse).transpose()?.unwrap_or_default();
         let template = ChatTemplate::from_hf(&config, text.chat_template.as_deref(), &tokenizer)?;
         let mut engine = Self::load_with_text(gpu, src, tokenizer, template, opts)?;
+        engine.sampling_defaults = sampling_defaults;
         // Mllama folders hold the vision encoder beside the text model.
         engine.cross_vision = CrossVision::load(&engine.gpu, src, LoadQuant::Keep)?;
         if let Some(v) = engine.cross_vision.as_mut() {
@@ -176,6 +185,7 @@ impl Engine {
         opts: ContextOptions,
     ) -> Result<Engine, EngineError> {
         let tokenizer = Arc::new(tokenizer);
+        let sampling_defaults = SamplingPreset::from_gguf(src.metadata())?;
         let decoder = Decoder::load_from(&gpu, src)?;
         let ctx = Context::new(&gpu, &decoder, opts)?;
         let (image_options, image_cache) = (PreprocessOptions::default(), ImageCache::new(IMAGE_CACHE_BYTES));
@@ -191,6 +201,7 @@ impl Engine {
             image_cache,
             prompt_cache: PromptCache::new(DEFAULT_PROMPT_CACHE_BYTES),
             constraints: None,
+            sampling_defaults,
         })
     }
 
@@ -472,6 +483,12 @@ impl Engine {
             return Ok(Prompt { tokens: tokens.to_vec(), images });
         }
         Ok(Prompt { tokens: expand(&self.prompt_layout()?, tokens, &images)?, images })
+    }
+
+    /// The sampling settings the model is published with (its `generation_config.json`, or a
+    /// GGUF file's `general.sampling.*` keys): what a request leaves unset takes them.
+    pub fn sampling_defaults(&self) -> &SamplingPreset {
+        &self.sampling_defaults
     }
 
     /// What the prompt cache holds.
