@@ -35,12 +35,14 @@ pub use pyfmt::strftime;
 
 /// The template used when a GGUF file has no `tokenizer.chat_template`: ChatML
 /// (`<|im_start|>role\ncontent<|im_end|>\n`), the format of transformers' old default
-/// template. Text parts are concatenated; image parts are dropped, since a model without a
-/// template has no image placeholder to put there.
+/// template. Text parts are concatenated; an image part is the vision encoder's placeholder
+/// ([`ChatTemplate::set_image_placeholder`], as llama.cpp's server puts its media marker in
+/// the text whatever the template), or nothing without a vision encoder.
 pub const CHATML_TEMPLATE: &str = "{%- for message in messages %}\
 {{- '<|im_start|>' + message['role'] + '\\n' }}\
 {%- if message['content'] is string %}{{- message['content'] }}\
-{%- else %}{%- for part in message['content'] %}{%- if part['type'] == 'text' %}{{- part['text'] }}{%- endif %}{%- endfor %}\
+{%- else %}{%- for part in message['content'] %}{%- if part['type'] == 'text' %}{{- part['text'] }}\
+{%- elif part['type'] == 'image' and image_placeholder is defined %}{{- image_placeholder }}{%- endif %}{%- endfor %}\
 {%- endif %}\
 {{- '<|im_end|>\\n' }}\
 {%- endfor %}\
@@ -223,6 +225,8 @@ pub struct ChatTemplate {
     eos_token: String,
     clock: Arc<AtomicI64>,
     uses_think: bool,
+    /// What the vision encoder's prompts hold per image, as text (`image_placeholder`).
+    image_placeholder: Option<String>,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -254,7 +258,8 @@ impl ChatTemplate {
         });
         env.add_template_owned(TEMPLATE_NAME, rewrite_generation_tags(template_source)).map_err(ChatError::Syntax)?;
         let uses_think = reasoning::template_uses_think(template_source);
-        Ok(Self { env, bos_token: bos_token.into(), eos_token: eos_token.into(), clock, uses_think })
+        let (bos_token, eos_token) = (bos_token.into(), eos_token.into());
+        Ok(Self { env, bos_token, eos_token, clock, uses_think, image_placeholder: None })
     }
 
     /// The model's template (or [`CHATML_TEMPLATE`] when it has none), with BOS/EOS
@@ -269,6 +274,13 @@ impl ChatTemplate {
     /// of the system clock; `None` goes back to the clock. For reproducible prompts.
     pub fn set_fixed_time(&mut self, unix_seconds: Option<i64>) {
         self.clock.store(unix_seconds.unwrap_or(SYSTEM_CLOCK), Ordering::Relaxed);
+    }
+
+    /// Sets the template variable `image_placeholder`: the text of the tokens a prompt holds
+    /// per image for the vision encoder loaded (the engine sets it). Models' own templates
+    /// write their placeholders themselves; [`CHATML_TEMPLATE`] writes this one.
+    pub fn set_image_placeholder(&mut self, text: String) {
+        self.image_placeholder = Some(text);
     }
 
     /// Whether the template writes `<think>` blocks: replies are then split into
@@ -300,10 +312,14 @@ impl ChatTemplate {
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,
         };
+        let placeholder = match &self.image_placeholder {
+            Some(text) => context! { image_placeholder => text },
+            None => context! {},
+        };
         let defaults = context! { tools => Value::from(()), documents => Value::from(()) };
         let extra = kwargs
             .map_or(Value::from(()), |map| Value::from_iter(map.iter().map(|(k, v)| (Value::from(k.as_str()), json_value(v)))));
-        let ctx = context! { ..base, ..extra, ..defaults };
+        let ctx = context! { ..base, ..placeholder, ..extra, ..defaults };
         template.render(ctx).map_err(|err| match raised_message(&err) {
             Some(message) => ChatError::Raised(message),
             None => ChatError::Render(err),

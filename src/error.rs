@@ -208,7 +208,7 @@ impl Classify for EngineError {
             EngineError::Constraint(e) => e.class(),
             EngineError::Sample(e) => e.class(),
             EngineError::Image(e) => e.class(),
-            EngineError::NoImageTokens => ModelNotSupported,
+            EngineError::NoImageTokens | EngineError::SamplingDefault(_) => ModelNotSupported,
             EngineError::NoVision
             | EngineError::ImageCount { .. }
             | EngineError::BadImageUrl(_)

@@ -122,9 +122,11 @@ fn messages_round_trip_through_openai_json() {
     assert_eq!(plain, ContentPart::Image { url: Some("u".into()) });
 }
 
+/// The ChatML fallback drops image parts without a vision encoder and writes the encoder's
+/// placeholder (set by the engine) with one.
 #[test]
 fn chatml_fallback_template() {
-    let t = ChatTemplate::new(CHATML_TEMPLATE, "", "").expect("compiles");
+    let mut t = ChatTemplate::new(CHATML_TEMPLATE, "", "").expect("compiles");
     let messages = [
         ChatMessage::text("system", "S"),
         ChatMessage {
@@ -141,6 +143,8 @@ fn chatml_fallback_template() {
         "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nab<|im_end|>\n<|im_start|>assistant\n"
     );
     assert_eq!(t.render(&messages[..1], false).expect("render"), "<|im_start|>system\nS<|im_end|>\n");
+    t.set_image_placeholder("[IMG]".into());
+    assert_eq!(t.render(&messages[1..], false).expect("render"), "<|im_start|>user\na[IMG]b<|im_end|>\n");
 }
 
 #[test]

@@ -189,6 +189,7 @@ fn generation_defaults_are_read() {
         temperature: Some(0.6),
         top_p: Some(0.9),
         top_k: Some(40),
+        min_p: None,
         repetition_penalty: Some(1.1),
         max_new_tokens: Some(48),
         eos_token_ids: vec![380, 383],

@@ -87,7 +87,7 @@ pub async fn run(
     let mut splitter = reasoning_opened.map(ReasoningSplitter::new);
     check_length(engine, prompt.tokens.len(), "")?;
     let meta = ResponseMeta::new(req.model.as_deref().or(engine.decoder().cfg.name.as_deref()).unwrap_or("webvlm"));
-    let mut opts = req.options.clone();
+    let mut opts = req.options_for(engine.sampling_defaults());
     opts.abort = abort;
     let logprobs = opts.logprobs.is_some();
     if req.stream {

@@ -1,13 +1,14 @@
 //! A chat-completions request in OpenAI's shape, checked field by field before any work
 //! starts: unknown fields, wrong types and out-of-range values are [`ApiError`]s naming the
-//! field. `null` means "the default", as in OpenAI's API.
+//! field. `null` means "the default", as in OpenAI's API: the model's published default
+//! where it has one ([`ChatRequest::options_for`]), else OpenAI's.
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::chat::{ChatContent, ChatMessage};
-use crate::engine::{GenerateOptions, ResponseFormat};
+use crate::engine::{GenerateOptions, ResponseFormat, SamplingPreset};
 use crate::sampling::{SamplingParams, StopStrings, MAX_TOP_LOGPROBS};
 
 use super::ApiError;
@@ -58,8 +59,12 @@ pub struct ChatRequest {
     pub messages: Vec<ChatMessage>,
     /// Prompt ids instead of messages (tests, the logits command's ids).
     pub tokens: Option<Vec<u32>>,
-    /// Everything the generation loop needs (its `abort` is the caller's to set).
+    /// Everything the generation loop needs (its `abort` is the caller's to set), with
+    /// OpenAI's defaults where the request is silent; [`ChatRequest::options_for`] puts the
+    /// model's defaults there instead.
     pub options: GenerateOptions,
+    /// The sampling settings the request gave explicitly (the others are the model's to set).
+    pub requested: SamplingPreset,
     pub stream: bool,
     /// `stream_options.include_usage`: a last chunk with the usage.
     pub include_usage: bool,
@@ -117,19 +122,21 @@ impl ChatRequest {
                 format!("token {id} is not below the vocabulary size {vocab}"),
             ));
         }
+        let requested = SamplingPreset {
+            temperature: f.get("temperature")?,
+            top_k: f.get("top_k")?,
+            top_p: f.get("top_p")?,
+            min_p: f.get("min_p")?,
+            repetition_penalty: f.get("repetition_penalty")?,
+            max_tokens: max_tokens(f.get("max_completion_tokens")?, f.get("max_tokens")?)?,
+        };
         let sampling = SamplingParams {
-            temperature: f.get("temperature")?.unwrap_or(1.0),
-            top_k: f.get("top_k")?.unwrap_or(0),
-            top_p: f.get("top_p")?.unwrap_or(1.0),
-            min_p: f.get("min_p")?.unwrap_or(0.0),
             frequency_penalty: f.get("frequency_penalty")?.unwrap_or(0.0),
             presence_penalty: f.get("presence_penalty")?.unwrap_or(0.0),
-            repetition_penalty: f.get("repetition_penalty")?.unwrap_or(1.0),
             logit_bias: logit_bias(f.get("logit_bias")?)?,
             seed: f.get::<i64>("seed")?.map_or(0, |s| s as u64),
+            ..SamplingParams::default()
         };
-        sampling.validate(vocab).map_err(|e| ApiError::invalid(e.param, "invalid_value", e.to_string()))?;
-        let max_tokens = max_tokens(f.get("max_completion_tokens")?, f.get("max_tokens")?)?;
         if let Some(n) = f.get::<u32>("n")? {
             if n != 1 {
                 return Err(ApiError::invalid(
@@ -168,8 +175,9 @@ impl ChatRequest {
         }
         let response_format = response_format(f.get("response_format")?)?;
         let chat_template_kwargs = chat_template_kwargs(f.0.remove("chat_template_kwargs"))?;
-        let options = GenerateOptions {
-            max_tokens,
+        let mut options = GenerateOptions {
+            // Until the context is full.
+            max_tokens: u32::MAX,
             sampling,
             stop,
             logprobs: logprobs.then_some(top.unwrap_or(0)),
@@ -177,16 +185,28 @@ impl ChatRequest {
             ignore_eos: false,
             abort: None,
         };
+        requested.apply(&mut options);
+        options.sampling.validate(vocab).map_err(|e| ApiError::invalid(e.param, "invalid_value", e.to_string()))?;
         Ok(ChatRequest {
             model: f.get("model")?,
             messages,
             tokens,
             options,
+            requested,
             stream,
             include_usage: stream_options.and_then(|o| o.include_usage).unwrap_or(false),
             image_max_edge,
             chat_template_kwargs,
         })
+    }
+
+    /// The generation options of this request on a model published with `defaults`
+    /// ([`crate::engine::Engine::sampling_defaults`]): each sampling setting is the
+    /// request's, else the model's, else OpenAI's.
+    pub fn options_for(&self, defaults: &SamplingPreset) -> GenerateOptions {
+        let mut opts = self.options.clone();
+        self.requested.or(defaults).apply(&mut opts);
+        opts
     }
 }
 
@@ -252,18 +272,19 @@ fn check_messages(messages: &[ChatMessage], have_tokens: bool) -> Result<(), Api
     Ok(())
 }
 
-/// `max_completion_tokens` (or the older `max_tokens`): at least 1; absent means "until
-/// the context is full".
-fn max_tokens(completion: Option<i64>, legacy: Option<i64>) -> Result<u32, ApiError> {
+/// `max_completion_tokens` (or the older `max_tokens`): at least 1; absent means the model's
+/// default, else "until the context is full".
+fn max_tokens(completion: Option<i64>, legacy: Option<i64>) -> Result<Option<u32>, ApiError> {
     let (name, n) = match (completion, legacy) {
         (Some(n), _) => ("max_completion_tokens", n),
         (None, Some(n)) => ("max_tokens", n),
-        (None, None) => return Ok(u32::MAX),
+        (None, None) => return Ok(None),
     };
-    u32::try_from(n)
+    let n = u32::try_from(n)
         .ok()
         .filter(|&n| n >= 1)
-        .ok_or_else(|| ApiError::invalid(name, "invalid_value", format!("{name} must be at least 1, got {n}")))
+        .ok_or_else(|| ApiError::invalid(name, "invalid_value", format!("{name} must be at least 1, got {n}")))?;
+    Ok(Some(n))
 }
 
 /// OpenAI's `{"<token id>": bias}` map.

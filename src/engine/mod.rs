@@ -2,6 +2,7 @@
 //! image-embedding cache, one context whose KV cache doubles as the prompt cache, and the
 //! generation loop (`generate.rs`).
 
+mod defaults;
 mod generate;
 mod images;
 mod mllama;
@@ -12,6 +13,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 pub use crate::model::ImageDigest;
+pub use defaults::{SamplingDefaultError, SamplingPreset};
 pub use generate::{FinishReason, GenerateOptions, Generation, ResponseFormat, StepOutput, Wait};
 pub use images::{data_url_bytes, expand, expanded_len, ImageCache};
 pub use mllama::CrossVision;
@@ -78,6 +80,9 @@ pub enum EngineError {
     /// encoded) leaves no room in the context.
     #[error("the prompt is {tokens} tokens with its images; this engine's context holds {max_ctx} (prompt and reply)")]
     PromptTooLong { tokens: usize, max_ctx: usize },
+    /// The model's published sampling defaults hold a value no request could ask for.
+    #[error(transparent)]
+    SamplingDefault(#[from] SamplingDefaultError),
 }
 
 /// A vision projector file to load with the text model.
@@ -114,6 +119,8 @@ pub struct Engine {
     prompt_cache: PromptCache,
     /// JSON-constraint token tables, built on first use, and the last schemas compiled.
     constraints: Option<SchemaCache>,
+    /// The sampling settings the model is published with, for requests that leave them unset.
+    sampling_defaults: SamplingPreset,
 }
 
 impl Engine {
@@ -159,11 +166,13 @@ impl Engine {
         text: &HfTextFiles,
         opts: ContextOptions,
     ) -> Result<Engine, EngineError> {
+        let sampling_defaults = SamplingPreset::from_generation_config(&text.generation)?;
         let mut tokenizer = Tokenizer::from_hf(&text.tokenizer_json, text.tokenizer_config.as_deref())?;
         tokenizer.add_eos_ids(&text.generation.eos_token_ids)?;
         let config = text.tokenizer_config.as_deref().map(HfTokenizerConfig::parse).transpose()?.unwrap_or_default();
         let template = ChatTemplate::from_hf(&config, text.chat_template.as_deref(), &tokenizer)?;
         let mut engine = Self::load_with_text(gpu, src, tokenizer, template, opts)?;
+        engine.sampling_defaults = sampling_defaults;
         // Mllama folders hold the vision encoder beside the text model.
         engine.cross_vision = CrossVision::load(&engine.gpu, src, LoadQuant::Keep)?;
         if let Some(v) = engine.cross_vision.as_mut() {
@@ -183,6 +192,7 @@ impl Engine {
         opts: ContextOptions,
     ) -> Result<Engine, EngineError> {
         let tokenizer = Arc::new(tokenizer);
+        let sampling_defaults = SamplingPreset::from_gguf(src.metadata())?;
         let decoder = Decoder::load_from(&gpu, src)?;
         let ctx = Context::new(&gpu, &decoder, opts)?;
         let (image_options, image_cache) = (PreprocessOptions::default(), ImageCache::new(IMAGE_CACHE_BYTES));
@@ -198,6 +208,7 @@ impl Engine {
             image_cache,
             prompt_cache: PromptCache::new(DEFAULT_PROMPT_CACHE_BYTES),
             constraints: None,
+            sampling_defaults,
         })
     }
 
@@ -205,7 +216,8 @@ impl Engine {
     /// `quant`; f16 matmuls when the context asked for reduced precision and the adapter
     /// has `shader-f16`.
     pub fn load_vision_from(&mut self, src: &mut dyn WeightLoader, quant: LoadQuant) -> Result<(), EngineError> {
-        VisionEncoder::prompt_layout_of(src.metadata(), &|name| self.vocab_id(name))?.ok_or(EngineError::NoImageTokens)?;
+        let layout =
+            VisionEncoder::prompt_layout_of(src.metadata(), &|name| self.vocab_id(name))?.ok_or(EngineError::NoImageTokens)?;
         let mut vision = VisionEncoder::load_from(&self.gpu, src, quant)?;
         if self.ctx.precision().compute_f16 {
             vision.set_compute(MatmulCompute::F16);
@@ -213,6 +225,8 @@ impl Engine {
         // The default edge never exceeds what this encoder was configured for.
         self.image_options.max_edge = self.image_options.max_edge.min(vision.max_image_edge());
         self.vision = Some(vision);
+        let placeholder = layout.template_tokens().into_iter().filter_map(|id| self.tokenizer.token_text(id)).collect();
+        self.template.set_image_placeholder(placeholder);
         self.image_cache.clear();
         Ok(())
     }
@@ -476,6 +490,12 @@ impl Engine {
             return Ok(Prompt { tokens: tokens.to_vec(), images });
         }
         Ok(Prompt { tokens: expand(&self.prompt_layout()?, tokens, &images)?, images })
+    }
+
+    /// The sampling settings the model is published with (its `generation_config.json`, or a
+    /// GGUF file's `general.sampling.*` keys): what a request leaves unset takes them.
+    pub fn sampling_defaults(&self) -> &SamplingPreset {
+        &self.sampling_defaults
     }
 
     /// What the prompt cache holds.

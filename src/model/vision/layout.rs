@@ -49,6 +49,15 @@ impl PromptLayout {
         }
     }
 
+    /// What a chat template writes for each image (Pixtral's `[IMG]`; Qwen's
+    /// `<|vision_start|><|image_pad|><|vision_end|>`), holding [`Self::placeholder`].
+    pub fn template_tokens(&self) -> Vec<u32> {
+        match *self {
+            PromptLayout::Pixtral { img, .. } => vec![img],
+            PromptLayout::QwenVl { vision_start, image_pad, vision_end } => vec![vision_start, image_pad, vision_end],
+        }
+    }
+
     /// The tokens of an image of `rows x cols` feature rows.
     pub fn image(&self, rows: u32, cols: u32) -> Vec<u32> {
         match *self {

@@ -1,4 +1,5 @@
-//! `generation_config.json`: the sampling defaults a model is published with.
+//! `generation_config.json`: the sampling defaults a model is published with (applied to
+//! requests that leave them unset: `engine::SamplingPreset::from_generation_config`).
 //!
 //! Reference: transformers' `generation/configuration_utils.py` (`GenerationConfig`): keys
 //! absent from the file keep transformers' defaults, which here are `None` (the caller's own
@@ -17,6 +18,7 @@ pub struct GenerationDefaults {
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
     pub top_k: Option<u32>,
+    pub min_p: Option<f32>,
     pub repetition_penalty: Option<f32>,
     pub max_new_tokens: Option<u32>,
     /// `eos_token_id` (an id or a list): ids that end generation.
@@ -46,6 +48,7 @@ impl GenerationDefaults {
             temperature: float("temperature")?,
             top_p: float("top_p")?,
             top_k: get("top_k").map(|v| uint(v, "top_k")).transpose()?,
+            min_p: float("min_p")?,
             repetition_penalty: float("repetition_penalty")?,
             max_new_tokens: get("max_new_tokens").map(|v| uint(v, "max_new_tokens")).transpose()?,
             eos_token_ids,
