@@ -52,7 +52,9 @@ function loadAndAsk(options) {
     s.engine?.unload();
     s.engine = await api.createEngine({ model: { repo: o.repo, quant: "q8_0" }, chunkBytes: o.chunk, cacheName: o.cacheName });
     const reply = await s.engine.chat.completions.create({
-      messages: [{ role: "user", content: prompt }], max_tokens: maxTokens, temperature: 0,
+      // `webvlm generate` applies none of the folder's generation defaults (its
+      // repetition_penalty 1.1 would apply here): the request sets what the CLI runs.
+      messages: [{ role: "user", content: prompt }], max_tokens: maxTokens, temperature: 0, repetition_penalty: 1,
     });
     return { info: s.engine.info, text: reply.choices[0].message.content };
   }, [options, PROMPT, MAX_TOKENS]);
