@@ -159,3 +159,31 @@ fn cli_generate_and_info() {
     let info = run(&["info", "--model", d]);
     assert!(info.contains("cross-attn:    layers [1, 3]"), "{info}");
 }
+
+/// A folder without a chat template: the fallback template writes `<|image|>` for each image
+/// part, so an image message still becomes a prompt with one image.
+#[test]
+fn the_fallback_template_places_the_image_token() {
+    let dir = temp_path("mllama_no_template");
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(fixture("tiny_mllama_a")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+    }
+    let config = dir.join("tokenizer_config.json");
+    let mut json: Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    assert!(json.as_object_mut().unwrap().remove("chat_template").is_some());
+    std::fs::write(&config, json.to_string()).unwrap();
+    let hf = HfModel::open(&dir).unwrap();
+    let opts = ContextOptions { max_ctx: 64, max_chunk: 64, precision: Precision::F32 };
+    let mut e = Engine::load_hf(gpu(), &mut Eager(&hf), hf.text_files(), opts).unwrap();
+    let png = dir.join("img_24x20.png");
+    let messages: Vec<ChatMessage> = serde_json::from_value(serde_json::json!([{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": png.to_str().unwrap()}}, {"type": "text", "text": "Why?"}]}]))
+    .unwrap();
+    let prompt =
+        e.chat_prompt(&messages, &mut |url| std::fs::read(url).map_err(|err| EngineError::BadImageUrl(err.to_string()))).unwrap();
+    let image_token = e.cross_vision().unwrap().image_token;
+    assert_eq!(prompt.images.len(), 1);
+    assert_eq!(prompt.tokens.iter().filter(|&&t| t == image_token).count(), 1, "{:?}", prompt.tokens);
+}

@@ -179,6 +179,10 @@ impl Engine {
             if engine.ctx.precision().compute_f16 {
                 v.encoder.compute = MatmulCompute::F16;
             }
+            // A folder without a chat template: the fallback writes `<|image|>` per image.
+            if let Some(text) = engine.tokenizer.token_text(v.image_token) {
+                engine.template.set_image_placeholder(text);
+            }
         }
         Ok(engine)
     }
