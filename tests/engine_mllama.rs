@@ -148,7 +148,21 @@ fn cli_generate_and_info() {
     };
     let d = dir.to_str().unwrap();
     let p = png.to_str().unwrap();
-    let cli = run(&["generate", "--model", d, "--image", p, "--prompt", text, "--max-tokens", "4", "--temperature", "0"]);
+    let cli = run(&[
+        "generate",
+        "--model",
+        d,
+        "--quant",
+        "keep",
+        "--image",
+        p,
+        "--prompt",
+        text,
+        "--max-tokens",
+        "4",
+        "--temperature",
+        "0",
+    ]);
     let mut e = engine(folder, Precision::default());
     let case = &cases(folder)["cases"][0];
     let prompt = text_prompt(&mut e, folder, case);

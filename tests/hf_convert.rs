@@ -158,3 +158,30 @@ fn the_cli_writes_the_same_file_and_answers_from_it() {
         .unwrap();
     assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("folder"));
 }
+
+/// `--quant auto` (the default): a folder's float matrices take Q8_0 when the budget allows
+/// (no budget given natively), a GGUF keeps its types, and a budget too small even at 4 bits
+/// refuses the model before loading.
+#[test]
+fn the_cli_chooses_the_quantization_of_a_folder() {
+    let dir = fixture("tiny_llama_hf");
+    let dir = dir.to_str().unwrap();
+    let gguf = fixture("tiny_llama_hf/model.gguf");
+    let logits = |model: &[&str]| {
+        let out = temp_path(&format!("auto_quant_{}.npy", model.join("_").replace('/', "_")));
+        let args = [&["logits"][..], model, &["--tokens", "1,2,3,4,5", "--out", out.to_str().unwrap()]].concat();
+        run_cli(&args);
+        std::fs::read(out).unwrap()
+    };
+    let auto = logits(&["--model", dir]);
+    assert!(auto == logits(&["--model", dir, "--quant", "q8_0"]), "a folder takes Q8_0");
+    assert!(auto != logits(&["--model", dir, "--quant", "keep"]), "BF16 and Q8_0 logits differ");
+    let gguf = gguf.to_str().unwrap();
+    assert!(logits(&["--model", gguf]) == logits(&["--model", gguf, "--quant", "keep"]), "a GGUF keeps its types");
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_webvlm"))
+        .args(["generate", "--model", dir, "--prompt", "hi", "--gpu-memory", "64K"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("MiB"), "{}", String::from_utf8_lossy(&refused.stderr));
+}

@@ -28,9 +28,10 @@ pub struct EngineArgs {
     #[command(flatten)]
     pub model: ModelArg,
     /// Requantize the model's float (F32/F16/BF16) matrices at load time, e.g. a Hugging Face
-    /// folder's BF16 weights (less GPU memory; keep: the file's types)
-    #[arg(long, value_name = "Q", default_value = "keep", value_parser = load_quant())]
-    pub quant: LoadQuant,
+    /// folder's BF16 weights (less GPU memory; keep: the file's types; auto: a GGUF keeps its
+    /// types, a folder takes Q8_0, or 4-bit where --gpu-memory is too small for Q8_0)
+    #[arg(long, value_name = "Q", default_value = "auto", value_parser = text_quant())]
+    pub quant: AutoQuant,
     /// The vision projector (llama.cpp's mmproj GGUF), needed for images
     #[arg(long, value_name = "P.gguf")]
     pub mmproj: Option<PathBuf>,
@@ -237,6 +238,21 @@ impl Shape {
     pub fn is_big(self) -> bool {
         !matches!(self, Shape::Tiny | Shape::Qwen35Tiny)
     }
+}
+
+/// `--quant`: `None` for `auto` (the memory plan chooses). An alias, so that clap takes the
+/// value as given rather than as an optional flag.
+pub type AutoQuant = Option<LoadQuant>;
+
+/// `--quant`'s values: `auto` or a [`load_quant`] value.
+pub fn text_quant() -> impl TypedValueParser<Value = AutoQuant> {
+    PossibleValuesParser::new(["auto", "keep", "none", "q8_0", "q4_0", "q4_1", "q4_k"]).try_map(|s| {
+        if s == "auto" {
+            Ok(None)
+        } else {
+            s.parse::<LoadQuant>().map(Some)
+        }
+    })
 }
 
 /// `--vision-quant`'s values, parsed by `LoadQuant`'s `FromStr`.

@@ -10,7 +10,8 @@ use webvlm::error::{Classify, ErrorClass};
 use webvlm::gguf::{MappedGguf, TensorInfo};
 use webvlm::gpu::{Gpu, GpuOptions};
 use webvlm::image::DEFAULT_MAX_EDGE;
-use webvlm::model::{ContextOptions, MemoryPlan, ModelHeaders, PlanLimits, PlanOptions, Precision};
+use webvlm::model::{ContextOptions, MemoryBudget, MemoryPlan, ModelHeaders, PlanLimits, PlanOptions, Precision};
+use webvlm::source::LoadQuant;
 use webvlm::source::TensorSource;
 
 mod api;
@@ -96,22 +97,28 @@ pub fn open_engine(args: &args::EngineArgs) -> Result<Engine, Box<dyn std::error
     };
     let opts = ContextOptions { max_ctx: args.ctx, max_chunk: args.chunk.unwrap_or(defaults.max_chunk), precision };
     // Refuse a model that cannot fit before any weight is uploaded.
-    let plan_opts = PlanOptions {
+    let limits = PlanLimits::from_caps(&gpu.caps);
+    let mut plan_opts = PlanOptions {
         ctx: opts.max_ctx,
         chunk: opts.max_chunk,
         kv: precision.kv_dtype(),
-        text_quant: args.quant,
+        text_quant: LoadQuant::Keep,
         vision_quant: args.vision_quant,
         image_edge: args.image_max_edge.unwrap_or(DEFAULT_MAX_EDGE),
     };
+    let quant = match args.quant {
+        Some(q) => q,
+        None => auto_quant(&model, mmproj.as_ref(), limits, plan_opts, args.budget.budget())?,
+    };
+    plan_opts.text_quant = quant;
     // Headers the plan cannot read are left to the loader, whose errors name the tensor.
-    match memory_plan(&model, mmproj.as_ref(), PlanLimits::from_caps(&gpu.caps), plan_opts) {
+    match memory_plan(&model, mmproj.as_ref(), limits, plan_opts) {
         Ok(plan) => plan.check(args.budget.budget())?,
         Err(e) if e.class() == ErrorClass::AdapterTooSmall => return Err(e.into()),
         Err(_) => {}
     }
     let mmproj = mmproj.as_ref().map(|m| Mmproj { src: m as &dyn TensorSource, quant: args.vision_quant });
-    let mut engine = model.engine(gpu, mmproj, args.quant, opts)?;
+    let mut engine = model.engine(gpu, mmproj, quant, opts)?;
     if let Some(edge) = args.image_max_edge {
         engine.set_image_max_edge(edge)?;
     }
@@ -121,6 +128,26 @@ pub fn open_engine(args: &args::EngineArgs) -> Result<Engine, Box<dyn std::error
     Ok(engine)
 }
 
+/// `--quant auto`: a GGUF keeps the types it was converted to; a Hugging Face folder's float
+/// matrices take what [`MemoryPlan::choose_quant`] picks for the budget (Q8_0, else 4-bit), or
+/// Q8_0 where the plan cannot read the model.
+fn auto_quant(
+    model: &open::ModelFiles,
+    mmproj: Option<&MappedGguf>,
+    limits: PlanLimits,
+    opts: PlanOptions,
+    budget: MemoryBudget,
+) -> Result<LoadQuant, webvlm::model::ModelError> {
+    if let open::ModelFiles::Gguf(_) = model {
+        return Ok(LoadQuant::Keep);
+    }
+    match with_headers(model, mmproj, |text, proj| MemoryPlan::choose_quant(text, proj, limits, opts, budget)) {
+        Err(e) if e.class() == ErrorClass::AdapterTooSmall => Err(e),
+        Err(_) => Ok(LoadQuant::Q8_0),
+        Ok(q) => Ok(q),
+    }
+}
+
 /// The memory plan of a model (and mmproj) file from their headers.
 pub fn memory_plan(
     model: &open::ModelFiles,
@@ -128,11 +155,19 @@ pub fn memory_plan(
     limits: PlanLimits,
     opts: PlanOptions,
 ) -> Result<MemoryPlan, webvlm::model::ModelError> {
+    with_headers(model, mmproj, |text, proj| MemoryPlan::new(text, proj, limits, opts))
+}
+
+/// `f` of the headers of a model (and mmproj) file.
+fn with_headers<R>(
+    model: &open::ModelFiles,
+    mmproj: Option<&MappedGguf>,
+    f: impl FnOnce(ModelHeaders<'_>, Option<ModelHeaders<'_>>) -> R,
+) -> R {
     let text: Vec<TensorInfo> = model.tensors().into_iter().cloned().collect();
     let proj: Option<Vec<TensorInfo>> = mmproj.map(|m| m.tensors().cloned().collect());
     let text_headers = ModelHeaders { metadata: model.source().metadata(), tensors: &text };
-    let mmproj_headers = mmproj.zip(proj.as_deref()).map(|(m, t)| ModelHeaders { metadata: m.metadata(), tensors: t });
-    MemoryPlan::new(text_headers, mmproj_headers, limits, opts)
+    f(text_headers, mmproj.zip(proj.as_deref()).map(|(m, t)| ModelHeaders { metadata: m.metadata(), tensors: t }))
 }
 
 /// The model's vocabulary size (the logits' row length).
