@@ -324,3 +324,62 @@ fn fewer_layers_scale_to_the_full_depth() {
     positive(s, "decode_tokens_per_s");
     positive(s, "prefill_tokens_per_s");
 }
+
+/// Llama 3.2 Vision at tiny size: one 4-tile image through the encoder, its states in the
+/// context's cross-attention store, then prefill and decode with the cross layer running.
+/// The store's bytes are checked against the shapes (1 cross layer of 2 KV heads of 64, 4
+/// tiles of 5 keys, f32) and the encoder's depth is scaled from 2 and 4 of its 6 layers.
+#[test]
+fn quick_bench_on_tiny_mllama_reports_the_cross_attention_cost_per_image() {
+    let args = ["--quick", "--no-kernels", "--no-breakdown", "--synthetic", "--shape", "llama3.2-vision-tiny", "--json-only"];
+    let lines = bench_lines(&[&args[..], &["--vision-layers", "4"]].concat());
+
+    let vision = of_kind(&lines, "cross_vision");
+    let depths: Vec<_> = vision.iter().map(|v| v["layers"].as_u64().unwrap()).collect();
+    assert_eq!(depths, [2, 4], "the encoder timed at half and all of --vision-layers");
+    let (tiles, tile_tokens, text_hidden) = (4u64, 5u64, 256u64);
+    for v in &vision {
+        assert_eq!((v["tiles"].as_u64(), v["tile_tokens"].as_u64()), (Some(tiles), Some(tile_tokens)));
+        assert_eq!(v["states_bytes"].as_u64(), Some(4 * tiles * tile_tokens * text_hidden));
+        assert_eq!(v["full_layers"].as_u64(), Some(6));
+        positive(v, "seconds");
+        positive(v, "weight_bytes");
+    }
+    assert!(vision[1]["weight_bytes"].as_u64() > vision[0]["weight_bytes"].as_u64(), "two more layers of weights");
+
+    let models = of_kind(&lines, "model");
+    assert_eq!(models.len(), 1);
+    let m = models[0];
+    assert_eq!(m["arch"], "mllama");
+    for f in ["prefill_tokens_per_s", "decode_tokens_per_s", "dispatches_per_token", "cross_fill_seconds"] {
+        positive(m, f);
+    }
+    assert_eq!(m["submits_per_token"].as_f64(), Some(1.0));
+    assert_eq!(m["host_waits_per_token"].as_f64(), Some(0.0));
+    // Keys and values of 20 image tokens x 128 (2 KV heads of 64) f32 for the one cross
+    // layer, and the step's mask rows (a u32 per chunk token and tile).
+    let chunk = m["prefill_chunk"].as_u64().unwrap();
+    let store = 2 * 4 * tiles * tile_tokens * 128 + 4 * chunk * tiles;
+    assert_eq!(m["cross_store_bytes"].as_u64(), Some(store));
+    // Four self-attention layers keep a KV cache, the cross layer none.
+    assert_eq!(m["state_bytes_per_token"].as_u64(), Some(4 * 2 * 128 * 2));
+
+    // The cross layer runs in every decode step: its attention is one dispatch.
+    let launch = of_kind(&lines, "launch");
+    let families = launch[0]["families"].as_array().expect("families");
+    let cross: Vec<_> =
+        families.iter().filter(|f| f["family"].as_str().is_some_and(|s| s.starts_with("cross_attention"))).collect();
+    assert_eq!(cross.len(), 1, "{families:?}");
+    assert_eq!(cross[0]["dispatches"].as_u64(), Some(1));
+
+    let per_image = of_kind(&lines, "cross_attention");
+    assert_eq!(per_image.len(), 1);
+    let p = per_image[0];
+    assert_eq!(p["cross_store_bytes"].as_u64(), Some(store));
+    assert_eq!(p["vision_measured_layers"], serde_json::json!([2, 4]));
+    let (s2, s4) = (vision[0]["seconds"].as_f64().unwrap(), vision[1]["seconds"].as_f64().unwrap());
+    let scaled = s4 + (s4 - s2) / 2.0 * 2.0;
+    assert!((p["vision_seconds"].as_f64().unwrap() - scaled).abs() < 1e-9, "the line through both depths at 6 layers");
+    assert!((p["seconds_per_image"].as_f64().unwrap() - scaled - m["cross_fill_seconds"].as_f64().unwrap()).abs() < 1e-9);
+    assert!(of_kind(&lines, "vision").is_empty(), "no Pixtral or Qwen encoder figures");
+}

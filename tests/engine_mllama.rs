@@ -3,16 +3,18 @@
 //! encoder from the folder; each case's prompt ids (from its text, or its chat messages
 //! through the real chat template) equal the processor's, and PNG → preprocess → encode →
 //! cross-attention → decoder gives transformers' logits at every position. The prompt cache
-//! is not reused across different images.
+//! is not reused across different images. The memory plan of a folder, from its headers
+//! alone, equals what the loaded engine holds.
 
 mod common;
 use common::*;
 use serde_json::Value;
 use webvlm::chat::{ChatContent, ChatMessage, ContentPart};
 use webvlm::engine::{Engine, EngineError, GenerateOptions, Prompt};
-use webvlm::model::{ContextOptions, Precision};
+use webvlm::gguf::TensorInfo;
+use webvlm::model::{ContextOptions, MemoryPlan, ModelHeaders, PlanLimits, PlanOptions, Precision};
 use webvlm::source::hf::HfModel;
-use webvlm::source::Eager;
+use webvlm::source::{Eager, LoadQuant, Requantize, TensorSource};
 
 const FOLDERS: [&str; 2] = ["tiny_mllama_a", "tiny_mllama_b"];
 
@@ -200,4 +202,54 @@ fn the_fallback_template_places_the_image_token() {
     let image_token = e.cross_vision().unwrap().image_token;
     assert_eq!(prompt.images.len(), 1);
     assert_eq!(prompt.tokens.iter().filter(|&&t| t == image_token).count(), 1, "{:?}", prompt.tokens);
+}
+
+/// The memory plan, from the folder's headers alone, gives the bytes the loaded engine holds:
+/// text and vision weights (kept, or requantized at load as the CLI does: every float matrix
+/// but the encoder's tables; the fixtures' 24-wide rows stay BF16), the KV cache of the
+/// self-attention layers only, and after a prompt with one image the context's
+/// cross-attention store. `webvlm info --plan` prints the store.
+#[test]
+fn memory_plan_matches_the_loaded_buffers() {
+    let runs = [
+        ("tiny_mllama_a", LoadQuant::Keep, Precision::default()),
+        ("tiny_mllama_b", LoadQuant::Q8_0, Precision::F32),
+        ("tiny_mllama_a", LoadQuant::Q4_0, Precision::F32),
+    ];
+    let mut kept_vision = 0;
+    for (folder, quant, precision) in runs {
+        let name = format!("{folder} {quant:?}");
+        let hf = HfModel::open(fixture(folder)).unwrap();
+        let gpu = gpu();
+        let limits = PlanLimits::from_caps(&gpu.caps);
+        let infos: Vec<TensorInfo> = hf.tensors().map(|t| t.info.clone()).collect();
+        let plan_opts = PlanOptions { ctx: 64, chunk: 16, kv: precision.kv_dtype(), text_quant: quant, ..PlanOptions::default() };
+        let plan = MemoryPlan::new(ModelHeaders { metadata: hf.metadata(), tensors: &infos }, None, limits, plan_opts).unwrap();
+        let opts = ContextOptions { max_ctx: 64, max_chunk: 16, precision };
+        let mut eager = Eager(&hf);
+        let mut e = Engine::load_hf(gpu, &mut Requantize { inner: &mut eager, quant }, hf.text_files(), opts).unwrap();
+        let vision = e.cross_vision().unwrap().encoder.weights.bytes_on_gpu();
+        assert_eq!(plan.text_weights, e.decoder().weight_bytes(), "{name}: text weights");
+        assert_eq!(plan.vision_weights, vision, "{name}: vision weights");
+        assert_eq!(plan.state, e.context().state_bytes(), "{name}: KV cache");
+        assert_eq!(plan.state_per_token, e.context().state_bytes_per_token(), "{name}: KV per token");
+        assert!(plan.vision_scratch > 0, "{name}");
+        if quant == LoadQuant::Keep {
+            kept_vision = vision;
+        } else {
+            assert!(vision < kept_vision, "{name}: the encoder's matrices are requantized too");
+        }
+        assert_eq!(e.context().cross_attention_bytes(), 0, "{name}: no image yet");
+        let all = cases(folder);
+        let case = (all["cases"].as_array().unwrap().iter()).find(|c| c["images"].as_array().unwrap().len() == 1).unwrap();
+        let prompt = text_prompt(&mut e, folder, case);
+        pollster::block_on(e.logits(&prompt)).unwrap();
+        assert!(plan.cross_store > 0);
+        assert_eq!(plan.cross_store, e.context().cross_attention_bytes(), "{name}: the store of one image");
+    }
+
+    let dir = fixture("tiny_mllama_a");
+    let out = run_cli(&["info", "--model", dir.to_str().unwrap(), "--plan", "--ctx", "64"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("cross-attention") && text.contains("one image per context") && text.contains("fits: yes"), "{text}");
 }

@@ -11,8 +11,11 @@ mod common;
 use webvlm::gguf::{MappedGguf, MetaValue, Metadata, ValueType};
 use webvlm::kernels::attention::KvDtype;
 use webvlm::model::families::qwen35::{layer_kinds, Mixer, Qwen35, Qwen35Config};
-use webvlm::model::{Context, ContextOptions, Decoder, LayerKind, ModelError, Precision, SequenceState};
-use webvlm::source::Eager;
+use webvlm::model::{
+    Context, ContextOptions, Decoder, LayerKind, MemoryPlan, ModelError, ModelHeaders, PlanLimits, PlanOptions, Precision,
+    SequenceState,
+};
+use webvlm::source::{Eager, LoadQuant, Requantize};
 
 use std::path::PathBuf;
 
@@ -537,4 +540,30 @@ fn real_vocabulary_matches_transformers() {
     assert_eq!(engine.chat_tokens(&f.messages).unwrap(), f.tokens);
     let g = generate(&mut engine, &f.tokens, f.greedy.len() as u32, None);
     assert_eq!(g.tokens, f.greedy, "greedy continuation");
+}
+
+/// The memory plan, from each fixture's headers alone, gives the bytes the loaded decoder and
+/// a context hold: weights (kept, or float matrices requantized at load), the attention
+/// layers' KV cache and every DeltaNet layer's recurrent state with its decode checkpoint.
+#[test]
+fn memory_plan_matches_the_loaded_buffers() {
+    for (name, quant, precision) in [
+        ("a", LoadQuant::Keep, Precision::default()),
+        ("b", LoadQuant::Q8_0, Precision::F32),
+        ("c", LoadQuant::Keep, Precision::F32),
+    ] {
+        let m = fixture(name);
+        let gpu = common::gpu();
+        let tensors: Vec<_> = m.tensors().cloned().collect();
+        let opts = PlanOptions { ctx: 96, chunk: 16, kv: precision.kv_dtype(), text_quant: quant, ..PlanOptions::default() };
+        let headers = ModelHeaders { metadata: m.metadata(), tensors: &tensors };
+        let plan = MemoryPlan::new(headers, None, PlanLimits::from_caps(&gpu.caps), opts).unwrap();
+        let mut eager = Eager(&m);
+        let dec = Decoder::load_from(&gpu, &mut Requantize { inner: &mut eager, quant }).unwrap();
+        let ctx = Context::new(&gpu, &dec, ContextOptions { max_ctx: 96, max_chunk: 16, precision }).unwrap();
+        assert_eq!(plan.text_weights, dec.weight_bytes(), "{name} {quant:?}: weights");
+        assert_eq!(plan.state, ctx.state_bytes(), "{name}: recurrent states and KV cache");
+        assert_eq!(plan.state_per_token, ctx.state_bytes_per_token(), "{name}: KV per token");
+        assert!(plan.state > plan.state_per_token * 96, "{name}: the recurrent states do not grow with the context");
+    }
 }

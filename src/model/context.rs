@@ -223,6 +223,12 @@ impl Context {
         self.state.bytes()
     }
 
+    /// Bytes of the cross-attention store (Mllama's image keys, values and mask rows; 0
+    /// without images).
+    pub fn cross_attention_bytes(&self) -> u64 {
+        self.scratch.cross_bytes()
+    }
+
     /// Bytes one cached position takes in all layers' state.
     pub fn state_bytes_per_token(&self) -> u64 {
         self.state.bytes_per_position()

@@ -7,10 +7,18 @@
 //! binding-sized parts by [`plan_parts`], q/k/v and gate/up stacked as `source::load_stacked`
 //! does; norm vectors as f32), the KV cache at the chosen context (recurrent states for
 //! hybrid decoders), the step buffers and family scratch at the prefill chunk, and the vision
-//! encoder's scratch for the largest image. Weights and KV cache are exact for the Llama
-//! family and the Pixtral encoder (tests compare them with loaded models); step, scratch
-//! and vision buffers are the allocations' formulas and other families' stacks are not
-//! modelled (a few bytes of scale padding per stack).
+//! encoder's scratch for the largest image. A Llama 3.2 Vision (`mllama`) file holds its
+//! encoder too: its `v.*` / `mm.*` tensors are the vision weights, and each context adds the
+//! cross-attention store of one image (see `memory_plan/mllama.rs`). Weights, KV cache and the
+//! cross-attention store are exact for the Llama family, Mllama and the Pixtral encoder
+//! (tests compare them with loaded models); step, scratch and vision buffers are the
+//! allocations' formulas and other families' stacks are not modelled (a few bytes of scale
+//! padding per stack).
+//!
+//! Load-time quantization follows the loaders: the text file's float matrices come through
+//! `source::Requantize` (`text_quant`: every float matrix a model asks for in its file type,
+//! embedding, LM head and an mllama file's encoder matrices included, but not the tables it
+//! uploads as stored); an mmproj's matrices are asked for as `vision_quant` directly.
 //!
 //! WebGPU exposes no total memory figure, so the budget is the user's ([`MemoryBudget`]).
 //! Reference for the browser practice: WebLLM's model records carry a `vram_required_MB`
@@ -22,6 +30,7 @@ use crate::image::DEFAULT_MAX_EDGE;
 use crate::kernels::attention::KvDtype;
 use crate::kernels::quant::plan_parts;
 use crate::model::families::llama::{self, LlamaConfig};
+use crate::model::families::mllama::{self as mllama_family, MllamaConfig};
 use crate::model::families::qwen35::{self, Qwen35Config};
 use crate::model::vision::pixtral::PixtralConfig;
 use crate::model::{LayerKind, ModelError, TextConfig};
@@ -115,7 +124,7 @@ pub struct PlanOptions {
     /// Prompt tokens per prefill step.
     pub chunk: u32,
     pub kv: KvDtype,
-    /// Load-time quantization of the text blocks' matrices (`blk.*`).
+    /// Load-time quantization of the text file's float matrices (`source::Requantize`).
     pub text_quant: LoadQuant,
     /// Load-time quantization of the mmproj's matrices.
     pub vision_quant: LoadQuant,
@@ -163,8 +172,12 @@ pub struct MemoryPlan {
     pub state_per_token: u64,
     /// Step buffers, family scratch and logits at `options.chunk`.
     pub step: u64,
-    /// The vision encoder's scratch for one image of `options.image_edge` (0 without an mmproj).
+    /// The vision encoder's scratch for one image of `options.image_edge` (0 without an
+    /// encoder; Mllama: one image at its tile count, whatever the edge).
     pub vision_scratch: u64,
+    /// A cross-attention decoder's store for one image (Mllama: keys and values of every cross
+    /// layer, and the step's mask rows), per context; 0 for other decoders.
+    pub cross_store: u64,
     /// The model's own context length (the largest context worth planning).
     pub model_context: u32,
     /// Most positions one layer's KV cache buffer can hold within the binding limit.
@@ -183,13 +196,28 @@ impl MemoryPlan {
     ) -> Result<MemoryPlan, ModelError> {
         let vocab = text.tensors.iter().find(|t| t.name == "token_embd.weight").and_then(|t| t.dims.get(1)).copied();
         let vocab = vocab.ok_or_else(|| ModelError::Invalid("no token_embd.weight".into()))? as u32;
-        let (cfg, layers) = text_layers(text.metadata, vocab)?;
-        let text_weights =
-            weight_bytes(text.tensors, limits, |name| if name.starts_with("blk.") { opts.text_quant } else { LoadQuant::Keep })?;
-        let (vision_weights, vision_scratch) = match mmproj {
-            Some(m) => {
+        let (cfg, layers, mllama) = text_layers(text.metadata, vocab)?;
+        let float = |t: &TensorInfo| matches!(t.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16);
+        let text_quant =
+            |t: &TensorInfo| if float(t) && !mllama::is_kept_table(&t.name) { opts.text_quant } else { LoadQuant::Keep };
+        // The RoPE divisors fill the family's RoPE table, not a weight.
+        let weights = |vision: bool| -> Vec<TensorInfo> {
+            let wanted = |t: &&TensorInfo| t.name != "rope_freqs.weight" && mllama::is_vision_tensor(&t.name) == vision;
+            text.tensors.iter().filter(wanted).cloned().collect()
+        };
+        let text_weights = weight_bytes(&weights(false), limits, text_quant)?;
+        let (vision_weights, vision_scratch) = match (mmproj, &mllama) {
+            (Some(m), _) => {
                 (weight_bytes(m.tensors, limits, |_| opts.vision_quant)?, vision_scratch(m.metadata, limits, opts.image_edge)?)
             }
+            (None, Some(_)) => {
+                (weight_bytes(&weights(true), limits, text_quant)?, mllama::vision_scratch(text.metadata, limits)?)
+            }
+            (None, None) => (0, 0),
+        };
+        let chunk = opts.chunk.min(opts.ctx).max(1);
+        let (extra_step, cross_store) = match &mllama {
+            Some(m) => (mllama::extra_step_bytes(m, chunk as u64), mllama::cross_store_bytes(m, chunk as u64)),
             None => (0, 0),
         };
         let state_per_token: u64 = layers
@@ -214,8 +242,9 @@ impl MemoryPlan {
             vision_weights,
             state: state_bytes(&layers, opts.ctx, opts.kv),
             state_per_token,
-            step: step_bytes(&cfg, opts.chunk.min(opts.ctx).max(1), limits),
+            step: step_bytes(&cfg, chunk, limits) + extra_step,
             vision_scratch,
+            cross_store,
             model_context: cfg.context_length,
             ctx_buffer_limit,
         };
@@ -231,7 +260,7 @@ impl MemoryPlan {
 
     /// Bytes of everything but the context-dependent state.
     pub fn fixed(&self) -> u64 {
-        self.text_weights + self.vision_weights + self.step + self.vision_scratch
+        self.text_weights + self.vision_weights + self.step + self.vision_scratch + self.cross_store
     }
 
     /// Everything at the planned context.
@@ -265,7 +294,7 @@ impl MemoryPlan {
                 weights: self.text_weights + self.vision_weights,
                 state: self.state,
                 ctx: self.options.ctx,
-                other: self.step + self.vision_scratch,
+                other: self.step + self.vision_scratch + self.cross_store,
                 largest_ctx: self.largest_context(budget).unwrap_or(0),
             }),
             _ => Ok(()),
@@ -302,32 +331,43 @@ impl MemoryPlan {
     }
 }
 
-/// The decoder's shape and what each layer keeps, from the text model's metadata.
-fn text_layers(md: &Metadata, vocab: u32) -> Result<(TextConfig, Vec<LayerKind>), ModelError> {
+/// The decoder's shape and what each layer keeps, from the text model's metadata (and the
+/// Mllama config of an `mllama` file); `vocab` is the token embedding's rows.
+fn text_layers(md: &Metadata, vocab: u32) -> Result<(TextConfig, Vec<LayerKind>, Option<MllamaConfig>), ModelError> {
     let arch = md.architecture()?;
     if qwen35::ARCHITECTURES.contains(&arch) {
         let cfg = Qwen35Config::from_metadata(md, vocab)?;
-        return Ok((cfg.text.clone(), qwen35::layer_kinds(&cfg)));
+        return Ok((cfg.text.clone(), qwen35::layer_kinds(&cfg), None));
+    }
+    if arch == mllama_family::ARCH {
+        let cfg = MllamaConfig::from_metadata(md, vocab)?;
+        let t = &cfg.llama.text;
+        // Cross layers keep no KV cache (`Mllama::layers`).
+        let layers = vec![LayerKind::Attention { kv_dim: t.kv_dim() }; t.n_layer as usize - cfg.cross_layers.len()];
+        return Ok((t.clone(), layers, Some(cfg)));
     }
     if !llama::ARCHITECTURES.contains(&arch) {
         return Err(ModelError::UnsupportedArch { arch: arch.into(), supported: crate::model::families::SUPPORTED });
     }
     let cfg = LlamaConfig::from_metadata(md, vocab)?;
     let layers = vec![LayerKind::Attention { kv_dim: cfg.text.kv_dim() }; cfg.text.n_layer as usize];
-    Ok((cfg.text, layers))
+    Ok((cfg.text, layers, None))
 }
 
 /// Bytes of the uploaded weights: vectors as f32; matrices (2-D, or more dims flattened into
 /// the columns as the patch embedding is) in their upload type, split into parts; runs of
-/// q/k/v and gate/up of one type stacked into one weight where it fits one binding.
-fn weight_bytes(tensors: &[TensorInfo], limits: PlanLimits, quant: impl Fn(&str) -> LoadQuant) -> Result<u64, ModelError> {
+/// a block's q/k/v and gate/up (`blk.N.attn_q`..., not Mllama's `cross_attn_*`, loaded one
+/// by one) of one type stacked into one weight where it fits one binding. `quant` gives each
+/// 2-D tensor's load-time quantization.
+fn weight_bytes(tensors: &[TensorInfo], limits: PlanLimits, quant: impl Fn(&TensorInfo) -> LoadQuant) -> Result<u64, ModelError> {
     let by_name: std::collections::HashMap<&str, &TensorInfo> = tensors.iter().map(|t| (t.name.as_str(), t)).collect();
     let mut stacked = std::collections::HashSet::new();
     let mut total = 0u64;
     for t in tensors {
         for group in [["attn_q", "attn_k", "attn_v"].as_slice(), ["ffn_gate", "ffn_up"].as_slice()] {
             let Some(prefix) = t.name.strip_suffix(&format!("{}.weight", group[0])) else { continue };
-            if !prefix.starts_with("blk.") {
+            let block = prefix.strip_prefix("blk.").and_then(|rest| rest.strip_suffix('.'));
+            if !block.is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) {
                 continue;
             }
             let members: Option<Vec<&TensorInfo>> =
@@ -352,11 +392,11 @@ fn weight_bytes(tensors: &[TensorInfo], limits: PlanLimits, quant: impl Fn(&str)
 
 /// A tensor's upload type and `rows x cols` (2-D: the load-time quantization applies; more
 /// dims: the last is the rows, the file's type is kept).
-fn upload_shape(t: &TensorInfo, quant: &impl Fn(&str) -> LoadQuant) -> Result<(GgmlType, u32, u32), ModelError> {
+fn upload_shape(t: &TensorInfo, quant: &impl Fn(&TensorInfo) -> LoadQuant) -> Result<(GgmlType, u32, u32), ModelError> {
     let rows = *t.dims.last().unwrap_or(&1);
     let cols = t.n_elements() / rows.max(1);
     let (rows, cols) = (to_u32(&t.name, rows)?, to_u32(&t.name, cols)?);
-    let ty = if t.dims.len() == 2 { quant(&t.name).target(t.ty, cols) } else { t.ty };
+    let ty = if t.dims.len() == 2 { quant(t).target(t.ty, cols) } else { t.ty };
     Ok((ty, rows, cols))
 }
 
@@ -372,7 +412,11 @@ fn matrix_bytes(ty: GgmlType, rows: u32, cols: u32, limits: PlanLimits) -> Resul
 /// Bytes of matrices that multiply one input, as `source::load_stacked` uploads them:
 /// consecutive ones of one type stacked when the stack is one part and keeps split scales
 /// aligned, the others alone.
-fn stack_bytes(members: &[&TensorInfo], limits: PlanLimits, quant: &impl Fn(&str) -> LoadQuant) -> Result<u64, ModelError> {
+fn stack_bytes(
+    members: &[&TensorInfo],
+    limits: PlanLimits,
+    quant: &impl Fn(&TensorInfo) -> LoadQuant,
+) -> Result<u64, ModelError> {
     let shapes = members.iter().map(|t| upload_shape(t, quant)).collect::<Result<Vec<_>, _>>()?;
     let mut total = 0;
     let mut start = 0;
@@ -494,6 +538,8 @@ impl PixtralVisionShape {
         })
     }
 }
+
+mod mllama;
 
 #[cfg(test)]
 #[path = "memory_plan_tests.rs"]

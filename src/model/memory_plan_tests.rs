@@ -221,7 +221,8 @@ fn choose_quant_picks_q8_0_when_it_fits_else_4_bit() {
     let h = ModelHeaders { metadata: &text.0, tensors: &text.1 };
     let opts = PlanOptions { ctx: 4096, ..Default::default() };
     let choose = |gib: u64| MemoryPlan::choose_quant(h, None, LIMITS, opts, MemoryBudget::Bytes(gib * GIB));
-    // BF16 blocks: ~44 GiB; Q8_0 ~24 GiB (with the BF16 embedding and head); Q4_0 ~14 GiB.
+    // BF16 blocks: ~44 GiB; Q8_0 ~23 GiB (the embedding and head requantized too, as
+    // `source::Requantize` does); Q4_0 ~13 GiB.
     assert_eq!(choose(32).unwrap(), LoadQuant::Q8_0);
     assert_eq!(choose(18).unwrap(), LoadQuant::Q4_0);
     assert!(matches!(choose(8), Err(ModelError::DoesNotFit { .. })));
@@ -242,4 +243,46 @@ fn budgets_parse_with_binary_units() {
     for bad in ["", "G", "8X", "-1G", "0", "1e30T"] {
         assert!(p(bad).is_err(), "{bad:?}");
     }
+}
+
+/// Llama 3.2 11B Vision's headers as its Hugging Face folder maps them (BF16, the encoder in
+/// the same view): the encoder's tensors are the vision weights, the 32 self-attention
+/// layers keep a KV cache, the 8 cross layers an image store.
+fn mllama_11b_headers() -> (Metadata, Vec<TensorInfo>) {
+    use crate::model::synthetic::MllamaShape;
+    use crate::source::hf::{HfConfig, HfTensors};
+    let shape = MllamaShape::llama32_11b_vision();
+    let cfg = HfConfig::parse(shape.config_json().to_string().as_bytes()).unwrap();
+    let stored = shape.hf_tensors();
+    let tensors = HfTensors::new(&cfg, stored.iter().map(|(n, d)| (n.as_str(), GgmlType::BF16, d.as_slice()))).unwrap();
+    (cfg.metadata(), tensors.iter().map(|t| t.info.clone()).collect())
+}
+
+#[test]
+fn llama_3_2_11b_vision_splits_its_encoder_and_plans_the_image_store() {
+    let model = mllama_11b_headers();
+    let p = plan(&model, None, PlanOptions { ctx: 4096, chunk: 512, ..Default::default() });
+    // 32 self-attention layers x 2 x 1024 f16 = 128 KiB per token.
+    assert_eq!(p.state_per_token, 128 << 10);
+    assert_eq!(p.state, 4096 * (128 << 10));
+    // 8 cross layers x keys and values of 4 x 1601 image tokens x 1024 f32, and the mask rows
+    // of a 512-token chunk x 4 tiles.
+    assert_eq!(p.cross_store, 8 * 2 * 4 * (4 * 1601) * 1024 + 4 * 512 * 4);
+    // BF16: the text model ~9.8 B parameters, the encoder and projector ~0.89 B.
+    assert!((19_000_000_000..20_500_000_000).contains(&p.text_weights), "{}", p.text_weights);
+    assert!((1_700_000_000..1_850_000_000).contains(&p.vision_weights), "{}", p.vision_weights);
+    // One 4-tile image's encoder buffers: seven 6432 x 1280 activations, the 6404 x 7680
+    // features, the 6404 x 4096 states, ...
+    assert!((600 << 20..800 << 20).contains(&p.vision_scratch), "{}", p.vision_scratch);
+
+    // Requantized as the CLI loads a folder: the encoder's matrices too, its tables not
+    // (the 9 x 4 x 1601 x 1280 tile position table alone is 147 MB of BF16).
+    let q8 = plan(&model, None, PlanOptions { ctx: 4096, chunk: 512, text_quant: LoadQuant::Q8_0, ..Default::default() });
+    assert!((10_000_000_000..11_000_000_000).contains(&q8.text_weights), "{}", q8.text_weights);
+    assert!((950_000_000..1_100_000_000).contains(&q8.vision_weights), "{}", q8.vision_weights);
+    // 8 GiB hold it at 4-bit, not at Q8_0.
+    let opts = PlanOptions { ctx: 4096, chunk: 512, ..Default::default() };
+    let choose = |gib: u64| MemoryPlan::choose_quant(headers(&model), None, LIMITS, opts, MemoryBudget::Bytes(gib * GIB));
+    assert_eq!(choose(16).unwrap(), LoadQuant::Q8_0);
+    assert_eq!(choose(8).unwrap(), LoadQuant::Q4_0);
 }

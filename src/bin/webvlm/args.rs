@@ -7,7 +7,7 @@ use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Args, ValueEnum};
 use webvlm::engine::GenerateOptions;
 use webvlm::gpu::Geometry;
-use webvlm::model::synthetic::{Qwen35Shape, QwenVisionShape, SyntheticShape, VisionShape};
+use webvlm::model::synthetic::{MllamaShape, MllamaTextShape, Qwen35Shape, QwenVisionShape, SyntheticShape, VisionShape};
 use webvlm::model::{ContextOptions, MemoryBudget};
 use webvlm::sampling::SamplingParams;
 use webvlm::source::LoadQuant;
@@ -175,14 +175,21 @@ pub enum Shape {
     // A Qwen3.5 of the same structure within 128-dim heads, a few MB.
     #[value(name = "qwen3.5-tiny")]
     Qwen35Tiny,
+    // Llama 3.2 11B Vision's exact shapes (Mllama: cross-attention decoder + tiled encoder).
+    #[value(name = "llama3.2-11b-vision")]
+    Llama32_11bVision,
+    // A Mllama of the same structure, a few MB.
+    #[value(name = "llama3.2-vision-tiny")]
+    Llama32VisionTiny,
 }
 
-/// What a [`Shape`] builds: a `mistral3` decoder (Ministral 3 or Mistral Small) and Pixtral mmproj, or a `qwen35` decoder
-/// and a Qwen vision mmproj.
+/// What a [`Shape`] builds: a `mistral3` decoder (Ministral 3 or Mistral Small) and Pixtral mmproj, a `qwen35` decoder
+/// and a Qwen vision mmproj, or an `mllama` model (decoder and encoder in one file).
 #[derive(Clone, Copy, Debug)]
 pub enum ShapeModel {
     Ministral(SyntheticShape, VisionShape),
     Qwen35(Qwen35Shape, QwenVisionShape),
+    Mllama(MllamaShape),
 }
 
 impl ShapeModel {
@@ -191,14 +198,17 @@ impl ShapeModel {
         match self {
             ShapeModel::Ministral(s, _) => s.n_layer,
             ShapeModel::Qwen35(s, _) => s.n_layer,
+            ShapeModel::Mllama(s) => s.text.n_layer,
         }
     }
 
-    /// The same model with `n_layer` decoder blocks.
+    /// The same model with `n_layer` decoder blocks (Mllama: the first `n_layer` of its
+    /// pattern, cross-attention layers included where they fall).
     pub fn with_layers(self, n_layer: u32) -> ShapeModel {
         match self {
             ShapeModel::Ministral(s, v) => ShapeModel::Ministral(SyntheticShape { n_layer, ..s }, v),
             ShapeModel::Qwen35(s, v) => ShapeModel::Qwen35(Qwen35Shape { n_layer, ..s }, v),
+            ShapeModel::Mllama(s) => ShapeModel::Mllama(MllamaShape { text: MllamaTextShape { n_layer, ..s.text }, ..s }),
         }
     }
 }
@@ -216,6 +226,8 @@ impl Shape {
             Shape::Qwen35_4b => ShapeModel::Qwen35(Qwen35Shape::qwen35_4b(), QwenVisionShape::qwen35_4b()),
             Shape::Qwen35_9b => ShapeModel::Qwen35(Qwen35Shape::qwen35_9b(), QwenVisionShape::qwen35_9b()),
             Shape::Qwen35Tiny => ShapeModel::Qwen35(Qwen35Shape::tiny(), QwenVisionShape::tiny()),
+            Shape::Llama32_11bVision => ShapeModel::Mllama(MllamaShape::llama32_11b_vision()),
+            Shape::Llama32VisionTiny => ShapeModel::Mllama(MllamaShape::tiny()),
         }
     }
 
@@ -230,13 +242,15 @@ impl Shape {
             Shape::Qwen35_4b => "synthetic Qwen3.5-4B",
             Shape::Qwen35_9b => "synthetic Qwen3.5-9B",
             Shape::Qwen35Tiny => "synthetic tiny qwen35",
+            Shape::Llama32_11bVision => "synthetic Llama 3.2 11B Vision",
+            Shape::Llama32VisionTiny => "synthetic tiny mllama",
         }
     }
 
     /// A real model's size (slow on a CPU adapter: one timed repetition, warmed up on the
     /// tiny shape of its family).
     pub fn is_big(self) -> bool {
-        !matches!(self, Shape::Tiny | Shape::Qwen35Tiny)
+        !matches!(self, Shape::Tiny | Shape::Qwen35Tiny | Shape::Llama32VisionTiny)
     }
 }
 

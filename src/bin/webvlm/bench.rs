@@ -16,6 +16,7 @@
 
 mod encoders;
 mod launch;
+mod mllama;
 mod model;
 mod qwen;
 mod roofline;
@@ -30,7 +31,8 @@ use serde_json::{json, Value};
 use webvlm::gguf::MappedGguf;
 use webvlm::gpu::{Geometry, Gpu, GpuOptions};
 use webvlm::model::synthetic::{
-    synthetic_ministral3_3b, synthetic_qwen35, Qwen35Shape, QwenVisionShape, SyntheticShape, VisionShape,
+    synthetic_ministral3_3b, synthetic_mllama, synthetic_qwen35, MllamaParts, MllamaShape, Qwen35Shape, QwenVisionShape,
+    SyntheticShape, VisionShape,
 };
 use webvlm::source::LoadQuant;
 
@@ -38,7 +40,7 @@ use crate::args::{load_quant, Shape, ShapeModel};
 use crate::stdout::outln;
 use crate::CliResult;
 use encoders::VisionSpec;
-use model::{bench_model, ModelPlan};
+use model::{bench_model, CrossImages, ModelPlan};
 use timing::Budget;
 use vision::{bench_vision, VisionPlan};
 
@@ -51,7 +53,8 @@ pub struct BenchArgs {
     /// Time a synthetic model built in memory (random weights): Ministral 3, or a Qwen3.5 size
     #[arg(long)]
     synthetic: bool,
-    /// Shapes of the synthetic model (3b, tiny, mistral-small-24b, qwen3.5-0.8b|2b|4b|9b|tiny) [default: 3b; tiny with --quick]
+    /// Shapes of the synthetic model (3b, tiny, mistral-small-24b, qwen3.5-0.8b|2b|4b|9b|tiny,
+    /// llama3.2-11b-vision, llama3.2-vision-tiny) [default: 3b; tiny with --quick]
     #[arg(long, value_enum)]
     shape: Option<Shape>,
     /// Only the structural figures of a Qwen3.5 `--shape` (state, KV and weight bytes), no GPU
@@ -109,7 +112,8 @@ pub struct BenchArgs {
     /// in memory): times N/2 and N blocks and scales to the full depth by a line through both
     #[arg(long, value_name = "N")]
     layers: Option<u32>,
-    /// Vision encoder blocks (same work per block: a per-block figure where 24 take too long)
+    /// Vision encoder blocks (same work per block: a per-block figure where 24 take too long;
+    /// Llama 3.2 Vision: timed at N/2 and N of its 40 layers and scaled to 40)
     #[arg(long, value_name = "N")]
     vision_layers: Option<u32>,
     /// Requantize the vision matrices at load time
@@ -196,7 +200,7 @@ pub fn run(args: &BenchArgs) -> CliResult {
             warmup: true,
         };
         let label = path.file_name().map_or(path.to_string_lossy(), |f| f.to_string_lossy()).into_owned();
-        bench_model(&gpu, &out, &label, &file, plan, &roof, budget)?;
+        bench_model(&gpu, &out, &label, &file, None, plan, &roof, budget)?;
     }
     if args.synthetic {
         bench_synthetic(&gpu, &out, args, &roof, budget)?;
@@ -207,6 +211,8 @@ pub fn run(args: &BenchArgs) -> CliResult {
     }
     let shape = args.shape.filter(|_| args.synthetic);
     let (spec, default_sizes) = match shape.map(Shape::model) {
+        // Llama 3.2 Vision's encoder was timed with the model (its per-image cost).
+        Some(ShapeModel::Mllama(_)) => return Ok(()),
         // A Qwen3.5 size: its own encoder, on by default, at 512x512.
         Some(ShapeModel::Qwen35(_, v)) => (VisionSpec::Qwen(if quick { QwenVisionShape::tiny() } else { v }), QWEN_VISION_SIZES),
         _ if !quick && !args.vision => {
@@ -246,6 +252,12 @@ fn bench_synthetic(gpu: &Gpu, out: &Out, args: &BenchArgs, roof: &roofline::Roof
     if let ShapeModel::Qwen35(text, vision) = model {
         qwen::structure(out, name, &text, &vision);
     }
+    // Llama 3.2 Vision: its image's states first (the encoder's per-image cost), given to
+    // every text run's context.
+    let images = match model {
+        ShapeModel::Mllama(s) => Some(mllama::image_states(gpu, out, name, &s, args.vision_layers, big, budget.reps, args.seed)?),
+        _ => None,
+    };
     if big {
         // The tiny model uses the same kernels and weight types: running it compiles every
         // pipeline, so a real size's slow steps need no warm-up runs of their own.
@@ -253,11 +265,14 @@ fn bench_synthetic(gpu: &Gpu, out: &Out, args: &BenchArgs, roof: &roofline::Roof
         let tiny = match model {
             ShapeModel::Ministral(..) => synthetic_ministral3_3b(&SyntheticShape::tiny(), args.seed)?,
             ShapeModel::Qwen35(..) => synthetic_qwen35(&Qwen35Shape::tiny(), args.seed)?,
+            ShapeModel::Mllama(..) => synthetic_mllama(&MllamaShape::tiny(), args.seed, MllamaParts::Text)?,
         };
         let plan = ModelPlan { prompt_tokens: 8, decode_tokens: 1, prefill_reps: 1, breakdown: false, warmup: true };
         let quiet = Out { json_only: true, silent: true };
-        bench_model(gpu, &quiet, "warm-up", &tiny, plan, roof, budget)?;
+        let tiny_images = images.as_ref().and_then(|i| i.tiny.as_ref());
+        bench_model(gpu, &quiet, "warm-up", &tiny, tiny_images, plan, roof, budget)?;
     }
+    let image = images.as_ref().map(|i| &i.image);
     let by_size = |quick_n, big_n, n| match (quick, big) {
         (true, _) => quick_n,
         (false, true) => big_n,
@@ -274,7 +289,10 @@ fn bench_synthetic(gpu: &Gpu, out: &Out, args: &BenchArgs, roof: &roofline::Roof
     // Family timings of a slow model: one repetition, no extra warm-up.
     let budget = if big { Budget { reps: 1, rep_seconds: 0.0, ..budget } } else { budget };
     let Some(layers) = args.layers else {
-        bench_shape(gpu, out, name, model, args.seed, plan, roof, budget)?;
+        let v = bench_shape(gpu, out, name, model, args.seed, image, plan, roof, budget)?;
+        if let (ShapeModel::Mllama(s), Some(states)) = (model, &images) {
+            mllama::summary(out, name, &s, states, &v);
+        }
         return Ok(());
     };
     let full = model.n_layer();
@@ -282,16 +300,33 @@ fn bench_synthetic(gpu: &Gpu, out: &Out, args: &BenchArgs, roof: &roofline::Roof
         return Err(format!("--layers takes 2..={full} for this shape").into());
     }
     // Two depths: the per-block cost is the slope, the rest (embedding, head) the intercept.
+    // Llama 3.2 Vision keeps its first blocks, cross-attention layers where they fall (one in
+    // five): the line is exact when both depths hold the same share (multiples of 10).
+    if let ShapeModel::Mllama(s) = model {
+        let cross = |n: u32| MllamaShape { text: webvlm::model::synthetic::MllamaTextShape { n_layer: n, ..s.text }, ..s };
+        let share = |n: u32| cross(n).text.cross_layers().len() as f64 / n as f64;
+        if share(layers / 2) != share(layers) {
+            out.note(&format!(
+                "note: {} and {layers} blocks hold different shares of cross-attention layers; the scaled line mixes them                  (use a multiple of 10)",
+                layers / 2
+            ));
+        }
+    }
     let mut runs = Vec::new();
     for n in [layers / 2, layers] {
         let label = format!("{name} ({n} of {full} blocks)");
-        runs.push((n, bench_shape(gpu, out, &label, model.with_layers(n), args.seed, plan, roof, budget)?));
+        runs.push((n, bench_shape(gpu, out, &label, model.with_layers(n), args.seed, image, plan, roof, budget)?));
     }
-    out.emit(scaled_to_depth(out, name, full, &runs));
+    let scaled = scaled_to_depth(out, name, full, &runs);
+    out.emit(scaled.clone());
+    if let (ShapeModel::Mllama(s), Some(states)) = (model, &images) {
+        mllama::summary(out, name, &s, states, &scaled);
+    }
     Ok(())
 }
 
-/// Builds the synthetic model of `model` in memory and times it.
+/// Builds the synthetic model of `model` in memory and times it (with `images` given to a
+/// cross-attention decoder's context).
 #[allow(clippy::too_many_arguments)]
 fn bench_shape(
     gpu: &Gpu,
@@ -299,21 +334,21 @@ fn bench_shape(
     name: &str,
     model: ShapeModel,
     seed: u64,
+    images: Option<&CrossImages>,
     plan: ModelPlan,
     roof: &roofline::Roofline,
     budget: Budget,
 ) -> Result<Value, Box<dyn std::error::Error>> {
     let t = std::time::Instant::now();
     let (src, weight_bytes) = match model {
-        ShapeModel::Ministral(s, _) => (synthetic_ministral3_3b(&s, seed)?, s.weight_bytes()),
-        ShapeModel::Qwen35(s, _) => (synthetic_qwen35(&s, seed)?, s.weight_bytes()),
+        ShapeModel::Ministral(s, _) => (synthetic_ministral3_3b(&s, seed)?, Some(s.weight_bytes())),
+        ShapeModel::Qwen35(s, _) => (synthetic_qwen35(&s, seed)?, Some(s.weight_bytes())),
+        // The text decoder only: the encoder was timed on its own.
+        ShapeModel::Mllama(s) => (synthetic_mllama(&s, seed, MllamaParts::Text)?, None),
     };
-    out.note(&format!(
-        "{name}: {:.2} GB of random weights built in {:.1} s",
-        weight_bytes as f64 / 1e9,
-        t.elapsed().as_secs_f64()
-    ));
-    bench_model(gpu, out, name, &src, plan, roof, budget)
+    let size = weight_bytes.map_or(String::new(), |b| format!("{:.2} GB of ", b as f64 / 1e9));
+    out.note(&format!("{name}: {size}random weights built in {:.1} s", t.elapsed().as_secs_f64()));
+    bench_model(gpu, out, name, &src, images, plan, roof, budget)
 }
 
 /// The figures of a model of `full` blocks from runs at two smaller depths: each time a line
@@ -335,6 +370,13 @@ fn scaled_to_depth(out: &Out, name: &str, full: u32, runs: &[(u32, Value)]) -> V
         "weight_bytes_on_gpu": at_full("weight_bytes_on_gpu"), "state_bytes": at_full("state_bytes"),
         "dispatches_per_token": at_full("dispatches_per_token"),
     });
+    // A cross-attention decoder's image store: its fill and bytes grow with the cross layers.
+    let mut v = v;
+    for key in ["cross_fill_seconds", "cross_store_bytes"] {
+        if v1.get(key).is_some_and(|x| x.is_number()) {
+            v[key] = json!(at_full(key));
+        }
+    }
     out.note(&format!(
         "{name}, scaled from {n0} and {n1} blocks to {full}: prefill {:.2} tokens/s, decode {:.3} tokens/s, {:.2} GB of weights and {:.0} MiB of KV cache on the GPU",
         prompt_tokens / prefill_s,

@@ -136,7 +136,13 @@ fn print_plan(model: &ModelFiles, args: &InfoArgs) -> CliResult {
         opts.kv
     );
     outln!("  step buffers   {:>10.1} MiB  (chunk {})", mib(plan.step), opts.chunk);
-    outln!("  vision scratch {:>10.1} MiB  ({} px image)", mib(plan.vision_scratch), opts.image_edge);
+    if plan.cross_store > 0 {
+        // Llama 3.2 Vision: the encoder runs every image at its full tile count.
+        outln!("  vision scratch {:>10.1} MiB  (one image at its tile count)", mib(plan.vision_scratch));
+        outln!("  cross-attention{:>10.1} MiB  (keys and values of one image per context)", mib(plan.cross_store));
+    } else {
+        outln!("  vision scratch {:>10.1} MiB  ({} px image)", mib(plan.vision_scratch), opts.image_edge);
+    }
     outln!("  total          {:>10.1} MiB", mib(plan.total()));
     match budget {
         MemoryBudget::Bytes(b) => outln!("  budget         {:>10.1} MiB", mib(b)),

@@ -1,5 +1,5 @@
 //! `webvlm synthetic`: a model file of random (or zero) weights with Ministral 3 3B's (or a
-//! Qwen3.5 size's) exact shapes, for load tests.
+//! Qwen3.5 size's, or Llama 3.2 11B Vision's) exact shapes, for load tests.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use webvlm::gguf::{GgufWriter, MappedGguf};
 use webvlm::model::synthetic::{
-    synthetic_ministral3_writer, synthetic_pixtral_mmproj_writer, synthetic_qwen35_writer, synthetic_qwen_vl_mmproj_writer,
-    SyntheticWeights,
+    synthetic_ministral3_writer, synthetic_mllama_writer, synthetic_pixtral_mmproj_writer, synthetic_qwen35_writer,
+    synthetic_qwen_vl_mmproj_writer, MllamaParts, SyntheticWeights,
 };
 
 use crate::args::{Shape, ShapeModel};
@@ -62,6 +62,16 @@ pub fn run(args: &SyntheticArgs) -> CliResult {
             if let Some(path) = &args.mmproj_out {
                 write_gguf(path, &synthetic_qwen_vl_mmproj_writer(&vision, weights)?)?;
             }
+        }
+        ShapeModel::Mllama(shape) => {
+            if args.mmproj_out.is_some() {
+                return Err("an mllama model holds its vision encoder: no --mmproj-out".into());
+            }
+            let mut gguf = synthetic_mllama_writer(&shape, weights, MllamaParts::All)?;
+            for (k, v) in vocab {
+                gguf.add_kv(k, v);
+            }
+            write_gguf(&args.out, &gguf)?;
         }
     }
     Ok(())

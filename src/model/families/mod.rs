@@ -99,6 +99,14 @@ impl Scratch {
         matches!(self, Scratch::Mllama(s) if s.cross.is_some())
     }
 
+    /// Bytes of the image keys, values and mask rows held for cross-attention layers.
+    pub fn cross_bytes(&self) -> u64 {
+        match self {
+            Scratch::Mllama(s) => s.cross.as_ref().map_or(0, mllama::CrossStore::bytes),
+            _ => 0,
+        }
+    }
+
     /// Drops the image keys (a new sequence without images).
     pub fn clear_cross(&mut self) {
         if let Scratch::Mllama(s) = self {

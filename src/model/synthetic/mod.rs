@@ -15,13 +15,16 @@
 //! [`super::VisionEncoder::load`].
 //!
 //! The `qwen35` submodule builds the Qwen3.5 family the same way (a hybrid DeltaNet + attention decoder
-//! and its Qwen vision encoder mmproj).
+//! and its Qwen vision encoder mmproj); the `mllama` one Llama 3.2 Vision through the Hugging
+//! Face mapping (text decoder and vision encoder in one GGUF view).
 
 use crate::gguf::{random_blocks, GgmlType, GgufError, GgufWriter, MetaValue, SplitMix64, ValueType};
 
 use crate::source::GgufBytes;
 
+mod mllama;
 mod qwen35;
+pub use mllama::{synthetic_mllama, synthetic_mllama_writer, MllamaParts, MllamaShape, MllamaTextShape, MllamaVisionShape};
 pub use qwen35::{
     synthetic_qwen35, synthetic_qwen35_writer, synthetic_qwen_vl_mmproj, synthetic_qwen_vl_mmproj_writer, Qwen35Shape,
     QwenVisionShape,
@@ -36,6 +39,9 @@ pub enum SyntheticError {
     /// The GGUF writer or parser refused the file.
     #[error(transparent)]
     Gguf(#[from] GgufError),
+    /// The Hugging Face mapping refused a synthetic config or tensor (Mllama).
+    #[error(transparent)]
+    Hf(#[from] crate::source::hf::HfError),
 }
 
 /// The hyperparameters of a synthetic `mistral3` decoder.

@@ -36,11 +36,24 @@ pub struct ModelPlan {
     pub warmup: bool,
 }
 
+/// One image's cross-attention states for a cross-attention decoder (Mllama): given to the
+/// context before anything is timed, so that every prefill and decode runs the cross layers
+/// (a sequence that holds an image at its first position, all its tiles visible).
+pub struct CrossImages {
+    /// `[n_tiles * tile_keys][n_embd]` f32, the projected vision output.
+    pub states: wgpu::Buffer,
+    pub n_tiles: u32,
+    /// Dense `[tokens][n_tiles]` tile mask (its last row repeats for later positions).
+    pub mask: Vec<u32>,
+}
+
+#[allow(clippy::too_many_arguments)]
 pub fn bench_model(
     gpu: &Gpu,
     out: &Out,
     label: &str,
     src: &dyn TensorSource,
+    images: Option<&CrossImages>,
     plan: ModelPlan,
     roof: &Roofline,
     budget: Budget,
@@ -63,6 +76,20 @@ pub fn bench_model(
     let needed = (plan.prompt_tokens + turn_tokens(plan) + plan.decode_tokens + 2) as u32;
     let opts = ContextOptions { max_ctx: opts.max_ctx.max(needed), ..opts };
     let mut ctx = Context::new(gpu, &dec, opts)?;
+    // The image's keys and values, once: `Context::truncate(0)` below keeps them.
+    let mut cross_fill_seconds = None;
+    if let Some(img) = images {
+        let t = Instant::now();
+        ctx.set_cross_attention(gpu, &dec, &img.states, img.n_tiles, &img.mask)?;
+        super::timing::wait(gpu)?;
+        cross_fill_seconds = Some(t.elapsed().as_secs_f64());
+        out.note(&format!(
+            "  cross-attention store of {} image tiles filled in {:.2} s: {:.1} MiB",
+            img.n_tiles,
+            t.elapsed().as_secs_f64(),
+            ctx.cross_attention_bytes() as f64 / 1048576.0
+        ));
+    }
     let mut rng = SplitMix64::new(11);
     let prompt: Vec<u32> = (0..plan.prompt_tokens).map(|_| (rng.next_u64() % c.vocab as u64) as u32).collect();
     let greedy = SamplerState::greedy();
@@ -86,7 +113,7 @@ pub fn bench_model(
     let mut prefill = Vec::new();
     let mut prefill_counts = (0, 0);
     for _ in 0..plan.prefill_reps.max(1) {
-        ctx.reset();
+        ctx.truncate(0);
         let before = ctx.counters();
         let t = Instant::now();
         pollster::block_on(ctx.prefill(gpu, &dec, &prompt, &greedy))?;
@@ -177,6 +204,11 @@ pub fn bench_model(
         "decode_dispatch_overhead_estimate_seconds": dispatches as f64 * roof.dispatch_us * 1e-6,
         "max_ctx": ctx.max_ctx(), "state_bytes": ctx.state_bytes(), "state_bytes_per_token": ctx.state_bytes_per_token(),
     });
+    if let Some(img) = images {
+        v["cross_image_tiles"] = json!(img.n_tiles);
+        v["cross_fill_seconds"] = json!(cross_fill_seconds);
+        v["cross_store_bytes"] = json!(ctx.cross_attention_bytes());
+    }
     if plan.breakdown {
         let families = breakdown(gpu, out, label, &dec, &mut ctx, step_s, budget)?;
         v["breakdown"] = Value::Array(families);
@@ -193,6 +225,7 @@ fn turn_tokens(plan: ModelPlan) -> usize {
 /// Time to the first token of a second chat turn (`prompt` plus `extra` new tokens): prefilled
 /// whole, with `prompt`'s KV entries kept from the first turn, and with them copied back from
 /// a saved prefix after another sequence used the cache (what the engine's prompt cache does).
+/// Sequences start over with `truncate(0)`, which keeps a cross-attention decoder's images.
 fn prompt_cache_ttft(
     gpu: &Gpu,
     dec: &Decoder,
@@ -204,18 +237,18 @@ fn prompt_cache_ttft(
     let greedy = SamplerState::greedy();
     let turn: Vec<u32> =
         prompt.iter().copied().chain((0..extra).map(|_| (rng.next_u64() % dec.cfg.vocab as u64) as u32)).collect();
-    ctx.reset();
+    ctx.truncate(0);
     let t = Instant::now();
     pollster::block_on(ctx.prefill(gpu, dec, &turn, &greedy))?;
     let cold = t.elapsed().as_secs_f64();
-    ctx.reset();
+    ctx.truncate(0);
     pollster::block_on(ctx.prefill(gpu, dec, prompt, &greedy))?;
     let t = Instant::now();
     pollster::block_on(ctx.prefill(gpu, dec, &turn, &greedy))?;
     let cached = t.elapsed().as_secs_f64();
     // Another chat overwrote the cache after the first turn was saved; it is copied back.
     let saved = ctx.save_state(gpu, prompt.len() as u32)?;
-    ctx.reset();
+    ctx.truncate(0);
     let t = Instant::now();
     ctx.restore_state(gpu, &saved, prompt.len() as u32);
     pollster::block_on(ctx.prefill(gpu, dec, &turn, &greedy))?;

@@ -80,6 +80,12 @@ impl CrossStore {
         Ok(CrossStore { k: ks, v: vs, n_tiles, rows: mask.to_vec(), mask: mask_buf })
     }
 
+    /// Bytes the store holds on the GPU: every cross layer's keys and values and the step's
+    /// mask rows (the raw keys are a temporary of [`Self::new`]).
+    pub fn bytes(&self) -> u64 {
+        self.k.iter().chain(&self.v).map(wgpu::Buffer::size).sum::<u64>() + self.mask.size()
+    }
+
     /// Writes the mask rows and MLP row mask of the `n` positions from `start`.
     pub fn write_step(&self, gpu: &Gpu, row_mask: &wgpu::Buffer, start: u32, n: u32) {
         let nt = self.n_tiles as usize;

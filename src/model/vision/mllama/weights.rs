@@ -56,7 +56,34 @@ pub struct MllamaVisionWeights {
     pub mm_0_b: wgpu::Buffer,
 }
 
+impl MllamaLayerWeights {
+    fn bytes_on_gpu(&self) -> u64 {
+        let matrices = [&self.q, &self.k, &self.v, &self.o, &self.up, &self.down].map(GpuWeight::bytes_on_gpu);
+        let vectors = [&self.ln1_w, &self.ln1_b, &self.ln2_w, &self.ln2_b, &self.up_b, &self.down_b].map(|b| b.size());
+        let gates = self.gates.as_ref().map_or(0, |(a, f)| a.size() + f.size());
+        matrices.iter().sum::<u64>() + vectors.iter().sum::<u64>() + gates
+    }
+}
+
 impl MllamaVisionWeights {
+    /// Bytes of weights held on the GPU.
+    pub fn bytes_on_gpu(&self) -> u64 {
+        let tables = [&self.patch_embd, &self.pos_embd, &self.tile_pos_embd, &self.pre_tile, &self.post_tile, &self.mm_0];
+        let vectors = [
+            &self.class_embd,
+            &self.pos_gate,
+            &self.pre_tile_gate,
+            &self.post_tile_gate,
+            &self.pre_ln_w,
+            &self.pre_ln_b,
+            &self.post_ln_w,
+            &self.post_ln_b,
+            &self.mm_0_b,
+        ];
+        let layers = self.local.iter().chain(&self.global).map(MllamaLayerWeights::bytes_on_gpu).sum::<u64>();
+        tables.map(GpuWeight::bytes_on_gpu).iter().sum::<u64>() + vectors.map(|b| b.size()).iter().sum::<u64>() + layers
+    }
+
     /// Loads through `src`, layer and projector matrices requantized to `quant` (the patch
     /// embedding and the tables keep their type).
     pub fn load_from(
