@@ -116,8 +116,8 @@ export class Host {
     // fit before the download starts.
     onProgress({ phase: "headers", loadedBytes: 0, totalBytes: 0, networkBytes: 0, fraction: 0,
       bytesPerSecond: 0, etaSeconds: null, text: "reading the model's headers" });
-    for (let i = 0; i < text.length; i++) await readHead(text[i], { cacheName, signal, push: (b) => engine.pushHeader(i, b) });
-    if (mmproj.length) await readHead(mmproj[0], { cacheName, signal, push: (b) => engine.pushMmprojHeader(b) });
+    for (let i = 0; i < text.length; i++) await readHead(text[i], { cacheName, chunkBytes, signal, push: (b) => engine.pushHeader(i, b) });
+    if (mmproj.length) await readHead(mmproj[0], { cacheName, chunkBytes, signal, push: (b) => engine.pushMmprojHeader(b) });
     const { plan, reason: planReason } = JSON.parse(engine.planMemory());
     let writer = null;
     if (repo) {

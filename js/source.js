@@ -143,10 +143,11 @@ const HEAD_BYTES = 64 << 10;
 
 /**
  * Reads the start of `src` until `push(bytes)` returns true (its header is complete) or the
- * file ends: from the cache when the file is stored there, else with small Range requests that
- * are not cached (the memory plan reads the headers before the download starts).
+ * file ends: from the cache where the file's chunks are stored (all of them, or those an
+ * interrupted download kept), else with small Range requests that are not cached (the memory
+ * plan reads the headers before the download starts).
  */
-export async function readHead(src, { cacheName = DEFAULT_CACHE, signal, push }) {
+export async function readHead(src, { cacheName = DEFAULT_CACHE, chunkBytes = CHUNK_BYTES, signal, push }) {
   if (src.blob) {
     for (let start = 0, size = HEAD_BYTES; start < src.blob.size; start += size, size *= 4) {
       if (push(new Uint8Array(await src.blob.slice(start, start + size).arrayBuffer()))) return;
@@ -155,25 +156,32 @@ export async function readHead(src, { cacheName = DEFAULT_CACHE, signal, push })
   }
   const cache = cacheName !== null && typeof caches !== "undefined" ? await caches.open(cacheName) : null;
   const hit = cache && (await cache.match(manifestKey(src.url)));
-  if (hit) {
-    const { size, chunk } = await hit.json();
-    for (let start = 0; start < size; start += chunk) {
-      const { bytes } = await cachedChunk(cache, src.url, [start, Math.min(size, start + chunk)], signal);
-      if (push(bytes)) return;
+  const stored = hit ? await hit.json() : null;
+  const chunk = stored?.chunk ?? chunkBytes;
+  for (let pos = 0, size = HEAD_BYTES; !stored || pos < stored.size;) {
+    const at = Math.floor(pos / chunk) * chunk;
+    const cached = cache && (await cache.match(chunkKey(src.url, at, stored ? Math.min(stored.size, at + chunk) : at + chunk)));
+    let bytes;
+    if (cached) {
+      bytes = new Uint8Array(await cached.arrayBuffer()).subarray(pos - at);
+    } else {
+      let r;
+      try {
+        r = await fetch(src.url, { headers: { Range: `bytes=${pos}-${pos + size - 1}` }, signal });
+      } catch (e) {
+        throw new DownloadError(`${src.url}: ${e.message}`);
+      }
+      if (r.status === 416) return; // past the end: the file is shorter than its header says
+      if (r.status !== 206 && !(r.status === 200 && pos === 0)) throw new DownloadError(`${src.url} header: HTTP ${r.status}`);
+      bytes = new Uint8Array(await r.arrayBuffer());
+      if (r.status === 200 || bytes.length < size) {
+        push(bytes); // the whole file, or its end
+        return;
+      }
+      size *= 4;
     }
-    return;
-  }
-  for (let start = 0, size = HEAD_BYTES; ; start += size, size *= 4) {
-    let r;
-    try {
-      r = await fetch(src.url, { headers: { Range: `bytes=${start}-${start + size - 1}` }, signal });
-    } catch (e) {
-      throw new DownloadError(`${src.url}: ${e.message}`);
-    }
-    if (r.status === 416) return; // past the end: the file is shorter than its header says
-    if (r.status !== 206 && !(r.status === 200 && start === 0)) throw new DownloadError(`${src.url} header: HTTP ${r.status}`);
-    const bytes = new Uint8Array(await r.arrayBuffer());
-    if (push(bytes) || r.status === 200 || bytes.length < size) return;
+    if (push(bytes)) return;
+    pos += bytes.length;
   }
 }
 

@@ -245,8 +245,11 @@ test("a published SHA-256 is checked: a mismatch is a DownloadError and drops th
 test("a load can be cancelled with an AbortSignal; stored chunks serve the next attempt", async () => {
   let served = 0;
   server.intercept = (req, res) => {
-    // Stall every chunk after the third, so the load is still running when it is cancelled.
+    // Stall every 1 MiB chunk after the fourth, so the load is still running when it is
+    // cancelled (the header reads of the memory plan and the size probe pass).
     if (!req.url.endsWith("model.gguf") || !req.headers.range) return false;
+    const [start, end] = req.headers.range.replace("bytes=", "").split("-").map(Number);
+    if (end - start + 1 !== 1 << 20) return false;
     if (++served <= 4) return false;
     setTimeout(() => { res.writeHead(503); res.end(); }, 10_000);
     return true;
