@@ -54,6 +54,7 @@ fn subcommands() -> Vec<(&'static str, Vec<&'static str>)> {
         ("batch", with(&["REQUESTS.jsonl", "--out"], &[ENGINE_FLAGS])),
         ("info", vec!["--model", "--ctx", "--plan", "--mmproj", "--gpu-memory"]),
         ("split", vec!["--model", "--parts", "--out"]),
+        ("convert", vec!["--model", "--quant", "--out"]),
         ("synthetic", vec!["--out", "--mmproj-out", "--shape", "--seed", "--zeros", "--vocab-from"]),
         (
             "bench",
@@ -120,7 +121,8 @@ fn each_subcommand_help_describes_its_flags() {
     let synthetic = text(&webvlm(&["synthetic", "--help"]).stdout);
     assert!(
         synthetic.contains(
-            "[possible values: 3b, tiny, mistral-small-24b, qwen3.5-0.8b, qwen3.5-2b, qwen3.5-4b, qwen3.5-9b, qwen3.5-tiny]"
+            "[possible values: 3b, tiny, mistral-small-24b, qwen3.5-0.8b, qwen3.5-2b, qwen3.5-4b, qwen3.5-9b, qwen3.5-tiny, \
+             llama3.2-11b-vision, llama3.2-vision-tiny]"
         ),
         "{synthetic}"
     );

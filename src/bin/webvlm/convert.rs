@@ -62,11 +62,11 @@ pub fn run(args: &ConvertArgs) -> CliResult {
     let engine = repo.build(gpu, context)?.map_err(|_| "a shard header is missing")?;
     let mut out = BufWriter::new(File::create(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?);
     let mut written = 0u64;
-    let mut emit = |bytes: Vec<u8>| -> std::io::Result<()> {
+    let mut emit = |bytes: Vec<u8>, out: &mut BufWriter<File>| -> std::io::Result<()> {
         written += bytes.len() as u64;
         out.write_all(&bytes)
     };
-    emit(repo.take_gguf())?;
+    emit(repo.take_gguf(), &mut out)?;
     for (i, name) in shards.iter().enumerate() {
         let mut file = open(name)?;
         loop {
@@ -75,12 +75,11 @@ pub fn run(args: &ConvertArgs) -> CliResult {
                 break;
             }
             repo.push(engine.gpu(), i, &buf[..n])?;
-            emit(repo.take_gguf())?;
+            emit(repo.take_gguf(), &mut out)?;
         }
     }
     repo.finish()?;
-    emit(repo.take_gguf())?;
-    drop(emit);
+    emit(repo.take_gguf(), &mut out)?;
     out.flush()?;
     eprintln!(
         "wrote {} ({written} bytes, {:?} matrices) from {} shard(s) in {:.1} s",
