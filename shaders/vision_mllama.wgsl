@@ -11,7 +11,8 @@ struct Params {
     n: u32,             // elements processed
     dim: u32,           // values per row
     rows_per_tile: u32, // assemble / gated_pos: tokens per tile; tile_add: rows per table vector
-    row0: u32,          // assemble: rows holding tiles (the rest are zeroed); tile_add: first row of x
+    row0: u32,          // assemble: rows holding tiles (the rest are zeroed); tile_add: first row of x;
+                        // scatter_cols: first source row
     stride: u32,        // scatter_cols: values per output row
     offset: u32,        // scatter_cols: output column of source column 0
     step: u32,          // scatter_cols: output columns between source columns
@@ -85,11 +86,11 @@ fn gated_add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     out3[i] += tanh(in2[0]) * in1[i];
 }
 
-/// [uniform, src, out]: out[r * stride + offset + c * step] = src[r * dim + c].
+/// [uniform, src, out]: out[r * stride + offset + c * step] = src[(row0 + r) * dim + c].
 @compute @workgroup_size(WG)
 fn scatter_cols(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
     let i = linear_invocation(wid, nwg, lid, WG);
     if (i >= p.n) { return; }
-    out2[(i / p.dim) * p.stride + p.offset + (i % p.dim) * p.step] = in1[i];
+    out2[(i / p.dim) * p.stride + p.offset + (i % p.dim) * p.step] = in1[p.row0 * p.dim + i];
 }

@@ -1,7 +1,8 @@
 //! Mllama vision kernels against their CPU references: the tile assembly, the tanh-gated
-//! tile / position / residual adds, the column scatter, and prefill attention with Mllama's
-//! vision mask (score (i, j) masked iff tokens i and j are both padding) computed by the
-//! kernel on the valid-tokens-first order against a reference in the natural tile order.
+//! tile / position / residual adds, the column scatter (whole and into row parts), and
+//! prefill attention with Mllama's vision mask (score (i, j) masked iff tokens i and j are
+//! both padding) computed by the kernel on the valid-tokens-first order against a reference
+//! in the natural tile order.
 
 mod common;
 use common::*;
@@ -91,6 +92,36 @@ fn scatter_cols_interleaves_layers() {
         layers as u32 + 1
     )
     .is_err());
+}
+
+/// The features in row parts, as the encoder keeps them over the binding limit: each part
+/// takes its window of the source rows (`scatter_cols_from`), and the parts laid end to end
+/// equal one scatter of every row; a window past the source's end is refused.
+#[test]
+fn scatter_cols_from_fills_row_parts() {
+    let gpu = gpu();
+    let mut rng = Rng::new(10);
+    let (rows, dim, layers) = (11usize, 6usize, 2usize);
+    let stride = dim * (1 + layers);
+    let src = rng.vec(rows * dim);
+    let src_buf = upload(&gpu, &src);
+    let mut want = vec![0f32; rows * stride];
+    vm::scatter_cols_ref(&src, &mut want, dim, stride, dim + 1, layers);
+    // Parts of 4, 4 and 3 rows.
+    let parts: Vec<(usize, usize)> = (0..rows).step_by(4).map(|r0| (r0, 4.min(rows - r0))).collect();
+    assert_eq!(parts.len(), 3);
+    let bufs: Vec<_> = parts.iter().map(|&(_, n)| gpu.storage("part", (n * stride * 4) as u64).unwrap()).collect();
+    let mut prog = Program::new();
+    for (&(r0, n), out) in parts.iter().zip(&bufs) {
+        let (n, d, st) = (n as u32, dim as u32, stride as u32);
+        vm::scatter_cols_from(&mut prog, &gpu, (&src_buf, r0 as u32), out, n, d, st, d + 1, layers as u32).unwrap();
+    }
+    prog.run(&gpu).unwrap();
+    let got: Vec<f32> = parts.iter().zip(&bufs).flat_map(|(&(_, n), b)| read(&gpu, b, n * stride)).collect();
+    assert_eq!(got, want);
+    let mut prog = Program::new();
+    let past_end = vm::scatter_cols_from(&mut prog, &gpu, (&src_buf, 8), &bufs[0], 4, dim as u32, stride as u32, 0, 1);
+    assert!(past_end.is_err());
 }
 
 /// Masked attention in f64 over tokens in their natural order: `valid[t]` false for padding;

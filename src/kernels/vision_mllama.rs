@@ -178,16 +178,39 @@ pub fn scatter_cols(
     offset: u32,
     step: u32,
 ) -> Result<()> {
+    scatter_cols_from(prog, gpu, (src, 0), out, rows, dim, stride, offset, step)
+}
+
+/// [`scatter_cols`] from a window of `src`'s rows: `out[r * stride + offset + c * step] =
+/// src.0[(src.1 + r) * dim + c]` for `rows` rows, so that rows of one activation buffer can
+/// go to an output that holds only some of them (one part of the features).
+#[allow(clippy::too_many_arguments)]
+pub fn scatter_cols_from(
+    prog: &mut Program,
+    gpu: &Gpu,
+    src: (&wgpu::Buffer, u32),
+    out: &wgpu::Buffer,
+    rows: u32,
+    dim: u32,
+    stride: u32,
+    offset: u32,
+    step: u32,
+) -> Result<()> {
     const B: &[Access] = &[Access::Uniform, Access::Read, Access::ReadWrite];
+    let (src, src_row0) = src;
     let n = elems("scatter_cols", rows, dim)?;
     let last = offset as u64 + (dim.max(1) as u64 - 1) * step as u64;
     if dim == 0 || last >= stride as u64 || (step == 0 && dim > 1) {
         return Err(GpuError::Shape(format!("scatter_cols: {dim} columns at {offset} + c * {step} in rows of {stride}")));
     }
+    let src_rows = src_row0
+        .checked_add(rows)
+        .ok_or_else(|| GpuError::Shape(format!("scatter_cols: rows {src_row0} + {rows} of the source")))?;
+    elems("scatter_cols src", src_rows, dim)?;
     elems("scatter_cols out", rows, stride)?;
-    check_len("scatter_cols src", src, n as u64)?;
+    check_len("scatter_cols src", src, src_rows as u64 * dim as u64)?;
     check_len("scatter_cols out", out, rows as u64 * stride as u64)?;
-    let p = Params { n, dim, stride, offset, step, ..Params::default() };
+    let p = Params { n, dim, row0: src_row0, stride, offset, step, ..Params::default() };
     push(prog, gpu, "scatter_cols", B, p, &[Arg::Buf(src), Arg::Buf(out)])
 }
 

@@ -286,3 +286,34 @@ fn llama_3_2_11b_vision_splits_its_encoder_and_plans_the_image_store() {
     assert_eq!(choose(16).unwrap(), LoadQuant::Q8_0);
     assert_eq!(choose(8).unwrap(), LoadQuant::Q4_0);
 }
+
+/// At WebGPU's default 128 MiB binding (lavapipe's too) the 11B's encoder fits: its 6404 x
+/// 7680 f32 features (196.7 MB) go in row parts, which together take the same bytes, so the
+/// vision scratch is the same as under a 1 GiB binding and counts every buffer of one 4-tile
+/// image. Below the 104.9 MB states (one buffer the decoder reads whole) it is refused.
+#[test]
+fn llama_3_2_11b_vision_encoder_fits_a_128_mib_binding() {
+    let model = mllama_11b_headers();
+    let opts = PlanOptions { ctx: 4096, chunk: 512, ..Default::default() };
+    let at = |binding: u64| {
+        MemoryPlan::new(headers(&model), None, PlanLimits { max_buffer: 2 * GIB, max_storage_binding: binding }, opts)
+    };
+    let small = at(128 << 20).unwrap();
+    assert_eq!(small.vision_scratch, plan(&model, None, opts).vision_scratch);
+    let f32s = |rows: u64, cols: u64| 4 * rows * cols;
+    let (tiles, tokens, padded, d) = (4, 1601, 1608, 1280);
+    let want = tiles * f32s(3 * 560, 560) // tile pixels
+        + f32s(1600, 3 * 14 * 14) // one tile's patches
+        + f32s(tiles * 1600, d) // patch embeddings
+        + 4 + 4 * tokens // aspect-ratio id, position ids
+        + 2 * f32s(tiles, d) // pre / post tile embeddings
+        + f32s(tiles * tokens, d) // tile position embeddings
+        + f32s(tokens, d) // position embeddings
+        + 7 * f32s(tiles * padded, d) // x, h, tmp, q, k, v, attn
+        + f32s((64 << 20) / f32s(1, 5120), 5120) // MLP chunk of at most 64 MiB
+        + f32s(tiles * tokens, 7680) // features, all parts
+        + f32s(tiles * tokens, 4096); // states
+    assert_eq!(small.vision_scratch, want);
+    let err = at(64 << 20).unwrap_err();
+    assert!(matches!(err, ModelError::BufferTooLarge { bytes, .. } if bytes == f32s(tiles * tokens, 4096)), "{err}");
+}

@@ -13,9 +13,6 @@ use crate::model::ModelError;
 
 use super::PlanLimits;
 
-/// Largest MLP chunk buffer the encoder allocates (`vision::mllama::FFN_CHUNK_BYTES`).
-const FFN_CHUNK_BYTES: u64 = 64 << 20;
-
 /// Whether a tensor of the mllama view belongs to the vision encoder or projector.
 pub fn is_vision_tensor(name: &str) -> bool {
     name.starts_with("v.") || name.starts_with("mm.")
@@ -52,13 +49,17 @@ pub fn cross_store_bytes(cfg: &MllamaConfig, chunk: u64) -> u64 {
 }
 
 /// The encoder's buffers for one image (`Scratch::new`: every image runs `max_tiles` tiles),
-/// its output states included; each checked against the binding limit.
+/// its output states included; each checked against the binding limit. The features are
+/// split into row parts by the binding limit as the encoder splits them
+/// ([`MllamaVisionConfig::feature_parts`]): together they are the whole features' bytes.
 pub fn vision_scratch(md: &Metadata, limits: PlanLimits) -> Result<u64, ModelError> {
     let c = MllamaVisionConfig::from_metadata(md)?;
     let f32s = |rows: u64, cols: u32| 4 * rows * cols as u64;
-    let n = c.max_tiles as u64 * c.padded_tokens() as u64;
+    let n = c.pass_rows() as u64;
     let (d, tok, main, tiles) = (c.hidden, c.tokens() as u64, c.state_rows() as u64, c.max_tiles as u64);
-    let ffn_rows = (limits.max_storage_binding.min(FFN_CHUNK_BYTES) / f32s(1, c.n_ff)).clamp(1, n);
+    let limit = limits.part_limit();
+    let ffn_rows = c.ffn_chunk_rows(limit) as u64;
+    let feature_part = f32s(c.feature_part_rows(limit) as u64, c.output_dim);
     let buffers = [
         ("tile pixels", tiles * f32s(3 * c.image_size as u64, c.image_size)),
         ("patches", f32s(c.patches() as u64, c.patch_dim())),
@@ -72,12 +73,17 @@ pub fn vision_scratch(md: &Metadata, limits: PlanLimits) -> Result<u64, ModelErr
         ("features", f32s(main, c.output_dim)),
         ("states", f32s(main, c.text_hidden)),
     ];
-    let single = [f32s(main, c.output_dim), f32s(main, c.text_hidden), f32s(n, d), f32s(main, d)];
-    if let Some(&bytes) = single.iter().find(|&&b| b > limits.max_storage_binding) {
+    let single = [
+        ("feature part", feature_part),
+        ("states", f32s(main, c.text_hidden)),
+        ("activations", f32s(n, d)),
+        ("tile position embeddings", f32s(main, d)),
+    ];
+    if let Some(&(what, bytes)) = single.iter().find(|(_, b)| *b > limit) {
         return Err(ModelError::BufferTooLarge {
-            what: format!("a Mllama vision buffer of {} tiles", c.max_tiles),
+            what: format!("the Mllama vision {what} of {} tiles", c.max_tiles),
             bytes,
-            limit: limits.max_storage_binding,
+            limit,
         });
     }
     Ok(buffers.iter().map(|(_, b)| b).sum())

@@ -120,8 +120,8 @@ pub fn image_states(
     for &n in &depths {
         let (seconds, image, weight_bytes) = match encode(gpu, shape, n, seed, if big { 0 } else { reps.max(1) }) {
             Ok(run) => run,
-            // A buffer over the adapter's limits (the 11B's 6404 x 7680 f32 features exceed a
-            // 128 MiB binding): say so, and give the text runs states of noise.
+            // A buffer over the adapter's limits (the 11B's 6404 x 4096 f32 states need a
+            // 104.9 MB binding): say so, and give the text runs states of noise.
             Err(e) if e.downcast_ref::<GpuError>().is_some_and(|g| matches!(g, GpuError::BufferTooLarge { .. })) => {
                 out.emit(json!({ "kind": "skipped", "vision": label, "reason": e.to_string() }));
                 out.note(&format!("  {label} vision: not run on this adapter: {e}; the text runs get noise states"));

@@ -5,6 +5,9 @@
 use crate::gguf::Metadata;
 use crate::model::ModelError;
 
+/// Largest scratch buffer the encoder allocates for the MLP of one chunk of rows.
+pub const FFN_CHUNK_BYTES: u64 = 64 << 20;
+
 /// Everything the encoder and projector need to know about the network's shape.
 #[derive(Clone, Debug)]
 pub struct MllamaVisionConfig {
@@ -144,5 +147,32 @@ impl MllamaVisionConfig {
     /// Rows of the cross-attention states of one image: `max_tiles * tokens` (6404).
     pub fn state_rows(&self) -> u32 {
         self.max_tiles * self.tokens()
+    }
+
+    /// Tokens in one encoder pass: `max_tiles * padded_tokens` (6432).
+    pub fn pass_rows(&self) -> u32 {
+        self.max_tiles * self.padded_tokens()
+    }
+
+    /// Rows per MLP chunk, so that one chunk's `[rows][n_ff]` f32 buffer fits a binding of
+    /// `limit` bytes and [`FFN_CHUNK_BYTES`] (at least 1 row, at most a pass).
+    pub fn ffn_chunk_rows(&self, limit: u64) -> u32 {
+        let row = 4 * self.n_ff as u64;
+        (limit.min(FFN_CHUNK_BYTES) / row).min(self.pass_rows() as u64).max(1) as u32
+    }
+
+    /// Rows per part of the `[state_rows][output_dim]` f32 features, so that each part fits a
+    /// binding of `limit` bytes (at least 1 row, at most all): the 11B's 6404 x 7680 features
+    /// are 196.7 MB, over WebGPU's default 128 MiB binding.
+    pub fn feature_part_rows(&self, limit: u64) -> u32 {
+        let row = 4 * self.output_dim as u64;
+        (limit / row).min(self.state_rows() as u64).max(1) as u32
+    }
+
+    /// The features' parts for a binding of `limit` bytes: `(first row, rows)` of each, in
+    /// order, covering `0..state_rows`.
+    pub fn feature_parts(&self, limit: u64) -> Vec<(u32, u32)> {
+        let (rows, part) = (self.state_rows(), self.feature_part_rows(limit));
+        (0..rows).step_by(part as usize).map(|r0| (r0, part.min(rows - r0))).collect()
     }
 }

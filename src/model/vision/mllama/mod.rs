@@ -11,6 +11,15 @@
 //! (the image's tiles first, so the valid tokens are rows `0..num_tiles * tokens`), then the
 //! padding slots tile by tile. Rows `>= num_tiles * tokens` see only keys below it
 //! ([`AttnShape::valid_rows`]), and the states are the first `max_tiles * tokens` rows.
+//!
+//! Binding sizes: every buffer the pass binds fits the adapter's storage-binding limit at the
+//! 11B's shape. The one that would not, the `[max_tiles * tokens][output_dim]` features
+//! (196.7 MB at 4 tiles of 1601 tokens x 7680), is kept in row parts that each fit
+//! ([`MllamaVisionConfig::feature_parts`]); the kept layers scatter their rows into each
+//! part and the projector runs per part, writing its rows of the states. The MLP runs in
+//! row chunks ([`MllamaVisionConfig::ffn_chunk_rows`]). The activations (6432 x 1280 f32,
+//! 32.9 MB) and the states (6404 x 4096 f32, 104.9 MB) stay whole; attention needs no
+//! scratch of its own.
 
 mod config;
 mod weights;
@@ -29,15 +38,16 @@ use crate::kernels::{elementwise, embedding, matmul};
 use crate::model::ModelError;
 use crate::source::{Eager, LoadQuant, TensorSource, WeightLoader};
 
-/// Largest scratch buffer the encoder allocates for the MLP of one chunk of rows.
-const FFN_CHUNK_BYTES: u64 = 64 << 20;
-
 /// A loaded Mllama vision encoder + projector.
 pub struct MllamaVision {
     pub cfg: MllamaVisionConfig,
     pub weights: MllamaVisionWeights,
     /// Matmul precision (f32 by default).
     pub compute: MatmulCompute,
+    /// A binding size below the adapter's to split the features and the MLP chunks by
+    /// (`None`, the default: the adapter's [`crate::gpu::Caps::part_limit`]); tests set it
+    /// to run the split path on tiny models.
+    pub split_limit: Option<u64>,
 }
 
 /// One image's cross-attention states on the GPU: `[rows][dim]` f32, `rows = max_tiles *
@@ -49,6 +59,9 @@ pub struct MllamaStates {
     pub dim: u32,
     /// Tiles of the image (the cross-attention mask's allowed tiles).
     pub num_tiles: u32,
+    /// GPU bytes the pass allocated, these states included (what the memory plan counts as
+    /// the vision scratch); all but the states are freed once the pass has run.
+    pub scratch_bytes: u64,
 }
 
 impl MllamaVision {
@@ -60,7 +73,7 @@ impl MllamaVision {
     pub fn load_from(gpu: &Gpu, src: &mut dyn WeightLoader, quant: LoadQuant) -> Result<MllamaVision, ModelError> {
         let cfg = MllamaVisionConfig::from_metadata(src.metadata())?;
         let weights = MllamaVisionWeights::load_from(gpu, src, &cfg, quant)?;
-        Ok(MllamaVision { cfg, weights, compute: MatmulCompute::F32 })
+        Ok(MllamaVision { cfg, weights, compute: MatmulCompute::F32, split_limit: None })
     }
 
     /// Encodes a preprocessed image ([`crate::image::mllama::preprocess_mllama`]).
@@ -93,11 +106,13 @@ impl MllamaVision {
             Some(&(down, across)) if down * across == num_tiles => {}
             _ => return Err(GpuError::Shape(format!("aspect-ratio id {aspect_ratio_id} does not have {num_tiles} tiles"))),
         }
-        let s = Scratch::new(gpu, c, tiles, tile_len, aspect_ratio_id)?;
+        let limit = self.split_limit.map_or(gpu.caps.part_limit(), |l| l.min(gpu.caps.part_limit()));
+        let s = Scratch::new(gpu, c, tiles, tile_len, aspect_ratio_id, limit)?;
         let prog = self.record(gpu, &s, num_tiles)?;
         StepParams::new(0, s.n, 0).write(gpu, &s.step);
         prog.run(gpu)?;
-        Ok(MllamaStates { buffer: s.out, rows: c.state_rows(), dim: c.text_hidden, num_tiles })
+        let scratch_bytes = s.bytes();
+        Ok(MllamaStates { buffer: s.out, rows: c.state_rows(), dim: c.text_hidden, num_tiles, scratch_bytes })
     }
 
     fn record(&self, gpu: &Gpu, s: &Scratch, num_tiles: u32) -> GpuResult<Program> {
@@ -130,7 +145,9 @@ impl MllamaVision {
         for (i, l) in w.local.iter().enumerate() {
             self.layer(&mut p, gpu, s, l, &attn)?;
             if let Some(j) = c.kept_layers.iter().position(|&k| k as usize == i) {
-                vm::scatter_cols(&mut p, gpu, &s.x, &s.features, main, d, c.output_dim, d + j as u32, n_kept)?;
+                for (part, &(r0, rows)) in s.features.iter().zip(&s.feature_parts) {
+                    vm::scatter_cols_from(&mut p, gpu, (&s.x, r0), part, rows, d, c.output_dim, d + j as u32, n_kept)?;
+                }
             }
         }
         // 6. layernorm_post and the post-tile embedding on every slot, then the global layers.
@@ -144,9 +161,12 @@ impl MllamaVision {
         for l in &w.global {
             self.layer(&mut p, gpu, s, l, &attn)?;
         }
-        // 7-8. Features (global output, then the kept layers interleaved) and the projector.
-        vm::scatter_cols(&mut p, gpu, &s.x, &s.features, main, d, c.output_dim, 0, 1)?;
-        matmul::record_with(&mut p, gpu, &w.mm_0, &s.features, &s.out, main, mm)?;
+        // 7-8. Features (global output, then the kept layers interleaved) and the projector,
+        // part by part, each writing its rows of the states.
+        for (part, &(r0, rows)) in s.features.iter().zip(&s.feature_parts) {
+            vm::scatter_cols_from(&mut p, gpu, (&s.x, r0), part, rows, d, c.output_dim, 0, 1)?;
+            record_rows(&mut p, gpu, &w.mm_0, (part, 0), (&s.out, r0), rows, mm)?;
+        }
         vq::add_bias(&mut p, gpu, &w.mm_0_b, &s.out, main, c.text_hidden)?;
         Ok(p)
     }
@@ -206,23 +226,37 @@ struct Scratch {
     attn: wgpu::Buffer,
     ffn_rows: u32,
     up: wgpu::Buffer,
-    features: wgpu::Buffer,
+    /// The features `[max_tiles * tokens][output_dim]` in row parts that each fit a binding:
+    /// `feature_parts[i]` is part `i`'s (first row, rows).
+    feature_parts: Vec<(u32, u32)>,
+    features: Vec<wgpu::Buffer>,
     out: wgpu::Buffer,
 }
 
 impl Scratch {
-    fn new(gpu: &Gpu, c: &MllamaVisionConfig, tiles: &[f32], tile_len: usize, aspect_ratio_id: u32) -> GpuResult<Scratch> {
-        let n = c.max_tiles * c.padded_tokens();
+    /// The buffers of a pass over `tiles`, split by bindings of `limit` bytes.
+    fn new(
+        gpu: &Gpu,
+        c: &MllamaVisionConfig,
+        tiles: &[f32],
+        tile_len: usize,
+        aspect_ratio_id: u32,
+        limit: u64,
+    ) -> GpuResult<Scratch> {
+        let n = c.pass_rows();
         let (d, tok, main) = (c.hidden, c.tokens(), c.state_rows() as u64);
         let f32s = |rows: u64, cols: u32| rows * cols as u64 * 4;
-        let limit = gpu.caps.max_storage_binding.min(FFN_CHUNK_BYTES);
-        let ffn_rows = (limit / f32s(1, c.n_ff)).clamp(1, n as u64) as u32;
+        let ffn_rows = c.ffn_chunk_rows(limit);
+        let feature_parts = c.feature_parts(limit);
         let buf = |label: &str, rows: u64, cols: u32| gpu.storage(&format!("mllama_vision.{label}"), f32s(rows, cols));
         let pixels = tiles
             .chunks(tile_len)
             .map(|tile| gpu.storage_with("mllama_vision.pixels", bytemuck::cast_slice(tile)))
             .collect::<GpuResult<Vec<_>>>()?;
         let pos_ids: Vec<u32> = (0..tok).collect();
+        let features = (feature_parts.iter().enumerate())
+            .map(|(i, &(_, rows))| buf(&format!("features.{i}"), rows as u64, c.output_dim))
+            .collect::<GpuResult<Vec<_>>>()?;
         let n = n as u64;
         Ok(Scratch {
             n: n as u32,
@@ -245,8 +279,34 @@ impl Scratch {
             attn: buf("attn", n, d)?,
             ffn_rows,
             up: buf("up", ffn_rows as u64, c.n_ff)?,
-            features: buf("features", main, c.output_dim)?,
+            feature_parts,
+            features,
             out: buf("states", main, c.text_hidden)?,
         })
+    }
+
+    /// Bytes of every buffer (the step uniform aside).
+    fn bytes(&self) -> u64 {
+        let whole = [
+            &self.patches,
+            &self.emb,
+            &self.ratio_id,
+            &self.pos_ids,
+            &self.pre_tile,
+            &self.post_tile,
+            &self.tile_pos,
+            &self.pos,
+            &self.x,
+            &self.h,
+            &self.tmp,
+            &self.q,
+            &self.k,
+            &self.v,
+            &self.attn,
+            &self.up,
+            &self.out,
+        ];
+        let sizes = whole.into_iter().chain(&self.pixels).chain(&self.features).map(wgpu::Buffer::size);
+        sizes.sum()
     }
 }
