@@ -234,6 +234,11 @@ export interface ModelInfo {
   converted?: { url: string; quant: RepoQuant; state: string };
 }
 
+/** A `fetch` that serves OpenAI's routes from the engine, with no network: `POST
+ * …/chat/completions` (JSON, or `text/event-stream` with `stream: true`), `GET …/models`,
+ * `GET …/models/{id}`; errors as `{error: {message, type, param, code}}` with their status. */
+export type OpenAIFetch = (input: RequestInfo | URL, init?: RequestInit) => Promise<Response>;
+
 export interface Engine {
   info: ModelInfo;
   chat: {
@@ -242,6 +247,9 @@ export interface Engine {
       create(request: ChatCompletionRequest & { stream?: false }): Promise<ChatCompletion>;
     };
   };
+  /** For OpenAI's SDKs: `new OpenAI({ baseURL: "http://webvlm.local/v1", apiKey: "unused",
+   * fetch: engine.fetch, dangerouslyAllowBrowser: true })`. */
+  fetch: OpenAIFetch;
   /** Runs requests one after another (an array or OpenAI batch JSONL); failures are
    * reported per request and the batch goes on. */
   batch(input: BatchRequest[] | string, options?: { onProgress?: (p: BatchProgress) => void; signal?: AbortSignal }): Promise<BatchResult[]>;

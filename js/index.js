@@ -12,6 +12,7 @@
 import { BadRequestError, DownloadError, EngineUnloadedError, NoWebGPUError, fromWire } from "./errors.js";
 import { cacheContents, deleteCached, DEFAULT_CACHE } from "./source.js";
 import { runBatch, toCSV, toJSONL } from "./batch.js";
+import { openAIFetch } from "./openai-fetch.js";
 
 export * from "./errors.js";
 export { cacheContents, deleteCached, DEFAULT_CACHE, toCSV, toJSONL };
@@ -81,6 +82,8 @@ class Engine {
     this.#port = port;
     port.listen((m) => this.#receive(m));
     this.chat = { completions: { create: (request) => this.#create(request) } };
+    /** OpenAI's HTTP routes served from this engine, with no network (openai-fetch.js). */
+    this.fetch = openAIFetch(this);
   }
 
   /** Rejects every pending call with `error` (the worker is gone). */
