@@ -68,6 +68,7 @@ export class RemoteEngine {
   #base;
   #headers;
   #fetch;
+  #model;
   #closed = false;
   /** AbortControllers of the requests in flight (`stop`, `unload`). */
   #running = new Set();
@@ -84,7 +85,7 @@ export class RemoteEngine {
     this.#base = url.href.replace(/\/+$/, "");
     this.#headers = { ...headers, ...(apiKey ? { authorization: `Bearer ${apiKey}` } : {}) };
     this.#fetch = fetchImpl ?? ((...args) => globalThis.fetch(...args));
-    this.model = model;
+    this.#model = model;
     this.info = null;
     this.chat = { completions: { create: (request) => this.#create(request) } };
     /** OpenAI's routes served from this engine (openai-fetch.js), as for a local engine. */
@@ -95,7 +96,7 @@ export class RemoteEngine {
     const list = await (await this.#request("GET", "/models", { signal })).json().catch(() => null);
     const models = Array.isArray(list?.data) ? list.data.filter((m) => typeof m?.id === "string") : [];
     const ids = models.map((m) => m.id);
-    const id = this.model ?? ids[0];
+    const id = this.#model ?? ids[0];
     if (!id) throw new ModelNotSupportedError(`${this.#base}/models lists no model`);
     if (!ids.includes(id)) {
       throw new ModelNotSupportedError(`the server at ${this.#base} serves ${ids.map((x) => `"${x}"`).join(", ")}, not "${id}"`);
