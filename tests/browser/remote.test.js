@@ -268,6 +268,46 @@ test("fallback: \"remote\" is taken on AdapterTooSmallError (the model's headers
   assert.ok(fitsRead.some((r) => !windows.includes(r)), "the load that fit downloaded no weights: the check above proves nothing");
 });
 
+test("the demo's remote server: settings with the key in sessionStorage only, a notice that requests leave the device, a streamed reply from the server", { timeout: 5 * MIN }, async (t) => {
+  const demo = await browser.context.newPage();
+  await demo.goto(`${server.url}/index.html`);
+  await demo.locator("#settings summary").click();
+  await demo.fill("#settings-remote-url", mock.url);
+  await demo.fill("#settings-remote-model", "mock-other");
+  await demo.fill("#settings-remote-key", KEY);
+  await demo.selectOption("#model-select", "remote");
+  const notice = demo.locator("#remote-notice");
+  assert.ok(await notice.isVisible(), "no notice that requests leave the device");
+  assert.match(await notice.textContent(), new RegExp(`${mock.url.replace(/[./]/g, "\\$&")}.*leave this device`));
+  const since = mock.chats().length;
+  await demo.click("#load");
+  await demo.waitForFunction(() => document.body.dataset.state === "ready" || document.body.dataset.state === "error", null, { timeout: 60_000 });
+  const loaded = await demo.evaluate(() => ({ state: document.body.dataset.state, info: window.webvlmDemo.state.info, error: window.webvlmDemo.state.lastError }));
+  assert.equal(loaded.state, "ready", JSON.stringify(loaded.error));
+  assert.deepEqual([loaded.info.remote, loaded.info.model, loaded.info.baseURL], [true, "mock-other", mock.url]);
+  await demo.fill("#prompt", "hello from the demo");
+  await demo.click("#send");
+  await demo.waitForFunction(() => document.querySelector(".msg.assistant")?.dataset.state === "done", null, { timeout: 60_000 });
+  const reply = await demo.locator(".msg.assistant .content").last().textContent();
+  const stored = await demo.evaluate(() => ({ local: JSON.stringify({ ...localStorage }), session: JSON.stringify({ ...sessionStorage }) }));
+  await demo.reload();
+  const afterReload = await demo.evaluate(() => ({ url: document.querySelector("#settings-remote-url").value, key: document.querySelector("#settings-remote-key").value }));
+  await demo.close();
+  t.diagnostic(`reply ${JSON.stringify(reply)}; after a reload: ${JSON.stringify(afterReload)}`);
+  assert.equal(reply, `${REPLY_PREFIX} hello from the demo`);
+  const sent = mock.chats().slice(since);
+  assert.equal(sent.length, 1);
+  assert.equal(sent[0].auth, `Bearer ${KEY}`);
+  assert.equal(sent[0].body.model, "mock-other");
+  assert.equal(sent[0].body.stream, true);
+  assert.ok(!("image_max_edge" in sent[0].body), "webvlm's own image_max_edge went to the server");
+  assert.ok(!stored.local.includes(KEY), "the API key is in localStorage");
+  assert.ok(stored.local.includes(mock.url), "the base URL was not saved");
+  assert.ok(stored.session.includes(KEY), "the API key is not in sessionStorage");
+  // A reload keeps the session (and its key); a new session would not have it.
+  assert.deepEqual(afterReload, { url: mock.url, key: KEY });
+});
+
 test("the pages logged no errors", () => {
   browser.assertNoErrors({ allowConsoleErrors: [/CORS|Failed to load resource|ERR_CONNECTION_REFUSED|ERR_FAILED/] });
 });
