@@ -5,7 +5,8 @@
 // the HTTP connection (the server sees it close before its endless answer ends) and ends with
 // finish_reason "abort"; a batch gives the in-page engine's result lines; every server error is
 // its named error with `status` (and `param` / `code`). `fallback: "remote"` takes the server
-// when the page has no WebGPU (an init script deletes `navigator.gpu`) and when the model does
+// when the page has no WebGPU (an init script deletes `navigator.gpu`, or makes
+// `requestAdapter` find none) and when the model does
 // not fit `gpuMemory` (AdapterTooSmallError from the headers), and loads the tiny VLM in the
 // page when it fits.
 //
@@ -238,6 +239,20 @@ test("fallback: \"remote\" is taken when the page has no WebGPU, before anything
   assert.equal(r.info.fallback?.reason, "NoWebGPUError", JSON.stringify(r.info));
   assert.equal(r.content, `${REPLY_PREFIX} no gpu here`);
   assert.deepEqual(server.log.slice(since).filter((e) => e.path.startsWith("/fixtures/")), [], "the model was requested");
+});
+
+test("fallback: \"remote\" is taken when WebGPU gives no adapter (the engine on the page's thread)", { timeout: 5 * MIN }, async () => {
+  const bare = await browser.context.newPage();
+  await bare.addInitScript(() => { GPU.prototype.requestAdapter = async () => null; });
+  await bare.goto(`${server.url}/test/blank.html`);
+  const r = await inPage(bare, async (api, [model, baseURL, key]) => {
+    const engine = await api.createEngine({ model, worker: false, remote: { baseURL, apiKey: key }, fallback: "remote", cacheName: null });
+    return { adapter: await navigator.gpu.requestAdapter(), info: engine.info };
+  }, [MODEL, mock.url, KEY]);
+  await bare.close();
+  assert.equal(r.adapter, null, "the init script did not take the adapter away");
+  assert.equal(r.info.remote, true);
+  assert.equal(r.info.fallback?.reason, "NoWebGPUError", JSON.stringify(r.info));
 });
 
 test("fallback: \"remote\" is taken on AdapterTooSmallError (the model's headers read, not its weights); a model that fits loads in the page", { timeout: 10 * MIN }, async (t) => {
