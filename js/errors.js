@@ -33,10 +33,28 @@ export class BadRequestError extends WebvlmError {}
 /** The engine was unloaded. */
 export class EngineUnloadedError extends WebvlmError {}
 
+// A remote engine (`createEngine({remote})`, remote.js) names a server's refusals with the
+// classes above where one fits (400 BadRequestError, 404 for the model
+// ModelNotSupportedError) and with these otherwise. Every error from a server's answer
+// carries its HTTP `status`, and OpenAI's `type`, `code` and `param` when the server sent them.
+
+/** The server refused the API key (HTTP 401 or 403). */
+export class AuthenticationError extends WebvlmError {}
+/** The server answered with another error status: 429 (rate limited), 5xx (its own
+ * failure), or a 404 that does not name the model (a wrong `baseURL`). */
+export class RemoteServerError extends WebvlmError {}
+/** The server could not be reached: no connection, DNS, TLS, or a response the browser hid
+ * because the server sent no CORS headers for this page's origin. */
+export class NetworkError extends WebvlmError {}
+
 const CLASSES = {
   WebvlmError, NoWebGPUError, AdapterTooSmallError, ModelNotSupportedError, DownloadError,
   QuotaExceededError, DeviceLostError, BadRequestError, EngineUnloadedError,
+  AuthenticationError, RemoteServerError, NetworkError,
 };
+
+/** OpenAI's error fields an error may carry (and `status`, a remote server's HTTP status). */
+const FIELDS = ["type", "code", "param", "status"];
 
 /** A plain object that survives structured cloning. A refused request keeps OpenAI's error
  * fields: `type`, `code` (e.g. "invalid_value", "context_length_exceeded") and `param` (the
@@ -44,12 +62,12 @@ const CLASSES = {
 export function toWire(e) {
   const name = e?.name in CLASSES ? e.name : "WebvlmError";
   const wire = { name, message: String(e?.message ?? e) };
-  for (const k of ["type", "code", "param"]) if (e?.[k] !== undefined) wire[k] = e[k];
+  for (const k of FIELDS) if (e?.[k] !== undefined) wire[k] = e[k];
   return wire;
 }
 
 export function fromWire(w) {
   const e = new (CLASSES[w.name] ?? WebvlmError)(w.message);
-  for (const k of ["type", "code", "param"]) if (w[k] !== undefined) e[k] = w[k];
+  for (const k of FIELDS) if (w[k] !== undefined) e[k] = w[k];
   return e;
 }

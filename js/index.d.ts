@@ -49,6 +49,21 @@ export interface EngineOptions {
  * (BF16, F16, F32). Default: "q8_0" when the model fits `gpuMemory` with it, else "q4_0". */
 export type RepoQuant = "q8_0" | "q4_k" | "q4_0" | "q4_1" | "keep";
 
+/** An OpenAI-compatible server (vLLM, llama.cpp's server, OpenAI, `webvlm serve`). */
+export interface RemoteOptions {
+  /** The API's base URL, up to the version: "https://host/v1" (relative URLs resolve against
+   * the page). The server must answer this page's origin with CORS headers. */
+  baseURL: string | URL;
+  /** Sent as `Authorization: Bearer KEY`. */
+  apiKey?: string;
+  /** The model id requests name (default: the first `GET /models` lists). */
+  model?: string;
+  /** Extra headers on every request. */
+  headers?: Record<string, string>;
+  /** The `fetch` requests go through (default: the global one). */
+  fetch?: typeof fetch;
+}
+
 export interface CreateEngineOptions {
   /** `text` may be split GGUF parts: an array in part order, or the URL of the first part
    * (`name-00001-of-00003.gguf`), which stands for all of them. Or `repo`: a Hugging Face
@@ -71,6 +86,19 @@ export interface CreateEngineOptions {
   chunkBytes?: number;
   /** Cancels the load: the worker ends, the promise rejects with DownloadError; chunks
    * already stored stay cached for the next attempt. */
+  signal?: AbortSignal;
+  /** With `fallback: "remote"`: the server used when this browser has no WebGPU or the model
+   * does not fit its GPU. */
+  remote?: RemoteOptions;
+  /** "remote": use `remote` when the local load fails with NoWebGPUError (no `navigator.gpu`,
+   * no adapter) or AdapterTooSmallError (planned from the headers, before any download). */
+  fallback?: "remote";
+}
+
+/** `createEngine({remote})`: the engine interface over HTTP, no model in the page. */
+export interface RemoteEngineOptions {
+  remote: RemoteOptions;
+  /** Cancels connecting (`GET /models`): the promise rejects with an AbortError. */
   signal?: AbortSignal;
 }
 
@@ -209,6 +237,8 @@ export interface BatchProgress {
 }
 
 export interface ModelInfo {
+  /** False: the model runs in this page. */
+  remote: false;
   architecture: string;
   name: string | null;
   layers: number;
@@ -234,25 +264,71 @@ export interface ModelInfo {
   converted?: { url: string; quant: RepoQuant; state: string };
 }
 
-export interface Engine {
-  info: ModelInfo;
+/** A remote engine's info: the server and the model its requests name. */
+export interface RemoteModelInfo {
+  remote: true;
+  /** The base URL, without a trailing slash. */
+  baseURL: string;
+  /** The model id requests name when they name none. */
+  model: string;
+  /** The same id (what a local engine's `name` is). */
+  name: string;
+  /** Every model id the server lists. */
+  models: string[];
+  ownedBy: string | null;
+  /** The server's context length where it says (vLLM's `max_model_len`), else null. */
+  maxContext: number | null;
+  /** Unknown: OpenAI's model object does not say whether the model takes images. */
+  vision: null;
+  /** Set when `fallback: "remote"` was taken: the local load's error. */
+  fallback: { reason: "NoWebGPUError" | "AdapterTooSmallError"; message: string } | null;
+}
+
+/** A `fetch` that serves OpenAI's routes from the engine, with no network: `POST
+ * …/chat/completions` (JSON, or `text/event-stream` with `stream: true`), `GET …/models`,
+ * `GET …/models/{id}`; errors as `{error: {message, type, param, code}}` with their status. */
+export type OpenAIFetch = (input: RequestInfo | URL, init?: RequestInit) => Promise<Response>;
+
+interface EngineBase<Info> {
+  info: Info;
   chat: {
     completions: {
       create(request: ChatCompletionRequest & { stream: true }): Promise<AsyncIterable<ChatCompletionChunk>>;
       create(request: ChatCompletionRequest & { stream?: false }): Promise<ChatCompletion>;
     };
   };
+  /** For OpenAI's SDKs: `new OpenAI({ baseURL: "http://webvlm.local/v1", apiKey: "unused",
+   * fetch: engine.fetch, dangerouslyAllowBrowser: true })`. */
+  fetch: OpenAIFetch;
   /** Runs requests one after another (an array or OpenAI batch JSONL); failures are
    * reported per request and the batch goes on. */
   batch(input: BatchRequest[] | string, options?: { onProgress?: (p: BatchProgress) => void; signal?: AbortSignal }): Promise<BatchResult[]>;
+  unload(): Promise<void>;
+}
+
+/** An engine running the model in this page. */
+export interface Engine extends EngineBase<ModelInfo> {
   /** Teacher-forced logits `[tokens.length * vocab]` (tests; ids hold expanded image layouts). */
   logits(tokens: number[], images?: string[]): Promise<Float32Array>;
   /** Ends the running generation (or the request `requestId`) after the current token. */
   stop(requestId?: number): void;
-  unload(): Promise<void>;
 }
 
-export function createEngine(options: CreateEngineOptions): Promise<Engine>;
+/** An engine whose requests go to an OpenAI-compatible server. Requests run side by side
+ * (not queued); an aborted plain request rejects with an AbortError, an aborted stream ends
+ * with a chunk whose finish_reason is "abort". Server errors are the named errors with
+ * `status`: 400 BadRequestError, 401/403 AuthenticationError, 404 for the model
+ * ModelNotSupportedError, others RemoteServerError; no connection: NetworkError. */
+export interface RemoteEngine extends EngineBase<RemoteModelInfo> {
+  /** Rejects with BadRequestError: logits need the weights. */
+  logits(tokens: number[], images?: string[]): Promise<never>;
+  /** Aborts every request in flight. */
+  stop(): void;
+}
+
+export function createEngine(options: CreateEngineOptions & { remote: RemoteOptions; fallback: "remote" }): Promise<Engine | RemoteEngine>;
+export function createEngine(options: CreateEngineOptions & { remote?: undefined; fallback?: undefined }): Promise<Engine>;
+export function createEngine(options: RemoteEngineOptions & { model?: undefined }): Promise<RemoteEngine>;
 
 export interface CachedModel { url: string; bytes: number; chunks: number; size: number | null; complete: boolean }
 export function cacheContents(cacheName?: string): Promise<{ entries: CachedModel[]; bytes: number }>;
@@ -262,7 +338,13 @@ export const DEFAULT_CACHE: string;
 export class WebvlmError extends Error {}
 export class NoWebGPUError extends WebvlmError {}
 export class AdapterTooSmallError extends WebvlmError {}
-export class ModelNotSupportedError extends WebvlmError {}
+export class ModelNotSupportedError extends WebvlmError {
+  /** From a remote engine: the server's 404 naming the model. */
+  status?: number;
+  type?: string;
+  code?: string | null;
+  param?: string | null;
+}
 export class DownloadError extends WebvlmError {}
 export class QuotaExceededError extends WebvlmError {}
 export class DeviceLostError extends WebvlmError {}
@@ -272,8 +354,26 @@ export class BadRequestError extends WebvlmError {
   type?: string;
   code?: string | null;
   param?: string | null;
+  /** From a remote engine: the server's HTTP status (400, 413 or 422). */
+  status?: number;
 }
 export class EngineUnloadedError extends WebvlmError {}
+/** The server refused the API key (HTTP 401 or 403). */
+export class AuthenticationError extends WebvlmError {
+  status: number;
+  type?: string;
+  code?: string | null;
+  param?: string | null;
+}
+/** Another error status from the server: 429 (rate limited), 5xx, a 404 not about the model. */
+export class RemoteServerError extends WebvlmError {
+  status: number;
+  type?: string;
+  code?: string | null;
+  param?: string | null;
+}
+/** The server could not be reached (connection, DNS, TLS, or no CORS headers for this origin). */
+export class NetworkError extends WebvlmError {}
 
 /** Batch results as JSONL (one result object per line). */
 export function toJSONL(results: BatchResult[]): string;

@@ -7,17 +7,46 @@
 //   await engine.unload();
 //
 // The engine runs in a module worker (worker.js) unless `worker: false`; the object is the
-// same either way. Requests are queued and run one at a time.
+// same either way. Requests are queued and run one at a time. `createEngine({remote})` gives
+// the same interface over HTTP to an OpenAI-compatible server (remote.js), and `engine.fetch`
+// serves OpenAI's HTTP routes from an engine for OpenAI's SDKs (openai-fetch.js).
 
-import { BadRequestError, DownloadError, EngineUnloadedError, NoWebGPUError, fromWire } from "./errors.js";
+import { AdapterTooSmallError, BadRequestError, DownloadError, EngineUnloadedError, NoWebGPUError, fromWire } from "./errors.js";
 import { cacheContents, deleteCached, DEFAULT_CACHE } from "./source.js";
 import { runBatch, toCSV, toJSONL } from "./batch.js";
+import { openAIFetch } from "./openai-fetch.js";
+import { createRemoteEngine } from "./remote.js";
 
 export * from "./errors.js";
 export { cacheContents, deleteCached, DEFAULT_CACHE, toCSV, toJSONL };
 
 /**
- * Creates an engine and loads a model.
+ * Creates an engine: in the page (`model`), over HTTP to an OpenAI-compatible server
+ * (`remote`, see remote.js), or in the page with the server as a fallback (both, with
+ * `fallback: "remote"`): the remote engine is used when this browser has no WebGPU
+ * (NoWebGPUError: `navigator.gpu` missing or no adapter) or the model does not fit the GPU
+ * (AdapterTooSmallError, raised from the headers before any weight is downloaded); its
+ * `info.fallback` says why. Other load failures reject as they would without a fallback.
+ * @param {object} o `model` and its options (`createLocalEngine`), `remote`
+ *   ({baseURL, apiKey, model, headers, fetch}), `fallback` ("remote"), `signal`
+ */
+export async function createEngine(o = {}) {
+  const { model, remote, fallback, signal } = o;
+  if (fallback !== undefined && fallback !== "remote") throw new BadRequestError(`fallback must be "remote", not ${JSON.stringify(fallback)}`);
+  if (fallback && !(model && remote)) throw new BadRequestError('fallback: "remote" needs both model and remote');
+  if (remote && !model) return createRemoteEngine(remote, { signal });
+  if (remote && !fallback) throw new BadRequestError('createEngine takes model or remote; give both with fallback: "remote"');
+  if (!remote) return createLocalEngine(o);
+  try {
+    return await createLocalEngine(o);
+  } catch (e) {
+    if (!(e instanceof NoWebGPUError || e instanceof AdapterTooSmallError)) throw e;
+    return createRemoteEngine(remote, { signal, fallback: { reason: e.name, message: e.message } });
+  }
+}
+
+/**
+ * Creates an engine in the page and loads a model.
  * @param {object} o
  * @param {{text?: any, repo?: string|URL, quant?: string, mmproj?: any}} o.model URLs, Files or
  *   Blobs (the text GGUF and its mmproj), or a Hugging Face repository's folder URL with the
@@ -30,7 +59,7 @@ export { cacheContents, deleteCached, DEFAULT_CACHE, toCSV, toJSONL };
  * @param {number} [o.chunkBytes] download chunk size (default 32 MiB)
  * @param {AbortSignal} [o.signal] cancels the load (rejects with DownloadError)
  */
-export async function createEngine({ model, onProgress, worker = true, engine: options = {}, cacheName = DEFAULT_CACHE, chunkBytes, signal } = {}) {
+async function createLocalEngine({ model, onProgress, worker = true, engine: options = {}, cacheName = DEFAULT_CACHE, chunkBytes, signal } = {}) {
   if (!model?.text && !model?.repo) throw new BadRequestError("createEngine needs model.text (a URL, File or Blob) or model.repo (a URL)");
   if (!globalThis.navigator?.gpu) throw new NoWebGPUError("this browser has no WebGPU (navigator.gpu is missing)");
   signal?.throwIfAborted();
@@ -44,7 +73,7 @@ export async function createEngine({ model, onProgress, worker = true, engine: o
   };
   signal?.addEventListener("abort", onAbort, { once: true });
   try {
-    e.info = await e._call({ type: "load", model, options, cacheName, chunkBytes }, { onProgress });
+    e.info = { ...await e._call({ type: "load", model, options, cacheName, chunkBytes }, { onProgress }), remote: false };
   } catch (err) {
     port.close(); // a failed load leaves no worker or GPU device behind
     throw err;
@@ -81,6 +110,8 @@ class Engine {
     this.#port = port;
     port.listen((m) => this.#receive(m));
     this.chat = { completions: { create: (request) => this.#create(request) } };
+    /** OpenAI's HTTP routes served from this engine, with no network (openai-fetch.js). */
+    this.fetch = openAIFetch(this);
   }
 
   /** Rejects every pending call with `error` (the worker is gone). */

@@ -55,7 +55,10 @@ function renderAttachments() {
 export function renderEmptyState() {
   const empty = $("empty");
   empty.hidden = $("messages").querySelector(".msg") !== null;
-  if (engine && state.info) {
+  if (engine && state.info?.remote) {
+    $("empty-title").textContent = "Ask the server";
+    $("empty-text").textContent = `Messages and images go to ${state.info.baseURL} (${state.info.model}): they leave this device.`;
+  } else if (engine && state.info) {
     $("empty-title").textContent = state.info.vision ? "Ask about an image" : "Start a conversation";
     $("empty-text").textContent = state.info.vision
       ? "Attach an image (paperclip, paste or drop it here) and ask a question. Everything runs on your GPU."

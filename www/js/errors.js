@@ -42,6 +42,22 @@ const ERROR_TEXT = {
     title: "The engine stopped",
     hint: "Load the model again to continue. If this keeps happening, reload the page.",
   },
+  AuthenticationError: {
+    title: "The server refused the API key",
+    hint: "Check the API key under Settings → Remote server (it is kept for this browser session only).",
+  },
+  NetworkError: {
+    title: "The server could not be reached",
+    hint: "Check the base URL under Settings → Remote server, and that the server answers this page's origin with CORS headers.",
+  },
+  RemoteServerError: {
+    title: "The server could not answer",
+    hint: "It may be busy (429) or failing (5xx): try again in a moment. A 404 means the base URL is not the API's (it usually ends in /v1).",
+  },
+  NoRemoteURL: {
+    title: "Set the remote server first",
+    hint: "Enter the server's base URL (and its API key, if it needs one) under Settings → Remote server.",
+  },
   PackageMissing: {
     title: "The webvlm package could not be loaded",
     hint: "The page expects the built package in www/pkg/. Build it with ./build.sh (or serve the demo with ./build.sh serve).",

@@ -7,6 +7,7 @@ import { hideError, pageError, showError } from "./errors.js";
 import { forgetEngine, loseEngine, setState } from "./status.js";
 import { renderEmptyState } from "./chat.js";
 import { refreshCache } from "./storage.js";
+import { remoteKey } from "./settings.js";
 
 const HF = "https://huggingface.co/mistralai/Ministral-3-3B-Instruct-2512-GGUF/resolve/main/";
 const PRESETS = {
@@ -95,9 +96,16 @@ export function setupModelSelect() {
 function renderModelSource() {
   const v = $("model-select").value;
   $("local-files").hidden = v !== "local";
+  const { remote_url: url, remote_model: model } = state.settings;
+  $("remote-notice").hidden = v !== "remote";
+  $("remote-notice").textContent = url
+    ? `Your messages and images are sent to ${url}: they leave this device.`
+    : "Your messages and images would be sent to a server: they leave this device.";
   $("model-source").textContent = v === "local"
     ? "Load a GGUF model from this device. Nothing is uploaded."
-    : PRESETS[v]?.note ?? "";
+    : v === "remote"
+      ? (url ? `An OpenAI-compatible server · ${model || "its first model"} · set under Settings → Remote server` : "Set the server's base URL under Settings → Remote server.")
+      : PRESETS[v]?.note ?? "";
   const parts = state.localFiles.text;
   const size = parts.reduce((a, f) => a + f.size, 0);
   $("model-file-name").textContent = !parts.length ? "none"
@@ -110,6 +118,11 @@ function renderModelSource() {
 /** The selected model as {name, text, mmproj, kind} or null when local files are missing. */
 function selectedSource() {
   const v = $("model-select").value;
+  if (v === "remote") {
+    const { remote_url: baseURL, remote_model: model } = state.settings;
+    if (!baseURL) return null;
+    return { kind: "remote", name: model || baseURL, remote: { baseURL, apiKey: remoteKey() || undefined, model: model || undefined } };
+  }
   if (v === "local") {
     const { text, mmproj } = state.localFiles;
     if (!text.length) return null;
@@ -148,7 +161,9 @@ export async function load() {
   if (isBusy()) return;
   const source = selectedSource();
   if (!source) {
-    showError(pageError("NoModelFile", "No text model file is selected."));
+    showError($("model-select").value === "remote"
+      ? pageError("NoRemoteURL", "No remote server is set.")
+      : pageError("NoModelFile", "No text model file is selected."));
     return;
   }
   hideError();
@@ -164,12 +179,12 @@ export async function load() {
   $("progress-box").classList.remove("failed");
   $("progress").value = 0;
   $("progress").removeAttribute("value"); // indeterminate until the first event
-  $("progress-text").textContent = "Starting WebGPU…";
+  $("progress-text").textContent = source.remote ? `Connecting to ${source.remote.baseURL}…` : "Starting WebGPU…";
 
   try {
     const model = source.repo ? { repo: source.repo, quant: source.quant } : { text: source.text };
     if (source.mmproj) model.mmproj = source.mmproj;
-    const e = await mod.createEngine({
+    const e = source.remote ? await mod.createEngine({ remote: source.remote }) : await mod.createEngine({
       model,
       onProgress,
       // f16 checked: the engine's choice for the adapter; unchecked: f32 matmuls.
@@ -184,8 +199,10 @@ export async function load() {
     state.loadedSource = source;
     setState("ready");
     $("progress").value = 1;
-    const from = e.info.networkBytes > 0 ? `${fmtBytes(e.info.networkBytes)} downloaded` : source.kind === "local" ? "from local files" : "from this device's cache";
-    $("progress-text").textContent = `Ready · loaded in ${e.info.loadSeconds.toFixed(1)} s · ${from}`;
+    const from = e.info.remote ? "" : e.info.networkBytes > 0 ? `${fmtBytes(e.info.networkBytes)} downloaded` : source.kind === "local" ? "from local files" : "from this device's cache";
+    $("progress-text").textContent = e.info.remote
+      ? `Ready · ${e.info.model} at ${e.info.baseURL} · requests leave this device`
+      : `Ready · loaded in ${e.info.loadSeconds.toFixed(1)} s · ${from}`;
     renderInfo();
     renderEmptyState();
     refreshCache();
@@ -224,6 +241,15 @@ function renderInfo() {
   const dl = $("model-info");
   dl.replaceChildren();
   const row = (k, v) => dl.append(el("dt", {}, k), el("dd", {}, v));
+  if (i.remote) {
+    row("Model", i.model);
+    row("Server", i.baseURL);
+    row("Context", i.maxContext ? `${i.maxContext.toLocaleString("en-US")} tokens` : "—");
+    row("Runs on", "The server: requests leave this device");
+    dl.hidden = false;
+    $("chat-title").textContent = i.model;
+    return;
+  }
   row("Model", i.name || state.loadedSource?.name || "—");
   row("Architecture", `${i.architecture} · ${i.layers} layers · ${i.hidden} wide`);
   row("Size on GPU", fmtBytes(i.weightBytes));
@@ -250,6 +276,7 @@ async function unload({ quiet = false } = {}) {
 
 export function bindModel() {
   $("load").addEventListener("click", load);
+  for (const id of ["settings-remote-url", "settings-remote-model"]) $(id).addEventListener("input", renderModelSource);
   $("unload").addEventListener("click", () => unload());
   $("model-file").addEventListener("change", (e) => {
     if (e.target.files?.length) setLocalFiles([...e.target.files].filter((f) => !isMmproj(f)));

@@ -1,5 +1,6 @@
 // The Settings panel: sampling, image size limit, system prompt, context length and precision,
-// saved on this device; and the parts of a request that come from them.
+// saved on this device; the remote server (its URL and model saved, its API key kept in
+// sessionStorage only, never localStorage); and the parts of a request that come from them.
 
 import { $, el } from "./helpers.js";
 import { DEFAULT_SETTINGS, saveSettings, state } from "./state.js";
@@ -12,6 +13,15 @@ const SETTING_FIELDS = [
   ["system", "settings-system", String],
   ["context", "settings-context", Number],
 ];
+/** Text settings that may be empty (the fields above put back the saved value when cleared). */
+const REMOTE_FIELDS = [["remote_url", "settings-remote-url"], ["remote_model", "settings-remote-model"]];
+
+/** The remote server's API key: this tab's session only. */
+const REMOTE_KEY = "webvlm-demo-remote-key";
+
+export function remoteKey() {
+  try { return sessionStorage.getItem(REMOTE_KEY) ?? ""; } catch { return ""; }
+}
 
 export function renderSettings() {
   for (const [key, id] of SETTING_FIELDS) {
@@ -26,6 +36,8 @@ export function renderSettings() {
     ctx.value = state.settings.context;
   }
   $("settings-f16").checked = !!state.settings.f16;
+  for (const [key, id] of REMOTE_FIELDS) $(id).value = state.settings[key];
+  $("settings-remote-key").value = remoteKey();
 }
 
 export function bindSettings() {
@@ -56,6 +68,15 @@ export function bindSettings() {
     });
   }
   $("settings-f16").addEventListener("change", (e) => { state.settings.f16 = e.target.checked; saveSettings(); });
+  for (const [key, id] of REMOTE_FIELDS) {
+    $(id).addEventListener("input", (e) => { state.settings[key] = e.target.value.trim(); saveSettings(); });
+  }
+  $("settings-remote-key").addEventListener("input", (e) => {
+    try {
+      if (e.target.value) sessionStorage.setItem(REMOTE_KEY, e.target.value);
+      else sessionStorage.removeItem(REMOTE_KEY);
+    } catch { /* storage off: the key lives in the field until the page closes */ }
+  });
   $("settings-reset").addEventListener("click", () => {
     state.settings = { ...DEFAULT_SETTINGS };
     saveSettings();
@@ -71,7 +92,9 @@ export function systemMessages() {
 
 /** The sampling and image options of a request, from Settings (`s`). */
 export function requestOptions(s = state.settings) {
+  const options = { temperature: s.temperature, top_p: s.top_p, max_tokens: s.max_tokens };
+  // image_max_edge is webvlm's own field: a remote server gets OpenAI's fields only.
+  if (state.info?.remote) return options;
   // The engine refuses an edge above the model's own image size (state.info.maxImageEdge).
-  const image_max_edge = Math.min(s.image_max_edge, state.info?.maxImageEdge ?? Infinity);
-  return { temperature: s.temperature, top_p: s.top_p, max_tokens: s.max_tokens, image_max_edge };
+  return { ...options, image_max_edge: Math.min(s.image_max_edge, state.info?.maxImageEdge ?? Infinity) };
 }

@@ -11,6 +11,8 @@ export const DEFAULT_SETTINGS = {
   system: "",
   context: 4096,
   f16: true,
+  remote_url: "",
+  remote_model: "",
 };
 const SETTINGS_KEY = "webvlm-demo-settings-v1";
 
@@ -63,8 +65,9 @@ window.webvlmDemo = {
 /** A load, a chat reply or a batch is under way (Load, Unload and model files wait). */
 export const isBusy = () => state.status === "loading" || state.status === "generating" || state.status === "batch";
 
-/** The loaded model has no vision projector (it cannot take images). */
-export const lacksVision = () => !!(state.info && !state.info.vision);
+/** The loaded model has no vision projector (it cannot take images); a remote server's model
+ * may (its `vision` is null: unknown). */
+export const lacksVision = () => state.info?.vision === false;
 
 /** A batch is running or stopping. */
 export const batchRunning = () => state.batch.status === "running" || state.batch.status === "stopping";
