@@ -80,7 +80,6 @@ pub fn run(args: &ConvertArgs) -> CliResult {
     }
     repo.finish()?;
     emit(repo.take_gguf())?;
-    drop(emit);
     out.flush()?;
     eprintln!(
         "wrote {} ({written} bytes, {:?} matrices) from {} shard(s) in {:.1} s",
