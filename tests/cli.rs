@@ -52,6 +52,22 @@ fn subcommands() -> Vec<(&'static str, Vec<&'static str>)> {
         ("logits", with(&["--prompt", "--tokens", "--out", "--pos-offset", "--image"], &[ENGINE_FLAGS])),
         ("chat", with(&["--request"], &[ENGINE_FLAGS])),
         ("batch", with(&["REQUESTS.jsonl", "--out"], &[ENGINE_FLAGS])),
+        (
+            "serve",
+            with(
+                &[
+                    "--host",
+                    "--port",
+                    "--api-key",
+                    "--cors",
+                    "--max-body-bytes",
+                    "--max-image-bytes",
+                    "--queue",
+                    "--served-model-name",
+                ],
+                &[ENGINE_FLAGS],
+            ),
+        ),
         ("info", vec!["--model", "--ctx", "--plan", "--mmproj", "--gpu-memory"]),
         ("split", vec!["--model", "--parts", "--out"]),
         ("convert", vec!["--model", "--quant", "--out"]),

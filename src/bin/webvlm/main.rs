@@ -1,5 +1,5 @@
-//! `webvlm`: the native command-line tool (generate, logits, chat, batch, info, convert, split,
-//! synthetic, bench). `webvlm --help` and `webvlm <command> --help` list the flags.
+//! `webvlm`: the native command-line tool (generate, logits, chat, batch, serve, info, convert,
+//! split, synthetic, bench). `webvlm --help` and `webvlm <command> --help` list the flags.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -21,6 +21,7 @@ mod convert;
 mod generate;
 mod info;
 mod open;
+mod serve;
 mod stdout;
 mod synthetic;
 
@@ -50,6 +51,9 @@ enum Command {
     Chat(api::ChatArgs),
     /// Run OpenAI batch lines ({custom_id, body}): one result line per request
     Batch(api::BatchArgs),
+    /// Serve the OpenAI API over HTTP: chat completions (streamed as server-sent events),
+    /// models, files and batches, one engine with a bounded FIFO queue
+    Serve(serve::ServeArgs),
     /// Show a model's architecture, hyperparameters, tensor types and the GPU memory needed
     Info(info::InfoArgs),
     /// Convert a Hugging Face model folder (quantized while loading) to one GGUF file, as the
@@ -69,6 +73,7 @@ fn main() -> ExitCode {
         Command::Logits(a) => generate::logits(&a),
         Command::Chat(a) => api::chat(&a),
         Command::Batch(a) => api::batch(&a),
+        Command::Serve(a) => serve::run(a),
         Command::Info(a) => info::run(&a),
         Command::Convert(a) => convert::run(&a),
         Command::Split(a) => info::split(&a),

@@ -1,0 +1,125 @@
+//! `webvlm serve`: an OpenAI-compatible HTTP server over one loaded engine. The engine runs
+//! on a thread of its own ([`worker`]); the sockets on a current-thread tokio runtime
+//! (axum on hyper, HTTP/1.1). Routes: `/v1/chat/completions` ([`chat`]), `/v1/models`,
+//! `/health` ([`routes`]), the Files and Batch APIs ([`files`], [`batches`]).
+
+mod batch_input;
+mod batches;
+mod chat;
+mod checks;
+mod errors;
+mod files;
+mod routes;
+mod worker;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::http::StatusCode;
+use clap::Args;
+use serde_json::Value;
+
+use crate::args::EngineArgs;
+use crate::CliResult;
+use errors::HttpError;
+use worker::{EngineHandle, ModelInfo};
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on (0: any free port; the address is printed on stdout)
+    #[arg(long, value_name = "N", default_value_t = 8080)]
+    port: u16,
+    /// Require `Authorization: Bearer KEY` on every /v1 route
+    #[arg(long, value_name = "KEY")]
+    api_key: Option<String>,
+    /// Allow cross-origin requests from ORIGIN (`*`: any) [default: none]
+    #[arg(long, value_name = "ORIGIN|*")]
+    cors: Option<String>,
+    /// Largest request body (chat requests with their images, uploaded files): 413 beyond
+    #[arg(long, value_name = "N", default_value_t = 32 << 20)]
+    max_body_bytes: usize,
+    /// Largest image in a request, decoded from its data: URL: 400 beyond
+    #[arg(long, value_name = "N", default_value_t = 20 << 20)]
+    max_image_bytes: usize,
+    /// Requests that may wait for the engine besides the one it runs: 429 beyond
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    queue: usize,
+    /// The model id of /v1/models and requests' `model` [default: the model's name, else
+    /// its file name]
+    #[arg(long, value_name = "NAME")]
+    served_model_name: Option<String>,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+/// The request limits.
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub max_image_bytes: usize,
+}
+
+/// What every handler shares.
+pub struct App {
+    pub engine: EngineHandle,
+    pub model: ModelInfo,
+    pub api_key: Option<String>,
+    pub limits: Limits,
+    pub files: files::FileStore,
+    pub batches: batches::BatchStore,
+}
+
+pub fn run(args: ServeArgs) -> CliResult {
+    let ServeArgs { host, port, api_key, cors, max_body_bytes, max_image_bytes, queue, served_model_name, engine } = args;
+    let (engine, model) = EngineHandle::start(engine, served_model_name, queue)?;
+    let app = Arc::new(App {
+        engine,
+        model,
+        api_key: api_key.filter(|key| !key.is_empty()),
+        limits: Limits { max_body_bytes, max_image_bytes },
+        files: Default::default(),
+        batches: Default::default(),
+    });
+    let router = routes::router(app.clone(), cors.as_deref())?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind((host.as_str(), port)).await.map_err(|e| format!("{host}:{port}: {e}"))?;
+        let address = listener.local_addr()?;
+        crate::stdout::outln!("webvlm serve: {} on http://{address}/v1", app.model.id);
+        axum::serve(listener, router).await?;
+        Ok(())
+    })
+}
+
+/// Unix seconds now.
+pub fn unix_seconds() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// A fresh id `prefix` + 24 hex digits: the time in nanoseconds mixed with a counter.
+pub fn new_id(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{nanos:016x}{:08x}", count as u32)
+}
+
+/// A JSON request body: 413 past the body limit, 400 (`invalid_json`) when not JSON.
+pub fn body_json(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Value, HttpError> {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            HttpError::too_large(limit)
+        } else {
+            let message = format!("the request body cannot be read: {}", e.body_text());
+            webvlm::api::ApiError::bad_request(None, "invalid_body", message).into()
+        }
+    })?;
+    serde_json::from_slice(&body).map_err(|e| {
+        let message = format!("the request is not valid JSON: {e}");
+        webvlm::api::ApiError::bad_request(None, "invalid_json", message).into()
+    })
+}

@@ -1,0 +1,121 @@
+//! The router: every route of the server, the bearer-key check on `/v1/*`, OpenAI-shaped
+//! 404 and 405 answers, the body limit, CORS when asked for; and the small routes
+//! (`/health`, `/v1/models`).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{header, HeaderValue, Method, Uri};
+use axum::middleware::{from_fn_with_state, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+
+use super::checks::model_not_found;
+use super::errors::HttpError;
+use super::{batches, chat, files, App};
+
+/// The server's routes over `app`; `cors` is `--cors` (an origin, or `*` for any).
+pub fn router(app: Arc<App>, cors: Option<&str>) -> Result<Router, String> {
+    let v1 = Router::new()
+        .route("/v1/chat/completions", post(chat::completions))
+        .route("/v1/models", get(models))
+        .route("/v1/models/{model}", get(model))
+        .route("/v1/files", post(files::upload).get(files::list))
+        .route("/v1/files/{file_id}", get(files::retrieve).delete(files::delete))
+        .route("/v1/files/{file_id}/content", get(files::content))
+        .route("/v1/batches", post(batches::create).get(batches::list))
+        .route("/v1/batches/{batch_id}", get(batches::retrieve))
+        .route("/v1/batches/{batch_id}/cancel", post(batches::cancel))
+        .route_layer(from_fn_with_state(app.clone(), require_key));
+    let router = Router::new()
+        .route("/health", get(health))
+        .merge(v1)
+        .fallback(|method: Method, uri: Uri| async move { HttpError::unknown_route(method.as_str(), uri.path()) })
+        .method_not_allowed_fallback(|method: Method, uri: Uri| async move {
+            HttpError::method_not_allowed(method.as_str(), uri.path())
+        })
+        .layer(DefaultBodyLimit::max(app.limits.max_body_bytes))
+        .with_state(app);
+    Ok(match cors {
+        Some(origin) => router.layer(cors_layer(origin)?),
+        None => router,
+    })
+}
+
+/// Cross-origin access for `origin` (`*`: any), with the headers the OpenAI clients send.
+fn cors_layer(origin: &str) -> Result<CorsLayer, String> {
+    let allow_origin = if origin == "*" {
+        AllowOrigin::any()
+    } else {
+        let value = HeaderValue::from_str(origin).map_err(|_| format!("--cors {origin:?} is not a valid origin"))?;
+        AllowOrigin::exact(value)
+    };
+    Ok(CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods([Method::GET, Method::POST, Method::DELETE])
+        .allow_headers(Any)
+        .expose_headers([header::RETRY_AFTER]))
+}
+
+/// `Authorization: Bearer <--api-key>` on every `/v1` route when the server has a key.
+async fn require_key(State(app): State<Arc<App>>, request: Request, next: Next) -> Result<Response, HttpError> {
+    if let Some(key) = &app.api_key {
+        let given = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        match given.and_then(|v| v.strip_prefix("Bearer ")) {
+            None => {
+                return Err(HttpError::unauthorized(
+                    "You didn't provide an API key: send it in the Authorization header as `Bearer KEY`",
+                ))
+            }
+            Some(token) if !same_secret(token.trim().as_bytes(), key.as_bytes()) => {
+                return Err(HttpError::unauthorized("Incorrect API key provided"))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(next.run(request).await)
+}
+
+/// Compares two secrets in time that depends on their lengths only.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
+/// The served model as OpenAI's `model` object.
+fn model_object(app: &App) -> Value {
+    json!({ "id": app.model.id, "object": "model", "created": app.model.created, "owned_by": "webvlm" })
+}
+
+async fn models(State(app): State<Arc<App>>) -> Json<Value> {
+    Json(json!({ "object": "list", "data": [model_object(&app)] }))
+}
+
+async fn model(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Json<Value>, HttpError> {
+    if id != app.model.id {
+        return Err(model_not_found(&id));
+    }
+    Ok(Json(model_object(&app)))
+}
+
+/// Liveness and the queue: what a load balancer or a load script polls.
+async fn health(State(app): State<Arc<App>>) -> Json<Value> {
+    let stats = &app.engine.stats;
+    Json(json!({
+        "status": "ok",
+        "model": app.model.id,
+        "queue": {
+            "capacity": app.engine.queue_capacity,
+            "waiting": stats.waiting.load(Ordering::SeqCst),
+            "running": stats.running.load(Ordering::SeqCst),
+        },
+        "requests": {
+            "completed": stats.completed.load(Ordering::SeqCst),
+            "failed": stats.failed.load(Ordering::SeqCst),
+            "aborted": stats.aborted.load(Ordering::SeqCst),
+        },
+    }))
+}

@@ -1,0 +1,211 @@
+//! The engine thread: the one [`Engine`] lives on a thread of its own (it holds `Rc`s and the
+//! wgpu device) and runs jobs in the order they arrive (FIFO) from a channel. Handlers
+//! reserve a place first ([`EngineHandle::admit`]: at most `--queue` requests wait besides the
+//! one running; beyond that, 429), then send a [`Job`] and read its [`Event`]s.
+//!
+//! A job whose client is gone (its cancel flag set by the handler's drop guard, or its event
+//! channel closed) is skipped if it has not started and aborted at the next generated token
+//! if it has (the engine's abort flag). Non-streaming requests run as streams whose chunks
+//! are dropped, so that every token is a point where a disconnect is seen.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use serde_json::Value;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use webvlm::api::{self, ApiError, ChatRequest};
+use webvlm::engine::{Engine, EngineError};
+use webvlm::error::{Classify, ErrorClass};
+
+use super::errors::HttpError;
+use crate::args::EngineArgs;
+
+/// Seconds a client refused for a full queue is asked to wait (`Retry-After`).
+const RETRY_AFTER_SECONDS: u64 = 1;
+
+/// What a job sends back, in order: chunks (streaming requests only), then `Done` with the
+/// `chat.completion` object or `Failed`.
+#[derive(Debug)]
+pub enum Event {
+    Chunk(Value),
+    Done(Value),
+    Failed(ApiError),
+}
+
+/// One chat-completions request for the engine.
+pub struct Job {
+    /// The request body, already checked by [`super::checks::check_request`].
+    pub body: Value,
+    pub events: UnboundedSender<Event>,
+    /// Set when the client is gone: the job is skipped or its generation aborted.
+    pub cancel: Arc<AtomicBool>,
+    /// The job's place in the queue, given back when it ends (batch lines hold none).
+    pub _slot: Option<OwnedSemaphorePermit>,
+}
+
+impl Job {
+    /// A job for `body` and the receiver of its events.
+    pub fn new(body: Value, cancel: Arc<AtomicBool>, slot: Option<OwnedSemaphorePermit>) -> (Job, UnboundedReceiver<Event>) {
+        let (events, receiver) = unbounded_channel();
+        (Job { body, events, cancel, _slot: slot }, receiver)
+    }
+}
+
+/// What the server knows of the loaded model.
+#[derive(Clone, Debug)]
+pub struct ModelInfo {
+    /// The id requests name in `model` and `/v1/models` lists.
+    pub id: String,
+    /// Unix seconds when the model was loaded.
+    pub created: u64,
+    /// The vocabulary size (bounds `logit_bias` ids and `tokens`).
+    pub vocab: usize,
+}
+
+/// Counters for `/health`.
+#[derive(Default, Debug)]
+pub struct Stats {
+    pub waiting: AtomicUsize,
+    pub running: AtomicUsize,
+    pub completed: AtomicU64,
+    pub failed: AtomicU64,
+    pub aborted: AtomicU64,
+}
+
+/// The handlers' side of the engine thread.
+pub struct EngineHandle {
+    jobs: UnboundedSender<Job>,
+    slots: Arc<Semaphore>,
+    /// Requests that may wait besides the one running.
+    pub queue_capacity: usize,
+    pub stats: Arc<Stats>,
+}
+
+/// How one job ended.
+enum Outcome {
+    Completed,
+    Failed,
+    Aborted,
+}
+
+impl EngineHandle {
+    /// Opens the model on a new thread and starts taking jobs; returns once the model is
+    /// loaded (or failed to load).
+    pub fn start(
+        engine_args: EngineArgs,
+        served_name: Option<String>,
+        queue_capacity: usize,
+    ) -> Result<(EngineHandle, ModelInfo), String> {
+        let (jobs, receiver) = unbounded_channel::<Job>();
+        let (loaded_tx, loaded_rx) = std::sync::mpsc::channel::<Result<ModelInfo, String>>();
+        let stats = Arc::new(Stats::default());
+        let worker_stats = stats.clone();
+        std::thread::Builder::new()
+            .name("webvlm-engine".into())
+            .spawn(move || {
+                let mut engine = match crate::open_engine(&engine_args) {
+                    Ok(engine) => engine,
+                    Err(e) => {
+                        let _ = loaded_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                let info = model_info(&engine, &engine_args, served_name);
+                let _ = loaded_tx.send(Ok(info.clone()));
+                work(&mut engine, &info, receiver, &worker_stats);
+            })
+            .map_err(|e| format!("cannot start the engine thread: {e}"))?;
+        let info = loaded_rx.recv().map_err(|_| "the engine thread stopped while loading".to_string())??;
+        let slots = Arc::new(Semaphore::new(queue_capacity.saturating_add(1)));
+        Ok((EngineHandle { jobs, slots, queue_capacity, stats }, info))
+    }
+
+    /// A place in the queue, or 429 when `queue_capacity` requests already wait.
+    pub fn admit(&self) -> Result<OwnedSemaphorePermit, HttpError> {
+        self.slots.clone().try_acquire_owned().map_err(|_| HttpError::queue_full(self.queue_capacity, RETRY_AFTER_SECONDS))
+    }
+
+    /// Queues a job behind those already sent.
+    pub fn submit(&self, job: Job) -> Result<(), HttpError> {
+        self.stats.waiting.fetch_add(1, Ordering::SeqCst);
+        self.jobs.send(job).map_err(|_| {
+            self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
+            HttpError::internal("the engine thread has stopped")
+        })
+    }
+}
+
+/// The model's id: `--served-model-name`, else the model's own name, else the file name.
+fn model_info(engine: &Engine, args: &EngineArgs, served_name: Option<String>) -> ModelInfo {
+    let file_name = || args.model.model.file_stem().map(|s| s.to_string_lossy().into_owned());
+    let id = served_name.or_else(|| engine.decoder().cfg.name.clone()).or_else(file_name).unwrap_or_else(|| "webvlm".into());
+    ModelInfo { id, created: super::unix_seconds(), vocab: crate::vocab_size(engine) }
+}
+
+/// The engine thread's loop: one job at a time until every handle is gone.
+fn work(engine: &mut Engine, info: &ModelInfo, mut jobs: UnboundedReceiver<Job>, stats: &Stats) {
+    while let Some(job) = jobs.blocking_recv() {
+        stats.waiting.fetch_sub(1, Ordering::SeqCst);
+        stats.running.fetch_add(1, Ordering::SeqCst);
+        let (outcome, last_event) = run_job(engine, info, &job);
+        let counter = match outcome {
+            Outcome::Completed => &stats.completed,
+            Outcome::Failed => &stats.failed,
+            Outcome::Aborted => &stats.aborted,
+        };
+        counter.fetch_add(1, Ordering::SeqCst);
+        stats.running.fetch_sub(1, Ordering::SeqCst);
+        // The last event goes out after the counters moved, so a client that has its answer
+        // sees them (`/health`); the job's queue place is given back as it is dropped.
+        if let Some(event) = last_event {
+            let _ = job.events.send(event);
+        }
+    }
+}
+
+/// Runs one job: how it ended and its last event (sent by the caller).
+fn run_job(engine: &mut Engine, info: &ModelInfo, job: &Job) -> (Outcome, Option<Event>) {
+    if job.cancel.load(Ordering::SeqCst) || job.events.is_closed() {
+        eprintln!("webvlm serve: a request was dropped before it started (client disconnected)");
+        return (Outcome::Aborted, None);
+    }
+    let mut request = match ChatRequest::from_value(job.body.clone(), info.vocab) {
+        Ok(request) => request,
+        Err(e) => return (Outcome::Failed, Some(Event::Failed(e))),
+    };
+    request.model.get_or_insert_with(|| info.id.clone());
+    // Every request runs as a stream (see the module header); only streaming ones forward
+    // their chunks.
+    let forward_chunks = request.stream;
+    request.stream = true;
+    let abort = Rc::new(Cell::new(false));
+    let mut refuse_url = |url: &str| -> Result<Vec<u8>, EngineError> {
+        Err(EngineError::BadImageUrl(format!("{url}: this server reads images from data: URLs only")))
+    };
+    let on_chunk = |chunk: Value| {
+        let gone = job.cancel.load(Ordering::SeqCst) || (forward_chunks && job.events.send(Event::Chunk(chunk)).is_err());
+        if gone {
+            abort.set(true);
+        }
+        None
+    };
+    let result = pollster::block_on(api::run(engine, &request, &mut refuse_url, Some(abort.clone()), on_chunk));
+    match result {
+        Ok(completion) if abort.get() => {
+            let tokens = completion.pointer("/usage/completion_tokens").and_then(Value::as_u64).unwrap_or(0);
+            let id = completion["id"].as_str().unwrap_or("?");
+            eprintln!("webvlm serve: {id} aborted after {tokens} tokens (client disconnected)");
+            (Outcome::Aborted, Some(Event::Done(completion)))
+        }
+        Ok(completion) => (Outcome::Completed, Some(Event::Done(completion))),
+        Err(e) => {
+            if e.class() != ErrorClass::BadRequest {
+                eprintln!("webvlm serve: a request failed: {}", e.message);
+            }
+            (Outcome::Failed, Some(Event::Failed(e)))
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! `webvlm serve` over real HTTP with the tiny VLM: completions equal to `webvlm chat`,
+//! streams, images, errors in OpenAI's shape with their status codes, the bounded queue,
+//! client disconnects, and the Batch API round trip.
+
+mod common;
+#[path = "common/serve_http.rs"]
+mod serve_http;
+
+use std::collections::HashMap;
+use std::process::Command;
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+use serve_http::Server;
+use webvlm::gguf::MappedGguf;
+use webvlm::tokenizer::{GgufVocab, Tokenizer};
+
+fn model_file(name: &str) -> String {
+    common::fixture(common::TINY_VLM).join(name).display().to_string()
+}
+
+/// The engine flags every server and CLI run here shares.
+fn engine_flags() -> Vec<String> {
+    let flags = ["--model", &model_file("model.gguf"), "--mmproj", &model_file("mmproj.gguf"), "--ctx", "512", "--chunk", "16"];
+    flags.iter().map(|s| s.to_string()).collect()
+}
+
+fn start(extra: &[&str]) -> Server {
+    let mut args = engine_flags();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Server::start(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// `webvlm chat` on the same request: the reference answer.
+fn cli_chat(request: &Value) -> Value {
+    let path = std::env::temp_dir().join(format!("webvlm-serve-test-{}-{}.json", std::process::id(), rand_suffix(request)));
+    std::fs::write(&path, request.to_string()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_webvlm"))
+        .args(["chat", "--request", &path.display().to_string()])
+        .args(engine_flags())
+        .output()
+        .expect("webvlm chat runs");
+    let _ = std::fs::remove_file(&path);
+    assert!(out.status.success(), "webvlm chat failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("webvlm chat prints the completion")
+}
+
+fn rand_suffix(v: &Value) -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(v.to_string())
+}
+
+/// What must match between two answers to one request: the choices and the token counts
+/// (ids, times and prompt-cache hits differ).
+fn answer(completion: &Value) -> Value {
+    json!({
+        "model": completion["model"],
+        "choices": completion["choices"],
+        "prompt_tokens": completion["usage"]["prompt_tokens"],
+        "completion_tokens": completion["usage"]["completion_tokens"],
+    })
+}
+
+/// `logit_bias` that keeps the tiny model from ending early (long generations).
+fn no_end_tokens() -> Value {
+    let gguf = MappedGguf::open(model_file("model.gguf")).unwrap();
+    let tokenizer = Tokenizer::from_gguf_vocab(&GgufVocab::from_metadata(gguf.metadata()).unwrap()).unwrap();
+    assert!(!tokenizer.eos_ids().is_empty(), "the tiny model has end tokens");
+    tokenizer.eos_ids().iter().map(|id| (id.to_string(), json!(-100))).collect::<serde_json::Map<_, _>>().into()
+}
+
+fn user(text: &str) -> Value {
+    json!([{ "role": "user", "content": text }])
+}
+
+/// Polls `GET path` until `done` holds of its JSON (at most 60 s of polling).
+fn poll(server: &Server, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+    for _ in 0..1200 {
+        let value = server.get(path).json();
+        if done(&value) {
+            return value;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("{path} never reached the awaited state");
+}
+
+/// A streamed request's chunks (parsed) up to `[DONE]`, which must end it.
+fn chunks(events: Vec<String>) -> Vec<Value> {
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "the stream ends with [DONE]: {events:?}");
+    events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect()
+}
+
+fn content_of(chunks: &[Value]) -> String {
+    chunks.iter().filter_map(|c| c.pointer("/choices/0/delta/content").and_then(Value::as_str)).collect()
+}
+
+#[test]
+fn completions_match_the_cli_streamed_or_not_with_images() {
+    let server = start(&["--served-model-name", "tiny"]);
+    let request = json!({ "model": "tiny", "messages": user("Name three colors."), "max_tokens": 12, "temperature": 0 });
+    let expected = cli_chat(&request);
+    let plain = server.post_json("/v1/chat/completions", &request);
+    assert_eq!(plain.status, 200, "{}", plain.text());
+    assert_eq!(plain.json()["object"], "chat.completion");
+    assert_eq!(answer(&plain.json()), answer(&expected));
+
+    // Sampled, with a seed: the same draw as the CLI's.
+    let sampled = json!({ "model": "tiny", "messages": user("Say something."), "max_tokens": 10, "temperature": 0.9, "seed": 7 });
+    assert_eq!(answer(&server.post_json("/v1/chat/completions", &sampled).json()), answer(&cli_chat(&sampled)));
+
+    let mut streamed = request.clone();
+    streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({ "include_usage": true });
+    let mut stream = server.stream(&streamed);
+    assert_eq!(stream.status, 200);
+    assert!(stream.headers.iter().any(|(n, v)| n.eq_ignore_ascii_case("content-type") && v.starts_with("text/event-stream")));
+    let chunks = chunks(stream.rest());
+    assert_eq!(content_of(&chunks), expected["choices"][0]["message"]["content"].as_str().unwrap());
+    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk" && c["id"] == chunks[0]["id"]));
+    let usage = chunks.last().unwrap();
+    assert_eq!(usage["choices"], json!([]), "the last chunk holds the usage only");
+    assert_eq!(usage["usage"]["completion_tokens"], expected["usage"]["completion_tokens"]);
+    let finish = &chunks[chunks.len() - 2]["choices"][0]["finish_reason"];
+    assert_eq!(finish, &expected["choices"][0]["finish_reason"]);
+
+    let png = std::fs::read(model_file("img_84x56.png")).unwrap();
+    let url = format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(png));
+    let content = json!([{ "type": "text", "text": "What is this?" }, { "type": "image_url", "image_url": { "url": url } }]);
+    let with_image =
+        json!({ "model": "tiny", "messages": [{ "role": "user", "content": content }], "max_tokens": 6, "temperature": 0 });
+    let reply = server.post_json("/v1/chat/completions", &with_image);
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let expected_image = cli_chat(&with_image);
+    assert_eq!(answer(&reply.json()), answer(&expected_image));
+    assert!(reply.json()["usage"]["prompt_tokens"].as_u64() > expected["usage"]["prompt_tokens"].as_u64(), "image tokens count");
+
+    let models = server.get("/v1/models").json();
+    assert_eq!(models["object"], "list");
+    assert_eq!(models["data"][0]["id"], "tiny");
+    assert_eq!(models["data"][0]["object"], "model");
+    assert_eq!(server.get("/v1/models/tiny").json()["id"], "tiny");
+    assert_eq!(server.get("/v1/models/other").status, 404);
+    assert_eq!(server.get("/health").json()["status"], "ok");
+}
+
+/// Status, `type`, `param` and `code` of an error response.
+fn error_of(response: &serve_http::Response) -> (u16, Value, Value, Value) {
+    let body = response.json();
+    let error = &body["error"];
+    assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "an error message: {body}");
+    (response.status, error["type"].clone(), error["param"].clone(), error["code"].clone())
+}
+
+#[test]
+fn errors_have_openai_shapes_and_status_codes() {
+    let server = start(&["--api-key", "sesame", "--max-body-bytes", "4096", "--max-image-bytes", "300"]);
+    let key = ("Authorization", "Bearer sesame");
+    let post = |body: &[u8]| server.request("POST", "/v1/chat/completions", &[key], body);
+    let chat = |body: Value| post(body.to_string().as_bytes());
+    let invalid = |param: &str, code: &str| (400, json!("invalid_request_error"), json!(param), json!(code));
+
+    let request = json!({ "messages": user("hi"), "max_tokens": 1 });
+    let missing_key = server.post_json("/v1/chat/completions", &request);
+    assert_eq!(error_of(&missing_key), (401, json!("invalid_request_error"), Value::Null, json!("invalid_api_key")));
+    let wrong_key = server.request("POST", "/v1/chat/completions", &[("Authorization", "Bearer sesamf")], b"{}");
+    assert_eq!(wrong_key.status, 401);
+    assert_eq!(server.get("/health").status, 200, "health needs no key");
+    assert_eq!(chat(request.clone()).status, 200, "the right key passes");
+
+    assert_eq!(error_of(&post(b"{\"messages\": [")), (400, json!("invalid_request_error"), Value::Null, json!("invalid_json")));
+    assert_eq!(error_of(&chat(json!({ "messages": user("hi"), "temperature": "hot" }))), invalid("temperature", "invalid_type"));
+    assert_eq!(error_of(&chat(json!({ "messages": user("hi"), "tempreature": 1 }))), invalid("tempreature", "unknown_parameter"));
+    assert_eq!(error_of(&chat(json!({ "messages": user("hi"), "n": 2 }))), invalid("n", "unsupported_value"));
+    assert_eq!(error_of(&chat(json!({ "messages": user("hi"), "max_tokens": 0 }))), invalid("max_tokens", "invalid_value"));
+    let unknown_model = chat(json!({ "messages": user("hi"), "model": "gpt-4o" }));
+    assert_eq!(error_of(&unknown_model), (404, json!("invalid_request_error"), json!("model"), json!("model_not_found")));
+
+    let image = |url: String| json!({ "messages": [{ "role": "user", "content": [{ "type": "image_url", "image_url": { "url": url } }] }] });
+    let param = "messages[0].content[0].image_url.url";
+    assert_eq!(error_of(&chat(image("file:///etc/passwd".into()))), invalid(param, "invalid_image_url"));
+    assert_eq!(error_of(&chat(image(format!("data:image/png;base64,{}", "A".repeat(800))))), invalid(param, "image_too_large"));
+    let not_an_image = chat(image("data:image/png;base64,QUJD".into()));
+    assert_eq!(error_of(&not_an_image), invalid("messages", "invalid_image"));
+
+    let oversized = post(format!("{{\"messages\": \"{}\"}}", "x".repeat(5000)).as_bytes());
+    assert_eq!(error_of(&oversized), (413, json!("invalid_request_error"), Value::Null, json!("request_too_large")));
+
+    let unknown_route = server.request("GET", "/v1/embeddings", &[key], b"");
+    assert_eq!(error_of(&unknown_route), (404, json!("invalid_request_error"), Value::Null, json!("unknown_url")));
+    assert_eq!(server.request("DELETE", "/v1/chat/completions", &[key], b"").status, 405);
+    let no_file = server.request("GET", "/v1/files/file-nope", &[key], b"");
+    assert_eq!(error_of(&no_file).0, 404);
+    assert_eq!(server.request("GET", "/v1/batches/batch_nope", &[key], b"").status, 404);
+}
+
+#[test]
+fn a_full_queue_answers_429_and_a_disconnect_aborts_the_generation() {
+    let server = start(&["--queue", "1"]);
+    let short = json!({ "messages": user("Count to three."), "max_tokens": 8, "temperature": 0 });
+    let before = server.post_json("/v1/chat/completions", &short).json();
+    let long = json!({ "messages": user("Tell a long story."), "max_tokens": 300, "temperature": 0,
+        "logit_bias": no_end_tokens(), "stream": true });
+
+    // The first stream runs (its headers come with its first chunk), the second waits.
+    let mut running = server.stream(&long);
+    assert_eq!(running.status, 200);
+    assert!(running.next_data().is_some());
+    let waiting = server.send(
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        json!({ "messages": user("hi"), "max_tokens": 2, "stream": true }).to_string().as_bytes(),
+    );
+    poll(&server, "/health", |h| h["queue"]["waiting"] == 1);
+    let refused = server.post_json("/v1/chat/completions", &short);
+    assert_eq!(error_of(&refused), (429, json!("requests"), Value::Null, json!("rate_limit_exceeded")));
+    let retry_after: u64 = refused.header("Retry-After").expect("a Retry-After header").parse().expect("seconds");
+    assert!(retry_after >= 1);
+
+    // Hanging up mid-stream aborts that generation; the waiting request then runs.
+    running.disconnect();
+    let mut waiting = serve_http::EventStream::from_stream(waiting);
+    assert_eq!(waiting.status, 200);
+    let waited = chunks(waiting.rest());
+    assert!(waited.iter().any(|c| c["choices"][0]["finish_reason"].is_string()), "{waited:?}");
+    let after = server.post_json("/v1/chat/completions", &short);
+    assert_eq!(after.status, 200);
+    assert_eq!(answer(&after.json()), answer(&before), "the next request is unaffected");
+    let health = server.get("/health").json();
+    assert_eq!(health["requests"]["aborted"], 1, "{health}");
+    assert_eq!(health["queue"], json!({ "capacity": 1, "waiting": 0, "running": 0 }));
+    assert!(server.stderr().contains("aborted after"), "{}", server.stderr());
+}
+
+/// A `multipart/form-data` upload of `content` as `name` with `purpose=batch`.
+fn upload(server: &Server, name: &str, content: &str) -> serve_http::Response {
+    let boundary = "webvlm-test-boundary";
+    let body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n\
+         Content-Type: application/jsonl\r\n\r\n{content}\r\n--{boundary}--\r\n"
+    );
+    let content_type = format!("multipart/form-data; boundary={boundary}");
+    server.request("POST", "/v1/files", &[("Content-Type", &content_type)], body.as_bytes())
+}
+
+fn batch_line(custom_id: &str, body: Value) -> String {
+    json!({ "custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body }).to_string()
+}
+
+fn create_batch(server: &Server, input: &str) -> Value {
+    let file = upload(server, "requests.jsonl", input);
+    assert_eq!(file.status, 200, "{}", file.text());
+    let file = file.json();
+    assert_eq!(
+        (file["object"].as_str(), file["purpose"].as_str(), file["bytes"].as_u64()),
+        (Some("file"), Some("batch"), Some(input.len() as u64))
+    );
+    assert_eq!(server.get(&format!("/v1/files/{}", file["id"].as_str().unwrap())).json(), file);
+    assert_eq!(server.get(&format!("/v1/files/{}/content", file["id"].as_str().unwrap())).text(), input);
+    let create = json!({ "input_file_id": file["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h" });
+    let batch = server.post_json("/v1/batches", &create);
+    assert_eq!(batch.status, 200, "{}", batch.text());
+    let batch = batch.json();
+    assert_eq!((batch["object"].as_str(), batch["input_file_id"].as_str()), (Some("batch"), file["id"].as_str()));
+    batch
+}
+
+/// The lines of a result file by `custom_id` (each id once).
+fn result_lines(server: &Server, file_id: &Value) -> HashMap<String, Value> {
+    let Some(id) = file_id.as_str() else { return HashMap::new() };
+    let file = server.get(&format!("/v1/files/{id}")).json();
+    assert_eq!(file["purpose"], "batch_output");
+    let mut lines = HashMap::new();
+    for line in server.get(&format!("/v1/files/{id}/content")).text().lines() {
+        let line: Value = serde_json::from_str(line).unwrap();
+        assert!(line["id"].as_str().is_some_and(|id| id.starts_with("batch_req_")));
+        let custom_id = line["custom_id"].as_str().unwrap().to_string();
+        assert!(lines.insert(custom_id, line).is_none(), "each custom_id once");
+    }
+    lines
+}
+
+#[test]
+fn batches_round_trip_and_cancel() {
+    let server = start(&[]);
+    let bodies = [
+        ("colors", json!({ "messages": user("Name a color."), "max_tokens": 6, "temperature": 0 })),
+        ("sampled", json!({ "messages": user("Name a fruit."), "max_tokens": 5, "temperature": 0.8, "seed": 3 })),
+        ("bad", json!({ "messages": user("hi"), "temperature": -1 })),
+    ];
+    let input: String = bodies.iter().map(|(id, body)| batch_line(id, body.clone()) + "\n").collect();
+    let batch = create_batch(&server, &input);
+    let path = format!("/v1/batches/{}", batch["id"].as_str().unwrap());
+    let done = poll(&server, &path, |b| b["status"] == "completed");
+    assert_eq!(done["request_counts"], json!({ "total": 3, "completed": 2, "failed": 1 }));
+    assert!(done["completed_at"].as_u64().is_some() && done["in_progress_at"].as_u64().is_some());
+    let outputs = result_lines(&server, &done["output_file_id"]);
+    let errors = result_lines(&server, &done["error_file_id"]);
+    assert_eq!((outputs.len(), errors.len()), (2, 1));
+    for (custom_id, body) in &bodies[..2] {
+        let line = &outputs[*custom_id];
+        assert_eq!(line["response"]["status_code"], 200);
+        assert_eq!(line["error"], Value::Null);
+        let alone = server.post_json("/v1/chat/completions", body).json();
+        assert_eq!(answer(&line["response"]["body"]), answer(&alone), "{custom_id}");
+    }
+    assert_eq!(errors["bad"]["response"]["status_code"], 400);
+    assert_eq!(errors["bad"]["response"]["body"]["error"]["param"], "temperature");
+
+    // A malformed input file fails the batch, naming the line.
+    let failed = create_batch(&server, &format!("{}\nnot json\n", batch_line("a", bodies[0].1.clone())));
+    let failed = poll(&server, &format!("/v1/batches/{}", failed["id"].as_str().unwrap()), |b| b["status"] == "failed");
+    assert_eq!(failed["errors"]["data"][0]["line"], 2);
+    assert_eq!(failed["errors"]["data"][0]["code"], "invalid_json_line");
+
+    // Cancelling: the running request is aborted, the rest never run.
+    let long =
+        json!({ "messages": user("Tell a long story."), "max_tokens": 300, "temperature": 0, "logit_bias": no_end_tokens() });
+    let input: String = ["x", "y", "z"].iter().map(|id| batch_line(id, long.clone()) + "\n").collect();
+    let batch = create_batch(&server, &input);
+    let path = format!("/v1/batches/{}", batch["id"].as_str().unwrap());
+    poll(&server, "/health", |h| h["queue"]["running"] == 1);
+    let cancelling = server.request("POST", &format!("{path}/cancel"), &[], b"").json();
+    assert!(cancelling["status"] == "cancelling" && cancelling["cancelling_at"].as_u64().is_some(), "{cancelling}");
+    let cancelled = poll(&server, &path, |b| b["status"] == "cancelled");
+    assert!(cancelled["cancelled_at"].as_u64().is_some());
+    let errors = result_lines(&server, &cancelled["error_file_id"]);
+    assert_eq!(errors.len(), 3, "every request is accounted for: {errors:?}");
+    assert!(errors.values().all(|l| l["error"]["code"] == "batch_cancelled" && l["response"].is_null()));
+    assert_eq!(server.request("POST", &format!("{path}/cancel"), &[], b"").status, 400, "a cancelled batch stays cancelled");
+    assert_eq!(server.post_json("/v1/chat/completions", &bodies[0].1).status, 200);
+}
