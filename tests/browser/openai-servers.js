@@ -1,0 +1,212 @@
+// Real OpenAI-compatible servers for the browser tests, started as child processes on a free
+// port of 127.0.0.1 (remote_serve.test.js points the remote engine at them):
+//
+//   const s = await startWebvlmServe({ apiKey: "sk-x" });   // the tiny VLM, --cors '*'
+//   s.url        // http://127.0.0.1:PORT/v1 (the baseURL)
+//   s.apiKey, s.model, s.kind, s.features, s.output()   // what it logged (stdout + stderr)
+//   await s.post("/chat/completions", body)            // from node, with the key: parsed JSON
+//   await s.health()                                   // webvlm serve's GET /health, or null
+//   await s.close();
+//
+// `serverTargets()` lists the kinds this machine can start, each `{kind, start(opts)}`;
+// `start` gives the object above. A kind's `features` say what it can be tested for, so a
+// test skips only what that kind lacks:
+//   vision        takes image_url parts (`image` is a data: URL it reads)
+//   health        GET /health with webvlm serve's counters (queue.running, requests.aborted)
+//   queueLimit    start({queue: 0}) refuses a second request with 429 while one runs
+//   errorFields   errors carry OpenAI's `param` and `code` (a bad parameter: a 400 naming it)
+// and `long` holds request fields that keep the model from stopping early (for abort and queue
+// tests; the tiny models end quickly otherwise).
+//
+// webvlm serve: the debug binary `${CARGO_TARGET_DIR:-target}/debug/webvlm` (WEBVLM_BIN
+// overrides; build.sh builds it before the browser tests) with the tiny Mistral 3 VLM
+// fixture; it prints `webvlm serve: MODEL on http://ADDR/v1` as its first stdout line.
+//
+// llama.cpp's server (`python -m llama_cpp.server` from `llama-cpp-python[server]`) with the
+// text-only SmolLM2-135M-Instruct: listed only when LLAMA_CPP_PYTHON names a python that has
+// it, SmolLM2's GGUF at SMOLLM2_GGUF (default: where scripts/fetch_smollm2.sh puts it). Not run
+// here yet (no llama-cpp-python on this machine): the launcher and its features are a starting
+// point for whoever adds it.
+
+import { spawn } from "node:child_process";
+import fs from "node:fs";
+import net from "node:net";
+import path from "node:path";
+import { repoRoot } from "./server.js";
+
+export const TINY_VLM = path.join(repoRoot, "tests/fixtures/tiny_mistral3_tekken");
+
+/** The webvlm binary the tests run. */
+export function webvlmBin() {
+  return process.env.WEBVLM_BIN
+    || path.join(process.env.CARGO_TARGET_DIR ? path.resolve(process.env.CARGO_TARGET_DIR) : path.join(repoRoot, "target"), "debug/webvlm");
+}
+
+/** The tiny VLM's end-of-sequence id (tokenizer.ggml.eos_token_id of its model.gguf). */
+const TINY_VLM_EOS = 2;
+
+/** The servers this machine can start, webvlm serve first. */
+export function serverTargets() {
+  const targets = [{ kind: "webvlm serve", start: startWebvlmServe }];
+  if (process.env.LLAMA_CPP_PYTHON) targets.push({ kind: "llama.cpp server", start: startLlamaCppServer });
+  return targets;
+}
+
+/**
+ * `webvlm serve` with the tiny VLM (model + mmproj), `--cors '*'`, `--port 0`.
+ * @param {{apiKey?: string, queue?: number, ctx?: number, args?: string[]}} [opts]
+ */
+export async function startWebvlmServe({ apiKey = "sk-webvlm-test", queue, ctx = 1024, args = [] } = {}) {
+  const bin = webvlmBin();
+  if (!fs.existsSync(bin)) throw new Error(`${bin} is missing: run cargo build --bin webvlm first`);
+  const argv = [
+    "serve", "--port", "0", "--cors", "*",
+    "--model", path.join(TINY_VLM, "model.gguf"), "--mmproj", path.join(TINY_VLM, "mmproj.gguf"),
+    "--ctx", String(ctx), "--chunk", "16",
+    ...(apiKey ? ["--api-key", apiKey] : []),
+    ...(queue !== undefined ? ["--queue", String(queue)] : []),
+    ...args,
+  ];
+  const child = spawnLogged(bin, argv);
+  const line = await child.firstLine(60_000);
+  const m = /^webvlm serve: (.+) on (http:\/\/\S+\/v1)\s*$/.exec(line ?? "");
+  if (!m) {
+    await child.kill();
+    throw new Error(`webvlm serve did not start (first line ${JSON.stringify(line)}):\n${child.output()}`);
+  }
+  return handle(child, {
+    kind: "webvlm serve",
+    url: m[2],
+    apiKey,
+    model: m[1],
+    features: { vision: true, health: true, queueLimit: true, errorFields: true },
+    long: { logit_bias: { [TINY_VLM_EOS]: -100 } },
+  });
+}
+
+/**
+ * llama.cpp's server from llama-cpp-python with SmolLM2 (text only). Untested here: see the
+ * header.
+ * @param {{apiKey?: string}} [opts]
+ */
+export async function startLlamaCppServer({ apiKey = "sk-llama-test" } = {}) {
+  const python = process.env.LLAMA_CPP_PYTHON;
+  const model = process.env.SMOLLM2_GGUF
+    || path.join(process.env.WEBVLM_CACHE ? path.resolve(process.env.WEBVLM_CACHE) : path.join(repoRoot, ".cache"), "models/SmolLM2-135M-Instruct.Q4_1.gguf");
+  if (!fs.existsSync(model)) throw new Error(`${model} is missing: run scripts/fetch_smollm2.sh (or set SMOLLM2_GGUF)`);
+  const port = await freePort();
+  const alias = "smollm2";
+  const child = spawnLogged(python, [
+    "-m", "llama_cpp.server", "--model", model, "--model_alias", alias, "--host", "127.0.0.1",
+    "--port", String(port), "--n_ctx", "1024", "--api_key", apiKey,
+  ]);
+  const url = `http://127.0.0.1:${port}/v1`;
+  // It says nothing machine-readable when ready: poll its model list.
+  const deadline = Date.now() + 120_000;
+  for (;;) {
+    if (child.exited) throw new Error(`llama.cpp's server exited:\n${child.output()}`);
+    const ok = await fetch(`${url}/models`, { headers: { authorization: `Bearer ${apiKey}` } }).then((r) => r.ok, () => false);
+    if (ok) break;
+    if (Date.now() > deadline) {
+      await child.kill();
+      throw new Error(`llama.cpp's server did not answer in 120 s:\n${child.output()}`);
+    }
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  return handle(child, {
+    kind: "llama.cpp server",
+    url,
+    apiKey,
+    model: alias,
+    features: { vision: false, health: false, queueLimit: false, errorFields: false },
+    // SmolLM2's <|im_end|> (2) and <|endoftext|> (0).
+    long: { logit_bias: { 0: -100, 2: -100 } },
+  });
+}
+
+/** A free TCP port on 127.0.0.1 (for servers that cannot take port 0). */
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once("error", reject);
+    s.listen(0, "127.0.0.1", () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+/** A child process whose stdout and stderr are kept; `firstLine()` is stdout's first line. */
+function spawnLogged(cmd, argv) {
+  const proc = spawn(cmd, argv, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env } });
+  let out = "";
+  let stdout = "";
+  const waiters = [];
+  const c = {
+    proc,
+    exited: false,
+    output: () => out,
+    firstLine(timeoutMs) {
+      return new Promise((resolve) => {
+        const timer = setTimeout(() => resolve(null), timeoutMs);
+        const check = () => {
+          const nl = stdout.indexOf("\n");
+          if (nl >= 0 || c.exited) {
+            clearTimeout(timer);
+            resolve(nl >= 0 ? stdout.slice(0, nl) : null);
+            return true;
+          }
+          return false;
+        };
+        if (!check()) waiters.push(check);
+      });
+    },
+    kill() {
+      if (c.exited) return Promise.resolve();
+      return new Promise((resolve) => {
+        proc.once("exit", () => resolve());
+        proc.kill("SIGTERM");
+        setTimeout(() => { if (!c.exited) proc.kill("SIGKILL"); }, 5000).unref();
+      });
+    },
+  };
+  const wake = () => { for (let i = waiters.length - 1; i >= 0; i--) if (waiters[i]()) waiters.splice(i, 1); };
+  proc.stdout.on("data", (d) => { stdout += d; out += d; wake(); });
+  proc.stderr.on("data", (d) => { out += d; });
+  proc.on("exit", () => { c.exited = true; wake(); });
+  proc.on("error", (e) => { out += `\n${cmd}: ${e.message}\n`; c.exited = true; wake(); });
+  return c;
+}
+
+/** The object a `start` gives: the server's facts plus node-side helpers. */
+function handle(child, facts) {
+  const origin = new URL(facts.url).origin;
+  const auth = facts.apiKey ? { authorization: `Bearer ${facts.apiKey}` } : {};
+  return {
+    ...facts,
+    pid: child.proc.pid,
+    output: child.output,
+    /** POST a JSON body to `{url}{route}` from node: `{status, body}` (body parsed when JSON). */
+    async post(route, body, { signal } = {}) {
+      const r = await fetch(facts.url + route, {
+        method: "POST", headers: { ...auth, "content-type": "application/json" }, body: JSON.stringify(body), signal,
+      });
+      const text = await r.text();
+      let parsed = text;
+      try { parsed = JSON.parse(text); } catch { /* the text */ }
+      return { status: r.status, body: parsed };
+    },
+    /** A streamed POST from node: the Response, its body unread. */
+    stream(route, body, { signal } = {}) {
+      return fetch(facts.url + route, {
+        method: "POST", headers: { ...auth, "content-type": "application/json" }, body: JSON.stringify({ ...body, stream: true }), signal,
+      });
+    },
+    /** webvlm serve's GET /health (no key needed); null for a server without it. */
+    async health() {
+      if (!facts.features.health) return null;
+      return (await fetch(`${origin}/health`)).json();
+    },
+    close: () => child.kill(),
+  };
+}
