@@ -6,7 +6,7 @@
 //   s.apiKey, s.model, s.kind, s.features, s.output()   // what it logged (stdout + stderr)
 //   await s.post("/chat/completions", body)            // from node, with the key: parsed JSON
 //   await s.health()                                   // webvlm serve's GET /health, or null
-//   await s.close();
+//   await s.close();                                   // ends its whole process group
 //
 // `serverTargets()` lists the kinds this machine can start, each `{kind, start(opts)}`;
 // `start` gives the object above. A kind's `features` say what it can be tested for, so a
@@ -23,10 +23,13 @@
 // fixture; it prints `webvlm serve: MODEL on http://ADDR/v1` as its first stdout line.
 //
 // llama.cpp's server (`python -m llama_cpp.server` from `llama-cpp-python[server]`) with the
-// text-only SmolLM2-135M-Instruct: listed only when LLAMA_CPP_PYTHON names a python that has
-// it, SmolLM2's GGUF at SMOLLM2_GGUF (default: where scripts/fetch_smollm2.sh puts it). Not run
-// here yet (no llama-cpp-python on this machine): the launcher and its features are a starting
-// point for whoever adds it.
+// text-only SmolLM2-135M-Instruct: listed when LLAMA_CPP_PYTHON names a python (one without
+// the package fails to start, with its output), SmolLM2's GGUF at SMOLLM2_GGUF (default: where
+// scripts/fetch_smollm2.sh puts it). Started with `--interrupt_requests False`: by default a
+// new request ends the stream running, which would let an abort test pass without the server
+// noticing the disconnect. And on one thread: SmolLM2 needs no more (about 60 tokens/s), and
+// with llama.cpp's default two prompt threads on a busy 2-core machine a 10-token prompt took
+// 4 to 12 s (its workers spin-wait for each other), against 0.1 to 0.2 s.
 
 import { spawn } from "node:child_process";
 import fs from "node:fs";
@@ -85,8 +88,9 @@ export async function startWebvlmServe({ apiKey = "sk-webvlm-test", queue, ctx =
 }
 
 /**
- * llama.cpp's server from llama-cpp-python with SmolLM2 (text only). Untested here: see the
- * header.
+ * llama.cpp's server from llama-cpp-python with SmolLM2 (text only). It cannot take port 0:
+ * a free port is picked first, and should another process take it meanwhile the server is
+ * started again on another.
  * @param {{apiKey?: string}} [opts]
  */
 export async function startLlamaCppServer({ apiKey = "sk-llama-test" } = {}) {
@@ -94,34 +98,45 @@ export async function startLlamaCppServer({ apiKey = "sk-llama-test" } = {}) {
   const model = process.env.SMOLLM2_GGUF
     || path.join(process.env.WEBVLM_CACHE ? path.resolve(process.env.WEBVLM_CACHE) : path.join(repoRoot, ".cache"), "models/SmolLM2-135M-Instruct.Q4_1.gguf");
   if (!fs.existsSync(model)) throw new Error(`${model} is missing: run scripts/fetch_smollm2.sh (or set SMOLLM2_GGUF)`);
-  const port = await freePort();
   const alias = "smollm2";
-  const child = spawnLogged(python, [
-    "-m", "llama_cpp.server", "--model", model, "--model_alias", alias, "--host", "127.0.0.1",
-    "--port", String(port), "--n_ctx", "1024", "--api_key", apiKey,
-  ]);
-  const url = `http://127.0.0.1:${port}/v1`;
-  // It says nothing machine-readable when ready: poll its model list.
-  const deadline = Date.now() + 120_000;
-  for (;;) {
-    if (child.exited) throw new Error(`llama.cpp's server exited:\n${child.output()}`);
-    const ok = await fetch(`${url}/models`, { headers: { authorization: `Bearer ${apiKey}` } }).then((r) => r.ok, () => false);
-    if (ok) break;
-    if (Date.now() > deadline) {
-      await child.kill();
-      throw new Error(`llama.cpp's server did not answer in 120 s:\n${child.output()}`);
+  for (let attempt = 1; ; attempt++) {
+    const port = await freePort();
+    const url = `http://127.0.0.1:${port}/v1`;
+    const child = spawnLogged(python, [
+      "-m", "llama_cpp.server", "--model", model, "--model_alias", alias, "--host", "127.0.0.1",
+      "--port", String(port), "--n_ctx", "1024", "--api_key", apiKey, "--interrupt_requests", "False",
+      "--n_threads", "1", "--n_threads_batch", "1",
+    ], { PYTHONUNBUFFERED: "1" });
+    const notReady = await waitForModel(child, url, apiKey, alias, 120_000);
+    if (!notReady) {
+      return handle(child, {
+        kind: "llama.cpp server",
+        url,
+        apiKey,
+        model: alias,
+        features: { vision: false, health: false, queueLimit: false, errorFields: false },
+        // SmolLM2's <|im_end|> (2) and <|endoftext|> (0).
+        long: { logit_bias: { 0: -100, 2: -100 } },
+      });
     }
+    await child.kill();
+    if (attempt < 3 && /address already in use/i.test(child.output())) continue;
+    throw new Error(`llama.cpp's server ${notReady}:\n${child.output()}`);
+  }
+}
+
+/** Polls `GET {url}/models` until it lists `id`: null then, else why not (it exited, or
+ * `ms` passed). */
+async function waitForModel(child, url, apiKey, id, ms) {
+  const deadline = Date.now() + ms;
+  while (!child.exited) {
+    const list = await fetch(`${url}/models`, { headers: { authorization: `Bearer ${apiKey}` }, signal: AbortSignal.timeout(5000) })
+      .then((r) => (r.ok ? r.json() : null)).catch(() => null);
+    if (Array.isArray(list?.data) && list.data.some((m) => m?.id === id)) return null;
+    if (Date.now() > deadline) return `did not list "${id}" at ${url}/models within ${ms / 1000} s`;
     await new Promise((r) => setTimeout(r, 250));
   }
-  return handle(child, {
-    kind: "llama.cpp server",
-    url,
-    apiKey,
-    model: alias,
-    features: { vision: false, health: false, queueLimit: false, errorFields: false },
-    // SmolLM2's <|im_end|> (2) and <|endoftext|> (0).
-    long: { logit_bias: { 0: -100, 2: -100 } },
-  });
+  return "exited before it served";
 }
 
 /** A free TCP port on 127.0.0.1 (for servers that cannot take port 0). */
@@ -136,15 +151,48 @@ function freePort() {
   });
 }
 
-/** A child process whose stdout and stderr are kept; `firstLine()` is stdout's first line. */
-function spawnLogged(cmd, argv) {
-  const proc = spawn(cmd, argv, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env } });
+/** The process groups of the servers running: killed should this process exit (or be
+ * interrupted) before closing them, since a group of its own does not get the terminal's ^C. */
+const liveGroups = new Set();
+const killGroup = (pid, signal) => {
+  try { process.kill(-pid, signal); } catch { /* already gone */ }
+};
+const killLiveGroups = () => { for (const pid of liveGroups) killGroup(pid, "SIGKILL"); };
+const EXIT_SIGNALS = ["SIGINT", "SIGTERM", "SIGHUP"];
+function onExitSignal(signal) {
+  killLiveGroups();
+  untrackGroups();
+  // Die of the signal as without this listener, unless someone else handles it.
+  if (process.listenerCount(signal) === 0) process.kill(process.pid, signal);
+}
+function trackGroup(pid) {
+  if (liveGroups.size === 0) {
+    process.on("exit", killLiveGroups);
+    for (const s of EXIT_SIGNALS) process.on(s, onExitSignal);
+  }
+  liveGroups.add(pid);
+}
+function untrackGroups(pid) {
+  if (pid !== undefined) liveGroups.delete(pid);
+  if (pid === undefined || liveGroups.size === 0) {
+    process.off("exit", killLiveGroups);
+    for (const s of EXIT_SIGNALS) process.off(s, onExitSignal);
+  }
+}
+
+/** A child process, the leader of a process group of its own (`kill()` ends the whole group:
+ * a wrapper script's python too), whose stdout and stderr are kept; `firstLine()` is stdout's
+ * first line. */
+function spawnLogged(cmd, argv, env = {}) {
+  const proc = spawn(cmd, argv, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, ...env }, detached: true });
   let out = "";
   let stdout = "";
   const waiters = [];
+  const exited = new Promise((resolve) => proc.once("exit", resolve));
   const c = {
     proc,
     exited: false,
+    killed: false,
     output: () => out,
     firstLine(timeoutMs) {
       return new Promise((resolve) => {
@@ -161,19 +209,30 @@ function spawnLogged(cmd, argv) {
         if (!check()) waiters.push(check);
       });
     },
-    kill() {
-      if (c.exited) return Promise.resolve();
-      return new Promise((resolve) => {
-        proc.once("exit", () => resolve());
-        proc.kill("SIGTERM");
-        setTimeout(() => { if (!c.exited) proc.kill("SIGKILL"); }, 5000).unref();
-      });
+    /** SIGTERM to the group, SIGKILL after 5 s if the leader is still there; then SIGKILL to
+     * whatever of the group outlived it. Resolves when the leader exited. */
+    async kill() {
+      if (proc.pid === undefined) return;
+      c.killed = true;
+      if (!c.exited) {
+        killGroup(proc.pid, "SIGTERM");
+        const timer = setTimeout(() => killGroup(proc.pid, "SIGKILL"), 5000);
+        await exited;
+        clearTimeout(timer);
+      }
+      killGroup(proc.pid, "SIGKILL");
+      untrackGroups(proc.pid);
     },
   };
+  if (proc.pid !== undefined) trackGroup(proc.pid);
   const wake = () => { for (let i = waiters.length - 1; i >= 0; i--) if (waiters[i]()) waiters.splice(i, 1); };
   proc.stdout.on("data", (d) => { stdout += d; out += d; wake(); });
   proc.stderr.on("data", (d) => { out += d; });
-  proc.on("exit", () => { c.exited = true; wake(); });
+  proc.on("exit", (code, signal) => {
+    c.exited = true;
+    if (!c.killed) out += `\n(${path.basename(cmd)} exited: ${signal ?? `status ${code}`})\n`;
+    wake();
+  });
   proc.on("error", (e) => { out += `\n${cmd}: ${e.message}\n`; c.exited = true; wake(); });
   return c;
 }
