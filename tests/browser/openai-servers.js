@@ -8,15 +8,23 @@
 //   await s.health()                                   // webvlm serve's GET /health, or null
 //   await s.close();                                   // ends its whole process group
 //
-// `serverTargets()` lists the kinds this machine can start, each `{kind, start(opts)}`;
-// `start` gives the object above. A kind's `features` say what it can be tested for, so a
-// test skips only what that kind lacks:
+// `serverTargets()` lists the kinds this machine can start, each `{kind, start(opts)}` with
+// its kind's facts; `start` gives the object above, with them too. The facts (`KINDS`) are
+// the one place where the kinds differ, so that a test skips or adapts only where a kind
+// lacks something. `features`:
 //   vision        takes image_url parts (`image` is a data: URL it reads)
 //   health        GET /health with webvlm serve's counters (queue.running, requests.aborted)
 //   queueLimit    start({queue: 0}) refuses a second request with 429 while one runs
-//   errorFields   errors carry OpenAI's `param` and `code` (a bad parameter: a 400 naming it)
-// and `long` holds request fields that keep the model from stopping early (for abort and queue
-// tests; the tiny models end quickly otherwise).
+//   errorFields   a request failing validation is a 400 with OpenAI's `param` and `code`
+//   modelNotFound a request naming a model it does not serve is a 404 (else it is answered)
+//   streamUsage   stream_options.include_usage adds a last chunk with `usage`
+// and besides them:
+//   invalid       how it refuses a request failing validation (`temperature: "hot"`): the
+//                 HTTP `status` and the named error (`error`) the remote engine makes of it
+//   aborted       a RegExp (flag g) matching what it logs when a client leaves a stream
+//                 and the generation stops before its end
+//   long          request fields that keep the model from stopping early (for abort and queue
+//                 tests; the tiny models end quickly otherwise)
 //
 // webvlm serve: the debug binary `${CARGO_TARGET_DIR:-target}/debug/webvlm` (WEBVLM_BIN
 // overrides; build.sh builds it before the browser tests) with the tiny Mistral 3 VLM
@@ -25,11 +33,17 @@
 // llama.cpp's server (`python -m llama_cpp.server` from `llama-cpp-python[server]`) with the
 // text-only SmolLM2-135M-Instruct: listed when LLAMA_CPP_PYTHON names a python (one without
 // the package fails to start, with its output), SmolLM2's GGUF at SMOLLM2_GGUF (default: where
-// scripts/fetch_smollm2.sh puts it). Started with `--interrupt_requests False`: by default a
-// new request ends the stream running, which would let an abort test pass without the server
-// noticing the disconnect. And on one thread: SmolLM2 needs no more (about 60 tokens/s), and
-// with llama.cpp's default two prompt threads on a busy 2-core machine a 10-token prompt took
-// 4 to 12 s (its workers spin-wait for each other), against 0.1 to 0.2 s.
+// scripts/fetch_smollm2.sh puts it). Checked with llama-cpp-python 0.3.36: it has no image
+// input, no /health, no queue limit (it runs one request at a time, the others wait); a
+// field of the wrong type is a 500 whose message is pydantic's (param and code null); it
+// answers a request for any model name (echoing it) and takes max_tokens 0 for "no limit";
+// its streams never carry usage (stream_options or not); it lists the --model_alias in
+// /v1/models, refuses a wrong or missing key with 401, and its CORS lets the page's
+// Authorization through. Started with `--interrupt_requests False`: by default a new request
+// ends the stream running, which would let an abort test pass without the server noticing
+// the disconnect. And on one thread: SmolLM2 needs no more (about 60 tokens/s), and with
+// llama.cpp's default two prompt threads on a busy 2-core machine a 10-token prompt took 4 to
+// 12 s (its workers spin-wait for each other), against 0.1 to 0.2 s.
 
 import { spawn } from "node:child_process";
 import fs from "node:fs";
@@ -48,11 +62,32 @@ export function webvlmBin() {
 /** The tiny VLM's end-of-sequence id (tokenizer.ggml.eos_token_id of its model.gguf). */
 const TINY_VLM_EOS = 2;
 
-/** The servers this machine can start, webvlm serve first. */
+/** What each kind of server does, the one place where they differ (see the header). */
+export const KINDS = {
+  "webvlm serve": {
+    features: { vision: true, health: true, queueLimit: true, errorFields: true, modelNotFound: true, streamUsage: true },
+    invalid: { status: 400, error: "BadRequestError" },
+    // On stderr, once the generation stopped.
+    aborted: /aborted after (\d+) tokens/g,
+    long: { logit_bias: { [TINY_VLM_EOS]: -100 } },
+  },
+  "llama.cpp server": {
+    features: { vision: false, health: false, queueLimit: false, errorFields: false, modelNotFound: false, streamUsage: false },
+    // Pydantic's message, `param` and `code` null.
+    invalid: { status: 500, error: "RemoteServerError" },
+    // Printed only when its stream loop is cancelled before the end, which ends the
+    // generation: the tokens are drawn from a generator as the loop sends them.
+    aborted: /Disconnected from client/g,
+    // SmolLM2's <|im_end|> (2) and <|endoftext|> (0).
+    long: { logit_bias: { 0: -100, 2: -100 } },
+  },
+};
+
+/** The servers this machine can start, webvlm serve first: `{kind, start, ...KINDS[kind]}`. */
 export function serverTargets() {
   const targets = [{ kind: "webvlm serve", start: startWebvlmServe }];
   if (process.env.LLAMA_CPP_PYTHON) targets.push({ kind: "llama.cpp server", start: startLlamaCppServer });
-  return targets;
+  return targets.map((t) => ({ ...KINDS[t.kind], ...t }));
 }
 
 /**
@@ -77,20 +112,13 @@ export async function startWebvlmServe({ apiKey = "sk-webvlm-test", queue, ctx =
     await child.kill();
     throw new Error(`webvlm serve did not start (first line ${JSON.stringify(line)}):\n${child.output()}`);
   }
-  return handle(child, {
-    kind: "webvlm serve",
-    url: m[2],
-    apiKey,
-    model: m[1],
-    features: { vision: true, health: true, queueLimit: true, errorFields: true },
-    long: { logit_bias: { [TINY_VLM_EOS]: -100 } },
-  });
+  return handle(child, { kind: "webvlm serve", url: m[2], apiKey, model: m[1] });
 }
 
 /**
- * llama.cpp's server from llama-cpp-python with SmolLM2 (text only). It cannot take port 0:
- * a free port is picked first, and should another process take it meanwhile the server is
- * started again on another.
+ * llama.cpp's server from llama-cpp-python with SmolLM2 (text only); the header says what it
+ * was checked to do. It cannot take port 0: a free port is picked first, and should another
+ * process take it meanwhile the server is started again on another.
  * @param {{apiKey?: string}} [opts]
  */
 export async function startLlamaCppServer({ apiKey = "sk-llama-test" } = {}) {
@@ -108,17 +136,7 @@ export async function startLlamaCppServer({ apiKey = "sk-llama-test" } = {}) {
       "--n_threads", "1", "--n_threads_batch", "1",
     ], { PYTHONUNBUFFERED: "1" });
     const notReady = await waitForModel(child, url, apiKey, alias, 120_000);
-    if (!notReady) {
-      return handle(child, {
-        kind: "llama.cpp server",
-        url,
-        apiKey,
-        model: alias,
-        features: { vision: false, health: false, queueLimit: false, errorFields: false },
-        // SmolLM2's <|im_end|> (2) and <|endoftext|> (0).
-        long: { logit_bias: { 0: -100, 2: -100 } },
-      });
-    }
+    if (!notReady) return handle(child, { kind: "llama.cpp server", url, apiKey, model: alias });
     await child.kill();
     if (attempt < 3 && /address already in use/i.test(child.output())) continue;
     throw new Error(`llama.cpp's server ${notReady}:\n${child.output()}`);
@@ -237,8 +255,9 @@ function spawnLogged(cmd, argv, env = {}) {
   return c;
 }
 
-/** The object a `start` gives: the server's facts plus node-side helpers. */
+/** The object a `start` gives: the server's facts (with its kind's) plus node-side helpers. */
 function handle(child, facts) {
+  facts = { ...KINDS[facts.kind], ...facts };
   const origin = new URL(facts.url).origin;
   const auth = facts.apiKey ? { authorization: `Bearer ${facts.apiKey}` } : {};
   return {
