@@ -198,40 +198,46 @@ export class RemoteEngine {
   }
 }
 
-/** The chunks of a streamed answer. */
+/** The chunks of a streamed answer. Once the request is aborted no further chunk is given,
+ * even one the connection had already delivered (a fast server sends many per network read):
+ * the stream ends with the abort chunk, as the in-page engine's does. */
 async function* streamChunks(response, flight, model) {
   let last = null;
   let finished = false;
   try {
-    for await (const { event, data } of sseEvents(response.body)) {
-      if (data === SSE_DONE) break;
-      let value;
-      try {
-        value = JSON.parse(data);
-      } catch {
-        throw new RemoteServerError(`the server's stream holds an event that is not JSON: ${data.slice(0, 200)}`);
+    try {
+      for await (const { event, data } of sseEvents(response.body)) {
+        if (flight.signal.aborted) break;
+        if (data === SSE_DONE) break;
+        let value;
+        try {
+          value = JSON.parse(data);
+        } catch {
+          throw new RemoteServerError(`the server's stream holds an event that is not JSON: ${data.slice(0, 200)}`);
+        }
+        // An error after the stream began: OpenAI's error object as an event.
+        if (value?.error || event === "error") {
+          const detail = value?.error ?? value;
+          throw remoteError(Number.isInteger(detail?.code) ? detail.code : 500, value, `${response.url} (mid-stream)`);
+        }
+        last = value;
+        yield value;
       }
-      // An error after the stream began: OpenAI's error object as an event.
-      if (value?.error || event === "error") {
-        const detail = value?.error ?? value;
-        throw remoteError(Number.isInteger(detail?.code) ? detail.code : 500, value, `${response.url} (mid-stream)`);
+    } catch (e) {
+      if (!flight.signal.aborted) {
+        if (e instanceof TypeError) throw new NetworkError(`the stream from ${response.url} broke off: ${e.message}`, { cause: e });
+        throw e;
       }
-      last = value;
-      yield value;
     }
     finished = true;
-  } catch (e) {
-    if (!flight.signal.aborted) {
-      if (e instanceof TypeError) throw new NetworkError(`the stream from ${response.url} broke off: ${e.message}`, { cause: e });
-      throw e;
+    if (flight.signal.aborted) {
+      // Stopped: the last chunk says so, as the in-page engine's does.
+      yield {
+        id: last?.id ?? "chatcmpl-aborted", object: "chat.completion.chunk",
+        created: last?.created ?? Math.floor(Date.now() / 1000), model: last?.model ?? model,
+        choices: [{ index: 0, delta: {}, finish_reason: "abort", logprobs: null }],
+      };
     }
-    finished = true;
-    // Stopped: the last chunk says so, as the in-page engine's does.
-    yield {
-      id: last?.id ?? "chatcmpl-aborted", object: "chat.completion.chunk",
-      created: last?.created ?? Math.floor(Date.now() / 1000), model: last?.model ?? model,
-      choices: [{ index: 0, delta: {}, finish_reason: "abort", logprobs: null }],
-    };
   } finally {
     // Left early (break, a throw in the loop's body): close the connection.
     if (!finished) flight.abort();

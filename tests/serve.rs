@@ -194,6 +194,41 @@ fn errors_have_openai_shapes_and_status_codes() {
     assert_eq!(server.request("GET", "/v1/batches/batch_nope", &[key], b"").status, 404);
 }
 
+/// The header names of a comma-separated list, lowercased.
+fn header_names(value: Option<&str>) -> Vec<String> {
+    value.unwrap_or_default().split(',').map(|n| n.trim().to_ascii_lowercase()).filter(|n| !n.is_empty()).collect()
+}
+
+#[test]
+fn cors_preflights_name_the_authorization_header() {
+    // The Fetch standard's `Access-Control-Allow-Headers: *` never covers `Authorization`: a
+    // page sending the API key needs the header named (Chromium lets `*` pass; the standard,
+    // and browsers that follow it, do not).
+    let server = start(&["--api-key", "sesame", "--cors", "*"]);
+    let origin = ("Origin", "http://page.example");
+    let asked = "authorization, content-type, x-stainless-os";
+    let preflight = server.request(
+        "OPTIONS",
+        "/v1/chat/completions",
+        &[origin, ("Access-Control-Request-Method", "POST"), ("Access-Control-Request-Headers", asked)],
+        b"",
+    );
+    assert_eq!(preflight.status, 200, "a preflight needs no key: {}", preflight.text());
+    assert_eq!(preflight.header("access-control-allow-origin"), Some("*"));
+    let allowed = header_names(preflight.header("access-control-allow-headers"));
+    for name in ["authorization", "content-type", "x-stainless-os"] {
+        assert!(allowed.contains(&name.to_string()), "{name} is not allowed: {allowed:?}");
+    }
+    assert!(header_names(preflight.header("access-control-allow-methods")).contains(&"post".to_string()));
+
+    // The answers themselves, errors included, are readable by the page.
+    let models = server.request("GET", "/v1/models", &[origin, ("Authorization", "Bearer sesame")], b"");
+    assert_eq!((models.status, models.header("access-control-allow-origin")), (200, Some("*")));
+    let refused = server.request("GET", "/v1/models", &[origin, ("Authorization", "Bearer wrong")], b"");
+    assert_eq!((refused.status, refused.header("access-control-allow-origin")), (401, Some("*")));
+    assert!(header_names(refused.header("access-control-expose-headers")).contains(&"retry-after".to_string()));
+}
+
 #[test]
 fn a_full_queue_answers_429_and_a_disconnect_aborts_the_generation() {
     let server = start(&["--queue", "1"]);

@@ -17,7 +17,8 @@
 //   - a user message containing `[status NNN]`: that status with OpenAI's error body (429, 503...)
 //   - a user message containing `[endless]`: a stream that goes on (a chunk every 20 ms) until
 //     the client closes the connection; `entry.done` resolves when the response ends, with
-//     `entry.closedEarly` true when the client closed it
+//     `entry.closedEarly` true when the client closed it; with `[burst]` too, 10 chunks in
+//     each write (as a fast server's tokens arrive: several in one network read)
 //   - a user message containing `[fail mid-stream]`: two chunks, then an error event
 //   - a user message containing `[hold]`: no answer until the client closes the connection
 // `cors: false` leaves out the CORS headers (a deployment not set up for the page's origin).
@@ -28,6 +29,7 @@ export const REPLY_PREFIX = "mock says:";
 
 const CHUNK_MS = 20;
 const ENDLESS_LIMIT = 100_000;
+const BURST = 10;
 
 export async function startMockOpenAI({ apiKey = null, models = ["mock-vlm"], cors = true } = {}) {
   const log = [];
@@ -110,8 +112,12 @@ export async function startMockOpenAI({ apiKey = null, models = ["mock-vlm"], co
     const sleep = () => new Promise((r) => setTimeout(r, CHUNK_MS));
     send(chunk({ role: "assistant", content: "" }));
     if (text.includes("[endless]")) {
-      for (let i = 0; i < ENDLESS_LIMIT && !res.destroyed; i++) {
-        send(chunk({ content: ` word${i}` }));
+      // With [burst], BURST chunks in each write: the client's one network read holds several.
+      const per = text.includes("[burst]") ? BURST : 1;
+      for (let i = 0; i < ENDLESS_LIMIT && !res.destroyed; i += per) {
+        const events = Array.from({ length: per }, (_, k) => `data: ${JSON.stringify(chunk({ content: ` word${i + k}` }))}\n\n`);
+        res.write(events.join(""));
+        entry.chunks += per;
         await sleep();
       }
       return res.end();

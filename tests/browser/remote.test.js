@@ -3,7 +3,7 @@
 // a streamed answer with usage; the official `openai` package over the remote engine's own
 // `fetch`; a stream aborted by its signal, left by `break` or ended by `engine.stop()` closes
 // the HTTP connection (the server sees it close before its endless answer ends) and ends with
-// finish_reason "abort"; a batch gives the in-page engine's result lines; every server error is
+// finish_reason "abort", with no chunk after the abort even when many came in one read; a batch gives the in-page engine's result lines; every server error is
 // its named error with `status` (and `param` / `code`). `fallback: "remote"` takes the server
 // when the page has no WebGPU (an init script deletes `navigator.gpu`, or makes
 // `requestAdapter` find none) and when the model does
@@ -92,18 +92,20 @@ test("a remote engine answers plain and streamed requests from a server on anoth
   assert.deepEqual(chats[0].body, { messages: user([image, { type: "text", text: "what is this" }]), max_tokens: 8, model: "mock-vlm" }, "the request reached the server changed");
 });
 
-test("aborting a remote stream (its signal, leaving the loop, engine.stop()) closes the connection: the server sees it close; an aborted plain request rejects with AbortError", { timeout: 5 * MIN }, async (t) => {
+test("aborting a remote stream (its signal, leaving the loop, engine.stop()) closes the connection: the server sees it close; chunks already received are not given after the abort; an aborted plain request rejects with AbortError", { timeout: 5 * MIN }, async (t) => {
   const since = mock.log.length;
   const r = await inPage(page, async (api, _, s) => {
     const out = {};
-    for (const how of ["signal", "break", "stop"]) {
+    // burst: the chunks come 10 to a network read; those after the abort are not given.
+    for (const how of ["signal", "break", "stop", "burst"]) {
       const ac = new AbortController();
-      const stream = await s.engine.chat.completions.create({ messages: [{ role: "user", content: `[endless] ${how}` }], stream: true, signal: ac.signal });
+      const content = how === "burst" ? "[endless] [burst] burst" : `[endless] ${how}`;
+      const stream = await s.engine.chat.completions.create({ messages: [{ role: "user", content }], stream: true, signal: ac.signal });
       const chunks = [];
       for await (const c of stream) {
         chunks.push(c);
         if (chunks.length === 3) {
-          if (how === "signal") ac.abort();
+          if (how === "signal" || how === "burst") ac.abort();
           if (how === "stop") s.engine.stop();
           if (how === "break") break;
         }
@@ -118,7 +120,7 @@ test("aborting a remote stream (its signal, leaving the loop, engine.stop()) clo
     return out;
   });
   t.diagnostic(JSON.stringify(r));
-  for (const how of ["signal", "stop"]) {
+  for (const how of ["signal", "stop", "burst"]) {
     assert.deepEqual(r[how].finish, ["abort"], `${how}: the stream did not end with finish_reason abort`);
     assert.equal(r[how].n, 4, `${how}: chunks after the abort`);
   }
@@ -127,7 +129,7 @@ test("aborting a remote stream (its signal, leaving the loop, engine.stop()) clo
   assert.equal(r.preAborted.error?.name, "AbortError");
   // The server's side: each endless answer ended because the client closed the connection.
   const endless = mock.log.slice(since).filter((e) => e.body?.messages?.[0]?.content?.startsWith("[endless]"));
-  assert.equal(endless.length, 3);
+  assert.equal(endless.length, 4);
   await Promise.all(endless.map((e) => e.done));
   for (const e of endless) {
     assert.ok(e.closedEarly, `${e.body.messages[0].content}: the server finished its endless answer`);

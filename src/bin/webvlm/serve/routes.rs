@@ -12,7 +12,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
-use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
 use super::checks::model_not_found;
 use super::errors::HttpError;
@@ -46,7 +46,9 @@ pub fn router(app: Arc<App>, cors: Option<&str>) -> Result<Router, String> {
     })
 }
 
-/// Cross-origin access for `origin` (`*`: any), with the headers the OpenAI clients send.
+/// Cross-origin access for `origin` (`*`: any), with the headers the OpenAI clients send: a
+/// preflight's requested headers are named back (`Access-Control-Allow-Headers: *` would not
+/// do: the Fetch standard never lets the wildcard cover `Authorization`, the API key).
 fn cors_layer(origin: &str) -> Result<CorsLayer, String> {
     let allow_origin = if origin == "*" {
         AllowOrigin::any()
@@ -57,7 +59,7 @@ fn cors_layer(origin: &str) -> Result<CorsLayer, String> {
     Ok(CorsLayer::new()
         .allow_origin(allow_origin)
         .allow_methods([Method::GET, Method::POST, Method::DELETE])
-        .allow_headers(Any)
+        .allow_headers(AllowHeaders::mirror_request())
         .expose_headers([header::RETRY_AFTER]))
 }
 
