@@ -155,7 +155,11 @@ case "$cmd" in
     build_wasm
     if command -v node >/dev/null; then
       # Range requests, correct types, a request log; the same server the browser tests use.
-      exec node "$browser_dir/server.js" --port "$port" --root www
+      # The demo's Content-Security-Policy is on (tests/browser/server.js: demoCsp); CONNECT_SRC
+      # adds origins it may connect to (a remote server).
+      connect=()
+      for origin in ${CONNECT_SRC:-}; do connect+=(--connect-src "$origin"); done
+      exec node "$browser_dir/server.js" --port "$port" --root www "${connect[@]}"
     fi
     echo "serving www/ on http://127.0.0.1:$port"
     exec python3 -m http.server "$port" --bind 127.0.0.1 --directory www
