@@ -8,8 +8,8 @@
 //   new version precaches every file before it takes over (the old version's cache is deleted).
 // - The shell is served network first: online, the page always gets the server's current files
 //   (and the cache is refreshed with them); only when the network fails does it come from the
-//   cache. Navigations to any page in scope (with any query: ?model=…&autoload=1) fall back to
-//   index.html.
+//   cache, under the file's URL without its query (index.html?model=…&autoload=1 is index.html;
+//   the folder itself is index.html too).
 // - Nothing else is touched: model downloads (Range requests, other origins, anything not in
 //   the list) go to the network as if there were no service worker.
 
@@ -44,7 +44,8 @@ function shellKey(request) {
   const url = new URL(request.url);
   if (url.origin !== scope.origin || !url.pathname.startsWith(scope.pathname)) return null;
   const bare = url.origin + url.pathname;
-  if (request.mode === "navigate") return shell.has(bare) ? bare : INDEX;
+  // The scope's folder itself is index.html; other pages on the origin are not the shell's.
+  if (request.mode === "navigate" && bare === scope.href) return INDEX;
   return shell.has(bare) ? bare : null;
 }
 
