@@ -3,14 +3,17 @@
 #   ./build.sh serve     build the wasm package and serve the demo on http://127.0.0.1:8080
 #   ./build.sh test      run the whole test suite: native GPU tests on the system adapter, the
 #                        wasm package build, browser tests in headless Chromium; CI runs this
-#   ./build.sh wasm      build the npm package only (pkg/, copied to www/pkg/ for the demo)
+#   ./build.sh wasm      build the npm package only (pkg/, copied to www/pkg/ for the demo; the
+#                        demo's vendored libraries in www/vendor/ and its offline list)
 #   ./build.sh browser   build the wasm package and run the browser tests only
 #                        (node --test; extra arguments go to node, e.g. a test file)
 #   ./build.sh lint      rustfmt check and clippy with warnings as errors, native and wasm32
 #   ./build.sh wasm-test Rust tests in the browser (tests/wasm_browser.rs: wasm-bindgen-test
 #                        in headless Chromium through chromedriver; extra arguments go to
 #                        the test binary, e.g. a test name filter)
-# Environment: WASM_OPT=0 skips wasm-opt; WASM_OPT_FLAGS (default -O1); PORT for serve.
+# Environment: WASM_OPT=0 skips wasm-opt; WASM_OPT_FLAGS (default -O1); PORT for serve;
+# CONNECT_SRC for serve: origins the page may also connect to under its Content-Security-Policy
+# (a remote server for the demo's "Remote server" model, e.g. CONNECT_SRC=https://vlm.example.com).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -74,6 +77,53 @@ build_wasm() {
   cp -R js/. pkg/
   rm -f pkg/.gitignore
   cp -R pkg www/pkg
+  vendor_www
+  offline_list
+}
+
+# The demo has no bundler: the Markdown renderer and sanitizer it imports (marked, DOMPurify, at
+# the versions pinned in tests/browser/package-lock.json) are copied from node_modules into
+# www/vendor/ (not committed) with their licenses. Without npm the page shows replies as text.
+vendor_www() {
+  rm -rf www/vendor
+  if ! npm_deps; then
+    echo "npm not found: www/vendor/ not made (the demo shows replies as plain text)" >&2
+    return 0
+  fi
+  local nm="$browser_dir/node_modules"
+  mkdir -p www/vendor
+  sed '/^\/\/# sourceMappingURL=/d' "$nm/marked/lib/marked.esm.js" >www/vendor/marked.js
+  cp "$nm/marked/LICENSE" www/vendor/marked.LICENSE.txt
+  sed '/^\/\/# sourceMappingURL=/d' "$nm/dompurify/dist/purify.es.mjs" >www/vendor/dompurify.js
+  cp "$nm/dompurify/LICENSE" www/vendor/dompurify.LICENSE.txt
+}
+
+# www/offline-files.js: the files the demo's service worker (www/sw.js) keeps for offline use
+# (everything under www/ the page loads) and a hash of their contents, whose change on a rebuild
+# makes browsers install the new shell.
+offline_list() {
+  python3 - <<'PY'
+import hashlib, json, os
+root = "www"
+skip_names = {"sw.js", "offline-files.js", "package.json", "README.md"}
+files = []
+for d, _, names in os.walk(root):
+    for n in names:
+        rel = os.path.relpath(os.path.join(d, n), root).replace(os.sep, "/")
+        if n in skip_names or n.endswith((".map", ".d.ts", ".txt")):
+            continue
+        files.append(rel)
+files.sort()
+h = hashlib.sha256()
+for f in files:
+    h.update(f.encode() + b"\0")
+    with open(os.path.join(root, f), "rb") as fh:
+        h.update(hashlib.sha256(fh.read()).digest())
+with open(os.path.join(root, "offline-files.js"), "w") as out:
+    out.write("// Written by ./build.sh wasm: the files www/sw.js keeps for offline use.\n")
+    out.write("self.WEBVLM_OFFLINE = " + json.dumps({"version": h.hexdigest()[:16], "files": files}, indent=1) + ";\n")
+print(f"www/offline-files.js: {len(files)} files")
+PY
 }
 
 # Fails when the module imports anything but its own JS glue (`./webvlm_bg.js`): a browser has
@@ -155,7 +205,11 @@ case "$cmd" in
     build_wasm
     if command -v node >/dev/null; then
       # Range requests, correct types, a request log; the same server the browser tests use.
-      exec node "$browser_dir/server.js" --port "$port" --root www
+      # The demo's Content-Security-Policy is on (tests/browser/server.js: demoCsp); CONNECT_SRC
+      # adds origins it may connect to (a remote server).
+      connect=()
+      for origin in ${CONNECT_SRC:-}; do connect+=(--connect-src "$origin"); done
+      exec node "$browser_dir/server.js" --port "$port" --root www "${connect[@]}"
     fi
     echo "serving www/ on http://127.0.0.1:$port"
     exec python3 -m http.server "$port" --bind 127.0.0.1 --directory www

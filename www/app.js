@@ -4,6 +4,10 @@
 // happens in the package's module worker; the page only moves DOM nodes and messages around
 // (no heavy work on the page's thread). This entry module wires the modules of js/ together.
 //
+// Replies are rendered as sanitized Markdown (js/markdown.js); the page runs under a strict
+// Content-Security-Policy when served by tests/browser/server.js (no inline script or style);
+// sw.js keeps the page itself for offline use.
+//
 // The page's contract for tests (URL parameters, data-state, window.webvlmDemo, ids): tests/browser/DEMO_CONTRACT.md
 
 import { params } from "./js/state.js";
@@ -33,6 +37,7 @@ async function main() {
   setState("idle");
   renderEmptyState();
 
+  registerServiceWorker();
   if (!navigator.gpu) {
     showError(pageError("NoWebGPUError", "This browser has no WebGPU (navigator.gpu is missing)."));
     setState("error");
@@ -44,6 +49,24 @@ async function main() {
   }
   refreshCache();
   if (params.get("autoload") === "1" || params.get("autoload") === "true") load();
+}
+
+/** The service worker (sw.js) keeps the page and the package in Cache Storage, so that the demo
+ * opens and a cached model answers with no network. `?sw=0` unregisters it (and its cache). */
+async function registerServiceWorker() {
+  if (!("serviceWorker" in navigator) || !window.isSecureContext) return;
+  try {
+    if (params.get("sw") === "0") {
+      for (const r of await navigator.serviceWorker.getRegistrations()) await r.unregister();
+      for (const name of await caches.keys()) if (name.startsWith("webvlm-app-")) await caches.delete(name);
+      return;
+    }
+    await navigator.serviceWorker.register("sw.js");
+  } catch (e) {
+    // No service worker (not built: offline-files.js missing, or storage off): the page works
+    // online as before.
+    console.warn(`the page will not open offline: ${e.message ?? e}`);
+  }
 }
 
 main();

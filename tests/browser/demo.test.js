@@ -1,6 +1,8 @@
 // The demo page (www/index.html) loads without errors; screenshots at desktop and phone
 // widths go to the test output. With the tiny fixture VLM: the chat streams a reply and
-// stops; Batch mode describes several images (one broken) and exports JSONL and CSV.
+// stops; Batch mode describes several images (one broken) and exports JSONL and CSV. The page
+// is served with its Content-Security-Policy (as ./build.sh serve serves it) and reports no
+// violation (offline.test.js and markdown.test.js test the policy, privacy and Markdown).
 // What the tests rely on (URL parameters, data-state, window.webvlmDemo, ids): DEMO_CONTRACT.md.
 
 import { test, before, after } from "node:test";
@@ -14,9 +16,15 @@ import { launchBrowser, parseCSV, requireWasmPackage } from "./harness.js";
 let server, browser;
 before(async () => {
   requireWasmPackage();
-  server = await startServer();
+  server = await startServer({ csp: true });
   browser = await launchBrowser();
+  await browser.context.addInitScript(() => {
+    window.__cspViolations = [];
+    document.addEventListener("securitypolicyviolation", (e) => window.__cspViolations.push(`${e.effectiveDirective} ${e.blockedURI}`));
+  });
 });
+
+const assertNoViolations = async (page) => assert.deepEqual(await page.evaluate(() => window.__cspViolations), [], "CSP violations");
 after(async () => {
   await browser?.close();
   await server?.close();
@@ -40,6 +48,7 @@ test("the demo page loads with no page errors (desktop and phone screenshots)", 
   // www/pkg/, only uncaught errors count.
   if (fs.existsSync(path.join(repoRoot, "www/pkg/index.js"))) {
     assert.deepEqual(notFound, [], "requests that got 404");
+    await assertNoViolations(page);
     browser.assertNoErrors();
   } else {
     t.diagnostic(`www/pkg/index.js not built yet; 404s: ${notFound.join(" ")}`);
@@ -104,6 +113,7 @@ test("the demo loads a tiny VLM with progress, streams a reply about an attached
   await page.setViewportSize({ width: 390, height: 844 });
   await page.waitForTimeout(200);
   await browser.screenshot(page, "demo-chat-phone");
+  await assertNoViolations(page);
   browser.assertNoErrors();
 });
 
@@ -273,6 +283,7 @@ test("batch mode describes 5 images (one broken) with per-image progress, stops,
   await page.click("#mode-chat");
   await page.fill("#prompt", "Hello");
   assert.ok(await page.locator("#send").isEnabled(), "the chat can send again");
+  await assertNoViolations(page);
   browser.assertNoErrors();
 });
 

@@ -163,9 +163,10 @@ export async function webgpuAdapter(page) {
 
 /** Fails early, with the command to run, when the wasm package has not been built. */
 export function requireWasmPackage() {
-  const js = path.join(repoRoot, "www/pkg/webvlm.js");
-  if (!fs.existsSync(js)) {
-    throw new Error(`${path.relative(repoRoot, js)} is missing: run ./build.sh wasm first`);
+  // The package, the demo's vendored Markdown libraries and its offline list: all made by
+  // `./build.sh wasm`.
+  for (const file of ["www/pkg/webvlm.js", "www/vendor/marked.js", "www/vendor/dompurify.js", "www/offline-files.js"]) {
+    if (!fs.existsSync(path.join(repoRoot, file))) throw new Error(`${file} is missing: run ./build.sh wasm first`);
   }
 }
 

@@ -21,6 +21,8 @@
 //     each write (as a fast server's tokens arrive: several in one network read)
 //   - a user message containing `[fail mid-stream]`: two chunks, then an error event
 //   - a user message containing `[hold]`: no answer until the client closes the connection
+//   - a user message containing `[pace N]`: its streamed words N ms apart (a model's pace; by
+//     default they are written at once)
 // `cors: false` leaves out the CORS headers (a deployment not set up for the page's origin).
 
 import http from "node:http";
@@ -122,7 +124,10 @@ export async function startMockOpenAI({ apiKey = null, models = ["mock-vlm"], co
       }
       return res.end();
     }
+    const pace = /\[pace (\d+)\]/.exec(text);
     for (const [i, w] of words.entries()) {
+      if (pace && i) await new Promise((r) => setTimeout(r, Number(pace[1])));
+      if (res.destroyed) return;
       send(chunk({ content: i ? ` ${w}` : w }));
       if (text.includes("[fail mid-stream]") && i === 1) {
         send({ error: { message: "the mock failed mid-stream", type: "server_error", param: null, code: null } });

@@ -3,7 +3,8 @@
 //   const server = await startServer();  // www/ at /, tests/fixtures/ at /fixtures/,
 //                                        // tests/browser/pages/ at /test/
 //   await page.goto(server.url + "/index.html");
-//   server.log          // every request: { method, path, range, status, bytes, start, end, time }
+//   server.log          // every request: { method, path, query, range, referer, status, bytes,
+//                       //   start, end, time; body, bodyBytes for methods other than GET/HEAD }
 //   server.requests(p)  // the log entries whose path matches p (string prefix or RegExp)
 //   server.clearLog();
 //   server.intercept = (req, res, entry) => true;   // handle a request yourself (faults, slow
@@ -17,7 +18,14 @@
 // shows, and a test that finds no weight request on reload proves the page's own cache did
 // the work. CORS is open so that a second server can play a cross-origin weight host.
 //
-// Also usable by hand: `node tests/browser/server.js [--port 8080] [--root www]`.
+// `csp: true` (or `{ connectSrc: [origins] }`) sends the demo's Content-Security-Policy
+// (`demoCsp()`, with `Referrer-Policy: no-referrer` and `X-Content-Type-Options: nosniff`) on
+// every response: the page's documents, and the scripts whose response sets the policy of the
+// workers they start (the engine's module worker, the service worker). Off by default: test
+// pages with inline scripts and pages that fetch from a second origin run without it.
+//
+// Also usable by hand: `node tests/browser/server.js [--port 8080] [--root www]
+// [--connect-src ORIGIN]... [--no-csp]`; by hand the policy is on (what `./build.sh serve` uses).
 
 import http from "node:http";
 import fs from "node:fs";
@@ -47,6 +55,45 @@ const MIME = {
   ".wasm": "application/wasm",
   ".wgsl": "text/plain; charset=utf-8",
 };
+
+/** Hosts a Hugging Face download touches: the resolve URL, then its redirect to a CDN
+ * (cdn-lfs*.huggingface.co, cdn-lfs*.hf.co, cas-bridge.xethub.hf.co). */
+export const HF_ORIGINS = ["https://huggingface.co", "https://*.huggingface.co", "https://*.hf.co"];
+
+/**
+ * The demo's Content-Security-Policy. Scripts, styles, workers and images come from the page's
+ * own origin only (no inline script or style, no eval; `'wasm-unsafe-eval'` lets the engine
+ * compile its wasm); images may also be blob: (attachments) and data: (the icon); nothing may
+ * frame the page, change its base URL, submit a form or embed a plugin. The page may connect to
+ * itself and to Hugging Face (the preset models); a remote server (Settings → Remote server)
+ * must be named in `connectSrc` by whoever serves the page, or the browser refuses to connect
+ * to it (the demo then says so).
+ */
+export function demoCsp({ connectSrc = [] } = {}) {
+  return [
+    "default-src 'self'",
+    "script-src 'self' 'wasm-unsafe-eval'",
+    "worker-src 'self'",
+    `connect-src ${["'self'", ...HF_ORIGINS, ...connectSrc].join(" ")}`,
+    "img-src 'self' blob: data:",
+    "style-src 'self'",
+    "font-src 'self'",
+    "object-src 'none'",
+    "frame-src 'none'",
+    "base-uri 'none'",
+    "form-action 'none'",
+    "frame-ancestors 'none'",
+  ].join("; ");
+}
+
+/** The headers `csp` adds (see startServer). */
+export function demoSecurityHeaders(options) {
+  return {
+    "Content-Security-Policy": demoCsp(options),
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+  };
+}
 
 export const DEFAULT_MOUNTS = { "/": "www", "/fixtures/": "tests/fixtures", "/test/": "tests/browser/pages" };
 
@@ -79,8 +126,10 @@ export async function startServer({
   port = 0,
   mounts = DEFAULT_MOUNTS,
   headers = {},
+  csp = false,
   quiet = true,
 } = {}) {
+  if (csp) headers = { ...demoSecurityHeaders(csp === true ? {} : csp), ...headers };
   const table = Object.entries(mounts)
     .map(([prefix, dir]) => [prefix.endsWith("/") ? prefix : prefix + "/", path.resolve(repoRoot, dir)])
     .sort((a, b) => b[0].length - a[0].length);
@@ -95,6 +144,7 @@ export async function startServer({
       path: pathname ?? url.pathname,
       query: url.search,
       range: req.headers.range ?? null,
+      referer: req.headers.referer ?? null,
       status: 0,
       bytes: 0,
       start: null,
@@ -128,6 +178,13 @@ export async function startServer({
       return res.end();
     }
     if (req.method !== "GET" && req.method !== "HEAD") {
+      // Nothing here takes a body; it is kept in the log (first 1 MB) for tests that check what
+      // the page sent.
+      const parts = [];
+      let n = 0;
+      for await (const piece of req) { if (n < 1 << 20) parts.push(piece); n += piece.length; }
+      entry.body = Buffer.concat(parts).toString("latin1");
+      entry.bodyBytes = n;
       res.writeHead(405, { Allow: "GET, HEAD, OPTIONS" });
       return res.end();
     }
@@ -207,10 +264,14 @@ if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.me
     return i > 0 ? process.argv[i + 1] : dflt;
   };
   const root = arg("--root", "www");
+  const connectSrc = process.argv.flatMap((a, i) => (a === "--connect-src" ? process.argv[i + 1].split(/\s+/).filter(Boolean) : []));
+  const csp = process.argv.includes("--no-csp") ? false : { connectSrc };
   const srv = await startServer({
     port: Number(arg("--port", "8080")),
     mounts: { ...DEFAULT_MOUNTS, "/": root },
+    csp,
     quiet: false,
   });
   console.log(`serving ${root}/ on ${srv.url}/`);
+  console.log(csp ? `Content-Security-Policy: ${demoCsp(csp)}` : "no Content-Security-Policy (--no-csp)");
 }

@@ -1,12 +1,13 @@
 // The chat: the composer (prompt and image attachments), Send with the reply streamed into the
 // transcript (the user's turns with their thumbnails, the assistant's with stats and badges),
-// Stop, and New chat.
+// Stop, and New chat. Replies are rendered as sanitized Markdown (markdown.js) while they stream.
 
 import { $, el, fmtSeconds, ICON_X, openImage, plural, readDataUrl, STOPPED, whenStopped } from "./helpers.js";
 import { engine, lacksVision, state } from "./state.js";
 import { hideError, noVisionError, pageError, showError } from "./errors.js";
 import { modelName, requestFailed, setState, updateControls } from "./status.js";
 import { requestOptions, systemMessages } from "./settings.js";
+import { markdownView } from "./markdown.js";
 
 let stopRequested = false;
 let stopController = null; // aborted by Stop: ends the running reply's stream race (see send)
@@ -88,7 +89,8 @@ function renderUserMessage(text, attachments) {
 }
 
 function renderAssistantMessage() {
-  const content = el("span", { class: "content" });
+  const content = el("div", { class: "content" });
+  const view = markdownView(content);
   const typing = el("span", { class: "typing", "aria-label": "The model is thinking" }, el("span"), el("span"), el("span"));
   const bubble = el("div", { class: "bubble" }, typing, content);
   const meta = el("div", { class: "msg-meta" });
@@ -100,13 +102,14 @@ function renderAssistantMessage() {
     node,
     append(delta) {
       if (typing.isConnected) typing.remove();
-      // The reply's leading whitespace (tokens often start with a space) is not shown.
-      const shown = text.trim() === "" ? delta.trimStart() : delta;
       text += delta;
-      if (shown) content.append(shown); // a text node per delta: cheap, no re-layout of earlier text
+      // The reply's leading whitespace (tokens often start with a space) is not shown.
+      view.set(text.trimStart());
     },
     finish({ finishReason, usage, error, stopped, deltas = 0, firstTokenMs = null }) {
       typing.remove();
+      if (text.trim()) view.flush();
+      else view.cancel();
       if (error) {
         node.dataset.state = "error";
         if (!text.trim()) content.textContent = "No reply: " + (error.message ?? error);
@@ -139,6 +142,7 @@ function renderAssistantMessage() {
       }
     },
     get text() { return text; },
+    view,
   };
 }
 
@@ -183,7 +187,7 @@ async function send() {
   $("stop").disabled = false;
   setState("generating");
   const messages = [...systemMessages(), ...state.messages];
-  const last = { text: "", deltas: 0, finishReason: null, usage: null, stopped: false, error: null, firstTokenMs: null };
+  const last = { text: "", deltas: 0, finishReason: null, usage: null, stopped: false, error: null, firstTokenMs: null, renders: 0, renderMs: 0 };
   state.lastReply = last;
   const sentAt = performance.now();
   stopController = new AbortController();
@@ -224,6 +228,7 @@ async function send() {
     stopController = null;
     last.error = { name: err?.name ?? "Error", message: String(err?.message ?? err) };
     reply.finish({ error: err });
+    Object.assign(last, { renders: reply.view.renders, renderMs: reply.view.renderMs });
     state.messages.pop(); // the conversation sent next must not hold the failed turn
     requestFailed(err);
     scrollToEnd();
@@ -232,6 +237,7 @@ async function send() {
   last.stopped = stopRequested || last.finishReason === "abort";
   stopController = null;
   reply.finish({ finishReason: last.finishReason, usage: last.usage, stopped: last.stopped, deltas: last.deltas, firstTokenMs: last.firstTokenMs });
+  Object.assign(last, { renders: reply.view.renders, renderMs: reply.view.renderMs });
   state.messages.push({ role: "assistant", content: last.text });
   setState("ready");
   scrollToEnd();

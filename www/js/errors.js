@@ -54,6 +54,11 @@ const ERROR_TEXT = {
     title: "The server could not answer",
     hint: "It may be busy (429) or failing (5xx): try again in a moment. A 404 means the base URL is not the API's (it usually ends in /v1).",
   },
+  ContentSecurityPolicyError: {
+    title: "This page may not connect to that server",
+    hint: "The page is served with a Content-Security-Policy that names the servers it may connect to (connect-src). "
+      + "Whoever serves it must add the server's origin: with ./build.sh serve, set CONNECT_SRC=https://your-server.example.",
+  },
   NoRemoteURL: {
     title: "Set the remote server first",
     hint: "Enter the server's base URL (and its API key, if it needs one) under Settings → Remote server.",

@@ -209,11 +209,32 @@ export async function load() {
     if (matchMedia("(max-width: 860px)").matches) $("messages").scrollIntoView({ behavior: "smooth", block: "start" });
     $("prompt").focus({ preventScroll: true });
   } catch (err) {
-    loseEngine(err);
+    loseEngine((source.remote && await blockedByPolicy(source.remote.baseURL)) || err);
     $("progress-box").classList.add("failed");
     $("progress-text").textContent = `Loading failed: ${err?.name ?? "error"}. See the message above.`;
     refreshCache();
   }
+}
+
+// The page's Content-Security-Policy (tests/browser/server.js: demoCsp) lists the origins it may
+// connect to; a remote server's origin must be among them. The browser refuses others before any
+// request and reports a violation: the load then fails as a NetworkError, which is put right here.
+const violations = [];
+document.addEventListener("securitypolicyviolation", (e) => {
+  violations.push({ directive: e.effectiveDirective, blocked: e.blockedURI });
+  if (violations.length > 20) violations.shift();
+});
+
+/** A ContentSecurityPolicyError when connecting to `url` was refused by the page's policy. */
+async function blockedByPolicy(url) {
+  await new Promise((resolve) => setTimeout(resolve, 50)); // the violation event is a task of its own
+  let origin;
+  try { origin = new URL(url, location.href).origin; } catch { return null; }
+  const hit = violations.some((v) => {
+    if (v.directive !== "connect-src") return false;
+    try { return new URL(v.blocked).origin === origin; } catch { return false; }
+  });
+  return hit ? pageError("ContentSecurityPolicyError", `This page's Content-Security-Policy does not allow connections to ${origin} (connect-src).`) : null;
 }
 
 function onProgress(p) {
