@@ -345,7 +345,7 @@ impl ChatTemplate {
             .map_or(Value::from(()), |map| Value::from_iter(map.iter().map(|(k, v)| (Value::from(k.as_str()), json_value(v)))));
         let ctx = context! { ..base, ..placeholder, ..extra, ..defaults };
         let mut out = BoundedOutput::default();
-        template.render_to_write(ctx, &mut out).map_err(|err| match raised_message(&err) {
+        template.render_captured_to(ctx, &mut out).map_err(|err| match raised_message(&err) {
             Some(message) => ChatError::Raised(message),
             None if out.overflowed => ChatError::Limit(format!("the rendered prompt passes {MAX_PROMPT_BYTES} bytes")),
             None if err.kind() == ErrorKind::OutOfFuel => {

@@ -17,8 +17,11 @@ use crate::model::memory_plan::{MemoryPlan, ModelHeaders, PlanLimits, PlanOption
 use crate::safetensors::{self, HeaderParser};
 use crate::tokenizer::{GgufVocab, Tokenizer};
 
-/// The targets by name (the file names of `fuzz/fuzz_targets/` and `fuzz/corpus/`).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+/// A fuzz target: arbitrary bytes in, nothing out.
+pub type Target = fn(&[u8]);
+
+/// The targets by name (the file names of `fuzz/fuzz_targets/` and `fuzz/seeds/`).
+pub const TARGETS: &[(&str, Target)] = &[
     ("gguf_header", gguf_header),
     ("gguf_chunks", gguf_chunks),
     ("safetensors_header", safetensors_header),
@@ -161,7 +164,7 @@ pub fn tokenizer_vocab(data: &[u8]) {
 /// token.
 pub fn json_schema(data: &[u8]) {
     let Ok(schema) = serde_json::from_slice::<serde_json::Value>(data) else { return };
-    let Ok(mut constraint) = byte_level_constraints().json_schema(&schema, data.len() % 2 == 0) else { return };
+    let Ok(mut constraint) = byte_level_constraints().json_schema(&schema, data.len().is_multiple_of(2)) else { return };
     for _ in 0..8 {
         let Ok(mask) = constraint.mask() else { return };
         let Some(token) = mask.iter().enumerate().find(|(_, w)| **w != 0).map(|(i, w)| i as u32 * 32 + w.trailing_zeros()) else {
