@@ -144,6 +144,7 @@ impl Classify for TokenizerError {
             | TokenizerError::TokenTooLong { .. }
             | TokenizerError::DuplicateToken { .. }
             | TokenizerError::BadMerge(_)
+            | TokenizerError::MergeOutOfVocabulary(_)
             | TokenizerError::SpecialIdOutOfRange { .. }
             | TokenizerError::HfFile(_) => ModelNotSupported,
             TokenizerError::UnknownId { .. } => BadRequest,

@@ -134,6 +134,9 @@ pub enum TokenizerError {
     /// A `tokenizer.ggml.merges` entry is not two space-separated tokens.
     #[error("malformed merge {0:?}")]
     BadMerge(String),
+    /// A merge whose halves or result are not tokens of the vocabulary.
+    #[error("merge {0:?} names a token the vocabulary lacks")]
+    MergeOutOfVocabulary(String),
     /// A special-token id in the metadata lies outside the vocabulary.
     #[error("{name} id {id} is outside the vocabulary of {vocab_size}")]
     SpecialIdOutOfRange { name: &'static str, id: u32, vocab_size: usize },
