@@ -51,6 +51,17 @@ pub const CHATML_TEMPLATE: &str = "{%- for message in messages %}\
 /// Name under which the template is stored in the environment.
 const TEMPLATE_NAME: &str = "chat_template";
 
+/// Largest template source accepted (real templates are a few tens of KB).
+pub const MAX_TEMPLATE_BYTES: usize = 1 << 20;
+/// minijinja instructions one render may execute: a template that loops without end stops
+/// here, in about a second. Real templates take a few hundred per message.
+pub const TEMPLATE_FUEL: u64 = 20_000_000;
+/// Deepest nesting of macro calls and includes (minijinja's default is 500, deeper than a
+/// browser worker's stack allows for large frames).
+pub const TEMPLATE_RECURSION: usize = 100;
+/// Largest rendered prompt (far beyond any context window).
+pub const MAX_PROMPT_BYTES: usize = 64 << 20;
+
 /// Sentinel of the clock cell: read the system clock.
 const SYSTEM_CLOCK: i64 = i64::MIN;
 
@@ -66,6 +77,11 @@ pub enum ChatError {
     /// Rendering failed for another reason (undefined method, type error, ...).
     #[error("chat template render: {0}")]
     Render(#[source] minijinja::Error),
+    /// The template is larger, runs longer, nests deeper or writes more than the limits
+    /// ([`MAX_TEMPLATE_BYTES`], [`TEMPLATE_FUEL`], [`TEMPLATE_RECURSION`], [`MAX_PROMPT_BYTES`]):
+    /// a hostile or broken template, or a conversation far past any context.
+    #[error("chat template limit: {0}")]
+    Limit(String),
 }
 
 /// One chat message, (de)serialized in OpenAI's shape.
@@ -241,8 +257,16 @@ impl std::fmt::Debug for ChatTemplate {
 impl ChatTemplate {
     /// Compiles `template_source`; `bos_token` / `eos_token` fill the variables of those names.
     pub fn new(template_source: &str, bos_token: &str, eos_token: &str) -> Result<Self, ChatError> {
+        if template_source.len() > MAX_TEMPLATE_BYTES {
+            return Err(ChatError::Limit(format!(
+                "the template has {} bytes, more than {MAX_TEMPLATE_BYTES}",
+                template_source.len()
+            )));
+        }
         let clock = Arc::new(AtomicI64::new(SYSTEM_CLOCK));
         let mut env = Environment::new();
+        env.set_fuel(Some(TEMPLATE_FUEL));
+        env.set_recursion_limit(TEMPLATE_RECURSION);
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
@@ -320,11 +344,47 @@ impl ChatTemplate {
         let extra = kwargs
             .map_or(Value::from(()), |map| Value::from_iter(map.iter().map(|(k, v)| (Value::from(k.as_str()), json_value(v)))));
         let ctx = context! { ..base, ..placeholder, ..extra, ..defaults };
-        template.render(ctx).map_err(|err| match raised_message(&err) {
+        let mut out = BoundedOutput::default();
+        template.render_captured_to(ctx, &mut out).map_err(|err| match raised_message(&err) {
             Some(message) => ChatError::Raised(message),
+            None if out.overflowed => ChatError::Limit(format!("the rendered prompt passes {MAX_PROMPT_BYTES} bytes")),
+            None if err.kind() == ErrorKind::OutOfFuel => {
+                ChatError::Limit(format!("the template ran past {TEMPLATE_FUEL} instructions"))
+            }
+            None if is_too_deep(&err) => ChatError::Limit(format!("the template nests calls deeper than {TEMPLATE_RECURSION}")),
             None => ChatError::Render(err),
-        })
+        })?;
+        // minijinja writes whole `str`s, so the bytes are UTF-8.
+        Ok(String::from_utf8(out.bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
     }
+}
+
+/// The render's output, refusing to grow past [`MAX_PROMPT_BYTES`] (the render then fails
+/// with a write error, which [`ChatTemplate::render_with`] reports as [`ChatError::Limit`]).
+#[derive(Default)]
+struct BoundedOutput {
+    bytes: Vec<u8>,
+    overflowed: bool,
+}
+
+impl std::io::Write for BoundedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > MAX_PROMPT_BYTES {
+            self.overflowed = true;
+            return Err(std::io::Error::other("the rendered prompt is too large"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Whether `err` is minijinja's recursion limit (it has no error kind of its own).
+fn is_too_deep(err: &minijinja::Error) -> bool {
+    err.kind() == ErrorKind::InvalidOperation && err.detail().is_some_and(|d| d.contains("recursion limit exceeded"))
 }
 
 /// Rewrites transformers' `{% generation %}` / `{% endgeneration %}` block tags (its

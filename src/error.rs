@@ -141,8 +141,10 @@ impl Classify for TokenizerError {
             | TokenizerError::Missing(_)
             | TokenizerError::LengthMismatch { .. }
             | TokenizerError::VocabTooLarge(_)
+            | TokenizerError::TokenTooLong { .. }
             | TokenizerError::DuplicateToken { .. }
             | TokenizerError::BadMerge(_)
+            | TokenizerError::MergeOutOfVocabulary(_)
             | TokenizerError::SpecialIdOutOfRange { .. }
             | TokenizerError::HfFile(_) => ModelNotSupported,
             TokenizerError::UnknownId { .. } => BadRequest,
@@ -158,6 +160,9 @@ impl Classify for ChatError {
             ChatError::Syntax(_) => ModelNotSupported,
             // The template refused or failed on these messages.
             ChatError::Raised(_) | ChatError::Render(_) => BadRequest,
+            // A template past its limits: the model's template is broken or hostile (a
+            // conversation long enough to reach them is far past any context).
+            ChatError::Limit(_) => ModelNotSupported,
         }
     }
 }

@@ -6,13 +6,17 @@
 //! parts), [`model`] (decoder families, vision encoders, shared blocks, per-sequence
 //! state), [`tokenizer`], [`chat`] (templates), [`image`] (preprocessing), [`sampling`] and [`constraint`] (host-side token choice),
 //! [`engine`] (the generation loop), [`api`] (OpenAI's chat-completions shapes), [`error`]
-//! (what each failure means to a caller), [`web`] (the wasm-bindgen surface).
+//! (what each failure means to a caller), [`web`] (the wasm-bindgen surface); `fuzz` holds the
+//! fuzz targets' entry points.
 
 pub mod api;
 pub mod chat;
 pub mod constraint;
 pub mod engine;
 pub mod error;
+#[doc(hidden)]
+#[cfg(not(target_arch = "wasm32"))]
+pub mod fuzz;
 pub mod gguf;
 pub mod gpu;
 pub mod image;

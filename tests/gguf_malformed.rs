@@ -148,6 +148,14 @@ fn absurd_counts_and_lengths() {
     }
     let e = parse_err(&Raw::new(0, 1).str("k").u32(9).u32(8).u64(1 << 27).bytes());
     assert!(matches!(e, GgufError::Truncated { .. }), "{e}");
+    // Millions of one-byte elements (tens of bytes each in memory): the budget over all arrays.
+    let n = MAX_METADATA_ELEMENTS + 1;
+    let mut many = Raw::new(0, 1);
+    many.str("k").u32(9).u32(0).u64(n);
+    let mut bytes = many.bytes();
+    bytes.resize(bytes.len() + n as usize, 1);
+    let e = parse_err(&bytes);
+    assert!(matches!(e, GgufError::AbsurdCount { field: "metadata array elements", .. }), "{e}");
     let mut deep = Raw::new(0, 1);
     deep.str("k").u32(9);
     for _ in 0..12 {

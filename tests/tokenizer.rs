@@ -12,7 +12,7 @@ mod gguf_vocab;
 mod tiktoken;
 
 use serde::Deserialize;
-use webvlm::tokenizer::{Tokenizer, TokenizerError};
+use webvlm::tokenizer::{GgufVocab, Tokenizer, TokenizerError};
 
 #[derive(Deserialize)]
 struct Expected {
@@ -158,6 +158,36 @@ fn bad_input_is_a_typed_error() {
     let mut vocab = gguf_vocab::vocab_for("llama_spm");
     vocab.tokens[5] = vocab.tokens[4].clone();
     assert!(matches!(Tokenizer::from_gguf_vocab(&vocab), Err(TokenizerError::DuplicateToken { first: 4, second: 5, .. })));
+}
+
+/// Hostile vocabularies: more tokens than any real model, a token or merge too long for
+/// the merge derivation, merges that do not parse or name tokens the vocabulary lacks.
+#[test]
+fn absurd_vocabularies_fail_cleanly() {
+    use webvlm::tokenizer::{MAX_TOKEN_BYTES, MAX_VOCAB};
+    let mut vocab = gguf_vocab::vocab_for("llama_spm");
+    vocab.tokens.extend((vocab.tokens.len()..=MAX_VOCAB).map(|i| format!("t{i}")));
+    assert!(matches!(Tokenizer::from_gguf_vocab(&vocab), Err(TokenizerError::VocabTooLarge(n)) if n == MAX_VOCAB + 1));
+
+    let mut vocab = gguf_vocab::vocab_for("llama_spm");
+    vocab.tokens[7] = "a".repeat(MAX_TOKEN_BYTES + 1);
+    let e = Tokenizer::from_gguf_vocab(&vocab).expect_err("a token too long");
+    assert!(matches!(e, TokenizerError::TokenTooLong { what: "token", index: 7, .. }), "{e}");
+
+    let smollm2 = gguf_vocab::vocab_for("smollm2");
+    let with_merges = |merges: Vec<String>| GgufVocab { merges: Some(merges), ..smollm2.clone() };
+    let e = Tokenizer::from_gguf_vocab(&with_merges(vec!["x".repeat(MAX_TOKEN_BYTES + 1)])).expect_err("a merge too long");
+    assert!(matches!(e, TokenizerError::TokenTooLong { what: "merge", index: 0, .. }), "{e}");
+    let e = Tokenizer::from_gguf_vocab(&with_merges(vec!["nospace".into()])).expect_err("a merge without a space");
+    assert!(matches!(e, TokenizerError::BadMerge(_)), "{e}");
+    let e =
+        Tokenizer::from_gguf_vocab(&with_merges(vec!["\u{1F600}zz qq\u{1F600}".into()])).expect_err("merge of unknown tokens");
+    assert!(matches!(e, TokenizerError::MergeOutOfVocabulary(_)), "{e}");
+    // Both halves known, their concatenation longer than any token: `tokenizers` itself
+    // panicked on this one (found by tests/fuzz_smoke.rs).
+    let longest = smollm2.tokens.iter().max_by_key(|t| t.len()).expect("tokens").clone();
+    let e = Tokenizer::from_gguf_vocab(&with_merges(vec![format!("{longest} {longest}")])).expect_err("merge past the longest");
+    assert!(matches!(e, TokenizerError::MergeOutOfVocabulary(_)), "{e}");
 }
 
 #[test]

@@ -25,7 +25,8 @@ pub use metadata::{arch_key, Metadata};
 pub use mmap::MappedGguf;
 pub use quant::{dequantize, dequantize_to_vec, random_blocks, SplitMix64};
 pub use reader::{
-    parse_header, GgufHeaderParser, MAX_ARRAY_DEPTH, MAX_ARRAY_LEN, MAX_KV, MAX_NAME_LEN, MAX_STRING_LEN, MAX_TENSORS,
+    parse_header, GgufHeaderParser, MAX_ARRAY_DEPTH, MAX_ARRAY_LEN, MAX_KV, MAX_METADATA_ELEMENTS, MAX_NAME_LEN, MAX_STRING_LEN,
+    MAX_TENSORS,
 };
 pub use split::{
     parse_split_name, split_model, split_name, split_paths, GgufModelFiles, SplitInfo, TensorIndex, TensorLocation,

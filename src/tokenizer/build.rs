@@ -47,7 +47,14 @@ pub(super) fn build_byte_level(vocab: &GgufVocab, ids: Vocab) -> Result<tokenize
         let Some(split) = split else {
             return Err(TokenizerError::BadMerge(line.clone()));
         };
-        merges.push((line[..split].to_string(), line[split + 1..].to_string()));
+        let (left, right) = (&line[..split], &line[split + 1..]);
+        // Checked here: `tokenizers` indexes a buffer as long as the longest token with the
+        // merged length before it looks the result up, and panics on a longer one.
+        let known = |token: &str| ids.contains_key(token);
+        if !(known(left) && known(right) && known(&format!("{left}{right}"))) {
+            return Err(TokenizerError::MergeOutOfVocabulary(line.clone()));
+        }
+        merges.push((left.to_string(), right.to_string()));
     }
     let model = BPE::builder()
         .vocab_and_merges(ids, merges)

@@ -93,7 +93,7 @@ impl Tokenizer {
         let inner = tokenizers::Tokenizer::from_bytes(tokenizer_json)
             .map_err(|e| TokenizerError::HfFile(format!("tokenizer.json: {e}")))?;
         let vocab_size = inner.get_vocab_size(true);
-        if u32::try_from(vocab_size).is_err() {
+        if vocab_size > super::MAX_VOCAB {
             return Err(TokenizerError::VocabTooLarge(vocab_size));
         }
         let id_of = |name: &'static str, text: Option<&str>| -> Result<Option<u32>, TokenizerError> {

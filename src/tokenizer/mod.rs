@@ -100,6 +100,13 @@ const END_OF_GENERATION: &[&str] = &[
     "</s>",
 ];
 
+/// Most tokens a vocabulary may have: 8× the largest real one (Gemma 3's 262,144), so that a
+/// file claiming more fails before the tokenizer's tables are built.
+pub const MAX_VOCAB: usize = 1 << 21;
+/// Longest token text (and merge line) in bytes. Real vocabularies stay under a few hundred;
+/// the bound keeps the SentencePiece merge derivation, quadratic in a token's length, fast.
+pub const MAX_TOKEN_BYTES: usize = 1024;
+
 /// Why a tokenizer could not be built, or could not encode or decode.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
@@ -115,15 +122,21 @@ pub enum TokenizerError {
     /// A per-token metadata array is shorter than `tokenizer.ggml.tokens`.
     #[error("{key} has {got} entries for {expected} tokens")]
     LengthMismatch { key: &'static str, expected: usize, got: usize },
-    /// The vocabulary has more entries than 32-bit ids can address.
-    #[error("vocabulary of {0} tokens is too large")]
+    /// The vocabulary has more entries than [`MAX_VOCAB`] (real ones have at most ~262k).
+    #[error("vocabulary of {0} tokens is too large (at most {MAX_VOCAB})")]
     VocabTooLarge(usize),
+    /// A token or merge is longer than [`MAX_TOKEN_BYTES`].
+    #[error("{what} {index} has {len} bytes, more than {MAX_TOKEN_BYTES}")]
+    TokenTooLong { what: &'static str, index: usize, len: usize },
     /// The same token text appears at two ids.
     #[error("token {token:?} appears at ids {first} and {second}")]
     DuplicateToken { token: String, first: u32, second: u32 },
     /// A `tokenizer.ggml.merges` entry is not two space-separated tokens.
     #[error("malformed merge {0:?}")]
     BadMerge(String),
+    /// A merge whose halves or result are not tokens of the vocabulary.
+    #[error("merge {0:?} names a token the vocabulary lacks")]
+    MergeOutOfVocabulary(String),
     /// A special-token id in the metadata lies outside the vocabulary.
     #[error("{name} id {id} is outside the vocabulary of {vocab_size}")]
     SpecialIdOutOfRange { name: &'static str, id: u32, vocab_size: usize },
@@ -165,13 +178,23 @@ impl std::fmt::Debug for Tokenizer {
     }
 }
 
+/// Fails on the first of `items` longer than [`MAX_TOKEN_BYTES`].
+fn check_lengths(what: &'static str, items: &[String]) -> Result<(), TokenizerError> {
+    match items.iter().position(|t| t.len() > MAX_TOKEN_BYTES) {
+        Some(index) => Err(TokenizerError::TokenTooLong { what, index, len: items[index].len() }),
+        None => Ok(()),
+    }
+}
+
 impl Tokenizer {
     /// Builds the tokenizer for `vocab` (see the module docs for the rules).
     pub fn from_gguf_vocab(vocab: &GgufVocab) -> Result<Self, TokenizerError> {
         let n = vocab.tokens.len();
-        if u32::try_from(n).is_err() {
+        if n > MAX_VOCAB {
             return Err(TokenizerError::VocabTooLarge(n));
         }
+        check_lengths("token", &vocab.tokens)?;
+        check_lengths("merge", vocab.merges.as_deref().unwrap_or_default())?;
         let ids = token_ids(&vocab.tokens)?;
         let types = per_token(vocab.token_types.as_deref(), "tokenizer.ggml.token_type", n)?;
         for (name, id) in [("bos", vocab.bos_id), ("eos", vocab.eos_id), ("unknown", vocab.unk_id), ("padding", vocab.pad_id)] {

@@ -31,6 +31,10 @@ pub const MAX_STRING_LEN: u64 = 1 << 26;
 pub const MAX_NAME_LEN: u64 = 1 << 16;
 /// Most elements in one metadata array.
 pub const MAX_ARRAY_LEN: u64 = 1 << 28;
+/// Most array elements in all of a header's metadata together: 6× a real vocabulary's
+/// arrays (tokens, scores, types, merges: ~1.3M for the largest), so that a file of
+/// millions of tiny elements, each a few bytes in the file and tens in memory, fails early.
+pub const MAX_METADATA_ELEMENTS: u64 = 1 << 23;
 /// Deepest nesting of metadata arrays.
 pub const MAX_ARRAY_DEPTH: usize = 8;
 /// Smallest encoding of a key/value pair: key length, type id, one byte of value.
@@ -74,6 +78,8 @@ pub struct GgufHeaderParser {
     metadata: Metadata,
     key: String,
     stack: Vec<ArrayFrame>,
+    /// Array elements declared so far, nested ones included.
+    elements: u64,
     alignment: u64,
     tensors: Vec<TensorInfo>,
     names: HashSet<String>,
@@ -102,6 +108,7 @@ impl GgufHeaderParser {
             metadata: Metadata::new(),
             key: String::new(),
             stack: Vec::new(),
+            elements: 0,
             alignment: DEFAULT_ALIGNMENT,
             tensors: Vec::new(),
             names: HashSet::new(),

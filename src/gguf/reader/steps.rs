@@ -7,8 +7,8 @@
 
 use super::input::{decode_scalar, le_u32, le_u64, Input};
 use super::{
-    ArrayFrame, GgufHeaderParser, State, MAX_ARRAY_DEPTH, MAX_ARRAY_LEN, MAX_KV, MAX_NAME_LEN, MAX_STRING_LEN, MAX_TENSORS,
-    MIN_KV_BYTES, MIN_TENSOR_INFO_BYTES,
+    ArrayFrame, GgufHeaderParser, State, MAX_ARRAY_DEPTH, MAX_ARRAY_LEN, MAX_KV, MAX_METADATA_ELEMENTS, MAX_NAME_LEN,
+    MAX_STRING_LEN, MAX_TENSORS, MIN_KV_BYTES, MIN_TENSOR_INFO_BYTES,
 };
 use crate::gguf::error::GgufError;
 use crate::gguf::header::{GgufHeader, TensorInfo, MAX_DIMS};
@@ -133,6 +133,11 @@ impl GgufHeaderParser {
                     return Err(GgufError::NestingTooDeep { limit: MAX_ARRAY_DEPTH });
                 }
                 self.check_count("array length", len, MAX_ARRAY_LEN, elem.min_encoded_size(), 12)?;
+                self.elements = self.elements.saturating_add(len);
+                if self.elements > MAX_METADATA_ELEMENTS {
+                    let (field, value, limit) = ("metadata array elements", self.elements, MAX_METADATA_ELEMENTS);
+                    return Err(GgufError::AbsurdCount { field, value, limit });
+                }
                 self.advance(input, 12);
                 let items = Vec::with_capacity(len.min(1024) as usize);
                 if len == 0 {
