@@ -26,7 +26,8 @@ export class DownloadError extends WebvlmError {}
 /** Cache Storage is full or the download cannot fit (`navigator.storage.estimate()`). */
 export class QuotaExceededError extends WebvlmError {}
 /** The GPU device was lost (driver reset, GPU process crash, a mobile tab put away): the
- * running request and every later one fail; create the engine again to go on. */
+ * running request and every later one fail until `engine.reload()` loads the model again on
+ * a new device (from Cache Storage, no download). */
 export class DeviceLostError extends WebvlmError {}
 /** A request the engine refuses (bad parameters, bad image, prompt too long). */
 export class BadRequestError extends WebvlmError {}

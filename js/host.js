@@ -5,6 +5,7 @@
 //
 // Page → host:  {id, type: "load", model: {text: [source] | repo: URL, quant?, mmproj: [source]?}, options, cacheName}
 //               {id, type: "generate", request}   {type: "stop", target?}   {id, type: "unload"}
+//               {id, type: "reload"}   (the last load again, on a new GPU device: after a loss)
 //               {type: "ack", target}   (a streamed chunk was read: flow control)
 //               {id, type: "logits", tokens, images: [url]}   (teacher-forced logits, for tests)
 // Host → page:  {id, type: "progress", progress}  {id, type: "chunk", chunk}  (streams)
@@ -27,6 +28,7 @@ export class Host {
     this.runningStopped = false; // a stop for it arrived (seen before the wasm engine starts)
     this.stopped = new Set(); // ids stopped before they started
     this.lost = null; // the DeviceLostError that ended the engine's GPU device
+    this.loaded = null; // the last successful load message, for "reload"
     this.flow = null; // the running stream's flow control: {unread, resume}
   }
 
@@ -65,11 +67,13 @@ export class Host {
         return;
       }
       // A lost device fails every later request at once (the wasm engine would fail too).
-      if (this.lost && msg.type !== "unload") {
-        throw new DeviceLostError(`${this.lost.message}: create the engine again`);
+      if (this.lost && msg.type !== "unload" && msg.type !== "reload") {
+        throw new DeviceLostError(`${this.lost.message}: reload the model (engine.reload()) or create the engine again`);
       }
+      const onProgress = (progress) => this.post({ id, type: "progress", progress });
       let value;
-      if (msg.type === "load") value = await this.load(msg, (progress) => this.post({ id, type: "progress", progress }));
+      if (msg.type === "load") value = await this.load(msg, onProgress);
+      else if (msg.type === "reload") value = await this.reload(onProgress);
       else if (msg.type === "generate") value = await this.generate(msg.request, (chunk) => this.post({ id, type: "chunk", chunk }));
       else if (msg.type === "unload") value = this.unload();
       else if (msg.type === "logits") value = await this.logits(msg);
@@ -185,8 +189,20 @@ export class Host {
     const label = [gpu?.vendor, gpu?.architecture, gpu?.device, gpu?.description].filter(Boolean).join(" ");
     if (label) info.adapter = `${label} — ${info.adapter.replace(/^\(\) /, "")}`;
     this.engine = engine;
+    this.loaded = { model, options, cacheName, chunkBytes };
     report("ready", "model ready");
     return { ...info, loadSeconds: (performance.now() - started) / 1000, networkBytes: network, wasmMemoryBytes: wasmMemoryBytes() };
+  }
+
+  /** Loads the last loaded model again on a new GPU device (the lost one's engine is freed
+   * first): its weights come from Cache Storage where the first load stored them, local
+   * Files and Blobs are read again. Clears the lost state once the model is back. */
+  async reload(onProgress) {
+    if (!this.loaded) throw new EngineUnloadedError("no model was loaded: nothing to reload");
+    this.engine?.free();
+    this.engine = null;
+    this.lost = null;
+    return this.load(this.loaded, onProgress);
   }
 
   /** Runs one request; with `stream`, chunks go to `onChunk` and decoding waits while
@@ -241,6 +257,7 @@ export class Host {
   unload() {
     this.engine?.free();
     this.engine = null;
+    this.loaded = null;
     return true;
   }
 }

@@ -312,6 +312,11 @@ export interface Engine extends EngineBase<ModelInfo> {
   logits(tokens: number[], images?: string[]): Promise<Float32Array>;
   /** Ends the running generation (or the request `requestId`) after the current token. */
   stop(requestId?: number): void;
+  /** Loads the model again on a new GPU device, after a `DeviceLostError` (the running
+   * request and every later one fail until then): weights from Cache Storage, where the
+   * first load stored them (no download unless `cacheName: null`), local Files read again.
+   * Resolves with the new `info` (also `engine.info`); the next request works as before. */
+  reload(options?: { onProgress?: (p: LoadProgress) => void }): Promise<ModelInfo>;
 }
 
 /** An engine whose requests go to an OpenAI-compatible server. Requests run side by side
@@ -347,6 +352,8 @@ export class ModelNotSupportedError extends WebvlmError {
 }
 export class DownloadError extends WebvlmError {}
 export class QuotaExceededError extends WebvlmError {}
+/** The GPU device was lost: the running request and every later one fail until
+ * `engine.reload()` loads the model again on a new device. */
 export class DeviceLostError extends WebvlmError {}
 export class BadRequestError extends WebvlmError {
   /** OpenAI's error fields: "invalid_request_error", a code such as "invalid_value",

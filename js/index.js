@@ -164,6 +164,19 @@ class Engine {
     this.#port.send({ type: "stop", target: requestId });
   }
 
+  /** Loads the model again on a new GPU device, after a DeviceLostError (every request then
+   * fails until the model is back): the weights come from Cache Storage, where the first
+   * load stored them (no download; with `cacheName: null` they are downloaded again), local
+   * Files are read again. Queued after the requests already sent; the engine's `info` is the
+   * new load's. Rejects as `createEngine` would (a DeviceLostError again if no new device
+   * can be had).
+   * @param {{onProgress?: (p: object) => void}} [o] */
+  async reload({ onProgress } = {}) {
+    const info = await this._call({ type: "reload" }, { onProgress });
+    this.info = { ...info, remote: false };
+    return this.info;
+  }
+
   async unload() {
     if (this.#closed) return;
     await this._call({ type: "unload" });

@@ -14,7 +14,7 @@ import { params } from "./js/state.js";
 import { bindErrors, pageError, showError } from "./js/errors.js";
 import { bindModeTabs, setMode, setState } from "./js/status.js";
 import { bindSettings, renderSettings } from "./js/settings.js";
-import { bindModel, getApi, load, setupModelSelect } from "./js/model.js";
+import { bindModel, getApi, load, reloadModel, setupModelSelect } from "./js/model.js";
 import { bindChat, renderEmptyState } from "./js/chat.js";
 import { bindBatch } from "./js/batch.js";
 import { renderBatchSummary } from "./js/batch-view.js";
@@ -27,7 +27,7 @@ async function main() {
   bindSettings();
   bindModel();
   bindChat();
-  bindErrors();
+  bindErrors({ reloadModel });
   bindStorage();
   bindModeTabs();
   bindBatch();

@@ -229,7 +229,21 @@ impl Engine {
     /// Generates from a [`Prompt`] (text and images), reusing the KV cache of the longest
     /// prefix it shares with the sequence already cached; `on_step` sees each step's text
     /// and logprob and may return a future to await before the next step.
+    ///
+    /// A GPU device lost before or during the generation ends it with the lost-device error
+    /// ([`crate::error::ErrorClass::DeviceLost`]), as every later call does.
     pub async fn generate_prompt(
+        &mut self,
+        prompt: &Prompt,
+        opts: &GenerateOptions,
+        on_step: impl FnMut(&StepOutput<'_>) -> Option<Wait>,
+    ) -> Result<Generation, EngineError> {
+        self.check_device()?;
+        let generation = self.generate_on_device(prompt, opts, on_step).await;
+        generation.map_err(|e| self.lost_or(e))
+    }
+
+    async fn generate_on_device(
         &mut self,
         prompt: &Prompt,
         opts: &GenerateOptions,

@@ -23,6 +23,7 @@ pub use repo::{RepoLoad, INDEX_JSON};
 
 use crate::chat::{ChatContent, ChatError, ChatMessage, ChatTemplate, ContentPart};
 use crate::constraint::{ConstraintError, SchemaCache};
+use crate::error::{Classify, ErrorClass};
 use crate::gguf::GgufError;
 use crate::gpu::Gpu;
 use crate::image::{ImageError, PreprocessOptions, DEFAULT_MAX_EDGE};
@@ -251,6 +252,11 @@ impl Engine {
     /// [`Engine::image_features`] with other preprocessing settings (a request's own); the
     /// engine's stay as they are.
     pub fn image_features_with(&mut self, bytes: &[u8], opts: &PreprocessOptions) -> Result<Rc<ImageFeatures>, EngineError> {
+        self.check_device()?;
+        self.encode_image(bytes, opts).map_err(|e| self.lost_or(e))
+    }
+
+    fn encode_image(&mut self, bytes: &[u8], opts: &PreprocessOptions) -> Result<Rc<ImageFeatures>, EngineError> {
         if let Some(cross) = &self.cross_vision {
             let gpu = &self.gpu;
             return self.image_cache.get_or_encode(bytes, opts, &cross.preprocess_key(), || cross.encode(gpu, bytes, opts));
@@ -270,6 +276,28 @@ impl Engine {
     /// The GPU the model lives on.
     pub fn gpu(&self) -> &Gpu {
         &self.gpu
+    }
+
+    /// Whether the GPU device was lost (destroyed, driver reset, GPU process crash): every
+    /// request then fails with the lost-device error ([`ErrorClass::DeviceLost`]) until the
+    /// model is loaded again on a new device.
+    pub fn device_lost(&self) -> bool {
+        self.gpu.lost().is_some()
+    }
+
+    /// Fails with the lost-device error once the device is lost: a request after a loss
+    /// fails at once, before any GPU work.
+    pub fn check_device(&self) -> Result<(), EngineError> {
+        Ok(self.gpu.check_lost()?)
+    }
+
+    /// `e`, or the lost-device error when the device is lost and `e` is a GPU failure that
+    /// followed from the loss (a map that failed, a validation error on a destroyed buffer).
+    fn lost_or(&self, e: EngineError) -> EngineError {
+        match e.class() {
+            ErrorClass::Internal | ErrorClass::AdapterTooSmall => self.gpu.lost_after_error().map_or(e, EngineError::from),
+            _ => e,
+        }
     }
 
     /// The text decoder (its shape in `decoder().cfg`).
@@ -516,6 +544,12 @@ impl Engine {
     /// (`[tokens.len()][vocab]`), image features at the `[IMG]` positions in order, in a
     /// fresh sequence.
     pub async fn logits(&mut self, prompt: &Prompt) -> Result<Vec<f32>, EngineError> {
+        self.check_device()?;
+        let logits = self.logits_on_device(prompt).await;
+        logits.map_err(|e| self.lost_or(e))
+    }
+
+    async fn logits_on_device(&mut self, prompt: &Prompt) -> Result<Vec<f32>, EngineError> {
         let images = self.placement(prompt)?;
         self.ctx.reset();
         self.prompt_cache.clear();

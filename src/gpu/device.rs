@@ -212,10 +212,42 @@ impl Gpu {
         let flag = lost.clone();
         device.set_device_lost_callback(move |reason, message| {
             if let Ok(mut l) = flag.lock() {
-                *l = Some(format!("{reason:?}: {message}"));
+                // The first reason stays (a loss forced by [`DeviceLoss::lose`] records its own).
+                l.get_or_insert_with(|| lost_reason(reason, &message));
             }
         });
         Ok(Gpu { device, queue, caps, pipelines: RefCell::new(PipelineCache::default()), errors, lost })
+    }
+
+    /// A handle that loses this device on purpose ([`DeviceLoss::lose`]), for tests of what
+    /// follows a lost device (a driver reset, a GPU process crash). It can be kept and used
+    /// while the engine that owns this `Gpu` is borrowed (e.g. from a token callback).
+    pub fn device_loss(&self) -> DeviceLoss {
+        DeviceLoss { device: self.device.clone(), lost: self.lost.clone() }
+    }
+
+    /// Loses the device now (`wgpu::Device::destroy`): see [`Gpu::device_loss`].
+    pub fn destroy_device_for_tests(&self) {
+        self.device_loss().lose();
+    }
+
+    /// The lost-device error if the device is lost, asked after a GPU operation failed.
+    /// Natively, wgpu runs the device-lost callback only from a poll once the queue is
+    /// drained, so this waits for the queue first (wgpu panics in `poll` on device errors
+    /// other than a timeout: caught). In the browser the `lost` promise resolves on its own.
+    pub fn lost_after_error(&self) -> Option<GpuError> {
+        #[cfg(not(target_arch = "wasm32"))]
+        if self.lost().is_none() {
+            let wait = wgpu::PollType::wait_indefinitely();
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.device.poll(wait)));
+        }
+        self.lost()
+    }
+
+    /// Fails with the lost-device error once the device is lost (checked before GPU work,
+    /// so that a lost device fails a request at once rather than in the middle of it).
+    pub fn check_lost(&self) -> Result<()> {
+        self.lost().map_or(Ok(()), Err)
     }
 
     /// Returns and clears the device errors reported since the last call.
@@ -308,6 +340,37 @@ impl Gpu {
     }
 }
 
+/// Loses a device on purpose (tests): [`Gpu::device_loss`].
+#[derive(Clone)]
+pub struct DeviceLoss {
+    device: wgpu::Device,
+    lost: Arc<Mutex<Option<String>>>,
+}
+
+impl DeviceLoss {
+    /// Destroys the device (WebGPU's `GPUDevice.destroy()`). Natively, wgpu runs the
+    /// device-lost callback only once the queue is drained by a later poll; the loss is
+    /// recorded here at once, as that callback would record it, so the next check sees it.
+    pub fn lose(&self) {
+        self.device.destroy();
+        if let Ok(mut l) = self.lost.lock() {
+            l.get_or_insert_with(|| lost_reason(wgpu::DeviceLostReason::Destroyed, ""));
+        }
+    }
+}
+
+/// The lost-device reason as [`GpuError::DeviceLost`] shows it.
+fn lost_reason(reason: wgpu::DeviceLostReason, message: &str) -> String {
+    let reason = match reason {
+        wgpu::DeviceLostReason::Destroyed => "destroyed",
+        _ => "unknown",
+    };
+    match message.trim() {
+        "" => reason.to_string(),
+        m => format!("{reason}: {m}"),
+    }
+}
+
 /// A persistent host-readable staging buffer: a step copies its few result bytes here in its
 /// command encoder, [`Readback::map`] requests the map right after that step's submit, and
 /// [`Readback::read`] awaits it, possibly after later steps were submitted.
@@ -367,8 +430,16 @@ impl Readback {
         };
         #[cfg(not(target_arch = "wasm32"))]
         {
+            // A lost device never completes the map: fail at once. wgpu panics in `poll` on
+            // device errors other than a timeout (a real loss found by the wait itself).
+            gpu.check_lost()?;
             let wait = wgpu::PollType::Wait { submission_index: Some(pending.submission.clone()), timeout: None };
-            gpu.device.poll(wait).map_err(|e| GpuError::Readback(e.to_string()))?;
+            let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| gpu.device.poll(wait)));
+            match polled {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(lost_or(gpu, GpuError::Readback(e.to_string())).await),
+                Err(_) => return Err(lost_or(gpu, GpuError::Readback("the device poll failed".into())).await),
+            }
         }
         // Awaited through a borrow: if this future is dropped here, `pending` stays recorded
         // and the next use of the buffer abandons the map.
@@ -382,7 +453,10 @@ impl Readback {
         }
         let padded = size.max(4).next_multiple_of(4);
         let bytes = {
-            let view = self.staging.get_mapped_range(0..padded).map_err(|e| GpuError::Readback(e.to_string()))?;
+            let view = match self.staging.get_mapped_range(0..padded) {
+                Ok(view) => view,
+                Err(e) => return Err(lost_or(gpu, GpuError::Readback(e.to_string())).await),
+            };
             view[..size as usize].to_vec()
         };
         self.staging.unmap();
@@ -399,9 +473,10 @@ impl Readback {
     }
 }
 
-/// `error`, or the lost-device error when a failed map was the device going away. A
-/// browser rejects pending maps before it resolves the device's `lost` promise; waiting
+/// `error`, or the lost-device error when a failed map or poll was the device going away.
+/// A browser rejects pending maps before it resolves the device's `lost` promise; waiting
 /// for the queue (which resolves even on a lost device) lets the callback run first.
+/// Natively, [`Gpu::lost_after_error`] polls for it.
 async fn lost_or(gpu: &Gpu, error: GpuError) -> GpuError {
     #[cfg(target_arch = "wasm32")]
     if gpu.lost().is_none() {
@@ -411,5 +486,5 @@ async fn lost_or(gpu: &Gpu, error: GpuError) -> GpuError {
         });
         let _ = rx.await;
     }
-    gpu.lost().unwrap_or(error)
+    gpu.lost_after_error().unwrap_or(error)
 }

@@ -2,7 +2,7 @@
 // page's own), showError / hideError, and the names that mean the engine is gone.
 
 import { $ } from "./helpers.js";
-import { state } from "./state.js";
+import { lostEngine, state } from "./state.js";
 
 const ERROR_TEXT = {
   NoWebGPUError: {
@@ -31,7 +31,8 @@ const ERROR_TEXT = {
   },
   DeviceLostError: {
     title: "The GPU was lost",
-    hint: "The graphics driver was reset or the tab ran out of GPU memory. Reload the page to start again.",
+    hint: "The graphics driver was reset or the tab ran out of GPU memory. Reload the model to go on: "
+      + "it loads again from this device's cache, with no download, and the conversation is kept.",
     reload: true,
   },
   BadRequestError: {
@@ -96,6 +97,8 @@ export function showError(err, { name } = {}) {
   $("error-message").textContent = message;
   $("error-hint").textContent = text.hint;
   $("error-reload").hidden = !text.reload;
+  // The lost engine can load its model again (engine.reload); without one, reload the page.
+  $("error-reload").textContent = lostEngine ? "Reload model" : "Reload page";
   box.hidden = false;
   console.warn(`[webvlm demo] ${errName}: ${message}`);
 }
@@ -115,9 +118,10 @@ export const noVisionError = () => pageError("NoVision", "The loaded model has n
  * worker stopped. */
 export const isEngineLost = (name) => name === "DeviceLostError" || name === "EngineUnloadedError";
 
-export function bindErrors() {
+/** `reloadModel`: the Reload model action (model.js), taken while a lost engine is kept. */
+export function bindErrors({ reloadModel } = {}) {
   $("error-dismiss").addEventListener("click", hideError);
-  $("error-reload").addEventListener("click", () => location.reload());
+  $("error-reload").addEventListener("click", () => (lostEngine && reloadModel ? reloadModel() : location.reload()));
   // Unhandled failures still reach the user (never a silent failure).
   window.addEventListener("unhandledrejection", (e) => {
     showError(e.reason);

@@ -2,7 +2,7 @@
 // package import, Load with its progress bar, the model info, and Unload.
 
 import { $, basename, el, fmtBytes, fmtDuration, isMmproj, progressHtml } from "./helpers.js";
-import { api, engine, isBusy, params, setApi, setEngine, state } from "./state.js";
+import { api, engine, isBusy, lostEngine, params, setApi, setEngine, setLostEngine, state } from "./state.js";
 import { hideError, pageError, showError } from "./errors.js";
 import { forgetEngine, loseEngine, setState } from "./status.js";
 import { renderEmptyState } from "./chat.js";
@@ -171,15 +171,8 @@ export async function load() {
   if (!mod) { setState("error"); return; }
 
   if (engine) await unload({ quiet: true });
-  setState("loading");
-  state.progress = null;
-  state.progressLog = [];
-  $("model-info").hidden = true;
-  $("progress-box").hidden = false;
-  $("progress-box").classList.remove("failed");
-  $("progress").value = 0;
-  $("progress").removeAttribute("value"); // indeterminate until the first event
-  $("progress-text").textContent = source.remote ? `Connecting to ${source.remote.baseURL}…` : "Starting WebGPU…";
+  discardLostEngine();
+  startProgress(source.remote ? `Connecting to ${source.remote.baseURL}…` : "Starting WebGPU…");
 
   try {
     const model = source.repo ? { repo: source.repo, quant: source.quant } : { text: source.text };
@@ -209,11 +202,62 @@ export async function load() {
     if (matchMedia("(max-width: 860px)").matches) $("messages").scrollIntoView({ behavior: "smooth", block: "start" });
     $("prompt").focus({ preventScroll: true });
   } catch (err) {
-    loseEngine((source.remote && await blockedByPolicy(source.remote.baseURL)) || err);
-    $("progress-box").classList.add("failed");
-    $("progress-text").textContent = `Loading failed: ${err?.name ?? "error"}. See the message above.`;
-    refreshCache();
+    loadFailed((source.remote && await blockedByPolicy(source.remote.baseURL)) || err);
   }
+}
+
+/** The error banner's Reload model action after a DeviceLostError: the lost engine loads
+ * the same model again on a new GPU device (`engine.reload()`: from Cache Storage, no
+ * download); the conversation stays. */
+export async function reloadModel() {
+  const e = lostEngine;
+  if (!e || isBusy()) return;
+  setLostEngine(null);
+  hideError();
+  startProgress("Starting WebGPU again…");
+  try {
+    await e.reload({ onProgress });
+    setEngine(e);
+    state.info = e.info;
+    setState("ready");
+    $("progress").value = 1;
+    const from = e.info.networkBytes > 0 ? `${fmtBytes(e.info.networkBytes)} downloaded` : state.loadedSource?.kind === "local" ? "from local files" : "from this device's cache";
+    $("progress-text").textContent = `Ready · reloaded in ${e.info.loadSeconds.toFixed(1)} s · ${from}`;
+    renderInfo();
+    renderEmptyState();
+    $("prompt").focus({ preventScroll: true });
+  } catch (err) {
+    setEngine(e); // loseEngine keeps it for another try when the device was lost again
+    loadFailed(err);
+  }
+}
+
+/** Shows the progress box, empty, for a load starting. */
+function startProgress(text) {
+  setState("loading");
+  state.progress = null;
+  state.progressLog = [];
+  $("model-info").hidden = true;
+  $("progress-box").hidden = false;
+  $("progress-box").classList.remove("failed");
+  $("progress").value = 0;
+  $("progress").removeAttribute("value"); // indeterminate until the first event
+  $("progress-text").textContent = text;
+}
+
+/** A load or reload failed with `err`. */
+function loadFailed(err) {
+  loseEngine(err);
+  $("progress-box").classList.add("failed");
+  $("progress-text").textContent = `Loading failed: ${err?.name ?? "error"}. See the message above.`;
+  refreshCache();
+}
+
+/** Ends the engine kept after a lost device (its worker), when another load replaces it. */
+function discardLostEngine() {
+  const e = lostEngine;
+  setLostEngine(null);
+  e?.unload().catch(() => {});
 }
 
 // The page's Content-Security-Policy (tests/browser/server.js: demoCsp) lists the origins it may

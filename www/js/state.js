@@ -53,11 +53,17 @@ export let api = null;
 /** The loaded Engine, or null. */
 export let engine = null;
 
+/** An engine whose GPU device was lost (DeviceLostError), kept so that the error banner's
+ * Reload model action can load the same model again on a new device (`engine.reload()`). */
+export let lostEngine = null;
+
 export const setApi = (m) => { api = m; };
 export const setEngine = (e) => { engine = e; };
+export const setLostEngine = (e) => { lostEngine = e; };
 
 window.webvlmDemo = {
   get engine() { return engine; },
+  get lostEngine() { return lostEngine; },
   get api() { return api; },
   state,
 };

@@ -2,7 +2,7 @@
 // controls are enabled, the Chat / Batch tabs, and what happens when the engine is gone.
 
 import { $ } from "./helpers.js";
-import { engine, isBusy, setEngine, state } from "./state.js";
+import { engine, isBusy, setEngine, setLostEngine, state } from "./state.js";
 import { isEngineLost, showError } from "./errors.js";
 import { updateBatchControls } from "./batch-view.js";
 
@@ -57,8 +57,11 @@ export function forgetEngine() {
 }
 
 /** The engine failed to load or is gone (its GPU device was lost or its worker stopped): the
- * page forgets it, goes to the "error" status and shows `err`. Load starts again. */
+ * page forgets it, goes to the "error" status and shows `err`. Load starts again; after a
+ * DeviceLostError the engine is kept aside (`lostEngine`) for the banner's Reload model
+ * action, which loads the same model again on a new device. */
 export function loseEngine(err) {
+  setLostEngine(err?.name === "DeviceLostError" && typeof engine?.reload === "function" ? engine : null);
   forgetEngine();
   $("model-info").hidden = true;
   setState("error");
