@@ -233,6 +233,18 @@ fn a_full_queue_answers_429_and_a_disconnect_aborts_the_generation() {
     assert!(server.stderr().contains("aborted after"), "{}", server.stderr());
 }
 
+#[test]
+fn a_client_that_waits_for_each_answer_is_never_refused() {
+    // With `--queue 0` only the running request has a place: a request's place must be free by
+    // the time its answer arrives, or the client's next request is refused with a 429.
+    let server = start(&["--queue", "0"]);
+    for i in 0..60 {
+        let request = json!({ "messages": user("hi"), "max_tokens": 1, "stream": i % 2 == 1 });
+        let response = server.post_json("/v1/chat/completions", &request);
+        assert_eq!(response.status, 200, "request {i}: {}", response.text());
+    }
+}
+
 /// A `multipart/form-data` upload of `content` as `name` with `purpose=batch`.
 fn upload(server: &Server, name: &str, content: &str) -> serve_http::Response {
     let boundary = "webvlm-test-boundary";
