@@ -343,4 +343,15 @@ fn batches_round_trip_and_cancel() {
     assert!(errors.values().all(|l| l["error"]["code"] == "batch_cancelled" && l["response"].is_null()));
     assert_eq!(server.request("POST", &format!("{path}/cancel"), &[], b"").status, 400, "a cancelled batch stays cancelled");
     assert_eq!(server.post_json("/v1/chat/completions", &bodies[0].1).status, 200);
+
+    // `output_expires_after` is checked as OpenAI checks it (and not applied: files live as long
+    // as the server).
+    let expiring = |seconds: u64| {
+        json!({ "input_file_id": batch["input_file_id"], "endpoint": "/v1/chat/completions", "completion_window": "24h",
+            "output_expires_after": { "anchor": "created_at", "seconds": seconds } })
+    };
+    let too_soon = server.post_json("/v1/batches", &expiring(60));
+    assert_eq!(error_of(&too_soon), (400, json!("invalid_request_error"), json!("output_expires_after"), json!("invalid_value")));
+    let expiring = server.post_json("/v1/batches", &expiring(3600));
+    assert_eq!(expiring.status, 200, "{}", expiring.text());
 }
