@@ -1,6 +1,6 @@
 // The npm SDK's chat completions against each target: a plain completion, the same request
-// streamed (its text, finish reason and `stream_options.include_usage` usage equal to the plain
-// one's at temperature 0), the streaming helper's final completion, images as data URLs, and
+// streamed (its text and finish reason equal to the plain one's at temperature 0; with
+// `stream_options.include_usage`, a last chunk with its usage), the streaming helper's final completion, images as data URLs, and
 // `models.list` / `models.retrieve`.
 
 import assert from "node:assert/strict";
@@ -45,6 +45,13 @@ forEachTarget("plain and streamed completions agree", [], async (target, openai)
   const plain = await openai.chat.completions.create(request(target));
   checkCompletion(plain, target);
 
+  const chunks = await streamed(openai, request(target));
+  checkStreamEquals(chunks, plain);
+  assert.ok(chunks.every((c) => c.usage == null));
+});
+
+forEachTarget("streams end with the usage when asked", ["stream_usage"], async (target, openai) => {
+  const plain = await openai.chat.completions.create(request(target));
   const chunks = await streamed(openai, { ...request(target), stream_options: { include_usage: true } });
   checkStreamEquals(chunks, plain);
   const last = chunks.at(-1);
@@ -52,10 +59,6 @@ forEachTarget("plain and streamed completions agree", [], async (target, openai)
   assert.equal(last.usage.prompt_tokens, plain.usage.prompt_tokens);
   assert.equal(last.usage.completion_tokens, plain.usage.completion_tokens);
   assert.ok(chunks.slice(0, -1).every((c) => c.usage == null));
-
-  const withoutUsage = await streamed(openai, request(target));
-  checkStreamEquals(withoutUsage, plain);
-  assert.ok(withoutUsage.every((c) => c.usage == null));
 });
 
 forEachTarget("the stream helper accumulates the same completion", [], async (target, openai) => {

@@ -12,7 +12,8 @@ tests/sdk/README.md), and a test skips a target only for a feature that target d
 
 `--webvlm` is the `webvlm` binary (default: the debug build under $CARGO_TARGET_DIR or
 target/). `--llama-cpp PYTHON` adds llama.cpp's server (`PYTHON -m llama_cpp.server`, from
-`llama-cpp-python[server]` installed for PYTHON) on SmolLM2 as another target. The Python
+`llama-cpp-python[server]` installed for PYTHON: `bash scripts/llama_cpp_server.sh` prints one)
+on SmolLM2 as another target. The Python
 clients run in a virtual environment, .cache/sdk-venv, made from tests/sdk/requirements.txt
 when missing or when the requirements changed; the npm package comes from
 tests/browser/node_modules (`npm ci` there, as ./build.sh does).
@@ -45,7 +46,8 @@ STARTUP_SECONDS = 300
 
 # What every webvlm serve target offers (README.md says which tests each feature gates): all
 # but "vision", which needs a vision model.
-WEBVLM_FEATURES = ["logprobs", "json_schema", "batch", "auth", "errors_param", "rate_limit"]
+WEBVLM_FEATURES = ["stream_usage", "logprobs", "json_schema", "batch", "auth", "errors_param", "model_not_found",
+                   "rate_limit"]
 
 
 class Server:
@@ -150,19 +152,25 @@ def free_port():
 
 
 def llama_cpp_target(server, port, model):
-    """The target of a started llama.cpp server (`llama_cpp.server`) on `port`: what its
-    OpenAI API offers of the features (no Batch API, no `param` in its errors)."""
+    """The target of a started llama.cpp server (`llama_cpp.server`) on `port`, ready once
+    `/v1/models` answers (it has no /health). Its features as tests/browser/openai-servers.js
+    found them with llama-cpp-python 0.3.36 (no images, Batch API, usage in streams or queue
+    limit; a field of the wrong type is a 500 without `param`; any model name is answered);
+    logprobs and JSON schemas are to be confirmed when the target is first run."""
     base = f"http://127.0.0.1:{port}"
     server.wait_ready(f"{base}/v1/models", API_KEY)
     return target("llama-cpp", base, model, ["logprobs", "json_schema", "auth"])
 
 
 def llama_cpp_server(python):
-    """llama.cpp's server on SmolLM2, started with `python -m llama_cpp.server`: its target."""
+    """llama.cpp's server on SmolLM2, started with `python -m llama_cpp.server` (the python of
+    scripts/llama_cpp_server.sh): its target. One thread each for prompts and generation (two
+    spin-wait for seconds on a busy 2-core machine); a closed connection is what aborts."""
     port = free_port()
     model = "smollm2"
     server = Server("llama-cpp", [python, "-m", "llama_cpp.server", "--model", SMOLLM2, "--model_alias", model,
-                                  "--n_ctx", "512", "--host", "127.0.0.1", "--port", str(port), "--api_key", API_KEY])
+                                  "--n_ctx", "512", "--host", "127.0.0.1", "--port", str(port), "--api_key", API_KEY,
+                                  "--interrupt_requests", "False", "--n_threads", "1", "--n_threads_batch", "1"])
     server.drain_stdout()
     return llama_cpp_target(server, port, model)
 

@@ -1,6 +1,6 @@
 """The Python SDK's chat completions against each target: a plain completion, the same request
-streamed (its text, finish reason and `stream_options.include_usage` usage equal to the plain
-one's at temperature 0), the streaming helper's final completion, images as data URLs, and
+streamed (its text and finish reason equal to the plain one's at temperature 0; with
+`stream_options.include_usage`, a last chunk with its usage), the streaming helper's final completion, images as data URLs, and
 `models.list` / `models.retrieve`."""
 
 import openai
@@ -44,6 +44,14 @@ def test_plain_and_streamed_completions_agree(client, target):
     plain = client.chat.completions.create(**request(target))
     check_completion(plain, target)
 
+    without_usage = streamed(client, **request(target))
+    check_stream_equals(without_usage, plain)
+    assert all(c.usage is None for c in without_usage)
+
+
+def test_streams_end_with_usage_when_asked(client, target):
+    needs(target, "stream_usage")
+    plain = client.chat.completions.create(**request(target))
     chunks = streamed(client, **request(target), stream_options={"include_usage": True})
     check_stream_equals(chunks, plain)
     last = chunks[-1]
@@ -51,10 +59,6 @@ def test_plain_and_streamed_completions_agree(client, target):
     assert (last.usage.prompt_tokens, last.usage.completion_tokens) == (plain.usage.prompt_tokens,
                                                                         plain.usage.completion_tokens)
     assert all(c.usage is None for c in chunks[:-1])
-
-    without_usage = streamed(client, **request(target))
-    check_stream_equals(without_usage, plain)
-    assert all(c.usage is None for c in without_usage)
 
 
 def test_the_stream_helper_accumulates_the_same_completion(client, target):

@@ -18,14 +18,13 @@ BAD_FIELDS = [("temperature", -1), ("max_tokens", 0), ("max_tokens", "many"), ("
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
 @pytest.mark.parametrize("field, value", BAD_FIELDS)
 def test_bad_requests_name_their_field(client, target, field, value, stream):
+    needs(target, "errors_param")
     request = {"model": target["model"], "messages": user("hi"), "max_tokens": 2, "logprobs": True, field: value}
     with pytest.raises(openai.BadRequestError) as raised:
         client.chat.completions.create(stream=stream, **request)
     error = raised.value
     assert error.status_code == 400 and error.message
-    if "errors_param" in target["features"]:
-        assert error.param == field
-        assert error.type == "invalid_request_error"
+    assert (error.param, error.type) == (field, "invalid_request_error")
 
 
 def test_a_wrong_key_is_an_authentication_error(target):
@@ -38,20 +37,23 @@ def test_a_wrong_key_is_an_authentication_error(target):
             wrong.models.list()
 
 
-def test_unknown_objects_are_not_found(client, target):
-    with pytest.raises(openai.NotFoundError):
+def test_an_unknown_model_is_not_found(client, target):
+    needs(target, "model_not_found")
+    with pytest.raises(openai.NotFoundError) as raised:
         client.chat.completions.create(model="no-such-model", messages=user("hi"), max_tokens=1)
+    if "errors_param" in target["features"]:
+        assert raised.value.param == "model"
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("no-such-model")
-    if "batch" in target["features"]:
+
+
+def test_unknown_batches_and_files_are_not_found(client, target):
+    needs(target, "batch")
+    calls = [(client.batches.retrieve, "batch_nope"), (client.batches.cancel, "batch_nope"),
+             (client.files.retrieve, "file-nope"), (client.files.content, "file-nope")]
+    for call, unknown_id in calls:
         with pytest.raises(openai.NotFoundError):
-            client.batches.retrieve("batch_nope")
-        with pytest.raises(openai.NotFoundError):
-            client.batches.cancel("batch_nope")
-        with pytest.raises(openai.NotFoundError):
-            client.files.retrieve("file-nope")
-        with pytest.raises(openai.NotFoundError):
-            client.files.content("file-nope")
+            call(unknown_id)
 
 
 def health(target):
