@@ -8,6 +8,9 @@
 #   ./build.sh browser   build the wasm package and run the browser tests only
 #                        (node --test; extra arguments go to node, e.g. a test file)
 #   ./build.sh lint      rustfmt check and clippy with warnings as errors, native and wasm32
+#   ./build.sh sdk       the official-SDK conformance suite (tests/sdk/): the Python and npm
+#                        `openai` packages against `webvlm serve` (extra arguments go to
+#                        tests/sdk/run.py, e.g. --only python)
 #   ./build.sh wasm-test Rust tests in the browser (tests/wasm_browser.rs: wasm-bindgen-test
 #                        in headless Chromium through chromedriver; extra arguments go to
 #                        the test binary, e.g. a test name filter)
@@ -192,6 +195,17 @@ browser_tests() {
   node --test --test-reporter=spec --test-timeout=600000 "$@" "$browser_dir"/*.test.js
 }
 
+# The official-SDK suite: tests/sdk/run.py starts `webvlm serve` (the debug CLI) on SmolLM2 and
+# the tiny VLM, and runs the Python `openai` package (in .cache/sdk-venv, which run.py makes
+# from tests/sdk/requirements.txt) and the npm one (tests/browser's node_modules) against them.
+sdk_tests() {
+  npm_deps
+  bash scripts/fetch_smollm2.sh >/dev/null
+  cargo build --quiet --bin webvlm
+  export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
+  python3 tests/sdk/run.py "$@"
+}
+
 case "$cmd" in
   wasm)
     build_wasm
@@ -239,6 +253,7 @@ case "$cmd" in
     else
       bash "$0" browser-only || failed+=("browser tests")
     fi
+    bash "$0" sdk || failed+=("SDK conformance (tests/sdk)")
     if [ ${#failed[@]} -gt 0 ]; then
       printf 'FAILED: %s\n' "${failed[@]}" >&2
       exit 1
@@ -255,8 +270,12 @@ case "$cmd" in
   lint)
     lint
     ;;
+  sdk)
+    shift
+    sdk_tests "$@"
+    ;;
   *)
-    echo "usage: $0 [serve|test|wasm|browser|wasm-test|lint]" >&2
+    echo "usage: $0 [serve|test|wasm|browser|wasm-test|lint|sdk]" >&2
     exit 2
     ;;
 esac

@@ -268,6 +268,18 @@ fn a_full_queue_answers_429_and_a_disconnect_aborts_the_generation() {
     assert!(server.stderr().contains("aborted after"), "{}", server.stderr());
 }
 
+#[test]
+fn a_client_that_waits_for_each_answer_is_never_refused() {
+    // With `--queue 0` only the running request has a place: a request's place must be free by
+    // the time its answer arrives, or the client's next request is refused with a 429.
+    let server = start(&["--queue", "0"]);
+    for i in 0..60 {
+        let request = json!({ "messages": user("hi"), "max_tokens": 1, "stream": i % 2 == 1 });
+        let response = server.post_json("/v1/chat/completions", &request);
+        assert_eq!(response.status, 200, "request {i}: {}", response.text());
+    }
+}
+
 /// A `multipart/form-data` upload of `content` as `name` with `purpose=batch`.
 fn upload(server: &Server, name: &str, content: &str) -> serve_http::Response {
     let boundary = "webvlm-test-boundary";
@@ -366,4 +378,15 @@ fn batches_round_trip_and_cancel() {
     assert!(errors.values().all(|l| l["error"]["code"] == "batch_cancelled" && l["response"].is_null()));
     assert_eq!(server.request("POST", &format!("{path}/cancel"), &[], b"").status, 400, "a cancelled batch stays cancelled");
     assert_eq!(server.post_json("/v1/chat/completions", &bodies[0].1).status, 200);
+
+    // `output_expires_after` is checked as OpenAI checks it (and not applied: files live as long
+    // as the server).
+    let expiring = |seconds: u64| {
+        json!({ "input_file_id": batch["input_file_id"], "endpoint": "/v1/chat/completions", "completion_window": "24h",
+            "output_expires_after": { "anchor": "created_at", "seconds": seconds } })
+    };
+    let too_soon = server.post_json("/v1/batches", &expiring(60));
+    assert_eq!(error_of(&too_soon), (400, json!("invalid_request_error"), json!("output_expires_after"), json!("invalid_value")));
+    let expiring = server.post_json("/v1/batches", &expiring(3600));
+    assert_eq!(expiring.status, 200, "{}", expiring.text());
 }

@@ -129,6 +129,10 @@ fn parse_create(body: Value) -> Result<CreateBatch, HttpError> {
             return Err(HttpError::invalid("metadata", "invalid_value", "metadata must be an object of at most 16 string values"))
         }
     };
+    match fields.remove("output_expires_after") {
+        None | Some(Value::Null) => {}
+        Some(expiry) => check_output_expiry(&expiry)?,
+    }
     if let Some(name) = fields.keys().next() {
         return Err(HttpError::invalid(
             name.clone(),
@@ -137,6 +141,20 @@ fn parse_create(body: Value) -> Result<CreateBatch, HttpError> {
         ));
     }
     Ok(CreateBatch { input_file_id, metadata })
+}
+
+/// `output_expires_after`, as OpenAI takes it: `{anchor: "created_at", seconds}` with one hour
+/// to 30 days. It is checked and not applied: files here live as long as the server (as the
+/// upload's `expires_after`).
+fn check_output_expiry(expiry: &Value) -> Result<(), HttpError> {
+    let anchor = expiry.get("anchor").and_then(Value::as_str);
+    let seconds = expiry.get("seconds").and_then(Value::as_u64);
+    let known = expiry.as_object().is_some_and(|fields| fields.keys().all(|k| k == "anchor" || k == "seconds"));
+    if anchor == Some("created_at") && seconds.is_some_and(|s| (3600..=30 * 24 * 3600).contains(&s)) && known {
+        return Ok(());
+    }
+    let message = "output_expires_after must be {\"anchor\": \"created_at\", \"seconds\": N} with N from 3600 to 2592000";
+    Err(HttpError::invalid("output_expires_after", "invalid_value", message))
 }
 
 pub async fn create(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Result<Json<BatchObject>, HttpError> {

@@ -43,14 +43,14 @@ pub struct Job {
     /// Set when the client is gone: the job is skipped or its generation aborted.
     pub cancel: Arc<AtomicBool>,
     /// The job's place in the queue, given back when it ends (batch lines hold none).
-    pub _slot: Option<OwnedSemaphorePermit>,
+    pub slot: Option<OwnedSemaphorePermit>,
 }
 
 impl Job {
     /// A job for `body` and the receiver of its events.
     pub fn new(body: Value, cancel: Arc<AtomicBool>, slot: Option<OwnedSemaphorePermit>) -> (Job, UnboundedReceiver<Event>) {
         let (events, receiver) = unbounded_channel();
-        (Job { body, events, cancel, _slot: slot }, receiver)
+        (Job { body, events, cancel, slot }, receiver)
     }
 }
 
@@ -158,8 +158,10 @@ fn work(engine: &mut Engine, info: &ModelInfo, mut jobs: UnboundedReceiver<Job>,
         };
         counter.fetch_add(1, Ordering::SeqCst);
         stats.running.fetch_sub(1, Ordering::SeqCst);
-        // The last event goes out after the counters moved, so a client that has its answer
-        // sees them (`/health`); the job's queue place is given back as it is dropped.
+        // The last event goes out after the counters moved and the job's queue place is given
+        // back, so a client that has its answer sees them (`/health`) and can send its next
+        // request at once (with `--queue 0`, a place still held would refuse it with a 429).
+        drop(job.slot);
         if let Some(event) = last_event {
             let _ = job.events.send(event);
         }

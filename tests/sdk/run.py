@@ -1,0 +1,261 @@
+#!/usr/bin/env python3
+"""The official-SDK conformance suite's launcher: starts the servers under test once, runs the
+official Python `openai` package (pytest, tests/sdk/test_*.py) and the official npm `openai`
+package (node's test runner, tests/sdk/*.test.mjs) against them, stops the servers, prints
+each runner's summary and exits non-zero if anything failed.
+
+The servers reach the clients as `SDK_TARGETS`, a JSON list of
+`{name, base_url, api_key, model, features}`; `features` says what a server offers (see
+tests/sdk/README.md), and a test skips a target only for a feature that target does not list.
+
+    python3 tests/sdk/run.py [--webvlm PATH] [--llama-cpp PYTHON] [--only python|node]
+
+`--webvlm` is the `webvlm` binary (default: the debug build under $CARGO_TARGET_DIR or
+target/). `--llama-cpp PYTHON` adds llama.cpp's server (`PYTHON -m llama_cpp.server`, from
+`llama-cpp-python[server]` installed for PYTHON: `bash scripts/llama_cpp_server.sh` prints one)
+on SmolLM2 as another target. The Python
+clients run in a virtual environment, .cache/sdk-venv, made from tests/sdk/requirements.txt
+when missing or when the requirements changed; the npm package comes from
+tests/browser/node_modules (`npm ci` there, as ./build.sh does).
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = ROOT / "tests" / "sdk"
+VENV = ROOT / ".cache" / "sdk-venv"
+REQUIREMENTS = HERE / "requirements.txt"
+NODE_OPENAI = ROOT / "tests" / "browser" / "node_modules" / "openai"
+LOGS = ROOT / "target" / "sdk-test-output"
+# Where scripts/fetch_smollm2.sh puts the model ($WEBVLM_CACHE, relative to the repository).
+SMOLLM2 = ROOT / os.environ.get("WEBVLM_CACHE", ".cache") / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+TINY_VLM = ROOT / "tests" / "fixtures" / "tiny_mistral3_tekken"
+API_KEY = "sdk-suite-key"
+STARTUP_SECONDS = 300
+
+# What every webvlm serve target offers (README.md says which tests each feature gates): all
+# but "vision", which needs a vision model.
+WEBVLM_FEATURES = ["stream_usage", "logprobs", "json_schema", "batch", "auth", "errors_param", "model_not_found",
+                   "rate_limit"]
+
+
+class Server:
+    """A server process; its stdout and stderr go to LOGS/<name>.log. Every server started is
+    in `Server.started`, which main() stops at the end, whatever happened."""
+
+    started = []
+
+    def __init__(self, name, command):
+        LOGS.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.log_path = LOGS / f"{name}.log"
+        self.log_path.write_text("$ " + " ".join(map(str, command)) + "\n", encoding="utf-8")
+        # Appending and line-buffered: the server's stderr and its copied stdout interleave.
+        self.log = open(self.log_path, "a", encoding="utf-8", buffering=1)
+        self.process = subprocess.Popen(
+            [str(c) for c in command], cwd=ROOT, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=self.log, text=True, bufsize=1)
+        self.copier = None
+        Server.started.append(self)
+
+    def first_line(self):
+        """The first line the server prints on stdout; the rest goes on to the log."""
+        line = self.process.stdout.readline()
+        self.log.write(line)
+        self.drain_stdout()
+        return line
+
+    def drain_stdout(self):
+        """Copies what the server prints on stdout to the log from now on (a pipe nobody
+        reads would block the server once full)."""
+        def copy():
+            for line in self.process.stdout:
+                self.log.write(line)
+        self.copier = threading.Thread(target=copy, daemon=True)
+        self.copier.start()
+
+    def wait_ready(self, url, api_key=None):
+        """Polls `url` until it answers 200; fails if the process exits first."""
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise SystemExit(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise SystemExit(f"{self.name} did not answer {url} in {STARTUP_SECONDS} s:\n{self.log_tail()}")
+
+    def log_tail(self, lines=30):
+        self.log.flush()
+        return "\n".join(self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.copier:
+            self.copier.join(timeout=5)
+        self.log.close()
+
+
+def target(name, base, model, features, api_key=API_KEY):
+    """A target as the clients read it from SDK_TARGETS."""
+    return {"name": name, "base_url": f"{base}/v1", "api_key": api_key, "model": model, "features": features}
+
+
+def start_webvlm(binary, name, args, features):
+    """`webvlm serve --port 0 ARGS` and its target: the address is the first line on stdout."""
+    server = Server(name, [binary, "serve", "--port", "0", "--api-key", API_KEY, "--served-model-name", name, *args])
+    line = server.first_line()
+    match = re.search(r"http://(\S+?)/v1", line)
+    if not match:
+        raise SystemExit(f"{name} did not start: {line!r}\n{server.log_tail()}")
+    base = f"http://{match.group(1)}"
+    server.wait_ready(f"{base}/health")
+    return target(name, base, name, WEBVLM_FEATURES + features)
+
+
+def webvlm_targets(binary):
+    """SmolLM2 (a real small model) and the tiny VLM (images). Both with `--queue 0`, so that
+    one request in flight makes the next a 429 (the tests send one request at a time)."""
+    common = ["--ctx", "512", "--queue", "0"]
+    smollm2 = start_webvlm(binary, "smollm2", ["--model", SMOLLM2, *common], [])
+    tiny = start_webvlm(binary, "tiny-vlm",
+                        ["--model", TINY_VLM / "model.gguf", "--mmproj", TINY_VLM / "mmproj.gguf", *common], ["vision"])
+    return [smollm2, tiny]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def llama_cpp_target(server, port, model):
+    """The target of a started llama.cpp server (`llama_cpp.server`) on `port`, ready once
+    `/v1/models` answers (it has no /health). Its features as tests/browser/openai-servers.js
+    found them with llama-cpp-python 0.3.36 (no images, Batch API, usage in streams or queue
+    limit; a field of the wrong type is a 500 without `param`; any model name is answered);
+    logprobs and JSON schemas are to be confirmed when the target is first run."""
+    base = f"http://127.0.0.1:{port}"
+    server.wait_ready(f"{base}/v1/models", API_KEY)
+    return target("llama-cpp", base, model, ["logprobs", "json_schema", "auth"])
+
+
+def llama_cpp_server(python):
+    """llama.cpp's server on SmolLM2, started with `python -m llama_cpp.server` (the python of
+    scripts/llama_cpp_server.sh): its target. One thread each for prompts and generation (two
+    spin-wait for seconds on a busy 2-core machine); a closed connection is what aborts."""
+    port = free_port()
+    model = "smollm2"
+    server = Server("llama-cpp", [python, "-m", "llama_cpp.server", "--model", SMOLLM2, "--model_alias", model,
+                                  "--n_ctx", "512", "--host", "127.0.0.1", "--port", str(port), "--api_key", API_KEY,
+                                  "--interrupt_requests", "False", "--n_threads", "1", "--n_threads_batch", "1"])
+    server.drain_stdout()
+    return llama_cpp_target(server, port, model)
+
+
+def venv_python():
+    """.cache/sdk-venv's python, (re)installing requirements.txt when it changed."""
+    python = VENV / "bin" / "python"
+    stamp = VENV / "requirements.sha256"
+    want = hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()
+    if python.exists() and stamp.exists() and stamp.read_text().strip() == want:
+        return python
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", VENV], check=True)
+    subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r", REQUIREMENTS],
+                   check=True)
+    stamp.write_text(want + "\n")
+    return python
+
+
+def run_clients(name, command, env, summary):
+    """Runs one client suite, echoing its output; returns (ok, its summary lines)."""
+    print(f"\n=== {name}: {' '.join(map(str, command))}", flush=True)
+    lines = []
+    with subprocess.Popen([str(c) for c in command], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, bufsize=1) as process:
+        for line in process.stdout:
+            sys.stdout.write(line)
+            lines.append(line.rstrip("\n"))
+    return process.returncode == 0, summary(lines)
+
+
+def pytest_summary(lines):
+    """pytest's last line: `N passed, M skipped in 12.3s`."""
+    return [next((l.strip("= ") for l in reversed(lines) if re.search(r"\b(passed|failed|error|no tests ran)\b", l)),
+                 "no pytest summary")]
+
+
+NODE_COUNT = re.compile(r"^\S+ (tests|pass|fail|cancelled|skipped|todo) \d+$")
+
+
+def node_summary(lines):
+    """node's spec reporter's counts (`ℹ tests 9`, `ℹ pass 9`, ...) on one line."""
+    return [", ".join(l.split(" ", 1)[1] for l in lines if NODE_COUNT.match(l)) or "no node summary"]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    target_dir = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    parser.add_argument("--webvlm", default=target_dir / "debug" / "webvlm", type=Path,
+                        help="the webvlm binary (default: the debug build)")
+    parser.add_argument("--llama-cpp", metavar="PYTHON", help="also test llama.cpp's server, run by this python")
+    parser.add_argument("--only", choices=["python", "node"], help="run one client's tests only")
+    args = parser.parse_args()
+    for path, how in [(args.webvlm, "cargo build --bin webvlm"), (SMOLLM2, "bash scripts/fetch_smollm2.sh"),
+                      (NODE_OPENAI, "cd tests/browser && npm ci")]:
+        if not Path(path).exists():
+            raise SystemExit(f"{path} is missing: {how}")
+    python = venv_python()
+
+    try:
+        started = time.monotonic()
+        targets = webvlm_targets(args.webvlm.resolve())
+        if args.llama_cpp:
+            targets.append(llama_cpp_server(args.llama_cpp))
+        print(f"servers up in {time.monotonic() - started:.1f} s: "
+              + ", ".join(f"{t['name']} {t['base_url']}" for t in targets), flush=True)
+        env = dict(os.environ, SDK_TARGETS=json.dumps(targets))
+        results = []
+        if args.only in (None, "python"):
+            command = [python, "-m", "pytest", "-p", "no:cacheprovider", "-ra", HERE]
+            results.append(("pytest", *run_clients("pytest", command, env, pytest_summary)))
+        if args.only in (None, "node"):
+            # One file at a time: the tests send one request at a time (the servers' queue is 0).
+            command = ["node", "--test", "--test-reporter=spec", "--test-concurrency=1", *sorted(HERE.glob("*.test.mjs"))]
+            results.append(("node", *run_clients("node", command, env, node_summary)))
+    finally:
+        for server in Server.started:
+            server.stop()
+    print()
+    for name, ok, summary in results:
+        print(f"{name}: {'; '.join(summary)}{'' if ok else '  (FAILED)'}")
+    if not all(ok for _, ok, _ in results):
+        print(f"server logs: {LOGS}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
