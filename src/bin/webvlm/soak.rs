@@ -196,7 +196,7 @@ fn words(rng: &mut Rng, n: usize) -> String {
 
 /// The long system prompts (about 150 tokens each), from the seed.
 fn system_prompts(seed: u64) -> Vec<String> {
-    let mut rng = Rng(seed ^ 0x5157_E3);
+    let mut rng = Rng(seed ^ 0x0051_57E3);
     (0..SYSTEM_PROMPTS).map(|k| format!("You are assistant number {k}. {}.", words(&mut rng, 140))).collect()
 }
 
