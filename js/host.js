@@ -8,6 +8,7 @@
 //               {id, type: "reload"}   (the last load again, on a new GPU device: after a loss)
 //               {type: "ack", target}   (a streamed chunk was read: flow control)
 //               {id, type: "logits", tokens, images: [url]}   (teacher-forced logits, for tests)
+//               {id, type: "stats", gc}   (GPU buffers, wasm heap, caches: between requests)
 // Host → page:  {id, type: "progress", progress}  {id, type: "chunk", chunk}  (streams)
 //               {id, type: "result", value}       {id, type: "error", error: {name, message}}
 
@@ -77,6 +78,7 @@ export class Host {
       else if (msg.type === "generate") value = await this.generate(msg.request, (chunk) => this.post({ id, type: "chunk", chunk }));
       else if (msg.type === "unload") value = this.unload();
       else if (msg.type === "logits") value = await this.logits(msg);
+      else if (msg.type === "stats") value = await this.stats(msg);
       else throw new BadRequestError(`unknown message type ${msg.type}`);
       this.post({ id, type: "result", value });
     } catch (e) {
@@ -254,6 +256,19 @@ export class Host {
     return this.engine.logits(Uint32Array.from(tokens), bytes);
   }
 
+  /** Memory figures between requests: GPU buffers alive (`gpuBuffers`), the wasm heap, the
+   * prompt cache. With `gc` and a `gc()` exposed (Chromium's `--js-flags=--expose-gc`),
+   * garbage is collected first, so that buffers the engine dropped are no longer counted. */
+  async stats({ gc = false } = {}) {
+    if (gc && typeof globalThis.gc === "function") {
+      globalThis.gc();
+      // FinalizationRegistry callbacks run in tasks after the collection.
+      for (let i = 0; i < 3; i++) await new Promise((r) => setTimeout(r, 0));
+    }
+    const engine = this.engine ? JSON.parse(this.engine.stats()) : {};
+    return { gpuBuffers: { ...bufferCount }, wasmMemoryBytes: wasmMemoryBytes(), ...engine };
+  }
+
   unload() {
     this.engine?.free();
     this.engine = null;
@@ -282,6 +297,45 @@ async function fetchImage(url, signal) {
 }
 
 let wasm = null;
+
+// GPU memory held by buffers, counted here: wgpu's WebGPU backend has no memory counters, and
+// it never calls GPUBuffer.destroy() (a buffer the engine drops is freed when its JS object is
+// garbage-collected). So every GPUDevice.createBuffer in this realm (the engine's worker, or
+// the page with `worker: false`) adds its size, and destroy() or the object's collection
+// (a FinalizationRegistry) takes it off: `bytes` is what live GPUBuffer objects hold.
+const bufferCount = { live: 0, bytes: 0, created: 0 };
+const bufferSizes = new WeakMap(); // GPUBuffer -> its size, until destroyed
+const collected = new FinalizationRegistry((size) => release(size));
+function release(size) {
+  bufferCount.live--;
+  bufferCount.bytes -= size;
+}
+if (typeof GPUDevice !== "undefined" && !GPUDevice.prototype.createBuffer.__webvlmCounted) {
+  const create = GPUDevice.prototype.createBuffer;
+  const counted = function (descriptor) {
+    const buffer = create.call(this, descriptor);
+    const size = Number(buffer.size);
+    const token = {};
+    bufferSizes.set(buffer, { size, token });
+    collected.register(buffer, size, token);
+    bufferCount.live++;
+    bufferCount.created++;
+    bufferCount.bytes += size;
+    return buffer;
+  };
+  counted.__webvlmCounted = true;
+  GPUDevice.prototype.createBuffer = counted;
+  const destroy = GPUBuffer.prototype.destroy;
+  GPUBuffer.prototype.destroy = function () {
+    const entry = bufferSizes.get(this);
+    if (entry) {
+      bufferSizes.delete(this);
+      collected.unregister(entry.token);
+      release(entry.size);
+    }
+    return destroy.call(this);
+  };
+}
 
 /** Bytes of the wasm heap (it only grows, so this is its peak; the weights never pass
  * through it as a whole). */

@@ -306,10 +306,25 @@ interface EngineBase<Info> {
   unload(): Promise<void>;
 }
 
+/** What `engine.stats()` reports. */
+export interface EngineStats {
+  /** GPUBuffers alive (created, neither destroyed nor collected) and their bytes; `created`
+   * counts every buffer made. */
+  gpuBuffers: { live: number; bytes: number; created: number };
+  /** The wasm heap's size (`WebAssembly.Memory`; it only grows). */
+  wasmMemoryBytes: number | null;
+  promptCache?: { liveTokens: number; savedTokens: number[]; savedBytes: number; budgetBytes: number; evicted: number };
+}
+
 /** An engine running the model in this page. */
 export interface Engine extends EngineBase<ModelInfo> {
   /** Teacher-forced logits `[tokens.length * vocab]` (tests; ids hold expanded image layouts). */
   logits(tokens: number[], images?: string[]): Promise<Float32Array>;
+  /** Memory figures between requests (the soak test samples them). GPU buffers are counted
+   * where the engine runs (its worker): GPUDevice.createBuffer adds, GPUBuffer.destroy or the
+   * buffer's garbage collection takes off. `gc` collects garbage first where `gc()` is
+   * exposed (Chromium's `--js-flags=--expose-gc`). */
+  stats(options?: { gc?: boolean }): Promise<EngineStats>;
   /** Ends the running generation (or the request `requestId`) after the current token. */
   stop(requestId?: number): void;
   /** Loads the model again on a new GPU device, after a `DeviceLostError` (the running

@@ -158,6 +158,14 @@ class Engine {
     return this._call({ type: "logits", tokens, images });
   }
 
+  /** Memory figures, read between requests: `{gpuBuffers: {live, bytes, created}, wasmMemoryBytes,
+   * promptCache: {liveTokens, savedTokens, savedBytes, budgetBytes, evicted}}`. GPU buffers are
+   * counted by the engine's worker (createBuffer, destroy, garbage collection); with `gc: true`
+   * and Chromium's `--js-flags=--expose-gc`, garbage is collected first. */
+  stats({ gc = false } = {}) {
+    return this._call({ type: "stats", gc });
+  }
+
   /** Ends the running generation (or, given its id, one request) after the current token;
    * a queued request that is stopped ends at once with finish_reason "abort". */
   stop(requestId) {

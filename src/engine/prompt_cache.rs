@@ -52,6 +52,8 @@ pub struct PromptCache {
     budget: u64,
     /// Counts uses, for least-recently-used eviction.
     clock: u64,
+    /// Saved prefixes dropped for the budget so far.
+    evicted: u64,
 }
 
 struct Saved {
@@ -71,12 +73,15 @@ pub struct PromptCacheStats {
     /// GPU memory of the saved prefixes, and its limit.
     pub saved_bytes: u64,
     pub budget_bytes: u64,
+    /// Saved prefixes evicted for the budget since the engine was made (least recently
+    /// used first).
+    pub evicted: u64,
 }
 
 impl PromptCache {
     /// An empty cache keeping at most `budget` bytes of saved prefixes.
     pub fn new(budget: u64) -> PromptCache {
-        PromptCache { live: Vec::new(), saved: Vec::new(), budget, clock: 0 }
+        PromptCache { live: Vec::new(), saved: Vec::new(), budget, clock: 0, evicted: 0 }
     }
 
     /// The keys of `prompt`'s positions (`img`: the token whose positions take image features,
@@ -152,8 +157,8 @@ impl PromptCache {
         self.saved.retain(|s| !covers(&keys, &s.keys));
         let needed = keys.len() as u64 * per_token;
         self.saved.sort_by_key(|s| std::cmp::Reverse(s.last_used));
-        while self.saved_bytes() + needed > self.budget {
-            self.saved.pop();
+        while self.saved_bytes() + needed > self.budget && self.saved.pop().is_some() {
+            self.evicted += 1;
         }
         let kv = ctx.save_state(gpu, keys.len() as u32)?;
         // A decoder with recurrent layers saves its whole sequence or nothing.
@@ -186,8 +191,8 @@ impl PromptCache {
     pub fn set_budget(&mut self, budget: u64) {
         self.budget = budget;
         self.saved.sort_by_key(|s| std::cmp::Reverse(s.last_used));
-        while self.saved_bytes() > self.budget {
-            self.saved.pop();
+        while self.saved_bytes() > self.budget && self.saved.pop().is_some() {
+            self.evicted += 1;
         }
     }
 
@@ -203,6 +208,7 @@ impl PromptCache {
             saved_tokens: saved.into_iter().map(|(_, n)| n).collect(),
             saved_bytes: self.saved_bytes(),
             budget_bytes: self.budget,
+            evicted: self.evicted,
         }
     }
 }

@@ -92,6 +92,15 @@ impl Default for GpuOptions {
     }
 }
 
+/// GPU memory held by a device's live buffers ([`Gpu::memory_stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MemoryStats {
+    /// Buffers allocated and not yet freed.
+    pub live_buffers: u64,
+    /// Their bytes as allocated by the driver (sizes rounded up to its alignment).
+    pub buffer_bytes: u64,
+}
+
 /// The device, its queue, its capabilities and the pipeline cache.
 pub struct Gpu {
     pub device: wgpu::Device,
@@ -248,6 +257,21 @@ impl Gpu {
     /// so that a lost device fails a request at once rather than in the middle of it).
     pub fn check_lost(&self) -> Result<()> {
         self.lost().map_or(Ok(()), Err)
+    }
+
+    /// GPU memory held by live buffers, counted by wgpu-hal (wgpu's `counters` feature,
+    /// enabled for native builds): every buffer this device allocated and has not freed,
+    /// readback and staging buffers included. wgpu frees a dropped buffer once the
+    /// submissions using it are done, so this polls the device first (without waiting).
+    /// `None` in the browser, where wgpu's WebGPU backend has no counters (the package's
+    /// worker counts `GPUDevice.createBuffer` itself: `js/host.js`).
+    pub fn memory_stats(&self) -> Option<MemoryStats> {
+        if cfg!(target_arch = "wasm32") {
+            return None;
+        }
+        let _ = self.device.poll(wgpu::PollType::Poll);
+        let hal = self.device.get_internal_counters().hal;
+        Some(MemoryStats { live_buffers: hal.buffers.read().max(0) as u64, buffer_bytes: hal.buffer_memory.read().max(0) as u64 })
     }
 
     /// Returns and clears the device errors reported since the last call.

@@ -327,6 +327,19 @@ impl WebEngine {
         Ok(summary.to_string())
     }
 
+    /// What the engine's caches hold, as JSON: `{promptCache: {liveTokens, savedTokens,
+    /// savedBytes, budgetBytes, evicted}}` (the soak test reads it between requests).
+    pub fn stats(&self) -> Result<String, JsError> {
+        let guard = self.inner.try_borrow().map_err(|_| js(WebError::Busy))?;
+        let State::Ready(e) = &guard.state else { return Err(js(WebError::NotLoaded)) };
+        let p = e.prompt_cache_stats();
+        let stats = serde_json::json!({ "promptCache": {
+            "liveTokens": p.live_tokens, "savedTokens": p.saved_tokens, "savedBytes": p.saved_bytes,
+            "budgetBytes": p.budget_bytes, "evicted": p.evicted,
+        } });
+        Ok(stats.to_string())
+    }
+
     /// Runs an OpenAI chat-completions request (JSON, checked before any work) and returns
     /// the `chat.completion` object as JSON. `images` maps image URLs that are not `data:`
     /// URLs to their bytes (the worker fetched them). With `stream: true`, each

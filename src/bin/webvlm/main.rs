@@ -1,5 +1,5 @@
 //! `webvlm`: the native command-line tool (generate, logits, chat, batch, serve, info, convert,
-//! split, synthetic, bench). `webvlm --help` and `webvlm <command> --help` list the flags.
+//! split, synthetic, soak, bench). `webvlm --help` and `webvlm <command> --help` list the flags.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -22,6 +22,7 @@ mod generate;
 mod info;
 mod open;
 mod serve;
+mod soak;
 mod stdout;
 mod synthetic;
 
@@ -63,6 +64,10 @@ enum Command {
     Split(info::SplitArgs),
     /// Write a model of random weights with Ministral 3 3B's exact shapes, for load tests
     Synthetic(synthetic::SyntheticArgs),
+    /// Run a seeded mix of many requests against one engine, sampling GPU and process memory
+    /// (a leak and reliability check; prints a JSON summary, fails on unexpected errors,
+    /// memory growth after the warm-up or replies unlike a fresh engine's)
+    Soak(soak::SoakArgs),
     /// Measure the adapter and how close webvlm gets to it (JSON Lines on stdout, see BENCHMARKS.md)
     Bench(bench::BenchArgs),
 }
@@ -78,6 +83,7 @@ fn main() -> ExitCode {
         Command::Convert(a) => convert::run(&a),
         Command::Split(a) => info::split(&a),
         Command::Synthetic(a) => synthetic::run(&a),
+        Command::Soak(a) => soak::run_soak(&a),
         Command::Bench(a) => bench::run(&a),
     };
     match result {
