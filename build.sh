@@ -9,8 +9,9 @@
 #                        (node --test; extra arguments go to node, e.g. a test file)
 #   ./build.sh lint      rustfmt check and clippy with warnings as errors, native and wasm32
 #   ./build.sh sdk       the official-SDK conformance suite (tests/sdk/): the Python and npm
-#                        `openai` packages against `webvlm serve` (extra arguments go to
-#                        tests/sdk/run.py, e.g. --only python)
+#                        `openai` packages against `webvlm serve`, and llama.cpp's server when
+#                        LLAMA_CPP_PYTHON is set (extra arguments go to tests/sdk/run.py, e.g.
+#                        --only python)
 #   ./build.sh wasm-test Rust tests in the browser (tests/wasm_browser.rs: wasm-bindgen-test
 #                        in headless Chromium through chromedriver; extra arguments go to
 #                        the test binary, e.g. a test name filter)
@@ -196,8 +197,10 @@ browser_tests() {
 }
 
 # The official-SDK suite: tests/sdk/run.py starts `webvlm serve` (the debug CLI) on SmolLM2 and
-# the tiny VLM, and runs the Python `openai` package (in .cache/sdk-venv, which run.py makes
-# from tests/sdk/requirements.txt) and the npm one (tests/browser's node_modules) against them.
+# the tiny VLM, and llama.cpp's server on SmolLM2 when LLAMA_CPP_PYTHON names a python with
+# llama-cpp-python[server] (run.py reads it; scripts/llama_cpp_server.sh prints one; `test` sets
+# it), and runs the Python `openai` package (in .cache/sdk-venv, which run.py makes from
+# tests/sdk/requirements.txt) and the npm one (tests/browser's node_modules) against them.
 sdk_tests() {
   npm_deps
   bash scripts/fetch_smollm2.sh >/dev/null

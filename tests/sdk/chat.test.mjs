@@ -87,7 +87,10 @@ forEachTarget("models.list and models.retrieve", [], async (target, openai) => {
   assert.ok(models.some((m) => m.id === target.model), JSON.stringify(models));
   for (const m of models) {
     assert.equal(m.object, "model");
-    assert.ok(Number.isInteger(m.created) && m.owned_by);
+    assert.ok(m.owned_by);
+    if (target.features.includes("model_created")) assert.ok(Number.isInteger(m.created), JSON.stringify(m));
   }
-  assert.equal((await openai.models.retrieve(target.model)).id, target.model);
+  if (target.features.includes("model_retrieve")) {
+    assert.equal((await openai.models.retrieve(target.model)).id, target.model);
+  }
 });

@@ -1,6 +1,7 @@
-// Errors as the npm SDK's own classes: `BadRequestError` naming the field at fault (`.param`),
-// `AuthenticationError` for a wrong key, `NotFoundError` for an unknown model, batch or file,
-// and `RateLimitError` (with `Retry-After`) when the queue is full.
+// Errors as the npm SDK's own classes: a bad request as the class of the server's status
+// (`BadRequestError`, or llama.cpp's `InternalServerError`), naming the field at fault (`.param`)
+// where the server does, `AuthenticationError` for a wrong key, `NotFoundError` for an unknown
+// model, batch or file, and `RateLimitError` (with `Retry-After`) when the queue is full.
 
 import assert from "node:assert/strict";
 
@@ -24,6 +25,24 @@ for (const [field, value] of BAD_FIELDS) {
     }
   });
 }
+
+// The SDK's class for each status a target refuses a bad request with (`invalid_status`).
+const STATUS_ERRORS = { 400: OpenAI.BadRequestError, 500: OpenAI.InternalServerError };
+
+// A field of the wrong type, refused by every target: the SDK throws the class of the status the
+// target answers with (without `errors_param`, what the caller has to go by).
+forEachTarget("a bad request is the error of its status, streamed or not", [], async (target, openai) => {
+  const status = target.invalid_status;
+  for (const stream of [false, true]) {
+    const request = { model: target.model, messages: user("hi"), max_tokens: 2, temperature: "hot", stream };
+    await assert.rejects(openai.chat.completions.create(request), (error) => {
+      assert.equal(error.constructor, STATUS_ERRORS[status], String(error));
+      assert.equal(error.status, status);
+      assert.match(error.message, /temperature/);
+      return true;
+    });
+  }
+});
 
 forEachTarget("a wrong key is an AuthenticationError", ["auth"], async (target) => {
   const wrong = client({ ...target, api_key: "not-the-key" });

@@ -13,7 +13,8 @@ tests/sdk/README.md), and a test skips a target only for a feature that target d
 `--webvlm` is the `webvlm` binary (default: the debug build under $CARGO_TARGET_DIR or
 target/). `--llama-cpp PYTHON` adds llama.cpp's server (`PYTHON -m llama_cpp.server`, from
 `llama-cpp-python[server]` installed for PYTHON: `bash scripts/llama_cpp_server.sh` prints one)
-on SmolLM2 as another target. The Python
+on SmolLM2 as another target; it defaults to $LLAMA_CPP_PYTHON, as in tests/browser (set it
+empty to leave llama.cpp out). The Python
 clients run in a virtual environment, .cache/sdk-venv, made from tests/sdk/requirements.txt
 when missing or when the requirements changed; the npm package comes from
 tests/browser/node_modules (`npm ci` there, as ./build.sh does).
@@ -24,6 +25,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -46,8 +48,19 @@ STARTUP_SECONDS = 300
 
 # What every webvlm serve target offers (README.md says which tests each feature gates): all
 # but "vision", which needs a vision model.
-WEBVLM_FEATURES = ["stream_usage", "logprobs", "json_schema", "batch", "auth", "errors_param", "model_not_found",
-                   "rate_limit"]
+WEBVLM_FEATURES = ["stream_usage", "logprobs", "logprobs_bytes", "json_object", "json_schema", "batch", "auth",
+                   "errors_param", "model_not_found", "model_created", "model_retrieve", "rate_limit"]
+# llama.cpp's server (llama-cpp-python 0.3.36; tests/browser/openai-servers.js's KINDS says the
+# same): logprobs but with `bytes` null; `response_format` json_object (a `schema` beside it is
+# its own extension) but no `json_schema` type (a 500); a wrong key is a 401; models without
+# `created` and no GET /v1/models/{id} (a 404); no images, Batch API, usage in streams, queue
+# limit or 404 for unknown models (it answers any name); a field of the wrong type is a 500
+# whose `param` is null.
+LLAMA_CPP_FEATURES = ["logprobs", "json_object", "auth"]
+
+
+class Exited(SystemExit):
+    """A server exited before it answered."""
 
 
 class Server:
@@ -56,7 +69,7 @@ class Server:
 
     started = []
 
-    def __init__(self, name, command):
+    def __init__(self, name, command, env=None):
         LOGS.mkdir(parents=True, exist_ok=True)
         self.name = name
         self.log_path = LOGS / f"{name}.log"
@@ -64,7 +77,7 @@ class Server:
         # Appending and line-buffered: the server's stderr and its copied stdout interleave.
         self.log = open(self.log_path, "a", encoding="utf-8", buffering=1)
         self.process = subprocess.Popen(
-            [str(c) for c in command], cwd=ROOT, stdin=subprocess.DEVNULL,
+            [str(c) for c in command], cwd=ROOT, env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=self.log, text=True, bufsize=1)
         self.copier = None
         Server.started.append(self)
@@ -85,20 +98,21 @@ class Server:
         self.copier = threading.Thread(target=copy, daemon=True)
         self.copier.start()
 
-    def wait_ready(self, url, api_key=None):
-        """Polls `url` until it answers 200; fails if the process exits first."""
+    def wait_ready(self, url, api_key=None, ready=lambda body: True):
+        """Polls `url` until it answers 200 with a body that `ready` accepts (bytes); fails if
+        the process exits first (Exited, with the log's tail)."""
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         deadline = time.monotonic() + STARTUP_SECONDS
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise SystemExit(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
+                raise Exited(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
                 with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as response:
-                    if response.status == 200:
+                    if response.status == 200 and ready(response.read()):
                         return
-            except OSError:
+            except (OSError, ValueError):
                 pass
-            time.sleep(0.5)
+            time.sleep(0.25)
         raise SystemExit(f"{self.name} did not answer {url} in {STARTUP_SECONDS} s:\n{self.log_tail()}")
 
     def log_tail(self, lines=30):
@@ -118,9 +132,11 @@ class Server:
         self.log.close()
 
 
-def target(name, base, model, features, api_key=API_KEY):
-    """A target as the clients read it from SDK_TARGETS."""
-    return {"name": name, "base_url": f"{base}/v1", "api_key": api_key, "model": model, "features": features}
+def target(name, base, model, features, invalid_status, api_key=API_KEY):
+    """A target as the clients read it from SDK_TARGETS; `invalid_status` is the HTTP status
+    of its answer to a request field of the wrong type (OpenAI's is 400)."""
+    return {"name": name, "base_url": f"{base}/v1", "api_key": api_key, "model": model, "features": features,
+            "invalid_status": invalid_status}
 
 
 def start_webvlm(binary, name, args, features):
@@ -132,7 +148,7 @@ def start_webvlm(binary, name, args, features):
         raise SystemExit(f"{name} did not start: {line!r}\n{server.log_tail()}")
     base = f"http://{match.group(1)}"
     server.wait_ready(f"{base}/health")
-    return target(name, base, name, WEBVLM_FEATURES + features)
+    return target(name, base, name, WEBVLM_FEATURES + features, 400)
 
 
 def webvlm_targets(binary):
@@ -151,28 +167,35 @@ def free_port():
         return s.getsockname()[1]
 
 
-def llama_cpp_target(server, port, model):
-    """The target of a started llama.cpp server (`llama_cpp.server`) on `port`, ready once
-    `/v1/models` answers (it has no /health). Its features as tests/browser/openai-servers.js
-    found them with llama-cpp-python 0.3.36 (no images, Batch API, usage in streams or queue
-    limit; a field of the wrong type is a 500 without `param`; any model name is answered);
-    logprobs and JSON schemas are to be confirmed when the target is first run."""
-    base = f"http://127.0.0.1:{port}"
-    server.wait_ready(f"{base}/v1/models", API_KEY)
-    return target("llama-cpp", base, model, ["logprobs", "json_schema", "auth"])
+def lists_model(model):
+    """Whether a `/v1/models` body lists `model`."""
+    return lambda body: any(m.get("id") == model for m in json.loads(body).get("data", []))
 
 
 def llama_cpp_server(python):
     """llama.cpp's server on SmolLM2, started with `python -m llama_cpp.server` (the python of
-    scripts/llama_cpp_server.sh): its target. One thread each for prompts and generation (two
-    spin-wait for seconds on a busy 2-core machine); a closed connection is what aborts."""
-    port = free_port()
+    scripts/llama_cpp_server.sh) with the flags of tests/browser/openai-servers.js: one thread
+    each for prompts and generation (two spin-wait for seconds on a busy 2-core machine, and
+    one keeps temperature 0 deterministic), and `--interrupt_requests False` (a new request
+    does not end the one running; a closed connection is what aborts). It cannot take port 0:
+    a free port is picked, and should another process take it first the server is started
+    again on another. Ready once `/v1/models` lists the alias (it has no /health). Its target."""
     model = "smollm2"
-    server = Server("llama-cpp", [python, "-m", "llama_cpp.server", "--model", SMOLLM2, "--model_alias", model,
-                                  "--n_ctx", "512", "--host", "127.0.0.1", "--port", str(port), "--api_key", API_KEY,
-                                  "--interrupt_requests", "False", "--n_threads", "1", "--n_threads_batch", "1"])
-    server.drain_stdout()
-    return llama_cpp_target(server, port, model)
+    for attempt in range(1, 4):
+        port = free_port()
+        server = Server("llama-cpp", [
+            python, "-m", "llama_cpp.server", "--model", SMOLLM2, "--model_alias", model, "--n_ctx", "512",
+            "--host", "127.0.0.1", "--port", str(port), "--api_key", API_KEY, "--interrupt_requests", "False",
+            "--n_threads", "1", "--n_threads_batch", "1"], env={"PYTHONUNBUFFERED": "1"})
+        server.drain_stdout()
+        base = f"http://127.0.0.1:{port}"
+        try:
+            server.wait_ready(f"{base}/v1/models", API_KEY, lists_model(model))
+        except Exited:
+            if attempt < 3 and "address already in use" in server.log_tail().lower():
+                continue
+            raise
+        return target("llama-cpp", base, model, LLAMA_CPP_FEATURES, 500)
 
 
 def venv_python():
@@ -196,9 +219,13 @@ def run_clients(name, command, env, summary):
     lines = []
     with subprocess.Popen([str(c) for c in command], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, bufsize=1) as process:
-        for line in process.stdout:
-            sys.stdout.write(line)
-            lines.append(line.rstrip("\n"))
+        try:
+            for line in process.stdout:
+                sys.stdout.write(line)
+                lines.append(line.rstrip("\n"))
+        except BaseException:
+            process.kill()  # a TERM or ^C: the clients stop too, then the servers
+            raise
     return process.returncode == 0, summary(lines)
 
 
@@ -221,7 +248,8 @@ def main():
     target_dir = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
     parser.add_argument("--webvlm", default=target_dir / "debug" / "webvlm", type=Path,
                         help="the webvlm binary (default: the debug build)")
-    parser.add_argument("--llama-cpp", metavar="PYTHON", help="also test llama.cpp's server, run by this python")
+    parser.add_argument("--llama-cpp", metavar="PYTHON", default=os.environ.get("LLAMA_CPP_PYTHON") or None,
+                        help="also test llama.cpp's server, run by this python (default: $LLAMA_CPP_PYTHON)")
     parser.add_argument("--only", choices=["python", "node"], help="run one client's tests only")
     args = parser.parse_args()
     for path, how in [(args.webvlm, "cargo build --bin webvlm"), (SMOLLM2, "bash scripts/fetch_smollm2.sh"),
@@ -229,6 +257,8 @@ def main():
         if not Path(path).exists():
             raise SystemExit(f"{path} is missing: {how}")
     python = venv_python()
+    # A TERM (a CI step cancelled, timeout(1)) stops the servers too, through the finally below.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
     try:
         started = time.monotonic()

@@ -1,7 +1,8 @@
 // The npm SDK's `logprobs`/`top_logprobs` (one entry per completion token, their bytes spelling
 // the text, the greedy choice the most likely; the same entries streamed) and structured output:
-// `response_format` with a JSON schema through `chat.completions.create` (the text validates
-// with ajv) and `chat.completions.parse` (the SDK's parsed object validates and equals the text).
+// `response_format` `json_object` (the text is a JSON object) and with a JSON schema through
+// `chat.completions.create` (the text validates with ajv) and `chat.completions.parse` (the SDK's
+// parsed object validates and equals the text).
 
 import assert from "node:assert/strict";
 
@@ -19,7 +20,11 @@ forEachTarget("logprobs and top_logprobs", ["logprobs"], async (target, openai) 
   const [choice] = completion.choices;
   const entries = choice.logprobs.content;
   assert.equal(entries.length, completion.usage.completion_tokens);
-  assert.equal(Buffer.from(entries.flatMap((e) => e.bytes)).toString("utf8"), choice.message.content);
+  if (target.features.includes("logprobs_bytes")) {
+    assert.equal(Buffer.from(entries.flatMap((e) => e.bytes)).toString("utf8"), choice.message.content);
+  } else {
+    assert.equal(entries.map((e) => e.token).join(""), choice.message.content);
+  }
   for (const entry of entries) {
     assert.ok(entry.logprob <= 0);
     assert.equal(entry.top_logprobs.length, TOP);
@@ -56,6 +61,15 @@ function assertValid(schema, value) {
   const validate = new Ajv({ strict: true }).compile(schema);
   assert.ok(validate(value), `${JSON.stringify(value)}: ${JSON.stringify(validate.errors)}`);
 }
+
+forEachTarget("response_format json_object", ["json_object"], async (target, openai) => {
+  const completion = await openai.chat.completions.create({ model: target.model,
+    messages: user("Give a JSON object with a name and an age."), max_tokens: 120, temperature: 0,
+    response_format: { type: "json_object" } });
+  assert.equal(completion.choices[0].finish_reason, "stop");
+  const value = JSON.parse(completion.choices[0].message.content);
+  assert.ok(value !== null && typeof value === "object" && !Array.isArray(value), JSON.stringify(value));
+});
 
 forEachTarget("response_format with a JSON schema", ["json_schema"], async (target, openai) => {
   const completion = await openai.chat.completions.create({ model: target.model, messages: user("Describe a person as JSON."),

@@ -1,6 +1,7 @@
-"""Errors as the Python SDK's own exception types: `BadRequestError` naming the field at fault
-(`.param`), `AuthenticationError` for a wrong key, `NotFoundError` for an unknown model, batch
-or file, and `RateLimitError` (with `Retry-After`) when the queue is full."""
+"""Errors as the Python SDK's own exception types: a bad request as the type of the server's
+status (`BadRequestError`, or llama.cpp's `InternalServerError`), naming the field at fault
+(`.param`) where the server does, `AuthenticationError` for a wrong key, `NotFoundError` for an
+unknown model, batch or file, and `RateLimitError` (with `Retry-After`) when the queue is full."""
 
 import json
 import urllib.request
@@ -25,6 +26,23 @@ def test_bad_requests_name_their_field(client, target, field, value, stream):
     error = raised.value
     assert error.status_code == 400 and error.message
     assert (error.param, error.type) == (field, "invalid_request_error")
+
+
+# The SDK's exception for each status a target refuses a bad request with (`invalid_status`).
+STATUS_ERRORS = {400: openai.BadRequestError, 500: openai.InternalServerError}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+def test_a_bad_request_is_the_error_of_its_status(client, target, stream):
+    """A field of the wrong type, refused by every target: the SDK raises the exception of the
+    status the target answers with (without `errors_param`, what the caller has to go by)."""
+    status = target["invalid_status"]
+    with pytest.raises(openai.APIStatusError) as raised:
+        client.chat.completions.create(stream=stream, model=target["model"], messages=user("hi"), max_tokens=2,
+                                       temperature="hot")
+    error = raised.value
+    assert type(error) is STATUS_ERRORS[status] and error.status_code == status
+    assert "temperature" in error.message
 
 
 def test_a_wrong_key_is_an_authentication_error(target):

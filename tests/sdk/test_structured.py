@@ -1,7 +1,8 @@
 """The Python SDK's `logprobs`/`top_logprobs` (one entry per completion token, their bytes
 spelling the text, the greedy choice the most likely; the same entries streamed) and structured
-output: `response_format` with a JSON schema (the text parses and validates) and
-`client.chat.completions.parse` with a Pydantic model (the parsed object checked)."""
+output: `response_format` `json_object` (the text is a JSON object) and with a JSON schema (the
+text parses and validates), and `client.chat.completions.parse` with a Pydantic model (the
+parsed object checked)."""
 
 import json
 from typing import Literal
@@ -21,8 +22,10 @@ def test_logprobs_and_top_logprobs(client, target):
     choice = completion.choices[0]
     entries = choice.logprobs.content
     assert len(entries) == completion.usage.completion_tokens
-    text = bytes(b for e in entries for b in e.bytes).decode()
-    assert text == choice.message.content
+    if "logprobs_bytes" in target["features"]:
+        assert bytes(b for e in entries for b in e.bytes).decode() == choice.message.content
+    else:
+        assert "".join(e.token for e in entries) == choice.message.content
     for entry in entries:
         assert entry.logprob <= 0
         assert len(entry.top_logprobs) == TOP
@@ -46,6 +49,15 @@ PERSON_SCHEMA = {
     "required": ["name", "age"],
     "additionalProperties": False,
 }
+
+
+def test_response_format_json_object(client, target):
+    needs(target, "json_object")
+    completion = client.chat.completions.create(
+        model=target["model"], messages=user("Give a JSON object with a name and an age."), max_tokens=120,
+        temperature=0, response_format={"type": "json_object"})
+    assert completion.choices[0].finish_reason == "stop"
+    assert isinstance(json.loads(completion.choices[0].message.content), dict)
 
 
 def test_response_format_json_schema(client, target):
