@@ -233,6 +233,48 @@ fn a_full_queue_answers_429_and_a_disconnect_aborts_the_generation() {
     assert!(server.stderr().contains("aborted after"), "{}", server.stderr());
 }
 
+/// `usage.timings.queue_seconds` of a completion or a stream's usage chunk.
+fn queue_seconds(usage_holder: &Value) -> f64 {
+    let seconds = usage_holder.pointer("/usage/timings/queue_seconds").and_then(Value::as_f64);
+    seconds.unwrap_or_else(|| panic!("usage.timings.queue_seconds: {usage_holder}"))
+}
+
+#[test]
+fn usage_reports_the_time_a_request_waited_in_the_queue() {
+    let server = start(&[]);
+    let short = json!({ "messages": user("Count to three."), "max_tokens": 4, "temperature": 0 });
+    let alone = queue_seconds(&server.post_json("/v1/chat/completions", &short).json());
+    assert!((0.0..1.0).contains(&alone), "a request alone hardly waits: {alone}");
+
+    // A long stream runs; a short request sent meanwhile waits for it to end.
+    let long = json!({ "messages": user("Tell a long story."), "max_tokens": 300, "temperature": 0,
+        "logit_bias": no_end_tokens(), "stream": true, "stream_options": { "include_usage": true } });
+    let mut running = server.stream(&long);
+    assert!(running.next_data().is_some(), "the long request has started");
+    let (waited, client_seconds, behind_seconds) = std::thread::scope(|scope| {
+        let waiting = scope.spawn(|| {
+            let sent = std::time::Instant::now();
+            let reply = server.post_json("/v1/chat/completions", &short);
+            assert_eq!(reply.status, 200, "{}", reply.text());
+            (reply.json(), sent.elapsed().as_secs_f64())
+        });
+        poll(&server, "/health", |h| h["queue"]["waiting"] == 1);
+        let queued = std::time::Instant::now();
+        let long_chunks = chunks(running.rest());
+        let behind_seconds = queued.elapsed().as_secs_f64();
+        let long_wait = queue_seconds(long_chunks.last().unwrap());
+        assert!((0.0..1.0).contains(&long_wait), "the long request did not wait: {long_wait}");
+        let (waited, client_seconds) = waiting.join().unwrap();
+        (waited, client_seconds, behind_seconds)
+    });
+    let waited = queue_seconds(&waited);
+    assert!(waited > alone, "{waited} s behind the long request, {alone} s alone");
+    assert!(waited <= client_seconds, "the wait is part of what the client saw: {waited} > {client_seconds}");
+    // It waited at least for the rest of the long request, seen from the moment /health
+    // showed it queued (less a margin for the client reading the stream late).
+    assert!(waited >= 0.5 * behind_seconds, "{waited} s waited, the long request ran {behind_seconds} s more");
+}
+
 /// A `multipart/form-data` upload of `content` as `name` with `purpose=batch`.
 fn upload(server: &Server, name: &str, content: &str) -> serve_http::Response {
     let boundary = "webvlm-test-boundary";

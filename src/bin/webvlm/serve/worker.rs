@@ -7,13 +7,18 @@
 //! channel closed) is skipped if it has not started and aborted at the next generated token
 //! if it has (the engine's abort flag). Non-streaming requests run as streams whose chunks
 //! are dropped, so that every token is a point where a disconnect is seen.
+//!
+//! The time a job waited, from its admission to the engine taking it up, is added to the
+//! usage timings of its answer as `usage.timings.queue_seconds` (next to
+//! `time_to_first_token`, which starts where the wait ends).
 
 use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use webvlm::api::{self, ApiError, ChatRequest};
@@ -44,13 +49,15 @@ pub struct Job {
     pub cancel: Arc<AtomicBool>,
     /// The job's place in the queue, given back when it ends (batch lines hold none).
     pub _slot: Option<OwnedSemaphorePermit>,
+    /// When the job was made, just after its admission: its queue wait starts here.
+    pub queued_at: Instant,
 }
 
 impl Job {
     /// A job for `body` and the receiver of its events.
     pub fn new(body: Value, cancel: Arc<AtomicBool>, slot: Option<OwnedSemaphorePermit>) -> (Job, UnboundedReceiver<Event>) {
         let (events, receiver) = unbounded_channel();
-        (Job { body, events, cancel, _slot: slot }, receiver)
+        (Job { body, events, cancel, _slot: slot, queued_at: Instant::now() }, receiver)
     }
 }
 
@@ -168,6 +175,7 @@ fn work(engine: &mut Engine, info: &ModelInfo, mut jobs: UnboundedReceiver<Job>,
 
 /// Runs one job: how it ended and its last event (sent by the caller).
 fn run_job(engine: &mut Engine, info: &ModelInfo, job: &Job) -> (Outcome, Option<Event>) {
+    let queue_seconds = job.queued_at.elapsed().as_secs_f64();
     if job.cancel.load(Ordering::SeqCst) || job.events.is_closed() {
         eprintln!("webvlm serve: a request was dropped before it started (client disconnected)");
         return (Outcome::Aborted, None);
@@ -185,7 +193,8 @@ fn run_job(engine: &mut Engine, info: &ModelInfo, job: &Job) -> (Outcome, Option
     let mut refuse_url = |url: &str| -> Result<Vec<u8>, EngineError> {
         Err(EngineError::BadImageUrl(format!("{url}: this server reads images from data: URLs only")))
     };
-    let on_chunk = |chunk: Value| {
+    let on_chunk = |mut chunk: Value| {
+        add_queue_time(&mut chunk, queue_seconds);
         let gone = job.cancel.load(Ordering::SeqCst) || (forward_chunks && job.events.send(Event::Chunk(chunk)).is_err());
         if gone {
             abort.set(true);
@@ -200,12 +209,23 @@ fn run_job(engine: &mut Engine, info: &ModelInfo, job: &Job) -> (Outcome, Option
             eprintln!("webvlm serve: {id} aborted after {tokens} tokens (client disconnected)");
             (Outcome::Aborted, Some(Event::Done(completion)))
         }
-        Ok(completion) => (Outcome::Completed, Some(Event::Done(completion))),
+        Ok(mut completion) => {
+            add_queue_time(&mut completion, queue_seconds);
+            (Outcome::Completed, Some(Event::Done(completion)))
+        }
         Err(e) => {
             if e.class() != ErrorClass::BadRequest {
                 eprintln!("webvlm serve: a request failed: {}", e.message);
             }
             (Outcome::Failed, Some(Event::Failed(e)))
         }
+    }
+}
+
+/// Adds the job's queue wait to a chunk or completion that carries usage timings (the usage
+/// chunk of a stream, the `chat.completion` object).
+fn add_queue_time(value: &mut Value, seconds: f64) {
+    if let Some(timings) = value.pointer_mut("/usage/timings").and_then(Value::as_object_mut) {
+        timings.insert("queue_seconds".into(), json!(seconds));
     }
 }
