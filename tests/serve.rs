@@ -141,7 +141,11 @@ fn completions_match_the_cli_streamed_or_not_with_images() {
     assert_eq!(models["data"][0]["object"], "model");
     assert_eq!(server.get("/v1/models/tiny").json()["id"], "tiny");
     assert_eq!(server.get("/v1/models/other").status, 404);
-    assert_eq!(server.get("/health").json()["status"], "ok");
+    let health = server.get("/health").json();
+    assert_eq!(health["status"], "ok");
+    let cache = &health["prompt_cache"];
+    assert!(cache["budget_bytes"].as_u64() > Some(0) && cache["live_tokens"].as_u64() > Some(0), "{health}");
+    assert!(cache["saved_bytes"].as_u64().is_some() && cache["saved_prefixes"].as_u64().is_some(), "{health}");
 }
 
 /// Status, `type`, `param` and `code` of an error response.

@@ -15,14 +15,14 @@
 use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use webvlm::api::{self, ApiError, ChatRequest};
-use webvlm::engine::{Engine, EngineError};
+use webvlm::engine::{Engine, EngineError, PromptCacheStats};
 use webvlm::error::{Classify, ErrorClass};
 
 use super::errors::HttpError;
@@ -80,6 +80,20 @@ pub struct Stats {
     pub completed: AtomicU64,
     pub failed: AtomicU64,
     pub aborted: AtomicU64,
+    /// The engine's prompt cache after the last job (its saved prefixes take GPU memory up to
+    /// a budget: what a memory figure under load must be read against).
+    prompt_cache: Mutex<PromptCacheStats>,
+}
+
+impl Stats {
+    fn set_prompt_cache(&self, engine: &Engine) {
+        *self.prompt_cache.lock().unwrap_or_else(|e| e.into_inner()) = engine.prompt_cache_stats();
+    }
+
+    /// What the prompt cache held after the last job.
+    pub fn prompt_cache(&self) -> PromptCacheStats {
+        self.prompt_cache.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 /// The handlers' side of the engine thread.
@@ -154,6 +168,7 @@ fn model_info(engine: &Engine, args: &EngineArgs, served_name: Option<String>) -
 
 /// The engine thread's loop: one job at a time until every handle is gone.
 fn work(engine: &mut Engine, info: &ModelInfo, mut jobs: UnboundedReceiver<Job>, stats: &Stats) {
+    stats.set_prompt_cache(engine);
     while let Some(job) = jobs.blocking_recv() {
         stats.waiting.fetch_sub(1, Ordering::SeqCst);
         stats.running.fetch_add(1, Ordering::SeqCst);
@@ -164,6 +179,7 @@ fn work(engine: &mut Engine, info: &ModelInfo, mut jobs: UnboundedReceiver<Job>,
             Outcome::Aborted => &stats.aborted,
         };
         counter.fetch_add(1, Ordering::SeqCst);
+        stats.set_prompt_cache(engine);
         stats.running.fetch_sub(1, Ordering::SeqCst);
         // The last event goes out after the counters moved, so a client that has its answer
         // sees them (`/health`); the job's queue place is given back as it is dropped.
