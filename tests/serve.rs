@@ -141,7 +141,11 @@ fn completions_match_the_cli_streamed_or_not_with_images() {
     assert_eq!(models["data"][0]["object"], "model");
     assert_eq!(server.get("/v1/models/tiny").json()["id"], "tiny");
     assert_eq!(server.get("/v1/models/other").status, 404);
-    assert_eq!(server.get("/health").json()["status"], "ok");
+    let health = server.get("/health").json();
+    assert_eq!(health["status"], "ok");
+    let cache = &health["prompt_cache"];
+    assert!(cache["budget_bytes"].as_u64() > Some(0) && cache["live_tokens"].as_u64() > Some(0), "{health}");
+    assert!(cache["saved_bytes"].as_u64().is_some() && cache["saved_prefixes"].as_u64().is_some(), "{health}");
 }
 
 /// Status, `type`, `param` and `code` of an error response.
@@ -278,6 +282,48 @@ fn a_client_that_waits_for_each_answer_is_never_refused() {
         let response = server.post_json("/v1/chat/completions", &request);
         assert_eq!(response.status, 200, "request {i}: {}", response.text());
     }
+}
+
+/// `usage.timings.queue_seconds` of a completion or a stream's usage chunk.
+fn queue_seconds(usage_holder: &Value) -> f64 {
+    let seconds = usage_holder.pointer("/usage/timings/queue_seconds").and_then(Value::as_f64);
+    seconds.unwrap_or_else(|| panic!("usage.timings.queue_seconds: {usage_holder}"))
+}
+
+#[test]
+fn usage_reports_the_time_a_request_waited_in_the_queue() {
+    let server = start(&[]);
+    let short = json!({ "messages": user("Count to three."), "max_tokens": 4, "temperature": 0 });
+    let alone = queue_seconds(&server.post_json("/v1/chat/completions", &short).json());
+    assert!((0.0..1.0).contains(&alone), "a request alone hardly waits: {alone}");
+
+    // A long stream runs; a short request sent meanwhile waits for it to end.
+    let long = json!({ "messages": user("Tell a long story."), "max_tokens": 300, "temperature": 0,
+        "logit_bias": no_end_tokens(), "stream": true, "stream_options": { "include_usage": true } });
+    let mut running = server.stream(&long);
+    assert!(running.next_data().is_some(), "the long request has started");
+    let (waited, client_seconds, behind_seconds) = std::thread::scope(|scope| {
+        let waiting = scope.spawn(|| {
+            let sent = std::time::Instant::now();
+            let reply = server.post_json("/v1/chat/completions", &short);
+            assert_eq!(reply.status, 200, "{}", reply.text());
+            (reply.json(), sent.elapsed().as_secs_f64())
+        });
+        poll(&server, "/health", |h| h["queue"]["waiting"] == 1);
+        let queued = std::time::Instant::now();
+        let long_chunks = chunks(running.rest());
+        let behind_seconds = queued.elapsed().as_secs_f64();
+        let long_wait = queue_seconds(long_chunks.last().unwrap());
+        assert!((0.0..1.0).contains(&long_wait), "the long request did not wait: {long_wait}");
+        let (waited, client_seconds) = waiting.join().unwrap();
+        (waited, client_seconds, behind_seconds)
+    });
+    let waited = queue_seconds(&waited);
+    assert!(waited > alone, "{waited} s behind the long request, {alone} s alone");
+    assert!(waited <= client_seconds, "the wait is part of what the client saw: {waited} > {client_seconds}");
+    // It waited at least for the rest of the long request, seen from the moment /health
+    // showed it queued (less a margin for the client reading the stream late).
+    assert!(waited >= 0.5 * behind_seconds, "{waited} s waited, the long request ran {behind_seconds} s more");
 }
 
 /// A `multipart/form-data` upload of `content` as `name` with `purpose=batch`.

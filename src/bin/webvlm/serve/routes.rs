@@ -106,6 +106,7 @@ async fn model(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Js
 /// Liveness and the queue: what a load balancer or a load script polls.
 async fn health(State(app): State<Arc<App>>) -> Json<Value> {
     let stats = &app.engine.stats;
+    let cache = stats.prompt_cache();
     Json(json!({
         "status": "ok",
         "model": app.model.id,
@@ -118,6 +119,13 @@ async fn health(State(app): State<Arc<App>>) -> Json<Value> {
             "completed": stats.completed.load(Ordering::SeqCst),
             "failed": stats.failed.load(Ordering::SeqCst),
             "aborted": stats.aborted.load(Ordering::SeqCst),
+        },
+        "prompt_cache": {
+            "live_tokens": cache.live_tokens,
+            "saved_prefixes": cache.saved_tokens.len(),
+            "saved_tokens": cache.saved_tokens.iter().sum::<usize>(),
+            "saved_bytes": cache.saved_bytes,
+            "budget_bytes": cache.budget_bytes,
         },
     }))
 }

@@ -7,17 +7,22 @@
 //! channel closed) is skipped if it has not started and aborted at the next generated token
 //! if it has (the engine's abort flag). Non-streaming requests run as streams whose chunks
 //! are dropped, so that every token is a point where a disconnect is seen.
+//!
+//! The time a job waited, from its admission to the engine taking it up, is added to the
+//! usage timings of its answer as `usage.timings.queue_seconds` (next to
+//! `time_to_first_token`, which starts where the wait ends).
 
 use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use webvlm::api::{self, ApiError, ChatRequest};
-use webvlm::engine::{Engine, EngineError};
+use webvlm::engine::{Engine, EngineError, PromptCacheStats};
 use webvlm::error::{Classify, ErrorClass};
 
 use super::errors::HttpError;
@@ -44,13 +49,15 @@ pub struct Job {
     pub cancel: Arc<AtomicBool>,
     /// The job's place in the queue, given back when it ends (batch lines hold none).
     pub slot: Option<OwnedSemaphorePermit>,
+    /// When the job was made, just after its admission: its queue wait starts here.
+    pub queued_at: Instant,
 }
 
 impl Job {
     /// A job for `body` and the receiver of its events.
     pub fn new(body: Value, cancel: Arc<AtomicBool>, slot: Option<OwnedSemaphorePermit>) -> (Job, UnboundedReceiver<Event>) {
         let (events, receiver) = unbounded_channel();
-        (Job { body, events, cancel, slot }, receiver)
+        (Job { body, events, cancel, slot, queued_at: Instant::now() }, receiver)
     }
 }
 
@@ -73,6 +80,20 @@ pub struct Stats {
     pub completed: AtomicU64,
     pub failed: AtomicU64,
     pub aborted: AtomicU64,
+    /// The engine's prompt cache after the last job (its saved prefixes take GPU memory up to
+    /// a budget: what a memory figure under load must be read against).
+    prompt_cache: Mutex<PromptCacheStats>,
+}
+
+impl Stats {
+    fn set_prompt_cache(&self, engine: &Engine) {
+        *self.prompt_cache.lock().unwrap_or_else(|e| e.into_inner()) = engine.prompt_cache_stats();
+    }
+
+    /// What the prompt cache held after the last job.
+    pub fn prompt_cache(&self) -> PromptCacheStats {
+        self.prompt_cache.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 /// The handlers' side of the engine thread.
@@ -147,6 +168,7 @@ fn model_info(engine: &Engine, args: &EngineArgs, served_name: Option<String>) -
 
 /// The engine thread's loop: one job at a time until every handle is gone.
 fn work(engine: &mut Engine, info: &ModelInfo, mut jobs: UnboundedReceiver<Job>, stats: &Stats) {
+    stats.set_prompt_cache(engine);
     while let Some(job) = jobs.blocking_recv() {
         stats.waiting.fetch_sub(1, Ordering::SeqCst);
         stats.running.fetch_add(1, Ordering::SeqCst);
@@ -157,6 +179,7 @@ fn work(engine: &mut Engine, info: &ModelInfo, mut jobs: UnboundedReceiver<Job>,
             Outcome::Aborted => &stats.aborted,
         };
         counter.fetch_add(1, Ordering::SeqCst);
+        stats.set_prompt_cache(engine);
         stats.running.fetch_sub(1, Ordering::SeqCst);
         // The last event goes out after the counters moved and the job's queue place is given
         // back, so a client that has its answer sees them (`/health`) and can send its next
@@ -170,6 +193,7 @@ fn work(engine: &mut Engine, info: &ModelInfo, mut jobs: UnboundedReceiver<Job>,
 
 /// Runs one job: how it ended and its last event (sent by the caller).
 fn run_job(engine: &mut Engine, info: &ModelInfo, job: &Job) -> (Outcome, Option<Event>) {
+    let queue_seconds = job.queued_at.elapsed().as_secs_f64();
     if job.cancel.load(Ordering::SeqCst) || job.events.is_closed() {
         eprintln!("webvlm serve: a request was dropped before it started (client disconnected)");
         return (Outcome::Aborted, None);
@@ -187,7 +211,8 @@ fn run_job(engine: &mut Engine, info: &ModelInfo, job: &Job) -> (Outcome, Option
     let mut refuse_url = |url: &str| -> Result<Vec<u8>, EngineError> {
         Err(EngineError::BadImageUrl(format!("{url}: this server reads images from data: URLs only")))
     };
-    let on_chunk = |chunk: Value| {
+    let on_chunk = |mut chunk: Value| {
+        add_queue_time(&mut chunk, queue_seconds);
         let gone = job.cancel.load(Ordering::SeqCst) || (forward_chunks && job.events.send(Event::Chunk(chunk)).is_err());
         if gone {
             abort.set(true);
@@ -202,12 +227,23 @@ fn run_job(engine: &mut Engine, info: &ModelInfo, job: &Job) -> (Outcome, Option
             eprintln!("webvlm serve: {id} aborted after {tokens} tokens (client disconnected)");
             (Outcome::Aborted, Some(Event::Done(completion)))
         }
-        Ok(completion) => (Outcome::Completed, Some(Event::Done(completion))),
+        Ok(mut completion) => {
+            add_queue_time(&mut completion, queue_seconds);
+            (Outcome::Completed, Some(Event::Done(completion)))
+        }
         Err(e) => {
             if e.class() != ErrorClass::BadRequest {
                 eprintln!("webvlm serve: a request failed: {}", e.message);
             }
             (Outcome::Failed, Some(Event::Failed(e)))
         }
+    }
+}
+
+/// Adds the job's queue wait to a chunk or completion that carries usage timings (the usage
+/// chunk of a stream, the `chat.completion` object).
+fn add_queue_time(value: &mut Value, seconds: f64) {
+    if let Some(timings) = value.pointer_mut("/usage/timings").and_then(Value::as_object_mut) {
+        timings.insert("queue_seconds".into(), json!(seconds));
     }
 }
