@@ -30,8 +30,9 @@ Run from the repository root (Python 3.11, standard library only; Linux, for /pr
     cargo build --release --bin webvlm
     bash scripts/fetch_smollm2.sh
     python3 scripts/load_serve.py
-    python3 scripts/load_serve.py --min-tokens 4 --max-tokens 8    # a software GPU
-    python3 scripts/load_serve.py -- --queue 4                     # after --: serve's flags
+    python3 scripts/load_serve.py -- --queue 4          # after --: serve's own flags
+    # lavapipe (BENCHMARKS.md): one-token prefill steps and a few tokens per request
+    python3 scripts/load_serve.py --min-tokens 4 --max-tokens 8 -- --chunk 1
 """
 
 from __future__ import annotations
@@ -272,6 +273,7 @@ class Run:
         self.samples: list[dict] = []  # t, rss_kib, completed, waiting, running, cache_bytes
         self.health_errors = 0
         self.finished = asyncio.Event()
+        self.started = time.perf_counter()
         self.load_average = [os.getloadavg()[0]]  # the machine's 1-minute load: start, end
 
     def take(self) -> int | None:
@@ -312,22 +314,29 @@ class Run:
             if outcome.status == "ok":
                 self.completed += 1
 
+    async def sample(self) -> dict:
+        """Records the server's RSS, the requests completed, its queue and prompt cache; returns
+        its `/health` ({} if it did not answer)."""
+        sample = {
+            "t": round(time.perf_counter() - self.started, 3),
+            "rss_kib": rss_kib(self.pid),
+            "completed": self.completed,
+        }
+        health = {}
+        try:
+            health = await asyncio.wait_for(get_json(self.host, self.port, "/health"), 5)
+            queue = health["queue"]
+            sample.update(waiting=queue["waiting"], running=queue["running"])
+            sample.update(cache_bytes=health["prompt_cache"]["saved_bytes"])
+        except (OSError, ProtocolError, ValueError, KeyError, TimeoutError):
+            self.health_errors += 1
+        self.samples.append(sample)
+        return health
+
     async def sampler(self) -> None:
-        start = time.perf_counter()
+        """Samples every --sample-interval seconds until the run is finished."""
         while not self.finished.is_set():
-            sample = {
-                "t": round(time.perf_counter() - start, 3),
-                "rss_kib": rss_kib(self.pid),
-                "completed": self.completed,
-            }
-            try:
-                health = await asyncio.wait_for(get_json(self.host, self.port, "/health"), 5)
-                queue = health["queue"]
-                sample.update(waiting=queue["waiting"], running=queue["running"])
-                sample.update(cache_bytes=health["prompt_cache"]["saved_bytes"])
-            except (OSError, ProtocolError, ValueError, KeyError, TimeoutError):
-                self.health_errors += 1
-            self.samples.append(sample)
+            await self.sample()
             try:
                 await asyncio.wait_for(self.finished.wait(), self.args.sample_interval)
             except TimeoutError:
@@ -425,12 +434,12 @@ def summarize(run: Run, wall: float, rss_start: int, rss_end: int | None, health
     ok = [o for o in outcomes if o.status == "ok"]
     errors = [o for o in outcomes if o.status == "error"]
     tokens = sum(o.completion_tokens for o in ok)
-    samples_rss = [s["rss_kib"] for s in run.samples]
-    rss = [r for r in [rss_start, *samples_rss, rss_end] if r is not None]
-    warm_samples = [s for s in run.samples if s["completed"] >= args.warmup and "cache_bytes" in s]
+    rss = [r for r in [rss_start, *(s["rss_kib"] for s in run.samples)] if r is not None]
+    warmup = min(args.warmup, run.completed)
+    warm_samples = [s for s in run.samples if s["completed"] >= warmup]
     warm = warm_samples[0] if warm_samples else {}
     rss_warm, cache_warm = warm.get("rss_kib"), warm.get("cache_bytes", 0) // 1024
-    after_warmup = [s["rss_kib"] for s in warm_samples] + [rss_end]
+    after_warmup = [s["rss_kib"] for s in warm_samples]
     max_after_warmup = max((r for r in after_warmup if r is not None), default=None)
     cache = health.get("prompt_cache") or {}
     cache_end = cache.get("saved_bytes", 0) // 1024
@@ -481,7 +490,7 @@ def summarize(run: Run, wall: float, rss_start: int, rss_end: int | None, health
             "budget": mib(cache.get("budget_bytes", 0) // 1024),
             "saved_prefixes_end": cache.get("saved_prefixes"),
         },
-        "warmup_requests": args.warmup,
+        "warmup_requests": warmup,
         "samples": len(run.samples),
         "health_errors": run.health_errors,
         "server_counters": health.get("requests"),
@@ -611,14 +620,13 @@ async def main() -> int:
         run = Run(args, host, port, process.pid, command, log.name)
         rss_start = rss_kib(process.pid)
         sampler = asyncio.create_task(run.sampler())
-        started = time.perf_counter()
         await asyncio.gather(*(run.client() for _ in range(args.clients)))
-        wall = time.perf_counter() - started
+        wall = time.perf_counter() - run.started
         run.load_average.append(os.getloadavg()[0])
         run.finished.set()
         await sampler
-        rss_end = rss_kib(process.pid)
-        health = await get_json(host, port, "/health") if rss_end is not None else {}
+        health = await run.sample()  # the end: also the warm-up point of a run shorter than it
+        rss_end = run.samples[-1]["rss_kib"]
     finally:
         await stop_server(process)
         log.close()
