@@ -4,7 +4,7 @@
 // happens in the package's module worker; the page only moves DOM nodes and messages around
 // (no heavy work on the page's thread). This entry module wires the modules of js/ together.
 //
-// Replies are rendered as sanitized Markdown (js/markdown.js); the page runs under a strict
+// Replies are rendered as sanitized Markdown (www/js/markdown.js); the page runs under a strict
 // Content-Security-Policy when served by tests/browser/server.js (no inline script or style);
 // sw.js keeps the page itself for offline use.
 //
