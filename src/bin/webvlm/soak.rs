@@ -27,7 +27,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use webvlm::api::{run, ChatRequest};
 use webvlm::engine::{Engine, EngineError, Mmproj};
-use webvlm::gguf::MappedGguf;
+use webvlm::gguf::{MappedGguf, SplitMix64};
 use webvlm::gpu::{Geometry, Gpu, GpuOptions};
 use webvlm::model::ContextOptions;
 use webvlm::source::{LoadQuant, TensorSource};
@@ -130,16 +130,15 @@ pub struct Expect {
     param: Option<&'static str>,
 }
 
-/// SplitMix64: small, seeded, the same everywhere.
-struct Rng(u64);
+/// The crate's SplitMix64, with the draws the mix needs: seeded, the same everywhere.
+struct Rng(SplitMix64);
 
 impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(SplitMix64::new(seed))
+    }
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
@@ -196,13 +195,13 @@ fn words(rng: &mut Rng, n: usize) -> String {
 
 /// The long system prompts (about 150 tokens each), from the seed.
 fn system_prompts(seed: u64) -> Vec<String> {
-    let mut rng = Rng(seed ^ 0x0051_57E3);
+    let mut rng = Rng::new(seed ^ 0x0051_57E3);
     (0..SYSTEM_PROMPTS).map(|k| format!("You are assistant number {k}. {}.", words(&mut rng, 140))).collect()
 }
 
 /// The request mix: `n` items from `seed`; `replay` greedy ones spread evenly through it.
 pub fn plan(n: usize, seed: u64, replay: usize, max_tokens: u32, ctx: u32, images: &[String], bad_image: &str) -> Vec<Item> {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let systems = system_prompts(seed);
     let replay_at: Vec<usize> = (0..replay.min(n)).map(|k| (k * n + n / 2) / replay.min(n).max(1)).collect();
     let mut items = Vec::with_capacity(n);
