@@ -406,7 +406,7 @@ fn abort_mid_stream_then_a_new_request_matches_a_fresh_engine() {
     assert_eq!(content(&after), content(&fresh));
 }
 
-/// Ten schemas, five seeded completions each, from the real SmolLM2 model: every reply
+/// Ten schemas, two seeded completions each, from the real SmolLM2 model: every reply
 /// parses and validates (checked by the independent `jsonschema` crate).
 #[test]
 fn json_schema_completions_from_a_real_model_validate() {
@@ -426,7 +426,7 @@ fn json_schema_completions_from_a_real_model_validate() {
     let mut mask_ms = Vec::new();
     for (i, schema) in schemas.iter().enumerate() {
         let validator = jsonschema::validator_for(schema).unwrap();
-        for seed in 0..5 {
+        for seed in 0..2 {
             let request = json!({
                 "messages": user("Answer with JSON."), "max_tokens": 96, "temperature": 0.8, "seed": seed,
                 "response_format": { "type": "json_schema", "json_schema": { "name": format!("s{i}"), "schema": schema, "strict": true } },
@@ -442,7 +442,8 @@ fn json_schema_completions_from_a_real_model_validate() {
         }
     }
     mask_ms.sort_by(f64::total_cmp);
-    eprintln!("50 schema completions valid; mask time per token: median {:.3} ms, max {:.3} ms", mask_ms[25], mask_ms[49]);
+    let n = mask_ms.len();
+    eprintln!("{n} schema completions valid; mask time per token: median {:.3} ms, max {:.3} ms", mask_ms[n / 2], mask_ms[n - 1]);
 }
 
 /// 20 image requests, 2 of them with broken images: 18 results and 2 errors, in order.

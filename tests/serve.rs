@@ -284,6 +284,26 @@ fn a_client_that_waits_for_each_answer_is_never_refused() {
     }
 }
 
+#[test]
+fn the_prompt_cache_keeps_to_the_budget_it_is_given() {
+    // Prompts that differ after a long shared start: each one saves the one before it as a
+    // prefix, as far as the budget allows.
+    let prompts = |server: &Server| {
+        for topic in ["rivers", "bread", "owls", "salt"] {
+            let text = format!("{}Now tell me about {topic}.", "Answer briefly, kindly and in plain words. ".repeat(6));
+            let response = server.post_json("/v1/chat/completions", &json!({ "messages": user(&text), "max_tokens": 1 }));
+            assert_eq!(response.status, 200, "{}", response.text());
+        }
+        server.get("/health").json()["prompt_cache"].clone()
+    };
+    let none = prompts(&start(&["--prompt-cache", "0"]));
+    assert_eq!((none["budget_bytes"].as_u64(), none["saved_prefixes"].as_u64()), (Some(0), Some(0)), "{none}");
+    assert!(none["live_tokens"].as_u64() > Some(0), "the live sequence is kept: {none}");
+    let small = prompts(&start(&["--prompt-cache", "64K"]));
+    assert_eq!(small["budget_bytes"].as_u64(), Some(64 << 10), "{small}");
+    assert!(small["saved_bytes"].as_u64() <= Some(64 << 10), "{small}");
+}
+
 /// `usage.timings.queue_seconds` of a completion or a stream's usage chunk.
 fn queue_seconds(usage_holder: &Value) -> f64 {
     let seconds = usage_holder.pointer("/usage/timings/queue_seconds").and_then(Value::as_f64);

@@ -72,8 +72,23 @@ pub struct EngineArgs {
     /// adapters) [default: from the adapter]
     #[arg(long, value_name = "G")]
     pub geometry: Option<Geometry>,
+    /// GPU memory for the prompt cache's saved prefixes (256M, 1G; 0: keep only the live
+    /// sequence) [default: 256M]
+    #[arg(long, value_name = "BYTES", value_parser = cache_bytes)]
+    pub prompt_cache: Option<u64>,
     #[command(flatten)]
     pub budget: BudgetArg,
+}
+
+/// `--prompt-cache`: a memory size as `--gpu-memory` takes it, or 0.
+fn cache_bytes(s: &str) -> Result<u64, String> {
+    match s.trim() {
+        "0" => Ok(0),
+        _ => match s.parse::<MemoryBudget>()? {
+            MemoryBudget::Bytes(b) => Ok(b),
+            MemoryBudget::Unknown => Err(format!("not a memory size: {s:?}")),
+        },
+    }
 }
 
 /// `--gpu-memory`: the GPU memory budget the memory plan checks before loading.

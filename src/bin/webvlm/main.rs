@@ -130,6 +130,9 @@ pub fn open_engine(args: &args::EngineArgs) -> Result<Engine, Box<dyn std::error
     }
     let mmproj = mmproj.as_ref().map(|m| Mmproj { src: m as &dyn TensorSource, quant: args.vision_quant });
     let mut engine = model.engine(gpu, mmproj, quant, opts)?;
+    if let Some(bytes) = args.prompt_cache {
+        engine.set_prompt_cache_bytes(bytes);
+    }
     if let Some(edge) = args.image_max_edge {
         engine.set_image_max_edge(edge)?;
     }
