@@ -8,7 +8,7 @@ use tokenizers::decoders::byte_level::ByteLevel;
 use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::{AddedToken, DecoderWrapper};
 
-use super::{spm, token_type, GgufVocab, PreTokenizerSpec, TokenizerError};
+use super::{spm, token_type, GgufVocab, Pipeline, PreTokenizerSpec, TokenizerError};
 
 /// Map from token text to id, rejecting duplicates as llama.cpp does.
 pub(super) fn token_ids(tokens: &[String]) -> Result<Vocab, TokenizerError> {
@@ -35,7 +35,7 @@ pub(super) fn per_token<'a, T>(
 }
 
 /// Byte-level BPE (`gpt2`): explicit merges, regex splits, byte alphabet.
-pub(super) fn build_byte_level(vocab: &GgufVocab, ids: Vocab) -> Result<tokenizers::Tokenizer, TokenizerError> {
+pub(super) fn build_byte_level(vocab: &GgufVocab, ids: Vocab) -> Result<Pipeline, TokenizerError> {
     let spec = PreTokenizerSpec::for_pre(vocab.pre.as_deref())?;
     let lines = vocab.merges.as_ref().ok_or(TokenizerError::Missing("tokenizer.ggml.merges"))?;
     let mut merges = Vec::with_capacity(lines.len());
@@ -61,7 +61,7 @@ pub(super) fn build_byte_level(vocab: &GgufVocab, ids: Vocab) -> Result<tokenize
         .ignore_merges(spec.ignore_merges)
         .build()
         .map_err(TokenizerError::Backend)?;
-    let mut tokenizer = tokenizers::Tokenizer::new(model);
+    let mut tokenizer = Pipeline::new(model.into());
     if spec.nfc {
         tokenizer
             .with_normalizer(Some(tokenizers::NormalizerWrapper::NFC(tokenizers::normalizers::unicode::NFC)))
@@ -73,11 +73,7 @@ pub(super) fn build_byte_level(vocab: &GgufVocab, ids: Vocab) -> Result<tokenize
 }
 
 /// SentencePiece BPE (`llama`): merges from scores, `▁` pre-tokenization, byte fallback.
-pub(super) fn build_sentencepiece(
-    vocab: &GgufVocab,
-    ids: Vocab,
-    types: Option<&[i32]>,
-) -> Result<tokenizers::Tokenizer, TokenizerError> {
+pub(super) fn build_sentencepiece(vocab: &GgufVocab, ids: Vocab, types: Option<&[i32]>) -> Result<Pipeline, TokenizerError> {
     let n = vocab.tokens.len();
     let scores = per_token(vocab.scores.as_deref(), "tokenizer.ggml.scores", n)?
         .ok_or(TokenizerError::Missing("tokenizer.ggml.scores"))?;
@@ -92,7 +88,7 @@ pub(super) fn build_sentencepiece(
     }
     let model = builder.build().map_err(TokenizerError::Backend)?;
     let add_space_prefix = vocab.add_space_prefix.unwrap_or(true);
-    let mut tokenizer = tokenizers::Tokenizer::new(model);
+    let mut tokenizer = Pipeline::new(model.into());
     tokenizer.with_pre_tokenizer(Some(spm::pre_tokenizer(add_space_prefix)));
     tokenizer.with_decoder(Some(spm::decoder(add_space_prefix)?));
     Ok(tokenizer)
@@ -102,11 +98,7 @@ pub(super) fn build_sentencepiece(
 const THINK_TAGS: &[&str] = &["<think>", "</think>"];
 
 /// Registers control/unknown tokens as special and user-defined ones as plain added tokens.
-pub(super) fn register_added_tokens(
-    tokenizer: &mut tokenizers::Tokenizer,
-    tokens: &[String],
-    types: &[i32],
-) -> Result<(), TokenizerError> {
+pub(super) fn register_added_tokens(tokenizer: &mut Pipeline, tokens: &[String], types: &[i32]) -> Result<(), TokenizerError> {
     let mut special = Vec::new();
     let mut user = Vec::new();
     for (token, &ty) in tokens.iter().zip(types) {

@@ -90,8 +90,8 @@ impl Tokenizer {
     /// folder has one) `tokenizer_config.json`.
     pub fn from_hf(tokenizer_json: &[u8], tokenizer_config: Option<&[u8]>) -> Result<Self, TokenizerError> {
         let config = tokenizer_config.map(HfTokenizerConfig::parse).transpose()?.unwrap_or_default();
-        let inner = tokenizers::Tokenizer::from_bytes(tokenizer_json)
-            .map_err(|e| TokenizerError::HfFile(format!("tokenizer.json: {e}")))?;
+        let inner =
+            super::Pipeline::from_bytes(tokenizer_json).map_err(|e| TokenizerError::HfFile(format!("tokenizer.json: {e}")))?;
         let vocab_size = inner.get_vocab_size(true);
         if vocab_size > super::MAX_VOCAB {
             return Err(TokenizerError::VocabTooLarge(vocab_size));

@@ -32,7 +32,7 @@ mod stream;
 use build::{build_byte_level, build_sentencepiece, per_token, register_added_tokens, token_ids};
 
 pub use hf::HfTokenizerConfig;
-pub use pretok::PreTokenizerSpec;
+pub use pretok::{PreTokenizerSpec, SharedPreTokenizer};
 pub use spm::merges_from_scores;
 pub use stream::TextStream;
 
@@ -155,9 +155,18 @@ pub enum TokenizerError {
     Backend(#[source] tokenizers::Error),
 }
 
+/// The `tokenizers` pipeline, its pre-tokenizer shared between tokenizers of the same spec.
+type Pipeline = tokenizers::TokenizerImpl<
+    tokenizers::ModelWrapper,
+    tokenizers::NormalizerWrapper,
+    SharedPreTokenizer,
+    tokenizers::PostProcessorWrapper,
+    tokenizers::DecoderWrapper,
+>;
+
 /// A text tokenizer for one GGUF vocabulary.
 pub struct Tokenizer {
-    inner: tokenizers::Tokenizer,
+    inner: Pipeline,
     vocab_size: usize,
     bos: Option<u32>,
     eos: Option<u32>,
