@@ -10,6 +10,13 @@ use tokenizers::{AddedToken, DecoderWrapper};
 
 use super::{spm, token_type, GgufVocab, Pipeline, PreTokenizerSpec, TokenizerError};
 
+/// Capacity of the BPE model's cache of merged words: none. `tokenizers` 0.23.2 keeps that
+/// cache in a thread-local map keyed by model instance and never removes a dropped model's
+/// entries, so every tokenizer built and used leaked its cached words (about 2 KB a build in
+/// the `tokenizer_vocab` fuzz target, up to 10,000 words for a real model). Without it a word
+/// is merged again each time it is encoded: the same tokens.
+pub(super) const NO_WORD_CACHE: usize = 0;
+
 /// Map from token text to id, rejecting duplicates as llama.cpp does.
 pub(super) fn token_ids(tokens: &[String]) -> Result<Vocab, TokenizerError> {
     let mut ids = Vocab::with_capacity(tokens.len());
@@ -59,6 +66,7 @@ pub(super) fn build_byte_level(vocab: &GgufVocab, ids: Vocab) -> Result<Pipeline
     let model = BPE::builder()
         .vocab_and_merges(ids, merges)
         .ignore_merges(spec.ignore_merges)
+        .cache_capacity(NO_WORD_CACHE)
         .build()
         .map_err(TokenizerError::Backend)?;
     let mut tokenizer = Pipeline::new(model.into());
@@ -82,7 +90,7 @@ pub(super) fn build_sentencepiece(vocab: &GgufVocab, ids: Vocab, types: Option<&
         let types = types?;
         types.iter().position(|&t| t == token_type::UNKNOWN).map(|i| i as u32)
     });
-    let mut builder = BPE::builder().vocab_and_merges(ids, merges).byte_fallback(true);
+    let mut builder = BPE::builder().vocab_and_merges(ids, merges).byte_fallback(true).cache_capacity(NO_WORD_CACHE);
     if let Some(unk) = unk {
         builder = builder.unk_token(vocab.tokens[unk as usize].clone()).fuse_unk(true);
     }

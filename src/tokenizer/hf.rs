@@ -90,8 +90,12 @@ impl Tokenizer {
     /// folder has one) `tokenizer_config.json`.
     pub fn from_hf(tokenizer_json: &[u8], tokenizer_config: Option<&[u8]>) -> Result<Self, TokenizerError> {
         let config = tokenizer_config.map(HfTokenizerConfig::parse).transpose()?.unwrap_or_default();
-        let inner =
+        let mut inner =
             super::Pipeline::from_bytes(tokenizer_json).map_err(|e| TokenizerError::HfFile(format!("tokenizer.json: {e}")))?;
+        // No cache of merged words (see `NO_WORD_CACHE`); only an empty map is left per thread.
+        let mut model = inner.get_model().clone();
+        model.resize_cache(super::build::NO_WORD_CACHE);
+        inner.with_model(model);
         let vocab_size = inner.get_vocab_size(true);
         if vocab_size > super::MAX_VOCAB {
             return Err(TokenizerError::VocabTooLarge(vocab_size));
