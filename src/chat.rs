@@ -25,7 +25,8 @@ pub mod reasoning;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
-use minijinja::value::{Enumerator, Object};
+use minijinja::syntax::SyntaxConfig;
+use minijinja::value::{Enumerator, Object, Serde};
 use minijinja::{context, Environment, ErrorKind, Value};
 use serde::{Deserialize, Serialize};
 
@@ -53,9 +54,12 @@ const TEMPLATE_NAME: &str = "chat_template";
 
 /// Largest template source accepted (real templates are a few tens of KB).
 pub const MAX_TEMPLATE_BYTES: usize = 1 << 20;
-/// minijinja instructions one render may execute: a template that loops without end stops
-/// here, in about a second. Real templates take a few hundred per message.
-pub const TEMPLATE_FUEL: u64 = 20_000_000;
+/// minijinja fuel of one render: one fuel pays for an instruction or for 64 bytes of data
+/// the template makes (output, strings and lists from operators, filters and literals), so
+/// this bounds both time and memory: 4 million instructions (an endless loop stops in a
+/// fraction of a second) or 256 MB of data (a string doubled in a loop stops there). Real
+/// templates take a few hundred instructions and a few copies of the text per message.
+pub const TEMPLATE_FUEL: u64 = 4_000_000;
 /// Deepest nesting of macro calls and includes (minijinja's default is 500, deeper than a
 /// browser worker's stack allows for large frames).
 pub const TEMPLATE_RECURSION: usize = 100;
@@ -199,14 +203,18 @@ impl Object for JsonObject {
     }
 }
 
+/// A JSON object (`chat_template_kwargs`, or an object inside it) as a template map, in key
+/// order.
+fn json_object(map: &serde_json::Map<String, serde_json::Value>) -> Value {
+    Value::from_object(JsonObject(map.iter().map(|(k, v)| (k.clone(), json_value(v))).collect()))
+}
+
 /// A JSON value (a `chat_template_kwargs` entry) as a template value, objects in key order.
 fn json_value(value: &serde_json::Value) -> Value {
     match value {
-        serde_json::Value::Object(map) => {
-            Value::from_object(JsonObject(map.iter().map(|(k, v)| (k.clone(), json_value(v))).collect()))
-        }
+        serde_json::Value::Object(map) => json_object(map),
         serde_json::Value::Array(items) => Value::from(items.iter().map(json_value).collect::<Vec<Value>>()),
-        other => Value::from_serialize(other),
+        other => Value::from(Serde(other)),
     }
 }
 
@@ -267,8 +275,8 @@ impl ChatTemplate {
         let mut env = Environment::new();
         env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_recursion_limit(TEMPLATE_RECURSION);
-        env.set_trim_blocks(true);
-        env.set_lstrip_blocks(true);
+        let syntax = SyntaxConfig::builder().trim_blocks(true).lstrip_blocks(true).build();
+        env.set_syntax(syntax.map_err(ChatError::Syntax)?);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_filter("tojson", pyfmt::tojson);
         env.add_function("raise_exception", |message: String| -> Result<Value, minijinja::Error> {
@@ -341,16 +349,15 @@ impl ChatTemplate {
             None => context! {},
         };
         let defaults = context! { tools => Value::from(()), documents => Value::from(()) };
-        let extra = kwargs
-            .map_or(Value::from(()), |map| Value::from_iter(map.iter().map(|(k, v)| (Value::from(k.as_str()), json_value(v)))));
+        let extra = kwargs.map_or(Value::from(()), json_object);
         let ctx = context! { ..base, ..placeholder, ..extra, ..defaults };
         let mut out = BoundedOutput::default();
         template.render_captured_to(ctx, &mut out).map_err(|err| match raised_message(&err) {
             Some(message) => ChatError::Raised(message),
             None if out.overflowed => ChatError::Limit(format!("the rendered prompt passes {MAX_PROMPT_BYTES} bytes")),
-            None if err.kind() == ErrorKind::OutOfFuel => {
-                ChatError::Limit(format!("the template ran past {TEMPLATE_FUEL} instructions"))
-            }
+            None if err.kind() == ErrorKind::OutOfFuel => ChatError::Limit(format!(
+                "the template ran out of fuel ({TEMPLATE_FUEL}: instructions, or 64 bytes of data each)"
+            )),
             None if is_too_deep(&err) => ChatError::Limit(format!("the template nests calls deeper than {TEMPLATE_RECURSION}")),
             None => ChatError::Render(err),
         })?;

@@ -1,7 +1,9 @@
 //! Hostile chat templates (a model file's `tokenizer.chat_template` is untrusted input): a
-//! template that loops without end, recurses, writes without bound or is itself huge ends in
-//! `ChatError::Limit` naming the limit, quickly, and classified as the model's fault; the
-//! real templates of the fixtures stay far inside the limits on long conversations.
+//! template that loops without end, recurses, writes without bound, builds huge values in
+//! memory or is itself huge ends in `ChatError::Limit` naming the limit, quickly, and
+//! classified as the model's fault; the real templates of the fixtures stay far inside the
+//! limits on long conversations. A memory bomb that got past the limits would abort this
+//! test binary (allocation failure) rather than fail an assertion.
 
 #[path = "common/gguf_vocab.rs"]
 mod gguf_vocab;
@@ -18,7 +20,7 @@ fn render(source: &str) -> Result<String, ChatError> {
 /// `source` fails with a limit whose message contains `says`, in a bounded time.
 fn assert_limited(source: &str, says: &str) {
     let start = Instant::now();
-    let err = render(source).expect_err("a hostile template must fail");
+    let Err(err) = render(source) else { panic!("{source:?} rendered without hitting a limit") };
     let elapsed = start.elapsed();
     assert!(matches!(err, ChatError::Limit(_)), "{source:?}: {err:?}");
     assert!(err.to_string().starts_with("chat template limit:") && err.to_string().contains(says), "{err}");
@@ -29,9 +31,31 @@ fn assert_limited(source: &str, says: &str) {
 
 #[test]
 fn an_endless_loop_runs_out_of_fuel() {
-    assert_limited("{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}", "instructions");
+    assert_limited("{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}", "fuel");
     // Output-free recursion through a loop over a growing list behaves the same.
-    assert_limited("{% set ns = namespace(n=0) %}{% for i in range(100000) %}{% for j in range(100000) %}{% set ns.n = ns.n + 1 %}{% endfor %}{% endfor %}", "instructions");
+    assert_limited("{% set ns = namespace(n=0) %}{% for i in range(100000) %}{% for j in range(100000) %}{% set ns.n = ns.n + 1 %}{% endfor %}{% endfor %}", "fuel");
+}
+
+#[test]
+fn values_that_grow_in_memory_run_out_of_fuel() {
+    let bombs = [
+        // Doubling a string, a list, a joined list; each would pass any memory in 64 steps.
+        "{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+        "{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s + ns.s %}{% endfor %}",
+        "{% set ns = namespace(l=[1]) %}{% for i in range(64) %}{% set ns.l = (ns.l + ns.l)|list %}{% endfor %}",
+        "{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = [ns.s, ns.s]|join %}{% endfor %}",
+        "{% set ns = namespace(s='xy') %}{% for i in range(64) %}{% set ns.s = ns.s|replace('x', ns.s) %}{% endfor %}",
+        // Two strings feeding each other (Fibonacci growth).
+        "{% set ns = namespace(a='x', b='y') %}{% for i in range(100) %}{% set ns.a = ns.a ~ ns.b %}{% set ns.b = ns.a ~ ns.b %}{% endfor %}",
+        // Doubling through recursion instead of a loop (20 calls from 100 kB, 100 GB at the end:
+        // inside the recursion limit).
+        "{% macro d(s, n) %}{% if n %}{{ d(s ~ s, n - 1) }}{% endif %}{% endmacro %}{{ d('x' * 100000, 20) }}",
+        // Three strings of minijinja's largest repeat (100 MB each), then joined.
+        "{{ ' ' * 100000000 ~ ' ' * 100000000 ~ ' ' * 100000000 }}",
+    ];
+    for source in bombs {
+        assert_limited(source, "fuel");
+    }
 }
 
 #[test]
