@@ -111,9 +111,10 @@ test(`${REQUESTS} mixed requests against one engine in Chromium leave memory fla
     return globalThis.soakEngine.info.adapter;
   }, settings);
   const adapter = await load();
+  const jsHeapUsed = async () =>
+    (await cdp.send("Performance.getMetrics")).metrics.find((m) => m.name === "JSHeapUsedSize")?.value ?? 0;
   const sample = async (requests) => {
     const stats = await page.evaluate(() => globalThis.soakEngine.stats({ gc: true }));
-    const jsHeapUsed = async () => (await cdp.send("Performance.getMetrics")).metrics.find((m) => m.name === "JSHeapUsedSize")?.value ?? 0;
     const jsHeapAfterGc = await jsHeapUsed();
     await cdp.send("HeapProfiler.collectGarbage");
     const jsHeap = await jsHeapUsed();
