@@ -39,8 +39,10 @@ const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 const MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny_mistral3_tekken/model.gguf");
 const MMPROJ: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny_mistral3_tekken/mmproj.gguf");
 
-/// Images the requests attach (under `--fixtures`).
+/// Images the requests attach (under `--fixtures`). The first is the largest (the most image
+/// tokens): the plan opens with it, so that the memory it needs is reached in the warm-up.
 const IMAGES: &[&str] = &[
+    "images/rgb_130x181.png",
     "images/rgb_56x84.png",
     "images/gray16_56x56.png",
     "images/palette_70x42.png",
@@ -48,7 +50,6 @@ const IMAGES: &[&str] = &[
     "images/exif6_84x56.jpg",
     "images/lossless_84x56.webp",
     "images/anim_2frames_56x56.gif",
-    "images/rgb_130x181.png",
     "tiny_mistral3_tekken/img_84x56.png",
     "tiny_mistral3_tekken/img_56x112.png",
 ];
@@ -199,7 +200,14 @@ fn system_prompts(seed: u64) -> Vec<String> {
     (0..SYSTEM_PROMPTS).map(|k| format!("You are assistant number {k}. {}.", words(&mut rng, 140))).collect()
 }
 
-/// The request mix: `n` items from `seed`; `replay` greedy ones spread evenly through it.
+/// The first requests of every plan: those that raise the engine's memory to its high-water
+/// marks (the wasm heap and resident memory never shrink), so that the warm-up reaches them:
+/// an image request with the largest image (`images[0]`) and a JSON-schema request (the first
+/// one builds the vocabulary's token trie, about 14 MB for a 131k-token vocabulary).
+const OPENING: [&str; 2] = ["image", "json"];
+
+/// The request mix: `n` items from `seed`, opening with [`OPENING`]; `replay` greedy ones
+/// spread evenly through it.
 pub fn plan(n: usize, seed: u64, replay: usize, max_tokens: u32, ctx: u32, images: &[String], bad_image: &str) -> Vec<Item> {
     let mut rng = Rng::new(seed);
     let systems = system_prompts(seed);
@@ -210,6 +218,7 @@ pub fn plan(n: usize, seed: u64, replay: usize, max_tokens: u32, ctx: u32, image
         let roll = rng.below(100);
         let kind = match () {
             _ if is_replay => ["text", "image", "json", "text"][replay_at.iter().position(|&r| r == i).unwrap_or(0) % 4],
+            _ if i < OPENING.len() => OPENING[i],
             _ if roll < 24 => "text",
             _ if roll < 38 => "stream",
             _ if roll < 52 => "abort",
@@ -237,7 +246,7 @@ pub fn plan(n: usize, seed: u64, replay: usize, max_tokens: u32, ctx: u32, image
         let (mut abort_after, mut expect, mut raw) = (None, None, None);
         match kind {
             "image" => {
-                let url = &images[rng.below(images.len() as u64) as usize];
+                let url = if i == 0 { &images[0] } else { &images[rng.below(images.len() as u64) as usize] };
                 messages.push(json!({ "role": "user", "content": [
                     { "type": "image_url", "image_url": { "url": url } },
                     { "type": "text", "text": user },
