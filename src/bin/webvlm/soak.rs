@@ -217,8 +217,8 @@ pub fn plan(n: usize, seed: u64, replay: usize, max_tokens: u32, ctx: u32, image
         let is_replay = replay_at.contains(&i);
         let roll = rng.below(100);
         let kind = match () {
-            _ if is_replay => ["text", "image", "json", "text"][replay_at.iter().position(|&r| r == i).unwrap_or(0) % 4],
             _ if i < OPENING.len() => OPENING[i],
+            _ if is_replay => ["text", "image", "json", "text"][replay_at.iter().position(|&r| r == i).unwrap_or(0) % 4],
             _ if roll < 24 => "text",
             _ if roll < 38 => "stream",
             _ if roll < 52 => "abort",
