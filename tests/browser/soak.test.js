@@ -7,8 +7,9 @@
 // HeapProfiler.collectGarbage, V8's memory-pressure collection, which also clears caches a
 // plain `gc()` keeps; the figure after `gc()` alone is reported too). No request may fail
 // other than as asked, GPU memory, the wasm heap and the JS heap must be flat after the
-// warm-up (within 5%; the plan opens with its largest request, so the warm-up reaches the
-// high-water marks), and greedy requests replayed on a fresh engine must give the same replies.
+// warm-up (within 5%; the plan opens with the requests that raise the high-water marks, the
+// largest image and the first JSON schema), and greedy requests replayed on a fresh engine
+// must give the same replies.
 //
 // The engine runs on the page's thread (`worker: false`), so that one CDP session sees its
 // JS heap and `gc()` (`--js-flags=--expose-gc`) collects the buffers it dropped.
@@ -27,7 +28,7 @@ import { launchBrowser, requireWasmPackage, outputDir } from "./harness.js";
 
 const REQUESTS = Number(process.env.SOAK_REQUESTS ?? 40);
 const SEED = Number(process.env.SOAK_SEED ?? 1);
-const SAMPLE_EVERY = Number(process.env.SOAK_SAMPLE_EVERY ?? 10);
+const SAMPLE_EVERY = Math.max(1, Number(process.env.SOAK_SAMPLE_EVERY ?? 10));
 const WARMUP = Math.max(20, Math.floor(REQUESTS / 5));
 const REPLAY = 6;
 const TOLERANCE = 5;
