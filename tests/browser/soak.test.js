@@ -52,6 +52,33 @@ after(async () => {
   await server?.close();
 });
 
+/** Memory of Chromium's processes (browser, GPU, renderers, utilities): their proportional set
+ * size (resident pages, each shared one split among the processes that map it) summed over
+ * this test process's descendants in /proc (0 where there is no /proc). */
+function chromiumPssBytes() {
+  if (!fs.existsSync("/proc/self/status")) return 0;
+  const parentOf = new Map();
+  for (const pid of fs.readdirSync("/proc").filter((n) => /^\d+$/.test(n))) {
+    try {
+      // "pid (comm) state ppid ...", where comm may hold spaces and parentheses.
+      const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
+      parentOf.set(Number(pid), Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]));
+    } catch { /* it ended meanwhile */ }
+  }
+  const descends = (pid) => {
+    for (let p = parentOf.get(pid); p; p = parentOf.get(p)) if (p === process.pid) return true;
+    return false;
+  };
+  let bytes = 0;
+  for (const pid of [...parentOf.keys()].filter(descends)) {
+    try {
+      const kb = fs.readFileSync(`/proc/${pid}/smaps_rollup`, "utf8").match(/^Pss:\s+(\d+) kB/m)?.[1];
+      bytes += Number(kb ?? 0) * 1024;
+    } catch { /* it ended meanwhile */ }
+  }
+  return bytes;
+}
+
 /** Runs `batch` (planned items) in the page against `globalThis.soakEngine`; returns each
  * one's outcome: `{finish, text, cached}` or `{error: "code/param", name, message}`. */
 function runInPage(page, batch) {
@@ -123,6 +150,7 @@ test(`${REQUESTS} mixed requests against one engine in Chromium leave memory fla
     const jsHeap = await jsHeapUsed();
     return { requests, liveBuffers: stats.gpuBuffers.live, gpuBytes: stats.gpuBuffers.bytes,
       buffersCreated: stats.gpuBuffers.created, wasmBytes: stats.wasmMemoryBytes, jsHeapBytes: jsHeap, jsHeapAfterGc,
+      processBytes: chromiumPssBytes(),
       promptCacheBytes: stats.promptCache?.savedBytes ?? 0, evicted: stats.promptCache?.evicted ?? 0 };
   };
 
@@ -149,7 +177,7 @@ test(`${REQUESTS} mixed requests against one engine in Chromium leave memory fla
     });
     samples.push(await sample(Math.min(at + SAMPLE_EVERY, items.length)));
     const s = samples.at(-1);
-    console.log(`# [${s.requests}/${items.length}] GPU ${s.gpuBytes} B in ${s.liveBuffers} buffers, wasm ${s.wasmBytes} B, JS heap ${s.jsHeapBytes} B (after gc() only ${s.jsHeapAfterGc} B)`);
+    console.log(`# [${s.requests}/${items.length}] GPU ${s.gpuBytes} B in ${s.liveBuffers} buffers, wasm ${s.wasmBytes} B, JS heap ${s.jsHeapBytes} B (after gc() only ${s.jsHeapAfterGc} B), Chromium PSS ${s.processBytes} B`);
   }
   const soakSeconds = (performance.now() - started) / 1000;
 
@@ -167,7 +195,7 @@ test(`${REQUESTS} mixed requests against one engine in Chromium leave memory fla
   const afterWarm = samples.filter((s) => s.requests >= warm.requests);
   const pct = (a, b) => (a === 0 ? (b === 0 ? 0 : Infinity) : ((b - a) / a) * 100);
   const drift = {};
-  for (const key of ["gpuBytes", "wasmBytes", "jsHeapBytes", "jsHeapAfterGc"]) {
+  for (const key of ["gpuBytes", "wasmBytes", "jsHeapBytes", "jsHeapAfterGc", "processBytes"]) {
     drift[`${key}EndPct`] = pct(warm[key], end[key]);
     drift[`${key}MaxPct`] = pct(warm[key], Math.max(...afterWarm.map((s) => s[key])));
   }
@@ -188,7 +216,7 @@ test(`${REQUESTS} mixed requests against one engine in Chromium leave memory fla
   for (const u of unexpected.slice(0, 10)) console.log(`#     ${JSON.stringify(u)}`);
   console.log(`#   prompt cache: ${hits} hits of 64+ tokens, ${end.evicted} evictions`);
   for (const [name, s] of [["start", start], ["after warm-up", warm], ["end", end]]) {
-    console.log(`#   memory at ${name} (request ${s.requests}): GPU ${mib(s.gpuBytes)} MiB in ${s.liveBuffers} buffers, wasm heap ${mib(s.wasmBytes)} MiB, JS heap ${mib(s.jsHeapBytes)} MiB`);
+    console.log(`#   memory at ${name} (request ${s.requests}): GPU ${mib(s.gpuBytes)} MiB in ${s.liveBuffers} buffers, wasm heap ${mib(s.wasmBytes)} MiB, JS heap ${mib(s.jsHeapBytes)} MiB, Chromium's processes ${mib(s.processBytes)} MiB (PSS)`);
   }
   console.log(`#   drift after warm-up (%): ${JSON.stringify(drift)}`);
   console.log(`#   replay of ${replayed.length} greedy requests on a fresh engine: equal to the soaked engine's ${summary.replay.equalEnd}, to the soak's own ${summary.replay.equalInSoak}`);
