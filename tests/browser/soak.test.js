@@ -52,16 +52,20 @@ after(async () => {
   await server?.close();
 });
 
-/** Memory of Chromium's processes (browser, GPU, renderers, utilities): their proportional set
- * size (resident pages, each shared one split among the processes that map it) summed over
- * this test process's descendants in /proc (0 where there is no /proc). */
-function chromiumPssBytes() {
+/** Memory of the Chromium processes that hold the engine: the renderers (the page's wasm heap,
+ * JS heap and compiled code) and the GPU process (SwiftShader's buffers and shaders). Their
+ * proportional set size (resident pages, shared ones split among the processes mapping them),
+ * summed over this test process's descendants in /proc; 0 where there is no /proc. The
+ * browser and utility processes are left out: Chromium starts some of those on its own
+ * timers mid-run (an on-device model service of ~50 MB). */
+function enginePssBytes() {
   if (!fs.existsSync("/proc/self/status")) return 0;
+  const read = (pid, file) => fs.readFileSync(`/proc/${pid}/${file}`, "utf8");
   const parentOf = new Map();
   for (const pid of fs.readdirSync("/proc").filter((n) => /^\d+$/.test(n))) {
     try {
       // "pid (comm) state ppid ...", where comm may hold spaces and parentheses.
-      const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
+      const stat = read(pid, "stat");
       parentOf.set(Number(pid), Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]));
     } catch { /* it ended meanwhile */ }
   }
@@ -72,8 +76,8 @@ function chromiumPssBytes() {
   let bytes = 0;
   for (const pid of [...parentOf.keys()].filter(descends)) {
     try {
-      const kb = fs.readFileSync(`/proc/${pid}/smaps_rollup`, "utf8").match(/^Pss:\s+(\d+) kB/m)?.[1];
-      bytes += Number(kb ?? 0) * 1024;
+      if (!/--type=(renderer|gpu-process)\b/.test(read(pid, "cmdline").replaceAll("\0", " "))) continue;
+      bytes += Number(read(pid, "smaps_rollup").match(/^Pss:\s+(\d+) kB/m)?.[1] ?? 0) * 1024;
     } catch { /* it ended meanwhile */ }
   }
   return bytes;
@@ -150,7 +154,7 @@ test(`${REQUESTS} mixed requests against one engine in Chromium leave memory fla
     const jsHeap = await jsHeapUsed();
     return { requests, liveBuffers: stats.gpuBuffers.live, gpuBytes: stats.gpuBuffers.bytes,
       buffersCreated: stats.gpuBuffers.created, wasmBytes: stats.wasmMemoryBytes, jsHeapBytes: jsHeap, jsHeapAfterGc,
-      processBytes: chromiumPssBytes(),
+      processBytes: enginePssBytes(),
       promptCacheBytes: stats.promptCache?.savedBytes ?? 0, evicted: stats.promptCache?.evicted ?? 0 };
   };
 
@@ -177,7 +181,7 @@ test(`${REQUESTS} mixed requests against one engine in Chromium leave memory fla
     });
     samples.push(await sample(Math.min(at + SAMPLE_EVERY, items.length)));
     const s = samples.at(-1);
-    console.log(`# [${s.requests}/${items.length}] GPU ${s.gpuBytes} B in ${s.liveBuffers} buffers, wasm ${s.wasmBytes} B, JS heap ${s.jsHeapBytes} B (after gc() only ${s.jsHeapAfterGc} B), Chromium PSS ${s.processBytes} B`);
+    console.log(`# [${s.requests}/${items.length}] GPU ${s.gpuBytes} B in ${s.liveBuffers} buffers, wasm ${s.wasmBytes} B, JS heap ${s.jsHeapBytes} B (after gc() only ${s.jsHeapAfterGc} B), renderers + GPU process PSS ${s.processBytes} B`);
   }
   const soakSeconds = (performance.now() - started) / 1000;
 
@@ -216,7 +220,7 @@ test(`${REQUESTS} mixed requests against one engine in Chromium leave memory fla
   for (const u of unexpected.slice(0, 10)) console.log(`#     ${JSON.stringify(u)}`);
   console.log(`#   prompt cache: ${hits} hits of 64+ tokens, ${end.evicted} evictions`);
   for (const [name, s] of [["start", start], ["after warm-up", warm], ["end", end]]) {
-    console.log(`#   memory at ${name} (request ${s.requests}): GPU ${mib(s.gpuBytes)} MiB in ${s.liveBuffers} buffers, wasm heap ${mib(s.wasmBytes)} MiB, JS heap ${mib(s.jsHeapBytes)} MiB, Chromium's processes ${mib(s.processBytes)} MiB (PSS)`);
+    console.log(`#   memory at ${name} (request ${s.requests}): GPU ${mib(s.gpuBytes)} MiB in ${s.liveBuffers} buffers, wasm heap ${mib(s.wasmBytes)} MiB, JS heap ${mib(s.jsHeapBytes)} MiB, renderers + GPU process ${mib(s.processBytes)} MiB (PSS)`);
   }
   console.log(`#   drift after warm-up (%): ${JSON.stringify(drift)}`);
   console.log(`#   replay of ${replayed.length} greedy requests on a fresh engine: equal to the soaked engine's ${summary.replay.equalEnd}, to the soak's own ${summary.replay.equalInSoak}`);
