@@ -335,9 +335,14 @@ impl Gpu {
     }
 
     /// Copies `size` bytes at `offset` of `src` to the host. Allocates a staging buffer, so
-    /// it is for tests, logits and load-time work; the decode loop uses a [`Readback`].
+    /// it is for tests and load-time work; what is read again and again goes through a
+    /// [`Readback`] kept by the caller ([`Gpu::read_with`]).
     pub async fn read(&self, src: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
-        let mut readback = Readback::new(self, size);
+        self.read_with(&mut Readback::new(self, size), src, offset, size).await
+    }
+
+    /// [`Gpu::read`] through `readback`, a staging buffer of at least `size` bytes.
+    pub async fn read_with(&self, readback: &mut Readback, src: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
         let mut encoder = self.device.create_command_encoder(&Default::default());
         readback.copy_from(&mut encoder, src, offset, size);
         let index = self.queue.submit([encoder.finish()]);

@@ -75,6 +75,9 @@ pub struct Context {
     in_flight: VecDeque<InFlight>,
     /// Token readbacks not in use (reused, so steady-state decode allocates nothing).
     spare: Vec<Readback>,
+    /// The logits row's staging buffer, made on the first [`Context::read_logits`] and kept
+    /// (constrained decoding and logprobs read a row every token).
+    logits_readback: Option<Readback>,
     /// Tokens already in the KV cache.
     n_past: u32,
     /// Tokens the recurrent layers' state has consumed (equal to `n_past` but after
@@ -132,6 +135,7 @@ impl Context {
             programs: HashMap::new(),
             in_flight: VecDeque::new(),
             spare: Vec::new(),
+            logits_readback: None,
             n_past: 0,
             rec_pos: 0,
             pos_offset: 0,
@@ -414,9 +418,11 @@ impl Context {
     /// The logits row of the last submitted step's last token.
     pub async fn read_logits(&mut self, gpu: &Gpu, dec: &Decoder) -> Result<Vec<f32>, ModelError> {
         let vocab = dec.cfg.vocab as usize;
-        self.counters.read_back_bytes += vocab as u64 * 4;
+        let bytes = vocab as u64 * 4;
+        self.counters.read_back_bytes += bytes;
         self.counters.host_waits += 1;
-        Ok(gpu.read_f32(&self.b.logits, 0, vocab).await?)
+        let readback = self.logits_readback.get_or_insert_with(|| Readback::new(gpu, bytes));
+        Ok(bytemuck::pod_collect_to_vec(&gpu.read_with(readback, &self.b.logits, 0, bytes).await?))
     }
 
     /// The logits the last prefill/decode step sampled from.

@@ -5,8 +5,9 @@
 // by the package: createBuffer / destroy / garbage collection, `engine.stats()`), the wasm
 // heap and the page's JS heap (CDP Performance.getMetrics' JSHeapUsedSize after CDP
 // HeapProfiler.collectGarbage, V8's memory-pressure collection, which also clears caches a
-// plain `gc()` keeps; the figure after `gc()` alone is reported too). No request may fail
-// other than as asked, GPU memory, the wasm heap and the JS heap must be flat after the
+// plain `gc()` keeps; the figure after `gc()` alone is reported too) and the private memory
+// of the renderers and the GPU process (/proc). No request may fail other than as asked,
+// GPU memory, the wasm heap, the JS heap and that process memory must be flat after the
 // warm-up (within 5%; the plan opens with the requests that raise the high-water marks, the
 // largest image and the first JSON schema), and greedy requests replayed on a fresh engine
 // must give the same replies.
@@ -54,11 +55,12 @@ after(async () => {
 
 /** Memory of the Chromium processes that hold the engine: the renderers (the page's wasm heap,
  * JS heap and compiled code) and the GPU process (SwiftShader's buffers and shaders). Their
- * proportional set size (resident pages, shared ones split among the processes mapping them),
- * summed over this test process's descendants in /proc; 0 where there is no /proc. The
- * browser and utility processes are left out: Chromium starts some of those on its own
- * timers mid-run (an on-device model service of ~50 MB). */
-function enginePssBytes() {
+ * private dirty pages (what each process wrote of its own: heaps, not shared libraries, so
+ * other Chromium instances on the machine do not move it), summed over this test process's
+ * descendants in /proc; 0 where there is no /proc. The browser and utility processes are
+ * left out: Chromium starts some of those on its own timers mid-run (an on-device model
+ * service of ~50 MB). */
+function enginePrivateBytes() {
   if (!fs.existsSync("/proc/self/status")) return 0;
   const read = (pid, file) => fs.readFileSync(`/proc/${pid}/${file}`, "utf8");
   const parentOf = new Map();
@@ -77,7 +79,7 @@ function enginePssBytes() {
   for (const pid of [...parentOf.keys()].filter(descends)) {
     try {
       if (!/--type=(renderer|gpu-process)\b/.test(read(pid, "cmdline").replaceAll("\0", " "))) continue;
-      bytes += Number(read(pid, "smaps_rollup").match(/^Pss:\s+(\d+) kB/m)?.[1] ?? 0) * 1024;
+      bytes += Number(read(pid, "smaps_rollup").match(/^Private_Dirty:\s+(\d+) kB/m)?.[1] ?? 0) * 1024;
     } catch { /* it ended meanwhile */ }
   }
   return bytes;
@@ -154,7 +156,7 @@ test(`${REQUESTS} mixed requests against one engine in Chromium leave memory fla
     const jsHeap = await jsHeapUsed();
     return { requests, liveBuffers: stats.gpuBuffers.live, gpuBytes: stats.gpuBuffers.bytes,
       buffersCreated: stats.gpuBuffers.created, wasmBytes: stats.wasmMemoryBytes, jsHeapBytes: jsHeap, jsHeapAfterGc,
-      processBytes: enginePssBytes(),
+      processBytes: enginePrivateBytes(),
       promptCacheBytes: stats.promptCache?.savedBytes ?? 0, evicted: stats.promptCache?.evicted ?? 0 };
   };
 
@@ -181,7 +183,7 @@ test(`${REQUESTS} mixed requests against one engine in Chromium leave memory fla
     });
     samples.push(await sample(Math.min(at + SAMPLE_EVERY, items.length)));
     const s = samples.at(-1);
-    console.log(`# [${s.requests}/${items.length}] GPU ${s.gpuBytes} B in ${s.liveBuffers} buffers, wasm ${s.wasmBytes} B, JS heap ${s.jsHeapBytes} B (after gc() only ${s.jsHeapAfterGc} B), renderers + GPU process PSS ${s.processBytes} B`);
+    console.log(`# [${s.requests}/${items.length}] GPU ${s.gpuBytes} B in ${s.liveBuffers} buffers, wasm ${s.wasmBytes} B, JS heap ${s.jsHeapBytes} B (after gc() only ${s.jsHeapAfterGc} B), renderers + GPU process private ${s.processBytes} B`);
   }
   const soakSeconds = (performance.now() - started) / 1000;
 
@@ -220,7 +222,7 @@ test(`${REQUESTS} mixed requests against one engine in Chromium leave memory fla
   for (const u of unexpected.slice(0, 10)) console.log(`#     ${JSON.stringify(u)}`);
   console.log(`#   prompt cache: ${hits} hits of 64+ tokens, ${end.evicted} evictions`);
   for (const [name, s] of [["start", start], ["after warm-up", warm], ["end", end]]) {
-    console.log(`#   memory at ${name} (request ${s.requests}): GPU ${mib(s.gpuBytes)} MiB in ${s.liveBuffers} buffers, wasm heap ${mib(s.wasmBytes)} MiB, JS heap ${mib(s.jsHeapBytes)} MiB, renderers + GPU process ${mib(s.processBytes)} MiB (PSS)`);
+    console.log(`#   memory at ${name} (request ${s.requests}): GPU ${mib(s.gpuBytes)} MiB in ${s.liveBuffers} buffers, wasm heap ${mib(s.wasmBytes)} MiB, JS heap ${mib(s.jsHeapBytes)} MiB, renderers + GPU process ${mib(s.processBytes)} MiB private`);
   }
   console.log(`#   drift after warm-up (%): ${JSON.stringify(drift)}`);
   console.log(`#   replay of ${replayed.length} greedy requests on a fresh engine: equal to the soaked engine's ${summary.replay.equalEnd}, to the soak's own ${summary.replay.equalInSoak}`);
@@ -231,7 +233,7 @@ test(`${REQUESTS} mixed requests against one engine in Chromium leave memory fla
   assert.equal(Object.values(expected).reduce((a, b) => a + b, 0), kinds.bad);
   assert.ok(hits > 0 && end.evicted > 0, `prompt cache: ${hits} hits, ${end.evicted} evictions`);
   assert.ok(start.gpuBytes > 0, "no GPU buffer was counted");
-  for (const key of ["gpuBytes", "wasmBytes", "jsHeapBytes"]) {
+  for (const key of ["gpuBytes", "wasmBytes", "jsHeapBytes", "processBytes"]) {
     for (const k of [`${key}EndPct`, `${key}MaxPct`]) assert.ok(Math.abs(drift[k]) <= TOLERANCE, `${k} = ${drift[k]}%`);
   }
   assert.deepEqual(soaked, fresh, "replies of the soaked engine and a fresh one");
