@@ -141,7 +141,7 @@ export interface ChatCompletionRequest {
   repetition_penalty?: number;
   /** Token id → bias in [-100, 100], added to the logits. */
   logit_bias?: Record<string, number>;
-  /** Same seed, same settings, same prompt: same output. */
+  /** Same seed, same settings, same prompt: same output. Without one, each request draws its own. */
   seed?: number;
   /** Up to 4 strings; generation stops before the first one (not included in the output). */
   stop?: string | string[];

@@ -242,6 +242,19 @@ fn same_seed_same_output_on_both_samplers() {
 }
 
 #[test]
+fn unseeded_requests_draw_their_own_seed() {
+    let mut e = tiny_vlm_engine();
+    // GPU sampler and host sampler: without a seed, three samples at temperature 1 are not one
+    // repeated answer (a fixed default seed would give the same text every time).
+    for extra in [json!({}), json!({ "min_p": 0.01 })] {
+        let mut request = json!({ "messages": user("Tell me a story"), "max_tokens": 12, "temperature": 1.0 });
+        request.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        let replies: Vec<String> = (0..3).map(|_| content(&complete(&mut e, request.clone()).unwrap().0).to_string()).collect();
+        assert!(replies.iter().any(|r| r != &replies[0]), "{extra}: {replies:?}");
+    }
+}
+
+#[test]
 fn stop_strings_across_token_boundaries_are_trimmed() {
     let mut e = tiny_vlm_engine();
     let base = json!({ "tokens": [1, 3, 1784, 8961, 4], "max_tokens": 16, "temperature": 0 });

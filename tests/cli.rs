@@ -243,6 +243,27 @@ fn info_into_head_ends_quietly() {
 /// Every printing subcommand whose stdout is closed before it writes (the reader gone at once)
 /// ends with status 0 and nothing on stderr but its own notes.
 #[test]
+fn generate_draws_a_seed_per_run_and_prints_it() {
+    let tiny = fixture("tiny_mistral3_tekken/model.gguf");
+    let run = |extra: &[&str]| {
+        let base = ["generate", "--model", tiny.to_str().unwrap(), "--prompt", "hi", "--max-tokens", "8", "--ctx", "256"];
+        let out = webvlm(&[&base[..], extra].concat());
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let stderr = text(&out.stderr);
+        let seed = stderr.rsplit_once("; seed ").map(|(_, s)| s.trim_end().trim_end_matches(']').to_string());
+        (text(&out.stdout), seed)
+    };
+    let (_, greedy_seed) = run(&[]);
+    assert_eq!(greedy_seed, None, "greedy decoding has no seed to print");
+    let (first, seed) = run(&["--temperature", "1"]);
+    let seed = seed.expect("a sampled run prints its seed");
+    let (_, other) = run(&["--temperature", "1"]);
+    assert_ne!(Some(&seed), other.as_ref(), "each run draws its own seed");
+    // The printed seed repeats the run.
+    assert_eq!(run(&["--temperature", "1", "--seed", &seed]), (first, Some(seed.clone())));
+}
+
+#[test]
 fn output_into_a_closed_pipe_ends_quietly() {
     let tiny = fixture("tiny_mistral3_tekken/model.gguf");
     let tiny = tiny.to_str().unwrap();

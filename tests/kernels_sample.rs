@@ -151,7 +151,7 @@ fn cpu_sampler_picks_the_gpu_token() {
                 temperature: [0.6, 0.8, 1.0, 1.2, 0.3][case % 5],
                 top_k: [0, 50, 0, 1000][case % 4],
                 top_p: [0.9, 1.0, 0.95, 0.8, 1.0, 0.5][case % 6],
-                seed: rng.next_u64(),
+                seed: Some(rng.next_u64()),
                 ..Default::default()
             };
             let draw = rng.below(500) as u32;
@@ -159,7 +159,7 @@ fn cpu_sampler_picks_the_gpu_token() {
                 temperature: params.temperature,
                 top_k: params.top_k,
                 top_p: params.top_p,
-                seed: fold_seed(params.seed),
+                seed: fold_seed(params.seed.unwrap()),
                 draw,
                 ..Default::default()
             };

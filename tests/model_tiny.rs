@@ -131,7 +131,7 @@ fn greedy(max_tokens: u32) -> GenerateOptions {
 fn pipelined_generation_matches_a_step_by_step_loop() {
     let mut e = tiny_engine(512);
     let n = 12;
-    let seeded = SamplingParams { temperature: 1.0, top_p: 0.95, seed: 7, ..Default::default() };
+    let seeded = SamplingParams { temperature: 1.0, top_p: 0.95, seed: Some(7), ..Default::default() };
     let seeded_state = SamplerState { temperature: 1.0, top_p: 0.95, seed: fold_seed(7), ..Default::default() };
     let cases = [(greedy(n), SamplerState::greedy()), (GenerateOptions { sampling: seeded, ..greedy(n) }, seeded_state)];
     let mut outputs = Vec::new();

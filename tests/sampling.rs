@@ -40,7 +40,7 @@ fn check_frequencies(logits: &[f32], params: SamplingParams, draws: u32) {
 }
 
 fn base(seed: u64) -> SamplingParams {
-    SamplingParams { seed, ..Default::default() }
+    SamplingParams { seed: Some(seed), ..Default::default() }
 }
 
 #[test]
@@ -156,12 +156,20 @@ fn sequence(logits: &[f32], params: SamplingParams, n: usize) -> Vec<u32> {
 }
 
 #[test]
+fn no_seed_draws_a_fresh_one_per_sampler() {
+    let p = SamplingParams { temperature: 1.0, ..Default::default() };
+    assert_eq!(p.seed, None);
+    let seeds: Vec<u32> = (0..4).map(|_| Sampler::new(p.clone(), &[]).seed()).collect();
+    assert!(seeds.iter().any(|&s| s != seeds[0]), "{seeds:?}");
+}
+
+#[test]
 fn same_seed_same_sequence_other_seed_differs() {
     let logits = Rng::new(3).vec(64);
     let p = SamplingParams { temperature: 1.5, top_p: 0.95, ..base(42) };
     let a = sequence(&logits, p.clone(), 50);
     assert_eq!(a, sequence(&logits, p.clone(), 50));
-    assert_ne!(a, sequence(&logits, SamplingParams { seed: 43, ..p }, 50));
+    assert_ne!(a, sequence(&logits, SamplingParams { seed: Some(43), ..p }, 50));
 }
 
 #[test]

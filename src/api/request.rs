@@ -134,7 +134,8 @@ impl ChatRequest {
             frequency_penalty: f.get("frequency_penalty")?.unwrap_or(0.0),
             presence_penalty: f.get("presence_penalty")?.unwrap_or(0.0),
             logit_bias: logit_bias(f.get("logit_bias")?)?,
-            seed: f.get::<i64>("seed")?.map_or(0, |s| s as u64),
+            // Without a seed, each generation draws its own.
+            seed: f.get::<i64>("seed")?.map(|s| s as u64),
             ..SamplingParams::default()
         };
         if let Some(n) = f.get::<u32>("n")? {

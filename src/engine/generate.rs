@@ -14,6 +14,7 @@
 //!   JSON constraint. The step for token `t` is submitted first, then the constraint's mask
 //!   for the token after it is computed while the GPU works, then the logits are awaited.
 
+use std::borrow::Cow;
 use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
@@ -25,7 +26,7 @@ use crate::constraint::{Constraint, ConstraintFactory, SchemaCache};
 use crate::gpu::Gpu;
 use crate::kernels::sample::SamplerState;
 use crate::model::{Context, Decoder};
-use crate::sampling::{fold_seed, logprobs, Sampler, SamplingParams, StopStrings, TokenLogprob, MAX_TOP_LOGPROBS};
+use crate::sampling::{fold_seed, logprobs, random_seed, Sampler, SamplingParams, StopStrings, TokenLogprob, MAX_TOP_LOGPROBS};
 use crate::tokenizer::{TextStream, Tokenizer};
 
 use super::prompt_cache::{turn_boundaries, PosKey, PromptCache};
@@ -82,9 +83,31 @@ impl GenerateOptions {
         self.sampling.needs_cpu() || self.logprobs.is_some() || self.response_format != ResponseFormat::Text
     }
 
+    /// `self` with a seed: its own, or a fresh one ([`random_seed`]) when it has none.
+    fn seeded(&self) -> Cow<'_, GenerateOptions> {
+        match self.sampling.seed {
+            Some(_) => Cow::Borrowed(self),
+            None => {
+                let mut opts = self.clone();
+                opts.sampling.seed = Some(random_seed());
+                Cow::Owned(opts)
+            }
+        }
+    }
+
+    fn seed(&self) -> u64 {
+        self.sampling.seed.unwrap_or_default()
+    }
+
     fn gpu_sampler(&self) -> SamplerState {
         let s = &self.sampling;
-        SamplerState { temperature: s.temperature, top_k: s.top_k, top_p: s.top_p, seed: fold_seed(s.seed), ..Default::default() }
+        SamplerState {
+            temperature: s.temperature,
+            top_k: s.top_k,
+            top_p: s.top_p,
+            seed: fold_seed(self.seed()),
+            ..Default::default()
+        }
     }
 }
 
@@ -120,6 +143,8 @@ pub struct Generation {
     pub prompt_tokens: usize,
     /// Prompt tokens whose KV-cache entries came from the prompt cache.
     pub cached_tokens: usize,
+    /// The sampler's seed: the request's, or the one drawn for it (repeats the generation).
+    pub seed: u64,
     /// One per generated token when logprobs were asked for.
     pub logprobs: Vec<TokenLogprob>,
     /// Seconds from the start to the first token, and of the decode steps after it.
@@ -250,6 +275,7 @@ impl Engine {
         on_step: impl FnMut(&StepOutput<'_>) -> Option<Wait>,
     ) -> Result<Generation, EngineError> {
         opts.sampling.validate(self.decoder.cfg.vocab as usize)?;
+        let opts = &*opts.seeded();
         let stops = StopStrings::new(opts.stop.clone())?;
         let images = self.placement(prompt)?;
         let host = match opts.host_sampling() {
@@ -273,6 +299,7 @@ impl Engine {
             finish: FinishReason::Length,
             prompt_tokens: prompt.tokens.len(),
             cached_tokens: cached,
+            seed: opts.seed(),
             logprobs: Vec::new(),
             time_to_first_token: 0.0,
             decode_seconds: 0.0,

@@ -417,17 +417,11 @@ impl Context {
 
     /// The logits row of the last submitted step's last token.
     pub async fn read_logits(&mut self, gpu: &Gpu, dec: &Decoder) -> Result<Vec<f32>, ModelError> {
-        let vocab = dec.cfg.vocab as usize;
-        let bytes = vocab as u64 * 4;
+        let bytes = dec.cfg.vocab as u64 * 4;
         self.counters.read_back_bytes += bytes;
         self.counters.host_waits += 1;
         let readback = self.logits_readback.get_or_insert_with(|| Readback::new(gpu, bytes));
         Ok(bytemuck::pod_collect_to_vec(&gpu.read_with(readback, &self.b.logits, 0, bytes).await?))
-    }
-
-    /// The logits the last prefill/decode step sampled from.
-    pub async fn last_logits(&self, gpu: &Gpu, dec: &Decoder) -> Result<Vec<f32>, ModelError> {
-        Ok(gpu.read_f32(&self.b.logits, 0, dec.cfg.vocab as usize).await?)
     }
 
     /// Submits `tokens[n_past..]` in chunks, the last one with its logits (and the GPU's

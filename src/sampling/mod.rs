@@ -42,7 +42,7 @@ impl ParamError {
 }
 
 /// Sampling settings of one request. [`Default`] is OpenAI's: temperature 1, top-p 1,
-/// every other filter, penalty and bias off, seed 0.
+/// every other filter, penalty and bias off, no seed.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SamplingParams {
     /// `0` selects greedy decoding (argmax after penalties and bias).
@@ -61,7 +61,9 @@ pub struct SamplingParams {
     pub repetition_penalty: f32,
     /// `(token, bias)` pairs added to the logits (OpenAI's map, as a list).
     pub logit_bias: Vec<(u32, f32)>,
-    pub seed: u64,
+    /// The same seed, settings and prompt give the same tokens; `None` draws a fresh seed
+    /// for each generation ([`random_seed`]; the engine reports it in `Generation::seed`).
+    pub seed: Option<u64>,
 }
 
 impl Default for SamplingParams {
@@ -75,9 +77,20 @@ impl Default for SamplingParams {
             presence_penalty: 0.0,
             repetition_penalty: 1.0,
             logit_bias: Vec::new(),
-            seed: 0,
+            seed: None,
         }
     }
+}
+
+/// A fresh seed from the operating system's randomness (`crypto.getRandomValues` in a
+/// browser), or, should that fail, from the clock mixed with a per-process counter.
+pub fn random_seed() -> u64 {
+    static DRAWS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    getrandom::u64().unwrap_or_else(|_| {
+        let nanos = web_time::SystemTime::now().duration_since(web_time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        let n = DRAWS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        nanos ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    })
 }
 
 /// `Ok` when `x` is finite and within `[lo, hi]`, with `lo` excluded if `open_lo`.

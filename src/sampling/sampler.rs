@@ -216,8 +216,9 @@ impl Sampler {
     /// A sampler for a request whose prompt is `prompt` (ids the repetition penalty sees).
     /// `params` should have passed [`SamplingParams::validate`]; out-of-range values do not
     /// panic (a NaN or non-positive temperature selects greedy decoding).
+    /// Without a seed in `params`, one is drawn ([`super::random_seed`]).
     pub fn new(params: SamplingParams, prompt: &[u32]) -> Sampler {
-        let seed = fold_seed(params.seed);
+        let seed = fold_seed(params.seed.unwrap_or_else(super::random_seed));
         Sampler { params, seed, draw: 0, seen: prompt.iter().copied().collect(), counts: BTreeMap::new(), scratch: Vec::new() }
     }
 

@@ -145,9 +145,10 @@ pub struct SamplingArgs {
     /// Drop tokens less likely than P times the most likely one; 0 keeps all
     #[arg(long, value_name = "P", default_value_t = 0.0)]
     pub min_p: f32,
-    /// Seed of the sampler
-    #[arg(long, value_name = "S", default_value_t = 0)]
-    pub seed: u64,
+    /// Seed of the sampler (the same seed, settings and prompt give the same text) [default:
+    /// a fresh one per run, printed on stderr]
+    #[arg(long, value_name = "S")]
+    pub seed: Option<u64>,
     /// Text that ends generation (not printed); repeat for several
     #[arg(long, value_name = "TEXT")]
     pub stop: Vec<String>,

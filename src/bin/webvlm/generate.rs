@@ -84,8 +84,10 @@ pub fn generate(args: &GenerateArgs) -> CliResult {
     }))?;
     outln!();
     let n = out.tokens.len().max(1) as f64;
+    // Sampled text can be repeated with --seed; greedy text does not depend on it.
+    let seed = if opts.sampling.temperature > 0.0 { format!("; seed {}", out.seed) } else { String::new() };
     eprintln!(
-        "[{} prompt tokens ({} images), {} generated ({:?}); first token {:.0} ms; decode {:.1} tokens/s]",
+        "[{} prompt tokens ({} images), {} generated ({:?}); first token {:.0} ms; decode {:.1} tokens/s{seed}]",
         out.prompt_tokens,
         prompt.images.len(),
         out.tokens.len(),
