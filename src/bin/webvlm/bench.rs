@@ -231,6 +231,7 @@ pub fn run(args: &BenchArgs) -> CliResult {
     let plan = VisionPlan {
         // Fewer encoder blocks (same per-block work): a per-block figure where all take too long.
         spec: spec.with_layers(args.vision_layers),
+        full_layers: spec.n_layer(),
         sizes,
         seed: args.seed,
         quant: args.vision_quant,
@@ -317,7 +318,7 @@ fn bench_synthetic(gpu: &Gpu, out: &Out, args: &BenchArgs, roof: &roofline::Roof
         let label = format!("{name} ({n} of {full} blocks)");
         runs.push((n, bench_shape(gpu, out, &label, model.with_layers(n), args.seed, image, plan, roof, budget)?));
     }
-    let scaled = scaled_to_depth(out, name, full, &runs);
+    let scaled = scaled_to_depth(out, name, full, &runs)?;
     out.emit(scaled.clone());
     if let (ShapeModel::Mllama(s), Some(states)) = (model, &images) {
         mllama::summary(out, name, &s, states, &scaled);
@@ -352,29 +353,27 @@ fn bench_shape(
 }
 
 /// The figures of a model of `full` blocks from runs at two smaller depths: each time a line
-/// `a + b * blocks` through the two, GPU bytes likewise (exact: every block has the same
-/// weights and KV rows).
-fn scaled_to_depth(out: &Out, name: &str, full: u32, runs: &[(u32, Value)]) -> Value {
-    let [(n0, v0), (n1, v1)] = runs else { return json!({}) };
+/// `a + b * blocks` through the two ([`timing::scaled_to`], which refuses a non-positive
+/// figure), GPU bytes likewise (exact: every block has the same weights and KV rows).
+fn scaled_to_depth(out: &Out, name: &str, full: u32, runs: &[(u32, Value)]) -> Result<Value, String> {
+    let [(n0, v0), (n1, v1)] = runs else { return Err(format!("{name}: two depths to scale from, not {}", runs.len())) };
     let at_full = |key: &str| {
         let (y0, y1) = (v0[key].as_f64().unwrap_or(0.0), v1[key].as_f64().unwrap_or(0.0));
-        let slope = (y1 - y0) / (*n1 - *n0) as f64;
-        y1 + slope * (full - n1) as f64
+        timing::scaled_to(&format!("{name}: {key}"), full, (*n0, y0), (*n1, y1))
     };
-    let (prefill_s, decode_s) = (at_full("prefill_seconds"), at_full("decode_seconds_per_token"));
+    let (prefill_s, decode_s) = (at_full("prefill_seconds")?, at_full("decode_seconds_per_token")?);
     let prompt_tokens = v1["prompt_tokens"].as_f64().unwrap_or(0.0);
-    let v = json!({
-        "kind": "model_scaled", "model": name, "n_layer": full, "measured_layers": [n0, n1],
+    let mut v = json!({
+        "kind": "model_scaled", "model": name, "n_layer": full, "measured_layers": [n0, n1], "scaled": true,
         "prompt_tokens": prompt_tokens, "prefill_seconds": prefill_s, "prefill_tokens_per_s": prompt_tokens / prefill_s,
         "decode_seconds_per_token": decode_s, "decode_tokens_per_s": 1.0 / decode_s,
-        "weight_bytes_on_gpu": at_full("weight_bytes_on_gpu"), "state_bytes": at_full("state_bytes"),
-        "dispatches_per_token": at_full("dispatches_per_token"),
+        "weight_bytes_on_gpu": at_full("weight_bytes_on_gpu")?, "state_bytes": at_full("state_bytes")?,
+        "dispatches_per_token": at_full("dispatches_per_token")?,
     });
     // A cross-attention decoder's image store: its fill and bytes grow with the cross layers.
-    let mut v = v;
     for key in ["cross_fill_seconds", "cross_store_bytes"] {
         if v1.get(key).is_some_and(|x| x.is_number()) {
-            v[key] = json!(at_full(key));
+            v[key] = json!(at_full(key)?);
         }
     }
     out.note(&format!(
@@ -384,7 +383,7 @@ fn scaled_to_depth(out: &Out, name: &str, full: u32, runs: &[(u32, Value)]) -> V
         v["weight_bytes_on_gpu"].as_f64().unwrap_or(0.0) / 1e9,
         v["state_bytes"].as_f64().unwrap_or(0.0) / 1048576.0
     ));
-    v
+    Ok(v)
 }
 
 /// `512` (square) or `640x480` (width x height).

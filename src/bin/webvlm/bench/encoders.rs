@@ -31,6 +31,14 @@ impl VisionSpec {
         }
     }
 
+    /// Encoder blocks.
+    pub fn n_layer(self) -> u32 {
+        match self {
+            VisionSpec::Pixtral(s) => s.n_layer,
+            VisionSpec::Qwen(s) => s.n_layer,
+        }
+    }
+
     /// Fewer blocks (the same work per block).
     pub fn with_layers(self, n_layer: Option<u32>) -> VisionSpec {
         match (self, n_layer) {

@@ -25,7 +25,7 @@ use webvlm::model::Precision;
 use webvlm::source::LoadQuant;
 
 use super::model::CrossImages;
-use super::timing::{median, wait};
+use super::timing::{median, scaled_to, wait};
 use super::Out;
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -40,10 +40,11 @@ pub struct ImageStates {
     /// The tiny model's image, when the real size is warmed up on the tiny model first.
     pub tiny: Option<CrossImages>,
     /// Seconds of one encode at the full depth (measured, or scaled from two depths); `None`
-    /// when the encoder could not run on this adapter (its states are then noise).
+    /// when the encoder could not run on this adapter (its states are then noise) or ran at
+    /// one partial depth only.
     pub vision_seconds: Option<f64>,
-    /// Encoder layers timed (one or two depths) and whether `vision_seconds` is scaled.
-    pub measured_layers: Vec<u32>,
+    /// `(encoder layers, seconds)` of each depth timed (one or two).
+    pub measured: Vec<(u32, f64)>,
     pub weight_bytes: u64,
 }
 
@@ -126,7 +127,7 @@ pub fn image_states(
                 out.emit(json!({ "kind": "skipped", "vision": label, "reason": e.to_string() }));
                 out.note(&format!("  {label} vision: not run on this adapter: {e}; the text runs get noise states"));
                 let image = noise_states(gpu, shape, seed)?;
-                return Ok(ImageStates { image, tiny, vision_seconds: None, measured_layers: Vec::new(), weight_bytes: 0 });
+                return Ok(ImageStates { image, tiny, vision_seconds: None, measured: Vec::new(), weight_bytes: 0 });
             }
             Err(e) => return Err(e),
         };
@@ -151,11 +152,11 @@ pub fn image_states(
     }
     let Some((image, weight_bytes)) = last else { return Err("no encoder depth to time".into()) };
     let vision_seconds = match runs.as_slice() {
-        [(n0, s0), (n1, s1)] => Some(s1 + (s1 - s0) / (n1 - n0) as f64 * (full - n1) as f64),
-        [(_, s)] => Some(*s),
+        &[r0, r1] => Some(scaled_to(&format!("{label} vision seconds"), full, r0, r1)?),
+        &[(n, s)] if n == full => Some(s),
         _ => None,
     };
-    Ok(ImageStates { image, tiny, vision_seconds, measured_layers: depths, weight_bytes })
+    Ok(ImageStates { image, tiny, vision_seconds, measured: runs, weight_bytes })
 }
 
 /// Cross-attention states of noise for one image of `shape` (when the encoder cannot run).
@@ -174,11 +175,12 @@ pub fn summary(out: &Out, label: &str, shape: &MllamaShape, states: &ImageStates
     let fill = text["cross_fill_seconds"].as_f64().unwrap_or(0.0);
     let store = text["cross_store_bytes"].as_f64().unwrap_or(0.0);
     let cross_layers = shape.text.cross_layers().len();
-    let vision = match (states.vision_seconds, states.measured_layers.as_slice()) {
-        (None, _) => "not run on this adapter".to_string(),
-        (Some(s), [n]) if *n == full => format!("{s:.2} s, all {full} layers"),
-        (Some(s), [n]) => format!("{s:.2} s for {n} of {full} layers, not scaled"),
-        (Some(s), l) => format!("{s:.2} s, scaled from {l:?} to {full} layers"),
+    let layers: Vec<u32> = states.measured.iter().map(|&(n, _)| n).collect();
+    let vision = match (states.vision_seconds, states.measured.as_slice()) {
+        (_, []) => "not run on this adapter".to_string(),
+        (Some(s), [_]) => format!("{s:.2} s, all {full} layers"),
+        (Some(s), _) => format!("{s:.2} s, scaled from {layers:?} to {full} layers"),
+        (None, &[(n, s), ..]) => format!("{s:.2} s for {n} of {full} layers (part of the encoder, not scaled)"),
     };
     out.note(&format!(
         "{label}, per image of {} tiles: vision encoder {vision}, cross-attention store of {cross_layers} layers filled in \
@@ -189,7 +191,9 @@ pub fn summary(out: &Out, label: &str, shape: &MllamaShape, states: &ImageStates
     let v = json!({
         "kind": "cross_attention", "model": label, "tiles": shape.vision.max_tiles,
         "state_rows": shape.vision.max_tiles * shape.vision.tile_tokens(), "states_bytes": states.image.states.size(),
-        "vision_seconds": states.vision_seconds, "vision_layers": full, "vision_measured_layers": states.measured_layers,
+        "vision_seconds": states.vision_seconds, "vision_layers": full, "vision_measured_layers": layers,
+        "vision_measured_seconds": states.measured.iter().map(|&(_, s)| s).collect::<Vec<_>>(),
+        "vision_scaled": layers.len() == 2,
         "vision_weight_bytes_measured": states.weight_bytes,
         "cross_layers": cross_layers, "cross_fill_seconds": fill, "cross_store_bytes": text["cross_store_bytes"],
         "seconds_per_image": states.vision_seconds.map(|s| s + fill),

@@ -81,3 +81,33 @@ pub fn median(v: &mut [f64]) -> f64 {
         0.5 * (v[n / 2 - 1] + v[n / 2])
     }
 }
+
+/// A figure at `full` blocks from the line through two measured depths `(blocks, value)`:
+/// the per-block cost is the slope, the rest the intercept. A line that gives a non-positive
+/// or non-finite figure (the timing noise exceeds the per-block cost, or a negative slope
+/// reaches below zero) is an error naming both measurements, never a printed figure.
+pub fn scaled_to(what: &str, full: u32, (n0, y0): (u32, f64), (n1, y1): (u32, f64)) -> Result<f64, String> {
+    let slope = (y1 - y0) / (f64::from(n1) - f64::from(n0));
+    let y = y1 + slope * (f64::from(full) - f64::from(n1));
+    match y.is_finite() && y > 0.0 {
+        true => Ok(y),
+        false => Err(format!(
+            "{what} scaled to {full} blocks is {y:.3e} from {y0:.3e} at {n0} blocks and {y1:.3e} at {n1}: the timing \
+             noise exceeds the per-block cost (time more blocks, or more repetitions)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scaled_to;
+
+    #[test]
+    fn a_scaled_figure_is_the_line_through_both_depths_and_never_negative() {
+        assert_eq!(scaled_to("t", 40, (10, 2.0), (20, 3.0)), Ok(5.0));
+        // Noise made the deeper run faster: the line falls below zero at the full depth.
+        let err = scaled_to("prefill seconds", 40, (2, 1.0), (4, 0.5)).unwrap_err();
+        assert!(err.contains("prefill seconds") && err.contains("noise"), "{err}");
+        assert!(scaled_to("t", 40, (4, 1.0), (4, 1.0)).is_err(), "two runs at one depth give no line");
+    }
+}

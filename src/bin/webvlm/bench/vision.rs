@@ -29,7 +29,10 @@ type Res<T> = Result<T, Box<dyn std::error::Error>>;
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct VisionPlan {
+    /// The encoder timed: all of the model's blocks, or fewer (`--vision-layers`).
     pub spec: VisionSpec,
+    /// The model's encoder blocks: figures of fewer are labelled as part of the encoder.
+    pub full_layers: u32,
     /// Source images, `(width, height)` before preprocessing.
     pub sizes: Vec<(u32, u32)>,
     pub seed: u64,
@@ -79,8 +82,17 @@ pub fn bench_vision(gpu: &Gpu, out: &Out, roof: &Roofline, plan: &VisionPlan) ->
     drop(src);
     let c = enc.shape();
     let weight_bytes = enc.weight_bytes();
+    // Fewer blocks than the model's: every figure below is of that part of the encoder.
+    let partial = c.n_layer < plan.full_layers;
+    let (part, per_image) = match partial {
+        true => (
+            format!(" of {} (part of the encoder: the figures are not the model's)", plan.full_layers),
+            format!(" [{} of {} layers]", c.n_layer, plan.full_layers),
+        ),
+        false => (String::new(), String::new()),
+    };
     out.note(&format!(
-        "vision encoder: hidden {}, {} layers, {}x{} heads, ffn {}, projection {}; {:.1} MiB of weights on the GPU \
+        "vision encoder: hidden {}, {} layers{part}, {}x{} heads, ffn {}, projection {}; {:.1} MiB of weights on the GPU \
          ({:?}), built in {:.1} s, loaded in {:.1} s",
         c.hidden,
         c.n_layer,
@@ -137,7 +149,7 @@ pub fn bench_vision(gpu: &Gpu, out: &Out, roof: &Roofline, plan: &VisionPlan) ->
         let gflops = flops / seconds / 1e9;
         let label = format!("{sw}x{sh}");
         out.note(&format!(
-            "  image {label} -> {pw}x{ph}: {n} patches, {image_tokens} image tokens; {:.1} ms/image ({} runs, best {:.1}), \
+            "  image {label} -> {pw}x{ph}{per_image}: {n} patches, {image_tokens} image tokens; {:.1} ms/image ({} runs, best {:.1}), \
              {:.1} GFLOP -> {:.2} GFLOP/s = {:.0}% of the FMA kernel; first encode {:.2} s",
             seconds * 1e3,
             samples.len(),
@@ -153,7 +165,8 @@ pub fn bench_vision(gpu: &Gpu, out: &Out, roof: &Roofline, plan: &VisionPlan) ->
             "runs": samples.len(), "first_is_the_run": first_is_the_run, "flops": flops, "gflops": gflops, "fraction_of_fma": gflops / roof.fma_gflops,
             "first_seconds": first_seconds, "weight_bytes": weight_bytes, "features_bytes": features_bytes,
             "activation_bytes": enc.activation_bytes(gpu, n), "quant": format!("{:?}", plan.quant),
-            "hidden": c.hidden, "n_layer": c.n_layer, "n_head": c.n_head, "head_dim": c.head_dim, "n_ff": c.n_ff,
+            "hidden": c.hidden, "n_layer": c.n_layer, "full_layers": plan.full_layers,
+            "partial_encoder": partial, "n_head": c.n_head, "head_dim": c.head_dim, "n_ff": c.n_ff,
             "text_hidden": c.text_hidden, "load_seconds": load_seconds,
         }));
     }
