@@ -337,9 +337,19 @@ fn attn_data(rng: &mut Rng, c: &AttnCase, extra: u32) -> (Vec<f32>, Vec<f32>, Ve
 /// vision encoder's, over more patches than a GPU tile.
 #[test]
 fn prefill_matches_cpu() {
-    for gpu in variants() {
+    for ((geometry, allow_subgroups), gpu) in VARIANTS.into_iter().zip(variants()) {
         check_prefill(&gpu);
+        assert_subgroup_kernels(&gpu, geometry == Geometry::Gpu && allow_subgroups);
     }
+}
+
+/// The subgroup variant ran the subgroup kernels and the others did not. Every native adapter
+/// this suite runs on (lavapipe; Vulkan, Metal and DX12 GPUs) offers subgroups, so a variant
+/// that asked for them and did not get them fails here instead of quietly re-running the
+/// workgroup-memory kernels.
+fn assert_subgroup_kernels(gpu: &Gpu, wanted: bool) {
+    let compiled = gpu.compiled_modules_containing("subgroupShuffleXor");
+    assert_eq!(compiled > 0, wanted, "{}: {compiled} attention modules with subgroup shuffles", variant(gpu));
 }
 
 fn check_prefill(gpu: &Gpu) {
@@ -495,12 +505,13 @@ fn check_decode(gpu: &Gpu, rng: &mut Rng, d: &DecodeCase, steps: &[(u32, u32)]) 
 
 #[test]
 fn decode_matches_cpu_for_every_kv_len_with_one_program() {
-    for gpu in variants() {
+    for ((geometry, allow_subgroups), gpu) in VARIANTS.into_iter().zip(variants()) {
         let mut rng = Rng::new(31);
         let steps = [(1, 1), (2, 1), (1000, 1), (4097, 1), (300, 1)];
         check_decode(&gpu, &mut rng, &DecodeCase::new(8, 2, 128, 1, 4097, KvDtype::F32), &steps);
         check_decode(&gpu, &mut rng, &DecodeCase::new(4, 4, 64, 1, 4097, KvDtype::F32), &steps);
         check_decode(&gpu, &mut rng, &DecodeCase::new(6, 3, 8, 1, 1000, KvDtype::F32), &[(1, 1), (2, 1), (999, 1)]);
+        assert_subgroup_kernels(&gpu, geometry == Geometry::Gpu && allow_subgroups);
     }
 }
 

@@ -35,6 +35,7 @@ fn a_hundred_mixed_requests_leave_memory_flat_and_replies_unchanged() {
     // GPU memory was counted, and it and the resident memory stayed flat after the warm-up.
     let m = &s["memory"];
     assert!(m["start"]["gpu_bytes"].as_u64().unwrap() > 0, "no GPU memory counted: {m}");
+    assert!(m["after_warmup"]["rss_bytes"].as_u64().unwrap() > 0, "no resident memory read: {m}");
     for key in ["gpu_end_pct", "gpu_max_pct", "rss_end_pct", "rss_max_pct"] {
         let pct = m["drift"][key].as_f64().unwrap();
         assert!(pct.abs() <= 5.0, "{key} = {pct}%: {:#}", m["drift"]);

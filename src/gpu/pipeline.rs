@@ -117,6 +117,13 @@ impl Gpu {
         Ok(pipeline)
     }
 
+    /// How many compiled shader modules have `text` in their source (which kernel variants
+    /// ran: the tests check that a subgroup variant compiled subgroup shuffles).
+    pub fn compiled_modules_containing(&self, text: &str) -> usize {
+        let cache = self.pipelines.borrow();
+        cache.modules.keys().filter(|sources| sources.iter().any(|part| part.contains(text))).count()
+    }
+
     fn layouts_for(&self, bindings: &[Access]) -> (wgpu::BindGroupLayout, wgpu::PipelineLayout) {
         let entries: Vec<wgpu::BindGroupLayoutEntry> = bindings
             .iter()
