@@ -40,7 +40,8 @@ const ENGINE_FLAGS: &[&str] = &[
     "--image-max-edge",
     "--gpu-memory",
 ];
-const SAMPLING_FLAGS: &[&str] = &["--max-tokens", "--temperature", "--top-k", "--top-p", "--min-p", "--seed", "--stop"];
+const SAMPLING_FLAGS: &[&str] =
+    &["--max-tokens", "--temperature", "--top-k", "--top-p", "--min-p", "--repetition-penalty", "--seed", "--stop"];
 
 fn subcommands() -> Vec<(&'static str, Vec<&'static str>)> {
     let with = |own: &[&'static str], groups: &[&[&'static str]]| [own, &groups.concat()].concat();
@@ -349,6 +350,33 @@ fn qwen35_info_chat_and_batch() {
     assert_eq!(message(0)["content"], reply["choices"][0]["message"]["content"]);
     assert_eq!(message(1)["content"], "", "{}", lines[1]);
     assert!(message(1)["reasoning_content"].as_str().is_some_and(|r| !r.is_empty()), "{}", lines[1]);
+}
+
+/// `generate` resolves its sampling settings as the chat API does: a flag not given takes the
+/// model's published default (`tiny_llama_hf`: temperature 0.6, top-k 40, top-p 0.9, repetition
+/// penalty 1.1, in its `generation_config.json` and as `general.sampling.*` in its GGUF), so
+/// with one seed `generate --chat` writes what `chat` answers to the same message.
+#[test]
+fn generate_takes_the_models_sampling_defaults_as_chat_does() {
+    let dir = fixture("tiny_llama_hf");
+    let request = common::temp_path("cli-defaults-request.json");
+    let body = serde_json::json!({ "messages": [{ "role": "user", "content": "Hello" }], "max_tokens": 8, "seed": 11 });
+    std::fs::write(&request, body.to_string()).unwrap();
+    for model in [dir.clone(), dir.join("model.gguf")] {
+        let model = model.to_str().unwrap();
+        let generated =
+            webvlm(&["generate", "--model", model, "--chat", "--prompt", "Hello", "--max-tokens", "8", "--seed", "11"]);
+        assert!(generated.status.success(), "{}", text(&generated.stderr));
+        assert!(text(&generated.stderr).contains("; seed 11]"), "sampled, not greedy: {}", text(&generated.stderr));
+        let chat = webvlm(&["chat", "--model", model, "--request", request.to_str().unwrap()]);
+        assert!(chat.status.success(), "{}", text(&chat.stderr));
+        let reply: serde_json::Value = serde_json::from_slice(&chat.stdout).unwrap();
+        let content = reply["choices"][0]["message"]["content"].as_str().unwrap();
+        assert_eq!(text(&generated.stdout).strip_suffix('\n'), Some(content), "{model}");
+        // An explicit flag still wins: greedy prints no seed.
+        let greedy = webvlm(&["generate", "--model", model, "--prompt", "Hello", "--max-tokens", "2", "--temperature", "0"]);
+        assert!(greedy.status.success() && !text(&greedy.stderr).contains("seed"), "{}", text(&greedy.stderr));
+    }
 }
 
 /// A Hugging Face folder as `--model` (`tiny_llama_hf`): `info` reads its config and

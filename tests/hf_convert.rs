@@ -146,7 +146,7 @@ fn the_cli_writes_the_same_file_and_answers_from_it() {
     let (_, bytes) = convert(&folder, LoadQuant::Q4_K);
     assert!(std::fs::read(&out).unwrap() == bytes, "the CLI's file is the stream's");
     let ask = |model: &[&str]| {
-        let args = [model, &["--prompt", "Hello, how are you?", "--chat", "--max-tokens", "8"]].concat();
+        let args = [model, &["--prompt", "Hello, how are you?", "--chat", "--max-tokens", "8", "--temperature", "0"]].concat();
         String::from_utf8(run_cli(&[&["generate"][..], &args].concat()).stdout).unwrap()
     };
     let from_file = ask(&["--model", out.to_str().unwrap()]);

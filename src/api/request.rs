@@ -205,9 +205,7 @@ impl ChatRequest {
     /// ([`crate::engine::Engine::sampling_defaults`]): each sampling setting is the
     /// request's, else the model's, else OpenAI's.
     pub fn options_for(&self, defaults: &SamplingPreset) -> GenerateOptions {
-        let mut opts = self.options.clone();
-        self.requested.or(defaults).apply(&mut opts);
-        opts
+        self.requested.resolve(defaults, self.options.clone())
     }
 }
 

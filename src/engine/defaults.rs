@@ -65,6 +65,15 @@ impl SamplingPreset {
         }
     }
 
+    /// The options a generation runs with, for every surface (the chat API, `webvlm generate`):
+    /// each sampling setting is the caller's (`self`), else the model's published default
+    /// (`model`, [`crate::engine::Engine::sampling_defaults`]), else the surface's own in
+    /// `base` (OpenAI's for the API, greedy for the CLI).
+    pub fn resolve(&self, model: &SamplingPreset, mut base: GenerateOptions) -> GenerateOptions {
+        self.or(model).apply(&mut base);
+        base
+    }
+
     /// Overwrites the fields of `opts` this preset sets; the others stay as they are.
     pub fn apply(&self, opts: &mut GenerateOptions) {
         self.apply_sampling(&mut opts.sampling);

@@ -52,9 +52,9 @@ function loadAndAsk(options) {
     s.engine?.unload();
     s.engine = await api.createEngine({ model: { repo: o.repo, quant: "q8_0" }, chunkBytes: o.chunk, cacheName: o.cacheName });
     const reply = await s.engine.chat.completions.create({
-      // `webvlm generate` applies none of the folder's generation defaults (its
-      // repetition_penalty 1.1 would apply here): the request sets what the CLI runs.
-      messages: [{ role: "user", content: prompt }], max_tokens: maxTokens, temperature: 0, repetition_penalty: 1,
+      // Greedy, with the folder's other defaults (repetition_penalty 1.1), as `webvlm generate
+      // --temperature 0` runs it.
+      messages: [{ role: "user", content: prompt }], max_tokens: maxTokens, temperature: 0,
     });
     return { info: s.engine.info, text: reply.choices[0].message.content };
   }, [options, PROMPT, MAX_TOKENS]);
@@ -71,7 +71,7 @@ test("a repository loads at Q8_0 and answers as the native CLI does", async (t) 
   assert.deepEqual([...shards].sort(), [1, 2, 3].map((i) => `${REPO}/model-0000${i}-of-00003.safetensors`));
   assert.ok(shardRequests(since).every((e) => e.range), "every shard request is a Range request");
   native = execFileSync("cargo", ["run", "--quiet", "--bin", "webvlm", "--", "generate", "--model", FIXTURE,
-    "--quant", "q8_0", "--prompt", PROMPT, "--chat", "--max-tokens", `${MAX_TOKENS}`, "--ctx", "4096"],
+    "--quant", "q8_0", "--prompt", PROMPT, "--chat", "--max-tokens", `${MAX_TOKENS}`, "--temperature", "0", "--ctx", "4096"],
   { cwd: repoRoot, encoding: "utf8" }).replace(/\n$/, "");
   t.diagnostic(`browser: ${JSON.stringify(r.text)} native: ${JSON.stringify(native)}`);
   assert.equal(r.text, native);

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Args, ValueEnum};
-use webvlm::engine::GenerateOptions;
+use webvlm::engine::{GenerateOptions, SamplingPreset};
 use webvlm::gpu::Geometry;
 use webvlm::model::synthetic::{MllamaShape, MllamaTextShape, Qwen35Shape, QwenVisionShape, SyntheticShape, VisionShape};
 use webvlm::model::{ContextOptions, MemoryBudget};
@@ -126,25 +126,32 @@ impl ImageArgs {
     }
 }
 
-/// How `generate` picks tokens and when it stops.
+/// How `generate` picks tokens and when it stops. A setting not given takes the model's
+/// published default (its `generation_config.json` or GGUF `general.sampling.*` keys), as
+/// `serve` and the browser do, else greedy decoding of up to 256 tokens.
 #[derive(Args, Debug)]
 #[command(next_help_heading = "Sampling")]
 pub struct SamplingArgs {
-    /// Most tokens to generate
-    #[arg(long, value_name = "N", default_value_t = 256)]
-    pub max_tokens: u32,
-    /// Sampling temperature; 0 is greedy decoding
-    #[arg(long, value_name = "T", default_value_t = 0.0)]
-    pub temperature: f32,
-    /// Keep the K most likely tokens; 0 keeps all
-    #[arg(long, value_name = "K", default_value_t = 0)]
-    pub top_k: u32,
-    /// Keep the most likely tokens up to probability P; 1 keeps all
-    #[arg(long, value_name = "P", default_value_t = 1.0)]
-    pub top_p: f32,
-    /// Drop tokens less likely than P times the most likely one; 0 keeps all
-    #[arg(long, value_name = "P", default_value_t = 0.0)]
-    pub min_p: f32,
+    /// Most tokens to generate [default: the model's, else 256]
+    #[arg(long, value_name = "N")]
+    pub max_tokens: Option<u32>,
+    /// Sampling temperature; 0 is greedy decoding [default: the model's, else 0]
+    #[arg(long, value_name = "T")]
+    pub temperature: Option<f32>,
+    /// Keep the K most likely tokens; 0 keeps all [default: the model's, else 0]
+    #[arg(long, value_name = "K")]
+    pub top_k: Option<u32>,
+    /// Keep the most likely tokens up to probability P; 1 keeps all [default: the model's, else 1]
+    #[arg(long, value_name = "P")]
+    pub top_p: Option<f32>,
+    /// Drop tokens less likely than P times the most likely one; 0 keeps all [default: the
+    /// model's, else 0]
+    #[arg(long, value_name = "P")]
+    pub min_p: Option<f32>,
+    /// Divide the logits of tokens already in the prompt or reply by R; 1 is off [default: the
+    /// model's, else 1]
+    #[arg(long, value_name = "R")]
+    pub repetition_penalty: Option<f32>,
     /// Seed of the sampler (the same seed, settings and prompt give the same text) [default:
     /// a fresh one per run, printed on stderr]
     #[arg(long, value_name = "S")]
@@ -155,16 +162,23 @@ pub struct SamplingArgs {
 }
 
 impl SamplingArgs {
-    pub fn options(&self) -> GenerateOptions {
-        let sampling = SamplingParams {
+    /// The options of a run on a model published with `defaults`
+    /// ([`SamplingPreset::resolve`], as the chat API resolves a request's).
+    pub fn options(&self, defaults: &SamplingPreset) -> GenerateOptions {
+        let requested = SamplingPreset {
             temperature: self.temperature,
             top_k: self.top_k,
             top_p: self.top_p,
             min_p: self.min_p,
-            seed: self.seed,
+            repetition_penalty: self.repetition_penalty,
+            max_tokens: self.max_tokens,
+        };
+        let base = GenerateOptions {
+            sampling: SamplingParams { temperature: 0.0, seed: self.seed, ..Default::default() },
+            stop: self.stop.clone(),
             ..Default::default()
         };
-        GenerateOptions { max_tokens: self.max_tokens, sampling, stop: self.stop.clone(), ..Default::default() }
+        requested.resolve(defaults, base)
     }
 }
 

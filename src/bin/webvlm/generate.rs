@@ -77,7 +77,7 @@ pub fn generate(args: &GenerateArgs) -> CliResult {
     args.images.check(&args.engine);
     let mut engine = open_engine(&args.engine)?;
     let prompt = text_prompt(&mut engine, &args.images.images, args.chat, &args.prompt, kwargs.as_ref())?;
-    let opts = args.sampling.options();
+    let opts = args.sampling.options(engine.sampling_defaults());
     let out = pollster::block_on(engine.generate_prompt(&prompt, &opts, |step| {
         out!("{}", step.text);
         None
