@@ -1,6 +1,7 @@
 //! `webvlm serve` over real HTTP with the tiny VLM: completions equal to `webvlm chat`,
-//! streams, images, errors in OpenAI's shape with their status codes, the bounded queue,
-//! client disconnects, and the Batch API round trip.
+//! streams, images, errors in OpenAI's shape with their status codes, the API key on every
+//! route, the bounded FIFO queue and its `Retry-After`, client disconnects, the Batch API
+//! round trip, the bounds and expiry of files and batches, and a cancel mid-line.
 
 mod common;
 #[path = "common/serve_http.rs"]
@@ -348,10 +349,18 @@ fn usage_reports_the_time_a_request_waited_in_the_queue() {
 
 /// A `multipart/form-data` upload of `content` as `name` with `purpose=batch`.
 fn upload(server: &Server, name: &str, content: &str) -> serve_http::Response {
+    upload_with(server, name, content, &[])
+}
+
+/// An upload with more form fields (`expires_after[...]`).
+fn upload_with(server: &Server, name: &str, content: &str, fields: &[(&str, &str)]) -> serve_http::Response {
     let boundary = "webvlm-test-boundary";
-    let body = format!(
-        "--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n\
-         --{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n\
+    let mut body = String::new();
+    for (field, value) in [("purpose", "batch")].iter().chain(fields) {
+        body += &format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"\r\n\r\n{value}\r\n");
+    }
+    body += &format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n\
          Content-Type: application/jsonl\r\n\r\n{content}\r\n--{boundary}--\r\n"
     );
     let content_type = format!("multipart/form-data; boundary={boundary}");
@@ -445,8 +454,8 @@ fn batches_round_trip_and_cancel() {
     assert_eq!(server.request("POST", &format!("{path}/cancel"), &[], b"").status, 400, "a cancelled batch stays cancelled");
     assert_eq!(server.post_json("/v1/chat/completions", &bodies[0].1).status, 200);
 
-    // `output_expires_after` is checked as OpenAI checks it (and not applied: files live as long
-    // as the server).
+    // `output_expires_after` is checked as OpenAI checks it (applied: see
+    // `files_are_bounded_and_expire`).
     let expiring = |seconds: u64| {
         json!({ "input_file_id": batch["input_file_id"], "endpoint": "/v1/chat/completions", "completion_window": "24h",
             "output_expires_after": { "anchor": "created_at", "seconds": seconds } })
@@ -455,4 +464,227 @@ fn batches_round_trip_and_cancel() {
     assert_eq!(error_of(&too_soon), (400, json!("invalid_request_error"), json!("output_expires_after"), json!("invalid_value")));
     let expiring = server.post_json("/v1/batches", &expiring(3600));
     assert_eq!(expiring.status, 200, "{}", expiring.text());
+}
+
+/// The `(method, path)` pairs that `routes.rs` routes, read from its source: the table of
+/// `every_route_but_health_needs_the_api_key` must name each one.
+fn routed() -> Vec<(String, String)> {
+    let source = include_str!("../src/bin/webvlm/serve/routes.rs");
+    let mut routes = Vec::new();
+    for line in source.lines().filter_map(|l| l.trim().strip_prefix(".route(\"")) {
+        let (path, handlers) = line.split_once('"').expect("a quoted path");
+        for method in ["get", "post", "delete", "put", "patch"] {
+            let called = |sep: &str| handlers.contains(&format!("{sep}{method}("));
+            if called(" ") || called(".") || called("(") {
+                routes.push((method.to_ascii_uppercase(), path.to_string()));
+            }
+        }
+    }
+    routes.sort();
+    routes
+}
+
+#[test]
+fn every_route_but_health_needs_the_api_key() {
+    let server = start(&["--api-key", "sesame", "--served-model-name", "tiny"]);
+    let chat = json!({ "messages": user("hi"), "max_tokens": 1 }).to_string();
+    // (method, route as routes.rs names it (None: no route), path asked, body, status with the key)
+    let table: [(&str, Option<&str>, &str, &str, u16); 15] = [
+        ("POST", Some("/v1/chat/completions"), "/v1/chat/completions", &chat, 200),
+        ("GET", Some("/v1/models"), "/v1/models", "", 200),
+        ("GET", Some("/v1/models/{model}"), "/v1/models/tiny", "", 200),
+        ("POST", Some("/v1/files"), "/v1/files", "", 400),
+        ("GET", Some("/v1/files"), "/v1/files", "", 200),
+        ("GET", Some("/v1/files/{file_id}"), "/v1/files/file-nope", "", 404),
+        ("DELETE", Some("/v1/files/{file_id}"), "/v1/files/file-nope", "", 404),
+        ("GET", Some("/v1/files/{file_id}/content"), "/v1/files/file-nope/content", "", 404),
+        ("POST", Some("/v1/batches"), "/v1/batches", "{}", 400),
+        ("GET", Some("/v1/batches"), "/v1/batches", "", 200),
+        ("GET", Some("/v1/batches/{batch_id}"), "/v1/batches/batch_nope", "", 404),
+        ("POST", Some("/v1/batches/{batch_id}/cancel"), "/v1/batches/batch_nope/cancel", "", 404),
+        // Unknown routes and wrong methods need the key too: nothing tells which routes exist.
+        ("GET", None, "/v1/embeddings", "", 404),
+        ("GET", None, "/metrics", "", 404),
+        ("DELETE", None, "/v1/models", "", 405),
+    ];
+    let mut tabled: Vec<(String, String)> =
+        table.iter().filter_map(|(method, route, ..)| Some((method.to_string(), (*route)?.to_string()))).collect();
+    tabled.sort();
+    let mut public = vec![("GET".to_string(), "/health".to_string())];
+    public.extend(tabled);
+    public.sort();
+    assert_eq!(public, routed(), "a route is missing from this table (or from routes.rs)");
+
+    let refused = (401, json!("invalid_request_error"), Value::Null, json!("invalid_api_key"));
+    for (method, _, path, body, with_key) in table {
+        for auth in [None, Some("Bearer sesamf"), Some("Bearer "), Some("Basic sesame"), Some("sesame")] {
+            let headers: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
+            let response = server.request(method, path, &headers, body.as_bytes());
+            assert_eq!(error_of(&response), refused, "{method} {path} with {auth:?}");
+        }
+        for auth in ["Bearer sesame", "bearer sesame"] {
+            let response = server.request(method, path, &[("Authorization", auth)], body.as_bytes());
+            assert_eq!(response.status, with_key, "{method} {path} with {auth:?}: {}", response.text());
+        }
+    }
+    // Public on purpose: load balancers and probes carry no key.
+    assert_eq!(server.get("/health").status, 200);
+    assert_eq!(server.request("GET", "/health", &[("Authorization", "Bearer wrong")], b"").status, 200);
+}
+
+#[test]
+fn a_full_queue_says_when_to_retry_from_the_recent_run_times() {
+    let server = start(&["--queue", "1"]);
+    assert_eq!(server.get("/health").json()["requests"]["mean_run_seconds"], 1.0, "1 s before any request ran");
+    // One long request sets the recent mean run time.
+    let long = json!({ "messages": user("Tell a long story."), "max_tokens": 400, "temperature": 0,
+        "logit_bias": no_end_tokens() });
+    assert_eq!(server.post_json("/v1/chat/completions", &long).status, 200);
+    let mean = server.get("/health").json()["requests"]["mean_run_seconds"].as_f64().expect("mean_run_seconds");
+
+    let mut streamed = long.clone();
+    streamed["stream"] = json!(true);
+    let mut running = server.stream(&streamed);
+    assert!(running.next_data().is_some());
+    let _waiting = server.send("POST", "/v1/chat/completions", &[], streamed.to_string().as_bytes());
+    let health = poll(&server, "/health", |h| h["queue"]["waiting"] == 1);
+    assert_eq!((health["queue"]["running"].as_u64(), health["requests"]["mean_run_seconds"].as_f64()), (Some(1), Some(mean)));
+    let refused = server.post_json("/v1/chat/completions", &long);
+    assert_eq!(refused.status, 429);
+    let retry_after: u64 = refused.header("Retry-After").expect("a Retry-After header").parse().expect("whole seconds");
+    // The mean run time times the two requests ahead (one running, one waiting), in 1..=60.
+    let expected = ((mean * 2.0).ceil() as u64).clamp(1, 60);
+    assert_eq!(retry_after, expected, "mean run time {mean} s");
+    running.disconnect();
+}
+
+#[test]
+fn waiting_requests_are_served_in_arrival_order() {
+    let server = start(&["--queue", "4"]);
+    let long = json!({ "messages": user("Tell a long story."), "max_tokens": 300, "temperature": 0,
+        "logit_bias": no_end_tokens(), "stream": true });
+    let mut running = server.stream(&long);
+    assert!(running.next_data().is_some(), "the long request has started");
+    let base = std::time::Instant::now();
+    // Four clients, each on its own connection, each sent once the one before is queued; every
+    // request has the same length. A request starts at its send time plus its queue wait.
+    let starts: Vec<f64> = std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..4)
+            .map(|i| {
+                let server = &server;
+                let client = scope.spawn(move || {
+                    let request = json!({ "messages": user("Count."), "max_tokens": 12, "temperature": 0,
+                        "logit_bias": no_end_tokens() });
+                    let sent = base.elapsed().as_secs_f64();
+                    let reply = server.post_json("/v1/chat/completions", &request);
+                    assert_eq!(reply.status, 200, "client {i}: {}", reply.text());
+                    sent + queue_seconds(&reply.json())
+                });
+                poll(server, "/health", |h| h["queue"]["waiting"] == i + 1);
+                client
+            })
+            .collect();
+        running.disconnect();
+        clients.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    assert!(starts.windows(2).all(|w| w[0] < w[1]), "served in arrival order: started at {starts:?} s");
+}
+
+fn error_code(response: &serve_http::Response) -> (u16, String, String) {
+    let error = &response.json()["error"];
+    (response.status, error["code"].as_str().unwrap_or_default().into(), error["message"].as_str().unwrap_or_default().into())
+}
+
+#[test]
+fn files_are_bounded_and_expire() {
+    let server = start(&["--max-files", "2", "--max-files-bytes", "2000"]);
+    let input = batch_line("a", json!({ "messages": user("hi"), "max_tokens": 2 })) + "\n";
+
+    // `expires_after` sets `expires_at`; out of OpenAI's range it is refused.
+    let expiring = [("expires_after[anchor]", "created_at"), ("expires_after[seconds]", "3600")];
+    let a = upload_with(&server, "a.jsonl", &input, &expiring);
+    assert_eq!(a.status, 200, "{}", a.text());
+    let a = a.json();
+    assert_eq!(a["expires_at"].as_u64(), a["created_at"].as_u64().map(|t| t + 3600), "{a}");
+    let a_id = a["id"].as_str().unwrap();
+    assert_eq!(server.get(&format!("/v1/files/{a_id}")).json()["expires_at"], a["expires_at"]);
+    for fields in [
+        [("expires_after[anchor]", "created_at"), ("expires_after[seconds]", "60")],
+        [("expires_after[anchor]", "last_active_at"), ("expires_after[seconds]", "3600")],
+        [("expires_after[anchor]", "created_at"), ("expires_after[seconds]", "soon")],
+    ] {
+        let refused = upload_with(&server, "b.jsonl", &input, &fields);
+        assert_eq!(error_of(&refused), (400, json!("invalid_request_error"), json!("expires_after"), json!("invalid_value")));
+    }
+    let refused = upload_with(&server, "b.jsonl", &input, &[("expires_after[seconds]", "3600")]);
+    assert_eq!(refused.status, 400, "the anchor is required with the seconds");
+
+    // Past the bytes, then the count: refused, naming the limit.
+    let (status, code, message) = error_code(&upload(&server, "big.jsonl", &"x".repeat(1900)));
+    assert_eq!((status, code.as_str()), (400, "storage_limit_exceeded"));
+    assert!(message.contains("--max-files-bytes") && message.contains("2000"), "{message}");
+    let b = upload(&server, "b.jsonl", &input).json();
+    let (status, code, message) = error_code(&upload(&server, "c.jsonl", &input));
+    assert_eq!((status, code.as_str()), (400, "storage_limit_exceeded"));
+    assert!(message.contains("at most 2 files (--max-files)"), "{message}");
+    // A batch stores its results as files: refused while the store is full.
+    let create = |expiry: Value| {
+        let body = json!({ "input_file_id": a_id, "endpoint": "/v1/chat/completions", "completion_window": "24h",
+            "output_expires_after": expiry });
+        server.post_json("/v1/batches", &body)
+    };
+    assert_eq!(error_code(&create(Value::Null)).1, "storage_limit_exceeded");
+    let b_path = format!("/v1/files/{}", b["id"].as_str().unwrap());
+    assert_eq!(server.request("DELETE", &b_path, &[], b"").status, 200);
+    assert_eq!(server.get(&b_path).status, 404);
+
+    // The results expire after the batch's `output_expires_after`.
+    let batch = create(json!({ "anchor": "created_at", "seconds": 7200 }));
+    assert_eq!(batch.status, 200, "{}", batch.text());
+    let done = poll(&server, &format!("/v1/batches/{}", batch.json()["id"].as_str().unwrap()), |b| b["status"] == "completed");
+    let output = server.get(&format!("/v1/files/{}", done["output_file_id"].as_str().unwrap())).json();
+    assert_eq!(output["expires_at"].as_u64(), output["created_at"].as_u64().map(|t| t + 7200), "{output}");
+    let listed = server.get("/v1/files").json();
+    assert_eq!(listed["data"].as_array().map(Vec::len), Some(2), "{listed}");
+}
+
+#[test]
+fn cancelling_a_batch_mid_line_leaves_it_consistent() {
+    let server = start(&["--max-batches", "1"]);
+    let long =
+        json!({ "messages": user("Tell a long story."), "max_tokens": 300, "temperature": 0, "logit_bias": no_end_tokens() });
+    let short = json!({ "messages": user("Name a color."), "max_tokens": 4, "temperature": 0 });
+    let input = [batch_line("short", short.clone()), batch_line("long1", long.clone()), batch_line("long2", long)].join("\n");
+    let batch = create_batch(&server, &input);
+    let path = format!("/v1/batches/{}", batch["id"].as_str().unwrap());
+    // The first line is done and the second running.
+    poll(&server, &path, |b| b["request_counts"]["completed"] == 1);
+    poll(&server, "/health", |h| h["queue"]["running"] == 1);
+
+    // The one batch kept is running: a second is refused, naming the limit.
+    let create =
+        json!({ "input_file_id": batch["input_file_id"], "endpoint": "/v1/chat/completions", "completion_window": "24h" });
+    let (status, code, message) = error_code(&server.post_json("/v1/batches", &create));
+    assert_eq!((status, code.as_str()), (400, "batch_limit_exceeded"));
+    assert!(message.contains("--max-batches"), "{message}");
+
+    assert_eq!(server.request("POST", &format!("{path}/cancel"), &[], b"").json()["status"], "cancelling");
+    let cancelled = poll(&server, &path, |b| b["status"] == "cancelled");
+    assert_eq!(cancelled["request_counts"], json!({ "total": 3, "completed": 1, "failed": 2 }), "{cancelled}");
+    let outputs = result_lines(&server, &cancelled["output_file_id"]);
+    let errors = result_lines(&server, &cancelled["error_file_id"]);
+    assert_eq!(outputs.keys().collect::<Vec<_>>(), ["short"], "only the completed line is an output");
+    assert_eq!(outputs["short"]["response"]["status_code"], 200);
+    assert_eq!(outputs["short"]["response"]["body"]["choices"][0]["finish_reason"], "length");
+    assert_eq!(errors.len(), 2);
+    assert!(errors.values().all(|l| l["error"]["code"] == "batch_cancelled" && l["response"].is_null()), "{errors:?}");
+    assert!(cancelled["cancelled_at"].as_u64().is_some() && cancelled["completed_at"].is_null());
+
+    // A finished batch is evicted for a new one (its files stay).
+    let next = server.post_json("/v1/batches", &create);
+    assert_eq!(next.status, 200, "{}", next.text());
+    assert_eq!(server.get(&path).status, 404);
+    let listed = server.get("/v1/batches").json();
+    assert_eq!(listed["data"].as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(server.get(&format!("/v1/files/{}", cancelled["output_file_id"].as_str().unwrap())).status, 200);
 }

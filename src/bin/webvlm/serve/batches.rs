@@ -6,7 +6,17 @@
 //! (`in_progress`), and the results are written as files (`finalizing`, then `completed`):
 //! the output file holds the lines that succeeded (`response: {status_code: 200, body}`),
 //! the error file those that failed (`response: {status_code: 4xx/5xx, body: {error}}`),
-//! and, after a cancel, those never run (`error: {code: "batch_cancelled"}`).
+//! and, after a cancel, those never run or cut short (`error: {code: "batch_cancelled"}`).
+//! `request_counts.completed` counts the output file's lines and `failed` the error file's
+//! (cancelled lines included), so a finished batch's counts add up to `total`.
+//!
+//! A cancel and the running line share the store's lock: the line's cancel flag is set under
+//! it, and a line that starts after a cancel is skipped. The result files expire after the
+//! batch's `output_expires_after`, if given.
+//!
+//! The store keeps at most `--max-batches` batches: a new one evicts the oldest finished
+//! (`completed`, `failed`, `cancelled`) batch object (its files stay), and is refused (400,
+//! `code: "batch_limit_exceeded"`) when every kept batch is still running.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +31,8 @@ use serde_json::{json, Map, Value};
 
 use super::batch_input::{parse_input, InputLine};
 use super::checks::check_request;
-use super::errors::{status_of, HttpError};
+use super::errors::HttpError;
+use super::files::check_expiry;
 use super::worker::{Event, Job};
 use super::App;
 
@@ -29,6 +40,8 @@ use super::App;
 pub const ENDPOINT: &str = "/v1/chat/completions";
 const COMPLETION_WINDOW: &str = "24h";
 const WINDOW_SECONDS: u64 = 24 * 60 * 60;
+/// The statuses of a batch that has ended: only such batches are evicted.
+const FINISHED: [&str; 4] = ["completed", "failed", "cancelled", "expired"];
 
 /// OpenAI's `batch` object.
 #[derive(Clone, Debug, Serialize)]
@@ -70,18 +83,47 @@ struct BatchEntry {
     cancel: Arc<AtomicBool>,
     /// The running line's cancel flag (its generation is aborted on cancel).
     running_line: Option<Arc<AtomicBool>>,
+    /// Seconds the result files live (`output_expires_after`).
+    output_expires_after: Option<u64>,
 }
 
-/// The batches by id.
-#[derive(Default)]
-pub struct BatchStore(Mutex<HashMap<String, BatchEntry>>);
+/// The batches by id, at most `max_batches` of them.
+pub struct BatchStore {
+    batches: Mutex<HashMap<String, BatchEntry>>,
+    max_batches: usize,
+}
 
 impl BatchStore {
-    fn batches(&self) -> MutexGuard<'_, HashMap<String, BatchEntry>> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    pub fn new(max_batches: usize) -> BatchStore {
+        BatchStore { batches: Mutex::new(HashMap::new()), max_batches }
     }
 
-    /// Changes a batch's object (a batch is never removed, so `id` is always there).
+    fn batches(&self) -> MutexGuard<'_, HashMap<String, BatchEntry>> {
+        self.batches.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Keeps a new batch, evicting the oldest finished ones past the limit; refuses it when
+    /// the batches kept are all running.
+    fn insert(&self, entry: BatchEntry) -> Result<(), HttpError> {
+        let mut batches = self.batches();
+        while batches.len() >= self.max_batches {
+            let finished = batches.values().map(|e| &e.object).filter(|b| FINISHED.contains(&b.status));
+            let Some(oldest) = finished.min_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id))).map(|b| b.id.clone())
+            else {
+                let message = format!(
+                    "this server keeps at most {} batches (--max-batches) and none of them has finished; retry when one has",
+                    self.max_batches
+                );
+                return Err(HttpError::invalid("input_file_id", "batch_limit_exceeded", message));
+            };
+            batches.remove(&oldest);
+        }
+        batches.insert(entry.object.id.clone(), entry);
+        Ok(())
+    }
+
+    /// Changes a batch's object (a running batch is never evicted, so `id` is there while it
+    /// runs).
     fn update(&self, id: &str, change: impl FnOnce(&mut BatchEntry)) {
         if let Some(entry) = self.batches().get_mut(id) {
             change(entry);
@@ -101,6 +143,7 @@ fn no_such_batch(id: &str) -> HttpError {
 struct CreateBatch {
     input_file_id: String,
     metadata: Option<Map<String, Value>>,
+    output_expires_after: Option<u64>,
 }
 
 fn parse_create(body: Value) -> Result<CreateBatch, HttpError> {
@@ -129,10 +172,10 @@ fn parse_create(body: Value) -> Result<CreateBatch, HttpError> {
             return Err(HttpError::invalid("metadata", "invalid_value", "metadata must be an object of at most 16 string values"))
         }
     };
-    match fields.remove("output_expires_after") {
-        None | Some(Value::Null) => {}
-        Some(expiry) => check_output_expiry(&expiry)?,
-    }
+    let output_expires_after = match fields.remove("output_expires_after") {
+        None | Some(Value::Null) => None,
+        Some(expiry) => Some(output_expiry(&expiry)?),
+    };
     if let Some(name) = fields.keys().next() {
         return Err(HttpError::invalid(
             name.clone(),
@@ -140,21 +183,15 @@ fn parse_create(body: Value) -> Result<CreateBatch, HttpError> {
             format!("unrecognized request argument supplied: {name}"),
         ));
     }
-    Ok(CreateBatch { input_file_id, metadata })
+    Ok(CreateBatch { input_file_id, metadata, output_expires_after })
 }
 
 /// `output_expires_after`, as OpenAI takes it: `{anchor: "created_at", seconds}` with one hour
-/// to 30 days. It is checked and not applied: files here live as long as the server (as the
-/// upload's `expires_after`).
-fn check_output_expiry(expiry: &Value) -> Result<(), HttpError> {
-    let anchor = expiry.get("anchor").and_then(Value::as_str);
-    let seconds = expiry.get("seconds").and_then(Value::as_u64);
+/// to 30 days; the seconds the result files live.
+fn output_expiry(expiry: &Value) -> Result<u64, HttpError> {
     let known = expiry.as_object().is_some_and(|fields| fields.keys().all(|k| k == "anchor" || k == "seconds"));
-    if anchor == Some("created_at") && seconds.is_some_and(|s| (3600..=30 * 24 * 3600).contains(&s)) && known {
-        return Ok(());
-    }
-    let message = "output_expires_after must be {\"anchor\": \"created_at\", \"seconds\": N} with N from 3600 to 2592000";
-    Err(HttpError::invalid("output_expires_after", "invalid_value", message))
+    let anchor = expiry.get("anchor").and_then(Value::as_str).filter(|_| known);
+    check_expiry("output_expires_after", anchor, expiry.get("seconds").and_then(Value::as_u64))
 }
 
 pub async fn create(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Result<Json<BatchObject>, HttpError> {
@@ -166,6 +203,7 @@ pub async fn create(State(app): State<Arc<App>>, body: Result<Bytes, BytesReject
     if file.purpose != "batch" {
         return Err(HttpError::invalid("input_file_id", "invalid_value", "the input file's purpose must be \"batch\""));
     }
+    app.files.check_room()?;
     let created_at = super::unix_seconds();
     let object = BatchObject {
         id: super::new_id("batch_"),
@@ -191,8 +229,9 @@ pub async fn create(State(app): State<Arc<App>>, body: Result<Bytes, BytesReject
         metadata: request.metadata,
     };
     let cancel = Arc::new(AtomicBool::new(false));
-    let entry = BatchEntry { object: object.clone(), cancel: cancel.clone(), running_line: None };
-    app.batches.batches().insert(object.id.clone(), entry);
+    let output_expires_after = request.output_expires_after;
+    let entry = BatchEntry { object: object.clone(), cancel: cancel.clone(), running_line: None, output_expires_after };
+    app.batches.insert(entry)?;
     tokio::spawn(run_batch(app.clone(), object.id.clone(), content, cancel));
     Ok(Json(object))
 }
@@ -233,9 +272,15 @@ async fn run_batch(app: Arc<App>, id: String, content: Bytes, cancel: Arc<Atomic
         Ok(lines) => lines,
         Err(errors) => {
             app.batches.update(&id, |e| {
-                e.object.status = "failed";
-                e.object.failed_at = Some(super::unix_seconds());
-                e.object.errors = Some(json!({ "object": "list", "data": errors }));
+                let now = Some(super::unix_seconds());
+                if cancel.load(Ordering::SeqCst) {
+                    e.object.status = "cancelled";
+                    e.object.cancelled_at = now;
+                } else {
+                    e.object.status = "failed";
+                    e.object.failed_at = now;
+                    e.object.errors = Some(json!({ "object": "list", "data": errors }));
+                }
             });
             return;
         }
@@ -250,40 +295,39 @@ async fn run_batch(app: Arc<App>, id: String, content: Bytes, cancel: Arc<Atomic
     });
     let (mut outputs, mut errors) = (String::new(), String::new());
     for line in &lines {
-        if cancel.load(Ordering::SeqCst) {
-            let error = json!({ "code": "batch_cancelled", "message": "the batch was cancelled before this request ran" });
-            push_line(&mut errors, &line.custom_id, Value::Null, error);
-            continue;
+        let result = if cancel.load(Ordering::SeqCst) { LineResult::Cancelled } else { run_line(&app, &id, line).await };
+        let completed = matches!(result, LineResult::Completed(_));
+        match result {
+            LineResult::Completed(completion) => {
+                let response = json!({ "status_code": 200, "request_id": super::new_id(""), "body": completion });
+                push_line(&mut outputs, &line.custom_id, response, Value::Null);
+            }
+            LineResult::Failed(e) => {
+                let response =
+                    json!({ "status_code": e.status.as_u16(), "request_id": super::new_id(""), "body": e.error.to_json() });
+                push_line(&mut errors, &line.custom_id, response, Value::Null);
+            }
+            LineResult::Cancelled => {
+                let error =
+                    json!({ "code": "batch_cancelled", "message": "the batch was cancelled before this request completed" });
+                push_line(&mut errors, &line.custom_id, Value::Null, error);
+            }
         }
-        let result = run_line(&app, &id, line).await;
-        let aborted = match &result {
-            Ok(completion) => completion.pointer("/choices/0/finish_reason") == Some(&json!("abort")),
-            Err(_) => true,
-        };
-        if aborted && cancel.load(Ordering::SeqCst) {
-            let error = json!({ "code": "batch_cancelled", "message": "the batch was cancelled while this request ran" });
-            push_line(&mut errors, &line.custom_id, Value::Null, error);
-            continue;
-        }
-        let succeeded = result.is_ok();
-        let response = match result {
-            Ok(completion) => json!({ "status_code": 200, "request_id": super::new_id(""), "body": completion }),
-            Err(e) => json!({ "status_code": e.status.as_u16(), "request_id": super::new_id(""), "body": e.error.to_json() }),
-        };
-        push_line(if succeeded { &mut outputs } else { &mut errors }, &line.custom_id, response, Value::Null);
         app.batches.update(&id, |e| {
             let counts = &mut e.object.request_counts;
-            *if succeeded { &mut counts.completed } else { &mut counts.failed } += 1;
+            *if completed { &mut counts.completed } else { &mut counts.failed } += 1;
         });
     }
+    let mut expires_after = None;
     app.batches.update(&id, |e| {
         if e.object.status == "in_progress" {
             e.object.status = "finalizing";
         }
         e.object.finalizing_at = Some(super::unix_seconds());
+        expires_after = e.output_expires_after;
     });
     let store = |text: String, kind: &str| {
-        (!text.is_empty()).then(|| app.files.insert(format!("{id}_{kind}.jsonl"), "batch_output", text.into()).id)
+        (!text.is_empty()).then(|| app.files.insert(format!("{id}_{kind}.jsonl"), "batch_output", text.into(), expires_after).id)
     };
     let (output_file_id, error_file_id) = (store(outputs, "output"), store(errors, "error"));
     app.batches.update(&id, |e| {
@@ -301,23 +345,51 @@ async fn run_batch(app: Arc<App>, id: String, content: Bytes, cancel: Arc<Atomic
     });
 }
 
-/// One line's request through the engine queue: its `chat.completion`, or the error a
-/// request of its own would have had.
-async fn run_line(app: &App, batch_id: &str, line: &InputLine) -> Result<Value, HttpError> {
-    let checked = check_request(&app.model, app.limits.max_image_bytes, line.body.clone())?;
+/// How one line ended.
+enum LineResult {
+    /// Its `chat.completion`: a line of the output file.
+    Completed(Value),
+    /// The error a request of its own would have had.
+    Failed(HttpError),
+    /// Skipped or cut short by the batch's cancel.
+    Cancelled,
+}
+
+/// One line's request through the engine queue.
+async fn run_line(app: &App, batch_id: &str, line: &InputLine) -> LineResult {
+    let checked = match check_request(&app.model, app.limits.max_image_bytes, line.body.clone()) {
+        Ok(checked) => checked,
+        Err(e) => return LineResult::Failed(e),
+    };
     if checked.stream {
-        return Err(HttpError::invalid("stream", "unsupported_value", "batch requests cannot stream"));
+        return LineResult::Failed(HttpError::invalid("stream", "unsupported_value", "batch requests cannot stream"));
     }
     let line_cancel = Arc::new(AtomicBool::new(false));
-    app.batches.update(batch_id, |e| e.running_line = Some(line_cancel.clone()));
-    let (job, mut events) = Job::new(checked.body, line_cancel, None);
-    app.engine.submit(job)?;
+    app.batches.update(batch_id, |e| {
+        // Under the lock `cancel` takes: a cancel since the caller looked skips the line.
+        if e.cancel.load(Ordering::SeqCst) {
+            line_cancel.store(true, Ordering::SeqCst);
+        }
+        e.running_line = Some(line_cancel.clone());
+    });
+    let (job, mut events) = Job::new(checked.body, line_cancel.clone(), None);
+    if let Err(e) = app.engine.submit(job) {
+        return LineResult::Failed(e);
+    }
+    let cancelled = || line_cancel.load(Ordering::SeqCst);
     loop {
         match events.recv().await {
             Some(Event::Chunk(_)) => continue,
-            Some(Event::Done(completion)) => return Ok(completion),
-            Some(Event::Failed(error)) => return Err(HttpError { status: status_of(&error), error, retry_after: None }),
-            None => return Err(HttpError::internal("the engine thread stopped")),
+            Some(Event::Done(completion))
+                if cancelled() && completion.pointer("/choices/0/finish_reason") == Some(&json!("abort")) =>
+            {
+                return LineResult::Cancelled
+            }
+            Some(Event::Done(completion)) => return LineResult::Completed(completion),
+            Some(Event::Failed(error)) => return LineResult::Failed(error.into()),
+            // The engine skips a job cancelled before it started, sending nothing.
+            None if cancelled() => return LineResult::Cancelled,
+            None => return LineResult::Failed(HttpError::internal("the engine thread stopped")),
         }
     }
 }

@@ -34,7 +34,8 @@ pub struct ServeArgs {
     /// Port to listen on (0: any free port; the address is printed on stdout)
     #[arg(long, value_name = "N", default_value_t = 8080)]
     port: u16,
-    /// Require `Authorization: Bearer KEY` on every /v1 route
+    /// Require `Authorization: Bearer KEY` on every route but /health (and CORS preflights):
+    /// 401 without it
     #[arg(long, value_name = "KEY")]
     api_key: Option<String>,
     /// Allow cross-origin requests from ORIGIN (`*`: any) [default: none]
@@ -46,9 +47,22 @@ pub struct ServeArgs {
     /// Largest image in a request, decoded from its data: URL: 400 beyond
     #[arg(long, value_name = "N", default_value_t = 20 << 20)]
     max_image_bytes: usize,
-    /// Requests that may wait for the engine besides the one it runs: 429 beyond
+    /// Requests that may wait for the engine besides the one it runs: 429 beyond, with
+    /// `Retry-After` (the recent mean run time times the requests ahead, 1 to 60 s)
     #[arg(long, value_name = "N", default_value_t = 16)]
     queue: usize,
+    /// Most files kept (uploads and batch results; expired ones are dropped): an upload past
+    /// it is refused (400), and so is a batch
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    max_files: usize,
+    /// Most bytes of files kept, all together (in memory): an upload past it is refused
+    /// (400), and so is a batch while the files fill it
+    #[arg(long, value_name = "N", default_value_t = 256 << 20)]
+    max_files_bytes: usize,
+    /// Most batches kept: a new one evicts the oldest finished batch (its files stay), and is
+    /// refused (400) while all are running
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    max_batches: u64,
     /// The model id of /v1/models and requests' `model` [default: the model's name, else
     /// its file name]
     #[arg(long, value_name = "NAME")]
@@ -74,15 +88,28 @@ pub struct App {
 }
 
 pub fn run(args: ServeArgs) -> CliResult {
-    let ServeArgs { host, port, api_key, cors, max_body_bytes, max_image_bytes, queue, served_model_name, engine } = args;
+    let ServeArgs {
+        host,
+        port,
+        api_key,
+        cors,
+        max_body_bytes,
+        max_image_bytes,
+        queue,
+        max_files,
+        max_files_bytes,
+        max_batches,
+        served_model_name,
+        engine,
+    } = args;
     let (engine, model) = EngineHandle::start(engine, served_model_name, queue)?;
     let app = Arc::new(App {
         engine,
         model,
         api_key: api_key.filter(|key| !key.is_empty()),
         limits: Limits { max_body_bytes, max_image_bytes },
-        files: Default::default(),
-        batches: Default::default(),
+        files: files::FileStore::new(files::FileLimits { max_files, max_bytes: max_files_bytes }),
+        batches: batches::BatchStore::new(usize::try_from(max_batches).unwrap_or(usize::MAX)),
     });
     let router = routes::router(app.clone(), cors.as_deref())?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

@@ -1,6 +1,11 @@
-//! The router: every route of the server, the bearer-key check on `/v1/*`, OpenAI-shaped
-//! 404 and 405 answers, the body limit, CORS when asked for; and the small routes
-//! (`/health`, `/v1/models`).
+//! The router: every route of the server, the bearer-key check, OpenAI-shaped 404 and 405
+//! answers, the body limit, CORS when asked for; and the small routes (`/health`,
+//! `/v1/models`).
+//!
+//! With `--api-key`, every request needs the key but those to [`PUBLIC_PATHS`] (`/health`,
+//! for load balancers and probes, which carry no key) and CORS preflights (browsers send them
+//! without credentials; the CORS layer answers them before the check). Unknown routes and
+//! wrong methods need it too: without the key, nothing tells which routes exist.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -29,8 +34,7 @@ pub fn router(app: Arc<App>, cors: Option<&str>) -> Result<Router, String> {
         .route("/v1/files/{file_id}/content", get(files::content))
         .route("/v1/batches", post(batches::create).get(batches::list))
         .route("/v1/batches/{batch_id}", get(batches::retrieve))
-        .route("/v1/batches/{batch_id}/cancel", post(batches::cancel))
-        .route_layer(from_fn_with_state(app.clone(), require_key));
+        .route("/v1/batches/{batch_id}/cancel", post(batches::cancel));
     let router = Router::new()
         .route("/health", get(health))
         .merge(v1)
@@ -38,6 +42,7 @@ pub fn router(app: Arc<App>, cors: Option<&str>) -> Result<Router, String> {
         .method_not_allowed_fallback(|method: Method, uri: Uri| async move {
             HttpError::method_not_allowed(method.as_str(), uri.path())
         })
+        .layer(from_fn_with_state(app.clone(), require_key))
         .layer(DefaultBodyLimit::max(app.limits.max_body_bytes))
         .with_state(app);
     Ok(match cors {
@@ -63,11 +68,18 @@ fn cors_layer(origin: &str) -> Result<CorsLayer, String> {
         .expose_headers([header::RETRY_AFTER]))
 }
 
-/// `Authorization: Bearer <--api-key>` on every `/v1` route when the server has a key.
+/// The paths that need no key.
+const PUBLIC_PATHS: [&str; 1] = ["/health"];
+
+/// `Authorization: Bearer <--api-key>` on every request but those to [`PUBLIC_PATHS`] when the
+/// server has a key.
 async fn require_key(State(app): State<Arc<App>>, request: Request, next: Next) -> Result<Response, HttpError> {
-    if let Some(key) = &app.api_key {
+    let public = PUBLIC_PATHS.contains(&request.uri().path());
+    if let Some(key) = app.api_key.as_ref().filter(|_| !public) {
         let given = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        match given.and_then(|v| v.strip_prefix("Bearer ")) {
+        // The scheme's name is case-insensitive (RFC 9110).
+        let token = given.and_then(|v| v.split_once(' ')).filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"));
+        match token.map(|(_, token)| token) {
             None => {
                 return Err(HttpError::unauthorized(
                     "You didn't provide an API key: send it in the Authorization header as `Bearer KEY`",
@@ -119,6 +131,7 @@ async fn health(State(app): State<Arc<App>>) -> Json<Value> {
             "completed": stats.completed.load(Ordering::SeqCst),
             "failed": stats.failed.load(Ordering::SeqCst),
             "aborted": stats.aborted.load(Ordering::SeqCst),
+            "mean_run_seconds": stats.mean_run_seconds(),
         },
         "prompt_cache": {
             "live_tokens": cache.live_tokens,

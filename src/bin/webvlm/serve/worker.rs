@@ -11,8 +11,14 @@
 //! The time a job waited, from its admission to the engine taking it up, is added to the
 //! usage timings of its answer as `usage.timings.queue_seconds` (next to
 //! `time_to_first_token`, which starts where the wait ends).
+//!
+//! A refused request is told when to come back (`Retry-After`): the mean run time of the last
+//! [`RECENT_JOBS`] jobs that ran to their end (1 s before any has), times the requests ahead of
+//! it (waiting and running), rounded up and kept within [`RETRY_AFTER_RANGE`].
 
 use std::cell::Cell;
+use std::collections::VecDeque;
+use std::ops::RangeInclusive;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,8 +34,12 @@ use webvlm::error::{Classify, ErrorClass};
 use super::errors::HttpError;
 use crate::args::EngineArgs;
 
-/// Seconds a client refused for a full queue is asked to wait (`Retry-After`).
-const RETRY_AFTER_SECONDS: u64 = 1;
+/// How many of the last jobs' run times the `Retry-After` estimate averages.
+const RECENT_JOBS: usize = 16;
+/// The run time assumed for a job before any has ended, in seconds.
+const FIRST_JOB_SECONDS: f64 = 1.0;
+/// The seconds `Retry-After` may say.
+const RETRY_AFTER_RANGE: RangeInclusive<u64> = 1..=60;
 
 /// What a job sends back, in order: chunks (streaming requests only), then `Done` with the
 /// `chat.completion` object or `Failed`.
@@ -83,9 +93,38 @@ pub struct Stats {
     /// The engine's prompt cache after the last job (its saved prefixes take GPU memory up to
     /// a budget: what a memory figure under load must be read against).
     prompt_cache: Mutex<PromptCacheStats>,
+    /// The run times in seconds of the last [`RECENT_JOBS`] jobs that completed or failed
+    /// (not those aborted by a disconnect: cut short, they say little of the next one's).
+    recent_seconds: Mutex<VecDeque<f64>>,
 }
 
 impl Stats {
+    fn add_run_time(&self, seconds: f64) {
+        let mut recent = self.recent_seconds.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.len() == RECENT_JOBS {
+            recent.pop_front();
+        }
+        recent.push_back(seconds);
+    }
+
+    /// The mean run time of the recent jobs ([`FIRST_JOB_SECONDS`] before any).
+    pub fn mean_run_seconds(&self) -> f64 {
+        let recent = self.recent_seconds.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.is_empty() {
+            FIRST_JOB_SECONDS
+        } else {
+            recent.iter().sum::<f64>() / recent.len() as f64
+        }
+    }
+
+    /// `Retry-After` for a request refused now: the mean run time times the requests ahead.
+    pub fn retry_after(&self) -> u64 {
+        let ahead = self.waiting.load(Ordering::SeqCst) + self.running.load(Ordering::SeqCst);
+        let seconds = (self.mean_run_seconds() * ahead as f64).ceil();
+        // `as` saturates (and maps NaN to 0): the clamp does the rest.
+        (seconds as u64).clamp(*RETRY_AFTER_RANGE.start(), *RETRY_AFTER_RANGE.end())
+    }
+
     fn set_prompt_cache(&self, engine: &Engine) {
         *self.prompt_cache.lock().unwrap_or_else(|e| e.into_inner()) = engine.prompt_cache_stats();
     }
@@ -146,7 +185,7 @@ impl EngineHandle {
 
     /// A place in the queue, or 429 when `queue_capacity` requests already wait.
     pub fn admit(&self) -> Result<OwnedSemaphorePermit, HttpError> {
-        self.slots.clone().try_acquire_owned().map_err(|_| HttpError::queue_full(self.queue_capacity, RETRY_AFTER_SECONDS))
+        self.slots.clone().try_acquire_owned().map_err(|_| HttpError::queue_full(self.queue_capacity, self.stats.retry_after()))
     }
 
     /// Queues a job behind those already sent.
@@ -172,12 +211,16 @@ fn work(engine: &mut Engine, info: &ModelInfo, mut jobs: UnboundedReceiver<Job>,
     while let Some(job) = jobs.blocking_recv() {
         stats.waiting.fetch_sub(1, Ordering::SeqCst);
         stats.running.fetch_add(1, Ordering::SeqCst);
+        let started = Instant::now();
         let (outcome, last_event) = run_job(engine, info, &job);
         let counter = match outcome {
             Outcome::Completed => &stats.completed,
             Outcome::Failed => &stats.failed,
             Outcome::Aborted => &stats.aborted,
         };
+        if !matches!(outcome, Outcome::Aborted) {
+            stats.add_run_time(started.elapsed().as_secs_f64());
+        }
         counter.fetch_add(1, Ordering::SeqCst);
         stats.set_prompt_cache(engine);
         stats.running.fetch_sub(1, Ordering::SeqCst);
