@@ -151,9 +151,9 @@ pub fn image_states(
         last = Some((image, weight_bytes));
     }
     let Some((image, weight_bytes)) = last else { return Err("no encoder depth to time".into()) };
-    let vision_seconds = match runs.as_slice() {
-        &[r0, r1] => Some(scaled_to(&format!("{label} vision seconds"), full, r0, r1)?),
-        &[(n, s)] if n == full => Some(s),
+    let vision_seconds = match *runs.as_slice() {
+        [r0, r1] => Some(scaled_to(&format!("{label} vision seconds"), full, r0, r1)?),
+        [(n, s)] if n == full => Some(s),
         _ => None,
     };
     Ok(ImageStates { image, tiny, vision_seconds, measured: runs, weight_bytes })
@@ -180,7 +180,7 @@ pub fn summary(out: &Out, label: &str, shape: &MllamaShape, states: &ImageStates
         (_, []) => "not run on this adapter".to_string(),
         (Some(s), [_]) => format!("{s:.2} s, all {full} layers"),
         (Some(s), _) => format!("{s:.2} s, scaled from {layers:?} to {full} layers"),
-        (None, &[(n, s), ..]) => format!("{s:.2} s for {n} of {full} layers (part of the encoder, not scaled)"),
+        (None, [(n, s), ..]) => format!("{s:.2} s for {n} of {full} layers (part of the encoder, not scaled)"),
     };
     out.note(&format!(
         "{label}, per image of {} tiles: vision encoder {vision}, cross-attention store of {cross_layers} layers filled in \
