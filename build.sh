@@ -2,12 +2,16 @@
 # webvlm build driver.
 #   ./build.sh serve     build the wasm package and serve the demo on http://127.0.0.1:8080
 #   ./build.sh test      run the whole test suite: native GPU tests on the system adapter, the
-#                        wasm package build, browser tests in headless Chromium; CI runs this
+#                        wasm package build, browser tests in headless Chromium; CI runs this.
+#                        Every part runs even when an earlier one failed; each prints
+#                        `== phase NAME: 123 s (ok|FAILED)`, and a table of them all with the
+#                        total closes the run, before the list of what FAILED
 #   ./build.sh wasm      build the npm package only (pkg/, copied to www/pkg/ for the demo; the
 #                        demo's vendored libraries in www/vendor/ and its offline list)
 #   ./build.sh browser   build the wasm package and run the browser tests only
 #                        (node --test; extra arguments go to node, e.g. a test file)
-#   ./build.sh lint      rustfmt check and clippy with warnings as errors, native and wasm32
+#   ./build.sh lint      rustfmt check, scripts/import_cycles.py, and clippy with warnings as
+#                        errors, native and wasm32
 #   ./build.sh sdk       the official-SDK conformance suite (tests/sdk/): the Python and npm
 #                        `openai` packages against `webvlm serve`, and llama.cpp's server when
 #                        LLAMA_CPP_PYTHON is set (extra arguments go to tests/sdk/run.py, e.g.
@@ -18,8 +22,18 @@
 # Environment: WASM_OPT=0 skips wasm-opt; WASM_OPT_FLAGS (default -O1); PORT for serve;
 # CONNECT_SRC for serve: origins the page may also connect to under its Content-Security-Policy
 # (a remote server for the demo's "Remote server" model, e.g. CONNECT_SRC=https://vlm.example.com).
+# WEBVLM_CACHE: what a later run or another clone reuses, kept outside the clone: the real models
+# and tokenizers the tests read (scripts/fetch_smollm2.sh, scripts/fetch_qwen_tokenizer.sh),
+# llama.cpp's server (scripts/llama_cpp_server.sh: llama-cpp-venv-VERSION), the SDK suite's
+# virtualenv (sdk-venv-HASH) and wasm-opt's output (wasm-opt/). Default
+# ${XDG_CACHE_HOME:-~/.cache}/webvlm; exported, absolute, to every command build.sh runs. The
+# Rust tests run by hand look there too (tests/common/cache.rs).
 set -euo pipefail
 cd "$(dirname "$0")"
+
+WEBVLM_CACHE="${WEBVLM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/webvlm}"
+case "$WEBVLM_CACHE" in /*) ;; *) WEBVLM_CACHE="$PWD/$WEBVLM_CACHE" ;; esac
+export WEBVLM_CACHE
 
 cmd="${1:-serve}"
 port="${PORT:-8080}"
@@ -148,17 +162,18 @@ wasm_imports_check() {
 
 # wasm-opt from the npm `binaryen` package (itself compiled to wasm: ~25 s at -O1, ~2.5 min at
 # -O3 on this 4.7 MB module on 2 shared cores; -O1 also gives the smallest gzip). The result
-# is cached by input hash, so rebuilding unchanged Rust skips it.
+# is cached by input hash in $WEBVLM_CACHE/wasm-opt, so rebuilding unchanged Rust skips it, in
+# this clone or another.
 wasm_opt_flags="${WASM_OPT_FLAGS:--O1}"
 wasm_opt() {
-  local bin="$browser_dir/node_modules/.bin/wasm-opt" cache="${CARGO_TARGET_DIR:-target}/wasm-opt-cache" key
+  local bin="$browser_dir/node_modules/.bin/wasm-opt" cache="$WEBVLM_CACHE/wasm-opt" key
   key="$( { sha256sum <"$1"; echo "$wasm_opt_flags"; "$bin" --version; } | sha256sum | cut -c1-32)"
   if [ ! -f "$cache/$key.wasm" ]; then
     mkdir -p "$cache"
     find "$cache" -name '*.wasm' -mtime +7 -delete 2>/dev/null || true
     # shellcheck disable=SC2086
-    "$bin" $wasm_opt_flags "$1" -o "$cache/$key.tmp"
-    mv "$cache/$key.tmp" "$cache/$key.wasm"
+    "$bin" $wasm_opt_flags "$1" -o "$cache/$key.$$.tmp"
+    mv "$cache/$key.$$.tmp" "$cache/$key.wasm"
   fi
   cp "$cache/$key.wasm" "$1"
 }
@@ -176,12 +191,14 @@ wasm_tests() {
     cargo test --target wasm32-unknown-unknown --no-default-features --test wasm_browser -- "$@"
 }
 
-# Formatting and lints: `cargo fmt --check` (rustfmt.toml), clippy with warnings as errors for
-# every native target and for the wasm32 library and its browser tests.
+# Formatting and lints: `cargo fmt --check` (rustfmt.toml), scripts/import_cycles.py, clippy
+# with warnings as errors for every native target and for the wasm32 library and its browser
+# tests. The first that fails fails the lint (set -e).
 lint() {
   rustup component add rustfmt clippy >/dev/null 2>&1 || true
   rustup target add wasm32-unknown-unknown >/dev/null 2>&1 || true
   cargo fmt --check
+  python3 scripts/import_cycles.py
   cargo clippy --all-targets -- -D warnings
   cargo clippy --target wasm32-unknown-unknown --no-default-features --lib --test wasm_browser -- -D warnings
 }
@@ -199,14 +216,51 @@ browser_tests() {
 # The official-SDK suite: tests/sdk/run.py starts `webvlm serve` (the debug CLI) on SmolLM2 and
 # the tiny VLM, and llama.cpp's server on SmolLM2 when LLAMA_CPP_PYTHON names a python with
 # llama-cpp-python[server] (run.py reads it; scripts/llama_cpp_server.sh prints one; `test` sets
-# it), and runs the Python `openai` package (in .cache/sdk-venv, which run.py makes from
-# tests/sdk/requirements.txt) and the npm one (tests/browser's node_modules) against them.
+# it), and runs the Python `openai` package (in $WEBVLM_CACHE/sdk-venv-HASH, which run.py makes
+# from tests/sdk/requirements.txt) and the npm one (tests/browser's node_modules) against them.
 sdk_tests() {
   npm_deps
   bash scripts/fetch_smollm2.sh >/dev/null
   cargo build --quiet --bin webvlm
   export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
   python3 tests/sdk/run.py "$@"
+}
+
+# The parts of `test` and their times. `phase NAME CMD...` runs CMD, prints
+# `== phase NAME: 123 s (ok|FAILED)` on stderr, keeps the row for phase_table and returns CMD's
+# status. CMD runs in a condition (`phase ... || failed+=(...)`), where `set -e` does not hold:
+# a part that is a shell function runs as `bash "$0" PART` to keep it.
+phase_rows=()
+phase_row() { # NAME SECONDS RESULT
+  phase_rows+=("$1"$'\t'"$2"$'\t'"$3")
+}
+phase() {
+  local name="$1" start=$SECONDS status=0 result=ok
+  shift
+  echo "== phase $name" >&2
+  "$@" || status=$?
+  [ "$status" -eq 0 ] || result=FAILED
+  echo "== phase $name: $((SECONDS - start)) s ($result)" >&2
+  phase_row "$name" "$((SECONDS - start))" "$result"
+  return "$status"
+}
+# Every phase, .ci/run's first (its rows come in WEBVLM_PHASES: NAME<TAB>SECONDS<TAB>RESULT
+# lines), and the total: this run's wall clock plus .ci/run's phases.
+phase_table() {
+  local earlier=() row name secs result total=$SECONDS
+  [ -z "${WEBVLM_PHASES:-}" ] || mapfile -t earlier <<<"${WEBVLM_PHASES%$'\n'}"
+  echo "== phases" >&2
+  for row in "${earlier[@]}" "${phase_rows[@]}"; do
+    IFS=$'\t' read -r name secs result <<<"$row"
+    printf '   %-42s %6s s  %s\n' "$name" "$secs" "$result" >&2
+  done
+  for row in "${earlier[@]}"; do
+    IFS=$'\t' read -r name secs result <<<"$row"
+    [[ "$secs" =~ ^[0-9]+$ ]] && total=$((total + secs))
+  done
+  result=ok
+  [ ${#failed[@]} -eq 0 ] || result="FAILED (${#failed[@]})"
+  printf '   %-42s %6s s  %s\n' "total" "$total" "$result" >&2
 }
 
 case "$cmd" in
@@ -234,53 +288,70 @@ case "$cmd" in
   test)
     # Mesa's Vulkan loader complains without a runtime dir; give it a private one.
     export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
-    bash scripts/fetch_smollm2.sh
-    bash scripts/fetch_qwen_tokenizer.sh
+    # Each part runs even when an earlier one failed; the run fails if any did. The table of
+    # phases and the list of what failed print however the run ends (trap).
+    failed=()
+    trap 'phase_table; [ ${#failed[@]} -eq 0 ] || printf "FAILED: %s\n" "${failed[@]}" >&2' EXIT
+    echo "cache (WEBVLM_CACHE): $WEBVLM_CACHE" >&2
+    phase "fetch SmolLM2" bash scripts/fetch_smollm2.sh || failed+=("fetch SmolLM2 (scripts/fetch_smollm2.sh)")
+    phase "fetch Qwen tokenizer" bash scripts/fetch_qwen_tokenizer.sh ||
+      failed+=("fetch the Qwen tokenizer (scripts/fetch_qwen_tokenizer.sh)")
     # llama.cpp's server, the independent OpenAI-compatible server the remote-engine and SDK
-    # suites also run against, builds from source (a few minutes of one core): in the
-    # background, beside the Rust builds. LLAMA_CPP_PYTHON set by hand skips it.
+    # suites also run against, builds from source (a few minutes of one core; once per
+    # llama-cpp-python version: the build is kept in $WEBVLM_CACHE): in the background, beside
+    # the Rust builds. LLAMA_CPP_PYTHON set by hand skips it.
     if [ -z "${LLAMA_CPP_PYTHON:-}" ]; then
       llama_log="${CARGO_TARGET_DIR:-target}/llama-cpp-install.log"
       mkdir -p "$(dirname "$llama_log")"
-      nice bash scripts/llama_cpp_server.sh >"$llama_log" 2>&1 &
+      rm -f "$llama_log.seconds"
+      (
+        start=$SECONDS status=0
+        nice bash scripts/llama_cpp_server.sh || status=$?
+        echo "$((SECONDS - start))" >"$llama_log.seconds"
+        exit "$status"
+      ) >"$llama_log" 2>&1 &
       llama_pid=$!
     fi
-    # Each part runs even when an earlier one failed; the run fails if any did. The parts run
-    # as child processes so that `set -e` holds inside each of them.
-    failed=()
-    bash "$0" lint || failed+=("lint (cargo fmt --check, clippy -D warnings)")
-    bash "$0" wasm || failed+=("wasm build")
-    cargo test --no-fail-fast || failed+=("native tests")
+    # The parts that are this script's own commands run as child processes so that `set -e`
+    # holds inside each of them.
+    phase "lint" bash "$0" lint || failed+=("lint (cargo fmt --check, scripts/import_cycles.py, clippy -D warnings)")
+    wasm_built=1
+    phase "wasm build" bash "$0" wasm || { wasm_built=0; failed+=("wasm build"); }
+    phase "native tests" cargo test --no-fail-fast || failed+=("native tests")
     # The kernel and model tests again with the GPU kernel geometry forced (a CPU adapter takes
     # the CPU shape by default): every kernel variant a real GPU takes runs here against the
     # same references and tolerances.
     # SmolLM2 there: a chat only. Its comparisons with transformers (the same kernels as the tiny
     # models', on real weights; ten minutes in this geometry on lavapipe) run in the default one.
-    WEBVLM_GEOMETRY=gpu cargo test --no-fail-fast --test kernels_matmul --test kernels_fused --test kernels_sample \
+    phase "native tests, GPU geometry" env WEBVLM_GEOMETRY=gpu cargo test --no-fail-fast \
+      --test kernels_matmul --test kernels_fused --test kernels_sample \
       --test kernels_attention --test model_tiny --test model_vision --test model_f16 \
       --test model_stream --test kernels_vision --test bench_smoke --test model_qwen35 --test kernels_mrope \
       --test model_qwen35_vision --test model_hf --test model_mistral_small --test kernels_vision_mllama \
       --test model_mllama_vision --test model_mllama --test engine_mllama || failed+=("native tests in the GPU kernel geometry")
-    WEBVLM_GEOMETRY=gpu cargo test --test model_smollm2 -- chat_names_paris || failed+=("SmolLM2 in the GPU kernel geometry")
-    bash "$0" wasm-test || failed+=("wasm tests in the browser")
+    phase "SmolLM2 chat, GPU geometry" env WEBVLM_GEOMETRY=gpu cargo test --test model_smollm2 -- chat_names_paris ||
+      failed+=("SmolLM2 in the GPU kernel geometry")
+    phase "wasm tests in the browser" bash "$0" wasm-test || failed+=("wasm tests in the browser")
     if [ -n "${llama_pid:-}" ]; then
-      if wait "$llama_pid"; then
+      # Its time here is what the run waited for it; the next row, what it took in all.
+      if phase "llama.cpp install (waiting)" wait "$llama_pid"; then
         LLAMA_CPP_PYTHON="$(tail -n 1 "$llama_log")"
         export LLAMA_CPP_PYTHON
+        result=ok
       else
         failed+=("llama.cpp server install (scripts/llama_cpp_server.sh; log: $llama_log)")
+        result=FAILED
       fi
+      phase_row "llama.cpp install (background)" "$(cat "$llama_log.seconds" 2>/dev/null || echo "?")" "$result"
     fi
-    if [[ " ${failed[*]} " == *" wasm build "* ]]; then
-      failed+=("browser tests (not run: no wasm package)")
+    if [ "$wasm_built" = 1 ]; then
+      phase "browser tests" bash "$0" browser-only || failed+=("browser tests")
     else
-      bash "$0" browser-only || failed+=("browser tests")
+      failed+=("browser tests (not run: no wasm package)")
+      phase_row "browser tests" 0 "not run"
     fi
-    bash "$0" sdk || failed+=("SDK conformance (tests/sdk)")
-    if [ ${#failed[@]} -gt 0 ]; then
-      printf 'FAILED: %s\n' "${failed[@]}" >&2
-      exit 1
-    fi
+    phase "SDK conformance" bash "$0" sdk || failed+=("SDK conformance (tests/sdk)")
+    [ ${#failed[@]} -eq 0 ] || exit 1
     ;;
   browser-only)
     shift

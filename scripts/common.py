@@ -15,6 +15,12 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"
+# What fetch_smollm2.sh and fetch_qwen_tokenizer.sh fetch: $WEBVLM_CACHE, by default (as there
+# and in build.sh) ${XDG_CACHE_HOME:-~/.cache}/webvlm.
+CACHE = Path(
+    os.environ.get("WEBVLM_CACHE")
+    or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "webvlm"
+)
 # Scratch space for Hugging Face model folders and other intermediates (never committed).
 WORK = Path(os.environ.get("WEBVLM_PYREF_WORK", "/work/pyref/work"))
 # Unpacked llama-cpp-python sdist (see scripts/README.md).

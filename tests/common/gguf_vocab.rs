@@ -10,6 +10,10 @@ use std::path::{Path, PathBuf};
 use webvlm::gguf::{GgufHeader, GgufHeaderParser};
 use webvlm::tokenizer::GgufVocab;
 
+#[path = "cache.rs"]
+mod cache;
+pub use cache::cached;
+
 /// The header (metadata and tensor index) of the GGUF file at `path`.
 pub fn read_header(path: &Path) -> GgufHeader {
     let mut file = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
@@ -42,8 +46,7 @@ pub fn fixture(rel: &str) -> PathBuf {
 
 /// The real SmolLM2-135M-Instruct GGUF fetched by `scripts/fetch_smollm2.sh`.
 pub fn smollm2_gguf() -> PathBuf {
-    let cache = std::env::var_os("WEBVLM_CACHE").map_or_else(|| repo_root().join(".cache"), PathBuf::from);
-    let path = cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let path = cached("models/SmolLM2-135M-Instruct.Q4_1.gguf");
     assert!(path.exists(), "{} is missing: run `bash scripts/fetch_smollm2.sh`", path.display());
     path
 }

@@ -2,6 +2,7 @@
 //! error measures and a `.npy` reader.
 #![allow(dead_code)]
 
+pub mod cache;
 pub mod chi_square;
 pub mod smollm2;
 

@@ -33,11 +33,10 @@ pub fn reference() -> Reference {
     serde_json::from_str(&std::fs::read_to_string(fixture("smollm2/reference.json")).unwrap()).unwrap()
 }
 
-/// The GGUF, fetched into `$WEBVLM_CACHE/models` (default `.cache/models`) by
-/// `scripts/fetch_smollm2.sh`.
+/// The GGUF, fetched into the cache's `models/` by `scripts/fetch_smollm2.sh` (where:
+/// [`super::cache::cached`]).
 pub fn model_path(r: &Reference) -> std::path::PathBuf {
-    let cache = std::env::var("WEBVLM_CACHE").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/.cache").into());
-    let path = std::path::Path::new(&cache).join("models").join(&r.model);
+    let path = super::cache::cached(&format!("models/{}", r.model));
     assert!(path.exists(), "{} is missing: run scripts/fetch_smollm2.sh", path.display());
     path
 }

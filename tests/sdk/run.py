@@ -15,12 +15,15 @@ target/). `--llama-cpp PYTHON` adds llama.cpp's server (`PYTHON -m llama_cpp.ser
 `llama-cpp-python[server]` installed for PYTHON: `bash scripts/llama_cpp_server.sh` prints one)
 on SmolLM2 as another target; it defaults to $LLAMA_CPP_PYTHON, as in tests/browser (set it
 empty to leave llama.cpp out). The Python
-clients run in a virtual environment, .cache/sdk-venv, made from tests/sdk/requirements.txt
-when missing or when the requirements changed; the npm package comes from
-tests/browser/node_modules (`npm ci` there, as ./build.sh does).
+clients run in a virtual environment, $WEBVLM_CACHE/sdk-venv-HASH (HASH: of
+tests/sdk/requirements.txt and the python's version), made when missing; the npm package comes
+from tests/browser/node_modules (`npm ci` there, as ./build.sh does). WEBVLM_CACHE (relative:
+to the repository) defaults, as in ./build.sh and scripts/fetch_smollm2.sh, to
+${XDG_CACHE_HOME:-~/.cache}/webvlm.
 """
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
@@ -36,12 +39,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = ROOT / "tests" / "sdk"
-VENV = ROOT / ".cache" / "sdk-venv"
+# What a later run reuses (the venv, the model): outside the clone, as ./build.sh has it.
+CACHE = ROOT / (os.environ.get("WEBVLM_CACHE")
+                or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "webvlm")
 REQUIREMENTS = HERE / "requirements.txt"
 NODE_OPENAI = ROOT / "tests" / "browser" / "node_modules" / "openai"
 LOGS = ROOT / "target" / "sdk-test-output"
-# Where scripts/fetch_smollm2.sh puts the model ($WEBVLM_CACHE, relative to the repository).
-SMOLLM2 = ROOT / os.environ.get("WEBVLM_CACHE", ".cache") / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Where scripts/fetch_smollm2.sh puts the model.
+SMOLLM2 = CACHE / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY_VLM = ROOT / "tests" / "fixtures" / "tiny_mistral3_tekken"
 API_KEY = "sdk-suite-key"
 STARTUP_SECONDS = 300
@@ -199,17 +204,25 @@ def llama_cpp_server(python):
 
 
 def venv_python():
-    """.cache/sdk-venv's python, (re)installing requirements.txt when it changed."""
-    python = VENV / "bin" / "python"
-    stamp = VENV / "requirements.sha256"
-    want = hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()
-    if python.exists() and stamp.exists() and stamp.read_text().strip() == want:
-        return python
-    if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", VENV], check=True)
-    subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r", REQUIREMENTS],
-                   check=True)
-    stamp.write_text(want + "\n")
+    """The python of $WEBVLM_CACHE/sdk-venv-HASH, made from requirements.txt when missing: the
+    directory is keyed by the requirements and the python's version, so a changed
+    requirements.txt makes a new one and clones with different ones do not take turns
+    reinstalling. Runs sharing the cache take turns making it (flock)."""
+    key = REQUIREMENTS.read_bytes() + f"\npython {sys.version_info[0]}.{sys.version_info[1]}\n".encode()
+    want = hashlib.sha256(key).hexdigest()
+    venv = CACHE / f"sdk-venv-{want[:16]}"
+    python = venv / "bin" / "python"
+    stamp = venv / "requirements.sha256"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / f"sdk-venv-{want[:16]}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if python.exists() and stamp.exists() and stamp.read_text().strip() == want:
+            return python
+        if not python.exists():
+            subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+        subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r", REQUIREMENTS],
+                       check=True)
+        stamp.write_text(want + "\n")
     return python
 
 

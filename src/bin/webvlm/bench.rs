@@ -44,10 +44,25 @@ use model::{bench_model, CrossImages, ModelPlan};
 use timing::Budget;
 use vision::{bench_vision, VisionPlan};
 
-const DEFAULT_MODEL: &str = ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// SmolLM2 where `scripts/fetch_smollm2.sh` puts it: under `$WEBVLM_CACHE` when set, else the
+/// first that has it of `${XDG_CACHE_HOME:-$HOME/.cache}/webvlm` and `.cache` (the working
+/// folder's; the first when neither has it).
+fn default_model() -> PathBuf {
+    let set = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(dir) = set("WEBVLM_CACHE") {
+        return dir.join(DEFAULT_MODEL);
+    }
+    let user = set("XDG_CACHE_HOME").or_else(|| set("HOME").map(|h| h.join(".cache"))).map(|c| c.join("webvlm"));
+    let candidates: Vec<PathBuf> = user.into_iter().chain([PathBuf::from(".cache")]).map(|c| c.join(DEFAULT_MODEL)).collect();
+    candidates.iter().find(|p| p.exists()).unwrap_or(&candidates[0]).clone()
+}
+
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// A model to time [default: SmolLM2 at .cache/models/, when there]
+    /// A model to time [default: SmolLM2 in $WEBVLM_CACHE/models/ (else ~/.cache/webvlm/models/
+    /// or .cache/models/), when there]
     #[arg(long, value_name = "M.gguf")]
     model: Option<PathBuf>,
     /// Time a synthetic model built in memory (random weights): Ministral 3, or a Qwen3.5 size
@@ -180,13 +195,15 @@ pub fn run(args: &BenchArgs) -> CliResult {
         roofline::matvecs(&gpu, &out, &roof, quick, budget)?;
     }
 
+    let default = default_model();
     let model_path = match &args.model {
         Some(p) => Some(p.clone()),
         None if args.synthetic || args.no_model => None,
-        None if std::path::Path::new(DEFAULT_MODEL).exists() => Some(DEFAULT_MODEL.into()),
+        None if default.exists() => Some(default),
         None => {
-            out.emit(json!({ "kind": "skipped", "model": DEFAULT_MODEL, "reason": "not found (scripts/fetch_smollm2.sh)" }));
-            out.note(&format!("skipping {DEFAULT_MODEL}: not found (run scripts/fetch_smollm2.sh)"));
+            let shown = default.display();
+            out.emit(json!({ "kind": "skipped", "model": shown.to_string(), "reason": "not found (scripts/fetch_smollm2.sh)" }));
+            out.note(&format!("skipping {shown}: not found (run scripts/fetch_smollm2.sh)"));
             None
         }
     };
