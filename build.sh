@@ -328,7 +328,8 @@ case "$cmd" in
       --test kernels_attention --test model_tiny --test model_vision --test model_f16 \
       --test model_stream --test kernels_vision --test bench_smoke --test model_qwen35 --test kernels_mrope \
       --test model_qwen35_vision --test model_hf --test model_mistral_small --test kernels_vision_mllama \
-      --test model_mllama_vision --test model_mllama --test engine_mllama || failed+=("native tests in the GPU kernel geometry")
+      --test model_mllama_vision --test model_mllama --test engine_mllama --test model_qwen_vision \
+      --test prompt_cache --test device_lost || failed+=("native tests in the GPU kernel geometry")
     phase "SmolLM2 chat, GPU geometry" env WEBVLM_GEOMETRY=gpu cargo test --test model_smollm2 -- chat_names_paris ||
       failed+=("SmolLM2 in the GPU kernel geometry")
     phase "wasm tests in the browser" bash "$0" wasm-test || failed+=("wasm tests in the browser")
