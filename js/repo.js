@@ -1,8 +1,9 @@
 // A Hugging Face repository as a model source (`model: {repo, quant}`): its small files
-// (config, tokenizer, template, generation config, shard index) fetched whole and kept in
-// Cache Storage, its safetensors shards streamed by source.js like GGUF parts. The engine
-// converts the shards at load (src/engine/repo.rs) and writes the converted model out as one
-// GGUF, which host.js keeps in Cache Storage in place of the shards (`convertedName`).
+// (config, tokenizer, template, generation config, image-processor settings, shard index)
+// fetched whole and kept in Cache Storage, its safetensors shards streamed by source.js like
+// GGUF parts. The engine converts the shards at load (src/engine/repo.rs) and writes the
+// converted model out as one GGUF, which host.js keeps in Cache Storage in place of the
+// shards (`convertedName`).
 // Reference: the file layout transformers' `save_pretrained` writes.
 
 import { BadRequestError, DownloadError, QuotaExceededError } from "./errors.js";
@@ -19,6 +20,8 @@ const FILES = [
   ["tokenizer_config.json", false],
   ["chat_template.jinja", false],
   ["generation_config.json", false],
+  ["processor_config.json", false],
+  ["preprocessor_config.json", false],
   ["model.safetensors.index.json", false],
 ];
 

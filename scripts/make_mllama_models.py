@@ -13,6 +13,13 @@ Writes tests/fixtures/<name>/ for each model: what transformers' `save_pretraine
   tiny_mllama_b   F16, sharded (`model.safetensors.index.json`). Vision: tile 28, hidden 24,
                   2 heads, 2 local layers (indices [1]), 2 global layers, output dim 48. Text:
                   hidden 48, 3 heads x 16 / 1 KV head, 5 layers, cross-attention layers [0, 3].
+  tiny_mllama_c   BF16, saved with a processor unlike Llama 3.2 Vision's (issue 29): tile 42
+                  (3x3 patches), image_mean / image_std not CLIP's, bicubic resample, rescale
+                  factor 1/250, written by `MllamaProcessor.save_pretrained` as transformers 5
+                  does (`processor_config.json` with an `image_processor` object; no
+                  `preprocessor_config.json`). Vision: hidden 32, 2 heads, 2 local layers
+                  (indices [0]), 1 global layer, output dim 64. Text: hidden 32, 2 heads x 16 /
+                  1 KV head, 3 layers, cross-attention layer [1].
 
 and tests/fixtures/mllama_preprocess/: PNGs of many sizes and `MllamaImageProcessorPil`'s
 pixel values for them (every supported aspect ratio of max_image_tiles 4, tiles of 14 and 28
@@ -146,22 +153,23 @@ def build_tokenizer(out: Path) -> None:
     })
 
 
-def processor(folder: Path, tile: int):
+def processor(folder: Path, tile: int, settings: dict | None = None):
     from transformers import MllamaProcessor, PreTrainedTokenizerFast
-    from transformers.models.mllama.image_processing_pil_mllama import MllamaImageProcessorPil
 
     tok = PreTrainedTokenizerFast.from_pretrained(str(folder))
-    return MllamaProcessor(image_processor=image_processor(tile), tokenizer=tok,
+    return MllamaProcessor(image_processor=image_processor(tile, settings), tokenizer=tok,
                            chat_template=tok.chat_template)
 
 
-def image_processor(tile: int):
+def image_processor(tile: int, settings: dict | None = None):
+    """Llama 3.2 Vision's settings with `size` = tile, and `settings` over them."""
     from transformers.models.mllama.image_processing_pil_mllama import MllamaImageProcessorPil
 
-    return MllamaImageProcessorPil(do_resize=True, size={"height": tile, "width": tile}, resample=2,
-                                   do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
-                                   image_mean=IMAGE_MEAN, image_std=IMAGE_STD, do_pad=True,
-                                   do_convert_rgb=True, max_image_tiles=MAX_IMAGE_TILES)
+    kwargs = dict(do_resize=True, size={"height": tile, "width": tile}, resample=2, do_rescale=True,
+                  rescale_factor=1 / 255, do_normalize=True, image_mean=IMAGE_MEAN, image_std=IMAGE_STD,
+                  do_pad=True, do_convert_rgb=True, max_image_tiles=MAX_IMAGE_TILES)
+    kwargs.update(settings or {})
+    return MllamaImageProcessorPil(**kwargs)
 
 
 def write_preprocessor_config(folder: Path, tile: int) -> dict:
@@ -370,20 +378,43 @@ def reload_check(out: Path, proc, case: dict) -> float:
     return float(np.abs(logits - np.load(out / case["logits"])).max())
 
 
+def saved_processor_check(out: Path, cases: list[dict]) -> None:
+    """The image processor transformers reads back from the folder gives the cases' pixels."""
+    from transformers.models.mllama.image_processing_pil_mllama import MllamaImageProcessorPil
+
+    saved = MllamaImageProcessorPil.from_pretrained(str(out))
+    for case in cases:
+        if case["images"]:
+            res = saved([[load_png(out / p) for p in case["images"]]], return_tensors="np")
+            pv = res["pixel_values"][0, :, :case["num_tiles"][0]]
+            assert np.array_equal(pv, np.load(out / case["pixel_values"])), case["name"]
+
+
 def make_fixture(name: str, vision: dict, text: dict, outtype: str, shard: str | None,
-                 images: dict, prompts: list[dict], notes: str) -> None:
+                 images: dict, prompts: list[dict], notes: str,
+                 proc_settings: dict | None = None) -> None:
+    """`proc_settings`: image-processor settings over Llama 3.2 Vision's, and the processor
+    saved by `MllamaProcessor.save_pretrained` (transformers 5's `processor_config.json`);
+    without them, the published `preprocessor_config.json` with the tile size."""
     out = FIXTURES / name
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     tile = vision["image_size"]
     build_tokenizer(out)
-    pre_cfg = write_preprocessor_config(out, tile)
     for file, (w, h, seed) in images.items():
         make_image(out / file, w, h, seed)
     model = build_model(vision, text, outtype)
     files = save_hf(model, out, outtype, shard)
-    proc = processor(out, tile)
+    proc = processor(out, tile, proc_settings)
+    if proc_settings is None:
+        pre_cfg = write_preprocessor_config(out, tile)
+    else:
+        proc.save_pretrained(str(out))
+        # The tokenizer files as build_tokenizer wrote them (save_pretrained rewrites them).
+        build_tokenizer(out)
+        pre_cfg = json.loads((out / "processor_config.json").read_text())["image_processor"]
+        assert not (out / "preprocessor_config.json").exists()
     cases, chat_cases = [], []
     for spec in prompts:
         text_in = spec.get("text")
@@ -398,6 +429,8 @@ def make_fixture(name: str, vision: dict, text: dict, outtype: str, shard: str |
                                "date_string": DATE_STRING, "text": text_in, "tokens": case["tokens"]})
         cases.append(case)
     reload_diff = reload_check(out, proc, cases[0])
+    if proc_settings is not None:
+        saved_processor_check(out, cases)
     for case in cases:
         case["numpy_vs_transformers"] = mllama_numpy.check_case(out, case)
         assert case["numpy_vs_transformers"]["logits_rel_l2"] < 1e-5, case["numpy_vs_transformers"]
@@ -464,6 +497,28 @@ def tiny_mllama_b() -> None:
                  "F16 weights, sharded by save_pretrained(max_shard_size='60KB').")
 
 
+# tiny_mllama_c's image processor: none of Llama 3.2 Vision's mean / std / resample / rescale.
+PROC_C = {"image_mean": [0.52, 0.38, 0.61], "image_std": [0.21, 0.33, 0.18], "resample": 3,
+          "rescale_factor": 1 / 250}
+
+
+def tiny_mllama_c() -> None:
+    vision = {"image_size": 42, "hidden_size": 32, "attention_heads": 2, "intermediate_size": 32,
+              "num_hidden_layers": 2, "num_global_layers": 1, "intermediate_layers_indices": [0]}
+    text = {"hidden_size": 32, "num_attention_heads": 2, "num_key_value_heads": 1,
+            "intermediate_size": 48, "num_hidden_layers": 3, "cross_attention_layers": [1]}
+    images = {"img_70x40.png": (70, 40, 5), "img_30x90.png": (30, 90, 6)}
+    prompts = [
+        {"name": "wide_two_tiles", "images": ["img_70x40.png"],
+         "text": "Look at the photo. <|image|>What colour is the circle?"},
+        {"name": "tall_three_tiles", "images": ["img_30x90.png"],
+         "text": "<|image|>Describe the picture."},
+    ]
+    make_fixture("tiny_mllama_c", vision, text, "bf16", None, images, prompts,
+                 "BF16 weights; the processor saved by MllamaProcessor.save_pretrained with "
+                 f"settings {PROC_C} over Llama 3.2 Vision's (processor_config.json).", PROC_C)
+
+
 # ----------------------------------------------------------------------------- preprocessing
 
 # (width, height, tile): every aspect ratio of max_image_tiles 4 (ids 1..8), up- and
@@ -522,7 +577,7 @@ def mllama_preprocess() -> None:
     print(f"mllama_preprocess: {len(cases)} images, {size / 1024:.0f} KiB")
 
 
-TARGETS = {"tiny_mllama_a": tiny_mllama_a, "tiny_mllama_b": tiny_mllama_b,
+TARGETS = {"tiny_mllama_a": tiny_mllama_a, "tiny_mllama_b": tiny_mllama_b, "tiny_mllama_c": tiny_mllama_c,
            "mllama_preprocess": mllama_preprocess}
 
 if __name__ == "__main__":

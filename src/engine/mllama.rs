@@ -13,12 +13,14 @@
 //! live one on its rows; any other image set clears the whole prompt cache and the context.
 //! Reference: transformers' `processing_mllama.py` (BOS placement, `cross_attention_mask`).
 
+use crate::gguf::Metadata;
 use crate::gpu::Gpu;
-use crate::image::mllama::{preprocess_mllama, MllamaPreprocess};
+use crate::image::mllama::{preprocess_mllama, MllamaPreprocess, Resample};
 use crate::kernels::matmul::MatmulCompute;
 use crate::model::families::mllama::{processor_mask, ARCH};
-use crate::model::vision::mllama::MllamaVision;
+use crate::model::vision::mllama::{MllamaVision, MllamaVisionConfig};
 use crate::model::{Context, Decoder, ImageDigest, ImageFeatures, ModelError};
+use crate::source::hf::{mllama_preprocess, HfImageProcessor};
 use crate::source::{LoadQuant, WeightLoader};
 
 use super::prompt_cache::PromptCache;
@@ -29,6 +31,8 @@ pub struct CrossVision {
     pub encoder: MllamaVision,
     /// The `<|image|>` token id (`image_token_index`).
     pub image_token: u32,
+    /// The folder's image-processor settings for this encoder (decoding limits aside).
+    preprocess: MllamaPreprocess,
     /// The images whose states the context holds, and the mask it was given.
     live: Option<CrossSet>,
 }
@@ -56,36 +60,67 @@ impl CrossSet {
 }
 
 impl CrossVision {
-    /// The encoder of an `mllama` model's source (`None` for other architectures).
-    pub fn load(gpu: &Gpu, src: &mut dyn WeightLoader, quant: LoadQuant) -> Result<Option<CrossVision>, EngineError> {
+    /// The preprocessing of an `mllama` model (`None` for other architectures) under the
+    /// folder's image-processor settings `processor` (`None`: the published Llama 3.2 Vision
+    /// processor's; see [`mllama_preprocess`]); settings the model cannot take are an error.
+    pub fn preprocess_for(md: &Metadata, processor: Option<&HfImageProcessor>) -> Result<Option<MllamaPreprocess>, EngineError> {
+        if md.architecture()? != ARCH {
+            return Ok(None);
+        }
+        let cfg = MllamaVisionConfig::from_metadata(md)?;
+        let preprocess = mllama_preprocess(processor, cfg.image_size, cfg.patch_size, cfg.max_tiles)
+            .map_err(|e| ModelError::Load(e.into()))?;
+        Ok(Some(preprocess))
+    }
+
+    /// The encoder of an `mllama` model's source (`None` for other architectures), its images
+    /// preprocessed with `preprocess` ([`Self::preprocess_for`]).
+    pub fn load(
+        gpu: &Gpu,
+        src: &mut dyn WeightLoader,
+        quant: LoadQuant,
+        preprocess: MllamaPreprocess,
+    ) -> Result<Option<CrossVision>, EngineError> {
         let md = src.metadata();
         if md.architecture()? != ARCH {
             return Ok(None);
         }
         let image_token = md.get_u32("mllama.image_token_index")?;
         let encoder = MllamaVision::load_from(gpu, src, quant)?;
-        Ok(Some(CrossVision { encoder, image_token, live: None }))
+        Ok(Some(CrossVision { encoder, image_token, preprocess, live: None }))
     }
 
-    /// The processor settings: tiles of the config's `image_size`, at most `max_num_tiles`,
-    /// CLIP mean / std; `decode` gives the decoding limits and EXIF handling.
+    /// The processor settings (tiles of the config's `image_size`, at most `max_num_tiles`,
+    /// the folder's mean / std / filter / rescale factor); `decode` gives the decoding limits
+    /// and EXIF handling.
     pub fn preprocess_options(&self, decode: &crate::image::PreprocessOptions) -> MllamaPreprocess {
-        let c = &self.encoder.cfg;
-        MllamaPreprocess {
-            tile_size: c.image_size,
-            max_image_tiles: c.max_tiles,
-            decode: decode.clone(),
-            ..MllamaPreprocess::default()
-        }
+        MllamaPreprocess { decode: decode.clone(), ..self.preprocess.clone() }
     }
 
     /// The settings besides [`crate::image::PreprocessOptions`] that decide an image's
     /// states, for the image cache's key.
     pub fn preprocess_key(&self) -> Vec<u8> {
-        let c = &self.encoder.cfg;
+        // Destructured so that a new setting cannot be left out of the key.
+        let MllamaPreprocess {
+            tile_size,
+            max_image_tiles,
+            image_mean,
+            image_std,
+            resample,
+            rescale_factor,
+            normalize,
+            decode: _,
+        } = &self.preprocess;
         let mut key = b"mllama".to_vec();
-        key.extend(c.image_size.to_le_bytes());
-        key.extend(c.max_tiles.to_le_bytes());
+        key.extend(tile_size.to_le_bytes());
+        key.extend(max_image_tiles.to_le_bytes());
+        image_mean.iter().chain(image_std).for_each(|v| key.extend(v.to_le_bytes()));
+        key.push(match resample {
+            Resample::Bilinear => 2,
+            Resample::Bicubic => 3,
+        });
+        key.extend(rescale_factor.unwrap_or(0.0).to_le_bytes());
+        key.push(u8::from(*normalize));
         key.push(u8::from(self.encoder.compute == MatmulCompute::F16));
         key
     }

@@ -172,10 +172,15 @@ impl Engine {
         tokenizer.add_eos_ids(&text.generation.eos_token_ids)?;
         let config = text.tokenizer_config.as_deref().map(HfTokenizerConfig::parse).transpose()?.unwrap_or_default();
         let template = ChatTemplate::from_hf(&config, text.chat_template.as_deref(), &tokenizer)?;
+        // The image-processor settings are checked before any weight is uploaded.
+        let cross_preprocess = CrossVision::preprocess_for(src.metadata(), text.image_processor.as_ref())?;
         let mut engine = Self::load_with_text(gpu, src, tokenizer, template, opts)?;
         engine.sampling_defaults = sampling_defaults;
         // Mllama folders hold the vision encoder beside the text model.
-        engine.cross_vision = CrossVision::load(&engine.gpu, src, LoadQuant::Keep)?;
+        engine.cross_vision = match cross_preprocess {
+            Some(p) => CrossVision::load(&engine.gpu, src, LoadQuant::Keep, p)?,
+            None => None,
+        };
         if let Some(v) = engine.cross_vision.as_mut() {
             if engine.ctx.precision().compute_f16 {
                 v.encoder.compute = MatmulCompute::F16;

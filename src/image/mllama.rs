@@ -11,10 +11,12 @@
 //! 3. [`fit_to_canvas`]: the resize target, each side clamped to `[tile, canvas side]`, the
 //!    aspect ratio kept by flooring the other side (the image is not always enlarged to fill
 //!    the canvas);
-//! 4. resize with Pillow's bilinear filter on the 8-bit image (reproduced exactly in
-//!    `resample`), pad right and bottom with 0 to the canvas;
-//! 5. `x as f64 * (1/255)` → f32, then `(x - mean) / std` in f32 (CLIP mean/std); padding
-//!    pixels become `(0 - mean) / std`;
+//! 4. resize with Pillow's bilinear (or, as the processor asks, bicubic) filter on the 8-bit
+//!    image (reproduced exactly in `resample`), pad right and bottom with 0 to the canvas;
+//! 5. `x as f64 * rescale_factor` → f32 (`do_rescale`; else `x as f32`), then
+//!    `(x - mean) / std` in f32 (`do_normalize`); padding pixels become `(0 - mean) / std`.
+//!    The settings are the folder's (`source::hf::mllama_preprocess`), by default Llama 3.2
+//!    Vision's (1/255, CLIP mean / std);
 //! 6. split row-major into `tiles_h * tiles_w` tiles of `[3][tile][tile]`.
 //!
 //! The processor then pads every image to `max_image_tiles` tiles with all-zero tiles (zero
@@ -32,6 +34,15 @@ pub const MAX_IMAGE_TILES_LIMIT: u32 = 64;
 /// Largest accepted output, `max_image_tiles * 3 * tile * tile` floats (1 GiB).
 const MAX_OUTPUT_FLOATS: u64 = 1 << 28;
 
+/// The resampling filter of the resize (`resample`: Pillow's 2 and 3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resample {
+    /// `Image.BILINEAR` (2; Llama 3.2 Vision's).
+    Bilinear,
+    /// `Image.BICUBIC` (3).
+    Bicubic,
+}
+
 /// Settings of the Mllama image processor.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MllamaPreprocess {
@@ -39,22 +50,31 @@ pub struct MllamaPreprocess {
     pub tile_size: u32,
     /// Most tiles per image (`max_image_tiles`).
     pub max_image_tiles: u32,
-    /// Per-channel mean and standard deviation.
+    /// Per-channel mean and standard deviation (used when [`normalize`](Self::normalize)).
     pub image_mean: [f32; 3],
     pub image_std: [f32; 3],
+    /// The resize filter (`resample`).
+    pub resample: Resample,
+    /// `rescale_factor` when `do_rescale` (1/255), `None` when the processor does not rescale.
+    pub rescale_factor: Option<f64>,
+    /// `do_normalize`: `(x - mean) / std`.
+    pub normalize: bool,
     /// Decoding limits and EXIF handling (its `max_edge` is not used).
     pub decode: PreprocessOptions,
 }
 
 impl Default for MllamaPreprocess {
-    /// Llama 3.2 11B Vision's `preprocessor_config.json`: 560-px tiles, at most 4, CLIP
-    /// mean / std (the Python floats rounded to f32, as numpy does).
+    /// Llama 3.2 11B Vision's `preprocessor_config.json`: 560-px tiles, at most 4, bilinear,
+    /// rescale by 1/255, CLIP mean / std (the Python floats rounded to f32, as numpy does).
     fn default() -> Self {
         MllamaPreprocess {
             tile_size: DEFAULT_TILE_SIZE,
             max_image_tiles: DEFAULT_MAX_IMAGE_TILES,
             image_mean: super::IMAGE_MEAN.map(|m| m as f32),
             image_std: super::IMAGE_STD.map(|s| s as f32),
+            resample: Resample::Bilinear,
+            rescale_factor: Some(1.0 / 255.0),
+            normalize: true,
             decode: PreprocessOptions::default(),
         }
     }
@@ -75,6 +95,9 @@ impl MllamaPreprocess {
         }
         if self.image_std.iter().any(|s| !(s.is_finite() && *s > 0.0)) || self.image_mean.iter().any(|m| !m.is_finite()) {
             return bad(format!("image mean {:?} / std {:?}", self.image_mean, self.image_std));
+        }
+        if self.rescale_factor.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+            return bad(format!("rescale factor {:?}", self.rescale_factor));
         }
         Ok(())
     }
@@ -216,7 +239,7 @@ pub fn preprocessed_tiling(bytes: &[u8], opts: &MllamaPreprocess) -> Result<Mlla
     tiling(height, width, opts)
 }
 
-/// Decodes, orients, converts, resizes (Pillow bilinear), pads, normalises and tiles one
+/// Decodes, orients, converts, resizes (Pillow bilinear or bicubic), pads, normalises and tiles one
 /// encoded image for the Mllama vision encoder.
 pub fn preprocess_mllama(bytes: &[u8], opts: &MllamaPreprocess) -> Result<MllamaPixels, ImageError> {
     opts.check()?;
@@ -227,7 +250,11 @@ pub fn preprocess_mllama(bytes: &[u8], opts: &MllamaPreprocess) -> Result<Mllama
     let resized = if (rw, rh) == (w, h) {
         rgb.into_raw()
     } else {
-        resample::resize_rgb8_with(rgb.as_raw(), w as usize, h as usize, rw as usize, rh as usize, resample::Filter::Bilinear)
+        let filter = match opts.resample {
+            Resample::Bilinear => resample::Filter::Bilinear,
+            Resample::Bicubic => resample::Filter::Bicubic,
+        };
+        resample::resize_rgb8_with(rgb.as_raw(), w as usize, h as usize, rw as usize, rh as usize, filter)
     };
     let tiles = split_tiles(&resized, (rh as usize, rw as usize), tiling.tiles_hw, opts);
     Ok(MllamaPixels {
@@ -242,11 +269,18 @@ pub fn preprocess_mllama(bytes: &[u8], opts: &MllamaPreprocess) -> Result<Mllama
 /// it and cuts it into `[tiles_h * tiles_w][3][tile][tile]`.
 fn split_tiles(rgb: &[u8], (rh, rw): (usize, usize), (th, tw): (u32, u32), opts: &MllamaPreprocess) -> Vec<f32> {
     let t = opts.tile_size as usize;
-    let scale = 1.0f64 / 255.0;
-    // Normalised value of every 8-bit level per channel (the same f64 → f32 → f32 arithmetic
-    // as `normalize_chw_with`, looked up instead of recomputed per pixel).
-    let lut: Vec<[f32; 256]> =
-        (0..3).map(|c| std::array::from_fn(|v| ((v as f64 * scale) as f32 - opts.image_mean[c]) / opts.image_std[c])).collect();
+    // Value of every 8-bit level per channel: numpy's rescale (`x.astype(f64) * factor` →
+    // f32; without it the normalisation's `astype(f32)`), then `(x - mean) / std` in f32 (the
+    // arithmetic of `normalize_chw_with`, looked up instead of recomputed per pixel).
+    let level = |c: usize, v: usize| {
+        let x = opts.rescale_factor.map_or(v as f32, |s| (v as f64 * s) as f32);
+        if opts.normalize {
+            (x - opts.image_mean[c]) / opts.image_std[c]
+        } else {
+            x
+        }
+    };
+    let lut: Vec<[f32; 256]> = (0..3).map(|c| std::array::from_fn(|v| level(c, v))).collect();
     let plane = t * t;
     let mut out = vec![0f32; th as usize * tw as usize * 3 * plane];
     for ty in 0..th as usize {
@@ -314,6 +348,7 @@ mod tests {
             MllamaPreprocess { max_image_tiles: 1000, ..opts.clone() },
             MllamaPreprocess { tile_size: 100_000, ..opts.clone() },
             MllamaPreprocess { image_std: [0.0, 1.0, 1.0], ..opts.clone() },
+            MllamaPreprocess { rescale_factor: Some(f64::NAN), ..opts.clone() },
         ] {
             assert!(matches!(tiling(10, 10, &bad), Err(ImageError::InvalidOptions(_))), "{bad:?}");
         }

@@ -170,8 +170,9 @@ impl WebEngine {
     /// Makes the text model a Hugging Face repository instead of GGUF parts (before any
     /// push): `files` maps the names fetched (`config.json`, `tokenizer.json`,
     /// `tokenizer_config.json`, `chat_template.jinja`, `generation_config.json`,
-    /// `model.safetensors.index.json`; absent ones left out) to their bytes, `quant` is the
-    /// load-time quantization of its float matrices (`keep`, `q8_0`, `q4_k`, `q4_0`, `q4_1`;
+    /// `processor_config.json`, `preprocessor_config.json`, `model.safetensors.index.json`;
+    /// absent ones left out) to their bytes, `quant` is the load-time quantization of its
+    /// float matrices (`keep`, `q8_0`, `q4_k`, `q4_0`, `q4_1`;
     /// `undefined`: the memory plan's choice, [`Self::plan_memory`]).
     /// With `write_gguf` the converted model also comes out as one GGUF file while it loads
     /// ([`Self::take_gguf`]): the package keeps it in Cache Storage in place of the shards.

@@ -176,6 +176,16 @@ impl HfConfig {
         })
     }
 
+    /// Whether the folder's image-processor settings suit this model (an Mllama model's
+    /// tile size and count, a filter webvlm reproduces; [`super::mllama_preprocess`]).
+    pub fn check_image_processor(&self, text: &super::HfTextFiles) -> Result<(), HfError> {
+        if let Some(m) = &self.mllama {
+            let v = &m.vision;
+            super::mllama_preprocess(text.image_processor.as_ref(), v.image_size, v.patch_size, v.max_num_tiles)?;
+        }
+        Ok(())
+    }
+
     /// Rows of one attention head (`head_dim`, or hidden / heads); also RoPE's dimension.
     pub fn rope_dim(&self) -> u32 {
         self.head_dim.unwrap_or(self.n_embd / self.n_head)

@@ -22,6 +22,10 @@ pub enum HfError {
     /// A key of `config.json` holds a value of the wrong type or out of range.
     #[error("config.json: {key} = {value} is not valid ({why})")]
     BadValue { key: String, value: String, why: &'static str },
+    /// An image-processor setting (`processor_config.json`, `preprocessor_config.json`) of
+    /// the wrong type or out of range, or one webvlm cannot reproduce for this model.
+    #[error("{file}: {key} = {value} is not valid ({why})")]
+    Processor { file: String, key: String, value: String, why: &'static str },
     /// A RoPE scaling type the decoders do not implement.
     #[error("config.json: unsupported rope_type {0:?}")]
     RopeScaling(String),

@@ -36,6 +36,7 @@ impl HfModel {
         let config_json = read_optional(dir, "config.json")?.ok_or_else(|| HfError::MissingFile("config.json".into()))?;
         let config = HfConfig::parse(&config_json)?;
         let text = HfTextFiles::from_reader(|name| read_optional(dir, name))?;
+        config.check_image_processor(&text)?;
         let shards = SafetensorsFolder::open(dir)?;
         let mut stored = Vec::with_capacity(shards.len());
         for e in shards.tensors() {

@@ -65,6 +65,7 @@ impl HfStream {
     /// order [`HfStream::shard_names`] lists), `None` for a single `model.safetensors`.
     pub fn new(config_json: &[u8], text: HfTextFiles, index_json: Option<&[u8]>) -> Result<HfStream, HfError> {
         let config = HfConfig::parse(config_json)?;
+        config.check_image_processor(&text)?;
         let index = index_json.map(ShardIndex::parse).transpose()?;
         let names: Vec<String> = match &index {
             Some(index) => index.files().map(str::to_string).collect(),

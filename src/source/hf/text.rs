@@ -1,10 +1,12 @@
 //! The text files of a Hugging Face folder besides the weights: `tokenizer.json`,
-//! `tokenizer_config.json`, `chat_template.jinja`, `generation_config.json`. Held as bytes so
-//! that any reader (a folder on disk, a repository fetched over HTTP) can fill them; the
-//! engine builds the tokenizer and template from them
+//! `tokenizer_config.json`, `chat_template.jinja`, `generation_config.json`, and the image
+//! processor's `processor_config.json` / `preprocessor_config.json`. Held as bytes so that any
+//! reader (a folder on disk, a repository fetched over HTTP) can fill them; the engine builds
+//! the tokenizer, template and image preprocessing from them
 //! ([`crate::engine::Engine::load_hf`]).
 
 use super::generation::GenerationDefaults;
+use super::processor::{HfImageProcessor, PREPROCESSOR_CONFIG, PROCESSOR_CONFIG};
 use super::HfError;
 use crate::gguf::{MetaValue, Metadata};
 
@@ -21,6 +23,12 @@ pub struct HfTextFiles {
     pub generation: GenerationDefaults,
     /// `generation_config.json` as read, kept for writing the model out.
     pub generation_json: Option<Vec<u8>>,
+    /// The image-processor settings ([`HfImageProcessor::from_files`]; `None` without them).
+    pub image_processor: Option<HfImageProcessor>,
+    /// `processor_config.json` and `preprocessor_config.json` as read, kept for writing the
+    /// model out.
+    pub processor_json: Option<Vec<u8>>,
+    pub preprocessor_json: Option<Vec<u8>>,
 }
 
 /// A model written out as GGUF (`HfStream::write_gguf`) carries each file as a string under
@@ -35,8 +43,8 @@ pub const GENERATION_CONFIG: &str = "generation_config.json";
 
 impl HfTextFiles {
     /// Assembles the files as read: `read(name)` gives a file's bytes or `None` when the
-    /// folder lacks it. A missing `tokenizer.json`, a template that is not UTF-8 or a
-    /// malformed `generation_config.json` is an error.
+    /// folder lacks it. A missing `tokenizer.json`, a template that is not UTF-8, a
+    /// malformed `generation_config.json` or image-processor setting is an error.
     pub fn from_reader(mut read: impl FnMut(&str) -> Result<Option<Vec<u8>>, HfError>) -> Result<Self, HfError> {
         let tokenizer_json = read(TOKENIZER_JSON)?.ok_or_else(|| HfError::MissingFile(TOKENIZER_JSON.into()))?;
         let chat_template = read(CHAT_TEMPLATE)?
@@ -44,7 +52,19 @@ impl HfTextFiles {
             .transpose()?;
         let generation_json = read(GENERATION_CONFIG)?;
         let generation = generation_json.as_deref().map(GenerationDefaults::parse).transpose()?.unwrap_or_default();
-        Ok(HfTextFiles { tokenizer_json, tokenizer_config: read(TOKENIZER_CONFIG)?, chat_template, generation, generation_json })
+        let processor_json = read(PROCESSOR_CONFIG)?;
+        let preprocessor_json = read(PREPROCESSOR_CONFIG)?;
+        let image_processor = HfImageProcessor::from_files(processor_json.as_deref(), preprocessor_json.as_deref())?;
+        Ok(HfTextFiles {
+            tokenizer_json,
+            tokenizer_config: read(TOKENIZER_CONFIG)?,
+            chat_template,
+            generation,
+            generation_json,
+            image_processor,
+            processor_json,
+            preprocessor_json,
+        })
     }
 
     /// The files as GGUF key/value pairs ([`METADATA_PREFIX`]); each must be UTF-8.
@@ -54,6 +74,8 @@ impl HfTextFiles {
             (TOKENIZER_CONFIG, self.tokenizer_config.as_deref()),
             (CHAT_TEMPLATE, self.chat_template.as_deref().map(str::as_bytes)),
             (GENERATION_CONFIG, self.generation_json.as_deref()),
+            (PROCESSOR_CONFIG, self.processor_json.as_deref()),
+            (PREPROCESSOR_CONFIG, self.preprocessor_json.as_deref()),
         ];
         let mut kvs = Vec::new();
         for (name, bytes) in files {
