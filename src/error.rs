@@ -1,13 +1,13 @@
 //! What a failure means to the caller, decided from error types and variants (never from
 //! message text). Every error type of the crate says its [`ErrorClass`] through [`Classify`]
 //! with an exhaustive `match`, so a new variant does not compile until it is classified. The
-//! browser package names its JS errors after the class (`web::error`); the OpenAI layer
-//! (`api::ApiError`, which implements it next to its type) sets the `type` and `code` of
-//! errors it does not map to a request field from it.
+//! browser package names its JS errors after the class (`web::error`); the OpenAI layer sets
+//! the `type` and `code` of errors it does not map to a request field from it. The modules
+//! above this one implement it next to their own error types (`engine::EngineError`,
+//! `api::ApiError`), so that this module imports none of them.
 
 use crate::chat::ChatError;
 use crate::constraint::ConstraintError;
-use crate::engine::EngineError;
 use crate::gguf::GgufError;
 use crate::gpu::GpuError;
 use crate::image::ImageError;
@@ -197,27 +197,6 @@ impl Classify for ConstraintError {
             | ConstraintError::UnknownToken { .. }
             | ConstraintError::Rejected { .. }
             | ConstraintError::Parser(_) => Internal,
-        }
-    }
-}
-
-impl Classify for EngineError {
-    fn class(&self) -> ErrorClass {
-        match self {
-            EngineError::Model(e) => e.class(),
-            EngineError::Tokenizer(e) => e.class(),
-            EngineError::Chat(e) => e.class(),
-            EngineError::Gguf(e) => e.class(),
-            EngineError::Gpu(e) => e.class(),
-            EngineError::Param(e) => e.class(),
-            EngineError::Constraint(e) => e.class(),
-            EngineError::Sample(e) => e.class(),
-            EngineError::Image(e) => e.class(),
-            EngineError::NoImageTokens | EngineError::SamplingDefault(_) => ModelNotSupported,
-            EngineError::NoVision
-            | EngineError::ImageCount { .. }
-            | EngineError::BadImageUrl(_)
-            | EngineError::PromptTooLong { .. } => BadRequest,
         }
     }
 }

@@ -86,6 +86,27 @@ pub enum EngineError {
     SamplingDefault(#[from] SamplingDefaultError),
 }
 
+impl Classify for EngineError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            EngineError::Model(e) => e.class(),
+            EngineError::Tokenizer(e) => e.class(),
+            EngineError::Chat(e) => e.class(),
+            EngineError::Gguf(e) => e.class(),
+            EngineError::Gpu(e) => e.class(),
+            EngineError::Param(e) => e.class(),
+            EngineError::Constraint(e) => e.class(),
+            EngineError::Sample(e) => e.class(),
+            EngineError::Image(e) => e.class(),
+            EngineError::NoImageTokens | EngineError::SamplingDefault(_) => ErrorClass::ModelNotSupported,
+            EngineError::NoVision
+            | EngineError::ImageCount { .. }
+            | EngineError::BadImageUrl(_)
+            | EngineError::PromptTooLong { .. } => ErrorClass::BadRequest,
+        }
+    }
+}
+
 /// A vision projector file to load with the text model.
 #[derive(Clone, Copy)]
 pub struct Mmproj<'a> {

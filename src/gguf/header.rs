@@ -1,4 +1,4 @@
-//! The parsed GGUF header: metadata, tensor infos, alignment and data offset.
+//! The parsed GGUF header: metadata, tensor infos (and row sizes), alignment and data offset.
 //!
 //! Reference: GGUF spec (`ggml/docs/gguf.md`, "gguf_tensor_info_t" and "File
 //! Structure"). Tensor offsets are relative to the data section, which starts at the end
@@ -16,6 +16,18 @@ pub const MAX_DIMS: u32 = 4;
 pub const MAX_ELEMENTS: u64 = 1 << 40;
 /// Alignment used when `general.alignment` is absent.
 pub const DEFAULT_ALIGNMENT: u64 = 32;
+
+// Here rather than in `types.rs`: `GgufError` names `GgmlType`, so `types` sits below `error`.
+impl GgmlType {
+    /// Bytes of a row of `n` elements; `n` must be a multiple of the block size.
+    pub fn row_bytes(self, n: u64) -> Result<u64, GgufError> {
+        let bs = self.block_size() as u64;
+        if !n.is_multiple_of(bs) {
+            return Err(GgufError::NotBlockMultiple { ty: self, n });
+        }
+        (n / bs).checked_mul(self.type_size() as u64).ok_or(GgufError::DimsOverflow { tensor: String::new() })
+    }
+}
 
 /// One tensor's description from the header.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -7,8 +7,6 @@
 
 use std::fmt;
 
-use super::error::GgufError;
-
 /// Elements per super-block of the K-quant and IQ families (`QK_K`).
 pub const QK_K: usize = 256;
 
@@ -198,15 +196,6 @@ impl GgmlType {
     pub fn is_quantized(self) -> bool {
         self.block_size() > 1
     }
-
-    /// Bytes of a row of `n` elements; `n` must be a multiple of the block size.
-    pub fn row_bytes(self, n: u64) -> Result<u64, GgufError> {
-        let bs = self.block_size() as u64;
-        if !n.is_multiple_of(bs) {
-            return Err(GgufError::NotBlockMultiple { ty: self, n });
-        }
-        (n / bs).checked_mul(self.type_size() as u64).ok_or(GgufError::DimsOverflow { tensor: String::new() })
-    }
 }
 
 impl fmt::Display for GgmlType {
@@ -218,6 +207,7 @@ impl fmt::Display for GgmlType {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gguf::GgufError;
 
     #[test]
     fn ids_round_trip_and_removed_ids_are_unknown() {

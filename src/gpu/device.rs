@@ -1,9 +1,10 @@
 //! Adapter and device creation, capability detection, buffers and readback.
 
 use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
-use super::pipeline::PipelineCache;
+use super::pipeline::{KernelSpec, Pipeline, PipelineCache};
 use super::{GpuError, Result};
 
 /// What the device can do, read once at creation.
@@ -106,7 +107,7 @@ pub struct Gpu {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
     pub caps: Caps,
-    pub(super) pipelines: RefCell<PipelineCache>,
+    pipelines: RefCell<PipelineCache>,
     errors: Arc<Mutex<Vec<GpuError>>>,
     /// Why the device was lost, once its device-lost callback ran.
     lost: Arc<Mutex<Option<String>>>,
@@ -277,6 +278,17 @@ impl Gpu {
     /// Returns and clears the device errors reported since the last call.
     pub fn take_errors(&self) -> Vec<GpuError> {
         self.errors.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default()
+    }
+
+    /// The pipeline for `spec`, compiled on first use.
+    pub fn pipeline(&self, spec: &KernelSpec) -> Result<Rc<Pipeline>> {
+        self.pipelines.borrow_mut().get(&self.device, spec, || self.take_errors().into_iter().next())
+    }
+
+    /// How many compiled shader modules have `text` in their source (which kernel variants
+    /// ran: the tests check that a subgroup variant compiled subgroup shuffles).
+    pub fn compiled_modules_containing(&self, text: &str) -> usize {
+        self.pipelines.borrow().modules_containing(text)
     }
 
     /// The lost-device error, once the device-lost callback has run.

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use super::{Gpu, Result};
+use super::{GpuError, Result};
 
 /// Helpers shared by the kernel families (`shaders/common.wgsl`: the linear index of a grid
 /// folded by [`grid_1d`](super::grid_1d), the Cody-Waite angle reduction): part of every
@@ -76,28 +76,33 @@ pub(super) struct PipelineCache {
     pipelines: HashMap<KernelSpec, Rc<Pipeline>>,
 }
 
-impl Gpu {
-    /// The pipeline for `spec`, compiled on first use.
-    pub fn pipeline(&self, spec: &KernelSpec) -> Result<Rc<Pipeline>> {
-        if let Some(p) = self.pipelines.borrow().pipelines.get(spec) {
+impl PipelineCache {
+    /// The pipeline for `spec`, compiled on `device` on first use; `take_error` returns the
+    /// first device error raised since the last check (a shader that did not compile).
+    pub(super) fn get(
+        &mut self,
+        device: &wgpu::Device,
+        spec: &KernelSpec,
+        take_error: impl FnOnce() -> Option<GpuError>,
+    ) -> Result<Rc<Pipeline>> {
+        if let Some(p) = self.pipelines.get(spec) {
             return Ok(p.clone());
         }
-        let mut cache = self.pipelines.borrow_mut();
-        let module = cache
+        let module = self
             .modules
             .entry(spec.sources.clone())
             .or_insert_with(|| {
                 let code: String = spec.sources.concat();
-                self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                device.create_shader_module(wgpu::ShaderModuleDescriptor {
                     label: Some(spec.label),
                     source: wgpu::ShaderSource::Wgsl(code.into()),
                 })
             })
             .clone();
         let (bind_layout, pipeline_layout) =
-            cache.layouts.entry(spec.bindings).or_insert_with(|| self.layouts_for(spec.bindings)).clone();
+            self.layouts.entry(spec.bindings).or_insert_with(|| layouts_for(device, spec.bindings)).clone();
         let constants: Vec<(&str, f64)> = spec.constants.iter().map(|&(n, v)| (n, v as f64)).collect();
-        let compute = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        let compute = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(spec.label),
             layout: Some(&pipeline_layout),
             module: &module,
@@ -108,47 +113,45 @@ impl Gpu {
             },
             cache: None,
         });
-        if let Some(e) = self.take_errors().into_iter().next() {
-            return Err(super::GpuError::Pipeline { label: format!("{}::{}", spec.label, spec.entry), message: e.to_string() });
+        if let Some(e) = take_error() {
+            return Err(GpuError::Pipeline { label: format!("{}::{}", spec.label, spec.entry), message: e.to_string() });
         }
         let pipeline =
             Rc::new(Pipeline { label: spec.label, entry: spec.entry, compute, layout: bind_layout, bindings: spec.bindings });
-        cache.pipelines.insert(spec.clone(), pipeline.clone());
+        self.pipelines.insert(spec.clone(), pipeline.clone());
         Ok(pipeline)
     }
 
-    /// How many compiled shader modules have `text` in their source (which kernel variants
-    /// ran: the tests check that a subgroup variant compiled subgroup shuffles).
-    pub fn compiled_modules_containing(&self, text: &str) -> usize {
-        let cache = self.pipelines.borrow();
-        cache.modules.keys().filter(|sources| sources.iter().any(|part| part.contains(text))).count()
+    /// How many compiled shader modules have `text` in their source.
+    pub(super) fn modules_containing(&self, text: &str) -> usize {
+        self.modules.keys().filter(|sources| sources.iter().any(|part| part.contains(text))).count()
     }
+}
 
-    fn layouts_for(&self, bindings: &[Access]) -> (wgpu::BindGroupLayout, wgpu::PipelineLayout) {
-        let entries: Vec<wgpu::BindGroupLayoutEntry> = bindings
-            .iter()
-            .enumerate()
-            .map(|(i, access)| wgpu::BindGroupLayoutEntry {
-                binding: i as u32,
-                visibility: wgpu::ShaderStages::COMPUTE,
-                ty: wgpu::BindingType::Buffer {
-                    ty: match access {
-                        Access::Uniform => wgpu::BufferBindingType::Uniform,
-                        Access::Read => wgpu::BufferBindingType::Storage { read_only: true },
-                        Access::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
-                    },
-                    has_dynamic_offset: false,
-                    min_binding_size: None,
+fn layouts_for(device: &wgpu::Device, bindings: &[Access]) -> (wgpu::BindGroupLayout, wgpu::PipelineLayout) {
+    let entries: Vec<wgpu::BindGroupLayoutEntry> = bindings
+        .iter()
+        .enumerate()
+        .map(|(i, access)| wgpu::BindGroupLayoutEntry {
+            binding: i as u32,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: match access {
+                    Access::Uniform => wgpu::BufferBindingType::Uniform,
+                    Access::Read => wgpu::BufferBindingType::Storage { read_only: true },
+                    Access::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
                 },
-                count: None,
-            })
-            .collect();
-        let bind = self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: None, entries: &entries });
-        let layout = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-            label: None,
-            bind_group_layouts: &[Some(&bind)],
-            immediate_size: 0,
-        });
-        (bind, layout)
-    }
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        })
+        .collect();
+    let bind = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: None, entries: &entries });
+    let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: None,
+        bind_group_layouts: &[Some(&bind)],
+        immediate_size: 0,
+    });
+    (bind, layout)
 }

@@ -1,12 +1,13 @@
-// Model choice and loading: the model list (the preset, ?model= / ?mmproj=, local files), the
-// package import, Load with its progress bar, the model info, and Unload.
+// Model choice and loading: the model list (the preset, ?model= / ?mmproj=, local files), Load
+// with its progress bar, the model info, and Unload.
 
 import { $, basename, el, fmtBytes, fmtDuration, isMmproj, progressHtml } from "./helpers.js";
-import { api, engine, isBusy, lostEngine, params, setApi, setEngine, setLostEngine, state } from "./state.js";
+import { engine, isBusy, lostEngine, params, setEngine, setLostEngine, state } from "./state.js";
 import { hideError, pageError, showError } from "./errors.js";
 import { forgetEngine, loseEngine, setState } from "./status.js";
 import { renderEmptyState } from "./chat.js";
 import { refreshCache } from "./storage.js";
+import { getApi } from "./package.js";
 import { remoteKey } from "./settings.js";
 
 const HF = "https://huggingface.co/mistralai/Ministral-3-3B-Instruct-2512-GGUF/resolve/main/";
@@ -54,19 +55,6 @@ function qwen35Preset(size) {
       note: `${repo} on Hugging Face · Q4_K_M text model + F16 vision projector · downloaded once and kept on this device`,
     },
   };
-}
-
-/** Imports the package module once. When it is missing: null, and the PackageMissing error
- * shown unless `quiet`; a later call tries again. */
-export async function getApi({ quiet = false } = {}) {
-  if (api) return api;
-  try {
-    setApi(await import("../pkg/index.js"));
-    return api;
-  } catch (e) {
-    if (!quiet) showError(pageError("PackageMissing", `./pkg/index.js: ${e.message ?? e}`));
-    return null;
-  }
 }
 
 // ------------------------------------------------------------------------------- model source

@@ -48,7 +48,7 @@ export const state = {
   batch: { status: "empty", items: [], run: null },
 };
 
-/** The package module (pkg/index.js) once imported (model.js: getApi). */
+/** The package module (pkg/index.js) once imported (package.js: getApi). */
 export let api = null;
 /** The loaded Engine, or null. */
 export let engine = null;

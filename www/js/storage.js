@@ -5,7 +5,7 @@ import { $, basename, el, fmtBytes, ICON_TRASH, plural } from "./helpers.js";
 import { engine, state } from "./state.js";
 import { showError } from "./errors.js";
 import { updateControls } from "./status.js";
-import { getApi } from "./model.js";
+import { getApi } from "./package.js";
 
 /** Lists what the package's cache holds. */
 export async function refreshCache() {

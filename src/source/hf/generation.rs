@@ -7,7 +7,7 @@
 
 use serde_json::Value;
 
-use super::config::json_object;
+use super::json::json_object;
 use super::HfError;
 
 /// What a model's `generation_config.json` asks for; `None` where the file says nothing.

@@ -10,7 +10,7 @@
 
 use serde_json::{Map, Value};
 
-use super::config::Obj;
+use super::json::Obj;
 use super::names::{gguf_name as llama_name, Mapped, Permute};
 use super::HfError;
 use crate::gguf::{arch_key, MetaValue, Metadata, ValueType};

@@ -16,6 +16,7 @@ mod error;
 #[cfg(not(target_arch = "wasm32"))]
 mod folder;
 mod generation;
+mod json;
 mod mllama;
 mod names;
 mod processor;

@@ -16,7 +16,7 @@
 
 use serde_json::{Map, Value};
 
-use super::config::json_object;
+use super::json::json_object;
 use super::HfError;
 use crate::image::mllama::{MllamaPreprocess, Resample};
 
