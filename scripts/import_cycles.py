@@ -7,7 +7,7 @@ its modules and the file, line and path of every edge on it, and exits 1; with n
 one line and exits 0.
 
 Rust: each file is a module (`foo.rs` and `foo/mod.rs` are `foo`). The library is rooted at
-`src/lib.rs`; each `src/bin/NAME/main.rs` is a crate of its own (`crate::` is that binary,
+`src/lib.rs`; each binary under `src/bin/` (its `main.rs`) is a crate of its own (`crate::` is that binary,
 `webvlm::` paths are external there). A module depends on what its `use` declarations and its
 `crate::`, `super::`, `self::`, child-module and imported-name paths name: a path goes to the
 deepest module file it walks through, following `use`/`pub use` imports to the module that
