@@ -16,14 +16,15 @@ use webvlm::model::ModelError;
 use webvlm::source::{GgufStream, LoadQuant, TensorSource};
 
 /// Features in f32 against transformers' float32 `get_image_features` (relative L2 per image).
-/// Measured: <= 8.7e-7.
-const TOL_FEATURES: f32 = 1e-3;
+/// Measured on lavapipe: <= 9.6e-7 in both kernel geometries; the limit leaves room for other
+/// adapters' summation orders (f32 rounding, ~1e-6).
+const TOL_FEATURES: f32 = 5e-6;
 /// Matrices requantized at load (rel L2; a wrong block layout gives errors of order 1) and
-/// f16-tile matmuls, limits as `tests/model_vision.rs` sets them for Pixtral. Measured on
-/// `one_image`: Q8_0 7.1e-3, Q4_1 0.12, Q4_0 0.13, f16 tiles 1.5e-3.
-const TOL_Q8_FEATURES: f32 = 2.5e-2;
-const TOL_Q4_FEATURES: f32 = 0.35;
-const TOL_F16_FEATURES: f32 = 8e-3;
+/// f16-tile matmuls. Measured on `one_image`, the same in both kernel geometries: Q8_0 7.1e-3,
+/// Q4_1 0.121, Q4_0 0.126, f16 tiles 1.5e-3. Limits about twice those.
+const TOL_Q8_FEATURES: f32 = 1.5e-2;
+const TOL_Q4_FEATURES: f32 = 0.26;
+const TOL_F16_FEATURES: f32 = 3.2e-3;
 
 fn cases() -> Value {
     let text = std::fs::read_to_string(fixture("tiny_qwen35_a/cases.json")).unwrap();
