@@ -201,7 +201,7 @@ export class Host {
    * Files and Blobs are read again. Clears the lost state once the model is back. */
   async reload(onProgress) {
     if (!this.loaded) throw new EngineUnloadedError("no model was loaded: nothing to reload");
-    this.engine?.free();
+    if (this.engine) freeEngine(this.engine); // the lost device's buffers too, before the new device allocates its own
     this.engine = null;
     this.lost = null;
     return this.load(this.loaded, onProgress);
@@ -270,11 +270,23 @@ export class Host {
   }
 
   unload() {
-    this.engine?.free();
+    if (this.engine) freeEngine(this.engine);
     this.engine = null;
     this.loaded = null;
     return true;
   }
+}
+
+/** Frees a wasm engine and its GPU memory now: every GPU buffer its device created is
+ * destroyed (wgpu's web backend leaves them to garbage collection, which may come long after),
+ * then the engine is dropped. */
+function freeEngine(engine) {
+  try {
+    engine.release();
+  } catch { /* busy or already released: free() still drops it */ }
+  try {
+    engine.free();
+  } catch { /* already freed */ }
 }
 
 /** The result of a request stopped before it ran. */
@@ -300,9 +312,10 @@ let wasm = null;
 
 // GPU memory held by buffers, counted here: wgpu's WebGPU backend has no memory counters, and
 // it never calls GPUBuffer.destroy() (a buffer the engine drops is freed when its JS object is
-// garbage-collected). So every GPUDevice.createBuffer in this realm (the engine's worker, or
-// the page with `worker: false`) adds its size, and destroy() or the object's collection
-// (a FinalizationRegistry) takes it off: `bytes` is what live GPUBuffer objects hold.
+// garbage-collected; unloading destroys them all at once: `freeEngine`). So every
+// GPUDevice.createBuffer in this realm (the engine's worker, or the page with `worker: false`)
+// adds its size, and destroy() or the object's collection (a FinalizationRegistry) takes it
+// off: `bytes` is what live GPUBuffer objects hold.
 const bufferCount = { live: 0, bytes: 0, created: 0 };
 const bufferSizes = new WeakMap(); // GPUBuffer -> its size, until destroyed
 const collected = new FinalizationRegistry((size) => release(size));

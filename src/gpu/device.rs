@@ -111,6 +111,70 @@ pub struct Gpu {
     errors: Arc<Mutex<Vec<GpuError>>>,
     /// Why the device was lost, once its device-lost callback ran.
     lost: Arc<Mutex<Option<String>>>,
+    /// Every buffer made by [`Gpu::buffer`], for [`BufferRegistry::destroy_all`].
+    buffers: BufferRegistry,
+}
+
+/// The buffers a [`Gpu`] created ([`Gpu::buffer`]), so that unloading frees their memory at
+/// once ([`BufferRegistry::destroy_all`]). In the browser, wgpu's WebGPU backend never calls
+/// `GPUBuffer.destroy()`: a dropped buffer's memory stays allocated until JS garbage
+/// collection reaches its `GPUBuffer` object, so a model unloaded or switched would hold its
+/// GPU memory for a while (phones kill tabs near 1.5 GB). The registry keeps weak references
+/// to those objects (a buffer dropped earlier is still collected as before), pruned of
+/// collected ones whenever the list has doubled: one push per buffer created, at load and
+/// per request, nothing per token. Natively a dropped buffer is freed at once (wgpu-core
+/// counts its references), so nothing is kept and `destroy_all` has nothing to do.
+/// A cheap handle: clones share the list, and it outlives the `Gpu` (a load that failed
+/// half-way dropped its `Gpu` with the model it was building).
+#[derive(Clone, Default)]
+pub struct BufferRegistry {
+    #[cfg(target_arch = "wasm32")]
+    inner: Rc<RefCell<WebBuffers>>,
+}
+
+#[cfg(target_arch = "wasm32")]
+#[derive(Default)]
+struct WebBuffers {
+    live: Vec<js_sys::WeakRef>,
+    /// Length at which collected entries are dropped next.
+    prune_at: usize,
+}
+
+impl BufferRegistry {
+    #[cfg(target_arch = "wasm32")]
+    fn add(&self, buffer: &wgpu::Buffer) {
+        use wasm_bindgen::JsCast;
+        let Some(object) = buffer.as_webgpu() else { return };
+        let mut b = self.inner.borrow_mut();
+        if b.live.len() >= b.prune_at {
+            b.live.retain(|w| w.deref().is_some());
+            b.prune_at = (2 * b.live.len()).max(256);
+        }
+        b.live.push(js_sys::WeakRef::new(object.unchecked_ref::<js_sys::Object>()));
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    fn add(&self, _buffer: &wgpu::Buffer) {}
+
+    /// Destroys every buffer created so far and not yet collected (`GPUBuffer.destroy()`: its
+    /// memory is freed now, work already submitted still completes) and forgets them; returns
+    /// how many. Nothing may use them afterwards: this is for unloading, right before the
+    /// engine that owns them is dropped. Does nothing natively (see [`BufferRegistry`]).
+    pub fn destroy_all(&self) -> usize {
+        #[cfg(target_arch = "wasm32")]
+        {
+            use wasm_bindgen::JsCast;
+            let live = std::mem::take(&mut self.inner.borrow_mut().live);
+            let mut destroyed = 0;
+            for buffer in live.iter().filter_map(|w| w.deref()) {
+                buffer.unchecked_into::<wgpu::webgpu::GpuBuffer>().destroy();
+                destroyed += 1;
+            }
+            destroyed
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        0
+    }
 }
 
 impl Caps {
@@ -226,7 +290,8 @@ impl Gpu {
                 l.get_or_insert_with(|| lost_reason(reason, &message));
             }
         });
-        Ok(Gpu { device, queue, caps, pipelines: RefCell::new(PipelineCache::default()), errors, lost })
+        let buffers = BufferRegistry::default();
+        Ok(Gpu { device, queue, caps, pipelines: RefCell::new(PipelineCache::default()), errors, lost, buffers })
     }
 
     /// A handle that loses this device on purpose ([`DeviceLoss::lose`]), for tests of what
@@ -309,10 +374,23 @@ impl Gpu {
         }
     }
 
+    /// Creates a buffer on the device and records it in [`Gpu::buffers`]: every buffer of
+    /// the engine is made here, so that unloading can free them all at once.
+    pub fn buffer(&self, descriptor: &wgpu::BufferDescriptor) -> wgpu::Buffer {
+        let buffer = self.device.create_buffer(descriptor);
+        self.buffers.add(&buffer);
+        buffer
+    }
+
+    /// The buffers this device created ([`BufferRegistry::destroy_all`] frees them at once).
+    pub fn buffers(&self) -> BufferRegistry {
+        self.buffers.clone()
+    }
+
     /// A zero-filled storage buffer (also usable as a copy source and destination).
     pub fn storage(&self, label: &str, size: u64) -> Result<wgpu::Buffer> {
         self.check_size(label, size)?;
-        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+        Ok(self.buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: size.max(4).next_multiple_of(4),
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
@@ -435,7 +513,7 @@ struct PendingMap {
 
 impl Readback {
     pub fn new(gpu: &Gpu, size: u64) -> Readback {
-        let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+        let staging = gpu.buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
             size: size.max(4).next_multiple_of(4),
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,

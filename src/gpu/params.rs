@@ -28,7 +28,7 @@ impl ParamsArena {
         let align = gpu.caps.min_uniform_offset_alignment.max(16) as u64;
         let mut offset = self.used.next_multiple_of(align);
         if self.chunks.is_empty() || offset + size > CHUNK_BYTES {
-            self.chunks.push(gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            self.chunks.push(gpu.buffer(&wgpu::BufferDescriptor {
                 label: Some("params"),
                 size: CHUNK_BYTES,
                 usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,

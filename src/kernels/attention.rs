@@ -218,7 +218,7 @@ impl StepParams {
 
     /// A 16-byte uniform buffer for the step (UNIFORM | COPY_DST), created once.
     pub fn create_buffer(gpu: &Gpu) -> wgpu::Buffer {
-        gpu.device.create_buffer(&wgpu::BufferDescriptor {
+        gpu.buffer(&wgpu::BufferDescriptor {
             label: Some("step"),
             size: std::mem::size_of::<StepParams>() as u64,
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,

@@ -102,7 +102,7 @@ impl Sampler {
         if n_chunks == 0 || vocab.div_ceil(CHUNK) > MAX_GRID_DIM {
             return Err(GpuError::Shape(format!("sampler vocabulary {vocab} outside 1..={}", MAX_GRID_DIM * CHUNK)));
         }
-        let state = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+        let state = gpu.buffer(&wgpu::BufferDescriptor {
             label: Some("sampler state"),
             size: std::mem::size_of::<SamplerState>() as u64,
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,

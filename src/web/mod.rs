@@ -18,7 +18,7 @@ use wasm_bindgen::prelude::*;
 use crate::api::ChatRequest;
 use crate::engine::{Engine, Prompt, RepoLoad, Wait, DEFAULT_PROMPT_CACHE_BYTES};
 use crate::error::Classify;
-use crate::gpu::{Gpu, GpuOptions};
+use crate::gpu::{BufferRegistry, Gpu, GpuOptions};
 use crate::model::{ContextOptions, MemoryBudget, Precision};
 use crate::source::{GgufParts, GgufStream, LoadQuant};
 use error::WebError;
@@ -77,6 +77,8 @@ struct Inner {
 pub struct WebEngine {
     inner: Rc<RefCell<Inner>>,
     abort: Rc<Cell<bool>>,
+    /// Every GPU buffer the engine's device created ([`WebEngine::release`]).
+    buffers: BufferRegistry,
 }
 
 #[wasm_bindgen]
@@ -112,6 +114,7 @@ impl WebEngine {
             None => MemoryBudget::default_for_target(),
         };
         let prompt_cache_bytes = o.prompt_cache_bytes.unwrap_or(DEFAULT_PROMPT_CACHE_BYTES);
+        let buffers = gpu.buffers();
         let inner = Inner {
             state: State::Device(Box::new(gpu)),
             text,
@@ -125,7 +128,7 @@ impl WebEngine {
             prompt_cache_bytes,
             image_area: (o.image_min_area, o.image_max_area),
         };
-        Ok(WebEngine { inner: Rc::new(RefCell::new(inner)), abort: Rc::new(Cell::new(false)) })
+        Ok(WebEngine { inner: Rc::new(RefCell::new(inner)), abort: Rc::new(Cell::new(false)), buffers })
     }
 
     /// The adapter's name, backend and limits.
@@ -378,6 +381,20 @@ impl WebEngine {
     /// Ends the running generation after the current step.
     pub fn stop(&self) {
         self.abort.set(true);
+    }
+
+    /// Frees the engine's GPU memory now, loaded or not (a load that failed half-way too):
+    /// drops the model and destroys every buffer its device created (`GPUBuffer.destroy()`,
+    /// which wgpu's web backend leaves to garbage collection); returns how many. The engine
+    /// is unusable afterwards (`LoadFailed`): call before `free()`, when unloading, reloading
+    /// after a lost device or abandoning a load. Fails with `Busy` while a call runs.
+    pub fn release(&self) -> Result<usize, JsError> {
+        let mut inner = self.inner.try_borrow_mut().map_err(|_| js(WebError::Busy))?;
+        inner.state = State::Poisoned;
+        inner.repo = None;
+        inner.vision = None;
+        drop(inner);
+        Ok(self.buffers.destroy_all())
     }
 
     /// Teacher-forced logits `[tokens.length][vocab]` of ids that hold expanded image

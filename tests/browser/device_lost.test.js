@@ -3,9 +3,10 @@
 // with pages/gpu-faults-worker.js imported first, which destroys its device on a message from
 // the page). The request ends with DeviceLostError, later ones fail fast with it,
 // `engine.reload()` loads the same model again on a new device from Cache Storage (the server
-// sees no weight request) and the next greedy answer equals the one before the loss. Then the
-// demo page: a loss mid-reply shows the error banner, whose Reload model action brings the
-// model back (no download) and the chat goes on.
+// sees no weight request), the worker's GPU buffer counter right after it is what it was right
+// after the first load (the lost device's buffers are gone) and the next greedy answer equals
+// the one before the loss. Then the demo page: a loss mid-reply shows the error banner, whose
+// Reload model action brings the model back (no download) and the chat goes on.
 //
 // Needs `./build.sh wasm` (www/pkg/).
 
@@ -79,7 +80,7 @@ test("a device lost mid-stream fails it with DeviceLostError; engine.reload() br
   await installHelpers();
   const loaded = await inPage(page, async (api, model, s) => {
     s.engine = await api.createEngine({ model, chunkBytes: 1 << 20, cacheName: "device-lost-test" });
-    return s.engine.info;
+    return { ...s.engine.info, buffers: (await s.engine.stats()).gpuBuffers };
   }, MODEL);
   assert.ok(loaded.networkBytes > 0, "the first load downloads the weights");
 
@@ -130,10 +131,12 @@ test("a device lost mid-stream fails it with DeviceLostError; engine.reload() br
   const reloaded = await inPage(page, async (api, request, s) => {
     const phases = new Set();
     const info = await s.engine.reload({ onProgress: (p) => phases.add(p.phase) });
+    const buffers = (await s.engine.stats()).gpuBuffers; // at once, as after the first load
     // Unbounded: the new device compiles every kernel again on its first request.
     const started = performance.now();
     const after = await settle(s.engine.chat.completions.create(request));
-    return { info, same: s.engine.info === info, phases: [...phases], after, ms: performance.now() - started };
+    const ms = performance.now() - started;
+    return { info, same: s.engine.info === info, phases: [...phases], after, ms, buffers };
   }, request);
   t.diagnostic(`reloaded in ${reloaded.info.loadSeconds.toFixed(1)} s (phases ${reloaded.phases.join(" ")}); the next request took ${(reloaded.ms / 1000).toFixed(1)} s`);
   assert.deepEqual(weightRequests(since), [], "weight requests during the reload");
@@ -144,6 +147,11 @@ test("a device lost mid-stream fails it with DeviceLostError; engine.reload() br
   assert.ok(reloaded.after.value, `the next request works: ${JSON.stringify(reloaded.after)}`);
   assert.equal(reloaded.after.value.choices[0].message.content, before.choices[0].message.content, "the answer after the reload");
   assert.equal(reloaded.after.value.choices[0].finish_reason, before.choices[0].finish_reason);
+  // The same model loaded on the new device: the same buffers, the lost device's gone.
+  t.diagnostic(`GPU buffers after the first load ${JSON.stringify(loaded.buffers)}, after the reload ${JSON.stringify(reloaded.buffers)}`);
+  assert.ok(loaded.buffers.live > 0 && loaded.buffers.bytes > 0, JSON.stringify(loaded.buffers));
+  assert.deepEqual([reloaded.buffers.live, reloaded.buffers.bytes], [loaded.buffers.live, loaded.buffers.bytes],
+    "the lost device's GPU buffers are still alive after the reload");
   await inPage(page, (api, _, s) => s.engine.unload());
   assert.deepEqual(browser.errors, [], "no uncaught exception");
 });
