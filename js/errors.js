@@ -33,6 +33,10 @@ export class DeviceLostError extends WebvlmError {}
 export class BadRequestError extends WebvlmError {}
 /** The engine was unloaded. */
 export class EngineUnloadedError extends WebvlmError {}
+/** A stream's reader stopped reading: its unread chunks waited `streamStallMs`, so the
+ * generation was stopped and the engine went on with the next request. Reading the stream on
+ * gives the chunks it had received, then this. */
+export class StreamStalledError extends WebvlmError {}
 
 // A remote engine (`createEngine({remote})`, remote.js) names a server's refusals with the
 // classes above where one fits (400 BadRequestError, 404 for the model
@@ -50,7 +54,7 @@ export class NetworkError extends WebvlmError {}
 
 const CLASSES = {
   WebvlmError, NoWebGPUError, AdapterTooSmallError, ModelNotSupportedError, DownloadError,
-  QuotaExceededError, DeviceLostError, BadRequestError, EngineUnloadedError,
+  QuotaExceededError, DeviceLostError, BadRequestError, EngineUnloadedError, StreamStalledError,
   AuthenticationError, RemoteServerError, NetworkError,
 };
 

@@ -3,7 +3,7 @@
 // (worker.js) or, with `createEngine({worker: false})`, on the page's own thread; either way
 // it only talks through `post(message)` and `handle(message)`.
 //
-// Page → host:  {id, type: "load", model: {text: [source] | repo: URL, quant?, mmproj: [source]?}, options, cacheName}
+// Page → host:  {id, type: "load", model: {text: [source] | repo: URL, quant?, mmproj: [source]?}, options, cacheName, streamStallMs?}
 //               {id, type: "generate", request}   {type: "stop", target?}   {id, type: "unload"}
 //               {id, type: "reload"}   (the last load again, on a new GPU device: after a loss)
 //               {type: "ack", target}   (a streamed chunk was read: flow control)
@@ -15,10 +15,13 @@
 import init, { WebEngine } from "./webvlm.js";
 import { CacheWriter, deleteCached, expandSplitParts, isCached, markVerified, normalizeSource, readHead, readSources } from "./source.js";
 import { convertedName, DEFAULT_REPO_QUANT, REPO_QUANTS, repoBase, repoFiles, repoQuant } from "./repo.js";
-import { BadRequestError, DeviceLostError, DownloadError, EngineUnloadedError, ModelNotSupportedError, toWire } from "./errors.js";
+import { BadRequestError, DeviceLostError, DownloadError, EngineUnloadedError, ModelNotSupportedError, StreamStalledError, toWire } from "./errors.js";
 
 /** Streamed chunks the page may leave unread before decoding pauses. */
 export const STREAM_WINDOW = 4;
+/** How long a paused stream (STREAM_WINDOW chunks unread) may wait for its reader before the
+ * generation is cut and the engine goes on with the next request (`streamStallMs`). */
+export const STREAM_STALL_MS = 30_000;
 
 export class Host {
   constructor(post) {
@@ -31,6 +34,11 @@ export class Host {
     this.lost = null; // the DeviceLostError that ended the engine's GPU device
     this.loaded = null; // the last successful load message, for "reload"
     this.flow = null; // the running stream's flow control: {unread, resume}
+    this.queued = new Set(); // ids of the requests waiting to run
+    this.loading = null; // the wasm engine a load is filling, freed if the load fails
+    this.stallMs = STREAM_STALL_MS;
+    this.closed = false;
+    this.lifetime = new AbortController(); // aborted by close(): ends a load's downloads
   }
 
   /** Handles one message; requests run one at a time, in arrival order. A stop names its
@@ -42,7 +50,9 @@ export class Host {
         this.downloads?.abort(); // a request still fetching its images stops at once
         this.engine?.stop();
         this.flow?.resume(true); // a paused stream must wake up to see the stop
-      } else {
+      } else if (this.queued.has(msg.target)) {
+        // Only a request still waiting is remembered (an id that ended or never came is not:
+        // the set stays within the queue).
         this.stopped.add(msg.target);
       }
       return;
@@ -54,7 +64,26 @@ export class Host {
       }
       return;
     }
+    this.queued.add(msg.id);
     this.queue = this.queue.then(() => this.run(msg));
+  }
+
+  /** The page let go of this host (`createEngine({worker: false})`: a cancelled load, an
+   * unloaded engine): the running request stops (a load's downloads end), later ones fail,
+   * and the wasm engine and its GPU memory are freed once nothing runs. A worker's host
+   * needs none of this: its worker is terminated. */
+  close() {
+    if (this.closed) return;
+    this.closed = true;
+    this.lifetime.abort();
+    this.handle({ type: "stop" });
+    if (this.running === null) this.release();
+  }
+
+  /** Frees the loaded engine and its GPU memory now (`freeEngine`). */
+  release() {
+    if (this.engine) freeEngine(this.engine);
+    this.engine = null;
   }
 
   async run(msg) {
@@ -62,7 +91,9 @@ export class Host {
     this.running = id;
     this.runningStopped = false;
     this.downloads = new AbortController();
+    this.queued.delete(id);
     try {
+      if (this.closed) throw new EngineUnloadedError("the engine was unloaded");
       if (this.stopped.delete(id)) {
         this.post({ id, type: "result", value: aborted() });
         return;
@@ -86,11 +117,16 @@ export class Host {
       this.post({ id, type: "error", error: toWire(e) });
     } finally {
       this.running = null;
+      // A load that failed (or was abandoned) frees what it had built.
+      if (this.loading) freeEngine(this.loading);
+      this.loading = null;
+      if (this.closed) this.release();
     }
   }
 
-  async load({ model, options = {}, cacheName, chunkBytes }, onProgress) {
+  async load({ model, options = {}, cacheName, chunkBytes, streamStallMs }, onProgress) {
     const started = performance.now();
+    if (streamStallMs !== undefined) this.stallMs = streamStallMs;
     wasm ??= await init();
     let repo = model.repo ? { base: repoBase(model.repo), quant: repoQuant(model.quant) } : null;
     let text = repo ? [] : [model.text].flat().flatMap(expandSplitParts).map(normalizeSource);
@@ -111,7 +147,11 @@ export class Host {
         }
       }
     }
-    const engine = await WebEngine.create(JSON.stringify({ ...options, textParts: Math.max(1, text.length) }));
+    const engine = this.loading = await WebEngine.create(JSON.stringify({ ...options, textParts: Math.max(1, text.length) }));
+    const open = () => {
+      if (this.closed) throw new DownloadError("the model load was cancelled");
+    };
+    open();
     const store = cacheName !== null && typeof caches !== "undefined";
     if (repo) {
       // A Hugging Face repository: its safetensors shards stand for the text model's parts.
@@ -145,9 +185,11 @@ export class Host {
       });
     };
     const hashed = []; // URL sources checked against a published SHA-256 in this load
+    open();
     await readSources(sources, {
       cacheName,
       chunkBytes,
+      signal: this.lifetime.signal,
       onDescribed: (i, d) => {
         if (!d.sha256 || d.verified) return;
         engine.expectSha256(i < text.length ? "text" : "mmproj", i, d.sha256);
@@ -190,7 +232,9 @@ export class Host {
     const gpu = (await navigator.gpu?.requestAdapter())?.info;
     const label = [gpu?.vendor, gpu?.architecture, gpu?.device, gpu?.description].filter(Boolean).join(" ");
     if (label) info.adapter = `${label} — ${info.adapter.replace(/^\(\) /, "")}`;
+    open();
     this.engine = engine;
+    this.loading = null;
     this.loaded = { model, options, cacheName, chunkBytes };
     report("ready", "model ready");
     return { ...info, loadSeconds: (performance.now() - started) / 1000, networkBytes: network, wasmMemoryBytes: wasmMemoryBytes() };
@@ -201,14 +245,15 @@ export class Host {
    * Files and Blobs are read again. Clears the lost state once the model is back. */
   async reload(onProgress) {
     if (!this.loaded) throw new EngineUnloadedError("no model was loaded: nothing to reload");
-    if (this.engine) freeEngine(this.engine); // the lost device's buffers too, before the new device allocates its own
-    this.engine = null;
+    this.release(); // the lost device's buffers too, before the new device allocates its own
     this.lost = null;
     return this.load(this.loaded, onProgress);
   }
 
   /** Runs one request; with `stream`, chunks go to `onChunk` and decoding waits while
-   * STREAM_WINDOW of them are unread (the page acknowledges each one it reads). */
+   * STREAM_WINDOW of them are unread (the page acknowledges each one it reads). A wait longer
+   * than `stallMs` (a reader that stopped reading, a stream never read) cuts the generation:
+   * the request ends with StreamStalledError and the engine is free for the next one. */
   async generate(request, onChunk) {
     if (!this.engine) throw new EngineUnloadedError("no model is loaded");
     const urls = new Set();
@@ -231,20 +276,42 @@ export class Host {
     // engine clears its stop flag when a generation starts, so it would be lost there.
     if (this.runningStopped) return aborted();
     const flow = {
-      unread: 0, wake: null, stopped: false,
-      resume(stop = false) { this.stopped ||= stop; this.wake?.(); this.wake = null; },
+      unread: 0, wake: null, stopped: false, stalled: false, timer: null,
+      resume(stop = false) {
+        this.stopped ||= stop;
+        clearTimeout(this.timer);
+        this.timer = null;
+        this.wake?.();
+        this.wake = null;
+      },
     };
     this.flow = flow;
+    const engine = this.engine;
+    const stallMs = this.stallMs;
+    const stall = () => {
+      flow.stalled = true;
+      engine.stop();
+      flow.resume(true);
+    };
     try {
-      const out = await this.engine.generate(JSON.stringify(request), images, (json) => {
+      const out = await engine.generate(JSON.stringify(request), images, (json) => {
+        if (flow.stalled) return undefined; // nobody reads: the last chunks are not sent
         onChunk(JSON.parse(json));
         if (++flow.unread < STREAM_WINDOW || flow.stopped) return undefined;
-        return new Promise((resolve) => { flow.wake = resolve; });
+        return new Promise((resolve) => {
+          flow.wake = resolve;
+          if (Number.isFinite(stallMs)) flow.timer = setTimeout(stall, stallMs);
+        });
       });
+      if (flow.stalled) {
+        throw new StreamStalledError(`the stream's reader left ${STREAM_WINDOW} chunks unread for ${stallMs} ms: `
+          + "the generation was stopped (streamStallMs)");
+      }
       const value = JSON.parse(out);
       value.usage.wasm_memory_bytes = wasmMemoryBytes();
       return value;
     } finally {
+      clearTimeout(flow.timer);
       this.flow = null;
     }
   }
@@ -270,8 +337,7 @@ export class Host {
   }
 
   unload() {
-    if (this.engine) freeEngine(this.engine);
-    this.engine = null;
+    this.release();
     this.loaded = null;
     return true;
   }

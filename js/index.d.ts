@@ -84,8 +84,13 @@ export interface CreateEngineOptions {
   cacheName?: string | null;
   /** Download chunk size in bytes (default 32 MiB). */
   chunkBytes?: number;
-  /** Cancels the load: the worker ends, the promise rejects with DownloadError; chunks
-   * already stored stay cached for the next attempt. */
+  /** How long a stream may wait with 4 chunks unread (its reader stopped reading) before the
+   * generation is cut and the engine goes on with the next request; reading that stream on
+   * gives its chunks, then StreamStalledError. Default 30 000 ms; `Infinity`: never. */
+  streamStallMs?: number;
+  /** Cancels the load: the worker ends (with `worker: false`, the downloads stop and what was
+   * built is freed), the promise rejects with DownloadError; chunks already stored stay
+   * cached for the next attempt. */
   signal?: AbortSignal;
   /** With `fallback: "remote"`: the server used when this browser has no WebGPU or the model
    * does not fit its GPU. */
@@ -380,6 +385,8 @@ export class BadRequestError extends WebvlmError {
   status?: number;
 }
 export class EngineUnloadedError extends WebvlmError {}
+/** A stream's reader stopped reading for `streamStallMs`: the generation was cut. */
+export class StreamStalledError extends WebvlmError {}
 /** The server refused the API key (HTTP 401 or 403). */
 export class AuthenticationError extends WebvlmError {
   status: number;

@@ -57,23 +57,30 @@ export async function createEngine(o = {}) {
  * @param {string|null} [o.cacheName] Cache Storage name for weight chunks; `null` streams the
  *   weights without storing them (every load downloads them again)
  * @param {number} [o.chunkBytes] download chunk size (default 32 MiB)
+ * @param {number} [o.streamStallMs=30000] how long a stream may wait with its unread chunks
+ *   (STREAM_WINDOW of them) before the generation is cut and the engine goes on with the next
+ *   request; reading that stream on then ends with StreamStalledError (`Infinity`: never)
  * @param {AbortSignal} [o.signal] cancels the load (rejects with DownloadError)
  */
-async function createLocalEngine({ model, onProgress, worker = true, engine: options = {}, cacheName = DEFAULT_CACHE, chunkBytes, signal } = {}) {
+async function createLocalEngine({ model, onProgress, worker = true, engine: options = {}, cacheName = DEFAULT_CACHE, chunkBytes, streamStallMs, signal } = {}) {
   if (!model?.text && !model?.repo) throw new BadRequestError("createEngine needs model.text (a URL, File or Blob) or model.repo (a URL)");
+  if (streamStallMs !== undefined && !(typeof streamStallMs === "number" && streamStallMs > 0)) {
+    throw new BadRequestError(`streamStallMs must be a positive number of milliseconds, not ${JSON.stringify(streamStallMs)}`);
+  }
   if (!globalThis.navigator?.gpu) throw new NoWebGPUError("this browser has no WebGPU (navigator.gpu is missing)");
   signal?.throwIfAborted();
   const port = worker ? workerPort() : await inlinePort();
   const e = new Engine(port);
-  // Cancelling ends the worker (downloads, GPU device and all); chunks already stored stay
-  // in the cache for the next attempt.
+  // Cancelling ends the worker (downloads, GPU device and all; on the page's thread the host
+  // stops its downloads and frees what it built); chunks already stored stay in the cache
+  // for the next attempt.
   const onAbort = () => {
     port.close();
     e._failAll(new DownloadError("the model load was cancelled"));
   };
   signal?.addEventListener("abort", onAbort, { once: true });
   try {
-    e.info = { ...await e._call({ type: "load", model, options, cacheName, chunkBytes }, { onProgress }), remote: false };
+    e.info = { ...await e._call({ type: "load", model, options, cacheName, chunkBytes, streamStallMs }, { onProgress }), remote: false };
   } catch (err) {
     port.close(); // a failed load leaves no worker or GPU device behind
     throw err;
@@ -96,7 +103,7 @@ async function inlinePort() {
   const { Host } = await import("./host.js");
   let listener = () => {};
   const host = new Host((m) => queueMicrotask(() => listener(m)));
-  return { send: (m) => host.handle(m), listen: (f) => { listener = f; }, close: () => {} };
+  return { send: (m) => host.handle(m), listen: (f) => { listener = f; }, close: () => host.close() };
 }
 
 let nextId = 1;
@@ -195,7 +202,9 @@ class Engine {
   /** OpenAI's `chat.completions.create`: the request is checked by the engine before any
    * work (a BadRequestError naming the field otherwise). With `stream: true`, an async
    * iterable of chunks; decoding pauses while more than a few chunks wait unread, and leaving
-   * the loop early stops the generation. `signal` (an AbortSignal) stops it too. */
+   * the loop early (`break`, `iterator.return()`, even before the first read) stops the
+   * generation at once. `signal` (an AbortSignal) stops it too. A stream left unread for
+   * `streamStallMs` is cut, and reading it on ends with StreamStalledError. */
   #create(request) {
     const { signal, ...body } = request ?? {};
     const callId = nextId++;
@@ -209,31 +218,47 @@ class Engine {
     // Streaming: chunks queue up until the reader asks for them; each one read is
     // acknowledged so the worker keeps at most STREAM_WINDOW unread chunks ahead.
     const queue = [];
-    let wake = null;
-    const push = (item) => { queue.push(item); wake?.(); wake = null; };
+    const waiters = [];
+    let ended = false; // the engine sent the request's end (its result or error)
+    let released = false; // the end was read, or the reader let go
+    const push = (item) => {
+      ended ||= !item.chunk;
+      if (released) return;
+      queue.push(item);
+      for (const w of waiters.splice(0)) w();
+    };
     this._call({ type: "generate", request: body }, { onChunk: (chunk) => push({ chunk }) }, callId)
       .then(() => push({ done: true }), (error) => push({ error }))
       .finally(done);
     const port = this.#port;
-    const engine = this;
-    return Promise.resolve({
-      async *[Symbol.asyncIterator]() {
-        let finished = false;
-        try {
-          for (;;) {
-            while (queue.length === 0) await new Promise((r) => { wake = r; });
-            const item = queue.shift();
-            finished = item.done || !!item.error;
-            if (item.done) return;
-            if (item.error) throw item.error;
-            port.send({ type: "ack", target: callId });
-            yield item.chunk;
-          }
-        } finally {
-          // Leaving the loop early (break, throw in the body) stops the generation.
-          if (!finished) engine.stop(callId);
+    // Letting go before the end stops the generation now, whether a read is pending or none
+    // was ever made; pending reads end.
+    const release = () => {
+      if (released) return;
+      released = true;
+      queue.length = 0;
+      if (!ended) this.stop(callId);
+      for (const w of waiters.splice(0)) w();
+    };
+    const iterator = {
+      async next() {
+        while (queue.length === 0 && !released) await new Promise((r) => waiters.push(r));
+        if (released) return { done: true, value: undefined };
+        const item = queue.shift();
+        if (item.done || item.error) {
+          released = true;
+          if (item.error) throw item.error;
+          return { done: true, value: undefined };
         }
+        port.send({ type: "ack", target: callId });
+        return { done: false, value: item.chunk };
       },
-    });
+      async return(value) {
+        release();
+        return { done: true, value };
+      },
+      [Symbol.asyncIterator]() { return this; },
+    };
+    return Promise.resolve({ [Symbol.asyncIterator]: () => iterator });
   }
 }
