@@ -285,7 +285,7 @@ test("fallback: \"remote\" is taken on AdapterTooSmallError (the model's headers
   assert.ok(fitsRead.some((r) => !windows.includes(r)), "the load that fit downloaded no weights: the check above proves nothing");
 });
 
-test("the demo's remote server: settings with the key in sessionStorage only, a notice that requests leave the device, a streamed reply from the server", { timeout: 5 * MIN }, async (t) => {
+test("the demo's remote server: settings with the key in sessionStorage only, a notice that requests leave the device, a header that names the server, a streamed reply from the server", { timeout: 5 * MIN }, async (t) => {
   const demo = await browser.context.newPage();
   await demo.goto(`${server.url}/index.html`);
   await demo.locator("#settings summary").click();
@@ -302,10 +302,18 @@ test("the demo's remote server: settings with the key in sessionStorage only, a 
   const loaded = await demo.evaluate(() => ({ state: document.body.dataset.state, info: window.webvlmDemo.state.info, error: window.webvlmDemo.state.lastError }));
   assert.equal(loaded.state, "ready", JSON.stringify(loaded.error));
   assert.deepEqual([loaded.info.remote, loaded.info.model, loaded.info.baseURL], [true, "mock-other", mock.url]);
+  // The header's promise follows the engine in use: no "never leave this device" while a
+  // remote server answers, and back to it once the remote engine is unloaded.
+  const tagline = await demo.locator("#tagline").textContent();
+  assert.doesNotMatch(tagline, /never leave/, `header while remote: ${tagline}`);
+  assert.ok(tagline.includes(mock.url), `header while remote: ${tagline}`);
   await demo.fill("#prompt", "hello from the demo");
   await demo.click("#send");
   await demo.waitForFunction(() => document.querySelector(".msg.assistant")?.dataset.state === "done", null, { timeout: 60_000 });
   const reply = await demo.locator(".msg.assistant .content").last().textContent();
+  await demo.click("#unload");
+  await demo.waitForFunction(() => document.body.dataset.state === "idle", null, { timeout: 60_000 });
+  assert.match(await demo.locator("#tagline").textContent(), /never leave this device/, "header after the remote engine's unload");
   const stored = await demo.evaluate(() => ({ local: JSON.stringify({ ...localStorage }), session: JSON.stringify({ ...sessionStorage }) }));
   await demo.reload();
   const afterReload = await demo.evaluate(() => ({ url: document.querySelector("#settings-remote-url").value, key: document.querySelector("#settings-remote-key").value }));

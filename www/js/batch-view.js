@@ -3,7 +3,7 @@
 // line, and which batch controls are enabled.
 
 import { $, el, fmtBytes, fmtDuration, ICON_IMAGE, openImage, plural, progressHtml } from "./helpers.js";
-import { batchRunning, engine, lacksVision, state } from "./state.js";
+import { batchRunning, engine, lacksVision, remoteServer, state } from "./state.js";
 
 const IMAGE_EXT = /\.(png|jpe?g|jfif|webp|gif|bmp|avif|tiff?|ico)$/i;
 const isImageFile = (f) => (f.type ? f.type.startsWith("image/") : IMAGE_EXT.test(f.name));
@@ -204,7 +204,7 @@ export function updateBatchControls() {
   else if (s === "loading") hint = "Wait for the model to load.";
   else if (!engine) hint = "Load a model with a vision projector to start.";
   else if (noVision) hint = "This model was loaded without a vision projector (mmproj), so it cannot describe images.";
-  else if (!items.length) hint = "Add images to start. They stay on this device.";
+  else if (!items.length) hint = remoteServer() ? `Add images to start. They are sent to ${remoteServer()}.` : "Add images to start. They stay on this device.";
   else {
     const n = batchTodo().length;
     hint = `${plural(n, "image")} to describe · up to ${state.settings.max_tokens} tokens each · images scaled to at most ${state.settings.image_max_edge} px (Settings).`;

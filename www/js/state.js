@@ -77,3 +77,7 @@ export const lacksVision = () => state.info?.vision === false;
 
 /** A batch is running or stopping. */
 export const batchRunning = () => state.batch.status === "running" || state.batch.status === "stopping";
+
+/** The base URL of the remote server the loaded engine sends requests to; null for an engine
+ * in this page (or none). What the page promises about privacy follows it. */
+export const remoteServer = () => (state.info?.remote ? state.info.baseURL : null);

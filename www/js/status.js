@@ -2,7 +2,7 @@
 // controls are enabled, the Chat / Batch tabs, and what happens when the engine is gone.
 
 import { $ } from "./helpers.js";
-import { engine, isBusy, setEngine, setLostEngine, state } from "./state.js";
+import { engine, isBusy, remoteServer, setEngine, setLostEngine, state } from "./state.js";
 import { isEngineLost, showError } from "./errors.js";
 import { updateBatchControls } from "./batch-view.js";
 
@@ -47,6 +47,9 @@ export function updateControls() {
   // The header names the loaded model next to the Chat / Batch tabs.
   $("chat-title").hidden = !engine;
   $("prompt").placeholder = s === "batch" ? "Chat is paused while the batch runs…" : "Ask about an image…";
+  $("tagline").textContent = remoteServer()
+    ? `A vision-language model on ${remoteServer()}. Your messages and images are sent to that server.`
+    : "A vision-language model on your own GPU. Your images never leave this device.";
   updateBatchControls();
 }
 
