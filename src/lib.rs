@@ -7,7 +7,7 @@
 //! state), [`tokenizer`], [`chat`] (templates), [`image`] (preprocessing), [`sampling`] and [`constraint`] (host-side token choice),
 //! [`engine`] (the generation loop), [`api`] (OpenAI's chat-completions shapes), [`error`]
 //! (what each failure means to a caller), [`web`] (the wasm-bindgen surface); `fuzz` holds the
-//! fuzz targets' entry points.
+//! fuzz targets' entry points (feature `fuzzing`).
 
 pub mod api;
 pub mod chat;
@@ -15,7 +15,7 @@ pub mod constraint;
 pub mod engine;
 pub mod error;
 #[doc(hidden)]
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(all(feature = "fuzzing", not(target_arch = "wasm32")))]
 pub mod fuzz;
 pub mod gguf;
 pub mod gpu;

@@ -248,6 +248,7 @@ fn budgets_parse_with_binary_units() {
 /// Llama 3.2 11B Vision's headers as its Hugging Face folder maps them (BF16, the encoder in
 /// the same view): the encoder's tensors are the vision weights, the 32 self-attention
 /// layers keep a KV cache, the 8 cross layers an image store.
+#[cfg(feature = "synthetic")]
 fn mllama_11b_headers() -> (Metadata, Vec<TensorInfo>) {
     use crate::model::synthetic::MllamaShape;
     use crate::source::hf::{HfConfig, HfTensors};
@@ -259,6 +260,7 @@ fn mllama_11b_headers() -> (Metadata, Vec<TensorInfo>) {
 }
 
 #[test]
+#[cfg(feature = "synthetic")]
 fn llama_3_2_11b_vision_splits_its_encoder_and_plans_the_image_store() {
     let model = mllama_11b_headers();
     let p = plan(&model, None, PlanOptions { ctx: 4096, chunk: 512, ..Default::default() });
@@ -292,6 +294,7 @@ fn llama_3_2_11b_vision_splits_its_encoder_and_plans_the_image_store() {
 /// vision scratch is the same as under a 1 GiB binding and counts every buffer of one 4-tile
 /// image. Below the 104.9 MB states (one buffer the decoder reads whole) it is refused.
 #[test]
+#[cfg(feature = "synthetic")]
 fn llama_3_2_11b_vision_encoder_fits_a_128_mib_binding() {
     let model = mllama_11b_headers();
     let opts = PlanOptions { ctx: 4096, chunk: 512, ..Default::default() };

@@ -22,6 +22,7 @@ pub mod memory_plan;
 mod positions;
 pub mod state;
 pub mod step;
+#[cfg(feature = "synthetic")]
 pub mod synthetic;
 pub mod vision;
 
