@@ -16,10 +16,14 @@ use webvlm::api::{batch, run, ApiError, ChatRequest};
 use webvlm::engine::{Engine, EngineError};
 use webvlm::gguf::MappedGguf;
 use webvlm::model::ContextOptions;
+use webvlm::source::Eager;
 
 fn smollm2_engine() -> Engine {
     let model = MappedGguf::open(common::smollm2::model_path(&common::smollm2::reference())).unwrap();
-    Engine::load(gpu(), &model, ContextOptions { max_ctx: 1024, max_chunk: 64, ..Default::default() }).unwrap()
+    Engine::builder(gpu())
+        .context(ContextOptions { max_ctx: 1024, max_chunk: 64, ..Default::default() })
+        .load(&mut Eager(&model))
+        .unwrap()
 }
 
 fn no_files(url: &str) -> Result<Vec<u8>, EngineError> {
@@ -153,7 +157,10 @@ fn think_template_engine() -> Engine {
         w.add_tensor(t.name.clone(), &t.dims, t.ty, bytes[r.start as usize..r.end as usize].to_vec()).unwrap();
     }
     let model = GgufBytes::parse(w.write().unwrap()).unwrap();
-    Engine::load(gpu(), &model, ContextOptions { max_ctx: 512, max_chunk: 16, ..Default::default() }).unwrap()
+    Engine::builder(gpu())
+        .context(ContextOptions { max_ctx: 512, max_chunk: 16, ..Default::default() })
+        .load(&mut Eager(&model))
+        .unwrap()
 }
 
 /// With a template that leaves `<think>` open, the whole reply (no `</think>` in 8 random
@@ -621,14 +628,12 @@ fn a_json_schema_is_compiled_once_for_check_and_run() {
 /// equals the same requests run one by one.
 #[test]
 fn qwen35_json_schema_logprobs_and_batch() {
-    use webvlm::engine::Mmproj;
-    use webvlm::source::{LoadQuant, TensorSource};
+    use webvlm::source::LoadQuant;
     const QWEN: &str = "tiny_qwen35_a";
     let model = MappedGguf::open(fixture(QWEN).join("model.gguf")).unwrap();
     let proj = MappedGguf::open(fixture(QWEN).join("mmproj.gguf")).unwrap();
-    let mmproj = Some(Mmproj { src: &proj as &dyn TensorSource, quant: LoadQuant::Keep });
     let opts = ContextOptions { max_ctx: 512, max_chunk: 32, ..Default::default() };
-    let mut e = Engine::load_with_vision(gpu(), &model as &dyn TensorSource, mmproj, opts).unwrap();
+    let mut e = Engine::builder(gpu()).context(opts).vision(&mut Eager(&proj), LoadQuant::Keep).load(&mut Eager(&model)).unwrap();
     // The fixture processor's area bounds (its cases.json `image_processor`).
     e.set_image_area(Some(1024), Some(65536)).unwrap();
     fn load(url: &str) -> Result<Vec<u8>, EngineError> {

@@ -1,5 +1,5 @@
 //! OpenAI's chat-completions API (`webvlm::api::run`, `batch::run_batch`) on the tiny Llama 3.2
-//! Vision folder (`tiny_mllama_a`, cross-attention images, loaded with `Engine::load_hf`) and
+//! Vision folder (`tiny_mllama_a`, cross-attention images, loaded with `EngineBuilder::hf_text`) and
 //! the tiny Mistral Small 3.1 GGUF with its Pixtral mmproj (`tiny_mistral_small_mistral3`),
 //! images given as `data:` URLs of fixture PNGs. For each model: a `json_schema` answer about
 //! an image parses and validates against its schema; `logprobs` / `top_logprobs` of a greedy
@@ -13,11 +13,11 @@ use common::*;
 use base64::Engine as _;
 use serde_json::{json, Value};
 use webvlm::api::{batch, run, ChatRequest};
-use webvlm::engine::{Engine, EngineError, Mmproj};
+use webvlm::engine::{Engine, EngineError};
 use webvlm::gguf::MappedGguf;
 use webvlm::model::ContextOptions;
 use webvlm::source::hf::HfModel;
-use webvlm::source::{Eager, LoadQuant, TensorSource};
+use webvlm::source::{Eager, LoadQuant};
 
 const MLLAMA: &str = "tiny_mllama_a";
 const MISTRAL_SMALL: &str = "tiny_mistral_small_mistral3";
@@ -41,15 +41,14 @@ const MISTRAL_SMALL_SUBJECT: Subject = Subject {
 fn mllama_engine() -> Engine {
     let hf = HfModel::open(fixture(MLLAMA)).unwrap();
     let opts = ContextOptions { max_ctx: 256, max_chunk: 32, ..Default::default() };
-    Engine::load_hf(gpu(), &mut Eager(&hf), hf.text_files(), opts).unwrap()
+    Engine::builder(gpu()).context(opts).hf_text(hf.text_files()).load(&mut Eager(&hf)).unwrap()
 }
 
 fn mistral_small_engine() -> Engine {
     let model = MappedGguf::open(fixture(MISTRAL_SMALL).join("model.gguf")).unwrap();
     let proj = MappedGguf::open(fixture(MISTRAL_SMALL).join("mmproj.gguf")).unwrap();
-    let mmproj = Some(Mmproj { src: &proj as &dyn TensorSource, quant: LoadQuant::Keep });
     let opts = ContextOptions { max_ctx: 512, max_chunk: 16, ..Default::default() };
-    Engine::load_with_vision(gpu(), &model as &dyn TensorSource, mmproj, opts).unwrap()
+    Engine::builder(gpu()).context(opts).vision(&mut Eager(&proj), LoadQuant::Keep).load(&mut Eager(&model)).unwrap()
 }
 
 /// A fixture PNG as a `data:` URL.

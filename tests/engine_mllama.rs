@@ -1,5 +1,5 @@
 //! Mllama (Llama 3.2 Vision) through the engine, against transformers' fixtures
-//! (`tests/fixtures/tiny_mllama_a`, `tiny_mllama_b`): `Engine::load_hf` loads the vision
+//! (`tests/fixtures/tiny_mllama_a`, `tiny_mllama_b`): `EngineBuilder::hf_text` loads the vision
 //! encoder from the folder; each case's prompt ids (from its text, or its chat messages
 //! through the real chat template) equal the processor's, and PNG → preprocess → encode →
 //! cross-attention → decoder gives transformers' logits at every position. The prompt cache
@@ -21,7 +21,7 @@ const FOLDERS: [&str; 2] = ["tiny_mllama_a", "tiny_mllama_b"];
 fn engine(folder: &str, precision: Precision) -> Engine {
     let hf = HfModel::open(fixture(folder)).unwrap();
     let opts = ContextOptions { max_ctx: 64, max_chunk: 64, precision };
-    Engine::load_hf(gpu(), &mut Eager(&hf), hf.text_files(), opts).unwrap()
+    Engine::builder(gpu()).context(opts).hf_text(hf.text_files()).load(&mut Eager(&hf)).unwrap()
 }
 
 fn cases(folder: &str) -> Value {
@@ -192,7 +192,7 @@ fn the_fallback_template_places_the_image_token() {
     std::fs::write(&config, json.to_string()).unwrap();
     let hf = HfModel::open(&dir).unwrap();
     let opts = ContextOptions { max_ctx: 64, max_chunk: 64, precision: Precision::F32 };
-    let mut e = Engine::load_hf(gpu(), &mut Eager(&hf), hf.text_files(), opts).unwrap();
+    let mut e = Engine::builder(gpu()).context(opts).hf_text(hf.text_files()).load(&mut Eager(&hf)).unwrap();
     let png = dir.join("img_24x20.png");
     let messages: Vec<ChatMessage> = serde_json::from_value(serde_json::json!([{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": png.to_str().unwrap()}}, {"type": "text", "text": "Why?"}]}]))
@@ -227,7 +227,11 @@ fn memory_plan_matches_the_loaded_buffers() {
         let plan = MemoryPlan::new(ModelHeaders { metadata: hf.metadata(), tensors: &infos }, None, limits, plan_opts).unwrap();
         let opts = ContextOptions { max_ctx: 64, max_chunk: 16, precision };
         let mut eager = Eager(&hf);
-        let mut e = Engine::load_hf(gpu, &mut Requantize { inner: &mut eager, quant }, hf.text_files(), opts).unwrap();
+        let mut e = Engine::builder(gpu)
+            .context(opts)
+            .hf_text(hf.text_files())
+            .load(&mut Requantize { inner: &mut eager, quant })
+            .unwrap();
         let vision = e.cross_vision().unwrap().encoder.weights.bytes_on_gpu();
         assert_eq!(plan.text_weights, e.decoder().weight_bytes(), "{name}: text weights");
         assert_eq!(plan.vision_weights, vision, "{name}: vision weights");

@@ -34,7 +34,7 @@ fn convert(folder: &Path, quant: LoadQuant) -> (Engine, Vec<u8>) {
         let mut chunks = bytes.chunks(1000);
         while !repo.push_header(i, chunks.next().unwrap()).unwrap() {}
     }
-    let engine = repo.build(gpu(), opts()).unwrap().unwrap_or_else(|_| panic!("headers are in"));
+    let engine = repo.build(gpu(), opts()).unwrap();
     assert!(repo.write_gguf().is_err(), "the output is asked for before the model is planned");
     let mut file = repo.take_gguf();
     let header = GgufHeaderParser::new().feed(&file).unwrap().expect("the header comes out when the model is planned");
@@ -55,7 +55,7 @@ fn convert(folder: &Path, quant: LoadQuant) -> (Engine, Vec<u8>) {
 
 fn load_gguf(bytes: Vec<u8>) -> Engine {
     let file = GgufBytes::parse(bytes).expect("a valid GGUF");
-    Engine::load_from(gpu(), &mut Eager(&file), opts()).unwrap()
+    Engine::builder(gpu()).context(opts()).load(&mut Eager(&file)).unwrap()
 }
 
 fn cases(folder: &Path) -> Value {

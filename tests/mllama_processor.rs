@@ -106,7 +106,7 @@ fn engine_logits_match_transformers() {
     let mut checked = 0;
     for (precision, tol) in [(Precision::F32, 1e-4), (Precision::default(), 1e-3)] {
         let hf = HfModel::open(&folder).unwrap();
-        let mut e = Engine::load_hf(gpu(), &mut Eager(&hf), hf.text_files(), opts(precision)).unwrap();
+        let mut e = Engine::builder(gpu()).context(opts(precision)).hf_text(hf.text_files()).load(&mut Eager(&hf)).unwrap();
         checked += check_engine(&mut e, &folder, tol, &format!("folder {precision:?}"));
     }
     assert_eq!(checked, 4);
@@ -122,7 +122,7 @@ fn convert(folder: &Path) -> Vec<u8> {
     for (i, bytes) in shards.iter().enumerate() {
         assert!(repo.push_header(i, bytes).unwrap());
     }
-    let engine = repo.build(gpu(), opts(Precision::F32)).unwrap().unwrap_or_else(|_| panic!("headers are in"));
+    let engine = repo.build(gpu(), opts(Precision::F32)).unwrap();
     let mut file = repo.take_gguf();
     for (i, bytes) in shards.iter().enumerate() {
         repo.push(engine.gpu(), i, bytes).unwrap();
@@ -137,7 +137,7 @@ fn convert(folder: &Path) -> Vec<u8> {
 fn the_converted_file_keeps_the_processor() {
     let folder = fixture(FOLDER);
     let file = GgufBytes::parse(convert(&folder)).unwrap();
-    let mut e = Engine::load_from(gpu(), &mut Eager(&file), opts(Precision::F32)).unwrap();
+    let mut e = Engine::builder(gpu()).context(opts(Precision::F32)).load(&mut Eager(&file)).unwrap();
     assert_eq!(check_engine(&mut e, &folder, 1e-4, "converted"), 2);
 }
 

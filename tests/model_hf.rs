@@ -169,8 +169,11 @@ fn tokenizer_and_chat_template_match_transformers() {
 
     // The engine: the template renders as transformers' apply_chat_template, and generation's
     // end ids include generation_config.json's.
-    let engine =
-        Engine::load_hf(common::gpu(), &mut Eager(&hf), text, ContextOptions { max_ctx: 128, ..Default::default() }).unwrap();
+    let engine = Engine::builder(common::gpu())
+        .context(ContextOptions { max_ctx: 128, ..Default::default() })
+        .hf_text(text)
+        .load(&mut Eager(&hf))
+        .unwrap();
     let chat = &refs["chat"];
     let messages: Vec<webvlm::chat::ChatMessage> = serde_json::from_value(chat["messages"].clone()).unwrap();
     let rendered = engine.template().render(&messages, true).unwrap();

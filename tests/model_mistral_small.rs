@@ -10,10 +10,10 @@
 mod common;
 use common::*;
 
-use webvlm::engine::{Engine, Mmproj, Prompt};
+use webvlm::engine::{Engine, Prompt};
 use webvlm::gguf::{MappedGguf, TensorInfo};
 use webvlm::model::{ContextOptions, MemoryPlan, ModelHeaders, PlanLimits, PlanOptions, Precision};
-use webvlm::source::{LoadQuant, TensorSource};
+use webvlm::source::{Eager, LoadQuant};
 
 const MISTRAL3: &str = "tiny_mistral_small_mistral3";
 const LLAMA: &str = "tiny_mistral_small_llama";
@@ -58,8 +58,7 @@ fn engine(dir: &str, precision: Precision) -> Engine {
     let model = MappedGguf::open(fixture(dir).join(&fx.model)).unwrap();
     let mmproj = MappedGguf::open(fixture(MISTRAL3).join("mmproj.gguf")).unwrap();
     let opts = ContextOptions { max_ctx: 256, max_chunk: 16, precision };
-    let mmproj = Some(Mmproj { src: &mmproj as &dyn TensorSource, quant: LoadQuant::Keep });
-    Engine::load_with_vision(gpu(), &model as &dyn TensorSource, mmproj, opts).unwrap()
+    Engine::builder(gpu()).context(opts).vision(&mut Eager(&mmproj), LoadQuant::Keep).load(&mut Eager(&model)).unwrap()
 }
 
 /// Logits of one case: its images encoded, its tokens from `pos_offset` on a fresh sequence.
@@ -149,8 +148,7 @@ fn memory_plan_matches_the_loaded_buffers() {
             plan_opts,
         )
         .unwrap();
-        let mmproj = Some(Mmproj { src: &proj as &dyn TensorSource, quant });
-        let e = Engine::load_with_vision(gpu, &model as &dyn TensorSource, mmproj, opts).unwrap();
+        let e = Engine::builder(gpu).context(opts).vision(&mut Eager(&proj), quant).load(&mut Eager(&model)).unwrap();
         assert_eq!(plan.text_weights, e.decoder().weight_bytes(), "{dir}: text weights");
         assert_eq!(plan.vision_weights, e.vision().unwrap().weight_bytes(), "{dir} {quant:?}: vision weights");
         assert_eq!(plan.state, e.context().state_bytes(), "{dir}: KV cache");

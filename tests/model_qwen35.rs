@@ -282,7 +282,7 @@ fn streamed_load_equals_in_memory() {
             stream.push(&gpu, c).unwrap();
             rest = r;
         }
-        let mut streamed = Engine::load_from(gpu, &mut stream, opts).unwrap();
+        let mut streamed = Engine::builder(gpu).context(opts).load(&mut stream).unwrap();
         stream.seal(streamed.gpu()).unwrap();
         for c in rest.chunks(4096) {
             stream.push(streamed.gpu(), c).unwrap();
@@ -290,7 +290,7 @@ fn streamed_load_equals_in_memory() {
         stream.finish().unwrap();
         let got = pollster::block_on(streamed.logits(&prompt)).unwrap();
         let src = webvlm::source::GgufBytes::parse(bytes.clone()).unwrap();
-        let mut eager = Engine::load(common::gpu(), &src, opts).unwrap();
+        let mut eager = Engine::builder(common::gpu()).context(opts).load(&mut Eager(&src)).unwrap();
         let want = pollster::block_on(eager.logits(&prompt)).unwrap();
         assert!(got == want, "{name}: streamed logits differ (rel L2 {:.2e})", common::rel_l2(&got, &want));
         let (_, _, reference) = cases(name).remove(0);
@@ -333,7 +333,7 @@ fn generate(
 fn second_turn_and_rewinds_stay_exact() {
     let m = fixture("b");
     let opts = ContextOptions { max_ctx: 512, max_chunk: 32, precision: Precision::F32 };
-    let engine = || webvlm::engine::Engine::load(common::gpu(), &m, opts).unwrap();
+    let engine = || webvlm::engine::Engine::builder(common::gpu()).context(opts).load(&mut Eager(&m)).unwrap();
     let (_, first, _) = cases("b").into_iter().find(|c| c.0 == "chat_short").unwrap();
     for abort_after in [None, Some(2)] {
         let mut e = engine();
@@ -381,7 +381,7 @@ fn second_turn_and_rewinds_stay_exact() {
 fn turn_snapshots_serve_later_prompts() {
     let m = fixture("b");
     let opts = ContextOptions { max_ctx: 512, max_chunk: 16, precision: Precision::F32 };
-    let engine = || webvlm::engine::Engine::load(common::gpu(), &m, opts).unwrap();
+    let engine = || webvlm::engine::Engine::builder(common::gpu()).context(opts).load(&mut Eager(&m)).unwrap();
     let (start, end, nl) = (513, 514, 198);
     let text = |seed: u32, n: u32| (0..n).map(move |i| (seed * 7 + i * 13) % 500 + 3);
     let message = |seed: u32, n: u32| -> Vec<u32> { [start].into_iter().chain(text(seed, n)).chain([end, nl]).collect() };
@@ -534,7 +534,7 @@ fn real_vocabulary_matches_transformers() {
 
     // The normal load path: the template from the file, its prompt ids, greedy generation.
     let opts = ContextOptions { max_ctx: 256, max_chunk: 16, precision: Precision::F32 };
-    let mut engine = webvlm::engine::Engine::load(gpu, &f.gguf, opts).unwrap();
+    let mut engine = webvlm::engine::Engine::builder(gpu).context(opts).load(&mut Eager(&f.gguf)).unwrap();
     assert_eq!(engine.tokenizer().vocab_size(), FULL_VOCAB);
     assert_eq!(engine.template().render(&f.messages, true).unwrap(), f.text);
     assert_eq!(engine.chat_tokens(&f.messages).unwrap(), f.tokens);

@@ -18,11 +18,11 @@ use base64::Engine as _;
 use common::*;
 use serde_json::Value;
 use webvlm::chat::ChatMessage;
-use webvlm::engine::{Engine, EngineError, GenerateOptions, Generation, Mmproj, Prompt};
+use webvlm::engine::{Engine, EngineError, GenerateOptions, Generation, Prompt};
 use webvlm::gguf::{GgufError, MappedGguf, MetaValue, Metadata, TensorInfo};
 use webvlm::model::vision::mrope_positions;
 use webvlm::model::{Context, ContextOptions, ImageFeatures, Precision, PromptImages};
-use webvlm::source::{LoadQuant, TensorSource};
+use webvlm::source::{Eager, LoadQuant, TensorSource};
 
 const DIR: &str = "tiny_qwen35_a";
 const VOCAB: usize = 545;
@@ -106,9 +106,8 @@ impl TensorSource for WithTemplate {
 fn engine(chunk: u32) -> Engine {
     let model = WithTemplate::open();
     let proj = MappedGguf::open(fixture(DIR).join("mmproj.gguf")).unwrap();
-    let mmproj = Some(Mmproj { src: &proj as &dyn TensorSource, quant: LoadQuant::Keep });
     let opts = ContextOptions { max_ctx: 512, max_chunk: chunk, precision: Precision::F32 };
-    let mut e = Engine::load_with_vision(gpu(), &model as &dyn TensorSource, mmproj, opts).unwrap();
+    let mut e = Engine::builder(gpu()).context(opts).vision(&mut Eager(&proj), LoadQuant::Keep).load(&mut Eager(&model)).unwrap();
     let (lo, hi) = area();
     e.set_image_area(Some(lo), Some(hi)).unwrap();
     e

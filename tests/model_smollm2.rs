@@ -11,6 +11,7 @@ use webvlm::engine::{Engine, FinishReason, GenerateOptions, Prompt};
 use webvlm::gguf::MappedGguf;
 use webvlm::kernels::sample::SamplerState;
 use webvlm::model::{Context, ContextOptions, Precision};
+use webvlm::source::Eager;
 
 /// Relative L2 error allowed per position against the f32 reference (stored as f16, which
 /// alone contributes ~3e-4).
@@ -23,7 +24,10 @@ const NEAR_TIE: f32 = 0.02;
 
 fn engine(r: &Reference) -> Engine {
     let model = MappedGguf::open(model_path(r)).unwrap();
-    Engine::load(gpu(), &model, ContextOptions { max_ctx: 256, max_chunk: 128, precision: Precision::F32 }).unwrap()
+    Engine::builder(gpu())
+        .context(ContextOptions { max_ctx: 256, max_chunk: 128, precision: Precision::F32 })
+        .load(&mut Eager(&model))
+        .unwrap()
 }
 
 #[test]

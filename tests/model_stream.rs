@@ -7,13 +7,13 @@
 mod common;
 use common::*;
 
-use webvlm::engine::{Engine, Mmproj, Prompt};
+use webvlm::engine::{Engine, Prompt};
 use webvlm::gguf::{GgmlType, GgufError, MappedGguf};
 use webvlm::gpu::{Gpu, Program};
 use webvlm::kernels::matvec;
 use webvlm::kernels::quant::GpuWeight;
 use webvlm::model::ContextOptions;
-use webvlm::source::{GgufParts, GgufStream, LoadError, LoadQuant, TensorSource};
+use webvlm::source::{Eager, GgufParts, GgufStream, LoadError, LoadQuant};
 
 fn opts() -> ContextOptions {
     ContextOptions { max_ctx: 256, max_chunk: 16, ..Default::default() }
@@ -29,7 +29,7 @@ fn stream_engine(model: &[u8], mmproj: Option<(&[u8], LoadQuant)>, sizes: &[usiz
     while text.header().is_none() {
         text.push(&gpu, chunks.next().expect("header before the end")).unwrap();
     }
-    let mut e = Engine::load_from(gpu, &mut text, opts()).unwrap();
+    let mut e = Engine::builder(gpu).context(opts()).load(&mut text).unwrap();
     text.seal(e.gpu()).unwrap();
     let mut held = text.held_bytes();
     for c in chunks {
@@ -43,7 +43,7 @@ fn stream_engine(model: &[u8], mmproj: Option<(&[u8], LoadQuant)>, sizes: &[usiz
         while vision.header().is_none() {
             vision.push(e.gpu(), chunks.next().unwrap()).unwrap();
         }
-        e.load_vision_from(&mut vision, quant).unwrap();
+        e.add_vision(&mut vision, quant).unwrap();
         vision.seal(e.gpu()).unwrap();
         for c in chunks {
             vision.push(e.gpu(), c).unwrap();
@@ -83,8 +83,13 @@ impl<'a> Iterator for Chunks<'a> {
 fn eager_engine(dir: &str, mmproj: Option<LoadQuant>) -> Engine {
     let model = MappedGguf::open(fixture(dir).join("model.gguf")).unwrap();
     let proj = MappedGguf::open(fixture(dir).join("mmproj.gguf")).unwrap();
-    let mmproj = mmproj.map(|quant| Mmproj { src: &proj as &dyn TensorSource, quant });
-    Engine::load_with_vision(gpu(), &model as &dyn TensorSource, mmproj, opts()).unwrap()
+    let mut proj = Eager(&proj);
+    let builder = Engine::builder(gpu()).context(opts());
+    let builder = match mmproj {
+        Some(quant) => builder.vision(&mut proj, quant),
+        None => builder,
+    };
+    builder.load(&mut Eager(&model)).unwrap()
 }
 
 /// Logits of the fixture's first image case (its image encoded by `e`).
@@ -144,7 +149,7 @@ fn truncated_stream_is_an_error() {
     let gpu = gpu();
     let mut s = GgufStream::new();
     s.push(&gpu, &model[..model.len() - 100]).unwrap();
-    let e = Engine::load_from(gpu, &mut s, opts()).unwrap();
+    let e = Engine::builder(gpu).context(opts()).load(&mut s).unwrap();
     s.seal(e.gpu()).unwrap();
     let err = s.finish();
     assert!(matches!(err, Err(LoadError::Stream(_))), "truncated data: {err:?}");
@@ -200,7 +205,7 @@ fn published_sha256_is_verified() {
         let mut s = GgufStream::new();
         s.expect_sha256(digest).unwrap();
         s.push(&gpu, bytes).unwrap();
-        let e = Engine::load_from(gpu, &mut s, opts()).unwrap();
+        let e = Engine::builder(gpu).context(opts()).load(&mut s).unwrap();
         s.seal(e.gpu()).unwrap();
         let r = s.finish();
         assert_eq!(r.is_ok(), ok, "{r:?}");
@@ -230,7 +235,7 @@ fn split_parts_load_like_one_file() {
 
     let mapped = MappedGguf::open(&names[0]).unwrap();
     assert_eq!(mapped.paths().len(), 3);
-    let got = text_logits(&mut Engine::load(gpu(), &mapped as &dyn TensorSource, opts()).unwrap());
+    let got = text_logits(&mut Engine::builder(gpu()).context(opts()).load(&mut Eager(&mapped)).unwrap());
     assert!(got == want, "mapped parts: logits differ (rel L2 {:.2e})", rel_l2(&got, &want));
 
     let parts: Vec<Vec<u8>> = names.iter().map(|n| std::fs::read(n).unwrap()).collect();
@@ -241,7 +246,7 @@ fn split_parts_load_like_one_file() {
         while !streams.push_header(i, chunks.next().expect("header before the end")).unwrap() {}
     }
     assert!(streams.headers_complete().unwrap());
-    let mut e = Engine::load_from(gpu, &mut streams, opts()).unwrap();
+    let mut e = Engine::builder(gpu).context(opts()).load(&mut streams).unwrap();
     streams.seal(e.gpu()).unwrap();
     for (i, p) in parts.iter().enumerate() {
         Chunks::new(p, &[65536, 3]).try_for_each(|c| streams.push(e.gpu(), i, c)).unwrap();
@@ -273,7 +278,7 @@ fn bad_split_parts_are_errors() {
     let gpu = gpu();
     let mut s = headers_of(&[0, 1, 2]);
     assert!(s.headers_complete().unwrap());
-    let e = Engine::load_from(gpu, &mut s, opts()).unwrap();
+    let e = Engine::builder(gpu).context(opts()).load(&mut s).unwrap();
     s.seal(e.gpu()).unwrap();
     for (i, p) in parts.iter().enumerate() {
         let end = if i == 1 { p.len() - 64 } else { p.len() };

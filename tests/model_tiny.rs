@@ -17,6 +17,7 @@ use webvlm::gguf::MappedGguf;
 use webvlm::kernels::sample::SamplerState;
 use webvlm::model::{Context, ContextOptions, Counters};
 use webvlm::sampling::{fold_seed, SamplingParams};
+use webvlm::source::Eager;
 
 /// Relative L2 error allowed per position (f32 compute and `--kv-f32`; the reference is f32 too).
 const TOL_REL_L2: f32 = 1e-3;
@@ -89,7 +90,10 @@ fn tiny_llama_with_sentencepiece_matches_transformers() {
 /// The tiny Ministral 3 model (text only) with a `max_ctx`-token context.
 fn tiny_engine(max_ctx: u32) -> Engine {
     let model = MappedGguf::open(fixture(TINY_VLM).join("model.gguf")).unwrap();
-    Engine::load(gpu(), &model, ContextOptions { max_ctx, max_chunk: 16, ..Default::default() }).unwrap()
+    Engine::builder(gpu())
+        .context(ContextOptions { max_ctx, max_chunk: 16, ..Default::default() })
+        .load(&mut Eager(&model))
+        .unwrap()
 }
 
 const PROMPT: [u32; 5] = [1, 3, 1784, 8961, 4];

@@ -12,11 +12,11 @@ use std::rc::Rc;
 use base64::Engine as _;
 
 use webvlm::chat::ChatMessage;
-use webvlm::engine::{Engine, EngineError, Mmproj, Prompt};
+use webvlm::engine::{Engine, EngineError, Prompt};
 use webvlm::gguf::MappedGguf;
 use webvlm::image::{preprocess, ImageError};
 use webvlm::model::{ContextOptions, Precision, PromptLayout};
-use webvlm::source::{LoadQuant, TensorSource};
+use webvlm::source::{Eager, LoadQuant};
 
 /// Relative L2 error allowed per logits position (f32 compute against an f32 reference).
 const TOL_LOGITS: f32 = 1e-3;
@@ -76,8 +76,7 @@ fn engine_as(dir: &str, model: &str, mmproj: &str, quant: LoadQuant) -> Engine {
     let model = MappedGguf::open(fixture(dir).join(model)).unwrap();
     let mmproj = MappedGguf::open(fixture(dir).join(mmproj)).unwrap();
     let opts = ContextOptions { max_ctx: 512, max_chunk: 16, precision: Precision::F32 };
-    let mmproj = Mmproj { src: &mmproj as &dyn TensorSource, quant };
-    Engine::load_with_vision(gpu(), &model as &dyn TensorSource, Some(mmproj), opts).unwrap()
+    Engine::builder(gpu()).context(opts).vision(&mut Eager(&mmproj), quant).load(&mut Eager(&model)).unwrap()
 }
 
 fn read(dir: &str, file: &str) -> Vec<u8> {
@@ -380,7 +379,7 @@ fn a_vocabulary_without_image_tokens_is_refused_before_loading_weights() {
     use webvlm::gguf::{Metadata, TensorInfo};
     use webvlm::gpu::Gpu;
     use webvlm::kernels::quant::GpuWeight;
-    use webvlm::source::{Eager, LoadError, WeightLoader};
+    use webvlm::source::{LoadError, WeightLoader};
 
     /// Counts the weights asked for.
     struct Counting<'a>(Eager<'a>, usize);
@@ -402,10 +401,10 @@ fn a_vocabulary_without_image_tokens_is_refused_before_loading_weights() {
     }
 
     let text = MappedGguf::open(fixture("tiny_llama_spm/model.gguf")).unwrap();
-    let mut e = Engine::load(gpu(), &text, ContextOptions::default()).unwrap();
+    let mut e = Engine::builder(gpu()).load(&mut Eager(&text)).unwrap();
     let mmproj = MappedGguf::open(fixture("tiny_mistral3_b/mmproj.gguf")).unwrap();
     let mut loader = Counting(Eager(&mmproj), 0);
-    let err = e.load_vision_from(&mut loader, LoadQuant::Keep).unwrap_err();
+    let err = e.add_vision(&mut loader, LoadQuant::Keep).unwrap_err();
     assert!(matches!(err, EngineError::NoImageTokens), "{err}");
     assert_eq!(loader.1, 0, "weights were loaded before the vocabulary was checked");
     assert!(e.vision().is_none());

@@ -5,6 +5,7 @@
 mod defaults;
 mod generate;
 mod images;
+mod load;
 mod mllama;
 mod prompt_cache;
 mod repo;
@@ -16,6 +17,7 @@ pub use crate::model::ImageDigest;
 pub use defaults::{SamplingDefaultError, SamplingPreset};
 pub use generate::{FinishReason, GenerateOptions, Generation, ResponseFormat, StepOutput, Wait};
 pub use images::{data_url_bytes, expand, expanded_len, ImageCache};
+pub use load::EngineBuilder;
 pub use mllama::CrossVision;
 use prompt_cache::PromptCache;
 pub use prompt_cache::{PromptCacheStats, DEFAULT_PROMPT_CACHE_BYTES};
@@ -28,11 +30,8 @@ use crate::gguf::GgufError;
 use crate::gpu::Gpu;
 use crate::image::{ImageError, PreprocessOptions, DEFAULT_MAX_EDGE};
 use crate::kernels::matmul::MatmulCompute;
-use crate::model::{Context, ContextOptions, Decoder, ImageFeatures, ModelError, PromptImages, PromptLayout, VisionEncoder};
+use crate::model::{Context, Decoder, ImageFeatures, ModelError, PromptImages, PromptLayout, VisionEncoder};
 use crate::sampling::{ParamError, SampleError};
-use crate::source::hf::HfTextFiles;
-use crate::source::{Eager, LoadQuant, TensorSource, WeightLoader};
-use crate::tokenizer::{GgufVocab, HfTokenizerConfig};
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
 /// A JSON object (`chat_template_kwargs`).
@@ -107,14 +106,6 @@ impl Classify for EngineError {
     }
 }
 
-/// A vision projector file to load with the text model.
-#[derive(Clone, Copy)]
-pub struct Mmproj<'a> {
-    pub src: &'a dyn TensorSource,
-    /// Load-time requantization of its matrices ([`LoadQuant::Keep`] keeps the file's types).
-    pub quant: LoadQuant,
-}
-
 /// A prompt ready to run: token ids with each image's layout expanded, and the images whose
 /// features fill its `[IMG]` positions, in order.
 #[derive(Clone, Default)]
@@ -146,122 +137,6 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Uploads the model and builds its tokenizer and chat template.
-    pub fn load(gpu: Gpu, src: &dyn TensorSource, opts: ContextOptions) -> Result<Engine, EngineError> {
-        Self::load_from(gpu, &mut Eager(src), opts)
-    }
-
-    /// [`Engine::load`] plus the vision encoder and projector of an mmproj file.
-    pub fn load_with_vision(
-        gpu: Gpu,
-        src: &dyn TensorSource,
-        mmproj: Option<Mmproj<'_>>,
-        opts: ContextOptions,
-    ) -> Result<Engine, EngineError> {
-        let mut engine = Self::load(gpu, src, opts)?;
-        if let Some(m) = mmproj {
-            engine.load_vision_from(&mut Eager(m.src), m.quant)?;
-        }
-        Ok(engine)
-    }
-
-    /// Builds the engine on any [`WeightLoader`] (a [`crate::source::GgufStream`] fills the
-    /// weights afterwards, as the file streams in).
-    /// A GGUF that webvlm wrote of a Hugging Face model ([`RepoLoad::write_gguf`]) carries
-    /// the folder's text files and loads as that folder does ([`Engine::load_hf`]).
-    pub fn load_from(gpu: Gpu, src: &mut dyn WeightLoader, opts: ContextOptions) -> Result<Engine, EngineError> {
-        if let Some(text) = HfTextFiles::from_metadata(src.metadata()).map_err(|e| ModelError::Load(e.into()))? {
-            return Self::load_hf(gpu, src, &text, opts);
-        }
-        let vocab = GgufVocab::from_metadata(src.metadata())?;
-        let tokenizer = Tokenizer::from_gguf_vocab(&vocab)?;
-        let template = ChatTemplate::from_vocab(&vocab, &tokenizer)?;
-        Self::load_with_text(gpu, src, tokenizer, template, opts)
-    }
-
-    /// Builds the engine on the weights of a Hugging Face folder (`src`, e.g.
-    /// `Eager(&HfModel)`), with the tokenizer, chat template and end-of-generation ids of its
-    /// text files.
-    pub fn load_hf(
-        gpu: Gpu,
-        src: &mut dyn WeightLoader,
-        text: &HfTextFiles,
-        opts: ContextOptions,
-    ) -> Result<Engine, EngineError> {
-        let sampling_defaults = SamplingPreset::from_generation_config(&text.generation)?;
-        let mut tokenizer = Tokenizer::from_hf(&text.tokenizer_json, text.tokenizer_config.as_deref())?;
-        tokenizer.add_eos_ids(&text.generation.eos_token_ids)?;
-        let config = text.tokenizer_config.as_deref().map(HfTokenizerConfig::parse).transpose()?.unwrap_or_default();
-        let template = ChatTemplate::from_hf(&config, text.chat_template.as_deref(), &tokenizer)?;
-        // The image-processor settings are checked before any weight is uploaded.
-        let cross_preprocess = CrossVision::preprocess_for(src.metadata(), text.image_processor.as_ref())?;
-        let mut engine = Self::load_with_text(gpu, src, tokenizer, template, opts)?;
-        engine.sampling_defaults = sampling_defaults;
-        // Mllama folders hold the vision encoder beside the text model.
-        engine.cross_vision = match cross_preprocess {
-            Some(p) => CrossVision::load(&engine.gpu, src, LoadQuant::Keep, p)?,
-            None => None,
-        };
-        if let Some(v) = engine.cross_vision.as_mut() {
-            if engine.ctx.precision().compute_f16 {
-                v.encoder.compute = MatmulCompute::F16;
-            }
-            // A folder without a chat template: the fallback writes `<|image|>` per image.
-            if let Some(text) = engine.tokenizer.token_text(v.image_token) {
-                engine.template.set_image_placeholder(text);
-            }
-        }
-        Ok(engine)
-    }
-
-    /// Builds the engine on any [`WeightLoader`] with the tokenizer and template given.
-    pub fn load_with_text(
-        gpu: Gpu,
-        src: &mut dyn WeightLoader,
-        tokenizer: Tokenizer,
-        template: ChatTemplate,
-        opts: ContextOptions,
-    ) -> Result<Engine, EngineError> {
-        let tokenizer = Arc::new(tokenizer);
-        let sampling_defaults = SamplingPreset::from_gguf(src.metadata())?;
-        let decoder = Decoder::load_from(&gpu, src)?;
-        let ctx = Context::new(&gpu, &decoder, opts)?;
-        let (image_options, image_cache) = (PreprocessOptions::default(), ImageCache::new(IMAGE_CACHE_BYTES));
-        Ok(Engine {
-            gpu,
-            decoder,
-            tokenizer,
-            template,
-            ctx,
-            vision: None,
-            cross_vision: None,
-            image_options,
-            image_cache,
-            prompt_cache: PromptCache::new(DEFAULT_PROMPT_CACHE_BYTES),
-            constraints: None,
-            sampling_defaults,
-        })
-    }
-
-    /// Adds the vision encoder and projector of an mmproj file, matrices requantized to
-    /// `quant`; f16 matmuls when the context asked for reduced precision and the adapter
-    /// has `shader-f16`.
-    pub fn load_vision_from(&mut self, src: &mut dyn WeightLoader, quant: LoadQuant) -> Result<(), EngineError> {
-        let layout =
-            VisionEncoder::prompt_layout_of(src.metadata(), &|name| self.vocab_id(name))?.ok_or(EngineError::NoImageTokens)?;
-        let mut vision = VisionEncoder::load_from(&self.gpu, src, quant)?;
-        if self.ctx.precision().compute_f16 {
-            vision.set_compute(MatmulCompute::F16);
-        }
-        // The default edge never exceeds what this encoder was configured for.
-        self.image_options.max_edge = self.image_options.max_edge.min(vision.max_image_edge());
-        self.vision = Some(vision);
-        let placeholder = layout.template_tokens().into_iter().filter_map(|id| self.tokenizer.token_text(id)).collect();
-        self.template.set_image_placeholder(placeholder);
-        self.image_cache.clear();
-        Ok(())
-    }
-
     /// A token's id by name in the vocabulary.
     fn vocab_id(&self, name: &str) -> Option<u32> {
         self.tokenizer.token_id(name)

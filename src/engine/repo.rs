@@ -76,16 +76,24 @@ impl RepoLoad {
         self.quant = quant;
     }
 
-    /// Builds the engine once every shard's header is in (`Ok(Err(gpu))` hands the device
-    /// back while some are missing), then seals the plan.
-    pub fn build(&mut self, gpu: Gpu, context: ContextOptions) -> Result<Result<Engine, Gpu>, EngineError> {
-        if !self.stream.headers_complete().map_err(ModelError::from)? {
-            return Ok(Err(gpu));
+    /// Whether every shard's header is in (checked against the index): [`Self::build`] may
+    /// come.
+    pub fn headers_complete(&mut self) -> Result<bool, LoadError> {
+        self.stream.headers_complete()
+    }
+
+    /// Builds the engine, then seals the plan; fails unless every shard's header is in
+    /// ([`Self::headers_complete`]).
+    pub fn build(&mut self, gpu: Gpu, context: ContextOptions) -> Result<Engine, EngineError> {
+        if !self.headers_complete().map_err(ModelError::from)? {
+            let missing = LoadError::Stream("the model was built before every shard's header was in".into());
+            return Err(ModelError::from(missing).into());
         }
         let text = self.stream.text_files().clone();
-        let engine = Engine::load_hf(gpu, &mut Requantize { inner: &mut self.stream, quant: self.quant }, &text, context)?;
+        let mut src = Requantize { inner: &mut self.stream, quant: self.quant };
+        let engine = Engine::builder(gpu).context(context).hf_text(&text).load(&mut src)?;
         self.stream.seal().map_err(ModelError::from)?;
-        Ok(Ok(engine))
+        Ok(engine)
     }
 
     /// Second pass: the next bytes of `shard`, from its byte 0 on.

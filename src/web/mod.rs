@@ -240,7 +240,7 @@ impl WebEngine {
                     inner.state = State::Device(gpu);
                     return Ok(());
                 }
-                let mut engine = Engine::load_from(*gpu, &mut inner.text, inner.context).map_err(js)?;
+                let mut engine = Engine::builder(*gpu).context(inner.context).load(&mut inner.text).map_err(js)?;
                 configure(&mut engine, inner)?;
                 inner.text.seal(engine.gpu()).map_err(js)?;
                 inner.state = State::Ready(Box::new(engine));
@@ -295,7 +295,7 @@ impl WebEngine {
         let loaded = engine.vision().is_some();
         stream.push(engine.gpu(), chunk).map_err(js)?;
         if !loaded && stream.header().is_some() {
-            engine.load_vision_from(stream, inner.vision_quant).map_err(js)?;
+            engine.add_vision(stream, inner.vision_quant).map_err(js)?;
             stream.seal(engine.gpu()).map_err(js)?;
         }
         Ok(())
@@ -440,13 +440,14 @@ fn push_shard(inner: &mut Inner, shard: usize, chunk: &[u8]) -> Result<(), JsErr
 
 fn push_shard_to(inner: &mut Inner, repo: &mut RepoLoad, shard: usize, chunk: &[u8]) -> Result<(), JsError> {
     match std::mem::replace(&mut inner.state, State::Poisoned) {
-        State::Device(gpu) => match repo.build(*gpu, inner.context).map_err(js)? {
-            Ok(mut engine) => {
-                configure(&mut engine, inner)?;
-                inner.state = State::Ready(Box::new(engine));
+        State::Device(gpu) => {
+            if !repo.headers_complete().map_err(js)? {
+                return Err(js(WebError::HeadersFirst));
             }
-            Err(_) => return Err(js(WebError::HeadersFirst)),
-        },
+            let mut engine = repo.build(*gpu, inner.context).map_err(js)?;
+            configure(&mut engine, inner)?;
+            inner.state = State::Ready(Box::new(engine));
+        }
         ready @ State::Ready(_) => inner.state = ready,
         State::Poisoned => return Err(js(WebError::LoadFailed)),
     }

@@ -107,15 +107,14 @@ pub fn temp_path(name: &str) -> std::path::PathBuf {
 /// The tiny VLM fixture (Tekken tokenizer, random weights) with its mmproj, as an engine with
 /// a 512-token context.
 pub fn tiny_vlm_engine() -> webvlm::engine::Engine {
-    use webvlm::engine::{Engine, Mmproj};
+    use webvlm::engine::Engine;
     use webvlm::gguf::MappedGguf;
     use webvlm::model::ContextOptions;
-    use webvlm::source::{LoadQuant, TensorSource};
+    use webvlm::source::{Eager, LoadQuant};
     let model = MappedGguf::open(fixture(TINY_VLM).join("model.gguf")).unwrap();
     let proj = MappedGguf::open(fixture(TINY_VLM).join("mmproj.gguf")).unwrap();
-    let mmproj = Some(Mmproj { src: &proj as &dyn TensorSource, quant: LoadQuant::Keep });
     let opts = ContextOptions { max_ctx: 512, max_chunk: 16, ..Default::default() };
-    Engine::load_with_vision(gpu(), &model as &dyn TensorSource, mmproj, opts).unwrap()
+    Engine::builder(gpu()).context(opts).vision(&mut Eager(&proj), LoadQuant::Keep).load(&mut Eager(&model)).unwrap()
 }
 
 pub const TINY_VLM: &str = "tiny_mistral3_tekken";

@@ -59,7 +59,7 @@ pub fn run(args: &ConvertArgs) -> CliResult {
     // short context keeps the KV cache small.
     let gpu = Gpu::new_blocking(GpuOptions::default())?;
     let context = ContextOptions { max_ctx: 64, ..ContextOptions::for_adapter(&gpu.caps) };
-    let engine = repo.build(gpu, context)?.map_err(|_| "a shard header is missing")?;
+    let engine = repo.build(gpu, context)?;
     let mut out = BufWriter::new(File::create(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?);
     let mut written = 0u64;
     let mut emit = |bytes: Vec<u8>, out: &mut BufWriter<File>| -> std::io::Result<()> {

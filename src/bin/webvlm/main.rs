@@ -5,14 +5,13 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use webvlm::engine::{Engine, EngineError, Mmproj};
+use webvlm::engine::{Engine, EngineError};
 use webvlm::error::{Classify, ErrorClass};
 use webvlm::gguf::{MappedGguf, TensorInfo};
 use webvlm::gpu::{Gpu, GpuOptions};
 use webvlm::image::DEFAULT_MAX_EDGE;
 use webvlm::model::{ContextOptions, MemoryBudget, MemoryPlan, ModelHeaders, PlanLimits, PlanOptions, Precision};
-use webvlm::source::LoadQuant;
-use webvlm::source::TensorSource;
+use webvlm::source::{Eager, LoadQuant};
 
 mod api;
 mod args;
@@ -128,8 +127,12 @@ pub fn open_engine(args: &args::EngineArgs) -> Result<Engine, Box<dyn std::error
         Err(e) if e.class() == ErrorClass::AdapterTooSmall => return Err(e.into()),
         Err(_) => {}
     }
-    let mmproj = mmproj.as_ref().map(|m| Mmproj { src: m as &dyn TensorSource, quant: args.vision_quant });
-    let mut engine = model.engine(gpu, mmproj, quant, opts)?;
+    let mut mmproj = mmproj.as_ref().map(|m| Eager(m));
+    let mut builder = Engine::builder(gpu).context(opts);
+    if let Some(m) = mmproj.as_mut() {
+        builder = builder.vision(m, args.vision_quant);
+    }
+    let mut engine = model.engine(builder, quant)?;
     if let Some(bytes) = args.prompt_cache {
         engine.set_prompt_cache_bytes(bytes);
     }

@@ -3,10 +3,8 @@
 
 use std::path::Path;
 
-use webvlm::engine::{Engine, Mmproj};
+use webvlm::engine::{Engine, EngineBuilder};
 use webvlm::gguf::{MappedGguf, TensorInfo};
-use webvlm::gpu::Gpu;
-use webvlm::model::ContextOptions;
 use webvlm::source::hf::HfModel;
 use webvlm::source::{Eager, LoadQuant, Requantize, TensorSource};
 
@@ -45,25 +43,13 @@ impl ModelFiles {
         }
     }
 
-    /// The engine on this model: the tokenizer and template from the GGUF metadata or the
-    /// folder's files, float matrices requantized to `quant`, then the vision encoder if an
-    /// mmproj is given.
-    pub fn engine(
-        &self,
-        gpu: Gpu,
-        mmproj: Option<Mmproj<'_>>,
-        quant: LoadQuant,
-        opts: ContextOptions,
-    ) -> Result<Engine, Box<dyn std::error::Error>> {
-        let mut eager = Eager(self.source());
-        let mut src = Requantize { inner: &mut eager, quant };
-        let mut engine = match self {
-            ModelFiles::Gguf(_) => Engine::load_from(gpu, &mut src, opts)?,
-            ModelFiles::Hf(m) => Engine::load_hf(gpu, &mut src, m.text_files(), opts)?,
+    /// The engine `builder` loads on this model: the tokenizer and template from the GGUF
+    /// metadata or the folder's files, float matrices requantized to `quant`.
+    pub fn engine<'a>(&'a self, builder: EngineBuilder<'a>, quant: LoadQuant) -> Result<Engine, Box<dyn std::error::Error>> {
+        let builder = match self {
+            ModelFiles::Gguf(_) => builder,
+            ModelFiles::Hf(m) => builder.hf_text(m.text_files()),
         };
-        if let Some(p) = mmproj {
-            engine.load_vision_from(&mut Eager(p.src), p.quant)?;
-        }
-        Ok(engine)
+        Ok(builder.load(&mut Requantize { inner: &mut Eager(self.source()), quant })?)
     }
 }

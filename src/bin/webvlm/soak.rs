@@ -26,11 +26,11 @@ use clap::Args;
 use serde::Serialize;
 use serde_json::{json, Value};
 use webvlm::api::{run, ChatRequest};
-use webvlm::engine::{Engine, EngineError, Mmproj};
+use webvlm::engine::{Engine, EngineError};
 use webvlm::gguf::{MappedGguf, SplitMix64};
 use webvlm::gpu::{Geometry, Gpu, GpuOptions};
 use webvlm::model::ContextOptions;
-use webvlm::source::{LoadQuant, TensorSource};
+use webvlm::source::{Eager, LoadQuant};
 
 use crate::stdout::outln;
 use crate::CliResult;
@@ -106,11 +106,51 @@ pub struct SoakArgs {
     geometry: Option<Geometry>,
 }
 
+/// What a planned request tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A plain text request.
+    Text,
+    /// A streamed reply, with usage.
+    Stream,
+    /// A stream aborted at a random chunk.
+    Abort,
+    /// An image and text.
+    Image,
+    /// A reply constrained to a JSON schema.
+    Json,
+    /// A request that must fail with a given error code.
+    Bad,
+    /// A request opening with a long shared system prompt (a prompt-cache hit or eviction).
+    Cached,
+}
+
+impl Kind {
+    /// Its name in the plan and the summary.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Text => "text",
+            Kind::Stream => "stream",
+            Kind::Abort => "abort",
+            Kind::Image => "image",
+            Kind::Json => "json",
+            Kind::Bad => "bad",
+            Kind::Cached => "cached",
+        }
+    }
+}
+
+impl Serialize for Kind {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
 /// One planned request.
 #[derive(Clone, Debug, Serialize)]
 pub struct Item {
     i: usize,
-    kind: &'static str,
+    kind: Kind,
     /// The request body; `raw` instead when it is not valid JSON.
     body: Value,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -204,7 +244,7 @@ fn system_prompts(seed: u64) -> Vec<String> {
 /// marks (the wasm heap and resident memory never shrink), so that the warm-up reaches them:
 /// an image request with the largest image (`images[0]`) and a JSON-schema request (the first
 /// one builds the vocabulary's token trie, about 14 MB for a 131k-token vocabulary).
-const OPENING: [&str; 2] = ["image", "json"];
+const OPENING: [Kind; 2] = [Kind::Image, Kind::Json];
 
 /// The request mix: `n` items from `seed`, opening with [`OPENING`]; `replay` greedy ones
 /// spread evenly through it.
@@ -218,16 +258,18 @@ pub fn plan(n: usize, seed: u64, replay: usize, max_tokens: u32, ctx: u32, image
         let roll = rng.below(100);
         let kind = match () {
             _ if i < OPENING.len() => OPENING[i],
-            _ if is_replay => ["text", "image", "json", "text"][replay_at.iter().position(|&r| r == i).unwrap_or(0) % 4],
-            _ if roll < 24 => "text",
-            _ if roll < 38 => "stream",
-            _ if roll < 52 => "abort",
-            _ if roll < 68 => "image",
-            _ if roll < 80 => "json",
-            _ if roll < 90 => "bad",
-            _ => "cached",
+            _ if is_replay => {
+                [Kind::Text, Kind::Image, Kind::Json, Kind::Text][replay_at.iter().position(|&r| r == i).unwrap_or(0) % 4]
+            }
+            _ if roll < 24 => Kind::Text,
+            _ if roll < 38 => Kind::Stream,
+            _ if roll < 52 => Kind::Abort,
+            _ if roll < 68 => Kind::Image,
+            _ if roll < 80 => Kind::Json,
+            _ if roll < 90 => Kind::Bad,
+            _ => Kind::Cached,
         };
-        let system = (kind == "cached" || (kind != "image" && rng.chance(40)) || (is_replay && i % 2 == 0))
+        let system = (kind == Kind::Cached || (kind != Kind::Image && rng.chance(40)) || (is_replay && i % 2 == 0))
             .then(|| systems[rng.below(SYSTEM_PROMPTS as u64) as usize].clone());
         let n_words = 3 + rng.below(12) as usize;
         let user = format!("Request {i}: {}?", words(&mut rng, n_words));
@@ -245,7 +287,7 @@ pub fn plan(n: usize, seed: u64, replay: usize, max_tokens: u32, ctx: u32, image
         }
         let (mut abort_after, mut expect, mut raw) = (None, None, None);
         match kind {
-            "image" => {
+            Kind::Image => {
                 let url = if i == 0 { &images[0] } else { &images[rng.below(images.len() as u64) as usize] };
                 messages.push(json!({ "role": "user", "content": [
                     { "type": "image_url", "image_url": { "url": url } },
@@ -255,25 +297,25 @@ pub fn plan(n: usize, seed: u64, replay: usize, max_tokens: u32, ctx: u32, image
                     body["stream"] = json!(true);
                 }
             }
-            "json" => {
+            Kind::Json => {
                 messages.push(json!({ "role": "user", "content": format!("{user} Answer in JSON.") }));
                 body["max_tokens"] = json!(4 * max_tokens);
                 body["response_format"] = json!({ "type": "json_schema", "json_schema": { "name": "answer", "strict": true,
                     "schema": { "type": "object", "additionalProperties": false, "required": ["answer", "n"],
                         "properties": { "answer": { "type": "string", "maxLength": 12 }, "n": { "type": "integer" } } } } });
             }
-            "abort" => {
+            Kind::Abort => {
                 messages.push(json!({ "role": "user", "content": user }));
                 body["max_tokens"] = json!(2 * max_tokens);
                 body["stream"] = json!(true);
                 abort_after = Some(rng.below(2 * max_tokens as u64) as u32);
             }
-            "stream" => {
+            Kind::Stream => {
                 messages.push(json!({ "role": "user", "content": user }));
                 body["stream"] = json!(true);
                 body["stream_options"] = json!({ "include_usage": true });
             }
-            "bad" => {
+            Kind::Bad => {
                 messages.push(json!({ "role": "user", "content": user }));
                 let (code, param) = match rng.below(8) {
                     0 => {
@@ -316,7 +358,7 @@ pub fn plan(n: usize, seed: u64, replay: usize, max_tokens: u32, ctx: u32, image
                 };
                 expect = Some(Expect { code, param });
             }
-            _ => messages.push(json!({ "role": "user", "content": user })),
+            Kind::Text | Kind::Cached => messages.push(json!({ "role": "user", "content": user })),
         }
         body["messages"] = Value::Array(messages);
         items.push(Item { i, kind, body, raw, abort_after, expect, replay: is_replay });
@@ -403,8 +445,7 @@ fn load(args: &SoakArgs) -> Result<Engine, Box<dyn std::error::Error>> {
     let mmproj = MappedGguf::open(&args.mmproj)?;
     let gpu = Gpu::new_blocking(GpuOptions { geometry: args.geometry, ..GpuOptions::default() })?;
     let opts = ContextOptions { max_ctx: args.ctx, ..ContextOptions::for_adapter(&gpu.caps) };
-    let mmproj = Mmproj { src: &mmproj as &dyn TensorSource, quant: LoadQuant::Keep };
-    let mut engine = Engine::load_with_vision(gpu, &model, Some(mmproj), opts)?;
+    let mut engine = Engine::builder(gpu).context(opts).vision(&mut Eager(&mmproj), LoadQuant::Keep).load(&mut Eager(&model))?;
     // Room for a few of the long system prompts only: the rest are evicted.
     let longest = system_prompts(args.seed).iter().map(|s| engine.tokenizer().encode(s, false).map_or(0, |t| t.len())).max();
     let per_token = engine.context().state_bytes_per_token();
@@ -460,10 +501,10 @@ pub fn run_soak(args: &SoakArgs) -> CliResult {
     let mut in_soak: Vec<(usize, String)> = Vec::new();
     let soak_started = Instant::now();
     for item in &items {
-        *kinds.entry(item.kind).or_default() += 1;
+        *kinds.entry(item.kind.name()).or_default() += 1;
         let outcome = pollster::block_on(execute(&mut engine, item, vocab));
         if let Err(e) = engine.gpu().check_errors() {
-            unexpected.push(json!({ "request": item.i, "kind": item.kind, "error": format!("GPU: {e}") }));
+            unexpected.push(json!({ "request": item.i, "kind": item.kind.name(), "error": format!("GPU: {e}") }));
         }
         match (&outcome, &item.expect) {
             (Outcome::Reply { finish, text, cached }, None) => {
@@ -480,10 +521,10 @@ pub fn run_soak(args: &SoakArgs) -> CliResult {
             (Outcome::Error { key, .. }, Some(want)) if *key == format!("{}/{}", want.code, want.param.unwrap_or("-")) => {
                 *expected.entry(key.clone()).or_default() += 1;
             }
-            (Outcome::Reply { finish, .. }, Some(want)) => unexpected.push(json!({ "request": item.i, "kind": item.kind,
+            (Outcome::Reply { finish, .. }, Some(want)) => unexpected.push(json!({ "request": item.i, "kind": item.kind.name(),
                 "error": format!("succeeded ({finish}) where {} was expected", want.code) })),
             (Outcome::Error { key, message }, _) => {
-                unexpected.push(json!({ "request": item.i, "kind": item.kind, "error": format!("{key}: {message}") }))
+                unexpected.push(json!({ "request": item.i, "kind": item.kind.name(), "error": format!("{key}: {message}") }))
             }
         }
         let done = item.i + 1;

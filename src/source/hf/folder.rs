@@ -58,7 +58,7 @@ impl HfModel {
         self.tensors.iter()
     }
 
-    /// The tokenizer, template and generation files (for [`crate::engine::Engine::load_hf`]).
+    /// The tokenizer, template and generation files (for [`crate::engine::EngineBuilder::hf_text`]).
     pub fn text_files(&self) -> &HfTextFiles {
         &self.text
     }

@@ -3,7 +3,7 @@
 //! processor's `processor_config.json` / `preprocessor_config.json`. Held as bytes so that any
 //! reader (a folder on disk, a repository fetched over HTTP) can fill them; the engine builds
 //! the tokenizer, template and image preprocessing from them
-//! ([`crate::engine::Engine::load_hf`]).
+//! ([`crate::engine::EngineBuilder::hf_text`]).
 
 use super::generation::GenerationDefaults;
 use super::processor::{HfImageProcessor, PREPROCESSOR_CONFIG, PROCESSOR_CONFIG};
