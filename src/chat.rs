@@ -322,15 +322,11 @@ impl ChatTemplate {
     }
 
     /// Renders `messages`; `add_generation_prompt` appends the assistant turn opener.
-    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, ChatError> {
-        self.render_with(messages, add_generation_prompt, None)
-    }
-
-    /// [`ChatTemplate::render`] with extra template variables (`chat_template_kwargs`, e.g.
+    /// `kwargs` are extra template variables (`chat_template_kwargs`, e.g.
     /// `{"enable_thinking": false}`), as transformers' `apply_chat_template(**kwargs)` passes
     /// them. The standard variables (`messages`, `add_generation_prompt`, `bos_token`,
     /// `eos_token`) win over a kwarg of the same name.
-    pub fn render_with(
+    pub fn render(
         &self,
         messages: &[ChatMessage],
         add_generation_prompt: bool,
@@ -367,7 +363,7 @@ impl ChatTemplate {
 }
 
 /// The render's output, refusing to grow past [`MAX_PROMPT_BYTES`] (the render then fails
-/// with a write error, which [`ChatTemplate::render_with`] reports as [`ChatError::Limit`]).
+/// with a write error, which [`ChatTemplate::render`] reports as [`ChatError::Limit`]).
 #[derive(Default)]
 struct BoundedOutput {
     bytes: Vec<u8>,

@@ -130,7 +130,7 @@ pub fn chat_template(data: &[u8]) {
     let Ok(template) = ChatTemplate::new(source, "<s>", "</s>") else { return };
     let messages: Vec<ChatMessage> = serde_json::from_slice(messages)
         .unwrap_or_else(|_| vec![ChatMessage::text("system", "be brief"), ChatMessage::text("user", "hi")]);
-    let _ = template.render(&messages, true);
+    let _ = template.render(&messages, true, None);
 }
 
 /// A vocabulary from hostile metadata: lines of the input are a model kind (`gpt2` or

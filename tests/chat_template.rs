@@ -36,7 +36,7 @@ fn check_chat_fixture(file: &str, model: &str) -> usize {
 
     let mut failures = Vec::new();
     for (i, conv) in fixture.conversations.iter().enumerate() {
-        let text = template.render(&conv.messages, conv.add_generation_prompt).expect("render");
+        let text = template.render(&conv.messages, conv.add_generation_prompt, None).expect("render");
         if text != conv.text {
             failures.push(format!("conversation {i}: rendered\n{text:?}\nwant\n{:?}", conv.text));
             continue;
@@ -69,7 +69,7 @@ fn tekken_template() -> ChatTemplate {
 #[test]
 fn raise_exception_becomes_a_typed_error() {
     let messages = [ChatMessage::text("user", "a"), ChatMessage::text("user", "b")];
-    match tekken_template().render(&messages, true) {
+    match tekken_template().render(&messages, true, None) {
         Err(ChatError::Raised(message)) => assert_eq!(
             message,
             "After the optional system message, conversation roles must alternate user and \
@@ -78,7 +78,7 @@ fn raise_exception_becomes_a_typed_error() {
         other => panic!("expected ChatError::Raised, got {other:?}"),
     }
     let messages = [ChatMessage::text("narrator", "x")];
-    assert!(matches!(tekken_template().render(&messages, true), Err(ChatError::Raised(m)) if m.contains("got narrator")));
+    assert!(matches!(tekken_template().render(&messages, true, None), Err(ChatError::Raised(m)) if m.contains("got narrator")));
 }
 
 #[test]
@@ -94,7 +94,7 @@ fn image_parts_render_as_image_chunks() {
     let ChatContent::Parts(parts) = &messages[1].content else { panic!("parts") };
     assert_eq!(parts[1], ContentPart::Image { url: Some("data:image/png;base64,AAAA".into()) });
     // Two chunks are sorted by type by this template: the image comes first.
-    let text = tekken_template().render(&messages, true).expect("render");
+    let text = tekken_template().render(&messages, true, None).expect("render");
     assert_eq!(text, "<s>[SYSTEM_PROMPT]Be brief.[/SYSTEM_PROMPT][INST][IMG]What is this?[/INST]");
 }
 
@@ -139,12 +139,12 @@ fn chatml_fallback_template() {
         },
     ];
     assert_eq!(
-        t.render(&messages, true).expect("render"),
+        t.render(&messages, true, None).expect("render"),
         "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nab<|im_end|>\n<|im_start|>assistant\n"
     );
-    assert_eq!(t.render(&messages[..1], false).expect("render"), "<|im_start|>system\nS<|im_end|>\n");
+    assert_eq!(t.render(&messages[..1], false, None).expect("render"), "<|im_start|>system\nS<|im_end|>\n");
     t.set_image_placeholder("[IMG]".into());
-    assert_eq!(t.render(&messages[1..], false).expect("render"), "<|im_start|>user\na[IMG]b<|im_end|>\n");
+    assert_eq!(t.render(&messages[1..], false, None).expect("render"), "<|im_start|>user\na[IMG]b<|im_end|>\n");
 }
 
 #[test]
@@ -157,7 +157,7 @@ fn python_semantics_tojson_pycompat_strftime() {
     t.set_fixed_time(Some(1_709_211_909)); // 2024-02-29 13:05:09 UTC
     let messages = [ChatMessage::text("user", " a \"b\" é<>\n ")];
     assert_eq!(
-        t.render(&messages, false).expect("render"),
+        t.render(&messages, false, None).expect("render"),
         "[{\"role\": \"user\", \"content\": \" a \\\"b\\\" é<>\\n \"}]|\
          {\n  \"role\": \"user\",\n  \"content\": \" a \\\"b\\\" é<>\\n \"\n}|\
          a,\"b\",é<>|role=user;content=a \"b\" é<>;|29 February 2024|True|<s></s>"
@@ -169,7 +169,7 @@ fn trim_and_lstrip_blocks_like_transformers() {
     let source = "{% for m in messages %}\n    {% if m.role == 'user' %}\n[{{ m.content }}]\n    {% endif %}\n{% endfor %}\n";
     let t = ChatTemplate::new(source, "", "").expect("compiles");
     let messages = [ChatMessage::text("user", "x"), ChatMessage::text("user", "y")];
-    assert_eq!(t.render(&messages, false).expect("render"), "[x]\n[y]\n");
+    assert_eq!(t.render(&messages, false, None).expect("render"), "[x]\n[y]\n");
 }
 
 #[test]
@@ -182,7 +182,7 @@ fn generation_blocks_render_their_body() {
     let source = "{% for m in messages %}{%- if m.role == 'assistant' %}{% generation %}<{{ m.content }}>{%- endgeneration %}{% else %}[{{ m.content }}]{% endif %}{% endfor %}";
     let t = ChatTemplate::new(source, "", "").expect("compiles");
     let messages = [ChatMessage::text("user", "q"), ChatMessage::text("assistant", "a")];
-    assert_eq!(t.render(&messages, false).expect("render"), "[q]<a>");
+    assert_eq!(t.render(&messages, false, None).expect("render"), "[q]<a>");
 }
 
 #[derive(Deserialize)]
@@ -220,7 +220,7 @@ fn qwen35_template_matches_transformers() {
     let mut failures = Vec::new();
     for case in &fixture.cases {
         let kwargs = (!case.kwargs.is_empty()).then_some(&case.kwargs);
-        let text = template.render_with(&case.messages, case.add_generation_prompt, kwargs).expect("render");
+        let text = template.render(&case.messages, case.add_generation_prompt, kwargs).expect("render");
         if text != case.text {
             failures.push(format!("{}: rendered\n{text:?}\nwant\n{:?}", case.name, case.text));
         }
@@ -249,8 +249,8 @@ fn templates_without_think_tags_are_not_split() {
     let messages = [ChatMessage::text("user", "Hi")];
     // A kwarg never replaces a standard variable.
     assert_eq!(
-        template.render_with(&messages, true, Some(&kwargs)).expect("render"),
-        template.render(&messages, true).expect("render")
+        template.render(&messages, true, Some(&kwargs)).expect("render"),
+        template.render(&messages, true, None).expect("render")
     );
 }
 

@@ -136,7 +136,7 @@ fn lost_mid_generation(extra: Value, how: Loss) {
         assert!(started.elapsed() < FAIL_FAST, "{what} took {:?} to fail", started.elapsed());
     }
     let image = read_tiny_vlm_image("img_56x112.png").unwrap();
-    assert_lost("an image encode", e.image_features(&image).map(|_| ()));
+    assert_lost("an image encode", e.image_features(&image, None).map(|_| ()));
     let prompt = Prompt { tokens: e.text_tokens("Hello").unwrap(), images: Vec::new() };
     assert_lost("logits", pollster::block_on(e.logits(&prompt)).map(|l| l.len()));
     let api_error =

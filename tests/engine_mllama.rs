@@ -36,7 +36,7 @@ fn ids(v: &Value) -> Vec<u32> {
 fn text_prompt(e: &mut Engine, folder: &str, case: &Value) -> Prompt {
     let tokens = e.text_tokens(case["text"].as_str().unwrap()).unwrap();
     let images = (case["images"].as_array().unwrap().iter())
-        .map(|f| e.image_features(&std::fs::read(fixture(&format!("{folder}/{}", f.as_str().unwrap()))).unwrap()).unwrap())
+        .map(|f| e.image_features(&std::fs::read(fixture(&format!("{folder}/{}", f.as_str().unwrap()))).unwrap(), None).unwrap())
         .collect();
     e.prompt_with_images(&tokens, images).unwrap()
 }
@@ -90,8 +90,11 @@ fn chat_case_matches_transformers() {
         }
     }
     let mut e = engine(folder, Precision::F32);
-    let prompt =
-        e.chat_prompt(&messages, &mut |url| std::fs::read(url).map_err(|err| EngineError::BadImageUrl(err.to_string()))).unwrap();
+    let prompt = e
+        .chat_prompt(&messages, None, None, &mut |url| {
+            std::fs::read(url).map_err(|err| EngineError::BadImageUrl(err.to_string()))
+        })
+        .unwrap();
     assert_eq!(prompt.tokens, ids(&chat["tokens"]));
     assert_eq!(prompt.images.len(), 1);
     check_logits(&mut e, &prompt, folder, case["logits"].as_str().unwrap(), 1e-4, "chat");
@@ -116,7 +119,7 @@ fn prompt_cache_is_not_reused_across_images() {
     let mut e = engine(folder, Precision::F32);
     let tokens = ids(&case["tokens"]);
     let with = |e: &mut Engine, png: &str| {
-        let f = e.image_features(&read(png)).unwrap();
+        let f = e.image_features(&read(png), None).unwrap();
         e.prompt_with_images(&tokens, vec![f]).unwrap()
     };
     let (a, b) = (with(&mut e, "img_24x20.png"), with(&mut e, "img_26x100.png"));
@@ -197,8 +200,11 @@ fn the_fallback_template_places_the_image_token() {
     let messages: Vec<ChatMessage> = serde_json::from_value(serde_json::json!([{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": png.to_str().unwrap()}}, {"type": "text", "text": "Why?"}]}]))
     .unwrap();
-    let prompt =
-        e.chat_prompt(&messages, &mut |url| std::fs::read(url).map_err(|err| EngineError::BadImageUrl(err.to_string()))).unwrap();
+    let prompt = e
+        .chat_prompt(&messages, None, None, &mut |url| {
+            std::fs::read(url).map_err(|err| EngineError::BadImageUrl(err.to_string()))
+        })
+        .unwrap();
     let image_token = e.cross_vision().unwrap().image_token;
     assert_eq!(prompt.images.len(), 1);
     assert_eq!(prompt.tokens.iter().filter(|&&t| t == image_token).count(), 1, "{:?}", prompt.tokens);

@@ -87,7 +87,10 @@ fn the_converted_llama_loads_to_the_same_engine() {
             let prompt = Prompt { tokens: ids(&case["tokens"]), images: Vec::new() };
             assert_eq!(logits(&mut loaded, &prompt), logits(&mut streamed, &prompt), "{quant:?} {}", case["name"]);
         }
-        let (a, b) = (streamed.chat_prompt(&messages, no_image).unwrap(), loaded.chat_prompt(&messages, no_image).unwrap());
+        let (a, b) = (
+            streamed.chat_prompt(&messages, None, None, no_image).unwrap(),
+            loaded.chat_prompt(&messages, None, None, no_image).unwrap(),
+        );
         assert_eq!(a.tokens, b.tokens, "{quant:?}: the template and tokenizer travel with the file");
         assert_eq!(streamed.text_tokens("Hello world").unwrap(), loaded.text_tokens("Hello world").unwrap());
         println!("{quant:?}: {size} bytes, logits equal on {} cases", all["cases"].as_array().unwrap().len());
@@ -124,7 +127,7 @@ fn the_converted_mllama_answers_about_images_as_the_stream() {
             let prompt = |e: &mut Engine| {
                 let tokens = e.text_tokens(case["text"].as_str().unwrap()).unwrap();
                 let images = (case["images"].as_array().unwrap().iter())
-                    .map(|f| e.image_features(&std::fs::read(folder.join(f.as_str().unwrap())).unwrap()).unwrap())
+                    .map(|f| e.image_features(&std::fs::read(folder.join(f.as_str().unwrap())).unwrap(), None).unwrap())
                     .collect::<Vec<Rc<_>>>();
                 e.prompt_with_images(&tokens, images).unwrap()
             };

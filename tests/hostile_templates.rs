@@ -14,7 +14,7 @@ use webvlm::chat::{ChatError, ChatMessage, ChatTemplate, MAX_TEMPLATE_BYTES};
 use webvlm::error::{Classify, ErrorClass};
 
 fn render(source: &str) -> Result<String, ChatError> {
-    ChatTemplate::new(source, "<s>", "</s>")?.render(&[ChatMessage::text("user", "hi")], true)
+    ChatTemplate::new(source, "<s>", "</s>")?.render(&[ChatMessage::text("user", "hi")], true, None)
 }
 
 /// `source` fails with a limit whose message contains `says`, in a bounded time.
@@ -97,7 +97,7 @@ fn real_templates_render_long_conversations() {
     ];
     for (name, source) in sources {
         let template = ChatTemplate::new(&source, "<s>", "</s>").unwrap_or_else(|e| panic!("{name}: {e}"));
-        let text = template.render(&messages, true).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let text = template.render(&messages, true, None).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(text.contains("message number 1999 of a long chat"), "{name}");
     }
 }

@@ -82,7 +82,7 @@ fn check_engine(e: &mut Engine, folder: &Path, tol: f32, what: &str) -> usize {
         let name = format!("{what} {}", case["name"]);
         let tokens = e.text_tokens(case["text"].as_str().unwrap()).unwrap();
         let png = std::fs::read(folder.join(case["images"][0].as_str().unwrap())).unwrap();
-        let image = e.image_features(&png).unwrap();
+        let image = e.image_features(&png, None).unwrap();
         let prompt: Prompt = e.prompt_with_images(&tokens, vec![image]).unwrap();
         let want_ids: Vec<u32> = case["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect();
         assert_eq!(prompt.tokens, want_ids, "{name}");

@@ -176,7 +176,7 @@ fn tokenizer_and_chat_template_match_transformers() {
         .unwrap();
     let chat = &refs["chat"];
     let messages: Vec<webvlm::chat::ChatMessage> = serde_json::from_value(chat["messages"].clone()).unwrap();
-    let rendered = engine.template().render(&messages, true).unwrap();
+    let rendered = engine.template().render(&messages, true, None).unwrap();
     assert_eq!(rendered, chat["rendered"].as_str().unwrap());
     assert_eq!(engine.tokenizer().encode(&rendered, false).unwrap(), ids(&chat["ids"]));
     for id in ids(&refs["eos_ids"]) {

@@ -64,7 +64,7 @@ fn engine(dir: &str, precision: Precision) -> Engine {
 /// Logits of one case: its images encoded, its tokens from `pos_offset` on a fresh sequence.
 fn run_case(e: &mut Engine, case: &Case) -> Vec<f32> {
     let images =
-        case.images.iter().map(|f| e.image_features(&std::fs::read(fixture(MISTRAL3).join(f)).unwrap()).unwrap()).collect();
+        case.images.iter().map(|f| e.image_features(&std::fs::read(fixture(MISTRAL3).join(f)).unwrap(), None).unwrap()).collect();
     e.set_position_offset(case.pos_offset);
     let logits = pollster::block_on(e.logits(&Prompt { tokens: case.tokens.clone(), images })).unwrap();
     e.set_position_offset(0);

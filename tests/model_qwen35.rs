@@ -536,8 +536,8 @@ fn real_vocabulary_matches_transformers() {
     let opts = ContextOptions { max_ctx: 256, max_chunk: 16, precision: Precision::F32 };
     let mut engine = webvlm::engine::Engine::builder(gpu).context(opts).load(&mut Eager(&f.gguf)).unwrap();
     assert_eq!(engine.tokenizer().vocab_size(), FULL_VOCAB);
-    assert_eq!(engine.template().render(&f.messages, true).unwrap(), f.text);
-    assert_eq!(engine.chat_tokens(&f.messages).unwrap(), f.tokens);
+    assert_eq!(engine.template().render(&f.messages, true, None).unwrap(), f.text);
+    assert_eq!(engine.chat_tokens(&f.messages, None).unwrap(), f.tokens);
     let g = generate(&mut engine, &f.tokens, f.greedy.len() as u32, None);
     assert_eq!(g.tokens, f.greedy, "greedy continuation");
 }

@@ -171,7 +171,7 @@ fn check(label: &str, got: &[f32], want: &[f32], tol: f32) -> f32 {
 }
 
 fn chat_prompt(e: &mut Engine, message: ChatMessage) -> Prompt {
-    e.chat_prompt(&[message], &mut |url| Err(EngineError::BadImageUrl(url.into()))).unwrap()
+    e.chat_prompt(&[message], None, None, &mut |url| Err(EngineError::BadImageUrl(url.into()))).unwrap()
 }
 
 /// Logits of `tokens` in a fresh context of `e`'s decoder: a prefill of `tokens[..k]` (all
@@ -205,7 +205,7 @@ fn image_prompts_match_transformers() {
     for case in cases() {
         for chunk in [128, 7] {
             let mut e = engine(chunk);
-            let images: Vec<_> = case.images.iter().map(|f| e.image_features(&read(f)).unwrap()).collect();
+            let images: Vec<_> = case.images.iter().map(|f| e.image_features(&read(f), None).unwrap()).collect();
             let got = pollster::block_on(e.logits(&Prompt { tokens: case.tokens.clone(), images: images.clone() })).unwrap();
             check(&format!("{} chunk {chunk}", case.name), &got, &case.logits, TOL_LOGITS);
             if chunk == 128 {
@@ -232,10 +232,10 @@ fn chats_with_images_match_transformers() {
     // The encoder's default bounds (at least 256² pixels) upscale the same image: more tokens,
     // another cache entry.
     let bytes = read("img_100x44.png");
-    let bounded = e.image_features(&bytes).unwrap();
+    let bounded = e.image_features(&bytes, None).unwrap();
     let misses = e.image_cache().misses;
     e.set_image_area(None, None).unwrap();
-    let default = e.image_features(&bytes).unwrap();
+    let default = e.image_features(&bytes, None).unwrap();
     assert_eq!(e.image_cache().misses, misses + 1, "other bounds, other pixels: encoded again");
     assert_eq!((bounded.rows, bounded.cols), (1, 3));
     assert!(default.n_tokens() > bounded.n_tokens(), "{}x{}", default.rows, default.cols);
@@ -357,7 +357,7 @@ fn the_image_edge_bounds_the_area() {
     let mut e = engine(64);
     let tokens = |e: &mut Engine, edge: Option<u32>| {
         let opts = e.image_options_for(edge).unwrap();
-        e.image_features_with(&png(600, 400), &opts).unwrap().n_tokens() as u64
+        e.image_features(&png(600, 400), Some(&opts)).unwrap().n_tokens() as u64
     };
     let (lo, hi) = area();
     let n = tokens(&mut e, Some(128));

@@ -66,7 +66,7 @@ fn greedy_continuations_match_transformers() {
     let mut e = engine(&r);
     let opts = GenerateOptions { max_tokens: 64, ignore_eos: true, ..Default::default() };
     for (i, p) in r.prompts.iter().enumerate() {
-        assert_eq!(e.chat_tokens(&p.messages).unwrap(), p.prompt_ids, "prompt {i}: chat template + tokenizer");
+        assert_eq!(e.chat_tokens(&p.messages, None).unwrap(), p.prompt_ids, "prompt {i}: chat template + tokenizer");
         let got = pollster::block_on(e.generate(&p.prompt_ids, &opts, |_| {})).unwrap().tokens;
         match got.iter().zip(&p.greedy_ids).position(|(a, b)| a != b) {
             None => assert_eq!(got.len(), p.greedy_ids.len(), "prompt {i}: length"),
@@ -132,7 +132,7 @@ fn pipelined_reply_ends_at_the_end_of_turn_token() {
     let mut messages = p.messages.clone();
     messages.push(ChatMessage::text("assistant", &g.text));
     messages.push(ChatMessage::text("user", "And of Germany?"));
-    let next = e.chat_tokens(&messages).unwrap();
+    let next = e.chat_tokens(&messages, None).unwrap();
     let opts = GenerateOptions { max_tokens: 8, ignore_eos: true, ..Default::default() };
     let turn = pollster::block_on(e.generate(&next, &opts, |_| {})).unwrap();
     assert!(turn.cached_tokens >= p.prompt_ids.len(), "cached {}", turn.cached_tokens);

@@ -102,7 +102,7 @@ fn image_case_logits(e: &mut Engine, dir: &str) -> Vec<f32> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|f| e.image_features(&std::fs::read(fixture(dir).join(f.as_str().unwrap())).unwrap()).unwrap())
+        .map(|f| e.image_features(&std::fs::read(fixture(dir).join(f.as_str().unwrap())).unwrap(), None).unwrap())
         .collect();
     pollster::block_on(e.logits(&Prompt { tokens, images })).unwrap()
 }

@@ -135,7 +135,7 @@ fn check_image_cases(dir: &str) {
             assert_eq!(shape, [3, px.height as usize, px.width as usize], "{label} {file}: pixel shape");
             assert!(max_abs(&px.data, &want_px) <= TOL_PIXELS, "{label} {file}: pixels");
 
-            let f = e.image_features(&bytes).unwrap();
+            let f = e.image_features(&bytes, None).unwrap();
             let got = pollster::block_on(f.read(e.gpu())).unwrap();
             let (shape, want) = read_npy(&fixture(dir).join(features));
             assert_eq!(shape, [f.n_tokens() as usize, f.dim as usize], "{label} {file}: feature shape");
@@ -181,7 +181,7 @@ fn chat_with_images_gives_the_processor_ids() {
     let mmproj = "mmproj.gguf";
     let mut e = engine(dir, &fx.model, mmproj);
     for case in &fx.chat_cases {
-        assert_eq!(e.template().render(&case.messages, true).unwrap(), case.text, "{}: rendered text", case.name);
+        assert_eq!(e.template().render(&case.messages, true, None).unwrap(), case.text, "{}: rendered text", case.name);
         // The fixture names image files; send them as data URLs, as a browser would.
         let mut messages = case.messages.clone();
         for m in &mut messages {
@@ -194,7 +194,7 @@ fn chat_with_images_gives_the_processor_ids() {
                 }
             }
         }
-        let prompt = e.chat_prompt(&messages, &mut |url| Err(EngineError::BadImageUrl(url.into()))).unwrap();
+        let prompt = e.chat_prompt(&messages, None, None, &mut |url| Err(EngineError::BadImageUrl(url.into()))).unwrap();
         assert_eq!(prompt.tokens, case.tokens, "{}: prompt ids", case.name);
     }
 }
@@ -207,12 +207,12 @@ fn image_cache_skips_the_encoder_for_the_same_image() {
     let case = &fx.image_cases[0];
     let mut e = engine(dir, &fx.model, &case.mmproj);
     let bytes = read(dir, &case.images[0]);
-    let a = e.image_features(&bytes).unwrap();
-    let b = e.image_features(&bytes).unwrap();
+    let a = e.image_features(&bytes, None).unwrap();
+    let b = e.image_features(&bytes, None).unwrap();
     assert!(Rc::ptr_eq(&a, &b), "second request did not come from the cache");
     assert_eq!((e.image_cache().misses, e.image_cache().hits), (1, 1));
     e.set_image_max_edge(28).unwrap();
-    let c = e.image_features(&bytes).unwrap();
+    let c = e.image_features(&bytes, None).unwrap();
     assert_eq!((e.image_cache().misses, c.n_tokens()), (2, 1), "a 28-pixel limit gives one image token");
     // The prompt cache tells the two apart by their contents' digests.
     assert!(a.content.is_some() && a.content != c.content, "{:?} {:?}", a.content, c.content);
@@ -234,20 +234,21 @@ fn bad_images_leave_the_engine_serving() {
         ("unsupported", std::fs::read(fixture("images/tiny.bmp")).unwrap()),
     ];
     for (what, bytes) in &bad {
-        match e.image_features(bytes) {
+        match e.image_features(bytes, None) {
             Err(EngineError::Image(err)) => eprintln!("{what}: {err}"),
             Err(other) => panic!("{what}: unexpected error {other}"),
             Ok(_) => panic!("{what}: accepted"),
         }
     }
-    let bad_url = e.chat_prompt(&[image_message("data:image/png;base64,@@@")], &mut |u| Err(EngineError::BadImageUrl(u.into())));
+    let bad_url = e
+        .chat_prompt(&[image_message("data:image/png;base64,@@@")], None, None, &mut |u| Err(EngineError::BadImageUrl(u.into())));
     assert!(matches!(bad_url, Err(EngineError::BadImageUrl(_))), "bad base64");
-    let one = vec![e.image_features(&png).unwrap()];
+    let one = vec![e.image_features(&png, None).unwrap()];
     let too_many = e.prompt_with_images(&[1, 5], one);
     assert!(matches!(too_many, Err(EngineError::ImageCount { placeholders: 0, images: 1 })), "no placeholder");
     assert!(matches!(preprocess(&bad[2].1, e.image_options()), Err(ImageError::TooLarge { .. })), "bomb error kind");
 
-    let images = case.images.iter().map(|f| e.image_features(&read(dir, f)).unwrap()).collect();
+    let images = case.images.iter().map(|f| e.image_features(&read(dir, f), None).unwrap()).collect();
     let got = pollster::block_on(e.logits(&Prompt { tokens: case.tokens.clone(), images })).unwrap();
     let (shape, want) = read_npy(&fixture(dir).join(&case.logits));
     check_logits("after bad images", &got, &want, shape[1]);
@@ -303,7 +304,7 @@ fn load_time_quantization_error_is_measured() {
         let mut images = Vec::new();
         let mut worst_features = 0f32;
         for (file, features) in case.images.iter().zip(&case.features) {
-            let f = e.image_features(&read(dir, file)).unwrap();
+            let f = e.image_features(&read(dir, file), None).unwrap();
             let got = pollster::block_on(f.read(e.gpu())).unwrap();
             worst_features = worst_features.max(rel_l2(&got, &read_npy(&fixture(dir).join(features)).1));
             images.push(f);
@@ -359,7 +360,7 @@ fn f16_vision_matmuls_error_is_measured() {
     e.set_vision_compute(webvlm::kernels::matmul::MatmulCompute::F16).unwrap();
     let mut images = Vec::new();
     for (file, features) in case.images.iter().zip(&case.features) {
-        let f = e.image_features(&read(dir, file)).unwrap();
+        let f = e.image_features(&read(dir, file), None).unwrap();
         let err = rel_l2(&pollster::block_on(f.read(e.gpu())).unwrap(), &read_npy(&fixture(dir).join(features)).1);
         eprintln!("f16 vision {file}: features rel L2 {err:.2e}");
         assert!(err <= TOL_F16_FEATURES, "{file}: features rel L2 {err:.2e}");

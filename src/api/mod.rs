@@ -34,7 +34,7 @@ pub fn check(engine: &mut Engine, req: &ChatRequest) -> Result<(), ApiError> {
     });
     let tokens = match &req.tokens {
         Some(tokens) => tokens.len(),
-        None => match engine.chat_tokens_with(&req.messages, req.chat_template_kwargs.as_ref()) {
+        None => match engine.chat_tokens(&req.messages, req.chat_template_kwargs.as_ref()) {
             Ok(tokens) => tokens.len(),
             // With images, generation meets them first (a bad one is its error).
             Err(_) if has_images => return Ok(()),
@@ -73,7 +73,7 @@ pub async fn run(
     let image_options = image_options(engine, req)?;
     let prompt = match &req.tokens {
         Some(tokens) => Prompt { tokens: tokens.clone(), images: Vec::new() },
-        None => engine.chat_prompt_kwargs(&req.messages, &image_options, req.chat_template_kwargs.as_ref(), load_url)?,
+        None => engine.chat_prompt(&req.messages, Some(&image_options), req.chat_template_kwargs.as_ref(), load_url)?,
     };
     // Replies of a template with think tags are split into reasoning and content; a prompt
     // of raw ids is split when its text left a think block open.

@@ -142,19 +142,13 @@ impl Engine {
         self.tokenizer.token_id(name)
     }
 
-    /// The features of an encoded image (PNG, JPEG, WebP, GIF) preprocessed with the engine's
-    /// settings ([`Engine::image_options`]), from the cache when the same bytes were encoded
-    /// before with the same settings.
-    pub fn image_features(&mut self, bytes: &[u8]) -> Result<Rc<ImageFeatures>, EngineError> {
-        let opts = self.image_options.clone();
-        self.image_features_with(bytes, &opts)
-    }
-
-    /// [`Engine::image_features`] with other preprocessing settings (a request's own); the
-    /// engine's stay as they are.
-    pub fn image_features_with(&mut self, bytes: &[u8], opts: &PreprocessOptions) -> Result<Rc<ImageFeatures>, EngineError> {
+    /// The features of an encoded image (PNG, JPEG, WebP, GIF) preprocessed with `opts` (a
+    /// request's own; `None`: the engine's, [`Engine::image_options`]), from the cache when
+    /// the same bytes were encoded before with the same settings.
+    pub fn image_features(&mut self, bytes: &[u8], opts: Option<&PreprocessOptions>) -> Result<Rc<ImageFeatures>, EngineError> {
         self.check_device()?;
-        self.encode_image(bytes, opts).map_err(|e| self.lost_or(e))
+        let opts = opts.cloned().unwrap_or_else(|| self.image_options.clone());
+        self.encode_image(bytes, &opts).map_err(|e| self.lost_or(e))
     }
 
     fn encode_image(&mut self, bytes: &[u8], opts: &PreprocessOptions) -> Result<Rc<ImageFeatures>, EngineError> {
@@ -310,15 +304,11 @@ impl Engine {
         vision.prompt_layout(&|name| self.vocab_id(name)).ok_or(EngineError::NoImageTokens)
     }
 
-    /// Prompt ids of a chat rendered with the model's template (special tokens parsed).
-    /// Text only: a chat with images goes through [`Engine::chat_prompt`].
-    pub fn chat_tokens(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, EngineError> {
-        self.chat_tokens_with(messages, None)
-    }
-
-    /// [`Engine::chat_tokens`] with extra template variables (`chat_template_kwargs`).
-    pub fn chat_tokens_with(&self, messages: &[ChatMessage], kwargs: Option<&JsonMap>) -> Result<Vec<u32>, EngineError> {
-        let text = self.template.render_with(messages, true, kwargs)?;
+    /// Prompt ids of a chat rendered with the model's template (special tokens parsed), with
+    /// extra template variables `kwargs` (`chat_template_kwargs`). Text only: a chat with
+    /// images goes through [`Engine::chat_prompt`].
+    pub fn chat_tokens(&self, messages: &[ChatMessage], kwargs: Option<&JsonMap>) -> Result<Vec<u32>, EngineError> {
+        let text = self.template.render(messages, true, kwargs)?;
         Ok(self.tokenizer.encode(&text, false)?)
     }
 
@@ -335,43 +325,25 @@ impl Engine {
         if !self.template.uses_think() {
             return Ok(None);
         }
-        let text = self.template.render_with(messages, true, kwargs)?;
+        let text = self.template.render(messages, true, kwargs)?;
         Ok(Some(crate::chat::reasoning::prompt_opens_think(&text)))
     }
 
     /// A chat with text and image parts as a [`Prompt`]: the template places one `[IMG]` per
     /// image part, each is expanded to its image's layout. Image URLs that are not `data:`
     /// URLs go to `load_url` (the CLI reads files; the browser fetches before calling).
-    /// Images are preprocessed with the engine's settings ([`Engine::image_options`]).
+    /// Images are preprocessed with `opts` (`None`: the engine's, [`Engine::image_options`]);
+    /// `kwargs` are extra template variables (`chat_template_kwargs`). Each image's token
+    /// count comes from its header first: a prompt that does not fit the context is
+    /// [`EngineError::PromptTooLong`] before any image is decoded or encoded.
     pub fn chat_prompt(
         &mut self,
         messages: &[ChatMessage],
-        load_url: &mut dyn FnMut(&str) -> Result<Vec<u8>, EngineError>,
-    ) -> Result<Prompt, EngineError> {
-        let opts = self.image_options.clone();
-        self.chat_prompt_with(messages, &opts, load_url)
-    }
-
-    /// [`Engine::chat_prompt`] with other preprocessing settings (a request's own). Each
-    /// image's token count comes from its header first: a prompt that does not fit the
-    /// context is [`EngineError::PromptTooLong`] before any image is decoded or encoded.
-    pub fn chat_prompt_with(
-        &mut self,
-        messages: &[ChatMessage],
-        opts: &PreprocessOptions,
-        load_url: &mut dyn FnMut(&str) -> Result<Vec<u8>, EngineError>,
-    ) -> Result<Prompt, EngineError> {
-        self.chat_prompt_kwargs(messages, opts, None, load_url)
-    }
-
-    /// [`Engine::chat_prompt_with`] with extra template variables (`chat_template_kwargs`).
-    pub fn chat_prompt_kwargs(
-        &mut self,
-        messages: &[ChatMessage],
-        opts: &PreprocessOptions,
+        opts: Option<&PreprocessOptions>,
         kwargs: Option<&JsonMap>,
         load_url: &mut dyn FnMut(&str) -> Result<Vec<u8>, EngineError>,
     ) -> Result<Prompt, EngineError> {
+        let opts = &opts.cloned().unwrap_or_else(|| self.image_options.clone());
         let mut files = Vec::new();
         for m in messages {
             let ChatContent::Parts(parts) = &m.content else { continue };
@@ -385,7 +357,7 @@ impl Engine {
                 files.push(bytes);
             }
         }
-        let tokens = self.chat_tokens_with(messages, kwargs)?;
+        let tokens = self.chat_tokens(messages, kwargs)?;
         if let Some(cross) = &self.cross_vision {
             let tokens = cross.with_bos(tokens, self.tokenizer.bos_id());
             cross.check_count(&tokens, files.len())?;
@@ -393,7 +365,7 @@ impl Engine {
             if tokens.len() >= max_ctx {
                 return Err(EngineError::PromptTooLong { tokens: tokens.len(), max_ctx });
             }
-            let images = files.iter().map(|bytes| self.image_features_with(bytes, opts)).collect::<Result<Vec<_>, _>>()?;
+            let images = files.iter().map(|bytes| self.image_features(bytes, Some(opts))).collect::<Result<Vec<_>, _>>()?;
             return Ok(Prompt { tokens, images });
         }
         if !files.is_empty() {
@@ -408,7 +380,7 @@ impl Engine {
                 return Err(EngineError::PromptTooLong { tokens: len, max_ctx });
             }
         }
-        let images = files.iter().map(|bytes| self.image_features_with(bytes, opts)).collect::<Result<Vec<_>, _>>()?;
+        let images = files.iter().map(|bytes| self.image_features(bytes, Some(opts))).collect::<Result<Vec<_>, _>>()?;
         self.prompt_with_images(&tokens, images)
     }
 

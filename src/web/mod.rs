@@ -407,7 +407,7 @@ impl WebEngine {
         let State::Ready(engine) = &mut guard.state else { return Err(js(WebError::NotLoaded)) };
         let images = images
             .iter()
-            .map(|v| engine.image_features(&js_sys::Uint8Array::new(&v).to_vec()))
+            .map(|v| engine.image_features(&js_sys::Uint8Array::new(&v).to_vec(), None))
             .collect::<Result<Vec<_>, _>>()
             .map_err(js)?;
         engine.logits(&Prompt { tokens, images }).await.map_err(js)

@@ -116,7 +116,7 @@ pub fn logits(args: &LogitsArgs) -> CliResult {
 }
 
 fn image_features(engine: &mut Engine, files: &[PathBuf]) -> Result<Vec<Rc<ImageFeatures>>, EngineError> {
-    files.iter().map(|f| engine.image_features(&read_file(f)?)).collect()
+    files.iter().map(|f| engine.image_features(&read_file(f)?, None)).collect()
 }
 
 /// The prompt of `generate` / `logits --prompt`: chat or plain text, with the `--image`s. As
@@ -139,8 +139,7 @@ fn text_prompt(
             parts.push(ContentPart::Text(text.to_string()));
             ChatMessage { role: "user".into(), content: ChatContent::Parts(parts) }
         };
-        let opts = engine.image_options().clone();
-        return engine.chat_prompt_kwargs(&[message], &opts, kwargs, &mut |url| read_file(url));
+        return engine.chat_prompt(&[message], None, kwargs, &mut |url| read_file(url));
     }
     let images = image_features(engine, files)?;
     let mut tokens = engine.text_tokens(text)?;
