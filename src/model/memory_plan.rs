@@ -11,9 +11,10 @@
 //! encoder too: its `v.*` / `mm.*` tensors are the vision weights, and each context adds the
 //! cross-attention store of one image (see `memory_plan/mllama.rs`). Weights, KV cache and the
 //! cross-attention store are exact for the Llama family, Mllama and the Pixtral encoder
-//! (tests compare them with loaded models); step, scratch and vision buffers are the
-//! allocations' formulas and other families' stacks are not modelled (a few bytes of scale
-//! padding per stack).
+//! (tests compare them with loaded models); step, scratch and Mllama's vision buffers are the
+//! allocations' formulas, the Pixtral and Qwen-VL encoders' scratch is the list of buffers
+//! they allocate ([`vision_scratch_bytes`]), and other families' stacks are not modelled (a
+//! few bytes of scale padding per stack).
 //!
 //! Load-time quantization follows the loaders: the text file's float matrices come through
 //! `source::Requantize` (`text_quant`: every float matrix a model asks for in its file type,
@@ -29,10 +30,13 @@ use crate::gpu::Caps;
 use crate::image::DEFAULT_MAX_EDGE;
 use crate::kernels::attention::KvDtype;
 use crate::kernels::quant::plan_parts;
+use crate::kernels::vision::PatchGrid;
 use crate::model::families::llama::{self, LlamaConfig};
 use crate::model::families::mllama::{self as mllama_family, MllamaConfig};
 use crate::model::families::qwen35::{self, Qwen35Config};
+use crate::model::vision;
 use crate::model::vision::pixtral::PixtralConfig;
+use crate::model::vision::qwen_vl::{self, QwenVlConfig};
 use crate::model::{LayerKind, ModelError, TextConfig};
 use crate::source::LoadQuant;
 
@@ -208,7 +212,7 @@ impl MemoryPlan {
         let text_weights = weight_bytes(&weights(false), limits, text_quant)?;
         let (vision_weights, vision_scratch) = match (mmproj, &mllama) {
             (Some(m), _) => {
-                (weight_bytes(m.tensors, limits, |_| opts.vision_quant)?, vision_scratch(m.metadata, limits, opts.image_edge)?)
+                (weight_bytes(m.tensors, limits, |_| opts.vision_quant)?, vision_scratch(m, limits, opts.image_edge)?)
             }
             (None, Some(_)) => {
                 (weight_bytes(&weights(true), limits, text_quant)?, mllama::vision_scratch(text.metadata, limits)?)
@@ -465,78 +469,53 @@ fn step_bytes(c: &TextConfig, chunk: u32, limits: PlanLimits) -> u64 {
     step + scratch + 4 * splits * c.n_head as u64 * (c.head_dim as u64 + 2)
 }
 
-/// The vision encoder's scratch for a square image of `edge` pixels (Pixtral's
-/// `Scratch::new`; other encoders are sized with the same ViT formula from their widths),
-/// checking that each buffer fits one binding.
-fn vision_scratch(md: &Metadata, limits: PlanLimits, edge: u32) -> Result<u64, ModelError> {
-    let cfg = PixtralVisionShape::from_metadata(md)?;
-    let side = cfg.patch * cfg.merge;
-    let edge = edge.min(cfg.image_size).max(side).next_multiple_of(side) as u64;
-    let n = (edge / cfg.patch as u64).pow(2);
-    let merged = n / (cfg.merge as u64).pow(2);
-    let f32s = |rows: u64, cols: u32| 4 * rows * cols as u64;
-    let ffn_rows = (limits.max_storage_binding.min(64 << 20) / f32s(1, cfg.n_ff)).clamp(1, n);
-    let buffers = [
-        ("pixels", f32s(3 * edge, edge as u32)),
-        ("patches", f32s(n, 3 * cfg.patch * cfg.patch)),
-        ("activations", f32s(n, cfg.hidden.max(cfg.q_dim))),
-        ("merged", f32s(merged, cfg.hidden * cfg.merge * cfg.merge)),
-        ("features", f32s(merged, cfg.text_hidden)),
-    ];
-    if let Some((what, bytes)) = buffers.iter().find(|(_, b)| *b > limits.max_storage_binding) {
+/// The vision encoder's scratch for a square image of the largest `edge` it would be given
+/// (at most the encoder's own largest, sides rounded up to whole merged patches).
+fn vision_scratch(mmproj: ModelHeaders<'_>, limits: PlanLimits, edge: u32) -> Result<u64, ModelError> {
+    let md = mmproj.metadata;
+    let square = |largest: u32, side: u32| edge.min(largest).max(side).next_multiple_of(side);
+    match vision::projector_type(md)?.as_str() {
+        "pixtral" => {
+            let c = PixtralConfig::from_metadata(md)?;
+            let edge = square(c.image_size, c.patch_size * c.merge_size);
+            vision_scratch_bytes(EncoderConfig::Pixtral(&c), edge, edge, limits)
+        }
+        p if qwen_vl::PROJECTORS.contains(&p) => {
+            let position_embd = mmproj.tensors.iter().find(|t| t.name == qwen_vl::POSITION_EMBD);
+            let c = QwenVlConfig::from_headers(md, position_embd)?;
+            let edge = square(c.max_image_edge(), c.patch_size * c.merge_size);
+            vision_scratch_bytes(EncoderConfig::QwenVl(&c), edge, edge, limits)
+        }
+        other => Err(vision::unsupported(other)),
+    }
+}
+
+/// The config of an mmproj's encoder, for [`vision_scratch_bytes`].
+#[derive(Clone, Copy, Debug)]
+pub enum EncoderConfig<'a> {
+    Pixtral(&'a PixtralConfig),
+    QwenVl(&'a QwenVlConfig),
+}
+
+/// Bytes of the vision encoder's scratch for one preprocessed `height x width` image (sides
+/// multiples of the patch): every buffer one encode allocates, the features included (the
+/// encoders' `scratch_buffers`, which their allocations are checked against in debug
+/// builds), each checked against the binding limit.
+pub fn vision_scratch_bytes(encoder: EncoderConfig<'_>, height: u32, width: u32, limits: PlanLimits) -> Result<u64, ModelError> {
+    let binding = limits.max_storage_binding;
+    let grid = |patch: u32| PatchGrid { rows: height / patch, cols: width / patch };
+    let buffers = match encoder {
+        EncoderConfig::Pixtral(c) => c.scratch_buffers(grid(c.patch_size), binding),
+        EncoderConfig::QwenVl(c) => c.scratch_buffers(grid(c.patch_size), binding),
+    };
+    if let Some(&(what, bytes)) = buffers.iter().find(|(_, b)| *b > binding) {
         return Err(ModelError::BufferTooLarge {
-            what: format!("vision {what} of a {edge}x{edge} image"),
-            bytes: *bytes,
-            limit: limits.max_storage_binding,
+            what: format!("vision {what} of a {width}x{height} image"),
+            bytes,
+            limit: binding,
         });
     }
-    Ok(f32s(3 * edge, edge as u32)
-        + f32s(n, 3 * cfg.patch * cfg.patch)
-        + 2 * f32s(n, cfg.hidden)
-        + 4 * f32s(n, cfg.q_dim)
-        + 2 * f32s(ffn_rows, cfg.n_ff)
-        + f32s(merged, cfg.hidden * cfg.merge * cfg.merge)
-        + 2 * f32s(merged, cfg.text_hidden))
-}
-
-/// The widths the vision scratch depends on.
-struct PixtralVisionShape {
-    hidden: u32,
-    q_dim: u32,
-    n_ff: u32,
-    patch: u32,
-    merge: u32,
-    image_size: u32,
-    text_hidden: u32,
-}
-
-impl PixtralVisionShape {
-    fn from_metadata(md: &Metadata) -> Result<Self, ModelError> {
-        if let Ok(c) = PixtralConfig::from_metadata(md) {
-            let q_dim = c.q_dim();
-            return Ok(Self {
-                hidden: c.hidden,
-                q_dim,
-                n_ff: c.n_ff,
-                patch: c.patch_size,
-                merge: c.merge_size,
-                image_size: c.image_size,
-                text_hidden: c.text_hidden,
-            });
-        }
-        // Other encoders (Qwen-VL): the generic clip keys.
-        let get = |k: &str| md.get_u32(k);
-        let hidden = get("clip.vision.embedding_length")?;
-        Ok(Self {
-            hidden,
-            q_dim: hidden,
-            n_ff: get("clip.vision.feed_forward_length")?,
-            patch: get("clip.vision.patch_size")?.max(1),
-            merge: md.get_opt_u32("clip.vision.spatial_merge_size")?.unwrap_or(2).max(1),
-            image_size: md.get_opt_u32("clip.vision.image_size")?.unwrap_or(DEFAULT_MAX_EDGE).max(1),
-            text_hidden: get("clip.vision.projection_dim")?,
-        })
-    }
+    Ok(buffers.iter().map(|(_, b)| b).sum())
 }
 
 mod mllama;

@@ -320,3 +320,34 @@ fn llama_3_2_11b_vision_encoder_fits_a_128_mib_binding() {
     let err = at(64 << 20).unwrap_err();
     assert!(matches!(err, ModelError::BufferTooLarge { bytes, .. } if bytes == f32s(tiles * tokens, 4096)), "{err}");
 }
+
+/// A Qwen3.5-4B mmproj's scratch is every buffer its encoder allocates for the largest image
+/// it takes at the default edge (the processor bounds the area: a 1540-pixel square, sides
+/// rounded up to 1568, 49 merge windows of 32); at a 128 MiB binding the position rows (four
+/// per patch) are refused.
+#[test]
+#[cfg(feature = "synthetic")]
+fn qwen35_4b_vision_scratch_is_the_encoders_buffers() {
+    use crate::gguf::GgufHeaderParser;
+    use crate::model::synthetic::{synthetic_qwen_vl_mmproj_writer, QwenVisionShape, SyntheticWeights};
+    let s = QwenVisionShape::qwen35_4b();
+    let (bytes, _, data_len) = synthetic_qwen_vl_mmproj_writer(&s, SyntheticWeights::Zeros).unwrap().layout().unwrap();
+    let h = GgufHeaderParser::with_file_len(bytes.len() as u64 + data_len).feed(&bytes).unwrap().unwrap();
+    let vision = (h.metadata, h.tensors);
+    let text = text_headers(&MINISTRAL_3B, q4_k_m);
+    let f32s = |rows: u64, cols: u32| 4 * rows * cols as u64;
+    let (n, m, d) = (98 * 98, 49 * 49, s.hidden);
+    let want = f32s(3 * 1568, 1568) // pixels
+        + f32s(n, 3 * 16 * 16) // patches
+        + 9 * f32s(n, d) // x, h, qkv (3), k, v, attention output, tmp
+        + f32s(((64 << 20) / f32s(1, s.n_ff)).min(n), s.n_ff) // MLP chunk of at most 64 MiB
+        + f32s(m, s.text_hidden) // features
+        + 4 * 4 * n + f32s(4 * n, d) + 8 * 4 * n // position ids, rows and taps
+        + 8 * n // window taps
+        + f32s(m, 4 * d); // merger hidden layer
+    assert_eq!(plan(&text, Some(&vision), PlanOptions::default()).vision_scratch, want);
+    let small = PlanLimits { max_buffer: 2 * GIB, max_storage_binding: 128 << 20 };
+    let err = MemoryPlan::new(headers(&text), Some(headers(&vision)), small, PlanOptions::default()).unwrap_err();
+    assert!(matches!(err, ModelError::BufferTooLarge { bytes, .. } if bytes == f32s(4 * n, d)), "{err}");
+    assert!(err.to_string().contains("position rows of a 1568x1568 image"), "{err}");
+}

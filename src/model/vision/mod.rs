@@ -11,6 +11,7 @@ mod mrope;
 pub mod pixtral;
 mod placement;
 pub mod qwen_vl;
+mod vit;
 
 pub use features::{ImageDigest, ImageFeatures};
 pub use layout::PromptLayout;
@@ -148,8 +149,7 @@ impl VisionEncoder {
     pub fn max_image_edge(&self) -> u32 {
         match self {
             VisionEncoder::Pixtral(m) => m.cfg.image_size,
-            // The Qwen processor bounds the area, not the edge: the edge of its largest square.
-            VisionEncoder::QwenVl(m) => (m.cfg.preprocess().max_pixels as f64).sqrt() as u32,
+            VisionEncoder::QwenVl(m) => m.cfg.max_image_edge(),
         }
     }
 
@@ -163,12 +163,12 @@ impl VisionEncoder {
 }
 
 /// The error for a projector type no encoder implements.
-fn unsupported(projector: &str) -> ModelError {
+pub(crate) fn unsupported(projector: &str) -> ModelError {
     ModelError::UnsupportedProjector { projector: projector.to_string(), supported: SUPPORTED }
 }
 
 /// `clip.projector_type` of an mmproj file (older files: `clip.vision.projector_type`).
-fn projector_type(md: &Metadata) -> Result<String, ModelError> {
+pub(crate) fn projector_type(md: &Metadata) -> Result<String, ModelError> {
     let arch = md.architecture()?;
     if arch != "clip" {
         return Err(ModelError::NotVisionProjector(arch.to_string()));

@@ -1,16 +1,18 @@
 //! The vision encoders the bench times, behind one interface: which synthetic mmproj to build
 //! ([`VisionSpec`]: Pixtral + Mistral 3 projector, or the Qwen3.5 encoder + merger), the
 //! preprocessed size of a source image under each encoder's size rule, and per loaded
-//! encoder ([`Encoder`]) its shapes, FLOPs and activation bytes per image.
+//! encoder ([`Encoder`]) its shapes, FLOPs and activation bytes per image (the memory plan's).
 
 use webvlm::gpu::{Gpu, Program, Result as GpuResult};
 use webvlm::image::qwen::{smart_resize, QwenPreprocess};
 use webvlm::image::{output_size, PixelImage, DEFAULT_MAX_EDGE};
 use webvlm::kernels::matmul::MatmulCompute;
+use webvlm::model::memory_plan::{vision_scratch_bytes, EncoderConfig};
 use webvlm::model::synthetic::{synthetic_pixtral_mmproj, synthetic_qwen_vl_mmproj, QwenVisionShape, VisionShape};
 use webvlm::model::vision::pixtral::{Pixtral, PixtralConfig};
 use webvlm::model::vision::qwen_vl::{QwenVl, QwenVlConfig};
 use webvlm::model::vision::ImageFeatures;
+use webvlm::model::PlanLimits;
 use webvlm::source::{GgufBytes, LoadQuant};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -178,29 +180,14 @@ impl Encoder {
         }
     }
 
-    /// Activation bytes one encode of `n` patches allocates, mirroring each encoder's scratch.
-    pub fn activation_bytes(&self, gpu: &Gpu, n: u64) -> u64 {
-        let m = n / 4;
-        let ffn_rows = |n_ff: u32| (gpu.caps.max_storage_binding.min(64 << 20) / (4 * n_ff as u64)).clamp(1, n);
-        match self {
-            // Patches, seven `[n][hidden]` buffers (x, h, q, k, v, attention out; q = hidden),
-            // the FFN chunk (gate and up), the merged patches, the projector hidden layer and
-            // the features.
-            Encoder::Pixtral(e) => {
-                let c = &e.cfg;
-                4 * (n * (c.patch_dim() as u64 + 6 * c.hidden as u64)
-                    + 2 * ffn_rows(c.n_ff) * c.n_ff as u64
-                    + m * (c.merged_dim() as u64 + 2 * c.text_hidden as u64))
-            }
-            // Patches, four position rows per patch, x, h, tmp, qkv (3), k, v, attention out,
-            // the FFN chunk, the merger's hidden layer and the features.
-            Encoder::Qwen(e) => {
-                let c = &e.cfg;
-                4 * (n * (c.patch_dim() as u64 + 13 * c.hidden as u64)
-                    + ffn_rows(c.n_ff) * c.n_ff as u64
-                    + m * (c.merged_dim() as u64 + c.text_hidden as u64))
-            }
-        }
+    /// Bytes one encode of a preprocessed `height x width` image allocates: the memory plan's
+    /// vision scratch for it (every buffer of the pass, pixels and features included).
+    pub fn activation_bytes(&self, gpu: &Gpu, height: u32, width: u32) -> Res<u64> {
+        let cfg = match self {
+            Encoder::Pixtral(e) => EncoderConfig::Pixtral(&e.cfg),
+            Encoder::Qwen(e) => EncoderConfig::QwenVl(&e.cfg),
+        };
+        Ok(vision_scratch_bytes(cfg, height, width, PlanLimits::from_caps(&gpu.caps))?)
     }
 }
 

@@ -164,7 +164,7 @@ pub fn bench_vision(gpu: &Gpu, out: &Out, roof: &Roofline, plan: &VisionPlan) ->
             "image_tokens": image_tokens, "seconds": seconds, "seconds_best": samples[0], "ms": seconds * 1e3,
             "runs": samples.len(), "first_is_the_run": first_is_the_run, "flops": flops, "gflops": gflops, "fraction_of_fma": gflops / roof.fma_gflops,
             "first_seconds": first_seconds, "weight_bytes": weight_bytes, "features_bytes": features_bytes,
-            "activation_bytes": enc.activation_bytes(gpu, n), "quant": format!("{:?}", plan.quant),
+            "activation_bytes": enc.activation_bytes(gpu, ph, pw)?, "quant": format!("{:?}", plan.quant),
             "hidden": c.hidden, "n_layer": c.n_layer, "full_layers": plan.full_layers,
             "partial_encoder": partial, "n_head": c.n_head, "head_dim": c.head_dim, "n_ff": c.n_ff,
             "text_hidden": c.text_hidden, "load_seconds": load_seconds,

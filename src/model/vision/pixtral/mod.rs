@@ -7,10 +7,10 @@
 //! batch without the mask):
 //! 1. patch embedding: unfold 14x14 patches, one matmul with `v.patch_embd` (no bias);
 //! 2. `ln_pre` RMSNorm;
-//! 3. `n_layer` pre-norm blocks: RMSNorm → q/k/v → 2D RoPE on q and k (adjacent pairs: the
-//!    GGUF rows are llama.cpp-permuted) → non-causal attention over the image's patches →
-//!    output projection + residual; RMSNorm → SiLU-gated FFN + residual. The FFN runs in
-//!    chunks of rows so its `[rows][n_ff]` buffers stay within the binding limit;
+//! 3. `n_layer` pre-norm ViT blocks (`vit.rs`, shared with the Qwen encoder): RMSNorm →
+//!    q/k/v → 2D RoPE on q and k (adjacent pairs: the GGUF rows are llama.cpp-permuted) →
+//!    non-causal attention over the image's patches → output projection + residual; RMSNorm
+//!    → SiLU-gated FFN (in row chunks within the binding limit) + residual;
 //! 4. projector: RMSNorm (`mm.input_norm`), 2x2 patch merge, `mm.patch_merger`, `mm.1`,
 //!    GELU (erf), `mm.2` (no biases). transformers takes this norm's epsilon from the text
 //!    config, which the mmproj does not record; the vision epsilon (1e-5) is used, equal to
@@ -18,11 +18,10 @@
 
 use crate::gpu::{Gpu, GpuError, Program, Result as GpuResult};
 use crate::image::PixelImage;
-use crate::kernels::attention::{attention_prefill, AttnShape, StepParams};
-use crate::kernels::matmul::{record_rows, MatmulCompute};
+use crate::kernels::matmul::{self, MatmulCompute};
 use crate::kernels::rope::RopeMode;
-use crate::kernels::vision::{patch_merge, patch_unfold, rope_2d, PatchGrid, Rope2dFreqs, Rope2dLayout};
-use crate::kernels::{elementwise, matmul, norm};
+use crate::kernels::vision::{patch_merge, patch_unfold, PatchGrid, Rope2dFreqs};
+use crate::kernels::{elementwise, norm};
 
 mod config;
 mod weights;
@@ -30,12 +29,10 @@ mod weights;
 pub use config::{PixtralConfig, PIXTRAL_ROPE_THETA};
 pub use weights::{PixtralLayerWeights, PixtralWeights};
 
+use super::vit::{self, f32s, Ffn, FfnKind, Norm, PatchEncoder, Qkv, QkvKind, VitLayer, VitPass, VitScratch, VitShape};
 use crate::model::vision::ImageFeatures;
 use crate::model::ModelError;
 use crate::source::{Eager, LoadQuant, TensorSource, WeightLoader};
-
-/// Largest scratch buffer the encoder allocates for the FFN of one chunk of patch rows.
-const FFN_CHUNK_BYTES: u64 = 64 << 20;
 
 /// A loaded vision encoder + projector.
 pub struct Pixtral {
@@ -65,127 +62,113 @@ impl Pixtral {
     /// Encodes one image: records and submits the whole encoder in one command buffer and
     /// returns the features without waiting for them (the GPU queue orders later work).
     pub fn encode(&self, gpu: &Gpu, image: &PixelImage) -> GpuResult<ImageFeatures> {
-        let grid = PatchGrid::of_image(image.height, image.width, self.cfg.patch_size)?;
-        let scratch = Scratch::new(gpu, &self.cfg, image, grid)?;
-        let prog = self.record(gpu, &scratch, image, grid)?;
-        StepParams::new(0, grid.n_patches(), 0).write(gpu, &scratch.step);
-        prog.run(gpu)?;
-        Ok(ImageFeatures {
-            buffer: scratch.out,
-            rows: grid.rows / 2,
-            cols: grid.cols / 2,
-            dim: self.cfg.text_hidden,
-            content: None,
-        })
+        vit::encode(self, gpu, image)
     }
 
     /// The recorded pass of one image, not run (benchmarks read its launch geometry).
     pub fn record_pass(&self, gpu: &Gpu, image: &PixelImage) -> GpuResult<Program> {
-        let grid = PatchGrid::of_image(image.height, image.width, self.cfg.patch_size)?;
-        self.record(gpu, &Scratch::new(gpu, &self.cfg, image, grid)?, image, grid)
-    }
-
-    fn record(&self, gpu: &Gpu, s: &Scratch, image: &PixelImage, grid: PatchGrid) -> GpuResult<Program> {
-        let (c, w) = (&self.cfg, &self.weights);
-        let (d, ff, n) = (c.hidden, c.n_ff, grid.n_patches());
-        let eps = c.norm_eps;
-        let mm = self.compute;
-        let mut p = Program::new();
-        let rope = Rope2dLayout::dense(c.n_head, c.head_dim, RopeMode::Adjacent);
-        let attn = AttnShape { causal: false, ..AttnShape::new(c.n_head, c.n_head, c.head_dim, n) };
-
-        patch_unfold(&mut p, gpu, &s.pixels, &s.patches, 3, image.height, image.width, c.patch_size)?;
-        matmul::record_with(&mut p, gpu, &w.patch_embd, &s.patches, &s.h, n, mm)?;
-        norm::rms_norm(&mut p, gpu, &s.h, &w.pre_ln, &s.x, n, d, eps)?;
-        for l in &w.layers {
-            norm::rms_norm(&mut p, gpu, &s.x, &l.ln1, &s.h, n, d, eps)?;
-            matmul::record_with(&mut p, gpu, &l.wq, &s.h, &s.q, n, mm)?;
-            matmul::record_with(&mut p, gpu, &l.wk, &s.h, &s.k, n, mm)?;
-            matmul::record_with(&mut p, gpu, &l.wv, &s.h, &s.v, n, mm)?;
-            rope_2d(&mut p, gpu, &self.rope, &s.q, &rope, grid)?;
-            rope_2d(&mut p, gpu, &self.rope, &s.k, &rope, grid)?;
-            attention_prefill(&mut p, gpu, &attn, &s.step, &s.q, &s.k, &s.v, &s.attn)?;
-            matmul::record_with(&mut p, gpu, &l.wo, &s.attn, &s.h, n, mm)?;
-            elementwise::add_inplace(&mut p, gpu, &s.h, &s.x, n * d)?;
-            norm::rms_norm(&mut p, gpu, &s.x, &l.ln2, &s.h, n, d, eps)?;
-            for r0 in (0..n).step_by(s.ffn_rows as usize) {
-                let m = s.ffn_rows.min(n - r0);
-                record_rows(&mut p, gpu, &l.w_gate, (&s.h, r0), (&s.gate, 0), m, mm)?;
-                record_rows(&mut p, gpu, &l.w_up, (&s.h, r0), (&s.up, 0), m, mm)?;
-                elementwise::silu_mul_inplace(&mut p, gpu, &s.up, &s.gate, m * ff)?;
-                // The FFN output goes to `q` (free until the next block) row by row.
-                record_rows(&mut p, gpu, &l.w_down, (&s.gate, 0), (&s.q, r0), m, mm)?;
-            }
-            elementwise::add_inplace(&mut p, gpu, &s.q, &s.x, n * d)?;
-        }
-        let merged = grid.n_merged();
-        norm::rms_norm(&mut p, gpu, &s.x, &w.mm_input_norm, &s.h, n, d, eps)?;
-        patch_merge(&mut p, gpu, &s.h, &s.merged, d, grid)?;
-        matmul::record_with(&mut p, gpu, &w.mm_patch_merger, &s.merged, &s.attn, merged, mm)?;
-        matmul::record_with(&mut p, gpu, &w.mm_1, &s.attn, &s.proj, merged, mm)?;
-        elementwise::gelu_inplace(&mut p, gpu, &s.proj, merged * c.text_hidden)?;
-        matmul::record_with(&mut p, gpu, &w.mm_2, &s.proj, &s.out, merged, mm)?;
-        Ok(p)
+        vit::record_pass(self, gpu, image)
     }
 }
 
-/// The buffers of one image's pass (freed when the pass's features are returned).
-struct Scratch {
-    step: wgpu::Buffer,
-    pixels: wgpu::Buffer,
-    patches: wgpu::Buffer,
-    x: wgpu::Buffer,
-    h: wgpu::Buffer,
-    q: wgpu::Buffer,
-    k: wgpu::Buffer,
-    v: wgpu::Buffer,
-    attn: wgpu::Buffer,
-    /// FFN chunk: `[ffn_rows][n_ff]` each.
-    ffn_rows: u32,
-    gate: wgpu::Buffer,
-    up: wgpu::Buffer,
-    merged: wgpu::Buffer,
-    proj: wgpu::Buffer,
-    out: wgpu::Buffer,
-}
+impl PatchEncoder for Pixtral {
+    type Own = OwnScratch;
 
-impl Scratch {
-    fn new(gpu: &Gpu, c: &PixtralConfig, image: &PixelImage, grid: PatchGrid) -> GpuResult<Scratch> {
-        if image.data.len() != 3 * image.height as usize * image.width as usize {
-            return Err(GpuError::Shape(format!(
-                "{} pixel values for a {}x{} RGB image",
-                image.data.len(),
-                image.width,
-                image.height
-            )));
-        }
+    fn vit_shape(&self) -> VitShape {
+        self.cfg.vit_shape()
+    }
+
+    fn check_grid(&self, grid: PatchGrid) -> GpuResult<()> {
         if grid.rows < 2 || grid.cols < 2 {
             return Err(GpuError::Shape(format!(
                 "image of {}x{} patches is smaller than one merged patch",
                 grid.cols, grid.rows
             )));
         }
-        let (n, merged) = (grid.n_patches() as u64, grid.n_merged() as u64);
-        let f32s = |rows: u64, cols: u32| rows * cols as u64 * 4;
-        let limit = gpu.caps.max_storage_binding.min(FFN_CHUNK_BYTES);
-        let ffn_rows = (limit / f32s(1, c.n_ff)).clamp(1, n) as u32;
-        let buf = |label: &str, rows: u64, cols: u32| gpu.storage(&format!("vision.{label}"), f32s(rows, cols));
-        Ok(Scratch {
-            step: StepParams::create_buffer(gpu),
-            pixels: gpu.storage_with("vision.pixels", bytemuck::cast_slice(&image.data))?,
-            patches: buf("patches", n, c.patch_dim())?,
-            x: buf("x", n, c.hidden)?,
-            h: buf("h", n, c.hidden)?,
-            q: buf("q", n, c.q_dim())?,
-            k: buf("k", n, c.q_dim())?,
-            v: buf("v", n, c.q_dim())?,
-            attn: buf("attn", n, c.q_dim())?,
-            ffn_rows,
-            gate: buf("gate", ffn_rows as u64, c.n_ff)?,
-            up: buf("up", ffn_rows as u64, c.n_ff)?,
-            merged: buf("merged", merged, c.merged_dim())?,
-            proj: buf("proj", merged, c.text_hidden)?,
-            out: buf("features", merged, c.text_hidden)?,
-        })
+        Ok(())
+    }
+
+    fn own_scratch(&self, gpu: &Gpu, grid: PatchGrid) -> GpuResult<OwnScratch> {
+        OwnScratch::new(gpu, &self.cfg, grid)
+    }
+
+    fn record(&self, gpu: &Gpu, s: &VitScratch, own: &OwnScratch, image: &PixelImage, grid: PatchGrid) -> GpuResult<Program> {
+        let (c, w, mm) = (&self.cfg, &self.weights, self.compute);
+        let (d, n, eps) = (c.hidden, grid.n_patches(), c.norm_eps);
+        let mut p = Program::new();
+        patch_unfold(&mut p, gpu, &s.pixels, &s.patches, 3, image.height, image.width, c.patch_size)?;
+        matmul::record_with(&mut p, gpu, &w.patch_embd, &s.patches, &s.h, n, mm)?;
+        norm::rms_norm(&mut p, gpu, &s.h, &w.pre_ln, &s.x, n, d, eps)?;
+        let pass = VitPass { shape: &c.vit_shape(), rope: &self.rope, compute: mm, grid };
+        // The FFN output goes to `q` (free until the next block) row by row.
+        pass.record(&mut p, gpu, s, &s.q, w.layers.iter().map(PixtralLayerWeights::vit))?;
+        let merged = grid.n_merged();
+        norm::rms_norm(&mut p, gpu, &s.x, &w.mm_input_norm, &s.h, n, d, eps)?;
+        patch_merge(&mut p, gpu, &s.h, &own.merged, d, grid)?;
+        matmul::record_with(&mut p, gpu, &w.mm_patch_merger, &own.merged, &s.attn, merged, mm)?;
+        matmul::record_with(&mut p, gpu, &w.mm_1, &s.attn, &own.proj, merged, mm)?;
+        elementwise::gelu_inplace(&mut p, gpu, &own.proj, merged * c.text_hidden)?;
+        matmul::record_with(&mut p, gpu, &w.mm_2, &own.proj, &s.out, merged, mm)?;
+        Ok(p)
+    }
+}
+
+impl PixtralConfig {
+    /// The blocks' shape: RMSNorm, q/k/v apart, RoPE on adjacent pairs, SiLU-gated FFN.
+    pub(crate) fn vit_shape(&self) -> VitShape {
+        VitShape {
+            hidden: self.hidden,
+            n_head: self.n_head,
+            head_dim: self.head_dim,
+            n_ff: self.n_ff,
+            norm_eps: self.norm_eps,
+            patch_size: self.patch_size,
+            text_hidden: self.text_hidden,
+            qkv: QkvKind::Split,
+            ffn: FfnKind::SiluGated,
+            rope: RopeMode::Adjacent,
+            label: "vision",
+        }
+    }
+
+    /// Every buffer one encode of an image of `grid` patches allocates, `(what, bytes)`: the
+    /// blocks' ([`VitShape::scratch_buffers`]) and the projector's.
+    pub(crate) fn scratch_buffers(&self, grid: PatchGrid, max_binding: u64) -> Vec<(&'static str, u64)> {
+        let mut buffers = self.vit_shape().scratch_buffers(grid, max_binding);
+        buffers.extend(OwnScratch::buffers(self, grid));
+        buffers
+    }
+}
+
+impl PixtralLayerWeights {
+    fn vit(&self) -> VitLayer<'_> {
+        VitLayer {
+            norm1: Norm::Rms(&self.ln1),
+            qkv: Qkv::Split { q: &self.wq, k: &self.wk, v: &self.wv },
+            o: &self.wo,
+            o_b: None,
+            norm2: Norm::Rms(&self.ln2),
+            ffn: Ffn::SiluGated { gate: &self.w_gate, up: &self.w_up, down: &self.w_down },
+        }
+    }
+}
+
+/// The projector's buffers of one image's pass (beside the blocks', [`VitScratch`]): the
+/// merged patches and the hidden layer.
+pub(super) struct OwnScratch {
+    merged: wgpu::Buffer,
+    proj: wgpu::Buffer,
+}
+
+impl OwnScratch {
+    fn new(gpu: &Gpu, c: &PixtralConfig, grid: PatchGrid) -> GpuResult<OwnScratch> {
+        let [(_, merged), (_, proj)] = Self::buffers(c, grid);
+        Ok(OwnScratch { merged: gpu.storage("vision.merged", merged)?, proj: gpu.storage("vision.proj", proj)? })
+    }
+
+    /// [`OwnScratch::new`]'s buffers, `(what, bytes)`.
+    fn buffers(c: &PixtralConfig, grid: PatchGrid) -> [(&'static str, u64); 2] {
+        let merged = grid.n_merged() as u64;
+        [("merged patches", f32s(merged, c.merged_dim())), ("projector activations", f32s(merged, c.text_hidden))]
     }
 }

@@ -10,11 +10,15 @@
 //! layer_norm_epsilon}`. The position table's size comes from `v.position_embd.weight`; the
 //! 2D RoPE base (1e4) is not written to GGUF: [`QWEN_VL_ROPE_THETA`].
 
-use crate::gguf::Metadata;
+use crate::gguf::{Metadata, TensorInfo};
 use crate::model::ModelError;
+use crate::source::LoadError;
 
 /// The vision RoPE base (`Qwen3_5VisionRotaryEmbedding(theta=10000)`).
 pub const QWEN_VL_ROPE_THETA: f64 = 10_000.0;
+
+/// The learned position table, whose rows (GGUF dims `[hidden, n_pos]`) size the config.
+pub const POSITION_EMBD: &str = "v.position_embd.weight";
 
 /// The projector types this encoder reads.
 pub const PROJECTORS: [&str; 2] = ["qwen3vl_merger", "qwen3vl"];
@@ -48,8 +52,15 @@ pub struct QwenVlConfig {
 }
 
 impl QwenVlConfig {
+    /// Reads and validates the config of an mmproj file from its metadata and the info of its
+    /// [`POSITION_EMBD`] tensor.
+    pub fn from_headers(md: &Metadata, position_embd: Option<&TensorInfo>) -> Result<Self, ModelError> {
+        let info = position_embd.ok_or_else(|| LoadError::Missing(POSITION_EMBD.into()))?;
+        Self::from_metadata(md, info.dims.get(1).copied().unwrap_or(1))
+    }
+
     /// Reads and validates the config of an mmproj file; `n_pos` is the row count of
-    /// `v.position_embd.weight`.
+    /// [`POSITION_EMBD`].
     pub fn from_metadata(md: &Metadata, n_pos: u64) -> Result<Self, ModelError> {
         let projector = super::super::projector_type(md)?;
         if !PROJECTORS.contains(&projector.as_str()) {
@@ -150,6 +161,12 @@ impl QwenVlConfig {
     /// Width of a merged patch vector: `merge^2 * hidden`.
     pub fn merged_dim(&self) -> u32 {
         self.merge_size * self.merge_size * self.hidden
+    }
+
+    /// The longest edge of an image at the processor's default pixel bounds: they bound the
+    /// area, not the edge, so the edge of its largest square.
+    pub fn max_image_edge(&self) -> u32 {
+        (self.preprocess().max_pixels as f64).sqrt() as u32
     }
 
     /// The preprocessing this encoder expects, with the processor's default pixel bounds.

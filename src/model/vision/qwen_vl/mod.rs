@@ -12,33 +12,31 @@
 //!    Conv3d is `W0·p + W1·p + bias` over the unfolded 16x16 patches `p` (two matmuls);
 //! 2. plus learned position embeddings, bilinearly interpolated from the `side x side` table to
 //!    the patch grid (four weighted table rows per patch, [`position_taps`]);
-//! 3. blocks: LayerNorm → fused qkv (+ bias) → 2D RoPE on q and k (rotate-half pairs; a quarter
-//!    of the frequencies per axis: row, then column) → non-causal attention → proj (+ bias) +
-//!    residual; LayerNorm → fc1 (+ bias) → GELU (tanh) → fc2 (+ bias) + residual (the MLP in
-//!    chunks of rows, as Pixtral's);
+//! 3. pre-norm ViT blocks (`vit.rs`, shared with Pixtral): LayerNorm → fused qkv (+ bias) →
+//!    2D RoPE on q and k (rotate-half pairs; a quarter of the frequencies per axis: row, then
+//!    column) → non-causal attention → proj (+ bias) + residual; LayerNorm → fc1 (+ bias) →
+//!    GELU (tanh) → fc2 (+ bias) + residual (the MLP in row chunks within the binding limit);
 //! 4. merger: LayerNorm (`v.post_ln`) per patch, reorder into 2x2 windows (a window's 4 patches
 //!    concatenated, `[k][c]`), fc1 (+ bias) → GELU (erf) → fc2 (+ bias).
 
 mod config;
 mod weights;
 
-pub use config::{QwenVlConfig, PROJECTORS, QWEN_VL_ROPE_THETA};
+pub use config::{QwenVlConfig, POSITION_EMBD, PROJECTORS, QWEN_VL_ROPE_THETA};
 pub use weights::{QwenVlLayerWeights, QwenVlWeights};
 
 use crate::gpu::{Gpu, GpuError, Program, Result as GpuResult};
 use crate::image::PixelImage;
-use crate::kernels::attention::{attention_prefill, AttnShape, StepParams};
-use crate::kernels::matmul::{record_rows, MatmulCompute};
+use crate::kernels::matmul::{self, MatmulCompute};
 use crate::kernels::rope::{rope_inv_freq, RopeMode};
-use crate::kernels::vision::{patch_unfold, rope_2d, PatchGrid, Rope2dFreqs, Rope2dLayout};
+use crate::kernels::vision::{patch_unfold, PatchGrid, Rope2dFreqs};
 use crate::kernels::vision_qwen::{self as vq, Tap};
-use crate::kernels::{elementwise, embedding, matmul};
+use crate::kernels::{elementwise, embedding};
 use crate::model::vision::ImageFeatures;
 use crate::model::ModelError;
 use crate::source::{Eager, LoadQuant, TensorSource, WeightLoader};
 
-/// Largest scratch buffer the encoder allocates for the MLP of one chunk of patch rows.
-const FFN_CHUNK_BYTES: u64 = 64 << 20;
+use super::vit::{self, f32s, Ffn, FfnKind, Norm, PatchEncoder, Qkv, QkvKind, VitLayer, VitPass, VitScratch, VitShape};
 
 /// A loaded Qwen2-VL-family vision encoder + merger.
 pub struct QwenVl {
@@ -56,8 +54,7 @@ impl QwenVl {
 
     /// [`QwenVl::load`] through any [`WeightLoader`].
     pub fn load_from(gpu: &Gpu, src: &mut dyn WeightLoader, quant: LoadQuant) -> Result<QwenVl, ModelError> {
-        let n_pos = weights::position_rows(src)?;
-        let cfg = QwenVlConfig::from_metadata(src.metadata(), n_pos)?;
+        let cfg = QwenVlConfig::from_headers(src.metadata(), src.tensor_info(POSITION_EMBD))?;
         let weights = QwenVlWeights::load_from(gpu, src, &cfg, quant)?;
         let table = rope_table(cfg.head_dim as usize);
         let rope = Rope2dFreqs {
@@ -93,85 +90,98 @@ impl QwenVl {
     /// Encodes one image (sides multiples of `patch * merge`): records and submits the whole
     /// encoder in one command buffer and returns the features without waiting for them.
     pub fn encode(&self, gpu: &Gpu, image: &PixelImage) -> GpuResult<ImageFeatures> {
-        let grid = self.grid(image)?;
-        let scratch = Scratch::new(gpu, &self.cfg, image, grid)?;
-        let prog = self.record(gpu, &scratch, image, grid)?;
-        StepParams::new(0, grid.n_patches(), 0).write(gpu, &scratch.step);
-        prog.run(gpu)?;
-        Ok(ImageFeatures {
-            buffer: scratch.out,
-            rows: grid.rows / 2,
-            cols: grid.cols / 2,
-            dim: self.cfg.text_hidden,
-            content: None,
-        })
+        vit::encode(self, gpu, image)
     }
 
     /// The encoder's recorded pass over `image` with fresh scratch, for benchmarks (its
     /// launch geometry); nothing is submitted.
     pub fn record_pass(&self, gpu: &Gpu, image: &PixelImage) -> GpuResult<Program> {
-        let grid = self.grid(image)?;
-        self.record(gpu, &Scratch::new(gpu, &self.cfg, image, grid)?, image, grid)
+        vit::record_pass(self, gpu, image)
+    }
+}
+
+impl PatchEncoder for QwenVl {
+    type Own = OwnScratch;
+
+    fn vit_shape(&self) -> VitShape {
+        self.cfg.vit_shape()
     }
 
-    fn grid(&self, image: &PixelImage) -> GpuResult<PatchGrid> {
-        let grid = PatchGrid::of_image(image.height, image.width, self.cfg.patch_size)?;
-        if grid.rows % 2 != 0 || grid.cols % 2 != 0 {
+    fn check_grid(&self, grid: PatchGrid) -> GpuResult<()> {
+        if !grid.rows.is_multiple_of(2) || !grid.cols.is_multiple_of(2) {
             return Err(GpuError::Shape(format!("patch grid {}x{} is not a grid of 2x2 windows", grid.rows, grid.cols)));
         }
-        Ok(grid)
+        Ok(())
     }
 
-    fn record(&self, gpu: &Gpu, s: &Scratch, image: &PixelImage, grid: PatchGrid) -> GpuResult<Program> {
-        let (c, w) = (&self.cfg, &self.weights);
-        let (d, ff, n) = (c.hidden, c.n_ff, grid.n_patches());
-        let (eps, mm) = (c.norm_eps, self.compute);
-        let mut p = Program::new();
-        let qkv_rope =
-            |offset| Rope2dLayout { offset, stride: 3 * d, ..Rope2dLayout::dense(c.n_head, c.head_dim, RopeMode::RotateHalf) };
-        let attn = AttnShape { causal: false, q_stride: 3 * d, q_offset: 0, ..AttnShape::new(c.n_head, c.n_head, c.head_dim, n) };
+    fn own_scratch(&self, gpu: &Gpu, grid: PatchGrid) -> GpuResult<OwnScratch> {
+        OwnScratch::new(gpu, &self.cfg, grid)
+    }
 
+    fn record(&self, gpu: &Gpu, s: &VitScratch, own: &OwnScratch, image: &PixelImage, grid: PatchGrid) -> GpuResult<Program> {
+        let (c, w, o) = (&self.cfg, &self.weights, own);
+        let (d, n, mm) = (c.hidden, grid.n_patches(), self.compute);
+        let mut p = Program::new();
         patch_unfold(&mut p, gpu, &s.pixels, &s.patches, 3, image.height, image.width, c.patch_size)?;
         matmul::record_with(&mut p, gpu, &w.patch_embd[0], &s.patches, &s.x, n, mm)?;
-        matmul::record_with(&mut p, gpu, &w.patch_embd[1], &s.patches, &s.tmp, n, mm)?;
-        elementwise::add_inplace(&mut p, gpu, &s.tmp, &s.x, n * d)?;
+        matmul::record_with(&mut p, gpu, &w.patch_embd[1], &s.patches, &o.tmp, n, mm)?;
+        elementwise::add_inplace(&mut p, gpu, &o.tmp, &s.x, n * d)?;
         vq::add_bias(&mut p, gpu, &w.patch_embd_b, &s.x, n, d)?;
-        embedding::record(&mut p, gpu, &w.pos_embd, &s.pos_ids, &s.pos_rows, 4 * n)?;
-        vq::gather_rows(&mut p, gpu, &s.pos_rows, &s.pos_taps, &s.tmp, n, 4, d)?;
-        elementwise::add_inplace(&mut p, gpu, &s.tmp, &s.x, n * d)?;
-        for l in &w.layers {
-            vq::layer_norm(&mut p, gpu, &s.x, &l.ln1_w, &l.ln1_b, &s.h, n, d, eps)?;
-            matmul::record_with(&mut p, gpu, &l.qkv, &s.h, &s.qkv, n, mm)?;
-            vq::add_bias(&mut p, gpu, &l.qkv_b, &s.qkv, n, 3 * d)?;
-            rope_2d(&mut p, gpu, &self.rope, &s.qkv, &qkv_rope(0), grid)?;
-            rope_2d(&mut p, gpu, &self.rope, &s.qkv, &qkv_rope(d), grid)?;
-            vq::copy_cols(&mut p, gpu, &s.qkv, &s.k, n, d, 3 * d, d)?;
-            vq::copy_cols(&mut p, gpu, &s.qkv, &s.v, n, d, 3 * d, 2 * d)?;
-            attention_prefill(&mut p, gpu, &attn, &s.step, &s.qkv, &s.k, &s.v, &s.attn)?;
-            matmul::record_with(&mut p, gpu, &l.wo, &s.attn, &s.h, n, mm)?;
-            vq::add_bias(&mut p, gpu, &l.wo_b, &s.h, n, d)?;
-            elementwise::add_inplace(&mut p, gpu, &s.h, &s.x, n * d)?;
-            vq::layer_norm(&mut p, gpu, &s.x, &l.ln2_w, &l.ln2_b, &s.h, n, d, eps)?;
-            for r0 in (0..n).step_by(s.ffn_rows as usize) {
-                let m = s.ffn_rows.min(n - r0);
-                record_rows(&mut p, gpu, &l.up, (&s.h, r0), (&s.up, 0), m, mm)?;
-                vq::add_bias(&mut p, gpu, &l.up_b, &s.up, m, ff)?;
-                vq::gelu_tanh(&mut p, gpu, &s.up, m * ff)?;
-                record_rows(&mut p, gpu, &l.down, (&s.up, 0), (&s.tmp, r0), m, mm)?;
-            }
-            vq::add_bias(&mut p, gpu, &l.down_b, &s.tmp, n, d)?;
-            elementwise::add_inplace(&mut p, gpu, &s.tmp, &s.x, n * d)?;
-        }
+        embedding::record(&mut p, gpu, &w.pos_embd, &o.pos_ids, &o.pos_rows, 4 * n)?;
+        vq::gather_rows(&mut p, gpu, &o.pos_rows, &o.pos_taps, &o.tmp, n, 4, d)?;
+        elementwise::add_inplace(&mut p, gpu, &o.tmp, &s.x, n * d)?;
+        let pass = VitPass { shape: &c.vit_shape(), rope: &self.rope, compute: mm, grid };
+        pass.record(&mut p, gpu, s, &o.tmp, w.layers.iter().map(QwenVlLayerWeights::vit))?;
         let merged = grid.n_merged();
         let md = c.merged_dim();
-        vq::layer_norm(&mut p, gpu, &s.x, &w.post_ln_w, &w.post_ln_b, &s.h, n, d, eps)?;
-        vq::gather_rows(&mut p, gpu, &s.h, &s.window_taps, &s.tmp, n, 1, d)?;
-        matmul::record_with(&mut p, gpu, &w.mm_0, &s.tmp, &s.proj, merged, mm)?;
-        vq::add_bias(&mut p, gpu, &w.mm_0_b, &s.proj, merged, md)?;
-        elementwise::gelu_inplace(&mut p, gpu, &s.proj, merged * md)?;
-        matmul::record_with(&mut p, gpu, &w.mm_2, &s.proj, &s.out, merged, mm)?;
+        vq::layer_norm(&mut p, gpu, &s.x, &w.post_ln_w, &w.post_ln_b, &s.h, n, d, c.norm_eps)?;
+        vq::gather_rows(&mut p, gpu, &s.h, &o.window_taps, &o.tmp, n, 1, d)?;
+        matmul::record_with(&mut p, gpu, &w.mm_0, &o.tmp, &o.proj, merged, mm)?;
+        vq::add_bias(&mut p, gpu, &w.mm_0_b, &o.proj, merged, md)?;
+        elementwise::gelu_inplace(&mut p, gpu, &o.proj, merged * md)?;
+        matmul::record_with(&mut p, gpu, &w.mm_2, &o.proj, &s.out, merged, mm)?;
         vq::add_bias(&mut p, gpu, &w.mm_2_b, &s.out, merged, c.text_hidden)?;
         Ok(p)
+    }
+}
+
+impl QwenVlConfig {
+    /// The blocks' shape: LayerNorm, fused qkv, RoPE on rotate-half pairs, GELU (tanh) MLP.
+    pub(crate) fn vit_shape(&self) -> VitShape {
+        VitShape {
+            hidden: self.hidden,
+            n_head: self.n_head,
+            head_dim: self.head_dim,
+            n_ff: self.n_ff,
+            norm_eps: self.norm_eps,
+            patch_size: self.patch_size,
+            text_hidden: self.text_hidden,
+            qkv: QkvKind::Fused,
+            ffn: FfnKind::GeluTanh,
+            rope: RopeMode::RotateHalf,
+            label: "qwen_vl",
+        }
+    }
+
+    /// Every buffer one encode of an image of `grid` patches allocates, `(what, bytes)`: the
+    /// blocks' ([`VitShape::scratch_buffers`]) and the encoder's own.
+    pub(crate) fn scratch_buffers(&self, grid: PatchGrid, max_binding: u64) -> Vec<(&'static str, u64)> {
+        let mut buffers = self.vit_shape().scratch_buffers(grid, max_binding);
+        buffers.extend(OwnScratch::buffers(self, grid));
+        buffers
+    }
+}
+
+impl QwenVlLayerWeights {
+    fn vit(&self) -> VitLayer<'_> {
+        VitLayer {
+            norm1: Norm::Layer(&self.ln1_w, &self.ln1_b),
+            qkv: Qkv::Fused { w: &self.qkv, b: &self.qkv_b },
+            o: &self.wo,
+            o_b: Some(&self.wo_b),
+            norm2: Norm::Layer(&self.ln2_w, &self.ln2_b),
+            ffn: Ffn::GeluTanh { up: &self.up, up_b: &self.up_b, down: &self.down, down_b: &self.down_b },
+        }
     }
 }
 
@@ -237,70 +247,58 @@ pub fn window_order(rows: u32, cols: u32, merge: u32) -> Vec<u32> {
     order
 }
 
-/// The buffers of one image's pass.
-struct Scratch {
-    step: wgpu::Buffer,
-    pixels: wgpu::Buffer,
-    patches: wgpu::Buffer,
+/// The encoder's own buffers of one image's pass, beside the blocks' ([`VitScratch`]).
+pub(super) struct OwnScratch {
     /// The table rows of the position taps (4 per patch), gathered as f32 into `pos_rows`,
     /// which `pos_taps` (rows `0..4n`) weight and sum.
     pos_ids: wgpu::Buffer,
     pos_rows: wgpu::Buffer,
     pos_taps: wgpu::Buffer,
     window_taps: wgpu::Buffer,
-    x: wgpu::Buffer,
-    h: wgpu::Buffer,
+    /// `[n][hidden]`: the second patch-embedding slice, the position embeddings, each block's
+    /// MLP output, the patches in window order.
     tmp: wgpu::Buffer,
-    qkv: wgpu::Buffer,
-    k: wgpu::Buffer,
-    v: wgpu::Buffer,
-    attn: wgpu::Buffer,
-    ffn_rows: u32,
-    up: wgpu::Buffer,
+    /// The merger's hidden layer.
     proj: wgpu::Buffer,
-    out: wgpu::Buffer,
 }
 
-impl Scratch {
-    fn new(gpu: &Gpu, c: &QwenVlConfig, image: &PixelImage, grid: PatchGrid) -> GpuResult<Scratch> {
-        if image.data.len() != 3 * image.height as usize * image.width as usize {
-            return Err(GpuError::Shape(format!(
-                "{} pixel values for a {}x{} RGB image",
-                image.data.len(),
-                image.width,
-                image.height
-            )));
-        }
+impl OwnScratch {
+    fn new(gpu: &Gpu, c: &QwenVlConfig, grid: PatchGrid) -> GpuResult<OwnScratch> {
         let (n, merged) = (grid.n_patches() as u64, grid.n_merged() as u64);
-        let f32s = |rows: u64, cols: u32| rows * cols as u64 * 4;
-        let limit = gpu.caps.max_storage_binding.min(FFN_CHUNK_BYTES);
-        let ffn_rows = (limit / f32s(1, c.n_ff)).clamp(1, n) as u32;
         let buf = |label: &str, rows: u64, cols: u32| gpu.storage(&format!("qwen_vl.{label}"), f32s(rows, cols));
         let mut pos_taps = position_taps(grid.rows, grid.cols, c.pos_side);
         let pos_ids: Vec<u32> = pos_taps.iter().map(|t| t.row).collect();
         pos_taps.iter_mut().enumerate().for_each(|(i, t)| t.row = i as u32);
         let window_taps: Vec<Tap> =
             window_order(grid.rows, grid.cols, c.merge_size).into_iter().map(|row| Tap { row, weight: 1.0 }).collect();
-        Ok(Scratch {
-            step: StepParams::create_buffer(gpu),
-            pixels: gpu.storage_with("qwen_vl.pixels", bytemuck::cast_slice(&image.data))?,
-            patches: buf("patches", n, c.patch_dim())?,
+        let s = OwnScratch {
             pos_ids: gpu.storage_with("qwen_vl.pos_ids", bytemuck::cast_slice(&pos_ids))?,
             pos_rows: buf("pos_rows", 4 * n, c.hidden)?,
             pos_taps: gpu.storage_with("qwen_vl.pos_taps", bytemuck::cast_slice(&pos_taps))?,
             window_taps: gpu.storage_with("qwen_vl.window_taps", bytemuck::cast_slice(&window_taps))?,
-            x: buf("x", n, c.hidden)?,
-            h: buf("h", n, c.hidden)?,
             tmp: buf("tmp", n, c.hidden)?,
-            qkv: buf("qkv", n, 3 * c.q_dim())?,
-            k: buf("k", n, c.q_dim())?,
-            v: buf("v", n, c.q_dim())?,
-            attn: buf("attn", n, c.q_dim())?,
-            ffn_rows,
-            up: buf("up", ffn_rows as u64, c.n_ff)?,
             proj: buf("proj", merged, c.merged_dim())?,
-            out: buf("features", merged, c.text_hidden)?,
-        })
+        };
+        let all = [&s.pos_ids, &s.pos_rows, &s.pos_taps, &s.window_taps, &s.tmp, &s.proj];
+        debug_assert_eq!(
+            all.map(wgpu::Buffer::size).iter().sum::<u64>(),
+            Self::buffers(c, grid).iter().map(|b| b.1).sum::<u64>()
+        );
+        Ok(s)
+    }
+
+    /// [`OwnScratch::new`]'s buffers, `(what, bytes)`.
+    fn buffers(c: &QwenVlConfig, grid: PatchGrid) -> [(&'static str, u64); 6] {
+        let (n, merged) = (grid.n_patches() as u64, grid.n_merged() as u64);
+        let tap = std::mem::size_of::<Tap>() as u64;
+        [
+            ("position ids", 4 * 4 * n),
+            ("position rows", f32s(4 * n, c.hidden)),
+            ("position taps", 4 * n * tap),
+            ("window taps", n * tap),
+            ("activations", f32s(n, c.hidden)),
+            ("merger activations", f32s(merged, c.merged_dim())),
+        ]
     }
 }
 

@@ -8,7 +8,7 @@ use crate::gpu::Gpu;
 use crate::kernels::quant::GpuWeight;
 use crate::source::{check_dims, LoadError, LoadQuant, WeightLoader};
 
-use super::config::QwenVlConfig;
+use super::config::{QwenVlConfig, POSITION_EMBD};
 
 /// One pre-LayerNorm encoder block (`v.blk.N.*`), every linear with a bias.
 pub struct QwenVlLayerWeights {
@@ -49,13 +49,6 @@ pub struct QwenVlWeights {
     pub mm_2_b: wgpu::Buffer,
 }
 
-/// Rows of `v.position_embd.weight` (GGUF dims `[hidden, n_pos]`), for the config.
-pub fn position_rows(src: &dyn WeightLoader) -> Result<u64, LoadError> {
-    let name = "v.position_embd.weight";
-    let info = src.tensor_info(name).ok_or_else(|| LoadError::Missing(name.into()))?;
-    Ok(info.dims.get(1).copied().unwrap_or(1))
-}
-
 impl QwenVlWeights {
     /// Loads through `src`, block and merger matrices requantized to `quant` (the patch
     /// embedding keeps its type).
@@ -70,8 +63,8 @@ impl QwenVlWeights {
         };
         let patch_embd = [slice(src, "v.patch_embd.weight")?, slice(src, "v.patch_embd.weight.1")?];
         let n_pos = cfg.pos_side * cfg.pos_side;
-        check_dims("v.position_embd.weight", src.tensor_info("v.position_embd.weight"), &[d as u64, n_pos as u64])?;
-        let pos_embd = src.reshaped(gpu, "v.position_embd.weight", n_pos, d)?;
+        check_dims(POSITION_EMBD, src.tensor_info(POSITION_EMBD), &[d as u64, n_pos as u64])?;
+        let pos_embd = src.reshaped(gpu, POSITION_EMBD, n_pos, d)?;
         let mut layers = Vec::with_capacity(cfg.n_layer as usize);
         for i in 0..cfg.n_layer {
             let name = |s: &str| format!("v.blk.{i}.{s}");
