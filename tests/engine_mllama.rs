@@ -10,7 +10,7 @@ mod common;
 use common::*;
 use serde_json::Value;
 use webvlm::chat::{ChatContent, ChatMessage, ContentPart};
-use webvlm::engine::{Engine, EngineError, GenerateOptions, Prompt};
+use webvlm::engine::{Engine, EngineError, GenerateOptions, Prompt, Vision};
 use webvlm::gguf::TensorInfo;
 use webvlm::model::{ContextOptions, MemoryPlan, ModelHeaders, PlanLimits, PlanOptions, Precision};
 use webvlm::source::hf::HfModel;
@@ -59,7 +59,7 @@ fn text_cases_match_transformers() {
     for folder in FOLDERS {
         for (precision, tol) in [(Precision::F32, 1e-4), (Precision::default(), 1e-3)] {
             let mut e = engine(folder, precision);
-            assert!(e.cross_vision().is_some() && e.has_vision());
+            assert!(e.vision().and_then(Vision::cross).is_some() && e.has_vision());
             for case in cases(folder)["cases"].as_array().unwrap() {
                 let name = format!("{folder} {} {precision:?}", case["name"]);
                 let prompt = text_prompt(&mut e, folder, case);
@@ -205,7 +205,7 @@ fn the_fallback_template_places_the_image_token() {
             std::fs::read(url).map_err(|err| EngineError::BadImageUrl(err.to_string()))
         })
         .unwrap();
-    let image_token = e.cross_vision().unwrap().image_token;
+    let image_token = e.vision().and_then(Vision::cross).unwrap().image_token;
     assert_eq!(prompt.images.len(), 1);
     assert_eq!(prompt.tokens.iter().filter(|&&t| t == image_token).count(), 1, "{:?}", prompt.tokens);
 }
@@ -238,7 +238,7 @@ fn memory_plan_matches_the_loaded_buffers() {
             .hf_text(hf.text_files())
             .load(&mut Requantize { inner: &mut eager, quant })
             .unwrap();
-        let vision = e.cross_vision().unwrap().encoder.weights.bytes_on_gpu();
+        let vision = e.vision().unwrap().weight_bytes();
         assert_eq!(plan.text_weights, e.decoder().weight_bytes(), "{name}: text weights");
         assert_eq!(plan.vision_weights, vision, "{name}: vision weights");
         assert_eq!(plan.state, e.context().state_bytes(), "{name}: KV cache");

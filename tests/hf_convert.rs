@@ -14,7 +14,7 @@ use std::rc::Rc;
 use common::{fixture, gpu, run_cli, temp_path};
 use serde_json::Value;
 use webvlm::chat::ChatMessage;
-use webvlm::engine::{Engine, Prompt, RepoLoad};
+use webvlm::engine::{Engine, Prompt, RepoLoad, Vision};
 use webvlm::gguf::{parse_header, GgufHeaderParser, MappedGguf};
 use webvlm::model::{ContextOptions, Precision};
 use webvlm::source::{Eager, GgufBytes, LoadQuant, TensorSource};
@@ -122,7 +122,7 @@ fn the_converted_mllama_answers_about_images_as_the_stream() {
         let all = cases(&folder);
         let (mut streamed, bytes) = convert(&folder, LoadQuant::Q8_0);
         let mut loaded = load_gguf(bytes);
-        assert!(loaded.cross_vision().is_some(), "the vision encoder is in the file");
+        assert!(loaded.vision().and_then(Vision::cross).is_some(), "the vision encoder is in the file");
         for case in all["cases"].as_array().unwrap().iter().filter(|c| !c["images"].as_array().unwrap().is_empty()) {
             let prompt = |e: &mut Engine| {
                 let tokens = e.text_tokens(case["text"].as_str().unwrap()).unwrap();

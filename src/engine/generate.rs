@@ -288,8 +288,8 @@ impl Engine {
             }),
         };
         let start = Instant::now();
-        if let Some(cross) = self.cross_vision.as_mut() {
-            cross.prepare(&self.gpu, &self.decoder, &mut self.ctx, &mut self.prompt_cache, prompt)?;
+        if let Some(vision) = self.vision.as_mut() {
+            vision.prepare(&self.gpu, &self.decoder, &mut self.ctx, &mut self.prompt_cache, prompt)?;
         }
         let keys = PromptCache::keys(prompt, self.prompt_layout().ok().map(|l| l.fill()));
         let cached = self.prompt_cache.reuse(&self.gpu, &mut self.ctx, &keys)?;

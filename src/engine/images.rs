@@ -106,8 +106,8 @@ impl ImageCache {
     }
 
     /// The cached features of `bytes` preprocessed with `opts` by an encoder whose own
-    /// settings are `encoder` ([`crate::model::VisionEncoder::preprocess_key`]), or those
-    /// `encode` makes (preprocessing and encoding the image).
+    /// settings are `encoder` ([`super::Vision::preprocess_key`]), or those `encode` makes
+    /// (preprocessing and encoding the image).
     pub fn get_or_encode(
         &mut self,
         bytes: &[u8],

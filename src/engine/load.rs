@@ -1,15 +1,17 @@
 //! Loading an engine: [`Engine::builder`] then [`EngineBuilder::load`], the one way the CLI,
 //! the server, the browser and the tests build one; [`Engine::add_vision`] for an mmproj that
-//! streams in after the text model.
+//! streams in after the text model. Either vision encoder, an mmproj's or the one an Mllama
+//! folder holds, becomes the engine's [`Vision`] the same way.
 
 use std::sync::Arc;
 
-use super::{CrossVision, Engine, EngineError, ImageCache, PromptCache, SamplingPreset};
+use super::{CrossVision, Engine, EngineError, ImageCache, PromptCache, SamplingPreset, Vision};
 use super::{DEFAULT_PROMPT_CACHE_BYTES, IMAGE_CACHE_BYTES};
 use crate::chat::ChatTemplate;
 use crate::gpu::Gpu;
 use crate::image::PreprocessOptions;
 use crate::kernels::matmul::MatmulCompute;
+use crate::model::vision::projector_type;
 use crate::model::{Context, ContextOptions, Decoder, ModelError, VisionEncoder};
 use crate::source::hf::HfTextFiles;
 use crate::source::{LoadQuant, WeightLoader};
@@ -84,21 +86,36 @@ impl Engine {
     /// `quant`; f16 matmuls when the context asked for reduced precision and the adapter has
     /// `shader-f16`. [`EngineBuilder::vision`] cannot serve the browser, whose mmproj streams
     /// in after the text model: the engine must exist to take the text weights as they
-    /// arrive, before the mmproj's header does.
+    /// arrive, before the mmproj's header does. A model with its own encoder (Mllama) takes
+    /// no mmproj.
     pub fn add_vision(&mut self, mmproj: &mut dyn WeightLoader, quant: LoadQuant) -> Result<(), EngineError> {
         let layout =
             VisionEncoder::prompt_layout_of(mmproj.metadata(), &|name| self.vocab_id(name))?.ok_or(EngineError::NoImageTokens)?;
-        let mut vision = VisionEncoder::load_from(&self.gpu, mmproj, quant)?;
+        if let Some(Vision::Cross(_)) = self.vision {
+            let projector = projector_type(mmproj.metadata())?;
+            return Err(ModelError::UnsupportedProjector { projector, supported: "none, the model has its own encoder" }.into());
+        }
+        let encoder = VisionEncoder::load_from(&self.gpu, mmproj, quant)?;
+        self.set_vision(Vision::Placed { encoder: Box::new(encoder), layout });
+        Ok(())
+    }
+
+    /// Makes `vision` the engine's encoder: f16 matmuls when the context asked for reduced
+    /// precision and the adapter has `shader-f16`, the default edge within the encoder's, the
+    /// template's image placeholder its image tokens (what a template without image parts,
+    /// or the fallback template, writes per image).
+    fn set_vision(&mut self, mut vision: Vision) {
         if self.ctx.precision().compute_f16 {
             vision.set_compute(MatmulCompute::F16);
         }
         // The default edge never exceeds what this encoder was configured for.
         self.image_options.max_edge = self.image_options.max_edge.min(vision.max_image_edge());
+        let placeholder: Option<String> = vision.template_tokens().into_iter().map(|id| self.tokenizer.token_text(id)).collect();
+        if let Some(placeholder) = placeholder {
+            self.template.set_image_placeholder(placeholder);
+        }
         self.vision = Some(vision);
-        let placeholder = layout.template_tokens().into_iter().filter_map(|id| self.tokenizer.token_text(id)).collect();
-        self.template.set_image_placeholder(placeholder);
         self.image_cache.clear();
-        Ok(())
     }
 
     /// The engine on the weights of a Hugging Face folder, with the tokenizer, chat template,
@@ -115,17 +132,9 @@ impl Engine {
         let mut engine = Self::load_text(gpu, src, tokenizer, template, opts)?;
         engine.sampling_defaults = sampling_defaults;
         // Mllama folders hold the vision encoder beside the text model.
-        engine.cross_vision = match cross_preprocess {
-            Some(p) => CrossVision::load(&engine.gpu, src, LoadQuant::Keep, p)?,
-            None => None,
-        };
-        if let Some(v) = engine.cross_vision.as_mut() {
-            if engine.ctx.precision().compute_f16 {
-                v.encoder.compute = MatmulCompute::F16;
-            }
-            // A folder without a chat template: the fallback writes `<|image|>` per image.
-            if let Some(text) = engine.tokenizer.token_text(v.image_token) {
-                engine.template.set_image_placeholder(text);
+        if let Some(p) = cross_preprocess {
+            if let Some(cross) = CrossVision::load(&engine.gpu, src, LoadQuant::Keep, p)? {
+                engine.set_vision(Vision::Cross(Box::new(cross)));
             }
         }
         Ok(engine)
@@ -149,7 +158,6 @@ impl Engine {
             template,
             ctx,
             vision: None,
-            cross_vision: None,
             image_options: PreprocessOptions::default(),
             image_cache: ImageCache::new(IMAGE_CACHE_BYTES),
             prompt_cache: PromptCache::new(DEFAULT_PROMPT_CACHE_BYTES),

@@ -1,6 +1,7 @@
-//! Mllama (Llama 3.2 Vision) images in the engine: the vision encoder loaded from the same
-//! Hugging Face folder as the text model, one `<|image|>` token per image (nothing expanded),
-//! and the cross-attention states of a prompt's images handed to the context's cross store.
+//! Mllama (Llama 3.2 Vision) images in the engine ([`CrossVision`], the engine's
+//! [`super::Vision::Cross`]): the vision encoder loaded from the same Hugging Face folder as
+//! the text model, one `<|image|>` token per image (nothing expanded), and the
+//! cross-attention states of a prompt's images handed to the context's cross store.
 //!
 //! An encoded image is an [`ImageFeatures`] whose buffer holds the image's cross-attention
 //! states `[max_tiles * tile_keys][dim]` (every tile slot, as transformers returns them) and

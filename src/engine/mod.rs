@@ -1,6 +1,6 @@
-//! The engine: a model, its tokenizer and chat template, optionally a vision encoder with its
-//! image-embedding cache, one context whose KV cache doubles as the prompt cache, and the
-//! generation loop (`generate.rs`).
+//! The engine: a model, its tokenizer and chat template, optionally a vision encoder
+//! ([`Vision`]: an mmproj's, or Mllama's own) with its image-embedding cache, one context
+//! whose KV cache doubles as the prompt cache, and the generation loop (`generate.rs`).
 
 mod defaults;
 mod generate;
@@ -9,6 +9,7 @@ mod load;
 mod mllama;
 mod prompt_cache;
 mod repo;
+mod vision;
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ pub use mllama::CrossVision;
 use prompt_cache::PromptCache;
 pub use prompt_cache::{PromptCacheStats, DEFAULT_PROMPT_CACHE_BYTES};
 pub use repo::{RepoLoad, INDEX_JSON};
+pub use vision::Vision;
 
 use crate::chat::{ChatContent, ChatError, ChatMessage, ChatTemplate, ContentPart};
 use crate::constraint::{ConstraintError, SchemaCache};
@@ -30,7 +32,7 @@ use crate::gguf::GgufError;
 use crate::gpu::Gpu;
 use crate::image::{ImageError, PreprocessOptions, DEFAULT_MAX_EDGE};
 use crate::kernels::matmul::MatmulCompute;
-use crate::model::{Context, Decoder, ImageFeatures, ModelError, PromptImages, PromptLayout, VisionEncoder};
+use crate::model::{Context, Decoder, ImageFeatures, ModelError, PromptImages, PromptLayout};
 use crate::sampling::{ParamError, SampleError};
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
@@ -121,9 +123,8 @@ pub struct Engine {
     tokenizer: Arc<Tokenizer>,
     template: ChatTemplate,
     ctx: Context,
-    vision: Option<VisionEncoder>,
-    /// Mllama's encoder (images through cross-attention, from the model's own folder).
-    cross_vision: Option<CrossVision>,
+    /// The vision encoder: an mmproj's, or Mllama's from the model's own folder.
+    vision: Option<Vision>,
     /// Default image preprocessing settings (the longest edge sets the number of image
     /// tokens); a request may ask for fewer tokens.
     image_options: PreprocessOptions,
@@ -152,20 +153,15 @@ impl Engine {
     }
 
     fn encode_image(&mut self, bytes: &[u8], opts: &PreprocessOptions) -> Result<Rc<ImageFeatures>, EngineError> {
-        if let Some(cross) = &self.cross_vision {
-            let gpu = &self.gpu;
-            return self.image_cache.get_or_encode(bytes, opts, &cross.preprocess_key(), || cross.encode(gpu, bytes, opts));
-        }
         let (vision, gpu) = (self.vision.as_ref().ok_or(EngineError::NoVision)?, &self.gpu);
-        let encoder = vision.preprocess_key();
-        self.image_cache.get_or_encode(bytes, opts, &encoder, || Ok(vision.encode(gpu, &vision.preprocess(bytes, opts)?)?))
+        self.image_cache.get_or_encode(bytes, opts, &vision.preprocess_key(), || vision.encode(gpu, bytes, opts))
     }
 
     /// The longest image edge the model was configured for (its vision config's
     /// `image_size`; the default edge without a vision encoder): the most a request may ask
     /// for as its `max_edge`.
     pub fn max_image_edge(&self) -> u32 {
-        self.vision.as_ref().map_or(DEFAULT_MAX_EDGE, VisionEncoder::max_image_edge)
+        self.vision.as_ref().map_or(DEFAULT_MAX_EDGE, Vision::max_image_edge)
     }
 
     /// The GPU the model lives on.
@@ -209,28 +205,20 @@ impl Engine {
         &self.template
     }
 
-    /// The vision encoder, when an mmproj was loaded.
-    pub fn vision(&self) -> Option<&VisionEncoder> {
+    /// The vision encoder: an mmproj's when one was loaded, or the one a model's folder
+    /// holds (Mllama's).
+    pub fn vision(&self) -> Option<&Vision> {
         self.vision.as_ref()
-    }
-
-    /// Mllama's vision encoder, for a model whose folder holds one.
-    pub fn cross_vision(&self) -> Option<&CrossVision> {
-        self.cross_vision.as_ref()
     }
 
     /// Whether images can be given (an mmproj, or a model with its own encoder).
     pub fn has_vision(&self) -> bool {
-        self.vision.is_some() || self.cross_vision.is_some()
+        self.vision.is_some()
     }
 
     /// Sets the vision encoder's matmul precision (f16 needs `shader-f16`).
     pub fn set_vision_compute(&mut self, compute: MatmulCompute) -> Result<(), EngineError> {
-        match (self.vision.as_mut(), self.cross_vision.as_mut()) {
-            (Some(v), _) => v.set_compute(compute),
-            (None, Some(v)) => v.encoder.compute = compute,
-            (None, None) => return Err(EngineError::NoVision),
-        }
+        self.vision.as_mut().ok_or(EngineError::NoVision)?.set_compute(compute);
         self.image_cache.clear();
         self.prompt_cache.clear_all();
         Ok(())
@@ -298,10 +286,10 @@ impl Engine {
         &self.image_cache
     }
 
-    /// How the vision encoder's images appear in prompts (its token ids in this vocabulary).
+    /// How the vision encoder's images appear in prompts (its token ids in this vocabulary);
+    /// [`EngineError::NoVision`] without one or for Mllama's, whose images are not expanded.
     pub fn prompt_layout(&self) -> Result<PromptLayout, EngineError> {
-        let vision = self.vision.as_ref().ok_or(EngineError::NoVision)?;
-        vision.prompt_layout(&|name| self.vocab_id(name)).ok_or(EngineError::NoImageTokens)
+        self.vision.as_ref().and_then(Vision::layout).copied().ok_or(EngineError::NoVision)
     }
 
     /// Prompt ids of a chat rendered with the model's template (special tokens parsed), with
@@ -357,44 +345,32 @@ impl Engine {
                 files.push(bytes);
             }
         }
-        let tokens = self.chat_tokens(messages, kwargs)?;
-        if let Some(cross) = &self.cross_vision {
-            let tokens = cross.with_bos(tokens, self.tokenizer.bos_id());
-            cross.check_count(&tokens, files.len())?;
-            let max_ctx = self.ctx.max_ctx() as usize;
-            if tokens.len() >= max_ctx {
-                return Err(EngineError::PromptTooLong { tokens: tokens.len(), max_ctx });
+        let mut tokens = self.chat_tokens(messages, kwargs)?;
+        let len = match &self.vision {
+            Some(vision) => {
+                tokens = vision.chat_tokens(tokens, self.tokenizer.bos_id());
+                vision.prompt_len(&tokens, &files, opts)?
             }
-            let images = files.iter().map(|bytes| self.image_features(bytes, Some(opts))).collect::<Result<Vec<_>, _>>()?;
-            return Ok(Prompt { tokens, images });
-        }
-        if !files.is_empty() {
-            let vision = self.vision.as_ref().ok_or(EngineError::NoVision)?;
-            let grids = files
-                .iter()
-                .map(|bytes| vision.preprocessed_size(bytes, opts).map(|(h, w)| vision.feature_grid(h, w)))
-                .collect::<Result<Vec<_>, _>>()?;
-            let len = expanded_len(&self.prompt_layout()?, &tokens, &grids)?;
-            let max_ctx = self.ctx.max_ctx() as usize;
-            if len >= max_ctx {
-                return Err(EngineError::PromptTooLong { tokens: len, max_ctx });
-            }
+            None if files.is_empty() => None,
+            None => return Err(EngineError::NoVision),
+        };
+        let max_ctx = self.ctx.max_ctx() as usize;
+        if let Some(len) = len.filter(|&len| len >= max_ctx) {
+            return Err(EngineError::PromptTooLong { tokens: len, max_ctx });
         }
         let images = files.iter().map(|bytes| self.image_features(bytes, Some(opts))).collect::<Result<Vec<_>, _>>()?;
         self.prompt_with_images(&tokens, images)
     }
 
-    /// A [`Prompt`] from ids holding one `[IMG]` placeholder per image.
-    /// Mllama: ids holding one `<|image|>` per image, kept as they are.
+    /// A [`Prompt`] from ids holding one image placeholder (`[IMG]`, ...) per image, each
+    /// expanded to its image's layout. Mllama: ids holding one `<|image|>` per image, kept
+    /// as they are.
     pub fn prompt_with_images(&self, tokens: &[u32], images: Vec<Rc<ImageFeatures>>) -> Result<Prompt, EngineError> {
-        if let Some(cross) = &self.cross_vision {
-            cross.check_count(tokens, images.len())?;
-            return Ok(Prompt { tokens: tokens.to_vec(), images });
+        match &self.vision {
+            Some(vision) => vision.prompt(tokens, images),
+            None if images.is_empty() => Ok(Prompt { tokens: tokens.to_vec(), images }),
+            None => Err(EngineError::NoVision),
         }
-        if images.is_empty() {
-            return Ok(Prompt { tokens: tokens.to_vec(), images });
-        }
-        Ok(Prompt { tokens: expand(&self.prompt_layout()?, tokens, &images)?, images })
     }
 
     /// The sampling settings the model is published with (its `generation_config.json`, or a
@@ -426,27 +402,26 @@ impl Engine {
         let images = self.placement(prompt)?;
         self.ctx.reset();
         self.prompt_cache.clear();
-        if let Some(cross) = self.cross_vision.as_mut() {
-            cross.forget();
-            cross.prepare(&self.gpu, &self.decoder, &mut self.ctx, &mut self.prompt_cache, prompt)?;
+        if let Some(vision) = self.vision.as_mut() {
+            vision.forget();
+            vision.prepare(&self.gpu, &self.decoder, &mut self.ctx, &mut self.prompt_cache, prompt)?;
         }
         Ok(self.ctx.logits_with_images(&self.gpu, &self.decoder, &prompt.tokens, images.as_ref()).await?)
     }
 
     /// Where the prompt's image features go, if it has images.
     fn placement<'a>(&self, prompt: &'a Prompt) -> Result<Option<PromptImages<'a>>, EngineError> {
-        // Mllama's images go to the cross-attention store ([`CrossVision::prepare`]).
-        if prompt.images.is_empty() || self.cross_vision.is_some() {
+        if prompt.images.is_empty() {
             return Ok(None);
         }
-        Ok(Some(PromptImages { token: self.prompt_layout()?.fill(), images: &prompt.images }))
+        Ok(self.vision.as_ref().ok_or(EngineError::NoVision)?.placement(&prompt.images))
     }
 
     /// Prompt ids of plain text (BOS added as the vocabulary asks; Mllama: as its processor
     /// does, after any leading `<|image|>` tokens).
     pub fn text_tokens(&self, text: &str) -> Result<Vec<u32>, EngineError> {
-        match &self.cross_vision {
-            Some(cross) => Ok(cross.with_bos(self.tokenizer.encode(text, false)?, self.tokenizer.bos_id())),
+        match &self.vision {
+            Some(vision) => vision.text_tokens(&self.tokenizer, text),
             None => Ok(self.tokenizer.encode(text, true)?),
         }
     }

@@ -16,7 +16,7 @@ use std::rc::Rc;
 use wasm_bindgen::prelude::*;
 
 use crate::api::ChatRequest;
-use crate::engine::{Engine, Prompt, RepoLoad, Wait, DEFAULT_PROMPT_CACHE_BYTES};
+use crate::engine::{Engine, Prompt, RepoLoad, Vision, Wait, DEFAULT_PROMPT_CACHE_BYTES};
 use crate::error::Classify;
 use crate::gpu::{BufferRegistry, Gpu, GpuOptions};
 use crate::model::{ContextOptions, MemoryBudget, Precision};
@@ -292,7 +292,7 @@ impl WebEngine {
             None => vision_stream(inner.vision_sha256)?,
         };
         let stream = inner.vision.insert(stream);
-        let loaded = engine.vision().is_some();
+        let loaded = engine.vision().and_then(Vision::placed).is_some();
         stream.push(engine.gpu(), chunk).map_err(js)?;
         if !loaded && stream.header().is_some() {
             engine.add_vision(stream, inner.vision_quant).map_err(js)?;
@@ -322,9 +322,9 @@ impl WebEngine {
             "hidden": c.n_embd,
             "vocab": c.vocab,
             "vision": e.has_vision(),
-            "weightBytes": e.decoder().weight_bytes() + e.vision().map_or(0, |v| v.weight_bytes()),
+            "weightBytes": e.decoder().weight_bytes() + e.vision().map_or(0, Vision::weight_bytes),
             "maxContext": e.max_context(),
-            "maxImageEdge": e.vision().map(|v| v.max_image_edge()),
+            "maxImageEdge": e.vision().map(Vision::max_image_edge),
             "promptCacheBytes": e.prompt_cache_stats().budget_bytes,
             "adapter": describe(e.gpu()),
         });

@@ -143,19 +143,8 @@ fn text_prompt(
     }
     let images = image_features(engine, files)?;
     let mut tokens = engine.text_tokens(text)?;
-    if let Some(cross) = engine.cross_vision() {
-        // Mllama: the images before the text, then `<|begin_of_text|>`, as its processor does.
-        if !images.is_empty() && !tokens.contains(&cross.image_token) {
-            let bos = engine.tokenizer().bos_id();
-            let text = tokens.iter().skip_while(|&&t| Some(t) == bos).copied();
-            tokens = cross.with_bos(std::iter::repeat_n(cross.image_token, images.len()).chain(text).collect(), bos);
-        }
-        return engine.prompt_with_images(&tokens, images);
-    }
-    if !images.is_empty() && !tokens.contains(&engine.prompt_layout()?.placeholder()) {
-        let at = engine.tokenizer().bos_id().filter(|&b| tokens.first() == Some(&b)).map_or(0, |_| 1);
-        let img = engine.prompt_layout()?.placeholder();
-        tokens.splice(at..at, std::iter::repeat_n(img, images.len()));
+    if let Some(vision) = engine.vision() {
+        tokens = vision.with_leading_images(tokens, images.len(), engine.tokenizer().bos_id());
     }
     engine.prompt_with_images(&tokens, images)
 }

@@ -3,6 +3,9 @@
 //! [`PromptImages`] places those rows at the prompt's image-token positions. Each encoder
 //! reads its own mmproj config and weights; the engine owns preprocessing settings and the
 //! expansion of the chat template's image placeholder into the encoder's token layout.
+//! Mllama's encoder ([`mllama`]), whose states a decoder reads through cross-attention
+//! rather than at token positions, is not one of them: the engine holds either kind as its
+//! one `engine::Vision`.
 
 mod features;
 mod layout;
