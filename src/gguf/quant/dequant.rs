@@ -129,10 +129,13 @@ fn block_q6_k(b: &[u8], y: &mut [f32]) {
     }
 }
 
-/// Dequantizes `bytes` (whole blocks of `ty`) into `out`, whose length is the element
-/// count. Errors for types without a CPU path and for mismatched sizes.
-pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), GgufError> {
-    let block: fn(&[u8], &mut [f32]) = match ty {
+/// Dequantizes one block's bytes into its values.
+pub type BlockDequantizer = fn(&[u8], &mut [f32]);
+
+/// The dequantizer of one block of `ty` (`ty.type_size()` bytes to `ty.block_size()` values),
+/// for the types with a CPU path.
+pub fn block_dequantizer(ty: GgmlType) -> Option<BlockDequantizer> {
+    Some(match ty {
         GgmlType::F32 => |b, y| y[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
         GgmlType::F16 => |b, y| y[0] = f16_at(b, 0),
         GgmlType::BF16 => |b, y| y[0] = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16),
@@ -142,8 +145,14 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), Ggu
         GgmlType::Q4_K => block_q4_k,
         GgmlType::Q5_K => block_q5_k,
         GgmlType::Q6_K => block_q6_k,
-        _ => return Err(GgufError::UnsupportedType(ty)),
-    };
+        _ => return None,
+    })
+}
+
+/// Dequantizes `bytes` (whole blocks of `ty`) into `out`, whose length is the element
+/// count. Errors for types without a CPU path and for mismatched sizes.
+pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), GgufError> {
+    let block = block_dequantizer(ty).ok_or(GgufError::UnsupportedType(ty))?;
     let (bs, ts) = (ty.block_size(), ty.type_size());
     if !out.len().is_multiple_of(bs) || bytes.len() != out.len() / bs * ts {
         return Err(GgufError::SizeMismatch { ty, bytes: bytes.len(), elements: out.len() });

@@ -12,7 +12,7 @@ mod quantize;
 mod quantize_k;
 mod random;
 
-pub use dequant::{dequantize, dequantize_to_vec, scale_min_k4};
+pub use dequant::{block_dequantizer, dequantize, dequantize_to_vec, scale_min_k4, BlockDequantizer};
 pub use quantize::{quantize_q4_0, quantize_q4_1, quantize_q8_0};
 pub use quantize_k::quantize_q4_k;
 pub use random::{random_blocks, SplitMix64};

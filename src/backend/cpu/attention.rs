@@ -1,0 +1,138 @@
+//! Scaled dot-product attention over a KV cache, with grouped-query heads (query head `h`
+//! reads KV head `h / (n_head / n_kv_head)`), causal (text: new token `t` at cache row
+//! `kv_start + t` sees rows `0..=kv_start + t`) or not (vision: every row sees all
+//! `kv_start + n_tok` keys), and Mllama's `valid_rows` padding mask, as
+//! [`kernels::attention`](crate::kernels::attention) and its
+//! [`attention_ref`](crate::kernels::attention::attention_ref); layouts are the GPU kernels'
+//! (q `[n_tok][q_stride]` with head h at `q_offset + h*head_dim`, caches
+//! `[rows][n_kv_head*head_dim]`, out `[n_tok][n_head*head_dim]`), f32 caches only.
+//!
+//! Each (query row, head) is one pool task that walks its keys once, in blocks of [`BLOCK`],
+//! with the online softmax of FlashAttention (Dao et al. 2022; Milakov & Gimelshein 2018;
+//! ggml-cpu `ggml_compute_forward_flash_attn_ext_f16`): a running maximum `m`, denominator `l`
+//! and f32 output accumulator, rescaled by `exp(m_old - m_new)` when a block raises the
+//! maximum. Decode is the same with one row.
+
+use super::ops::{check_len, check_min_len, for_each_chunk, invalid, ShapeError};
+use super::pool::ThreadPool;
+use crate::kernels::attention::{AttnShape, KvDtype};
+
+/// Keys per block: scores of a block are computed first, then the maximum is updated once.
+pub const BLOCK: usize = 32;
+const LANES: usize = 8;
+
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for ((s, x), y) in acc.iter_mut().zip(x).zip(y) {
+            *s += x * y;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Checks the shape and the slices for `n_tok` rows; returns the query heads per KV head.
+fn check(
+    s: &AttnShape,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: &[f32],
+    n_tok: usize,
+    kv_start: usize,
+) -> Result<usize, ShapeError> {
+    const OP: &str = "attention";
+    let (n_head, n_kv, hd) = (s.n_head as usize, s.n_kv_head as usize, s.head_dim as usize);
+    if hd == 0 || n_kv == 0 || !n_head.is_multiple_of(n_kv) {
+        return Err(invalid(OP, format!("{n_head} heads, {n_kv} KV heads of {hd}")));
+    }
+    if s.kv != KvDtype::F32 {
+        return Err(invalid(OP, format!("{:?} caches (the CPU caches are f32)", s.kv)));
+    }
+    let q_row = s.q_offset as usize + n_head * hd;
+    if n_tok > 1 && q_row > s.q_stride as usize {
+        return Err(invalid(OP, format!("q heads span {q_row} elements of rows of {}", s.q_stride)));
+    }
+    let q_span = if n_tok == 0 { 0 } else { (n_tok - 1) * s.q_stride as usize + q_row };
+    check_min_len(OP, "q", q.len(), q_span)?;
+    let kv_len = (kv_start + n_tok) * n_kv * hd;
+    check_min_len(OP, "k_cache", k.len(), kv_len)?;
+    check_min_len(OP, "v_cache", v.len(), kv_len)?;
+    check_len(OP, "out", out.len(), n_tok * n_head * hd)?;
+    Ok(n_head / n_kv)
+}
+
+/// Attention of the `n_tok` query rows in `q` (new tokens at cache rows `kv_start..`) against
+/// `k_cache` / `v_cache`, which already hold those rows, into `out` `[n_tok][n_head*head_dim]`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_prefill(
+    pool: &ThreadPool,
+    shape: &AttnShape,
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    out: &mut [f32],
+    n_tok: usize,
+    kv_start: usize,
+) -> Result<(), ShapeError> {
+    let group = check(shape, q, k_cache, v_cache, out, n_tok, kv_start)?;
+    let (n_head, hd) = (shape.n_head as usize, shape.head_dim as usize);
+    let kvs = shape.n_kv_head as usize * hd;
+    let valid = shape.valid_rows as usize;
+    for_each_chunk(pool, out, hd, |task, acc| {
+        let (t, h) = (task / n_head, task % n_head);
+        let mut n_keys = if shape.causal { kv_start + t + 1 } else { kv_start + n_tok };
+        if t >= valid {
+            n_keys = n_keys.min(valid);
+        }
+        let qr = &q[t * shape.q_stride as usize + shape.q_offset as usize + h * hd..][..hd];
+        let col = (h / group) * hd;
+        let (k, v) = (&k_cache[col..], &v_cache[col..]);
+        acc.fill(0.0);
+        let (mut m, mut l) = (f32::NEG_INFINITY, 0f32);
+        let mut scores = [0f32; BLOCK];
+        for k0 in (0..n_keys).step_by(BLOCK) {
+            let s = &mut scores[..BLOCK.min(n_keys - k0)];
+            let mut block_max = f32::NEG_INFINITY;
+            for (j, s) in s.iter_mut().enumerate() {
+                *s = dot(qr, &k[(k0 + j) * kvs..][..hd]) * shape.scale;
+                block_max = block_max.max(*s);
+            }
+            if block_max > m {
+                // exp(-inf) = 0 on the first block, where acc and l are still 0.
+                let corr = (m - block_max).exp();
+                l *= corr;
+                acc.iter_mut().for_each(|a| *a *= corr);
+                m = block_max;
+            }
+            for (j, &s) in s.iter().enumerate() {
+                let p = (s - m).exp();
+                l += p;
+                for (a, &vv) in acc.iter_mut().zip(&v[(k0 + j) * kvs..][..hd]) {
+                    *a += p * vv;
+                }
+            }
+        }
+        if l > 0.0 {
+            let inv = 1.0 / l;
+            acc.iter_mut().for_each(|a| *a *= inv);
+        }
+    });
+    Ok(())
+}
+
+/// [`attention_prefill`] of one query row (decode) at cache row `kv_start`.
+pub fn attention_decode(
+    pool: &ThreadPool,
+    shape: &AttnShape,
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    out: &mut [f32],
+    kv_start: usize,
+) -> Result<(), ShapeError> {
+    attention_prefill(pool, shape, q, k_cache, v_cache, out, 1, kv_start)
+}

@@ -1,0 +1,152 @@
+//! Measures the CPU backend's building blocks on this machine: the pool's per-op overhead
+//! (empty tasks, one per thread; back to back, and after an idle gap that puts the workers to
+//! sleep), matvec throughput per weight format and mode in GB/s of weight bytes (one token,
+//! matrices larger than the caches so the rows stream from memory, as in decode), and the
+//! copy bandwidth of a buffer of the same size (STREAM's "copy", McCalpin 1995, split over
+//! the threads as matvec is) that matvec is reported as a fraction of.
+
+use std::fmt::Write;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use web_time::Instant;
+
+use super::matvec::{matvec, MatvecError, Mode, Weight};
+use super::pool::{PoolError, ThreadPool};
+use super::simd::{self, Simd};
+use crate::gguf::quant::random_blocks;
+use crate::gguf::GgmlType;
+
+/// A benchmark that could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    #[error(transparent)]
+    Matvec(#[from] MatvecError),
+}
+
+/// What to measure, and how long.
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    /// Weight bytes of each matrix (whole rows of `cols`), also the copied buffer's size.
+    pub bytes: usize,
+    pub cols: usize,
+    pub threads: Vec<usize>,
+    /// Each figure is the fastest of the repetitions in this long (after one warm-up run).
+    pub min_time: Duration,
+    /// Back-to-back runs behind the pool figure.
+    pub pool_runs: usize,
+}
+
+impl Default for BenchConfig {
+    /// 512 MiB matrices of 4096 columns (more than the 480 MiB L3 of the machine this was
+    /// written on), 1 and 2 threads: about fifteen seconds.
+    fn default() -> BenchConfig {
+        BenchConfig { bytes: 512 << 20, cols: 4096, threads: vec![1, 2], min_time: Duration::from_millis(100), pool_runs: 20_000 }
+    }
+}
+
+impl BenchConfig {
+    /// A few milliseconds: exercises every path, measures nothing meaningful.
+    pub fn tiny() -> BenchConfig {
+        BenchConfig { bytes: 64 << 10, cols: 512, threads: vec![1, 2], min_time: Duration::ZERO, pool_runs: 10 }
+    }
+}
+
+/// Seconds per call of `f`: the fastest of the calls in `min_time` after a warm-up call (the
+/// mean would count other processes' time slices on a shared machine).
+fn seconds(min_time: Duration, mut f: impl FnMut() -> Result<(), BenchError>) -> Result<f64, BenchError> {
+    f()?;
+    let (start, mut best) = (Instant::now(), f64::MAX);
+    while best == f64::MAX || start.elapsed() < min_time {
+        let t = Instant::now();
+        f()?;
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok(best)
+}
+
+/// Microseconds per empty op, back to back and after 1 ms idle.
+fn pool_overhead(pool: &ThreadPool, runs: usize) -> (f64, f64) {
+    let empty = |_: usize| {};
+    let start = Instant::now();
+    for _ in 0..runs {
+        pool.run(pool.threads(), &empty);
+    }
+    let hot = start.elapsed().as_secs_f64() * 1e6 / runs as f64;
+    let mut idle = Duration::ZERO;
+    for _ in 0..runs.min(20) {
+        std::thread::sleep(Duration::from_millis(1));
+        let start = Instant::now();
+        pool.run(pool.threads(), &empty);
+        idle += start.elapsed();
+    }
+    (hot, idle.as_secs_f64() * 1e6 / runs.min(20) as f64)
+}
+
+/// GB/s copied (each byte read once, written once) of `bytes`, split over the pool.
+fn copy_bandwidth(pool: &ThreadPool, bytes: usize, min_time: Duration) -> Result<f64, BenchError> {
+    let src = vec![1u8; bytes];
+    let mut dst = vec![0u8; bytes];
+    let part = bytes.div_ceil(pool.threads()).max(1);
+    let parts: Vec<Mutex<&mut [u8]>> = dst.chunks_mut(part).map(Mutex::new).collect();
+    let secs = seconds(min_time, || {
+        pool.run(parts.len(), &|i| {
+            let mut d = parts[i].lock().unwrap_or_else(PoisonError::into_inner);
+            let n = d.len();
+            d.copy_from_slice(&src[i * part..i * part + n]);
+        });
+        Ok(())
+    })?;
+    Ok(bytes as f64 / secs / 1e9)
+}
+
+/// Runs the benchmark and formats its figures as a few lines of text.
+pub fn report(cfg: &BenchConfig) -> Result<String, BenchError> {
+    let pools = cfg.threads.iter().map(|&t| ThreadPool::new(t)).collect::<Result<Vec<_>, _>>()?;
+    let levels: Vec<String> = Simd::available().iter().map(Simd::to_string).collect();
+    let mut out = format!(
+        "CPU backend on {} (this machine: {}), {} MiB matrices of {} columns\n",
+        simd::level(),
+        levels.join(", "),
+        cfg.bytes >> 20,
+        cfg.cols
+    );
+    let mut copy = Vec::new();
+    for pool in &pools {
+        let (hot, idle) = pool_overhead(pool, cfg.pool_runs);
+        copy.push(copy_bandwidth(pool, cfg.bytes, cfg.min_time)?);
+        let t = pool.threads();
+        let _ = writeln!(out, "pool, {t} threads: {hot:.2} µs per op back to back, {idle:.1} µs after 1 ms idle");
+    }
+    let copies: Vec<String> = pools.iter().zip(&copy).map(|(p, c)| format!("{c:.1} GB/s on {} threads", p.threads())).collect();
+    let _ = writeln!(out, "copy ({} MiB): {}", cfg.bytes >> 20, copies.join(", "));
+    let _ = writeln!(out, "matvec, GB/s of weights (fraction of copy on as many threads):");
+    let mut header = String::from("format");
+    for mode in ["fast", "exact"] {
+        for pool in &pools {
+            let _ = write!(header, " | {:<11}", format!("{mode} {}t", pool.threads()));
+        }
+    }
+    let _ = writeln!(out, "{header}");
+    for ty in GgmlType::SUPPORTED {
+        let row_bytes = cfg.cols / ty.block_size() * ty.type_size();
+        // (`Weight::new` refuses columns that are not whole blocks.)
+        let rows = (cfg.bytes / row_bytes.max(1)).max(1);
+        let bytes = random_blocks(ty, rows * cfg.cols / ty.block_size(), ty.id() as u64);
+        let w = Weight::new(ty, rows, cfg.cols, &bytes)?;
+        let x: Vec<f32> = (0..cfg.cols).map(|i| ((i % 61) as f32 - 30.0) / 30.0).collect();
+        let mut y = vec![0.0; rows];
+        let _ = write!(out, "{:<6}", ty.name());
+        for mode in [Mode::Fast, Mode::Exact] {
+            for (pool, copy) in pools.iter().zip(&copy) {
+                let secs = seconds(cfg.min_time, || Ok(matvec(pool, &w, &x, &mut y, 1, mode)?))?;
+                let gbs = bytes.len() as f64 / secs / 1e9;
+                let _ = write!(out, " | {gbs:5.1} ({:.2})", gbs / copy);
+            }
+        }
+        out.push('\n');
+    }
+    Ok(out)
+}

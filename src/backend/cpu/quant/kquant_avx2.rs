@@ -1,0 +1,163 @@
+//! AVX2 + FMA + F16C row dot products of Q4_K, Q5_K and Q6_K (256-element super-blocks).
+//!
+//! Fast mode, after llama.cpp's x86 `ggml_vec_dot_q4_K_q8_K` / `q5_K_q8_K` / `q6_K_q8_K`
+//! (ggml-cpu `arch/x86/quants.c`) and candle's `quantized/avx.rs`: 32 codes (unsigned: 4, 5
+//! or 6 bits) against 32 activation codes in one `_mm256_maddubs_epi16` (at most 2·63·127 per
+//! i16 lane), then `_mm256_madd_epi16` by the sub-block scales (to i32); per super-block one
+//! horizontal integer sum and the f32 step of `scalar.rs`, so results equal the scalar path's
+//! bit for bit. Mins (Q4_K, Q5_K) and Q6_K's `-32` come from the activations' per-16 sums.
+//!
+//! Exact mode: per sub-block the codes widened to f32 and dequantized in registers
+//! (`d sc q - dmin m`, `d sc (q - 32)`), multiplied into four independent FMA accumulators.
+//!
+//! Callers pass one row of whole super-blocks and as many activation blocks (or 256 values per
+//! block), and call only on CPUs with AVX2, FMA and F16C.
+
+use std::arch::x86_64::*;
+
+use super::legacy_avx2::{f16, f16x8, fma4, sum4, widen};
+use super::scalar::{min_sum, scales_k4};
+use super::BlockQ8K;
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum_i32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+    _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 1)))
+}
+
+/// The 32 codes of sub-blocks `2j` and `2j + 1` of a Q4_K/Q5_K super-block, as bytes: low and
+/// high nibbles of `qs[32j..32j + 32]`, plus the fifth bits (bits `2j`, `2j + 1` of `qh`).
+///
+/// # Safety
+/// `qs` must point at 32 readable bytes.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn codes45(qs: *const u8, qh: Option<__m256i>, j: i32) -> [__m256i; 2] {
+    let (q, low4) = (_mm256_loadu_si256(qs.cast()), _mm256_set1_epi8(0x0F));
+    let mut out = [_mm256_and_si256(q, low4), _mm256_and_si256(_mm256_srli_epi16(q, 4), low4)];
+    if let Some(qh) = qh {
+        for (i, o) in out.iter_mut().enumerate() {
+            // Bit 2j + i of each byte to bit 4 (16-bit shifts: the bits that cross a byte are masked off).
+            let bit = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * j + i as i32)), _mm256_set1_epi8(1));
+            *o = _mm256_or_si256(*o, _mm256_slli_epi16(bit, 4));
+        }
+    }
+    out
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load_x(x: &[i8]) -> __m256i {
+    _mm256_loadu_si256(x[..32].as_ptr().cast())
+}
+
+/// Fast Q4_K (`qh_at: None`) or Q5_K (fifth bits at `qh_at`), codes at `qs_at`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q45(row: &[u8], x: &[BlockQ8K], size: usize, qs_at: usize, qh_at: Option<usize>) -> f32 {
+    let mut acc = 0.0;
+    for (b, xb) in row.chunks_exact(size).zip(x) {
+        let (scales, mins) = scales_k4(&b[4..16]);
+        let qh = qh_at.map(|at| _mm256_loadu_si256(b[at..at + 32].as_ptr().cast()));
+        let mut sumi = _mm256_setzero_si256();
+        for j in 0..4 {
+            let codes = codes45(b[qs_at + 32 * j..qs_at + 32 * j + 32].as_ptr(), qh, j as i32);
+            for (i, &q) in codes.iter().enumerate() {
+                let s = 2 * j + i;
+                let dot = _mm256_maddubs_epi16(q, load_x(&xb.qs[32 * s..]));
+                let dot = _mm256_madd_epi16(dot, _mm256_set1_epi16(scales[s] as i16));
+                sumi = _mm256_add_epi32(sumi, dot);
+            }
+        }
+        let (d, dmin) = (f16(b) * xb.d, f16(&b[2..]) * xb.d);
+        acc += d * hsum_i32(sumi) as f32 - dmin * min_sum(&mins, &xb.bsums) as f32;
+    }
+    acc
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn q4_k(row: &[u8], x: &[BlockQ8K]) -> f32 {
+    q45(row, x, 144, 16, None)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn q5_k(row: &[u8], x: &[BlockQ8K]) -> f32 {
+    q45(row, x, 176, 48, Some(16))
+}
+
+/// Codes `32q..32q + 32` (values 0..64) of a Q6_K super-block `b`: quarter `k = q % 4` of
+/// half `h = q / 4`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn codes6(b: &[u8], q: usize) -> __m256i {
+    let (h, k) = (q / 4, q % 4);
+    let ql = _mm256_loadu_si256(b[64 * h + 32 * (k & 1)..][..32].as_ptr().cast());
+    let qh = _mm256_loadu_si256(b[128 + 32 * h..][..32].as_ptr().cast());
+    let low = _mm256_and_si256(_mm256_srl_epi16(ql, _mm_cvtsi32_si128(4 * (k / 2) as i32)), _mm256_set1_epi8(0x0F));
+    let high = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * k as i32)), _mm256_set1_epi8(3));
+    _mm256_or_si256(low, _mm256_slli_epi16(high, 4))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn q6_k(row: &[u8], x: &[BlockQ8K]) -> f32 {
+    let mut acc = 0.0;
+    for (b, xb) in row.chunks_exact(210).zip(x) {
+        let sc = |g: usize| b[192 + g] as i8 as i16;
+        let mut sumi = _mm256_setzero_si256();
+        for q in 0..8 {
+            // Quarter q of the 256 codes: the first 16 in scale group 2q, the next 16 in 2q + 1.
+            let scales = _mm256_set_m128i(_mm_set1_epi16(sc(2 * q + 1)), _mm_set1_epi16(sc(2 * q)));
+            let dot = _mm256_maddubs_epi16(codes6(b, q), load_x(&xb.qs[32 * q..]));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(dot, scales));
+        }
+        let scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(b[192..208].as_ptr().cast()));
+        let offset = _mm256_madd_epi16(scales16, _mm256_loadu_si256(xb.bsums.as_ptr().cast()));
+        acc += f16(&b[208..]) * xb.d * (hsum_i32(sumi) - 32 * hsum_i32(offset)) as f32;
+    }
+    acc
+}
+
+/// Exact Q4_K / Q5_K, laid out as [`q45`] takes them.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q45_exact(row: &[u8], x: &[f32], size: usize, qs_at: usize, qh_at: Option<usize>) -> f32 {
+    let mut acc = [_mm256_setzero_ps(); 4];
+    for (b, xs) in row.chunks_exact(size).zip(x.chunks_exact(256)) {
+        let (scales, mins) = scales_k4(&b[4..16]);
+        let (d, dmin) = (f16x8(b), f16x8(&b[2..]));
+        let qh = qh_at.map(|at| _mm256_loadu_si256(b[at..at + 32].as_ptr().cast()));
+        for j in 0..4 {
+            let codes = codes45(b[qs_at + 32 * j..qs_at + 32 * j + 32].as_ptr(), qh, j as i32);
+            for (i, &q) in codes.iter().enumerate() {
+                let s = 2 * j + i;
+                let a = _mm256_mul_ps(d, _mm256_set1_ps(scales[s] as f32));
+                let m = _mm256_mul_ps(dmin, _mm256_set1_ps(mins[s] as f32));
+                fma4(&mut acc, widen(q, false).map(|q| _mm256_fmsub_ps(a, q, m)), &xs[32 * s..]);
+            }
+        }
+    }
+    sum4(acc)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn q4_k_exact(row: &[u8], x: &[f32]) -> f32 {
+    q45_exact(row, x, 144, 16, None)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn q5_k_exact(row: &[u8], x: &[f32]) -> f32 {
+    q45_exact(row, x, 176, 48, Some(16))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn q6_k_exact(row: &[u8], x: &[f32]) -> f32 {
+    let mut acc = [_mm256_setzero_ps(); 4];
+    for (b, xs) in row.chunks_exact(210).zip(x.chunks_exact(256)) {
+        let d = f16x8(&b[208..]);
+        for q in 0..8 {
+            let c = widen(_mm256_sub_epi8(codes6(b, q), _mm256_set1_epi8(32)), true);
+            // Scale groups 2q (first 16 codes) and 2q + 1.
+            let sc = |g: usize| _mm256_mul_ps(d, _mm256_set1_ps(b[192 + g] as i8 as f32));
+            let (d0, d1) = (sc(2 * q), sc(2 * q + 1));
+            let w = [_mm256_mul_ps(d0, c[0]), _mm256_mul_ps(d0, c[1]), _mm256_mul_ps(d1, c[2]), _mm256_mul_ps(d1, c[3])];
+            fma4(&mut acc, w, &xs[32 * q..]);
+        }
+    }
+    sum4(acc)
+}

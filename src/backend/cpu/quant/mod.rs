@@ -1,0 +1,114 @@
+//! Row dot products of GGUF weight rows, read in their block layout straight from bytes
+//! (layouts in `gguf/quant/dequant.rs`), for every format the GPU path takes, in two modes:
+//! - fast: activations quantized once per op to 8 bits per block ([`BlockQ8`] for Q4_0,
+//!   Q4_1, Q8_0; [`BlockQ8K`] for the K-quants) and integer dot products, as llama.cpp's CPU
+//!   backend does (`scalar.rs`, `legacy_avx2.rs`, `kquant_avx2.rs`);
+//! - exact: f32 activations, weights dequantized to f32 in registers (`*_avx2.rs`; on the
+//!   scalar path by the reference block dequantizer, `dequant_dot`), equal to
+//!   dequantize-then-dot up to f32 rounding.
+//!
+//! F32, F16 and BF16 rows are f32 dot products in both modes (`float.rs`). `Kernel::of`
+//! picks the function for a format, mode and [`Simd`] level once per op.
+
+mod float;
+#[cfg(target_arch = "x86_64")]
+mod kquant_avx2;
+#[cfg(target_arch = "x86_64")]
+mod legacy_avx2;
+mod q8;
+mod scalar;
+
+pub use q8::{quantize_q8, quantize_q8k, BlockQ8, BlockQ8K, QuantError};
+
+use super::simd::Simd;
+use crate::gguf::quant::{block_dequantizer, BlockDequantizer};
+use crate::gguf::{GgmlType, QK_K};
+
+/// The f16 at `b[at..at + 2]` as f32.
+fn f16_at(b: &[u8], at: usize) -> f32 {
+    half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+}
+
+/// One weight row (whole blocks) against one token's activations.
+type Dot<A> = fn(&[u8], &[A]) -> f32;
+
+/// The row kernel of one format, mode and level.
+#[derive(Clone, Copy)]
+pub(super) enum Kernel {
+    /// f32 activations.
+    F32(Dot<f32>),
+    /// f32 activations through the reference dequantizer of `ty`'s blocks ([`dequant_dot`]).
+    Dequant(GgmlType, BlockDequantizer),
+    /// [`BlockQ8`] activations.
+    Q8(Dot<BlockQ8>),
+    /// [`BlockQ8K`] activations.
+    Q8K(Dot<BlockQ8K>),
+}
+
+impl Kernel {
+    /// The kernel for `ty` in the fast (`fast`) or exact mode at `simd`; `None` for formats
+    /// without a CPU path.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+    pub(super) fn of(ty: GgmlType, fast: bool, simd: Simd) -> Option<Kernel> {
+        use GgmlType as T;
+        #[cfg(target_arch = "x86_64")]
+        if matches!(simd, Simd::Avx2 | Simd::Avx512) {
+            return Self::avx2(ty, fast);
+        }
+        Some(match (ty, fast) {
+            (T::F32, _) => Kernel::F32(float::f32_row),
+            (T::F16, _) => Kernel::F32(float::f16_row),
+            (T::BF16, _) => Kernel::F32(float::bf16_row),
+            (T::Q4_0, true) => Kernel::Q8(scalar::q4_0),
+            (T::Q4_1, true) => Kernel::Q8(scalar::q4_1),
+            (T::Q8_0, true) => Kernel::Q8(scalar::q8_0),
+            (T::Q4_K, true) => Kernel::Q8K(scalar::q4_k),
+            (T::Q5_K, true) => Kernel::Q8K(scalar::q5_k),
+            (T::Q6_K, true) => Kernel::Q8K(scalar::q6_k),
+            _ => Kernel::Dequant(ty, block_dequantizer(ty)?),
+        })
+    }
+
+    /// The AVX2 kernels. The wrappers are safe fns for the table; they are only chosen at the
+    /// levels that imply AVX2, FMA and F16C ([`Simd::is_supported`]).
+    #[cfg(target_arch = "x86_64")]
+    fn avx2(ty: GgmlType, fast: bool) -> Option<Kernel> {
+        use float::avx2 as f;
+        use kquant_avx2 as k;
+        use legacy_avx2 as l;
+        use GgmlType as T;
+        // SAFETY (every closure): see above.
+        Some(match (ty, fast) {
+            (T::F32, _) => Kernel::F32(|r, x| unsafe { f::f32_row(r, x) }),
+            (T::F16, _) => Kernel::F32(|r, x| unsafe { f::f16_row(r, x) }),
+            (T::BF16, _) => Kernel::F32(|r, x| unsafe { f::bf16_row(r, x) }),
+            (T::Q4_0, true) => Kernel::Q8(|r, x| unsafe { l::q4_0(r, x) }),
+            (T::Q4_1, true) => Kernel::Q8(|r, x| unsafe { l::q4_1(r, x) }),
+            (T::Q8_0, true) => Kernel::Q8(|r, x| unsafe { l::q8_0(r, x) }),
+            (T::Q4_K, true) => Kernel::Q8K(|r, x| unsafe { k::q4_k(r, x) }),
+            (T::Q5_K, true) => Kernel::Q8K(|r, x| unsafe { k::q5_k(r, x) }),
+            (T::Q6_K, true) => Kernel::Q8K(|r, x| unsafe { k::q6_k(r, x) }),
+            (T::Q4_0, false) => Kernel::F32(|r, x| unsafe { l::q4_0_exact(r, x) }),
+            (T::Q4_1, false) => Kernel::F32(|r, x| unsafe { l::q4_1_exact(r, x) }),
+            (T::Q8_0, false) => Kernel::F32(|r, x| unsafe { l::q8_0_exact(r, x) }),
+            (T::Q4_K, false) => Kernel::F32(|r, x| unsafe { k::q4_k_exact(r, x) }),
+            (T::Q5_K, false) => Kernel::F32(|r, x| unsafe { k::q5_k_exact(r, x) }),
+            (T::Q6_K, false) => Kernel::F32(|r, x| unsafe { k::q6_k_exact(r, x) }),
+            _ => return None,
+        })
+    }
+}
+
+/// Scalar exact mode: each block dequantized by `block` (the reference dequantizer of `ty`)
+/// into a stack buffer and multiplied into one f32 accumulator in order: the f32 operations
+/// of dequantize-then-dot.
+pub(super) fn dequant_dot(ty: GgmlType, block: BlockDequantizer, row: &[u8], x: &[f32]) -> f32 {
+    let mut buf = [0.0; QK_K];
+    let w = &mut buf[..ty.block_size()];
+    let mut acc = 0.0;
+    for (b, xs) in row.chunks_exact(ty.type_size()).zip(x.chunks_exact(w.len())) {
+        block(b, w);
+        acc = w.iter().zip(xs).fold(acc, |acc, (w, x)| acc + w * x);
+    }
+    acc
+}

@@ -1,0 +1,119 @@
+//! Rotary position embedding (Su et al. 2021; transformers `apply_rotary_pos_emb`, ggml-cpu
+//! `ggml_compute_forward_rope_f32`) in place, with the GPU side's plain-data types
+//! ([`RopeLayout`], [`RopeTable`], [`QScale`], [`RopeMode`]): both pairings (adjacent, llama.cpp
+//! "normal"; rotate-half, "neox"), partial rotation (`n_rot = 2 * table.inv_freq.len()` of
+//! each head's dims; the rest pass through), YaRN tables and the Llama-4 / Ministral 3 query
+//! scale; and interleaved multimodal RoPE (transformers `apply_interleaved_mrope`, Qwen3-VL /
+//! Qwen3.5) with per-axis positions ([`mrope_axis`]). The f32 math is
+//! [`kernels::rope::rope_ref`](crate::kernels::rope::rope_ref)'s and
+//! [`mrope_ref`](crate::kernels::rope::mrope_ref)'s step by step; each token's cos/sin are
+//! computed once for all its heads. Tokens are split over the pool.
+
+use super::ops::{check_min_len, for_each_chunk, invalid, ShapeError};
+use super::pool::ThreadPool;
+use crate::kernels::rope::{mrope_axis, QScale, RopeLayout, RopeMode, RopeTable};
+
+/// Checks the layout against the table and `x` for `n_tok` rows; returns the row chunk
+/// (`stride`) and the elements the rows span.
+fn check(op: &'static str, x: &[f32], l: &RopeLayout, t: &RopeTable, n_tok: usize) -> Result<(usize, usize), ShapeError> {
+    let (hd, half_rot) = (l.head_dim as usize, t.inv_freq.len());
+    if !hd.is_multiple_of(2) || 2 * half_rot > hd {
+        return Err(invalid(op, format!("{} rotated dims in heads of {hd}", 2 * half_rot)));
+    }
+    if let Some(f) = &t.freq_factors {
+        if f.len() != half_rot {
+            return Err(invalid(op, format!("{} frequency divisors for {half_rot} frequencies", f.len())));
+        }
+    }
+    let row = l.offset as usize + l.n_heads as usize * hd;
+    let stride = l.stride as usize;
+    if n_tok > 1 && row > stride {
+        return Err(invalid(op, format!("heads span {row} elements of rows of {stride}")));
+    }
+    let span = if n_tok == 0 { 0 } else { (n_tok - 1) * stride + row };
+    check_min_len(op, "x", x.len(), span)?;
+    // One token: its row is the whole span, whatever the stride.
+    Ok((if n_tok > 1 { stride } else { span.max(1) }, span))
+}
+
+/// Rotates (and scales) the heads of one token row `x` (starting at the row's first element).
+fn rotate_row(x: &mut [f32], l: &RopeLayout, cs: &[(f32, f32)], scale: f32) {
+    let (hd, half_rot) = (l.head_dim as usize, cs.len());
+    let heads = &mut x[l.offset as usize..][..l.n_heads as usize * hd];
+    for head in heads.chunks_exact_mut(hd) {
+        let (rot, rest) = head.split_at_mut(2 * half_rot);
+        match l.mode {
+            RopeMode::RotateHalf => {
+                let (a, b) = rot.split_at_mut(half_rot);
+                for ((x0, x1), &(c, s)) in a.iter_mut().zip(b.iter_mut()).zip(cs) {
+                    let (v0, v1) = (*x0, *x1);
+                    *x0 = (v0 * c - v1 * s) * scale;
+                    *x1 = (v1 * c + v0 * s) * scale;
+                }
+            }
+            RopeMode::Adjacent => {
+                for (p, &(c, s)) in rot.chunks_exact_mut(2).zip(cs) {
+                    let (v0, v1) = (p[0], p[1]);
+                    p[0] = (v0 * c - v1 * s) * scale;
+                    p[1] = (v1 * c + v0 * s) * scale;
+                }
+            }
+        }
+        if scale != 1.0 {
+            rest.iter_mut().for_each(|v| *v *= scale);
+        }
+    }
+}
+
+fn cos_sin(table: &RopeTable, i: usize, pos: u32) -> (f32, f32) {
+    let angle = table.angle(pos, i);
+    (angle.cos() * table.attn_factor, angle.sin() * table.attn_factor)
+}
+
+/// RoPE in place on `n_tok` token rows of `x` (laid out as `layout`): token `t` at position
+/// `pos0 + t`, then the query scale `q_scale.factor(pos)` on all of the heads' dims.
+pub fn rope_inplace(
+    pool: &ThreadPool,
+    x: &mut [f32],
+    layout: &RopeLayout,
+    n_tok: usize,
+    table: &RopeTable,
+    pos0: u32,
+    q_scale: QScale,
+) -> Result<(), ShapeError> {
+    let (stride, span) = check("rope_inplace", x, layout, table, n_tok)?;
+    for_each_chunk(pool, &mut x[..span], stride, |t, row| {
+        let pos = pos0 + t as u32;
+        let cs: Vec<(f32, f32)> = (0..table.inv_freq.len()).map(|i| cos_sin(table, i, pos)).collect();
+        rotate_row(row, layout, &cs, q_scale.factor(pos));
+    });
+    Ok(())
+}
+
+/// Interleaved M-RoPE in place: token `t`'s pair `i` turns by
+/// `positions[mrope_axis(i, sections)][t]` (`n_tok` = the positions' length, equal on all three
+/// axes); no query scale.
+pub fn rope_inplace_mrope(
+    pool: &ThreadPool,
+    x: &mut [f32],
+    layout: &RopeLayout,
+    table: &RopeTable,
+    positions: [&[u32]; 3],
+    sections: [u32; 3],
+) -> Result<(), ShapeError> {
+    const OP: &str = "rope_inplace_mrope";
+    let n_tok = positions[0].len();
+    if positions.iter().any(|p| p.len() != n_tok) {
+        return Err(invalid(OP, format!("position axes of {:?} tokens", positions.map(<[u32]>::len))));
+    }
+    if sections.iter().map(|&s| s as usize).sum::<usize>() > table.inv_freq.len() {
+        return Err(invalid(OP, format!("sections {sections:?} for {} rotated pairs", table.inv_freq.len())));
+    }
+    let (stride, span) = check(OP, x, layout, table, n_tok)?;
+    for_each_chunk(pool, &mut x[..span], stride, |t, row| {
+        let cs: Vec<(f32, f32)> =
+            (0..table.inv_freq.len()).map(|i| cos_sin(table, i, positions[mrope_axis(i, sections)][t])).collect();
+        rotate_row(row, layout, &cs, 1.0);
+    });
+    Ok(())
+}
