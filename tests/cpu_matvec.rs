@@ -337,11 +337,3 @@ fn bench_runs_at_a_tiny_size() {
         assert!(report.contains(needle), "{needle} missing from\n{report}");
     }
 }
-
-/// The CPU benchmark at its real size: `cargo test --release --test cpu_matvec -- --ignored
-/// --nocapture`.
-#[test]
-#[ignore]
-fn bench_report() {
-    println!("{}", bench::report(&bench::BenchConfig::default()).unwrap());
-}
