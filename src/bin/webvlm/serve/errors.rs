@@ -1,7 +1,8 @@
 //! The server's errors: an [`ApiError`] (OpenAI's `{"error": {"message", "type", "param",
 //! "code"}}`) with the HTTP status it is answered with, and `Retry-After` for a full queue.
-//! Request faults are 400, engine failures 500; the server's own refusals (401, 404, 405,
-//! 413, 429) are made here.
+//! Request faults are 400, a lost GPU device 503 (the server loads the model again, or stops),
+//! other engine failures 500; the server's own refusals (401, 404, 405, 413, 429) are made
+//! here.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -70,15 +71,26 @@ impl HttpError {
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", None, Some("server_error"), message.into())
     }
+
+    /// 503: the engine cannot take requests (its device is lost and the model could not be
+    /// loaded again).
+    pub fn unavailable(reason: impl Into<String>) -> Self {
+        unavailable(reason.into()).into()
+    }
 }
 
-/// The status of an API error: request faults are 400, the rest 500.
+/// The error of a request the engine cannot take any more: `reason` is why.
+pub fn unavailable(reason: String) -> ApiError {
+    ApiError { message: reason, kind: "server_error", param: None, code: Some("device_lost"), class: ErrorClass::DeviceLost }
+}
+
+/// The status of an API error: request faults are 400, a lost device 503, the rest 500.
 pub fn status_of(e: &ApiError) -> StatusCode {
     match e.class() {
         ErrorClass::BadRequest => StatusCode::BAD_REQUEST,
+        ErrorClass::DeviceLost => StatusCode::SERVICE_UNAVAILABLE,
         ErrorClass::NoGpu
         | ErrorClass::AdapterTooSmall
-        | ErrorClass::DeviceLost
         | ErrorClass::ModelNotSupported
         | ErrorClass::Download
         | ErrorClass::Internal => StatusCode::INTERNAL_SERVER_ERROR,

@@ -67,6 +67,9 @@ pub struct ServeArgs {
     /// its file name]
     #[arg(long, value_name = "NAME")]
     served_model_name: Option<String>,
+    /// Tests: lose the GPU device on purpose after N requests have run
+    #[arg(long, value_name = "N", hide = true)]
+    lose_device_after: Option<u64>,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -100,9 +103,10 @@ pub fn run(args: ServeArgs) -> CliResult {
         max_files_bytes,
         max_batches,
         served_model_name,
+        lose_device_after,
         engine,
     } = args;
-    let (engine, model) = EngineHandle::start(engine, served_model_name, queue)?;
+    let (engine, model) = EngineHandle::start(engine, served_model_name, queue, lose_device_after)?;
     let app = Arc::new(App {
         engine,
         model,
@@ -117,8 +121,13 @@ pub fn run(args: ServeArgs) -> CliResult {
         let listener = tokio::net::TcpListener::bind((host.as_str(), port)).await.map_err(|e| format!("{host}:{port}: {e}"))?;
         let address = listener.local_addr()?;
         crate::stdout::outln!("webvlm serve: {} on http://{address}/v1", app.model.id);
-        axum::serve(listener, router).await?;
-        Ok(())
+        let stopped = app.engine.stopped.clone();
+        axum::serve(listener, router).with_graceful_shutdown(async move { stopped.notified().await }).await?;
+        // The engine thread stops only when it cannot go on: exit non-zero for a supervisor.
+        match app.engine.stats.unhealthy() {
+            Some(reason) => Err(reason.into()),
+            None => Ok(()),
+        }
     })
 }
 

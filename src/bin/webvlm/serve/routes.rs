@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
-use axum::http::{header, HeaderValue, Method, Uri};
+use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{from_fn_with_state, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -115,13 +115,19 @@ async fn model(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Js
     Ok(Json(model_object(&app)))
 }
 
-/// Liveness and the queue: what a load balancer or a load script polls.
-async fn health(State(app): State<Arc<App>>) -> Json<Value> {
+/// Liveness and the queue: what a load balancer or a load script polls. 503 with
+/// `"status": "unhealthy"` and the reason once the engine cannot take requests (its device
+/// lost and the model not loaded again).
+async fn health(State(app): State<Arc<App>>) -> (StatusCode, Json<Value>) {
     let stats = &app.engine.stats;
     let cache = stats.prompt_cache();
-    Json(json!({
-        "status": "ok",
+    let unhealthy = stats.unhealthy();
+    let status = if unhealthy.is_some() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    let body = json!({
+        "status": if unhealthy.is_some() { "unhealthy" } else { "ok" },
+        "error": unhealthy,
         "model": app.model.id,
+        "reloads": stats.reloads.load(Ordering::SeqCst),
         "queue": {
             "capacity": app.engine.queue_capacity,
             "waiting": stats.waiting.load(Ordering::SeqCst),
@@ -140,5 +146,6 @@ async fn health(State(app): State<Arc<App>>) -> Json<Value> {
             "saved_bytes": cache.saved_bytes,
             "budget_bytes": cache.budget_bytes,
         },
-    }))
+    });
+    (status, Json(body))
 }

@@ -15,6 +15,13 @@
 //! A refused request is told when to come back (`Retry-After`): the mean run time of the last
 //! [`RECENT_JOBS`] jobs that ran to their end (1 s before any has), times the requests ahead of
 //! it (waiting and running), rounded up and kept within [`RETRY_AFTER_RANGE`].
+//!
+//! A lost GPU device (a driver reset, a GPU process crash) fails the job that was running when
+//! it went; the engine thread then loads the model again on a new device before it takes the
+//! next job (`/health` counts the reloads). If that load fails, the server is unhealthy: the
+//! waiting jobs and every later request fail with 503, `/health` answers 503 for
+//! [`DRAIN_SECONDS`] (time for a load balancer to take the instance out), and then the server
+//! stops and exits non-zero, for a supervisor to restart it.
 
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -26,7 +33,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use webvlm::api::{self, ApiError, ChatRequest};
 use webvlm::engine::{Engine, EngineError, PromptCacheStats};
 use webvlm::error::{Classify, ErrorClass};
@@ -40,6 +47,8 @@ const RECENT_JOBS: usize = 16;
 const FIRST_JOB_SECONDS: f64 = 1.0;
 /// The seconds `Retry-After` may say.
 const RETRY_AFTER_RANGE: RangeInclusive<u64> = 1..=60;
+/// How long an unhealthy server keeps answering (503) before it stops.
+pub const DRAIN_SECONDS: u64 = 5;
 
 /// What a job sends back, in order: chunks (streaming requests only), then `Done` with the
 /// `chat.completion` object or `Failed`.
@@ -96,6 +105,10 @@ pub struct Stats {
     /// The run times in seconds of the last [`RECENT_JOBS`] jobs that completed or failed
     /// (not those aborted by a disconnect: cut short, they say little of the next one's).
     recent_seconds: Mutex<VecDeque<f64>>,
+    /// Times the model was loaded again after a lost device.
+    pub reloads: AtomicU64,
+    /// Why the engine cannot take requests any more (a lost device and a failed reload).
+    unhealthy: Mutex<Option<String>>,
 }
 
 impl Stats {
@@ -129,6 +142,15 @@ impl Stats {
         *self.prompt_cache.lock().unwrap_or_else(|e| e.into_inner()) = engine.prompt_cache_stats();
     }
 
+    /// Why the engine cannot take requests, once it cannot.
+    pub fn unhealthy(&self) -> Option<String> {
+        self.unhealthy.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_unhealthy(&self, reason: String) {
+        *self.unhealthy.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+    }
+
     /// What the prompt cache held after the last job.
     pub fn prompt_cache(&self) -> PromptCacheStats {
         self.prompt_cache.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -142,6 +164,8 @@ pub struct EngineHandle {
     /// Requests that may wait besides the one running.
     pub queue_capacity: usize,
     pub stats: Arc<Stats>,
+    /// Notified once the engine thread has stopped for good (unhealthy): the server stops.
+    pub stopped: Arc<Notify>,
 }
 
 /// How one job ended.
@@ -153,16 +177,19 @@ enum Outcome {
 
 impl EngineHandle {
     /// Opens the model on a new thread and starts taking jobs; returns once the model is
-    /// loaded (or failed to load).
+    /// loaded (or failed to load). `lose_device_after` (tests) loses the device on purpose
+    /// after that many jobs.
     pub fn start(
         engine_args: EngineArgs,
         served_name: Option<String>,
         queue_capacity: usize,
+        lose_device_after: Option<u64>,
     ) -> Result<(EngineHandle, ModelInfo), String> {
         let (jobs, receiver) = unbounded_channel::<Job>();
         let (loaded_tx, loaded_rx) = std::sync::mpsc::channel::<Result<ModelInfo, String>>();
         let stats = Arc::new(Stats::default());
-        let worker_stats = stats.clone();
+        let stopped = Arc::new(Notify::new());
+        let worker = Worker { stats: stats.clone(), stopped: stopped.clone(), lose_device_after };
         std::thread::Builder::new()
             .name("webvlm-engine".into())
             .spawn(move || {
@@ -175,12 +202,12 @@ impl EngineHandle {
                 };
                 let info = model_info(&engine, &engine_args, served_name);
                 let _ = loaded_tx.send(Ok(info.clone()));
-                work(&mut engine, &info, receiver, &worker_stats);
+                worker.work(&mut engine, &engine_args, &info, receiver);
             })
             .map_err(|e| format!("cannot start the engine thread: {e}"))?;
         let info = loaded_rx.recv().map_err(|_| "the engine thread stopped while loading".to_string())??;
         let slots = Arc::new(Semaphore::new(queue_capacity.saturating_add(1)));
-        Ok((EngineHandle { jobs, slots, queue_capacity, stats }, info))
+        Ok((EngineHandle { jobs, slots, queue_capacity, stats, stopped }, info))
     }
 
     /// A place in the queue, or 429 when `queue_capacity` requests already wait.
@@ -193,7 +220,8 @@ impl EngineHandle {
         self.stats.waiting.fetch_add(1, Ordering::SeqCst);
         self.jobs.send(job).map_err(|_| {
             self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
-            HttpError::internal("the engine thread has stopped")
+            let reason = self.stats.unhealthy().unwrap_or_else(|| "the engine thread has stopped".into());
+            HttpError::unavailable(reason)
         })
     }
 }
@@ -205,32 +233,84 @@ fn model_info(engine: &Engine, args: &EngineArgs, served_name: Option<String>) -
     ModelInfo { id, created: super::unix_seconds(), vocab: crate::vocab_size(engine) }
 }
 
-/// The engine thread's loop: one job at a time until every handle is gone.
-fn work(engine: &mut Engine, info: &ModelInfo, mut jobs: UnboundedReceiver<Job>, stats: &Stats) {
-    stats.set_prompt_cache(engine);
-    while let Some(job) = jobs.blocking_recv() {
-        stats.waiting.fetch_sub(1, Ordering::SeqCst);
-        stats.running.fetch_add(1, Ordering::SeqCst);
-        let started = Instant::now();
-        let (outcome, last_event) = run_job(engine, info, &job);
-        let counter = match outcome {
-            Outcome::Completed => &stats.completed,
-            Outcome::Failed => &stats.failed,
-            Outcome::Aborted => &stats.aborted,
-        };
-        if !matches!(outcome, Outcome::Aborted) {
-            stats.add_run_time(started.elapsed().as_secs_f64());
-        }
-        counter.fetch_add(1, Ordering::SeqCst);
+/// The engine thread's side: the counters it moves and how it tells the server it stopped.
+struct Worker {
+    stats: Arc<Stats>,
+    stopped: Arc<Notify>,
+    lose_device_after: Option<u64>,
+}
+
+impl Worker {
+    /// The engine thread's loop: one job at a time until every handle is gone, or until the
+    /// device is lost and the model cannot be loaded again.
+    fn work(&self, engine: &mut Engine, args: &EngineArgs, info: &ModelInfo, mut jobs: UnboundedReceiver<Job>) {
+        let stats = &*self.stats;
         stats.set_prompt_cache(engine);
-        stats.running.fetch_sub(1, Ordering::SeqCst);
-        // The last event goes out after the counters moved and the job's queue place is given
-        // back, so a client that has its answer sees them (`/health`) and can send its next
-        // request at once (with `--queue 0`, a place still held would refuse it with a 429).
-        drop(job.slot);
-        if let Some(event) = last_event {
-            let _ = job.events.send(event);
+        let mut ran = 0u64;
+        while let Some(job) = jobs.blocking_recv() {
+            stats.waiting.fetch_sub(1, Ordering::SeqCst);
+            stats.running.fetch_add(1, Ordering::SeqCst);
+            let started = Instant::now();
+            let (outcome, last_event) = run_job(engine, info, &job);
+            let counter = match outcome {
+                Outcome::Completed => &stats.completed,
+                Outcome::Failed => &stats.failed,
+                Outcome::Aborted => &stats.aborted,
+            };
+            if !matches!(outcome, Outcome::Aborted) {
+                stats.add_run_time(started.elapsed().as_secs_f64());
+            }
+            counter.fetch_add(1, Ordering::SeqCst);
+            stats.set_prompt_cache(engine);
+            stats.running.fetch_sub(1, Ordering::SeqCst);
+            // The last event goes out after the counters moved and the job's queue place is
+            // given back, so a client that has its answer sees them (`/health`) and can send its
+            // next request at once (with `--queue 0`, a place still held would refuse it).
+            drop(job.slot);
+            if let Some(event) = last_event {
+                let _ = job.events.send(event);
+            }
+            ran += 1;
+            if self.lose_device_after == Some(ran) {
+                engine.gpu().device_loss().lose();
+            }
+            if let Some(lost) = engine.gpu().lost() {
+                if let Err(reason) = self.reload(engine, args, &lost.to_string()) {
+                    self.stop(&mut jobs, reason);
+                    return;
+                }
+            }
         }
+    }
+
+    /// The model loaded again on a new device, in place of `engine`, whose device is lost.
+    fn reload(&self, engine: &mut Engine, args: &EngineArgs, lost: &str) -> Result<(), String> {
+        eprintln!("webvlm serve: {lost}; loading the model again on a new device");
+        match crate::open_engine(args) {
+            Ok(fresh) => {
+                *engine = fresh;
+                self.stats.reloads.fetch_add(1, Ordering::SeqCst);
+                self.stats.set_prompt_cache(engine);
+                eprintln!("webvlm serve: the model is loaded again");
+                Ok(())
+            }
+            Err(e) => Err(format!("{lost}, and the model could not be loaded again: {e}")),
+        }
+    }
+
+    /// Marks the server unhealthy, fails the waiting jobs and, after [`DRAIN_SECONDS`], tells
+    /// the server to stop.
+    fn stop(&self, jobs: &mut UnboundedReceiver<Job>, reason: String) {
+        eprintln!("webvlm serve: unhealthy: {reason}");
+        self.stats.set_unhealthy(reason.clone());
+        jobs.close();
+        while let Ok(job) = jobs.try_recv() {
+            self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
+            self.stats.failed.fetch_add(1, Ordering::SeqCst);
+            let _ = job.events.send(Event::Failed(super::errors::unavailable(reason.clone())));
+        }
+        std::thread::sleep(std::time::Duration::from_secs(DRAIN_SECONDS));
+        self.stopped.notify_one();
     }
 }
 
