@@ -209,8 +209,8 @@ lint() {
 browser_tests() {
   npm_deps
   # Several tests compare with the native CLI (`cargo run --bin webvlm`): build it here, outside
-  # their per-file time limits. `cargo test` built it with the dev-dependencies' features
-  # (jsonschema's serde_json), so a cold `cargo run` compiles it again: 187 s in api.test.js.
+  # their per-file time limits (after `cargo test`, nothing to do: Cargo.toml keeps the
+  # features alike).
   cargo build --quiet --bin webvlm
   # One process per test file; the spec reporter ends with node's summary (tests, pass, fail).
   node --test --test-reporter=spec --test-timeout=600000 "$@" "$browser_dir"/*.test.js
@@ -321,6 +321,11 @@ case "$cmd" in
     wasm_built=1
     phase "wasm build" bash "$0" wasm || { wasm_built=0; failed+=("wasm build"); }
     phase "native tests" cargo test --no-fail-fast || failed+=("native tests")
+    # The CLI the browser and SDK suites run is the one `cargo test` just built while the
+    # features of Cargo.toml's unification lines hold; a rebuild here means they drifted apart.
+    if cargo build --bin webvlm -v 2>&1 | grep -q "Compiling webvlm"; then
+      echo "warning: cargo build --bin webvlm rebuilt webvlm after cargo test: a dev-dependency's features now differ (Cargo.toml)" >&2
+    fi
     # The kernel and model tests again with the GPU kernel geometry forced (a CPU adapter takes
     # the CPU shape by default): every kernel variant a real GPU takes runs here against the
     # same references and tolerances.
