@@ -3,36 +3,21 @@
 //! dequantized weights): every weight format × {fast, exact} × every SIMD level this machine
 //! has (scalar included) × {1, 2, 3} threads. No GPU.
 
+mod cpu_common;
+
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use half::{bf16, f16};
+use cpu_common::{activations, pools, rel_l2, representable_activations, representable_weights};
 use webvlm::backend::cpu::quant::{quantize_q8, quantize_q8k, QuantError};
 use webvlm::backend::cpu::{bench, matvec, matvec_into, simd, Epilogue, MatvecError, Mode, Output, Simd, ThreadPool, Weight};
-use webvlm::gguf::{dequantize_to_vec, random_blocks, GgmlType, SplitMix64};
+use webvlm::gguf::{dequantize_to_vec, random_blocks, GgmlType};
 use webvlm::kernels::matvec::matvec_ref;
 
-const THREADS: [usize; 3] = [1, 2, 3];
 /// Rows not a multiple of any chunk; columns of three 256-blocks (24 of 32); three tokens.
 const ROWS: usize = 301;
 const COLS: usize = 768;
 const N_TOK: usize = 3;
-
-fn pools() -> Vec<ThreadPool> {
-    THREADS.iter().map(|&t| ThreadPool::new(t).unwrap()).collect()
-}
-
-/// Uniform in [-1, 1) with one value in 64 eight times larger (activations have outliers).
-fn activations(n: usize, seed: u64) -> Vec<f32> {
-    let mut rng = SplitMix64::new(seed);
-    (0..n).map(|i| rng.uniform(-1.0, 1.0) * if i % 64 == 17 { 8.0 } else { 1.0 }).collect()
-}
-
-fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
-    let err: f64 = got.iter().zip(want).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum();
-    let norm: f64 = want.iter().map(|&b| (b as f64).powi(2)).sum();
-    (err / norm).sqrt()
-}
 
 /// Runs `w · x` at `level` on `pool`.
 fn run(level: Simd, pool: &ThreadPool, w: &Weight, x: &[f32], mode: Mode) -> Vec<f32> {
@@ -105,33 +90,6 @@ fn fast_mode_is_within_its_quantization_error() {
     }
 }
 
-/// Weights whose every value is a small multiple of 2^-4 (2^-8 for the float formats): scales
-/// and mins of -1/16, 0 or 1/16.
-fn representable_weights(ty: GgmlType, seed: u64) -> Vec<u8> {
-    let mut rng = SplitMix64::new(seed);
-    let mut int = |span: u64| (rng.next_u64() % (2 * span + 1)) as f32 - span as f32;
-    let n = ROWS * COLS;
-    match ty {
-        GgmlType::F32 => (0..n).flat_map(|_| (int(64) / 256.0).to_le_bytes()).collect(),
-        GgmlType::F16 => (0..n).flat_map(|_| f16::from_f32(int(64) / 256.0).to_le_bytes()).collect(),
-        GgmlType::BF16 => (0..n).flat_map(|_| bf16::from_f32(int(64) / 256.0).to_le_bytes()).collect(),
-        _ => {
-            let mut bytes = random_blocks(ty, n / ty.block_size(), seed);
-            let scales: &[usize] = match ty {
-                GgmlType::Q6_K => &[208],
-                GgmlType::Q4_1 | GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
-                _ => &[0],
-            };
-            for block in bytes.chunks_exact_mut(ty.type_size()) {
-                for &at in scales {
-                    block[at..at + 2].copy_from_slice(&f16::from_f32(int(1) / 16.0).to_le_bytes());
-                }
-            }
-            bytes
-        }
-    }
-}
-
 #[test]
 fn every_level_is_exact_where_f32_is() {
     // Power-of-two scales and integer activations in [-1, 1] with a ±127 opening each block
@@ -140,12 +98,9 @@ fn every_level_is_exact_where_f32_is() {
     // summation order gives the reference bit for bit. This asserts that the integer paths
     // (codes, nibble and bit unpacking, scales, mins, code sums) are right on every level,
     // in both modes, for every format and thread count.
-    let mut rng = SplitMix64::new(3);
-    let x: Vec<f32> = (0..N_TOK * COLS)
-        .map(|i| if i % 32 == 0 { 127.0 * [-1.0, 1.0][i / 32 % 2] } else { (rng.next_u64() % 3) as f32 - 1.0 })
-        .collect();
+    let x = representable_activations(N_TOK * COLS, 3);
     for ty in GgmlType::SUPPORTED {
-        let bytes = representable_weights(ty, ty.id() as u64);
+        let bytes = representable_weights(ty, ROWS * COLS, ty.id() as u64);
         let w = Weight::new(ty, ROWS, COLS, &bytes).unwrap();
         let want = matvec_ref(&dequantize_to_vec(ty, &bytes, ROWS * COLS).unwrap(), ROWS, COLS, &x, N_TOK);
         for pool in pools() {
@@ -333,7 +288,7 @@ fn pool_propagates_a_panicking_task() {
 #[test]
 fn bench_runs_at_a_tiny_size() {
     let report = bench::report(&bench::BenchConfig::tiny()).unwrap();
-    for needle in ["pool", "copy", "Q4_K", "BF16", "fast", "exact"] {
+    for needle in ["pool", "copy", "Q4_K", "BF16", "fast", "exact", "matmul", "tokens"] {
         assert!(report.contains(needle), "{needle} missing from\n{report}");
     }
 }

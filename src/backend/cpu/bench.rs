@@ -3,7 +3,9 @@
 //! sleep), matvec throughput per weight format and mode in GB/s of weight bytes (one token,
 //! matrices larger than the caches so the rows stream from memory, as in decode), and the
 //! copy bandwidth of a buffer of the same size (STREAM's "copy", McCalpin 1995, split over
-//! the threads as matvec is) that matvec is reported as a fraction of.
+//! the threads as matvec is) that matvec is reported as a fraction of; and the prefill
+//! matmul's GFLOP/s (Q4_K and Q8_0, fast and exact, a prompt's worth of tokens) with its
+//! speedup over a matvec per token and over one matvec of all the tokens.
 
 use std::fmt::Write;
 use std::sync::{Mutex, PoisonError};
@@ -11,6 +13,7 @@ use std::time::Duration;
 
 use web_time::Instant;
 
+use super::matmul::matmul;
 use super::matvec::{matvec, MatvecError, Mode, Weight};
 use super::pool::{PoolError, ThreadPool};
 use super::simd::{self, Simd};
@@ -37,20 +40,43 @@ pub struct BenchConfig {
     pub min_time: Duration,
     /// Back-to-back runs behind the pool figure.
     pub pool_runs: usize,
+    /// The matmul's weight (`gemm_rows` x `gemm_cols`) and token counts.
+    pub gemm_rows: usize,
+    pub gemm_cols: usize,
+    pub gemm_tokens: Vec<usize>,
 }
 
 impl Default for BenchConfig {
     /// 512 MiB matrices of 4096 columns (more than the 480 MiB L3 of the machine this was
-    /// written on), 1 and 2 threads: about fifteen seconds.
+    /// written on), 1 and 2 threads; a 4096 x 4096 matmul of 64 and 256 tokens (a 7B
+    /// model's attention projection): about a minute.
     fn default() -> BenchConfig {
-        BenchConfig { bytes: 512 << 20, cols: 4096, threads: vec![1, 2], min_time: Duration::from_millis(100), pool_runs: 20_000 }
+        BenchConfig {
+            bytes: 512 << 20,
+            cols: 4096,
+            threads: vec![1, 2],
+            min_time: Duration::from_millis(100),
+            pool_runs: 20_000,
+            gemm_rows: 4096,
+            gemm_cols: 4096,
+            gemm_tokens: vec![64, 256],
+        }
     }
 }
 
 impl BenchConfig {
     /// A few milliseconds: exercises every path, measures nothing meaningful.
     pub fn tiny() -> BenchConfig {
-        BenchConfig { bytes: 64 << 10, cols: 512, threads: vec![1, 2], min_time: Duration::ZERO, pool_runs: 10 }
+        BenchConfig {
+            bytes: 64 << 10,
+            cols: 512,
+            threads: vec![1, 2],
+            min_time: Duration::ZERO,
+            pool_runs: 10,
+            gemm_rows: 64,
+            gemm_cols: 512,
+            gemm_tokens: vec![9],
+        }
     }
 }
 
@@ -148,5 +174,38 @@ pub fn report(cfg: &BenchConfig) -> Result<String, BenchError> {
         }
         out.push('\n');
     }
+    gemm(&mut out, cfg, &pools)?;
     Ok(out)
+}
+
+/// The matmul rows of the report.
+fn gemm(out: &mut String, cfg: &BenchConfig, pools: &[ThreadPool]) -> Result<(), BenchError> {
+    let (rows, cols) = (cfg.gemm_rows, cfg.gemm_cols);
+    let _ = writeln!(out, "matmul {rows}x{cols}, GFLOP/s (speedup over a matvec per token, over one matvec of all tokens):");
+    for ty in [GgmlType::Q4_K, GgmlType::Q8_0] {
+        let bytes = random_blocks(ty, rows * cols / ty.block_size(), ty.id() as u64);
+        let w = Weight::new(ty, rows, cols, &bytes)?;
+        for mode in [Mode::Fast, Mode::Exact] {
+            for &n in &cfg.gemm_tokens {
+                let x: Vec<f32> = (0..n * cols).map(|i| ((i % 61) as f32 - 30.0) / 30.0).collect();
+                let mut y = vec![0.0; n * rows];
+                let _ = write!(out, "{:<6} {:<5} {n:>4} tokens", ty.name(), format!("{mode:?}").to_lowercase());
+                for pool in pools {
+                    let mm = seconds(cfg.min_time, || Ok(matmul(pool, &w, &x, &mut y, n, mode)?))?;
+                    let per_token = seconds(cfg.min_time, || {
+                        for (xt, yt) in x.chunks_exact(cols).zip(y.chunks_exact_mut(rows)) {
+                            matvec(pool, &w, xt, yt, 1, mode)?;
+                        }
+                        Ok(())
+                    })?;
+                    let batched = seconds(cfg.min_time, || Ok(matvec(pool, &w, &x, &mut y, n, mode)?))?;
+                    let gflops = 2.0 * (rows * cols * n) as f64 / mm / 1e9;
+                    let t = pool.threads();
+                    let _ = write!(out, " | {t}t {gflops:6.1} ({:4.1}x, {:3.1}x)", per_token / mm, batched / mm);
+                }
+                out.push('\n');
+            }
+        }
+    }
+    Ok(())
 }

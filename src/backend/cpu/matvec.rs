@@ -106,7 +106,7 @@ impl<'a> Weight<'a> {
         Output { stride: stride as u32, offset: 0, epilogue }
     }
 
-    fn row(&self, r: usize) -> &'a [u8] {
+    pub(super) fn row(&self, r: usize) -> &'a [u8] {
         &self.bytes[r * self.row_bytes..(r + 1) * self.row_bytes]
     }
 
@@ -139,6 +139,25 @@ pub fn matvec_into(
     n_tok: usize,
     mode: Mode,
 ) -> Result<(), MatvecError> {
+    let outputs = check(w, x, y, out, n_tok)?;
+    if n_tok == 0 || outputs == 0 {
+        return Ok(());
+    }
+    let x = &x[..n_tok * w.cols];
+    let kernel = Kernel::of(w.ty, mode == Mode::Fast, simd::level()).ok_or(MatvecError::Unsupported(w.ty))?;
+    let run = Run { pool, w, n_tok, outputs, out, y: Rows(y.as_mut_ptr()) };
+    match kernel {
+        Kernel::F32(dot) => run.rows(x, &dot),
+        Kernel::Dequant(ty, block) => run.rows(x, &|r, x| dequant_dot(ty, block, r, x)),
+        Kernel::Q8(dot) => run.rows(&quantize_q8(x)?, &dot),
+        Kernel::Q8K(dot) => run.rows(&quantize_q8k(x)?, &dot),
+    }
+    Ok(())
+}
+
+/// Checks `x`, `y` and `out` for `n_tok` tokens of `w` (as [`matvec_into`] and
+/// [`matmul_into`](super::matmul::matmul_into) take them); returns the outputs per token.
+pub(super) fn check(w: &Weight, x: &[f32], y: &[f32], out: Output, n_tok: usize) -> Result<usize, MatvecError> {
     let gated = out.epilogue == Epilogue::SiluMul;
     if gated && !w.rows.is_multiple_of(2) {
         return Err(MatvecError::OddGated(w.rows));
@@ -156,29 +175,17 @@ pub fn matvec_into(
     if n_tok > 0 && y.len() < need_y {
         return Err(MatvecError::Length { what: "y", got: y.len(), need: need_y });
     }
-    if n_tok == 0 || outputs == 0 {
-        return Ok(());
-    }
-    let x = &x[..need_x];
-    let kernel = Kernel::of(w.ty, mode == Mode::Fast, simd::level()).ok_or(MatvecError::Unsupported(w.ty))?;
-    let run = Run { pool, w, n_tok, outputs, out, y: Rows(y.as_mut_ptr()) };
-    match kernel {
-        Kernel::F32(dot) => run.rows(x, &dot),
-        Kernel::Dequant(ty, block) => run.rows(x, &|r, x| dequant_dot(ty, block, r, x)),
-        Kernel::Q8(dot) => run.rows(&quantize_q8(x)?, &dot),
-        Kernel::Q8K(dot) => run.rows(&quantize_q8k(x)?, &dot),
-    }
-    Ok(())
+    Ok(outputs)
 }
 
 /// `y`, written by the tasks at disjoint indices.
-struct Rows(*mut f32);
+pub(super) struct Rows(pub(super) *mut f32);
 
 // SAFETY: tasks write through the pointer only at the indices of their own rows (see `rows`).
 unsafe impl Sync for Rows {}
 
 impl Rows {
-    fn at(&self, i: usize) -> *mut f32 {
+    pub(super) fn at(&self, i: usize) -> *mut f32 {
         self.0.wrapping_add(i)
     }
 }

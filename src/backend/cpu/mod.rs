@@ -1,15 +1,21 @@
 //! The CPU backend's kernels (issue 30): ops named as their `kernels::*` GPU counterparts,
 //! built for CPUs rather than translated from the shaders. [`simd`] picks the instruction set
 //! once per process, [`pool`] runs each op's tasks on persistent threads, [`quant`] holds the
-//! per-format row dot products (fast and exact modes), [`mod@matvec`] is the decode matvec and
-//! [`mod@bench`] measures them against this machine's memory bandwidth.
+//! per-format row dot products (fast and exact modes) and the matmul's tiles, [`mod@matvec`] is
+//! the decode matvec, [`mod@matmul`] the prefill matmul (panels of weight rows against tiles
+//! of tokens) and [`mod@bench`] measures them against this machine's memory bandwidth.
 //! The decoder's other f32 ops: [`norm`] (RMSNorm, LayerNorm), [`elementwise`] (residual add,
-//! SiLU/sigmoid gates, GELU), [`rope`] (RoPE, M-RoPE) and [`attention`] (online-softmax
-//! attention over the KV cache), sharing [`ops`]' `ShapeError` and task split.
+//! SiLU/sigmoid gates, GELU), [`rope`] (RoPE, M-RoPE), [`attention`] (online-softmax
+//! attention over the KV cache), and Qwen3.5's linear attention: [`gdn_prep`] (causal conv1d,
+//! decay, gated norm) and [`delta_net`] (the gated delta rule's recurrence), sharing [`ops`]'
+//! `ShapeError` and task split.
 
 pub mod attention;
 pub mod bench;
+pub mod delta_net;
 pub mod elementwise;
+pub mod gdn_prep;
+pub mod matmul;
 pub mod matvec;
 pub mod norm;
 pub mod ops;
@@ -18,6 +24,7 @@ pub mod quant;
 pub mod rope;
 pub mod simd;
 
+pub use matmul::{matmul, matmul_into};
 pub use matvec::{matvec, matvec_into, Epilogue, MatvecError, Mode, Output, Weight};
 pub use ops::ShapeError;
 pub use pool::{PoolError, ThreadPool};

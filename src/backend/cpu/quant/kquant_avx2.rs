@@ -32,7 +32,7 @@ fn hsum_i32(v: __m256i) -> i32 {
 /// # Safety
 /// `qs` must point at 32 readable bytes.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn codes45(qs: *const u8, qh: Option<__m256i>, j: i32) -> [__m256i; 2] {
+pub(super) unsafe fn codes45(qs: *const u8, qh: Option<__m256i>, j: i32) -> [__m256i; 2] {
     let (q, low4) = (_mm256_loadu_si256(qs.cast()), _mm256_set1_epi8(0x0F));
     let mut out = [_mm256_and_si256(q, low4), _mm256_and_si256(_mm256_srli_epi16(q, 4), low4)];
     if let Some(qh) = qh {
@@ -86,7 +86,7 @@ pub(super) unsafe fn q5_k(row: &[u8], x: &[BlockQ8K]) -> f32 {
 /// Codes `32q..32q + 32` (values 0..64) of a Q6_K super-block `b`: quarter `k = q % 4` of
 /// half `h = q / 4`.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn codes6(b: &[u8], q: usize) -> __m256i {
+pub(super) unsafe fn codes6(b: &[u8], q: usize) -> __m256i {
     let (h, k) = (q / 4, q % 4);
     let ql = _mm256_loadu_si256(b[64 * h + 32 * (k & 1)..][..32].as_ptr().cast());
     let qh = _mm256_loadu_si256(b[128 + 32 * h..][..32].as_ptr().cast());

@@ -9,10 +9,16 @@
 //!
 //! F32, F16 and BF16 rows are f32 dot products in both modes (`float.rs`). `Kernel::of`
 //! picks the function for a format, mode and [`Simd`] level once per op.
+//!
+//! The tiles of the prefill matmul: K-quant super-blocks decoded once for many tokens and
+//! dotted four rows at a time (`ktile.rs`), and the f32 4 x 2 micro-kernel of its exact
+//! mode (`ftile.rs`).
 
 mod float;
+pub(super) mod ftile;
 #[cfg(target_arch = "x86_64")]
 mod kquant_avx2;
+pub(super) mod ktile;
 #[cfg(target_arch = "x86_64")]
 mod legacy_avx2;
 mod q8;

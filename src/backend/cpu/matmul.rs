@@ -1,0 +1,268 @@
+//! Matrix products for prefill on the CPU, the op of `kernels::matmul`: `y[t] = W · x[t]` for
+//! many tokens, W a GGUF [`Weight`] read in its block layout, with [`matvec`](super::matvec)'s
+//! [`Epilogue`]s (the SiLU-gated one too, which the GPU op leaves to a separate kernel) and
+//! its checks and errors ([`MatvecError`]). Where a matvec reads each weight row once per
+//! token, the matmul prepares a panel of [`ROWS`] rows once and runs every token against it in
+//! tiles of [`TOKENS`], so that weights are read from memory once per op and decoded once
+//! per panel (the blocking of Goto & van de Geijn 2008; llama.cpp's `ggml_compute_forward_mul_mat`
+//! with llamafile's `tinyBLAS` 4-row tiles).
+//!
+//! - Fast mode, K-quants: activations quantized once to Q8_K, each panel row's super-blocks
+//!   decoded to codes and lane scales (`quant/ktile.rs`), then per super-block one activation
+//!   block against four rows. Bit for bit the matvec's result.
+//! - Fast mode, Q4_0 / Q4_1 / Q8_0: activations quantized once to Q8_0, the matvec's row dot
+//!   per (row, token) of a tile while the panel's rows are in L1. Bit for bit the matvec's.
+//! - Exact mode (and the float formats in both): the panel dequantized to f32 once (the
+//!   reference block dequantizer), then the 4 x 2 FMA micro-kernel (`quant/ftile.rs`) over
+//!   stretches of [`COLS`] columns that keep a tile's rows and tokens in L1.
+//!
+//! Output rows are split into chunks of whole panels that the pool's threads claim.
+
+use super::matvec::{check, MatvecError, Mode, Rows, Weight};
+use super::pool::ThreadPool;
+use super::quant::ftile::tile4x2;
+use super::quant::ktile::{self, KBlock};
+use super::quant::{quantize_q8, quantize_q8k, BlockQ8, BlockQ8K, Kernel};
+use super::simd::{self, Simd};
+use crate::gguf::quant::block_dequantizer;
+use crate::gguf::GgmlType;
+pub use crate::kernels::matvec::{Epilogue, Output};
+
+/// Weight rows per panel (the micro-kernels' row count).
+pub const ROWS: usize = 4;
+/// Tokens per tile: a tile's products are written out (with the epilogue) together.
+pub const TOKENS: usize = 8;
+/// Columns per stretch of the exact micro-kernel: 4 rows and 8 tokens of 512 f32 are 24 KiB.
+pub const COLS: usize = 512;
+/// Chunks per thread: enough for uneven progress to balance.
+const TASKS_PER_THREAD: usize = 4;
+
+/// `y[t][r] = Σ_k w[r][k] x[t][k]` for `t < n_tok`: `x` is `[n_tok][w.cols]`, `y` is
+/// `[n_tok][w.rows]` (longer slices are fine; the rest is untouched).
+pub fn matmul(pool: &ThreadPool, w: &Weight, x: &[f32], y: &mut [f32], n_tok: usize, mode: Mode) -> Result<(), MatvecError> {
+    matmul_into(pool, w, x, y, w.output(Epilogue::Store), n_tok, mode)
+}
+
+/// [`matmul`] into the columns `out` names (token `t`'s output `r` is
+/// `y[t * stride + offset + r]`), with its epilogue.
+pub fn matmul_into(
+    pool: &ThreadPool,
+    w: &Weight,
+    x: &[f32],
+    y: &mut [f32],
+    out: Output,
+    n_tok: usize,
+    mode: Mode,
+) -> Result<(), MatvecError> {
+    let outputs = check(w, x, y, out, n_tok)?;
+    if n_tok == 0 || outputs == 0 {
+        return Ok(());
+    }
+    let x = &x[..n_tok * w.cols()];
+    let simd = simd::level();
+    let avx2 = matches!(simd, Simd::Avx2 | Simd::Avx512);
+    let run = Run { pool, n_tok, outputs, out, y: Rows(y.as_mut_ptr()) };
+    use GgmlType as T;
+    match (w.ty(), mode) {
+        (T::Q4_K | T::Q5_K | T::Q6_K, Mode::Fast) => run.panels(&KPanel { w, x: quantize_q8k(x)?, avx2 }),
+        (T::Q4_0 | T::Q4_1 | T::Q8_0, Mode::Fast) => match Kernel::of(w.ty(), true, simd) {
+            Some(Kernel::Q8(dot)) => run.panels(&DotPanel { w, x: quantize_q8(x)?, dot }),
+            _ => return Err(MatvecError::Unsupported(w.ty())),
+        },
+        (ty, _) => {
+            let block = block_dequantizer(ty).ok_or(MatvecError::Unsupported(ty))?;
+            run.panels(&F32Panel { w, x, block, avx2 })
+        }
+    }
+    Ok(())
+}
+
+/// Products of a tile: `p[r][i]` is panel row `r` times token `t0 + i`.
+type Tile = [[f32; TOKENS]; ROWS];
+
+/// How one kind of weight meets the tokens: a panel of [`ROWS`] weight rows prepared into a
+/// per-task buffer, then tiles of tokens against it.
+trait Panel: Sync {
+    type Buf;
+    fn buf(&self) -> Self::Buf;
+    /// Prepares weight rows `rows` (repeated where the panel is short) into `buf`.
+    fn load(&self, buf: &mut Self::Buf, rows: [usize; ROWS]);
+    /// The products of tokens `t0..t0 + n` (`n ≤ TOKENS`).
+    fn tile(&self, buf: &Self::Buf, t0: usize, n: usize) -> Tile;
+}
+
+/// One checked matmul: `y` validated for `n_tok` tokens of `outputs` values at `out`.
+struct Run<'a> {
+    pool: &'a ThreadPool,
+    n_tok: usize,
+    outputs: usize,
+    out: Output,
+    y: Rows,
+}
+
+impl Run<'_> {
+    /// Every output row on the pool, a chunk of whole panels per task.
+    fn panels<P: Panel>(&self, panel: &P) {
+        let (outputs, n_tok) = (self.outputs, self.n_tok);
+        let tasks = outputs.div_ceil(ROWS).min(self.pool.threads() * TASKS_PER_THREAD);
+        let chunk = outputs.div_ceil(tasks).next_multiple_of(ROWS);
+        let (stride, offset) = (self.out.stride as usize, self.out.offset as usize);
+        let gated = self.out.epilogue == Epilogue::SiluMul;
+        let task = |i: usize| {
+            let (mut main, mut up) = (panel.buf(), gated.then(|| panel.buf()));
+            for o0 in (i * chunk..outputs.min((i + 1) * chunk)).step_by(ROWS) {
+                let n_rows = ROWS.min(outputs - o0);
+                let rows = std::array::from_fn(|r| o0 + r.min(n_rows - 1));
+                panel.load(&mut main, rows);
+                if let Some(up) = &mut up {
+                    panel.load(up, rows.map(|r| r + outputs));
+                }
+                for t0 in (0..n_tok).step_by(TOKENS) {
+                    let n = TOKENS.min(n_tok - t0);
+                    let p = panel.tile(&main, t0, n);
+                    let q = up.as_ref().map(|up| panel.tile(up, t0, n));
+                    for (r, pr) in p.iter().enumerate().take(n_rows) {
+                        for (i, &v) in pr.iter().enumerate().take(n) {
+                            // SAFETY: in bounds (`check` validated `y` for `n_tok` tokens at
+                            // `out`) and written by this task only: `t * stride + o` differs
+                            // for every (t, o < outputs) as `stride ≥ outputs`, and tasks own
+                            // disjoint output rows.
+                            let y = unsafe { &mut *self.y.at((t0 + i) * stride + offset + o0 + r) };
+                            match (self.out.epilogue, &q) {
+                                (Epilogue::Add, _) => *y += v,
+                                (Epilogue::SiluMul, Some(q)) => *y = v / (1.0 + (-v).exp()) * q[r][i],
+                                _ => *y = v,
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        self.pool.run(outputs.div_ceil(chunk), &task);
+    }
+}
+
+/// K-quant rows, decoded once per panel, against Q8_K activations.
+struct KPanel<'a> {
+    w: &'a Weight<'a>,
+    x: Vec<BlockQ8K>,
+    avx2: bool,
+}
+
+impl Panel for KPanel<'_> {
+    /// `[ROWS][super-blocks]`.
+    type Buf = Vec<KBlock>;
+
+    fn buf(&self) -> Vec<KBlock> {
+        vec![KBlock::default(); ROWS * self.w.cols() / 256]
+    }
+
+    fn load(&self, buf: &mut Vec<KBlock>, rows: [usize; ROWS]) {
+        let (ty, n_sb) = (self.w.ty(), self.w.cols() / 256);
+        for (r, dst) in rows.iter().zip(buf.chunks_exact_mut(n_sb)) {
+            for (b, d) in self.w.row(*r).chunks_exact(ty.type_size()).zip(dst) {
+                KBlock::decode(ty, b, d, self.avx2);
+            }
+        }
+    }
+
+    fn tile(&self, buf: &Vec<KBlock>, t0: usize, n: usize) -> Tile {
+        let n_sb = self.w.cols() / 256;
+        let mut p = [[0.0; TOKENS]; ROWS];
+        // Super-blocks outermost: the panel's four blocks stay in L1 for the tile's tokens;
+        // each (row, token) still sums its blocks in order.
+        for s in 0..n_sb {
+            let blocks = [0, 1, 2, 3].map(|r| &buf[r * n_sb + s]);
+            let xs: [&BlockQ8K; TOKENS] = std::array::from_fn(|i| &self.x[(t0 + i.min(n - 1)) * n_sb + s]);
+            match self.avx2 {
+                // SAFETY: `avx2` is set only at the levels that imply AVX2, FMA and F16C.
+                #[cfg(target_arch = "x86_64")]
+                true => unsafe { ktile::tile_avx2(blocks, &xs[..n], &mut p) },
+                _ => ktile::tile(blocks, &xs[..n], &mut p),
+            }
+        }
+        p
+    }
+}
+
+/// 32-element block rows against Q8_0 activations through the matvec's row dot.
+struct DotPanel<'a> {
+    w: &'a Weight<'a>,
+    x: Vec<BlockQ8>,
+    dot: fn(&[u8], &[BlockQ8]) -> f32,
+}
+
+impl Panel for DotPanel<'_> {
+    type Buf = [usize; ROWS];
+
+    fn buf(&self) -> [usize; ROWS] {
+        [0; ROWS]
+    }
+
+    fn load(&self, buf: &mut [usize; ROWS], rows: [usize; ROWS]) {
+        *buf = rows;
+    }
+
+    fn tile(&self, rows: &[usize; ROWS], t0: usize, n: usize) -> Tile {
+        let per_tok = self.w.cols() / 32;
+        let mut p = [[0.0; TOKENS]; ROWS];
+        for (pr, &r) in p.iter_mut().zip(rows) {
+            for (i, v) in pr.iter_mut().enumerate().take(n) {
+                *v = (self.dot)(self.w.row(r), &self.x[(t0 + i) * per_tok..][..per_tok]);
+            }
+        }
+        p
+    }
+}
+
+/// Rows dequantized to f32 once per panel, against f32 activations.
+struct F32Panel<'a> {
+    w: &'a Weight<'a>,
+    x: &'a [f32],
+    block: crate::gguf::quant::BlockDequantizer,
+    avx2: bool,
+}
+
+impl Panel for F32Panel<'_> {
+    /// `[ROWS][cols]`.
+    type Buf = Vec<f32>;
+
+    fn buf(&self) -> Vec<f32> {
+        vec![0.0; ROWS * self.w.cols()]
+    }
+
+    fn load(&self, buf: &mut Vec<f32>, rows: [usize; ROWS]) {
+        let ty = self.w.ty();
+        for (r, dst) in rows.iter().zip(buf.chunks_exact_mut(self.w.cols())) {
+            for (b, d) in self.w.row(*r).chunks_exact(ty.type_size()).zip(dst.chunks_exact_mut(ty.block_size())) {
+                (self.block)(b, d);
+            }
+        }
+    }
+
+    fn tile(&self, buf: &Vec<f32>, t0: usize, n: usize) -> Tile {
+        let cols = self.w.cols();
+        let mut p = [[0.0; TOKENS]; ROWS];
+        for k in (0..cols).step_by(COLS) {
+            let len = COLS.min(cols - k);
+            let w = [0, 1, 2, 3].map(|r| &buf[r * cols + k..][..len]);
+            for i in (0..n).step_by(2) {
+                // An odd last token pairs with itself (its second product is dropped).
+                let x = [i, (i + 1).min(n - 1)].map(|j| &self.x[(t0 + j) * cols + k..][..len]);
+                let s = match self.avx2 {
+                    // SAFETY: as in `KPanel::tile`; the slices are `len` long.
+                    #[cfg(target_arch = "x86_64")]
+                    true => unsafe { super::quant::ftile::tile4x2_avx2(w, x) },
+                    _ => tile4x2(w, x),
+                };
+                for (pr, s) in p.iter_mut().zip(s) {
+                    pr[i] += s[0];
+                    if i + 1 < n {
+                        pr[i + 1] += s[1];
+                    }
+                }
+            }
+        }
+        p
+    }
+}
