@@ -34,6 +34,58 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// One query row's online softmax over the keys given to [`keys`](Self::keys): running
+/// maximum `m`, denominator `l`, and the output accumulator `acc` (head_dim values).
+pub(super) struct OnlineSoftmax<'a> {
+    m: f32,
+    l: f32,
+    acc: &'a mut [f32],
+}
+
+impl<'a> OnlineSoftmax<'a> {
+    pub(super) fn new(acc: &'a mut [f32]) -> Self {
+        acc.fill(0.0);
+        OnlineSoftmax { m: f32::NEG_INFINITY, l: 0.0, acc }
+    }
+
+    /// Adds the keys `range` of `k` / `v` (row `j` at `j * stride`, `acc.len()` values read)
+    /// with scores `q · k[j] * scale`, in blocks of [`BLOCK`].
+    pub(super) fn keys(&mut self, q: &[f32], k: &[f32], v: &[f32], stride: usize, range: std::ops::Range<usize>, scale: f32) {
+        let hd = self.acc.len();
+        let mut scores = [0f32; BLOCK];
+        for k0 in range.clone().step_by(BLOCK) {
+            let s = &mut scores[..BLOCK.min(range.end - k0)];
+            let mut block_max = f32::NEG_INFINITY;
+            for (j, s) in s.iter_mut().enumerate() {
+                *s = dot(q, &k[(k0 + j) * stride..][..hd]) * scale;
+                block_max = block_max.max(*s);
+            }
+            if block_max > self.m {
+                // exp(-inf) = 0 on the first block, where acc and l are still 0.
+                let corr = (self.m - block_max).exp();
+                self.l *= corr;
+                self.acc.iter_mut().for_each(|a| *a *= corr);
+                self.m = block_max;
+            }
+            for (j, &s) in s.iter().enumerate() {
+                let p = (s - self.m).exp();
+                self.l += p;
+                for (a, &vv) in self.acc.iter_mut().zip(&v[(k0 + j) * stride..][..hd]) {
+                    *a += p * vv;
+                }
+            }
+        }
+    }
+
+    /// Divides by the denominator (no key: the output stays zero).
+    pub(super) fn finish(self) {
+        if self.l > 0.0 {
+            let inv = 1.0 / self.l;
+            self.acc.iter_mut().for_each(|a| *a *= inv);
+        }
+    }
+}
+
 /// Checks the shape and the slices for `n_tok` rows; returns the query heads per KV head.
 fn check(
     s: &AttnShape,
@@ -91,35 +143,9 @@ pub fn attention_prefill(
         let qr = &q[t * shape.q_stride as usize + shape.q_offset as usize + h * hd..][..hd];
         let col = (h / group) * hd;
         let (k, v) = (&k_cache[col..], &v_cache[col..]);
-        acc.fill(0.0);
-        let (mut m, mut l) = (f32::NEG_INFINITY, 0f32);
-        let mut scores = [0f32; BLOCK];
-        for k0 in (0..n_keys).step_by(BLOCK) {
-            let s = &mut scores[..BLOCK.min(n_keys - k0)];
-            let mut block_max = f32::NEG_INFINITY;
-            for (j, s) in s.iter_mut().enumerate() {
-                *s = dot(qr, &k[(k0 + j) * kvs..][..hd]) * shape.scale;
-                block_max = block_max.max(*s);
-            }
-            if block_max > m {
-                // exp(-inf) = 0 on the first block, where acc and l are still 0.
-                let corr = (m - block_max).exp();
-                l *= corr;
-                acc.iter_mut().for_each(|a| *a *= corr);
-                m = block_max;
-            }
-            for (j, &s) in s.iter().enumerate() {
-                let p = (s - m).exp();
-                l += p;
-                for (a, &vv) in acc.iter_mut().zip(&v[(k0 + j) * kvs..][..hd]) {
-                    *a += p * vv;
-                }
-            }
-        }
-        if l > 0.0 {
-            let inv = 1.0 / l;
-            acc.iter_mut().for_each(|a| *a *= inv);
-        }
+        let mut sm = OnlineSoftmax::new(acc);
+        sm.keys(qr, k, v, kvs, 0..n_keys, shape.scale);
+        sm.finish();
     });
     Ok(())
 }

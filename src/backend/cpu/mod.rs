@@ -8,12 +8,16 @@
 //! SiLU/sigmoid gates, GELU), [`rope`] (RoPE, M-RoPE), [`attention`] (online-softmax
 //! attention over the KV cache), and Qwen3.5's linear attention: [`gdn_prep`] (causal conv1d,
 //! decay, gated norm) and [`delta_net`] (the gated delta rule's recurrence), sharing [`ops`]'
-//! `ShapeError` and task split.
+//! `ShapeError` and task split. Multimodal: [`mod@embedding`] (token rows of any weight format),
+//! [`cross_attention`] (Mllama's masked attention over image states), and the vision
+//! encoders' [`vision`] (Pixtral), [`vision_qwen`] and [`vision_mllama`].
 
 pub mod attention;
 pub mod bench;
+pub mod cross_attention;
 pub mod delta_net;
 pub mod elementwise;
+pub mod embedding;
 pub mod gdn_prep;
 pub mod matmul;
 pub mod matvec;
@@ -23,6 +27,9 @@ pub mod pool;
 pub mod quant;
 pub mod rope;
 pub mod simd;
+pub mod vision;
+pub mod vision_mllama;
+pub mod vision_qwen;
 
 pub use matmul::{matmul, matmul_into};
 pub use matvec::{matvec, matvec_into, Epilogue, MatvecError, Mode, Output, Weight};

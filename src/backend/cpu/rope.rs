@@ -37,7 +37,7 @@ fn check(op: &'static str, x: &[f32], l: &RopeLayout, t: &RopeTable, n_tok: usiz
 }
 
 /// Rotates (and scales) the heads of one token row `x` (starting at the row's first element).
-fn rotate_row(x: &mut [f32], l: &RopeLayout, cs: &[(f32, f32)], scale: f32) {
+pub(super) fn rotate_row(x: &mut [f32], l: &RopeLayout, cs: &[(f32, f32)], scale: f32) {
     let (hd, half_rot) = (l.head_dim as usize, cs.len());
     let heads = &mut x[l.offset as usize..][..l.n_heads as usize * hd];
     for head in heads.chunks_exact_mut(hd) {
