@@ -10,7 +10,8 @@
 //! decay, gated norm) and [`delta_net`] (the gated delta rule's recurrence), sharing [`ops`]'
 //! `ShapeError` and task split. Multimodal: [`mod@embedding`] (token rows of any weight format),
 //! [`cross_attention`] (Mllama's masked attention over image states), and the vision
-//! encoders' [`vision`] (Pixtral), [`vision_qwen`] and [`vision_mllama`].
+//! encoders' [`vision`] (Pixtral), [`vision_qwen`] and [`vision_mllama`]. [`program`] holds the
+//! buffers and recorded programs the ops will run in once models record onto this backend.
 
 pub mod attention;
 pub mod bench;
@@ -24,6 +25,7 @@ pub mod matvec;
 pub mod norm;
 pub mod ops;
 pub mod pool;
+pub mod program;
 pub mod quant;
 pub mod rope;
 pub mod simd;

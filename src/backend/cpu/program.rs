@@ -1,0 +1,178 @@
+//! The CPU side of a recorded program: [`Buffer`]s (the CPU's buffer handles) and a
+//! [`Program`] of ops run in the order they were recorded, the twin of `gpu::Program`.
+//!
+//! As a GPU program binds buffers when it is recorded and reads their contents when it runs,
+//! a CPU op is a closure over buffer handles that borrows their memory only while it runs: a
+//! step's positions, token ids or masks written into a buffer between runs are what the next
+//! run reads, so one recording serves every step.
+//!
+//! Borrows are checked when an op runs: an op borrows its inputs shared and its output
+//! exclusively, so the same buffer as an input and the output of one op is an
+//! [`ProgramError::Aliased`] error rather than undefined behaviour; an op that updates a
+//! buffer in place (a residual add, a KV-cache row, a recurrent state) borrows it once,
+//! exclusively. Buffers hold f32 words; byte offsets and sizes follow the GPU's (multiples of 4).
+
+use std::cell::{Ref, RefCell, RefMut};
+use std::rc::Rc;
+
+use super::pool::ThreadPool;
+
+/// CPU memory an op reads or writes: a handle (clones share the memory), as a `wgpu::Buffer`
+/// is.
+#[derive(Clone)]
+pub struct Buffer {
+    label: Rc<str>,
+    words: Rc<RefCell<Vec<f32>>>,
+}
+
+impl Buffer {
+    /// `bytes` bytes (a multiple of 4) of zeros.
+    pub fn zeroed(label: &str, bytes: u64) -> Result<Buffer, ProgramError> {
+        let words = words_of(label, bytes)?;
+        let mut memory = Vec::new();
+        memory.try_reserve_exact(words).map_err(|_| ProgramError::OutOfMemory { label: label.into(), bytes })?;
+        memory.resize(words, 0.0);
+        Ok(Buffer { label: label.into(), words: Rc::new(RefCell::new(memory)) })
+    }
+
+    /// A buffer holding `values`.
+    pub fn from_f32(label: &str, values: &[f32]) -> Buffer {
+        Buffer { label: label.into(), words: Rc::new(RefCell::new(values.to_vec())) }
+    }
+
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Its size in bytes.
+    pub fn size(&self) -> u64 {
+        self.words.borrow().len() as u64 * 4
+    }
+
+    /// Its words, shared (an op's input; the host reading results between runs).
+    pub fn read(&self) -> Result<Ref<'_, [f32]>, ProgramError> {
+        let words = self.words.try_borrow().map_err(|_| self.aliased())?;
+        Ok(Ref::map(words, Vec::as_slice))
+    }
+
+    /// Its words, exclusively (an op's output; the host writing a step's inputs).
+    pub fn write(&self) -> Result<RefMut<'_, [f32]>, ProgramError> {
+        let words = self.words.try_borrow_mut().map_err(|_| self.aliased())?;
+        Ok(RefMut::map(words, Vec::as_mut_slice))
+    }
+
+    fn aliased(&self) -> ProgramError {
+        ProgramError::Aliased { label: self.label.to_string() }
+    }
+
+    /// Whether both handles name the same memory.
+    pub fn same(&self, other: &Buffer) -> bool {
+        Rc::ptr_eq(&self.words, &other.words)
+    }
+}
+
+/// The words in `bytes`, which must be a multiple of 4.
+fn words_of(label: &str, bytes: u64) -> Result<usize, ProgramError> {
+    if !bytes.is_multiple_of(4) {
+        return Err(ProgramError::Unaligned { label: label.into(), bytes });
+    }
+    usize::try_from(bytes / 4).map_err(|_| ProgramError::OutOfMemory { label: label.into(), bytes })
+}
+
+/// What a recorded op does when the program runs.
+type Run = Box<dyn Fn(&ThreadPool) -> Result<(), ProgramError>>;
+
+/// One recorded op: its name (for errors) and what it does.
+struct Op {
+    name: &'static str,
+    run: Run,
+}
+
+/// Ops in the order they run.
+#[derive(Default)]
+pub struct Program {
+    ops: Vec<Op>,
+}
+
+impl Program {
+    pub fn new() -> Program {
+        Program::default()
+    }
+
+    /// Appends an op: `run` borrows the buffers it captured when the program runs.
+    pub fn push(&mut self, name: &'static str, run: impl Fn(&ThreadPool) -> Result<(), ProgramError> + 'static) {
+        self.ops.push(Op { name, run: Box::new(run) });
+    }
+
+    /// Appends a copy of `size` bytes from `src` at `src_offset` to `dst` at `dst_offset`
+    /// (`gpu::Program::copy`'s twin: checkpoints and snapshots); `src` and `dst` may be the same
+    /// buffer when the ranges do not overlap.
+    pub fn copy(&mut self, src: &Buffer, src_offset: u64, dst: &Buffer, dst_offset: u64, size: u64) -> Result<(), ProgramError> {
+        let (from, to, len) =
+            (words_of(src.label(), src_offset)?, words_of(dst.label(), dst_offset)?, words_of(src.label(), size)?);
+        let (src, dst) = (src.clone(), dst.clone());
+        self.push("copy", move |_| {
+            // A range of `buffer`, whose borrowed words are `words`, starting at word `at`.
+            let range = |buffer: &Buffer, words: usize, at: usize| {
+                let end = at + len;
+                let past =
+                    || ProgramError::OutOfRange { label: buffer.label().into(), end: end as u64 * 4, size: words as u64 * 4 };
+                if end <= words {
+                    Ok(at..end)
+                } else {
+                    Err(past())
+                }
+            };
+            if src.same(&dst) {
+                let mut words = dst.write()?;
+                let (input, output) = (range(&src, words.len(), from)?, range(&dst, words.len(), to)?);
+                if input.start < output.end && output.start < input.end {
+                    return Err(ProgramError::Aliased { label: dst.label().into() });
+                }
+                words.copy_within(input, output.start);
+                return Ok(());
+            }
+            let (words, mut out) = (src.read()?, dst.write()?);
+            let (input, output) = (range(&src, words.len(), from)?, range(&dst, out.len(), to)?);
+            out[output].copy_from_slice(&words[input]);
+            Ok(())
+        });
+        Ok(())
+    }
+
+    /// Ops recorded.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Runs every op in order on `pool`; the first failure stops the run and names its op.
+    pub fn run(&self, pool: &ThreadPool) -> Result<(), ProgramError> {
+        for (index, op) in self.ops.iter().enumerate() {
+            (op.run)(pool).map_err(|e| ProgramError::Op { index, name: op.name, source: Box::new(e) })?;
+        }
+        Ok(())
+    }
+}
+
+/// A program that cannot be built or run as asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ProgramError {
+    #[error("buffer {label:?}: {bytes} bytes is not a whole number of 4-byte words")]
+    Unaligned { label: String, bytes: u64 },
+    #[error("buffer {label:?}: cannot allocate {bytes} bytes")]
+    OutOfMemory { label: String, bytes: u64 },
+    #[error("buffer {label:?} is both read and written by one op (name it once, as an in-place operand)")]
+    Aliased { label: String },
+    #[error("buffer {label:?}: a range ending at byte {end} is past its {size} bytes")]
+    OutOfRange { label: String, end: u64, size: u64 },
+    #[error(transparent)]
+    Shape(#[from] super::ShapeError),
+    #[error(transparent)]
+    Matvec(#[from] super::MatvecError),
+    #[error("op {index} ({name}): {source}")]
+    Op { index: usize, name: &'static str, source: Box<ProgramError> },
+}
