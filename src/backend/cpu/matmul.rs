@@ -1,5 +1,5 @@
 //! Matrix products for prefill on the CPU, the op of `kernels::matmul`: `y[t] = W · x[t]` for
-//! many tokens, W a GGUF [`Weight`] read in its block layout, with [`matvec`](super::matvec)'s
+//! many tokens, W a GGUF [`Weight`] read in its block layout, with [`matvec`](mod@super::matvec)'s
 //! [`Epilogue`]s (the SiLU-gated one too, which the GPU op leaves to a separate kernel) and
 //! its checks and errors ([`MatvecError`]). Where a matvec reads each weight row once per
 //! token, the matmul prepares a panel of [`ROWS`] rows once and runs every token against it in
@@ -10,8 +10,10 @@
 //! - Fast mode, K-quants: activations quantized once to Q8_K, each panel row's super-blocks
 //!   decoded to codes and lane scales (`quant/ktile.rs`), then per super-block one activation
 //!   block against four rows. Bit for bit the matvec's result.
-//! - Fast mode, Q4_0 / Q4_1 / Q8_0: activations quantized once to Q8_0, the matvec's row dot
-//!   per (row, token) of a tile while the panel's rows are in L1. Bit for bit the matvec's.
+//! - Fast mode, Q4_0 / Q4_1 / Q8_0: activations quantized once to Q8_0, each panel row's
+//!   blocks decoded to codes and f32 scales (`quant/ltile.rs`), then register tiles of two
+//!   rows by four tokens over stretches of blocks, with the matvec's per-block f32 steps and
+//!   accumulators. Bit for bit the matvec's.
 //! - Exact mode (and the float formats in both): the panel dequantized to f32 once (the
 //!   reference block dequantizer), then the 4 x 2 FMA micro-kernel (`quant/ftile.rs`) over
 //!   stretches of [`COLS`] columns that keep a tile's rows and tokens in L1.
@@ -22,7 +24,8 @@ use super::matvec::{check, MatvecError, Mode, Rows, Weight};
 use super::pool::ThreadPool;
 use super::quant::ftile::tile4x2;
 use super::quant::ktile::{self, KBlock};
-use super::quant::{quantize_q8, quantize_q8k, BlockQ8, BlockQ8K, Kernel};
+use super::quant::ltile::{self, LBlock};
+use super::quant::{quantize_q8, quantize_q8k, BlockQ8, BlockQ8K};
 use super::simd::{self, Simd};
 use crate::gguf::quant::block_dequantizer;
 use crate::gguf::GgmlType;
@@ -65,10 +68,7 @@ pub fn matmul_into(
     use GgmlType as T;
     match (w.ty(), mode) {
         (T::Q4_K | T::Q5_K | T::Q6_K, Mode::Fast) => run.panels(&KPanel { w, x: quantize_q8k(x)?, avx2 }),
-        (T::Q4_0 | T::Q4_1 | T::Q8_0, Mode::Fast) => match Kernel::of(w.ty(), true, simd) {
-            Some(Kernel::Q8(dot)) => run.panels(&DotPanel { w, x: quantize_q8(x)?, dot }),
-            _ => return Err(MatvecError::Unsupported(w.ty())),
-        },
+        (T::Q4_0 | T::Q4_1 | T::Q8_0, Mode::Fast) => run.panels(&LPanel { w, x: quantize_q8(x)?, avx2 }),
         (ty, _) => {
             let block = block_dequantizer(ty).ok_or(MatvecError::Unsupported(ty))?;
             run.panels(&F32Panel { w, x, block, avx2 })
@@ -185,31 +185,40 @@ impl Panel for KPanel<'_> {
     }
 }
 
-/// 32-element block rows against Q8_0 activations through the matvec's row dot.
-struct DotPanel<'a> {
+/// Q4_0 / Q4_1 / Q8_0 rows, decoded once per panel, against Q8_0 activations.
+struct LPanel<'a> {
     w: &'a Weight<'a>,
     x: Vec<BlockQ8>,
-    dot: fn(&[u8], &[BlockQ8]) -> f32,
+    avx2: bool,
 }
 
-impl Panel for DotPanel<'_> {
-    type Buf = [usize; ROWS];
+impl Panel for LPanel<'_> {
+    /// `[ROWS][blocks]`.
+    type Buf = Vec<LBlock>;
 
-    fn buf(&self) -> [usize; ROWS] {
-        [0; ROWS]
+    fn buf(&self) -> Vec<LBlock> {
+        vec![LBlock::default(); ROWS * self.w.cols() / 32]
     }
 
-    fn load(&self, buf: &mut [usize; ROWS], rows: [usize; ROWS]) {
-        *buf = rows;
-    }
-
-    fn tile(&self, rows: &[usize; ROWS], t0: usize, n: usize) -> Tile {
-        let per_tok = self.w.cols() / 32;
-        let mut p = [[0.0; TOKENS]; ROWS];
-        for (pr, &r) in p.iter_mut().zip(rows) {
-            for (i, v) in pr.iter_mut().enumerate().take(n) {
-                *v = (self.dot)(self.w.row(r), &self.x[(t0 + i) * per_tok..][..per_tok]);
+    fn load(&self, buf: &mut Vec<LBlock>, rows: [usize; ROWS]) {
+        let (ty, n_b) = (self.w.ty(), self.w.cols() / 32);
+        for (r, dst) in rows.iter().zip(buf.chunks_exact_mut(n_b)) {
+            for (b, d) in self.w.row(*r).chunks_exact(ty.type_size()).zip(dst) {
+                LBlock::decode(ty, b, d);
             }
+        }
+    }
+
+    fn tile(&self, buf: &Vec<LBlock>, t0: usize, n: usize) -> Tile {
+        let (ty, n_b) = (self.w.ty(), self.w.cols() / 32);
+        let w = [0, 1, 2, 3].map(|r| &buf[r * n_b..][..n_b]);
+        let xs: [&[BlockQ8]; TOKENS] = std::array::from_fn(|i| &self.x[(t0 + i.min(n - 1)) * n_b..][..n_b]);
+        let mut p = [[0.0; TOKENS]; ROWS];
+        match self.avx2 {
+            // SAFETY: as in `KPanel::tile`.
+            #[cfg(target_arch = "x86_64")]
+            true => unsafe { ltile::tile_avx2(ty, w, &xs[..n], &mut p) },
+            _ => ltile::tile(ty, w, &xs[..n], &mut p),
         }
         p
     }
