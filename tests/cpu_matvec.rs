@@ -198,6 +198,28 @@ fn shapes_and_lengths_are_checked() {
     assert!(bad(Weight::new(GgmlType::F32, 4, 0, &[])));
 }
 
+/// The AVX-512 VNNI level's byte dots (one `vpdpbusd` for `maddubs` + `madd`) give the AVX2
+/// level's integer lanes: Q4_0, Q4_1 and Q8_0's fast rows are equal bit for bit, Q8_0 with
+/// codes of -128 (whose magnitude, 128, is the largest `maddubs` takes) included.
+#[test]
+fn vnni_rows_equal_the_avx2_ones() {
+    if !Simd::Avx512Vnni.is_supported() {
+        eprintln!("this CPU has no AVX-512 VNNI: nothing to compare");
+        return;
+    }
+    let pool = ThreadPool::new(2).unwrap();
+    let x = activations(N_TOK * COLS, 9);
+    for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+        let mut bytes = random_blocks(ty, ROWS * COLS / 32, 5);
+        if ty == GgmlType::Q8_0 {
+            // Every eleventh code of every block -128.
+            bytes.chunks_exact_mut(34).for_each(|b| b[2..].iter_mut().step_by(11).for_each(|q| *q = 0x80));
+        }
+        let w = Weight::new(ty, ROWS, COLS, &bytes).unwrap();
+        assert_eq!(run(Simd::Avx512Vnni, &pool, &w, &x, Mode::Fast), run(Simd::Avx2, &pool, &w, &x, Mode::Fast), "{ty}");
+    }
+}
+
 #[test]
 fn simd_levels_are_checked_and_named() {
     let best = *Simd::available().last().unwrap();

@@ -16,7 +16,7 @@
 use super::matvec::Rows;
 use super::ops::{check_min_len, invalid, ShapeError};
 use super::pool::ThreadPool;
-use super::simd::{self, Simd};
+use super::simd;
 pub use crate::kernels::delta_net::{DeltaNetLayout, KHeads, L2_EPS};
 
 const OP: &str = "gated_delta_rule";
@@ -47,7 +47,7 @@ pub fn recurrent(
         return Ok(());
     }
     let q_scale = (1.0 / (dk as f64).sqrt()) as f32;
-    let avx2 = matches!(simd::level(), Simd::Avx2 | Simd::Avx512);
+    let avx2 = simd::level().avx2();
     let (st, o) = (Rows(state.as_mut_ptr()), Rows(out.as_mut_ptr()));
     pool.run(hv, &|h| {
         // SAFETY: head h's state, `[h * dk * dv, (h + 1) * dk * dv)`, is in bounds (checked) and

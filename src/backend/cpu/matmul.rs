@@ -13,7 +13,8 @@
 //! - Fast mode, Q4_0 / Q4_1 / Q8_0: activations quantized once to Q8_0, each panel row's
 //!   blocks decoded to codes and f32 scales (`quant/ltile.rs`), then register tiles of two
 //!   rows by four tokens over stretches of blocks, with the matvec's per-block f32 steps and
-//!   accumulators. Bit for bit the matvec's.
+//!   accumulators (its byte dots in `vpdpbusd` at the AVX-512 VNNI level). Bit for bit the
+//!   matvec's.
 //! - Exact mode (and the float formats in both): the panel dequantized to f32 once (the
 //!   reference block dequantizer), then the 4 x 2 FMA micro-kernel (`quant/ftile.rs`) over
 //!   stretches of [`COLS`] columns that keep a tile's rows and tokens in L1.
@@ -63,12 +64,12 @@ pub fn matmul_into(
     }
     let x = &x[..n_tok * w.cols()];
     let simd = simd::level();
-    let avx2 = matches!(simd, Simd::Avx2 | Simd::Avx512);
+    let avx2 = simd.avx2();
     let run = Run { pool, n_tok, outputs, out, y: Rows(y.as_mut_ptr()) };
     use GgmlType as T;
     match (w.ty(), mode) {
         (T::Q4_K | T::Q5_K | T::Q6_K, Mode::Fast) => run.panels(&KPanel { w, x: quantize_q8k(x)?, avx2 }),
-        (T::Q4_0 | T::Q4_1 | T::Q8_0, Mode::Fast) => run.panels(&LPanel { w, x: quantize_q8(x)?, avx2 }),
+        (T::Q4_0 | T::Q4_1 | T::Q8_0, Mode::Fast) => run.panels(&LPanel { w, x: quantize_q8(x)?, simd }),
         (ty, _) => {
             let block = block_dequantizer(ty).ok_or(MatvecError::Unsupported(ty))?;
             run.panels(&F32Panel { w, x, block, avx2 })
@@ -189,7 +190,7 @@ impl Panel for KPanel<'_> {
 struct LPanel<'a> {
     w: &'a Weight<'a>,
     x: Vec<BlockQ8>,
-    avx2: bool,
+    simd: Simd,
 }
 
 impl Panel for LPanel<'_> {
@@ -214,10 +215,12 @@ impl Panel for LPanel<'_> {
         let w = [0, 1, 2, 3].map(|r| &buf[r * n_b..][..n_b]);
         let xs: [&[BlockQ8]; TOKENS] = std::array::from_fn(|i| &self.x[(t0 + i.min(n - 1)) * n_b..][..n_b]);
         let mut p = [[0.0; TOKENS]; ROWS];
-        match self.avx2 {
-            // SAFETY: as in `KPanel::tile`.
+        match self.simd {
+            // SAFETY: each level implies the features its tile needs (`Simd::is_supported`).
             #[cfg(target_arch = "x86_64")]
-            true => unsafe { ltile::tile_avx2(ty, w, &xs[..n], &mut p) },
+            Simd::Avx512Vnni => unsafe { ltile::tile_avx2_vnni(ty, w, &xs[..n], &mut p) },
+            #[cfg(target_arch = "x86_64")]
+            l if l.avx2() => unsafe { ltile::tile_avx2(ty, w, &xs[..n], &mut p) },
             _ => ltile::tile(ty, w, &xs[..n], &mut p),
         }
         p

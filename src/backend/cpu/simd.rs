@@ -2,7 +2,7 @@
 //! at run time (`is_x86_feature_detected!`, `is_aarch64_feature_detected!`), as llama.cpp's
 //! ggml-cpu backend picks its `ggml_cpu_has_*` paths and candle its `quantized::{avx, neon}`.
 //!
-//! `WEBVLM_CPU_SIMD=scalar|avx2|avx512|neon` lowers the level for a process (benchmarks);
+//! `WEBVLM_CPU_SIMD=scalar|avx2|avx512|avx512vnni|neon` lowers the level for a process (benchmarks);
 //! [`with_level`] runs a closure at any level the machine has (tests compare every level).
 //! Kernels read [`level`] once per op, on the calling thread, and carry it into their tasks.
 
@@ -21,9 +21,12 @@ pub enum Simd {
     Scalar,
     /// x86-64 AVX2 + FMA + F16C.
     Avx2,
-    /// x86-64 AVX-512 F/BW/VL (with AVX2). Its intrinsics are stable from Rust 1.89, above the
-    /// crate's 1.87, so this level runs the AVX2 kernels for now.
+    /// x86-64 AVX-512 F/BW/VL (with AVX2): the AVX2 kernels, on 256-bit vectors (ggml-cpu's
+    /// choice too for the row dots: the 512-bit forms gain little where memory binds).
     Avx512,
+    /// AVX-512 with VNNI (`vpdpbusd`): the AVX2 kernels with the byte dot products of Q4_0,
+    /// Q4_1 and Q8_0 (`maddubs` then `madd`) in one instruction, to the same integer lanes.
+    Avx512Vnni,
     /// aarch64 NEON with the dot-product extension. No NEON kernels yet: runs the scalar ones.
     Neon,
 }
@@ -33,14 +36,14 @@ pub enum Simd {
 pub enum SimdError {
     #[error("this CPU cannot run SIMD level {0}")]
     Unsupported(Simd),
-    #[error("unknown SIMD level {0:?} (scalar, avx2, avx512, neon)")]
+    #[error("unknown SIMD level {0:?} (scalar, avx2, avx512, avx512vnni, neon)")]
     Unknown(String),
 }
 
 impl Simd {
     /// Every level this architecture has kernels for, from the most portable up.
     const LADDER: &[Simd] = if cfg!(target_arch = "x86_64") {
-        &[Simd::Scalar, Simd::Avx2, Simd::Avx512]
+        &[Simd::Scalar, Simd::Avx2, Simd::Avx512, Simd::Avx512Vnni]
     } else if cfg!(target_arch = "aarch64") {
         &[Simd::Scalar, Simd::Neon]
     } else {
@@ -57,10 +60,17 @@ impl Simd {
             Simd::Avx2 => has!("avx2") && has!("fma") && has!("f16c"),
             #[cfg(target_arch = "x86_64")]
             Simd::Avx512 => Simd::Avx2.is_supported() && has!("avx512f") && has!("avx512bw") && has!("avx512vl"),
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512Vnni => Simd::Avx512.is_supported() && has!("avx512vnni"),
             #[cfg(target_arch = "aarch64")]
             Simd::Neon => std::arch::is_aarch64_feature_detected!("neon") && std::arch::is_aarch64_feature_detected!("dotprod"),
             _ => false,
         }
+    }
+
+    /// Whether the level runs the AVX2 kernels (x86-64 levels from AVX2 up).
+    pub fn avx2(self) -> bool {
+        matches!(self, Simd::Avx2 | Simd::Avx512 | Simd::Avx512Vnni)
     }
 
     /// The levels this machine can run, scalar first, best last.
@@ -80,6 +90,7 @@ impl Simd {
             Simd::Scalar => "scalar",
             Simd::Avx2 => "avx2",
             Simd::Avx512 => "avx512",
+            Simd::Avx512Vnni => "avx512vnni",
             Simd::Neon => "neon",
         }
     }
@@ -95,7 +106,7 @@ impl FromStr for Simd {
     type Err = SimdError;
 
     fn from_str(s: &str) -> Result<Simd, SimdError> {
-        [Simd::Scalar, Simd::Avx2, Simd::Avx512, Simd::Neon]
+        [Simd::Scalar, Simd::Avx2, Simd::Avx512, Simd::Avx512Vnni, Simd::Neon]
             .into_iter()
             .find(|l| l.name().eq_ignore_ascii_case(s.trim()))
             .ok_or_else(|| SimdError::Unknown(s.to_string()))

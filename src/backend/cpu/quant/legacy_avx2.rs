@@ -11,8 +11,11 @@
 //! Exact mode: each block's codes widened to f32 in registers, scaled (`d (q - 8)`,
 //! `d q + m`, `d q`) and multiplied into four independent FMA accumulators.
 //!
+//! With AVX-512 VNNI, `vpdpbusd` does the work of `maddubs` + `madd` in one instruction to
+//! the same lanes (`*_vnni`: the fast kernels compiled again with it, [`fast_dots`]).
+//!
 //! Callers pass one row of whole blocks and as many activation blocks (or 32 values per block),
-//! and call only on CPUs with AVX2, FMA and F16C.
+//! and call only on CPUs with AVX2, FMA and F16C (and AVX-512 VNNI for `*_vnni`).
 
 use std::arch::x86_64::*;
 
@@ -44,6 +47,13 @@ pub(super) fn hsum(v: __m256) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn dot_u8_i8(u: __m256i, s: __m256i) -> __m256i {
     _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+}
+
+/// [`dot_u8_i8`] in one `vpdpbusd` (AVX-512 VNNI on 256-bit vectors): the same lanes, since
+/// the `maddubs` pair sums it replaces never saturate here (at most 2·128·127).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) fn dot_u8_i8_vnni(u: __m256i, s: __m256i) -> __m256i {
+    _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
 }
 
 /// 32 bytes, as four vectors of eight f32 (`signed`: the bytes are i8, else u8).
@@ -82,37 +92,47 @@ fn fma_blocks(blocks: impl Iterator<Item = (__m256, __m256i)>) -> f32 {
     hsum(_mm256_add_ps(acc, other))
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn q4_0(row: &[u8], x: &[BlockQ8]) -> f32 {
-    fma_blocks(row.chunks_exact(18).zip(x).map(|(b, xb)| {
-        // Each of the eight lanes less the code sum: the lanes add up to Σ q qx - 8 Σ qx.
-        let dot = dot_u8_i8(nibbles(b[2..].as_ptr()), load(&xb.qs));
-        (_mm256_mul_ps(f16x8(b), _mm256_set1_ps(xb.d)), _mm256_sub_epi32(dot, _mm256_set1_epi32(xb.sum)))
-    }))
+/// The fast-mode row dots of Q4_0, Q4_1 and Q8_0 compiled for `features` with `dot` as the
+/// byte dot product: once with `maddubs` + `madd` (AVX2) and once with `vpdpbusd` (AVX-512
+/// VNNI), the same integer lanes either way.
+macro_rules! fast_dots {
+    ($features:literal, $dot:ident: $q4_0:ident, $q4_1:ident, $q8_0:ident) => {
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn $q4_0(row: &[u8], x: &[BlockQ8]) -> f32 {
+            fma_blocks(row.chunks_exact(18).zip(x).map(|(b, xb)| {
+                // Each of the eight lanes less the code sum: the lanes add up to Σ q qx - 8 Σ qx.
+                let dot = $dot(nibbles(b[2..].as_ptr()), load(&xb.qs));
+                (_mm256_mul_ps(f16x8(b), _mm256_set1_ps(xb.d)), _mm256_sub_epi32(dot, _mm256_set1_epi32(xb.sum)))
+            }))
+        }
+
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn $q4_1(row: &[u8], x: &[BlockQ8]) -> f32 {
+            // As `fma_blocks`, each block's product formed off the accumulators' chains.
+            let (mut acc, mut other) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            for (b, xb) in row.chunks_exact(20).zip(x) {
+                let xd = _mm256_set1_ps(xb.d);
+                let dot = _mm256_cvtepi32_ps($dot(nibbles(b[4..].as_ptr()), load(&xb.qs)));
+                // Each lane takes an eighth (exact: a power of two) of the block's `m dx Σ qx`.
+                let min = _mm256_mul_ps(_mm256_mul_ps(f16x8(&b[2..]), xd), _mm256_set1_ps(xb.sum as f32 * 0.125));
+                (acc, other) = (other, _mm256_add_ps(acc, _mm256_fmadd_ps(_mm256_mul_ps(f16x8(b), xd), dot, min)));
+            }
+            hsum(_mm256_add_ps(acc, other))
+        }
+
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn $q8_0(row: &[u8], x: &[BlockQ8]) -> f32 {
+            fma_blocks(row.chunks_exact(34).zip(x).map(|(b, xb)| {
+                let w = _mm256_loadu_si256(b[2..].as_ptr().cast());
+                let dot = $dot(_mm256_sign_epi8(w, w), _mm256_sign_epi8(load(&xb.qs), w));
+                (_mm256_mul_ps(f16x8(b), _mm256_set1_ps(xb.d)), dot)
+            }))
+        }
+    };
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn q4_1(row: &[u8], x: &[BlockQ8]) -> f32 {
-    // As `fma_blocks`, each block's product formed off the accumulators' chains.
-    let (mut acc, mut other) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    for (b, xb) in row.chunks_exact(20).zip(x) {
-        let xd = _mm256_set1_ps(xb.d);
-        let dot = _mm256_cvtepi32_ps(dot_u8_i8(nibbles(b[4..].as_ptr()), load(&xb.qs)));
-        // Each lane takes an eighth (exact: a power of two) of the block's `m dx Σ qx`.
-        let min = _mm256_mul_ps(_mm256_mul_ps(f16x8(&b[2..]), xd), _mm256_set1_ps(xb.sum as f32 * 0.125));
-        (acc, other) = (other, _mm256_add_ps(acc, _mm256_fmadd_ps(_mm256_mul_ps(f16x8(b), xd), dot, min)));
-    }
-    hsum(_mm256_add_ps(acc, other))
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn q8_0(row: &[u8], x: &[BlockQ8]) -> f32 {
-    fma_blocks(row.chunks_exact(34).zip(x).map(|(b, xb)| {
-        let w = _mm256_loadu_si256(b[2..].as_ptr().cast());
-        let dot = dot_u8_i8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(load(&xb.qs), w));
-        (_mm256_mul_ps(f16x8(b), _mm256_set1_ps(xb.d)), dot)
-    }))
-}
+fast_dots!("avx2,fma,f16c", dot_u8_i8: q4_0, q4_1, q8_0);
+fast_dots!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", dot_u8_i8_vnni: q4_0_vnni, q4_1_vnni, q8_0_vnni);
 
 /// `acc[k] += w[k] * x[8k..8k + 8]` for the four vectors of a 32-weight sub-block.
 #[target_feature(enable = "avx2,fma,f16c")]

@@ -91,114 +91,125 @@ const Q4_1: u8 = 1;
 #[cfg(target_arch = "x86_64")]
 const Q8_0: u8 = 2;
 
-/// [`tile`] with AVX2, `legacy_avx2.rs`'s operations per (row, token): per block the integer
-/// lanes of `dot_u8_i8` (Q8_0: magnitudes against the activations carrying the codes' signs),
-/// then `acc = fma(d dx, lanes, acc)` (Q4_1: `acc + fma(d dx, lanes, m dx Σqx / 8)`), even
-/// blocks into one accumulator and odd blocks into another, the two summed at the end.
-///
-/// Per group of [`GROUP`] tokens and stretch of [`STRETCH`] blocks, the scale products
-/// `d dx` (and Q4_1's min terms) of every (block, row, token) are formed first, eight tokens
-/// in one multiply (the same f32 products), so that the inner loop only broadcasts them from
-/// L1. Then, per parity, register tiles of two rows by four tokens (eight accumulators) run
-/// over the stretch's even or odd blocks: each chain keeps the matvec's order, and per block
-/// the two rows' codes are loaded once for four tokens and the tokens' once for two rows.
-///
-/// # Safety
-/// Needs AVX2, FMA and F16C; the rows and tokens hold as many blocks.
+/// [`tile`] and its token groups compiled for `features` with `dot` as the byte dot product
+/// (`legacy_avx2.rs`'s [`fast_dots`](super::legacy_avx2) pairs): `tile_avx2` with `maddubs` +
+/// `madd`, `tile_avx2_vnni` with AVX-512 VNNI's `vpdpbusd`, to the same lanes.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(in crate::backend::cpu) unsafe fn tile_avx2<const N: usize>(
-    ty: GgmlType,
-    w: [&[LBlock]; 4],
-    xs: &[&[BlockQ8]],
-    p: &mut [[f32; N]; 4],
-) {
-    for (g, xs) in xs.chunks(GROUP).enumerate() {
-        let s = match ty {
-            GgmlType::Q4_0 => group::<Q4_0>(w, xs),
-            GgmlType::Q4_1 => group::<Q4_1>(w, xs),
-            _ => group::<Q8_0>(w, xs),
-        };
-        for (pr, s) in p.iter_mut().zip(s) {
-            pr[GROUP * g..][..xs.len()].copy_from_slice(&s[..xs.len()]);
-        }
-    }
-}
-
-/// The products of up to [`GROUP`] tokens `xs` (a short group repeats its last token) for
-/// format `F`.
-///
-/// # Safety
-/// As [`tile_avx2`].
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn group<const F: u8>(w: [&[LBlock]; 4], xs: &[&[BlockQ8]]) -> [[f32; GROUP]; 4] {
-    let (n_b, n) = (w[0].len(), xs.len());
-    let wp = w.map(|w| w.as_ptr());
-    let xp: [*const BlockQ8; GROUP] = std::array::from_fn(|i| xs[i.min(n - 1)].as_ptr());
-    let ones = _mm256_set1_epi16(1);
-    // `acc[parity][r][i]`.
-    let mut acc = [[[_mm256_setzero_ps(); GROUP]; 4]; 2];
-    // `dd[j][r][i]`: block k0 + j of row r's `d` times token i's `dx`; `mn` Q4_1's min terms.
-    let mut dd = [[[0f32; GROUP]; 4]; STRETCH];
-    let mut mn = [[[0f32; GROUP]; 4]; STRETCH];
-    for k0 in (0..n_b).step_by(STRETCH) {
-        let len = STRETCH.min(n_b - k0);
-        for j in 0..len {
-            let xb = xp.map(|x| &*x.add(k0 + j));
-            let xd = _mm256_loadu_ps(xb.map(|x| x.d).as_ptr());
-            let sums = _mm256_loadu_ps(xb.map(|x| x.sum as f32 * 0.125).as_ptr());
-            for r in 0..4 {
-                let b = &*wp[r].add(k0 + j);
-                _mm256_storeu_ps(dd[j][r].as_mut_ptr(), _mm256_mul_ps(_mm256_set1_ps(b.d), xd));
-                if F == Q4_1 {
-                    let min = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(b.m), xd), sums);
-                    _mm256_storeu_ps(mn[j][r].as_mut_ptr(), min);
+macro_rules! tiles {
+    ($features:literal, $dot:path: $tile:ident, $group:ident) => {
+        /// [`tile`] with AVX2, `legacy_avx2.rs`'s operations per (row, token): per block the integer
+        /// lanes of `dot_u8_i8` (Q8_0: magnitudes against the activations carrying the codes' signs),
+        /// then `acc = fma(d dx, lanes, acc)` (Q4_1: `acc + fma(d dx, lanes, m dx Σqx / 8)`), even
+        /// blocks into one accumulator and odd blocks into another, the two summed at the end.
+        ///
+        /// Per group of [`GROUP`] tokens and stretch of [`STRETCH`] blocks, the scale products
+        /// `d dx` (and Q4_1's min terms) of every (block, row, token) are formed first, eight tokens
+        /// in one multiply (the same f32 products), so that the inner loop only broadcasts them from
+        /// L1. Then, per parity, register tiles of two rows by four tokens (eight accumulators) run
+        /// over the stretch's even or odd blocks: each chain keeps the matvec's order, and per block
+        /// the two rows' codes are loaded once for four tokens and the tokens' once for two rows.
+        ///
+        /// # Safety
+        /// Needs the features compiled in (AVX2, FMA and F16C; AVX-512 VNNI for
+        /// `tile_avx2_vnni`); the rows and tokens hold as many blocks.
+        #[target_feature(enable = $features)]
+        pub(in crate::backend::cpu) unsafe fn $tile<const N: usize>(
+            ty: GgmlType,
+            w: [&[LBlock]; 4],
+            xs: &[&[BlockQ8]],
+            p: &mut [[f32; N]; 4],
+        ) {
+            for (g, xs) in xs.chunks(GROUP).enumerate() {
+                let s = match ty {
+                    GgmlType::Q4_0 => $group::<Q4_0>(w, xs),
+                    GgmlType::Q4_1 => $group::<Q4_1>(w, xs),
+                    _ => $group::<Q8_0>(w, xs),
+                };
+                for (pr, s) in p.iter_mut().zip(s) {
+                    pr[GROUP * g..][..xs.len()].copy_from_slice(&s[..xs.len()]);
                 }
             }
         }
-        for (parity, acc) in acc.iter_mut().enumerate() {
-            for r0 in [0, 2] {
-                for i0 in (0..n).step_by(4) {
-                    let mut a: [[__m256; 4]; 2] = std::array::from_fn(|r| std::array::from_fn(|i| acc[r0 + r][i0 + i]));
-                    for j in (parity..len).step_by(2) {
-                        let k = k0 + j;
-                        let c = [0, 1].map(|r| _mm256_loadu_si256((*wp[r0 + r].add(k)).codes.as_ptr().cast()));
-                        let u = if F == Q8_0 { c.map(|c| _mm256_abs_epi8(c)) } else { c };
-                        for i in 0..4 {
-                            let xb = &*xp[i0 + i].add(k);
-                            let xq = _mm256_loadu_si256(xb.qs.as_ptr().cast());
-                            for r in 0..2 {
-                                let s = if F == Q8_0 { _mm256_sign_epi8(xq, c[r]) } else { xq };
-                                let mut dot = _mm256_madd_epi16(_mm256_maddubs_epi16(u[r], s), ones);
-                                if F == Q4_0 {
-                                    dot = _mm256_sub_epi32(dot, _mm256_set1_epi32(xb.sum));
+
+        /// The products of up to [`GROUP`] tokens `xs` (a short group repeats its last token) for
+        /// format `F`.
+        ///
+        /// # Safety
+        /// As [`tile_avx2`].
+        #[target_feature(enable = $features)]
+        unsafe fn $group<const F: u8>(w: [&[LBlock]; 4], xs: &[&[BlockQ8]]) -> [[f32; GROUP]; 4] {
+            let (n_b, n) = (w[0].len(), xs.len());
+            let wp = w.map(|w| w.as_ptr());
+            let xp: [*const BlockQ8; GROUP] = std::array::from_fn(|i| xs[i.min(n - 1)].as_ptr());
+            // `acc[parity][r][i]`.
+            let mut acc = [[[_mm256_setzero_ps(); GROUP]; 4]; 2];
+            // `dd[j][r][i]`: block k0 + j of row r's `d` times token i's `dx`; `mn` Q4_1's min terms.
+            let mut dd = [[[0f32; GROUP]; 4]; STRETCH];
+            let mut mn = [[[0f32; GROUP]; 4]; STRETCH];
+            for k0 in (0..n_b).step_by(STRETCH) {
+                let len = STRETCH.min(n_b - k0);
+                for j in 0..len {
+                    let xb = xp.map(|x| &*x.add(k0 + j));
+                    let xd = _mm256_loadu_ps(xb.map(|x| x.d).as_ptr());
+                    let sums = _mm256_loadu_ps(xb.map(|x| x.sum as f32 * 0.125).as_ptr());
+                    for r in 0..4 {
+                        let b = &*wp[r].add(k0 + j);
+                        _mm256_storeu_ps(dd[j][r].as_mut_ptr(), _mm256_mul_ps(_mm256_set1_ps(b.d), xd));
+                        if F == Q4_1 {
+                            let min = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(b.m), xd), sums);
+                            _mm256_storeu_ps(mn[j][r].as_mut_ptr(), min);
+                        }
+                    }
+                }
+                for (parity, acc) in acc.iter_mut().enumerate() {
+                    for r0 in [0, 2] {
+                        for i0 in (0..n).step_by(4) {
+                            let mut a: [[__m256; 4]; 2] = std::array::from_fn(|r| std::array::from_fn(|i| acc[r0 + r][i0 + i]));
+                            for j in (parity..len).step_by(2) {
+                                let k = k0 + j;
+                                let c = [0, 1].map(|r| _mm256_loadu_si256((*wp[r0 + r].add(k)).codes.as_ptr().cast()));
+                                let u = if F == Q8_0 { c.map(|c| _mm256_abs_epi8(c)) } else { c };
+                                for i in 0..4 {
+                                    let xb = &*xp[i0 + i].add(k);
+                                    let xq = _mm256_loadu_si256(xb.qs.as_ptr().cast());
+                                    for r in 0..2 {
+                                        let s = if F == Q8_0 { _mm256_sign_epi8(xq, c[r]) } else { xq };
+                                        let mut dot = $dot(u[r], s);
+                                        if F == Q4_0 {
+                                            dot = _mm256_sub_epi32(dot, _mm256_set1_epi32(xb.sum));
+                                        }
+                                        let (d, dot) = (_mm256_broadcast_ss(&dd[j][r0 + r][i0 + i]), _mm256_cvtepi32_ps(dot));
+                                        a[r][i] = if F == Q4_1 {
+                                            let min = _mm256_broadcast_ss(&mn[j][r0 + r][i0 + i]);
+                                            _mm256_add_ps(a[r][i], _mm256_fmadd_ps(d, dot, min))
+                                        } else {
+                                            _mm256_fmadd_ps(d, dot, a[r][i])
+                                        };
+                                    }
                                 }
-                                let (d, dot) = (_mm256_broadcast_ss(&dd[j][r0 + r][i0 + i]), _mm256_cvtepi32_ps(dot));
-                                a[r][i] = if F == Q4_1 {
-                                    let min = _mm256_broadcast_ss(&mn[j][r0 + r][i0 + i]);
-                                    _mm256_add_ps(a[r][i], _mm256_fmadd_ps(d, dot, min))
-                                } else {
-                                    _mm256_fmadd_ps(d, dot, a[r][i])
-                                };
+                            }
+                            for (r, a) in a.iter().enumerate() {
+                                acc[r0 + r][i0..i0 + 4].copy_from_slice(a);
                             }
                         }
                     }
-                    for (r, a) in a.iter().enumerate() {
-                        acc[r0 + r][i0..i0 + 4].copy_from_slice(a);
-                    }
                 }
             }
+            let mut p = [[0.0; GROUP]; 4];
+            for (r, pr) in p.iter_mut().enumerate() {
+                for (i, v) in pr.iter_mut().enumerate().take(n) {
+                    *v = super::legacy_avx2::hsum(_mm256_add_ps(acc[0][r][i], acc[1][r][i]));
+                }
+            }
+            p
         }
-    }
-    let mut p = [[0.0; GROUP]; 4];
-    for (r, pr) in p.iter_mut().enumerate() {
-        for (i, v) in pr.iter_mut().enumerate().take(n) {
-            *v = super::legacy_avx2::hsum(_mm256_add_ps(acc[0][r][i], acc[1][r][i]));
-        }
-    }
-    p
+    };
 }
+
+#[cfg(target_arch = "x86_64")]
+tiles!("avx2,fma,f16c", super::legacy_avx2::dot_u8_i8: tile_avx2, group);
+#[cfg(target_arch = "x86_64")]
+tiles!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", super::legacy_avx2::dot_u8_i8_vnni: tile_avx2_vnni, group_vnni);
 
 #[cfg(test)]
 mod tests {
@@ -234,6 +245,8 @@ mod tests {
                                 // SAFETY: an available level.
                                 #[cfg(target_arch = "x86_64")]
                                 Simd::Avx2 | Simd::Avx512 => unsafe { tile_avx2(ty, w, &xs, &mut p) },
+                                #[cfg(target_arch = "x86_64")]
+                                Simd::Avx512Vnni => unsafe { tile_avx2_vnni(ty, w, &xs, &mut p) },
                                 _ => tile(ty, w, &xs, &mut p),
                             }
                             for (r, pr) in p.iter().enumerate() {

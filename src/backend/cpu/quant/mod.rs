@@ -59,8 +59,8 @@ impl Kernel {
     pub(super) fn of(ty: GgmlType, fast: bool, simd: Simd) -> Option<Kernel> {
         use GgmlType as T;
         #[cfg(target_arch = "x86_64")]
-        if matches!(simd, Simd::Avx2 | Simd::Avx512) {
-            return Self::avx2(ty, fast);
+        if simd.avx2() {
+            return Self::avx2(ty, fast, simd == Simd::Avx512Vnni);
         }
         Some(match (ty, fast) {
             (T::F32, _) => Kernel::F32(float::f32_row),
@@ -76,16 +76,20 @@ impl Kernel {
         })
     }
 
-    /// The AVX2 kernels. The wrappers are safe fns for the table; they are only chosen at the
-    /// levels that imply AVX2, FMA and F16C ([`Simd::is_supported`]).
+    /// The AVX2 kernels (`vnni`: Q4_0, Q4_1 and Q8_0's fast ones with AVX-512 VNNI). The
+    /// wrappers are safe fns for the table; they are only chosen at the levels that imply the
+    /// features they need ([`Simd::is_supported`]).
     #[cfg(target_arch = "x86_64")]
-    fn avx2(ty: GgmlType, fast: bool) -> Option<Kernel> {
+    fn avx2(ty: GgmlType, fast: bool, vnni: bool) -> Option<Kernel> {
         use float::avx2 as f;
         use kquant_avx2 as k;
         use legacy_avx2 as l;
         use GgmlType as T;
         // SAFETY (every closure): see above.
         Some(match (ty, fast) {
+            (T::Q4_0, true) if vnni => Kernel::Q8(|r, x| unsafe { l::q4_0_vnni(r, x) }),
+            (T::Q4_1, true) if vnni => Kernel::Q8(|r, x| unsafe { l::q4_1_vnni(r, x) }),
+            (T::Q8_0, true) if vnni => Kernel::Q8(|r, x| unsafe { l::q8_0_vnni(r, x) }),
             (T::F32, _) => Kernel::F32(|r, x| unsafe { f::f32_row(r, x) }),
             (T::F16, _) => Kernel::F32(|r, x| unsafe { f::f16_row(r, x) }),
             (T::BF16, _) => Kernel::F32(|r, x| unsafe { f::bf16_row(r, x) }),

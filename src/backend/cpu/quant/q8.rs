@@ -82,7 +82,7 @@ fn quantize(simd: Simd, x: &[f32], qs: &mut [i8]) -> f32 {
     match simd {
         // SAFETY: these levels are chosen only where the CPU has AVX2.
         #[cfg(target_arch = "x86_64")]
-        Simd::Avx2 | Simd::Avx512 => unsafe { quantize_avx2(x, qs) },
+        l if l.avx2() => unsafe { quantize_avx2(x, qs) },
         _ => {
             let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
             let (d, id) = scales(amax);
