@@ -51,7 +51,10 @@ impl Classify for GpuError {
             GpuError::NoAdapter(_) => NoGpu,
             GpuError::RequestDevice(_) | GpuError::BufferTooLarge { .. } | GpuError::OutOfMemory(_) => AdapterTooSmall,
             GpuError::DeviceLost(_) => DeviceLost,
+            GpuError::CpuUnsupported(_) => ModelNotSupported,
             GpuError::Pipeline { .. }
+            | GpuError::WrongBackend(_)
+            | GpuError::Cpu(_)
             | GpuError::Readback(_)
             | GpuError::Device(_)
             | GpuError::Shape(_)

@@ -103,7 +103,8 @@ fn lost_mid_generation(extra: Value, how: Loss) {
     );
 
     let mut e = tiny_vlm_engine();
-    let (loss, device) = (e.gpu().device_loss(), e.gpu().device.clone());
+    let gpu = e.device().gpu().unwrap();
+    let (loss, device) = (gpu.device_loss(), gpu.device.clone());
     let mut lost_at = None;
     let (running, streamed) = stream(&mut e, &req, |n| {
         if n == DELTAS_BEFORE_LOSS {
@@ -173,14 +174,14 @@ fn a_device_lost_between_requests_fails_the_next_one_before_any_gpu_work() {
         let mut e = tiny_vlm_engine();
         let (first, _) = stream(&mut e, &request(json!({ "max_tokens": 2 })), |_| {});
         first.unwrap();
-        e.gpu().destroy_device_for_tests();
+        e.device().gpu().unwrap().destroy_device_for_tests();
         let started = Instant::now();
         let (next, text) = stream(&mut e, &request(json!({})), |_| {});
         assert_lost("the next request", next);
         assert!(text.is_empty());
         assert!(started.elapsed() < FAIL_FAST, "{:?}", started.elapsed());
         // The GPU layer's own reads fail with it too.
-        let buffer = e.gpu().storage("after the loss", 16).unwrap();
-        assert_lost("a read", e.gpu().read_blocking(&buffer, 0, 16));
+        let buffer = e.device().storage("after the loss", 16).unwrap();
+        assert_lost("a read", e.device().read_blocking(&buffer, 0, 16));
     });
 }

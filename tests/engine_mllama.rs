@@ -227,7 +227,7 @@ fn memory_plan_matches_the_loaded_buffers() {
         let name = format!("{folder} {quant:?}");
         let hf = HfModel::open(fixture(folder)).unwrap();
         let gpu = gpu();
-        let limits = PlanLimits::from_caps(&gpu.caps);
+        let limits = PlanLimits::from_caps(gpu.caps());
         let infos: Vec<TensorInfo> = hf.tensors().map(|t| t.info.clone()).collect();
         let plan_opts = PlanOptions { ctx: 64, chunk: 16, kv: precision.kv_dtype(), text_quant: quant, ..PlanOptions::default() };
         let plan = MemoryPlan::new(ModelHeaders { metadata: hf.metadata(), tensors: &infos }, None, limits, plan_opts).unwrap();

@@ -43,7 +43,7 @@ fn convert(folder: &Path, quant: LoadQuant) -> (Engine, Vec<u8>) {
         let (mut at, mut size) = (0, 777);
         while at < bytes.len() {
             let end = (at + size).min(bytes.len());
-            repo.push(engine.gpu(), i, &bytes[at..end]).unwrap();
+            repo.push(engine.device(), i, &bytes[at..end]).unwrap();
             file.extend(repo.take_gguf());
             (at, size) = (end, size * 5 % 90_001 + 1);
         }

@@ -5,7 +5,8 @@
 
 mod common;
 use common::*;
-use webvlm::gpu::{Geometry, Gpu, GpuOptions, Program};
+use webvlm::backend::{Buffer, Device, Program};
+use webvlm::gpu::{Geometry, Gpu, GpuOptions};
 use webvlm::kernels::attention::{self, AttnShape, DecodeScratch, KvDtype, PrefillLaunch, RowWidth, StepParams};
 use webvlm::kernels::rope::{self, QScale, RopeFreqs, RopeLayout, RopeMode, RopeTable, Yarn};
 
@@ -69,11 +70,11 @@ const VARIANTS: [(Geometry, bool); 3] = [(Geometry::Cpu, false), (Geometry::Gpu,
 
 /// One device per launch variant. The forced GPU geometry must get the GPU prefill shape
 /// wherever the adapter grants its workgroup memory (lavapipe does).
-fn variants() -> impl Iterator<Item = Gpu> {
+fn variants() -> impl Iterator<Item = Device> {
     VARIANTS.into_iter().map(|(geometry, allow_subgroups)| {
         let options = GpuOptions { geometry: Some(geometry), allow_subgroups, ..GpuOptions::default() };
-        let gpu = Gpu::new_blocking(options).expect("a GPU adapter");
-        let caps = &gpu.caps;
+        let gpu = Device::Gpu(Gpu::new_blocking(options).expect("a GPU adapter"));
+        let caps = &gpu.caps();
         let launch = PrefillLaunch::of(caps.geometry, 128, caps.max_workgroup_storage);
         assert_eq!(launch.registers, geometry == Geometry::Gpu && caps.max_workgroup_storage >= launch.workgroup_bytes);
         eprintln!("variant {}: workgroup storage {} B, prefill {launch:?}", variant(&gpu), caps.max_workgroup_storage);
@@ -82,13 +83,13 @@ fn variants() -> impl Iterator<Item = Gpu> {
 }
 
 /// The launch variant of `gpu`, for messages.
-fn variant(gpu: &Gpu) -> String {
-    format!("{:?}{}", gpu.caps.geometry, if gpu.caps.subgroups { " + subgroups" } else { "" })
+fn variant(gpu: &Device) -> String {
+    format!("{:?}{}", gpu.caps().geometry, if gpu.caps().subgroups { " + subgroups" } else { "" })
 }
 
-fn step_buffer(gpu: &Gpu, s: StepParams) -> wgpu::Buffer {
-    let b = StepParams::create_buffer(gpu);
-    s.write(gpu, &b);
+fn step_buffer(gpu: &Device, s: StepParams) -> Buffer {
+    let b = StepParams::create_buffer(gpu).unwrap();
+    s.write(gpu, &b).unwrap();
     b
 }
 
@@ -139,7 +140,7 @@ fn cpu_rope_reproduces_torch_cos_sin_and_query_scale() {
 }
 
 /// Runs `rope_inplace` on `x` and returns the result.
-fn gpu_rope(gpu: &Gpu, x: &[f32], layout: &RopeLayout, n_tok: u32, table: &RopeTable, pos0: u32, q: QScale) -> Vec<f32> {
+fn gpu_rope(gpu: &Device, x: &[f32], layout: &RopeLayout, n_tok: u32, table: &RopeTable, pos0: u32, q: QScale) -> Vec<f32> {
     let bx = upload(gpu, x);
     let freqs = RopeFreqs::upload(gpu, table).unwrap();
     let step = step_buffer(gpu, StepParams::new(0, n_tok, pos0));
@@ -239,7 +240,7 @@ fn query_scaling_is_identity_below_orig_and_scales_above() {
 }
 
 /// Reads a cache of `kv` as f32 values.
-fn read_cache(gpu: &Gpu, buf: &wgpu::Buffer, n: usize, kv: KvDtype) -> Vec<f32> {
+fn read_cache(gpu: &Device, buf: &Buffer, n: usize, kv: KvDtype) -> Vec<f32> {
     match kv {
         KvDtype::F32 => gpu.read_f32_blocking(buf, n).unwrap(),
         KvDtype::F16 => {
@@ -250,7 +251,7 @@ fn read_cache(gpu: &Gpu, buf: &wgpu::Buffer, n: usize, kv: KvDtype) -> Vec<f32> 
 }
 
 /// A cache buffer of `kv` holding `x` (f16: rounded to nearest and packed on the CPU).
-fn upload_cache(gpu: &Gpu, x: &[f32], kv: KvDtype) -> wgpu::Buffer {
+fn upload_cache(gpu: &Device, x: &[f32], kv: KvDtype) -> Buffer {
     match kv {
         KvDtype::F32 => upload(gpu, x),
         KvDtype::F16 => gpu.storage_with("cache", bytemuck::cast_slice(&attention::pack_f16(x))).unwrap(),
@@ -347,12 +348,12 @@ fn prefill_matches_cpu() {
 /// this suite runs on (lavapipe; Vulkan, Metal and DX12 GPUs) offers subgroups, so a variant
 /// that asked for them and did not get them fails here instead of quietly re-running the
 /// workgroup-memory kernels.
-fn assert_subgroup_kernels(gpu: &Gpu, wanted: bool) {
-    let compiled = gpu.compiled_modules_containing("subgroupShuffleXor");
+fn assert_subgroup_kernels(gpu: &Device, wanted: bool) {
+    let compiled = gpu.gpu().unwrap().compiled_modules_containing("subgroupShuffleXor");
     assert_eq!(compiled > 0, wanted, "{}: {compiled} attention modules with subgroup shuffles", variant(gpu));
 }
 
-fn check_prefill(gpu: &Gpu) {
+fn check_prefill(gpu: &Device) {
     let name = variant(gpu);
     let mut rng = Rng::new(21);
     let shapes = [(4, 4, 8), (4, 2, 64), (8, 2, 128), (4, 1, 80), (2, 2, 16), (6, 3, 32), (16, 16, 64)];
@@ -458,7 +459,7 @@ impl DecodeCase {
 
 /// One decode program recorded for `max_ctx` and reused for every `(kv_len, n_tok)` step
 /// (only the step uniform changes), against the CPU reference.
-fn check_decode(gpu: &Gpu, rng: &mut Rng, d: &DecodeCase, steps: &[(u32, u32)]) {
+fn check_decode(gpu: &Device, rng: &mut Rng, d: &DecodeCase, steps: &[(u32, u32)]) {
     let DecodeCase { n_head, n_kv, hd, max_tok, max_ctx, kv, causal } = *d;
     let c = AttnCase { n_head, n_kv, hd, n_tok: 0, kv_start: max_ctx };
     let (_, k, v) = attn_data(rng, &c, 0);
@@ -471,14 +472,14 @@ fn check_decode(gpu: &Gpu, rng: &mut Rng, d: &DecodeCase, steps: &[(u32, u32)]) 
     };
     let bq = gpu.storage("q", (max_tok * n_head * hd * 4) as u64).unwrap();
     let out = gpu.storage("out", (max_tok * n_head * hd * 4) as u64).unwrap();
-    let step = StepParams::create_buffer(gpu);
+    let step = StepParams::create_buffer(gpu).unwrap();
     let scratch = DecodeScratch::new(gpu, &shape, attention::default_splits(max_ctx)).unwrap();
     let mut prog = Program::new();
     attention::attention_decode(&mut prog, gpu, &shape, &step, &bq, &bk, &bv, &scratch, &out).unwrap();
     for &(kv_len, n_tok) in steps {
         let q: Vec<f32> = rng.vec((n_tok * n_head * hd) as usize).iter().map(|v| v * 2.0).collect();
-        gpu.write(&bq, 0, bytemuck::cast_slice(&q));
-        StepParams::new(kv_len - n_tok, n_tok, kv_len - n_tok).write(gpu, &step);
+        gpu.write(&bq, 0, bytemuck::cast_slice(&q)).unwrap();
+        StepParams::new(kv_len - n_tok, n_tok, kv_len - n_tok).write(gpu, &step).unwrap();
         prog.run(gpu).unwrap();
         let got = gpu.read_f32_blocking(&out, q.len()).unwrap();
         let reference = |k: &[f32], v: &[f32]| {
@@ -603,7 +604,7 @@ fn decode_skips_and_ignores_inactive_splits() {
         let (bk, bv) = (upload(&gpu, &k), upload(&gpu, &v));
         let bq = gpu.storage("q", (n_head * hd * 4) as u64).unwrap();
         let out = gpu.storage("out", (n_head * hd * 4) as u64).unwrap();
-        let step = StepParams::create_buffer(&gpu);
+        let step = StepParams::create_buffer(&gpu).unwrap();
         let scratch = DecodeScratch::new(&gpu, &shape, attention::default_splits(max_ctx)).unwrap();
         let n_split = scratch.n_split as usize;
         assert_eq!(n_split, 8);
@@ -612,11 +613,11 @@ fn decode_skips_and_ignores_inactive_splits() {
         for kv_len in [100u32, 300, 2048] {
             let active = attention::active_splits(kv_len, scratch.n_split) as usize;
             let rows = n_head as usize * n_split;
-            gpu.write(&scratch.ml, 0, bytemuck::cast_slice(&[50f32, 1.0].repeat(rows)));
-            gpu.write(&scratch.o, 0, bytemuck::cast_slice(&vec![1000f32; rows * hd as usize]));
+            gpu.write(&scratch.ml, 0, bytemuck::cast_slice(&[50f32, 1.0].repeat(rows))).unwrap();
+            gpu.write(&scratch.o, 0, bytemuck::cast_slice(&vec![1000f32; rows * hd as usize])).unwrap();
             let q = rng.vec((n_head * hd) as usize);
-            gpu.write(&bq, 0, bytemuck::cast_slice(&q));
-            StepParams::new(kv_len - 1, 1, kv_len - 1).write(&gpu, &step);
+            gpu.write(&bq, 0, bytemuck::cast_slice(&q)).unwrap();
+            StepParams::new(kv_len - 1, 1, kv_len - 1).write(&gpu, &step).unwrap();
             prog.run(&gpu).unwrap();
             let got = gpu.read_f32_blocking(&out, q.len()).unwrap();
             let (n, nh, nk, d) = (kv_len as usize, n_head as usize, n_kv as usize, hd as usize);
@@ -672,7 +673,7 @@ fn prefill_reads_an_f16_cache() {
 
 /// One prefill dispatch of `c` over a cache of `kv`, against the f64 reference: rel L2 vs the
 /// values the cache holds (f16-rounded or not) and vs the unrounded f32 values.
-fn prefill_errors(gpu: &Gpu, rng: &mut Rng, c: &AttnCase, causal: bool, kv: KvDtype) -> (f32, f32) {
+fn prefill_errors(gpu: &Device, rng: &mut Rng, c: &AttnCase, causal: bool, kv: KvDtype) -> (f32, f32) {
     let AttnCase { n_head, n_kv, hd, n_tok, kv_start } = *c;
     let (q, k, v) = attn_data(rng, c, 3);
     let shape = AttnShape { causal, kv, ..AttnShape::new(n_head, n_kv, hd, n_tok) };
@@ -728,7 +729,7 @@ fn prefill_matches_cpu_at_head_dim_256() {
         // Past MAX_HEAD_DIM (or not a multiple of 4): a typed shape error, nothing recorded.
         for hd in [attention::MAX_HEAD_DIM + 4, 254] {
             let b = gpu.storage("b", 4 << 10).unwrap();
-            let step = StepParams::create_buffer(&gpu);
+            let step = StepParams::create_buffer(&gpu).unwrap();
             let r = attention::attention_prefill(&mut Program::new(), &gpu, &AttnShape::new(2, 2, hd, 1), &step, &b, &b, &b, &b);
             assert!(matches!(r, Err(webvlm::gpu::GpuError::Shape(_))), "head_dim {hd} accepted");
         }
@@ -798,7 +799,7 @@ fn recorded_prefill_then_decode_steps_match_cpu() {
     }
 }
 
-fn recorded_pipeline(gpu: &Gpu, kv: KvDtype) {
+fn recorded_pipeline(gpu: &Device, kv: KvDtype) {
     let mut rng = Rng::new(41);
     let (n_head, n_kv, hd, max_ctx, n_pre, pos_base) = (8u32, 2u32, 64u32, 64u32, 37u32, 20000u32);
     let table = rope::rope_table(hd as usize, 1e6, Some(&Yarn::ministral3()));
@@ -807,7 +808,7 @@ fn recorded_pipeline(gpu: &Gpu, kv: KvDtype) {
     let row = (n_kv * hd) as usize;
     let kc = gpu.storage("kc", kv.cache_bytes(max_ctx, row as u32)).unwrap();
     let vc = gpu.storage("vc", kv.cache_bytes(max_ctx, row as u32)).unwrap();
-    let step = StepParams::create_buffer(gpu);
+    let step = StepParams::create_buffer(gpu).unwrap();
     let (mut cpu_k, mut cpu_v) = (Vec::new(), Vec::new());
     let record = |max_tok: u32, decode: bool| {
         let (q, k, v) = (
@@ -840,10 +841,10 @@ fn recorded_pipeline(gpu: &Gpu, kv: KvDtype) {
         let (hq, hk, hv) =
             (rng.vec((n_tok * n_head * hd) as usize), rng.vec(n_tok as usize * row), rng.vec(n_tok as usize * row));
         for (b, h) in [(q, &hq), (k, &hk), (v, &hv)] {
-            gpu.write(b, 0, bytemuck::cast_slice(h));
+            gpu.write(b, 0, bytemuck::cast_slice(h)).unwrap();
         }
         let s = StepParams::new(kv_start, n_tok, pos_base + kv_start);
-        s.write(gpu, &step);
+        s.write(gpu, &step).unwrap();
         prog.run(gpu).unwrap();
         cpu_k.extend(rope::rope_ref(&hk, kl, n_tok as usize, &table, s.rope_pos0, QScale::NONE));
         cpu_v.extend(&hv);

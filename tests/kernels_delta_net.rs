@@ -5,7 +5,8 @@
 
 mod common;
 use common::*;
-use webvlm::gpu::{Gpu, GpuError, Program};
+use webvlm::backend::{Buffer, Device, Program};
+use webvlm::gpu::GpuError;
 use webvlm::kernels::delta_net::{self, DeltaNetBuffers, DeltaNetLayout, KHeads};
 
 /// GPU f32 recurrence vs the f64 reference, relative L2 over all outputs / the final state.
@@ -50,15 +51,15 @@ impl Case {
 
 /// GPU buffers of a case: inputs uploaded, the state a copy of the initial one.
 struct GpuCase {
-    qkv: wgpu::Buffer,
-    g: wgpu::Buffer,
-    beta: wgpu::Buffer,
-    state: wgpu::Buffer,
-    out: wgpu::Buffer,
+    qkv: Buffer,
+    g: Buffer,
+    beta: Buffer,
+    state: Buffer,
+    out: Buffer,
 }
 
 impl GpuCase {
-    fn new(gpu: &Gpu, c: &Case) -> GpuCase {
+    fn new(gpu: &Device, c: &Case) -> GpuCase {
         GpuCase {
             qkv: upload(gpu, &c.qkv),
             g: upload(gpu, &c.g),
@@ -72,13 +73,13 @@ impl GpuCase {
         DeltaNetBuffers { qkv: &self.qkv, g: &self.g, beta: &self.beta, state: &self.state, out: &self.out }
     }
 
-    fn read(&self, gpu: &Gpu, c: &Case) -> (Vec<f32>, Vec<f32>) {
+    fn read(&self, gpu: &Device, c: &Case) -> (Vec<f32>, Vec<f32>) {
         let out = gpu.read_f32_blocking(&self.out, c.layout.out_len(c.n_tok)).unwrap();
         (out, gpu.read_f32_blocking(&self.state, c.layout.state_len()).unwrap())
     }
 }
 
-fn run_recurrent(gpu: &Gpu, c: &Case) -> (Vec<f32>, Vec<f32>) {
+fn run_recurrent(gpu: &Device, c: &Case) -> (Vec<f32>, Vec<f32>) {
     let bufs = GpuCase::new(gpu, c);
     let mut prog = Program::new();
     delta_net::record_recurrent(&mut prog, gpu, &c.layout, c.n_tok, &bufs.buffers()).unwrap();
@@ -86,7 +87,7 @@ fn run_recurrent(gpu: &Gpu, c: &Case) -> (Vec<f32>, Vec<f32>) {
     bufs.read(gpu, c)
 }
 
-fn run_chunked(gpu: &Gpu, c: &Case) -> (Vec<f32>, Vec<f32>) {
+fn run_chunked(gpu: &Device, c: &Case) -> (Vec<f32>, Vec<f32>) {
     let bufs = GpuCase::new(gpu, c);
     let scratch = gpu.storage("scratch", 4 * delta_net::chunked_scratch_len(&c.layout, c.n_tok) as u64).unwrap();
     let mut prog = Program::new();
@@ -235,8 +236,7 @@ fn bad_shapes_are_errors() {
     shape_err(record(&good, 4, &DeltaNetBuffers { g: &small, ..bufs.buffers() }), "small g");
     shape_err(record(&good, 4, &DeltaNetBuffers { beta: &small, ..bufs.buffers() }), "small beta");
     shape_err(record(&good, 4, &DeltaNetBuffers { out: &small, ..bufs.buffers() }), "small out");
-    let chunked =
-        |scratch: &wgpu::Buffer| delta_net::record_chunked(&mut Program::new(), &gpu, &good, 4, &bufs.buffers(), scratch);
+    let chunked = |scratch: &Buffer| delta_net::record_chunked(&mut Program::new(), &gpu, &good, 4, &bufs.buffers(), scratch);
     let scratch = gpu.storage("scratch", 4 * delta_net::chunked_scratch_len(&good, 4) as u64).unwrap();
     chunked(&scratch).unwrap();
     shape_err(chunked(&small), "small scratch");

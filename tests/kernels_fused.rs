@@ -6,13 +6,14 @@
 
 mod common;
 use common::*;
+use webvlm::backend::{Buffer, Device, Program};
 use webvlm::gguf::quant::quantize_q8_0;
 use webvlm::gguf::{dequantize_to_vec, random_blocks, GgmlType, GgufWriter};
-use webvlm::gpu::{Geometry, Gpu, GpuOptions, Program};
+use webvlm::gpu::{Geometry, Gpu, GpuOptions};
 use webvlm::kernels::elementwise::{self, silu_mul_ref};
 use webvlm::kernels::matmul::{self, MatmulCompute};
 use webvlm::kernels::matvec::{self, matvec_ref, Epilogue, MatvecLaunch, Output};
-use webvlm::kernels::quant::GpuWeight;
+use webvlm::kernels::quant::Weight;
 use webvlm::source::{load_stacked, Eager, GgufBytes, GgufStream, LoadQuant, Stacked, WeightLoader};
 
 /// f32 summation order only (as the plain matvec tests).
@@ -25,8 +26,11 @@ const SHAPES: [(Geometry, bool); 3] = [(Geometry::Gpu, true), (Geometry::Gpu, fa
 const TYPES: [GgmlType; 7] =
     [GgmlType::F32, GgmlType::F16, GgmlType::Q5_K, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_K, GgmlType::Q6_K];
 
-fn gpu_with(geometry: Geometry, allow_subgroups: bool) -> Gpu {
-    Gpu::new_blocking(GpuOptions { geometry: Some(geometry), allow_subgroups, ..GpuOptions::default() }).expect("a GPU adapter")
+fn gpu_with(geometry: Geometry, allow_subgroups: bool) -> Device {
+    Device::Gpu(
+        Gpu::new_blocking(GpuOptions { geometry: Some(geometry), allow_subgroups, ..GpuOptions::default() })
+            .expect("a GPU adapter"),
+    )
 }
 
 fn random_weight(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> (Vec<u8>, Vec<f32>) {
@@ -49,7 +53,7 @@ fn cols_of(ty: GgmlType) -> usize {
 }
 
 /// Runs `record` on a fresh program with `y` preset to `y0`; returns y.
-fn run(gpu: &Gpu, y0: &[f32], record: impl FnOnce(&mut Program, &wgpu::Buffer)) -> Vec<f32> {
+fn run(gpu: &Device, y0: &[f32], record: impl FnOnce(&mut Program, &Buffer)) -> Vec<f32> {
     let y = upload(gpu, y0);
     let mut prog = Program::new();
     record(&mut prog, &y);
@@ -61,13 +65,13 @@ fn run(gpu: &Gpu, y0: &[f32], record: impl FnOnce(&mut Program, &wgpu::Buffer)) 
 fn matvec_epilogues_match_cpu_in_both_geometries() {
     for (geometry, subgroups) in SHAPES {
         let gpu = gpu_with(geometry, subgroups);
-        assert_eq!(gpu.caps.geometry, geometry);
-        let geometry = format!("{geometry:?}{}", if gpu.caps.subgroups { " + subgroups" } else { "" });
+        assert_eq!(gpu.caps().geometry, geometry);
+        let geometry = format!("{geometry:?}{}", if gpu.caps().subgroups { " + subgroups" } else { "" });
         // 38 rows: 2 rows per thread in the GPU shape's block path; 2050: 4.
         for (ty, rows) in TYPES.into_iter().flat_map(|ty| [(ty, 38), (ty, 2050)]) {
             let (cols, n_tok) = (cols_of(ty), 2);
             let (bytes, deq) = random_weight(ty, rows, cols, 5);
-            let w = GpuWeight::upload(&gpu, "w", ty, rows as u32, cols as u32, &bytes).unwrap();
+            let w = Weight::upload(&gpu, "w", ty, rows as u32, cols as u32, &bytes).unwrap();
             let x = Rng::new(6).vec(n_tok * cols);
             let bx = upload(&gpu, &x);
             let want = matvec_ref(&deq, rows, cols, &x, n_tok);
@@ -113,7 +117,7 @@ fn matvec_epilogues_match_cpu_in_both_geometries() {
 fn silu_gated_matvec_refuses_a_weight_it_cannot_pair() {
     let gpu = gpu();
     let (bytes, _) = random_weight(GgmlType::F32, 3, 32, 1);
-    let w = GpuWeight::upload(&gpu, "odd", GgmlType::F32, 3, 32, &bytes).unwrap();
+    let w = Weight::upload(&gpu, "odd", GgmlType::F32, 3, 32, &bytes).unwrap();
     let (x, y) = (upload(&gpu, &[0.0; 32]), upload(&gpu, &[0.0; 4]));
     let out = Output { stride: 1, offset: 0, epilogue: Epilogue::SiluMul };
     assert!(matvec::record_into(&mut Program::new(), &gpu, &w, &x, &y, out, 1).is_err(), "odd row count");
@@ -126,7 +130,7 @@ fn matmul_add_epilogue_and_stacked_halves_match_cpu() {
     let gpu = gpu();
     let (rows, cols, m) = (70, 96, 5);
     let (bytes, deq) = random_weight(GgmlType::Q8_0, rows, cols, 9);
-    let w = GpuWeight::upload(&gpu, "w", GgmlType::Q8_0, rows as u32, cols as u32, &bytes).unwrap();
+    let w = Weight::upload(&gpu, "w", GgmlType::Q8_0, rows as u32, cols as u32, &bytes).unwrap();
     let x = Rng::new(10).vec(m * cols);
     let bx = upload(&gpu, &x);
     let want = matvec_ref(&deq, rows, cols, &x, m);
@@ -188,7 +192,7 @@ fn three_matrices() -> (Vec<u8>, Vec<Vec<f32>>) {
 }
 
 /// The product of every matrix of `stack` side by side, against the separate references.
-fn check_stacked_product(gpu: &Gpu, stack: &Stacked, refs: &[&Vec<f32>], what: &str) {
+fn check_stacked_product(gpu: &Device, stack: &Stacked, refs: &[&Vec<f32>], what: &str) {
     let cols = 64;
     let x = Rng::new(30).vec(cols);
     let width: usize = refs.iter().map(|r| r.len() / cols).sum();
@@ -262,7 +266,7 @@ fn gpu_geometry_fills_a_large_gpu_at_3b_shapes() {
             (18432, 3072, Epilogue::SiluMul),
             (3072, 9216, Epilogue::Add),
         ] {
-            let w = GpuWeight::allocate(&gpu, "w", ty, rows, cols, gpu.caps.part_limit()).unwrap();
+            let w = Weight::allocate(&gpu, "w", ty, rows, cols, gpu.caps().part_limit()).unwrap();
             let outputs = if epilogue == Epilogue::SiluMul { rows / 2 } else { rows };
             let launch = MatvecLaunch::of(Geometry::Gpu, &w);
             let workgroups = outputs.div_ceil(launch.outputs_per_workgroup(epilogue));
@@ -285,8 +289,8 @@ fn fused_rope_and_cache_store_equal_the_separate_kernels() {
     let (n_q, n_kv, hd, n_tok, max_ctx) = (4u32, 2u32, 64u32, 3u32, 8u32);
     let width = (n_q + 2 * n_kv) * hd;
     let qkv = Rng::new(40).vec((n_tok * width) as usize);
-    let step = StepParams::create_buffer(&gpu);
-    StepParams::new(2, n_tok, 70_000).write(&gpu, &step);
+    let step = StepParams::create_buffer(&gpu).unwrap();
+    StepParams::new(2, n_tok, 70_000).write(&gpu, &step).unwrap();
     let q_scale = QScale { beta: 0.1, orig_ctx: 16384 };
     let tables = [
         (rope::rope_table(hd as usize, 1e6, Some(&Yarn::ministral3())), RopeMode::Adjacent),
@@ -303,9 +307,8 @@ fn fused_rope_and_cache_store_equal_the_separate_kernels() {
                 (gpu.storage("k", bytes).unwrap(), gpu.storage("v", bytes).unwrap())
             };
             let words = (kv.cache_bytes(max_ctx, n_kv * hd) / 4) as usize;
-            let read = |b: &wgpu::Buffer, n: usize| -> Vec<u32> {
-                gpu.read_f32_blocking(b, n).unwrap().iter().map(|v| v.to_bits()).collect()
-            };
+            let read =
+                |b: &Buffer, n: usize| -> Vec<u32> { gpu.read_f32_blocking(b, n).unwrap().iter().map(|v| v.to_bits()).collect() };
 
             let (sep, (sk, sv)) = (upload(&gpu, &qkv), caches());
             let mut prog = Program::new();

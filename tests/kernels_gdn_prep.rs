@@ -5,7 +5,8 @@
 
 mod common;
 use common::*;
-use webvlm::gpu::{Gpu, GpuError, Program};
+use webvlm::backend::{Buffer, Device, Program};
+use webvlm::gpu::GpuError;
 use webvlm::kernels::attention::StepParams;
 use webvlm::kernels::gdn_prep::{self, ConvShape, GatedNormShape, RowWindow};
 
@@ -13,9 +14,9 @@ use webvlm::kernels::gdn_prep::{self, ConvShape, GatedNormShape, RowWindow};
 const F32_TOL: f32 = 1e-6;
 const K: usize = 4;
 
-fn step_buffer(gpu: &Gpu, n_tok: u32) -> wgpu::Buffer {
-    let b = StepParams::create_buffer(gpu);
-    StepParams::new(0, n_tok, 0).write(gpu, &b);
+fn step_buffer(gpu: &Device, n_tok: u32) -> Buffer {
+    let b = StepParams::create_buffer(gpu).unwrap();
+    StepParams::new(0, n_tok, 0).write(gpu, &b).unwrap();
     b
 }
 
@@ -32,7 +33,7 @@ fn windowed(rng: &mut Rng, n_tok: usize, win: RowWindow) -> Vec<f32> {
 /// One conv dispatch pair on the GPU: returns `y` (`[n_tok][c]`) and the state after it.
 #[allow(clippy::too_many_arguments)]
 fn gpu_conv(
-    gpu: &Gpu,
+    gpu: &Device,
     x: &[f32],
     win: RowWindow,
     max_tok: usize,
@@ -120,15 +121,15 @@ fn conv_chunk_after_chunk_and_decode_equal_one_pass() {
         let bx = gpu.storage("x", (max_tok * stride * 4) as u64).unwrap();
         let (bw, bs) = (upload(&gpu, &w), upload(&gpu, &zero));
         let by = gpu.storage("y", (max_tok * c * 4) as u64).unwrap();
-        let step = StepParams::create_buffer(&gpu);
+        let step = StepParams::create_buffer(&gpu).unwrap();
         let mut prog = Program::new();
         let shape = ConvShape { max_tok: max_tok as u32, channels: c as u32, kernel: K as u32 };
         gdn_prep::record_conv(&mut prog, &gpu, &step, &bx, win, &bw, &bs, &by, &shape).unwrap();
         let mut chunked = Vec::new();
         let mut t0 = 0;
         for &n in &splits {
-            gpu.write(&bx, 0, bytemuck::cast_slice(&x[t0 * stride..(t0 + n) * stride]));
-            StepParams::new(t0 as u32, n as u32, t0 as u32).write(&gpu, &step);
+            gpu.write(&bx, 0, bytemuck::cast_slice(&x[t0 * stride..(t0 + n) * stride])).unwrap();
+            StepParams::new(t0 as u32, n as u32, t0 as u32).write(&gpu, &step).unwrap();
             prog.run(&gpu).unwrap();
             chunked.extend(gpu.read_f32_blocking(&by, n * c).unwrap());
             t0 += n;
@@ -165,7 +166,7 @@ fn conv_leaves_rows_past_the_step_untouched() {
 /// Runs the decay kernel on `n_tok` rows of one fused buffer holding both `a` and `b`.
 #[allow(clippy::too_many_arguments)]
 fn gpu_decay(
-    gpu: &Gpu,
+    gpu: &Device,
     ab: &[f32],
     a_win: RowWindow,
     b_win: RowWindow,
@@ -243,7 +244,7 @@ fn softplus_and_sigmoid_hold_far_out_in_both_tails() {
 }
 
 /// Runs the gated norm on `n_tok` rows.
-fn gpu_gated_norm(gpu: &Gpu, o: &[f32], z: &[f32], z_win: RowWindow, w: &[f32], shape: &GatedNormShape) -> Vec<f32> {
+fn gpu_gated_norm(gpu: &Device, o: &[f32], z: &[f32], z_win: RowWindow, w: &[f32], shape: &GatedNormShape) -> Vec<f32> {
     let n = (shape.max_tok * shape.n_heads * shape.head_dim) as usize;
     let (bo, bz, bw) = (upload(gpu, o), upload(gpu, z), upload(gpu, w));
     let bout = gpu.storage("out", (n * 4) as u64).unwrap();
@@ -300,7 +301,7 @@ fn bad_shapes_are_rejected() {
     };
     let (c, t) = (8usize, 4usize);
     let (x, w, s, y) = (buf(t * c), buf(c * K), buf(c * (K - 1)), buf(t * c));
-    let conv = |win: RowWindow, shape: ConvShape, w: &wgpu::Buffer, s: &wgpu::Buffer, y: &wgpu::Buffer| {
+    let conv = |win: RowWindow, shape: ConvShape, w: &Buffer, s: &Buffer, y: &Buffer| {
         let mut prog = Program::new();
         gdn_prep::record_conv(&mut prog, &gpu, &step, &x, win, w, s, y, &shape)
     };
@@ -319,7 +320,7 @@ fn bad_shapes_are_rejected() {
 
     let hv = 4usize;
     let (ab, va, gb) = (buf(t * 2 * hv), buf(hv), buf(t * hv));
-    let decay = |a_win: RowWindow, b_win: RowWindow, dt: &wgpu::Buffer, max_tok: u32| {
+    let decay = |a_win: RowWindow, b_win: RowWindow, dt: &Buffer, max_tok: u32| {
         let mut prog = Program::new();
         gdn_prep::record_decay(&mut prog, &gpu, &step, (&ab, a_win), (&ab, b_win), &va, dt, (&gb, &gb), max_tok, hv as u32)
     };
@@ -333,7 +334,7 @@ fn bad_shapes_are_rejected() {
 
     let dv = 8usize;
     let (o, z, nw, out) = (buf(t * hv * dv), buf(t * hv * dv), buf(dv), buf(t * hv * dv));
-    let norm = |shape: GatedNormShape, z_win: RowWindow, nw: &wgpu::Buffer| {
+    let norm = |shape: GatedNormShape, z_win: RowWindow, nw: &Buffer| {
         let mut prog = Program::new();
         gdn_prep::record_gated_norm(&mut prog, &gpu, &step, &o, (&z, z_win), nw, &out, &shape)
     };

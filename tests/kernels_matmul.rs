@@ -5,12 +5,13 @@
 
 mod common;
 use common::*;
+use webvlm::backend::{Device, Program};
 use webvlm::gguf::quant::{quantize_q4_0, quantize_q4_1, quantize_q8_0};
 use webvlm::gguf::{dequantize_to_vec, random_blocks, GgmlType};
-use webvlm::gpu::{Geometry, Gpu, GpuOptions, Op, Program};
+use webvlm::gpu::{Geometry, Gpu, GpuOptions, Op};
 use webvlm::kernels::matmul::{MatmulCompute, MatmulLaunch};
 use webvlm::kernels::matvec::{Epilogue, Output};
-use webvlm::kernels::quant::{repack, unpack, GpuWeight, WeightError};
+use webvlm::kernels::quant::{repack, unpack, Weight, WeightError};
 use webvlm::kernels::{embedding, matmul, matvec};
 
 // Relative L2 error limits against the f64-accumulated reference on the dequantized weights:
@@ -48,11 +49,12 @@ const GEOMETRIES: [Geometry; 2] = [Geometry::Gpu, Geometry::Cpu];
 
 /// The test adapter with the given kernel geometry; the matmul must take that geometry's
 /// shape (lavapipe has the workgroup memory of the GPU shape).
-fn gpu_with(geometry: Geometry) -> Gpu {
-    let gpu = Gpu::new_blocking(GpuOptions { geometry: Some(geometry), ..GpuOptions::default() }).expect("a GPU adapter");
-    assert_eq!(gpu.caps.geometry, geometry);
+fn gpu_with(geometry: Geometry) -> Device {
+    let gpu =
+        Device::Gpu(Gpu::new_blocking(GpuOptions { geometry: Some(geometry), ..GpuOptions::default() }).expect("a GPU adapter"));
+    assert_eq!(gpu.caps().geometry, geometry);
     for compute in [MatmulCompute::F32, MatmulCompute::F16] {
-        let launch = MatmulLaunch::of(geometry, &gpu.caps, compute);
+        let launch = MatmulLaunch::of(geometry, gpu.caps(), compute);
         assert_eq!(launch.gpu, geometry == Geometry::Gpu, "{geometry:?} {compute:?}: {launch:?}");
     }
     gpu
@@ -115,7 +117,7 @@ fn weight(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> (Vec<u8>, Vec<f3
     (bytes, deq)
 }
 
-fn run_matvec(gpu: &Gpu, w: &GpuWeight, x: &[f32], n_tok: usize) -> Vec<f32> {
+fn run_matvec(gpu: &Device, w: &Weight, x: &[f32], n_tok: usize) -> Vec<f32> {
     let bx = upload(gpu, x);
     let by = gpu.storage("y", (n_tok * w.rows as usize * 4) as u64).unwrap();
     let mut prog = Program::new();
@@ -124,11 +126,11 @@ fn run_matvec(gpu: &Gpu, w: &GpuWeight, x: &[f32], n_tok: usize) -> Vec<f32> {
     gpu.read_f32_blocking(&by, n_tok * w.rows as usize).unwrap()
 }
 
-fn run_matmul(gpu: &Gpu, w: &GpuWeight, x: &[f32], m: usize) -> Vec<f32> {
+fn run_matmul(gpu: &Device, w: &Weight, x: &[f32], m: usize) -> Vec<f32> {
     run_matmul_with(gpu, w, x, m, MatmulCompute::F32)
 }
 
-fn run_matmul_with(gpu: &Gpu, w: &GpuWeight, x: &[f32], m: usize, compute: MatmulCompute) -> Vec<f32> {
+fn run_matmul_with(gpu: &Device, w: &Weight, x: &[f32], m: usize, compute: MatmulCompute) -> Vec<f32> {
     let bx = upload(gpu, x);
     let by = gpu.storage("y", (m * w.rows as usize * 4) as u64).unwrap();
     let mut prog = Program::new();
@@ -137,12 +139,12 @@ fn run_matmul_with(gpu: &Gpu, w: &GpuWeight, x: &[f32], m: usize, compute: Matmu
     gpu.read_f32_blocking(&by, m * w.rows as usize).unwrap()
 }
 
-fn run_gather(gpu: &Gpu, w: &GpuWeight, ids: &[u32]) -> Vec<f32> {
+fn run_gather(gpu: &Device, w: &Weight, ids: &[u32]) -> Vec<f32> {
     let bids = gpu.storage_with("ids", bytemuck::cast_slice(ids)).unwrap();
     let n = ids.len() * w.cols as usize;
     let bout = gpu.storage("out", (n * 4) as u64).unwrap();
     // Poison the output: out-of-range ids must be written as zeros.
-    gpu.write(&bout, 0, bytemuck::cast_slice(&vec![f32::NAN; n]));
+    gpu.write(&bout, 0, bytemuck::cast_slice(&vec![f32::NAN; n])).unwrap();
     let mut prog = Program::new();
     embedding::record(&mut prog, gpu, w, &bids, &bout, ids.len() as u32).unwrap();
     prog.run(gpu).unwrap();
@@ -174,15 +176,15 @@ fn repack_is_lossless_for_every_type() {
 fn upload_rejects_bad_inputs() {
     let gpu = gpu();
     let bytes = vec![0u8; 34 * 4];
-    let r = GpuWeight::upload(&gpu, "w", GgmlType::Q8_0, 2, 64, &bytes[..100]);
+    let r = Weight::upload(&gpu, "w", GgmlType::Q8_0, 2, 64, &bytes[..100]);
     assert!(matches!(r, Err(WeightError::SizeMismatch { expected: 136, got: 100, .. })), "size");
-    let r = GpuWeight::upload(&gpu, "w", GgmlType::Q8_0, 4, 48, &bytes);
+    let r = Weight::upload(&gpu, "w", GgmlType::Q8_0, 4, 48, &bytes);
     assert!(matches!(r, Err(WeightError::BadShape { .. })), "cols not a block multiple");
-    let r = GpuWeight::upload(&gpu, "w", GgmlType::Q5_0, 1, 32, &bytes[..22]);
+    let r = Weight::upload(&gpu, "w", GgmlType::Q5_0, 1, 32, &bytes[..22]);
     assert!(matches!(r, Err(WeightError::Unsupported(GgmlType::Q5_0))), "type");
-    let r = GpuWeight::upload_with_part_limit(&gpu, "w", GgmlType::Q8_0, 4, 32, &bytes, 16);
+    let r = Weight::upload_with_part_limit(&gpu, "w", GgmlType::Q8_0, 4, 32, &bytes, 16);
     assert!(matches!(r, Err(WeightError::RowTooLarge { .. })), "part limit");
-    let w = GpuWeight::upload(&gpu, "w", GgmlType::Q8_0, 4, 32, &bytes).unwrap();
+    let w = Weight::upload(&gpu, "w", GgmlType::Q8_0, 4, 32, &bytes).unwrap();
     assert_eq!(w.bytes_on_gpu(), 4 * 34);
 }
 
@@ -195,7 +197,7 @@ fn matvec_matches_cpu_for_every_type() {
         for &cols in col_shapes(ty) {
             for (i, rows) in [1usize, 31, 257, 1000].into_iter().enumerate() {
                 let (bytes, deq) = weight(ty, rows, cols, (rows * 7 + cols) as u64);
-                let w = GpuWeight::upload(&gpu, "w", ty, rows as u32, cols as u32, &bytes).unwrap();
+                let w = Weight::upload(&gpu, "w", ty, rows as u32, cols as u32, &bytes).unwrap();
                 let n_tok = [1, 3, 8, 11][i];
                 let x = rng.vec(n_tok * cols);
                 let got = run_matvec(&gpu, &w, &x, n_tok);
@@ -224,7 +226,7 @@ fn matmul_matches_cpu_for_every_type() {
             let mut worst = 0.0f32;
             for (m, rows, cols) in matmul_shapes(ty) {
                 let (bytes, deq) = weight(ty, rows, cols, (m + rows) as u64);
-                let w = GpuWeight::upload(&gpu, "w", ty, rows as u32, cols as u32, &bytes).unwrap();
+                let w = Weight::upload(&gpu, "w", ty, rows as u32, cols as u32, &bytes).unwrap();
                 let x = rng.vec(m * cols);
                 let got = run_matmul(&gpu, &w, &x, m);
                 let err = rel_l2(&got, &matmul::matmul_ref(&x, &deq, m, rows, cols));
@@ -240,10 +242,10 @@ fn matmul_matches_cpu_for_every_type() {
 /// to record rather than fail at pipeline compilation.
 #[test]
 fn matmul_f16_compute_is_refused_without_shader_f16() {
-    let gpu = Gpu::new_blocking(GpuOptions { allow_f16: false, ..GpuOptions::default() }).expect("a GPU adapter");
-    assert!(!gpu.caps.f16);
+    let gpu = Device::Gpu(Gpu::new_blocking(GpuOptions { allow_f16: false, ..GpuOptions::default() }).expect("a GPU adapter"));
+    assert!(!gpu.caps().f16);
     let (bytes, _) = weight(GgmlType::F32, 4, 8, 1);
-    let w = GpuWeight::upload(&gpu, "w", GgmlType::F32, 4, 8, &bytes).unwrap();
+    let w = Weight::upload(&gpu, "w", GgmlType::F32, 4, 8, &bytes).unwrap();
     let (bx, by) = (upload(&gpu, &[0.0; 16]), upload(&gpu, &[0.0; 8]));
     let r = matmul::record_with(&mut Program::new(), &gpu, &w, &bx, &by, 2, MatmulCompute::F16);
     assert!(r.is_err(), "f16 matmul recorded on a device without shader-f16");
@@ -253,13 +255,13 @@ fn matmul_f16_compute_is_refused_without_shader_f16() {
 fn matmul_f16_compute_matches_cpu_for_every_type() {
     for geometry in GEOMETRIES {
         let gpu = gpu_with(geometry);
-        assert!(gpu.caps.f16, "the test adapter (lavapipe) has shader-f16");
+        assert!(gpu.caps().f16, "the test adapter (lavapipe) has shader-f16");
         let mut rng = Rng::new(8);
         for ty in TYPES {
             let mut worst = 0.0f32;
             for (m, rows, cols) in matmul_shapes(ty) {
                 let (bytes, deq) = weight(ty, rows, cols, (m + rows) as u64);
-                let w = GpuWeight::upload(&gpu, "w", ty, rows as u32, cols as u32, &bytes).unwrap();
+                let w = Weight::upload(&gpu, "w", ty, rows as u32, cols as u32, &bytes).unwrap();
                 let x = rng.vec(m * cols);
                 let got = run_matmul_with(&gpu, &w, &x, m, MatmulCompute::F16);
                 let err = rel_l2(&got, &matmul::matmul_ref(&x, &deq, m, rows, cols));
@@ -271,7 +273,7 @@ fn matmul_f16_compute_matches_cpu_for_every_type() {
         // An input beyond the f16 range is clamped to ±65504 rather than becoming inf (sums
         // whose 32-term partials exceed 65504 still overflow: f16 compute is opt-in).
         let (bytes, _) = weight(GgmlType::F16, 64, 64, 2);
-        let w = GpuWeight::upload(&gpu, "w", GgmlType::F16, 64, 64, &bytes).unwrap();
+        let w = Weight::upload(&gpu, "w", GgmlType::F16, 64, 64, &bytes).unwrap();
         let mut x = rng.vec(64 * 2);
         x[5] = 1e6;
         x[64 + 40] = -1e6;
@@ -288,7 +290,7 @@ fn embedding_gathers_every_type() {
         for &cols in col_shapes(ty) {
             let rows = 37;
             let (bytes, deq) = weight(ty, rows, cols, cols as u64);
-            let w = GpuWeight::upload(&gpu, "emb", ty, rows as u32, cols as u32, &bytes).unwrap();
+            let w = Weight::upload(&gpu, "emb", ty, rows as u32, cols as u32, &bytes).unwrap();
             let ids = [0u32, 36, 5, 5, 37, u32::MAX, 17];
             let got = run_gather(&gpu, &w, &ids);
             let want = embedding::embedding_ref(&deq, cols, &ids);
@@ -312,10 +314,10 @@ fn row_split_weights_give_identical_results() {
         for (ty, cols) in [(GgmlType::Q4_K, 512), (GgmlType::Q6_K, 256), (GgmlType::Q8_0, 96), (GgmlType::F16, 7)] {
             let rows = 300;
             let (bytes, _) = weight(ty, rows, cols, 99);
-            let whole = GpuWeight::upload(&gpu, "w", ty, rows as u32, cols as u32, &bytes).unwrap();
+            let whole = Weight::upload(&gpu, "w", ty, rows as u32, cols as u32, &bytes).unwrap();
             // About 70 rows per part: 5 parts, the last one short.
             let limit = (bytes.len() / rows * 70) as u64 + 4;
-            let split = GpuWeight::upload_with_part_limit(&gpu, "w", ty, rows as u32, cols as u32, &bytes, limit).unwrap();
+            let split = Weight::upload_with_part_limit(&gpu, "w", ty, rows as u32, cols as u32, &bytes, limit).unwrap();
             assert_eq!(whole.parts.len(), 1);
             assert!(split.parts.len() >= 4, "{ty}: {} parts", split.parts.len());
             assert_eq!(split.parts.iter().map(|p| p.rows).sum::<u32>(), rows as u32);
@@ -338,7 +340,7 @@ fn matmul_row_window_reads_and_writes_only_its_rows() {
         let (rows, cols, m) = (70usize, 96usize, 67usize);
         let (x_row0, y_row0) = (5usize, 130usize);
         let (bytes, deq) = weight(GgmlType::Q8_0, rows, cols, 21);
-        let w = GpuWeight::upload(&gpu, "w", GgmlType::Q8_0, rows as u32, cols as u32, &bytes).unwrap();
+        let w = Weight::upload(&gpu, "w", GgmlType::Q8_0, rows as u32, cols as u32, &bytes).unwrap();
         let x = Rng::new(22).vec((x_row0 + m + 3) * cols);
         let y_len = (y_row0 + m + 2) * rows;
         let (bx, by) = (upload(&gpu, &x), upload(&gpu, &vec![f32::NAN; y_len]));
@@ -374,7 +376,7 @@ fn matmul_into_a_column_window_stores_and_adds() {
         let gpu = gpu_with(geometry);
         for (ty, m, rows, cols) in [(GgmlType::Q4_K, 130, 70, 512), (GgmlType::F16, 5, 66, 20)] {
             let (bytes, deq) = weight(ty, rows, cols, 31);
-            let w = GpuWeight::upload(&gpu, "w", ty, rows as u32, cols as u32, &bytes).unwrap();
+            let w = Weight::upload(&gpu, "w", ty, rows as u32, cols as u32, &bytes).unwrap();
             let x = Rng::new(32).vec(m * cols);
             let bx = upload(&gpu, &x);
             let want = matmul::matmul_ref(&x, &deq, m, rows, cols);
@@ -411,7 +413,7 @@ fn matmul_into_a_column_window_stores_and_adds() {
 /// the adapter has less than the GPU shape needs, or in the CPU geometry.
 #[test]
 fn matmul_launch_shapes() {
-    let mut caps = gpu().caps;
+    let mut caps = gpu().caps().clone();
     caps.max_workgroup_storage = 32 << 10;
     let launch = MatmulLaunch::of(Geometry::Gpu, &caps, MatmulCompute::F32);
     assert!(launch.gpu);
@@ -443,11 +445,11 @@ fn matmul_launch_shapes() {
     let gpu = gpu_with(Geometry::Gpu);
     let (m, n, k) = (512u32, 3072u32, 3072u32);
     let bytes = random_blocks(GgmlType::Q4_K, (n * k / 256) as usize, 4);
-    let w = GpuWeight::upload(&gpu, "wq", GgmlType::Q4_K, n, k, &bytes).unwrap();
+    let w = Weight::upload(&gpu, "wq", GgmlType::Q4_K, n, k, &bytes).unwrap();
     let (bx, by) = (gpu.storage("x", 4 * (m * k) as u64).unwrap(), gpu.storage("y", 4 * (m * n) as u64).unwrap());
     let mut prog = Program::new();
     matmul::record(&mut prog, &gpu, &w, &bx, &by, m).unwrap();
-    let [Op::Dispatch(d)] = &prog.ops[..] else { panic!("one dispatch expected") };
+    let [Op::Dispatch(d)] = &prog.as_gpu().unwrap().ops[..] else { panic!("one dispatch expected") };
     assert_eq!(d.workgroups, [48, 1, 4]);
     let launch = d.launch.as_ref().expect("a described launch");
     assert_eq!(launch.invocations, 256);

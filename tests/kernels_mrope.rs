@@ -5,7 +5,7 @@
 
 mod common;
 use common::*;
-use webvlm::gpu::{Gpu, Program};
+use webvlm::backend::{Buffer, Device, Program};
 use webvlm::kernels::attention::{self, KvDtype, StepParams};
 use webvlm::kernels::rope::{self, Mrope, QScale, RopeFreqs, RopeLayout, RopeMode, RopeTable};
 
@@ -14,17 +14,17 @@ const TOL_ROPE_F32: f32 = 2e-6;
 /// The f16 cache store rounds each value to a neighbouring f16 (relative).
 const TOL_F16_KV: f32 = 1.0 / 1024.0;
 
-fn step_buffer(gpu: &Gpu, s: StepParams) -> wgpu::Buffer {
-    let b = StepParams::create_buffer(gpu);
-    s.write(gpu, &b);
+fn step_buffer(gpu: &Device, s: StepParams) -> Buffer {
+    let b = StepParams::create_buffer(gpu).unwrap();
+    s.write(gpu, &b).unwrap();
     b
 }
 
-fn positions_buffer(gpu: &Gpu, p: &[Vec<u32>; 3]) -> wgpu::Buffer {
+fn positions_buffer(gpu: &Device, p: &[Vec<u32>; 3]) -> Buffer {
     gpu.storage_with("positions", bytemuck::cast_slice(&p.concat())).unwrap()
 }
 
-fn read_cache(gpu: &Gpu, buf: &wgpu::Buffer, n: usize, kv: KvDtype) -> Vec<f32> {
+fn read_cache(gpu: &Device, buf: &Buffer, n: usize, kv: KvDtype) -> Vec<f32> {
     match kv {
         KvDtype::F32 => gpu.read_f32_blocking(buf, n).unwrap(),
         KvDtype::F16 => {
@@ -55,7 +55,7 @@ fn axes_interleave_as_transformers_does() {
 /// Runs one M-RoPE store of `k`/`v` rows (dense, `n_kv` heads) into fresh caches; returns k and v.
 #[allow(clippy::too_many_arguments)]
 fn kv_store(
-    gpu: &Gpu,
+    gpu: &Device,
     k: &[f32],
     v: &[f32],
     layout: &RopeLayout,
@@ -86,7 +86,7 @@ fn kv_store(
 }
 
 fn inplace(
-    gpu: &Gpu,
+    gpu: &Device,
     x: &[f32],
     layout: &RopeLayout,
     table: &RopeTable,

@@ -5,14 +5,14 @@
 mod common;
 use common::chi_square::{chi2_critical, chi_square};
 use common::*;
-use webvlm::gpu::{Gpu, Program};
+use webvlm::backend::{Buffer, Device, Program};
 use webvlm::kernels::sample::{filtered_distribution, Sampler, SamplerState};
 
 struct Rig {
-    gpu: Gpu,
+    gpu: Device,
     sampler: Sampler,
     prog: Program,
-    out: wgpu::Buffer,
+    out: Buffer,
 }
 
 impl Rig {
@@ -28,7 +28,7 @@ impl Rig {
     }
 
     fn draw(&self, state: &SamplerState) -> u32 {
-        self.sampler.set(&self.gpu, state);
+        self.sampler.set(&self.gpu, state).unwrap();
         self.prog.run(&self.gpu).unwrap();
         let bytes = self.gpu.read_blocking(&self.out, 8, 4).unwrap();
         u32::from_le_bytes(bytes.try_into().unwrap())

@@ -5,10 +5,10 @@
 
 mod common;
 use common::*;
+use webvlm::backend::{Device, Program};
 use webvlm::gguf::GgmlType;
-use webvlm::gpu::{Gpu, Program};
 use webvlm::kernels::attention::{self, AttnShape, StepParams};
-use webvlm::kernels::quant::GpuWeight;
+use webvlm::kernels::quant::Weight;
 use webvlm::kernels::rope::RopeMode;
 use webvlm::kernels::vision::{self, PatchGrid, Rope2dFreqs, Rope2dLayout, PATCH};
 use webvlm::kernels::{elementwise, matmul};
@@ -29,7 +29,7 @@ const TOL_GELU_REL: f64 = 1e-5;
 /// Attention f32 (same limit as `kernels_attention.rs`).
 const TOL_ATTN_F32: f32 = 2e-6;
 
-fn run(gpu: &Gpu, prog: Program) {
+fn run(gpu: &Device, prog: Program) {
     prog.run(gpu).unwrap();
 }
 
@@ -62,7 +62,7 @@ fn patch_unfold_then_matmul_equals_direct_convolution() {
             }
             _ => bytemuck::cast_slice(&weight).to_vec(),
         };
-        let gw = GpuWeight::upload(&gpu, "patch_embd", ty, hidden as u32, k as u32, &bytes).unwrap();
+        let gw = Weight::upload(&gpu, "patch_embd", ty, hidden as u32, k as u32, &bytes).unwrap();
         let y = gpu.storage("embeds", (n * hidden * 4) as u64).unwrap();
         let mut prog = Program::new();
         matmul::record(&mut prog, &gpu, &gw, &patches, &y, n as u32).unwrap();
@@ -315,8 +315,8 @@ fn noncausal_prefill_image_by_image_equals_block_diagonal_attention() {
         let rows = start * row..(start + n) * row;
         let (bq, bk, bv) = (upload(&gpu, &q[rows.clone()]), upload(&gpu, &k[rows.clone()]), upload(&gpu, &v[rows]));
         let out = gpu.storage("out", (n * row * 4) as u64).unwrap();
-        let step = StepParams::create_buffer(&gpu);
-        StepParams::new(0, n as u32, 0).write(&gpu, &step);
+        let step = StepParams::create_buffer(&gpu).unwrap();
+        StepParams::new(0, n as u32, 0).write(&gpu, &step).unwrap();
         let shape = AttnShape { causal: false, ..AttnShape::new(n_head, n_head, hd, n as u32) };
         attention::attention_prefill(&mut prog, &gpu, &shape, &step, &bq, &bk, &bv, &out).unwrap();
         outs.push((out, n));

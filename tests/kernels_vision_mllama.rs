@@ -6,7 +6,7 @@
 
 mod common;
 use common::*;
-use webvlm::gpu::{Gpu, Program};
+use webvlm::backend::{Buffer, Device, Program};
 use webvlm::kernels::attention::{self, AttnShape, StepParams};
 use webvlm::kernels::vision_mllama as vm;
 
@@ -15,7 +15,7 @@ const TOL_ADD: f32 = 1e-6;
 /// Attention f32 (same limit as `kernels_attention.rs`).
 const TOL_ATTN_F32: f32 = 2e-6;
 
-fn read(gpu: &Gpu, b: &wgpu::Buffer, n: usize) -> Vec<f32> {
+fn read(gpu: &Device, b: &Buffer, n: usize) -> Vec<f32> {
     gpu.read_f32_blocking(b, n).unwrap()
 }
 
@@ -168,8 +168,8 @@ fn attention_with_mllama_mask_matches_reference() {
         let perm = |x: &[f32]| -> Vec<f32> { order.iter().flat_map(|&t| x[t * row..][..row].to_vec()).collect() };
         let (bq, bk, bv) = (upload(&gpu, &perm(&q)), upload(&gpu, &perm(&k)), upload(&gpu, &perm(&v)));
         let out = gpu.storage("out", (n * row * 4) as u64).unwrap();
-        let step = StepParams::create_buffer(&gpu);
-        StepParams::new(0, n as u32, 0).write(&gpu, &step);
+        let step = StepParams::create_buffer(&gpu).unwrap();
+        StepParams::new(0, n as u32, 0).write(&gpu, &step).unwrap();
         let n_valid = valid.iter().filter(|v| **v).count() as u32;
         let shape =
             AttnShape { causal: false, valid_rows: n_valid, ..AttnShape::new(n_head as u32, n_head as u32, hd as u32, n as u32) };

@@ -3,7 +3,7 @@
 
 mod common;
 use common::*;
-use webvlm::gpu::{Gpu, Program};
+use webvlm::backend::{Device, Program};
 use webvlm::kernels::vision_qwen::{self, Tap};
 
 /// GPU vs CPU f32 LayerNorm (reduction order differs): max abs error on O(1) outputs.
@@ -12,7 +12,7 @@ const TOL_LN: f32 = 1e-5;
 const TOL_GELU_ABS: f64 = 1e-6;
 const TOL_GELU_REL: f64 = 1e-5;
 
-fn run(gpu: &Gpu, prog: Program) {
+fn run(gpu: &Device, prog: Program) {
     prog.run(gpu).unwrap();
 }
 

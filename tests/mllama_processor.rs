@@ -125,7 +125,7 @@ fn convert(folder: &Path) -> Vec<u8> {
     let engine = repo.build(gpu(), opts(Precision::F32)).unwrap();
     let mut file = repo.take_gguf();
     for (i, bytes) in shards.iter().enumerate() {
-        repo.push(engine.gpu(), i, bytes).unwrap();
+        repo.push(engine.device(), i, bytes).unwrap();
         file.extend(repo.take_gguf());
     }
     repo.finish().unwrap();

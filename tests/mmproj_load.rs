@@ -80,7 +80,7 @@ fn fixture_weights_load_with_every_tensor_shaped() {
     let gpu = gpu();
     let cfg = PixtralConfig::from_metadata(src.metadata()).unwrap();
     let w = PixtralWeights::load(&gpu, &src, &cfg).unwrap();
-    let shape = |g: &webvlm::kernels::quant::GpuWeight| (g.rows, g.cols);
+    let shape = |g: &webvlm::kernels::quant::Weight| (g.rows, g.cols);
     assert_eq!(shape(&w.patch_embd), (32, 588));
     assert_eq!(w.layers.len(), 3);
     for l in &w.layers {

@@ -33,15 +33,15 @@ fn f16_paths_stay_close_to_transformers() {
     let model = MappedGguf::open(model_path(&r)).unwrap();
     let dec = Decoder::load(&gpu, &model).unwrap();
     // Without shader-f16 only the f16 KV cache (pack2x16float) can be checked.
-    let want = Precision::reduced(&gpu.caps);
+    let want = Precision::reduced(gpu.caps());
     let opts = ContextOptions { max_ctx: 256, max_chunk: 128, precision: want };
     let mut ctx = Context::new(&gpu, &dec, opts).unwrap();
     let got = ctx.precision();
-    assert!(got.kv_f16 && got.compute_f16 == gpu.caps.f16, "precision in effect: {got:?}");
+    assert!(got.kv_f16 && got.compute_f16 == gpu.caps().f16, "precision in effect: {got:?}");
     let what = if got.compute_f16 {
         "f16 KV cache + f16 prefill matmuls".to_string()
     } else {
-        format!("f16 KV cache ONLY: {} has no shader-f16, f16 matmuls NOT checked", gpu.caps.adapter)
+        format!("f16 KV cache ONLY: {} has no shader-f16, f16 matmuls NOT checked", gpu.caps().adapter)
     };
     let f32_opts = ContextOptions { precision: Precision::F32, ..opts };
     let f32_kv = Context::new(&gpu, &dec, f32_opts).unwrap().state_bytes();

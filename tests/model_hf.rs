@@ -34,13 +34,13 @@ fn ids(v: &serde_json::Value) -> Vec<u32> {
 }
 
 /// Logits of every position of `tokens`, in one prefill.
-fn logits(gpu: &webvlm::gpu::Gpu, src: &dyn TensorSource, tokens: &[u32], precision: Precision) -> Vec<f32> {
+fn logits(gpu: &webvlm::backend::Device, src: &dyn TensorSource, tokens: &[u32], precision: Precision) -> Vec<f32> {
     logits_quant(gpu, src, tokens, precision, LoadQuant::Keep)
 }
 
 /// [`logits`] with the float matrices requantized at load.
 fn logits_quant(
-    gpu: &webvlm::gpu::Gpu,
+    gpu: &webvlm::backend::Device,
     src: &dyn TensorSource,
     tokens: &[u32],
     precision: Precision,
@@ -254,7 +254,7 @@ fn malformed_folders_give_typed_errors() {
 /// 7-byte chunks), then every shard from byte 0 in uneven chunks; `cut` bytes are left off
 /// the end of the last shard; `digest` is given as shard 0's published SHA-256.
 fn streamed(
-    gpu: &webvlm::gpu::Gpu,
+    gpu: &webvlm::backend::Device,
     quant: LoadQuant,
     cut: usize,
     digest: Option<[u8; 32]>,

@@ -136,7 +136,7 @@ fn memory_plan_matches_the_loaded_buffers() {
         let proj = MappedGguf::open(fixture(vdir).join(mmproj)).unwrap();
         let opts = ContextOptions { max_ctx: 200, max_chunk: 16, precision };
         let gpu = gpu();
-        let limits = PlanLimits::from_caps(&gpu.caps);
+        let limits = PlanLimits::from_caps(gpu.caps());
         let text: Vec<TensorInfo> = model.tensors().cloned().collect();
         let vision: Vec<TensorInfo> = proj.tensors().cloned().collect();
         let plan_opts =

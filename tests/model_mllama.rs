@@ -6,14 +6,21 @@
 
 mod common;
 use common::*;
-use webvlm::gpu::Gpu;
+use webvlm::backend::Device;
 use webvlm::model::families::mllama::{kernel_mask, processor_mask};
 use webvlm::model::{Context, ContextOptions, Decoder, Precision};
 use webvlm::source::hf::HfModel;
 
 /// Logits of every position of `case` (its images' states set first), in chunks of `chunk`.
 /// (chunks of 1 take the decode path: one-token matvecs and split-K attention).
-fn case_logits(gpu: &Gpu, dec: &Decoder, folder: &str, case: &serde_json::Value, precision: Precision, chunk: u32) -> Vec<f32> {
+fn case_logits(
+    gpu: &Device,
+    dec: &Decoder,
+    folder: &str,
+    case: &serde_json::Value,
+    precision: Precision,
+    chunk: u32,
+) -> Vec<f32> {
     let ids: Vec<u32> = case["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect();
     let mut ctx = Context::new(gpu, dec, ContextOptions { max_ctx: 64, max_chunk: chunk, precision }).unwrap();
     if let Some(file) = case["cross_attention_states"].as_str() {

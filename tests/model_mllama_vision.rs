@@ -7,8 +7,8 @@
 
 mod common;
 
+use webvlm::backend::Device;
 use webvlm::gguf::TensorInfo;
-use webvlm::gpu::Gpu;
 use webvlm::image::mllama::{preprocess_mllama, MllamaPreprocess};
 use webvlm::kernels::matmul::MatmulCompute;
 use webvlm::model::vision::mllama::MllamaVision;
@@ -26,7 +26,7 @@ fn cases(model: &str) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(common::fixture(&format!("{model}/cases.json"))).unwrap()).unwrap()
 }
 
-fn states(gpu: &Gpu, enc: &MllamaVision, tiles: &[f32], num_tiles: u32, ratio: u32) -> Vec<f32> {
+fn states(gpu: &Device, enc: &MllamaVision, tiles: &[f32], num_tiles: u32, ratio: u32) -> Vec<f32> {
     let s = enc.encode_tiles(gpu, tiles, num_tiles, ratio).unwrap();
     gpu.read_f32_blocking(&s.buffer, (s.rows * s.dim) as usize).unwrap()
 }
@@ -133,7 +133,7 @@ fn memory_plan_counts_the_encoders_buffers() {
         let infos: Vec<TensorInfo> = hf.tensors().map(|t| t.info.clone()).collect();
         let headers = ModelHeaders { metadata: hf.metadata(), tensors: &infos };
         let opts = PlanOptions { ctx: 64, chunk: 16, ..PlanOptions::default() };
-        let plan = MemoryPlan::new(headers, None, PlanLimits::from_caps(&gpu.caps), opts).unwrap();
+        let plan = MemoryPlan::new(headers, None, PlanLimits::from_caps(gpu.caps()), opts).unwrap();
         let enc = MllamaVision::load(&gpu, &hf, LoadQuant::Keep).unwrap();
         let max_tiles = enc.cfg.max_tiles;
         let ratio = enc.cfg.aspect_ratios.iter().position(|&(down, across)| down * across == max_tiles).unwrap() as u32 + 1;

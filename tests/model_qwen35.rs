@@ -8,6 +8,7 @@
 
 mod common;
 
+use webvlm::backend::Program;
 use webvlm::gguf::{MappedGguf, MetaValue, Metadata, ValueType};
 use webvlm::kernels::attention::KvDtype;
 use webvlm::model::families::qwen35::{layer_kinds, Mixer, Qwen35, Qwen35Config};
@@ -47,7 +48,7 @@ fn compare(got: &[f32], want: &[f32], vocab: usize) -> (f32, bool) {
     (worst, same)
 }
 
-fn context(gpu: &webvlm::gpu::Gpu, dec: &Decoder, chunk: u32) -> Context {
+fn context(gpu: &webvlm::backend::Device, dec: &Decoder, chunk: u32) -> Context {
     Context::new(gpu, dec, ContextOptions { max_ctx: 512, max_chunk: chunk, precision: Precision::F32 }).unwrap()
 }
 
@@ -224,44 +225,50 @@ fn weights_load_by_name() {
 
 #[test]
 fn recurrent_state_counts_restores_only_at_its_position() {
-    let gpu = common::gpu();
+    for dev in [common::gpu(), common::cpu()] {
+        check_recurrent_state(&dev);
+    }
+}
+
+/// Snapshots, restores and clears of a sequence state on `gpu` (either backend).
+fn check_recurrent_state(gpu: &webvlm::backend::Device) {
     let kinds = [LayerKind::Recurrent { conv_floats: 6, ssm_floats: 10 }, LayerKind::Attention { kv_dim: 4 }];
-    let state = SequenceState::new(&gpu, &kinds, 8, KvDtype::F32).unwrap();
+    let state = SequenceState::new(gpu, &kinds, 8, KvDtype::F32).unwrap();
     assert!(state.has_recurrent());
     // The recurrent state twice (its checkpoint), the KV rows.
     assert_eq!(state.bytes(), 2 * 4 * (6 + 10) + 2 * 8 * 4 * 4);
     assert_eq!(state.bytes_per_position(), 2 * 4 * 4);
     let (conv, ssm) = state.recurrent(0);
     let (k, _) = state.kv(1);
-    gpu.queue.write_buffer(conv, 0, bytemuck::cast_slice(&[1.0f32; 6]));
-    gpu.queue.write_buffer(ssm, 0, bytemuck::cast_slice(&[2.0f32; 10]));
-    gpu.queue.write_buffer(k, 0, bytemuck::cast_slice(&[3.0f32; 32]));
-    let snap = state.snapshot(&gpu, 5).unwrap();
+    gpu.write(conv, 0, bytemuck::cast_slice(&[1.0f32; 6])).unwrap();
+    gpu.write(ssm, 0, bytemuck::cast_slice(&[2.0f32; 10])).unwrap();
+    gpu.write(k, 0, bytemuck::cast_slice(&[3.0f32; 32])).unwrap();
+    let snap = state.snapshot(gpu, 5).unwrap();
     assert_eq!(snap.rows(), 5);
     // Overwrite, then restore: fewer rows than taken cannot be restored (the recurrent state
     // belongs to position 5), exactly 5 can.
-    gpu.queue.write_buffer(conv, 0, bytemuck::cast_slice(&[9.0f32; 6]));
-    gpu.queue.write_buffer(ssm, 0, bytemuck::cast_slice(&[9.0f32; 10]));
-    gpu.queue.write_buffer(k, 0, bytemuck::cast_slice(&[9.0f32; 32]));
-    assert_eq!(state.restore(&gpu, &snap, 3), 0);
+    gpu.write(conv, 0, bytemuck::cast_slice(&[9.0f32; 6])).unwrap();
+    gpu.write(ssm, 0, bytemuck::cast_slice(&[9.0f32; 10])).unwrap();
+    gpu.write(k, 0, bytemuck::cast_slice(&[9.0f32; 32])).unwrap();
+    assert_eq!(state.restore(gpu, &snap, 3).unwrap(), 0);
     assert_eq!(gpu.read_f32_blocking(conv, 6).unwrap(), vec![9.0; 6], "nothing restored");
-    assert_eq!(state.restore(&gpu, &snap, 7), 5);
+    assert_eq!(state.restore(gpu, &snap, 7).unwrap(), 5);
     assert_eq!(gpu.read_f32_blocking(conv, 6).unwrap(), vec![1.0; 6]);
     assert_eq!(gpu.read_f32_blocking(ssm, 10).unwrap(), vec![2.0; 10]);
     let k_rows = gpu.read_f32_blocking(k, 32).unwrap();
     assert_eq!(&k_rows[..20], &[3.0; 20], "5 rows of 4 restored");
     assert_eq!(&k_rows[20..], &[9.0; 12], "later rows untouched");
     // A new sequence zeroes the recurrent state.
-    let mut enc = gpu.device.create_command_encoder(&Default::default());
-    state.clear_recurrent(&mut enc);
-    gpu.queue.submit([enc.finish()]);
+    let mut clear = Program::new();
+    state.clear_recurrent(&mut clear).unwrap();
+    clear.run(gpu).unwrap();
     assert_eq!(gpu.read_f32_blocking(conv, 6).unwrap(), vec![0.0; 6]);
     assert_eq!(gpu.read_f32_blocking(ssm, 10).unwrap(), vec![0.0; 10]);
     // Attention-only states restore any prefix.
-    let attn = SequenceState::new(&gpu, &kinds[1..], 8, KvDtype::F32).unwrap();
+    let attn = SequenceState::new(gpu, &kinds[1..], 8, KvDtype::F32).unwrap();
     assert!(!attn.has_recurrent());
-    let snap = attn.snapshot(&gpu, 5).unwrap();
-    assert_eq!(attn.restore(&gpu, &snap, 3), 3);
+    let snap = attn.snapshot(gpu, 5).unwrap();
+    assert_eq!(attn.restore(gpu, &snap, 3).unwrap(), 3);
 }
 
 /// Streamed in small pieces (the browser's load) a hybrid model gives the in-memory load's
@@ -283,9 +290,9 @@ fn streamed_load_equals_in_memory() {
             rest = r;
         }
         let mut streamed = Engine::builder(gpu).context(opts).load(&mut stream).unwrap();
-        stream.seal(streamed.gpu()).unwrap();
+        stream.seal(streamed.device()).unwrap();
         for c in rest.chunks(4096) {
-            stream.push(streamed.gpu(), c).unwrap();
+            stream.push(streamed.device(), c).unwrap();
         }
         stream.finish().unwrap();
         let got = pollster::block_on(streamed.logits(&prompt)).unwrap();
@@ -363,9 +370,9 @@ fn second_turn_and_rewinds_stay_exact() {
     assert_eq!(ctx.save_state(&gpu, 10).unwrap().rows(), 0, "a recurrent state is only valid at its end");
     ctx.truncate(10);
     assert_eq!(ctx.n_past(), 0, "a recurrent state cannot be cut back");
-    ctx.restore_state(&gpu, &whole, 15);
+    ctx.restore_state(&gpu, &whole, 15).unwrap();
     assert_eq!(ctx.n_past(), 0, "nor restored short of its position");
-    ctx.restore_state(&gpu, &whole, 20);
+    ctx.restore_state(&gpu, &whole, 20).unwrap();
     assert_eq!(ctx.n_past(), 20);
     let (_, _, want) = cases("b").into_iter().find(|c| c.0 == "chat_short").unwrap();
     let rest = pollster::block_on(ctx.logits(&gpu, &dec, &first[20..])).unwrap();
@@ -557,7 +564,7 @@ fn memory_plan_matches_the_loaded_buffers() {
         let tensors: Vec<_> = m.tensors().cloned().collect();
         let opts = PlanOptions { ctx: 96, chunk: 16, kv: precision.kv_dtype(), text_quant: quant, ..PlanOptions::default() };
         let headers = ModelHeaders { metadata: m.metadata(), tensors: &tensors };
-        let plan = MemoryPlan::new(headers, None, PlanLimits::from_caps(&gpu.caps), opts).unwrap();
+        let plan = MemoryPlan::new(headers, None, PlanLimits::from_caps(gpu.caps()), opts).unwrap();
         let mut eager = Eager(&m);
         let dec = Decoder::load_from(&gpu, &mut Requantize { inner: &mut eager, quant }).unwrap();
         let ctx = Context::new(&gpu, &dec, ContextOptions { max_ctx: 96, max_chunk: 16, precision }).unwrap();

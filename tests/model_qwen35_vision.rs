@@ -177,7 +177,7 @@ fn chat_prompt(e: &mut Engine, message: ChatMessage) -> Prompt {
 /// Logits of `tokens` in a fresh context of `e`'s decoder: a prefill of `tokens[..k]` (all
 /// the images), then one decode step per token (the host feeds each), as generation runs.
 fn prefill_then_decode(e: &Engine, tokens: &[u32], images: &[Rc<ImageFeatures>], k: usize) -> Vec<f32> {
-    let (gpu, dec) = (e.gpu(), e.decoder());
+    let (gpu, dec) = (e.device(), e.decoder());
     let opts = ContextOptions { max_ctx: 512, max_chunk: 16, precision: Precision::F32 };
     let mut ctx = Context::new(gpu, dec, opts).unwrap();
     let placed = PromptImages { token: e.prompt_layout().unwrap().fill(), images };
@@ -185,7 +185,7 @@ fn prefill_then_decode(e: &Engine, tokens: &[u32], images: &[Rc<ImageFeatures>],
     // Through a snapshot of the prefix: the restored sequence keeps its position delta.
     let snapshot = ctx.save_state(gpu, k as u32).unwrap();
     ctx.reset();
-    ctx.restore_state(gpu, &snapshot, k as u32);
+    ctx.restore_state(gpu, &snapshot, k as u32).unwrap();
     assert_eq!(ctx.n_past(), k as u32);
     for &t in &tokens[k..] {
         ctx.submit_token(gpu, dec, t).unwrap();

@@ -242,7 +242,7 @@ fn reduced_precision_error_is_measured_and_bad_grids_fail() {
         (LoadQuant::Keep, MatmulCompute::F16, TOL_F16_FEATURES),
     ];
     for (quant, compute, tol) in runs {
-        if compute == MatmulCompute::F16 && !gpu.caps.f16 {
+        if compute == MatmulCompute::F16 && !gpu.caps().f16 {
             continue;
         }
         let mut enc = VisionEncoder::load(&gpu, &mmproj as &dyn TensorSource, quant).unwrap();

@@ -109,7 +109,7 @@ fn pipelined_reply_ends_at_the_end_of_turn_token() {
     let r = reference();
     let mut e = engine(&r);
     let p = &r.prompts[0];
-    let (gpu, dec) = (e.gpu(), e.decoder());
+    let (gpu, dec) = (e.device(), e.decoder());
     let mut ctx = Context::new(gpu, dec, ContextOptions { max_ctx: 256, max_chunk: 128, ..Default::default() }).unwrap();
     let greedy = SamplerState::greedy();
     let mut want = vec![pollster::block_on(ctx.prefill(gpu, dec, &p.prompt_ids, &greedy)).unwrap()];

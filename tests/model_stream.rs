@@ -6,12 +6,12 @@
 
 mod common;
 use common::*;
+use webvlm::backend::{Device, Program};
 
 use webvlm::engine::{Engine, Prompt};
 use webvlm::gguf::{GgmlType, GgufError, MappedGguf};
-use webvlm::gpu::{Gpu, Program};
 use webvlm::kernels::matvec;
-use webvlm::kernels::quant::GpuWeight;
+use webvlm::kernels::quant::Weight;
 use webvlm::model::ContextOptions;
 use webvlm::source::{Eager, GgufParts, GgufStream, LoadError, LoadQuant};
 
@@ -30,10 +30,10 @@ fn stream_engine(model: &[u8], mmproj: Option<(&[u8], LoadQuant)>, sizes: &[usiz
         text.push(&gpu, chunks.next().expect("header before the end")).unwrap();
     }
     let mut e = Engine::builder(gpu).context(opts()).load(&mut text).unwrap();
-    text.seal(e.gpu()).unwrap();
+    text.seal(e.device()).unwrap();
     let mut held = text.held_bytes();
     for c in chunks {
-        text.push(e.gpu(), c).unwrap();
+        text.push(e.device(), c).unwrap();
         held = held.max(text.held_bytes());
     }
     text.finish().unwrap();
@@ -41,12 +41,12 @@ fn stream_engine(model: &[u8], mmproj: Option<(&[u8], LoadQuant)>, sizes: &[usiz
         let mut vision = GgufStream::new();
         let mut chunks = Chunks::new(bytes, sizes);
         while vision.header().is_none() {
-            vision.push(e.gpu(), chunks.next().unwrap()).unwrap();
+            vision.push(e.device(), chunks.next().unwrap()).unwrap();
         }
         e.add_vision(&mut vision, quant).unwrap();
-        vision.seal(e.gpu()).unwrap();
+        vision.seal(e.device()).unwrap();
         for c in chunks {
-            vision.push(e.gpu(), c).unwrap();
+            vision.push(e.device(), c).unwrap();
             held = held.max(vision.held_bytes());
         }
         vision.finish().unwrap();
@@ -150,23 +150,23 @@ fn truncated_stream_is_an_error() {
     let mut s = GgufStream::new();
     s.push(&gpu, &model[..model.len() - 100]).unwrap();
     let e = Engine::builder(gpu).context(opts()).load(&mut s).unwrap();
-    s.seal(e.gpu()).unwrap();
+    s.seal(e.device()).unwrap();
     let err = s.finish();
     assert!(matches!(err, Err(LoadError::Stream(_))), "truncated data: {err:?}");
     let mut header_only = GgufStream::new();
-    header_only.push(e.gpu(), &model[..100]).unwrap();
+    header_only.push(e.device(), &model[..100]).unwrap();
     assert!(matches!(header_only.finish(), Err(LoadError::Gguf(_))), "truncated header");
 }
 
-/// `GpuWeight::write_rows` in even row groups over several parts equals one upload.
+/// `Weight::write_rows` in even row groups over several parts equals one upload.
 #[test]
 fn row_writes_across_parts_equal_one_upload() {
     let gpu = gpu();
     for (ty, cols) in [(GgmlType::Q8_0, 96usize), (GgmlType::Q6_K, 256), (GgmlType::F16, 30), (GgmlType::F16, 7)] {
         let rows = 37usize;
         let bytes = webvlm::gguf::random_blocks(ty, rows * cols / ty.block_size(), 9);
-        let whole = GpuWeight::upload(&gpu, "w", ty, rows as u32, cols as u32, &bytes).unwrap();
-        let parts = GpuWeight::allocate(&gpu, "w", ty, rows as u32, cols as u32, whole.bytes_on_gpu() / 3).unwrap();
+        let whole = Weight::upload(&gpu, "w", ty, rows as u32, cols as u32, &bytes).unwrap();
+        let parts = Weight::allocate(&gpu, "w", ty, rows as u32, cols as u32, whole.bytes_on_gpu() / 3).unwrap();
         assert!(parts.parts.len() >= 3, "{ty}: {} parts", parts.parts.len());
         let row = bytes.len() / rows;
         for (i, group) in bytes.chunks(row * 4).enumerate() {
@@ -182,7 +182,7 @@ fn row_writes_across_parts_equal_one_upload() {
     }
 }
 
-fn run(gpu: &Gpu, w: &GpuWeight, x: &[f32]) -> Vec<f32> {
+fn run(gpu: &Device, w: &Weight, x: &[f32]) -> Vec<f32> {
     let (bx, by) = (upload(gpu, x), gpu.storage("y", w.rows as u64 * 4).unwrap());
     let mut prog = Program::new();
     matvec::record(&mut prog, gpu, w, &bx, &by, 1).unwrap();
@@ -206,7 +206,7 @@ fn published_sha256_is_verified() {
         s.expect_sha256(digest).unwrap();
         s.push(&gpu, bytes).unwrap();
         let e = Engine::builder(gpu).context(opts()).load(&mut s).unwrap();
-        s.seal(e.gpu()).unwrap();
+        s.seal(e.device()).unwrap();
         let r = s.finish();
         assert_eq!(r.is_ok(), ok, "{r:?}");
         if !ok {
@@ -247,9 +247,9 @@ fn split_parts_load_like_one_file() {
     }
     assert!(streams.headers_complete().unwrap());
     let mut e = Engine::builder(gpu).context(opts()).load(&mut streams).unwrap();
-    streams.seal(e.gpu()).unwrap();
+    streams.seal(e.device()).unwrap();
     for (i, p) in parts.iter().enumerate() {
-        Chunks::new(p, &[65536, 3]).try_for_each(|c| streams.push(e.gpu(), i, c)).unwrap();
+        Chunks::new(p, &[65536, 3]).try_for_each(|c| streams.push(e.device(), i, c)).unwrap();
     }
     streams.finish().unwrap();
     let got = text_logits(&mut e);
@@ -279,10 +279,10 @@ fn bad_split_parts_are_errors() {
     let mut s = headers_of(&[0, 1, 2]);
     assert!(s.headers_complete().unwrap());
     let e = Engine::builder(gpu).context(opts()).load(&mut s).unwrap();
-    s.seal(e.gpu()).unwrap();
+    s.seal(e.device()).unwrap();
     for (i, p) in parts.iter().enumerate() {
         let end = if i == 1 { p.len() - 64 } else { p.len() };
-        s.push(e.gpu(), i, &p[..end]).unwrap();
+        s.push(e.device(), i, &p[..end]).unwrap();
     }
     let err = s.finish().unwrap_err();
     assert!(matches!(&err, LoadError::InPart { no: 2, count: 3, .. }), "{err:?}");

@@ -102,7 +102,7 @@ const PROMPT: [u32; 5] = [1, 3, 1784, 8961, 4];
 /// time, each token read before the next step is submitted): the reference for the engine's
 /// pipelined loop.
 fn step_by_step(e: &Engine, prompt: &[u32], n: usize, mut s: SamplerState) -> Vec<u32> {
-    let (gpu, dec) = (e.gpu(), e.decoder());
+    let (gpu, dec) = (e.device(), e.decoder());
     let opts = ContextOptions { max_ctx: 512, max_chunk: 16, precision: e.context().precision() };
     let mut ctx = Context::new(gpu, dec, opts).unwrap();
     let mut out = vec![pollster::block_on(ctx.prefill(gpu, dec, prompt, &s)).unwrap()];

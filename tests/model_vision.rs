@@ -6,6 +6,7 @@
 
 mod common;
 use common::*;
+use webvlm::backend::{Buffer, Device};
 
 use std::rc::Rc;
 
@@ -136,7 +137,7 @@ fn check_image_cases(dir: &str) {
             assert!(max_abs(&px.data, &want_px) <= TOL_PIXELS, "{label} {file}: pixels");
 
             let f = e.image_features(&bytes, None).unwrap();
-            let got = pollster::block_on(f.read(e.gpu())).unwrap();
+            let got = pollster::block_on(f.read(e.device())).unwrap();
             let (shape, want) = read_npy(&fixture(dir).join(features));
             assert_eq!(shape, [f.n_tokens() as usize, f.dim as usize], "{label} {file}: feature shape");
             let err = rel_l2(&got, &want);
@@ -305,7 +306,7 @@ fn load_time_quantization_error_is_measured() {
         let mut worst_features = 0f32;
         for (file, features) in case.images.iter().zip(&case.features) {
             let f = e.image_features(&read(dir, file), None).unwrap();
-            let got = pollster::block_on(f.read(e.gpu())).unwrap();
+            let got = pollster::block_on(f.read(e.device())).unwrap();
             worst_features = worst_features.max(rel_l2(&got, &read_npy(&fixture(dir).join(features)).1));
             images.push(f);
         }
@@ -356,12 +357,12 @@ fn f16_vision_matmuls_error_is_measured() {
     let fx = load_fixture(dir);
     let case = fx.image_cases.iter().max_by_key(|c| c.images.len()).unwrap();
     let mut e = engine(dir, &fx.model, &case.mmproj);
-    assert!(e.gpu().caps.f16, "the test adapter (lavapipe) has shader-f16");
+    assert!(e.device().caps().f16, "the test adapter (lavapipe) has shader-f16");
     e.set_vision_compute(webvlm::kernels::matmul::MatmulCompute::F16).unwrap();
     let mut images = Vec::new();
     for (file, features) in case.images.iter().zip(&case.features) {
         let f = e.image_features(&read(dir, file), None).unwrap();
-        let err = rel_l2(&pollster::block_on(f.read(e.gpu())).unwrap(), &read_npy(&fixture(dir).join(features)).1);
+        let err = rel_l2(&pollster::block_on(f.read(e.device())).unwrap(), &read_npy(&fixture(dir).join(features)).1);
         eprintln!("f16 vision {file}: features rel L2 {err:.2e}");
         assert!(err <= TOL_F16_FEATURES, "{file}: features rel L2 {err:.2e}");
         images.push(f);
@@ -378,8 +379,8 @@ fn f16_vision_matmuls_error_is_measured() {
 #[test]
 fn a_vocabulary_without_image_tokens_is_refused_before_loading_weights() {
     use webvlm::gguf::{Metadata, TensorInfo};
-    use webvlm::gpu::Gpu;
-    use webvlm::kernels::quant::GpuWeight;
+
+    use webvlm::kernels::quant::Weight;
     use webvlm::source::{LoadError, WeightLoader};
 
     /// Counts the weights asked for.
@@ -391,11 +392,11 @@ fn a_vocabulary_without_image_tokens_is_refused_before_loading_weights() {
         fn tensor_info(&self, name: &str) -> Option<&TensorInfo> {
             self.0.tensor_info(name)
         }
-        fn fill(&mut self, gpu: &Gpu, name: &str, target: &GpuWeight, row0: u32) -> Result<(), LoadError> {
+        fn fill(&mut self, gpu: &Device, name: &str, target: &Weight, row0: u32) -> Result<(), LoadError> {
             self.1 += 1;
             self.0.fill(gpu, name, target, row0)
         }
-        fn vector(&mut self, gpu: &Gpu, name: &str, n: u32) -> Result<wgpu::Buffer, LoadError> {
+        fn vector(&mut self, gpu: &Device, name: &str, n: u32) -> Result<Buffer, LoadError> {
             self.1 += 1;
             self.0.vector(gpu, name, n)
         }

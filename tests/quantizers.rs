@@ -5,12 +5,12 @@
 
 mod common;
 use common::*;
+use webvlm::backend::{Device, Program};
 
 use webvlm::gguf::quant::{quantize_q4_0, quantize_q4_1, quantize_q4_k, quantize_q8_0};
 use webvlm::gguf::{dequantize_to_vec, GgmlType, GgufError, GgufWriter};
-use webvlm::gpu::{Gpu, Program};
 use webvlm::kernels::matvec;
-use webvlm::kernels::quant::GpuWeight;
+use webvlm::kernels::quant::Weight;
 use webvlm::source::{Eager, GgufBytes, GgufStream, LoadQuant, WeightLoader};
 
 type Quantizer = fn(&[f32]) -> Result<Vec<u8>, GgufError>;
@@ -79,7 +79,7 @@ fn bf16_bytes(v: &[f32]) -> Vec<u8> {
 }
 
 /// The GGUF bytes a Q4_K weight holds on the GPU (Q4_K is uploaded unchanged).
-fn read_back(gpu: &Gpu, w: &GpuWeight) -> Vec<u8> {
+fn read_back(gpu: &Device, w: &Weight) -> Vec<u8> {
     let mut out = Vec::new();
     for part in &w.parts {
         let n = part.rows as u64 * w.src_row_bytes();
@@ -88,7 +88,7 @@ fn read_back(gpu: &Gpu, w: &GpuWeight) -> Vec<u8> {
     out
 }
 
-fn run_matvec(gpu: &Gpu, w: &GpuWeight, x: &[f32]) -> Vec<f32> {
+fn run_matvec(gpu: &Device, w: &Weight, x: &[f32]) -> Vec<f32> {
     let bx = upload(gpu, x);
     let by = gpu.storage("y", w.rows as u64 * 4).unwrap();
     let mut prog = Program::new();

@@ -9,6 +9,7 @@
 
 use wasm_bindgen::JsValue;
 use wasm_bindgen_test::{wasm_bindgen_test, wasm_bindgen_test_configure};
+use webvlm::backend::{Buffer, Device, Program};
 
 use webvlm::api::ApiError;
 use webvlm::engine::EngineError;
@@ -16,8 +17,8 @@ use webvlm::error::{Classify, ErrorClass};
 use webvlm::gguf::{
     dequantize_to_vec, parse_header, random_blocks, GgmlType, GgufHeaderParser, GgufWriter, MetaValue, SplitMix64,
 };
-use webvlm::gpu::{Gpu, GpuError, GpuOptions, Program};
-use webvlm::kernels::quant::{GpuWeight, WeightError};
+use webvlm::gpu::{Gpu, GpuError, GpuOptions};
+use webvlm::kernels::quant::{Weight, WeightError};
 use webvlm::kernels::sample::{Sampler, SamplerState};
 use webvlm::kernels::{elementwise, matvec, norm};
 use webvlm::model::synthetic::{synthetic_ministral3_gguf, SyntheticShape};
@@ -37,11 +38,11 @@ const TINY_MODEL: &[u8] = include_bytes!("fixtures/tiny_mistral3_c/model.gguf");
 const TINY_CASES: &str = include_str!("fixtures/tiny_mistral3_c/cases.json");
 const TINY_POS0: &[u8] = include_bytes!("fixtures/tiny_mistral3_c/pos0.npy");
 
-async fn gpu() -> Gpu {
-    Gpu::new(GpuOptions::default()).await.expect("the browser must give a WebGPU adapter")
+async fn gpu() -> Device {
+    Device::Gpu(Gpu::new(GpuOptions::default()).await.expect("the browser must give a WebGPU adapter"))
 }
 
-fn upload(gpu: &Gpu, data: &[f32]) -> wgpu::Buffer {
+fn upload(gpu: &Device, data: &[f32]) -> Buffer {
     gpu.storage_with("test", bytemuck::cast_slice(data)).expect("buffer")
 }
 
@@ -72,11 +73,11 @@ fn npy_f32(bytes: &[u8]) -> (Vec<usize>, Vec<f32>) {
     (shape, bytemuck::pod_collect_to_vec(&bytes[10 + len..]))
 }
 
-async fn read_f32(gpu: &Gpu, buf: &wgpu::Buffer, n: usize) -> Vec<f32> {
+async fn read_f32(gpu: &Device, buf: &Buffer, n: usize) -> Vec<f32> {
     gpu.read_f32(buf, 0, n).await.expect("readback")
 }
 
-async fn run_matvec(gpu: &Gpu, w: &GpuWeight, x: &[f32], n_tok: usize) -> Vec<f32> {
+async fn run_matvec(gpu: &Device, w: &Weight, x: &[f32], n_tok: usize) -> Vec<f32> {
     let bx = upload(gpu, x);
     let by = gpu.storage("y", (n_tok * w.rows as usize * 4) as u64).expect("y");
     let mut prog = Program::new();
@@ -88,7 +89,7 @@ async fn run_matvec(gpu: &Gpu, w: &GpuWeight, x: &[f32], n_tok: usize) -> Vec<f3
 #[wasm_bindgen_test]
 async fn webgpu_device_opens_with_the_adapter_limits() {
     let gpu = gpu().await;
-    let c = &gpu.caps;
+    let c = &gpu.caps();
     assert_eq!(c.backend, "BrowserWebGpu", "{c:?}");
     assert!(!c.subgroups, "wgpu cannot request subgroups on the web");
     // WebGPU's guaranteed minimums: every kernel is written within them.
@@ -122,9 +123,9 @@ async fn quantized_matvec_matches_cpu_whole_and_split() {
         let rows = 37;
         let bytes = random_blocks(ty, rows * cols / ty.block_size(), 10 + i as u64);
         let deq = dequantize_to_vec(ty, &bytes, rows * cols).unwrap();
-        let whole = GpuWeight::upload(&gpu, "w", ty, rows as u32, cols as u32, &bytes).unwrap();
+        let whole = Weight::upload(&gpu, "w", ty, rows as u32, cols as u32, &bytes).unwrap();
         let split =
-            GpuWeight::upload_with_part_limit(&gpu, "w", ty, rows as u32, cols as u32, &bytes, whole.bytes_on_gpu() / 3).unwrap();
+            Weight::upload_with_part_limit(&gpu, "w", ty, rows as u32, cols as u32, &bytes, whole.bytes_on_gpu() / 3).unwrap();
         assert!(split.parts.len() >= 3, "{ty}: {} parts", split.parts.len());
         for n_tok in [1, 3] {
             let x = random_vec(&mut rng, n_tok * cols);
@@ -171,7 +172,7 @@ async fn greedy_sampler_picks_the_cpu_argmax() {
         let out = gpu.storage("out", 16).unwrap();
         let mut prog = Program::new();
         sampler.record(&mut prog, &gpu, &upload(&gpu, &logits), vocab as u32, &out, 2).unwrap();
-        sampler.set(&gpu, &SamplerState::greedy());
+        sampler.set(&gpu, &SamplerState::greedy()).unwrap();
         prog.run(&gpu).unwrap();
         let id = u32::from_le_bytes(gpu.read(&out, 8, 4).await.unwrap().try_into().unwrap());
         assert_eq!(id as usize, argmax(&logits[vocab..]), "vocab {vocab}");
@@ -210,7 +211,7 @@ fn gguf_written_by_the_writer_parses_in_any_chunking() {
 }
 
 /// Streams `file` into a decoder in chunks of `sizes` (cycled), as the page does.
-fn stream_decoder(gpu: &Gpu, file: &[u8], sizes: &[usize]) -> Decoder {
+fn stream_decoder(gpu: &Device, file: &[u8], sizes: &[usize]) -> Decoder {
     let mut stream = GgufStream::new();
     let mut chunks = Vec::new();
     let (mut at, mut i) = (0, 0);
@@ -232,7 +233,7 @@ fn stream_decoder(gpu: &Gpu, file: &[u8], sizes: &[usize]) -> Decoder {
     decoder
 }
 
-async fn logits(gpu: &Gpu, dec: &Decoder, tokens: &[u32]) -> Vec<f32> {
+async fn logits(gpu: &Device, dec: &Decoder, tokens: &[u32]) -> Vec<f32> {
     let opts = ContextOptions { max_ctx: 256, max_chunk: 16, precision: Precision::F32 };
     let mut ctx = Context::new(gpu, dec, opts).unwrap();
     ctx.logits(gpu, dec, tokens).await.unwrap()
@@ -288,12 +289,12 @@ fn js_name(e: impl Classify + std::fmt::Display + 'static) -> String {
 #[wasm_bindgen_test]
 async fn over_limit_buffers_are_adapter_too_small_errors() {
     let gpu = gpu().await;
-    let limit = gpu.caps.max_storage_binding.min(gpu.caps.max_buffer);
+    let limit = gpu.caps().max_storage_binding.min(gpu.caps().max_buffer);
     let err = gpu.storage("huge", limit + 4).unwrap_err();
     assert!(matches!(err, GpuError::BufferTooLarge { .. }), "{err:?}");
     assert_eq!(js_name(err), "AdapterTooSmallError");
     // One row of a weight larger than a binding, as the model loader reports it.
-    let row = GpuWeight::allocate(&gpu, "w", GgmlType::Q8_0, 4, 1024, 512).err().expect("a row over the part limit");
+    let row = Weight::allocate(&gpu, "w", GgmlType::Q8_0, 4, 1024, 512).err().expect("a row over the part limit");
     assert!(matches!(row, WeightError::RowTooLarge { .. }), "{row:?}");
     let wrapped = EngineError::Model(ModelError::Load(LoadError::Weight(row)));
     assert_eq!(wrapped.class(), ErrorClass::AdapterTooSmall);
@@ -311,7 +312,7 @@ async fn a_lost_device_fails_reads_with_device_lost() {
     let buf = gpu.storage_with("x", &[1, 2, 3, 4]).unwrap();
     // Destroyed while the read's map is pending: the browser rejects the map before it
     // resolves `device.lost`.
-    let device = gpu.device.clone();
+    let device = gpu.gpu().unwrap().device.clone();
     wasm_bindgen_futures::spawn_local(async move { device.destroy() });
     let err = gpu.read(&buf, 0, 4).await.unwrap_err();
     assert!(err.is_device_lost(), "pending read: {err:?}");

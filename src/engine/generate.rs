@@ -22,8 +22,8 @@ use std::rc::Rc;
 
 use web_time::Instant;
 
+use crate::backend::Device;
 use crate::constraint::{Constraint, ConstraintFactory, SchemaCache};
-use crate::gpu::Gpu;
 use crate::kernels::sample::SamplerState;
 use crate::model::{Context, Decoder};
 use crate::sampling::{fold_seed, logprobs, random_seed, Sampler, SamplingParams, StopStrings, TokenLogprob, MAX_TOP_LOGPROBS};
@@ -245,7 +245,7 @@ impl<F: FnMut(&StepOutput<'_>) -> Option<Wait>> Emitter<'_, F> {
 
 /// The model side of one generation: what runs the steps.
 struct Steps<'a> {
-    gpu: &'a Gpu,
+    dev: &'a Device,
     dec: &'a Decoder,
     ctx: &'a mut Context,
 }
@@ -289,10 +289,10 @@ impl Engine {
         };
         let start = Instant::now();
         if let Some(vision) = self.vision.as_mut() {
-            vision.prepare(&self.gpu, &self.decoder, &mut self.ctx, &mut self.prompt_cache, prompt)?;
+            vision.prepare(&self.dev, &self.decoder, &mut self.ctx, &mut self.prompt_cache, prompt)?;
         }
         let keys = PromptCache::keys(prompt, self.prompt_layout().ok().map(|l| l.fill()));
-        let cached = self.prompt_cache.reuse(&self.gpu, &mut self.ctx, &keys)?;
+        let cached = self.prompt_cache.reuse(&self.dev, &mut self.ctx, &keys)?;
         let mut out = Generation {
             tokens: Vec::new(),
             text: String::new(),
@@ -311,26 +311,26 @@ impl Engine {
         let text = self.tokenizer.decode_stream(true);
         let mut emit = Emitter { tokenizer: &self.tokenizer, text, stops, ignore_eos: opts.ignore_eos, on_step };
         let images = images.as_ref();
-        let (gpu, dec) = (&self.gpu, &self.decoder);
+        let (dev, dec) = (&self.dev, &self.decoder);
         // A recurrent state is saved at the prompt's turn boundaries and end as it is
         // prefilled: it cannot be cut back to them later (see `prompt_cache`).
         let recurrent = self.ctx.has_recurrent();
         if recurrent {
             for end in turn_boundaries(&prompt.tokens, cached, self.tokenizer.eos_ids()) {
-                self.ctx.submit_prefix(gpu, dec, &prompt.tokens, end, images)?;
-                self.prompt_cache.save_prefix(gpu, &mut self.ctx, &keys[..end])?;
+                self.ctx.submit_prefix(dev, dec, &prompt.tokens, end, images)?;
+                self.prompt_cache.save_prefix(dev, &mut self.ctx, &keys[..end])?;
             }
         }
         let mut sampler = opts.gpu_sampler();
         match host {
-            None => self.ctx.submit_prompt_sampled(gpu, dec, &prompt.tokens, images, &sampler)?,
-            Some(_) => self.ctx.submit_prompt(gpu, dec, &prompt.tokens, images)?,
+            None => self.ctx.submit_prompt_sampled(dev, dec, &prompt.tokens, images, &sampler)?,
+            Some(_) => self.ctx.submit_prompt(dev, dec, &prompt.tokens, images)?,
         }
         let prompt_end = self.ctx.n_past();
         if recurrent {
-            self.prompt_cache.save_prefix(gpu, &mut self.ctx, &keys)?;
+            self.prompt_cache.save_prefix(dev, &mut self.ctx, &keys)?;
         }
-        let mut steps = Steps { gpu, dec, ctx: &mut self.ctx };
+        let mut steps = Steps { dev, dec, ctx: &mut self.ctx };
         let mask_seconds = match host {
             None => {
                 steps.run_on_gpu(prompt_end, &mut sampler, opts, &mut emit, &mut out, start).await?;
@@ -417,10 +417,10 @@ impl Steps<'_> {
         loop {
             if steps_left > 0 {
                 state.draw += 1;
-                self.ctx.submit_decode(self.gpu, self.dec, state)?;
+                self.ctx.submit_decode(self.dev, self.dec, state)?;
                 steps_left -= 1;
             }
-            let token = self.ctx.read_next_token(self.gpu).await?;
+            let token = self.ctx.read_next_token(self.dev).await?;
             if out.tokens.is_empty() {
                 out.time_to_first_token = start.elapsed().as_secs_f64();
             }
@@ -436,7 +436,7 @@ impl Steps<'_> {
                 break;
             }
         }
-        self.ctx.drop_last_step(self.gpu);
+        self.ctx.drop_last_step(self.dev)?;
         Ok(())
     }
 
@@ -451,9 +451,9 @@ impl Steps<'_> {
         out: &mut Generation,
         start: Instant,
     ) -> Result<(), EngineError> {
-        let (gpu, dec) = (self.gpu, self.dec);
+        let (dev, dec) = (self.dev, self.dec);
         let mask = h.mask()?;
-        let (mut token, mut logprob) = h.pick(&self.ctx.read_logits(gpu, dec).await?, mask.as_deref())?;
+        let (mut token, mut logprob) = h.pick(&self.ctx.read_logits(dev, dec).await?, mask.as_deref())?;
         out.time_to_first_token = start.elapsed().as_secs_f64();
         loop {
             if emit.is_end(token) {
@@ -472,9 +472,9 @@ impl Steps<'_> {
                 out.finish = FinishReason::Abort;
                 break;
             }
-            self.ctx.submit_token(gpu, dec, token)?;
+            self.ctx.submit_token(dev, dec, token)?;
             let mask = h.mask()?;
-            (token, logprob) = h.pick(&self.ctx.read_logits(gpu, dec).await?, mask.as_deref())?;
+            (token, logprob) = h.pick(&self.ctx.read_logits(dev, dec).await?, mask.as_deref())?;
         }
         Ok(())
     }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use super::{CrossVision, Engine, EngineError, ImageCache, PromptCache, SamplingPreset, Vision};
 use super::{DEFAULT_PROMPT_CACHE_BYTES, IMAGE_CACHE_BYTES};
+use crate::backend::Device;
 use crate::chat::ChatTemplate;
-use crate::gpu::Gpu;
 use crate::image::PreprocessOptions;
 use crate::kernels::matmul::MatmulCompute;
 use crate::model::vision::projector_type;
@@ -20,7 +20,7 @@ use crate::tokenizer::{GgufVocab, HfTokenizerConfig, Tokenizer};
 /// What [`Engine::builder`] gives: the settings of an engine to load, loaded by [`Self::load`].
 #[must_use = "nothing is loaded until `load`"]
 pub struct EngineBuilder<'a> {
-    gpu: Gpu,
+    dev: Device,
     context: ContextOptions,
     hf_text: Option<&'a HfTextFiles>,
     vision: Option<(&'a mut dyn WeightLoader, LoadQuant)>,
@@ -54,18 +54,18 @@ impl<'a> EngineBuilder<'a> {
     /// [`crate::source::GgufStream`] fills the weights afterwards, as the file streams in)
     /// and builds its tokenizer and chat template, then the vision encoder if one was given.
     pub fn load(self, src: &mut dyn WeightLoader) -> Result<Engine, EngineError> {
-        let EngineBuilder { gpu, context, hf_text, vision } = self;
+        let EngineBuilder { dev, context, hf_text, vision } = self;
         let embedded = match hf_text {
             Some(_) => None,
             None => HfTextFiles::from_metadata(src.metadata()).map_err(|e| ModelError::Load(e.into()))?,
         };
         let mut engine = match hf_text.or(embedded.as_ref()) {
-            Some(text) => Engine::load_hf(gpu, src, text, context)?,
+            Some(text) => Engine::load_hf(dev, src, text, context)?,
             None => {
                 let vocab = GgufVocab::from_metadata(src.metadata())?;
                 let tokenizer = Tokenizer::from_gguf_vocab(&vocab)?;
                 let template = ChatTemplate::from_vocab(&vocab, &tokenizer)?;
-                Engine::load_text(gpu, src, tokenizer, template, context)?
+                Engine::load_text(dev, src, tokenizer, template, context)?
             }
         };
         if let Some((mmproj, quant)) = vision {
@@ -76,10 +76,10 @@ impl<'a> EngineBuilder<'a> {
 }
 
 impl Engine {
-    /// Starts loading an engine on `gpu`: set what differs from the defaults, then
+    /// Starts loading an engine on `dev`: set what differs from the defaults, then
     /// [`EngineBuilder::load`].
-    pub fn builder<'a>(gpu: Gpu) -> EngineBuilder<'a> {
-        EngineBuilder { gpu, context: ContextOptions::default(), hf_text: None, vision: None }
+    pub fn builder<'a>(dev: impl Into<Device>) -> EngineBuilder<'a> {
+        EngineBuilder { dev: dev.into(), context: ContextOptions::default(), hf_text: None, vision: None }
     }
 
     /// Adds the vision encoder and projector of an mmproj file, matrices requantized to
@@ -95,7 +95,7 @@ impl Engine {
             let projector = projector_type(mmproj.metadata())?;
             return Err(ModelError::UnsupportedProjector { projector, supported: "none, the model has its own encoder" }.into());
         }
-        let encoder = VisionEncoder::load_from(&self.gpu, mmproj, quant)?;
+        let encoder = VisionEncoder::load_from(&self.dev, mmproj, quant)?;
         self.set_vision(Vision::Placed { encoder: Box::new(encoder), layout });
         Ok(())
     }
@@ -121,7 +121,7 @@ impl Engine {
     /// The engine on the weights of a Hugging Face folder, with the tokenizer, chat template,
     /// end-of-generation ids and sampling defaults of its text files, and Mllama's vision
     /// encoder when the folder holds one.
-    fn load_hf(gpu: Gpu, src: &mut dyn WeightLoader, text: &HfTextFiles, opts: ContextOptions) -> Result<Engine, EngineError> {
+    fn load_hf(dev: Device, src: &mut dyn WeightLoader, text: &HfTextFiles, opts: ContextOptions) -> Result<Engine, EngineError> {
         let sampling_defaults = SamplingPreset::from_generation_config(&text.generation)?;
         let mut tokenizer = Tokenizer::from_hf(&text.tokenizer_json, text.tokenizer_config.as_deref())?;
         tokenizer.add_eos_ids(&text.generation.eos_token_ids)?;
@@ -129,11 +129,11 @@ impl Engine {
         let template = ChatTemplate::from_hf(&config, text.chat_template.as_deref(), &tokenizer)?;
         // The image-processor settings are checked before any weight is uploaded.
         let cross_preprocess = CrossVision::preprocess_for(src.metadata(), text.image_processor.as_ref())?;
-        let mut engine = Self::load_text(gpu, src, tokenizer, template, opts)?;
+        let mut engine = Self::load_text(dev, src, tokenizer, template, opts)?;
         engine.sampling_defaults = sampling_defaults;
         // Mllama folders hold the vision encoder beside the text model.
         if let Some(p) = cross_preprocess {
-            if let Some(cross) = CrossVision::load(&engine.gpu, src, LoadQuant::Keep, p)? {
+            if let Some(cross) = CrossVision::load(&engine.dev, src, LoadQuant::Keep, p)? {
                 engine.set_vision(Vision::Cross(Box::new(cross)));
             }
         }
@@ -142,17 +142,17 @@ impl Engine {
 
     /// The engine on the weights of `src` with the tokenizer and template given.
     fn load_text(
-        gpu: Gpu,
+        dev: Device,
         src: &mut dyn WeightLoader,
         tokenizer: Tokenizer,
         template: ChatTemplate,
         opts: ContextOptions,
     ) -> Result<Engine, EngineError> {
         let sampling_defaults = SamplingPreset::from_gguf(src.metadata())?;
-        let decoder = Decoder::load_from(&gpu, src)?;
-        let ctx = Context::new(&gpu, &decoder, opts)?;
+        let decoder = Decoder::load_from(&dev, src)?;
+        let ctx = Context::new(&dev, &decoder, opts)?;
         Ok(Engine {
-            gpu,
+            dev,
             decoder,
             tokenizer: Arc::new(tokenizer),
             template,

@@ -14,8 +14,8 @@
 //! live one on its rows; any other image set clears the whole prompt cache and the context.
 //! Reference: transformers' `processing_mllama.py` (BOS placement, `cross_attention_mask`).
 
+use crate::backend::{Buffer, Device, Program};
 use crate::gguf::Metadata;
-use crate::gpu::Gpu;
 use crate::image::mllama::{preprocess_mllama, MllamaPreprocess, Resample};
 use crate::kernels::matmul::MatmulCompute;
 use crate::model::families::mllama::{processor_mask, ARCH};
@@ -77,7 +77,7 @@ impl CrossVision {
     /// The encoder of an `mllama` model's source (`None` for other architectures), its images
     /// preprocessed with `preprocess` ([`Self::preprocess_for`]).
     pub fn load(
-        gpu: &Gpu,
+        dev: &Device,
         src: &mut dyn WeightLoader,
         quant: LoadQuant,
         preprocess: MllamaPreprocess,
@@ -87,7 +87,7 @@ impl CrossVision {
             return Ok(None);
         }
         let image_token = md.get_u32("mllama.image_token_index")?;
-        let encoder = MllamaVision::load_from(gpu, src, quant)?;
+        let encoder = MllamaVision::load_from(dev, src, quant)?;
         Ok(Some(CrossVision { encoder, image_token, preprocess, live: None }))
     }
 
@@ -129,12 +129,12 @@ impl CrossVision {
     /// Preprocesses and encodes one image file.
     pub fn encode(
         &self,
-        gpu: &Gpu,
+        dev: &Device,
         bytes: &[u8],
         decode: &crate::image::PreprocessOptions,
     ) -> Result<ImageFeatures, EngineError> {
         let pixels = preprocess_mllama(bytes, &self.preprocess_options(decode))?;
-        let s = self.encoder.encode(gpu, &pixels)?;
+        let s = self.encoder.encode(dev, &pixels)?;
         Ok(ImageFeatures { buffer: s.buffer, rows: s.num_tiles, cols: self.encoder.cfg.tokens(), dim: s.dim, content: None })
     }
 
@@ -163,7 +163,7 @@ impl CrossVision {
     /// serves the prompt's images and mask, else clears both and builds the store anew.
     pub(super) fn prepare(
         &mut self,
-        gpu: &Gpu,
+        dev: &Device,
         dec: &Decoder,
         ctx: &mut Context,
         cache: &mut PromptCache,
@@ -190,8 +190,8 @@ impl CrossVision {
         ctx.reset();
         self.live = None;
         if !prompt.images.is_empty() {
-            let states = self.concat(gpu, &prompt.images)?;
-            ctx.set_cross_attention(gpu, dec, &states, next.n_tiles, &next.mask)?;
+            let states = self.concat(dev, &prompt.images)?;
+            ctx.set_cross_attention(dev, dec, &states, next.n_tiles, &next.mask)?;
         }
         // An image of unknown content never matches a later prompt.
         self.live = known.then_some(next);
@@ -204,11 +204,11 @@ impl CrossVision {
     }
 
     /// The states of `images`, image after image, in one buffer.
-    fn concat(&self, gpu: &Gpu, images: &[std::rc::Rc<ImageFeatures>]) -> Result<wgpu::Buffer, EngineError> {
+    fn concat(&self, dev: &Device, images: &[std::rc::Rc<ImageFeatures>]) -> Result<Buffer, EngineError> {
         let c = &self.encoder.cfg;
         let per_image = c.state_rows() as u64 * c.text_hidden as u64 * 4;
-        let out = gpu.storage("mllama cross states", per_image * images.len() as u64)?;
-        let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("mllama cross states") });
+        let out = dev.storage("mllama cross states", per_image * images.len() as u64)?;
+        let mut copies = Program::new();
         for (i, f) in images.iter().enumerate() {
             if f.buffer.size() < per_image || f.dim != c.text_hidden {
                 return Err(EngineError::Model(ModelError::Gpu(crate::gpu::GpuError::Shape(format!(
@@ -218,9 +218,9 @@ impl CrossVision {
                     c.text_hidden
                 )))));
             }
-            enc.copy_buffer_to_buffer(&f.buffer, 0, &out, i as u64 * per_image, per_image);
+            copies.copy(&f.buffer, 0, &out, i as u64 * per_image, per_image)?;
         }
-        gpu.queue.submit([enc.finish()]);
+        copies.run(dev)?;
         Ok(out)
     }
 }

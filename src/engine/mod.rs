@@ -25,11 +25,11 @@ pub use prompt_cache::{PromptCacheStats, DEFAULT_PROMPT_CACHE_BYTES};
 pub use repo::{RepoLoad, INDEX_JSON};
 pub use vision::Vision;
 
+use crate::backend::Device;
 use crate::chat::{ChatContent, ChatError, ChatMessage, ChatTemplate, ContentPart};
 use crate::constraint::{ConstraintError, SchemaCache};
 use crate::error::{Classify, ErrorClass};
 use crate::gguf::GgufError;
-use crate::gpu::Gpu;
 use crate::image::{ImageError, PreprocessOptions, DEFAULT_MAX_EDGE};
 use crate::kernels::matmul::MatmulCompute;
 use crate::model::{Context, Decoder, ImageFeatures, ModelError, PromptImages, PromptLayout};
@@ -118,7 +118,7 @@ pub struct Prompt {
 
 /// A model ready to generate.
 pub struct Engine {
-    gpu: Gpu,
+    dev: Device,
     decoder: Decoder,
     tokenizer: Arc<Tokenizer>,
     template: ChatTemplate,
@@ -153,8 +153,8 @@ impl Engine {
     }
 
     fn encode_image(&mut self, bytes: &[u8], opts: &PreprocessOptions) -> Result<Rc<ImageFeatures>, EngineError> {
-        let (vision, gpu) = (self.vision.as_ref().ok_or(EngineError::NoVision)?, &self.gpu);
-        self.image_cache.get_or_encode(bytes, opts, &vision.preprocess_key(), || vision.encode(gpu, bytes, opts))
+        let (vision, dev) = (self.vision.as_ref().ok_or(EngineError::NoVision)?, &self.dev);
+        self.image_cache.get_or_encode(bytes, opts, &vision.preprocess_key(), || vision.encode(dev, bytes, opts))
     }
 
     /// The longest image edge the model was configured for (its vision config's
@@ -164,29 +164,29 @@ impl Engine {
         self.vision.as_ref().map_or(DEFAULT_MAX_EDGE, Vision::max_image_edge)
     }
 
-    /// The GPU the model lives on.
-    pub fn gpu(&self) -> &Gpu {
-        &self.gpu
+    /// The device the model lives on.
+    pub fn device(&self) -> &Device {
+        &self.dev
     }
 
     /// Whether the GPU device was lost (destroyed, driver reset, GPU process crash): every
     /// request then fails with the lost-device error ([`ErrorClass::DeviceLost`]) until the
     /// model is loaded again on a new device.
     pub fn device_lost(&self) -> bool {
-        self.gpu.lost().is_some()
+        self.dev.lost().is_some()
     }
 
     /// Fails with the lost-device error once the device is lost: a request after a loss
     /// fails at once, before any GPU work.
     pub fn check_device(&self) -> Result<(), EngineError> {
-        Ok(self.gpu.check_lost()?)
+        Ok(self.dev.check_lost()?)
     }
 
     /// `e`, or the lost-device error when the device is lost and `e` is a GPU failure that
     /// followed from the loss (a map that failed, a validation error on a destroyed buffer).
     fn lost_or(&self, e: EngineError) -> EngineError {
         match e.class() {
-            ErrorClass::Internal | ErrorClass::AdapterTooSmall => self.gpu.lost_after_error().map_or(e, EngineError::from),
+            ErrorClass::Internal | ErrorClass::AdapterTooSmall => self.dev.lost_after_error().map_or(e, EngineError::from),
             _ => e,
         }
     }
@@ -404,9 +404,9 @@ impl Engine {
         self.prompt_cache.clear();
         if let Some(vision) = self.vision.as_mut() {
             vision.forget();
-            vision.prepare(&self.gpu, &self.decoder, &mut self.ctx, &mut self.prompt_cache, prompt)?;
+            vision.prepare(&self.dev, &self.decoder, &mut self.ctx, &mut self.prompt_cache, prompt)?;
         }
-        Ok(self.ctx.logits_with_images(&self.gpu, &self.decoder, &prompt.tokens, images.as_ref()).await?)
+        Ok(self.ctx.logits_with_images(&self.dev, &self.decoder, &prompt.tokens, images.as_ref()).await?)
     }
 
     /// Where the prompt's image features go, if it has images.

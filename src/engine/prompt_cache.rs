@@ -24,7 +24,8 @@
 
 use std::rc::Rc;
 
-use crate::gpu::{Gpu, Result as GpuResult};
+use crate::backend::Device;
+use crate::gpu::Result as GpuResult;
 use crate::model::{Context, StateSnapshot};
 
 use super::{ImageDigest, Prompt};
@@ -96,7 +97,7 @@ impl PromptCache {
     /// part worth keeping would be overwritten. Returns the positions reused (at most all but
     /// the last). The live keys stay empty until [`Self::set`] records the new sequence, so a
     /// generation that fails half way leaves nothing stale behind.
-    pub fn reuse(&mut self, gpu: &Gpu, ctx: &mut Context, keys: &[PosKey]) -> GpuResult<usize> {
+    pub fn reuse(&mut self, dev: &Device, ctx: &mut Context, keys: &[PosKey]) -> GpuResult<usize> {
         self.clock += 1;
         let usable = keys.len().saturating_sub(1);
         let recurrent = ctx.has_recurrent();
@@ -123,12 +124,12 @@ impl PromptCache {
         });
         let kept = if restore.is_some() { 0 } else { live_common };
         if live.len() - kept >= MIN_SAVED_TOKENS {
-            self.save(gpu, ctx, live)?;
+            self.save(dev, ctx, live)?;
         }
         // What the context holds afterwards, not what was asked for: a decoder with
         // recurrent layers restores or keeps a prefix only where its state stands.
         match restore {
-            Some((n, kv)) => ctx.restore_state(gpu, &kv, n as u32),
+            Some((n, kv)) => ctx.restore_state(dev, &kv, n as u32)?,
             None => ctx.truncate(live_common as u32),
         }
         Ok(ctx.n_past() as usize)
@@ -136,13 +137,13 @@ impl PromptCache {
 
     /// Saves the sequence state of `ctx`, which holds exactly the positions of `keys` (a turn
     /// boundary or the end of a prompt, for a decoder with recurrent layers).
-    pub fn save_prefix(&mut self, gpu: &Gpu, ctx: &mut Context, keys: &[PosKey]) -> GpuResult<()> {
-        self.save(gpu, ctx, keys.to_vec())
+    pub fn save_prefix(&mut self, dev: &Device, ctx: &mut Context, keys: &[PosKey]) -> GpuResult<()> {
+        self.save(dev, ctx, keys.to_vec())
     }
 
     /// Copies the live sequence's KV rows (as many as the budget allows) to a saved prefix,
     /// evicting the least recently used.
-    fn save(&mut self, gpu: &Gpu, ctx: &mut Context, mut keys: Vec<PosKey>) -> GpuResult<()> {
+    fn save(&mut self, dev: &Device, ctx: &mut Context, mut keys: Vec<PosKey>) -> GpuResult<()> {
         let per_token = ctx.state_bytes_per_token().max(1);
         keys.truncate((ctx.n_past() as usize).min((self.budget / per_token) as usize));
         // A KV cache can be cut anywhere, so a longer saved sequence serves its prefixes; a
@@ -160,7 +161,7 @@ impl PromptCache {
         while self.saved_bytes() + needed > self.budget && self.saved.pop().is_some() {
             self.evicted += 1;
         }
-        let kv = ctx.save_state(gpu, keys.len() as u32)?;
+        let kv = ctx.save_state(dev, keys.len() as u32)?;
         // A decoder with recurrent layers saves its whole sequence or nothing.
         keys.truncate(kv.rows() as usize);
         if keys.len() < MIN_SAVED_TOKENS {

@@ -8,8 +8,8 @@
 //! browser keeps it in Cache Storage, the CLI writes it to disk.
 
 use super::{Engine, EngineError};
+use crate::backend::Device;
 use crate::gguf::{Metadata, TensorInfo};
-use crate::gpu::Gpu;
 use crate::model::{ContextOptions, ModelError};
 use crate::source::hf::{HfError, HfStream, HfTextFiles};
 use crate::source::{LoadError, LoadQuant, Requantize, WeightLoader};
@@ -84,21 +84,22 @@ impl RepoLoad {
 
     /// Builds the engine, then seals the plan; fails unless every shard's header is in
     /// ([`Self::headers_complete`]).
-    pub fn build(&mut self, gpu: Gpu, context: ContextOptions) -> Result<Engine, EngineError> {
+    pub fn build(&mut self, dev: impl Into<Device>, context: ContextOptions) -> Result<Engine, EngineError> {
+        let dev = dev.into();
         if !self.headers_complete().map_err(ModelError::from)? {
             let missing = LoadError::Stream("the model was built before every shard's header was in".into());
             return Err(ModelError::from(missing).into());
         }
         let text = self.stream.text_files().clone();
         let mut src = Requantize { inner: &mut self.stream, quant: self.quant };
-        let engine = Engine::builder(gpu).context(context).hf_text(&text).load(&mut src)?;
+        let engine = Engine::builder(dev).context(context).hf_text(&text).load(&mut src)?;
         self.stream.seal().map_err(ModelError::from)?;
         Ok(engine)
     }
 
     /// Second pass: the next bytes of `shard`, from its byte 0 on.
-    pub fn push(&mut self, gpu: &Gpu, shard: usize, chunk: &[u8]) -> Result<(), LoadError> {
-        self.stream.push(gpu, shard, chunk)
+    pub fn push(&mut self, dev: &Device, shard: usize, chunk: &[u8]) -> Result<(), LoadError> {
+        self.stream.push(dev, shard, chunk)
     }
 
     /// Fails unless every tensor arrived and every shard hashed to its published digest.

@@ -12,7 +12,7 @@
 
 use std::rc::Rc;
 
-use crate::gpu::Gpu;
+use crate::backend::Device;
 use crate::image::{PreprocessOptions, DEFAULT_MAX_EDGE};
 use crate::kernels::matmul::MatmulCompute;
 use crate::model::{Context, Decoder, ImageFeatures, PromptImages, PromptLayout, VisionEncoder};
@@ -112,10 +112,10 @@ impl Vision {
 
     /// Preprocesses and encodes one image file with `opts` (for Mllama only its decoding
     /// limits and EXIF handling).
-    pub(super) fn encode(&self, gpu: &Gpu, bytes: &[u8], opts: &PreprocessOptions) -> Result<ImageFeatures, EngineError> {
+    pub(super) fn encode(&self, dev: &Device, bytes: &[u8], opts: &PreprocessOptions) -> Result<ImageFeatures, EngineError> {
         match self {
-            Vision::Placed { encoder, .. } => Ok(encoder.encode(gpu, &encoder.preprocess(bytes, opts)?)?),
-            Vision::Cross(cross) => cross.encode(gpu, bytes, opts),
+            Vision::Placed { encoder, .. } => Ok(encoder.encode(dev, &encoder.preprocess(bytes, opts)?)?),
+            Vision::Cross(cross) => cross.encode(dev, bytes, opts),
         }
     }
 
@@ -209,7 +209,7 @@ impl Vision {
     /// ([`CrossVision::prepare`]); nothing for placed features.
     pub(super) fn prepare(
         &mut self,
-        gpu: &Gpu,
+        dev: &Device,
         dec: &Decoder,
         ctx: &mut Context,
         cache: &mut PromptCache,
@@ -217,7 +217,7 @@ impl Vision {
     ) -> Result<(), EngineError> {
         match self {
             Vision::Placed { .. } => Ok(()),
-            Vision::Cross(cross) => cross.prepare(gpu, dec, ctx, cache, prompt),
+            Vision::Cross(cross) => cross.prepare(dev, dec, ctx, cache, prompt),
         }
     }
 

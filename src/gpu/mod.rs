@@ -50,6 +50,16 @@ pub enum GpuError {
     /// A kernel was given a different number of arguments than it declares.
     #[error("kernel {label} takes {expected} bindings, got {got}")]
     BindingCount { label: String, expected: usize, got: usize },
+    /// Buffers, programs and devices of different backends were mixed (a programming error).
+    #[error("backend mismatch: {0}")]
+    WrongBackend(&'static str),
+    /// An op the CPU backend does not implement yet.
+    #[error("{0} has no CPU implementation yet")]
+    CpuUnsupported(&'static str),
+    /// A CPU op failed (a shape, a borrow): `backend::cpu::ProgramError`'s message (its
+    /// allocation failures become [`GpuError::OutOfMemory`]).
+    #[error("CPU backend: {0}")]
+    Cpu(String),
 }
 
 pub type Result<T> = std::result::Result<T, GpuError>;

@@ -70,10 +70,11 @@ impl Dispatch {
     }
 }
 
-/// One recorded operation: a dispatch, or a buffer copy between compute passes.
+/// One recorded operation: a dispatch, or a buffer copy or clear between compute passes.
 pub enum Op {
     Dispatch(Dispatch),
     Copy { src: wgpu::Buffer, src_offset: u64, dst: wgpu::Buffer, dst_offset: u64, size: u64 },
+    Clear(wgpu::Buffer),
 }
 
 /// An ordered list of operations plus the params arena their uniforms live in.
@@ -113,6 +114,11 @@ impl Program {
         self.ops.push(Op::Copy { src: src.clone(), src_offset, dst: dst.clone(), dst_offset, size });
     }
 
+    /// Appends the zeroing of `buffer`.
+    pub fn clear(&mut self, buffer: &wgpu::Buffer) {
+        self.ops.push(Op::Clear(buffer.clone()));
+    }
+
     /// Number of compute dispatches (for benchmarks).
     pub fn n_dispatches(&self) -> usize {
         self.ops.iter().filter(|op| matches!(op, Op::Dispatch(_))).count()
@@ -145,8 +151,12 @@ impl Program {
                     ops.next();
                 }
             }
-            if let Some(Op::Copy { src, src_offset, dst, dst_offset, size }) = ops.next() {
-                encoder.copy_buffer_to_buffer(src, *src_offset, dst, *dst_offset, *size);
+            match ops.next() {
+                Some(Op::Copy { src, src_offset, dst, dst_offset, size }) => {
+                    encoder.copy_buffer_to_buffer(src, *src_offset, dst, *dst_offset, *size)
+                }
+                Some(Op::Clear(buffer)) => encoder.clear_buffer(buffer, 0, None),
+                Some(Op::Dispatch(_)) | None => {}
             }
         }
     }

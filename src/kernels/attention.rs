@@ -56,7 +56,8 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{grid_1d, Access, Arg, Geometry, Gpu, GpuError, KernelSpec, Launch, Program, Result, MAX_GRID_DIM};
+use crate::backend::{Buffer, Device, Program};
+use crate::gpu::{grid_1d, Access, Arg, Geometry, GpuError, KernelSpec, Launch, Result, MAX_GRID_DIM};
 
 /// The `Step` struct shared by the RoPE and attention shaders.
 pub(crate) const STEP: &str = include_str!("../../shaders/step.wgsl");
@@ -216,19 +217,24 @@ impl StepParams {
         self.kv_start + self.n_tok
     }
 
-    /// A 16-byte uniform buffer for the step (UNIFORM | COPY_DST), created once.
-    pub fn create_buffer(gpu: &Gpu) -> wgpu::Buffer {
-        gpu.buffer(&wgpu::BufferDescriptor {
-            label: Some("step"),
-            size: std::mem::size_of::<StepParams>() as u64,
-            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        })
+    /// A 16-byte buffer for the step, created once: on the GPU a uniform one (UNIFORM |
+    /// COPY_DST).
+    pub fn create_buffer(dev: &Device) -> Result<Buffer> {
+        let size = std::mem::size_of::<StepParams>() as u64;
+        match dev {
+            Device::Gpu(gpu) => Ok(Buffer::Gpu(gpu.buffer(&wgpu::BufferDescriptor {
+                label: Some("step"),
+                size,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }))),
+            Device::Cpu(_) => dev.storage("step", size),
+        }
     }
 
-    /// Queues the write of this step into `buffer` (offset 0).
-    pub fn write(&self, gpu: &Gpu, buffer: &wgpu::Buffer) {
-        gpu.queue.write_buffer(buffer, 0, bytemuck::bytes_of(self));
+    /// Writes this step into `buffer` (offset 0): queued on the GPU.
+    pub fn write(&self, dev: &Device, buffer: &Buffer) -> Result<()> {
+        dev.write(buffer, 0, bytemuck::bytes_of(self))
     }
 }
 
@@ -332,14 +338,20 @@ struct Params {
 #[allow(clippy::too_many_arguments)]
 pub fn attention_prefill(
     prog: &mut Program,
-    gpu: &Gpu,
+    dev: &Device,
     shape: &AttnShape,
-    step: &wgpu::Buffer,
-    q: &wgpu::Buffer,
-    k_cache: &wgpu::Buffer,
-    v_cache: &wgpu::Buffer,
-    out: &wgpu::Buffer,
+    step: &Buffer,
+    q: &Buffer,
+    k_cache: &Buffer,
+    v_cache: &Buffer,
+    out: &Buffer,
 ) -> Result<()> {
+    let (prog, gpu) = prog.gpu(dev, "attention_prefill")?;
+    let step = step.gpu()?;
+    let q = q.gpu()?;
+    let k_cache = k_cache.gpu()?;
+    let v_cache = v_cache.gpu()?;
+    let out = out.gpu()?;
     shape.check()?;
     let caps = &gpu.caps;
     // Subgroups in the GPU geometry only, as in decode: the CPU one stands for the browser.
@@ -486,9 +498,9 @@ pub fn decode_grid(shape: &AttnShape, n_split: u32) -> [u32; 3] {
 /// Partial results of split-K decode, allocated once per context.
 pub struct DecodeScratch {
     /// `[max_tok * n_head][n_split]` of (max, sum).
-    pub ml: wgpu::Buffer,
+    pub ml: Buffer,
     /// `[max_tok * n_head][n_split][head_dim]` unnormalised outputs.
-    pub o: wgpu::Buffer,
+    pub o: Buffer,
     /// Splits of the grid (the most any `kv_len` uses).
     pub n_split: u32,
     /// Capacity: `max_tok * n_head` rows of `head_dim` floats.
@@ -497,11 +509,11 @@ pub struct DecodeScratch {
 }
 
 impl DecodeScratch {
-    pub fn new(gpu: &Gpu, shape: &AttnShape, n_split: u32) -> Result<DecodeScratch> {
+    pub fn new(dev: &Device, shape: &AttnShape, n_split: u32) -> Result<DecodeScratch> {
         let rows = (shape.max_tok * shape.n_head * n_split.max(1)) as u64;
         Ok(DecodeScratch {
-            ml: gpu.storage("attn_part_ml", rows * 8)?,
-            o: gpu.storage("attn_part_o", rows * shape.head_dim as u64 * 4)?,
+            ml: dev.storage("attn_part_ml", rows * 8)?,
+            o: dev.storage("attn_part_o", rows * shape.head_dim as u64 * 4)?,
             n_split: n_split.max(1),
             rows: shape.max_tok * shape.n_head,
             head_dim: shape.head_dim,
@@ -516,15 +528,21 @@ impl DecodeScratch {
 #[allow(clippy::too_many_arguments)]
 pub fn attention_decode(
     prog: &mut Program,
-    gpu: &Gpu,
+    dev: &Device,
     shape: &AttnShape,
-    step: &wgpu::Buffer,
-    q: &wgpu::Buffer,
-    k_cache: &wgpu::Buffer,
-    v_cache: &wgpu::Buffer,
+    step: &Buffer,
+    q: &Buffer,
+    k_cache: &Buffer,
+    v_cache: &Buffer,
     scratch: &DecodeScratch,
-    out: &wgpu::Buffer,
+    out: &Buffer,
 ) -> Result<()> {
+    let (prog, gpu) = prog.gpu(dev, "attention_decode")?;
+    let step = step.gpu()?;
+    let q = q.gpu()?;
+    let k_cache = k_cache.gpu()?;
+    let v_cache = v_cache.gpu()?;
+    let out = out.gpu()?;
     shape.check()?;
     if shape.max_tok * shape.n_head > scratch.rows || shape.head_dim > scratch.head_dim {
         return Err(GpuError::Shape(format!(
@@ -549,7 +567,14 @@ pub fn attention_decode(
         .with_prefix(width)
         .with_prefix(STEP)
         .with_constant("R", decode_rows(shape) as i64);
-    let args = [Arg::Buf(step), Arg::Buf(&scratch.ml), Arg::Buf(&scratch.o), Arg::Buf(q), Arg::Buf(k_cache), Arg::Buf(v_cache)];
+    let args = [
+        Arg::Buf(step),
+        Arg::Buf(scratch.ml.gpu()?),
+        Arg::Buf(scratch.o.gpu()?),
+        Arg::Buf(q),
+        Arg::Buf(k_cache),
+        Arg::Buf(v_cache),
+    ];
     prog.push_with_params(gpu, &spec, &params, &args, grid)?;
     prog.set_launch(Launch::threads(128)); // WG in attention_decode.wgsl
                                            // Same module as attn_decode (the reader is part of it; combine does not read the cache).
@@ -559,7 +584,7 @@ pub fn attention_decode(
         .with_prefix(ATTN_COMMON)
         .with_prefix(width)
         .with_prefix(STEP);
-    let args = [Arg::Buf(step), Arg::Buf(&scratch.ml), Arg::Buf(&scratch.o), Arg::Buf(out)];
+    let args = [Arg::Buf(step), Arg::Buf(scratch.ml.gpu()?), Arg::Buf(scratch.o.gpu()?), Arg::Buf(out)];
     prog.push_with_params(gpu, &spec, &params, &args, grid_1d(shape.max_tok * shape.n_head))?;
     prog.set_launch(Launch::threads(64)); // attn_combine
     Ok(())

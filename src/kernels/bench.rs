@@ -5,7 +5,8 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{grid_1d, Access, Arg, Gpu, GpuError, KernelSpec, Program, Result};
+use crate::backend::{Buffer, Device, Program};
+use crate::gpu::{grid_1d, Access, Arg, GpuError, KernelSpec, Result};
 
 pub(super) const SHADER: &str = include_str!("../../shaders/bench.wgsl");
 const BINDINGS: &[Access] = &[Access::Uniform, Access::Read, Access::ReadWrite];
@@ -34,7 +35,10 @@ fn check_vec4s(what: &str, buf: &wgpu::Buffer, n_vec4: u64) -> Result<u32> {
 
 /// Records `dst[i] = src[i]` for the first `n_vec4` 16-byte elements: moves `32 * n_vec4`
 /// bytes (read + write).
-pub fn record_copy(prog: &mut Program, gpu: &Gpu, src: &wgpu::Buffer, dst: &wgpu::Buffer, n_vec4: u64) -> Result<()> {
+pub fn record_copy(prog: &mut Program, dev: &Device, src: &Buffer, dst: &Buffer, n_vec4: u64) -> Result<()> {
+    let (prog, gpu) = prog.gpu(dev, "bench copy")?;
+    let src = src.gpu()?;
+    let dst = dst.gpu()?;
     let n = check_vec4s("bench copy src", src, n_vec4)?;
     check_vec4s("bench copy dst", dst, n_vec4)?;
     let spec = KernelSpec::new("bench", SHADER, "copy", BINDINGS);
@@ -44,7 +48,10 @@ pub fn record_copy(prog: &mut Program, gpu: &Gpu, src: &wgpu::Buffer, dst: &wgpu
 
 /// Records a read of the first `n_vec4` elements of `src` (`16 * n_vec4` bytes); `sink`
 /// (any size, at least 16 bytes) is written only in the never-taken case.
-pub fn record_read(prog: &mut Program, gpu: &Gpu, src: &wgpu::Buffer, sink: &wgpu::Buffer, n_vec4: u64) -> Result<()> {
+pub fn record_read(prog: &mut Program, dev: &Device, src: &Buffer, sink: &Buffer, n_vec4: u64) -> Result<()> {
+    let (prog, gpu) = prog.gpu(dev, "bench read")?;
+    let src = src.gpu()?;
+    let sink = sink.gpu()?;
     let n = check_vec4s("bench read src", src, n_vec4)?;
     check_vec4s("bench read sink", sink, 1)?;
     let spec = KernelSpec::new("bench", SHADER, "read_sum", BINDINGS);
@@ -57,14 +64,10 @@ pub fn record_read(prog: &mut Program, gpu: &Gpu, src: &wgpu::Buffer, sink: &wgp
 /// Records `invocations` FMA chains of `iters` iterations each; returns the FLOP count
 /// (`2 * 4 * FMA_CHAINS * iters * invocations`). `sink` (at least 16 bytes) receives results;
 /// `src` is bound but not read.
-pub fn record_fma(
-    prog: &mut Program,
-    gpu: &Gpu,
-    src: &wgpu::Buffer,
-    sink: &wgpu::Buffer,
-    invocations: u32,
-    iters: u32,
-) -> Result<u64> {
+pub fn record_fma(prog: &mut Program, dev: &Device, src: &Buffer, sink: &Buffer, invocations: u32, iters: u32) -> Result<u64> {
+    let (prog, gpu) = prog.gpu(dev, "bench fma")?;
+    let src = src.gpu()?;
+    let sink = sink.gpu()?;
     check_vec4s("bench fma sink", sink, 1)?;
     let spec = KernelSpec::new("bench", SHADER, "fma_peak", BINDINGS);
     let params = Params { n: invocations, iters, stride: 0, _pad: 0 };

@@ -11,7 +11,8 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{grid_1d, Access, Arg, Gpu, GpuError, KernelSpec, Launch, Program, Result};
+use crate::backend::{Buffer, Device, Program};
+use crate::gpu::{grid_1d, Access, Arg, GpuError, KernelSpec, Launch, Result};
 
 const SHADER: &str = include_str!("../../shaders/cross_attention.wgsl");
 const BINDINGS: &[Access] = &[Access::Uniform, Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite];
@@ -68,14 +69,20 @@ impl CrossAttnShape {
 #[allow(clippy::too_many_arguments)]
 pub fn cross_attention(
     prog: &mut Program,
-    gpu: &Gpu,
+    dev: &Device,
     s: &CrossAttnShape,
-    q: &wgpu::Buffer,
-    k: &wgpu::Buffer,
-    v: &wgpu::Buffer,
-    mask: &wgpu::Buffer,
-    out: &wgpu::Buffer,
+    q: &Buffer,
+    k: &Buffer,
+    v: &Buffer,
+    mask: &Buffer,
+    out: &Buffer,
 ) -> Result<()> {
+    let (prog, gpu) = prog.gpu(dev, "cross_attention")?;
+    let q = q.gpu()?;
+    let k = k.gpu()?;
+    let v = v.gpu()?;
+    let mask = mask.gpu()?;
+    let out = out.gpu()?;
     let n_keys = s.check()?;
     let params = Params {
         n_tok: s.n_tok,
@@ -148,14 +155,19 @@ struct GatedAddParams {
 #[allow(clippy::too_many_arguments)]
 pub fn gated_add(
     prog: &mut Program,
-    gpu: &Gpu,
-    gate: &wgpu::Buffer,
-    row_mask: Option<&wgpu::Buffer>,
-    y: &wgpu::Buffer,
-    x: &wgpu::Buffer,
+    dev: &Device,
+    gate: &Buffer,
+    row_mask: Option<&Buffer>,
+    y: &Buffer,
+    x: &Buffer,
     n_tok: u32,
     dim: u32,
 ) -> Result<()> {
+    let (prog, gpu) = prog.gpu(dev, "gated_add")?;
+    let gate = gate.gpu()?;
+    let row_mask = row_mask.map(Buffer::gpu).transpose()?;
+    let y = y.gpu()?;
+    let x = x.gpu()?;
     let n = n_tok.checked_mul(dim).filter(|_| dim > 0).ok_or_else(|| GpuError::Shape(format!("gated add: {n_tok} x {dim}")))?;
     let params = GatedAddParams { n, dim, use_row_mask: row_mask.is_some() as u32, _pad: 0 };
     let spec = KernelSpec::new("gated_add", GATED_ADD, "gated_add", GATED_ADD_BINDINGS);

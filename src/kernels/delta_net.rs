@@ -16,7 +16,8 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{Access, Arg, Gpu, GpuError, KernelSpec, Launch, Program, Result};
+use crate::backend::{Buffer, Device, Program};
+use crate::gpu::{Access, Arg, GpuError, KernelSpec, Launch, Result};
 
 pub(super) const SHADER: &str = include_str!("../../shaders/gated_delta_net.wgsl");
 const RECURRENT: &[Access] = &[Access::Uniform, Access::Read, Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite];
@@ -154,7 +155,7 @@ fn q_scale(d_k: u32) -> f64 {
     1.0 / (d_k as f64).sqrt()
 }
 
-fn check_len(what: &str, buf: &wgpu::Buffer, floats: usize) -> Result<()> {
+fn check_len(what: &str, buf: &Buffer, floats: usize) -> Result<()> {
     if buf.size() < 4 * floats as u64 {
         return Err(GpuError::Shape(format!("gated delta rule: {what} holds {} bytes, needs {}", buf.size(), 4 * floats)));
     }
@@ -164,15 +165,15 @@ fn check_len(what: &str, buf: &wgpu::Buffer, floats: usize) -> Result<()> {
 /// The buffers of one gated-delta-rule dispatch.
 pub struct DeltaNetBuffers<'a> {
     /// Mixed rows (see [`DeltaNetLayout`]), read only.
-    pub qkv: &'a wgpu::Buffer,
+    pub qkv: &'a Buffer,
     /// `[n_tok][Hv]` log decays.
-    pub g: &'a wgpu::Buffer,
+    pub g: &'a Buffer,
     /// `[n_tok][Hv]` update strengths.
-    pub beta: &'a wgpu::Buffer,
+    pub beta: &'a Buffer,
     /// `[Hv][d_k][d_v]` state, read and written in place.
-    pub state: &'a wgpu::Buffer,
+    pub state: &'a Buffer,
     /// `[n_tok][Hv * d_v]` outputs.
-    pub out: &'a wgpu::Buffer,
+    pub out: &'a Buffer,
 }
 
 fn checked_params(layout: &DeltaNetLayout, n_tok: usize, b: &DeltaNetBuffers<'_>) -> Result<Params> {
@@ -206,14 +207,16 @@ fn checked_params(layout: &DeltaNetLayout, n_tok: usize, b: &DeltaNetBuffers<'_>
 /// invocations, each owning a quarter of one state column.
 pub fn record_recurrent(
     prog: &mut Program,
-    gpu: &Gpu,
+    dev: &Device,
     layout: &DeltaNetLayout,
     n_tok: usize,
     b: &DeltaNetBuffers<'_>,
 ) -> Result<()> {
+    let (prog, gpu) = prog.gpu(dev, "delta_net recurrent")?;
     let p = checked_params(layout, n_tok, b)?;
     let spec = KernelSpec::new("gated_delta_net", SHADER, "gdn_recurrent", RECURRENT);
-    let args = [Arg::Buf(b.qkv), Arg::Buf(b.g), Arg::Buf(b.beta), Arg::Buf(b.state), Arg::Buf(b.out)];
+    let args =
+        [Arg::Buf(b.qkv.gpu()?), Arg::Buf(b.g.gpu()?), Arg::Buf(b.beta.gpu()?), Arg::Buf(b.state.gpu()?), Arg::Buf(b.out.gpu()?)];
     prog.push_with_params(gpu, &spec, &p, &args, [layout.d_v.div_ceil(COLS), layout.n_v_heads, 1])?;
     prog.set_launch(Launch::threads(RECURRENT_WG));
     Ok(())
@@ -235,24 +238,26 @@ pub fn chunked_scratch_len(layout: &DeltaNetLayout, n_tok: usize) -> usize {
 /// [`chunked_scratch_len`] floats.
 pub fn record_chunked(
     prog: &mut Program,
-    gpu: &Gpu,
+    dev: &Device,
     layout: &DeltaNetLayout,
     n_tok: usize,
     b: &DeltaNetBuffers<'_>,
-    scratch: &wgpu::Buffer,
+    scratch: &Buffer,
 ) -> Result<()> {
+    let (prog, gpu) = prog.gpu(dev, "delta_net chunked")?;
     let p = checked_params(layout, n_tok, b)?;
     let scratch_len = chunked_scratch_len(layout, n_tok);
     if scratch_len > u32::MAX as usize {
         return Err(GpuError::Shape(format!("gated delta rule: {n_tok} tokens need {scratch_len} scratch floats")));
     }
     check_len("scratch", scratch, scratch_len)?;
+    let scratch = scratch.gpu()?;
     let prep = KernelSpec::new("gated_delta_net", SHADER, "gdn_chunk_prep", CHUNK_PREP);
-    let args = [Arg::Buf(b.qkv), Arg::Buf(b.g), Arg::Buf(b.beta), Arg::Buf(scratch)];
+    let args = [Arg::Buf(b.qkv.gpu()?), Arg::Buf(b.g.gpu()?), Arg::Buf(b.beta.gpu()?), Arg::Buf(scratch)];
     prog.push_with_params(gpu, &prep, &p, &args, [n_tok.div_ceil(CHUNK) as u32, layout.n_v_heads, 1])?;
     prog.set_launch(Launch::threads(CHUNK_WG));
     let state = KernelSpec::new("gated_delta_net", SHADER, "gdn_chunk_state", CHUNK_STATE);
-    let args = [Arg::Buf(scratch), Arg::Buf(b.state), Arg::Buf(b.out)];
+    let args = [Arg::Buf(scratch), Arg::Buf(b.state.gpu()?), Arg::Buf(b.out.gpu()?)];
     prog.push_with_params(gpu, &state, &p, &args, [layout.d_v.div_ceil(BLOCK_COLS), layout.n_v_heads, 1])?;
     prog.set_launch(Launch::threads(CHUNK_WG));
     Ok(())

@@ -3,7 +3,9 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{grid_1d, Access, Arg, Gpu, KernelSpec, Launch, Program, Result};
+use crate::backend::cpu;
+use crate::backend::{Buffer, Device, On, Program};
+use crate::gpu::{grid_1d, Access, Arg, Gpu, KernelSpec, Launch, Program as GpuProgram, Result};
 
 pub(super) const SHADER: &str = include_str!("../../shaders/elementwise.wgsl");
 const BINDINGS: &[Access] = &[Access::Uniform, Access::Read, Access::ReadWrite];
@@ -17,12 +19,12 @@ struct Params {
     _pad: [u32; 2],
 }
 
-fn push(prog: &mut Program, gpu: &Gpu, entry: &'static str, a: &wgpu::Buffer, b: &wgpu::Buffer, n: u32) -> Result<()> {
+fn push(prog: &mut GpuProgram, gpu: &Gpu, entry: &'static str, a: &wgpu::Buffer, b: &wgpu::Buffer, n: u32) -> Result<()> {
     push_half(prog, gpu, entry, a, b, n, 0)
 }
 
 fn push_half(
-    prog: &mut Program,
+    prog: &mut GpuProgram,
     gpu: &Gpu,
     entry: &'static str,
     a: &wgpu::Buffer,
@@ -38,54 +40,76 @@ fn push_half(
 }
 
 /// Records `residual[i] += a[i]` for the first `n` elements.
-pub fn add_inplace(prog: &mut Program, gpu: &Gpu, a: &wgpu::Buffer, residual: &wgpu::Buffer, n: u32) -> Result<()> {
-    push(prog, gpu, "add_inplace", a, residual, n)
+pub fn add_inplace(prog: &mut Program, dev: &Device, a: &Buffer, residual: &Buffer, n: u32) -> Result<()> {
+    match prog.on(dev)? {
+        On::Gpu(prog, gpu) => push(prog, gpu, "add_inplace", a.gpu()?, residual.gpu()?, n),
+        On::Cpu(prog, _) => cpu_pair(prog, "add_inplace", (a, n), (residual, n), cpu::elementwise::add_inplace),
+    }
 }
 
 /// Records `gate[i] = silu(gate[i]) * up[i]` for the first `n` elements.
-pub fn silu_mul_inplace(prog: &mut Program, gpu: &Gpu, up: &wgpu::Buffer, gate: &wgpu::Buffer, n: u32) -> Result<()> {
-    push(prog, gpu, "silu_mul_inplace", up, gate, n)
+pub fn silu_mul_inplace(prog: &mut Program, dev: &Device, up: &Buffer, gate: &Buffer, n: u32) -> Result<()> {
+    match prog.on(dev)? {
+        On::Gpu(prog, gpu) => push(prog, gpu, "silu_mul_inplace", up.gpu()?, gate.gpu()?, n),
+        On::Cpu(prog, _) => cpu_pair(prog, "silu_mul_inplace", (up, n), (gate, n), cpu::elementwise::silu_mul_inplace),
+    }
+}
+
+/// Records a CPU op reading the first `a.1` words of `a.0` and updating the first `b.1` of
+/// `b.0` in place.
+fn cpu_pair(
+    prog: &mut cpu::Program,
+    name: &'static str,
+    (a, a_len): (&Buffer, u32),
+    (b, b_len): (&Buffer, u32),
+    op: impl Fn(&cpu::ThreadPool, &[f32], &mut [f32]) -> std::result::Result<(), cpu::ShapeError> + 'static,
+) -> Result<()> {
+    let (a, b, a_len, b_len) = (a.cpu()?.clone(), b.cpu()?.clone(), a_len as usize, b_len as usize);
+    prog.push(name, move |pool| Ok(op(pool, &a.read_n(a_len)?, &mut b.write_n(b_len)?)?));
+    Ok(())
 }
 
 /// Records `out[t][r] = silu(gate_up[t][r]) * gate_up[t][half + r]` for `rows` rows: `gate_up`
 /// is `[rows][2 half]` (the product of a stacked [gate; up] weight), `out` `[rows][half]`.
-pub fn silu_mul_halves(
-    prog: &mut Program,
-    gpu: &Gpu,
-    gate_up: &wgpu::Buffer,
-    out: &wgpu::Buffer,
-    rows: u32,
-    half: u32,
-) -> Result<()> {
-    push_half(prog, gpu, "silu_mul_halves", gate_up, out, rows * half, half.max(1))
+pub fn silu_mul_halves(prog: &mut Program, dev: &Device, gate_up: &Buffer, out: &Buffer, rows: u32, half: u32) -> Result<()> {
+    match prog.on(dev)? {
+        On::Gpu(prog, gpu) => push_half(prog, gpu, "silu_mul_halves", gate_up.gpu()?, out.gpu()?, rows * half, half.max(1)),
+        On::Cpu(prog, _) => {
+            let h = half as usize;
+            let op = move |pool: &cpu::ThreadPool, x: &[f32], y: &mut [f32]| cpu::elementwise::silu_mul_halves(pool, x, y, h);
+            cpu_pair(prog, "silu_mul_halves", (gate_up, 2 * rows * half), (out, rows * half), op)
+        }
+    }
 }
 
 /// CPU reference of [`silu_mul_inplace`].
 /// Records `out[t][r] = x[t][r]` for `rows` rows: `x` is `[rows][2 half]`, `out`
 /// `[rows][half]` (the first half of each row: Qwen3.5's query out of each head's
 /// `[q | gate]`).
-pub fn copy_first_halves(
-    prog: &mut Program,
-    gpu: &Gpu,
-    x: &wgpu::Buffer,
-    out: &wgpu::Buffer,
-    rows: u32,
-    half: u32,
-) -> Result<()> {
-    push_half(prog, gpu, "copy_first_halves", x, out, rows * half, half.max(1))
+pub fn copy_first_halves(prog: &mut Program, dev: &Device, x: &Buffer, out: &Buffer, rows: u32, half: u32) -> Result<()> {
+    match prog.on(dev)? {
+        On::Gpu(prog, gpu) => push_half(prog, gpu, "copy_first_halves", x.gpu()?, out.gpu()?, rows * half, half.max(1)),
+        On::Cpu(prog, _) => {
+            let h = half as usize;
+            let op = move |pool: &cpu::ThreadPool, x: &[f32], y: &mut [f32]| cpu::elementwise::copy_first_halves(pool, x, y, h);
+            cpu_pair(prog, "copy_first_halves", (x, 2 * rows * half), (out, rows * half), op)
+        }
+    }
 }
 
 /// Records `y[t][r] *= sigmoid(x[t][half + r])` for `rows` rows: `x` is `[rows][2 half]`, `y`
 /// `[rows][half]` (Qwen3.5's attention output gated by each head's gate).
-pub fn sigmoid_mul_second_halves(
-    prog: &mut Program,
-    gpu: &Gpu,
-    x: &wgpu::Buffer,
-    y: &wgpu::Buffer,
-    rows: u32,
-    half: u32,
-) -> Result<()> {
-    push_half(prog, gpu, "sigmoid_mul_second_halves", x, y, rows * half, half.max(1))
+pub fn sigmoid_mul_second_halves(prog: &mut Program, dev: &Device, x: &Buffer, y: &Buffer, rows: u32, half: u32) -> Result<()> {
+    match prog.on(dev)? {
+        On::Gpu(prog, gpu) => push_half(prog, gpu, "sigmoid_mul_second_halves", x.gpu()?, y.gpu()?, rows * half, half.max(1)),
+        On::Cpu(prog, _) => {
+            let h = half as usize;
+            let op = move |pool: &cpu::ThreadPool, x: &[f32], y: &mut [f32]| {
+                cpu::elementwise::sigmoid_mul_second_halves(pool, x, y, h)
+            };
+            cpu_pair(prog, "sigmoid_mul_second_halves", (x, 2 * rows * half), (y, rows * half), op)
+        }
+    }
 }
 
 /// CPU reference of [`sigmoid_mul_second_halves`] (f64 math): `y * sigmoid(gate)` with `x`
@@ -109,7 +133,9 @@ const GELU_BINDINGS: &[Access] = &[Access::Uniform, Access::ReadWrite];
 /// activation) for the first `n` elements. WGSL has no `erf`: the shader uses Numerical
 /// Recipes' `erfcc` (fractional error < 1.2e-7 on erfc); measured against f64 in
 /// `tests/kernels_vision.rs`.
-pub fn gelu_inplace(prog: &mut Program, gpu: &Gpu, x: &wgpu::Buffer, n: u32) -> Result<()> {
+pub fn gelu_inplace(prog: &mut Program, dev: &Device, x: &Buffer, n: u32) -> Result<()> {
+    let (prog, gpu) = prog.gpu(dev, "gelu_inplace")?;
+    let x = x.gpu()?;
     let spec = KernelSpec::new("elementwise", SHADER, "gelu_inplace", GELU_BINDINGS);
     let params = Params { n, half: 0, _pad: [0; 2] };
     prog.push_with_params(gpu, &spec, &params, &[Arg::Buf(x)], grid_1d(n.div_ceil(WG)))?;

@@ -1,12 +1,13 @@
 //! Token embedding gather (`shaders/embedding.wgsl`): `out[i] = W[ids[i]]` as f32 for a
-//! [`GpuWeight`] table in any supported format (llama.cpp `get_rows`). Out-of-range ids
+//! [`Weight`] table in any supported format (llama.cpp `get_rows`). Out-of-range ids
 //! (`>= w.rows`) never read the weight: their output row is zero.
 
 use bytemuck::{Pod, Zeroable};
 
 use super::matvec::check_len;
-use super::quant::{GpuWeight, WLayout};
-use crate::gpu::{grid_1d, Access, Arg, Gpu, KernelSpec, Launch, Program, Result};
+use super::quant::{WLayout, Weight};
+use crate::backend::{Buffer, Device, Program};
+use crate::gpu::{grid_1d, Access, Arg, KernelSpec, Launch, Result};
 
 pub(super) const SHADER: &str = include_str!("../../shaders/embedding.wgsl");
 const BINDINGS: &[Access] = &[Access::Uniform, Access::Read, Access::Read, Access::ReadWrite];
@@ -26,7 +27,10 @@ struct Params {
 
 /// Records `out[i][c] = w[ids[i]][c]` for `i < n`: `ids` holds `n` u32, `out` is
 /// `[n][w.cols]` f32. One dispatch per weight part; ids `>= w.rows` give zero rows.
-pub fn record(prog: &mut Program, gpu: &Gpu, w: &GpuWeight, ids: &wgpu::Buffer, out: &wgpu::Buffer, n: u32) -> Result<()> {
+pub fn record(prog: &mut Program, dev: &Device, w: &Weight, ids: &Buffer, out: &Buffer, n: u32) -> Result<()> {
+    let (prog, gpu) = prog.gpu(dev, "embedding")?;
+    let ids = ids.gpu()?;
+    let out = out.gpu()?;
     check_len("embedding ids", ids, n as u64)?;
     check_len("embedding out", out, n as u64 * w.cols as u64)?;
     let spec = w.specialise(KernelSpec::new("embedding", SHADER, "embedding", BINDINGS));
@@ -41,7 +45,7 @@ pub fn record(prog: &mut Program, gpu: &Gpu, w: &GpuWeight, ids: &wgpu::Buffer, 
             zero_oob: (i == 0) as u32,
             _pad: [0; 2],
         };
-        let args = [Arg::Buf(&part.buffer), Arg::Buf(ids), Arg::Buf(out)];
+        let args = [Arg::Buf(part.buffer.gpu()?), Arg::Buf(ids), Arg::Buf(out)];
         prog.push_with_params(gpu, &spec, &params, &args, grid_1d(n))?;
         prog.set_launch(Launch::threads(256)); // reads one row per token, not the weight
     }

@@ -52,7 +52,8 @@ use bytemuck::{Pod, Zeroable};
 
 use super::attention::STEP;
 use super::matvec::check_len;
-use crate::gpu::{grid_1d, Access, Arg, Gpu, GpuError, KernelSpec, Launch, Program, Result};
+use crate::backend::{Buffer, Device, Program};
+use crate::gpu::{grid_1d, Access, Arg, GpuError, KernelSpec, Launch, Result};
 
 pub(super) const SHADER: &str = include_str!("../../shaders/gdn_prep.wgsl");
 const CONV_STEP: &[Access] = &[Access::Uniform, Access::Uniform, Access::Read, Access::Read, Access::Read, Access::ReadWrite];
@@ -145,15 +146,21 @@ pub struct ConvShape {
 #[allow(clippy::too_many_arguments)]
 pub fn record_conv(
     prog: &mut Program,
-    gpu: &Gpu,
-    step: &wgpu::Buffer,
-    x: &wgpu::Buffer,
+    dev: &Device,
+    step: &Buffer,
+    x: &Buffer,
     x_win: RowWindow,
-    weight: &wgpu::Buffer,
-    state: &wgpu::Buffer,
-    y: &wgpu::Buffer,
+    weight: &Buffer,
+    state: &Buffer,
+    y: &Buffer,
     shape: &ConvShape,
 ) -> Result<()> {
+    let (prog, gpu) = prog.gpu(dev, "gdn conv")?;
+    let step = step.gpu()?;
+    let x = x.gpu()?;
+    let weight = weight.gpu()?;
+    let state = state.gpu()?;
+    let y = y.gpu()?;
     let ConvShape { max_tok, channels: c, kernel: k } = *shape;
     let n = check_grid("gdn conv", max_tok, c)?;
     if !(2..=64).contains(&k) {
@@ -219,16 +226,21 @@ pub fn conv_ref(
 #[allow(clippy::too_many_arguments)]
 pub fn record_decay(
     prog: &mut Program,
-    gpu: &Gpu,
-    step: &wgpu::Buffer,
-    (a, a_win): (&wgpu::Buffer, RowWindow),
-    (b, b_win): (&wgpu::Buffer, RowWindow),
-    ssm_a: &wgpu::Buffer,
-    dt_bias: &wgpu::Buffer,
-    (g, beta): (&wgpu::Buffer, &wgpu::Buffer),
+    dev: &Device,
+    step: &Buffer,
+    (a, a_win): (&Buffer, RowWindow),
+    (b, b_win): (&Buffer, RowWindow),
+    ssm_a: &Buffer,
+    dt_bias: &Buffer,
+    (g, beta): (&Buffer, &Buffer),
     max_tok: u32,
     n_heads: u32,
 ) -> Result<()> {
+    let (prog, gpu) = prog.gpu(dev, "gdn decay")?;
+    let step = step.gpu()?;
+    let ssm_a = ssm_a.gpu()?;
+    let dt_bias = dt_bias.gpu()?;
+    let (a, b, g, beta) = (a.gpu()?, b.gpu()?, g.gpu()?, beta.gpu()?);
     let n = check_grid("gdn decay", max_tok, n_heads)?;
     a_win.check("gdn decay a", a, max_tok, n_heads)?;
     b_win.check("gdn decay b", b, max_tok, n_heads)?;
@@ -301,14 +313,20 @@ pub struct GatedNormShape {
 #[allow(clippy::too_many_arguments)]
 pub fn record_gated_norm(
     prog: &mut Program,
-    gpu: &Gpu,
-    step: &wgpu::Buffer,
-    o: &wgpu::Buffer,
-    (z, z_win): (&wgpu::Buffer, RowWindow),
-    weight: &wgpu::Buffer,
-    out: &wgpu::Buffer,
+    dev: &Device,
+    step: &Buffer,
+    o: &Buffer,
+    (z, z_win): (&Buffer, RowWindow),
+    weight: &Buffer,
+    out: &Buffer,
     shape: &GatedNormShape,
 ) -> Result<()> {
+    let (prog, gpu) = prog.gpu(dev, "gdn gated_norm")?;
+    let step = step.gpu()?;
+    let o = o.gpu()?;
+    let weight = weight.gpu()?;
+    let out = out.gpu()?;
+    let z = z.gpu()?;
     let GatedNormShape { max_tok, n_heads, head_dim, eps } = *shape;
     let rows = check_grid("gdn gated norm", max_tok, n_heads)?;
     let width = check_grid("gdn gated norm", n_heads, head_dim)?;

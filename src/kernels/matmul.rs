@@ -1,5 +1,5 @@
 //! Tiled matrix products for prefill (`shaders/matmul.wgsl`): `Y = X · Wᵀ` with X `[m][k]`
-//! f32 and W a [`GpuWeight`] `[n][k]` in any supported format, dequantized tile by tile into
+//! f32 and W a [`Weight`] `[n][k]` in any supported format, dequantized tile by tile into
 //! workgroup memory. Shared-memory SGEMM tiling, K step 32; reference: llama.cpp `mul_mat`
 //! (ggml-webgpu / ggml-vulkan).
 //!
@@ -21,8 +21,11 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::matvec::{check_len, Epilogue, Output};
-use super::quant::{GpuWeight, WLayout};
-use crate::gpu::{grid_1d, Access, Arg, Caps, Geometry, Gpu, GpuError, KernelSpec, Launch, Program, Result, WeightRead};
+use super::quant::{WLayout, Weight};
+use crate::backend::{Buffer, Device, Program};
+use crate::gpu::{
+    grid_1d, Access, Arg, Caps, Geometry, Gpu, GpuError, KernelSpec, Launch, Program as GpuProgram, Result, WeightRead,
+};
 
 pub(super) const SHADER: &str = include_str!("../../shaders/matmul.wgsl");
 const BINDINGS: &[Access] = &[Access::Uniform, Access::Read, Access::Read, Access::ReadWrite];
@@ -126,22 +129,22 @@ struct Params {
 
 /// Records `y[i][r] = sum_k x[i][k] * w[r][k]` for `i < m`: `x` is `[m][w.cols]` f32, `y` is
 /// `[m][w.rows]` f32. One dispatch per weight part. f32 math ([`record_with`] picks).
-pub fn record(prog: &mut Program, gpu: &Gpu, w: &GpuWeight, x: &wgpu::Buffer, y: &wgpu::Buffer, m: u32) -> Result<()> {
-    record_with(prog, gpu, w, x, y, m, MatmulCompute::F32)
+pub fn record(prog: &mut Program, dev: &Device, w: &Weight, x: &Buffer, y: &Buffer, m: u32) -> Result<()> {
+    record_with(prog, dev, w, x, y, m, MatmulCompute::F32)
 }
 
 /// [`record`] with the given precision; [`MatmulCompute::F16`] fails on a device without
 /// `shader-f16` (callers check [`Caps::f16`](crate::gpu::Caps) and fall back to f32).
 pub fn record_with(
     prog: &mut Program,
-    gpu: &Gpu,
-    w: &GpuWeight,
-    x: &wgpu::Buffer,
-    y: &wgpu::Buffer,
+    dev: &Device,
+    w: &Weight,
+    x: &Buffer,
+    y: &Buffer,
     m: u32,
     compute: MatmulCompute,
 ) -> Result<()> {
-    record_rows(prog, gpu, w, (x, 0), (y, 0), m, compute)
+    record_rows(prog, dev, w, (x, 0), (y, 0), m, compute)
 }
 
 /// [`record_with`] on a window of rows: product row `i < m` reads row `x.1 + i` of `x.0`
@@ -149,13 +152,15 @@ pub fn record_with(
 /// can go through a weight in chunks with a chunk-sized output buffer.
 pub fn record_rows(
     prog: &mut Program,
-    gpu: &Gpu,
-    w: &GpuWeight,
-    x: (&wgpu::Buffer, u32),
-    y: (&wgpu::Buffer, u32),
+    dev: &Device,
+    w: &Weight,
+    x: (&Buffer, u32),
+    y: (&Buffer, u32),
     m: u32,
     compute: MatmulCompute,
 ) -> Result<()> {
+    let (prog, gpu) = prog.gpu(dev, "matmul")?;
+    let (x, y) = ((x.0.gpu()?, x.1), (y.0.gpu()?, y.1));
     push(prog, gpu, w, x, y, Output::dense(w, Epilogue::Store), m, compute)
 }
 
@@ -163,22 +168,25 @@ pub fn record_rows(
 #[allow(clippy::too_many_arguments)]
 pub fn record_into(
     prog: &mut Program,
-    gpu: &Gpu,
-    w: &GpuWeight,
-    x: &wgpu::Buffer,
-    y: &wgpu::Buffer,
+    dev: &Device,
+    w: &Weight,
+    x: &Buffer,
+    y: &Buffer,
     out: Output,
     m: u32,
     compute: MatmulCompute,
 ) -> Result<()> {
+    let (prog, gpu) = prog.gpu(dev, "matmul")?;
+    let x = x.gpu()?;
+    let y = y.gpu()?;
     push(prog, gpu, w, (x, 0), (y, 0), out, m, compute)
 }
 
 #[allow(clippy::too_many_arguments)]
 fn push(
-    prog: &mut Program,
+    prog: &mut GpuProgram,
     gpu: &Gpu,
-    w: &GpuWeight,
+    w: &Weight,
     (x, x_row0): (&wgpu::Buffer, u32),
     (y, y_row0): (&wgpu::Buffer, u32),
     out: Output,
@@ -214,7 +222,7 @@ fn push(
             x_row0,
             y_row0,
         };
-        let args = [Arg::Buf(&part.buffer), Arg::Buf(x), Arg::Buf(y)];
+        let args = [Arg::Buf(part.buffer.gpu()?), Arg::Buf(x), Arg::Buf(y)];
         let grid = launch.grid(part.rows, m);
         prog.push_with_params(gpu, &spec, &params, &args, grid)?;
         // Each M tile (grid z) decodes the whole part again; each workgroup reads its tile_m rows of X.

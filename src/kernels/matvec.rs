@@ -1,5 +1,5 @@
 //! Matrix-vector products for decode (`shaders/matvec.wgsl`): `y[t] = W · x[t]` for a few
-//! tokens, W a [`GpuWeight`] in any supported format. GEMV with coalesced weight reads,
+//! tokens, W a [`Weight`] in any supported format. GEMV with coalesced weight reads,
 //! several rows per thread, whole-block decoding from vec4 loads for the block formats and a
 //! workgroup-memory reduction (details in the shader); reference: llama.cpp `mul_mat_vec`
 //! (ggml-vulkan / ggml-webgpu). Epilogues fold the residual add and the SiLU-gated product
@@ -17,8 +17,9 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::quant::{GpuWeight, WLayout, WeightFormat};
-use crate::gpu::{grid_1d, Access, Arg, Geometry, Gpu, GpuError, KernelSpec, Launch, Program, Result, WeightRead};
+use super::quant::{WLayout, Weight, WeightFormat};
+use crate::backend::{Buffer, Device, Program};
+use crate::gpu::{grid_1d, Access, Arg, Geometry, GpuError, KernelSpec, Launch, Result, WeightRead};
 
 pub(super) const SHADER: &str = include_str!("../../shaders/matvec.wgsl");
 /// Preludes: subgroup entry points and `lanes_sum` (native adapters with subgroups), or the
@@ -60,7 +61,7 @@ pub struct Output {
 
 impl Output {
     /// `y` is `[n_tok][outputs]`: the weight's rows, or half of them for [`Epilogue::SiluMul`].
-    pub fn dense(w: &GpuWeight, epilogue: Epilogue) -> Output {
+    pub fn dense(w: &Weight, epilogue: Epilogue) -> Output {
         let stride = if epilogue == Epilogue::SiluMul { w.rows / 2 } else { w.rows };
         Output { stride, offset: 0, epilogue }
     }
@@ -86,7 +87,7 @@ pub struct MatvecLaunch {
 }
 
 impl MatvecLaunch {
-    pub fn of(geometry: Geometry, w: &GpuWeight) -> MatvecLaunch {
+    pub fn of(geometry: Geometry, w: &Weight) -> MatvecLaunch {
         use WeightFormat as W;
         let blocks = w.cols / w.format.block() as u32;
         // Q4_0 rows of an even number of blocks: two blocks per unit (their f16 scales share a
@@ -150,7 +151,7 @@ impl MatvecLaunch {
         }
     }
 
-    fn spec(&self, w: &GpuWeight, epilogue: Epilogue) -> KernelSpec {
+    fn spec(&self, w: &Weight, epilogue: Epilogue) -> KernelSpec {
         let blk = self.entry == "matvec_blk";
         let (entry, prelude) = match (self.subgroups, blk) {
             (true, true) => ("matvec_blk_sg", SUBGROUPS),
@@ -189,20 +190,15 @@ struct Params {
 /// Records `y[t][r] = sum_k w[r][k] * x[t][k]` for `t < n_tok`: `x` is `[n_tok][w.cols]` f32,
 /// `y` is `[n_tok][w.rows]` f32. Meant for small `n_tok` (decode); prefill uses
 /// [`super::matmul::record`]. One dispatch per weight part.
-pub fn record(prog: &mut Program, gpu: &Gpu, w: &GpuWeight, x: &wgpu::Buffer, y: &wgpu::Buffer, n_tok: u32) -> Result<()> {
-    record_into(prog, gpu, w, x, y, Output::dense(w, Epilogue::Store), n_tok)
+pub fn record(prog: &mut Program, dev: &Device, w: &Weight, x: &Buffer, y: &Buffer, n_tok: u32) -> Result<()> {
+    record_into(prog, dev, w, x, y, Output::dense(w, Epilogue::Store), n_tok)
 }
 
 /// [`record`] into the columns `out` names, with its epilogue.
-pub fn record_into(
-    prog: &mut Program,
-    gpu: &Gpu,
-    w: &GpuWeight,
-    x: &wgpu::Buffer,
-    y: &wgpu::Buffer,
-    out: Output,
-    n_tok: u32,
-) -> Result<()> {
+pub fn record_into(prog: &mut Program, dev: &Device, w: &Weight, x: &Buffer, y: &Buffer, out: Output, n_tok: u32) -> Result<()> {
+    let (prog, gpu) = prog.gpu(dev, "matvec")?;
+    let x = x.gpu()?;
+    let y = y.gpu()?;
     let glu = out.epilogue == Epilogue::SiluMul;
     if glu && (w.parts.len() != 1 || !w.rows.is_multiple_of(2)) {
         return Err(GpuError::Shape(format!("matvec {}: a SiLU-gated product needs one part of an even row count", w.label)));
@@ -227,10 +223,10 @@ pub fn record_into(
         let mut grid = grid_1d(part_outputs.div_ceil(launch.outputs_per_workgroup(out.epilogue)));
         grid[2] = n_tok.max(1);
         if launch.entry == "matvec_blk" {
-            let args = [Arg::Buf(&part.buffer), Arg::Buf(x), Arg::Buf(y), Arg::Buf(x), Arg::Buf(&part.buffer)];
+            let args = [Arg::Buf(part.buffer.gpu()?), Arg::Buf(x), Arg::Buf(y), Arg::Buf(x), Arg::Buf(part.buffer.gpu()?)];
             prog.push_with_params(gpu, &spec, &params, &args, grid)?;
         } else {
-            let args = [Arg::Buf(&part.buffer), Arg::Buf(x), Arg::Buf(y)];
+            let args = [Arg::Buf(part.buffer.gpu()?), Arg::Buf(x), Arg::Buf(y)];
             prog.push_with_params(gpu, &spec, &params, &args, grid)?;
         }
         let weight = WeightRead { label: w.label.clone(), bytes: part.bytes, activation_bytes: 4 * w.cols as u64 };

@@ -2,7 +2,8 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{grid_1d, Access, Arg, Gpu, KernelSpec, Launch, Program, Result};
+use crate::backend::{cpu, Buffer, Device, On, Program};
+use crate::gpu::{grid_1d, Access, Arg, KernelSpec, Launch, Result};
 
 pub(super) const SHADER: &str = include_str!("../../shaders/norm.wgsl");
 const BINDINGS: &[Access] = &[Access::Uniform, Access::Read, Access::Read, Access::ReadWrite];
@@ -20,14 +21,26 @@ struct Params {
 #[allow(clippy::too_many_arguments)]
 pub fn rms_norm(
     prog: &mut Program,
-    gpu: &Gpu,
-    x: &wgpu::Buffer,
-    w: &wgpu::Buffer,
-    y: &wgpu::Buffer,
+    dev: &Device,
+    x: &Buffer,
+    w: &Buffer,
+    y: &Buffer,
     rows: u32,
     dim: u32,
     eps: f32,
 ) -> Result<()> {
+    let (prog, gpu) = match prog.on(dev)? {
+        On::Gpu(prog, gpu) => (prog, gpu),
+        On::Cpu(prog, _) => {
+            let (x, w, y) = (x.cpu()?.clone(), w.cpu()?.clone(), y.cpu()?.clone());
+            let (n, dim) = (rows as usize * dim as usize, dim as usize);
+            prog.push("rms_norm", move |pool| {
+                Ok(cpu::norm::rms_norm(pool, &x.read_n(n)?, &w.read_n(dim)?, &mut y.write_n(n)?, dim, eps)?)
+            });
+            return Ok(());
+        }
+    };
+    let (x, w, y) = (x.gpu()?, w.gpu()?, y.gpu()?);
     let spec = KernelSpec::new("rms_norm", SHADER, "rms_norm", BINDINGS);
     let params = Params { rows, dim, eps, _pad: 0 };
     prog.push_with_params(gpu, &spec, &params, &[Arg::Buf(x), Arg::Buf(w), Arg::Buf(y)], grid_1d(rows))?;

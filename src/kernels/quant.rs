@@ -18,8 +18,9 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use crate::backend::{Buffer, Device};
 use crate::gguf::GgmlType;
-use crate::gpu::{Gpu, GpuError, KernelSpec};
+use crate::gpu::{GpuError, KernelSpec};
 
 /// The shared decoder source, prepended to matvec, matmul and embedding kernels.
 pub const QUANT_WGSL: &str = include_str!("../../shaders/quant.wgsl");
@@ -208,7 +209,7 @@ pub fn unpack(ty: GgmlType, packed: &Packed, n_elems: usize) -> Vec<u8> {
 /// Rows `[row_offset, row_offset + rows)` of a weight in one storage buffer.
 #[derive(Clone)]
 pub struct WeightPart {
-    pub buffer: wgpu::Buffer,
+    pub buffer: Buffer,
     pub row_offset: u32,
     pub rows: u32,
     /// Word offset of the f16 scale array (split types), else 0.
@@ -242,7 +243,7 @@ pub struct PartPlan {
 
 /// How a `rows x cols` weight of GGUF type `ty` is laid out on the GPU: its format and its
 /// parts of at most `part_limit` bytes, in row order. A pure function of the shape (the
-/// memory plan sizes weights from file headers with it; [`GpuWeight::allocate`] allocates
+/// memory plan sizes weights from file headers with it; [`Weight::allocate`] allocates
 /// exactly these parts).
 pub fn plan_parts(ty: GgmlType, rows: u32, cols: u32, part_limit: u64) -> Result<(WeightFormat, Vec<PartPlan>), WeightError> {
     let format = WeightFormat::of(ty, cols as usize).ok_or(WeightError::Unsupported(ty))?;
@@ -276,7 +277,7 @@ pub fn plan_parts(ty: GgmlType, rows: u32, cols: u32, part_limit: u64) -> Result
 /// A 2-D weight on the GPU: `[rows][cols]`, `cols` = GGUF `dims[0]` (the input features).
 /// Cloning shares the GPU buffers.
 #[derive(Clone)]
-pub struct GpuWeight {
+pub struct Weight {
     pub label: String,
     /// The GGUF type it was uploaded from.
     pub ty: GgmlType,
@@ -288,52 +289,69 @@ pub struct GpuWeight {
     pub parts: Vec<WeightPart>,
 }
 
-impl GpuWeight {
+impl Weight {
     /// Uploads GGUF `bytes` of a `rows x cols` tensor of `ty`, splitting it by rows into parts
     /// no larger than the device's storage binding limit.
-    pub fn upload(gpu: &Gpu, label: &str, ty: GgmlType, rows: u32, cols: u32, bytes: &[u8]) -> Result<GpuWeight, WeightError> {
-        Self::upload_with_part_limit(gpu, label, ty, rows, cols, bytes, gpu.caps.part_limit())
+    pub fn upload(dev: &Device, label: &str, ty: GgmlType, rows: u32, cols: u32, bytes: &[u8]) -> Result<Weight, WeightError> {
+        Self::upload_with_part_limit(dev, label, ty, rows, cols, bytes, dev.caps().part_limit())
     }
 
-    /// [`GpuWeight::upload`] with parts of at most `part_limit` bytes (tests force splits).
+    /// [`Weight::upload`] with parts of at most `part_limit` bytes (tests force splits).
     pub fn upload_with_part_limit(
-        gpu: &Gpu,
+        dev: &Device,
         label: &str,
         ty: GgmlType,
         rows: u32,
         cols: u32,
         bytes: &[u8],
         part_limit: u64,
-    ) -> Result<GpuWeight, WeightError> {
-        let w = Self::allocate(gpu, label, ty, rows, cols, part_limit)?;
+    ) -> Result<Weight, WeightError> {
+        let w = Self::allocate(dev, label, ty, rows, cols, part_limit)?;
         if bytes.len() as u64 != w.src_row_bytes() * rows as u64 {
             let expected = w.src_row_bytes() * rows as u64;
             return Err(WeightError::SizeMismatch { ty, rows, cols, expected, got: bytes.len() as u64 });
         }
-        w.write_rows(gpu, 0, bytes)?;
+        w.write_rows(dev, 0, bytes)?;
         Ok(w)
     }
 
     /// The zeroed GPU parts of a `rows x cols` weight of `ty`, each at most `part_limit`
-    /// bytes, to be filled by [`GpuWeight::write_rows`] (the streaming loader writes the
+    /// bytes, to be filled by [`Weight::write_rows`] (the streaming loader writes the
     /// rows as they arrive). Parts hold an even number of rows, so that every write of an
     /// even number of rows keeps the split scale arrays 4-byte aligned.
     pub fn allocate(
-        gpu: &Gpu,
+        dev: &Device,
         label: &str,
         ty: GgmlType,
         rows: u32,
         cols: u32,
         part_limit: u64,
-    ) -> Result<GpuWeight, WeightError> {
+    ) -> Result<Weight, WeightError> {
+        if let Device::Cpu(_) = dev {
+            return Self::allocate_cpu(dev, label, ty, rows, cols);
+        }
         let (format, planned) = plan_parts(ty, rows, cols, part_limit)?;
         let mut parts = Vec::with_capacity(planned.len());
         for p in planned {
-            let buffer = gpu.storage(&format!("{label}[{}..{}]", p.row_offset, p.row_offset + p.rows), p.bytes)?;
+            let buffer = dev.storage(&format!("{label}[{}..{}]", p.row_offset, p.row_offset + p.rows), p.bytes)?;
             let scale_base = if format.split_scale() { (p.body_bytes / 4) as u32 } else { 0 };
             parts.push(WeightPart { buffer, row_offset: p.row_offset, rows: p.rows, scale_base, bytes: p.bytes });
         }
-        Ok(GpuWeight { label: label.to_string(), ty, format, rows, cols, parts })
+        Ok(Weight { label: label.to_string(), ty, format, rows, cols, parts })
+    }
+
+    /// A weight in CPU memory: the GGUF bytes as they are (the CPU kernels read every format
+    /// in its file layout), in one part.
+    fn allocate_cpu(dev: &Device, label: &str, ty: GgmlType, rows: u32, cols: u32) -> Result<Weight, WeightError> {
+        let format = WeightFormat::of(ty, cols as usize).ok_or(WeightError::Unsupported(ty))?;
+        let block = ty.block_size();
+        if rows == 0 || cols == 0 || !(cols as usize).is_multiple_of(block) {
+            return Err(WeightError::BadShape { ty, rows, cols, block });
+        }
+        let bytes = (cols as usize / block * ty.type_size()) as u64 * rows as u64;
+        let buffer = dev.storage(label, bytes)?;
+        let part = WeightPart { buffer, row_offset: 0, rows, scale_base: 0, bytes };
+        Ok(Weight { label: label.to_string(), ty, format, rows, cols, parts: vec![part] })
     }
 
     /// GGUF bytes of one row.
@@ -344,13 +362,21 @@ impl GpuWeight {
     /// Repacks GGUF `bytes` holding whole rows from `row0` and queues their writes into the
     /// parts. Split types (Q4_0, Q8_0, Q6_K) with an odd number of blocks per row need an
     /// even `row0`, and an even row count unless the write ends the weight.
-    pub fn write_rows(&self, gpu: &Gpu, row0: u32, bytes: &[u8]) -> Result<(), WeightError> {
+    pub fn write_rows(&self, dev: &Device, row0: u32, bytes: &[u8]) -> Result<(), WeightError> {
         let src_row = self.src_row_bytes() as usize;
         let n = (bytes.len() / src_row) as u32;
         let bad = || WeightError::BadWrite { label: self.label.clone(), row0, bytes: bytes.len() as u64 };
         if !bytes.len().is_multiple_of(src_row) || row0.checked_add(n).is_none_or(|end| end > self.rows) {
             return Err(bad());
         }
+        let gpu = match dev {
+            Device::Gpu(gpu) => gpu,
+            // The file's bytes as they are.
+            Device::Cpu(_) => {
+                let part = self.parts[0].buffer.cpu()?;
+                return Ok(part.write_bytes(row0 as u64 * src_row as u64, bytes).map_err(GpuError::from)?);
+            }
+        };
         let body = self.format.row_body_bytes(self.cols as usize) as u64;
         let scales = (self.cols as usize / self.format.block() * 2) as u64;
         for part in &self.parts {
@@ -362,7 +388,7 @@ impl GpuWeight {
             let packed = repack(self.ty, self.cols as usize, src)?;
             let local = (lo - part.row_offset) as u64;
             if !self.format.split_scale() {
-                gpu.write(&part.buffer, local * body, &packed.bytes);
+                gpu.write(part.buffer.gpu()?, local * body, &packed.bytes);
                 continue;
             }
             let split = packed.scale_base as usize * 4;
@@ -370,8 +396,8 @@ impl GpuWeight {
             if !scale_at.is_multiple_of(4) || !(ends_part || ((hi - lo) as u64 * scales).is_multiple_of(4)) {
                 return Err(bad());
             }
-            gpu.write(&part.buffer, local * body, &packed.bytes[..split]);
-            gpu.write(&part.buffer, scale_at, &packed.bytes[split..]);
+            gpu.write(part.buffer.gpu()?, local * body, &packed.bytes[..split]);
+            gpu.write(part.buffer.gpu()?, scale_at, &packed.bytes[split..]);
         }
         Ok(())
     }

@@ -16,9 +16,10 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::attention::{KvDtype, STEP};
-use super::quant::{GpuWeight, WeightError};
+use super::quant::{Weight, WeightError};
+use crate::backend::{Buffer, Device, Program};
 use crate::gguf::GgmlType;
-use crate::gpu::{grid_1d, Access, Arg, Gpu, GpuError, KernelSpec, Launch, Program, Result};
+use crate::gpu::{grid_1d, Access, Arg, GpuError, KernelSpec, Launch, Result};
 
 pub(super) const SHADER: &str = include_str!("../../shaders/rope.wgsl");
 const INPLACE: &[Access] = &[Access::Uniform, Access::Uniform, Access::Read, Access::ReadWrite];
@@ -182,7 +183,7 @@ pub fn rope_table(dim: usize, theta: f64, yarn: Option<&Yarn>) -> RopeTable {
 /// a weight row so that a loader can fill it from a file's `rope_freqs` tensor as its bytes
 /// arrive ([`RopeFreqs::FACTORS_ROW`]).
 pub struct RopeFreqs {
-    pub table: GpuWeight,
+    pub table: Weight,
     pub attn_factor: f32,
     /// Rotated dims (2 * table length).
     pub n_rot: u32,
@@ -192,7 +193,7 @@ impl RopeFreqs {
     /// The row of `table` that holds the frequency divisors.
     pub const FACTORS_ROW: u32 = 1;
 
-    pub fn upload(gpu: &Gpu, table: &RopeTable) -> std::result::Result<RopeFreqs, WeightError> {
+    pub fn upload(dev: &Device, table: &RopeTable) -> std::result::Result<RopeFreqs, WeightError> {
         let half = table.inv_freq.len();
         let ones = vec![1.0f32; half];
         let factors = table.freq_factors.as_deref().unwrap_or(&ones);
@@ -200,12 +201,12 @@ impl RopeFreqs {
             return Err(GpuError::Shape(format!("rope: {} frequency divisors for {half} frequencies", factors.len())).into());
         }
         let rows = [table.inv_freq.as_slice(), factors].concat();
-        let table_weight = GpuWeight::upload(gpu, "rope_freqs", GgmlType::F32, 2, half as u32, bytemuck::cast_slice(&rows))?;
+        let table_weight = Weight::upload(dev, "rope_freqs", GgmlType::F32, 2, half as u32, bytemuck::cast_slice(&rows))?;
         Ok(RopeFreqs { table: table_weight, attn_factor: table.attn_factor, n_rot: 2 * half as u32 })
     }
 
     /// The table's buffer, as the kernels bind it.
-    fn buffer(&self) -> &wgpu::Buffer {
+    fn buffer(&self) -> &Buffer {
         &self.table.parts[0].buffer
     }
 }
@@ -302,16 +303,19 @@ fn grid(l: &RopeLayout) -> [u32; 3] {
 /// `rope_pos0 + t`, then multiplies by `q_scale` (pass [`QScale::NONE`] for k).
 pub fn rope_inplace(
     prog: &mut Program,
-    gpu: &Gpu,
-    step: &wgpu::Buffer,
+    dev: &Device,
+    step: &Buffer,
     freqs: &RopeFreqs,
-    x: &wgpu::Buffer,
+    x: &Buffer,
     layout: &RopeLayout,
     q_scale: QScale,
 ) -> Result<()> {
+    let (prog, gpu) = prog.gpu(dev, "rope_inplace")?;
+    let step = step.gpu()?;
+    let x = x.gpu()?;
     let spec = KernelSpec::new("rope", SHADER, "rope_inplace", INPLACE).with_prefix(STEP);
     let p = params(layout, freqs, None, q_scale)?;
-    prog.push_with_params(gpu, &spec, &p, &[Arg::Buf(step), Arg::Buf(freqs.buffer()), Arg::Buf(x)], grid(layout))?;
+    prog.push_with_params(gpu, &spec, &p, &[Arg::Buf(step), Arg::Buf(freqs.buffer().gpu()?), Arg::Buf(x)], grid(layout))?;
     prog.set_launch(Launch::threads(WG));
     Ok(())
 }
@@ -323,24 +327,30 @@ pub fn rope_inplace(
 #[allow(clippy::too_many_arguments)]
 pub fn rope_kv_store(
     prog: &mut Program,
-    gpu: &Gpu,
-    step: &wgpu::Buffer,
+    dev: &Device,
+    step: &Buffer,
     freqs: &RopeFreqs,
-    k: &wgpu::Buffer,
+    k: &Buffer,
     k_layout: &RopeLayout,
-    v: &wgpu::Buffer,
+    v: &Buffer,
     v_layout: &RopeLayout,
-    k_cache: &wgpu::Buffer,
-    v_cache: &wgpu::Buffer,
+    k_cache: &Buffer,
+    v_cache: &Buffer,
     kv: KvDtype,
 ) -> Result<()> {
+    let (prog, gpu) = prog.gpu(dev, "rope_kv_store")?;
+    let step = step.gpu()?;
+    let k = k.gpu()?;
+    let v = v.gpu()?;
+    let k_cache = k_cache.gpu()?;
+    let v_cache = v_cache.gpu()?;
     let entry = match kv {
         KvDtype::F32 => "rope_kv_store",
         KvDtype::F16 => "rope_kv_store_f16",
     };
     let spec = KernelSpec::new("rope", SHADER, entry, KV_STORE).with_prefix(STEP);
     let p = params(k_layout, freqs, Some(v_layout), QScale::NONE)?;
-    let args = [Arg::Buf(step), Arg::Buf(freqs.buffer()), Arg::Buf(k), Arg::Buf(v), Arg::Buf(k_cache), Arg::Buf(v_cache)];
+    let args = [Arg::Buf(step), Arg::Buf(freqs.buffer().gpu()?), Arg::Buf(k), Arg::Buf(v), Arg::Buf(k_cache), Arg::Buf(v_cache)];
     prog.push_with_params(gpu, &spec, &p, &args, grid(k_layout))?;
     prog.set_launch(Launch::threads(WG));
     Ok(())
@@ -362,14 +372,18 @@ pub struct QkvRope {
 #[allow(clippy::too_many_arguments)]
 pub fn rope_qkv_store(
     prog: &mut Program,
-    gpu: &Gpu,
-    step: &wgpu::Buffer,
+    dev: &Device,
+    step: &Buffer,
     freqs: &RopeFreqs,
-    qkv: &wgpu::Buffer,
+    qkv: &Buffer,
     layout: &QkvRope,
-    (k_cache, v_cache): (&wgpu::Buffer, &wgpu::Buffer),
+    (k_cache, v_cache): (&Buffer, &Buffer),
     kv: KvDtype,
 ) -> Result<()> {
+    let (prog, gpu) = prog.gpu(dev, "rope_qkv_store")?;
+    let step = step.gpu()?;
+    let qkv = qkv.gpu()?;
+    let (k_cache, v_cache) = (k_cache.gpu()?, v_cache.gpu()?);
     let entry = match kv {
         KvDtype::F32 => "rope_qkv_store",
         KvDtype::F16 => "rope_qkv_store_f16",
@@ -378,7 +392,7 @@ pub fn rope_qkv_store(
     let v = RopeLayout { offset: layout.v_offset, ..layout.k };
     let p = Params { n_q: layout.n_q_heads, ..params(&layout.k, freqs, Some(&v), layout.q_scale)? };
     let all_heads = RopeLayout { n_heads: layout.n_q_heads + layout.k.n_heads, ..layout.k };
-    let args = [Arg::Buf(step), Arg::Buf(freqs.buffer()), Arg::Buf(qkv), Arg::Buf(k_cache), Arg::Buf(v_cache)];
+    let args = [Arg::Buf(step), Arg::Buf(freqs.buffer().gpu()?), Arg::Buf(qkv), Arg::Buf(k_cache), Arg::Buf(v_cache)];
     prog.push_with_params(gpu, &spec, &p, &args, grid(&all_heads))?;
     prog.set_launch(Launch::threads(WG));
     Ok(())
@@ -388,7 +402,7 @@ pub fn rope_qkv_store(
 #[derive(Clone, Copy, Debug)]
 pub struct Mrope<'a> {
     /// `[3][n_tok]` u32: the (t, h, w) positions of the step's `n_tok` tokens, axis by axis.
-    pub positions: &'a wgpu::Buffer,
+    pub positions: &'a Buffer,
     /// `mrope_section`: rotated pairs per axis (t, h, w); only h and w are read, pairs outside
     /// their interleaved slots turn with t.
     pub sections: [u32; 3],
@@ -416,16 +430,19 @@ pub fn mrope_axis(i: usize, sections: [u32; 3]) -> usize {
 /// [`rope_inplace`] at the positions of `m` (no query scaling).
 pub fn rope_inplace_mrope(
     prog: &mut Program,
-    gpu: &Gpu,
-    step: &wgpu::Buffer,
+    dev: &Device,
+    step: &Buffer,
     freqs: &RopeFreqs,
-    x: &wgpu::Buffer,
+    x: &Buffer,
     layout: &RopeLayout,
     m: &Mrope<'_>,
 ) -> Result<()> {
+    let (prog, gpu) = prog.gpu(dev, "rope_inplace_mrope")?;
+    let step = step.gpu()?;
+    let x = x.gpu()?;
     let spec = KernelSpec::new("rope", SHADER, "rope_inplace_mrope", INPLACE_MROPE).with_prefix(STEP);
     let p = m.apply(params(layout, freqs, None, QScale::NONE)?)?;
-    let args = [Arg::Buf(step), Arg::Buf(freqs.buffer()), Arg::Buf(x), Arg::Buf(m.positions)];
+    let args = [Arg::Buf(step), Arg::Buf(freqs.buffer().gpu()?), Arg::Buf(x), Arg::Buf(m.positions.gpu()?)];
     prog.push_with_params(gpu, &spec, &p, &args, grid(layout))?;
     prog.set_launch(Launch::threads(WG));
     Ok(())
@@ -435,15 +452,18 @@ pub fn rope_inplace_mrope(
 #[allow(clippy::too_many_arguments)]
 pub fn rope_kv_store_mrope(
     prog: &mut Program,
-    gpu: &Gpu,
-    step: &wgpu::Buffer,
+    dev: &Device,
+    step: &Buffer,
     freqs: &RopeFreqs,
-    (k, k_layout): (&wgpu::Buffer, &RopeLayout),
-    (v, v_layout): (&wgpu::Buffer, &RopeLayout),
-    (k_cache, v_cache): (&wgpu::Buffer, &wgpu::Buffer),
+    (k, k_layout): (&Buffer, &RopeLayout),
+    (v, v_layout): (&Buffer, &RopeLayout),
+    (k_cache, v_cache): (&Buffer, &Buffer),
     kv: KvDtype,
     m: &Mrope<'_>,
 ) -> Result<()> {
+    let (prog, gpu) = prog.gpu(dev, "rope_kv_store_mrope")?;
+    let step = step.gpu()?;
+    let (k, v, k_cache, v_cache) = (k.gpu()?, v.gpu()?, k_cache.gpu()?, v_cache.gpu()?);
     let entry = match kv {
         KvDtype::F32 => "rope_kv_store_mrope",
         KvDtype::F16 => "rope_kv_store_mrope_f16",
@@ -452,12 +472,12 @@ pub fn rope_kv_store_mrope(
     let p = m.apply(params(k_layout, freqs, Some(v_layout), QScale::NONE)?)?;
     let args = [
         Arg::Buf(step),
-        Arg::Buf(freqs.buffer()),
+        Arg::Buf(freqs.buffer().gpu()?),
         Arg::Buf(k),
         Arg::Buf(v),
         Arg::Buf(k_cache),
         Arg::Buf(v_cache),
-        Arg::Buf(m.positions),
+        Arg::Buf(m.positions.gpu()?),
     ];
     prog.push_with_params(gpu, &spec, &p, &args, grid(k_layout))?;
     prog.set_launch(Launch::threads(WG));

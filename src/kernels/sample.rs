@@ -20,7 +20,8 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{Access, Arg, Geometry, Gpu, GpuError, KernelSpec, Launch, Program, Result, MAX_GRID_DIM};
+use crate::backend::{Buffer, Device, Program};
+use crate::gpu::{Access, Arg, Geometry, GpuError, KernelSpec, Launch, Result, MAX_GRID_DIM};
 
 pub(super) const SHADER: &str = include_str!("../../shaders/sample.wgsl");
 const BINDINGS: &[Access] = &[
@@ -96,7 +97,8 @@ pub struct Sampler {
 
 impl Sampler {
     /// Buffers for rows of `vocab` logits (1 to 65535 x [`CHUNK`]).
-    pub fn new(gpu: &Gpu, vocab: u32) -> Result<Sampler> {
+    pub fn new(dev: &Device, vocab: u32) -> Result<Sampler> {
+        let gpu = dev.gpu()?;
         let chunk = if gpu.caps.geometry == Geometry::Gpu { CHUNK } else { CHUNK_CPU };
         let n_chunks = vocab.div_ceil(chunk);
         if n_chunks == 0 || vocab.div_ceil(CHUNK) > MAX_GRID_DIM {
@@ -121,13 +123,15 @@ impl Sampler {
     }
 
     /// Writes the settings for the next draw (call before submitting the step).
-    pub fn set(&self, gpu: &Gpu, state: &SamplerState) {
-        gpu.queue.write_buffer(&self.state, 0, bytemuck::bytes_of(state));
+    pub fn set(&self, dev: &Device, state: &SamplerState) -> Result<()> {
+        dev.gpu()?.queue.write_buffer(&self.state, 0, bytemuck::bytes_of(state));
+        Ok(())
     }
 
     /// The smallest logit the last draw kept after top-k and top-p (`None`: every token),
     /// read back after the program ran. For tests, against [`filtered_distribution`].
-    pub async fn read_cut(&self, gpu: &Gpu) -> Result<Option<f32>> {
+    pub async fn read_cut(&self, dev: &Device) -> Result<Option<f32>> {
+        let gpu = dev.gpu()?;
         // `Sel::cut` of the last slot (8 u32 per slot, cut at word 3).
         let bytes = gpu.read(&self.sel, PASSES as u64 * 32 + 12, 4).await?;
         let key = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
@@ -140,12 +144,14 @@ impl Sampler {
     pub fn record(
         &self,
         prog: &mut Program,
-        gpu: &Gpu,
-        logits: &wgpu::Buffer,
+        dev: &Device,
+        logits: &Buffer,
         logits_offset: u32,
-        out: &wgpu::Buffer,
+        out: &Buffer,
         out_index: u32,
     ) -> Result<()> {
+        let (prog, gpu) = prog.gpu(dev, "sample")?;
+        let (logits, out) = (logits.gpu()?, out.gpu()?);
         let n_chunks = self.vocab.div_ceil(self.chunk);
         let args = [
             Arg::Buf(&self.state),

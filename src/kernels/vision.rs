@@ -4,7 +4,7 @@
 //! `Mistral3PatchMerger` (`F.unfold(kernel_size=2, stride=2)`).
 //!
 //! - Patch embedding = [`patch_unfold`] then [`matmul::record`](super::matmul::record) with
-//!   the conv weight as a `[hidden][C*P*P]` [`GpuWeight`](super::quant::GpuWeight): GGUF
+//!   the conv weight as a `[hidden][C*P*P]` [`Weight`](super::quant::Weight): GGUF
 //!   `v.patch_embd.weight` has dims `[P, P, C, hidden]`, i.e. torch `[hidden][C][P][P]`
 //!   row-major, whose rows are already flattened `[c][ky][kx]` — the column order of the patches.
 //! - 2D RoPE: frequency pair i of a head (i < head_dim/2) turns by `pos * inv_freq2d[i]`,
@@ -23,7 +23,8 @@ use bytemuck::{Pod, Zeroable};
 
 use super::matvec::check_len;
 use super::rope::{rope_inv_freq, RopeMode};
-use crate::gpu::{grid_1d, Access, Arg, Gpu, GpuError, KernelSpec, Launch, Program, Result};
+use crate::backend::{Buffer, Device, Program};
+use crate::gpu::{grid_1d, Access, Arg, GpuError, KernelSpec, Launch, Result};
 
 pub(super) const SHADER: &str = include_str!("../../shaders/vision.wgsl");
 const BINDINGS: &[Access] = &[Access::Uniform, Access::Read, Access::ReadWrite];
@@ -95,14 +96,17 @@ struct Rope2dParams {
 #[allow(clippy::too_many_arguments)]
 pub fn patch_unfold(
     prog: &mut Program,
-    gpu: &Gpu,
-    pixels: &wgpu::Buffer,
-    patches: &wgpu::Buffer,
+    dev: &Device,
+    pixels: &Buffer,
+    patches: &Buffer,
     channels: u32,
     height: u32,
     width: u32,
     patch: u32,
 ) -> Result<()> {
+    let (prog, gpu) = prog.gpu(dev, "patch_unfold")?;
+    let pixels = pixels.gpu()?;
+    let patches = patches.gpu()?;
     let grid = PatchGrid::of_image(height, width, patch)?;
     let n = grid.n_patches() * channels * patch * patch;
     check_len("patch_unfold pixels", pixels, channels as u64 * height as u64 * width as u64)?;
@@ -179,15 +183,15 @@ pub fn pixtral_inv_freq(head_dim: usize, theta: f64) -> Vec<f32> {
 
 /// A 2D RoPE table on the GPU (upload once per model).
 pub struct Rope2dFreqs {
-    pub inv_freq: wgpu::Buffer,
+    pub inv_freq: Buffer,
     pub head_dim: u32,
 }
 
 impl Rope2dFreqs {
     /// Uploads [`pixtral_inv_freq`]`(head_dim, theta)`.
-    pub fn upload(gpu: &Gpu, head_dim: u32, theta: f64) -> Result<Rope2dFreqs> {
+    pub fn upload(dev: &Device, head_dim: u32, theta: f64) -> Result<Rope2dFreqs> {
         let table = pixtral_inv_freq(head_dim as usize, theta);
-        Ok(Rope2dFreqs { inv_freq: gpu.storage_with("rope2d_inv_freq", bytemuck::cast_slice(&table))?, head_dim })
+        Ok(Rope2dFreqs { inv_freq: dev.storage_with("rope2d_inv_freq", bytemuck::cast_slice(&table))?, head_dim })
     }
 }
 
@@ -215,12 +219,14 @@ impl Rope2dLayout {
 /// Records 2D RoPE in place on the `grid.n_patches()` token rows of one image in `x`.
 pub fn rope_2d(
     prog: &mut Program,
-    gpu: &Gpu,
+    dev: &Device,
     freqs: &Rope2dFreqs,
-    x: &wgpu::Buffer,
+    x: &Buffer,
     layout: &Rope2dLayout,
     grid: PatchGrid,
 ) -> Result<()> {
+    let (prog, gpu) = prog.gpu(dev, "rope_2d")?;
+    let x = x.gpu()?;
     let l = layout;
     if !l.head_dim.is_multiple_of(4) || l.head_dim != freqs.head_dim || l.offset + l.n_heads * l.head_dim > l.stride {
         return Err(GpuError::Shape(format!(
@@ -242,7 +248,7 @@ pub fn rope_2d(
     };
     let spec = KernelSpec::new("vision", SHADER, "rope_2d", BINDINGS);
     let wgs = (n_tok * l.n_heads * l.head_dim / 2).div_ceil(WG);
-    prog.push_with_params(gpu, &spec, &p, &[Arg::Buf(&freqs.inv_freq), Arg::Buf(x)], grid_1d(wgs))?;
+    prog.push_with_params(gpu, &spec, &p, &[Arg::Buf(freqs.inv_freq.gpu()?), Arg::Buf(x)], grid_1d(wgs))?;
     prog.set_launch(Launch::threads(WG));
     Ok(())
 }
@@ -275,14 +281,10 @@ pub fn rope_2d_ref(x: &[f32], layout: &Rope2dLayout, grid: PatchGrid, inv_freq: 
 
 /// Records the 2x2 merge of one image's patch rows `x` (`[rows*cols][hidden]`) into `out`
 /// (`[(rows/2)*(cols/2)][4*hidden]`, channel-major `[c][ki][kj]`).
-pub fn patch_merge(
-    prog: &mut Program,
-    gpu: &Gpu,
-    x: &wgpu::Buffer,
-    out: &wgpu::Buffer,
-    hidden: u32,
-    grid: PatchGrid,
-) -> Result<()> {
+pub fn patch_merge(prog: &mut Program, dev: &Device, x: &Buffer, out: &Buffer, hidden: u32, grid: PatchGrid) -> Result<()> {
+    let (prog, gpu) = prog.gpu(dev, "patch_merge")?;
+    let x = x.gpu()?;
+    let out = out.gpu()?;
     let n = grid.n_merged() * 4 * hidden;
     check_len("patch_merge x", x, grid.n_patches() as u64 * hidden as u64)?;
     check_len("patch_merge out", out, n as u64)?;

@@ -8,7 +8,8 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::matvec::check_len;
-use crate::gpu::{grid_1d, Access, Arg, Gpu, GpuError, KernelSpec, Launch, Program, Result};
+use crate::backend::{Buffer, Device, Program};
+use crate::gpu::{grid_1d, Access, Arg, Gpu, GpuError, KernelSpec, Launch, Program as GpuProgram, Result};
 
 pub(super) const SHADER: &str = include_str!("../../shaders/vision_mllama.wgsl");
 const WG: u32 = 256;
@@ -26,7 +27,14 @@ struct Params {
     _pad: u32,
 }
 
-fn push(prog: &mut Program, gpu: &Gpu, entry: &'static str, bindings: &'static [Access], p: Params, args: &[Arg]) -> Result<()> {
+fn push(
+    prog: &mut GpuProgram,
+    gpu: &Gpu,
+    entry: &'static str,
+    bindings: &'static [Access],
+    p: Params,
+    args: &[Arg],
+) -> Result<()> {
     let spec = KernelSpec::new("vision_mllama", SHADER, entry, bindings);
     prog.push_with_params(gpu, &spec, &p, args, grid_1d(p.n.div_ceil(WG)))?;
     prog.set_launch(Launch::threads(WG));
@@ -44,15 +52,19 @@ fn elems(what: &str, rows: u32, dim: u32) -> Result<u32> {
 #[allow(clippy::too_many_arguments)]
 pub fn assemble(
     prog: &mut Program,
-    gpu: &Gpu,
-    patches: &wgpu::Buffer,
-    class: &wgpu::Buffer,
-    x: &wgpu::Buffer,
+    dev: &Device,
+    patches: &Buffer,
+    class: &Buffer,
+    x: &Buffer,
     tiles: u32,
     tokens: u32,
     rows: u32,
     dim: u32,
 ) -> Result<()> {
+    let (prog, gpu) = prog.gpu(dev, "assemble")?;
+    let patches = patches.gpu()?;
+    let class = class.gpu()?;
+    let x = x.gpu()?;
     const B: &[Access] = &[Access::Uniform, Access::Read, Access::Read, Access::ReadWrite];
     let n = elems("assemble", rows, dim)?;
     let main = tiles * tokens;
@@ -83,15 +95,19 @@ pub fn assemble_ref(patches: &[f32], class: &[f32], tiles: usize, tokens: usize,
 #[allow(clippy::too_many_arguments)]
 pub fn tile_add(
     prog: &mut Program,
-    gpu: &Gpu,
-    table: &wgpu::Buffer,
-    gate: &wgpu::Buffer,
-    x: &wgpu::Buffer,
+    dev: &Device,
+    table: &Buffer,
+    gate: &Buffer,
+    x: &Buffer,
     row0: u32,
     rows: u32,
     rows_per_tile: u32,
     dim: u32,
 ) -> Result<()> {
+    let (prog, gpu) = prog.gpu(dev, "tile_add")?;
+    let table = table.gpu()?;
+    let gate = gate.gpu()?;
+    let x = x.gpu()?;
     const B: &[Access] = &[Access::Uniform, Access::Read, Access::Read, Access::ReadWrite];
     let n = elems("tile_add", rows, dim)?;
     if rows_per_tile == 0 {
@@ -119,15 +135,20 @@ pub fn tile_add_ref(x: &mut [f32], table: &[f32], gate: f32, row0: usize, rows: 
 #[allow(clippy::too_many_arguments)]
 pub fn gated_pos(
     prog: &mut Program,
-    gpu: &Gpu,
-    pos: &wgpu::Buffer,
-    tile_pos: &wgpu::Buffer,
-    gate: &wgpu::Buffer,
-    x: &wgpu::Buffer,
+    dev: &Device,
+    pos: &Buffer,
+    tile_pos: &Buffer,
+    gate: &Buffer,
+    x: &Buffer,
     rows: u32,
     tokens: u32,
     dim: u32,
 ) -> Result<()> {
+    let (prog, gpu) = prog.gpu(dev, "gated_pos")?;
+    let pos = pos.gpu()?;
+    let tile_pos = tile_pos.gpu()?;
+    let gate = gate.gpu()?;
+    let x = x.gpu()?;
     const B: &[Access] = &[Access::Uniform, Access::Read, Access::Read, Access::Read, Access::ReadWrite];
     let n = elems("gated_pos", rows, dim)?;
     if tokens == 0 {
@@ -150,7 +171,11 @@ pub fn gated_pos_ref(x: &mut [f32], pos: &[f32], tile_pos: &[f32], gate: f32, to
 }
 
 /// Records `x[i] += tanh(gate[0]) * y[i]` for `i < n`.
-pub fn gated_add(prog: &mut Program, gpu: &Gpu, y: &wgpu::Buffer, gate: &wgpu::Buffer, x: &wgpu::Buffer, n: u32) -> Result<()> {
+pub fn gated_add(prog: &mut Program, dev: &Device, y: &Buffer, gate: &Buffer, x: &Buffer, n: u32) -> Result<()> {
+    let (prog, gpu) = prog.gpu(dev, "gated_add")?;
+    let y = y.gpu()?;
+    let gate = gate.gpu()?;
+    let x = x.gpu()?;
     const B: &[Access] = &[Access::Uniform, Access::Read, Access::Read, Access::ReadWrite];
     check_len("gated_add x", x, n as u64)?;
     check_len("gated_add y", y, n as u64)?;
@@ -169,16 +194,16 @@ pub fn gated_add_ref(x: &mut [f32], y: &[f32], gate: f32) {
 #[allow(clippy::too_many_arguments)]
 pub fn scatter_cols(
     prog: &mut Program,
-    gpu: &Gpu,
-    src: &wgpu::Buffer,
-    out: &wgpu::Buffer,
+    dev: &Device,
+    src: &Buffer,
+    out: &Buffer,
     rows: u32,
     dim: u32,
     stride: u32,
     offset: u32,
     step: u32,
 ) -> Result<()> {
-    scatter_cols_from(prog, gpu, (src, 0), out, rows, dim, stride, offset, step)
+    scatter_cols_from(prog, dev, (src, 0), out, rows, dim, stride, offset, step)
 }
 
 /// [`scatter_cols`] from a window of `src`'s rows: `out[r * stride + offset + c * step] =
@@ -187,17 +212,19 @@ pub fn scatter_cols(
 #[allow(clippy::too_many_arguments)]
 pub fn scatter_cols_from(
     prog: &mut Program,
-    gpu: &Gpu,
-    src: (&wgpu::Buffer, u32),
-    out: &wgpu::Buffer,
+    dev: &Device,
+    src: (&Buffer, u32),
+    out: &Buffer,
     rows: u32,
     dim: u32,
     stride: u32,
     offset: u32,
     step: u32,
 ) -> Result<()> {
+    let (prog, gpu) = prog.gpu(dev, "scatter_cols_from")?;
+    let out = out.gpu()?;
     const B: &[Access] = &[Access::Uniform, Access::Read, Access::ReadWrite];
-    let (src, src_row0) = src;
+    let (src, src_row0) = (src.0.gpu()?, src.1);
     let n = elems("scatter_cols", rows, dim)?;
     let last = offset as u64 + (dim.max(1) as u64 - 1) * step as u64;
     if dim == 0 || last >= stride as u64 || (step == 0 && dim > 1) {

@@ -7,7 +7,8 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::matvec::check_len;
-use crate::gpu::{grid_1d, Access, Arg, Gpu, KernelSpec, Launch, Program, Result};
+use crate::backend::{Buffer, Device, Program};
+use crate::gpu::{grid_1d, Access, Arg, Gpu, KernelSpec, Launch, Program as GpuProgram, Result};
 
 pub(super) const SHADER: &str = include_str!("../../shaders/vision_qwen.wgsl");
 const WG: u32 = 256;
@@ -33,7 +34,7 @@ pub struct Tap {
 }
 
 fn push(
-    prog: &mut Program,
+    prog: &mut GpuProgram,
     gpu: &Gpu,
     entry: &'static str,
     bindings: &'static [Access],
@@ -51,15 +52,20 @@ fn push(
 #[allow(clippy::too_many_arguments)]
 pub fn layer_norm(
     prog: &mut Program,
-    gpu: &Gpu,
-    x: &wgpu::Buffer,
-    w: &wgpu::Buffer,
-    b: &wgpu::Buffer,
-    y: &wgpu::Buffer,
+    dev: &Device,
+    x: &Buffer,
+    w: &Buffer,
+    b: &Buffer,
+    y: &Buffer,
     rows: u32,
     dim: u32,
     eps: f32,
 ) -> Result<()> {
+    let (prog, gpu) = prog.gpu(dev, "layer_norm")?;
+    let x = x.gpu()?;
+    let w = w.gpu()?;
+    let b = b.gpu()?;
+    let y = y.gpu()?;
     const B: &[Access] = &[Access::Uniform, Access::Read, Access::Read, Access::Read, Access::ReadWrite];
     let n = rows as u64 * dim as u64;
     check_len("layer_norm x", x, n)?;
@@ -83,7 +89,10 @@ pub fn layer_norm_ref(x: &[f32], w: &[f32], b: &[f32], dim: usize, eps: f32) -> 
 }
 
 /// Records `x[i] += bias[i % dim]` for the first `rows * dim` elements.
-pub fn add_bias(prog: &mut Program, gpu: &Gpu, bias: &wgpu::Buffer, x: &wgpu::Buffer, rows: u32, dim: u32) -> Result<()> {
+pub fn add_bias(prog: &mut Program, dev: &Device, bias: &Buffer, x: &Buffer, rows: u32, dim: u32) -> Result<()> {
+    let (prog, gpu) = prog.gpu(dev, "add_bias")?;
+    let bias = bias.gpu()?;
+    let x = x.gpu()?;
     const B: &[Access] = &[Access::Uniform, Access::Read, Access::ReadWrite];
     let n = rows * dim;
     check_len("add_bias x", x, n as u64)?;
@@ -96,14 +105,17 @@ pub fn add_bias(prog: &mut Program, gpu: &Gpu, bias: &wgpu::Buffer, x: &wgpu::Bu
 #[allow(clippy::too_many_arguments)]
 pub fn copy_cols(
     prog: &mut Program,
-    gpu: &Gpu,
-    x: &wgpu::Buffer,
-    out: &wgpu::Buffer,
+    dev: &Device,
+    x: &Buffer,
+    out: &Buffer,
     rows: u32,
     dim: u32,
     stride: u32,
     offset: u32,
 ) -> Result<()> {
+    let (prog, gpu) = prog.gpu(dev, "copy_cols")?;
+    let x = x.gpu()?;
+    let out = out.gpu()?;
     const B: &[Access] = &[Access::Uniform, Access::Read, Access::ReadWrite];
     check_len("copy_cols x", x, rows as u64 * stride as u64)?;
     check_len("copy_cols out", out, rows as u64 * dim as u64)?;
@@ -119,14 +131,18 @@ pub fn copy_cols(
 #[allow(clippy::too_many_arguments)]
 pub fn gather_rows(
     prog: &mut Program,
-    gpu: &Gpu,
-    src: &wgpu::Buffer,
-    taps: &wgpu::Buffer,
-    out: &wgpu::Buffer,
+    dev: &Device,
+    src: &Buffer,
+    taps: &Buffer,
+    out: &Buffer,
     rows: u32,
     k_per_row: u32,
     dim: u32,
 ) -> Result<()> {
+    let (prog, gpu) = prog.gpu(dev, "gather_rows")?;
+    let src = src.gpu()?;
+    let taps = taps.gpu()?;
+    let out = out.gpu()?;
     const B: &[Access] = &[Access::Uniform, Access::Read, Access::ReadWrite, Access::Read];
     check_len("gather_rows out", out, rows as u64 * dim as u64)?;
     check_len("gather_rows taps", taps, 2 * rows as u64 * k_per_row as u64)?;
@@ -142,7 +158,9 @@ pub fn gather_rows_ref(src: &[f32], taps: &[Tap], k_per_row: usize, dim: usize) 
 }
 
 /// Records `x[i] = gelu_tanh(x[i])` for the first `n` elements.
-pub fn gelu_tanh(prog: &mut Program, gpu: &Gpu, x: &wgpu::Buffer, n: u32) -> Result<()> {
+pub fn gelu_tanh(prog: &mut Program, dev: &Device, x: &Buffer, n: u32) -> Result<()> {
+    let (prog, gpu) = prog.gpu(dev, "gelu_tanh")?;
+    let x = x.gpu()?;
     const B: &[Access] = &[Access::Uniform, Access::ReadWrite];
     check_len("gelu_tanh x", x, n as u64)?;
     let p = Params { n, ..Params::default() };

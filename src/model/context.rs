@@ -19,7 +19,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::gpu::{Caps, Gpu, GpuError, Program, Readback, Result as GpuResult};
+use crate::backend::{Buffer, Device, Program};
+use crate::gpu::{Caps, GpuError, Readback, Result as GpuResult};
 use crate::kernels::attention::StepParams;
 use crate::kernels::sample::SamplerState;
 
@@ -115,17 +116,17 @@ pub struct Counters {
 }
 
 impl Context {
-    pub fn new(gpu: &Gpu, dec: &Decoder, opts: ContextOptions) -> GpuResult<Context> {
+    pub fn new(dev: &Device, dec: &Decoder, opts: ContextOptions) -> GpuResult<Context> {
         // A chunk longer than the context is never used; zero sizes would be meaningless.
         let opts =
             ContextOptions { max_ctx: opts.max_ctx.max(1), max_chunk: opts.max_chunk.clamp(1, opts.max_ctx.max(1)), ..opts };
-        let precision = Precision { compute_f16: opts.precision.compute_f16 && gpu.caps.f16, ..opts.precision };
+        let precision = Precision { compute_f16: opts.precision.compute_f16 && dev.caps().f16, ..opts.precision };
         let c = &dec.cfg;
-        let row_limit = gpu.caps.max_storage_binding.min(256 << 20) / (4 * c.vocab as u64);
+        let row_limit = dev.caps().max_storage_binding.min(256 << 20) / (4 * c.vocab as u64);
         let logits_rows = (opts.max_chunk as u64).min(row_limit).max(1) as u32;
-        let b = StepBuffers::new(gpu, opts.max_chunk, c.n_embd, c.vocab, logits_rows, precision)?;
-        let scratch = dec.scratch(gpu, opts.max_chunk, opts.max_ctx)?;
-        let state = SequenceState::new(gpu, &dec.layers(), opts.max_ctx, precision.kv_dtype())?;
+        let b = StepBuffers::new(dev, opts.max_chunk, c.n_embd, c.vocab, logits_rows, precision)?;
+        let scratch = dec.scratch(dev, opts.max_chunk, opts.max_ctx)?;
+        let state = SequenceState::new(dev, &dec.layers(), opts.max_ctx, precision.kv_dtype())?;
         Ok(Context {
             opts,
             logits_rows,
@@ -151,14 +152,14 @@ impl Context {
     /// row). Keys and values are computed here, once; [`Self::reset`] drops them.
     pub fn set_cross_attention(
         &mut self,
-        gpu: &Gpu,
+        dev: &Device,
         dec: &Decoder,
-        states: &wgpu::Buffer,
+        states: &Buffer,
         n_tiles: u32,
         mask: &[u32],
     ) -> Result<(), ModelError> {
         self.forget_in_flight();
-        dec.set_cross(gpu, &mut self.scratch, states, n_tiles, mask)?;
+        dec.set_cross(dev, &mut self.scratch, states, n_tiles, mask)?;
         // The recorded steps bind the store's buffers and tile count.
         self.programs.clear();
         Ok(())
@@ -241,12 +242,12 @@ impl Context {
     /// Copies the first `rows` cached positions (at most those in the cache) to new buffers.
     /// With recurrent layers only the whole sequence can be saved (their state is valid at its
     /// end only): asked for fewer rows, the snapshot holds none.
-    pub fn save_state(&mut self, gpu: &Gpu, rows: u32) -> GpuResult<StateSnapshot> {
+    pub fn save_state(&mut self, dev: &Device, rows: u32) -> GpuResult<StateSnapshot> {
         let mut rows = rows.min(self.n_past);
         if self.state.has_recurrent() && (rows != self.n_past || self.rec_pos != self.n_past) {
             rows = 0;
         }
-        let mut snapshot = self.state.snapshot(gpu, rows)?;
+        let mut snapshot = self.state.snapshot(dev, rows)?;
         snapshot.rope_deltas = self.deltas.prefix(rows);
         self.counters.submits += 1;
         Ok(snapshot)
@@ -254,12 +255,13 @@ impl Context {
 
     /// Puts the first `rows` positions of `snapshot` back; the cache then holds those (with
     /// recurrent layers, all of the snapshot's positions or none: see [`Self::n_past`]).
-    pub fn restore_state(&mut self, gpu: &Gpu, snapshot: &StateSnapshot, rows: u32) {
+    pub fn restore_state(&mut self, dev: &Device, snapshot: &StateSnapshot, rows: u32) -> GpuResult<()> {
         self.forget_in_flight();
-        self.n_past = self.state.restore(gpu, snapshot, rows);
+        self.n_past = self.state.restore(dev, snapshot, rows)?;
         self.rec_pos = self.n_past;
         self.deltas = snapshot.rope_deltas.prefix(self.n_past);
         self.counters.submits += 1;
+        Ok(())
     }
 
     /// Starts the sequence's position ids at `offset` (for tests of long-context RoPE).
@@ -269,14 +271,14 @@ impl Context {
 
     /// Teacher-forced logits of every token, appended to the cached sequence,
     /// `[tokens.len()][vocab]` row-major.
-    pub async fn logits(&mut self, gpu: &Gpu, dec: &Decoder, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
-        self.logits_with_images(gpu, dec, tokens, None).await
+    pub async fn logits(&mut self, dev: &Device, dec: &Decoder, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
+        self.logits_with_images(dev, dec, tokens, None).await
     }
 
     /// [`Context::logits`] with image features at the prompt's `[IMG]` positions.
     pub async fn logits_with_images(
         &mut self,
-        gpu: &Gpu,
+        dev: &Device,
         dec: &Decoder,
         tokens: &[u32],
         images: Option<&PromptImages<'_>>,
@@ -288,8 +290,8 @@ impl Context {
         let chunk = self.opts.max_chunk.min(self.logits_rows) as usize;
         for start in (0..tokens.len()).step_by(chunk) {
             let len = chunk.min(tokens.len() - start);
-            self.run(gpu, dec, tokens, start..start + len, (images, pass.as_ref()), LogitsMode::All, false)?;
-            out.extend(gpu.read_f32(&self.b.logits, 0, len * vocab).await?);
+            self.run(dev, dec, tokens, start..start + len, (images, pass.as_ref()), LogitsMode::All, false)?;
+            out.extend(dev.read_f32(&self.b.logits, 0, len * vocab).await?);
             self.counters.submits += 1;
             self.counters.read_back_bytes += (len * vocab * 4) as u64;
             self.counters.host_waits += 1;
@@ -298,8 +300,8 @@ impl Context {
     }
 
     /// Processes the prompt and returns the first generated token.
-    pub async fn prefill(&mut self, gpu: &Gpu, dec: &Decoder, tokens: &[u32], s: &SamplerState) -> Result<u32, ModelError> {
-        self.prefill_with_images(gpu, dec, tokens, None, s).await
+    pub async fn prefill(&mut self, dev: &Device, dec: &Decoder, tokens: &[u32], s: &SamplerState) -> Result<u32, ModelError> {
+        self.prefill_with_images(dev, dec, tokens, None, s).await
     }
 
     /// Processes the prompt `tokens` (with image features at its `[IMG]` positions) of
@@ -307,14 +309,14 @@ impl Context {
     /// generated token, chosen on the GPU.
     pub async fn prefill_with_images(
         &mut self,
-        gpu: &Gpu,
+        dev: &Device,
         dec: &Decoder,
         tokens: &[u32],
         images: Option<&PromptImages<'_>>,
         s: &SamplerState,
     ) -> Result<u32, ModelError> {
-        self.submit_prompt_sampled(gpu, dec, tokens, images, s)?;
-        self.read_next_token(gpu).await
+        self.submit_prompt_sampled(dev, dec, tokens, images, s)?;
+        self.read_next_token(dev).await
     }
 
     /// Submits the prefill of `tokens[n_past..]` (as [`Self::prefill_with_images`]) with the
@@ -323,44 +325,44 @@ impl Context {
     /// still in flight from an earlier sequence are forgotten.
     pub fn submit_prompt_sampled(
         &mut self,
-        gpu: &Gpu,
+        dev: &Device,
         dec: &Decoder,
         tokens: &[u32],
         images: Option<&PromptImages<'_>>,
         s: &SamplerState,
     ) -> Result<(), ModelError> {
-        self.b.sampler.set(gpu, s);
-        self.submit_prefill(gpu, dec, tokens, images, true)
+        self.set_sampler(dev, s)?;
+        self.submit_prefill(dev, dec, tokens, images, true)
     }
 
     /// Feeds the last sampled token (already on the GPU) and returns the oldest token not
     /// read yet: with no step in flight before, the one this step samples. Synchronous:
     /// the GPU idles while the host reads (the generation loop uses [`Self::submit_decode`]).
-    pub async fn decode(&mut self, gpu: &Gpu, dec: &Decoder, s: &SamplerState) -> Result<u32, ModelError> {
-        self.submit_decode(gpu, dec, s)?;
-        self.read_next_token(gpu).await
+    pub async fn decode(&mut self, dev: &Device, dec: &Decoder, s: &SamplerState) -> Result<u32, ModelError> {
+        self.submit_decode(dev, dec, s)?;
+        self.read_next_token(dev).await
     }
 
     /// Submits the decode step that feeds the last sampled token (still on the GPU, possibly
     /// not computed yet) and samples the next one with `s`, and returns at once; its token
     /// comes from [`Self::read_next_token`] after those of the steps submitted before it.
-    pub fn submit_decode(&mut self, gpu: &Gpu, dec: &Decoder, s: &SamplerState) -> Result<(), ModelError> {
+    pub fn submit_decode(&mut self, dev: &Device, dec: &Decoder, s: &SamplerState) -> Result<(), ModelError> {
         self.check_room(1)?;
-        self.b.sampler.set(gpu, s);
-        self.submit(gpu, dec, 1, LogitsMode::LastAndSample, &[], None, true)
+        self.set_sampler(dev, s)?;
+        self.submit(dev, dec, 1, LogitsMode::LastAndSample, &[], None, true)
     }
 
     /// Awaits the token of the oldest submitted step not read yet (waiting for that step's
     /// submission only, not for later ones). Counts a host wait when no later step is
     /// submitted.
-    pub async fn read_next_token(&mut self, gpu: &Gpu) -> Result<u32, ModelError> {
+    pub async fn read_next_token(&mut self, dev: &Device) -> Result<u32, ModelError> {
         let Some(mut step) = self.in_flight.pop_front() else {
             return Err(GpuError::Readback("no submitted step has a token to read".into()).into());
         };
         if self.in_flight.is_empty() {
             self.counters.host_waits += 1;
         }
-        let bytes = step.readback.read(gpu).await;
+        let bytes = step.readback.read(dev.gpu()?).await;
         self.spare.push(step.readback);
         let bytes = bytes?;
         Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
@@ -377,18 +379,18 @@ impl Context {
     /// taken before a one-token sampled step (the pipelined decode's surplus step); for any
     /// other step they keep its tokens (see [`Self::sync_recurrent`]: the next prompt starts
     /// over). Returns whether there was one.
-    pub fn drop_last_step(&mut self, gpu: &Gpu) -> bool {
-        let Some(mut step) = self.in_flight.pop_back() else { return false };
+    pub fn drop_last_step(&mut self, dev: &Device) -> GpuResult<bool> {
+        let Some(mut step) = self.in_flight.pop_back() else { return Ok(false) };
         step.readback.cancel();
         self.spare.push(step.readback);
         self.n_past -= step.tokens;
         self.deltas.truncate(self.n_past);
         if step.checkpoint {
-            self.state.restore_checkpoint(gpu);
+            self.state.restore_checkpoint(dev)?;
             self.rec_pos = self.n_past;
             self.counters.submits += 1;
         }
-        true
+        Ok(true)
     }
 
     /// Submits the prefill of `tokens[n_past..]` (as [`Self::prefill_with_images`]) and
@@ -396,47 +398,62 @@ impl Context {
     /// can work while the GPU computes.
     pub fn submit_prompt(
         &mut self,
-        gpu: &Gpu,
+        dev: &Device,
         dec: &Decoder,
         tokens: &[u32],
         images: Option<&PromptImages<'_>>,
     ) -> Result<(), ModelError> {
-        self.submit_prefill(gpu, dec, tokens, images, false)
+        self.submit_prefill(dev, dec, tokens, images, false)
     }
 
     /// Submits the decode step that feeds `token` (picked by the host) and returns at once;
     /// its logits come from [`Self::read_logits`].
-    pub fn submit_token(&mut self, gpu: &Gpu, dec: &Decoder, token: u32) -> Result<(), ModelError> {
+    pub fn submit_token(&mut self, dev: &Device, dec: &Decoder, token: u32) -> Result<(), ModelError> {
         self.check_room(1)?;
         if token >= dec.cfg.vocab {
             return Err(ModelError::BadToken { id: token, vocab: dec.cfg.vocab });
         }
-        gpu.write(&self.b.ids, 0, &token.to_le_bytes());
-        self.submit(gpu, dec, 1, LogitsMode::LastAndSample, &[], None, false)
+        dev.write(&self.b.ids, 0, &token.to_le_bytes())?;
+        self.submit(dev, dec, 1, LogitsMode::LastAndSample, &[], None, false)
+    }
+
+    /// Writes the GPU sampler's settings for the next sampled step (the CPU has none: it
+    /// samples on the host).
+    fn set_sampler(&self, dev: &Device, s: &SamplerState) -> GpuResult<()> {
+        match &self.b.sampler {
+            Some(sampler) => sampler.set(dev, s),
+            None => Err(GpuError::CpuUnsupported("sampling on the device")),
+        }
     }
 
     /// The logits row of the last submitted step's last token.
-    pub async fn read_logits(&mut self, gpu: &Gpu, dec: &Decoder) -> Result<Vec<f32>, ModelError> {
+    pub async fn read_logits(&mut self, dev: &Device, dec: &Decoder) -> Result<Vec<f32>, ModelError> {
         let bytes = dec.cfg.vocab as u64 * 4;
         self.counters.read_back_bytes += bytes;
         self.counters.host_waits += 1;
-        let readback = self.logits_readback.get_or_insert_with(|| Readback::new(gpu, bytes));
-        Ok(bytemuck::pod_collect_to_vec(&gpu.read_with(readback, &self.b.logits, 0, bytes).await?))
+        let bytes = match dev {
+            Device::Gpu(gpu) => {
+                let readback = self.logits_readback.get_or_insert_with(|| Readback::new(gpu, bytes));
+                gpu.read_with(readback, self.b.logits.gpu()?, 0, bytes).await?
+            }
+            Device::Cpu(_) => dev.read(&self.b.logits, 0, bytes).await?,
+        };
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 
     /// Submits `tokens[n_past..]` in chunks, the last one with its logits (and the GPU's
     /// choice of the next token, read back when `read_token`).
     fn submit_prefill(
         &mut self,
-        gpu: &Gpu,
+        dev: &Device,
         dec: &Decoder,
         tokens: &[u32],
         images: Option<&PromptImages<'_>>,
         read_token: bool,
     ) -> Result<(), ModelError> {
-        let (start, pass) = self.submit_chunks(gpu, dec, tokens, tokens.len(), images)?;
+        let (start, pass) = self.submit_chunks(dev, dec, tokens, tokens.len(), images)?;
         let last = start..tokens.len();
-        self.run(gpu, dec, tokens, last, (images, pass.as_ref()), LogitsMode::LastAndSample, read_token)
+        self.run(dev, dec, tokens, last, (images, pass.as_ref()), LogitsMode::LastAndSample, read_token)
     }
 
     /// Submits `tokens[n_past..end]` without logits, so that the sequence state can be saved
@@ -444,15 +461,15 @@ impl Context {
     /// of `tokens` is prefilled.
     pub fn submit_prefix(
         &mut self,
-        gpu: &Gpu,
+        dev: &Device,
         dec: &Decoder,
         tokens: &[u32],
         end: usize,
         images: Option<&PromptImages<'_>>,
     ) -> Result<(), ModelError> {
-        let (start, pass) = self.submit_chunks(gpu, dec, tokens, end, images)?;
+        let (start, pass) = self.submit_chunks(dev, dec, tokens, end, images)?;
         if start < end {
-            self.run(gpu, dec, tokens, start..end, (images, pass.as_ref()), LogitsMode::None, false)?;
+            self.run(dev, dec, tokens, start..end, (images, pass.as_ref()), LogitsMode::None, false)?;
         }
         Ok(())
     }
@@ -462,7 +479,7 @@ impl Context {
     /// a chunk before `end`, and the prompt's M-RoPE positions for the rest.
     fn submit_chunks(
         &mut self,
-        gpu: &Gpu,
+        dev: &Device,
         dec: &Decoder,
         tokens: &[u32],
         end: usize,
@@ -476,7 +493,7 @@ impl Context {
         let pass = self.pass_positions(dec, tokens, 0, images)?;
         let chunk = self.opts.max_chunk as usize;
         while end.saturating_sub(start) > chunk {
-            self.run(gpu, dec, tokens, start..start + chunk, (images, pass.as_ref()), LogitsMode::None, false)?;
+            self.run(dev, dec, tokens, start..start + chunk, (images, pass.as_ref()), LogitsMode::None, false)?;
             start += chunk;
         }
         Ok((start, pass))
@@ -491,28 +508,28 @@ impl Context {
     }
 
     /// Dispatches and submits per decoded token, for benchmarks.
-    pub fn decode_dispatches(&mut self, gpu: &Gpu, dec: &Decoder) -> GpuResult<usize> {
-        Ok(self.decode_programs(gpu, dec)?.iter().map(|p| p.n_dispatches()).sum())
+    pub fn decode_dispatches(&mut self, dev: &Device, dec: &Decoder) -> GpuResult<usize> {
+        Ok(self.decode_programs(dev, dec)?.iter().map(|p| p.n_dispatches()).sum())
     }
 
     /// Dispatches of the blocks alone in a decode step (no embedding, head or sampling), for
     /// benchmarks: divided by the layer count, the dispatches per layer.
-    pub fn decode_block_dispatches(&mut self, gpu: &Gpu, dec: &Decoder) -> GpuResult<usize> {
-        Ok(self.programs(gpu, dec, 1, LogitsMode::None)?.body.n_dispatches())
+    pub fn decode_block_dispatches(&mut self, dev: &Device, dec: &Decoder) -> GpuResult<usize> {
+        Ok(self.programs(dev, dec, 1, LogitsMode::None)?.body.n_dispatches())
     }
 
     /// The recorded programs of one decode step in submit order: the embedding gather, then
     /// the rest (benchmarks time their dispatches by family); together they hold
     /// [`Context::decode_dispatches`] dispatches.
-    pub fn decode_programs(&mut self, gpu: &Gpu, dec: &Decoder) -> GpuResult<[&Program; 2]> {
-        let p = self.programs(gpu, dec, 1, LogitsMode::LastAndSample)?;
+    pub fn decode_programs(&mut self, dev: &Device, dec: &Decoder) -> GpuResult<[&Program; 2]> {
+        let p = self.programs(dev, dec, 1, LogitsMode::LastAndSample)?;
         Ok([&p.embed, &p.body])
     }
 
     /// The recorded programs of one full prefill chunk ([`Context::max_chunk`] tokens, no
     /// logits), for benchmarks (their launch geometry).
-    pub fn prefill_programs(&mut self, gpu: &Gpu, dec: &Decoder) -> GpuResult<[&Program; 2]> {
-        let p = self.programs(gpu, dec, self.opts.max_chunk, LogitsMode::None)?;
+    pub fn prefill_programs(&mut self, dev: &Device, dec: &Decoder) -> GpuResult<[&Program; 2]> {
+        let p = self.programs(dev, dec, self.opts.max_chunk, LogitsMode::None)?;
         Ok([&p.embed, &p.body])
     }
 
@@ -560,7 +577,7 @@ impl Context {
     #[allow(clippy::too_many_arguments)]
     fn run(
         &mut self,
-        gpu: &Gpu,
+        dev: &Device,
         dec: &Decoder,
         tokens: &[u32],
         range: std::ops::Range<usize>,
@@ -577,9 +594,9 @@ impl Context {
                 (&images.unwrap().images[r.image].buffer, r.src_row as u64 * row, r.dst_row as u64 * row, r.rows as u64 * row)
             })
             .collect();
-        gpu.write(&self.b.ids, 0, bytemuck::cast_slice(&tokens[range.clone()]));
+        dev.write(&self.b.ids, 0, bytemuck::cast_slice(&tokens[range.clone()]))?;
         let positions = pass.map(|p| p.chunk(range.clone()));
-        self.submit(gpu, dec, range.len() as u32, mode, &copies, positions.as_deref(), read_token)?;
+        self.submit(dev, dec, range.len() as u32, mode, &copies, positions.as_deref(), read_token)?;
         if let Some(p) = pass {
             // Rows before the chunk keep their deltas; its image ends add theirs.
             p.record(range, &mut self.deltas);
@@ -594,11 +611,11 @@ impl Context {
     #[allow(clippy::too_many_arguments)]
     fn submit(
         &mut self,
-        gpu: &Gpu,
+        dev: &Device,
         dec: &Decoder,
         n: u32,
         mode: LogitsMode,
-        copies: &[(&wgpu::Buffer, u64, u64, u64)],
+        copies: &[(&Buffer, u64, u64, u64)],
         positions: Option<&[u32]>,
         read_token: bool,
     ) -> Result<(), ModelError> {
@@ -606,44 +623,56 @@ impl Context {
             return Err(ModelError::RecurrentPosition { consumed: self.rec_pos, cached: self.n_past });
         }
         let pos0 = (self.pos_offset as i64 + self.n_past as i64 + self.deltas.at(self.n_past)).max(0) as u32;
-        StepParams::new(self.n_past, n, pos0).write(gpu, &self.b.step);
-        self.scratch.write_step(gpu, self.n_past, n);
+        StepParams::new(self.n_past, n, pos0).write(dev, &self.b.step)?;
+        self.scratch.write_step(dev, self.n_past, n)?;
         if dec.uses_mrope() {
             match positions {
-                Some(p) => gpu.write(&self.b.positions, 0, bytemuck::cast_slice(p)),
-                None if n == 1 => gpu.write(&self.b.positions, 0, bytemuck::cast_slice(&[pos0; 3])),
+                Some(p) => dev.write(&self.b.positions, 0, bytemuck::cast_slice(p))?,
+                None if n == 1 => dev.write(&self.b.positions, 0, bytemuck::cast_slice(&[pos0; 3]))?,
                 None => return Err(ModelError::Invalid(format!("a step of {n} tokens without their positions"))),
             }
         }
-        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        let mut before = Program::new();
         if self.n_past == 0 {
             // A new sequence: recurrent states start from zero (a no-op without them).
-            self.state.clear_recurrent(&mut encoder);
+            self.state.clear_recurrent(&mut before)?;
         }
         // A decode step the pipelined loop may have to drop: keep the recurrent states from
         // before it (see `sync_recurrent`).
         let checkpoint = read_token && n == 1 && self.state.has_recurrent();
         if checkpoint {
-            self.state.record_checkpoint(&mut encoder);
+            self.state.record_checkpoint(&mut before)?;
             self.in_flight.iter_mut().for_each(|s| s.checkpoint = false);
         }
-        self.programs(gpu, dec, n, mode)?;
-        let programs = &self.programs[&(n, mode)];
-        programs.embed.encode(&mut encoder);
+        let mut embed_copies = Program::new();
         for &(src, src_offset, dst_offset, size) in copies {
-            encoder.copy_buffer_to_buffer(src, src_offset, &self.b.x, dst_offset, size);
+            embed_copies.copy(src, src_offset, &self.b.x, dst_offset, size)?;
         }
-        programs.body.encode(&mut encoder);
-        let readback = read_token.then(|| {
-            let mut readback = self.spare.pop().unwrap_or_else(|| Readback::new(gpu, 4));
-            readback.copy_from(&mut encoder, &self.b.ids, 0, 4);
-            readback
-        });
-        let submission = gpu.queue.submit([encoder.finish()]);
-        if let Some(mut readback) = readback {
-            readback.map(4, submission);
-            self.in_flight.push_back(InFlight { readback, tokens: n, checkpoint });
-            self.counters.read_back_bytes += 4;
+        self.programs(dev, dec, n, mode)?;
+        let programs = &self.programs[&(n, mode)];
+        let in_order = [&before, &programs.embed, &embed_copies, &programs.body];
+        match dev {
+            // The CPU runs the step to its end (no token to read later: it samples on the host).
+            Device::Cpu(_) if read_token => return Err(GpuError::CpuUnsupported("sampling on the device").into()),
+            Device::Cpu(_) => in_order.iter().try_for_each(|p| p.run(dev))?,
+            Device::Gpu(gpu) => {
+                let mut encoder = gpu.device.create_command_encoder(&Default::default());
+                in_order.iter().filter_map(|p| p.as_gpu()).for_each(|p| p.encode(&mut encoder));
+                let readback = match read_token {
+                    true => {
+                        let mut readback = self.spare.pop().unwrap_or_else(|| Readback::new(gpu, 4));
+                        readback.copy_from(&mut encoder, self.b.ids.gpu()?, 0, 4);
+                        Some(readback)
+                    }
+                    false => None,
+                };
+                let submission = gpu.queue.submit([encoder.finish()]);
+                if let Some(mut readback) = readback {
+                    readback.map(4, submission);
+                    self.in_flight.push_back(InFlight { readback, tokens: n, checkpoint });
+                    self.counters.read_back_bytes += 4;
+                }
+            }
         }
         self.counters.submits += 1;
         self.n_past += n;
@@ -660,10 +689,10 @@ impl Context {
         }
     }
 
-    fn programs(&mut self, gpu: &Gpu, dec: &Decoder, n: u32, mode: LogitsMode) -> GpuResult<&StepPrograms> {
+    fn programs(&mut self, dev: &Device, dec: &Decoder, n: u32, mode: LogitsMode) -> GpuResult<&StepPrograms> {
         if !self.programs.contains_key(&(n, mode)) {
-            let body = dec.record(gpu, &self.b, &self.scratch, &self.state, n, mode)?;
-            let programs = StepPrograms { embed: dec.record_embed(gpu, &self.b, n)?, body };
+            let body = dec.record(dev, &self.b, &self.scratch, &self.state, n, mode)?;
+            let programs = StepPrograms { embed: dec.record_embed(dev, &self.b, n)?, body };
             // Keep the steady-state programs (decode and full chunks); drop odd-sized ones.
             self.programs.retain(|&(m, _), _| m == 1 || m == self.opts.max_chunk);
             self.programs.insert((n, mode), programs);
@@ -696,8 +725,8 @@ mod tests {
 
     #[test]
     fn adapter_defaults_follow_the_launch_shape_and_shader_f16() {
-        let gpu = ContextOptions::for_adapter(&caps(Geometry::Gpu, true));
-        assert_eq!((gpu.max_chunk, gpu.precision), (512, Precision { kv_f16: true, compute_f16: true }));
+        let dev = ContextOptions::for_adapter(&caps(Geometry::Gpu, true));
+        assert_eq!((dev.max_chunk, dev.precision), (512, Precision { kv_f16: true, compute_f16: true }));
         let no_f16 = ContextOptions::for_adapter(&caps(Geometry::Gpu, false));
         assert_eq!((no_f16.max_chunk, no_f16.precision), (512, Precision::default()));
         let cpu = ContextOptions::for_adapter(&caps(Geometry::Cpu, true));

@@ -4,8 +4,9 @@
 //! every step with only the step uniform changing. Between the two the context may
 //! overwrite rows of the embeddings (image features at the prompt's image positions).
 
-use crate::gpu::{Gpu, Program, Result as GpuResult};
-use crate::kernels::quant::GpuWeight;
+use crate::backend::{Buffer, Device, Program};
+use crate::gpu::Result as GpuResult;
+use crate::kernels::quant::Weight;
 use crate::source::{Eager, LoadError, TensorSource, WeightLoader};
 
 use super::families::{Family, Scratch, TextConfig};
@@ -21,19 +22,19 @@ pub struct Decoder {
 
 impl Decoder {
     /// Reads the config and uploads every weight.
-    pub fn load(gpu: &Gpu, src: &dyn TensorSource) -> Result<Decoder, ModelError> {
-        Self::load_from(gpu, &mut Eager(src))
+    pub fn load(dev: &Device, src: &dyn TensorSource) -> Result<Decoder, ModelError> {
+        Self::load_from(dev, &mut Eager(src))
     }
 
     /// Reads the config and has `src` allocate (and fill, or stream in) every weight.
-    pub fn load_from(gpu: &Gpu, src: &mut dyn WeightLoader) -> Result<Decoder, ModelError> {
+    pub fn load_from(dev: &Device, src: &mut dyn WeightLoader) -> Result<Decoder, ModelError> {
         let vocab = src
             .tensor_info("token_embd.weight")
             .and_then(|t| t.dims.get(1).copied())
             .ok_or_else(|| LoadError::Missing("token_embd.weight".into()))?;
         let vocab = u32::try_from(vocab).map_err(|_| ModelError::Invalid(format!("vocabulary of {vocab}")))?;
         let arch = src.metadata().architecture()?.to_string();
-        let family = Family::load_from(gpu, src, &arch, vocab)?;
+        let family = Family::load_from(dev, src, &arch, vocab)?;
         let cfg = family.text_config().clone();
         Ok(Decoder { cfg, family })
     }
@@ -50,12 +51,12 @@ impl Decoder {
     }
 
     /// The matrices of every block (what a decode step reads besides the LM head).
-    pub fn layer_matrices(&self) -> Vec<&GpuWeight> {
+    pub fn layer_matrices(&self) -> Vec<&Weight> {
         self.family.layer_matrices()
     }
 
     /// The LM head (the tied token embedding when the file has no `output.weight`).
-    pub fn lm_head(&self) -> &GpuWeight {
+    pub fn lm_head(&self) -> &Weight {
         self.family.head().lm_head()
     }
 
@@ -72,30 +73,30 @@ impl Decoder {
     /// Computes a cross-attention decoder's image keys and values into `s`.
     pub(super) fn set_cross(
         &self,
-        gpu: &Gpu,
+        dev: &Device,
         s: &mut Scratch,
-        states: &wgpu::Buffer,
+        states: &Buffer,
         n_tiles: u32,
         mask: &[u32],
     ) -> Result<(), ModelError> {
-        self.family.set_cross(gpu, s, states, n_tiles, mask)
+        self.family.set_cross(dev, s, states, n_tiles, mask)
     }
 
-    pub(super) fn scratch(&self, gpu: &Gpu, chunk: u32, max_ctx: u32) -> GpuResult<Scratch> {
-        self.family.scratch(gpu, chunk, max_ctx)
+    pub(super) fn scratch(&self, dev: &Device, chunk: u32, max_ctx: u32) -> GpuResult<Scratch> {
+        self.family.scratch(dev, chunk, max_ctx)
     }
 
     /// Records the embedding gather of `n` tokens (ids in `b.ids`) into `b.x`.
-    pub(super) fn record_embed(&self, gpu: &Gpu, b: &StepBuffers, n: u32) -> GpuResult<Program> {
+    pub(super) fn record_embed(&self, dev: &Device, b: &StepBuffers, n: u32) -> GpuResult<Program> {
         let mut p = Program::new();
-        self.family.head().record_embed(&mut p, gpu, b, n)?;
+        self.family.head().record_embed(&mut p, dev, b, n)?;
         Ok(p)
     }
 
     /// Records the blocks and the head over `n` embedded tokens in `b.x`.
     pub(super) fn record(
         &self,
-        gpu: &Gpu,
+        dev: &Device,
         b: &StepBuffers,
         s: &Scratch,
         state: &SequenceState,
@@ -103,7 +104,7 @@ impl Decoder {
         mode: LogitsMode,
     ) -> GpuResult<Program> {
         let mut p = Program::new();
-        self.family.record(&mut p, gpu, b, s, state, n, mode)?;
+        self.family.record(&mut p, dev, b, s, state, n, mode)?;
         Ok(p)
     }
 }

@@ -43,7 +43,7 @@ use crate::source::LoadQuant;
 /// Bytes of GPU memory the model may use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MemoryBudget {
-    /// Given by the user (`--gpu-memory 8G`, the package's `gpuMemory` option).
+    /// Given by the user (`--dev-memory 8G`, the package's `gpuMemory` option).
     Bytes(u64),
     /// Nothing known: only the adapter's per-buffer limits are checked, and the driver
     /// reports an allocation it cannot serve.

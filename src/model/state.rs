@@ -14,7 +14,8 @@
 //! prefills again from the start).
 
 use super::positions::RopeDeltas;
-use crate::gpu::{Gpu, Result as GpuResult};
+use crate::backend::{Buffer, Device, Program};
+use crate::gpu::Result as GpuResult;
 use crate::kernels::attention::KvDtype;
 
 /// What one layer keeps between tokens.
@@ -30,10 +31,10 @@ pub enum LayerKind {
 /// One layer's state on the GPU.
 pub enum LayerState {
     /// Keys and values, `[max_ctx][kv_dim]` each, in the cache's dtype.
-    Attention { k: wgpu::Buffer, v: wgpu::Buffer },
+    Attention { k: Buffer, v: Buffer },
     /// The conv window `[channels][kernel - 1]` and the recurrence's state (for Gated
     /// DeltaNet `[Hv][dk][dv]`), f32.
-    Recurrent { conv: wgpu::Buffer, ssm: wgpu::Buffer },
+    Recurrent { conv: Buffer, ssm: Buffer },
 }
 
 /// Every layer's state of one sequence.
@@ -42,26 +43,26 @@ pub struct SequenceState {
     /// A copy of every recurrent layer's `(conv, ssm)` taken before a decode step, so that a
     /// step the pipelined decode loop submitted past the end can be undone
     /// ([`Self::record_checkpoint`], [`Self::restore_checkpoint`]).
-    checkpoint: Vec<(wgpu::Buffer, wgpu::Buffer)>,
+    checkpoint: Vec<(Buffer, Buffer)>,
     /// Most positions the caches hold.
     max_ctx: u32,
 }
 
 impl SequenceState {
     /// Allocates the state of `layers` for `max_ctx` positions, KV caches in `kv`.
-    pub fn new(gpu: &Gpu, layers: &[LayerKind], max_ctx: u32, kv: KvDtype) -> GpuResult<SequenceState> {
+    pub fn new(dev: &Device, layers: &[LayerKind], max_ctx: u32, kv: KvDtype) -> GpuResult<SequenceState> {
         let layers = (layers.iter().enumerate())
             .map(|(i, kind)| match *kind {
                 LayerKind::Attention { kv_dim } => {
                     let bytes = kv.cache_bytes(max_ctx, kv_dim);
                     Ok(LayerState::Attention {
-                        k: gpu.storage(&format!("k_cache.{i}"), bytes)?,
-                        v: gpu.storage(&format!("v_cache.{i}"), bytes)?,
+                        k: dev.storage(&format!("k_cache.{i}"), bytes)?,
+                        v: dev.storage(&format!("v_cache.{i}"), bytes)?,
                     })
                 }
                 LayerKind::Recurrent { conv_floats, ssm_floats } => Ok(LayerState::Recurrent {
-                    conv: gpu.storage(&format!("conv_state.{i}"), 4 * conv_floats.max(1))?,
-                    ssm: gpu.storage(&format!("ssm_state.{i}"), 4 * ssm_floats.max(1))?,
+                    conv: dev.storage(&format!("conv_state.{i}"), 4 * conv_floats.max(1))?,
+                    ssm: dev.storage(&format!("ssm_state.{i}"), 4 * ssm_floats.max(1))?,
                 }),
             })
             .collect::<GpuResult<Vec<_>>>()?;
@@ -71,7 +72,7 @@ impl SequenceState {
                 LayerState::Attention { .. } => None,
             })
             .map(|(i, conv, ssm)| {
-                Ok((gpu.storage(&format!("conv_checkpoint.{i}"), conv)?, gpu.storage(&format!("ssm_checkpoint.{i}"), ssm)?))
+                Ok((dev.storage(&format!("conv_checkpoint.{i}"), conv)?, dev.storage(&format!("ssm_checkpoint.{i}"), ssm)?))
             })
             .collect::<GpuResult<Vec<_>>>()?;
         Ok(SequenceState { layers, checkpoint, max_ctx })
@@ -81,7 +82,7 @@ impl SequenceState {
     ///
     /// # Panics
     /// If layer `i` is recurrent (a family bug: it said what its layers keep).
-    pub fn kv(&self, i: usize) -> (&wgpu::Buffer, &wgpu::Buffer) {
+    pub fn kv(&self, i: usize) -> (&Buffer, &Buffer) {
         match &self.layers[i] {
             LayerState::Attention { k, v } => (k, v),
             LayerState::Recurrent { .. } => panic!("layer {i} is recurrent, not attention"),
@@ -93,7 +94,7 @@ impl SequenceState {
     ///
     /// # Panics
     /// If layer `i` keeps a KV cache (a family bug).
-    pub fn recurrent(&self, i: usize) -> (&wgpu::Buffer, &wgpu::Buffer) {
+    pub fn recurrent(&self, i: usize) -> (&Buffer, &Buffer) {
         match &self.layers[i] {
             LayerState::Recurrent { conv, ssm } => (conv, ssm),
             LayerState::Attention { .. } => panic!("layer {i} keeps a KV cache, not a recurrent state"),
@@ -106,36 +107,36 @@ impl SequenceState {
     }
 
     /// Records the zeroing of every recurrent state (a new sequence starts).
-    pub fn clear_recurrent(&self, enc: &mut wgpu::CommandEncoder) {
-        for layer in &self.layers {
-            if let LayerState::Recurrent { conv, ssm } = layer {
-                enc.clear_buffer(conv, 0, None);
-                enc.clear_buffer(ssm, 0, None);
-            }
+    pub fn clear_recurrent(&self, p: &mut Program) -> GpuResult<()> {
+        for (conv, ssm) in self.recurrent_buffers() {
+            p.clear(conv)?;
+            p.clear(ssm)?;
         }
+        Ok(())
     }
 
     /// Records a copy of every recurrent state into the checkpoint (before a step that may
     /// have to be undone).
-    pub fn record_checkpoint(&self, enc: &mut wgpu::CommandEncoder) {
+    pub fn record_checkpoint(&self, p: &mut Program) -> GpuResult<()> {
         for ((conv, ssm), (c, s)) in self.recurrent_buffers().zip(&self.checkpoint) {
-            enc.copy_buffer_to_buffer(conv, 0, c, 0, conv.size());
-            enc.copy_buffer_to_buffer(ssm, 0, s, 0, ssm.size());
+            p.copy(conv, 0, c, 0, conv.size())?;
+            p.copy(ssm, 0, s, 0, ssm.size())?;
         }
+        Ok(())
     }
 
     /// Puts the checkpoint back into the recurrent states (undoes the steps since
     /// [`Self::record_checkpoint`]).
-    pub fn restore_checkpoint(&self, gpu: &Gpu) {
-        let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("state checkpoint") });
+    pub fn restore_checkpoint(&self, dev: &Device) -> GpuResult<()> {
+        let mut p = Program::new();
         for ((conv, ssm), (c, s)) in self.recurrent_buffers().zip(&self.checkpoint) {
-            enc.copy_buffer_to_buffer(c, 0, conv, 0, conv.size());
-            enc.copy_buffer_to_buffer(s, 0, ssm, 0, ssm.size());
+            p.copy(c, 0, conv, 0, conv.size())?;
+            p.copy(s, 0, ssm, 0, ssm.size())?;
         }
-        gpu.queue.submit([enc.finish()]);
+        p.run(dev)
     }
 
-    fn recurrent_buffers(&self) -> impl Iterator<Item = (&wgpu::Buffer, &wgpu::Buffer)> {
+    fn recurrent_buffers(&self) -> impl Iterator<Item = (&Buffer, &Buffer)> {
         self.layers.iter().filter_map(|l| match l {
             LayerState::Recurrent { conv, ssm } => Some((conv, ssm)),
             LayerState::Attention { .. } => None,
@@ -175,43 +176,43 @@ impl SequenceState {
     /// Copies the first `rows` positions of every layer to new buffers. Recurrent states are
     /// copied whole: they are valid for `rows` only when the sequence holds exactly `rows`
     /// positions (the context snapshots its whole sequence), and restore only there.
-    pub fn snapshot(&self, gpu: &Gpu, rows: u32) -> GpuResult<StateSnapshot> {
-        let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("state snapshot") });
+    pub fn snapshot(&self, dev: &Device, rows: u32) -> GpuResult<StateSnapshot> {
+        let mut p = Program::new();
         let mut layers = Vec::with_capacity(self.layers.len());
         for (i, layer) in self.layers.iter().enumerate() {
             let [a, b] = layer.buffers();
             let [span_a, span_b] = self.spans(layer, rows);
-            let copy = gpu.storage(&format!("state_snapshot.{i}"), (span_a + span_b).max(4))?;
-            enc.copy_buffer_to_buffer(a, 0, &copy, 0, span_a);
-            enc.copy_buffer_to_buffer(b, 0, &copy, span_a, span_b);
+            let copy = dev.storage(&format!("state_snapshot.{i}"), (span_a + span_b).max(4))?;
+            p.copy(a, 0, &copy, 0, span_a)?;
+            p.copy(b, 0, &copy, span_a, span_b)?;
             layers.push((copy, span_a));
         }
-        gpu.queue.submit([enc.finish()]);
+        p.run(dev)?;
         Ok(StateSnapshot { layers, rows, rope_deltas: RopeDeltas::default() })
     }
 
     /// Puts the first `rows` positions of `snapshot` back (at most those it holds); returns
     /// the positions restored. With recurrent layers only the snapshot's own position can be
     /// restored: asked for fewer rows, nothing is restored and 0 is returned.
-    pub fn restore(&self, gpu: &Gpu, snapshot: &StateSnapshot, rows: u32) -> u32 {
+    pub fn restore(&self, dev: &Device, snapshot: &StateSnapshot, rows: u32) -> GpuResult<u32> {
         let rows = rows.min(snapshot.rows);
         if self.has_recurrent() && rows != snapshot.rows {
-            return 0;
+            return Ok(0);
         }
-        let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("state restore") });
+        let mut p = Program::new();
         for (layer, (copy, copy_span)) in self.layers.iter().zip(&snapshot.layers) {
             let [a, b] = layer.buffers();
             let [span_a, span_b] = self.spans(layer, rows);
-            enc.copy_buffer_to_buffer(copy, 0, a, 0, span_a);
-            enc.copy_buffer_to_buffer(copy, *copy_span, b, 0, span_b);
+            p.copy(copy, 0, a, 0, span_a)?;
+            p.copy(copy, *copy_span, b, 0, span_b)?;
         }
-        gpu.queue.submit([enc.finish()]);
-        rows
+        p.run(dev)?;
+        Ok(rows)
     }
 }
 
 impl LayerState {
-    fn buffers(&self) -> [&wgpu::Buffer; 2] {
+    fn buffers(&self) -> [&Buffer; 2] {
         match self {
             LayerState::Attention { k, v } => [k, v],
             LayerState::Recurrent { conv, ssm } => [conv, ssm],
@@ -223,7 +224,7 @@ impl LayerState {
 pub struct StateSnapshot {
     /// Per layer: one buffer holding the first buffer's bytes (K rows, or the conv window)
     /// then the second's (V rows, or the recurrence state), and the bytes of the first.
-    layers: Vec<(wgpu::Buffer, u64)>,
+    layers: Vec<(Buffer, u64)>,
     rows: u32,
     /// The multimodal RoPE deltas of the saved rows (set by the context).
     pub(crate) rope_deltas: RopeDeltas,

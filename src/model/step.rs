@@ -3,7 +3,8 @@
 //! Families add their own scratch; the per-sequence caches are in [`super::state`]. All are
 //! allocated once per context, sized for the largest chunk.
 
-use crate::gpu::{Caps, Geometry, Gpu, Result};
+use crate::backend::{Buffer, Device};
+use crate::gpu::{Caps, Geometry, Result};
 use crate::kernels::attention::{KvDtype, StepParams};
 use crate::kernels::matmul::MatmulCompute;
 use crate::kernels::sample::Sampler;
@@ -76,38 +77,42 @@ impl Precision {
 /// The buffers shared by every family's step.
 pub struct StepBuffers {
     /// [`StepParams`]: cache start, tokens and RoPE position of this step.
-    pub step: wgpu::Buffer,
+    pub step: Buffer,
     /// `[chunk]` token ids in; the sampled id out (row 0).
-    pub ids: wgpu::Buffer,
+    pub ids: Buffer,
     /// `[3][n]` u32 (t, h, w) RoPE positions of the step's `n` tokens, for decoders with
     /// multimodal RoPE ([`super::Decoder::uses_mrope`]; written by the context each step).
-    pub positions: wgpu::Buffer,
+    pub positions: Buffer,
     /// The residual stream, `[chunk][n_embd]`.
-    pub x: wgpu::Buffer,
+    pub x: Buffer,
     /// The last row of `x` (the one the head reads when sampling).
-    pub x_last: wgpu::Buffer,
+    pub x_last: Buffer,
     /// A normed or projected `[chunk][n_embd]` (block inputs and outputs).
-    pub h: wgpu::Buffer,
+    pub h: Buffer,
     /// `[logits_rows][vocab]`.
-    pub logits: wgpu::Buffer,
+    pub logits: Buffer,
     /// The precision in effect (`compute_f16` cleared on devices without `shader-f16`).
     pub precision: Precision,
-    pub sampler: Sampler,
+    pub sampler: Option<Sampler>,
 }
 
 impl StepBuffers {
-    pub fn new(gpu: &Gpu, chunk: u32, n_embd: u32, vocab: u32, logits_rows: u32, precision: Precision) -> Result<StepBuffers> {
+    pub fn new(dev: &Device, chunk: u32, n_embd: u32, vocab: u32, logits_rows: u32, precision: Precision) -> Result<StepBuffers> {
         let f32s = |rows: u32, cols: u32| 4 * rows as u64 * cols as u64;
         Ok(StepBuffers {
-            step: StepParams::create_buffer(gpu),
-            ids: gpu.storage("ids", f32s(chunk, 1))?,
-            positions: gpu.storage("positions", f32s(chunk, 3))?,
-            x: gpu.storage("x", f32s(chunk, n_embd))?,
-            x_last: gpu.storage("x_last", f32s(1, n_embd))?,
-            h: gpu.storage("h", f32s(chunk, n_embd))?,
-            logits: gpu.storage("logits", f32s(logits_rows, vocab))?,
+            step: StepParams::create_buffer(dev)?,
+            ids: dev.storage("ids", f32s(chunk, 1))?,
+            positions: dev.storage("positions", f32s(chunk, 3))?,
+            x: dev.storage("x", f32s(chunk, n_embd))?,
+            x_last: dev.storage("x_last", f32s(1, n_embd))?,
+            h: dev.storage("h", f32s(chunk, n_embd))?,
+            logits: dev.storage("logits", f32s(logits_rows, vocab))?,
             precision,
-            sampler: Sampler::new(gpu, vocab)?,
+            // The CPU backend samples on the host.
+            sampler: match dev {
+                Device::Gpu(_) => Some(Sampler::new(dev, vocab)?),
+                Device::Cpu(_) => None,
+            },
         })
     }
 }

@@ -4,10 +4,10 @@
 //! later, as the bytes stream in ([`super::GgufStream`], the browser's path, which
 //! never holds the whole file).
 
+use crate::backend::{Buffer, Device};
 use crate::gguf::quant::{quantize_q4_0, quantize_q4_1, quantize_q4_k, quantize_q8_0};
 use crate::gguf::{dequantize_to_vec, GgmlType, GgufError, Metadata, TensorInfo};
-use crate::gpu::Gpu;
-use crate::kernels::quant::{GpuWeight, WeightFormat};
+use crate::kernels::quant::{Weight, WeightFormat};
 
 use super::LoadError;
 use super::TensorSource;
@@ -19,9 +19,9 @@ pub trait WeightLoader {
     /// Fills rows `row0..row0 + r` of `target` with the tensor `name` (`r` rows of
     /// `target.cols`; the caller checked its dims), requantized when `target.ty` differs from
     /// the file's type — at once, or as the bytes arrive.
-    fn fill(&mut self, gpu: &Gpu, name: &str, target: &GpuWeight, row0: u32) -> Result<(), LoadError>;
+    fn fill(&mut self, dev: &Device, name: &str, target: &Weight, row0: u32) -> Result<(), LoadError>;
     /// The vector `name` of `n` values, as f32.
-    fn vector(&mut self, gpu: &Gpu, name: &str, n: u32) -> Result<wgpu::Buffer, LoadError>;
+    fn vector(&mut self, dev: &Device, name: &str, n: u32) -> Result<Buffer, LoadError>;
 
     /// The type the `rows x cols` matrix `name` (GGUF dims `[cols, rows]`) is uploaded as:
     /// its file type, or `quant`'s where [`LoadQuant::target`] says so. Checks the dims.
@@ -33,19 +33,19 @@ pub trait WeightLoader {
 
     /// The `rows x cols` matrix `name`, requantized to `quant` where [`LoadQuant::target`]
     /// says so.
-    fn matrix(&mut self, gpu: &Gpu, name: &str, rows: u32, cols: u32, quant: LoadQuant) -> Result<GpuWeight, LoadError> {
+    fn matrix(&mut self, dev: &Device, name: &str, rows: u32, cols: u32, quant: LoadQuant) -> Result<Weight, LoadError> {
         let ty = self.matrix_type(name, rows, cols, quant)?;
-        let weight = GpuWeight::allocate(gpu, name, ty, rows, cols, gpu.caps.part_limit())?;
-        self.fill(gpu, name, &weight, 0)?;
+        let weight = Weight::allocate(dev, name, ty, rows, cols, dev.caps().part_limit())?;
+        self.fill(dev, name, &weight, 0)?;
         Ok(weight)
     }
 
     /// A tensor uploaded as `rows x cols` whatever its GGUF dims (the patch embedding's
     /// `[P, P, 3, hidden]` is a `[hidden][3*P*P]` matrix); the caller checked the dims.
-    fn reshaped(&mut self, gpu: &Gpu, name: &str, rows: u32, cols: u32) -> Result<GpuWeight, LoadError> {
+    fn reshaped(&mut self, dev: &Device, name: &str, rows: u32, cols: u32) -> Result<Weight, LoadError> {
         let ty = self.tensor_info(name).map(|t| t.ty).ok_or_else(|| LoadError::Missing(name.into()))?;
-        let weight = GpuWeight::allocate(gpu, name, ty, rows, cols, gpu.caps.part_limit())?;
-        self.fill(gpu, name, &weight, 0)?;
+        let weight = Weight::allocate(dev, name, ty, rows, cols, dev.caps().part_limit())?;
+        self.fill(dev, name, &weight, 0)?;
         Ok(weight)
     }
 }
@@ -53,16 +53,16 @@ pub trait WeightLoader {
 /// Matrices that multiply the same input, loaded by [`load_stacked`]: in the order asked,
 /// consecutive ones of one type stacked by rows into one weight, so that one dispatch computes
 /// them all.
-pub struct Stacked(pub Vec<GpuWeight>);
+pub struct Stacked(pub Vec<Weight>);
 
 impl Stacked {
     /// The GPU weights, each one run of the stack.
-    pub fn weights(&self) -> &[GpuWeight] {
+    pub fn weights(&self) -> &[Weight] {
         &self.0
     }
 
     /// The single weight, when every matrix went into one stack.
-    pub fn one(&self) -> Option<&GpuWeight> {
+    pub fn one(&self) -> Option<&Weight> {
         match self.0.as_slice() {
             [w] => Some(w),
             _ => None,
@@ -75,7 +75,7 @@ impl Stacked {
 /// offsets that keep split f16 scales 4-byte aligned. A run of all of them is named `label`,
 /// a shorter one by its members' names joined with `+`.
 pub fn load_stacked(
-    gpu: &Gpu,
+    dev: &Device,
     src: &mut dyn WeightLoader,
     label: &str,
     parts: &[(&str, u32)],
@@ -90,11 +90,11 @@ pub fn load_stacked(
         let run = &parts[start..end];
         let name =
             if run.len() == parts.len() { label.to_string() } else { run.iter().map(|p| p.0).collect::<Vec<_>>().join("+") };
-        match stack(gpu, src, &name, run, types[start], cols)? {
+        match stack(dev, src, &name, run, types[start], cols)? {
             Some(w) => weights.push(w),
             None => {
                 for &(name, rows) in run {
-                    weights.push(src.matrix(gpu, name, rows, cols, quant)?);
+                    weights.push(src.matrix(dev, name, rows, cols, quant)?);
                 }
             }
         }
@@ -106,13 +106,13 @@ pub fn load_stacked(
 /// `run` (two or more matrices of upload type `ty`) stacked into one weight, or `None` when
 /// it does not fit one binding or would misalign split scales.
 fn stack(
-    gpu: &Gpu,
+    dev: &Device,
     src: &mut dyn WeightLoader,
     label: &str,
     run: &[(&str, u32)],
     ty: GgmlType,
     cols: u32,
-) -> Result<Option<GpuWeight>, LoadError> {
+) -> Result<Option<Weight>, LoadError> {
     let aligned = match WeightFormat::of(ty, cols as usize) {
         Some(f) => !f.split_scale() || (cols as usize / f.block()).is_multiple_of(2) || run.iter().all(|p| p.1 % 2 == 0),
         None => false,
@@ -121,13 +121,13 @@ fn stack(
         return Ok(None);
     }
     let total: u32 = run.iter().map(|&(_, rows)| rows).sum();
-    let weight = GpuWeight::allocate(gpu, label, ty, total, cols, gpu.caps.part_limit())?;
+    let weight = Weight::allocate(dev, label, ty, total, cols, dev.caps().part_limit())?;
     if weight.parts.len() != 1 {
         return Ok(None);
     }
     let mut row0 = 0;
     for &(name, rows) in run {
-        src.fill(gpu, name, &weight, row0)?;
+        src.fill(dev, name, &weight, row0)?;
         row0 += rows;
     }
     Ok(Some(weight))
@@ -223,23 +223,23 @@ impl WeightLoader for Eager<'_> {
         self.0.tensor_info(name)
     }
 
-    fn fill(&mut self, gpu: &Gpu, name: &str, target: &GpuWeight, row0: u32) -> Result<(), LoadError> {
+    fn fill(&mut self, dev: &Device, name: &str, target: &Weight, row0: u32) -> Result<(), LoadError> {
         let file_ty = self.tensor_info(name).map(|t| t.ty).ok_or_else(|| LoadError::Missing(name.into()))?;
         let data = self.0.tensor_data(name)?;
         if target.ty == file_ty {
-            target.write_rows(gpu, row0, &data)?;
+            target.write_rows(dev, row0, &data)?;
         } else {
             let n = data.len() / file_ty.type_size() * file_ty.block_size();
             let values = dequantize_to_vec(file_ty, &data, n)?;
-            target.write_rows(gpu, row0, &requantize(target.ty, &values)?)?;
+            target.write_rows(dev, row0, &requantize(target.ty, &values)?)?;
         }
         Ok(())
     }
 
-    fn vector(&mut self, gpu: &Gpu, name: &str, n: u32) -> Result<wgpu::Buffer, LoadError> {
+    fn vector(&mut self, dev: &Device, name: &str, n: u32) -> Result<Buffer, LoadError> {
         check_dims(name, self.tensor_info(name), &[n as u64])?;
         let ty = self.tensor_info(name).map(|t| t.ty).ok_or_else(|| LoadError::Missing(name.into()))?;
         let values = dequantize_to_vec(ty, &self.0.tensor_data(name)?, n as usize)?;
-        Ok(gpu.storage_with(name, bytemuck::cast_slice(&values))?)
+        Ok(dev.storage_with(name, bytemuck::cast_slice(&values))?)
     }
 }

@@ -9,9 +9,9 @@
 //! header bytes are skipped). A single file needs no first pass: its header is parsed by
 //! `push` as it streams, and the bytes after it wait until the model is built.
 
+use crate::backend::{Buffer, Device};
 use crate::gguf::{GgufHeader, Metadata, TensorIndex, TensorInfo};
-use crate::gpu::Gpu;
-use crate::kernels::quant::GpuWeight;
+use crate::kernels::quant::Weight;
 
 use super::loader::WeightLoader;
 use super::stream::GgufStream;
@@ -53,8 +53,8 @@ impl GgufParts {
     }
 
     /// The next bytes of `part`, in file order.
-    pub fn push(&mut self, gpu: &Gpu, part: usize, chunk: &[u8]) -> Result<(), LoadError> {
-        self.part(part)?.push(gpu, chunk)?;
+    pub fn push(&mut self, dev: &Device, part: usize, chunk: &[u8]) -> Result<(), LoadError> {
+        self.part(part)?.push(dev, chunk)?;
         Ok(())
     }
 
@@ -77,8 +77,8 @@ impl GgufParts {
     }
 
     /// Ends planning on every part (see [`GgufStream::seal`]).
-    pub fn seal(&mut self, gpu: &Gpu) -> Result<(), LoadError> {
-        self.parts.iter_mut().try_for_each(|p| p.seal(gpu))
+    pub fn seal(&mut self, dev: &Device) -> Result<(), LoadError> {
+        self.parts.iter_mut().try_for_each(|p| p.seal(dev))
     }
 
     /// Fails unless every part delivered all its tensors (and its hash, when published).
@@ -112,11 +112,11 @@ impl WeightLoader for GgufParts {
         self.parts[file].tensor_info(name)
     }
 
-    fn fill(&mut self, gpu: &Gpu, name: &str, target: &GpuWeight, row0: u32) -> Result<(), LoadError> {
-        self.holder(name)?.fill(gpu, name, target, row0)
+    fn fill(&mut self, dev: &Device, name: &str, target: &Weight, row0: u32) -> Result<(), LoadError> {
+        self.holder(name)?.fill(dev, name, target, row0)
     }
 
-    fn vector(&mut self, gpu: &Gpu, name: &str, n: u32) -> Result<wgpu::Buffer, LoadError> {
-        self.holder(name)?.vector(gpu, name, n)
+    fn vector(&mut self, dev: &Device, name: &str, n: u32) -> Result<Buffer, LoadError> {
+        self.holder(name)?.vector(dev, name, n)
     }
 }

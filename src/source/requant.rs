@@ -7,9 +7,9 @@
 //! Reference: llama.cpp's `convert_hf_to_gguf.py --outtype q8_0` quantizes every matrix the
 //! same way, so a folder loaded with `LoadQuant::Q8_0` holds the bytes of that GGUF.
 
+use crate::backend::{Buffer, Device};
 use crate::gguf::{GgmlType, Metadata, TensorInfo};
-use crate::gpu::Gpu;
-use crate::kernels::quant::GpuWeight;
+use crate::kernels::quant::Weight;
 
 use super::{LoadError, LoadQuant, WeightLoader};
 
@@ -29,12 +29,12 @@ impl WeightLoader for Requantize<'_> {
         self.inner.tensor_info(name)
     }
 
-    fn fill(&mut self, gpu: &Gpu, name: &str, target: &GpuWeight, row0: u32) -> Result<(), LoadError> {
-        self.inner.fill(gpu, name, target, row0)
+    fn fill(&mut self, dev: &Device, name: &str, target: &Weight, row0: u32) -> Result<(), LoadError> {
+        self.inner.fill(dev, name, target, row0)
     }
 
-    fn vector(&mut self, gpu: &Gpu, name: &str, n: u32) -> Result<wgpu::Buffer, LoadError> {
-        self.inner.vector(gpu, name, n)
+    fn vector(&mut self, dev: &Device, name: &str, n: u32) -> Result<Buffer, LoadError> {
+        self.inner.vector(dev, name, n)
     }
 
     fn matrix_type(&self, name: &str, rows: u32, cols: u32, quant: LoadQuant) -> Result<GgmlType, LoadError> {

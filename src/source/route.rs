@@ -5,9 +5,9 @@
 //! less than one row group per tensor in flight. Shared by the GGUF stream and the Hugging
 //! Face (safetensors) stream.
 
+use crate::backend::{Buffer, Device};
 use crate::gguf::{dequantize_to_vec, GgmlType};
-use crate::gpu::Gpu;
-use crate::kernels::quant::GpuWeight;
+use crate::kernels::quant::Weight;
 
 use super::gguf_out::GgufOut;
 use super::hf::permute_rows;
@@ -21,15 +21,15 @@ const ROW_GROUP_BYTES: usize = 1 << 20;
 pub(super) enum Sink {
     /// Whole rows of `file_ty`, written into `weight` from row `done_rows` on (requantized
     /// when its type differs; with `head_rows`, each head's rows in llama.cpp's q/k order).
-    Rows { weight: GpuWeight, file_ty: GgmlType, done_rows: u32, group_rows: u32, head_rows: Option<u32> },
+    Rows { weight: Weight, file_ty: GgmlType, done_rows: u32, group_rows: u32, head_rows: Option<u32> },
     /// A vector dequantized to f32 once complete.
-    Vector { buffer: wgpu::Buffer, ty: GgmlType, n: u32 },
+    Vector { buffer: Buffer, ty: GgmlType, n: u32 },
 }
 
 impl Sink {
     /// Rows of `file_ty` into `target` from `row0`; `head_rows` (even) permutes each run of
     /// that many rows from transformers' rotate-half order to adjacent pairs.
-    pub(super) fn rows(file_ty: GgmlType, target: &GpuWeight, row0: u32, head_rows: Option<u32>) -> Sink {
+    pub(super) fn rows(file_ty: GgmlType, target: &Weight, row0: u32, head_rows: Option<u32>) -> Sink {
         let row = (target.cols as usize / file_ty.block_size() * file_ty.type_size()).max(1);
         let unit = head_rows.unwrap_or(2).max(2) as usize;
         let group_rows = ((ROW_GROUP_BYTES / row / unit).max(1) * unit) as u32;
@@ -87,7 +87,7 @@ impl Router {
 
     /// Hands `data` (starting at absolute offset `at`) to the targets it overlaps; `out`
     /// gets each tensor's bytes as they are written to the GPU.
-    pub(super) fn route(&mut self, gpu: &Gpu, at: u64, data: &[u8], mut out: Option<&mut GgufOut>) -> Result<(), LoadError> {
+    pub(super) fn route(&mut self, dev: &Device, at: u64, data: &[u8], mut out: Option<&mut GgufOut>) -> Result<(), LoadError> {
         let end = at + data.len() as u64;
         let first = self.targets.partition_point(|t| t.end <= at);
         for t in &mut self.targets[first..] {
@@ -95,7 +95,7 @@ impl Router {
                 break;
             }
             let (lo, hi) = (t.start.max(at), t.end.min(end));
-            t.feed(gpu, &data[(lo - at) as usize..(hi - at) as usize], out.as_deref_mut())?;
+            t.feed(dev, &data[(lo - at) as usize..(hi - at) as usize], out.as_deref_mut())?;
         }
         Ok(())
     }
@@ -118,7 +118,7 @@ impl Target {
     /// Takes the next bytes of the tensor. Rows go to the GPU a group at a time, straight
     /// from `data` where a whole group is there; only a partial group is copied to
     /// `pending`, so host memory stays at one group per tensor in flight (freed when done).
-    fn feed(&mut self, gpu: &Gpu, mut data: &[u8], mut out: Option<&mut GgufOut>) -> Result<(), LoadError> {
+    fn feed(&mut self, dev: &Device, mut data: &[u8], mut out: Option<&mut GgufOut>) -> Result<(), LoadError> {
         self.received += data.len() as u64;
         let complete = self.received == self.end - self.start;
         let (weight, file_ty, done_rows, group_rows, head_rows) = match &mut self.sink {
@@ -129,7 +129,7 @@ impl Target {
                 self.pending.extend_from_slice(data);
                 if complete {
                     let values = dequantize_to_vec(*ty, &self.pending, *n as usize)?;
-                    gpu.write(buffer, 0, bytemuck::cast_slice(&values));
+                    dev.write(buffer, 0, bytemuck::cast_slice(&values))?;
                     if let Some(out) = out {
                         out.write(&self.name, bytemuck::cast_slice(&values))?;
                     }
@@ -160,7 +160,7 @@ impl Target {
                 converted = requantize(weight.ty, &values)?;
                 &converted[..]
             };
-            weight.write_rows(gpu, *done_rows, bytes)?;
+            weight.write_rows(dev, *done_rows, bytes)?;
             if let Some(out) = out.as_deref_mut() {
                 out.write(name, bytes)?;
             }

@@ -13,9 +13,9 @@
 //!    source published the file's SHA-256 ([`GgufStream::expect_sha256`]), unless the bytes
 //!    pushed hash to it.
 
+use crate::backend::{Buffer, Device};
 use crate::gguf::{GgmlType, GgufHeader, GgufHeaderParser, Metadata, TensorInfo};
-use crate::gpu::Gpu;
-use crate::kernels::quant::GpuWeight;
+use crate::kernels::quant::Weight;
 
 use super::digest::Sha256Check;
 use super::loader::{check_dims, WeightLoader};
@@ -103,7 +103,7 @@ impl GgufStream {
     }
 
     /// Feeds the next bytes of the file. Returns true once the header is available.
-    pub fn push(&mut self, gpu: &Gpu, chunk: &[u8]) -> Result<bool, LoadError> {
+    pub fn push(&mut self, dev: &Device, chunk: &[u8]) -> Result<bool, LoadError> {
         if let Some(check) = &mut self.sha256 {
             check.update(chunk);
         }
@@ -117,7 +117,7 @@ impl GgufStream {
             return Ok(true);
         }
         if self.targets.is_sealed() {
-            self.targets.route(gpu, self.pushed - data.len() as u64, data, None)?;
+            self.targets.route(dev, self.pushed - data.len() as u64, data, None)?;
         } else {
             if self.early.len() + data.len() > MAX_EARLY_BYTES {
                 return Err(LoadError::Stream("more than 64 MiB pushed before the model was built on the stream".into()));
@@ -128,13 +128,13 @@ impl GgufStream {
     }
 
     /// Ends planning: the targets are fixed and the bytes pushed early are routed.
-    pub fn seal(&mut self, gpu: &Gpu) -> Result<(), LoadError> {
+    pub fn seal(&mut self, dev: &Device) -> Result<(), LoadError> {
         if self.header.is_none() {
             return Err(LoadError::Stream("sealed before the header was complete".into()));
         }
         self.targets.seal()?;
         let early = std::mem::take(&mut self.early);
-        self.targets.route(gpu, self.data_start, &early, None)
+        self.targets.route(dev, self.data_start, &early, None)
     }
 
     /// Fails unless every target has all its bytes (call after the last push).
@@ -172,15 +172,15 @@ impl WeightLoader for GgufStream {
         self.header.as_ref()?.tensor(name)
     }
 
-    fn fill(&mut self, _gpu: &Gpu, name: &str, target: &GpuWeight, row0: u32) -> Result<(), LoadError> {
+    fn fill(&mut self, _gpu: &Device, name: &str, target: &Weight, row0: u32) -> Result<(), LoadError> {
         let sink = Sink::rows(self.file_type(name)?, target, row0, None);
         self.add_target(name, sink)
     }
 
-    fn vector(&mut self, gpu: &Gpu, name: &str, n: u32) -> Result<wgpu::Buffer, LoadError> {
+    fn vector(&mut self, dev: &Device, name: &str, n: u32) -> Result<Buffer, LoadError> {
         check_dims(name, self.tensor_info(name), &[n as u64])?;
         let ty = self.file_type(name)?;
-        let buffer = gpu.storage(name, n as u64 * 4)?;
+        let buffer = dev.storage(name, n as u64 * 4)?;
         self.add_target(name, Sink::Vector { buffer: buffer.clone(), ty, n })?;
         Ok(buffer)
     }

@@ -16,6 +16,7 @@ use std::rc::Rc;
 use wasm_bindgen::prelude::*;
 
 use crate::api::ChatRequest;
+use crate::backend::Device;
 use crate::engine::{Engine, Prompt, RepoLoad, Vision, Wait, DEFAULT_PROMPT_CACHE_BYTES};
 use crate::error::Classify;
 use crate::gpu::{BufferRegistry, Gpu, GpuOptions};
@@ -33,11 +34,11 @@ pub fn version() -> String {
 #[wasm_bindgen(js_name = adapterInfo)]
 pub async fn adapter_info() -> Result<String, JsError> {
     let gpu = Gpu::new(GpuOptions::default()).await.map_err(js)?;
-    Ok(describe(&gpu))
+    Ok(describe(&Device::Gpu(gpu)))
 }
 
-fn describe(gpu: &Gpu) -> String {
-    let c = &gpu.caps;
+fn describe(dev: &Device) -> String {
+    let c = dev.caps();
     format!("{} [{}] f16={} max storage binding={} MiB", c.adapter, c.backend, c.f16, c.max_storage_binding >> 20)
 }
 
@@ -48,7 +49,7 @@ fn js<E: Classify + std::fmt::Display + 'static>(e: E) -> JsError {
 
 /// Loading state: the device until the text header is in, then the engine.
 enum State {
-    Device(Box<Gpu>),
+    Device(Box<Device>),
     Ready(Box<Engine>),
     Poisoned,
 }
@@ -116,7 +117,7 @@ impl WebEngine {
         let prompt_cache_bytes = o.prompt_cache_bytes.unwrap_or(DEFAULT_PROMPT_CACHE_BYTES);
         let buffers = gpu.buffers();
         let inner = Inner {
-            state: State::Device(Box::new(gpu)),
+            state: State::Device(Box::new(Device::Gpu(gpu))),
             text,
             repo: None,
             repo_quant_auto: false,
@@ -137,7 +138,7 @@ impl WebEngine {
         let inner = self.inner.try_borrow().map_err(|_| js(WebError::Busy))?;
         match &inner.state {
             State::Device(gpu) => Ok(describe(gpu)),
-            State::Ready(e) => Ok(describe(e.gpu())),
+            State::Ready(e) => Ok(describe(e.device())),
             State::Poisoned => Err(js(WebError::LoadFailed)),
         }
     }
@@ -242,11 +243,11 @@ impl WebEngine {
                 }
                 let mut engine = Engine::builder(*gpu).context(inner.context).load(&mut inner.text).map_err(js)?;
                 configure(&mut engine, inner)?;
-                inner.text.seal(engine.gpu()).map_err(js)?;
+                inner.text.seal(engine.device()).map_err(js)?;
                 inner.state = State::Ready(Box::new(engine));
             }
             State::Ready(engine) => {
-                let r = inner.text.push(engine.gpu(), part, chunk);
+                let r = inner.text.push(engine.device(), part, chunk);
                 inner.state = State::Ready(engine);
                 r.map_err(js)?;
             }
@@ -293,10 +294,10 @@ impl WebEngine {
         };
         let stream = inner.vision.insert(stream);
         let loaded = engine.vision().and_then(Vision::placed).is_some();
-        stream.push(engine.gpu(), chunk).map_err(js)?;
+        stream.push(engine.device(), chunk).map_err(js)?;
         if !loaded && stream.header().is_some() {
             engine.add_vision(stream, inner.vision_quant).map_err(js)?;
-            stream.seal(engine.gpu()).map_err(js)?;
+            stream.seal(engine.device()).map_err(js)?;
         }
         Ok(())
     }
@@ -326,7 +327,7 @@ impl WebEngine {
             "maxContext": e.max_context(),
             "maxImageEdge": e.vision().map(Vision::max_image_edge),
             "promptCacheBytes": e.prompt_cache_stats().budget_bytes,
-            "adapter": describe(e.gpu()),
+            "adapter": describe(e.device()),
         });
         Ok(summary.to_string())
     }
@@ -452,5 +453,5 @@ fn push_shard_to(inner: &mut Inner, repo: &mut RepoLoad, shard: usize, chunk: &[
         State::Poisoned => return Err(js(WebError::LoadFailed)),
     }
     let State::Ready(engine) = &inner.state else { return Err(js(WebError::LoadFailed)) };
-    repo.push(engine.gpu(), shard, chunk).map_err(js)
+    repo.push(engine.device(), shard, chunk).map_err(js)
 }

@@ -20,7 +20,7 @@ use crate::source::{LoadQuant, WeightLoader};
 /// errors then name the problem).
 pub(super) fn plan(inner: &mut Inner) -> Result<Value, PlanError> {
     let State::Device(gpu) = &inner.state else { return Err(WebError::RepoLate.into()) };
-    let limits = PlanLimits::from_caps(&gpu.caps);
+    let limits = PlanLimits::from_caps(gpu.caps());
     let budget = inner.budget;
     let opts = PlanOptions {
         ctx: inner.context.max_ctx,

@@ -6,11 +6,18 @@ pub mod cache;
 pub mod chi_square;
 pub mod smollm2;
 
+use webvlm::backend::{Buffer, Device};
 use webvlm::gpu::{Gpu, GpuOptions};
 
-/// The test adapter (lavapipe in CI). Panics when there is none: GPU tests must not skip.
-pub fn gpu() -> Gpu {
-    Gpu::new_blocking(GpuOptions::default()).expect("a GPU adapter is required (install mesa-vulkan-drivers)")
+/// The test adapter (lavapipe in CI) as a device. Panics when there is none: GPU tests must
+/// not skip.
+pub fn gpu() -> Device {
+    Device::Gpu(Gpu::new_blocking(GpuOptions::default()).expect("a GPU adapter is required (install mesa-vulkan-drivers)"))
+}
+
+/// The CPU backend's device: two threads, exact (f32) activations.
+pub fn cpu() -> Device {
+    Device::Cpu(webvlm::backend::cpu::Device::new(2, webvlm::backend::cpu::Mode::Exact).expect("a CPU thread pool"))
 }
 
 /// Deterministic random numbers for test data.
@@ -56,7 +63,7 @@ pub fn argmax(v: &[f32]) -> usize {
     v.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &x)| if x > best.1 { (i, x) } else { best }).0
 }
 
-pub fn upload(gpu: &Gpu, data: &[f32]) -> wgpu::Buffer {
+pub fn upload(gpu: &Device, data: &[f32]) -> Buffer {
     gpu.storage_with("test", bytemuck::cast_slice(data)).unwrap()
 }
 

@@ -17,6 +17,7 @@ pub mod attention;
 pub mod bench;
 pub mod cross_attention;
 pub mod delta_net;
+pub mod device;
 pub mod elementwise;
 pub mod embedding;
 pub mod gdn_prep;
@@ -33,8 +34,10 @@ pub mod vision;
 pub mod vision_mllama;
 pub mod vision_qwen;
 
+pub use device::Device;
 pub use matmul::{matmul, matmul_into};
 pub use matvec::{matvec, matvec_into, Epilogue, MatvecError, Mode, Output, Weight};
 pub use ops::ShapeError;
 pub use pool::{PoolError, ThreadPool};
+pub use program::{Buffer, Program, ProgramError};
 pub use simd::{Simd, SimdError};

@@ -16,6 +16,7 @@ use std::cell::{Ref, RefCell, RefMut};
 use std::rc::Rc;
 
 use super::pool::ThreadPool;
+use crate::gpu::GpuError;
 
 /// CPU memory an op reads or writes: a handle (clones share the memory), as a `wgpu::Buffer`
 /// is.
@@ -59,6 +60,50 @@ impl Buffer {
     pub fn write(&self) -> Result<RefMut<'_, [f32]>, ProgramError> {
         let words = self.words.try_borrow_mut().map_err(|_| self.aliased())?;
         Ok(RefMut::map(words, Vec::as_mut_slice))
+    }
+
+    /// The first `n` words, shared; an error when the buffer is shorter.
+    pub fn read_n(&self, n: usize) -> Result<Ref<'_, [f32]>, ProgramError> {
+        self.check_len(n)?;
+        Ok(Ref::map(self.read()?, |w| &w[..n]))
+    }
+
+    /// The first `n` words, exclusively; an error when the buffer is shorter.
+    pub fn write_n(&self, n: usize) -> Result<RefMut<'_, [f32]>, ProgramError> {
+        self.check_len(n)?;
+        Ok(RefMut::map(self.write()?, |w| &mut w[..n]))
+    }
+
+    /// The first `n` words as u32 (token ids, positions, masks), shared.
+    pub fn read_u32(&self, n: usize) -> Result<Ref<'_, [u32]>, ProgramError> {
+        Ok(Ref::map(self.read_n(n)?, |w| bytemuck::cast_slice(w)))
+    }
+
+    /// Copies `bytes` to byte `offset` (any offset: weights stream in rows of any length).
+    pub fn write_bytes(&self, offset: u64, bytes: &[u8]) -> Result<(), ProgramError> {
+        let end = offset.saturating_add(bytes.len() as u64);
+        if end > self.size() {
+            return Err(ProgramError::OutOfRange { label: self.label.to_string(), end, size: self.size() });
+        }
+        let mut words = self.write()?;
+        let memory: &mut [u8] = bytemuck::cast_slice_mut(&mut words[..]);
+        memory[offset as usize..end as usize].copy_from_slice(bytes);
+        Ok(())
+    }
+
+    /// `size` bytes from byte `offset` (both multiples of 4).
+    pub fn read_bytes(&self, offset: u64, size: u64) -> Result<Vec<u8>, ProgramError> {
+        let (at, n) = (words_of(&self.label, offset)?, words_of(&self.label, size)?);
+        self.check_len(at + n)?;
+        Ok(bytemuck::cast_slice(&self.read()?[at..at + n]).to_vec())
+    }
+
+    fn check_len(&self, words: usize) -> Result<(), ProgramError> {
+        let size = self.size();
+        if words as u64 * 4 > size {
+            return Err(ProgramError::OutOfRange { label: self.label.to_string(), end: words as u64 * 4, size });
+        }
+        Ok(())
     }
 
     fn aliased(&self) -> ProgramError {
@@ -158,6 +203,21 @@ impl Program {
     }
 }
 
+impl From<ProgramError> for GpuError {
+    /// The model code's error: an allocation failure is the device's memory running out, as
+    /// on the GPU.
+    fn from(e: ProgramError) -> GpuError {
+        let mut inner = &e;
+        while let ProgramError::Op { source, .. } = inner {
+            inner = source;
+        }
+        match inner {
+            ProgramError::OutOfMemory { .. } => GpuError::OutOfMemory(e.to_string()),
+            _ => GpuError::Cpu(e.to_string()),
+        }
+    }
+}
+
 /// A program that cannot be built or run as asked.
 #[derive(Debug, thiserror::Error)]
 pub enum ProgramError {
@@ -173,6 +233,8 @@ pub enum ProgramError {
     Shape(#[from] super::ShapeError),
     #[error(transparent)]
     Matvec(#[from] super::MatvecError),
+    #[error(transparent)]
+    Vision(#[from] super::vision::VisionError),
     #[error("op {index} ({name}): {source}")]
     Op { index: usize, name: &'static str, source: Box<ProgramError> },
 }

@@ -28,6 +28,7 @@ use std::path::PathBuf;
 use clap::Args;
 use serde_json::{json, Value};
 
+use webvlm::backend::Device;
 use webvlm::gguf::MappedGguf;
 use webvlm::gpu::{Geometry, Gpu, GpuOptions};
 use webvlm::model::synthetic::{
@@ -174,8 +175,9 @@ pub fn run(args: &BenchArgs) -> CliResult {
     }
     let mut budget = Budget::new(quick);
     budget.reps = args.reps.unwrap_or(budget.reps);
-    let gpu = Gpu::new_blocking(GpuOptions { allow_f16: !args.no_f16, geometry: args.geometry, ..Default::default() })?;
-    let caps = &gpu.caps;
+    let gpu =
+        Device::Gpu(Gpu::new_blocking(GpuOptions { allow_f16: !args.no_f16, geometry: args.geometry, ..Default::default() })?);
+    let caps = gpu.caps();
     out.emit(json!({
         "kind": "adapter", "adapter": caps.adapter, "backend": caps.backend, "software": caps.software,
         "f16": caps.f16, "subgroups": caps.subgroups, "geometry": caps.geometry.name(), "max_storage_binding": caps.max_storage_binding,
@@ -263,7 +265,7 @@ pub fn run(args: &BenchArgs) -> CliResult {
 
 /// `--synthetic`: the synthetic model built in memory (a real size after a warm-up on the
 /// tiny model of its family). A Qwen3.5 size first prints its structural figures.
-fn bench_synthetic(gpu: &Gpu, out: &Out, args: &BenchArgs, roof: &roofline::Roofline, budget: Budget) -> CliResult {
+fn bench_synthetic(gpu: &Device, out: &Out, args: &BenchArgs, roof: &roofline::Roofline, budget: Budget) -> CliResult {
     let quick = args.quick;
     let shape = args.shape.unwrap_or(if quick { Shape::Tiny } else { Shape::Ministral3b });
     let (name, big, model) = (shape.label(), shape.is_big(), shape.model());
@@ -347,7 +349,7 @@ fn bench_synthetic(gpu: &Gpu, out: &Out, args: &BenchArgs, roof: &roofline::Roof
 /// cross-attention decoder's context).
 #[allow(clippy::too_many_arguments)]
 fn bench_shape(
-    gpu: &Gpu,
+    gpu: &Device,
     out: &Out,
     name: &str,
     model: ShapeModel,

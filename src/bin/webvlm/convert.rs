@@ -74,7 +74,7 @@ pub fn run(args: &ConvertArgs) -> CliResult {
             if n == 0 {
                 break;
             }
-            repo.push(engine.gpu(), i, &buf[..n])?;
+            repo.push(engine.device(), i, &buf[..n])?;
             emit(repo.take_gguf(), &mut out)?;
         }
     }

@@ -422,7 +422,7 @@ struct Sample {
 }
 
 fn sample(engine: &Engine, requests: usize) -> Sample {
-    let gpu = engine.gpu().memory_stats().unwrap_or_default();
+    let gpu = engine.device().memory_stats().unwrap_or_default();
     Sample {
         requests,
         live_buffers: gpu.live_buffers,
@@ -503,7 +503,7 @@ pub fn run_soak(args: &SoakArgs) -> CliResult {
     for item in &items {
         *kinds.entry(item.kind.name()).or_default() += 1;
         let outcome = pollster::block_on(execute(&mut engine, item, vocab));
-        if let Err(e) = engine.gpu().check_errors() {
+        if let Err(e) = engine.device().check_errors() {
             unexpected.push(json!({ "request": item.i, "kind": item.kind.name(), "error": format!("GPU: {e}") }));
         }
         match (&outcome, &item.expect) {
@@ -578,7 +578,7 @@ pub fn run_soak(args: &SoakArgs) -> CliResult {
     let pass = unexpected.is_empty() && flat && equal_end && equal_in_soak && start.gpu_bytes > 0;
     let summary = json!({
         "requests": items.len(), "seed": args.seed, "max_tokens": args.max_tokens, "ctx": args.ctx, "warmup": warmup,
-        "adapter": fresh_engine.gpu().caps.adapter, "load_seconds": load_seconds, "soak_seconds": soak_seconds,
+        "adapter": fresh_engine.device().caps().adapter, "load_seconds": load_seconds, "soak_seconds": soak_seconds,
         "kinds": kinds, "finish_reasons": finishes,
         "errors": { "expected": expected, "unexpected": unexpected.len(), "unexpected_list": unexpected },
         "prompt_cache": { "hits_of_64_tokens_or_more": hits, "cached_tokens": cached_tokens, "evicted": cache.evicted,

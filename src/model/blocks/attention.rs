@@ -9,11 +9,12 @@
 //! dispatch rotates q in place and k into the cache with v, attention reads q in place, and
 //! `wo` adds into the residual in its epilogue.
 
-use crate::gpu::{Gpu, Program, Result};
+use crate::backend::{Buffer, Device, Program};
+use crate::gpu::Result;
 use crate::kernels::attention::{attention_decode, attention_prefill, AttnShape, DecodeScratch, KvDtype};
 use crate::kernels::matmul::MatmulCompute;
 use crate::kernels::matvec::{Epilogue, Output};
-use crate::kernels::quant::GpuWeight;
+use crate::kernels::quant::Weight;
 use crate::kernels::rope::{rope_qkv_store, QScale, QkvRope, RopeFreqs, RopeLayout, RopeMode};
 use crate::source::{load_stacked, LoadError, LoadQuant, Stacked, WeightLoader};
 
@@ -23,7 +24,7 @@ use super::{linear_into, linear_stacked};
 pub struct AttentionWeights {
     /// wq `[n_head * head_dim][n_embd]`, wk and wv `[n_kv_head * head_dim][n_embd]`, stacked.
     pub qkv: Stacked,
-    pub wo: GpuWeight, // [n_embd][n_head * head_dim]
+    pub wo: Weight, // [n_embd][n_head * head_dim]
 }
 
 /// Head counts, RoPE and the query scaling of one family's attention.
@@ -47,16 +48,16 @@ impl AttentionShape {
 /// `residual` `[n][n_embd]` the projected output is added into, the rest scratch sized for
 /// the largest chunk.
 pub struct AttentionIo<'a> {
-    pub step: &'a wgpu::Buffer,
-    pub x: &'a wgpu::Buffer,
+    pub step: &'a Buffer,
+    pub x: &'a Buffer,
     /// `[n][qkv_width]`: q, k and v of each token side by side.
-    pub qkv: &'a wgpu::Buffer,
-    pub attn: &'a wgpu::Buffer,
-    pub residual: &'a wgpu::Buffer,
+    pub qkv: &'a Buffer,
+    pub attn: &'a Buffer,
+    pub residual: &'a Buffer,
     pub decode_scratch: &'a DecodeScratch,
     /// This layer's cache.
-    pub k_cache: &'a wgpu::Buffer,
-    pub v_cache: &'a wgpu::Buffer,
+    pub k_cache: &'a Buffer,
+    pub v_cache: &'a Buffer,
     pub kv: KvDtype,
 }
 
@@ -64,7 +65,7 @@ impl AttentionWeights {
     /// Loads `{prefix}_q`, `_k`, `_v` (stacked where their types allow) and `_output`
     /// (llama.cpp's `blk.N.attn`).
     pub fn load(
-        gpu: &Gpu,
+        dev: &Device,
         src: &mut dyn WeightLoader,
         prefix: &str,
         n_embd: u32,
@@ -74,12 +75,12 @@ impl AttentionWeights {
         let names = ["q", "k", "v"].map(|m| format!("{prefix}_{m}.weight"));
         let parts = [(names[0].as_str(), q), (names[1].as_str(), kv), (names[2].as_str(), kv)];
         Ok(AttentionWeights {
-            qkv: load_stacked(gpu, src, &format!("{prefix}_qkv"), &parts, n_embd, LoadQuant::Keep)?,
-            wo: src.matrix(gpu, &format!("{prefix}_output.weight"), n_embd, q, LoadQuant::Keep)?,
+            qkv: load_stacked(dev, src, &format!("{prefix}_qkv"), &parts, n_embd, LoadQuant::Keep)?,
+            wo: src.matrix(dev, &format!("{prefix}_output.weight"), n_embd, q, LoadQuant::Keep)?,
         })
     }
 
-    pub fn matrices(&self) -> Vec<&GpuWeight> {
+    pub fn matrices(&self) -> Vec<&Weight> {
         self.qkv.weights().iter().chain([&self.wo]).collect()
     }
 
@@ -87,7 +88,7 @@ impl AttentionWeights {
     pub fn record(
         &self,
         p: &mut Program,
-        gpu: &Gpu,
+        dev: &Device,
         s: &AttentionShape,
         rope: &RopeFreqs,
         io: &AttentionIo<'_>,
@@ -98,14 +99,14 @@ impl AttentionWeights {
         let k = RopeLayout { stride: width, offset: q_dim, ..RopeLayout::dense(s.n_kv_head, s.head_dim, n, RopeMode::Adjacent) };
         let qkv_rope = QkvRope { n_q_heads: s.n_head, k, v_offset: q_dim + kv_dim, q_scale: s.q_scale };
         let shape = AttnShape { kv: io.kv, q_stride: width, q_offset: 0, ..AttnShape::new(s.n_head, s.n_kv_head, s.head_dim, n) };
-        linear_stacked(p, gpu, &self.qkv, io.x, (io.qkv, width), n, mm)?;
-        rope_qkv_store(p, gpu, io.step, rope, io.qkv, &qkv_rope, (io.k_cache, io.v_cache), io.kv)?;
+        linear_stacked(p, dev, &self.qkv, io.x, (io.qkv, width), n, mm)?;
+        rope_qkv_store(p, dev, io.step, rope, io.qkv, &qkv_rope, (io.k_cache, io.v_cache), io.kv)?;
         if n == 1 {
-            attention_decode(p, gpu, &shape, io.step, io.qkv, io.k_cache, io.v_cache, io.decode_scratch, io.attn)?;
+            attention_decode(p, dev, &shape, io.step, io.qkv, io.k_cache, io.v_cache, io.decode_scratch, io.attn)?;
         } else {
-            attention_prefill(p, gpu, &shape, io.step, io.qkv, io.k_cache, io.v_cache, io.attn)?;
+            attention_prefill(p, dev, &shape, io.step, io.qkv, io.k_cache, io.v_cache, io.attn)?;
         }
         let out = Output { stride: self.wo.rows, offset: 0, epilogue: Epilogue::Add };
-        linear_into(p, gpu, &self.wo, io.attn, io.residual, out, n, mm)
+        linear_into(p, dev, &self.wo, io.attn, io.residual, out, n, mm)
     }
 }

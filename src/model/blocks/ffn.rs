@@ -6,11 +6,12 @@
 //! unstacked weights) write `[n][2 n_ff]` and gate it with `silu_mul_halves`. `down` adds
 //! into the residual in its epilogue.
 
-use crate::gpu::{Gpu, Program, Result};
+use crate::backend::{Buffer, Device, Program};
+use crate::gpu::Result;
 use crate::kernels::elementwise;
 use crate::kernels::matmul::MatmulCompute;
 use crate::kernels::matvec::{self, Epilogue, Output};
-use crate::kernels::quant::GpuWeight;
+use crate::kernels::quant::Weight;
 use crate::source::{load_stacked, LoadError, LoadQuant, Stacked, WeightLoader};
 
 use super::{linear_into, linear_stacked};
@@ -19,20 +20,20 @@ use super::{linear_into, linear_stacked};
 pub struct GatedFfn {
     /// gate and up, `[n_ff][n_embd]` each, stacked.
     pub gate_up: Stacked,
-    pub down: GpuWeight, // [n_embd][n_ff]
+    pub down: Weight, // [n_embd][n_ff]
 }
 
 /// Scratch of the largest chunk: `gate_up` `[rows][2 n_ff]`, `act` `[rows][n_ff]` f32.
 pub struct FfnScratch<'a> {
-    pub gate_up: &'a wgpu::Buffer,
-    pub act: &'a wgpu::Buffer,
+    pub gate_up: &'a Buffer,
+    pub act: &'a Buffer,
 }
 
 impl GatedFfn {
     /// Loads `{prefix}_gate`, `{prefix}_up` (stacked where their types allow) and
     /// `{prefix}_down` (llama.cpp's `blk.N.ffn`), requantized to `quant`.
     pub fn load(
-        gpu: &Gpu,
+        dev: &Device,
         src: &mut dyn WeightLoader,
         prefix: &str,
         d: u32,
@@ -41,8 +42,8 @@ impl GatedFfn {
     ) -> std::result::Result<GatedFfn, LoadError> {
         let (gate, up) = (format!("{prefix}_gate.weight"), format!("{prefix}_up.weight"));
         Ok(GatedFfn {
-            gate_up: load_stacked(gpu, src, &format!("{prefix}_gate_up"), &[(&gate, ff), (&up, ff)], d, quant)?,
-            down: src.matrix(gpu, &format!("{prefix}_down.weight"), d, ff, quant)?,
+            gate_up: load_stacked(dev, src, &format!("{prefix}_gate_up"), &[(&gate, ff), (&up, ff)], d, quant)?,
+            down: src.matrix(dev, &format!("{prefix}_down.weight"), d, ff, quant)?,
         })
     }
 
@@ -50,26 +51,26 @@ impl GatedFfn {
     pub fn record(
         &self,
         p: &mut Program,
-        gpu: &Gpu,
-        x: &wgpu::Buffer,
+        dev: &Device,
+        x: &Buffer,
         s: FfnScratch<'_>,
-        residual: &wgpu::Buffer,
+        residual: &Buffer,
         n: u32,
         mm: MatmulCompute,
     ) -> Result<()> {
         let ff = self.down.cols;
         match self.gate_up.one() {
-            Some(w) if n == 1 => matvec::record_into(p, gpu, w, x, s.act, Output::dense(w, Epilogue::SiluMul), 1)?,
+            Some(w) if n == 1 => matvec::record_into(p, dev, w, x, s.act, Output::dense(w, Epilogue::SiluMul), 1)?,
             _ => {
-                linear_stacked(p, gpu, &self.gate_up, x, (s.gate_up, 2 * ff), n, mm)?;
-                elementwise::silu_mul_halves(p, gpu, s.gate_up, s.act, n, ff)?;
+                linear_stacked(p, dev, &self.gate_up, x, (s.gate_up, 2 * ff), n, mm)?;
+                elementwise::silu_mul_halves(p, dev, s.gate_up, s.act, n, ff)?;
             }
         }
         let out = Output { stride: self.down.rows, offset: 0, epilogue: Epilogue::Add };
-        linear_into(p, gpu, &self.down, s.act, residual, out, n, mm)
+        linear_into(p, dev, &self.down, s.act, residual, out, n, mm)
     }
 
-    pub fn matrices(&self) -> Vec<&GpuWeight> {
+    pub fn matrices(&self) -> Vec<&Weight> {
         self.gate_up.weights().iter().chain([&self.down]).collect()
     }
 }

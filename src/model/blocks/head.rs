@@ -2,8 +2,9 @@
 //! head (tied to the embedding when the file has no `output.weight`), whose logits are kept
 //! for every row or only the last one, from which the GPU sampler picks the next token.
 
-use crate::gpu::{Gpu, Program, Result};
-use crate::kernels::quant::GpuWeight;
+use crate::backend::{Buffer, Device, Program};
+use crate::gpu::{GpuError, Result};
+use crate::kernels::quant::Weight;
 use crate::kernels::{embedding, matvec, norm};
 use crate::source::{LoadError, LoadQuant, WeightLoader};
 
@@ -12,30 +13,36 @@ use crate::model::step::{LogitsMode, StepBuffers};
 
 /// Token embedding, final norm and LM head.
 pub struct Head {
-    pub token_embd: GpuWeight,     // [vocab][n_embd]
-    pub output_norm: wgpu::Buffer, // [n_embd] f32
+    pub token_embd: Weight,  // [vocab][n_embd]
+    pub output_norm: Buffer, // [n_embd] f32
     /// The LM head `[vocab][n_embd]`; `None` when tied to `token_embd`.
-    pub output: Option<GpuWeight>,
+    pub output: Option<Weight>,
     pub rms_eps: f32,
 }
 
 impl Head {
     /// Loads `token_embd`, `output_norm` and `output` (if present).
-    pub fn load(gpu: &Gpu, src: &mut dyn WeightLoader, vocab: u32, d: u32, rms_eps: f32) -> std::result::Result<Head, LoadError> {
+    pub fn load(
+        dev: &Device,
+        src: &mut dyn WeightLoader,
+        vocab: u32,
+        d: u32,
+        rms_eps: f32,
+    ) -> std::result::Result<Head, LoadError> {
         let output = match src.tensor_info("output.weight") {
-            Some(_) => Some(src.matrix(gpu, "output.weight", vocab, d, LoadQuant::Keep)?),
+            Some(_) => Some(src.matrix(dev, "output.weight", vocab, d, LoadQuant::Keep)?),
             None => None,
         };
         Ok(Head {
-            token_embd: src.matrix(gpu, "token_embd.weight", vocab, d, LoadQuant::Keep)?,
-            output_norm: src.vector(gpu, "output_norm.weight", d)?,
+            token_embd: src.matrix(dev, "token_embd.weight", vocab, d, LoadQuant::Keep)?,
+            output_norm: src.vector(dev, "output_norm.weight", d)?,
             output,
             rms_eps,
         })
     }
 
     /// The LM head: `output.weight`, or the tied token embedding.
-    pub fn lm_head(&self) -> &GpuWeight {
+    pub fn lm_head(&self) -> &Weight {
         self.output.as_ref().unwrap_or(&self.token_embd)
     }
 
@@ -45,27 +52,28 @@ impl Head {
     }
 
     /// The embedding gather of `n` tokens (ids in `b.ids`) into `b.x`.
-    pub fn record_embed(&self, p: &mut Program, gpu: &Gpu, b: &StepBuffers, n: u32) -> Result<()> {
-        embedding::record(p, gpu, &self.token_embd, &b.ids, &b.x, n)
+    pub fn record_embed(&self, p: &mut Program, dev: &Device, b: &StepBuffers, n: u32) -> Result<()> {
+        embedding::record(p, dev, &self.token_embd, &b.ids, &b.x, n)
     }
 
     /// The final norm and the logits `mode` asks for, from the hidden states in `b.x`; with
     /// [`LogitsMode::LastAndSample`] the sampled id goes to `b.ids[0]`.
-    pub fn record_logits(&self, p: &mut Program, gpu: &Gpu, b: &StepBuffers, n: u32, mode: LogitsMode) -> Result<()> {
+    pub fn record_logits(&self, p: &mut Program, dev: &Device, b: &StepBuffers, n: u32, mode: LogitsMode) -> Result<()> {
         let d = self.token_embd.cols;
         let mm = b.precision.matmul();
         match mode {
             LogitsMode::None => Ok(()),
             LogitsMode::All => {
-                norm::rms_norm(p, gpu, &b.x, &self.output_norm, &b.h, n, d, self.rms_eps)?;
-                linear(p, gpu, self.lm_head(), &b.h, &b.logits, n, mm)
+                norm::rms_norm(p, dev, &b.x, &self.output_norm, &b.h, n, d, self.rms_eps)?;
+                linear(p, dev, self.lm_head(), &b.h, &b.logits, n, mm)
             }
             LogitsMode::LastAndSample => {
                 let row = 4 * d as u64;
-                p.copy(&b.x, (n - 1) as u64 * row, &b.x_last, 0, row);
-                norm::rms_norm(p, gpu, &b.x_last, &self.output_norm, &b.h, 1, d, self.rms_eps)?;
-                matvec::record(p, gpu, self.lm_head(), &b.h, &b.logits, 1)?;
-                b.sampler.record(p, gpu, &b.logits, 0, &b.ids, 0)
+                p.copy(&b.x, (n - 1) as u64 * row, &b.x_last, 0, row)?;
+                norm::rms_norm(p, dev, &b.x_last, &self.output_norm, &b.h, 1, d, self.rms_eps)?;
+                matvec::record(p, dev, self.lm_head(), &b.h, &b.logits, 1)?;
+                let sampler = b.sampler.as_ref().ok_or(GpuError::CpuUnsupported("sampling on the device"))?;
+                sampler.record(p, dev, &b.logits, 0, &b.ids, 0)
             }
         }
     }

@@ -7,24 +7,17 @@ pub mod attention;
 pub mod ffn;
 pub mod head;
 
-use crate::gpu::{Gpu, Program, Result};
+use crate::backend::{Buffer, Device, Program};
+use crate::gpu::Result;
 use crate::kernels::matmul::{self, MatmulCompute};
 use crate::kernels::matvec::{self, Epilogue, Output};
-use crate::kernels::quant::GpuWeight;
+use crate::kernels::quant::Weight;
 use crate::source::Stacked;
 
 /// `y = x W^T` for `n` rows: the matrix-vector kernel for one row, the tiled one (at `mm`
 /// precision) otherwise.
-pub fn linear(
-    p: &mut Program,
-    gpu: &Gpu,
-    w: &GpuWeight,
-    x: &wgpu::Buffer,
-    y: &wgpu::Buffer,
-    n: u32,
-    mm: MatmulCompute,
-) -> Result<()> {
-    linear_into(p, gpu, w, x, y, Output::dense(w, Epilogue::Store), n, mm)
+pub fn linear(p: &mut Program, dev: &Device, w: &Weight, x: &Buffer, y: &Buffer, n: u32, mm: MatmulCompute) -> Result<()> {
+    linear_into(p, dev, w, x, y, Output::dense(w, Epilogue::Store), n, mm)
 }
 
 /// [`linear`] into the columns `out` names, with its epilogue (the tiled kernel has no
@@ -32,18 +25,18 @@ pub fn linear(
 #[allow(clippy::too_many_arguments)]
 pub fn linear_into(
     p: &mut Program,
-    gpu: &Gpu,
-    w: &GpuWeight,
-    x: &wgpu::Buffer,
-    y: &wgpu::Buffer,
+    dev: &Device,
+    w: &Weight,
+    x: &Buffer,
+    y: &Buffer,
     out: Output,
     n: u32,
     mm: MatmulCompute,
 ) -> Result<()> {
     if n == 1 {
-        matvec::record_into(p, gpu, w, x, y, out, 1)
+        matvec::record_into(p, dev, w, x, y, out, 1)
     } else {
-        matmul::record_into(p, gpu, w, x, y, out, n, mm)
+        matmul::record_into(p, dev, w, x, y, out, n, mm)
     }
 }
 
@@ -51,16 +44,16 @@ pub fn linear_into(
 /// they were stacked (`stride` floats per row), whether the stack is one weight or several.
 pub fn linear_stacked(
     p: &mut Program,
-    gpu: &Gpu,
+    dev: &Device,
     stack: &Stacked,
-    x: &wgpu::Buffer,
-    (y, stride): (&wgpu::Buffer, u32),
+    x: &Buffer,
+    (y, stride): (&Buffer, u32),
     n: u32,
     mm: MatmulCompute,
 ) -> Result<()> {
     let mut offset = 0;
     for w in stack.weights() {
-        linear_into(p, gpu, w, x, y, Output { stride, offset, epilogue: Epilogue::Store }, n, mm)?;
+        linear_into(p, dev, w, x, y, Output { stride, offset, epilogue: Epilogue::Store }, n, mm)?;
         offset += w.rows;
     }
     Ok(())

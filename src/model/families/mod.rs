@@ -7,8 +7,9 @@ pub mod llama;
 pub mod mllama;
 pub mod qwen35;
 
-use crate::gpu::{Gpu, Program, Result as GpuResult};
-use crate::kernels::quant::GpuWeight;
+use crate::backend::{Buffer, Device, Program};
+use crate::gpu::Result as GpuResult;
+use crate::kernels::quant::Weight;
 use crate::source::WeightLoader;
 
 use super::blocks::head::Head;
@@ -88,9 +89,10 @@ pub enum Scratch {
 impl Scratch {
     /// Writes the step's per-token inputs other than ids and positions (Mllama's
     /// cross-attention mask rows) for positions `start..start + n`.
-    pub fn write_step(&self, gpu: &Gpu, start: u32, n: u32) {
-        if let Scratch::Mllama(s) = self {
-            s.write_step(gpu, start, n);
+    pub fn write_step(&self, dev: &Device, start: u32, n: u32) -> GpuResult<()> {
+        match self {
+            Scratch::Mllama(s) => s.write_step(dev, start, n),
+            _ => Ok(()),
         }
     }
 
@@ -117,15 +119,15 @@ impl Scratch {
 
 impl Family {
     /// Loads the family `arch` names.
-    pub fn load_from(gpu: &Gpu, src: &mut dyn WeightLoader, arch: &str, vocab: u32) -> Result<Family, ModelError> {
+    pub fn load_from(dev: &Device, src: &mut dyn WeightLoader, arch: &str, vocab: u32) -> Result<Family, ModelError> {
         if llama::ARCHITECTURES.contains(&arch) {
-            return Ok(Family::Llama(llama::Llama::load_from(gpu, src, vocab)?));
+            return Ok(Family::Llama(llama::Llama::load_from(dev, src, vocab)?));
         }
         if arch == mllama::ARCH {
-            return Ok(Family::Mllama(mllama::Mllama::load_from(gpu, src, vocab)?));
+            return Ok(Family::Mllama(mllama::Mllama::load_from(dev, src, vocab)?));
         }
         if qwen35::ARCHITECTURES.contains(&arch) {
-            return Ok(Family::Qwen35(qwen35::Qwen35::load_from(gpu, src, vocab)?));
+            return Ok(Family::Qwen35(qwen35::Qwen35::load_from(dev, src, vocab)?));
         }
         Err(ModelError::UnsupportedArch { arch: arch.to_string(), supported: SUPPORTED })
     }
@@ -149,7 +151,7 @@ impl Family {
     }
 
     /// The matrices of every block.
-    pub fn layer_matrices(&self) -> Vec<&GpuWeight> {
+    pub fn layer_matrices(&self) -> Vec<&Weight> {
         match self {
             Family::Llama(m) => m.weights.layer_matrices().collect(),
             Family::Mllama(m) => m.weights.layer_matrices().collect(),
@@ -180,11 +182,11 @@ impl Family {
         }
     }
 
-    pub fn scratch(&self, gpu: &Gpu, chunk: u32, max_ctx: u32) -> GpuResult<Scratch> {
+    pub fn scratch(&self, dev: &Device, chunk: u32, max_ctx: u32) -> GpuResult<Scratch> {
         match self {
-            Family::Llama(m) => Ok(Scratch::Llama(Box::new(m.scratch(gpu, chunk, max_ctx)?))),
-            Family::Mllama(m) => Ok(Scratch::Mllama(Box::new(m.scratch(gpu, chunk, max_ctx)?))),
-            Family::Qwen35(m) => Ok(Scratch::Qwen35(Box::new(m.scratch(gpu, chunk, max_ctx)?))),
+            Family::Llama(m) => Ok(Scratch::Llama(Box::new(m.scratch(dev, chunk, max_ctx)?))),
+            Family::Mllama(m) => Ok(Scratch::Mllama(Box::new(m.scratch(dev, chunk, max_ctx)?))),
+            Family::Qwen35(m) => Ok(Scratch::Qwen35(Box::new(m.scratch(dev, chunk, max_ctx)?))),
         }
     }
 
@@ -192,14 +194,14 @@ impl Family {
     /// `mllama::CrossStore::new`); other families have no cross-attention.
     pub fn set_cross(
         &self,
-        gpu: &Gpu,
+        dev: &Device,
         s: &mut Scratch,
-        states: &wgpu::Buffer,
+        states: &Buffer,
         n_tiles: u32,
         mask: &[u32],
     ) -> Result<(), ModelError> {
         match (self, s) {
-            (Family::Mllama(m), Scratch::Mllama(s)) => m.set_cross(gpu, s, states, n_tiles, mask),
+            (Family::Mllama(m), Scratch::Mllama(s)) => m.set_cross(dev, s, states, n_tiles, mask),
             _ => Err(ModelError::Invalid(format!("{} has no cross-attention layers", self.text_config().arch))),
         }
     }
@@ -213,7 +215,7 @@ impl Family {
     pub fn record(
         &self,
         p: &mut Program,
-        gpu: &Gpu,
+        dev: &Device,
         b: &StepBuffers,
         s: &Scratch,
         state: &SequenceState,
@@ -221,9 +223,9 @@ impl Family {
         mode: LogitsMode,
     ) -> GpuResult<()> {
         match (self, s) {
-            (Family::Llama(m), Scratch::Llama(s)) => m.record(p, gpu, b, s, state, n, mode),
-            (Family::Mllama(m), Scratch::Mllama(s)) => m.record(p, gpu, b, s, state, n, mode),
-            (Family::Qwen35(m), Scratch::Qwen35(s)) => m.record(p, gpu, b, s, state, n, mode),
+            (Family::Llama(m), Scratch::Llama(s)) => m.record(p, dev, b, s, state, n, mode),
+            (Family::Mllama(m), Scratch::Mllama(s)) => m.record(p, dev, b, s, state, n, mode),
+            (Family::Qwen35(m), Scratch::Qwen35(s)) => m.record(p, dev, b, s, state, n, mode),
             _ => unreachable!("a context's scratch comes from its own decoder's family"),
         }
     }

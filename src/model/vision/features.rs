@@ -1,7 +1,8 @@
 //! What a vision encoder gives the text model: one row of text-model embedding per image
 //! token, on the GPU.
 
-use crate::gpu::{Gpu, Result as GpuResult};
+use crate::backend::{Buffer, Device};
+use crate::gpu::Result as GpuResult;
 
 /// An image's identity: the SHA-256 of its preprocessing settings and its bytes. It keys the
 /// engine's image cache and, as [`ImageFeatures::content`], the prompt cache's image positions.
@@ -10,7 +11,7 @@ pub type ImageDigest = [u8; 32];
 /// The projector output of one image, on the GPU: `[n_tokens][dim]` f32, merged patches in
 /// row-major order over a `rows x cols` grid (the image's `[IMG]` tokens, in prompt order).
 pub struct ImageFeatures {
-    pub buffer: wgpu::Buffer,
+    pub buffer: Buffer,
     pub rows: u32,
     pub cols: u32,
     pub dim: u32,
@@ -31,7 +32,7 @@ impl ImageFeatures {
     }
 
     /// Reads the features back (tests, debugging).
-    pub async fn read(&self, gpu: &Gpu) -> GpuResult<Vec<f32>> {
-        gpu.read_f32(&self.buffer, 0, (self.n_tokens() * self.dim) as usize).await
+    pub async fn read(&self, dev: &Device) -> GpuResult<Vec<f32>> {
+        dev.read_f32(&self.buffer, 0, (self.n_tokens() * self.dim) as usize).await
     }
 }

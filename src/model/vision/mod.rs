@@ -21,8 +21,9 @@ pub use layout::PromptLayout;
 pub use mrope::{mrope_positions, MropePositions};
 pub use placement::PromptImages;
 
+use crate::backend::Device;
 use crate::gguf::Metadata;
-use crate::gpu::{Gpu, Result as GpuResult};
+use crate::gpu::Result as GpuResult;
 use crate::image::{ImageError, PixelImage, PreprocessOptions};
 use crate::kernels::matmul::MatmulCompute;
 use crate::source::{Eager, LoadQuant, TensorSource, WeightLoader};
@@ -41,25 +42,25 @@ pub enum VisionEncoder {
 
 impl VisionEncoder {
     /// Reads an mmproj file's config and uploads its weights, matrices requantized to `quant`.
-    pub fn load(gpu: &Gpu, src: &dyn TensorSource, quant: LoadQuant) -> Result<VisionEncoder, ModelError> {
-        Self::load_from(gpu, &mut Eager(src), quant)
+    pub fn load(dev: &Device, src: &dyn TensorSource, quant: LoadQuant) -> Result<VisionEncoder, ModelError> {
+        Self::load_from(dev, &mut Eager(src), quant)
     }
 
     /// [`VisionEncoder::load`] through any [`WeightLoader`] (the browser streams).
-    pub fn load_from(gpu: &Gpu, src: &mut dyn WeightLoader, quant: LoadQuant) -> Result<VisionEncoder, ModelError> {
+    pub fn load_from(dev: &Device, src: &mut dyn WeightLoader, quant: LoadQuant) -> Result<VisionEncoder, ModelError> {
         match projector_type(src.metadata())?.as_str() {
-            "pixtral" => Ok(VisionEncoder::Pixtral(pixtral::Pixtral::load_from(gpu, src, quant)?)),
-            p if qwen_vl::PROJECTORS.contains(&p) => Ok(VisionEncoder::QwenVl(qwen_vl::QwenVl::load_from(gpu, src, quant)?)),
+            "pixtral" => Ok(VisionEncoder::Pixtral(pixtral::Pixtral::load_from(dev, src, quant)?)),
+            p if qwen_vl::PROJECTORS.contains(&p) => Ok(VisionEncoder::QwenVl(qwen_vl::QwenVl::load_from(dev, src, quant)?)),
             other => Err(unsupported(other)),
         }
     }
 
     /// Encodes one image: records and submits the whole encoder in one command buffer and
     /// returns the features without waiting for them (the GPU queue orders later work).
-    pub fn encode(&self, gpu: &Gpu, image: &PixelImage) -> GpuResult<ImageFeatures> {
+    pub fn encode(&self, dev: &Device, image: &PixelImage) -> GpuResult<ImageFeatures> {
         match self {
-            VisionEncoder::Pixtral(m) => m.encode(gpu, image),
-            VisionEncoder::QwenVl(m) => m.encode(gpu, image),
+            VisionEncoder::Pixtral(m) => m.encode(dev, image),
+            VisionEncoder::QwenVl(m) => m.encode(dev, image),
         }
     }
 

@@ -25,11 +25,12 @@
 //! `Qwen3_5VisionBlock`; llama.cpp `tools/mtmd/clip.cpp` `build_vit`, which builds both from
 //! the norm type, the FFN type and the biases a file has.
 
-use crate::gpu::{Gpu, GpuError, Program, Result as GpuResult};
+use crate::backend::{Buffer, Device, Program};
+use crate::gpu::{GpuError, Result as GpuResult};
 use crate::image::PixelImage;
 use crate::kernels::attention::{attention_prefill, AttnShape, StepParams};
 use crate::kernels::matmul::{self, record_rows, MatmulCompute};
-use crate::kernels::quant::GpuWeight;
+use crate::kernels::quant::Weight;
 use crate::kernels::rope::RopeMode;
 use crate::kernels::vision::{rope_2d, PatchGrid, Rope2dFreqs, Rope2dLayout};
 use crate::kernels::vision_qwen as vq;
@@ -134,28 +135,28 @@ impl VitShape {
 /// The buffers of one image's blocks, and its pixels and features (the encoder keeps its own
 /// buffers beside them); freed when the pass's features are returned.
 pub struct VitScratch {
-    pub step: wgpu::Buffer,
-    pub pixels: wgpu::Buffer,
+    pub step: Buffer,
+    pub pixels: Buffer,
     /// The unfolded patches `[n][3 * patch * patch]`.
-    pub patches: wgpu::Buffer,
+    pub patches: Buffer,
     /// The residual stream and the normed activations, `[n][hidden]` each.
-    pub x: wgpu::Buffer,
-    pub h: wgpu::Buffer,
+    pub x: Buffer,
+    pub h: Buffer,
     /// q `[n][q_dim]`, or the fused q, k, v rows `[n][3 q_dim]`.
-    pub q: wgpu::Buffer,
-    pub k: wgpu::Buffer,
-    pub v: wgpu::Buffer,
-    pub attn: wgpu::Buffer,
+    pub q: Buffer,
+    pub k: Buffer,
+    pub v: Buffer,
+    pub attn: Buffer,
     /// FFN chunk: `[ffn_rows][n_ff]` each (the gate for a SiLU-gated FFN only).
     pub ffn_rows: u32,
-    pub gate: Option<wgpu::Buffer>,
-    pub up: wgpu::Buffer,
+    pub gate: Option<Buffer>,
+    pub up: Buffer,
     /// The features `[n_merged][text_hidden]`.
-    pub out: wgpu::Buffer,
+    pub out: Buffer,
 }
 
 impl VitScratch {
-    pub fn new(gpu: &Gpu, c: &VitShape, image: &PixelImage, grid: PatchGrid) -> GpuResult<VitScratch> {
+    pub fn new(dev: &Device, c: &VitShape, image: &PixelImage, grid: PatchGrid) -> GpuResult<VitScratch> {
         if image.data.len() != 3 * image.height as usize * image.width as usize {
             return Err(GpuError::Shape(format!(
                 "{} pixel values for a {}x{} RGB image",
@@ -165,11 +166,11 @@ impl VitScratch {
             )));
         }
         let (n, merged) = (grid.n_patches() as u64, grid.n_merged() as u64);
-        let ffn_rows = c.ffn_rows(grid.n_patches(), gpu.caps.max_storage_binding);
-        let buf = |label: &str, rows: u64, cols: u32| gpu.storage(&format!("{}.{label}", c.label), f32s(rows, cols));
+        let ffn_rows = c.ffn_rows(grid.n_patches(), dev.caps().max_storage_binding);
+        let buf = |label: &str, rows: u64, cols: u32| dev.storage(&format!("{}.{label}", c.label), f32s(rows, cols));
         let s = VitScratch {
-            step: StepParams::create_buffer(gpu),
-            pixels: gpu.storage_with(&format!("{}.pixels", c.label), bytemuck::cast_slice(&image.data))?,
+            step: StepParams::create_buffer(dev)?,
+            pixels: dev.storage_with(&format!("{}.pixels", c.label), bytemuck::cast_slice(&image.data))?,
             patches: buf("patches", n, c.patch_dim())?,
             x: buf("x", n, c.hidden)?,
             h: buf("h", n, c.hidden)?,
@@ -182,40 +183,31 @@ impl VitScratch {
             up: buf("up", ffn_rows as u64, c.n_ff)?,
             out: buf("features", merged, c.text_hidden)?,
         };
-        debug_assert_eq!(s.bytes(), c.scratch_buffers(grid, gpu.caps.max_storage_binding).iter().map(|b| b.1).sum::<u64>());
+        debug_assert_eq!(s.bytes(), c.scratch_buffers(grid, dev.caps().max_storage_binding).iter().map(|b| b.1).sum::<u64>());
         Ok(s)
     }
 
     /// Bytes of every buffer (the step uniform aside).
     fn bytes(&self) -> u64 {
         let all = [&self.pixels, &self.patches, &self.x, &self.h, &self.q, &self.k, &self.v, &self.attn, &self.up, &self.out];
-        all.into_iter().chain(&self.gate).map(wgpu::Buffer::size).sum()
+        all.into_iter().chain(&self.gate).map(Buffer::size).sum()
     }
 }
 
 /// A block's norm and its weights.
 #[derive(Clone, Copy)]
 pub enum Norm<'a> {
-    Rms(&'a wgpu::Buffer),
+    Rms(&'a Buffer),
     /// Weight and bias.
-    Layer(&'a wgpu::Buffer, &'a wgpu::Buffer),
+    Layer(&'a Buffer, &'a Buffer),
 }
 
 impl Norm<'_> {
     #[allow(clippy::too_many_arguments)]
-    fn record(
-        self,
-        p: &mut Program,
-        gpu: &Gpu,
-        x: &wgpu::Buffer,
-        y: &wgpu::Buffer,
-        rows: u32,
-        dim: u32,
-        eps: f32,
-    ) -> GpuResult<()> {
+    fn record(self, p: &mut Program, dev: &Device, x: &Buffer, y: &Buffer, rows: u32, dim: u32, eps: f32) -> GpuResult<()> {
         match self {
-            Norm::Rms(w) => norm::rms_norm(p, gpu, x, w, y, rows, dim, eps),
-            Norm::Layer(w, b) => vq::layer_norm(p, gpu, x, w, b, y, rows, dim, eps),
+            Norm::Rms(w) => norm::rms_norm(p, dev, x, w, y, rows, dim, eps),
+            Norm::Layer(w, b) => vq::layer_norm(p, dev, x, w, b, y, rows, dim, eps),
         }
     }
 }
@@ -223,15 +215,15 @@ impl Norm<'_> {
 /// A block's q, k, v projection weights ([`QkvKind`]).
 #[derive(Clone, Copy)]
 pub enum Qkv<'a> {
-    Split { q: &'a GpuWeight, k: &'a GpuWeight, v: &'a GpuWeight },
-    Fused { w: &'a GpuWeight, b: &'a wgpu::Buffer },
+    Split { q: &'a Weight, k: &'a Weight, v: &'a Weight },
+    Fused { w: &'a Weight, b: &'a Buffer },
 }
 
 /// A block's FFN weights ([`FfnKind`]).
 #[derive(Clone, Copy)]
 pub enum Ffn<'a> {
-    SiluGated { gate: &'a GpuWeight, up: &'a GpuWeight, down: &'a GpuWeight },
-    GeluTanh { up: &'a GpuWeight, up_b: &'a wgpu::Buffer, down: &'a GpuWeight, down_b: &'a wgpu::Buffer },
+    SiluGated { gate: &'a Weight, up: &'a Weight, down: &'a Weight },
+    GeluTanh { up: &'a Weight, up_b: &'a Buffer, down: &'a Weight, down_b: &'a Buffer },
 }
 
 /// One block's weights, borrowed from the encoder's.
@@ -240,8 +232,8 @@ pub struct VitLayer<'a> {
     pub norm1: Norm<'a>,
     pub qkv: Qkv<'a>,
     /// The attention output projection and its bias, if any.
-    pub o: &'a GpuWeight,
-    pub o_b: Option<&'a wgpu::Buffer>,
+    pub o: &'a Weight,
+    pub o_b: Option<&'a Buffer>,
     pub norm2: Norm<'a>,
     pub ffn: Ffn<'a>,
 }
@@ -261,9 +253,9 @@ impl VitPass<'_> {
     pub fn record<'w>(
         &self,
         p: &mut Program,
-        gpu: &Gpu,
+        dev: &Device,
         s: &VitScratch,
-        ffn_out: &wgpu::Buffer,
+        ffn_out: &Buffer,
         layers: impl IntoIterator<Item = VitLayer<'w>>,
     ) -> GpuResult<()> {
         let (c, grid, mm) = (self.shape, self.grid, self.compute);
@@ -271,63 +263,63 @@ impl VitPass<'_> {
         let dense = Rope2dLayout::dense(c.n_head, c.head_dim, c.rope);
         let attn = AttnShape { causal: false, ..AttnShape::new(c.n_head, c.n_head, c.head_dim, n) };
         for l in layers {
-            l.norm1.record(p, gpu, &s.x, &s.h, n, d, eps)?;
+            l.norm1.record(p, dev, &s.x, &s.h, n, d, eps)?;
             let attn = match l.qkv {
                 Qkv::Split { q, k, v } => {
-                    matmul::record_with(p, gpu, q, &s.h, &s.q, n, mm)?;
-                    matmul::record_with(p, gpu, k, &s.h, &s.k, n, mm)?;
-                    matmul::record_with(p, gpu, v, &s.h, &s.v, n, mm)?;
-                    rope_2d(p, gpu, self.rope, &s.q, &dense, grid)?;
-                    rope_2d(p, gpu, self.rope, &s.k, &dense, grid)?;
+                    matmul::record_with(p, dev, q, &s.h, &s.q, n, mm)?;
+                    matmul::record_with(p, dev, k, &s.h, &s.k, n, mm)?;
+                    matmul::record_with(p, dev, v, &s.h, &s.v, n, mm)?;
+                    rope_2d(p, dev, self.rope, &s.q, &dense, grid)?;
+                    rope_2d(p, dev, self.rope, &s.k, &dense, grid)?;
                     attn
                 }
                 Qkv::Fused { w, b } => {
                     let fused = |offset| Rope2dLayout { offset, stride: 3 * d, ..dense };
-                    matmul::record_with(p, gpu, w, &s.h, &s.q, n, mm)?;
-                    vq::add_bias(p, gpu, b, &s.q, n, 3 * d)?;
-                    rope_2d(p, gpu, self.rope, &s.q, &fused(0), grid)?;
-                    rope_2d(p, gpu, self.rope, &s.q, &fused(d), grid)?;
-                    vq::copy_cols(p, gpu, &s.q, &s.k, n, d, 3 * d, d)?;
-                    vq::copy_cols(p, gpu, &s.q, &s.v, n, d, 3 * d, 2 * d)?;
+                    matmul::record_with(p, dev, w, &s.h, &s.q, n, mm)?;
+                    vq::add_bias(p, dev, b, &s.q, n, 3 * d)?;
+                    rope_2d(p, dev, self.rope, &s.q, &fused(0), grid)?;
+                    rope_2d(p, dev, self.rope, &s.q, &fused(d), grid)?;
+                    vq::copy_cols(p, dev, &s.q, &s.k, n, d, 3 * d, d)?;
+                    vq::copy_cols(p, dev, &s.q, &s.v, n, d, 3 * d, 2 * d)?;
                     AttnShape { q_stride: 3 * d, q_offset: 0, ..attn }
                 }
             };
-            attention_prefill(p, gpu, &attn, &s.step, &s.q, &s.k, &s.v, &s.attn)?;
-            matmul::record_with(p, gpu, l.o, &s.attn, &s.h, n, mm)?;
+            attention_prefill(p, dev, &attn, &s.step, &s.q, &s.k, &s.v, &s.attn)?;
+            matmul::record_with(p, dev, l.o, &s.attn, &s.h, n, mm)?;
             if let Some(b) = l.o_b {
-                vq::add_bias(p, gpu, b, &s.h, n, d)?;
+                vq::add_bias(p, dev, b, &s.h, n, d)?;
             }
-            elementwise::add_inplace(p, gpu, &s.h, &s.x, n * d)?;
-            l.norm2.record(p, gpu, &s.x, &s.h, n, d, eps)?;
-            self.ffn(p, gpu, s, l.ffn, ffn_out)?;
-            elementwise::add_inplace(p, gpu, ffn_out, &s.x, n * d)?;
+            elementwise::add_inplace(p, dev, &s.h, &s.x, n * d)?;
+            l.norm2.record(p, dev, &s.x, &s.h, n, d, eps)?;
+            self.ffn(p, dev, s, l.ffn, ffn_out)?;
+            elementwise::add_inplace(p, dev, ffn_out, &s.x, n * d)?;
         }
         Ok(())
     }
 
     /// The FFN of `s.h` into `out`, `s.ffn_rows` rows at a time.
-    fn ffn(&self, p: &mut Program, gpu: &Gpu, s: &VitScratch, ffn: Ffn<'_>, out: &wgpu::Buffer) -> GpuResult<()> {
+    fn ffn(&self, p: &mut Program, dev: &Device, s: &VitScratch, ffn: Ffn<'_>, out: &Buffer) -> GpuResult<()> {
         let (ff, n, mm) = (self.shape.n_ff, self.grid.n_patches(), self.compute);
         for r0 in (0..n).step_by(s.ffn_rows as usize) {
             let m = s.ffn_rows.min(n - r0);
             match ffn {
                 Ffn::SiluGated { gate, up, down } => {
                     let g = s.gate.as_ref().ok_or_else(|| GpuError::Shape("a SiLU-gated FFN without a gate buffer".into()))?;
-                    record_rows(p, gpu, gate, (&s.h, r0), (g, 0), m, mm)?;
-                    record_rows(p, gpu, up, (&s.h, r0), (&s.up, 0), m, mm)?;
-                    elementwise::silu_mul_inplace(p, gpu, &s.up, g, m * ff)?;
-                    record_rows(p, gpu, down, (g, 0), (out, r0), m, mm)?;
+                    record_rows(p, dev, gate, (&s.h, r0), (g, 0), m, mm)?;
+                    record_rows(p, dev, up, (&s.h, r0), (&s.up, 0), m, mm)?;
+                    elementwise::silu_mul_inplace(p, dev, &s.up, g, m * ff)?;
+                    record_rows(p, dev, down, (g, 0), (out, r0), m, mm)?;
                 }
                 Ffn::GeluTanh { up, up_b, down, .. } => {
-                    record_rows(p, gpu, up, (&s.h, r0), (&s.up, 0), m, mm)?;
-                    vq::add_bias(p, gpu, up_b, &s.up, m, ff)?;
-                    vq::gelu_tanh(p, gpu, &s.up, m * ff)?;
-                    record_rows(p, gpu, down, (&s.up, 0), (out, r0), m, mm)?;
+                    record_rows(p, dev, up, (&s.h, r0), (&s.up, 0), m, mm)?;
+                    vq::add_bias(p, dev, up_b, &s.up, m, ff)?;
+                    vq::gelu_tanh(p, dev, &s.up, m * ff)?;
+                    record_rows(p, dev, down, (&s.up, 0), (out, r0), m, mm)?;
                 }
             }
         }
         match ffn {
-            Ffn::GeluTanh { down_b, .. } => vq::add_bias(p, gpu, down_b, out, n, self.shape.hidden),
+            Ffn::GeluTanh { down_b, .. } => vq::add_bias(p, dev, down_b, out, n, self.shape.hidden),
             Ffn::SiluGated { .. } => Ok(()),
         }
     }
@@ -340,31 +332,31 @@ pub(super) trait PatchEncoder {
     fn vit_shape(&self) -> VitShape;
     /// Checks an image's patch grid against the encoder's merge.
     fn check_grid(&self, grid: PatchGrid) -> GpuResult<()>;
-    fn own_scratch(&self, gpu: &Gpu, grid: PatchGrid) -> GpuResult<Self::Own>;
+    fn own_scratch(&self, dev: &Device, grid: PatchGrid) -> GpuResult<Self::Own>;
     /// Records the whole pass: patch embedding, blocks ([`VitPass::record`]), projector into `s.out`.
-    fn record(&self, gpu: &Gpu, s: &VitScratch, own: &Self::Own, image: &PixelImage, grid: PatchGrid) -> GpuResult<Program>;
+    fn record(&self, dev: &Device, s: &VitScratch, own: &Self::Own, image: &PixelImage, grid: PatchGrid) -> GpuResult<Program>;
 }
 
 /// Encodes one image: records and submits the whole encoder in one command buffer and
 /// returns the features without waiting for them (the GPU queue orders later work).
-pub(super) fn encode<E: PatchEncoder>(e: &E, gpu: &Gpu, image: &PixelImage) -> GpuResult<ImageFeatures> {
+pub(super) fn encode<E: PatchEncoder>(e: &E, dev: &Device, image: &PixelImage) -> GpuResult<ImageFeatures> {
     let shape = e.vit_shape();
     let grid = patch_grid(e, &shape, image)?;
-    let s = VitScratch::new(gpu, &shape, image, grid)?;
-    let own = e.own_scratch(gpu, grid)?;
-    let prog = e.record(gpu, &s, &own, image, grid)?;
-    StepParams::new(0, grid.n_patches(), 0).write(gpu, &s.step);
-    prog.run(gpu)?;
+    let s = VitScratch::new(dev, &shape, image, grid)?;
+    let own = e.own_scratch(dev, grid)?;
+    let prog = e.record(dev, &s, &own, image, grid)?;
+    StepParams::new(0, grid.n_patches(), 0).write(dev, &s.step)?;
+    prog.run(dev)?;
     Ok(ImageFeatures { buffer: s.out, rows: grid.rows / 2, cols: grid.cols / 2, dim: shape.text_hidden, content: None })
 }
 
 /// The recorded pass of one image with fresh scratch, not run (benchmarks read its launch
 /// geometry).
-pub(super) fn record_pass<E: PatchEncoder>(e: &E, gpu: &Gpu, image: &PixelImage) -> GpuResult<Program> {
+pub(super) fn record_pass<E: PatchEncoder>(e: &E, dev: &Device, image: &PixelImage) -> GpuResult<Program> {
     let shape = e.vit_shape();
     let grid = patch_grid(e, &shape, image)?;
-    let s = VitScratch::new(gpu, &shape, image, grid)?;
-    e.record(gpu, &s, &e.own_scratch(gpu, grid)?, image, grid)
+    let s = VitScratch::new(dev, &shape, image, grid)?;
+    e.record(dev, &s, &e.own_scratch(dev, grid)?, image, grid)
 }
 
 /// The patch grid of `image`, checked by the encoder.

@@ -22,9 +22,9 @@
 use std::collections::HashMap;
 
 use super::{HfConfig, HfError, HfTensor, HfTensors, HfTextFiles, Origin};
+use crate::backend::{Buffer, Device};
 use crate::gguf::{dequantize_to_vec, GgmlType, Metadata, TensorInfo};
-use crate::gpu::Gpu;
-use crate::kernels::quant::GpuWeight;
+use crate::kernels::quant::Weight;
 use crate::safetensors::{HeaderParser, SafetensorsHeader, ShardIndex, SINGLE_FILE};
 use crate::source::digest::Sha256Check;
 use crate::source::gguf_out::{Arrival, GgufOut};
@@ -193,7 +193,7 @@ impl HfStream {
     }
 
     /// Second pass: the next bytes of shard `shard`, from its byte 0 on (after [`Self::seal`]).
-    pub fn push(&mut self, gpu: &Gpu, shard: usize, chunk: &[u8]) -> Result<(), LoadError> {
+    pub fn push(&mut self, dev: &Device, shard: usize, chunk: &[u8]) -> Result<(), LoadError> {
         self.shard(shard)?;
         let s = &mut self.shards[shard];
         if !s.router.is_sealed() {
@@ -204,7 +204,7 @@ impl HfStream {
         }
         let at = s.pushed;
         s.pushed += chunk.len() as u64;
-        s.router.route(gpu, at, chunk, self.out.as_mut())
+        s.router.route(dev, at, chunk, self.out.as_mut())
     }
 
     /// Fails unless every shard delivered every tensor asked for and hashed to its published
@@ -255,7 +255,7 @@ impl WeightLoader for HfStream {
         self.tensors.as_ref()?.get(name).map(|t| &t.info)
     }
 
-    fn fill(&mut self, gpu: &Gpu, name: &str, target: &GpuWeight, row0: u32) -> Result<(), LoadError> {
+    fn fill(&mut self, dev: &Device, name: &str, target: &Weight, row0: u32) -> Result<(), LoadError> {
         let t = self.tensor(name)?;
         let file_ty = t.info.ty;
         match t.origin.clone() {
@@ -266,7 +266,7 @@ impl WeightLoader for HfStream {
                     let values = dequantize_to_vec(file_ty, &bytes, bytes.len() / file_ty.type_size() * file_ty.block_size())?;
                     requantize(target.ty, &values)?
                 };
-                target.write_rows(gpu, row0, &bytes)?;
+                target.write_rows(dev, row0, &bytes)?;
                 self.plan_out(name, target.ty, Arrival::Now, bytes)
             }
             Origin::Stored { hf_name, heads } => {
@@ -277,19 +277,19 @@ impl WeightLoader for HfStream {
         }
     }
 
-    fn vector(&mut self, gpu: &Gpu, name: &str, n: u32) -> Result<wgpu::Buffer, LoadError> {
+    fn vector(&mut self, dev: &Device, name: &str, n: u32) -> Result<Buffer, LoadError> {
         check_dims(name, self.tensor_info(name), &[n as u64])?;
         let t = self.tensor(name)?;
         let ty = t.info.ty;
         match t.origin.clone() {
             Origin::Synthesized(bytes) => {
                 let values = dequantize_to_vec(ty, &bytes, n as usize)?;
-                let buffer = gpu.storage_with(name, bytemuck::cast_slice(&values))?;
+                let buffer = dev.storage_with(name, bytemuck::cast_slice(&values))?;
                 self.plan_out(name, GgmlType::F32, Arrival::Now, bytemuck::cast_slice(&values).to_vec())?;
                 Ok(buffer)
             }
             Origin::Stored { hf_name, .. } => {
-                let buffer = gpu.storage(name, n as u64 * 4)?;
+                let buffer = dev.storage(name, n as u64 * 4)?;
                 self.add_target(name, &hf_name, GgmlType::F32, Sink::Vector { buffer: buffer.clone(), ty, n })?;
                 Ok(buffer)
             }

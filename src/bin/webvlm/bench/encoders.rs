@@ -3,7 +3,8 @@
 //! preprocessed size of a source image under each encoder's size rule, and per loaded
 //! encoder ([`Encoder`]) its shapes, FLOPs and activation bytes per image (the memory plan's).
 
-use webvlm::gpu::{Gpu, Program, Result as GpuResult};
+use webvlm::backend::{Device, Program};
+use webvlm::gpu::Result as GpuResult;
 use webvlm::image::qwen::{smart_resize, QwenPreprocess};
 use webvlm::image::{output_size, PixelImage, DEFAULT_MAX_EDGE};
 use webvlm::kernels::matmul::MatmulCompute;
@@ -101,10 +102,10 @@ pub struct EncoderShape {
 }
 
 impl Encoder {
-    pub fn load(gpu: &Gpu, spec: VisionSpec, src: &GgufBytes, quant: LoadQuant) -> Res<Encoder> {
+    pub fn load(dev: &Device, spec: VisionSpec, src: &GgufBytes, quant: LoadQuant) -> Res<Encoder> {
         Ok(match spec {
-            VisionSpec::Pixtral(_) => Encoder::Pixtral(Pixtral::load(gpu, src, quant)?),
-            VisionSpec::Qwen(_) => Encoder::Qwen(QwenVl::load(gpu, src, quant)?),
+            VisionSpec::Pixtral(_) => Encoder::Pixtral(Pixtral::load(dev, src, quant)?),
+            VisionSpec::Qwen(_) => Encoder::Qwen(QwenVl::load(dev, src, quant)?),
         })
     }
 
@@ -122,17 +123,17 @@ impl Encoder {
         }
     }
 
-    pub fn encode(&self, gpu: &Gpu, image: &PixelImage) -> GpuResult<ImageFeatures> {
+    pub fn encode(&self, dev: &Device, image: &PixelImage) -> GpuResult<ImageFeatures> {
         match self {
-            Encoder::Pixtral(e) => e.encode(gpu, image),
-            Encoder::Qwen(e) => e.encode(gpu, image),
+            Encoder::Pixtral(e) => e.encode(dev, image),
+            Encoder::Qwen(e) => e.encode(dev, image),
         }
     }
 
-    pub fn record_pass(&self, gpu: &Gpu, image: &PixelImage) -> GpuResult<Program> {
+    pub fn record_pass(&self, dev: &Device, image: &PixelImage) -> GpuResult<Program> {
         match self {
-            Encoder::Pixtral(e) => e.record_pass(gpu, image),
-            Encoder::Qwen(e) => e.record_pass(gpu, image),
+            Encoder::Pixtral(e) => e.record_pass(dev, image),
+            Encoder::Qwen(e) => e.record_pass(dev, image),
         }
     }
 
@@ -182,12 +183,12 @@ impl Encoder {
 
     /// Bytes one encode of a preprocessed `height x width` image allocates: the memory plan's
     /// vision scratch for it (every buffer of the pass, pixels and features included).
-    pub fn activation_bytes(&self, gpu: &Gpu, height: u32, width: u32) -> Res<u64> {
+    pub fn activation_bytes(&self, dev: &Device, height: u32, width: u32) -> Res<u64> {
         let cfg = match self {
             Encoder::Pixtral(e) => EncoderConfig::Pixtral(&e.cfg),
             Encoder::Qwen(e) => EncoderConfig::QwenVl(&e.cfg),
         };
-        Ok(vision_scratch_bytes(cfg, height, width, PlanLimits::from_caps(&gpu.caps))?)
+        Ok(vision_scratch_bytes(cfg, height, width, PlanLimits::from_caps(dev.caps()))?)
     }
 }
 

@@ -7,7 +7,8 @@
 use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
-use webvlm::gpu::{Gpu, Op, Pipeline, Program};
+use webvlm::backend::{Device, Program};
+use webvlm::gpu::{Op, Pipeline};
 use webvlm::model::{Context, Decoder};
 
 use super::Out;
@@ -48,7 +49,13 @@ pub(super) fn family_name(pipeline: &Pipeline, weight: Option<&str>) -> String {
 
 fn families(programs: &[&Program]) -> BTreeMap<String, Family> {
     let mut out: BTreeMap<String, Family> = BTreeMap::new();
-    for d in programs.iter().flat_map(|p| &p.ops).filter_map(|op| if let Op::Dispatch(d) = op { Some(d) } else { None }) {
+    for d in programs.iter().filter_map(|p| p.as_gpu()).flat_map(|p| &p.ops).filter_map(|op| {
+        if let Op::Dispatch(d) = op {
+            Some(d)
+        } else {
+            None
+        }
+    }) {
         let weight = d.launch.as_ref().and_then(|l| l.weight.as_ref());
         let f = out.entry(family_name(&d.pipeline, weight.map(|w| w.label.as_str()))).or_default();
         let wgs = d.n_workgroups();
@@ -65,10 +72,10 @@ fn families(programs: &[&Program]) -> BTreeMap<String, Family> {
 }
 
 /// Prints the decode step's launch geometry and emits it as a `launch` JSON line.
-pub fn report(gpu: &Gpu, out: &Out, label: &str, dec: &Decoder, ctx: &mut Context) -> Result<Value, webvlm::gpu::GpuError> {
+pub fn report(dev: &Device, out: &Out, label: &str, dec: &Decoder, ctx: &mut Context) -> Result<Value, webvlm::gpu::GpuError> {
     let n_layer = dec.cfg.n_layer as usize;
-    let per_layer = ctx.decode_block_dispatches(gpu, dec)? as f64 / n_layer as f64;
-    let programs = ctx.decode_programs(gpu, dec)?;
+    let per_layer = ctx.decode_block_dispatches(dev, dec)? as f64 / n_layer as f64;
+    let programs = ctx.decode_programs(dev, dec)?;
     let total: usize = programs.iter().map(|p| p.n_dispatches()).sum();
     let families = families(&programs);
     let (fetched, activation) = totals(&families);
@@ -76,14 +83,14 @@ pub fn report(gpu: &Gpu, out: &Out, label: &str, dec: &Decoder, ctx: &mut Contex
     out.note(&format!(
         "  launch geometry ({} shape): {total} dispatches per token, {per_layer:.1} per layer; weights fetched {:.1} MiB \
          per token of {:.1} MiB in the model ({:.2}x); activations re-read by workgroups {:.2} MiB per token",
-        gpu.caps.geometry.name(),
+        dev.caps().geometry.name(),
         mib(fetched),
         mib(model),
         fetched as f64 / model as f64,
         mib(activation)
     ));
     let v = json!({
-        "kind": "launch", "model": label, "geometry": gpu.caps.geometry.name(), "dispatches_per_token": total,
+        "kind": "launch", "model": label, "geometry": dev.caps().geometry.name(), "dispatches_per_token": total,
         "dispatches_per_layer": per_layer, "weight_bytes_fetched_per_token": fetched, "model_weight_bytes": model,
         "activation_bytes_per_token": activation, "families": rows(out, &families),
     });
@@ -94,16 +101,16 @@ pub fn report(gpu: &Gpu, out: &Out, label: &str, dec: &Decoder, ctx: &mut Contex
 /// Prints the launch geometry of one full prefill chunk and emits it as a `prefill_launch`
 /// JSON line (see [`pass_report`]).
 pub fn prefill_report(
-    gpu: &Gpu,
+    dev: &Device,
     out: &Out,
     label: &str,
     dec: &Decoder,
     ctx: &mut Context,
 ) -> Result<Value, webvlm::gpu::GpuError> {
     let chunk = ctx.max_chunk();
-    let what = format!("prefill launch geometry ({} shape, chunks of {chunk} tokens)", gpu.caps.geometry.name());
-    let v = json!({ "kind": "prefill_launch", "model": label, "geometry": gpu.caps.geometry.name(), "chunk_tokens": chunk });
-    Ok(pass_report(out, &what, &ctx.prefill_programs(gpu, dec)?, chunk, v))
+    let what = format!("prefill launch geometry ({} shape, chunks of {chunk} tokens)", dev.caps().geometry.name());
+    let v = json!({ "kind": "prefill_launch", "model": label, "geometry": dev.caps().geometry.name(), "chunk_tokens": chunk });
+    Ok(pass_report(out, &what, &ctx.prefill_programs(dev, dec)?, chunk, v))
 }
 
 /// Prints the launch geometry of a pass over `tokens` rows (a prefill chunk, an image's

@@ -16,8 +16,9 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
+use webvlm::backend::Device;
 use webvlm::gguf::SplitMix64;
-use webvlm::gpu::{Gpu, GpuError};
+use webvlm::gpu::GpuError;
 use webvlm::kernels::matmul::MatmulCompute;
 use webvlm::model::synthetic::{synthetic_mllama, MllamaParts, MllamaShape};
 use webvlm::model::vision::mllama::MllamaVision;
@@ -51,24 +52,24 @@ pub struct ImageStates {
 /// Encodes one 4-tile noise image with the encoder of `shape` at `layers` encoder layers:
 /// (seconds, states, weight bytes). `timed_runs` encodes after a warm-up one when > 0,
 /// else the first encode is the one timed.
-fn encode(gpu: &Gpu, shape: &MllamaShape, layers: u32, seed: u64, timed_runs: usize) -> Res<(f64, CrossImages, u64)> {
+fn encode(dev: &Device, shape: &MllamaShape, layers: u32, seed: u64, timed_runs: usize) -> Res<(f64, CrossImages, u64)> {
     let shape = MllamaShape { vision: shape.vision.with_layers(layers), ..*shape };
     let src = synthetic_mllama(&shape, seed, MllamaParts::Vision)?;
-    let mut enc = MllamaVision::load(gpu, &src, LoadQuant::Keep)?;
+    let mut enc = MllamaVision::load(dev, &src, LoadQuant::Keep)?;
     drop(src);
     // As the engine runs it: f16 matmuls where the adapter's default precision has them.
-    if Precision::for_adapter(&gpu.caps).compute_f16 {
+    if Precision::for_adapter(dev.caps()).compute_f16 {
         enc.compute = MatmulCompute::F16;
     }
-    wait(gpu)?;
+    wait(dev)?;
     let c = &enc.cfg;
     let tile_len = 3 * c.image_size as usize * c.image_size as usize;
     let mut rng = SplitMix64::new(seed + 1);
     let tiles: Vec<f32> = (0..c.max_tiles as usize * tile_len).map(|_| rng.uniform(-1.8, 2.1)).collect();
     let run = || -> Res<(f64, webvlm::model::vision::mllama::MllamaStates)> {
         let t = Instant::now();
-        let states = enc.encode_tiles(gpu, &tiles, c.max_tiles, TWO_BY_TWO)?;
-        wait(gpu)?;
+        let states = enc.encode_tiles(dev, &tiles, c.max_tiles, TWO_BY_TWO)?;
+        wait(dev)?;
         Ok((t.elapsed().as_secs_f64(), states))
     };
     let (mut seconds, mut states) = run()?;
@@ -90,7 +91,7 @@ fn encode(gpu: &Gpu, shape: &MllamaShape, layers: u32, seed: u64, timed_runs: us
 /// pipelines compiled on the tiny model first), `reps` timed encodes otherwise.
 #[allow(clippy::too_many_arguments)]
 pub fn image_states(
-    gpu: &Gpu,
+    dev: &Device,
     out: &Out,
     label: &str,
     shape: &MllamaShape,
@@ -103,7 +104,7 @@ pub fn image_states(
         true => {
             let t = Instant::now();
             let tiny = MllamaShape::tiny();
-            let (_, image, _) = encode(gpu, &tiny, tiny.vision.n_layer(), seed, 0)?;
+            let (_, image, _) = encode(dev, &tiny, tiny.vision.n_layer(), seed, 0)?;
             out.note(&format!("mllama vision: pipelines compiled on the tiny encoder in {:.1} s", t.elapsed().as_secs_f64()));
             Some(image)
         }
@@ -119,14 +120,14 @@ pub fn image_states(
     let mut runs = Vec::new();
     let mut last = None;
     for &n in &depths {
-        let (seconds, image, weight_bytes) = match encode(gpu, shape, n, seed, if big { 0 } else { reps.max(1) }) {
+        let (seconds, image, weight_bytes) = match encode(dev, shape, n, seed, if big { 0 } else { reps.max(1) }) {
             Ok(run) => run,
             // A buffer over the adapter's limits (the 11B's 6404 x 4096 f32 states need a
             // 104.9 MB binding): say so, and give the text runs states of noise.
             Err(e) if e.downcast_ref::<GpuError>().is_some_and(|g| matches!(g, GpuError::BufferTooLarge { .. })) => {
                 out.emit(json!({ "kind": "skipped", "vision": label, "reason": e.to_string() }));
                 out.note(&format!("  {label} vision: not run on this adapter: {e}; the text runs get noise states"));
-                let image = noise_states(gpu, shape, seed)?;
+                let image = noise_states(dev, shape, seed)?;
                 return Ok(ImageStates { image, tiny, vision_seconds: None, measured: Vec::new(), weight_bytes: 0 });
             }
             Err(e) => return Err(e),
@@ -160,11 +161,11 @@ pub fn image_states(
 }
 
 /// Cross-attention states of noise for one image of `shape` (when the encoder cannot run).
-fn noise_states(gpu: &Gpu, shape: &MllamaShape, seed: u64) -> Res<CrossImages> {
+fn noise_states(dev: &Device, shape: &MllamaShape, seed: u64) -> Res<CrossImages> {
     let (tiles, rows) = (shape.vision.max_tiles, shape.vision.max_tiles * shape.vision.tile_tokens());
     let mut rng = SplitMix64::new(seed + 2);
     let values: Vec<f32> = (0..rows as usize * shape.text.n_embd as usize).map(|_| rng.uniform(-1.0, 1.0)).collect();
-    let states = gpu.storage_with("mllama noise states", bytemuck::cast_slice(&values))?;
+    let states = dev.storage_with("mllama noise states", bytemuck::cast_slice(&values))?;
     Ok(CrossImages { states, n_tiles: tiles, mask: vec![1; tiles as usize] })
 }
 

@@ -9,9 +9,10 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
+use webvlm::backend::{Buffer, Device, Program};
 use webvlm::gguf::SplitMix64;
-use webvlm::gpu::{Dispatch, Gpu, Op, Program};
-use webvlm::kernels::quant::GpuWeight;
+use webvlm::gpu::{Dispatch, Op, Program as GpuProgram};
+use webvlm::kernels::quant::Weight;
 use webvlm::kernels::sample::SamplerState;
 use webvlm::model::{Context, ContextOptions, Decoder};
 use webvlm::source::TensorSource;
@@ -41,7 +42,7 @@ pub struct ModelPlan {
 /// (a sequence that holds an image at its first position, all its tiles visible).
 pub struct CrossImages {
     /// `[n_tiles * tile_keys][n_embd]` f32, the projected vision output.
-    pub states: wgpu::Buffer,
+    pub states: Buffer,
     pub n_tiles: u32,
     /// Dense `[tokens][n_tiles]` tile mask (its last row repeats for later positions).
     pub mask: Vec<u32>,
@@ -49,7 +50,7 @@ pub struct CrossImages {
 
 #[allow(clippy::too_many_arguments)]
 pub fn bench_model(
-    gpu: &Gpu,
+    dev: &Device,
     out: &Out,
     label: &str,
     src: &dyn TensorSource,
@@ -59,8 +60,8 @@ pub fn bench_model(
     budget: Budget,
 ) -> Res<Value> {
     let start = Instant::now();
-    let dec = Decoder::load(gpu, src)?;
-    super::timing::wait(gpu)?;
+    let dec = Decoder::load(dev, src)?;
+    super::timing::wait(dev)?;
     let load_seconds = start.elapsed().as_secs_f64();
     let c = dec.cfg.clone();
     out.note(&format!(
@@ -72,16 +73,16 @@ pub fn bench_model(
         dec.weight_bytes() as f64 / 1048576.0,
         load_seconds
     ));
-    let opts = ContextOptions::for_adapter(&gpu.caps);
+    let opts = ContextOptions::for_adapter(dev.caps());
     let needed = (plan.prompt_tokens + turn_tokens(plan) + plan.decode_tokens + 2) as u32;
     let opts = ContextOptions { max_ctx: opts.max_ctx.max(needed), ..opts };
-    let mut ctx = Context::new(gpu, &dec, opts)?;
+    let mut ctx = Context::new(dev, &dec, opts)?;
     // The image's keys and values, once: `Context::truncate(0)` below keeps them.
     let mut cross_fill_seconds = None;
     if let Some(img) = images {
         let t = Instant::now();
-        ctx.set_cross_attention(gpu, &dec, &img.states, img.n_tiles, &img.mask)?;
-        super::timing::wait(gpu)?;
+        ctx.set_cross_attention(dev, &dec, &img.states, img.n_tiles, &img.mask)?;
+        super::timing::wait(dev)?;
         cross_fill_seconds = Some(t.elapsed().as_secs_f64());
         out.note(&format!(
             "  cross-attention store of {} image tiles filled in {:.2} s: {:.1} MiB",
@@ -98,10 +99,10 @@ pub fn bench_model(
     let (mut first_prefill, mut first_decode) = (None, None);
     if plan.warmup {
         let t = Instant::now();
-        pollster::block_on(ctx.prefill(gpu, &dec, &prompt, &greedy))?;
+        pollster::block_on(ctx.prefill(dev, &dec, &prompt, &greedy))?;
         first_prefill = Some(t.elapsed().as_secs_f64());
         let t = Instant::now();
-        pollster::block_on(ctx.decode(gpu, &dec, &greedy))?;
+        pollster::block_on(ctx.decode(dev, &dec, &greedy))?;
         first_decode = Some(t.elapsed().as_secs_f64());
         out.note(&format!(
             "  warm-up: first prefill {:.2} s, first decode {:.2} s (pipeline compilation)",
@@ -116,7 +117,7 @@ pub fn bench_model(
         ctx.truncate(0);
         let before = ctx.counters();
         let t = Instant::now();
-        pollster::block_on(ctx.prefill(gpu, &dec, &prompt, &greedy))?;
+        pollster::block_on(ctx.prefill(dev, &dec, &prompt, &greedy))?;
         prefill.push(t.elapsed().as_secs_f64());
         let after = ctx.counters();
         prefill_counts = (after.submits - before.submits, after.read_back_bytes - before.read_back_bytes);
@@ -137,25 +138,25 @@ pub fn bench_model(
     // Pipelined as generation runs it: the step for token n+1 is submitted before token n is
     // read. Counted from after the first submit, each token costs one submit and one read;
     // a step is the time between two tokens read. The step left over is dropped.
-    ctx.submit_decode(gpu, &dec, &greedy)?;
+    ctx.submit_decode(dev, &dec, &greedy)?;
     let before = ctx.counters();
     let mut steps = Vec::new();
     let t_all = Instant::now();
     let mut t = t_all;
     for _ in 0..plan.decode_tokens {
-        ctx.submit_decode(gpu, &dec, &greedy)?;
-        pollster::block_on(ctx.read_next_token(gpu))?;
+        ctx.submit_decode(dev, &dec, &greedy)?;
+        pollster::block_on(ctx.read_next_token(dev))?;
         steps.push(t.elapsed().as_secs_f64());
         t = Instant::now();
     }
     let decode_total = t_all.elapsed().as_secs_f64();
     let after = ctx.counters();
-    ctx.drop_last_step(gpu);
+    ctx.drop_last_step(dev)?;
     let n = plan.decode_tokens.max(1) as f64;
     let submits_per_token = (after.submits - before.submits) as f64 / n;
     let read_back_per_token = (after.read_back_bytes - before.read_back_bytes) as f64 / n;
     let host_waits_per_token = (after.host_waits - before.host_waits) as f64 / n;
-    let dispatches = ctx.decode_dispatches(gpu, &dec)?;
+    let dispatches = ctx.decode_dispatches(dev, &dec)?;
     let step_s = median(&mut steps);
     let decode_bytes = decode_weight_bytes(&dec);
     let decode_gbps = decode_bytes as f64 / step_s / 1e9;
@@ -173,9 +174,9 @@ pub fn bench_model(
         decode_gbps,
         100.0 * decode_gbps / roof.copy_gbps
     ));
-    let launch = super::launch::report(gpu, out, label, &dec, &mut ctx)?;
-    super::launch::prefill_report(gpu, out, label, &dec, &mut ctx)?;
-    let (cold, cached, restored) = prompt_cache_ttft(gpu, &dec, &mut ctx, &prompt, turn_tokens(plan), &mut rng)?;
+    let launch = super::launch::report(dev, out, label, &dec, &mut ctx)?;
+    super::launch::prefill_report(dev, out, label, &dec, &mut ctx)?;
+    let (cold, cached, restored) = prompt_cache_ttft(dev, &dec, &mut ctx, &prompt, turn_tokens(plan), &mut rng)?;
     out.note(&format!(
         "  prompt cache: a second turn of {} + {} tokens: first token after {:.3} s prefilled whole, {:.3} s with the first {} cached, {:.3} s with them copied back from a saved prefix",
         plan.prompt_tokens,
@@ -210,7 +211,7 @@ pub fn bench_model(
         v["cross_store_bytes"] = json!(ctx.cross_attention_bytes());
     }
     if plan.breakdown {
-        let families = breakdown(gpu, out, label, &dec, &mut ctx, step_s, budget)?;
+        let families = breakdown(dev, out, label, &dec, &mut ctx, step_s, budget)?;
         v["breakdown"] = Value::Array(families);
     }
     out.emit(v.clone());
@@ -227,7 +228,7 @@ fn turn_tokens(plan: ModelPlan) -> usize {
 /// a saved prefix after another sequence used the cache (what the engine's prompt cache does).
 /// Sequences start over with `truncate(0)`, which keeps a cross-attention decoder's images.
 fn prompt_cache_ttft(
-    gpu: &Gpu,
+    dev: &Device,
     dec: &Decoder,
     ctx: &mut Context,
     prompt: &[u32],
@@ -239,31 +240,31 @@ fn prompt_cache_ttft(
         prompt.iter().copied().chain((0..extra).map(|_| (rng.next_u64() % dec.cfg.vocab as u64) as u32)).collect();
     ctx.truncate(0);
     let t = Instant::now();
-    pollster::block_on(ctx.prefill(gpu, dec, &turn, &greedy))?;
+    pollster::block_on(ctx.prefill(dev, dec, &turn, &greedy))?;
     let cold = t.elapsed().as_secs_f64();
     ctx.truncate(0);
-    pollster::block_on(ctx.prefill(gpu, dec, prompt, &greedy))?;
+    pollster::block_on(ctx.prefill(dev, dec, prompt, &greedy))?;
     let t = Instant::now();
-    pollster::block_on(ctx.prefill(gpu, dec, &turn, &greedy))?;
+    pollster::block_on(ctx.prefill(dev, dec, &turn, &greedy))?;
     let cached = t.elapsed().as_secs_f64();
     // Another chat overwrote the cache after the first turn was saved; it is copied back.
-    let saved = ctx.save_state(gpu, prompt.len() as u32)?;
+    let saved = ctx.save_state(dev, prompt.len() as u32)?;
     ctx.truncate(0);
     let t = Instant::now();
-    ctx.restore_state(gpu, &saved, prompt.len() as u32);
-    pollster::block_on(ctx.prefill(gpu, dec, &turn, &greedy))?;
+    ctx.restore_state(dev, &saved, prompt.len() as u32)?;
+    pollster::block_on(ctx.prefill(dev, dec, &turn, &greedy))?;
     Ok((cold, cached, t.elapsed().as_secs_f64()))
 }
 
 /// Weight bytes one decode step reads: every layer matrix and the LM head (the embedding
 /// lookup reads one row).
 fn decode_weight_bytes(dec: &Decoder) -> u64 {
-    dec.layer_matrices().into_iter().map(GpuWeight::bytes_on_gpu).sum::<u64>() + dec.lm_head().bytes_on_gpu()
+    dec.layer_matrices().into_iter().map(Weight::bytes_on_gpu).sum::<u64>() + dec.lm_head().bytes_on_gpu()
 }
 
 /// Times each family of the decode step's dispatches alone, and the whole program.
 fn breakdown(
-    gpu: &Gpu,
+    dev: &Device,
     out: &Out,
     label: &str,
     dec: &Decoder,
@@ -274,9 +275,10 @@ fn breakdown(
     // The embedding gather is a program of its own (images are written between it and the
     // blocks); both are one decode step. Families are named as in the launch report, those
     // reading a weight (the matvecs) with their weight bytes.
-    let ops: Vec<Op> = ctx.decode_programs(gpu, dec)?.iter().flat_map(|p| p.ops.iter().map(clone_op)).collect();
-    let mut families: Vec<(String, Program, u64)> = Vec::new();
-    let mut whole = Program::new();
+    let programs = ctx.decode_programs(dev, dec)?;
+    let ops: Vec<Op> = programs.iter().filter_map(|p| p.as_gpu()).flat_map(|p| p.ops.iter().map(clone_op)).collect();
+    let mut families: Vec<(String, GpuProgram, u64)> = Vec::new();
+    let mut whole = GpuProgram::new();
     for op in &ops {
         whole.ops.push(clone_op(op));
         let Op::Dispatch(d) = op else { continue };
@@ -286,14 +288,15 @@ fn breakdown(
         let at = match families.iter().position(|(n, ..)| *n == name) {
             Some(at) => at,
             None => {
-                families.push((name, Program::new(), 0));
+                families.push((name, GpuProgram::new(), 0));
                 families.len() - 1
             }
         };
         families[at].1.ops.push(clone_op(op));
         families[at].2 += weight.map_or(0, |w| w.bytes);
     }
-    let t_whole = time_program(gpu, &whole, budget)?;
+    let whole = Program::Gpu(whole);
+    let t_whole = time_program(dev, &whole, budget)?;
     out.note(&format!(
         "  decode step breakdown ({label}): whole program alone {:.1} ms ({} dispatches) vs {:.1} ms per pipelined decode step",
         t_whole.median * 1e3,
@@ -301,9 +304,9 @@ fn breakdown(
         step_s * 1e3
     ));
     let mut timed = Vec::new();
-    for (name, prog, bytes) in &families {
-        let t = time_program(gpu, prog, budget)?;
-        timed.push((name.clone(), prog.n_dispatches(), t.median, *bytes));
+    for (name, prog, bytes) in families.into_iter().map(|(name, p, bytes)| (name, Program::Gpu(p), bytes)) {
+        let t = time_program(dev, &prog, budget)?;
+        timed.push((name, prog.n_dispatches(), t.median, bytes));
     }
     let sum: f64 = timed.iter().map(|t| t.2).sum();
     let mut rows = Vec::new();
@@ -340,6 +343,7 @@ fn clone_op(op: &Op) -> Op {
             workgroups: d.workgroups,
             launch: d.launch.clone(),
         }),
+        Op::Clear(buffer) => Op::Clear(buffer.clone()),
         Op::Copy { src, src_offset, dst, dst_offset, size } => {
             Op::Copy { src: src.clone(), src_offset: *src_offset, dst: dst.clone(), dst_offset: *dst_offset, size: *size }
         }

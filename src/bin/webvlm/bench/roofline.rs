@@ -4,9 +4,9 @@
 
 use serde_json::{json, Value};
 
+use webvlm::backend::{Device, Program};
 use webvlm::gguf::{random_blocks, GgmlType, SplitMix64};
-use webvlm::gpu::{Gpu, Program};
-use webvlm::kernels::{bench as k, matvec, quant::GpuWeight};
+use webvlm::kernels::{bench as k, matvec, quant::Weight};
 
 use super::timing::{time_program, Budget, Timing};
 use super::Out;
@@ -41,20 +41,20 @@ const CACHED_DISPATCHES: usize = 16;
 /// separates the cost of dequantization from the kernel's structure; not at the LM head shape).
 const TYPES: [GgmlType; 6] = [GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::F32];
 
-pub fn roofline(gpu: &Gpu, out: &Out, quick: bool, budget: Budget) -> Res<Roofline> {
-    let limit = gpu.caps.max_storage_binding.min(gpu.caps.max_buffer).min(256 << 20);
+pub fn roofline(dev: &Device, out: &Out, quick: bool, budget: Budget) -> Res<Roofline> {
+    let limit = dev.caps().max_storage_binding.min(dev.caps().max_buffer).min(256 << 20);
     let bytes = if quick { 16 << 20 } else { limit } / 16 * 16;
     let n_vec4 = bytes / 16;
-    let src = gpu.storage("bench src", bytes)?;
-    let dst = gpu.storage("bench dst", bytes)?;
+    let src = dev.storage("bench src", bytes)?;
+    let dst = dev.storage("bench dst", bytes)?;
     let mut fill = vec![0u8; bytes as usize];
     SplitMix64::new(7).fill_bytes(&mut fill);
-    gpu.write(&src, 0, &fill);
+    dev.write(&src, 0, &fill)?;
     drop(fill);
 
     let mut prog = Program::new();
-    k::record_copy(&mut prog, gpu, &src, &dst, n_vec4)?;
-    let t = time_program(gpu, &prog, budget)?;
+    k::record_copy(&mut prog, dev, &src, &dst, n_vec4)?;
+    let t = time_program(dev, &prog, budget)?;
     let copy_gbps = 2.0 * bytes as f64 / t.median / 1e9;
     out.emit(json!({
         "kind": "copy", "bytes_read": bytes, "bytes_written": bytes, "seconds": t.median,
@@ -63,8 +63,8 @@ pub fn roofline(gpu: &Gpu, out: &Out, quick: bool, budget: Budget) -> Res<Roofli
     out.note(&format!("copy kernel       {:8.2} GB/s (read+write of {} MiB)", copy_gbps, bytes >> 20));
 
     let mut prog = Program::new();
-    k::record_read(&mut prog, gpu, &src, &dst, n_vec4)?;
-    let t = time_program(gpu, &prog, budget)?;
+    k::record_read(&mut prog, dev, &src, &dst, n_vec4)?;
+    let t = time_program(dev, &prog, budget)?;
     let read_gbps = bytes as f64 / t.median / 1e9;
     out.emit(json!({
         "kind": "read", "bytes_read": bytes, "seconds": t.median, "gbps": read_gbps,
@@ -75,8 +75,8 @@ pub fn roofline(gpu: &Gpu, out: &Out, quick: bool, budget: Budget) -> Res<Roofli
     let invocations = if quick { 1 << 14 } else { 1 << 18 };
     let iters = if quick { 256 } else { 2048 };
     let mut prog = Program::new();
-    let flops = k::record_fma(&mut prog, gpu, &src, &dst, invocations, iters)?;
-    let t = time_program(gpu, &prog, budget)?;
+    let flops = k::record_fma(&mut prog, dev, &src, &dst, invocations, iters)?;
+    let t = time_program(dev, &prog, budget)?;
     let fma_gflops = flops as f64 / t.median / 1e9;
     out.emit(json!({
         "kind": "fma", "invocations": invocations, "iterations": iters, "chains": k::FMA_CHAINS,
@@ -88,9 +88,9 @@ pub fn roofline(gpu: &Gpu, out: &Out, quick: bool, budget: Budget) -> Res<Roofli
     let n_disp = 256;
     let mut prog = Program::new();
     for _ in 0..n_disp {
-        k::record_copy(&mut prog, gpu, &src, &dst, 256)?;
+        k::record_copy(&mut prog, dev, &src, &dst, 256)?;
     }
-    let t = time_program(gpu, &prog, budget)?;
+    let t = time_program(dev, &prog, budget)?;
     let dispatch_us = t.median / n_disp as f64 * 1e6;
     out.emit(json!({
         "kind": "dispatch_overhead", "dispatches": n_disp, "bytes_per_dispatch": 256 * 32,
@@ -103,7 +103,7 @@ pub fn roofline(gpu: &Gpu, out: &Out, quick: bool, budget: Budget) -> Res<Roofli
 /// Seconds of one `y = W x` (one token) for a random `[rows][cols]` weight of type `ty`,
 /// `dispatches` back-to-back in one submit; the weight's bytes on the GPU and the dispatches.
 fn time_matvec(
-    gpu: &Gpu,
+    dev: &Device,
     ty: GgmlType,
     name: &str,
     rows: u32,
@@ -112,16 +112,16 @@ fn time_matvec(
     budget: Budget,
 ) -> Res<(f64, u64, usize, Timing)> {
     let n_blocks = rows as usize * cols as usize / ty.block_size();
-    let w = GpuWeight::upload(gpu, name, ty, rows, cols, &random_blocks(ty, n_blocks, rows as u64 ^ cols as u64))?;
+    let w = Weight::upload(dev, name, ty, rows, cols, &random_blocks(ty, n_blocks, rows as u64 ^ cols as u64))?;
     let mut rng = SplitMix64::new(3);
     let x: Vec<f32> = (0..cols).map(|_| rng.uniform(-1.0, 1.0)).collect();
-    let xb = gpu.storage_with("bench x", bytemuck::cast_slice(&x))?;
-    let yb = gpu.storage("bench y", rows as u64 * 4)?;
+    let xb = dev.storage_with("bench x", bytemuck::cast_slice(&x))?;
+    let yb = dev.storage("bench y", rows as u64 * 4)?;
     let mut prog = Program::new();
     for _ in 0..dispatches {
-        matvec::record(&mut prog, gpu, &w, &xb, &yb, 1)?;
+        matvec::record(&mut prog, dev, &w, &xb, &yb, 1)?;
     }
-    let t = time_program(gpu, &prog, budget)?;
+    let t = time_program(dev, &prog, budget)?;
     Ok((t.median / dispatches as f64, w.bytes_on_gpu(), prog.n_dispatches() / dispatches, t))
 }
 
@@ -129,12 +129,12 @@ fn time_matvec(
 /// weight that stays in the CPU's caches (`cached_*` fields on each of the type's lines): if
 /// the in-cache GB/s is about the full-size GB/s, the kernel is bound by its instructions
 /// (dequantization, loads), not by memory bandwidth.
-pub fn matvecs(gpu: &Gpu, out: &Out, roof: &Roofline, quick: bool, budget: Budget) -> Res<Vec<Value>> {
+pub fn matvecs(dev: &Device, out: &Out, roof: &Roofline, quick: bool, budget: Budget) -> Res<Vec<Value>> {
     let shapes = if quick { QUICK_SHAPES } else { MINISTRAL_SHAPES };
     let (c_rows, c_cols) = if quick { QUICK_CACHED_SHAPE } else { CACHED_SHAPE };
     let mut rows_out = Vec::new();
     for ty in TYPES {
-        let (c_secs, c_weight, _, _) = time_matvec(gpu, ty, "in-cache", c_rows, c_cols, CACHED_DISPATCHES, budget)?;
+        let (c_secs, c_weight, _, _) = time_matvec(dev, ty, "in-cache", c_rows, c_cols, CACHED_DISPATCHES, budget)?;
         let c_bytes = c_weight + 4 * c_cols as u64 + 4 * c_rows as u64;
         let c_gbps = c_bytes as f64 / c_secs / 1e9;
         let c_gflops = 2.0 * c_rows as f64 * c_cols as f64 / c_secs / 1e9;
@@ -152,7 +152,7 @@ pub fn matvecs(gpu: &Gpu, out: &Out, roof: &Roofline, quick: bool, budget: Budge
             if ty == GgmlType::F32 && name.starts_with("lm_head") {
                 continue;
             }
-            let (secs, weight_bytes, dispatches, t) = time_matvec(gpu, ty, name, rows, cols, 1, budget)?;
+            let (secs, weight_bytes, dispatches, t) = time_matvec(dev, ty, name, rows, cols, 1, budget)?;
             let bytes = weight_bytes + 4 * cols as u64 + 4 * rows as u64;
             let gbps = bytes as f64 / secs / 1e9;
             let gflops = 2.0 * rows as f64 * cols as f64 / secs / 1e9;

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use webvlm::gpu::{Gpu, Program};
+use webvlm::backend::{Device, Program};
 
 /// How long to measure.
 #[derive(Clone, Copy, Debug)]
@@ -37,27 +37,36 @@ pub struct Timing {
     pub reps: usize,
 }
 
-/// Blocks until every submitted command buffer has finished.
-pub fn wait(gpu: &Gpu) -> Result<(), Box<dyn std::error::Error>> {
-    gpu.device.poll(wgpu::PollType::wait_indefinitely())?;
-    gpu.check_errors()?;
+/// Blocks until every submitted command buffer has finished (the CPU runs each program to
+/// its end).
+pub fn wait(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
+    if let Device::Gpu(gpu) = dev {
+        gpu.device.poll(wgpu::PollType::wait_indefinitely())?;
+    }
+    dev.check_errors()?;
     Ok(())
 }
 
-/// Submits `prog` `iters` times (one command buffer each) and waits; returns the seconds.
-pub fn run_n(gpu: &Gpu, prog: &Program, iters: usize) -> Result<f64, Box<dyn std::error::Error>> {
+/// Runs `prog` `iters` times (on the GPU one command buffer each, submitted) and waits;
+/// returns the seconds.
+pub fn run_n(dev: &Device, prog: &Program, iters: usize) -> Result<f64, Box<dyn std::error::Error>> {
     let start = Instant::now();
     for _ in 0..iters {
-        let mut encoder = gpu.device.create_command_encoder(&Default::default());
-        prog.encode(&mut encoder);
-        gpu.queue.submit([encoder.finish()]);
+        match (dev, prog.as_gpu()) {
+            (Device::Gpu(gpu), Some(p)) => {
+                let mut encoder = gpu.device.create_command_encoder(&Default::default());
+                p.encode(&mut encoder);
+                gpu.queue.submit([encoder.finish()]);
+            }
+            _ => prog.run(dev)?,
+        }
     }
-    wait(gpu)?;
+    wait(dev)?;
     Ok(start.elapsed().as_secs_f64())
 }
 
 /// Times `prog`: one warm-up run, then `budget.reps` repetitions of N submits and a wait.
-pub fn time_program(gpu: &Gpu, prog: &Program, budget: Budget) -> Result<Timing, Box<dyn std::error::Error>> {
+pub fn time_program(gpu: &Device, prog: &Program, budget: Budget) -> Result<Timing, Box<dyn std::error::Error>> {
     let first = run_n(gpu, prog, 1)?;
     let iters = ((budget.rep_seconds / first.max(1e-6)).round() as usize).clamp(1, budget.max_iters);
     // A second warm-up when a run is short, so that clocks and caches settle.

@@ -12,8 +12,8 @@ use std::time::Instant;
 
 use serde_json::json;
 
+use webvlm::backend::Device;
 use webvlm::gguf::SplitMix64;
-use webvlm::gpu::Gpu;
 use webvlm::image::PixelImage;
 use webvlm::kernels::matmul::MatmulCompute;
 use webvlm::model::Precision;
@@ -53,31 +53,31 @@ fn noise_image(width: u32, height: u32, seed: u64) -> PixelImage {
 }
 
 /// Encodes `image` and waits for the GPU; returns the seconds and the image tokens.
-fn encode_once(gpu: &Gpu, enc: &Encoder, image: &PixelImage) -> Res<(f64, u32)> {
+fn encode_once(dev: &Device, enc: &Encoder, image: &PixelImage) -> Res<(f64, u32)> {
     let t = Instant::now();
-    let feats = enc.encode(gpu, image)?;
-    wait(gpu)?;
+    let feats = enc.encode(dev, image)?;
+    wait(dev)?;
     Ok((t.elapsed().as_secs_f64(), feats.n_tokens()))
 }
 
-pub fn bench_vision(gpu: &Gpu, out: &Out, roof: &Roofline, plan: &VisionPlan) -> Res<()> {
+pub fn bench_vision(dev: &Device, out: &Out, roof: &Roofline, plan: &VisionPlan) -> Res<()> {
     if plan.warm_on_tiny {
         let t = Instant::now();
         let tiny = plan.spec.tiny();
-        let enc = Encoder::load(gpu, tiny, &tiny.build(plan.seed)?, plan.quant)?;
+        let enc = Encoder::load(dev, tiny, &tiny.build(plan.seed)?, plan.quant)?;
         let (w, h) = tiny.warm_size();
-        encode_once(gpu, &enc, &noise_image(w, h, 1))?;
+        encode_once(dev, &enc, &noise_image(w, h, 1))?;
         out.note(&format!("vision: pipelines compiled on the tiny synthetic encoder in {:.1} s", t.elapsed().as_secs_f64()));
     }
     let t = Instant::now();
     let src = plan.spec.build(plan.seed)?;
     let build_seconds = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let mut enc = Encoder::load(gpu, plan.spec, &src, plan.quant)?;
-    if Precision::for_adapter(&gpu.caps).compute_f16 {
+    let mut enc = Encoder::load(dev, plan.spec, &src, plan.quant)?;
+    if Precision::for_adapter(dev.caps()).compute_f16 {
         enc.set_compute(MatmulCompute::F16);
     }
-    wait(gpu)?;
+    wait(dev)?;
     let load_seconds = t.elapsed().as_secs_f64();
     drop(src);
     let c = enc.shape();
@@ -113,15 +113,15 @@ pub fn bench_vision(gpu: &Gpu, out: &Out, roof: &Roofline, plan: &VisionPlan) ->
         let n = (ph / patch) as u64 * (pw / patch) as u64;
         let flops = enc.flops(n);
         let what =
-            format!("vision launch geometry ({} shape, {:?} matmuls, {n} patches)", gpu.caps.geometry.name(), enc.compute());
-        let v = json!({ "kind": "vision_launch", "image": format!("{sw}x{sh}"), "geometry": gpu.caps.geometry.name() });
-        super::launch::pass_report(out, &what, &[&enc.record_pass(gpu, &image)?], n as u32, v);
+            format!("vision launch geometry ({} shape, {:?} matmuls, {n} patches)", dev.caps().geometry.name(), enc.compute());
+        let v = json!({ "kind": "vision_launch", "image": format!("{sw}x{sh}"), "geometry": dev.caps().geometry.name() });
+        super::launch::pass_report(out, &what, &[&enc.record_pass(dev, &image)?], n as u32, v);
 
         // First encode: pipeline compilation (unless warmed on the tiny shape), first-use
         // allocations. Its features are checked once for finiteness.
         let t = Instant::now();
-        let feats = enc.encode(gpu, &image)?;
-        let values = pollster::block_on(feats.read(gpu))?;
+        let feats = enc.encode(dev, &image)?;
+        let values = pollster::block_on(feats.read(dev))?;
         let first_seconds = t.elapsed().as_secs_f64();
         if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
             return Err(format!("vision features of a {sw}x{sh} image hold {bad}").into());
@@ -140,7 +140,7 @@ pub fn bench_vision(gpu: &Gpu, out: &Out, roof: &Roofline, plan: &VisionPlan) ->
         }
         let started = Instant::now();
         while !first_is_the_run && samples.len() < plan.reps.max(1) {
-            samples.push(encode_once(gpu, &enc, &image)?.0);
+            samples.push(encode_once(dev, &enc, &image)?.0);
             if started.elapsed().as_secs_f64() >= plan.max_seconds {
                 break;
             }
@@ -164,7 +164,7 @@ pub fn bench_vision(gpu: &Gpu, out: &Out, roof: &Roofline, plan: &VisionPlan) ->
             "image_tokens": image_tokens, "seconds": seconds, "seconds_best": samples[0], "ms": seconds * 1e3,
             "runs": samples.len(), "first_is_the_run": first_is_the_run, "flops": flops, "gflops": gflops, "fraction_of_fma": gflops / roof.fma_gflops,
             "first_seconds": first_seconds, "weight_bytes": weight_bytes, "features_bytes": features_bytes,
-            "activation_bytes": enc.activation_bytes(gpu, ph, pw)?, "quant": format!("{:?}", plan.quant),
+            "activation_bytes": enc.activation_bytes(dev, ph, pw)?, "quant": format!("{:?}", plan.quant),
             "hidden": c.hidden, "n_layer": c.n_layer, "full_layers": plan.full_layers,
             "partial_encoder": partial, "n_head": c.n_head, "head_dim": c.head_dim, "n_ff": c.n_ff,
             "text_hidden": c.text_hidden, "load_seconds": load_seconds,

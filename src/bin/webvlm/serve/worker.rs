@@ -271,10 +271,12 @@ impl Worker {
                 let _ = job.events.send(event);
             }
             ran += 1;
-            if self.lose_device_after == Some(ran) {
-                engine.gpu().device_loss().lose();
+            if let (Some(after), Ok(gpu)) = (self.lose_device_after, engine.device().gpu()) {
+                if after == ran {
+                    gpu.device_loss().lose();
+                }
             }
-            if let Some(lost) = engine.gpu().lost() {
+            if let Some(lost) = engine.device().lost() {
                 if let Err(reason) = self.reload(engine, args, &lost.to_string()) {
                     self.stop(&mut jobs, reason);
                     return;

@@ -9,7 +9,8 @@ mod weights;
 pub use config::LlamaConfig;
 pub use weights::{LayerWeights, LlamaWeights};
 
-use crate::gpu::{Gpu, Program, Result as GpuResult};
+use crate::backend::{Buffer, Device, Program};
+use crate::gpu::Result as GpuResult;
 use crate::kernels::attention::{default_splits, AttnShape, DecodeScratch};
 use crate::kernels::norm;
 use crate::kernels::rope::{rope_table, RopeFreqs};
@@ -35,24 +36,24 @@ pub struct Llama {
 
 /// Per-context scratch of one step, sized for `chunk` tokens.
 pub struct Scratch {
-    qkv: wgpu::Buffer,
-    attn: wgpu::Buffer,
-    gate_up: wgpu::Buffer,
-    act: wgpu::Buffer,
+    qkv: Buffer,
+    attn: Buffer,
+    gate_up: Buffer,
+    act: Buffer,
     decode: DecodeScratch,
 }
 
 impl Llama {
     /// Reads the config (`vocab` from the embedding's rows) and has `src` load every weight.
-    pub fn load_from(gpu: &Gpu, src: &mut dyn WeightLoader, vocab: u32) -> Result<Llama, ModelError> {
+    pub fn load_from(dev: &Device, src: &mut dyn WeightLoader, vocab: u32) -> Result<Llama, ModelError> {
         let cfg = LlamaConfig::from_metadata(src.metadata(), vocab)?;
-        let weights = LlamaWeights::load_from(gpu, src, &cfg)?;
-        let rope = RopeFreqs::upload(gpu, &rope_table(cfg.text.head_dim as usize, cfg.rope_theta as f64, cfg.yarn.as_ref()))
+        let weights = LlamaWeights::load_from(dev, src, &cfg)?;
+        let rope = RopeFreqs::upload(dev, &rope_table(cfg.text.head_dim as usize, cfg.rope_theta as f64, cfg.yarn.as_ref()))
             .map_err(LoadError::from)?;
         // Llama 3's RoPE scaling: llama.cpp's converter writes per-frequency divisors.
         if src.tensor_info(ROPE_FREQS).is_some() {
             check_dims(ROPE_FREQS, src.tensor_info(ROPE_FREQS), &[rope.n_rot as u64 / 2])?;
-            src.fill(gpu, ROPE_FREQS, &rope.table, RopeFreqs::FACTORS_ROW)?;
+            src.fill(dev, ROPE_FREQS, &rope.table, RopeFreqs::FACTORS_ROW)?;
         }
         Ok(Llama { cfg, weights, rope })
     }
@@ -63,16 +64,16 @@ impl Llama {
         vec![LayerKind::Attention { kv_dim: t.kv_dim() }; t.n_layer as usize]
     }
 
-    pub fn scratch(&self, gpu: &Gpu, chunk: u32, max_ctx: u32) -> GpuResult<Scratch> {
+    pub fn scratch(&self, dev: &Device, chunk: u32, max_ctx: u32) -> GpuResult<Scratch> {
         let c = &self.cfg.text;
-        let buf = |label: &str, cols: u32| gpu.storage(label, 4 * chunk as u64 * cols as u64);
+        let buf = |label: &str, cols: u32| dev.storage(label, 4 * chunk as u64 * cols as u64);
         let shape = AttnShape::new(c.n_head, c.n_head_kv, c.head_dim, 1);
         Ok(Scratch {
             qkv: buf("qkv", self.cfg.attention().qkv_width())?,
             attn: buf("attn", c.q_dim())?,
             gate_up: buf("gate_up", 2 * c.n_ff)?,
             act: buf("act", c.n_ff)?,
-            decode: DecodeScratch::new(gpu, &shape, default_splits(max_ctx))?,
+            decode: DecodeScratch::new(dev, &shape, default_splits(max_ctx))?,
         })
     }
 
@@ -83,7 +84,7 @@ impl Llama {
     pub fn record(
         &self,
         p: &mut Program,
-        gpu: &Gpu,
+        dev: &Device,
         b: &StepBuffers,
         s: &Scratch,
         state: &SequenceState,
@@ -105,11 +106,11 @@ impl Llama {
                 v_cache,
                 kv: b.precision.kv_dtype(),
             };
-            norm::rms_norm(p, gpu, &b.x, &l.attn_norm, &b.h, n, d, c.rms_eps)?;
-            l.attn.record(p, gpu, &shape, &self.rope, &io, n, mm)?;
-            norm::rms_norm(p, gpu, &b.x, &l.ffn_norm, &b.h, n, d, c.rms_eps)?;
-            l.ffn.record(p, gpu, &b.h, FfnScratch { gate_up: &s.gate_up, act: &s.act }, &b.x, n, mm)?;
+            norm::rms_norm(p, dev, &b.x, &l.attn_norm, &b.h, n, d, c.rms_eps)?;
+            l.attn.record(p, dev, &shape, &self.rope, &io, n, mm)?;
+            norm::rms_norm(p, dev, &b.x, &l.ffn_norm, &b.h, n, d, c.rms_eps)?;
+            l.ffn.record(p, dev, &b.h, FfnScratch { gate_up: &s.gate_up, act: &s.act }, &b.x, n, mm)?;
         }
-        self.weights.head.record_logits(p, gpu, b, n, mode)
+        self.weights.head.record_logits(p, dev, b, n, mode)
     }
 }

@@ -10,7 +10,8 @@
 //! without `cross_attention_states`).
 //! Reference: transformers' `MllamaTextCrossAttention` and `_prepare_cross_attention_mask`.
 
-use crate::gpu::{Gpu, Program};
+use crate::backend::{Buffer, Device, Program};
+use crate::gpu::Result as GpuResult;
 use crate::kernels::norm;
 use crate::model::blocks::linear;
 use crate::model::ModelError;
@@ -22,8 +23,8 @@ use super::MllamaConfig;
 /// Image keys and values of every cross layer and the sequence's tile mask.
 pub struct CrossStore {
     /// Per cross layer (in layer order): `[n_tiles * tile_keys][kv_dim]` f32 each.
-    pub k: Vec<wgpu::Buffer>,
-    pub v: Vec<wgpu::Buffer>,
+    pub k: Vec<Buffer>,
+    pub v: Vec<Buffer>,
     /// Tiles of all images, `max_tiles` per image.
     pub n_tiles: u32,
     /// Dense mask `[tokens][n_tiles]` from the sequence's first position (the processor's
@@ -31,7 +32,7 @@ pub struct CrossStore {
     /// transformers extends the mask while generating).
     rows: Vec<u32>,
     /// The kernel's mask rows of the step, `[chunk][n_tiles]` u32.
-    pub mask: wgpu::Buffer,
+    pub mask: Buffer,
 }
 
 impl CrossStore {
@@ -40,10 +41,10 @@ impl CrossStore {
     /// cross layer, and keeps `mask` (`[tokens][n_tiles]`, 1 = visible) for the steps.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        gpu: &Gpu,
+        dev: &Device,
         cfg: &MllamaConfig,
         w: &MllamaWeights,
-        states: &wgpu::Buffer,
+        states: &Buffer,
         n_tiles: u32,
         mask: &[u32],
         chunk: u32,
@@ -60,40 +61,38 @@ impl CrossStore {
             return Err(ModelError::Invalid(format!("a mask of {} values for {n_tiles} tiles", mask.len())));
         }
         let kv_bytes = 4 * n_keys as u64 * t.kv_dim() as u64;
-        let raw = gpu.storage("cross_k_raw", kv_bytes)?;
+        let raw = dev.storage("cross_k_raw", kv_bytes)?;
         let (mut ks, mut vs) = (Vec::new(), Vec::new());
         let mut p = Program::new();
         for l in &w.layers {
             let MllamaLayer::Cross(l) = l else { continue };
-            let (k, v) = (gpu.storage("cross_k", kv_bytes)?, gpu.storage("cross_v", kv_bytes)?);
+            let (k, v) = (dev.storage("cross_k", kv_bytes)?, dev.storage("cross_v", kv_bytes)?);
             let mm = crate::kernels::matmul::MatmulCompute::F32;
-            linear(&mut p, gpu, &l.k, states, &raw, n_keys, mm)?;
-            norm::rms_norm(&mut p, gpu, &raw, &l.k_norm, &k, n_keys * t.n_head_kv, t.head_dim, cfg.llama.rms_eps)?;
-            linear(&mut p, gpu, &l.v, states, &v, n_keys, mm)?;
+            linear(&mut p, dev, &l.k, states, &raw, n_keys, mm)?;
+            norm::rms_norm(&mut p, dev, &raw, &l.k_norm, &k, n_keys * t.n_head_kv, t.head_dim, cfg.llama.rms_eps)?;
+            linear(&mut p, dev, &l.v, states, &v, n_keys, mm)?;
             ks.push(k);
             vs.push(v);
         }
-        let mut encoder = gpu.device.create_command_encoder(&Default::default());
-        p.encode(&mut encoder);
-        gpu.queue.submit([encoder.finish()]);
-        let mask_buf = gpu.storage("cross_mask", 4 * chunk as u64 * n_tiles as u64)?;
+        p.run(dev)?;
+        let mask_buf = dev.storage("cross_mask", 4 * chunk as u64 * n_tiles as u64)?;
         Ok(CrossStore { k: ks, v: vs, n_tiles, rows: mask.to_vec(), mask: mask_buf })
     }
 
     /// Bytes the store holds on the GPU: every cross layer's keys and values and the step's
     /// mask rows (the raw keys are a temporary of [`Self::new`]).
     pub fn bytes(&self) -> u64 {
-        self.k.iter().chain(&self.v).map(wgpu::Buffer::size).sum::<u64>() + self.mask.size()
+        self.k.iter().chain(&self.v).map(Buffer::size).sum::<u64>() + self.mask.size()
     }
 
     /// Writes the mask rows and MLP row mask of the `n` positions from `start`.
-    pub fn write_step(&self, gpu: &Gpu, row_mask: &wgpu::Buffer, start: u32, n: u32) {
+    pub fn write_step(&self, dev: &Device, row_mask: &Buffer, start: u32, n: u32) -> GpuResult<()> {
         let nt = self.n_tiles as usize;
         let last = self.rows.len() / nt - 1;
         let dense: Vec<u32> =
             (start as usize..(start + n) as usize).flat_map(|p| &self.rows[p.min(last) * nt..][..nt]).copied().collect();
         let (rows, keep) = kernel_mask(&dense, nt);
-        gpu.write(&self.mask, 0, bytemuck::cast_slice(&rows));
-        gpu.write(row_mask, 0, bytemuck::cast_slice(&keep));
+        dev.write(&self.mask, 0, bytemuck::cast_slice(&rows))?;
+        dev.write(row_mask, 0, bytemuck::cast_slice(&keep))
     }
 }

@@ -21,7 +21,8 @@ pub use cross::CrossStore;
 pub use mask::{kernel_mask, processor_mask};
 pub use weights::{CrossLayerWeights, MllamaLayer, MllamaWeights};
 
-use crate::gpu::{Gpu, Program, Result as GpuResult};
+use crate::backend::{Buffer, Device, Program};
+use crate::gpu::Result as GpuResult;
 use crate::kernels::attention::{default_splits, AttnShape, DecodeScratch};
 use crate::kernels::cross_attention::{cross_attention, gated_add, CrossAttnShape};
 use crate::kernels::matmul::MatmulCompute;
@@ -47,16 +48,16 @@ pub struct Mllama {
 
 /// Per-context scratch of one step, sized for `chunk` tokens, and the cross-attention store.
 pub struct Scratch {
-    qkv: wgpu::Buffer,
-    attn: wgpu::Buffer,
+    qkv: Buffer,
+    attn: Buffer,
     /// Cross layers' raw queries before their per-head norm, `[chunk][q_dim]`.
-    q_raw: wgpu::Buffer,
-    gate_up: wgpu::Buffer,
-    act: wgpu::Buffer,
+    q_raw: Buffer,
+    gate_up: Buffer,
+    act: Buffer,
     /// A cross layer's MLP output before its gated add, `[chunk][n_embd]`.
-    ffn_out: wgpu::Buffer,
+    ffn_out: Buffer,
     /// The step's MLP row mask, `[chunk]` f32.
-    row_mask: wgpu::Buffer,
+    row_mask: Buffer,
     decode: DecodeScratch,
     chunk: u32,
     /// The sequence's image keys and values (None: no image, cross layers skipped).
@@ -65,24 +66,25 @@ pub struct Scratch {
 
 impl Scratch {
     /// Writes the step's cross-attention mask inputs for positions `start..start + n`.
-    pub fn write_step(&self, gpu: &Gpu, start: u32, n: u32) {
-        if let Some(c) = &self.cross {
-            c.write_step(gpu, &self.row_mask, start, n);
+    pub fn write_step(&self, dev: &Device, start: u32, n: u32) -> GpuResult<()> {
+        match &self.cross {
+            Some(c) => c.write_step(dev, &self.row_mask, start, n),
+            None => Ok(()),
         }
     }
 }
 
 impl Mllama {
     /// Reads the config (`embd_rows` from the embedding's rows) and has `src` load every weight.
-    pub fn load_from(gpu: &Gpu, src: &mut dyn WeightLoader, embd_rows: u32) -> Result<Mllama, ModelError> {
+    pub fn load_from(dev: &Device, src: &mut dyn WeightLoader, embd_rows: u32) -> Result<Mllama, ModelError> {
         let cfg = MllamaConfig::from_metadata(src.metadata(), embd_rows)?;
-        let weights = MllamaWeights::load_from(gpu, src, &cfg)?;
+        let weights = MllamaWeights::load_from(dev, src, &cfg)?;
         let t = &cfg.llama.text;
-        let rope = RopeFreqs::upload(gpu, &rope_table(t.head_dim as usize, cfg.llama.rope_theta as f64, None))
+        let rope = RopeFreqs::upload(dev, &rope_table(t.head_dim as usize, cfg.llama.rope_theta as f64, None))
             .map_err(LoadError::from)?;
         if src.tensor_info(ROPE_FREQS).is_some() {
             check_dims(ROPE_FREQS, src.tensor_info(ROPE_FREQS), &[rope.n_rot as u64 / 2])?;
-            src.fill(gpu, ROPE_FREQS, &rope.table, RopeFreqs::FACTORS_ROW)?;
+            src.fill(dev, ROPE_FREQS, &rope.table, RopeFreqs::FACTORS_ROW)?;
         }
         Ok(Mllama { cfg, weights, rope })
     }
@@ -94,9 +96,9 @@ impl Mllama {
         vec![LayerKind::Attention { kv_dim: t.kv_dim() }; n_self]
     }
 
-    pub fn scratch(&self, gpu: &Gpu, chunk: u32, max_ctx: u32) -> GpuResult<Scratch> {
+    pub fn scratch(&self, dev: &Device, chunk: u32, max_ctx: u32) -> GpuResult<Scratch> {
         let c = &self.cfg.llama.text;
-        let buf = |label: &str, cols: u32| gpu.storage(label, 4 * chunk as u64 * cols as u64);
+        let buf = |label: &str, cols: u32| dev.storage(label, 4 * chunk as u64 * cols as u64);
         let shape = AttnShape::new(c.n_head, c.n_head_kv, c.head_dim, 1);
         Ok(Scratch {
             qkv: buf("qkv", self.cfg.llama.attention().qkv_width())?,
@@ -106,7 +108,7 @@ impl Mllama {
             act: buf("act", c.n_ff)?,
             ffn_out: buf("ffn_out", c.n_embd)?,
             row_mask: buf("row_mask", 1)?,
-            decode: DecodeScratch::new(gpu, &shape, default_splits(max_ctx))?,
+            decode: DecodeScratch::new(dev, &shape, default_splits(max_ctx))?,
             chunk,
             cross: None,
         })
@@ -115,13 +117,13 @@ impl Mllama {
     /// Computes the image keys and values of `states` into `s` (see [`CrossStore::new`]).
     pub fn set_cross(
         &self,
-        gpu: &Gpu,
+        dev: &Device,
         s: &mut Scratch,
-        states: &wgpu::Buffer,
+        states: &Buffer,
         n_tiles: u32,
         mask: &[u32],
     ) -> Result<(), ModelError> {
-        s.cross = Some(CrossStore::new(gpu, &self.cfg, &self.weights, states, n_tiles, mask, s.chunk)?);
+        s.cross = Some(CrossStore::new(dev, &self.cfg, &self.weights, states, n_tiles, mask, s.chunk)?);
         Ok(())
     }
 
@@ -131,7 +133,7 @@ impl Mllama {
     pub fn record(
         &self,
         p: &mut Program,
-        gpu: &Gpu,
+        dev: &Device,
         b: &StepBuffers,
         s: &Scratch,
         state: &SequenceState,
@@ -157,20 +159,20 @@ impl Mllama {
                         v_cache,
                         kv: b.precision.kv_dtype(),
                     };
-                    norm::rms_norm(p, gpu, &b.x, &l.attn_norm, &b.h, n, d, eps)?;
-                    l.attn.record(p, gpu, &shape, &self.rope, &io, n, mm)?;
-                    norm::rms_norm(p, gpu, &b.x, &l.ffn_norm, &b.h, n, d, eps)?;
-                    l.ffn.record(p, gpu, &b.h, FfnScratch { gate_up: &s.gate_up, act: &s.act }, &b.x, n, mm)?;
+                    norm::rms_norm(p, dev, &b.x, &l.attn_norm, &b.h, n, d, eps)?;
+                    l.attn.record(p, dev, &shape, &self.rope, &io, n, mm)?;
+                    norm::rms_norm(p, dev, &b.x, &l.ffn_norm, &b.h, n, d, eps)?;
+                    l.ffn.record(p, dev, &b.h, FfnScratch { gate_up: &s.gate_up, act: &s.act }, &b.x, n, mm)?;
                 }
                 MllamaLayer::Cross(l) => {
                     if let Some(cross) = &s.cross {
-                        self.record_cross(p, gpu, b, s, cross, cross_i, l, n, mm)?;
+                        self.record_cross(p, dev, b, s, cross, cross_i, l, n, mm)?;
                     }
                     cross_i += 1;
                 }
             }
         }
-        self.weights.head.record_logits(p, gpu, b, n, mode)
+        self.weights.head.record_logits(p, dev, b, n, mode)
     }
 
     /// One cross-attention block over `n` tokens with the `i`-th cross layer's image keys.
@@ -178,7 +180,7 @@ impl Mllama {
     fn record_cross(
         &self,
         p: &mut Program,
-        gpu: &Gpu,
+        dev: &Device,
         b: &StepBuffers,
         s: &Scratch,
         cross: &CrossStore,
@@ -189,10 +191,10 @@ impl Mllama {
     ) -> GpuResult<()> {
         let t = &self.cfg.llama.text;
         let (d, eps) = (t.n_embd, self.cfg.llama.rms_eps);
-        norm::rms_norm(p, gpu, &b.x, &l.attn_norm, &b.h, n, d, eps)?;
-        linear(p, gpu, &l.q, &b.h, &s.q_raw, n, mm)?;
+        norm::rms_norm(p, dev, &b.x, &l.attn_norm, &b.h, n, d, eps)?;
+        linear(p, dev, &l.q, &b.h, &s.q_raw, n, mm)?;
         // Per-head q norm: rows of head_dim.
-        norm::rms_norm(p, gpu, &s.q_raw, &l.q_norm, &s.qkv, n * t.n_head, t.head_dim, eps)?;
+        norm::rms_norm(p, dev, &s.q_raw, &l.q_norm, &s.qkv, n * t.n_head, t.head_dim, eps)?;
         let shape = CrossAttnShape {
             n_tok: n,
             n_head: t.n_head,
@@ -203,13 +205,13 @@ impl Mllama {
             tile_keys: self.cfg.tile_keys,
             scale: 1.0 / (t.head_dim as f32).sqrt(),
         };
-        cross_attention(p, gpu, &shape, &s.qkv, &cross.k[i], &cross.v[i], &cross.mask, &s.attn)?;
-        linear(p, gpu, &l.o, &s.attn, &b.h, n, mm)?;
-        gated_add(p, gpu, &l.attn_gate, None, &b.h, &b.x, n, d)?;
-        norm::rms_norm(p, gpu, &b.x, &l.ffn_norm, &b.h, n, d, eps)?;
-        linear_stacked(p, gpu, &l.ffn.gate_up, &b.h, (&s.gate_up, 2 * t.n_ff), n, mm)?;
-        crate::kernels::elementwise::silu_mul_halves(p, gpu, &s.gate_up, &s.act, n, t.n_ff)?;
-        linear(p, gpu, &l.ffn.down, &s.act, &s.ffn_out, n, mm)?;
-        gated_add(p, gpu, &l.mlp_gate, Some(&s.row_mask), &s.ffn_out, &b.x, n, d)
+        cross_attention(p, dev, &shape, &s.qkv, &cross.k[i], &cross.v[i], &cross.mask, &s.attn)?;
+        linear(p, dev, &l.o, &s.attn, &b.h, n, mm)?;
+        gated_add(p, dev, &l.attn_gate, None, &b.h, &b.x, n, d)?;
+        norm::rms_norm(p, dev, &b.x, &l.ffn_norm, &b.h, n, d, eps)?;
+        linear_stacked(p, dev, &l.ffn.gate_up, &b.h, (&s.gate_up, 2 * t.n_ff), n, mm)?;
+        crate::kernels::elementwise::silu_mul_halves(p, dev, &s.gate_up, &s.act, n, t.n_ff)?;
+        linear(p, dev, &l.ffn.down, &s.act, &s.ffn_out, n, mm)?;
+        gated_add(p, dev, &l.mlp_gate, Some(&s.row_mask), &s.ffn_out, &b.x, n, d)
     }
 }

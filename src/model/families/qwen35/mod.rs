@@ -16,7 +16,8 @@ mod weights;
 pub use config::{Qwen35Config, SsmConfig};
 pub use weights::{DeltaNetWeights, GatedAttentionWeights, LayerWeights, Mixer, Qwen35Weights};
 
-use crate::gpu::{Gpu, Program, Result as GpuResult};
+use crate::backend::{Buffer, Device, Program};
+use crate::gpu::Result as GpuResult;
 use crate::kernels::attention::{attention_decode, attention_prefill, default_splits, AttnShape, DecodeScratch};
 use crate::kernels::delta_net::{self, DeltaNetBuffers, DeltaNetLayout, KHeads};
 use crate::kernels::gdn_prep::{self, ConvShape, GatedNormShape, RowWindow};
@@ -44,35 +45,35 @@ pub struct Qwen35 {
 /// Per-context scratch of one step, sized for `chunk` tokens (f32).
 pub struct Scratch {
     /// DeltaNet: the stacked input projection `[chunk][q | k | v | z | a | b]`.
-    mixed: wgpu::Buffer,
+    mixed: Buffer,
     /// DeltaNet: the conv output `[chunk][q | k | v]`.
-    conv: wgpu::Buffer,
-    g: wgpu::Buffer,
-    beta: wgpu::Buffer,
+    conv: Buffer,
+    g: Buffer,
+    beta: Buffer,
     /// DeltaNet: the delta rule's output and its gated norm, `[chunk][Hv dv]`.
-    o: wgpu::Buffer,
-    normed: wgpu::Buffer,
-    chunked: wgpu::Buffer,
+    o: Buffer,
+    normed: Buffer,
+    chunked: Buffer,
     /// Attention: `[chunk][n_head][q | gate]`, q `[chunk][n_head hd]` before and after its
     /// norm, k before and after, v, the attention output.
-    qg: wgpu::Buffer,
-    q: wgpu::Buffer,
-    qn: wgpu::Buffer,
-    k: wgpu::Buffer,
-    kn: wgpu::Buffer,
-    v: wgpu::Buffer,
-    attn: wgpu::Buffer,
+    qg: Buffer,
+    q: Buffer,
+    qn: Buffer,
+    k: Buffer,
+    kn: Buffer,
+    v: Buffer,
+    attn: Buffer,
     decode: DecodeScratch,
-    gate_up: wgpu::Buffer,
-    act: wgpu::Buffer,
+    gate_up: Buffer,
+    act: Buffer,
 }
 
 impl Qwen35 {
     /// Reads the config (`vocab` from the embedding's rows) and has `src` load every weight.
-    pub fn load_from(gpu: &Gpu, src: &mut dyn WeightLoader, vocab: u32) -> Result<Qwen35, ModelError> {
+    pub fn load_from(dev: &Device, src: &mut dyn WeightLoader, vocab: u32) -> Result<Qwen35, ModelError> {
         let cfg = Qwen35Config::from_metadata(src.metadata(), vocab)?;
-        let weights = Qwen35Weights::load_from(gpu, src, &cfg)?;
-        let rope = RopeFreqs::upload(gpu, &rope_table(cfg.n_rot as usize, cfg.rope_theta as f64, None))
+        let weights = Qwen35Weights::load_from(dev, src, &cfg)?;
+        let rope = RopeFreqs::upload(dev, &rope_table(cfg.n_rot as usize, cfg.rope_theta as f64, None))
             .map_err(crate::source::LoadError::from)?;
         Ok(Qwen35 { cfg, weights, rope })
     }
@@ -87,9 +88,9 @@ impl Qwen35 {
         AttnShape::new(t.n_head, t.n_head_kv, t.head_dim, n)
     }
 
-    pub fn scratch(&self, gpu: &Gpu, chunk: u32, max_ctx: u32) -> GpuResult<Scratch> {
+    pub fn scratch(&self, dev: &Device, chunk: u32, max_ctx: u32) -> GpuResult<Scratch> {
         let (t, s) = (&self.cfg.text, &self.cfg.ssm);
-        let buf = |label: &str, cols: u32| gpu.storage(label, 4 * chunk as u64 * cols.max(1) as u64);
+        let buf = |label: &str, cols: u32| dev.storage(label, 4 * chunk as u64 * cols.max(1) as u64);
         let chunked = delta_net::chunked_scratch_len(&self.delta_layout(), chunk as usize).max(1);
         Ok(Scratch {
             mixed: buf("gdn_mixed", DeltaNetWeights::in_width(&self.cfg))?,
@@ -98,7 +99,7 @@ impl Qwen35 {
             beta: buf("gdn_beta", s.n_v_heads)?,
             o: buf("gdn_o", s.inner())?,
             normed: buf("gdn_normed", s.inner())?,
-            chunked: gpu.storage("gdn_chunked", 4 * chunked as u64)?,
+            chunked: dev.storage("gdn_chunked", 4 * chunked as u64)?,
             qg: buf("attn_qg", 2 * t.q_dim())?,
             q: buf("attn_q", t.q_dim())?,
             qn: buf("attn_qn", t.q_dim())?,
@@ -106,7 +107,7 @@ impl Qwen35 {
             kn: buf("attn_kn", t.kv_dim())?,
             v: buf("attn_v", t.kv_dim())?,
             attn: buf("attn_out", t.q_dim())?,
-            decode: DecodeScratch::new(gpu, &self.attn_shape(1), default_splits(max_ctx))?,
+            decode: DecodeScratch::new(dev, &self.attn_shape(1), default_splits(max_ctx))?,
             gate_up: buf("gate_up", 2 * t.n_ff)?,
             act: buf("act", t.n_ff)?,
         })
@@ -123,7 +124,7 @@ impl Qwen35 {
     pub fn record(
         &self,
         p: &mut Program,
-        gpu: &Gpu,
+        dev: &Device,
         b: &StepBuffers,
         s: &Scratch,
         state: &SequenceState,
@@ -134,18 +135,18 @@ impl Qwen35 {
         let (d, mm, eps) = (t.n_embd, b.precision.matmul(), c.rms_eps);
         let add = Output { stride: d, offset: 0, epilogue: Epilogue::Add };
         for (i, l) in self.weights.layers.iter().enumerate() {
-            norm::rms_norm(p, gpu, &b.x, &l.attn_norm, &b.h, n, d, eps)?;
+            norm::rms_norm(p, dev, &b.x, &l.attn_norm, &b.h, n, d, eps)?;
             match &l.mixer {
                 Mixer::DeltaNet(w) => {
                     let (conv_state, ssm_state) = state.recurrent(i);
                     let (ch, inner, hv) = (ss.conv_channels(), ss.inner(), ss.n_v_heads);
                     let width = DeltaNetWeights::in_width(c);
                     let win = |offset| RowWindow { stride: width, offset };
-                    linear_stacked(p, gpu, &w.in_proj, &b.h, (&s.mixed, width), n, mm)?;
+                    linear_stacked(p, dev, &w.in_proj, &b.h, (&s.mixed, width), n, mm)?;
                     let conv = ConvShape { max_tok: n, channels: ch, kernel: ss.conv_kernel };
                     gdn_prep::record_conv(
                         p,
-                        gpu,
+                        dev,
                         &b.step,
                         &s.mixed,
                         win(0),
@@ -155,48 +156,48 @@ impl Qwen35 {
                         &conv,
                     )?;
                     let (a, bb) = ((&s.mixed, win(ch + inner)), (&s.mixed, win(ch + inner + hv)));
-                    gdn_prep::record_decay(p, gpu, &b.step, a, bb, &w.a, &w.dt_bias, (&s.g, &s.beta), n, hv)?;
+                    gdn_prep::record_decay(p, dev, &b.step, a, bb, &w.a, &w.dt_bias, (&s.g, &s.beta), n, hv)?;
                     let bufs = DeltaNetBuffers { qkv: &s.conv, g: &s.g, beta: &s.beta, state: ssm_state, out: &s.o };
                     if n == 1 {
-                        delta_net::record_recurrent(p, gpu, &self.delta_layout(), 1, &bufs)?;
+                        delta_net::record_recurrent(p, dev, &self.delta_layout(), 1, &bufs)?;
                     } else {
-                        delta_net::record_chunked(p, gpu, &self.delta_layout(), n as usize, &bufs, &s.chunked)?;
+                        delta_net::record_chunked(p, dev, &self.delta_layout(), n as usize, &bufs, &s.chunked)?;
                     }
                     let shape = GatedNormShape { max_tok: n, n_heads: hv, head_dim: ss.d_v, eps };
-                    gdn_prep::record_gated_norm(p, gpu, &b.step, &s.o, (&s.mixed, win(ch)), &w.norm, &s.normed, &shape)?;
-                    linear_into(p, gpu, &w.out, &s.normed, &b.x, add, n, mm)?;
+                    gdn_prep::record_gated_norm(p, dev, &b.step, &s.o, (&s.mixed, win(ch)), &w.norm, &s.normed, &shape)?;
+                    linear_into(p, dev, &w.out, &s.normed, &b.x, add, n, mm)?;
                 }
                 Mixer::Attention(w) => {
                     let (k_cache, v_cache) = state.kv(i);
                     let (h, kvh, hd) = (t.n_head, t.n_head_kv, t.head_dim);
-                    linear(p, gpu, &w.q, &b.h, &s.qg, n, mm)?;
-                    linear(p, gpu, &w.k, &b.h, &s.k, n, mm)?;
-                    linear(p, gpu, &w.v, &b.h, &s.v, n, mm)?;
-                    elementwise::copy_first_halves(p, gpu, &s.qg, &s.q, n * h, hd)?;
-                    norm::rms_norm(p, gpu, &s.q, &w.q_norm, &s.qn, n * h, hd, eps)?;
-                    norm::rms_norm(p, gpu, &s.k, &w.k_norm, &s.kn, n * kvh, hd, eps)?;
+                    linear(p, dev, &w.q, &b.h, &s.qg, n, mm)?;
+                    linear(p, dev, &w.k, &b.h, &s.k, n, mm)?;
+                    linear(p, dev, &w.v, &b.h, &s.v, n, mm)?;
+                    elementwise::copy_first_halves(p, dev, &s.qg, &s.q, n * h, hd)?;
+                    norm::rms_norm(p, dev, &s.q, &w.q_norm, &s.qn, n * h, hd, eps)?;
+                    norm::rms_norm(p, dev, &s.k, &w.k_norm, &s.kn, n * kvh, hd, eps)?;
                     let (q_layout, kv_layout) =
                         (RopeLayout::dense(h, hd, n, RopeMode::RotateHalf), RopeLayout::dense(kvh, hd, n, RopeMode::RotateHalf));
                     let [st, sh, sw, _] = c.rope_sections;
                     let mrope = Mrope { positions: &b.positions, sections: [st, sh, sw] };
-                    rope_inplace_mrope(p, gpu, &b.step, &self.rope, &s.qn, &q_layout, &mrope)?;
+                    rope_inplace_mrope(p, dev, &b.step, &self.rope, &s.qn, &q_layout, &mrope)?;
                     let kv = b.precision.kv_dtype();
                     let (k, v) = ((&s.kn, &kv_layout), (&s.v, &kv_layout));
-                    rope_kv_store_mrope(p, gpu, &b.step, &self.rope, k, v, (k_cache, v_cache), kv, &mrope)?;
+                    rope_kv_store_mrope(p, dev, &b.step, &self.rope, k, v, (k_cache, v_cache), kv, &mrope)?;
                     let shape = AttnShape { kv, ..self.attn_shape(n) };
                     if n == 1 {
-                        attention_decode(p, gpu, &shape, &b.step, &s.qn, k_cache, v_cache, &s.decode, &s.attn)?;
+                        attention_decode(p, dev, &shape, &b.step, &s.qn, k_cache, v_cache, &s.decode, &s.attn)?;
                     } else {
-                        attention_prefill(p, gpu, &shape, &b.step, &s.qn, k_cache, v_cache, &s.attn)?;
+                        attention_prefill(p, dev, &shape, &b.step, &s.qn, k_cache, v_cache, &s.attn)?;
                     }
-                    elementwise::sigmoid_mul_second_halves(p, gpu, &s.qg, &s.attn, n * h, hd)?;
-                    linear_into(p, gpu, &w.wo, &s.attn, &b.x, add, n, mm)?;
+                    elementwise::sigmoid_mul_second_halves(p, dev, &s.qg, &s.attn, n * h, hd)?;
+                    linear_into(p, dev, &w.wo, &s.attn, &b.x, add, n, mm)?;
                 }
             }
-            norm::rms_norm(p, gpu, &b.x, &l.post_attention_norm, &b.h, n, d, eps)?;
-            l.ffn.record(p, gpu, &b.h, FfnScratch { gate_up: &s.gate_up, act: &s.act }, &b.x, n, mm)?;
+            norm::rms_norm(p, dev, &b.x, &l.post_attention_norm, &b.h, n, d, eps)?;
+            l.ffn.record(p, dev, &b.h, FfnScratch { gate_up: &s.gate_up, act: &s.act }, &b.x, n, mm)?;
         }
-        self.weights.head.record_logits(p, gpu, b, n, mode)
+        self.weights.head.record_logits(p, dev, b, n, mode)
     }
 
     /// Full-attention layers keep a KV cache, DeltaNet layers their conv and delta-rule state.

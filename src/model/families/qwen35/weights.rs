@@ -6,9 +6,9 @@
 //! `attn_k_norm`, `attn_output`. Every layer: `attn_norm`, `post_attention_norm` and the
 //! SiLU-gated FFN. Matrices keep their GGUF type; vectors and the conv taps become f32.
 
+use crate::backend::{Buffer, Device};
 use crate::gguf::GgmlType;
-use crate::gpu::Gpu;
-use crate::kernels::quant::GpuWeight;
+use crate::kernels::quant::Weight;
 use crate::model::blocks::ffn::GatedFfn;
 use crate::model::blocks::head::Head;
 use crate::source::{check_dims, load_stacked, LoadError, LoadQuant, Stacked, WeightLoader};
@@ -21,28 +21,28 @@ pub struct DeltaNetWeights {
     /// `ssm_beta` `[Hv][n_embd]`, stacked in that order.
     pub in_proj: Stacked,
     /// `ssm_conv1d`: `[channels][kernel]` f32 (one part).
-    pub conv: GpuWeight,
+    pub conv: Weight,
     /// `ssm_a` = `-exp(A_log)`, `[Hv]` f32.
-    pub a: wgpu::Buffer,
+    pub a: Buffer,
     /// `ssm_dt.bias`, `[Hv]` f32.
-    pub dt_bias: wgpu::Buffer,
+    pub dt_bias: Buffer,
     /// `ssm_norm`: the gated RMSNorm's `[dv]` weight (a plain `w` norm).
-    pub norm: wgpu::Buffer,
+    pub norm: Buffer,
     /// `ssm_out` `[n_embd][Hv dv]`.
-    pub out: GpuWeight,
+    pub out: Weight,
 }
 
 /// A gated full-attention mixer.
 pub struct GatedAttentionWeights {
     /// `attn_q` `[n_head * 2 hd][n_embd]` (per head `[q | gate]`).
-    pub q: GpuWeight,
+    pub q: Weight,
     /// `attn_k` and `attn_v` `[n_kv_head * hd][n_embd]`.
-    pub k: GpuWeight,
-    pub v: GpuWeight,
+    pub k: Weight,
+    pub v: Weight,
     /// Per-head RMSNorms of q and k, `[hd]` f32 (the converter's `1 + w`).
-    pub q_norm: wgpu::Buffer,
-    pub k_norm: wgpu::Buffer,
-    pub wo: GpuWeight, // [n_embd][n_head * hd]
+    pub q_norm: Buffer,
+    pub k_norm: Buffer,
+    pub wo: Weight, // [n_embd][n_head * hd]
 }
 
 /// What mixes tokens in one layer.
@@ -53,9 +53,9 @@ pub enum Mixer {
 
 /// One pre-norm block.
 pub struct LayerWeights {
-    pub attn_norm: wgpu::Buffer, // [n_embd] f32
+    pub attn_norm: Buffer, // [n_embd] f32
     pub mixer: Mixer,
-    pub post_attention_norm: wgpu::Buffer, // [n_embd] f32
+    pub post_attention_norm: Buffer, // [n_embd] f32
     pub ffn: GatedFfn,
 }
 
@@ -66,26 +66,26 @@ pub struct Qwen35Weights {
 }
 
 /// A small 2-D tensor (GGUF dims `[cols, rows]`) as one f32 part.
-fn f32_matrix(gpu: &Gpu, src: &mut dyn WeightLoader, name: &str, rows: u32, cols: u32) -> Result<GpuWeight, LoadError> {
+fn f32_matrix(dev: &Device, src: &mut dyn WeightLoader, name: &str, rows: u32, cols: u32) -> Result<Weight, LoadError> {
     check_dims(name, src.tensor_info(name), &[cols as u64, rows as u64])?;
-    let w = GpuWeight::allocate(gpu, name, GgmlType::F32, rows, cols, u64::MAX)?;
-    src.fill(gpu, name, &w, 0)?;
+    let w = Weight::allocate(dev, name, GgmlType::F32, rows, cols, u64::MAX)?;
+    src.fill(dev, name, &w, 0)?;
     Ok(w)
 }
 
 impl DeltaNetWeights {
-    fn load(gpu: &Gpu, src: &mut dyn WeightLoader, blk: &str, cfg: &Qwen35Config) -> Result<Self, LoadError> {
+    fn load(dev: &Device, src: &mut dyn WeightLoader, blk: &str, cfg: &Qwen35Config) -> Result<Self, LoadError> {
         let (d, s) = (cfg.text.n_embd, &cfg.ssm);
         let names = ["attn_qkv", "attn_gate", "ssm_alpha", "ssm_beta"].map(|m| format!("{blk}.{m}.weight"));
         let rows = [s.conv_channels(), s.inner(), s.n_v_heads, s.n_v_heads];
         let parts: Vec<(&str, u32)> = names.iter().map(String::as_str).zip(rows).collect();
         Ok(DeltaNetWeights {
-            in_proj: load_stacked(gpu, src, &format!("{blk}.ssm_in"), &parts, d, LoadQuant::Keep)?,
-            conv: f32_matrix(gpu, src, &format!("{blk}.ssm_conv1d.weight"), s.conv_channels(), s.conv_kernel)?,
-            a: src.vector(gpu, &format!("{blk}.ssm_a"), s.n_v_heads)?,
-            dt_bias: src.vector(gpu, &format!("{blk}.ssm_dt.bias"), s.n_v_heads)?,
-            norm: src.vector(gpu, &format!("{blk}.ssm_norm.weight"), s.d_v)?,
-            out: src.matrix(gpu, &format!("{blk}.ssm_out.weight"), d, s.inner(), LoadQuant::Keep)?,
+            in_proj: load_stacked(dev, src, &format!("{blk}.ssm_in"), &parts, d, LoadQuant::Keep)?,
+            conv: f32_matrix(dev, src, &format!("{blk}.ssm_conv1d.weight"), s.conv_channels(), s.conv_kernel)?,
+            a: src.vector(dev, &format!("{blk}.ssm_a"), s.n_v_heads)?,
+            dt_bias: src.vector(dev, &format!("{blk}.ssm_dt.bias"), s.n_v_heads)?,
+            norm: src.vector(dev, &format!("{blk}.ssm_norm.weight"), s.d_v)?,
+            out: src.matrix(dev, &format!("{blk}.ssm_out.weight"), d, s.inner(), LoadQuant::Keep)?,
         })
     }
 
@@ -96,46 +96,46 @@ impl DeltaNetWeights {
 }
 
 impl GatedAttentionWeights {
-    fn load(gpu: &Gpu, src: &mut dyn WeightLoader, blk: &str, cfg: &Qwen35Config) -> Result<Self, LoadError> {
+    fn load(dev: &Device, src: &mut dyn WeightLoader, blk: &str, cfg: &Qwen35Config) -> Result<Self, LoadError> {
         let t = &cfg.text;
         let d = t.n_embd;
         Ok(GatedAttentionWeights {
-            q: src.matrix(gpu, &format!("{blk}.attn_q.weight"), 2 * t.q_dim(), d, LoadQuant::Keep)?,
-            k: src.matrix(gpu, &format!("{blk}.attn_k.weight"), t.kv_dim(), d, LoadQuant::Keep)?,
-            v: src.matrix(gpu, &format!("{blk}.attn_v.weight"), t.kv_dim(), d, LoadQuant::Keep)?,
-            q_norm: src.vector(gpu, &format!("{blk}.attn_q_norm.weight"), t.head_dim)?,
-            k_norm: src.vector(gpu, &format!("{blk}.attn_k_norm.weight"), t.head_dim)?,
-            wo: src.matrix(gpu, &format!("{blk}.attn_output.weight"), t.n_embd, t.q_dim(), LoadQuant::Keep)?,
+            q: src.matrix(dev, &format!("{blk}.attn_q.weight"), 2 * t.q_dim(), d, LoadQuant::Keep)?,
+            k: src.matrix(dev, &format!("{blk}.attn_k.weight"), t.kv_dim(), d, LoadQuant::Keep)?,
+            v: src.matrix(dev, &format!("{blk}.attn_v.weight"), t.kv_dim(), d, LoadQuant::Keep)?,
+            q_norm: src.vector(dev, &format!("{blk}.attn_q_norm.weight"), t.head_dim)?,
+            k_norm: src.vector(dev, &format!("{blk}.attn_k_norm.weight"), t.head_dim)?,
+            wo: src.matrix(dev, &format!("{blk}.attn_output.weight"), t.n_embd, t.q_dim(), LoadQuant::Keep)?,
         })
     }
 }
 
 impl Qwen35Weights {
-    pub fn load_from(gpu: &Gpu, src: &mut dyn WeightLoader, cfg: &Qwen35Config) -> Result<Self, LoadError> {
+    pub fn load_from(dev: &Device, src: &mut dyn WeightLoader, cfg: &Qwen35Config) -> Result<Self, LoadError> {
         let d = cfg.text.n_embd;
         let mut layers = Vec::with_capacity(cfg.text.n_layer as usize);
         for (i, &recurrent) in cfg.recurrent.iter().enumerate() {
             let blk = format!("blk.{i}");
             let mixer = if recurrent {
-                Mixer::DeltaNet(DeltaNetWeights::load(gpu, src, &blk, cfg)?)
+                Mixer::DeltaNet(DeltaNetWeights::load(dev, src, &blk, cfg)?)
             } else {
-                Mixer::Attention(GatedAttentionWeights::load(gpu, src, &blk, cfg)?)
+                Mixer::Attention(GatedAttentionWeights::load(dev, src, &blk, cfg)?)
             };
             layers.push(LayerWeights {
-                attn_norm: src.vector(gpu, &format!("{blk}.attn_norm.weight"), d)?,
+                attn_norm: src.vector(dev, &format!("{blk}.attn_norm.weight"), d)?,
                 mixer,
-                post_attention_norm: src.vector(gpu, &format!("{blk}.post_attention_norm.weight"), d)?,
-                ffn: GatedFfn::load(gpu, src, &format!("{blk}.ffn"), d, cfg.text.n_ff, LoadQuant::Keep)?,
+                post_attention_norm: src.vector(dev, &format!("{blk}.post_attention_norm.weight"), d)?,
+                ffn: GatedFfn::load(dev, src, &format!("{blk}.ffn"), d, cfg.text.n_ff, LoadQuant::Keep)?,
             });
         }
-        let head = Head::load(gpu, src, cfg.text.vocab, d, cfg.rms_eps)?;
+        let head = Head::load(dev, src, cfg.text.vocab, d, cfg.rms_eps)?;
         Ok(Qwen35Weights { layers, head })
     }
 
     /// The matrices of every block (what a decode step reads besides the head).
-    pub fn layer_matrices(&self) -> impl Iterator<Item = &GpuWeight> {
+    pub fn layer_matrices(&self) -> impl Iterator<Item = &Weight> {
         self.layers.iter().flat_map(|l| {
-            let mixer: Vec<&GpuWeight> = match &l.mixer {
+            let mixer: Vec<&Weight> = match &l.mixer {
                 Mixer::DeltaNet(m) => m.in_proj.weights().iter().chain([&m.out]).collect(),
                 Mixer::Attention(m) => vec![&m.q, &m.k, &m.v, &m.wo],
             };
@@ -153,7 +153,7 @@ impl Qwen35Weights {
                     Mixer::Attention(m) => m.q_norm.size() + m.k_norm.size(),
                 }
         };
-        self.layer_matrices().map(GpuWeight::bytes_on_gpu).sum::<u64>()
+        self.layer_matrices().map(Weight::bytes_on_gpu).sum::<u64>()
             + self.layers.iter().map(vectors).sum::<u64>()
             + self.head.bytes_on_gpu()
     }

@@ -16,7 +16,8 @@
 //!    config, which the mmproj does not record; the vision epsilon (1e-5) is used, equal to
 //!    Ministral 3's `rms_norm_eps`.
 
-use crate::gpu::{Gpu, GpuError, Program, Result as GpuResult};
+use crate::backend::{Buffer, Device, Program};
+use crate::gpu::{GpuError, Result as GpuResult};
 use crate::image::PixelImage;
 use crate::kernels::matmul::{self, MatmulCompute};
 use crate::kernels::rope::RopeMode;
@@ -47,27 +48,27 @@ pub struct Pixtral {
 impl Pixtral {
     /// Reads an mmproj file's config and uploads its weights, matrices requantized to
     /// `quant` (see [`PixtralWeights::load_from`]).
-    pub fn load(gpu: &Gpu, src: &dyn TensorSource, quant: LoadQuant) -> Result<Pixtral, ModelError> {
-        Self::load_from(gpu, &mut Eager(src), quant)
+    pub fn load(dev: &Device, src: &dyn TensorSource, quant: LoadQuant) -> Result<Pixtral, ModelError> {
+        Self::load_from(dev, &mut Eager(src), quant)
     }
 
     /// [`Pixtral::load`] through any [`WeightLoader`] (the browser streams).
-    pub fn load_from(gpu: &Gpu, src: &mut dyn WeightLoader, quant: LoadQuant) -> Result<Pixtral, ModelError> {
+    pub fn load_from(dev: &Device, src: &mut dyn WeightLoader, quant: LoadQuant) -> Result<Pixtral, ModelError> {
         let cfg = PixtralConfig::from_metadata(src.metadata())?;
-        let weights = PixtralWeights::load_from(gpu, src, &cfg, quant)?;
-        let rope = Rope2dFreqs::upload(gpu, cfg.head_dim, cfg.rope_theta as f64)?;
+        let weights = PixtralWeights::load_from(dev, src, &cfg, quant)?;
+        let rope = Rope2dFreqs::upload(dev, cfg.head_dim, cfg.rope_theta as f64)?;
         Ok(Pixtral { cfg, weights, compute: MatmulCompute::F32, rope })
     }
 
     /// Encodes one image: records and submits the whole encoder in one command buffer and
     /// returns the features without waiting for them (the GPU queue orders later work).
-    pub fn encode(&self, gpu: &Gpu, image: &PixelImage) -> GpuResult<ImageFeatures> {
-        vit::encode(self, gpu, image)
+    pub fn encode(&self, dev: &Device, image: &PixelImage) -> GpuResult<ImageFeatures> {
+        vit::encode(self, dev, image)
     }
 
     /// The recorded pass of one image, not run (benchmarks read its launch geometry).
-    pub fn record_pass(&self, gpu: &Gpu, image: &PixelImage) -> GpuResult<Program> {
-        vit::record_pass(self, gpu, image)
+    pub fn record_pass(&self, dev: &Device, image: &PixelImage) -> GpuResult<Program> {
+        vit::record_pass(self, dev, image)
     }
 }
 
@@ -88,27 +89,27 @@ impl PatchEncoder for Pixtral {
         Ok(())
     }
 
-    fn own_scratch(&self, gpu: &Gpu, grid: PatchGrid) -> GpuResult<OwnScratch> {
-        OwnScratch::new(gpu, &self.cfg, grid)
+    fn own_scratch(&self, dev: &Device, grid: PatchGrid) -> GpuResult<OwnScratch> {
+        OwnScratch::new(dev, &self.cfg, grid)
     }
 
-    fn record(&self, gpu: &Gpu, s: &VitScratch, own: &OwnScratch, image: &PixelImage, grid: PatchGrid) -> GpuResult<Program> {
+    fn record(&self, dev: &Device, s: &VitScratch, own: &OwnScratch, image: &PixelImage, grid: PatchGrid) -> GpuResult<Program> {
         let (c, w, mm) = (&self.cfg, &self.weights, self.compute);
         let (d, n, eps) = (c.hidden, grid.n_patches(), c.norm_eps);
         let mut p = Program::new();
-        patch_unfold(&mut p, gpu, &s.pixels, &s.patches, 3, image.height, image.width, c.patch_size)?;
-        matmul::record_with(&mut p, gpu, &w.patch_embd, &s.patches, &s.h, n, mm)?;
-        norm::rms_norm(&mut p, gpu, &s.h, &w.pre_ln, &s.x, n, d, eps)?;
+        patch_unfold(&mut p, dev, &s.pixels, &s.patches, 3, image.height, image.width, c.patch_size)?;
+        matmul::record_with(&mut p, dev, &w.patch_embd, &s.patches, &s.h, n, mm)?;
+        norm::rms_norm(&mut p, dev, &s.h, &w.pre_ln, &s.x, n, d, eps)?;
         let pass = VitPass { shape: &c.vit_shape(), rope: &self.rope, compute: mm, grid };
         // The FFN output goes to `q` (free until the next block) row by row.
-        pass.record(&mut p, gpu, s, &s.q, w.layers.iter().map(PixtralLayerWeights::vit))?;
+        pass.record(&mut p, dev, s, &s.q, w.layers.iter().map(PixtralLayerWeights::vit))?;
         let merged = grid.n_merged();
-        norm::rms_norm(&mut p, gpu, &s.x, &w.mm_input_norm, &s.h, n, d, eps)?;
-        patch_merge(&mut p, gpu, &s.h, &own.merged, d, grid)?;
-        matmul::record_with(&mut p, gpu, &w.mm_patch_merger, &own.merged, &s.attn, merged, mm)?;
-        matmul::record_with(&mut p, gpu, &w.mm_1, &s.attn, &own.proj, merged, mm)?;
-        elementwise::gelu_inplace(&mut p, gpu, &own.proj, merged * c.text_hidden)?;
-        matmul::record_with(&mut p, gpu, &w.mm_2, &own.proj, &s.out, merged, mm)?;
+        norm::rms_norm(&mut p, dev, &s.x, &w.mm_input_norm, &s.h, n, d, eps)?;
+        patch_merge(&mut p, dev, &s.h, &own.merged, d, grid)?;
+        matmul::record_with(&mut p, dev, &w.mm_patch_merger, &own.merged, &s.attn, merged, mm)?;
+        matmul::record_with(&mut p, dev, &w.mm_1, &s.attn, &own.proj, merged, mm)?;
+        elementwise::gelu_inplace(&mut p, dev, &own.proj, merged * c.text_hidden)?;
+        matmul::record_with(&mut p, dev, &w.mm_2, &own.proj, &s.out, merged, mm)?;
         Ok(p)
     }
 }
@@ -156,14 +157,14 @@ impl PixtralLayerWeights {
 /// The projector's buffers of one image's pass (beside the blocks', [`VitScratch`]): the
 /// merged patches and the hidden layer.
 pub(super) struct OwnScratch {
-    merged: wgpu::Buffer,
-    proj: wgpu::Buffer,
+    merged: Buffer,
+    proj: Buffer,
 }
 
 impl OwnScratch {
-    fn new(gpu: &Gpu, c: &PixtralConfig, grid: PatchGrid) -> GpuResult<OwnScratch> {
+    fn new(dev: &Device, c: &PixtralConfig, grid: PatchGrid) -> GpuResult<OwnScratch> {
         let [(_, merged), (_, proj)] = Self::buffers(c, grid);
-        Ok(OwnScratch { merged: gpu.storage("vision.merged", merged)?, proj: gpu.storage("vision.proj", proj)? })
+        Ok(OwnScratch { merged: dev.storage("vision.merged", merged)?, proj: dev.storage("vision.proj", proj)? })
     }
 
     /// [`OwnScratch::new`]'s buffers, `(what, bytes)`.

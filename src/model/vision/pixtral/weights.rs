@@ -7,8 +7,8 @@
 //! The q/k rows are in llama.cpp's permuted order (see `kernels::vision`: use
 //! `RopeMode::Adjacent`).
 
-use crate::gpu::Gpu;
-use crate::kernels::quant::GpuWeight;
+use crate::backend::{Buffer, Device};
+use crate::kernels::quant::Weight;
 
 use crate::source::{check_dims, Eager, LoadError, LoadQuant, TensorSource, WeightLoader};
 
@@ -16,49 +16,49 @@ use super::config::PixtralConfig;
 
 /// One pre-norm encoder block (`v.blk.N.*`).
 pub struct PixtralLayerWeights {
-    pub ln1: wgpu::Buffer, // attention_norm, [hidden] f32
-    pub wq: GpuWeight,     // attn_q,   [q_dim][hidden]
-    pub wk: GpuWeight,     // attn_k,   [q_dim][hidden]
-    pub wv: GpuWeight,     // attn_v,   [q_dim][hidden]
-    pub wo: GpuWeight,     // attn_out, [hidden][q_dim]
-    pub ln2: wgpu::Buffer, // ffn_norm, [hidden] f32
-    pub w_gate: GpuWeight, // ffn_gate, [n_ff][hidden]
-    pub w_up: GpuWeight,   // ffn_up,   [n_ff][hidden]
-    pub w_down: GpuWeight, // ffn_down, [hidden][n_ff]
+    pub ln1: Buffer,    // attention_norm, [hidden] f32
+    pub wq: Weight,     // attn_q,   [q_dim][hidden]
+    pub wk: Weight,     // attn_k,   [q_dim][hidden]
+    pub wv: Weight,     // attn_v,   [q_dim][hidden]
+    pub wo: Weight,     // attn_out, [hidden][q_dim]
+    pub ln2: Buffer,    // ffn_norm, [hidden] f32
+    pub w_gate: Weight, // ffn_gate, [n_ff][hidden]
+    pub w_up: Weight,   // ffn_up,   [n_ff][hidden]
+    pub w_down: Weight, // ffn_down, [hidden][n_ff]
 }
 
 /// All vision encoder + projector weights.
 pub struct PixtralWeights {
     /// `v.patch_embd.weight`, GGUF dims `[P, P, 3, hidden]` = torch `[hidden][3][P][P]`
     /// row-major: a `[hidden][3*P*P]` matrix whose columns are `[c][ky][kx]` (no reordering).
-    pub patch_embd: GpuWeight,
+    pub patch_embd: Weight,
     /// `v.pre_ln.weight` (`ln_pre` RMSNorm), [hidden] f32.
-    pub pre_ln: wgpu::Buffer,
+    pub pre_ln: Buffer,
     pub layers: Vec<PixtralLayerWeights>,
     /// `mm.input_norm.weight` (RMSNorm over each patch vector), [hidden] f32.
-    pub mm_input_norm: wgpu::Buffer,
+    pub mm_input_norm: Buffer,
     /// `mm.patch_merger.weight`, [hidden][merge^2 * hidden] (columns `c*4 + ki*2 + kj`).
-    pub mm_patch_merger: GpuWeight,
+    pub mm_patch_merger: Weight,
     /// `mm.1.weight` (linear_1), [text_hidden][hidden].
-    pub mm_1: GpuWeight,
+    pub mm_1: Weight,
     /// `mm.2.weight` (linear_2, after GELU), [text_hidden][text_hidden].
-    pub mm_2: GpuWeight,
+    pub mm_2: Weight,
 }
 
 impl PixtralWeights {
-    pub fn load(gpu: &Gpu, src: &dyn TensorSource, cfg: &PixtralConfig) -> Result<Self, LoadError> {
-        Self::load_from(gpu, &mut Eager(src), cfg, LoadQuant::Keep)
+    pub fn load(dev: &Device, src: &dyn TensorSource, cfg: &PixtralConfig) -> Result<Self, LoadError> {
+        Self::load_from(dev, &mut Eager(src), cfg, LoadQuant::Keep)
     }
 
     /// Loads through `src` with the block and projector matrices requantized to `quant`
     /// (the patch embedding, 588 columns, keeps its type; norms are f32).
-    pub fn load_from(gpu: &Gpu, src: &mut dyn WeightLoader, cfg: &PixtralConfig, quant: LoadQuant) -> Result<Self, LoadError> {
-        let matrix = |src: &mut dyn WeightLoader, name: &str, rows, cols| src.matrix(gpu, name, rows, cols, quant);
-        let vector = |src: &mut dyn WeightLoader, name: &str, n| src.vector(gpu, name, n);
+    pub fn load_from(dev: &Device, src: &mut dyn WeightLoader, cfg: &PixtralConfig, quant: LoadQuant) -> Result<Self, LoadError> {
+        let matrix = |src: &mut dyn WeightLoader, name: &str, rows, cols| src.matrix(dev, name, rows, cols, quant);
+        let vector = |src: &mut dyn WeightLoader, name: &str, n| src.vector(dev, name, n);
         let (d, q, ff, t) = (cfg.hidden, cfg.q_dim(), cfg.n_ff, cfg.text_hidden);
         let p = cfg.patch_size as u64;
         check_dims("v.patch_embd.weight", src.tensor_info("v.patch_embd.weight"), &[p, p, 3, d as u64])?;
-        let patch_embd = src.reshaped(gpu, "v.patch_embd.weight", d, cfg.patch_dim())?;
+        let patch_embd = src.reshaped(dev, "v.patch_embd.weight", d, cfg.patch_dim())?;
         let pre_ln = vector(src, "v.pre_ln.weight", d)?;
         let mut layers = Vec::with_capacity(cfg.n_layer as usize);
         for i in 0..cfg.n_layer {

@@ -25,7 +25,8 @@ mod weights;
 pub use config::{QwenVlConfig, POSITION_EMBD, PROJECTORS, QWEN_VL_ROPE_THETA};
 pub use weights::{QwenVlLayerWeights, QwenVlWeights};
 
-use crate::gpu::{Gpu, GpuError, Program, Result as GpuResult};
+use crate::backend::{Buffer, Device, Program};
+use crate::gpu::{GpuError, Result as GpuResult};
 use crate::image::PixelImage;
 use crate::kernels::matmul::{self, MatmulCompute};
 use crate::kernels::rope::{rope_inv_freq, RopeMode};
@@ -48,17 +49,17 @@ pub struct QwenVl {
 }
 
 impl QwenVl {
-    pub fn load(gpu: &Gpu, src: &dyn TensorSource, quant: LoadQuant) -> Result<QwenVl, ModelError> {
-        Self::load_from(gpu, &mut Eager(src), quant)
+    pub fn load(dev: &Device, src: &dyn TensorSource, quant: LoadQuant) -> Result<QwenVl, ModelError> {
+        Self::load_from(dev, &mut Eager(src), quant)
     }
 
     /// [`QwenVl::load`] through any [`WeightLoader`].
-    pub fn load_from(gpu: &Gpu, src: &mut dyn WeightLoader, quant: LoadQuant) -> Result<QwenVl, ModelError> {
+    pub fn load_from(dev: &Device, src: &mut dyn WeightLoader, quant: LoadQuant) -> Result<QwenVl, ModelError> {
         let cfg = QwenVlConfig::from_headers(src.metadata(), src.tensor_info(POSITION_EMBD))?;
-        let weights = QwenVlWeights::load_from(gpu, src, &cfg, quant)?;
+        let weights = QwenVlWeights::load_from(dev, src, &cfg, quant)?;
         let table = rope_table(cfg.head_dim as usize);
         let rope = Rope2dFreqs {
-            inv_freq: gpu.storage_with("qwen_vl.rope_inv_freq", bytemuck::cast_slice(&table))?,
+            inv_freq: dev.storage_with("qwen_vl.rope_inv_freq", bytemuck::cast_slice(&table))?,
             head_dim: cfg.head_dim,
         };
         Ok(QwenVl { cfg, weights, compute: MatmulCompute::F32, rope })
@@ -89,14 +90,14 @@ impl QwenVl {
 
     /// Encodes one image (sides multiples of `patch * merge`): records and submits the whole
     /// encoder in one command buffer and returns the features without waiting for them.
-    pub fn encode(&self, gpu: &Gpu, image: &PixelImage) -> GpuResult<ImageFeatures> {
-        vit::encode(self, gpu, image)
+    pub fn encode(&self, dev: &Device, image: &PixelImage) -> GpuResult<ImageFeatures> {
+        vit::encode(self, dev, image)
     }
 
     /// The encoder's recorded pass over `image` with fresh scratch, for benchmarks (its
     /// launch geometry); nothing is submitted.
-    pub fn record_pass(&self, gpu: &Gpu, image: &PixelImage) -> GpuResult<Program> {
-        vit::record_pass(self, gpu, image)
+    pub fn record_pass(&self, dev: &Device, image: &PixelImage) -> GpuResult<Program> {
+        vit::record_pass(self, dev, image)
     }
 }
 
@@ -114,33 +115,33 @@ impl PatchEncoder for QwenVl {
         Ok(())
     }
 
-    fn own_scratch(&self, gpu: &Gpu, grid: PatchGrid) -> GpuResult<OwnScratch> {
-        OwnScratch::new(gpu, &self.cfg, grid)
+    fn own_scratch(&self, dev: &Device, grid: PatchGrid) -> GpuResult<OwnScratch> {
+        OwnScratch::new(dev, &self.cfg, grid)
     }
 
-    fn record(&self, gpu: &Gpu, s: &VitScratch, own: &OwnScratch, image: &PixelImage, grid: PatchGrid) -> GpuResult<Program> {
+    fn record(&self, dev: &Device, s: &VitScratch, own: &OwnScratch, image: &PixelImage, grid: PatchGrid) -> GpuResult<Program> {
         let (c, w, o) = (&self.cfg, &self.weights, own);
         let (d, n, mm) = (c.hidden, grid.n_patches(), self.compute);
         let mut p = Program::new();
-        patch_unfold(&mut p, gpu, &s.pixels, &s.patches, 3, image.height, image.width, c.patch_size)?;
-        matmul::record_with(&mut p, gpu, &w.patch_embd[0], &s.patches, &s.x, n, mm)?;
-        matmul::record_with(&mut p, gpu, &w.patch_embd[1], &s.patches, &o.tmp, n, mm)?;
-        elementwise::add_inplace(&mut p, gpu, &o.tmp, &s.x, n * d)?;
-        vq::add_bias(&mut p, gpu, &w.patch_embd_b, &s.x, n, d)?;
-        embedding::record(&mut p, gpu, &w.pos_embd, &o.pos_ids, &o.pos_rows, 4 * n)?;
-        vq::gather_rows(&mut p, gpu, &o.pos_rows, &o.pos_taps, &o.tmp, n, 4, d)?;
-        elementwise::add_inplace(&mut p, gpu, &o.tmp, &s.x, n * d)?;
+        patch_unfold(&mut p, dev, &s.pixels, &s.patches, 3, image.height, image.width, c.patch_size)?;
+        matmul::record_with(&mut p, dev, &w.patch_embd[0], &s.patches, &s.x, n, mm)?;
+        matmul::record_with(&mut p, dev, &w.patch_embd[1], &s.patches, &o.tmp, n, mm)?;
+        elementwise::add_inplace(&mut p, dev, &o.tmp, &s.x, n * d)?;
+        vq::add_bias(&mut p, dev, &w.patch_embd_b, &s.x, n, d)?;
+        embedding::record(&mut p, dev, &w.pos_embd, &o.pos_ids, &o.pos_rows, 4 * n)?;
+        vq::gather_rows(&mut p, dev, &o.pos_rows, &o.pos_taps, &o.tmp, n, 4, d)?;
+        elementwise::add_inplace(&mut p, dev, &o.tmp, &s.x, n * d)?;
         let pass = VitPass { shape: &c.vit_shape(), rope: &self.rope, compute: mm, grid };
-        pass.record(&mut p, gpu, s, &o.tmp, w.layers.iter().map(QwenVlLayerWeights::vit))?;
+        pass.record(&mut p, dev, s, &o.tmp, w.layers.iter().map(QwenVlLayerWeights::vit))?;
         let merged = grid.n_merged();
         let md = c.merged_dim();
-        vq::layer_norm(&mut p, gpu, &s.x, &w.post_ln_w, &w.post_ln_b, &s.h, n, d, c.norm_eps)?;
-        vq::gather_rows(&mut p, gpu, &s.h, &o.window_taps, &o.tmp, n, 1, d)?;
-        matmul::record_with(&mut p, gpu, &w.mm_0, &o.tmp, &o.proj, merged, mm)?;
-        vq::add_bias(&mut p, gpu, &w.mm_0_b, &o.proj, merged, md)?;
-        elementwise::gelu_inplace(&mut p, gpu, &o.proj, merged * md)?;
-        matmul::record_with(&mut p, gpu, &w.mm_2, &o.proj, &s.out, merged, mm)?;
-        vq::add_bias(&mut p, gpu, &w.mm_2_b, &s.out, merged, c.text_hidden)?;
+        vq::layer_norm(&mut p, dev, &s.x, &w.post_ln_w, &w.post_ln_b, &s.h, n, d, c.norm_eps)?;
+        vq::gather_rows(&mut p, dev, &s.h, &o.window_taps, &o.tmp, n, 1, d)?;
+        matmul::record_with(&mut p, dev, &w.mm_0, &o.tmp, &o.proj, merged, mm)?;
+        vq::add_bias(&mut p, dev, &w.mm_0_b, &o.proj, merged, md)?;
+        elementwise::gelu_inplace(&mut p, dev, &o.proj, merged * md)?;
+        matmul::record_with(&mut p, dev, &w.mm_2, &o.proj, &s.out, merged, mm)?;
+        vq::add_bias(&mut p, dev, &w.mm_2_b, &s.out, merged, c.text_hidden)?;
         Ok(p)
     }
 }
@@ -251,39 +252,36 @@ pub fn window_order(rows: u32, cols: u32, merge: u32) -> Vec<u32> {
 pub(super) struct OwnScratch {
     /// The table rows of the position taps (4 per patch), gathered as f32 into `pos_rows`,
     /// which `pos_taps` (rows `0..4n`) weight and sum.
-    pos_ids: wgpu::Buffer,
-    pos_rows: wgpu::Buffer,
-    pos_taps: wgpu::Buffer,
-    window_taps: wgpu::Buffer,
+    pos_ids: Buffer,
+    pos_rows: Buffer,
+    pos_taps: Buffer,
+    window_taps: Buffer,
     /// `[n][hidden]`: the second patch-embedding slice, the position embeddings, each block's
     /// MLP output, the patches in window order.
-    tmp: wgpu::Buffer,
+    tmp: Buffer,
     /// The merger's hidden layer.
-    proj: wgpu::Buffer,
+    proj: Buffer,
 }
 
 impl OwnScratch {
-    fn new(gpu: &Gpu, c: &QwenVlConfig, grid: PatchGrid) -> GpuResult<OwnScratch> {
+    fn new(dev: &Device, c: &QwenVlConfig, grid: PatchGrid) -> GpuResult<OwnScratch> {
         let (n, merged) = (grid.n_patches() as u64, grid.n_merged() as u64);
-        let buf = |label: &str, rows: u64, cols: u32| gpu.storage(&format!("qwen_vl.{label}"), f32s(rows, cols));
+        let buf = |label: &str, rows: u64, cols: u32| dev.storage(&format!("qwen_vl.{label}"), f32s(rows, cols));
         let mut pos_taps = position_taps(grid.rows, grid.cols, c.pos_side);
         let pos_ids: Vec<u32> = pos_taps.iter().map(|t| t.row).collect();
         pos_taps.iter_mut().enumerate().for_each(|(i, t)| t.row = i as u32);
         let window_taps: Vec<Tap> =
             window_order(grid.rows, grid.cols, c.merge_size).into_iter().map(|row| Tap { row, weight: 1.0 }).collect();
         let s = OwnScratch {
-            pos_ids: gpu.storage_with("qwen_vl.pos_ids", bytemuck::cast_slice(&pos_ids))?,
+            pos_ids: dev.storage_with("qwen_vl.pos_ids", bytemuck::cast_slice(&pos_ids))?,
             pos_rows: buf("pos_rows", 4 * n, c.hidden)?,
-            pos_taps: gpu.storage_with("qwen_vl.pos_taps", bytemuck::cast_slice(&pos_taps))?,
-            window_taps: gpu.storage_with("qwen_vl.window_taps", bytemuck::cast_slice(&window_taps))?,
+            pos_taps: dev.storage_with("qwen_vl.pos_taps", bytemuck::cast_slice(&pos_taps))?,
+            window_taps: dev.storage_with("qwen_vl.window_taps", bytemuck::cast_slice(&window_taps))?,
             tmp: buf("tmp", n, c.hidden)?,
             proj: buf("proj", merged, c.merged_dim())?,
         };
         let all = [&s.pos_ids, &s.pos_rows, &s.pos_taps, &s.window_taps, &s.tmp, &s.proj];
-        debug_assert_eq!(
-            all.map(wgpu::Buffer::size).iter().sum::<u64>(),
-            Self::buffers(c, grid).iter().map(|b| b.1).sum::<u64>()
-        );
+        debug_assert_eq!(all.map(Buffer::size).iter().sum::<u64>(), Self::buffers(c, grid).iter().map(|b| b.1).sum::<u64>());
         Ok(s)
     }
 

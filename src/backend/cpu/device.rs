@@ -1,0 +1,38 @@
+//! The CPU as a device of the model code (`backend::Device::Cpu`): the thread pool ops run
+//! on, the matvec mode (fast: 8-bit activations; exact: f32) and the capabilities the model
+//! code reads to pick its shapes.
+
+use super::matvec::Mode;
+use super::pool::{PoolError, ThreadPool};
+use super::simd;
+use crate::gpu::{Caps, Geometry};
+
+/// The CPU backend's device.
+pub struct Device {
+    pub pool: ThreadPool,
+    pub mode: Mode,
+    pub caps: Caps,
+}
+
+impl Device {
+    /// A device running ops on `threads` threads in `mode`.
+    pub fn new(threads: usize, mode: Mode) -> Result<Device, PoolError> {
+        let pool = ThreadPool::new(threads)?;
+        let level = simd::process_level();
+        let caps = Caps {
+            f16: false,
+            subgroups: false,
+            max_storage_binding: isize::MAX as u64,
+            max_buffer: isize::MAX as u64,
+            max_workgroup_invocations: 1,
+            max_workgroup_storage: 0,
+            max_storage_buffers_per_stage: u32::MAX,
+            min_uniform_offset_alignment: 4,
+            adapter: format!("CPU ({level}, {} threads, {mode:?} mode)", pool.threads()),
+            backend: "cpu".into(),
+            software: false,
+            geometry: Geometry::Cpu,
+        };
+        Ok(Device { pool, mode, caps })
+    }
+}
