@@ -61,12 +61,24 @@ fn run(gpu: &Device, y0: &[f32], record: impl FnOnce(&mut Program, &Buffer)) -> 
     gpu.read_f32_blocking(&y, y0.len()).unwrap()
 }
 
+/// Each GPU launch shape, then the CPU backend (exact mode), with a name for messages.
+fn devices() -> Vec<(Device, String)> {
+    let mut devices: Vec<(Device, String)> = SHAPES
+        .into_iter()
+        .map(|(geometry, subgroups)| {
+            let gpu = gpu_with(geometry, subgroups);
+            assert_eq!(gpu.caps().geometry, geometry);
+            let name = format!("{geometry:?}{}", if gpu.caps().subgroups { " + subgroups" } else { "" });
+            (gpu, name)
+        })
+        .collect();
+    devices.push((cpu(), "CPU backend".into()));
+    devices
+}
+
 #[test]
 fn matvec_epilogues_match_cpu_in_both_geometries() {
-    for (geometry, subgroups) in SHAPES {
-        let gpu = gpu_with(geometry, subgroups);
-        assert_eq!(gpu.caps().geometry, geometry);
-        let geometry = format!("{geometry:?}{}", if gpu.caps().subgroups { " + subgroups" } else { "" });
+    for (gpu, geometry) in devices() {
         // 38 rows: 2 rows per thread in the GPU shape's block path; 2050: 4.
         for (ty, rows) in TYPES.into_iter().flat_map(|ty| [(ty, 38), (ty, 2050)]) {
             let (cols, n_tok) = (cols_of(ty), 2);
@@ -127,25 +139,30 @@ fn silu_gated_matvec_refuses_a_weight_it_cannot_pair() {
 
 #[test]
 fn matmul_add_epilogue_and_stacked_halves_match_cpu() {
-    let gpu = gpu();
+    for dev in [gpu(), cpu()] {
+        check_matmul_add_and_halves(&dev);
+    }
+}
+
+fn check_matmul_add_and_halves(gpu: &Device) {
     let (rows, cols, m) = (70, 96, 5);
     let (bytes, deq) = random_weight(GgmlType::Q8_0, rows, cols, 9);
-    let w = Weight::upload(&gpu, "w", GgmlType::Q8_0, rows as u32, cols as u32, &bytes).unwrap();
+    let w = Weight::upload(gpu, "w", GgmlType::Q8_0, rows as u32, cols as u32, &bytes).unwrap();
     let x = Rng::new(10).vec(m * cols);
-    let bx = upload(&gpu, &x);
+    let bx = upload(gpu, &x);
     let want = matvec_ref(&deq, rows, cols, &x, m);
     let y0 = Rng::new(11).vec(m * rows);
-    let got = run(&gpu, &y0, |p, y| {
-        matmul::record_into(p, &gpu, &w, &bx, y, Output::dense(&w, Epilogue::Add), m as u32, MatmulCompute::F32).unwrap()
+    let got = run(gpu, &y0, |p, y| {
+        matmul::record_into(p, gpu, &w, &bx, y, Output::dense(&w, Epilogue::Add), m as u32, MatmulCompute::F32).unwrap()
     });
     let added: Vec<f32> = y0.iter().zip(&want).map(|(a, b)| a + b).collect();
     assert!(rel_l2(&got, &added) < TOL, "matmul add: rel L2 {:.2e}", rel_l2(&got, &added));
 
     // silu_mul_halves over the [m][2 * 35] product: out[t][r] = silu(g) * u.
     let half = rows / 2;
-    let by = upload(&gpu, &want);
-    let got = run(&gpu, &vec![f32::NAN; m * half], |p, out| {
-        elementwise::silu_mul_halves(p, &gpu, &by, out, m as u32, half as u32).unwrap()
+    let by = upload(gpu, &want);
+    let got = run(gpu, &vec![f32::NAN; m * half], |p, out| {
+        elementwise::silu_mul_halves(p, gpu, &by, out, m as u32, half as u32).unwrap()
     });
     let glu: Vec<f32> =
         (0..m).flat_map(|t| silu_mul_ref(&want[t * rows..t * rows + half], &want[t * rows + half..(t + 1) * rows])).collect();

@@ -49,6 +49,13 @@ const GEOMETRIES: [Geometry; 2] = [Geometry::Gpu, Geometry::Cpu];
 
 /// The test adapter with the given kernel geometry; the matmul must take that geometry's
 /// shape (lavapipe has the workgroup memory of the GPU shape).
+/// Each GPU geometry, then the CPU backend (exact mode), with a name for messages.
+fn devices() -> Vec<(Device, String)> {
+    let mut devices: Vec<(Device, String)> = GEOMETRIES.into_iter().map(|g| (gpu_with(g), format!("{g:?}"))).collect();
+    devices.push((cpu(), "CPU backend".into()));
+    devices
+}
+
 fn gpu_with(geometry: Geometry) -> Device {
     let gpu =
         Device::Gpu(Gpu::new_blocking(GpuOptions { geometry: Some(geometry), ..GpuOptions::default() }).expect("a GPU adapter"));
@@ -190,23 +197,29 @@ fn upload_rejects_bad_inputs() {
 
 #[test]
 fn matvec_matches_cpu_for_every_type() {
-    let gpu = gpu();
+    for gpu in [gpu(), cpu()] {
+        check_matvec_every_type(&gpu);
+    }
+}
+
+fn check_matvec_every_type(gpu: &Device) {
+    let backend = &gpu.caps().backend;
     let mut rng = Rng::new(5);
     for ty in TYPES {
         let mut worst = 0.0f32;
         for &cols in col_shapes(ty) {
             for (i, rows) in [1usize, 31, 257, 1000].into_iter().enumerate() {
                 let (bytes, deq) = weight(ty, rows, cols, (rows * 7 + cols) as u64);
-                let w = Weight::upload(&gpu, "w", ty, rows as u32, cols as u32, &bytes).unwrap();
+                let w = Weight::upload(gpu, "w", ty, rows as u32, cols as u32, &bytes).unwrap();
                 let n_tok = [1, 3, 8, 11][i];
                 let x = rng.vec(n_tok * cols);
-                let got = run_matvec(&gpu, &w, &x, n_tok);
+                let got = run_matvec(gpu, &w, &x, n_tok);
                 let err = dot_err(&got, &deq, rows, cols, &x, n_tok);
-                assert!(err < tol(ty), "{ty} {rows}x{cols} n_tok {n_tok}: rel err {err}");
+                assert!(err < tol(ty), "{backend} {ty} {rows}x{cols} n_tok {n_tok}: rel err {err}");
                 worst = worst.max(err);
             }
         }
-        println!("matvec {ty}: worst rel L2 {worst:.2e}");
+        println!("matvec {backend} {ty}: worst rel L2 {worst:.2e}");
     }
 }
 
@@ -219,8 +232,7 @@ fn matmul_shapes(ty: GgmlType) -> [(usize, usize, usize); 5] {
 
 #[test]
 fn matmul_matches_cpu_for_every_type() {
-    for geometry in GEOMETRIES {
-        let gpu = gpu_with(geometry);
+    for (gpu, geometry) in devices() {
         let mut rng = Rng::new(6);
         for ty in TYPES {
             let mut worst = 0.0f32;
@@ -284,15 +296,20 @@ fn matmul_f16_compute_matches_cpu_for_every_type() {
 
 #[test]
 fn embedding_gathers_every_type() {
-    let gpu = gpu();
+    for gpu in [gpu(), cpu()] {
+        check_embedding_every_type(&gpu);
+    }
+}
+
+fn check_embedding_every_type(gpu: &Device) {
     for ty in TYPES {
         let mut worst = 0.0f32;
         for &cols in col_shapes(ty) {
             let rows = 37;
             let (bytes, deq) = weight(ty, rows, cols, cols as u64);
-            let w = Weight::upload(&gpu, "emb", ty, rows as u32, cols as u32, &bytes).unwrap();
+            let w = Weight::upload(gpu, "emb", ty, rows as u32, cols as u32, &bytes).unwrap();
             let ids = [0u32, 36, 5, 5, 37, u32::MAX, 17];
-            let got = run_gather(&gpu, &w, &ids);
+            let got = run_gather(gpu, &w, &ids);
             let want = embedding::embedding_ref(&deq, cols, &ids);
             let err = rel_l2(&got, &want);
             assert!(err < TOL_GATHER, "{ty} cols {cols}: rel err {err}");
@@ -335,8 +352,7 @@ fn row_split_weights_give_identical_results() {
 /// `record_rows` reads and writes only its window: rows outside it keep their poison.
 #[test]
 fn matmul_row_window_reads_and_writes_only_its_rows() {
-    for geometry in GEOMETRIES {
-        let gpu = gpu_with(geometry);
+    for (gpu, geometry) in devices() {
         let (rows, cols, m) = (70usize, 96usize, 67usize);
         let (x_row0, y_row0) = (5usize, 130usize);
         let (bytes, deq) = weight(GgmlType::Q8_0, rows, cols, 21);

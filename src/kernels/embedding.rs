@@ -6,7 +6,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::matvec::check_len;
 use super::quant::{WLayout, Weight};
-use crate::backend::{Buffer, Device, Program};
+use crate::backend::{cpu, Buffer, Device, On, Program};
 use crate::gpu::{grid_1d, Access, Arg, KernelSpec, Launch, Result};
 
 pub(super) const SHADER: &str = include_str!("../../shaders/embedding.wgsl");
@@ -28,9 +28,20 @@ struct Params {
 /// Records `out[i][c] = w[ids[i]][c]` for `i < n`: `ids` holds `n` u32, `out` is
 /// `[n][w.cols]` f32. One dispatch per weight part; ids `>= w.rows` give zero rows.
 pub fn record(prog: &mut Program, dev: &Device, w: &Weight, ids: &Buffer, out: &Buffer, n: u32) -> Result<()> {
-    let (prog, gpu) = prog.gpu(dev, "embedding")?;
-    let ids = ids.gpu()?;
-    let out = out.gpu()?;
+    let (prog, gpu) = match prog.on(dev)? {
+        On::Gpu(prog, gpu) => (prog, gpu),
+        On::Cpu(prog, _) => {
+            let (weight, ids, out) = (w.parts[0].buffer.cpu()?.clone(), ids.cpu()?.clone(), out.cpu()?.clone());
+            let (ty, rows, cols, bytes, n) = (w.ty, w.rows as usize, w.cols as usize, w.parts[0].bytes as usize, n as usize);
+            prog.push("embedding", move |pool| {
+                let words = weight.read()?;
+                let w = cpu::Weight::new(ty, rows, cols, &bytemuck::cast_slice(&words[..])[..bytes])?;
+                Ok(cpu::embedding::embedding(pool, &w, &ids.read_u32(n)?, &mut out.write_n(n * cols)?)?)
+            });
+            return Ok(());
+        }
+    };
+    let (ids, out) = (ids.gpu()?, out.gpu()?);
     check_len("embedding ids", ids, n as u64)?;
     check_len("embedding out", out, n as u64 * w.cols as u64)?;
     let spec = w.specialise(KernelSpec::new("embedding", SHADER, "embedding", BINDINGS));

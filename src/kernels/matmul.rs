@@ -20,9 +20,9 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::matvec::{check_len, Epilogue, Output};
+use super::matvec::{check_len, cpu_product, Epilogue, Output, Product};
 use super::quant::{WLayout, Weight};
-use crate::backend::{Buffer, Device, Program};
+use crate::backend::{Buffer, Device, On, Program};
 use crate::gpu::{
     grid_1d, Access, Arg, Caps, Geometry, Gpu, GpuError, KernelSpec, Launch, Program as GpuProgram, Result, WeightRead,
 };
@@ -159,7 +159,10 @@ pub fn record_rows(
     m: u32,
     compute: MatmulCompute,
 ) -> Result<()> {
-    let (prog, gpu) = prog.gpu(dev, "matmul")?;
+    let (prog, gpu) = match prog.on(dev)? {
+        On::Gpu(prog, gpu) => (prog, gpu),
+        On::Cpu(prog, cpu) => return cpu_product(prog, cpu, Product::Matmul, w, x, y, Output::dense(w, Epilogue::Store), m),
+    };
     let (x, y) = ((x.0.gpu()?, x.1), (y.0.gpu()?, y.1));
     push(prog, gpu, w, x, y, Output::dense(w, Epilogue::Store), m, compute)
 }
@@ -176,10 +179,11 @@ pub fn record_into(
     m: u32,
     compute: MatmulCompute,
 ) -> Result<()> {
-    let (prog, gpu) = prog.gpu(dev, "matmul")?;
-    let x = x.gpu()?;
-    let y = y.gpu()?;
-    push(prog, gpu, w, (x, 0), (y, 0), out, m, compute)
+    let (prog, gpu) = match prog.on(dev)? {
+        On::Gpu(prog, gpu) => (prog, gpu),
+        On::Cpu(prog, cpu) => return cpu_product(prog, cpu, Product::Matmul, w, (x, 0), (y, 0), out, m),
+    };
+    push(prog, gpu, w, (x.gpu()?, 0), (y.gpu()?, 0), out, m, compute)
 }
 
 #[allow(clippy::too_many_arguments)]

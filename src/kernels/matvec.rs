@@ -18,7 +18,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::quant::{WLayout, Weight, WeightFormat};
-use crate::backend::{Buffer, Device, Program};
+use crate::backend::{cpu, Buffer, Device, On, Program};
 use crate::gpu::{grid_1d, Access, Arg, Geometry, GpuError, KernelSpec, Launch, Result, WeightRead};
 
 pub(super) const SHADER: &str = include_str!("../../shaders/matvec.wgsl");
@@ -65,6 +65,55 @@ impl Output {
         let stride = if epilogue == Epilogue::SiluMul { w.rows / 2 } else { w.rows };
         Output { stride, offset: 0, epilogue }
     }
+}
+
+/// Which CPU kernel computes a product: the decode matvec or the prefill matmul.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Product {
+    Matvec,
+    Matmul,
+}
+
+/// Records a product of `w` on the CPU: token `t` reads row `x.1 + t` of `x.0` and writes row
+/// `y.1 + t` of `y.0` as `out` says. The weight's bytes are borrowed when the op runs.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn cpu_product(
+    prog: &mut cpu::Program,
+    dev: &cpu::Device,
+    product: Product,
+    w: &Weight,
+    (x, x_row0): (&Buffer, u32),
+    (y, y_row0): (&Buffer, u32),
+    out: Output,
+    n_tok: u32,
+) -> Result<()> {
+    let (weight, x, y) = (w.parts[0].buffer.cpu()?.clone(), x.cpu()?.clone(), y.cpu()?.clone());
+    let (ty, rows, cols, bytes) = (w.ty, w.rows as usize, w.cols as usize, w.parts[0].bytes as usize);
+    let (n, mode) = (n_tok as usize, dev.mode);
+    let outputs = if out.epilogue == Epilogue::SiluMul { rows / 2 } else { rows };
+    let x_range = x_row0 as usize * cols..(x_row0 as usize + n) * cols;
+    let y_start = y_row0 as usize * out.stride as usize;
+    let y_end = y_start + (n.max(1) - 1) * out.stride as usize + out.offset as usize + outputs;
+    let name = match product {
+        Product::Matvec => "matvec",
+        Product::Matmul => "matmul",
+    };
+    if x_range.end as u64 * 4 > x.size() || y_end as u64 * 4 > y.size() {
+        let (x, y) = (x.size(), y.size());
+        return Err(GpuError::Shape(format!("{name} {}: {n} rows need x {x_range:?}, y ..{y_end} (x {x} B, y {y} B)", w.label)));
+    }
+    prog.push(name, move |pool| {
+        let words = weight.read()?;
+        let w = cpu::Weight::new(ty, rows, cols, &bytemuck::cast_slice(&words[..])[..bytes])?;
+        let (x, mut y) = (x.read_n(x_range.end)?, y.write_n(y_end)?);
+        let (x, y) = (&x[x_range.clone()], &mut y[y_start..]);
+        match product {
+            Product::Matvec => cpu::matvec_into(pool, &w, x, y, out, n, mode)?,
+            Product::Matmul => cpu::matmul_into(pool, &w, x, y, out, n, mode)?,
+        }
+        Ok(())
+    });
+    Ok(())
 }
 
 /// The launch shape of the matvec of one weight (the shader's override constants).
@@ -196,9 +245,11 @@ pub fn record(prog: &mut Program, dev: &Device, w: &Weight, x: &Buffer, y: &Buff
 
 /// [`record`] into the columns `out` names, with its epilogue.
 pub fn record_into(prog: &mut Program, dev: &Device, w: &Weight, x: &Buffer, y: &Buffer, out: Output, n_tok: u32) -> Result<()> {
-    let (prog, gpu) = prog.gpu(dev, "matvec")?;
-    let x = x.gpu()?;
-    let y = y.gpu()?;
+    let (prog, gpu) = match prog.on(dev)? {
+        On::Gpu(prog, gpu) => (prog, gpu),
+        On::Cpu(prog, cpu) => return cpu_product(prog, cpu, Product::Matvec, w, (x, 0), (y, 0), out, n_tok),
+    };
+    let (x, y) = (x.gpu()?, y.gpu()?);
     let glu = out.epilogue == Epilogue::SiluMul;
     if glu && (w.parts.len() != 1 || !w.rows.is_multiple_of(2)) {
         return Err(GpuError::Shape(format!("matvec {}: a SiLU-gated product needs one part of an even row count", w.label)));
