@@ -87,6 +87,38 @@ fn tiny_llama_with_sentencepiece_matches_transformers() {
     check_fixture("tiny_llama_spm");
 }
 
+/// The same cases through the model code on the CPU backend (exact mode, f32 KV cache): the
+/// GPU's tolerance against transformers, and its argmax, at every position.
+#[test]
+fn tiny_models_match_transformers_on_the_cpu_backend() {
+    let dev = cpu();
+    for dir in ["tiny_mistral3_tekken", "tiny_mistral3_b", "tiny_llama_spm"] {
+        let root = fixture(dir);
+        let cases: Cases = serde_json::from_str(&std::fs::read_to_string(root.join("cases.json")).unwrap()).unwrap();
+        let model = MappedGguf::open(root.join(&cases.model)).unwrap();
+        let dec = webvlm::model::Decoder::load_from(&dev, &mut Eager(&model)).unwrap();
+        // Chunks of 16 (the prefill matmul and attention, a second chunk over cached keys) and
+        // of 1 (every step a decode step: matvec, decode attention).
+        for (case, chunk) in cases.cases.iter().flat_map(|c| [(c, 16), (c, 1)]) {
+            let opts = ContextOptions { max_ctx: 256, max_chunk: chunk, precision: webvlm::model::Precision::F32 };
+            let mut ctx = Context::new(&dev, &dec, opts).unwrap();
+            ctx.set_position_offset(case.pos_offset);
+            let got = pollster::block_on(ctx.logits(&dev, &dec, &case.tokens)).unwrap();
+            let (shape, want) = read_npy(&root.join(&case.logits));
+            let vocab = shape[1];
+            assert_eq!(got.len(), want.len(), "{dir}/{}: logits", case.name);
+            let mut worst = 0f32;
+            for (t, (g, w)) in got.chunks(vocab).zip(want.chunks(vocab)).enumerate() {
+                let err = rel_l2(g, w);
+                worst = worst.max(err);
+                assert!(err <= TOL_REL_L2, "CPU {dir}/{} chunk {chunk} position {t}: rel L2 {err:.2e}", case.name);
+                assert_eq!(argmax(g), argmax(w), "CPU {dir}/{} chunk {chunk} position {t}: argmax", case.name);
+            }
+            eprintln!("CPU backend {dir}/{}, chunks of {chunk}: {} positions, worst rel L2 {worst:.2e}", case.name, shape[0]);
+        }
+    }
+}
+
 /// The tiny Ministral 3 model (text only) with a `max_ctx`-token context.
 fn tiny_engine(max_ctx: u32) -> Engine {
     let model = MappedGguf::open(fixture(TINY_VLM).join("model.gguf")).unwrap();

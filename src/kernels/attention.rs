@@ -56,7 +56,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::backend::{Buffer, Device, Program};
+use crate::backend::{cpu, Buffer, Device, On, Program};
 use crate::gpu::{grid_1d, Access, Arg, Geometry, GpuError, KernelSpec, Launch, Result, MAX_GRID_DIM};
 
 /// The `Step` struct shared by the RoPE and attention shaders.
@@ -232,6 +232,12 @@ impl StepParams {
         }
     }
 
+    /// The step a CPU op runs at: `buffer`'s words, read when the op runs.
+    pub fn read_cpu(buffer: &cpu::Buffer) -> std::result::Result<StepParams, cpu::ProgramError> {
+        let w = buffer.read_u32(4)?;
+        Ok(StepParams { kv_start: w[0], n_tok: w[1], rope_pos0: w[2], _pad: 0 })
+    }
+
     /// Writes this step into `buffer` (offset 0): queued on the GPU.
     pub fn write(&self, dev: &Device, buffer: &Buffer) -> Result<()> {
         dev.write(buffer, 0, bytemuck::bytes_of(self))
@@ -346,7 +352,10 @@ pub fn attention_prefill(
     v_cache: &Buffer,
     out: &Buffer,
 ) -> Result<()> {
-    let (prog, gpu) = prog.gpu(dev, "attention_prefill")?;
+    let (prog, gpu) = match prog.on(dev)? {
+        On::Gpu(prog, gpu) => (prog, gpu),
+        On::Cpu(prog, _) => return cpu_attention(prog, shape, step, q, (k_cache, v_cache), out),
+    };
     let step = step.gpu()?;
     let q = q.gpu()?;
     let k_cache = k_cache.gpu()?;
@@ -521,6 +530,29 @@ impl DecodeScratch {
     }
 }
 
+/// Records attention on the CPU at the step's `kv_start` and `n_tok` (read when it runs).
+fn cpu_attention(
+    prog: &mut cpu::Program,
+    shape: &AttnShape,
+    step: &Buffer,
+    q: &Buffer,
+    (k_cache, v_cache): (&Buffer, &Buffer),
+    out: &Buffer,
+) -> Result<()> {
+    shape.check()?;
+    let (step, q, k, v, out) =
+        (step.cpu()?.clone(), q.cpu()?.clone(), k_cache.cpu()?.clone(), v_cache.cpu()?.clone(), out.cpu()?.clone());
+    let shape = *shape;
+    let width = shape.n_head as usize * shape.head_dim as usize;
+    prog.push("attention", move |pool| {
+        let s = StepParams::read_cpu(&step)?;
+        let n = s.n_tok.min(shape.max_tok) as usize;
+        let (q, k, v, mut out) = (q.read()?, k.read()?, v.read()?, out.write_n(n * width)?);
+        Ok(cpu::attention::attention_prefill(pool, &shape, &q, &k, &v, &mut out, n, s.kv_start as usize)?)
+    });
+    Ok(())
+}
+
 /// Records split-K decode attention (two dispatches): like [`attention_prefill`], for any
 /// `kv_len` up to the cache size, with a grid that does not depend on `kv_len`
 /// ([`decode_grid`]: `n_split` x `n_kv_head` x row chunks of [`decode_rows`]), then the
@@ -537,7 +569,11 @@ pub fn attention_decode(
     scratch: &DecodeScratch,
     out: &Buffer,
 ) -> Result<()> {
-    let (prog, gpu) = prog.gpu(dev, "attention_decode")?;
+    let (prog, gpu) = match prog.on(dev)? {
+        On::Gpu(prog, gpu) => (prog, gpu),
+        // The CPU needs no split-K partials: one pass per query row.
+        On::Cpu(prog, _) => return cpu_attention(prog, shape, step, q, (k_cache, v_cache), out),
+    };
     let step = step.gpu()?;
     let q = q.gpu()?;
     let k_cache = k_cache.gpu()?;

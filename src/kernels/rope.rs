@@ -15,9 +15,9 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::attention::{KvDtype, STEP};
+use super::attention::{KvDtype, StepParams, STEP};
 use super::quant::{Weight, WeightError};
-use crate::backend::{Buffer, Device, Program};
+use crate::backend::{cpu, Buffer, Device, On, Program};
 use crate::gguf::GgmlType;
 use crate::gpu::{grid_1d, Access, Arg, GpuError, KernelSpec, Launch, Result};
 
@@ -205,6 +205,16 @@ impl RopeFreqs {
         Ok(RopeFreqs { table: table_weight, attn_factor: table.attn_factor, n_rot: 2 * half as u32 })
     }
 
+    /// The table as the CPU kernels take it, from the table weight's words (read when an op
+    /// runs: a loader may fill the divisors row after the op was recorded).
+    fn cpu_table(&self) -> Result<impl Fn() -> std::result::Result<RopeTable, cpu::ProgramError> + 'static> {
+        let (words, half, attn_factor) = (self.buffer().cpu()?.clone(), self.n_rot as usize / 2, self.attn_factor);
+        Ok(move || {
+            let w = words.read_n(2 * half)?;
+            Ok(RopeTable { inv_freq: w[..half].to_vec(), attn_factor, freq_factors: Some(w[half..].to_vec()) })
+        })
+    }
+
     /// The table's buffer, as the kernels bind it.
     fn buffer(&self) -> &Buffer {
         &self.table.parts[0].buffer
@@ -310,9 +320,19 @@ pub fn rope_inplace(
     layout: &RopeLayout,
     q_scale: QScale,
 ) -> Result<()> {
-    let (prog, gpu) = prog.gpu(dev, "rope_inplace")?;
-    let step = step.gpu()?;
-    let x = x.gpu()?;
+    let (prog, gpu) = match prog.on(dev)? {
+        On::Gpu(prog, gpu) => (prog, gpu),
+        On::Cpu(prog, _) => {
+            let (step, x, table, layout) = (step.cpu()?.clone(), x.cpu()?.clone(), freqs.cpu_table()?, *layout);
+            prog.push("rope_inplace", move |pool| {
+                let s = StepParams::read_cpu(&step)?;
+                let n = s.n_tok.min(layout.max_tok) as usize;
+                Ok(cpu::rope::rope_inplace(pool, &mut x.write()?, &layout, n, &table()?, s.rope_pos0, q_scale)?)
+            });
+            return Ok(());
+        }
+    };
+    let (step, x) = (step.gpu()?, x.gpu()?);
     let spec = KernelSpec::new("rope", SHADER, "rope_inplace", INPLACE).with_prefix(STEP);
     let p = params(layout, freqs, None, q_scale)?;
     prog.push_with_params(gpu, &spec, &p, &[Arg::Buf(step), Arg::Buf(freqs.buffer().gpu()?), Arg::Buf(x)], grid(layout))?;
@@ -338,12 +358,11 @@ pub fn rope_kv_store(
     v_cache: &Buffer,
     kv: KvDtype,
 ) -> Result<()> {
-    let (prog, gpu) = prog.gpu(dev, "rope_kv_store")?;
-    let step = step.gpu()?;
-    let k = k.gpu()?;
-    let v = v.gpu()?;
-    let k_cache = k_cache.gpu()?;
-    let v_cache = v_cache.gpu()?;
+    let (prog, gpu) = match prog.on(dev)? {
+        On::Gpu(prog, gpu) => (prog, gpu),
+        On::Cpu(prog, _) => return cpu_kv_store(prog, step, freqs, (k, k_layout), (v, v_layout), (k_cache, v_cache), kv),
+    };
+    let (step, k, v, k_cache, v_cache) = (step.gpu()?, k.gpu()?, v.gpu()?, k_cache.gpu()?, v_cache.gpu()?);
     let entry = match kv {
         KvDtype::F32 => "rope_kv_store",
         KvDtype::F16 => "rope_kv_store_f16",
@@ -380,9 +399,17 @@ pub fn rope_qkv_store(
     (k_cache, v_cache): (&Buffer, &Buffer),
     kv: KvDtype,
 ) -> Result<()> {
-    let (prog, gpu) = prog.gpu(dev, "rope_qkv_store")?;
-    let step = step.gpu()?;
-    let qkv = qkv.gpu()?;
+    let (prog, gpu) = match prog.on(dev)? {
+        On::Gpu(prog, gpu) => (prog, gpu),
+        On::Cpu(..) => {
+            // q rotated in place, then k and v stored: two CPU ops.
+            let q = RopeLayout { n_heads: layout.n_q_heads, offset: 0, ..layout.k };
+            rope_inplace(prog, dev, step, freqs, qkv, &q, layout.q_scale)?;
+            let v = RopeLayout { offset: layout.v_offset, ..layout.k };
+            return rope_kv_store(prog, dev, step, freqs, qkv, &layout.k, qkv, &v, k_cache, v_cache, kv);
+        }
+    };
+    let (step, qkv) = (step.gpu()?, qkv.gpu()?);
     let (k_cache, v_cache) = (k_cache.gpu()?, v_cache.gpu()?);
     let entry = match kv {
         KvDtype::F32 => "rope_qkv_store",
@@ -395,6 +422,42 @@ pub fn rope_qkv_store(
     let args = [Arg::Buf(step), Arg::Buf(freqs.buffer().gpu()?), Arg::Buf(qkv), Arg::Buf(k_cache), Arg::Buf(v_cache)];
     prog.push_with_params(gpu, &spec, &p, &args, grid(&all_heads))?;
     prog.set_launch(Launch::threads(WG));
+    Ok(())
+}
+
+/// Records [`rope_kv_store`] on the CPU (f32 caches only).
+fn cpu_kv_store(
+    prog: &mut cpu::Program,
+    step: &Buffer,
+    freqs: &RopeFreqs,
+    (k, k_layout): (&Buffer, &RopeLayout),
+    (v, v_layout): (&Buffer, &RopeLayout),
+    (k_cache, v_cache): (&Buffer, &Buffer),
+    kv: KvDtype,
+) -> Result<()> {
+    if kv != KvDtype::F32 {
+        return Err(GpuError::Shape(format!("rope_kv_store: {kv:?} caches on the CPU (its caches are f32)")));
+    }
+    let (step, table) = (step.cpu()?.clone(), freqs.cpu_table()?);
+    let (k, v, k_cache, v_cache) = (k.cpu()?.clone(), v.cpu()?.clone(), k_cache.cpu()?.clone(), v_cache.cpu()?.clone());
+    let (k_layout, v_layout) = (*k_layout, *v_layout);
+    prog.push("rope_kv_store", move |pool| {
+        let s = StepParams::read_cpu(&step)?;
+        let n = s.n_tok.min(k_layout.max_tok) as usize;
+        let (k, v) = (k.read()?, v.read()?);
+        let (mut kc, mut vc) = (k_cache.write()?, v_cache.write()?);
+        let table = table()?;
+        Ok(cpu::rope::rope_kv_store(
+            pool,
+            (&k, &k_layout),
+            (&v, &v_layout),
+            (&mut kc, &mut vc),
+            n,
+            s.kv_start as usize,
+            &table,
+            s.rope_pos0,
+        )?)
+    });
     Ok(())
 }
 

@@ -117,3 +117,36 @@ pub fn rope_inplace_mrope(
     });
     Ok(())
 }
+
+/// The KV-cache store of a step (`kernels::rope::rope_kv_store`): `n_tok` rows of k heads
+/// (`k_layout`) and v heads (`v_layout`) go to cache rows `kv_start..`, dense
+/// (`[row][n_heads * head_dim]`, f32), k rotated at positions `pos0 + t` (no query scale).
+#[allow(clippy::too_many_arguments)]
+pub fn rope_kv_store(
+    pool: &ThreadPool,
+    (k, k_layout): (&[f32], &RopeLayout),
+    (v, v_layout): (&[f32], &RopeLayout),
+    (k_cache, v_cache): (&mut [f32], &mut [f32]),
+    n_tok: usize,
+    kv_start: usize,
+    table: &RopeTable,
+    pos0: u32,
+) -> Result<(), ShapeError> {
+    const OP: &str = "rope_kv_store";
+    if (v_layout.n_heads, v_layout.head_dim) != (k_layout.n_heads, k_layout.head_dim) {
+        return Err(invalid(OP, format!("v heads {v_layout:?} unlike k heads {k_layout:?}")));
+    }
+    let width = k_layout.n_heads as usize * k_layout.head_dim as usize;
+    let end = (kv_start + n_tok) * width;
+    check_min_len(OP, "k_cache", k_cache.len(), end)?;
+    check_min_len(OP, "v_cache", v_cache.len(), end)?;
+    for ((x, l), cache) in [(k, k_layout), (v, v_layout)].into_iter().zip([&mut *k_cache, &mut *v_cache]) {
+        let span = if n_tok == 0 { 0 } else { (n_tok - 1) * l.stride as usize + l.offset as usize + width };
+        check_min_len(OP, "k or v", x.len(), span)?;
+        for (t, row) in cache[kv_start * width..end].chunks_exact_mut(width).enumerate() {
+            row.copy_from_slice(&x[t * l.stride as usize + l.offset as usize..][..width]);
+        }
+    }
+    let dense = RopeLayout { stride: width as u32, offset: 0, ..*k_layout };
+    rope_inplace(pool, &mut k_cache[kv_start * width..end], &dense, n_tok, table, pos0, QScale::NONE)
+}
