@@ -54,6 +54,7 @@
 //! (f16 cache: half the bytes. The combine pass merges 64 splits per row before at every
 //! kv_len, now 1 at 128 and 32 at 4096.)
 
+pub use super::shapes::{AttnShape, KvDtype};
 use bytemuck::{Pod, Zeroable};
 
 use crate::backend::{cpu, Buffer, Device, On, Program};
@@ -97,19 +98,6 @@ const KV_READ_F16: &str = "
 fn kv_k(i: u32) -> vec4<f32> { let w = k_cache_h[i]; return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)); }
 fn kv_v(i: u32) -> vec4<f32> { let w = v_cache_h[i]; return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)); }
 ";
-
-/// Element type of the KV cache.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum KvDtype {
-    /// f32: exact, the default.
-    #[default]
-    F32,
-    /// IEEE binary16, two per `u32` word (element 2i in the low half, as `pack2x16float`):
-    /// half the memory and half the attention reads. Written with `pack2x16float` (rounding
-    /// to a neighbouring f16, |rel err| <= 2^-10; values beyond ±65504 are undefined), read
-    /// with `unpack2x16float`: no `shader-f16` needed.
-    F16,
-}
 
 impl KvDtype {
     /// Bytes per cache element.
@@ -242,29 +230,6 @@ impl StepParams {
     pub fn write(&self, dev: &Device, buffer: &Buffer) -> Result<()> {
         dev.write(buffer, 0, bytemuck::bytes_of(self))
     }
-}
-
-/// Record-time shape of an attention dispatch.
-#[derive(Clone, Copy, Debug)]
-pub struct AttnShape {
-    pub n_head: u32,
-    pub n_kv_head: u32,
-    /// <= [`MAX_HEAD_DIM`], a multiple of 4 (the kernels are built for its [`RowWidth`]).
-    pub head_dim: u32,
-    /// Token rows the grid covers; the step's `n_tok` may be smaller.
-    pub max_tok: u32,
-    /// q row stride and first column (elements, multiples of 4): dense is `n_head*head_dim`, 0.
-    pub q_stride: u32,
-    pub q_offset: u32,
-    /// Score scale, normally `1/sqrt(head_dim)`.
-    pub scale: f32,
-    /// Causal mask (text); false lets every new token see all `kv_start + n_tok` keys (vision).
-    pub causal: bool,
-    /// Element type of the caches read.
-    pub kv: KvDtype,
-    /// Mllama's vision mask: query rows `t >= valid_rows` (padding tokens) see only keys
-    /// `< valid_rows`; the others see every key. `u32::MAX` (the default): no such rows.
-    pub valid_rows: u32,
 }
 
 impl AttnShape {

@@ -9,6 +9,7 @@
 //! out `[n_tok][n_head * head_dim]`. Query head h uses KV head `h / (n_head / n_kv_head)`.
 //! Reference: transformers' `MllamaTextCrossAttention`.
 
+pub use super::shapes::CrossAttnShape;
 use bytemuck::{Pod, Zeroable};
 
 use crate::backend::{Buffer, Device, Program};
@@ -18,21 +19,6 @@ const SHADER: &str = include_str!("../../shaders/cross_attention.wgsl");
 const BINDINGS: &[Access] = &[Access::Uniform, Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite];
 /// Widest head the kernel takes (4 output dims per invocation, 64 invocations).
 pub const MAX_HEAD_DIM: u32 = 256;
-
-/// Record-time shape of a cross-attention dispatch.
-#[derive(Clone, Copy, Debug)]
-pub struct CrossAttnShape {
-    pub n_tok: u32,
-    pub n_head: u32,
-    pub n_kv_head: u32,
-    pub head_dim: u32,
-    /// Floats per q row (`n_head * head_dim` when dense).
-    pub q_stride: u32,
-    pub n_tiles: u32,
-    pub tile_keys: u32,
-    /// Score scale, `1/sqrt(head_dim)`.
-    pub scale: f32,
-}
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]

@@ -14,6 +14,7 @@
 //! UT transform of the within-chunk delta rule under the decay mask, then the inter-chunk state
 //! update), so that comparing the two checks the chunked algebra itself.
 
+pub use super::shapes::{DeltaNetLayout, KHeads, L2_EPS};
 use bytemuck::{Pod, Zeroable};
 
 use crate::backend::{Buffer, Device, Program};
@@ -33,34 +34,6 @@ const RECURRENT_WG: u32 = 128;
 pub const MAX_HEAD_DIM: u32 = 128;
 /// Tokens per chunk of the chunked form (torch's default `chunk_size`).
 pub const CHUNK: usize = 64;
-/// The L2-norm epsilon of transformers' `l2norm` (as FLA's).
-pub const L2_EPS: f64 = 1e-6;
-
-/// Which k head v head h reads when Hv > Hk.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KHeads {
-    /// `h % Hk`: llama.cpp's converter reorders the V heads of a GGUF from grouped to tiled
-    /// order (`_reorder_v_heads`, so that ggml's broadcast repeats the k heads), hence GGUF files.
-    Tiled,
-    /// `h / (Hv / Hk)`: Hugging Face checkpoints (`repeat_interleave` of q and k).
-    Grouped,
-}
-
-/// Shapes and the places of q, k, v in the rows of the mixed (conv1d output) buffer: element d
-/// of q head kh at token t is `qkv[t * row_stride + q_offset + kh * d_k + d]`, k likewise at
-/// `k_offset`, v head h at `v_offset + h * d_v + d`.
-#[derive(Clone, Copy, Debug)]
-pub struct DeltaNetLayout {
-    pub n_k_heads: u32,
-    pub n_v_heads: u32,
-    pub d_k: u32,
-    pub d_v: u32,
-    pub row_stride: u32,
-    pub q_offset: u32,
-    pub k_offset: u32,
-    pub v_offset: u32,
-    pub k_heads: KHeads,
-}
 
 impl DeltaNetLayout {
     /// The conv1d output layout: rows of `[q heads | k heads | v heads]`, nothing else.

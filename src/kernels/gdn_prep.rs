@@ -48,6 +48,7 @@
 //! [`StepParams`](super::attention::StepParams)): rows past the step's `n_tok` are untouched,
 //! and the conv state advances by exactly `n_tok` rows.
 
+pub use super::shapes::{RowWindow, SOFTPLUS_THRESHOLD};
 use bytemuck::{Pod, Zeroable};
 
 use super::attention::STEP;
@@ -72,8 +73,6 @@ const NORM: &[Access] = &[Access::Uniform, Access::Uniform, Access::Read, Access
 /// `WG` and `NORM_WG` in gdn_prep.wgsl.
 const WG: u32 = 256;
 const NORM_WG: u32 = 128;
-/// torch's `F.softplus` threshold: `softplus(x) = x` above it.
-pub const SOFTPLUS_THRESHOLD: f32 = 20.0;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -86,14 +85,6 @@ struct Params {
     b_stride: u32,
     b_offset: u32,
     eps: f32,
-}
-
-/// Where a per-token vector lives in a buffer of rows: element `(t, i)` is
-/// `buf[t * stride + offset + i]` (a projection's output row, or a window of a fused one).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RowWindow {
-    pub stride: u32,
-    pub offset: u32,
 }
 
 impl RowWindow {

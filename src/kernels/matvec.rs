@@ -15,6 +15,7 @@
 //!   rows: measured on lavapipe, in-cache Q4_K/Q4_0 up to 2x), one summing thread per row
 //!   group after a single barrier.
 
+pub use super::shapes::{Epilogue, Output};
 use bytemuck::{Pod, Zeroable};
 
 use super::quant::{WLayout, Weight, WeightFormat};
@@ -30,17 +31,6 @@ const BINDINGS: &[Access] = &[Access::Uniform, Access::Read, Access::Read, Acces
 /// `matvec_blk`: also vec4 views of x (binding 4) and of the weight (binding 5).
 const BINDINGS_BLK: &[Access] = &[Access::Uniform, Access::Read, Access::Read, Access::ReadWrite, Access::Read, Access::Read];
 
-/// What the dispatch does with its sums.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Epilogue {
-    /// `y = W x`.
-    Store,
-    /// `y += W x` (the residual add).
-    Add,
-    /// W stacks `[gate; up]` (2h rows): `y[r] = silu(gate_r . x) * (up_r . x)` for `r < h`.
-    SiluMul,
-}
-
 impl Epilogue {
     fn code(self) -> i64 {
         match self {
@@ -49,14 +39,6 @@ impl Epilogue {
             Epilogue::SiluMul => 2,
         }
     }
-}
-
-/// Where a product lands: token `t`'s output row `r` is `y[t * stride + offset + r]`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Output {
-    pub stride: u32,
-    pub offset: u32,
-    pub epilogue: Epilogue,
 }
 
 impl Output {

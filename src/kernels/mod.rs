@@ -15,6 +15,7 @@ pub mod norm;
 pub mod quant;
 pub mod rope;
 pub mod sample;
+pub mod shapes;
 pub mod vision;
 pub mod vision_mllama;
 pub mod vision_qwen;

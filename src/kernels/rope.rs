@@ -13,6 +13,7 @@
 //! pair i turns with the h position when `i % 3 == 1 && i < 3 * sections[1]`, with w when
 //! `i % 3 == 2 && i < 3 * sections[2]`, with t otherwise ([`mrope_axis`]).
 
+pub use super::shapes::{mrope_axis, QScale, RopeLayout, RopeMode, RopeTable};
 use bytemuck::{Pod, Zeroable};
 
 use super::attention::{KvDtype, StepParams, STEP};
@@ -41,15 +42,6 @@ const KV_STORE_MROPE: &[Access] = &[
     Access::Read,
 ];
 const WG: u32 = 256;
-
-/// Which elements form a rotated pair.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RopeMode {
-    /// (x[2i], x[2i+1]): llama.cpp "normal" RoPE, for GGUF `llama` / `mistral3` Q and K.
-    Adjacent,
-    /// (x[i], x[i + n_rot/2]): transformers' `rotate_half` (llama.cpp "neox").
-    RotateHalf,
-}
 
 /// YaRN parameters, named as in transformers' `rope_parameters`.
 #[derive(Clone, Copy, Debug)]
@@ -113,17 +105,6 @@ impl Yarn {
         }
         (low.max(0.0), high.min(d - 1.0))
     }
-}
-
-/// A CPU frequency table: `inv_freq[i]` for i in 0..dim/2, optional per-frequency divisors
-/// (`freq_factors`, llama.cpp's `rope_freqs` tensor: Llama 3's RoPE scaling; angles are
-/// `f32(pos) * inv_freq[i] / freq_factors[i]`, as ggml computes them) and the cos/sin
-/// multiplier.
-#[derive(Clone, Debug, PartialEq)]
-pub struct RopeTable {
-    pub inv_freq: Vec<f32>,
-    pub attn_factor: f32,
-    pub freq_factors: Option<Vec<f32>>,
 }
 
 impl RopeTable {
@@ -221,13 +202,6 @@ impl RopeFreqs {
     }
 }
 
-/// Llama-4 / Ministral 3 query scaling `1 + beta * ln(1 + floor(pos / orig_ctx))`; beta 0 is off.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct QScale {
-    pub beta: f32,
-    pub orig_ctx: u32,
-}
-
 impl QScale {
     pub const NONE: QScale = QScale { beta: 0.0, orig_ctx: 0 };
 
@@ -238,20 +212,6 @@ impl QScale {
         }
         1.0 + self.beta * (1.0 + (pos / self.orig_ctx) as f32).ln()
     }
-}
-
-/// Where the heads of one token row live: element (t, h, d) is
-/// `buf[t * stride + offset + h * head_dim + d]` (dense: `stride = n_heads * head_dim`, offset 0;
-/// a fused QKV buffer uses its row width and the section's column offset).
-#[derive(Clone, Copy, Debug)]
-pub struct RopeLayout {
-    pub n_heads: u32,
-    pub head_dim: u32,
-    pub mode: RopeMode,
-    /// Rows covered by the dispatch; the kernel stops at the step's `n_tok`.
-    pub max_tok: u32,
-    pub stride: u32,
-    pub offset: u32,
 }
 
 impl RopeLayout {
@@ -478,15 +438,6 @@ impl Mrope<'_> {
             return Err(GpuError::Shape(format!("mrope sections {:?} for {} rotated dims", self.sections, p.n_rot)));
         }
         Ok(Params { mrope_h: h, mrope_w: w, ..p })
-    }
-}
-
-/// The axis (0: t, 1: h, 2: w) whose position turns rotated pair `i` under `sections`.
-pub fn mrope_axis(i: usize, sections: [u32; 3]) -> usize {
-    match i % 3 {
-        1 if i < 3 * sections[1] as usize => 1,
-        2 if i < 3 * sections[2] as usize => 2,
-        _ => 0,
     }
 }
 

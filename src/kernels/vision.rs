@@ -19,6 +19,7 @@
 //!   feature `c*4 + ki*2 + kj`, merged row `mr*(cols/2) + mc`; an odd last row/column is dropped
 //!   as `F.unfold` does.
 
+pub use super::shapes::{PatchGrid, Rope2dLayout};
 use bytemuck::{Pod, Zeroable};
 
 use super::matvec::check_len;
@@ -32,13 +33,6 @@ const WG: u32 = 256;
 
 /// Pixtral's patch size (pixels per side).
 pub const PATCH: u32 = 14;
-
-/// The patch grid of one image: `rows = H / patch`, `cols = W / patch`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PatchGrid {
-    pub rows: u32,
-    pub cols: u32,
-}
 
 impl PatchGrid {
     /// The grid of an image of `height` x `width` pixels (multiples of `patch`).
@@ -193,20 +187,6 @@ impl Rope2dFreqs {
         let table = pixtral_inv_freq(head_dim as usize, theta);
         Ok(Rope2dFreqs { inv_freq: dev.storage_with("rope2d_inv_freq", bytemuck::cast_slice(&table))?, head_dim })
     }
-}
-
-/// Where q or k heads live: element (t, h, d) of the image's token t is
-/// `x[(row0 + t) * stride + offset + h * head_dim + d]`.
-#[derive(Clone, Copy, Debug)]
-pub struct Rope2dLayout {
-    pub n_heads: u32,
-    /// A multiple of 4 (two halves of pairs).
-    pub head_dim: u32,
-    pub mode: RopeMode,
-    pub stride: u32,
-    pub offset: u32,
-    /// First token row of the image in the buffer (several images share one buffer).
-    pub row0: u32,
 }
 
 impl Rope2dLayout {

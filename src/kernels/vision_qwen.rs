@@ -4,6 +4,7 @@
 //! reordering into 2x2 merge windows). CPU references alongside, tested in
 //! `tests/kernels_vision.rs`.
 
+pub use super::shapes::Tap;
 use bytemuck::{Pod, Zeroable};
 
 use super::matvec::check_len;
@@ -23,14 +24,6 @@ struct Params {
     stride: u32,
     offset: u32,
     _pad: [u32; 2],
-}
-
-/// One term of a [`gather_rows`] output row: `weight * src[row]`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq)]
-pub struct Tap {
-    pub row: u32,
-    pub weight: f32,
 }
 
 fn push(

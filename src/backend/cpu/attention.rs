@@ -15,7 +15,7 @@
 
 use super::ops::{check_len, check_min_len, for_each_chunk, invalid, ShapeError};
 use super::pool::ThreadPool;
-use crate::kernels::attention::{AttnShape, KvDtype};
+use crate::kernels::shapes::{AttnShape, KvDtype};
 
 /// Keys per block: scores of a block are computed first, then the maximum is updated once.
 pub const BLOCK: usize = 32;

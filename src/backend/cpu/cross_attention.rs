@@ -12,7 +12,7 @@
 use super::attention::OnlineSoftmax;
 use super::ops::{check_len, check_min_len, for_each_chunk, invalid, rows_per_task, ShapeError};
 use super::pool::ThreadPool;
-use crate::kernels::cross_attention::CrossAttnShape;
+use crate::kernels::shapes::CrossAttnShape;
 
 const OP: &str = "cross_attention";
 

@@ -17,7 +17,7 @@ use super::matvec::Rows;
 use super::ops::{check_min_len, invalid, ShapeError};
 use super::pool::ThreadPool;
 use super::simd;
-pub use crate::kernels::delta_net::{DeltaNetLayout, KHeads, L2_EPS};
+pub use crate::kernels::shapes::{DeltaNetLayout, KHeads, L2_EPS};
 
 const OP: &str = "gated_delta_rule";
 

@@ -16,7 +16,7 @@
 
 use super::ops::{check_min_len, for_each_chunk, invalid, rows_per_task, ShapeError};
 use super::pool::ThreadPool;
-pub use crate::kernels::gdn_prep::{RowWindow, SOFTPLUS_THRESHOLD};
+pub use crate::kernels::shapes::{RowWindow, SOFTPLUS_THRESHOLD};
 
 fn silu(v: f32) -> f32 {
     v / (1.0 + (-v).exp())

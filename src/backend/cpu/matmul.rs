@@ -30,7 +30,7 @@ use super::quant::{quantize_q8, quantize_q8k, BlockQ8, BlockQ8K};
 use super::simd::{self, Simd};
 use crate::gguf::quant::block_dequantizer;
 use crate::gguf::GgmlType;
-pub use crate::kernels::matvec::{Epilogue, Output};
+pub use crate::kernels::shapes::{Epilogue, Output};
 
 /// Weight rows per panel (the micro-kernels' row count).
 pub const ROWS: usize = 4;

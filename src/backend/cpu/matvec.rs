@@ -9,7 +9,7 @@ use super::pool::ThreadPool;
 use super::quant::{dequant_dot, quantize_q8, quantize_q8k, Kernel, QuantError};
 use super::simd;
 use crate::gguf::GgmlType;
-pub use crate::kernels::matvec::{Epilogue, Output};
+pub use crate::kernels::shapes::{Epilogue, Output};
 
 /// Chunks per thread: enough for uneven progress to balance.
 const TASKS_PER_THREAD: usize = 4;

@@ -11,7 +11,7 @@
 
 use super::ops::{check_min_len, for_each_chunk, invalid, ShapeError};
 use super::pool::ThreadPool;
-use crate::kernels::rope::{mrope_axis, QScale, RopeLayout, RopeMode, RopeTable};
+use crate::kernels::shapes::{mrope_axis, QScale, RopeLayout, RopeMode, RopeTable};
 
 /// Checks the layout against the table and `x` for `n_tok` rows; returns the row chunk
 /// (`stride`) and the elements the rows span.

@@ -21,8 +21,8 @@ use super::matvec::{MatvecError, Mode, Weight};
 use super::ops::{check_len, check_min_len, for_each_chunk, invalid, rows_per_task, ShapeError};
 use super::pool::ThreadPool;
 use super::rope::rotate_row;
-use crate::kernels::rope::RopeLayout;
-pub use crate::kernels::vision::{PatchGrid, Rope2dLayout};
+use crate::kernels::shapes::RopeLayout;
+pub use crate::kernels::shapes::{PatchGrid, Rope2dLayout};
 
 /// A vision op that cannot run as asked.
 #[derive(Debug, thiserror::Error)]

@@ -9,7 +9,7 @@
 
 use super::ops::{check_len, check_min_len, for_each_chunk, invalid, rows_per_task, ShapeError};
 use super::pool::ThreadPool;
-pub use crate::kernels::vision_qwen::Tap;
+pub use crate::kernels::shapes::Tap;
 
 /// `x[r][c] += bias[c]` over the rows of `dim` of `x`.
 pub fn add_bias(pool: &ThreadPool, bias: &[f32], x: &mut [f32], dim: usize) -> Result<(), ShapeError> {
