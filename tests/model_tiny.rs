@@ -37,13 +37,18 @@ struct Case {
 }
 
 fn check_fixture(dir: &str) {
+    check_fixture_with(dir, &[]);
+}
+
+/// [`check_fixture`] with more `webvlm logits` arguments.
+fn check_fixture_with(dir: &str, extra: &[&str]) {
     let root = fixture(dir);
     let cases: Cases = serde_json::from_str(&std::fs::read_to_string(root.join("cases.json")).unwrap()).unwrap();
     let model = root.join(&cases.model);
     for case in &cases.cases {
         let out = temp_path(&format!("{dir}-{}.npy", case.name));
         let ids: Vec<String> = case.tokens.iter().map(u32::to_string).collect();
-        run_cli(&[
+        let args = [
             "logits",
             "--model",
             model.to_str().unwrap(),
@@ -56,7 +61,8 @@ fn check_fixture(dir: &str) {
             "--kv-f32",
             "--out",
             out.to_str().unwrap(),
-        ]);
+        ];
+        run_cli(&[&args[..], extra].concat());
         let (shape, got) = read_npy(&out);
         let (want_shape, want) = read_npy(&root.join(&case.logits));
         assert_eq!(shape, want_shape, "{dir}/{}: shape", case.name);
@@ -85,6 +91,12 @@ fn tiny_mistral3_second_shape_matches_transformers() {
 #[test]
 fn tiny_llama_with_sentencepiece_matches_transformers() {
     check_fixture("tiny_llama_spm");
+}
+
+/// `webvlm logits --backend cpu --cpu-mode exact`: the GPU's tolerance on the CPU backend.
+#[test]
+fn cpu_backend_logits_from_the_cli_match_transformers() {
+    check_fixture_with("tiny_mistral3_b", &["--backend", "cpu", "--cpu-mode", "exact", "--threads", "2"]);
 }
 
 /// The same cases through the model code on the CPU backend (exact mode, f32 KV cache): the
@@ -121,8 +133,12 @@ fn tiny_models_match_transformers_on_the_cpu_backend() {
 
 /// The tiny Ministral 3 model (text only) with a `max_ctx`-token context.
 fn tiny_engine(max_ctx: u32) -> Engine {
+    tiny_engine_on(gpu(), max_ctx)
+}
+
+fn tiny_engine_on(dev: webvlm::backend::Device, max_ctx: u32) -> Engine {
     let model = MappedGguf::open(fixture(TINY_VLM).join("model.gguf")).unwrap();
-    Engine::builder(gpu())
+    Engine::builder(dev)
         .context(ContextOptions { max_ctx, max_chunk: 16, ..Default::default() })
         .load(&mut Eager(&model))
         .unwrap()
@@ -161,6 +177,18 @@ fn generate(e: &mut Engine, prompt: &[u32], opts: &GenerateOptions) -> (Generati
 
 fn greedy(max_tokens: u32) -> GenerateOptions {
     GenerateOptions { max_tokens, ignore_eos: true, ..Default::default() }
+}
+
+/// The GPU's pipelined loop and the CPU backend's host-sampled one pick the same greedy
+/// tokens, in exact and in fast (8-bit activations) mode.
+#[test]
+fn gpu_and_cpu_backends_give_the_same_greedy_tokens() {
+    let want = generate(&mut tiny_engine(512), &PROMPT, &greedy(24)).0.tokens;
+    for mode in [webvlm::backend::cpu::Mode::Exact, webvlm::backend::cpu::Mode::Fast] {
+        let dev = webvlm::backend::Device::Cpu(webvlm::backend::cpu::Device::new(2, mode).unwrap());
+        let got = generate(&mut tiny_engine_on(dev, 512), &PROMPT, &greedy(24)).0.tokens;
+        assert_eq!(got, want, "CPU backend, {mode:?} mode");
+    }
 }
 
 #[test]

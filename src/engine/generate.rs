@@ -278,7 +278,8 @@ impl Engine {
         let opts = &*opts.seeded();
         let stops = StopStrings::new(opts.stop.clone())?;
         let images = self.placement(prompt)?;
-        let host = match opts.host_sampling() {
+        // The CPU backend has no device sampler: its tokens are always picked on the host.
+        let host = match opts.host_sampling() || matches!(self.dev, Device::Cpu(_)) {
             false => None,
             true => Some(HostPicker {
                 sampler: Sampler::new(opts.sampling.clone(), &prompt.tokens),

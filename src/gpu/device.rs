@@ -12,6 +12,9 @@ use super::{GpuError, Result};
 pub struct Caps {
     /// `shader-f16` was requested and granted: f16 kernel variants may be used.
     pub f16: bool,
+    /// KV caches may be stored as f16 (every wgpu device: packed in u32 words; the CPU
+    /// backend keeps f32 caches).
+    pub kv_f16: bool,
     /// Subgroup operations were requested and granted (native only for now).
     pub subgroups: bool,
     pub max_storage_binding: u64,
@@ -269,6 +272,7 @@ impl Gpu {
         let geometry =
             options.geometry.or_else(Geometry::from_env).unwrap_or(if software { Geometry::Cpu } else { Geometry::Gpu });
         let caps = Caps {
+            kv_f16: true,
             f16: features.contains(wgpu::Features::SHADER_F16),
             subgroups: features.contains(wgpu::Features::SUBGROUP),
             max_storage_binding: limits.max_storage_buffer_binding_size,

@@ -120,7 +120,10 @@ impl Context {
         // A chunk longer than the context is never used; zero sizes would be meaningless.
         let opts =
             ContextOptions { max_ctx: opts.max_ctx.max(1), max_chunk: opts.max_chunk.clamp(1, opts.max_ctx.max(1)), ..opts };
-        let precision = Precision { compute_f16: opts.precision.compute_f16 && dev.caps().f16, ..opts.precision };
+        // What the device cannot do falls back to f32 (the CPU backend keeps f32 caches).
+        let caps = dev.caps();
+        let precision =
+            Precision { compute_f16: opts.precision.compute_f16 && caps.f16, kv_f16: opts.precision.kv_f16 && caps.kv_f16 };
         let c = &dec.cfg;
         let row_limit = dev.caps().max_storage_binding.min(256 << 20) / (4 * c.vocab as u64);
         let logits_rows = (opts.max_chunk as u64).min(row_limit).max(1) as u32;
@@ -708,6 +711,7 @@ mod tests {
 
     fn caps(geometry: Geometry, f16: bool) -> Caps {
         Caps {
+            kv_f16: true,
             f16,
             subgroups: false,
             max_storage_binding: 128 << 20,

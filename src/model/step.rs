@@ -14,14 +14,16 @@ use crate::kernels::sample::Sampler;
 pub enum LogitsMode {
     /// None (a prefill chunk that is not the last).
     None,
-    /// The last token's, then a token is selected on the GPU.
+    /// The last token's, then a token is selected on the GPU (the CPU backend has no device
+    /// sampler: the host picks from the logits).
     LastAndSample,
     /// Every token's (teacher forcing, the `logits` command).
     All,
 }
 
 /// Reduced-precision paths. [`Precision::for_adapter`] is what users get: an f16 KV cache
-/// everywhere (half the cache memory and attention reads) and f16 matmul tiles on GPUs with
+/// wherever the device keeps one (every wgpu device; the CPU backend's caches are f32: half
+/// the cache memory and attention reads) and f16 matmul tiles on GPUs with
 /// `shader-f16`; [`Precision::F32`] is the exact path that matches the f32 reference (the
 /// logits tests ask for it). Their error is measured on SmolLM2 in `tests/model_f16.rs`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,12 +51,12 @@ impl Precision {
     /// has `shader-f16` and takes the GPU launch shape (GPUs run f16 math at up to twice the
     /// f32 rate; CPU adapters emulate it, so they keep f32).
     pub fn for_adapter(caps: &Caps) -> Precision {
-        Precision { kv_f16: true, compute_f16: caps.f16 && caps.geometry == Geometry::Gpu }
+        Precision { kv_f16: caps.kv_f16, compute_f16: caps.f16 && caps.geometry == Geometry::Gpu }
     }
 
     /// Every reduced-precision path the device supports.
     pub fn reduced(caps: &Caps) -> Precision {
-        Precision { kv_f16: true, compute_f16: caps.f16 }
+        Precision { kv_f16: caps.kv_f16, compute_f16: caps.f16 }
     }
 
     pub fn kv_dtype(&self) -> KvDtype {

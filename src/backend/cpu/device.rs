@@ -21,6 +21,7 @@ impl Device {
         let level = simd::process_level();
         let caps = Caps {
             f16: false,
+            kv_f16: false,
             subgroups: false,
             max_storage_binding: isize::MAX as u64,
             max_buffer: isize::MAX as u64,

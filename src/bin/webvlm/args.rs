@@ -5,8 +5,10 @@ use std::path::PathBuf;
 
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Args, ValueEnum};
+use webvlm::backend::cpu::{self, Mode};
+use webvlm::backend::Device;
 use webvlm::engine::{GenerateOptions, SamplingPreset};
-use webvlm::gpu::Geometry;
+use webvlm::gpu::{Geometry, Gpu, GpuOptions};
 use webvlm::model::synthetic::{MllamaShape, MllamaTextShape, Qwen35Shape, QwenVisionShape, SyntheticShape, VisionShape};
 use webvlm::model::{ContextOptions, MemoryBudget};
 use webvlm::sampling::SamplingParams;
@@ -72,6 +74,17 @@ pub struct EngineArgs {
     /// adapters) [default: from the adapter]
     #[arg(long, value_name = "G")]
     pub geometry: Option<Geometry>,
+    /// Where the model runs: gpu (wgpu: Vulkan, Metal, DX12) or cpu (the CPU backend, being
+    /// built: for now the Llama, SmolLM2 and Mistral 3 text decoders)
+    #[arg(long, value_name = "B", default_value = "gpu")]
+    pub backend: BackendArg,
+    /// CPU backend: threads [default: the machine's cores]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
+    /// CPU backend: activations quantized to 8 bits per block (fast, as llama.cpp's CPU
+    /// backend) or kept f32 (exact)
+    #[arg(long, value_name = "M", default_value = "fast")]
+    pub cpu_mode: CpuModeArg,
     /// GPU memory for the prompt cache's saved prefixes (256M, 1G; 0: keep only the live
     /// sequence) [default: 256M]
     #[arg(long, value_name = "BYTES", value_parser = cache_bytes)]
@@ -179,6 +192,38 @@ impl SamplingArgs {
             ..Default::default()
         };
         requested.resolve(defaults, base)
+    }
+}
+
+/// `--backend`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendArg {
+    Gpu,
+    Cpu,
+}
+
+/// `--cpu-mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CpuModeArg {
+    Fast,
+    Exact,
+}
+
+impl EngineArgs {
+    /// The device `--backend`, `--geometry`, `--threads` and `--cpu-mode` ask for.
+    pub fn device(&self) -> Result<Device, Box<dyn std::error::Error>> {
+        Ok(match self.backend {
+            BackendArg::Gpu => Device::Gpu(Gpu::new_blocking(GpuOptions { geometry: self.geometry, ..GpuOptions::default() })?),
+            BackendArg::Cpu => {
+                let threads =
+                    self.threads.map_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()), usize::from);
+                let mode = match self.cpu_mode {
+                    CpuModeArg::Fast => Mode::Fast,
+                    CpuModeArg::Exact => Mode::Exact,
+                };
+                Device::Cpu(cpu::Device::new(threads, mode)?)
+            }
+        })
     }
 }
 

@@ -8,7 +8,6 @@ use clap::{Parser, Subcommand};
 use webvlm::engine::{Engine, EngineError};
 use webvlm::error::{Classify, ErrorClass};
 use webvlm::gguf::{MappedGguf, TensorInfo};
-use webvlm::gpu::{Gpu, GpuOptions};
 use webvlm::image::DEFAULT_MAX_EDGE;
 use webvlm::model::{ContextOptions, MemoryBudget, MemoryPlan, ModelHeaders, PlanLimits, PlanOptions, Precision};
 use webvlm::source::{Eager, LoadQuant};
@@ -97,17 +96,17 @@ fn main() -> ExitCode {
 pub fn open_engine(args: &args::EngineArgs) -> Result<Engine, Box<dyn std::error::Error>> {
     let model = open::ModelFiles::open(&args.model.model)?;
     let mmproj = args.mmproj.as_ref().map(MappedGguf::open).transpose()?;
-    let gpu = Gpu::new_blocking(GpuOptions { geometry: args.geometry, ..GpuOptions::default() })?;
-    let defaults = ContextOptions::for_adapter(&gpu.caps);
+    let dev = args.device()?;
+    let defaults = ContextOptions::for_adapter(dev.caps());
     let precision = match (args.f16, args.no_f16, args.kv_f32) {
-        (true, _, _) => Precision::reduced(&gpu.caps),
-        (_, true, _) => Precision::default(),
+        (true, _, _) => Precision::reduced(dev.caps()),
+        (_, true, _) => Precision { compute_f16: false, ..defaults.precision },
         (_, _, true) => Precision::F32,
         _ => defaults.precision,
     };
     let opts = ContextOptions { max_ctx: args.ctx, max_chunk: args.chunk.unwrap_or(defaults.max_chunk), precision };
     // Refuse a model that cannot fit before any weight is uploaded.
-    let limits = PlanLimits::from_caps(&gpu.caps);
+    let limits = PlanLimits::from_caps(dev.caps());
     let mut plan_opts = PlanOptions {
         ctx: opts.max_ctx,
         chunk: opts.max_chunk,
@@ -128,7 +127,7 @@ pub fn open_engine(args: &args::EngineArgs) -> Result<Engine, Box<dyn std::error
         Err(_) => {}
     }
     let mut mmproj = mmproj.as_ref().map(|m| Eager(m));
-    let mut builder = Engine::builder(gpu).context(opts);
+    let mut builder = Engine::builder(dev).context(opts);
     if let Some(m) = mmproj.as_mut() {
         builder = builder.vision(m, args.vision_quant);
     }

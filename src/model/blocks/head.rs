@@ -3,7 +3,7 @@
 //! for every row or only the last one, from which the GPU sampler picks the next token.
 
 use crate::backend::{Buffer, Device, Program};
-use crate::gpu::{GpuError, Result};
+use crate::gpu::Result;
 use crate::kernels::quant::Weight;
 use crate::kernels::{embedding, matvec, norm};
 use crate::source::{LoadError, LoadQuant, WeightLoader};
@@ -72,8 +72,10 @@ impl Head {
                 p.copy(&b.x, (n - 1) as u64 * row, &b.x_last, 0, row)?;
                 norm::rms_norm(p, dev, &b.x_last, &self.output_norm, &b.h, 1, d, self.rms_eps)?;
                 matvec::record(p, dev, self.lm_head(), &b.h, &b.logits, 1)?;
-                let sampler = b.sampler.as_ref().ok_or(GpuError::CpuUnsupported("sampling on the device"))?;
-                sampler.record(p, dev, &b.logits, 0, &b.ids, 0)
+                match &b.sampler {
+                    Some(sampler) => sampler.record(p, dev, &b.logits, 0, &b.ids, 0),
+                    None => Ok(()),
+                }
             }
         }
     }
