@@ -57,31 +57,38 @@ fn context(gpu: &webvlm::backend::Device, dec: &Decoder, chunk: u32) -> Context 
 /// after a prefill of half the case: the recurrent state carries across steps.
 #[test]
 fn logits_match_transformers() {
-    let gpu = common::gpu();
+    for dev in [common::gpu(), common::cpu()] {
+        check_logits(&dev);
+    }
+}
+
+/// [`logits_match_transformers`] on one device (both backends: the CPU's exact mode).
+fn check_logits(gpu: &webvlm::backend::Device) {
+    let backend = &gpu.caps().backend;
     for name in ["a", "b", "c"] {
         let m = fixture(name);
-        let dec = Decoder::load(&gpu, &m).unwrap();
+        let dec = Decoder::load(gpu, &m).unwrap();
         for (case, tokens, want) in cases(name) {
             for chunk in [128, 50, 7] {
-                let mut ctx = context(&gpu, &dec, chunk);
-                let got = pollster::block_on(ctx.logits(&gpu, &dec, &tokens)).unwrap();
+                let mut ctx = context(gpu, &dec, chunk);
+                let got = pollster::block_on(ctx.logits(gpu, &dec, &tokens)).unwrap();
                 let (err, same) = compare(&got, &want, 545);
-                eprintln!("{name} {case} chunk {chunk}: rel L2 {err:.2e}, argmax equal {same}");
-                assert!(err <= 1e-3 && same, "{name} {case} chunk {chunk}: rel L2 {err:.2e}, argmax equal {same}");
+                eprintln!("{backend} {name} {case} chunk {chunk}: rel L2 {err:.2e}, argmax equal {same}");
+                assert!(err <= 1e-3 && same, "{backend} {name} {case} chunk {chunk}: rel L2 {err:.2e}, argmax equal {same}");
                 // A second sequence in the same context starts from a zeroed state.
                 ctx.reset();
-                let again = pollster::block_on(ctx.logits(&gpu, &dec, &tokens)).unwrap();
+                let again = pollster::block_on(ctx.logits(gpu, &dec, &tokens)).unwrap();
                 assert_eq!(compare(&again, &want, 545).0, err, "{name} {case}: reset");
             }
-            let mut ctx = context(&gpu, &dec, 64);
+            let mut ctx = context(gpu, &dec, 64);
             let half = tokens.len() / 2;
-            let mut got = if half > 0 { pollster::block_on(ctx.logits(&gpu, &dec, &tokens[..half])).unwrap() } else { vec![] };
+            let mut got = if half > 0 { pollster::block_on(ctx.logits(gpu, &dec, &tokens[..half])).unwrap() } else { vec![] };
             for &t in &tokens[half..] {
-                got.extend(pollster::block_on(ctx.logits(&gpu, &dec, &[t])).unwrap());
+                got.extend(pollster::block_on(ctx.logits(gpu, &dec, &[t])).unwrap());
             }
             let (err, same) = compare(&got, &want, 545);
-            eprintln!("{name} {case} prefill {half} then decode: rel L2 {err:.2e}, argmax equal {same}");
-            assert!(err <= 1e-3 && same, "{name} {case} decode: rel L2 {err:.2e}");
+            eprintln!("{backend} {name} {case} prefill {half} then decode: rel L2 {err:.2e}, argmax equal {same}");
+            assert!(err <= 1e-3 && same, "{backend} {name} {case} decode: rel L2 {err:.2e}");
         }
     }
 }

@@ -17,7 +17,7 @@
 pub use super::shapes::{DeltaNetLayout, KHeads, L2_EPS};
 use bytemuck::{Pod, Zeroable};
 
-use crate::backend::{Buffer, Device, Program};
+use crate::backend::{cpu, Buffer, Device, On, Program};
 use crate::gpu::{Access, Arg, GpuError, KernelSpec, Launch, Result};
 
 pub(super) const SHADER: &str = include_str!("../../shaders/gated_delta_net.wgsl");
@@ -175,6 +175,17 @@ fn checked_params(layout: &DeltaNetLayout, n_tok: usize, b: &DeltaNetBuffers<'_>
     })
 }
 
+/// Records the gated delta rule's recurrence over `n_tok` tokens on the CPU.
+fn cpu_recurrent(prog: &mut cpu::Program, layout: &DeltaNetLayout, n_tok: usize, b: &DeltaNetBuffers<'_>) -> Result<()> {
+    let [qkv, g, beta, state, out] = [b.qkv, b.g, b.beta, b.state, b.out].map(|b| b.cpu().cloned());
+    let ([qkv, g, beta, state, out], layout) = ([qkv?, g?, beta?, state?, out?], *layout);
+    prog.push("gated_delta_rule", move |pool| {
+        let (qkv, g, beta, mut state, mut out) = (qkv.read()?, g.read()?, beta.read()?, state.write()?, out.write()?);
+        Ok(cpu::delta_net::recurrent(pool, &layout, n_tok, &qkv, &g, &beta, &mut state, &mut out)?)
+    });
+    Ok(())
+}
+
 /// Records `gdn_recurrent`: `n_tok` tokens one after the other (n_tok = 1 for decode), the
 /// state read once and written back in place. Grid: (ceil(d_v / 32), Hv) workgroups of 128
 /// invocations, each owning a quarter of one state column.
@@ -185,8 +196,11 @@ pub fn record_recurrent(
     n_tok: usize,
     b: &DeltaNetBuffers<'_>,
 ) -> Result<()> {
-    let (prog, gpu) = prog.gpu(dev, "delta_net recurrent")?;
     let p = checked_params(layout, n_tok, b)?;
+    let (prog, gpu) = match prog.on(dev)? {
+        On::Gpu(prog, gpu) => (prog, gpu),
+        On::Cpu(prog, _) => return cpu_recurrent(prog, layout, n_tok, b),
+    };
     let spec = KernelSpec::new("gated_delta_net", SHADER, "gdn_recurrent", RECURRENT);
     let args =
         [Arg::Buf(b.qkv.gpu()?), Arg::Buf(b.g.gpu()?), Arg::Buf(b.beta.gpu()?), Arg::Buf(b.state.gpu()?), Arg::Buf(b.out.gpu()?)];
@@ -217,8 +231,12 @@ pub fn record_chunked(
     b: &DeltaNetBuffers<'_>,
     scratch: &Buffer,
 ) -> Result<()> {
-    let (prog, gpu) = prog.gpu(dev, "delta_net chunked")?;
     let p = checked_params(layout, n_tok, b)?;
+    let (prog, gpu) = match prog.on(dev)? {
+        On::Gpu(prog, gpu) => (prog, gpu),
+        // The CPU runs the recurrence token by token (same outputs and final state).
+        On::Cpu(prog, _) => return cpu_recurrent(prog, layout, n_tok, b),
+    };
     let scratch_len = chunked_scratch_len(layout, n_tok);
     if scratch_len > u32::MAX as usize {
         return Err(GpuError::Shape(format!("gated delta rule: {n_tok} tokens need {scratch_len} scratch floats")));

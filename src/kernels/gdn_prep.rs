@@ -51,9 +51,9 @@
 pub use super::shapes::{RowWindow, SOFTPLUS_THRESHOLD};
 use bytemuck::{Pod, Zeroable};
 
-use super::attention::STEP;
+use super::attention::{StepParams, STEP};
 use super::matvec::check_len;
-use crate::backend::{Buffer, Device, Program};
+use crate::backend::{cpu, Buffer, Device, On, Program};
 use crate::gpu::{grid_1d, Access, Arg, GpuError, KernelSpec, Launch, Result};
 
 pub(super) const SHADER: &str = include_str!("../../shaders/gdn_prep.wgsl");
@@ -146,13 +146,21 @@ pub fn record_conv(
     y: &Buffer,
     shape: &ConvShape,
 ) -> Result<()> {
-    let (prog, gpu) = prog.gpu(dev, "gdn conv")?;
-    let step = step.gpu()?;
-    let x = x.gpu()?;
-    let weight = weight.gpu()?;
-    let state = state.gpu()?;
-    let y = y.gpu()?;
     let ConvShape { max_tok, channels: c, kernel: k } = *shape;
+    let (prog, gpu) = match prog.on(dev)? {
+        On::Gpu(prog, gpu) => (prog, gpu),
+        On::Cpu(prog, _) => {
+            let [step, x, weight, state, y] = [step, x, weight, state, y].map(|b| b.cpu().cloned());
+            let [step, x, weight, state, y] = [step?, x?, weight?, state?, y?];
+            prog.push("gdn conv", move |pool| {
+                let n = StepParams::read_cpu(&step)?.n_tok.min(max_tok) as usize;
+                let (x, weight, mut state, mut y) = (x.read()?, weight.read()?, state.write()?, y.write()?);
+                Ok(cpu::gdn_prep::conv(pool, &x, x_win, n, &weight, &mut state, &mut y, c as usize, k as usize)?)
+            });
+            return Ok(());
+        }
+    };
+    let (step, x, weight, state, y) = (step.gpu()?, x.gpu()?, weight.gpu()?, state.gpu()?, y.gpu()?);
     let n = check_grid("gdn conv", max_tok, c)?;
     if !(2..=64).contains(&k) {
         return shape_err(format!("gdn conv: kernel size {k} (2..=64 supported)"));
@@ -227,7 +235,20 @@ pub fn record_decay(
     max_tok: u32,
     n_heads: u32,
 ) -> Result<()> {
-    let (prog, gpu) = prog.gpu(dev, "gdn decay")?;
+    let (prog, gpu) = match prog.on(dev)? {
+        On::Gpu(prog, gpu) => (prog, gpu),
+        On::Cpu(prog, _) => {
+            let [step, a, b, ssm_a, dt_bias, g, beta] = [step, a, b, ssm_a, dt_bias, g, beta].map(|b| b.cpu().cloned());
+            let [step, a, b, ssm_a, dt_bias, g, beta] = [step?, a?, b?, ssm_a?, dt_bias?, g?, beta?];
+            prog.push("gdn decay", move |_| {
+                let n = StepParams::read_cpu(&step)?.n_tok.min(max_tok) as usize;
+                let (a, b, ssm_a, dt_bias) = (a.read()?, b.read()?, ssm_a.read()?, dt_bias.read()?);
+                let (mut g, mut beta) = (g.write()?, beta.write()?);
+                Ok(cpu::gdn_prep::decay((&a, a_win), (&b, b_win), &ssm_a, &dt_bias, (&mut g, &mut beta), n, n_heads as usize)?)
+            });
+            return Ok(());
+        }
+    };
     let step = step.gpu()?;
     let ssm_a = ssm_a.gpu()?;
     let dt_bias = dt_bias.gpu()?;
@@ -312,13 +333,22 @@ pub fn record_gated_norm(
     out: &Buffer,
     shape: &GatedNormShape,
 ) -> Result<()> {
-    let (prog, gpu) = prog.gpu(dev, "gdn gated_norm")?;
-    let step = step.gpu()?;
-    let o = o.gpu()?;
-    let weight = weight.gpu()?;
-    let out = out.gpu()?;
-    let z = z.gpu()?;
     let GatedNormShape { max_tok, n_heads, head_dim, eps } = *shape;
+    let (prog, gpu) = match prog.on(dev)? {
+        On::Gpu(prog, gpu) => (prog, gpu),
+        On::Cpu(prog, _) => {
+            let [step, o, z, weight, out] = [step, o, z, weight, out].map(|b| b.cpu().cloned());
+            let [step, o, z, weight, out] = [step?, o?, z?, weight?, out?];
+            prog.push("gdn gated_norm", move |pool| {
+                let n = StepParams::read_cpu(&step)?.n_tok.min(max_tok) as usize;
+                let (o, z, weight, mut out) = (o.read()?, z.read()?, weight.read()?, out.write()?);
+                let (heads, dim) = (n_heads as usize, head_dim as usize);
+                Ok(cpu::gdn_prep::gated_norm(pool, &o, (&z, z_win), &weight, &mut out, n, heads, dim, eps)?)
+            });
+            return Ok(());
+        }
+    };
+    let (step, o, weight, out, z) = (step.gpu()?, o.gpu()?, weight.gpu()?, out.gpu()?, z.gpu()?);
     let rows = check_grid("gdn gated norm", max_tok, n_heads)?;
     let width = check_grid("gdn gated norm", n_heads, head_dim)?;
     let n = check_grid("gdn gated norm", max_tok, width)?;

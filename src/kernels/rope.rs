@@ -18,7 +18,8 @@ use bytemuck::{Pod, Zeroable};
 
 use super::attention::{KvDtype, StepParams, STEP};
 use super::quant::{Weight, WeightError};
-use crate::backend::{cpu, Buffer, Device, On, Program};
+use crate::backend::cpu::{self, rope::Positions};
+use crate::backend::{Buffer, Device, On, Program};
 use crate::gguf::GgmlType;
 use crate::gpu::{grid_1d, Access, Arg, GpuError, KernelSpec, Launch, Result};
 
@@ -320,7 +321,7 @@ pub fn rope_kv_store(
 ) -> Result<()> {
     let (prog, gpu) = match prog.on(dev)? {
         On::Gpu(prog, gpu) => (prog, gpu),
-        On::Cpu(prog, _) => return cpu_kv_store(prog, step, freqs, (k, k_layout), (v, v_layout), (k_cache, v_cache), kv),
+        On::Cpu(prog, _) => return cpu_kv_store(prog, step, freqs, (k, k_layout), (v, v_layout), (k_cache, v_cache), kv, None),
     };
     let (step, k, v, k_cache, v_cache) = (step.gpu()?, k.gpu()?, v.gpu()?, k_cache.gpu()?, v_cache.gpu()?);
     let entry = match kv {
@@ -385,7 +386,9 @@ pub fn rope_qkv_store(
     Ok(())
 }
 
-/// Records [`rope_kv_store`] on the CPU (f32 caches only).
+/// Records [`rope_kv_store`] (or, with `m`, [`rope_kv_store_mrope`]) on the CPU (f32 caches
+/// only).
+#[allow(clippy::too_many_arguments)]
 fn cpu_kv_store(
     prog: &mut cpu::Program,
     step: &Buffer,
@@ -394,6 +397,7 @@ fn cpu_kv_store(
     (v, v_layout): (&Buffer, &RopeLayout),
     (k_cache, v_cache): (&Buffer, &Buffer),
     kv: KvDtype,
+    m: Option<&Mrope<'_>>,
 ) -> Result<()> {
     if kv != KvDtype::F32 {
         return Err(GpuError::Shape(format!("rope_kv_store: {kv:?} caches on the CPU (its caches are f32)")));
@@ -401,24 +405,26 @@ fn cpu_kv_store(
     let (step, table) = (step.cpu()?.clone(), freqs.cpu_table()?);
     let (k, v, k_cache, v_cache) = (k.cpu()?.clone(), v.cpu()?.clone(), k_cache.cpu()?.clone(), v_cache.cpu()?.clone());
     let (k_layout, v_layout) = (*k_layout, *v_layout);
+    let mrope = m.map(|m| Ok::<_, GpuError>((m.positions.cpu()?.clone(), m.sections))).transpose()?;
     prog.push("rope_kv_store", move |pool| {
         let s = StepParams::read_cpu(&step)?;
         let n = s.n_tok.min(k_layout.max_tok) as usize;
         let (k, v) = (k.read()?, v.read()?);
         let (mut kc, mut vc) = (k_cache.write()?, v_cache.write()?);
-        let table = table()?;
-        Ok(cpu::rope::rope_kv_store(
-            pool,
-            (&k, &k_layout),
-            (&v, &v_layout),
-            (&mut kc, &mut vc),
-            n,
-            s.kv_start as usize,
-            &table,
-            s.rope_pos0,
-        )?)
+        let (table, axes) = (table()?, mrope.as_ref().map(|(p, _)| p.read_u32(3 * n)).transpose()?);
+        let positions = match (&axes, &mrope) {
+            (Some(p), Some((_, sections))) => Positions::Mrope { positions: mrope_axes(p, n), sections: *sections },
+            _ => Positions::From(s.rope_pos0),
+        };
+        let (kv_start, caches) = (s.kv_start as usize, (&mut kc[..], &mut vc[..]));
+        Ok(cpu::rope::rope_kv_store(pool, (&k, &k_layout), (&v, &v_layout), caches, n, kv_start, &table, positions)?)
     });
     Ok(())
+}
+
+/// The three axes of a step's `[3][n_tok]` M-RoPE positions.
+fn mrope_axes(p: &[u32], n_tok: usize) -> [&[u32]; 3] {
+    [&p[..n_tok], &p[n_tok..2 * n_tok], &p[2 * n_tok..3 * n_tok]]
 }
 
 /// Interleaved multimodal RoPE positions of a step.
@@ -451,9 +457,21 @@ pub fn rope_inplace_mrope(
     layout: &RopeLayout,
     m: &Mrope<'_>,
 ) -> Result<()> {
-    let (prog, gpu) = prog.gpu(dev, "rope_inplace_mrope")?;
-    let step = step.gpu()?;
-    let x = x.gpu()?;
+    let (prog, gpu) = match prog.on(dev)? {
+        On::Gpu(prog, gpu) => (prog, gpu),
+        On::Cpu(prog, _) => {
+            m.apply(params(layout, freqs, None, QScale::NONE)?)?;
+            let (step, x, table, layout) = (step.cpu()?.clone(), x.cpu()?.clone(), freqs.cpu_table()?, *layout);
+            let (positions, sections) = (m.positions.cpu()?.clone(), m.sections);
+            prog.push("rope_inplace_mrope", move |pool| {
+                let n = StepParams::read_cpu(&step)?.n_tok.min(layout.max_tok) as usize;
+                let p = positions.read_u32(3 * n)?;
+                Ok(cpu::rope::rope_inplace_mrope(pool, &mut x.write()?, &layout, &table()?, mrope_axes(&p, n), sections)?)
+            });
+            return Ok(());
+        }
+    };
+    let (step, x) = (step.gpu()?, x.gpu()?);
     let spec = KernelSpec::new("rope", SHADER, "rope_inplace_mrope", INPLACE_MROPE).with_prefix(STEP);
     let p = m.apply(params(layout, freqs, None, QScale::NONE)?)?;
     let args = [Arg::Buf(step), Arg::Buf(freqs.buffer().gpu()?), Arg::Buf(x), Arg::Buf(m.positions.gpu()?)];
@@ -475,7 +493,13 @@ pub fn rope_kv_store_mrope(
     kv: KvDtype,
     m: &Mrope<'_>,
 ) -> Result<()> {
-    let (prog, gpu) = prog.gpu(dev, "rope_kv_store_mrope")?;
+    let (prog, gpu) = match prog.on(dev)? {
+        On::Gpu(prog, gpu) => (prog, gpu),
+        On::Cpu(prog, _) => {
+            m.apply(params(k_layout, freqs, Some(v_layout), QScale::NONE)?)?;
+            return cpu_kv_store(prog, step, freqs, (k, k_layout), (v, v_layout), (k_cache, v_cache), kv, Some(m));
+        }
+    };
     let step = step.gpu()?;
     let (k, v, k_cache, v_cache) = (k.gpu()?, v.gpu()?, k_cache.gpu()?, v_cache.gpu()?);
     let entry = match kv {

@@ -118,9 +118,18 @@ pub fn rope_inplace_mrope(
     Ok(())
 }
 
-/// The KV-cache store of a step (`kernels::rope::rope_kv_store`): `n_tok` rows of k heads
-/// (`k_layout`) and v heads (`v_layout`) go to cache rows `kv_start..`, dense
-/// (`[row][n_heads * head_dim]`, f32), k rotated at positions `pos0 + t` (no query scale).
+/// The positions a step's tokens turn by.
+#[derive(Clone, Copy, Debug)]
+pub enum Positions<'a> {
+    /// Token `t` at `pos0 + t`.
+    From(u32),
+    /// Interleaved M-RoPE: pair `i` of token `t` at `positions[mrope_axis(i, sections)][t]`.
+    Mrope { positions: [&'a [u32]; 3], sections: [u32; 3] },
+}
+
+/// The KV-cache store of a step (`kernels::rope::rope_kv_store` and `_mrope`): `n_tok` rows of
+/// k heads (`k_layout`) and v heads (`v_layout`) go to cache rows `kv_start..`, dense
+/// (`[row][n_heads * head_dim]`, f32), k rotated at `positions` (no query scale).
 #[allow(clippy::too_many_arguments)]
 pub fn rope_kv_store(
     pool: &ThreadPool,
@@ -130,7 +139,7 @@ pub fn rope_kv_store(
     n_tok: usize,
     kv_start: usize,
     table: &RopeTable,
-    pos0: u32,
+    positions: Positions<'_>,
 ) -> Result<(), ShapeError> {
     const OP: &str = "rope_kv_store";
     if (v_layout.n_heads, v_layout.head_dim) != (k_layout.n_heads, k_layout.head_dim) {
@@ -147,6 +156,9 @@ pub fn rope_kv_store(
             row.copy_from_slice(&x[t * l.stride as usize + l.offset as usize..][..width]);
         }
     }
-    let dense = RopeLayout { stride: width as u32, offset: 0, ..*k_layout };
-    rope_inplace(pool, &mut k_cache[kv_start * width..end], &dense, n_tok, table, pos0, QScale::NONE)
+    let (dense, rows) = (RopeLayout { stride: width as u32, offset: 0, ..*k_layout }, &mut k_cache[kv_start * width..end]);
+    match positions {
+        Positions::From(pos0) => rope_inplace(pool, rows, &dense, n_tok, table, pos0, QScale::NONE),
+        Positions::Mrope { positions, sections } => rope_inplace_mrope(pool, rows, &dense, table, positions, sections),
+    }
 }
