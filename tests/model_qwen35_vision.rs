@@ -104,10 +104,14 @@ impl TensorSource for WithTemplate {
 
 /// An f32 engine with the fixture processor's area bounds, prefilling in chunks of `chunk`.
 fn engine(chunk: u32) -> Engine {
+    engine_on(gpu(), chunk)
+}
+
+fn engine_on(dev: webvlm::backend::Device, chunk: u32) -> Engine {
     let model = WithTemplate::open();
     let proj = MappedGguf::open(fixture(DIR).join("mmproj.gguf")).unwrap();
     let opts = ContextOptions { max_ctx: 512, max_chunk: chunk, precision: Precision::F32 };
-    let mut e = Engine::builder(gpu()).context(opts).vision(&mut Eager(&proj), LoadQuant::Keep).load(&mut Eager(&model)).unwrap();
+    let mut e = Engine::builder(dev).context(opts).vision(&mut Eager(&proj), LoadQuant::Keep).load(&mut Eager(&model)).unwrap();
     let (lo, hi) = area();
     e.set_image_area(Some(lo), Some(hi)).unwrap();
     e
@@ -202,9 +206,19 @@ fn after_images(e: &Engine, tokens: &[u32]) -> usize {
 
 #[test]
 fn image_prompts_match_transformers() {
+    check_image_prompts(gpu);
+}
+
+/// The Qwen vision encoder, M-RoPE and the hybrid decoder on the CPU backend (exact mode).
+#[test]
+fn image_prompts_match_transformers_on_the_cpu_backend() {
+    check_image_prompts(cpu);
+}
+
+fn check_image_prompts(device: fn() -> webvlm::backend::Device) {
     for case in cases() {
         for chunk in [128, 7] {
-            let mut e = engine(chunk);
+            let mut e = engine_on(device(), chunk);
             let images: Vec<_> = case.images.iter().map(|f| e.image_features(&read(f), None).unwrap()).collect();
             let got = pollster::block_on(e.logits(&Prompt { tokens: case.tokens.clone(), images: images.clone() })).unwrap();
             check(&format!("{} chunk {chunk}", case.name), &got, &case.logits, TOL_LOGITS);

@@ -74,10 +74,14 @@ fn engine(dir: &str, model: &str, mmproj: &str) -> Engine {
 }
 
 fn engine_as(dir: &str, model: &str, mmproj: &str, quant: LoadQuant) -> Engine {
+    engine_on(gpu(), dir, model, mmproj, quant)
+}
+
+fn engine_on(dev: webvlm::backend::Device, dir: &str, model: &str, mmproj: &str, quant: LoadQuant) -> Engine {
     let model = MappedGguf::open(fixture(dir).join(model)).unwrap();
     let mmproj = MappedGguf::open(fixture(dir).join(mmproj)).unwrap();
     let opts = ContextOptions { max_ctx: 512, max_chunk: 16, precision: Precision::F32 };
-    Engine::builder(gpu()).context(opts).vision(&mut Eager(&mmproj), quant).load(&mut Eager(&model)).unwrap()
+    Engine::builder(dev).context(opts).vision(&mut Eager(&mmproj), quant).load(&mut Eager(&model)).unwrap()
 }
 
 fn read(dir: &str, file: &str) -> Vec<u8> {
@@ -123,11 +127,16 @@ fn collapse(tokens: &[u32], e: &Engine) -> Vec<u32> {
 }
 
 fn check_image_cases(dir: &str) {
+    check_image_cases_on(dir, gpu);
+}
+
+/// [`check_image_cases`] on the devices `device` makes (one engine per case).
+fn check_image_cases_on(dir: &str, device: fn() -> webvlm::backend::Device) {
     let fx = load_fixture(dir);
     assert!(!fx.image_cases.is_empty(), "{dir}: no image cases");
     for case in &fx.image_cases {
-        let label = format!("{dir}/{}", case.name);
-        let mut e = engine(dir, &fx.model, &case.mmproj);
+        let mut e = engine_on(device(), dir, &fx.model, &case.mmproj, LoadQuant::Keep);
+        let label = format!("{} {dir}/{}", e.device().caps().backend, case.name);
         let mut images = Vec::new();
         for ((file, pixels), features) in case.images.iter().zip(&case.pixel_values).zip(&case.features) {
             let bytes = read(dir, file);
@@ -170,6 +179,13 @@ fn tiny_mistral3_b_with_two_images_matches_transformers() {
 #[test]
 fn tiny_mistral3_c_with_images_matches_transformers() {
     check_image_cases("tiny_mistral3_c");
+}
+
+/// The Pixtral encoder and the decoder on the CPU backend (exact mode): the same features and
+/// logits tolerances, on the fixture with two images.
+#[test]
+fn tiny_mistral3_with_images_on_the_cpu_backend() {
+    check_image_cases_on("tiny_mistral3_b", cpu);
 }
 
 /// Chats with image parts (data URLs) render through the model's template and expand to

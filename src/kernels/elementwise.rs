@@ -134,7 +134,18 @@ const GELU_BINDINGS: &[Access] = &[Access::Uniform, Access::ReadWrite];
 /// Recipes' `erfcc` (fractional error < 1.2e-7 on erfc); measured against f64 in
 /// `tests/kernels_vision.rs`.
 pub fn gelu_inplace(prog: &mut Program, dev: &Device, x: &Buffer, n: u32) -> Result<()> {
-    let (prog, gpu) = prog.gpu(dev, "gelu_inplace")?;
+    let (prog, gpu) = match prog.on(dev)? {
+        On::Gpu(prog, gpu) => (prog, gpu),
+        On::Cpu(prog, _) => {
+            let [x] = [x].map(|b| b.cpu().cloned());
+            let [x] = [x?];
+            prog.push("gelu_inplace", move |pool| {
+                cpu::elementwise::gelu_inplace(pool, &mut x.write_n(n as usize)?);
+                Ok(())
+            });
+            return Ok(());
+        }
+    };
     let x = x.gpu()?;
     let spec = KernelSpec::new("elementwise", SHADER, "gelu_inplace", GELU_BINDINGS);
     let params = Params { n, half: 0, _pad: [0; 2] };

@@ -24,7 +24,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::matvec::check_len;
 use super::rope::{rope_inv_freq, RopeMode};
-use crate::backend::{Buffer, Device, Program};
+use crate::backend::{cpu, Buffer, Device, On, Program};
 use crate::gpu::{grid_1d, Access, Arg, GpuError, KernelSpec, Launch, Result};
 
 pub(super) const SHADER: &str = include_str!("../../shaders/vision.wgsl");
@@ -98,7 +98,18 @@ pub fn patch_unfold(
     width: u32,
     patch: u32,
 ) -> Result<()> {
-    let (prog, gpu) = prog.gpu(dev, "patch_unfold")?;
+    let (prog, gpu) = match prog.on(dev)? {
+        On::Gpu(prog, gpu) => (prog, gpu),
+        On::Cpu(prog, _) => {
+            let [pixels, patches] = [pixels, patches].map(|b| b.cpu().cloned());
+            let [pixels, patches] = [pixels?, patches?];
+            prog.push("patch_unfold", move |pool| {
+                let (c, h, w, p) = (channels as usize, height as usize, width as usize, patch as usize);
+                Ok(cpu::vision::patch_unfold(pool, &pixels.read_n(c * h * w)?, &mut patches.write_n(c * h * w)?, c, h, w, p)?)
+            });
+            return Ok(());
+        }
+    };
     let pixels = pixels.gpu()?;
     let patches = patches.gpu()?;
     let grid = PatchGrid::of_image(height, width, patch)?;
@@ -205,7 +216,14 @@ pub fn rope_2d(
     layout: &Rope2dLayout,
     grid: PatchGrid,
 ) -> Result<()> {
-    let (prog, gpu) = prog.gpu(dev, "rope_2d")?;
+    let (prog, gpu) = match prog.on(dev)? {
+        On::Gpu(prog, gpu) => (prog, gpu),
+        On::Cpu(prog, _) => {
+            let (x, inv_freq, layout) = (x.cpu()?.clone(), freqs.inv_freq.cpu()?.clone(), *layout);
+            prog.push("rope_2d", move |pool| Ok(cpu::vision::rope_2d(pool, &mut x.write()?, &layout, grid, &inv_freq.read()?)?));
+            return Ok(());
+        }
+    };
     let x = x.gpu()?;
     let l = layout;
     if !l.head_dim.is_multiple_of(4) || l.head_dim != freqs.head_dim || l.offset + l.n_heads * l.head_dim > l.stride {
@@ -262,7 +280,18 @@ pub fn rope_2d_ref(x: &[f32], layout: &Rope2dLayout, grid: PatchGrid, inv_freq: 
 /// Records the 2x2 merge of one image's patch rows `x` (`[rows*cols][hidden]`) into `out`
 /// (`[(rows/2)*(cols/2)][4*hidden]`, channel-major `[c][ki][kj]`).
 pub fn patch_merge(prog: &mut Program, dev: &Device, x: &Buffer, out: &Buffer, hidden: u32, grid: PatchGrid) -> Result<()> {
-    let (prog, gpu) = prog.gpu(dev, "patch_merge")?;
+    let (prog, gpu) = match prog.on(dev)? {
+        On::Gpu(prog, gpu) => (prog, gpu),
+        On::Cpu(prog, _) => {
+            let [x, out] = [x, out].map(|b| b.cpu().cloned());
+            let [x, out] = [x?, out?];
+            prog.push("patch_merge", move |pool| {
+                let n = grid.n_patches() as usize * hidden as usize;
+                Ok(cpu::vision::patch_merge(pool, &x.read_n(n)?, &mut out.write_n(n)?, hidden as usize, grid)?)
+            });
+            return Ok(());
+        }
+    };
     let x = x.gpu()?;
     let out = out.gpu()?;
     let n = grid.n_merged() * 4 * hidden;

@@ -8,7 +8,7 @@ pub use super::shapes::Tap;
 use bytemuck::{Pod, Zeroable};
 
 use super::matvec::check_len;
-use crate::backend::{Buffer, Device, Program};
+use crate::backend::{cpu, Buffer, Device, On, Program};
 use crate::gpu::{grid_1d, Access, Arg, Gpu, KernelSpec, Launch, Program as GpuProgram, Result};
 
 pub(super) const SHADER: &str = include_str!("../../shaders/vision_qwen.wgsl");
@@ -54,7 +54,19 @@ pub fn layer_norm(
     dim: u32,
     eps: f32,
 ) -> Result<()> {
-    let (prog, gpu) = prog.gpu(dev, "layer_norm")?;
+    let (prog, gpu) = match prog.on(dev)? {
+        On::Gpu(prog, gpu) => (prog, gpu),
+        On::Cpu(prog, _) => {
+            let [x, w, b, y] = [x, w, b, y].map(|b| b.cpu().cloned());
+            let [x, w, b, y] = [x?, w?, b?, y?];
+            prog.push("layer_norm", move |pool| {
+                let (n, dim) = (rows as usize * dim as usize, dim as usize);
+                let (x, w, b, mut y) = (x.read_n(n)?, w.read_n(dim)?, b.read_n(dim)?, y.write_n(n)?);
+                Ok(cpu::norm::layer_norm(pool, &x, &w, &b, &mut y, dim, eps)?)
+            });
+            return Ok(());
+        }
+    };
     let x = x.gpu()?;
     let w = w.gpu()?;
     let b = b.gpu()?;
@@ -83,7 +95,22 @@ pub fn layer_norm_ref(x: &[f32], w: &[f32], b: &[f32], dim: usize, eps: f32) -> 
 
 /// Records `x[i] += bias[i % dim]` for the first `rows * dim` elements.
 pub fn add_bias(prog: &mut Program, dev: &Device, bias: &Buffer, x: &Buffer, rows: u32, dim: u32) -> Result<()> {
-    let (prog, gpu) = prog.gpu(dev, "add_bias")?;
+    let (prog, gpu) = match prog.on(dev)? {
+        On::Gpu(prog, gpu) => (prog, gpu),
+        On::Cpu(prog, _) => {
+            let [bias, x] = [bias, x].map(|b| b.cpu().cloned());
+            let [bias, x] = [bias?, x?];
+            prog.push("add_bias", move |pool| {
+                Ok(cpu::vision_qwen::add_bias(
+                    pool,
+                    &bias.read_n(dim as usize)?,
+                    &mut x.write_n((rows * dim) as usize)?,
+                    dim as usize,
+                )?)
+            });
+            return Ok(());
+        }
+    };
     let bias = bias.gpu()?;
     let x = x.gpu()?;
     const B: &[Access] = &[Access::Uniform, Access::Read, Access::ReadWrite];
@@ -106,7 +133,18 @@ pub fn copy_cols(
     stride: u32,
     offset: u32,
 ) -> Result<()> {
-    let (prog, gpu) = prog.gpu(dev, "copy_cols")?;
+    let (prog, gpu) = match prog.on(dev)? {
+        On::Gpu(prog, gpu) => (prog, gpu),
+        On::Cpu(prog, _) => {
+            let [x, out] = [x, out].map(|b| b.cpu().cloned());
+            let [x, out] = [x?, out?];
+            prog.push("copy_cols", move |pool| {
+                let (dim, stride, offset) = (dim as usize, stride as usize, offset as usize);
+                Ok(cpu::vision_qwen::copy_cols(pool, &x.read()?, &mut out.write_n(rows as usize * dim)?, dim, stride, offset)?)
+            });
+            return Ok(());
+        }
+    };
     let x = x.gpu()?;
     let out = out.gpu()?;
     const B: &[Access] = &[Access::Uniform, Access::Read, Access::ReadWrite];
@@ -132,7 +170,20 @@ pub fn gather_rows(
     k_per_row: u32,
     dim: u32,
 ) -> Result<()> {
-    let (prog, gpu) = prog.gpu(dev, "gather_rows")?;
+    let (prog, gpu) = match prog.on(dev)? {
+        On::Gpu(prog, gpu) => (prog, gpu),
+        On::Cpu(prog, _) => {
+            let [src, taps, out] = [src, taps, out].map(|b| b.cpu().cloned());
+            let [src, taps, out] = [src?, taps?, out?];
+            prog.push("gather_rows", move |pool| {
+                let (k, dim) = (k_per_row as usize, dim as usize);
+                let taps = taps.read_n(2 * rows as usize * k)?;
+                let out = &mut out.write_n(rows as usize * dim)?;
+                Ok(cpu::vision_qwen::gather_rows(pool, &src.read()?, bytemuck::cast_slice(&taps), out, k, dim)?)
+            });
+            return Ok(());
+        }
+    };
     let src = src.gpu()?;
     let taps = taps.gpu()?;
     let out = out.gpu()?;
@@ -152,7 +203,18 @@ pub fn gather_rows_ref(src: &[f32], taps: &[Tap], k_per_row: usize, dim: usize) 
 
 /// Records `x[i] = gelu_tanh(x[i])` for the first `n` elements.
 pub fn gelu_tanh(prog: &mut Program, dev: &Device, x: &Buffer, n: u32) -> Result<()> {
-    let (prog, gpu) = prog.gpu(dev, "gelu_tanh")?;
+    let (prog, gpu) = match prog.on(dev)? {
+        On::Gpu(prog, gpu) => (prog, gpu),
+        On::Cpu(prog, _) => {
+            let [x] = [x].map(|b| b.cpu().cloned());
+            let [x] = [x?];
+            prog.push("gelu_tanh", move |pool| {
+                cpu::elementwise::gelu_tanh(pool, &mut x.write_n(n as usize)?);
+                Ok(())
+            });
+            return Ok(());
+        }
+    };
     let x = x.gpu()?;
     const B: &[Access] = &[Access::Uniform, Access::ReadWrite];
     check_len("gelu_tanh x", x, n as u64)?;
