@@ -64,6 +64,31 @@ fn logits_match_transformers() {
     assert_eq!(checked, 4);
 }
 
+/// The Mllama decoder (cross-attention layers, gated adds, masks) on the CPU backend (exact
+/// mode): f32 tolerances, prefill chunks and decode steps.
+#[test]
+fn logits_match_transformers_on_the_cpu_backend() {
+    let dev = cpu();
+    for folder in ["tiny_mllama_a", "tiny_mllama_b"] {
+        let hf = HfModel::open(fixture(folder)).unwrap();
+        let dec = Decoder::load(&dev, &hf).unwrap();
+        let cases: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(fixture(&format!("{folder}/cases.json"))).unwrap()).unwrap();
+        for case in cases["cases"].as_array().unwrap() {
+            let (shape, want) = read_npy(&fixture(&format!("{folder}/{}", case["logits"].as_str().unwrap())));
+            for chunk in [64, 5] {
+                let got = case_logits(&dev, &dec, folder, case, Precision::F32, chunk);
+                let err = rel_l2(&got, &want);
+                println!("cpu {folder} {} chunk {chunk}: rel L2 {err:.2e}", case["name"]);
+                assert!(err <= 1e-4, "cpu {folder} {} chunk {chunk}: rel L2 {err}", case["name"]);
+                for (g, w) in got.chunks(shape[1]).zip(want.chunks(shape[1])) {
+                    assert_eq!(argmax(g), argmax(w), "cpu {folder} {} chunk {chunk}", case["name"]);
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn cross_attention_mask_is_the_processors() {
     let mut checked = 0;

@@ -33,11 +33,18 @@ fn states(gpu: &Device, enc: &MllamaVision, tiles: &[f32], num_tiles: u32, ratio
 
 #[test]
 fn states_match_transformers() {
-    let gpu = common::gpu();
+    for dev in [common::gpu(), common::cpu()] {
+        check_states(&dev);
+    }
+}
+
+/// [`states_match_transformers`] on one device (the CPU backend computes f32 whatever
+/// `compute` asks).
+fn check_states(gpu: &Device) {
     let mut seen = 0;
     for model in ["tiny_mllama_a", "tiny_mllama_b"] {
         let hf = HfModel::open(common::fixture(model)).unwrap();
-        let mut enc = MllamaVision::load(&gpu, &hf, LoadQuant::Keep).unwrap();
+        let mut enc = MllamaVision::load(gpu, &hf, LoadQuant::Keep).unwrap();
         let opts = MllamaPreprocess { tile_size: enc.cfg.image_size, ..MllamaPreprocess::default() };
         let cases = cases(model);
         for case in cases["cases"].as_array().unwrap().iter().filter(|c| c["cross_attention_states"].is_string()) {
@@ -53,9 +60,9 @@ fn states_match_transformers() {
             assert_eq!((pixels.num_tiles(), pixels.tiling.aspect_ratio_id), (num_tiles, ratio));
             for (compute, tol) in [(MatmulCompute::F32, TOL_F32), (MatmulCompute::F16, TOL_F16)] {
                 enc.compute = compute;
-                let got = states(&gpu, &enc, &tiles, num_tiles, ratio);
+                let got = states(gpu, &enc, &tiles, num_tiles, ratio);
                 let err = common::rel_l2(&got, &want);
-                let s = enc.encode(&gpu, &pixels).unwrap();
+                let s = enc.encode(gpu, &pixels).unwrap();
                 let from_png = gpu.read_f32_blocking(&s.buffer, (s.rows * s.dim) as usize).unwrap();
                 let err_png = common::rel_l2(&from_png, &want);
                 eprintln!("{model}/{name} ({num_tiles} tiles, {compute:?}): rel L2 {err:.2e}, from the PNG {err_png:.2e}");

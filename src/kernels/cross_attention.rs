@@ -12,7 +12,7 @@
 pub use super::shapes::CrossAttnShape;
 use bytemuck::{Pod, Zeroable};
 
-use crate::backend::{Buffer, Device, Program};
+use crate::backend::{cpu, Buffer, Device, On, Program};
 use crate::gpu::{grid_1d, Access, Arg, GpuError, KernelSpec, Launch, Result};
 
 const SHADER: &str = include_str!("../../shaders/cross_attention.wgsl");
@@ -63,7 +63,20 @@ pub fn cross_attention(
     mask: &Buffer,
     out: &Buffer,
 ) -> Result<()> {
-    let (prog, gpu) = prog.gpu(dev, "cross_attention")?;
+    let (prog, gpu) = match prog.on(dev)? {
+        On::Gpu(prog, gpu) => (prog, gpu),
+        On::Cpu(prog, _) => {
+            s.check()?;
+            let [q, k, v, mask, out] = [q, k, v, mask, out].map(|b| b.cpu().cloned());
+            let ([q, k, v, mask, out], s) = ([q?, k?, v?, mask?, out?], *s);
+            let (mask_len, out_len) = (s.n_tok as usize * s.n_tiles as usize, (s.n_tok * s.n_head * s.head_dim) as usize);
+            prog.push("cross_attention", move |pool| {
+                let (q, k, v, mask, mut out) = (q.read()?, k.read()?, v.read()?, mask.read_u32(mask_len)?, out.write_n(out_len)?);
+                Ok(cpu::cross_attention::cross_attention(pool, &s, &q, &k, &v, &mask, &mut out)?)
+            });
+            return Ok(());
+        }
+    };
     let q = q.gpu()?;
     let k = k.gpu()?;
     let v = v.gpu()?;
@@ -149,7 +162,20 @@ pub fn gated_add(
     n_tok: u32,
     dim: u32,
 ) -> Result<()> {
-    let (prog, gpu) = prog.gpu(dev, "gated_add")?;
+    let (prog, gpu) = match prog.on(dev)? {
+        On::Gpu(prog, gpu) => (prog, gpu),
+        On::Cpu(prog, _) => {
+            let [gate, y, x] = [gate, y, x].map(|b| b.cpu().cloned());
+            let ([gate, y, x], row_mask) = ([gate?, y?, x?], row_mask.map(|m| m.cpu().cloned()).transpose()?);
+            let (rows, dim) = (n_tok as usize, dim as usize);
+            prog.push("gated_add", move |pool| {
+                let mask = row_mask.as_ref().map(|m| m.read_n(rows)).transpose()?;
+                let (gate, y, mut x) = (gate.read_n(1)?[0], y.read_n(rows * dim)?, x.write_n(rows * dim)?);
+                Ok(cpu::cross_attention::gated_add(pool, gate, mask.as_deref(), &y, &mut x, dim)?)
+            });
+            return Ok(());
+        }
+    };
     let gate = gate.gpu()?;
     let row_mask = row_mask.map(Buffer::gpu).transpose()?;
     let y = y.gpu()?;

@@ -8,7 +8,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::matvec::check_len;
-use crate::backend::{Buffer, Device, Program};
+use crate::backend::{cpu, Buffer, Device, On, Program};
 use crate::gpu::{grid_1d, Access, Arg, Gpu, GpuError, KernelSpec, Launch, Program as GpuProgram, Result};
 
 pub(super) const SHADER: &str = include_str!("../../shaders/vision_mllama.wgsl");
@@ -61,7 +61,19 @@ pub fn assemble(
     rows: u32,
     dim: u32,
 ) -> Result<()> {
-    let (prog, gpu) = prog.gpu(dev, "assemble")?;
+    let (prog, gpu) = match prog.on(dev)? {
+        On::Gpu(prog, gpu) => (prog, gpu),
+        On::Cpu(prog, _) => {
+            let [patches, class, x] = [patches, class, x].map(|b| b.cpu().cloned());
+            let [patches, class, x] = [patches?, class?, x?];
+            prog.push("assemble", move |pool| {
+                let (tiles, tokens, n) = (tiles as usize, tokens as usize, rows as usize * dim as usize);
+                let (patches, class, mut x) = (patches.read()?, class.read_n(dim as usize)?, x.write_n(n)?);
+                Ok(cpu::vision_mllama::assemble(pool, &patches, &class, &mut x, tiles, tokens, dim as usize)?)
+            });
+            return Ok(());
+        }
+    };
     let patches = patches.gpu()?;
     let class = class.gpu()?;
     let x = x.gpu()?;
@@ -104,7 +116,19 @@ pub fn tile_add(
     rows_per_tile: u32,
     dim: u32,
 ) -> Result<()> {
-    let (prog, gpu) = prog.gpu(dev, "tile_add")?;
+    let (prog, gpu) = match prog.on(dev)? {
+        On::Gpu(prog, gpu) => (prog, gpu),
+        On::Cpu(prog, _) => {
+            let [table, gate, x] = [table, gate, x].map(|b| b.cpu().cloned());
+            let [table, gate, x] = [table?, gate?, x?];
+            prog.push("tile_add", move |pool| {
+                let (table, gate, mut x) = (table.read()?, gate.read_n(1)?[0], x.write()?);
+                let (row0, rows, per_tile, dim) = (row0 as usize, rows as usize, rows_per_tile as usize, dim as usize);
+                Ok(cpu::vision_mllama::tile_add(pool, &table, gate, &mut x, row0, rows, per_tile, dim)?)
+            });
+            return Ok(());
+        }
+    };
     let table = table.gpu()?;
     let gate = gate.gpu()?;
     let x = x.gpu()?;
@@ -144,7 +168,19 @@ pub fn gated_pos(
     tokens: u32,
     dim: u32,
 ) -> Result<()> {
-    let (prog, gpu) = prog.gpu(dev, "gated_pos")?;
+    let (prog, gpu) = match prog.on(dev)? {
+        On::Gpu(prog, gpu) => (prog, gpu),
+        On::Cpu(prog, _) => {
+            let [pos, tile_pos, gate, x] = [pos, tile_pos, gate, x].map(|b| b.cpu().cloned());
+            let [pos, tile_pos, gate, x] = [pos?, tile_pos?, gate?, x?];
+            prog.push("gated_pos", move |pool| {
+                let (n, tokens, dim) = (rows as usize * dim as usize, tokens as usize, dim as usize);
+                let (pos, tile_pos, gate, mut x) = (pos.read()?, tile_pos.read_n(n)?, gate.read_n(1)?[0], x.write_n(n)?);
+                Ok(cpu::vision_mllama::gated_pos(pool, &pos, &tile_pos, gate, &mut x, tokens, dim)?)
+            });
+            return Ok(());
+        }
+    };
     let pos = pos.gpu()?;
     let tile_pos = tile_pos.gpu()?;
     let gate = gate.gpu()?;
@@ -172,7 +208,18 @@ pub fn gated_pos_ref(x: &mut [f32], pos: &[f32], tile_pos: &[f32], gate: f32, to
 
 /// Records `x[i] += tanh(gate[0]) * y[i]` for `i < n`.
 pub fn gated_add(prog: &mut Program, dev: &Device, y: &Buffer, gate: &Buffer, x: &Buffer, n: u32) -> Result<()> {
-    let (prog, gpu) = prog.gpu(dev, "gated_add")?;
+    let (prog, gpu) = match prog.on(dev)? {
+        On::Gpu(prog, gpu) => (prog, gpu),
+        On::Cpu(prog, _) => {
+            let [y, gate, x] = [y, gate, x].map(|b| b.cpu().cloned());
+            let ([y, gate, x], n) = ([y?, gate?, x?], n as usize);
+            prog.push("gated_add", move |pool| {
+                let (y, gate, mut x) = (y.read_n(n)?, gate.read_n(1)?[0], x.write_n(n)?);
+                Ok(cpu::vision_mllama::gated_add(pool, &y, gate, &mut x)?)
+            });
+            return Ok(());
+        }
+    };
     let y = y.gpu()?;
     let gate = gate.gpu()?;
     let x = x.gpu()?;
@@ -221,7 +268,18 @@ pub fn scatter_cols_from(
     offset: u32,
     step: u32,
 ) -> Result<()> {
-    let (prog, gpu) = prog.gpu(dev, "scatter_cols_from")?;
+    let (prog, gpu) = match prog.on(dev)? {
+        On::Gpu(prog, gpu) => (prog, gpu),
+        On::Cpu(prog, _) => {
+            let ((src, src_row0), out) = ((src.0.cpu()?.clone(), src.1 as usize), out.cpu()?.clone());
+            let [rows, dim, stride, offset, step] = [rows, dim, stride, offset, step].map(|v| v as usize);
+            prog.push("scatter_cols", move |pool| {
+                let (src, mut out) = (src.read()?, out.write_n(rows * stride)?);
+                Ok(cpu::vision_mllama::scatter_cols(pool, &src, src_row0, &mut out, rows, dim, stride, offset, step)?)
+            });
+            return Ok(());
+        }
+    };
     let out = out.gpu()?;
     const B: &[Access] = &[Access::Uniform, Access::Read, Access::ReadWrite];
     let (src, src_row0) = (src.0.gpu()?, src.1);

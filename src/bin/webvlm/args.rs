@@ -74,8 +74,7 @@ pub struct EngineArgs {
     /// adapters) [default: from the adapter]
     #[arg(long, value_name = "G")]
     pub geometry: Option<Geometry>,
-    /// Where the model runs: gpu (wgpu: Vulkan, Metal, DX12) or cpu (the CPU backend, being
-    /// built: for now the Llama, SmolLM2 and Mistral 3 text decoders)
+    /// Where the model runs: gpu (wgpu: Vulkan, Metal, DX12) or cpu (webvlm's CPU backend)
     #[arg(long, value_name = "B", default_value = "gpu")]
     pub backend: BackendArg,
     /// CPU backend: threads [default: the machine's cores]
