@@ -18,9 +18,11 @@ use webvlm::gguf::MappedGguf;
 use webvlm::model::ContextOptions;
 use webvlm::source::Eager;
 
+/// SmolLM2 on the CPU backend (what these tests check is the API, not the kernels; the GPU
+/// runs the real model in tests/model_smollm2.rs).
 fn smollm2_engine() -> Engine {
     let model = MappedGguf::open(common::smollm2::model_path(&common::smollm2::reference())).unwrap();
-    Engine::builder(gpu())
+    Engine::builder(cpu())
         .context(ContextOptions { max_ctx: 1024, max_chunk: 64, ..Default::default() })
         .load(&mut Eager(&model))
         .unwrap()
@@ -315,7 +317,17 @@ fn logprobs_are_the_log_softmax_of_the_logits_command() {
     let out = temp_path("api_logprobs.npy");
     let list = ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
     let model = fixture(TINY_VLM).join("model.gguf");
-    run_cli(&["logits", "--model", model.to_str().unwrap(), "--tokens", &list, "--out", out.to_str().unwrap()]);
+    run_cli(&[
+        "logits",
+        "--backend",
+        "gpu",
+        "--model",
+        model.to_str().unwrap(),
+        "--tokens",
+        &list,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     let (shape, logits) = read_npy(&out);
     let vocab = shape[1];
     let mut worst = 0f64;

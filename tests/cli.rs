@@ -415,3 +415,26 @@ fn hf_folder_info_and_generate() {
     assert_eq!(generate(folder, "keep"), generate(dir.join("model.gguf").to_str().unwrap(), "keep"));
     assert_eq!(generate(folder, "q8_0"), generate(dir.join("model_q8_0.gguf").to_str().unwrap(), "keep"));
 }
+
+/// `--backend auto` (the default) takes the CPU backend where the only GPU adapter is a
+/// software one and says so; `--backend gpu` and `--backend cpu` take what they name, and all
+/// three give the same greedy text on the tiny model (CPU in exact mode).
+#[test]
+fn backend_auto_takes_the_cpu_only_on_a_software_adapter() {
+    let model = fixture("tiny_mistral3_b").join("model.gguf");
+    let run = |backend: &[&str]| {
+        let args = [
+            &["generate", "--model", model.to_str().unwrap(), "--prompt", "Hello", "--max-tokens", "8", "--kv-f32"][..],
+            backend,
+        ];
+        let out = webvlm(&args.concat());
+        assert!(out.status.success(), "{backend:?}: {}", text(&out.stderr));
+        (text(&out.stdout), text(&out.stderr).contains("running on the CPU backend"))
+    };
+    let (auto, auto_noted) = run(&["--cpu-mode", "exact"]);
+    assert_eq!(auto_noted, common::auto_takes_the_cpu(), "--backend auto's note");
+    let (gpu, gpu_noted) = run(&["--backend", "gpu"]);
+    let (cpu, cpu_noted) = run(&["--backend", "cpu", "--cpu-mode", "exact"]);
+    assert!(!gpu_noted && !cpu_noted, "only auto explains its choice");
+    assert_eq!((&auto, &cpu), (&gpu, &gpu), "the same greedy text on every backend");
+}

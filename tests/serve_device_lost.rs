@@ -19,7 +19,8 @@ const EXIT_LIMIT: Duration = Duration::from_secs(60);
 fn start(dir: &std::path::Path) -> Server {
     let model = dir.join("model.gguf").display().to_string();
     let mmproj = dir.join("mmproj.gguf").display().to_string();
-    let args = ["--model", &model, "--mmproj", &mmproj, "--ctx", "256", "--chunk", "16", "--lose-device-after", "1"];
+    let args =
+        ["--model", &model, "--mmproj", &mmproj, "--ctx", "256", "--chunk", "16", "--lose-device-after", "1", "--backend", "gpu"];
     Server::start(&args)
 }
 

@@ -176,6 +176,12 @@ impl Buffer {
             Buffer::Gpu(_) => Err(GpuError::WrongBackend("a GPU buffer given to a CPU op")),
         }
     }
+
+    /// The CPU buffers of `buffers`, as handles a recorded CPU op owns (they share memory).
+    pub fn cpu_handles<const N: usize>(buffers: [&Buffer; N]) -> Result<[cpu::Buffer; N]> {
+        let handles = buffers.iter().map(|b| b.cpu().cloned()).collect::<Result<Vec<_>>>()?;
+        Ok(handles.try_into().unwrap_or_else(|_| unreachable!("N handles from N buffers")))
+    }
 }
 
 impl Program {
@@ -186,13 +192,7 @@ impl Program {
     /// Opens the side of `dev` for recording one op: an empty program takes `dev`'s kind; a
     /// program of the other kind is an error.
     pub fn on<'a>(&'a mut self, dev: &'a Device) -> Result<On<'a>> {
-        if let Program::Empty = self {
-            *self = match dev {
-                Device::Gpu(_) => Program::Gpu(gpu::Program::new()),
-                Device::Cpu(_) => Program::Cpu(cpu::Program::new()),
-            };
-        }
-        match (self, dev) {
+        match (self.take_kind(matches!(dev, Device::Gpu(_))), dev) {
             (Program::Gpu(p), Device::Gpu(gpu)) => Ok(On::Gpu(p, gpu)),
             (Program::Cpu(p), Device::Cpu(cpu)) => Ok(On::Cpu(p, cpu)),
             _ => Err(GpuError::WrongBackend("an op recorded into a program of the other backend")),
@@ -236,11 +236,13 @@ impl Program {
 
     /// The program, of `buffer`'s kind if it was empty (for ops that name no device).
     fn side_of(&mut self, buffer: &Buffer) -> &mut Program {
+        self.take_kind(matches!(buffer, Buffer::Gpu(_)))
+    }
+
+    /// The program, made a GPU (`on_gpu`) or CPU one if it was empty.
+    fn take_kind(&mut self, on_gpu: bool) -> &mut Program {
         if let Program::Empty = self {
-            *self = match buffer {
-                Buffer::Gpu(_) => Program::Gpu(gpu::Program::new()),
-                Buffer::Cpu(_) => Program::Cpu(cpu::Program::new()),
-            };
+            *self = if on_gpu { Program::Gpu(gpu::Program::new()) } else { Program::Cpu(cpu::Program::new()) };
         }
         self
     }

@@ -67,8 +67,8 @@ pub fn cross_attention(
         On::Gpu(prog, gpu) => (prog, gpu),
         On::Cpu(prog, _) => {
             s.check()?;
-            let [q, k, v, mask, out] = [q, k, v, mask, out].map(|b| b.cpu().cloned());
-            let ([q, k, v, mask, out], s) = ([q?, k?, v?, mask?, out?], *s);
+            let [q, k, v, mask, out] = Buffer::cpu_handles([q, k, v, mask, out])?;
+            let s = *s;
             let (mask_len, out_len) = (s.n_tok as usize * s.n_tiles as usize, (s.n_tok * s.n_head * s.head_dim) as usize);
             prog.push("cross_attention", move |pool| {
                 let (q, k, v, mask, mut out) = (q.read()?, k.read()?, v.read()?, mask.read_u32(mask_len)?, out.write_n(out_len)?);
@@ -165,8 +165,8 @@ pub fn gated_add(
     let (prog, gpu) = match prog.on(dev)? {
         On::Gpu(prog, gpu) => (prog, gpu),
         On::Cpu(prog, _) => {
-            let [gate, y, x] = [gate, y, x].map(|b| b.cpu().cloned());
-            let ([gate, y, x], row_mask) = ([gate?, y?, x?], row_mask.map(|m| m.cpu().cloned()).transpose()?);
+            let [gate, y, x] = Buffer::cpu_handles([gate, y, x])?;
+            let row_mask = row_mask.map(|m| m.cpu().cloned()).transpose()?;
             let (rows, dim) = (n_tok as usize, dim as usize);
             prog.push("gated_add", move |pool| {
                 let mask = row_mask.as_ref().map(|m| m.read_n(rows)).transpose()?;

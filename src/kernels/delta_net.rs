@@ -177,8 +177,8 @@ fn checked_params(layout: &DeltaNetLayout, n_tok: usize, b: &DeltaNetBuffers<'_>
 
 /// Records the gated delta rule's recurrence over `n_tok` tokens on the CPU.
 fn cpu_recurrent(prog: &mut cpu::Program, layout: &DeltaNetLayout, n_tok: usize, b: &DeltaNetBuffers<'_>) -> Result<()> {
-    let [qkv, g, beta, state, out] = [b.qkv, b.g, b.beta, b.state, b.out].map(|b| b.cpu().cloned());
-    let ([qkv, g, beta, state, out], layout) = ([qkv?, g?, beta?, state?, out?], *layout);
+    let [qkv, g, beta, state, out] = Buffer::cpu_handles([b.qkv, b.g, b.beta, b.state, b.out])?;
+    let layout = *layout;
     prog.push("gated_delta_rule", move |pool| {
         let (qkv, g, beta, mut state, mut out) = (qkv.read()?, g.read()?, beta.read()?, state.write()?, out.write()?);
         Ok(cpu::delta_net::recurrent(pool, &layout, n_tok, &qkv, &g, &beta, &mut state, &mut out)?)

@@ -137,8 +137,7 @@ pub fn gelu_inplace(prog: &mut Program, dev: &Device, x: &Buffer, n: u32) -> Res
     let (prog, gpu) = match prog.on(dev)? {
         On::Gpu(prog, gpu) => (prog, gpu),
         On::Cpu(prog, _) => {
-            let [x] = [x].map(|b| b.cpu().cloned());
-            let [x] = [x?];
+            let [x] = Buffer::cpu_handles([x])?;
             prog.push("gelu_inplace", move |pool| {
                 cpu::elementwise::gelu_inplace(pool, &mut x.write_n(n as usize)?);
                 Ok(())

@@ -150,8 +150,7 @@ pub fn record_conv(
     let (prog, gpu) = match prog.on(dev)? {
         On::Gpu(prog, gpu) => (prog, gpu),
         On::Cpu(prog, _) => {
-            let [step, x, weight, state, y] = [step, x, weight, state, y].map(|b| b.cpu().cloned());
-            let [step, x, weight, state, y] = [step?, x?, weight?, state?, y?];
+            let [step, x, weight, state, y] = Buffer::cpu_handles([step, x, weight, state, y])?;
             prog.push("gdn conv", move |pool| {
                 let n = StepParams::read_cpu(&step)?.n_tok.min(max_tok) as usize;
                 let (x, weight, mut state, mut y) = (x.read()?, weight.read()?, state.write()?, y.write()?);
@@ -238,8 +237,7 @@ pub fn record_decay(
     let (prog, gpu) = match prog.on(dev)? {
         On::Gpu(prog, gpu) => (prog, gpu),
         On::Cpu(prog, _) => {
-            let [step, a, b, ssm_a, dt_bias, g, beta] = [step, a, b, ssm_a, dt_bias, g, beta].map(|b| b.cpu().cloned());
-            let [step, a, b, ssm_a, dt_bias, g, beta] = [step?, a?, b?, ssm_a?, dt_bias?, g?, beta?];
+            let [step, a, b, ssm_a, dt_bias, g, beta] = Buffer::cpu_handles([step, a, b, ssm_a, dt_bias, g, beta])?;
             prog.push("gdn decay", move |_| {
                 let n = StepParams::read_cpu(&step)?.n_tok.min(max_tok) as usize;
                 let (a, b, ssm_a, dt_bias) = (a.read()?, b.read()?, ssm_a.read()?, dt_bias.read()?);
@@ -337,8 +335,7 @@ pub fn record_gated_norm(
     let (prog, gpu) = match prog.on(dev)? {
         On::Gpu(prog, gpu) => (prog, gpu),
         On::Cpu(prog, _) => {
-            let [step, o, z, weight, out] = [step, o, z, weight, out].map(|b| b.cpu().cloned());
-            let [step, o, z, weight, out] = [step?, o?, z?, weight?, out?];
+            let [step, o, z, weight, out] = Buffer::cpu_handles([step, o, z, weight, out])?;
             prog.push("gdn gated_norm", move |pool| {
                 let n = StepParams::read_cpu(&step)?.n_tok.min(max_tok) as usize;
                 let (o, z, weight, mut out) = (o.read()?, z.read()?, weight.read()?, out.write()?);

@@ -101,8 +101,7 @@ pub fn patch_unfold(
     let (prog, gpu) = match prog.on(dev)? {
         On::Gpu(prog, gpu) => (prog, gpu),
         On::Cpu(prog, _) => {
-            let [pixels, patches] = [pixels, patches].map(|b| b.cpu().cloned());
-            let [pixels, patches] = [pixels?, patches?];
+            let [pixels, patches] = Buffer::cpu_handles([pixels, patches])?;
             prog.push("patch_unfold", move |pool| {
                 let (c, h, w, p) = (channels as usize, height as usize, width as usize, patch as usize);
                 Ok(cpu::vision::patch_unfold(pool, &pixels.read_n(c * h * w)?, &mut patches.write_n(c * h * w)?, c, h, w, p)?)
@@ -283,8 +282,7 @@ pub fn patch_merge(prog: &mut Program, dev: &Device, x: &Buffer, out: &Buffer, h
     let (prog, gpu) = match prog.on(dev)? {
         On::Gpu(prog, gpu) => (prog, gpu),
         On::Cpu(prog, _) => {
-            let [x, out] = [x, out].map(|b| b.cpu().cloned());
-            let [x, out] = [x?, out?];
+            let [x, out] = Buffer::cpu_handles([x, out])?;
             prog.push("patch_merge", move |pool| {
                 let n = grid.n_patches() as usize * hidden as usize;
                 Ok(cpu::vision::patch_merge(pool, &x.read_n(n)?, &mut out.write_n(n)?, hidden as usize, grid)?)

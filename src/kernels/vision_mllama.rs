@@ -64,8 +64,7 @@ pub fn assemble(
     let (prog, gpu) = match prog.on(dev)? {
         On::Gpu(prog, gpu) => (prog, gpu),
         On::Cpu(prog, _) => {
-            let [patches, class, x] = [patches, class, x].map(|b| b.cpu().cloned());
-            let [patches, class, x] = [patches?, class?, x?];
+            let [patches, class, x] = Buffer::cpu_handles([patches, class, x])?;
             prog.push("assemble", move |pool| {
                 let (tiles, tokens, n) = (tiles as usize, tokens as usize, rows as usize * dim as usize);
                 let (patches, class, mut x) = (patches.read()?, class.read_n(dim as usize)?, x.write_n(n)?);
@@ -119,8 +118,7 @@ pub fn tile_add(
     let (prog, gpu) = match prog.on(dev)? {
         On::Gpu(prog, gpu) => (prog, gpu),
         On::Cpu(prog, _) => {
-            let [table, gate, x] = [table, gate, x].map(|b| b.cpu().cloned());
-            let [table, gate, x] = [table?, gate?, x?];
+            let [table, gate, x] = Buffer::cpu_handles([table, gate, x])?;
             prog.push("tile_add", move |pool| {
                 let (table, gate, mut x) = (table.read()?, gate.read_n(1)?[0], x.write()?);
                 let (row0, rows, per_tile, dim) = (row0 as usize, rows as usize, rows_per_tile as usize, dim as usize);
@@ -171,8 +169,7 @@ pub fn gated_pos(
     let (prog, gpu) = match prog.on(dev)? {
         On::Gpu(prog, gpu) => (prog, gpu),
         On::Cpu(prog, _) => {
-            let [pos, tile_pos, gate, x] = [pos, tile_pos, gate, x].map(|b| b.cpu().cloned());
-            let [pos, tile_pos, gate, x] = [pos?, tile_pos?, gate?, x?];
+            let [pos, tile_pos, gate, x] = Buffer::cpu_handles([pos, tile_pos, gate, x])?;
             prog.push("gated_pos", move |pool| {
                 let (n, tokens, dim) = (rows as usize * dim as usize, tokens as usize, dim as usize);
                 let (pos, tile_pos, gate, mut x) = (pos.read()?, tile_pos.read_n(n)?, gate.read_n(1)?[0], x.write_n(n)?);
@@ -211,8 +208,8 @@ pub fn gated_add(prog: &mut Program, dev: &Device, y: &Buffer, gate: &Buffer, x:
     let (prog, gpu) = match prog.on(dev)? {
         On::Gpu(prog, gpu) => (prog, gpu),
         On::Cpu(prog, _) => {
-            let [y, gate, x] = [y, gate, x].map(|b| b.cpu().cloned());
-            let ([y, gate, x], n) = ([y?, gate?, x?], n as usize);
+            let [y, gate, x] = Buffer::cpu_handles([y, gate, x])?;
+            let n = n as usize;
             prog.push("gated_add", move |pool| {
                 let (y, gate, mut x) = (y.read_n(n)?, gate.read_n(1)?[0], x.write_n(n)?);
                 Ok(cpu::vision_mllama::gated_add(pool, &y, gate, &mut x)?)

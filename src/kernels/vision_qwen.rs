@@ -57,8 +57,7 @@ pub fn layer_norm(
     let (prog, gpu) = match prog.on(dev)? {
         On::Gpu(prog, gpu) => (prog, gpu),
         On::Cpu(prog, _) => {
-            let [x, w, b, y] = [x, w, b, y].map(|b| b.cpu().cloned());
-            let [x, w, b, y] = [x?, w?, b?, y?];
+            let [x, w, b, y] = Buffer::cpu_handles([x, w, b, y])?;
             prog.push("layer_norm", move |pool| {
                 let (n, dim) = (rows as usize * dim as usize, dim as usize);
                 let (x, w, b, mut y) = (x.read_n(n)?, w.read_n(dim)?, b.read_n(dim)?, y.write_n(n)?);
@@ -98,8 +97,7 @@ pub fn add_bias(prog: &mut Program, dev: &Device, bias: &Buffer, x: &Buffer, row
     let (prog, gpu) = match prog.on(dev)? {
         On::Gpu(prog, gpu) => (prog, gpu),
         On::Cpu(prog, _) => {
-            let [bias, x] = [bias, x].map(|b| b.cpu().cloned());
-            let [bias, x] = [bias?, x?];
+            let [bias, x] = Buffer::cpu_handles([bias, x])?;
             prog.push("add_bias", move |pool| {
                 Ok(cpu::vision_qwen::add_bias(
                     pool,
@@ -136,8 +134,7 @@ pub fn copy_cols(
     let (prog, gpu) = match prog.on(dev)? {
         On::Gpu(prog, gpu) => (prog, gpu),
         On::Cpu(prog, _) => {
-            let [x, out] = [x, out].map(|b| b.cpu().cloned());
-            let [x, out] = [x?, out?];
+            let [x, out] = Buffer::cpu_handles([x, out])?;
             prog.push("copy_cols", move |pool| {
                 let (dim, stride, offset) = (dim as usize, stride as usize, offset as usize);
                 Ok(cpu::vision_qwen::copy_cols(pool, &x.read()?, &mut out.write_n(rows as usize * dim)?, dim, stride, offset)?)
@@ -173,8 +170,7 @@ pub fn gather_rows(
     let (prog, gpu) = match prog.on(dev)? {
         On::Gpu(prog, gpu) => (prog, gpu),
         On::Cpu(prog, _) => {
-            let [src, taps, out] = [src, taps, out].map(|b| b.cpu().cloned());
-            let [src, taps, out] = [src?, taps?, out?];
+            let [src, taps, out] = Buffer::cpu_handles([src, taps, out])?;
             prog.push("gather_rows", move |pool| {
                 let (k, dim) = (k_per_row as usize, dim as usize);
                 let taps = taps.read_n(2 * rows as usize * k)?;
@@ -206,8 +202,7 @@ pub fn gelu_tanh(prog: &mut Program, dev: &Device, x: &Buffer, n: u32) -> Result
     let (prog, gpu) = match prog.on(dev)? {
         On::Gpu(prog, gpu) => (prog, gpu),
         On::Cpu(prog, _) => {
-            let [x] = [x].map(|b| b.cpu().cloned());
-            let [x] = [x?];
+            let [x] = Buffer::cpu_handles([x])?;
             prog.push("gelu_tanh", move |pool| {
                 cpu::elementwise::gelu_tanh(pool, &mut x.write_n(n as usize)?);
                 Ok(())

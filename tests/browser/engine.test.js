@@ -106,7 +106,7 @@ test("the tiny VLM loads with progress, its logits match transformers, greedy te
   }, [TINY, image, prompt]);
   assert.equal(reply.object, "chat.completion");
   assert.ok(["stop", "length"].includes(reply.choices[0].finish_reason));
-  const native = execFileSync("cargo", ["run", "--quiet", "--bin", "webvlm", "--", "generate",
+  const native = execFileSync("cargo", ["run", "--quiet", "--bin", "webvlm", "--", "generate", "--backend", "gpu",
     "--model", path.join(repoRoot, `tests/fixtures/tiny_mistral3_tekken/model.gguf`),
     "--mmproj", path.join(repoRoot, `tests/fixtures/tiny_mistral3_tekken/mmproj.gguf`),
     "--image", path.join(repoRoot, `tests/fixtures/tiny_mistral3_tekken/${image}`),

@@ -70,7 +70,7 @@ test("a repository loads at Q8_0 and answers as the native CLI does", async (t) 
   const shards = new Set(shardRequests(since).map((e) => e.path));
   assert.deepEqual([...shards].sort(), [1, 2, 3].map((i) => `${REPO}/model-0000${i}-of-00003.safetensors`));
   assert.ok(shardRequests(since).every((e) => e.range), "every shard request is a Range request");
-  native = execFileSync("cargo", ["run", "--quiet", "--bin", "webvlm", "--", "generate", "--model", FIXTURE,
+  native = execFileSync("cargo", ["run", "--quiet", "--bin", "webvlm", "--", "generate", "--backend", "gpu", "--model", FIXTURE,
     "--quant", "q8_0", "--prompt", PROMPT, "--chat", "--max-tokens", `${MAX_TOKENS}`, "--temperature", "0", "--ctx", "4096"],
   { cwd: repoRoot, encoding: "utf8" }).replace(/\n$/, "");
   t.diagnostic(`browser: ${JSON.stringify(r.text)} native: ${JSON.stringify(native)}`);

@@ -77,7 +77,7 @@ async function ask(page, text, timeout = MIN) {
 
 // Each payload sets window.__pwned (or opens a dialog) if it ever runs.
 const HOSTILE = [
-  "hostile output follows [pace 5]", // paced: the page renders the payloads half-streamed too
+  "hostile output follows [pace 50]", // paced (~3 s in all, slow enough for a loaded machine): the page renders the payloads half-streamed too
   "",
   `<img src=x onerror="window.__pwned='img onerror'">`,
   "",

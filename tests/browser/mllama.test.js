@@ -59,7 +59,7 @@ test("a Llama 3.2 Vision repository answers about an image as the native CLI doe
   assert.equal(shardRequests(since).length > 6, true, "six shards, in Range chunks");
   assert.equal(r.info.converted.state, "stored");
   // The browser's SwiftShader has no shader-f16: the CLI runs without f16 matmuls too.
-  native = execFileSync("cargo", ["run", "--quiet", "--bin", "webvlm", "--", "generate", "--model", path.join(repoRoot, FOLDER),
+  native = execFileSync("cargo", ["run", "--quiet", "--bin", "webvlm", "--", "generate", "--backend", "gpu", "--model", path.join(repoRoot, FOLDER),
     "--quant", "q8_0", "--image", path.join(repoRoot, FOLDER, IMAGE), "--prompt", QUESTION, "--chat",
     "--max-tokens", `${MAX_TOKENS}`, "--temperature", "0", "--ctx", "4096", "--no-f16"],
   { cwd: repoRoot, encoding: "utf8" }).replace(/\n$/, "");

@@ -88,7 +88,7 @@ test("the tiny Qwen3.5 VLM matches transformers with images and answers as the n
   }), [TINY, image, prompt]);
   assert.equal(reply.object, "chat.completion");
   const fixture = (f) => path.join(repoRoot, "tests/fixtures/tiny_qwen35_a", f);
-  const native = execFileSync("cargo", ["run", "--quiet", "--bin", "webvlm", "--", "generate",
+  const native = execFileSync("cargo", ["run", "--quiet", "--bin", "webvlm", "--", "generate", "--backend", "gpu",
     "--model", fixture("model.gguf"), "--mmproj", fixture("mmproj.gguf"), "--image", fixture(image),
     "--image-min-area", `${AREA.min}`, "--image-max-area", `${AREA.max}`,
     "--prompt", prompt, "--chat", "--no-think", "--max-tokens", "8", "--ctx", "4096"], { cwd: repoRoot, encoding: "utf8" });

@@ -20,6 +20,12 @@ pub fn cpu() -> Device {
     Device::Cpu(webvlm::backend::cpu::Device::new(2, webvlm::backend::cpu::Mode::Exact).expect("a CPU thread pool"))
 }
 
+/// Whether `--backend auto` (the CLI's default) takes the CPU backend here: the only GPU
+/// adapter is a software one (lavapipe in CI).
+pub fn auto_takes_the_cpu() -> bool {
+    gpu().caps().software
+}
+
 /// Deterministic random numbers for test data.
 pub struct Rng(u64);
 

@@ -70,12 +70,29 @@ pub struct EngineArgs {
     /// the image edge]
     #[arg(long, value_name = "N")]
     pub image_max_area: Option<u64>,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// GPU memory for the prompt cache's saved prefixes (256M, 1G; 0: keep only the live
+    /// sequence) [default: 256M]
+    #[arg(long, value_name = "BYTES", value_parser = cache_bytes)]
+    pub prompt_cache: Option<u64>,
+    #[command(flatten)]
+    pub budget: BudgetArg,
+}
+
+/// Where a model runs (generate, logits, chat, batch, serve, soak).
+#[derive(Args, Debug)]
+#[command(next_help_heading = "Device")]
+pub struct DeviceArgs {
     /// Kernel launch shapes: gpu (many small workgroups) or cpu (few wide ones, for CPU
     /// adapters) [default: from the adapter]
     #[arg(long, value_name = "G")]
     pub geometry: Option<Geometry>,
-    /// Where the model runs: gpu (wgpu: Vulkan, Metal, DX12) or cpu (webvlm's CPU backend)
-    #[arg(long, value_name = "B", default_value = "gpu")]
+    /// Where the model runs: gpu (wgpu: Vulkan, Metal, DX12), cpu (webvlm's CPU backend), or
+    /// auto: the GPU on a hardware adapter, the CPU backend where the only adapter is a
+    /// software one (lavapipe, llvmpipe, SwiftShader, WARP) or there is none; --geometry
+    /// asks for the GPU
+    #[arg(long, value_name = "B", default_value = "auto")]
     pub backend: BackendArg,
     /// CPU backend: threads [default: the machine's cores]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
@@ -84,12 +101,6 @@ pub struct EngineArgs {
     /// backend) or kept f32 (exact)
     #[arg(long, value_name = "M", default_value = "fast")]
     pub cpu_mode: CpuModeArg,
-    /// GPU memory for the prompt cache's saved prefixes (256M, 1G; 0: keep only the live
-    /// sequence) [default: 256M]
-    #[arg(long, value_name = "BYTES", value_parser = cache_bytes)]
-    pub prompt_cache: Option<u64>,
-    #[command(flatten)]
-    pub budget: BudgetArg,
 }
 
 /// `--prompt-cache`: a memory size as `--gpu-memory` takes it, or 0.
@@ -197,6 +208,7 @@ impl SamplingArgs {
 /// `--backend`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum BackendArg {
+    Auto,
     Gpu,
     Cpu,
 }
@@ -208,21 +220,34 @@ pub enum CpuModeArg {
     Exact,
 }
 
-impl EngineArgs {
+impl DeviceArgs {
     /// The device `--backend`, `--geometry`, `--threads` and `--cpu-mode` ask for.
     pub fn device(&self) -> Result<Device, Box<dyn std::error::Error>> {
+        let gpu = || Gpu::new_blocking(GpuOptions { geometry: self.geometry, ..GpuOptions::default() });
         Ok(match self.backend {
-            BackendArg::Gpu => Device::Gpu(Gpu::new_blocking(GpuOptions { geometry: self.geometry, ..GpuOptions::default() })?),
-            BackendArg::Cpu => {
-                let threads =
-                    self.threads.map_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()), usize::from);
-                let mode = match self.cpu_mode {
-                    CpuModeArg::Fast => Mode::Fast,
-                    CpuModeArg::Exact => Mode::Exact,
-                };
-                Device::Cpu(cpu::Device::new(threads, mode)?)
-            }
+            BackendArg::Gpu => Device::Gpu(gpu()?),
+            BackendArg::Cpu => self.cpu_device()?,
+            BackendArg::Auto => match gpu() {
+                Ok(g) if !g.caps.software || self.geometry.is_some() => Device::Gpu(g),
+                Ok(g) => {
+                    eprintln!("backend auto: {} is a software adapter: running on the CPU backend", g.caps.adapter);
+                    self.cpu_device()?
+                }
+                Err(e) => {
+                    eprintln!("backend auto: no GPU ({e}): running on the CPU backend");
+                    self.cpu_device()?
+                }
+            },
         })
+    }
+
+    fn cpu_device(&self) -> Result<Device, cpu::PoolError> {
+        let threads = self.threads.map_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()), usize::from);
+        let mode = match self.cpu_mode {
+            CpuModeArg::Fast => Mode::Fast,
+            CpuModeArg::Exact => Mode::Exact,
+        };
+        Ok(Device::Cpu(cpu::Device::new(threads, mode)?))
     }
 }
 

@@ -96,7 +96,7 @@ fn main() -> ExitCode {
 pub fn open_engine(args: &args::EngineArgs) -> Result<Engine, Box<dyn std::error::Error>> {
     let model = open::ModelFiles::open(&args.model.model)?;
     let mmproj = args.mmproj.as_ref().map(MappedGguf::open).transpose()?;
-    let dev = args.device()?;
+    let dev = args.device.device()?;
     let defaults = ContextOptions::for_adapter(dev.caps());
     let precision = match (args.f16, args.no_f16, args.kv_f32) {
         (true, _, _) => Precision::reduced(dev.caps()),

@@ -28,10 +28,10 @@ use serde_json::{json, Value};
 use webvlm::api::{run, ChatRequest};
 use webvlm::engine::{Engine, EngineError};
 use webvlm::gguf::{MappedGguf, SplitMix64};
-use webvlm::gpu::{Geometry, Gpu, GpuOptions};
 use webvlm::model::ContextOptions;
 use webvlm::source::{Eager, LoadQuant};
 
+use crate::args::DeviceArgs;
 use crate::stdout::outln;
 use crate::CliResult;
 
@@ -101,9 +101,8 @@ pub struct SoakArgs {
     /// Print the requests as JSON lines and exit (for the browser soak)
     #[arg(long)]
     plan: bool,
-    /// Kernel launch shapes (gpu or cpu) [default: from the adapter]
-    #[arg(long, value_name = "G")]
-    geometry: Option<Geometry>,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 /// What a planned request tests.
@@ -443,9 +442,9 @@ fn rss_bytes() -> u64 {
 fn load(args: &SoakArgs) -> Result<Engine, Box<dyn std::error::Error>> {
     let model = MappedGguf::open(&args.model)?;
     let mmproj = MappedGguf::open(&args.mmproj)?;
-    let gpu = Gpu::new_blocking(GpuOptions { geometry: args.geometry, ..GpuOptions::default() })?;
-    let opts = ContextOptions { max_ctx: args.ctx, ..ContextOptions::for_adapter(&gpu.caps) };
-    let mut engine = Engine::builder(gpu).context(opts).vision(&mut Eager(&mmproj), LoadQuant::Keep).load(&mut Eager(&model))?;
+    let dev = args.device.device()?;
+    let opts = ContextOptions { max_ctx: args.ctx, ..ContextOptions::for_adapter(dev.caps()) };
+    let mut engine = Engine::builder(dev).context(opts).vision(&mut Eager(&mmproj), LoadQuant::Keep).load(&mut Eager(&model))?;
     // Room for a few of the long system prompts only: the rest are evicted.
     let longest = system_prompts(args.seed).iter().map(|s| engine.tokenizer().encode(s, false).map_or(0, |t| t.len())).max();
     let per_token = engine.context().state_bytes_per_token();
@@ -573,9 +572,18 @@ pub fn run_soak(args: &SoakArgs) -> CliResult {
         "rss_end_pct": pct(warm.rss_bytes, end.rss_bytes), "rss_max_pct": pct(warm.rss_bytes, max_rss),
         "buffers_end": end.live_buffers as i64 - warm.live_buffers as i64,
     });
-    let flat = [pct(warm.gpu_bytes, max_gpu), pct(warm.rss_bytes, max_rss)].iter().all(|p| *p <= args.tolerance)
-        && [pct(warm.gpu_bytes, end.gpu_bytes), pct(warm.rss_bytes, end.rss_bytes)].iter().all(|p| p.abs() <= args.tolerance);
-    let pass = unexpected.is_empty() && flat && equal_end && equal_in_soak && start.gpu_bytes > 0;
+    // On the CPU backend the model's buffers are the process's memory: its resident size alone.
+    let on_gpu = fresh_engine.device().gpu().is_ok();
+    let (max_pcts, end_pcts) = if on_gpu {
+        (
+            [pct(warm.gpu_bytes, max_gpu), pct(warm.rss_bytes, max_rss)].to_vec(),
+            [pct(warm.gpu_bytes, end.gpu_bytes), pct(warm.rss_bytes, end.rss_bytes)].to_vec(),
+        )
+    } else {
+        (vec![pct(warm.rss_bytes, max_rss)], vec![pct(warm.rss_bytes, end.rss_bytes)])
+    };
+    let flat = max_pcts.iter().all(|p| *p <= args.tolerance) && end_pcts.iter().all(|p| p.abs() <= args.tolerance);
+    let pass = unexpected.is_empty() && flat && equal_end && equal_in_soak && (start.gpu_bytes > 0 || !on_gpu);
     let summary = json!({
         "requests": items.len(), "seed": args.seed, "max_tokens": args.max_tokens, "ctx": args.ctx, "warmup": warmup,
         "adapter": fresh_engine.device().caps().adapter, "load_seconds": load_seconds, "soak_seconds": soak_seconds,

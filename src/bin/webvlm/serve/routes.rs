@@ -127,6 +127,8 @@ async fn health(State(app): State<Arc<App>>) -> (StatusCode, Json<Value>) {
         "status": if unhealthy.is_some() { "unhealthy" } else { "ok" },
         "error": unhealthy,
         "model": app.model.id,
+        "backend": app.model.backend,
+        "device": app.model.device,
         "reloads": stats.reloads.load(Ordering::SeqCst),
         "queue": {
             "capacity": app.engine.queue_capacity,

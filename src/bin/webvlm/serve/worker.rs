@@ -89,6 +89,10 @@ pub struct ModelInfo {
     pub created: u64,
     /// The vocabulary size (bounds `logit_bias` ids and `tokens`).
     pub vocab: usize,
+    /// Where the engine runs: the backend (`cpu`, or wgpu's `Vulkan`, `Metal`, ...) and the
+    /// device (the GPU adapter, or the CPU's SIMD level, threads and mode).
+    pub backend: String,
+    pub device: String,
 }
 
 /// Counters for `/health`.
@@ -230,7 +234,14 @@ impl EngineHandle {
 fn model_info(engine: &Engine, args: &EngineArgs, served_name: Option<String>) -> ModelInfo {
     let file_name = || args.model.model.file_stem().map(|s| s.to_string_lossy().into_owned());
     let id = served_name.or_else(|| engine.decoder().cfg.name.clone()).or_else(file_name).unwrap_or_else(|| "webvlm".into());
-    ModelInfo { id, created: super::unix_seconds(), vocab: crate::vocab_size(engine) }
+    let caps = engine.device().caps();
+    ModelInfo {
+        id,
+        created: super::unix_seconds(),
+        vocab: crate::vocab_size(engine),
+        backend: caps.backend.clone(),
+        device: caps.adapter.clone(),
+    }
 }
 
 /// The engine thread's side: the counters it moves and how it tells the server it stopped.
