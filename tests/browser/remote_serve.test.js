@@ -301,7 +301,8 @@ for (const target of serverTargets()) {
 
     const noQueue = !target.features.queueLimit && `${target.kind} has no queue limit to fill`;
     test("a full queue (a second server with --queue 0, held busy from node) is the rate-limit error with status 429", { timeout: 5 * MIN, skip: noQueue }, async (t) => {
-      const busy = await target.start({ apiKey: KEY, queue: 0 });
+      // webvlm serve on lavapipe: the CPU backend could finish the holding request first.
+      const busy = await target.start({ apiKey: KEY, queue: 0, args: ["--backend", "gpu"] });
       try {
         // Held busy from node: a long generation, its first chunk read (it runs).
         const hold = new AbortController();
