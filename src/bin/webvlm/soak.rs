@@ -572,17 +572,14 @@ pub fn run_soak(args: &SoakArgs) -> CliResult {
         "rss_end_pct": pct(warm.rss_bytes, end.rss_bytes), "rss_max_pct": pct(warm.rss_bytes, max_rss),
         "buffers_end": end.live_buffers as i64 - warm.live_buffers as i64,
     });
-    // On the CPU backend the model's buffers are the process's memory: its resident size alone.
+    // (after warm-up, max, end) of each figure watched: on the CPU backend the model's buffers
+    // are the process's memory, and its resident size alone is watched.
     let on_gpu = fresh_engine.device().gpu().is_ok();
-    let (max_pcts, end_pcts) = if on_gpu {
-        (
-            [pct(warm.gpu_bytes, max_gpu), pct(warm.rss_bytes, max_rss)].to_vec(),
-            [pct(warm.gpu_bytes, end.gpu_bytes), pct(warm.rss_bytes, end.rss_bytes)].to_vec(),
-        )
-    } else {
-        (vec![pct(warm.rss_bytes, max_rss)], vec![pct(warm.rss_bytes, end.rss_bytes)])
-    };
-    let flat = max_pcts.iter().all(|p| *p <= args.tolerance) && end_pcts.iter().all(|p| p.abs() <= args.tolerance);
+    let mut watched = vec![(warm.rss_bytes, max_rss, end.rss_bytes)];
+    if on_gpu {
+        watched.push((warm.gpu_bytes, max_gpu, end.gpu_bytes));
+    }
+    let flat = watched.iter().all(|&(w, max, end)| pct(w, max) <= args.tolerance && pct(w, end).abs() <= args.tolerance);
     let pass = unexpected.is_empty() && flat && equal_end && equal_in_soak && (start.gpu_bytes > 0 || !on_gpu);
     let summary = json!({
         "requests": items.len(), "seed": args.seed, "max_tokens": args.max_tokens, "ctx": args.ctx, "warmup": warmup,
