@@ -75,8 +75,7 @@ fn teacher_forced_logits_match_transformers() {
 
 #[test]
 fn teacher_forced_logits_in_fast_mode_stay_close() {
-    let fast = webvlm::backend::cpu::Device::new(2, webvlm::backend::cpu::Mode::Fast).unwrap();
-    check_teacher_forced(Device::Cpu(fast), FAST_TOL_REL_L2, FAST_MIN_ARGMAX_AGREEMENT);
+    check_teacher_forced(cpu_in(webvlm::backend::cpu::Mode::Fast), FAST_TOL_REL_L2, FAST_MIN_ARGMAX_AGREEMENT);
 }
 
 #[test]

@@ -185,7 +185,7 @@ fn greedy(max_tokens: u32) -> GenerateOptions {
 fn gpu_and_cpu_backends_give_the_same_greedy_tokens() {
     let want = generate(&mut tiny_engine(512), &PROMPT, &greedy(24)).0.tokens;
     for mode in [webvlm::backend::cpu::Mode::Exact, webvlm::backend::cpu::Mode::Fast] {
-        let dev = webvlm::backend::Device::Cpu(webvlm::backend::cpu::Device::new(2, mode).unwrap());
+        let dev = cpu_in(mode);
         let got = generate(&mut tiny_engine_on(dev, 512), &PROMPT, &greedy(24)).0.tokens;
         assert_eq!(got, want, "CPU backend, {mode:?} mode");
     }

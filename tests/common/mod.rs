@@ -17,7 +17,12 @@ pub fn gpu() -> Device {
 
 /// The CPU backend's device: two threads, exact (f32) activations.
 pub fn cpu() -> Device {
-    Device::Cpu(webvlm::backend::cpu::Device::new(2, webvlm::backend::cpu::Mode::Exact).expect("a CPU thread pool"))
+    cpu_in(webvlm::backend::cpu::Mode::Exact)
+}
+
+/// The CPU backend's device on two threads in `mode` (fast: 8-bit activations).
+pub fn cpu_in(mode: webvlm::backend::cpu::Mode) -> Device {
+    Device::Cpu(webvlm::backend::cpu::Device::new(2, mode).expect("a CPU thread pool"))
 }
 
 /// Whether `--backend auto` (the CLI's default) takes the CPU backend here: the only GPU
