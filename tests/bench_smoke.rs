@@ -39,7 +39,7 @@ fn check_pass_launch(v: &Value) -> &Vec<Value> {
 
 #[test]
 fn quick_bench_on_tiny_synthetic_model_reports_every_figure() {
-    let lines = bench_lines(&["--quick", "--synthetic", "--shape", "tiny", "--json-only"]);
+    let lines = bench_lines(&["--quick", "--synthetic", "--shape", "tiny", "--json-only", "--backend", "gpu"]);
     let adapter = of_kind(&lines, "adapter");
     assert_eq!(adapter.len(), 1);
     assert!(adapter[0]["adapter"].as_str().is_some_and(|s| !s.is_empty()));
@@ -162,6 +162,53 @@ fn quick_bench_on_tiny_synthetic_model_reports_every_figure() {
     }
 }
 
+/// `--backend cpu`: the roofline measured on the CPU backend's pool, the matvec kernels, the
+/// model through `Context` (one op list per step, no read-back wait to pipeline) and the
+/// vision encoder; no launch geometry (there are no workgroups).
+#[test]
+fn quick_bench_on_the_cpu_backend_reports_its_figures() {
+    let lines = bench_lines(&["--quick", "--synthetic", "--shape", "tiny", "--json-only", "--backend", "cpu", "--threads", "2"]);
+    let adapter = of_kind(&lines, "adapter");
+    assert_eq!(adapter[0]["backend"], "cpu");
+    assert!(adapter[0]["adapter"].as_str().is_some_and(|s| s.starts_with("CPU") && s.contains("2 threads")), "{}", adapter[0]);
+    for kind in ["copy", "read"] {
+        positive(of_kind(&lines, kind)[0], "gbps");
+    }
+    positive(of_kind(&lines, "fma")[0], "gflops");
+    let pool = of_kind(&lines, "dispatch_overhead")[0];
+    assert_eq!(pool["threads"].as_u64(), Some(2));
+    positive(pool, "us_per_dispatch");
+    positive(pool, "us_after_idle");
+
+    let matvecs = of_kind(&lines, "matvec");
+    for ty in ["Q4_K", "Q6_K", "Q8_0", "Q4_0", "Q4_1", "F32"] {
+        let rows: Vec<_> = matvecs.iter().filter(|v| v["type"] == ty).collect();
+        assert_eq!(rows.len(), 3, "{ty}: one row per shape");
+        for (v, f) in rows.iter().flat_map(|v| ["gbps", "fraction_of_copy", "fraction_of_fma", "cached_gbps"].map(|f| (v, f))) {
+            positive(v, f);
+        }
+    }
+
+    let m = of_kind(&lines, "model");
+    assert_eq!(m.len(), 1);
+    for f in
+        ["prefill_tokens_per_s", "decode_tokens_per_s", "dispatches_per_token", "decode_weight_gbps", "decode_fraction_of_read"]
+    {
+        positive(m[0], f);
+    }
+    positive(&m[0]["prompt_cache"], "ttft_cached_seconds");
+    assert!(m[0].get("breakdown").is_none(), "the per-family breakdown times GPU dispatches");
+    for kind in ["launch", "prefill_launch", "vision_launch"] {
+        assert!(of_kind(&lines, kind).is_empty(), "{kind} is GPU launch geometry");
+    }
+    let vision = of_kind(&lines, "vision");
+    assert_eq!(vision.len(), 1);
+    assert_eq!(vision[0]["image_tokens"].as_u64(), Some(16));
+    for f in ["ms", "gflops", "fraction_of_fma"] {
+        positive(vision[0], f);
+    }
+}
+
 #[test]
 fn no_vision_skips_the_vision_encoder() {
     let lines = bench_lines(&["--quick", "--no-kernels", "--no-model", "--no-vision", "--json-only"]);
@@ -237,7 +284,8 @@ fn qwen35_structure_of_the_released_sizes() {
 
 #[test]
 fn quick_bench_on_tiny_qwen35_reports_structure_run_and_vision() {
-    let lines = bench_lines(&["--quick", "--no-kernels", "--synthetic", "--shape", "qwen3.5-tiny", "--json-only"]);
+    let lines =
+        bench_lines(&["--quick", "--no-kernels", "--synthetic", "--shape", "qwen3.5-tiny", "--json-only", "--backend", "gpu"]);
     let structure = of_kind(&lines, "structure");
     assert_eq!(structure.len(), 1);
     let s = structure[0];
@@ -332,7 +380,7 @@ fn fewer_layers_scale_to_the_full_depth() {
 #[test]
 fn quick_bench_on_tiny_mllama_reports_the_cross_attention_cost_per_image() {
     let args = ["--quick", "--no-kernels", "--no-breakdown", "--synthetic", "--shape", "llama3.2-vision-tiny", "--json-only"];
-    let lines = bench_lines(&[&args[..], &["--vision-layers", "4"]].concat());
+    let lines = bench_lines(&[&args[..], &["--vision-layers", "4", "--backend", "gpu"]].concat());
 
     let vision = of_kind(&lines, "cross_vision");
     let depths: Vec<_> = vision.iter().map(|v| v["layers"].as_u64().unwrap()).collect();

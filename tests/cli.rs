@@ -40,6 +40,8 @@ const ENGINE_FLAGS: &[&str] = &[
     "--image-max-edge",
     "--gpu-memory",
 ];
+/// Where a model runs: every command that loads one takes these.
+const DEVICE_FLAGS: &[&str] = &["--backend", "--threads", "--cpu-mode", "--geometry"];
 const SAMPLING_FLAGS: &[&str] =
     &["--max-tokens", "--temperature", "--top-k", "--top-p", "--min-p", "--repetition-penalty", "--seed", "--stop"];
 
@@ -48,11 +50,14 @@ fn subcommands() -> Vec<(&'static str, Vec<&'static str>)> {
     vec![
         (
             "generate",
-            with(&["--prompt", "--chat", "--chat-template-kwargs", "--no-think", "--image"], &[ENGINE_FLAGS, SAMPLING_FLAGS]),
+            with(
+                &["--prompt", "--chat", "--chat-template-kwargs", "--no-think", "--image"],
+                &[ENGINE_FLAGS, DEVICE_FLAGS, SAMPLING_FLAGS],
+            ),
         ),
-        ("logits", with(&["--prompt", "--tokens", "--out", "--pos-offset", "--image"], &[ENGINE_FLAGS])),
-        ("chat", with(&["--request"], &[ENGINE_FLAGS])),
-        ("batch", with(&["REQUESTS.jsonl", "--out"], &[ENGINE_FLAGS])),
+        ("logits", with(&["--prompt", "--tokens", "--out", "--pos-offset", "--image"], &[ENGINE_FLAGS, DEVICE_FLAGS])),
+        ("chat", with(&["--request"], &[ENGINE_FLAGS, DEVICE_FLAGS])),
+        ("batch", with(&["REQUESTS.jsonl", "--out"], &[ENGINE_FLAGS, DEVICE_FLAGS])),
         (
             "serve",
             with(
@@ -66,7 +71,7 @@ fn subcommands() -> Vec<(&'static str, Vec<&'static str>)> {
                     "--queue",
                     "--served-model-name",
                 ],
-                &[ENGINE_FLAGS],
+                &[ENGINE_FLAGS, DEVICE_FLAGS],
             ),
         ),
         ("info", vec!["--model", "--ctx", "--plan", "--mmproj", "--gpu-memory"]),
@@ -74,48 +79,53 @@ fn subcommands() -> Vec<(&'static str, Vec<&'static str>)> {
         ("convert", vec!["--model", "--quant", "--out"]),
         (
             "soak",
-            vec![
-                "--requests",
-                "--seed",
-                "--model",
-                "--mmproj",
-                "--fixtures",
-                "--ctx",
-                "--max-tokens",
-                "--warmup",
-                "--sample-every",
-                "--replay",
-                "--tolerance",
-                "--plan",
-                "--geometry",
-            ],
+            with(
+                &[
+                    "--requests",
+                    "--seed",
+                    "--model",
+                    "--mmproj",
+                    "--fixtures",
+                    "--ctx",
+                    "--max-tokens",
+                    "--warmup",
+                    "--sample-every",
+                    "--replay",
+                    "--tolerance",
+                    "--plan",
+                ],
+                &[DEVICE_FLAGS],
+            ),
         ),
         ("synthetic", vec!["--out", "--mmproj-out", "--shape", "--seed", "--zeros", "--vocab-from"]),
         (
             "bench",
-            vec![
-                "--model",
-                "--synthetic",
-                "--shape",
-                "--quick",
-                "--json-only",
-                "--prompt-tokens",
-                "--decode-tokens",
-                "--prefill-reps",
-                "--reps",
-                "--seed",
-                "--no-kernels",
-                "--breakdown",
-                "--no-breakdown",
-                "--no-model",
-                "--no-f16",
-                "--vision",
-                "--no-vision",
-                "--vision-sizes",
-                "--layers",
-                "--vision-layers",
-                "--vision-quant",
-            ],
+            with(
+                &[
+                    "--model",
+                    "--synthetic",
+                    "--shape",
+                    "--quick",
+                    "--json-only",
+                    "--prompt-tokens",
+                    "--decode-tokens",
+                    "--prefill-reps",
+                    "--reps",
+                    "--seed",
+                    "--no-kernels",
+                    "--breakdown",
+                    "--no-breakdown",
+                    "--no-model",
+                    "--no-f16",
+                    "--vision",
+                    "--no-vision",
+                    "--vision-sizes",
+                    "--layers",
+                    "--vision-layers",
+                    "--vision-quant",
+                ],
+                &[DEVICE_FLAGS],
+            ),
         ),
     ]
 }

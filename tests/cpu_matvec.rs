@@ -310,7 +310,7 @@ fn pool_propagates_a_panicking_task() {
 #[test]
 fn bench_runs_at_a_tiny_size() {
     let report = bench::report(&bench::BenchConfig::tiny()).unwrap();
-    for needle in ["pool", "copy", "Q4_K", "BF16", "fast", "exact", "matmul", "tokens"] {
+    for needle in ["pool", "copy", "read", "FMA peak", "Q4_K", "BF16", "fast", "exact", "matmul", "tokens"] {
         assert!(report.contains(needle), "{needle} missing from\n{report}");
     }
 }

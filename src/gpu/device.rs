@@ -205,21 +205,48 @@ impl GpuError {
     }
 }
 
+/// An adapter seen by [`Gpu::probe`].
+#[derive(Clone, Debug)]
+pub struct Adapter {
+    pub name: String,
+    pub software: bool,
+}
+
+/// The adapter [`Gpu::new`] opens: high-performance preference, native backends narrowed by
+/// `WGPU_BACKEND`.
+async fn best_adapter() -> Result<wgpu::Adapter> {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = wgpu::Backends::PRIMARY.with_env();
+    let instance = wgpu::Instance::new(desc);
+    let options = wgpu::RequestAdapterOptions { power_preference: wgpu::PowerPreference::HighPerformance, ..Default::default() };
+    instance.request_adapter(&options).await.map_err(|e| GpuError::NoAdapter(e.to_string()))
+}
+
+/// A CPU implementation of the GPU API. Browsers report only a fallback adapter as a CPU:
+/// SwiftShader (and Mesa's llvmpipe/lavapipe) are recognised by name too.
+fn is_software(info: &wgpu::AdapterInfo) -> bool {
+    let name = info.name.to_ascii_lowercase();
+    info.device_type == wgpu::DeviceType::Cpu || ["swiftshader", "llvmpipe", "lavapipe"].iter().any(|n| name.contains(n))
+}
+
 impl Gpu {
     /// Opens the best adapter with its own limits. Native backends can be narrowed with
     /// `WGPU_BACKEND` (e.g. `vulkan`).
     pub async fn new(options: GpuOptions) -> Result<Gpu> {
-        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
-        desc.backends = wgpu::Backends::PRIMARY.with_env();
-        let instance = wgpu::Instance::new(desc);
-        let adapter = instance
-            .request_adapter(&wgpu::RequestAdapterOptions {
-                power_preference: wgpu::PowerPreference::HighPerformance,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| GpuError::NoAdapter(e.to_string()))?;
-        Self::from_adapter(&adapter, options).await
+        Self::from_adapter(&best_adapter().await?, options).await
+    }
+
+    /// The adapter [`Gpu::new`] would open, without opening a device on it: its name and
+    /// whether it is a software implementation (what `--backend auto` decides on).
+    pub async fn probe() -> Result<Adapter> {
+        let info = best_adapter().await?.get_info();
+        Ok(Adapter { software: is_software(&info), name: info.name })
+    }
+
+    /// Blocking [`Gpu::probe`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn probe_blocking() -> Result<Adapter> {
+        pollster::block_on(Self::probe())
     }
 
     /// Blocking [`Gpu::new`] for native callers (CLI, tests, benchmarks).
@@ -265,10 +292,7 @@ impl Gpu {
         }));
 
         let info = adapter.get_info();
-        // Browsers report only a fallback adapter as a CPU: recognise SwiftShader by name too.
-        let name = info.name.to_ascii_lowercase();
-        let software =
-            info.device_type == wgpu::DeviceType::Cpu || ["swiftshader", "llvmpipe", "lavapipe"].iter().any(|n| name.contains(n));
+        let software = is_software(&info);
         let geometry =
             options.geometry.or_else(Geometry::from_env).unwrap_or(if software { Geometry::Cpu } else { Geometry::Gpu });
         let caps = Caps {

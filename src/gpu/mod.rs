@@ -11,7 +11,7 @@ pub mod params;
 pub mod pipeline;
 pub mod program;
 
-pub use device::{BufferRegistry, Caps, DeviceLoss, Geometry, Gpu, GpuOptions, MemoryStats, Readback};
+pub use device::{Adapter, BufferRegistry, Caps, DeviceLoss, Geometry, Gpu, GpuOptions, MemoryStats, Readback};
 pub use params::{ParamSlot, ParamsArena};
 pub use pipeline::{Access, KernelSpec, Pipeline, COMMON_WGSL};
 pub use program::{Arg, Dispatch, Launch, Op, Program, WeightRead};

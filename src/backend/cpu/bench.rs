@@ -3,7 +3,8 @@
 //! sleep), matvec throughput per weight format and mode in GB/s of weight bytes (one token,
 //! matrices larger than the caches so the rows stream from memory, as in decode), and the
 //! copy bandwidth of a buffer of the same size (STREAM's "copy", McCalpin 1995, split over
-//! the threads as matvec is) that matvec is reported as a fraction of; and the prefill
+//! the threads as matvec is) that matvec is reported as a fraction of, with the read-only
+//! bandwidth and the FMA peak beside it (the roofline `webvlm bench` prints); and the prefill
 //! matmul's GFLOP/s (Q4_K and Q8_0, fast and exact, a prompt's worth of tokens) with its
 //! speedup over a matvec per token and over one matvec of all the tokens.
 
@@ -94,7 +95,7 @@ fn seconds(min_time: Duration, mut f: impl FnMut() -> Result<(), BenchError>) ->
 }
 
 /// Microseconds per empty op, back to back and after 1 ms idle.
-fn pool_overhead(pool: &ThreadPool, runs: usize) -> (f64, f64) {
+pub fn pool_overhead(pool: &ThreadPool, runs: usize) -> (f64, f64) {
     let empty = |_: usize| {};
     let start = Instant::now();
     for _ in 0..runs {
@@ -112,7 +113,7 @@ fn pool_overhead(pool: &ThreadPool, runs: usize) -> (f64, f64) {
 }
 
 /// GB/s copied (each byte read once, written once) of `bytes`, split over the pool.
-fn copy_bandwidth(pool: &ThreadPool, bytes: usize, min_time: Duration) -> Result<f64, BenchError> {
+pub fn copy_bandwidth(pool: &ThreadPool, bytes: usize, min_time: Duration) -> Result<f64, BenchError> {
     let src = vec![1u8; bytes];
     let mut dst = vec![0u8; bytes];
     let part = bytes.div_ceil(pool.threads()).max(1);
@@ -128,6 +129,81 @@ fn copy_bandwidth(pool: &ThreadPool, bytes: usize, min_time: Duration) -> Result
     Ok(bytes as f64 / secs / 1e9)
 }
 
+/// GB/s read of `bytes` split over the pool (each part summed as `u64` words, eight
+/// independent sums so that the adds never wait on each other).
+pub fn read_bandwidth(pool: &ThreadPool, bytes: usize, min_time: Duration) -> Result<f64, BenchError> {
+    let src: Vec<u64> = (0..bytes / 8).map(|i| i as u64).collect();
+    let part = src.len().div_ceil(pool.threads()).max(1);
+    let sink = Mutex::new(0u64);
+    let secs = seconds(min_time, || {
+        pool.run(src.len().div_ceil(part), &|i| {
+            let mut sums = [0u64; 8];
+            for words in src[i * part..((i + 1) * part).min(src.len())].chunks(8) {
+                for (s, w) in sums.iter_mut().zip(words) {
+                    *s = s.wrapping_add(*w);
+                }
+            }
+            let total = sums.iter().fold(0u64, |a, &b| a.wrapping_add(b));
+            *sink.lock().unwrap_or_else(PoisonError::into_inner) ^= total;
+        });
+        Ok(())
+    })?;
+    std::hint::black_box(sink);
+    Ok((src.len() * 8) as f64 / secs / 1e9)
+}
+
+/// Peak f32 GFLOP/s of fused multiply-adds on the pool (an FMA counts two FLOPs): each thread
+/// runs ten independent accumulator chains, enough to keep two FMA pipes of four cycles'
+/// latency busy, at the widest vector the kernels use (8 lanes with AVX2, else scalar).
+pub fn fma_peak(pool: &ThreadPool, min_time: Duration) -> Result<f64, BenchError> {
+    const ITERS: usize = 1 << 16;
+    let lanes = if simd::level().avx2() { 8 } else { 1 };
+    let sink = Mutex::new(0f32);
+    let secs = seconds(min_time, || {
+        pool.run(pool.threads(), &|_| {
+            let v = fma_chains(ITERS);
+            *sink.lock().unwrap_or_else(PoisonError::into_inner) += v;
+        });
+        Ok(())
+    })?;
+    std::hint::black_box(sink);
+    Ok((pool.threads() * ITERS * 10 * lanes * 2) as f64 / secs / 1e9)
+}
+
+/// `iters` rounds of ten FMA chains; returns a value that depends on all of them.
+fn fma_chains(iters: usize) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if simd::level().avx2() {
+        // SAFETY: the process's SIMD level has AVX2 and FMA.
+        return unsafe { fma_chains_avx2(iters) };
+    }
+    let (a, b) = (std::hint::black_box(0.999f32), std::hint::black_box(1e-3f32));
+    let mut acc = [1.0f32; 10];
+    for _ in 0..iters {
+        for x in &mut acc {
+            *x = *x * a + b;
+        }
+    }
+    acc.iter().sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fma_chains_avx2(iters: usize) -> f32 {
+    use std::arch::x86_64::*;
+    let (a, b) = (_mm256_set1_ps(std::hint::black_box(0.999)), _mm256_set1_ps(std::hint::black_box(1e-3)));
+    let mut acc = [_mm256_set1_ps(1.0); 10];
+    for _ in 0..iters {
+        for x in &mut acc {
+            *x = _mm256_fmadd_ps(*x, a, b);
+        }
+    }
+    let sum = acc.iter().fold(_mm256_setzero_ps(), |s, &x| _mm256_add_ps(s, x));
+    let mut lanes = [0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), sum);
+    lanes.iter().sum()
+}
+
 /// Runs the benchmark and formats its figures as a few lines of text.
 pub fn report(cfg: &BenchConfig) -> Result<String, BenchError> {
     let pools = cfg.threads.iter().map(|&t| ThreadPool::new(t)).collect::<Result<Vec<_>, _>>()?;
@@ -139,15 +215,22 @@ pub fn report(cfg: &BenchConfig) -> Result<String, BenchError> {
         cfg.bytes >> 20,
         cfg.cols
     );
-    let mut copy = Vec::new();
+    let (mut copy, mut read, mut fma) = (Vec::new(), Vec::new(), Vec::new());
     for pool in &pools {
         let (hot, idle) = pool_overhead(pool, cfg.pool_runs);
         copy.push(copy_bandwidth(pool, cfg.bytes, cfg.min_time)?);
+        read.push(read_bandwidth(pool, cfg.bytes, cfg.min_time)?);
+        fma.push(fma_peak(pool, cfg.min_time)?);
         let t = pool.threads();
         let _ = writeln!(out, "pool, {t} threads: {hot:.2} µs per op back to back, {idle:.1} µs after 1 ms idle");
     }
-    let copies: Vec<String> = pools.iter().zip(&copy).map(|(p, c)| format!("{c:.1} GB/s on {} threads", p.threads())).collect();
-    let _ = writeln!(out, "copy ({} MiB): {}", cfg.bytes >> 20, copies.join(", "));
+    let per_pool = |figures: &[f64], unit: &str| -> String {
+        let each = pools.iter().zip(figures).map(|(p, f)| format!("{f:.1} {unit} on {} threads", p.threads()));
+        each.collect::<Vec<_>>().join(", ")
+    };
+    let _ = writeln!(out, "copy ({} MiB): {}", cfg.bytes >> 20, per_pool(&copy, "GB/s"));
+    let _ = writeln!(out, "read ({} MiB): {}", cfg.bytes >> 20, per_pool(&read, "GB/s"));
+    let _ = writeln!(out, "FMA peak: {}", per_pool(&fma, "GFLOP/s"));
     let _ = writeln!(out, "matvec, GB/s of weights (fraction of copy on as many threads):");
     let mut header = String::from("format");
     for mode in ["fast", "exact"] {

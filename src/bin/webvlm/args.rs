@@ -223,14 +223,26 @@ pub enum CpuModeArg {
 impl DeviceArgs {
     /// The device `--backend`, `--geometry`, `--threads` and `--cpu-mode` ask for.
     pub fn device(&self) -> Result<Device, Box<dyn std::error::Error>> {
-        let gpu = || Gpu::new_blocking(GpuOptions { geometry: self.geometry, ..GpuOptions::default() });
+        self.device_with(GpuOptions::default())
+    }
+
+    /// [`DeviceArgs::device`] with the other GPU `options` given (`--geometry` still sets its own).
+    pub fn device_with(&self, options: GpuOptions) -> Result<Device, Box<dyn std::error::Error>> {
+        let gpu = || Gpu::new_blocking(GpuOptions { geometry: self.geometry, ..options.clone() });
         Ok(match self.backend {
             BackendArg::Gpu => Device::Gpu(gpu()?),
             BackendArg::Cpu => self.cpu_device()?,
-            BackendArg::Auto => match gpu() {
-                Ok(g) if !g.caps.software || self.geometry.is_some() => Device::Gpu(g),
-                Ok(g) => {
-                    eprintln!("backend auto: {} is a software adapter: running on the CPU backend", g.caps.adapter);
+            // The adapter alone decides: no device is opened on a software one.
+            BackendArg::Auto => match Gpu::probe_blocking().map(|a| (a.software && self.geometry.is_none(), a)) {
+                Ok((false, _)) => match gpu() {
+                    Ok(g) => Device::Gpu(g),
+                    Err(e) => {
+                        eprintln!("backend auto: the GPU did not open ({e}): running on the CPU backend");
+                        self.cpu_device()?
+                    }
+                },
+                Ok((true, adapter)) => {
+                    eprintln!("backend auto: {} is a software adapter: running on the CPU backend", adapter.name);
                     self.cpu_device()?
                 }
                 Err(e) => {

@@ -30,14 +30,14 @@ use serde_json::{json, Value};
 
 use webvlm::backend::Device;
 use webvlm::gguf::MappedGguf;
-use webvlm::gpu::{Geometry, Gpu, GpuOptions};
+use webvlm::gpu::GpuOptions;
 use webvlm::model::synthetic::{
     synthetic_ministral3_3b, synthetic_mllama, synthetic_qwen35, MllamaParts, MllamaShape, Qwen35Shape, QwenVisionShape,
     SyntheticShape, VisionShape,
 };
 use webvlm::source::LoadQuant;
 
-use crate::args::{load_quant, Shape, ShapeModel};
+use crate::args::{load_quant, DeviceArgs, Shape, ShapeModel};
 use crate::stdout::outln;
 use crate::CliResult;
 use encoders::VisionSpec;
@@ -112,9 +112,6 @@ pub struct BenchArgs {
     /// No f16 shaders, even where the adapter has shader-f16
     #[arg(long)]
     no_f16: bool,
-    /// Kernel launch shapes: gpu or cpu [default: from the adapter]
-    #[arg(long, value_name = "G")]
-    geometry: Option<Geometry>,
     /// Time the vision encoder at Ministral 3 3B shapes (minutes on a CPU adapter)
     #[arg(long, conflicts_with = "no_vision")]
     vision: bool,
@@ -135,6 +132,8 @@ pub struct BenchArgs {
     /// Requantize the vision matrices at load time
     #[arg(long, value_name = "Q", default_value = "keep", value_parser = load_quant())]
     vision_quant: LoadQuant,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 /// Source image sides of the vision figures (square images, before preprocessing).
@@ -175,8 +174,7 @@ pub fn run(args: &BenchArgs) -> CliResult {
     }
     let mut budget = Budget::new(quick);
     budget.reps = args.reps.unwrap_or(budget.reps);
-    let gpu =
-        Device::Gpu(Gpu::new_blocking(GpuOptions { allow_f16: !args.no_f16, geometry: args.geometry, ..Default::default() })?);
+    let gpu = args.device.device_with(GpuOptions { allow_f16: !args.no_f16, ..Default::default() })?;
     let caps = gpu.caps();
     out.emit(json!({
         "kind": "adapter", "adapter": caps.adapter, "backend": caps.backend, "software": caps.software,

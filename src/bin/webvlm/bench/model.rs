@@ -65,7 +65,7 @@ pub fn bench_model(
     let load_seconds = start.elapsed().as_secs_f64();
     let c = dec.cfg.clone();
     out.note(&format!(
-        "{label}: {} layers, hidden {}, ffn {}, vocab {}, {:.1} MiB of weights on the GPU, loaded in {:.1} s",
+        "{label}: {} layers, hidden {}, ffn {}, vocab {}, {:.1} MiB of weights on the device, loaded in {:.1} s",
         c.n_layer,
         c.n_embd,
         c.n_ff,
@@ -93,16 +93,15 @@ pub fn bench_model(
     }
     let mut rng = SplitMix64::new(11);
     let prompt: Vec<u32> = (0..plan.prompt_tokens).map(|_| (rng.next_u64() % c.vocab as u64) as u32).collect();
-    let greedy = SamplerState::greedy();
 
     // Warm-up: the first prefill and decode compile their pipelines.
     let (mut first_prefill, mut first_decode) = (None, None);
     if plan.warmup {
         let t = Instant::now();
-        pollster::block_on(ctx.prefill(dev, &dec, &prompt, &greedy))?;
+        let token = prefill_token(dev, &dec, &mut ctx, &prompt)?;
         first_prefill = Some(t.elapsed().as_secs_f64());
         let t = Instant::now();
-        pollster::block_on(ctx.decode(dev, &dec, &greedy))?;
+        decode_token(dev, &dec, &mut ctx, token)?;
         first_decode = Some(t.elapsed().as_secs_f64());
         out.note(&format!(
             "  warm-up: first prefill {:.2} s, first decode {:.2} s (pipeline compilation)",
@@ -113,11 +112,12 @@ pub fn bench_model(
 
     let mut prefill = Vec::new();
     let mut prefill_counts = (0, 0);
+    let mut last = 0;
     for _ in 0..plan.prefill_reps.max(1) {
         ctx.truncate(0);
         let before = ctx.counters();
         let t = Instant::now();
-        pollster::block_on(ctx.prefill(dev, &dec, &prompt, &greedy))?;
+        last = prefill_token(dev, &dec, &mut ctx, &prompt)?;
         prefill.push(t.elapsed().as_secs_f64());
         let after = ctx.counters();
         prefill_counts = (after.submits - before.submits, after.read_back_bytes - before.read_back_bytes);
@@ -135,23 +135,36 @@ pub fn bench_model(
         if ctx.precision().compute_f16 { "f16" } else { "f32" }
     ));
 
-    // Pipelined as generation runs it: the step for token n+1 is submitted before token n is
-    // read. Counted from after the first submit, each token costs one submit and one read;
-    // a step is the time between two tokens read. The step left over is dropped.
-    ctx.submit_decode(dev, &dec, &greedy)?;
+    // As generation runs it. On the GPU pipelined: the step for token n+1 is submitted before
+    // token n is read; counted from after the first submit, each token costs one submit and
+    // one read, a step is the time between two tokens read, and the step left over is
+    // dropped. On the CPU each step runs to its end and the host picks the token from the
+    // logits.
+    let greedy = SamplerState::greedy();
+    let pipelined = matches!(dev, Device::Gpu(_));
+    if pipelined {
+        ctx.submit_decode(dev, &dec, &greedy)?;
+    }
     let before = ctx.counters();
     let mut steps = Vec::new();
     let t_all = Instant::now();
     let mut t = t_all;
     for _ in 0..plan.decode_tokens {
-        ctx.submit_decode(dev, &dec, &greedy)?;
-        pollster::block_on(ctx.read_next_token(dev))?;
+        match pipelined {
+            true => {
+                ctx.submit_decode(dev, &dec, &greedy)?;
+                pollster::block_on(ctx.read_next_token(dev))?;
+            }
+            false => last = decode_token(dev, &dec, &mut ctx, last)?,
+        }
         steps.push(t.elapsed().as_secs_f64());
         t = Instant::now();
     }
     let decode_total = t_all.elapsed().as_secs_f64();
     let after = ctx.counters();
-    ctx.drop_last_step(dev)?;
+    if pipelined {
+        ctx.drop_last_step(dev)?;
+    }
     let n = plan.decode_tokens.max(1) as f64;
     let submits_per_token = (after.submits - before.submits) as f64 / n;
     let read_back_per_token = (after.read_back_bytes - before.read_back_bytes) as f64 / n;
@@ -162,7 +175,7 @@ pub fn bench_model(
     let decode_gbps = decode_bytes as f64 / step_s / 1e9;
     out.note(&format!(
         "  decode {} tokens: {:.1} ms/token = {:.2} tokens/s; {} dispatches, {} submits, {} B read back, \
-         {} host waits per token; weights {:.1} MiB/token -> {:.2} GB/s = {:.0}% of copy",
+         {} host waits per token; weights {:.1} MiB/token -> {:.2} GB/s = {:.0}% of copy, {:.0}% of read",
         plan.decode_tokens,
         step_s * 1e3,
         1.0 / step_s,
@@ -172,10 +185,19 @@ pub fn bench_model(
         host_waits_per_token,
         decode_bytes as f64 / 1048576.0,
         decode_gbps,
-        100.0 * decode_gbps / roof.copy_gbps
+        100.0 * decode_gbps / roof.copy_gbps,
+        100.0 * decode_gbps / roof.read_gbps
     ));
-    let launch = super::launch::report(dev, out, label, &dec, &mut ctx)?;
-    super::launch::prefill_report(dev, out, label, &dec, &mut ctx)?;
+    // Launch geometry and the per-family breakdown are of GPU dispatches.
+    let on_gpu = matches!(dev, Device::Gpu(_));
+    let launch = match on_gpu {
+        true => {
+            let v = super::launch::report(dev, out, label, &dec, &mut ctx)?;
+            super::launch::prefill_report(dev, out, label, &dec, &mut ctx)?;
+            v
+        }
+        false => json!({ "dispatches_per_layer": ctx.decode_block_dispatches(dev, &dec)? as f64 / c.n_layer as f64 }),
+    };
     let (cold, cached, restored) = prompt_cache_ttft(dev, &dec, &mut ctx, &prompt, turn_tokens(plan), &mut rng)?;
     out.note(&format!(
         "  prompt cache: a second turn of {} + {} tokens: first token after {:.3} s prefilled whole, {:.3} s with the first {} cached, {:.3} s with them copied back from a saved prefix",
@@ -202,6 +224,7 @@ pub fn bench_model(
         "submits_per_token": submits_per_token, "read_back_bytes_per_token": read_back_per_token,
         "host_waits_per_token": host_waits_per_token, "decode_weight_bytes_per_token": decode_bytes,
         "decode_weight_gbps": decode_gbps, "decode_fraction_of_copy": decode_gbps / roof.copy_gbps,
+        "decode_fraction_of_read": decode_gbps / roof.read_gbps,
         "decode_dispatch_overhead_estimate_seconds": dispatches as f64 * roof.dispatch_us * 1e-6,
         "max_ctx": ctx.max_ctx(), "state_bytes": ctx.state_bytes(), "state_bytes_per_token": ctx.state_bytes_per_token(),
     });
@@ -210,7 +233,7 @@ pub fn bench_model(
         v["cross_fill_seconds"] = json!(cross_fill_seconds);
         v["cross_store_bytes"] = json!(ctx.cross_attention_bytes());
     }
-    if plan.breakdown {
+    if plan.breakdown && on_gpu {
         let families = breakdown(dev, out, label, &dec, &mut ctx, step_s, budget)?;
         v["breakdown"] = Value::Array(families);
     }
@@ -235,25 +258,54 @@ fn prompt_cache_ttft(
     extra: usize,
     rng: &mut SplitMix64,
 ) -> Res<(f64, f64, f64)> {
-    let greedy = SamplerState::greedy();
     let turn: Vec<u32> =
         prompt.iter().copied().chain((0..extra).map(|_| (rng.next_u64() % dec.cfg.vocab as u64) as u32)).collect();
     ctx.truncate(0);
     let t = Instant::now();
-    pollster::block_on(ctx.prefill(dev, dec, &turn, &greedy))?;
+    prefill_token(dev, dec, ctx, &turn)?;
     let cold = t.elapsed().as_secs_f64();
     ctx.truncate(0);
-    pollster::block_on(ctx.prefill(dev, dec, prompt, &greedy))?;
+    prefill_token(dev, dec, ctx, prompt)?;
     let t = Instant::now();
-    pollster::block_on(ctx.prefill(dev, dec, &turn, &greedy))?;
+    prefill_token(dev, dec, ctx, &turn)?;
     let cached = t.elapsed().as_secs_f64();
     // Another chat overwrote the cache after the first turn was saved; it is copied back.
     let saved = ctx.save_state(dev, prompt.len() as u32)?;
     ctx.truncate(0);
     let t = Instant::now();
     ctx.restore_state(dev, &saved, prompt.len() as u32)?;
-    pollster::block_on(ctx.prefill(dev, dec, &turn, &greedy))?;
+    prefill_token(dev, dec, ctx, &turn)?;
     Ok((cold, cached, t.elapsed().as_secs_f64()))
+}
+
+/// Prefills `tokens` (after the `n_past` the cache holds) and picks the first token as the
+/// engine does on `dev`: the GPU's sampler, read back; on the CPU the host, from the logits.
+fn prefill_token(dev: &Device, dec: &Decoder, ctx: &mut Context, tokens: &[u32]) -> Res<u32> {
+    match dev {
+        Device::Gpu(_) => Ok(pollster::block_on(ctx.prefill(dev, dec, tokens, &SamplerState::greedy()))?),
+        Device::Cpu(_) => {
+            ctx.submit_prompt(dev, dec, tokens, None)?;
+            host_argmax(dev, dec, ctx)
+        }
+    }
+}
+
+/// One decode step, not pipelined, feeding `token` (on the GPU, the token its sampler
+/// chose last); the next token.
+fn decode_token(dev: &Device, dec: &Decoder, ctx: &mut Context, token: u32) -> Res<u32> {
+    match dev {
+        Device::Gpu(_) => Ok(pollster::block_on(ctx.decode(dev, dec, &SamplerState::greedy()))?),
+        Device::Cpu(_) => {
+            ctx.submit_token(dev, dec, token)?;
+            host_argmax(dev, dec, ctx)
+        }
+    }
+}
+
+/// The greedy token of the last step's logits, picked on the host.
+fn host_argmax(dev: &Device, dec: &Decoder, ctx: &mut Context) -> Res<u32> {
+    let logits = pollster::block_on(ctx.read_logits(dev, dec))?;
+    Ok(logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i as u32))
 }
 
 /// Weight bytes one decode step reads: every layer matrix and the LM head (the embedding

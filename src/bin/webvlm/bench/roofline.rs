@@ -1,10 +1,12 @@
 //! Kernel figures: the copy kernel (attainable read+write GB/s), a read-only reduction, the
 //! pure-FMA kernel (peak GFLOP/s), the cost of an empty-ish dispatch, and the matvec kernels
-//! at Ministral 3 3B shapes with their fraction of the copy figure.
+//! at Ministral 3 3B shapes with their fraction of the copy figure. On the CPU backend the
+//! same four figures come from `backend::cpu::bench` on the device's own thread pool (the
+//! dispatch is an empty op on every thread).
 
 use serde_json::{json, Value};
 
-use webvlm::backend::{Device, Program};
+use webvlm::backend::{cpu, Device, Program};
 use webvlm::gguf::{random_blocks, GgmlType, SplitMix64};
 use webvlm::kernels::{bench as k, matvec, quant::Weight};
 
@@ -42,6 +44,40 @@ const CACHED_DISPATCHES: usize = 16;
 const TYPES: [GgmlType; 6] = [GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::F32];
 
 pub fn roofline(dev: &Device, out: &Out, quick: bool, budget: Budget) -> Res<Roofline> {
+    match dev {
+        Device::Gpu(_) => gpu_roofline(dev, out, quick, budget),
+        Device::Cpu(cpu) => cpu_roofline(cpu, out, quick),
+    }
+}
+
+/// The CPU's figures, measured on the pool the model runs on (buffers larger than the
+/// caches unless `quick`).
+fn cpu_roofline(dev: &cpu::Device, out: &Out, quick: bool) -> Res<Roofline> {
+    use cpu::bench::{copy_bandwidth, fma_peak, pool_overhead, read_bandwidth};
+    let (bytes, min_time) = if quick { (16 << 20, 0.01) } else { (256 << 20, 0.3) };
+    let min_time = std::time::Duration::from_secs_f64(min_time);
+    let pool = &dev.pool;
+    let copy_gbps = 2.0 * copy_bandwidth(pool, bytes, min_time)?;
+    out.emit(json!({ "kind": "copy", "bytes_read": bytes, "bytes_written": bytes, "gbps": copy_gbps }));
+    out.note(&format!("copy              {copy_gbps:8.2} GB/s (read+write of {} MiB)", bytes >> 20));
+    let read_gbps = read_bandwidth(pool, bytes, min_time)?;
+    out.emit(json!({ "kind": "read", "bytes_read": bytes, "gbps": read_gbps, "fraction_of_copy": read_gbps / copy_gbps }));
+    out.note(&format!("read-only         {read_gbps:8.2} GB/s ({:.2} of copy)", read_gbps / copy_gbps));
+    let fma_gflops = fma_peak(pool, min_time)?;
+    out.emit(json!({ "kind": "fma", "gflops": fma_gflops, "simd": cpu::simd::level().to_string() }));
+    out.note(&format!("FMA peak          {fma_gflops:8.2} GFLOP/s ({})", cpu::simd::level()));
+    let (dispatch_us, idle_us) = pool_overhead(pool, if quick { 100 } else { 20_000 });
+    out.emit(json!({
+        "kind": "dispatch_overhead", "threads": pool.threads(), "us_per_dispatch": dispatch_us, "us_after_idle": idle_us,
+    }));
+    out.note(&format!(
+        "empty op          {dispatch_us:8.2} us on {} threads back to back, {idle_us:.1} us after 1 ms idle",
+        pool.threads()
+    ));
+    Ok(Roofline { copy_gbps, read_gbps, fma_gflops, dispatch_us })
+}
+
+fn gpu_roofline(dev: &Device, out: &Out, quick: bool, budget: Budget) -> Res<Roofline> {
     let limit = dev.caps().max_storage_binding.min(dev.caps().max_buffer).min(256 << 20);
     let bytes = if quick { 16 << 20 } else { limit } / 16 * 16;
     let n_vec4 = bytes / 16;

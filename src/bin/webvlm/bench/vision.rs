@@ -92,7 +92,7 @@ pub fn bench_vision(dev: &Device, out: &Out, roof: &Roofline, plan: &VisionPlan)
         false => (String::new(), String::new()),
     };
     out.note(&format!(
-        "vision encoder: hidden {}, {} layers{part}, {}x{} heads, ffn {}, projection {}; {:.1} MiB of weights on the GPU \
+        "vision encoder: hidden {}, {} layers{part}, {}x{} heads, ffn {}, projection {}; {:.1} MiB of weights on the device \
          ({:?}), built in {:.1} s, loaded in {:.1} s",
         c.hidden,
         c.n_layer,
@@ -115,7 +115,9 @@ pub fn bench_vision(dev: &Device, out: &Out, roof: &Roofline, plan: &VisionPlan)
         let what =
             format!("vision launch geometry ({} shape, {:?} matmuls, {n} patches)", dev.caps().geometry.name(), enc.compute());
         let v = json!({ "kind": "vision_launch", "image": format!("{sw}x{sh}"), "geometry": dev.caps().geometry.name() });
-        super::launch::pass_report(out, &what, &[&enc.record_pass(dev, &image)?], n as u32, v);
+        if matches!(dev, Device::Gpu(_)) {
+            super::launch::pass_report(out, &what, &[&enc.record_pass(dev, &image)?], n as u32, v);
+        }
 
         // First encode: pipeline compilation (unless warmed on the tiny shape), first-use
         // allocations. Its features are checked once for finiteness.
