@@ -74,7 +74,7 @@ fn subcommands() -> Vec<(&'static str, Vec<&'static str>)> {
                 &[ENGINE_FLAGS, DEVICE_FLAGS],
             ),
         ),
-        ("info", vec!["--model", "--ctx", "--plan", "--mmproj", "--gpu-memory"]),
+        ("info", with(&["--model", "--ctx", "--plan", "--mmproj", "--gpu-memory"], &[DEVICE_FLAGS])),
         ("split", vec!["--model", "--parts", "--out"]),
         ("convert", vec!["--model", "--quant", "--out"]),
         (
@@ -447,4 +447,25 @@ fn backend_auto_takes_the_cpu_only_on_a_software_adapter() {
     let (cpu, cpu_noted) = run(&["--backend", "cpu", "--cpu-mode", "exact"]);
     assert!(!gpu_noted && !cpu_noted, "only auto explains its choice");
     assert_eq!((&auto, &cpu), (&gpu, &gpu), "the same greedy text on every backend");
+}
+
+/// `info` names the backend a model would run on and why; `--plan` plans on it: the GPU's
+/// adapter and f16 KV cache, or the CPU backend's RAM (the budget: the memory available now)
+/// and f32 KV cache.
+#[test]
+fn info_plans_on_the_backend_it_would_run_on() {
+    let model = fixture("tiny_mistral3_b").join("model.gguf");
+    let plan = |backend: &str| {
+        let out = webvlm(&["info", "--model", model.to_str().unwrap(), "--plan", "--ctx", "64", "--backend", backend]);
+        assert!(out.status.success(), "{backend}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let cpu = plan("cpu");
+    assert!(cpu.contains("backend:       cpu on CPU (") && cpu.contains("(--backend cpu)"), "{cpu}");
+    assert!(cpu.contains("RAM of the CPU backend") && cpu.contains("F32") && cpu.contains("fits: yes"), "{cpu}");
+    let budget: f64 = cpu.split("budget").nth(1).and_then(|b| b.split_whitespace().next()).and_then(|b| b.parse().ok()).unwrap();
+    assert!(budget > 0.0, "the available RAM: {cpu}");
+    let gpu = plan("gpu");
+    assert!(gpu.contains("memory plan:   adapter") && gpu.contains("F16") && gpu.contains("(--backend gpu)"), "{gpu}");
+    assert!(gpu.contains("budget         unknown"), "{gpu}");
 }

@@ -146,6 +146,8 @@ fn completions_match_the_cli_streamed_or_not_with_images() {
     assert_eq!(health["status"], "ok");
     assert_eq!(health["backend"] == "cpu", common::auto_takes_the_cpu(), "--backend auto: {health}");
     assert!(health["device"].as_str().is_some_and(|d| !d.is_empty()), "{health}");
+    let why = if common::auto_takes_the_cpu() { "auto: no hardware GPU adapter" } else { "auto: a hardware GPU adapter" };
+    assert!(health["backend_reason"].as_str().is_some_and(|r| r.starts_with(why)), "{health}");
     let cache = &health["prompt_cache"];
     assert!(cache["budget_bytes"].as_u64() > Some(0) && cache["live_tokens"].as_u64() > Some(0), "{health}");
     assert!(cache["saved_bytes"].as_u64().is_some() && cache["saved_prefixes"].as_u64().is_some(), "{health}");

@@ -66,6 +66,16 @@ impl MemoryBudget {
         }
     }
 
+    /// The memory available to a new process now (Linux: `MemAvailable` of
+    /// `/proc/meminfo`, what the kernel can give without swapping), the CPU backend's
+    /// default budget; unknown elsewhere.
+    pub fn available_ram() -> MemoryBudget {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let kib =
+            meminfo.lines().find_map(|l| l.strip_prefix("MemAvailable:")?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok());
+        kib.map_or(MemoryBudget::Unknown, |k| MemoryBudget::Bytes(k << 10))
+    }
+
     fn bytes(self) -> Option<u64> {
         match self {
             MemoryBudget::Bytes(b) => Some(b),

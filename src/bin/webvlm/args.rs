@@ -114,19 +114,24 @@ fn cache_bytes(s: &str) -> Result<u64, String> {
     }
 }
 
-/// `--gpu-memory`: the GPU memory budget the memory plan checks before loading.
+/// `--gpu-memory`: the memory budget the memory plan checks before loading.
 #[derive(Args, Debug)]
 pub struct BudgetArg {
-    /// GPU memory the model may use (8G, 12GiB, 512M): a model that does not fit at --ctx is
-    /// refused before any weight is uploaded, with the largest context that fits [default:
-    /// no total limit; the adapter's buffer limits are always checked]
+    /// Memory the model may use (8G, 12GiB, 512M), on the GPU or, on the CPU backend, in RAM:
+    /// a model that does not fit at --ctx is refused before any weight is loaded, with the
+    /// largest context that fits [default: on the GPU no total limit (the adapter's buffer
+    /// limits are always checked), on the CPU backend the RAM available now]
     #[arg(long, value_name = "BYTES")]
     pub gpu_memory: Option<MemoryBudget>,
 }
 
 impl BudgetArg {
-    pub fn budget(&self) -> MemoryBudget {
-        self.gpu_memory.unwrap_or_else(MemoryBudget::default_for_target)
+    /// The budget on `dev`.
+    pub fn budget(&self, dev: &Device) -> MemoryBudget {
+        self.gpu_memory.unwrap_or_else(|| match dev {
+            Device::Gpu(_) => MemoryBudget::default_for_target(),
+            Device::Cpu(_) => MemoryBudget::available_ram(),
+        })
     }
 }
 
@@ -251,6 +256,17 @@ impl DeviceArgs {
                 }
             },
         })
+    }
+
+    /// Why `dev` (from [`DeviceArgs::device`]) is the device: for `info` and `/health`.
+    pub fn why(&self, dev: &Device) -> String {
+        match (self.backend, dev) {
+            (BackendArg::Gpu, _) => "--backend gpu".into(),
+            (BackendArg::Cpu, _) => "--backend cpu".into(),
+            (BackendArg::Auto, Device::Gpu(g)) if g.caps.software => "auto: --geometry asks for the GPU".into(),
+            (BackendArg::Auto, Device::Gpu(_)) => "auto: a hardware GPU adapter".into(),
+            (BackendArg::Auto, Device::Cpu(_)) => "auto: no hardware GPU adapter, only a software one or none".into(),
+        }
     }
 
     fn cpu_device(&self) -> Result<Device, cpu::PoolError> {

@@ -1,20 +1,20 @@
-//! `webvlm info`: architecture, hyperparameters, tensor types and the GPU memory needed (of a
-//! GGUF file or a Hugging Face folder);
+//! `webvlm info`: architecture, hyperparameters, tensor types, the backend that would run it
+//! and why, and the memory needed on it (of a GGUF file or a Hugging Face folder);
 //! `webvlm split`: a GGUF model cut into parts the way llama.cpp's `gguf-split` does.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use clap::Args;
+use webvlm::backend::Device;
 use webvlm::gguf::MappedGguf;
-use webvlm::gpu::{Gpu, GpuOptions};
 use webvlm::model::families::llama::LlamaConfig;
 use webvlm::model::families::mllama::{self, MllamaConfig};
 use webvlm::model::families::qwen35::{self, Qwen35Config};
 use webvlm::model::TextConfig;
-use webvlm::model::{ContextOptions, MemoryBudget, PlanLimits, PlanOptions, Precision};
+use webvlm::model::{ContextOptions, MemoryBudget, PlanLimits, PlanOptions};
 
-use crate::args::{BudgetArg, ModelArg};
+use crate::args::{BudgetArg, DeviceArgs, ModelArg};
 use crate::open::ModelFiles;
 use crate::stdout::outln;
 use crate::CliResult;
@@ -26,9 +26,9 @@ pub struct InfoArgs {
     /// Context size in tokens, for the KV cache in the GPU memory estimate
     #[arg(long, value_name = "N", default_value_t = ContextOptions::default().max_ctx)]
     ctx: u32,
-    /// Print the memory plan against this machine's adapter: weights as uploaded, KV cache,
-    /// step and vision buffers, whether it fits --gpu-memory and the largest context that does
-    /// (exit status 1 when it does not fit)
+    /// Print the memory plan on the device --backend picks (GPU memory, or RAM on the CPU
+    /// backend): weights as loaded, KV cache, step and vision buffers, whether it fits
+    /// --gpu-memory and the largest context that does (exit status 1 when it does not fit)
     #[arg(long)]
     plan: bool,
     /// The vision projector (llama.cpp's mmproj GGUF), for the plan
@@ -36,6 +36,8 @@ pub struct InfoArgs {
     mmproj: Option<PathBuf>,
     #[command(flatten)]
     budget: BudgetArg,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 #[derive(Args, Debug)]
@@ -103,29 +105,34 @@ pub fn run(args: &InfoArgs) -> CliResult {
         ModelFiles::Gguf(_) => outln!("tokenizer:     {}", md.get_opt_str("tokenizer.ggml.model")?.unwrap_or("none")),
     }
     print_memory(&model, &text, args.ctx, kv_layers, recurrent_bytes)?;
+    let dev = args.device.device()?;
+    outln!("backend:       {} on {} ({})", dev.caps().backend, dev.caps().adapter, args.device.why(&dev));
     if args.plan {
-        print_plan(&model, args)?;
+        print_plan(&model, args, &dev)?;
     }
     Ok(())
 }
 
-/// The memory plan on this machine's adapter (its limits and prefill chunk; f16 KV cache).
-fn print_plan(model: &ModelFiles, args: &InfoArgs) -> CliResult {
+/// The memory plan on `dev`: its limits, prefill chunk and KV cache type (f16 on the GPU,
+/// f32 on the CPU backend); the budget is RAM on the CPU backend.
+fn print_plan(model: &ModelFiles, args: &InfoArgs, dev: &Device) -> CliResult {
     let mmproj = args.mmproj.as_ref().map(MappedGguf::open).transpose()?;
-    let gpu = Gpu::new_blocking(GpuOptions::default())?;
-    let defaults = ContextOptions::for_adapter(&gpu.caps);
+    let defaults = ContextOptions::for_adapter(dev.caps());
     let opts =
-        PlanOptions { ctx: args.ctx, chunk: defaults.max_chunk, kv: Precision::default().kv_dtype(), ..PlanOptions::default() };
-    let limits = PlanLimits::from_caps(&gpu.caps);
+        PlanOptions { ctx: args.ctx, chunk: defaults.max_chunk, kv: defaults.precision.kv_dtype(), ..PlanOptions::default() };
+    let limits = PlanLimits::from_caps(dev.caps());
     let plan = crate::memory_plan(model, mmproj.as_ref(), limits, opts)?;
-    let budget = args.budget.budget();
+    let budget = args.budget.budget(dev);
     let mib = |b: u64| b as f64 / 1048576.0;
-    outln!(
-        "memory plan:   adapter {} (buffer limit {:.0} MiB, binding limit {:.0} MiB)",
-        gpu.caps.adapter,
-        mib(limits.max_buffer),
-        mib(limits.max_storage_binding)
-    );
+    match dev {
+        Device::Gpu(gpu) => outln!(
+            "memory plan:   adapter {} (buffer limit {:.0} MiB, binding limit {:.0} MiB)",
+            gpu.caps.adapter,
+            mib(limits.max_buffer),
+            mib(limits.max_storage_binding)
+        ),
+        Device::Cpu(_) => outln!("memory plan:   RAM of the CPU backend (weights read from the file once, held in memory)"),
+    }
     outln!("  text weights   {:>10.1} MiB", mib(plan.text_weights));
     outln!("  vision weights {:>10.1} MiB", mib(plan.vision_weights));
     outln!(
@@ -202,7 +209,7 @@ fn print_memory(model: &ModelFiles, text: &TextConfig, ctx: u32, kv_layers: u64,
         + 4 * chunk.min(256) * text.vocab as u64;
     let mib = |b: u64| b as f64 / 1048576.0;
     outln!(
-        "GPU memory:    weights {:.1} MiB + KV cache ({ctx} tokens, f32) and recurrent state {:.1} MiB + activations {:.1} MiB = {:.1} MiB",
+        "memory:        weights {:.1} MiB + KV cache ({ctx} tokens, f32) and recurrent state {:.1} MiB + activations {:.1} MiB = {:.1} MiB",
         mib(weight_bytes),
         mib(kv),
         mib(acts),

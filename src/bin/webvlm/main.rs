@@ -117,12 +117,12 @@ pub fn open_engine(args: &args::EngineArgs) -> Result<Engine, Box<dyn std::error
     };
     let quant = match args.quant {
         Some(q) => q,
-        None => auto_quant(&model, mmproj.as_ref(), limits, plan_opts, args.budget.budget())?,
+        None => auto_quant(&model, mmproj.as_ref(), limits, plan_opts, args.budget.budget(&dev))?,
     };
     plan_opts.text_quant = quant;
     // Headers the plan cannot read are left to the loader, whose errors name the tensor.
     match memory_plan(&model, mmproj.as_ref(), limits, plan_opts) {
-        Ok(plan) => plan.check(args.budget.budget())?,
+        Ok(plan) => plan.check(args.budget.budget(&dev))?,
         Err(e) if e.class() == ErrorClass::AdapterTooSmall => return Err(e.into()),
         Err(_) => {}
     }

@@ -129,6 +129,7 @@ async fn health(State(app): State<Arc<App>>) -> (StatusCode, Json<Value>) {
         "model": app.model.id,
         "backend": app.model.backend,
         "device": app.model.device,
+        "backend_reason": app.model.backend_reason,
         "reloads": stats.reloads.load(Ordering::SeqCst),
         "queue": {
             "capacity": app.engine.queue_capacity,

@@ -93,6 +93,8 @@ pub struct ModelInfo {
     /// device (the GPU adapter, or the CPU's SIMD level, threads and mode).
     pub backend: String,
     pub device: String,
+    /// Why that backend: `--backend`, or what `auto` found.
+    pub backend_reason: String,
 }
 
 /// Counters for `/health`.
@@ -241,6 +243,7 @@ fn model_info(engine: &Engine, args: &EngineArgs, served_name: Option<String>) -
         vocab: crate::vocab_size(engine),
         backend: caps.backend.clone(),
         device: caps.adapter.clone(),
+        backend_reason: args.device.why(engine.device()),
     }
 }
 
