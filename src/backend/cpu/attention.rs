@@ -15,13 +15,15 @@
 
 use super::ops::{check_len, check_min_len, for_each_chunk, invalid, ShapeError};
 use super::pool::ThreadPool;
+#[cfg(target_arch = "x86_64")]
+use super::simd;
 use crate::kernels::shapes::{AttnShape, KvDtype};
 
 /// Keys per block: scores of a block are computed first, then the maximum is updated once.
 pub const BLOCK: usize = 32;
 const LANES: usize = 8;
 
-#[inline]
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; LANES];
     let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
@@ -49,8 +51,25 @@ impl<'a> OnlineSoftmax<'a> {
     }
 
     /// Adds the keys `range` of `k` / `v` (row `j` at `j * stride`, `acc.len()` values read)
-    /// with scores `q · k[j] * scale`, in blocks of [`BLOCK`].
+    /// with scores `q · k[j] * scale`, in blocks of [`BLOCK`]. Where the CPU has AVX2 the
+    /// same code is compiled for it (the same operations in the same order: the same bits).
     pub(super) fn keys(&mut self, q: &[f32], k: &[f32], v: &[f32], stride: usize, range: std::ops::Range<usize>, scale: f32) {
+        #[cfg(target_arch = "x86_64")]
+        if simd::level().avx2() {
+            // SAFETY: the level implies AVX2.
+            return unsafe { self.keys_avx2(q, k, v, stride, range, scale) };
+        }
+        self.keys_portable(q, k, v, stride, range, scale)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn keys_avx2(&mut self, q: &[f32], k: &[f32], v: &[f32], stride: usize, range: std::ops::Range<usize>, scale: f32) {
+        self.keys_portable(q, k, v, stride, range, scale)
+    }
+
+    #[inline(always)]
+    fn keys_portable(&mut self, q: &[f32], k: &[f32], v: &[f32], stride: usize, range: std::ops::Range<usize>, scale: f32) {
         let hd = self.acc.len();
         let mut scores = [0f32; BLOCK];
         for k0 in range.clone().step_by(BLOCK) {

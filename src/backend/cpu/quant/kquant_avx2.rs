@@ -16,7 +16,7 @@
 use std::arch::x86_64::*;
 
 use super::legacy_avx2::{f16, f16x8, fma4, sum4, widen};
-use super::scalar::{min_sum, scales_k4};
+use super::scalar::scales_k4;
 use super::BlockQ8K;
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -50,25 +50,49 @@ unsafe fn load_x(x: &[i8]) -> __m256i {
     _mm256_loadu_si256(x[..32].as_ptr().cast())
 }
 
+/// The eight 6-bit scales and mins of a Q4_K/Q5_K super-block (`s`: its 12 packed bytes) as
+/// i16 lanes: the scales in both halves of the first vector (for the per-sub-block
+/// shuffles), the mins in the second (`scalar.rs`'s `scales_k4`, in registers).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn scales_mins(s: &[u8]) -> (__m256i, __m128i) {
+    let word = |i: usize| u32::from_le_bytes([s[i], s[i + 1], s[i + 2], s[i + 3]]);
+    let (a, b, c) = (word(0), word(4), word(8));
+    let high = |lo: u32, hi: u32| (lo & 0x0F0F_0F0F) | ((hi >> 2) & 0x3030_3030);
+    let packed = [a & 0x3F3F_3F3F, high(c, a), b & 0x3F3F_3F3F, high(c >> 4, b)];
+    let both = _mm256_cvtepu8_epi16(_mm_setr_epi32(packed[0] as i32, packed[1] as i32, packed[2] as i32, packed[3] as i32));
+    (_mm256_permute2x128_si256(both, both, 0x00), _mm256_extracti128_si256(both, 1))
+}
+
+/// `Σ_s mins[s] (bsums[2s] + bsums[2s + 1])` ([`scales_mins`]'s mins; `scalar.rs`'s `min_sum`).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn min_sum_avx2(mins: __m128i, bsums: &[i16; 16]) -> i32 {
+    let bs = _mm256_loadu_si256(bsums.as_ptr().cast());
+    let pairs = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+    let p = _mm_madd_epi16(mins, pairs);
+    let p = _mm_add_epi32(p, _mm_unpackhi_epi64(p, p));
+    _mm_cvtsi128_si32(_mm_add_epi32(p, _mm_shuffle_epi32(p, 1)))
+}
+
 /// Fast Q4_K (`qh_at: None`) or Q5_K (fifth bits at `qh_at`), codes at `qs_at`.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q45(row: &[u8], x: &[BlockQ8K], size: usize, qs_at: usize, qh_at: Option<usize>) -> f32 {
     let mut acc = 0.0;
     for (b, xb) in row.chunks_exact(size).zip(x) {
-        let (scales, mins) = scales_k4(&b[4..16]);
+        let (scales, mins) = scales_mins(&b[4..16]);
         let qh = qh_at.map(|at| _mm256_loadu_si256(b[at..at + 32].as_ptr().cast()));
         let mut sumi = _mm256_setzero_si256();
         for j in 0..4 {
             let codes = codes45(b[qs_at + 32 * j..qs_at + 32 * j + 32].as_ptr(), qh, j as i32);
             for (i, &q) in codes.iter().enumerate() {
                 let s = 2 * j + i;
+                // Scale s (i16 lane s: bytes 2s, 2s + 1) in every lane.
+                let scale = _mm256_shuffle_epi8(scales, _mm256_set1_epi16((((2 * s + 1) << 8) | 2 * s) as i16));
                 let dot = _mm256_maddubs_epi16(q, load_x(&xb.qs[32 * s..]));
-                let dot = _mm256_madd_epi16(dot, _mm256_set1_epi16(scales[s] as i16));
-                sumi = _mm256_add_epi32(sumi, dot);
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(dot, scale));
             }
         }
         let (d, dmin) = (f16(b) * xb.d, f16(&b[2..]) * xb.d);
-        acc += d * hsum_i32(sumi) as f32 - dmin * min_sum(&mins, &xb.bsums) as f32;
+        acc += d * hsum_i32(sumi) as f32 - dmin * min_sum_avx2(mins, &xb.bsums) as f32;
     }
     acc
 }
@@ -99,15 +123,19 @@ pub(super) unsafe fn codes6(b: &[u8], q: usize) -> __m256i {
 pub(super) unsafe fn q6_k(row: &[u8], x: &[BlockQ8K]) -> f32 {
     let mut acc = 0.0;
     for (b, xb) in row.chunks_exact(210).zip(x) {
-        let sc = |g: usize| b[192 + g] as i8 as i16;
+        let scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(b[192..208].as_ptr().cast()));
+        // Groups 0..8 in both halves of the first, 8..16 in both halves of the second.
+        let halves = [_mm256_permute2x128_si256(scales16, scales16, 0x00), _mm256_permute2x128_si256(scales16, scales16, 0x11)];
         let mut sumi = _mm256_setzero_si256();
         for q in 0..8 {
-            // Quarter q of the 256 codes: the first 16 in scale group 2q, the next 16 in 2q + 1.
-            let scales = _mm256_set_m128i(_mm_set1_epi16(sc(2 * q + 1)), _mm_set1_epi16(sc(2 * q)));
+            // Quarter q of the 256 codes: the first 16 in scale group 2q, the next 16 in 2q + 1
+            // (i16 lanes g % 8 of `halves[g / 8]`: bytes 2g, 2g + 1 of its half).
+            let lane = |g: usize| _mm_set1_epi16((((2 * (g % 8) + 1) << 8) | 2 * (g % 8)) as i16);
+            let pick = _mm256_set_m128i(lane(2 * q + 1), lane(2 * q));
+            let scales = _mm256_shuffle_epi8(halves[q / 4], pick);
             let dot = _mm256_maddubs_epi16(codes6(b, q), load_x(&xb.qs[32 * q..]));
             sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(dot, scales));
         }
-        let scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(b[192..208].as_ptr().cast()));
         let offset = _mm256_madd_epi16(scales16, _mm256_loadu_si256(xb.bsums.as_ptr().cast()));
         acc += f16(&b[208..]) * xb.d * (hsum_i32(sumi) - 32 * hsum_i32(offset)) as f32;
     }

@@ -59,6 +59,7 @@ pub(super) fn q8_0(row: &[u8], x: &[BlockQ8]) -> f32 {
 /// bytes), as `gguf::quant::scale_min_k4` unpacks them one by one, here four per u32: for
 /// sub-blocks 0..4 the low 6 bits of bytes 0..4 (scales) and 4..8 (mins); for 4..8 the nibbles
 /// of bytes 8..12 with the top 2 bits of bytes 0..4 (scales) and 4..8 (mins) above them.
+#[inline]
 pub(super) fn scales_k4(s: &[u8]) -> ([u8; 8], [u8; 8]) {
     let word = |i: usize| u32::from_le_bytes([s[i], s[i + 1], s[i + 2], s[i + 3]]);
     let (a, b, c) = (word(0), word(4), word(8));
