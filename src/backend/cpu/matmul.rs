@@ -68,7 +68,7 @@ pub fn matmul_into(
     let run = Run { pool, n_tok, outputs, out, y: Rows(y.as_mut_ptr()) };
     use GgmlType as T;
     match (w.ty(), mode) {
-        (T::Q4_K | T::Q5_K | T::Q6_K, Mode::Fast) => run.panels(&KPanel { w, x: quantize_q8k(x)?, avx2 }),
+        (T::Q4_K | T::Q5_K | T::Q6_K, Mode::Fast) => run.panels(&KPanel { w, x: quantize_q8k(x)?, simd }),
         (T::Q4_0 | T::Q4_1 | T::Q8_0, Mode::Fast) => run.panels(&LPanel { w, x: quantize_q8(x)?, simd }),
         (ty, _) => {
             let block = block_dequantizer(ty).ok_or(MatvecError::Unsupported(ty))?;
@@ -147,7 +147,7 @@ impl Run<'_> {
 struct KPanel<'a> {
     w: &'a Weight<'a>,
     x: Vec<BlockQ8K>,
-    avx2: bool,
+    simd: Simd,
 }
 
 impl Panel for KPanel<'_> {
@@ -162,25 +162,26 @@ impl Panel for KPanel<'_> {
         let (ty, n_sb) = (self.w.ty(), self.w.cols() / 256);
         for (r, dst) in rows.iter().zip(buf.chunks_exact_mut(n_sb)) {
             for (b, d) in self.w.row(*r).chunks_exact(ty.type_size()).zip(dst) {
-                KBlock::decode(ty, b, d, self.avx2);
+                KBlock::decode(ty, b, d, self.simd.avx2());
             }
         }
     }
 
     fn tile(&self, buf: &Vec<KBlock>, t0: usize, n: usize) -> Tile {
         let n_sb = self.w.cols() / 256;
+        let b = [0, 1, 2, 3].map(|r| &buf[r * n_sb..][..n_sb]);
+        let xs: [&[BlockQ8K]; TOKENS] = std::array::from_fn(|i| &self.x[(t0 + i.min(n - 1)) * n_sb..][..n_sb]);
         let mut p = [[0.0; TOKENS]; ROWS];
-        // Super-blocks outermost: the panel's four blocks stay in L1 for the tile's tokens;
-        // each (row, token) still sums its blocks in order.
-        for s in 0..n_sb {
-            let blocks = [0, 1, 2, 3].map(|r| &buf[r * n_sb + s]);
-            let xs: [&BlockQ8K; TOKENS] = std::array::from_fn(|i| &self.x[(t0 + i.min(n - 1)) * n_sb + s]);
-            match self.avx2 {
-                // SAFETY: `avx2` is set only at the levels that imply AVX2, FMA and F16C.
-                #[cfg(target_arch = "x86_64")]
-                true => unsafe { ktile::tile_avx2(blocks, &xs[..n], &mut p) },
-                _ => ktile::tile(blocks, &xs[..n], &mut p),
-            }
+        match self.simd {
+            // SAFETY: each level implies the features its tile needs (`Simd::is_supported`),
+            // and every slice holds `n_sb` super-blocks.
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512Vnni => unsafe { ktile::tile_vnni(b, &xs[..n], &mut p) },
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512 => unsafe { ktile::tile_avx512(b, &xs[..n], &mut p) },
+            #[cfg(target_arch = "x86_64")]
+            l if l.avx2() => unsafe { ktile::tile_avx2(b, &xs[..n], &mut p) },
+            _ => ktile::tile(b, &xs[..n], &mut p),
         }
         p
     }

@@ -131,19 +131,23 @@ unsafe fn codes_avx2(ty: GgmlType, b: &[u8], codes: &mut [u8; 256]) {
     }
 }
 
-/// `p[r][i] += ` row `r`'s block `b[r]` times token `i`'s activation block `xs[i]`
-/// (`xs.len() ≤ N`), scalar.
-pub(in crate::backend::cpu) fn tile<const N: usize>(b: [&KBlock; 4], xs: &[&BlockQ8K], p: &mut [[f32; N]; 4]) {
+/// `p[r][i] += Σ_s` row `r`'s super-block `b[r][s]` times token `i`'s activation block
+/// `xs[i][s]`, in super-block order (`xs.len() ≤ N`), scalar.
+pub(in crate::backend::cpu) fn tile<const N: usize>(b: [&[KBlock]; 4], xs: &[&[BlockQ8K]], p: &mut [[f32; N]; 4]) {
     for (i, x) in xs.iter().enumerate() {
-        for (pr, b) in p.iter_mut().zip(b) {
-            let mut dot = 0;
-            for (q, (c, xq)) in b.codes.chunks_exact(32).zip(x.qs.chunks_exact(32)).enumerate() {
-                let pairs =
-                    c.chunks_exact(2).zip(xq.chunks_exact(2)).map(|(c, x)| c[0] as i32 * x[0] as i32 + c[1] as i32 * x[1] as i32);
-                dot += pairs.zip(&b.scales[q]).map(|(v, &s)| v * s as i32).sum::<i32>();
+        for (pr, row) in p.iter_mut().zip(b) {
+            for (b, x) in row.iter().zip(x.iter()) {
+                let mut dot = 0;
+                for (q, (c, xq)) in b.codes.chunks_exact(32).zip(x.qs.chunks_exact(32)).enumerate() {
+                    let pairs = c
+                        .chunks_exact(2)
+                        .zip(xq.chunks_exact(2))
+                        .map(|(c, x)| c[0] as i32 * x[0] as i32 + c[1] as i32 * x[1] as i32);
+                    dot += pairs.zip(&b.scales[q]).map(|(v, &s)| v * s as i32).sum::<i32>();
+                }
+                let min = b.mins.iter().zip(&x.bsums).map(|(&m, &s)| m as i32 * s as i32).sum();
+                pr[i] += b.step(dot, min, x.d);
             }
-            let min = b.mins.iter().zip(&x.bsums).map(|(&m, &s)| m as i32 * s as i32).sum();
-            pr[i] += b.step(dot, min, x.d);
         }
     }
 }
@@ -156,57 +160,177 @@ fn hsum4(v: [__m256i; 4]) -> __m128i {
     _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1))
 }
 
-/// [`tile`] with AVX2. The register tile is two rows by four tokens: per 32-code chunk the
-/// two rows' codes and lane scales are loaded once for four tokens (eight accumulators), so
-/// that loads stay below the integer ops. Per token the four rows' sums are then reduced
-/// together and their f32 steps formed in one vector, with the scalar step's operations (no
-/// FMA), so the products are the same bits.
-///
-/// # Safety
-/// Needs AVX2, FMA and F16C.
+/// `acc + Σ` of `m`'s i16 pairs times `scale`'s (two ops).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(in crate::backend::cpu) unsafe fn tile_avx2<const N: usize>(b: [&KBlock; 4], xs: &[&BlockQ8K], p: &mut [[f32; N]; 4]) {
-    let load = |p: *const u8| _mm256_loadu_si256(p.cast());
-    let d = _mm_setr_ps(b[0].d, b[1].d, b[2].d, b[3].d);
-    let dmin = _mm_setr_ps(b[0].dmin, b[1].dmin, b[2].dmin, b[3].dmin);
-    let mins = b.map(|b| load(b.mins.as_ptr().cast()));
-    for i0 in (0..xs.len()).step_by(4) {
-        // A short last group repeats its last token (its sums are dropped).
-        let x4: [&BlockQ8K; 4] = std::array::from_fn(|k| xs[(i0 + k).min(xs.len() - 1)]);
-        let mut acc = [[_mm256_setzero_si256(); 4]; 4];
-        for pair in 0..2 {
-            let (r0, r1) = (2 * pair, 2 * pair + 1);
-            let mut a = [[_mm256_setzero_si256(); 4]; 2];
-            for q in 0..8 {
-                let c = [load(b[r0].codes[32 * q..].as_ptr()), load(b[r1].codes[32 * q..].as_ptr())];
-                let sc = [load(b[r0].scales[q].as_ptr().cast()), load(b[r1].scales[q].as_ptr().cast())];
-                for k in 0..4 {
-                    let xv = load(x4[k].qs[32 * q..].as_ptr().cast());
-                    for r in 0..2 {
-                        a[r][k] = _mm256_add_epi32(a[r][k], _mm256_madd_epi16(_mm256_maddubs_epi16(c[r], xv), sc[r]));
+fn madd_add(acc: __m256i, m: __m256i, scale: __m256i) -> __m256i {
+    _mm256_add_epi32(acc, _mm256_madd_epi16(m, scale))
+}
+
+/// [`tile`] with AVX2, for groups of four tokens: per super-block, a register tile of two
+/// rows by four tokens takes each 32-code chunk's two rows of codes and lane scales once for
+/// the four tokens (eight accumulators, so that loads stay below the integer ops); the four
+/// rows' sums of a token are then reduced together and their f32 steps formed in one vector,
+/// with the scalar step's operations (no FMA), and added to the token's running sums, which
+/// stay in registers over the super-blocks. Bit for bit the scalar result.
+macro_rules! ktile_avx2 {
+    ($features:literal, $madd_add:path: $name:ident) => {
+        /// # Safety
+        /// Needs the CPU features named in its `target_feature`; every row of `b` and token of
+        /// `xs` holds the same number of super-blocks.
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        pub(in crate::backend::cpu) unsafe fn $name<const N: usize>(
+            b: [&[KBlock]; 4],
+            xs: &[&[BlockQ8K]],
+            p: &mut [[f32; N]; 4],
+        ) {
+            let load = |p: *const u8| _mm256_loadu_si256(p.cast());
+            for i0 in (0..xs.len()).step_by(4) {
+                // A short last group repeats its last token (its sums are dropped).
+                let x4: [&[BlockQ8K]; 4] = std::array::from_fn(|k| xs[(i0 + k).min(xs.len() - 1)]);
+                // Per token, the four rows' running sums (lane r: row r).
+                let mut sums = [_mm_setzero_ps(); 4];
+                for s in 0..b[0].len() {
+                    let blk = b.map(|row| &row[s]);
+                    // Per token, rows 0 and 1 pairwise summed (after the first pair of rows).
+                    let mut half = [_mm256_setzero_si256(); 4];
+                    let mut dots = [_mm_setzero_si128(); 4];
+                    for pair in 0..2 {
+                        let (r0, r1) = (blk[2 * pair], blk[2 * pair + 1]);
+                        let mut a = [[_mm256_setzero_si256(); 4]; 2];
+                        for q in 0..8 {
+                            let c = [load(r0.codes[32 * q..].as_ptr()), load(r1.codes[32 * q..].as_ptr())];
+                            let sc = [load(r0.scales[q].as_ptr().cast()), load(r1.scales[q].as_ptr().cast())];
+                            for k in 0..4 {
+                                let xv = load(x4[k][s].qs[32 * q..].as_ptr().cast());
+                                for r in 0..2 {
+                                    a[r][k] = $madd_add(a[r][k], _mm256_maddubs_epi16(c[r], xv), sc[r]);
+                                }
+                            }
+                        }
+                        for k in 0..4 {
+                            let h = _mm256_hadd_epi32(a[0][k], a[1][k]);
+                            if pair == 0 {
+                                half[k] = h;
+                            } else {
+                                let both = _mm256_hadd_epi32(half[k], h);
+                                dots[k] = _mm_add_epi32(_mm256_castsi256_si128(both), _mm256_extracti128_si256(both, 1));
+                            }
+                        }
+                    }
+                    let d = _mm_setr_ps(blk[0].d, blk[1].d, blk[2].d, blk[3].d);
+                    let dmin = _mm_setr_ps(blk[0].dmin, blk[1].dmin, blk[2].dmin, blk[3].dmin);
+                    let mins = blk.map(|b| load(b.mins.as_ptr().cast()));
+                    for (k, sum) in sums.iter_mut().enumerate() {
+                        let x = &x4[k][s];
+                        let bsums = load(x.bsums.as_ptr().cast());
+                        let (dot, min) = (dots[k], hsum4(mins.map(|m| _mm256_madd_epi16(m, bsums))));
+                        let xd = _mm_set1_ps(x.d);
+                        let step = if blk[0].six {
+                            _mm_mul_ps(_mm_mul_ps(d, xd), _mm_cvtepi32_ps(_mm_add_epi32(dot, min)))
+                        } else {
+                            let sub = _mm_mul_ps(_mm_mul_ps(dmin, xd), _mm_cvtepi32_ps(min));
+                            _mm_sub_ps(_mm_mul_ps(_mm_mul_ps(d, xd), _mm_cvtepi32_ps(dot)), sub)
+                        };
+                        *sum = _mm_add_ps(*sum, step);
+                    }
+                }
+                for (k, sum) in sums.iter().enumerate().take(xs.len() - i0) {
+                    let mut s = [0f32; 4];
+                    _mm_storeu_ps(s.as_mut_ptr(), *sum);
+                    for (pr, s) in p.iter_mut().zip(s) {
+                        pr[i0 + k] += s;
                     }
                 }
             }
-            (acc[r0], acc[r1]) = (a[0], a[1]);
         }
-        for (k, x) in x4.iter().enumerate().take(xs.len() - i0) {
-            let i = i0 + k;
-            let acc = [acc[0][k], acc[1][k], acc[2][k], acc[3][k]];
-            let bsums = load(x.bsums.as_ptr().cast());
-            let (dot, min) = (hsum4(acc), hsum4(mins.map(|m| _mm256_madd_epi16(m, bsums))));
-            let xd = _mm_set1_ps(x.d);
-            let step = if b[0].six {
-                _mm_mul_ps(_mm_mul_ps(d, xd), _mm_cvtepi32_ps(_mm_add_epi32(dot, min)))
-            } else {
-                let sub = _mm_mul_ps(_mm_mul_ps(dmin, xd), _mm_cvtepi32_ps(min));
-                _mm_sub_ps(_mm_mul_ps(_mm_mul_ps(d, xd), _mm_cvtepi32_ps(dot)), sub)
-            };
-            let mut s = [0f32; 4];
-            _mm_storeu_ps(s.as_mut_ptr(), step);
-            for (pr, s) in p.iter_mut().zip(s) {
-                pr[i] += s;
+    };
+}
+
+ktile_avx2!("avx2,fma,f16c", madd_add: tile_avx2);
+
+/// `acc + Σ` of `m`'s i16 pairs times `scale`'s, 512-bit.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+fn madd_add512(acc: __m512i, m: __m512i, scale: __m512i) -> __m512i {
+    _mm512_add_epi32(acc, _mm512_madd_epi16(m, scale))
+}
+
+/// [`madd_add512`] in one `vpdpwssd` (AVX-512 VNNI; no lane overflows here).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn madd_add512_vnni(acc: __m512i, m: __m512i, scale: __m512i) -> __m512i {
+    _mm512_dpwssd_epi32(acc, m, scale)
+}
+
+/// [`tile`] with AVX-512: as the AVX2 tile, on 512-bit vectors of two chunks (64 codes, both
+/// chunks' lane scales), four rows by four tokens at once (16 accumulators: the 32 vector
+/// registers hold them with the rows' codes and scales); each accumulator folds to 256 bits
+/// before the AVX2 tile's reduction. The same integer sums and f32 steps: bit for bit the
+/// scalar result. With VNNI the scale multiply and add are one `vpdpwssd`.
+macro_rules! ktile_avx512 {
+    ($features:literal, $madd_add:path: $name:ident) => {
+        /// # Safety
+        /// Needs the CPU features named in its `target_feature`; every row of `b` and token of
+        /// `xs` holds the same number of super-blocks.
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        pub(in crate::backend::cpu) unsafe fn $name<const N: usize>(
+            b: [&[KBlock]; 4],
+            xs: &[&[BlockQ8K]],
+            p: &mut [[f32; N]; 4],
+        ) {
+            let load = |p: *const u8| _mm512_loadu_si512(p.cast());
+            let fold = |v: __m512i| _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1));
+            for i0 in (0..xs.len()).step_by(4) {
+                // A short last group repeats its last token (its sums are dropped).
+                let x4: [&[BlockQ8K]; 4] = std::array::from_fn(|k| xs[(i0 + k).min(xs.len() - 1)]);
+                // Per token, the four rows' running sums (lane r: row r).
+                let mut sums = [_mm_setzero_ps(); 4];
+                for s in 0..b[0].len() {
+                    let blk = b.map(|row| &row[s]);
+                    let mut a = [[_mm512_setzero_si512(); 4]; 4];
+                    for q in 0..4 {
+                        let c = blk.map(|r| load(r.codes[64 * q..].as_ptr()));
+                        // Chunks 2q and 2q + 1's lane scales are adjacent.
+                        let sc = blk.map(|r| load(r.scales.as_ptr().add(2 * q).cast()));
+                        for k in 0..4 {
+                            let xv = load(x4[k][s].qs[64 * q..].as_ptr().cast());
+                            for r in 0..4 {
+                                a[r][k] = $madd_add(a[r][k], _mm512_maddubs_epi16(c[r], xv), sc[r]);
+                            }
+                        }
+                    }
+                    let d = _mm_setr_ps(blk[0].d, blk[1].d, blk[2].d, blk[3].d);
+                    let dmin = _mm_setr_ps(blk[0].dmin, blk[1].dmin, blk[2].dmin, blk[3].dmin);
+                    let mins = blk.map(|b| _mm256_loadu_si256(b.mins.as_ptr().cast()));
+                    for (k, sum) in sums.iter_mut().enumerate() {
+                        let x = &x4[k][s];
+                        let bsums = _mm256_loadu_si256(x.bsums.as_ptr().cast());
+                        let dot = hsum4([0, 1, 2, 3].map(|r| fold(a[r][k])));
+                        let min = hsum4(mins.map(|m| _mm256_madd_epi16(m, bsums)));
+                        let xd = _mm_set1_ps(x.d);
+                        let step = if blk[0].six {
+                            _mm_mul_ps(_mm_mul_ps(d, xd), _mm_cvtepi32_ps(_mm_add_epi32(dot, min)))
+                        } else {
+                            let sub = _mm_mul_ps(_mm_mul_ps(dmin, xd), _mm_cvtepi32_ps(min));
+                            _mm_sub_ps(_mm_mul_ps(_mm_mul_ps(d, xd), _mm_cvtepi32_ps(dot)), sub)
+                        };
+                        *sum = _mm_add_ps(*sum, step);
+                    }
+                }
+                for (k, sum) in sums.iter().enumerate().take(xs.len() - i0) {
+                    let mut s = [0f32; 4];
+                    _mm_storeu_ps(s.as_mut_ptr(), *sum);
+                    for (pr, s) in p.iter_mut().zip(s) {
+                        pr[i0 + k] += s;
+                    }
+                }
             }
         }
-    }
+    };
 }
+
+ktile_avx512!("avx2,fma,f16c,avx512f,avx512bw,avx512vl", madd_add512: tile_avx512);
+ktile_avx512!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", madd_add512_vnni: tile_vnni);
