@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # webvlm's CPU backend beside llama.cpp's CPU backend built for this CPU (GGML_NATIVE=ON), in
 # one run on the same GGUF files and thread counts: prefill of 256 tokens and decode tokens/s
-# (llama-bench's pp256 and tg64 against `webvlm bench --backend cpu`), on SmolLM2-135M Q4_1
+# after them (llama-bench's pp256, and tg64 at depth 256, against `webvlm bench --backend
+# cpu`), on SmolLM2-135M Q4_1
 # and on a ≥ 1B model of random weights (SmolLM2-1.7B's shapes, quantized to Q4_K_M by
 # llama.cpp's own llama-quantize: scripts/make_bench_model.py); then the fast mode's logits
 # error beside llama.cpp's on SmolLM2 (scripts/fast_mode_error.py, with the native library).
@@ -55,8 +56,13 @@ RESULTS="$WORK/results.jsonl"
 : >"$RESULTS"
 for model in "$SMOL" "$BIG"; do
   for t in $THREADS; do
-    "$BUILD/bin/llama-bench" -m "$model" -t "$t" -p "$PROMPT" -n "$DECODE" -r 3 -o jsonl \
-      | sed "s/^{/{\"engine\": \"llama.cpp\", \"path\": \"${model//\//\\/}\", /" >>"$RESULTS"
+    # Decode after the prompt, as webvlm's bench decodes: -d puts the prompt's tokens in the
+    # cache first (llama-bench's tg alone starts from an empty one).
+    for test in "-p $PROMPT -n 0" "-p 0 -n $DECODE -d $PROMPT"; do
+      # shellcheck disable=SC2086
+      "$BUILD/bin/llama-bench" -m "$model" -t "$t" $test -r 3 -o jsonl \
+        | sed "s/^{/{\"engine\": \"llama.cpp\", \"path\": \"${model//\//\\/}\", /" >>"$RESULTS"
+    done
     "$WEBVLM" bench --backend cpu --threads "$t" --model "$model" --no-kernels --no-vision --no-breakdown \
       --prompt-tokens "$PROMPT" --decode-tokens "$DECODE" --json-only \
       | sed "s/^{/{\"engine\": \"webvlm\", \"path\": \"${model//\//\\/}\", \"threads\": $t, /" >>"$RESULTS"

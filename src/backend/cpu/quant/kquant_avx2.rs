@@ -10,8 +10,11 @@
 //! Exact mode: per sub-block the codes widened to f32 and dequantized in registers
 //! (`d sc q - dmin m`, `d sc (q - 32)`), multiplied into four independent FMA accumulators.
 //!
+//! At the AVX-512 levels the fast Q4_K and Q6_K dots run on 512-bit vectors, two sub-blocks
+//! per op, with the same integer sums.
+//!
 //! Callers pass one row of whole super-blocks and as many activation blocks (or 256 values per
-//! block), and call only on CPUs with AVX2, FMA and F16C.
+//! block), and call only on CPUs with AVX2, FMA and F16C (AVX-512F/BW/VL for the `_512` ones).
 
 use std::arch::x86_64::*;
 
@@ -138,6 +141,63 @@ pub(super) unsafe fn q6_k(row: &[u8], x: &[BlockQ8K]) -> f32 {
         }
         let offset = _mm256_madd_epi16(scales16, _mm256_loadu_si256(xb.bsums.as_ptr().cast()));
         acc += f16(&b[208..]) * xb.d * (hsum_i32(sumi) - 32 * hsum_i32(offset)) as f32;
+    }
+    acc
+}
+
+/// Folds a 512-bit vector's i32 lanes to 256 bits (lane `i` plus lane `i + 8`).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+fn fold512(v: __m512i) -> __m256i {
+    _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1))
+}
+
+/// Fast Q4_K on 512-bit vectors: each 32 bytes of nibbles is sub-blocks `2j` (low nibbles)
+/// and `2j + 1` (high) in one vector of 64 codes, against 64 activation codes, each half
+/// with its sub-block's scale. The same integer sums as [`q45`]: the same bits.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+pub(super) unsafe fn q4_k_512(row: &[u8], x: &[BlockQ8K]) -> f32 {
+    // Shifts of the low and high 256 bits, and the scale lanes of sub-blocks 2j and 2j + 1.
+    let shifts = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
+    let low4 = _mm512_set1_epi8(0x0F);
+    let mut acc = 0.0;
+    for (b, xb) in row.chunks_exact(144).zip(x) {
+        let (scales, mins) = scales_mins(&b[4..16]);
+        let scales = _mm512_broadcast_i64x4(scales);
+        let mut sumi = _mm512_setzero_si512();
+        for j in 0..4 {
+            let q = _mm512_broadcast_i64x4(_mm256_loadu_si256(b[16 + 32 * j..][..32].as_ptr().cast()));
+            let codes = _mm512_and_si512(_mm512_srlv_epi16(q, shifts), low4);
+            let lane = |s: usize| _mm256_set1_epi16((((2 * s + 1) << 8) | 2 * s) as i16);
+            let pick = _mm512_inserti64x4(_mm512_castsi256_si512(lane(2 * j)), lane(2 * j + 1), 1);
+            let dot = _mm512_maddubs_epi16(codes, _mm512_loadu_si512(xb.qs[64 * j..][..64].as_ptr().cast()));
+            sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(dot, _mm512_shuffle_epi8(scales, pick)));
+        }
+        let (d, dmin) = (f16(b) * xb.d, f16(&b[2..]) * xb.d);
+        acc += d * hsum_i32(fold512(sumi)) as f32 - dmin * min_sum_avx2(mins, &xb.bsums) as f32;
+    }
+    acc
+}
+
+/// Fast Q6_K on 512-bit vectors: quarters `2m` and `2m + 1` of the codes in one vector, each
+/// 16 codes with its scale group's scale. The same integer sums as [`q6_k`]: the same bits.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+pub(super) unsafe fn q6_k_512(row: &[u8], x: &[BlockQ8K]) -> f32 {
+    let mut acc = 0.0;
+    for (b, xb) in row.chunks_exact(210).zip(x) {
+        let scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(b[192..208].as_ptr().cast()));
+        let wide = _mm512_castsi256_si512(scales16);
+        let mut sumi = _mm512_setzero_si512();
+        for m in 0..4 {
+            let codes = _mm512_inserti64x4(_mm512_castsi256_si512(codes6(b, 2 * m)), codes6(b, 2 * m + 1), 1);
+            // Groups 4m..4m + 4, one per 128 bits (i16 lane g of `scales16`).
+            let g = |k: usize| _mm_set1_epi16((4 * m + k) as i16);
+            let idx = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set_m128i(g(1), g(0))), _mm256_set_m128i(g(3), g(2)), 1);
+            let scales = _mm512_permutexvar_epi16(idx, wide);
+            let dot = _mm512_maddubs_epi16(codes, _mm512_loadu_si512(xb.qs[64 * m..][..64].as_ptr().cast()));
+            sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(dot, scales));
+        }
+        let offset = _mm256_madd_epi16(scales16, _mm256_loadu_si256(xb.bsums.as_ptr().cast()));
+        acc += f16(&b[208..]) * xb.d * (hsum_i32(fold512(sumi)) - 32 * hsum_i32(offset)) as f32;
     }
     acc
 }

@@ -60,7 +60,7 @@ impl Kernel {
         use GgmlType as T;
         #[cfg(target_arch = "x86_64")]
         if simd.avx2() {
-            return Self::avx2(ty, fast, simd == Simd::Avx512Vnni);
+            return Self::avx2(ty, fast, simd);
         }
         Some(match (ty, fast) {
             (T::F32, _) => Kernel::F32(float::f32_row),
@@ -76,17 +76,21 @@ impl Kernel {
         })
     }
 
-    /// The AVX2 kernels (`vnni`: Q4_0, Q4_1 and Q8_0's fast ones with AVX-512 VNNI). The
-    /// wrappers are safe fns for the table; they are only chosen at the levels that imply the
-    /// features they need ([`Simd::is_supported`]).
+    /// The AVX2 kernels, and at the AVX-512 levels the fast Q4_K and Q6_K ones on 512-bit
+    /// vectors (with VNNI: Q4_0, Q4_1 and Q8_0's fast ones too). The wrappers are safe fns for
+    /// the table; they are only chosen at the levels that imply the features they need
+    /// ([`Simd::is_supported`]).
     #[cfg(target_arch = "x86_64")]
-    fn avx2(ty: GgmlType, fast: bool, vnni: bool) -> Option<Kernel> {
+    fn avx2(ty: GgmlType, fast: bool, simd: Simd) -> Option<Kernel> {
         use float::avx2 as f;
         use kquant_avx2 as k;
         use legacy_avx2 as l;
         use GgmlType as T;
+        let (avx512, vnni) = (matches!(simd, Simd::Avx512 | Simd::Avx512Vnni), simd == Simd::Avx512Vnni);
         // SAFETY (every closure): see above.
         Some(match (ty, fast) {
+            (T::Q4_K, true) if avx512 => Kernel::Q8K(|r, x| unsafe { k::q4_k_512(r, x) }),
+            (T::Q6_K, true) if avx512 => Kernel::Q8K(|r, x| unsafe { k::q6_k_512(r, x) }),
             (T::Q4_0, true) if vnni => Kernel::Q8(|r, x| unsafe { l::q4_0_vnni(r, x) }),
             (T::Q4_1, true) if vnni => Kernel::Q8(|r, x| unsafe { l::q4_1_vnni(r, x) }),
             (T::Q8_0, true) if vnni => Kernel::Q8(|r, x| unsafe { l::q8_0_vnni(r, x) }),
