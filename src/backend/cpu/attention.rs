@@ -36,6 +36,25 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// `e^x` for `x ≤ 0` (a score less the running maximum) within 2 ulp, 0 below -87.3 (where
+/// f32 turns subnormal): `x = n ln 2 + r` with `|r| ≤ ln 2 / 2`, `e^r` by Cephes' `expf`
+/// polynomial (Moshier 1989; ggml-cpu's `ggml_v_expf` is the same idea), `2^n` written into
+/// the exponent. Branch-free, so a loop of it vectorizes (libm's `expf` is a call per value).
+#[inline(always)]
+fn exp_nonpositive(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let n = (x * std::f32::consts::LOG2_E + 0.5).floor().max(-126.0);
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = ((((1.987_569_1e-4 * r + 1.398_2e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1) * r + 0.5;
+    let e = (p * r * r + r + 1.0) * f32::from_bits(((n as i32 + 127) as u32) << 23);
+    if x < -87.3 {
+        0.0
+    } else {
+        e
+    }
+}
+
 /// One query row's online softmax over the keys given to [`keys`](Self::keys): running
 /// maximum `m`, denominator `l`, and the output accumulator `acc` (head_dim values).
 pub(super) struct OnlineSoftmax<'a> {
@@ -86,8 +105,10 @@ impl<'a> OnlineSoftmax<'a> {
                 self.acc.iter_mut().for_each(|a| *a *= corr);
                 self.m = block_max;
             }
-            for (j, &s) in s.iter().enumerate() {
-                let p = (s - self.m).exp();
+            // The block's weights first, in one loop the compiler vectorizes.
+            let m = self.m;
+            s.iter_mut().for_each(|s| *s = exp_nonpositive(*s - m));
+            for (j, &p) in s.iter().enumerate() {
                 self.l += p;
                 for (a, &vv) in self.acc.iter_mut().zip(&v[(k0 + j) * stride..][..hd]) {
                     *a += p * vv;
@@ -180,4 +201,21 @@ pub fn attention_decode(
     kv_start: usize,
 ) -> Result<(), ShapeError> {
     attention_prefill(pool, shape, q, k_cache, v_cache, out, 1, kv_start)
+}
+
+#[cfg(test)]
+mod tests {
+    /// Within 2 units of f32's precision (2^-23, relative) of `f64::exp` over the range
+    /// softmax weights take; 0 below it.
+    #[test]
+    fn exp_nonpositive_is_within_two_ulp() {
+        let worst = (0..=200_000)
+            .map(|i| -87.0 * i as f32 / 200_000.0)
+            .map(|x| ((super::exp_nonpositive(x) as f64 / (x as f64).exp()) - 1.0).abs() / f32::EPSILON as f64)
+            .fold(0.0, f64::max);
+        assert!(worst <= 2.0, "{worst} ulp");
+        assert_eq!(super::exp_nonpositive(-100.0), 0.0);
+        assert_eq!(super::exp_nonpositive(f32::NEG_INFINITY), 0.0);
+        assert_eq!(super::exp_nonpositive(0.0), 1.0);
+    }
 }
