@@ -53,6 +53,12 @@ unsafe fn load_x(x: &[i8]) -> __m256i {
     _mm256_loadu_si256(x[..32].as_ptr().cast())
 }
 
+/// The `pshufb` indices (bytes `2 lane`, `2 lane + 1`) that copy i16 lane `lane` of each 128
+/// bits into every i16 lane of them.
+fn pick_i16(lane: usize) -> i16 {
+    (((2 * lane + 1) << 8) | (2 * lane)) as i16
+}
+
 /// The eight 6-bit scales and mins of a Q4_K/Q5_K super-block (`s`: its 12 packed bytes) as
 /// i16 lanes: the scales in both halves of the first vector (for the per-sub-block
 /// shuffles), the mins in the second (`scalar.rs`'s `scales_k4`, in registers).
@@ -89,7 +95,7 @@ unsafe fn q45(row: &[u8], x: &[BlockQ8K], size: usize, qs_at: usize, qh_at: Opti
             for (i, &q) in codes.iter().enumerate() {
                 let s = 2 * j + i;
                 // Scale s (i16 lane s: bytes 2s, 2s + 1) in every lane.
-                let scale = _mm256_shuffle_epi8(scales, _mm256_set1_epi16((((2 * s + 1) << 8) | 2 * s) as i16));
+                let scale = _mm256_shuffle_epi8(scales, _mm256_set1_epi16(pick_i16(s)));
                 let dot = _mm256_maddubs_epi16(q, load_x(&xb.qs[32 * s..]));
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(dot, scale));
             }
@@ -133,7 +139,7 @@ pub(super) unsafe fn q6_k(row: &[u8], x: &[BlockQ8K]) -> f32 {
         for q in 0..8 {
             // Quarter q of the 256 codes: the first 16 in scale group 2q, the next 16 in 2q + 1
             // (i16 lanes g % 8 of `halves[g / 8]`: bytes 2g, 2g + 1 of its half).
-            let lane = |g: usize| _mm_set1_epi16((((2 * (g % 8) + 1) << 8) | 2 * (g % 8)) as i16);
+            let lane = |g: usize| _mm_set1_epi16(pick_i16(g % 8));
             let pick = _mm256_set_m128i(lane(2 * q + 1), lane(2 * q));
             let scales = _mm256_shuffle_epi8(halves[q / 4], pick);
             let dot = _mm256_maddubs_epi16(codes6(b, q), load_x(&xb.qs[32 * q..]));
@@ -167,7 +173,7 @@ pub(super) unsafe fn q4_k_512(row: &[u8], x: &[BlockQ8K]) -> f32 {
         for j in 0..4 {
             let q = _mm512_broadcast_i64x4(_mm256_loadu_si256(b[16 + 32 * j..][..32].as_ptr().cast()));
             let codes = _mm512_and_si512(_mm512_srlv_epi16(q, shifts), low4);
-            let lane = |s: usize| _mm256_set1_epi16((((2 * s + 1) << 8) | 2 * s) as i16);
+            let lane = |s: usize| _mm256_set1_epi16(pick_i16(s));
             let pick = _mm512_inserti64x4(_mm512_castsi256_si512(lane(2 * j)), lane(2 * j + 1), 1);
             let dot = _mm512_maddubs_epi16(codes, _mm512_loadu_si512(xb.qs[64 * j..][..64].as_ptr().cast()));
             sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(dot, _mm512_shuffle_epi8(scales, pick)));
