@@ -30,6 +30,12 @@ pub struct Caps {
     pub software: bool,
     /// The launch shapes the kernels take (from `software` unless forced).
     pub geometry: Geometry,
+    /// Prompt tokens per prefill chunk: on GPUs 512 gives every prefill matmul several output
+    /// tiles along the tokens too (3B shapes: 192 workgroups or more per matrix) and reads each
+    /// weight once per 512 tokens; CPU adapters gain nothing from longer chunks, and 128 keeps
+    /// their scratch small. The CPU backend takes 512: it decodes each panel of weight rows
+    /// once per chunk.
+    pub prefill_chunk: u32,
 }
 
 /// Launch shapes of the kernels: the same math in two shapes.
@@ -185,17 +191,6 @@ impl Caps {
     pub fn part_limit(&self) -> u64 {
         self.max_storage_binding.min(self.max_buffer)
     }
-
-    /// Prompt tokens per prefill chunk for this adapter: on GPUs a chunk of 512 gives every
-    /// prefill matmul several output tiles along the tokens too (3B shapes: 192 workgroups or
-    /// more per matrix) and reads each weight once per 512 tokens; CPU adapters gain nothing
-    /// from longer chunks, and 128 keeps their scratch small.
-    pub fn prefill_chunk(&self) -> u32 {
-        match self.geometry {
-            Geometry::Gpu => 512,
-            Geometry::Cpu => 128,
-        }
-    }
 }
 
 impl GpuError {
@@ -309,6 +304,10 @@ impl Gpu {
             backend: format!("{:?}", info.backend),
             software,
             geometry,
+            prefill_chunk: match geometry {
+                Geometry::Gpu => 512,
+                Geometry::Cpu => 128,
+            },
         };
         let lost = Arc::new(Mutex::new(None));
         let flag = lost.clone();

@@ -53,7 +53,7 @@ impl ContextOptions {
     /// What users get on this adapter: its prefill chunk ([`Caps::prefill_chunk`]) and
     /// precision ([`Precision::for_adapter`]).
     pub fn for_adapter(caps: &Caps) -> ContextOptions {
-        ContextOptions { max_chunk: caps.prefill_chunk(), precision: Precision::for_adapter(caps), ..Default::default() }
+        ContextOptions { max_chunk: caps.prefill_chunk, precision: Precision::for_adapter(caps), ..Default::default() }
     }
 }
 
@@ -724,6 +724,7 @@ mod tests {
             backend: "none".into(),
             software: geometry == Geometry::Cpu,
             geometry,
+            prefill_chunk: if geometry == Geometry::Cpu { 128 } else { 512 },
         }
     }
 

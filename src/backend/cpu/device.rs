@@ -33,6 +33,7 @@ impl Device {
             backend: "cpu".into(),
             software: false,
             geometry: Geometry::Cpu,
+            prefill_chunk: 512,
         };
         Ok(Device { pool, mode, caps })
     }

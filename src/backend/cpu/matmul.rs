@@ -24,7 +24,7 @@
 use super::matvec::{check, MatvecError, Mode, Rows, Weight};
 use super::pool::ThreadPool;
 use super::quant::ftile::tile4x2;
-use super::quant::ktile::{self, KBlock};
+use super::quant::ktile::{self, KRows};
 use super::quant::ltile::{self, LBlock};
 use super::quant::{quantize_q8, quantize_q8k, BlockQ8, BlockQ8K};
 use super::simd::{self, Simd};
@@ -32,8 +32,9 @@ use crate::gguf::quant::block_dequantizer;
 use crate::gguf::GgmlType;
 pub use crate::kernels::shapes::{Epilogue, Output};
 
-/// Weight rows per panel (the micro-kernels' row count).
-pub const ROWS: usize = 4;
+/// Weight rows per panel: the K-quant tile's eight lanes (the other micro-kernels take four
+/// rows at a time, twice).
+pub const ROWS: usize = 8;
 /// Tokens per tile: a tile's products are written out (with the epilogue) together.
 pub const TOKENS: usize = 8;
 /// Columns per stretch of the exact micro-kernel: 4 rows and 8 tokens of 512 f32 are 24 KiB.
@@ -143,7 +144,7 @@ impl Run<'_> {
     }
 }
 
-/// K-quant rows, decoded once per panel, against Q8_K activations.
+/// K-quant rows, decoded and interleaved once per panel, against Q8_K activations.
 struct KPanel<'a> {
     w: &'a Weight<'a>,
     x: Vec<BlockQ8K>,
@@ -151,37 +152,33 @@ struct KPanel<'a> {
 }
 
 impl Panel for KPanel<'_> {
-    /// `[ROWS][super-blocks]`.
-    type Buf = Vec<KBlock>;
+    /// `[super-blocks]` of the panel's rows.
+    type Buf = Vec<KRows>;
 
-    fn buf(&self) -> Vec<KBlock> {
-        vec![KBlock::default(); ROWS * self.w.cols() / 256]
+    fn buf(&self) -> Vec<KRows> {
+        vec![KRows::default(); self.w.cols() / 256]
     }
 
-    fn load(&self, buf: &mut Vec<KBlock>, rows: [usize; ROWS]) {
-        let (ty, n_sb) = (self.w.ty(), self.w.cols() / 256);
-        for (r, dst) in rows.iter().zip(buf.chunks_exact_mut(n_sb)) {
-            for (b, d) in self.w.row(*r).chunks_exact(ty.type_size()).zip(dst) {
-                KBlock::decode(ty, b, d, self.simd.avx2());
-            }
+    fn load(&self, buf: &mut Vec<KRows>, rows: [usize; ROWS]) {
+        let size = self.w.ty().type_size();
+        for (s, dst) in buf.iter_mut().enumerate() {
+            let blocks = rows.map(|r| &self.w.row(r)[s * size..][..size]);
+            KRows::decode(self.w.ty(), blocks, dst, self.simd.avx2());
         }
     }
 
-    fn tile(&self, buf: &Vec<KBlock>, t0: usize, n: usize) -> Tile {
-        let n_sb = self.w.cols() / 256;
-        let b = [0, 1, 2, 3].map(|r| &buf[r * n_sb..][..n_sb]);
+    fn tile(&self, buf: &Vec<KRows>, t0: usize, n: usize) -> Tile {
+        let n_sb = buf.len();
         let xs: [&[BlockQ8K]; TOKENS] = std::array::from_fn(|i| &self.x[(t0 + i.min(n - 1)) * n_sb..][..n_sb]);
         let mut p = [[0.0; TOKENS]; ROWS];
         match self.simd {
             // SAFETY: each level implies the features its tile needs (`Simd::is_supported`),
             // and every slice holds `n_sb` super-blocks.
             #[cfg(target_arch = "x86_64")]
-            Simd::Avx512Vnni => unsafe { ktile::tile_vnni(b, &xs[..n], &mut p) },
+            Simd::Avx512Vnni => unsafe { ktile::tile_vnni(buf, &xs[..n], &mut p) },
             #[cfg(target_arch = "x86_64")]
-            Simd::Avx512 => unsafe { ktile::tile_avx512(b, &xs[..n], &mut p) },
-            #[cfg(target_arch = "x86_64")]
-            l if l.avx2() => unsafe { ktile::tile_avx2(b, &xs[..n], &mut p) },
-            _ => ktile::tile(b, &xs[..n], &mut p),
+            l if l.avx2() => unsafe { ktile::tile_avx2(buf, &xs[..n], &mut p) },
+            _ => ktile::tile(buf, &xs[..n], &mut p),
         }
         p
     }
@@ -213,16 +210,20 @@ impl Panel for LPanel<'_> {
 
     fn tile(&self, buf: &Vec<LBlock>, t0: usize, n: usize) -> Tile {
         let (ty, n_b) = (self.w.ty(), self.w.cols() / 32);
-        let w = [0, 1, 2, 3].map(|r| &buf[r * n_b..][..n_b]);
         let xs: [&[BlockQ8]; TOKENS] = std::array::from_fn(|i| &self.x[(t0 + i.min(n - 1)) * n_b..][..n_b]);
         let mut p = [[0.0; TOKENS]; ROWS];
-        match self.simd {
-            // SAFETY: each level implies the features its tile needs (`Simd::is_supported`).
-            #[cfg(target_arch = "x86_64")]
-            Simd::Avx512Vnni => unsafe { ltile::tile_avx2_vnni(ty, w, &xs[..n], &mut p) },
-            #[cfg(target_arch = "x86_64")]
-            l if l.avx2() => unsafe { ltile::tile_avx2(ty, w, &xs[..n], &mut p) },
-            _ => ltile::tile(ty, w, &xs[..n], &mut p),
+        // The four-row kernels, on each half of the panel.
+        for (half, p) in p.chunks_exact_mut(4).enumerate() {
+            let w = [0, 1, 2, 3].map(|r| &buf[(4 * half + r) * n_b..][..n_b]);
+            let p: &mut [[f32; TOKENS]; 4] = p.try_into().expect("four rows");
+            match self.simd {
+                // SAFETY: each level implies the features its tile needs (`Simd::is_supported`).
+                #[cfg(target_arch = "x86_64")]
+                Simd::Avx512Vnni => unsafe { ltile::tile_avx2_vnni(ty, w, &xs[..n], p) },
+                #[cfg(target_arch = "x86_64")]
+                l if l.avx2() => unsafe { ltile::tile_avx2(ty, w, &xs[..n], p) },
+                _ => ltile::tile(ty, w, &xs[..n], p),
+            }
         }
         p
     }
@@ -256,22 +257,26 @@ impl Panel for F32Panel<'_> {
     fn tile(&self, buf: &Vec<f32>, t0: usize, n: usize) -> Tile {
         let cols = self.w.cols();
         let mut p = [[0.0; TOKENS]; ROWS];
-        for k in (0..cols).step_by(COLS) {
-            let len = COLS.min(cols - k);
-            let w = [0, 1, 2, 3].map(|r| &buf[r * cols + k..][..len]);
-            for i in (0..n).step_by(2) {
-                // An odd last token pairs with itself (its second product is dropped).
-                let x = [i, (i + 1).min(n - 1)].map(|j| &self.x[(t0 + j) * cols + k..][..len]);
-                let s = match self.avx2 {
-                    // SAFETY: as in `KPanel::tile`; the slices are `len` long.
-                    #[cfg(target_arch = "x86_64")]
-                    true => unsafe { super::quant::ftile::tile4x2_avx2(w, x) },
-                    _ => tile4x2(w, x),
-                };
-                for (pr, s) in p.iter_mut().zip(s) {
-                    pr[i] += s[0];
-                    if i + 1 < n {
-                        pr[i + 1] += s[1];
+        // The four-row micro-kernel, on each half of the panel.
+        for (half, p) in p.chunks_exact_mut(4).enumerate() {
+            for k in (0..cols).step_by(COLS) {
+                let len = COLS.min(cols - k);
+                let w = [0, 1, 2, 3].map(|r| &buf[(4 * half + r) * cols + k..][..len]);
+                for i in (0..n).step_by(2) {
+                    // An odd last token pairs with itself (its second product is dropped).
+                    let x = [i, (i + 1).min(n - 1)].map(|j| &self.x[(t0 + j) * cols + k..][..len]);
+                    let s = match self.avx2 {
+                        // SAFETY: `avx2` is set only at the levels that imply AVX2 and FMA; the
+                        // slices are `len` long.
+                        #[cfg(target_arch = "x86_64")]
+                        true => unsafe { super::quant::ftile::tile4x2_avx2(w, x) },
+                        _ => tile4x2(w, x),
+                    };
+                    for (pr, s) in p.iter_mut().zip(s) {
+                        pr[i] += s[0];
+                        if i + 1 < n {
+                            pr[i + 1] += s[1];
+                        }
                     }
                 }
             }

@@ -1,15 +1,19 @@
 //! K-quant super-blocks decoded once for many tokens (the fast mode of
-//! [`matmul`](crate::backend::cpu::matmul)): [`KBlock`] holds a Q4_K, Q5_K or Q6_K
-//! super-block's 256 codes as unsigned bytes in element order with its scales spread over the
-//! 16 pair lanes of each 32-code chunk, so that the row dot against a [`BlockQ8K`] is one
-//! `maddubs` / `madd` / `add` per chunk and nothing format-specific is left in the loop that
-//! runs for every token. [`tile`] takes four rows' blocks against a tile of tokens: each
-//! activation chunk is loaded once for the four rows (ggml's `vec_dot_num_rows`, the 4x4 tile
-//! idea of llamafile's `tinyBLAS`, Tunney 2024).
+//! [`matmul`](crate::backend::cpu::matmul)). [`KBlock`] decodes one row's Q4_K, Q5_K or Q6_K
+//! super-block: its 256 codes as unsigned bytes in element order, its scales and mins per
+//! group of 16. [`KRows`] interleaves eight rows' decoded super-blocks by four codes, so that
+//! one 32-byte vector holds codes `4g..4g + 4` of all eight rows and a token's four activation
+//! codes, broadcast, meet them in one `vpdpbusd` (`maddubs` + `madd` without VNNI): every
+//! lane is a row, and the scales, mins and f32 steps are row vectors, with no horizontal sum
+//! (the repacked eight-row layouts of llama.cpp's `ggml-cpu/repack.cpp`, `block_q4_Kx8`).
+//! [`tile`] runs a tile of tokens against them, four tokens per pass so that each code vector
+//! is loaded once for the four.
 //!
-//! The integer sums are those of `scalar.rs` / `kquant_avx2.rs` (no i16 lane saturates: codes
-//! below 64 times activations of at most 127, two per lane), and [`KBlock::step`] is their
-//! f32 step, so a product equals the matvec's bit for bit on every level.
+//! The integer sums are exact and the same as `scalar.rs` / `kquant_avx2.rs`'s (no i16 lane
+//! saturates: codes below 64 times activations of at most 127, two per lane; groups of 16
+//! stay far below i32), and each super-block's f32 step is theirs, `(d·xd)·dot − (dmin·xd)·min`
+//! (Q6_K `(d·xd)·(dot + min)`), added in super-block order: a product equals the matvec's bit
+//! for bit on every level.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -18,15 +22,13 @@ use super::scalar::scales_k4;
 use super::{f16_at, BlockQ8K};
 use crate::gguf::GgmlType;
 
-/// One decoded super-block (aligned for 32-byte loads).
+/// One row's decoded super-block.
 #[derive(Clone, Copy, Debug)]
-#[repr(C, align(32))]
 pub(in crate::backend::cpu) struct KBlock {
     /// Element `e`'s code, unsigned (Q4_K below 16, Q5_K below 32, Q6_K below 64).
     codes: [u8; 256],
-    /// Chunk `q`'s scale per `maddubs` pair lane: lanes 0..8 hold group `2q`'s (elements
-    /// `32q..32q + 16`), lanes 8..16 group `2q + 1`'s.
-    scales: [[i16; 16]; 8],
+    /// The scale of group `g` of 16 codes (Q4_K/Q5_K: its sub-block of 32's).
+    scales: [i16; 16],
     /// The factor of the activations' sum over group `g` of 16: Q4_K/Q5_K the min of its
     /// sub-block of 32, Q6_K `-32 × scale` (its codes are offset by 32).
     mins: [i16; 16],
@@ -38,7 +40,7 @@ pub(in crate::backend::cpu) struct KBlock {
 
 impl Default for KBlock {
     fn default() -> KBlock {
-        KBlock { codes: [0; 256], scales: [[0; 16]; 8], mins: [0; 16], d: 0.0, dmin: 0.0, six: false }
+        KBlock { codes: [0; 256], scales: [0; 16], mins: [0; 16], d: 0.0, dmin: 0.0, six: false }
     }
 }
 
@@ -46,45 +48,28 @@ impl KBlock {
     /// Decodes super-block `b` of a `ty` row (Q4_K, Q5_K or Q6_K; layouts in
     /// `gguf/quant/dequant.rs`, unpacking as in `scalar.rs`); `avx2`: the codes with
     /// `kquant_avx2.rs`'s unpacking (the CPU has AVX2, FMA and F16C).
-    pub(in crate::backend::cpu) fn decode(ty: GgmlType, b: &[u8], out: &mut KBlock, avx2: bool) {
+    fn decode(ty: GgmlType, b: &[u8], out: &mut KBlock, avx2: bool) {
         match avx2 {
             // SAFETY: as documented.
             #[cfg(target_arch = "x86_64")]
             true => unsafe { codes_avx2(ty, b, &mut out.codes) },
             _ => codes(ty, b, &mut out.codes),
         }
-        let mut group = [0i16; 16];
         match ty {
             GgmlType::Q6_K => {
-                for (g, s) in group.iter_mut().enumerate() {
-                    *s = b[192 + g] as i8 as i16;
-                    out.mins[g] = -32 * *s;
+                for g in 0..16 {
+                    out.scales[g] = b[192 + g] as i8 as i16;
+                    out.mins[g] = -32 * out.scales[g];
                 }
                 (out.d, out.dmin, out.six) = (f16_at(b, 208), 0.0, true);
             }
             _ => {
                 let (scales, mins) = scales_k4(&b[4..16]);
                 for g in 0..16 {
-                    (group[g], out.mins[g]) = (scales[g / 2] as i16, mins[g / 2] as i16);
+                    (out.scales[g], out.mins[g]) = (scales[g / 2] as i16, mins[g / 2] as i16);
                 }
                 (out.d, out.dmin, out.six) = (f16_at(b, 0), f16_at(b, 2), false);
             }
-        }
-        for (q, lanes) in out.scales.iter_mut().enumerate() {
-            lanes[..8].fill(group[2 * q]);
-            lanes[8..].fill(group[2 * q + 1]);
-        }
-    }
-
-    /// The block's share of a row product from its integer sums (`dot`: codes times
-    /// activation codes by scale, `min`: mins times the activations' per-16 sums), as the
-    /// matvec kernels form it.
-    #[inline]
-    fn step(&self, dot: i32, min: i32, xd: f32) -> f32 {
-        if self.six {
-            self.d * xd * (dot + min) as f32
-        } else {
-            self.d * xd * dot as f32 - self.dmin * xd * min as f32
         }
     }
 }
@@ -131,198 +116,150 @@ unsafe fn codes_avx2(ty: GgmlType, b: &[u8], codes: &mut [u8; 256]) {
     }
 }
 
-/// `p[r][i] += Σ_s` row `r`'s super-block `b[r][s]` times token `i`'s activation block
+/// Eight rows' super-block `s`, interleaved (see the module header).
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(32))]
+pub(in crate::backend::cpu) struct KRows {
+    /// `codes[g][4r..4r + 4]`: row `r`'s codes `4g..4g + 4`.
+    codes: [[u8; 32]; 64],
+    /// `scales[h][r]`: row `r`'s scale of the codes `16h..16h + 16`.
+    scales: [[i32; 8]; 16],
+    /// `mins[j][2r..2r + 2]`: row `r`'s min factors of groups `2j` and `2j + 1` (against the
+    /// activations' per-16 sums: Q4_K/Q5_K the sub-block's min, Q6_K `-32 × scale`).
+    mins: [[i16; 16]; 8],
+    d: [f32; 8],
+    dmin: [f32; 8],
+    six: bool,
+}
+
+impl Default for KRows {
+    fn default() -> KRows {
+        KRows { codes: [[0; 32]; 64], scales: [[0; 8]; 16], mins: [[0; 16]; 8], d: [0.0; 8], dmin: [0.0; 8], six: false }
+    }
+}
+
+impl KRows {
+    /// Decodes super-block `rows[r]` of eight `ty` rows (`avx2` as for [`KBlock::decode`]).
+    pub(in crate::backend::cpu) fn decode(ty: GgmlType, rows: [&[u8]; 8], out: &mut KRows, avx2: bool) {
+        let mut b = KBlock::default();
+        for (r, row) in rows.iter().enumerate() {
+            KBlock::decode(ty, row, &mut b, avx2);
+            for (g, codes) in out.codes.iter_mut().enumerate() {
+                codes[4 * r..4 * r + 4].copy_from_slice(&b.codes[4 * g..4 * g + 4]);
+            }
+            for (h, scales) in out.scales.iter_mut().enumerate() {
+                scales[r] = b.scales[h] as i32;
+            }
+            for (j, mins) in out.mins.iter_mut().enumerate() {
+                mins[2 * r..2 * r + 2].copy_from_slice(&b.mins[2 * j..2 * j + 2]);
+            }
+            (out.d[r], out.dmin[r], out.six) = (b.d, b.dmin, b.six);
+        }
+    }
+
+    /// Row `r`'s share of a product: the scalar form of the tiles' lane `r`.
+    fn step(&self, r: usize, dot: i32, min: i32, xd: f32) -> f32 {
+        if self.six {
+            self.d[r] * xd * (dot + min) as f32
+        } else {
+            self.d[r] * xd * dot as f32 - self.dmin[r] * xd * min as f32
+        }
+    }
+}
+
+/// `p[r][i] += Σ_s` row `r` of super-blocks `w[s]` times token `i`'s activation block
 /// `xs[i][s]`, in super-block order (`xs.len() ≤ N`), scalar.
-pub(in crate::backend::cpu) fn tile<const N: usize>(b: [&[KBlock]; 4], xs: &[&[BlockQ8K]], p: &mut [[f32; N]; 4]) {
+pub(in crate::backend::cpu) fn tile<const N: usize>(w: &[KRows], xs: &[&[BlockQ8K]], p: &mut [[f32; N]; 8]) {
     for (i, x) in xs.iter().enumerate() {
-        for (pr, row) in p.iter_mut().zip(b) {
-            for (b, x) in row.iter().zip(x.iter()) {
+        for (r, pr) in p.iter_mut().enumerate() {
+            for (w, x) in w.iter().zip(x.iter()) {
                 let mut dot = 0;
-                for (q, (c, xq)) in b.codes.chunks_exact(32).zip(x.qs.chunks_exact(32)).enumerate() {
-                    let pairs = c
-                        .chunks_exact(2)
-                        .zip(xq.chunks_exact(2))
-                        .map(|(c, x)| c[0] as i32 * x[0] as i32 + c[1] as i32 * x[1] as i32);
-                    dot += pairs.zip(&b.scales[q]).map(|(v, &s)| v * s as i32).sum::<i32>();
+                for (h, scales) in w.scales.iter().enumerate() {
+                    let group = (4 * h..4 * h + 4).flat_map(|g| (0..4).map(move |k| (g, k)));
+                    let sum: i32 = group.map(|(g, k)| w.codes[g][4 * r + k] as i32 * x.qs[4 * g + k] as i32).sum();
+                    dot += scales[r] * sum;
                 }
-                let min = b.mins.iter().zip(&x.bsums).map(|(&m, &s)| m as i32 * s as i32).sum();
-                pr[i] += b.step(dot, min, x.d);
+                let min = (0..16).map(|g| w.mins[g / 2][2 * r + g % 2] as i32 * x.bsums[g] as i32).sum();
+                pr[i] += w.step(r, dot, min, x.d);
             }
         }
     }
 }
 
-/// The four sums of `v`'s eight i32 lanes each.
+/// `acc +` the four-code dot products of `c` (unsigned) and `x` (signed) per i32 lane.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn hsum4(v: [__m256i; 4]) -> __m128i {
-    let s = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
-    _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1))
+fn dot4(acc: __m256i, c: __m256i, x: __m256i) -> __m256i {
+    _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(c, x), _mm256_set1_epi16(1)))
 }
 
-/// `acc + Σ` of `m`'s i16 pairs times `scale`'s (two ops).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn madd_add(acc: __m256i, m: __m256i, scale: __m256i) -> __m256i {
-    _mm256_add_epi32(acc, _mm256_madd_epi16(m, scale))
-}
-
-/// [`tile`] with AVX2, for groups of four tokens: per super-block, a register tile of two
-/// rows by four tokens takes each 32-code chunk's two rows of codes and lane scales once for
-/// the four tokens (eight accumulators, so that loads stay below the integer ops); the four
-/// rows' sums of a token are then reduced together and their f32 steps formed in one vector,
-/// with the scalar step's operations (no FMA), and added to the token's running sums, which
-/// stay in registers over the super-blocks. Bit for bit the scalar result.
-macro_rules! ktile_avx2 {
-    ($features:literal, $madd_add:path: $name:ident) => {
-        /// # Safety
-        /// Needs the CPU features named in its `target_feature`; every row of `b` and token of
-        /// `xs` holds the same number of super-blocks.
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = $features)]
-        pub(in crate::backend::cpu) unsafe fn $name<const N: usize>(
-            b: [&[KBlock]; 4],
-            xs: &[&[BlockQ8K]],
-            p: &mut [[f32; N]; 4],
-        ) {
-            let load = |p: *const u8| _mm256_loadu_si256(p.cast());
-            for i0 in (0..xs.len()).step_by(4) {
-                // A short last group repeats its last token (its sums are dropped).
-                let x4: [&[BlockQ8K]; 4] = std::array::from_fn(|k| xs[(i0 + k).min(xs.len() - 1)]);
-                // Per token, the four rows' running sums (lane r: row r).
-                let mut sums = [_mm_setzero_ps(); 4];
-                for s in 0..b[0].len() {
-                    let blk = b.map(|row| &row[s]);
-                    // Per token, rows 0 and 1 pairwise summed (after the first pair of rows).
-                    let mut half = [_mm256_setzero_si256(); 4];
-                    let mut dots = [_mm_setzero_si128(); 4];
-                    for pair in 0..2 {
-                        let (r0, r1) = (blk[2 * pair], blk[2 * pair + 1]);
-                        let mut a = [[_mm256_setzero_si256(); 4]; 2];
-                        for q in 0..8 {
-                            let c = [load(r0.codes[32 * q..].as_ptr()), load(r1.codes[32 * q..].as_ptr())];
-                            let sc = [load(r0.scales[q].as_ptr().cast()), load(r1.scales[q].as_ptr().cast())];
-                            for k in 0..4 {
-                                let xv = load(x4[k][s].qs[32 * q..].as_ptr().cast());
-                                for r in 0..2 {
-                                    a[r][k] = $madd_add(a[r][k], _mm256_maddubs_epi16(c[r], xv), sc[r]);
-                                }
-                            }
-                        }
-                        for k in 0..4 {
-                            let h = _mm256_hadd_epi32(a[0][k], a[1][k]);
-                            if pair == 0 {
-                                half[k] = h;
-                            } else {
-                                let both = _mm256_hadd_epi32(half[k], h);
-                                dots[k] = _mm_add_epi32(_mm256_castsi256_si128(both), _mm256_extracti128_si256(both, 1));
-                            }
-                        }
-                    }
-                    let d = _mm_setr_ps(blk[0].d, blk[1].d, blk[2].d, blk[3].d);
-                    let dmin = _mm_setr_ps(blk[0].dmin, blk[1].dmin, blk[2].dmin, blk[3].dmin);
-                    let mins = blk.map(|b| load(b.mins.as_ptr().cast()));
-                    for (k, sum) in sums.iter_mut().enumerate() {
-                        let x = &x4[k][s];
-                        let bsums = load(x.bsums.as_ptr().cast());
-                        let (dot, min) = (dots[k], hsum4(mins.map(|m| _mm256_madd_epi16(m, bsums))));
-                        let xd = _mm_set1_ps(x.d);
-                        let step = if blk[0].six {
-                            _mm_mul_ps(_mm_mul_ps(d, xd), _mm_cvtepi32_ps(_mm_add_epi32(dot, min)))
-                        } else {
-                            let sub = _mm_mul_ps(_mm_mul_ps(dmin, xd), _mm_cvtepi32_ps(min));
-                            _mm_sub_ps(_mm_mul_ps(_mm_mul_ps(d, xd), _mm_cvtepi32_ps(dot)), sub)
-                        };
-                        *sum = _mm_add_ps(*sum, step);
-                    }
-                }
-                for (k, sum) in sums.iter().enumerate().take(xs.len() - i0) {
-                    let mut s = [0f32; 4];
-                    _mm_storeu_ps(s.as_mut_ptr(), *sum);
-                    for (pr, s) in p.iter_mut().zip(s) {
-                        pr[i0 + k] += s;
-                    }
-                }
-            }
-        }
-    };
-}
-
-ktile_avx2!("avx2,fma,f16c", madd_add: tile_avx2);
-
-/// `acc + Σ` of `m`'s i16 pairs times `scale`'s, 512-bit.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
-fn madd_add512(acc: __m512i, m: __m512i, scale: __m512i) -> __m512i {
-    _mm512_add_epi32(acc, _mm512_madd_epi16(m, scale))
-}
-
-/// [`madd_add512`] in one `vpdpwssd` (AVX-512 VNNI; no lane overflows here).
+/// [`dot4`] in one `vpdpbusd` (AVX-512 VNNI on 256-bit vectors: the same lanes, since the
+/// `maddubs` pairs it replaces never saturate here).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn madd_add512_vnni(acc: __m512i, m: __m512i, scale: __m512i) -> __m512i {
-    _mm512_dpwssd_epi32(acc, m, scale)
+fn dot4_vnni(acc: __m256i, c: __m256i, x: __m256i) -> __m256i {
+    _mm256_dpbusd_epi32(acc, c, x)
 }
 
-/// [`tile`] with AVX-512: as the AVX2 tile, on 512-bit vectors of two chunks (64 codes, both
-/// chunks' lane scales), four rows by four tokens at once (16 accumulators: the 32 vector
-/// registers hold them with the rows' codes and scales); each accumulator folds to 256 bits
-/// before the AVX2 tile's reduction. The same integer sums and f32 steps: bit for bit the
-/// scalar result. With VNNI the scale multiply and add are one `vpdpwssd`.
-macro_rules! ktile_avx512 {
-    ($features:literal, $madd_add:path: $name:ident) => {
+/// [`tile`] with AVX2, four tokens per pass: per group of four codes one load of the eight
+/// rows' codes and per token one broadcast of its four activation codes and one [`dot4`]; per
+/// scale (32 codes, Q6_K 16) the sums times the rows' scales (`vpmulld`); per super-block the rows' mins
+/// against the token's per-16 sums (`madd` of pairs) and the f32 step as row vectors, with
+/// the scalar step's operations (no FMA), added to the token's running sums in registers.
+macro_rules! ktile {
+    ($features:literal, $dot4:path: $name:ident) => {
         /// # Safety
-        /// Needs the CPU features named in its `target_feature`; every row of `b` and token of
-        /// `xs` holds the same number of super-blocks.
+        /// Needs the CPU features named in its `target_feature`; every token of `xs` holds
+        /// `w.len()` super-blocks.
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
-        pub(in crate::backend::cpu) unsafe fn $name<const N: usize>(
-            b: [&[KBlock]; 4],
-            xs: &[&[BlockQ8K]],
-            p: &mut [[f32; N]; 4],
-        ) {
-            let load = |p: *const u8| _mm512_loadu_si512(p.cast());
-            let fold = |v: __m512i| _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1));
+        pub(in crate::backend::cpu) unsafe fn $name<const N: usize>(w: &[KRows], xs: &[&[BlockQ8K]], p: &mut [[f32; N]; 8]) {
+            let load = |p: *const u8| _mm256_loadu_si256(p.cast());
+            // Four bytes (or two i16) at `p`, in every i32 lane.
+            let bcast = |p: *const u8| _mm256_set1_epi32(std::ptr::read_unaligned(p.cast::<i32>()));
             for i0 in (0..xs.len()).step_by(4) {
                 // A short last group repeats its last token (its sums are dropped).
                 let x4: [&[BlockQ8K]; 4] = std::array::from_fn(|k| xs[(i0 + k).min(xs.len() - 1)]);
-                // Per token, the four rows' running sums (lane r: row r).
-                let mut sums = [_mm_setzero_ps(); 4];
-                for s in 0..b[0].len() {
-                    let blk = b.map(|row| &row[s]);
-                    let mut a = [[_mm512_setzero_si512(); 4]; 4];
-                    for q in 0..4 {
-                        let c = blk.map(|r| load(r.codes[64 * q..].as_ptr()));
-                        // Chunks 2q and 2q + 1's lane scales are adjacent.
-                        let sc = blk.map(|r| load(r.scales.as_ptr().add(2 * q).cast()));
-                        for k in 0..4 {
-                            let xv = load(x4[k][s].qs[64 * q..].as_ptr().cast());
-                            for r in 0..4 {
-                                a[r][k] = $madd_add(a[r][k], _mm512_maddubs_epi16(c[r], xv), sc[r]);
+                let mut sums = [_mm256_setzero_ps(); 4];
+                for (s, ws) in w.iter().enumerate() {
+                    let xb = x4.map(|x| &x[s]);
+                    let mut dot = [_mm256_setzero_si256(); 4];
+                    // One scale per 32 codes (Q4_K, Q5_K: groups 2i and 2i + 1 share it) or 16 (Q6_K).
+                    let per = if ws.six { 1 } else { 2 };
+                    for (h, scales) in ws.scales.iter().enumerate().step_by(per) {
+                        let mut part = [_mm256_setzero_si256(); 4];
+                        for g in 4 * h..4 * (h + per) {
+                            let c = load(ws.codes[g].as_ptr());
+                            for k in 0..4 {
+                                part[k] = $dot4(part[k], c, bcast(xb[k].qs[4 * g..].as_ptr().cast()));
                             }
                         }
+                        let scales = load(scales.as_ptr().cast());
+                        for k in 0..4 {
+                            dot[k] = _mm256_add_epi32(dot[k], _mm256_mullo_epi32(part[k], scales));
+                        }
                     }
-                    let d = _mm_setr_ps(blk[0].d, blk[1].d, blk[2].d, blk[3].d);
-                    let dmin = _mm_setr_ps(blk[0].dmin, blk[1].dmin, blk[2].dmin, blk[3].dmin);
-                    let mins = blk.map(|b| _mm256_loadu_si256(b.mins.as_ptr().cast()));
-                    for (k, sum) in sums.iter_mut().enumerate() {
-                        let x = &x4[k][s];
-                        let bsums = _mm256_loadu_si256(x.bsums.as_ptr().cast());
-                        let dot = hsum4([0, 1, 2, 3].map(|r| fold(a[r][k])));
-                        let min = hsum4(mins.map(|m| _mm256_madd_epi16(m, bsums)));
-                        let xd = _mm_set1_ps(x.d);
-                        let step = if blk[0].six {
-                            _mm_mul_ps(_mm_mul_ps(d, xd), _mm_cvtepi32_ps(_mm_add_epi32(dot, min)))
+                    let d = _mm256_loadu_ps(ws.d.as_ptr());
+                    let dmin = _mm256_loadu_ps(ws.dmin.as_ptr());
+                    for k in 0..4 {
+                        let mut min = _mm256_setzero_si256();
+                        for (j, mins) in ws.mins.iter().enumerate() {
+                            let pair = bcast(xb[k].bsums[2 * j..].as_ptr().cast());
+                            min = _mm256_add_epi32(min, _mm256_madd_epi16(load(mins.as_ptr().cast()), pair));
+                        }
+                        let xd = _mm256_set1_ps(xb[k].d);
+                        let step = if ws.six {
+                            _mm256_mul_ps(_mm256_mul_ps(d, xd), _mm256_cvtepi32_ps(_mm256_add_epi32(dot[k], min)))
                         } else {
-                            let sub = _mm_mul_ps(_mm_mul_ps(dmin, xd), _mm_cvtepi32_ps(min));
-                            _mm_sub_ps(_mm_mul_ps(_mm_mul_ps(d, xd), _mm_cvtepi32_ps(dot)), sub)
+                            let sub = _mm256_mul_ps(_mm256_mul_ps(dmin, xd), _mm256_cvtepi32_ps(min));
+                            _mm256_sub_ps(_mm256_mul_ps(_mm256_mul_ps(d, xd), _mm256_cvtepi32_ps(dot[k])), sub)
                         };
-                        *sum = _mm_add_ps(*sum, step);
+                        sums[k] = _mm256_add_ps(sums[k], step);
                     }
                 }
                 for (k, sum) in sums.iter().enumerate().take(xs.len() - i0) {
-                    let mut s = [0f32; 4];
-                    _mm_storeu_ps(s.as_mut_ptr(), *sum);
+                    let mut s = [0f32; 8];
+                    _mm256_storeu_ps(s.as_mut_ptr(), *sum);
                     for (pr, s) in p.iter_mut().zip(s) {
                         pr[i0 + k] += s;
                     }
@@ -332,5 +269,5 @@ macro_rules! ktile_avx512 {
     };
 }
 
-ktile_avx512!("avx2,fma,f16c,avx512f,avx512bw,avx512vl", madd_add512: tile_avx512);
-ktile_avx512!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", madd_add512_vnni: tile_vnni);
+ktile!("avx2,fma,f16c", dot4: tile_avx2);
+ktile!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", dot4_vnni: tile_vnni);
