@@ -5,19 +5,21 @@
 //! token, the matmul prepares a panel of [`ROWS`] rows once and runs every token against it in
 //! tiles of [`TOKENS`], so that weights are read from memory once per op and decoded once
 //! per panel (the blocking of Goto & van de Geijn 2008; llama.cpp's `ggml_compute_forward_mul_mat`
-//! with llamafile's `tinyBLAS` 4-row tiles).
+//! with llamafile's `tinyBLAS` 4-row tiles, and ggml-cpu's `repack.cpp` eight-row layouts).
 //!
-//! - Fast mode, K-quants: activations quantized once to Q8_K, each panel row's super-blocks
-//!   decoded to codes and lane scales (`quant/ktile.rs`), then per super-block one activation
-//!   block against four rows. Bit for bit the matvec's result.
+//! - Fast mode, K-quants: activations quantized once to Q8_K, the panel's eight rows decoded
+//!   and interleaved by four codes per super-block (`quant/ktile.rs`), then one `vpdpbusd`
+//!   per four codes of all eight rows and a token, every lane a row. Bit for bit the
+//!   matvec's result.
 //! - Fast mode, Q4_0 / Q4_1 / Q8_0: activations quantized once to Q8_0, each panel row's
 //!   blocks decoded to codes and f32 scales (`quant/ltile.rs`), then register tiles of two
-//!   rows by four tokens over stretches of blocks, with the matvec's per-block f32 steps and
-//!   accumulators (its byte dots in `vpdpbusd` at the AVX-512 VNNI level). Bit for bit the
-//!   matvec's.
+//!   rows by four tokens over stretches of blocks, four rows at a time, with the matvec's
+//!   per-block f32 steps and accumulators (its byte dots in `vpdpbusd` at the AVX-512 VNNI
+//!   level). Bit for bit the matvec's.
 //! - Exact mode (and the float formats in both): the panel dequantized to f32 once (the
 //!   reference block dequantizer), then the 4 x 2 FMA micro-kernel (`quant/ftile.rs`) over
-//!   stretches of [`COLS`] columns that keep a tile's rows and tokens in L1.
+//!   stretches of [`COLS`] columns that keep a tile's rows and tokens in L1, four rows at a
+//!   time.
 //!
 //! Output rows are split into chunks of whole panels that the pool's threads claim.
 
