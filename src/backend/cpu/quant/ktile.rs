@@ -201,11 +201,12 @@ fn dot4_vnni(acc: __m256i, c: __m256i, x: __m256i) -> __m256i {
     _mm256_dpbusd_epi32(acc, c, x)
 }
 
-/// [`tile`] with AVX2, four tokens per pass: per group of four codes one load of the eight
-/// rows' codes and per token one broadcast of its four activation codes and one [`dot4`]; per
-/// scale (32 codes, Q6_K 16) the sums times the rows' scales (`vpmulld`); per super-block the rows' mins
-/// against the token's per-16 sums (`madd` of pairs) and the f32 step as row vectors, with
-/// the scalar step's operations (no FMA), added to the token's running sums in registers.
+/// [`tile`] with AVX2 (`tile_avx2`; `tile_vnni` with [`dot4_vnni`]), four tokens per pass:
+/// per group of four codes one load of the eight rows' codes and per token one broadcast of
+/// its four activation codes and one [`dot4`]; per scale (32 codes, Q6_K 16) the sums times
+/// the rows' scales (`vpmulld`); per super-block the rows' mins against the token's per-16
+/// sums (`madd` of pairs) and the f32 step as row vectors, with the scalar step's operations
+/// (no FMA), added to the token's running sums in registers.
 macro_rules! ktile {
     ($features:literal, $dot4:path: $name:ident) => {
         /// # Safety
