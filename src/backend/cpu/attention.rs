@@ -7,17 +7,24 @@
 //! (q `[n_tok][q_stride]` with head h at `q_offset + h*head_dim`, caches
 //! `[rows][n_kv_head*head_dim]`, out `[n_tok][n_head*head_dim]`), f32 caches only.
 //!
-//! Each (query row, head) is one pool task that walks its keys once, in blocks of [`BLOCK`],
+//! Each (query row, KV head) is one pool task that walks its keys once, in blocks of
+//! [`BLOCK`], for all the query heads that share the KV head (each block read from memory once),
 //! with the online softmax of FlashAttention (Dao et al. 2022; Milakov & Gimelshein 2018;
-//! ggml-cpu `ggml_compute_forward_flash_attn_ext_f16`): a running maximum `m`, denominator `l`
-//! and f32 output accumulator, rescaled by `exp(m_old - m_new)` when a block raises the
-//! maximum. Decode is the same with one row.
+//! ggml-cpu `ggml_compute_forward_flash_attn_ext_f16`): per head a running maximum `m`,
+//! denominator `l` and f32 output accumulator, rescaled by `exp(m_old - m_new)` when a block
+//! raises the maximum. With AVX2 the scores of eight keys come from eight FMA chains and one
+//! `hadd` tree, and the value sums keep 64 output columns in registers across a block.
+//! Decode is the same with one row.
+
+use std::ops::Range;
 
 use super::ops::{check_len, check_min_len, for_each_chunk, invalid, ShapeError};
 use super::pool::ThreadPool;
-#[cfg(target_arch = "x86_64")]
-use super::simd;
+use super::simd::{self, Simd};
 use crate::kernels::shapes::{AttnShape, KvDtype};
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
 
 /// Keys per block: scores of a block are computed first, then the maximum is updated once.
 pub const BLOCK: usize = 32;
@@ -55,8 +62,8 @@ fn exp_nonpositive(x: f32) -> f32 {
     }
 }
 
-/// One query row's online softmax over the keys given to [`keys`](Self::keys): running
-/// maximum `m`, denominator `l`, and the output accumulator `acc` (head_dim values).
+/// One query head's online softmax: running maximum `m`, denominator `l`, and the output
+/// accumulator `acc` (head_dim values).
 pub(super) struct OnlineSoftmax<'a> {
     m: f32,
     l: f32,
@@ -69,52 +76,26 @@ impl<'a> OnlineSoftmax<'a> {
         OnlineSoftmax { m: f32::NEG_INFINITY, l: 0.0, acc }
     }
 
-    /// Adds the keys `range` of `k` / `v` (row `j` at `j * stride`, `acc.len()` values read)
-    /// with scores `q · k[j] * scale`, in blocks of [`BLOCK`]. Where the CPU has AVX2 the
-    /// same code is compiled for it (the same operations in the same order: the same bits).
-    pub(super) fn keys(&mut self, q: &[f32], k: &[f32], v: &[f32], stride: usize, range: std::ops::Range<usize>, scale: f32) {
-        #[cfg(target_arch = "x86_64")]
-        if simd::level().avx2() {
-            // SAFETY: the level implies AVX2.
-            return unsafe { self.keys_avx2(q, k, v, stride, range, scale) };
-        }
-        self.keys_portable(q, k, v, stride, range, scale)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn keys_avx2(&mut self, q: &[f32], k: &[f32], v: &[f32], stride: usize, range: std::ops::Range<usize>, scale: f32) {
-        self.keys_portable(q, k, v, stride, range, scale)
-    }
-
+    /// Turns a block's raw scores `s` into softmax weights against the running maximum
+    /// (raised first if the block holds a larger score, rescaling `l` and `acc`), and adds
+    /// them to `l`.
     #[inline(always)]
-    fn keys_portable(&mut self, q: &[f32], k: &[f32], v: &[f32], stride: usize, range: std::ops::Range<usize>, scale: f32) {
-        let hd = self.acc.len();
-        let mut scores = [0f32; BLOCK];
-        for k0 in range.clone().step_by(BLOCK) {
-            let s = &mut scores[..BLOCK.min(range.end - k0)];
-            let mut block_max = f32::NEG_INFINITY;
-            for (j, s) in s.iter_mut().enumerate() {
-                *s = dot(q, &k[(k0 + j) * stride..][..hd]) * scale;
-                block_max = block_max.max(*s);
-            }
-            if block_max > self.m {
-                // exp(-inf) = 0 on the first block, where acc and l are still 0.
-                let corr = (self.m - block_max).exp();
-                self.l *= corr;
-                self.acc.iter_mut().for_each(|a| *a *= corr);
-                self.m = block_max;
-            }
-            // The block's weights first, in one loop the compiler vectorizes.
-            let m = self.m;
-            s.iter_mut().for_each(|s| *s = exp_nonpositive(*s - m));
-            for (j, &p) in s.iter().enumerate() {
-                self.l += p;
-                for (a, &vv) in self.acc.iter_mut().zip(&v[(k0 + j) * stride..][..hd]) {
-                    *a += p * vv;
-                }
-            }
+    fn weigh(&mut self, s: &mut [f32], scale: f32) {
+        let mut block_max = f32::NEG_INFINITY;
+        for x in s.iter_mut() {
+            *x *= scale;
+            block_max = block_max.max(*x);
         }
+        if block_max > self.m {
+            // exp(-inf) = 0 on the first block, where acc and l are still 0.
+            let corr = (self.m - block_max).exp();
+            self.l *= corr;
+            self.acc.iter_mut().for_each(|a| *a *= corr);
+            self.m = block_max;
+        }
+        let m = self.m;
+        s.iter_mut().for_each(|x| *x = exp_nonpositive(*x - m));
+        self.l += s.iter().sum::<f32>();
     }
 
     /// Divides by the denominator (no key: the output stays zero).
@@ -123,6 +104,170 @@ impl<'a> OnlineSoftmax<'a> {
             let inv = 1.0 / self.l;
             self.acc.iter_mut().for_each(|a| *a *= inv);
         }
+    }
+}
+
+/// A KV cache's columns of one KV head: key `j` at `k[j * stride..][..head_dim]`, its value
+/// likewise in `v`.
+#[derive(Clone, Copy)]
+pub(super) struct Kv<'a> {
+    pub(super) k: &'a [f32],
+    pub(super) v: &'a [f32],
+    pub(super) stride: usize,
+}
+
+/// Adds the keys `range` of `kv` to each query head `heads[i]` (query `qs[i]`), scores
+/// `q · k * scale`, in blocks of [`BLOCK`]. The heads share the KV head, so a block is read
+/// from memory once and from L1 for the others (grouped-query attention). At `simd` levels
+/// with AVX2 the scores of eight keys at a time and the value sums run on vectors.
+pub(super) fn attend(simd: Simd, heads: &mut [OnlineSoftmax], qs: &[&[f32]], kv: Kv, range: Range<usize>, scale: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if simd.avx2() {
+        // SAFETY: the level implies AVX2 and FMA.
+        return unsafe { attend_avx2(heads, qs, kv, range, scale) };
+    }
+    let _ = simd;
+    attend_with(heads, qs, kv, range, scale, scores_portable, accumulate_portable)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attend_avx2(heads: &mut [OnlineSoftmax], qs: &[&[f32]], kv: Kv, range: Range<usize>, scale: f32) {
+    // SAFETY (both closures): this function runs only where AVX2 and FMA are.
+    attend_with(
+        heads,
+        qs,
+        kv,
+        range,
+        scale,
+        |q, k, stride, s| unsafe { scores_avx2(q, k, stride, s) },
+        |acc, p, v, stride| unsafe { accumulate_avx2(acc, p, v, stride) },
+    )
+}
+
+/// [`attend`] with its two inner loops: `scores(q, k, stride, s)` sets `s[j] = q · k_j` for the
+/// block's keys (`k_j` at `k[j * stride..]`), `accumulate(acc, p, v, stride)` adds
+/// `Σ_j p[j] v_j` to `acc`.
+#[inline(always)]
+fn attend_with(
+    heads: &mut [OnlineSoftmax],
+    qs: &[&[f32]],
+    kv: Kv,
+    range: Range<usize>,
+    scale: f32,
+    scores: impl Fn(&[f32], &[f32], usize, &mut [f32]),
+    accumulate: impl Fn(&mut [f32], &[f32], &[f32], usize),
+) {
+    let Some(hd) = heads.first().map(|h| h.acc.len()) else { return };
+    let mut s = [0f32; BLOCK];
+    for k0 in range.clone().step_by(BLOCK) {
+        let n = BLOCK.min(range.end - k0);
+        let span = (n - 1) * kv.stride + hd;
+        let (k, v) = (&kv.k[k0 * kv.stride..][..span], &kv.v[k0 * kv.stride..][..span]);
+        for (head, q) in heads.iter_mut().zip(qs) {
+            let s = &mut s[..n];
+            scores(&q[..hd], k, kv.stride, s);
+            head.weigh(s, scale);
+            accumulate(head.acc, s, v, kv.stride);
+        }
+    }
+}
+
+#[inline(always)]
+fn scores_portable(q: &[f32], k: &[f32], stride: usize, s: &mut [f32]) {
+    for (j, s) in s.iter_mut().enumerate() {
+        *s = dot(q, &k[j * stride..][..q.len()]);
+    }
+}
+
+#[inline(always)]
+fn accumulate_portable(acc: &mut [f32], p: &[f32], v: &[f32], stride: usize) {
+    let hd = acc.len();
+    for (j, &p) in p.iter().enumerate() {
+        for (a, &vv) in acc.iter_mut().zip(&v[j * stride..][..hd]) {
+            *a += p * vv;
+        }
+    }
+}
+
+/// The eight lanes' sums of eight vectors, as one vector (`hadd` tree).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn sum8(a: [__m256; 8]) -> __m256 {
+    let s0123 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+    let s4567 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+    // s0123 = [Σlo a0..a3 | Σhi a0..a3], s4567 likewise: add the halves across.
+    _mm256_add_ps(_mm256_permute2f128_ps(s0123, s4567, 0x20), _mm256_permute2f128_ps(s0123, s4567, 0x31))
+}
+
+/// [`scores_portable`] eight keys at a time: eight independent FMA chains, one per key, and
+/// one [`sum8`] instead of eight horizontal sums.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn scores_avx2(q: &[f32], k: &[f32], stride: usize, s: &mut [f32]) {
+    let hd = q.len();
+    let mut j = 0;
+    if hd.is_multiple_of(LANES) {
+        debug_assert!(s.is_empty() || k.len() >= (s.len() - 1) * stride + hd);
+        while j + 8 <= s.len() {
+            let mut acc = [_mm256_setzero_ps(); 8];
+            for c in (0..hd).step_by(LANES) {
+                let qc = _mm256_loadu_ps(q.as_ptr().add(c));
+                for (i, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: key j + i < s.len() ends by (s.len() - 1) * stride + hd ≤ k.len().
+                    *a = _mm256_fmadd_ps(qc, _mm256_loadu_ps(k.as_ptr().add((j + i) * stride + c)), *a);
+                }
+            }
+            _mm256_storeu_ps(s.as_mut_ptr().add(j), sum8(acc));
+            j += 8;
+        }
+    }
+    if j < s.len() {
+        scores_portable(q, &k[j * stride..], stride, &mut s[j..]);
+    }
+}
+
+/// `acc[c..c + 8N] += Σ_j p[j] v_j[c..c + 8N]` with the N vectors in registers over the block.
+///
+/// # Safety
+/// AVX2 and FMA; `acc[c..c + 8N]` in bounds and `v` holding `(p.len() - 1) * stride + c + 8N`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn accumulate_columns<const N: usize>(acc: &mut [f32], c: usize, p: &[f32], v: &[f32], stride: usize) {
+    let at = acc.as_mut_ptr().add(c);
+    let mut a: [__m256; N] = std::array::from_fn(|i| _mm256_loadu_ps(at.add(LANES * i)));
+    for (j, &pj) in p.iter().enumerate() {
+        let (pj, row) = (_mm256_set1_ps(pj), v.as_ptr().add(j * stride + c));
+        for (i, a) in a.iter_mut().enumerate() {
+            *a = _mm256_fmadd_ps(pj, _mm256_loadu_ps(row.add(LANES * i)), *a);
+        }
+    }
+    for (i, a) in a.iter().enumerate() {
+        _mm256_storeu_ps(at.add(LANES * i), *a);
+    }
+}
+
+/// [`accumulate_portable`] with the accumulator in registers: 64 columns at a time (eight
+/// independent chains), then 8 at a time, then the rest.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn accumulate_avx2(acc: &mut [f32], p: &[f32], v: &[f32], stride: usize) {
+    let hd = acc.len();
+    if p.is_empty() {
+        return;
+    }
+    assert!(v.len() >= (p.len() - 1) * stride + hd);
+    let mut c = 0;
+    while c + 8 * LANES <= hd {
+        accumulate_columns::<8>(acc, c, p, v, stride);
+        c += 8 * LANES;
+    }
+    while c + LANES <= hd {
+        accumulate_columns::<1>(acc, c, p, v, stride);
+        c += LANES;
+    }
+    if c < hd {
+        accumulate_portable(&mut acc[c..], p, &v[c..], stride);
     }
 }
 
@@ -171,21 +316,24 @@ pub fn attention_prefill(
     kv_start: usize,
 ) -> Result<(), ShapeError> {
     let group = check(shape, q, k_cache, v_cache, out, n_tok, kv_start)?;
-    let (n_head, hd) = (shape.n_head as usize, shape.head_dim as usize);
-    let kvs = shape.n_kv_head as usize * hd;
+    let (n_kv, hd) = (shape.n_kv_head as usize, shape.head_dim as usize);
+    let kvs = n_kv * hd;
     let valid = shape.valid_rows as usize;
-    for_each_chunk(pool, out, hd, |task, acc| {
-        let (t, h) = (task / n_head, task % n_head);
+    let simd = simd::level();
+    // Query head h of token t is out's chunk t * n_head + h, so a task's group of heads
+    // (those of one KV head) is one chunk of `group` of them.
+    for_each_chunk(pool, out, group * hd, |task, accs| {
+        let (t, kvh) = (task / n_kv, task % n_kv);
         let mut n_keys = if shape.causal { kv_start + t + 1 } else { kv_start + n_tok };
         if t >= valid {
             n_keys = n_keys.min(valid);
         }
-        let qr = &q[t * shape.q_stride as usize + shape.q_offset as usize + h * hd..][..hd];
-        let col = (h / group) * hd;
-        let (k, v) = (&k_cache[col..], &v_cache[col..]);
-        let mut sm = OnlineSoftmax::new(acc);
-        sm.keys(qr, k, v, kvs, 0..n_keys, shape.scale);
-        sm.finish();
+        let q0 = t * shape.q_stride as usize + shape.q_offset as usize + kvh * group * hd;
+        let qs: Vec<&[f32]> = q[q0..][..group * hd].chunks_exact(hd).collect();
+        let mut heads: Vec<OnlineSoftmax> = accs.chunks_exact_mut(hd).map(OnlineSoftmax::new).collect();
+        let kv = Kv { k: &k_cache[kvh * hd..], v: &v_cache[kvh * hd..], stride: kvs };
+        attend(simd, &mut heads, &qs, kv, 0..n_keys, shape.scale);
+        heads.into_iter().for_each(OnlineSoftmax::finish);
     });
     Ok(())
 }

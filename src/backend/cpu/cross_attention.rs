@@ -9,9 +9,10 @@
 //! sees no tile gets a zero row, as [`cross_attention_ref`](crate::kernels::cross_attention::cross_attention_ref).
 //! Also the tanh-gated residual add of the cross layers ([`gated_add`]).
 
-use super::attention::OnlineSoftmax;
+use super::attention::{attend, Kv, OnlineSoftmax};
 use super::ops::{check_len, check_min_len, for_each_chunk, invalid, rows_per_task, ShapeError};
 use super::pool::ThreadPool;
+use super::simd;
 use crate::kernels::shapes::CrossAttnShape;
 
 const OP: &str = "cross_attention";
@@ -42,14 +43,17 @@ pub fn cross_attention(
     check_len(OP, "mask", mask.len(), n_tok * n_tiles)?;
     check_len(OP, "out", out.len(), n_tok * n_head * hd)?;
     let group = n_head / n_kv;
+    let simd = simd::level();
     for_each_chunk(pool, out, hd, |task, acc| {
         let (t, h) = (task / n_head, task % n_head);
         let qr = &q[t * q_stride + h * hd..][..hd];
         let col = (h / group) * hd;
-        let mut sm = OnlineSoftmax::new(acc);
+        let kv = Kv { k: &k[col..], v: &v[col..], stride: kvs };
+        let mut sm = [OnlineSoftmax::new(acc)];
         for (tile, _) in mask[t * n_tiles..][..n_tiles].iter().enumerate().filter(|(_, &m)| m != 0) {
-            sm.keys(qr, &k[col..], &v[col..], kvs, tile * tile_keys..(tile + 1) * tile_keys, s.scale);
+            attend(simd, &mut sm, &[qr], kv, tile * tile_keys..(tile + 1) * tile_keys, s.scale);
         }
+        let [sm] = sm;
         sm.finish();
     });
     Ok(())

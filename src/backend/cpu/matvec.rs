@@ -6,7 +6,7 @@
 //! every token while the row is in L1.
 
 use super::pool::ThreadPool;
-use super::quant::{dequant_dot, quantize_q8, quantize_q8k, Kernel, QuantError};
+use super::quant::{dequant_dot, quantize_q8, quantize_q8k, Dot4, Kernel, QuantError};
 use super::simd;
 use crate::gguf::GgmlType;
 pub use crate::kernels::shapes::{Epilogue, Output};
@@ -147,10 +147,10 @@ pub fn matvec_into(
     let kernel = Kernel::of(w.ty, mode == Mode::Fast, simd::level()).ok_or(MatvecError::Unsupported(w.ty))?;
     let run = Run { pool, w, n_tok, outputs, out, y: Rows(y.as_mut_ptr()) };
     match kernel {
-        Kernel::F32(dot) => run.rows(x, &dot),
-        Kernel::Dequant(ty, block) => run.rows(x, &|r, x| dequant_dot(ty, block, r, x)),
-        Kernel::Q8(dot) => run.rows(&quantize_q8(x)?, &dot),
-        Kernel::Q8K(dot) => run.rows(&quantize_q8k(x)?, &dot),
+        Kernel::F32(dot) => run.rows(x, &dot, None),
+        Kernel::Dequant(ty, block) => run.rows(x, &|r, x| dequant_dot(ty, block, r, x), None),
+        Kernel::Q8(dot, dot4) => run.rows(&quantize_q8(x)?, &dot, dot4.as_ref().map(|d| d as _)),
+        Kernel::Q8K(dot) => run.rows(&quantize_q8k(x)?, &dot, None),
     }
     Ok(())
 }
@@ -201,33 +201,59 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    /// Runs every output row against `acts` (`n_tok` equal parts) on the pool.
-    fn rows<A: Sync>(&self, acts: &[A], dot: &(dyn Fn(&[u8], &[A]) -> f32 + Sync)) {
+    /// Runs every output row against `acts` (`n_tok` equal parts) on the pool, four rows per
+    /// call where the format has a four-row kernel `dot4`.
+    fn rows<A: Sync>(&self, acts: &[A], dot: &(dyn Fn(&[u8], &[A]) -> f32 + Sync), dot4: Option<&Dot4<A>>) {
         let (w, outputs) = (self.w, self.outputs);
         let tasks = (w.bytes.len() / MIN_TASK_BYTES).clamp(1, self.pool.threads() * TASKS_PER_THREAD);
-        let chunk = outputs.div_ceil(tasks);
-        let (stride, offset) = (self.out.stride as usize, self.out.offset as usize);
+        // Chunks of whole quads, so that only the last one has a partial quad.
+        let chunk = outputs.div_ceil(tasks).next_multiple_of(4);
         let gated = self.out.epilogue == Epilogue::SiluMul;
         let task = |i: usize| {
-            for r in i * chunk..outputs.min((i + 1) * chunk) {
-                w.prefetch(r);
-                if gated {
-                    w.prefetch(r + outputs);
-                }
-                for (t, xt) in acts.chunks_exact(acts.len() / self.n_tok).enumerate() {
-                    let v = dot(w.row(r), xt);
-                    // SAFETY: in bounds (`matvec_into` checked `y` for `n_tok` tokens at `out`)
-                    // and written by this task only: `t * stride + r` differs for every
-                    // (t, r < outputs) as `stride ≥ outputs`, and tasks own disjoint rows.
-                    let y = unsafe { &mut *self.y.at(t * stride + offset + r) };
-                    match self.out.epilogue {
-                        Epilogue::Store => *y = v,
-                        Epilogue::Add => *y += v,
-                        Epilogue::SiluMul => *y = v / (1.0 + (-v).exp()) * dot(w.row(r + outputs), xt),
+            let end = outputs.min((i + 1) * chunk);
+            let mut r = i * chunk;
+            while r < end {
+                let n = if dot4.is_some() { 4.min(end - r) } else { 1 };
+                for q in r..r + n {
+                    w.prefetch(q);
+                    if gated {
+                        w.prefetch(q + outputs);
                     }
                 }
+                for (t, xt) in acts.chunks_exact(acts.len() / self.n_tok).enumerate() {
+                    match dot4 {
+                        Some(dot4) if n == 4 => {
+                            let gate = dot4(std::array::from_fn(|k| w.row(r + k)), xt);
+                            let up = gated.then(|| dot4(std::array::from_fn(|k| w.row(r + outputs + k)), xt));
+                            for k in 0..4 {
+                                self.store(t, r + k, gate[k], up.map(|u| u[k]));
+                            }
+                        }
+                        _ => {
+                            for q in r..r + n {
+                                self.store(t, q, dot(w.row(q), xt), gated.then(|| dot(w.row(q + outputs), xt)));
+                            }
+                        }
+                    }
+                }
+                r += n;
             }
         };
         self.pool.run(outputs.div_ceil(chunk), &task);
+    }
+
+    /// Applies the epilogue to token `t`'s output `r`, `v` (and the SiLU gate's second
+    /// product `up`).
+    fn store(&self, t: usize, r: usize, v: f32, up: Option<f32>) {
+        // SAFETY: in bounds (`matvec_into` checked `y` for `n_tok` tokens at `out`) and
+        // written by this task only: `t * stride + r` differs for every (t, r < outputs) as
+        // `stride ≥ outputs`, and tasks own disjoint rows.
+        let y = unsafe { &mut *self.y.at(t * self.out.stride as usize + self.out.offset as usize + r) };
+        match (self.out.epilogue, up) {
+            (Epilogue::Store, _) => *y = v,
+            (Epilogue::Add, _) => *y += v,
+            (Epilogue::SiluMul, Some(up)) => *y = v / (1.0 + (-v).exp()) * up,
+            (Epilogue::SiluMul, None) => unreachable!("a gated product without its second row"),
+        }
     }
 }

@@ -79,60 +79,86 @@ unsafe fn load(b: &[i8; 32]) -> __m256i {
     _mm256_loadu_si256(b.as_ptr().cast())
 }
 
-/// `Σ d_b · lanes_b` over the blocks of a row, `d` and `lanes` a block's scale and eight integer
-/// lanes. Two accumulators take turns, so each FMA waits on the one two blocks back (one chain
-/// would hold a block to an FMA's latency).
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn fma_blocks(blocks: impl Iterator<Item = (__m256, __m256i)>) -> f32 {
-    let (mut acc, mut other) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    for (d, lanes) in blocks {
-        (acc, other) = (other, _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(lanes), acc));
+pub(super) const Q4_0: u8 = 0;
+pub(super) const Q4_1: u8 = 1;
+pub(super) const Q8_0: u8 = 2;
+
+/// Bytes per block of format `F`.
+const fn block_bytes<const F: u8>() -> usize {
+    match F {
+        Q4_0 => 18,
+        Q4_1 => 20,
+        _ => 34,
     }
-    hsum(_mm256_add_ps(acc, other))
 }
 
-/// The fast-mode row dots of Q4_0, Q4_1 and Q8_0 compiled for `features` with `dot` as the
-/// byte dot product: once with `maddubs` + `madd` (AVX2) and once with `vpdpbusd` (AVX-512
-/// VNNI), the same integer lanes either way.
+/// The fast-mode row dots of Q4_0, Q4_1 and Q8_0 (format `F`) compiled for `features` with
+/// `dot` as the byte dot product: once with `maddubs` + `madd` (AVX2) and once with `vpdpbusd`
+/// (AVX-512 VNNI), the same integer lanes either way. `$row` dots one row, `$rows4` four rows
+/// against the same activations (each block's codes, scale and sum loaded once for four rows,
+/// and four rows' worth of independent work per block), each row to the bits of `$row`.
 macro_rules! fast_dots {
-    ($features:literal, $dot:ident: $q4_0:ident, $q4_1:ident, $q8_0:ident) => {
+    ($features:literal, $dot:ident: $step:ident, $row:ident, $rows4:ident) => {
+        /// `acc` plus block `b`'s products with `xb`, the block's f32 step formed off the
+        /// accumulator's chain: Q4_0 `fma(d dx, lanes - Σqx, acc)` (the lanes add up to
+        /// `Σ q qx - 8 Σ qx`); Q4_1 `acc + fma(d dx, lanes, m dx Σqx / 8)` (each lane takes an
+        /// eighth, exact as a power of two, of the min term); Q8_0 `fma(d dx, lanes, acc)`.
         #[target_feature(enable = $features)]
-        pub(super) unsafe fn $q4_0(row: &[u8], x: &[BlockQ8]) -> f32 {
-            fma_blocks(row.chunks_exact(18).zip(x).map(|(b, xb)| {
-                // Each of the eight lanes less the code sum: the lanes add up to Σ q qx - 8 Σ qx.
-                let dot = $dot(nibbles(b[2..].as_ptr()), load(&xb.qs));
-                (_mm256_mul_ps(f16x8(b), _mm256_set1_ps(xb.d)), _mm256_sub_epi32(dot, _mm256_set1_epi32(xb.sum)))
-            }))
+        #[inline]
+        fn $step<const F: u8>(acc: __m256, b: &[u8], xb: &BlockQ8) -> __m256 {
+            let xd = _mm256_set1_ps(xb.d);
+            let d = _mm256_mul_ps(f16x8(b), xd);
+            // SAFETY: `b` is a whole block of format F (its codes end the block).
+            unsafe {
+                match F {
+                    Q4_0 => {
+                        let dot = $dot(nibbles(b[2..].as_ptr()), load(&xb.qs));
+                        _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_sub_epi32(dot, _mm256_set1_epi32(xb.sum))), acc)
+                    }
+                    Q4_1 => {
+                        let dot = _mm256_cvtepi32_ps($dot(nibbles(b[4..].as_ptr()), load(&xb.qs)));
+                        let min = _mm256_mul_ps(_mm256_mul_ps(f16x8(&b[2..]), xd), _mm256_set1_ps(xb.sum as f32 * 0.125));
+                        _mm256_add_ps(acc, _mm256_fmadd_ps(d, dot, min))
+                    }
+                    _ => {
+                        let w = _mm256_loadu_si256(b[2..34].as_ptr().cast());
+                        let dot = $dot(_mm256_sign_epi8(w, w), _mm256_sign_epi8(load(&xb.qs), w));
+                        _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot), acc)
+                    }
+                }
+            }
         }
 
+        /// One row of format `F`: even blocks into one accumulator and odd blocks into another,
+        /// so each step waits on the one two blocks back (one chain would hold a block to an
+        /// FMA's latency), summed at the end.
         #[target_feature(enable = $features)]
-        pub(super) unsafe fn $q4_1(row: &[u8], x: &[BlockQ8]) -> f32 {
-            // As `fma_blocks`, each block's product formed off the accumulators' chains.
+        pub(super) fn $row<const F: u8>(row: &[u8], x: &[BlockQ8]) -> f32 {
             let (mut acc, mut other) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-            for (b, xb) in row.chunks_exact(20).zip(x) {
-                let xd = _mm256_set1_ps(xb.d);
-                let dot = _mm256_cvtepi32_ps($dot(nibbles(b[4..].as_ptr()), load(&xb.qs)));
-                // Each lane takes an eighth (exact: a power of two) of the block's `m dx Σ qx`.
-                let min = _mm256_mul_ps(_mm256_mul_ps(f16x8(&b[2..]), xd), _mm256_set1_ps(xb.sum as f32 * 0.125));
-                (acc, other) = (other, _mm256_add_ps(acc, _mm256_fmadd_ps(_mm256_mul_ps(f16x8(b), xd), dot, min)));
+            for (b, xb) in row.chunks_exact(block_bytes::<F>()).zip(x) {
+                (acc, other) = (other, $step::<F>(acc, b, xb));
             }
             hsum(_mm256_add_ps(acc, other))
         }
 
+        /// [`$row`] of four rows at once.
         #[target_feature(enable = $features)]
-        pub(super) unsafe fn $q8_0(row: &[u8], x: &[BlockQ8]) -> f32 {
-            fma_blocks(row.chunks_exact(34).zip(x).map(|(b, xb)| {
-                let w = _mm256_loadu_si256(b[2..].as_ptr().cast());
-                let dot = $dot(_mm256_sign_epi8(w, w), _mm256_sign_epi8(load(&xb.qs), w));
-                (_mm256_mul_ps(f16x8(b), _mm256_set1_ps(xb.d)), dot)
-            }))
+        pub(super) fn $rows4<const F: u8>(rows: [&[u8]; 4], x: &[BlockQ8]) -> [f32; 4] {
+            let mut blocks = rows.map(|r| r.chunks_exact(block_bytes::<F>()));
+            let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+            for xb in x {
+                for (a, blocks) in acc.iter_mut().zip(&mut blocks) {
+                    let Some(b) = blocks.next() else { break };
+                    *a = [a[1], $step::<F>(a[0], b, xb)];
+                }
+            }
+            acc.map(|[a, other]| hsum(_mm256_add_ps(a, other)))
         }
     };
 }
 
-fast_dots!("avx2,fma,f16c", dot_u8_i8: q4_0, q4_1, q8_0);
-fast_dots!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", dot_u8_i8_vnni: q4_0_vnni, q4_1_vnni, q8_0_vnni);
+fast_dots!("avx2,fma,f16c", dot_u8_i8: step, row, rows4);
+fast_dots!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", dot_u8_i8_vnni: step_vnni, row_vnni, rows4_vnni);
 
 /// `acc[k] += w[k] * x[8k..8k + 8]` for the four vectors of a 32-weight sub-block.
 #[target_feature(enable = "avx2,fma,f16c")]

@@ -235,7 +235,7 @@ mod tests {
                 let w: [&[LBlock]; 4] = std::array::from_fn(|r| &decoded[r * n_b..][..n_b]);
                 for level in Simd::available() {
                     simd::with_level(level, || {
-                        let Some(Kernel::Q8(dot)) = Kernel::of(ty, true, level) else { panic!("{ty}: no Q8 kernel") };
+                        let Some(Kernel::Q8(dot, _)) = Kernel::of(ty, true, level) else { panic!("{ty}: no Q8 kernel") };
                         for n in 1..=9 {
                             let x: Vec<f32> = (0..n * n_b * 32).map(|_| rng.next_f32() * 2.0 - 1.0).collect();
                             let x = quantize_q8(&x).unwrap();

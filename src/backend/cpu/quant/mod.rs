@@ -39,6 +39,9 @@ fn f16_at(b: &[u8], at: usize) -> f32 {
 /// One weight row (whole blocks) against one token's activations.
 type Dot<A> = fn(&[u8], &[A]) -> f32;
 
+/// Four weight rows against one token's activations, each to the bits of the row's [`Dot`].
+pub(super) type Dot4<A> = fn([&[u8]; 4], &[A]) -> [f32; 4];
+
 /// The row kernel of one format, mode and level.
 #[derive(Clone, Copy)]
 pub(super) enum Kernel {
@@ -46,8 +49,8 @@ pub(super) enum Kernel {
     F32(Dot<f32>),
     /// f32 activations through the reference dequantizer of `ty`'s blocks ([`dequant_dot`]).
     Dequant(GgmlType, BlockDequantizer),
-    /// [`BlockQ8`] activations.
-    Q8(Dot<BlockQ8>),
+    /// [`BlockQ8`] activations, and where the level has one a four-row kernel.
+    Q8(Dot<BlockQ8>, Option<Dot4<BlockQ8>>),
     /// [`BlockQ8K`] activations.
     Q8K(Dot<BlockQ8K>),
 }
@@ -66,9 +69,9 @@ impl Kernel {
             (T::F32, _) => Kernel::F32(float::f32_row),
             (T::F16, _) => Kernel::F32(float::f16_row),
             (T::BF16, _) => Kernel::F32(float::bf16_row),
-            (T::Q4_0, true) => Kernel::Q8(scalar::q4_0),
-            (T::Q4_1, true) => Kernel::Q8(scalar::q4_1),
-            (T::Q8_0, true) => Kernel::Q8(scalar::q8_0),
+            (T::Q4_0, true) => Kernel::Q8(scalar::q4_0, None),
+            (T::Q4_1, true) => Kernel::Q8(scalar::q4_1, None),
+            (T::Q8_0, true) => Kernel::Q8(scalar::q8_0, None),
             (T::Q4_K, true) => Kernel::Q8K(scalar::q4_k),
             (T::Q5_K, true) => Kernel::Q8K(scalar::q5_k),
             (T::Q6_K, true) => Kernel::Q8K(scalar::q6_k),
@@ -91,15 +94,30 @@ impl Kernel {
         Some(match (ty, fast) {
             (T::Q4_K, true) if avx512 => Kernel::Q8K(|r, x| unsafe { k::q4_k_512(r, x) }),
             (T::Q6_K, true) if avx512 => Kernel::Q8K(|r, x| unsafe { k::q6_k_512(r, x) }),
-            (T::Q4_0, true) if vnni => Kernel::Q8(|r, x| unsafe { l::q4_0_vnni(r, x) }),
-            (T::Q4_1, true) if vnni => Kernel::Q8(|r, x| unsafe { l::q4_1_vnni(r, x) }),
-            (T::Q8_0, true) if vnni => Kernel::Q8(|r, x| unsafe { l::q8_0_vnni(r, x) }),
+            (T::Q4_0, true) if vnni => Kernel::Q8(
+                |r, x| unsafe { l::row_vnni::<{ l::Q4_0 }>(r, x) },
+                Some(|r, x| unsafe { l::rows4_vnni::<{ l::Q4_0 }>(r, x) }),
+            ),
+            (T::Q4_1, true) if vnni => Kernel::Q8(
+                |r, x| unsafe { l::row_vnni::<{ l::Q4_1 }>(r, x) },
+                Some(|r, x| unsafe { l::rows4_vnni::<{ l::Q4_1 }>(r, x) }),
+            ),
+            (T::Q8_0, true) if vnni => Kernel::Q8(
+                |r, x| unsafe { l::row_vnni::<{ l::Q8_0 }>(r, x) },
+                Some(|r, x| unsafe { l::rows4_vnni::<{ l::Q8_0 }>(r, x) }),
+            ),
             (T::F32, _) => Kernel::F32(|r, x| unsafe { f::f32_row(r, x) }),
             (T::F16, _) => Kernel::F32(|r, x| unsafe { f::f16_row(r, x) }),
             (T::BF16, _) => Kernel::F32(|r, x| unsafe { f::bf16_row(r, x) }),
-            (T::Q4_0, true) => Kernel::Q8(|r, x| unsafe { l::q4_0(r, x) }),
-            (T::Q4_1, true) => Kernel::Q8(|r, x| unsafe { l::q4_1(r, x) }),
-            (T::Q8_0, true) => Kernel::Q8(|r, x| unsafe { l::q8_0(r, x) }),
+            (T::Q4_0, true) => {
+                Kernel::Q8(|r, x| unsafe { l::row::<{ l::Q4_0 }>(r, x) }, Some(|r, x| unsafe { l::rows4::<{ l::Q4_0 }>(r, x) }))
+            }
+            (T::Q4_1, true) => {
+                Kernel::Q8(|r, x| unsafe { l::row::<{ l::Q4_1 }>(r, x) }, Some(|r, x| unsafe { l::rows4::<{ l::Q4_1 }>(r, x) }))
+            }
+            (T::Q8_0, true) => {
+                Kernel::Q8(|r, x| unsafe { l::row::<{ l::Q8_0 }>(r, x) }, Some(|r, x| unsafe { l::rows4::<{ l::Q8_0 }>(r, x) }))
+            }
             (T::Q4_K, true) => Kernel::Q8K(|r, x| unsafe { k::q4_k(r, x) }),
             (T::Q5_K, true) => Kernel::Q8K(|r, x| unsafe { k::q5_k(r, x) }),
             (T::Q6_K, true) => Kernel::Q8K(|r, x| unsafe { k::q6_k(r, x) }),
