@@ -451,21 +451,24 @@ fn backend_auto_takes_the_cpu_only_on_a_software_adapter() {
 
 /// `info` names the backend a model would run on and why; `--plan` plans on it: the GPU's
 /// adapter and f16 KV cache, or the CPU backend's RAM (the budget: the memory available now)
-/// and f32 KV cache.
+/// and its mode's KV cache (f16 fast, f32 exact).
 #[test]
 fn info_plans_on_the_backend_it_would_run_on() {
     let model = fixture("tiny_mistral3_b").join("model.gguf");
-    let plan = |backend: &str| {
-        let out = webvlm(&["info", "--model", model.to_str().unwrap(), "--plan", "--ctx", "64", "--backend", backend]);
-        assert!(out.status.success(), "{backend}: {}", text(&out.stderr));
+    let plan = |backend: &[&str]| {
+        let model = model.to_str().unwrap();
+        let out = webvlm(&[&["info", "--model", model, "--plan", "--ctx", "64", "--backend"], backend].concat());
+        assert!(out.status.success(), "{backend:?}: {}", text(&out.stderr));
         text(&out.stdout)
     };
-    let cpu = plan("cpu");
+    let cpu = plan(&["cpu"]);
     assert!(cpu.contains("backend:       cpu on CPU (") && cpu.contains("(--backend cpu)"), "{cpu}");
-    assert!(cpu.contains("RAM of the CPU backend") && cpu.contains("F32") && cpu.contains("fits: yes"), "{cpu}");
+    assert!(cpu.contains("RAM of the CPU backend") && cpu.contains("bytes, F16)") && cpu.contains("fits: yes"), "{cpu}");
+    let exact = plan(&["cpu", "--cpu-mode", "exact"]);
+    assert!(exact.contains("bytes, F32)"), "{exact}");
     let budget: f64 = cpu.split("budget").nth(1).and_then(|b| b.split_whitespace().next()).and_then(|b| b.parse().ok()).unwrap();
     assert!(budget > 0.0, "the available RAM: {cpu}");
-    let gpu = plan("gpu");
+    let gpu = plan(&["gpu"]);
     assert!(gpu.contains("memory plan:   adapter") && gpu.contains("F16") && gpu.contains("(--backend gpu)"), "{gpu}");
     assert!(gpu.contains("budget         unknown"), "{gpu}");
 }

@@ -11,10 +11,10 @@ use webvlm::backend::cpu::elementwise::{
     add_inplace, copy_first_halves, gelu_inplace, gelu_tanh, sigmoid_mul_second_halves, silu_mul_halves, silu_mul_inplace,
 };
 use webvlm::backend::cpu::norm::{layer_norm, rms_norm};
-use webvlm::backend::cpu::rope::{rope_inplace, rope_inplace_mrope};
+use webvlm::backend::cpu::rope::{rope_inplace, rope_inplace_mrope, rope_kv_store, Positions};
 use webvlm::backend::cpu::{simd, ShapeError, Simd, ThreadPool};
 use webvlm::gguf::SplitMix64;
-use webvlm::kernels::attention::{attention_ref, AttnShape, KvDtype};
+use webvlm::kernels::attention::{attention_ref, pack_f16, round_f16, AttnShape, KvDtype};
 use webvlm::kernels::elementwise::{gelu_ref, sigmoid_mul_second_halves_ref, silu_mul_ref};
 use webvlm::kernels::norm::rms_norm_ref;
 use webvlm::kernels::rope::{mrope_ref, rope_ref, rope_table, QScale, RopeLayout, RopeMode, RopeTable, Yarn};
@@ -292,6 +292,67 @@ fn attention_matches_ref() {
             // Measured 7.4e-7 (decode 9/3 hd 64, scalar; 5.9e-7 with AVX2).
             report(&format!("attention {} {level} t{}", c.name, pool.threads()), rel_max(&out, &want), 1.1e-6);
         }
+    }
+}
+
+/// f32 values as the f16 cache holds them (`u16` bits).
+fn f16_bits(x: &[f32]) -> Vec<u16> {
+    x.iter().map(|&v| half_bits(v)).collect()
+}
+
+/// `v` rounded to f16 by the GPU's packing (`pack_f16`: nearest, ties to even), as bits.
+fn half_bits(v: f32) -> u16 {
+    pack_f16(&[v])[0] as u16
+}
+
+/// An f16 cache: the f32 attention of its rounded values, every case at every level.
+#[test]
+fn attention_reads_f16_caches() {
+    for (pool, level) in pools().iter().flat_map(|p| Simd::available().into_iter().map(move |l| (p, l))) {
+        for c in &CASES {
+            let kv_rows = c.kv_start + c.n_tok;
+            let q: Vec<f32> = random(c.n_tok * c.n_head * c.hd, -1.0, 1.0, 16).iter().map(|v| v * c.q_gain).collect();
+            let k = round_f16(&random(kv_rows * c.n_kv * c.hd, -2.0, 2.0, 17));
+            let v = round_f16(&random(kv_rows * c.n_kv * c.hd, -1.0, 1.0, 18));
+            let scale = 1.0 / (c.hd as f32).sqrt();
+            let want = attention_ref(&q, &k, &v, c.n_tok, c.kv_start, c.n_head, c.n_kv, c.hd, scale, c.causal);
+            let shape = AttnShape {
+                causal: c.causal,
+                kv: KvDtype::F16,
+                ..AttnShape::new(c.n_head as u32, c.n_kv as u32, c.hd as u32, c.n_tok as u32)
+            };
+            let (k16, v16) = (f16_bits(&k), f16_bits(&v));
+            let mut out = vec![f32::NAN; want.len()];
+            simd::with_level(level, || attention_prefill(pool, &shape, &q, &k16, &v16, &mut out, c.n_tok, c.kv_start))
+                .unwrap()
+                .unwrap();
+            // Measured as the f32 caches' (the values are exact in f32 once rounded).
+            report(&format!("attention f16 cache {} {level} t{}", c.name, pool.threads()), rel_max(&out, &want), 1.1e-6);
+            let f32_shape = AttnShape { kv: KvDtype::F32, ..shape };
+            assert!(
+                attention_prefill(pool, &f32_shape, &q, &k16, &v16, &mut out, c.n_tok, c.kv_start).is_err(),
+                "dtype mismatch"
+            );
+        }
+    }
+}
+
+/// The f16 cache's rows are the f32 cache's rounded (k rotated in f32 first).
+#[test]
+fn rope_kv_store_rounds_into_f16_caches() {
+    let (hd, heads, n_tok, kv_start) = (32, 3, 5, 4);
+    let table = rope_table(hd, 10_000.0, None);
+    let layout = RopeLayout::dense(heads, hd as u32, n_tok as u32, RopeMode::RotateHalf);
+    let (k, v) = (random(n_tok * heads as usize * hd, -2.0, 2.0, 21), random(n_tok * heads as usize * hd, -2.0, 2.0, 22));
+    let rows = (kv_start + n_tok) * heads as usize * hd;
+    for pool in pools() {
+        let (mut k32, mut v32) = (vec![0f32; rows], vec![0f32; rows]);
+        let (mut k16, mut v16) = (vec![0u16; rows], vec![0u16; rows]);
+        let (k_in, v_in) = ((&k[..], &layout), (&v[..], &layout));
+        rope_kv_store(&pool, k_in, v_in, (&mut k32[..], &mut v32[..]), n_tok, kv_start, &table, Positions::From(9)).unwrap();
+        rope_kv_store(&pool, k_in, v_in, (&mut k16[..], &mut v16[..]), n_tok, kv_start, &table, Positions::From(9)).unwrap();
+        assert_eq!((f16_bits(&k32), f16_bits(&v32)), (k16, v16), "t{}", pool.threads());
+        assert!(k32[kv_start * heads as usize * hd..].iter().all(|x| *x != 0.0), "rows written");
     }
 }
 

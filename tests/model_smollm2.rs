@@ -21,9 +21,13 @@ const TOL_REL_L2: f32 = 2e-3;
 /// Fraction of teacher-forced positions whose argmax must agree.
 const MIN_ARGMAX_AGREEMENT: f64 = 0.99;
 /// Fast mode quantizes activations to 8 bits per block of 32 (as llama.cpp's CPU backend):
-/// its error budget and the argmax agreement it must keep (measured: worst rel L2 0.10,
-/// argmax agreement 612/627; the flips are at reference margins of 0.001 to 0.22).
-const FAST_TOL_REL_L2: f32 = 0.15;
+/// its error budget per position and at the median, and the argmax agreement it must keep.
+/// Measured: median rel L2 0.034, worst 0.10 to 0.16 (one position; a last-bit change in
+/// attention's sums moves it, as an activation crosses a rounding step of the 8-bit codes),
+/// argmax agreement 607 to 612 of 627 (flips at reference margins of 0.001 to 0.22).
+/// llama.cpp's CPU backend on the same cases: median 0.037, worst 0.11, 614 of 627.
+const FAST_TOL_REL_L2: f32 = 0.25;
+const FAST_TOL_MEDIAN_REL_L2: f32 = 0.05;
 const FAST_MIN_ARGMAX_AGREEMENT: f64 = 0.95;
 /// A greedy step whose reference top-1/top-2 margin is below this is a near-tie: f32
 /// summation order alone may flip it, and the continuations legitimately diverge after it.
@@ -38,11 +42,12 @@ fn engine(r: &Reference, dev: Device) -> Engine {
 }
 
 /// Teacher-forced logits of every prompt and its greedy reply against the reference: the
-/// argmax agreement and the worst relative L2 error, each checked against its bound.
-fn check_teacher_forced(dev: Device, tol_rel_l2: f32, min_agreement: f64) {
+/// argmax agreement and each position's relative L2 error, checked against their bounds.
+/// Returns the errors, sorted.
+fn check_teacher_forced(dev: Device, tol_rel_l2: f32, min_agreement: f64) -> Vec<f32> {
     let r = reference();
     let mut e = engine(&r, dev);
-    let (mut agree, mut total, mut worst) = (0usize, 0usize, 0f32);
+    let (mut agree, mut total, mut errs) = (0usize, 0usize, Vec::new());
     for (i, p) in r.prompts.iter().enumerate() {
         let tokens: Vec<u32> = p.prompt_ids.iter().chain(&p.greedy_ids).copied().collect();
         let logits = pollster::block_on(e.logits(&Prompt { tokens, images: Vec::new() })).unwrap();
@@ -59,13 +64,16 @@ fn check_teacher_forced(dev: Device, tol_rel_l2: f32, min_agreement: f64) {
         assert_eq!(shape, [p.logits_positions.len(), vocab]);
         for (&pos, w) in p.logits_positions.iter().zip(want.chunks(vocab)) {
             let err = rel_l2(&logits[pos * vocab..(pos + 1) * vocab], w);
-            worst = worst.max(err);
+            errs.push(err);
             assert!(err <= tol_rel_l2, "prompt {i} position {pos}: rel L2 {err:.2e}");
         }
     }
     let rate = agree as f64 / total as f64;
-    eprintln!("{}: argmax agreement {agree}/{total}; worst rel L2 {worst:.2e}", e.device().caps().adapter);
+    errs.sort_by(f32::total_cmp);
+    let (median, worst) = (errs[errs.len() / 2], errs[errs.len() - 1]);
+    eprintln!("{}: argmax agreement {agree}/{total}; rel L2 median {median:.2e}, worst {worst:.2e}", e.device().caps().adapter);
     assert!(rate >= min_agreement, "argmax agreement {agree}/{total}");
+    errs
 }
 
 #[test]
@@ -75,7 +83,9 @@ fn teacher_forced_logits_match_transformers() {
 
 #[test]
 fn teacher_forced_logits_in_fast_mode_stay_close() {
-    check_teacher_forced(cpu_in(webvlm::backend::cpu::Mode::Fast), FAST_TOL_REL_L2, FAST_MIN_ARGMAX_AGREEMENT);
+    let errs = check_teacher_forced(cpu_in(webvlm::backend::cpu::Mode::Fast), FAST_TOL_REL_L2, FAST_MIN_ARGMAX_AGREEMENT);
+    let median = errs[errs.len() / 2];
+    assert!(median <= FAST_TOL_MEDIAN_REL_L2, "median rel L2 {median:.2e}");
 }
 
 #[test]

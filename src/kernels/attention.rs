@@ -513,7 +513,14 @@ fn cpu_attention(
         let s = StepParams::read_cpu(&step)?;
         let n = s.n_tok.min(shape.max_tok) as usize;
         let (q, k, v, mut out) = (q.read()?, k.read()?, v.read()?, out.write_n(n * width)?);
-        Ok(cpu::attention::attention_prefill(pool, &shape, &q, &k, &v, &mut out, n, s.kv_start as usize)?)
+        let kv_start = s.kv_start as usize;
+        Ok(match shape.kv {
+            KvDtype::F32 => cpu::attention::attention_prefill(pool, &shape, &q, &k, &v, &mut out, n, kv_start),
+            KvDtype::F16 => {
+                let (k, v): (&[u16], &[u16]) = (bytemuck::cast_slice(&k[..]), bytemuck::cast_slice(&v[..]));
+                cpu::attention::attention_prefill(pool, &shape, &q, k, v, &mut out, n, kv_start)
+            }
+        }?)
     });
     Ok(())
 }

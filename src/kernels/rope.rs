@@ -386,8 +386,8 @@ pub fn rope_qkv_store(
     Ok(())
 }
 
-/// Records [`rope_kv_store`] (or, with `m`, [`rope_kv_store_mrope`]) on the CPU (f32 caches
-/// only).
+/// Records [`rope_kv_store`] (or, with `m`, [`rope_kv_store_mrope`]) on the CPU, into f32
+/// caches or f16 ones (f16 bits two per word, as on the GPU).
 #[allow(clippy::too_many_arguments)]
 fn cpu_kv_store(
     prog: &mut cpu::Program,
@@ -399,9 +399,6 @@ fn cpu_kv_store(
     kv: KvDtype,
     m: Option<&Mrope<'_>>,
 ) -> Result<()> {
-    if kv != KvDtype::F32 {
-        return Err(GpuError::Shape(format!("rope_kv_store: {kv:?} caches on the CPU (its caches are f32)")));
-    }
     let (step, table) = (step.cpu()?.clone(), freqs.cpu_table()?);
     let (k, v, k_cache, v_cache) = (k.cpu()?.clone(), v.cpu()?.clone(), k_cache.cpu()?.clone(), v_cache.cpu()?.clone());
     let (k_layout, v_layout) = (*k_layout, *v_layout);
@@ -416,8 +413,15 @@ fn cpu_kv_store(
             (Some(p), Some((_, sections))) => Positions::Mrope { positions: mrope_axes(p, n), sections: *sections },
             _ => Positions::From(s.rope_pos0),
         };
-        let (kv_start, caches) = (s.kv_start as usize, (&mut kc[..], &mut vc[..]));
-        Ok(cpu::rope::rope_kv_store(pool, (&k, &k_layout), (&v, &v_layout), caches, n, kv_start, &table, positions)?)
+        let (k, v, kv_start) = ((&k[..], &k_layout), (&v[..], &v_layout), s.kv_start as usize);
+        let (kc, vc) = (&mut kc[..], &mut vc[..]);
+        Ok(match kv {
+            KvDtype::F32 => cpu::rope::rope_kv_store(pool, k, v, (kc, vc), n, kv_start, &table, positions),
+            KvDtype::F16 => {
+                let caches = (bytemuck::cast_slice_mut::<f32, u16>(kc), bytemuck::cast_slice_mut::<f32, u16>(vc));
+                cpu::rope::rope_kv_store(pool, k, v, caches, n, kv_start, &table, positions)
+            }
+        }?)
     });
     Ok(())
 }

@@ -5,7 +5,8 @@
 //! [`kernels::attention`](crate::kernels::attention) and its
 //! [`attention_ref`](crate::kernels::attention::attention_ref); layouts are the GPU kernels'
 //! (q `[n_tok][q_stride]` with head h at `q_offset + h*head_dim`, caches
-//! `[rows][n_kv_head*head_dim]`, out `[n_tok][n_head*head_dim]`), f32 caches only.
+//! `[rows][n_kv_head*head_dim]`, out `[n_tok][n_head*head_dim]`); caches of f32 or of f16
+//! ([`KvElem`]: converted to f32 as they are read, `vcvtph2ps` with AVX2).
 //!
 //! Each (query row, KV head) is one pool task that walks its keys once, in blocks of
 //! [`BLOCK`], for all the query heads that share the KV head (each block read from memory once),
@@ -18,7 +19,7 @@
 
 use std::ops::Range;
 
-use super::ops::{check_len, check_min_len, for_each_chunk, invalid, ShapeError};
+use super::ops::{check_len, check_min_len, for_each_chunk, invalid, prefetch, ShapeError};
 use super::pool::ThreadPool;
 use super::simd::{self, Simd};
 use crate::kernels::shapes::{AttnShape, KvDtype};
@@ -31,13 +32,13 @@ pub const BLOCK: usize = 32;
 const LANES: usize = 8;
 
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+fn dot<T: KvElem>(a: &[f32], b: &[T]) -> f32 {
     let mut acc = [0f32; LANES];
     let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y.to_f32()).sum();
     for (x, y) in ca.zip(cb) {
         for ((s, x), y) in acc.iter_mut().zip(x).zip(y) {
-            *s += x * y;
+            *s += x * y.to_f32();
         }
     }
     acc.iter().sum::<f32>() + tail
@@ -81,11 +82,16 @@ impl<'a> OnlineSoftmax<'a> {
     /// them to `l`.
     #[inline(always)]
     fn weigh(&mut self, s: &mut [f32], scale: f32) {
-        let mut block_max = f32::NEG_INFINITY;
-        for x in s.iter_mut() {
-            *x *= scale;
-            block_max = block_max.max(*x);
+        // Per lane of eight, so that the loops vectorize (`f32::max` and one running sum
+        // would be a scalar chain per key).
+        let mut lanes = [f32::NEG_INFINITY; LANES];
+        for c in s.chunks_mut(LANES) {
+            for (m, x) in lanes.iter_mut().zip(c) {
+                *x *= scale;
+                *m = if *x > *m { *x } else { *m };
+            }
         }
+        let block_max = lanes.into_iter().fold(f32::NEG_INFINITY, f32::max);
         if block_max > self.m {
             // exp(-inf) = 0 on the first block, where acc and l are still 0.
             let corr = (self.m - block_max).exp();
@@ -93,9 +99,14 @@ impl<'a> OnlineSoftmax<'a> {
             self.acc.iter_mut().for_each(|a| *a *= corr);
             self.m = block_max;
         }
-        let m = self.m;
-        s.iter_mut().for_each(|x| *x = exp_nonpositive(*x - m));
-        self.l += s.iter().sum::<f32>();
+        let (m, mut sums) = (self.m, [0f32; LANES]);
+        for c in s.chunks_mut(LANES) {
+            for (sum, x) in sums.iter_mut().zip(c) {
+                *x = exp_nonpositive(*x - m);
+                *sum += *x;
+            }
+        }
+        self.l += sums.iter().sum::<f32>();
     }
 
     /// Divides by the denominator (no key: the output stays zero).
@@ -107,12 +118,69 @@ impl<'a> OnlineSoftmax<'a> {
     }
 }
 
+/// An element of a KV cache: `f32`, or `u16` holding f16 bits ([`KvDtype::F16`]: two per
+/// word of the buffer, the GPU's layout).
+pub trait KvElem: Copy + Send + Sync + 'static {
+    const DTYPE: KvDtype;
+    fn to_f32(self) -> f32;
+    /// Rounded to nearest (even).
+    fn from_f32(x: f32) -> Self;
+    /// Eight elements from `p` as f32 lanes.
+    ///
+    /// # Safety
+    /// AVX2 and F16C; `p` points at eight readable elements.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const Self) -> __m256;
+}
+
+impl KvElem for f32 {
+    const DTYPE: KvDtype = KvDtype::F32;
+
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+
+    #[inline(always)]
+    fn from_f32(x: f32) -> f32 {
+        x
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(p: *const f32) -> __m256 {
+        _mm256_loadu_ps(p)
+    }
+}
+
+impl KvElem for u16 {
+    const DTYPE: KvDtype = KvDtype::F16;
+
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        half::f16::from_bits(self).to_f32()
+    }
+
+    #[inline(always)]
+    fn from_f32(x: f32) -> u16 {
+        half::f16::from_f32(x).to_bits()
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(p: *const u16) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
+    }
+}
+
 /// A KV cache's columns of one KV head: key `j` at `k[j * stride..][..head_dim]`, its value
 /// likewise in `v`.
 #[derive(Clone, Copy)]
-pub(super) struct Kv<'a> {
-    pub(super) k: &'a [f32],
-    pub(super) v: &'a [f32],
+pub(super) struct Kv<'a, T> {
+    pub(super) k: &'a [T],
+    pub(super) v: &'a [T],
     pub(super) stride: usize,
 }
 
@@ -120,10 +188,17 @@ pub(super) struct Kv<'a> {
 /// `q · k * scale`, in blocks of [`BLOCK`]. The heads share the KV head, so a block is read
 /// from memory once and from L1 for the others (grouped-query attention). At `simd` levels
 /// with AVX2 the scores of eight keys at a time and the value sums run on vectors.
-pub(super) fn attend(simd: Simd, heads: &mut [OnlineSoftmax], qs: &[&[f32]], kv: Kv, range: Range<usize>, scale: f32) {
+pub(super) fn attend<T: KvElem>(
+    simd: Simd,
+    heads: &mut [OnlineSoftmax],
+    qs: &[&[f32]],
+    kv: Kv<T>,
+    range: Range<usize>,
+    scale: f32,
+) {
     #[cfg(target_arch = "x86_64")]
     if simd.avx2() {
-        // SAFETY: the level implies AVX2 and FMA.
+        // SAFETY: the level implies AVX2, FMA and F16C.
         return unsafe { attend_avx2(heads, qs, kv, range, scale) };
     }
     let _ = simd;
@@ -131,9 +206,9 @@ pub(super) fn attend(simd: Simd, heads: &mut [OnlineSoftmax], qs: &[&[f32]], kv:
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn attend_avx2(heads: &mut [OnlineSoftmax], qs: &[&[f32]], kv: Kv, range: Range<usize>, scale: f32) {
-    // SAFETY (both closures): this function runs only where AVX2 and FMA are.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn attend_avx2<T: KvElem>(heads: &mut [OnlineSoftmax], qs: &[&[f32]], kv: Kv<T>, range: Range<usize>, scale: f32) {
+    // SAFETY (both closures): this function runs only where AVX2, FMA and F16C are.
     attend_with(
         heads,
         qs,
@@ -149,14 +224,14 @@ unsafe fn attend_avx2(heads: &mut [OnlineSoftmax], qs: &[&[f32]], kv: Kv, range:
 /// block's keys (`k_j` at `k[j * stride..]`), `accumulate(acc, p, v, stride)` adds
 /// `Σ_j p[j] v_j` to `acc`.
 #[inline(always)]
-fn attend_with(
+fn attend_with<T: KvElem>(
     heads: &mut [OnlineSoftmax],
     qs: &[&[f32]],
-    kv: Kv,
+    kv: Kv<T>,
     range: Range<usize>,
     scale: f32,
-    scores: impl Fn(&[f32], &[f32], usize, &mut [f32]),
-    accumulate: impl Fn(&mut [f32], &[f32], &[f32], usize),
+    scores: impl Fn(&[f32], &[T], usize, &mut [f32]),
+    accumulate: impl Fn(&mut [f32], &[f32], &[T], usize),
 ) {
     let Some(hd) = heads.first().map(|h| h.acc.len()) else { return };
     let mut s = [0f32; BLOCK];
@@ -164,6 +239,14 @@ fn attend_with(
         let n = BLOCK.min(range.end - k0);
         let span = (n - 1) * kv.stride + hd;
         let (k, v) = (&kv.k[k0 * kv.stride..][..span], &kv.v[k0 * kv.stride..][..span]);
+        // The next block's rows, while this one computes: a KV head's rows are short pieces
+        // of the cache's rows, which the hardware prefetchers follow poorly.
+        for j in k0 + BLOCK..range.end.min(k0 + 2 * BLOCK) {
+            for c in (0..hd).step_by(64 / size_of::<T>()) {
+                prefetch(&kv.k[j * kv.stride + c]);
+                prefetch(&kv.v[j * kv.stride + c]);
+            }
+        }
         for (head, q) in heads.iter_mut().zip(qs) {
             let s = &mut s[..n];
             scores(&q[..hd], k, kv.stride, s);
@@ -174,25 +257,25 @@ fn attend_with(
 }
 
 #[inline(always)]
-fn scores_portable(q: &[f32], k: &[f32], stride: usize, s: &mut [f32]) {
+fn scores_portable<T: KvElem>(q: &[f32], k: &[T], stride: usize, s: &mut [f32]) {
     for (j, s) in s.iter_mut().enumerate() {
         *s = dot(q, &k[j * stride..][..q.len()]);
     }
 }
 
 #[inline(always)]
-fn accumulate_portable(acc: &mut [f32], p: &[f32], v: &[f32], stride: usize) {
+fn accumulate_portable<T: KvElem>(acc: &mut [f32], p: &[f32], v: &[T], stride: usize) {
     let hd = acc.len();
     for (j, &p) in p.iter().enumerate() {
         for (a, &vv) in acc.iter_mut().zip(&v[j * stride..][..hd]) {
-            *a += p * vv;
+            *a += p * vv.to_f32();
         }
     }
 }
 
 /// The eight lanes' sums of eight vectors, as one vector (`hadd` tree).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn sum8(a: [__m256; 8]) -> __m256 {
     let s0123 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
     let s4567 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
@@ -203,8 +286,8 @@ fn sum8(a: [__m256; 8]) -> __m256 {
 /// [`scores_portable`] eight keys at a time: eight independent FMA chains, one per key, and
 /// one [`sum8`] instead of eight horizontal sums.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn scores_avx2(q: &[f32], k: &[f32], stride: usize, s: &mut [f32]) {
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn scores_avx2<T: KvElem>(q: &[f32], k: &[T], stride: usize, s: &mut [f32]) {
     let hd = q.len();
     let mut j = 0;
     if hd.is_multiple_of(LANES) {
@@ -215,7 +298,7 @@ unsafe fn scores_avx2(q: &[f32], k: &[f32], stride: usize, s: &mut [f32]) {
                 let qc = _mm256_loadu_ps(q.as_ptr().add(c));
                 for (i, a) in acc.iter_mut().enumerate() {
                     // SAFETY: key j + i < s.len() ends by (s.len() - 1) * stride + hd ≤ k.len().
-                    *a = _mm256_fmadd_ps(qc, _mm256_loadu_ps(k.as_ptr().add((j + i) * stride + c)), *a);
+                    *a = _mm256_fmadd_ps(qc, T::load8(k.as_ptr().add((j + i) * stride + c)), *a);
                 }
             }
             _mm256_storeu_ps(s.as_mut_ptr().add(j), sum8(acc));
@@ -230,16 +313,16 @@ unsafe fn scores_avx2(q: &[f32], k: &[f32], stride: usize, s: &mut [f32]) {
 /// `acc[c..c + 8N] += Σ_j p[j] v_j[c..c + 8N]` with the N vectors in registers over the block.
 ///
 /// # Safety
-/// AVX2 and FMA; `acc[c..c + 8N]` in bounds and `v` holding `(p.len() - 1) * stride + c + 8N`.
+/// AVX2, FMA and F16C; `acc[c..c + 8N]` in bounds and `v` holding `(p.len() - 1) * stride + c + 8N`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn accumulate_columns<const N: usize>(acc: &mut [f32], c: usize, p: &[f32], v: &[f32], stride: usize) {
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn accumulate_columns<T: KvElem, const N: usize>(acc: &mut [f32], c: usize, p: &[f32], v: &[T], stride: usize) {
     let at = acc.as_mut_ptr().add(c);
     let mut a: [__m256; N] = std::array::from_fn(|i| _mm256_loadu_ps(at.add(LANES * i)));
     for (j, &pj) in p.iter().enumerate() {
         let (pj, row) = (_mm256_set1_ps(pj), v.as_ptr().add(j * stride + c));
         for (i, a) in a.iter_mut().enumerate() {
-            *a = _mm256_fmadd_ps(pj, _mm256_loadu_ps(row.add(LANES * i)), *a);
+            *a = _mm256_fmadd_ps(pj, T::load8(row.add(LANES * i)), *a);
         }
     }
     for (i, a) in a.iter().enumerate() {
@@ -250,8 +333,8 @@ unsafe fn accumulate_columns<const N: usize>(acc: &mut [f32], c: usize, p: &[f32
 /// [`accumulate_portable`] with the accumulator in registers: 64 columns at a time (eight
 /// independent chains), then 8 at a time, then the rest.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn accumulate_avx2(acc: &mut [f32], p: &[f32], v: &[f32], stride: usize) {
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn accumulate_avx2<T: KvElem>(acc: &mut [f32], p: &[f32], v: &[T], stride: usize) {
     let hd = acc.len();
     if p.is_empty() {
         return;
@@ -259,11 +342,11 @@ unsafe fn accumulate_avx2(acc: &mut [f32], p: &[f32], v: &[f32], stride: usize) 
     assert!(v.len() >= (p.len() - 1) * stride + hd);
     let mut c = 0;
     while c + 8 * LANES <= hd {
-        accumulate_columns::<8>(acc, c, p, v, stride);
+        accumulate_columns::<T, 8>(acc, c, p, v, stride);
         c += 8 * LANES;
     }
     while c + LANES <= hd {
-        accumulate_columns::<1>(acc, c, p, v, stride);
+        accumulate_columns::<T, 1>(acc, c, p, v, stride);
         c += LANES;
     }
     if c < hd {
@@ -272,11 +355,11 @@ unsafe fn accumulate_avx2(acc: &mut [f32], p: &[f32], v: &[f32], stride: usize) 
 }
 
 /// Checks the shape and the slices for `n_tok` rows; returns the query heads per KV head.
-fn check(
+fn check<T: KvElem>(
     s: &AttnShape,
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    k: &[T],
+    v: &[T],
     out: &[f32],
     n_tok: usize,
     kv_start: usize,
@@ -286,8 +369,8 @@ fn check(
     if hd == 0 || n_kv == 0 || !n_head.is_multiple_of(n_kv) {
         return Err(invalid(OP, format!("{n_head} heads, {n_kv} KV heads of {hd}")));
     }
-    if s.kv != KvDtype::F32 {
-        return Err(invalid(OP, format!("{:?} caches (the CPU caches are f32)", s.kv)));
+    if s.kv != T::DTYPE {
+        return Err(invalid(OP, format!("{:?} caches read as {:?}", s.kv, T::DTYPE)));
     }
     let q_row = s.q_offset as usize + n_head * hd;
     if n_tok > 1 && q_row > s.q_stride as usize {
@@ -305,12 +388,12 @@ fn check(
 /// Attention of the `n_tok` query rows in `q` (new tokens at cache rows `kv_start..`) against
 /// `k_cache` / `v_cache`, which already hold those rows, into `out` `[n_tok][n_head*head_dim]`.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_prefill(
+pub fn attention_prefill<T: KvElem>(
     pool: &ThreadPool,
     shape: &AttnShape,
     q: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
+    k_cache: &[T],
+    v_cache: &[T],
     out: &mut [f32],
     n_tok: usize,
     kv_start: usize,
@@ -339,12 +422,12 @@ pub fn attention_prefill(
 }
 
 /// [`attention_prefill`] of one query row (decode) at cache row `kv_start`.
-pub fn attention_decode(
+pub fn attention_decode<T: KvElem>(
     pool: &ThreadPool,
     shape: &AttnShape,
     q: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
+    k_cache: &[T],
+    v_cache: &[T],
     out: &mut [f32],
     kv_start: usize,
 ) -> Result<(), ShapeError> {

@@ -21,7 +21,9 @@ impl Device {
         let level = simd::process_level();
         let caps = Caps {
             f16: false,
-            kv_f16: false,
+            // The fast mode halves the KV cache's memory and the bytes decode reads from it, as
+            // llama.cpp's default f16 cache does; the exact mode keeps f32.
+            kv_f16: mode == Mode::Fast,
             subgroups: false,
             max_storage_binding: isize::MAX as u64,
             max_buffer: isize::MAX as u64,

@@ -5,6 +5,7 @@
 //! are split into chunks that the pool's threads claim; a chunk runs each of its rows for
 //! every token while the row is in L1.
 
+use super::ops::prefetch;
 use super::pool::ThreadPool;
 use super::quant::{dequant_dot, quantize_q8, quantize_q8k, Dot4, Kernel, QuantError};
 use super::simd;
@@ -21,18 +22,6 @@ const MIN_TASK_BYTES: usize = 16 << 10;
 /// thread, 128-512 MiB matrices): fast mode +10-30%, exact mode up to 2x over no prefetch;
 /// 1-2 KiB best, 4 KiB and more (or into L2 only) worse.
 const PREFETCH: usize = 2 << 10;
-
-/// Hints the CPU to bring `byte`'s cache line into L1 (where the instruction exists).
-fn prefetch(byte: &u8) {
-    // SAFETY: a prefetch of a valid address (it cannot fault anyway).
-    #[cfg(target_arch = "x86_64")]
-    unsafe {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        _mm_prefetch::<_MM_HINT_T0>((byte as *const u8).cast());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = byte;
-}
 
 /// How activations meet the weights.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -60,3 +60,15 @@ where
         f(i, &mut c)
     });
 }
+
+/// Hints the CPU to bring `x`'s cache line into L1 (where the instruction exists).
+pub(crate) fn prefetch<T>(x: &T) {
+    // SAFETY: a prefetch of a valid address (it cannot fault anyway).
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>((x as *const T).cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = x;
+}

@@ -9,6 +9,7 @@
 //! [`mrope_ref`](crate::kernels::rope::mrope_ref)'s step by step; each token's cos/sin are
 //! computed once for all its heads. Tokens are split over the pool.
 
+use super::attention::KvElem;
 use super::ops::{check_min_len, for_each_chunk, invalid, ShapeError};
 use super::pool::ThreadPool;
 use crate::kernels::shapes::{mrope_axis, QScale, RopeLayout, RopeMode, RopeTable};
@@ -129,13 +130,14 @@ pub enum Positions<'a> {
 
 /// The KV-cache store of a step (`kernels::rope::rope_kv_store` and `_mrope`): `n_tok` rows of
 /// k heads (`k_layout`) and v heads (`v_layout`) go to cache rows `kv_start..`, dense
-/// (`[row][n_heads * head_dim]`, f32), k rotated at `positions` (no query scale).
+/// (`[row][n_heads * head_dim]`, f32 or f16: [`KvElem`]), k rotated at `positions` (no query
+/// scale) in f32 before it is stored.
 #[allow(clippy::too_many_arguments)]
-pub fn rope_kv_store(
+pub fn rope_kv_store<T: KvElem>(
     pool: &ThreadPool,
     (k, k_layout): (&[f32], &RopeLayout),
     (v, v_layout): (&[f32], &RopeLayout),
-    (k_cache, v_cache): (&mut [f32], &mut [f32]),
+    (k_cache, v_cache): (&mut [T], &mut [T]),
     n_tok: usize,
     kv_start: usize,
     table: &RopeTable,
@@ -149,16 +151,24 @@ pub fn rope_kv_store(
     let end = (kv_start + n_tok) * width;
     check_min_len(OP, "k_cache", k_cache.len(), end)?;
     check_min_len(OP, "v_cache", v_cache.len(), end)?;
-    for ((x, l), cache) in [(k, k_layout), (v, v_layout)].into_iter().zip([&mut *k_cache, &mut *v_cache]) {
-        let span = if n_tok == 0 { 0 } else { (n_tok - 1) * l.stride as usize + l.offset as usize + width };
+    fn rows(x: &[f32], l: RopeLayout, n_tok: usize, width: usize) -> Result<impl Iterator<Item = &[f32]>, ShapeError> {
+        let (stride, offset) = (l.stride as usize, l.offset as usize);
+        let span = if n_tok == 0 { 0 } else { (n_tok - 1) * stride + offset + width };
         check_min_len(OP, "k or v", x.len(), span)?;
-        for (t, row) in cache[kv_start * width..end].chunks_exact_mut(width).enumerate() {
-            row.copy_from_slice(&x[t * l.stride as usize + l.offset as usize..][..width]);
-        }
+        Ok((0..n_tok).map(move |t| &x[t * stride + offset..][..width]))
     }
-    let (dense, rows) = (RopeLayout { stride: width as u32, offset: 0, ..*k_layout }, &mut k_cache[kv_start * width..end]);
+    // k gathered dense and rotated, then both stored.
+    let mut rotated: Vec<f32> = rows(k, *k_layout, n_tok, width)?.flatten().copied().collect();
+    let dense = RopeLayout { stride: width as u32, offset: 0, ..*k_layout };
     match positions {
-        Positions::From(pos0) => rope_inplace(pool, rows, &dense, n_tok, table, pos0, QScale::NONE),
-        Positions::Mrope { positions, sections } => rope_inplace_mrope(pool, rows, &dense, table, positions, sections),
+        Positions::From(pos0) => rope_inplace(pool, &mut rotated, &dense, n_tok, table, pos0, QScale::NONE)?,
+        Positions::Mrope { positions, sections } => rope_inplace_mrope(pool, &mut rotated, &dense, table, positions, sections)?,
     }
+    for (c, &x) in k_cache[kv_start * width..end].iter_mut().zip(&rotated) {
+        *c = T::from_f32(x);
+    }
+    for (row, x) in v_cache[kv_start * width..end].chunks_exact_mut(width).zip(rows(v, *v_layout, n_tok, width)?) {
+        row.iter_mut().zip(x).for_each(|(c, &x)| *c = T::from_f32(x));
+    }
+    Ok(())
 }
