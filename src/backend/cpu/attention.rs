@@ -63,25 +63,22 @@ fn exp_nonpositive(x: f32) -> f32 {
     }
 }
 
-/// One query head's online softmax: running maximum `m`, denominator `l`, and the output
-/// accumulator `acc` (head_dim values).
-pub(super) struct OnlineSoftmax<'a> {
+/// One query head's online softmax: running maximum `m` and denominator `l` (its output
+/// accumulator is the head's slice of the output).
+#[derive(Clone, Copy)]
+struct OnlineSoftmax {
     m: f32,
     l: f32,
-    acc: &'a mut [f32],
 }
 
-impl<'a> OnlineSoftmax<'a> {
-    pub(super) fn new(acc: &'a mut [f32]) -> Self {
-        acc.fill(0.0);
-        OnlineSoftmax { m: f32::NEG_INFINITY, l: 0.0, acc }
-    }
+impl OnlineSoftmax {
+    const NEW: OnlineSoftmax = OnlineSoftmax { m: f32::NEG_INFINITY, l: 0.0 };
 
     /// Turns a block's raw scores `s` into softmax weights against the running maximum
     /// (raised first if the block holds a larger score, rescaling `l` and `acc`), and adds
     /// them to `l`.
     #[inline(always)]
-    fn weigh(&mut self, s: &mut [f32], scale: f32) {
+    fn weigh(&mut self, s: &mut [f32], scale: f32, acc: &mut [f32]) {
         // Per lane of eight, so that the loops vectorize (`f32::max` and one running sum
         // would be a scalar chain per key).
         let mut lanes = [f32::NEG_INFINITY; LANES];
@@ -96,7 +93,7 @@ impl<'a> OnlineSoftmax<'a> {
             // exp(-inf) = 0 on the first block, where acc and l are still 0.
             let corr = (self.m - block_max).exp();
             self.l *= corr;
-            self.acc.iter_mut().for_each(|a| *a *= corr);
+            acc.iter_mut().for_each(|a| *a *= corr);
             self.m = block_max;
         }
         let (m, mut sums) = (self.m, [0f32; LANES]);
@@ -110,10 +107,10 @@ impl<'a> OnlineSoftmax<'a> {
     }
 
     /// Divides by the denominator (no key: the output stays zero).
-    pub(super) fn finish(self) {
+    fn finish(self, acc: &mut [f32]) {
         if self.l > 0.0 {
             let inv = 1.0 / self.l;
-            self.acc.iter_mut().for_each(|a| *a *= inv);
+            acc.iter_mut().for_each(|a| *a *= inv);
         }
     }
 }
@@ -184,36 +181,40 @@ pub(super) struct Kv<'a, T> {
     pub(super) stride: usize,
 }
 
-/// Adds the keys `range` of `kv` to each query head `heads[i]` (query `qs[i]`), scores
-/// `q · k * scale`, in blocks of [`BLOCK`]. The heads share the KV head, so a block is read
-/// from memory once and from L1 for the others (grouped-query attention). At `simd` levels
-/// with AVX2 the scores of eight keys at a time and the value sums run on vectors.
-pub(super) fn attend<T: KvElem>(
-    simd: Simd,
-    heads: &mut [OnlineSoftmax],
-    qs: &[&[f32]],
-    kv: Kv<T>,
-    range: Range<usize>,
-    scale: f32,
-) {
+/// Query heads that share a KV head per [`attend`] pass (more are taken in turns).
+const MAX_GROUP: usize = 16;
+
+/// Attention of the query heads `qs` (contiguous heads of `head_dim`) that share the KV head
+/// `kv`, over its keys in `ranges`, into `out` (the same layout): scores `q · k * scale`, in
+/// blocks of [`BLOCK`]. A block is read from memory once and from L1 for the other heads
+/// (grouped-query attention). At `simd` levels with AVX2 the scores of eight keys at a time
+/// and the value sums run on vectors.
+pub(super) fn attend<T: KvElem, R>(simd: Simd, qs: &[f32], out: &mut [f32], kv: Kv<T>, ranges: R, head_dim: usize, scale: f32)
+where
+    R: Iterator<Item = Range<usize>> + Clone,
+{
     #[cfg(target_arch = "x86_64")]
     if simd.avx2() {
         // SAFETY: the level implies AVX2, FMA and F16C.
-        return unsafe { attend_avx2(heads, qs, kv, range, scale) };
+        return unsafe { attend_avx2(qs, out, kv, ranges, head_dim, scale) };
     }
     let _ = simd;
-    attend_with(heads, qs, kv, range, scale, scores_portable, accumulate_portable)
+    attend_with(qs, out, kv, ranges, head_dim, scale, scores_portable, accumulate_portable)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn attend_avx2<T: KvElem>(heads: &mut [OnlineSoftmax], qs: &[&[f32]], kv: Kv<T>, range: Range<usize>, scale: f32) {
+unsafe fn attend_avx2<T: KvElem, R>(qs: &[f32], out: &mut [f32], kv: Kv<T>, ranges: R, head_dim: usize, scale: f32)
+where
+    R: Iterator<Item = Range<usize>> + Clone,
+{
     // SAFETY (both closures): this function runs only where AVX2, FMA and F16C are.
     attend_with(
-        heads,
         qs,
+        out,
         kv,
-        range,
+        ranges,
+        head_dim,
         scale,
         |q, k, stride, s| unsafe { scores_avx2(q, k, stride, s) },
         |acc, p, v, stride| unsafe { accumulate_avx2(acc, p, v, stride) },
@@ -223,35 +224,47 @@ unsafe fn attend_avx2<T: KvElem>(heads: &mut [OnlineSoftmax], qs: &[&[f32]], kv:
 /// [`attend`] with its two inner loops: `scores(q, k, stride, s)` sets `s[j] = q · k_j` for the
 /// block's keys (`k_j` at `k[j * stride..]`), `accumulate(acc, p, v, stride)` adds
 /// `Σ_j p[j] v_j` to `acc`.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn attend_with<T: KvElem>(
-    heads: &mut [OnlineSoftmax],
-    qs: &[&[f32]],
+fn attend_with<T: KvElem, R>(
+    qs: &[f32],
+    out: &mut [f32],
     kv: Kv<T>,
-    range: Range<usize>,
+    ranges: R,
+    hd: usize,
     scale: f32,
     scores: impl Fn(&[f32], &[T], usize, &mut [f32]),
     accumulate: impl Fn(&mut [f32], &[f32], &[T], usize),
-) {
-    let Some(hd) = heads.first().map(|h| h.acc.len()) else { return };
+) where
+    R: Iterator<Item = Range<usize>> + Clone,
+{
     let mut s = [0f32; BLOCK];
-    for k0 in range.clone().step_by(BLOCK) {
-        let n = BLOCK.min(range.end - k0);
-        let span = (n - 1) * kv.stride + hd;
-        let (k, v) = (&kv.k[k0 * kv.stride..][..span], &kv.v[k0 * kv.stride..][..span]);
-        // The next block's rows, while this one computes: a KV head's rows are short pieces
-        // of the cache's rows, which the hardware prefetchers follow poorly.
-        for j in k0 + BLOCK..range.end.min(k0 + 2 * BLOCK) {
-            for c in (0..hd).step_by(64 / size_of::<T>()) {
-                prefetch(&kv.k[j * kv.stride + c]);
-                prefetch(&kv.v[j * kv.stride + c]);
+    for (qs, out) in qs.chunks(MAX_GROUP * hd).zip(out.chunks_mut(MAX_GROUP * hd)) {
+        let mut heads = [OnlineSoftmax::NEW; MAX_GROUP];
+        out.fill(0.0);
+        for range in ranges.clone() {
+            for k0 in range.clone().step_by(BLOCK) {
+                let n = BLOCK.min(range.end - k0);
+                let span = (n - 1) * kv.stride + hd;
+                let (k, v) = (&kv.k[k0 * kv.stride..][..span], &kv.v[k0 * kv.stride..][..span]);
+                // The next block's rows, while this one computes: a KV head's rows are short
+                // pieces of the cache's rows, which the hardware prefetchers follow poorly.
+                for j in k0 + BLOCK..range.end.min(k0 + 2 * BLOCK) {
+                    for c in (0..hd).step_by(64 / size_of::<T>()) {
+                        prefetch(&kv.k[j * kv.stride + c]);
+                        prefetch(&kv.v[j * kv.stride + c]);
+                    }
+                }
+                for ((head, q), acc) in heads.iter_mut().zip(qs.chunks_exact(hd)).zip(out.chunks_exact_mut(hd)) {
+                    let s = &mut s[..n];
+                    scores(q, k, kv.stride, s);
+                    head.weigh(s, scale, acc);
+                    accumulate(acc, s, v, kv.stride);
+                }
             }
         }
-        for (head, q) in heads.iter_mut().zip(qs) {
-            let s = &mut s[..n];
-            scores(&q[..hd], k, kv.stride, s);
-            head.weigh(s, scale);
-            accumulate(head.acc, s, v, kv.stride);
+        for (head, acc) in heads.iter().zip(out.chunks_exact_mut(hd)) {
+            head.finish(acc);
         }
     }
 }
@@ -293,12 +306,13 @@ unsafe fn scores_avx2<T: KvElem>(q: &[f32], k: &[T], stride: usize, s: &mut [f32
     if hd.is_multiple_of(LANES) {
         debug_assert!(s.is_empty() || k.len() >= (s.len() - 1) * stride + hd);
         while j + 8 <= s.len() {
+            // SAFETY: key j + i < s.len() ends by (s.len() - 1) * stride + hd ≤ k.len().
+            let rows: [*const T; 8] = std::array::from_fn(|i| k.as_ptr().add((j + i) * stride));
             let mut acc = [_mm256_setzero_ps(); 8];
             for c in (0..hd).step_by(LANES) {
                 let qc = _mm256_loadu_ps(q.as_ptr().add(c));
-                for (i, a) in acc.iter_mut().enumerate() {
-                    // SAFETY: key j + i < s.len() ends by (s.len() - 1) * stride + hd ≤ k.len().
-                    *a = _mm256_fmadd_ps(qc, T::load8(k.as_ptr().add((j + i) * stride + c)), *a);
+                for (a, row) in acc.iter_mut().zip(rows) {
+                    *a = _mm256_fmadd_ps(qc, T::load8(row.add(c)), *a);
                 }
             }
             _mm256_storeu_ps(s.as_mut_ptr().add(j), sum8(acc));
@@ -412,11 +426,8 @@ pub fn attention_prefill<T: KvElem>(
             n_keys = n_keys.min(valid);
         }
         let q0 = t * shape.q_stride as usize + shape.q_offset as usize + kvh * group * hd;
-        let qs: Vec<&[f32]> = q[q0..][..group * hd].chunks_exact(hd).collect();
-        let mut heads: Vec<OnlineSoftmax> = accs.chunks_exact_mut(hd).map(OnlineSoftmax::new).collect();
         let kv = Kv { k: &k_cache[kvh * hd..], v: &v_cache[kvh * hd..], stride: kvs };
-        attend(simd, &mut heads, &qs, kv, 0..n_keys, shape.scale);
-        heads.into_iter().for_each(OnlineSoftmax::finish);
+        attend(simd, &q[q0..][..group * hd], accs, kv, std::iter::once(0..n_keys), hd, shape.scale);
     });
     Ok(())
 }

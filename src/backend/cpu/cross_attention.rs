@@ -9,7 +9,7 @@
 //! sees no tile gets a zero row, as [`cross_attention_ref`](crate::kernels::cross_attention::cross_attention_ref).
 //! Also the tanh-gated residual add of the cross layers ([`gated_add`]).
 
-use super::attention::{attend, Kv, OnlineSoftmax};
+use super::attention::{attend, Kv};
 use super::ops::{check_len, check_min_len, for_each_chunk, invalid, rows_per_task, ShapeError};
 use super::pool::ThreadPool;
 use super::simd;
@@ -49,12 +49,8 @@ pub fn cross_attention(
         let qr = &q[t * q_stride + h * hd..][..hd];
         let col = (h / group) * hd;
         let kv = Kv { k: &k[col..], v: &v[col..], stride: kvs };
-        let mut sm = [OnlineSoftmax::new(acc)];
-        for (tile, _) in mask[t * n_tiles..][..n_tiles].iter().enumerate().filter(|(_, &m)| m != 0) {
-            attend(simd, &mut sm, &[qr], kv, tile * tile_keys..(tile + 1) * tile_keys, s.scale);
-        }
-        let [sm] = sm;
-        sm.finish();
+        let tiles = mask[t * n_tiles..][..n_tiles].iter().enumerate().filter(|(_, &m)| m != 0);
+        attend(simd, qr, acc, kv, tiles.map(|(tile, _)| tile * tile_keys..(tile + 1) * tile_keys), hd, s.scale);
     });
     Ok(())
 }
