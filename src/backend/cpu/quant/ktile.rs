@@ -141,12 +141,9 @@ impl Default for KRows {
 impl KRows {
     /// Decodes super-block `rows[r]` of eight `ty` rows (`avx2` as for [`KBlock::decode`]).
     pub(in crate::backend::cpu) fn decode(ty: GgmlType, rows: [&[u8]; 8], out: &mut KRows, avx2: bool) {
-        let mut b = KBlock::default();
-        for (r, row) in rows.iter().enumerate() {
-            KBlock::decode(ty, row, &mut b, avx2);
-            for (g, codes) in out.codes.iter_mut().enumerate() {
-                codes[4 * r..4 * r + 4].copy_from_slice(&b.codes[4 * g..4 * g + 4]);
-            }
+        let mut blocks = [KBlock::default(); 8];
+        for ((row, b), r) in rows.iter().zip(&mut blocks).zip(0..) {
+            KBlock::decode(ty, row, b, avx2);
             for (h, scales) in out.scales.iter_mut().enumerate() {
                 scales[r] = b.scales[h] as i32;
             }
@@ -154,6 +151,14 @@ impl KRows {
                 mins[2 * r..2 * r + 2].copy_from_slice(&b.mins[2 * j..2 * j + 2]);
             }
             (out.d[r], out.dmin[r], out.six) = (b.d, b.dmin, b.six);
+        }
+        // The codes as a transpose of four-byte words: (row, group) to (group, row).
+        let words: [&[u32; 64]; 8] = std::array::from_fn(|r| bytemuck::cast_ref(&blocks[r].codes));
+        for (g, codes) in out.codes.iter_mut().enumerate() {
+            let codes: &mut [u32; 8] = bytemuck::cast_mut(codes);
+            for (c, w) in codes.iter_mut().zip(words) {
+                *c = w[g];
+            }
         }
     }
 
