@@ -2,8 +2,9 @@
 //! few tokens, W a GGUF weight read in its block layout from bytes (a memory map needs no
 //! copy), with the same [`Epilogue`]s. As llama.cpp's `ggml_compute_forward_mul_mat` does
 //! for one token, the fast mode quantizes the activations once per op, and the output rows
-//! are split into chunks that the pool's threads claim; a chunk runs each of its rows for
-//! every token while the row is in L1.
+//! are split into chunks that the pool's threads claim; a chunk runs its rows for every token
+//! while they are in L1, four rows per call where the format has a four-row kernel (Q4_0,
+//! Q4_1 and Q8_0 with AVX2: each activation block loaded once for the four).
 
 use super::ops::prefetch;
 use super::pool::ThreadPool;
