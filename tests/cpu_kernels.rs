@@ -267,19 +267,29 @@ const CASES: [Case; 8] = [
     Case { name: "prefill GQA 4/1 hd 128", n_head: 4, n_kv: 1, hd: 128, n_tok: 20, kv_start: 17, causal: true, q_gain: 2.0 },
 ];
 
+impl Case {
+    /// Random q, k and v (`extra` values past the caches' rows, `kv` applied to both) and the
+    /// f32 shape.
+    fn inputs(&self, extra: usize, kv: impl Fn(Vec<f32>) -> Vec<f32>) -> (Vec<f32>, Vec<f32>, Vec<f32>, AttnShape) {
+        let kv_len = (self.kv_start + self.n_tok) * self.n_kv * self.hd + extra;
+        let q = random(self.n_tok * self.n_head * self.hd, -1.0, 1.0, 16).iter().map(|v| v * self.q_gain).collect();
+        let (k, v) = (kv(random(kv_len, -2.0, 2.0, 17)), kv(random(kv_len, -1.0, 1.0, 18)));
+        let (n_head, n_kv, hd, n_tok) = (self.n_head as u32, self.n_kv as u32, self.hd as u32, self.n_tok as u32);
+        (q, k, v, AttnShape { causal: self.causal, ..AttnShape::new(n_head, n_kv, hd, n_tok) })
+    }
+
+    fn reference(&self, q: &[f32], k: &[f32], v: &[f32], shape: &AttnShape) -> Vec<f32> {
+        attention_ref(q, k, v, self.n_tok, self.kv_start, self.n_head, self.n_kv, self.hd, shape.scale, self.causal)
+    }
+}
+
 /// Every case at every SIMD level this machine has (scalar included) and {1, 2, 3} threads.
 #[test]
 fn attention_matches_ref() {
     for (pool, level) in pools().iter().flat_map(|p| Simd::available().into_iter().map(move |l| (p, l))) {
         for c in &CASES {
-            let kv_rows = c.kv_start + c.n_tok;
-            let q: Vec<f32> = random(c.n_tok * c.n_head * c.hd, -1.0, 1.0, 16).iter().map(|v| v * c.q_gain).collect();
-            let k = random(kv_rows * c.n_kv * c.hd + 3, -2.0, 2.0, 17);
-            let v = random(kv_rows * c.n_kv * c.hd + 3, -1.0, 1.0, 18);
-            let scale = 1.0 / (c.hd as f32).sqrt();
-            let want = attention_ref(&q, &k, &v, c.n_tok, c.kv_start, c.n_head, c.n_kv, c.hd, scale, c.causal);
-            let shape =
-                AttnShape { causal: c.causal, ..AttnShape::new(c.n_head as u32, c.n_kv as u32, c.hd as u32, c.n_tok as u32) };
+            let (q, k, v, shape) = c.inputs(3, |x| x);
+            let want = c.reference(&q, &k, &v, &shape);
             let mut out = vec![f32::NAN; want.len()];
             simd::with_level(level, || {
                 if c.n_tok == 1 {
@@ -295,14 +305,10 @@ fn attention_matches_ref() {
     }
 }
 
-/// f32 values as the f16 cache holds them (`u16` bits).
+/// f32 values as the f16 cache holds them (`u16` bits), rounded by the GPU's packing
+/// (`pack_f16`: nearest, ties to even).
 fn f16_bits(x: &[f32]) -> Vec<u16> {
-    x.iter().map(|&v| half_bits(v)).collect()
-}
-
-/// `v` rounded to f16 by the GPU's packing (`pack_f16`: nearest, ties to even), as bits.
-fn half_bits(v: f32) -> u16 {
-    pack_f16(&[v])[0] as u16
+    x.iter().map(|&v| pack_f16(&[v])[0] as u16).collect()
 }
 
 /// An f16 cache: the f32 attention of its rounded values, every case at every level.
@@ -310,17 +316,9 @@ fn half_bits(v: f32) -> u16 {
 fn attention_reads_f16_caches() {
     for (pool, level) in pools().iter().flat_map(|p| Simd::available().into_iter().map(move |l| (p, l))) {
         for c in &CASES {
-            let kv_rows = c.kv_start + c.n_tok;
-            let q: Vec<f32> = random(c.n_tok * c.n_head * c.hd, -1.0, 1.0, 16).iter().map(|v| v * c.q_gain).collect();
-            let k = round_f16(&random(kv_rows * c.n_kv * c.hd, -2.0, 2.0, 17));
-            let v = round_f16(&random(kv_rows * c.n_kv * c.hd, -1.0, 1.0, 18));
-            let scale = 1.0 / (c.hd as f32).sqrt();
-            let want = attention_ref(&q, &k, &v, c.n_tok, c.kv_start, c.n_head, c.n_kv, c.hd, scale, c.causal);
-            let shape = AttnShape {
-                causal: c.causal,
-                kv: KvDtype::F16,
-                ..AttnShape::new(c.n_head as u32, c.n_kv as u32, c.hd as u32, c.n_tok as u32)
-            };
+            let (q, k, v, shape) = c.inputs(0, |x| round_f16(&x));
+            let shape = AttnShape { kv: KvDtype::F16, ..shape };
+            let want = c.reference(&q, &k, &v, &shape);
             let (k16, v16) = (f16_bits(&k), f16_bits(&v));
             let mut out = vec![f32::NAN; want.len()];
             simd::with_level(level, || attention_prefill(pool, &shape, &q, &k16, &v16, &mut out, c.n_tok, c.kv_start))

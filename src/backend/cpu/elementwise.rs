@@ -24,8 +24,9 @@ pub fn add_inplace(pool: &ThreadPool, a: &[f32], residual: &mut [f32]) -> Result
     Ok(())
 }
 
+/// `g · σ(g)`: SiLU, the gate of the gated FFNs (also the matvec and matmul epilogues).
 #[inline]
-fn silu(g: f32) -> f32 {
+pub(super) fn silu(g: f32) -> f32 {
     g / (1.0 + (-g).exp())
 }
 

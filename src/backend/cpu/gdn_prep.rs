@@ -14,13 +14,10 @@
 //! - [`gated_norm`]: per (token, v head) row of `o`: `o / sqrt(mean(o²) + eps) · w · silu(z)`
 //!   (norm before gate, weight as is), rows split over the pool.
 
+use super::elementwise::silu;
 use super::ops::{check_min_len, for_each_chunk, invalid, rows_per_task, ShapeError};
 use super::pool::ThreadPool;
 pub use crate::kernels::shapes::{RowWindow, SOFTPLUS_THRESHOLD};
-
-fn silu(v: f32) -> f32 {
-    v / (1.0 + (-v).exp())
-}
 
 /// Element `(t, i)` of a window.
 fn at(w: RowWindow, t: usize, i: usize) -> usize {

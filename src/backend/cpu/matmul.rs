@@ -23,6 +23,7 @@
 //!
 //! Output rows are split into chunks of whole panels that the pool's threads claim.
 
+use super::elementwise::silu;
 use super::matvec::{check, MatvecError, Mode, Rows, Weight};
 use super::pool::ThreadPool;
 use super::quant::ftile::tile4x2;
@@ -134,7 +135,7 @@ impl Run<'_> {
                             let y = unsafe { &mut *self.y.at((t0 + i) * stride + offset + o0 + r) };
                             match (self.out.epilogue, &q) {
                                 (Epilogue::Add, _) => *y += v,
-                                (Epilogue::SiluMul, Some(q)) => *y = v / (1.0 + (-v).exp()) * q[r][i],
+                                (Epilogue::SiluMul, Some(q)) => *y = silu(v) * q[r][i],
                                 _ => *y = v,
                             }
                         }

@@ -6,6 +6,7 @@
 //! while they are in L1, four rows per call where the format has a four-row kernel (Q4_0,
 //! Q4_1 and Q8_0 with AVX2: each activation block loaded once for the four).
 
+use super::elementwise::silu;
 use super::ops::prefetch;
 use super::pool::ThreadPool;
 use super::quant::{dequant_dot, quantize_q8, quantize_q8k, Dot4, Kernel, QuantError};
@@ -242,7 +243,7 @@ impl Run<'_> {
         match (self.out.epilogue, up) {
             (Epilogue::Store, _) => *y = v,
             (Epilogue::Add, _) => *y += v,
-            (Epilogue::SiluMul, Some(up)) => *y = v / (1.0 + (-v).exp()) * up,
+            (Epilogue::SiluMul, Some(up)) => *y = silu(v) * up,
             (Epilogue::SiluMul, None) => unreachable!("a gated product without its second row"),
         }
     }
