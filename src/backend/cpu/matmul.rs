@@ -8,9 +8,9 @@
 //! with llamafile's `tinyBLAS` 4-row tiles, and ggml-cpu's `repack.cpp` eight-row layouts).
 //!
 //! - Fast mode, K-quants: activations quantized once to Q8_K, the panel's eight rows decoded
-//!   and interleaved by four codes per super-block (`quant/ktile.rs`), then one `vpdpbusd`
-//!   per four codes of all eight rows and a token, every lane a row. Bit for bit the
-//!   matvec's result.
+//!   and interleaved by eight codes per super-block (`quant/ktile.rs`), then one 512-bit
+//!   `vpdpbusd` per eight codes of all eight rows and a token (AVX2: four rows per 256 bits),
+//!   every pair of lanes a row. Bit for bit the matvec's result.
 //! - Fast mode, Q4_0 / Q4_1 / Q8_0: activations quantized once to Q8_0, each panel row's
 //!   blocks decoded to codes and f32 scales (`quant/ltile.rs`), then register tiles of two
 //!   rows by four tokens over stretches of blocks, four rows at a time, with the matvec's
@@ -178,7 +178,9 @@ impl Panel for KPanel<'_> {
             // SAFETY: each level implies the features its tile needs (`Simd::is_supported`),
             // and every slice holds `n_sb` super-blocks.
             #[cfg(target_arch = "x86_64")]
-            Simd::Avx512Vnni => unsafe { ktile::tile_vnni(buf, &xs[..n], &mut p) },
+            Simd::Avx512Vnni => unsafe { ktile::tile_512_vnni(buf, &xs[..n], &mut p) },
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512 => unsafe { ktile::tile_512(buf, &xs[..n], &mut p) },
             #[cfg(target_arch = "x86_64")]
             l if l.avx2() => unsafe { ktile::tile_avx2(buf, &xs[..n], &mut p) },
             _ => ktile::tile(buf, &xs[..n], &mut p),

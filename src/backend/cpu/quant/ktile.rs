@@ -1,13 +1,15 @@
 //! K-quant super-blocks decoded once for many tokens (the fast mode of
-//! [`matmul`](crate::backend::cpu::matmul)). [`KBlock`] decodes one row's Q4_K, Q5_K or Q6_K
-//! super-block: its 256 codes as unsigned bytes in element order, its scales and mins per
-//! group of 16. [`KRows`] interleaves eight rows' decoded super-blocks by four codes, so that
-//! one 32-byte vector holds codes `4g..4g + 4` of all eight rows and a token's four activation
-//! codes, broadcast, meet them in one `vpdpbusd` (`maddubs` + `madd` without VNNI): every
-//! lane is a row, and the scales, mins and f32 steps are row vectors, with no horizontal sum
-//! (the repacked eight-row layouts of llama.cpp's `ggml-cpu/repack.cpp`, `block_q4_Kx8`).
-//! [`tile`] runs a tile of tokens against them, four tokens per pass so that each code vector
-//! is loaded once for the four.
+//! [`matmul`](crate::backend::cpu::matmul)). [`KRows`] holds eight rows' super-block `s`,
+//! decoded (codes as unsigned bytes, scales and mins per group of 16) and interleaved by
+//! eight codes: one 64-byte vector holds codes `8q..8q + 8` of all eight rows, so that a
+//! token's eight activation codes, broadcast, meet them in one 512-bit `vpdpbusd` (`maddubs` +
+//! `madd` without VNNI). Lane `2r` sums row `r`'s first four codes, lane `2r + 1` its next
+//! four; the scales are stored once per lane, and a pair is added into its row once per
+//! super-block, where the f32 steps run as row vectors with no horizontal sum (the repacked
+//! eight-row layouts of llama.cpp's `ggml-cpu/repack.cpp`, `block_q4_Kx8`). The AVX2 tile
+//! reads the same layout as two halves of four rows, 256 bits at a time. [`tile`] and its
+//! SIMD forms run a tile of tokens against a panel, four tokens per pass so that each code
+//! vector is loaded once for the four.
 //!
 //! The integer sums are exact and the same as `scalar.rs` / `kquant_avx2.rs`'s (no i16 lane
 //! saturates: codes below 64 times activations of at most 127, two per lane; groups of 16
@@ -22,60 +24,85 @@ use super::scalar::scales_k4;
 use super::{f16_at, BlockQ8K};
 use crate::gguf::GgmlType;
 
-/// One row's decoded super-block.
+/// Eight rows' super-block `s`, interleaved (see the module header).
 #[derive(Clone, Copy, Debug)]
-pub(in crate::backend::cpu) struct KBlock {
-    /// Element `e`'s code, unsigned (Q4_K below 16, Q5_K below 32, Q6_K below 64).
-    codes: [u8; 256],
-    /// The scale of group `g` of 16 codes (Q4_K/Q5_K: its sub-block of 32's).
-    scales: [i16; 16],
-    /// The factor of the activations' sum over group `g` of 16: Q4_K/Q5_K the min of its
-    /// sub-block of 32, Q6_K `-32 × scale` (its codes are offset by 32).
-    mins: [i16; 16],
-    /// f16 `d` and `dmin` (Q6_K: `d` only, its mins fold into the integer sum).
-    d: f32,
-    dmin: f32,
+#[repr(C, align(64))]
+pub(in crate::backend::cpu) struct KRows {
+    /// `codes[q][8r..8r + 8]`: row `r`'s codes `8q..8q + 8` (unsigned: Q4_K below 16, Q5_K
+    /// below 32, Q6_K below 64).
+    codes: [[u8; 64]; 32],
+    /// `scales[h][2r]` and `scales[h][2r + 1]`: row `r`'s scale of the codes `16h..16h + 16`
+    /// (Q4_K/Q5_K: its sub-block of 32's), once per lane of its pair.
+    scales: [[i32; 16]; 16],
+    /// `mins[j][4r..4r + 4]`: row `r`'s min factors of groups `4j..4j + 4` (against the
+    /// activations' per-16 sums: Q4_K/Q5_K the sub-block's min, Q6_K `-32 × scale`, as its
+    /// codes are offset by 32), so that a `madd` with a token's four sums broadcast leaves
+    /// them in the codes' pairs of lanes.
+    mins: [[i16; 32]; 4],
+    /// Per row the f16 `d` and `dmin` (Q6_K: `d` only, its mins fold into the integer sum).
+    d: [f32; 8],
+    dmin: [f32; 8],
     six: bool,
 }
 
-impl Default for KBlock {
-    fn default() -> KBlock {
-        KBlock { codes: [0; 256], scales: [0; 16], mins: [0; 16], d: 0.0, dmin: 0.0, six: false }
+impl Default for KRows {
+    fn default() -> KRows {
+        KRows { codes: [[0; 64]; 32], scales: [[0; 16]; 16], mins: [[0; 32]; 4], d: [0.0; 8], dmin: [0.0; 8], six: false }
     }
 }
 
-impl KBlock {
-    /// Decodes super-block `b` of a `ty` row (Q4_K, Q5_K or Q6_K; layouts in
+impl KRows {
+    /// Decodes super-block `rows[r]` of eight `ty` rows (Q4_K, Q5_K or Q6_K; layouts in
     /// `gguf/quant/dequant.rs`, unpacking as in `scalar.rs`); `avx2`: the codes with
     /// `kquant_avx2.rs`'s unpacking (the CPU has AVX2, FMA and F16C).
-    fn decode(ty: GgmlType, b: &[u8], out: &mut KBlock, avx2: bool) {
-        match avx2 {
-            // SAFETY: as documented.
-            #[cfg(target_arch = "x86_64")]
-            true => unsafe { codes_avx2(ty, b, &mut out.codes) },
-            _ => codes(ty, b, &mut out.codes),
+    pub(in crate::backend::cpu) fn decode(ty: GgmlType, rows: [&[u8]; 8], out: &mut KRows, avx2: bool) {
+        out.six = ty == GgmlType::Q6_K;
+        for (r, b) in rows.into_iter().enumerate() {
+            let mut codes = [0; 256];
+            match avx2 {
+                // SAFETY: as documented.
+                #[cfg(target_arch = "x86_64")]
+                true => unsafe { codes_avx2(ty, b, &mut codes) },
+                _ => codes_scalar(ty, b, &mut codes),
+            }
+            for (q, dst) in out.codes.iter_mut().enumerate() {
+                dst[8 * r..8 * r + 8].copy_from_slice(&codes[8 * q..8 * q + 8]);
+            }
+            let mut scales = [0i16; 16];
+            if out.six {
+                for (g, s) in scales.iter_mut().enumerate() {
+                    *s = b[192 + g] as i8 as i16;
+                }
+                (out.d[r], out.dmin[r]) = (f16_at(b, 208), 0.0);
+            } else {
+                let (sc, mins) = scales_k4(&b[4..16]);
+                for g in 0..16 {
+                    out.mins[g / 4][4 * r + g % 4] = mins[g / 2] as i16;
+                }
+                scales = std::array::from_fn(|g| sc[g / 2] as i16);
+                (out.d[r], out.dmin[r]) = (f16_at(b, 0), f16_at(b, 2));
+            }
+            for (h, &s) in scales.iter().enumerate() {
+                out.scales[h][2 * r..2 * r + 2].fill(s as i32);
+                if out.six {
+                    out.mins[h / 4][4 * r + h % 4] = -32 * s;
+                }
+            }
         }
-        match ty {
-            GgmlType::Q6_K => {
-                for g in 0..16 {
-                    out.scales[g] = b[192 + g] as i8 as i16;
-                    out.mins[g] = -32 * out.scales[g];
-                }
-                (out.d, out.dmin, out.six) = (f16_at(b, 208), 0.0, true);
-            }
-            _ => {
-                let (scales, mins) = scales_k4(&b[4..16]);
-                for g in 0..16 {
-                    (out.scales[g], out.mins[g]) = (scales[g / 2] as i16, mins[g / 2] as i16);
-                }
-                (out.d, out.dmin, out.six) = (f16_at(b, 0), f16_at(b, 2), false);
-            }
+    }
+
+    /// Row `r`'s share of a product: the scalar form of the tiles' lane `r`.
+    fn step(&self, r: usize, dot: i32, min: i32, xd: f32) -> f32 {
+        if self.six {
+            self.d[r] * xd * (dot + min) as f32
+        } else {
+            self.d[r] * xd * dot as f32 - self.dmin[r] * xd * min as f32
         }
     }
 }
 
 /// The 256 codes of super-block `b`, in element order.
-fn codes(ty: GgmlType, b: &[u8], codes: &mut [u8; 256]) {
+fn codes_scalar(ty: GgmlType, b: &[u8], codes: &mut [u8; 256]) {
     if ty == GgmlType::Q6_K {
         for (e, c) in codes.iter_mut().enumerate() {
             let (h, k, l) = (e / 128, (e % 128) / 32, e % 32);
@@ -93,7 +120,7 @@ fn codes(ty: GgmlType, b: &[u8], codes: &mut [u8; 256]) {
     }
 }
 
-/// [`codes`] with AVX2, 32 at a time.
+/// [`codes_scalar`] with AVX2, 32 at a time.
 ///
 /// # Safety
 /// Needs AVX2, FMA and F16C.
@@ -116,62 +143,6 @@ unsafe fn codes_avx2(ty: GgmlType, b: &[u8], codes: &mut [u8; 256]) {
     }
 }
 
-/// Eight rows' super-block `s`, interleaved (see the module header).
-#[derive(Clone, Copy, Debug)]
-#[repr(C, align(32))]
-pub(in crate::backend::cpu) struct KRows {
-    /// `codes[g][4r..4r + 4]`: row `r`'s codes `4g..4g + 4`.
-    codes: [[u8; 32]; 64],
-    /// `scales[h][r]`: row `r`'s scale of the codes `16h..16h + 16`.
-    scales: [[i32; 8]; 16],
-    /// `mins[j][2r..2r + 2]`: row `r`'s min factors of groups `2j` and `2j + 1` (against the
-    /// activations' per-16 sums: Q4_K/Q5_K the sub-block's min, Q6_K `-32 × scale`).
-    mins: [[i16; 16]; 8],
-    d: [f32; 8],
-    dmin: [f32; 8],
-    six: bool,
-}
-
-impl Default for KRows {
-    fn default() -> KRows {
-        KRows { codes: [[0; 32]; 64], scales: [[0; 8]; 16], mins: [[0; 16]; 8], d: [0.0; 8], dmin: [0.0; 8], six: false }
-    }
-}
-
-impl KRows {
-    /// Decodes super-block `rows[r]` of eight `ty` rows (`avx2` as for [`KBlock::decode`]).
-    pub(in crate::backend::cpu) fn decode(ty: GgmlType, rows: [&[u8]; 8], out: &mut KRows, avx2: bool) {
-        let mut blocks = [KBlock::default(); 8];
-        for ((row, b), r) in rows.iter().zip(&mut blocks).zip(0..) {
-            KBlock::decode(ty, row, b, avx2);
-            for (h, scales) in out.scales.iter_mut().enumerate() {
-                scales[r] = b.scales[h] as i32;
-            }
-            for (j, mins) in out.mins.iter_mut().enumerate() {
-                mins[2 * r..2 * r + 2].copy_from_slice(&b.mins[2 * j..2 * j + 2]);
-            }
-            (out.d[r], out.dmin[r], out.six) = (b.d, b.dmin, b.six);
-        }
-        // The codes as a transpose of four-byte words: (row, group) to (group, row).
-        let words: [&[u32; 64]; 8] = std::array::from_fn(|r| bytemuck::cast_ref(&blocks[r].codes));
-        for (g, codes) in out.codes.iter_mut().enumerate() {
-            let codes: &mut [u32; 8] = bytemuck::cast_mut(codes);
-            for (c, w) in codes.iter_mut().zip(words) {
-                *c = w[g];
-            }
-        }
-    }
-
-    /// Row `r`'s share of a product: the scalar form of the tiles' lane `r`.
-    fn step(&self, r: usize, dot: i32, min: i32, xd: f32) -> f32 {
-        if self.six {
-            self.d[r] * xd * (dot + min) as f32
-        } else {
-            self.d[r] * xd * dot as f32 - self.dmin[r] * xd * min as f32
-        }
-    }
-}
-
 /// `p[r][i] += Σ_s` row `r` of super-blocks `w[s]` times token `i`'s activation block
 /// `xs[i][s]`, in super-block order (`xs.len() ≤ N`), scalar.
 pub(in crate::backend::cpu) fn tile<const N: usize>(w: &[KRows], xs: &[&[BlockQ8K]], p: &mut [[f32; N]; 8]) {
@@ -180,12 +151,91 @@ pub(in crate::backend::cpu) fn tile<const N: usize>(w: &[KRows], xs: &[&[BlockQ8
             for (w, x) in w.iter().zip(x.iter()) {
                 let mut dot = 0;
                 for (h, scales) in w.scales.iter().enumerate() {
-                    let group = (4 * h..4 * h + 4).flat_map(|g| (0..4).map(move |k| (g, k)));
-                    let sum: i32 = group.map(|(g, k)| w.codes[g][4 * r + k] as i32 * x.qs[4 * g + k] as i32).sum();
-                    dot += scales[r] * sum;
+                    let sum: i32 = (16 * h..16 * h + 16).map(|e| w.codes[e / 8][8 * r + e % 8] as i32 * x.qs[e] as i32).sum();
+                    dot += scales[2 * r] * sum;
                 }
-                let min = (0..16).map(|g| w.mins[g / 2][2 * r + g % 2] as i32 * x.bsums[g] as i32).sum();
+                let min = (0..16).map(|g| w.mins[g / 4][4 * r + g % 4] as i32 * x.bsums[g] as i32).sum();
                 pr[i] += w.step(r, dot, min, x.d);
+            }
+        }
+    }
+}
+
+/// The eight bytes at `p` (a token's activation codes `8q..8q + 8`, or its sums of groups
+/// `4j..4j + 4`) as an i64.
+///
+/// # Safety
+/// `p` must point at eight readable bytes.
+#[cfg(target_arch = "x86_64")]
+unsafe fn eight<T>(p: *const T) -> i64 {
+    std::ptr::read_unaligned(p.cast::<i64>())
+}
+
+/// [`tile`] with AVX2 (`maddubs` + `madd` of four codes into each i32 lane), each half of
+/// the panel in turn: per eight codes one load of four rows' codes and per token one
+/// broadcast and one product; per scale (32 codes, Q6_K 16) the sums times the lanes'
+/// scales (`vpmulld`); per super-block the pairs added into rows, the rows' mins against the
+/// token's per-16 sums (`madd` of pairs) and the f32 step as row vectors, with the scalar
+/// step's operations (no FMA), added to the token's running sums in registers.
+///
+/// # Safety
+/// Needs AVX2, FMA and F16C; every token of `xs` holds `w.len()` super-blocks.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(in crate::backend::cpu) unsafe fn tile_avx2<const N: usize>(w: &[KRows], xs: &[&[BlockQ8K]], p: &mut [[f32; N]; 8]) {
+    let ones = _mm256_set1_epi16(1);
+    for half in 0..2 {
+        let lanes = 32 * half..32 * half + 32;
+        for i0 in (0..xs.len()).step_by(4) {
+            // A short last group repeats its last token (its sums are dropped).
+            let x4: [&[BlockQ8K]; 4] = std::array::from_fn(|k| xs[(i0 + k).min(xs.len() - 1)]);
+            let mut sums = [_mm_setzero_ps(); 4];
+            for (s, ws) in w.iter().enumerate() {
+                let xb = x4.map(|x| &x[s]);
+                let mut dot = [_mm256_setzero_si256(); 4];
+                let per = if ws.six { 1 } else { 2 };
+                for h in (0..16).step_by(per) {
+                    let mut part = [_mm256_setzero_si256(); 4];
+                    for q in 2 * h..2 * (h + per) {
+                        let c = _mm256_load_si256(ws.codes[q][lanes.clone()].as_ptr().cast());
+                        for k in 0..4 {
+                            let x = _mm256_set1_epi64x(eight(xb[k].qs[8 * q..].as_ptr()));
+                            part[k] = _mm256_add_epi32(part[k], _mm256_madd_epi16(_mm256_maddubs_epi16(c, x), ones));
+                        }
+                    }
+                    let scales = _mm256_load_si256(ws.scales[h][8 * half..].as_ptr().cast());
+                    for k in 0..4 {
+                        dot[k] = _mm256_add_epi32(dot[k], _mm256_mullo_epi32(part[k], scales));
+                    }
+                }
+                let d = _mm_loadu_ps(ws.d[4 * half..].as_ptr());
+                let dmin = _mm_loadu_ps(ws.dmin[4 * half..].as_ptr());
+                // Pairs of lanes into rows: (r0, r0, r1, r1 | r2, r2, r3, r3) to (r0, r1, r2, r3).
+                let rows =
+                    |v: __m256i| _mm_cvtepi32_ps(_mm_hadd_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1)));
+                for k in 0..4 {
+                    let mut min = _mm256_setzero_si256();
+                    for (j, mins) in ws.mins.iter().enumerate() {
+                        let m = _mm256_loadu_si256(mins[16 * half..].as_ptr().cast());
+                        min =
+                            _mm256_add_epi32(min, _mm256_madd_epi16(m, _mm256_set1_epi64x(eight(xb[k].bsums[4 * j..].as_ptr()))));
+                    }
+                    let xd = _mm_set1_ps(xb[k].d);
+                    let step = if ws.six {
+                        _mm_mul_ps(_mm_mul_ps(d, xd), rows(_mm256_add_epi32(dot[k], min)))
+                    } else {
+                        let sub = _mm_mul_ps(_mm_mul_ps(dmin, xd), rows(min));
+                        _mm_sub_ps(_mm_mul_ps(_mm_mul_ps(d, xd), rows(dot[k])), sub)
+                    };
+                    sums[k] = _mm_add_ps(sums[k], step);
+                }
+            }
+            for (k, sum) in sums.iter().enumerate().take(xs.len() - i0) {
+                let mut s = [0f32; 4];
+                _mm_storeu_ps(s.as_mut_ptr(), *sum);
+                for (pr, s) in p[4 * half..].iter_mut().zip(s) {
+                    pr[i0 + k] += s;
+                }
             }
         }
     }
@@ -193,72 +243,82 @@ pub(in crate::backend::cpu) fn tile<const N: usize>(w: &[KRows], xs: &[&[BlockQ8
 
 /// `acc +` the four-code dot products of `c` (unsigned) and `x` (signed) per i32 lane.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn dot4(acc: __m256i, c: __m256i, x: __m256i) -> __m256i {
-    _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(c, x), _mm256_set1_epi16(1)))
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+fn dot4_512(acc: __m512i, c: __m512i, x: __m512i) -> __m512i {
+    _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_maddubs_epi16(c, x), _mm512_set1_epi16(1)))
 }
 
-/// [`dot4`] in one `vpdpbusd` (AVX-512 VNNI on 256-bit vectors: the same lanes, since the
-/// `maddubs` pairs it replaces never saturate here).
+/// [`dot4_512`] in one `vpdpbusd` (the same lanes: the `maddubs` pairs it replaces never
+/// saturate here).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn dot4_vnni(acc: __m256i, c: __m256i, x: __m256i) -> __m256i {
-    _mm256_dpbusd_epi32(acc, c, x)
+fn dot4_512_vnni(acc: __m512i, c: __m512i, x: __m512i) -> __m512i {
+    _mm512_dpbusd_epi32(acc, c, x)
 }
 
-/// [`tile`] with AVX2 (`tile_avx2`; `tile_vnni` with [`dot4_vnni`]), four tokens per pass:
-/// per group of four codes one load of the eight rows' codes and per token one broadcast of
-/// its four activation codes and one [`dot4`]; per scale (32 codes, Q6_K 16) the sums times
-/// the rows' scales (`vpmulld`); per super-block the rows' mins against the token's per-16
-/// sums (`madd` of pairs) and the f32 step as row vectors, with the scalar step's operations
-/// (no FMA), added to the token's running sums in registers.
-macro_rules! ktile {
-    ($features:literal, $dot4:path: $name:ident) => {
+/// [`tile`] with AVX-512 (`tile_512`; `tile_512_vnni` with [`dot4_512_vnni`]), all eight
+/// rows in one vector: [`tile_avx2`]'s passes with twice the codes per product and eight
+/// tokens per pass (eight independent `vpdpbusd` chains: its latency times its throughput),
+/// and each row's pair of lanes added (`vpmovqd` of the 64-bit lanes' sums) before the f32
+/// step. `passes` takes the codes per scale as a constant (`PER` groups of 16), so that the
+/// inner loops unroll.
+macro_rules! ktile_512 {
+    ($features:literal, $dot4:path: $name:ident, $passes:ident) => {
         /// # Safety
         /// Needs the CPU features named in its `target_feature`; every token of `xs` holds
         /// `w.len()` super-blocks.
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
         pub(in crate::backend::cpu) unsafe fn $name<const N: usize>(w: &[KRows], xs: &[&[BlockQ8K]], p: &mut [[f32; N]; 8]) {
-            let load = |p: *const u8| _mm256_loadu_si256(p.cast());
-            // Four bytes (or two i16) at `p`, in every i32 lane.
-            let bcast = |p: *const u8| _mm256_set1_epi32(std::ptr::read_unaligned(p.cast::<i32>()));
-            for i0 in (0..xs.len()).step_by(4) {
-                // A short last group repeats its last token (its sums are dropped).
-                let x4: [&[BlockQ8K]; 4] = std::array::from_fn(|k| xs[(i0 + k).min(xs.len() - 1)]);
-                let mut sums = [_mm256_setzero_ps(); 4];
+            match w.first().map(|w| w.six) {
+                Some(true) => $passes::<N, 1>(w, xs, p),
+                Some(false) => $passes::<N, 2>(w, xs, p),
+                None => {}
+            }
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $passes<const N: usize, const PER: usize>(w: &[KRows], xs: &[&[BlockQ8K]], p: &mut [[f32; N]; 8]) {
+            const T: usize = 8;
+            for i0 in (0..xs.len()).step_by(T) {
+                let xt: [&[BlockQ8K]; T] = std::array::from_fn(|k| xs[(i0 + k).min(xs.len() - 1)]);
+                let mut sums = [_mm256_setzero_ps(); T];
                 for (s, ws) in w.iter().enumerate() {
-                    let xb = x4.map(|x| &x[s]);
-                    let mut dot = [_mm256_setzero_si256(); 4];
-                    // One scale per 32 codes (Q4_K, Q5_K: groups 2i and 2i + 1 share it) or 16 (Q6_K).
-                    let per = if ws.six { 1 } else { 2 };
-                    for (h, scales) in ws.scales.iter().enumerate().step_by(per) {
-                        let mut part = [_mm256_setzero_si256(); 4];
-                        for g in 4 * h..4 * (h + per) {
-                            let c = load(ws.codes[g].as_ptr());
-                            for k in 0..4 {
-                                part[k] = $dot4(part[k], c, bcast(xb[k].qs[4 * g..].as_ptr().cast()));
+                    let xb = xt.map(|x| &x[s]);
+                    let mut dot = [_mm512_setzero_si512(); T];
+                    for h in (0..16).step_by(PER) {
+                        let mut part = [_mm512_setzero_si512(); T];
+                        for (q, codes) in ws.codes[2 * h..2 * (h + PER)].iter().enumerate() {
+                            let c = _mm512_load_si512(codes.as_ptr().cast());
+                            for k in 0..T {
+                                // SAFETY: `8 (2h + q) + 8 ≤ 256`.
+                                let x = _mm512_set1_epi64(eight(xb[k].qs.as_ptr().add(8 * (2 * h + q))));
+                                part[k] = $dot4(part[k], c, x);
                             }
                         }
-                        let scales = load(scales.as_ptr().cast());
-                        for k in 0..4 {
-                            dot[k] = _mm256_add_epi32(dot[k], _mm256_mullo_epi32(part[k], scales));
+                        let scales = _mm512_load_si512(ws.scales[h].as_ptr().cast());
+                        for k in 0..T {
+                            dot[k] = _mm512_add_epi32(dot[k], _mm512_mullo_epi32(part[k], scales));
                         }
                     }
                     let d = _mm256_loadu_ps(ws.d.as_ptr());
                     let dmin = _mm256_loadu_ps(ws.dmin.as_ptr());
-                    for k in 0..4 {
-                        let mut min = _mm256_setzero_si256();
+                    // Pairs of lanes into rows: the low half of each 64-bit lane's two sums.
+                    let rows =
+                        |v: __m512i| _mm256_cvtepi32_ps(_mm512_cvtepi64_epi32(_mm512_add_epi32(v, _mm512_srli_epi64(v, 32))));
+                    for k in 0..T {
+                        let mut min = _mm512_setzero_si512();
                         for (j, mins) in ws.mins.iter().enumerate() {
-                            let pair = bcast(xb[k].bsums[2 * j..].as_ptr().cast());
-                            min = _mm256_add_epi32(min, _mm256_madd_epi16(load(mins.as_ptr().cast()), pair));
+                            let sums = _mm512_set1_epi64(eight(xb[k].bsums[4 * j..].as_ptr()));
+                            min = _mm512_add_epi32(min, _mm512_madd_epi16(_mm512_load_si512(mins.as_ptr().cast()), sums));
                         }
                         let xd = _mm256_set1_ps(xb[k].d);
-                        let step = if ws.six {
-                            _mm256_mul_ps(_mm256_mul_ps(d, xd), _mm256_cvtepi32_ps(_mm256_add_epi32(dot[k], min)))
+                        let step = if PER == 1 {
+                            _mm256_mul_ps(_mm256_mul_ps(d, xd), rows(_mm512_add_epi32(dot[k], min)))
                         } else {
-                            let sub = _mm256_mul_ps(_mm256_mul_ps(dmin, xd), _mm256_cvtepi32_ps(min));
-                            _mm256_sub_ps(_mm256_mul_ps(_mm256_mul_ps(d, xd), _mm256_cvtepi32_ps(dot[k])), sub)
+                            let sub = _mm256_mul_ps(_mm256_mul_ps(dmin, xd), rows(min));
+                            _mm256_sub_ps(_mm256_mul_ps(_mm256_mul_ps(d, xd), rows(dot[k])), sub)
                         };
                         sums[k] = _mm256_add_ps(sums[k], step);
                     }
@@ -275,5 +335,5 @@ macro_rules! ktile {
     };
 }
 
-ktile!("avx2,fma,f16c", dot4: tile_avx2);
-ktile!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", dot4_vnni: tile_vnni);
+ktile_512!("avx2,fma,f16c,avx512f,avx512bw,avx512vl", dot4_512: tile_512, passes_512);
+ktile_512!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", dot4_512_vnni: tile_512_vnni, passes_512_vnni);

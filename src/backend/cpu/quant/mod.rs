@@ -11,7 +11,7 @@
 //! picks the function for a format, mode and [`Simd`] level once per op.
 //!
 //! The tiles of the prefill matmul: K-quant super-blocks decoded once for many tokens and
-//! dotted four rows at a time (`ktile.rs`), the same for Q4_0 / Q4_1 / Q8_0 blocks
+//! dotted eight rows at a time (`ktile.rs`), the same for Q4_0 / Q4_1 / Q8_0 blocks
 //! (`ltile.rs`), and the f32 4 x 2 micro-kernel of its exact mode (`ftile.rs`).
 
 mod float;
