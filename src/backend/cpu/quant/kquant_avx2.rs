@@ -59,16 +59,21 @@ fn pick_i16(lane: usize) -> i16 {
     (((2 * lane + 1) << 8) | (2 * lane)) as i16
 }
 
-/// The eight 6-bit scales and mins of a Q4_K/Q5_K super-block (`s`: its 12 packed bytes) as
-/// i16 lanes: the scales in both halves of the first vector (for the per-sub-block
-/// shuffles), the mins in the second (`scalar.rs`'s `scales_k4`, in registers).
+/// The eight 6-bit scales and mins of a Q4_K/Q5_K super-block `b` (packed in its bytes
+/// `4..16`) as i16 lanes: the scales in both halves of the first vector (for the per-sub-block
+/// shuffles), the mins in the second (`scalar.rs`'s `scales_k4`, in registers: with `a`, `m`,
+/// `c` its three words, the scales are `a & 0x3F…` and `(c & 0x0F…) | ((a >> 2) & 0x30…)`,
+/// the mins the same of `m` and `c >> 4`).
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn scales_mins(s: &[u8]) -> (__m256i, __m128i) {
-    let word = |i: usize| u32::from_le_bytes([s[i], s[i + 1], s[i + 2], s[i + 3]]);
-    let (a, b, c) = (word(0), word(4), word(8));
-    let high = |lo: u32, hi: u32| (lo & 0x0F0F_0F0F) | ((hi >> 2) & 0x3030_3030);
-    let packed = [a & 0x3F3F_3F3F, high(c, a), b & 0x3F3F_3F3F, high(c >> 4, b)];
-    let both = _mm256_cvtepu8_epi16(_mm_setr_epi32(packed[0] as i32, packed[1] as i32, packed[2] as i32, packed[3] as i32));
+unsafe fn scales_mins(b: &[u8]) -> (__m256i, __m128i) {
+    let v = _mm_loadu_si128(b[4..20].as_ptr().cast());
+    // (a, c, m, c >> 4), masked to their low bits.
+    let low = _mm_srlv_epi32(_mm_shuffle_epi32::<0b10_01_10_00>(v), _mm_setr_epi32(0, 0, 0, 4));
+    let low = _mm_and_si128(low, _mm_setr_epi32(0x3F3F_3F3F, 0x0F0F_0F0F, 0x3F3F_3F3F, 0x0F0F_0F0F));
+    // (a, a, m, m): the top two bits of each byte, to bits 4 and 5 of the second and fourth.
+    let high = _mm_srli_epi32::<2>(_mm_shuffle_epi32::<0b01_01_00_00>(v));
+    let high = _mm_and_si128(high, _mm_setr_epi32(0, 0x3030_3030, 0, 0x3030_3030));
+    let both = _mm256_cvtepu8_epi16(_mm_or_si128(low, high));
     (_mm256_permute2x128_si256(both, both, 0x00), _mm256_extracti128_si256(both, 1))
 }
 
@@ -87,7 +92,7 @@ unsafe fn min_sum_avx2(mins: __m128i, bsums: &[i16; 16]) -> i32 {
 unsafe fn q45(row: &[u8], x: &[BlockQ8K], size: usize, qs_at: usize, qh_at: Option<usize>) -> f32 {
     let mut acc = 0.0;
     for (b, xb) in row.chunks_exact(size).zip(x) {
-        let (scales, mins) = scales_mins(&b[4..16]);
+        let (scales, mins) = scales_mins(b);
         let qh = qh_at.map(|at| _mm256_loadu_si256(b[at..at + 32].as_ptr().cast()));
         let mut sumi = _mm256_setzero_si256();
         for j in 0..4 {
@@ -167,7 +172,7 @@ pub(super) unsafe fn q4_k_512(row: &[u8], x: &[BlockQ8K]) -> f32 {
     let low4 = _mm512_set1_epi8(0x0F);
     let mut acc = 0.0;
     for (b, xb) in row.chunks_exact(144).zip(x) {
-        let (scales, mins) = scales_mins(&b[4..16]);
+        let (scales, mins) = scales_mins(b);
         let scales = _mm512_broadcast_i64x4(scales);
         let mut sumi = _mm512_setzero_si512();
         for j in 0..4 {
