@@ -254,7 +254,7 @@ struct Case {
     q_gain: f32,
 }
 
-const CASES: [Case; 8] = [
+const CASES: [Case; 9] = [
     Case { name: "prefill GQA 8/2", n_head: 8, n_kv: 2, hd: 36, n_tok: 7, kv_start: 0, causal: true, q_gain: 1.0 },
     Case { name: "prefill GQA 6/3 after cache", n_head: 6, n_kv: 3, hd: 20, n_tok: 45, kv_start: 30, causal: true, q_gain: 3.0 },
     Case { name: "decode GQA 4/1", n_head: 4, n_kv: 1, hd: 64, n_tok: 1, kv_start: 150, causal: true, q_gain: 4.0 },
@@ -265,6 +265,9 @@ const CASES: [Case; 8] = [
     // 64 + 8 + 8 columns (Mllama's vision heads), 128 (Ministral, Llama).
     Case { name: "vision hd 80", n_head: 2, n_kv: 2, hd: 80, n_tok: 45, kv_start: 0, causal: false, q_gain: 2.0 },
     Case { name: "prefill GQA 4/1 hd 128", n_head: 4, n_kv: 1, hd: 128, n_tok: 20, kv_start: 17, causal: true, q_gain: 2.0 },
+    // Decode takes a run of KV heads per thread, its query heads 64 per pass: two passes,
+    // the second starting inside a group of three.
+    Case { name: "decode GQA 72/24, two passes", n_head: 72, n_kv: 24, hd: 16, n_tok: 1, kv_start: 40, causal: true, q_gain: 2.0 },
 ];
 
 impl Case {

@@ -8,8 +8,9 @@
 //! `[rows][n_kv_head*head_dim]`, out `[n_tok][n_head*head_dim]`); caches of f32 or of f16
 //! ([`KvElem`]: converted to f32 as they are read, `vcvtph2ps` with AVX2).
 //!
-//! Each (query row, KV head) is one pool task that walks its keys once, in blocks of
-//! [`BLOCK`], for all the query heads that share the KV head (each block read from memory once),
+//! In prefill each (query row, KV head) is one pool task, in decode each run of KV heads (one
+//! run per thread); a task walks its keys once, in blocks of [`BLOCK`], each block for all its
+//! query heads (read from memory once, and in decode as whole stretches of the caches' rows),
 //! with the online softmax of FlashAttention (Dao et al. 2022; Milakov & Gimelshein 2018;
 //! ggml-cpu `ggml_compute_forward_flash_attn_ext_f16`): per head a running maximum `m`,
 //! denominator `l` and f32 output accumulator, rescaled by `exp(m_old - m_new)` when a block
@@ -172,8 +173,8 @@ impl KvElem for u16 {
     }
 }
 
-/// A KV cache's columns of one KV head: key `j` at `k[j * stride..][..head_dim]`, its value
-/// likewise in `v`.
+/// A KV cache's columns from one KV head on: KV head `i` of them has key `j` at
+/// `k[j * stride + i * head_dim..][..head_dim]`, its value likewise in `v`.
 #[derive(Clone, Copy)]
 pub(super) struct Kv<'a, T> {
     pub(super) k: &'a [T],
@@ -181,30 +182,42 @@ pub(super) struct Kv<'a, T> {
     pub(super) stride: usize,
 }
 
-/// Query heads that share a KV head per [`attend`] pass (more are taken in turns).
-const MAX_GROUP: usize = 16;
+/// Query heads per [`attend`] pass (more are taken in turns): their online-softmax states
+/// live on the stack.
+const MAX_HEADS: usize = 64;
 
-/// Attention of the query heads `qs` (contiguous heads of `head_dim`) that share the KV head
-/// `kv`, over its keys in `ranges`, into `out` (the same layout): scores `q · k * scale`, in
-/// blocks of [`BLOCK`]. A block is read from memory once and from L1 for the other heads
-/// (grouped-query attention). At `simd` levels with AVX2 the scores of eight keys at a time
-/// and the value sums run on vectors.
-pub(super) fn attend<T: KvElem, R>(simd: Simd, qs: &[f32], out: &mut [f32], kv: Kv<T>, ranges: R, head_dim: usize, scale: f32)
-where
+/// Attention of the query heads `qs` (contiguous heads of `head_dim`; head `i` reads KV head
+/// `i / group` of `kv`) over the keys in `ranges`, into `out` (the same layout): scores
+/// `q · k * scale`, in blocks of [`BLOCK`] keys, each block for every head of the pass before
+/// the next. A block's rows are read from memory once: from L1 for the other query heads of a
+/// KV head (grouped-query attention), and with several KV heads (decode) as whole stretches
+/// of the cache's rows, which the hardware prefetchers follow. At `simd` levels with AVX2 the
+/// scores of eight keys at a time and the value sums run on vectors.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn attend<T: KvElem, R>(
+    simd: Simd,
+    qs: &[f32],
+    out: &mut [f32],
+    kv: Kv<T>,
+    ranges: R,
+    head_dim: usize,
+    group: usize,
+    scale: f32,
+) where
     R: Iterator<Item = Range<usize>> + Clone,
 {
     #[cfg(target_arch = "x86_64")]
     if simd.avx2() {
         // SAFETY: the level implies AVX2, FMA and F16C.
-        return unsafe { attend_avx2(qs, out, kv, ranges, head_dim, scale) };
+        return unsafe { attend_avx2(qs, out, kv, ranges, head_dim, group, scale) };
     }
     let _ = simd;
-    attend_with(qs, out, kv, ranges, head_dim, scale, scores_portable, accumulate_portable)
+    attend_with(qs, out, kv, ranges, head_dim, group, scale, scores_portable, accumulate_portable)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn attend_avx2<T: KvElem, R>(qs: &[f32], out: &mut [f32], kv: Kv<T>, ranges: R, head_dim: usize, scale: f32)
+unsafe fn attend_avx2<T: KvElem, R>(qs: &[f32], out: &mut [f32], kv: Kv<T>, ranges: R, head_dim: usize, group: usize, scale: f32)
 where
     R: Iterator<Item = Range<usize>> + Clone,
 {
@@ -215,6 +228,7 @@ where
         kv,
         ranges,
         head_dim,
+        group,
         scale,
         |q, k, stride, s| unsafe { scores_avx2(q, k, stride, s) },
         |acc, p, v, stride| unsafe { accumulate_avx2(acc, p, v, stride) },
@@ -232,6 +246,7 @@ fn attend_with<T: KvElem, R>(
     kv: Kv<T>,
     ranges: R,
     hd: usize,
+    group: usize,
     scale: f32,
     scores: impl Fn(&[f32], &[T], usize, &mut [f32]),
     accumulate: impl Fn(&mut [f32], &[f32], &[T], usize),
@@ -239,23 +254,28 @@ fn attend_with<T: KvElem, R>(
     R: Iterator<Item = Range<usize>> + Clone,
 {
     let mut s = [0f32; BLOCK];
-    for (qs, out) in qs.chunks(MAX_GROUP * hd).zip(out.chunks_mut(MAX_GROUP * hd)) {
-        let mut heads = [OnlineSoftmax::NEW; MAX_GROUP];
+    let n_heads = qs.len() / hd;
+    for first in (0..n_heads).step_by(MAX_HEADS) {
+        let pass = first..n_heads.min(first + MAX_HEADS);
+        let (qs, out) = (&qs[pass.start * hd..pass.end * hd], &mut out[pass.start * hd..pass.end * hd]);
+        // The cache columns of the pass's KV heads.
+        let cols = (first / group) * hd..((pass.end - 1) / group + 1) * hd;
+        let mut heads = [OnlineSoftmax::NEW; MAX_HEADS];
         out.fill(0.0);
         for range in ranges.clone() {
             for k0 in range.clone().step_by(BLOCK) {
                 let n = BLOCK.min(range.end - k0);
-                let span = (n - 1) * kv.stride + hd;
-                let (k, v) = (&kv.k[k0 * kv.stride..][..span], &kv.v[k0 * kv.stride..][..span]);
-                // The next block's rows, while this one computes: a KV head's rows are short
-                // pieces of the cache's rows, which the hardware prefetchers follow poorly.
+                // The next block's rows (the pass's columns of them), while this one computes.
                 for j in k0 + BLOCK..range.end.min(k0 + 2 * BLOCK) {
-                    for c in (0..hd).step_by(64 / size_of::<T>()) {
+                    for c in cols.clone().step_by(64 / size_of::<T>()) {
                         prefetch(&kv.k[j * kv.stride + c]);
                         prefetch(&kv.v[j * kv.stride + c]);
                     }
                 }
-                for ((head, q), acc) in heads.iter_mut().zip(qs.chunks_exact(hd)).zip(out.chunks_exact_mut(hd)) {
+                let span = (n - 1) * kv.stride + hd;
+                for (i, ((head, q), acc)) in heads.iter_mut().zip(qs.chunks_exact(hd)).zip(out.chunks_exact_mut(hd)).enumerate() {
+                    let at = k0 * kv.stride + (first + i) / group * hd;
+                    let (k, v) = (&kv.k[at..][..span], &kv.v[at..][..span]);
                     let s = &mut s[..n];
                     scores(q, k, kv.stride, s);
                     head.weigh(s, scale, acc);
@@ -417,17 +437,22 @@ pub fn attention_prefill<T: KvElem>(
     let kvs = n_kv * hd;
     let valid = shape.valid_rows as usize;
     let simd = simd::level();
-    // Query head h of token t is out's chunk t * n_head + h, so a task's group of heads
-    // (those of one KV head) is one chunk of `group` of them.
-    for_each_chunk(pool, out, group * hd, |task, accs| {
-        let (t, kvh) = (task / n_kv, task % n_kv);
+    // A task is a run of KV heads of one token, and the query heads that read them: query
+    // head h of token t is out's chunk t * n_head + h, so a run is one chunk of out. Prefill
+    // runs one KV head per task (enough tasks, and other tokens' tasks read the same rows
+    // from the caches); decode splits the heads into one run per thread, so that each reads
+    // whole stretches of the caches' rows.
+    let per_task = if n_tok == 1 { n_kv.div_ceil(pool.threads()) } else { 1 };
+    let tasks_per_tok = n_kv.div_ceil(per_task);
+    for_each_chunk(pool, out, per_task * group * hd, |task, accs| {
+        let (t, kvh) = (task / tasks_per_tok, task % tasks_per_tok * per_task);
         let mut n_keys = if shape.causal { kv_start + t + 1 } else { kv_start + n_tok };
         if t >= valid {
             n_keys = n_keys.min(valid);
         }
         let q0 = t * shape.q_stride as usize + shape.q_offset as usize + kvh * group * hd;
         let kv = Kv { k: &k_cache[kvh * hd..], v: &v_cache[kvh * hd..], stride: kvs };
-        attend(simd, &q[q0..][..group * hd], accs, kv, std::iter::once(0..n_keys), hd, shape.scale);
+        attend(simd, &q[q0..][..accs.len()], accs, kv, std::iter::once(0..n_keys), hd, group, shape.scale);
     });
     Ok(())
 }

@@ -50,7 +50,7 @@ pub fn cross_attention(
         let col = (h / group) * hd;
         let kv = Kv { k: &k[col..], v: &v[col..], stride: kvs };
         let tiles = mask[t * n_tiles..][..n_tiles].iter().enumerate().filter(|(_, &m)| m != 0);
-        attend(simd, qr, acc, kv, tiles.map(|(tile, _)| tile * tile_keys..(tile + 1) * tile_keys), hd, s.scale);
+        attend(simd, qr, acc, kv, tiles.map(|(tile, _)| tile * tile_keys..(tile + 1) * tile_keys), hd, 1, s.scale);
     });
     Ok(())
 }
