@@ -267,7 +267,7 @@ const CASES: [Case; 9] = [
     Case { name: "prefill GQA 4/1 hd 128", n_head: 4, n_kv: 1, hd: 128, n_tok: 20, kv_start: 17, causal: true, q_gain: 2.0 },
     // Decode takes a run of KV heads per thread, its query heads 64 per pass: two passes,
     // the second starting inside a group of three.
-    Case { name: "decode GQA 72/24, two passes", n_head: 72, n_kv: 24, hd: 16, n_tok: 1, kv_start: 40, causal: true, q_gain: 2.0 },
+    Case { name: "decode 72/24, 2 passes", n_head: 72, n_kv: 24, hd: 16, n_tok: 1, kv_start: 40, causal: true, q_gain: 2.0 },
 ];
 
 impl Case {

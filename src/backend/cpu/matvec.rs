@@ -4,7 +4,8 @@
 //! for one token, the fast mode quantizes the activations once per op, and the output rows
 //! are split into chunks that the pool's threads claim; a chunk runs its rows for every token
 //! while they are in L1, four rows per call where the format has a four-row kernel (Q4_0,
-//! Q4_1 and Q8_0 with AVX2: each activation block loaded once for the four).
+//! Q4_1 and Q8_0 with AVX2, Q4_K and Q6_K with AVX-512: each activation block loaded once for
+//! the four).
 
 use super::elementwise::silu;
 use super::ops::prefetch;
@@ -141,7 +142,7 @@ pub fn matvec_into(
         Kernel::F32(dot) => run.rows(x, &dot, None),
         Kernel::Dequant(ty, block) => run.rows(x, &|r, x| dequant_dot(ty, block, r, x), None),
         Kernel::Q8(dot, dot4) => run.rows(&quantize_q8(x)?, &dot, dot4.as_ref().map(|d| d as _)),
-        Kernel::Q8K(dot) => run.rows(&quantize_q8k(x)?, &dot, None),
+        Kernel::Q8K(dot, dot4) => run.rows(&quantize_q8k(x)?, &dot, dot4.as_ref().map(|d| d as _)),
     }
     Ok(())
 }

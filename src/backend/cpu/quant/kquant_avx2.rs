@@ -11,7 +11,10 @@
 //! (`d sc q - dmin m`, `d sc (q - 32)`), multiplied into four independent FMA accumulators.
 //!
 //! At the AVX-512 levels the fast Q4_K and Q6_K dots run on 512-bit vectors, two sub-blocks
-//! per op, with the same integer sums.
+//! per op, with the same integer sums, for one to four rows: the activations are loaded once
+//! for the rows, and each row asks the memory for its super-block [`AHEAD`] ahead (past its
+//! end, the same place in the next group of rows), as four rows side by side are four streams
+//! that the whole-row prefetches of `matvec.rs` alone leave waiting on long rows.
 //!
 //! Callers pass one row of whole super-blocks and as many activation blocks (or 256 values per
 //! block), and call only on CPUs with AVX2, FMA and F16C (AVX-512F/BW/VL for the `_512` ones).
@@ -156,61 +159,138 @@ pub(super) unsafe fn q6_k(row: &[u8], x: &[BlockQ8K]) -> f32 {
     acc
 }
 
-/// Folds a 512-bit vector's i32 lanes to 256 bits (lane `i` plus lane `i + 8`).
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
-fn fold512(v: __m512i) -> __m256i {
-    _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1))
+/// Super-blocks ahead of the one computing that the four-row kernels ask the memory for.
+const AHEAD: usize = 8;
+
+/// Asks for the 3 cache lines at byte `at` of `row`, one of `rows` consecutive rows computed
+/// side by side: past its end, the same place in the row `rows` rows further (the next group).
+fn ahead(row: &[u8], at: usize, rows: usize) {
+    let at = if at < row.len() { at } else { at + (rows - 1) * row.len() };
+    for line in 0..3 {
+        // SAFETY: a prefetch, which cannot fault (the address may lie past the weight).
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().wrapping_add(at + 64 * line).cast()) };
+    }
 }
 
-/// Fast Q4_K on 512-bit vectors: each 32 bytes of nibbles is sub-blocks `2j` (low nibbles)
-/// and `2j + 1` (high) in one vector of 64 codes, against 64 activation codes, each half
-/// with its sub-block's scale. The same integer sums as [`q45`]: the same bits.
+/// The sums of four vectors' i32 lanes, lane `r` of the result vector `r`'s.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn sum4_i32(v: [__m128i; 4]) -> __m128i {
+    _mm_hadd_epi32(_mm_hadd_epi32(v[0], v[1]), _mm_hadd_epi32(v[2], v[3]))
+}
+
+/// Folds a 512-bit vector's i32 lanes to 128 bits (lanes `i`, `i + 4`, `i + 8`, `i + 12`).
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
-pub(super) unsafe fn q4_k_512(row: &[u8], x: &[BlockQ8K]) -> f32 {
+fn fold512(v: __m512i) -> __m128i {
+    let v = _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1));
+    _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1))
+}
+
+/// Four f16 (as bits) as f32.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn f16x4(h: [u16; 4]) -> __m128 {
+    _mm_cvtph_ps(_mm_set_epi64x(0, u64::from_le_bytes(bytemuck::cast(h)) as i64))
+}
+
+/// The f16 at `b[at..at + 2]`, as bits.
+fn f16_bits(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+/// The first `R` lanes of `v`.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn lanes<const R: usize>(v: __m128) -> [f32; R] {
+    let mut all = [0f32; 4];
+    // SAFETY: `all` holds four f32.
+    unsafe { _mm_storeu_ps(all.as_mut_ptr(), v) };
+    std::array::from_fn(|r| all[r])
+}
+
+/// Fast Q4_K of `R` rows (1 to 4) on 512-bit vectors: each 32 bytes of nibbles is sub-blocks
+/// `2j` (low nibbles) and `2j + 1` (high) in one vector of 64 codes, against 64 activation
+/// codes (loaded once for the rows), each half with its sub-block's scale; per super-block
+/// the rows' sums reduced together (`hadd`) and their f32 steps in one vector. The same
+/// integer sums and f32 operations per row as [`q45`]: the same bits.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+pub(super) unsafe fn q4_k_512<const R: usize>(rows: [&[u8]; R], x: &[BlockQ8K]) -> [f32; R] {
     // Shifts of the low and high 256 bits, and the scale lanes of sub-blocks 2j and 2j + 1.
     let shifts = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
     let low4 = _mm512_set1_epi8(0x0F);
-    let mut acc = 0.0;
-    for (b, xb) in row.chunks_exact(144).zip(x) {
-        let (scales, mins) = scales_mins(b);
-        let scales = _mm512_broadcast_i64x4(scales);
-        let mut sumi = _mm512_setzero_si512();
-        for j in 0..4 {
-            let q = _mm512_broadcast_i64x4(_mm256_loadu_si256(b[16 + 32 * j..][..32].as_ptr().cast()));
-            let codes = _mm512_and_si512(_mm512_srlv_epi16(q, shifts), low4);
-            let lane = |s: usize| _mm256_set1_epi16(pick_i16(s));
-            let pick = _mm512_inserti64x4(_mm512_castsi256_si512(lane(2 * j)), lane(2 * j + 1), 1);
-            let dot = _mm512_maddubs_epi16(codes, _mm512_loadu_si512(xb.qs[64 * j..][..64].as_ptr().cast()));
-            sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(dot, _mm512_shuffle_epi8(scales, pick)));
+    let lane = |s: usize| _mm256_set1_epi16(pick_i16(s));
+    let picks: [__m512i; 4] =
+        std::array::from_fn(|j| _mm512_inserti64x4(_mm512_castsi256_si512(lane(2 * j)), lane(2 * j + 1), 1));
+    let mut acc = _mm_setzero_ps();
+    for (s, xb) in x.iter().enumerate() {
+        let mut xq = [_mm512_setzero_si512(); 4];
+        for (j, xq) in xq.iter_mut().enumerate() {
+            *xq = _mm512_loadu_si512(xb.qs[64 * j..][..64].as_ptr().cast());
         }
-        let (d, dmin) = (f16(b) * xb.d, f16(&b[2..]) * xb.d);
-        acc += d * hsum_i32(fold512(sumi)) as f32 - dmin * min_sum_avx2(mins, &xb.bsums) as f32;
+        let bs = _mm256_loadu_si256(xb.bsums.as_ptr().cast());
+        let pairs = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+        let (mut dots, mut mins) = ([_mm_setzero_si128(); 4], [_mm_setzero_si128(); 4]);
+        let (mut d, mut dmin) = ([0; 4], [0; 4]);
+        for (r, row) in rows.iter().enumerate() {
+            ahead(row, 144 * (s + AHEAD), R);
+            let b = &row[144 * s..][..144];
+            (d[r], dmin[r]) = (f16_bits(b, 0), f16_bits(b, 2));
+            let (scales, m) = scales_mins(b);
+            let scales = _mm512_broadcast_i64x4(scales);
+            let mut sumi = _mm512_setzero_si512();
+            for (j, (&xq, &pick)) in xq.iter().zip(&picks).enumerate() {
+                let q = _mm512_broadcast_i64x4(_mm256_loadu_si256(b[16 + 32 * j..][..32].as_ptr().cast()));
+                let codes = _mm512_and_si512(_mm512_srlv_epi16(q, shifts), low4);
+                let dot = _mm512_maddubs_epi16(codes, xq);
+                sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(dot, _mm512_shuffle_epi8(scales, pick)));
+            }
+            dots[r] = fold512(sumi);
+            mins[r] = _mm_madd_epi16(m, pairs);
+        }
+        let (d, dmin, xd) = (f16x4(d), f16x4(dmin), _mm_set1_ps(xb.d));
+        let sub = _mm_mul_ps(_mm_mul_ps(dmin, xd), _mm_cvtepi32_ps(sum4_i32(mins)));
+        acc = _mm_add_ps(acc, _mm_sub_ps(_mm_mul_ps(_mm_mul_ps(d, xd), _mm_cvtepi32_ps(sum4_i32(dots))), sub));
     }
-    acc
+    lanes(acc)
 }
 
-/// Fast Q6_K on 512-bit vectors: quarters `2m` and `2m + 1` of the codes in one vector, each
-/// 16 codes with its scale group's scale. The same integer sums as [`q6_k`]: the same bits.
+/// Fast Q6_K of `R` rows (1 to 4) on 512-bit vectors: quarters `2m` and `2m + 1` of the codes
+/// in one vector, each 16 codes with its scale group's scale, the activations loaded once
+/// for the rows and the rows' steps in one vector, as in [`q4_k_512`]. The same integer sums
+/// and f32 operations per row as [`q6_k`]: the same bits.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
-pub(super) unsafe fn q6_k_512(row: &[u8], x: &[BlockQ8K]) -> f32 {
-    let mut acc = 0.0;
-    for (b, xb) in row.chunks_exact(210).zip(x) {
-        let scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(b[192..208].as_ptr().cast()));
-        let wide = _mm512_castsi256_si512(scales16);
-        let mut sumi = _mm512_setzero_si512();
-        for m in 0..4 {
-            let codes = _mm512_inserti64x4(_mm512_castsi256_si512(codes6(b, 2 * m)), codes6(b, 2 * m + 1), 1);
-            // Groups 4m..4m + 4, one per 128 bits (i16 lane g of `scales16`).
-            let g = |k: usize| _mm_set1_epi16((4 * m + k) as i16);
-            let idx = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set_m128i(g(1), g(0))), _mm256_set_m128i(g(3), g(2)), 1);
-            let scales = _mm512_permutexvar_epi16(idx, wide);
-            let dot = _mm512_maddubs_epi16(codes, _mm512_loadu_si512(xb.qs[64 * m..][..64].as_ptr().cast()));
-            sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(dot, scales));
+pub(super) unsafe fn q6_k_512<const R: usize>(rows: [&[u8]; R], x: &[BlockQ8K]) -> [f32; R] {
+    // Groups 4m..4m + 4, one per 128 bits (i16 lane g of a row's 16 scales).
+    let g = |m: usize, k: usize| _mm_set1_epi16((4 * m + k) as i16);
+    let idx: [__m512i; 4] = std::array::from_fn(|m| {
+        _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set_m128i(g(m, 1), g(m, 0))), _mm256_set_m128i(g(m, 3), g(m, 2)), 1)
+    });
+    let mut acc = _mm_setzero_ps();
+    for (s, xb) in x.iter().enumerate() {
+        let mut xq = [_mm512_setzero_si512(); 4];
+        for (m, xq) in xq.iter_mut().enumerate() {
+            *xq = _mm512_loadu_si512(xb.qs[64 * m..][..64].as_ptr().cast());
         }
-        let offset = _mm256_madd_epi16(scales16, _mm256_loadu_si256(xb.bsums.as_ptr().cast()));
-        acc += f16(&b[208..]) * xb.d * (hsum_i32(fold512(sumi)) - 32 * hsum_i32(offset)) as f32;
+        let bsums = _mm256_loadu_si256(xb.bsums.as_ptr().cast());
+        let (mut dots, mut offsets, mut d) = ([_mm_setzero_si128(); 4], [_mm_setzero_si128(); 4], [0; 4]);
+        for (r, row) in rows.iter().enumerate() {
+            ahead(row, 210 * (s + AHEAD), R);
+            let b = &row[210 * s..][..210];
+            d[r] = f16_bits(b, 208);
+            let scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(b[192..208].as_ptr().cast()));
+            let wide = _mm512_castsi256_si512(scales16);
+            let mut sumi = _mm512_setzero_si512();
+            for (m, (&xq, &idx)) in xq.iter().zip(&idx).enumerate() {
+                let codes = _mm512_inserti64x4(_mm512_castsi256_si512(codes6(b, 2 * m)), codes6(b, 2 * m + 1), 1);
+                let dot = _mm512_maddubs_epi16(codes, xq);
+                sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(dot, _mm512_permutexvar_epi16(idx, wide)));
+            }
+            let offset = _mm256_madd_epi16(scales16, bsums);
+            dots[r] = fold512(sumi);
+            offsets[r] = _mm_add_epi32(_mm256_castsi256_si128(offset), _mm256_extracti128_si256(offset, 1));
+        }
+        let d = f16x4(d);
+        let sumi = _mm_sub_epi32(sum4_i32(dots), _mm_slli_epi32(sum4_i32(offsets), 5));
+        acc = _mm_add_ps(acc, _mm_mul_ps(_mm_mul_ps(d, _mm_set1_ps(xb.d)), _mm_cvtepi32_ps(sumi)));
     }
-    acc
+    lanes(acc)
 }
 
 /// Exact Q4_K / Q5_K, laid out as [`q45`] takes them.

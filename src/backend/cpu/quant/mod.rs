@@ -51,8 +51,8 @@ pub(super) enum Kernel {
     Dequant(GgmlType, BlockDequantizer),
     /// [`BlockQ8`] activations, and where the level has one a four-row kernel.
     Q8(Dot<BlockQ8>, Option<Dot4<BlockQ8>>),
-    /// [`BlockQ8K`] activations.
-    Q8K(Dot<BlockQ8K>),
+    /// [`BlockQ8K`] activations, and where the level has one a four-row kernel.
+    Q8K(Dot<BlockQ8K>, Option<Dot4<BlockQ8K>>),
 }
 
 impl Kernel {
@@ -72,9 +72,9 @@ impl Kernel {
             (T::Q4_0, true) => Kernel::Q8(scalar::q4_0, None),
             (T::Q4_1, true) => Kernel::Q8(scalar::q4_1, None),
             (T::Q8_0, true) => Kernel::Q8(scalar::q8_0, None),
-            (T::Q4_K, true) => Kernel::Q8K(scalar::q4_k),
-            (T::Q5_K, true) => Kernel::Q8K(scalar::q5_k),
-            (T::Q6_K, true) => Kernel::Q8K(scalar::q6_k),
+            (T::Q4_K, true) => Kernel::Q8K(scalar::q4_k, None),
+            (T::Q5_K, true) => Kernel::Q8K(scalar::q5_k, None),
+            (T::Q6_K, true) => Kernel::Q8K(scalar::q6_k, None),
             _ => Kernel::Dequant(ty, block_dequantizer(ty)?),
         })
     }
@@ -92,8 +92,12 @@ impl Kernel {
         let (avx512, vnni) = (matches!(simd, Simd::Avx512 | Simd::Avx512Vnni), simd == Simd::Avx512Vnni);
         // SAFETY (every closure): see above.
         Some(match (ty, fast) {
-            (T::Q4_K, true) if avx512 => Kernel::Q8K(|r, x| unsafe { k::q4_k_512(r, x) }),
-            (T::Q6_K, true) if avx512 => Kernel::Q8K(|r, x| unsafe { k::q6_k_512(r, x) }),
+            (T::Q4_K, true) if avx512 => {
+                Kernel::Q8K(|r, x| unsafe { k::q4_k_512([r], x)[0] }, Some(|r, x| unsafe { k::q4_k_512(r, x) }))
+            }
+            (T::Q6_K, true) if avx512 => {
+                Kernel::Q8K(|r, x| unsafe { k::q6_k_512([r], x)[0] }, Some(|r, x| unsafe { k::q6_k_512(r, x) }))
+            }
             (T::Q4_0, true) if vnni => Kernel::Q8(
                 |r, x| unsafe { l::row_vnni::<{ l::Q4_0 }>(r, x) },
                 Some(|r, x| unsafe { l::rows4_vnni::<{ l::Q4_0 }>(r, x) }),
@@ -118,9 +122,9 @@ impl Kernel {
             (T::Q8_0, true) => {
                 Kernel::Q8(|r, x| unsafe { l::row::<{ l::Q8_0 }>(r, x) }, Some(|r, x| unsafe { l::rows4::<{ l::Q8_0 }>(r, x) }))
             }
-            (T::Q4_K, true) => Kernel::Q8K(|r, x| unsafe { k::q4_k(r, x) }),
-            (T::Q5_K, true) => Kernel::Q8K(|r, x| unsafe { k::q5_k(r, x) }),
-            (T::Q6_K, true) => Kernel::Q8K(|r, x| unsafe { k::q6_k(r, x) }),
+            (T::Q4_K, true) => Kernel::Q8K(|r, x| unsafe { k::q4_k(r, x) }, None),
+            (T::Q5_K, true) => Kernel::Q8K(|r, x| unsafe { k::q5_k(r, x) }, None),
+            (T::Q6_K, true) => Kernel::Q8K(|r, x| unsafe { k::q6_k(r, x) }, None),
             (T::Q4_0, false) => Kernel::F32(|r, x| unsafe { l::q4_0_exact(r, x) }),
             (T::Q4_1, false) => Kernel::F32(|r, x| unsafe { l::q4_1_exact(r, x) }),
             (T::Q8_0, false) => Kernel::F32(|r, x| unsafe { l::q8_0_exact(r, x) }),
