@@ -12,9 +12,7 @@
 //!
 //! At the AVX-512 levels the fast Q4_K and Q6_K dots run on 512-bit vectors, two sub-blocks
 //! per op, with the same integer sums, for one to four rows: the activations are loaded once
-//! for the rows, and each row asks the memory for its super-block [`AHEAD`] ahead (past its
-//! end, the same place in the next group of rows), as four rows side by side are four streams
-//! that the whole-row prefetches of `matvec.rs` alone leave waiting on long rows.
+//! for the rows, and each row asks the memory for its bytes [`AHEAD`] ahead ([`ahead`]).
 //!
 //! Callers pass one row of whole super-blocks and as many activation blocks (or 256 values per
 //! block), and call only on CPUs with AVX2, FMA and F16C (AVX-512F/BW/VL for the `_512` ones).
@@ -23,7 +21,7 @@ use std::arch::x86_64::*;
 
 use super::legacy_avx2::{f16, f16x8, fma4, sum4, widen};
 use super::scalar::scales_k4;
-use super::BlockQ8K;
+use super::{ahead, BlockQ8K, AHEAD};
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn hsum_i32(v: __m256i) -> i32 {
@@ -159,19 +157,6 @@ pub(super) unsafe fn q6_k(row: &[u8], x: &[BlockQ8K]) -> f32 {
     acc
 }
 
-/// Super-blocks ahead of the one computing that the four-row kernels ask the memory for.
-const AHEAD: usize = 8;
-
-/// Asks for the 3 cache lines at byte `at` of `row`, one of `rows` consecutive rows computed
-/// side by side: past its end, the same place in the row `rows` rows further (the next group).
-fn ahead(row: &[u8], at: usize, rows: usize) {
-    let at = if at < row.len() { at } else { at + (rows - 1) * row.len() };
-    for line in 0..3 {
-        // SAFETY: a prefetch, which cannot fault (the address may lie past the weight).
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().wrapping_add(at + 64 * line).cast()) };
-    }
-}
-
 /// The sums of four vectors' i32 lanes, lane `r` of the result vector `r`'s.
 #[target_feature(enable = "avx2,fma,f16c")]
 fn sum4_i32(v: [__m128i; 4]) -> __m128i {
@@ -229,7 +214,7 @@ pub(super) unsafe fn q4_k_512<const R: usize>(rows: [&[u8]; R], x: &[BlockQ8K]) 
         let (mut dots, mut mins) = ([_mm_setzero_si128(); 4], [_mm_setzero_si128(); 4]);
         let (mut d, mut dmin) = ([0; 4], [0; 4]);
         for (r, row) in rows.iter().enumerate() {
-            ahead(row, 144 * (s + AHEAD), R);
+            ahead(row, 144 * s + AHEAD, R, 3);
             let b = &row[144 * s..][..144];
             (d[r], dmin[r]) = (f16_bits(b, 0), f16_bits(b, 2));
             let (scales, m) = scales_mins(b);
@@ -271,7 +256,7 @@ pub(super) unsafe fn q6_k_512<const R: usize>(rows: [&[u8]; R], x: &[BlockQ8K]) 
         let bsums = _mm256_loadu_si256(xb.bsums.as_ptr().cast());
         let (mut dots, mut offsets, mut d) = ([_mm_setzero_si128(); 4], [_mm_setzero_si128(); 4], [0; 4]);
         for (r, row) in rows.iter().enumerate() {
-            ahead(row, 210 * (s + AHEAD), R);
+            ahead(row, 210 * s + AHEAD, R, 4);
             let b = &row[210 * s..][..210];
             d[r] = f16_bits(b, 208);
             let scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(b[192..208].as_ptr().cast()));

@@ -36,6 +36,25 @@ fn f16_at(b: &[u8], at: usize) -> f32 {
     half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
 }
 
+/// Bytes ahead of the block being computed that the four-row kernels ask the memory for.
+#[cfg(target_arch = "x86_64")]
+const AHEAD: usize = 1 << 10;
+
+/// Asks for `lines` cache lines at byte `at` of `row`, one of `rows` consecutive rows computed
+/// side by side; past its end, the same place in the row `rows` rows further (the next group).
+/// Four rows side by side are four streams of the weight, which the whole-row prefetches of
+/// `matvec.rs` alone leave waiting on long rows.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn ahead(row: &[u8], at: usize, rows: usize, lines: usize) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    let at = if at < row.len() { at } else { at + (rows - 1) * row.len() };
+    for line in 0..lines {
+        // SAFETY: a prefetch, which cannot fault (the address may lie past the weight).
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().wrapping_add(at + 64 * line).cast()) };
+    }
+}
+
 /// One weight row (whole blocks) against one token's activations.
 type Dot<A> = fn(&[u8], &[A]) -> f32;
 
