@@ -98,7 +98,7 @@ const fn block_bytes<const F: u8>() -> usize {
 /// against the same activations (each block's codes, scale and sum loaded once for four rows,
 /// and four rows' worth of independent work per block), each row to the bits of `$row`.
 macro_rules! fast_dots {
-    ($features:literal, $dot:ident: $step:ident, $row:ident, $rows4:ident) => {
+    ($features:literal, $dot:ident: $step:ident, $row:ident, $rows4:ident, $rows4_with:ident) => {
         /// `acc` plus block `b`'s products with `xb`, the block's f32 step formed off the
         /// accumulator's chain: Q4_0 `fma(d dx, lanes - Σqx, acc)` (the lanes add up to
         /// `Σ q qx - 8 Σ qx`); Q4_1 `acc + fma(d dx, lanes, m dx Σqx / 8)` (each lane takes an
@@ -143,15 +143,23 @@ macro_rules! fast_dots {
 
         /// [`$row`] of four rows at once; rows longer than [`AHEAD`] each ask for their bytes
         /// that far ahead (shorter ones are `matvec.rs`'s prefetches' whole, and the extra
-        /// instructions cost SmolLM2's one-thread decode 7%).
+        /// instructions would cost SmolLM2's one-thread decode several percent).
         #[target_feature(enable = $features)]
         pub(super) fn $rows4<const F: u8>(rows: [&[u8]; 4], x: &[BlockQ8]) -> [f32; 4] {
+            if rows[0].len() > AHEAD {
+                $rows4_with::<F, true>(rows, x)
+            } else {
+                $rows4_with::<F, false>(rows, x)
+            }
+        }
+
+        #[target_feature(enable = $features)]
+        fn $rows4_with<const F: u8, const LONG: bool>(rows: [&[u8]; 4], x: &[BlockQ8]) -> [f32; 4] {
             let mut blocks = rows.map(|r| r.chunks_exact(block_bytes::<F>()));
             let mut acc = [[_mm256_setzero_ps(); 2]; 4];
-            let long = rows[0].len() > AHEAD;
             for (i, xb) in x.iter().enumerate() {
                 for ((a, blocks), row) in acc.iter_mut().zip(&mut blocks).zip(rows) {
-                    if long {
+                    if LONG {
                         ahead(row, i * block_bytes::<F>() + AHEAD, 4, 1);
                     }
                     let Some(b) = blocks.next() else { break };
@@ -163,8 +171,8 @@ macro_rules! fast_dots {
     };
 }
 
-fast_dots!("avx2,fma,f16c", dot_u8_i8: step, row, rows4);
-fast_dots!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", dot_u8_i8_vnni: step_vnni, row_vnni, rows4_vnni);
+fast_dots!("avx2,fma,f16c", dot_u8_i8: step, row, rows4, rows4_with);
+fast_dots!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", dot_u8_i8_vnni: step_vnni, row_vnni, rows4_vnni, rows4_with_vnni);
 
 /// `acc[k] += w[k] * x[8k..8k + 8]` for the four vectors of a 32-weight sub-block.
 #[target_feature(enable = "avx2,fma,f16c")]
