@@ -12,7 +12,8 @@
 //!
 //! At the AVX-512 levels the fast Q4_K and Q6_K dots run on 512-bit vectors, two sub-blocks
 //! per op, with the same integer sums, for one to four rows: the activations are loaded once
-//! for the rows, and each row asks the memory for its bytes [`AHEAD`] ahead ([`ahead`]).
+//! for the rows, and each row asks the memory for its bytes [`AHEAD`] ahead (or a row's length:
+//! [`ahead`]).
 //!
 //! Callers pass one row of whole super-blocks and as many activation blocks (or 256 values per
 //! block), and call only on CPUs with AVX2, FMA and F16C (AVX-512F/BW/VL for the `_512` ones).
@@ -214,7 +215,7 @@ pub(super) unsafe fn q4_k_512<const R: usize>(rows: [&[u8]; R], x: &[BlockQ8K]) 
         let (mut dots, mut mins) = ([_mm_setzero_si128(); 4], [_mm_setzero_si128(); 4]);
         let (mut d, mut dmin) = ([0; 4], [0; 4]);
         for (r, row) in rows.iter().enumerate() {
-            ahead(row, 144 * s + AHEAD, R, 3);
+            ahead(row, 144 * s + AHEAD.min(row.len()), R, 3);
             let b = &row[144 * s..][..144];
             (d[r], dmin[r]) = (f16_bits(b, 0), f16_bits(b, 2));
             let (scales, m) = scales_mins(b);
@@ -256,7 +257,7 @@ pub(super) unsafe fn q6_k_512<const R: usize>(rows: [&[u8]; R], x: &[BlockQ8K]) 
         let bsums = _mm256_loadu_si256(xb.bsums.as_ptr().cast());
         let (mut dots, mut offsets, mut d) = ([_mm_setzero_si128(); 4], [_mm_setzero_si128(); 4], [0; 4]);
         for (r, row) in rows.iter().enumerate() {
-            ahead(row, 210 * s + AHEAD, R, 4);
+            ahead(row, 210 * s + AHEAD.min(row.len()), R, 4);
             let b = &row[210 * s..][..210];
             d[r] = f16_bits(b, 208);
             let scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(b[192..208].as_ptr().cast()));

@@ -21,6 +21,9 @@ use std::arch::x86_64::*;
 
 use super::{ahead, BlockQ8, AHEAD};
 
+/// Row bytes from which the four-row kernels ask for their rows' bytes ahead themselves.
+const LONG_ROW: usize = 1 << 10;
+
 /// The f16 at `b[0..2]` as f32.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn f16(b: &[u8]) -> f32 {
@@ -141,12 +144,12 @@ macro_rules! fast_dots {
             hsum(_mm256_add_ps(acc, other))
         }
 
-        /// [`$row`] of four rows at once; rows longer than [`AHEAD`] each ask for their bytes
-        /// that far ahead (shorter ones are `matvec.rs`'s prefetches' whole, and the extra
-        /// instructions would cost SmolLM2's one-thread decode several percent).
+        /// [`$row`] of four rows at once; rows longer than [`LONG_ROW`] each ask for their bytes
+        /// [`AHEAD`] ahead (or a row's length); shorter ones are `matvec.rs`'s prefetches' whole,
+        /// and the extra instructions would cost SmolLM2's one-thread decode several percent.
         #[target_feature(enable = $features)]
         pub(super) fn $rows4<const F: u8>(rows: [&[u8]; 4], x: &[BlockQ8]) -> [f32; 4] {
-            if rows[0].len() > AHEAD {
+            if rows[0].len() > LONG_ROW {
                 $rows4_with::<F, true>(rows, x)
             } else {
                 $rows4_with::<F, false>(rows, x)
@@ -157,10 +160,11 @@ macro_rules! fast_dots {
         fn $rows4_with<const F: u8, const LONG: bool>(rows: [&[u8]; 4], x: &[BlockQ8]) -> [f32; 4] {
             let mut blocks = rows.map(|r| r.chunks_exact(block_bytes::<F>()));
             let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+            let dist = AHEAD.min(rows[0].len());
             for (i, xb) in x.iter().enumerate() {
                 for ((a, blocks), row) in acc.iter_mut().zip(&mut blocks).zip(rows) {
                     if LONG {
-                        ahead(row, i * block_bytes::<F>() + AHEAD, 4, 1);
+                        ahead(row, i * block_bytes::<F>() + dist, 4, 1);
                     }
                     let Some(b) = blocks.next() else { break };
                     *a = [a[1], $step::<F>(a[0], b, xb)];

@@ -36,14 +36,15 @@ fn f16_at(b: &[u8], at: usize) -> f32 {
     half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
 }
 
-/// Bytes ahead of the block being computed that the four-row kernels ask the memory for.
+/// How far ahead of the block being computed the four-row kernels ask the memory for a row's
+/// bytes: this, or the row's length where that is shorter.
 #[cfg(target_arch = "x86_64")]
-const AHEAD: usize = 1 << 10;
+const AHEAD: usize = 4 << 10;
 
-/// Asks for `lines` cache lines at byte `at` of `row`, one of `rows` consecutive rows computed
-/// side by side; past its end, the same place in the row `rows` rows further (the next group).
-/// Four rows side by side are four streams of the weight, which the whole-row prefetches of
-/// `matvec.rs` alone leave waiting on long rows.
+/// Asks for `lines` cache lines at byte `at` (below twice its length) of `row`, one of `rows`
+/// consecutive rows computed side by side; past its end, the same place in the row `rows`
+/// rows further (the next group). Four rows side by side are four streams of the weight,
+/// which the whole-row prefetches of `matvec.rs` alone leave waiting on long rows.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn ahead(row: &[u8], at: usize, rows: usize, lines: usize) {
