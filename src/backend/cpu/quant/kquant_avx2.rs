@@ -15,8 +15,9 @@
 //! for the rows, and each row asks the memory for its bytes [`AHEAD`] ahead (or a row's length:
 //! [`ahead`]).
 //!
-//! Callers pass one row of whole super-blocks and as many activation blocks (or 256 values per
-//! block), and call only on CPUs with AVX2, FMA and F16C (AVX-512F/BW/VL for the `_512` ones).
+//! Callers pass one row of whole super-blocks (the `_512` ones one to four consecutive rows)
+//! and as many activation blocks (or 256 values per block), and call only on CPUs with AVX2,
+//! FMA and F16C (AVX-512F/BW/VL for the `_512` ones).
 
 use std::arch::x86_64::*;
 
