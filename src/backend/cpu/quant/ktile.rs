@@ -7,9 +7,9 @@
 //! four; the scales are stored once per lane, and a pair is added into its row once per
 //! super-block, where the f32 steps run as row vectors with no horizontal sum (the repacked
 //! eight-row layouts of llama.cpp's `ggml-cpu/repack.cpp`, `block_q4_Kx8`). The AVX2 tile
-//! reads the same layout as two halves of four rows, 256 bits at a time. [`tile`] and its
-//! SIMD forms run a tile of tokens against a panel, four tokens per pass so that each code
-//! vector is loaded once for the four.
+//! reads the same layout as two halves of four rows side by side, 256 bits at a time. [`tile`]
+//! and its SIMD forms run a tile of tokens against a panel, several tokens per pass so that
+//! each code vector is loaded once for them.
 //!
 //! The integer sums are exact and the same as `scalar.rs` / `kquant_avx2.rs`'s (no i16 lane
 //! saturates: codes below 64 times activations of at most 127, two per lane; groups of 16
@@ -171,10 +171,11 @@ unsafe fn eight<T>(p: *const T) -> i64 {
     std::ptr::read_unaligned(p.cast::<i64>())
 }
 
-/// [`tile`] with AVX2 (`maddubs` + `madd` of four codes into each i32 lane), each half of
-/// the panel in turn: per eight codes one load of four rows' codes and per token one
-/// broadcast and one product; per scale (32 codes, Q6_K 16) the sums times the lanes'
-/// scales (`vpmulld`); per super-block the pairs added into rows, the rows' mins against the
+/// [`tile`] with AVX2 (`maddubs` + `madd` of four codes into each i32 lane), the panel's two
+/// halves of four rows side by side and two tokens per pass (what sixteen registers hold):
+/// per eight codes one load of each half's codes and per token one broadcast and a product per
+/// half; per scale (32 codes, Q6_K 16) the sums times the lanes' scales (`vpmulld`); per
+/// super-block the pairs added into rows (`hadd` of the halves), the rows' mins against the
 /// token's per-16 sums (`madd` of pairs) and the f32 step as row vectors, with the scalar
 /// step's operations (no FMA), added to the token's running sums in registers.
 ///
@@ -183,59 +184,75 @@ unsafe fn eight<T>(p: *const T) -> i64 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(in crate::backend::cpu) unsafe fn tile_avx2<const N: usize>(w: &[KRows], xs: &[&[BlockQ8K]], p: &mut [[f32; N]; 8]) {
+    match w.first().map(|w| w.six) {
+        Some(true) => passes_avx2::<N, 1>(w, xs, p),
+        Some(false) => passes_avx2::<N, 2>(w, xs, p),
+        None => {}
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn passes_avx2<const N: usize, const PER: usize>(w: &[KRows], xs: &[&[BlockQ8K]], p: &mut [[f32; N]; 8]) {
+    const T: usize = 2;
     let ones = _mm256_set1_epi16(1);
-    for half in 0..2 {
-        let lanes = 32 * half..32 * half + 32;
-        for i0 in (0..xs.len()).step_by(4) {
-            // A short last group repeats its last token (its sums are dropped).
-            let x4: [&[BlockQ8K]; 4] = std::array::from_fn(|k| xs[(i0 + k).min(xs.len() - 1)]);
-            let mut sums = [_mm_setzero_ps(); 4];
-            for (s, ws) in w.iter().enumerate() {
-                let xb = x4.map(|x| &x[s]);
-                let mut dot = [_mm256_setzero_si256(); 4];
-                let per = if ws.six { 1 } else { 2 };
-                for h in (0..16).step_by(per) {
-                    let mut part = [_mm256_setzero_si256(); 4];
-                    for q in 2 * h..2 * (h + per) {
-                        let c = _mm256_load_si256(ws.codes[q][lanes.clone()].as_ptr().cast());
-                        for k in 0..4 {
-                            let x = _mm256_set1_epi64x(eight(xb[k].qs[8 * q..].as_ptr()));
+    // Pairs of lanes into rows: halves (r0, r0, r1, r1 | r2, r2, r3, r3) and (r4 .. r7), whose
+    // `hadd` is (r0, r1, r4, r5 | r2, r3, r6, r7), to (r0 .. r7).
+    let rows =
+        |lo: __m256i, hi: __m256i| _mm256_cvtepi32_ps(_mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_hadd_epi32(lo, hi)));
+    for i0 in (0..xs.len()).step_by(T) {
+        // A short last pair repeats its last token (its sums are dropped).
+        let xt: [&[BlockQ8K]; T] = [xs[i0], xs[(i0 + 1).min(xs.len() - 1)]];
+        let mut sums = [_mm256_setzero_ps(); T];
+        for (s, ws) in w.iter().enumerate() {
+            let xb = [&xt[0][s], &xt[1][s]];
+            let mut dot = [[_mm256_setzero_si256(); T]; 2];
+            for h in (0..16).step_by(PER) {
+                let mut part = [[_mm256_setzero_si256(); T]; 2];
+                for (q, codes) in ws.codes[2 * h..2 * (h + PER)].iter().enumerate() {
+                    let c = [_mm256_load_si256(codes.as_ptr().cast()), _mm256_load_si256(codes[32..].as_ptr().cast())];
+                    for k in 0..T {
+                        // SAFETY: `8 (2h + q) + 8 ≤ 256`.
+                        let x = _mm256_set1_epi64x(eight(xb[k].qs.as_ptr().add(8 * (2 * h + q))));
+                        for (part, c) in part.iter_mut().zip(c) {
                             part[k] = _mm256_add_epi32(part[k], _mm256_madd_epi16(_mm256_maddubs_epi16(c, x), ones));
                         }
                     }
+                }
+                for (half, (dot, part)) in dot.iter_mut().zip(part).enumerate() {
                     let scales = _mm256_load_si256(ws.scales[h][8 * half..].as_ptr().cast());
-                    for k in 0..4 {
+                    for k in 0..T {
                         dot[k] = _mm256_add_epi32(dot[k], _mm256_mullo_epi32(part[k], scales));
                     }
                 }
-                let d = _mm_loadu_ps(ws.d[4 * half..].as_ptr());
-                let dmin = _mm_loadu_ps(ws.dmin[4 * half..].as_ptr());
-                // Pairs of lanes into rows: (r0, r0, r1, r1 | r2, r2, r3, r3) to (r0, r1, r2, r3).
-                let rows =
-                    |v: __m256i| _mm_cvtepi32_ps(_mm_hadd_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1)));
-                for k in 0..4 {
-                    let mut min = _mm256_setzero_si256();
-                    for (j, mins) in ws.mins.iter().enumerate() {
-                        let m = _mm256_loadu_si256(mins[16 * half..].as_ptr().cast());
-                        min =
-                            _mm256_add_epi32(min, _mm256_madd_epi16(m, _mm256_set1_epi64x(eight(xb[k].bsums[4 * j..].as_ptr()))));
-                    }
-                    let xd = _mm_set1_ps(xb[k].d);
-                    let step = if ws.six {
-                        _mm_mul_ps(_mm_mul_ps(d, xd), rows(_mm256_add_epi32(dot[k], min)))
-                    } else {
-                        let sub = _mm_mul_ps(_mm_mul_ps(dmin, xd), rows(min));
-                        _mm_sub_ps(_mm_mul_ps(_mm_mul_ps(d, xd), rows(dot[k])), sub)
-                    };
-                    sums[k] = _mm_add_ps(sums[k], step);
-                }
             }
-            for (k, sum) in sums.iter().enumerate().take(xs.len() - i0) {
-                let mut s = [0f32; 4];
-                _mm_storeu_ps(s.as_mut_ptr(), *sum);
-                for (pr, s) in p[4 * half..].iter_mut().zip(s) {
-                    pr[i0 + k] += s;
+            let d = _mm256_loadu_ps(ws.d.as_ptr());
+            let dmin = _mm256_loadu_ps(ws.dmin.as_ptr());
+            for k in 0..T {
+                let mut min = [_mm256_setzero_si256(); 2];
+                for (j, mins) in ws.mins.iter().enumerate() {
+                    let sums = _mm256_set1_epi64x(eight(xb[k].bsums[4 * j..].as_ptr()));
+                    for (half, min) in min.iter_mut().enumerate() {
+                        let m = _mm256_loadu_si256(mins[16 * half..].as_ptr().cast());
+                        *min = _mm256_add_epi32(*min, _mm256_madd_epi16(m, sums));
+                    }
                 }
+                let xd = _mm256_set1_ps(xb[k].d);
+                let step = if PER == 1 {
+                    let total = rows(_mm256_add_epi32(dot[0][k], min[0]), _mm256_add_epi32(dot[1][k], min[1]));
+                    _mm256_mul_ps(_mm256_mul_ps(d, xd), total)
+                } else {
+                    let sub = _mm256_mul_ps(_mm256_mul_ps(dmin, xd), rows(min[0], min[1]));
+                    _mm256_sub_ps(_mm256_mul_ps(_mm256_mul_ps(d, xd), rows(dot[0][k], dot[1][k])), sub)
+                };
+                sums[k] = _mm256_add_ps(sums[k], step);
+            }
+        }
+        for (k, sum) in sums.iter().enumerate().take(xs.len() - i0) {
+            let mut s = [0f32; 8];
+            _mm256_storeu_ps(s.as_mut_ptr(), *sum);
+            for (pr, s) in p.iter_mut().zip(s) {
+                pr[i0 + k] += s;
             }
         }
     }
