@@ -248,12 +248,20 @@ unsafe fn passes_avx2<const N: usize, const PER: usize>(w: &[KRows], xs: &[&[Blo
                 sums[k] = _mm256_add_ps(sums[k], step);
             }
         }
-        for (k, sum) in sums.iter().enumerate().take(xs.len() - i0) {
-            let mut s = [0f32; 8];
-            _mm256_storeu_ps(s.as_mut_ptr(), *sum);
-            for (pr, s) in p.iter_mut().zip(s) {
-                pr[i0 + k] += s;
-            }
+        add_sums(&sums[..T.min(xs.len() - i0)], p, i0);
+    }
+}
+
+/// Adds the eight rows' running sums of tokens `i0..i0 + sums.len()` to `p`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn add_sums<const N: usize>(sums: &[__m256], p: &mut [[f32; N]; 8], i0: usize) {
+    for (k, sum) in sums.iter().enumerate() {
+        let mut s = [0f32; 8];
+        // SAFETY: `s` holds eight f32.
+        unsafe { _mm256_storeu_ps(s.as_mut_ptr(), *sum) };
+        for (pr, s) in p.iter_mut().zip(s) {
+            pr[i0 + k] += s;
         }
     }
 }
@@ -340,13 +348,7 @@ macro_rules! ktile_512 {
                         sums[k] = _mm256_add_ps(sums[k], step);
                     }
                 }
-                for (k, sum) in sums.iter().enumerate().take(xs.len() - i0) {
-                    let mut s = [0f32; 8];
-                    _mm256_storeu_ps(s.as_mut_ptr(), *sum);
-                    for (pr, s) in p.iter_mut().zip(s) {
-                        pr[i0 + k] += s;
-                    }
-                }
+                add_sums(&sums[..T.min(xs.len() - i0)], p, i0);
             }
         }
     };
