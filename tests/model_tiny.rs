@@ -15,9 +15,9 @@ use std::rc::Rc;
 use webvlm::engine::{Engine, FinishReason, GenerateOptions, Generation};
 use webvlm::gguf::MappedGguf;
 use webvlm::kernels::sample::SamplerState;
-use webvlm::model::{Context, ContextOptions, Counters};
+use webvlm::model::{Context, ContextOptions, Counters, Decoder};
 use webvlm::sampling::{fold_seed, SamplingParams};
-use webvlm::source::Eager;
+use webvlm::source::{Eager, GgufBytes};
 
 /// Relative L2 error allowed per position (f32 compute and `--kv-f32`; the reference is f32 too).
 const TOL_REL_L2: f32 = 1e-3;
@@ -129,6 +129,31 @@ fn tiny_models_match_transformers_on_the_cpu_backend() {
             eprintln!("CPU backend {dir}/{}, chunks of {chunk}: {} positions, worst rel L2 {worst:.2e}", case.name, shape[0]);
         }
     }
+}
+
+/// On the CPU backend a mapped GGUF's matrices are used where they lie in the file, stacks
+/// (q/k/v, gate/up) as parts in several places of it, and give the logits of the same file
+/// read into memory (whose matrices are copied) bit for bit.
+#[test]
+fn cpu_backend_uses_mapped_weights_where_they_lie() {
+    let dev = cpu();
+    let root = fixture("tiny_mistral3_b");
+    let cases: Cases = serde_json::from_str(&std::fs::read_to_string(root.join("cases.json")).unwrap()).unwrap();
+    let path = root.join(&cases.model);
+    let mapped = MappedGguf::open(&path).unwrap();
+    let in_memory = GgufBytes::parse(std::fs::read(&path).unwrap()).unwrap();
+    let from_map = Decoder::load_from(&dev, &mut Eager(&mapped)).unwrap();
+    let copied = Decoder::load_from(&dev, &mut Eager(&in_memory)).unwrap();
+    let matrices = |d: &Decoder| d.layer_matrices().into_iter().chain([d.lm_head()]).cloned().collect::<Vec<_>>();
+    assert!(matrices(&from_map).iter().all(|w| w.is_mapped()), "every matrix of the mapped file is used in place");
+    assert!(matrices(&from_map).iter().any(|w| w.parts.len() > 1), "a stack of matrices from several places");
+    assert!(!matrices(&copied).iter().any(|w| w.is_mapped()), "a file in memory is copied");
+    let opts = ContextOptions { max_ctx: 64, max_chunk: 16, precision: webvlm::model::Precision::F32 };
+    let logits = |dec: &Decoder| {
+        let mut ctx = Context::new(&dev, dec, opts).unwrap();
+        pollster::block_on(ctx.logits(&dev, dec, &cases.cases[0].tokens)).unwrap()
+    };
+    assert_eq!(logits(&from_map), logits(&copied));
 }
 
 /// The tiny Ministral 3 model (text only) with a `max_ctx`-token context.

@@ -6,7 +6,9 @@
 //! parts merged into one index, so `tensor()` slices are always in bounds.
 
 use std::fs::File;
+use std::ops::Range;
 use std::path::Path;
+use std::sync::Arc;
 
 use memmap2::Mmap;
 
@@ -15,11 +17,13 @@ use super::header::{GgufHeader, TensorInfo};
 use super::metadata::Metadata;
 use super::reader::parse_header;
 use super::split::{split_paths, GgufModelFiles, SplitInfo};
+use crate::backend::cpu::Mapped;
 
 /// A GGUF model (one file or all parts of a split model) mapped into memory.
 pub struct MappedGguf {
     paths: Vec<String>,
-    maps: Vec<Mmap>,
+    /// Shared with the weights the CPU backend uses where they lie ([`Self::tensor_mapped`]).
+    maps: Vec<Arc<Mmap>>,
     files: GgufModelFiles,
 }
 
@@ -53,7 +57,7 @@ impl MappedGguf {
             }
             paths = siblings;
         }
-        let mut maps = vec![first_map];
+        let mut maps = vec![Arc::new(first_map)];
         let mut headers = vec![first_header];
         for (no, p) in paths.iter().enumerate().skip(1) {
             if !Path::new(p).exists() {
@@ -61,7 +65,7 @@ impl MappedGguf {
             }
             let map = map_file(p)?;
             headers.push(parse_mapped(&map)?);
-            maps.push(map);
+            maps.push(Arc::new(map));
         }
         let files = GgufModelFiles::new(headers)?;
         let lens: Vec<u64> = maps.iter().map(|m| m.len() as u64).collect();
@@ -91,6 +95,19 @@ impl MappedGguf {
 
     /// A tensor's info and raw bytes (in its GGUF block layout).
     pub fn tensor(&self, name: &str) -> Result<(&TensorInfo, &[u8]), GgufError> {
+        let (info, file, range) = self.locate(name)?;
+        Ok((info, &self.maps[file][range]))
+    }
+
+    /// A tensor's bytes as a handle on the mapped file, which the handle keeps mapped; `None`
+    /// for a tensor that does not start 4-byte aligned (GGUF aligns them to 32 by default).
+    pub fn tensor_mapped(&self, name: &str) -> Result<Option<Mapped>, GgufError> {
+        let (_, file, range) = self.locate(name)?;
+        Ok(Mapped::new(self.maps[file].clone(), range))
+    }
+
+    /// A tensor's info, part and byte range in that part.
+    fn locate(&self, name: &str) -> Result<(&TensorInfo, usize, Range<usize>), GgufError> {
         let (info, loc) = self.files.tensor(name)?;
         let map = &self.maps[loc.file];
         let out_of_range = || GgufError::OutOfRange {
@@ -101,7 +118,7 @@ impl MappedGguf {
         };
         let start = usize::try_from(loc.range.start).map_err(|_| out_of_range())?;
         let end = usize::try_from(loc.range.end).map_err(|_| out_of_range())?;
-        let bytes = map.get(start..end).ok_or_else(out_of_range)?;
-        Ok((info, bytes))
+        map.get(start..end).ok_or_else(out_of_range)?;
+        Ok((info, loc.file, start..end))
     }
 }

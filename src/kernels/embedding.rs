@@ -5,7 +5,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::matvec::check_len;
-use super::quant::{WLayout, Weight};
+use super::quant::{CpuWeight, WLayout, Weight};
 use crate::backend::{cpu, Buffer, Device, On, Program};
 use crate::gpu::{grid_1d, Access, Arg, KernelSpec, Launch, Result};
 
@@ -31,12 +31,11 @@ pub fn record(prog: &mut Program, dev: &Device, w: &Weight, ids: &Buffer, out: &
     let (prog, gpu) = match prog.on(dev)? {
         On::Gpu(prog, gpu) => (prog, gpu),
         On::Cpu(prog, _) => {
-            let (weight, ids, out) = (w.parts[0].buffer.cpu()?.clone(), ids.cpu()?.clone(), out.cpu()?.clone());
-            let (ty, rows, cols, bytes, n) = (w.ty, w.rows as usize, w.cols as usize, w.parts[0].bytes as usize, n as usize);
+            let (weight, ids, out) = (CpuWeight::of(w)?, ids.cpu()?.clone(), out.cpu()?.clone());
+            let (cols, n) = (w.cols as usize, n as usize);
             prog.push("embedding", move |pool| {
-                let words = weight.read()?;
-                let w = cpu::Weight::new(ty, rows, cols, &bytemuck::cast_slice(&words[..])[..bytes])?;
-                Ok(cpu::embedding::embedding(pool, &w, &ids.read_u32(n)?, &mut out.write_n(n * cols)?)?)
+                let (ids, mut out) = (ids.read_u32(n)?, out.write_n(n * cols)?);
+                weight.with(|w| Ok(cpu::embedding::embedding(pool, w, &ids, &mut out)?))
             });
             return Ok(());
         }

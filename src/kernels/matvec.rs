@@ -18,7 +18,7 @@
 pub use super::shapes::{Epilogue, Output};
 use bytemuck::{Pod, Zeroable};
 
-use super::quant::{WLayout, Weight, WeightFormat};
+use super::quant::{CpuWeight, WLayout, Weight, WeightFormat};
 use crate::backend::{cpu, Buffer, Device, On, Program};
 use crate::gpu::{grid_1d, Access, Arg, Geometry, GpuError, KernelSpec, Launch, Result, WeightRead};
 
@@ -69,8 +69,8 @@ pub(super) fn cpu_product(
     out: Output,
     n_tok: u32,
 ) -> Result<()> {
-    let (weight, x, y) = (w.parts[0].buffer.cpu()?.clone(), x.cpu()?.clone(), y.cpu()?.clone());
-    let (ty, rows, cols, bytes) = (w.ty, w.rows as usize, w.cols as usize, w.parts[0].bytes as usize);
+    let (weight, x, y) = (CpuWeight::of(w)?, x.cpu()?.clone(), y.cpu()?.clone());
+    let (rows, cols) = (w.rows as usize, w.cols as usize);
     let (n, mode) = (n_tok as usize, dev.mode);
     let outputs = if out.epilogue == Epilogue::SiluMul { rows / 2 } else { rows };
     let x_range = x_row0 as usize * cols..(x_row0 as usize + n) * cols;
@@ -85,15 +85,15 @@ pub(super) fn cpu_product(
         return Err(GpuError::Shape(format!("{name} {}: {n} rows need x {x_range:?}, y ..{y_end} (x {x} B, y {y} B)", w.label)));
     }
     prog.push(name, move |pool| {
-        let words = weight.read()?;
-        let w = cpu::Weight::new(ty, rows, cols, &bytemuck::cast_slice(&words[..])[..bytes])?;
         let (x, mut y) = (x.read_n(x_range.end)?, y.write_n(y_end)?);
         let (x, y) = (&x[x_range.clone()], &mut y[y_start..]);
-        match product {
-            Product::Matvec => cpu::matvec_into(pool, &w, x, y, out, n, mode)?,
-            Product::Matmul => cpu::matmul_into(pool, &w, x, y, out, n, mode)?,
-        }
-        Ok(())
+        weight.with(|w| {
+            match product {
+                Product::Matvec => cpu::matvec_into(pool, w, x, y, out, n, mode)?,
+                Product::Matmul => cpu::matmul_into(pool, w, x, y, out, n, mode)?,
+            }
+            Ok(())
+        })
     });
     Ok(())
 }

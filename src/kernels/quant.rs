@@ -18,6 +18,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use crate::backend::cpu::{self, ProgramError};
 use crate::backend::{Buffer, Device};
 use crate::gguf::GgmlType;
 use crate::gpu::{GpuError, KernelSpec};
@@ -274,6 +275,52 @@ pub fn plan_parts(ty: GgmlType, rows: u32, cols: u32, part_limit: u64) -> Result
     Ok((format, parts))
 }
 
+/// The format and GGUF row bytes of a `rows x cols` CPU weight of `ty`.
+fn cpu_shape(ty: GgmlType, rows: u32, cols: u32) -> Result<(WeightFormat, u64), WeightError> {
+    let format = WeightFormat::of(ty, cols as usize).ok_or(WeightError::Unsupported(ty))?;
+    let block = ty.block_size();
+    if rows == 0 || cols == 0 || !(cols as usize).is_multiple_of(block) {
+        return Err(WeightError::BadShape { ty, rows, cols, block });
+    }
+    Ok((format, (cols as usize / block * ty.type_size()) as u64))
+}
+
+/// A CPU weight's buffers as a recorded op captures them, borrowed as one [`cpu::Weight`]
+/// while the op runs.
+pub(crate) struct CpuWeight {
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    /// Each part's buffer and the bytes of its rows.
+    parts: Vec<(cpu::Buffer, usize)>,
+}
+
+impl CpuWeight {
+    pub(crate) fn of(w: &Weight) -> Result<CpuWeight, GpuError> {
+        let parts = w.parts.iter().map(|p| Ok((p.buffer.cpu()?.clone(), p.bytes as usize))).collect::<Result<_, GpuError>>()?;
+        Ok(CpuWeight { ty: w.ty, rows: w.rows as usize, cols: w.cols as usize, parts })
+    }
+
+    /// Runs `f` on the weight, its buffers borrowed meanwhile.
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&cpu::Weight) -> Result<R, ProgramError>) -> Result<R, ProgramError> {
+        let held = self.parts.iter().map(|(b, _)| b.bytes()).collect::<Result<Vec<_>, _>>()?;
+        let rows: Vec<&[u8]> = held.iter().zip(&self.parts).map(|(h, &(_, n))| &h[..n]).collect();
+        let w = cpu::Weight::stacked(self.ty, self.cols, rows[0], &rows[1..])?;
+        if w.rows() != self.rows {
+            let bytes = w.len();
+            return Err(cpu::MatvecError::WeightBytes {
+                ty: self.ty,
+                rows: self.rows,
+                cols: self.cols,
+                bytes,
+                block: self.ty.block_size(),
+            }
+            .into());
+        }
+        f(&w)
+    }
+}
+
 /// A 2-D weight on the GPU: `[rows][cols]`, `cols` = GGUF `dims[0]` (the input features).
 /// Cloning shares the GPU buffers.
 #[derive(Clone)]
@@ -343,15 +390,36 @@ impl Weight {
     /// A weight in CPU memory: the GGUF bytes as they are (the CPU kernels read every format
     /// in its file layout), in one part.
     fn allocate_cpu(dev: &Device, label: &str, ty: GgmlType, rows: u32, cols: u32) -> Result<Weight, WeightError> {
-        let format = WeightFormat::of(ty, cols as usize).ok_or(WeightError::Unsupported(ty))?;
-        let block = ty.block_size();
-        if rows == 0 || cols == 0 || !(cols as usize).is_multiple_of(block) {
-            return Err(WeightError::BadShape { ty, rows, cols, block });
-        }
-        let bytes = (cols as usize / block * ty.type_size()) as u64 * rows as u64;
+        let (format, row_bytes) = cpu_shape(ty, rows, cols)?;
+        let bytes = row_bytes * rows as u64;
         let buffer = dev.storage(label, bytes)?;
         let part = WeightPart { buffer, row_offset: 0, rows, scale_base: 0, bytes };
         Ok(Weight { label: label.to_string(), ty, format, rows, cols, parts: vec![part] })
+    }
+
+    /// A CPU weight whose rows are used where they lie: `parts` (a name, a row count and the
+    /// mapped GGUF bytes of those rows of `ty`), stacked in order.
+    pub fn mapped(label: &str, ty: GgmlType, cols: u32, parts: Vec<(&str, u32, cpu::Mapped)>) -> Result<Weight, WeightError> {
+        let rows = parts.iter().try_fold(0u32, |sum, p| sum.checked_add(p.1));
+        let rows = rows.ok_or(WeightError::BadShape { ty, rows: u32::MAX, cols, block: ty.block_size() })?;
+        let (format, row_bytes) = cpu_shape(ty, rows, cols)?;
+        let mut row_offset = 0;
+        let mut mapped = Vec::with_capacity(parts.len());
+        for (name, n, bytes) in parts {
+            let expected = row_bytes * n as u64;
+            if bytes.bytes().len() as u64 != expected {
+                return Err(WeightError::SizeMismatch { ty, rows: n, cols, expected, got: bytes.bytes().len() as u64 });
+            }
+            let buffer = Buffer::Cpu(cpu::Buffer::mapped(name, bytes));
+            mapped.push(WeightPart { buffer, row_offset, rows: n, scale_base: 0, bytes: expected });
+            row_offset += n;
+        }
+        Ok(Weight { label: label.to_string(), ty, format, rows, cols, parts: mapped })
+    }
+
+    /// Whether every part is mapped file memory (a CPU weight used where it lies).
+    pub fn is_mapped(&self) -> bool {
+        self.parts.iter().all(|p| matches!(&p.buffer, Buffer::Cpu(b) if b.is_mapped()))
     }
 
     /// GGUF bytes of one row.

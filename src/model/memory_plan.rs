@@ -21,6 +21,11 @@
 //! embedding, LM head and an mllama file's encoder matrices included, but not the tables it
 //! uploads as stored); an mmproj's matrices are asked for as `vision_quant` directly.
 //!
+//! On the CPU backend the budget is the RAM available ([`MemoryBudget::available_ram`]) and
+//! the weights are counted once: a mapped GGUF's matrices are used where they lie (the page
+//! cache's pages, which `MemAvailable` counts as available, not a copy), requantized ones are
+//! copies in place of the file's.
+//!
 //! WebGPU exposes no total memory figure, so the budget is the user's ([`MemoryBudget`]).
 //! Reference for the browser practice: WebLLM's model records carry a `vram_required_MB`
 //! figure and it checks `maxStorageBufferBindingSize` / `maxBufferSize` before loading.

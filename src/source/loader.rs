@@ -4,6 +4,7 @@
 //! later, as the bytes stream in ([`super::GgufStream`], the browser's path, which
 //! never holds the whole file).
 
+use crate::backend::cpu::Mapped;
 use crate::backend::{Buffer, Device};
 use crate::gguf::quant::{quantize_q4_0, quantize_q4_1, quantize_q4_k, quantize_q8_0};
 use crate::gguf::{dequantize_to_vec, GgmlType, GgufError, Metadata, TensorInfo};
@@ -22,6 +23,11 @@ pub trait WeightLoader {
     fn fill(&mut self, dev: &Device, name: &str, target: &Weight, row0: u32) -> Result<(), LoadError>;
     /// The vector `name` of `n` values, as f32.
     fn vector(&mut self, dev: &Device, name: &str, n: u32) -> Result<Buffer, LoadError>;
+    /// The GGUF bytes of `name` in memory the source maps, for the CPU backend to use where
+    /// they lie; `None` (the default) where the source maps none.
+    fn mapped(&self, _name: &str) -> Option<Mapped> {
+        None
+    }
 
     /// The type the `rows x cols` matrix `name` (GGUF dims `[cols, rows]`) is uploaded as:
     /// its file type, or `quant`'s where [`LoadQuant::target`] says so. Checks the dims.
@@ -35,6 +41,9 @@ pub trait WeightLoader {
     /// says so.
     fn matrix(&mut self, dev: &Device, name: &str, rows: u32, cols: u32, quant: LoadQuant) -> Result<Weight, LoadError> {
         let ty = self.matrix_type(name, rows, cols, quant)?;
+        if let Some(weight) = mapped_weight(dev, self, name, &[(name, rows)], ty, cols)? {
+            return Ok(weight);
+        }
         let weight = Weight::allocate(dev, name, ty, rows, cols, dev.caps().part_limit())?;
         self.fill(dev, name, &weight, 0)?;
         Ok(weight)
@@ -44,6 +53,9 @@ pub trait WeightLoader {
     /// `[P, P, 3, hidden]` is a `[hidden][3*P*P]` matrix); the caller checked the dims.
     fn reshaped(&mut self, dev: &Device, name: &str, rows: u32, cols: u32) -> Result<Weight, LoadError> {
         let ty = self.tensor_info(name).map(|t| t.ty).ok_or_else(|| LoadError::Missing(name.into()))?;
+        if let Some(weight) = mapped_weight(dev, self, name, &[(name, rows)], ty, cols)? {
+            return Ok(weight);
+        }
         let weight = Weight::allocate(dev, name, ty, rows, cols, dev.caps().part_limit())?;
         self.fill(dev, name, &weight, 0)?;
         Ok(weight)
@@ -103,6 +115,29 @@ pub fn load_stacked(
     Ok(Stacked(weights))
 }
 
+/// `run`'s matrices, all uploaded as `ty`, as one CPU weight whose parts are their bytes
+/// where they lie in the source's mapped file; `None` off the CPU, for a matrix requantized at
+/// load, or where the source maps it not.
+fn mapped_weight<L: WeightLoader + ?Sized>(
+    dev: &Device,
+    src: &L,
+    label: &str,
+    run: &[(&str, u32)],
+    ty: GgmlType,
+    cols: u32,
+) -> Result<Option<Weight>, LoadError> {
+    if !matches!(dev, Device::Cpu(_)) {
+        return Ok(None);
+    }
+    let mut parts = Vec::with_capacity(run.len());
+    for &(name, rows) in run {
+        let in_file_type = src.tensor_info(name).is_some_and(|t| t.ty == ty);
+        let Some(bytes) = src.mapped(name).filter(|_| in_file_type) else { return Ok(None) };
+        parts.push((name, rows, bytes));
+    }
+    Ok(Some(Weight::mapped(label, ty, cols, parts)?))
+}
+
 /// `run` (two or more matrices of upload type `ty`) stacked into one weight, or `None` when
 /// it does not fit one binding or would misalign split scales.
 fn stack(
@@ -113,11 +148,17 @@ fn stack(
     ty: GgmlType,
     cols: u32,
 ) -> Result<Option<Weight>, LoadError> {
+    if run.len() < 2 {
+        return Ok(None);
+    }
+    if let Some(weight) = mapped_weight(dev, src, label, run, ty, cols)? {
+        return Ok(Some(weight));
+    }
     let aligned = match WeightFormat::of(ty, cols as usize) {
         Some(f) => !f.split_scale() || (cols as usize / f.block()).is_multiple_of(2) || run.iter().all(|p| p.1 % 2 == 0),
         None => false,
     };
-    if run.len() < 2 || !aligned {
+    if !aligned {
         return Ok(None);
     }
     let total: u32 = run.iter().map(|&(_, rows)| rows).sum();
@@ -234,6 +275,10 @@ impl WeightLoader for Eager<'_> {
             target.write_rows(dev, row0, &requantize(target.ty, &values)?)?;
         }
         Ok(())
+    }
+
+    fn mapped(&self, name: &str) -> Option<Mapped> {
+        self.0.tensor_mapped(name)
     }
 
     fn vector(&mut self, dev: &Device, name: &str, n: u32) -> Result<Buffer, LoadError> {

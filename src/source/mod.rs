@@ -24,6 +24,7 @@ pub use parts::GgufParts;
 pub use requant::Requantize;
 pub use stream::GgufStream;
 
+use crate::backend::cpu::Mapped;
 use crate::gguf::{GgufError, GgufHeader, Metadata, TensorInfo};
 
 /// Read access to a GGUF model's metadata and tensors.
@@ -32,6 +33,11 @@ pub trait TensorSource {
     fn tensor_info(&self, name: &str) -> Option<&TensorInfo>;
     /// The tensor's raw bytes in GGUF layout.
     fn tensor_data(&self, name: &str) -> Result<Cow<'_, [u8]>, GgufError>;
+    /// The tensor's GGUF bytes as a handle on memory the source maps (the CPU backend uses
+    /// such weights where they lie); `None` when the source maps none.
+    fn tensor_mapped(&self, _name: &str) -> Option<Mapped> {
+        None
+    }
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -44,6 +50,9 @@ impl TensorSource for crate::gguf::MappedGguf {
     }
     fn tensor_data(&self, name: &str) -> Result<Cow<'_, [u8]>, GgufError> {
         self.tensor(name).map(|(_, bytes)| Cow::Borrowed(bytes))
+    }
+    fn tensor_mapped(&self, name: &str) -> Option<Mapped> {
+        crate::gguf::MappedGguf::tensor_mapped(self, name).ok().flatten()
     }
 }
 

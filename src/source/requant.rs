@@ -7,6 +7,7 @@
 //! Reference: llama.cpp's `convert_hf_to_gguf.py --outtype q8_0` quantizes every matrix the
 //! same way, so a folder loaded with `LoadQuant::Q8_0` holds the bytes of that GGUF.
 
+use crate::backend::cpu::Mapped;
 use crate::backend::{Buffer, Device};
 use crate::gguf::{GgmlType, Metadata, TensorInfo};
 use crate::kernels::quant::Weight;
@@ -35,6 +36,10 @@ impl WeightLoader for Requantize<'_> {
 
     fn vector(&mut self, dev: &Device, name: &str, n: u32) -> Result<Buffer, LoadError> {
         self.inner.vector(dev, name, n)
+    }
+
+    fn mapped(&self, name: &str) -> Option<Mapped> {
+        self.inner.mapped(name)
     }
 
     fn matrix_type(&self, name: &str, rows: u32, cols: u32, quant: LoadQuant) -> Result<GgmlType, LoadError> {

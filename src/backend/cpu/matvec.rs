@@ -52,28 +52,45 @@ pub enum MatvecError {
     Quant(#[from] QuantError),
 }
 
-/// A `[rows][cols]` weight matrix in a GGUF format: `rows` rows of whole blocks.
+/// A `[rows][cols]` weight matrix in a GGUF format: `rows` rows of whole blocks, in one run of
+/// bytes or in several (a stack of matrices used where each lies in a mapped file).
 #[derive(Clone, Copy, Debug)]
 pub struct Weight<'a> {
     ty: GgmlType,
     rows: usize,
     cols: usize,
     row_bytes: usize,
-    bytes: &'a [u8],
+    /// The first part's rows, and the other parts in row order (each whole rows).
+    first: &'a [u8],
+    rest: &'a [&'a [u8]],
 }
 
 impl<'a> Weight<'a> {
     /// Checks that `bytes` holds `rows` rows of `cols` (at least one) values of `ty`.
     pub fn new(ty: GgmlType, rows: usize, cols: usize, bytes: &'a [u8]) -> Result<Weight<'a>, MatvecError> {
+        let w = Self::stacked(ty, cols, bytes, &[])?;
+        match w.rows == rows {
+            true => Ok(w),
+            false => Err(MatvecError::WeightBytes { ty, rows, cols, bytes: bytes.len(), block: ty.block_size() }),
+        }
+    }
+
+    /// The rows of `first` then of each of `rest`, each a whole number of rows of `cols` (at
+    /// least one) values of `ty`.
+    pub fn stacked(ty: GgmlType, cols: usize, first: &'a [u8], rest: &'a [&'a [u8]]) -> Result<Weight<'a>, MatvecError> {
         if !ty.is_supported() {
             return Err(MatvecError::Unsupported(ty));
         }
         let block = ty.block_size();
         let row_bytes = cols / block * ty.type_size();
-        if cols == 0 || !cols.is_multiple_of(block) || rows.checked_mul(row_bytes) != Some(bytes.len()) {
-            return Err(MatvecError::WeightBytes { ty, rows, cols, bytes: bytes.len(), block });
+        let mut rows = 0;
+        for part in std::iter::once(&first).chain(rest) {
+            if cols == 0 || !cols.is_multiple_of(block) || !part.len().is_multiple_of(row_bytes) {
+                return Err(MatvecError::WeightBytes { ty, rows: part.len() / row_bytes.max(1), cols, bytes: part.len(), block });
+            }
+            rows += part.len() / row_bytes;
         }
-        Ok(Weight { ty, rows, cols, row_bytes, bytes })
+        Ok(Weight { ty, rows, cols, row_bytes, first, rest })
     }
 
     pub fn ty(&self) -> GgmlType {
@@ -88,8 +105,13 @@ impl<'a> Weight<'a> {
         self.cols
     }
 
-    pub fn bytes(&self) -> &'a [u8] {
-        self.bytes
+    /// Its bytes.
+    pub fn len(&self) -> usize {
+        self.rows * self.row_bytes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
     }
 
     /// `y` as `[n_tok][outputs]`: the rows, or half of them for [`Epilogue::SiluMul`].
@@ -98,18 +120,37 @@ impl<'a> Weight<'a> {
         Output { stride: stride as u32, offset: 0, epilogue }
     }
 
-    pub(super) fn row(&self, r: usize) -> &'a [u8] {
-        &self.bytes[r * self.row_bytes..(r + 1) * self.row_bytes]
+    /// The part holding row `r`, and `r`'s byte offset in it.
+    #[inline]
+    fn locate(&self, r: usize) -> (&'a [u8], usize) {
+        let mut at = r * self.row_bytes;
+        if at < self.first.len() {
+            return (self.first, at);
+        }
+        at -= self.first.len();
+        for part in self.rest {
+            if at < part.len() {
+                return (part, at);
+            }
+            at -= part.len();
+        }
+        panic!("row {r} of a {}-row weight", self.rows)
     }
 
-    /// Asks for the cache lines [`PREFETCH`] bytes past row `r` (a row's worth), so that the
-    /// weights stream from memory while the row computes: the hardware prefetchers stop at
-    /// each 4 KiB page and start again only after a few misses.
+    pub(super) fn row(&self, r: usize) -> &'a [u8] {
+        let (part, at) = self.locate(r);
+        &part[at..at + self.row_bytes]
+    }
+
+    /// Asks for the cache lines [`PREFETCH`] bytes past row `r` (a row's worth, within its
+    /// part), so that the weights stream from memory while the row computes: the hardware
+    /// prefetchers stop at each 4 KiB page and start again only after a few misses.
     fn prefetch(&self, r: usize) {
-        let start = (r * self.row_bytes + PREFETCH) & !63;
-        let end = ((r + 1) * self.row_bytes + PREFETCH).min(self.bytes.len());
+        let (part, at) = self.locate(r);
+        let start = (at + PREFETCH) & !63;
+        let end = (at + self.row_bytes + PREFETCH).min(part.len());
         for at in (start..end).step_by(64) {
-            prefetch(&self.bytes[at]);
+            prefetch(&part[at]);
         }
     }
 }
@@ -197,7 +238,7 @@ impl Run<'_> {
     /// call where the format has a four-row kernel `dot4`.
     fn rows<A: Sync>(&self, acts: &[A], dot: &(dyn Fn(&[u8], &[A]) -> f32 + Sync), dot4: Option<&Dot4<A>>) {
         let (w, outputs) = (self.w, self.outputs);
-        let tasks = (w.bytes.len() / MIN_TASK_BYTES).clamp(1, self.pool.threads() * TASKS_PER_THREAD);
+        let tasks = (w.len() / MIN_TASK_BYTES).clamp(1, self.pool.threads() * TASKS_PER_THREAD);
         // Chunks of whole quads, so that only the last one has a partial quad.
         let chunk = outputs.div_ceil(tasks).next_multiple_of(4);
         let gated = self.out.epilogue == Epilogue::SiluMul;

@@ -11,19 +11,62 @@
 //! [`ProgramError::Aliased`] error rather than undefined behaviour; an op that updates a
 //! buffer in place (a residual add, a KV-cache row, a recurrent state) borrows it once,
 //! exclusively. Buffers hold f32 words; byte offsets and sizes follow the GPU's (multiples of 4).
+//!
+//! A buffer either owns its memory or is [`Mapped`]: read-only bytes of a memory-mapped model
+//! file, which the weight kernels read where they lie (no copy, and the pages are the file's:
+//! the kernel can drop and re-read them, and several processes share them).
 
 use std::cell::{Ref, RefCell, RefMut};
+use std::ops::Range;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use super::pool::ThreadPool;
 use crate::gpu::GpuError;
+
+/// Read-only bytes shared with the memory that holds them, a memory-mapped file: `range` of
+/// `owner`, which lives as long as any handle does.
+#[derive(Clone)]
+pub struct Mapped {
+    owner: Arc<dyn AsRef<[u8]> + Send + Sync>,
+    range: Range<usize>,
+}
+
+impl Mapped {
+    /// `range` of `owner`; `None` when it is out of bounds or does not start 4-byte aligned
+    /// (the f32 ops read buffers as words).
+    pub fn new(owner: Arc<dyn AsRef<[u8]> + Send + Sync>, range: Range<usize>) -> Option<Mapped> {
+        let bytes = (*owner).as_ref();
+        let aligned = (bytes.as_ptr() as usize + range.start).is_multiple_of(4);
+        (range.start <= range.end && range.end <= bytes.len() && aligned).then_some(Mapped { owner, range })
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &(*self.owner).as_ref()[self.range.clone()]
+    }
+}
+
+/// A buffer's memory.
+enum Memory {
+    Owned(Vec<f32>),
+    Mapped(Mapped),
+}
+
+impl Memory {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Memory::Owned(words) => bytemuck::cast_slice(words),
+            Memory::Mapped(m) => m.bytes(),
+        }
+    }
+}
 
 /// CPU memory an op reads or writes: a handle (clones share the memory), as a `wgpu::Buffer`
 /// is.
 #[derive(Clone)]
 pub struct Buffer {
     label: Rc<str>,
-    words: Rc<RefCell<Vec<f32>>>,
+    memory: Rc<RefCell<Memory>>,
 }
 
 impl Buffer {
@@ -33,12 +76,21 @@ impl Buffer {
         let mut memory = Vec::new();
         memory.try_reserve_exact(words).map_err(|_| ProgramError::OutOfMemory { label: label.into(), bytes })?;
         memory.resize(words, 0.0);
-        Ok(Buffer { label: label.into(), words: Rc::new(RefCell::new(memory)) })
+        Ok(Self::of(label, Memory::Owned(memory)))
     }
 
     /// A buffer holding `values`.
     pub fn from_f32(label: &str, values: &[f32]) -> Buffer {
-        Buffer { label: label.into(), words: Rc::new(RefCell::new(values.to_vec())) }
+        Self::of(label, Memory::Owned(values.to_vec()))
+    }
+
+    /// A read-only buffer of `bytes`, used where they lie.
+    pub fn mapped(label: &str, bytes: Mapped) -> Buffer {
+        Self::of(label, Memory::Mapped(bytes))
+    }
+
+    fn of(label: &str, memory: Memory) -> Buffer {
+        Buffer { label: label.into(), memory: Rc::new(RefCell::new(memory)) }
     }
 
     pub fn label(&self) -> &str {
@@ -47,19 +99,36 @@ impl Buffer {
 
     /// Its size in bytes.
     pub fn size(&self) -> u64 {
-        self.words.borrow().len() as u64 * 4
+        self.memory.borrow().bytes().len() as u64
+    }
+
+    /// Whether it is [`Mapped`] memory.
+    pub fn is_mapped(&self) -> bool {
+        matches!(*self.memory.borrow(), Memory::Mapped(_))
+    }
+
+    /// Its bytes, shared (a weight's rows).
+    pub fn bytes(&self) -> Result<Ref<'_, [u8]>, ProgramError> {
+        let memory = self.memory.try_borrow().map_err(|_| self.aliased())?;
+        Ok(Ref::map(memory, Memory::bytes))
     }
 
     /// Its words, shared (an op's input; the host reading results between runs).
     pub fn read(&self) -> Result<Ref<'_, [f32]>, ProgramError> {
-        let words = self.words.try_borrow().map_err(|_| self.aliased())?;
-        Ok(Ref::map(words, Vec::as_slice))
+        let unaligned = || ProgramError::Unaligned { label: self.label.to_string(), bytes: self.size() };
+        let bytes = self.bytes()?;
+        bytemuck::try_cast_slice::<u8, f32>(&bytes).map_err(|_| unaligned())?;
+        Ok(Ref::map(bytes, |b| bytemuck::cast_slice(b)))
     }
 
     /// Its words, exclusively (an op's output; the host writing a step's inputs).
     pub fn write(&self) -> Result<RefMut<'_, [f32]>, ProgramError> {
-        let words = self.words.try_borrow_mut().map_err(|_| self.aliased())?;
-        Ok(RefMut::map(words, Vec::as_mut_slice))
+        let memory = self.memory.try_borrow_mut().map_err(|_| self.aliased())?;
+        RefMut::filter_map(memory, |m| match m {
+            Memory::Owned(words) => Some(words.as_mut_slice()),
+            Memory::Mapped(_) => None,
+        })
+        .map_err(|_| ProgramError::ReadOnly { label: self.label.to_string() })
     }
 
     /// The first `n` words, shared; an error when the buffer is shorter.
@@ -95,7 +164,7 @@ impl Buffer {
     pub fn read_bytes(&self, offset: u64, size: u64) -> Result<Vec<u8>, ProgramError> {
         let (at, n) = (words_of(&self.label, offset)?, words_of(&self.label, size)?);
         self.check_len(at + n)?;
-        Ok(bytemuck::cast_slice(&self.read()?[at..at + n]).to_vec())
+        Ok(self.bytes()?[4 * at..4 * (at + n)].to_vec())
     }
 
     fn check_len(&self, words: usize) -> Result<(), ProgramError> {
@@ -112,7 +181,7 @@ impl Buffer {
 
     /// Whether both handles name the same memory.
     pub fn same(&self, other: &Buffer) -> bool {
-        Rc::ptr_eq(&self.words, &other.words)
+        Rc::ptr_eq(&self.memory, &other.memory)
     }
 }
 
@@ -225,6 +294,8 @@ pub enum ProgramError {
     Unaligned { label: String, bytes: u64 },
     #[error("buffer {label:?}: cannot allocate {bytes} bytes")]
     OutOfMemory { label: String, bytes: u64 },
+    #[error("buffer {label:?} is read-only (mapped from a file)")]
+    ReadOnly { label: String },
     #[error("buffer {label:?} is both read and written by one op (name it once, as an in-place operand)")]
     Aliased { label: String },
     #[error("buffer {label:?}: a range ending at byte {end} is past its {size} bytes")]

@@ -131,7 +131,11 @@ fn print_plan(model: &ModelFiles, args: &InfoArgs, dev: &Device) -> CliResult {
             mib(limits.max_buffer),
             mib(limits.max_storage_binding)
         ),
-        Device::Cpu(_) => outln!("memory plan:   RAM of the CPU backend (weights read from the file once, held in memory)"),
+        // MemAvailable counts the page cache as available, and the mapped weights are those pages.
+        Device::Cpu(_) => outln!(
+            "memory plan:   RAM of the CPU backend (a GGUF's matrices used where they lie in the mapped file, counted once; \
+             requantized ones copied)"
+        ),
     }
     outln!("  text weights   {:>10.1} MiB", mib(plan.text_weights));
     outln!("  vision weights {:>10.1} MiB", mib(plan.vision_weights));
