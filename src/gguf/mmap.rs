@@ -101,9 +101,15 @@ impl MappedGguf {
 
     /// A tensor's bytes as a handle on the mapped file, which the handle keeps mapped; `None`
     /// for a tensor that does not start 4-byte aligned (GGUF aligns them to 32 by default).
+    /// Asks the kernel to read the bytes ahead (`MADV_WILLNEED`, as llama.cpp populates its
+    /// map), so that the first token does not wait on the disk page by page.
     pub fn tensor_mapped(&self, name: &str) -> Result<Option<Mapped>, GgufError> {
         let (_, file, range) = self.locate(name)?;
-        Ok(Mapped::new(self.maps[file].clone(), range))
+        let map = &self.maps[file];
+        #[cfg(unix)]
+        // A hint: the bytes are read when touched anyway.
+        let _ = map.advise_range(memmap2::Advice::WillNeed, range.start, range.len());
+        Ok(Mapped::new(map.clone(), range))
     }
 
     /// A tensor's info, part and byte range in that part.

@@ -28,9 +28,9 @@ use std::path::PathBuf;
 use clap::Args;
 use serde_json::{json, Value};
 
+use webvlm::backend::gpu::GpuOptions;
 use webvlm::backend::Device;
 use webvlm::gguf::MappedGguf;
-use webvlm::gpu::GpuOptions;
 use webvlm::model::synthetic::{
     synthetic_ministral3_3b, synthetic_mllama, synthetic_qwen35, MllamaParts, MllamaShape, Qwen35Shape, QwenVisionShape,
     SyntheticShape, VisionShape,
@@ -176,11 +176,16 @@ pub fn run(args: &BenchArgs) -> CliResult {
     budget.reps = args.reps.unwrap_or(budget.reps);
     let gpu = args.device.device_with(GpuOptions { allow_f16: !args.no_f16, ..Default::default() })?;
     let caps = gpu.caps();
+    // The CPU backend's pool; a GPU's host threads (a software adapter runs on them).
+    let threads = match &gpu {
+        Device::Cpu(cpu) => cpu.pool.threads(),
+        Device::Gpu(_) => std::thread::available_parallelism().map_or(0, |n| n.get()),
+    };
     out.emit(json!({
         "kind": "adapter", "adapter": caps.adapter, "backend": caps.backend, "software": caps.software,
         "f16": caps.f16, "subgroups": caps.subgroups, "geometry": caps.geometry.name(), "max_storage_binding": caps.max_storage_binding,
         "max_buffer": caps.max_buffer, "quick": quick,
-        "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "threads": threads,
     }));
     out.note(&format!(
         "adapter: {} [{}]{}, {} kernel geometry",
