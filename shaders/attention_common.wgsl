@@ -1,5 +1,5 @@
 // Declarations shared by the attention kernels, prepended to `attention_prefill.wgsl`,
-// `attention_prefill_gpu.wgsl` and `attention_decode.wgsl` by `src/kernels/attention.rs`:
+// `attention_prefill_gpu.wgsl` and `attention_decode.wgsl` by `src/backend/gpu/attention.rs`:
 // their shape parameters (`Params` mirrors `Params` there) and the start of the online
 // softmax's running max (`NEG`). The row width of their tiles and register arrays (`HD4`,
 // vec4s per row: 32 for head_dim <= 128, 64 for head_dim <= 256) is not here: a width prelude

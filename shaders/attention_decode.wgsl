@@ -3,7 +3,7 @@
 //!
 //! `attn_decode`: workgroup (split s, KV head g, row chunk z). A row is a (token, query head of
 //! the group) pair; a workgroup holds R rows (override, set per shape by
-//! `src/kernels/attention.rs`: the group's heads x as many tokens as fit in R_MAX, so no row
+//! `src/backend/gpu/attention.rs`: the group's heads x as many tokens as fit in R_MAX, so no row
 //! slot idles). The cache rows 0..kv_len (kv_len = kv_start + n_tok, from the step uniform)
 //! are cut into splits of per = ceil(kv_len / n) keys rounded up to BK, n = clamp(ceil(kv_len
 //! / split_keys), 1, n_split); n_eff = ceil(kv_len / per) <= n of them hold keys. The grid
@@ -21,7 +21,7 @@
 //!   out = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s.
 //! Score rows are padded to BKP = BK + 1 floats so that rows read by one warp fall in
 //! different banks. head_dim is a multiple of 4, at most 4 * HD4. The width prelude (from
-//! `src/kernels/attention.rs`) sets HD4 and VT per head_dim; workgroup memory is q (R_MAX x
+//! `src/backend/gpu/attention.rs`) sets HD4 and VT per head_dim; workgroup memory is q (R_MAX x
 //! HD4 vec4s) + probabilities (2 KiB) + `sh` (VT vec4s, the larger of the scores and a V
 //! sub-tile) + 192 B, within WebGPU's default 16 KiB:
 //!   head_dim <= 128: HD4 32, VT 512 (16-key V sub-tiles): 4 + 2 + 8 KiB = 14.2 KiB;
@@ -30,7 +30,7 @@
 //! adapters with subgroups, GPU geometry): 16 lanes per row, 4-lane shuffles, then 4 partial
 //! maxima per row in workgroup memory; `attention_nosubgroups.wgsl` keeps one invocation per
 //! row walking the tile.
-//! The cache is read through `kv_k` / `kv_v`, prepended by `src/kernels/attention.rs` for the
+//! The cache is read through `kv_k` / `kv_v`, prepended by `src/backend/gpu/attention.rs` for the
 //! cache type (f32, or f16 packed two per word and widened on load); the math is f32.
 
 // `struct Step` (step.wgsl), `struct Params` and `NEG` (attention_common.wgsl), `HD4` and

@@ -14,7 +14,7 @@
 //! 0..=kv_start + t; non-causal rows see 0..kv_start + n_tok; rows t >= valid_rows (Mllama's
 //! vision padding tokens) see only keys 0..valid_rows.
 //!
-//! The cache is read through `kv_k` / `kv_v`, prepended by `src/kernels/attention.rs` for the
+//! The cache is read through `kv_k` / `kv_v`, prepended by `src/backend/gpu/attention.rs` for the
 //! cache type (f32, or f16 packed two per word and widened on load); the math is f32.
 
 // `struct Step` (step.wgsl), `struct Params` and `NEG` (attention_common.wgsl), `HD4` (the

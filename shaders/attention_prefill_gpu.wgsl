@@ -9,7 +9,7 @@
 //! 256-wide one), so workgroup memory only holds K and V. Rows past the chunk are padding:
 //! they run every barrier and reduction with q = 0 and are not written.
 //!
-//! Keys come in tiles of BK, set by `src/kernels/attention.rs` so that a tile fills at most
+//! Keys come in tiles of BK, set by `src/backend/gpu/attention.rs` so that a tile fills at most
 //! one of the two tile buffers of TILE vec4s (the tile prelude: TILE = 1024, 16 KiB, where the
 //! adapter grants 32 KiB of workgroup memory in the GPU geometry; TILE = 512, 8 KiB, for
 //! head_dim > 128 elsewhere, keeping WebGPU's default 16 KiB). BK = 64 at head_dim <= 64, 32

@@ -7,7 +7,7 @@
 //! (RM = BM / 16). Edges are bounds-checked. Grid: x/y = N tiles (`linear_workgroup`,
 //! common.wgsl), z = M tiles.
 //!
-//! Two shapes, chosen by a prelude from `src/kernels/matmul.rs` (`MM_BM`, `MM_GPU`):
+//! Two shapes, chosen by a prelude from `src/backend/gpu/matmul.rs` (`MM_BM`, `MM_GPU`):
 //! - CPU (lavapipe's tuning): 64 x 64 tiles, 4 x 4 blocks, four consecutive lanes load one
 //!   row; load, barrier, products, barrier.
 //! - GPU: 128 x 64 tiles, 8 x 4 blocks (32 accumulators per thread, half the tile loads per
@@ -20,7 +20,7 @@
 //!   and its k-major reads are broadcasts (X) or 16 consecutive vec4s (W), so there are no
 //!   bank conflicts without padding the rows.
 //!
-//! Precision (a prelude from `src/kernels/matmul.rs` defines the tile type `MMT` and `MM_F16`):
+//! Precision (a prelude from `src/backend/gpu/matmul.rs` defines the tile type `MMT` and `MM_F16`):
 //! f32 tiles and f32 accumulation (the default); or, with `shader-f16`, f16 tiles (X clamped
 //! to ±65504) and f16 products summed in f16 over one BK = 32 step, each step's partial
 //! block then added to f32 totals (a 32-term f16 sum bounds the f16 rounding growth).

@@ -14,7 +14,7 @@
 //!   2^(8b) exactly, so x is pre-scaled by the inverse power of two once per unit for all rows
 //!   (`NL`, `NH`), leaving one `and`, one signed convert and one FMA per weight. Private arrays
 //!   and run-time-indexed vector components are avoided: CPU adapters (llvmpipe) spill them.
-//! Launch shape (override constants, chosen per adapter by `src/kernels/matvec.rs`): WG
+//! Launch shape (override constants, chosen per adapter by `src/backend/gpu/matvec.rs`): WG
 //! threads per workgroup; the reduction is a log2(TPR) tree (`TREE = 1`, GPUs) or one thread
 //! per row group summing its lanes after a single barrier (`TREE = 0`, CPU adapters, where
 //! barriers cost). On native adapters with subgroups the tree starts in registers: a

@@ -16,7 +16,7 @@
 //!
 //! The draw is an inverse CDF in token-id order (the CPU sampler's order): every workgroup
 //! sums its chunk's kept mass, then one workgroup finds the chunk holding u * total and the id
-//! inside it. Dispatches (see `src/kernels/sample.rs`): select_pass for d = 0..7 (d = 0 also
+//! inside it. Dispatches (see `src/backend/gpu/sample.rs`): select_pass for d = 0..7 (d = 0 also
 //! takes the per-chunk argmax), chunk_mass, draw. NaN and -inf logits get key 0 and weight 0:
 //! they are never drawn unless no logit is live, and then id 0 comes out.
 

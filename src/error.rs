@@ -6,10 +6,10 @@
 //! above this one implement it next to their own error types (`engine::EngineError`,
 //! `api::ApiError`), so that this module imports none of them.
 
+use crate::backend::gpu::GpuError;
 use crate::chat::ChatError;
 use crate::constraint::ConstraintError;
 use crate::gguf::GgufError;
-use crate::gpu::GpuError;
 use crate::image::ImageError;
 use crate::kernels::quant::WeightError;
 use crate::model::ModelError;

@@ -518,7 +518,7 @@ fn a_batch_reports_broken_images_per_request() {
 
 #[test]
 fn gpu_memory_errors_say_the_adapter_is_too_small() {
-    use webvlm::gpu::GpuError;
+    use webvlm::backend::gpu::GpuError;
     let oom = ApiError::from(EngineError::Gpu(GpuError::OutOfMemory("creating buffer kv_snapshot.3".into())));
     assert_eq!((oom.kind, oom.code), ("server_error", Some("adapter_too_small")));
     let large = GpuError::BufferTooLarge { label: "logits".into(), size: 1 << 31, limit: 1 << 30 };
@@ -533,9 +533,9 @@ fn gpu_memory_errors_say_the_adapter_is_too_small() {
 /// wrapped, and text that merely mentions one (here from a constraint failure) is not.
 #[test]
 fn errors_are_classified_by_type_not_by_message() {
+    use webvlm::backend::gpu::GpuError;
     use webvlm::constraint::ConstraintError;
     use webvlm::error::{Classify, ErrorClass};
-    use webvlm::gpu::GpuError;
     use webvlm::model::ModelError;
     let lost = || GpuError::DeviceLost("Destroyed: device.destroy()".into());
     for e in [EngineError::Gpu(lost()), EngineError::Model(ModelError::Gpu(lost()))] {

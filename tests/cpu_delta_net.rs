@@ -1,15 +1,19 @@
-//! The CPU backend's Gated DeltaNet ops (`webvlm::backend::cpu::{delta_net, gdn_prep}`): the
-//! gated delta rule against an f64 recurrence written here from the math, on every SIMD level
-//! and {1, 2, 3} threads, with the state carried across calls; the conv, decay and gated norm
-//! against the f64 references of their GPU counterparts (`kernels::gdn_prep::*_ref`). No GPU.
+//! The CPU backend's Gated DeltaNet ops (`webvlm::backend::cpu::{delta_net, delta_net_chunked,
+//! gdn_prep}`): the gated delta rule against an f64 recurrence written here from the math, on
+//! every SIMD level and {1, 2, 3} threads, with the state carried across calls; its chunked form
+//! against the f64 references of `kernels::delta_net` (chunked and recurrent) over partial
+//! chunks; the conv, decay and gated norm against the f64 references of their GPU counterparts
+//! (`kernels::gdn_prep::*_ref`). No GPU.
 
 mod cpu_common;
 
 use cpu_common::pools;
 use webvlm::backend::cpu::delta_net::{recurrent, DeltaNetLayout, KHeads};
+use webvlm::backend::cpu::delta_net_chunked::chunked;
 use webvlm::backend::cpu::gdn_prep::{conv, decay, gated_norm, RowWindow};
 use webvlm::backend::cpu::{simd, ShapeError, Simd, ThreadPool};
 use webvlm::gguf::SplitMix64;
+use webvlm::kernels::delta_net::{gated_delta_rule_chunked_ref, gated_delta_rule_recurrent_ref};
 use webvlm::kernels::gdn_prep::{conv_ref, decay_ref, gated_norm_ref};
 
 fn random(n: usize, lo: f32, hi: f32, seed: u64) -> Vec<f32> {
@@ -158,6 +162,71 @@ fn recurrence_checks_its_shapes() {
     let odd = DeltaNetLayout { n_v_heads: 3, ..l };
     assert!(matches!(call(&qkv, &g, &mut state, &odd), Err(ShapeError::Invalid { .. })));
     assert!(call(&qkv, &g, &mut state, &l).is_ok());
+}
+
+#[test]
+fn chunked_matches_the_f64_references_on_every_level_and_thread_count() {
+    // Token counts around the chunks (the op's 16 tokens, the references' 64: partial chunks,
+    // whole ones, whole ones and a partial one), the layouts above, four v heads on one k head
+    // (tiled: every v head reads it) and one v head of 40 columns (split in blocks of 16, 16
+    // and 8 on 3 threads, as the 128-column heads are in two on 3 threads).
+    // Measured: 3.4e-7 worst (outputs and final state, against either reference). Limit about
+    // three times that, as the recurrence's.
+    let mut worst = 0.0f64;
+    let mut all = layouts();
+    all.push(DeltaNetLayout::conv_rows(1, 4, 16, 40, KHeads::Tiled));
+    all.push(DeltaNetLayout::conv_rows(1, 1, 24, 40, KHeads::Grouped));
+    let f64s = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
+    for (li, l) in all.iter().enumerate() {
+        for n_tok in [1, 63, 64, 130] {
+            let (qkv, g, beta) = inputs(l, n_tok, 100 * li as u64 + n_tok as u64);
+            let state0 = random(l.state_len(), -0.5, 0.5, 98);
+            let (mut chunk_state, mut rec_state) = (state0.clone(), state0.clone());
+            let by_chunks = f64s(&gated_delta_rule_chunked_ref(l, n_tok, &qkv, &g, &beta, &mut chunk_state));
+            let by_tokens = f64s(&gated_delta_rule_recurrent_ref(l, n_tok, &qkv, &g, &beta, &mut rec_state));
+            let (chunk_state, rec_state) = (f64s(&chunk_state), f64s(&rec_state));
+            let mut first: Option<(Vec<f32>, Vec<f32>)> = None;
+            for pool in pools() {
+                for level in Simd::available() {
+                    let mut state = state0.clone();
+                    let mut out = vec![f32::NAN; l.out_len(n_tok)];
+                    let run = || chunked(&pool, l, n_tok, &qkv, &g, &beta, &mut state, &mut out);
+                    simd::with_level(level, run).unwrap().unwrap();
+                    let what = format!("layout {li}, {n_tok} tokens, {level}, {} threads", pool.threads());
+                    let err = [
+                        rel_max(&out, &by_chunks),
+                        rel_max(&state, &chunk_state),
+                        rel_max(&out, &by_tokens),
+                        rel_max(&state, &rec_state),
+                    ];
+                    let err = err.into_iter().fold(0.0, f64::max);
+                    assert!(err < 1e-6, "{what}: {err:e}");
+                    worst = worst.max(err);
+                    // Levels, thread counts and column splits sum in the same order.
+                    let first = first.get_or_insert_with(|| (out.clone(), state.clone()));
+                    assert!(first.0 == out && first.1 == state, "{what}: differs from the first run");
+                }
+            }
+        }
+    }
+    eprintln!("chunked gated delta rule: rel. max {worst:.2e}");
+}
+
+#[test]
+fn chunked_checks_its_shapes() {
+    let pool = ThreadPool::new(2).unwrap();
+    let l = DeltaNetLayout::conv_rows(2, 4, 8, 8, KHeads::Tiled);
+    let (qkv, g, beta) = inputs(&l, 3, 1);
+    let mut state = vec![0.0; l.state_len()];
+    let mut out = vec![0.0; l.out_len(3)];
+    let mut call =
+        |qkv: &[f32], beta: &[f32], out: &mut [f32], l: &DeltaNetLayout| chunked(&pool, l, 3, qkv, &g, beta, &mut state, out);
+    assert!(matches!(call(&qkv[1..], &beta, &mut out, &l), Err(ShapeError::Len { what: "qkv", .. })));
+    assert!(matches!(call(&qkv, &beta[..11], &mut out, &l), Err(ShapeError::Len { what: "beta", .. })));
+    assert!(matches!(call(&qkv, &beta, &mut [0.0; 95], &l), Err(ShapeError::Len { what: "out", .. })));
+    let wide = DeltaNetLayout { d_v: 129, ..l };
+    assert!(matches!(call(&qkv, &beta, &mut out, &wide), Err(ShapeError::Invalid { .. })));
+    assert!(call(&qkv, &beta, &mut out, &l).is_ok());
 }
 
 #[test]

@@ -5,9 +5,10 @@
 
 mod common;
 use common::*;
+use webvlm::backend::gpu::attention::{self as gpu_attention, PrefillLaunch, RowWidth};
+use webvlm::backend::gpu::{Geometry, Gpu, GpuOptions};
 use webvlm::backend::{Buffer, Device, Program};
-use webvlm::gpu::{Geometry, Gpu, GpuOptions};
-use webvlm::kernels::attention::{self, AttnShape, DecodeScratch, KvDtype, PrefillLaunch, RowWidth, StepParams};
+use webvlm::kernels::attention::{self, AttnShape, DecodeScratch, KvDtype, StepParams};
 use webvlm::kernels::rope::{self, QScale, RopeFreqs, RopeLayout, RopeMode, RopeTable, Yarn};
 
 /// Attention in f32 with online softmax vs an f64 reference: summation order only.
@@ -491,8 +492,8 @@ fn check_decode(gpu: &Device, rng: &mut Rng, d: &DecodeCase, steps: &[(u32, u32)
         eprintln!(
             "{} decode {kv:?} h {n_head}/{n_kv} hd {hd} rows/wg {} splits {}/{} kv_len {kv_len} n_tok {n_tok} causal {causal}: rel {err:.2e}",
             variant(gpu),
-            attention::decode_rows(&shape),
-            attention::active_splits(kv_len, scratch.n_split),
+            gpu_attention::decode_rows(&shape),
+            gpu_attention::active_splits(kv_len, scratch.n_split),
             scratch.n_split
         );
         assert!(err < TOL_ATTN_F32.max(TOL_ATTN_F16_KV_ROUNDED), "{} decode {kv:?} kv_len {kv_len}: rel err {err}", variant(gpu));
@@ -571,7 +572,7 @@ fn decode_covers_group_sizes_head_dims_and_context_lengths() {
 /// is recorded for max_ctx while kv_len picks the active splits.
 #[test]
 fn decode_rows_are_the_kv_group_and_splits_follow_kv_len() {
-    let rows = |n_head, n_kv, max_tok| attention::decode_rows(&AttnShape::new(n_head, n_kv, 64, max_tok));
+    let rows = |n_head, n_kv, max_tok| gpu_attention::decode_rows(&AttnShape::new(n_head, n_kv, 64, max_tok));
     assert_eq!(rows(32, 8, 1), 4, "Ministral 3 3B decode");
     assert_eq!(rows(9, 3, 1), 3, "SmolLM2 decode");
     assert_eq!((rows(4, 4, 1), rows(8, 1, 1)), (1, 8));
@@ -579,17 +580,17 @@ fn decode_rows_are_the_kv_group_and_splits_follow_kv_len() {
     assert_eq!((rows(16, 1, 1), rows(12, 1, 1), rows(36, 3, 1)), (8, 6, 6), "groups wider than a workgroup");
     let ministral = AttnShape::new(32, 8, 128, 1);
     let n_split = attention::default_splits(32768);
-    assert_eq!(attention::decode_grid(&ministral, n_split), [64, 8, 1]);
-    assert_eq!(attention::decode_grid(&AttnShape::new(32, 8, 128, 5), n_split), [64, 8, 3]);
-    let active = |kv_len| attention::active_splits(kv_len, n_split);
+    assert_eq!(gpu_attention::decode_grid(&ministral, n_split), [64, 8, 1]);
+    assert_eq!(gpu_attention::decode_grid(&AttnShape::new(32, 8, 128, 5), n_split), [64, 8, 3]);
+    let active = |kv_len| gpu_attention::active_splits(kv_len, n_split);
     assert_eq!((active(0), active(1), active(128), active(129), active(4096), active(32768)), (1, 1, 1, 2, 32, 64));
     // Every active split holds keys (the last one too), and together they cover kv_len.
     for kv_len in 1..=32768 {
-        let (per, n) = (attention::split_keys(kv_len, n_split), active(kv_len));
-        assert!(per.is_multiple_of(attention::DECODE_TILE) && n <= n_split, "kv_len {kv_len}");
+        let (per, n) = (gpu_attention::split_keys(kv_len, n_split), active(kv_len));
+        assert!(per.is_multiple_of(gpu_attention::DECODE_TILE) && n <= n_split, "kv_len {kv_len}");
         assert!((n - 1) * per < kv_len && n * per >= kv_len, "kv_len {kv_len}: {n} splits of {per}");
     }
-    assert_eq!((attention::split_keys(8193, n_split), active(8193)), (192, 43), "capped: fewer, longer splits");
+    assert_eq!((gpu_attention::split_keys(8193, n_split), active(8193)), (192, 43), "capped: fewer, longer splits");
 }
 
 /// Splits past `active_splits(kv_len)` are neither run nor merged: scratch entries primed
@@ -611,7 +612,7 @@ fn decode_skips_and_ignores_inactive_splits() {
         let mut prog = Program::new();
         attention::attention_decode(&mut prog, &gpu, &shape, &step, &bq, &bk, &bv, &scratch, &out).unwrap();
         for kv_len in [100u32, 300, 2048] {
-            let active = attention::active_splits(kv_len, scratch.n_split) as usize;
+            let active = gpu_attention::active_splits(kv_len, scratch.n_split) as usize;
             let rows = n_head as usize * n_split;
             gpu.write(&scratch.ml, 0, bytemuck::cast_slice(&[50f32, 1.0].repeat(rows))).unwrap();
             gpu.write(&scratch.o, 0, bytemuck::cast_slice(&vec![1000f32; rows * hd as usize])).unwrap();
@@ -731,7 +732,7 @@ fn prefill_matches_cpu_at_head_dim_256() {
             let b = gpu.storage("b", 4 << 10).unwrap();
             let step = StepParams::create_buffer(&gpu).unwrap();
             let r = attention::attention_prefill(&mut Program::new(), &gpu, &AttnShape::new(2, 2, hd, 1), &step, &b, &b, &b, &b);
-            assert!(matches!(r, Err(webvlm::gpu::GpuError::Shape(_))), "head_dim {hd} accepted");
+            assert!(matches!(r, Err(webvlm::backend::gpu::GpuError::Shape(_))), "head_dim {hd} accepted");
         }
     }
 }
@@ -784,7 +785,7 @@ fn launch_shapes_at_head_dim_256_fit_their_workgroup_memory() {
     // Qwen3.5 9B text prefill (16 heads, 4 KV heads, 512 tokens): 2048 rows in 64 tiles of 32.
     let qwen = AttnShape::new(16, 4, 256, 512);
     assert_eq!(PrefillLaunch::of(Geometry::Gpu, 256, 32768).grid(&qwen), [64, 4, 1]);
-    assert_eq!(attention::decode_rows(&AttnShape::new(16, 4, 256, 1)), 4);
+    assert_eq!(gpu_attention::decode_rows(&AttnShape::new(16, 4, 256, 1)), 4);
 }
 
 /// The decode loop as the model records it: RoPE of q (with query scaling), RoPE + store of

@@ -2,8 +2,8 @@
 
 mod common;
 use common::*;
+use webvlm::backend::gpu::GpuError;
 use webvlm::backend::{Device, Program};
-use webvlm::gpu::GpuError;
 use webvlm::kernels::{elementwise, norm};
 
 /// f32 kernels with reductions: error from summation order only.

@@ -5,8 +5,8 @@
 
 mod common;
 use common::*;
+use webvlm::backend::gpu::GpuError;
 use webvlm::backend::{Buffer, Device, Program};
-use webvlm::gpu::GpuError;
 use webvlm::kernels::delta_net::{self, DeltaNetBuffers, DeltaNetLayout, KHeads};
 
 /// GPU f32 recurrence vs the f64 reference, relative L2 over all outputs / the final state.
@@ -220,7 +220,7 @@ fn bad_shapes_are_errors() {
     let record = |layout: &DeltaNetLayout, n_tok: usize, b: &DeltaNetBuffers<'_>| {
         delta_net::record_recurrent(&mut Program::new(), &gpu, layout, n_tok, b)
     };
-    let shape_err = |r: webvlm::gpu::Result<()>, what: &str| {
+    let shape_err = |r: webvlm::backend::gpu::Result<()>, what: &str| {
         assert!(matches!(r, Err(GpuError::Shape(_))), "{what}: {:?}", r.err());
     };
     record(&good, 4, &bufs.buffers()).unwrap();

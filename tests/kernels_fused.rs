@@ -6,13 +6,14 @@
 
 mod common;
 use common::*;
+use webvlm::backend::gpu::matvec::MatvecLaunch;
+use webvlm::backend::gpu::{Geometry, Gpu, GpuOptions};
 use webvlm::backend::{Buffer, Device, Program};
 use webvlm::gguf::quant::quantize_q8_0;
 use webvlm::gguf::{dequantize_to_vec, random_blocks, GgmlType, GgufWriter};
-use webvlm::gpu::{Geometry, Gpu, GpuOptions};
 use webvlm::kernels::elementwise::{self, silu_mul_ref};
 use webvlm::kernels::matmul::{self, MatmulCompute};
-use webvlm::kernels::matvec::{self, matvec_ref, Epilogue, MatvecLaunch, Output};
+use webvlm::kernels::matvec::{self, matvec_ref, Epilogue, Output};
 use webvlm::kernels::quant::Weight;
 use webvlm::source::{load_stacked, Eager, GgufBytes, GgufStream, LoadQuant, Stacked, WeightLoader};
 

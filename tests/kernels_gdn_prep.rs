@@ -5,8 +5,8 @@
 
 mod common;
 use common::*;
+use webvlm::backend::gpu::GpuError;
 use webvlm::backend::{Buffer, Device, Program};
-use webvlm::gpu::GpuError;
 use webvlm::kernels::attention::StepParams;
 use webvlm::kernels::gdn_prep::{self, ConvShape, GatedNormShape, RowWindow};
 
@@ -296,7 +296,7 @@ fn bad_shapes_are_rejected() {
     let gpu = gpu();
     let buf = |n: usize| gpu.storage("b", (n * 4) as u64).unwrap();
     let step = step_buffer(&gpu, 1);
-    let shape_err = |r: webvlm::gpu::Result<()>, what: &str| {
+    let shape_err = |r: webvlm::backend::gpu::Result<()>, what: &str| {
         assert!(matches!(r, Err(GpuError::Shape(_))), "{what}: expected a shape error, got {r:?}");
     };
     let (c, t) = (8usize, 4usize);

@@ -5,11 +5,12 @@
 
 mod common;
 use common::*;
+use webvlm::backend::gpu::matmul::MatmulLaunch;
+use webvlm::backend::gpu::{Geometry, Gpu, GpuOptions, Op};
 use webvlm::backend::{Device, Program};
 use webvlm::gguf::quant::{quantize_q4_0, quantize_q4_1, quantize_q8_0};
 use webvlm::gguf::{dequantize_to_vec, random_blocks, GgmlType};
-use webvlm::gpu::{Geometry, Gpu, GpuOptions, Op};
-use webvlm::kernels::matmul::{MatmulCompute, MatmulLaunch};
+use webvlm::kernels::matmul::MatmulCompute;
 use webvlm::kernels::matvec::{Epilogue, Output};
 use webvlm::kernels::quant::{repack, unpack, Weight, WeightError};
 use webvlm::kernels::{embedding, matmul, matvec};

@@ -12,12 +12,12 @@ use wasm_bindgen_test::{wasm_bindgen_test, wasm_bindgen_test_configure};
 use webvlm::backend::{Buffer, Device, Program};
 
 use webvlm::api::ApiError;
+use webvlm::backend::gpu::{Gpu, GpuError, GpuOptions};
 use webvlm::engine::EngineError;
 use webvlm::error::{Classify, ErrorClass};
 use webvlm::gguf::{
     dequantize_to_vec, parse_header, random_blocks, GgmlType, GgufHeaderParser, GgufWriter, MetaValue, SplitMix64,
 };
-use webvlm::gpu::{Gpu, GpuError, GpuOptions};
 use webvlm::kernels::quant::{Weight, WeightError};
 use webvlm::kernels::sample::{Sampler, SamplerState};
 use webvlm::kernels::{elementwise, matvec, norm};

@@ -1,12 +1,24 @@
-//! Compute backends behind the model code, and the handles it records with: a [`Device`]
-//! (a wgpu device or the CPU), [`Buffer`]s on it, and [`Program`]s of ops recorded once and
-//! run each step. The kernel wrappers of `crate::kernels` take these handles and record the
-//! op on the device's side: a GPU dispatch (`crate::gpu`, the WGSL shaders) or a CPU op
-//! ([`cpu`]'s kernels, run in order on its thread pool).
+//! Compute backends behind the model code, and the handles it records with: a
+//! [`Device`](crate::backend::Device) (a wgpu device or the CPU),
+//! [`Buffer`](crate::backend::Buffer)s on it, and [`Program`](crate::backend::Program)s of
+//! ops recorded once and run each step. The two sides lie side by side, one module per op in
+//! each under the same name:
+//!
+//! - [`gpu`](crate::backend::gpu): the wgpu layer (device and limits, the typed pipeline
+//!   cache, the params arena, recorded dispatches) and each op's WGSL side (`gpu::matvec`,
+//!   `gpu::attention`, ...: shader sources, params structs, bindings, launch shapes,
+//!   dispatches).
+//! - [`cpu`](crate::backend::cpu): the CPU kernels (SIMD chosen once per process, a
+//!   persistent thread pool) and its programs of closures, run in order on the pool.
+//!
+//! Neither side calls the other: the kernel wrappers of `crate::kernels` take these handles,
+//! open the program's side for the device ([`Program::on`](crate::backend::Program::on)) and
+//! record the op there.
 
 pub mod cpu;
+pub mod gpu;
 
-use crate::gpu::{self, Caps, Gpu, GpuError, Result};
+use gpu::{Caps, Gpu, GpuError, Result};
 
 /// Where ops run and buffers live.
 pub enum Device {

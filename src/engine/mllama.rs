@@ -211,7 +211,7 @@ impl CrossVision {
         let mut copies = Program::new();
         for (i, f) in images.iter().enumerate() {
             if f.buffer.size() < per_image || f.dim != c.text_hidden {
-                return Err(EngineError::Model(ModelError::Gpu(crate::gpu::GpuError::Shape(format!(
+                return Err(EngineError::Model(ModelError::Gpu(crate::backend::gpu::GpuError::Shape(format!(
                     "image states of {} bytes / width {}, the encoder's are {per_image} / {}",
                     f.buffer.size(),
                     f.dim,

@@ -55,7 +55,7 @@ pub enum EngineError {
     #[error(transparent)]
     Gguf(#[from] GgufError),
     #[error(transparent)]
-    Gpu(#[from] crate::gpu::GpuError),
+    Gpu(#[from] crate::backend::gpu::GpuError),
     /// A generation parameter is out of range.
     #[error(transparent)]
     Param(#[from] ParamError),

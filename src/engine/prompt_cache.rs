@@ -24,8 +24,8 @@
 
 use std::rc::Rc;
 
+use crate::backend::gpu::Result as GpuResult;
 use crate::backend::Device;
-use crate::gpu::Result as GpuResult;
 use crate::model::{Context, StateSnapshot};
 
 use super::{ImageDigest, Prompt};

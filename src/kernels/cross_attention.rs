@@ -1,8 +1,10 @@
-//! Cross-attention of text tokens over a fixed key set with a per-token tile mask
-//! (`shaders/cross_attention.wgsl`): Mllama's text-to-image attention, no RoPE, no
-//! causality. Keys are `n_tiles` tiles of `tile_keys` rows each (one image's 4 tiles of
-//! 1601 vision tokens, images one after another); token t sees the tiles its mask row marks.
-//! Also the gated residual add of Mllama's cross layers ([`gated_add`], `shaders/gated_add.wgsl`).
+//! Cross-attention of text tokens over a fixed key set with a per-token tile mask: Mllama's
+//! text-to-image attention, no RoPE, no causality. Keys are `n_tiles` tiles of `tile_keys`
+//! rows each (one image's 4 tiles of 1601 vision tokens, images one after another); token t
+//! sees the tiles its mask row marks.
+//! Also the gated residual add of Mllama's cross layers ([`gated_add`]). The GPU side in
+//! `backend::gpu::cross_attention` (`shaders/cross_attention.wgsl`, `shaders/gated_add.wgsl`),
+//! the CPU side in `backend::cpu::cross_attention`.
 //!
 //! Layouts (row-major f32): q `[n_tok][q_stride]` with head h at `h * head_dim`; k and v
 //! `[n_tiles * tile_keys][n_kv_head * head_dim]`; mask `[n_tok][n_tiles]` u32 (0 = hidden);
@@ -10,30 +12,12 @@
 //! Reference: transformers' `MllamaTextCrossAttention`.
 
 pub use super::shapes::CrossAttnShape;
-use bytemuck::{Pod, Zeroable};
 
+use crate::backend::gpu::{self, GpuError, Result};
 use crate::backend::{cpu, Buffer, Device, On, Program};
-use crate::gpu::{grid_1d, Access, Arg, GpuError, KernelSpec, Launch, Result};
 
-const SHADER: &str = include_str!("../../shaders/cross_attention.wgsl");
-const BINDINGS: &[Access] = &[Access::Uniform, Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite];
 /// Widest head the kernel takes (4 output dims per invocation, 64 invocations).
 pub const MAX_HEAD_DIM: u32 = 256;
-
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    n_tok: u32,
-    n_head: u32,
-    n_kv_head: u32,
-    head_dim: u32,
-    q_stride: u32,
-    n_keys: u32,
-    n_tiles: u32,
-    tile_keys: u32,
-    scale: f32,
-    _pad: [u32; 3],
-}
 
 impl CrossAttnShape {
     fn check(&self) -> Result<u32> {
@@ -63,10 +47,14 @@ pub fn cross_attention(
     mask: &Buffer,
     out: &Buffer,
 ) -> Result<()> {
-    let (prog, gpu) = match prog.on(dev)? {
-        On::Gpu(prog, gpu) => (prog, gpu),
+    let side = prog.on(dev)?;
+    let n_keys = s.check()?;
+    match side {
+        On::Gpu(prog, gpu) => {
+            let (q, k, v, mask, out) = (q.gpu()?, k.gpu()?, v.gpu()?, mask.gpu()?, out.gpu()?);
+            gpu::cross_attention::cross_attention(prog, gpu, s, n_keys, q, k, v, mask, out)
+        }
         On::Cpu(prog, _) => {
-            s.check()?;
             let [q, k, v, mask, out] = Buffer::cpu_handles([q, k, v, mask, out])?;
             let s = *s;
             let (mask_len, out_len) = (s.n_tok as usize * s.n_tiles as usize, (s.n_tok * s.n_head * s.head_dim) as usize);
@@ -74,32 +62,9 @@ pub fn cross_attention(
                 let (q, k, v, mask, mut out) = (q.read()?, k.read()?, v.read()?, mask.read_u32(mask_len)?, out.write_n(out_len)?);
                 Ok(cpu::cross_attention::cross_attention(pool, &s, &q, &k, &v, &mask, &mut out)?)
             });
-            return Ok(());
+            Ok(())
         }
-    };
-    let q = q.gpu()?;
-    let k = k.gpu()?;
-    let v = v.gpu()?;
-    let mask = mask.gpu()?;
-    let out = out.gpu()?;
-    let n_keys = s.check()?;
-    let params = Params {
-        n_tok: s.n_tok,
-        n_head: s.n_head,
-        n_kv_head: s.n_kv_head,
-        head_dim: s.head_dim,
-        q_stride: s.q_stride,
-        n_keys,
-        n_tiles: s.n_tiles,
-        tile_keys: s.tile_keys,
-        scale: s.scale,
-        _pad: [0; 3],
-    };
-    let spec = KernelSpec::new("cross_attention", SHADER, "cross_attention", BINDINGS);
-    let args = [Arg::Buf(q), Arg::Buf(k), Arg::Buf(v), Arg::Buf(mask), Arg::Buf(out)];
-    prog.push_with_params(gpu, &spec, &params, &args, grid_1d(s.n_tok * s.n_head))?;
-    prog.set_launch(Launch::threads(64)); // WG in the shader
-    Ok(())
+    }
 }
 
 /// CPU reference of [`cross_attention`] in f64.
@@ -137,18 +102,6 @@ pub fn cross_attention_ref(s: &CrossAttnShape, q: &[f32], k: &[f32], v: &[f32], 
     out
 }
 
-const GATED_ADD: &str = include_str!("../../shaders/gated_add.wgsl");
-const GATED_ADD_BINDINGS: &[Access] = &[Access::Uniform, Access::Read, Access::Read, Access::Read, Access::ReadWrite];
-
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct GatedAddParams {
-    n: u32,
-    dim: u32,
-    use_row_mask: u32,
-    _pad: u32,
-}
-
 /// Records `x[t][i] += tanh(gate[0]) * row_mask[t] * y[t][i]` over `n_tok` rows of `dim`
 /// (Mllama's gated residual; `row_mask` `[n_tok]` f32, or `None` for a factor of 1).
 #[allow(clippy::too_many_arguments)]
@@ -162,8 +115,12 @@ pub fn gated_add(
     n_tok: u32,
     dim: u32,
 ) -> Result<()> {
-    let (prog, gpu) = match prog.on(dev)? {
-        On::Gpu(prog, gpu) => (prog, gpu),
+    match prog.on(dev)? {
+        On::Gpu(prog, gpu) => {
+            let gate = gate.gpu()?;
+            let row_mask = row_mask.map(Buffer::gpu).transpose()?;
+            gpu::cross_attention::gated_add(prog, gpu, gate, row_mask, y.gpu()?, x.gpu()?, n_tok, dim)
+        }
         On::Cpu(prog, _) => {
             let [gate, y, x] = Buffer::cpu_handles([gate, y, x])?;
             let row_mask = row_mask.map(|m| m.cpu().cloned()).transpose()?;
@@ -173,21 +130,9 @@ pub fn gated_add(
                 let (gate, y, mut x) = (gate.read_n(1)?[0], y.read_n(rows * dim)?, x.write_n(rows * dim)?);
                 Ok(cpu::cross_attention::gated_add(pool, gate, mask.as_deref(), &y, &mut x, dim)?)
             });
-            return Ok(());
+            Ok(())
         }
-    };
-    let gate = gate.gpu()?;
-    let row_mask = row_mask.map(Buffer::gpu).transpose()?;
-    let y = y.gpu()?;
-    let x = x.gpu()?;
-    let n = n_tok.checked_mul(dim).filter(|_| dim > 0).ok_or_else(|| GpuError::Shape(format!("gated add: {n_tok} x {dim}")))?;
-    let params = GatedAddParams { n, dim, use_row_mask: row_mask.is_some() as u32, _pad: 0 };
-    let spec = KernelSpec::new("gated_add", GATED_ADD, "gated_add", GATED_ADD_BINDINGS);
-    // Without a row mask the binding is unused: bind the gate in its place.
-    let args = [Arg::Buf(gate), Arg::Buf(row_mask.unwrap_or(gate)), Arg::Buf(y), Arg::Buf(x)];
-    prog.push_with_params(gpu, &spec, &params, &args, grid_1d(n.div_ceil(256)))?;
-    prog.set_launch(Launch::threads(256));
-    Ok(())
+    }
 }
 
 /// CPU reference of [`gated_add`] (f64 math).

@@ -1,4 +1,5 @@
-//! Gated delta rule (`shaders/gated_delta_net.wgsl`): the linear-attention token mixer of
+//! Gated delta rule: the GPU side in `backend::gpu::delta_net` (`shaders/gated_delta_net.wgsl`),
+//! the CPU side in `backend::cpu::{delta_net, delta_net_chunked}`. The linear-attention token mixer of
 //! Qwen3.5 / Qwen3-Next (Gated DeltaNet; Yang, Kautz & Hatamizadeh, "Gated Delta Networks:
 //! Improving Mamba2 with Delta Rule", arXiv:2412.06464), as transformers'
 //! `torch_recurrent_gated_delta_rule` and `torch_chunk_gated_delta_rule`
@@ -15,25 +16,17 @@
 //! update), so that comparing the two checks the chunked algebra itself.
 
 pub use super::shapes::{DeltaNetLayout, KHeads, L2_EPS};
-use bytemuck::{Pod, Zeroable};
+pub use crate::backend::gpu::delta_net::{chunked_scratch_len, CHUNK};
 
+use crate::backend::gpu::{self, GpuError, Result};
 use crate::backend::{cpu, Buffer, Device, On, Program};
-use crate::gpu::{Access, Arg, GpuError, KernelSpec, Launch, Result};
 
-pub(super) const SHADER: &str = include_str!("../../shaders/gated_delta_net.wgsl");
-const RECURRENT: &[Access] = &[Access::Uniform, Access::Read, Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite];
-const CHUNK_PREP: &[Access] = &[Access::Uniform, Access::Read, Access::Read, Access::Read, Access::ReadWrite];
-const CHUNK_STATE: &[Access] = &[Access::Uniform, Access::Read, Access::ReadWrite, Access::ReadWrite];
-/// State columns per `gdn_chunk_state` workgroup (256 invocations, 16 lanes per column).
-const BLOCK_COLS: u32 = 16;
-const CHUNK_WG: u32 = 256;
-/// State columns per recurrent workgroup, and its invocations (`COLS` x 4 row slices).
-const COLS: u32 = 32;
-const RECURRENT_WG: u32 = 128;
 /// Largest d_k and d_v the kernels take.
 pub const MAX_HEAD_DIM: u32 = 128;
-/// Tokens per chunk of the chunked form (torch's default `chunk_size`).
-pub const CHUNK: usize = 64;
+/// Fewest tokens [`record_chunked`] runs in the chunked form on the CPU, below them the
+/// recurrence. Measured (`examples/cpu_bench -- delta`, Qwen3.5-0.8B's shapes, 1 thread): one
+/// token 0.06 ms chunked against 0.04 ms recurrent, two 0.06 against 0.068, four 1.3x faster.
+const CPU_CHUNKED_MIN_TOKENS: usize = 2;
 
 impl DeltaNetLayout {
     /// The conv1d output layout: rows of `[q heads | k heads | v heads]`, nothing else.
@@ -106,23 +99,6 @@ impl DeltaNetLayout {
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    n_tok: u32,
-    n_k_heads: u32,
-    n_v_heads: u32,
-    d_k: u32,
-    d_v: u32,
-    row_stride: u32,
-    q_offset: u32,
-    k_offset: u32,
-    v_offset: u32,
-    k_head_tiled: u32,
-    q_scale: f32,
-    _pad: u32,
-}
-
 /// torch's `1 / (d_k ** 0.5)`: a Python float, rounded to f32 when it multiplies q.
 fn q_scale(d_k: u32) -> f64 {
     1.0 / (d_k as f64).sqrt()
@@ -149,7 +125,8 @@ pub struct DeltaNetBuffers<'a> {
     pub out: &'a Buffer,
 }
 
-fn checked_params(layout: &DeltaNetLayout, n_tok: usize, b: &DeltaNetBuffers<'_>) -> Result<Params> {
+/// Checks `n_tok` tokens of `layout` against the buffers (both backends).
+fn check(layout: &DeltaNetLayout, n_tok: usize, b: &DeltaNetBuffers<'_>) -> Result<()> {
     layout.check()?;
     if n_tok == 0 || n_tok > u32::MAX as usize / layout.row_stride.max(1) as usize {
         return Err(GpuError::Shape(format!("gated delta rule: {n_tok} tokens")));
@@ -158,37 +135,57 @@ fn checked_params(layout: &DeltaNetLayout, n_tok: usize, b: &DeltaNetBuffers<'_>
     check_len("g", b.g, n_tok * layout.n_v_heads as usize)?;
     check_len("beta", b.beta, n_tok * layout.n_v_heads as usize)?;
     check_len("state", b.state, layout.state_len())?;
-    check_len("out", b.out, layout.out_len(n_tok))?;
-    Ok(Params {
-        n_tok: n_tok as u32,
-        n_k_heads: layout.n_k_heads,
-        n_v_heads: layout.n_v_heads,
-        d_k: layout.d_k,
-        d_v: layout.d_v,
-        row_stride: layout.row_stride,
-        q_offset: layout.q_offset,
-        k_offset: layout.k_offset,
-        v_offset: layout.v_offset,
-        k_head_tiled: (layout.k_heads == KHeads::Tiled) as u32,
-        q_scale: q_scale(layout.d_k) as f32,
-        _pad: 0,
-    })
+    check_len("out", b.out, layout.out_len(n_tok))
 }
 
-/// Records the gated delta rule's recurrence over `n_tok` tokens on the CPU.
-fn cpu_recurrent(prog: &mut cpu::Program, layout: &DeltaNetLayout, n_tok: usize, b: &DeltaNetBuffers<'_>) -> Result<()> {
+impl DeltaNetBuffers<'_> {
+    fn gpu(&self) -> Result<gpu::delta_net::Buffers<'_>> {
+        Ok([self.qkv.gpu()?, self.g.gpu()?, self.beta.gpu()?, self.state.gpu()?, self.out.gpu()?])
+    }
+}
+
+/// A CPU form of the gated delta rule (`cpu::delta_net::recurrent`, `cpu::delta_net_chunked::chunked`).
+type CpuDeltaRule = fn(
+    &cpu::ThreadPool,
+    &DeltaNetLayout,
+    usize,
+    &[f32],
+    &[f32],
+    &[f32],
+    &mut [f32],
+    &mut [f32],
+) -> std::result::Result<(), cpu::ShapeError>;
+
+/// Records the gated delta rule over `n_tok` tokens on the CPU, by `op`.
+fn cpu_delta_rule(
+    prog: &mut cpu::Program,
+    name: &'static str,
+    op: CpuDeltaRule,
+    layout: &DeltaNetLayout,
+    n_tok: usize,
+    b: &DeltaNetBuffers<'_>,
+) -> Result<()> {
     let [qkv, g, beta, state, out] = Buffer::cpu_handles([b.qkv, b.g, b.beta, b.state, b.out])?;
     let layout = *layout;
-    prog.push("gated_delta_rule", move |pool| {
+    prog.push(name, move |pool| {
         let (qkv, g, beta, mut state, mut out) = (qkv.read()?, g.read()?, beta.read()?, state.write()?, out.write()?);
-        Ok(cpu::delta_net::recurrent(pool, &layout, n_tok, &qkv, &g, &beta, &mut state, &mut out)?)
+        Ok(op(pool, &layout, n_tok, &qkv, &g, &beta, &mut state, &mut out)?)
     });
     Ok(())
 }
 
-/// Records `gdn_recurrent`: `n_tok` tokens one after the other (n_tok = 1 for decode), the
-/// state read once and written back in place. Grid: (ceil(d_v / 32), Hv) workgroups of 128
-/// invocations, each owning a quarter of one state column.
+/// Records the gated delta rule's recurrence over `n_tok` tokens on the CPU.
+fn cpu_recurrent(prog: &mut cpu::Program, layout: &DeltaNetLayout, n_tok: usize, b: &DeltaNetBuffers<'_>) -> Result<()> {
+    cpu_delta_rule(prog, "gated_delta_rule", cpu::delta_net::recurrent, layout, n_tok, b)
+}
+
+/// Records the chunked form over `n_tok` tokens on the CPU (same outputs and final state).
+fn cpu_chunked(prog: &mut cpu::Program, layout: &DeltaNetLayout, n_tok: usize, b: &DeltaNetBuffers<'_>) -> Result<()> {
+    cpu_delta_rule(prog, "gated_delta_rule_chunked", cpu::delta_net_chunked::chunked, layout, n_tok, b)
+}
+
+/// Records the recurrence: `n_tok` tokens one after the other (n_tok = 1 for decode), the
+/// state read once and written back in place.
 pub fn record_recurrent(
     prog: &mut Program,
     dev: &Device,
@@ -196,33 +193,17 @@ pub fn record_recurrent(
     n_tok: usize,
     b: &DeltaNetBuffers<'_>,
 ) -> Result<()> {
-    let p = checked_params(layout, n_tok, b)?;
-    let (prog, gpu) = match prog.on(dev)? {
-        On::Gpu(prog, gpu) => (prog, gpu),
-        On::Cpu(prog, _) => return cpu_recurrent(prog, layout, n_tok, b),
-    };
-    let spec = KernelSpec::new("gated_delta_net", SHADER, "gdn_recurrent", RECURRENT);
-    let args =
-        [Arg::Buf(b.qkv.gpu()?), Arg::Buf(b.g.gpu()?), Arg::Buf(b.beta.gpu()?), Arg::Buf(b.state.gpu()?), Arg::Buf(b.out.gpu()?)];
-    prog.push_with_params(gpu, &spec, &p, &args, [layout.d_v.div_ceil(COLS), layout.n_v_heads, 1])?;
-    prog.set_launch(Launch::threads(RECURRENT_WG));
-    Ok(())
+    check(layout, n_tok, b)?;
+    match prog.on(dev)? {
+        On::Gpu(prog, gpu) => gpu::delta_net::recurrent(prog, gpu, layout, n_tok, q_scale(layout.d_k) as f32, b.gpu()?),
+        On::Cpu(prog, _) => cpu_recurrent(prog, layout, n_tok, b),
+    }
 }
 
-/// Floats of the scratch buffer [`record_chunked`] needs for `n_tok` tokens: per (v head,
-/// chunk) the UT matrix T and the decayed scores P (64 x 64 each), W, Qe, Kd (64 x d_k each),
-/// U (64 x d_v) and the cumulative log decays (64).
-pub fn chunked_scratch_len(layout: &DeltaNetLayout, n_tok: usize) -> usize {
-    let (c, dk, dv) = (CHUNK, layout.d_k as usize, layout.d_v as usize);
-    n_tok.div_ceil(c) * layout.n_v_heads as usize * (2 * c * c + c * (3 * dk + dv + 1))
-}
-
-/// Records the chunked form (prefill): `gdn_chunk_prep` over (chunks, Hv) workgroups of 256
-/// (the within-chunk UT transform of every chunk, in parallel, into `scratch`), then
-/// `gdn_chunk_state` over (ceil(d_v / 16), Hv) workgroups of 256 (16 state columns each, kept
-/// in 8 KiB of workgroup memory, carried across the chunks in order). Same outputs and final
-/// state as [`record_recurrent`] over the same tokens. `scratch` holds at least
-/// [`chunked_scratch_len`] floats.
+/// Records the chunked form (prefill): same outputs and final state as [`record_recurrent`]
+/// over the same tokens. On the GPU, chunks of [`CHUNK`] in `scratch` (at least
+/// [`chunked_scratch_len`] floats); on the CPU `cpu::delta_net_chunked::chunked` (its own
+/// scratch, its own chunk size), or the recurrence below `CPU_CHUNKED_MIN_TOKENS` tokens.
 pub fn record_chunked(
     prog: &mut Program,
     dev: &Device,
@@ -231,27 +212,14 @@ pub fn record_chunked(
     b: &DeltaNetBuffers<'_>,
     scratch: &Buffer,
 ) -> Result<()> {
-    let p = checked_params(layout, n_tok, b)?;
-    let (prog, gpu) = match prog.on(dev)? {
-        On::Gpu(prog, gpu) => (prog, gpu),
-        // The CPU runs the recurrence token by token (same outputs and final state).
-        On::Cpu(prog, _) => return cpu_recurrent(prog, layout, n_tok, b),
-    };
-    let scratch_len = chunked_scratch_len(layout, n_tok);
-    if scratch_len > u32::MAX as usize {
-        return Err(GpuError::Shape(format!("gated delta rule: {n_tok} tokens need {scratch_len} scratch floats")));
+    check(layout, n_tok, b)?;
+    match prog.on(dev)? {
+        On::Gpu(prog, gpu) => {
+            gpu::delta_net::chunked(prog, gpu, layout, n_tok, q_scale(layout.d_k) as f32, b.gpu()?, scratch.gpu()?)
+        }
+        On::Cpu(prog, _) if n_tok < CPU_CHUNKED_MIN_TOKENS => cpu_recurrent(prog, layout, n_tok, b),
+        On::Cpu(prog, _) => cpu_chunked(prog, layout, n_tok, b),
     }
-    check_len("scratch", scratch, scratch_len)?;
-    let scratch = scratch.gpu()?;
-    let prep = KernelSpec::new("gated_delta_net", SHADER, "gdn_chunk_prep", CHUNK_PREP);
-    let args = [Arg::Buf(b.qkv.gpu()?), Arg::Buf(b.g.gpu()?), Arg::Buf(b.beta.gpu()?), Arg::Buf(scratch)];
-    prog.push_with_params(gpu, &prep, &p, &args, [n_tok.div_ceil(CHUNK) as u32, layout.n_v_heads, 1])?;
-    prog.set_launch(Launch::threads(CHUNK_WG));
-    let state = KernelSpec::new("gated_delta_net", SHADER, "gdn_chunk_state", CHUNK_STATE);
-    let args = [Arg::Buf(scratch), Arg::Buf(b.state.gpu()?), Arg::Buf(b.out.gpu()?)];
-    prog.push_with_params(gpu, &state, &p, &args, [layout.d_v.div_ceil(BLOCK_COLS), layout.n_v_heads, 1])?;
-    prog.set_launch(Launch::threads(CHUNK_WG));
-    Ok(())
 }
 
 /// L2-normalised (`x * rsqrt(sum x^2 + eps)`) copy of `x`, times `scale`.

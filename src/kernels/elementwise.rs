@@ -1,48 +1,14 @@
-//! Element-wise kernels (`shaders/elementwise.wgsl`): residual add, SiLU-gated product (of two
-//! buffers, or of the two halves of a stacked [gate; up] product's rows), GELU.
+//! Element-wise ops: residual add, SiLU-gated product (of two buffers, or of the two halves of
+//! a stacked [gate; up] product's rows), GELU; the GPU side in `backend::gpu::elementwise`
+//! (`shaders/elementwise.wgsl`), the CPU side in `backend::cpu::elementwise`.
 
-use bytemuck::{Pod, Zeroable};
-
-use crate::backend::cpu;
-use crate::backend::{Buffer, Device, On, Program};
-use crate::gpu::{grid_1d, Access, Arg, Gpu, KernelSpec, Launch, Program as GpuProgram, Result};
-
-pub(super) const SHADER: &str = include_str!("../../shaders/elementwise.wgsl");
-const BINDINGS: &[Access] = &[Access::Uniform, Access::Read, Access::ReadWrite];
-const WG: u32 = 256;
-
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    n: u32,
-    half: u32,
-    _pad: [u32; 2],
-}
-
-fn push(prog: &mut GpuProgram, gpu: &Gpu, entry: &'static str, a: &wgpu::Buffer, b: &wgpu::Buffer, n: u32) -> Result<()> {
-    push_half(prog, gpu, entry, a, b, n, 0)
-}
-
-fn push_half(
-    prog: &mut GpuProgram,
-    gpu: &Gpu,
-    entry: &'static str,
-    a: &wgpu::Buffer,
-    b: &wgpu::Buffer,
-    n: u32,
-    half: u32,
-) -> Result<()> {
-    let spec = KernelSpec::new("elementwise", SHADER, entry, BINDINGS);
-    let params = Params { n, half, _pad: [0; 2] };
-    prog.push_with_params(gpu, &spec, &params, &[Arg::Buf(a), Arg::Buf(b)], grid_1d(n.div_ceil(WG)))?;
-    prog.set_launch(Launch::threads(WG));
-    Ok(())
-}
+use crate::backend::gpu::{self, Result};
+use crate::backend::{cpu, Buffer, Device, On, Program};
 
 /// Records `residual[i] += a[i]` for the first `n` elements.
 pub fn add_inplace(prog: &mut Program, dev: &Device, a: &Buffer, residual: &Buffer, n: u32) -> Result<()> {
     match prog.on(dev)? {
-        On::Gpu(prog, gpu) => push(prog, gpu, "add_inplace", a.gpu()?, residual.gpu()?, n),
+        On::Gpu(prog, gpu) => gpu::elementwise::pair(prog, gpu, "add_inplace", a.gpu()?, residual.gpu()?, n),
         On::Cpu(prog, _) => cpu_pair(prog, "add_inplace", (a, n), (residual, n), cpu::elementwise::add_inplace),
     }
 }
@@ -50,7 +16,7 @@ pub fn add_inplace(prog: &mut Program, dev: &Device, a: &Buffer, residual: &Buff
 /// Records `gate[i] = silu(gate[i]) * up[i]` for the first `n` elements.
 pub fn silu_mul_inplace(prog: &mut Program, dev: &Device, up: &Buffer, gate: &Buffer, n: u32) -> Result<()> {
     match prog.on(dev)? {
-        On::Gpu(prog, gpu) => push(prog, gpu, "silu_mul_inplace", up.gpu()?, gate.gpu()?, n),
+        On::Gpu(prog, gpu) => gpu::elementwise::pair(prog, gpu, "silu_mul_inplace", up.gpu()?, gate.gpu()?, n),
         On::Cpu(prog, _) => cpu_pair(prog, "silu_mul_inplace", (up, n), (gate, n), cpu::elementwise::silu_mul_inplace),
     }
 }
@@ -73,7 +39,9 @@ fn cpu_pair(
 /// is `[rows][2 half]` (the product of a stacked [gate; up] weight), `out` `[rows][half]`.
 pub fn silu_mul_halves(prog: &mut Program, dev: &Device, gate_up: &Buffer, out: &Buffer, rows: u32, half: u32) -> Result<()> {
     match prog.on(dev)? {
-        On::Gpu(prog, gpu) => push_half(prog, gpu, "silu_mul_halves", gate_up.gpu()?, out.gpu()?, rows * half, half.max(1)),
+        On::Gpu(prog, gpu) => {
+            gpu::elementwise::halves(prog, gpu, "silu_mul_halves", gate_up.gpu()?, out.gpu()?, rows * half, half.max(1))
+        }
         On::Cpu(prog, _) => {
             let h = half as usize;
             let op = move |pool: &cpu::ThreadPool, x: &[f32], y: &mut [f32]| cpu::elementwise::silu_mul_halves(pool, x, y, h);
@@ -88,7 +56,9 @@ pub fn silu_mul_halves(prog: &mut Program, dev: &Device, gate_up: &Buffer, out: 
 /// `[q | gate]`).
 pub fn copy_first_halves(prog: &mut Program, dev: &Device, x: &Buffer, out: &Buffer, rows: u32, half: u32) -> Result<()> {
     match prog.on(dev)? {
-        On::Gpu(prog, gpu) => push_half(prog, gpu, "copy_first_halves", x.gpu()?, out.gpu()?, rows * half, half.max(1)),
+        On::Gpu(prog, gpu) => {
+            gpu::elementwise::halves(prog, gpu, "copy_first_halves", x.gpu()?, out.gpu()?, rows * half, half.max(1))
+        }
         On::Cpu(prog, _) => {
             let h = half as usize;
             let op = move |pool: &cpu::ThreadPool, x: &[f32], y: &mut [f32]| cpu::elementwise::copy_first_halves(pool, x, y, h);
@@ -101,7 +71,9 @@ pub fn copy_first_halves(prog: &mut Program, dev: &Device, x: &Buffer, out: &Buf
 /// `[rows][half]` (Qwen3.5's attention output gated by each head's gate).
 pub fn sigmoid_mul_second_halves(prog: &mut Program, dev: &Device, x: &Buffer, y: &Buffer, rows: u32, half: u32) -> Result<()> {
     match prog.on(dev)? {
-        On::Gpu(prog, gpu) => push_half(prog, gpu, "sigmoid_mul_second_halves", x.gpu()?, y.gpu()?, rows * half, half.max(1)),
+        On::Gpu(prog, gpu) => {
+            gpu::elementwise::halves(prog, gpu, "sigmoid_mul_second_halves", x.gpu()?, y.gpu()?, rows * half, half.max(1))
+        }
         On::Cpu(prog, _) => {
             let h = half as usize;
             let op = move |pool: &cpu::ThreadPool, x: &[f32], y: &mut [f32]| {
@@ -127,30 +99,22 @@ pub fn silu_mul_ref(gate: &[f32], up: &[f32]) -> Vec<f32> {
     gate.iter().zip(up).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect()
 }
 
-const GELU_BINDINGS: &[Access] = &[Access::Uniform, Access::ReadWrite];
-
 /// Records `x[i] = gelu(x[i]) = 0.5 x (1 + erf(x / sqrt 2))` (erf form, the Pixtral projector's
 /// activation) for the first `n` elements. WGSL has no `erf`: the shader uses Numerical
 /// Recipes' `erfcc` (fractional error < 1.2e-7 on erfc); measured against f64 in
 /// `tests/kernels_vision.rs`.
 pub fn gelu_inplace(prog: &mut Program, dev: &Device, x: &Buffer, n: u32) -> Result<()> {
-    let (prog, gpu) = match prog.on(dev)? {
-        On::Gpu(prog, gpu) => (prog, gpu),
+    match prog.on(dev)? {
+        On::Gpu(prog, gpu) => gpu::elementwise::gelu_inplace(prog, gpu, x.gpu()?, n),
         On::Cpu(prog, _) => {
             let [x] = Buffer::cpu_handles([x])?;
             prog.push("gelu_inplace", move |pool| {
                 cpu::elementwise::gelu_inplace(pool, &mut x.write_n(n as usize)?);
                 Ok(())
             });
-            return Ok(());
+            Ok(())
         }
-    };
-    let x = x.gpu()?;
-    let spec = KernelSpec::new("elementwise", SHADER, "gelu_inplace", GELU_BINDINGS);
-    let params = Params { n, half: 0, _pad: [0; 2] };
-    prog.push_with_params(gpu, &spec, &params, &[Arg::Buf(x)], grid_1d(n.div_ceil(WG)))?;
-    prog.set_launch(Launch::threads(WG));
-    Ok(())
+    }
 }
 
 /// CPU reference of [`gelu_inplace`] in f64: `0.5 x (1 + erf(x / sqrt 2))`, with

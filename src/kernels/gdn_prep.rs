@@ -1,9 +1,9 @@
-//! The per-token kernels around Qwen3.5's Gated DeltaNet layer (`shaders/gdn_prep.wgsl`):
-//! everything but the delta rule (Yang, Kautz & Hatamizadeh 2024, "Gated Delta Networks").
+//! The per-token ops around Qwen3.5's Gated DeltaNet layer: everything but the delta rule (Yang, Kautz & Hatamizadeh 2024, "Gated Delta Networks").
 //! Reference: transformers `modeling_qwen3_5.py` (`Qwen3_5GatedDeltaNet.forward`,
 //! `causal_conv1d_update`, `Qwen3_5RMSNormGated`; shared with `modeling_qwen3_next.py`).
 //!
-//! Three kernels, in the layer's order:
+//! The GPU side in `backend::gpu::gdn_prep` (`shaders/gdn_prep.wgsl`), the CPU side in
+//! `backend::cpu::gdn_prep`. Three ops, in the layer's order:
 //!
 //! 1. [`record_conv`]: causal depthwise conv1d with a rolling state, then SiLU, over the mixed
 //!    q|k|v rows (`C = 2 Hk dk + Hv dv` channels). `y[t][c] = silu(sum_j w[c][j] * xe[t+j][c])`,
@@ -48,44 +48,11 @@
 //! [`StepParams`](super::attention::StepParams)): rows past the step's `n_tok` are untouched,
 //! and the conv state advances by exactly `n_tok` rows.
 
-pub use super::shapes::{RowWindow, SOFTPLUS_THRESHOLD};
-use bytemuck::{Pod, Zeroable};
+pub use super::shapes::{ConvShape, GatedNormShape, RowWindow, SOFTPLUS_THRESHOLD};
 
-use super::attention::{StepParams, STEP};
-use super::matvec::check_len;
+use super::attention::StepParams;
+use crate::backend::gpu::{self, Result};
 use crate::backend::{cpu, Buffer, Device, On, Program};
-use crate::gpu::{grid_1d, Access, Arg, GpuError, KernelSpec, Launch, Result};
-
-pub(super) const SHADER: &str = include_str!("../../shaders/gdn_prep.wgsl");
-const CONV_STEP: &[Access] = &[Access::Uniform, Access::Uniform, Access::Read, Access::Read, Access::Read, Access::ReadWrite];
-const CONV_STATE: &[Access] = &[Access::Uniform, Access::Uniform, Access::Read, Access::ReadWrite];
-const DECAY: &[Access] = &[
-    Access::Uniform,
-    Access::Uniform,
-    Access::Read,
-    Access::Read,
-    Access::Read,
-    Access::Read,
-    Access::ReadWrite,
-    Access::ReadWrite,
-];
-const NORM: &[Access] = &[Access::Uniform, Access::Uniform, Access::Read, Access::Read, Access::Read, Access::ReadWrite];
-/// `WG` and `NORM_WG` in gdn_prep.wgsl.
-const WG: u32 = 256;
-const NORM_WG: u32 = 128;
-
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    max_tok: u32,
-    width: u32,
-    kernel: u32,
-    x_stride: u32,
-    x_offset: u32,
-    b_stride: u32,
-    b_offset: u32,
-    eps: f32,
-}
 
 impl RowWindow {
     /// Rows of exactly `width` elements.
@@ -96,37 +63,6 @@ impl RowWindow {
     fn at(&self, t: usize, i: usize) -> usize {
         t * self.stride as usize + self.offset as usize + i
     }
-
-    /// Checks that `width` elements fit each row and that `buf` holds `rows` of them.
-    fn check(&self, what: &str, buf: &wgpu::Buffer, rows: u32, width: u32) -> Result<()> {
-        if self.offset as u64 + width as u64 > self.stride as u64 {
-            return Err(GpuError::Shape(format!(
-                "{what}: a window of {width} at offset {} does not fit rows of {}",
-                self.offset, self.stride
-            )));
-        }
-        check_len(what, buf, (rows as u64 - 1) * self.stride as u64 + self.offset as u64 + width as u64)
-    }
-}
-
-fn shape_err<T>(msg: String) -> Result<T> {
-    Err(GpuError::Shape(msg))
-}
-
-/// `n * per` rows of work must index in u32 (the kernels' linear index).
-fn check_grid(what: &str, max_tok: u32, per: u32) -> Result<u32> {
-    if max_tok == 0 || per == 0 {
-        return shape_err(format!("{what}: empty shape ({max_tok} tokens x {per})"));
-    }
-    max_tok.checked_mul(per).ok_or_else(|| GpuError::Shape(format!("{what}: {max_tok} x {per} overflows the grid")))
-}
-
-/// The conv's shape: up to `max_tok` rows of `channels`, kernel `kernel` (Qwen3.5: 4).
-#[derive(Clone, Copy, Debug)]
-pub struct ConvShape {
-    pub max_tok: u32,
-    pub channels: u32,
-    pub kernel: u32,
 }
 
 /// Records the causal depthwise conv1d + SiLU of the step's rows `x` (window `x_win`, `channels`
@@ -147,8 +83,11 @@ pub fn record_conv(
     shape: &ConvShape,
 ) -> Result<()> {
     let ConvShape { max_tok, channels: c, kernel: k } = *shape;
-    let (prog, gpu) = match prog.on(dev)? {
-        On::Gpu(prog, gpu) => (prog, gpu),
+    match prog.on(dev)? {
+        On::Gpu(prog, gpu) => {
+            let (step, x, weight, state, y) = (step.gpu()?, x.gpu()?, weight.gpu()?, state.gpu()?, y.gpu()?);
+            gpu::gdn_prep::conv(prog, gpu, step, x, x_win, weight, state, y, shape)
+        }
         On::Cpu(prog, _) => {
             let [step, x, weight, state, y] = Buffer::cpu_handles([step, x, weight, state, y])?;
             prog.push("gdn conv", move |pool| {
@@ -156,36 +95,9 @@ pub fn record_conv(
                 let (x, weight, mut state, mut y) = (x.read()?, weight.read()?, state.write()?, y.write()?);
                 Ok(cpu::gdn_prep::conv(pool, &x, x_win, n, &weight, &mut state, &mut y, c as usize, k as usize)?)
             });
-            return Ok(());
+            Ok(())
         }
-    };
-    let (step, x, weight, state, y) = (step.gpu()?, x.gpu()?, weight.gpu()?, state.gpu()?, y.gpu()?);
-    let n = check_grid("gdn conv", max_tok, c)?;
-    if !(2..=64).contains(&k) {
-        return shape_err(format!("gdn conv: kernel size {k} (2..=64 supported)"));
     }
-    x_win.check("gdn conv x", x, max_tok, c)?;
-    check_len("gdn conv weight", weight, c as u64 * k as u64)?;
-    check_len("gdn conv state", state, c as u64 * (k - 1) as u64)?;
-    check_len("gdn conv y", y, n as u64)?;
-    let params = Params {
-        max_tok,
-        width: c,
-        kernel: k,
-        x_stride: x_win.stride,
-        x_offset: x_win.offset,
-        b_stride: 0,
-        b_offset: 0,
-        eps: 0.0,
-    };
-    let spec = KernelSpec::new("gdn_prep", SHADER, "conv_step", CONV_STEP).with_prefix(STEP);
-    let args = [Arg::Buf(step), Arg::Buf(x), Arg::Buf(weight), Arg::Buf(state), Arg::Buf(y)];
-    prog.push_with_params(gpu, &spec, &params, &args, grid_1d(n.div_ceil(WG)))?;
-    prog.set_launch(Launch::threads(WG));
-    let spec = KernelSpec::new("gdn_prep", SHADER, "conv_state", CONV_STATE).with_prefix(STEP);
-    prog.push_with_params(gpu, &spec, &params, &[Arg::Buf(step), Arg::Buf(x), Arg::Buf(state)], grid_1d(c.div_ceil(WG)))?;
-    prog.set_launch(Launch::threads(WG));
-    Ok(())
 }
 
 fn silu_f64(v: f64) -> f64 {
@@ -234,8 +146,14 @@ pub fn record_decay(
     max_tok: u32,
     n_heads: u32,
 ) -> Result<()> {
-    let (prog, gpu) = match prog.on(dev)? {
-        On::Gpu(prog, gpu) => (prog, gpu),
+    match prog.on(dev)? {
+        On::Gpu(prog, gpu) => {
+            let step = step.gpu()?;
+            let ssm_a = ssm_a.gpu()?;
+            let dt_bias = dt_bias.gpu()?;
+            let (a, b, g, beta) = (a.gpu()?, b.gpu()?, g.gpu()?, beta.gpu()?);
+            gpu::gdn_prep::decay(prog, gpu, step, (a, a_win), (b, b_win), ssm_a, dt_bias, (g, beta), max_tok, n_heads)
+        }
         On::Cpu(prog, _) => {
             let [step, a, b, ssm_a, dt_bias, g, beta] = Buffer::cpu_handles([step, a, b, ssm_a, dt_bias, g, beta])?;
             prog.push("gdn decay", move |_| {
@@ -244,35 +162,9 @@ pub fn record_decay(
                 let (mut g, mut beta) = (g.write()?, beta.write()?);
                 Ok(cpu::gdn_prep::decay((&a, a_win), (&b, b_win), &ssm_a, &dt_bias, (&mut g, &mut beta), n, n_heads as usize)?)
             });
-            return Ok(());
+            Ok(())
         }
-    };
-    let step = step.gpu()?;
-    let ssm_a = ssm_a.gpu()?;
-    let dt_bias = dt_bias.gpu()?;
-    let (a, b, g, beta) = (a.gpu()?, b.gpu()?, g.gpu()?, beta.gpu()?);
-    let n = check_grid("gdn decay", max_tok, n_heads)?;
-    a_win.check("gdn decay a", a, max_tok, n_heads)?;
-    b_win.check("gdn decay b", b, max_tok, n_heads)?;
-    check_len("gdn decay ssm_a", ssm_a, n_heads as u64)?;
-    check_len("gdn decay dt_bias", dt_bias, n_heads as u64)?;
-    check_len("gdn decay g", g, n as u64)?;
-    check_len("gdn decay beta", beta, n as u64)?;
-    let params = Params {
-        max_tok,
-        width: n_heads,
-        kernel: 0,
-        x_stride: a_win.stride,
-        x_offset: a_win.offset,
-        b_stride: b_win.stride,
-        b_offset: b_win.offset,
-        eps: 0.0,
-    };
-    let spec = KernelSpec::new("gdn_prep", SHADER, "gdn_decay", DECAY).with_prefix(STEP);
-    let args = [Arg::Buf(step), Arg::Buf(a), Arg::Buf(b), Arg::Buf(ssm_a), Arg::Buf(dt_bias), Arg::Buf(g), Arg::Buf(beta)];
-    prog.push_with_params(gpu, &spec, &params, &args, grid_1d(n.div_ceil(WG)))?;
-    prog.set_launch(Launch::threads(WG));
-    Ok(())
+    }
 }
 
 /// torch's `F.softplus(x)` (beta 1, threshold 20) in f64: `x` above 20, else `log1p(exp(x))`.
@@ -306,16 +198,6 @@ pub fn decay_ref(
     (g, beta)
 }
 
-/// The gated norm's shape: up to `max_tok` rows of `n_heads` heads of `head_dim`.
-#[derive(Clone, Copy, Debug)]
-pub struct GatedNormShape {
-    pub max_tok: u32,
-    pub n_heads: u32,
-    pub head_dim: u32,
-    /// Qwen3.5: `rms_norm_eps` = 1e-6.
-    pub eps: f32,
-}
-
 /// Records `out[t][h] = o[t][h] / sqrt(mean(o[t][h]^2) + eps) * weight * silu(z[t][h])` over
 /// `head_dim` for every head: `o` and `out` are `[max_tok][n_heads][head_dim]` (dense; `out`
 /// must not alias `o`), `z` a window of `n_heads * head_dim` per row, `weight` `[head_dim]`
@@ -332,8 +214,11 @@ pub fn record_gated_norm(
     shape: &GatedNormShape,
 ) -> Result<()> {
     let GatedNormShape { max_tok, n_heads, head_dim, eps } = *shape;
-    let (prog, gpu) = match prog.on(dev)? {
-        On::Gpu(prog, gpu) => (prog, gpu),
+    match prog.on(dev)? {
+        On::Gpu(prog, gpu) => {
+            let (step, o, weight, out, z) = (step.gpu()?, o.gpu()?, weight.gpu()?, out.gpu()?, z.gpu()?);
+            gpu::gdn_prep::gated_norm(prog, gpu, step, o, (z, z_win), weight, out, shape)
+        }
         On::Cpu(prog, _) => {
             let [step, o, z, weight, out] = Buffer::cpu_handles([step, o, z, weight, out])?;
             prog.push("gdn gated_norm", move |pool| {
@@ -342,35 +227,9 @@ pub fn record_gated_norm(
                 let (heads, dim) = (n_heads as usize, head_dim as usize);
                 Ok(cpu::gdn_prep::gated_norm(pool, &o, (&z, z_win), &weight, &mut out, n, heads, dim, eps)?)
             });
-            return Ok(());
+            Ok(())
         }
-    };
-    let (step, o, weight, out, z) = (step.gpu()?, o.gpu()?, weight.gpu()?, out.gpu()?, z.gpu()?);
-    let rows = check_grid("gdn gated norm", max_tok, n_heads)?;
-    let width = check_grid("gdn gated norm", n_heads, head_dim)?;
-    let n = check_grid("gdn gated norm", max_tok, width)?;
-    if !(eps.is_finite() && eps >= 0.0) {
-        return shape_err(format!("gdn gated norm: eps {eps}"));
     }
-    check_len("gdn gated norm o", o, n as u64)?;
-    z_win.check("gdn gated norm z", z, max_tok, width)?;
-    check_len("gdn gated norm weight", weight, head_dim as u64)?;
-    check_len("gdn gated norm out", out, n as u64)?;
-    let params = Params {
-        max_tok,
-        width: n_heads,
-        kernel: head_dim,
-        x_stride: z_win.stride,
-        x_offset: z_win.offset,
-        b_stride: 0,
-        b_offset: 0,
-        eps,
-    };
-    let spec = KernelSpec::new("gdn_prep", SHADER, "gated_rms_norm", NORM).with_prefix(STEP);
-    let args = [Arg::Buf(step), Arg::Buf(o), Arg::Buf(z), Arg::Buf(weight), Arg::Buf(out)];
-    prog.push_with_params(gpu, &spec, &params, &args, grid_1d(rows))?;
-    prog.set_launch(Launch::threads(NORM_WG));
-    Ok(())
 }
 
 /// CPU reference of [`record_gated_norm`] on `n_tok` rows (f64), in transformers' order:

@@ -1,6 +1,16 @@
-//! WGSL kernel families: one module per `shaders/*.wgsl` file. Each module mirrors its
-//! shader's params struct, records dispatches into a [`crate::gpu::Program`] and carries a
-//! plain CPU f32 reference used by the tests.
+//! The seam between the model code and the two backends: one module per op family, each with
+//! the wrappers the model code records with (on `backend` handles: a [`Program`], a
+//! [`Device`], [`Buffer`]s). A wrapper makes the checks common to both backends, opens the
+//! program's side for the device ([`Program::on`]) and records the op there: the WGSL
+//! dispatch of `backend::gpu::<op>` or a CPU op calling `backend::cpu::<op>`, so the model
+//! code is written once for both. Each module also carries the plain f32/f64 references the
+//! tests compare both sides with; [`shapes`] holds the plain data both sides take. (Gated
+//! DeltaNet's WGSL side is still in [`delta_net`].)
+//!
+//! [`Program`]: crate::backend::Program
+//! [`Program::on`]: crate::backend::Program::on
+//! [`Device`]: crate::backend::Device
+//! [`Buffer`]: crate::backend::Buffer
 
 pub mod attention;
 pub mod bench;
@@ -19,79 +29,3 @@ pub mod shapes;
 pub mod vision;
 pub mod vision_mllama;
 pub mod vision_qwen;
-
-/// Every kernel module, assembled as the kernels assemble it (prefixes, `common.wgsl`, the
-/// family source), parses and validates in naga, wgpu's shader compiler on native adapters,
-/// with no device: all entry points, both KV-cache readers, both matmul precisions in both shapes
-/// and both subgroup preludes of matvec and attention.
-#[cfg(all(test, not(target_arch = "wasm32")))]
-mod tests {
-    use super::attention::{self, KvDtype, ATTN_COMMON, DECODE, PREFILL, PREFILL_GPU, STEP};
-    use super::matmul::MatmulCompute;
-    use super::quant::QUANT_WGSL;
-    use crate::gpu::KernelSpec;
-    use wgpu::naga;
-
-    fn modules() -> Vec<KernelSpec> {
-        let spec = |label: &'static str, source: &'static str| KernelSpec::new(label, source, "", &[]);
-        let mut specs = vec![
-            spec("bench", super::bench::SHADER),
-            spec("gated_delta_net", super::delta_net::SHADER),
-            spec("elementwise", super::elementwise::SHADER),
-            spec("norm", super::norm::SHADER),
-            spec("sample", super::sample::SHADER),
-            spec("vision", super::vision::SHADER),
-            spec("vision_qwen", super::vision_qwen::SHADER),
-            spec("vision_mllama", super::vision_mllama::SHADER),
-            spec("embedding", super::embedding::SHADER).with_prefix(QUANT_WGSL),
-            spec("matvec", super::matvec::SHADER).with_prefix(QUANT_WGSL).with_prefix(super::matvec::NO_SUBGROUPS),
-            spec("matvec", super::matvec::SHADER).with_prefix(QUANT_WGSL).with_prefix(super::matvec::SUBGROUPS),
-            spec("rope", super::rope::SHADER).with_prefix(STEP),
-            spec("gdn_prep", super::gdn_prep::SHADER).with_prefix(STEP),
-        ];
-        for compute in [MatmulCompute::F32, MatmulCompute::F16] {
-            for shape in [super::matmul::SHAPE_CPU, super::matmul::SHAPE_GPU] {
-                let matmul = spec("matmul", super::matmul::SHADER).with_prefix(QUANT_WGSL);
-                specs.push(matmul.with_prefix(shape).with_prefix(compute.prelude()));
-            }
-        }
-        for kv in [KvDtype::F32, KvDtype::F16] {
-            let attn = |label, source| spec(label, source).with_prefix(kv.reader()).with_prefix(ATTN_COMMON).with_prefix(STEP);
-            specs.push(attn("attention_prefill", PREFILL).with_prefix(attention::WIDTH_128));
-            for prelude in [attention::NO_SUBGROUPS, attention::SUBGROUPS] {
-                for width in [attention::WIDTH_128, attention::WIDTH_256] {
-                    for tile in [attention::TILE_1024, attention::TILE_512] {
-                        specs.push(
-                            attn("attention_prefill_gpu", PREFILL_GPU).with_prefix(tile).with_prefix(width).with_prefix(prelude),
-                        );
-                    }
-                    specs.push(attn("attention_decode", DECODE).with_prefix(width).with_prefix(prelude));
-                }
-            }
-        }
-        specs
-    }
-
-    #[test]
-    fn every_kernel_module_validates() {
-        // What a WebGPU device grants (`unpack2x16float` and friends are core WGSL), plus
-        // `shader-f16` for matmul's f16 prelude, and subgroups for the native matvec and attention
-        // preludes only (every other module must validate without them).
-        use naga::valid::Capabilities as C;
-        let web = C::default() | C::SHADER_FLOAT16_IN_FLOAT32 | C::SHADER_FLOAT16;
-        for spec in modules() {
-            let native = spec.sources.contains(&super::matvec::SUBGROUPS) || spec.sources.contains(&attention::SUBGROUPS);
-            let caps = if native { web | C::SUBGROUP } else { web };
-            let code = spec.sources.concat();
-            let module =
-                naga::front::wgsl::parse_str(&code).unwrap_or_else(|e| panic!("{}: {}", spec.label, e.emit_to_string(&code)));
-            let mut validator = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps);
-            if native {
-                validator
-                    .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
-                    .subgroup_operations(naga::valid::SubgroupOperationSet::all());
-            }
-            validator.validate(&module).unwrap_or_else(|e| panic!("{}: {}", spec.label, e.emit_to_string(&code)));
-        }
-    }
-}

@@ -1,6 +1,7 @@
-//! GPU weights: a 2-D GGUF tensor `[rows = output features][cols = input features]` uploaded
-//! in a layout that the decoders of `shaders/quant.wgsl` read with aligned `u32` loads, split
-//! by rows into parts that each fit one storage binding. Block formats: ggml's
+//! Weights: a 2-D GGUF tensor `[rows = output features][cols = input features]`, on the CPU
+//! in its file layout, on the GPU uploaded in a layout that the decoders of
+//! `shaders/quant.wgsl` (`backend::gpu::quant`) read with aligned `u32` loads, split by rows
+//! into parts that each fit one storage binding. Block formats: ggml's
 //! `ggml-common.h` (`block_q8_0` ... `block_q6_K`) and `dequantize_row_*` in `ggml-quants.c`.
 //!
 //! GPU layout, per part (one `array<u32>` holding rows `[row_offset, row_offset + rows)`):
@@ -16,15 +17,10 @@
 //! The repack is a pure byte permutation ([`repack`], inverted by [`unpack`]), so the GPU sees
 //! exactly the GGUF values.
 
-use bytemuck::{Pod, Zeroable};
-
 use crate::backend::cpu::{self, ProgramError};
+use crate::backend::gpu::GpuError;
 use crate::backend::{Buffer, Device};
 use crate::gguf::GgmlType;
-use crate::gpu::{GpuError, KernelSpec};
-
-/// The shared decoder source, prepended to matvec, matmul and embedding kernels.
-pub const QUANT_WGSL: &str = include_str!("../../shaders/quant.wgsl");
 
 /// Largest part in bytes, whatever the device allows: keeps every word index below 2^31.
 const MAX_PART_BYTES: u64 = 1 << 31;
@@ -107,7 +103,7 @@ impl WeightFormat {
     }
 
     /// Bytes per GPU row of `cols` elements, without split scales.
-    fn row_body_bytes(self, cols: usize) -> usize {
+    pub(crate) fn row_body_bytes(self, cols: usize) -> usize {
         use WeightFormat as W;
         let blocks = cols / self.block();
         match self {
@@ -216,19 +212,6 @@ pub struct WeightPart {
     /// Word offset of the f16 scale array (split types), else 0.
     pub scale_base: u32,
     pub bytes: u64,
-}
-
-/// The decoder's view of a part, the `WLayout` struct of `shaders/quant.wgsl` (padded to 16 B).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
-pub struct WLayout {
-    /// Words per row (block bodies only for split types).
-    pub row_words: u32,
-    /// Blocks per row.
-    pub bpr: u32,
-    /// Word offset of the split f16 scales.
-    pub scale_base: u32,
-    pub _pad: u32,
 }
 
 /// One GPU buffer of a weight as [`plan_parts`] lays it out.
@@ -473,21 +456,5 @@ impl Weight {
     /// Bytes held in GPU buffers.
     pub fn bytes_on_gpu(&self) -> u64 {
         self.parts.iter().map(|p| p.bytes).sum()
-    }
-
-    /// The decoder layout of `part`.
-    pub fn layout(&self, part: &WeightPart) -> WLayout {
-        let cols = self.cols as usize;
-        WLayout {
-            row_words: (self.format.row_body_bytes(cols) / 4) as u32,
-            bpr: (cols / self.format.block()) as u32,
-            scale_base: part.scale_base,
-            _pad: 0,
-        }
-    }
-
-    /// `spec` specialised for this weight: the decoders prepended, `WTYPE` set.
-    pub fn specialise(&self, spec: KernelSpec) -> KernelSpec {
-        spec.with_prefix(QUANT_WGSL).with_constant("WTYPE", self.format.code() as i64)
     }
 }

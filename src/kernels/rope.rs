@@ -1,8 +1,9 @@
-//! Rotary position embedding (`shaders/rope.wgsl`): RoPE (Su et al. 2021) with plain or YaRN
-//! (Peng et al. 2023) inverse frequencies, the YaRN attention factor, and the Llama-4 /
-//! Ministral 3 query scaling, plus the fused "rotate k and store k, v in the KV cache" kernel.
+//! Rotary position embedding: RoPE (Su et al. 2021) with plain or YaRN (Peng et al. 2023)
+//! inverse frequencies, the YaRN attention factor, and the Llama-4 / Ministral 3 query
+//! scaling, plus the fused "rotate k and store k, v in the KV cache" op. The GPU side in
+//! `backend::gpu::rope` (`shaders/rope.wgsl`), the CPU side in `backend::cpu::rope`.
 //!
-//! The frequency table is computed here on the CPU, mirroring transformers 5.x
+//! The frequency table is computed here on the host, mirroring transformers 5.x
 //! `_compute_default_rope_parameters` / `_compute_yarn_parameters` step by step in f32 (the
 //! only f64 step is `theta^(2i/d)`, rounded once to f32), and uploaded as a buffer: YaRN is
 //! just a different table. Positions come from the per-step uniform
@@ -13,36 +14,14 @@
 //! pair i turns with the h position when `i % 3 == 1 && i < 3 * sections[1]`, with w when
 //! `i % 3 == 2 && i < 3 * sections[2]`, with t otherwise ([`mrope_axis`]).
 
-pub use super::shapes::{mrope_axis, QScale, RopeLayout, RopeMode, RopeTable};
-use bytemuck::{Pod, Zeroable};
+pub use super::shapes::{mrope_axis, QScale, QkvRope, RopeLayout, RopeMode, RopeTable};
 
-use super::attention::{KvDtype, StepParams, STEP};
+use super::attention::{KvDtype, StepParams};
 use super::quant::{Weight, WeightError};
 use crate::backend::cpu::{self, rope::Positions};
+use crate::backend::gpu::{self, GpuError, Result};
 use crate::backend::{Buffer, Device, On, Program};
 use crate::gguf::GgmlType;
-use crate::gpu::{grid_1d, Access, Arg, GpuError, KernelSpec, Launch, Result};
-
-pub(super) const SHADER: &str = include_str!("../../shaders/rope.wgsl");
-const INPLACE: &[Access] = &[Access::Uniform, Access::Uniform, Access::Read, Access::ReadWrite];
-const KV_STORE: &[Access] =
-    &[Access::Uniform, Access::Uniform, Access::Read, Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite];
-/// `rope_qkv_store`: the fused rows (read and written), then the caches.
-const QKV_STORE: &[Access] =
-    &[Access::Uniform, Access::Uniform, Access::Read, Access::ReadWrite, Access::ReadWrite, Access::ReadWrite];
-/// The M-RoPE entries: the plain entry's bindings, then the positions.
-const INPLACE_MROPE: &[Access] = &[Access::Uniform, Access::Uniform, Access::Read, Access::ReadWrite, Access::Read];
-const KV_STORE_MROPE: &[Access] = &[
-    Access::Uniform,
-    Access::Uniform,
-    Access::Read,
-    Access::Read,
-    Access::Read,
-    Access::ReadWrite,
-    Access::ReadWrite,
-    Access::Read,
-];
-const WG: u32 = 256;
 
 /// YaRN parameters, named as in transformers' `rope_parameters`.
 #[derive(Clone, Copy, Debug)]
@@ -197,6 +176,11 @@ impl RopeFreqs {
         })
     }
 
+    /// The table as the GPU kernels bind it.
+    fn gpu(&self) -> Result<gpu::rope::Freqs<'_>> {
+        Ok(gpu::rope::Freqs { table: self.buffer().gpu()?, attn_factor: self.attn_factor, n_rot: self.n_rot })
+    }
+
     /// The table's buffer, as the kernels bind it.
     fn buffer(&self) -> &Buffer {
         &self.table.parts[0].buffer
@@ -221,53 +205,12 @@ impl RopeLayout {
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    max_tok: u32,
-    n_heads: u32,
-    head_dim: u32,
-    n_rot: u32,
-    x_stride: u32,
-    x_offset: u32,
-    v_stride: u32,
-    v_offset: u32,
-    cache_stride: u32,
-    neox: u32,
-    attn_factor: f32,
-    q_beta: f32,
-    q_orig_ctx: u32,
-    n_q: u32,
-    mrope_h: u32,
-    mrope_w: u32,
-}
-
-fn params(l: &RopeLayout, freqs: &RopeFreqs, v: Option<&RopeLayout>, q: QScale) -> Result<Params> {
+/// Fails unless `freqs` rotates at most the heads of `l` (of an even width).
+fn check_rot(l: &RopeLayout, freqs: &RopeFreqs) -> Result<()> {
     if freqs.n_rot > l.head_dim || !l.head_dim.is_multiple_of(2) {
         return Err(GpuError::Shape(format!("rope: {} rotated dims in heads of {}", freqs.n_rot, l.head_dim)));
     }
-    Ok(Params {
-        max_tok: l.max_tok,
-        n_heads: l.n_heads,
-        head_dim: l.head_dim,
-        n_rot: freqs.n_rot,
-        x_stride: l.stride,
-        x_offset: l.offset,
-        v_stride: v.map_or(0, |v| v.stride),
-        v_offset: v.map_or(0, |v| v.offset),
-        cache_stride: l.n_heads * l.head_dim,
-        neox: (l.mode == RopeMode::RotateHalf) as u32,
-        attn_factor: freqs.attn_factor,
-        q_beta: q.beta,
-        q_orig_ctx: q.orig_ctx,
-        n_q: 0,
-        mrope_h: 0,
-        mrope_w: 0,
-    })
-}
-
-fn grid(l: &RopeLayout) -> [u32; 3] {
-    grid_1d((l.max_tok * l.n_heads * l.head_dim / 2).div_ceil(WG))
+    Ok(())
 }
 
 /// Records RoPE in place on `x` (q or k) for the step's `n_tok` rows at positions
@@ -281,8 +224,12 @@ pub fn rope_inplace(
     layout: &RopeLayout,
     q_scale: QScale,
 ) -> Result<()> {
-    let (prog, gpu) = match prog.on(dev)? {
-        On::Gpu(prog, gpu) => (prog, gpu),
+    match prog.on(dev)? {
+        On::Gpu(prog, gpu) => {
+            let (step, x) = (step.gpu()?, x.gpu()?);
+            check_rot(layout, freqs)?;
+            gpu::rope::rope_inplace(prog, gpu, step, &freqs.gpu()?, x, layout, q_scale)
+        }
         On::Cpu(prog, _) => {
             let (step, x, table, layout) = (step.cpu()?.clone(), x.cpu()?.clone(), freqs.cpu_table()?, *layout);
             prog.push("rope_inplace", move |pool| {
@@ -290,15 +237,9 @@ pub fn rope_inplace(
                 let n = s.n_tok.min(layout.max_tok) as usize;
                 Ok(cpu::rope::rope_inplace(pool, &mut x.write()?, &layout, n, &table()?, s.rope_pos0, q_scale)?)
             });
-            return Ok(());
+            Ok(())
         }
-    };
-    let (step, x) = (step.gpu()?, x.gpu()?);
-    let spec = KernelSpec::new("rope", SHADER, "rope_inplace", INPLACE).with_prefix(STEP);
-    let p = params(layout, freqs, None, q_scale)?;
-    prog.push_with_params(gpu, &spec, &p, &[Arg::Buf(step), Arg::Buf(freqs.buffer().gpu()?), Arg::Buf(x)], grid(layout))?;
-    prog.set_launch(Launch::threads(WG));
-    Ok(())
+    }
 }
 
 /// Records RoPE of the new k rows (`k_layout`, n_kv_head heads) and their store, with the
@@ -319,36 +260,19 @@ pub fn rope_kv_store(
     v_cache: &Buffer,
     kv: KvDtype,
 ) -> Result<()> {
-    let (prog, gpu) = match prog.on(dev)? {
-        On::Gpu(prog, gpu) => (prog, gpu),
-        On::Cpu(prog, _) => return cpu_kv_store(prog, step, freqs, (k, k_layout), (v, v_layout), (k_cache, v_cache), kv, None),
-    };
-    let (step, k, v, k_cache, v_cache) = (step.gpu()?, k.gpu()?, v.gpu()?, k_cache.gpu()?, v_cache.gpu()?);
-    let entry = match kv {
-        KvDtype::F32 => "rope_kv_store",
-        KvDtype::F16 => "rope_kv_store_f16",
-    };
-    let spec = KernelSpec::new("rope", SHADER, entry, KV_STORE).with_prefix(STEP);
-    let p = params(k_layout, freqs, Some(v_layout), QScale::NONE)?;
-    let args = [Arg::Buf(step), Arg::Buf(freqs.buffer().gpu()?), Arg::Buf(k), Arg::Buf(v), Arg::Buf(k_cache), Arg::Buf(v_cache)];
-    prog.push_with_params(gpu, &spec, &p, &args, grid(k_layout))?;
-    prog.set_launch(Launch::threads(WG));
-    Ok(())
+    match prog.on(dev)? {
+        On::Gpu(prog, gpu) => {
+            let (step, k, v, k_cache, v_cache) = (step.gpu()?, k.gpu()?, v.gpu()?, k_cache.gpu()?, v_cache.gpu()?);
+            check_rot(k_layout, freqs)?;
+            let (k, v) = ((k, k_layout), (v, v_layout));
+            gpu::rope::rope_kv_store(prog, gpu, step, &freqs.gpu()?, k, v, (k_cache, v_cache), kv)
+        }
+        On::Cpu(prog, _) => cpu_kv_store(prog, step, freqs, (k, k_layout), (v, v_layout), (k_cache, v_cache), kv, None),
+    }
 }
 
-/// The three sections of a fused q|k|v row: q heads from column 0, `k` (its stride is the
-/// row's, its offset k's first column), v at `v_offset`.
-#[derive(Clone, Copy, Debug)]
-pub struct QkvRope {
-    pub n_q_heads: u32,
-    pub k: RopeLayout,
-    pub v_offset: u32,
-    /// The query scaling (q only).
-    pub q_scale: QScale,
-}
-
-/// [`rope_inplace`] of q and [`rope_kv_store`] of k and v in one dispatch over fused q|k|v
-/// rows (`qkv`, bound once, read and written).
+/// [`rope_inplace`] of q and [`rope_kv_store`] of k and v in one op over fused q|k|v rows
+/// (`qkv`, read and written): one dispatch on the GPU.
 #[allow(clippy::too_many_arguments)]
 pub fn rope_qkv_store(
     prog: &mut Program,
@@ -360,30 +284,21 @@ pub fn rope_qkv_store(
     (k_cache, v_cache): (&Buffer, &Buffer),
     kv: KvDtype,
 ) -> Result<()> {
-    let (prog, gpu) = match prog.on(dev)? {
-        On::Gpu(prog, gpu) => (prog, gpu),
+    match prog.on(dev)? {
+        On::Gpu(prog, gpu) => {
+            let (step, qkv) = (step.gpu()?, qkv.gpu()?);
+            let (k_cache, v_cache) = (k_cache.gpu()?, v_cache.gpu()?);
+            check_rot(&layout.k, freqs)?;
+            gpu::rope::rope_qkv_store(prog, gpu, step, &freqs.gpu()?, qkv, layout, (k_cache, v_cache), kv)
+        }
         On::Cpu(..) => {
             // q rotated in place, then k and v stored: two CPU ops.
             let q = RopeLayout { n_heads: layout.n_q_heads, offset: 0, ..layout.k };
             rope_inplace(prog, dev, step, freqs, qkv, &q, layout.q_scale)?;
             let v = RopeLayout { offset: layout.v_offset, ..layout.k };
-            return rope_kv_store(prog, dev, step, freqs, qkv, &layout.k, qkv, &v, k_cache, v_cache, kv);
+            rope_kv_store(prog, dev, step, freqs, qkv, &layout.k, qkv, &v, k_cache, v_cache, kv)
         }
-    };
-    let (step, qkv) = (step.gpu()?, qkv.gpu()?);
-    let (k_cache, v_cache) = (k_cache.gpu()?, v_cache.gpu()?);
-    let entry = match kv {
-        KvDtype::F32 => "rope_qkv_store",
-        KvDtype::F16 => "rope_qkv_store_f16",
-    };
-    let spec = KernelSpec::new("rope", SHADER, entry, QKV_STORE).with_prefix(STEP);
-    let v = RopeLayout { offset: layout.v_offset, ..layout.k };
-    let p = Params { n_q: layout.n_q_heads, ..params(&layout.k, freqs, Some(&v), layout.q_scale)? };
-    let all_heads = RopeLayout { n_heads: layout.n_q_heads + layout.k.n_heads, ..layout.k };
-    let args = [Arg::Buf(step), Arg::Buf(freqs.buffer().gpu()?), Arg::Buf(qkv), Arg::Buf(k_cache), Arg::Buf(v_cache)];
-    prog.push_with_params(gpu, &spec, &p, &args, grid(&all_heads))?;
-    prog.set_launch(Launch::threads(WG));
-    Ok(())
+    }
 }
 
 /// Records [`rope_kv_store`] (or, with `m`, [`rope_kv_store_mrope`]) on the CPU, into f32
@@ -442,12 +357,19 @@ pub struct Mrope<'a> {
 }
 
 impl Mrope<'_> {
-    fn apply(&self, p: Params) -> Result<Params> {
-        let [_, h, w] = self.sections;
-        if self.sections.iter().sum::<u32>() > p.n_rot / 2 {
-            return Err(GpuError::Shape(format!("mrope sections {:?} for {} rotated dims", self.sections, p.n_rot)));
+    /// Fails unless `freqs` rotates at most the heads of `layout` and the sections fit its
+    /// rotated pairs (both sides check at recording).
+    fn check(&self, layout: &RopeLayout, freqs: &RopeFreqs) -> Result<()> {
+        check_rot(layout, freqs)?;
+        if self.sections.iter().sum::<u32>() > freqs.n_rot / 2 {
+            return Err(GpuError::Shape(format!("mrope sections {:?} for {} rotated dims", self.sections, freqs.n_rot)));
         }
-        Ok(Params { mrope_h: h, mrope_w: w, ..p })
+        Ok(())
+    }
+
+    /// The positions as the GPU kernels bind them.
+    fn gpu(&self) -> Result<gpu::rope::MropePositions<'_>> {
+        Ok(gpu::rope::MropePositions { positions: self.positions.gpu()?, sections: self.sections })
     }
 }
 
@@ -461,10 +383,14 @@ pub fn rope_inplace_mrope(
     layout: &RopeLayout,
     m: &Mrope<'_>,
 ) -> Result<()> {
-    let (prog, gpu) = match prog.on(dev)? {
-        On::Gpu(prog, gpu) => (prog, gpu),
+    match prog.on(dev)? {
+        On::Gpu(prog, gpu) => {
+            let (step, x) = (step.gpu()?, x.gpu()?);
+            m.check(layout, freqs)?;
+            gpu::rope::rope_inplace_mrope(prog, gpu, step, &freqs.gpu()?, x, layout, &m.gpu()?)
+        }
         On::Cpu(prog, _) => {
-            m.apply(params(layout, freqs, None, QScale::NONE)?)?;
+            m.check(layout, freqs)?;
             let (step, x, table, layout) = (step.cpu()?.clone(), x.cpu()?.clone(), freqs.cpu_table()?, *layout);
             let (positions, sections) = (m.positions.cpu()?.clone(), m.sections);
             prog.push("rope_inplace_mrope", move |pool| {
@@ -472,16 +398,9 @@ pub fn rope_inplace_mrope(
                 let p = positions.read_u32(3 * n)?;
                 Ok(cpu::rope::rope_inplace_mrope(pool, &mut x.write()?, &layout, &table()?, mrope_axes(&p, n), sections)?)
             });
-            return Ok(());
+            Ok(())
         }
-    };
-    let (step, x) = (step.gpu()?, x.gpu()?);
-    let spec = KernelSpec::new("rope", SHADER, "rope_inplace_mrope", INPLACE_MROPE).with_prefix(STEP);
-    let p = m.apply(params(layout, freqs, None, QScale::NONE)?)?;
-    let args = [Arg::Buf(step), Arg::Buf(freqs.buffer().gpu()?), Arg::Buf(x), Arg::Buf(m.positions.gpu()?)];
-    prog.push_with_params(gpu, &spec, &p, &args, grid(layout))?;
-    prog.set_launch(Launch::threads(WG));
-    Ok(())
+    }
 }
 
 /// [`rope_kv_store`] at the positions of `m`.
@@ -497,33 +416,19 @@ pub fn rope_kv_store_mrope(
     kv: KvDtype,
     m: &Mrope<'_>,
 ) -> Result<()> {
-    let (prog, gpu) = match prog.on(dev)? {
-        On::Gpu(prog, gpu) => (prog, gpu),
-        On::Cpu(prog, _) => {
-            m.apply(params(k_layout, freqs, Some(v_layout), QScale::NONE)?)?;
-            return cpu_kv_store(prog, step, freqs, (k, k_layout), (v, v_layout), (k_cache, v_cache), kv, Some(m));
+    match prog.on(dev)? {
+        On::Gpu(prog, gpu) => {
+            let step = step.gpu()?;
+            let (k, v, k_cache, v_cache) = (k.gpu()?, v.gpu()?, k_cache.gpu()?, v_cache.gpu()?);
+            m.check(k_layout, freqs)?;
+            let (k, v) = ((k, k_layout), (v, v_layout));
+            gpu::rope::rope_kv_store_mrope(prog, gpu, step, &freqs.gpu()?, k, v, (k_cache, v_cache), kv, &m.gpu()?)
         }
-    };
-    let step = step.gpu()?;
-    let (k, v, k_cache, v_cache) = (k.gpu()?, v.gpu()?, k_cache.gpu()?, v_cache.gpu()?);
-    let entry = match kv {
-        KvDtype::F32 => "rope_kv_store_mrope",
-        KvDtype::F16 => "rope_kv_store_mrope_f16",
-    };
-    let spec = KernelSpec::new("rope", SHADER, entry, KV_STORE_MROPE).with_prefix(STEP);
-    let p = m.apply(params(k_layout, freqs, Some(v_layout), QScale::NONE)?)?;
-    let args = [
-        Arg::Buf(step),
-        Arg::Buf(freqs.buffer().gpu()?),
-        Arg::Buf(k),
-        Arg::Buf(v),
-        Arg::Buf(k_cache),
-        Arg::Buf(v_cache),
-        Arg::Buf(m.positions.gpu()?),
-    ];
-    prog.push_with_params(gpu, &spec, &p, &args, grid(k_layout))?;
-    prog.set_launch(Launch::threads(WG));
-    Ok(())
+        On::Cpu(prog, _) => {
+            m.check(k_layout, freqs)?;
+            cpu_kv_store(prog, step, freqs, (k, k_layout), (v, v_layout), (k_cache, v_cache), kv, Some(m))
+        }
+    }
 }
 
 /// CPU reference of [`rope_inplace_mrope`]: [`rope_ref`] with pair i of token t turned by

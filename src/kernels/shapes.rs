@@ -1,8 +1,9 @@
 //! The plain data both backends' ops take: shapes, layouts, tables and constants that the
-//! kernel wrappers (`kernels::*`, which record an op on either backend) and the CPU kernels
-//! (`backend::cpu::*`) share. Each family's module re-exports its own and holds their
-//! methods; here they depend on nothing that records, so the CPU kernels can use them
-//! without depending on the wrappers that call those kernels.
+//! kernel wrappers (`kernels::*`, which record an op on either backend) and the two sides
+//! they call (the WGSL dispatches of `backend::gpu::*`, the CPU kernels of `backend::cpu::*`)
+//! share. Each family's module re-exports its own and holds their methods; here they depend
+//! on nothing that records, so either side can use them without depending on the wrappers
+//! that call it.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -27,6 +28,18 @@ pub struct Output {
     pub epilogue: Epilogue,
 }
 
+/// Tile type and inner-product precision of the tiled matmul (the GPU's; the CPU's matmul
+/// takes its own mode).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum MatmulCompute {
+    /// f32 tiles, f32 accumulation: the default, on every adapter.
+    #[default]
+    F32,
+    /// f16 tiles and f16 products summed per K step of 32, accumulated in f32 across steps.
+    /// Needs `shader-f16` ([`Caps::f16`](crate::backend::gpu::Caps)); inputs beyond ±65504 are clamped.
+    F16,
+}
+
 // Attention over the KV cache (`attention`).
 
 /// Element type of the KV cache.
@@ -47,7 +60,7 @@ pub enum KvDtype {
 pub struct AttnShape {
     pub n_head: u32,
     pub n_kv_head: u32,
-    /// <= [`MAX_HEAD_DIM`](super::attention::MAX_HEAD_DIM), a multiple of 4 (the kernels are built for its [`RowWidth`](super::attention::RowWidth)).
+    /// <= [`MAX_HEAD_DIM`](super::attention::MAX_HEAD_DIM), a multiple of 4 (the kernels are built for its [`RowWidth`](crate::backend::gpu::attention::RowWidth)).
     pub head_dim: u32,
     /// Token rows the grid covers; the step's `n_tok` may be smaller.
     pub max_tok: u32,
@@ -108,6 +121,17 @@ pub struct RopeLayout {
     pub offset: u32,
 }
 
+/// The three sections of a fused q|k|v row: q heads from column 0, `k` (its stride is the
+/// row's, its offset k's first column), v at `v_offset`.
+#[derive(Clone, Copy, Debug)]
+pub struct QkvRope {
+    pub n_q_heads: u32,
+    pub k: RopeLayout,
+    pub v_offset: u32,
+    /// The query scaling (q only).
+    pub q_scale: QScale,
+}
+
 /// The axis (0: t, 1: h, 2: w) whose position turns rotated pair `i` under `sections`.
 pub fn mrope_axis(i: usize, sections: [u32; 3]) -> usize {
     match i % 3 {
@@ -161,6 +185,24 @@ pub const SOFTPLUS_THRESHOLD: f32 = 20.0;
 pub struct RowWindow {
     pub stride: u32,
     pub offset: u32,
+}
+
+/// The conv's shape: up to `max_tok` rows of `channels`, kernel `kernel` (Qwen3.5: 4).
+#[derive(Clone, Copy, Debug)]
+pub struct ConvShape {
+    pub max_tok: u32,
+    pub channels: u32,
+    pub kernel: u32,
+}
+
+/// The gated norm's shape: up to `max_tok` rows of `n_heads` heads of `head_dim`.
+#[derive(Clone, Copy, Debug)]
+pub struct GatedNormShape {
+    pub max_tok: u32,
+    pub n_heads: u32,
+    pub head_dim: u32,
+    /// Qwen3.5: `rms_norm_eps` = 1e-6.
+    pub eps: f32,
 }
 
 // The gated delta rule (`delta_net`).

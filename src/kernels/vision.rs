@@ -1,6 +1,7 @@
-//! Pixtral vision-encoder kernels (`shaders/vision.wgsl`): patch unfold (im2col) for the
-//! patch convolution, axial 2D RoPE, and the 2x2 patch merger's unfold. Reference:
-//! transformers 5.x `PixtralVisionModel` (`patch_conv`, `PixtralVisionRotaryEmbedding`) and
+//! Pixtral vision-encoder ops: patch unfold (im2col) for the patch convolution, axial 2D RoPE,
+//! and the 2x2 patch merger's unfold; the GPU side in `backend::gpu::vision`
+//! (`shaders/vision.wgsl`), the CPU side in `backend::cpu::vision`. Reference: transformers
+//! 5.x `PixtralVisionModel` (`patch_conv`, `PixtralVisionRotaryEmbedding`) and
 //! `Mistral3PatchMerger` (`F.unfold(kernel_size=2, stride=2)`).
 //!
 //! - Patch embedding = [`patch_unfold`] then [`matmul::record`](super::matmul::record) with
@@ -20,16 +21,10 @@
 //!   as `F.unfold` does.
 
 pub use super::shapes::{PatchGrid, Rope2dLayout};
-use bytemuck::{Pod, Zeroable};
 
-use super::matvec::check_len;
 use super::rope::{rope_inv_freq, RopeMode};
+use crate::backend::gpu::{self, GpuError, Result};
 use crate::backend::{cpu, Buffer, Device, On, Program};
-use crate::gpu::{grid_1d, Access, Arg, GpuError, KernelSpec, Launch, Result};
-
-pub(super) const SHADER: &str = include_str!("../../shaders/vision.wgsl");
-const BINDINGS: &[Access] = &[Access::Uniform, Access::Read, Access::ReadWrite];
-const WG: u32 = 256;
 
 /// Pixtral's patch size (pixels per side).
 pub const PATCH: u32 = 14;
@@ -53,37 +48,6 @@ impl PatchGrid {
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct UnfoldParams {
-    channels: u32,
-    height: u32,
-    width: u32,
-    patch: u32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct MergeParams {
-    hidden: u32,
-    rows: u32,
-    cols: u32,
-    _pad: u32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Rope2dParams {
-    n_tok: u32,
-    n_heads: u32,
-    head_dim: u32,
-    cols: u32,
-    stride: u32,
-    offset: u32,
-    row0: u32,
-    neox: u32,
-}
-
 /// Records the unfold of `pixels` (`[channels][height][width]` f32, sides multiples of
 /// `patch`) into `patches` (`[n_patches][channels*patch*patch]`, patch rows row-major over the
 /// grid, columns `[c][ky][kx]`).
@@ -98,28 +62,21 @@ pub fn patch_unfold(
     width: u32,
     patch: u32,
 ) -> Result<()> {
-    let (prog, gpu) = match prog.on(dev)? {
-        On::Gpu(prog, gpu) => (prog, gpu),
+    match prog.on(dev)? {
+        On::Gpu(prog, gpu) => {
+            let (pixels, patches) = (pixels.gpu()?, patches.gpu()?);
+            let grid = PatchGrid::of_image(height, width, patch)?;
+            gpu::vision::patch_unfold(prog, gpu, pixels, patches, grid, channels, height, width, patch)
+        }
         On::Cpu(prog, _) => {
             let [pixels, patches] = Buffer::cpu_handles([pixels, patches])?;
             prog.push("patch_unfold", move |pool| {
                 let (c, h, w, p) = (channels as usize, height as usize, width as usize, patch as usize);
                 Ok(cpu::vision::patch_unfold(pool, &pixels.read_n(c * h * w)?, &mut patches.write_n(c * h * w)?, c, h, w, p)?)
             });
-            return Ok(());
+            Ok(())
         }
-    };
-    let pixels = pixels.gpu()?;
-    let patches = patches.gpu()?;
-    let grid = PatchGrid::of_image(height, width, patch)?;
-    let n = grid.n_patches() * channels * patch * patch;
-    check_len("patch_unfold pixels", pixels, channels as u64 * height as u64 * width as u64)?;
-    check_len("patch_unfold patches", patches, n as u64)?;
-    let spec = KernelSpec::new("vision", SHADER, "patch_unfold", BINDINGS);
-    let p = UnfoldParams { channels, height, width, patch };
-    prog.push_with_params(gpu, &spec, &p, &[Arg::Buf(pixels), Arg::Buf(patches)], grid_1d(n.div_ceil(WG)))?;
-    prog.set_launch(Launch::threads(WG));
-    Ok(())
+    }
 }
 
 /// CPU reference of [`patch_unfold`].
@@ -215,39 +172,17 @@ pub fn rope_2d(
     layout: &Rope2dLayout,
     grid: PatchGrid,
 ) -> Result<()> {
-    let (prog, gpu) = match prog.on(dev)? {
-        On::Gpu(prog, gpu) => (prog, gpu),
+    match prog.on(dev)? {
+        On::Gpu(prog, gpu) => {
+            let table = (freqs.inv_freq.gpu()?, freqs.head_dim);
+            gpu::vision::rope_2d(prog, gpu, table, x.gpu()?, layout, grid)
+        }
         On::Cpu(prog, _) => {
             let (x, inv_freq, layout) = (x.cpu()?.clone(), freqs.inv_freq.cpu()?.clone(), *layout);
             prog.push("rope_2d", move |pool| Ok(cpu::vision::rope_2d(pool, &mut x.write()?, &layout, grid, &inv_freq.read()?)?));
-            return Ok(());
+            Ok(())
         }
-    };
-    let x = x.gpu()?;
-    let l = layout;
-    if !l.head_dim.is_multiple_of(4) || l.head_dim != freqs.head_dim || l.offset + l.n_heads * l.head_dim > l.stride {
-        return Err(GpuError::Shape(format!(
-            "rope_2d: {} heads of {} (table for {}) in rows of {} from {}",
-            l.n_heads, l.head_dim, freqs.head_dim, l.stride, l.offset
-        )));
     }
-    let n_tok = grid.n_patches();
-    check_len("rope_2d x", x, (l.row0 + n_tok) as u64 * l.stride as u64)?;
-    let p = Rope2dParams {
-        n_tok,
-        n_heads: l.n_heads,
-        head_dim: l.head_dim,
-        cols: grid.cols,
-        stride: l.stride,
-        offset: l.offset,
-        row0: l.row0,
-        neox: (l.mode == RopeMode::RotateHalf) as u32,
-    };
-    let spec = KernelSpec::new("vision", SHADER, "rope_2d", BINDINGS);
-    let wgs = (n_tok * l.n_heads * l.head_dim / 2).div_ceil(WG);
-    prog.push_with_params(gpu, &spec, &p, &[Arg::Buf(freqs.inv_freq.gpu()?), Arg::Buf(x)], grid_1d(wgs))?;
-    prog.set_launch(Launch::threads(WG));
-    Ok(())
 }
 
 /// CPU reference of [`rope_2d`] (f32 math as transformers: `angle = f32(pos) * inv_freq[i]`,
@@ -279,27 +214,17 @@ pub fn rope_2d_ref(x: &[f32], layout: &Rope2dLayout, grid: PatchGrid, inv_freq: 
 /// Records the 2x2 merge of one image's patch rows `x` (`[rows*cols][hidden]`) into `out`
 /// (`[(rows/2)*(cols/2)][4*hidden]`, channel-major `[c][ki][kj]`).
 pub fn patch_merge(prog: &mut Program, dev: &Device, x: &Buffer, out: &Buffer, hidden: u32, grid: PatchGrid) -> Result<()> {
-    let (prog, gpu) = match prog.on(dev)? {
-        On::Gpu(prog, gpu) => (prog, gpu),
+    match prog.on(dev)? {
+        On::Gpu(prog, gpu) => gpu::vision::patch_merge(prog, gpu, x.gpu()?, out.gpu()?, hidden, grid),
         On::Cpu(prog, _) => {
             let [x, out] = Buffer::cpu_handles([x, out])?;
             prog.push("patch_merge", move |pool| {
                 let n = grid.n_patches() as usize * hidden as usize;
                 Ok(cpu::vision::patch_merge(pool, &x.read_n(n)?, &mut out.write_n(n)?, hidden as usize, grid)?)
             });
-            return Ok(());
+            Ok(())
         }
-    };
-    let x = x.gpu()?;
-    let out = out.gpu()?;
-    let n = grid.n_merged() * 4 * hidden;
-    check_len("patch_merge x", x, grid.n_patches() as u64 * hidden as u64)?;
-    check_len("patch_merge out", out, n as u64)?;
-    let spec = KernelSpec::new("vision", SHADER, "patch_merge", BINDINGS);
-    let p = MergeParams { hidden, rows: grid.rows, cols: grid.cols, _pad: 0 };
-    prog.push_with_params(gpu, &spec, &p, &[Arg::Buf(x), Arg::Buf(out)], grid_1d(n.div_ceil(WG)))?;
-    prog.set_launch(Launch::threads(WG));
-    Ok(())
+    }
 }
 
 /// CPU reference of [`patch_merge`], from torch semantics: `x.view(rows, cols, d).permute(2, 0, 1)`

@@ -1,50 +1,13 @@
-//! Kernels of the Mllama (Llama 3.2 Vision) encoder (`shaders/vision_mllama.wgsl`): the tile
-//! sequences (class token + patch embeddings, zeroed padding rows), the tanh-gated per-tile
-//! and position embedding adds, the tanh-gated residual add and a strided column scatter.
-//! Gates are 1-element f32 buffers read on the GPU (streamed weights are filled after the
-//! pass is recorded). CPU references alongside, tested in `tests/kernels_vision_mllama.rs`.
-//! Reference: transformers' `modeling_mllama.py`.
+//! Ops of the Mllama (Llama 3.2 Vision) encoder: the tile sequences (class token + patch
+//! embeddings, zeroed padding rows), the tanh-gated per-tile and position embedding adds, the
+//! tanh-gated residual add and a strided column scatter. The GPU side in
+//! `backend::gpu::vision_mllama` (`shaders/vision_mllama.wgsl`), the CPU side in
+//! `backend::cpu::vision_mllama`. Gates are 1-element f32 buffers read when the op runs
+//! (streamed weights are filled after the pass is recorded). CPU references alongside, tested
+//! in `tests/kernels_vision_mllama.rs`. Reference: transformers' `modeling_mllama.py`.
 
-use bytemuck::{Pod, Zeroable};
-
-use super::matvec::check_len;
+use crate::backend::gpu::{self, Result};
 use crate::backend::{cpu, Buffer, Device, On, Program};
-use crate::gpu::{grid_1d, Access, Arg, Gpu, GpuError, KernelSpec, Launch, Program as GpuProgram, Result};
-
-pub(super) const SHADER: &str = include_str!("../../shaders/vision_mllama.wgsl");
-const WG: u32 = 256;
-
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable, Default)]
-struct Params {
-    n: u32,
-    dim: u32,
-    rows_per_tile: u32,
-    row0: u32,
-    stride: u32,
-    offset: u32,
-    step: u32,
-    _pad: u32,
-}
-
-fn push(
-    prog: &mut GpuProgram,
-    gpu: &Gpu,
-    entry: &'static str,
-    bindings: &'static [Access],
-    p: Params,
-    args: &[Arg],
-) -> Result<()> {
-    let spec = KernelSpec::new("vision_mllama", SHADER, entry, bindings);
-    prog.push_with_params(gpu, &spec, &p, args, grid_1d(p.n.div_ceil(WG)))?;
-    prog.set_launch(Launch::threads(WG));
-    Ok(())
-}
-
-/// Elements of `rows x dim`, checked to fit the shaders' u32 indices.
-fn elems(what: &str, rows: u32, dim: u32) -> Result<u32> {
-    u32::try_from(rows as u64 * dim as u64).map_err(|_| GpuError::Shape(format!("{what}: {rows} x {dim} elements")))
-}
 
 /// Records `x` (`[rows][dim]`): rows `t * tokens + s` below `tiles * tokens` hold tile `t`'s
 /// token `s`, the class embedding (`s = 0`) or row `t * (tokens - 1) + s - 1` of `patches`;
@@ -61,8 +24,10 @@ pub fn assemble(
     rows: u32,
     dim: u32,
 ) -> Result<()> {
-    let (prog, gpu) = match prog.on(dev)? {
-        On::Gpu(prog, gpu) => (prog, gpu),
+    match prog.on(dev)? {
+        On::Gpu(prog, gpu) => {
+            gpu::vision_mllama::assemble(prog, gpu, patches.gpu()?, class.gpu()?, x.gpu()?, tiles, tokens, rows, dim)
+        }
         On::Cpu(prog, _) => {
             let [patches, class, x] = Buffer::cpu_handles([patches, class, x])?;
             prog.push("assemble", move |pool| {
@@ -70,23 +35,9 @@ pub fn assemble(
                 let (patches, class, mut x) = (patches.read()?, class.read_n(dim as usize)?, x.write_n(n)?);
                 Ok(cpu::vision_mllama::assemble(pool, &patches, &class, &mut x, tiles, tokens, dim as usize)?)
             });
-            return Ok(());
+            Ok(())
         }
-    };
-    let patches = patches.gpu()?;
-    let class = class.gpu()?;
-    let x = x.gpu()?;
-    const B: &[Access] = &[Access::Uniform, Access::Read, Access::Read, Access::ReadWrite];
-    let n = elems("assemble", rows, dim)?;
-    let main = tiles * tokens;
-    if tokens == 0 || main > rows {
-        return Err(GpuError::Shape(format!("assemble: {tiles} tiles of {tokens} tokens in {rows} rows")));
     }
-    check_len("assemble x", x, n as u64)?;
-    check_len("assemble patches", patches, tiles as u64 * (tokens as u64 - 1) * dim as u64)?;
-    check_len("assemble class", class, dim as u64)?;
-    let p = Params { n, dim, rows_per_tile: tokens, row0: main, ..Params::default() };
-    push(prog, gpu, "assemble", B, p, &[Arg::Buf(patches), Arg::Buf(class), Arg::Buf(x)])
 }
 
 /// CPU reference of [`assemble`].
@@ -115,8 +66,10 @@ pub fn tile_add(
     rows_per_tile: u32,
     dim: u32,
 ) -> Result<()> {
-    let (prog, gpu) = match prog.on(dev)? {
-        On::Gpu(prog, gpu) => (prog, gpu),
+    match prog.on(dev)? {
+        On::Gpu(prog, gpu) => {
+            gpu::vision_mllama::tile_add(prog, gpu, table.gpu()?, gate.gpu()?, x.gpu()?, row0, rows, rows_per_tile, dim)
+        }
         On::Cpu(prog, _) => {
             let [table, gate, x] = Buffer::cpu_handles([table, gate, x])?;
             prog.push("tile_add", move |pool| {
@@ -124,22 +77,9 @@ pub fn tile_add(
                 let (row0, rows, per_tile, dim) = (row0 as usize, rows as usize, rows_per_tile as usize, dim as usize);
                 Ok(cpu::vision_mllama::tile_add(pool, &table, gate, &mut x, row0, rows, per_tile, dim)?)
             });
-            return Ok(());
+            Ok(())
         }
-    };
-    let table = table.gpu()?;
-    let gate = gate.gpu()?;
-    let x = x.gpu()?;
-    const B: &[Access] = &[Access::Uniform, Access::Read, Access::Read, Access::ReadWrite];
-    let n = elems("tile_add", rows, dim)?;
-    if rows_per_tile == 0 {
-        return Err(GpuError::Shape("tile_add: 0 rows per tile".into()));
     }
-    check_len("tile_add x", x, (row0 as u64 + rows as u64) * dim as u64)?;
-    check_len("tile_add table", table, rows.div_ceil(rows_per_tile) as u64 * dim as u64)?;
-    check_len("tile_add gate", gate, 1)?;
-    let p = Params { n, dim, rows_per_tile, row0, ..Params::default() };
-    push(prog, gpu, "tile_add", B, p, &[Arg::Buf(table), Arg::Buf(gate), Arg::Buf(x)])
 }
 
 /// CPU reference of [`tile_add`] (in place on `x`).
@@ -166,8 +106,10 @@ pub fn gated_pos(
     tokens: u32,
     dim: u32,
 ) -> Result<()> {
-    let (prog, gpu) = match prog.on(dev)? {
-        On::Gpu(prog, gpu) => (prog, gpu),
+    match prog.on(dev)? {
+        On::Gpu(prog, gpu) => {
+            gpu::vision_mllama::gated_pos(prog, gpu, pos.gpu()?, tile_pos.gpu()?, gate.gpu()?, x.gpu()?, rows, tokens, dim)
+        }
         On::Cpu(prog, _) => {
             let [pos, tile_pos, gate, x] = Buffer::cpu_handles([pos, tile_pos, gate, x])?;
             prog.push("gated_pos", move |pool| {
@@ -175,24 +117,9 @@ pub fn gated_pos(
                 let (pos, tile_pos, gate, mut x) = (pos.read()?, tile_pos.read_n(n)?, gate.read_n(1)?[0], x.write_n(n)?);
                 Ok(cpu::vision_mllama::gated_pos(pool, &pos, &tile_pos, gate, &mut x, tokens, dim)?)
             });
-            return Ok(());
+            Ok(())
         }
-    };
-    let pos = pos.gpu()?;
-    let tile_pos = tile_pos.gpu()?;
-    let gate = gate.gpu()?;
-    let x = x.gpu()?;
-    const B: &[Access] = &[Access::Uniform, Access::Read, Access::Read, Access::Read, Access::ReadWrite];
-    let n = elems("gated_pos", rows, dim)?;
-    if tokens == 0 {
-        return Err(GpuError::Shape("gated_pos: 0 tokens per tile".into()));
     }
-    check_len("gated_pos x", x, n as u64)?;
-    check_len("gated_pos tile_pos", tile_pos, n as u64)?;
-    check_len("gated_pos pos", pos, tokens as u64 * dim as u64)?;
-    check_len("gated_pos gate", gate, 1)?;
-    let p = Params { n, dim, rows_per_tile: tokens, ..Params::default() };
-    push(prog, gpu, "gated_pos", B, p, &[Arg::Buf(pos), Arg::Buf(tile_pos), Arg::Buf(gate), Arg::Buf(x)])
 }
 
 /// CPU reference of [`gated_pos`] (in place on `x`).
@@ -205,8 +132,8 @@ pub fn gated_pos_ref(x: &mut [f32], pos: &[f32], tile_pos: &[f32], gate: f32, to
 
 /// Records `x[i] += tanh(gate[0]) * y[i]` for `i < n`.
 pub fn gated_add(prog: &mut Program, dev: &Device, y: &Buffer, gate: &Buffer, x: &Buffer, n: u32) -> Result<()> {
-    let (prog, gpu) = match prog.on(dev)? {
-        On::Gpu(prog, gpu) => (prog, gpu),
+    match prog.on(dev)? {
+        On::Gpu(prog, gpu) => gpu::vision_mllama::gated_add(prog, gpu, y.gpu()?, gate.gpu()?, x.gpu()?, n),
         On::Cpu(prog, _) => {
             let [y, gate, x] = Buffer::cpu_handles([y, gate, x])?;
             let n = n as usize;
@@ -214,18 +141,9 @@ pub fn gated_add(prog: &mut Program, dev: &Device, y: &Buffer, gate: &Buffer, x:
                 let (y, gate, mut x) = (y.read_n(n)?, gate.read_n(1)?[0], x.write_n(n)?);
                 Ok(cpu::vision_mllama::gated_add(pool, &y, gate, &mut x)?)
             });
-            return Ok(());
+            Ok(())
         }
-    };
-    let y = y.gpu()?;
-    let gate = gate.gpu()?;
-    let x = x.gpu()?;
-    const B: &[Access] = &[Access::Uniform, Access::Read, Access::Read, Access::ReadWrite];
-    check_len("gated_add x", x, n as u64)?;
-    check_len("gated_add y", y, n as u64)?;
-    check_len("gated_add gate", gate, 1)?;
-    let p = Params { n, ..Params::default() };
-    push(prog, gpu, "gated_add", B, p, &[Arg::Buf(y), Arg::Buf(gate), Arg::Buf(x)])
+    }
 }
 
 /// CPU reference of [`gated_add`] (in place on `x`).
@@ -265,8 +183,11 @@ pub fn scatter_cols_from(
     offset: u32,
     step: u32,
 ) -> Result<()> {
-    let (prog, gpu) = match prog.on(dev)? {
-        On::Gpu(prog, gpu) => (prog, gpu),
+    match prog.on(dev)? {
+        On::Gpu(prog, gpu) => {
+            let out = out.gpu()?;
+            gpu::vision_mllama::scatter_cols_from(prog, gpu, (src.0.gpu()?, src.1), out, rows, dim, stride, offset, step)
+        }
         On::Cpu(prog, _) => {
             let ((src, src_row0), out) = ((src.0.cpu()?.clone(), src.1 as usize), out.cpu()?.clone());
             let [rows, dim, stride, offset, step] = [rows, dim, stride, offset, step].map(|v| v as usize);
@@ -274,26 +195,9 @@ pub fn scatter_cols_from(
                 let (src, mut out) = (src.read()?, out.write_n(rows * stride)?);
                 Ok(cpu::vision_mllama::scatter_cols(pool, &src, src_row0, &mut out, rows, dim, stride, offset, step)?)
             });
-            return Ok(());
+            Ok(())
         }
-    };
-    let out = out.gpu()?;
-    const B: &[Access] = &[Access::Uniform, Access::Read, Access::ReadWrite];
-    let (src, src_row0) = (src.0.gpu()?, src.1);
-    let n = elems("scatter_cols", rows, dim)?;
-    let last = offset as u64 + (dim.max(1) as u64 - 1) * step as u64;
-    if dim == 0 || last >= stride as u64 || (step == 0 && dim > 1) {
-        return Err(GpuError::Shape(format!("scatter_cols: {dim} columns at {offset} + c * {step} in rows of {stride}")));
     }
-    let src_rows = src_row0
-        .checked_add(rows)
-        .ok_or_else(|| GpuError::Shape(format!("scatter_cols: rows {src_row0} + {rows} of the source")))?;
-    elems("scatter_cols src", src_rows, dim)?;
-    elems("scatter_cols out", rows, stride)?;
-    check_len("scatter_cols src", src, src_rows as u64 * dim as u64)?;
-    check_len("scatter_cols out", out, rows as u64 * stride as u64)?;
-    let p = Params { n, dim, row0: src_row0, stride, offset, step, ..Params::default() };
-    push(prog, gpu, "scatter_cols", B, p, &[Arg::Buf(src), Arg::Buf(out)])
 }
 
 /// CPU reference of [`scatter_cols`] (into `out`).

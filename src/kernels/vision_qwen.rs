@@ -1,45 +1,13 @@
-//! Kernels of the Qwen2-VL-family vision encoder (`shaders/vision_qwen.wgsl`): LayerNorm with
-//! bias, row-broadcast bias add, GELU (tanh), a column-slice copy (q/k/v out of the fused qkv
-//! product) and a weighted row gather (the interpolated position embeddings; the patch
-//! reordering into 2x2 merge windows). CPU references alongside, tested in
-//! `tests/kernels_vision.rs`.
+//! Ops of the Qwen2-VL-family vision encoder: LayerNorm with bias, row-broadcast bias add,
+//! GELU (tanh), a column-slice copy (q/k/v out of the fused qkv product) and a weighted row
+//! gather (the interpolated position embeddings; the patch reordering into 2x2 merge windows).
+//! The GPU side in `backend::gpu::vision_qwen` (`shaders/vision_qwen.wgsl`), the CPU side in
+//! `backend::cpu::vision_qwen` (LayerNorm in `backend::cpu::norm`). CPU references alongside,
+//! tested in `tests/kernels_vision.rs`.
 
 pub use super::shapes::Tap;
-use bytemuck::{Pod, Zeroable};
-
-use super::matvec::check_len;
+use crate::backend::gpu::{self, Result};
 use crate::backend::{cpu, Buffer, Device, On, Program};
-use crate::gpu::{grid_1d, Access, Arg, Gpu, KernelSpec, Launch, Program as GpuProgram, Result};
-
-pub(super) const SHADER: &str = include_str!("../../shaders/vision_qwen.wgsl");
-const WG: u32 = 256;
-
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable, Default)]
-struct Params {
-    rows: u32,
-    dim: u32,
-    eps: f32,
-    n: u32,
-    stride: u32,
-    offset: u32,
-    _pad: [u32; 2],
-}
-
-fn push(
-    prog: &mut GpuProgram,
-    gpu: &Gpu,
-    entry: &'static str,
-    bindings: &'static [Access],
-    p: Params,
-    args: &[Arg],
-    wgs: u32,
-) -> Result<()> {
-    let spec = KernelSpec::new("vision_qwen", SHADER, entry, bindings);
-    prog.push_with_params(gpu, &spec, &p, args, grid_1d(wgs))?;
-    prog.set_launch(Launch::threads(WG));
-    Ok(())
-}
 
 /// Records `y[r] = layernorm(x[r]) * w + b` for `rows` rows of `dim` (`y` may not alias `x`).
 #[allow(clippy::too_many_arguments)]
@@ -54,8 +22,8 @@ pub fn layer_norm(
     dim: u32,
     eps: f32,
 ) -> Result<()> {
-    let (prog, gpu) = match prog.on(dev)? {
-        On::Gpu(prog, gpu) => (prog, gpu),
+    match prog.on(dev)? {
+        On::Gpu(prog, gpu) => gpu::vision_qwen::layer_norm(prog, gpu, x.gpu()?, w.gpu()?, b.gpu()?, y.gpu()?, rows, dim, eps),
         On::Cpu(prog, _) => {
             let [x, w, b, y] = Buffer::cpu_handles([x, w, b, y])?;
             prog.push("layer_norm", move |pool| {
@@ -63,21 +31,9 @@ pub fn layer_norm(
                 let (x, w, b, mut y) = (x.read_n(n)?, w.read_n(dim)?, b.read_n(dim)?, y.write_n(n)?);
                 Ok(cpu::norm::layer_norm(pool, &x, &w, &b, &mut y, dim, eps)?)
             });
-            return Ok(());
+            Ok(())
         }
-    };
-    let x = x.gpu()?;
-    let w = w.gpu()?;
-    let b = b.gpu()?;
-    let y = y.gpu()?;
-    const B: &[Access] = &[Access::Uniform, Access::Read, Access::Read, Access::Read, Access::ReadWrite];
-    let n = rows as u64 * dim as u64;
-    check_len("layer_norm x", x, n)?;
-    check_len("layer_norm y", y, n)?;
-    check_len("layer_norm w", w, dim as u64)?;
-    check_len("layer_norm b", b, dim as u64)?;
-    let p = Params { rows, dim, eps, ..Params::default() };
-    push(prog, gpu, "layer_norm", B, p, &[Arg::Buf(x), Arg::Buf(w), Arg::Buf(b), Arg::Buf(y)], rows)
+    }
 }
 
 /// CPU reference of [`layer_norm`] (f32, two passes as PyTorch).
@@ -94,8 +50,8 @@ pub fn layer_norm_ref(x: &[f32], w: &[f32], b: &[f32], dim: usize, eps: f32) -> 
 
 /// Records `x[i] += bias[i % dim]` for the first `rows * dim` elements.
 pub fn add_bias(prog: &mut Program, dev: &Device, bias: &Buffer, x: &Buffer, rows: u32, dim: u32) -> Result<()> {
-    let (prog, gpu) = match prog.on(dev)? {
-        On::Gpu(prog, gpu) => (prog, gpu),
+    match prog.on(dev)? {
+        On::Gpu(prog, gpu) => gpu::vision_qwen::add_bias(prog, gpu, bias.gpu()?, x.gpu()?, rows, dim),
         On::Cpu(prog, _) => {
             let [bias, x] = Buffer::cpu_handles([bias, x])?;
             prog.push("add_bias", move |pool| {
@@ -106,17 +62,9 @@ pub fn add_bias(prog: &mut Program, dev: &Device, bias: &Buffer, x: &Buffer, row
                     dim as usize,
                 )?)
             });
-            return Ok(());
+            Ok(())
         }
-    };
-    let bias = bias.gpu()?;
-    let x = x.gpu()?;
-    const B: &[Access] = &[Access::Uniform, Access::Read, Access::ReadWrite];
-    let n = rows * dim;
-    check_len("add_bias x", x, n as u64)?;
-    check_len("add_bias bias", bias, dim as u64)?;
-    let p = Params { dim, n, ..Params::default() };
-    push(prog, gpu, "add_bias", B, p, &[Arg::Buf(bias), Arg::Buf(x)], n.div_ceil(WG))
+    }
 }
 
 /// Records `out[r][c] = x[r * stride + offset + c]` for `rows` rows and `dim` columns.
@@ -131,27 +79,17 @@ pub fn copy_cols(
     stride: u32,
     offset: u32,
 ) -> Result<()> {
-    let (prog, gpu) = match prog.on(dev)? {
-        On::Gpu(prog, gpu) => (prog, gpu),
+    match prog.on(dev)? {
+        On::Gpu(prog, gpu) => gpu::vision_qwen::copy_cols(prog, gpu, x.gpu()?, out.gpu()?, rows, dim, stride, offset),
         On::Cpu(prog, _) => {
             let [x, out] = Buffer::cpu_handles([x, out])?;
             prog.push("copy_cols", move |pool| {
                 let (dim, stride, offset) = (dim as usize, stride as usize, offset as usize);
                 Ok(cpu::vision_qwen::copy_cols(pool, &x.read()?, &mut out.write_n(rows as usize * dim)?, dim, stride, offset)?)
             });
-            return Ok(());
+            Ok(())
         }
-    };
-    let x = x.gpu()?;
-    let out = out.gpu()?;
-    const B: &[Access] = &[Access::Uniform, Access::Read, Access::ReadWrite];
-    check_len("copy_cols x", x, rows as u64 * stride as u64)?;
-    check_len("copy_cols out", out, rows as u64 * dim as u64)?;
-    if offset + dim > stride {
-        return Err(crate::gpu::GpuError::Shape(format!("copy_cols: columns {offset}..{} of {stride}", offset + dim)));
     }
-    let p = Params { rows, dim, stride, offset, ..Params::default() };
-    push(prog, gpu, "copy_cols", B, p, &[Arg::Buf(x), Arg::Buf(out)], (rows * dim).div_ceil(WG))
 }
 
 /// Records `out[r] = Σ_k taps[r*k_per_row + k].weight * src[taps[..].row]` over rows of `dim`
@@ -167,8 +105,8 @@ pub fn gather_rows(
     k_per_row: u32,
     dim: u32,
 ) -> Result<()> {
-    let (prog, gpu) = match prog.on(dev)? {
-        On::Gpu(prog, gpu) => (prog, gpu),
+    match prog.on(dev)? {
+        On::Gpu(prog, gpu) => gpu::vision_qwen::gather_rows(prog, gpu, src.gpu()?, taps.gpu()?, out.gpu()?, rows, k_per_row, dim),
         On::Cpu(prog, _) => {
             let [src, taps, out] = Buffer::cpu_handles([src, taps, out])?;
             prog.push("gather_rows", move |pool| {
@@ -177,17 +115,9 @@ pub fn gather_rows(
                 let out = &mut out.write_n(rows as usize * dim)?;
                 Ok(cpu::vision_qwen::gather_rows(pool, &src.read()?, bytemuck::cast_slice(&taps), out, k, dim)?)
             });
-            return Ok(());
+            Ok(())
         }
-    };
-    let src = src.gpu()?;
-    let taps = taps.gpu()?;
-    let out = out.gpu()?;
-    const B: &[Access] = &[Access::Uniform, Access::Read, Access::ReadWrite, Access::Read];
-    check_len("gather_rows out", out, rows as u64 * dim as u64)?;
-    check_len("gather_rows taps", taps, 2 * rows as u64 * k_per_row as u64)?;
-    let p = Params { rows, dim, n: k_per_row, stride: dim, ..Params::default() };
-    push(prog, gpu, "gather_rows", B, p, &[Arg::Buf(src), Arg::Buf(out), Arg::Buf(taps)], (rows * dim).div_ceil(WG))
+    }
 }
 
 /// CPU reference of [`gather_rows`].
@@ -199,22 +129,17 @@ pub fn gather_rows_ref(src: &[f32], taps: &[Tap], k_per_row: usize, dim: usize) 
 
 /// Records `x[i] = gelu_tanh(x[i])` for the first `n` elements.
 pub fn gelu_tanh(prog: &mut Program, dev: &Device, x: &Buffer, n: u32) -> Result<()> {
-    let (prog, gpu) = match prog.on(dev)? {
-        On::Gpu(prog, gpu) => (prog, gpu),
+    match prog.on(dev)? {
+        On::Gpu(prog, gpu) => gpu::vision_qwen::gelu_tanh(prog, gpu, x.gpu()?, n),
         On::Cpu(prog, _) => {
             let [x] = Buffer::cpu_handles([x])?;
             prog.push("gelu_tanh", move |pool| {
                 cpu::elementwise::gelu_tanh(pool, &mut x.write_n(n as usize)?);
                 Ok(())
             });
-            return Ok(());
+            Ok(())
         }
-    };
-    let x = x.gpu()?;
-    const B: &[Access] = &[Access::Uniform, Access::ReadWrite];
-    check_len("gelu_tanh x", x, n as u64)?;
-    let p = Params { n, ..Params::default() };
-    push(prog, gpu, "gelu_tanh", B, p, &[Arg::Buf(x)], n.div_ceil(WG))
+    }
 }
 
 /// CPU reference of [`gelu_tanh`] in f64: `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`.

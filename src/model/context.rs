@@ -19,8 +19,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use crate::backend::gpu::{Caps, GpuError, Readback, Result as GpuResult};
 use crate::backend::{Buffer, Device, Program};
-use crate::gpu::{Caps, GpuError, Readback, Result as GpuResult};
 use crate::kernels::attention::StepParams;
 use crate::kernels::sample::SamplerState;
 
@@ -707,7 +707,7 @@ impl Context {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpu::Geometry;
+    use crate::backend::gpu::Geometry;
 
     fn caps(geometry: Geometry, f16: bool) -> Caps {
         Caps {

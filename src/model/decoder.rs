@@ -4,8 +4,8 @@
 //! every step with only the step uniform changing. Between the two the context may
 //! overwrite rows of the embeddings (image features at the prompt's image positions).
 
+use crate::backend::gpu::Result as GpuResult;
 use crate::backend::{Buffer, Device, Program};
-use crate::gpu::Result as GpuResult;
 use crate::kernels::quant::Weight;
 use crate::source::{Eager, LoadError, TensorSource, WeightLoader};
 

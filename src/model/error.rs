@@ -2,8 +2,8 @@
 //! weights) and a sequence that cannot run (context full, bad tokens, images that do not fit
 //! the prompt).
 
+use crate::backend::gpu::GpuError;
 use crate::gguf::GgufError;
-use crate::gpu::GpuError;
 use crate::source::LoadError;
 
 /// Errors of the model layer.

@@ -30,8 +30,8 @@
 //! Reference for the browser practice: WebLLM's model records carry a `vram_required_MB`
 //! figure and it checks `maxStorageBufferBindingSize` / `maxBufferSize` before loading.
 
+use crate::backend::gpu::Caps;
 use crate::gguf::{GgmlType, GgufHeader, Metadata, TensorInfo};
-use crate::gpu::Caps;
 use crate::image::DEFAULT_MAX_EDGE;
 use crate::kernels::attention::KvDtype;
 use crate::kernels::quant::plan_parts;

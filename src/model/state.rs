@@ -14,8 +14,8 @@
 //! prefills again from the start).
 
 use super::positions::RopeDeltas;
+use crate::backend::gpu::Result as GpuResult;
 use crate::backend::{Buffer, Device, Program};
-use crate::gpu::Result as GpuResult;
 use crate::kernels::attention::KvDtype;
 
 /// What one layer keeps between tokens.

@@ -3,8 +3,8 @@
 //! Families add their own scratch; the per-sequence caches are in [`super::state`]. All are
 //! allocated once per context, sized for the largest chunk.
 
+use crate::backend::gpu::{Caps, Geometry, Result};
 use crate::backend::{Buffer, Device};
-use crate::gpu::{Caps, Geometry, Result};
 use crate::kernels::attention::{KvDtype, StepParams};
 use crate::kernels::matmul::MatmulCompute;
 use crate::kernels::sample::Sampler;

@@ -15,7 +15,7 @@ pub enum LoadError {
     #[error(transparent)]
     Weight(#[from] crate::kernels::quant::WeightError),
     #[error(transparent)]
-    Gpu(#[from] crate::gpu::GpuError),
+    Gpu(#[from] crate::backend::gpu::GpuError),
     /// A streamed file ended before this tensor's bytes, or its bytes came out of order.
     #[error("model stream: {0}")]
     Stream(String),

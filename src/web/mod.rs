@@ -16,10 +16,10 @@ use std::rc::Rc;
 use wasm_bindgen::prelude::*;
 
 use crate::api::ChatRequest;
+use crate::backend::gpu::{BufferRegistry, Gpu, GpuOptions};
 use crate::backend::Device;
 use crate::engine::{Engine, Prompt, RepoLoad, Vision, Wait, DEFAULT_PROMPT_CACHE_BYTES};
 use crate::error::Classify;
-use crate::gpu::{BufferRegistry, Gpu, GpuOptions};
 use crate::model::{ContextOptions, MemoryBudget, Precision};
 use crate::source::{GgufParts, GgufStream, LoadQuant};
 use error::WebError;

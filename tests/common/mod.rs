@@ -6,8 +6,8 @@ pub mod cache;
 pub mod chi_square;
 pub mod smollm2;
 
+use webvlm::backend::gpu::{Gpu, GpuOptions};
 use webvlm::backend::{Buffer, Device};
-use webvlm::gpu::{Gpu, GpuOptions};
 
 /// The test adapter (lavapipe in CI) as a device. Panics when there is none: GPU tests must
 /// not skip.

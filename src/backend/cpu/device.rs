@@ -5,7 +5,7 @@
 use super::matvec::Mode;
 use super::pool::{PoolError, ThreadPool};
 use super::simd;
-use crate::gpu::{Caps, Geometry};
+use crate::backend::gpu::{Caps, Geometry};
 
 /// The CPU backend's device.
 pub struct Device {

@@ -7,8 +7,9 @@
 //! The decoder's other f32 ops: [`norm`] (RMSNorm, LayerNorm), [`elementwise`] (residual add,
 //! SiLU/sigmoid gates, GELU), [`rope`] (RoPE, M-RoPE), [`attention`] (online-softmax
 //! attention over the KV cache), and Qwen3.5's linear attention: [`gdn_prep`] (causal conv1d,
-//! decay, gated norm) and [`delta_net`] (the gated delta rule's recurrence), sharing [`ops`]'
-//! `ShapeError` and task split. Multimodal: [`mod@embedding`] (token rows of any weight format),
+//! decay, gated norm), [`delta_net`] (the gated delta rule's recurrence) and
+//! [`delta_net_chunked`] (its chunked form, for prefill), sharing [`ops`]' `ShapeError` and
+//! task split. Multimodal: [`mod@embedding`] (token rows of any weight format),
 //! [`cross_attention`] (Mllama's masked attention over image states), and the vision
 //! encoders' [`vision`] (Pixtral), [`vision_qwen`] and [`vision_mllama`]. [`program`] holds the
 //! buffers and recorded programs the ops will run in once models record onto this backend.
@@ -17,6 +18,7 @@ pub mod attention;
 pub mod bench;
 pub mod cross_attention;
 pub mod delta_net;
+pub mod delta_net_chunked;
 pub mod device;
 pub mod elementwise;
 pub mod embedding;

@@ -22,7 +22,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use super::pool::ThreadPool;
-use crate::gpu::GpuError;
+use crate::backend::gpu::GpuError;
 
 /// Read-only bytes shared with the memory that holds them, a memory-mapped file: `range` of
 /// `owner`, which lives as long as any handle does.

@@ -9,8 +9,8 @@ use std::io::{BufWriter, Read, Write};
 use std::path::PathBuf;
 
 use clap::Args;
+use webvlm::backend::gpu::{Gpu, GpuOptions};
 use webvlm::engine::RepoLoad;
-use webvlm::gpu::{Gpu, GpuOptions};
 use webvlm::model::ContextOptions;
 use webvlm::source::LoadQuant;
 

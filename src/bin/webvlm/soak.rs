@@ -5,7 +5,7 @@
 //! code, long system prompts shared by many requests, so that the prompt cache both hits and
 //! evicts under a small budget) runs through `api::run` as `webvlm chat` and the browser
 //! package run them. Every `--sample-every` requests the GPU memory of live buffers (counted
-//! by wgpu, [`webvlm::gpu::Gpu::memory_stats`]) and the process's resident memory are
+//! by wgpu, [`webvlm::backend::gpu::Gpu::memory_stats`]) and the process's resident memory are
 //! sampled. At the end, a seeded subset of greedy requests (run during the soak too) is run
 //! again on the soaked engine and on a freshly loaded one: their replies must be equal.
 //!

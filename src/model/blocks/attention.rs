@@ -9,8 +9,8 @@
 //! dispatch rotates q in place and k into the cache with v, attention reads q in place, and
 //! `wo` adds into the residual in its epilogue.
 
+use crate::backend::gpu::Result;
 use crate::backend::{Buffer, Device, Program};
-use crate::gpu::Result;
 use crate::kernels::attention::{attention_decode, attention_prefill, AttnShape, DecodeScratch, KvDtype};
 use crate::kernels::matmul::MatmulCompute;
 use crate::kernels::matvec::{Epilogue, Output};

@@ -6,8 +6,8 @@
 //! unstacked weights) write `[n][2 n_ff]` and gate it with `silu_mul_halves`. `down` adds
 //! into the residual in its epilogue.
 
+use crate::backend::gpu::Result;
 use crate::backend::{Buffer, Device, Program};
-use crate::gpu::Result;
 use crate::kernels::elementwise;
 use crate::kernels::matmul::MatmulCompute;
 use crate::kernels::matvec::{self, Epilogue, Output};

@@ -2,8 +2,8 @@
 //! head (tied to the embedding when the file has no `output.weight`), whose logits are kept
 //! for every row or only the last one, from which the GPU sampler picks the next token.
 
+use crate::backend::gpu::Result;
 use crate::backend::{Buffer, Device, Program};
-use crate::gpu::Result;
 use crate::kernels::quant::Weight;
 use crate::kernels::{embedding, matvec, norm};
 use crate::source::{LoadError, LoadQuant, WeightLoader};

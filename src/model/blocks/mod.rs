@@ -7,8 +7,8 @@ pub mod attention;
 pub mod ffn;
 pub mod head;
 
+use crate::backend::gpu::Result;
 use crate::backend::{Buffer, Device, Program};
-use crate::gpu::Result;
 use crate::kernels::matmul::{self, MatmulCompute};
 use crate::kernels::matvec::{self, Epilogue, Output};
 use crate::kernels::quant::Weight;

@@ -7,8 +7,8 @@ pub mod llama;
 pub mod mllama;
 pub mod qwen35;
 
+use crate::backend::gpu::Result as GpuResult;
 use crate::backend::{Buffer, Device, Program};
-use crate::gpu::Result as GpuResult;
 use crate::kernels::quant::Weight;
 use crate::source::WeightLoader;
 

@@ -1,8 +1,8 @@
 //! What a vision encoder gives the text model: one row of text-model embedding per image
 //! token, on the GPU.
 
+use crate::backend::gpu::Result as GpuResult;
 use crate::backend::{Buffer, Device};
-use crate::gpu::Result as GpuResult;
 
 /// An image's identity: the SHA-256 of its preprocessing settings and its bytes. It keys the
 /// engine's image cache and, as [`ImageFeatures::content`], the prompt cache's image positions.

@@ -21,9 +21,9 @@ pub use layout::PromptLayout;
 pub use mrope::{mrope_positions, MropePositions};
 pub use placement::PromptImages;
 
+use crate::backend::gpu::Result as GpuResult;
 use crate::backend::Device;
 use crate::gguf::Metadata;
-use crate::gpu::Result as GpuResult;
 use crate::image::{ImageError, PixelImage, PreprocessOptions};
 use crate::kernels::matmul::MatmulCompute;
 use crate::source::{Eager, LoadQuant, TensorSource, WeightLoader};

@@ -25,8 +25,8 @@
 //! `Qwen3_5VisionBlock`; llama.cpp `tools/mtmd/clip.cpp` `build_vit`, which builds both from
 //! the norm type, the FFN type and the biases a file has.
 
+use crate::backend::gpu::{GpuError, Result as GpuResult};
 use crate::backend::{Buffer, Device, Program};
-use crate::gpu::{GpuError, Result as GpuResult};
 use crate::image::PixelImage;
 use crate::kernels::attention::{attention_prefill, AttnShape, StepParams};
 use crate::kernels::matmul::{self, record_rows, MatmulCompute};

@@ -3,8 +3,8 @@
 //! preprocessed size of a source image under each encoder's size rule, and per loaded
 //! encoder ([`Encoder`]) its shapes, FLOPs and activation bytes per image (the memory plan's).
 
+use webvlm::backend::gpu::Result as GpuResult;
 use webvlm::backend::{Device, Program};
-use webvlm::gpu::Result as GpuResult;
 use webvlm::image::qwen::{smart_resize, QwenPreprocess};
 use webvlm::image::{output_size, PixelImage, DEFAULT_MAX_EDGE};
 use webvlm::kernels::matmul::MatmulCompute;

@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
+use webvlm::backend::gpu::{Op, Pipeline};
 use webvlm::backend::{Device, Program};
-use webvlm::gpu::{Op, Pipeline};
 use webvlm::model::{Context, Decoder};
 
 use super::Out;
@@ -72,7 +72,13 @@ fn families(programs: &[&Program]) -> BTreeMap<String, Family> {
 }
 
 /// Prints the decode step's launch geometry and emits it as a `launch` JSON line.
-pub fn report(dev: &Device, out: &Out, label: &str, dec: &Decoder, ctx: &mut Context) -> Result<Value, webvlm::gpu::GpuError> {
+pub fn report(
+    dev: &Device,
+    out: &Out,
+    label: &str,
+    dec: &Decoder,
+    ctx: &mut Context,
+) -> Result<Value, webvlm::backend::gpu::GpuError> {
     let n_layer = dec.cfg.n_layer as usize;
     let per_layer = ctx.decode_block_dispatches(dev, dec)? as f64 / n_layer as f64;
     let programs = ctx.decode_programs(dev, dec)?;
@@ -106,7 +112,7 @@ pub fn prefill_report(
     label: &str,
     dec: &Decoder,
     ctx: &mut Context,
-) -> Result<Value, webvlm::gpu::GpuError> {
+) -> Result<Value, webvlm::backend::gpu::GpuError> {
     let chunk = ctx.max_chunk();
     let what = format!("prefill launch geometry ({} shape, chunks of {chunk} tokens)", dev.caps().geometry.name());
     let v = json!({ "kind": "prefill_launch", "model": label, "geometry": dev.caps().geometry.name(), "chunk_tokens": chunk });

@@ -16,9 +16,9 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
+use webvlm::backend::gpu::GpuError;
 use webvlm::backend::Device;
 use webvlm::gguf::SplitMix64;
-use webvlm::gpu::GpuError;
 use webvlm::kernels::matmul::MatmulCompute;
 use webvlm::model::synthetic::{synthetic_mllama, MllamaParts, MllamaShape};
 use webvlm::model::vision::mllama::MllamaVision;

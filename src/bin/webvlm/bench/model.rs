@@ -9,9 +9,9 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
+use webvlm::backend::gpu::{Dispatch, Op, Program as GpuProgram};
 use webvlm::backend::{Buffer, Device, Program};
 use webvlm::gguf::SplitMix64;
-use webvlm::gpu::{Dispatch, Op, Program as GpuProgram};
 use webvlm::kernels::quant::Weight;
 use webvlm::kernels::sample::SamplerState;
 use webvlm::model::{Context, ContextOptions, Decoder};

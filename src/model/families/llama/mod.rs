@@ -9,8 +9,8 @@ mod weights;
 pub use config::LlamaConfig;
 pub use weights::{LayerWeights, LlamaWeights};
 
+use crate::backend::gpu::Result as GpuResult;
 use crate::backend::{Buffer, Device, Program};
-use crate::gpu::Result as GpuResult;
 use crate::kernels::attention::{default_splits, AttnShape, DecodeScratch};
 use crate::kernels::norm;
 use crate::kernels::rope::{rope_table, RopeFreqs};

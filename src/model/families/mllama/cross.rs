@@ -10,8 +10,8 @@
 //! without `cross_attention_states`).
 //! Reference: transformers' `MllamaTextCrossAttention` and `_prepare_cross_attention_mask`.
 
+use crate::backend::gpu::Result as GpuResult;
 use crate::backend::{Buffer, Device, Program};
-use crate::gpu::Result as GpuResult;
 use crate::kernels::norm;
 use crate::model::blocks::linear;
 use crate::model::ModelError;

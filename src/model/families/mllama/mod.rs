@@ -21,8 +21,8 @@ pub use cross::CrossStore;
 pub use mask::{kernel_mask, processor_mask};
 pub use weights::{CrossLayerWeights, MllamaLayer, MllamaWeights};
 
+use crate::backend::gpu::Result as GpuResult;
 use crate::backend::{Buffer, Device, Program};
-use crate::gpu::Result as GpuResult;
 use crate::kernels::attention::{default_splits, AttnShape, DecodeScratch};
 use crate::kernels::cross_attention::{cross_attention, gated_add, CrossAttnShape};
 use crate::kernels::matmul::MatmulCompute;

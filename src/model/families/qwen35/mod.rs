@@ -16,8 +16,8 @@ mod weights;
 pub use config::{Qwen35Config, SsmConfig};
 pub use weights::{DeltaNetWeights, GatedAttentionWeights, LayerWeights, Mixer, Qwen35Weights};
 
+use crate::backend::gpu::Result as GpuResult;
 use crate::backend::{Buffer, Device, Program};
-use crate::gpu::Result as GpuResult;
 use crate::kernels::attention::{attention_decode, attention_prefill, default_splits, AttnShape, DecodeScratch};
 use crate::kernels::delta_net::{self, DeltaNetBuffers, DeltaNetLayout, KHeads};
 use crate::kernels::gdn_prep::{self, ConvShape, GatedNormShape, RowWindow};

@@ -27,8 +27,8 @@ mod weights;
 pub use config::MllamaVisionConfig;
 pub use weights::{MllamaLayerWeights, MllamaVisionWeights};
 
+use crate::backend::gpu::{GpuError, Result as GpuResult};
 use crate::backend::{Buffer, Device, Program};
-use crate::gpu::{GpuError, Result as GpuResult};
 use crate::image::mllama::MllamaPixels;
 use crate::kernels::attention::{attention_prefill, AttnShape, StepParams};
 use crate::kernels::matmul::{record_rows, MatmulCompute};
@@ -46,7 +46,7 @@ pub struct MllamaVision {
     /// Matmul precision (f32 by default).
     pub compute: MatmulCompute,
     /// A binding size below the adapter's to split the features and the MLP chunks by
-    /// (`None`, the default: the adapter's [`crate::gpu::Caps::part_limit`]); tests set it
+    /// (`None`, the default: the adapter's [`crate::backend::gpu::Caps::part_limit`]); tests set it
     /// to run the split path on tiny models.
     pub split_limit: Option<u64>,
 }

@@ -16,8 +16,8 @@
 //!    config, which the mmproj does not record; the vision epsilon (1e-5) is used, equal to
 //!    Ministral 3's `rms_norm_eps`.
 
+use crate::backend::gpu::{GpuError, Result as GpuResult};
 use crate::backend::{Buffer, Device, Program};
-use crate::gpu::{GpuError, Result as GpuResult};
 use crate::image::PixelImage;
 use crate::kernels::matmul::{self, MatmulCompute};
 use crate::kernels::rope::RopeMode;

@@ -25,8 +25,8 @@ mod weights;
 pub use config::{QwenVlConfig, POSITION_EMBD, PROJECTORS, QWEN_VL_ROPE_THETA};
 pub use weights::{QwenVlLayerWeights, QwenVlWeights};
 
+use crate::backend::gpu::{GpuError, Result as GpuResult};
 use crate::backend::{Buffer, Device, Program};
-use crate::gpu::{GpuError, Result as GpuResult};
 use crate::image::PixelImage;
 use crate::kernels::matmul::{self, MatmulCompute};
 use crate::kernels::rope::{rope_inv_freq, RopeMode};

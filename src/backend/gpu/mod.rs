@@ -1,15 +1,40 @@
-//! The GPU layer: one code path for native `wgpu` (Vulkan/Metal/DX12) and the browser's WebGPU.
+//! The GPU side of the backends: one code path for native `wgpu` (Vulkan/Metal/DX12) and the
+//! browser's WebGPU, and the WGSL dispatches of every op.
 //!
 //! - [`Gpu`]: adapter + device created with the adapter's own limits, capability detection
 //!   (`shader-f16`, subgroups) and readback.
 //! - [`pipeline`]: kernels described by [`KernelSpec`], compiled once into a typed cache.
 //! - [`params`]: a uniform arena that holds every dispatch's shape parameters.
 //! - [`program`]: a recorded list of dispatches, encoded into one compute pass per step.
+//! - One module per op, under the name of its CPU twin in `backend::cpu` ([`matvec`],
+//!   [`attention`], [`rope`], ...): the WGSL side of the wrappers of `crate::kernels` (the
+//!   shader sources, params structs, bindings, launch shapes and dispatches), called with the
+//!   GPU program, the [`Gpu`] and `wgpu::Buffer`s once the wrapper has picked this side.
+//!   `bench` and `sample` are GPU-only; `quant` holds the weight decoders every product
+//!   prepends. (Gated DeltaNet's dispatches are still in `kernels::delta_net`.)
 
+pub mod attention;
+pub mod bench;
+pub mod cross_attention;
+pub mod delta_net;
 mod device;
+pub mod elementwise;
+pub mod embedding;
+pub mod gdn_prep;
+pub mod matmul;
+pub mod matvec;
+pub mod norm;
 pub mod params;
 pub mod pipeline;
 pub mod program;
+pub mod quant;
+pub mod rope;
+pub mod sample;
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod validate;
+pub mod vision;
+pub mod vision_mllama;
+pub mod vision_qwen;
 
 pub use device::{Adapter, BufferRegistry, Caps, DeviceLoss, Geometry, Gpu, GpuOptions, MemoryStats, Readback};
 pub use params::{ParamSlot, ParamsArena};
@@ -79,4 +104,12 @@ pub fn grid_1d(n_workgroups: u32) -> [u32; 3] {
         let y = n_workgroups.div_ceil(MAX_GRID_DIM);
         [n_workgroups.div_ceil(y), y, 1]
     }
+}
+
+/// Fails when `buf` holds fewer than `floats` f32 values.
+pub(crate) fn check_len(what: &str, buf: &wgpu::Buffer, floats: u64) -> Result<()> {
+    if buf.size() < floats * 4 {
+        return Err(GpuError::Shape(format!("{what}: buffer of {} bytes, {} needed", buf.size(), floats * 4)));
+    }
+    Ok(())
 }

@@ -15,7 +15,7 @@ use super::{GpuError, Result};
 /// folded by [`grid_1d`](super::grid_1d), the Cody-Waite angle reduction): part of every
 /// module, right before the family's own source (WGSL module-scope declarations may be used
 /// before they appear, and unused ones cost nothing).
-pub const COMMON_WGSL: &str = include_str!("../../shaders/common.wgsl");
+pub const COMMON_WGSL: &str = include_str!("../../../shaders/common.wgsl");
 
 /// How a kernel uses one binding of group 0 (binding index = position in the list).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
