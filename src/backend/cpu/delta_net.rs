@@ -36,13 +36,8 @@ pub fn recurrent(
     state: &mut [f32],
     out: &mut [f32],
 ) -> Result<(), ShapeError> {
-    layout.check().map_err(|e| invalid(OP, e.to_string()))?;
+    check(OP, layout, n_tok, [qkv.len(), g.len(), beta.len(), state.len(), out.len()])?;
     let (hv, dk, dv) = (layout.n_v_heads as usize, layout.d_k as usize, layout.d_v as usize);
-    check_min_len(OP, "qkv", qkv.len(), layout.qkv_len(n_tok))?;
-    check_min_len(OP, "g", g.len(), n_tok * hv)?;
-    check_min_len(OP, "beta", beta.len(), n_tok * hv)?;
-    check_min_len(OP, "state", state.len(), layout.state_len())?;
-    check_min_len(OP, "out", out.len(), layout.out_len(n_tok))?;
     if n_tok == 0 {
         return Ok(());
     }
@@ -61,6 +56,18 @@ pub fn recurrent(
             _ => head.run(s),
         }
     });
+    Ok(())
+}
+
+/// Checks `layout` and the lengths of the slices `qkv`, `g`, `beta`, `state` and `out` of op
+/// `op` over `n_tok` tokens (both forms of the rule).
+pub(super) fn check(op: &'static str, layout: &DeltaNetLayout, n_tok: usize, lens: [usize; 5]) -> Result<(), ShapeError> {
+    layout.check().map_err(|e| invalid(op, e.to_string()))?;
+    let hv = layout.n_v_heads as usize;
+    let need = [layout.qkv_len(n_tok), n_tok * hv, n_tok * hv, layout.state_len(), layout.out_len(n_tok)];
+    for ((what, len), need) in ["qkv", "g", "beta", "state", "out"].into_iter().zip(lens).zip(need) {
+        check_min_len(op, what, len, need)?;
+    }
     Ok(())
 }
 

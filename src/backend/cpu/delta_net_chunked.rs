@@ -22,7 +22,7 @@
 //! owns all its columns, else a copy of its block.
 
 use super::matvec::Rows;
-use super::ops::{check_min_len, invalid, ShapeError};
+use super::ops::ShapeError;
 use super::pool::ThreadPool;
 use super::simd;
 use crate::kernels::shapes::{DeltaNetLayout, L2_EPS};
@@ -56,13 +56,8 @@ pub fn chunked(
     state: &mut [f32],
     out: &mut [f32],
 ) -> Result<(), ShapeError> {
-    layout.check().map_err(|e| invalid(OP, e.to_string()))?;
+    super::delta_net::check(OP, layout, n_tok, [qkv.len(), g.len(), beta.len(), state.len(), out.len()])?;
     let (hv, dk, dv) = (layout.n_v_heads as usize, layout.d_k as usize, layout.d_v as usize);
-    check_min_len(OP, "qkv", qkv.len(), layout.qkv_len(n_tok))?;
-    check_min_len(OP, "g", g.len(), n_tok * hv)?;
-    check_min_len(OP, "beta", beta.len(), n_tok * hv)?;
-    check_min_len(OP, "state", state.len(), layout.state_len())?;
-    check_min_len(OP, "out", out.len(), layout.out_len(n_tok))?;
     if n_tok == 0 {
         return Ok(());
     }
