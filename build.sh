@@ -338,6 +338,9 @@ case "$cmd" in
       --test model_mllama --test model_mllama_vision || failed+=("native tests in the GPU kernel geometry")
     phase "SmolLM2 chat, GPU geometry" env WEBVLM_GEOMETRY=gpu cargo test --test model_smollm2 -- chat_names_paris ||
       failed+=("SmolLM2 in the GPU kernel geometry")
+    # The CPU backend's aarch64 NEON kernels: its kernel tests built for aarch64 and run under
+    # qemu-user (which installs itself where missing).
+    phase "NEON kernels (aarch64, qemu)" bash scripts/test_neon.sh || failed+=("NEON kernels under qemu (scripts/test_neon.sh)")
     phase "wasm tests in the browser" bash "$0" wasm-test || failed+=("wasm tests in the browser")
     if [ -n "${llama_pid:-}" ]; then
       # Its time here is what the run waited for it; the next row, what it took in all.

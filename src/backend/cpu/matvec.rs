@@ -4,8 +4,8 @@
 //! for one token, the fast mode quantizes the activations once per op, and the output rows
 //! are split into chunks that the pool's threads claim; a chunk runs its rows for every token
 //! while they are in L1, four rows per call where the format has a four-row kernel (Q4_0,
-//! Q4_1 and Q8_0 with AVX2, Q4_K and Q6_K with AVX-512: each activation block loaded once for
-//! the four).
+//! Q4_1 and Q8_0 with AVX2 or NEON, Q4_K and Q6_K with AVX-512: each activation block loaded
+//! once for the four).
 
 use super::elementwise::silu;
 use super::ops::prefetch;

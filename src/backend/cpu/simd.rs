@@ -27,7 +27,10 @@ pub enum Simd {
     /// AVX-512 with VNNI (`vpdpbusd`): the AVX2 kernels with the byte dot products of Q4_0,
     /// Q4_1 and Q8_0 (`maddubs` then `madd`) in one instruction, to the same integer lanes.
     Avx512Vnni,
-    /// aarch64 NEON with the dot-product extension. No NEON kernels yet: runs the scalar ones.
+    /// aarch64 NEON with the dot-product extension (`sdot`): the row dots of every matvec
+    /// format in both modes (`quant/neon.rs`, `legacy_neon.rs`, `kquant_neon.rs`), the fast ones
+    /// to the scalar kernels' bits; the activation quantizers, the prefill matmul's tiles and the
+    /// other ops run the scalar code.
     Neon,
 }
 

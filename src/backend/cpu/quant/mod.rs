@@ -2,13 +2,14 @@
 //! (layouts in `gguf/quant/dequant.rs`), for every format the GPU path takes, in two modes:
 //! - fast: activations quantized once per op to 8 bits per block ([`BlockQ8`] for Q4_0,
 //!   Q4_1, Q8_0; [`BlockQ8K`] for the K-quants) and integer dot products, as llama.cpp's CPU
-//!   backend does (`scalar.rs`, `legacy_avx2.rs`, `kquant_avx2.rs`);
-//! - exact: f32 activations, weights dequantized to f32 in registers (`*_avx2.rs`; on the
-//!   scalar path by the reference block dequantizer, `dequant_dot`), equal to
-//!   dequantize-then-dot up to f32 rounding.
+//!   backend does (`scalar.rs`; x86-64 `legacy_avx2.rs`, `kquant_avx2.rs`; aarch64
+//!   `legacy_neon.rs`, `kquant_neon.rs`);
+//! - exact: f32 activations, weights dequantized to f32 in registers (`*_avx2.rs`,
+//!   `*_neon.rs`; on the scalar path by the reference block dequantizer, `dequant_dot`),
+//!   equal to dequantize-then-dot up to f32 rounding.
 //!
-//! F32, F16 and BF16 rows are f32 dot products in both modes (`float.rs`). `Kernel::of`
-//! picks the function for a format, mode and [`Simd`] level once per op.
+//! F32, F16 and BF16 rows are f32 dot products in both modes (`float.rs`; NEON in `neon.rs`).
+//! `Kernel::of` picks the function for a format, mode and [`Simd`] level once per op.
 //!
 //! The tiles of the prefill matmul: K-quant super-blocks decoded once for many tokens and
 //! dotted eight rows at a time (`ktile.rs`), the same for Q4_0 / Q4_1 / Q8_0 blocks
@@ -18,10 +19,16 @@ mod float;
 pub(super) mod ftile;
 #[cfg(target_arch = "x86_64")]
 mod kquant_avx2;
+#[cfg(target_arch = "aarch64")]
+mod kquant_neon;
 pub(super) mod ktile;
 #[cfg(target_arch = "x86_64")]
 mod legacy_avx2;
+#[cfg(target_arch = "aarch64")]
+mod legacy_neon;
 pub(super) mod ltile;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 mod q8;
 mod scalar;
 
@@ -78,12 +85,16 @@ pub(super) enum Kernel {
 impl Kernel {
     /// The kernel for `ty` in the fast (`fast`) or exact mode at `simd`; `None` for formats
     /// without a CPU path.
-    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+    #[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(unused_variables))]
     pub(super) fn of(ty: GgmlType, fast: bool, simd: Simd) -> Option<Kernel> {
         use GgmlType as T;
         #[cfg(target_arch = "x86_64")]
         if simd.avx2() {
             return Self::avx2(ty, fast, simd);
+        }
+        #[cfg(target_arch = "aarch64")]
+        if simd == Simd::Neon {
+            return Self::neon(ty, fast);
         }
         Some(match (ty, fast) {
             (T::F32, _) => Kernel::F32(float::f32_row),
@@ -152,6 +163,43 @@ impl Kernel {
             (T::Q5_K, false) => Kernel::F32(|r, x| unsafe { k::q5_k_exact(r, x) }),
             (T::Q6_K, false) => Kernel::F32(|r, x| unsafe { k::q6_k_exact(r, x) }),
             _ => return None,
+        })
+    }
+
+    /// The NEON + dot-product kernels (`neon.rs`, `legacy_neon.rs`, `kquant_neon.rs`): every
+    /// format the AVX2 table has, in both modes, with four-row kernels for the fast Q4_0, Q4_1
+    /// and Q8_0; the other formats take the scalar path. The wrappers are safe fns for the table;
+    /// they are only chosen at [`Simd::Neon`], which implies NEON and the dot-product extension
+    /// ([`Simd::is_supported`]).
+    #[cfg(target_arch = "aarch64")]
+    fn neon(ty: GgmlType, fast: bool) -> Option<Kernel> {
+        use kquant_neon as k;
+        use legacy_neon as l;
+        use GgmlType as T;
+        // SAFETY (every closure): see above.
+        Some(match (ty, fast) {
+            (T::F32, _) => Kernel::F32(|r, x| unsafe { neon::f32_row(r, x) }),
+            (T::F16, _) => Kernel::F32(|r, x| unsafe { neon::f16_row(r, x) }),
+            (T::BF16, _) => Kernel::F32(|r, x| unsafe { neon::bf16_row(r, x) }),
+            (T::Q4_0, true) => {
+                Kernel::Q8(|r, x| unsafe { l::row::<{ l::Q4_0 }>(r, x) }, Some(|r, x| unsafe { l::rows4::<{ l::Q4_0 }>(r, x) }))
+            }
+            (T::Q4_1, true) => {
+                Kernel::Q8(|r, x| unsafe { l::row::<{ l::Q4_1 }>(r, x) }, Some(|r, x| unsafe { l::rows4::<{ l::Q4_1 }>(r, x) }))
+            }
+            (T::Q8_0, true) => {
+                Kernel::Q8(|r, x| unsafe { l::row::<{ l::Q8_0 }>(r, x) }, Some(|r, x| unsafe { l::rows4::<{ l::Q8_0 }>(r, x) }))
+            }
+            (T::Q4_K, true) => Kernel::Q8K(|r, x| unsafe { k::q4_k(r, x) }, None),
+            (T::Q5_K, true) => Kernel::Q8K(|r, x| unsafe { k::q5_k(r, x) }, None),
+            (T::Q6_K, true) => Kernel::Q8K(|r, x| unsafe { k::q6_k(r, x) }, None),
+            (T::Q4_0, false) => Kernel::F32(|r, x| unsafe { l::q4_0_exact(r, x) }),
+            (T::Q4_1, false) => Kernel::F32(|r, x| unsafe { l::q4_1_exact(r, x) }),
+            (T::Q8_0, false) => Kernel::F32(|r, x| unsafe { l::q8_0_exact(r, x) }),
+            (T::Q4_K, false) => Kernel::F32(|r, x| unsafe { k::q4_k_exact(r, x) }),
+            (T::Q5_K, false) => Kernel::F32(|r, x| unsafe { k::q5_k_exact(r, x) }),
+            (T::Q6_K, false) => Kernel::F32(|r, x| unsafe { k::q6_k_exact(r, x) }),
+            _ => Kernel::Dequant(ty, block_dequantizer(ty)?),
         })
     }
 }
