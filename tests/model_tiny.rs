@@ -133,7 +133,8 @@ fn tiny_models_match_transformers_on_the_cpu_backend() {
 
 /// On the CPU backend a mapped GGUF's matrices are used where they lie in the file, stacks
 /// (q/k/v, gate/up) as parts in several places of it, and give the logits of the same file
-/// read into memory (whose matrices are copied) bit for bit.
+/// read into memory (whose matrices are copied) bit for bit; a device that copies weights
+/// (`--no-mmap`) copies them from the map too.
 #[test]
 fn cpu_backend_uses_mapped_weights_where_they_lie() {
     let dev = cpu();
@@ -148,6 +149,10 @@ fn cpu_backend_uses_mapped_weights_where_they_lie() {
     assert!(matrices(&from_map).iter().all(|w| w.is_mapped()), "every matrix of the mapped file is used in place");
     assert!(matrices(&from_map).iter().any(|w| w.parts.len() > 1), "a stack of matrices from several places");
     assert!(!matrices(&copied).iter().any(|w| w.is_mapped()), "a file in memory is copied");
+    let mut copying = webvlm::backend::cpu::Device::new(2, webvlm::backend::cpu::Mode::Exact).unwrap();
+    copying.map_weights = false;
+    let no_mmap = Decoder::load_from(&webvlm::backend::Device::Cpu(copying), &mut Eager(&mapped)).unwrap();
+    assert!(!matrices(&no_mmap).iter().any(|w| w.is_mapped()), "--no-mmap copies");
     let opts = ContextOptions { max_ctx: 64, max_chunk: 16, precision: webvlm::model::Precision::F32 };
     let logits = |dec: &Decoder| {
         let mut ctx = Context::new(&dev, dec, opts).unwrap();

@@ -116,8 +116,9 @@ pub fn load_stacked(
 }
 
 /// `run`'s matrices, all uploaded as `ty`, as one CPU weight whose parts are their bytes
-/// where they lie in the source's mapped file; `None` off the CPU, for a matrix requantized at
-/// load, or where the source maps it not.
+/// where they lie in the source's mapped file; `None` off the CPU (or where it copies weights:
+/// `cpu::Device::map_weights`), for a matrix requantized at load, or where the source maps it
+/// not.
 fn mapped_weight<L: WeightLoader + ?Sized>(
     dev: &Device,
     src: &L,
@@ -126,7 +127,7 @@ fn mapped_weight<L: WeightLoader + ?Sized>(
     ty: GgmlType,
     cols: u32,
 ) -> Result<Option<Weight>, LoadError> {
-    if !matches!(dev, Device::Cpu(_)) {
+    if !matches!(dev, Device::Cpu(cpu) if cpu.map_weights) {
         return Ok(None);
     }
     let mut parts = Vec::with_capacity(run.len());

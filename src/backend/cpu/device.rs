@@ -1,6 +1,6 @@
 //! The CPU as a device of the model code (`backend::Device::Cpu`): the thread pool ops run
-//! on, the matvec mode (fast: 8-bit activations; exact: f32) and the capabilities the model
-//! code reads to pick its shapes.
+//! on, the matvec mode (fast: 8-bit activations; exact: f32), whether weights are used where
+//! they lie in a mapped file, and the capabilities the model code reads to pick its shapes.
 
 use super::matvec::Mode;
 use super::pool::{PoolError, ThreadPool};
@@ -11,6 +11,9 @@ use crate::backend::gpu::{Caps, Geometry};
 pub struct Device {
     pub pool: ThreadPool,
     pub mode: Mode,
+    /// Whether a mapped GGUF's matrices are used where they lie (the default) rather than
+    /// copied into memory.
+    pub map_weights: bool,
     pub caps: Caps,
 }
 
@@ -37,6 +40,6 @@ impl Device {
             geometry: Geometry::Cpu,
             prefill_chunk: 512,
         };
-        Ok(Device { pool, mode, caps })
+        Ok(Device { pool, mode, map_weights: true, caps })
     }
 }

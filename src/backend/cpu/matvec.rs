@@ -142,16 +142,17 @@ impl<'a> Weight<'a> {
         &part[at..at + self.row_bytes]
     }
 
-    /// Asks for the cache lines [`PREFETCH`] bytes past row `r` (a row's worth, within its
-    /// part), so that the weights stream from memory while the row computes: the hardware
-    /// prefetchers stop at each 4 KiB page and start again only after a few misses.
-    fn prefetch(&self, r: usize) {
+    /// Row `r`, having asked for the cache lines [`PREFETCH`] bytes past it (a row's worth,
+    /// within its part), so that the weights stream from memory while the row computes: the
+    /// hardware prefetchers stop at each 4 KiB page and start again only after a few misses.
+    fn fetch(&self, r: usize) -> &'a [u8] {
         let (part, at) = self.locate(r);
         let start = (at + PREFETCH) & !63;
         let end = (at + self.row_bytes + PREFETCH).min(part.len());
-        for at in (start..end).step_by(64) {
-            prefetch(&part[at]);
+        for line in (start..end).step_by(64) {
+            prefetch(&part[line]);
         }
+        &part[at..at + self.row_bytes]
     }
 }
 
@@ -247,24 +248,20 @@ impl Run<'_> {
             let mut r = i * chunk;
             while r < end {
                 let n = if dot4.is_some() { 4.min(end - r) } else { 1 };
-                for q in r..r + n {
-                    w.prefetch(q);
-                    if gated {
-                        w.prefetch(q + outputs);
-                    }
-                }
+                // The group's rows (a partial quad repeats its last), and their SiLU gates'.
+                let gate: [&[u8]; 4] = std::array::from_fn(|k| w.fetch(r + k.min(n - 1)));
+                let up = gated.then(|| -> [&[u8]; 4] { std::array::from_fn(|k| w.fetch(r + outputs + k.min(n - 1))) });
                 for (t, xt) in acts.chunks_exact(acts.len() / self.n_tok).enumerate() {
                     match dot4 {
                         Some(dot4) if n == 4 => {
-                            let gate = dot4(std::array::from_fn(|k| w.row(r + k)), xt);
-                            let up = gated.then(|| dot4(std::array::from_fn(|k| w.row(r + outputs + k)), xt));
+                            let (g, u) = (dot4(gate, xt), up.map(|up| dot4(up, xt)));
                             for k in 0..4 {
-                                self.store(t, r + k, gate[k], up.map(|u| u[k]));
+                                self.store(t, r + k, g[k], u.map(|u| u[k]));
                             }
                         }
                         _ => {
-                            for q in r..r + n {
-                                self.store(t, q, dot(w.row(q), xt), gated.then(|| dot(w.row(q + outputs), xt)));
+                            for k in 0..n {
+                                self.store(t, r + k, dot(gate[k], xt), up.map(|up| dot(up[k], xt)));
                             }
                         }
                     }

@@ -101,6 +101,10 @@ pub struct DeviceArgs {
     /// backend) or kept f32 (exact)
     #[arg(long, value_name = "M", default_value = "fast")]
     pub cpu_mode: CpuModeArg,
+    /// CPU backend: copy a GGUF's matrices into memory rather than use them where they lie in
+    /// the memory-mapped file (as llama.cpp's --no-mmap)
+    #[arg(long)]
+    pub no_mmap: bool,
 }
 
 /// `--prompt-cache`: a memory size as `--gpu-memory` takes it, or 0.
@@ -275,7 +279,9 @@ impl DeviceArgs {
             CpuModeArg::Fast => Mode::Fast,
             CpuModeArg::Exact => Mode::Exact,
         };
-        Ok(Device::Cpu(cpu::Device::new(threads, mode)?))
+        let mut dev = cpu::Device::new(threads, mode)?;
+        dev.map_weights = !self.no_mmap;
+        Ok(Device::Cpu(dev))
     }
 }
 
