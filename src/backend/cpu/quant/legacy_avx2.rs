@@ -19,7 +19,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{ahead, BlockQ8, AHEAD};
+use super::{ahead, block_bytes, BlockQ8, AHEAD, Q4_0, Q4_1};
 
 /// Row bytes from which the four-row kernels ask for their rows' bytes ahead themselves.
 const LONG_ROW: usize = 1 << 10;
@@ -80,19 +80,6 @@ unsafe fn nibbles(qs: *const u8) -> __m256i {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn load(b: &[i8; 32]) -> __m256i {
     _mm256_loadu_si256(b.as_ptr().cast())
-}
-
-pub(super) const Q4_0: u8 = 0;
-pub(super) const Q4_1: u8 = 1;
-pub(super) const Q8_0: u8 = 2;
-
-/// Bytes per block of format `F`.
-const fn block_bytes<const F: u8>() -> usize {
-    match F {
-        Q4_0 => 18,
-        Q4_1 => 20,
-        _ => 34,
-    }
 }
 
 /// The fast-mode row dots of Q4_0, Q4_1 and Q8_0 (format `F`) compiled for `features` with

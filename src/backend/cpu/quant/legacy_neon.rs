@@ -23,20 +23,7 @@
 use std::arch::aarch64::*;
 
 use super::neon::{dot32, f16_at, fma16, load_u8x16, load_u8x32, sum4, widen16};
-use super::BlockQ8;
-
-pub(super) const Q4_0: u8 = 0;
-pub(super) const Q4_1: u8 = 1;
-pub(super) const Q8_0: u8 = 2;
-
-/// Bytes per block of format `F`.
-const fn block_bytes<const F: u8>() -> usize {
-    match F {
-        Q4_0 => 18,
-        Q4_1 => 20,
-        _ => 34,
-    }
-}
+use super::{block_bytes, BlockQ8, Q4_0, Q4_1, Q8_0};
 
 /// A 4-bit block's 16 bytes of nibbles as 32 codes in element order (element `l` the low
 /// nibble of byte `l`, element `l + 16` its high nibble), two vectors of 16.

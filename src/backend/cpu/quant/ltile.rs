@@ -85,7 +85,7 @@ const STRETCH: usize = 32;
 const GROUP: usize = 8;
 
 #[cfg(target_arch = "x86_64")]
-use super::legacy_avx2::{Q4_0, Q4_1, Q8_0};
+use super::{Q4_0, Q4_1, Q8_0};
 
 /// [`tile`] and its token groups compiled for `features` with `dot` as the byte dot product
 /// (`legacy_avx2.rs`'s [`fast_dots`](super::legacy_avx2) pairs): `tile_avx2` with `maddubs` +

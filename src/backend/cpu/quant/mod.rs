@@ -63,6 +63,26 @@ fn ahead(row: &[u8], at: usize, rows: usize, lines: usize) {
     }
 }
 
+/// The 32-element block formats, the const parameter of the SIMD kernels of `legacy_*.rs`
+/// (and of `ltile.rs`'s AVX2 tiles).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+mod legacy_formats {
+    pub(super) const Q4_0: u8 = 0;
+    pub(super) const Q4_1: u8 = 1;
+    pub(super) const Q8_0: u8 = 2;
+
+    /// Bytes per block of format `F`.
+    pub(super) const fn block_bytes<const F: u8>() -> usize {
+        match F {
+            Q4_0 => 18,
+            Q4_1 => 20,
+            _ => 34,
+        }
+    }
+}
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+use legacy_formats::{block_bytes, Q4_0, Q4_1, Q8_0};
+
 /// One weight row (whole blocks) against one token's activations.
 type Dot<A> = fn(&[u8], &[A]) -> f32;
 
@@ -129,30 +149,21 @@ impl Kernel {
             (T::Q6_K, true) if avx512 => {
                 Kernel::Q8K(|r, x| unsafe { k::q6_k_512([r], x)[0] }, Some(|r, x| unsafe { k::q6_k_512(r, x) }))
             }
-            (T::Q4_0, true) if vnni => Kernel::Q8(
-                |r, x| unsafe { l::row_vnni::<{ l::Q4_0 }>(r, x) },
-                Some(|r, x| unsafe { l::rows4_vnni::<{ l::Q4_0 }>(r, x) }),
-            ),
-            (T::Q4_1, true) if vnni => Kernel::Q8(
-                |r, x| unsafe { l::row_vnni::<{ l::Q4_1 }>(r, x) },
-                Some(|r, x| unsafe { l::rows4_vnni::<{ l::Q4_1 }>(r, x) }),
-            ),
-            (T::Q8_0, true) if vnni => Kernel::Q8(
-                |r, x| unsafe { l::row_vnni::<{ l::Q8_0 }>(r, x) },
-                Some(|r, x| unsafe { l::rows4_vnni::<{ l::Q8_0 }>(r, x) }),
-            ),
+            (T::Q4_0, true) if vnni => {
+                Kernel::Q8(|r, x| unsafe { l::row_vnni::<Q4_0>(r, x) }, Some(|r, x| unsafe { l::rows4_vnni::<Q4_0>(r, x) }))
+            }
+            (T::Q4_1, true) if vnni => {
+                Kernel::Q8(|r, x| unsafe { l::row_vnni::<Q4_1>(r, x) }, Some(|r, x| unsafe { l::rows4_vnni::<Q4_1>(r, x) }))
+            }
+            (T::Q8_0, true) if vnni => {
+                Kernel::Q8(|r, x| unsafe { l::row_vnni::<Q8_0>(r, x) }, Some(|r, x| unsafe { l::rows4_vnni::<Q8_0>(r, x) }))
+            }
             (T::F32, _) => Kernel::F32(|r, x| unsafe { f::f32_row(r, x) }),
             (T::F16, _) => Kernel::F32(|r, x| unsafe { f::f16_row(r, x) }),
             (T::BF16, _) => Kernel::F32(|r, x| unsafe { f::bf16_row(r, x) }),
-            (T::Q4_0, true) => {
-                Kernel::Q8(|r, x| unsafe { l::row::<{ l::Q4_0 }>(r, x) }, Some(|r, x| unsafe { l::rows4::<{ l::Q4_0 }>(r, x) }))
-            }
-            (T::Q4_1, true) => {
-                Kernel::Q8(|r, x| unsafe { l::row::<{ l::Q4_1 }>(r, x) }, Some(|r, x| unsafe { l::rows4::<{ l::Q4_1 }>(r, x) }))
-            }
-            (T::Q8_0, true) => {
-                Kernel::Q8(|r, x| unsafe { l::row::<{ l::Q8_0 }>(r, x) }, Some(|r, x| unsafe { l::rows4::<{ l::Q8_0 }>(r, x) }))
-            }
+            (T::Q4_0, true) => Kernel::Q8(|r, x| unsafe { l::row::<Q4_0>(r, x) }, Some(|r, x| unsafe { l::rows4::<Q4_0>(r, x) })),
+            (T::Q4_1, true) => Kernel::Q8(|r, x| unsafe { l::row::<Q4_1>(r, x) }, Some(|r, x| unsafe { l::rows4::<Q4_1>(r, x) })),
+            (T::Q8_0, true) => Kernel::Q8(|r, x| unsafe { l::row::<Q8_0>(r, x) }, Some(|r, x| unsafe { l::rows4::<Q8_0>(r, x) })),
             (T::Q4_K, true) => Kernel::Q8K(|r, x| unsafe { k::q4_k(r, x) }, None),
             (T::Q5_K, true) => Kernel::Q8K(|r, x| unsafe { k::q5_k(r, x) }, None),
             (T::Q6_K, true) => Kernel::Q8K(|r, x| unsafe { k::q6_k(r, x) }, None),
@@ -181,15 +192,9 @@ impl Kernel {
             (T::F32, _) => Kernel::F32(|r, x| unsafe { neon::f32_row(r, x) }),
             (T::F16, _) => Kernel::F32(|r, x| unsafe { neon::f16_row(r, x) }),
             (T::BF16, _) => Kernel::F32(|r, x| unsafe { neon::bf16_row(r, x) }),
-            (T::Q4_0, true) => {
-                Kernel::Q8(|r, x| unsafe { l::row::<{ l::Q4_0 }>(r, x) }, Some(|r, x| unsafe { l::rows4::<{ l::Q4_0 }>(r, x) }))
-            }
-            (T::Q4_1, true) => {
-                Kernel::Q8(|r, x| unsafe { l::row::<{ l::Q4_1 }>(r, x) }, Some(|r, x| unsafe { l::rows4::<{ l::Q4_1 }>(r, x) }))
-            }
-            (T::Q8_0, true) => {
-                Kernel::Q8(|r, x| unsafe { l::row::<{ l::Q8_0 }>(r, x) }, Some(|r, x| unsafe { l::rows4::<{ l::Q8_0 }>(r, x) }))
-            }
+            (T::Q4_0, true) => Kernel::Q8(|r, x| unsafe { l::row::<Q4_0>(r, x) }, Some(|r, x| unsafe { l::rows4::<Q4_0>(r, x) })),
+            (T::Q4_1, true) => Kernel::Q8(|r, x| unsafe { l::row::<Q4_1>(r, x) }, Some(|r, x| unsafe { l::rows4::<Q4_1>(r, x) })),
+            (T::Q8_0, true) => Kernel::Q8(|r, x| unsafe { l::row::<Q8_0>(r, x) }, Some(|r, x| unsafe { l::rows4::<Q8_0>(r, x) })),
             (T::Q4_K, true) => Kernel::Q8K(|r, x| unsafe { k::q4_k(r, x) }, None),
             (T::Q5_K, true) => Kernel::Q8K(|r, x| unsafe { k::q5_k(r, x) }, None),
             (T::Q6_K, true) => Kernel::Q8K(|r, x| unsafe { k::q6_k(r, x) }, None),
