@@ -2,7 +2,13 @@
 //! at run time (`is_x86_feature_detected!`, `is_aarch64_feature_detected!`), as llama.cpp's
 //! ggml-cpu backend picks its `ggml_cpu_has_*` paths and candle its `quantized::{avx, neon}`.
 //!
-//! `WEBVLM_CPU_SIMD=scalar|avx2|avx512|avx512vnni|neon` lowers the level for a process (benchmarks);
+//! wasm32 has no run-time detection inside a module (an engine rejects a module holding an
+//! instruction it lacks), so there the levels are those the build enables: `simd128`, and
+//! `relaxed-simd` on top of it (`-C target-feature=+simd128,+relaxed-simd`; the page loads the
+//! build its browser validates); the scalar level is always there.
+//!
+//! `WEBVLM_CPU_SIMD=scalar|avx2|avx512|avx512vnni|neon|simd128|relaxed` lowers the level for a
+//! process (benchmarks);
 //! [`with_level`] runs a closure at any level the machine has (tests compare every level).
 //! Kernels read [`level`] once per op, on the calling thread, and carry it into their tasks.
 
@@ -17,7 +23,7 @@ pub const ENV: &str = "WEBVLM_CPU_SIMD";
 /// A family of kernels, each needing the CPU features it names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Simd {
-    /// Portable Rust, no intrinsics (also wasm32 for now).
+    /// Portable Rust, no intrinsics.
     Scalar,
     /// x86-64 AVX2 + FMA + F16C.
     Avx2,
@@ -32,6 +38,14 @@ pub enum Simd {
     /// to the scalar kernels' bits; the activation quantizers, the prefill matmul's tiles and the
     /// other ops run the scalar code.
     Neon,
+    /// wasm32 SIMD128 (a build with `+simd128`): the row dots of every matvec format in both
+    /// modes (`quant/wasm.rs`, `legacy_wasm.rs`, `kquant_wasm.rs`), the fast ones to the scalar
+    /// kernels' bits; the other ops run the scalar code.
+    Simd128,
+    /// wasm32 SIMD128 with relaxed SIMD (a build with `+simd128,+relaxed-simd`): the SIMD128
+    /// kernels with the 4-, 5- and 6-bit codes' byte dots in `i32x4.relaxed_dot_i8x16_i7x16_add_s`
+    /// (the same integer sums) and the exact and float rows' products in `f32x4.relaxed_madd`.
+    Relaxed,
 }
 
 /// A level the machine cannot run, or a name that is no level.
@@ -39,7 +53,7 @@ pub enum Simd {
 pub enum SimdError {
     #[error("this CPU cannot run SIMD level {0}")]
     Unsupported(Simd),
-    #[error("unknown SIMD level {0:?} (scalar, avx2, avx512, avx512vnni, neon)")]
+    #[error("unknown SIMD level {0:?} (scalar, avx2, avx512, avx512vnni, neon, simd128, relaxed)")]
     Unknown(String),
 }
 
@@ -49,11 +63,14 @@ impl Simd {
         &[Simd::Scalar, Simd::Avx2, Simd::Avx512, Simd::Avx512Vnni]
     } else if cfg!(target_arch = "aarch64") {
         &[Simd::Scalar, Simd::Neon]
+    } else if cfg!(target_arch = "wasm32") {
+        &[Simd::Scalar, Simd::Simd128, Simd::Relaxed]
     } else {
         &[Simd::Scalar]
     };
 
-    /// Whether this CPU has the features the level needs.
+    /// Whether this CPU has the features the level needs (on wasm32: whether the build has
+    /// them, see the module docs).
     pub fn is_supported(self) -> bool {
         #[cfg(target_arch = "x86_64")]
         use std::arch::is_x86_feature_detected as has;
@@ -67,6 +84,10 @@ impl Simd {
             Simd::Avx512Vnni => Simd::Avx512.is_supported() && has!("avx512vnni"),
             #[cfg(target_arch = "aarch64")]
             Simd::Neon => std::arch::is_aarch64_feature_detected!("neon") && std::arch::is_aarch64_feature_detected!("dotprod"),
+            #[cfg(target_arch = "wasm32")]
+            Simd::Simd128 => cfg!(target_feature = "simd128"),
+            #[cfg(target_arch = "wasm32")]
+            Simd::Relaxed => cfg!(target_feature = "simd128") && cfg!(target_feature = "relaxed-simd"),
             _ => false,
         }
     }
@@ -95,6 +116,8 @@ impl Simd {
             Simd::Avx512 => "avx512",
             Simd::Avx512Vnni => "avx512vnni",
             Simd::Neon => "neon",
+            Simd::Simd128 => "simd128",
+            Simd::Relaxed => "relaxed",
         }
     }
 }
@@ -109,7 +132,7 @@ impl FromStr for Simd {
     type Err = SimdError;
 
     fn from_str(s: &str) -> Result<Simd, SimdError> {
-        [Simd::Scalar, Simd::Avx2, Simd::Avx512, Simd::Avx512Vnni, Simd::Neon]
+        [Simd::Scalar, Simd::Avx2, Simd::Avx512, Simd::Avx512Vnni, Simd::Neon, Simd::Simd128, Simd::Relaxed]
             .into_iter()
             .find(|l| l.name().eq_ignore_ascii_case(s.trim()))
             .ok_or_else(|| SimdError::Unknown(s.to_string()))

@@ -3,12 +3,13 @@
 //! - fast: activations quantized once per op to 8 bits per block ([`BlockQ8`] for Q4_0,
 //!   Q4_1, Q8_0; [`BlockQ8K`] for the K-quants) and integer dot products, as llama.cpp's CPU
 //!   backend does (`scalar.rs`; x86-64 `legacy_avx2.rs`, `kquant_avx2.rs`; aarch64
-//!   `legacy_neon.rs`, `kquant_neon.rs`);
+//!   `legacy_neon.rs`, `kquant_neon.rs`; wasm32 `legacy_wasm.rs`, `kquant_wasm.rs`);
 //! - exact: f32 activations, weights dequantized to f32 in registers (`*_avx2.rs`,
-//!   `*_neon.rs`; on the scalar path by the reference block dequantizer, `dequant_dot`),
-//!   equal to dequantize-then-dot up to f32 rounding.
+//!   `*_neon.rs`, `*_wasm.rs`; on the scalar path by the reference block dequantizer,
+//!   `dequant_dot`), equal to dequantize-then-dot up to f32 rounding.
 //!
-//! F32, F16 and BF16 rows are f32 dot products in both modes (`float.rs`; NEON in `neon.rs`).
+//! F32, F16 and BF16 rows are f32 dot products in both modes (`float.rs`; NEON in `neon.rs`,
+//! wasm32 SIMD128 in `wasm.rs`).
 //! `Kernel::of` picks the function for a format, mode and [`Simd`] level once per op.
 //!
 //! The tiles of the prefill matmul: K-quant super-blocks decoded once for many tokens and
@@ -21,16 +22,22 @@ pub(super) mod ftile;
 mod kquant_avx2;
 #[cfg(target_arch = "aarch64")]
 mod kquant_neon;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod kquant_wasm;
 pub(super) mod ktile;
 #[cfg(target_arch = "x86_64")]
 mod legacy_avx2;
 #[cfg(target_arch = "aarch64")]
 mod legacy_neon;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod legacy_wasm;
 pub(super) mod ltile;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 mod q8;
 mod scalar;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod wasm;
 
 pub use q8::{quantize_q8, quantize_q8k, BlockQ8, BlockQ8K, QuantError};
 
@@ -65,7 +72,7 @@ fn ahead(row: &[u8], at: usize, rows: usize, lines: usize) {
 
 /// The 32-element block formats, the const parameter of the SIMD kernels of `legacy_*.rs`
 /// (and of `ltile.rs`'s AVX2 tiles).
-#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64", all(target_arch = "wasm32", target_feature = "simd128")))]
 mod legacy_formats {
     pub(super) const Q4_0: u8 = 0;
     pub(super) const Q4_1: u8 = 1;
@@ -80,7 +87,7 @@ mod legacy_formats {
         }
     }
 }
-#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64", all(target_arch = "wasm32", target_feature = "simd128")))]
 use legacy_formats::{block_bytes, Q4_0, Q4_1, Q8_0};
 
 /// One weight row (whole blocks) against one token's activations.
@@ -105,7 +112,10 @@ pub(super) enum Kernel {
 impl Kernel {
     /// The kernel for `ty` in the fast (`fast`) or exact mode at `simd`; `None` for formats
     /// without a CPU path.
-    #[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(unused_variables))]
+    #[cfg_attr(
+        not(any(target_arch = "x86_64", target_arch = "aarch64", all(target_arch = "wasm32", target_feature = "simd128"))),
+        allow(unused_variables)
+    )]
     pub(super) fn of(ty: GgmlType, fast: bool, simd: Simd) -> Option<Kernel> {
         use GgmlType as T;
         #[cfg(target_arch = "x86_64")]
@@ -115,6 +125,14 @@ impl Kernel {
         #[cfg(target_arch = "aarch64")]
         if simd == Simd::Neon {
             return Self::neon(ty, fast);
+        }
+        #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+        if simd == Simd::Relaxed {
+            return Self::wasm::<true>(ty, fast);
+        }
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        if matches!(simd, Simd::Simd128 | Simd::Relaxed) {
+            return Self::wasm::<false>(ty, fast);
         }
         Some(match (ty, fast) {
             (T::F32, _) => Kernel::F32(float::f32_row),
@@ -204,6 +222,36 @@ impl Kernel {
             (T::Q4_K, false) => Kernel::F32(|r, x| unsafe { k::q4_k_exact(r, x) }),
             (T::Q5_K, false) => Kernel::F32(|r, x| unsafe { k::q5_k_exact(r, x) }),
             (T::Q6_K, false) => Kernel::F32(|r, x| unsafe { k::q6_k_exact(r, x) }),
+            _ => Kernel::Dequant(ty, block_dequantizer(ty)?),
+        })
+    }
+
+    /// The wasm32 SIMD128 kernels (`wasm.rs`, `legacy_wasm.rs`, `kquant_wasm.rs`), at the relaxed
+    /// level (`R`) with relaxed SIMD's byte dots and multiply-adds: the formats and modes of
+    /// [`Kernel::neon`], with four-row kernels for the fast Q4_0, Q4_1 and Q8_0. The build has
+    /// the features they use (the modules are compiled only with `simd128`, `R` only with
+    /// `relaxed-simd`), so they are safe fns.
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    fn wasm<const R: bool>(ty: GgmlType, fast: bool) -> Option<Kernel> {
+        use kquant_wasm as k;
+        use legacy_wasm as l;
+        use GgmlType as T;
+        Some(match (ty, fast) {
+            (T::F32, _) => Kernel::F32(wasm::f32_row::<R>),
+            (T::F16, _) => Kernel::F32(wasm::f16_row::<R>),
+            (T::BF16, _) => Kernel::F32(wasm::bf16_row::<R>),
+            (T::Q4_0, true) => Kernel::Q8(l::row::<Q4_0, R>, Some(l::rows4::<Q4_0, R>)),
+            (T::Q4_1, true) => Kernel::Q8(l::row::<Q4_1, R>, Some(l::rows4::<Q4_1, R>)),
+            (T::Q8_0, true) => Kernel::Q8(l::row::<Q8_0, R>, Some(l::rows4::<Q8_0, R>)),
+            (T::Q4_K, true) => Kernel::Q8K(k::q4_k::<R>, None),
+            (T::Q5_K, true) => Kernel::Q8K(k::q5_k::<R>, None),
+            (T::Q6_K, true) => Kernel::Q8K(k::q6_k::<R>, None),
+            (T::Q4_0, false) => Kernel::F32(l::q4_0_exact::<R>),
+            (T::Q4_1, false) => Kernel::F32(l::q4_1_exact::<R>),
+            (T::Q8_0, false) => Kernel::F32(l::q8_0_exact::<R>),
+            (T::Q4_K, false) => Kernel::F32(k::q4_k_exact::<R>),
+            (T::Q5_K, false) => Kernel::F32(k::q5_k_exact::<R>),
+            (T::Q6_K, false) => Kernel::F32(k::q6_k_exact::<R>),
             _ => Kernel::Dequant(ty, block_dequantizer(ty)?),
         })
     }

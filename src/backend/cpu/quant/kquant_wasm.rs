@@ -1,0 +1,171 @@
+//! wasm32 SIMD128 (and relaxed SIMD) row dot products of Q4_K, Q5_K and Q6_K (256-element
+//! super-blocks).
+//!
+//! Fast mode, after llama.cpp's `ggml_vec_dot_q4_K_q8_K` / `q5_K_q8_K` / `q6_K_q8_K` on WASM
+//! SIMD (ggml-cpu `arch/wasm/quants.c`) and candle's `quantized/simd128.rs`: the codes as bytes
+//! (Q4_K the nibbles of 32 packed bytes, low for sub-block `2j`, high for `2j + 1`; Q5_K with
+//! the fifth bits of `qh`, two per pass, moved to bit 4; Q6_K four bits of `ql` and two of `qh`
+//! per code, a quarter of its half at a time), all below 64. Each 16 against 16 activation
+//! codes in eight i16 lanes of two products ([`dot16_u6`]: the SIMD128 widening products, or
+//! one relaxed dot, the codes being its 7-bit operand), which `i32x4.dot_i16x8_s` against the
+//! sub-block's (Q6_K: group of 16's) scale adds in pairs to i32 lanes, scaled; the lanes are
+//! added across once per super-block. Mins (Q4_K, Q5_K) and Q6_K's `-32` come from the
+//! activations' per-16 sums. Per super-block the f32 step of `scalar.rs`, so the rows equal the
+//! scalar path's (and its K-quant tiles', `ktile.rs`) bit for bit: every integer sum is exact
+//! (codes below 64 times activations of at most 128 in magnitude, times scales below 128, far
+//! below i32 per super-block).
+//!
+//! Exact mode: per sub-block (Q6_K: per group of 16) the codes widened to f32 and dequantized in
+//! registers (`d sc q - dmin m`, `d sc (q - 32)`), multiplied into four independent
+//! accumulators (another order than the scalar `dequant_dot`'s, within f32 rounding of it).
+//!
+//! Callers pass one row of whole super-blocks and as many activation blocks (or 256 values per
+//! block).
+
+use core::arch::wasm32::*;
+
+use super::scalar::{min_sum, scales_k4};
+use super::wasm::{dot16_u6, f16_at, hsum_i32, load, load_i8, madd, madd16, sum4, widen16};
+use super::BlockQ8K;
+
+/// `acc + sc Σ w·x` in i32 lanes over 16 codes `w` (below 64) and activations `x`.
+#[inline(always)]
+fn dot16_scaled<const R: bool>(acc: v128, w: v128, x: v128, sc: i16) -> v128 {
+    i32x4_add(acc, i32x4_dot_i16x8(dot16_u6::<R>(w, x), i16x8_splat(sc)))
+}
+
+/// The 64 codes of sub-blocks `2j` and `2j + 1` of a Q4_K/Q5_K super-block, two vectors of 16
+/// each: the low and high nibbles of `qs[..32]` (its `32j..32j + 32`), with Q5_K's fifth bits
+/// from the two lowest bits of `qh`'s bytes, which are then shifted out for the next `j`.
+#[inline(always)]
+fn codes45(qs: &[u8], qh: &mut Option<[v128; 2]>) -> [[v128; 2]; 2] {
+    let q = [load(qs), load(&qs[16..])];
+    let (mut lo, mut hi) = (q.map(|q| v128_and(q, u8x16_splat(0x0F))), q.map(|q| u8x16_shr(q, 4)));
+    if let Some(qh) = qh {
+        for k in 0..2 {
+            lo[k] = v128_or(lo[k], i8x16_shl(v128_and(qh[k], u8x16_splat(1)), 4));
+            hi[k] = v128_or(hi[k], i8x16_shl(v128_and(qh[k], u8x16_splat(2)), 3));
+            qh[k] = u8x16_shr(qh[k], 2);
+        }
+    }
+    [lo, hi]
+}
+
+/// Fast Q4_K (`qh_at: None`) or Q5_K (fifth bits at `qh_at`), codes at `qs_at`.
+#[inline(always)]
+fn q45<const R: bool>(row: &[u8], x: &[BlockQ8K], size: usize, qs_at: usize, qh_at: Option<usize>) -> f32 {
+    let mut acc = 0.0;
+    for (b, xb) in row.chunks_exact(size).zip(x) {
+        let (scales, mins) = scales_k4(&b[4..16]);
+        let mut qh = qh_at.map(|at| [load(&b[at..]), load(&b[at + 16..])]);
+        let mut sumi = i32x4_splat(0);
+        for j in 0..4 {
+            for (i, c) in codes45(&b[qs_at + 32 * j..], &mut qh).into_iter().enumerate() {
+                let s = 2 * j + i;
+                let xs = &xb.qs[32 * s..];
+                for k in 0..2 {
+                    sumi = dot16_scaled::<R>(sumi, c[k], load_i8(&xs[16 * k..]), scales[s].into());
+                }
+            }
+        }
+        let (d, dmin) = (f16_at(b, 0) * xb.d, f16_at(b, 2) * xb.d);
+        acc += d * hsum_i32(sumi) as f32 - dmin * min_sum(&mins, &xb.bsums) as f32;
+    }
+    acc
+}
+
+pub(super) fn q4_k<const R: bool>(row: &[u8], x: &[BlockQ8K]) -> f32 {
+    q45::<R>(row, x, 144, 16, None)
+}
+
+pub(super) fn q5_k<const R: bool>(row: &[u8], x: &[BlockQ8K]) -> f32 {
+    q45::<R>(row, x, 176, 48, Some(16))
+}
+
+/// The 256 codes (values 0..64) of a Q6_K super-block `b` in element order, in groups of 16
+/// (group `g` is the `g`th vector): half `h`, quarter `k`, lanes `16i..16i + 16` is group
+/// `8h + 2k + i`, its low four bits from `ql` (the low or high nibbles of one of its half's
+/// 64 bytes' two halves), its top two from bits `2k, 2k + 1` of the half's 32 `qh` bytes.
+#[inline(always)]
+fn codes6(b: &[u8]) -> [v128; 16] {
+    let mut out = [u8x16_splat(0); 16];
+    for h in 0..2 {
+        let ql: [v128; 4] = std::array::from_fn(|i| load(&b[64 * h + 16 * i..]));
+        let mut qh = [load(&b[128 + 32 * h..]), load(&b[144 + 32 * h..])];
+        for k in 0..4 {
+            for i in 0..2 {
+                let low = ql[2 * (k & 1) + i];
+                let low = if k < 2 { v128_and(low, u8x16_splat(0x0F)) } else { u8x16_shr(low, 4) };
+                let high = i8x16_shl(v128_and(qh[i], u8x16_splat(3)), 4);
+                out[8 * h + 2 * k + i] = v128_or(low, high);
+                qh[i] = u8x16_shr(qh[i], 2);
+            }
+        }
+    }
+    out
+}
+
+/// `Σ_g sc_g bsums_g` over a Q6_K super-block's 16 signed scales (`b[192..208]`).
+#[inline(always)]
+fn scaled_bsums(b: &[u8], bsums: &[i16; 16]) -> i32 {
+    let sc = load(&b[192..208]);
+    // SAFETY: `bsums` holds 16 i16 (32 bytes); wasm loads take any alignment.
+    let (b0, b1) = unsafe { (v128_load(bsums.as_ptr().cast()), v128_load(bsums[8..].as_ptr().cast())) };
+    let p = i32x4_add(i32x4_dot_i16x8(i16x8_extend_low_i8x16(sc), b0), i32x4_dot_i16x8(i16x8_extend_high_i8x16(sc), b1));
+    hsum_i32(p)
+}
+
+pub(super) fn q6_k<const R: bool>(row: &[u8], x: &[BlockQ8K]) -> f32 {
+    let mut acc = 0.0;
+    for (b, xb) in row.chunks_exact(210).zip(x) {
+        let mut sumi = i32x4_splat(0);
+        for (g, c) in codes6(b).into_iter().enumerate() {
+            sumi = dot16_scaled::<R>(sumi, c, load_i8(&xb.qs[16 * g..]), (b[192 + g] as i8).into());
+        }
+        let sumi = hsum_i32(sumi) - 32 * scaled_bsums(b, &xb.bsums);
+        acc += f16_at(b, 208) * xb.d * sumi as f32;
+    }
+    acc
+}
+
+/// Exact Q4_K / Q5_K, laid out as [`q45`] takes them.
+#[inline(always)]
+fn q45_exact<const R: bool>(row: &[u8], x: &[f32], size: usize, qs_at: usize, qh_at: Option<usize>) -> f32 {
+    let mut acc = [f32x4_splat(0.0); 4];
+    for (b, xs) in row.chunks_exact(size).zip(x.chunks_exact(256)) {
+        let (scales, mins) = scales_k4(&b[4..16]);
+        let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+        let mut qh = qh_at.map(|at| [load(&b[at..]), load(&b[at + 16..])]);
+        for j in 0..4 {
+            for (i, c) in codes45(&b[qs_at + 32 * j..], &mut qh).into_iter().enumerate() {
+                let s = 2 * j + i;
+                let (a, m) = (f32x4_splat(d * scales[s] as f32), f32x4_splat(-(dmin * mins[s] as f32)));
+                for (c, xs) in c.into_iter().zip(xs[32 * s..32 * s + 32].chunks_exact(16)) {
+                    madd16::<R>(&mut acc, widen16(c, false).map(|q| madd::<R>(a, q, m)), xs);
+                }
+            }
+        }
+    }
+    sum4(acc)
+}
+
+pub(super) fn q4_k_exact<const R: bool>(row: &[u8], x: &[f32]) -> f32 {
+    q45_exact::<R>(row, x, 144, 16, None)
+}
+
+pub(super) fn q5_k_exact<const R: bool>(row: &[u8], x: &[f32]) -> f32 {
+    q45_exact::<R>(row, x, 176, 48, Some(16))
+}
+
+pub(super) fn q6_k_exact<const R: bool>(row: &[u8], x: &[f32]) -> f32 {
+    let mut acc = [f32x4_splat(0.0); 4];
+    for (b, xs) in row.chunks_exact(210).zip(x.chunks_exact(256)) {
+        let d = f16_at(b, 208);
+        for ((g, c), xs) in codes6(b).into_iter().enumerate().zip(xs.chunks_exact(16)) {
+            let q = i8x16_sub(c, i8x16_splat(32));
+            let dg = f32x4_splat(d * b[192 + g] as i8 as f32);
+            madd16::<R>(&mut acc, widen16(q, true).map(|q| f32x4_mul(dg, q)), xs);
+        }
+    }
+    sum4(acc)
+}
