@@ -72,25 +72,48 @@ wasm_bindgen_cli() {
   fi
 }
 
+# The wasm package holds two builds of the same code, which the engine's realm picks between by
+# feature detection (js/backend.js): webvlm_bg.wasm with SIMD128 (every current browser), and
+# webvlm_relaxed_bg.wasm with SIMD128 and relaxed SIMD (the CPU backend's integer dot products
+# and relaxed FMA). Their exports are the same, so one wasm-bindgen glue (webvlm.js) loads
+# either; the build checks that. The relaxed build has a target dir of its own: its flags
+# differ, and one dir would rebuild every crate at each switch.
+wasm_simd128_flags="-C target-feature=+simd128"
+wasm_relaxed_flags="-C target-feature=+simd128,+relaxed-simd"
 build_wasm() {
   rustup target add wasm32-unknown-unknown >/dev/null 2>&1 || true
+  local target_dir="${CARGO_TARGET_DIR:-target}" relaxed_dir
+  relaxed_dir="$target_dir/wasm-relaxed"
   # The `wasm` profile (Cargo.toml): release, fat LTO, dependencies optimised for size.
-  cargo build --lib --profile wasm --target wasm32-unknown-unknown
+  CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="$wasm_simd128_flags" \
+    cargo build --lib --profile wasm --target wasm32-unknown-unknown
+  CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="$wasm_relaxed_flags" CARGO_TARGET_DIR="$relaxed_dir" \
+    cargo build --lib --profile wasm --target wasm32-unknown-unknown
   wasm_bindgen_cli
-  rm -rf pkg www/pkg
-  wasm-bindgen --target web --out-dir pkg "${CARGO_TARGET_DIR:-target}"/wasm32-unknown-unknown/wasm/webvlm.wasm
-  local wasm=pkg/webvlm_bg.wasm
-  echo "wasm (wasm-bindgen): $(size_line "$wasm")"
-  wasm_imports_check "$wasm"
-  if [ "${WASM_OPT:-1}" != 0 ]; then
-    if command -v npm >/dev/null; then
-      npm_deps
-      wasm_opt "$wasm"
-      echo "wasm (wasm-opt $wasm_opt_flags): $(size_line "$wasm")"
-    else
-      echo "npm not found: skipping wasm-opt" >&2
-    fi
+  rm -rf pkg www/pkg "$relaxed_dir/pkg"
+  wasm-bindgen --target web --out-dir pkg "$target_dir"/wasm32-unknown-unknown/wasm/webvlm.wasm
+  wasm-bindgen --target web --out-dir "$relaxed_dir/pkg" "$relaxed_dir"/wasm32-unknown-unknown/wasm/webvlm.wasm
+  # The glue's comments name closure shims by index, which differ; its code must not.
+  if ! diff -q <(grep -v "// Cast intrinsic for" pkg/webvlm.js) \
+    <(grep -v "// Cast intrinsic for" "$relaxed_dir/pkg/webvlm.js") >/dev/null; then
+    echo "the relaxed-SIMD build's wasm-bindgen glue differs from the SIMD128 build's" >&2
+    return 1
   fi
+  mv "$relaxed_dir/pkg/webvlm_bg.wasm" pkg/webvlm_relaxed_bg.wasm
+  local wasm
+  for wasm in pkg/webvlm_bg.wasm pkg/webvlm_relaxed_bg.wasm; do
+    echo "$wasm (wasm-bindgen): $(size_line "$wasm")"
+    wasm_imports_check "$wasm"
+    if [ "${WASM_OPT:-1}" != 0 ]; then
+      if command -v npm >/dev/null; then
+        npm_deps
+        wasm_opt "$wasm"
+        echo "$wasm (wasm-opt $wasm_opt_flags): $(size_line "$wasm")"
+      else
+        echo "npm not found: skipping wasm-opt" >&2
+      fi
+    fi
+  done
   # The npm package: the JS API (createEngine, worker, d.ts, package.json, README) around
   # the wasm-bindgen module; the demo page imports the same files from www/pkg/.
   cp -R js/. pkg/
@@ -152,7 +175,10 @@ wasm_imports_check() {
     echo "node not found: the wasm module's imports are not checked" >&2
     return 0
   fi
-  node -e '
+  # Node 20 compiles relaxed SIMD only behind a flag (later versions have it by default).
+  local flags=()
+  if node --experimental-wasm-relaxed-simd -e 0 2>/dev/null; then flags=(--experimental-wasm-relaxed-simd); fi
+  node "${flags[@]}" -e '
     const m = new WebAssembly.Module(require("fs").readFileSync(process.argv[1]));
     const bad = WebAssembly.Module.imports(m).filter((i) => i.module !== "./webvlm_bg.js");
     if (bad.length) {

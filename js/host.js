@@ -13,6 +13,7 @@
 //               {id, type: "result", value}       {id, type: "error", error: {name, message}}
 
 import init, { WebEngine } from "./webvlm.js";
+import { adapterLabel, chooseBackend, wasmBuild } from "./backend.js";
 import { CacheWriter, deleteCached, expandSplitParts, isCached, markVerified, normalizeSource, readHead, readSources } from "./source.js";
 import { convertedName, DEFAULT_REPO_QUANT, REPO_QUANTS, repoBase, repoFiles, repoQuant } from "./repo.js";
 import { BadRequestError, DeviceLostError, DownloadError, EngineUnloadedError, ModelNotSupportedError, StreamStalledError, toWire } from "./errors.js";
@@ -127,7 +128,9 @@ export class Host {
   async load({ model, options = {}, cacheName, chunkBytes, streamStallMs }, onProgress) {
     const started = performance.now();
     if (streamStallMs !== undefined) this.stallMs = streamStallMs;
-    wasm ??= await init();
+    build ??= wasmBuild(options.wasmBuild);
+    wasm ??= await init({ module_or_path: build.url });
+    const backend = await chooseBackend(options.backend);
     let repo = model.repo ? { base: repoBase(model.repo), quant: repoQuant(model.quant) } : null;
     let text = repo ? [] : [model.text].flat().flatMap(expandSplitParts).map(normalizeSource);
     const mmproj = model.mmproj ? [model.mmproj].flat().map(normalizeSource) : [];
@@ -147,7 +150,10 @@ export class Host {
         }
       }
     }
-    const engine = this.loading = await WebEngine.create(JSON.stringify({ ...options, textParts: Math.max(1, text.length) }));
+    const { wasmBuild: _, ...engineOptions } = options;
+    const engine = this.loading = await WebEngine.create(JSON.stringify({
+      ...engineOptions, backend: backend.name, textParts: Math.max(1, text.length),
+    }));
     const open = () => {
       if (this.closed) throw new DownloadError("the model load was cancelled");
     };
@@ -229,9 +235,9 @@ export class Host {
     if (converted) info.converted = converted;
     info.memoryPlan = plan ?? { unplanned: planReason };
     // wgpu sees no adapter name in browsers; the page can read GPUAdapterInfo.
-    const gpu = (await navigator.gpu?.requestAdapter())?.info;
-    const label = [gpu?.vendor, gpu?.architecture, gpu?.device, gpu?.description].filter(Boolean).join(" ");
+    const label = backend.name === "webgpu" ? adapterLabel(await navigator.gpu?.requestAdapter()) : "";
     if (label) info.adapter = `${label} — ${info.adapter.replace(/^\(\) /, "")}`;
+    info.backend = { ...info.backend, reason: backend.reason, build: build.simd };
     open();
     this.engine = engine;
     this.loading = null;
@@ -375,6 +381,8 @@ async function fetchImage(url, signal) {
 }
 
 let wasm = null;
+/** The wasm build this realm loaded (`wasmBuild`): one per realm, as the module is. */
+let build = null;
 
 // GPU memory held by buffers, counted here: wgpu's WebGPU backend has no memory counters, and
 // it never calls GPUBuffer.destroy() (a buffer the engine drops is freed when its JS object is

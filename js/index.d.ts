@@ -43,6 +43,10 @@ export interface EngineOptions {
    * that does not fit at `maxContext` is refused with an `AdapterTooSmallError` naming the
    * largest context that would. */
   gpuMemory?: string;
+  /** The CPU backend's matvec mode: "fast" (default: 8-bit activations and integer dot
+   * products, as llama.cpp's CPU backend; logits within a few percent of f32 math) or
+   * "exact" (f32 activations, the GPU's tolerances). */
+  cpuMode?: "fast" | "exact";
 }
 
 /** Load-time quantization of a repository's float matrices; "keep" keeps the stored types
@@ -92,12 +96,21 @@ export interface CreateEngineOptions {
    * built is freed), the promise rejects with DownloadError; chunks already stored stay
    * cached for the next attempt. */
   signal?: AbortSignal;
-  /** With `fallback: "remote"`: the server used when this browser has no WebGPU or the model
-   * does not fit its GPU. */
+  /** With `fallback: "remote"`: the server used when the model does not fit (or, with
+   * `backend: "webgpu"`, this browser has no WebGPU). */
   remote?: RemoteOptions;
-  /** "remote": use `remote` when the local load fails with NoWebGPUError (no `navigator.gpu`,
-   * no adapter) or AdapterTooSmallError (planned from the headers, before any download). */
+  /** "remote": use `remote` when the local load fails with AdapterTooSmallError (planned from
+   * the headers, before any download) or NoWebGPUError (`backend: "webgpu"` only: no
+   * `navigator.gpu`, no adapter). */
   fallback?: "remote";
+  /** Where the model runs (default "auto": WebGPU on a hardware adapter; the CPU backend,
+   * compiled into the same wasm module, where the browser has no WebGPU or only a software
+   * adapter such as SwiftShader or WARP). `info.backend` says which runs and why. */
+  backend?: "auto" | "webgpu" | "cpu";
+  /** Threads of the CPU backend (default 1). */
+  threads?: number;
+  /** Load the SIMD128 wasm build even where relaxed SIMD exists (tests and benchmarks). */
+  wasmBuild?: "simd128";
 }
 
 /** `createEngine({remote})`: the engine interface over HTTP, no model in the page. */
@@ -256,6 +269,13 @@ export interface ModelInfo {
   maxImageEdge: number | null;
   promptCacheBytes: number;
   adapter: string;
+  /** Where the model runs and why (`createEngine({backend})`): WebGPU, or the CPU backend with
+   * the SIMD level its kernels run at (the wasm build's: "relaxed" or "simd128"), its threads
+   * and its mode ("fast": 8-bit activations, as llama.cpp's CPU backend). `build` is the wasm
+   * build loaded. */
+  backend:
+    | { name: "webgpu"; reason: string; build: "relaxed" | "simd128" }
+    | { name: "cpu"; reason: string; build: "relaxed" | "simd128"; simd: string; threads: number; mode: "fast" | "exact" };
   loadSeconds: number;
   networkBytes: number;
   wasmMemoryBytes: number | null;

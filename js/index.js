@@ -16,6 +16,7 @@ import { cacheContents, deleteCached, DEFAULT_CACHE } from "./source.js";
 import { runBatch, toCSV, toJSONL } from "./batch.js";
 import { openAIFetch } from "./openai-fetch.js";
 import { createRemoteEngine } from "./remote.js";
+import { checkBackendOptions } from "./backend.js";
 
 export * from "./errors.js";
 export { cacheContents, deleteCached, DEFAULT_CACHE, toCSV, toJSONL };
@@ -23,10 +24,11 @@ export { cacheContents, deleteCached, DEFAULT_CACHE, toCSV, toJSONL };
 /**
  * Creates an engine: in the page (`model`), over HTTP to an OpenAI-compatible server
  * (`remote`, see remote.js), or in the page with the server as a fallback (both, with
- * `fallback: "remote"`): the remote engine is used when this browser has no WebGPU
- * (NoWebGPUError: `navigator.gpu` missing or no adapter) or the model does not fit the GPU
- * (AdapterTooSmallError, raised from the headers before any weight is downloaded); its
- * `info.fallback` says why. Other load failures reject as they would without a fallback.
+ * `fallback: "remote"`): the remote engine is used when the model does not fit
+ * (AdapterTooSmallError, raised from the headers before any weight is downloaded) or, with
+ * `backend: "webgpu"`, when this browser has no WebGPU (NoWebGPUError: `navigator.gpu`
+ * missing or no adapter; `backend: "auto"` runs on the CPU there); its `info.fallback` says
+ * why. Other load failures reject as they would without a fallback.
  * @param {object} o `model` and its options (`createLocalEngine`), `remote`
  *   ({baseURL, apiKey, model, headers, fetch}), `fallback` ("remote"), `signal`
  */
@@ -61,13 +63,21 @@ export async function createEngine(o = {}) {
  *   (STREAM_WINDOW of them) before the generation is cut and the engine goes on with the next
  *   request; reading that stream on then ends with StreamStalledError (`Infinity`: never)
  * @param {AbortSignal} [o.signal] cancels the load (rejects with DownloadError)
+ * @param {"auto"|"webgpu"|"cpu"} [o.backend="auto"] where the model runs: `auto` takes WebGPU
+ *   on a hardware adapter and the CPU backend where there is no WebGPU or only a software
+ *   adapter (backend.js); `engine.info.backend` says which runs, on which build, and why
+ * @param {number} [o.threads=1] threads of the CPU backend
+ * @param {"simd128"} [o.wasmBuild] load the SIMD128 build where relaxed SIMD exists too (tests)
  */
-async function createLocalEngine({ model, onProgress, worker = true, engine: options = {}, cacheName = DEFAULT_CACHE, chunkBytes, streamStallMs, signal } = {}) {
+async function createLocalEngine({ model, onProgress, worker = true, engine: options = {}, cacheName = DEFAULT_CACHE, chunkBytes,
+  streamStallMs, signal, backend = "auto", threads, wasmBuild } = {}) {
   if (!model?.text && !model?.repo) throw new BadRequestError("createEngine needs model.text (a URL, File or Blob) or model.repo (a URL)");
+  checkBackendOptions(backend, threads);
+  if (wasmBuild !== undefined && wasmBuild !== "simd128") throw new BadRequestError(`wasmBuild must be "simd128", not ${JSON.stringify(wasmBuild)}`);
   if (streamStallMs !== undefined && !(typeof streamStallMs === "number" && streamStallMs > 0)) {
     throw new BadRequestError(`streamStallMs must be a positive number of milliseconds, not ${JSON.stringify(streamStallMs)}`);
   }
-  if (!globalThis.navigator?.gpu) throw new NoWebGPUError("this browser has no WebGPU (navigator.gpu is missing)");
+  if (backend === "webgpu" && !globalThis.navigator?.gpu) throw new NoWebGPUError("this browser has no WebGPU (navigator.gpu is missing)");
   signal?.throwIfAborted();
   const port = worker ? workerPort() : await inlinePort();
   const e = new Engine(port);
@@ -80,7 +90,8 @@ async function createLocalEngine({ model, onProgress, worker = true, engine: opt
   };
   signal?.addEventListener("abort", onAbort, { once: true });
   try {
-    e.info = { ...await e._call({ type: "load", model, options, cacheName, chunkBytes, streamStallMs }, { onProgress }), remote: false };
+    const load = { type: "load", model, options: { ...options, backend, threads, wasmBuild }, cacheName, chunkBytes, streamStallMs };
+    e.info = { ...await e._call(load, { onProgress }), remote: false };
   } catch (err) {
     port.close(); // a failed load leaves no worker or GPU device behind
     throw err;

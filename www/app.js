@@ -10,7 +10,7 @@
 //
 // The page's contract for tests (URL parameters, data-state, window.webvlmDemo, ids): tests/browser/DEMO_CONTRACT.md
 
-import { params } from "./js/state.js";
+import { params, state } from "./js/state.js";
 import { bindErrors, pageError, showError } from "./js/errors.js";
 import { bindModeTabs, setMode, setState } from "./js/status.js";
 import { bindSettings, renderSettings } from "./js/settings.js";
@@ -39,8 +39,9 @@ async function main() {
   renderEmptyState();
 
   registerServiceWorker();
-  if (!navigator.gpu) {
-    showError(pageError("NoWebGPUError", "This browser has no WebGPU (navigator.gpu is missing)."));
+  // Without WebGPU the model runs on the CPU, unless Settings ask for the GPU.
+  if (!navigator.gpu && state.settings.backend === "webgpu") {
+    showError(pageError("NoWebGPUError", "This browser has no WebGPU (navigator.gpu is missing): choose the CPU in Settings."));
     setState("error");
   }
   const mod = await getApi();

@@ -1,10 +1,11 @@
 //! The wasm-bindgen surface: the only place `JsValue` appears. [`WebEngine`] is what the
-//! package's Web Worker drives (`js/worker.js`): open WebGPU, stream the GGUF bytes of the
-//! text model and its mmproj in file order (the model is built when a header is complete,
-//! the weights are written to GPU buffers as they arrive), then generate with streamed text
-//! deltas. Requests and results cross as JSON strings (the worker speaks OpenAI's shapes).
-//! A Hugging Face repository loads the same way after [`WebEngine::open_repository`]: its
-//! safetensors shards take the place of the GGUF parts ([`RepoLoad`]).
+//! package's Web Worker drives (`js/worker.js`): open WebGPU or the CPU backend (`js/backend.js`
+//! chooses), stream the GGUF bytes of the text model and its mmproj in file order (the model is
+//! built when a header is complete, the weights are written to GPU buffers, or to wasm memory
+//! on the CPU, as they arrive), then generate with streamed text deltas. Requests and results
+//! cross as JSON strings (the worker speaks OpenAI's shapes). A Hugging Face repository loads
+//! the same way after [`WebEngine::open_repository`]: its safetensors shards take the place of
+//! the GGUF parts ([`RepoLoad`]).
 
 pub mod error;
 mod plan;
@@ -17,7 +18,7 @@ use wasm_bindgen::prelude::*;
 
 use crate::api::ChatRequest;
 use crate::backend::gpu::{BufferRegistry, Gpu, GpuOptions};
-use crate::backend::Device;
+use crate::backend::{cpu, Device};
 use crate::engine::{Engine, Prompt, RepoLoad, Vision, Wait, DEFAULT_PROMPT_CACHE_BYTES};
 use crate::error::Classify;
 use crate::model::{ContextOptions, MemoryBudget, Precision};
@@ -40,6 +41,21 @@ pub async fn adapter_info() -> Result<String, JsError> {
 fn describe(dev: &Device) -> String {
     let c = dev.caps();
     format!("{} [{}] f16={} max storage binding={} MiB", c.adapter, c.backend, c.f16, c.max_storage_binding >> 20)
+}
+
+/// Which backend runs, as JSON: `{"name": "webgpu"}`, or `{"name": "cpu", "simd", "threads",
+/// "mode"}` with the SIMD level the CPU kernels run at (`scalar`, `simd128`, `relaxed`: the
+/// wasm build's).
+fn backend_info(dev: &Device) -> serde_json::Value {
+    match dev {
+        Device::Gpu(_) => serde_json::json!({ "name": "webgpu" }),
+        Device::Cpu(c) => serde_json::json!({
+            "name": "cpu",
+            "simd": cpu::simd::process_level().to_string(),
+            "threads": c.pool.threads(),
+            "mode": format!("{:?}", c.mode).to_lowercase(),
+        }),
+    }
 }
 
 /// A JS `Error` named after the error's class (`AdapterTooSmallError`, ...: [`error`]).
@@ -78,24 +94,30 @@ struct Inner {
 pub struct WebEngine {
     inner: Rc<RefCell<Inner>>,
     abort: Rc<Cell<bool>>,
-    /// Every GPU buffer the engine's device created ([`WebEngine::release`]).
-    buffers: BufferRegistry,
+    /// Every GPU buffer the engine's device created ([`WebEngine::release`]); none on the CPU.
+    buffers: Option<BufferRegistry>,
 }
 
 #[wasm_bindgen]
 impl WebEngine {
-    /// Opens WebGPU. `options`: JSON `{"maxContext", "maxChunk", "f16", "kvF16",
-    /// "visionQuant", "textParts", "promptCacheBytes", "imageMinArea", "imageMaxArea"}`, all
-    /// optional: a 4096-token f16 KV
-    /// cache by default (a 1540-pixel image alone can take ~3000 tokens; f16 halves the cache
-    /// on any adapter), a text model of one file, 256 MiB for saved prompt prefixes.
+    /// Opens WebGPU, or the CPU backend with `"backend": "cpu"`. `options`: JSON `{"backend",
+    /// "threads", "cpuMode", "maxContext", "maxChunk", "f16", "kvF16", "visionQuant",
+    /// "textParts", "promptCacheBytes", "imageMinArea", "imageMaxArea", "gpuMemory"}`, all
+    /// optional: WebGPU, a 4096-token f16 KV cache by default (a 1540-pixel image alone can take
+    /// ~3000 tokens; f16 halves the cache on any adapter), a text model of one file, 256 MiB
+    /// for saved prompt prefixes.
     pub async fn create(options: String) -> Result<WebEngine, JsError> {
         let o: request::EngineOptions = serde_json::from_str(&options).map_err(js)?;
-        let gpu = Gpu::new(GpuOptions::default()).await.map_err(js)?;
-        let defaults = ContextOptions::for_adapter(&gpu.caps);
+        let device = match o.backend.as_deref().unwrap_or("webgpu") {
+            "webgpu" => Device::Gpu(Gpu::new(GpuOptions::default()).await.map_err(js)?),
+            "cpu" => Device::Cpu(cpu_device(o.threads, o.cpu_mode.as_deref())?),
+            other => return Err(js(WebError::BadOption(format!("backend: {other:?} is neither \"webgpu\" nor \"cpu\"")))),
+        };
+        let caps = device.caps();
+        let defaults = ContextOptions::for_adapter(caps);
         let precision = Precision {
             kv_f16: o.kv_f16.unwrap_or(defaults.precision.kv_f16),
-            compute_f16: o.f16.unwrap_or(defaults.precision.compute_f16) && gpu.caps.f16,
+            compute_f16: o.f16.unwrap_or(defaults.precision.compute_f16) && caps.f16,
         };
         let context = ContextOptions {
             max_ctx: o.max_context.unwrap_or(4096),
@@ -110,14 +132,18 @@ impl WebEngine {
             .map_err(|e: String| js(WebError::BadOption(e)))?
             .unwrap_or_default();
         let text = GgufParts::new(o.text_parts.unwrap_or(1)).map_err(js)?;
-        let budget = match o.gpu_memory.as_deref() {
-            Some(b) => b.parse().map_err(|e: String| js(WebError::BadOption(format!("gpuMemory: {e}"))))?,
-            None => MemoryBudget::default_for_target(),
-        };
         let prompt_cache_bytes = o.prompt_cache_bytes.unwrap_or(DEFAULT_PROMPT_CACHE_BYTES);
-        let buffers = gpu.buffers();
+        let asked = match o.gpu_memory.as_deref() {
+            Some(b) => Some(b.parse().map_err(|e: String| js(WebError::BadOption(format!("gpuMemory: {e}"))))?),
+            None => None,
+        };
+        let budget = match &device {
+            Device::Gpu(_) => asked.unwrap_or_else(MemoryBudget::default_for_target),
+            Device::Cpu(_) => plan::wasm_memory_budget(asked, prompt_cache_bytes),
+        };
+        let buffers = device.gpu().ok().map(Gpu::buffers);
         let inner = Inner {
-            state: State::Device(Box::new(Device::Gpu(gpu))),
+            state: State::Device(Box::new(device)),
             text,
             repo: None,
             repo_quant_auto: false,
@@ -328,6 +354,7 @@ impl WebEngine {
             "maxImageEdge": e.vision().map(Vision::max_image_edge),
             "promptCacheBytes": e.prompt_cache_stats().budget_bytes,
             "adapter": describe(e.device()),
+            "backend": backend_info(e.device()),
         });
         Ok(summary.to_string())
     }
@@ -395,7 +422,7 @@ impl WebEngine {
         inner.repo = None;
         inner.vision = None;
         drop(inner);
-        Ok(self.buffers.destroy_all())
+        Ok(self.buffers.as_ref().map_or(0, BufferRegistry::destroy_all))
     }
 
     /// Teacher-forced logits `[tokens.length][vocab]` of ids that hold expanded image
@@ -422,6 +449,22 @@ fn vision_stream(sha256: Option<[u8; 32]>) -> Result<GgufStream, JsError> {
         stream.expect_sha256(digest).map_err(js)?;
     }
     Ok(stream)
+}
+
+/// The CPU backend on `threads` threads (default 1) in `mode` (default fast: 8-bit activations,
+/// as llama.cpp's CPU backend and the native CLI's default). This build has no threads: the
+/// threaded build (shared memory, a pool of Web Workers) is the one for more.
+fn cpu_device(threads: Option<usize>, mode: Option<&str>) -> Result<cpu::Device, JsError> {
+    let threads = threads.unwrap_or(1);
+    if threads != 1 {
+        return Err(js(WebError::BadOption(format!("threads: {threads}; this wasm build runs the CPU backend on 1 thread"))));
+    }
+    let mode = match mode.unwrap_or("fast") {
+        "fast" => cpu::Mode::Fast,
+        "exact" => cpu::Mode::Exact,
+        other => return Err(js(WebError::BadOption(format!("cpuMode: {other:?} is neither \"fast\" nor \"exact\"")))),
+    };
+    cpu::Device::new(threads, mode).map_err(|e| js(WebError::BadOption(format!("threads: {e}"))))
 }
 
 /// The engine options that apply once the model is built.

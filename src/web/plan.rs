@@ -77,6 +77,27 @@ pub(super) fn plan(inner: &mut Inner) -> Result<Value, PlanError> {
     }))
 }
 
+/// wasm32's whole address space: 64 Ki pages of 64 KiB.
+const WASM32_MEMORY_BYTES: u64 = 4 << 30;
+
+/// Memory outside the plan's buffers that the module needs while it runs: the tokenizer and
+/// chat template, a download chunk in flight, a decoded image, the allocator's slack.
+const WASM_RUNTIME_RESERVE: u64 = 256 << 20;
+
+/// The CPU backend's budget: its weights, KV cache, recurrent states and scratch all live in
+/// this module's memory, so the plan counts on what wasm32 can still address (4 GiB less what
+/// the module holds now, the prompt cache's budget and [`WASM_RUNTIME_RESERVE`]), or on
+/// `asked` (`gpuMemory`) where that is less. No single buffer can reach 2 GiB there: the CPU
+/// device's buffer limit is `isize::MAX`, one byte under it.
+pub(super) fn wasm_memory_budget(asked: Option<MemoryBudget>, prompt_cache_bytes: u64) -> MemoryBudget {
+    let held = core::arch::wasm32::memory_size(0) as u64 * 65536;
+    let free = WASM32_MEMORY_BYTES.saturating_sub(held + prompt_cache_bytes + WASM_RUNTIME_RESERVE);
+    match asked {
+        Some(MemoryBudget::Bytes(b)) => MemoryBudget::Bytes(b.min(free)),
+        _ => MemoryBudget::Bytes(free),
+    }
+}
+
 /// Why [`plan`] refused.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum PlanError {

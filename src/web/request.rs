@@ -23,8 +23,17 @@ pub struct EngineOptions {
     pub image_min_area: Option<u64>,
     pub image_max_area: Option<u64>,
     /// GPU memory the model may use, checked before the download (`8G`, `512M`, bytes;
-    /// default 4 GiB: WebGPU reports no memory size).
+    /// default 4 GiB: WebGPU reports no memory size). On the CPU backend it caps the wasm
+    /// memory the plan may count on.
     pub gpu_memory: Option<String>,
+    /// Where the model runs: `webgpu` (the default) or `cpu` (the CPU kernels in this wasm
+    /// module; the page's `createEngine` chooses between them for `backend: "auto"`).
+    pub backend: Option<String>,
+    /// Threads of the CPU backend (default 1, the only count a build without threads runs).
+    pub threads: Option<usize>,
+    /// The CPU backend's matvec mode: `fast` (the default: 8-bit activations and integer dot
+    /// products, as llama.cpp's CPU backend) or `exact` (f32 activations).
+    pub cpu_mode: Option<String>,
 }
 
 /// The bytes the page resolved for an image URL (blob: and http(s): URLs are fetched by

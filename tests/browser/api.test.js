@@ -81,7 +81,7 @@ before(async () => {
       return chunks;
     };
     s.sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-    s.engine = await api.createEngine({ model, engine, cacheName: "api-test" });
+    s.engine = await api.createEngine({ backend: "webgpu", model, engine, cacheName: "api-test" });
   }, [MODEL, ENGINE]);
 });
 

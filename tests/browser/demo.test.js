@@ -1,8 +1,10 @@
 // The demo page (www/index.html) loads without errors; screenshots at desktop and phone
 // widths go to the test output. With the tiny fixture VLM: the chat streams a reply and
-// stops; Batch mode describes several images (one broken) and exports JSONL and CSV. The page
-// is served with its Content-Security-Policy (as ./build.sh serve serves it) and reports no
-// violation (offline.test.js and markdown.test.js test the policy, privacy and Markdown).
+// stops; Batch mode describes several images (one broken) and exports JSONL and CSV; the model
+// panel says where the model runs (the CPU: SwiftShader is a software adapter) and switches it
+// to WebGPU. The page is served with its Content-Security-Policy (as ./build.sh serve serves
+// it) and reports no violation (offline.test.js and markdown.test.js test the policy, privacy
+// and Markdown).
 // What the tests rely on (URL parameters, data-state, window.webvlmDemo, ids): DEMO_CONTRACT.md.
 
 import { test, before, after } from "node:test";
@@ -287,3 +289,22 @@ test("batch mode describes 5 images (one broken) with per-image progress, stops,
   browser.assertNoErrors();
 });
 
+
+test("the demo says where the model runs and why, and switches between the CPU and WebGPU", async () => {
+  const dir = "/fixtures/tiny_mistral3_tekken";
+  const page = await browser.newPage();
+  await page.goto(`${server.url}/index.html?model=${dir}/model.gguf&mmproj=${dir}/mmproj.gguf&autoload=1`);
+  const ready = (name) => page.waitForFunction((name) => document.body.dataset.state === "ready"
+    && window.webvlmDemo.state.info?.backend?.name === name, name, { timeout: 120_000 });
+  // Chromium's only WebGPU adapter here is SwiftShader: "auto" runs the model on the CPU.
+  await ready("cpu");
+  assert.match(await page.locator("#model-info").textContent(),
+    /Runs onThe CPU \(relaxed SIMD, 1 thread\): the only WebGPU adapter is a software one \(.+\) Switch to WebGPU/);
+  await page.click("#switch-backend");
+  await ready("webgpu");
+  assert.equal(await page.locator("#settings-backend").inputValue(), "webgpu", "the choice is saved in Settings");
+  assert.match(await page.locator("#model-info").textContent(), /Runs onThe GPU \(WebGPU\): asked for/);
+  await page.evaluate(() => localStorage.clear()); // the next tests start from the default settings
+  await assertNoViolations(page);
+  browser.assertNoErrors();
+});

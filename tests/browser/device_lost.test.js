@@ -79,7 +79,7 @@ test("a device lost mid-stream fails it with DeviceLostError; engine.reload() br
   await page.goto(`${server.url}/test/blank.html`);
   await installHelpers();
   const loaded = await inPage(page, async (api, model, s) => {
-    s.engine = await api.createEngine({ model, chunkBytes: 1 << 20, cacheName: "device-lost-test" });
+    s.engine = await api.createEngine({ backend: "webgpu", model, chunkBytes: 1 << 20, cacheName: "device-lost-test" });
     return { ...s.engine.info, buffers: (await s.engine.stats()).gpuBuffers };
   }, MODEL);
   assert.ok(loaded.networkBytes > 0, "the first load downloads the weights");

@@ -50,7 +50,7 @@ test("the tiny VLM loads with progress, its logits match transformers, greedy te
   const loaded = await inPage(page, async (api, model, s) => {
     const progress = [];
     s.engine = await api.createEngine({
-      model, engine: { kvF16: false }, chunkBytes: 1 << 20, cacheName: "engine-test",
+      backend: "webgpu", model, engine: { kvF16: false }, chunkBytes: 1 << 20, cacheName: "engine-test",
       onProgress: (p) => progress.push(p),
     });
     return { info: s.engine.info, progress };
@@ -121,7 +121,7 @@ test("split GGUF parts, given by the first part's URL, load to the single file's
   const same = await inPage(page, async (api, [dir, mmproj], s) => {
     const phases = new Set();
     const split = await api.createEngine({
-      model: { text: "/split/tiny-00001-of-00003.gguf", mmproj }, engine: { kvF16: false }, chunkBytes: 1 << 20,
+      backend: "webgpu", model: { text: "/split/tiny-00001-of-00003.gguf", mmproj }, engine: { kvF16: false }, chunkBytes: 1 << 20,
       cacheName: "split-test", onProgress: (p) => phases.add(p.phase),
     });
     const c = (await (await fetch(`${dir}/cases.json`)).json()).image_cases[0];
@@ -141,7 +141,7 @@ test("a reload loads from Cache Storage with no weight request", async () => {
   await page.reload();
   const since = server.log.length;
   const info = await inPage(page, async (api, model, s) => {
-    s.engine = await api.createEngine({ model, chunkBytes: 1 << 20, cacheName: "engine-test" });
+    s.engine = await api.createEngine({ backend: "webgpu", model, chunkBytes: 1 << 20, cacheName: "engine-test" });
     return s.engine.info;
   }, MODEL);
   assert.deepEqual(weightRequests(since), [], "weight requests after the reload");
@@ -165,7 +165,7 @@ test("an interrupted download resumes without refetching stored chunks", async (
   };
   const first = await inPage(page, async (api, model) => {
     try {
-      await api.createEngine({ model, chunkBytes: 1 << 20, cacheName: "resume-test" });
+      await api.createEngine({ backend: "webgpu", model, chunkBytes: 1 << 20, cacheName: "resume-test" });
       return "loaded";
     } catch (e) {
       return e.name;
@@ -175,7 +175,7 @@ test("an interrupted download resumes without refetching stored chunks", async (
   assert.equal(first, "DownloadError");
   const since = server.log.length;
   await inPage(page, async (api, model, s) => {
-    s.engine = await api.createEngine({ model, chunkBytes: 1 << 20, cacheName: "resume-test" });
+    s.engine = await api.createEngine({ backend: "webgpu", model, chunkBytes: 1 << 20, cacheName: "resume-test" });
   }, MODEL);
   const again = weightRequests(since).filter((e) => e.path.endsWith("model.gguf") && e.range);
   const starts = again.map((e) => Number(e.range.replace("bytes=", "").split("-")[0]));
@@ -219,14 +219,14 @@ test("a published SHA-256 is checked: a mismatch is a DownloadError and drops th
       const url = `${base}/fixtures/tiny_mistral3_tekken/model.gguf`;
       const out = {};
       try {
-        await api.createEngine({ model: { text: url }, cacheName: "sha-test", chunkBytes: 4 << 20 });
+        await api.createEngine({ backend: "webgpu", model: { text: url }, cacheName: "sha-test", chunkBytes: 4 << 20 });
         out.wrong = "loaded";
       } catch (e) {
         out.wrong = e.name;
         out.message = e.message;
       }
       out.cachedAfterWrong = (await api.cacheContents("sha-test")).entries.length;
-      const e = await api.createEngine({ model: { text: { url, sha256 } }, cacheName: "sha-test", chunkBytes: 4 << 20 });
+      const e = await api.createEngine({ backend: "webgpu", model: { text: { url, sha256 } }, cacheName: "sha-test", chunkBytes: 4 << 20 });
       out.right = e.info.layers;
       await e.unload();
       out.cachedAfterRight = (await api.cacheContents("sha-test")).entries.map((c) => c.complete);
@@ -257,7 +257,7 @@ test("a load can be cancelled with an AbortSignal; stored chunks serve the next 
   const r = await inPage(page, async (api, model) => {
     const ac = new AbortController();
     const started = performance.now();
-    const p = api.createEngine({ model, chunkBytes: 1 << 20, cacheName: "cancel-test", signal: ac.signal,
+    const p = api.createEngine({ backend: "webgpu", model, chunkBytes: 1 << 20, cacheName: "cancel-test", signal: ac.signal,
       onProgress: (q) => { if (q.loadedBytes >= 2 << 20) ac.abort(); } });
     try {
       await p;

@@ -53,7 +53,7 @@ function inPage(fn, arg) {
       });
       // createEngine on the page thread, where the test can reach the GPUDevice.
       globalThis.load = (api, model) =>
-        api.createEngine({ model, worker: false, engine: { maxContext: 256 }, cacheName: "errors-test" });
+        api.createEngine({ backend: "webgpu", model, worker: false, engine: { maxContext: 256 }, cacheName: "errors-test" });
       globalThis.settle = (p) => p.then((value) => ({ value }), (e) => ({ error: describe(e) }));
       globalThis.bounded = (p) => Promise.race([settle(p), new Promise((r) => setTimeout(() => r({ hang: true }), boundMs))]);
       return (0, eval)(`(${src})`)(api, arg);
@@ -148,8 +148,8 @@ test("a device lost between requests fails the next request with DeviceLostError
 test("a file that is not a GGUF and a malformed request keep their names across the worker", async () => {
   await open();
   const r = await inPage(async (api, [model, tokens]) => {
-    const notGguf = await bounded(api.createEngine({ model: { text: "/fixtures/tiny_mistral3_c/cases.json" }, cacheName: "errors-test" }));
-    const engine = await api.createEngine({ model, engine: { maxContext: 256 }, cacheName: "errors-test" });
+    const notGguf = await bounded(api.createEngine({ backend: "webgpu", model: { text: "/fixtures/tiny_mistral3_c/cases.json" }, cacheName: "errors-test" }));
+    const engine = await api.createEngine({ backend: "webgpu", model, engine: { maxContext: 256 }, cacheName: "errors-test" });
     const bad = await bounded(engine.chat.completions.create({ messages: [{ role: "user", content: "x" }], tokens, top_k: -1 }));
     await engine.unload();
     return { notGguf, bad };

@@ -40,7 +40,7 @@ before(async () => {
   await inPage(page, async (api, [model, base], s) => {
     const { default: OpenAI } = await import("/openai/index.mjs");
     s.OpenAI = OpenAI;
-    s.engine = await api.createEngine({ model, cacheName: "fetch-test" });
+    s.engine = await api.createEngine({ backend: "webgpu", model, cacheName: "fetch-test" });
     s.calls = 0;
     // Counts what the SDK sends through engine.fetch (retries included).
     s.client = new OpenAI({

@@ -39,7 +39,7 @@ test("worker: false: unload frees the model's GPU buffers at once; switching mod
     const { Host } = await import("/pkg/host.js");
     // This page's GPUBuffer counter (no garbage collection asked for).
     const counter = async () => (await new Host(() => {}).stats()).gpuBuffers;
-    const load = (model) => api.createEngine({ model, worker: false, cacheName: "gpu-memory-test", engine: { maxContext: 512 } });
+    const load = (model) => api.createEngine({ backend: "webgpu", model, worker: false, cacheName: "gpu-memory-test", engine: { maxContext: 512 } });
     // Prompt ids both vocabularies have (tiny_llama_spm's has 800 tokens).
     const ask = (engine) => engine.chat.completions.create({ tokens: [1, 611, 337, 455], max_tokens: 2, temperature: 0 });
     const out = { base: await counter() };
@@ -81,7 +81,7 @@ test("worker: false: engine.reload() after a lost device destroys the lost devic
   const r = await inPage(page, async (api, vlm) => {
     const { Host } = await import("/pkg/host.js");
     const counter = async () => (await new Host(() => {}).stats()).gpuBuffers;
-    const engine = await api.createEngine({ model: vlm, worker: false, cacheName: "gpu-memory-test", engine: { maxContext: 512 } });
+    const engine = await api.createEngine({ backend: "webgpu", model: vlm, worker: false, cacheName: "gpu-memory-test", engine: { maxContext: 512 } });
     const ask = () => engine.chat.completions.create({ tokens: [1, 611, 337, 455], max_tokens: 2, temperature: 0 });
     await ask();
     const loaded = await counter();

@@ -50,7 +50,7 @@ const shardRequests = (since) => server.log.slice(since).filter((e) => e.path.en
 function loadAndAsk(options) {
   return inPage(page, async (api, [o, prompt, maxTokens], s) => {
     s.engine?.unload();
-    s.engine = await api.createEngine({ model: { repo: o.repo, quant: "q8_0" }, chunkBytes: o.chunk, cacheName: o.cacheName });
+    s.engine = await api.createEngine({ backend: "webgpu", model: { repo: o.repo, quant: "q8_0" }, chunkBytes: o.chunk, cacheName: o.cacheName });
     const reply = await s.engine.chat.completions.create({
       // Greedy, with the folder's other defaults (repetition_penalty 1.1), as `webvlm generate
       // --temperature 0` runs it.
@@ -108,7 +108,7 @@ test("an interrupted shard download resumes without refetching stored chunks", a
   };
   const first = await inPage(page, async (api, [repo, chunk]) => {
     try {
-      await api.createEngine({ model: { repo }, chunkBytes: chunk, cacheName: "hf-resume-test" });
+      await api.createEngine({ backend: "webgpu", model: { repo }, chunkBytes: chunk, cacheName: "hf-resume-test" });
       return "loaded";
     } catch (e) {
       return e.name;
@@ -132,7 +132,7 @@ test("an interrupted shard download resumes without refetching stored chunks", a
 test("the memory plan picks the quantization and refuses a model that cannot fit, before the download", async () => {
   const load = (engine) => inPage(page, async (api, [repo, engine]) => {
     try {
-      const e = await api.createEngine({ model: { repo }, engine, cacheName: null });
+      const e = await api.createEngine({ backend: "webgpu", model: { repo }, engine, cacheName: null });
       const info = e.info;
       await e.unload();
       return { info };
@@ -160,7 +160,7 @@ test("a malformed config.json is a ModelNotSupportedError, a bad quant a BadRequ
   const names = await inPage(page, async (api) => {
     const load = async (model) => {
       try {
-        await api.createEngine({ model, cacheName: null });
+        await api.createEngine({ backend: "webgpu", model, cacheName: null });
         return "loaded";
       } catch (e) {
         return `${e.name}: ${e.message}`;

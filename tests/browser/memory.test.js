@@ -3,7 +3,9 @@
 // weights chunk by chunk into GPU buffers: the wasm heap (WebAssembly.Memory, which only
 // grows) must stay within 256 MiB. The weights are zeros (`--zeros`) left as holes in sparse
 // files, and the load skips Cache Storage: the run needs a few MB of disk, not 3.1 GB. The
-// bytes still travel through HTTP, the loader and the GPU uploads like any others.
+// bytes still travel through HTTP, the loader and the GPU uploads like any others. On the CPU
+// backend the same model's weights live in wasm memory: it loads and generates within wasm32's
+// 4 GiB, and its peak wasm memory is printed.
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -44,7 +46,7 @@ test("a 3B-shaped model streams into the GPU with the wasm heap under 256 MiB", 
   await page.goto(`${server.url}/test/blank.html`);
   const info = await page.evaluate(async () => {
     const { createEngine } = await import("/pkg/index.js");
-    const e = await createEngine({ model: { text: "/s3b/model.gguf", mmproj: "/s3b/mmproj.gguf" }, cacheName: null });
+    const e = await createEngine({ backend: "webgpu", model: { text: "/s3b/model.gguf", mmproj: "/s3b/mmproj.gguf" }, cacheName: null });
     const info = e.info;
     await e.unload();
     return info;
@@ -55,5 +57,32 @@ test("a 3B-shaped model streams into the GPU with the wasm heap under 256 MiB", 
   assert.equal(info.vision, true);
   assert.ok(info.weightBytes > 2.5 * 2 ** 30, `${info.weightBytes} bytes of weights`);
   assert.ok(info.wasmMemoryBytes <= LIMIT, `wasm heap ${info.wasmMemoryBytes} bytes`);
+  browser.assertNoErrors();
+});
+
+test("the 3B-shaped model loads and generates on the CPU backend within wasm32's 4 GiB", { timeout: 15 * 60_000 }, async (t) => {
+  const page = await browser.newPage();
+  await page.goto(`${server.url}/test/blank.html`);
+  const r = await page.evaluate(async () => {
+    const { createEngine } = await import("/pkg/index.js");
+    // A 2048-token f16 KV cache and the vision matrices at Q8_0: the text weights (2.2 GiB),
+    // the vision ones and the state within what wasm32 can address.
+    const e = await createEngine({
+      backend: "cpu", model: { text: "/s3b/model.gguf", mmproj: "/s3b/mmproj.gguf" }, cacheName: null,
+      engine: { maxContext: 2048, visionQuant: "q8_0" },
+    });
+    const reply = await e.chat.completions.create({ messages: [{ role: "user", content: "Hi" }], max_tokens: 2, temperature: 0 });
+    const stats = await e.stats();
+    await e.unload();
+    return { info: e.info, usage: reply.usage, wasmMemoryBytes: stats.wasmMemoryBytes };
+  });
+  const gib = (b) => (b / 2 ** 30).toFixed(2);
+  t.diagnostic(`${JSON.stringify(r.info.backend)}; plan ${JSON.stringify(r.info.memoryPlan)}; usage ${JSON.stringify(r.usage)}`);
+  console.log(`# 3B-shaped model on the CPU backend: ${gib(r.info.weightBytes)} GiB of weights in wasm memory, `
+    + `wasm memory peak ${gib(r.wasmMemoryBytes)} GiB, loaded in ${r.info.loadSeconds.toFixed(1)} s`);
+  assert.equal(r.info.backend.name, "cpu");
+  assert.ok(r.info.weightBytes > 2 * 2 ** 30, `${r.info.weightBytes} bytes of weights`);
+  assert.equal(r.usage.completion_tokens, 2);
+  assert.ok(r.wasmMemoryBytes > r.info.weightBytes && r.wasmMemoryBytes <= 4 * 2 ** 30, `wasm memory ${r.wasmMemoryBytes} bytes`);
   browser.assertNoErrors();
 });

@@ -40,7 +40,7 @@ const shardRequests = (since) => server.log.slice(since).filter((e) => e.path.en
 function loadAndAsk() {
   return inPage(page, async (api, [repo, image, question, maxTokens], s) => {
     s.engine?.unload();
-    s.engine = await api.createEngine({ model: { repo, quant: "q8_0" }, chunkBytes: 64 << 10, cacheName: "mllama-test" });
+    s.engine = await api.createEngine({ backend: "webgpu", model: { repo, quant: "q8_0" }, chunkBytes: 64 << 10, cacheName: "mllama-test" });
     const reply = await s.engine.chat.completions.create({
       messages: [{ role: "user", content: [{ type: "image_url", image_url: { url: `${repo}/${image}` } }, { type: "text", text: question }] }],
       max_tokens: maxTokens, temperature: 0,

@@ -1,8 +1,10 @@
-// The memory plan in the browser refuses a model too large for the GPU budget before the
-// download starts: a synthetic Mistral Small 3.1 24B (its exact shapes, Q4_K/Q6_K matrices of
-// zeros left as holes in a sparse ~14 GB file, the real Tekken vocabulary) with its Pixtral
-// mmproj, loaded through the npm package with the default `gpuMemory` of 4 GiB, fails with an
-// AdapterTooSmallError naming what the model needs, and only the files' headers were read.
+// The memory plan in the browser refuses a model too large for the GPU budget (or, on the CPU
+// backend, for wasm32's 4 GiB) before the download starts: a synthetic Mistral Small 3.1 24B
+// (its exact shapes, Q4_K/Q6_K matrices of zeros left as holes in a sparse ~14 GB file, the
+// real Tekken vocabulary) with its Pixtral mmproj, loaded through the npm package with the
+// default `gpuMemory` of 4 GiB (on the CPU backend: the wasm memory the module can still
+// address), fails with an AdapterTooSmallError naming what the model needs, and only the
+// files' headers were read.
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -36,18 +38,18 @@ after(async () => {
   if (dir) fs.rmSync(dir, { recursive: true, force: true });
 });
 
-test("a 24B model is refused on a 4 GiB budget after reading its headers only", async (t) => {
+for (const backend of ["webgpu", "cpu"]) test(`${backend}: a 24B model is refused on a 4 GiB budget after reading its headers only`, async (t) => {
   const size = fs.statSync(path.join(dir, "model.gguf")).size;
   assert.ok(size > 10e9, `the synthetic file has the model's size (${size} bytes)`);
   const since = server.log.length;
-  const error = await inPage(page, async (api) => {
+  const error = await inPage(page, async (api, backend) => {
     try {
-      await api.createEngine({ model: { text: "/m24b/model.gguf", mmproj: "/m24b/mmproj.gguf" }, cacheName: null });
+      await api.createEngine({ backend, model: { text: "/m24b/model.gguf", mmproj: "/m24b/mmproj.gguf" }, cacheName: null });
       return null;
     } catch (e) {
       return { name: e.name, message: e.message };
     }
-  });
+  }, backend);
   t.diagnostic(JSON.stringify(error));
   assert.equal(error?.name, "AdapterTooSmallError");
   assert.match(error.message, /MiB/);

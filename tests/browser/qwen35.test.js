@@ -38,7 +38,7 @@ after(async () => {
 test("the tiny Qwen3.5 VLM matches transformers with images and answers as the native CLI does", async (t) => {
   const info = await inPage(page, async (api, [model, area], s) => {
     const engine = { kvF16: false, imageMinArea: area.min, imageMaxArea: area.max };
-    s.engine = await api.createEngine({ model, engine, cacheName: "qwen35-test" });
+    s.engine = await api.createEngine({ backend: "webgpu", model, engine, cacheName: "qwen35-test" });
     return s.engine.info;
   }, [MODEL, AREA]);
   t.diagnostic(`loaded: ${JSON.stringify(info)}`);

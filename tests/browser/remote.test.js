@@ -233,7 +233,7 @@ test("fallback: \"remote\" is taken when the page has no WebGPU, before anything
   await bare.goto(`${server.url}/test/blank.html`);
   const since = server.log.length;
   const r = await inPage(bare, async (api, [model, baseURL, key]) => {
-    const engine = await api.createEngine({ model, remote: { baseURL, apiKey: key }, fallback: "remote" });
+    const engine = await api.createEngine({ backend: "webgpu", model, remote: { baseURL, apiKey: key }, fallback: "remote" });
     const reply = await engine.chat.completions.create({ messages: [{ role: "user", content: "no gpu here" }] });
     return { gpu: "gpu" in navigator, info: engine.info, content: reply.choices[0].message.content };
   }, [MODEL, mock.url, KEY]);
@@ -250,7 +250,7 @@ test("fallback: \"remote\" is taken when WebGPU gives no adapter (the engine on 
   await bare.addInitScript(() => { GPU.prototype.requestAdapter = async () => null; });
   await bare.goto(`${server.url}/test/blank.html`);
   const r = await inPage(bare, async (api, [model, baseURL, key]) => {
-    const engine = await api.createEngine({ model, worker: false, remote: { baseURL, apiKey: key }, fallback: "remote", cacheName: null });
+    const engine = await api.createEngine({ backend: "webgpu", model, worker: false, remote: { baseURL, apiKey: key }, fallback: "remote", cacheName: null });
     return { adapter: await navigator.gpu.requestAdapter(), info: engine.info };
   }, [MODEL, mock.url, KEY]);
   await bare.close();
@@ -265,14 +265,14 @@ test("fallback: \"remote\" is taken on AdapterTooSmallError (the model's headers
   const reads = (since) => server.log.slice(since).filter((e) => e.path.startsWith("/fixtures/")).map((e) => e.range);
   let since = server.log.length;
   const small = await inPage(page, async (api, [model, baseURL, key]) => {
-    const engine = await api.createEngine({ model, remote: { baseURL, apiKey: key }, fallback: "remote", engine: { gpuMemory: "64K" }, cacheName: null });
+    const engine = await api.createEngine({ backend: "webgpu", model, remote: { baseURL, apiKey: key }, fallback: "remote", engine: { gpuMemory: "64K" }, cacheName: null });
     const reply = await engine.chat.completions.create({ messages: [{ role: "user", content: "too small" }] });
     return { info: engine.info, content: reply.choices[0].message.content };
   }, [MODEL, mock.url, KEY]);
   const smallRead = reads(since);
   since = server.log.length;
   const fits = await inPage(page, async (api, [model, baseURL, key]) => {
-    const engine = await api.createEngine({ model, remote: { baseURL, apiKey: key }, fallback: "remote", cacheName: null });
+    const engine = await api.createEngine({ backend: "webgpu", model, remote: { baseURL, apiKey: key }, fallback: "remote", cacheName: null });
     const reply = await engine.chat.completions.create({ tokens: [1, 3, 60375, 4], max_tokens: 1, temperature: 0 });
     await engine.unload();
     return { remote: engine.info.remote, architecture: engine.info.architecture, tokens: reply.usage.completion_tokens };

@@ -344,7 +344,7 @@ for (const target of serverTargets()) {
       const since = web.log.length;
       const request = { messages: srv.features.vision ? withImage("What is this?") : user("What is this?"), max_tokens: 8, temperature: 0 };
       const r = await inPage(bare, async (api, [model, remote, request]) => {
-        const engine = await api.createEngine({ model, remote, fallback: "remote" });
+        const engine = await api.createEngine({ backend: "webgpu", model, remote, fallback: "remote" });
         const reply = await engine.chat.completions.create(request);
         return { gpu: "gpu" in navigator, info: engine.info, reply };
       }, [MODEL, remote(), request]);

@@ -141,7 +141,7 @@ test(`${REQUESTS} mixed requests against one engine in Chromium leave memory fla
   const load = () => page.evaluate(async (s) => {
     const { createEngine } = await import("/pkg/index.js");
     globalThis.soakEngine = await createEngine({
-      model: { text: "/fixtures/tiny_mistral3_tekken/model.gguf", mmproj: "/fixtures/tiny_mistral3_tekken/mmproj.gguf" },
+      backend: "webgpu", model: { text: "/fixtures/tiny_mistral3_tekken/model.gguf", mmproj: "/fixtures/tiny_mistral3_tekken/mmproj.gguf" },
       worker: false, cacheName: null, engine: { maxContext: s.ctx, promptCacheBytes: s.prompt_cache_bytes },
     });
     return globalThis.soakEngine.info.adapter;

@@ -51,7 +51,7 @@ const content = (reply) => reply.choices[0].message.content;
 
 test("a stream nobody reads is cut after streamStallMs: the next request runs, and reading the stream then ends with StreamStalledError", { timeout: 10 * 60_000 }, async (t) => {
   const r = await inPage(page, async (api, [model, prompt, stallMs, boundMs], s) => {
-    s.stalling = await api.createEngine({ model, cacheName: "stream-stall-test", streamStallMs: stallMs });
+    s.stalling = await api.createEngine({ backend: "webgpu", model, cacheName: "stream-stall-test", streamStallMs: stallMs });
     const create = (req) => s.stalling.chat.completions.create(req);
     const small = { tokens: prompt, max_tokens: 2, temperature: 0 };
     const warm = await create(small); // compiles the kernels
@@ -85,7 +85,7 @@ test("a stream nobody reads is cut after streamStallMs: the next request runs, a
 test("leaving a stream before its first read, while a read waits, or by cancelling engine.fetch's body stops it at once", { timeout: 10 * 60_000 }, async (t) => {
   const r = await inPage(page, async (api, [model, prompt, boundMs], s) => {
     // The default streamStallMs (30 s): a stream left running would hold the engine past boundMs.
-    const engine = await api.createEngine({ model, cacheName: "stream-stall-test" });
+    const engine = await api.createEngine({ backend: "webgpu", model, cacheName: "stream-stall-test" });
     const create = (req) => engine.chat.completions.create(req);
     const small = { tokens: prompt, max_tokens: 2, temperature: 0 };
     const long = { tokens: prompt, max_tokens: 200, temperature: 0, stream: true };
@@ -173,7 +173,7 @@ test("worker: false: a load's signal stops its downloads and frees what it built
       const ac = new AbortController();
       let abortedAt = null;
       const outcome = await api.createEngine({
-        model, worker: false, chunkBytes: 1 << 20, cacheName: null, signal: ac.signal,
+        backend: "webgpu", model, worker: false, chunkBytes: 1 << 20, cacheName: null, signal: ac.signal,
         onProgress: (q) => {
           if (q.loadedBytes >= 2 << 20 && abortedAt === null) {
             abortedAt = Date.now();
@@ -224,7 +224,7 @@ test("worker: false: a load that fails half-way frees what it built", { timeout:
   try {
     await page.goto(`${server.url}/test/blank.html`);
     r = await inPage(page, async (api, model) => {
-      const outcome = await api.createEngine({ model, worker: false, chunkBytes: 1 << 20, cacheName: null })
+      const outcome = await api.createEngine({ backend: "webgpu", model, worker: false, chunkBytes: 1 << 20, cacheName: null })
         .then(() => "loaded", (e) => e.name);
       const { Host } = await import("/pkg/host.js");
       return { outcome, gpuBuffers: (await new Host(() => {}).stats()).gpuBuffers };

@@ -2,13 +2,13 @@
 // with its progress bar, the model info, and Unload.
 
 import { $, basename, el, fmtBytes, fmtDuration, isMmproj, progressHtml } from "./helpers.js";
-import { engine, isBusy, lostEngine, params, setEngine, setLostEngine, state } from "./state.js";
+import { engine, isBusy, lostEngine, params, saveSettings, setEngine, setLostEngine, state } from "./state.js";
 import { hideError, pageError, showError } from "./errors.js";
 import { forgetEngine, loseEngine, setState } from "./status.js";
 import { renderEmptyState } from "./chat.js";
 import { refreshCache } from "./storage.js";
 import { getApi } from "./package.js";
-import { remoteKey } from "./settings.js";
+import { remoteKey, renderSettings } from "./settings.js";
 
 const HF = "https://huggingface.co/mistralai/Ministral-3-3B-Instruct-2512-GGUF/resolve/main/";
 const PRESETS = {
@@ -160,7 +160,7 @@ export async function load() {
 
   if (engine) await unload({ quiet: true });
   discardLostEngine();
-  startProgress(source.remote ? `Connecting to ${source.remote.baseURL}…` : "Starting WebGPU…");
+  startProgress(source.remote ? `Connecting to ${source.remote.baseURL}…` : "Starting the engine…");
 
   try {
     const model = source.repo ? { repo: source.repo, quant: source.quant } : { text: source.text };
@@ -168,6 +168,7 @@ export async function load() {
     const e = source.remote ? await mod.createEngine({ remote: source.remote }) : await mod.createEngine({
       model,
       onProgress,
+      backend: state.settings.backend,
       // f16 checked: the engine's choice for the adapter; unchecked: f32 matmuls.
       engine: {
         maxContext: state.settings.context,
@@ -305,12 +306,32 @@ function renderInfo() {
   }
   row("Model", i.name || state.loadedSource?.name || "—");
   row("Architecture", `${i.architecture} · ${i.layers} layers · ${i.hidden} wide`);
-  row("Size on GPU", fmtBytes(i.weightBytes));
+  row(i.backend?.name === "cpu" ? "Size in memory" : "Size on GPU", fmtBytes(i.weightBytes));
   row("Vision", i.vision ? "Yes (images supported)" : "No (text only)");
   row("Context", `${i.maxContext.toLocaleString("en-US")} tokens`);
   row("Adapter", i.adapter || "—");
+  row("Runs on", backendLine(i.backend));
   dl.hidden = false;
   $("chat-title").textContent = i.name || state.loadedSource?.name || "Chat";
+}
+
+/** Where the model runs and why, with a button that loads it again on the other backend. */
+function backendLine(b) {
+  if (!b) return "—";
+  const other = b.name === "cpu" ? "webgpu" : "cpu";
+  const what = b.name === "cpu"
+    ? `The CPU (${b.simd === "relaxed" ? "relaxed SIMD" : b.simd.toUpperCase()}, ${b.threads} thread${b.threads === 1 ? "" : "s"})`
+    : "The GPU (WebGPU)";
+  const button = el("button", {
+    id: "switch-backend", type: "button", class: "secondary small",
+    onclick: () => {
+      state.settings.backend = other;
+      saveSettings();
+      renderSettings();
+      load();
+    },
+  }, `Switch to ${other === "cpu" ? "the CPU" : "WebGPU"}`);
+  return el("span", {}, `${what}: ${b.reason} `, button);
 }
 
 /** Unloads the engine; `quiet`: as the first step of another load (no error, no UI reset). */

@@ -3,6 +3,9 @@
 
 export const params = new URLSearchParams(location.search);
 
+/** The package's `backend` choices (createEngine). */
+export const BACKENDS = ["auto", "webgpu", "cpu"];
+
 export const DEFAULT_SETTINGS = {
   temperature: 0.15,
   top_p: 0.95,
@@ -11,6 +14,8 @@ export const DEFAULT_SETTINGS = {
   system: "",
   context: 4096,
   f16: true,
+  /** Where the model runs: "auto" (WebGPU on a hardware adapter, else the CPU), "webgpu", "cpu". */
+  backend: "auto",
   remote_url: "",
   remote_model: "",
 };
@@ -24,6 +29,8 @@ function loadSettings() {
   const num = (k, p = k) => { if (params.has(p) && Number.isFinite(Number(params.get(p)))) s[k] = Number(params.get(p)); };
   num("temperature"); num("top_p"); num("max_tokens"); num("image_max_edge"); num("context");
   if (params.has("f16")) s.f16 = params.get("f16") === "1" || params.get("f16") === "true";
+  if (params.has("backend")) s.backend = params.get("backend");
+  if (!BACKENDS.includes(s.backend)) s.backend = DEFAULT_SETTINGS.backend;
   return s;
 }
 

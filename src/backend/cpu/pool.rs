@@ -17,7 +17,10 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// `std::time::Instant` panics on wasm32; `web_time` reads `performance.now()` there.
+use web_time::Instant;
 
 /// How long an idle worker (or a caller waiting for its workers) spins before it sleeps: long
 /// enough to span the gap between two ops of a decode step, short enough not to hold a core

@@ -1,0 +1,80 @@
+// Where the model runs, decided in the engine's realm (its worker, or the page with
+// `worker: false`) before the wasm module starts:
+// - the backend: WebGPU on a hardware adapter; the CPU backend where the browser has no
+//   WebGPU, gives no adapter, or gives only a software one (SwiftShader, WARP, llvmpipe),
+//   which runs kernels at a few percent of the CPU's own speed;
+// - the wasm build: `webvlm_relaxed_bg.wasm` (SIMD128 and relaxed SIMD: integer dot
+//   products, relaxed FMA) where the engine validates a relaxed-SIMD instruction, else
+//   `webvlm_bg.wasm` (SIMD128, which every current browser has). Both builds export the same
+//   functions, so one wasm-bindgen glue (webvlm.js) loads either.
+
+import { BadRequestError } from "./errors.js";
+
+export const BACKENDS = ["auto", "webgpu", "cpu"];
+
+/** Checks `backend` and `threads` as `createEngine` takes them; throws BadRequestError. */
+export function checkBackendOptions(backend, threads) {
+  if (!BACKENDS.includes(backend)) {
+    throw new BadRequestError(`backend must be one of ${BACKENDS.map((b) => `"${b}"`).join(", ")}, not ${JSON.stringify(backend)}`);
+  }
+  if (threads !== undefined && !(Number.isInteger(threads) && threads >= 1)) {
+    throw new BadRequestError(`threads must be a positive integer, not ${JSON.stringify(threads)}`);
+  }
+}
+
+/** Adapter names of software rasterizers: WebGPU works there, on the CPU, slowly. */
+const SOFTWARE = /swiftshader|llvmpipe|lavapipe|softpipe|warp|basic render|software/i;
+
+/** Whether a GPUAdapter is a software one (its `info`, or the older `isFallbackAdapter`). */
+export function isSoftwareAdapter(adapter) {
+  const info = adapter.info ?? {};
+  if (info.isFallbackAdapter || adapter.isFallbackAdapter) return true;
+  return SOFTWARE.test([info.vendor, info.architecture, info.device, info.description].join(" "));
+}
+
+/** The adapter's name as GPUAdapterInfo gives it (wgpu sees none in browsers). */
+export function adapterLabel(adapter) {
+  const info = adapter?.info;
+  return [info?.vendor, info?.architecture, info?.device, info?.description].filter(Boolean).join(" ");
+}
+
+/** `{name: "webgpu" | "cpu", reason}` for `backend` ("auto", "webgpu", "cpu"). */
+export async function chooseBackend(backend = "auto") {
+  if (backend === "cpu") return { name: "cpu", reason: 'asked for (backend: "cpu")' };
+  if (backend === "webgpu") return { name: "webgpu", reason: 'asked for (backend: "webgpu")' };
+  if (!globalThis.navigator?.gpu) return { name: "cpu", reason: "this browser has no WebGPU (navigator.gpu is missing)" };
+  let adapter = null;
+  try {
+    adapter = await navigator.gpu.requestAdapter();
+  } catch { /* no adapter either */ }
+  if (!adapter) return { name: "cpu", reason: "WebGPU gives no adapter" };
+  const label = adapterLabel(adapter) || "unnamed";
+  if (isSoftwareAdapter(adapter)) return { name: "cpu", reason: `the only WebGPU adapter is a software one (${label})` };
+  return { name: "webgpu", reason: `a hardware WebGPU adapter (${label})` };
+}
+
+// (module (func (result v128) i32.const 0 i8x16.splat i32.const 0 i8x16.splat
+//   i8x16.relaxed_swizzle)): valid only where the engine has relaxed SIMD.
+const RELAXED_SIMD_PROBE = new Uint8Array([
+  0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version
+  0x01, 0x05, 0x01, 0x60, 0x00, 0x01, 0x7b, // types: () -> v128
+  0x03, 0x02, 0x01, 0x00, // functions: one of type 0
+  0x0a, 0x0f, 0x01, 0x0d, 0x00, 0x41, 0x00, 0xfd, 0x0f, 0x41, 0x00, 0xfd, 0x0f, 0xfd, 0x80, 0x02, 0x0b, // its code
+]);
+
+/** Whether this engine has wasm relaxed SIMD. */
+export function hasRelaxedSimd() {
+  try {
+    return WebAssembly.validate(RELAXED_SIMD_PROBE);
+  } catch {
+    return false;
+  }
+}
+
+/** The wasm build this engine runs: `{simd: "relaxed" | "simd128", url}`; `force` ("simd128")
+ * takes the plain SIMD128 build where relaxed SIMD exists too (tests compare the two). */
+export function wasmBuild(force) {
+  const relaxed = force !== "simd128" && hasRelaxedSimd();
+  const file = relaxed ? "./webvlm_relaxed_bg.wasm" : "./webvlm_bg.wasm";
+  return { simd: relaxed ? "relaxed" : "simd128", url: new URL(file, import.meta.url) };
+}

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The CPU backend's wasm32 SIMD128 and relaxed-SIMD kernels (src/backend/cpu/quant/*wasm.rs) on
+# this machine: the CPU kernel tests built for wasm32-wasip1-threads with
+# `-C target-feature=+simd128,+relaxed-simd` and run under Node (the V8 of Chromium) by
+# scripts/wasi_run.mjs, so that `Simd::available()` holds `Simd::Simd128` and `Simd::Relaxed`
+# and every test compares them with the scalar level.
+#
+#   bash scripts/test_wasm_simd.sh [ARGS...]    ARGS go to the test binaries (e.g. a test name filter)
+#
+# WEBVLM_WASM_FEATURES=+simd128 builds without relaxed SIMD instead (the other build the page
+# may load; the tests then expect `simd128` as the best level). Needs Node 20 or later (relaxed
+# SIMD through `--experimental-wasm-relaxed-simd` where the flag exists: Node 20's V8 does not
+# enable it by default) and installs the Rust target when missing (rustup). The runner and
+# flags are set here through Cargo's environment variables, not a .cargo/config, so that
+# nothing else changes. Cargo's target dir is the usual one (`${CARGO_TARGET_DIR:-target}`):
+# the build lives under its wasm32-wasip1-threads/.
+#
+# Why wasip1-threads: the tests run their ops on pools of one to four threads; wasm32-wasip1's
+# std cannot spawn one. The runner implements wasi-threads' `thread-spawn` with Node workers on
+# the module's shared memory (scripts/wasi_run.mjs). The browser build (wasm32-unknown-unknown)
+# runs the same kernels: their code depends on the target features, not on the OS.
+#
+# The tests: tests/cpu_wasm.rs (the wasm levels beside scalar on extreme codes, and that the
+# levels run at all: WEBVLM_EXPECT_SIMD), tests/cpu_matvec.rs (every format, both modes, every
+# level, against the reference and the scalar level), tests/cpu_matmul.rs (the prefill matmul's
+# tiles against the matvec, bit for bit in the fast mode), tests/cpu_kernels.rs (norms, RoPE,
+# attention), tests/cpu_vision.rs (the vision ops, through the matvec and matmul),
+# tests/cpu_delta_net.rs (the gated delta rule), and the library's own CPU tests (the tiles
+# against the row dots, the wasm f16 conversion). wasm32's only panic strategy is abort: a
+# failing test aborts its binary (which then fails: nothing passes silently) before libtest
+# prints what it captured, so the tests run with `--nocapture`. Two pool tests are skipped:
+# `pool_propagates_a_panicking_task` catches a panic; the last part of
+# `pool_survives_many_runs_idle_gaps_and_concurrent_callers` runs two callers in a
+# `std::thread::scope`, whose end never comes under this runner (nor does a blocking
+# `mpsc::Receiver::recv`: a wake-up of the main thread by a finishing thread is lost somewhere
+# between wasi-libc, std and Node's workers; parking, `join`, mutexes and condition variables,
+# all the pool uses, work). The pool runs in every other test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$SECONDS
+
+command -v node >/dev/null 2>&1 || { echo "test_wasm_simd: node (20 or later) is needed" >&2; exit 1; }
+node_flags=(--no-warnings)
+if node --v8-options | grep -q -- '--experimental-wasm-relaxed-simd'; then
+  node_flags+=(--experimental-wasm-relaxed-simd)
+fi
+target=wasm32-wasip1-threads
+rustup target list --installed | grep -qx "$target" || rustup target add "$target"
+
+features="${WEBVLM_WASM_FEATURES:-+simd128,+relaxed-simd}"
+export CARGO_TARGET_WASM32_WASIP1_THREADS_RUNNER="node ${node_flags[*]} $PWD/scripts/wasi_run.mjs"
+export CARGO_TARGET_WASM32_WASIP1_THREADS_RUSTFLAGS="-C target-feature=$features"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}"
+# tests/cpu_wasm.rs fails unless the build's best level runs (a build without the features
+# would leave every test on the scalar level only, passing without testing anything new).
+case "$features" in
+  *relaxed-simd*) export WEBVLM_EXPECT_SIMD=relaxed ;;
+  *) export WEBVLM_EXPECT_SIMD=simd128 ;;
+esac
+
+# The dependencies unoptimised (the dev profile gives them opt-level 2, Cargo.toml): a shorter
+# build for tests that spend their time in webvlm's own code, which keeps the dev profile's
+# opt-level.
+args=(--target "$target" --no-default-features --config 'profile.dev.package."*".opt-level=0')
+status=0
+cargo test "${args[@]}" --no-fail-fast \
+  --test cpu_wasm --test cpu_matvec --test cpu_matmul --test cpu_kernels --test cpu_vision --test cpu_delta_net \
+  -- --nocapture --skip pool_propagates_a_panicking_task --skip pool_survives_many_runs_idle_gaps_and_concurrent_callers \
+  "$@" || status=$?
+# The library's CPU backend tests, from the same build; a filter in ARGS adds to
+# `backend::cpu::` (libtest runs what any one matches).
+cargo test "${args[@]}" --lib -- --nocapture backend::cpu:: "$@" || status=$?
+echo "== test_wasm_simd ($features): $((SECONDS - start)) s ($([ "$status" -eq 0 ] && echo ok || echo FAILED))" >&2
+exit "$status"

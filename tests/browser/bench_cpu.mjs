@@ -1,0 +1,116 @@
+// Prefill and decode tokens/s in headless Chromium, one run on the same GGUF files: webvlm's
+// CPU engine (the relaxed-SIMD build and the plain SIMD128 one), wllama (llama.cpp compiled to
+// wasm: npm @wllama/wllama, its CPU path with `n_gpu_layers: 0`) at each thread count, and
+// webvlm's WebGPU engine on SwiftShader (SmolLM2 only: larger models take minutes a token
+// there). Each engine runs the same chat request greedily with the end-of-turn tokens
+// banned (`logit_bias`), so that every run decodes `--decode` tokens, and reports its own
+// timings: webvlm's `usage.timings`, llama-server's `timings` in wllama. The page is
+// cross-origin isolated (COOP/COEP), which wllama's threads need.
+//
+//   node tests/browser/bench_cpu.mjs --wllama DIR [--prompt 256] [--decode 64] [--threads "1 2"]
+//        [--gpu-model NAME] MODEL.gguf...
+// DIR: wllama's `esm/` folder (scripts/bench_browser_cpu.sh installs it). Prints one JSON line
+// per run and a Markdown table.
+
+import path from "node:path";
+import { parseArgs } from "node:util";
+import { startServer } from "./server.js";
+import { launchBrowser } from "./harness.js";
+
+const { values: o, positionals: models } = parseArgs({
+  allowPositionals: true,
+  options: {
+    wllama: { type: "string" },
+    prompt: { type: "string", default: "256" },
+    decode: { type: "string", default: "64" },
+    threads: { type: "string", default: "1 2" },
+    "gpu-model": { type: "string", default: "SmolLM2-135M-Instruct.Q4_1.gguf" },
+  },
+});
+if (!o.wllama || models.length === 0) throw new Error("usage: bench_cpu.mjs --wllama DIR MODEL.gguf...");
+const threads = o.threads.split(/\s+/).filter(Boolean).map(Number);
+const [promptTokens, decodeTokens] = [Number(o.prompt), Number(o.decode)];
+
+// About `promptTokens` tokens of English in SmolLM2's tokenizer (~1.2 tokens per word).
+const words = "the quick brown fox jumps over a lazy dog while seven wizards quietly judge its form".split(" ");
+const prompt = Array.from({ length: Math.round(promptTokens / 1.25) }, (_, i) => words[i % words.length]).join(" ");
+const request = {
+  messages: [{ role: "user", content: prompt }], max_tokens: decodeTokens, temperature: 0,
+  // SmolLM2's <|endoftext|> and <|im_end|>: every run decodes max_tokens.
+  logit_bias: { 0: -100, 2: -100 },
+};
+
+const dirs = [...new Set(models.map((m) => path.dirname(path.resolve(m))))];
+const mounts = { "/npm/": "pkg", "/wllama/": o.wllama, "/test/": "tests/browser/pages" };
+dirs.forEach((d, i) => { mounts[`/m${i}/`] = d; });
+const url = (m) => `/m${dirs.indexOf(path.dirname(path.resolve(m)))}/${path.basename(m)}`;
+const server = await startServer({
+  mounts, headers: { "Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp" },
+});
+const browser = await launchBrowser();
+const rows = [];
+
+async function run(label, model, fn, arg) {
+  const page = await browser.newPage();
+  await page.goto(`${server.url}/test/blank.html`);
+  try {
+    const r = await page.evaluate(fn, arg);
+    const row = { engine: label, model: path.basename(model), ...r };
+    console.log(JSON.stringify(row));
+    rows.push(row);
+  } catch (e) {
+    console.log(JSON.stringify({ engine: label, model: path.basename(model), error: String(e.message ?? e).slice(0, 300) }));
+  } finally {
+    await page.close();
+  }
+}
+
+async function webvlm([model, options, request]) {
+  const { createEngine } = await import("/npm/index.js");
+  const engine = await createEngine({ model: { text: model }, cacheName: null, engine: { maxContext: 2048 }, ...options });
+  await engine.chat.completions.create({ ...request, max_tokens: 2 }); // warm-up: compiles, allocates
+  const r = await engine.chat.completions.create({ ...request, messages: [{ role: "user", content: `${request.messages[0].content}.` }] });
+  await engine.unload();
+  const t = r.usage.timings;
+  return {
+    isolated: crossOriginIsolated, backend: `${engine.info.backend.name} ${engine.info.backend.build}`,
+    promptTokens: r.usage.prompt_tokens, decodeTokens: r.usage.completion_tokens,
+    prefill: t.prefill_tokens_per_second, decode: t.decode_tokens_per_second,
+  };
+}
+
+async function wllama([model, threads, request]) {
+  const { Wllama } = await import("/wllama/index.js");
+  const w = new Wllama({ default: "/wllama/wasm/wllama.wasm" }, { suppressNativeLog: true });
+  await w.loadModelFromUrl(model, { n_threads: threads, n_ctx: 2048, n_gpu_layers: 0, useCache: false });
+  await w.createChatCompletion({ ...request, max_tokens: 2 });
+  const r = await w.createChatCompletion({ ...request, messages: [{ role: "user", content: `${request.messages[0].content}.` }] });
+  await w.exit();
+  const t = r.timings;
+  return {
+    isolated: crossOriginIsolated, promptTokens: t.prompt_n, decodeTokens: t.predicted_n,
+    prefill: t.prompt_per_second, decode: t.predicted_per_second,
+  };
+}
+
+for (const model of models) {
+  for (const n of threads) {
+    if (n === 1) {
+      await run("webvlm cpu (relaxed)", model, webvlm, [url(model), { backend: "cpu" }, request]);
+      await run("webvlm cpu (simd128)", model, webvlm, [url(model), { backend: "cpu", wasmBuild: "simd128" }, request]);
+    } else {
+      await run(`webvlm cpu ${n} threads`, model, webvlm, [url(model), { backend: "cpu", threads: n }, request]);
+    }
+    await run(`wllama ${n} thread${n > 1 ? "s" : ""}`, model, wllama, [url(model), n, request]);
+  }
+  if (path.basename(model) === o["gpu-model"]) {
+    await run("webvlm webgpu (SwiftShader)", model, webvlm, [url(model), { backend: "webgpu" }, { ...request, max_tokens: 8 }]);
+  }
+}
+
+await browser.close();
+await server.close();
+
+const fmt = (v) => (typeof v === "number" ? v.toFixed(1) : "—");
+console.log(`\n| Model | Engine | Prompt tokens | Prefill tok/s | Decode tok/s |\n|---|---|---|---|---|`);
+for (const r of rows) console.log(`| ${r.model} | ${r.engine} | ${r.promptTokens} | ${fmt(r.prefill)} | ${fmt(r.decode)} |`);
