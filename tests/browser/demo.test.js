@@ -58,11 +58,13 @@ test("the demo page loads with no page errors (desktop and phone screenshots)", 
   }
 });
 
+// The next two stop generations half way: on WebGPU (SwiftShader), whose steps are slow enough
+// to catch; the CPU backend answers the tiny model in a few milliseconds.
 test("the demo loads a tiny VLM with progress, streams a reply about an attached image, and stops at once", async (t) => {
   const dir = "/fixtures/tiny_mistral3_tekken";
   const page = await browser.newPage();
   await page.setViewportSize({ width: 1280, height: 800 });
-  await page.goto(`${server.url}/index.html?model=${dir}/model.gguf&mmproj=${dir}/mmproj.gguf&autoload=1&max_tokens=40`);
+  await page.goto(`${server.url}/index.html?model=${dir}/model.gguf&mmproj=${dir}/mmproj.gguf&autoload=1&max_tokens=40&backend=webgpu`);
   await page.waitForFunction(() => document.body.dataset.state === "ready", null, { timeout: 120_000 });
   const progress = await page.evaluate(() => window.webvlmDemo.state.progressLog.length);
   assert.ok(progress >= 2, `${progress} progress events shown`);
@@ -137,7 +139,7 @@ test("batch mode describes 5 images (one broken) with per-image progress, stops,
 
   const page = await browser.newPage();
   await page.setViewportSize({ width: 1280, height: 800 });
-  await page.goto(`${server.url}/index.html?model=${dir}/model.gguf&mmproj=${dir}/mmproj.gguf&autoload=1&max_tokens=2&temperature=0`);
+  await page.goto(`${server.url}/index.html?model=${dir}/model.gguf&mmproj=${dir}/mmproj.gguf&autoload=1&max_tokens=2&temperature=0&backend=webgpu`);
   await page.waitForFunction(() => document.body.dataset.state === "ready", null, { timeout: 120_000 });
 
   await page.click("#mode-batch");

@@ -157,7 +157,7 @@ test("a device lost mid-stream fails it with DeviceLostError; engine.reload() br
 });
 
 test("the demo: a device lost mid-reply shows the error banner; Reload model brings the model back from the cache and the chat goes on", async (t) => {
-  await page.goto(`${server.url}/index.html?model=${TINY}/model.gguf&mmproj=${TINY}/mmproj.gguf&autoload=1&max_tokens=64&temperature=0`);
+  await page.goto(`${server.url}/index.html?model=${TINY}/model.gguf&mmproj=${TINY}/mmproj.gguf&autoload=1&max_tokens=64&temperature=0&backend=webgpu`);
   await page.waitForFunction(() => document.body.dataset.state === "ready", null, { timeout: 120_000 });
   await installHelpers();
 
