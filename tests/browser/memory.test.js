@@ -65,13 +65,16 @@ test("the 3B-shaped model loads and generates on the CPU backend within wasm32's
   await page.goto(`${server.url}/test/blank.html`);
   const r = await page.evaluate(async () => {
     const { createEngine } = await import("/pkg/index.js");
-    // A 2048-token f16 KV cache and the vision matrices at Q8_0: the text weights (2.2 GiB),
-    // the vision ones and the state within what wasm32 can address.
+    // The vision matrices at Q8_0, a 1024-token f16 KV cache, prefill chunks of 64 tokens and
+    // no prompt cache: the text weights (2.2 GiB), the vision ones, the state and the scratch
+    // within what wasm32 can address (the plan refuses the defaults).
     const e = await createEngine({
       backend: "cpu", model: { text: "/s3b/model.gguf", mmproj: "/s3b/mmproj.gguf" }, cacheName: null,
-      engine: { maxContext: 2048, visionQuant: "q8_0" },
+      engine: { maxContext: 1024, maxChunk: 64, visionQuant: "q8_0", promptCacheBytes: 0 },
     });
-    const reply = await e.chat.completions.create({ messages: [{ role: "user", content: "Hi" }], max_tokens: 2, temperature: 0 });
+    // A system message of its own replaces the template's long default one: a short prompt.
+    const messages = [{ role: "system", content: "Be brief." }, { role: "user", content: "Hi" }];
+    const reply = await e.chat.completions.create({ messages, max_tokens: 2, temperature: 0 });
     const stats = await e.stats();
     await e.unload();
     return { info: e.info, usage: reply.usage, wasmMemoryBytes: stats.wasmMemoryBytes };
