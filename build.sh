@@ -228,7 +228,10 @@ lint() {
   cargo fmt --check
   python3 scripts/import_cycles.py
   cargo clippy --all-targets -- -D warnings
-  cargo clippy --target wasm32-unknown-unknown --no-default-features --lib -- -D warnings
+  # The library as the relaxed-SIMD package build compiles it (its CPU kernels need the
+  # target features), in that build's target dir.
+  CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="$wasm_relaxed_flags" CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}/wasm-relaxed" \
+    cargo clippy --target wasm32-unknown-unknown --no-default-features --lib -- -D warnings
   cargo clippy --target wasm32-unknown-unknown --no-default-features --features synthetic --lib --test wasm_browser -- -D warnings
 }
 
@@ -367,6 +370,9 @@ case "$cmd" in
     # The CPU backend's aarch64 NEON kernels: its kernel tests built for aarch64 and run under
     # qemu-user (which installs itself where missing).
     phase "NEON kernels (aarch64, qemu)" bash scripts/test_neon.sh || failed+=("NEON kernels under qemu (scripts/test_neon.sh)")
+    # Its wasm32 SIMD128 and relaxed-SIMD kernels: the same tests built for wasm32-wasip1-threads
+    # and run under Node (V8, as in Chromium).
+    phase "wasm SIMD kernels (Node)" bash scripts/test_wasm_simd.sh || failed+=("wasm SIMD kernels under Node (scripts/test_wasm_simd.sh)")
     phase "wasm tests in the browser" bash "$0" wasm-test || failed+=("wasm tests in the browser")
     if [ -n "${llama_pid:-}" ]; then
       # Its time here is what the run waited for it; the next row, what it took in all.
