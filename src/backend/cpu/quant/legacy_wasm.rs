@@ -14,7 +14,8 @@
 //! path's bit for bit, and with them the scalar tiles that the prefill matmul runs at these
 //! levels (`ltile.rs`, which must match the matvec to the bit). [`rows4`] runs four rows
 //! against the same activations (each block's activation codes loaded once, four independent
-//! chains), each to the bits of [`row`].
+//! chains), each to the bits of [`row`]; `Kernel::wasm` takes it for Q4_0 only, where V8 runs
+//! it faster than single rows.
 //!
 //! Exact mode: each block's codes widened to f32 in registers, scaled (`d (q - 8)`,
 //! `d q + m`, `d q`) and multiplied into four independent accumulators (another order than the

@@ -228,7 +228,9 @@ impl Kernel {
 
     /// The wasm32 SIMD128 kernels (`wasm.rs`, `legacy_wasm.rs`, `kquant_wasm.rs`), at the relaxed
     /// level (`R`) with relaxed SIMD's byte dots and multiply-adds: the formats and modes of
-    /// [`Kernel::neon`], with four-row kernels for the fast Q4_0, Q4_1 and Q8_0. The build has
+    /// [`Kernel::neon`], with a four-row kernel for the fast Q4_0 (Q4_1's and Q8_0's measured
+    /// slower than one row at a time under V8: SmolLM2-135M's Q8_0 matvecs 38 ms per token
+    /// against 21 on one thread, `cpu_bench -- levels`). The build has
     /// the features they use (the modules are compiled only with `simd128`, `R` only with
     /// `relaxed-simd`), so they are safe fns.
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
@@ -241,8 +243,8 @@ impl Kernel {
             (T::F16, _) => Kernel::F32(wasm::f16_row::<R>),
             (T::BF16, _) => Kernel::F32(wasm::bf16_row::<R>),
             (T::Q4_0, true) => Kernel::Q8(l::row::<Q4_0, R>, Some(l::rows4::<Q4_0, R>)),
-            (T::Q4_1, true) => Kernel::Q8(l::row::<Q4_1, R>, Some(l::rows4::<Q4_1, R>)),
-            (T::Q8_0, true) => Kernel::Q8(l::row::<Q8_0, R>, Some(l::rows4::<Q8_0, R>)),
+            (T::Q4_1, true) => Kernel::Q8(l::row::<Q4_1, R>, None),
+            (T::Q8_0, true) => Kernel::Q8(l::row::<Q8_0, R>, None),
             (T::Q4_K, true) => Kernel::Q8K(k::q4_k::<R>, None),
             (T::Q5_K, true) => Kernel::Q8K(k::q5_k::<R>, None),
             (T::Q6_K, true) => Kernel::Q8K(k::q6_k::<R>, None),

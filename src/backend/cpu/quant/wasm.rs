@@ -21,7 +21,8 @@
 //! the rest by `float.rs`'s scalar loop; another summation order than the scalar path's
 //! (within f32 rounding of it). wasm has no f16 conversion: F16 widens in vectors by moving
 //! the exponent and mantissa bits into place and scaling by 2^112 (exact, subnormals
-//! included); BF16 is its bits shifted above sixteen zero bits.
+//! included; three times as fast as a table of 65536 f32 read per weight: 865 against 2547 ns
+//! per 1536-column row under Node 20); BF16 is its bits shifted above sixteen zero bits.
 //!
 //! The whole module is built only with `simd128` (a wasm module holding SIMD instructions does
 //! not load in an engine without them), and the relaxed forms only with `relaxed-simd`; the
@@ -86,11 +87,13 @@ fn f16x4(h: v128) -> v128 {
 }
 
 /// `Σ a·b` per i32 lane over four pairs of signed bytes (which four differs from `sdot`'s;
-/// only lane sums are used): products widened to i16 (exact) and added in pairs to i32.
+/// only lane sums are used): both widened to i16, multiplied and added in pairs to i32 by
+/// `i32x4.dot_i16x8_s` (exact). Measured faster than widening products (`extmul`) added in
+/// pairs (`extadd_pairwise`), whose i16 sums could overflow here (two products of -128²).
 #[inline(always)]
 pub(super) fn dot_i8(a: v128, b: v128) -> v128 {
-    let (lo, hi) = (i16x8_extmul_low_i8x16(a, b), i16x8_extmul_high_i8x16(a, b));
-    i32x4_add(i32x4_extadd_pairwise_i16x8(lo), i32x4_extadd_pairwise_i16x8(hi))
+    let lo = i32x4_dot_i16x8(i16x8_extend_low_i8x16(a), i16x8_extend_low_i8x16(b));
+    i32x4_add(lo, i32x4_dot_i16x8(i16x8_extend_high_i8x16(a), i16x8_extend_high_i8x16(b)))
 }
 
 /// `Σ w·x` over 16 pairs of bytes as eight i16 lanes of two products each (which two differs
