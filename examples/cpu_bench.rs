@@ -3,7 +3,9 @@
 //! fast and exact, at 1 and 2 threads; then the gated delta rule (Qwen3.5's linear attention),
 //! token by token against the chunked form, on Qwen3.5-0.8B's shapes.
 //! Run: `cargo run --release --example cpu_bench` (about a minute), or one section of it:
-//! `cargo run --release --example cpu_bench -- kernels` or `-- delta`.
+//! `cargo run --release --example cpu_bench -- kernels` or `-- delta`. `-- levels` compares
+//! the SIMD levels this build runs on SmolLM2-135M's decode matvecs, one thread (also in
+//! wasm32 under Node: see `levels`).
 
 use std::fmt::Write;
 use std::time::{Duration, Instant};
@@ -11,8 +13,8 @@ use std::time::{Duration, Instant};
 use webvlm::backend::cpu::bench::{report, BenchConfig};
 use webvlm::backend::cpu::delta_net::{recurrent, DeltaNetLayout, KHeads};
 use webvlm::backend::cpu::delta_net_chunked::chunked;
-use webvlm::backend::cpu::{simd, ShapeError, ThreadPool};
-use webvlm::gguf::SplitMix64;
+use webvlm::backend::cpu::{matvec, simd, Mode, Simd, ThreadPool, Weight};
+use webvlm::gguf::{random_blocks, GgmlType, SplitMix64};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let section = std::env::args().nth(1);
@@ -20,13 +22,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => println!("{}\n{}", report(&BenchConfig::default())?, delta_rule()?),
         Some("kernels") => println!("{}", report(&BenchConfig::default())?),
         Some("delta") => println!("{}", delta_rule()?),
-        Some(other) => return Err(format!("unknown section {other:?} (kernels, delta)").into()),
+        Some("levels") => println!("{}", levels()?),
+        Some(other) => return Err(format!("unknown section {other:?} (kernels, delta, levels)").into()),
     }
     Ok(())
 }
 
 /// Milliseconds per call of `f`: the fastest call in 300 ms (at least three) after a warm-up.
-fn millis(mut f: impl FnMut() -> Result<(), ShapeError>) -> Result<f64, ShapeError> {
+fn millis<E>(mut f: impl FnMut() -> Result<(), E>) -> Result<f64, E> {
     f()?;
     let (start, mut best, mut calls) = (Instant::now(), f64::MAX, 0);
     while calls < 3 || start.elapsed() < Duration::from_millis(300) {
@@ -62,6 +65,66 @@ fn delta_rule() -> Result<String, Box<dyn std::error::Error>> {
             let _ = write!(out, " | {rec:8.3} {chk:8.3} ({:4.2}x)", rec / chk);
         }
         out.push('\n');
+    }
+    Ok(out)
+}
+
+/// Every SIMD level this build runs, side by side on one thread: SmolLM2-135M's decode
+/// matvecs (30 layers of q, k, v, o, gate, up and down; hidden size 576, 3 KV heads of 64,
+/// MLP 1536; the LM head left out) per format whose blocks divide 576 columns, in ms per token
+/// and GB/s of weights (about 110 MB at Q8_0: streamed from memory), then one 576 x 1536 matrix
+/// (the down projection; 0.5-3.5 MB, in cache) per format in ns per row. In wasm32, built for
+/// wasm32-wasip1-threads with `-C target-feature=+simd128,+relaxed-simd` and run by
+/// scripts/wasi_run.mjs under Node (scripts/test_wasm_simd.sh sets both up), this is V8's speed
+/// at the scalar, SIMD128 and relaxed-SIMD levels.
+fn levels() -> Result<String, Box<dyn std::error::Error>> {
+    let pool = ThreadPool::new(1)?;
+    let levels = Simd::available();
+    let names = levels.iter().map(|l| format!("{:>16}", l.to_string())).collect::<Vec<_>>().join(" |");
+    let mut out = format!("SmolLM2-135M decode matvecs, 1 thread, ms per token (GB/s):\nformat mode  |{names}\n");
+    let layer = [(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536)];
+    for ty in [GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1] {
+        let weights = (0..30 * layer.len())
+            .map(|i| {
+                let (rows, cols) = layer[i % layer.len()];
+                random_blocks(ty, rows * cols / ty.block_size(), i as u64)
+            })
+            .collect::<Vec<_>>();
+        let bytes: usize = weights.iter().map(Vec::len).sum();
+        let ws = weights
+            .iter()
+            .enumerate()
+            .map(|(i, b)| Weight::new(ty, layer[i % layer.len()].0, layer[i % layer.len()].1, b))
+            .collect::<Result<Vec<_>, _>>()?;
+        let x: Vec<f32> = (0..1536).map(|i| ((i % 61) as f32 - 30.0) / 30.0).collect();
+        let mut y = vec![0.0; 1536];
+        for mode in [Mode::Fast, Mode::Exact] {
+            let _ = write!(out, "{:<6} {:<5}", ty.name(), format!("{mode:?}").to_lowercase());
+            for &level in &levels {
+                let ms = simd::with_level(level, || {
+                    millis(|| ws.iter().try_for_each(|w| matvec(&pool, w, &x[..w.cols()], &mut y, 1, mode)))
+                })??;
+                let _ = write!(out, " | {ms:7.2} ({:5.2})", bytes as f64 / ms / 1e6);
+            }
+            out.push('\n');
+        }
+    }
+    let (rows, cols) = (576, 1536);
+    let _ = writeln!(out, "one {rows} x {cols} matrix (in cache), 1 thread, ns per row:\nformat mode  |{names}");
+    for ty in GgmlType::SUPPORTED {
+        let bytes = random_blocks(ty, rows * cols / ty.block_size(), ty.id() as u64);
+        let w = Weight::new(ty, rows, cols, &bytes)?;
+        let x: Vec<f32> = (0..cols).map(|i| ((i % 61) as f32 - 30.0) / 30.0).collect();
+        let mut y = vec![0.0; rows];
+        for mode in [Mode::Fast, Mode::Exact] {
+            let _ = write!(out, "{:<6} {:<5}", ty.name(), format!("{mode:?}").to_lowercase());
+            for &level in &levels {
+                let call = || matvec(&pool, &w, &x, &mut y, 1, mode);
+                let ms = simd::with_level(level, || millis(call))??;
+                let _ = write!(out, " | {:16.1}", ms * 1e6 / rows as f64);
+            }
+            out.push('\n');
+        }
     }
     Ok(out)
 }
