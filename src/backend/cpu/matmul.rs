@@ -227,6 +227,8 @@ impl Panel for LPanel<'_> {
                 Simd::Avx512Vnni => unsafe { ltile::tile_avx2_vnni(ty, w, &xs[..n], p) },
                 #[cfg(target_arch = "x86_64")]
                 l if l.avx2() => unsafe { ltile::tile_avx2(ty, w, &xs[..n], p) },
+                #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+                l @ (Simd::Simd128 | Simd::Relaxed) => ltile::tile_wasm(l, ty, w, &xs[..n], p),
                 _ => ltile::tile(ty, w, &xs[..n], p),
             }
         }

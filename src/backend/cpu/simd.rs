@@ -40,7 +40,8 @@ pub enum Simd {
     Neon,
     /// wasm32 SIMD128 (a build with `+simd128`): the row dots of every matvec format in both
     /// modes (`quant/wasm.rs`, `legacy_wasm.rs`, `kquant_wasm.rs`), the fast ones to the scalar
-    /// kernels' bits; the other ops run the scalar code.
+    /// kernels' bits, and the prefill matmul's Q4_0 / Q4_1 / Q8_0 tile (`ltile.rs`); the other
+    /// ops (the activation quantizers, the K-quant and f32 tiles too) run the scalar code.
     Simd128,
     /// wasm32 SIMD128 with relaxed SIMD (a build with `+simd128,+relaxed-simd`): the SIMD128
     /// kernels with the 4-, 5- and 6-bit codes' byte dots in `i32x4.relaxed_dot_i8x16_i7x16_add_s`

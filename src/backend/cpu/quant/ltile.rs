@@ -6,7 +6,8 @@
 //! of tokens ([`BlockQ8`] activations), the companion of `ktile.rs` for the 32-element blocks.
 //!
 //! Every (row, token) product is the matvec's to the bit on each level: the scalar tile is
-//! `scalar.rs`'s loop, and [`tile_avx2`] runs `legacy_avx2.rs`'s integer lanes (a block's
+//! `scalar.rs`'s loop, `tile_wasm` the same with `legacy_wasm.rs`'s integer dots, and
+//! [`tile_avx2`] runs `legacy_avx2.rs`'s integer lanes (a block's
 //! `maddubs` / `madd` sums of four byte products), its f32 step per block and its two
 //! accumulators (even blocks in one, odd in the other), summed the same way at the end.
 
@@ -14,6 +15,8 @@
 use std::arch::x86_64::*;
 
 use super::{f16_at, BlockQ8};
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+use crate::backend::cpu::simd::Simd;
 use crate::gguf::GgmlType;
 
 /// One decoded 32-element block.
@@ -207,6 +210,53 @@ tiles!("avx2,fma,f16c", super::legacy_avx2::dot_u8_i8: tile_avx2, group);
 #[cfg(target_arch = "x86_64")]
 tiles!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", super::legacy_avx2::dot_u8_i8_vnni: tile_avx2_vnni, group_vnni);
 
+/// [`tile`] at the wasm32 levels ([`Simd::Simd128`], [`Simd::Relaxed`]; the build has their
+/// features): per token, a block's activation codes loaded once for the four rows, each row's
+/// integer dot by `legacy_wasm.rs`'s (nibbles through [`dot32_u4`](super::wasm::dot32_u4),
+/// Q8_0 through [`dot_i8`](super::wasm::dot_i8)) and `scalar.rs`'s f32 step, each row's blocks
+/// in order: [`tile`]'s products to the bit.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+pub(in crate::backend::cpu) fn tile_wasm<const N: usize>(
+    level: Simd,
+    ty: GgmlType,
+    w: [&[LBlock]; 4],
+    xs: &[&[BlockQ8]],
+    p: &mut [[f32; N]; 4],
+) {
+    #[cfg(target_feature = "relaxed-simd")]
+    if level == Simd::Relaxed {
+        return tile_wasm_at::<N, true>(ty, w, xs, p);
+    }
+    let _ = level;
+    tile_wasm_at::<N, false>(ty, w, xs, p)
+}
+
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+fn tile_wasm_at<const N: usize, const R: bool>(ty: GgmlType, w: [&[LBlock]; 4], xs: &[&[BlockQ8]], p: &mut [[f32; N]; 4]) {
+    use std::arch::wasm32::i32x4_add;
+
+    use super::wasm::{dot32_u4, dot_i8, hsum_i32, load_i8};
+    let halves = |c: &[i8; 32]| [load_i8(c), load_i8(&c[16..])];
+    for (i, x) in xs.iter().enumerate() {
+        let mut acc = [0.0f32; 4];
+        for (k, xb) in x.iter().enumerate() {
+            let xq = halves(&xb.qs);
+            for (a, w) in acc.iter_mut().zip(w) {
+                let b = &w[k];
+                let c = halves(&b.codes);
+                *a += match ty {
+                    GgmlType::Q4_0 => b.d * xb.d * (hsum_i32(dot32_u4::<R>(c, xq)) - 8 * xb.sum) as f32,
+                    GgmlType::Q4_1 => b.d * xb.d * hsum_i32(dot32_u4::<R>(c, xq)) as f32 + b.m * xb.d * xb.sum as f32,
+                    _ => b.d * xb.d * hsum_i32(i32x4_add(dot_i8(c[0], xq[0]), dot_i8(c[1], xq[1]))) as f32,
+                };
+            }
+        }
+        for (pr, a) in p.iter_mut().zip(acc) {
+            pr[i] = a;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{quantize_q8, Kernel};
@@ -243,6 +293,8 @@ mod tests {
                                 Simd::Avx2 | Simd::Avx512 => unsafe { tile_avx2(ty, w, &xs, &mut p) },
                                 #[cfg(target_arch = "x86_64")]
                                 Simd::Avx512Vnni => unsafe { tile_avx2_vnni(ty, w, &xs, &mut p) },
+                                #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+                                Simd::Simd128 | Simd::Relaxed => tile_wasm(level, ty, w, &xs, &mut p),
                                 _ => tile(ty, w, &xs, &mut p),
                             }
                             for (r, pr) in p.iter().enumerate() {
