@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use webvlm::backend::cpu::bench::{report, BenchConfig};
 use webvlm::backend::cpu::delta_net::{recurrent, DeltaNetLayout, KHeads};
 use webvlm::backend::cpu::delta_net_chunked::chunked;
-use webvlm::backend::cpu::{matvec, simd, Mode, Simd, ThreadPool, Weight};
+use webvlm::backend::cpu::{matmul, matvec, simd, Mode, Simd, ThreadPool, Weight};
 use webvlm::gguf::{random_blocks, GgmlType, SplitMix64};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -73,7 +73,8 @@ fn delta_rule() -> Result<String, Box<dyn std::error::Error>> {
 /// matvecs (30 layers of q, k, v, o, gate, up and down; hidden size 576, 3 KV heads of 64,
 /// MLP 1536; the LM head left out) per format whose blocks divide 576 columns, in ms per token
 /// and GB/s of weights (about 110 MB at Q8_0: streamed from memory), then one 576 x 1536 matrix
-/// (the down projection; 0.5-3.5 MB, in cache) per format in ns per row. In wasm32, built for
+/// (the down projection; 0.5-3.5 MB, in cache) per format in ns per row, and its prefill
+/// matmul of 64 tokens per block format in GFLOP/s. In wasm32, built for
 /// wasm32-wasip1-threads with `-C target-feature=+simd128,+relaxed-simd` and run by
 /// scripts/wasi_run.mjs under Node (scripts/test_wasm_simd.sh sets both up), this is V8's speed
 /// at the scalar, SIMD128 and relaxed-SIMD levels.
@@ -125,6 +126,20 @@ fn levels() -> Result<String, Box<dyn std::error::Error>> {
             }
             out.push('\n');
         }
+    }
+    let n = 64;
+    let _ = writeln!(out, "prefill matmul, {rows} x {cols}, {n} tokens, fast, 1 thread, GFLOP/s:\nformat       |{names}");
+    for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_K, GgmlType::Q6_K] {
+        let bytes = random_blocks(ty, rows * cols / ty.block_size(), ty.id() as u64);
+        let w = Weight::new(ty, rows, cols, &bytes)?;
+        let x: Vec<f32> = (0..n * cols).map(|i| ((i % 61) as f32 - 30.0) / 30.0).collect();
+        let mut y = vec![0.0; n * rows];
+        let _ = write!(out, "{:<12}", ty.name());
+        for &level in &levels {
+            let ms = simd::with_level(level, || millis(|| matmul(&pool, &w, &x, &mut y, n, Mode::Fast)))??;
+            let _ = write!(out, " | {:16.2}", 2.0 * (rows * cols * n) as f64 / ms / 1e6);
+        }
+        out.push('\n');
     }
     Ok(out)
 }
