@@ -36,8 +36,9 @@
 # between wasi-libc, std and Node's workers; parking, `join`, mutexes and condition variables,
 # all the pool uses, work). The pool runs in every other test.
 #
-# On a shared 2-core x86-64 machine (another build running beside it) a cold run (empty target
-# dir, crates downloaded) took about 8 min: 6-7 of build, 1.5 of tests; a warm one 1.5 min.
+# On a shared 2-core x86-64 machine a cold run (empty target dir, crates downloaded) took 4.4 min:
+# 2.9 of build, 1.5 of tests (with another build beside it, up to twice that); a warm one
+# 1.5-2 min.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$SECONDS

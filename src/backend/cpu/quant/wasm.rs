@@ -5,14 +5,15 @@
 //! Every kernel takes a const parameter `R`: whether it runs at
 //! [`Simd::Relaxed`](super::Simd::Relaxed), whose build has `relaxed-simd`. There the byte dots
 //! of 7-bit weight codes (the 4-, 5- and 6-bit formats') take `i16x8.relaxed_dot_i8x16_i7x16_s`
-//! (x86 `pmaddubsw`, Arm `smull` + `saddlp` or `sdot`), and the f32 products
-//! `f32x4.relaxed_madd` (a fused multiply-add where the CPU has one). The relaxed dot's lanes
+//! (V8 on x86: `pmaddubsw`), and the f32 products `f32x4.relaxed_madd` (a fused multiply-add
+//! where the CPU has one). The relaxed dot's lanes
 //! are the exact sums of their two products whenever its second operand's bytes are below 128
 //! (any engine's choice of signed or unsigned reading, with or without i16 saturation, agrees
 //! there: a pair of products is at most 2·127·128 in magnitude), so both levels give the same
-//! integer sums. The SIMD128 byte dot widens the products to i16
-//! (`i16x8.extmul_{low,high}_i8x16_s`, exact: at most 128²) and adds them to i32 in pairs
-//! (`i32x4.extadd_pairwise_i16x8_s`, or `i32x4.dot_i16x8_s` against a scale), as llama.cpp's
+//! integer sums. The SIMD128 byte dots widen the products to i16
+//! (`i16x8.extmul_{low,high}_i8x16_s`, exact: at most 128²) and add them to i32 in pairs
+//! (`i32x4.extadd_pairwise_i16x8_s`, or `i32x4.dot_i16x8_s` against a scale; Q8_0 widens both
+//! sides first, [`dot_i8`]), as llama.cpp's
 //! `__wasm_simd128__` paths (ggml-cpu `arch/wasm/quants.c`) and candle's `quantized/simd128.rs`
 //! widen theirs.
 //!
