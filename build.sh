@@ -24,8 +24,9 @@
 # (a remote server for the demo's "Remote server" model, e.g. CONNECT_SRC=https://vlm.example.com).
 # WEBVLM_CACHE: what a later run or another clone reuses, kept outside the clone: the real models
 # and tokenizers the tests read (scripts/fetch_smollm2.sh, scripts/fetch_qwen_tokenizer.sh),
-# llama.cpp's server (scripts/llama_cpp_server.sh: llama-cpp-venv-VERSION), the SDK suite's
-# virtualenv (sdk-venv-HASH) and wasm-opt's output (wasm-opt/). Default
+# llama.cpp's server (scripts/llama_cpp_server.sh: llama-cpp-venv-VERSION), wasm-bindgen-cli
+# (wasm-bindgen-cli-VERSION), the SDK suite's virtualenv (sdk-venv-HASH) and wasm-opt's output
+# (wasm-opt/). Default
 # ${XDG_CACHE_HOME:-~/.cache}/webvlm; exported, absolute, to every command build.sh runs. The
 # Rust tests run by hand look there too (tests/common/cache.rs).
 set -euo pipefail
@@ -62,13 +63,18 @@ size_line() { # file -> "N bytes (gzip -9: M)"
   echo "$(stat -c %s "$1") bytes (gzip -9: $(gzip -9c "$1" | wc -c))"
 }
 
-# wasm-bindgen and wasm-bindgen-test-runner (both from wasm-bindgen-cli) at that version.
+# wasm-bindgen and wasm-bindgen-test-runner (both from wasm-bindgen-cli) at that version, on
+# PATH: those built into $WEBVLM_CACHE/wasm-bindgen-cli-VERSION (once per version, a few minutes
+# of compiling, unless PATH already has that version).
 wasm_bindgen_cli() {
-  local want
+  local want root
   want="$(wasm_bindgen_version)"
+  root="$WEBVLM_CACHE/wasm-bindgen-cli-$want"
+  [ ! -x "$root/bin/wasm-bindgen" ] || export PATH="$root/bin:$PATH"
   if ! wasm-bindgen --version 2>/dev/null | grep -q " $want\$" ||
      ! wasm-bindgen-test-runner --version 2>/dev/null | grep -q " $want\$"; then
-    cargo install wasm-bindgen-cli --version "$want"
+    cargo install --root "$root" wasm-bindgen-cli --version "$want"
+    export PATH="$root/bin:$PATH"
   fi
 }
 
@@ -76,30 +82,31 @@ wasm_bindgen_cli() {
 # feature detection (js/backend.js): webvlm_bg.wasm with SIMD128 (every current browser), and
 # webvlm_relaxed_bg.wasm with SIMD128 and relaxed SIMD (the CPU backend's integer dot products
 # and relaxed FMA). Their exports are the same, so one wasm-bindgen glue (webvlm.js) loads
-# either; the build checks that. The relaxed build has a target dir of its own: its flags
-# differ, and one dir would rebuild every crate at each switch.
+# either; the build checks that. Only webvlm's own code uses relaxed SIMD, so the second build
+# passes the flag to webvlm alone (`cargo rustc`): both builds share the dependencies, compiled
+# once with SIMD128, and the second recompiles webvlm and links.
 wasm_simd128_flags="-C target-feature=+simd128"
 wasm_relaxed_flags="-C target-feature=+simd128,+relaxed-simd"
 build_wasm() {
   rustup target add wasm32-unknown-unknown >/dev/null 2>&1 || true
-  local target_dir="${CARGO_TARGET_DIR:-target}" relaxed_dir
-  relaxed_dir="$target_dir/wasm-relaxed"
-  # The `wasm` profile (Cargo.toml): release, fat LTO, dependencies optimised for size.
-  CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="$wasm_simd128_flags" \
-    cargo build --lib --profile wasm --target wasm32-unknown-unknown
-  CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="$wasm_relaxed_flags" CARGO_TARGET_DIR="$relaxed_dir" \
-    cargo build --lib --profile wasm --target wasm32-unknown-unknown
+  local target_dir="${CARGO_TARGET_DIR:-target}" module relaxed_pkg
+  module="$target_dir/wasm32-unknown-unknown/wasm/webvlm.wasm"
+  relaxed_pkg="$target_dir/wasm-relaxed-pkg"
   wasm_bindgen_cli
-  rm -rf pkg www/pkg "$relaxed_dir/pkg"
-  wasm-bindgen --target web --out-dir pkg "$target_dir"/wasm32-unknown-unknown/wasm/webvlm.wasm
-  wasm-bindgen --target web --out-dir "$relaxed_dir/pkg" "$relaxed_dir"/wasm32-unknown-unknown/wasm/webvlm.wasm
+  rm -rf pkg www/pkg "$relaxed_pkg"
+  # The `wasm` profile (Cargo.toml): release, fat LTO, dependencies optimised for size.
+  local -x CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="$wasm_simd128_flags"
+  cargo build --lib --profile wasm --target wasm32-unknown-unknown
+  wasm-bindgen --target web --out-dir pkg "$module"
+  cargo rustc --lib --profile wasm --target wasm32-unknown-unknown -- -C target-feature=+relaxed-simd
+  wasm-bindgen --target web --out-dir "$relaxed_pkg" "$module"
   # The glue's comments name closure shims by index, which differ; its code must not.
   if ! diff -q <(grep -v "// Cast intrinsic for" pkg/webvlm.js) \
-    <(grep -v "// Cast intrinsic for" "$relaxed_dir/pkg/webvlm.js") >/dev/null; then
+    <(grep -v "// Cast intrinsic for" "$relaxed_pkg/webvlm.js") >/dev/null; then
     echo "the relaxed-SIMD build's wasm-bindgen glue differs from the SIMD128 build's" >&2
     return 1
   fi
-  mv "$relaxed_dir/pkg/webvlm_bg.wasm" pkg/webvlm_relaxed_bg.wasm
+  mv "$relaxed_pkg/webvlm_bg.wasm" pkg/webvlm_relaxed_bg.wasm
   local wasm
   for wasm in pkg/webvlm_bg.wasm pkg/webvlm_relaxed_bg.wasm; do
     echo "$wasm (wasm-bindgen): $(size_line "$wasm")"
@@ -220,19 +227,20 @@ wasm_tests() {
 }
 
 # Formatting and lints: `cargo fmt --check` (rustfmt.toml), scripts/import_cycles.py, clippy
-# with warnings as errors for every native target, for the wasm32 library as the package ships
-# it and with the browser tests' `synthetic` feature. The first that fails fails the lint (set -e).
+# with warnings as errors for every native target and for wasm32. The first that fails fails the
+# lint (set -e). One wasm32 clippy covers what every wasm32 build compiles: the relaxed-SIMD
+# flags turn on all of the CPU kernels' wasm code (the SIMD128 build compiles a subset of it; no
+# code is compiled only without a feature), and `synthetic` adds the browser tests' code to the
+# package's. A check, so it shares no artifacts with the package's builds: it runs in the main
+# target dir, whose host crates (build scripts, proc macros) the other phases reuse.
 lint() {
   rustup component add rustfmt clippy >/dev/null 2>&1 || true
   rustup target add wasm32-unknown-unknown >/dev/null 2>&1 || true
   cargo fmt --check
   python3 scripts/import_cycles.py
   cargo clippy --all-targets -- -D warnings
-  # The library as the relaxed-SIMD package build compiles it (its CPU kernels need the
-  # target features), in that build's target dir.
-  CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="$wasm_relaxed_flags" CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}/wasm-relaxed" \
-    cargo clippy --target wasm32-unknown-unknown --no-default-features --lib -- -D warnings
-  cargo clippy --target wasm32-unknown-unknown --no-default-features --features synthetic --lib --test wasm_browser -- -D warnings
+  CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="$wasm_relaxed_flags" \
+    cargo clippy --target wasm32-unknown-unknown --no-default-features --features synthetic --lib --test wasm_browser -- -D warnings
 }
 
 browser_tests() {
@@ -349,24 +357,28 @@ case "$cmd" in
     phase "lint" bash "$0" lint || failed+=("lint (cargo fmt --check, scripts/import_cycles.py, clippy -D warnings)")
     wasm_built=1
     phase "wasm build" bash "$0" wasm || { wasm_built=0; failed+=("wasm build"); }
-    phase "native tests" cargo test --no-fail-fast || failed+=("native tests")
+    # Every test once, but the model tests (tests/model_*.rs) in the phase after the next: they
+    # run on lavapipe once, in the GPU kernel geometry (the CPU backend's tests in them run there
+    # too; the launch shapes do not touch it).
+    native_tests=(--lib --bins) model_tests=()
+    for f in tests/*.rs; do
+      f="$(basename "$f" .rs)"
+      case "$f" in model_*) model_tests+=(--test "$f") ;; *) native_tests+=(--test "$f") ;; esac
+    done
+    phase "native tests" cargo test --no-fail-fast "${native_tests[@]}" || failed+=("native tests")
     # The CLI the browser and SDK suites run is the one `cargo test` just built while the
     # features of Cargo.toml's unification lines hold; a rebuild here means they drifted apart.
     if cargo build --bin webvlm -v 2>&1 | grep -q "Compiling webvlm"; then
       echo "warning: cargo build --bin webvlm rebuilt webvlm after cargo test: a dev-dependency's features now differ (Cargo.toml)" >&2
     fi
-    # The kernel tests and one model test per family again with the GPU kernel geometry forced
-    # (a CPU adapter takes the CPU shape by default): every kernel variant a real GPU takes runs
-    # here against the same references and tolerances. Engine-level tests (streaming loads, the
-    # prompt cache, device loss, the memory plan) do not depend on the launch shapes.
-    # SmolLM2 there: a chat only (its comparisons with transformers run on the CPU backend).
+    # The kernel tests again, and the model tests of every family, with the GPU kernel geometry
+    # forced (a CPU adapter takes the CPU shape by default): every kernel variant a real GPU
+    # takes runs here against the same references and tolerances, and every family's model runs
+    # on lavapipe in the shapes real GPUs take.
     phase "native tests, GPU geometry" env WEBVLM_GEOMETRY=gpu cargo test --no-fail-fast \
       --test kernels_matmul --test kernels_fused --test kernels_sample --test kernels_attention \
       --test kernels_vision --test kernels_mrope --test kernels_vision_mllama \
-      --test model_tiny --test model_vision --test model_f16 --test model_qwen35 --test model_qwen35_vision \
-      --test model_mllama --test model_mllama_vision || failed+=("native tests in the GPU kernel geometry")
-    phase "SmolLM2 chat, GPU geometry" env WEBVLM_GEOMETRY=gpu cargo test --test model_smollm2 -- chat_names_paris ||
-      failed+=("SmolLM2 in the GPU kernel geometry")
+      "${model_tests[@]}" || failed+=("native tests in the GPU kernel geometry (kernels again, models)")
     # The CPU backend's aarch64 NEON kernels: its kernel tests built for aarch64 and run under
     # qemu-user (which installs itself where missing).
     phase "NEON kernels (aarch64, qemu)" bash scripts/test_neon.sh || failed+=("NEON kernels under qemu (scripts/test_neon.sh)")

@@ -38,7 +38,10 @@ export function adapterLabel(adapter) {
   return [info?.vendor, info?.architecture, info?.device, info?.description].filter(Boolean).join(" ");
 }
 
-/** `{name: "webgpu" | "cpu", reason}` for `backend` ("auto", "webgpu", "cpu"). */
+/**
+ * `{name: "webgpu" | "cpu", reason, label}` for `backend` ("auto", "webgpu", "cpu"); `label`, the
+ * adapter's name, where the choice asked for the adapter.
+ */
 export async function chooseBackend(backend = "auto") {
   if (backend === "cpu") return { name: "cpu", reason: 'asked for (backend: "cpu")' };
   if (backend === "webgpu") return { name: "webgpu", reason: 'asked for (backend: "webgpu")' };
@@ -49,8 +52,8 @@ export async function chooseBackend(backend = "auto") {
   } catch { /* no adapter either */ }
   if (!adapter) return { name: "cpu", reason: "WebGPU gives no adapter" };
   const label = adapterLabel(adapter) || "unnamed";
-  if (isSoftwareAdapter(adapter)) return { name: "cpu", reason: `the only WebGPU adapter is a software one (${label})` };
-  return { name: "webgpu", reason: `a hardware WebGPU adapter (${label})` };
+  if (isSoftwareAdapter(adapter)) return { name: "cpu", reason: `the only WebGPU adapter is a software one (${label})`, label };
+  return { name: "webgpu", reason: `a hardware WebGPU adapter (${label})`, label };
 }
 
 // (module (func (result v128) i32.const 0 i8x16.splat i32.const 0 i8x16.splat

@@ -234,8 +234,8 @@ export class Host {
     }
     if (converted) info.converted = converted;
     info.memoryPlan = plan ?? { unplanned: planReason };
-    // wgpu sees no adapter name in browsers; the page can read GPUAdapterInfo.
-    const label = backend.name === "webgpu" ? adapterLabel(await navigator.gpu?.requestAdapter()) : "";
+    // wgpu sees no adapter name in browsers; the page can read GPUAdapterInfo (`auto` already did).
+    const label = backend.name === "webgpu" ? backend.label ?? adapterLabel(await navigator.gpu?.requestAdapter()) : "";
     if (label) info.adapter = `${label} — ${info.adapter.replace(/^\(\) /, "")}`;
     info.backend = { ...info.backend, reason: backend.reason, build: build.simd };
     open();

@@ -13,7 +13,7 @@
 # is the usual one (`${CARGO_TARGET_DIR:-target}`, as build.sh takes it): the aarch64 build
 # lives under its aarch64-unknown-linux-gnu/ next to the native one.
 #
-# The tests: tests/cpu_neon.rs (NEON beside scalar on extreme codes, and that the level runs at
+# The tests: tests/cpu_levels.rs (NEON beside scalar on extreme codes, and that the level runs at
 # all: WEBVLM_EXPECT_SIMD=neon), tests/cpu_matvec.rs (every format, both modes, every level,
 # against the reference and the scalar level), tests/cpu_matmul.rs (the prefill matmul's tiles
 # against the matvec, bit for bit in the fast mode), tests/cpu_kernels.rs (norms, RoPE,
@@ -45,7 +45,7 @@ export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="${CARGO_TARGET_AARCH64_UNK
 export CC_aarch64_unknown_linux_gnu="${CC_aarch64_unknown_linux_gnu:-aarch64-linux-gnu-gcc}"
 export AR_aarch64_unknown_linux_gnu="${AR_aarch64_unknown_linux_gnu:-aarch64-linux-gnu-ar}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}"
-# tests/cpu_neon.rs fails unless the NEON level runs (a qemu without `dotprod` would leave
+# tests/cpu_levels.rs fails unless the NEON level runs (a qemu without `dotprod` would leave
 # every test on the scalar level only, passing without testing anything new).
 export WEBVLM_EXPECT_SIMD=neon
 
@@ -55,7 +55,7 @@ export WEBVLM_EXPECT_SIMD=neon
 args=(--target "$target" --no-default-features --config 'profile.dev.package."*".opt-level=0')
 status=0
 cargo test "${args[@]}" --no-fail-fast \
-  --test cpu_neon --test cpu_matvec --test cpu_matmul --test cpu_kernels --test cpu_vision -- "$@" || status=$?
+  --test cpu_levels --test cpu_matvec --test cpu_matmul --test cpu_kernels --test cpu_vision -- "$@" || status=$?
 # The library's CPU backend tests (the tiles against the row dots, the scale unpacking), from
 # the same build; a filter in ARGS adds to `backend::cpu::` (libtest runs what any one matches).
 cargo test "${args[@]}" --lib -- backend::cpu:: "$@" || status=$?

@@ -20,7 +20,7 @@
 # the module's shared memory (scripts/wasi_run.mjs). The browser build (wasm32-unknown-unknown)
 # runs the same kernels: their code depends on the target features, not on the OS.
 #
-# The tests: tests/cpu_wasm.rs (the wasm levels beside scalar on extreme codes, and that the
+# The tests: tests/cpu_levels.rs (the wasm levels beside scalar on extreme codes, and that the
 # levels run at all: WEBVLM_EXPECT_SIMD), tests/cpu_matvec.rs (every format, both modes, every
 # level, against the reference and the scalar level), tests/cpu_matmul.rs (the prefill matmul's
 # tiles against the matvec, bit for bit in the fast mode), tests/cpu_kernels.rs (norms, RoPE,
@@ -55,7 +55,7 @@ features="${WEBVLM_WASM_FEATURES:-+simd128,+relaxed-simd}"
 export CARGO_TARGET_WASM32_WASIP1_THREADS_RUNNER="node ${node_flags[*]} $PWD/scripts/wasi_run.mjs"
 export CARGO_TARGET_WASM32_WASIP1_THREADS_RUSTFLAGS="-C target-feature=$features"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}"
-# tests/cpu_wasm.rs fails unless the build's best level runs (a build without the features
+# tests/cpu_levels.rs fails unless the build's best level runs (a build without the features
 # would leave every test on the scalar level only, passing without testing anything new).
 case "$features" in
   *relaxed-simd*) export WEBVLM_EXPECT_SIMD=relaxed ;;
@@ -68,7 +68,7 @@ esac
 args=(--target "$target" --no-default-features --config 'profile.dev.package."*".opt-level=0')
 status=0
 cargo test "${args[@]}" --no-fail-fast \
-  --test cpu_wasm --test cpu_matvec --test cpu_matmul --test cpu_kernels --test cpu_vision --test cpu_delta_net \
+  --test cpu_levels --test cpu_matvec --test cpu_matmul --test cpu_kernels --test cpu_vision --test cpu_delta_net \
   -- --nocapture --skip pool_propagates_a_panicking_task --skip pool_survives_many_runs_idle_gaps_and_concurrent_callers \
   "$@" || status=$?
 # The library's CPU backend tests, from the same build; a filter in ARGS adds to
@@ -80,7 +80,7 @@ cargo test "${args[@]}" --lib -- --nocapture backend::cpu:: "$@" || status=$?
 # relaxed dot wrongly, which only this caught).
 for tier in --liftoff-only --no-liftoff; do
   CARGO_TARGET_WASM32_WASIP1_THREADS_RUNNER="node ${node_flags[*]} $tier $PWD/scripts/wasi_run.mjs" \
-    cargo test "${args[@]}" --test cpu_wasm --test cpu_matvec -- --nocapture --skip pool_ "$@" || status=$?
+    cargo test "${args[@]}" --test cpu_levels --test cpu_matvec -- --nocapture --skip pool_ "$@" || status=$?
 done
 echo "== test_wasm_simd ($features): $((SECONDS - start)) s ($([ "$status" -eq 0 ] && echo ok || echo FAILED))" >&2
 exit "$status"

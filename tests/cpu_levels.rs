@@ -1,8 +1,9 @@
-//! The CPU backend's wasm32 levels, SIMD128 and relaxed SIMD (on x86-64 machines under Node:
-//! `scripts/test_wasm_simd.sh`), beside what `cpu_matvec.rs` and `cpu_matmul.rs` check on every
-//! level: that the levels run where a run expects them (`WEBVLM_EXPECT_SIMD`), and that their
-//! fast rows equal the scalar ones bit for bit, on weights of the extreme codes as well as
-//! random ones. No GPU.
+//! The CPU backend's levels whose fast rows are the scalar level's bit for bit: NEON (aarch64
+//! with the dot-product extension; on x86-64 machines under qemu-user: `scripts/test_neon.sh`)
+//! and wasm32's SIMD128 and relaxed SIMD (under Node: `scripts/test_wasm_simd.sh`), beside what
+//! `cpu_matvec.rs` and `cpu_matmul.rs` check on every level: that the levels run where a run
+//! expects them (`WEBVLM_EXPECT_SIMD`), and that their fast rows equal the scalar ones bit for
+//! bit, on weights of the extreme codes as well as random ones. No GPU.
 
 mod cpu_common;
 
@@ -10,9 +11,13 @@ use cpu_common::activations;
 use webvlm::backend::cpu::{matvec, simd, Mode, Simd, ThreadPool, Weight};
 use webvlm::gguf::{random_blocks, GgmlType};
 
-/// A run that names a level in `WEBVLM_EXPECT_SIMD` (scripts/test_wasm_simd.sh: `relaxed`)
-/// fails where the build cannot run it, and with it every level below it on its ladder: every
-/// other test would pass on the levels below it alone.
+/// The levels built to equal the scalar level bit for bit in the fast mode (exact integer sums
+/// and `scalar.rs`'s f32 steps, which the scalar matmul tiles share).
+const SCALAR_EXACT: [Simd; 3] = [Simd::Neon, Simd::Simd128, Simd::Relaxed];
+
+/// A run that names a level in `WEBVLM_EXPECT_SIMD` (test_neon.sh: `neon`; test_wasm_simd.sh:
+/// `relaxed`) fails where the machine or build cannot run it, and with it every level below it
+/// on its ladder: every other test would pass on the levels below it alone.
 #[test]
 fn the_expected_level_runs() {
     let Ok(name) = std::env::var("WEBVLM_EXPECT_SIMD") else { return };
@@ -24,16 +29,16 @@ fn the_expected_level_runs() {
     }
 }
 
-/// The fast rows of every block format at the wasm levels equal the scalar level's bit for bit
-/// (exact integer sums and `scalar.rs`'s f32 steps, which the scalar matmul tiles share): on
-/// random blocks, blocks of all-ones bytes (codes 15, Q5_K 31, Q6_K 63 with scales of -1,
-/// Q8_0 -1) and of 0x80 bytes (Q8_0 codes of -128, Q6_K scales of -128), against activations
-/// whose blocks quantize to ±127 codes, on 37 rows (nine groups of four and one row alone).
+/// The fast rows of every block format at each level of [`SCALAR_EXACT`] this build runs equal
+/// the scalar level's bit for bit: on random blocks, blocks of all-ones bytes (codes 15, Q5_K
+/// 31, Q6_K 63 with scales of -1, Q8_0 -1) and of 0x80 bytes (Q8_0 codes of -128, Q6_K scales
+/// of -128), against activations whose blocks quantize to ±127 codes, on 37 rows (nine groups
+/// of four and one row alone).
 #[test]
-fn wasm_fast_rows_equal_the_scalar_ones() {
-    let levels: Vec<Simd> = [Simd::Simd128, Simd::Relaxed].into_iter().filter(|l| l.is_supported()).collect();
+fn fast_rows_equal_the_scalar_ones() {
+    let levels: Vec<Simd> = SCALAR_EXACT.into_iter().filter(|l| l.is_supported()).collect();
     if levels.is_empty() {
-        eprintln!("this build has no wasm SIMD level: nothing to compare");
+        eprintln!("this build runs none of {SCALAR_EXACT:?}: nothing to compare");
         return;
     }
     let (rows, cols, n_tok) = (37, 1024, 2);
