@@ -84,7 +84,8 @@ wasm_bindgen_cli() {
 # and relaxed FMA). Their exports are the same, so one wasm-bindgen glue (webvlm.js) loads
 # either; the build checks that. Only webvlm's own code uses relaxed SIMD, so the second build
 # passes the flag to webvlm alone (`cargo rustc`): both builds share the dependencies, compiled
-# once with SIMD128, and the second recompiles webvlm and links.
+# once with SIMD128, and the second recompiles webvlm and links (so each run compiles webvlm
+# twice, even unchanged: the two builds' flags take turns in one target dir).
 wasm_simd128_flags="-C target-feature=+simd128"
 wasm_relaxed_flags="-C target-feature=+simd128,+relaxed-simd"
 build_wasm() {
