@@ -51,9 +51,9 @@ export async function chooseBackend(backend = "auto") {
     adapter = await navigator.gpu.requestAdapter();
   } catch { /* no adapter either */ }
   if (!adapter) return { name: "cpu", reason: "WebGPU gives no adapter" };
-  const label = adapterLabel(adapter) || "unnamed";
-  if (isSoftwareAdapter(adapter)) return { name: "cpu", reason: `the only WebGPU adapter is a software one (${label})`, label };
-  return { name: "webgpu", reason: `a hardware WebGPU adapter (${label})`, label };
+  const label = adapterLabel(adapter);
+  if (isSoftwareAdapter(adapter)) return { name: "cpu", reason: `the only WebGPU adapter is a software one (${label || "unnamed"})`, label };
+  return { name: "webgpu", reason: `a hardware WebGPU adapter (${label || "unnamed"})`, label };
 }
 
 // (module (func (result v128) i32.const 0 i8x16.splat i32.const 0 i8x16.splat

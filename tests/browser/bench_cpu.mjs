@@ -61,7 +61,7 @@ async function run(label, model, fn, arg) {
   const page = await browser.newPage();
   await page.goto(`${server.url}/test/blank.html`);
   try {
-    const r = await page.evaluate(fn, arg);
+    const r = await page.evaluate(fn, [...arg, WARM_UP]); // the page function's last argument
     const row = { engine: label, model: path.basename(model), ...r };
     console.log(JSON.stringify(row));
     rows.push(row);
@@ -103,15 +103,15 @@ async function wllama([model, threads, request, warmUp]) {
 for (const model of models) {
   for (const n of threads) {
     if (n === 1) {
-      await run("webvlm cpu (relaxed)", model, webvlm, [url(model), { backend: "cpu" }, request, WARM_UP]);
-      await run("webvlm cpu (simd128)", model, webvlm, [url(model), { backend: "cpu", wasmBuild: "simd128" }, request, WARM_UP]);
+      await run("webvlm cpu (relaxed)", model, webvlm, [url(model), { backend: "cpu" }, request]);
+      await run("webvlm cpu (simd128)", model, webvlm, [url(model), { backend: "cpu", wasmBuild: "simd128" }, request]);
     } else {
-      await run(`webvlm cpu ${n} threads`, model, webvlm, [url(model), { backend: "cpu", threads: n }, request, WARM_UP]);
+      await run(`webvlm cpu ${n} threads`, model, webvlm, [url(model), { backend: "cpu", threads: n }, request]);
     }
-    await run(`wllama ${n} thread${n > 1 ? "s" : ""}`, model, wllama, [url(model), n, request, WARM_UP]);
+    await run(`wllama ${n} thread${n > 1 ? "s" : ""}`, model, wllama, [url(model), n, request]);
   }
   if (path.basename(model) === o["gpu-model"]) {
-    await run("webvlm webgpu (SwiftShader)", model, webvlm, [url(model), { backend: "webgpu" }, { ...request, max_tokens: 8 }, WARM_UP]);
+    await run("webvlm webgpu (SwiftShader)", model, webvlm, [url(model), { backend: "webgpu" }, { ...request, max_tokens: 8 }]);
   }
 }
 
