@@ -77,16 +77,26 @@ wasm_bindgen_cli() {
   fi
 }
 
-# The wasm package holds two builds of the same code, which the engine's realm picks between by
-# feature detection (js/backend.js): webvlm_bg.wasm with SIMD128 (every current browser), and
-# webvlm_relaxed_bg.wasm with SIMD128 and relaxed SIMD (the CPU backend's integer dot products
-# and relaxed FMA). Their exports are the same, so one wasm-bindgen glue (webvlm.js) loads
-# either; the build checks that. Only webvlm's own code uses relaxed SIMD, so the second build
-# passes the flag to webvlm alone (`cargo rustc`): both builds share the dependencies, compiled
-# once with SIMD128, and the second recompiles webvlm and links (so each run compiles webvlm
-# twice, even unchanged: the two builds' flags take turns in one target dir).
+# The wasm package holds three builds of the same code, which the engine's realm picks between
+# (js/backend.js): webvlm_bg.wasm with SIMD128 (every current browser); webvlm_relaxed_bg.wasm
+# with SIMD128 and relaxed SIMD (the CPU backend's integer dot products and relaxed FMA), where
+# feature detection finds it; and webvlm_threads_bg.wasm, SIMD128 with shared memory, for a CPU
+# backend on more than one thread (its pool's workers are Web Workers on that memory).
+# The first two export the same functions, so one wasm-bindgen glue (webvlm.js) loads either;
+# the build checks that. Only webvlm's own code uses relaxed SIMD, so the second build passes
+# the flag to webvlm alone (`cargo rustc`): both share the dependencies, compiled once with
+# SIMD128, and the second recompiles webvlm and links (so each run compiles webvlm twice, even
+# unchanged: the two builds' flags take turns in one target dir).
+# The threaded build has its own glue (webvlm_threads.js: the memory is imported and shared).
+# Its standard library must be rebuilt with atomics, which only a nightly toolchain does
+# (`-Z build-std`): the pinned one below, for this artifact alone; its artifacts sit beside the
+# stable ones in the same target dir (another compiler, so other hashes).
 wasm_simd128_flags="-C target-feature=+simd128"
 wasm_relaxed_flags="-C target-feature=+simd128,+relaxed-simd"
+wasm_threads_toolchain=nightly-2026-05-20
+wasm_threads_flags="-C target-feature=+atomics,+bulk-memory,+simd128 -C link-arg=--shared-memory
+  -C link-arg=--import-memory -C link-arg=--max-memory=4294967296 -C link-arg=--export=__wasm_init_tls
+  -C link-arg=--export=__tls_size -C link-arg=--export=__tls_align -C link-arg=--export=__tls_base"
 build_wasm() {
   rustup target add wasm32-unknown-unknown >/dev/null 2>&1 || true
   local target_dir="${CARGO_TARGET_DIR:-target}" module relaxed_pkg
@@ -95,10 +105,11 @@ build_wasm() {
   wasm_bindgen_cli
   rm -rf pkg www/pkg "$relaxed_pkg"
   # The `wasm` profile (Cargo.toml): release, fat LTO, dependencies optimised for size.
-  local -x CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="$wasm_simd128_flags"
-  cargo build --lib --profile wasm --target wasm32-unknown-unknown
+  CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="$wasm_simd128_flags" \
+    cargo build --lib --profile wasm --target wasm32-unknown-unknown
   wasm-bindgen --target web --out-dir pkg "$module"
-  cargo rustc --lib --profile wasm --target wasm32-unknown-unknown -- -C target-feature=+relaxed-simd
+  CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="$wasm_simd128_flags" \
+    cargo rustc --lib --profile wasm --target wasm32-unknown-unknown -- -C target-feature=+relaxed-simd
   wasm-bindgen --target web --out-dir "$relaxed_pkg" "$module"
   # The glue's comments name closure shims by index, which differ; its code must not.
   if ! diff -q <(grep -v "// Cast intrinsic for" pkg/webvlm.js) \
@@ -107,8 +118,14 @@ build_wasm() {
     return 1
   fi
   mv "$relaxed_pkg/webvlm_bg.wasm" pkg/webvlm_relaxed_bg.wasm
+  rustup toolchain list | grep -q "^$wasm_threads_toolchain" ||
+    rustup toolchain install "$wasm_threads_toolchain" --profile minimal --component rust-src
+  # shellcheck disable=SC2086
+  CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="$(echo $wasm_threads_flags)" \
+    cargo "+$wasm_threads_toolchain" build -Z build-std=panic_abort,std --lib --profile wasm --target wasm32-unknown-unknown
+  wasm-bindgen --target web --out-dir pkg --out-name webvlm_threads --no-typescript "$module"
   local wasm
-  for wasm in pkg/webvlm_bg.wasm pkg/webvlm_relaxed_bg.wasm; do
+  for wasm in pkg/webvlm_bg.wasm pkg/webvlm_relaxed_bg.wasm pkg/webvlm_threads_bg.wasm; do
     echo "$wasm (wasm-bindgen): $(size_line "$wasm")"
     wasm_imports_check "$wasm"
     if [ "${WASM_OPT:-1}" != 0 ]; then
@@ -175,7 +192,8 @@ print(f"www/offline-files.js: {len(files)} files")
 PY
 }
 
-# Fails when the module imports anything but its own JS glue (`./webvlm_bg.js`): a browser has
+# Fails when the module imports anything but its own JS glue (`./webvlm_bg.js`, the threaded
+# build's `./webvlm_threads_bg.js`: its memory among them): a browser has
 # no `env` module to satisfy, e.g., a dependency's `env.now` timer, and the page would not load.
 wasm_imports_check() {
   if ! command -v node >/dev/null; then
@@ -187,7 +205,8 @@ wasm_imports_check() {
   if node --experimental-wasm-relaxed-simd -e 0 2>/dev/null; then flags=(--experimental-wasm-relaxed-simd); fi
   node "${flags[@]}" -e '
     const m = new WebAssembly.Module(require("fs").readFileSync(process.argv[1]));
-    const bad = WebAssembly.Module.imports(m).filter((i) => i.module !== "./webvlm_bg.js");
+    const glue = process.argv[1].includes("threads") ? "./webvlm_threads_bg.js" : "./webvlm_bg.js";
+    const bad = WebAssembly.Module.imports(m).filter((i) => i.module !== glue);
     if (bad.length) {
       console.error("the wasm module imports what no browser provides: " + bad.map((i) => i.module + "." + i.name).join(", "));
       process.exit(1);

@@ -3,10 +3,14 @@
 // - the backend: WebGPU on a hardware adapter; the CPU backend where the browser has no
 //   WebGPU, gives no adapter, or gives only a software one (SwiftShader, WARP, llvmpipe),
 //   which runs kernels at a few percent of the CPU's own speed;
-// - the wasm build: `webvlm_relaxed_bg.wasm` (SIMD128 and relaxed SIMD: integer dot
-//   products, relaxed FMA) where the engine validates a relaxed-SIMD instruction, else
-//   `webvlm_bg.wasm` (SIMD128, which every current browser has). Both builds export the same
-//   functions, so one wasm-bindgen glue (webvlm.js) loads either.
+// - the CPU backend's threads: `threads`, else half the logical cores (at most 8) where a pool
+//   can run (a cross-origin-isolated Worker), else 1;
+// - the wasm build: `webvlm_threads_bg.wasm` (shared memory, SIMD128: pool workers are Web
+//   Workers on the same memory) for more than one thread; else `webvlm_relaxed_bg.wasm`
+//   (SIMD128 and relaxed SIMD: integer dot products, relaxed FMA) where the engine validates a
+//   relaxed-SIMD instruction; else `webvlm_bg.wasm` (SIMD128, which every current browser
+//   has). The two single-thread builds export the same functions, so one wasm-bindgen glue
+//   (webvlm.js) loads either; the threaded one has its own (webvlm_threads.js).
 
 import { BadRequestError } from "./errors.js";
 
@@ -74,10 +78,34 @@ export function hasRelaxedSimd() {
   }
 }
 
-/** The wasm build this engine runs: `{simd: "relaxed" | "simd128", url}`; `force` ("simd128")
- * takes the plain SIMD128 build where relaxed SIMD exists too (tests compare the two). */
-export function wasmBuild(force) {
+/** Why this realm cannot run a pool of threads, or null where it can: shared memory needs a
+ * cross-origin-isolated page, and a pool's waits (Atomics.wait) a Worker. */
+export function threadsUnavailable() {
+  if (!globalThis.crossOriginIsolated) {
+    return "the page is not cross-origin isolated (serve it with Cross-Origin-Opener-Policy: same-origin and Cross-Origin-Embedder-Policy: require-corp)";
+  }
+  if (typeof WorkerGlobalScope === "undefined") return "the engine runs on the page's thread (worker: false), which cannot wait for other threads";
+  return null;
+}
+
+/** The CPU backend's threads when `createEngine` names none: half the logical cores (one
+ * thread per physical core on most CPUs), at most 8, where a pool can run; else 1. */
+export function defaultThreads() {
+  if (threadsUnavailable()) return 1;
+  return Math.max(1, Math.min(8, Math.floor((navigator.hardwareConcurrency ?? 1) / 2)));
+}
+
+/** The wasm build this engine runs for `threads` CPU threads: `{simd: "relaxed" | "simd128",
+ * threads: boolean, url, glue}`; `force` ("simd128") takes the plain SIMD128 build where
+ * relaxed SIMD exists too (tests compare the two). Throws BadRequestError for more than one
+ * thread where no pool can run. */
+export function wasmBuild(force, threads = 1) {
+  if (threads > 1) {
+    const why = threadsUnavailable();
+    if (why) throw new BadRequestError(`threads: ${threads} needs the threaded wasm build, but ${why}`);
+    return { simd: "simd128", threads: true, url: new URL("./webvlm_threads_bg.wasm", import.meta.url), glue: "./webvlm_threads.js" };
+  }
   const relaxed = force !== "simd128" && hasRelaxedSimd();
   const file = relaxed ? "./webvlm_relaxed_bg.wasm" : "./webvlm_bg.wasm";
-  return { simd: relaxed ? "relaxed" : "simd128", url: new URL(file, import.meta.url) };
+  return { simd: relaxed ? "relaxed" : "simd128", threads: false, url: new URL(file, import.meta.url), glue: "./webvlm.js" };
 }

@@ -12,8 +12,7 @@
 // Host → page:  {id, type: "progress", progress}  {id, type: "chunk", chunk}  (streams)
 //               {id, type: "result", value}       {id, type: "error", error: {name, message}}
 
-import init, { WebEngine } from "./webvlm.js";
-import { adapterLabel, chooseBackend, wasmBuild } from "./backend.js";
+import { adapterLabel, chooseBackend, defaultThreads, threadsUnavailable, wasmBuild } from "./backend.js";
 import { CacheWriter, deleteCached, expandSplitParts, isCached, markVerified, normalizeSource, readHead, readSources } from "./source.js";
 import { convertedName, DEFAULT_REPO_QUANT, REPO_QUANTS, repoBase, repoFiles, repoQuant } from "./repo.js";
 import { BadRequestError, DeviceLostError, DownloadError, EngineUnloadedError, ModelNotSupportedError, StreamStalledError, toWire } from "./errors.js";
@@ -128,9 +127,9 @@ export class Host {
   async load({ model, options = {}, cacheName, chunkBytes, streamStallMs }, onProgress) {
     const started = performance.now();
     if (streamStallMs !== undefined) this.stallMs = streamStallMs;
-    build ??= wasmBuild(options.wasmBuild);
-    wasm ??= await init({ module_or_path: build.url });
     const backend = await chooseBackend(options.backend);
+    const threads = backend.name === "cpu" ? options.threads ?? defaultThreads() : 1;
+    const { build, WebEngine } = await loadModule(wasmBuild(options.wasmBuild, threads));
     let repo = model.repo ? { base: repoBase(model.repo), quant: repoQuant(model.quant) } : null;
     let text = repo ? [] : [model.text].flat().flatMap(expandSplitParts).map(normalizeSource);
     const mmproj = model.mmproj ? [model.mmproj].flat().map(normalizeSource) : [];
@@ -152,7 +151,7 @@ export class Host {
     }
     const { wasmBuild: _, ...engineOptions } = options;
     const engine = this.loading = await WebEngine.create(JSON.stringify({
-      ...engineOptions, backend: backend.name, textParts: Math.max(1, text.length),
+      ...engineOptions, backend: backend.name, threads, textParts: Math.max(1, text.length),
     }));
     const open = () => {
       if (this.closed) throw new DownloadError("the model load was cancelled");
@@ -237,7 +236,11 @@ export class Host {
     // wgpu sees no adapter name in browsers; the page can read GPUAdapterInfo (`auto` already did).
     const label = backend.name === "webgpu" ? backend.label ?? adapterLabel(await navigator.gpu?.requestAdapter()) : "";
     if (label) info.adapter = `${label} — ${info.adapter.replace(/^\(\) /, "")}`;
-    info.backend = { ...info.backend, reason: backend.reason, build: build.simd };
+    info.backend = { ...info.backend, reason: backend.reason, build: build.threads ? "threads" : build.simd };
+    if (backend.name === "cpu") {
+      info.backend.threadsReason = options.threads !== undefined ? `asked for (threads: ${options.threads})`
+        : threadsUnavailable() ?? `half of the ${navigator.hardwareConcurrency} logical cores, at most 8`;
+    }
     open();
     this.engine = engine;
     this.loading = null;
@@ -380,9 +383,29 @@ async function fetchImage(url, signal) {
   }
 }
 
-let wasm = null;
-/** The wasm build this realm loaded (`wasmBuild`): one per realm, as the module is. */
-let build = null;
+/** The wasm module this realm runs, `{build, WebEngine, memory}` (a promise): one per realm,
+ * the build the first load asked for (`wasmBuild`). A later load that needs threads where the
+ * realm runs a single-thread build is refused; one that needs none runs on the threaded
+ * build's pool of one. */
+let realm = null;
+let memory = null;
+
+async function loadModule(wanted) {
+  realm ??= (async () => {
+    const glue = await import(wanted.glue);
+    const wasm = await glue.default({ module_or_path: wanted.url });
+    memory = wasm.memory;
+    return { build: wanted, WebEngine: glue.WebEngine };
+  })().catch((e) => {
+    realm = null;
+    throw e;
+  });
+  const loaded = await realm;
+  if (wanted.threads && !loaded.build.threads) {
+    throw new BadRequestError(`threads > 1 needs the threaded wasm build, but this realm runs the ${loaded.build.simd} one (one build per realm): create the engine in its own worker`);
+  }
+  return loaded;
+}
 
 // GPU memory held by buffers, counted here: wgpu's WebGPU backend has no memory counters, and
 // it never calls GPUBuffer.destroy() (a buffer the engine drops is freed when its JS object is
@@ -427,5 +450,5 @@ if (typeof GPUDevice !== "undefined" && !GPUDevice.prototype.createBuffer.__webv
 /** Bytes of the wasm heap (it only grows, so this is its peak; the weights never pass
  * through it as a whole). */
 function wasmMemoryBytes() {
-  return wasm?.memory.buffer.byteLength ?? null;
+  return memory?.buffer.byteLength ?? null;
 }

@@ -107,7 +107,9 @@ export interface CreateEngineOptions {
    * compiled into the same wasm module, where the browser has no WebGPU or only a software
    * adapter such as SwiftShader or WARP). `info.backend` says which runs and why. */
   backend?: "auto" | "webgpu" | "cpu";
-  /** Threads of the CPU backend (default 1). */
+  /** Threads of the CPU backend (default: half the logical cores, at most 8, where the engine
+   * runs in its worker on a cross-origin-isolated page; else 1). More than one loads the
+   * threaded wasm build, whose pool's threads are Web Workers. */
   threads?: number;
   /** Load the SIMD128 wasm build even where relaxed SIMD exists (tests and benchmarks). */
   wasmBuild?: "simd128";
@@ -271,11 +273,11 @@ export interface ModelInfo {
   adapter: string;
   /** Where the model runs and why (`createEngine({backend})`): WebGPU, or the CPU backend with
    * the SIMD level its kernels run at (the wasm build's: "relaxed" or "simd128"), its threads
-   * and its mode ("fast": 8-bit activations, as llama.cpp's CPU backend). `build` is the wasm
-   * build loaded. */
+   * and why that many, and its mode ("fast": 8-bit activations, as llama.cpp's CPU backend).
+   * `build` is the wasm build loaded ("threads": SIMD128 with shared memory). */
   backend:
-    | { name: "webgpu"; reason: string; build: "relaxed" | "simd128" }
-    | { name: "cpu"; reason: string; build: "relaxed" | "simd128"; simd: string; threads: number; mode: "fast" | "exact" };
+    | { name: "webgpu"; reason: string; build: "relaxed" | "simd128" | "threads" }
+    | { name: "cpu"; reason: string; build: "relaxed" | "simd128" | "threads"; simd: string; threads: number; threadsReason: string; mode: "fast" | "exact" };
   loadSeconds: number;
   networkBytes: number;
   wasmMemoryBytes: number | null;
@@ -339,6 +341,9 @@ export interface EngineStats {
   /** The wasm heap's size (`WebAssembly.Memory`; it only grows). */
   wasmMemoryBytes: number | null;
   promptCache?: { liveTokens: number; savedTokens: number[]; savedBytes: number; budgetBytes: number; evicted: number };
+  /** The CPU backend's pool: its threads, the workers started so far (Web Workers start
+   * asynchronously) and how many times one joined an op. */
+  cpuPool?: { threads: number; workersStarted: number; workerJoins: number };
 }
 
 /** An engine running the model in this page. */

@@ -66,7 +66,8 @@ export async function createEngine(o = {}) {
  * @param {"auto"|"webgpu"|"cpu"} [o.backend="auto"] where the model runs: `auto` takes WebGPU
  *   on a hardware adapter and the CPU backend where there is no WebGPU or only a software
  *   adapter (backend.js); `engine.info.backend` says which runs, on which build, and why
- * @param {number} [o.threads=1] threads of the CPU backend
+ * @param {number} [o.threads] threads of the CPU backend (default: half the logical cores, at
+ *   most 8, in a worker on a cross-origin-isolated page; else 1)
  * @param {"simd128"} [o.wasmBuild] load the SIMD128 build where relaxed SIMD exists too (tests)
  */
 async function createLocalEngine({ model, onProgress, worker = true, engine: options = {}, cacheName = DEFAULT_CACHE, chunkBytes,

@@ -365,10 +365,15 @@ impl WebEngine {
         let guard = self.inner.try_borrow().map_err(|_| js(WebError::Busy))?;
         let State::Ready(e) = &guard.state else { return Err(js(WebError::NotLoaded)) };
         let p = e.prompt_cache_stats();
-        let stats = serde_json::json!({ "promptCache": {
+        let mut stats = serde_json::json!({ "promptCache": {
             "liveTokens": p.live_tokens, "savedTokens": p.saved_tokens, "savedBytes": p.saved_bytes,
             "budgetBytes": p.budget_bytes, "evicted": p.evicted,
         } });
+        if let Device::Cpu(c) = e.device() {
+            let a = c.pool.activity();
+            stats["cpuPool"] =
+                serde_json::json!({ "threads": c.pool.threads(), "workersStarted": a.started, "workerJoins": a.joins });
+        }
         Ok(stats.to_string())
     }
 
@@ -452,19 +457,16 @@ fn vision_stream(sha256: Option<[u8; 32]>) -> Result<GgufStream, JsError> {
 }
 
 /// The CPU backend on `threads` threads (default 1) in `mode` (default fast: 8-bit activations,
-/// as llama.cpp's CPU backend and the native CLI's default). This build has no threads: the
-/// threaded build (shared memory, a pool of Web Workers) is the one for more.
+/// as llama.cpp's CPU backend and the native CLI's default). Only the threaded build (shared
+/// memory, a pool of Web Workers) runs more than one thread.
 fn cpu_device(threads: Option<usize>, mode: Option<&str>) -> Result<cpu::Device, JsError> {
     let threads = threads.unwrap_or(1);
-    if threads != 1 {
-        return Err(js(WebError::BadOption(format!("threads: {threads}; this wasm build runs the CPU backend on 1 thread"))));
-    }
     let mode = match mode.unwrap_or("fast") {
         "fast" => cpu::Mode::Fast,
         "exact" => cpu::Mode::Exact,
         other => return Err(js(WebError::BadOption(format!("cpuMode: {other:?} is neither \"fast\" nor \"exact\"")))),
     };
-    cpu::Device::new(threads, mode).map_err(|e| js(WebError::BadOption(format!("threads: {e}"))))
+    cpu::Device::new(threads, mode).map_err(|e| js(WebError::BadOption(format!("threads: {threads}; {e}"))))
 }
 
 /// The engine options that apply once the model is built.

@@ -2,7 +2,8 @@
 // where WebGPU's only adapter is SwiftShader (a software one) or where the page has no WebGPU,
 // and its greedy replies equal the native CLI's CPU backend (`webvlm generate --backend cpu
 // --threads 1`) on the tiny Mistral 3 VLM with an image, the tiny Qwen3.5 VLM and the real
-// SmolLM2-135M, in both wasm builds (relaxed SIMD and plain SIMD128).
+// SmolLM2-135M, in the three wasm builds (relaxed SIMD, plain SIMD128, and the threaded one on
+// a cross-origin-isolated page, its pool's workers being Web Workers).
 //
 // Needs `./build.sh wasm` (pkg/ and www/pkg/), the native CLI (built here with cargo) and
 // SmolLM2 (scripts/fetch_smollm2.sh).
@@ -12,44 +13,55 @@ import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
-import { startServer, repoRoot, cacheDir, DEFAULT_MOUNTS } from "./server.js";
+import { startServer, repoRoot, cacheDir, DEFAULT_MOUNTS, ISOLATION_HEADERS } from "./server.js";
 import { inPage, launchBrowser, requireWasmPackage } from "./harness.js";
 
 const MIN = 60_000;
 const SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const models = path.join(cacheDir, "models");
 
-let server, browser, page;
+let server, isolatedServer, browser, page, isolatedPage;
 
 before(async () => {
   requireWasmPackage();
   assert.ok(fs.existsSync(path.join(models, SMOLLM2)), `${SMOLLM2} missing: run scripts/fetch_smollm2.sh`);
-  server = await startServer({ mounts: { ...DEFAULT_MOUNTS, "/models/": models } });
+  const mounts = { ...DEFAULT_MOUNTS, "/models/": models };
+  server = await startServer({ mounts });
+  isolatedServer = await startServer({ mounts, headers: ISOLATION_HEADERS });
   browser = await launchBrowser();
   page = await browser.newPage();
   await page.goto(`${server.url}/test/blank.html`);
+  isolatedPage = await browser.newPage();
+  await isolatedPage.goto(`${isolatedServer.url}/test/blank.html`);
 });
 
 after(async () => {
   await browser?.close();
   await server?.close();
+  await isolatedServer?.close();
 });
 
-/** `webvlm generate` on the native CPU backend, one thread, in `mode`, with `args`; its text. */
+const nativeReplies = new Map();
+/** `webvlm generate` on the native CPU backend, one thread, in `mode`, with `args`; its text
+ * (run once per arguments). */
 function nativeCpu(args, mode = "fast") {
-  const out = execFileSync("cargo", ["run", "--quiet", "--bin", "webvlm", "--", "generate", "--backend", "cpu", "--threads", "1",
-    "--cpu-mode", mode, "--chat", "--ctx", "4096", ...args], { cwd: repoRoot, encoding: "utf8" });
-  return out.replace(/\n$/, "");
+  const key = JSON.stringify([args, mode]);
+  if (!nativeReplies.has(key)) {
+    const out = execFileSync("cargo", ["run", "--quiet", "--bin", "webvlm", "--", "generate", "--backend", "cpu", "--threads", "1",
+      "--cpu-mode", mode, "--chat", "--ctx", "4096", ...args], { cwd: repoRoot, encoding: "utf8" });
+    nativeReplies.set(key, out.replace(/\n$/, ""));
+  }
+  return nativeReplies.get(key);
 }
 
-/** Loads `model` in the page with `options`, runs `request` greedily, unloads; the reply and
- * the engine's info. */
-function runInPage(model, options, request) {
-  return inPage(page, async (api, [model, options, request]) => {
+/** Loads `model` in `on` (the plain page by default) with `options`, runs `request` greedily,
+ * unloads; the reply, the engine's info and its stats after the reply. */
+function runInPage(model, options, request, on = page) {
+  return inPage(on, async (api, [model, options, request]) => {
     const engine = await api.createEngine({ model, cacheName: null, ...options });
     try {
       const reply = await engine.chat.completions.create({ temperature: 0, ...request });
-      return { info: engine.info, content: reply.choices[0].message.content, usage: reply.usage };
+      return { info: engine.info, content: reply.choices[0].message.content, usage: reply.usage, stats: await engine.stats() };
     } finally {
       await engine.unload();
     }
@@ -60,10 +72,46 @@ const imageRequest = (url, prompt, more = {}) => ({
   messages: [{ role: "user", content: [{ type: "image_url", image_url: { url } }, { type: "text", text: prompt }] }], ...more,
 });
 
-test("auto takes the CPU backend on SwiftShader; the tiny Mistral 3 VLM answers about an image as the native CPU backend does, in both wasm builds", { timeout: 10 * MIN }, async (t) => {
+/** The three models, each with its page request and the native CLI's arguments for the same. */
+const mistral = (() => {
   const dir = "tests/fixtures/tiny_mistral3_tekken";
-  const model = { text: `/fixtures/tiny_mistral3_tekken/model.gguf`, mmproj: `/fixtures/tiny_mistral3_tekken/mmproj.gguf` };
-  const request = imageRequest("/fixtures/tiny_mistral3_tekken/img_84x56.png", "Describe the image.", { max_tokens: 6 });
+  return {
+    model: { text: `/fixtures/tiny_mistral3_tekken/model.gguf`, mmproj: `/fixtures/tiny_mistral3_tekken/mmproj.gguf` },
+    request: imageRequest("/fixtures/tiny_mistral3_tekken/img_84x56.png", "Describe the image.", { max_tokens: 6 }),
+    native: () => nativeCpu(["--model", path.join(dir, "model.gguf"), "--mmproj", path.join(dir, "mmproj.gguf"),
+      "--image", path.join(dir, "img_84x56.png"), "--prompt", "Describe the image.", "--max-tokens", "6"]),
+  };
+})();
+
+const qwen35 = (() => {
+  const dir = "tests/fixtures/tiny_qwen35_a";
+  const area = { min: 1024, max: 65536 }; // the fixture processor's bounds (cases.json)
+  return {
+    model: { text: "/fixtures/tiny_qwen35_a/model.gguf", mmproj: "/fixtures/tiny_qwen35_a/mmproj.gguf" },
+    options: { engine: { imageMinArea: area.min, imageMaxArea: area.max } },
+    request: imageRequest("/fixtures/tiny_qwen35_a/img_100x44.png", "Describe this image.",
+      { max_tokens: 8, chat_template_kwargs: { enable_thinking: false } }),
+    native: () => nativeCpu(["--model", path.join(dir, "model.gguf"), "--mmproj", path.join(dir, "mmproj.gguf"),
+      "--image", path.join(dir, "img_100x44.png"), "--image-min-area", `${area.min}`, "--image-max-area", `${area.max}`,
+      "--prompt", "Describe this image.", "--no-think", "--max-tokens", "8"]),
+  };
+})();
+
+// In the exact mode: the fast one's 8-bit activations turn the last-bit differences of the
+// other ops between SIMD levels (natively too: AVX2 and scalar) into other greedy replies on a
+// real model after a few tokens; the tiny fixtures have no such near ties.
+const smollm2 = (() => {
+  const prompt = "What is the capital of France?";
+  return {
+    model: { text: `/models/${SMOLLM2}` },
+    options: { engine: { cpuMode: "exact" } },
+    request: { messages: [{ role: "user", content: prompt }], max_tokens: 16 },
+    native: () => nativeCpu(["--model", path.join(models, SMOLLM2), "--prompt", prompt, "--max-tokens", "16"], "exact"),
+  };
+})();
+
+test("auto takes the CPU backend on SwiftShader; the tiny Mistral 3 VLM answers about an image as the native CPU backend does, in both single-thread wasm builds", { timeout: 10 * MIN }, async (t) => {
+  const { model, request } = mistral;
   const relaxed = await runInPage(model, {}, request);
   t.diagnostic(`auto: ${JSON.stringify(relaxed.info.backend)}; adapter ${relaxed.info.adapter}`);
   assert.equal(relaxed.info.backend.name, "cpu");
@@ -73,8 +121,7 @@ test("auto takes the CPU backend on SwiftShader; the tiny Mistral 3 VLM answers 
   const plain = await runInPage(model, { backend: "cpu", wasmBuild: "simd128" }, request);
   // Another worker, so another realm: the SIMD128 build.
   assert.equal(plain.info.backend.build, "simd128");
-  const native = nativeCpu(["--model", path.join(dir, "model.gguf"), "--mmproj", path.join(dir, "mmproj.gguf"),
-    "--image", path.join(dir, "img_84x56.png"), "--prompt", "Describe the image.", "--max-tokens", "6"]);
+  const native = mistral.native();
   t.diagnostic(`relaxed: ${JSON.stringify(relaxed.content)} simd128: ${JSON.stringify(plain.content)} native: ${JSON.stringify(native)}`);
   assert.ok(relaxed.usage.completion_tokens > 0);
   assert.equal(relaxed.content, native);
@@ -83,15 +130,8 @@ test("auto takes the CPU backend on SwiftShader; the tiny Mistral 3 VLM answers 
 });
 
 test("the tiny Qwen3.5 VLM (Gated DeltaNet) answers about an image on the CPU backend as natively", { timeout: 10 * MIN }, async (t) => {
-  const dir = "tests/fixtures/tiny_qwen35_a";
-  const model = { text: "/fixtures/tiny_qwen35_a/model.gguf", mmproj: "/fixtures/tiny_qwen35_a/mmproj.gguf" };
-  const area = { min: 1024, max: 65536 }; // the fixture processor's bounds (cases.json)
-  const r = await runInPage(model, { backend: "cpu", engine: { imageMinArea: area.min, imageMaxArea: area.max } },
-    imageRequest("/fixtures/tiny_qwen35_a/img_100x44.png", "Describe this image.",
-      { max_tokens: 8, chat_template_kwargs: { enable_thinking: false } }));
-  const native = nativeCpu(["--model", path.join(dir, "model.gguf"), "--mmproj", path.join(dir, "mmproj.gguf"),
-    "--image", path.join(dir, "img_100x44.png"), "--image-min-area", `${area.min}`, "--image-max-area", `${area.max}`,
-    "--prompt", "Describe this image.", "--no-think", "--max-tokens", "8"]);
+  const r = await runInPage(qwen35.model, { backend: "cpu", ...qwen35.options }, qwen35.request);
+  const native = qwen35.native();
   t.diagnostic(`browser: ${JSON.stringify(r.content)} native: ${JSON.stringify(native)}; ${JSON.stringify(r.info.backend)}`);
   assert.equal(r.info.backend.name, "cpu");
   assert.ok(r.usage.prompt_tokens > 30, `${r.usage.prompt_tokens} prompt tokens (the image's included)`);
@@ -99,23 +139,15 @@ test("the tiny Qwen3.5 VLM (Gated DeltaNet) answers about an image on the CPU ba
   browser.assertNoErrors();
 });
 
-// In the exact mode: the fast one's 8-bit activations turn the last-bit differences of the
-// other ops between SIMD levels (natively too: AVX2 and scalar) into other greedy replies on a
-// real model after a few tokens; the tiny fixtures above have no such near ties.
 test("SmolLM2-135M on the CPU backend (exact mode) answers as natively, where the page has no WebGPU at all", { timeout: 10 * MIN }, async (t) => {
   const bare = await browser.context.newPage();
   await bare.addInitScript(() => { delete Navigator.prototype.gpu; });
   await bare.goto(`${server.url}/test/blank.html`);
-  const prompt = "What is the capital of France?";
-  const r = await inPage(bare, async (api, [url, prompt]) => {
-    // On the page's thread: its navigator is the one without WebGPU.
-    const engine = await api.createEngine({ model: { text: url }, worker: false, cacheName: null, engine: { cpuMode: "exact" } });
-    const reply = await engine.chat.completions.create({ messages: [{ role: "user", content: prompt }], max_tokens: 16, temperature: 0 });
-    await engine.unload();
-    return { gpu: "gpu" in navigator, info: engine.info, content: reply.choices[0].message.content, usage: reply.usage };
-  }, [`/models/${SMOLLM2}`, prompt]);
+  // On the page's thread (worker: false): its navigator is the one without WebGPU.
+  const r = await runInPage(smollm2.model, { ...smollm2.options, worker: false }, smollm2.request, bare);
+  r.gpu = await bare.evaluate(() => "gpu" in navigator);
   await bare.close();
-  const native = nativeCpu(["--model", path.join(models, SMOLLM2), "--prompt", prompt, "--max-tokens", "16"], "exact");
+  const native = smollm2.native();
   t.diagnostic(`browser: ${JSON.stringify(r.content)} native: ${JSON.stringify(native)}; ${JSON.stringify(r.info.backend)}; usage ${JSON.stringify(r.usage)}`);
   assert.equal(r.gpu, false, "the init script did not hide WebGPU");
   assert.equal(r.info.backend.name, "cpu");
@@ -126,11 +158,35 @@ test("SmolLM2-135M on the CPU backend (exact mode) answers as natively, where th
   browser.assertNoErrors();
 });
 
-test("backend and threads are checked before anything loads", async () => {
-  const r = await inPage(page, async (api) => {
-    const fail = (o) => api.createEngine({ model: { text: "/none.gguf" }, ...o }).then(() => null, (e) => `${e.name}: ${e.message}`);
-    return { backend: await fail({ backend: "gpu" }), threads: await fail({ backend: "cpu", threads: 0 }) };
+test("the threaded build on a cross-origin-isolated page: 2 threads answer as the native CPU backend on the three models, its Web Workers at work", { timeout: 10 * MIN }, async (t) => {
+  assert.equal(await isolatedPage.evaluate(() => crossOriginIsolated), true, "the isolated server's page is not cross-origin isolated");
+  for (const [name, c] of Object.entries({ mistral, qwen35, smollm2 })) {
+    const r = await runInPage(c.model, { backend: "cpu", threads: 2, ...c.options }, c.request, isolatedPage);
+    const native = c.native();
+    t.diagnostic(`${name}: browser ${JSON.stringify(r.content)} native ${JSON.stringify(native)}; ${JSON.stringify(r.info.backend)}; pool ${JSON.stringify(r.stats.cpuPool)}`);
+    assert.equal(r.info.backend.build, "threads");
+    assert.equal(r.info.backend.threads, 2);
+    assert.equal(r.stats.cpuPool.workersStarted, 1, "the pool's Web Worker did not start");
+    assert.ok(r.stats.cpuPool.workerJoins > 0, "the pool's Web Worker never ran a task");
+    assert.equal(r.content, native);
+  }
+  browser.assertNoErrors();
+});
+
+test("backend and threads are checked before anything loads; more than one thread needs cross-origin isolation", async () => {
+  const fails = (on) => inPage(on, async (api) => {
+    const fail = (o) => api.createEngine({ model: { text: "/none.gguf" }, cacheName: null, ...o }).then(() => null, (e) => `${e.name}: ${e.message}`);
+    return {
+      backend: await fail({ backend: "gpu" }),
+      threads: await fail({ backend: "cpu", threads: 0 }),
+      twoThreads: await fail({ backend: "cpu", threads: 2 }),
+      onPageThread: await fail({ backend: "cpu", threads: 2, worker: false }),
+    };
   });
+  const r = await fails(page);
   assert.match(r.backend, /^BadRequestError: backend must be one of "auto", "webgpu", "cpu"/);
   assert.match(r.threads, /^BadRequestError: threads must be a positive integer/);
+  assert.match(r.twoThreads, /^BadRequestError: threads: 2 needs the threaded wasm build, but the page is not cross-origin isolated/);
+  const isolated = await fails(isolatedPage);
+  assert.match(isolated.onPageThread, /^BadRequestError: threads: 2 needs the threaded wasm build, but the engine runs on the page's thread/);
 });

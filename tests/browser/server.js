@@ -19,8 +19,8 @@
 // the work. CORS is open so that a second server can play a cross-origin weight host.
 //
 // `csp: true` (or `{ connectSrc: [origins] }`) sends the demo's Content-Security-Policy
-// (`demoCsp()`, with `Referrer-Policy: no-referrer` and `X-Content-Type-Options: nosniff`) on
-// every response: the page's documents, and the scripts whose response sets the policy of the
+// (`demoCsp()`, with `Referrer-Policy: no-referrer`, `X-Content-Type-Options: nosniff` and
+// cross-origin isolation, COOP and COEP: the CPU backend's threads need it) on every response: the page's documents, and the scripts whose response sets the policy of the
 // workers they start (the engine's module worker, the service worker). Off by default: test
 // pages with inline scripts and pages that fetch from a second origin run without it.
 //
@@ -92,14 +92,22 @@ export function demoCsp({ connectSrc = [] } = {}) {
   ].join("; ");
 }
 
-/** The headers `csp` adds (see startServer). */
+/** The headers `csp` adds (see startServer): the demo's policy, and cross-origin isolation
+ * (COOP and COEP), without which a page has no shared memory for the CPU backend's threads. */
 export function demoSecurityHeaders(options) {
   return {
     "Content-Security-Policy": demoCsp(options),
     "Referrer-Policy": "no-referrer",
     "X-Content-Type-Options": "nosniff",
+    ...ISOLATION_HEADERS,
   };
 }
+
+/** Cross-origin isolation: what a page needs for SharedArrayBuffer (the threaded wasm build). */
+export const ISOLATION_HEADERS = {
+  "Cross-Origin-Opener-Policy": "same-origin",
+  "Cross-Origin-Embedder-Policy": "require-corp",
+};
 
 export const DEFAULT_MOUNTS = { "/": "www", "/fixtures/": "tests/fixtures", "/test/": "tests/browser/pages" };
 

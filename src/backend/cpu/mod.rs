@@ -40,6 +40,6 @@ pub use device::Device;
 pub use matmul::{matmul, matmul_into};
 pub use matvec::{matvec, matvec_into, Epilogue, MatvecError, Mode, Output, Weight};
 pub use ops::ShapeError;
-pub use pool::{PoolError, ThreadPool};
+pub use pool::{PoolActivity, PoolError, ThreadPool};
 pub use program::{Buffer, Mapped, Program, ProgramError};
 pub use simd::{Simd, SimdError};

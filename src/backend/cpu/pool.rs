@@ -9,14 +9,17 @@
 //! once no task is left to claim, closes it and waits only for the workers that joined. A
 //! worker that wakes late (or is not scheduled, on a busy machine) costs nothing.
 //!
-//! One thread spawns nothing (wasm32 has no threads: `std::thread` fails to spawn there).
+//! One thread spawns nothing. On wasm32, `std::thread` cannot spawn: the threaded wasm build
+//! (shared memory, `target_feature = "atomics"`) asks JS for a Web Worker per worker thread
+//! ([`wasm_workers`]), which instantiates the same module on the same memory and enters
+//! [`Shared::worker`]. A Web Worker starts asynchronously, so ops run on fewer threads until
+//! it has; a pool without threads (the other wasm builds) refuses more than one.
 
 use std::any::Any;
 use std::cell::UnsafeCell;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 // `std::time::Instant` panics on wasm32; `web_time` reads `performance.now()` there.
@@ -40,7 +43,16 @@ pub enum PoolError {
     #[error("a thread pool needs at least one thread")]
     NoThreads,
     #[error("could not start a worker thread: {0}")]
-    Spawn(#[from] std::io::Error),
+    Spawn(String),
+    #[error("this build has no threads (the threaded wasm build runs more than one)")]
+    Unsupported,
+}
+
+/// [`ThreadPool::activity`].
+#[derive(Clone, Copy, Debug)]
+pub struct PoolActivity {
+    pub started: usize,
+    pub joins: u64,
 }
 
 /// One op: a task function (its lifetime erased, see [`ThreadPool::run`]) and its task count.
@@ -67,6 +79,10 @@ struct Shared {
     wake_caller: Condvar,
     sleepers: AtomicUsize,
     caller_asleep: AtomicBool,
+    /// Workers that have started (a Web Worker starts some time after it was asked for), and
+    /// ops that a worker joined: how much the pool's threads helped ([`ThreadPool::activity`]).
+    started: AtomicUsize,
+    joins: AtomicU64,
 }
 
 // SAFETY: `job` is the only field that is not Send/Sync by itself (an UnsafeCell holding a raw
@@ -78,7 +94,7 @@ unsafe impl Send for Shared {}
 /// A fixed set of threads that run ops' tasks; see the module docs.
 pub struct ThreadPool {
     shared: Arc<Shared>,
-    handles: Vec<JoinHandle<()>>,
+    workers: Vec<Worker>,
     /// Serializes `run` calls from different threads (one op at a time).
     serial: Mutex<()>,
 }
@@ -127,7 +143,9 @@ impl Shared {
     }
 
     /// A worker's life: wait for a new generation, join its op if still open, leave.
+    #[cfg_attr(all(target_arch = "wasm32", not(target_feature = "atomics")), allow(dead_code))]
     fn worker(&self) {
+        self.started.fetch_add(1, Relaxed);
         let mut seen = 0;
         loop {
             let generation = |s: u64| s / GENERATION;
@@ -149,6 +167,7 @@ impl Shared {
             while generation(s) == seen && s & CLOSED == 0 {
                 match self.state.compare_exchange_weak(s, s + 1, AcqRel, Acquire) {
                     Ok(_) => {
+                        self.joins.fetch_add(1, Relaxed);
                         // SAFETY: joined, so the caller neither rewrites `job` nor returns
                         // before this worker leaves.
                         self.work(unsafe { *self.job.get() });
@@ -214,20 +233,25 @@ impl ThreadPool {
             wake_caller: Condvar::new(),
             sleepers: AtomicUsize::new(0),
             caller_asleep: AtomicBool::new(false),
+            started: AtomicUsize::new(0),
+            joins: AtomicU64::new(0),
         });
-        let mut pool = ThreadPool { shared, handles: Vec::with_capacity(threads - 1), serial: Mutex::new(()) };
+        let mut pool = ThreadPool { shared, workers: Vec::with_capacity(threads - 1), serial: Mutex::new(()) };
         for i in 1..threads {
-            let shared = Arc::clone(&pool.shared);
             // On failure, dropping `pool` stops the workers already started.
-            let handle = std::thread::Builder::new().name(format!("webvlm-cpu-{i}")).spawn(move || shared.worker())?;
-            pool.handles.push(handle);
+            pool.workers.push(spawn(i, Arc::clone(&pool.shared))?);
         }
         Ok(pool)
     }
 
     /// Threads in all, the caller included.
     pub fn threads(&self) -> usize {
-        self.handles.len() + 1
+        self.workers.len() + 1
+    }
+
+    /// How many workers have started, and how many times one joined an op.
+    pub fn activity(&self) -> PoolActivity {
+        PoolActivity { started: self.shared.started.load(Relaxed), joins: self.shared.joins.load(Relaxed) }
     }
 
     /// Runs `f(i)` for every `i < n_tasks`, each exactly once, on the calling thread and the
@@ -235,7 +259,7 @@ impl ThreadPool {
     /// claiming of new tasks, and its panic is re-raised here once every thread is done.
     /// Tasks must not call `run` on the same pool (it would wait for itself).
     pub fn run(&self, n_tasks: usize, f: &(dyn Fn(usize) + Sync)) {
-        if self.handles.is_empty() || n_tasks <= 1 {
+        if self.workers.is_empty() || n_tasks <= 1 {
             (0..n_tasks).for_each(f);
             return;
         }
@@ -259,9 +283,88 @@ impl Drop for ThreadPool {
         // `&mut self`: no op is open. A new generation with `stop` set ends the workers.
         self.shared.stop.store(true, SeqCst);
         self.shared.open(Job { f: &noop, n_tasks: 0 });
-        for handle in self.handles.drain(..) {
-            // A worker cannot panic (tasks' panics are caught); nothing to report if one did.
-            let _ = handle.join();
+        for worker in self.workers.drain(..) {
+            join(worker);
         }
+    }
+}
+
+/// A started worker thread.
+#[cfg(not(target_arch = "wasm32"))]
+type Worker = std::thread::JoinHandle<()>;
+
+#[cfg(not(target_arch = "wasm32"))]
+fn spawn(i: usize, shared: Arc<Shared>) -> Result<Worker, PoolError> {
+    let thread = std::thread::Builder::new().name(format!("webvlm-cpu-{i}"));
+    thread.spawn(move || shared.worker()).map_err(|e| PoolError::Spawn(e.to_string()))
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn join(worker: Worker) {
+    // A worker cannot panic (tasks' panics are caught); nothing to report if one did.
+    let _ = worker.join();
+}
+
+#[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
+type Worker = std::convert::Infallible;
+
+#[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
+fn spawn(_: usize, _: Arc<Shared>) -> Result<Worker, PoolError> {
+    Err(PoolError::Unsupported)
+}
+
+#[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
+fn join(worker: Worker) {
+    match worker {}
+}
+
+#[cfg(all(target_arch = "wasm32", target_feature = "atomics"))]
+use wasm_workers::{join, spawn, Worker};
+
+/// Worker threads as Web Workers (the threaded wasm build). The pool hands each one a
+/// reference to its [`Shared`] as an address in the shared memory; the worker's JS
+/// (`js/pool_worker.js`) instantiates this module on that memory and calls
+/// [`run_pool_worker`], which returns when the pool stops. There is nothing to join: a
+/// stopped worker drops its reference and ends its Web Worker itself.
+#[cfg(all(target_arch = "wasm32", target_feature = "atomics"))]
+mod wasm_workers {
+    use super::{PoolError, Shared};
+    use std::sync::Arc;
+    use wasm_bindgen::prelude::*;
+
+    pub(super) type Worker = ();
+
+    #[wasm_bindgen(inline_js = r#"
+        export function startPoolWorker(module, memory, shared, name) {
+            // This snippet lies in snippets/<crate>-<hash>/ beside the package's files.
+            const url = new URL("../../pool_worker.js", import.meta.url);
+            new Worker(url, { type: "module", name }).postMessage({ module, memory, shared });
+        }
+    "#)]
+    extern "C" {
+        #[wasm_bindgen(catch, js_name = startPoolWorker)]
+        fn start_pool_worker(module: JsValue, memory: JsValue, shared: usize, name: &str) -> Result<(), JsValue>;
+    }
+
+    pub(super) fn spawn(i: usize, shared: Arc<Shared>) -> Result<Worker, PoolError> {
+        let address = Arc::into_raw(shared) as usize;
+        start_pool_worker(wasm_bindgen::module(), wasm_bindgen::memory(), address, &format!("webvlm-cpu-{i}")).map_err(|e| {
+            // SAFETY: the reference was not handed over.
+            drop(unsafe { Arc::from_raw(address as *const Shared) });
+            PoolError::Spawn(format!("{e:?}"))
+        })
+    }
+
+    pub(super) fn join(_: Worker) {}
+
+    /// A pool worker's life, called by `js/pool_worker.js` in its own Web Worker.
+    ///
+    /// # Safety
+    /// `shared` is an address [`spawn`] handed out, used once.
+    #[wasm_bindgen(js_name = runPoolWorker)]
+    pub unsafe fn run_pool_worker(shared: usize) {
+        // SAFETY: see the function's contract.
+        let shared = unsafe { Arc::from_raw(shared as *const Shared) };
+        shared.worker();
     }
 }

@@ -1,0 +1,11 @@
+// A worker thread of the CPU backend's pool, in the threaded wasm build. The pool
+// (src/backend/cpu/pool.rs) starts one such Web Worker per thread beyond the engine's own and
+// sends it the wasm module, the shared memory and the pool's address: the worker instantiates
+// the module on that memory and works for the pool until it stops.
+import { initSync, runPoolWorker } from "./webvlm_threads.js";
+
+self.onmessage = ({ data: { module, memory, shared } }) => {
+  initSync({ module, memory });
+  runPoolWorker(shared);
+  self.close();
+};
