@@ -301,11 +301,16 @@ test("the demo says where the model runs and why, and switches between the CPU a
   // Chromium's only WebGPU adapter here is SwiftShader: "auto" runs the model on the CPU.
   await ready("cpu");
   assert.match(await page.locator("#model-info").textContent(),
-    /Runs onThe CPU \(relaxed SIMD, 1 thread\): the only WebGPU adapter is a software one \(.+\) Switch to WebGPU/);
+    /Runs onThe CPU \((relaxed SIMD|SIMD128), \d+ threads?: half of the \d+ logical cores, at most 8\): the only WebGPU adapter is a software one \(.+\) Switch to WebGPU/);
   await page.click("#switch-backend");
   await ready("webgpu");
   assert.equal(await page.locator("#settings-backend").inputValue(), "webgpu", "the choice is saved in Settings");
   assert.match(await page.locator("#model-info").textContent(), /Runs onThe GPU \(WebGPU\): asked for/);
+  // The demo's server isolates the page (COOP, COEP): the threaded build runs.
+  await page.goto(`${server.url}/index.html?model=${dir}/model.gguf&mmproj=${dir}/mmproj.gguf&autoload=1&backend=cpu&threads=2`);
+  await ready("cpu");
+  assert.match(await page.locator("#model-info").textContent(), /Runs onThe CPU \(SIMD128, 2 threads: asked for \(threads: 2\)\)/);
+  assert.equal(await page.evaluate(() => window.webvlmDemo.state.info.backend.build), "threads");
   await page.evaluate(() => localStorage.clear()); // the next tests start from the default settings
   await assertNoViolations(page);
   browser.assertNoErrors();

@@ -169,6 +169,7 @@ export async function load() {
       model,
       onProgress,
       backend: state.settings.backend,
+      ...(state.settings.threads ? { threads: state.settings.threads } : {}),
       // f16 checked: the engine's choice for the adapter; unchecked: f32 matmuls.
       engine: {
         maxContext: state.settings.context,
@@ -320,7 +321,7 @@ function backendLine(b) {
   if (!b) return "—";
   const other = b.name === "cpu" ? "webgpu" : "cpu";
   const what = b.name === "cpu"
-    ? `The CPU (${b.simd === "relaxed" ? "relaxed SIMD" : b.simd.toUpperCase()}, ${b.threads} thread${b.threads === 1 ? "" : "s"})`
+    ? `The CPU (${b.simd === "relaxed" ? "relaxed SIMD" : b.simd.toUpperCase()}, ${b.threads} thread${b.threads === 1 ? "" : "s"}: ${b.threadsReason})`
     : "The GPU (WebGPU)";
   const button = el("button", {
     id: "switch-backend", type: "button", class: "secondary small",

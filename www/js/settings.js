@@ -1,5 +1,5 @@
 // The Settings panel: sampling, image size limit, system prompt, context length, where the model
-// runs (WebGPU or the CPU) and precision,
+// runs (WebGPU or the CPU, on how many threads) and precision,
 // saved on this device; the remote server (its URL and model saved, its API key kept in
 // sessionStorage only, never localStorage); and the parts of a request that come from them.
 
@@ -14,6 +14,7 @@ const SETTING_FIELDS = [
   ["system", "settings-system", String],
   ["context", "settings-context", Number],
   ["backend", "settings-backend", String],
+  ["threads", "settings-threads", Number],
 ];
 /** Text settings that may be empty (the fields above put back the saved value when cleared). */
 const REMOTE_FIELDS = [["remote_url", "settings-remote-url"], ["remote_model", "settings-remote-model"]];

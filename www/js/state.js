@@ -16,6 +16,9 @@ export const DEFAULT_SETTINGS = {
   f16: true,
   /** Where the model runs: "auto" (WebGPU on a hardware adapter, else the CPU), "webgpu", "cpu". */
   backend: "auto",
+  /** The CPU backend's threads; 0: the package's default (half the logical cores where the
+   * page is cross-origin isolated, else 1). */
+  threads: 0,
   remote_url: "",
   remote_model: "",
 };
@@ -27,7 +30,7 @@ function loadSettings() {
   try { saved = JSON.parse(localStorage.getItem(SETTINGS_KEY) ?? "{}") ?? {}; } catch { /* private mode */ }
   const s = { ...DEFAULT_SETTINGS, ...saved };
   const num = (k, p = k) => { if (params.has(p) && Number.isFinite(Number(params.get(p)))) s[k] = Number(params.get(p)); };
-  num("temperature"); num("top_p"); num("max_tokens"); num("image_max_edge"); num("context");
+  num("temperature"); num("top_p"); num("max_tokens"); num("image_max_edge"); num("context"); num("threads");
   if (params.has("f16")) s.f16 = params.get("f16") === "1" || params.get("f16") === "true";
   if (params.has("backend")) s.backend = params.get("backend");
   if (!BACKENDS.includes(s.backend)) s.backend = DEFAULT_SETTINGS.backend;

@@ -129,6 +129,9 @@ pub trait KvElem: Copy + Send + Sync + 'static {
     /// AVX2 and F16C; `p` points at eight readable elements.
     #[cfg(target_arch = "x86_64")]
     unsafe fn load8(p: *const Self) -> __m256;
+    /// Four elements from `x[..4]` as f32 lanes.
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    fn load4(x: &[Self]) -> core::arch::wasm32::v128;
 }
 
 impl KvElem for f32 {
@@ -150,6 +153,12 @@ impl KvElem for f32 {
     unsafe fn load8(p: *const f32) -> __m256 {
         _mm256_loadu_ps(p)
     }
+
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    #[inline(always)]
+    fn load4(x: &[f32]) -> core::arch::wasm32::v128 {
+        super::attention_wasm::load4_f32(x)
+    }
 }
 
 impl KvElem for u16 {
@@ -170,6 +179,12 @@ impl KvElem for u16 {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn load8(p: *const u16) -> __m256 {
         _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
+    }
+
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    #[inline(always)]
+    fn load4(x: &[u16]) -> core::arch::wasm32::v128 {
+        super::attention_wasm::load4_f16(x)
     }
 }
 
@@ -210,6 +225,19 @@ pub(super) fn attend<T: KvElem, R>(
     if simd.avx2() {
         // SAFETY: the level implies AVX2, FMA and F16C.
         return unsafe { attend_avx2(qs, out, kv, ranges, head_dim, group, scale) };
+    }
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    {
+        use super::attention_wasm::{accumulate, scores};
+        match simd {
+            Simd::Relaxed => {
+                return attend_with(qs, out, kv, ranges, head_dim, group, scale, scores::<T, true>, accumulate::<T, true>)
+            }
+            Simd::Simd128 => {
+                return attend_with(qs, out, kv, ranges, head_dim, group, scale, scores::<T, false>, accumulate::<T, false>)
+            }
+            _ => {}
+        }
     }
     let _ = simd;
     attend_with(qs, out, kv, ranges, head_dim, group, scale, scores_portable, accumulate_portable)
@@ -290,14 +318,14 @@ fn attend_with<T: KvElem, R>(
 }
 
 #[inline(always)]
-fn scores_portable<T: KvElem>(q: &[f32], k: &[T], stride: usize, s: &mut [f32]) {
+pub(super) fn scores_portable<T: KvElem>(q: &[f32], k: &[T], stride: usize, s: &mut [f32]) {
     for (j, s) in s.iter_mut().enumerate() {
         *s = dot(q, &k[j * stride..][..q.len()]);
     }
 }
 
 #[inline(always)]
-fn accumulate_portable<T: KvElem>(acc: &mut [f32], p: &[f32], v: &[T], stride: usize) {
+pub(super) fn accumulate_portable<T: KvElem>(acc: &mut [f32], p: &[f32], v: &[T], stride: usize) {
     let hd = acc.len();
     for (j, &p) in p.iter().enumerate() {
         for (a, &vv) in acc.iter_mut().zip(&v[j * stride..][..hd]) {

@@ -9,7 +9,8 @@
 //! once no task is left to claim, closes it and waits only for the workers that joined. A
 //! worker that wakes late (or is not scheduled, on a busy machine) costs nothing.
 //!
-//! One thread spawns nothing. On wasm32, `std::thread` cannot spawn: the threaded wasm build
+//! One thread spawns nothing. In browsers (wasm32-unknown-unknown) `std::thread` cannot spawn:
+//! the threaded wasm build
 //! (shared memory, `target_feature = "atomics"`) asks JS for a Web Worker per worker thread
 //! ([`wasm_workers`]), which instantiates the same module on the same memory and enters
 //! [`Shared::worker`]. A Web Worker starts asynchronously, so ops run on fewer threads until
@@ -143,7 +144,7 @@ impl Shared {
     }
 
     /// A worker's life: wait for a new generation, join its op if still open, leave.
-    #[cfg_attr(all(target_arch = "wasm32", not(target_feature = "atomics")), allow(dead_code))]
+    #[cfg_attr(all(target_arch = "wasm32", target_os = "unknown", not(target_feature = "atomics")), allow(dead_code))]
     fn worker(&self) {
         self.started.fetch_add(1, Relaxed);
         let mut seen = 0;
@@ -290,35 +291,35 @@ impl Drop for ThreadPool {
 }
 
 /// A started worker thread.
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]
 type Worker = std::thread::JoinHandle<()>;
 
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]
 fn spawn(i: usize, shared: Arc<Shared>) -> Result<Worker, PoolError> {
     let thread = std::thread::Builder::new().name(format!("webvlm-cpu-{i}"));
     thread.spawn(move || shared.worker()).map_err(|e| PoolError::Spawn(e.to_string()))
 }
 
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]
 fn join(worker: Worker) {
     // A worker cannot panic (tasks' panics are caught); nothing to report if one did.
     let _ = worker.join();
 }
 
-#[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
+#[cfg(all(target_arch = "wasm32", target_os = "unknown", not(target_feature = "atomics")))]
 type Worker = std::convert::Infallible;
 
-#[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
+#[cfg(all(target_arch = "wasm32", target_os = "unknown", not(target_feature = "atomics")))]
 fn spawn(_: usize, _: Arc<Shared>) -> Result<Worker, PoolError> {
     Err(PoolError::Unsupported)
 }
 
-#[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
+#[cfg(all(target_arch = "wasm32", target_os = "unknown", not(target_feature = "atomics")))]
 fn join(worker: Worker) {
     match worker {}
 }
 
-#[cfg(all(target_arch = "wasm32", target_feature = "atomics"))]
+#[cfg(all(target_arch = "wasm32", target_os = "unknown", target_feature = "atomics"))]
 use wasm_workers::{join, spawn, Worker};
 
 /// Worker threads as Web Workers (the threaded wasm build). The pool hands each one a
@@ -326,7 +327,7 @@ use wasm_workers::{join, spawn, Worker};
 /// (`js/pool_worker.js`) instantiates this module on that memory and calls
 /// [`run_pool_worker`], which returns when the pool stops. There is nothing to join: a
 /// stopped worker drops its reference and ends its Web Worker itself.
-#[cfg(all(target_arch = "wasm32", target_feature = "atomics"))]
+#[cfg(all(target_arch = "wasm32", target_os = "unknown", target_feature = "atomics"))]
 mod wasm_workers {
     use super::{PoolError, Shared};
     use std::sync::Arc;

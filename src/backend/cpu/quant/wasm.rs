@@ -78,7 +78,7 @@ pub(super) fn f16_at(b: &[u8], at: usize) -> f32 {
 /// Four f16 (the low 16 bits of each u32 lane, the high bits zero) as f32: [`f16_to_f32`] in
 /// lanes.
 #[inline(always)]
-fn f16x4(h: v128) -> v128 {
+pub(in crate::backend::cpu) fn f16x4(h: v128) -> v128 {
     let magnitude = v128_and(h, u32x4_splat(0x7FFF));
     let shifted = i32x4_shl(magnitude, 13);
     let scaled = f32x4_mul(shifted, f32x4_splat(f32::from_bits(0x7780_0000)));
