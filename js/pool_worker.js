@@ -5,7 +5,9 @@
 import { initSync, runPoolWorker } from "./webvlm_threads.js";
 
 self.onmessage = ({ data: { module, memory, shared } }) => {
-  initSync({ module, memory });
+  const wasm = initSync({ module, memory });
   runPoolWorker(shared);
+  // The pool stopped: free this thread's stack and thread-locals in the shared memory.
+  wasm.__wbindgen_thread_destroy();
   self.close();
 };

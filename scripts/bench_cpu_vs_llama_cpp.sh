@@ -35,7 +35,7 @@ SRC="$WORK/llama_cpp_python-$VERSION/vendor/llama.cpp"
 BUILD="$WORK/llama-native-$VERSION"
 if [ ! -x "$BUILD/bin/llama-bench" ] || [ ! -x "$BUILD/bin/llama-quantize" ]; then
   if [ ! -d "$SRC" ]; then
-    "$PY" -m pip download --quiet --no-deps --no-binary :all: -d "$WORK" "llama-cpp-python==$VERSION" >&2
+    "$PY" -m pip download --quiet --no-deps --no-binary llama-cpp-python -d "$WORK" "llama-cpp-python==$VERSION" >&2
     tar -xzf "$WORK/llama_cpp_python-$VERSION.tar.gz" -C "$WORK"
   fi
   "$PY" -m pip install --quiet cmake ninja >&2

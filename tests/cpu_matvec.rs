@@ -285,6 +285,24 @@ fn pool_survives_many_runs_idle_gaps_and_concurrent_callers() {
 }
 
 #[test]
+fn pool_reports_its_workers_at_work() {
+    let alone = ThreadPool::new(1).unwrap();
+    alone.run(8, &|_| {});
+    assert_eq!((alone.activity().started, alone.activity().joins), (0, 0));
+    let pool = ThreadPool::new(3).unwrap();
+    // Tasks of a millisecond: the workers wake and join within one, unless the machine never
+    // schedules them (hence a few hundred chances).
+    for _ in 0..500 {
+        pool.run(8, &|_| std::thread::sleep(std::time::Duration::from_millis(1)));
+        let a = pool.activity();
+        if a.started == 2 && a.joins > 0 {
+            return;
+        }
+    }
+    panic!("the workers did not join: {:?}", pool.activity());
+}
+
+#[test]
 fn pool_propagates_a_panicking_task() {
     let pool = ThreadPool::new(3).unwrap();
     for bad in [0, 5, 63] {

@@ -26,7 +26,7 @@
 
 use core::arch::wasm32::*;
 
-use super::wasm::{dot32_u4, dot_i8, f16_at, hsum_i32, load, load_i8, madd, madd16, sum4, widen16};
+use super::wasm::{dot32_u4, dot_i8, f16_at, f16x4, hsum_i32, load, load_i8, madd, madd16, sum4, widen16};
 use super::{block_bytes, BlockQ8, Q4_0, Q4_1, Q8_0};
 
 /// A 4-bit block's 16 bytes of nibbles as 32 codes in element order (element `l` the low
@@ -43,30 +43,81 @@ fn codes(xb: &BlockQ8) -> [v128; 2] {
     [load_i8(&xb.qs), load_i8(&xb.qs[16..])]
 }
 
+/// Block `b` of format `F` times the activation codes `xq`, in i32 lanes whose sum is the
+/// block's integer dot (Q4_0's `- 8 Σ qx` apart).
+#[inline(always)]
+fn lanes<const F: u8, const R: bool>(b: &[u8], xq: [v128; 2]) -> v128 {
+    match F {
+        Q4_0 => dot32_u4::<R>(nibbles(&b[2..18]), xq),
+        Q4_1 => dot32_u4::<R>(nibbles(&b[4..20]), xq),
+        _ => i32x4_add(dot_i8(load(&b[2..18]), xq[0]), dot_i8(load(&b[18..34]), xq[1])),
+    }
+}
+
 /// Block `b` of format `F` times the activations `xq` of `xb`, added to `acc` as `scalar.rs`
 /// adds it.
 #[inline(always)]
 fn step<const F: u8, const R: bool>(acc: f32, b: &[u8], xb: &BlockQ8, xq: [v128; 2]) -> f32 {
     let d = f16_at(b, 0);
+    let dot = hsum_i32(lanes::<F, R>(b, xq)) - if F == Q4_0 { 8 * xb.sum } else { 0 };
     match F {
-        Q4_0 => {
-            let dot = hsum_i32(dot32_u4::<R>(nibbles(&b[2..18]), xq)) - 8 * xb.sum;
-            acc + d * xb.d * dot as f32
-        }
-        Q4_1 => {
-            let dot = hsum_i32(dot32_u4::<R>(nibbles(&b[4..20]), xq));
-            acc + (d * xb.d * dot as f32 + f16_at(b, 2) * xb.d * xb.sum as f32)
-        }
-        _ => {
-            let dot = hsum_i32(i32x4_add(dot_i8(load(&b[2..18]), xq[0]), dot_i8(load(&b[18..34]), xq[1])));
-            acc + d * xb.d * dot as f32
-        }
+        Q4_1 => acc + (d * xb.d * dot as f32 + f16_at(b, 2) * xb.d * xb.sum as f32),
+        _ => acc + d * xb.d * dot as f32,
     }
 }
 
-/// One row of format `F`.
+/// The lane sums of four i32 vectors, as one vector (`[Σa, Σb, Σc, Σd]`).
+#[inline(always)]
+fn hsum4_i32(v: [v128; 4]) -> v128 {
+    let ab = i32x4_add(i32x4_shuffle::<0, 4, 1, 5>(v[0], v[1]), i32x4_shuffle::<2, 6, 3, 7>(v[0], v[1]));
+    let cd = i32x4_add(i32x4_shuffle::<0, 4, 1, 5>(v[2], v[3]), i32x4_shuffle::<2, 6, 3, 7>(v[2], v[3]));
+    i32x4_add(i32x4_shuffle::<0, 1, 4, 5>(ab, cd), i32x4_shuffle::<2, 3, 6, 7>(ab, cd))
+}
+
+/// The f16 at byte `at` of four blocks, as f32 lanes.
+#[inline(always)]
+fn f16s(b: [&[u8]; 4], at: usize) -> v128 {
+    let h = |k: usize| u32::from(u16::from_le_bytes([b[k][at], b[k][at + 1]]));
+    f16x4(u32x4(h(0), h(1), h(2), h(3)))
+}
+
+/// Four consecutive blocks of format `F` against `x`, added to `acc` block by block as
+/// [`step`] adds them: their integer dots summed across in one transposing sum, their f32
+/// products in lanes (each lane the scalar steps' operations in their order, so bit for bit
+/// the same), then the four additions in order.
+#[inline(always)]
+fn step4<const F: u8, const R: bool>(acc: f32, b: [&[u8]; 4], x: &[BlockQ8]) -> f32 {
+    let x = &x[..4];
+    let sums = i32x4(x[0].sum, x[1].sum, x[2].sum, x[3].sum);
+    let dot = |k: usize| lanes::<F, R>(b[k], codes(&x[k]));
+    let mut dots = hsum4_i32([dot(0), dot(1), dot(2), dot(3)]);
+    if F == Q4_0 {
+        dots = i32x4_sub(dots, i32x4_shl(sums, 3));
+    }
+    let dx = f32x4(x[0].d, x[1].d, x[2].d, x[3].d);
+    let mut t = f32x4_mul(f32x4_mul(f16s(b, 0), dx), f32x4_convert_i32x4(dots));
+    if F == Q4_1 {
+        t = f32x4_add(t, f32x4_mul(f32x4_mul(f16s(b, 2), dx), f32x4_convert_i32x4(sums)));
+    }
+    let acc = acc + f32x4_extract_lane::<0>(t);
+    let acc = acc + f32x4_extract_lane::<1>(t);
+    let acc = acc + f32x4_extract_lane::<2>(t);
+    acc + f32x4_extract_lane::<3>(t)
+}
+
+/// One row of format `F`: four blocks at a time ([`step4`]), then the rest.
 pub(super) fn row<const F: u8, const R: bool>(row: &[u8], x: &[BlockQ8]) -> f32 {
-    row.chunks_exact(block_bytes::<F>()).zip(x).fold(0.0, |acc, (b, xb)| step::<F, R>(acc, b, xb, codes(xb)))
+    let size = block_bytes::<F>();
+    let n = x.len().min(row.len() / size);
+    let whole = n / 4 * 4;
+    let mut acc = 0.0;
+    for (b, x) in row[..whole * size].chunks_exact(4 * size).zip(x.chunks_exact(4)) {
+        let (b01, b23) = b.split_at(2 * size);
+        let (b0, b1) = b01.split_at(size);
+        let (b2, b3) = b23.split_at(size);
+        acc = step4::<F, R>(acc, [b0, b1, b2, b3], x);
+    }
+    row[whole * size..n * size].chunks_exact(size).zip(&x[whole..n]).fold(acc, |acc, (b, xb)| step::<F, R>(acc, b, xb, codes(xb)))
 }
 
 /// [`row`] of four rows of equal length at once.
