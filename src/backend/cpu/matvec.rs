@@ -147,10 +147,13 @@ impl<'a> Weight<'a> {
     /// hardware prefetchers stop at each 4 KiB page and start again only after a few misses.
     fn fetch(&self, r: usize) -> &'a [u8] {
         let (part, at) = self.locate(r);
-        let start = (at + PREFETCH) & !63;
-        let end = (at + self.row_bytes + PREFETCH).min(part.len());
-        for line in (start..end).step_by(64) {
-            prefetch(&part[line]);
+        // Only x86-64 has the instruction (`prefetch`): elsewhere the loop would be bounds checks.
+        if cfg!(target_arch = "x86_64") {
+            let start = (at + PREFETCH) & !63;
+            let end = (at + self.row_bytes + PREFETCH).min(part.len());
+            for line in (start..end).step_by(64) {
+                prefetch(&part[line]);
+            }
         }
         &part[at..at + self.row_bytes]
     }

@@ -26,7 +26,7 @@
 
 use core::arch::wasm32::*;
 
-use super::wasm::{dot32_u4, dot_i8, f16_at, f16x4, hsum_i32, load, load_i8, madd, madd16, sum4, widen16};
+use super::wasm::{dot32_u4, dot_i8, f16_at, f16x4, hsum4_i32, hsum_i32, load, load_i8, madd, madd16, sum4, widen16};
 use super::{block_bytes, BlockQ8, Q4_0, Q4_1, Q8_0};
 
 /// A 4-bit block's 16 bytes of nibbles as 32 codes in element order (element `l` the low
@@ -64,14 +64,6 @@ fn step<const F: u8, const R: bool>(acc: f32, b: &[u8], xb: &BlockQ8, xq: [v128;
         Q4_1 => acc + (d * xb.d * dot as f32 + f16_at(b, 2) * xb.d * xb.sum as f32),
         _ => acc + d * xb.d * dot as f32,
     }
-}
-
-/// The lane sums of four i32 vectors, as one vector (`[Σa, Σb, Σc, Σd]`).
-#[inline(always)]
-fn hsum4_i32(v: [v128; 4]) -> v128 {
-    let ab = i32x4_add(i32x4_shuffle::<0, 4, 1, 5>(v[0], v[1]), i32x4_shuffle::<2, 6, 3, 7>(v[0], v[1]));
-    let cd = i32x4_add(i32x4_shuffle::<0, 4, 1, 5>(v[2], v[3]), i32x4_shuffle::<2, 6, 3, 7>(v[2], v[3]));
-    i32x4_add(i32x4_shuffle::<0, 1, 4, 5>(ab, cd), i32x4_shuffle::<2, 3, 6, 7>(ab, cd))
 }
 
 /// The f16 at byte `at` of four blocks, as f32 lanes.

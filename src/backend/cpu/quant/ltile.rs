@@ -213,8 +213,9 @@ tiles!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", super::legacy_avx2:
 /// [`tile`] at the wasm32 levels ([`Simd::Simd128`], [`Simd::Relaxed`]; the build has their
 /// features): per token, a block's activation codes loaded once for the four rows, each row's
 /// integer dot by `legacy_wasm.rs`'s (nibbles through [`dot32_u4`](super::wasm::dot32_u4),
-/// Q8_0 through [`dot_i8`](super::wasm::dot_i8)) and `scalar.rs`'s f32 step, each row's blocks
-/// in order: [`tile`]'s products to the bit.
+/// Q8_0 through [`dot_i8`](super::wasm::dot_i8)), the four summed across at once, and
+/// `scalar.rs`'s f32 step in the four rows' lanes, each row's blocks in order: [`tile`]'s
+/// products to the bit.
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 pub(in crate::backend::cpu) fn tile_wasm<const N: usize>(
     level: Simd,
@@ -233,27 +234,39 @@ pub(in crate::backend::cpu) fn tile_wasm<const N: usize>(
 
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 fn tile_wasm_at<const N: usize, const R: bool>(ty: GgmlType, w: [&[LBlock]; 4], xs: &[&[BlockQ8]], p: &mut [[f32; N]; 4]) {
-    use std::arch::wasm32::i32x4_add;
+    use std::arch::wasm32::*;
 
-    use super::wasm::{dot32_u4, dot_i8, hsum_i32, load_i8};
+    use super::wasm::{dot32_u4, dot_i8, hsum4_i32, load_i8};
     let halves = |c: &[i8; 32]| [load_i8(c), load_i8(&c[16..])];
     for (i, x) in xs.iter().enumerate() {
-        let mut acc = [0.0f32; 4];
+        // The four rows' accumulators in lanes: `acc += t` is each row's `*a += t` of `tile`.
+        let mut acc = f32x4_splat(0.0);
         for (k, xb) in x.iter().enumerate() {
             let xq = halves(&xb.qs);
-            for (a, w) in acc.iter_mut().zip(w) {
-                let b = &w[k];
+            let b = [&w[0][k], &w[1][k], &w[2][k], &w[3][k]];
+            let lanes = |b: &LBlock| {
                 let c = halves(&b.codes);
-                *a += match ty {
-                    GgmlType::Q4_0 => b.d * xb.d * (hsum_i32(dot32_u4::<R>(c, xq)) - 8 * xb.sum) as f32,
-                    GgmlType::Q4_1 => b.d * xb.d * hsum_i32(dot32_u4::<R>(c, xq)) as f32 + b.m * xb.d * xb.sum as f32,
-                    _ => b.d * xb.d * hsum_i32(i32x4_add(dot_i8(c[0], xq[0]), dot_i8(c[1], xq[1]))) as f32,
-                };
+                match ty {
+                    GgmlType::Q4_0 | GgmlType::Q4_1 => dot32_u4::<R>(c, xq),
+                    _ => i32x4_add(dot_i8(c[0], xq[0]), dot_i8(c[1], xq[1])),
+                }
+            };
+            let mut dots = hsum4_i32([lanes(b[0]), lanes(b[1]), lanes(b[2]), lanes(b[3])]);
+            if ty == GgmlType::Q4_0 {
+                dots = i32x4_sub(dots, i32x4_splat(8 * xb.sum));
             }
+            let dx = f32x4_splat(xb.d);
+            let mut t = f32x4_mul(f32x4_mul(f32x4(b[0].d, b[1].d, b[2].d, b[3].d), dx), f32x4_convert_i32x4(dots));
+            if ty == GgmlType::Q4_1 {
+                let m = f32x4_mul(f32x4(b[0].m, b[1].m, b[2].m, b[3].m), dx);
+                t = f32x4_add(t, f32x4_mul(m, f32x4_splat(xb.sum as f32)));
+            }
+            acc = f32x4_add(acc, t);
         }
-        for (pr, a) in p.iter_mut().zip(acc) {
-            pr[i] = a;
-        }
+        p[0][i] = f32x4_extract_lane::<0>(acc);
+        p[1][i] = f32x4_extract_lane::<1>(acc);
+        p[2][i] = f32x4_extract_lane::<2>(acc);
+        p[3][i] = f32x4_extract_lane::<3>(acc);
     }
 }
 

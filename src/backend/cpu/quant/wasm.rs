@@ -129,6 +129,14 @@ pub(super) fn hsum_i32(v: v128) -> i32 {
     i32x4_extract_lane::<0>(v)
 }
 
+/// The lane sums of four i32 vectors, as one vector (`[Σa, Σb, Σc, Σd]`, wrapping).
+#[inline(always)]
+pub(super) fn hsum4_i32(v: [v128; 4]) -> v128 {
+    let ab = i32x4_add(i32x4_shuffle::<0, 4, 1, 5>(v[0], v[1]), i32x4_shuffle::<2, 6, 3, 7>(v[0], v[1]));
+    let cd = i32x4_add(i32x4_shuffle::<0, 4, 1, 5>(v[2], v[3]), i32x4_shuffle::<2, 6, 3, 7>(v[2], v[3]));
+    i32x4_add(i32x4_shuffle::<0, 1, 4, 5>(ab, cd), i32x4_shuffle::<2, 3, 6, 7>(ab, cd))
+}
+
 /// `acc + w·x` in f32 lanes: at `R` a relaxed multiply-add (fused or not, the engine's choice).
 #[inline(always)]
 pub(super) fn madd<const R: bool>(w: v128, x: v128, acc: v128) -> v128 {
