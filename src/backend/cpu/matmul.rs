@@ -10,7 +10,8 @@
 //! - Fast mode, K-quants: activations quantized once to Q8_K, the panel's eight rows decoded
 //!   and interleaved by eight codes per super-block (`quant/ktile.rs`), then one 512-bit
 //!   `vpdpbusd` per eight codes of all eight rows and a token (AVX2: four rows per 256 bits),
-//!   every pair of lanes a row. Bit for bit the matvec's result.
+//!   every pair of lanes a row. Bit for bit the matvec's result. At the wasm32 levels, the
+//!   matvec's own row dots per token over a panel's rows in cache (`RowPanel`).
 //! - Fast mode, Q4_0 / Q4_1 / Q8_0: activations quantized once to Q8_0, each panel row's
 //!   blocks decoded to codes and f32 scales (`quant/ltile.rs`), then register tiles of two
 //!   rows by four tokens over stretches of blocks, four rows at a time, with the matvec's
@@ -30,6 +31,8 @@ use super::quant::ftile::tile4x2;
 use super::quant::ktile::{self, KRows};
 use super::quant::ltile::{self, LBlock};
 use super::quant::{quantize_q8, quantize_q8k, BlockQ8, BlockQ8K};
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+use super::quant::{Dot, Kernel};
 use super::simd::{self, Simd};
 use crate::gguf::quant::block_dequantizer;
 use crate::gguf::GgmlType;
@@ -72,6 +75,11 @@ pub fn matmul_into(
     let run = Run { pool, n_tok, outputs, out, y: Rows(y.as_mut_ptr()) };
     use GgmlType as T;
     match (w.ty(), mode) {
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        (T::Q4_K | T::Q5_K | T::Q6_K, Mode::Fast) if matches!(simd, Simd::Simd128 | Simd::Relaxed) => {
+            let Some(Kernel::Q8K(dot, _)) = Kernel::of(w.ty(), true, simd) else { unreachable!("every K-quant has a row dot") };
+            run.panels(&RowPanel { w, x: quantize_q8k(x)?, dot })
+        }
         (T::Q4_K | T::Q5_K | T::Q6_K, Mode::Fast) => run.panels(&KPanel { w, x: quantize_q8k(x)?, simd }),
         (T::Q4_0 | T::Q4_1 | T::Q8_0, Mode::Fast) => run.panels(&LPanel { w, x: quantize_q8(x)?, simd }),
         (ty, _) => {
@@ -184,6 +192,42 @@ impl Panel for KPanel<'_> {
             #[cfg(target_arch = "x86_64")]
             l if l.avx2() => unsafe { ktile::tile_avx2(buf, &xs[..n], &mut p) },
             _ => ktile::tile(buf, &xs[..n], &mut p),
+        }
+        p
+    }
+}
+
+/// K-quant rows at the wasm32 levels, which have the matvec's row dots but no interleaved tile
+/// (the scalar one runs at a third of their speed): each product is the matvec's row dot, so
+/// its bits, the panel's rows read from cache again for every tile of tokens.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+struct RowPanel<'a> {
+    w: &'a Weight<'a>,
+    x: Vec<BlockQ8K>,
+    dot: Dot<BlockQ8K>,
+}
+
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+impl Panel for RowPanel<'_> {
+    /// The panel's row indices.
+    type Buf = [usize; ROWS];
+
+    fn buf(&self) -> [usize; ROWS] {
+        [0; ROWS]
+    }
+
+    fn load(&self, buf: &mut [usize; ROWS], rows: [usize; ROWS]) {
+        *buf = rows;
+    }
+
+    fn tile(&self, rows: &[usize; ROWS], t0: usize, n: usize) -> Tile {
+        let n_sb = self.w.cols() / 256;
+        let mut p = [[0.0; TOKENS]; ROWS];
+        for i in 0..n {
+            let x = &self.x[(t0 + i) * n_sb..][..n_sb];
+            for (pr, &r) in p.iter_mut().zip(rows) {
+                pr[i] = (self.dot)(self.w.row(r), x);
+            }
         }
         p
     }

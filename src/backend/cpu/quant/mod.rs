@@ -93,7 +93,7 @@ mod legacy_formats {
 use legacy_formats::{block_bytes, Q4_0, Q4_1, Q8_0};
 
 /// One weight row (whole blocks) against one token's activations.
-type Dot<A> = fn(&[u8], &[A]) -> f32;
+pub(super) type Dot<A> = fn(&[u8], &[A]) -> f32;
 
 /// Four weight rows against one token's activations, each to the bits of the row's [`Dot`].
 pub(super) type Dot4<A> = fn([&[u8]; 4], &[A]) -> [f32; 4];
