@@ -77,20 +77,21 @@ wasm_bindgen_cli() {
   fi
 }
 
-# The wasm package holds three builds of the same code, which the engine's realm picks between
+# The wasm package holds four builds of the same code, which the engine's realm picks between
 # (js/backend.js): webvlm_bg.wasm with SIMD128 (every current browser); webvlm_relaxed_bg.wasm
 # with SIMD128 and relaxed SIMD (the CPU backend's integer dot products and relaxed FMA), where
-# feature detection finds it; and webvlm_threads_bg.wasm, SIMD128 with shared memory, for a CPU
-# backend on more than one thread (its pool's workers are Web Workers on that memory).
-# The first two export the same functions, so one wasm-bindgen glue (webvlm.js) loads either;
-# the build checks that. Only webvlm's own code uses relaxed SIMD, so the second build passes
-# the flag to webvlm alone (`cargo rustc`): both share the dependencies, compiled once with
-# SIMD128, and the second recompiles webvlm and links (so each run compiles webvlm twice, even
-# unchanged: the two builds' flags take turns in one target dir).
-# The threaded build has its own glue (webvlm_threads.js: the memory is imported and shared).
-# Its standard library must be rebuilt with atomics, which only a nightly toolchain does
-# (`-Z build-std`): the pinned one below, for this artifact alone; its artifacts sit beside the
-# stable ones in the same target dir (another compiler, so other hashes).
+# feature detection finds it; and the same two with shared memory, webvlm_threads_bg.wasm and
+# webvlm_threads_relaxed_bg.wasm, for a CPU backend on more than one thread (its pool's
+# workers are Web Workers on that memory).
+# The builds of a pair export the same functions, so one wasm-bindgen glue loads either
+# (webvlm.js; the threaded pair's webvlm_threads.js, whose memory is imported and shared); the
+# build checks that. Only webvlm's own code uses relaxed SIMD, so the relaxed build of a pair
+# passes the flag to webvlm alone (`cargo rustc`): both share the dependencies, compiled once
+# with SIMD128, and the second recompiles webvlm and links (so each run compiles webvlm four
+# times, even unchanged: the flags take turns in one target dir).
+# The threaded builds' standard library must be rebuilt with atomics, which only a nightly
+# toolchain does (`-Z build-std`): the pinned one below, for these artifacts alone; theirs sit
+# beside the stable ones in the same target dir (another compiler, so other hashes).
 wasm_simd128_flags="-C target-feature=+simd128"
 wasm_relaxed_flags="-C target-feature=+simd128,+relaxed-simd"
 wasm_threads_toolchain=nightly-2026-05-20
@@ -121,11 +122,21 @@ build_wasm() {
   rustup toolchain list | grep -q "^$wasm_threads_toolchain" ||
     rustup toolchain install "$wasm_threads_toolchain" --profile minimal --component rust-src
   # shellcheck disable=SC2086
-  CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="$(echo $wasm_threads_flags)" \
-    cargo "+$wasm_threads_toolchain" build -Z build-std=panic_abort,std --lib --profile wasm --target wasm32-unknown-unknown
+  local -x CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS
+  CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="$(echo $wasm_threads_flags)"
+  cargo "+$wasm_threads_toolchain" build -Z build-std=panic_abort,std --lib --profile wasm --target wasm32-unknown-unknown
   wasm-bindgen --target web --out-dir pkg --out-name webvlm_threads --no-typescript "$module"
+  cargo "+$wasm_threads_toolchain" rustc -Z build-std=panic_abort,std --lib --profile wasm --target wasm32-unknown-unknown \
+    -- -C target-feature=+relaxed-simd
+  wasm-bindgen --target web --out-dir "$relaxed_pkg" --out-name webvlm_threads --no-typescript "$module"
+  if ! diff -q <(grep -v "// Cast intrinsic for" pkg/webvlm_threads.js) \
+    <(grep -v "// Cast intrinsic for" "$relaxed_pkg/webvlm_threads.js") >/dev/null; then
+    echo "the threaded relaxed-SIMD build's wasm-bindgen glue differs from the threaded SIMD128 build's" >&2
+    return 1
+  fi
+  mv "$relaxed_pkg/webvlm_threads_bg.wasm" pkg/webvlm_threads_relaxed_bg.wasm
   local wasm
-  for wasm in pkg/webvlm_bg.wasm pkg/webvlm_relaxed_bg.wasm pkg/webvlm_threads_bg.wasm; do
+  for wasm in pkg/webvlm_bg.wasm pkg/webvlm_relaxed_bg.wasm pkg/webvlm_threads_bg.wasm pkg/webvlm_threads_relaxed_bg.wasm; do
     echo "$wasm (wasm-bindgen): $(size_line "$wasm")"
     wasm_imports_check "$wasm"
     if [ "${WASM_OPT:-1}" != 0 ]; then

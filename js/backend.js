@@ -5,12 +5,12 @@
 //   which runs kernels at a few percent of the CPU's own speed;
 // - the CPU backend's threads: `threads`, else half the logical cores (at most 8) where a pool
 //   can run (a cross-origin-isolated Worker), else 1;
-// - the wasm build: `webvlm_threads_bg.wasm` (shared memory, SIMD128: pool workers are Web
-//   Workers on the same memory) for more than one thread; else `webvlm_relaxed_bg.wasm`
-//   (SIMD128 and relaxed SIMD: integer dot products, relaxed FMA) where the engine validates a
-//   relaxed-SIMD instruction; else `webvlm_bg.wasm` (SIMD128, which every current browser
-//   has). The two single-thread builds export the same functions, so one wasm-bindgen glue
-//   (webvlm.js) loads either; the threaded one has its own (webvlm_threads.js).
+// - the wasm build: `webvlm_relaxed_bg.wasm` (SIMD128 and relaxed SIMD: integer dot products,
+//   relaxed FMA) where the engine validates a relaxed-SIMD instruction, else `webvlm_bg.wasm`
+//   (SIMD128, which every current browser has); for more than one thread the same pair with
+//   shared memory, `webvlm_threads_relaxed_bg.wasm` and `webvlm_threads_bg.wasm` (the pool's
+//   workers are Web Workers on that memory). The builds of a pair export the same functions,
+//   so one wasm-bindgen glue loads either: webvlm.js, and webvlm_threads.js for the threaded.
 
 import { BadRequestError } from "./errors.js";
 
@@ -96,16 +96,16 @@ export function defaultThreads() {
 }
 
 /** The wasm build this engine runs for `threads` CPU threads: `{simd: "relaxed" | "simd128",
- * threads: boolean, url, glue}`; `force` ("simd128") takes the plain SIMD128 build where
- * relaxed SIMD exists too (tests compare the two). Throws BadRequestError for more than one
- * thread where no pool can run. */
+ * threads: boolean, url, glue}`; `force` ("simd128") takes a plain SIMD128 build where relaxed
+ * SIMD exists too (tests compare the two). Throws BadRequestError for more than one thread
+ * where no pool can run. */
 export function wasmBuild(force, threads = 1) {
-  if (threads > 1) {
-    const why = threadsUnavailable();
-    if (why) throw new BadRequestError(`threads: ${threads} needs the threaded wasm build, but ${why}`);
-    return { simd: "simd128", threads: true, url: new URL("./webvlm_threads_bg.wasm", import.meta.url), glue: "./webvlm_threads.js" };
-  }
+  const why = threads > 1 && threadsUnavailable();
+  if (why) throw new BadRequestError(`threads: ${threads} needs the threaded wasm build, but ${why}`);
   const relaxed = force !== "simd128" && hasRelaxedSimd();
-  const file = relaxed ? "./webvlm_relaxed_bg.wasm" : "./webvlm_bg.wasm";
-  return { simd: relaxed ? "relaxed" : "simd128", threads: false, url: new URL(file, import.meta.url), glue: "./webvlm.js" };
+  const name = `webvlm${threads > 1 ? "_threads" : ""}${relaxed ? "_relaxed" : ""}_bg.wasm`;
+  return {
+    simd: relaxed ? "relaxed" : "simd128", threads: threads > 1,
+    url: new URL(`./${name}`, import.meta.url), glue: threads > 1 ? "./webvlm_threads.js" : "./webvlm.js",
+  };
 }

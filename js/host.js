@@ -236,7 +236,7 @@ export class Host {
     // wgpu sees no adapter name in browsers; the page can read GPUAdapterInfo (`auto` already did).
     const label = backend.name === "webgpu" ? backend.label ?? adapterLabel(await navigator.gpu?.requestAdapter()) : "";
     if (label) info.adapter = `${label} — ${info.adapter.replace(/^\(\) /, "")}`;
-    info.backend = { ...info.backend, reason: backend.reason, build: build.threads ? "threads" : build.simd };
+    info.backend = { ...info.backend, reason: backend.reason, build: build.simd + (build.threads ? "-threads" : "") };
     if (backend.name === "cpu") {
       info.backend.threadsReason = options.threads !== undefined ? `asked for (threads: ${options.threads})`
         : threadsUnavailable() ?? `half of the ${navigator.hardwareConcurrency} logical cores, at most 8`;

@@ -274,10 +274,10 @@ export interface ModelInfo {
   /** Where the model runs and why (`createEngine({backend})`): WebGPU, or the CPU backend with
    * the SIMD level its kernels run at (the wasm build's: "relaxed" or "simd128"), its threads
    * and why that many, and its mode ("fast": 8-bit activations, as llama.cpp's CPU backend).
-   * `build` is the wasm build loaded ("threads": SIMD128 with shared memory). */
+   * `build` is the wasm build loaded ("-threads": with shared memory, for a pool of threads). */
   backend:
-    | { name: "webgpu"; reason: string; build: "relaxed" | "simd128" | "threads" }
-    | { name: "cpu"; reason: string; build: "relaxed" | "simd128" | "threads"; simd: string; threads: number; threadsReason: string; mode: "fast" | "exact" };
+    | { name: "webgpu"; reason: string; build: WasmBuild }
+    | { name: "cpu"; reason: string; build: WasmBuild; simd: string; threads: number; threadsReason: string; mode: "fast" | "exact" };
   loadSeconds: number;
   networkBytes: number;
   wasmMemoryBytes: number | null;
@@ -332,6 +332,9 @@ interface EngineBase<Info> {
   batch(input: BatchRequest[] | string, options?: { onProgress?: (p: BatchProgress) => void; signal?: AbortSignal }): Promise<BatchResult[]>;
   unload(): Promise<void>;
 }
+
+/** The wasm builds (`engine.info.backend.build`). */
+export type WasmBuild = "relaxed" | "simd128" | "relaxed-threads" | "simd128-threads";
 
 /** What `engine.stats()` reports. */
 export interface EngineStats {

@@ -14,7 +14,7 @@
 
 import path from "node:path";
 import { parseArgs } from "node:util";
-import { startServer } from "./server.js";
+import { ISOLATION_HEADERS, startServer } from "./server.js";
 import { launchBrowser } from "./harness.js";
 
 const { values: o, positionals: models } = parseArgs({
@@ -52,7 +52,7 @@ const mounts = { "/npm/": "pkg", "/wllama/": o.wllama, "/test/": "tests/browser/
 dirs.forEach((d, i) => { mounts[`/m${i}/`] = d; });
 const url = (m) => `/m${dirs.indexOf(path.dirname(path.resolve(m)))}/${path.basename(m)}`;
 const server = await startServer({
-  mounts, headers: { "Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp" },
+  mounts, headers: ISOLATION_HEADERS,
 });
 const browser = await launchBrowser();
 const rows = [];

@@ -309,8 +309,8 @@ test("the demo says where the model runs and why, and switches between the CPU a
   // The demo's server isolates the page (COOP, COEP): the threaded build runs.
   await page.goto(`${server.url}/index.html?model=${dir}/model.gguf&mmproj=${dir}/mmproj.gguf&autoload=1&backend=cpu&threads=2`);
   await ready("cpu");
-  assert.match(await page.locator("#model-info").textContent(), /Runs onThe CPU \(SIMD128, 2 threads: asked for \(threads: 2\)\)/);
-  assert.equal(await page.evaluate(() => window.webvlmDemo.state.info.backend.build), "threads");
+  assert.match(await page.locator("#model-info").textContent(), /Runs onThe CPU \(relaxed SIMD, 2 threads: asked for \(threads: 2\)\)/);
+  assert.equal(await page.evaluate(() => window.webvlmDemo.state.info.backend.build), "relaxed-threads");
   await page.evaluate(() => localStorage.clear()); // the next tests start from the default settings
   await assertNoViolations(page);
   browser.assertNoErrors();
