@@ -32,7 +32,9 @@ WEBVLM="$PWD/target/release/webvlm"
 # llama.cpp for this CPU: llama-bench and llama-quantize, and the shared libraries
 # llama-cpp-python loads through LLAMA_CPP_LIB_PATH.
 SRC="$WORK/llama_cpp_python-$VERSION/vendor/llama.cpp"
-BUILD="$WORK/llama-native-$VERSION"
+# AMX tiles left out: -march=native enables them on CPUs that have them, but a kernel (or a VM)
+# that does not grant their state kills llama-bench with SIGILL.
+BUILD="$WORK/llama-native-noamx-$VERSION"
 if [ ! -x "$BUILD/bin/llama-bench" ] || [ ! -x "$BUILD/bin/llama-quantize" ]; then
   if [ ! -d "$SRC" ]; then
     "$PY" -m pip download --quiet --no-deps --no-binary llama-cpp-python -d "$WORK" "llama-cpp-python==$VERSION" >&2
@@ -41,6 +43,7 @@ if [ ! -x "$BUILD/bin/llama-bench" ] || [ ! -x "$BUILD/bin/llama-quantize" ]; th
   "$PY" -m pip install --quiet cmake ninja >&2
   CMAKE="$(dirname "$PY")/cmake"
   PATH="$(dirname "$PY"):$PATH" "$CMAKE" -S "$SRC" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
+    -DCMAKE_C_FLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" -DCMAKE_CXX_FLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" \
     -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=ON >&2
   PATH="$(dirname "$PY"):$PATH" "$CMAKE" --build "$BUILD" --target llama-bench llama-quantize -j"$(nproc)" >&2
 fi

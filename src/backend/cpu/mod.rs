@@ -15,8 +15,6 @@
 //! buffers and recorded programs the ops will run in once models record onto this backend.
 
 pub mod attention;
-#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-mod attention_wasm;
 pub mod bench;
 pub mod cross_attention;
 pub mod delta_net;

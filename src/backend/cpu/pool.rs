@@ -10,11 +10,10 @@
 //! worker that wakes late (or is not scheduled, on a busy machine) costs nothing.
 //!
 //! One thread spawns nothing. In browsers (wasm32-unknown-unknown) `std::thread` cannot spawn:
-//! the threaded wasm build
-//! (shared memory, `target_feature = "atomics"`) asks JS for a Web Worker per worker thread
-//! ([`wasm_workers`]), which instantiates the same module on the same memory and enters
-//! [`Shared::worker`]. A Web Worker starts asynchronously, so ops run on fewer threads until
-//! it has; a pool without threads (the other wasm builds) refuses more than one.
+//! the threaded wasm builds (shared memory, `target_feature = "atomics"`) ask JS for a Web
+//! Worker per worker thread (`wasm_workers`), which instantiates the same module on the same
+//! memory and enters [`Shared::worker`]. A Web Worker starts asynchronously, so ops run on
+//! fewer threads until it has; the single-thread wasm builds refuse more than one thread.
 
 use std::any::Any;
 use std::cell::UnsafeCell;

@@ -15,10 +15,13 @@
 //! ggml-cpu `ggml_compute_forward_flash_attn_ext_f16`): per head a running maximum `m`,
 //! denominator `l` and f32 output accumulator, rescaled by `exp(m_old - m_new)` when a block
 //! raises the maximum. With AVX2 the scores of eight keys come from eight FMA chains and one
-//! `hadd` tree, and the value sums keep 64 output columns in registers across a block.
-//! Decode is the same with one row.
+//! `hadd` tree, and the value sums keep 64 output columns in registers across a block (on
+//! wasm32 SIMD128 the same loops four lanes wide: `wasm.rs`). Decode is the same with one row.
 
 use std::ops::Range;
+
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod wasm;
 
 use super::ops::{check_len, check_min_len, for_each_chunk, invalid, prefetch, ShapeError};
 use super::pool::ThreadPool;
@@ -157,7 +160,7 @@ impl KvElem for f32 {
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     #[inline(always)]
     fn load4(x: &[f32]) -> core::arch::wasm32::v128 {
-        super::attention_wasm::load4_f32(x)
+        wasm::load4_f32(x)
     }
 }
 
@@ -184,7 +187,7 @@ impl KvElem for u16 {
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     #[inline(always)]
     fn load4(x: &[u16]) -> core::arch::wasm32::v128 {
-        super::attention_wasm::load4_f16(x)
+        wasm::load4_f16(x)
     }
 }
 
@@ -228,7 +231,7 @@ pub(super) fn attend<T: KvElem, R>(
     }
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     {
-        use super::attention_wasm::{accumulate, scores};
+        use wasm::{accumulate, scores};
         match simd {
             Simd::Relaxed => {
                 return attend_with(qs, out, kv, ranges, head_dim, group, scale, scores::<T, true>, accumulate::<T, true>)
@@ -318,14 +321,14 @@ fn attend_with<T: KvElem, R>(
 }
 
 #[inline(always)]
-pub(super) fn scores_portable<T: KvElem>(q: &[f32], k: &[T], stride: usize, s: &mut [f32]) {
+fn scores_portable<T: KvElem>(q: &[f32], k: &[T], stride: usize, s: &mut [f32]) {
     for (j, s) in s.iter_mut().enumerate() {
         *s = dot(q, &k[j * stride..][..q.len()]);
     }
 }
 
 #[inline(always)]
-pub(super) fn accumulate_portable<T: KvElem>(acc: &mut [f32], p: &[f32], v: &[T], stride: usize) {
+fn accumulate_portable<T: KvElem>(acc: &mut [f32], p: &[f32], v: &[T], stride: usize) {
     let hd = acc.len();
     for (j, &p) in p.iter().enumerate() {
         for (a, &vv) in acc.iter_mut().zip(&v[j * stride..][..hd]) {

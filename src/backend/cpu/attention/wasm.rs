@@ -1,4 +1,4 @@
-//! [`attention`](super::attention)'s two inner loops on wasm32 SIMD128, as its AVX2 ones are
+//! [`attention`](super)'s two inner loops on wasm32 SIMD128, as its AVX2 ones are
 //! on x86-64: the scores of four keys at a time from four independent multiply-add chains and
 //! one transposing sum, and the value sums with 32 output columns in registers across a block.
 //! f16 caches widen four values at a time ([`f16x4`]: wasm has no f16 conversion, and the
@@ -8,8 +8,8 @@
 
 use core::arch::wasm32::*;
 
-use super::attention::{accumulate_portable, scores_portable, KvElem};
-use super::quant::f16x4;
+use super::super::quant::f16x4;
+use super::{accumulate_portable, scores_portable, KvElem};
 
 const LANES: usize = 4;
 
