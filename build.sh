@@ -90,8 +90,8 @@ wasm_bindgen_cli() {
 # with SIMD128, and the second recompiles webvlm and links (so each run compiles webvlm four
 # times, even unchanged: the flags take turns in one target dir).
 # The threaded builds' standard library must be rebuilt with atomics, which only a nightly
-# toolchain does (`-Z build-std`): the pinned one below, for these artifacts alone; theirs sit
-# beside the stable ones in the same target dir (another compiler, so other hashes).
+# toolchain does (`-Z build-std`): the pinned one below, for these artifacts alone, in their
+# own target dir (`target/wasm-threads`), while the single-thread pair builds.
 wasm_simd128_flags="-C target-feature=+simd128"
 wasm_relaxed_flags="-C target-feature=+simd128,+relaxed-simd"
 wasm_threads_toolchain=nightly-2026-05-20
@@ -100,54 +100,66 @@ wasm_threads_flags="-C target-feature=+atomics,+bulk-memory,+simd128 -C link-arg
   -C link-arg=--export=__tls_size -C link-arg=--export=__tls_align -C link-arg=--export=__tls_base"
 build_wasm() {
   rustup target add wasm32-unknown-unknown >/dev/null 2>&1 || true
-  local target_dir="${CARGO_TARGET_DIR:-target}" module relaxed_pkg
+  rustup toolchain list | grep -q "^$wasm_threads_toolchain" ||
+    rustup toolchain install "$wasm_threads_toolchain" --profile minimal --component rust-src
+  local target_dir="${CARGO_TARGET_DIR:-target}" module relaxed_pkg threads_pkg
   module="$target_dir/wasm32-unknown-unknown/wasm/webvlm.wasm"
   relaxed_pkg="$target_dir/wasm-relaxed-pkg"
+  threads_pkg="$target_dir/wasm-threads-pkg"
   wasm_bindgen_cli
-  rm -rf pkg www/pkg "$relaxed_pkg"
+  rm -rf pkg www/pkg "$relaxed_pkg" "$threads_pkg"
+  # The threaded pair builds in the background, beside the single-thread pair, in a target
+  # dir of its own (cargo builds one thing at a time in a target dir; the nightly's artifacts
+  # share nothing with stable's anyway): the fat-LTO links of one pair run on one core.
+  build_threads "$target_dir/wasm-threads" "$threads_pkg" >"$target_dir/wasm-threads.log" 2>&1 &
+  local threads_job=$!
+  # Each module, once bound, is checked and handed to wasm-opt in the background.
+  local opt=1 optimizing=()
+  if [ "${WASM_OPT:-1}" = 0 ]; then
+    opt=0
+  elif ! command -v npm >/dev/null; then
+    echo "npm not found: skipping wasm-opt" >&2
+    opt=0
+  else
+    npm_deps
+  fi
+  bound() {
+    echo "$1 (wasm-bindgen): $(size_line "$1")"
+    wasm_imports_check "$1"
+    if [ "$opt" = 1 ]; then
+      wasm_opt "$1" &
+      optimizing+=("$1:$!")
+    fi
+  }
   # The `wasm` profile (Cargo.toml): release, fat LTO, dependencies optimised for size.
   CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="$wasm_simd128_flags" \
     cargo build --lib --profile wasm --target wasm32-unknown-unknown
   wasm-bindgen --target web --out-dir pkg "$module"
+  bound pkg/webvlm_bg.wasm
   CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="$wasm_simd128_flags" \
     cargo rustc --lib --profile wasm --target wasm32-unknown-unknown -- -C target-feature=+relaxed-simd
   wasm-bindgen --target web --out-dir "$relaxed_pkg" "$module"
-  # The glue's comments name closure shims by index, which differ; its code must not.
-  if ! diff -q <(grep -v "// Cast intrinsic for" pkg/webvlm.js) \
-    <(grep -v "// Cast intrinsic for" "$relaxed_pkg/webvlm.js") >/dev/null; then
-    echo "the relaxed-SIMD build's wasm-bindgen glue differs from the SIMD128 build's" >&2
-    return 1
-  fi
+  same_glue pkg/webvlm.js "$relaxed_pkg/webvlm.js"
   mv "$relaxed_pkg/webvlm_bg.wasm" pkg/webvlm_relaxed_bg.wasm
-  rustup toolchain list | grep -q "^$wasm_threads_toolchain" ||
-    rustup toolchain install "$wasm_threads_toolchain" --profile minimal --component rust-src
-  # shellcheck disable=SC2086
-  local -x CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS
-  CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="$(echo $wasm_threads_flags)"
-  cargo "+$wasm_threads_toolchain" build -Z build-std=panic_abort,std --lib --profile wasm --target wasm32-unknown-unknown
-  wasm-bindgen --target web --out-dir pkg --out-name webvlm_threads --no-typescript "$module"
-  cargo "+$wasm_threads_toolchain" rustc -Z build-std=panic_abort,std --lib --profile wasm --target wasm32-unknown-unknown \
-    -- -C target-feature=+relaxed-simd
-  wasm-bindgen --target web --out-dir "$relaxed_pkg" --out-name webvlm_threads --no-typescript "$module"
-  if ! diff -q <(grep -v "// Cast intrinsic for" pkg/webvlm_threads.js) \
-    <(grep -v "// Cast intrinsic for" "$relaxed_pkg/webvlm_threads.js") >/dev/null; then
-    echo "the threaded relaxed-SIMD build's wasm-bindgen glue differs from the threaded SIMD128 build's" >&2
+  bound pkg/webvlm_relaxed_bg.wasm
+  local threads_ok=0
+  wait "$threads_job" || threads_ok=$?
+  cat "$target_dir/wasm-threads.log"
+  if [ "$threads_ok" != 0 ]; then
+    echo "the threaded wasm builds failed" >&2
     return 1
   fi
-  mv "$relaxed_pkg/webvlm_threads_bg.wasm" pkg/webvlm_threads_relaxed_bg.wasm
-  local wasm
-  for wasm in pkg/webvlm_bg.wasm pkg/webvlm_relaxed_bg.wasm pkg/webvlm_threads_bg.wasm pkg/webvlm_threads_relaxed_bg.wasm; do
-    echo "$wasm (wasm-bindgen): $(size_line "$wasm")"
-    wasm_imports_check "$wasm"
-    if [ "${WASM_OPT:-1}" != 0 ]; then
-      if command -v npm >/dev/null; then
-        npm_deps
-        wasm_opt "$wasm"
-        echo "$wasm (wasm-opt $wasm_opt_flags): $(size_line "$wasm")"
-      else
-        echo "npm not found: skipping wasm-opt" >&2
-      fi
+  mv "$threads_pkg"/webvlm_threads.js "$threads_pkg"/webvlm_threads_bg.wasm "$threads_pkg"/webvlm_threads_relaxed_bg.wasm \
+    "$threads_pkg"/snippets pkg/
+  bound pkg/webvlm_threads_bg.wasm
+  bound pkg/webvlm_threads_relaxed_bg.wasm
+  local job
+  for job in "${optimizing[@]}"; do
+    if ! wait "${job##*:}"; then
+      echo "wasm-opt failed on ${job%:*}" >&2
+      return 1
     fi
+    echo "${job%:*} (wasm-opt $wasm_opt_flags): $(size_line "${job%:*}")"
   done
   # The npm package: the JS API (createEngine, worker, d.ts, package.json, README) around
   # the wasm-bindgen module; the demo page imports the same files from www/pkg/.
@@ -156,6 +168,30 @@ build_wasm() {
   cp -R pkg www/pkg
   vendor_www
   offline_list
+}
+
+# The threaded pair into $2 (webvlm_threads.js, snippets/, webvlm_threads_bg.wasm and
+# webvlm_threads_relaxed_bg.wasm), built in the target dir $1 by the pinned nightly.
+build_threads() {
+  local module="$1/wasm32-unknown-unknown/wasm/webvlm.wasm"
+  # shellcheck disable=SC2086
+  local -x CARGO_TARGET_DIR="$1" CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="$(echo $wasm_threads_flags)"
+  cargo "+$wasm_threads_toolchain" build -Z build-std=panic_abort,std --lib --profile wasm --target wasm32-unknown-unknown
+  wasm-bindgen --target web --out-dir "$2" --out-name webvlm_threads --no-typescript "$module"
+  cargo "+$wasm_threads_toolchain" rustc -Z build-std=panic_abort,std --lib --profile wasm --target wasm32-unknown-unknown \
+    -- -C target-feature=+relaxed-simd
+  wasm-bindgen --target web --out-dir "$2/relaxed" --out-name webvlm_threads --no-typescript "$module"
+  same_glue "$2/webvlm_threads.js" "$2/relaxed/webvlm_threads.js"
+  mv "$2/relaxed/webvlm_threads_bg.wasm" "$2/webvlm_threads_relaxed_bg.wasm"
+}
+
+# Fails unless two builds' wasm-bindgen glue is the same code (its comments name closure shims
+# by index, which differ): one glue then loads either module.
+same_glue() {
+  if ! diff -q <(grep -v "// Cast intrinsic for" "$1") <(grep -v "// Cast intrinsic for" "$2") >/dev/null; then
+    echo "the relaxed-SIMD build's wasm-bindgen glue differs from the SIMD128 build's: $1, $2" >&2
+    return 1
+  fi
 }
 
 # The demo has no bundler: the Markdown renderer and sanitizer it imports (marked, DOMPurify, at

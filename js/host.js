@@ -383,11 +383,12 @@ async function fetchImage(url, signal) {
   }
 }
 
-/** The wasm module this realm runs, `{build, WebEngine, memory}` (a promise): one per realm,
- * the build the first load asked for (`wasmBuild`). A later load that needs threads where the
+/** The wasm module this realm runs, `{build, WebEngine}` (a promise): one per realm, the
+ * build the first load asked for (`wasmBuild`). A later load that needs threads where the
  * realm runs a single-thread build is refused; one that needs none runs on the threaded
  * build's pool of one. */
 let realm = null;
+/** Its memory, once instantiated. */
 let memory = null;
 
 async function loadModule(wanted) {

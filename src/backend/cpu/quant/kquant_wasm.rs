@@ -8,7 +8,8 @@
 //! per code, a quarter of its half at a time), all below 64. Each 16 against 16 activation
 //! codes in eight i16 lanes of two products ([`dot16_u6`]: the SIMD128 widening products, or
 //! one relaxed dot, the codes being its 7-bit operand), which `i32x4.dot_i16x8_s` against the
-//! sub-block's (Q6_K: group of 16's) scale adds in pairs to i32 lanes, scaled; the lanes are
+//! sub-block's (Q6_K: group of 16's) scale adds in pairs to i32 lanes, scaled (Q4_K/Q5_K: a
+//! sub-block's two halves added in i16 first, one scaling per 32 codes); the lanes are
 //! added across once per super-block. Mins (Q4_K, Q5_K) and Q6_K's `-32` come from the
 //! activations' per-16 sums. Per super-block the f32 step of `scalar.rs`, so the rows equal the
 //! scalar path's (and its K-quant tiles', `ktile.rs`) bit for bit: every integer sum is exact
@@ -63,9 +64,10 @@ fn q45<const R: bool>(row: &[u8], x: &[BlockQ8K], size: usize, qs_at: usize, qh_
             for (i, c) in codes45(&b[qs_at + 32 * j..], &mut qh).into_iter().enumerate() {
                 let s = 2 * j + i;
                 let xs = &xb.qs[32 * s..];
-                for k in 0..2 {
-                    sumi = dot16_scaled::<R>(sumi, c[k], load_i8(&xs[16 * k..]), scales[s].into());
-                }
+                // The sub-block's two halves share its scale: their i16 lanes (at most
+                // 2·2·31·128 in magnitude, exact) are added before the scaling.
+                let p = i16x8_add(dot16_u6::<R>(c[0], load_i8(xs)), dot16_u6::<R>(c[1], load_i8(&xs[16..])));
+                sumi = i32x4_add(sumi, i32x4_dot_i16x8(p, i16x8_splat(scales[s].into())));
             }
         }
         let (d, dmin) = (f16_at(b, 0) * xb.d, f16_at(b, 2) * xb.d);
