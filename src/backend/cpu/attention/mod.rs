@@ -160,7 +160,7 @@ impl KvElem for f32 {
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     #[inline(always)]
     fn load4(x: &[f32]) -> core::arch::wasm32::v128 {
-        wasm::load4_f32(x)
+        super::quant::load_f32(x)
     }
 }
 

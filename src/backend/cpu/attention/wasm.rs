@@ -8,7 +8,7 @@
 
 use core::arch::wasm32::*;
 
-use super::super::quant::f16x4;
+use super::super::quant::{f16x4, load_f32};
 use super::{accumulate_portable, scores_portable, KvElem};
 
 const LANES: usize = 4;
@@ -21,14 +21,6 @@ fn madd<const R: bool>(a: v128, b: v128, c: v128) -> v128 {
         return f32x4_relaxed_madd(b, c, a);
     }
     f32x4_add(a, f32x4_mul(b, c))
-}
-
-/// The four f32 at `x[..4]` ([`KvElem::load4`] of an f32 cache).
-#[inline(always)]
-pub(super) fn load4_f32(x: &[f32]) -> v128 {
-    let x = &x[..4];
-    // SAFETY: `x` holds four f32; wasm loads take any alignment.
-    unsafe { v128_load(x.as_ptr().cast()) }
 }
 
 /// The four f16 at `x[..4]` as f32 ([`KvElem::load4`] of an f16 cache).
@@ -58,8 +50,7 @@ pub fn scores<T: KvElem, const R: bool>(q: &[f32], k: &[T], stride: usize, s: &m
             let rows: [&[T]; 4] = std::array::from_fn(|i| &k[(j + i) * stride..][..hd]);
             let mut acc = [f32x4_splat(0.0); 4];
             for c in (0..hd).step_by(LANES) {
-                // SAFETY: `q` holds `hd` f32, a multiple of four.
-                let qc = unsafe { v128_load(q.as_ptr().add(c).cast()) };
+                let qc = load_f32(&q[c..]);
                 for (a, row) in acc.iter_mut().zip(rows) {
                     *a = madd::<R>(*a, qc, T::load4(&row[c..]));
                 }

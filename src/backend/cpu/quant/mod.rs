@@ -39,7 +39,7 @@ mod scalar;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod wasm;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-pub(super) use wasm::f16x4;
+pub(super) use wasm::{f16x4, load_f32};
 
 pub use q8::{quantize_q8, quantize_q8k, BlockQ8, BlockQ8K, QuantError};
 

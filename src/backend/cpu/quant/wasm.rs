@@ -51,7 +51,7 @@ pub(super) fn load_i8(b: &[i8]) -> v128 {
 
 /// The four f32 at `x[..4]`.
 #[inline(always)]
-pub(super) fn load_f32(x: &[f32]) -> v128 {
+pub(in crate::backend::cpu) fn load_f32(x: &[f32]) -> v128 {
     let x = &x[..4];
     // SAFETY: `x` holds four f32; wasm loads take any alignment.
     unsafe { v128_load(x.as_ptr().cast()) }
