@@ -108,6 +108,7 @@ build_wasm() {
   threads_pkg="$target_dir/wasm-threads-pkg"
   wasm_bindgen_cli
   rm -rf pkg www/pkg "$relaxed_pkg" "$threads_pkg"
+  mkdir -p "$target_dir"
   # The threaded pair builds in the background, beside the single-thread pair, in a target
   # dir of its own (cargo builds one thing at a time in a target dir; the nightly's artifacts
   # share nothing with stable's anyway): the fat-LTO links of one pair run on one core.
