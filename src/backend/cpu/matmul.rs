@@ -10,8 +10,9 @@
 //! - Fast mode, K-quants: activations quantized once to Q8_K, the panel's eight rows decoded
 //!   and interleaved by eight codes per super-block (`quant/ktile.rs`), then one 512-bit
 //!   `vpdpbusd` per eight codes of all eight rows and a token (AVX2: four rows per 256 bits),
-//!   every pair of lanes a row. Bit for bit the matvec's result. At the wasm32 levels, the
-//!   matvec's own row dots per token over a panel's rows in cache (`RowPanel`).
+//!   every pair of lanes a row. Bit for bit the matvec's result. At the wasm32 levels, each
+//!   row's super-blocks decoded once (`quant/ktile_wasm.rs`) and run against four tokens at a
+//!   time, the tokens in the lanes.
 //! - Fast mode, Q4_0 / Q4_1 / Q8_0: activations quantized once to Q8_0, each panel row's
 //!   blocks decoded to codes and f32 scales (`quant/ltile.rs`), then register tiles of two
 //!   rows by four tokens over stretches of blocks, four rows at a time, with the matvec's
@@ -32,7 +33,7 @@ use super::quant::ktile::{self, KRows};
 use super::quant::ltile::{self, LBlock};
 use super::quant::{quantize_q8, quantize_q8k, BlockQ8, BlockQ8K};
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-use super::quant::{Dot, Kernel};
+use super::quant::ktile_wasm::{self, KRow};
 use super::simd::{self, Simd};
 use crate::gguf::quant::block_dequantizer;
 use crate::gguf::GgmlType;
@@ -77,8 +78,7 @@ pub fn matmul_into(
     match (w.ty(), mode) {
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
         (T::Q4_K | T::Q5_K | T::Q6_K, Mode::Fast) if matches!(simd, Simd::Simd128 | Simd::Relaxed) => {
-            let Some(Kernel::Q8K(dot, _)) = Kernel::of(w.ty(), true, simd) else { unreachable!("every K-quant has a row dot") };
-            run.panels(&RowPanel { w, x: quantize_q8k(x)?, dot })
+            run.panels(&WasmKPanel { w, x: quantize_q8k(x)?, simd })
         }
         (T::Q4_K | T::Q5_K | T::Q6_K, Mode::Fast) => run.panels(&KPanel { w, x: quantize_q8k(x)?, simd }),
         (T::Q4_0 | T::Q4_1 | T::Q8_0, Mode::Fast) => run.panels(&LPanel { w, x: quantize_q8(x)?, simd }),
@@ -197,38 +197,38 @@ impl Panel for KPanel<'_> {
     }
 }
 
-/// K-quant rows at the wasm32 levels, which have the matvec's row dots but no interleaved tile
-/// (the scalar one runs at a third of their speed): each product is the matvec's row dot, so
-/// its bits, the panel's rows read from cache again for every tile of tokens.
+/// K-quant rows at the wasm32 levels, decoded once per panel, against Q8_K activations.
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-struct RowPanel<'a> {
+struct WasmKPanel<'a> {
     w: &'a Weight<'a>,
     x: Vec<BlockQ8K>,
-    dot: Dot<BlockQ8K>,
+    simd: Simd,
 }
 
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-impl Panel for RowPanel<'_> {
-    /// The panel's row indices.
-    type Buf = [usize; ROWS];
+impl Panel for WasmKPanel<'_> {
+    /// `[ROWS][super-blocks]`.
+    type Buf = Vec<KRow>;
 
-    fn buf(&self) -> [usize; ROWS] {
-        [0; ROWS]
+    fn buf(&self) -> Vec<KRow> {
+        vec![KRow::default(); ROWS * self.w.cols() / 256]
     }
 
-    fn load(&self, buf: &mut [usize; ROWS], rows: [usize; ROWS]) {
-        *buf = rows;
-    }
-
-    fn tile(&self, rows: &[usize; ROWS], t0: usize, n: usize) -> Tile {
-        let n_sb = self.w.cols() / 256;
-        let mut p = [[0.0; TOKENS]; ROWS];
-        for i in 0..n {
-            let x = &self.x[(t0 + i) * n_sb..][..n_sb];
-            for (pr, &r) in p.iter_mut().zip(rows) {
-                pr[i] = (self.dot)(self.w.row(r), x);
+    fn load(&self, buf: &mut Vec<KRow>, rows: [usize; ROWS]) {
+        let (ty, n_sb) = (self.w.ty(), self.w.cols() / 256);
+        for (r, dst) in rows.iter().zip(buf.chunks_exact_mut(n_sb)) {
+            for (b, d) in self.w.row(*r).chunks_exact(ty.type_size()).zip(dst) {
+                KRow::decode(ty, b, d);
             }
         }
+    }
+
+    fn tile(&self, buf: &Vec<KRow>, t0: usize, n: usize) -> Tile {
+        let n_sb = self.w.cols() / 256;
+        let xs: [&[BlockQ8K]; TOKENS] = std::array::from_fn(|i| &self.x[(t0 + i.min(n - 1)) * n_sb..][..n_sb]);
+        let w = std::array::from_fn(|r| &buf[r * n_sb..][..n_sb]);
+        let mut p = [[0.0; TOKENS]; ROWS];
+        ktile_wasm::tile_wasm(self.simd, w, &xs[..n], &mut p);
         p
     }
 }

@@ -39,7 +39,7 @@ fn dot16_scaled<const R: bool>(acc: v128, w: v128, x: v128, sc: i16) -> v128 {
 /// each: the low and high nibbles of `qs[..32]` (its `32j..32j + 32`), with Q5_K's fifth bits
 /// from the two lowest bits of `qh`'s bytes, which are then shifted out for the next `j`.
 #[inline(always)]
-fn codes45(qs: &[u8], qh: &mut Option<[v128; 2]>) -> [[v128; 2]; 2] {
+pub(super) fn codes45(qs: &[u8], qh: &mut Option<[v128; 2]>) -> [[v128; 2]; 2] {
     let q = [load(qs), load(&qs[16..])];
     let (mut lo, mut hi) = (q.map(|q| v128_and(q, u8x16_splat(0x0F))), q.map(|q| u8x16_shr(q, 4)));
     if let Some(qh) = qh {
@@ -89,7 +89,7 @@ pub(super) fn q5_k<const R: bool>(row: &[u8], x: &[BlockQ8K]) -> f32 {
 /// `8h + 2k + i`, its low four bits from `ql` (the low or high nibbles of one of its half's
 /// 64 bytes' two halves), its top two from bits `2k, 2k + 1` of the half's 32 `qh` bytes.
 #[inline(always)]
-fn codes6(b: &[u8]) -> [v128; 16] {
+pub(super) fn codes6(b: &[u8]) -> [v128; 16] {
     let mut out = [u8x16_splat(0); 16];
     for h in 0..2 {
         let ql: [v128; 4] = std::array::from_fn(|i| load(&b[64 * h + 16 * i..]));

@@ -13,7 +13,8 @@
 //! `Kernel::of` picks the function for a format, mode and [`Simd`] level once per op.
 //!
 //! The tiles of the prefill matmul: K-quant super-blocks decoded once for many tokens and
-//! dotted eight rows at a time (`ktile.rs`), the same for Q4_0 / Q4_1 / Q8_0 blocks
+//! dotted eight rows at a time (`ktile.rs`; at the wasm32 levels one row against four tokens,
+//! `ktile_wasm.rs`), the same for Q4_0 / Q4_1 / Q8_0 blocks
 //! (`ltile.rs`), and the f32 4 x 2 micro-kernel of its exact mode (`ftile.rs`).
 
 mod float;
@@ -25,6 +26,8 @@ mod kquant_neon;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod kquant_wasm;
 pub(super) mod ktile;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+pub(super) mod ktile_wasm;
 #[cfg(target_arch = "x86_64")]
 mod legacy_avx2;
 #[cfg(target_arch = "aarch64")]
