@@ -69,10 +69,11 @@ fn delta_rule() -> Result<String, Box<dyn std::error::Error>> {
     Ok(out)
 }
 
-/// Every SIMD level this build runs, side by side on one thread: SmolLM2-135M's decode
-/// matvecs (30 layers of q, k, v, o, gate, up and down; hidden size 576, 3 KV heads of 64,
-/// MLP 1536; the LM head left out) per format whose blocks divide 576 columns, in ms per token
-/// and GB/s of weights (about 110 MB at Q8_0: streamed from memory), then one 576 x 1536 matrix
+/// Every SIMD level this build runs, side by side on one thread: decode matvecs streamed from
+/// memory, in ms per token and GB/s of weights: SmolLM2-135M's (30 layers of q, k, v, o, gate,
+/// up and down; hidden size 576, 3 KV heads of 64, MLP 1536; the LM head left out; about 110
+/// MB at Q8_0) per format whose blocks divide 576 columns, and four layers of SmolLM2-1.7B's
+/// (hidden size 2048, MLP 8192; 150 MB at Q4_K) in the K-quants. Then one 576 x 1536 matrix
 /// (the down projection; 0.5-3.5 MB, in cache) per format in ns per row, and its prefill
 /// matmul of 64 tokens per block format in GFLOP/s. In wasm32, built for
 /// wasm32-wasip1-threads with `-C target-feature=+simd128,+relaxed-simd` and run by
@@ -82,33 +83,16 @@ fn levels() -> Result<String, Box<dyn std::error::Error>> {
     let pool = ThreadPool::new(1)?;
     let levels = Simd::available();
     let names = levels.iter().map(|l| format!("{:>16}", l.to_string())).collect::<Vec<_>>().join(" |");
-    let mut out = format!("SmolLM2-135M decode matvecs, 1 thread, ms per token (GB/s):\nformat mode  |{names}\n");
-    let layer = [(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536)];
+    let mut out = format!("decode matvecs (streamed), 1 thread, ms per token (GB/s):\nformat mode  |{names}\n");
+    let smollm2 = [(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536)];
+    let _ = writeln!(out, "SmolLM2-135M, 30 layers");
     for ty in [GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1] {
-        let weights = (0..30 * layer.len())
-            .map(|i| {
-                let (rows, cols) = layer[i % layer.len()];
-                random_blocks(ty, rows * cols / ty.block_size(), i as u64)
-            })
-            .collect::<Vec<_>>();
-        let bytes: usize = weights.iter().map(Vec::len).sum();
-        let ws = weights
-            .iter()
-            .enumerate()
-            .map(|(i, b)| Weight::new(ty, layer[i % layer.len()].0, layer[i % layer.len()].1, b))
-            .collect::<Result<Vec<_>, _>>()?;
-        let x: Vec<f32> = (0..1536).map(|i| ((i % 61) as f32 - 30.0) / 30.0).collect();
-        let mut y = vec![0.0; 1536];
-        for mode in [Mode::Fast, Mode::Exact] {
-            let _ = write!(out, "{:<6} {:<5}", ty.name(), format!("{mode:?}").to_lowercase());
-            for &level in &levels {
-                let ms = simd::with_level(level, || {
-                    millis(|| ws.iter().try_for_each(|w| matvec(&pool, w, &x[..w.cols()], &mut y, 1, mode)))
-                })??;
-                let _ = write!(out, " | {ms:7.2} ({:5.2})", bytes as f64 / ms / 1e6);
-            }
-            out.push('\n');
-        }
+        streamed(&mut out, &pool, &levels, ty, &smollm2, 30)?;
+    }
+    let smollm2_1_7b = [(2048, 2048), (2048, 2048), (2048, 2048), (2048, 2048), (8192, 2048), (8192, 2048), (2048, 8192)];
+    let _ = writeln!(out, "SmolLM2-1.7B, 4 layers");
+    for ty in [GgmlType::Q4_K, GgmlType::Q6_K] {
+        streamed(&mut out, &pool, &levels, ty, &smollm2_1_7b, 4)?;
     }
     let (rows, cols) = (576, 1536);
     let _ = writeln!(out, "one {rows} x {cols} matrix (in cache), 1 thread, ns per row:\nformat mode  |{names}");
@@ -142,4 +126,36 @@ fn levels() -> Result<String, Box<dyn std::error::Error>> {
         out.push('\n');
     }
     Ok(out)
+}
+
+/// One line per mode of [`levels`]' streamed table: `layers` layers of `layer`'s (rows, cols)
+/// matrices of random `ty` blocks, one token through each, per level.
+fn streamed(
+    out: &mut String,
+    pool: &ThreadPool,
+    levels: &[Simd],
+    ty: GgmlType,
+    layer: &[(usize, usize)],
+    layers: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let shape = |i: usize| layer[i % layer.len()];
+    let weights = (0..layers * layer.len())
+        .map(|i| random_blocks(ty, shape(i).0 * shape(i).1 / ty.block_size(), i as u64))
+        .collect::<Vec<_>>();
+    let bytes: usize = weights.iter().map(Vec::len).sum();
+    let ws = weights.iter().enumerate().map(|(i, b)| Weight::new(ty, shape(i).0, shape(i).1, b)).collect::<Result<Vec<_>, _>>()?;
+    let width = layer.iter().map(|&(rows, cols)| rows.max(cols)).max().unwrap_or(0);
+    let x: Vec<f32> = (0..width).map(|i| ((i % 61) as f32 - 30.0) / 30.0).collect();
+    let mut y = vec![0.0; width];
+    for mode in [Mode::Fast, Mode::Exact] {
+        let _ = write!(out, "{:<6} {:<5}", ty.name(), format!("{mode:?}").to_lowercase());
+        for &level in levels {
+            let ms = simd::with_level(level, || {
+                millis(|| ws.iter().try_for_each(|w| matvec(pool, w, &x[..w.cols()], &mut y, 1, mode)))
+            })??;
+            let _ = write!(out, " | {ms:7.2} ({:5.2})", bytes as f64 / ms / 1e6);
+        }
+        out.push('\n');
+    }
+    Ok(())
 }

@@ -25,7 +25,7 @@
 
 use core::arch::wasm32::*;
 
-use super::scalar::{min_sum, scales_k4};
+use super::scalar::scales_k4;
 use super::wasm::{dot16_u6, f16_at, hsum_i32, load, load_i8, madd, madd16, sum4, widen16};
 use super::BlockQ8K;
 
@@ -52,12 +52,48 @@ pub(super) fn codes45(qs: &[u8], qh: &mut Option<[v128; 2]>) -> [[v128; 2]; 2] {
     [lo, hi]
 }
 
+/// A Q4_K/Q5_K super-block's eight 6-bit scales (bytes 0..8) and mins (bytes 8..16), unpacked
+/// from its twelve bytes `b[4..16]` as `scalar.rs`'s `scales_k4` does, in lanes: scales 0..4
+/// and mins 0..4 are the low six bits of bytes 0..4 and 4..8; scales 4..8 (mins 4..8) the low
+/// (high) nibbles of bytes 8..12 with the top two bits of bytes 0..4 (4..8) above them.
+#[inline(always)]
+fn scales_mins(b: &[u8]) -> v128 {
+    let (v, zero) = (load(b), u8x16_splat(0));
+    let low = i8x16_shuffle::<4, 5, 6, 7, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15>(v, v);
+    let low = v128_bitselect(u8x16_shr(low, 4), low, u32x4(0, 0, 0, u32::MAX));
+    let low = v128_and(low, u8x16(63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 15, 15, 15, 15));
+    let top = i8x16_shuffle::<16, 16, 16, 16, 4, 5, 6, 7, 16, 16, 16, 16, 8, 9, 10, 11>(v, zero);
+    v128_or(low, u8x16_shr(v128_and(top, u8x16_splat(0xC0)), 2))
+}
+
+/// `[Σ a, Σ b]`: the lane sums of two i32 vectors (wrapping).
+#[inline(always)]
+fn hsum2_i32(a: v128, b: v128) -> [i32; 2] {
+    let t = i32x4_add(i32x4_shuffle::<0, 1, 4, 5>(a, b), i32x4_shuffle::<2, 3, 6, 7>(a, b));
+    let t = i32x4_add(t, i32x4_shuffle::<1, 0, 3, 2>(t, t));
+    [i32x4_extract_lane::<0>(t), i32x4_extract_lane::<2>(t)]
+}
+
+/// `Σ_s m_s (bsums[2s] + bsums[2s + 1])` in i32 lanes: the mins (bytes 8..16 of
+/// [`scales_mins`]) each widened into two i16 lanes, against the per-16 sums.
+#[inline(always)]
+fn min_lanes(sm: v128, bsums: &[i16; 16]) -> v128 {
+    let zero = u8x16_splat(0);
+    let m0 = i8x16_shuffle::<8, 16, 8, 16, 9, 16, 9, 16, 10, 16, 10, 16, 11, 16, 11, 16>(sm, zero);
+    let m1 = i8x16_shuffle::<12, 16, 12, 16, 13, 16, 13, 16, 14, 16, 14, 16, 15, 16, 15, 16>(sm, zero);
+    // SAFETY: `bsums` holds 16 i16 (32 bytes); wasm loads take any alignment.
+    let (b0, b1) = unsafe { (v128_load(bsums.as_ptr().cast()), v128_load(bsums[8..].as_ptr().cast())) };
+    i32x4_add(i32x4_dot_i16x8(m0, b0), i32x4_dot_i16x8(m1, b1))
+}
+
 /// Fast Q4_K (`qh_at: None`) or Q5_K (fifth bits at `qh_at`), codes at `qs_at`.
 #[inline(always)]
 fn q45<const R: bool>(row: &[u8], x: &[BlockQ8K], size: usize, qs_at: usize, qh_at: Option<usize>) -> f32 {
     let mut acc = 0.0;
     for (b, xb) in row.chunks_exact(size).zip(x) {
-        let (scales, mins) = scales_k4(&b[4..16]);
+        let sm = scales_mins(b);
+        // SAFETY: a v128 is 16 bytes.
+        let scales: [u8; 16] = unsafe { core::mem::transmute(sm) };
         let mut qh = qh_at.map(|at| [load(&b[at..]), load(&b[at + 16..])]);
         let mut sumi = i32x4_splat(0);
         for j in 0..4 {
@@ -70,8 +106,9 @@ fn q45<const R: bool>(row: &[u8], x: &[BlockQ8K], size: usize, qs_at: usize, qh_
                 sumi = i32x4_add(sumi, i32x4_dot_i16x8(p, i16x8_splat(scales[s].into())));
             }
         }
+        let [sumi, min] = hsum2_i32(sumi, min_lanes(sm, &xb.bsums));
         let (d, dmin) = (f16_at(b, 0) * xb.d, f16_at(b, 2) * xb.d);
-        acc += d * hsum_i32(sumi) as f32 - dmin * min_sum(&mins, &xb.bsums) as f32;
+        acc += d * sumi as f32 - dmin * min as f32;
     }
     acc
 }
