@@ -132,7 +132,7 @@ fn activation_quantizers_agree_on_every_level() {
             assert_eq!(s as i32, blk.qs[16 * g..16 * g + 16].iter().map(|&q| q as i32).sum::<i32>());
         }
     }
-    assert_eq!(quantize_q8(&x[..40]), Err(QuantError { len: 40, block: 32 }));
+    assert_eq!(quantize_q8(&x[..40]), Err(QuantError::Blocks { len: 40, block: 32 }));
 }
 
 #[test]

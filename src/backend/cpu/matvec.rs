@@ -52,6 +52,13 @@ pub enum MatvecError {
     Quant(#[from] QuantError),
 }
 
+impl MatvecError {
+    /// Whether the allocator refused the op's memory (not a wrong shape or format).
+    pub fn is_out_of_memory(&self) -> bool {
+        matches!(self, MatvecError::Quant(QuantError::OutOfMemory { .. }))
+    }
+}
+
 /// A `[rows][cols]` weight matrix in a GGUF format: `rows` rows of whole blocks, in one run of
 /// bytes or in several (a stack of matrices used where each lies in a mapped file).
 #[derive(Clone, Copy, Debug)]

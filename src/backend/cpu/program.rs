@@ -276,13 +276,22 @@ impl From<ProgramError> for GpuError {
     /// The model code's error: an allocation failure is the device's memory running out, as
     /// on the GPU.
     fn from(e: ProgramError) -> GpuError {
-        let mut inner = &e;
-        while let ProgramError::Op { source, .. } = inner {
-            inner = source;
+        match e.is_out_of_memory() {
+            true => GpuError::OutOfMemory(e.to_string()),
+            false => GpuError::Cpu(e.to_string()),
         }
-        match inner {
-            ProgramError::OutOfMemory { .. } => GpuError::OutOfMemory(e.to_string()),
-            _ => GpuError::Cpu(e.to_string()),
+    }
+}
+
+impl ProgramError {
+    /// Whether the allocator refused memory: a buffer's, or an op's own.
+    fn is_out_of_memory(&self) -> bool {
+        match self {
+            ProgramError::OutOfMemory { .. } => true,
+            ProgramError::Matvec(e) => e.is_out_of_memory(),
+            ProgramError::Vision(e) => e.is_out_of_memory(),
+            ProgramError::Op { source, .. } => source.is_out_of_memory(),
+            _ => false,
         }
     }
 }
@@ -308,4 +317,21 @@ pub enum ProgramError {
     Vision(#[from] super::vision::VisionError),
     #[error("op {index} ({name}): {source}")]
     Op { index: usize, name: &'static str, source: Box<ProgramError> },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::quant::QuantError;
+
+    /// An op's refused allocation, however deep in the op's error, is the device's memory
+    /// running out (the typed too-small error upstream); other failures are not.
+    #[test]
+    fn an_ops_refused_allocation_is_out_of_memory() {
+        let oom = ProgramError::Matvec(super::super::MatvecError::Quant(QuantError::OutOfMemory { bytes: usize::MAX }));
+        let op = ProgramError::Op { index: 3, name: "matmul", source: Box::new(oom) };
+        assert!(matches!(GpuError::from(op), GpuError::OutOfMemory(m) if m.contains("cannot allocate")));
+        let shape = ProgramError::Matvec(super::super::MatvecError::OddGated(3));
+        assert!(matches!(GpuError::from(shape), GpuError::Cpu(_)));
+    }
 }

@@ -31,6 +31,19 @@ pub enum VisionError {
     Shape(#[from] ShapeError),
     #[error(transparent)]
     Matvec(#[from] MatvecError),
+    #[error("{op}: cannot allocate {bytes} bytes")]
+    OutOfMemory { op: &'static str, bytes: usize },
+}
+
+impl VisionError {
+    /// Whether the allocator refused the op's memory.
+    pub fn is_out_of_memory(&self) -> bool {
+        match self {
+            VisionError::OutOfMemory { .. } => true,
+            VisionError::Matvec(e) => e.is_out_of_memory(),
+            VisionError::Shape(_) => false,
+        }
+    }
 }
 
 /// The patch grid of a `height` x `width` image (sides multiples of `patch`).
@@ -94,7 +107,10 @@ pub fn conv2d_patch(
     let (rows, cols) = grid(OP, height, width, patch)?;
     check_len(OP, "weight columns", w.cols(), channels * patch * patch)?;
     check_len(OP, "out", out.len(), rows * cols * w.rows())?;
-    let mut patches = vec![0f32; rows * cols * w.cols()];
+    let n = rows * cols * w.cols();
+    let mut patches = Vec::new();
+    patches.try_reserve_exact(n).map_err(|_| VisionError::OutOfMemory { op: OP, bytes: 4 * n })?;
+    patches.resize(n, 0f32);
     patch_unfold(pool, pixels, &mut patches, channels, height, width, patch)?;
     matmul(pool, w, &patches, out, rows * cols, mode)?;
     Ok(())

@@ -124,34 +124,34 @@ pub(super) fn q5_k<const R: bool>(row: &[u8], x: &[BlockQ8K]) -> f32 {
 /// The 256 codes (values 0..64) of a Q6_K super-block `b` in element order, in groups of 16
 /// (group `g` is the `g`th vector): half `h`, quarter `k`, lanes `16i..16i + 16` is group
 /// `8h + 2k + i`, its low four bits from `ql` (the low or high nibbles of one of its half's
-/// 64 bytes' two halves), its top two from bits `2k, 2k + 1` of the half's 32 `qh` bytes.
+/// 64 bytes' two halves), its top two from bits `2k, 2k + 1` of the half's 32 `qh` bytes,
+/// shifted straight to bits 4 and 5.
 #[inline(always)]
 pub(super) fn codes6(b: &[u8]) -> [v128; 16] {
     let mut out = [u8x16_splat(0); 16];
+    let (nibble, top) = (u8x16_splat(0x0F), u8x16_splat(0x30));
     for h in 0..2 {
         let ql: [v128; 4] = std::array::from_fn(|i| load(&b[64 * h + 16 * i..]));
-        let mut qh = [load(&b[128 + 32 * h..]), load(&b[144 + 32 * h..])];
-        for k in 0..4 {
-            for i in 0..2 {
+        for i in 0..2 {
+            let qh = load(&b[128 + 32 * h + 16 * i..]);
+            let high = [i8x16_shl(qh, 4), i8x16_shl(qh, 2), qh, u8x16_shr(qh, 2)];
+            for (k, high) in high.into_iter().enumerate() {
                 let low = ql[2 * (k & 1) + i];
-                let low = if k < 2 { v128_and(low, u8x16_splat(0x0F)) } else { u8x16_shr(low, 4) };
-                let high = i8x16_shl(v128_and(qh[i], u8x16_splat(3)), 4);
-                out[8 * h + 2 * k + i] = v128_or(low, high);
-                qh[i] = u8x16_shr(qh[i], 2);
+                let low = if k < 2 { v128_and(low, nibble) } else { u8x16_shr(low, 4) };
+                out[8 * h + 2 * k + i] = v128_or(low, v128_and(high, top));
             }
         }
     }
     out
 }
 
-/// `Σ_g sc_g bsums_g` over a Q6_K super-block's 16 signed scales (`b[192..208]`).
+/// `Σ_g sc_g bsums_g` in i32 lanes over a Q6_K super-block's 16 signed scales (`b[192..208]`).
 #[inline(always)]
-fn scaled_bsums(b: &[u8], bsums: &[i16; 16]) -> i32 {
+fn scaled_bsums(b: &[u8], bsums: &[i16; 16]) -> v128 {
     let sc = load(&b[192..208]);
     // SAFETY: `bsums` holds 16 i16 (32 bytes); wasm loads take any alignment.
     let (b0, b1) = unsafe { (v128_load(bsums.as_ptr().cast()), v128_load(bsums[8..].as_ptr().cast())) };
-    let p = i32x4_add(i32x4_dot_i16x8(i16x8_extend_low_i8x16(sc), b0), i32x4_dot_i16x8(i16x8_extend_high_i8x16(sc), b1));
-    hsum_i32(p)
+    i32x4_add(i32x4_dot_i16x8(i16x8_extend_low_i8x16(sc), b0), i32x4_dot_i16x8(i16x8_extend_high_i8x16(sc), b1))
 }
 
 pub(super) fn q6_k<const R: bool>(row: &[u8], x: &[BlockQ8K]) -> f32 {
@@ -161,7 +161,8 @@ pub(super) fn q6_k<const R: bool>(row: &[u8], x: &[BlockQ8K]) -> f32 {
         for (g, c) in codes6(b).into_iter().enumerate() {
             sumi = dot16_scaled::<R>(sumi, c, load_i8(&xb.qs[16 * g..]), (b[192 + g] as i8).into());
         }
-        let sumi = hsum_i32(sumi) - 32 * scaled_bsums(b, &xb.bsums);
+        // The codes' offset of 32, in the same lanes before the one sum across.
+        let sumi = hsum_i32(i32x4_sub(sumi, i32x4_shl(scaled_bsums(b, &xb.bsums), 5)));
         acc += f16_at(b, 208) * xb.d * sumi as f32;
     }
     acc

@@ -32,26 +32,35 @@ pub struct BlockQ8K {
     pub bsums: [i16; 16],
 }
 
-/// Activations that do not fill whole blocks.
+/// Activations that cannot be quantized.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{len} activations are not whole blocks of {block}")]
-pub struct QuantError {
-    pub len: usize,
-    pub block: usize,
+pub enum QuantError {
+    #[error("{len} activations are not whole blocks of {block}")]
+    Blocks { len: usize, block: usize },
+    /// The allocator refused the blocks (a long prompt in wasm32's 4 GiB).
+    #[error("cannot allocate {bytes} bytes of quantized activations")]
+    OutOfMemory { bytes: usize },
 }
 
 fn blocks(x: &[f32], block: usize) -> Result<std::slice::ChunksExact<'_, f32>, QuantError> {
     match x.len().is_multiple_of(block) {
         true => Ok(x.chunks_exact(block)),
-        false => Err(QuantError { len: x.len(), block }),
+        false => Err(QuantError::Blocks { len: x.len(), block }),
     }
+}
+
+/// An empty vector with room for `n` blocks, or the typed error where the allocator refuses.
+fn with_room<T>(n: usize) -> Result<Vec<T>, QuantError> {
+    let mut out = Vec::new();
+    out.try_reserve_exact(n).map_err(|_| QuantError::OutOfMemory { bytes: n.saturating_mul(size_of::<T>()) })?;
+    Ok(out)
 }
 
 /// `x` (whole blocks of 32) as [`BlockQ8`]s, at [`simd::level`].
 pub fn quantize_q8(x: &[f32]) -> Result<Vec<BlockQ8>, QuantError> {
     let simd = simd::level();
     let blocks = blocks(x, 32)?;
-    let mut out = Vec::with_capacity(blocks.len());
+    let mut out = with_room(blocks.len())?;
     for xb in blocks {
         let mut qs = [0; 32];
         let d = quantize(simd, xb, &mut qs);
@@ -64,7 +73,7 @@ pub fn quantize_q8(x: &[f32]) -> Result<Vec<BlockQ8>, QuantError> {
 pub fn quantize_q8k(x: &[f32]) -> Result<Vec<BlockQ8K>, QuantError> {
     let simd = simd::level();
     let blocks = blocks(x, 256)?;
-    let mut out = Vec::with_capacity(blocks.len());
+    let mut out = with_room(blocks.len())?;
     for xb in blocks {
         let mut qs = [0; 256];
         let d = quantize(simd, xb, &mut qs);
@@ -121,4 +130,14 @@ unsafe fn quantize_avx2(x: &[f32], qs: &mut [i8]) -> f32 {
         _mm256_storeu_si256(qc.as_mut_ptr().cast(), _mm256_permutevar8x32_epi32(packed, order));
     }
     d
+}
+
+#[cfg(test)]
+mod tests {
+    /// A request the allocator cannot meet is the typed error, not an abort.
+    #[test]
+    fn refused_room_is_out_of_memory() {
+        let err = super::with_room::<super::BlockQ8K>(usize::MAX / 64).unwrap_err();
+        assert!(matches!(err, super::QuantError::OutOfMemory { bytes } if bytes >= usize::MAX / 64), "{err:?}");
+    }
 }
