@@ -143,7 +143,8 @@ fn streamed(
         .map(|i| random_blocks(ty, shape(i).0 * shape(i).1 / ty.block_size(), i as u64))
         .collect::<Vec<_>>();
     let bytes: usize = weights.iter().map(Vec::len).sum();
-    let ws = weights.iter().enumerate().map(|(i, b)| Weight::new(ty, shape(i).0, shape(i).1, b)).collect::<Result<Vec<_>, _>>()?;
+    let ws =
+        weights.iter().enumerate().map(|(i, b)| Weight::new(ty, shape(i).0, shape(i).1, b)).collect::<Result<Vec<_>, _>>()?;
     let width = layer.iter().map(|&(rows, cols)| rows.max(cols)).max().unwrap_or(0);
     let x: Vec<f32> = (0..width).map(|i| ((i % 61) as f32 - 30.0) / 30.0).collect();
     let mut y = vec![0.0; width];

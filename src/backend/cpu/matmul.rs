@@ -30,10 +30,10 @@ use super::matvec::{check, MatvecError, Mode, Rows, Weight};
 use super::pool::ThreadPool;
 use super::quant::ftile::tile4x2;
 use super::quant::ktile::{self, KRows};
-use super::quant::ltile::{self, LBlock};
-use super::quant::{quantize_q8, quantize_q8k, BlockQ8, BlockQ8K};
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 use super::quant::ktile_wasm::{self, KRow};
+use super::quant::ltile::{self, LBlock};
+use super::quant::{quantize_q8, quantize_q8k, BlockQ8, BlockQ8K};
 use super::simd::{self, Simd};
 use crate::gguf::quant::block_dequantizer;
 use crate::gguf::GgmlType;

@@ -84,7 +84,12 @@ impl KRow {
 
 /// `p[r][i]` = row `r` (the super-blocks `w[r]`) times token `i` (`xs[i]`), for up to `N`
 /// tokens, at `level` (a wasm level; the build has its features).
-pub(in crate::backend::cpu) fn tile_wasm<const N: usize>(level: Simd, w: [&[KRow]; 8], xs: &[&[BlockQ8K]], p: &mut [[f32; N]; 8]) {
+pub(in crate::backend::cpu) fn tile_wasm<const N: usize>(
+    level: Simd,
+    w: [&[KRow]; 8],
+    xs: &[&[BlockQ8K]],
+    p: &mut [[f32; N]; 8],
+) {
     #[cfg(target_feature = "relaxed-simd")]
     if level == Simd::Relaxed {
         return tile_at::<N, true>(w, xs, p);
@@ -100,7 +105,12 @@ fn tile_at<const N: usize, const R: bool>(w: [&[KRow]; 8], xs: &[&[BlockQ8K]], p
         let x: [&[BlockQ8K]; 4] = std::array::from_fn(|i| xs[(i0 + i).min(xs.len() - 1)]);
         for (row, pr) in w.iter().zip(p.iter_mut()) {
             let lanes = if six { four_tokens::<R, true>(row, x) } else { four_tokens::<R, false>(row, x) };
-            let lanes = [f32x4_extract_lane::<0>(lanes), f32x4_extract_lane::<1>(lanes), f32x4_extract_lane::<2>(lanes), f32x4_extract_lane::<3>(lanes)];
+            let lanes = [
+                f32x4_extract_lane::<0>(lanes),
+                f32x4_extract_lane::<1>(lanes),
+                f32x4_extract_lane::<2>(lanes),
+                f32x4_extract_lane::<3>(lanes),
+            ];
             for (i, v) in lanes.into_iter().enumerate().take(xs.len() - i0) {
                 pr[i0 + i] = v;
             }
