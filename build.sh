@@ -282,7 +282,9 @@ wasm_opt() {
 # The Rust tests of tests/wasm_browser.rs in headless Chromium with WebGPU (webdriver.json holds
 # its flags). The CLI binary does not build for wasm32: --no-default-features leaves it out, and
 # `synthetic` builds the random model the tests stream.
-# Debug info off keeps the test module ~10x smaller (faster to bind, load and compile).
+# Debug info off keeps the test module ~10x smaller (faster to bind, load and compile), and the
+# dependencies unoptimised (the dev profile gives them opt-level 2) shorten the build, most of
+# the phase: the tests themselves spend their time in the browser's WebGPU.
 wasm_tests() {
   rustup target add wasm32-unknown-unknown >/dev/null 2>&1 || true
   wasm_bindgen_cli
@@ -290,7 +292,8 @@ wasm_tests() {
   CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
   WASM_BINDGEN_TEST_TIMEOUT="${WASM_BINDGEN_TEST_TIMEOUT:-600}" \
   CARGO_PROFILE_DEV_DEBUG="${CARGO_PROFILE_DEV_DEBUG:-false}" \
-    cargo test --target wasm32-unknown-unknown --no-default-features --features synthetic --test wasm_browser -- "$@"
+    cargo test --target wasm32-unknown-unknown --no-default-features --features synthetic --test wasm_browser \
+    --config 'profile.dev.package."*".opt-level=0' -- "$@"
 }
 
 # Formatting and lints: `cargo fmt --check` (rustfmt.toml), scripts/import_cycles.py, clippy
@@ -424,15 +427,12 @@ case "$cmd" in
     phase "lint" bash "$0" lint || failed+=("lint (cargo fmt --check, scripts/import_cycles.py, clippy -D warnings)")
     wasm_built=1
     phase "wasm build" bash "$0" wasm || { wasm_built=0; failed+=("wasm build"); }
-    # Every test once, but the model tests (tests/model_*.rs) in the phase after the next: they
-    # run on lavapipe once, in the GPU kernel geometry (the CPU backend's tests in them run there
-    # too; the launch shapes do not touch it).
-    native_tests=(--lib --bins) model_tests=()
-    for f in tests/*.rs; do
-      f="$(basename "$f" .rs)"
-      case "$f" in model_*) model_tests+=(--test "$f") ;; *) native_tests+=(--test "$f") ;; esac
-    done
-    phase "native tests" cargo test --no-fail-fast "${native_tests[@]}" || failed+=("native tests")
+    # Every test once, but the model tests (tests/model_*.rs, modules of the `integration` test
+    # binary) in the phase after the next: they run on lavapipe once, in the GPU kernel geometry
+    # (the CPU backend's tests in them run there too; the launch shapes do not touch it).
+    model_tests=()
+    for f in tests/model_*.rs; do model_tests+=("$(basename "$f" .rs)::"); done
+    phase "native tests" cargo test --no-fail-fast --tests -- "${model_tests[@]/#/--skip=}" || failed+=("native tests")
     # The CLI the browser and SDK suites run is the one `cargo test` just built while the
     # features of Cargo.toml's unification lines hold; a rebuild here means they drifted apart.
     if cargo build --bin webvlm -v 2>&1 | grep -q "Compiling webvlm"; then
@@ -442,9 +442,9 @@ case "$cmd" in
     # forced (a CPU adapter takes the CPU shape by default): every kernel variant a real GPU
     # takes runs here against the same references and tolerances, and every family's model runs
     # on lavapipe in the shapes real GPUs take.
-    phase "native tests, GPU geometry" env WEBVLM_GEOMETRY=gpu cargo test --no-fail-fast \
-      --test kernels_matmul --test kernels_fused --test kernels_sample --test kernels_attention \
-      --test kernels_vision --test kernels_mrope --test kernels_vision_mllama \
+    phase "native tests, GPU geometry" env WEBVLM_GEOMETRY=gpu cargo test --no-fail-fast --test integration -- \
+      kernels_matmul:: kernels_fused:: kernels_sample:: kernels_attention:: \
+      kernels_vision:: kernels_mrope:: kernels_vision_mllama:: \
       "${model_tests[@]}" || failed+=("native tests in the GPU kernel geometry (kernels again, models)")
     # The CPU backend's aarch64 NEON kernels: its kernel tests built for aarch64 and run under
     # qemu-user (which installs itself where missing).

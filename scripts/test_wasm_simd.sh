@@ -67,9 +67,12 @@ esac
 # opt-level.
 args=(--target "$target" --no-default-features --config 'profile.dev.package."*".opt-level=0')
 status=0
-cargo test "${args[@]}" --no-fail-fast \
-  --test cpu_levels --test cpu_matvec --test cpu_matmul --test cpu_kernels --test cpu_vision --test cpu_delta_net \
-  -- --nocapture --skip pool_propagates_a_panicking_task --skip pool_survives_many_runs_idle_gaps_and_concurrent_callers \
+# The modules of the `cpu` test binary (tests/cpu.rs) it runs; a filter in ARGS runs what it
+# matches in the binary instead.
+modules=(cpu_levels:: cpu_matvec:: cpu_matmul:: cpu_kernels:: cpu_vision:: cpu_delta_net::)
+[ $# -eq 0 ] || modules=()
+cargo test "${args[@]}" --no-fail-fast --test cpu -- "${modules[@]}" \
+  --nocapture --skip pool_propagates_a_panicking_task --skip pool_survives_many_runs_idle_gaps_and_concurrent_callers \
   "$@" || status=$?
 # The library's CPU backend tests, from the same build; a filter in ARGS adds to
 # `backend::cpu::` (libtest runs what any one matches).
@@ -80,7 +83,7 @@ cargo test "${args[@]}" --lib -- --nocapture backend::cpu:: "$@" || status=$?
 # relaxed dot wrongly, which only this caught).
 for tier in --liftoff-only --no-liftoff; do
   CARGO_TARGET_WASM32_WASIP1_THREADS_RUNNER="node ${node_flags[*]} $tier $PWD/scripts/wasi_run.mjs" \
-    cargo test "${args[@]}" --test cpu_levels --test cpu_matvec -- --nocapture --skip pool_ "$@" || status=$?
+    cargo test "${args[@]}" --test cpu -- "${modules[@]:0:2}" --nocapture --skip pool_ "$@" || status=$?
 done
 echo "== test_wasm_simd ($features): $((SECONDS - start)) s ($([ "$status" -eq 0 ] && echo ok || echo FAILED))" >&2
 exit "$status"

@@ -5,7 +5,7 @@
 //! JSON-schema output from the real SmolLM2 model, a batch with broken images, and the tiny
 //! Qwen3.5 VLM's JSON-schema output, logprobs and batch.
 
-mod common;
+use crate::common;
 use common::*;
 
 use std::cell::Cell;

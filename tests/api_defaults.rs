@@ -4,7 +4,7 @@
 //! always wins, and what neither sets keeps OpenAI's default. `do_sample: false` or a top-k
 //! of 1 make unset requests greedy whatever their seed; invalid defaults refuse the model.
 
-mod common;
+use crate::common;
 use common::*;
 
 use std::path::PathBuf;

@@ -7,7 +7,7 @@
 //! one by one; a repeated request and a follow-up turn report `cached_tokens` and answer as
 //! a fresh engine does.
 
-mod common;
+use crate::common;
 use common::*;
 
 use base64::Engine as _;

@@ -2,8 +2,7 @@
 //! (`tests/fixtures/tokenizer/chat_*.json`), plus the Hugging Face template semantics the
 //! fixtures do not reach: `raise_exception`, content parts, `tojson`, pycompat methods.
 
-#[path = "common/gguf_vocab.rs"]
-mod gguf_vocab;
+use crate::gguf_vocab;
 
 use serde::Deserialize;
 use webvlm::chat::{ChatContent, ChatError, ChatMessage, ChatTemplate, ContentPart, CHATML_TEMPLATE};

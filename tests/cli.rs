@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 
-mod common;
+use crate::common;
 use common::fixture;
 
 fn webvlm(args: &[&str]) -> Output {

@@ -7,13 +7,11 @@
 //! unbounded documents end), decoded with our tokenizer, parsed by serde_json and validated
 //! against the schema by an independent validator (the `jsonschema` crate, formats on).
 //! Every completion must end within its token budget. Run
-//! `cargo test --release --test constraint mask_cost -- --nocapture --test-threads=1` for the
+//! `cargo test --release --test integration constraint::mask_cost -- --nocapture --test-threads=1` for the
 //! mask-cost figures.
 
-#[path = "common/gguf_vocab.rs"]
-mod gguf_vocab;
-#[path = "common/json_schemas.rs"]
-mod json_schemas;
+use crate::gguf_vocab;
+use crate::json_schemas;
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};

@@ -5,7 +5,7 @@
 //! chunks; the conv, decay and gated norm against the f64 references of their GPU counterparts
 //! (`kernels::gdn_prep::*_ref`). No GPU.
 
-mod cpu_common;
+use crate::cpu_common;
 
 use cpu_common::pools;
 use webvlm::backend::cpu::delta_net::{recurrent, DeltaNetLayout, KHeads};

@@ -5,7 +5,7 @@
 //! expects them (`WEBVLM_EXPECT_SIMD`), and that their fast rows equal the scalar ones bit for
 //! bit, on weights of the extreme codes as well as random ones. No GPU.
 
-mod cpu_common;
+use crate::cpu_common;
 
 use cpu_common::activations;
 use webvlm::backend::cpu::{matvec, simd, Mode, Simd, ThreadPool, Weight};

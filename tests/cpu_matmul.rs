@@ -4,7 +4,7 @@
 //! included) × {1, 2, 3} threads × token counts that are and are not whole tiles, and every
 //! epilogue. No GPU.
 
-mod cpu_common;
+use crate::cpu_common;
 
 use cpu_common::{activations, pools, rel_l2, representable_activations, representable_weights};
 use webvlm::backend::cpu::matmul::{ROWS as PANEL, TOKENS as TILE};

@@ -3,7 +3,7 @@
 //! dequantized weights): every weight format × {fast, exact} × every SIMD level this machine
 //! has (scalar included) × {1, 2, 3} threads. No GPU.
 
-mod cpu_common;
+use crate::cpu_common;
 
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};

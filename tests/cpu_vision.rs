@@ -6,7 +6,7 @@
 //! Limits are about twice the largest error measured on x86-64 (the figure is in each
 //! comment), or exact where the op only moves values.
 
-mod cpu_common;
+use crate::cpu_common;
 
 use cpu_common::{activations, pools};
 use webvlm::backend::cpu::cross_attention::{cross_attention, gated_add};

@@ -5,7 +5,7 @@
 //! no hang), and an engine loaded again on a new device answers as before the loss. Both
 //! ways of choosing tokens are covered: pipelined on the GPU and on the host (logprobs).
 
-mod common;
+use crate::common;
 use common::*;
 
 use std::sync::mpsc;

@@ -6,7 +6,7 @@
 //! is not reused across different images. The memory plan of a folder, from its headers
 //! alone, equals what the loaded engine holds.
 
-mod common;
+use crate::common;
 use common::*;
 use serde_json::Value;
 use webvlm::chat::{ChatContent, ChatMessage, ContentPart};

@@ -6,7 +6,7 @@
 //! those of llama.cpp's `convert_hf_to_gguf.py --outtype q8_0` byte for byte; the CLI writes
 //! the same bytes and answers from the file as from the folder.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::rc::Rc;

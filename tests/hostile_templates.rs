@@ -5,8 +5,7 @@
 //! limits on long conversations. A memory bomb that got past the limits would abort this
 //! test binary (allocation failure) rather than fail an assertion.
 
-#[path = "common/gguf_vocab.rs"]
-mod gguf_vocab;
+use crate::gguf_vocab;
 
 use std::time::Instant;
 

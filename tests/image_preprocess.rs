@@ -1,7 +1,7 @@
 //! Image preprocessing against transformers' `PixtralImageProcessorPil` (fixtures from
 //! `scripts/make_image_refs.py`), plus typed errors for bad inputs.
 
-mod common;
+use crate::common;
 
 use common::{fixture, max_abs, read_npy};
 use webvlm::image::{output_size, preprocess, preprocessed_size, ImageError, PixelImage, PreprocessOptions};

@@ -3,7 +3,7 @@
 //! ratio ids and masks of every supported aspect ratio, the images of the tiny Mllama model
 //! cases, and the canvas arithmetic at Llama 3.2 Vision's 560-px tiles.
 
-mod common;
+use crate::common;
 
 use common::{fixture, max_abs, read_npy};
 use serde_json::Value;

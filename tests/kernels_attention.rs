@@ -3,7 +3,7 @@
 // Reference literals are Python's shortest repr of f64-widened f32 values.
 #![allow(clippy::excessive_precision)]
 
-mod common;
+use crate::common;
 use common::*;
 use webvlm::backend::gpu::attention::{self as gpu_attention, PrefillLaunch, RowWidth};
 use webvlm::backend::gpu::{Geometry, Gpu, GpuOptions};

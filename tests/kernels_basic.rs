@@ -1,6 +1,6 @@
 //! RMSNorm and element-wise kernels against their CPU references, on both backends.
 
-mod common;
+use crate::common;
 use common::*;
 use webvlm::backend::gpu::GpuError;
 use webvlm::backend::{Device, Program};

@@ -3,7 +3,7 @@
 //! mappings, head dims 16 and 128, nonzero initial states; bad shapes give errors; all of them
 //! against transformers' own functions on the committed `delta_rule` cases.
 
-mod common;
+use crate::common;
 use common::*;
 use webvlm::backend::gpu::GpuError;
 use webvlm::backend::{Buffer, Device, Program};

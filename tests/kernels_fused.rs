@@ -4,7 +4,7 @@
 //! matmul's add epilogue, the stacked-halves activation, and weights stacked at load
 //! (`load_stacked`, eager and streamed). Also the launch geometry at Ministral 3 3B shapes.
 
-mod common;
+use crate::common;
 use common::*;
 use webvlm::backend::gpu::matvec::MatvecLaunch;
 use webvlm::backend::gpu::{Geometry, Gpu, GpuOptions};

@@ -3,7 +3,7 @@
 //! program replay for shorter steps), decay / beta (softplus far out in both tails) and the
 //! gated RMSNorm, at tiny and Qwen3.5-0.8B-like shapes; malformed shapes are rejected.
 
-mod common;
+use crate::common;
 use common::*;
 use webvlm::backend::gpu::GpuError;
 use webvlm::backend::{Buffer, Device, Program};

@@ -3,7 +3,7 @@
 //! checks run in both launch geometries (the GPU shape forced on the CPU adapter, and the CPU
 //! shape); the GPU shape's launch at 3B-like sizes is checked too.
 
-mod common;
+use crate::common;
 use common::*;
 use webvlm::backend::gpu::matmul::MatmulLaunch;
 use webvlm::backend::gpu::{Geometry, Gpu, GpuOptions, Op};

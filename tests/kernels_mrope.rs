@@ -3,7 +3,7 @@
 //! kernels' results bit for bit (text positions), and distinct (t, h, w) positions against
 //! the CPU reference [`rope::mrope_ref`].
 
-mod common;
+use crate::common;
 use common::*;
 use webvlm::backend::{Buffer, Device, Program};
 use webvlm::kernels::attention::{self, KvDtype, StepParams};

@@ -2,7 +2,7 @@
 //! distribution's kept set, and the sampled frequencies against the filtered distribution
 //! (chi-square) for temperature, top-k and top-p, at small and at Ministral's vocabulary.
 
-mod common;
+use crate::common;
 use common::chi_square::{chi2_critical, chi_square};
 use common::*;
 use webvlm::backend::{Buffer, Device, Program};

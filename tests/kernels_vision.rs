@@ -3,7 +3,7 @@
 //! merge, GELU (erf) against f64, and non-causal prefill attention image by image against a
 //! block-diagonal reference.
 
-mod common;
+use crate::common;
 use common::*;
 use webvlm::backend::{Device, Program};
 use webvlm::gguf::GgmlType;

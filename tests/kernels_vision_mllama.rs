@@ -4,7 +4,7 @@
 //! both padding) computed by the kernel on the valid-tokens-first order against a reference
 //! in the natural tile order.
 
-mod common;
+use crate::common;
 use common::*;
 use webvlm::backend::{Buffer, Device, Program};
 use webvlm::kernels::attention::{self, AttnShape, StepParams};

@@ -1,7 +1,7 @@
 //! The Qwen2-VL-family vision kernels (`kernels::vision_qwen`) against their CPU references:
 //! LayerNorm with bias, bias add, column copy, weighted row gather, GELU (tanh) against f64.
 
-mod common;
+use crate::common;
 use common::*;
 use webvlm::backend::{Device, Program};
 use webvlm::kernels::vision_qwen::{self, Tap};

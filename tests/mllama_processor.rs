@@ -5,7 +5,7 @@
 //! convert` writes of it, equal transformers'; settings the model cannot take are typed
 //! errors; a folder without a processor file keeps the published settings.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

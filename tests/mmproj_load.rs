@@ -2,7 +2,7 @@
 //! converter (`tests/fixtures/tiny_mistral3_tekken/mmproj.gguf`): the config, every tensor's
 //! shape on the GPU, and the typed errors for wrong files (built in memory with `GgufWriter`).
 
-mod common;
+use crate::common;
 use common::gpu;
 
 use webvlm::gguf::{parse_header, GgmlType, GgufError, GgufWriter, MetaValue};

@@ -7,7 +7,7 @@
 //! through its last one (matvec and split-K decode attention over the f16 cache, as
 //! generation does), then prefilled to the end.
 
-mod common;
+use crate::common;
 use common::smollm2::{model_path, reference};
 use common::*;
 use webvlm::gguf::MappedGguf;

@@ -6,7 +6,7 @@
 //! `--outtype q8_0` GGUF and gives its logits; the tokenizer and chat template equal transformers';
 //! generation defaults are read; malformed folders give typed errors.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

@@ -7,7 +7,7 @@
 //! each other's. The memory plan computed from these files' headers must equal what the
 //! loaded engine holds, and the CLI must refuse a model that does not fit its budget.
 
-mod common;
+use crate::common;
 use common::*;
 
 use webvlm::engine::{Engine, Prompt};

@@ -4,7 +4,7 @@
 //! the decoder fed each case's ids and projected vision states (`cross_attention_states`,
 //! bypassing the vision encoder) gives transformers' logits at every position.
 
-mod common;
+use crate::common;
 use common::*;
 use webvlm::backend::Device;
 use webvlm::model::families::mllama::{kernel_mask, processor_mask};

@@ -5,7 +5,7 @@
 //! and MLP chunks split by a small binding limit; the memory plan's vision scratch is the
 //! bytes an encode allocates; bad inputs are refused.
 
-mod common;
+use crate::common;
 
 use webvlm::backend::Device;
 use webvlm::gguf::TensorInfo;

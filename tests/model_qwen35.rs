@@ -6,7 +6,7 @@
 //! token by token after a prefill; `tiny_qwen35_vocab` (the real 248k vocabulary) against
 //! transformers through the GGUF tokenizer, the file's chat template and the engine.
 
-mod common;
+use crate::common;
 
 use webvlm::backend::Program;
 use webvlm::gguf::{MappedGguf, MetaValue, Metadata, ValueType};

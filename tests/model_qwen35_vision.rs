@@ -9,7 +9,7 @@
 //! 5 positions behind its rows, where decode steps, chunked prefills, restored snapshots and
 //! a second chat turn must all agree with one prefill of the whole sequence.
 
-mod common;
+use crate::common;
 
 use std::cell::Cell;
 use std::rc::Rc;

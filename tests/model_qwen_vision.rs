@@ -3,7 +3,7 @@
 //! preprocessing (`Qwen2VLImageProcessorPil`), the prompt layout, the M-RoPE positions
 //! (`get_rope_index`) and the encoder's features (`get_image_features`).
 
-mod common;
+use crate::common;
 
 use common::{fixture, gpu, max_abs, read_npy, rel_l2};
 use serde_json::Value;

@@ -4,7 +4,7 @@
 //! mode), greedy continuations (CPU, exact), and on the GPU a chat through the CLI and the
 //! pipelined decode loop ending a reply at its end-of-turn token.
 
-mod common;
+use crate::common;
 use common::smollm2::{model_path, reference, Reference};
 use common::*;
 use webvlm::backend::Device;

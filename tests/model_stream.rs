@@ -4,7 +4,7 @@
 //! pushed before the model was planned; a truncated stream is an error. Split GGUF parts
 //! (`webvlm split`) load like the single file, mapped and streamed.
 
-mod common;
+use crate::common;
 use common::*;
 use webvlm::backend::{Device, Program};
 

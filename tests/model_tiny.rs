@@ -6,7 +6,7 @@
 //! string or an abort with no extra token; the dropped surplus step leaves a state the next
 //! request reuses as a fresh engine would; no host wait before the last token.
 
-mod common;
+use crate::common;
 use common::*;
 
 use std::cell::Cell;

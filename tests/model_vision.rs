@@ -4,7 +4,7 @@
 //! output per image and the logits at every position; chat cases check the expanded prompt
 //! ids against transformers' processor; bad images must leave the engine serving.
 
-mod common;
+use crate::common;
 use common::*;
 use webvlm::backend::{Buffer, Device};
 

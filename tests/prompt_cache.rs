@@ -3,7 +3,7 @@
 //! KV cache, copied back when they continue), each reply equals a fresh engine's, and saved
 //! prefixes stay within their byte budget, the least recently used evicted first.
 
-mod common;
+use crate::common;
 use common::*;
 
 use serde_json::{json, Value};

@@ -3,7 +3,7 @@
 //! `scripts/make_quantizer_refs.py`), and a BF16/F32 matrix loaded with `LoadQuant::Q4_K`
 //! uploads those bytes and multiplies like the CPU reference on their dequantization.
 
-mod common;
+use crate::common;
 use common::*;
 use webvlm::backend::{Device, Program};
 

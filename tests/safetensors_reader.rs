@@ -2,7 +2,7 @@
 //! transformers' sharded `save_pretrained` (`scripts/make_safetensors_refs.py`): headers,
 //! metadata, the shard index, and every value decoded to f32 equal to the script's `.npy`.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 //! and bias by hand, masks, logprobs against a naive log-softmax, stop strings over streamed
 //! deltas, parameter validation. CPU only.
 
-mod common;
+use crate::common;
 use common::chi_square::{chi2_critical, chi_square, normal_quantile_upper};
 use common::Rng;
 use webvlm::sampling::{

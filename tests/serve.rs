@@ -3,9 +3,8 @@
 //! route, the bounded FIFO queue and its `Retry-After`, client disconnects, the Batch API
 //! round trip, the bounds and expiry of files and batches, and a cancel mid-line.
 
-mod common;
-#[path = "common/serve_http.rs"]
-mod serve_http;
+use crate::common;
+use crate::serve_http;
 
 use std::collections::HashMap;
 use std::process::Command;

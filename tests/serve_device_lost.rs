@@ -4,9 +4,8 @@
 //! cannot (its model file is gone), the waiting and later requests fail with 503, `/health`
 //! says unhealthy with 503, and the process exits non-zero for a supervisor to restart it.
 
-mod common;
-#[path = "common/serve_http.rs"]
-mod serve_http;
+use crate::common;
+use crate::serve_http;
 
 use std::time::Duration;
 

@@ -6,10 +6,8 @@
 //! metadata of the matching model; every id and every string must match exactly. All
 //! mismatches of a file are collected and reported together.
 
-#[path = "common/gguf_vocab.rs"]
-mod gguf_vocab;
-#[path = "common/tiktoken.rs"]
-mod tiktoken;
+use crate::gguf_vocab;
+use crate::tiktoken;
 
 use serde::Deserialize;
 use webvlm::tokenizer::{GgufVocab, Tokenizer, TokenizerError};

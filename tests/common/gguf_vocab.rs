@@ -10,9 +10,7 @@ use std::path::{Path, PathBuf};
 use webvlm::gguf::{GgufHeader, GgufHeaderParser};
 use webvlm::tokenizer::GgufVocab;
 
-#[path = "cache.rs"]
-mod cache;
-pub use cache::cached;
+pub use crate::common::cache::cached;
 
 /// The header (metadata and tensor index) of the GGUF file at `path`.
 pub fn read_header(path: &Path) -> GgufHeader {
