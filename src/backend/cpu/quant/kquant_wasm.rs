@@ -10,9 +10,11 @@
 //! one relaxed dot, the codes being its 7-bit operand), which `i32x4.dot_i16x8_s` against the
 //! sub-block's (Q6_K: group of 16's) scale adds in pairs to i32 lanes, scaled (Q4_K/Q5_K: a
 //! sub-block's two halves added in i16 first, one scaling per 32 codes); the lanes are
-//! added across once per super-block. Mins (Q4_K, Q5_K) and Q6_K's `-32` come from the
-//! activations' per-16 sums. Per super-block the f32 step of `scalar.rs`, so the rows equal the
-//! scalar path's (and its K-quant tiles', `ktile.rs`) bit for bit: every integer sum is exact
+//! added across once per super-block. Q4_K/Q5_K's packed 6-bit scales and mins are unpacked in
+//! lanes (shuffles and masks for `scalar.rs`'s `scales_k4`); the mins (Q4_K, Q5_K) and Q6_K's
+//! `-32` meet the activations' per-16 sums in `dot_i16x8` lanes. Per super-block the f32 step of
+//! `scalar.rs`, so the rows equal the scalar path's (and the K-quant tiles', `ktile.rs` and
+//! `ktile_wasm.rs`) bit for bit: every integer sum is exact
 //! (codes below 64 times activations of at most 128 in magnitude, times scales below 128, far
 //! below i32 per super-block).
 //!
