@@ -21,6 +21,7 @@
 mod hf;
 mod pyfmt;
 pub mod reasoning;
+pub mod tool_calls;
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -31,6 +32,7 @@ use minijinja::{context, Environment, ErrorKind, Value};
 use serde::{Deserialize, Serialize};
 
 use crate::tokenizer::{GgufVocab, Tokenizer};
+use tool_calls::ToolSyntax;
 
 pub use pyfmt::strftime;
 
@@ -89,29 +91,57 @@ pub enum ChatError {
 }
 
 /// One chat message, (de)serialized in OpenAI's shape.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ChatMessage {
-    /// `system`, `user`, `assistant`, ...
+    /// `system`, `user`, `assistant`, `tool`, ...
     pub role: String,
-    /// A plain string or a list of content parts.
+    /// A plain string, a list of content parts, or none (an assistant turn of calls only).
+    #[serde(default)]
     pub content: ChatContent,
+    /// An assistant turn's calls.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<MessageToolCall>,
+    /// A `tool` turn's answer to the call of this id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
 }
 
 impl ChatMessage {
     /// A message with plain-text content.
     pub fn text(role: impl Into<String>, text: impl Into<String>) -> Self {
-        Self { role: role.into(), content: ChatContent::Text(text.into()) }
+        Self { role: role.into(), content: ChatContent::Text(text.into()), ..Self::default() }
     }
 }
 
-/// Message content: `"hi"` or `[{"type": "text", "text": "hi"}, {"type": "image_url", ...}]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Message content: `"hi"` or `[{"type": "text", "text": "hi"}, {"type": "image_url", ...}]`,
+/// or `null`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum ChatContent {
+    /// None: an assistant message of tool calls only.
+    #[default]
+    Null,
     /// Plain text.
     Text(String),
     /// Text and image parts in order.
     Parts(Vec<ContentPart>),
+}
+
+/// A call in an assistant message of the history, in OpenAI's shape:
+/// `{"id", "type": "function", "function": {"name", "arguments": "<JSON text>"}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageToolCall {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub function: FunctionCall,
+}
+
+/// A called function's name and its arguments as JSON text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionCall {
+    pub name: String,
+    pub arguments: String,
 }
 
 /// One part of a multi-part message.
@@ -218,10 +248,16 @@ fn json_value(value: &serde_json::Value) -> Value {
     }
 }
 
-/// What the template sees of a message: `{"role": ..., "content": str | [part, ...]}`, a
-/// part being `{"type": "text", "text": ...}` or `{"type": "image"}`.
+/// What the template sees of a message: `{"role": ..., "content": str | [part, ...]}`,
+/// a part being `{"type": "text", "text": ...}` or `{"type": "image"}`, then where the
+/// message has them `tool_calls` (`[{"id", "type", "function": {"name", "arguments"}}]`, the
+/// arguments as the object their JSON text holds, as transformers' documentation passes
+/// them and templates iterate or `tojson` them; text that is no JSON object stays text) and
+/// `tool_call_id`.
 fn message_value(message: &ChatMessage) -> Value {
     let content = match &message.content {
+        // As an empty string: templates test it as one (Ministral 3's raises on none).
+        ChatContent::Null => Value::from(""),
         ChatContent::Text(text) => Value::from(text.as_str()),
         ChatContent::Parts(parts) => Value::from(
             parts
@@ -234,7 +270,28 @@ fn message_value(message: &ChatMessage) -> Value {
                 .collect::<Vec<Value>>(),
         ),
     };
-    Value::from_object(Fields(vec![("role", Value::from(message.role.as_str())), ("content", content)]))
+    let mut fields = vec![("role", Value::from(message.role.as_str())), ("content", content)];
+    if !message.tool_calls.is_empty() {
+        fields.push(("tool_calls", Value::from(message.tool_calls.iter().map(call_value).collect::<Vec<Value>>())));
+    }
+    if let Some(id) = &message.tool_call_id {
+        fields.push(("tool_call_id", Value::from(id.as_str())));
+    }
+    Value::from_object(Fields(fields))
+}
+
+/// A history call as the template sees it ([`message_value`]).
+fn call_value(call: &MessageToolCall) -> Value {
+    let arguments = match serde_json::from_str::<serde_json::Value>(&call.function.arguments) {
+        Ok(serde_json::Value::Object(map)) => json_object(&map),
+        _ => Value::from(call.function.arguments.as_str()),
+    };
+    let function = Fields(vec![("name", Value::from(call.function.name.as_str())), ("arguments", arguments)]);
+    Value::from_object(Fields(vec![
+        ("id", Value::from(call.id.as_str())),
+        ("type", Value::from(call.kind.as_str())),
+        ("function", Value::from_object(function)),
+    ]))
 }
 
 /// Marks the error `raise_exception` returns, so `render` can tell it apart.
@@ -249,6 +306,7 @@ pub struct ChatTemplate {
     eos_token: String,
     clock: Arc<AtomicI64>,
     uses_think: bool,
+    tool_syntax: Option<ToolSyntax>,
     /// What the vision encoder's prompts hold per image, as text (`image_placeholder`).
     image_placeholder: Option<String>,
 }
@@ -290,8 +348,9 @@ impl ChatTemplate {
         });
         env.add_template_owned(TEMPLATE_NAME, rewrite_generation_tags(template_source)).map_err(ChatError::Syntax)?;
         let uses_think = reasoning::template_uses_think(template_source);
+        let tool_syntax = ToolSyntax::detect(template_source);
         let (bos_token, eos_token) = (bos_token.into(), eos_token.into());
-        Ok(Self { env, bos_token, eos_token, clock, uses_think, image_placeholder: None })
+        Ok(Self { env, bos_token, eos_token, clock, uses_think, tool_syntax, image_placeholder: None })
     }
 
     /// The model's template (or [`CHATML_TEMPLATE`] when it has none), with BOS/EOS
@@ -319,6 +378,11 @@ impl ChatTemplate {
     /// `reasoning_content` and `content` ([`reasoning`]).
     pub fn uses_think(&self) -> bool {
         self.uses_think
+    }
+
+    /// The syntax the template writes tool calls in; `None` when it takes no `tools`.
+    pub fn tool_syntax(&self) -> Option<ToolSyntax> {
+        self.tool_syntax
     }
 
     /// Renders `messages`; `add_generation_prompt` appends the assistant turn opener.

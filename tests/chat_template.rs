@@ -108,6 +108,7 @@ fn messages_round_trip_through_openai_json() {
                 ContentPart::Image { url: Some("https://x/y.png".into()) },
                 ContentPart::Image { url: None },
             ]),
+            ..ChatMessage::default()
         },
     ];
     let json = serde_json::to_string(&messages).expect("serialize");
@@ -135,6 +136,7 @@ fn chatml_fallback_template() {
                 ContentPart::Image { url: None },
                 ContentPart::Text("b".into()),
             ]),
+            ..ChatMessage::default()
         },
     ];
     assert_eq!(
@@ -225,7 +227,7 @@ fn qwen35_template_matches_transformers() {
         }
         let images = case.messages.iter().map(|m| match &m.content {
             ChatContent::Parts(parts) => parts.iter().filter(|p| matches!(p, ContentPart::Image { .. })).count(),
-            ChatContent::Text(_) => 0,
+            ChatContent::Text(_) | ChatContent::Null => 0,
         });
         let ids = tokenizer.encode(&text, false).expect("encode");
         assert_eq!(ids.iter().filter(|&&id| id == pad).count(), images.sum::<usize>(), "{}", case.name);

@@ -65,3 +65,4 @@ mod serve;
 mod serve_device_lost;
 mod soak;
 mod tokenizer;
+mod tool_calls;

@@ -7,6 +7,7 @@ pub mod batch;
 mod error;
 mod request;
 pub mod response;
+mod tools;
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -19,7 +20,7 @@ use crate::engine::{Engine, EngineError, Prompt, Wait};
 use crate::image::PreprocessOptions;
 
 pub use error::ApiError;
-pub use request::{chat_template_kwargs, ChatRequest, MAX_CHAT_TEMPLATE_KWARGS_BYTES};
+pub use request::{chat_template_kwargs, ChatRequest, ToolChoice, ToolRequest, MAX_CHAT_TEMPLATE_KWARGS_BYTES};
 pub use response::ResponseMeta;
 
 /// Refuses what [`run`] would refuse before any image is fetched: an invalid or unsupported
@@ -27,14 +28,16 @@ pub use response::ResponseMeta;
 /// the context (counted before the images' tokens, a lower bound). The browser's worker calls it before downloading a request's image URLs.
 pub fn check(engine: &mut Engine, req: &ChatRequest) -> Result<(), ApiError> {
     engine.check_response_format(&req.options.response_format)?;
+    tools::check_schemas(engine, req)?;
     image_options(engine, req)?;
+    let kwargs = tools::template_kwargs(engine, req)?;
     let has_images = req.messages.iter().any(|m| match &m.content {
         ChatContent::Parts(parts) => parts.iter().any(|p| matches!(p, ContentPart::Image { .. })),
-        ChatContent::Text(_) => false,
+        ChatContent::Text(_) | ChatContent::Null => false,
     });
     let tokens = match &req.tokens {
         Some(tokens) => tokens.len(),
-        None => match engine.chat_tokens(&req.messages, req.chat_template_kwargs.as_ref()) {
+        None => match engine.chat_tokens(&req.messages, kwargs.as_deref()) {
             Ok(tokens) => tokens.len(),
             // With images, generation meets them first (a bad one is its error).
             Err(_) if has_images => return Ok(()),
@@ -70,10 +73,12 @@ pub async fn run(
     mut on_chunk: impl FnMut(Value) -> Option<Wait>,
 ) -> Result<Value, ApiError> {
     engine.check_response_format(&req.options.response_format)?;
+    tools::check_schemas(engine, req)?;
     let image_options = image_options(engine, req)?;
+    let kwargs = tools::template_kwargs(engine, req)?;
     let prompt = match &req.tokens {
         Some(tokens) => Prompt { tokens: tokens.clone(), images: Vec::new() },
-        None => engine.chat_prompt(&req.messages, Some(&image_options), req.chat_template_kwargs.as_ref(), load_url)?,
+        None => engine.chat_prompt(&req.messages, Some(&image_options), kwargs.as_deref(), load_url)?,
     };
     // Replies of a template with think tags are split into reasoning and content; a prompt
     // of raw ids is split when its text left a think block open.
@@ -82,13 +87,20 @@ pub async fn run(
             &engine.tokenizer().decode(tokens, false).map_err(EngineError::from)?,
         )),
         Some(_) => None,
-        None => engine.reasoning_opened(&req.messages, req.chat_template_kwargs.as_ref())?,
+        None => engine.reasoning_opened(&req.messages, kwargs.as_deref())?,
     };
     let mut splitter = reasoning_opened.map(ReasoningSplitter::new);
     check_length(engine, prompt.tokens.len(), "")?;
     let meta = ResponseMeta::new(req.model.as_deref().or(engine.decoder().cfg.name.as_deref()).unwrap_or("webvlm"));
     let mut opts = req.options_for(engine.sampling_defaults());
     opts.abort = abort;
+    let syntax = tools::reply_syntax(engine, req);
+    if let Some(syntax) = syntax {
+        opts.keep_tokens = tools::kept_tokens(engine, syntax);
+    }
+    let mut hold = syntax.map(tools::CallHold::new);
+    // Call ids drawn from the response's own id (fresh per response).
+    let mut id_seed = meta.id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
     let logprobs = opts.logprobs.is_some();
     if req.stream {
         if let Some(wait) = on_chunk(response::chunk(&meta, json!({ "role": "assistant", "content": "" }), None, None)) {
@@ -106,6 +118,7 @@ pub async fn run(
                 Some(s) => reasoning_delta(s.push(step.text)),
                 None => Some(json!({ "content": step.text })),
             };
+            let delta = delta.and_then(|d| hold_content(hold.as_mut(), d));
             match delta {
                 Some(delta) => on_chunk(response::chunk(&meta, delta, lp, None)),
                 None if lp.is_some() => on_chunk(response::chunk(&meta, json!({ "content": "" }), lp, None)),
@@ -113,26 +126,62 @@ pub async fn run(
             }
         })
         .await?;
+    let (reasoning, content) = match reasoning_opened {
+        Some(opened) => {
+            let (reasoning, content) = split_reasoning(&g.text, opened);
+            (Some(reasoning), content)
+        }
+        None => (None, g.text.clone()),
+    };
+    let calls = syntax.and_then(|s| tools::parse_reply(s, req, &content, &mut id_seed));
+    let finish = if calls.is_some() { "tool_calls" } else { g.finish.as_str() };
     if req.stream {
-        if let Some(delta) = splitter.as_mut().and_then(|s| reasoning_delta(s.finish())) {
+        let last = splitter.as_mut().and_then(|s| reasoning_delta(s.finish())).and_then(|d| hold_content(hold.as_mut(), d));
+        // What the hold kept back: the calls, or text that held none after all.
+        let held = hold.map(tools::CallHold::finish).unwrap_or_default();
+        let tail = match &calls {
+            Some((_, calls)) => Some(json!({ "tool_calls": tools::calls_json(calls, true) })),
+            None => (!held.is_empty()).then(|| json!({ "content": held })),
+        };
+        for delta in [last, tail].into_iter().flatten() {
             if let Some(wait) = on_chunk(response::chunk(&meta, delta, None, None)) {
                 wait.await;
             }
         }
-        on_chunk(response::chunk(&meta, json!({}), None, Some(g.finish.as_str())));
+        on_chunk(response::chunk(&meta, json!({}), None, Some(finish)));
         if req.include_usage {
             on_chunk(response::usage_chunk(&meta, &g));
         }
     }
     let mut completion = response::completion(&meta, &g, engine.tokenizer(), logprobs);
-    if let Some(opened) = reasoning_opened {
-        let (reasoning, content) = split_reasoning(&g.text, opened);
-        if let Some(message) = completion.pointer_mut("/choices/0/message") {
-            message["content"] = json!(content);
+    if let Some(message) = completion.pointer_mut("/choices/0/message") {
+        message["content"] = json!(content);
+        if let Some(reasoning) = reasoning {
             message["reasoning_content"] = json!(reasoning);
         }
+        if let Some((before, calls)) = &calls {
+            message["content"] = if before.is_empty() { Value::Null } else { json!(before) };
+            message["tool_calls"] = tools::calls_json(calls, false);
+        }
+    }
+    if let Some(choice) = completion.pointer_mut("/choices/0") {
+        choice["finish_reason"] = json!(finish);
     }
     Ok(completion)
+}
+
+/// A stream delta with its `content` passed through `hold` (a call's text held back);
+/// `None` when nothing is left to send.
+fn hold_content(hold: Option<&mut tools::CallHold>, mut delta: Value) -> Option<Value> {
+    let (Some(hold), Some(text)) = (hold, delta.get("content").and_then(Value::as_str)) else { return Some(delta) };
+    let sent = hold.push(text);
+    let map = delta.as_object_mut()?;
+    if sent.is_empty() {
+        map.remove("content");
+    } else {
+        map.insert("content".into(), json!(sent));
+    }
+    (!map.is_empty()).then_some(delta)
 }
 
 /// The stream delta of a settled `(reasoning, content)` pair, `None` when both are empty.

@@ -7,7 +7,8 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::chat::{ChatContent, ChatMessage};
+use crate::chat::tool_calls::ToolSpec;
+use crate::chat::{ChatContent, ChatMessage, ContentPart};
 use crate::engine::{GenerateOptions, ResponseFormat, SamplingPreset};
 use crate::sampling::{SamplingParams, StopStrings, MAX_TOP_LOGPROBS};
 
@@ -41,6 +42,9 @@ const FIELDS: &[&str] = &[
     "tokens",
     "image_max_edge",
     "chat_template_kwargs",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
 ];
 
 /// Most bytes `chat_template_kwargs` may take as JSON.
@@ -49,8 +53,8 @@ pub const MAX_CHAT_TEMPLATE_KWARGS_BYTES: usize = 16 * 1024;
 /// Template variables a `chat_template_kwargs` entry may not set (the request sets them).
 const RESERVED_TEMPLATE_VARS: &[&str] = &["messages", "add_generation_prompt", "bos_token", "eos_token"];
 
-/// Roles a message may have.
-const ROLES: &[&str] = &["system", "developer", "user", "assistant"];
+/// Roles a message may have (`developer` is read as `system`).
+const ROLES: &[&str] = &["system", "developer", "user", "assistant", "tool"];
 
 /// A checked request.
 #[derive(Clone, Debug)]
@@ -74,6 +78,35 @@ pub struct ChatRequest {
     /// `chat_template_kwargs`: extra chat-template variables (a JSON object of at most
     /// [`MAX_CHAT_TEMPLATE_KWARGS_BYTES`], none of the template's standard variables).
     pub chat_template_kwargs: Option<Map<String, Value>>,
+    /// `tools`, `tool_choice` and `parallel_tool_calls`.
+    pub tools: ToolRequest,
+}
+
+/// The functions a request offers the model and how it may call them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ToolRequest {
+    /// `tools` as the request gave them (`{"type": "function", "function": {...}}`), for the
+    /// chat template's `tools` variable.
+    pub tools: Vec<Value>,
+    /// Each tool's name and parameters schema, in the same order.
+    pub specs: Vec<ToolSpec>,
+    pub choice: ToolChoice,
+    /// `parallel_tool_calls` (default true): whether one reply may hold several calls.
+    pub parallel: bool,
+}
+
+/// `tool_choice`: whether the model may, must or must not call, or which function it calls.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ToolChoice {
+    /// `none`: no call.
+    None,
+    /// `auto` (the default with tools): the model chooses.
+    #[default]
+    Auto,
+    /// `required`: at least one call.
+    Required,
+    /// `{"type": "function", "function": {"name": ...}}`: a call of this function.
+    Function(String),
 }
 
 /// Reads the fields of one JSON object, each at most once.
@@ -112,9 +145,10 @@ impl ChatRequest {
             ));
         }
         let mut f = Fields(map);
-        let messages: Vec<ChatMessage> = f.get("messages")?.unwrap_or_default();
+        let mut messages: Vec<ChatMessage> = f.get("messages")?.unwrap_or_default();
         let tokens: Option<Vec<u32>> = f.get("tokens")?;
-        check_messages(&messages, tokens.is_some())?;
+        check_messages(&mut messages, tokens.is_some())?;
+        let tools = tool_request(f.0.remove("tools"), f.0.remove("tool_choice"), f.get("parallel_tool_calls")?)?;
         if let Some(&id) = tokens.iter().flatten().find(|&&t| t as usize >= vocab) {
             return Err(ApiError::invalid(
                 "tokens",
@@ -184,6 +218,7 @@ impl ChatRequest {
             logprobs: logprobs.then_some(top.unwrap_or(0)),
             response_format,
             ignore_eos: false,
+            keep_tokens: Vec::new(),
             abort: None,
         };
         requested.apply(&mut options);
@@ -198,6 +233,7 @@ impl ChatRequest {
             include_usage: stream_options.and_then(|o| o.include_usage).unwrap_or(false),
             image_max_edge,
             chat_template_kwargs,
+            tools,
         })
     }
 
@@ -245,30 +281,156 @@ struct StreamOptions {
     include_usage: Option<bool>,
 }
 
-fn check_messages(messages: &[ChatMessage], have_tokens: bool) -> Result<(), ApiError> {
+/// Checks the messages' roles and contents and reads `developer` as `system`: images only in
+/// user messages; no content only in an assistant message of calls; calls of functions by
+/// name; a `tool` message answers a call of an earlier assistant message by its id.
+fn check_messages(messages: &mut [ChatMessage], have_tokens: bool) -> Result<(), ApiError> {
     if messages.is_empty() && !have_tokens {
         return Err(ApiError::invalid("messages", "invalid_value", "messages must be a non-empty array"));
     }
-    for (i, m) in messages.iter().enumerate() {
+    let mut call_ids: Vec<&str> = Vec::new();
+    for (i, m) in messages.iter_mut().enumerate() {
+        let bad = |field: &str, message: String| ApiError::invalid(format!("messages[{i}]{field}"), "invalid_value", message);
         if !ROLES.contains(&m.role.as_str()) {
-            return Err(ApiError::invalid(
-                format!("messages[{i}].role"),
-                "invalid_value",
-                format!("unknown role {:?} (system, developer, user, assistant)", m.role),
-            ));
+            return Err(bad(".role", format!("unknown role {:?} (system, developer, user, assistant, tool)", m.role)));
         }
-        if let ChatContent::Parts(parts) = &m.content {
-            let image = parts.iter().any(|p| matches!(p, crate::chat::ContentPart::Image { .. }));
-            if image && m.role != "user" {
-                return Err(ApiError::invalid(
-                    format!("messages[{i}].content"),
-                    "invalid_value",
-                    "only user messages may hold images",
-                ));
+        if m.role == "developer" {
+            m.role = "system".into();
+        }
+        match &m.content {
+            ChatContent::Parts(parts) if m.role != "user" && parts.iter().any(|p| matches!(p, ContentPart::Image { .. })) => {
+                return Err(bad(".content", "only user messages may hold images".into()));
+            }
+            ChatContent::Null if m.role != "assistant" || m.tool_calls.is_empty() => {
+                return Err(bad(".content", "content may be null only in an assistant message with tool_calls".into()));
+            }
+            _ => {}
+        }
+        if !m.tool_calls.is_empty() && m.role != "assistant" {
+            return Err(bad(".tool_calls", "only assistant messages may hold tool_calls".into()));
+        }
+        for (j, call) in m.tool_calls.iter().enumerate() {
+            if call.kind != "function" {
+                return Err(bad(&format!(".tool_calls[{j}].type"), format!("unknown tool call type {:?} (function)", call.kind)));
+            }
+            if call.function.name.is_empty() {
+                return Err(bad(&format!(".tool_calls[{j}].function.name"), "a call needs a function name".into()));
             }
         }
+        match (m.role.as_str(), &m.tool_call_id) {
+            ("tool", None) => return Err(bad(".tool_call_id", "a tool message needs the tool_call_id it answers".into())),
+            ("tool", Some(id)) if !call_ids.contains(&id.as_str()) => {
+                return Err(bad(".tool_call_id", format!("no earlier assistant message has a tool call of id {id:?}")));
+            }
+            ("tool", _) => {}
+            (_, Some(_)) => return Err(bad(".tool_call_id", "only tool messages may carry a tool_call_id".into())),
+            _ => {}
+        }
+        call_ids.extend(m.tool_calls.iter().map(|c| c.id.as_str()));
     }
     Ok(())
+}
+
+/// `tools` (function tools: a name of 1-64 of `a-z A-Z 0-9 _ -`, unique; a `description`; an
+/// object `parameters` schema; `strict`), `tool_choice` (`none`, `auto`, `required` or one of
+/// the tools by name; without tools only `none`) and `parallel_tool_calls`.
+fn tool_request(tools: Option<Value>, choice: Option<Value>, parallel: Option<bool>) -> Result<ToolRequest, ApiError> {
+    let tools = match tools {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(tools)) => tools,
+        Some(_) => return Err(ApiError::invalid("tools", "invalid_type", "tools must be an array")),
+    };
+    let mut specs: Vec<ToolSpec> = Vec::with_capacity(tools.len());
+    for (i, tool) in tools.iter().enumerate() {
+        let spec = tool_spec(tool, &format!("tools[{i}]"))?;
+        if specs.iter().any(|s| s.name == spec.name) {
+            return Err(ApiError::invalid(
+                format!("tools[{i}].function.name"),
+                "invalid_value",
+                format!("two tools are named {:?}", spec.name),
+            ));
+        }
+        specs.push(spec);
+    }
+    let choice = match choice {
+        None | Some(Value::Null) if specs.is_empty() => ToolChoice::None,
+        None | Some(Value::Null) => ToolChoice::Auto,
+        Some(Value::String(s)) if s == "none" => ToolChoice::None,
+        Some(Value::String(s)) if s == "auto" => ToolChoice::Auto,
+        Some(Value::String(s)) if s == "required" => ToolChoice::Required,
+        Some(Value::String(s)) => {
+            return Err(ApiError::invalid(
+                "tool_choice",
+                "invalid_value",
+                format!("unknown tool_choice {s:?} (none, auto, required, or a function)"),
+            ));
+        }
+        Some(Value::Object(map)) => {
+            let mut f = Fields(map);
+            let kind: Option<String> = f.get("type")?;
+            if kind.as_deref() != Some("function") {
+                return Err(ApiError::invalid("tool_choice.type", "invalid_value", "a named tool_choice has type \"function\""));
+            }
+            let name = f
+                .get::<Map<String, Value>>("function")?
+                .and_then(|mut m| m.remove("name"))
+                .and_then(|n| n.as_str().map(str::to_string));
+            let name = name.ok_or_else(|| {
+                ApiError::invalid("tool_choice.function.name", "invalid_value", "a named tool_choice needs function.name")
+            })?;
+            if let Some(k) = f.0.keys().next() {
+                return Err(ApiError::invalid(format!("tool_choice.{k}"), "unknown_parameter", format!("unknown field {k}")));
+            }
+            if !specs.iter().any(|s| s.name == name) {
+                return Err(ApiError::invalid(
+                    "tool_choice",
+                    "invalid_value",
+                    format!("tool_choice names {name:?}, which is not among the tools"),
+                ));
+            }
+            ToolChoice::Function(name)
+        }
+        Some(_) => return Err(ApiError::invalid("tool_choice", "invalid_type", "tool_choice must be a string or an object")),
+    };
+    if specs.is_empty() && choice != ToolChoice::None {
+        return Err(ApiError::invalid("tool_choice", "invalid_value", "tool_choice other than none needs tools"));
+    }
+    Ok(ToolRequest { tools, specs, choice, parallel: parallel.unwrap_or(true) })
+}
+
+/// One `tools` entry, `at` its path for errors.
+fn tool_spec(tool: &Value, at: &str) -> Result<ToolSpec, ApiError> {
+    let bad = |field: &str, kind: &'static str, message: String| ApiError::invalid(format!("{at}{field}"), kind, message);
+    let Value::Object(map) = tool else { return Err(bad("", "invalid_type", "a tool must be an object".into())) };
+    let mut f = Fields(map.clone());
+    if f.get::<String>("type")?.as_deref() != Some("function") {
+        return Err(bad(".type", "invalid_value", "a tool has type \"function\"".into()));
+    }
+    let function: Map<String, Value> =
+        f.get("function")?.ok_or_else(|| bad(".function", "invalid_value", "a tool needs its function".into()))?;
+    if let Some(k) = f.0.keys().next() {
+        return Err(bad(&format!(".{k}"), "unknown_parameter", format!("unknown field {k}")));
+    }
+    let mut f = Fields(function);
+    let name: String = f.get("name")?.ok_or_else(|| bad(".function.name", "invalid_value", "a function needs a name".into()))?;
+    if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+        return Err(bad(
+            ".function.name",
+            "invalid_value",
+            "a function name is 1-64 characters of a-z, A-Z, 0-9, _ and -".into(),
+        ));
+    }
+    let _description: Option<String> = f.get("description")?;
+    let _strict: Option<bool> = f.get("strict")?;
+    let parameters = match f.0.remove("parameters") {
+        None | Some(Value::Null) => Value::Null,
+        Some(p @ Value::Object(_)) => p,
+        Some(_) => return Err(bad(".function.parameters", "invalid_type", "parameters must be a JSON Schema object".into())),
+    };
+    if let Some(k) = f.0.keys().next() {
+        return Err(bad(&format!(".function.{k}"), "unknown_parameter", format!("unknown field {k}")));
+    }
+    Ok(ToolSpec { name, parameters })
 }
 
 /// `max_completion_tokens` (or the older `max_tokens`): at least 1; absent means the model's

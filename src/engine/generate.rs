@@ -57,6 +57,9 @@ pub struct GenerateOptions {
     pub response_format: ResponseFormat,
     /// Keep generating through end-of-generation tokens (for reference comparisons).
     pub ignore_eos: bool,
+    /// Special tokens that stay in the text (a tool call's markers, which its parser reads);
+    /// the others are left out.
+    pub keep_tokens: Vec<u32>,
     /// Checked after every token: once set, generation ends with [`FinishReason::Abort`]
     /// (the browser's stop button; the step already submitted for the next token is dropped).
     pub abort: Option<Rc<Cell<bool>>>,
@@ -72,6 +75,7 @@ impl Default for GenerateOptions {
             logprobs: None,
             response_format: ResponseFormat::Text,
             ignore_eos: false,
+            keep_tokens: Vec::new(),
             abort: None,
         }
     }
@@ -309,7 +313,7 @@ impl Engine {
         if opts.max_tokens == 0 {
             return Ok(out);
         }
-        let text = self.tokenizer.decode_stream(true);
+        let text = self.tokenizer.decode_stream(true).keeping(opts.keep_tokens.clone());
         let mut emit = Emitter { tokenizer: &self.tokenizer, text, stops, ignore_eos: opts.ignore_eos, on_step };
         let images = images.as_ref();
         let (dev, dec) = (&self.dev, &self.decoder);

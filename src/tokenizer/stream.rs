@@ -20,6 +20,8 @@ const REPLACEMENT: char = '\u{FFFD}';
 #[derive(Debug, Clone, Default)]
 pub struct TextStream {
     skip_special: bool,
+    /// Special tokens shown all the same (a tool call's markers, for its parser).
+    kept: Vec<u32>,
     /// Ids still needed: the ids of the last emitted delta (context), then pending ids.
     window: Vec<u32>,
     /// How many leading ids of `window` are context that was already emitted.
@@ -34,10 +36,20 @@ impl TextStream {
         Self { skip_special, ..Self::default() }
     }
 
+    /// Shows the special tokens `kept` as text although the stream skips the others.
+    pub fn keeping(mut self, kept: Vec<u32>) -> Self {
+        self.kept = kept;
+        self
+    }
+
     /// Adds one id; returns the new text, or `None` while a character is incomplete.
     pub fn step(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<Option<String>, TokenizerError> {
+        if !self.kept.is_empty() && self.skip_special && !self.kept.contains(&id) && tokenizer.is_special(id) {
+            // Skipped here rather than by the decoder, which would skip the kept ones too.
+            return Ok(None);
+        }
         self.window.push(id);
-        let decoded = tokenizer.decode(&self.window, self.skip_special)?;
+        let decoded = self.decode(tokenizer)?;
         if decoded.len() <= self.emitted.len() || decoded.ends_with(REPLACEMENT) {
             return Ok(None);
         }
@@ -45,13 +57,18 @@ impl TextStream {
         // The ids just emitted become the context of the next step.
         self.window.drain(..self.context);
         self.context = self.window.len();
-        self.emitted = tokenizer.decode(&self.window, self.skip_special)?;
+        self.emitted = self.decode(tokenizer)?;
         Ok(Some(delta))
+    }
+
+    /// The text of the window (with kept tokens, special ones were left out of it).
+    fn decode(&self, tokenizer: &Tokenizer) -> Result<String, TokenizerError> {
+        tokenizer.decode(&self.window, self.skip_special && self.kept.is_empty())
     }
 
     /// Emits whatever is held back (incomplete characters become U+FFFD) and resets.
     pub fn flush(&mut self, tokenizer: &Tokenizer) -> Result<Option<String>, TokenizerError> {
-        let decoded = tokenizer.decode(&self.window, self.skip_special)?;
+        let decoded = self.decode(tokenizer)?;
         let delta = if decoded.len() > self.emitted.len() { Some(self.delta(decoded)?) } else { None };
         self.reset();
         Ok(delta)
@@ -157,6 +174,21 @@ mod tests {
         let text: String = deltas.iter().flatten().cloned().collect();
         assert_eq!(text, tok.decode(&ids, false).expect("decode"));
         assert_eq!(deltas[3..7], [None, None, None, Some("😀".to_string())]);
+    }
+
+    /// Kept special tokens (a tool call's markers) appear in the text; the others do not.
+    #[test]
+    fn kept_special_tokens_are_shown() {
+        let tok = sentencepiece();
+        let ids = [1, 263, 2, 259, 263];
+        let text = |mut s: TextStream| -> String {
+            let mut out: String = ids.iter().filter_map(|&id| s.step(&tok, id).expect("step")).collect();
+            out.extend(s.flush(&tok).expect("flush"));
+            out
+        };
+        assert_eq!(text(tok.decode_stream(true)), tok.decode(&ids, true).expect("decode"));
+        assert_eq!(text(tok.decode_stream(true).keeping(vec![2])), "Hi</s>  Hi");
+        assert_eq!(text(tok.decode_stream(false)), tok.decode(&ids, false).expect("decode"));
     }
 
     #[test]

@@ -5,13 +5,17 @@
 // there). Each engine runs the same chat request greedily with the end-of-turn tokens
 // banned (`logit_bias`), so that every run decodes `--decode` tokens, and reports its own
 // timings: webvlm's `usage.timings`, llama-server's `timings` in wllama. The page is
-// cross-origin isolated (COOP/COEP), which wllama's threads need.
+// cross-origin isolated (COOP/COEP), which wllama's threads need. With `--llama-bench`, native
+// llama.cpp (its `llama-bench`: `-p PROMPT`, and `-n DECODE` after `-d PROMPT` tokens in the
+// cache, 3 repetitions) on the same files at the same thread counts, after the browser runs.
 //
 //   node tests/browser/bench_cpu.mjs --wllama DIR [--prompt 256] [--decode 64] [--threads "1 2"]
-//        [--gpu-model NAME] MODEL.gguf...
+//        [--gpu-model NAME] [--llama-bench BIN] MODEL.gguf...
 // DIR: wllama's `esm/` folder (scripts/bench_browser_cpu.sh installs it). Prints one JSON line
-// per run and a Markdown table.
+// per run, a Markdown table of the runs and one of webvlm's ratios to wllama (and native
+// llama.cpp) at each thread count.
 
+import { execFileSync } from "node:child_process";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import { ISOLATION_HEADERS, startServer } from "./server.js";
@@ -25,6 +29,7 @@ const { values: o, positionals: models } = parseArgs({
     decode: { type: "string", default: "64" },
     threads: { type: "string", default: "1 2" },
     "gpu-model": { type: "string", default: "SmolLM2-135M-Instruct.Q4_1.gguf" },
+    "llama-bench": { type: "string" },
   },
 });
 if (!o.wllama || models.length === 0) throw new Error("usage: bench_cpu.mjs --wllama DIR MODEL.gguf...");
@@ -118,6 +123,41 @@ for (const model of models) {
 await browser.close();
 await server.close();
 
+/** Native llama.cpp's mean tokens/s for `llama-bench` arguments `args` (one test). */
+function llamaBench(model, n, args) {
+  const out = execFileSync(o["llama-bench"], ["-m", model, "-t", String(n), ...args, "-r", "3", "-o", "jsonl"], {
+    encoding: "utf8", stdio: ["ignore", "pipe", "ignore"],
+  });
+  return JSON.parse(out.trim().split("\n").at(-1)).avg_ts;
+}
+if (o["llama-bench"]) {
+  for (const model of models) {
+    for (const n of threads) {
+      const row = {
+        engine: `llama.cpp native ${n} thread${n > 1 ? "s" : ""}`, model: path.basename(model), promptTokens: promptTokens,
+        prefill: llamaBench(model, n, ["-p", String(promptTokens), "-n", "0"]),
+        decode: llamaBench(model, n, ["-p", "0", "-n", String(decodeTokens), "-d", String(promptTokens)]),
+      };
+      console.log(JSON.stringify(row));
+      rows.push(row);
+    }
+  }
+}
+
 const fmt = (v) => (typeof v === "number" ? v.toFixed(1) : "—");
 console.log(`\n| Model | Engine | Prompt tokens processed | Prefill tok/s | Decode tok/s |\n|---|---|---|---|---|`);
 for (const r of rows) console.log(`| ${r.model} | ${r.engine} | ${r.promptTokens} | ${fmt(r.prefill)} | ${fmt(r.decode)} |`);
+
+// webvlm's best build at each thread count against the peers at that count.
+const find = (model, engine) => rows.find((r) => r.model === model && r.engine === engine);
+const ratio = (a, b, k) => (a && b && a[k] && b[k] ? `${(a[k] / b[k]).toFixed(2)}×` : "—");
+console.log(`\n| Model | Threads | Prefill / wllama | Decode / wllama | Prefill / llama.cpp native | Decode / llama.cpp native |\n|---|---|---|---|---|---|`);
+for (const model of models.map((m) => path.basename(m))) {
+  for (const n of threads) {
+    const s = n > 1 ? "s" : "";
+    const ours = find(model, n === 1 ? "webvlm cpu (relaxed)" : `webvlm cpu ${n} threads`);
+    const [wl, native] = [find(model, `wllama ${n} thread${s}`), find(model, `llama.cpp native ${n} thread${s}`)];
+    const cells = [ratio(ours, wl, "prefill"), ratio(ours, wl, "decode"), ratio(ours, native, "prefill"), ratio(ours, native, "decode")];
+    console.log(`| ${model} | ${n} | ${cells.join(" | ")} |`);
+  }
+}

@@ -137,7 +137,7 @@ fn text_prompt(
             let url = |f: &PathBuf| ContentPart::Image { url: Some(f.to_string_lossy().into_owned()) };
             let mut parts: Vec<ContentPart> = files.iter().map(url).collect();
             parts.push(ContentPart::Text(text.to_string()));
-            ChatMessage { role: "user".into(), content: ChatContent::Parts(parts) }
+            ChatMessage { role: "user".into(), content: ChatContent::Parts(parts), ..ChatMessage::default() }
         };
         return engine.chat_prompt(&[message], None, kwargs, &mut |url| read_file(url));
     }
