@@ -22,6 +22,7 @@ mod hf;
 mod pyfmt;
 pub mod reasoning;
 pub mod tool_calls;
+pub mod tool_grammar;
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;

@@ -2,15 +2,22 @@
 //! assistant calls checked field by field; conversations with tools, calls and results
 //! rendered by each family's published template exactly as transformers renders them
 //! (`tests/fixtures/tokenizer/chat_tools.json`, made by `scripts/make_tool_chat_refs.py`); and
-//! the call syntax each template is detected to write.
+//! the call syntax each template is detected to write; and `tool_choice` enforced by grammar on
+//! three families' tiny random-weight models.
 
+use crate::common::*;
 use crate::gguf_vocab;
 
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use webvlm::api::{ChatRequest, ToolChoice};
+use webvlm::api::{run, ChatRequest, ToolChoice};
 use webvlm::chat::tool_calls::ToolSyntax;
 use webvlm::chat::{ChatContent, ChatMessage, ChatTemplate};
+use webvlm::engine::{Engine, EngineError};
+use webvlm::gguf::MappedGguf;
+use webvlm::model::ContextOptions;
+use webvlm::source::hf::HfModel;
+use webvlm::source::Eager;
 
 fn parse(request: Value) -> Result<ChatRequest, webvlm::api::ApiError> {
     ChatRequest::from_value(request, 1000)
@@ -170,4 +177,149 @@ fn tool_conversations_render_as_transformers_renders_them() {
     }
     assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
     assert_eq!(rendered, 12);
+}
+
+/// The tiny random-weight engines of three families, on the CPU backend, with their real
+/// templates: Ministral 3's (Tekken vocabulary, `[TOOL_CALLS]name[ARGS]{..}`), Qwen3.5's
+/// (XML calls) and Llama 3.2 Vision's (JSON calls).
+fn family_engines() -> Vec<(&'static str, Engine)> {
+    let opts = ContextOptions { max_ctx: 2048, max_chunk: 64, ..Default::default() };
+    let gguf = |name: &str| MappedGguf::open(fixture(name).join("model.gguf")).unwrap();
+    let mllama = HfModel::open(fixture("tiny_mllama_a")).unwrap();
+    vec![
+        ("ministral3", Engine::builder(cpu()).context(opts).load(&mut Eager(&gguf(TINY_VLM))).unwrap()),
+        ("qwen35", Engine::builder(cpu()).context(opts).load(&mut Eager(&gguf("tiny_qwen35_a"))).unwrap()),
+        ("llama32_vision", Engine::builder(cpu()).context(opts).hf_text(mllama.text_files()).load(&mut Eager(&mllama)).unwrap()),
+    ]
+}
+
+/// A tool whose arguments a random walk finishes quickly: bounded strings, an enum, a bounded
+/// integer, one optional property.
+fn bounded_tools() -> Value {
+    json!([
+        { "type": "function", "function": { "name": "get_weather", "parameters": { "type": "object", "properties": {
+            "city": { "type": "string", "maxLength": 8 },
+            "unit": { "type": "string", "enum": ["c", "f"] },
+            "days": { "type": "integer", "minimum": 1, "maximum": 7 } }, "required": ["city", "unit"] } } },
+        { "type": "function", "function": { "name": "get_time", "parameters": { "type": "object", "properties": {
+            "zone": { "type": "string", "maxLength": 6 } }, "required": ["zone"] } } },
+    ])
+}
+
+fn run_request(e: &mut Engine, request: Value) -> Value {
+    run_streamed(e, request).0
+}
+
+/// The response to `request` and its stream chunks (none unless it streams).
+fn run_streamed(e: &mut Engine, request: Value) -> (Value, Vec<Value>) {
+    let req = ChatRequest::from_value(request, e.decoder().cfg.vocab as usize).unwrap();
+    let mut chunks = Vec::new();
+    let reply = pollster::block_on(run(e, &req, &mut |u| Err(EngineError::BadImageUrl(u.into())), None, |c| {
+        chunks.push(c);
+        None
+    }))
+    .unwrap();
+    (reply, chunks)
+}
+
+/// A stream's deltas put together: `(content, tool_calls, finish_reason)`, each call's
+/// argument fragments joined in its `index`.
+fn assemble(chunks: &[Value]) -> (String, Vec<Value>, String) {
+    let (mut content, mut calls, mut finish) = (String::new(), Vec::<Value>::new(), String::new());
+    for chunk in chunks {
+        let choice = &chunk["choices"][0];
+        let delta = &choice["delta"];
+        content.push_str(delta["content"].as_str().unwrap_or_default());
+        for call in delta["tool_calls"].as_array().into_iter().flatten() {
+            let i = call["index"].as_u64().unwrap() as usize;
+            if i == calls.len() {
+                calls.push(json!({ "id": call["id"], "type": call["type"], "function": { "name": call["function"]["name"], "arguments": "" } }));
+            }
+            let args = format!(
+                "{}{}",
+                calls[i]["function"]["arguments"].as_str().unwrap(),
+                call["function"]["arguments"].as_str().unwrap_or_default()
+            );
+            calls[i]["function"]["arguments"] = json!(args);
+        }
+        if let Some(f) = choice["finish_reason"].as_str() {
+            finish = f.to_string();
+        }
+    }
+    (content, calls, finish)
+}
+
+/// With random weights, `tool_choice: "required"` still ends every seeded sampled request in
+/// `tool_calls` whose arguments validate against their tool's schema (the independent
+/// `jsonschema` crate), a named function is always the one called, and `none` never calls.
+#[test]
+fn tool_choice_is_enforced_by_grammar_on_random_weights() {
+    let tools = bounded_tools();
+    let validators: Vec<(String, jsonschema::Validator)> = tools
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["function"]["name"].as_str().unwrap().to_string(),
+                jsonschema::validator_for(&t["function"]["parameters"]).unwrap(),
+            )
+        })
+        .collect();
+    let messages = json!([{ "role": "user", "content": "Weather in Paris, please." }]);
+    let named = json!({ "type": "function", "function": { "name": "get_time" } });
+    for (family, mut e) in family_engines() {
+        for seed in 0..30 {
+            let choice = if seed % 3 == 2 { named.clone() } else { json!("required") };
+            let reply = run_request(
+                &mut e,
+                json!({ "messages": messages, "tools": tools, "tool_choice": choice, "temperature": 1.0, "seed": seed, "max_tokens": 600,
+                        "chat_template_kwargs": { "enable_thinking": false } }),
+            );
+            let choice0 = &reply["choices"][0];
+            assert_eq!(choice0["finish_reason"], "tool_calls", "{family} seed {seed}: {reply}");
+            let calls = choice0["message"]["tool_calls"].as_array().unwrap();
+            assert!(!calls.is_empty(), "{family} seed {seed}");
+            for call in calls {
+                let name = call["function"]["name"].as_str().unwrap();
+                if seed % 3 == 2 {
+                    assert_eq!(name, "get_time", "{family} seed {seed}: a named choice calls that function");
+                }
+                let args: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+                let (_, validator) = validators.iter().find(|(n, _)| n == name).unwrap();
+                assert!(validator.is_valid(&args), "{family} seed {seed}: {name}({args}) does not validate");
+                assert_eq!(call["type"], "function");
+                assert!(!call["id"].as_str().unwrap().is_empty());
+            }
+        }
+        // Streamed, the deltas put together equal the response (the ids apart: each response
+        // draws its own).
+        for seed in 0..3 {
+            let request = json!({ "messages": messages, "tools": tools, "tool_choice": "required", "temperature": 1.0, "seed": seed,
+                                  "max_tokens": 600, "chat_template_kwargs": { "enable_thinking": false } });
+            let whole = run_request(&mut e, request.clone());
+            let mut streamed = request;
+            streamed["stream"] = json!(true);
+            let (reply, chunks) = run_streamed(&mut e, streamed);
+            let (content, mut calls, finish) = assemble(&chunks);
+            let message = &whole["choices"][0]["message"];
+            assert_eq!(content, message["content"].as_str().unwrap_or_default(), "{family} seed {seed}");
+            assert_eq!(finish, "tool_calls", "{family} seed {seed}");
+            let mut want = message["tool_calls"].clone();
+            for (got, want) in calls.iter_mut().zip(want.as_array_mut().unwrap()) {
+                got["id"] = json!("");
+                want["id"] = json!("");
+            }
+            assert_eq!(json!(calls), want, "{family} seed {seed}");
+            assert_eq!(reply["choices"][0]["message"]["tool_calls"].as_array().map(Vec::len), Some(calls.len()));
+        }
+        for seed in 0..10 {
+            let reply = run_request(
+                &mut e,
+                json!({ "messages": messages, "tools": tools, "tool_choice": "none", "temperature": 1.0, "seed": seed, "max_tokens": 24 }),
+            );
+            assert_ne!(reply["choices"][0]["finish_reason"], "tool_calls", "{family} seed {seed}: {reply}");
+            assert!(reply["choices"][0]["message"].get("tool_calls").is_none());
+        }
+    }
 }

@@ -29,6 +29,11 @@ pub use response::ResponseMeta;
 pub fn check(engine: &mut Engine, req: &ChatRequest) -> Result<(), ApiError> {
     engine.check_response_format(&req.options.response_format)?;
     tools::check_schemas(engine, req)?;
+    if let Some(format) = tools::choice_format(engine, req, false) {
+        engine.check_response_format(&format).map_err(|e| {
+            ApiError::invalid("tool_choice", "invalid_value", format!("the tools' call grammar cannot be used: {e}"))
+        })?;
+    }
     image_options(engine, req)?;
     let kwargs = tools::template_kwargs(engine, req)?;
     let has_images = req.messages.iter().any(|m| match &m.content {
@@ -94,6 +99,10 @@ pub async fn run(
     let meta = ResponseMeta::new(req.model.as_deref().or(engine.decoder().cfg.name.as_deref()).unwrap_or("webvlm"));
     let mut opts = req.options_for(engine.sampling_defaults());
     opts.abort = abort;
+    if let Some(format) = tools::choice_format(engine, req, reasoning_opened == Some(true)) {
+        opts.response_format = format;
+    }
+    tools::ban_trigger(engine, req, &mut opts);
     let syntax = tools::reply_syntax(engine, req);
     if let Some(syntax) = syntax {
         opts.keep_tokens = tools::kept_tokens(engine, syntax);

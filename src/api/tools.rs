@@ -15,7 +15,8 @@ use serde_json::{json, Map, Value};
 use super::request::{ChatRequest, ToolChoice};
 use super::ApiError;
 use crate::chat::tool_calls::{openai_id, ToolCall, ToolSyntax};
-use crate::engine::{Engine, ResponseFormat};
+use crate::chat::tool_grammar::call_grammar;
+use crate::engine::{Engine, GenerateOptions, ResponseFormat};
 
 /// The template variables of `req`: its `chat_template_kwargs`, and `tools` where it offers
 /// any (refused when the model's template writes no tool calls webvlm can read).
@@ -52,6 +53,35 @@ pub(super) fn check_schemas(engine: &mut Engine, req: &ChatRequest) -> Result<()
         })?;
     }
     Ok(())
+}
+
+/// The constraint `tool_choice` puts on the reply: with `required` or a named function, the
+/// grammar of a call (of the named function, or of any tool; after the thought when
+/// `think_open`), replacing any `response_format`. `None` for `auto` and `none`.
+pub(super) fn choice_format(engine: &Engine, req: &ChatRequest, think_open: bool) -> Option<ResponseFormat> {
+    let syntax = engine.template().tool_syntax()?;
+    let tools = match &req.tools.choice {
+        ToolChoice::Required => req.tools.specs.clone(),
+        ToolChoice::Function(name) => req.tools.specs.iter().filter(|s| &s.name == name).cloned().collect(),
+        ToolChoice::Auto | ToolChoice::None => return None,
+    };
+    let tokenizer = engine.tokenizer();
+    let marker = |text: &str| match tokenizer.token_id(text).filter(|&id| tokenizer.is_special(id)) {
+        Some(id) => format!("<[{id}]>"),
+        None => serde_json::to_string(text).unwrap_or_default(),
+    };
+    let think = think_open.then_some(crate::chat::reasoning::THINK_CLOSE);
+    Some(ResponseFormat::Lark(call_grammar(syntax, &tools, req.tools.parallel, think, &marker)))
+}
+
+/// With `tool_choice: "none"`, the call trigger's token (where it is one) is banned.
+pub(super) fn ban_trigger(engine: &Engine, req: &ChatRequest, opts: &mut GenerateOptions) {
+    let Some(syntax) = engine.template().tool_syntax() else { return };
+    if req.tools.choice == ToolChoice::None && !req.tools.specs.is_empty() {
+        if let Some(id) = engine.tokenizer().token_id(syntax.trigger()) {
+            opts.sampling.logit_bias.push((id, -100.0));
+        }
+    }
 }
 
 /// The syntax replies are parsed in: the template's, when the request lets the model call.

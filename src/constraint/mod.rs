@@ -130,17 +130,20 @@ impl ConstraintFactory {
                 return Err(ConstraintError::Schema(format!("a schema must be an object or a boolean, not {}", json_kind(other))))
             }
         };
-        let options = JsonCompileOptions {
-            lenient: !strict,
-            whitespace_pattern: Some(WHITESPACE.to_string()),
-            ..JsonCompileOptions::default()
-        };
-        options.apply_to(&mut schema);
+        with_json_options(&mut schema, strict);
+        self.compile(TopLevelGrammar::from_json_schema(schema), strict)
+    }
+
+    /// A constraint to the language of a grammar in llguidance's Lark syntax (JSON Schemas
+    /// inline as `%json {...}`, special tokens as `<[id]>`): a tool call's syntax. Its inline
+    /// schemas are compiled strictly.
+    pub fn lark(&self, grammar: &str) -> Result<Constraint, ConstraintError> {
+        self.compile(TopLevelGrammar::from_lark(grammar.to_string()), true)
+    }
+
+    fn compile(&self, grammar: TopLevelGrammar, strict: bool) -> Result<Constraint, ConstraintError> {
         self.compilations.fetch_add(1, Ordering::Relaxed);
-        let parser = self
-            .parsers
-            .create_parser(TopLevelGrammar::from_json_schema(schema))
-            .map_err(|e| ConstraintError::Schema(schema_message(&e)))?;
+        let parser = self.parsers.create_parser(grammar).map_err(|e| ConstraintError::Schema(schema_message(&e)))?;
         let mut matcher = Matcher::new(Ok(parser));
         if let Some(e) = matcher.get_error() {
             return Err(ConstraintError::Schema(e));
@@ -184,14 +187,29 @@ impl SchemaCache {
     /// [`ConstraintFactory::json_schema`], compiled only when `(schema, strict)` is not
     /// among the last few used. Errors are not kept: an invalid schema is compiled again.
     pub fn json_schema(&mut self, schema: &Value, strict: bool) -> Result<Constraint, ConstraintError> {
-        let key = schema_key(schema, strict);
+        self.cached(schema_key(schema, strict), |f| f.json_schema(schema, strict))
+    }
+
+    /// [`ConstraintFactory::lark`], compiled only when the grammar is not among the last few
+    /// used.
+    pub fn lark(&mut self, grammar: &str) -> Result<Constraint, ConstraintError> {
+        let key: [u8; 32] = Sha256::new().chain_update(b"lark\0").chain_update(grammar.as_bytes()).finalize().into();
+        self.cached(key, |f| f.lark(grammar))
+    }
+
+    /// The constraint of `key`, from the cache or from `compile`.
+    fn cached(
+        &mut self,
+        key: [u8; 32],
+        compile: impl FnOnce(&ConstraintFactory) -> Result<Constraint, ConstraintError>,
+    ) -> Result<Constraint, ConstraintError> {
         if let Some(i) = self.compiled.iter().position(|(k, _)| *k == key) {
             let entry = self.compiled.remove(i);
             let constraint = entry.1.clone();
             self.compiled.push(entry);
             return Ok(constraint);
         }
-        let constraint = self.factory.json_schema(schema, strict)?;
+        let constraint = compile(&self.factory)?;
         if self.compiled.len() >= CACHED_SCHEMAS {
             self.compiled.remove(0);
         }
@@ -203,6 +221,18 @@ impl SchemaCache {
     pub fn json_object(&mut self) -> Result<Constraint, ConstraintError> {
         self.json_schema(&object_schema(), true)
     }
+}
+
+/// Puts our JSON compile options into `schema` (an object): lenient unless `strict`, and
+/// the whitespace between tokens limited (see the module docs). For schemas inlined in a
+/// Lark grammar (`%json {...}`), which take their options from the schema itself.
+pub fn with_json_options(schema: &mut Value, strict: bool) {
+    let options = JsonCompileOptions {
+        lenient: !strict,
+        whitespace_pattern: Some(WHITESPACE.to_string()),
+        ..JsonCompileOptions::default()
+    };
+    options.apply_to(schema);
 }
 
 /// The identity of a compiled schema: SHA-256 of the strict flag and the schema's JSON as

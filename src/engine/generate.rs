@@ -42,6 +42,8 @@ pub enum ResponseFormat {
     JsonObject,
     /// JSON valid against `schema`; `strict` rejects schemas with unsupported keywords.
     JsonSchema { schema: serde_json::Value, strict: bool },
+    /// Text of a grammar in llguidance's Lark syntax (a tool call's, for `tool_choice`).
+    Lark(String),
 }
 
 /// Settings of one generation.
@@ -396,6 +398,7 @@ impl Engine {
         };
         Ok(Some(match format {
             ResponseFormat::JsonSchema { schema, strict } => schemas.json_schema(schema, *strict)?,
+            ResponseFormat::Lark(grammar) => schemas.lark(grammar)?,
             _ => schemas.json_object()?,
         }))
     }
