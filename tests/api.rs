@@ -138,27 +138,12 @@ fn replies_without_think_tags_have_no_reasoning_content() {
 /// The tiny VLM with a ChatML template that opens `<think>\n` at the generation prompt unless
 /// `enable_thinking` is false (as Qwen3.5's does), rewritten in memory.
 fn think_template_engine() -> Engine {
-    use webvlm::gguf::{parse_header, GgufWriter, MetaValue};
-    use webvlm::source::GgufBytes;
     const TEMPLATE: &str =
         "{%- for m in messages %}{{ '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}{%- endfor %}\
         {%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}\
         {%- if enable_thinking is defined and enable_thinking is false %}{{ '<think>\\n\\n</think>\\n\\n' }}\
         {%- else %}{{ '<think>\\n' }}{%- endif %}{%- endif %}";
-    let bytes = std::fs::read(fixture(TINY_VLM).join("model.gguf")).unwrap();
-    let header = parse_header(&bytes).unwrap();
-    let mut w = GgufWriter::new();
-    for (k, v) in header.metadata.iter() {
-        if k != "tokenizer.chat_template" {
-            w.add_kv(k, v.clone());
-        }
-    }
-    w.add_kv("tokenizer.chat_template", MetaValue::String(TEMPLATE.into()));
-    for t in &header.tensors {
-        let r = header.absolute_range(t).unwrap();
-        w.add_tensor(t.name.clone(), &t.dims, t.ty, bytes[r.start as usize..r.end as usize].to_vec()).unwrap();
-    }
-    let model = GgufBytes::parse(w.write().unwrap()).unwrap();
+    let model = gguf_with_template(&fixture(TINY_VLM).join("model.gguf"), TEMPLATE);
     Engine::builder(gpu())
         .context(ContextOptions { max_ctx: 512, max_chunk: 16, ..Default::default() })
         .load(&mut Eager(&model))

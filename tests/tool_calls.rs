@@ -3,7 +3,7 @@
 //! rendered by each family's published template exactly as transformers renders them
 //! (`tests/fixtures/tokenizer/chat_tools.json`, made by `scripts/make_tool_chat_refs.py`); and
 //! the call syntax each template is detected to write; and `tool_choice` enforced by grammar on
-//! three families' tiny random-weight models.
+//! four syntaxes' tiny random-weight models.
 
 use crate::common::*;
 use crate::gguf_vocab;
@@ -181,8 +181,13 @@ fn tool_conversations_render_as_transformers_renders_them() {
 
 /// The tiny random-weight engines of three families, on the CPU backend, with their real
 /// templates: Ministral 3's (Tekken vocabulary, `[TOOL_CALLS]name[ARGS]{..}`), Qwen3.5's
-/// (XML calls) and Llama 3.2 Vision's (JSON calls).
+/// (XML calls) and Llama 3.2 Vision's (JSON calls); and for Hermes' `<tool_call>` JSON (the
+/// ChatML family's), another tiny Qwen3.5 with Qwen2.5's published template.
 fn family_engines() -> Vec<(&'static str, Engine)> {
+    let fixture_json: Value =
+        serde_json::from_str(&std::fs::read_to_string(gguf_vocab::fixture("tokenizer/chat_tools.json")).unwrap()).unwrap();
+    let hermes = fixture_json["templates"].as_array().unwrap().iter().find(|t| t["name"] == "hermes_qwen25").unwrap();
+    let hermes = gguf_with_template(&fixture("tiny_qwen35_b").join("model.gguf"), hermes["chat_template"].as_str().unwrap());
     let opts = ContextOptions { max_ctx: 2048, max_chunk: 64, ..Default::default() };
     let gguf = |name: &str| MappedGguf::open(fixture(name).join("model.gguf")).unwrap();
     let mllama = HfModel::open(fixture("tiny_mllama_a")).unwrap();
@@ -190,6 +195,7 @@ fn family_engines() -> Vec<(&'static str, Engine)> {
         ("ministral3", Engine::builder(cpu()).context(opts).load(&mut Eager(&gguf(TINY_VLM))).unwrap()),
         ("qwen35", Engine::builder(cpu()).context(opts).load(&mut Eager(&gguf("tiny_qwen35_a"))).unwrap()),
         ("llama32_vision", Engine::builder(cpu()).context(opts).hf_text(mllama.text_files()).load(&mut Eager(&mllama)).unwrap()),
+        ("hermes_qwen25", Engine::builder(cpu()).context(opts).load(&mut Eager(&hermes)).unwrap()),
     ]
 }
 

@@ -137,6 +137,25 @@ pub fn tiny_vlm_engine() -> webvlm::engine::Engine {
 
 pub const TINY_VLM: &str = "tiny_mistral3_tekken";
 
+/// The GGUF file at `path` with `template` as its `tokenizer.chat_template`, in memory.
+pub fn gguf_with_template(path: &std::path::Path, template: &str) -> webvlm::source::GgufBytes {
+    use webvlm::gguf::{parse_header, GgufWriter, MetaValue};
+    let bytes = std::fs::read(path).unwrap();
+    let header = parse_header(&bytes).unwrap();
+    let mut w = GgufWriter::new();
+    for (k, v) in header.metadata.iter() {
+        if k != "tokenizer.chat_template" {
+            w.add_kv(k, v.clone());
+        }
+    }
+    w.add_kv("tokenizer.chat_template", MetaValue::String(template.into()));
+    for t in &header.tensors {
+        let r = header.absolute_range(t).unwrap();
+        w.add_tensor(t.name.clone(), &t.dims, t.ty, bytes[r.start as usize..r.end as usize].to_vec()).unwrap();
+    }
+    webvlm::source::GgufBytes::parse(w.write().unwrap()).unwrap()
+}
+
 /// Image URLs in the API tests are file names in the tiny VLM's fixture directory.
 pub fn read_tiny_vlm_image(url: &str) -> Result<Vec<u8>, webvlm::engine::EngineError> {
     std::fs::read(fixture(TINY_VLM).join(url)).map_err(|e| webvlm::engine::EngineError::BadImageUrl(format!("{url}: {e}")))
