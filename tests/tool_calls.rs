@@ -298,6 +298,31 @@ fn tool_choice_is_enforced_by_grammar_on_random_weights() {
                 assert!(!call["id"].as_str().unwrap().is_empty());
             }
         }
+        // Under `auto` the text is free until the call's trigger token, then the call is
+        // constrained: the trigger favoured by `logit_bias`, every reply is a valid call.
+        let trigger = match family {
+            "ministral3" => "[TOOL_CALLS]",
+            "llama32_vision" => "",
+            _ => "<tool_call>",
+        };
+        if let Some(id) = e.tokenizer().token_id(trigger) {
+            for seed in 0..10 {
+                let reply = run_request(
+                    &mut e,
+                    json!({ "messages": messages, "tools": tools, "temperature": 1.0, "seed": seed, "max_tokens": 600,
+                            "logit_bias": { id.to_string(): 100 }, "chat_template_kwargs": { "enable_thinking": false } }),
+                );
+                let calls = reply["choices"][0]["message"]["tool_calls"]
+                    .as_array()
+                    .unwrap_or_else(|| panic!("{family} auto seed {seed}: {reply}"));
+                for call in calls {
+                    let args: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+                    let (_, validator) =
+                        validators.iter().find(|(n, _)| n == call["function"]["name"].as_str().unwrap()).unwrap();
+                    assert!(validator.is_valid(&args), "{family} auto seed {seed}: {args}");
+                }
+            }
+        }
         // Streamed, the deltas put together equal the response (the ids apart: each response
         // draws its own).
         for seed in 0..3 {

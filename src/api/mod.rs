@@ -29,7 +29,7 @@ pub use response::ResponseMeta;
 pub fn check(engine: &mut Engine, req: &ChatRequest) -> Result<(), ApiError> {
     engine.check_response_format(&req.options.response_format)?;
     tools::check_schemas(engine, req)?;
-    if let Some(format) = tools::choice_format(engine, req, false) {
+    for format in tools::choice_format(engine, req, false).into_iter().chain(tools::lazy_format(engine, req).map(|l| l.format)) {
         engine.check_response_format(&format).map_err(|e| {
             ApiError::invalid("tool_choice", "invalid_value", format!("the tools' call grammar cannot be used: {e}"))
         })?;
@@ -102,6 +102,7 @@ pub async fn run(
     if let Some(format) = tools::choice_format(engine, req, reasoning_opened == Some(true)) {
         opts.response_format = format;
     }
+    opts.lazy_format = tools::lazy_format(engine, req);
     tools::ban_trigger(engine, req, &mut opts);
     let syntax = tools::reply_syntax(engine, req);
     if let Some(syntax) = syntax {

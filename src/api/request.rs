@@ -219,6 +219,7 @@ impl ChatRequest {
             response_format,
             ignore_eos: false,
             keep_tokens: Vec::new(),
+            lazy_format: None,
             abort: None,
         };
         requested.apply(&mut options);

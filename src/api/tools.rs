@@ -14,9 +14,9 @@ use serde_json::{json, Map, Value};
 
 use super::request::{ChatRequest, ToolChoice};
 use super::ApiError;
-use crate::chat::tool_calls::{openai_id, ToolCall, ToolSyntax};
+use crate::chat::tool_calls::{openai_id, ToolCall, ToolSpec, ToolSyntax};
 use crate::chat::tool_grammar::call_grammar;
-use crate::engine::{Engine, GenerateOptions, ResponseFormat};
+use crate::engine::{Engine, GenerateOptions, LazyFormat, ResponseFormat};
 
 /// The template variables of `req`: its `chat_template_kwargs`, and `tools` where it offers
 /// any (refused when the model's template writes no tool calls webvlm can read).
@@ -65,13 +65,36 @@ pub(super) fn choice_format(engine: &Engine, req: &ChatRequest, think_open: bool
         ToolChoice::Function(name) => req.tools.specs.iter().filter(|s| &s.name == name).cloned().collect(),
         ToolChoice::Auto | ToolChoice::None => return None,
     };
+    let think = think_open.then_some(crate::chat::reasoning::THINK_CLOSE);
+    Some(grammar_format(engine, syntax, &tools, req.tools.parallel, think))
+}
+
+/// Under `tool_choice: "auto"`, the grammar of calls of any tool from the syntax's trigger
+/// on, where the trigger is one token of the vocabulary (not for Llama 3's JSON, whose `{`
+/// is no marker): the text before a call is free, the call is constrained.
+pub(super) fn lazy_format(engine: &Engine, req: &ChatRequest) -> Option<LazyFormat> {
+    let syntax = engine.template().tool_syntax().filter(|&s| s != ToolSyntax::LlamaJson)?;
+    if req.tools.choice != ToolChoice::Auto || req.tools.specs.is_empty() {
+        return None;
+    }
+    let trigger = engine.tokenizer().token_id(syntax.trigger())?;
+    Some(LazyFormat { trigger, format: grammar_format(engine, syntax, &req.tools.specs, req.tools.parallel, None) })
+}
+
+/// [`call_grammar`] with this vocabulary's spelling of the markers.
+fn grammar_format(
+    engine: &Engine,
+    syntax: ToolSyntax,
+    tools: &[ToolSpec],
+    parallel: bool,
+    think: Option<&str>,
+) -> ResponseFormat {
     let tokenizer = engine.tokenizer();
     let marker = |text: &str| match tokenizer.token_id(text).filter(|&id| tokenizer.is_special(id)) {
         Some(id) => format!("<[{id}]>"),
         None => serde_json::to_string(text).unwrap_or_default(),
     };
-    let think = think_open.then_some(crate::chat::reasoning::THINK_CLOSE);
-    Some(ResponseFormat::Lark(call_grammar(syntax, &tools, req.tools.parallel, think, &marker)))
+    ResponseFormat::Lark(call_grammar(syntax, tools, parallel, think, &marker))
 }
 
 /// With `tool_choice: "none"`, the call trigger's token (where it is one) is banned.

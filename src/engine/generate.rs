@@ -46,6 +46,14 @@ pub enum ResponseFormat {
     Lark(String),
 }
 
+/// A [`ResponseFormat`] that applies from the token `trigger` on, the trigger included (the
+/// format's grammar starts with it); llama.cpp calls this a lazy grammar.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LazyFormat {
+    pub trigger: u32,
+    pub format: ResponseFormat,
+}
+
 /// Settings of one generation.
 #[derive(Clone, Debug)]
 pub struct GenerateOptions {
@@ -62,6 +70,9 @@ pub struct GenerateOptions {
     /// Special tokens that stay in the text (a tool call's markers, which its parser reads);
     /// the others are left out.
     pub keep_tokens: Vec<u32>,
+    /// A constraint that starts when its trigger token is sampled (a tool call's grammar
+    /// under `tool_choice: "auto"`: the text before the call is free).
+    pub lazy_format: Option<LazyFormat>,
     /// Checked after every token: once set, generation ends with [`FinishReason::Abort`]
     /// (the browser's stop button; the step already submitted for the next token is dropped).
     pub abort: Option<Rc<Cell<bool>>>,
@@ -78,6 +89,7 @@ impl Default for GenerateOptions {
             response_format: ResponseFormat::Text,
             ignore_eos: false,
             keep_tokens: Vec::new(),
+            lazy_format: None,
             abort: None,
         }
     }
@@ -86,7 +98,10 @@ impl Default for GenerateOptions {
 impl GenerateOptions {
     /// Whether tokens must be chosen on the host (see the module docs).
     fn host_sampling(&self) -> bool {
-        self.sampling.needs_cpu() || self.logprobs.is_some() || self.response_format != ResponseFormat::Text
+        self.sampling.needs_cpu()
+            || self.logprobs.is_some()
+            || self.response_format != ResponseFormat::Text
+            || self.lazy_format.is_some()
     }
 
     /// `self` with a seed: its own, or a fresh one ([`random_seed`]) when it has none.
@@ -174,6 +189,8 @@ pub type Wait = Pin<Box<dyn Future<Output = ()>>>;
 struct HostPicker {
     sampler: Sampler,
     constraint: Option<Constraint>,
+    /// The lazy format's trigger and constraint, until the trigger is sampled.
+    lazy: Option<(u32, Constraint)>,
     top_logprobs: Option<usize>,
     mask_seconds: f64,
 }
@@ -196,6 +213,9 @@ impl HostPicker {
 
     /// Records a token that will be generated (penalties, constraint state).
     fn accept(&mut self, token: u32) -> Result<(), EngineError> {
+        if self.lazy.as_ref().is_some_and(|&(trigger, _)| trigger == token) {
+            self.constraint = self.lazy.take().map(|(_, c)| c);
+        }
         self.sampler.accept(token);
         if let Some(c) = &mut self.constraint {
             c.commit(token)?;
@@ -290,6 +310,10 @@ impl Engine {
             true => Some(HostPicker {
                 sampler: Sampler::new(opts.sampling.clone(), &prompt.tokens),
                 constraint: self.constraint(&opts.response_format)?,
+                lazy: match &opts.lazy_format {
+                    Some(lazy) => self.constraint(&lazy.format)?.map(|c| (lazy.trigger, c)),
+                    None => None,
+                },
                 top_logprobs: opts.logprobs,
                 mask_seconds: 0.0,
             }),

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 pub use crate::model::ImageDigest;
 pub use defaults::{SamplingDefaultError, SamplingPreset};
-pub use generate::{FinishReason, GenerateOptions, Generation, ResponseFormat, StepOutput, Wait};
+pub use generate::{FinishReason, GenerateOptions, Generation, LazyFormat, ResponseFormat, StepOutput, Wait};
 pub use images::{data_url_bytes, expand, expanded_len, ImageCache};
 pub use load::EngineBuilder;
 pub use mllama::CrossVision;
