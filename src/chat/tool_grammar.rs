@@ -7,7 +7,7 @@
 //!
 //! Reference: llama.cpp's `common/chat.cpp` (a grammar per format, trigger tokens kept as
 //! "preserved tokens"), vLLM's structured outputs for named and required tool choices, and
-//! llguidance's Lark syntax (`docs/syntax.md`: `%json`, `<[id]>`). Qwen's XML calls carry
+//! llguidance's Lark syntax (its syntax documentation: `%json`, `<[id]>`). Qwen's XML calls carry
 //! each parameter as raw text: a string parameter is one of its `enum` or one line without
 //! `<` (at most its `maxLength` characters), any other parameter the JSON its schema admits.
 
