@@ -181,6 +181,6 @@ mod tests {
         }
         let qwen = call_grammar(ToolSyntax::QwenXml, &tools(), false, Some("</think>"), &|m| format!("<[{}]>", m.len()));
         assert!(qwen.starts_with("start: /[^<]*/ <[8]> /\\n{0,2}/ call (\"\\n\" call){0,0}"), "{qwen}");
-        assert!(qwen.contains("(\"<parameter=city>\\n\" /[^<\\n]{0,12}/ \"\\n</parameter>\\n\") (\"<parameter=days>\\n\" %json {\"type\":\"integer\"}"), "{qwen}");
+        assert!(qwen.contains("(\"<parameter=city>\\n\" /[^<\\n]{0,12}/ \"\\n</parameter>\\n\") (\"<parameter=days>\\n\" %json {\"type\":\"integer\",\"x-guidance\""), "{qwen}");
     }
 }
