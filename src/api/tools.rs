@@ -73,12 +73,18 @@ pub(super) fn choice_format(engine: &Engine, req: &ChatRequest, think_open: bool
 /// on, where the trigger is one token of the vocabulary (not for Llama 3's JSON, whose `{`
 /// is no marker): the text before a call is free, the call is constrained.
 pub(super) fn lazy_format(engine: &Engine, req: &ChatRequest) -> Option<LazyFormat> {
-    let syntax = engine.template().tool_syntax().filter(|&s| s != ToolSyntax::LlamaJson)?;
     if req.tools.choice != ToolChoice::Auto || req.tools.specs.is_empty() {
         return None;
     }
-    let trigger = engine.tokenizer().token_id(syntax.trigger())?;
+    let (syntax, trigger) = trigger_token(engine)?;
     Some(LazyFormat { trigger, format: grammar_format(engine, syntax, &req.tools.specs, req.tools.parallel, None) })
+}
+
+/// The template's call syntax and its trigger's token, where the trigger is one token and a
+/// marker (Llama 3's `{` is plain text: neither constrained after nor banned).
+fn trigger_token(engine: &Engine) -> Option<(ToolSyntax, u32)> {
+    let syntax = engine.template().tool_syntax().filter(|&s| s != ToolSyntax::LlamaJson)?;
+    Some((syntax, engine.tokenizer().token_id(syntax.trigger())?))
 }
 
 /// [`call_grammar`] with this vocabulary's spelling of the markers.
@@ -99,9 +105,8 @@ fn grammar_format(
 
 /// With `tool_choice: "none"`, the call trigger's token (where it is one) is banned.
 pub(super) fn ban_trigger(engine: &Engine, req: &ChatRequest, opts: &mut GenerateOptions) {
-    let Some(syntax) = engine.template().tool_syntax() else { return };
     if req.tools.choice == ToolChoice::None && !req.tools.specs.is_empty() {
-        if let Some(id) = engine.tokenizer().token_id(syntax.trigger()) {
+        if let Some((_, id)) = trigger_token(engine) {
             opts.sampling.logit_bias.push((id, -100.0));
         }
     }
