@@ -4,7 +4,9 @@
 // it only talks through `post(message)` and `handle(message)`.
 //
 // Page → host:  {id, type: "load", model: {text: [source] | repo: URL, quant?, mmproj: [source]?}, options, cacheName, streamStallMs?}
-//               {id, type: "generate", request}   {type: "stop", target?}   {id, type: "unload"}
+//               {id, type: "generate", request}   {id, type: "respond", request}   (chat / Responses)
+//               {id, type: "retrieve", responseId}   (a stored response)
+//               {type: "stop", target?}   {id, type: "unload"}
 //               {id, type: "reload"}   (the last load again, on a new GPU device: after a loss)
 //               {type: "ack", target}   (a streamed chunk was read: flow control)
 //               {id, type: "logits", tokens, images: [url]}   (teacher-forced logits, for tests)
@@ -106,7 +108,9 @@ export class Host {
       let value;
       if (msg.type === "load") value = await this.load(msg, onProgress);
       else if (msg.type === "reload") value = await this.reload(onProgress);
-      else if (msg.type === "generate") value = await this.generate(msg.request, (chunk) => this.post({ id, type: "chunk", chunk }));
+      else if (msg.type === "generate" || msg.type === "respond") {
+        value = await this.generate(msg.request, (chunk) => this.post({ id, type: "chunk", chunk }), msg.type);
+      } else if (msg.type === "retrieve") value = this.retrieve(msg.responseId);
       else if (msg.type === "unload") value = this.unload();
       else if (msg.type === "logits") value = await this.logits(msg);
       else if (msg.type === "stats") value = await this.stats(msg);
@@ -259,22 +263,25 @@ export class Host {
     return this.load(this.loaded, onProgress);
   }
 
-  /** Runs one request; with `stream`, chunks go to `onChunk` and decoding waits while
-   * STREAM_WINDOW of them are unread (the page acknowledges each one it reads). A wait longer
-   * than `stallMs` (a reader that stopped reading, a stream never read) cuts the generation:
-   * the request ends with StreamStalledError and the engine is free for the next one. */
-  async generate(request, onChunk) {
+  /** Runs one chat (`kind` "generate") or Responses ("respond") request; with `stream`,
+   * chunks (events) go to `onChunk` and decoding waits while STREAM_WINDOW of them are unread
+   * (the page acknowledges each one it reads). A wait longer than `stallMs` (a reader that
+   * stopped reading, a stream never read) cuts the generation: the request ends with
+   * StreamStalledError and the engine is free for the next one. */
+  async generate(request, onChunk, kind = "generate") {
     if (!this.engine) throw new EngineUnloadedError("no model is loaded");
     const urls = new Set();
-    for (const m of Array.isArray(request?.messages) ? request.messages : []) {
+    // Chat messages' `image_url` parts; Responses input items' `input_image` parts.
+    const items = kind === "respond" ? (Array.isArray(request?.input) ? request.input : []) : request?.messages ?? [];
+    for (const m of Array.isArray(items) ? items : []) {
       for (const part of Array.isArray(m?.content) ? m.content : []) {
         const url = part?.image_url?.url ?? part?.image_url;
-        if (part?.type === "image_url" && typeof url === "string" && !url.startsWith("data:")) urls.add(url);
+        if ((part?.type === "image_url" || part?.type === "input_image") && typeof url === "string" && !url.startsWith("data:")) urls.add(url);
       }
     }
-    // A request the engine will refuse is refused before its images download (throws the
-    // BadRequestError the generation would).
-    if (urls.size) this.engine.check(JSON.stringify(request));
+    // A chat request the engine will refuse is refused before its images download (throws
+    // the BadRequestError the generation would).
+    if (urls.size && kind === "generate") this.engine.check(JSON.stringify(request));
     const images = new Map();
     try {
       for (const url of urls) images.set(url, await fetchImage(url, this.downloads.signal));
@@ -303,7 +310,8 @@ export class Host {
       flow.resume(true);
     };
     try {
-      const out = await engine.generate(JSON.stringify(request), images, (json) => {
+      const run = kind === "respond" ? engine.respond.bind(engine) : engine.generate.bind(engine);
+      const out = await run(JSON.stringify(request), images, (json) => {
         if (flow.stalled) return undefined; // nobody reads: the last chunks are not sent
         onChunk(JSON.parse(json));
         if (++flow.unread < STREAM_WINDOW || flow.stopped) return undefined;
@@ -317,12 +325,19 @@ export class Host {
           + "the generation was stopped (streamStallMs)");
       }
       const value = JSON.parse(out);
-      value.usage.wasm_memory_bytes = wasmMemoryBytes();
+      if (value.usage) value.usage.wasm_memory_bytes = wasmMemoryBytes();
       return value;
     } finally {
       clearTimeout(flow.timer);
       this.flow = null;
     }
+  }
+
+  /** A stored Responses `response` object, or null. */
+  retrieve(id) {
+    if (!this.engine) throw new EngineUnloadedError("no model is loaded");
+    const json = this.engine.storedResponse(String(id));
+    return json === undefined ? null : JSON.parse(json);
   }
 
   async logits({ tokens, images = [] }) {

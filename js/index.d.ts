@@ -182,8 +182,85 @@ export interface ChatCompletionRequest {
    * object of at most 16 KiB, e.g. `{ enable_thinking: false }` for Qwen3.5 (no think block).
    * `messages`, `add_generation_prompt`, `bos_token` and `eos_token` may not be set. */
   chat_template_kwargs?: Record<string, unknown>;
+  /** Functions the model may call, in the model family's own call syntax (docs/API.md). */
+  tools?: { type: "function"; function: FunctionTool }[];
+  /** `required` and a named function are enforced by grammar; `auto` constrains a call once
+   * the model starts one; `none` forbids calls. */
+  tool_choice?: "none" | "auto" | "required" | { type: "function"; function: { name: string } };
+  parallel_tool_calls?: boolean;
   /** Stops the request (finish_reason "abort"). */
   signal?: AbortSignal;
+}
+
+export interface FunctionTool {
+  /** 1-64 characters of a-z, A-Z, 0-9, _ and -. */
+  name: string;
+  description?: string;
+  /** A JSON Schema object; the call's arguments are constrained to it. */
+  parameters?: object;
+  strict?: boolean;
+}
+
+export interface ToolCall {
+  id: string;
+  type: "function";
+  function: { name: string; /** JSON text. */ arguments: string };
+}
+
+/** OpenAI's Responses request: `input` as text or items; the chat request's sampling fields
+ * and webvlm's extras are taken too. */
+export interface ResponsesRequest {
+  input: string | ResponseInputItem[];
+  instructions?: string;
+  model?: string;
+  /** Continues a stored response's conversation (its prefix is the prompt cache's to reuse). */
+  previous_response_id?: string;
+  /** Default true: kept in a bounded store (the 256 most recent, 64 MiB of JSON). */
+  store?: boolean;
+  tools?: ({ type: "function" } & FunctionTool)[];
+  tool_choice?: "none" | "auto" | "required" | { type: "function"; name: string };
+  parallel_tool_calls?: boolean;
+  text?: { format?: { type: "text" } | { type: "json_object" } | { type: "json_schema"; name: string; schema?: object; strict?: boolean } };
+  max_output_tokens?: number;
+  temperature?: number;
+  top_p?: number;
+  seed?: number;
+  metadata?: Record<string, string>;
+  stream?: boolean;
+  signal?: AbortSignal;
+}
+
+export type ResponseInputItem =
+  | { type?: "message"; role: "system" | "developer" | "user" | "assistant"; content: string | (
+      | { type: "input_text" | "output_text"; text: string }
+      | { type: "input_image"; image_url: string; detail?: string })[] }
+  | { type: "function_call"; call_id: string; name: string; arguments: string }
+  | { type: "function_call_output"; call_id: string; output: string }
+  | ResponseOutputItem;
+
+export type ResponseOutputItem =
+  | { type: "message"; id: string; status: string; role: "assistant"; content: { type: "output_text"; text: string }[] }
+  | { type: "reasoning"; id: string; content: { type: "reasoning_text"; text: string }[] }
+  | { type: "function_call"; id: string; call_id: string; name: string; arguments: string; status: string };
+
+export interface ResponseObject {
+  id: string;
+  object: "response";
+  created_at: number;
+  status: "completed" | "incomplete" | "cancelled" | "in_progress";
+  incomplete_details: { reason: "max_output_tokens" } | null;
+  model: string;
+  output: ResponseOutputItem[];
+  previous_response_id: string | null;
+  usage: { input_tokens: number; input_tokens_details: { cached_tokens: number }; output_tokens: number; total_tokens: number } | null;
+}
+
+/** A streamed Responses event (`response.created`, `response.output_text.delta`,
+ * `response.function_call_arguments.delta`, ..., `response.completed`). */
+export interface ResponseStreamEvent {
+  type: string;
+  sequence_number: number;
+  [field: string]: unknown;
 }
 
 export interface Timings {
@@ -224,7 +301,8 @@ export interface ChatCompletion {
       /** The text of the reply's `<think>` block, for models whose template writes think
        * tags (null when the reply had none); absent for other models. */
       reasoning_content?: string | null;
-    }; finish_reason: FinishReason; logprobs: { content: TokenLogprob[] } | null }[];
+      tool_calls?: ToolCall[];
+    }; finish_reason: FinishReason | "tool_calls"; logprobs: { content: TokenLogprob[] } | null }[];
   usage: Usage;
 }
 
@@ -312,7 +390,8 @@ export interface RemoteModelInfo {
 }
 
 /** A `fetch` that serves OpenAI's routes from the engine, with no network: `POST
- * …/chat/completions` (JSON, or `text/event-stream` with `stream: true`), `GET …/models`,
+ * …/chat/completions` and `POST …/responses` (JSON, or `text/event-stream` with `stream:
+ * true`), `GET …/responses/{id}`, `GET …/models`,
  * `GET …/models/{id}`; errors as `{error: {message, type, param, code}}` with their status. */
 export type OpenAIFetch = (input: RequestInfo | URL, init?: RequestInit) => Promise<Response>;
 
@@ -323,6 +402,12 @@ interface EngineBase<Info> {
       create(request: ChatCompletionRequest & { stream: true }): Promise<AsyncIterable<ChatCompletionChunk>>;
       create(request: ChatCompletionRequest & { stream?: false }): Promise<ChatCompletion>;
     };
+  };
+  responses: {
+    create(request: ResponsesRequest & { stream: true }): Promise<AsyncIterable<ResponseStreamEvent>>;
+    create(request: ResponsesRequest & { stream?: false }): Promise<ResponseObject>;
+    /** A stored response, or null (not stored, or evicted). */
+    retrieve(id: string): Promise<ResponseObject | null>;
   };
   /** For OpenAI's SDKs: `new OpenAI({ baseURL: "http://webvlm.local/v1", apiKey: "unused",
    * fetch: engine.fetch, dangerouslyAllowBrowser: true })`. */

@@ -129,6 +129,12 @@ class Engine {
     this.#port = port;
     port.listen((m) => this.#receive(m));
     this.chat = { completions: { create: (request) => this.#create(request) } };
+    /** OpenAI's Responses API: `create` as `chat.completions.create` (streams yield typed
+     * events); `retrieve(id)` a stored response, or null. */
+    this.responses = {
+      create: (request) => this.#create(request, "respond"),
+      retrieve: (id) => this._call({ type: "retrieve", responseId: id }),
+    };
     /** OpenAI's HTTP routes served from this engine, with no network (openai-fetch.js). */
     this.fetch = openAIFetch(this);
   }
@@ -217,7 +223,7 @@ class Engine {
    * the loop early (`break`, `iterator.return()`, even before the first read) stops the
    * generation at once. `signal` (an AbortSignal) stops it too. A stream left unread for
    * `streamStallMs` is cut, and reading it on ends with StreamStalledError. */
-  #create(request) {
+  #create(request, type = "generate") {
     const { signal, ...body } = request ?? {};
     const callId = nextId++;
     const onAbort = () => this.stop(callId);
@@ -225,7 +231,7 @@ class Engine {
     signal?.addEventListener("abort", onAbort, { once: true });
     const done = () => signal?.removeEventListener("abort", onAbort);
     if (!body.stream) {
-      return this._call({ type: "generate", request: body }, {}, callId).finally(done);
+      return this._call({ type, request: body }, {}, callId).finally(done);
     }
     // Streaming: chunks queue up until the reader asks for them; each one read is
     // acknowledged so the worker keeps at most STREAM_WINDOW unread chunks ahead.
@@ -239,7 +245,7 @@ class Engine {
       queue.push(item);
       for (const w of waiters.splice(0)) w();
     };
-    this._call({ type: "generate", request: body }, { onChunk: (chunk) => push({ chunk }) }, callId)
+    this._call({ type, request: body }, { onChunk: (chunk) => push({ chunk }) }, callId)
       .then(() => push({ done: true }), (error) => push({ error }))
       .finally(done);
     const port = this.#port;

@@ -8,6 +8,10 @@
 //   POST …/chat/completions   a request as `engine.chat.completions.create` takes it; the
 //                             completion as JSON, or with `stream: true` a text/event-stream of
 //                             `data: {chunk}` events ending with `data: [DONE]`
+//   POST …/responses          a request as `engine.responses.create` takes it; the response
+//                             object, or with `stream: true` its typed events (`event: TYPE` /
+//                             `data: {...}`, `response.completed` last, no `[DONE]`)
+//   GET  …/responses/{id}     a stored response, or 404
 //   GET  …/models             `{object: "list", data: [model]}`: the one loaded model
 //   GET  …/models/{id}        that model, or 404 for another id
 // Anything else is a 404. Errors are OpenAI's JSON, `{error: {message, type, param, code}}`,
@@ -77,14 +81,21 @@ export function openAIFetch(engine) {
     const { signal, method } = request;
     if (signal.aborted) throw aborted();
     const path = new URL(request.url).pathname.replace(/\/+$/, "");
-    const route = /\/chat\/completions$/.test(path) ? "chat" : /\/models$/.test(path) ? "models"
+    const route = /\/chat\/completions$/.test(path) ? "chat" : /\/responses$/.test(path) ? "responses"
+      : /\/responses\/[^/]+$/.test(path) ? "response" : /\/models$/.test(path) ? "models"
       : /\/models\/[^/]+$/.test(path) ? "model" : null;
-    const wants = { chat: "POST", models: "GET", model: "GET" }[route];
+    const wants = { chat: "POST", responses: "POST", response: "GET", models: "GET", model: "GET" }[route];
     if (!route || method !== wants) {
       const status = route ? 405 : 404;
       return json(errorBody({ message: `Invalid URL (${method} ${path})`, code: route ? "method_not_allowed" : "unknown_url" }, status), status);
     }
     if (route === "models") return json({ object: "list", data: [model()] });
+    if (route === "response") {
+      const id = decodeURIComponent(path.slice(path.lastIndexOf("/") + 1));
+      const stored = await engine.responses?.retrieve(id).catch(() => null);
+      if (stored) return json(stored);
+      return json(errorBody({ message: `No response found with id '${id}'`, code: "not_found" }, 404), 404);
+    }
     if (route === "model") {
       const id = decodeURIComponent(path.slice(path.lastIndexOf("/") + 1));
       if (id === modelId(engine)) return json(model());
@@ -100,7 +111,7 @@ export function openAIFetch(engine) {
       return json(errorBody({ message: "the request body must be a JSON object", code: "invalid_json" }, 400), 400);
     }
     try {
-      return await complete(engine, body, signal);
+      return await complete(engine, body, signal, route);
     } catch (e) {
       if (signal.aborted || e?.name === "AbortError") throw aborted();
       return errorResponse(e);
@@ -108,10 +119,13 @@ export function openAIFetch(engine) {
   };
 }
 
-/** Runs one chat-completions request: a JSON response, or an event stream. A stream's first
- * chunk is awaited before answering, so that a refused request gets its error status. */
-async function complete(engine, body, signal) {
-  const result = await engine.chat.completions.create({ ...body, signal });
+/** Runs one chat-completions or Responses request: a JSON response, or an event stream. A
+ * stream's first chunk is awaited before answering, so that a refused request gets its error
+ * status. */
+async function complete(engine, body, signal, route) {
+  const responses = route === "responses";
+  const create = responses ? engine.responses.create : engine.chat.completions.create;
+  const result = await create({ ...body, signal });
   if (!body.stream) {
     if (signal.aborted) throw aborted();
     return json(result);
@@ -140,16 +154,16 @@ async function complete(engine, body, signal) {
         if (done) return;
         if (end) {
           done = true;
-          controller.enqueue(sseData(SSE_DONE));
+          if (!responses) controller.enqueue(sseData(SSE_DONE));
           controller.close();
         } else {
-          controller.enqueue(sseData(value));
+          controller.enqueue(sseData(value, responses ? value.type : undefined));
         }
       } catch (e) {
         if (done) return;
         // A failure mid-stream (a lost device): OpenAI's error object as the last event.
         done = true;
-        controller.enqueue(sseData(errorBody(e)));
+        controller.enqueue(responses ? sseData({ type: "error", ...errorBody(e).error }, "error") : sseData(errorBody(e)));
         controller.close();
       }
     },

@@ -88,6 +88,16 @@ export class RemoteEngine {
     this.#model = model;
     this.info = null;
     this.chat = { completions: { create: (request) => this.#create(request) } };
+    this.responses = {
+      create: (request) => this.#create(request, "/responses"),
+      retrieve: async (id) => {
+        const response = await this.#request("GET", `/responses/${encodeURIComponent(id)}`).catch((e) => {
+          if (e?.status === 404) return null;
+          throw e;
+        });
+        return response && response.json();
+      },
+    };
     /** OpenAI's routes served from this engine (openai-fetch.js), as for a local engine. */
     this.fetch = openAIFetch(this);
   }
@@ -152,11 +162,12 @@ export class RemoteEngine {
     };
   }
 
-  /** OpenAI's `chat.completions.create` against the server; `model` defaults to the
-   * engine's. An aborted plain request rejects with an AbortError (the server's partial answer
-   * never arrives); an aborted stream ends with a chunk whose finish_reason is "abort", as the
-   * in-page engine's does. Leaving a stream's loop early closes the connection. */
-  async #create(request) {
+  /** OpenAI's `chat.completions.create` (or, at `path` "/responses", `responses.create`)
+   * against the server; `model` defaults to the engine's. An aborted plain request rejects
+   * with an AbortError (the server's partial answer never arrives); an aborted chat stream ends
+   * with a chunk whose finish_reason is "abort", as the in-page engine's does. Leaving a
+   * stream's loop early closes the connection. */
+  async #create(request, path = "/chat/completions") {
     if (this.#closed) throw new EngineUnloadedError("the engine was unloaded");
     const { signal, ...body } = request ?? {};
     if (signal?.aborted) throw abortError();
@@ -164,7 +175,7 @@ export class RemoteEngine {
     const flight = this.#track(signal);
     let response;
     try {
-      response = await this.#request("POST", "/chat/completions", { body, signal: flight.signal });
+      response = await this.#request("POST", path, { body, signal: flight.signal });
       if (!body.stream) return await response.json();
     } catch (e) {
       if (flight.signal.aborted) throw abortError();
@@ -172,7 +183,7 @@ export class RemoteEngine {
     } finally {
       if (!body.stream || !response) flight.done();
     }
-    return { [Symbol.asyncIterator]: () => streamChunks(response, flight, body.model) };
+    return { [Symbol.asyncIterator]: () => streamChunks(response, flight, path === "/chat/completions" && body.model) };
   }
 
   /** Runs requests one after another, each its own HTTP request, with the in-page engine's
@@ -198,9 +209,10 @@ export class RemoteEngine {
   }
 }
 
-/** The chunks of a streamed answer. Once the request is aborted no further chunk is given,
- * even one the connection had already delivered (a fast server sends many per network read):
- * the stream ends with the abort chunk, as the in-page engine's does. */
+/** The chunks (Responses events) of a streamed answer. Once the request is aborted no further
+ * chunk is given, even one the connection had already delivered (a fast server sends many per
+ * network read): a chat stream (`model` given) ends with the abort chunk, as the in-page
+ * engine's does. */
 async function* streamChunks(response, flight, model) {
   let last = null;
   let finished = false;
@@ -230,7 +242,7 @@ async function* streamChunks(response, flight, model) {
       }
     }
     finished = true;
-    if (flight.signal.aborted) {
+    if (flight.signal.aborted && model) {
       // Stopped: the last chunk says so, as the in-page engine's does.
       yield {
         id: last?.id ?? "chatcmpl-aborted", object: "chat.completion.chunk",

@@ -59,10 +59,12 @@ export async function* sseEvents(body) {
 
 const encoder = new TextEncoder();
 
-/** One `data:` event holding `value` (JSON, or a string such as SSE_DONE as it is). */
-export function sseData(value) {
+/** One `data:` event holding `value` (JSON, or a string such as SSE_DONE as it is), named
+ * `event` when given (the Responses API names each event by its type). */
+export function sseData(value, event) {
   const text = typeof value === "string" ? value : JSON.stringify(value);
   // JSON.stringify escapes line breaks inside strings, so a JSON value is always one line;
   // a string with line breaks is split into data lines.
-  return encoder.encode(text.split(/\r\n|\r|\n/).map((l) => `data: ${l}\n`).join("") + "\n");
+  const name = event ? `event: ${event}\n` : "";
+  return encoder.encode(name + text.split(/\r\n|\r|\n/).map((l) => `data: ${l}\n`).join("") + "\n");
 }

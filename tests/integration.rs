@@ -58,6 +58,7 @@ mod model_vision;
 mod prompt_cache;
 mod quantizers;
 mod repo_references;
+mod responses;
 mod safetensors_malformed;
 mod safetensors_reader;
 mod sampling;

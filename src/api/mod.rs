@@ -7,6 +7,7 @@ pub mod batch;
 mod error;
 mod request;
 pub mod response;
+pub mod responses;
 mod tools;
 
 use std::cell::Cell;

@@ -16,7 +16,8 @@ use std::rc::Rc;
 
 use wasm_bindgen::prelude::*;
 
-use crate::api::ChatRequest;
+use crate::api::responses::{self, ResponseStore};
+use crate::api::{ApiError, ChatRequest};
 use crate::backend::gpu::{BufferRegistry, Gpu, GpuOptions};
 use crate::backend::{cpu, Device};
 use crate::engine::{Engine, Prompt, RepoLoad, Vision, Wait, DEFAULT_PROMPT_CACHE_BYTES};
@@ -63,6 +64,18 @@ fn js<E: Classify + std::fmt::Display + 'static>(e: E) -> JsError {
     error::to_js(&e)
 }
 
+/// Sends each streamed value to `f` as JSON; when `f` returns a Promise, the next step waits
+/// for it (the page reads slower than tokens decode).
+fn js_sink(f: &js_sys::Function) -> impl FnMut(serde_json::Value) -> Option<Wait> + '_ {
+    move |value| {
+        let ret = f.call1(&JsValue::NULL, &JsValue::from_str(&value.to_string())).ok()?;
+        let promise = ret.dyn_into::<js_sys::Promise>().ok()?;
+        Some(Box::pin(async move {
+            let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
+        }))
+    }
+}
+
 /// Loading state: the device until the text header is in, then the engine.
 enum State {
     Device(Box<Device>),
@@ -96,6 +109,8 @@ pub struct WebEngine {
     abort: Rc<Cell<bool>>,
     /// Every GPU buffer the engine's device created ([`WebEngine::release`]); none on the CPU.
     buffers: Option<BufferRegistry>,
+    /// Stored responses of the Responses API, for `previous_response_id`.
+    responses: RefCell<ResponseStore>,
 }
 
 #[wasm_bindgen]
@@ -155,7 +170,12 @@ impl WebEngine {
             prompt_cache_bytes,
             image_area: (o.image_min_area, o.image_max_area),
         };
-        Ok(WebEngine { inner: Rc::new(RefCell::new(inner)), abort: Rc::new(Cell::new(false)), buffers })
+        Ok(WebEngine {
+            inner: Rc::new(RefCell::new(inner)),
+            abort: Rc::new(Cell::new(false)),
+            buffers,
+            responses: RefCell::new(ResponseStore::default()),
+        })
     }
 
     /// The adapter's name, backend and limits.
@@ -391,15 +411,34 @@ impl WebEngine {
         let req = ChatRequest::parse(&request, engine.decoder().cfg.vocab as usize).map_err(js)?;
         self.abort.set(false);
         let mut load = |url: &str| request::image_bytes(&images, url);
-        let on_chunk = |chunk: serde_json::Value| -> Option<Wait> {
-            let ret = on_chunk.call1(&JsValue::NULL, &JsValue::from_str(&chunk.to_string())).ok()?;
-            let promise = ret.dyn_into::<js_sys::Promise>().ok()?;
-            Some(Box::pin(async move {
-                let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
-            }))
-        };
-        let value = crate::api::run(engine, &req, &mut load, Some(self.abort.clone()), on_chunk).await.map_err(js)?;
+        let value = crate::api::run(engine, &req, &mut load, Some(self.abort.clone()), js_sink(&on_chunk)).await.map_err(js)?;
         Ok(value.to_string())
+    }
+
+    /// Runs an OpenAI Responses request (JSON) as [`Self::generate`] runs a chat request, and
+    /// returns the `response` object as JSON; with `stream: true`, each event goes to
+    /// `on_event(json)`. Responses are stored (`store`, the default) for a later request's
+    /// `previous_response_id` and for [`Self::stored_response`].
+    #[wasm_bindgen(js_name = respond)]
+    #[allow(clippy::await_holding_refcell_ref)]
+    pub async fn respond(&self, request: String, images: js_sys::Map, on_event: js_sys::Function) -> Result<String, JsError> {
+        let mut guard = self.inner.try_borrow_mut().map_err(|_| js(WebError::Busy))?;
+        let State::Ready(engine) = &mut guard.state else { return Err(js(WebError::NotLoaded)) };
+        let mut store = self.responses.try_borrow_mut().map_err(|_| js(WebError::Busy))?;
+        let body = serde_json::from_str(&request)
+            .map_err(|e| js(ApiError::bad_request(None, "invalid_json", format!("the request is not valid JSON: {e}"))))?;
+        self.abort.set(false);
+        let mut load = |url: &str| request::image_bytes(&images, url);
+        let abort = Some(self.abort.clone());
+        let value = responses::run(engine, &mut store, body, &mut load, abort, js_sink(&on_event)).await.map_err(js)?;
+        Ok(value.to_string())
+    }
+
+    /// A stored `response` object as JSON, `undefined` when none has this id.
+    #[wasm_bindgen(js_name = storedResponse)]
+    pub fn stored_response(&self, id: String) -> Result<Option<String>, JsError> {
+        let store = self.responses.try_borrow().map_err(|_| js(WebError::Busy))?;
+        Ok(store.get(&id).map(|v| v.to_string()))
     }
 
     /// Refuses a request [`Self::generate`] would refuse before its images are needed, with

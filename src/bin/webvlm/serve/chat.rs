@@ -48,17 +48,17 @@ pub async fn completions(State(app): State<Arc<App>>, body: Result<Bytes, BytesR
 }
 
 /// Sets the job's cancel flag when dropped, unless disarmed (the job ended normally).
-struct CancelOnDrop {
-    flag: Arc<AtomicBool>,
-    armed: bool,
+pub(super) struct CancelOnDrop {
+    pub(super) flag: Arc<AtomicBool>,
+    pub(super) armed: bool,
 }
 
 impl CancelOnDrop {
-    fn new() -> CancelOnDrop {
+    pub(super) fn new() -> CancelOnDrop {
         CancelOnDrop { flag: Arc::new(AtomicBool::new(false)), armed: true }
     }
 
-    fn disarm(mut self) {
+    pub(super) fn disarm(mut self) {
         self.armed = false;
     }
 }

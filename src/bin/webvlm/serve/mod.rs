@@ -1,7 +1,8 @@
 //! `webvlm serve`: an OpenAI-compatible HTTP server over one loaded engine. The engine runs
 //! on a thread of its own ([`worker`]); the sockets on a current-thread tokio runtime
-//! (axum on hyper, HTTP/1.1). Routes: `/v1/chat/completions` ([`chat`]), `/v1/models`,
-//! `/health` ([`routes`]), the Files and Batch APIs ([`files`], [`batches`]).
+//! (axum on hyper, HTTP/1.1). Routes: `/v1/chat/completions` ([`chat`]), `/v1/responses`
+//! ([`responses`]), `/v1/models`, `/health` ([`routes`]), the Files and Batch APIs ([`files`],
+//! [`batches`]).
 
 mod batch_input;
 mod batches;
@@ -9,17 +10,20 @@ mod chat;
 mod checks;
 mod errors;
 mod files;
+mod responses;
 mod routes;
 mod worker;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use clap::Args;
 use serde_json::Value;
+
+use webvlm::api::responses::ResponseStore;
 
 use crate::args::EngineArgs;
 use crate::CliResult;
@@ -88,6 +92,8 @@ pub struct App {
     pub limits: Limits,
     pub files: files::FileStore,
     pub batches: batches::BatchStore,
+    /// Stored responses, for `previous_response_id`.
+    pub responses: Mutex<ResponseStore>,
 }
 
 pub fn run(args: ServeArgs) -> CliResult {
@@ -114,6 +120,7 @@ pub fn run(args: ServeArgs) -> CliResult {
         limits: Limits { max_body_bytes, max_image_bytes },
         files: files::FileStore::new(files::FileLimits { max_files, max_bytes: max_files_bytes }),
         batches: batches::BatchStore::new(usize::try_from(max_batches).unwrap_or(usize::MAX)),
+        responses: Mutex::new(ResponseStore::default()),
     });
     let router = routes::router(app.clone(), cors.as_deref())?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

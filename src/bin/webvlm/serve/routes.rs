@@ -21,12 +21,14 @@ use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
 use super::checks::model_not_found;
 use super::errors::HttpError;
-use super::{batches, chat, files, App};
+use super::{batches, chat, files, responses, App};
 
 /// The server's routes over `app`; `cors` is `--cors` (an origin, or `*` for any).
 pub fn router(app: Arc<App>, cors: Option<&str>) -> Result<Router, String> {
     let v1 = Router::new()
         .route("/v1/chat/completions", post(chat::completions))
+        .route("/v1/responses", post(responses::create))
+        .route("/v1/responses/{response_id}", get(responses::retrieve).delete(responses::delete))
         .route("/v1/models", get(models))
         .route("/v1/models/{model}", get(model))
         .route("/v1/files", post(files::upload).get(files::list))
@@ -99,9 +101,14 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
-/// The served model as OpenAI's `model` object.
+/// The served model as OpenAI's `model` object, with the tokens a request may take (prompt
+/// and reply) as `context_length` and, under vLLM's name, `max_model_len`.
 fn model_object(app: &App) -> Value {
-    json!({ "id": app.model.id, "object": "model", "created": app.model.created, "owned_by": "webvlm" })
+    let m = &app.model;
+    json!({
+        "id": m.id, "object": "model", "created": m.created, "owned_by": "webvlm",
+        "context_length": m.context_length, "max_model_len": m.context_length,
+    })
 }
 
 async fn models(State(app): State<Arc<App>>) -> Json<Value> {

@@ -89,6 +89,8 @@ pub struct ModelInfo {
     pub created: u64,
     /// The vocabulary size (bounds `logit_bias` ids and `tokens`).
     pub vocab: usize,
+    /// Tokens a request's prompt and reply may take together: the engine's context.
+    pub context_length: u32,
     /// Where the engine runs: the backend (`cpu`, or wgpu's `Vulkan`, `Metal`, ...) and the
     /// device (the GPU adapter, or the CPU's SIMD level, threads and mode).
     pub backend: String,
@@ -241,6 +243,7 @@ fn model_info(engine: &Engine, args: &EngineArgs, served_name: Option<String>) -
         id,
         created: super::unix_seconds(),
         vocab: crate::vocab_size(engine),
+        context_length: engine.max_context(),
         backend: caps.backend.clone(),
         device: caps.adapter.clone(),
         backend_reason: args.device.why(engine.device()),
