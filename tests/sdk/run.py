@@ -54,7 +54,7 @@ STARTUP_SECONDS = 300
 # What every webvlm serve target offers (README.md says which tests each feature gates): all
 # but "vision", which needs a vision model.
 WEBVLM_FEATURES = ["stream_usage", "logprobs", "logprobs_bytes", "json_object", "json_schema", "batch", "auth",
-                   "errors_param", "model_not_found", "model_created", "model_retrieve", "rate_limit"]
+                   "errors_param", "model_not_found", "model_created", "model_retrieve", "rate_limit", "responses"]
 # llama.cpp's server (llama-cpp-python 0.3.36; tests/browser/openai-servers.js's KINDS says the
 # same): logprobs but with `bytes` null; `response_format` json_object (a `schema` beside it is
 # its own extension) but no `json_schema` type (a 500); a wrong key is a 401; models without
