@@ -6,7 +6,9 @@
 // requests become the SDK's exception classes with `status`, `param` and `code`; unknown routes
 // and bad bodies get OpenAI's error JSON; an aborted SDK stream ends and leaves the engine
 // serving the next request as before; an unloaded engine answers 503 without the SDK
-// retrying.
+// retrying. On the CPU backend: an agent loop (a required call, its result, an answer) through
+// chat completions and through the Responses API (`client.responses.stream`, then
+// `previous_response_id`).
 //
 // Needs `./build.sh wasm` (www/pkg/) and `npm ci` here (the openai package).
 
@@ -186,6 +188,80 @@ test("aborting an SDK request stops the generation (streamed: the stream ends; p
   assert.ok(r.seen[0].tokens < 200, JSON.stringify(r.seen));
   assert.equal(r.after.choices[0].finish_reason, "length");
   assert.equal(content(r.after), content(r.again));
+});
+
+/** A tool whose arguments a random-weight model finishes quickly (bounded string, an enum). */
+const WEATHER = {
+  name: "get_weather",
+  description: "Current weather in a city",
+  parameters: { type: "object", properties: { city: { type: "string", maxLength: 8 }, unit: { type: "string", enum: ["c", "f"] } }, required: ["city", "unit"] },
+};
+
+test("the openai SDK over engine.fetch runs an agent loop (call, result, answer) through chat completions and through responses, streamed and not", { timeout: 20 * MIN }, async (t) => {
+  const r = await inPage(page, async (api, [model, base, tool], s) => {
+    // The CPU backend: a random-weight call takes tens of tokens, slow on SwiftShader.
+    const engine = await api.createEngine({ backend: "cpu", model, cacheName: "fetch-test" });
+    const client = new s.OpenAI({ baseURL: base, apiKey: "unused", dangerouslyAllowBrowser: true, fetch: engine.fetch });
+    const id = (await client.models.list()).data[0].id;
+    const ask = [{ role: "user", content: "What's the weather in Paris?" }];
+    const result = JSON.stringify({ temperature: 18 });
+    const chatTools = [{ type: "function", function: tool }];
+    const call = { model: id, messages: ask, tools: chatTools, tool_choice: "required", temperature: 1, seed: 7, max_tokens: 120 };
+    const chat = await client.chat.completions.create(call);
+    const chunks = [];
+    for await (const c of await client.chat.completions.create({ ...call, stream: true })) chunks.push(c);
+    const message = chat.choices[0].message;
+    const results = (message.tool_calls ?? []).map((c) => ({ role: "tool", tool_call_id: c.id, content: result }));
+    const chatAnswer = await client.chat.completions.create({
+      model: id, messages: [...ask, message, ...results], tools: chatTools, tool_choice: "none", temperature: 0, max_tokens: 8,
+    });
+
+    const tools = [{ type: "function", ...tool }];
+    const respond = { model: id, input: ask, tools, tool_choice: "required", temperature: 1, seed: 7, max_output_tokens: 120 };
+    const response = await client.responses.create(respond);
+    const stream = client.responses.stream(respond);
+    const events = [];
+    for await (const e of stream) events.push(e.type);
+    const streamed = await stream.finalResponse();
+    const outputs = response.output.filter((i) => i.type === "function_call")
+      .map((c) => ({ type: "function_call_output", call_id: c.call_id, output: result }));
+    const answer = await client.responses.create({
+      model: id, previous_response_id: response.id, input: outputs, tools, tool_choice: "none", temperature: 0, max_output_tokens: 8,
+    });
+    const retrieved = await client.responses.retrieve(answer.id);
+    await engine.unload();
+    return { chat, chunks, chatAnswer, response, events, streamed, answer, retrieved };
+  }, [MODEL, BASE, WEATHER]);
+  const calls = (list) => list.map((c) => [c.function?.name ?? c.name, c.function?.arguments ?? c.arguments]);
+  const chatCalls = r.chat.choices[0].message.tool_calls ?? [];
+  t.diagnostic(`chat calls ${JSON.stringify(calls(chatCalls))}; answer ${JSON.stringify(r.chatAnswer.choices[0].message.content)}; responses events ${r.events.length}`);
+  assert.equal(r.chat.choices[0].finish_reason, "tool_calls");
+  assert.ok(chatCalls.length > 0);
+  for (const [name, args] of calls(chatCalls)) {
+    assert.equal(name, "get_weather");
+    assert.ok(["c", "f"].includes(JSON.parse(args).unit), args);
+  }
+  const streamedCalls = {};
+  for (const c of r.chunks) {
+    for (const d of c.choices[0]?.delta?.tool_calls ?? []) {
+      streamedCalls[d.index] ??= { function: { name: d.function.name, arguments: "" } };
+      streamedCalls[d.index].function.arguments += d.function.arguments ?? "";
+    }
+  }
+  assert.deepEqual(calls(Object.values(streamedCalls)), calls(chatCalls), "the streamed calls differ from the plain ones");
+  assert.equal(r.chatAnswer.choices[0].message.tool_calls, undefined);
+  assert.equal(typeof r.chatAnswer.choices[0].message.content, "string");
+
+  const responseCalls = r.response.output.filter((i) => i.type === "function_call");
+  assert.ok(responseCalls.length > 0, JSON.stringify(r.response.output));
+  assert.deepEqual(calls(r.streamed.output.filter((i) => i.type === "function_call")), calls(responseCalls));
+  assert.deepEqual([r.events[0], r.events.at(-1)], ["response.created", "response.completed"]);
+  assert.ok(r.events.includes("response.function_call_arguments.delta"));
+  assert.equal(r.answer.previous_response_id, r.response.id);
+  assert.ok(r.answer.output.every((i) => i.type === "message"));
+  assert.ok(r.answer.usage.input_tokens_details.cached_tokens >= r.response.usage.input_tokens,
+    `the stored conversation's prefix was not reused: ${JSON.stringify(r.answer.usage)}`);
+  assert.deepEqual([r.retrieved.id, r.retrieved.output], [r.answer.id, r.answer.output]);
 });
 
 test("an unloaded engine answers 503 (code engine_unloaded) and the SDK does not retry it", { timeout: 5 * MIN }, async () => {
