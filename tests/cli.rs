@@ -51,7 +51,7 @@ fn subcommands() -> Vec<(&'static str, Vec<&'static str>)> {
         (
             "generate",
             with(
-                &["--prompt", "--chat", "--chat-template-kwargs", "--no-think", "--image"],
+                &["--prompt", "--chat", "--chat-template-kwargs", "--no-think", "--tools", "--tool-choice", "--image"],
                 &[ENGINE_FLAGS, DEVICE_FLAGS, SAMPLING_FLAGS],
             ),
         ),
@@ -272,6 +272,47 @@ fn generate_draws_a_seed_per_run_and_prints_it() {
     assert_ne!(Some(&seed), other.as_ref(), "each run draws its own seed");
     // The printed seed repeats the run.
     assert_eq!(run(&["--temperature", "1", "--seed", &seed]), (first, Some(seed.clone())));
+}
+
+/// `generate --tools`: a required call is printed as JSON after the text, with arguments that
+/// hold the tool's schema; `none` prints no calls; a tools file that is not OpenAI's `tools`
+/// is refused naming the field.
+#[test]
+fn generate_with_tools_prints_the_calls_as_json() {
+    let tiny = fixture("tiny_mistral3_tekken/model.gguf");
+    let dir = std::env::temp_dir().join(format!("webvlm-cli-tools-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tools = dir.join("tools.json");
+    let schema = r#"{"type": "object", "properties": {"unit": {"type": "string", "enum": ["c", "f"]}}, "required": ["unit"]}"#;
+    std::fs::write(&tools, format!(r#"[{{"type": "function", "function": {{"name": "get_weather", "parameters": {schema}}}}}]"#)).unwrap();
+    let run = |choice: &str| {
+        let args = ["generate", "--model", tiny.to_str().unwrap(), "--chat", "--prompt", "Weather?", "--tools", tools.to_str().unwrap(),
+            "--tool-choice", choice, "--temperature", "1", "--seed", "3", "--max-tokens", "60", "--ctx", "1024", "--backend", "cpu"];
+        webvlm(&args)
+    };
+    let out = run("required");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let json_at = stdout.find("{\n").unwrap_or_else(|| panic!("no JSON in {stdout:?}"));
+    let printed: serde_json::Value = serde_json::from_str(&stdout[json_at..]).unwrap();
+    let calls = printed["tool_calls"].as_array().unwrap();
+    assert!(!calls.is_empty());
+    for call in calls {
+        assert_eq!(call["function"]["name"], "get_weather");
+        let args: serde_json::Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+        assert!(["c", "f"].contains(&args["unit"].as_str().unwrap()), "{args}");
+    }
+    assert!(text(&out.stderr).contains("(tool_calls)"), "{}", text(&out.stderr));
+
+    let out = run("none");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!text(&out.stdout).contains("tool_calls"));
+
+    std::fs::write(&tools, r#"[{"type": "function", "function": {"name": "bad name"}}]"#).unwrap();
+    let out = run("auto");
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("--tools") && text(&out.stderr).contains("name"), "{}", text(&out.stderr));
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

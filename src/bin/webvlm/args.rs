@@ -197,20 +197,29 @@ impl SamplingArgs {
     /// The options of a run on a model published with `defaults`
     /// ([`SamplingPreset::resolve`], as the chat API resolves a request's).
     pub fn options(&self, defaults: &SamplingPreset) -> GenerateOptions {
-        let requested = SamplingPreset {
+        self.requested().resolve(defaults, self.base())
+    }
+
+    /// The settings given on the command line.
+    pub fn requested(&self) -> SamplingPreset {
+        SamplingPreset {
             temperature: self.temperature,
             top_k: self.top_k,
             top_p: self.top_p,
             min_p: self.min_p,
             repetition_penalty: self.repetition_penalty,
             max_tokens: self.max_tokens,
-        };
-        let base = GenerateOptions {
+        }
+    }
+
+    /// The options before the model's defaults and the given settings: greedy, the seed, the
+    /// stop strings.
+    pub fn base(&self) -> GenerateOptions {
+        GenerateOptions {
             sampling: SamplingParams { temperature: 0.0, seed: self.seed, ..Default::default() },
             stop: self.stop.clone(),
             ..Default::default()
-        };
-        requested.resolve(defaults, base)
+        }
     }
 }
 

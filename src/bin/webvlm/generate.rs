@@ -1,9 +1,12 @@
-//! `webvlm generate`: text streamed to stdout; `webvlm logits`: a prompt's logits to a .npy file.
+//! `webvlm generate`: text streamed to stdout (with `--tools`, the model's calls printed as
+//! JSON after it); `webvlm logits`: a prompt's logits to a .npy file.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use clap::{ArgGroup, Args};
+use serde_json::{json, Value};
+use webvlm::api::{run, ChatRequest};
 use webvlm::chat::{ChatContent, ChatMessage, ContentPart};
 use webvlm::engine::{Engine, EngineError, JsonMap, Prompt};
 use webvlm::model::ImageFeatures;
@@ -27,6 +30,14 @@ pub struct GenerateArgs {
     /// No think block: chat-template variable enable_thinking = false (Qwen3, Qwen3.5)
     #[arg(long, requires = "chat")]
     no_think: bool,
+    /// Functions the model may call: a JSON file holding OpenAI's `tools` array. The reply's
+    /// calls are printed as JSON, `{"tool_calls": [...]}`, after its text
+    #[arg(long, value_name = "TOOLS.json", requires = "chat")]
+    tools: Option<PathBuf>,
+    /// Whether the model may (auto), must (required) or must not (none) call, or the name of
+    /// the function it calls
+    #[arg(long, value_name = "CHOICE", requires = "tools", default_value = "auto")]
+    tool_choice: String,
     #[command(flatten)]
     images: ImageArgs,
     #[command(flatten)]
@@ -75,6 +86,9 @@ pub struct LogitsArgs {
 pub fn generate(args: &GenerateArgs) -> CliResult {
     let kwargs = args.template_kwargs()?;
     args.images.check(&args.engine);
+    if let Some(tools) = &args.tools {
+        return generate_with_tools(args, tools, kwargs);
+    }
     let mut engine = open_engine(&args.engine)?;
     let prompt = text_prompt(&mut engine, &args.images.images, args.chat, &args.prompt, kwargs.as_ref())?;
     let opts = args.sampling.options(engine.sampling_defaults());
@@ -94,6 +108,50 @@ pub fn generate(args: &GenerateArgs) -> CliResult {
         out.finish,
         out.time_to_first_token * 1e3,
         (n - 1.0) / out.decode_seconds.max(1e-9)
+    );
+    Ok(())
+}
+
+/// `generate --tools`: the prompt as a chat request with the tools, run through the API (the
+/// call syntax, its grammar and parser are the server's); the text streamed, the calls after.
+fn generate_with_tools(args: &GenerateArgs, tools: &Path, kwargs: Option<JsonMap>) -> CliResult {
+    let tools: Value = serde_json::from_slice(&read_file(tools)?).map_err(|e| format!("{}: {e}", tools.display()))?;
+    let choice = match args.tool_choice.as_str() {
+        "auto" | "required" | "none" => json!(args.tool_choice),
+        name => json!({ "type": "function", "function": { "name": name } }),
+    };
+    let mut content: Vec<Value> = args.images.images.iter().map(|f| json!({ "type": "image_url", "image_url": { "url": f } })).collect();
+    content.push(json!({ "type": "text", "text": args.prompt }));
+    let body = json!({
+        "messages": [{ "role": "user", "content": content }],
+        "tools": tools, "tool_choice": choice, "chat_template_kwargs": kwargs, "stream": true,
+    });
+    let mut engine = open_engine(&args.engine)?;
+    let mut request = ChatRequest::from_value(body, crate::vocab_size(&engine)).map_err(|e| format!("--tools: {e}"))?;
+    // The command line's sampling (greedy unless asked), not the API's defaults.
+    let base = args.sampling.base();
+    request.requested = args.sampling.requested();
+    request.options.sampling.temperature = base.sampling.temperature;
+    request.options.sampling.seed = base.sampling.seed;
+    request.options.stop = base.stop;
+    request.options.max_tokens = base.max_tokens;
+    let completion = pollster::block_on(run(&mut engine, &request, &mut |url| read_file(url), None, |chunk| {
+        out!("{}", chunk.pointer("/choices/0/delta/content").and_then(Value::as_str).unwrap_or(""));
+        None
+    }))
+    .map_err(|e| e.message)?;
+    outln!();
+    let choice = &completion["choices"][0];
+    if let Some(calls) = choice["message"].get("tool_calls") {
+        outln!("{:#}", json!({ "tool_calls": calls }));
+    }
+    let usage = &completion["usage"];
+    eprintln!(
+        "[{} prompt tokens, {} generated ({}); first token {:.0} ms]",
+        usage["prompt_tokens"],
+        usage["completion_tokens"],
+        choice["finish_reason"].as_str().unwrap_or("?"),
+        usage["timings"]["time_to_first_token"].as_f64().unwrap_or(0.0) * 1e3,
     );
     Ok(())
 }
