@@ -343,6 +343,8 @@ export interface ModelInfo {
   hidden: number;
   vocab: number;
   vision: boolean;
+  /** Whether the chat template writes tool calls (requests with `tools` are refused otherwise). */
+  tools: boolean;
   weightBytes: number;
   maxContext: number;
   /** The vision encoder's image size: the largest `image_max_edge` a request may ask for (null without vision). */

@@ -369,6 +369,7 @@ impl WebEngine {
             "hidden": c.n_embd,
             "vocab": c.vocab,
             "vision": e.has_vision(),
+            "tools": e.template().tool_syntax().is_some(),
             "weightBytes": e.decoder().weight_bytes() + e.vision().map_or(0, Vision::weight_bytes),
             "maxContext": e.max_context(),
             "maxImageEdge": e.vision().map(Vision::max_image_edge),

@@ -2,7 +2,8 @@
 // widths go to the test output. With the tiny fixture VLM: the chat streams a reply and
 // stops; Batch mode describes several images (one broken) and exports JSONL and CSV; the model
 // panel says where the model runs (the CPU: SwiftShader is a software adapter) and switches it
-// to WebGPU. The page is served with its Content-Security-Policy (as ./build.sh serve serves
+// to WebGPU; the chat calls the page's own tools (cards with results, fed back for the
+// answer). The page is served with its Content-Security-Policy (as ./build.sh serve serves
 // it) and reports no violation (offline.test.js and markdown.test.js test the policy, privacy
 // and Markdown).
 // What the tests rely on (URL parameters, data-state, window.webvlmDemo, ids): DEMO_CONTRACT.md.
@@ -312,6 +313,55 @@ test("the demo says where the model runs and why, and switches between the CPU a
   assert.match(await page.locator("#model-info").textContent(), /Runs onThe CPU \(relaxed SIMD, 2 threads: asked for \(threads: 2\)\)/);
   assert.equal(await page.evaluate(() => window.webvlmDemo.state.info.backend.build), "relaxed-threads");
   await page.evaluate(() => localStorage.clear()); // the next tests start from the default settings
+  await assertNoViolations(page);
+  browser.assertNoErrors();
+});
+
+test("the demo calls its own tools: each call and its result show as a card, and the results go back for the answer", async (t) => {
+  const dir = "/fixtures/tiny_mistral3_tekken";
+  const page = await browser.newPage();
+  // A required call on the first request of the turn (random weights would seldom call on
+  // their own); the CPU backend answers the tiny model's hundreds of tokens quickly.
+  await page.goto(`${server.url}/index.html?model=${dir}/model.gguf&mmproj=${dir}/mmproj.gguf&autoload=1&backend=cpu&temperature=1&max_tokens=300&tool_choice=required`);
+  await page.waitForFunction(() => document.body.dataset.state === "ready", null, { timeout: 120_000 });
+  assert.equal(await page.evaluate(() => window.webvlmDemo.state.info.tools), true, "the tiny VLM's template writes calls");
+  await page.fill("#prompt", "What time is it in Paris, and what is 6 * 7?");
+  await page.click("#send");
+  await page.waitForFunction(() => document.body.dataset.state === "ready" && window.webvlmDemo.state.lastReply?.finishReason, null, { timeout: 120_000 });
+  const r = await page.evaluate(async () => {
+    const { state } = window.webvlmDemo;
+    const cards = [...document.querySelectorAll(".msg.tool .tool-card")].map((c) => ({
+      name: c.dataset.name, state: c.dataset.state, args: c.querySelector(".tool-args").textContent, result: c.querySelector(".tool-result").textContent,
+    }));
+    const { evaluate } = await import("/js/tools.js");
+    const math = ["2 * (3 + 4) ^ 2", "-2 ^ 2", "1.5e1 / 3 - 10", "(1"].map((e) => { try { return evaluate(e); } catch (err) { return `error: ${err.message}`; } });
+    return { calls: state.lastReply.toolCalls, messages: state.messages, cards, math, assistants: document.querySelectorAll(".msg.assistant").length };
+  });
+  t.diagnostic(JSON.stringify({ cards: r.cards, roles: r.messages.map((m) => m.role) }));
+  assert.ok(r.calls.length >= 1, "no tool was called");
+  assert.equal(r.cards.length, r.calls.length, "one card per call");
+  r.calls.forEach((call, i) => {
+    const card = r.cards[i];
+    assert.ok(["calculate", "current_time"].includes(call.name), call.name);
+    assert.deepEqual([card.name, card.args], [call.name, call.arguments]);
+    assert.equal(card.result, "error" in call.result ? `Error: ${call.result.error}` : JSON.stringify(call.result));
+    if (call.name === "current_time" && !("error" in call.result)) assert.match(call.result.time, /\d\d:\d\d/);
+  });
+  // The conversation sent back: the user's turn, the assistant's calls, one tool message per
+  // call with its result, and the answer (after at most two follow-up requests).
+  const [user, calling, ...rest] = r.messages;
+  assert.equal(user.role, "user");
+  assert.equal(calling.role, "assistant");
+  assert.deepEqual(calling.tool_calls.map((c) => [c.id, c.function.name]), r.calls.slice(0, calling.tool_calls.length).map((c) => [c.id, c.name]));
+  const results = rest.filter((m) => m.role === "tool");
+  assert.deepEqual(results.map((m) => m.content), r.calls.map((c) => JSON.stringify(c.result)));
+  assert.ok(results.every((m, i) => m.tool_call_id === r.calls[i].id));
+  const answer = r.messages.at(-1);
+  assert.deepEqual([answer.role, typeof answer.content, answer.tool_calls], ["assistant", "string", undefined]);
+  assert.equal(r.assistants, r.messages.filter((m) => m.role === "assistant").length, "one bubble per request");
+  assert.deepEqual(r.math, [98, -4, -5, "error: expected ) at the end"]);
+  await page.locator(".tool-card").first().scrollIntoViewIfNeeded();
+  await browser.screenshot(page, "demo-tool-card");
   await assertNoViolations(page);
   browser.assertNoErrors();
 });

@@ -1,5 +1,6 @@
 // The chat: the composer (prompt and image attachments), Send with the reply streamed into the
-// transcript (the user's turns with their thumbnails, the assistant's with stats and badges),
+// transcript (the user's turns with their thumbnails, the assistant's with stats and badges,
+// the page's tool calls as cards with their results, fed back for the answer: tools.js),
 // Stop, and New chat. Replies are rendered as sanitized Markdown (markdown.js) while they stream.
 
 import { $, el, fmtSeconds, ICON_X, openImage, plural, readDataUrl, STOPPED, whenStopped } from "./helpers.js";
@@ -8,6 +9,7 @@ import { hideError, noVisionError, pageError, showError } from "./errors.js";
 import { modelName, requestFailed, setState, updateControls } from "./status.js";
 import { requestOptions, systemMessages } from "./settings.js";
 import { markdownView } from "./markdown.js";
+import { MAX_TOOL_ROUNDS, runTool, toolCard, toolOptions } from "./tools.js";
 
 let stopRequested = false;
 let stopController = null; // aborted by Stop: ends the running reply's stream race (see send)
@@ -120,7 +122,7 @@ function renderAssistantMessage() {
         meta.append(el("span", { class: "badge stopped" }, "Stopped"));
       } else {
         node.dataset.state = "done";
-        if (!text.trim()) content.textContent = "(empty reply)";
+        if (!text.trim()) content.textContent = finishReason === "tool_calls" ? "(calls a tool)" : "(empty reply)";
         if (finishReason === "length") meta.append(el("span", { class: "badge", title: "Raise Max tokens in Settings for longer replies" }, "Max tokens reached"));
       }
       if (usage?.timings) {
@@ -180,68 +182,90 @@ async function send() {
   $("empty").hidden = true;
   renderUserMessage(text, attachments);
   state.messages.push(userMessage);
-  const reply = renderAssistantMessage();
-  scrollToEnd(true);
 
   stopRequested = false;
   $("stop").disabled = false;
   setState("generating");
-  const messages = [...systemMessages(), ...state.messages];
-  const last = { text: "", deltas: 0, finishReason: null, usage: null, stopped: false, error: null, firstTokenMs: null, renders: 0, renderMs: 0 };
+  const last = { text: "", deltas: 0, finishReason: null, usage: null, stopped: false, error: null, firstTokenMs: null, renders: 0, renderMs: 0, toolCalls: [] };
   state.lastReply = last;
-  const sentAt = performance.now();
+  const turnStart = state.messages.length - 1; // the user's message: a failed turn is taken back to it
   stopController = new AbortController();
   const stopped = whenStopped(stopController.signal);
+  let reply = renderAssistantMessage();
+  scrollToEnd(true);
 
   try {
-    const stream = await engine.chat.completions.create({
-      messages,
-      stream: true,
-      stream_options: { include_usage: true },
-      ...requestOptions(),
-    });
-    // Read the stream by hand so that Stop can end the reply on the page at once: the engine
-    // stops after its current token, and a slow GPU may take a while to get there.
-    const it = stream[Symbol.asyncIterator]();
-    for (;;) {
-      const next = it.next();
-      next.catch(() => {}); // a step that loses the race below must not count as unhandled
-      const step = await Promise.race([next, stopped]);
-      // Let go of the iterator without return(): its cleanup would send another stop, which
-      // could reach the worker after the next request has started.
-      if (step === STOPPED) break;
-      if (step.done) break;
-      const chunk = step.value;
-      const choice = chunk.choices?.[0];
-      const delta = choice?.delta?.content;
-      if (delta) {
-        if (last.deltas === 0) last.firstTokenMs = performance.now() - sentAt;
-        reply.append(delta);
-        last.text += delta;
-        last.deltas++;
-        scrollToEnd();
+    // A reply that calls the page's tools gets their results and a follow-up request.
+    for (let round = 0; ; round++) {
+      const out = await streamReply([...systemMessages(), ...state.messages], reply, { ...requestOptions(), ...toolOptions(round) }, stopped, last);
+      last.stopped = stopRequested || out.finishReason === "abort";
+      reply.finish({ finishReason: out.finishReason, usage: out.usage, stopped: last.stopped, deltas: last.deltas, firstTokenMs: last.firstTokenMs });
+      Object.assign(last, { renders: reply.view.renders, renderMs: reply.view.renderMs, finishReason: out.finishReason, usage: out.usage });
+      if (out.finishReason !== "tool_calls" || last.stopped || round + 1 >= MAX_TOOL_ROUNDS) {
+        state.messages.push({ role: "assistant", content: out.text });
+        break;
       }
-      if (choice?.finish_reason) last.finishReason = choice.finish_reason;
-      if (chunk.usage) last.usage = chunk.usage;
+      state.messages.push({ role: "assistant", content: out.text || null, tool_calls: out.calls });
+      for (const call of out.calls) {
+        const result = runTool(call);
+        last.toolCalls.push({ id: call.id, name: call.function.name, arguments: call.function.arguments, result });
+        $("messages").append(toolCard(call, result));
+        state.messages.push({ role: "tool", tool_call_id: call.id, content: JSON.stringify(result) });
+      }
+      reply = renderAssistantMessage();
+      scrollToEnd();
     }
   } catch (err) {
     stopController = null;
     last.error = { name: err?.name ?? "Error", message: String(err?.message ?? err) };
     reply.finish({ error: err });
     Object.assign(last, { renders: reply.view.renders, renderMs: reply.view.renderMs });
-    state.messages.pop(); // the conversation sent next must not hold the failed turn
+    state.messages.length = turnStart; // the conversation sent next must not hold the failed turn
     requestFailed(err);
     scrollToEnd();
     return;
   }
-  last.stopped = stopRequested || last.finishReason === "abort";
   stopController = null;
-  reply.finish({ finishReason: last.finishReason, usage: last.usage, stopped: last.stopped, deltas: last.deltas, firstTokenMs: last.firstTokenMs });
-  Object.assign(last, { renders: reply.view.renders, renderMs: reply.view.renderMs });
-  state.messages.push({ role: "assistant", content: last.text });
   setState("ready");
   scrollToEnd();
   if (!matchMedia("(pointer: coarse)").matches) $("prompt").focus({ preventScroll: true });
+}
+
+/** Streams one request's reply into `reply`: its text, finish reason, usage and tool calls
+ * (`delta.tool_calls` put together by index). Stop ends it on the page at once (`stopped`). */
+async function streamReply(messages, reply, options, stopped, last) {
+  const out = { text: "", finishReason: null, usage: null, calls: [] };
+  const sentAt = performance.now();
+  const stream = await engine.chat.completions.create({ messages, stream: true, stream_options: { include_usage: true }, ...options });
+  // Read the stream by hand so that Stop can end the reply on the page at once: the engine
+  // stops after its current token, and a slow GPU may take a while to get there.
+  const it = stream[Symbol.asyncIterator]();
+  for (;;) {
+    const next = it.next();
+    next.catch(() => {}); // a step that loses the race below must not count as unhandled
+    const step = await Promise.race([next, stopped]);
+    // Let go of the iterator without return(): its cleanup would send another stop, which
+    // could reach the worker after the next request has started.
+    if (step === STOPPED || step.done) break;
+    const chunk = step.value;
+    const choice = chunk.choices?.[0];
+    const delta = choice?.delta?.content;
+    if (delta) {
+      if (last.deltas === 0) last.firstTokenMs = performance.now() - sentAt;
+      reply.append(delta);
+      out.text += delta;
+      last.text += delta;
+      last.deltas++;
+      scrollToEnd();
+    }
+    for (const c of choice?.delta?.tool_calls ?? []) {
+      out.calls[c.index] ??= { id: c.id, type: "function", function: { name: c.function?.name ?? "", arguments: "" } };
+      out.calls[c.index].function.arguments += c.function?.arguments ?? "";
+    }
+    if (choice?.finish_reason) out.finishReason = choice.finish_reason;
+    if (chunk.usage) out.usage = chunk.usage;
+  }
+  return out;
 }
 
 function stop() {

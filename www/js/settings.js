@@ -39,6 +39,7 @@ export function renderSettings() {
     ctx.value = state.settings.context;
   }
   $("settings-f16").checked = !!state.settings.f16;
+  $("settings-tools").checked = !!state.settings.tools;
   for (const [key, id] of REMOTE_FIELDS) $(id).value = state.settings[key];
   $("settings-remote-key").value = remoteKey();
 }
@@ -71,6 +72,7 @@ export function bindSettings() {
     });
   }
   $("settings-f16").addEventListener("change", (e) => { state.settings.f16 = e.target.checked; saveSettings(); });
+  $("settings-tools").addEventListener("change", (e) => { state.settings.tools = e.target.checked; saveSettings(); });
   for (const [key, id] of REMOTE_FIELDS) {
     $(id).addEventListener("input", (e) => { state.settings[key] = e.target.value.trim(); saveSettings(); });
   }

@@ -21,6 +21,10 @@ export const DEFAULT_SETTINGS = {
   threads: 0,
   remote_url: "",
   remote_model: "",
+  /** Offer the page's tools (calculator, current time) to models that can call them. */
+  tools: true,
+  /** The first request's `tool_choice` in each turn (`?tool_choice=required` for a visit). */
+  tool_choice: "auto",
 };
 const SETTINGS_KEY = "webvlm-demo-settings-v1";
 
@@ -33,6 +37,8 @@ function loadSettings() {
   num("temperature"); num("top_p"); num("max_tokens"); num("image_max_edge"); num("context"); num("threads");
   if (params.has("f16")) s.f16 = params.get("f16") === "1" || params.get("f16") === "true";
   if (params.has("backend")) s.backend = params.get("backend");
+  if (params.has("tools")) s.tools = params.get("tools") === "1" || params.get("tools") === "true";
+  if (["auto", "required", "none"].includes(params.get("tool_choice"))) s.tool_choice = params.get("tool_choice");
   if (!BACKENDS.includes(s.backend)) s.backend = DEFAULT_SETTINGS.backend;
   return s;
 }
