@@ -354,3 +354,58 @@ fn tool_choice_is_enforced_by_grammar_on_random_weights() {
         }
     }
 }
+
+/// A call after thinking (Qwen3.5 with its think block on, `</think>` favoured so that the
+/// random thoughts end): the thought is split out as `reasoning_content`, the call after it is
+/// constrained and parsed. And `response_format` beside tools, as vLLM has it: under `auto` the
+/// format constrains the reply and no call can start (the trigger favoured all the same),
+/// under `required` the call grammar wins.
+#[test]
+fn calls_after_thinking_and_beside_response_format() {
+    let tools = bounded_tools();
+    let messages = json!([{ "role": "user", "content": "Weather in Paris, please." }]);
+    let mut engines = family_engines();
+    let (_, qwen) = engines.iter_mut().find(|(f, _)| *f == "qwen35").unwrap();
+    let close = qwen.tokenizer().token_id("</think>").expect("Qwen3.5's vocabulary has </think>");
+    let mut thoughts = 0;
+    for seed in 0..6 {
+        let request = json!({ "messages": messages, "tools": tools, "tool_choice": "required", "temperature": 1.0, "seed": seed,
+                              "max_tokens": 600, "logit_bias": { close.to_string(): 6 } });
+        let reply = run_request(qwen, request.clone());
+        let message = &reply["choices"][0]["message"];
+        assert_eq!(reply["choices"][0]["finish_reason"], "tool_calls", "seed {seed}: {reply}");
+        assert!(message["reasoning_content"].is_string(), "seed {seed}: the thought is split out: {message}");
+        assert!(!message["tool_calls"].as_array().unwrap().is_empty());
+        thoughts += usize::from(!message["reasoning_content"].as_str().unwrap().trim().is_empty());
+        let mut streamed = request;
+        streamed["stream"] = json!(true);
+        let (_, chunks) = run_streamed(qwen, streamed);
+        let reasoning: String =
+            chunks.iter().filter_map(|c| c["choices"][0]["delta"]["reasoning_content"].as_str()).collect();
+        assert_eq!(reasoning, message["reasoning_content"].as_str().unwrap(), "seed {seed}");
+        assert_eq!(assemble(&chunks).2, "tool_calls");
+    }
+    assert!(thoughts > 0, "no reply thought before its call");
+
+    let (_, ministral) = engines.iter_mut().find(|(f, _)| *f == "ministral3").unwrap();
+    let trigger = ministral.tokenizer().token_id("[TOOL_CALLS]").unwrap();
+    let schema = json!({ "type": "json_schema", "json_schema": { "name": "answer", "strict": true, "schema": {
+        "type": "object", "properties": { "ok": { "type": "boolean" } }, "required": ["ok"], "additionalProperties": false } } });
+    for seed in 0..4 {
+        let auto = run_request(
+            ministral,
+            json!({ "messages": messages, "tools": tools, "response_format": schema, "temperature": 1.0, "seed": seed,
+                    "max_tokens": 60, "logit_bias": { trigger.to_string(): 100 } }),
+        );
+        let choice = &auto["choices"][0];
+        assert!(choice["message"]["tool_calls"].is_null(), "seed {seed}: auto with a format called: {auto}");
+        let content: Value = serde_json::from_str(choice["message"]["content"].as_str().unwrap()).unwrap();
+        assert!(content["ok"].is_boolean(), "seed {seed}: {content}");
+        let required = run_request(
+            ministral,
+            json!({ "messages": messages, "tools": tools, "tool_choice": "required", "response_format": schema, "temperature": 1.0,
+                    "seed": seed, "max_tokens": 600 }),
+        );
+        assert_eq!(required["choices"][0]["finish_reason"], "tool_calls", "seed {seed}: {required}");
+    }
+}
