@@ -306,7 +306,7 @@ pub struct ChatTemplate {
     bos_token: String,
     eos_token: String,
     clock: Arc<AtomicI64>,
-    uses_think: bool,
+    think_tags: Option<reasoning::ThinkTags>,
     tool_syntax: Option<ToolSyntax>,
     /// What the vision encoder's prompts hold per image, as text (`image_placeholder`).
     image_placeholder: Option<String>,
@@ -348,10 +348,10 @@ impl ChatTemplate {
             pyfmt::strftime(&format, now)
         });
         env.add_template_owned(TEMPLATE_NAME, rewrite_generation_tags(template_source)).map_err(ChatError::Syntax)?;
-        let uses_think = reasoning::template_uses_think(template_source);
+        let think_tags = reasoning::ThinkTags::detect(template_source);
         let tool_syntax = ToolSyntax::detect(template_source);
         let (bos_token, eos_token) = (bos_token.into(), eos_token.into());
-        Ok(Self { env, bos_token, eos_token, clock, uses_think, tool_syntax, image_placeholder: None })
+        Ok(Self { env, bos_token, eos_token, clock, think_tags, tool_syntax, image_placeholder: None })
     }
 
     /// The model's template (or [`CHATML_TEMPLATE`] when it has none), with BOS/EOS
@@ -375,10 +375,10 @@ impl ChatTemplate {
         self.image_placeholder = Some(text);
     }
 
-    /// Whether the template writes `<think>` blocks: replies are then split into
+    /// The tags of the think blocks the template writes, if any: replies are then split into
     /// `reasoning_content` and `content` ([`reasoning`]).
-    pub fn uses_think(&self) -> bool {
-        self.uses_think
+    pub fn think_tags(&self) -> Option<reasoning::ThinkTags> {
+        self.think_tags
     }
 
     /// The syntax the template writes tool calls in; `None` when it takes no `tools`.

@@ -121,7 +121,11 @@ fn chat_template_kwargs_are_checked() {
 /// and `chat_template_kwargs` it does not read change nothing.
 #[test]
 fn replies_without_think_tags_have_no_reasoning_content() {
-    let mut e = tiny_vlm_engine();
+    let model = gguf_with_template(&fixture(TINY_VLM).join("model.gguf"), webvlm::chat::CHATML_TEMPLATE);
+    let mut e = Engine::builder(gpu())
+        .context(ContextOptions { max_ctx: 512, max_chunk: 16, ..Default::default() })
+        .load(&mut Eager(&model))
+        .unwrap();
     let base = json!({ "messages": user("hi"), "max_tokens": 6, "temperature": 0 });
     let (plain, _) = complete(&mut e, base.clone()).unwrap();
     let mut with_kwargs = base.clone();

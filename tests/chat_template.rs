@@ -5,6 +5,7 @@
 use crate::gguf_vocab;
 
 use serde::Deserialize;
+use webvlm::chat::reasoning::ThinkTags;
 use webvlm::chat::{ChatContent, ChatError, ChatMessage, ChatTemplate, ContentPart, CHATML_TEMPLATE};
 use webvlm::tokenizer::Tokenizer;
 
@@ -214,7 +215,7 @@ fn qwen35_fixture() -> Qwen35Fixture {
 fn qwen35_template_matches_transformers() {
     let fixture = qwen35_fixture();
     let template = ChatTemplate::new(&fixture.chat_template, "", "<|im_end|>").expect("template compiles");
-    assert!(template.uses_think());
+    assert_eq!(template.think_tags(), Some(ThinkTags::ANGLE));
     let vocab = gguf_vocab::read_vocab(&gguf_vocab::fixture("tiny_qwen35_a/model.gguf"));
     let tokenizer = Tokenizer::from_gguf_vocab(&vocab).expect("tokenizer");
     let pad = tokenizer.token_id("<|image_pad|>").expect("<|image_pad|>");
@@ -233,7 +234,7 @@ fn qwen35_template_matches_transformers() {
         assert_eq!(ids.iter().filter(|&&id| id == pad).count(), images.sum::<usize>(), "{}", case.name);
         let thinking_off = case.kwargs.get("enable_thinking") == Some(&serde_json::Value::Bool(false));
         if case.add_generation_prompt {
-            assert_eq!(webvlm::chat::reasoning::prompt_opens_think(&text), !thinking_off, "{}", case.name);
+            assert_eq!(ThinkTags::ANGLE.prompt_opens(&text), !thinking_off, "{}", case.name);
         }
     }
     assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
@@ -244,7 +245,7 @@ fn qwen35_template_matches_transformers() {
 #[test]
 fn templates_without_think_tags_are_not_split() {
     let template = ChatTemplate::new(CHATML_TEMPLATE, "", "").expect("chatml");
-    assert!(!template.uses_think());
+    assert_eq!(template.think_tags(), None);
     let kwargs: serde_json::Map<String, serde_json::Value> =
         serde_json::from_str(r#"{"enable_thinking": false, "messages": "ignored"}"#).expect("json");
     let messages = [ChatMessage::text("user", "Hi")];
@@ -275,7 +276,7 @@ fn qwen35_streamed_reply_splits_reasoning() {
         let ids = tok.encode(reply, false).expect("encode");
         assert!(ids.contains(&close) == reply.contains("</think>"), "{reply:?}");
         let mut stream = tok.decode_stream(true);
-        let mut splitter = ReasoningSplitter::new(opened);
+        let mut splitter = ReasoningSplitter::new(ThinkTags::ANGLE, opened);
         let (mut r, mut c, mut text) = (String::new(), String::new(), String::new());
         let mut feed = |delta: &str, splitter: &mut ReasoningSplitter| {
             text.push_str(delta);
@@ -295,7 +296,7 @@ fn qwen35_streamed_reply_splits_reasoning() {
         r += &dr;
         c += &dc;
         assert_eq!((splitter.saw_reasoning().then_some(r.as_str()), c.as_str()), (reasoning, content), "{reply:?}");
-        let (whole_r, whole_c) = split_reasoning(&text, opened);
+        let (whole_r, whole_c) = split_reasoning(&text, ThinkTags::ANGLE, opened);
         assert_eq!((whole_r.as_deref(), whole_c.as_str()), (reasoning, content), "{reply:?}");
     }
 }

@@ -30,7 +30,7 @@ pub use response::ResponseMeta;
 pub fn check(engine: &mut Engine, req: &ChatRequest) -> Result<(), ApiError> {
     engine.check_response_format(&req.options.response_format)?;
     tools::check_schemas(engine, req)?;
-    for format in tools::choice_format(engine, req, false).into_iter().chain(tools::lazy_format(engine, req).map(|l| l.format)) {
+    for format in tools::choice_format(engine, req, None).into_iter().chain(tools::lazy_format(engine, req, None).map(|l| l.format)) {
         engine.check_response_format(&format).map_err(|e| {
             ApiError::invalid("tool_choice", "invalid_value", format!("the tools' call grammar cannot be used: {e}"))
         })?;
@@ -88,30 +88,32 @@ pub async fn run(
     };
     // Replies of a template with think tags are split into reasoning and content; a prompt
     // of raw ids is split when its text left a think block open.
-    let reasoning_opened = match &req.tokens {
-        Some(tokens) if engine.template_uses_think() => Some(crate::chat::reasoning::prompt_opens_think(
-            &engine.tokenizer().decode(tokens, false).map_err(EngineError::from)?,
-        )),
-        Some(_) => None,
-        None => engine.reasoning_opened(&req.messages, kwargs.as_deref())?,
+    let think_tags = engine.template().think_tags();
+    let reasoning_opened = match (&req.tokens, think_tags) {
+        (Some(tokens), Some(tags)) => Some(tags.prompt_opens(&engine.tokenizer().decode(tokens, false).map_err(EngineError::from)?)),
+        (Some(_), None) => None,
+        (None, _) => engine.reasoning_opened(&req.messages, kwargs.as_deref())?,
     };
-    let mut splitter = reasoning_opened.map(ReasoningSplitter::new);
+    let reasoning = reasoning_opened.zip(think_tags);
+    let mut splitter = reasoning.map(|(opened, tags)| ReasoningSplitter::new(tags, opened));
     check_length(engine, prompt.tokens.len(), "")?;
     let meta = ResponseMeta::new(req.model.as_deref().or(engine.decoder().cfg.name.as_deref()).unwrap_or("webvlm"));
     let mut opts = req.options_for(engine.sampling_defaults());
     opts.abort = abort;
-    if let Some(format) = tools::choice_format(engine, req, reasoning_opened == Some(true)) {
+    let think_close = reasoning.filter(|&(opened, _)| opened).map(|(_, tags)| tags.close);
+    if let Some(format) = tools::choice_format(engine, req, think_close) {
         opts.response_format = format;
     }
-    opts.lazy_format = tools::lazy_format(engine, req);
+    opts.lazy_format = tools::lazy_format(engine, req, reasoning);
     tools::ban_trigger(engine, req, &mut opts);
     let syntax = tools::reply_syntax(engine, req);
-    if let Some(syntax) = syntax {
-        opts.keep_tokens = tools::kept_tokens(engine, syntax);
-    }
-    let mut hold = syntax.map(tools::CallHold::new);
+    // The markers of calls and think blocks stay in the decoded text for the parsers.
+    let markers = syntax.map_or(&[][..], |s| s.markers()).iter().copied();
+    let think_markers = reasoning.map(|(_, tags)| [tags.open, tags.close]).into_iter().flatten();
+    opts.keep_tokens = tools::special_ids(engine, markers.chain(think_markers));
     // Call ids drawn from the response's own id (fresh per response).
     let mut id_seed = meta.id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let mut hold = syntax.map(|s| tools::CallHold::new(s, req, id_seed));
     let logprobs = opts.logprobs.is_some();
     if req.stream {
         if let Some(wait) = on_chunk(response::chunk(&meta, json!({ "role": "assistant", "content": "" }), None, None)) {
@@ -129,7 +131,7 @@ pub async fn run(
                 Some(s) => reasoning_delta(s.push(step.text)),
                 None => Some(json!({ "content": step.text })),
             };
-            let delta = delta.and_then(|d| hold_content(hold.as_mut(), d));
+            let delta = with_calls(delta.and_then(|d| hold_content(hold.as_mut(), d)), hold.as_mut());
             match delta {
                 Some(delta) => on_chunk(response::chunk(&meta, delta, lp, None)),
                 None if lp.is_some() => on_chunk(response::chunk(&meta, json!({ "content": "" }), lp, None)),
@@ -137,9 +139,9 @@ pub async fn run(
             }
         })
         .await?;
-    let (reasoning, content) = match reasoning_opened {
-        Some(opened) => {
-            let (reasoning, content) = split_reasoning(&g.text, opened);
+    let (reasoning, content) = match reasoning {
+        Some((opened, tags)) => {
+            let (reasoning, content) = split_reasoning(&g.text, tags, opened);
             (Some(reasoning), content)
         }
         None => (None, g.text.clone()),
@@ -148,11 +150,12 @@ pub async fn run(
     let finish = if calls.is_some() { "tool_calls" } else { g.finish.as_str() };
     if req.stream {
         let last = splitter.as_mut().and_then(|s| reasoning_delta(s.finish())).and_then(|d| hold_content(hold.as_mut(), d));
-        // What the hold kept back: the calls, or text that held none after all.
-        let held = hold.map(tools::CallHold::finish).unwrap_or_default();
-        let tail = match &calls {
-            Some((_, calls)) => Some(json!({ "tool_calls": tools::calls_json(calls, true) })),
-            None => (!held.is_empty()).then(|| json!({ "content": held })),
+        // What the hold kept back: the calls' last fragments, or text that held none after all.
+        let (held, call_deltas) = hold.map(|h| h.finish(calls.as_ref().map(|(_, c)| c.as_slice()))).unwrap_or_default();
+        let tail = if !call_deltas.is_empty() {
+            Some(json!({ "tool_calls": call_deltas }))
+        } else {
+            (!held.is_empty()).then(|| json!({ "content": held }))
         };
         for delta in [last, tail].into_iter().flatten() {
             if let Some(wait) = on_chunk(response::chunk(&meta, delta, None, None)) {
@@ -172,7 +175,7 @@ pub async fn run(
         }
         if let Some((before, calls)) = &calls {
             message["content"] = if before.is_empty() { Value::Null } else { json!(before) };
-            message["tool_calls"] = tools::calls_json(calls, false);
+            message["tool_calls"] = tools::calls_json(calls);
         }
     }
     if let Some(choice) = completion.pointer_mut("/choices/0") {
@@ -193,6 +196,18 @@ fn hold_content(hold: Option<&mut tools::CallHold>, mut delta: Value) -> Option<
         map.insert("content".into(), json!(sent));
     }
     (!map.is_empty()).then_some(delta)
+}
+
+/// `delta` with the call fragments the hold's text settles (a delta of its own when `delta`
+/// is `None`).
+fn with_calls(delta: Option<Value>, hold: Option<&mut tools::CallHold>) -> Option<Value> {
+    let calls = hold.map(tools::CallHold::call_deltas).unwrap_or_default();
+    if calls.is_empty() {
+        return delta;
+    }
+    let mut delta = delta.unwrap_or_else(|| json!({}));
+    delta["tool_calls"] = Value::Array(calls);
+    Some(delta)
 }
 
 /// The stream delta of a settled `(reasoning, content)` pair, `None` when both are empty.

@@ -2,11 +2,12 @@
 //! markers of the model's call syntax kept in the decoded text, and the calls parsed out of
 //! the reply ([`crate::chat::tool_calls`]) into OpenAI's `message.tool_calls` with
 //! `finish_reason: "tool_calls"` (streamed: the text from the call's trigger on is held back
-//! and sent as `delta.tool_calls` at the end, so the assembled stream equals the response).
+//! and sent as `delta.tool_calls`, arguments in fragments as the text settles them, so that
+//! the assembled stream equals the response: [`CallHold`]).
 //!
 //! Reference: OpenAI's chat-completions `tools` / `tool_choice` / `parallel_tool_calls`;
 //! llama.cpp's `common/chat.cpp` keeps the trigger tokens of a call ("preserved tokens") in
-//! the text its parsers read, as [`kept_tokens`] keeps [`ToolSyntax::markers`].
+//! the text its parsers read, as [`super::run`] keeps [`ToolSyntax::markers`] ([`special_ids`]).
 
 use std::borrow::Cow;
 
@@ -16,7 +17,8 @@ use super::request::{ChatRequest, ToolChoice};
 use super::ApiError;
 use crate::chat::tool_calls::{openai_id, ToolCall, ToolSpec, ToolSyntax};
 use crate::chat::tool_grammar::call_grammar;
-use crate::engine::{Engine, GenerateOptions, LazyFormat, ResponseFormat};
+use crate::chat::reasoning::ThinkTags;
+use crate::engine::{Engine, GenerateOptions, LazyFormat, ResponseFormat, ThinkGate};
 
 /// The template variables of `req`: its `chat_template_kwargs`, and `tools` where it offers
 /// any (refused when the model's template writes no tool calls webvlm can read).
@@ -56,28 +58,32 @@ pub(super) fn check_schemas(engine: &mut Engine, req: &ChatRequest) -> Result<()
 }
 
 /// The constraint `tool_choice` puts on the reply: with `required` or a named function, the
-/// grammar of a call (of the named function, or of any tool; after the thought when
-/// `think_open`), replacing any `response_format`. `None` for `auto` and `none`.
-pub(super) fn choice_format(engine: &Engine, req: &ChatRequest, think_open: bool) -> Option<ResponseFormat> {
+/// grammar of a call (of the named function, or of any tool; after the thought, closed by
+/// `think_close`, when the prompt opened one), replacing any `response_format`. `None` for
+/// `auto` and `none`.
+pub(super) fn choice_format(engine: &Engine, req: &ChatRequest, think_close: Option<&str>) -> Option<ResponseFormat> {
     let syntax = engine.template().tool_syntax()?;
     let tools = match &req.tools.choice {
         ToolChoice::Required => req.tools.specs.clone(),
         ToolChoice::Function(name) => req.tools.specs.iter().filter(|s| &s.name == name).cloned().collect(),
         ToolChoice::Auto | ToolChoice::None => return None,
     };
-    let think = think_open.then_some(crate::chat::reasoning::THINK_CLOSE);
-    Some(grammar_format(engine, syntax, &tools, req.tools.parallel, think))
+    Some(grammar_format(engine, syntax, &tools, req.tools.parallel, think_close))
 }
 
 /// Under `tool_choice: "auto"`, the grammar of calls of any tool from the syntax's trigger
 /// on, where the trigger is one token of the vocabulary (not for Llama 3's JSON, whose `{`
-/// is no marker): the text before a call is free, the call is constrained.
-pub(super) fn lazy_format(engine: &Engine, req: &ChatRequest) -> Option<LazyFormat> {
+/// is no marker): the text before a call is free, the call is constrained. `reasoning` (the
+/// prompt opened a think block; its tags): a trigger inside the thought does not count.
+pub(super) fn lazy_format(engine: &Engine, req: &ChatRequest, reasoning: Option<(bool, ThinkTags)>) -> Option<LazyFormat> {
     if req.tools.choice != ToolChoice::Auto || req.tools.specs.is_empty() {
         return None;
     }
     let (syntax, trigger) = trigger_token(engine)?;
-    Some(LazyFormat { trigger, format: grammar_format(engine, syntax, &req.tools.specs, req.tools.parallel, None) })
+    let format = grammar_format(engine, syntax, &req.tools.specs, req.tools.parallel, None);
+    let id = |text| engine.tokenizer().token_id(text);
+    let think = reasoning.and_then(|(inside, tags)| Some(ThinkGate { open: id(tags.open)?, close: id(tags.close)?, inside }));
+    Some(LazyFormat { trigger, format, think })
 }
 
 /// The template's call syntax and its trigger's token, where the trigger is one token and a
@@ -117,10 +123,11 @@ pub(super) fn reply_syntax(engine: &Engine, req: &ChatRequest) -> Option<ToolSyn
     (req.tools.choice != ToolChoice::None && !req.tools.specs.is_empty()).then(|| engine.template().tool_syntax()).flatten()
 }
 
-/// The special tokens of `syntax`'s markers in this vocabulary, kept in the decoded text.
-pub(super) fn kept_tokens(engine: &Engine, syntax: ToolSyntax) -> Vec<u32> {
+/// The ids of those of `texts` that are special tokens of this vocabulary (decoding keeps
+/// them in the text when asked to).
+pub(super) fn special_ids<'t>(engine: &Engine, texts: impl Iterator<Item = &'t str>) -> Vec<u32> {
     let tokenizer = engine.tokenizer();
-    syntax.markers().iter().filter_map(|m| tokenizer.token_id(m)).filter(|&id| tokenizer.is_special(id)).collect()
+    texts.filter_map(|m| tokenizer.token_id(m)).filter(|&id| tokenizer.is_special(id)).collect()
 }
 
 /// The calls of a finished reply: `(content before them, calls)`, or `None` when the reply
@@ -143,35 +150,48 @@ pub(super) fn parse_reply(
     Some((parsed.content, calls))
 }
 
-/// OpenAI's `tool_calls` entries; `indexed` adds each call's `index` (stream deltas).
-pub(super) fn calls_json(calls: &[ToolCall], indexed: bool) -> Value {
-    let entry = |(i, c): (usize, &ToolCall)| {
-        let mut v = json!({ "id": c.id, "type": "function", "function": { "name": c.name, "arguments": c.arguments } });
-        if indexed {
-            v["index"] = json!(i);
-        }
-        v
-    };
-    Value::Array(calls.iter().enumerate().map(entry).collect())
+/// OpenAI's `tool_calls` entries.
+pub(super) fn calls_json(calls: &[ToolCall]) -> Value {
+    let entry = |c: &ToolCall| json!({ "id": c.id, "type": "function", "function": { "name": c.name, "arguments": c.arguments } });
+    Value::Array(calls.iter().map(entry).collect())
 }
 
 /// Holds back a streamed reply's text from where a call may start, so that a call's text is
 /// never sent as content: from the trigger on (and a partial trigger at the end, until it
 /// resolves), or for Llama 3's JSON calls the whole reply once it opens with `{` or
-/// `<|python_tag|>`.
+/// `<|python_tag|>`. The held calls go out as OpenAI's `delta.tool_calls`: each call's index,
+/// id, type and name once its header is written, then its arguments in fragments as the text
+/// settles them ([`ToolSyntax::settled_calls`]), the rest when the reply is parsed.
 pub(super) struct CallHold {
     syntax: ToolSyntax,
+    tools: Vec<ToolSpec>,
+    /// Calls a reply may hold: one without `parallel_tool_calls`.
+    max_calls: usize,
+    /// Draws the ids of calls whose text writes none, in the order [`parse_reply`] draws them.
+    id_seed: u64,
     /// Text received and not yet sent.
     pending: String,
     /// Whether a (possible) call started: everything from here on is held.
     holding: bool,
     /// Whether text other than white space was sent (Llama 3's calls open the reply).
     sent_text: bool,
+    /// The calls sent so far: their ids and the arguments sent.
+    sent_calls: Vec<(String, String)>,
 }
 
 impl CallHold {
-    pub(super) fn new(syntax: ToolSyntax) -> Self {
-        Self { syntax, pending: String::new(), holding: false, sent_text: false }
+    /// A hold for `req`'s reply; `id_seed` is what [`parse_reply`] will draw ids from.
+    pub(super) fn new(syntax: ToolSyntax, req: &ChatRequest, id_seed: u64) -> Self {
+        Self {
+            syntax,
+            tools: req.tools.specs.clone(),
+            max_calls: if req.tools.parallel { usize::MAX } else { 1 },
+            id_seed,
+            pending: String::new(),
+            holding: false,
+            sent_text: false,
+            sent_calls: Vec::new(),
+        }
     }
 
     /// Takes a content delta; returns what may be sent now.
@@ -217,9 +237,47 @@ impl CallHold {
         }
     }
 
-    /// The text held back at the end of the reply.
-    pub(super) fn finish(self) -> String {
-        self.pending
+    /// The `delta.tool_calls` entries the held text settles beyond those sent: new calls'
+    /// headers and their arguments' new fragments.
+    pub(super) fn call_deltas(&mut self) -> Vec<Value> {
+        if !self.holding {
+            return Vec::new();
+        }
+        let mut deltas = Vec::new();
+        for (i, call) in self.syntax.settled_calls(&self.pending, &self.tools).into_iter().enumerate().take(self.max_calls) {
+            if i == self.sent_calls.len() {
+                let id = call.id.clone().unwrap_or_else(|| openai_id(&mut self.id_seed));
+                deltas.push(json!({ "index": i, "id": id, "type": "function", "function": { "name": call.name, "arguments": "" } }));
+                self.sent_calls.push((id, String::new()));
+            }
+            let sent = &mut self.sent_calls[i].1;
+            if call.arguments.len() > sent.len() && call.arguments.starts_with(sent.as_str()) {
+                deltas.push(json!({ "index": i, "function": { "arguments": &call.arguments[sent.len()..] } }));
+                *sent = call.arguments;
+            }
+        }
+        deltas
+    }
+
+    /// The end of the reply, parsed into `calls` (`None`: it holds none): what is left to
+    /// send, as the held text (content) or the calls' remaining `delta.tool_calls` entries.
+    pub(super) fn finish(self, calls: Option<&[ToolCall]>) -> (String, Vec<Value>) {
+        let Some(calls) = calls else { return (self.pending, Vec::new()) };
+        let mut deltas = Vec::new();
+        for (i, call) in calls.iter().enumerate() {
+            match self.sent_calls.get(i) {
+                // The final arguments start with the fragments sent (settled_calls' promise).
+                Some((_, sent)) => {
+                    if let Some(rest) = call.arguments.strip_prefix(sent.as_str()).filter(|r| !r.is_empty()) {
+                        deltas.push(json!({ "index": i, "function": { "arguments": rest } }));
+                    }
+                }
+                None => deltas.push(json!({
+                    "index": i, "id": call.id, "type": "function", "function": { "name": call.name, "arguments": call.arguments },
+                })),
+            }
+        }
+        (String::new(), deltas)
     }
 }
 
@@ -236,9 +294,9 @@ mod tests {
     use super::*;
 
     fn hold_all(syntax: ToolSyntax, deltas: &[&str]) -> (String, String) {
-        let mut hold = CallHold::new(syntax);
+        let mut hold = CallHold::new(syntax, &ChatRequest::from_value(json!({ "messages": [] , "tokens": [1] }), 10).unwrap(), 1);
         let sent: String = deltas.iter().map(|d| hold.push(d)).collect();
-        (sent, hold.finish())
+        (sent, hold.finish(None).0)
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Splits a reply into reasoning (`<think>…</think>`) and answer, as vLLM's reasoning
-//! parsers (`deepseek_r1`, `qwen3`) return `reasoning_content` apart from `content`.
+//! Splits a reply into reasoning (`<think>…</think>`, or `[THINK]…[/THINK]` in Mistral's
+//! reasoning models: [`ThinkTags`]) and answer, as vLLM's reasoning parsers (`deepseek_r1`,
+//! `qwen3`, `mistral`) return `reasoning_content` apart from `content`.
 //!
 //! A reply is in a think block from its start when the prompt left one open (Qwen3.5 with
 //! thinking on ends the prompt with `<think>\n`; a `<think>` the model writes again first is
@@ -9,28 +10,37 @@
 //! the same on streamed deltas cut anywhere, tags included: a delta that could be the start
 //! of a tag is held back until it can be told.
 
-/// Opening tag of a think block.
-pub const THINK_OPEN: &str = "<think>";
-/// Closing tag of a think block.
-pub const THINK_CLOSE: &str = "</think>";
-
-/// Whether a chat template writes think tags (only then is a reply split).
-pub fn template_uses_think(template_source: &str) -> bool {
-    template_source.contains(THINK_CLOSE)
+/// The tags a family's think block is written with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThinkTags {
+    pub open: &'static str,
+    pub close: &'static str,
 }
 
-/// Whether `prompt` ends inside a think block: its last `<think>` has no `</think>` after it.
-pub fn prompt_opens_think(prompt: &str) -> bool {
-    match (prompt.rfind(THINK_OPEN), prompt.rfind(THINK_CLOSE)) {
-        (Some(open), Some(close)) => open > close,
-        (Some(_), None) => true,
-        _ => false,
+impl ThinkTags {
+    /// Qwen3, Qwen3.5, DeepSeek-R1.
+    pub const ANGLE: ThinkTags = ThinkTags { open: "<think>", close: "</think>" };
+    /// Mistral's reasoning models (Magistral, Ministral 3 Reasoning): special tokens.
+    pub const MISTRAL: ThinkTags = ThinkTags { open: "[THINK]", close: "[/THINK]" };
+
+    /// The tags a chat template writes (only then is a reply split).
+    pub fn detect(template_source: &str) -> Option<ThinkTags> {
+        [Self::ANGLE, Self::MISTRAL].into_iter().find(|t| template_source.contains(t.close))
+    }
+
+    /// Whether `prompt` ends inside a think block: its last open tag has no close after it.
+    pub fn prompt_opens(self, prompt: &str) -> bool {
+        match (prompt.rfind(self.open), prompt.rfind(self.close)) {
+            (Some(open), Some(close)) => open > close,
+            (Some(_), None) => true,
+            _ => false,
+        }
     }
 }
 
 /// `(reasoning, content)` of a whole reply; reasoning is `None` when there was no block.
-pub fn split_reasoning(reply: &str, prompt_opened: bool) -> (Option<String>, String) {
-    let mut splitter = ReasoningSplitter::new(prompt_opened);
+pub fn split_reasoning(reply: &str, tags: ThinkTags, prompt_opened: bool) -> (Option<String>, String) {
+    let mut splitter = ReasoningSplitter::new(tags, prompt_opened);
     let (mut reasoning, mut content) = splitter.push(reply);
     let (r, c) = splitter.finish();
     reasoning.push_str(&r);
@@ -57,6 +67,7 @@ enum State {
 /// [`finish`](Self::finish); the concatenated outputs equal the whole-reply split.
 #[derive(Debug, Clone)]
 pub struct ReasoningSplitter {
+    tags: ThinkTags,
     state: State,
     held: String,
     saw_reasoning: bool,
@@ -64,9 +75,9 @@ pub struct ReasoningSplitter {
 
 impl ReasoningSplitter {
     /// A splitter for a reply whose prompt left a think block open (`prompt_opened`) or not.
-    pub fn new(prompt_opened: bool) -> Self {
+    pub fn new(tags: ThinkTags, prompt_opened: bool) -> Self {
         let state = if prompt_opened { State::OpenedStart } else { State::Start };
-        Self { state, held: String::new(), saw_reasoning: prompt_opened }
+        Self { tags, state, held: String::new(), saw_reasoning: prompt_opened }
     }
 
     /// Whether the reply had a think block (reasoning, possibly empty).
@@ -79,35 +90,36 @@ impl ReasoningSplitter {
         let mut reasoning = String::new();
         let mut content = String::new();
         self.held.push_str(delta);
+        let ThinkTags { open, close } = self.tags;
         loop {
             match self.state {
                 State::Start => {
                     let text = self.held.trim_start_matches(['\n', ' ']);
-                    if let Some(rest) = text.strip_prefix(THINK_OPEN) {
+                    if let Some(rest) = text.strip_prefix(open) {
                         self.held = rest.to_string();
                         self.state = State::Thinking;
                         self.saw_reasoning = true;
-                    } else if THINK_OPEN.starts_with(text) {
+                    } else if open.starts_with(text) {
                         return (reasoning, content); // maybe a tag still coming
                     } else {
                         self.state = State::Content;
                     }
                 }
                 State::OpenedStart => {
-                    if let Some(rest) = self.held.strip_prefix(THINK_OPEN) {
+                    if let Some(rest) = self.held.strip_prefix(open) {
                         self.held = rest.to_string();
-                    } else if THINK_OPEN.starts_with(self.held.as_str()) {
+                    } else if open.starts_with(self.held.as_str()) {
                         return (reasoning, content); // maybe a repeated tag still coming
                     }
                     self.state = State::Thinking;
                 }
                 State::Thinking => {
-                    if let Some(at) = self.held.find(THINK_CLOSE) {
+                    if let Some(at) = self.held.find(close) {
                         reasoning.push_str(&self.held[..at]);
-                        self.held.drain(..at + THINK_CLOSE.len());
+                        self.held.drain(..at + close.len());
                         self.state = State::AfterThink;
                     } else {
-                        let keep = partial_suffix(&self.held, THINK_CLOSE);
+                        let keep = partial_suffix(&self.held, close);
                         let cut = self.held.len() - keep;
                         reasoning.push_str(&self.held[..cut]);
                         self.held.drain(..cut);
@@ -157,11 +169,15 @@ mod tests {
 
     /// Every way of cutting `reply` into three deltas gives the whole-reply split.
     fn check_all_cuts(reply: &str, opened: bool, reasoning: Option<&str>, content: &str) {
-        assert_eq!(split_reasoning(reply, opened), (reasoning.map(str::to_string), content.to_string()), "{reply:?}");
+        check_cuts_with(ThinkTags::ANGLE, reply, opened, reasoning, content);
+    }
+
+    fn check_cuts_with(tags: ThinkTags, reply: &str, opened: bool, reasoning: Option<&str>, content: &str) {
+        assert_eq!(split_reasoning(reply, tags, opened), (reasoning.map(str::to_string), content.to_string()), "{reply:?}");
         let bounds: Vec<usize> = (0..=reply.len()).filter(|&i| reply.is_char_boundary(i)).collect();
         for &a in &bounds {
             for &b in bounds.iter().filter(|&&b| b >= a) {
-                let mut s = ReasoningSplitter::new(opened);
+                let mut s = ReasoningSplitter::new(tags, opened);
                 let (mut r, mut c) = (String::new(), String::new());
                 for piece in [&reply[..a], &reply[a..b], &reply[b..]] {
                     let (dr, dc) = s.push(piece);
@@ -200,11 +216,21 @@ mod tests {
     }
 
     #[test]
+    fn mistral_tags() {
+        let m = ThinkTags::MISTRAL;
+        check_cuts_with(m, "[THINK]Paris is the capital.[/THINK]Paris.", false, Some("Paris is the capital."), "Paris.");
+        check_cuts_with(m, "[THINK]look up[/THINK][TOOL_CALLS]f[ARGS]{}", false, Some("look up"), "[TOOL_CALLS]f[ARGS]{}");
+        check_cuts_with(m, "no block <think>", false, None, "no block <think>");
+    }
+
+    #[test]
     fn prompt_state() {
-        assert!(prompt_opens_think("<|im_start|>assistant\n<think>\n"));
-        assert!(!prompt_opens_think("<|im_start|>assistant\n<think>\n\n</think>\n\n"));
-        assert!(!prompt_opens_think("<|im_start|>assistant\n"));
-        assert!(template_uses_think("{{ '<think>\\n\\n</think>' }}"));
-        assert!(!template_uses_think("{{ messages }}"));
+        let angle = ThinkTags::ANGLE;
+        assert!(angle.prompt_opens("<|im_start|>assistant\n<think>\n"));
+        assert!(!angle.prompt_opens("<|im_start|>assistant\n<think>\n\n</think>\n\n"));
+        assert!(!angle.prompt_opens("<|im_start|>assistant\n"));
+        assert_eq!(ThinkTags::detect("{{ '<think>\\n\\n</think>' }}"), Some(angle));
+        assert_eq!(ThinkTags::detect("{{ '[THINK]' + t + '[/THINK]' }}"), Some(ThinkTags::MISTRAL));
+        assert_eq!(ThinkTags::detect("{{ messages }}"), None);
     }
 }

@@ -17,6 +17,10 @@
 
 use serde_json::{Map, Value};
 
+mod stream;
+
+pub use stream::PartialCall;
+
 /// A call parsed out of a reply, in OpenAI's shape (`function.arguments` is JSON text).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ToolCall {

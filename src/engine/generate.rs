@@ -47,11 +47,21 @@ pub enum ResponseFormat {
 }
 
 /// A [`ResponseFormat`] that applies from the token `trigger` on, the trigger included (the
-/// format's grammar starts with it); llama.cpp calls this a lazy grammar.
+/// format's grammar starts with it); llama.cpp calls this a lazy grammar. Inside a think
+/// block (`think`) the trigger does not count: a thought may mention a call.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LazyFormat {
     pub trigger: u32,
     pub format: ResponseFormat,
+    pub think: Option<ThinkGate>,
+}
+
+/// The tokens that open and close a think block, and whether the reply starts inside one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ThinkGate {
+    pub open: u32,
+    pub close: u32,
+    pub inside: bool,
 }
 
 /// Settings of one generation.
@@ -189,8 +199,10 @@ pub type Wait = Pin<Box<dyn Future<Output = ()>>>;
 struct HostPicker {
     sampler: Sampler,
     constraint: Option<Constraint>,
-    /// The lazy format's trigger and constraint, until the trigger is sampled.
+    /// The lazy format's trigger and constraint, until the trigger is sampled (outside a
+    /// think block, tracked by the gate).
     lazy: Option<(u32, Constraint)>,
+    think: Option<ThinkGate>,
     top_logprobs: Option<usize>,
     mask_seconds: f64,
 }
@@ -213,7 +225,11 @@ impl HostPicker {
 
     /// Records a token that will be generated (penalties, constraint state).
     fn accept(&mut self, token: u32) -> Result<(), EngineError> {
-        if self.lazy.as_ref().is_some_and(|&(trigger, _)| trigger == token) {
+        if let Some(gate) = self.think.as_mut() {
+            gate.inside = (gate.inside || token == gate.open) && token != gate.close;
+        }
+        let thinking = self.think.is_some_and(|g| g.inside || token == g.close);
+        if !thinking && self.lazy.as_ref().is_some_and(|&(trigger, _)| trigger == token) {
             self.constraint = self.lazy.take().map(|(_, c)| c);
         }
         self.sampler.accept(token);
@@ -314,6 +330,7 @@ impl Engine {
                     Some(lazy) => self.constraint(&lazy.format)?.map(|c| (lazy.trigger, c)),
                     None => None,
                 },
+                think: opts.lazy_format.as_ref().and_then(|l| l.think),
                 top_logprobs: opts.logprobs,
                 mask_seconds: 0.0,
             }),

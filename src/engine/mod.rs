@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 pub use crate::model::ImageDigest;
 pub use defaults::{SamplingDefaultError, SamplingPreset};
-pub use generate::{FinishReason, GenerateOptions, Generation, LazyFormat, ResponseFormat, StepOutput, Wait};
+pub use generate::{FinishReason, GenerateOptions, Generation, LazyFormat, ResponseFormat, StepOutput, ThinkGate, Wait};
 pub use images::{data_url_bytes, expand, expanded_len, ImageCache};
 pub use load::EngineBuilder;
 pub use mllama::CrossVision;
@@ -300,21 +300,13 @@ impl Engine {
         Ok(self.tokenizer.encode(&text, false)?)
     }
 
-    /// Whether the chat template writes think tags (replies are split into reasoning and
-    /// content).
-    pub fn template_uses_think(&self) -> bool {
-        self.template.uses_think()
-    }
-
     /// Whether a reply to `messages` starts inside a think block (the rendered prompt left
-    /// `<think>` open), or `None` when the template writes no think tags (replies are then
-    /// not split into reasoning and content).
+    /// one open), or `None` when the template writes no think tags (replies are then not split
+    /// into reasoning and content).
     pub fn reasoning_opened(&self, messages: &[ChatMessage], kwargs: Option<&JsonMap>) -> Result<Option<bool>, EngineError> {
-        if !self.template.uses_think() {
-            return Ok(None);
-        }
+        let Some(tags) = self.template.think_tags() else { return Ok(None) };
         let text = self.template.render(messages, true, kwargs)?;
-        Ok(Some(crate::chat::reasoning::prompt_opens_think(&text)))
+        Ok(Some(tags.prompt_opens(&text)))
     }
 
     /// A chat with text and image parts as a [`Prompt`]: the template places one `[IMG]` per

@@ -140,7 +140,16 @@ fn usage(chat: &Value) -> Value {
     })
 }
 
-/// The output item being streamed.
+/// The `function_call` item being streamed.
+#[derive(Debug)]
+struct OpenCall {
+    output_index: usize,
+    call_id: Value,
+    name: Value,
+    arguments: String,
+}
+
+/// The text item being streamed.
 #[derive(Debug)]
 struct OpenItem {
     reasoning: bool,
@@ -157,11 +166,12 @@ pub struct ResponseEvents {
     /// Output items sent (their ids).
     sent: Vec<String>,
     open: Option<OpenItem>,
+    open_call: Option<OpenCall>,
 }
 
 impl ResponseEvents {
     pub fn new(echo: Echo) -> Self {
-        ResponseEvents { echo, sequence: 0, started: false, sent: Vec::new(), open: None }
+        ResponseEvents { echo, sequence: 0, started: false, sent: Vec::new(), open: None, open_call: None }
     }
 
     fn event(&mut self, kind: &str, mut fields: Value) -> Value {
@@ -187,25 +197,29 @@ impl ResponseEvents {
         if let Some(text) = delta["content"].as_str().filter(|t| !t.is_empty()) {
             self.text_delta(false, text, &mut out);
         }
-        if let Some(calls) = delta["tool_calls"].as_array() {
-            self.close(&mut out);
-            for call in calls {
-                let index = call["index"].as_u64().unwrap_or(0) as usize;
-                let id = self.echo.ids.call(index);
-                let output_index = self.sent.len();
-                self.sent.push(id.clone());
-                let arguments = call["function"]["arguments"].clone();
-                let item = call_item(&id, call, &json!(""), "in_progress");
-                out.push(self.event("response.output_item.added", json!({ "output_index": output_index, "item": item })));
-                let at = json!({ "item_id": id, "output_index": output_index });
-                out.push(self.event("response.function_call_arguments.delta", merge(&at, json!({ "delta": arguments }))));
-                let name = &call["function"]["name"];
-                out.push(self.event("response.function_call_arguments.done", merge(&at, json!({ "arguments": arguments, "name": name }))));
-                let item = call_item(&id, call, &arguments, "completed");
-                out.push(self.event("response.output_item.done", json!({ "output_index": output_index, "item": item })));
-            }
+        for call in delta["tool_calls"].as_array().into_iter().flatten() {
+            self.call_delta(call, &mut out);
         }
         out
+    }
+
+    /// A `delta.tool_calls` entry: a new call (its id and name) opens a `function_call` item,
+    /// closing the item before it; argument fragments go to the open call's item.
+    fn call_delta(&mut self, call: &Value, out: &mut Vec<Value>) {
+        if call.get("id").is_some() {
+            self.close(out);
+            let index = call["index"].as_u64().unwrap_or(0) as usize;
+            let id = self.echo.ids.call(index);
+            let output_index = self.sent.len();
+            self.sent.push(id.clone());
+            out.push(self.event("response.output_item.added", json!({ "output_index": output_index, "item": call_item(&id, call, &json!(""), "in_progress") })));
+            self.open_call = Some(OpenCall { output_index, call_id: call["id"].clone(), name: call["function"]["name"].clone(), arguments: String::new() });
+        }
+        let Some(fragment) = call.pointer("/function/arguments").and_then(Value::as_str).filter(|f| !f.is_empty()) else { return };
+        let Some(open) = self.open_call.as_mut() else { return };
+        open.arguments.push_str(fragment);
+        let at = json!({ "item_id": self.sent[open.output_index], "output_index": open.output_index, "delta": fragment });
+        out.push(self.event("response.function_call_arguments.delta", at));
     }
 
     /// A text delta of the reasoning or the message, opening its item first.
@@ -235,8 +249,17 @@ impl ResponseEvents {
         }
     }
 
-    /// Ends the item being streamed: its text's `done`, its part's, its own.
+    /// Ends the item being streamed: a call's arguments `done`; a text's `done`, its part's;
+    /// then the item's own.
     fn close(&mut self, out: &mut Vec<Value>) {
+        if let Some(call) = self.open_call.take() {
+            let id = self.sent[call.output_index].clone();
+            let at = json!({ "item_id": id, "output_index": call.output_index, "arguments": call.arguments, "name": call.name });
+            out.push(self.event("response.function_call_arguments.done", at));
+            let entry = json!({ "id": call.call_id, "function": { "name": call.name } });
+            let item = call_item(&id, &entry, &json!(call.arguments), "completed");
+            out.push(self.event("response.output_item.done", json!({ "output_index": call.output_index, "item": item })));
+        }
         let Some(open) = self.open.take() else { return };
         let id = self.sent[open.output_index].clone();
         let at = json!({ "item_id": id, "output_index": open.output_index, "content_index": 0 });
@@ -301,13 +324,16 @@ mod tests {
     fn a_chat_stream_becomes_typed_events_that_match_the_response() {
         let echo = Echo { ids: ResponseIds::new(), fields: Map::new(), store: true };
         let mut events = ResponseEvents::new(echo.clone());
-        let call = json!({ "index": 0, "id": "call_1", "type": "function", "function": { "name": "f", "arguments": "{\"a\":1}" } });
+        let call = json!({ "index": 0, "id": "call_1", "type": "function", "function": { "name": "f", "arguments": "" } });
+        let fragment = |text: &str| json!({ "tool_calls": [{ "index": 0, "function": { "arguments": text } }] });
         let chunks = [
             chunk(json!({ "role": "assistant", "content": "" }), None),
             chunk(json!({ "reasoning_content": "hm" }), None),
             chunk(json!({ "content": "Sure" }), None),
             chunk(json!({ "content": "." }), None),
             chunk(json!({ "tool_calls": [call] }), None),
+            chunk(fragment("{\"a\""), None),
+            chunk(fragment(":1}"), None),
             chunk(json!({}), Some("tool_calls")),
         ];
         let mut all: Vec<Value> = chunks.iter().flat_map(|c| events.push(c)).collect();
@@ -329,8 +355,8 @@ mod tests {
                 "response.reasoning_text.done", "response.content_part.done", "response.output_item.done",
                 "response.output_item.added", "response.content_part.added", "response.output_text.delta", "response.output_text.delta",
                 "response.output_text.done", "response.content_part.done", "response.output_item.done",
-                "response.output_item.added", "response.function_call_arguments.delta", "response.function_call_arguments.done",
-                "response.output_item.done",
+                "response.output_item.added", "response.function_call_arguments.delta", "response.function_call_arguments.delta",
+                "response.function_call_arguments.done", "response.output_item.done",
                 "response.completed",
             ]
         );
