@@ -491,9 +491,13 @@ fn routed() -> Vec<(String, String)> {
 fn every_route_but_health_needs_the_api_key() {
     let server = start(&["--api-key", "sesame", "--served-model-name", "tiny"]);
     let chat = json!({ "messages": user("hi"), "max_tokens": 1 }).to_string();
+    let respond = json!({ "input": "hi", "max_output_tokens": 1 }).to_string();
     // (method, route as routes.rs names it (None: no route), path asked, body, status with the key)
-    let table: [(&str, Option<&str>, &str, &str, u16); 15] = [
+    let table: [(&str, Option<&str>, &str, &str, u16); 18] = [
         ("POST", Some("/v1/chat/completions"), "/v1/chat/completions", &chat, 200),
+        ("POST", Some("/v1/responses"), "/v1/responses", &respond, 200),
+        ("GET", Some("/v1/responses/{response_id}"), "/v1/responses/resp_nope", "", 404),
+        ("DELETE", Some("/v1/responses/{response_id}"), "/v1/responses/resp_nope", "", 404),
         ("GET", Some("/v1/models"), "/v1/models", "", 200),
         ("GET", Some("/v1/models/{model}"), "/v1/models/tiny", "", 200),
         ("POST", Some("/v1/files"), "/v1/files", "", 400),
