@@ -12,7 +12,8 @@
 //                             object, or with `stream: true` its typed events (`event: TYPE` /
 //                             `data: {...}`, `response.completed` last, no `[DONE]`)
 //   GET  …/responses/{id}     a stored response, or 404
-//   GET  …/models             `{object: "list", data: [model]}`: the one loaded model
+//   GET  …/models             `{object: "list", data: [model]}`: the one loaded model, with its
+//                             context (`context_length`, and vLLM's `max_model_len`)
 //   GET  …/models/{id}        that model, or 404 for another id
 // Anything else is a 404. Errors are OpenAI's JSON, `{error: {message, type, param, code}}`,
 // with the HTTP status of their class (`statusOf`). An aborted signal rejects the call (or
@@ -75,7 +76,11 @@ function modelId(engine) {
  */
 export function openAIFetch(engine) {
   const created = Math.floor(Date.now() / 1000);
-  const model = () => ({ id: modelId(engine), object: "model", created, owned_by: "webvlm" });
+  // The context a request may take, as `webvlm serve` reports it (vLLM's name too).
+  const model = () => {
+    const context = engine.info?.maxContext ?? null;
+    return { id: modelId(engine), object: "model", created, owned_by: "webvlm", context_length: context, max_model_len: context };
+  };
   return async function fetch(input, init) {
     const request = new Request(input, init);
     const { signal, method } = request;

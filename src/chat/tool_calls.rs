@@ -752,6 +752,23 @@ mod tests {
         assert_eq!((reply.content.as_str(), reply.calls.len()), ("", 1));
     }
 
+    /// A call after a thought: the reply split first (`<think>` and Mistral's `[THINK]`, a
+    /// call's trigger mentioned inside the thought), the content then parsed to the call.
+    #[test]
+    fn a_call_after_thinking() {
+        use crate::chat::reasoning::{split_reasoning, ThinkTags};
+        for f in fixtures() {
+            for tags in [ThinkTags::ANGLE, ThinkTags::MISTRAL] {
+                let thought = format!("Maybe {} get_weather, for Paris.", f.syntax.trigger());
+                let reply = format!("{}{thought}{}\n\n{}", tags.open, tags.close, f.one);
+                let (reasoning, content) = split_reasoning(&reply, tags, false);
+                assert_eq!(reasoning.as_deref(), Some(thought.as_str()), "{:?}", f.syntax);
+                let calls = calls(f.syntax, &content);
+                assert_eq!((calls.len(), calls[0].arguments.as_str()), (1, r#"{"city":"Paris"}"#), "{:?} {tags:?}", f.syntax);
+            }
+        }
+    }
+
     #[test]
     fn every_cut_of_a_call_is_truncated() {
         for f in fixtures() {

@@ -82,6 +82,7 @@ test("the openai SDK with fetch: engine.fetch streams an answer about an image e
   assert.ok(content(r.own).length > 0);
   assert.equal(r.models.length, 1);
   assert.equal(r.models[0].object, "model");
+  assert.ok(r.models[0].context_length > 0 && r.models[0].max_model_len === r.models[0].context_length, JSON.stringify(r.models[0]));
   assert.equal(r.own.model, r.model, "GET /models names another model than completions report");
   assert.match(r.contentType, /^text\/event-stream/);
   assert.equal(streamed, content(r.own), "the SDK's streamed text differs from the engine's own answer");
