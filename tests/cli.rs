@@ -284,10 +284,31 @@ fn generate_with_tools_prints_the_calls_as_json() {
     std::fs::create_dir_all(&dir).unwrap();
     let tools = dir.join("tools.json");
     let schema = r#"{"type": "object", "properties": {"unit": {"type": "string", "enum": ["c", "f"]}}, "required": ["unit"]}"#;
-    std::fs::write(&tools, format!(r#"[{{"type": "function", "function": {{"name": "get_weather", "parameters": {schema}}}}}]"#)).unwrap();
+    std::fs::write(&tools, format!(r#"[{{"type": "function", "function": {{"name": "get_weather", "parameters": {schema}}}}}]"#))
+        .unwrap();
     let run = |choice: &str| {
-        let args = ["generate", "--model", tiny.to_str().unwrap(), "--chat", "--prompt", "Weather?", "--tools", tools.to_str().unwrap(),
-            "--tool-choice", choice, "--temperature", "1", "--seed", "3", "--max-tokens", "60", "--ctx", "1024", "--backend", "cpu"];
+        let args = [
+            "generate",
+            "--model",
+            tiny.to_str().unwrap(),
+            "--chat",
+            "--prompt",
+            "Weather?",
+            "--tools",
+            tools.to_str().unwrap(),
+            "--tool-choice",
+            choice,
+            "--temperature",
+            "1",
+            "--seed",
+            "3",
+            "--max-tokens",
+            "60",
+            "--ctx",
+            "1024",
+            "--backend",
+            "cpu",
+        ];
         webvlm(&args)
     };
     let out = run("required");

@@ -36,7 +36,12 @@ fn respond(e: &mut Engine, store: &mut ResponseStore, body: Value) -> Result<(Va
 
 fn output_text(response: &Value) -> String {
     let items = response["output"].as_array().unwrap();
-    items.iter().filter(|i| i["type"] == "message").flat_map(|i| i["content"].as_array().unwrap()).map(|p| p["text"].as_str().unwrap()).collect()
+    items
+        .iter()
+        .filter(|i| i["type"] == "message")
+        .flat_map(|i| i["content"].as_array().unwrap())
+        .map(|p| p["text"].as_str().unwrap())
+        .collect()
 }
 
 fn tools() -> Value {
@@ -49,9 +54,12 @@ fn tools() -> Value {
 fn a_response_is_the_chat_completion_it_amounts_to() {
     let mut e = engine();
     let mut store = ResponseStore::default();
-    let (response, events) =
-        respond(&mut e, &mut store, json!({ "instructions": "Be brief.", "input": "Hello there", "max_output_tokens": 6, "temperature": 0 }))
-            .unwrap();
+    let (response, events) = respond(
+        &mut e,
+        &mut store,
+        json!({ "instructions": "Be brief.", "input": "Hello there", "max_output_tokens": 6, "temperature": 0 }),
+    )
+    .unwrap();
     assert!(events.is_empty(), "a plain request sends no events");
     let chat = json!({ "messages": [{ "role": "system", "content": "Be brief." }, { "role": "user", "content": "Hello there" }],
         "max_tokens": 6, "temperature": 0 });
@@ -80,11 +88,17 @@ fn a_streamed_response_puts_together_to_the_response() {
     let last = events.last().unwrap();
     assert!(["response.completed", "response.incomplete"].contains(&last["type"].as_str().unwrap()));
     assert_eq!(last["response"], response, "the last event holds the response");
-    let deltas: String = events.iter().filter(|e| e["type"] == "response.output_text.delta").map(|e| e["delta"].as_str().unwrap()).collect();
+    let deltas: String =
+        events.iter().filter(|e| e["type"] == "response.output_text.delta").map(|e| e["delta"].as_str().unwrap()).collect();
     assert_eq!(deltas, output_text(&response));
     assert!(!deltas.is_empty());
     assert!(store.is_empty(), "store: false keeps nothing");
-    let (plain, _) = respond(&mut e, &mut store, json!({ "input": "Tell me a story", "max_output_tokens": 12, "temperature": 0.9, "seed": 3 })).unwrap();
+    let (plain, _) = respond(
+        &mut e,
+        &mut store,
+        json!({ "input": "Tell me a story", "max_output_tokens": 12, "temperature": 0.9, "seed": 3 }),
+    )
+    .unwrap();
     assert_eq!(output_text(&plain), output_text(&response), "the same seed, streamed or not");
 }
 
@@ -102,8 +116,10 @@ fn an_agent_loop_continues_through_previous_response_id() {
         let args: Value = serde_json::from_str(call["arguments"].as_str().unwrap()).unwrap();
         assert!(["c", "f"].contains(&args["unit"].as_str().unwrap()), "{args}");
     }
-    let results: Vec<Value> =
-        calls.iter().map(|c| json!({ "type": "function_call_output", "call_id": c["call_id"], "output": "{\"temperature\": 18}" })).collect();
+    let results: Vec<Value> = calls
+        .iter()
+        .map(|c| json!({ "type": "function_call_output", "call_id": c["call_id"], "output": "{\"temperature\": 18}" }))
+        .collect();
     let next = json!({ "previous_response_id": response["id"], "input": results, "tools": tools(), "tool_choice": "none",
         "temperature": 0, "max_output_tokens": 6 });
     let (answer, _) = respond(&mut e, &mut store, next).unwrap();
@@ -111,7 +127,10 @@ fn an_agent_loop_continues_through_previous_response_id() {
     assert!(answer["output"].as_array().unwrap().iter().all(|i| i["type"] == "message"), "none: no call");
     let cached = answer["usage"]["input_tokens_details"]["cached_tokens"].as_u64().unwrap();
     let first_input = response["usage"]["input_tokens"].as_u64().unwrap();
-    assert!(cached >= first_input, "the stored conversation's prefix is reused: {cached} cached of {first_input} first-turn tokens");
+    assert!(
+        cached >= first_input,
+        "the stored conversation's prefix is reused: {cached} cached of {first_input} first-turn tokens"
+    );
 
     // The same conversation sent whole (the first response's output items as input) is the same prompt.
     let mut items = ask.as_array().unwrap().clone();
@@ -129,12 +148,28 @@ fn bad_requests_name_the_responses_field() {
     let mut store = ResponseStore::default();
     let cases = [
         (json!({ "input": "a", "previous_response_id": "resp_gone" }), "previous_response_id", "previous_response_not_found"),
-        (json!({ "input": [{ "role": "user", "content": "a" }, { "type": "function_call_output", "call_id": "c1", "output": "1" }] }), "input[1].call_id", "invalid_value"),
+        (
+            json!({ "input": [{ "role": "user", "content": "a" }, { "type": "function_call_output", "call_id": "c1", "output": "1" }] }),
+            "input[1].call_id",
+            "invalid_value",
+        ),
         (json!({ "input": "a", "tools": [{ "type": "function", "name": "bad name" }] }), "tools[0].name", "invalid_value"),
         (json!({ "input": "a", "max_output_tokens": 0 }), "max_output_tokens", "invalid_value"),
-        (json!({ "input": "a", "tools": tools(), "tool_choice": { "type": "function", "name": "nope" } }), "tool_choice", "invalid_value"),
-        (json!({ "input": "a", "text": { "format": { "type": "json_schema", "name": "x y", "schema": {} } } }), "text.format.name", "invalid_value"),
-        (json!({ "input": [{ "role": "assistant", "content": [{ "type": "input_image", "image_url": "data:image/png;base64,AA" }] }] }), "input[0].content", "invalid_value"),
+        (
+            json!({ "input": "a", "tools": tools(), "tool_choice": { "type": "function", "name": "nope" } }),
+            "tool_choice",
+            "invalid_value",
+        ),
+        (
+            json!({ "input": "a", "text": { "format": { "type": "json_schema", "name": "x y", "schema": {} } } }),
+            "text.format.name",
+            "invalid_value",
+        ),
+        (
+            json!({ "input": [{ "role": "assistant", "content": [{ "type": "input_image", "image_url": "data:image/png;base64,AA" }] }] }),
+            "input[0].content",
+            "invalid_value",
+        ),
         (json!({ "input": "a", "n": 2 }), "n", "unknown_parameter"),
     ];
     for (body, param, code) in cases {

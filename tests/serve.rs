@@ -139,7 +139,11 @@ fn completions_match_the_cli_streamed_or_not_with_images() {
     assert_eq!(models["object"], "list");
     assert_eq!(models["data"][0]["id"], "tiny");
     assert_eq!(models["data"][0]["object"], "model");
-    assert_eq!((&models["data"][0]["context_length"], &models["data"][0]["max_model_len"]), (&json!(512), &json!(512)), "--ctx 512");
+    assert_eq!(
+        (&models["data"][0]["context_length"], &models["data"][0]["max_model_len"]),
+        (&json!(512), &json!(512)),
+        "--ctx 512"
+    );
     assert_eq!(server.get("/v1/models/tiny").json()["id"], "tiny");
     assert_eq!(server.get("/v1/models/other").status, 404);
     let health = server.get("/health").json();

@@ -394,8 +394,7 @@ fn calls_after_thinking_and_beside_response_format() {
         let mut streamed = request;
         streamed["stream"] = json!(true);
         let (_, chunks) = run_streamed(qwen, streamed);
-        let reasoning: String =
-            chunks.iter().filter_map(|c| c["choices"][0]["delta"]["reasoning_content"].as_str()).collect();
+        let reasoning: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["reasoning_content"].as_str()).collect();
         assert_eq!(reasoning, message["reasoning_content"].as_str().unwrap(), "seed {seed}");
         assert_eq!(assemble(&chunks).2, "tool_calls");
     }

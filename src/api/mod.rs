@@ -30,7 +30,9 @@ pub use response::ResponseMeta;
 pub fn check(engine: &mut Engine, req: &ChatRequest) -> Result<(), ApiError> {
     engine.check_response_format(&req.options.response_format)?;
     tools::check_schemas(engine, req)?;
-    for format in tools::choice_format(engine, req, None).into_iter().chain(tools::lazy_format(engine, req, None).map(|l| l.format)) {
+    for format in
+        tools::choice_format(engine, req, None).into_iter().chain(tools::lazy_format(engine, req, None).map(|l| l.format))
+    {
         engine.check_response_format(&format).map_err(|e| {
             ApiError::invalid("tool_choice", "invalid_value", format!("the tools' call grammar cannot be used: {e}"))
         })?;
@@ -90,7 +92,9 @@ pub async fn run(
     // of raw ids is split when its text left a think block open.
     let think_tags = engine.template().think_tags();
     let reasoning_opened = match (&req.tokens, think_tags) {
-        (Some(tokens), Some(tags)) => Some(tags.prompt_opens(&engine.tokenizer().decode(tokens, false).map_err(EngineError::from)?)),
+        (Some(tokens), Some(tags)) => {
+            Some(tags.prompt_opens(&engine.tokenizer().decode(tokens, false).map_err(EngineError::from)?))
+        }
         (Some(_), None) => None,
         (None, _) => engine.reasoning_opened(&req.messages, kwargs.as_deref())?,
     };

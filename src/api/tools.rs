@@ -15,9 +15,9 @@ use serde_json::{json, Map, Value};
 
 use super::request::{ChatRequest, ToolChoice};
 use super::ApiError;
+use crate::chat::reasoning::ThinkTags;
 use crate::chat::tool_calls::{openai_id, ToolCall, ToolSpec, ToolSyntax};
 use crate::chat::tool_grammar::call_grammar;
-use crate::chat::reasoning::ThinkTags;
 use crate::engine::{Engine, GenerateOptions, LazyFormat, ResponseFormat, ThinkGate};
 
 /// The template variables of `req`: its `chat_template_kwargs`, and `tools` where it offers
@@ -152,7 +152,8 @@ pub(super) fn parse_reply(
 
 /// OpenAI's `tool_calls` entries.
 pub(super) fn calls_json(calls: &[ToolCall]) -> Value {
-    let entry = |c: &ToolCall| json!({ "id": c.id, "type": "function", "function": { "name": c.name, "arguments": c.arguments } });
+    let entry =
+        |c: &ToolCall| json!({ "id": c.id, "type": "function", "function": { "name": c.name, "arguments": c.arguments } });
     Value::Array(calls.iter().map(entry).collect())
 }
 
@@ -247,7 +248,9 @@ impl CallHold {
         for (i, call) in self.syntax.settled_calls(&self.pending, &self.tools).into_iter().enumerate().take(self.max_calls) {
             if i == self.sent_calls.len() {
                 let id = call.id.clone().unwrap_or_else(|| openai_id(&mut self.id_seed));
-                deltas.push(json!({ "index": i, "id": id, "type": "function", "function": { "name": call.name, "arguments": "" } }));
+                deltas.push(
+                    json!({ "index": i, "id": id, "type": "function", "function": { "name": call.name, "arguments": "" } }),
+                );
                 self.sent_calls.push((id, String::new()));
             }
             let sent = &mut self.sent_calls[i].1;

@@ -91,9 +91,9 @@ pub fn read(body: Value, store: &ResponseStore) -> Result<ResponsesInput, ApiErr
         echo.insert("instructions".into(), instructions);
     }
     if let Some(previous) = take(&mut map, "previous_response_id") {
-        let id = previous.as_str().ok_or_else(|| {
-            ApiError::invalid("previous_response_id", "invalid_type", "previous_response_id must be a string")
-        })?;
+        let id = previous
+            .as_str()
+            .ok_or_else(|| ApiError::invalid("previous_response_id", "invalid_type", "previous_response_id must be a string"))?;
         let messages = store.history(id).ok_or_else(|| {
             let message = format!("Previous response with id '{id}' not found (not stored, or evicted from the store)");
             ApiError::invalid("previous_response_id", "previous_response_not_found", message)
@@ -104,7 +104,8 @@ pub fn read(body: Value, store: &ResponseStore) -> Result<ResponsesInput, ApiErr
         }
         echo.insert("previous_response_id".into(), previous);
     }
-    let input = take(&mut map, "input").ok_or_else(|| ApiError::invalid("input", "missing_required_parameter", "input is required"))?;
+    let input =
+        take(&mut map, "input").ok_or_else(|| ApiError::invalid("input", "missing_required_parameter", "input is required"))?;
     for (origin, message) in input_messages(input)? {
         history.push(message.clone());
         origins.push(&origin, message);
@@ -151,7 +152,11 @@ pub fn read(body: Value, store: &ResponseStore) -> Result<ResponsesInput, ApiErr
         }
     }
     if let Some(key) = map.keys().next() {
-        return Err(ApiError::invalid(key.as_str(), "unknown_parameter", format!("unrecognized request argument supplied: {key}")));
+        return Err(ApiError::invalid(
+            key.as_str(),
+            "unknown_parameter",
+            format!("unrecognized request argument supplied: {key}"),
+        ));
     }
     let stream = chat.get("stream").and_then(Value::as_bool).unwrap_or(false);
     chat.insert("messages".into(), Value::Array(origins.messages.clone()));
@@ -203,7 +208,9 @@ fn input_messages(input: Value) -> Result<Vec<(String, Value)>, ApiError> {
             // Reasoning sent back: the chat templates drop earlier turns' reasoning.
             "reasoning" => {}
             other => {
-                let message = format!("input items of type {other:?} are not supported (message, function_call, function_call_output, reasoning)");
+                let message = format!(
+                    "input items of type {other:?} are not supported (message, function_call, function_call_output, reasoning)"
+                );
                 return Err(ApiError::invalid(format!("{at}.type"), "unsupported_value", message));
             }
         }
@@ -216,10 +223,20 @@ fn message(mut item: Map<String, Value>, at: &str) -> Result<Value, ApiError> {
     let role = item.remove("role").unwrap_or(Value::Null);
     let content = match item.remove("content") {
         Some(Value::String(text)) => Value::String(text),
-        Some(Value::Array(parts)) => {
-            Value::Array(parts.into_iter().enumerate().map(|(j, p)| content_part(p, &format!("{at}.content[{j}]"))).collect::<Result<_, _>>()?)
+        Some(Value::Array(parts)) => Value::Array(
+            parts
+                .into_iter()
+                .enumerate()
+                .map(|(j, p)| content_part(p, &format!("{at}.content[{j}]")))
+                .collect::<Result<_, _>>()?,
+        ),
+        _ => {
+            return Err(ApiError::invalid(
+                format!("{at}.content"),
+                "invalid_type",
+                "a message's content is a string or an array of parts",
+            ))
         }
-        _ => return Err(ApiError::invalid(format!("{at}.content"), "invalid_type", "a message's content is a string or an array of parts")),
     };
     no_more(&item, at)?;
     Ok(json!({ "role": role, "content": content }))
@@ -227,7 +244,9 @@ fn message(mut item: Map<String, Value>, at: &str) -> Result<Value, ApiError> {
 
 /// A content part as chat's: text of every kind, `input_image` as an `image_url` part.
 fn content_part(part: Value, at: &str) -> Result<Value, ApiError> {
-    let Value::Object(mut part) = part else { return Err(ApiError::invalid(at, "invalid_type", "a content part must be an object")) };
+    let Value::Object(mut part) = part else {
+        return Err(ApiError::invalid(at, "invalid_type", "a content part must be an object"));
+    };
     let kind = part.remove("type").and_then(|t| t.as_str().map(String::from)).unwrap_or_default();
     let field = |part: &mut Map<String, Value>, name: &str| match part.remove(name) {
         Some(Value::String(s)) => Ok(s),
@@ -243,13 +262,18 @@ fn content_part(part: Value, at: &str) -> Result<Value, ApiError> {
         "input_image" => {
             part.remove("detail");
             if part.get("file_id").is_some_and(|f| !f.is_null()) {
-                return Err(ApiError::invalid(format!("{at}.file_id"), "unsupported_parameter", "images by file_id are not supported: send image_url"));
+                return Err(ApiError::invalid(
+                    format!("{at}.file_id"),
+                    "unsupported_parameter",
+                    "images by file_id are not supported: send image_url",
+                ));
             }
             part.remove("file_id");
             json!({ "type": "image_url", "image_url": { "url": field(&mut part, "image_url")? } })
         }
         other => {
-            let message = format!("content parts of type {other:?} are not supported (input_text, input_image, output_text, refusal)");
+            let message =
+                format!("content parts of type {other:?} are not supported (input_text, input_image, output_text, refusal)");
             return Err(ApiError::invalid(format!("{at}.type"), "unsupported_value", message));
         }
     };
@@ -276,7 +300,11 @@ fn function_call_output(mut item: Map<String, Value>, at: &str) -> Result<Value,
     let output = match item.remove("output") {
         Some(Value::String(s)) => Value::String(s),
         Some(Value::Array(parts)) => Value::Array(
-            parts.into_iter().enumerate().map(|(j, p)| content_part(p, &format!("{at}.output[{j}]"))).collect::<Result<_, _>>()?,
+            parts
+                .into_iter()
+                .enumerate()
+                .map(|(j, p)| content_part(p, &format!("{at}.output[{j}]")))
+                .collect::<Result<_, _>>()?,
         ),
         _ => return Err(ApiError::invalid(format!("{at}.output"), "invalid_type", "a function_call_output needs its output")),
     };
@@ -303,7 +331,8 @@ fn chat_tools(tools: &Value) -> Result<Value, ApiError> {
         match function.remove("type") {
             Some(Value::String(t)) if t == "function" => {}
             other => {
-                let message = format!("tools of type {} are not supported: webvlm runs function tools", other.unwrap_or(Value::Null));
+                let message =
+                    format!("tools of type {} are not supported: webvlm runs function tools", other.unwrap_or(Value::Null));
                 return Err(ApiError::invalid(format!("{at}.type"), "unsupported_value", message));
             }
         }
@@ -345,7 +374,13 @@ fn text_format(text: &Value) -> Result<Option<Value>, ApiError> {
             schema.remove("type");
             Some(json!({ "type": "json_schema", "json_schema": schema }))
         }
-        _ => return Err(ApiError::invalid("text.format.type", "invalid_value", "text.format.type is text, json_object or json_schema")),
+        _ => {
+            return Err(ApiError::invalid(
+                "text.format.type",
+                "invalid_value",
+                "text.format.type is text, json_object or json_schema",
+            ))
+        }
     })
 }
 
@@ -357,7 +392,11 @@ fn check_metadata(metadata: &Value) -> Result<(), ApiError> {
     if ok {
         Ok(())
     } else {
-        Err(ApiError::invalid("metadata", "invalid_value", "metadata is at most 16 string values (keys up to 64 characters, values up to 512)"))
+        Err(ApiError::invalid(
+            "metadata",
+            "invalid_value",
+            "metadata is at most 16 string values (keys up to 64 characters, values up to 512)",
+        ))
     }
 }
 

@@ -102,9 +102,8 @@ pub async fn run(
     let mut events = request.events();
     let stream = request.stream();
     let mut send = |events: Vec<Value>| events.into_iter().fold(None, |_, e| on_event(e));
-    let completion = super::run(engine, &chat, load_url, abort, |chunk| send(events.push(&chunk)))
-        .await
-        .map_err(|e| request.rename(e))?;
+    let completion =
+        super::run(engine, &chat, load_url, abort, |chunk| send(events.push(&chunk))).await.map_err(|e| request.rename(e))?;
     let response = request.response(&completion);
     if stream {
         if let Some(wait) = send(events.finish(&response)) {

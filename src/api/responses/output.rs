@@ -212,10 +212,20 @@ impl ResponseEvents {
             let id = self.echo.ids.call(index);
             let output_index = self.sent.len();
             self.sent.push(id.clone());
-            out.push(self.event("response.output_item.added", json!({ "output_index": output_index, "item": call_item(&id, call, &json!(""), "in_progress") })));
-            self.open_call = Some(OpenCall { output_index, call_id: call["id"].clone(), name: call["function"]["name"].clone(), arguments: String::new() });
+            out.push(self.event(
+                "response.output_item.added",
+                json!({ "output_index": output_index, "item": call_item(&id, call, &json!(""), "in_progress") }),
+            ));
+            self.open_call = Some(OpenCall {
+                output_index,
+                call_id: call["id"].clone(),
+                name: call["function"]["name"].clone(),
+                arguments: String::new(),
+            });
         }
-        let Some(fragment) = call.pointer("/function/arguments").and_then(Value::as_str).filter(|f| !f.is_empty()) else { return };
+        let Some(fragment) = call.pointer("/function/arguments").and_then(Value::as_str).filter(|f| !f.is_empty()) else {
+            return;
+        };
         let Some(open) = self.open_call.as_mut() else { return };
         open.arguments.push_str(fragment);
         let at = json!({ "item_id": self.sent[open.output_index], "output_index": open.output_index, "delta": fragment });
@@ -350,13 +360,26 @@ mod tests {
         assert_eq!(
             kinds,
             [
-                "response.created", "response.in_progress",
-                "response.output_item.added", "response.content_part.added", "response.reasoning_text.delta",
-                "response.reasoning_text.done", "response.content_part.done", "response.output_item.done",
-                "response.output_item.added", "response.content_part.added", "response.output_text.delta", "response.output_text.delta",
-                "response.output_text.done", "response.content_part.done", "response.output_item.done",
-                "response.output_item.added", "response.function_call_arguments.delta", "response.function_call_arguments.delta",
-                "response.function_call_arguments.done", "response.output_item.done",
+                "response.created",
+                "response.in_progress",
+                "response.output_item.added",
+                "response.content_part.added",
+                "response.reasoning_text.delta",
+                "response.reasoning_text.done",
+                "response.content_part.done",
+                "response.output_item.done",
+                "response.output_item.added",
+                "response.content_part.added",
+                "response.output_text.delta",
+                "response.output_text.delta",
+                "response.output_text.done",
+                "response.content_part.done",
+                "response.output_item.done",
+                "response.output_item.added",
+                "response.function_call_arguments.delta",
+                "response.function_call_arguments.delta",
+                "response.function_call_arguments.done",
+                "response.output_item.done",
                 "response.completed",
             ]
         );

@@ -120,7 +120,8 @@ fn generate_with_tools(args: &GenerateArgs, tools: &Path, kwargs: Option<JsonMap
         "auto" | "required" | "none" => json!(args.tool_choice),
         name => json!({ "type": "function", "function": { "name": name } }),
     };
-    let mut content: Vec<Value> = args.images.images.iter().map(|f| json!({ "type": "image_url", "image_url": { "url": f } })).collect();
+    let mut content: Vec<Value> =
+        args.images.images.iter().map(|f| json!({ "type": "image_url", "image_url": { "url": f } })).collect();
     content.push(json!({ "type": "text", "text": args.prompt }));
     let body = json!({
         "messages": [{ "role": "user", "content": content }],

@@ -231,7 +231,12 @@ mod tests {
                 for (i, call) in settled.iter().enumerate() {
                     let want = &parsed.calls[i];
                     assert_eq!(call.name, want.name, "{syntax:?} at {end}");
-                    assert!(want.arguments.starts_with(&call.arguments), "{syntax:?} at {end}: {:?} vs {:?}", call.arguments, want.arguments);
+                    assert!(
+                        want.arguments.starts_with(&call.arguments),
+                        "{syntax:?} at {end}: {:?} vs {:?}",
+                        call.arguments,
+                        want.arguments
+                    );
                     if call.id.is_some() {
                         assert_eq!(call.id.as_deref(), Some(want.id.as_str()));
                     }
