@@ -29,11 +29,7 @@ use super::App;
 pub async fn completions(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Result<Response, HttpError> {
     let body = super::body_json(body, app.limits.max_body_bytes)?;
     let checked = check_request(&app.model, app.limits.max_image_bytes, body)?;
-    let slot = app.engine.admit()?;
-    let cancel = CancelOnDrop::new();
-    let (job, mut events) = Job::new(checked.body, cancel.flag.clone(), Some(slot));
-    app.engine.submit(job)?;
-    let first = events.recv().await.ok_or_else(|| HttpError::internal("the engine thread stopped"))?;
+    let (first, events, cancel) = start_job(&app, checked.body).await?;
     match first {
         Event::Failed(error) => Err(error.into()),
         Event::Done(completion) => {
@@ -47,6 +43,18 @@ pub async fn completions(State(app): State<Arc<App>>, body: Result<Bytes, BytesR
     }
 }
 
+/// Queues a checked chat body (429 when the queue is full) and waits for the job's first
+/// event: that event, the receiver of the rest, and the guard that cancels the job when the
+/// client goes away (dropped with the handler's future, or with the stream it is moved to).
+pub(super) async fn start_job(app: &App, body: Value) -> Result<(Event, UnboundedReceiver<Event>, CancelOnDrop), HttpError> {
+    let slot = app.engine.admit()?;
+    let cancel = CancelOnDrop::new();
+    let (job, mut events) = Job::new(body, cancel.flag.clone(), Some(slot));
+    app.engine.submit(job)?;
+    let first = events.recv().await.ok_or_else(|| HttpError::internal("the engine thread stopped"))?;
+    Ok((first, events, cancel))
+}
+
 /// Sets the job's cancel flag when dropped, unless disarmed (the job ended normally).
 pub(super) struct CancelOnDrop {
     pub(super) flag: Arc<AtomicBool>,
@@ -54,7 +62,7 @@ pub(super) struct CancelOnDrop {
 }
 
 impl CancelOnDrop {
-    pub(super) fn new() -> CancelOnDrop {
+    fn new() -> CancelOnDrop {
         CancelOnDrop { flag: Arc::new(AtomicBool::new(false)), armed: true }
     }
 

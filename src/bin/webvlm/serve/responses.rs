@@ -23,10 +23,10 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 use webvlm::api::responses::{ResponseEvents, ResponsesRequest};
 
-use super::chat::CancelOnDrop;
+use super::chat::{start_job, CancelOnDrop};
 use super::checks::check_request;
 use super::errors::HttpError;
-use super::worker::{Event, Job};
+use super::worker::Event;
 use super::App;
 
 pub async fn create(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Result<Response, HttpError> {
@@ -34,11 +34,7 @@ pub async fn create(State(app): State<Arc<App>>, body: Result<Bytes, BytesReject
     let request = ResponsesRequest::read(body, &app.responses.lock().expect("the store's lock"))?;
     let rename = |e: HttpError| HttpError { error: request.rename(e.error), ..e };
     let checked = check_request(&app.model, app.limits.max_image_bytes, request.chat_body().clone()).map_err(rename)?;
-    let slot = app.engine.admit()?;
-    let cancel = CancelOnDrop::new();
-    let (job, mut events) = Job::new(checked.body, cancel.flag.clone(), Some(slot));
-    app.engine.submit(job)?;
-    let first = events.recv().await.ok_or_else(|| HttpError::internal("the engine thread stopped"))?;
+    let (first, events, cancel) = start_job(&app, checked.body).await?;
     match first {
         Event::Failed(error) => Err(rename(error.into())),
         Event::Done(completion) => {
