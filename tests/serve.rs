@@ -498,7 +498,7 @@ fn every_route_but_health_needs_the_api_key() {
     let chat = json!({ "messages": user("hi"), "max_tokens": 1 }).to_string();
     let respond = json!({ "input": "hi", "max_output_tokens": 1 }).to_string();
     // (method, route as routes.rs names it (None: no route), path asked, body, status with the key)
-    let table: [(&str, Option<&str>, &str, &str, u16); 18] = [
+    let table: [(&str, Option<&str>, &str, &str, u16); 19] = [
         ("POST", Some("/v1/chat/completions"), "/v1/chat/completions", &chat, 200),
         ("POST", Some("/v1/responses"), "/v1/responses", &respond, 200),
         ("GET", Some("/v1/responses/{response_id}"), "/v1/responses/resp_nope", "", 404),
@@ -516,7 +516,8 @@ fn every_route_but_health_needs_the_api_key() {
         ("POST", Some("/v1/batches/{batch_id}/cancel"), "/v1/batches/batch_nope/cancel", "", 404),
         // Unknown routes and wrong methods need the key too: nothing tells which routes exist.
         ("GET", None, "/v1/embeddings", "", 404),
-        ("GET", None, "/metrics", "", 404),
+        ("GET", Some("/metrics"), "/metrics", "", 200),
+        ("GET", None, "/v1/completions", "", 404),
         ("DELETE", None, "/v1/models", "", 405),
     ];
     let mut tabled: Vec<(String, String)> =
@@ -701,4 +702,55 @@ fn cancelling_a_batch_mid_line_leaves_it_consistent() {
     let listed = server.get("/v1/batches").json();
     assert_eq!(listed["data"].as_array().map(Vec::len), Some(1), "{listed}");
     assert_eq!(server.get(&format!("/v1/files/{}", cancelled["output_file_id"].as_str().unwrap())).status, 200);
+}
+
+/// `/metrics` in Prometheus' text format: after two completions of 4 tokens, the request and
+/// token counters say so, each histogram's buckets are cumulative and end in its count, and
+/// every sample line is `name{labels} number` of a declared metric.
+#[test]
+fn metrics_count_requests_tokens_and_latencies() {
+    let server = start(&["--served-model-name", "tiny"]);
+    let request = json!({ "messages": user("hi"), "max_tokens": 4, "temperature": 0 });
+    let mut prompt_tokens = 0;
+    for _ in 0..2 {
+        let reply = server.post_json("/v1/chat/completions", &request);
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.json()["usage"]["completion_tokens"], 4, "a reply shorter than asked: nothing to count");
+        prompt_tokens += reply.json()["usage"]["prompt_tokens"].as_u64().unwrap();
+    }
+    let response = server.get("/metrics");
+    assert_eq!(response.status, 200);
+    let text = response.text();
+    let mut declared = Vec::new();
+    let mut samples = std::collections::HashMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            declared.push(rest.split_whitespace().next().unwrap().to_string());
+        } else if !line.starts_with('#') {
+            let (name, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line:?}"));
+            let value: f64 = value.parse().unwrap_or_else(|_| panic!("{line:?}"));
+            let base = name.split('{').next().unwrap();
+            let family = ["_bucket", "_sum", "_count"].iter().find_map(|s| base.strip_suffix(s)).unwrap_or(base);
+            assert!(declared.iter().any(|d| d == base || d == family), "{line:?} has no TYPE line");
+            samples.insert(name.to_string(), value);
+        }
+    }
+    let at = |name: &str| *samples.get(name).unwrap_or_else(|| panic!("no {name} in\n{text}"));
+    assert_eq!(at("webvlm_requests_total{outcome=\"completed\"}"), 2.0);
+    assert_eq!(at("webvlm_requests_total{outcome=\"failed\"}"), 0.0);
+    assert_eq!(at("webvlm_requests_running"), 0.0);
+    assert_eq!(at("webvlm_generation_tokens_total"), 8.0);
+    assert_eq!(at("webvlm_prompt_tokens_total"), prompt_tokens as f64);
+    assert!(at("webvlm_prompt_cached_tokens_total") > 0.0, "the second request reuses the first one's prompt");
+    for (histogram, count) in [("webvlm_time_to_first_token_seconds", 2.0), ("webvlm_inter_token_latency_seconds", 6.0)] {
+        assert_eq!(at(&format!("{histogram}_count")), count, "{histogram}");
+        assert_eq!(at(&format!("{histogram}_bucket{{le=\"+Inf\"}}")), count);
+        let buckets: Vec<f64> = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("{histogram}_bucket")))
+            .map(|l| l.rsplit_once(' ').unwrap().1.parse().unwrap())
+            .collect();
+        assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{histogram}: {buckets:?}");
+        assert!(at(&format!("{histogram}_sum")) > 0.0);
+    }
 }

@@ -1,8 +1,8 @@
 //! `webvlm serve`: an OpenAI-compatible HTTP server over one loaded engine. The engine runs
 //! on a thread of its own ([`worker`]); the sockets on a current-thread tokio runtime
 //! (axum on hyper, HTTP/1.1). Routes: `/v1/chat/completions` ([`chat`]), `/v1/responses`
-//! ([`responses`]), `/v1/models`, `/health` ([`routes`]), the Files and Batch APIs ([`files`],
-//! [`batches`]).
+//! ([`responses`]), `/v1/models`, `/health` ([`routes`]), `/metrics` ([`metrics`]), the Files and
+//! Batch APIs ([`files`], [`batches`]).
 
 mod batch_input;
 mod batches;
@@ -10,6 +10,7 @@ mod chat;
 mod checks;
 mod errors;
 mod files;
+mod metrics;
 mod responses;
 mod routes;
 mod worker;

@@ -1,6 +1,6 @@
 //! The router: every route of the server, the bearer-key check, OpenAI-shaped 404 and 405
 //! answers, the body limit, CORS when asked for; and the small routes (`/health`,
-//! `/v1/models`).
+//! `/v1/models`; `/metrics` is [`metrics`]).
 //!
 //! With `--api-key`, every request needs the key but those to [`PUBLIC_PATHS`] (`/health`,
 //! for load balancers and probes, which carry no key) and CORS preflights (browsers send them
@@ -21,7 +21,7 @@ use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
 use super::checks::model_not_found;
 use super::errors::HttpError;
-use super::{batches, chat, files, responses, App};
+use super::{batches, chat, files, metrics, responses, App};
 
 /// The server's routes over `app`; `cors` is `--cors` (an origin, or `*` for any).
 pub fn router(app: Arc<App>, cors: Option<&str>) -> Result<Router, String> {
@@ -39,6 +39,7 @@ pub fn router(app: Arc<App>, cors: Option<&str>) -> Result<Router, String> {
         .route("/v1/batches/{batch_id}/cancel", post(batches::cancel));
     let router = Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(metrics::metrics))
         .merge(v1)
         .fallback(|method: Method, uri: Uri| async move { HttpError::unknown_route(method.as_str(), uri.path()) })
         .method_not_allowed_fallback(|method: Method, uri: Uri| async move {

@@ -115,6 +115,8 @@ pub struct Stats {
     recent_seconds: Mutex<VecDeque<f64>>,
     /// Times the model was loaded again after a lost device.
     pub reloads: AtomicU64,
+    /// Tokens and latencies for `/metrics`.
+    pub metrics: super::metrics::Metrics,
     /// Why the engine cannot take requests any more (a lost device and a failed reload).
     unhealthy: Mutex<Option<String>>,
 }
@@ -278,6 +280,9 @@ impl Worker {
                 stats.add_run_time(started.elapsed().as_secs_f64());
             }
             counter.fetch_add(1, Ordering::SeqCst);
+            if let Some(Event::Done(completion)) = &last_event {
+                stats.metrics.record(completion);
+            }
             stats.set_prompt_cache(engine);
             stats.running.fetch_sub(1, Ordering::SeqCst);
             // The last event goes out after the counters moved and the job's queue place is
