@@ -43,6 +43,7 @@ mod kernels_vision_mllama;
 mod kernels_vision_qwen;
 mod mllama_processor;
 mod mmproj_load;
+mod model_batch;
 mod model_f16;
 mod model_hf;
 mod model_mistral_small;

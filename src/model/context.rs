@@ -18,6 +18,7 @@
 //! (carried by truncation and snapshots).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::backend::gpu::{Caps, GpuError, Readback, Result as GpuResult};
 use crate::backend::{Buffer, Device, Program};
@@ -27,6 +28,7 @@ use crate::kernels::sample::SamplerState;
 use super::decoder::Decoder;
 use super::families::Scratch;
 use super::positions::{PassPositions, RopeDeltas};
+use super::rows::{Rows, Seq};
 use super::state::{SequenceState, StateSnapshot};
 use super::step::{LogitsMode, Precision, StepBuffers};
 use super::vision::PromptImages;
@@ -58,9 +60,9 @@ impl ContextOptions {
 }
 
 /// The two recorded programs of one step shape: the embedding gather, then the rest.
-struct StepPrograms {
-    embed: Program,
-    body: Program,
+pub(super) struct StepPrograms {
+    pub(super) embed: Program,
+    pub(super) body: Program,
 }
 
 /// A sequence being processed by one [`Decoder`].
@@ -91,7 +93,15 @@ pub struct Context {
     deltas: RopeDeltas,
     /// Submits and bytes read back so far, for benchmarks.
     counters: Counters,
+    /// This context among all (process-wide), and a count of the times its recorded steps
+    /// were dropped because the buffers they bind changed: together, the key of a batched
+    /// step recorded against it.
+    id: u64,
+    epoch: u64,
 }
+
+/// The next [`Context`]'s id.
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
 /// A submitted step whose sampled token id is being copied to `readback`.
 struct InFlight {
@@ -145,6 +155,8 @@ impl Context {
             pos_offset: 0,
             deltas: RopeDeltas::default(),
             counters: Counters::default(),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            epoch: 0,
         })
     }
 
@@ -164,7 +176,7 @@ impl Context {
         self.forget_in_flight();
         dec.set_cross(dev, &mut self.scratch, states, n_tiles, mask)?;
         // The recorded steps bind the store's buffers and tile count.
-        self.programs.clear();
+        self.drop_programs();
         Ok(())
     }
 
@@ -173,7 +185,7 @@ impl Context {
         self.forget_in_flight();
         if self.scratch.has_cross() {
             self.scratch.clear_cross();
-            self.programs.clear();
+            self.drop_programs();
         }
         self.n_past = 0;
         self.rec_pos = 0;
@@ -622,19 +634,7 @@ impl Context {
         positions: Option<&[u32]>,
         read_token: bool,
     ) -> Result<(), ModelError> {
-        if self.rec_pos != self.n_past && self.state.has_recurrent() {
-            return Err(ModelError::RecurrentPosition { consumed: self.rec_pos, cached: self.n_past });
-        }
-        let pos0 = (self.pos_offset as i64 + self.n_past as i64 + self.deltas.at(self.n_past)).max(0) as u32;
-        StepParams::new(self.n_past, n, pos0).write(dev, &self.b.step)?;
-        self.scratch.write_step(dev, self.n_past, n)?;
-        if dec.uses_mrope() {
-            match positions {
-                Some(p) => dev.write(&self.b.positions, 0, bytemuck::cast_slice(p))?,
-                None if n == 1 => dev.write(&self.b.positions, 0, bytemuck::cast_slice(&[pos0; 3]))?,
-                None => return Err(ModelError::Invalid(format!("a step of {n} tokens without their positions"))),
-            }
-        }
+        self.write_step_inputs(dev, dec, n, positions)?;
         let mut before = Program::new();
         if self.n_past == 0 {
             // A new sequence: recurrent states start from zero (a no-op without them).
@@ -683,6 +683,59 @@ impl Context {
         Ok(())
     }
 
+    /// Writes the inputs of a step of `n` tokens from `n_past` other than their ids: the step
+    /// uniform, the M-RoPE positions (`positions`, `[3][n]`, or a decode step's from its row
+    /// and delta) and the family's per-token inputs.
+    fn write_step_inputs(&self, dev: &Device, dec: &Decoder, n: u32, positions: Option<&[u32]>) -> Result<(), ModelError> {
+        if self.rec_pos != self.n_past && self.state.has_recurrent() {
+            return Err(ModelError::RecurrentPosition { consumed: self.rec_pos, cached: self.n_past });
+        }
+        let pos0 = (self.pos_offset as i64 + self.n_past as i64 + self.deltas.at(self.n_past)).max(0) as u32;
+        StepParams::new(self.n_past, n, pos0).write(dev, &self.b.step)?;
+        self.scratch.write_step(dev, self.n_past, n)?;
+        if dec.uses_mrope() {
+            match positions {
+                Some(p) => dev.write(&self.b.positions, 0, bytemuck::cast_slice(p))?,
+                None if n == 1 => dev.write(&self.b.positions, 0, bytemuck::cast_slice(&[pos0; 3]))?,
+                None => return Err(ModelError::Invalid(format!("a step of {n} tokens without their positions"))),
+            }
+        }
+        Ok(())
+    }
+
+    /// What a recorded batched step binds of this sequence: its step buffers, scratch and
+    /// state (see `super::batch`).
+    pub(super) fn seq(&self) -> Seq<'_, Scratch> {
+        Seq { b: &self.b, s: &self.scratch, state: &self.state }
+    }
+
+    /// Names the buffers [`Self::seq`] hands out: equal keys, the same buffers.
+    pub(super) fn binding(&self) -> (u64, u64) {
+        (self.id, self.epoch)
+    }
+
+    /// Prepares this sequence's row of a batched decode step that feeds `token`: checks
+    /// that the sequence was prefilled and has room, forgets steps in flight and writes the
+    /// step's inputs. [`Self::end_batched`] counts the token in once the step is submitted.
+    pub(super) fn begin_batched(&mut self, dev: &Device, dec: &Decoder, token: u32) -> Result<(), ModelError> {
+        if self.n_past == 0 {
+            return Err(ModelError::Invalid("a batched decode step continues a prefilled sequence".into()));
+        }
+        if token >= dec.cfg.vocab {
+            return Err(ModelError::BadToken { id: token, vocab: dec.cfg.vocab });
+        }
+        self.check_room(1)?;
+        self.forget_in_flight();
+        self.sync_recurrent();
+        self.write_step_inputs(dev, dec, 1, None)
+    }
+
+    /// The batched step [`Self::begin_batched`] prepared was submitted: its token is cached.
+    pub(super) fn end_batched(&mut self) {
+        self.n_past += 1;
+        self.rec_pos = self.n_past;
+    }
+
     /// Forgets the steps whose tokens were not read (their maps abandoned); the cache keeps
     /// their entries.
     fn forget_in_flight(&mut self) {
@@ -692,9 +745,15 @@ impl Context {
         }
     }
 
+    /// Drops the recorded steps (the buffers they bind changed).
+    fn drop_programs(&mut self) {
+        self.programs.clear();
+        self.epoch += 1;
+    }
+
     fn programs(&mut self, dev: &Device, dec: &Decoder, n: u32, mode: LogitsMode) -> GpuResult<&StepPrograms> {
         if !self.programs.contains_key(&(n, mode)) {
-            let body = dec.record(dev, &self.b, &self.scratch, &self.state, n, mode)?;
+            let body = dec.record(dev, &Rows::one(&self.b, &self.scratch, &self.state, n), mode)?;
             let programs = StepPrograms { embed: dec.record_embed(dev, &self.b, n)?, body };
             // Keep the steady-state programs (decode and full chunks); drop odd-sized ones.
             self.programs.retain(|&(m, _), _| m == 1 || m == self.opts.max_chunk);

@@ -10,7 +10,8 @@ use crate::kernels::quant::Weight;
 use crate::source::{Eager, LoadError, TensorSource, WeightLoader};
 
 use super::families::{Family, Scratch, TextConfig};
-use super::state::{LayerKind, SequenceState};
+use super::rows::Rows;
+use super::state::LayerKind;
 use super::step::{LogitsMode, StepBuffers};
 use super::ModelError;
 
@@ -93,18 +94,10 @@ impl Decoder {
         Ok(p)
     }
 
-    /// Records the blocks and the head over `n` embedded tokens in `b.x`.
-    pub(super) fn record(
-        &self,
-        dev: &Device,
-        b: &StepBuffers,
-        s: &Scratch,
-        state: &SequenceState,
-        n: u32,
-        mode: LogitsMode,
-    ) -> GpuResult<Program> {
+    /// Records the blocks and the head over the step's embedded rows in `rows.b.x`.
+    pub(super) fn record(&self, dev: &Device, rows: &Rows<'_, Scratch>, mode: LogitsMode) -> GpuResult<Program> {
         let mut p = Program::new();
-        self.family.record(&mut p, dev, b, s, state, n, mode)?;
+        self.family.record(&mut p, dev, rows, mode)?;
         Ok(p)
     }
 }

@@ -1,5 +1,5 @@
-//! Models: decoder families and vision encoders built from shared blocks, run one sequence
-//! at a time by a [`Context`].
+//! Models: decoder families and vision encoders built from shared blocks, run by a
+//! [`Context`] per sequence (many at once through a [`DecodeBatch`]).
 //!
 //! - [`families`]: one folder per decoder family (config from metadata, weight names, the
 //!   recording of one step); [`Decoder`] is a loaded decoder of any family.
@@ -10,9 +10,12 @@
 //!   and snapshots of it; [`step`]: the buffers every step binds.
 //! - [`context`]: a sequence being run — prefill in chunks, decode, logits; `positions`:
 //!   its multimodal RoPE positions and their delta from the KV rows.
+//! - [`batch`]: decode steps of many contexts at once; [`rows`]: the sequences behind a
+//!   recorded step's rows, and the sections that run per sequence.
 //!
 //! Weights come from `crate::source`; errors are [`ModelError`].
 
+pub mod batch;
 pub mod blocks;
 pub mod context;
 mod decoder;
@@ -20,12 +23,14 @@ mod error;
 pub mod families;
 pub mod memory_plan;
 mod positions;
+pub mod rows;
 pub mod state;
 pub mod step;
 #[cfg(feature = "synthetic")]
 pub mod synthetic;
 pub mod vision;
 
+pub use batch::DecodeBatch;
 pub use context::{Context, ContextOptions, Counters};
 pub use decoder::Decoder;
 pub use error::ModelError;

@@ -76,6 +76,15 @@ impl Precision {
     }
 }
 
+/// Which kernel a step's products run on: the decode kernel (one token, or one token of each
+/// sequence of a batched step: each row computed exactly as it would be alone) or the tiled
+/// matmul at a precision (prefill chunks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Products {
+    Matvec,
+    Matmul(MatmulCompute),
+}
+
 /// The buffers shared by every family's step.
 pub struct StepBuffers {
     /// [`StepParams`]: cache start, tokens and RoPE position of this step.
@@ -96,6 +105,8 @@ pub struct StepBuffers {
     /// The precision in effect (`compute_f16` cleared on devices without `shader-f16`).
     pub precision: Precision,
     pub sampler: Option<Sampler>,
+    /// Rows are sequences of a batched decode step (`super::batch`), one token each.
+    pub batched: bool,
 }
 
 impl StepBuffers {
@@ -115,6 +126,17 @@ impl StepBuffers {
                 Device::Gpu(_) => Some(Sampler::new(dev, vocab)?),
                 Device::Cpu(_) => None,
             },
+            batched: false,
         })
+    }
+
+    /// The kernel of a step's products over `n` rows: the decode kernel for one token and for
+    /// a batched decode step (so each row is computed as it would be alone), the tiled matmul
+    /// for prefill chunks.
+    pub fn products(&self, n: u32) -> Products {
+        match n == 1 || self.batched {
+            true => Products::Matvec,
+            false => Products::Matmul(self.precision.matmul()),
+        }
     }
 }

@@ -11,14 +11,14 @@
 
 use crate::backend::gpu::Result;
 use crate::backend::{Buffer, Device, Program};
-use crate::kernels::attention::{attention_decode, attention_prefill, AttnShape, DecodeScratch, KvDtype};
-use crate::kernels::matmul::MatmulCompute;
+use crate::kernels::attention::{attention_decode, attention_prefill, AttnShape, DecodeScratch};
 use crate::kernels::matvec::{Epilogue, Output};
 use crate::kernels::quant::Weight;
 use crate::kernels::rope::{rope_qkv_store, QScale, QkvRope, RopeFreqs, RopeLayout, RopeMode};
 use crate::source::{load_stacked, LoadError, LoadQuant, Stacked, WeightLoader};
 
 use super::{linear_into, linear_stacked};
+use crate::model::rows::{Pick, Rows, Seq};
 
 /// The projections of one attention layer.
 pub struct AttentionWeights {
@@ -44,21 +44,12 @@ impl AttentionShape {
     }
 }
 
-/// The buffers one attention pass reads and writes: `x` the normed input `[n][n_embd]`,
-/// `residual` `[n][n_embd]` the projected output is added into, the rest scratch sized for
-/// the largest chunk.
+/// One sequence's side of an attention layer: this layer's KV cache and the decode kernel's
+/// scratch.
 pub struct AttentionIo<'a> {
-    pub step: &'a Buffer,
-    pub x: &'a Buffer,
-    /// `[n][qkv_width]`: q, k and v of each token side by side.
-    pub qkv: &'a Buffer,
-    pub attn: &'a Buffer,
-    pub residual: &'a Buffer,
-    pub decode_scratch: &'a DecodeScratch,
-    /// This layer's cache.
     pub k_cache: &'a Buffer,
     pub v_cache: &'a Buffer,
-    pub kv: KvDtype,
+    pub decode_scratch: &'a DecodeScratch,
 }
 
 impl AttentionWeights {
@@ -84,29 +75,36 @@ impl AttentionWeights {
         self.qkv.weights().iter().chain([&self.wo]).collect()
     }
 
-    /// Records the layer over `n` tokens at the step's positions.
-    pub fn record(
+    /// Records the layer over the step's rows: the normed input `rows.b.h` projected into
+    /// the buffer `qkv` picks (`[n][q + 2 kv]`), RoPE and attention per sequence (`io` gives
+    /// a sequence's cache) into the one `attn` picks, `wo` added into the residual `rows.b.x`.
+    pub fn record<'a, S>(
         &self,
         p: &mut Program,
         dev: &Device,
         s: &AttentionShape,
         rope: &RopeFreqs,
-        io: &AttentionIo<'_>,
-        n: u32,
-        mm: MatmulCompute,
+        rows: &Rows<'a, S>,
+        (qkv, attn): (Pick<S>, Pick<S>),
+        io: impl Fn(&Seq<'a, S>) -> AttentionIo<'a>,
     ) -> Result<()> {
+        let (b, n) = (rows.b, rows.n);
+        let mm = b.products(n);
         let (width, q_dim, kv_dim) = (s.qkv_width(), s.n_head * s.head_dim, s.n_kv_head * s.head_dim);
-        let k = RopeLayout { stride: width, offset: q_dim, ..RopeLayout::dense(s.n_kv_head, s.head_dim, n, RopeMode::Adjacent) };
-        let qkv_rope = QkvRope { n_q_heads: s.n_head, k, v_offset: q_dim + kv_dim, q_scale: s.q_scale };
-        let shape = AttnShape { kv: io.kv, q_stride: width, q_offset: 0, ..AttnShape::new(s.n_head, s.n_kv_head, s.head_dim, n) };
-        linear_stacked(p, dev, &self.qkv, io.x, (io.qkv, width), n, mm)?;
-        rope_qkv_store(p, dev, io.step, rope, io.qkv, &qkv_rope, (io.k_cache, io.v_cache), io.kv)?;
-        if n == 1 {
-            attention_decode(p, dev, &shape, io.step, io.qkv, io.k_cache, io.v_cache, io.decode_scratch, io.attn)?;
-        } else {
-            attention_prefill(p, dev, &shape, io.step, io.qkv, io.k_cache, io.v_cache, io.attn)?;
-        }
+        linear_stacked(p, dev, &self.qkv, &b.h, (qkv(b, rows.s), width), n, mm)?;
+        rows.per_sequence(p, &[(qkv, width)], (attn, q_dim), |p, q, n| {
+            let (io, (qkv, attn), kv) = (io(q), (qkv(q.b, q.s), attn(q.b, q.s)), q.b.precision.kv_dtype());
+            let k =
+                RopeLayout { stride: width, offset: q_dim, ..RopeLayout::dense(s.n_kv_head, s.head_dim, n, RopeMode::Adjacent) };
+            let qkv_rope = QkvRope { n_q_heads: s.n_head, k, v_offset: q_dim + kv_dim, q_scale: s.q_scale };
+            let shape = AttnShape { kv, q_stride: width, q_offset: 0, ..AttnShape::new(s.n_head, s.n_kv_head, s.head_dim, n) };
+            rope_qkv_store(p, dev, &q.b.step, rope, qkv, &qkv_rope, (io.k_cache, io.v_cache), kv)?;
+            match n {
+                1 => attention_decode(p, dev, &shape, &q.b.step, qkv, io.k_cache, io.v_cache, io.decode_scratch, attn),
+                _ => attention_prefill(p, dev, &shape, &q.b.step, qkv, io.k_cache, io.v_cache, attn),
+            }
+        })?;
         let out = Output { stride: self.wo.rows, offset: 0, epilogue: Epilogue::Add };
-        linear_into(p, dev, &self.wo, io.attn, io.residual, out, n, mm)
+        linear_into(p, dev, &self.wo, attn(b, rows.s), &b.x, out, n, mm)
     }
 }

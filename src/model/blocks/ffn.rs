@@ -9,12 +9,12 @@
 use crate::backend::gpu::Result;
 use crate::backend::{Buffer, Device, Program};
 use crate::kernels::elementwise;
-use crate::kernels::matmul::MatmulCompute;
 use crate::kernels::matvec::{self, Epilogue, Output};
 use crate::kernels::quant::Weight;
 use crate::source::{load_stacked, LoadError, LoadQuant, Stacked, WeightLoader};
 
 use super::{linear_into, linear_stacked};
+use crate::model::step::Products;
 
 /// The matrices of a gated MLP.
 pub struct GatedFfn {
@@ -56,11 +56,13 @@ impl GatedFfn {
         s: FfnScratch<'_>,
         residual: &Buffer,
         n: u32,
-        mm: MatmulCompute,
+        mm: Products,
     ) -> Result<()> {
         let ff = self.down.cols;
         match self.gate_up.one() {
-            Some(w) if n == 1 => matvec::record_into(p, dev, w, x, s.act, Output::dense(w, Epilogue::SiluMul), 1)?,
+            Some(w) if mm == Products::Matvec => {
+                matvec::record_into(p, dev, w, x, s.act, Output::dense(w, Epilogue::SiluMul), n)?
+            }
             _ => {
                 linear_stacked(p, dev, &self.gate_up, x, (s.gate_up, 2 * ff), n, mm)?;
                 elementwise::silu_mul_halves(p, dev, s.gate_up, s.act, n, ff)?;

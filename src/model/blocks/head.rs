@@ -60,12 +60,11 @@ impl Head {
     /// [`LogitsMode::LastAndSample`] the sampled id goes to `b.ids[0]`.
     pub fn record_logits(&self, p: &mut Program, dev: &Device, b: &StepBuffers, n: u32, mode: LogitsMode) -> Result<()> {
         let d = self.token_embd.cols;
-        let mm = b.precision.matmul();
         match mode {
             LogitsMode::None => Ok(()),
             LogitsMode::All => {
                 norm::rms_norm(p, dev, &b.x, &self.output_norm, &b.h, n, d, self.rms_eps)?;
-                linear(p, dev, self.lm_head(), &b.h, &b.logits, n, mm)
+                linear(p, dev, self.lm_head(), &b.h, &b.logits, n, b.products(n))
             }
             LogitsMode::LastAndSample => {
                 let row = 4 * d as u64;

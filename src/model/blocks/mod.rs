@@ -9,14 +9,14 @@ pub mod head;
 
 use crate::backend::gpu::Result;
 use crate::backend::{Buffer, Device, Program};
-use crate::kernels::matmul::{self, MatmulCompute};
+use crate::kernels::matmul;
 use crate::kernels::matvec::{self, Epilogue, Output};
 use crate::kernels::quant::Weight;
+use crate::model::step::Products;
 use crate::source::Stacked;
 
-/// `y = x W^T` for `n` rows: the matrix-vector kernel for one row, the tiled one (at `mm`
-/// precision) otherwise.
-pub fn linear(p: &mut Program, dev: &Device, w: &Weight, x: &Buffer, y: &Buffer, n: u32, mm: MatmulCompute) -> Result<()> {
+/// `y = x W^T` for `n` rows, by the kernel `mm` names.
+pub fn linear(p: &mut Program, dev: &Device, w: &Weight, x: &Buffer, y: &Buffer, n: u32, mm: Products) -> Result<()> {
     linear_into(p, dev, w, x, y, Output::dense(w, Epilogue::Store), n, mm)
 }
 
@@ -31,12 +31,11 @@ pub fn linear_into(
     y: &Buffer,
     out: Output,
     n: u32,
-    mm: MatmulCompute,
+    mm: Products,
 ) -> Result<()> {
-    if n == 1 {
-        matvec::record_into(p, dev, w, x, y, out, 1)
-    } else {
-        matmul::record_into(p, dev, w, x, y, out, n, mm)
+    match mm {
+        Products::Matvec => matvec::record_into(p, dev, w, x, y, out, n),
+        Products::Matmul(compute) => matmul::record_into(p, dev, w, x, y, out, n, compute),
     }
 }
 
@@ -49,7 +48,7 @@ pub fn linear_stacked(
     x: &Buffer,
     (y, stride): (&Buffer, u32),
     n: u32,
-    mm: MatmulCompute,
+    mm: Products,
 ) -> Result<()> {
     let mut offset = 0;
     for w in stack.weights() {

@@ -13,8 +13,9 @@ use crate::kernels::quant::Weight;
 use crate::source::WeightLoader;
 
 use super::blocks::head::Head;
-use super::state::{LayerKind, SequenceState};
-use super::step::{LogitsMode, StepBuffers};
+use super::rows::Rows;
+use super::state::LayerKind;
+use super::step::LogitsMode;
 use super::ModelError;
 
 /// The architectures of every family, for error messages.
@@ -87,6 +88,27 @@ pub enum Scratch {
 }
 
 impl Scratch {
+    fn llama(&self) -> Option<&llama::Scratch> {
+        match self {
+            Scratch::Llama(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn mllama(&self) -> Option<&mllama::Scratch> {
+        match self {
+            Scratch::Mllama(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn qwen35(&self) -> Option<&qwen35::Scratch> {
+        match self {
+            Scratch::Qwen35(s) => Some(s),
+            _ => None,
+        }
+    }
+
     /// Writes the step's per-token inputs other than ids and positions (Mllama's
     /// cross-attention mask rows) for positions `start..start + n`.
     pub fn write_step(&self, dev: &Device, start: u32, n: u32) -> GpuResult<()> {
@@ -212,21 +234,13 @@ impl Family {
         self.head().token_embd.rows
     }
 
-    pub fn record(
-        &self,
-        p: &mut Program,
-        dev: &Device,
-        b: &StepBuffers,
-        s: &Scratch,
-        state: &SequenceState,
-        n: u32,
-        mode: LogitsMode,
-    ) -> GpuResult<()> {
-        match (self, s) {
-            (Family::Llama(m), Scratch::Llama(s)) => m.record(p, dev, b, s, state, n, mode),
-            (Family::Mllama(m), Scratch::Mllama(s)) => m.record(p, dev, b, s, state, n, mode),
-            (Family::Qwen35(m), Scratch::Qwen35(s)) => m.record(p, dev, b, s, state, n, mode),
-            _ => unreachable!("a context's scratch comes from its own decoder's family"),
+    /// Records the blocks and the head over the step's rows (see `super::rows`).
+    pub fn record(&self, p: &mut Program, dev: &Device, rows: &Rows<'_, Scratch>, mode: LogitsMode) -> GpuResult<()> {
+        const OWN: &str = "a context's scratch comes from its own decoder's family";
+        match self {
+            Family::Llama(m) => m.record(p, dev, &rows.map(Scratch::llama).expect(OWN), mode),
+            Family::Mllama(m) => m.record(p, dev, &rows.map(Scratch::mllama).expect(OWN), mode),
+            Family::Qwen35(m) => m.record(p, dev, &rows.map(Scratch::qwen35).expect(OWN), mode),
         }
     }
 }

@@ -16,8 +16,9 @@ use crate::kernels::norm;
 use crate::kernels::rope::{rope_table, RopeFreqs};
 use crate::model::blocks::attention::AttentionIo;
 use crate::model::blocks::ffn::FfnScratch;
+use crate::model::rows::Rows;
 use crate::model::state::{LayerKind, SequenceState};
-use crate::model::step::{LogitsMode, StepBuffers};
+use crate::model::step::LogitsMode;
 use crate::model::ModelError;
 use crate::source::{check_dims, LoadError, WeightLoader};
 
@@ -77,40 +78,28 @@ impl Llama {
         })
     }
 
-    /// Records the blocks and the head over `n` embedded tokens in `b.x` at the step's
-    /// positions. Per layer: norm, the stacked q/k/v product, one RoPE pass (q in place, k
+    /// Records the blocks and the head over the step's embedded rows in `rows.b.x` at their
+    /// sequences' positions. Per layer: norm, the stacked q/k/v product, one RoPE pass (q in place, k
     /// and v into the cache), attention (decode: split-K pass and combine), `wo` added into
     /// `x`, norm, the SiLU-gated gate/up product, `down` added into `x`.
-    pub fn record(
-        &self,
-        p: &mut Program,
-        dev: &Device,
-        b: &StepBuffers,
-        s: &Scratch,
-        state: &SequenceState,
-        n: u32,
-        mode: LogitsMode,
-    ) -> GpuResult<()> {
+    pub fn record(&self, p: &mut Program, dev: &Device, rows: &Rows<'_, Scratch>, mode: LogitsMode) -> GpuResult<()> {
         let c = &self.cfg;
-        let (d, mm, shape) = (c.text.n_embd, b.precision.matmul(), c.attention());
+        let (b, n) = (rows.b, rows.n);
+        let (d, mm, shape) = (c.text.n_embd, b.products(n), c.attention());
         for (i, l) in self.weights.layers.iter().enumerate() {
-            let (k_cache, v_cache) = state.kv(i);
-            let io = AttentionIo {
-                step: &b.step,
-                x: &b.h,
-                qkv: &s.qkv,
-                attn: &s.attn,
-                residual: &b.x,
-                decode_scratch: &s.decode,
-                k_cache,
-                v_cache,
-                kv: b.precision.kv_dtype(),
-            };
             norm::rms_norm(p, dev, &b.x, &l.attn_norm, &b.h, n, d, c.rms_eps)?;
-            l.attn.record(p, dev, &shape, &self.rope, &io, n, mm)?;
+            l.attn.record(p, dev, &shape, &self.rope, rows, (|_, s| &s.qkv, |_, s| &s.attn), |q| q.s.attention_io(q.state, i))?;
             norm::rms_norm(p, dev, &b.x, &l.ffn_norm, &b.h, n, d, c.rms_eps)?;
-            l.ffn.record(p, dev, &b.h, FfnScratch { gate_up: &s.gate_up, act: &s.act }, &b.x, n, mm)?;
+            l.ffn.record(p, dev, &b.h, FfnScratch { gate_up: &rows.s.gate_up, act: &rows.s.act }, &b.x, n, mm)?;
         }
         self.weights.head.record_logits(p, dev, b, n, mode)
+    }
+}
+
+impl Scratch {
+    /// Layer `i`'s cache in `state` and this scratch's decode buffers.
+    fn attention_io<'a>(&'a self, state: &'a SequenceState, i: usize) -> AttentionIo<'a> {
+        let (k_cache, v_cache) = state.kv(i);
+        AttentionIo { k_cache, v_cache, decode_scratch: &self.decode }
     }
 }

@@ -14,6 +14,7 @@ use crate::backend::gpu::Result as GpuResult;
 use crate::backend::{Buffer, Device, Program};
 use crate::kernels::norm;
 use crate::model::blocks::linear;
+use crate::model::step::Products;
 use crate::model::ModelError;
 
 use super::mask::kernel_mask;
@@ -67,7 +68,7 @@ impl CrossStore {
         for l in &w.layers {
             let MllamaLayer::Cross(l) = l else { continue };
             let (k, v) = (dev.storage("cross_k", kv_bytes)?, dev.storage("cross_v", kv_bytes)?);
-            let mm = crate::kernels::matmul::MatmulCompute::F32;
+            let mm = Products::Matmul(crate::kernels::matmul::MatmulCompute::F32);
             linear(&mut p, dev, &l.k, states, &raw, n_keys, mm)?;
             norm::rms_norm(&mut p, dev, &raw, &l.k_norm, &k, n_keys * t.n_head_kv, t.head_dim, cfg.llama.rms_eps)?;
             linear(&mut p, dev, &l.v, states, &v, n_keys, mm)?;

@@ -25,13 +25,13 @@ use crate::backend::gpu::Result as GpuResult;
 use crate::backend::{Buffer, Device, Program};
 use crate::kernels::attention::{default_splits, AttnShape, DecodeScratch};
 use crate::kernels::cross_attention::{cross_attention, gated_add, CrossAttnShape};
-use crate::kernels::matmul::MatmulCompute;
 use crate::kernels::norm;
 use crate::kernels::rope::{rope_table, RopeFreqs};
 use crate::model::blocks::attention::AttentionIo;
 use crate::model::blocks::ffn::FfnScratch;
 use crate::model::blocks::{linear, linear_stacked};
-use crate::model::state::{LayerKind, SequenceState};
+use crate::model::rows::{Pick, Rows};
+use crate::model::state::LayerKind;
 use crate::model::step::{LogitsMode, StepBuffers};
 use crate::model::ModelError;
 use crate::source::{check_dims, LoadError, WeightLoader};
@@ -127,47 +127,35 @@ impl Mllama {
         Ok(())
     }
 
-    /// Records the blocks and the head over `n` embedded tokens in `b.x`: self layers as
-    /// llama's, cross layers (when the sequence has images) as in the module doc.
-    #[allow(clippy::too_many_arguments)]
-    pub fn record(
-        &self,
-        p: &mut Program,
-        dev: &Device,
-        b: &StepBuffers,
-        s: &Scratch,
-        state: &SequenceState,
-        n: u32,
-        mode: LogitsMode,
-    ) -> GpuResult<()> {
+    /// Records the blocks and the head over the step's embedded rows in `rows.b.x`: self
+    /// layers as llama's, cross layers (for the sequences that have images) as in the module
+    /// doc. A batched step runs a cross block per sequence (its weights read once per
+    /// sequence with images; the self layers, most of the decoder, read theirs once).
+    pub fn record(&self, p: &mut Program, dev: &Device, rows: &Rows<'_, Scratch>, mode: LogitsMode) -> GpuResult<()> {
         let c = &self.cfg;
-        let (d, eps, mm, shape) = (c.llama.text.n_embd, c.llama.rms_eps, b.precision.matmul(), c.llama.attention());
+        let (b, n) = (rows.b, rows.n);
+        let (d, eps, mm, shape) = (c.llama.text.n_embd, c.llama.rms_eps, b.products(n), c.llama.attention());
         let (mut self_i, mut cross_i) = (0, 0);
         for l in &self.weights.layers {
             match l {
                 MllamaLayer::SelfAttn(l) => {
-                    let (k_cache, v_cache) = state.kv(self_i);
+                    let i = self_i;
                     self_i += 1;
-                    let io = AttentionIo {
-                        step: &b.step,
-                        x: &b.h,
-                        qkv: &s.qkv,
-                        attn: &s.attn,
-                        residual: &b.x,
-                        decode_scratch: &s.decode,
-                        k_cache,
-                        v_cache,
-                        kv: b.precision.kv_dtype(),
-                    };
                     norm::rms_norm(p, dev, &b.x, &l.attn_norm, &b.h, n, d, eps)?;
-                    l.attn.record(p, dev, &shape, &self.rope, &io, n, mm)?;
+                    let picks: (Pick<Scratch>, Pick<Scratch>) = (|_, s| &s.qkv, |_, s| &s.attn);
+                    l.attn.record(p, dev, &shape, &self.rope, rows, picks, |q| {
+                        let (k_cache, v_cache) = q.state.kv(i);
+                        AttentionIo { k_cache, v_cache, decode_scratch: &q.s.decode }
+                    })?;
                     norm::rms_norm(p, dev, &b.x, &l.ffn_norm, &b.h, n, d, eps)?;
-                    l.ffn.record(p, dev, &b.h, FfnScratch { gate_up: &s.gate_up, act: &s.act }, &b.x, n, mm)?;
+                    l.ffn.record(p, dev, &b.h, FfnScratch { gate_up: &rows.s.gate_up, act: &rows.s.act }, &b.x, n, mm)?;
                 }
                 MllamaLayer::Cross(l) => {
-                    if let Some(cross) = &s.cross {
-                        self.record_cross(p, dev, b, s, cross, cross_i, l, n, mm)?;
-                    }
+                    let x: (Pick<Scratch>, u32) = (|b, _| &b.x, d);
+                    rows.per_sequence(p, &[x], x, |p, q, n| match &q.s.cross {
+                        Some(cross) => self.record_cross(p, dev, q.b, q.s, cross, cross_i, l, n),
+                        None => Ok(()),
+                    })?;
                     cross_i += 1;
                 }
             }
@@ -187,9 +175,8 @@ impl Mllama {
         i: usize,
         l: &CrossLayerWeights,
         n: u32,
-        mm: MatmulCompute,
     ) -> GpuResult<()> {
-        let t = &self.cfg.llama.text;
+        let (t, mm) = (&self.cfg.llama.text, b.products(n));
         let (d, eps) = (t.n_embd, self.cfg.llama.rms_eps);
         norm::rms_norm(p, dev, &b.x, &l.attn_norm, &b.h, n, d, eps)?;
         linear(p, dev, &l.q, &b.h, &s.q_raw, n, mm)?;

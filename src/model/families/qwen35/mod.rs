@@ -26,8 +26,9 @@ use crate::kernels::rope::{rope_inplace_mrope, rope_kv_store_mrope, rope_table, 
 use crate::kernels::{elementwise, norm};
 use crate::model::blocks::ffn::FfnScratch;
 use crate::model::blocks::{linear, linear_into, linear_stacked};
-use crate::model::state::{LayerKind, SequenceState};
-use crate::model::step::{LogitsMode, StepBuffers};
+use crate::model::rows::{Pick, Rows, Seq};
+use crate::model::state::LayerKind;
+use crate::model::step::LogitsMode;
 use crate::model::ModelError;
 use crate::source::WeightLoader;
 
@@ -113,62 +114,32 @@ impl Qwen35 {
         })
     }
 
-    /// Records the blocks and the head over `n` embedded tokens in `b.x` at the step's
-    /// positions. Per layer: norm; the mixer (DeltaNet: the stacked q|k|v|z|a|b product,
-    /// conv + SiLU, decay and beta, the delta rule (recurrent for one token, chunked
+    /// Records the blocks and the head over the step's embedded rows in `rows.b.x` at their
+    /// sequences' positions. Per layer: norm; the mixer (DeltaNet: the stacked q|k|v|z|a|b
+    /// product, conv + SiLU, decay and beta, the delta rule (recurrent for one token, chunked
     /// otherwise), the gated norm, `ssm_out` added into `x`; attention: q|gate, k and v
     /// products, per-head RMSNorm of q and k, M-RoPE of their first `n_rot` dims (k and v
     /// into the cache), attention, times sigmoid(gate), `attn_output` added into `x`);
-    /// `post_attention_norm` and the SiLU-gated MLP added into `x`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn record(
-        &self,
-        p: &mut Program,
-        dev: &Device,
-        b: &StepBuffers,
-        s: &Scratch,
-        state: &SequenceState,
-        n: u32,
-        mode: LogitsMode,
-    ) -> GpuResult<()> {
+    /// `post_attention_norm` and the SiLU-gated MLP added into `x`. The conv, delta rule and
+    /// RoPE with attention run per sequence ([`Rows::per_sequence`]).
+    pub fn record(&self, p: &mut Program, dev: &Device, rows: &Rows<'_, Scratch>, mode: LogitsMode) -> GpuResult<()> {
         let (c, t, ss) = (&self.cfg, &self.cfg.text, &self.cfg.ssm);
-        let (d, mm, eps) = (t.n_embd, b.precision.matmul(), c.rms_eps);
+        let (b, s, n) = (rows.b, rows.s, rows.n);
+        let (d, mm, eps) = (t.n_embd, b.products(n), c.rms_eps);
         let add = Output { stride: d, offset: 0, epilogue: Epilogue::Add };
         for (i, l) in self.weights.layers.iter().enumerate() {
             norm::rms_norm(p, dev, &b.x, &l.attn_norm, &b.h, n, d, eps)?;
             match &l.mixer {
                 Mixer::DeltaNet(w) => {
-                    let (conv_state, ssm_state) = state.recurrent(i);
-                    let (ch, inner, hv) = (ss.conv_channels(), ss.inner(), ss.n_v_heads);
                     let width = DeltaNetWeights::in_width(c);
-                    let win = |offset| RowWindow { stride: width, offset };
                     linear_stacked(p, dev, &w.in_proj, &b.h, (&s.mixed, width), n, mm)?;
-                    let conv = ConvShape { max_tok: n, channels: ch, kernel: ss.conv_kernel };
-                    gdn_prep::record_conv(
-                        p,
-                        dev,
-                        &b.step,
-                        &s.mixed,
-                        win(0),
-                        &w.conv.parts[0].buffer,
-                        conv_state,
-                        &s.conv,
-                        &conv,
-                    )?;
-                    let (a, bb) = ((&s.mixed, win(ch + inner)), (&s.mixed, win(ch + inner + hv)));
-                    gdn_prep::record_decay(p, dev, &b.step, a, bb, &w.a, &w.dt_bias, (&s.g, &s.beta), n, hv)?;
-                    let bufs = DeltaNetBuffers { qkv: &s.conv, g: &s.g, beta: &s.beta, state: ssm_state, out: &s.o };
-                    if n == 1 {
-                        delta_net::record_recurrent(p, dev, &self.delta_layout(), 1, &bufs)?;
-                    } else {
-                        delta_net::record_chunked(p, dev, &self.delta_layout(), n as usize, &bufs, &s.chunked)?;
-                    }
-                    let shape = GatedNormShape { max_tok: n, n_heads: hv, head_dim: ss.d_v, eps };
-                    gdn_prep::record_gated_norm(p, dev, &b.step, &s.o, (&s.mixed, win(ch)), &w.norm, &s.normed, &shape)?;
+                    let (mixed, normed): (Pick<Scratch>, Pick<Scratch>) = (|_, s| &s.mixed, |_, s| &s.normed);
+                    rows.per_sequence(p, &[(mixed, width)], (normed, ss.inner()), |p, q, n| {
+                        self.record_delta_net(p, dev, q, w, i, n)
+                    })?;
                     linear_into(p, dev, &w.out, &s.normed, &b.x, add, n, mm)?;
                 }
                 Mixer::Attention(w) => {
-                    let (k_cache, v_cache) = state.kv(i);
                     let (h, kvh, hd) = (t.n_head, t.n_head_kv, t.head_dim);
                     linear(p, dev, &w.q, &b.h, &s.qg, n, mm)?;
                     linear(p, dev, &w.k, &b.h, &s.k, n, mm)?;
@@ -176,20 +147,9 @@ impl Qwen35 {
                     elementwise::copy_first_halves(p, dev, &s.qg, &s.q, n * h, hd)?;
                     norm::rms_norm(p, dev, &s.q, &w.q_norm, &s.qn, n * h, hd, eps)?;
                     norm::rms_norm(p, dev, &s.k, &w.k_norm, &s.kn, n * kvh, hd, eps)?;
-                    let (q_layout, kv_layout) =
-                        (RopeLayout::dense(h, hd, n, RopeMode::RotateHalf), RopeLayout::dense(kvh, hd, n, RopeMode::RotateHalf));
-                    let [st, sh, sw, _] = c.rope_sections;
-                    let mrope = Mrope { positions: &b.positions, sections: [st, sh, sw] };
-                    rope_inplace_mrope(p, dev, &b.step, &self.rope, &s.qn, &q_layout, &mrope)?;
-                    let kv = b.precision.kv_dtype();
-                    let (k, v) = ((&s.kn, &kv_layout), (&s.v, &kv_layout));
-                    rope_kv_store_mrope(p, dev, &b.step, &self.rope, k, v, (k_cache, v_cache), kv, &mrope)?;
-                    let shape = AttnShape { kv, ..self.attn_shape(n) };
-                    if n == 1 {
-                        attention_decode(p, dev, &shape, &b.step, &s.qn, k_cache, v_cache, &s.decode, &s.attn)?;
-                    } else {
-                        attention_prefill(p, dev, &shape, &b.step, &s.qn, k_cache, v_cache, &s.attn)?;
-                    }
+                    let picks: [Pick<Scratch>; 4] = [|_, s| &s.qn, |_, s| &s.kn, |_, s| &s.v, |_, s| &s.attn];
+                    let inputs = [(picks[0], t.q_dim()), (picks[1], t.kv_dim()), (picks[2], t.kv_dim())];
+                    rows.per_sequence(p, &inputs, (picks[3], t.q_dim()), |p, q, n| self.record_attention(p, dev, q, i, n))?;
                     elementwise::sigmoid_mul_second_halves(p, dev, &s.qg, &s.attn, n * h, hd)?;
                     linear_into(p, dev, &w.wo, &s.attn, &b.x, add, n, mm)?;
                 }
@@ -200,7 +160,59 @@ impl Qwen35 {
         self.weights.head.record_logits(p, dev, b, n, mode)
     }
 
-    /// Full-attention layers keep a KV cache, DeltaNet layers their conv and delta-rule state.
+    /// A DeltaNet layer's recurrent part for one sequence's `n` tokens, from the projected
+    /// `mixed` rows to the gated-normed output `normed`: the causal conv against the
+    /// sequence's conv window, the decay and write strength, the delta rule against its
+    /// state (the recurrent kernel for one token, the chunked one for a chunk), the gated norm.
+    fn record_delta_net(
+        &self,
+        p: &mut Program,
+        dev: &Device,
+        q: &Seq<'_, Scratch>,
+        w: &DeltaNetWeights,
+        i: usize,
+        n: u32,
+    ) -> GpuResult<()> {
+        let (c, ss, s, step) = (&self.cfg, &self.cfg.ssm, q.s, &q.b.step);
+        let (conv_state, ssm_state) = q.state.recurrent(i);
+        let (ch, inner, hv) = (ss.conv_channels(), ss.inner(), ss.n_v_heads);
+        let width = DeltaNetWeights::in_width(c);
+        let win = |offset| RowWindow { stride: width, offset };
+        let conv = ConvShape { max_tok: n, channels: ch, kernel: ss.conv_kernel };
+        gdn_prep::record_conv(p, dev, step, &s.mixed, win(0), &w.conv.parts[0].buffer, conv_state, &s.conv, &conv)?;
+        let (a, bb) = ((&s.mixed, win(ch + inner)), (&s.mixed, win(ch + inner + hv)));
+        gdn_prep::record_decay(p, dev, step, a, bb, &w.a, &w.dt_bias, (&s.g, &s.beta), n, hv)?;
+        let bufs = DeltaNetBuffers { qkv: &s.conv, g: &s.g, beta: &s.beta, state: ssm_state, out: &s.o };
+        match n {
+            1 => delta_net::record_recurrent(p, dev, &self.delta_layout(), 1, &bufs)?,
+            _ => delta_net::record_chunked(p, dev, &self.delta_layout(), n as usize, &bufs, &s.chunked)?,
+        }
+        let shape = GatedNormShape { max_tok: n, n_heads: hv, head_dim: ss.d_v, eps: c.rms_eps };
+        gdn_prep::record_gated_norm(p, dev, step, &s.o, (&s.mixed, win(ch)), &w.norm, &s.normed, &shape)
+    }
+
+    /// A gated attention layer's positional part for one sequence's `n` tokens: M-RoPE on the
+    /// normed queries in place and on the keys into the cache with the values, attention
+    /// into `attn`.
+    fn record_attention(&self, p: &mut Program, dev: &Device, q: &Seq<'_, Scratch>, i: usize, n: u32) -> GpuResult<()> {
+        let (t, s, b) = (&self.cfg.text, q.s, q.b);
+        let (k_cache, v_cache) = q.state.kv(i);
+        let (h, kvh, hd) = (t.n_head, t.n_head_kv, t.head_dim);
+        let (q_layout, kv_layout) =
+            (RopeLayout::dense(h, hd, n, RopeMode::RotateHalf), RopeLayout::dense(kvh, hd, n, RopeMode::RotateHalf));
+        let [st, sh, sw, _] = self.cfg.rope_sections;
+        let mrope = Mrope { positions: &b.positions, sections: [st, sh, sw] };
+        rope_inplace_mrope(p, dev, &b.step, &self.rope, &s.qn, &q_layout, &mrope)?;
+        let kv = b.precision.kv_dtype();
+        let (k, v) = ((&s.kn, &kv_layout), (&s.v, &kv_layout));
+        rope_kv_store_mrope(p, dev, &b.step, &self.rope, k, v, (k_cache, v_cache), kv, &mrope)?;
+        let shape = AttnShape { kv, ..self.attn_shape(n) };
+        match n {
+            1 => attention_decode(p, dev, &shape, &b.step, &s.qn, k_cache, v_cache, &s.decode, &s.attn),
+            _ => attention_prefill(p, dev, &shape, &b.step, &s.qn, k_cache, v_cache, &s.attn),
+        }
+    }
+
     pub fn layers(&self) -> Vec<LayerKind> {
         layer_kinds(&self.cfg)
     }

@@ -1,0 +1,93 @@
+//! Decode steps of many sequences at once: the step of continuous batching. A
+//! [`DecodeBatch`] holds the buffers of up to `max_seqs` rows; [`DecodeBatch::step`] feeds
+//! one token to each of several prefilled [`Context`]s in one pass — every weight read once
+//! for all of them, attention and recurrences per sequence against its own state (see
+//! `super::rows`) — and returns each one's logits, for the host to sample with the
+//! sequence's own options. Each row is computed by the same kernels in the same order as
+//! that sequence's decode step alone, so its logits are bit for bit the ones it would get
+//! alone.
+//!
+//! The recorded step binds its sequences' buffers, so it is kept per set of sequences (the
+//! few most recent; a new set records a new one, which costs a host-side pass over the
+//! layers).
+
+use std::collections::HashMap;
+
+use crate::backend::gpu::Result as GpuResult;
+use crate::backend::Device;
+
+use super::context::{Context, StepPrograms};
+use super::decoder::Decoder;
+use super::families::Scratch;
+use super::rows::Rows;
+use super::step::{LogitsMode, Precision, StepBuffers};
+use super::ModelError;
+
+/// Recorded steps kept (sets of sequences seen most recently).
+const KEPT_STEPS: usize = 8;
+
+/// The row buffers of batched decode steps of up to `max_seqs` sequences.
+pub struct DecodeBatch {
+    b: StepBuffers,
+    scratch: Scratch,
+    max_seqs: u32,
+    /// Recorded steps by their sequences' [`Context::binding`]s, in row order.
+    programs: HashMap<Vec<(u64, u64)>, StepPrograms>,
+}
+
+impl DecodeBatch {
+    /// Buffers for steps of up to `max_seqs` sequences of contexts at `precision`.
+    pub fn new(dev: &Device, dec: &Decoder, max_seqs: u32, precision: Precision) -> GpuResult<DecodeBatch> {
+        let (c, max_seqs) = (&dec.cfg, max_seqs.max(1));
+        let mut b = StepBuffers::new(dev, max_seqs, c.n_embd, c.vocab, max_seqs, precision)?;
+        // The host samples each row with its sequence's options.
+        (b.batched, b.sampler) = (true, None);
+        // Attention runs on each sequence's own decode scratch: this one's is never used.
+        let scratch = dec.scratch(dev, max_seqs, 1)?;
+        Ok(DecodeBatch { b, scratch, max_seqs, programs: HashMap::new() })
+    }
+
+    /// Most sequences one step takes.
+    pub fn max_seqs(&self) -> u32 {
+        self.max_seqs
+    }
+
+    /// Feeds `tokens[j]` to `seqs[j]` (each prefilled, with room for one more token) in one
+    /// pass and returns their logits, `[seqs.len()][vocab]` row-major.
+    pub async fn step(
+        &mut self,
+        dev: &Device,
+        dec: &Decoder,
+        seqs: &mut [&mut Context],
+        tokens: &[u32],
+    ) -> Result<Vec<f32>, ModelError> {
+        let n = seqs.len();
+        if n == 0 || n > self.max_seqs as usize || tokens.len() != n {
+            let max = self.max_seqs;
+            return Err(ModelError::Invalid(format!("a batched step of {n} sequences, {} tokens (at most {max})", tokens.len())));
+        }
+        if let Some(c) = seqs.iter().find(|c| c.precision() != self.b.precision) {
+            let (got, want) = (c.precision(), self.b.precision);
+            return Err(ModelError::Invalid(format!("a context at {got:?} in a batch at {want:?}")));
+        }
+        for (c, &token) in seqs.iter_mut().zip(tokens) {
+            c.begin_batched(dev, dec, token)?;
+        }
+        dev.write(&self.b.ids, 0, bytemuck::cast_slice(tokens))?;
+        let key: Vec<_> = seqs.iter().map(|c| c.binding()).collect();
+        if !self.programs.contains_key(&key) {
+            let rows = Rows::batched(&self.b, &self.scratch, seqs.iter().map(|c| c.seq()).collect());
+            let programs =
+                StepPrograms { embed: dec.record_embed(dev, &self.b, n as u32)?, body: dec.record(dev, &rows, LogitsMode::All)? };
+            if self.programs.len() >= KEPT_STEPS {
+                self.programs.clear();
+            }
+            self.programs.insert(key.clone(), programs);
+        }
+        let programs = &self.programs[&key];
+        programs.embed.run(dev)?;
+        programs.body.run(dev)?;
+        seqs.iter_mut().for_each(|c| c.end_batched());
+        Ok(dev.read_f32(&self.b.logits, 0, n * dec.cfg.vocab as usize).await?)
+    }
+}
