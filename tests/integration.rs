@@ -22,6 +22,7 @@ mod cli;
 mod constraint;
 mod device_lost;
 mod engine_mllama;
+mod engine_parallel;
 #[cfg(feature = "fuzzing")]
 mod fuzz_smoke;
 mod gguf_malformed;

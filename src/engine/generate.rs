@@ -19,6 +19,7 @@ use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use web_time::Instant;
 
@@ -115,7 +116,7 @@ impl GenerateOptions {
     }
 
     /// `self` with a seed: its own, or a fresh one ([`random_seed`]) when it has none.
-    fn seeded(&self) -> Cow<'_, GenerateOptions> {
+    pub(super) fn seeded(&self) -> Cow<'_, GenerateOptions> {
         match self.sampling.seed {
             Some(_) => Cow::Borrowed(self),
             None => {
@@ -185,6 +186,24 @@ pub struct Generation {
     pub mask_seconds: f64,
 }
 
+impl Generation {
+    /// Nothing generated yet after a prompt of `prompt_tokens` (none cached), with `seed`.
+    pub(super) fn empty(prompt_tokens: usize, seed: u64) -> Generation {
+        Generation {
+            tokens: Vec::new(),
+            text: String::new(),
+            finish: FinishReason::Length,
+            prompt_tokens,
+            cached_tokens: 0,
+            seed,
+            logprobs: Vec::new(),
+            time_to_first_token: 0.0,
+            decode_seconds: 0.0,
+            mask_seconds: 0.0,
+        }
+    }
+}
+
 /// What one step hands to the caller: text now safe to show (possibly empty while a stop
 /// string may be starting) and the step's token logprob.
 pub struct StepOutput<'a> {
@@ -196,7 +215,7 @@ pub struct StepOutput<'a> {
 pub type Wait = Pin<Box<dyn Future<Output = ()>>>;
 
 /// Host-side token choice: sampler, constraint, logprobs.
-struct HostPicker {
+pub(super) struct HostPicker {
     sampler: Sampler,
     constraint: Option<Constraint>,
     /// The lazy format's trigger and constraint, until the trigger is sampled (outside a
@@ -204,12 +223,12 @@ struct HostPicker {
     lazy: Option<(u32, Constraint)>,
     think: Option<ThinkGate>,
     top_logprobs: Option<usize>,
-    mask_seconds: f64,
+    pub(super) mask_seconds: f64,
 }
 
 impl HostPicker {
     /// The constraint's mask for the next token (call while the GPU computes its logits).
-    fn mask(&mut self) -> Result<Option<Vec<u32>>, EngineError> {
+    pub(super) fn mask(&mut self) -> Result<Option<Vec<u32>>, EngineError> {
         let Some(c) = &mut self.constraint else { return Ok(None) };
         let start = Instant::now();
         let mask = c.mask()?;
@@ -217,10 +236,35 @@ impl HostPicker {
         Ok(Some(mask))
     }
 
-    fn pick(&mut self, logits: &[f32], mask: Option<&[u32]>) -> Result<(u32, Option<TokenLogprob>), EngineError> {
+    pub(super) fn pick(&mut self, logits: &[f32], mask: Option<&[u32]>) -> Result<(u32, Option<TokenLogprob>), EngineError> {
         let token = self.sampler.try_sample(logits, mask)?;
         let lp = self.top_logprobs.map(|n| logprobs(logits, token, n.min(MAX_TOP_LOGPROBS)));
         Ok((token, lp))
+    }
+
+    /// Takes the token picked for `ctx`'s sequence: ends generation at an end-of-generation
+    /// token, else records and streams it; then returns why generation ends here, if it
+    /// does (a stop string, `max_tokens`, the context's end, an abort), or `None` when the
+    /// token is to be fed.
+    pub(super) async fn keep<F: FnMut(&StepOutput<'_>) -> Option<Wait>>(
+        &mut self,
+        emit: &mut Emitter<F>,
+        out: &mut Generation,
+        opts: &GenerateOptions,
+        ctx: &Context,
+        (token, logprob): (u32, Option<TokenLogprob>),
+    ) -> Result<Option<FinishReason>, EngineError> {
+        if emit.is_end(token) {
+            return Ok(Some(FinishReason::Stop));
+        }
+        self.accept(token)?;
+        if emit.push(out, token, logprob).await? {
+            return Ok(Some(FinishReason::Stop));
+        }
+        if out.tokens.len() as u32 >= opts.max_tokens || ctx.n_past() >= ctx.max_ctx() {
+            return Ok(Some(FinishReason::Length));
+        }
+        Ok(opts.abort.as_ref().is_some_and(|a| a.get()).then_some(FinishReason::Abort))
     }
 
     /// Records a token that will be generated (penalties, constraint state).
@@ -242,15 +286,15 @@ impl HostPicker {
 
 /// The output side of one generation: kept tokens, text deltas (a stop string held back
 /// while it may be starting, then trimmed) and logprobs, each step streamed to `on_step`.
-struct Emitter<'t, F> {
-    tokenizer: &'t Tokenizer,
+pub(super) struct Emitter<F> {
+    tokenizer: Arc<Tokenizer>,
     text: TextStream,
     stops: StopStrings,
     ignore_eos: bool,
     on_step: F,
 }
 
-impl<F: FnMut(&StepOutput<'_>) -> Option<Wait>> Emitter<'_, F> {
+impl<F: FnMut(&StepOutput<'_>) -> Option<Wait>> Emitter<F> {
     /// An end-of-generation token (not kept: generation stops before it).
     fn is_end(&self, token: u32) -> bool {
         !self.ignore_eos && self.tokenizer.eos_ids().contains(&token)
@@ -259,7 +303,7 @@ impl<F: FnMut(&StepOutput<'_>) -> Option<Wait>> Emitter<'_, F> {
     /// Keeps `token` and streams its text; true when a stop string ended generation.
     async fn push(&mut self, out: &mut Generation, token: u32, logprob: Option<TokenLogprob>) -> Result<bool, EngineError> {
         out.tokens.push(token);
-        let delta = self.text.step(self.tokenizer, token)?.unwrap_or_default();
+        let delta = self.text.step(&self.tokenizer, token)?.unwrap_or_default();
         let shown = self.stops.push(&delta);
         out.text.push_str(&shown.emit);
         if let Some(wait) = (self.on_step)(&StepOutput { text: &shown.emit, logprob: logprob.as_ref() }) {
@@ -270,8 +314,8 @@ impl<F: FnMut(&StepOutput<'_>) -> Option<Wait>> Emitter<'_, F> {
     }
 
     /// Streams the text held back at the end (an incomplete character, a partial stop string).
-    async fn finish(mut self, out: &mut Generation) -> Result<(), EngineError> {
-        let mut rest = self.text.flush(self.tokenizer)?.map(|d| self.stops.push(&d).emit).unwrap_or_default();
+    pub(super) async fn finish(mut self, out: &mut Generation) -> Result<(), EngineError> {
+        let mut rest = self.text.flush(&self.tokenizer)?.map(|d| self.stops.push(&d).emit).unwrap_or_default();
         if !self.stops.stopped() {
             rest.push_str(&self.stops.finish());
         }
@@ -323,17 +367,7 @@ impl Engine {
         // The CPU backend has no device sampler: its tokens are always picked on the host.
         let host = match opts.host_sampling() || matches!(self.dev, Device::Cpu(_)) {
             false => None,
-            true => Some(HostPicker {
-                sampler: Sampler::new(opts.sampling.clone(), &prompt.tokens),
-                constraint: self.constraint(&opts.response_format)?,
-                lazy: match &opts.lazy_format {
-                    Some(lazy) => self.constraint(&lazy.format)?.map(|c| (lazy.trigger, c)),
-                    None => None,
-                },
-                think: opts.lazy_format.as_ref().and_then(|l| l.think),
-                top_logprobs: opts.logprobs,
-                mask_seconds: 0.0,
-            }),
+            true => Some(self.host_picker(opts, &prompt.tokens)?),
         };
         let start = Instant::now();
         if let Some(vision) = self.vision.as_mut() {
@@ -341,23 +375,11 @@ impl Engine {
         }
         let keys = PromptCache::keys(prompt, self.prompt_layout().ok().map(|l| l.fill()));
         let cached = self.prompt_cache.reuse(&self.dev, &mut self.ctx, &keys)?;
-        let mut out = Generation {
-            tokens: Vec::new(),
-            text: String::new(),
-            finish: FinishReason::Length,
-            prompt_tokens: prompt.tokens.len(),
-            cached_tokens: cached,
-            seed: opts.seed(),
-            logprobs: Vec::new(),
-            time_to_first_token: 0.0,
-            decode_seconds: 0.0,
-            mask_seconds: 0.0,
-        };
+        let mut out = Generation { cached_tokens: cached, ..Generation::empty(prompt.tokens.len(), opts.seed()) };
         if opts.max_tokens == 0 {
             return Ok(out);
         }
-        let text = self.tokenizer.decode_stream(true).keeping(opts.keep_tokens.clone());
-        let mut emit = Emitter { tokenizer: &self.tokenizer, text, stops, ignore_eos: opts.ignore_eos, on_step };
+        let mut emit = self.emitter(opts, stops, on_step);
         let images = images.as_ref();
         let (dev, dec) = (&self.dev, &self.decoder);
         // A recurrent state is saved at the prompt's turn boundaries and end as it is
@@ -398,6 +420,27 @@ impl Engine {
         out.decode_seconds = start.elapsed().as_secs_f64() - out.time_to_first_token;
         out.mask_seconds = mask_seconds;
         Ok(out)
+    }
+
+    /// What picks `opts`' tokens on the host for a generation after `prompt`.
+    pub(super) fn host_picker(&mut self, opts: &GenerateOptions, prompt: &[u32]) -> Result<HostPicker, EngineError> {
+        Ok(HostPicker {
+            sampler: Sampler::new(opts.sampling.clone(), prompt),
+            constraint: self.constraint(&opts.response_format)?,
+            lazy: match &opts.lazy_format {
+                Some(lazy) => self.constraint(&lazy.format)?.map(|c| (lazy.trigger, c)),
+                None => None,
+            },
+            think: opts.lazy_format.as_ref().and_then(|l| l.think),
+            top_logprobs: opts.logprobs,
+            mask_seconds: 0.0,
+        })
+    }
+
+    /// The output side of a generation with `opts` (`stops` checked already).
+    pub(super) fn emitter<F>(&self, opts: &GenerateOptions, stops: StopStrings, on_step: F) -> Emitter<F> {
+        let text = self.tokenizer.decode_stream(true).keeping(opts.keep_tokens.clone());
+        Emitter { tokenizer: self.tokenizer.clone(), text, stops, ignore_eos: opts.ignore_eos, on_step }
     }
 
     /// Generates from text-only `prompt` ids, calling `on_text` with each text delta.
@@ -457,7 +500,7 @@ impl Steps<'_> {
         prompt_end: u32,
         state: &mut SamplerState,
         opts: &GenerateOptions,
-        emit: &mut Emitter<'_, F>,
+        emit: &mut Emitter<F>,
         out: &mut Generation,
         start: Instant,
     ) -> Result<(), EngineError> {
@@ -496,7 +539,7 @@ impl Steps<'_> {
         &mut self,
         opts: &GenerateOptions,
         h: &mut HostPicker,
-        emit: &mut Emitter<'_, F>,
+        emit: &mut Emitter<F>,
         out: &mut Generation,
         start: Instant,
     ) -> Result<(), EngineError> {
@@ -505,20 +548,8 @@ impl Steps<'_> {
         let (mut token, mut logprob) = h.pick(&self.ctx.read_logits(dev, dec).await?, mask.as_deref())?;
         out.time_to_first_token = start.elapsed().as_secs_f64();
         loop {
-            if emit.is_end(token) {
-                out.finish = FinishReason::Stop;
-                break;
-            }
-            h.accept(token)?;
-            if emit.push(out, token, logprob.take()).await? {
-                out.finish = FinishReason::Stop;
-                break;
-            }
-            if out.tokens.len() as u32 >= opts.max_tokens || self.ctx.n_past() >= self.ctx.max_ctx() {
-                break;
-            }
-            if opts.abort.as_ref().is_some_and(|a| a.get()) {
-                out.finish = FinishReason::Abort;
+            if let Some(finish) = h.keep(emit, out, opts, self.ctx, (token, logprob.take())).await? {
+                out.finish = finish;
                 break;
             }
             self.ctx.submit_token(dev, dec, token)?;

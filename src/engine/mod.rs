@@ -1,12 +1,14 @@
 //! The engine: a model, its tokenizer and chat template, optionally a vision encoder
 //! ([`Vision`]: an mmproj's, or Mllama's own) with its image-embedding cache, one context
-//! whose KV cache doubles as the prompt cache, and the generation loop (`generate.rs`).
+//! whose KV cache doubles as the prompt cache, and the generation loop (`generate.rs`);
+//! [`Parallel`] runs many generations at once in batched decode steps (`parallel.rs`).
 
 mod defaults;
 mod generate;
 mod images;
 mod load;
 mod mllama;
+mod parallel;
 mod prompt_cache;
 mod repo;
 mod vision;
@@ -20,6 +22,7 @@ pub use generate::{FinishReason, GenerateOptions, Generation, LazyFormat, Respon
 pub use images::{data_url_bytes, expand, expanded_len, ImageCache};
 pub use load::EngineBuilder;
 pub use mllama::CrossVision;
+pub use parallel::{Parallel, ParallelEvent, SeqId};
 use prompt_cache::PromptCache;
 pub use prompt_cache::{PromptCacheStats, DEFAULT_PROMPT_CACHE_BYTES};
 pub use repo::{RepoLoad, INDEX_JSON};
@@ -85,6 +88,12 @@ pub enum EngineError {
     /// The model's published sampling defaults hold a value no request could ask for.
     #[error(transparent)]
     SamplingDefault(#[from] SamplingDefaultError),
+    /// Every sequence slot of a parallel run is taken.
+    #[error("all {running} sequence slots are running")]
+    Busy { running: usize },
+    /// A combination of features this engine does not run yet.
+    #[error("not supported yet: {0}")]
+    Unsupported(&'static str),
 }
 
 impl Classify for EngineError {
@@ -103,7 +112,9 @@ impl Classify for EngineError {
             EngineError::NoVision
             | EngineError::ImageCount { .. }
             | EngineError::BadImageUrl(_)
-            | EngineError::PromptTooLong { .. } => ErrorClass::BadRequest,
+            | EngineError::PromptTooLong { .. }
+            | EngineError::Busy { .. }
+            | EngineError::Unsupported(_) => ErrorClass::BadRequest,
         }
     }
 }

@@ -233,6 +233,11 @@ impl Context {
         self.opts.max_ctx
     }
 
+    /// The sizes and precision asked for (what a context alike is made with).
+    pub fn options(&self) -> ContextOptions {
+        self.opts
+    }
+
     /// The precision in effect.
     pub fn precision(&self) -> Precision {
         self.b.precision

@@ -14,6 +14,7 @@
 //! first prints its structural figures (`structure`: state, KV and weight bytes), computed
 //! from its shapes.
 
+mod batch;
 mod encoders;
 mod launch;
 mod mllama;
@@ -129,6 +130,9 @@ pub struct BenchArgs {
     /// Llama 3.2 Vision: timed at N/2 and N of its 40 layers and scaled to 40)
     #[arg(long, value_name = "N")]
     vision_layers: Option<u32>,
+    /// Also time batched decode steps of 1, 2, 4, ... up to N sequences (aggregate tokens/s)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    batch: u32,
     /// Requantize the vision matrices at load time
     #[arg(long, value_name = "Q", default_value = "keep", value_parser = load_quant())]
     vision_quant: LoadQuant,
@@ -220,6 +224,7 @@ pub fn run(args: &BenchArgs) -> CliResult {
             prefill_reps: args.prefill_reps.unwrap_or(if quick { 1 } else { 3 }),
             breakdown: !args.no_breakdown,
             warmup: true,
+            batch: args.batch,
         };
         let label = path.file_name().map_or(path.to_string_lossy(), |f| f.to_string_lossy()).into_owned();
         bench_model(&gpu, &out, &label, &file, None, plan, &roof, budget)?;
@@ -290,7 +295,7 @@ fn bench_synthetic(gpu: &Device, out: &Out, args: &BenchArgs, roof: &roofline::R
             ShapeModel::Qwen35(..) => synthetic_qwen35(&Qwen35Shape::tiny(), args.seed)?,
             ShapeModel::Mllama(..) => synthetic_mllama(&MllamaShape::tiny(), args.seed, MllamaParts::Text)?,
         };
-        let plan = ModelPlan { prompt_tokens: 8, decode_tokens: 1, prefill_reps: 1, breakdown: false, warmup: true };
+        let plan = ModelPlan { prompt_tokens: 8, decode_tokens: 1, prefill_reps: 1, breakdown: false, warmup: true, batch: 0 };
         let quiet = Out { json_only: true, silent: true };
         let tiny_images = images.as_ref().and_then(|i| i.tiny.as_ref());
         bench_model(gpu, &quiet, "warm-up", &tiny, tiny_images, plan, roof, budget)?;
@@ -308,6 +313,7 @@ fn bench_synthetic(gpu: &Device, out: &Out, args: &BenchArgs, roof: &roofline::R
         // One 3B decode step takes tens of seconds on a CPU adapter: opt in.
         breakdown: if big { args.breakdown } else { !args.no_breakdown },
         warmup: !big,
+        batch: args.batch,
     };
     // Family timings of a slow model: one repetition, no extra warm-up.
     let budget = if big { Budget { reps: 1, rep_seconds: 0.0, ..budget } } else { budget };

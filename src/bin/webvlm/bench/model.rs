@@ -35,6 +35,8 @@ pub struct ModelPlan {
     /// Run one prefill and one decode before timing (compiles the pipelines). Without it the
     /// caller has compiled them already (same kernels and weight types on a smaller model).
     pub warmup: bool,
+    /// Time batched decode steps of 1, 2, 4, ... up to this many sequences (0: none).
+    pub batch: u32,
 }
 
 /// One image's cross-attention states for a cross-attention decoder (Mllama): given to the
@@ -238,6 +240,11 @@ pub fn bench_model(
         v["breakdown"] = Value::Array(families);
     }
     out.emit(v.clone());
+    if plan.batch > 0 {
+        drop(ctx);
+        let sizes: Vec<u32> = (0..).map(|i| 1 << i).take_while(|&n| n <= plan.batch).collect();
+        super::batch::bench_batches(dev, out, label, &dec, &sizes, plan.decode_tokens, decode_bytes)?;
+    }
     Ok(v)
 }
 

@@ -1,0 +1,84 @@
+//! Aggregate decode throughput of batched steps (`DecodeBatch`): for each batch size N,
+//! N sequences are prefilled with short random prompts and then decoded together, one
+//! token each per step; the figure is N tokens per step over the step's time, beside the
+//! weight bytes read per generated token (every weight once per step, so 1/N of a lone
+//! sequence's). Tokens are picked on the host (greedy), as a batch samples each sequence
+//! with its own options.
+
+use std::time::Instant;
+
+use serde_json::{json, Value};
+
+use webvlm::backend::Device;
+use webvlm::gguf::SplitMix64;
+use webvlm::model::{Context, ContextOptions, DecodeBatch, Decoder};
+
+use super::timing::median;
+use super::Out;
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// Prompt tokens of each sequence.
+const PROMPT_TOKENS: usize = 16;
+
+/// Times `steps` batched decode steps at each size of `sizes`; `decode_weight_bytes` is what
+/// one step reads. Returns the figures (also emitted, one line per size).
+pub fn bench_batches(
+    dev: &Device,
+    out: &Out,
+    label: &str,
+    dec: &Decoder,
+    sizes: &[u32],
+    steps: usize,
+    decode_weight_bytes: u64,
+) -> Res<Vec<Value>> {
+    let vocab = dec.cfg.vocab as u64;
+    let max_ctx = (PROMPT_TOKENS + steps + 2) as u32;
+    let opts = ContextOptions { max_ctx, max_chunk: PROMPT_TOKENS as u32, ..ContextOptions::for_adapter(dev.caps()) };
+    let mut rng = SplitMix64::new(5);
+    let mut figures: Vec<Value> = Vec::new();
+    for &n in sizes {
+        let mut ctxs = (0..n).map(|_| Context::new(dev, dec, opts)).collect::<Result<Vec<_>, _>>()?;
+        let mut batch = DecodeBatch::new(dev, dec, n, ctxs[0].precision())?;
+        let mut tokens = Vec::new();
+        for ctx in &mut ctxs {
+            let prompt: Vec<u32> = (0..PROMPT_TOKENS).map(|_| (rng.next_u64() % vocab) as u32).collect();
+            ctx.submit_prompt(dev, dec, &prompt, None)?;
+            tokens.push(argmax(&pollster::block_on(ctx.read_logits(dev, dec))?));
+        }
+        let mut refs: Vec<&mut Context> = ctxs.iter_mut().collect();
+        let mut step = |tokens: &mut Vec<u32>| -> Res<()> {
+            let logits = pollster::block_on(batch.step(dev, dec, &mut refs, tokens))?;
+            *tokens = logits.chunks(vocab as usize).map(argmax).collect();
+            Ok(())
+        };
+        // The first step records the program of this set of sequences.
+        step(&mut tokens)?;
+        let mut times = Vec::new();
+        for _ in 1..steps.max(2) {
+            let t = Instant::now();
+            step(&mut tokens)?;
+            times.push(t.elapsed().as_secs_f64());
+        }
+        let step_s = median(&mut times);
+        let tps = n as f64 / step_s;
+        let speedup = figures.first().map_or(1.0, |one| tps / one["tokens_per_s"].as_f64().unwrap_or(tps));
+        let per_token = decode_weight_bytes as f64 / n as f64;
+        out.note(&format!(
+            "  batched decode of {n} sequences: {:.1} ms/step = {tps:.2} tokens/s ({speedup:.2}x 1 sequence); weights {:.1} MiB per generated token",
+            step_s * 1e3,
+            per_token / 1048576.0
+        ));
+        let v = json!({
+            "kind": "batch_decode", "model": label, "sequences": n, "step_seconds": step_s, "tokens_per_s": tps,
+            "speedup_over_one": speedup, "weight_bytes_per_token": per_token, "steps": steps,
+        });
+        out.emit(v.clone());
+        figures.push(v);
+    }
+    Ok(figures)
+}
+
+fn argmax(logits: &[f32]) -> u32 {
+    logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i as u32)
+}

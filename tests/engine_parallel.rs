@@ -1,0 +1,143 @@
+//! Parallel runs (`Engine::parallel`): requests joining a running batch at different steps —
+//! greedy, seeded sampling with penalties, a JSON-constrained one beside free ones, a stop
+//! string, logprobs, an image prompt, one cut short by `max_tokens` — each give the tokens,
+//! text, finish reason and logprobs they give alone (`Engine::generate_prompt`); a cancelled
+//! sequence frees its slot for the next request; a full run refuses one more.
+
+use crate::common;
+use common::*;
+
+use std::collections::HashMap;
+
+use webvlm::backend::Device;
+use webvlm::chat::ChatMessage;
+use webvlm::engine::{Engine, EngineError, FinishReason, GenerateOptions, Generation, ParallelEvent, Prompt, ResponseFormat};
+use webvlm::gguf::MappedGguf;
+use webvlm::model::ContextOptions;
+use webvlm::sampling::SamplingParams;
+use webvlm::source::{Eager, LoadQuant};
+
+fn engine(dev: Device) -> Engine {
+    let model = MappedGguf::open(fixture(TINY_VLM).join("model.gguf")).unwrap();
+    let proj = MappedGguf::open(fixture(TINY_VLM).join("mmproj.gguf")).unwrap();
+    let opts = ContextOptions { max_ctx: 256, max_chunk: 16, ..Default::default() };
+    Engine::builder(dev).context(opts).vision(&mut Eager(&proj), LoadQuant::Keep).load(&mut Eager(&model)).unwrap()
+}
+
+fn chat(e: &mut Engine, json: serde_json::Value) -> Prompt {
+    let messages: Vec<ChatMessage> = serde_json::from_value(json).unwrap();
+    e.chat_prompt(&messages, None, None, &mut read_tiny_vlm_image).unwrap()
+}
+
+/// The requests, with the step each joins at.
+fn requests(e: &mut Engine) -> Vec<(usize, Prompt, GenerateOptions)> {
+    let text = |e: &mut Engine, s: &str| chat(e, serde_json::json!([{ "role": "user", "content": s }]));
+    let greedy = |max_tokens| GenerateOptions { max_tokens, ignore_eos: true, ..GenerateOptions::default() };
+    let seeded = SamplingParams { temperature: 0.9, top_k: 40, frequency_penalty: 0.5, seed: Some(7), ..Default::default() };
+    let image = serde_json::json!([{ "role": "user", "content": [
+        { "type": "text", "text": "What is in the picture?" },
+        { "type": "image_url", "image_url": { "url": "img_84x56.png" } }] }]);
+    vec![
+        (0, text(e, "Say something long."), greedy(14)),
+        (0, text(e, "Hi"), GenerateOptions { sampling: seeded.clone(), ..greedy(12) }),
+        (1, text(e, "Give me JSON."), GenerateOptions { response_format: ResponseFormat::JsonObject, ..greedy(16) }),
+        (2, chat(e, image), greedy(9)),
+        (2, text(e, "Count to ten, slowly, one number per line."), GenerateOptions { logprobs: Some(3), ..greedy(10) }),
+        (3, text(e, "Hi"), greedy(3)),
+        (4, text(e, "Say something long."), GenerateOptions { stop: vec!["gu po".into()], ..greedy(12) }),
+        (5, text(e, "Another prompt of a different length than the others."), GenerateOptions { sampling: seeded, ..greedy(8) }),
+    ]
+}
+
+/// Runs `requests` through one parallel run of `slots`, admitting each at its step; the
+/// generations by request, the text each streamed, and the most sequences one step ran.
+fn run_parallel(
+    e: &mut Engine,
+    requests: &[(usize, Prompt, GenerateOptions)],
+    slots: u32,
+) -> (Vec<Generation>, Vec<String>, usize) {
+    let mut run = e.parallel(slots).unwrap();
+    let (mut ids, mut done) = (HashMap::new(), HashMap::new());
+    let mut streamed = vec![String::new(); requests.len()];
+    let (mut step, mut widest) = (0, 0);
+    while done.len() < requests.len() {
+        let mut events = Vec::new();
+        for (i, (_, prompt, opts)) in requests.iter().enumerate().filter(|(_, r)| r.0 == step) {
+            let (id, admitted) = pollster::block_on(run.admit(e, prompt, opts)).unwrap();
+            ids.insert(id, i);
+            events.extend(admitted);
+        }
+        widest = widest.max(run.running());
+        events.extend(pollster::block_on(run.step(e)).unwrap());
+        for event in events {
+            match event {
+                ParallelEvent::Text { id, text, .. } => streamed[ids[&id]].push_str(&text),
+                ParallelEvent::Done { id, generation } => assert!(done.insert(ids[&id], generation).is_none()),
+                ParallelEvent::Failed { id, error } => panic!("request {}: {error}", ids[&id]),
+            }
+        }
+        step += 1;
+    }
+    let generations = (0..requests.len()).map(|i| done.remove(&i).unwrap()).collect();
+    (generations, streamed, widest)
+}
+
+fn same_as_alone(dev: Device, what: &str) {
+    let mut e = engine(dev);
+    let requests = requests(&mut e);
+    let (batched, streamed, widest) = run_parallel(&mut e, &requests, 8);
+    assert!(widest >= 6, "{what}: {widest} sequences at most");
+    for (i, ((_, prompt, opts), got)) in requests.iter().zip(&batched).enumerate() {
+        let want = pollster::block_on(e.generate_prompt(prompt, opts, |_| None)).unwrap();
+        assert_eq!(got.tokens, want.tokens, "{what}: request {i}'s tokens");
+        assert_eq!((&got.text, got.finish), (&want.text, want.finish), "{what}: request {i}");
+        assert_eq!(streamed[i], got.text, "{what}: request {i}'s streamed text");
+        assert_eq!(got.logprobs.len(), want.logprobs.len(), "{what}: request {i}'s logprobs");
+        for (g, w) in got.logprobs.iter().zip(&want.logprobs) {
+            assert_eq!((g.token, g.logprob.to_bits()), (w.token, w.logprob.to_bits()), "{what}: request {i}");
+        }
+        if let Some(seed) = opts.sampling.seed {
+            assert_eq!((got.seed, want.seed), (seed, seed), "{what}: request {i}'s seed");
+        }
+    }
+    let json = &batched[2];
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&json.text).is_ok() || json.finish == FinishReason::Length,
+        "{}",
+        json.text
+    );
+    assert_eq!(batched[6].finish, FinishReason::Stop, "the stop string ends request 6: {:?}", batched[6].text);
+    assert_eq!(batched[5].tokens.len(), 3, "max_tokens");
+}
+
+#[test]
+fn parallel_requests_generate_as_they_do_alone_on_the_cpu_backend() {
+    same_as_alone(cpu(), "CPU backend");
+}
+
+#[test]
+fn parallel_requests_generate_as_they_do_alone_on_the_gpu() {
+    same_as_alone(gpu(), "GPU");
+}
+
+#[test]
+fn a_cancelled_sequence_frees_its_slot() {
+    let mut e = engine(cpu());
+    let prompt = chat(&mut e, serde_json::json!([{ "role": "user", "content": "Hi" }]));
+    let opts = GenerateOptions { max_tokens: 50, ignore_eos: true, ..GenerateOptions::default() };
+    let mut run = e.parallel(2).unwrap();
+    let (a, _) = pollster::block_on(run.admit(&mut e, &prompt, &opts)).unwrap();
+    let (b, _) = pollster::block_on(run.admit(&mut e, &prompt, &opts)).unwrap();
+    let full = pollster::block_on(run.admit(&mut e, &prompt, &opts)).map(|_| ()).unwrap_err();
+    assert!(matches!(full, EngineError::Busy { running: 2 }), "{full}");
+    pollster::block_on(run.step(&mut e)).unwrap();
+    let cancelled = pollster::block_on(run.cancel(a)).unwrap().expect("a is running");
+    assert_eq!((cancelled.finish, cancelled.tokens.len()), (FinishReason::Abort, 2));
+    assert!(pollster::block_on(run.cancel(a)).unwrap().is_none(), "cancelled once");
+    assert_eq!(run.running(), 1);
+    let (c, _) = pollster::block_on(run.admit(&mut e, &prompt, &opts)).unwrap();
+    let events = pollster::block_on(run.step(&mut e)).unwrap();
+    let stepped: Vec<u64> =
+        events.iter().filter_map(|ev| if let ParallelEvent::Text { id, .. } = ev { Some(*id) } else { None }).collect();
+    assert_eq!(stepped, [b, c], "the slot went to the next request, in the order admitted");
+}
