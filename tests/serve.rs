@@ -1,7 +1,8 @@
 //! `webvlm serve` over real HTTP with the tiny VLM: completions equal to `webvlm chat`,
 //! streams, images, errors in OpenAI's shape with their status codes, the API key on every
 //! route, the bounded FIFO queue and its `Retry-After`, client disconnects, the Batch API
-//! round trip, the bounds and expiry of files and batches, and a cancel mid-line.
+//! round trip, the bounds and expiry of files and batches, a cancel mid-line, and
+//! `--parallel` runs answering as one at a time does.
 
 use crate::common;
 use crate::serve_http;
@@ -753,4 +754,48 @@ fn metrics_count_requests_tokens_and_latencies() {
         assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{histogram}: {buckets:?}");
         assert!(at(&format!("{histogram}_sum")) > 0.0);
     }
+}
+
+#[test]
+fn parallel_requests_run_together_and_answer_as_they_do_one_at_a_time() {
+    let long = |stream: bool| {
+        json!({ "messages": user("Tell a long story."), "max_tokens": 120, "temperature": 0,
+            "logit_bias": no_end_tokens(), "stream": stream })
+    };
+    let requests = [
+        json!({ "messages": user("Count to three."), "max_tokens": 8, "temperature": 0 }),
+        long(false),
+        json!({ "messages": user("hi"), "max_tokens": 12, "temperature": 0.8, "seed": 3, "frequency_penalty": 0.4 }),
+        json!({ "messages": user("Give me JSON."), "max_tokens": 24, "temperature": 0, "response_format": { "type": "json_object" } }),
+        json!({ "messages": user("Name a color."), "max_tokens": 6, "temperature": 0, "logprobs": true, "top_logprobs": 2 }),
+        json!({ "messages": user("Another question, longer than the others are."), "max_tokens": 10, "temperature": 0 }),
+    ];
+    let one = start(&["--backend", "cpu"]);
+    let want: Vec<Value> = requests.iter().map(|r| answer(&one.post_json("/v1/chat/completions", r).json())).collect();
+    drop(one);
+    let many = start(&["--backend", "cpu", "--parallel", "4"]);
+    let got: Vec<Value> = std::thread::scope(|scope| {
+        let clients: Vec<_> = requests
+            .iter()
+            .map(|r| {
+                let many = &many;
+                scope.spawn(move || answer(&many.post_json("/v1/chat/completions", r).json()))
+            })
+            .collect();
+        clients.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    for (i, (got, want)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(got, want, "request {i}");
+    }
+    // A short request is answered while a long stream still runs.
+    let mut running = many.stream(&long(true));
+    let first = running.next_data().expect("the long stream started");
+    let short = many.post_json("/v1/chat/completions", &requests[0]);
+    assert_eq!(answer(&short.json()), want[0]);
+    assert_eq!(many.get("/health").json()["queue"]["running"], 1, "the long stream is still running");
+    let mut streamed = chunks(running.rest());
+    streamed.insert(0, serde_json::from_str(&first).unwrap());
+    assert_eq!(json!(content_of(&streamed)), want[1]["choices"][0]["message"]["content"]);
+    let health = many.get("/health").json();
+    assert_eq!((health["requests"]["completed"].as_u64(), health["queue"]["running"].as_u64()), (Some(8), Some(0)), "{health}");
 }

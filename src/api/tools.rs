@@ -13,7 +13,7 @@ use std::borrow::Cow;
 
 use serde_json::{json, Map, Value};
 
-use super::request::{ChatRequest, ToolChoice};
+use super::request::{ChatRequest, ToolChoice, ToolRequest};
 use super::ApiError;
 use crate::chat::reasoning::ThinkTags;
 use crate::chat::tool_calls::{openai_id, ToolCall, ToolSpec, ToolSyntax};
@@ -135,16 +135,16 @@ pub(super) fn special_ids<'t>(engine: &Engine, texts: impl Iterator<Item = &'t s
 /// only the first call counts.
 pub(super) fn parse_reply(
     syntax: ToolSyntax,
-    req: &ChatRequest,
+    tools: &ToolRequest,
     content: &str,
     seed: &mut u64,
 ) -> Option<(String, Vec<ToolCall>)> {
-    let parsed = syntax.parse(content, &req.tools.specs, &mut || openai_id(seed)).ok()?;
+    let parsed = syntax.parse(content, &tools.specs, &mut || openai_id(seed)).ok()?;
     let mut calls = parsed.calls;
     if calls.is_empty() {
         return None;
     }
-    if !req.tools.parallel {
+    if !tools.parallel {
         calls.truncate(1);
     }
     Some((parsed.content, calls))
@@ -181,12 +181,13 @@ pub(super) struct CallHold {
 }
 
 impl CallHold {
-    /// A hold for `req`'s reply; `id_seed` is what [`parse_reply`] will draw ids from.
-    pub(super) fn new(syntax: ToolSyntax, req: &ChatRequest, id_seed: u64) -> Self {
+    /// A hold for the reply to a request offering `tools`; `id_seed` is what
+    /// [`parse_reply`] will draw ids from.
+    pub(super) fn new(syntax: ToolSyntax, tools: &ToolRequest, id_seed: u64) -> Self {
         Self {
             syntax,
-            tools: req.tools.specs.clone(),
-            max_calls: if req.tools.parallel { usize::MAX } else { 1 },
+            tools: tools.specs.clone(),
+            max_calls: if tools.parallel { usize::MAX } else { 1 },
             id_seed,
             pending: String::new(),
             holding: false,
@@ -297,7 +298,8 @@ mod tests {
     use super::*;
 
     fn hold_all(syntax: ToolSyntax, deltas: &[&str]) -> (String, String) {
-        let mut hold = CallHold::new(syntax, &ChatRequest::from_value(json!({ "messages": [] , "tokens": [1] }), 10).unwrap(), 1);
+        let mut hold =
+            CallHold::new(syntax, &ChatRequest::from_value(json!({ "messages": [] , "tokens": [1] }), 10).unwrap().tools, 1);
         let sent: String = deltas.iter().map(|d| hold.push(d)).collect();
         (sent, hold.finish(None).0)
     }

@@ -11,6 +11,7 @@ mod checks;
 mod errors;
 mod files;
 mod metrics;
+mod parallel;
 mod responses;
 mod routes;
 mod worker;
@@ -56,6 +57,11 @@ pub struct ServeArgs {
     /// `Retry-After` (the recent mean run time times the requests ahead, 1 to 60 s)
     #[arg(long, value_name = "N", default_value_t = 16)]
     queue: usize,
+    /// Requests run at once, decoding together in batched steps (continuous batching); each
+    /// takes a context of its own (`--ctx` tokens of KV cache), and with more than one the
+    /// prompt cache is not used
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    parallel: u32,
     /// Most files kept (uploads and batch results; expired ones are dropped): an upload past
     /// it is refused (400), and so is a batch
     #[arg(long, value_name = "N", default_value_t = 1000)]
@@ -106,6 +112,7 @@ pub fn run(args: ServeArgs) -> CliResult {
         max_body_bytes,
         max_image_bytes,
         queue,
+        parallel,
         max_files,
         max_files_bytes,
         max_batches,
@@ -113,7 +120,7 @@ pub fn run(args: ServeArgs) -> CliResult {
         lose_device_after,
         engine,
     } = args;
-    let (engine, model) = EngineHandle::start(engine, served_model_name, queue, lose_device_after)?;
+    let (engine, model) = EngineHandle::start(engine, served_model_name, (queue, parallel), lose_device_after)?;
     let app = Arc::new(App {
         engine,
         model,

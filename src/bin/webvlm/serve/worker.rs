@@ -171,7 +171,7 @@ impl Stats {
 pub struct EngineHandle {
     jobs: UnboundedSender<Job>,
     slots: Arc<Semaphore>,
-    /// Requests that may wait besides the one running.
+    /// Requests that may wait besides those running.
     pub queue_capacity: usize,
     pub stats: Arc<Stats>,
     /// Notified once the engine thread has stopped for good (unhealthy): the server stops.
@@ -179,7 +179,7 @@ pub struct EngineHandle {
 }
 
 /// How one job ended.
-enum Outcome {
+pub(super) enum Outcome {
     Completed,
     Failed,
     Aborted,
@@ -192,7 +192,7 @@ impl EngineHandle {
     pub fn start(
         engine_args: EngineArgs,
         served_name: Option<String>,
-        queue_capacity: usize,
+        (queue_capacity, parallel): (usize, u32),
         lose_device_after: Option<u64>,
     ) -> Result<(EngineHandle, ModelInfo), String> {
         let (jobs, receiver) = unbounded_channel::<Job>();
@@ -212,11 +212,14 @@ impl EngineHandle {
                 };
                 let info = model_info(&engine, &engine_args, served_name);
                 let _ = loaded_tx.send(Ok(info.clone()));
-                worker.work(&mut engine, &engine_args, &info, receiver);
+                match parallel {
+                    1 => worker.work(&mut engine, &engine_args, &info, receiver),
+                    n => worker.work_parallel(&mut engine, &engine_args, &info, receiver, n),
+                }
             })
             .map_err(|e| format!("cannot start the engine thread: {e}"))?;
         let info = loaded_rx.recv().map_err(|_| "the engine thread stopped while loading".to_string())??;
-        let slots = Arc::new(Semaphore::new(queue_capacity.saturating_add(1)));
+        let slots = Arc::new(Semaphore::new(queue_capacity.saturating_add(parallel as usize)));
         Ok((EngineHandle { jobs, slots, queue_capacity, stats, stopped }, info))
     }
 
@@ -253,8 +256,8 @@ fn model_info(engine: &Engine, args: &EngineArgs, served_name: Option<String>) -
 }
 
 /// The engine thread's side: the counters it moves and how it tells the server it stopped.
-struct Worker {
-    stats: Arc<Stats>,
+pub(super) struct Worker {
+    pub(super) stats: Arc<Stats>,
     stopped: Arc<Notify>,
     lose_device_after: Option<u64>,
 }
@@ -271,27 +274,7 @@ impl Worker {
             stats.running.fetch_add(1, Ordering::SeqCst);
             let started = Instant::now();
             let (outcome, last_event) = run_job(engine, info, &job);
-            let counter = match outcome {
-                Outcome::Completed => &stats.completed,
-                Outcome::Failed => &stats.failed,
-                Outcome::Aborted => &stats.aborted,
-            };
-            if !matches!(outcome, Outcome::Aborted) {
-                stats.add_run_time(started.elapsed().as_secs_f64());
-            }
-            counter.fetch_add(1, Ordering::SeqCst);
-            if let Some(Event::Done(completion)) = &last_event {
-                stats.metrics.record(completion);
-            }
-            stats.set_prompt_cache(engine);
-            stats.running.fetch_sub(1, Ordering::SeqCst);
-            // The last event goes out after the counters moved and the job's queue place is
-            // given back, so a client that has its answer sees them (`/health`) and can send its
-            // next request at once (with `--queue 0`, a place still held would refuse it).
-            drop(job.slot);
-            if let Some(event) = last_event {
-                let _ = job.events.send(event);
-            }
+            self.end_job(engine, job, outcome, last_event, started);
             ran += 1;
             if let (Some(after), Ok(gpu)) = (self.lose_device_after, engine.device().gpu()) {
                 if after == ran {
@@ -307,8 +290,35 @@ impl Worker {
         }
     }
 
+    /// Counts a job that ran from `started` and ended as `outcome`, frees its queue place and
+    /// sends its last event.
+    pub(super) fn end_job(&self, engine: &Engine, job: Job, outcome: Outcome, last_event: Option<Event>, started: Instant) {
+        let stats = &*self.stats;
+        let counter = match outcome {
+            Outcome::Completed => &stats.completed,
+            Outcome::Failed => &stats.failed,
+            Outcome::Aborted => &stats.aborted,
+        };
+        if !matches!(outcome, Outcome::Aborted) {
+            stats.add_run_time(started.elapsed().as_secs_f64());
+        }
+        counter.fetch_add(1, Ordering::SeqCst);
+        if let Some(Event::Done(completion)) = &last_event {
+            stats.metrics.record(completion);
+        }
+        stats.set_prompt_cache(engine);
+        stats.running.fetch_sub(1, Ordering::SeqCst);
+        // The last event goes out after the counters moved and the job's queue place is
+        // given back, so a client that has its answer sees them (`/health`) and can send its
+        // next request at once (with `--queue 0`, a place still held would refuse it).
+        drop(job.slot);
+        if let Some(event) = last_event {
+            let _ = job.events.send(event);
+        }
+    }
+
     /// The model loaded again on a new device, in place of `engine`, whose device is lost.
-    fn reload(&self, engine: &mut Engine, args: &EngineArgs, lost: &str) -> Result<(), String> {
+    pub(super) fn reload(&self, engine: &mut Engine, args: &EngineArgs, lost: &str) -> Result<(), String> {
         eprintln!("webvlm serve: {lost}; loading the model again on a new device");
         match crate::open_engine(args) {
             Ok(fresh) => {
@@ -324,7 +334,7 @@ impl Worker {
 
     /// Marks the server unhealthy, fails the waiting jobs and, after [`DRAIN_SECONDS`], tells
     /// the server to stop.
-    fn stop(&self, jobs: &mut UnboundedReceiver<Job>, reason: String) {
+    pub(super) fn stop(&self, jobs: &mut UnboundedReceiver<Job>, reason: String) {
         eprintln!("webvlm serve: unhealthy: {reason}");
         self.stats.set_unhealthy(reason.clone());
         jobs.close();
@@ -345,19 +355,11 @@ fn run_job(engine: &mut Engine, info: &ModelInfo, job: &Job) -> (Outcome, Option
         eprintln!("webvlm serve: a request was dropped before it started (client disconnected)");
         return (Outcome::Aborted, None);
     }
-    let mut request = match ChatRequest::from_value(job.body.clone(), info.vocab) {
+    let (request, forward_chunks) = match chat_request(info, job) {
         Ok(request) => request,
         Err(e) => return (Outcome::Failed, Some(Event::Failed(e))),
     };
-    request.model.get_or_insert_with(|| info.id.clone());
-    // Every request runs as a stream (see the module header); only streaming ones forward
-    // their chunks.
-    let forward_chunks = request.stream;
-    request.stream = true;
     let abort = Rc::new(Cell::new(false));
-    let mut refuse_url = |url: &str| -> Result<Vec<u8>, EngineError> {
-        Err(EngineError::BadImageUrl(format!("{url}: this server reads images from data: URLs only")))
-    };
     let on_chunk = |mut chunk: Value| {
         add_queue_time(&mut chunk, queue_seconds);
         let gone = job.cancel.load(Ordering::SeqCst) || (forward_chunks && job.events.send(Event::Chunk(chunk)).is_err());
@@ -387,9 +389,25 @@ fn run_job(engine: &mut Engine, info: &ModelInfo, job: &Job) -> (Outcome, Option
     }
 }
 
+/// The job's request, with the served model's id when it names none, made a stream (every
+/// request runs as one: see the module header), and whether its chunks go to the client
+/// (it asked for a stream).
+pub(super) fn chat_request(info: &ModelInfo, job: &Job) -> Result<(ChatRequest, bool), ApiError> {
+    let mut request = ChatRequest::from_value(job.body.clone(), info.vocab)?;
+    request.model.get_or_insert_with(|| info.id.clone());
+    let forward_chunks = request.stream;
+    request.stream = true;
+    Ok((request, forward_chunks))
+}
+
+/// Image URLs other than `data:` URLs are refused.
+pub(super) fn refuse_url(url: &str) -> Result<Vec<u8>, EngineError> {
+    Err(EngineError::BadImageUrl(format!("{url}: this server reads images from data: URLs only")))
+}
+
 /// Adds the job's queue wait to a chunk or completion that carries usage timings (the usage
 /// chunk of a stream, the `chat.completion` object).
-fn add_queue_time(value: &mut Value, seconds: f64) {
+pub(super) fn add_queue_time(value: &mut Value, seconds: f64) {
     if let Some(timings) = value.pointer_mut("/usage/timings").and_then(Value::as_object_mut) {
         timings.insert("queue_seconds".into(), json!(seconds));
     }
