@@ -757,7 +757,7 @@ fn metrics_count_requests_tokens_and_latencies() {
 }
 
 #[test]
-fn parallel_requests_run_together_and_answer_as_they_do_one_at_a_time() {
+fn parallel_requests_and_batch_lines_run_together_and_answer_as_one_at_a_time() {
     let long = |stream: bool| {
         json!({ "messages": user("Tell a long story."), "max_tokens": 120, "temperature": 0,
             "logit_bias": no_end_tokens(), "stream": stream })
@@ -798,4 +798,16 @@ fn parallel_requests_run_together_and_answer_as_they_do_one_at_a_time() {
     assert_eq!(json!(content_of(&streamed)), want[1]["choices"][0]["message"]["content"]);
     let health = many.get("/health").json();
     assert_eq!((health["requests"]["completed"].as_u64(), health["queue"]["running"].as_u64()), (Some(8), Some(0)), "{health}");
+    // A batch's lines run together and give the same answers, in the input's order.
+    let input: Vec<String> = requests.iter().enumerate().map(|(i, r)| batch_line(&format!("r{i}"), r.clone())).collect();
+    let batch = create_batch(&many, &(input.join("\n") + "\n"));
+    let done = poll(&many, &format!("/v1/batches/{}", batch["id"].as_str().unwrap()), |b| b["status"] == "completed");
+    assert_eq!(done["request_counts"], json!({ "total": 6, "completed": 6, "failed": 0 }));
+    let id = done["output_file_id"].as_str().unwrap();
+    let lines: Vec<Value> =
+        many.get(&format!("/v1/files/{id}/content")).text().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line["custom_id"], format!("r{i}"), "in the input's order");
+        assert_eq!(answer(&line["response"]["body"]), want[i], "batch line {i}");
+    }
 }

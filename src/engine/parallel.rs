@@ -3,8 +3,7 @@
 //! `max_ctx` positions per slot, allocated when a slot is first used and reused after). A
 //! request joins with [`Parallel::admit`] — its prompt prefilled alone, its first token
 //! picked — and from the next [`Parallel::step`] decodes in batched steps with every other
-//! running sequence (`crate::model::DecodeBatch`: each weight read once per step for all of
-//! them). Each sequence keeps its own sampler, seed, penalties, constraint, stop strings and
+//! running sequence (`crate::model::DecodeBatch`: one pass over all of them). Each sequence keeps its own sampler, seed, penalties, constraint, stop strings and
 //! logprobs (tokens are picked on the host, as `generate.rs` does for such requests), so its
 //! tokens are the ones it gets alone; it leaves at its end, and [`Parallel::cancel`] frees
 //! its slot at once.

@@ -1,7 +1,7 @@
 //! Decode steps of many sequences at once: the step of continuous batching. A
 //! [`DecodeBatch`] holds the buffers of up to `max_seqs` rows; [`DecodeBatch::step`] feeds
-//! one token to each of several prefilled [`Context`]s in one pass — every weight read once
-//! for all of them, attention and recurrences per sequence against its own state (see
+//! one token to each of several prefilled [`Context`]s in one pass — one product dispatch
+//! over all of them, attention and recurrences per sequence against its own state (see
 //! `super::rows`) — and returns each one's logits, for the host to sample with the
 //! sequence's own options. Each row is computed by the same kernels in the same order as
 //! that sequence's decode step alone, so its logits are bit for bit the ones it would get

@@ -1,8 +1,9 @@
 //! The sequences behind the rows of a recorded step. A step of one sequence runs its `n`
 //! tokens in place on that sequence's own buffers. A batched decode step (`super::batch`)
 //! runs one token of each of several sequences: row `j` of the batch's buffers is sequence
-//! `j`'s token, every product reads its weights once for all rows (the decode kernel, so a
-//! row computes exactly as it would alone), and only the token-mixing sections — RoPE and
+//! `j`'s token, every product is one dispatch over all rows (the decode kernel, so a row
+//! computes exactly as it would alone; the CPU's reads each weight row once for all of
+//! them), and only the token-mixing sections — RoPE and
 //! attention against a KV cache, a recurrence against its state, cross-attention against a
 //! sequence's images — run per sequence ([`Rows::per_sequence`]): the sequence's inputs are
 //! copied from its row to row 0 of its own buffers, the section is recorded against its

@@ -1,8 +1,9 @@
 //! Aggregate decode throughput of batched steps (`DecodeBatch`): for each batch size N,
 //! N sequences are prefilled with short random prompts and then decoded together, one
 //! token each per step; the figure is N tokens per step over the step's time, beside the
-//! weight bytes read per generated token (every weight once per step, so 1/N of a lone
-//! sequence's). Tokens are picked on the host (greedy), as a batch samples each sequence
+//! weight bytes per generated token (the model's once per step, so 1/N of a lone
+//! sequence's where each weight comes from memory once per step: the CPU backend's matvec;
+//! the GPU's reads its weights per token, mostly from cache). Tokens are picked on the host (greedy), as a batch samples each sequence
 //! with its own options.
 
 use std::time::Instant;

@@ -2,15 +2,15 @@
 //! `{custom_id, method, url, body}` lines for `/v1/chat/completions`), `GET /v1/batches`,
 //! `GET /v1/batches/{id}`, `POST /v1/batches/{id}/cancel`. A batch is checked line by line
 //! (`validating`; a bad line fails the batch with `errors`), then its requests go through
-//! the engine queue one at a time, each behind the requests already waiting
-//! (`in_progress`), and the results are written as files (`finalizing`, then `completed`):
+//! the engine queue, each behind the requests already waiting, as many at a time as the
+//! engine runs at once (`--parallel`) (`in_progress`), and the results are written as files (`finalizing`, then `completed`):
 //! the output file holds the lines that succeeded (`response: {status_code: 200, body}`),
 //! the error file those that failed (`response: {status_code: 4xx/5xx, body: {error}}`),
 //! and, after a cancel, those never run or cut short (`error: {code: "batch_cancelled"}`).
 //! `request_counts.completed` counts the output file's lines and `failed` the error file's
 //! (cancelled lines included), so a finished batch's counts add up to `total`.
 //!
-//! A cancel and the running line share the store's lock: the line's cancel flag is set under
+//! A cancel and the running lines share the store's lock: a line's cancel flag is set under
 //! it, and a line that starts after a cancel is skipped. The result files expire after the
 //! batch's `output_expires_after`, if given.
 //!
@@ -29,7 +29,7 @@ use axum::Json;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use super::batch_input::{parse_input, InputLine};
+use super::batch_input::parse_input;
 use super::checks::check_request;
 use super::errors::HttpError;
 use super::files::check_expiry;
@@ -81,8 +81,8 @@ struct BatchEntry {
     object: BatchObject,
     /// Set by cancel: no further line starts.
     cancel: Arc<AtomicBool>,
-    /// The running line's cancel flag (its generation is aborted on cancel).
-    running_line: Option<Arc<AtomicBool>>,
+    /// The running lines' cancel flags (their generations are aborted on cancel).
+    running_lines: Vec<Arc<AtomicBool>>,
     /// Seconds the result files live (`output_expires_after`).
     output_expires_after: Option<u64>,
 }
@@ -230,7 +230,7 @@ pub async fn create(State(app): State<Arc<App>>, body: Result<Bytes, BytesReject
     };
     let cancel = Arc::new(AtomicBool::new(false));
     let output_expires_after = request.output_expires_after;
-    let entry = BatchEntry { object: object.clone(), cancel: cancel.clone(), running_line: None, output_expires_after };
+    let entry = BatchEntry { object: object.clone(), cancel: cancel.clone(), running_lines: Vec::new(), output_expires_after };
     app.batches.insert(entry)?;
     tokio::spawn(run_batch(app.clone(), object.id.clone(), content, cancel));
     Ok(Json(object))
@@ -248,7 +248,7 @@ pub async fn retrieve(State(app): State<Arc<App>>, Path(id): Path<String>) -> Re
     Ok(Json(app.batches.get(&id)?))
 }
 
-/// Stops a batch: no further line starts and the running one is aborted; the batch is
+/// Stops a batch: no further line starts and the running ones are aborted; the batch is
 /// `cancelling` until its partial results are written, then `cancelled`.
 pub async fn cancel(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Json<BatchObject>, HttpError> {
     let mut batches = app.batches.batches();
@@ -258,7 +258,7 @@ pub async fn cancel(State(app): State<Arc<App>>, Path(id): Path<String>) -> Resu
         return Err(HttpError::invalid("batch_id", "invalid_state", message));
     }
     entry.cancel.store(true, Ordering::SeqCst);
-    if let Some(line) = &entry.running_line {
+    for line in &entry.running_lines {
         line.store(true, Ordering::SeqCst);
     }
     entry.object.status = "cancelling";
@@ -293,11 +293,31 @@ async fn run_batch(app: Arc<App>, id: String, content: Bytes, cancel: Arc<Atomic
         e.object.in_progress_at = Some(super::unix_seconds());
         e.object.request_counts.total = lines.len();
     });
-    let (mut outputs, mut errors) = (String::new(), String::new());
-    for line in &lines {
-        let result = if cancel.load(Ordering::SeqCst) { LineResult::Cancelled } else { run_line(&app, &id, line).await };
+    // Up to `--parallel` lines at a time, each started as one ends; results kept in order.
+    let mut results: Vec<Option<LineResult>> = lines.iter().map(|_| None).collect();
+    let mut running = tokio::task::JoinSet::new();
+    let mut next = 0;
+    while next < lines.len() || !running.is_empty() {
+        while next < lines.len() && running.len() < app.engine.parallel {
+            let (app, id, body, i) = (app.clone(), id.clone(), lines[next].body.clone(), next);
+            let cancelled = cancel.load(Ordering::SeqCst);
+            running.spawn(async move {
+                let result = if cancelled { LineResult::Cancelled } else { run_line(&app, &id, body).await };
+                (i, result)
+            });
+            next += 1;
+        }
+        let Some(Ok((i, result))) = running.join_next().await else { continue };
         let completed = matches!(result, LineResult::Completed(_));
-        match result {
+        app.batches.update(&id, |e| {
+            let counts = &mut e.object.request_counts;
+            *if completed { &mut counts.completed } else { &mut counts.failed } += 1;
+        });
+        results[i] = Some(result);
+    }
+    let (mut outputs, mut errors) = (String::new(), String::new());
+    for (line, result) in lines.iter().zip(results) {
+        match result.unwrap_or(LineResult::Failed(HttpError::internal("the line's task stopped"))) {
             LineResult::Completed(completion) => {
                 let response = json!({ "status_code": 200, "request_id": super::new_id(""), "body": completion });
                 push_line(&mut outputs, &line.custom_id, response, Value::Null);
@@ -313,10 +333,6 @@ async fn run_batch(app: Arc<App>, id: String, content: Bytes, cancel: Arc<Atomic
                 push_line(&mut errors, &line.custom_id, Value::Null, error);
             }
         }
-        app.batches.update(&id, |e| {
-            let counts = &mut e.object.request_counts;
-            *if completed { &mut counts.completed } else { &mut counts.failed } += 1;
-        });
     }
     let mut expires_after = None;
     app.batches.update(&id, |e| {
@@ -334,7 +350,6 @@ async fn run_batch(app: Arc<App>, id: String, content: Bytes, cancel: Arc<Atomic
         let now = Some(super::unix_seconds());
         e.object.output_file_id = output_file_id;
         e.object.error_file_id = error_file_id;
-        e.running_line = None;
         if cancel.load(Ordering::SeqCst) {
             e.object.status = "cancelled";
             e.object.cancelled_at = now;
@@ -356,8 +371,8 @@ enum LineResult {
 }
 
 /// One line's request through the engine queue.
-async fn run_line(app: &App, batch_id: &str, line: &InputLine) -> LineResult {
-    let checked = match check_request(&app.model, app.limits.max_image_bytes, line.body.clone()) {
+async fn run_line(app: &App, batch_id: &str, body: Value) -> LineResult {
+    let checked = match check_request(&app.model, app.limits.max_image_bytes, body) {
         Ok(checked) => checked,
         Err(e) => return LineResult::Failed(e),
     };
@@ -370,9 +385,16 @@ async fn run_line(app: &App, batch_id: &str, line: &InputLine) -> LineResult {
         if e.cancel.load(Ordering::SeqCst) {
             line_cancel.store(true, Ordering::SeqCst);
         }
-        e.running_line = Some(line_cancel.clone());
+        e.running_lines.push(line_cancel.clone());
     });
-    let (job, mut events) = Job::new(checked.body, line_cancel.clone(), None);
+    let result = run_checked(app, checked.body, &line_cancel).await;
+    app.batches.update(batch_id, |e| e.running_lines.retain(|l| !Arc::ptr_eq(l, &line_cancel)));
+    result
+}
+
+/// A checked line's request through the engine queue, `line_cancel` its cancel flag.
+async fn run_checked(app: &App, body: Value, line_cancel: &Arc<AtomicBool>) -> LineResult {
+    let (job, mut events) = Job::new(body, line_cancel.clone(), None);
     if let Err(e) = app.engine.submit(job) {
         return LineResult::Failed(e);
     }

@@ -173,6 +173,8 @@ pub struct EngineHandle {
     slots: Arc<Semaphore>,
     /// Requests that may wait besides those running.
     pub queue_capacity: usize,
+    /// Requests the engine runs at once (`--parallel`).
+    pub parallel: usize,
     pub stats: Arc<Stats>,
     /// Notified once the engine thread has stopped for good (unhealthy): the server stops.
     pub stopped: Arc<Notify>,
@@ -220,7 +222,7 @@ impl EngineHandle {
             .map_err(|e| format!("cannot start the engine thread: {e}"))?;
         let info = loaded_rx.recv().map_err(|_| "the engine thread stopped while loading".to_string())??;
         let slots = Arc::new(Semaphore::new(queue_capacity.saturating_add(parallel as usize)));
-        Ok((EngineHandle { jobs, slots, queue_capacity, stats, stopped }, info))
+        Ok((EngineHandle { jobs, slots, queue_capacity, parallel: parallel as usize, stats, stopped }, info))
     }
 
     /// A place in the queue, or 429 when `queue_capacity` requests already wait.
