@@ -467,7 +467,8 @@ fn json_schema_completions_from_a_real_model_validate() {
     eprintln!("{n} schema completions valid; mask time per token: median {:.3} ms, max {:.3} ms", mask_ms[n / 2], mask_ms[n - 1]);
 }
 
-/// 20 image requests, 2 of them with broken images: 18 results and 2 errors, in order.
+/// 20 image requests, 2 of them with broken images: 18 results and 2 errors, in order, one
+/// at a time and four at a time.
 #[test]
 fn a_batch_reports_broken_images_per_request() {
     let mut e = tiny_vlm_engine();
@@ -488,7 +489,7 @@ fn a_batch_reports_broken_images_per_request() {
         }
     };
     let mut progress = 0;
-    let out = pollster::block_on(batch::run_batch(&mut e, &lines, &mut load, |i, total, _| {
+    let out = pollster::block_on(batch::run_batch(&mut e, &lines, &mut load, 1, |i, total, _| {
         assert_eq!((i + 1, total), (progress + 1, 20));
         progress += 1;
     }));
@@ -502,6 +503,13 @@ fn a_batch_reports_broken_images_per_request() {
             assert_eq!(line["response"]["status_code"], 200, "{line}");
             assert_eq!(line["response"]["body"]["usage"]["completion_tokens"], 3);
         }
+    }
+    // Four at a time in batched steps: the same lines.
+    let parallel = pollster::block_on(batch::run_batch(&mut e, &lines, &mut load, 4, |_, _, _| {}));
+    assert_eq!(parallel.len(), 20);
+    for (one, four) in out.iter().zip(&parallel) {
+        assert_eq!((&one["custom_id"], &one["error"]), (&four["custom_id"], &four["error"]));
+        assert_eq!(one["response"]["body"]["choices"], four["response"]["body"]["choices"], "{}", one["custom_id"]);
     }
 }
 
@@ -673,7 +681,7 @@ fn qwen35_json_schema_logprobs_and_batch() {
     let lines: String = (images.iter().enumerate())
         .map(|(i, image)| format!("{}\n", json!({ "custom_id": format!("q{i}"), "method": "POST", "url": "/v1/chat/completions", "body": ask(image, json!({})) })))
         .collect();
-    let out = pollster::block_on(batch::run_batch(&mut e, &lines, &mut load, |_, _, _| {}));
+    let out = pollster::block_on(batch::run_batch(&mut e, &lines, &mut load, 1, |_, _, _| {}));
     for (line, image) in out.iter().zip(images) {
         let one = complete(&mut e, ask(image, json!({})));
         assert_eq!(

@@ -137,7 +137,7 @@ fn a_batch_equals_requests_one_by_one(s: &Subject) {
             format!("{line}\n")
         })
         .collect();
-    let out = pollster::block_on(batch::run_batch(&mut e, &lines, &mut no_urls, |_, _, _| {}));
+    let out = pollster::block_on(batch::run_batch(&mut e, &lines, &mut no_urls, 1, |_, _, _| {}));
     assert_eq!(out.len(), s.images.len());
     for (i, (line, png)) in out.iter().zip(s.images).enumerate() {
         assert_eq!(line["custom_id"], format!("img-{i}"));

@@ -1,12 +1,15 @@
 //! Batches in the shape of OpenAI's Batch API: JSONL input lines `{"custom_id", "body"}`
-//! (`method` and `url` accepted and ignored), run one after another; each gives an output
-//! line `{"id", "custom_id", "response": {"status_code", "body"} | null, "error": {...} | null}`.
-//! A request that fails is reported on its line and the batch goes on.
+//! (`method` and `url` accepted and ignored), run one after another or up to N at a time in
+//! batched steps (`Engine::parallel`); each gives an output line `{"id", "custom_id",
+//! "response": {"status_code", "body"} | null, "error": {...} | null}`, in input order. A
+//! request that fails is reported on its line and the batch goes on.
+
+use std::collections::HashMap;
 
 use serde_json::{json, Value};
 
-use super::{run, ApiError, ChatRequest};
-use crate::engine::{Engine, EngineError};
+use super::{prepare, run, ApiError, ChatRequest, Prepared, Reply};
+use crate::engine::{Engine, EngineError, Parallel, ParallelEvent, SeqId};
 
 /// One input line: its `custom_id` and the request body, or why the line is unusable.
 pub struct BatchLine {
@@ -45,25 +48,117 @@ pub fn output_line(index: usize, custom_id: Option<&str>, result: Result<Value, 
     json!({ "id": format!("batch_req_{index}"), "custom_id": custom_id, "response": response, "error": error })
 }
 
-/// Runs every line (non-streaming) and returns the output lines in input order;
-/// `on_done(index, total, line)` reports progress.
+/// Runs every line (non-streaming), up to `parallel` at a time, and returns the output
+/// lines in input order; `on_done(index, total, line)` reports each as it ends.
 pub async fn run_batch(
     engine: &mut Engine,
     jsonl: &str,
     load_url: &mut dyn FnMut(&str) -> Result<Vec<u8>, EngineError>,
-    mut on_done: impl FnMut(usize, usize, &Value),
+    parallel: u32,
+    on_done: impl FnMut(usize, usize, &Value),
 ) -> Vec<Value> {
     let lines = parse_lines(jsonl);
-    let mut out = Vec::with_capacity(lines.len());
     let vocab = engine.decoder().cfg.vocab as usize;
-    for (i, line) in lines.iter().enumerate() {
-        let result = match line.body.clone().and_then(|b| ChatRequest::from_value(b, vocab)) {
+    let requests: Vec<_> = (lines.iter())
+        .map(|line| match line.body.clone().and_then(|b| ChatRequest::from_value(b, vocab)) {
             Ok(req) if req.stream => Err(ApiError::invalid("stream", "unsupported_value", "batch requests cannot stream")),
-            Ok(req) => run(engine, &req, load_url, None, |_| None).await,
-            Err(e) => Err(e),
-        };
-        out.push(output_line(i, line.custom_id.as_deref(), result));
-        on_done(i, lines.len(), out.last().expect("just pushed"));
+            other => other,
+        })
+        .collect();
+    let mut out = Outputs { lines: &lines, done: lines.iter().map(|_| None).collect(), on_done };
+    if parallel <= 1 {
+        for (i, req) in requests.into_iter().enumerate() {
+            let result = match req {
+                Ok(req) => run(engine, &req, load_url, None, |_| None).await,
+                Err(e) => Err(e),
+            };
+            out.set(i, result);
+        }
+    } else {
+        match engine.parallel(parallel) {
+            Ok(mut run) => run_parallel(engine, &mut run, requests, load_url, &mut out).await,
+            Err(e) => {
+                let error = ApiError::from(e);
+                (0..lines.len()).for_each(|i| out.set(i, Err(error.clone())));
+            }
+        }
     }
-    out
+    out.done.into_iter().map(|l| l.expect("every line ends")).collect()
+}
+
+/// The output lines as they end.
+struct Outputs<'l, F> {
+    lines: &'l [BatchLine],
+    done: Vec<Option<Value>>,
+    on_done: F,
+}
+
+impl<F: FnMut(usize, usize, &Value)> Outputs<'_, F> {
+    fn set(&mut self, i: usize, result: Result<Value, ApiError>) {
+        let line = output_line(i, self.lines[i].custom_id.as_deref(), result);
+        (self.on_done)(i, self.lines.len(), &line);
+        self.done[i] = Some(line);
+    }
+}
+
+/// The lines through one parallel run: each admitted when a slot is free, in input order.
+async fn run_parallel<F: FnMut(usize, usize, &Value)>(
+    engine: &mut Engine,
+    run: &mut Parallel,
+    requests: Vec<Result<ChatRequest, ApiError>>,
+    load_url: &mut dyn FnMut(&str) -> Result<Vec<u8>, EngineError>,
+    out: &mut Outputs<'_, F>,
+) {
+    let mut replies: HashMap<SeqId, (usize, Reply)> = HashMap::new();
+    let mut requests = requests.into_iter().enumerate().peekable();
+    while requests.peek().is_some() || run.running() > 0 {
+        while run.has_room() {
+            let Some((i, req)) = requests.next() else { break };
+            let admitted = match req.and_then(|req| prepare(engine, &req, load_url, None)) {
+                Ok(Prepared { prompt, opts, reply }) => match run.admit(engine, &prompt, &opts).await {
+                    Ok((id, events)) => {
+                        replies.insert(id, (i, reply));
+                        Ok(events)
+                    }
+                    Err(e) => Err(ApiError::from(e)),
+                },
+                Err(e) => Err(e),
+            };
+            match admitted {
+                Ok(events) => ended(events, &mut replies, out),
+                Err(e) => out.set(i, Err(e)),
+            }
+        }
+        if run.running() == 0 {
+            continue;
+        }
+        match run.step(engine).await {
+            Ok(events) => ended(events, &mut replies, out),
+            Err(e) => {
+                let error = ApiError::from(e);
+                replies.drain().for_each(|(_, (i, _))| out.set(i, Err(error.clone())));
+            }
+        }
+    }
+}
+
+/// Sets the output lines of the sequences that ended among `events`.
+fn ended<F: FnMut(usize, usize, &Value)>(
+    events: Vec<ParallelEvent>,
+    replies: &mut HashMap<SeqId, (usize, Reply)>,
+    out: &mut Outputs<'_, F>,
+) {
+    for event in events {
+        match event {
+            ParallelEvent::Text { .. } => {}
+            ParallelEvent::Done { id, generation } => {
+                let Some((i, reply)) = replies.remove(&id) else { continue };
+                out.set(i, Ok(reply.finish(&generation).1));
+            }
+            ParallelEvent::Failed { id, error } => {
+                let Some((i, _)) = replies.remove(&id) else { continue };
+                out.set(i, Err(error.into()));
+            }
+        }
+    }
 }

@@ -28,6 +28,10 @@ pub struct BatchArgs {
     /// Where to write the result lines [default: stdout]
     #[arg(long, value_name = "RESULTS.jsonl")]
     out: Option<PathBuf>,
+    /// Requests run at once, decoding together in batched steps (each takes a context of
+    /// `--ctx` tokens)
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    parallel: u32,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -64,10 +68,12 @@ pub fn chat(args: &ChatArgs) -> CliResult {
 pub fn batch(args: &BatchArgs) -> CliResult {
     let jsonl = read_text(&args.input)?;
     let mut engine = open_engine(&args.engine)?;
-    let lines = pollster::block_on(batch::run_batch(&mut engine, &jsonl, &mut |url| read_file(url), |i, total, line| {
+    let mut load = |url: &str| read_file(url);
+    let run = batch::run_batch(&mut engine, &jsonl, &mut load, args.parallel, |i, total, line| {
         let status = if line["error"].is_null() { "ok" } else { "error" };
         eprintln!("[{}/{total}] {}: {status}", i + 1, line["custom_id"].as_str().unwrap_or("?"));
-    }));
+    });
+    let lines = pollster::block_on(run);
     let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
     match &args.out {
         Some(path) => std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?,
