@@ -10,8 +10,9 @@ are sampled.
 
 It prints what the run shows: requests completed, 429 answers, anything else (an error: any
 other status, a stream without `[DONE]` or with an error event, a dropped connection, a
-request over `--request-timeout`); tokens generated and throughput; p50/p95 of the time to
-first token (request sent to first content delta, as the client sees it), of the queue wait
+request over `--request-timeout`); tokens generated and throughput; p50/p95/p99 of the time
+to first token (request sent to first content delta, as the client sees it), of the
+inter-token latency (each request's mean gap between its content deltas), of the queue wait
 (the server's `usage.timings.queue_seconds`: admission to the engine taking the job up), and
 of the whole request; the queue depth seen; the server's RSS at start (model loaded), after
 warm-up (the first sample once `--warmup` requests, default one per client, have completed),
@@ -201,6 +202,7 @@ class Outcome:
     refusals: int = 0  # 429 answers it got before its end
     error: str | None = None
     ttft: float | None = None  # the admitted attempt sent -> its first content delta
+    itl: float | None = None  # mean gap between its content deltas after the first
     latency: float | None = None  # the admitted attempt sent -> [DONE]
     latency_with_retries: float | None = None  # first attempt sent -> [DONE]
     queue_seconds: float | None = None  # the server's usage.timings.queue_seconds
@@ -231,6 +233,7 @@ async def attempt(host: str, port: int, request: dict, outcome: Outcome) -> None
         if not headers.get("content-type", "").startswith("text/event-stream"):
             raise ProtocolError(f"a stream was asked for, got {headers.get('content-type')!r}")
         done = False
+        deltas: list[float] = []  # arrival times of the content deltas
         async for data in sse_data(reader, headers):
             if done:
                 raise ProtocolError(f"an event after [DONE]: {data[:200]!r}")
@@ -241,8 +244,10 @@ async def attempt(host: str, port: int, request: dict, outcome: Outcome) -> None
             if "error" in chunk:
                 raise ProtocolError(f"an error event: {json.dumps(chunk['error'])[:300]}")
             for choice in chunk.get("choices", []):
-                if choice.get("delta", {}).get("content") and outcome.ttft is None:
-                    outcome.ttft = time.perf_counter() - sent
+                if choice.get("delta", {}).get("content"):
+                    deltas.append(time.perf_counter())
+                    if outcome.ttft is None:
+                        outcome.ttft = deltas[0] - sent
                 if choice.get("finish_reason"):
                     outcome.finish_reason = choice["finish_reason"]
             if chunk.get("usage"):
@@ -260,6 +265,8 @@ async def attempt(host: str, port: int, request: dict, outcome: Outcome) -> None
         if outcome.queue_seconds is None:
             raise ProtocolError("the usage chunk has no usage.timings.queue_seconds")
         outcome.latency = time.perf_counter() - sent
+        if len(deltas) > 1:
+            outcome.itl = (deltas[-1] - deltas[0]) / (len(deltas) - 1)
     finally:
         writer.close()
 
@@ -416,6 +423,7 @@ def spread(values: list[float]) -> dict:
     return {
         "p50": percentile(values, 50),
         "p95": percentile(values, 95),
+        "p99": percentile(values, 99),
         "max": max(values, default=None),
         "n": len(values),
     }
@@ -468,6 +476,7 @@ def summarize(run: Run, wall: float, rss_start: int, rss_end: int | None, health
         "tokens_per_second": round(tokens / wall, 3),
         "requests_per_second": round(len(ok) / wall, 4),
         "ttft_seconds": spread([o.ttft for o in ok if o.ttft is not None]),
+        "inter_token_seconds": spread([o.itl for o in ok if o.itl is not None]),
         "queue_seconds": spread([o.queue_seconds for o in ok]),
         "server_ttft_seconds": spread([o.server_ttft for o in ok if o.server_ttft is not None]),
         "latency_seconds": spread([o.latency for o in ok]),
@@ -513,7 +522,7 @@ def report(s: dict) -> str:
         f = s[name]
         if not f["n"]:
             return f"{title}: none"
-        return f"{title}: p50 {f['p50']:.2f} s, p95 {f['p95']:.2f} s, max {f['max']:.2f} s"
+        return f"{title}: p50 {f['p50']:.3f} s, p95 {f['p95']:.3f} s, p99 {f['p99']:.3f} s, max {f['max']:.3f} s"
 
     if s["on_429"] == "retry":
         after_429 = "each waited Retry-After and sent the same request again"
@@ -533,6 +542,7 @@ def report(s: dict) -> str:
         f"tokens: {s['tokens']} generated in {s['wall_seconds']:.1f} s = "
         f"{s['tokens_per_second']:.2f} tokens/s, {s['requests_per_second']:.3f} requests/s",
         seconds("ttft_seconds", "time to first token (client)"),
+        seconds("inter_token_seconds", "inter-token latency (client, each request's mean gap)"),
         seconds("queue_seconds", "queue wait (server, usage.timings.queue_seconds)"),
         seconds("server_ttft_seconds", "time to first token (server, after the wait)"),
         seconds("latency_seconds", "latency (admitted attempt)"),

@@ -1,5 +1,6 @@
 //! Aggregate decode throughput of batched steps (`DecodeBatch`): for each batch size N,
-//! N sequences are prefilled with short random prompts and then decoded together, one
+//! N sequences are prefilled with short random prompts (`--prompt-tokens`, at most 16) and
+//! then decoded together, one
 //! token each per step; the figure is N tokens per step over the step's time, beside the
 //! weight bytes per generated token (the model's once per step, so 1/N of a lone
 //! sequence's where each weight comes from memory once per step: the CPU backend's matvec;
@@ -19,23 +20,27 @@ use super::Out;
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
-/// Prompt tokens of each sequence.
-const PROMPT_TOKENS: usize = 16;
+/// Most prompt tokens of each sequence.
+const MAX_PROMPT_TOKENS: usize = 16;
 
-/// Times `steps` batched decode steps at each size of `sizes`; `decode_weight_bytes` is what
-/// one step reads. Returns the figures (also emitted, one line per size).
+/// Times `steps` batched decode steps at each size of `sizes` after prompts of
+/// `prompt_tokens` (at most 16); `decode_weight_bytes` is what one step reads. Returns the
+/// figures (also emitted, one line per size).
+#[allow(clippy::too_many_arguments)]
 pub fn bench_batches(
     dev: &Device,
     out: &Out,
     label: &str,
     dec: &Decoder,
     sizes: &[u32],
+    prompt_tokens: usize,
     steps: usize,
     decode_weight_bytes: u64,
 ) -> Res<Vec<Value>> {
     let vocab = dec.cfg.vocab as u64;
-    let max_ctx = (PROMPT_TOKENS + steps + 2) as u32;
-    let opts = ContextOptions { max_ctx, max_chunk: PROMPT_TOKENS as u32, ..ContextOptions::for_adapter(dev.caps()) };
+    let prompt_tokens = prompt_tokens.clamp(1, MAX_PROMPT_TOKENS);
+    let max_ctx = (prompt_tokens + steps + 2) as u32;
+    let opts = ContextOptions { max_ctx, max_chunk: prompt_tokens as u32, ..ContextOptions::for_adapter(dev.caps()) };
     let mut rng = SplitMix64::new(5);
     let mut figures: Vec<Value> = Vec::new();
     for &n in sizes {
@@ -43,7 +48,7 @@ pub fn bench_batches(
         let mut batch = DecodeBatch::new(dev, dec, n, ctxs[0].precision())?;
         let mut tokens = Vec::new();
         for ctx in &mut ctxs {
-            let prompt: Vec<u32> = (0..PROMPT_TOKENS).map(|_| (rng.next_u64() % vocab) as u32).collect();
+            let prompt: Vec<u32> = (0..prompt_tokens).map(|_| (rng.next_u64() % vocab) as u32).collect();
             ctx.submit_prompt(dev, dec, &prompt, None)?;
             tokens.push(argmax(&pollster::block_on(ctx.read_logits(dev, dec))?));
         }

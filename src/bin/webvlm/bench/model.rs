@@ -243,7 +243,7 @@ pub fn bench_model(
     if plan.batch > 0 {
         drop(ctx);
         let sizes: Vec<u32> = (0..).map(|i| 1 << i).take_while(|&n| n <= plan.batch).collect();
-        super::batch::bench_batches(dev, out, label, &dec, &sizes, plan.decode_tokens, decode_bytes)?;
+        super::batch::bench_batches(dev, out, label, &dec, &sizes, plan.prompt_tokens, plan.decode_tokens, decode_bytes)?;
     }
     Ok(v)
 }
