@@ -131,6 +131,7 @@ impl Parallel {
         let start = Instant::now();
         let images = engine.placement(prompt)?;
         let (id, events) = (self.next_id, self.events.clone());
+        self.next_id += 1;
         let on_step: OnStep = Box::new(move |step: &StepOutput<'_>| {
             let (text, logprob) = (step.text.to_string(), step.logprob.cloned());
             events.borrow_mut().push(ParallelEvent::Text { id, text, logprob });
@@ -150,7 +151,6 @@ impl Parallel {
         let mask = picker.mask()?;
         let (token, logprob) = picker.pick(&ctx.read_logits(dev, &engine.decoder).await?, mask.as_deref())?;
         out.time_to_first_token = start.elapsed().as_secs_f64();
-        self.next_id += 1;
         let running = Running { id, ctx, token, opts, picker, emit, out, start };
         self.take(running, (token, logprob)).await?;
         Ok((id, self.events.take()))
