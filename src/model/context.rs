@@ -723,6 +723,9 @@ impl Context {
     /// that the sequence was prefilled and has room, forgets steps in flight and writes the
     /// step's inputs. [`Self::end_batched`] counts the token in once the step is submitted.
     pub(super) fn begin_batched(&mut self, dev: &Device, dec: &Decoder, token: u32) -> Result<(), ModelError> {
+        self.forget_in_flight();
+        // A recurrent state that is not where the cache stands restarts the sequence.
+        self.sync_recurrent();
         if self.n_past == 0 {
             return Err(ModelError::Invalid("a batched decode step continues a prefilled sequence".into()));
         }
@@ -730,8 +733,6 @@ impl Context {
             return Err(ModelError::BadToken { id: token, vocab: dec.cfg.vocab });
         }
         self.check_room(1)?;
-        self.forget_in_flight();
-        self.sync_recurrent();
         self.write_step_inputs(dev, dec, 1, None)
     }
 
