@@ -15,7 +15,7 @@ use std::time::Instant;
 use serde_json::Value;
 use tokio::sync::mpsc::UnboundedReceiver;
 use webvlm::api::{self, ApiError, Prepared, Reply};
-use webvlm::engine::{Engine, EngineError, Generation, Parallel, ParallelEvent, SeqId, StepOutput};
+use webvlm::engine::{Engine, Generation, Parallel, ParallelEvent, SeqId, StepOutput};
 
 use super::worker::{add_queue_time, chat_request, refuse_url, Event, Job, ModelInfo, Outcome, Worker};
 use crate::args::EngineArgs;
@@ -94,7 +94,7 @@ impl Worker {
             match pollster::block_on(run.step(engine)) {
                 Ok(events) => self.dispatch(engine, &mut running, events),
                 Err(e) => {
-                    let error = ApiError::from(engine_error(engine, e));
+                    let error = ApiError::from(e);
                     for (_, r) in running.drain() {
                         self.end_job(engine, r.sink.job, Outcome::Failed, Some(Event::Failed(error.clone())), r.started);
                     }
@@ -139,7 +139,7 @@ impl Worker {
                 self.dispatch(engine, running, events);
             }
             Err(e) => {
-                let error = ApiError::from(engine_error(engine, e));
+                let error = ApiError::from(e);
                 self.end_job(engine, job, Outcome::Failed, Some(Event::Failed(error)), started)
             }
         }
@@ -188,9 +188,4 @@ impl Worker {
         };
         self.end_job(engine, sink.job, outcome, Some(Event::Done(completion)), started);
     }
-}
-
-/// The lost-device error when the device is lost, else `e`.
-fn engine_error(engine: &Engine, e: EngineError) -> EngineError {
-    engine.device().lost().map_or(e, EngineError::from)
 }
