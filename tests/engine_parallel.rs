@@ -2,7 +2,8 @@
 //! greedy, seeded sampling with penalties, a JSON-constrained one beside free ones, a stop
 //! string, logprobs, an image prompt, one cut short by `max_tokens` — each give the tokens,
 //! text, finish reason and logprobs they give alone (`Engine::generate_prompt`); a cancelled
-//! sequence frees its slot for the next request; a full run refuses one more.
+//! sequence frees its slot for the next request; a full run refuses one more; a long prompt
+//! is prefilled a chunk per step while the sequences already decoding get a token each step.
 
 use crate::common;
 use common::*;
@@ -11,7 +12,9 @@ use std::collections::HashMap;
 
 use webvlm::backend::Device;
 use webvlm::chat::ChatMessage;
-use webvlm::engine::{Engine, EngineError, FinishReason, GenerateOptions, Generation, ParallelEvent, Prompt, ResponseFormat};
+use webvlm::engine::{
+    Engine, EngineError, FinishReason, GenerateOptions, Generation, Parallel, ParallelEvent, Prompt, ResponseFormat,
+};
 use webvlm::gguf::MappedGguf;
 use webvlm::model::ContextOptions;
 use webvlm::sampling::SamplingParams;
@@ -120,6 +123,22 @@ fn parallel_requests_generate_as_they_do_alone_on_the_gpu() {
     same_as_alone(gpu(), "GPU");
 }
 
+/// Steps `run` until `until` holds for the tokens streamed by sequence so far; returns them.
+fn step_until(e: &mut Engine, run: &mut Parallel, mut until: impl FnMut(&HashMap<u64, usize>) -> bool) -> HashMap<u64, usize> {
+    let mut streamed = HashMap::new();
+    for _ in 0..100 {
+        for event in pollster::block_on(run.step(e)).unwrap() {
+            if let ParallelEvent::Text { id, .. } = event {
+                *streamed.entry(id).or_default() += 1;
+            }
+        }
+        if until(&streamed) {
+            return streamed;
+        }
+    }
+    panic!("not within 100 steps: {streamed:?}")
+}
+
 #[test]
 fn a_cancelled_sequence_frees_its_slot() {
     let mut e = engine(cpu());
@@ -130,14 +149,36 @@ fn a_cancelled_sequence_frees_its_slot() {
     let (b, _) = pollster::block_on(run.admit(&mut e, &prompt, &opts)).unwrap();
     let full = pollster::block_on(run.admit(&mut e, &prompt, &opts)).map(|_| ()).unwrap_err();
     assert!(matches!(full, EngineError::Busy { running: 2 }), "{full}");
-    pollster::block_on(run.step(&mut e)).unwrap();
+    let streamed = step_until(&mut e, &mut run, |s| s.len() == 2);
     let cancelled = pollster::block_on(run.cancel(a)).unwrap().expect("a is running");
-    assert_eq!((cancelled.finish, cancelled.tokens.len()), (FinishReason::Abort, 2));
+    assert_eq!((cancelled.finish, cancelled.tokens.len()), (FinishReason::Abort, streamed[&a]));
     assert!(pollster::block_on(run.cancel(a)).unwrap().is_none(), "cancelled once");
     assert_eq!(run.running(), 1);
     let (c, _) = pollster::block_on(run.admit(&mut e, &prompt, &opts)).unwrap();
-    let events = pollster::block_on(run.step(&mut e)).unwrap();
-    let stepped: Vec<u64> =
-        events.iter().filter_map(|ev| if let ParallelEvent::Text { id, .. } = ev { Some(*id) } else { None }).collect();
-    assert_eq!(stepped, [b, c], "the slot went to the next request, in the order admitted");
+    let streamed = step_until(&mut e, &mut run, |s| s.contains_key(&c));
+    assert!(!streamed.contains_key(&a) && streamed.contains_key(&b), "{streamed:?}");
+    assert_eq!(run.running(), 2, "the slot went to the next request");
+}
+
+#[test]
+fn a_long_prompt_is_prefilled_a_chunk_per_step_while_the_others_decode() {
+    // The fixture's chunks are 16 tokens: a prompt of several chunks takes one chunk per step,
+    // and the sequence already decoding gets its token at every one of those steps.
+    let mut e = engine(cpu());
+    let short = chat(&mut e, serde_json::json!([{ "role": "user", "content": "Hi" }]));
+    let long =
+        chat(&mut e, serde_json::json!([{ "role": "user", "content": "Count to ten, slowly, one number per line. ".repeat(8) }]));
+    let chunks = long.tokens.len().div_ceil(16);
+    assert!(chunks >= 4, "{} tokens", long.tokens.len());
+    let opts = GenerateOptions { max_tokens: 60, ignore_eos: true, ..GenerateOptions::default() };
+    let mut run = e.parallel(2).unwrap();
+    let (s, _) = pollster::block_on(run.admit(&mut e, &short, &opts)).unwrap();
+    step_until(&mut e, &mut run, |streamed| streamed.contains_key(&s));
+    let (l, _) = pollster::block_on(run.admit(&mut e, &long, &opts)).unwrap();
+    for step in 1..=chunks {
+        let events = pollster::block_on(run.step(&mut e)).unwrap();
+        let texts = |id| events.iter().filter(|ev| matches!(ev, ParallelEvent::Text { id: i, .. } if *i == id)).count();
+        assert_eq!(texts(s), 1, "step {step}: the decoding sequence's token");
+        assert_eq!(texts(l), usize::from(step == chunks), "step {step} of {chunks}: the long prompt's first token");
+    }
 }

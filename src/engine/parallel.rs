@@ -1,12 +1,16 @@
 //! Many generations at once: continuous batching on one engine. A [`Parallel`] run holds
 //! up to `max_seqs` sequences, each on a context of its own (its own KV rows: one range of
 //! `max_ctx` positions per slot, allocated when a slot is first used and reused after). A
-//! request joins with [`Parallel::admit`] — its prompt prefilled alone, its first token
-//! picked — and from the next [`Parallel::step`] decodes in batched steps with every other
-//! running sequence (`crate::model::DecodeBatch`: one pass over all of them). Each sequence keeps its own sampler, seed, penalties, constraint, stop strings and
-//! logprobs (tokens are picked on the host, as `generate.rs` does for such requests), so its
-//! tokens are the ones it gets alone; it leaves at its end, and [`Parallel::cancel`] frees
-//! its slot at once.
+//! request joins with [`Parallel::admit`] (checked, given a slot); each [`Parallel::step`]
+//! then runs the prompts waiting to be prefilled, oldest first, a chunk at a time under a
+//! budget of one chunk's tokens (`max_chunk`) per step — a prompt that is done picks its
+//! first token — and one batched decode step of every sequence past its prompt
+//! (`crate::model::DecodeBatch`: one pass over all of them). So a long prompt or an image
+//! joining delays the running sequences by at most a chunk per step. Each sequence keeps its
+//! own sampler, seed, penalties, constraint, stop strings and logprobs (tokens are picked on
+//! the host, as `generate.rs` does for such requests), and its chunks start where a prompt
+//! prefilled alone starts them, so its tokens are the ones it gets alone; it leaves at its
+//! end, and [`Parallel::cancel`] frees its slot at once.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -49,11 +53,12 @@ pub struct Parallel {
     events: Events,
 }
 
-/// One running sequence: its context, the token picked and not yet fed, and the host side
-/// of its generation.
+/// One running sequence: its context, its prompt while that is being prefilled, the token
+/// picked and not yet fed, and the host side of its generation.
 struct Running {
     id: SeqId,
     ctx: Context,
+    prefill: Option<Prompt>,
     token: u32,
     opts: GenerateOptions,
     picker: HostPicker,
@@ -91,10 +96,10 @@ impl Parallel {
         self.running.len() < self.batch.max_seqs() as usize
     }
 
-    /// Starts generating `opts` from `prompt` on a free slot: checks the request, prefills
-    /// the prompt and picks the first token (streamed in the events returned, with the
-    /// sequence's end if it ends there). Fails with [`EngineError::Busy`] when every slot
-    /// is taken.
+    /// Starts generating `opts` from `prompt` on a free slot: checks the request and gives
+    /// it the slot; its prompt is prefilled and its first token picked by the next steps
+    /// (a request with `max_tokens` 0 ends here: its end is in the events returned). Fails
+    /// with [`EngineError::Busy`] when every slot is taken.
     pub async fn admit(
         &mut self,
         engine: &mut Engine,
@@ -102,11 +107,11 @@ impl Parallel {
         opts: &GenerateOptions,
     ) -> Result<(SeqId, Vec<ParallelEvent>), EngineError> {
         engine.check_device()?;
-        let admitted = self.admit_on_device(engine, prompt, opts).await;
+        let admitted = self.admit_on_device(engine, prompt, opts);
         admitted.map_err(|e| engine.lost_or(e))
     }
 
-    async fn admit_on_device(
+    fn admit_on_device(
         &mut self,
         engine: &mut Engine,
         prompt: &Prompt,
@@ -121,15 +126,16 @@ impl Parallel {
         opts.sampling.validate(engine.decoder.cfg.vocab as usize)?;
         let opts = opts.seeded().into_owned();
         let stops = StopStrings::new(opts.stop.clone())?;
-        let mut picker = engine.host_picker(&opts, &prompt.tokens)?;
-        let dev = &engine.dev;
+        let picker = engine.host_picker(&opts, &prompt.tokens)?;
         let mut ctx = match self.idle.pop() {
             Some(ctx) => ctx,
-            None => Context::new(dev, &engine.decoder, engine.ctx.options())?,
+            None => Context::new(&engine.dev, &engine.decoder, engine.ctx.options())?,
         };
         ctx.reset();
-        let start = Instant::now();
-        let images = engine.placement(prompt)?;
+        if let Err(e) = ctx.check_prompt(&engine.decoder, &prompt.tokens, engine.placement(prompt)?.as_ref()) {
+            self.idle.push(ctx);
+            return Err(e.into());
+        }
         let (id, events) = (self.next_id, self.events.clone());
         self.next_id += 1;
         let on_step: OnStep = Box::new(move |step: &StepOutput<'_>| {
@@ -138,27 +144,21 @@ impl Parallel {
             None
         });
         let emit = engine.emitter(&opts, stops, on_step);
-        let mut out = Generation::empty(prompt.tokens.len(), opts.sampling.seed.unwrap_or_default());
+        let out = Generation::empty(prompt.tokens.len(), opts.sampling.seed.unwrap_or_default());
         if opts.max_tokens == 0 {
             self.idle.push(ctx);
             return Ok((id, vec![ParallelEvent::Done { id, generation: out }]));
         }
-        let prefilled = ctx.submit_prompt(dev, &engine.decoder, &prompt.tokens, images.as_ref());
-        if let Err(e) = prefilled {
-            self.idle.push(ctx);
-            return Err(e.into());
-        }
-        let mask = picker.mask()?;
-        let (token, logprob) = picker.pick(&ctx.read_logits(dev, &engine.decoder).await?, mask.as_deref())?;
-        out.time_to_first_token = start.elapsed().as_secs_f64();
-        let running = Running { id, ctx, token, opts, picker, emit, out, start };
-        self.take(running, (token, logprob)).await?;
-        Ok((id, self.events.take()))
+        let (prefill, start) = (Some(prompt.clone()), Instant::now());
+        self.running.push(Running { id, ctx, prefill, token: 0, opts, picker, emit, out, start });
+        Ok((id, Vec::new()))
     }
 
-    /// One batched decode step: feeds every running sequence its token and picks its next
-    /// one; returns the text streamed and the generations that ended (their slots are free
-    /// for the next admission).
+    /// One step: the next prompt chunks (see the module docs), then one batched decode step
+    /// that feeds every sequence past its prompt its token and picks its next one; returns
+    /// the text streamed and the generations that ended (their slots are free for the next
+    /// admission). A sequence whose prompt or pick fails leaves alone
+    /// ([`ParallelEvent::Failed`]); a failed decode step fails the call.
     pub async fn step(&mut self, engine: &mut Engine) -> Result<Vec<ParallelEvent>, EngineError> {
         engine.check_device()?;
         let stepped = self.step_on_device(engine).await;
@@ -166,29 +166,73 @@ impl Parallel {
     }
 
     async fn step_on_device(&mut self, engine: &mut Engine) -> Result<Vec<ParallelEvent>, EngineError> {
-        if self.running.is_empty() {
-            return Ok(Vec::new());
+        self.decode(engine).await?;
+        self.prefill(engine).await?;
+        Ok(self.events.take())
+    }
+
+    /// The batched decode step of the sequences past their prompts.
+    async fn decode(&mut self, engine: &Engine) -> Result<(), EngineError> {
+        let (mut decoding, prefilling): (Vec<Running>, Vec<Running>) =
+            std::mem::take(&mut self.running).into_iter().partition(|r| r.prefill.is_none());
+        self.running = prefilling;
+        if decoding.is_empty() {
+            return Ok(());
         }
         let (dev, dec) = (&engine.dev, &engine.decoder);
-        let tokens: Vec<u32> = self.running.iter().map(|r| r.token).collect();
-        let mut ctxs: Vec<&mut Context> = self.running.iter_mut().map(|r| &mut r.ctx).collect();
-        let logits = self.batch.step(dev, dec, &mut ctxs, &tokens).await?;
-        let vocab = dec.cfg.vocab as usize;
-        for (mut r, row) in std::mem::take(&mut self.running).into_iter().zip(logits.chunks(vocab)) {
-            let id = r.id;
-            let picked = r.picker.mask().and_then(|mask| r.picker.pick(row, mask.as_deref()));
-            let taken = match picked {
-                Ok(picked) => {
-                    r.token = picked.0;
-                    self.take(r, picked).await
-                }
-                Err(e) => Err(e),
-            };
-            if let Err(error) = taken {
-                self.events.borrow_mut().push(ParallelEvent::Failed { id, error });
+        let tokens: Vec<u32> = decoding.iter().map(|r| r.token).collect();
+        let mut ctxs: Vec<&mut Context> = decoding.iter_mut().map(|r| &mut r.ctx).collect();
+        let logits = match self.batch.step(dev, dec, &mut ctxs, &tokens).await {
+            Ok(logits) => logits,
+            Err(e) => {
+                self.running.append(&mut decoding);
+                return Err(e.into());
+            }
+        };
+        for (mut r, row) in decoding.into_iter().zip(logits.chunks(dec.cfg.vocab as usize)) {
+            match r.picker.mask().and_then(|mask| r.picker.pick(row, mask.as_deref())) {
+                Ok(picked) => self.take(r, picked).await,
+                Err(e) => self.fail(r, e),
             }
         }
-        Ok(self.events.take())
+        Ok(())
+    }
+
+    /// The next chunks of the prompts being prefilled, oldest first, while they fit in one
+    /// chunk's tokens; a prompt that is done picks its sequence's first token. A sequence
+    /// whose chunk fails leaves alone, unless the device is lost.
+    async fn prefill(&mut self, engine: &Engine) -> Result<(), EngineError> {
+        let chunk = engine.ctx.options().max_chunk as usize;
+        let (mut budget, mut i) = (chunk, 0);
+        while let Some(r) = self.running.get(i) {
+            let Some(prompt) = &r.prefill else {
+                i += 1;
+                continue;
+            };
+            let left = prompt.tokens.len() - r.ctx.n_past() as usize;
+            if left.min(chunk) > budget {
+                break;
+            }
+            budget -= left.min(chunk);
+            let mut r = self.running.remove(i);
+            let ran = match left > chunk {
+                true => r.run_chunk(engine, chunk).map(|()| None),
+                false => r.run_last_chunk(engine).await.map(Some),
+            };
+            match ran {
+                Ok(None) => {
+                    self.running.insert(i, r);
+                    i += 1;
+                }
+                Ok(Some(picked)) => self.take(r, picked).await,
+                Err(e) => {
+                    let e = engine.lost_or(e);
+                    engine.check_device()?;
+                    self.fail(r, e);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Ends sequence `id` now ([`FinishReason::Abort`]): its generation so far, or `None`
@@ -196,33 +240,64 @@ impl Parallel {
     pub async fn cancel(&mut self, id: SeqId) -> Result<Option<Generation>, EngineError> {
         let Some(i) = self.running.iter().position(|r| r.id == id) else { return Ok(None) };
         let r = self.running.remove(i);
-        self.finish(r, FinishReason::Abort).await?;
-        let events = self.events.take();
-        Ok(events.into_iter().find_map(|e| match e {
-            ParallelEvent::Done { generation, .. } => Some(generation),
-            _ => None,
-        }))
-    }
-
-    /// Keeps the token picked for `r` (streamed as text) and runs it on, or ends it.
-    async fn take(&mut self, mut r: Running, picked: (u32, Option<TokenLogprob>)) -> Result<(), EngineError> {
-        match r.picker.keep(&mut r.emit, &mut r.out, &r.opts, &r.ctx, picked).await? {
-            Some(finish) => self.finish(r, finish).await,
-            None => {
-                self.running.push(r);
-                Ok(())
-            }
+        self.finish(r, FinishReason::Abort).await;
+        match self.events.take().pop() {
+            Some(ParallelEvent::Done { generation, .. }) => Ok(Some(generation)),
+            Some(ParallelEvent::Failed { error, .. }) => Err(error),
+            _ => unreachable!("a finished sequence reports its end"),
         }
     }
 
-    /// Flushes `r`'s held-back text, reports its generation and frees its slot.
-    async fn finish(&mut self, mut r: Running, finish: FinishReason) -> Result<(), EngineError> {
-        r.out.finish = finish;
-        r.emit.finish(&mut r.out).await?;
-        r.out.decode_seconds = r.start.elapsed().as_secs_f64() - r.out.time_to_first_token;
-        r.out.mask_seconds = r.picker.mask_seconds;
-        self.events.borrow_mut().push(ParallelEvent::Done { id: r.id, generation: r.out });
+    /// Keeps the token picked for `r` (streamed as text) and runs it on, or ends it.
+    async fn take(&mut self, mut r: Running, picked: (u32, Option<TokenLogprob>)) {
+        r.token = picked.0;
+        match r.picker.keep(&mut r.emit, &mut r.out, &r.opts, &r.ctx, picked).await {
+            Ok(None) => self.running.push(r),
+            Ok(Some(finish)) => self.finish(r, finish).await,
+            Err(e) => self.fail(r, e),
+        }
+    }
+
+    /// Flushes `r`'s held-back text and reports its generation; frees its slot.
+    async fn finish(&mut self, r: Running, finish: FinishReason) {
+        let Running { id, ctx, emit, mut out, picker, start, .. } = r;
+        out.finish = finish;
+        let event = match emit.finish(&mut out).await {
+            Ok(()) => {
+                out.decode_seconds = start.elapsed().as_secs_f64() - out.time_to_first_token;
+                out.mask_seconds = picker.mask_seconds;
+                ParallelEvent::Done { id, generation: out }
+            }
+            Err(error) => ParallelEvent::Failed { id, error },
+        };
+        self.events.borrow_mut().push(event);
+        self.idle.push(ctx);
+    }
+
+    /// Reports `r`'s failure; frees its slot.
+    fn fail(&mut self, r: Running, error: EngineError) {
+        self.events.borrow_mut().push(ParallelEvent::Failed { id: r.id, error });
         self.idle.push(r.ctx);
-        Ok(())
+    }
+}
+
+impl Running {
+    /// Runs the next `chunk` tokens of the prompt (more are left after them).
+    fn run_chunk(&mut self, engine: &Engine, chunk: usize) -> Result<(), EngineError> {
+        let prompt = self.prefill.as_ref().expect("a sequence being prefilled");
+        let end = self.ctx.n_past() as usize + chunk;
+        let images = engine.placement(prompt)?;
+        Ok(self.ctx.submit_prefix(&engine.dev, &engine.decoder, &prompt.tokens, end, images.as_ref())?)
+    }
+
+    /// Runs the rest of the prompt and picks the first token.
+    async fn run_last_chunk(&mut self, engine: &Engine) -> Result<(u32, Option<TokenLogprob>), EngineError> {
+        let prompt = self.prefill.take().expect("a sequence being prefilled");
+        let (dev, dec) = (&engine.dev, &engine.decoder);
+        self.ctx.submit_prompt(dev, dec, &prompt.tokens, engine.placement(&prompt)?.as_ref())?;
+        let mask = self.picker.mask()?;
+        let picked = self.picker.pick(&self.ctx.read_logits(dev, dec).await?, mask.as_deref())?;
+        self.out.time_to_first_token = self.start.elapsed().as_secs_f64();
+        Ok(picked)
     }
 }

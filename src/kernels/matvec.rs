@@ -57,9 +57,10 @@ pub(super) fn cpu_product(
         let (x, mut y) = (x.read_n(x_range.end)?, y.write_n(y_end)?);
         let (x, y) = (&x[x_range.clone()], &mut y[y_start..]);
         weight.with(|w| {
+            // A batched step's tokens on the matmul's tiles where that is faster, same bits.
             match product {
-                Product::Matvec => cpu::matvec_into(pool, w, x, y, out, n, mode)?,
-                Product::Matmul => cpu::matmul_into(pool, w, x, y, out, n, mode)?,
+                Product::Matvec if !cpu::matmul::takes_decode(w.ty(), mode, n) => cpu::matvec_into(pool, w, x, y, out, n, mode)?,
+                Product::Matvec | Product::Matmul => cpu::matmul_into(pool, w, x, y, out, n, mode)?,
             }
             Ok(())
         })

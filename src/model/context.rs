@@ -563,6 +563,12 @@ impl Context {
         self.counters
     }
 
+    /// Checks `tokens` (with `images`) as the prompt of this context, reset, before any of it
+    /// runs (so that a prompt prefilled a chunk at a time fails here, not midway).
+    pub fn check_prompt(&self, dec: &Decoder, tokens: &[u32], images: Option<&PromptImages<'_>>) -> Result<(), ModelError> {
+        self.check(dec, tokens, 0, images)
+    }
+
     /// Checks a pass over `tokens[from..]`, appended to the `n_past` cached tokens.
     fn check(&self, dec: &Decoder, tokens: &[u32], from: usize, images: Option<&PromptImages<'_>>) -> Result<(), ModelError> {
         if let Some(images) = images {

@@ -1,7 +1,8 @@
 //! `--parallel N` (N > 1): the engine thread runs up to N requests at once in one
-//! [`Parallel`] run (continuous batching): each request is prefilled on a slot of its own
-//! when it is taken from the queue (first come, first served), then decodes in batched steps
-//! with the others; a request that ends frees its slot for the next one at the next step.
+//! [`Parallel`] run (continuous batching): each request gets a slot of its own when it is
+//! taken from the queue (first come, first served), is prefilled a chunk per step beside
+//! the running decodes, then decodes in batched steps with the others; a request that ends
+//! frees its slot for the next one at the next step.
 //! A client that goes away has its sequence cancelled before the next step. A failed step
 //! (a lost device) fails the requests running; the model is loaded again as in the
 //! one-at-a-time loop. Slots have no prompt cache: each prompt is prefilled whole.
@@ -112,8 +113,7 @@ impl Worker {
         }
     }
 
-    /// Prepares `job`'s request and admits it to the run (its prompt prefilled, its first
-    /// token streamed); a request that fails before generating ends here.
+    /// Prepares `job`'s request and admits it to the run; a request refused there ends here.
     fn admit(&self, engine: &mut Engine, info: &ModelInfo, run: &mut Parallel, running: &mut HashMap<SeqId, Running>, job: Job) {
         let (queue_seconds, started) = (job.queued_at.elapsed().as_secs_f64(), Instant::now());
         if job.cancel.load(Ordering::SeqCst) || job.events.is_closed() {
