@@ -162,7 +162,7 @@ fn memory_plan_matches_the_loaded_buffers() {
 
 /// `webvlm info --plan` prints the plan and says whether it fits; a command that loads the
 /// model refuses it before uploading when `--gpu-memory` is too small, naming the largest
-/// context that fits.
+/// context (and number of sequences at once) that fits.
 #[test]
 fn cli_plans_and_refuses_a_model_that_does_not_fit() {
     let (model, mmproj) = (fixture(MISTRAL3).join("model.gguf"), fixture(MISTRAL3).join("mmproj.gguf"));
@@ -190,4 +190,20 @@ fn cli_plans_and_refuses_a_model_that_does_not_fit() {
     let ctx = largest.to_string();
     let out = run(&["logits", "--model", model, "--tokens", "1,5,6", "--ctx", &ctx, "--gpu-memory", "4M", "--out", "/dev/null"]);
     assert!(out.status.success(), "at the largest context: {}", String::from_utf8_lossy(&out.stderr));
+
+    // Sequences at once take a context each (its KV cache and step buffers): in 64 MiB, 64
+    // do not fit, and the refusal names the most that do, which then run.
+    let (ctx, empty) = ("4096", "/dev/null");
+    let batch =
+        |parallel: &str| run(&["batch", empty, "--model", model, "--ctx", ctx, "--gpu-memory", "64M", "--parallel", parallel]);
+    let out = batch("64");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let most = format!("the most sequences that fit at {ctx} tokens: ");
+    assert!(err.contains("for 64 sequences") && err.contains(&most), "{err}");
+    let most: u32 = err.split(&most).nth(1).unwrap().trim().parse().unwrap();
+    assert!((2..64).contains(&most), "{err}");
+    let out = batch(&most.to_string());
+    assert!(out.status.success(), "{most} at once: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(!batch(&(most + 1).to_string()).status.success(), "{} at once", most + 1);
 }

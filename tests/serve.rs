@@ -792,12 +792,28 @@ fn parallel_requests_and_batch_lines_run_together_and_answer_as_one_at_a_time() 
     let first = running.next_data().expect("the long stream started");
     let short = many.post_json("/v1/chat/completions", &requests[0]);
     assert_eq!(answer(&short.json()), want[0]);
-    assert_eq!(many.get("/health").json()["queue"]["running"], 1, "the long stream is still running");
+    let health = many.get("/health").json();
+    assert_eq!(health["queue"]["running"], 1, "the long stream is still running");
+    let (slots, sequence) = (&health["slots"], &health["slots"]["sequences"][0]);
+    assert_eq!(
+        (slots["total"].as_u64(), slots["busy"].as_u64(), sequence["state"].as_str()),
+        (Some(4), Some(1), Some("decoding")),
+        "{health}"
+    );
+    let (prompt, kv) = (sequence["prompt_tokens"].as_u64().unwrap(), sequence["kv_tokens"].as_u64().unwrap());
+    assert!(prompt > 0 && kv >= prompt, "{health}");
+    let metrics = many.get("/metrics").text();
+    for line in ["webvlm_slots{state=\"decoding\"} 1", "webvlm_slots{state=\"idle\"} 3", "webvlm_slots{state=\"prefilling\"} 0"] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
+    }
+    let capacity = 4 * slots["kv_tokens_per_slot"].as_u64().unwrap();
+    assert!(metrics.lines().any(|l| l == format!("webvlm_kv_cache_capacity_tokens {capacity}")), "{metrics}");
     let mut streamed = chunks(running.rest());
     streamed.insert(0, serde_json::from_str(&first).unwrap());
     assert_eq!(json!(content_of(&streamed)), want[1]["choices"][0]["message"]["content"]);
     let health = many.get("/health").json();
     assert_eq!((health["requests"]["completed"].as_u64(), health["queue"]["running"].as_u64()), (Some(8), Some(0)), "{health}");
+    assert_eq!(health["slots"]["busy"], 0, "{health}");
     // A batch's lines run together and give the same answers, in the input's order.
     let input: Vec<String> = requests.iter().enumerate().map(|(i, r)| batch_line(&format!("r{i}"), r.clone())).collect();
     let batch = create_batch(&many, &(input.join("\n") + "\n"));

@@ -22,7 +22,7 @@ pub use generate::{FinishReason, GenerateOptions, Generation, LazyFormat, Respon
 pub use images::{data_url_bytes, expand, expanded_len, ImageCache};
 pub use load::EngineBuilder;
 pub use mllama::CrossVision;
-pub use parallel::{Parallel, ParallelEvent, SeqId};
+pub use parallel::{Parallel, ParallelEvent, SeqId, SlotState};
 use prompt_cache::PromptCache;
 pub use prompt_cache::{PromptCacheStats, DEFAULT_PROMPT_CACHE_BYTES};
 pub use repo::{RepoLoad, INDEX_JSON};

@@ -39,6 +39,18 @@ pub enum ParallelEvent {
     Failed { id: SeqId, error: EngineError },
 }
 
+/// Where one running sequence of a [`Parallel`] run stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotState {
+    pub id: SeqId,
+    pub prompt_tokens: usize,
+    /// Its prompt is being prefilled (no token yet).
+    pub prefilling: bool,
+    pub generated: usize,
+    /// Positions in its KV cache (prompt and generated tokens run so far).
+    pub cached: u32,
+}
+
 /// Events collected by the sequences' emitters during one call.
 type Events = Rc<RefCell<Vec<ParallelEvent>>>;
 type OnStep = Box<dyn FnMut(&StepOutput<'_>) -> Option<Wait>>;
@@ -51,6 +63,7 @@ pub struct Parallel {
     idle: Vec<Context>,
     next_id: SeqId,
     events: Events,
+    slot_rows: u32,
 }
 
 /// One running sequence: its context, its prompt while that is being prefilled, the token
@@ -76,6 +89,7 @@ impl Engine {
             idle: Vec::new(),
             next_id: 0,
             events: Rc::default(),
+            slot_rows: self.ctx.options().max_ctx,
         })
     }
 }
@@ -89,6 +103,28 @@ impl Parallel {
     /// Sequences running.
     pub fn running(&self) -> usize {
         self.running.len()
+    }
+
+    /// The running sequences in the order admitted: where each stands.
+    pub fn slots(&self) -> Vec<SlotState> {
+        let mut slots: Vec<SlotState> = self
+            .running
+            .iter()
+            .map(|r| SlotState {
+                id: r.id,
+                prompt_tokens: r.out.prompt_tokens,
+                prefilling: r.prefill.is_some(),
+                generated: r.out.tokens.len(),
+                cached: r.ctx.n_past(),
+            })
+            .collect();
+        slots.sort_by_key(|s| s.id);
+        slots
+    }
+
+    /// KV rows each slot holds (its context's `max_ctx`).
+    pub fn slot_rows(&self) -> u32 {
+        self.slot_rows
     }
 
     /// Whether a sequence can join.

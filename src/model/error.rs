@@ -48,12 +48,26 @@ pub enum ModelError {
     RecurrentPosition { consumed: u32, cached: u32 },
     /// The model at the asked context needs more GPU memory than the budget
     /// (`memory_plan::MemoryPlan::check`).
+    /// With several sequences (`seqs`), the state and buffers are those of all their
+    /// contexts, and `largest_seqs` is the most that fit at `ctx`.
     #[error(
-        "the model needs {} MiB of GPU memory ({} MiB weights + {} MiB KV cache at {ctx} tokens + {} MiB buffers) but {} MiB are available; {}",
-        mib(*needed), mib(*weights), mib(*state), mib(*other), mib(*available),
-        if *largest_ctx > 0 { format!("the largest context that fits is {largest_ctx} tokens") } else { "no context fits".to_string() }
+        "the model needs {} MiB of GPU memory ({} MiB weights + {} MiB KV cache at {ctx} tokens{} + {} MiB buffers) but {} MiB are available; {}{}",
+        mib(*needed), mib(*weights), mib(*state), if *seqs > 1 { format!(" for {seqs} sequences") } else { String::new() },
+        mib(*other), mib(*available),
+        if *largest_ctx > 0 { format!("the largest context that fits is {largest_ctx} tokens") } else { "no context fits".to_string() },
+        if *seqs > 1 { format!("; the most sequences that fit at {ctx} tokens: {largest_seqs}") } else { String::new() }
     )]
-    DoesNotFit { needed: u64, available: u64, weights: u64, state: u64, ctx: u32, other: u64, largest_ctx: u32 },
+    DoesNotFit {
+        needed: u64,
+        available: u64,
+        weights: u64,
+        state: u64,
+        ctx: u32,
+        other: u64,
+        largest_ctx: u32,
+        seqs: u32,
+        largest_seqs: u32,
+    },
     /// One buffer the model needs exceeds the adapter's buffer or binding limit.
     #[error("{what} needs a buffer of {bytes} bytes; the adapter allows {limit}")]
     BufferTooLarge { what: String, bytes: u64, limit: u64 },

@@ -149,6 +149,9 @@ pub struct PlanOptions {
     pub vision_quant: LoadQuant,
     /// Longest image edge the encoder will be given.
     pub image_edge: u32,
+    /// Sequences decoding at once (`serve --parallel`): above one, each has a context of
+    /// its own beside the engine's (see [`MemoryPlan::contexts`]).
+    pub seqs: u32,
 }
 
 impl Default for PlanOptions {
@@ -160,6 +163,7 @@ impl Default for PlanOptions {
             text_quant: LoadQuant::Keep,
             vision_quant: LoadQuant::Keep,
             image_edge: DEFAULT_MAX_EDGE,
+            seqs: 1,
         }
     }
 }
@@ -177,7 +181,8 @@ impl<'a> From<&'a GgufHeader> for ModelHeaders<'a> {
     }
 }
 
-/// GPU bytes of one model at one context, by kind.
+/// GPU bytes of one model at one context, by kind; the state, step buffers and cross store
+/// are per context, and there are [`MemoryPlan::contexts`] of them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemoryPlan {
     pub options: PlanOptions,
@@ -185,11 +190,11 @@ pub struct MemoryPlan {
     pub text_weights: u64,
     /// Vision encoder + projector weights as uploaded (0 without an mmproj).
     pub vision_weights: u64,
-    /// KV caches (and recurrent states with their checkpoints) at `options.ctx`.
+    /// KV caches (and recurrent states with their checkpoints) at `options.ctx`, per context.
     pub state: u64,
     /// Bytes each context position adds to `state`.
     pub state_per_token: u64,
-    /// Step buffers, family scratch and logits at `options.chunk`.
+    /// Step buffers, family scratch and logits at `options.chunk`, per context.
     pub step: u64,
     /// The vision encoder's scratch for one image of `options.image_edge` (0 without an
     /// encoder; Mllama: one image at its tile count, whatever the edge).
@@ -277,14 +282,20 @@ impl MemoryPlan {
         Ok(plan)
     }
 
-    /// Bytes of everything but the context-dependent state.
-    pub fn fixed(&self) -> u64 {
-        self.text_weights + self.vision_weights + self.step + self.vision_scratch + self.cross_store
+    /// Contexts the engine holds: its own, and with sequences decoding at once
+    /// (`options.seqs` > 1) one per sequence (`engine::Parallel`'s slots).
+    pub fn contexts(&self) -> u64 {
+        contexts(self.options.seqs)
     }
 
-    /// Everything at the planned context.
+    /// Bytes of everything but the contexts' state.
+    pub fn fixed(&self) -> u64 {
+        self.text_weights + self.vision_weights + self.vision_scratch + self.contexts() * (self.step + self.cross_store)
+    }
+
+    /// Everything at the planned context and sequences.
     pub fn total(&self) -> u64 {
-        self.fixed() + self.state
+        self.fixed() + self.contexts() * self.state
     }
 
     /// The largest context (at most the model's own and the KV buffer limit) whose total
@@ -295,26 +306,38 @@ impl MemoryPlan {
         let Some(bytes) = budget.bytes() else { return Some(cap) };
         // Recurrent states do not grow with the context: they are in `state` at any context.
         let fixed_state = self.state - self.state_per_token * self.options.ctx as u64;
-        let room = bytes.checked_sub(self.fixed() + fixed_state)?;
+        let room = bytes.checked_sub(self.fixed() + self.contexts() * fixed_state)?;
         let ctx = match self.state_per_token {
             0 => cap as u64,
-            per => (room / per).min(cap as u64),
+            per => (room / (per * self.contexts())).min(cap as u64),
         };
         (ctx >= 1).then_some(ctx as u32)
     }
 
+    /// The most sequences decoding at once (up to `cap`) whose contexts fit `budget` at the
+    /// planned context: `cap` when nothing is known, 0 when not even one fits.
+    pub fn largest_seqs(&self, budget: MemoryBudget, cap: u32) -> u32 {
+        let Some(bytes) = budget.bytes() else { return cap };
+        let shared = self.text_weights + self.vision_weights + self.vision_scratch;
+        let per_context = self.step + self.cross_store + self.state;
+        let fit = |n: u32| shared + contexts(n) * per_context <= bytes;
+        (1..=cap).rev().find(|&n| fit(n)).unwrap_or(0)
+    }
+
     /// Ok when the plan fits `budget`; else what needs how much, and the largest context
-    /// that would fit.
+    /// (and number of sequences) that would fit.
     pub fn check(&self, budget: MemoryBudget) -> Result<(), ModelError> {
         match budget.bytes() {
             Some(available) if self.total() > available => Err(ModelError::DoesNotFit {
                 needed: self.total(),
                 available,
                 weights: self.text_weights + self.vision_weights,
-                state: self.state,
+                state: self.contexts() * self.state,
                 ctx: self.options.ctx,
-                other: self.step + self.vision_scratch + self.cross_store,
+                other: self.fixed() - self.text_weights - self.vision_weights,
                 largest_ctx: self.largest_context(budget).unwrap_or(0),
+                seqs: self.options.seqs,
+                largest_seqs: self.largest_seqs(budget, self.options.seqs),
             }),
             _ => Ok(()),
         }
@@ -347,6 +370,15 @@ impl MemoryPlan {
             }
         }
         last.map(|()| LoadQuant::Q4_0)
+    }
+}
+
+/// Contexts of an engine running `seqs` sequences at once: its own, and one per sequence
+/// when there are several.
+fn contexts(seqs: u32) -> u64 {
+    match seqs {
+        0 | 1 => 1,
+        n => 1 + n as u64,
     }
 }
 

@@ -351,3 +351,31 @@ fn qwen35_4b_vision_scratch_is_the_encoders_buffers() {
     assert!(matches!(err, ModelError::BufferTooLarge { bytes, .. } if bytes == f32s(4 * n, d)), "{err}");
     assert!(err.to_string().contains("position rows of a 1568x1568 image"), "{err}");
 }
+
+#[test]
+fn sequences_at_once_take_a_context_each_and_the_refusal_names_the_most_that_fit() {
+    let text = text_headers(&MINISTRAL_3B, q4_k_m);
+    let one = plan(&text, None, PlanOptions { ctx: 8192, ..Default::default() });
+    let four = plan(&text, None, PlanOptions { ctx: 8192, seqs: 4, ..Default::default() });
+    // The engine's own context and one per sequence: weights once, state and buffers five times.
+    assert_eq!(four.contexts(), 5);
+    let per_context = one.state + one.step + one.cross_store;
+    assert_eq!(four.total(), one.total() + 4 * per_context);
+    // A budget that holds the weights and three contexts: two sequences (1 + 2 contexts).
+    let budget = MemoryBudget::Bytes(one.total() + 2 * per_context + per_context / 2);
+    assert!(one.check(budget).is_ok());
+    assert_eq!(four.largest_seqs(budget, 64), 2);
+    assert_eq!(four.largest_seqs(MemoryBudget::Unknown, 64), 64);
+    let err = four.check(budget).unwrap_err();
+    assert!(matches!(err, ModelError::DoesNotFit { seqs: 4, largest_seqs: 2, .. }), "{err}");
+    assert!(
+        err.to_string().contains("for 4 sequences") && err.to_string().contains("the most sequences that fit at 8192 tokens: 2"),
+        "{err}"
+    );
+    let two = plan(&text, None, PlanOptions { ctx: 8192, seqs: 2, ..Default::default() });
+    assert!(two.check(budget).is_ok());
+    // The largest context for four sequences: every context's KV cache at it fits.
+    let ctx = four.largest_context(budget).unwrap();
+    let at = |ctx| plan(&text, None, PlanOptions { ctx, seqs: 4, ..Default::default() });
+    assert!(at(ctx).check(budget).is_ok() && at(ctx + 1).check(budget).is_err(), "{ctx}");
+}

@@ -29,7 +29,7 @@ pub struct BatchArgs {
     #[arg(long, value_name = "RESULTS.jsonl")]
     out: Option<PathBuf>,
     /// Requests run at once, decoding together in batched steps (each takes a context of
-    /// `--ctx` tokens)
+    /// `--ctx` tokens, which the memory plan counts)
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     parallel: u32,
     #[command(flatten)]
@@ -38,7 +38,7 @@ pub struct BatchArgs {
 
 pub fn chat(args: &ChatArgs) -> CliResult {
     let json = read_text(&args.request)?;
-    let mut engine = open_engine(&args.engine)?;
+    let mut engine = open_engine(&args.engine, 1)?;
     let out = match ChatRequest::parse(&json, crate::vocab_size(&engine)) {
         Ok(req) => {
             let result = pollster::block_on(run(&mut engine, &req, &mut |url| read_file(url), None, |chunk| {
@@ -67,7 +67,7 @@ pub fn chat(args: &ChatArgs) -> CliResult {
 
 pub fn batch(args: &BatchArgs) -> CliResult {
     let jsonl = read_text(&args.input)?;
-    let mut engine = open_engine(&args.engine)?;
+    let mut engine = open_engine(&args.engine, args.parallel)?;
     let mut load = |url: &str| read_file(url);
     let run = batch::run_batch(&mut engine, &jsonl, &mut load, args.parallel, |i, total, line| {
         let status = if line["error"].is_null() { "ok" } else { "error" };

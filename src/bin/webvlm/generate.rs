@@ -89,7 +89,7 @@ pub fn generate(args: &GenerateArgs) -> CliResult {
     if let Some(tools) = &args.tools {
         return generate_with_tools(args, tools, kwargs);
     }
-    let mut engine = open_engine(&args.engine)?;
+    let mut engine = open_engine(&args.engine, 1)?;
     let prompt = text_prompt(&mut engine, &args.images.images, args.chat, &args.prompt, kwargs.as_ref())?;
     let opts = args.sampling.options(engine.sampling_defaults());
     let out = pollster::block_on(engine.generate_prompt(&prompt, &opts, |step| {
@@ -127,7 +127,7 @@ fn generate_with_tools(args: &GenerateArgs, tools: &Path, kwargs: Option<JsonMap
         "messages": [{ "role": "user", "content": content }],
         "tools": tools, "tool_choice": choice, "chat_template_kwargs": kwargs, "stream": true,
     });
-    let mut engine = open_engine(&args.engine)?;
+    let mut engine = open_engine(&args.engine, 1)?;
     let mut request = ChatRequest::from_value(body, crate::vocab_size(&engine)).map_err(|e| format!("--tools: {e}"))?;
     // The command line's sampling (greedy unless asked), not the API's defaults.
     let base = args.sampling.base();
@@ -159,7 +159,7 @@ fn generate_with_tools(args: &GenerateArgs, tools: &Path, kwargs: Option<JsonMap
 
 pub fn logits(args: &LogitsArgs) -> CliResult {
     args.images.check(&args.engine);
-    let mut engine = open_engine(&args.engine)?;
+    let mut engine = open_engine(&args.engine, 1)?;
     let files = &args.images.images;
     let prompt = match &args.prompt {
         Some(text) => text_prompt(&mut engine, files, false, text, None)?,

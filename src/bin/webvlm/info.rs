@@ -161,6 +161,8 @@ fn print_plan(model: &ModelFiles, args: &InfoArgs, dev: &Device) -> CliResult {
     }
     let largest = plan.largest_context(budget).map_or("none".to_string(), |c| c.to_string());
     outln!("  largest context that fits: {largest}");
+    // `serve --parallel N` adds a context per sequence.
+    outln!("  sequences at once that fit at this context (serve --parallel): {}", plan.largest_seqs(budget, 64));
     plan.check(budget)?;
     outln!("  fits: yes");
     Ok(())

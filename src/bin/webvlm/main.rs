@@ -93,7 +93,9 @@ fn main() -> ExitCode {
     }
 }
 
-pub fn open_engine(args: &args::EngineArgs) -> Result<Engine, Box<dyn std::error::Error>> {
+/// The engine of `args`, refused before any weight is uploaded when its memory plan for
+/// `seqs` sequences decoding at once does not fit the budget.
+pub fn open_engine(args: &args::EngineArgs, seqs: u32) -> Result<Engine, Box<dyn std::error::Error>> {
     let model = open::ModelFiles::open(&args.model.model)?;
     let mmproj = args.mmproj.as_ref().map(MappedGguf::open).transpose()?;
     let dev = args.device.device()?;
@@ -114,6 +116,7 @@ pub fn open_engine(args: &args::EngineArgs) -> Result<Engine, Box<dyn std::error
         text_quant: LoadQuant::Keep,
         vision_quant: args.vision_quant,
         image_edge: args.image_max_edge.unwrap_or(DEFAULT_MAX_EDGE),
+        seqs,
     };
     let quant = match args.quant {
         Some(q) => q,

@@ -1,8 +1,10 @@
 //! `GET /metrics`: the server's counters in Prometheus' text format (version 0.0.4), as vLLM
 //! and llama-server expose theirs: requests running and waiting, requests ended by outcome,
 //! prompt, cached and generated tokens, and histograms of the time to first token and of the
-//! time between generated tokens, plus the prompt cache and the model reloads. The KV pool
-//! and preemption figures of a batching engine are not here: one sequence runs at a time.
+//! time between generated tokens, plus the prompt cache and the model reloads; with
+//! `--parallel` > 1, the slots by state and the KV cache positions used of all slots'. No
+//! preemption counter: a slot reserves its whole KV range, so a running sequence is never
+//! preempted (a request waits for a free slot instead).
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -132,5 +134,19 @@ pub async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
     let saved = [("", cache.saved_bytes)];
     metric(&mut out, "webvlm_prompt_cache_saved_bytes", "gauge", "Bytes of saved prompt-cache prefixes.", &saved);
     metric(&mut out, "webvlm_model_reloads_total", "counter", "Model loads after a lost device.", &[("", get(&stats.reloads))]);
+    if let Some(slots) = stats.slots() {
+        let prefilling = slots.sequences.iter().filter(|s| s.prefilling).count() as u64;
+        let busy = slots.sequences.len() as u64;
+        let states = [
+            ("{state=\"prefilling\"}", prefilling),
+            ("{state=\"decoding\"}", busy - prefilling),
+            ("{state=\"idle\"}", u64::from(slots.total) - busy),
+        ];
+        metric(&mut out, "webvlm_slots", "gauge", "Sequence slots of --parallel, by state.", &states);
+        let used = slots.sequences.iter().map(|s| u64::from(s.cached)).sum();
+        metric(&mut out, "webvlm_kv_cache_used_tokens", "gauge", "KV cache positions the running sequences hold.", &[("", used)]);
+        let capacity = [("", u64::from(slots.total) * u64::from(slots.rows_per_slot))];
+        metric(&mut out, "webvlm_kv_cache_capacity_tokens", "gauge", "KV cache positions of all slots.", &capacity);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out)
 }

@@ -18,7 +18,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use webvlm::api::{self, ApiError, Prepared, Reply};
 use webvlm::engine::{Engine, Generation, Parallel, ParallelEvent, SeqId, StepOutput};
 
-use super::worker::{add_queue_time, chat_request, refuse_url, Event, Job, ModelInfo, Outcome, Worker};
+use super::worker::{add_queue_time, chat_request, refuse_url, Event, Job, ModelInfo, Outcome, Slots, Worker};
 use crate::args::EngineArgs;
 
 /// A request running in the batch: where its output goes, and its reply.
@@ -68,6 +68,7 @@ impl Worker {
             Ok(run) => run,
             Err(e) => return self.stop(&mut jobs, format!("cannot make {slots} sequence slots: {e}")),
         };
+        self.stats.set_slots(Slots { total: slots, rows_per_slot: run.slot_rows(), sequences: Vec::new() });
         let mut running: HashMap<SeqId, Running> = HashMap::new();
         loop {
             while run.has_room() {
@@ -92,7 +93,10 @@ impl Worker {
                     self.done(engine, &mut running, id, generation);
                 }
             }
-            match pollster::block_on(run.step(engine)) {
+            let stepped = pollster::block_on(run.step(engine));
+            let sequences = run.slots();
+            self.stats.set_slots(Slots { total: slots, rows_per_slot: run.slot_rows(), sequences });
+            match stepped {
                 Ok(events) => self.dispatch(engine, &mut running, events),
                 Err(e) => {
                     let error = ApiError::from(e);

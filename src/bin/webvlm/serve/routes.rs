@@ -150,6 +150,18 @@ async fn health(State(app): State<Arc<App>>) -> (StatusCode, Json<Value>) {
             "aborted": stats.aborted.load(Ordering::SeqCst),
             "mean_run_seconds": stats.mean_run_seconds(),
         },
+        "slots": stats.slots().map(|slots| json!({
+            "total": slots.total,
+            "busy": slots.sequences.len(),
+            "kv_tokens_per_slot": slots.rows_per_slot,
+            "sequences": slots.sequences.iter().map(|s| json!({
+                "id": s.id,
+                "state": if s.prefilling { "prefilling" } else { "decoding" },
+                "prompt_tokens": s.prompt_tokens,
+                "generated_tokens": s.generated,
+                "kv_tokens": s.cached,
+            })).collect::<Vec<_>>(),
+        })),
         "prompt_cache": {
             "live_tokens": cache.live_tokens,
             "saved_prefixes": cache.saved_tokens.len(),

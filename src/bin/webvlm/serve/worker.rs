@@ -35,7 +35,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use webvlm::api::{self, ApiError, ChatRequest};
-use webvlm::engine::{Engine, EngineError, PromptCacheStats};
+use webvlm::engine::{Engine, EngineError, PromptCacheStats, SlotState};
 use webvlm::error::{Classify, ErrorClass};
 
 use super::errors::HttpError;
@@ -119,9 +119,30 @@ pub struct Stats {
     pub metrics: super::metrics::Metrics,
     /// Why the engine cannot take requests any more (a lost device and a failed reload).
     unhealthy: Mutex<Option<String>>,
+    /// With `--parallel` > 1, the run's slots after its last step.
+    slots: Mutex<Option<Slots>>,
+}
+
+/// The slots of a parallel run, for `/health` and `/metrics`.
+#[derive(Clone, Debug, Default)]
+pub struct Slots {
+    pub total: u32,
+    /// KV cache positions each slot holds (`--ctx`).
+    pub rows_per_slot: u32,
+    /// The running sequences, in the order admitted.
+    pub sequences: Vec<SlotState>,
 }
 
 impl Stats {
+    /// The parallel run's slots (`None` with one request at a time).
+    pub fn slots(&self) -> Option<Slots> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(super) fn set_slots(&self, slots: Slots) {
+        *self.slots.lock().unwrap_or_else(|e| e.into_inner()) = Some(slots);
+    }
+
     fn add_run_time(&self, seconds: f64) {
         let mut recent = self.recent_seconds.lock().unwrap_or_else(|e| e.into_inner());
         if recent.len() == RECENT_JOBS {
@@ -201,11 +222,11 @@ impl EngineHandle {
         let (loaded_tx, loaded_rx) = std::sync::mpsc::channel::<Result<ModelInfo, String>>();
         let stats = Arc::new(Stats::default());
         let stopped = Arc::new(Notify::new());
-        let worker = Worker { stats: stats.clone(), stopped: stopped.clone(), lose_device_after };
+        let worker = Worker { stats: stats.clone(), stopped: stopped.clone(), lose_device_after, seqs: parallel };
         std::thread::Builder::new()
             .name("webvlm-engine".into())
             .spawn(move || {
-                let mut engine = match crate::open_engine(&engine_args) {
+                let mut engine = match crate::open_engine(&engine_args, parallel) {
                     Ok(engine) => engine,
                     Err(e) => {
                         let _ = loaded_tx.send(Err(e.to_string()));
@@ -262,6 +283,8 @@ pub(super) struct Worker {
     pub(super) stats: Arc<Stats>,
     stopped: Arc<Notify>,
     lose_device_after: Option<u64>,
+    /// Requests run at once (`--parallel`), which the memory plan of a reload counts.
+    seqs: u32,
 }
 
 impl Worker {
@@ -322,7 +345,7 @@ impl Worker {
     /// The model loaded again on a new device, in place of `engine`, whose device is lost.
     pub(super) fn reload(&self, engine: &mut Engine, args: &EngineArgs, lost: &str) -> Result<(), String> {
         eprintln!("webvlm serve: {lost}; loading the model again on a new device");
-        match crate::open_engine(args) {
+        match crate::open_engine(args, self.seqs) {
             Ok(fresh) => {
                 *engine = fresh;
                 self.stats.reloads.fetch_add(1, Ordering::SeqCst);
