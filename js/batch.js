@@ -1,5 +1,5 @@
 // Batches in the shape of OpenAI's Batch API: requests given as [{custom_id, body}] or as a
-// JSONL string of such lines run one after another (never interleaved with other requests);
+// JSONL string of such lines run one after another, or (a local engine's) all sent together;
 // each gives a result line {id, custom_id, response: {status_code, body} | null,
 // error: {code, message, param} | null}. A failing request is reported on its own line and
 // the batch goes on. `webvlm batch` (the native CLI) reads and writes the same lines.
@@ -23,13 +23,15 @@ export function batchLines(input) {
   });
 }
 
-/** Runs `lines` through `create` (chat.completions.create); `onProgress({completed, total,
- * failed, result})` after each. A stopped batch (`signal`) reports the rest as aborted. */
-export async function runBatch(create, input, { onProgress, signal } = {}) {
+/** Runs `lines` through `create` (chat.completions.create): one after another, or with
+ * `together` all sent at once (a local engine decodes them together, `parallel` at a time);
+ * `onProgress({completed, total, failed, result, index})` after each ends (`index`: its
+ * line). A stopped batch
+ * (`signal`) reports the rest as aborted. Results are in input order. */
+export async function runBatch(create, input, { onProgress, signal, together = false } = {}) {
   const lines = batchLines(input);
-  const results = [];
-  let failed = 0;
-  for (const [i, line] of lines.entries()) {
+  let [completed, failed] = [0, 0];
+  const run = async (line, i) => {
     let response = null;
     let error = null;
     try {
@@ -43,9 +45,12 @@ export async function runBatch(create, input, { onProgress, signal } = {}) {
       failed++;
     }
     const result = { id: `batch_req_${i}`, custom_id: line.custom_id, response, error };
-    results.push(result);
-    onProgress?.({ completed: i + 1, total: lines.length, failed, result });
-  }
+    onProgress?.({ completed: ++completed, total: lines.length, failed, result, index: i });
+    return result;
+  };
+  if (together) return Promise.all(lines.map(run));
+  const results = [];
+  for (const [i, line] of lines.entries()) results.push(await run(line, i));
   return results;
 }
 

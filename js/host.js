@@ -3,6 +3,9 @@
 // (worker.js) or, with `createEngine({worker: false})`, on the page's own thread; either way
 // it only talks through `post(message)` and `handle(message)`.
 //
+// Chat requests queued together run together (`generateGroup`, up to the engine option
+// `parallel` decoding in batched steps); everything else runs one at a time, in order.
+//
 // Page → host:  {id, type: "load", model: {text: [source] | repo: URL, quant?, mmproj: [source]?}, options, cacheName, streamStallMs?}
 //               {id, type: "generate", request}   {id, type: "respond", request}   (chat / Responses)
 //               {id, type: "retrieve", responseId}   (a stored response)
@@ -24,6 +27,10 @@ export const STREAM_WINDOW = 4;
 /** How long a paused stream (STREAM_WINDOW chunks unread) may wait for its reader before the
  * generation is cut and the engine goes on with the next request (`streamStallMs`). */
 export const STREAM_STALL_MS = 30_000;
+/** Chat requests decoding together by default (the engine option `parallel`). */
+export const DEFAULT_PARALLEL = 4;
+/** Most chat requests taken up together: the queued ones behind them wait for the next group. */
+const MAX_GROUP = 16;
 
 export class Host {
   constructor(post) {
@@ -36,22 +43,37 @@ export class Host {
     this.lost = null; // the DeviceLostError that ended the engine's GPU device
     this.loaded = null; // the last successful load message, for "reload"
     this.flow = null; // the running stream's flow control: {unread, resume}
-    this.queued = new Set(); // ids of the requests waiting to run
+    this.queued = new Map(); // the requests waiting to run, by id
+    this.slots = DEFAULT_PARALLEL; // chat requests decoding together (`parallel`)
+    this.group = null; // the chat requests running together, by id: {index, flow}
+    this.taken = new Set(); // ids of queued requests that run in the group ahead of them
     this.loading = null; // the wasm engine a load is filling, freed if the load fails
     this.stallMs = STREAM_STALL_MS;
     this.closed = false;
     this.lifetime = new AbortController(); // aborted by close(): ends a load's downloads
   }
 
-  /** Handles one message; requests run one at a time, in arrival order. A stop names its
+  /** Handles one message; requests run in arrival order, one at a time but for chat
+   * requests queued together, which run as a group (`generateGroup`). A stop names its
    * request (`target`); without one it stops whatever runs. */
   handle(msg) {
+    const member = this.group?.get(msg.target);
+    if (msg.type === "stop" && member) {
+      if (member.index >= 0) this.engine?.stopRequest(member.index);
+      member.flow.resume(true);
+      return;
+    }
+    if (msg.type === "ack" && member) {
+      if (--member.flow.unread < STREAM_WINDOW) member.flow.resume();
+      return;
+    }
     if (msg.type === "stop") {
       if (msg.target === undefined || msg.target === this.running) {
         this.runningStopped = true;
         this.downloads?.abort(); // a request still fetching its images stops at once
         this.engine?.stop();
         this.flow?.resume(true); // a paused stream must wake up to see the stop
+        for (const m of this.group?.values() ?? []) m.flow.resume(true);
       } else if (this.queued.has(msg.target)) {
         // Only a request still waiting is remembered (an id that ended or never came is not:
         // the set stays within the queue).
@@ -66,7 +88,7 @@ export class Host {
       }
       return;
     }
-    this.queued.add(msg.id);
+    this.queued.set(msg.id, msg);
     this.queue = this.queue.then(() => this.run(msg));
   }
 
@@ -90,6 +112,7 @@ export class Host {
 
   async run(msg) {
     const { id } = msg;
+    if (this.taken.delete(id)) return; // it ran (and was answered) with the group ahead of it
     this.running = id;
     this.runningStopped = false;
     this.downloads = new AbortController();
@@ -105,10 +128,13 @@ export class Host {
         throw new DeviceLostError(`${this.lost.message}: reload the model (engine.reload()) or create the engine again`);
       }
       const onProgress = (progress) => this.post({ id, type: "progress", progress });
-      let value;
+      let value, group;
       if (msg.type === "load") value = await this.load(msg, onProgress);
       else if (msg.type === "reload") value = await this.reload(onProgress);
-      else if (msg.type === "generate" || msg.type === "respond") {
+      else if (msg.type === "generate" && (group = this.groupOf(msg)).length > 1) {
+        await this.generateGroup(group); // answers each request itself
+        return;
+      } else if (msg.type === "generate" || msg.type === "respond") {
         value = await this.generate(msg.request, (chunk) => this.post({ id, type: "chunk", chunk }), msg.type);
       } else if (msg.type === "retrieve") value = this.retrieve(msg.responseId);
       else if (msg.type === "unload") value = this.unload();
@@ -153,7 +179,9 @@ export class Host {
         }
       }
     }
-    const { wasmBuild: _, ...engineOptions } = options;
+    const { wasmBuild: _, parallel = DEFAULT_PARALLEL, ...engineOptions } = options;
+    if (!(Number.isInteger(parallel) && parallel >= 1 && parallel <= 64)) throw new BadRequestError(`parallel: ${parallel} is not an integer from 1 to 64`);
+    this.slots = parallel;
     const engine = this.loading = await WebEngine.create(JSON.stringify({
       ...engineOptions, backend: backend.name, threads, textParts: Math.max(1, text.length),
     }));
@@ -270,15 +298,7 @@ export class Host {
    * StreamStalledError and the engine is free for the next one. */
   async generate(request, onChunk, kind = "generate") {
     if (!this.engine) throw new EngineUnloadedError("no model is loaded");
-    const urls = new Set();
-    // Chat messages' `image_url` parts; Responses input items' `input_image` parts.
-    const items = kind === "respond" ? (Array.isArray(request?.input) ? request.input : []) : request?.messages ?? [];
-    for (const m of Array.isArray(items) ? items : []) {
-      for (const part of Array.isArray(m?.content) ? m.content : []) {
-        const url = part?.image_url?.url ?? part?.image_url;
-        if ((part?.type === "image_url" || part?.type === "input_image") && typeof url === "string" && !url.startsWith("data:")) urls.add(url);
-      }
-    }
+    const urls = imageUrls(request, kind);
     // A chat request the engine will refuse is refused before its images download (throws
     // the BadRequestError the generation would).
     if (urls.size && kind === "generate") this.engine.check(JSON.stringify(request));
@@ -291,16 +311,7 @@ export class Host {
     // A stop that came while the images downloaded (the download ends with it): the wasm
     // engine clears its stop flag when a generation starts, so it would be lost there.
     if (this.runningStopped) return aborted();
-    const flow = {
-      unread: 0, wake: null, stopped: false, stalled: false, timer: null,
-      resume(stop = false) {
-        this.stopped ||= stop;
-        clearTimeout(this.timer);
-        this.timer = null;
-        this.wake?.();
-        this.wake = null;
-      },
-    };
+    const flow = streamFlow();
     this.flow = flow;
     const engine = this.engine;
     const stallMs = this.stallMs;
@@ -314,22 +325,94 @@ export class Host {
       const out = await run(JSON.stringify(request), images, (json) => {
         if (flow.stalled) return undefined; // nobody reads: the last chunks are not sent
         onChunk(JSON.parse(json));
-        if (++flow.unread < STREAM_WINDOW || flow.stopped) return undefined;
-        return new Promise((resolve) => {
-          flow.wake = resolve;
-          if (Number.isFinite(stallMs)) flow.timer = setTimeout(stall, stallMs);
-        });
+        return flow.sent(stallMs, stall);
       });
-      if (flow.stalled) {
-        throw new StreamStalledError(`the stream's reader left ${STREAM_WINDOW} chunks unread for ${stallMs} ms: `
-          + "the generation was stopped (streamStallMs)");
-      }
+      if (flow.stalled) throw stalled(stallMs);
       const value = JSON.parse(out);
       if (value.usage) value.usage.wasm_memory_bytes = wasmMemoryBytes();
       return value;
     } finally {
       clearTimeout(flow.timer);
       this.flow = null;
+    }
+  }
+
+  /** `msg` (a chat request) and the chat requests queued right behind it, up to MAX_GROUP
+   * (none past another kind of message or a stopped request), when the engine runs several
+   * at once (`parallel` > 1). */
+  groupOf(msg) {
+    const group = [msg];
+    if (this.slots <= 1) return group;
+    for (const next of this.queued.values()) {
+      if (group.length === MAX_GROUP || next.type !== "generate" || this.stopped.has(next.id)) break;
+      group.push(next);
+    }
+    return group;
+  }
+
+  /** Runs chat requests together (`WebEngine.generateMany`: up to `slots` decoding in
+   * batched steps, the rest joining as slots free), streaming and answering each as
+   * `generate` would; each one's stop, acknowledgements and stall are its own. The requests
+   * behind the first leave the queue (their turn in it then does nothing). */
+  async generateGroup(group) {
+    for (const m of group.slice(1)) {
+      this.queued.delete(m.id);
+      this.taken.add(m.id);
+    }
+    const engine = this.engine;
+    // Indices in the engine's call are set when it starts: a stop before marks the flow.
+    this.group = new Map(group.map((m) => [m.id, { index: -1, flow: streamFlow() }]));
+    const images = new Map();
+    const runnable = [];
+    for (const m of group) {
+      try {
+        if (!engine) throw new EngineUnloadedError("no model is loaded");
+        const urls = imageUrls(m.request, "generate");
+        if (urls.size) engine.check(JSON.stringify(m.request));
+        for (const url of urls) images.set(url, await fetchImage(url, this.downloads.signal));
+        if (this.group.get(m.id).flow.stopped) this.post({ id: m.id, type: "result", value: aborted() });
+        else runnable.push(m);
+      } catch (e) {
+        const error = this.group.get(m.id).flow.stopped ? null : toWire(e);
+        this.post(error ? { id: m.id, type: "error", error } : { id: m.id, type: "result", value: aborted() });
+      }
+    }
+    const stallMs = this.stallMs;
+    const members = runnable.map((m, index) => Object.assign(this.group.get(m.id), { index, ended: false }));
+    try {
+      await engine?.generateMany(runnable.map((m) => JSON.stringify(m.request)), images, this.slots, (i, kind, value) => {
+        const { id } = runnable[i];
+        const flow = members[i].flow;
+        const stall = () => {
+          flow.stalled = true;
+          engine.stopRequest(i);
+          flow.resume(true);
+        };
+        if (kind === "chunk") {
+          if (flow.stalled) return undefined;
+          this.post({ id, type: "chunk", chunk: JSON.parse(value) });
+          return flow.sent(stallMs, stall);
+        }
+        clearTimeout(flow.timer);
+        members[i].ended = true;
+        if (kind === "error" || flow.stalled) {
+          const error = kind === "error" ? value : stalled(stallMs);
+          if (error?.name === "DeviceLostError") this.lost ??= error;
+          this.post({ id, type: "error", error: toWire(error) });
+          return undefined;
+        }
+        const result = JSON.parse(value);
+        if (result.usage) result.usage.wasm_memory_bytes = wasmMemoryBytes();
+        this.post({ id, type: "result", value: result });
+        return undefined;
+      });
+    } catch (e) {
+      // The call itself failed (not one request): every request without an answer gets its error.
+      if (e?.name === "DeviceLostError") this.lost ??= e;
+      runnable.forEach((m, i) => members[i].ended || this.post({ id: m.id, type: "error", error: toWire(e) }));
+    } finally {
+      for (const m of members) clearTimeout(m.flow.timer);
+      this.group = null;
     }
   }
 
@@ -380,6 +463,49 @@ function freeEngine(engine) {
 }
 
 /** The result of a request stopped before it ran. */
+/** The flow control of one stream: `sent` counts a chunk sent and, once STREAM_WINDOW are
+ * unread, returns the Promise the engine waits on before its next step (woken by `resume`:
+ * a chunk read, a stop; or by `stall` after `stallMs`). */
+function streamFlow() {
+  return {
+    unread: 0, wake: null, stopped: false, stalled: false, timer: null,
+    resume(stop = false) {
+      this.stopped ||= stop;
+      clearTimeout(this.timer);
+      this.timer = null;
+      this.wake?.();
+      this.wake = null;
+    },
+    sent(stallMs, stall) {
+      if (++this.unread < STREAM_WINDOW || this.stopped) return undefined;
+      return new Promise((resolve) => {
+        this.wake = resolve;
+        if (Number.isFinite(stallMs)) this.timer = setTimeout(stall, stallMs);
+      });
+    },
+  };
+}
+
+function stalled(stallMs) {
+  return new StreamStalledError(`the stream's reader left ${STREAM_WINDOW} chunks unread for ${stallMs} ms: `
+    + "the generation was stopped (streamStallMs)");
+}
+
+/** The image URLs of a request that are not `data:` URLs (the host fetches them): chat
+ * messages' `image_url` parts (`kind` "generate"), Responses input items' `input_image` parts
+ * ("respond"). */
+function imageUrls(request, kind) {
+  const urls = new Set();
+  const items = kind === "respond" ? (Array.isArray(request?.input) ? request.input : []) : request?.messages ?? [];
+  for (const m of Array.isArray(items) ? items : []) {
+    for (const part of Array.isArray(m?.content) ? m.content : []) {
+      const url = part?.image_url?.url ?? part?.image_url;
+      if ((part?.type === "image_url" || part?.type === "input_image") && typeof url === "string" && !url.startsWith("data:")) urls.add(url);
+    }
+  }
+  return urls;
+}
+
 function aborted() {
   return {
     id: "chatcmpl-aborted", object: "chat.completion", created: Math.floor(Date.now() / 1000), model: "webvlm",

@@ -47,6 +47,11 @@ export interface EngineOptions {
    * products, as llama.cpp's CPU backend; logits within a few percent of f32 math) or
    * "exact" (f32 activations, the GPU's tolerances). */
   cpuMode?: "fast" | "exact";
+  /** Chat requests that decode together in batched steps (continuous batching): requests
+   * made together (concurrent `create` calls, a batch) run up to this many at a time, each
+   * on a context of its own (`maxContext` tokens of KV cache), and give the tokens they give
+   * alone. 1 runs them one after another (default 4). */
+  parallel?: number;
 }
 
 /** Load-time quantization of a repository's float matrices; "keep" keeps the stored types
@@ -332,6 +337,8 @@ export interface BatchProgress {
   total: number;
   failed: number;
   result: BatchResult;
+  /** The line `result` answers (results end in any order when requests run together). */
+  index: number;
 }
 
 export interface ModelInfo {
@@ -414,8 +421,9 @@ interface EngineBase<Info> {
   /** For OpenAI's SDKs: `new OpenAI({ baseURL: "http://webvlm.local/v1", apiKey: "unused",
    * fetch: engine.fetch, dangerouslyAllowBrowser: true })`. */
   fetch: OpenAIFetch;
-  /** Runs requests one after another (an array or OpenAI batch JSONL); failures are
-   * reported per request and the batch goes on. */
+  /** Runs requests (an array or OpenAI batch JSONL): in the page, decoding together up to
+   * the engine option `parallel` at a time; a remote engine sends them one after another.
+   * Failures are reported per request and the batch goes on; results in input order. */
   batch(input: BatchRequest[] | string, options?: { onProgress?: (p: BatchProgress) => void; signal?: AbortSignal }): Promise<BatchResult[]>;
   unload(): Promise<void>;
 }
@@ -431,6 +439,9 @@ export interface EngineStats {
   /** The wasm heap's size (`WebAssembly.Memory`; it only grows). */
   wasmMemoryBytes: number | null;
   promptCache?: { liveTokens: number; savedTokens: number[]; savedBytes: number; budgetBytes: number; evicted: number };
+  /** Chat requests that ran together with others (in groups of requests made together), and
+   * the largest group. */
+  concurrent?: { requests: number; widest: number };
   /** The CPU backend's pool: its threads, the workers started so far (Web Workers start
    * asynchronously) and how many times one joined an op. */
   cpuPool?: { threads: number; workersStarted: number; workerJoins: number };

@@ -7,7 +7,9 @@
 //   await engine.unload();
 //
 // The engine runs in a module worker (worker.js) unless `worker: false`; the object is the
-// same either way. Requests are queued and run one at a time. `createEngine({remote})` gives
+// same either way. Requests are queued and run in order; chat requests made together (in one
+// task: concurrent `create` calls, a batch) decode together in batched steps, up to the engine
+// option `parallel` (4) at a time, each giving the tokens it gives alone. `createEngine({remote})` gives
 // the same interface over HTTP to an OpenAI-compatible server (remote.js), and `engine.fetch`
 // serves OpenAI's HTTP routes from an engine for OpenAI's SDKs (openai-fetch.js).
 
@@ -104,8 +106,17 @@ async function createLocalEngine({ model, onProgress, worker = true, engine: opt
 
 function workerPort() {
   const w = new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
+  // The messages sent in one task go as one (worker.js): requests made together, such as
+  // concurrent `create` calls, reach the engine together and can decode together.
+  let outbox = [];
+  const flush = () => {
+    w.postMessage(outbox);
+    outbox = [];
+  };
   return {
-    send: (m) => w.postMessage(m),
+    send: (m) => {
+      if (outbox.push(m) === 1) queueMicrotask(flush);
+    },
     listen: (f) => { w.onmessage = (e) => f(e.data); w.onerror = (e) => f({ type: "fatal", message: e.message }); },
     close: () => w.terminate(),
   };
@@ -170,11 +181,12 @@ class Engine {
     });
   }
 
-  /** Runs many requests (`[{custom_id, body}]` or a JSONL string of such lines) one after
-   * another; returns a result line per request in input order, failures included
-   * (see batch.js). `onProgress({completed, total, failed, result})` after each. */
+  /** Runs many requests (`[{custom_id, body}]` or a JSONL string of such lines), decoding
+   * together up to the engine option `parallel` at a time; returns a result line per request
+   * in input order, failures included (see batch.js). `onProgress({completed, total, failed,
+   * result})` after each ends. */
   batch(input, options) {
-    return runBatch((request) => this.#create(request), input, options);
+    return runBatch((request) => this.#create(request), input, { ...options, together: true });
   }
 
   /** Teacher-forced logits (Float32Array `[tokens.length * vocab]`) of ids that hold expanded

@@ -2,4 +2,6 @@
 import { Host } from "./host.js";
 
 const host = new Host((msg) => self.postMessage(msg));
-self.onmessage = (e) => host.handle(e.data);
+// The page sends the messages of one task together (an array): requests made together are
+// all queued before the first runs, so they can run as a group.
+self.onmessage = (e) => [e.data].flat().forEach((m) => host.handle(m));

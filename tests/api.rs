@@ -12,6 +12,7 @@ use std::cell::Cell;
 use std::rc::Rc;
 
 use serde_json::{json, Value};
+use webvlm::api::many::{run_many, ManyEvent, ManyRequest};
 use webvlm::api::{batch, run, ApiError, ChatRequest};
 use webvlm::engine::{Engine, EngineError};
 use webvlm::gguf::MappedGguf;
@@ -511,6 +512,86 @@ fn a_batch_reports_broken_images_per_request() {
         assert_eq!((&one["custom_id"], &one["error"]), (&four["custom_id"], &four["error"]));
         assert_eq!(one["response"]["body"]["choices"], four["response"]["body"]["choices"], "{}", one["custom_id"]);
     }
+}
+
+/// `logit_bias` that keeps the model from ending (long generations).
+fn no_end_tokens(e: &Engine) -> Value {
+    e.tokenizer().eos_ids().iter().map(|id| (id.to_string(), json!(-100))).collect::<serde_json::Map<_, _>>().into()
+}
+
+/// Requests run together (`api::many`, what the package's concurrent calls use): each
+/// streams the chunks and ends with the completion it gets alone through `api::run`; a bad
+/// request fails alone; one whose abort flag is set mid-stream ends with `abort` and the
+/// others go on.
+#[test]
+fn requests_run_together_stream_and_end_as_they_do_alone() {
+    let mut e = tiny_vlm_engine();
+    let bodies = [
+        json!({ "messages": [{ "role": "user", "content": "Say something long." }], "max_tokens": 12, "temperature": 0, "stream": true }),
+        json!({ "messages": [{ "role": "user", "content": [{ "type": "image_url", "image_url": { "url": "img_84x56.png" } }, { "type": "text", "text": "Describe." }] }], "max_tokens": 6, "temperature": 0 }),
+        json!({ "messages": [{ "role": "user", "content": "Hi" }], "max_tokens": 8, "temperature": 0.9, "seed": 4, "logprobs": true, "top_logprobs": 2, "stream": true }),
+        json!({ "messages": [{ "role": "user", "content": "Hi" }], "max_tokens": 8, "temperature": 7.5 }),
+        json!({ "messages": [{ "role": "user", "content": "Count to ten." }], "max_tokens": 30, "temperature": 0, "logit_bias": no_end_tokens(&e), "stream": true }),
+    ];
+    let vocab = e.decoder().cfg.vocab as usize;
+    let parse = |b: &Value| ChatRequest::from_value(b.clone(), vocab);
+    let stable = |v: &Value| {
+        let mut v = v.clone();
+        for key in ["id", "created", "usage"] {
+            v.as_object_mut().unwrap().remove(key);
+        }
+        v
+    };
+    let mut load = |url: &str| read_tiny_vlm_image(url);
+    let alone: Vec<(Vec<Value>, Result<Value, ApiError>)> = bodies
+        .iter()
+        .map(|b| {
+            let mut chunks = Vec::new();
+            let done = match parse(b) {
+                Ok(req) => pollster::block_on(run(&mut e, &req, &mut load, None, |c| {
+                    chunks.push(stable(&c));
+                    None
+                })),
+                Err(err) => Err(err),
+            };
+            (chunks, done.map(|v| stable(&v)))
+        })
+        .collect();
+    assert!(alone[3].1.is_err(), "temperature 7.5 is refused");
+    let abort = Rc::new(Cell::new(false));
+    let requests = bodies
+        .iter()
+        .enumerate()
+        .map(|(i, b)| ManyRequest { request: parse(b), abort: (i == 4).then(|| abort.clone()) })
+        .collect();
+    let mut chunks = vec![Vec::new(); bodies.len()];
+    let mut done: Vec<Option<Result<Value, ApiError>>> = vec![None; bodies.len()];
+    pollster::block_on(run_many(&mut e, requests, &mut load, 4, |i, event| {
+        match event {
+            ManyEvent::Chunk(c) => chunks[i].push(stable(&c)),
+            ManyEvent::Done(result) => {
+                assert!(done[i].replace(result.map(|v| stable(&v))).is_none(), "request {i} ended twice");
+            }
+        }
+        // Request 4 is stopped after its third content chunk.
+        if i == 4 && chunks[4].len() == 4 {
+            abort.set(true);
+        }
+        None
+    }));
+    for i in 0..4 {
+        assert_eq!(chunks[i], alone[i].0, "request {i}'s chunks");
+        let got = done[i].clone().expect("every request ends");
+        match (&got, &alone[i].1) {
+            (Ok(got), Ok(want)) => assert_eq!(got, want, "request {i}"),
+            (Err(got), Err(want)) => assert_eq!((got.code, &got.param), (want.code, &want.param), "request {i}"),
+            _ => panic!("request {i}: {got:?} against {:?}", alone[i].1),
+        }
+    }
+    let stopped = done[4].clone().unwrap().unwrap();
+    assert_eq!(stopped["choices"][0]["finish_reason"], "abort", "{stopped}");
+    assert_eq!(chunks[4][..4], alone[4].0[..4], "the stopped request's chunks up to its stop");
+    assert!(chunks[4].len() < alone[4].0.len(), "it stopped early");
 }
 
 #[test]

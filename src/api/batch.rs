@@ -1,15 +1,14 @@
 //! Batches in the shape of OpenAI's Batch API: JSONL input lines `{"custom_id", "body"}`
 //! (`method` and `url` accepted and ignored), run one after another or up to N at a time in
-//! batched steps (`Engine::parallel`); each gives an output line `{"id", "custom_id",
+//! batched steps (`many.rs`); each gives an output line `{"id", "custom_id",
 //! "response": {"status_code", "body"} | null, "error": {...} | null}`, in input order. A
 //! request that fails is reported on its line and the batch goes on.
 
-use std::collections::HashMap;
-
 use serde_json::{json, Value};
 
-use super::{prepare, run, ApiError, ChatRequest, Prepared, Reply};
-use crate::engine::{Engine, EngineError, Parallel, ParallelEvent, SeqId};
+use super::many::{run_many, ManyEvent, ManyRequest};
+use super::{run, ApiError, ChatRequest};
+use crate::engine::{Engine, EngineError};
 
 /// One input line: its `custom_id` and the request body, or why the line is unusable.
 pub struct BatchLine {
@@ -75,13 +74,14 @@ pub async fn run_batch(
             out.set(i, result);
         }
     } else {
-        match engine.parallel(parallel) {
-            Ok(mut run) => run_parallel(engine, &mut run, requests, load_url, &mut out).await,
-            Err(e) => {
-                let error = ApiError::from(e);
-                (0..lines.len()).for_each(|i| out.set(i, Err(error.clone())));
+        let requests = requests.into_iter().map(|request| ManyRequest { request, abort: None }).collect();
+        run_many(engine, requests, load_url, parallel, |i, event| {
+            if let ManyEvent::Done(result) = event {
+                out.set(i, result);
             }
-        }
+            None
+        })
+        .await;
     }
     out.done.into_iter().map(|l| l.expect("every line ends")).collect()
 }
@@ -98,67 +98,5 @@ impl<F: FnMut(usize, usize, &Value)> Outputs<'_, F> {
         let line = output_line(i, self.lines[i].custom_id.as_deref(), result);
         (self.on_done)(i, self.lines.len(), &line);
         self.done[i] = Some(line);
-    }
-}
-
-/// The lines through one parallel run: each admitted when a slot is free, in input order.
-async fn run_parallel<F: FnMut(usize, usize, &Value)>(
-    engine: &mut Engine,
-    run: &mut Parallel,
-    requests: Vec<Result<ChatRequest, ApiError>>,
-    load_url: &mut dyn FnMut(&str) -> Result<Vec<u8>, EngineError>,
-    out: &mut Outputs<'_, F>,
-) {
-    let mut replies: HashMap<SeqId, (usize, Reply)> = HashMap::new();
-    let mut requests = requests.into_iter().enumerate().peekable();
-    while requests.peek().is_some() || run.running() > 0 {
-        while run.has_room() {
-            let Some((i, req)) = requests.next() else { break };
-            let admitted = match req.and_then(|req| prepare(engine, &req, load_url, None)) {
-                Ok(Prepared { prompt, opts, reply }) => match run.admit(engine, &prompt, &opts).await {
-                    Ok((id, events)) => {
-                        replies.insert(id, (i, reply));
-                        Ok(events)
-                    }
-                    Err(e) => Err(ApiError::from(e)),
-                },
-                Err(e) => Err(e),
-            };
-            match admitted {
-                Ok(events) => ended(events, &mut replies, out),
-                Err(e) => out.set(i, Err(e)),
-            }
-        }
-        if run.running() == 0 {
-            continue;
-        }
-        match run.step(engine).await {
-            Ok(events) => ended(events, &mut replies, out),
-            Err(e) => {
-                let error = ApiError::from(e);
-                replies.drain().for_each(|(_, (i, _))| out.set(i, Err(error.clone())));
-            }
-        }
-    }
-}
-
-/// Sets the output lines of the sequences that ended among `events`.
-fn ended<F: FnMut(usize, usize, &Value)>(
-    events: Vec<ParallelEvent>,
-    replies: &mut HashMap<SeqId, (usize, Reply)>,
-    out: &mut Outputs<'_, F>,
-) {
-    for event in events {
-        match event {
-            ParallelEvent::Text { .. } => {}
-            ParallelEvent::Done { id, generation } => {
-                let Some((i, reply)) = replies.remove(&id) else { continue };
-                out.set(i, Ok(reply.finish(&generation).1));
-            }
-            ParallelEvent::Failed { id, error } => {
-                let Some((i, _)) = replies.remove(&id) else { continue };
-                out.set(i, Err(error.into()));
-            }
-        }
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod batch;
 mod error;
+pub mod many;
 mod reply;
 mod request;
 pub mod response;

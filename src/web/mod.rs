@@ -16,6 +16,7 @@ use std::rc::Rc;
 
 use wasm_bindgen::prelude::*;
 
+use crate::api::many::{run_many, ManyEvent, ManyRequest};
 use crate::api::responses::{self, ResponseStore};
 use crate::api::{ApiError, ChatRequest};
 use crate::backend::gpu::{BufferRegistry, Gpu, GpuOptions};
@@ -111,6 +112,10 @@ pub struct WebEngine {
     buffers: Option<BufferRegistry>,
     /// Stored responses of the Responses API, for `previous_response_id`.
     responses: RefCell<ResponseStore>,
+    /// The stop flags of the requests [`WebEngine::generate_many`] runs, by index.
+    many_aborts: RefCell<Vec<Rc<Cell<bool>>>>,
+    /// Requests run by [`WebEngine::generate_many`] and the most in one call, for `stats`.
+    many_counts: Cell<(u64, usize)>,
 }
 
 #[wasm_bindgen]
@@ -175,6 +180,8 @@ impl WebEngine {
             abort: Rc::new(Cell::new(false)),
             buffers,
             responses: RefCell::new(ResponseStore::default()),
+            many_aborts: RefCell::default(),
+            many_counts: Cell::default(),
         })
     }
 
@@ -381,7 +388,9 @@ impl WebEngine {
     }
 
     /// What the engine's caches hold, as JSON: `{promptCache: {liveTokens, savedTokens,
-    /// savedBytes, budgetBytes, evicted}}` (the soak test reads it between requests).
+    /// savedBytes, budgetBytes, evicted}, concurrent: {requests, widest}}` (the soak test
+    /// reads it between requests; `concurrent`: requests run by [`Self::generate_many`], and
+    /// the most in one call).
     pub fn stats(&self) -> Result<String, JsError> {
         let guard = self.inner.try_borrow().map_err(|_| js(WebError::Busy))?;
         let State::Ready(e) = &guard.state else { return Err(js(WebError::NotLoaded)) };
@@ -390,6 +399,8 @@ impl WebEngine {
             "liveTokens": p.live_tokens, "savedTokens": p.saved_tokens, "savedBytes": p.saved_bytes,
             "budgetBytes": p.budget_bytes, "evicted": p.evicted,
         } });
+        let (requests, widest) = self.many_counts.get();
+        stats["concurrent"] = serde_json::json!({ "requests": requests, "widest": widest });
         if let Device::Cpu(c) = e.device() {
             let a = c.pool.activity();
             stats["cpuPool"] =
@@ -414,6 +425,58 @@ impl WebEngine {
         let mut load = |url: &str| request::image_bytes(&images, url);
         let value = crate::api::run(engine, &req, &mut load, Some(self.abort.clone()), js_sink(&on_chunk)).await.map_err(js)?;
         Ok(value.to_string())
+    }
+
+    /// Runs several chat requests (JSON each, checked as [`Self::generate`] checks one) at
+    /// once: up to `slots` decode together in batched steps and the rest join as slots free
+    /// (continuous batching, `api::many`); each gives the tokens it gives alone.
+    /// `on_event(index, kind, value)` gets request `index`'s stream chunks (`"chunk"`, JSON)
+    /// and its end (`"result"`, the `chat.completion` JSON; `"error"`, the Error
+    /// [`Self::generate`] would throw); when it returns a Promise, the next step waits for
+    /// it. [`Self::stop_request`] ends one request, [`Self::stop`] all of them.
+    #[wasm_bindgen(js_name = generateMany)]
+    #[allow(clippy::await_holding_refcell_ref)]
+    pub async fn generate_many(
+        &self,
+        requests: Vec<String>,
+        images: js_sys::Map,
+        slots: u32,
+        on_event: js_sys::Function,
+    ) -> Result<(), JsError> {
+        let mut guard = self.inner.try_borrow_mut().map_err(|_| js(WebError::Busy))?;
+        let State::Ready(engine) = &mut guard.state else { return Err(js(WebError::NotLoaded)) };
+        let vocab = engine.decoder().cfg.vocab as usize;
+        let aborts: Vec<Rc<Cell<bool>>> = requests.iter().map(|_| Rc::default()).collect();
+        self.many_aborts.replace(aborts.clone());
+        let (runs, widest) = self.many_counts.get();
+        self.many_counts.set((runs + requests.len() as u64, widest.max(requests.len())));
+        let many = (requests.iter().zip(aborts))
+            .map(|(r, abort)| ManyRequest { request: ChatRequest::parse(r, vocab), abort: Some(abort) })
+            .collect();
+        let mut load = |url: &str| request::image_bytes(&images, url);
+        let sink = |i: usize, event: ManyEvent| {
+            let (kind, value): (&str, JsValue) = match event {
+                ManyEvent::Chunk(chunk) => ("chunk", chunk.to_string().into()),
+                ManyEvent::Done(Ok(completion)) => ("result", completion.to_string().into()),
+                ManyEvent::Done(Err(e)) => ("error", js(e).into()),
+            };
+            let ret = on_event.call3(&JsValue::NULL, &JsValue::from(i as u32), &JsValue::from_str(kind), &value).ok()?;
+            let promise = ret.dyn_into::<js_sys::Promise>().ok()?;
+            Some(Box::pin(async move {
+                let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
+            }) as Wait)
+        };
+        run_many(engine, many, &mut load, slots.max(1), sink).await;
+        self.many_aborts.take();
+        Ok(())
+    }
+
+    /// Ends request `index` of the running [`Self::generate_many`] call before its next step.
+    #[wasm_bindgen(js_name = stopRequest)]
+    pub fn stop_request(&self, index: usize) {
+        if let Some(abort) = self.many_aborts.borrow().get(index) {
+            abort.set(true);
+        }
     }
 
     /// Runs an OpenAI Responses request (JSON) as [`Self::generate`] runs a chat request, and
@@ -451,9 +514,11 @@ impl WebEngine {
         crate::api::check(engine, &req).map_err(js)
     }
 
-    /// Ends the running generation after the current step.
+    /// Ends the running generation (every request of a [`Self::generate_many`] call) after
+    /// the current step.
     pub fn stop(&self) {
         self.abort.set(true);
+        self.many_aborts.borrow().iter().for_each(|abort| abort.set(true));
     }
 
     /// Frees the engine's GPU memory now, loaded or not (a load that failed half-way too):

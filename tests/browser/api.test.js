@@ -7,8 +7,9 @@
 // strings split across tokens are trimmed, logprobs equal the log-softmax of `engine.logits`,
 // JSON-schema output validates (ajv, in node), a second chat turn reuses the prompt cache,
 // aborts leave the engine as a clean run finds it, a stream nobody reads stops decoding after
-// STREAM_WINDOW chunks, concurrent requests queue without interleaving, a batch with broken
-// images reports them in order.
+// STREAM_WINDOW chunks, concurrent requests decode together (continuous batching) and give the
+// tokens they give one after another, one of them stopped without the others, a batch with
+// broken images reports them in order.
 //
 // SwiftShader is slow (a CPU runs every workgroup), so the whole file shares one engine,
 // keeps max_tokens at what each check needs and counts its steps. Prompts are ids
@@ -199,7 +200,7 @@ timedTest("invalid requests reject with a BadRequestError naming the field, befo
   assert.deepEqual(fetched, [], "images of refused requests were fetched");
 });
 
-timedTest("seeded sampling reproduces exactly and equals the native CLI's; requests sent together are queued in order, never interleaved", { timeout: 20 * MIN }, async (t) => {
+timedTest("seeded sampling reproduces exactly and equals the native CLI's, alone and in requests sent together, which decode together", { timeout: 20 * MIN }, async (t) => {
   // Each request alone, then all three at once as streams (the engine serves the next
   // request after the refusals above).
   const r = await inPage(page, async (api, requests, s) => {
@@ -221,14 +222,55 @@ timedTest("seeded sampling reproduces exactly and equals the native CLI's; reque
   const reply = await native;
   t.diagnostic(`seeds ${SEEDED.map((q) => q.seed)}: ${JSON.stringify(r.alone)} alone, ${JSON.stringify(r.together.map((x) => x.text))} together; `
     + `native CLI (seed ${SEEDED[0].seed}): ${JSON.stringify(content(reply))}; chunk order ${JSON.stringify(r.together.map((y) => y.marks))}`);
-  for (const [i, x] of r.together.entries()) {
-    assert.ok(x.marks.length >= 3, `stream ${i}: ${x.marks.length} chunks`);
-    assert.deepEqual(x.marks, x.marks.map((_, k) => x.marks[0] + k), `stream ${i} was interleaved: ${JSON.stringify(r.together.map((y) => y.marks))}`);
-    if (i > 0) assert.ok(x.marks[0] > r.together[i - 1].marks.at(-1), `stream ${i} started before stream ${i - 1} ended`);
-  }
-  assert.deepEqual(r.together.map((x) => x.text), r.alone, "the same seeds gave other samples (queued streams against requests alone)");
+  for (const [i, x] of r.together.entries()) assert.ok(x.marks.length >= 3, `stream ${i}: ${x.marks.length} chunks`);
+  // Each stream's first chunk (the role) comes before any stream ends: they ran together.
+  const firstEnd = Math.min(...r.together.map((x) => x.marks.at(-1)));
+  assert.ok(r.together.every((x) => x.marks[0] < firstEnd), `the streams ran one after another: ${JSON.stringify(r.together.map((y) => y.marks))}`);
+  assert.deepEqual(r.together.map((x) => x.text), r.alone, "the same seeds gave other samples (streams together against requests alone)");
   assert.equal(new Set(r.alone).size, 3, "other seeds gave the same sample (random weights, temperature 1)");
   assert.equal(r.alone[0], content(reply), "the browser's seeded sample differs from the native CLI's");
+});
+
+timedTest("4 create calls made together decode together: the tokens of the same calls one after another, sooner (times printed); a stopped stream leaves the others", { timeout: 20 * MIN }, async (t) => {
+  const requests = [
+    { tokens: GREEDY, max_tokens: 12, temperature: 0 },
+    { messages: user("Tell me a story"), max_tokens: 10, temperature: 0 },
+    { messages: user("Describe the sea."), max_tokens: 12, temperature: 0.8, seed: 5 },
+    { messages: user("Hi"), max_tokens: 8, temperature: 0, logprobs: true, top_logprobs: 2 },
+  ];
+  const r = await inPage(page, async (api, requests, s) => {
+    const reply = (x) => ({ text: x.choices[0].message.content, finish: x.choices[0].finish_reason, tokens: x.usage.completion_tokens,
+      logprobs: x.choices[0].logprobs?.content?.map((e) => [e.token, e.logprob]) ?? null });
+    let t0 = performance.now();
+    const alone = [];
+    for (const q of requests) alone.push(reply(await s.engine.chat.completions.create(q)));
+    const aloneMs = performance.now() - t0;
+    const before = (await s.engine.stats()).concurrent;
+    t0 = performance.now();
+    const together = (await Promise.all(requests.map((q) => s.engine.chat.completions.create(q)))).map(reply);
+    const togetherMs = performance.now() - t0;
+    const after = (await s.engine.stats()).concurrent;
+    // A stream stopped after its first content chunk, beside two that run to their end.
+    const [stopped, ...others] = await Promise.all([
+      (async () => {
+        let chunks = 0;
+        for await (const c of await s.engine.chat.completions.create({ ...requests[0], max_tokens: 40, stream: true })) {
+          if (c.choices[0]?.delta?.content && ++chunks === 1) break;
+        }
+        return chunks;
+      })(),
+      ...requests.slice(1, 3).map(async (q) => reply(await s.engine.chat.completions.create(q))),
+    ]);
+    const next = reply(await s.engine.chat.completions.create(requests[0]));
+    return { alone, together, aloneMs, togetherMs, before, after, stopped, others, next };
+  }, requests);
+  t.diagnostic(`4 requests (${r.alone.map((x) => x.tokens).join("+")} tokens, WebGPU on SwiftShader): one after another ${r.aloneMs.toFixed(0)} ms, `
+    + `together ${r.togetherMs.toFixed(0)} ms (${(r.aloneMs / r.togetherMs).toFixed(2)}x); widest group ${r.after.widest}`);
+  assert.deepEqual(r.together, r.alone, "requests together gave other replies than one after another");
+  assert.equal(r.after.requests - r.before.requests, 4, "the 4 requests did not run as one group");
+  assert.equal(r.stopped, 1);
+  assert.deepEqual(r.others, r.alone.slice(1, 3), "a stopped stream changed the replies beside it");
+  assert.deepEqual(r.next, r.alone[0], "the engine after a stop in a group");
 });
 
 timedTest("logprobs, streamed or not, are the log-softmax of engine.logits; stop strings split across tokens are trimmed, streamed text too", { timeout: 20 * MIN }, async (t) => {
@@ -511,8 +553,12 @@ timedTest("a batch of 20 image requests with 2 broken images: 18 results and 2 e
     }
   }
   t.diagnostic(`broken image: ${JSON.stringify(r.results[BROKEN[0]].error)}`);
-  assert.deepEqual(r.progress.map((p) => [p.completed, p.total, p.custom_id]), items.map((x, i) => [i + 1, 20, x.custom_id]));
-  assert.deepEqual(r.progress.map((p) => p.failed), items.map((_, i) => BROKEN.filter((b) => b <= i).length));
+  // Progress after each request ends, in the order they end (they decode together): every
+  // line once, the failures counted as they come.
+  assert.deepEqual(r.progress.map((p) => [p.completed, p.total]), items.map((_, i) => [i + 1, 20]));
+  assert.deepEqual(r.progress.map((p) => p.custom_id).sort(), items.map((x) => x.custom_id).sort());
+  const brokenIds = new Set(BROKEN.map((i) => items[i].custom_id));
+  assert.deepEqual(r.progress.map((p) => p.failed), r.progress.map((_, k) => r.progress.slice(0, k + 1).filter((p) => brokenIds.has(p.custom_id)).length));
 
   assert.deepEqual(r.fromJsonl.map((l) => [l.custom_id, !!l.response, !!l.error]), [["text", true, false], [null, false, true], ["too-hot", false, true]]);
   assert.equal(r.fromJsonl[0].response.body.usage.completion_tokens, 1);

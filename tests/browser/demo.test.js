@@ -275,13 +275,11 @@ test("batch mode describes 5 images (one broken) with per-image progress, stops,
   assert.equal(await page.evaluate(() => document.body.dataset.state), "ready");
   const states = await page.$$eval(".batch-item", (lis) => lis.map((li) => li.dataset.state));
   t.diagnostic(`after stop: ${states.join(" ")}`);
-  // The stop catches the first image, or the second when the first finished just before the
-  // click landed (a fast machine): that one is stopped (or never started), those after it
-  // stay queued.
-  const caught = states.findIndex((s) => s !== "done");
-  assert.ok(caught >= 0, `the stop came before the batch ended: ${states.join(" ")}`);
-  assert.match(states[caught], /^(stopped|queued)$/);
-  assert.ok(states.slice(caught + 1).every((s) => s === "queued"), `the images after the stopped one stay queued: ${states.join(" ")}`);
+  // The two images run together (the engine decodes up to its `parallel` requests at once):
+  // the stop catches both, or one when the other finished just before the click landed (a
+  // fast machine).
+  assert.ok(states.includes("stopped"), `the stop came before the batch ended: ${states.join(" ")}`);
+  assert.ok(states.every((s) => s === "stopped" || s === "done"), `both images ran: ${states.join(" ")}`);
   assert.match(await page.textContent("#batch-start-label"), /^(Start|Continue \(\d left\))$/);
   assert.ok(await page.locator("#batch-start").isEnabled());
   assert.match(await page.textContent("#batch-progress-text"), /Stopped/);

@@ -119,19 +119,18 @@ async function startBatch() {
       }
       updateBatchProgress();
       if (!sent.length) continue;
-      setItemState(sent[0], "running");
+      // The engine decodes a chunk's images together (its `parallel` slots): all run at once.
+      for (const item of sent) setItemState(item, "running");
       const done = engine.batch(lines, {
         signal: abort.signal,
-        onProgress: ({ completed, result }) => {
+        onProgress: ({ index, result }) => {
           if (closed) return;
-          finishItem(sent[completed - 1], result, run);
+          finishItem(sent[index], result, run);
           // A refused request carries OpenAI's code; a lost device's is "device_lost".
           const code = result.error?.code === "device_lost" ? "DeviceLostError" : result.error?.code;
           if (isEngineLost(code)) {
             fatal ??= pageError(code, result.error.message);
             abort.abort();
-          } else if (completed < sent.length && !abort.signal.aborted) {
-            setItemState(sent[completed], "running");
           }
           updateBatchProgress();
         },
