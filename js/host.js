@@ -202,6 +202,8 @@ export class Host {
     for (let i = 0; i < text.length; i++) await readHead(text[i], { cacheName, chunkBytes, signal, push: (b) => engine.pushHeader(i, b) });
     if (mmproj.length) await readHead(mmproj[0], { cacheName, chunkBytes, signal, push: (b) => engine.pushMmprojHeader(b) });
     const { plan, reason: planReason } = JSON.parse(engine.planMemory());
+    // Requests decoding together each take a context: as many as the budget holds.
+    this.slots = Math.max(1, Math.min(parallel, plan?.largestParallel ?? parallel));
     let writer = null;
     if (repo) {
       const quant = plan?.quant ?? repo.quant ?? DEFAULT_REPO_QUANT;
@@ -265,6 +267,7 @@ export class Host {
     }
     if (converted) info.converted = converted;
     info.memoryPlan = plan ?? { unplanned: planReason };
+    info.parallel = this.slots;
     // wgpu sees no adapter name in browsers; the page can read GPUAdapterInfo (`auto` already did).
     const label = backend.name === "webgpu" ? backend.label ?? adapterLabel(await navigator.gpu?.requestAdapter()) : "";
     if (label) info.adapter = `${label} — ${info.adapter.replace(/^\(\) /, "")}`;

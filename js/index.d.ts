@@ -368,10 +368,16 @@ export interface ModelInfo {
   loadSeconds: number;
   networkBytes: number;
   wasmMemoryBytes: number | null;
+  /** Chat requests that decode together: the `parallel` option, capped to what the memory
+   * plan fits. */
+  parallel: number;
   /** The GPU memory planned from the headers before the download (`unplanned`: why not). */
   memoryPlan:
     | { quant: string; textWeightBytes: number; visionWeightBytes: number; stateBytes: number; otherBytes: number;
-        totalBytes: number; budgetBytes: number | null; context: number; largestContext: number | null }
+        totalBytes: number; budgetBytes: number | null; context: number; largestContext: number | null;
+        /** Requests that fit decoding together (each a context of `context` tokens): the
+         * engine's `parallel` is capped to it. */
+        largestParallel: number }
     | { unplanned: string };
   /** A repository's conversion: "stored" in Cache Storage by this load, "reused" from an
    * earlier one, or "not stored: why" (a full cache; `cacheName: null`). */

@@ -21,6 +21,12 @@ keeps saved prompt prefixes in GPU memory up to a budget (`/health`'s `prompt_ca
 CPU adapter such as lavapipe that memory is part of the RSS, so the drift is also given net of
 the growth of the saved prefixes ("unexplained"): that is the figure a leak would show in.
 
+`--cancel-every N` makes every Nth request hang up after its first token (a client that goes
+away): those count as cancelled, and with `webvlm serve --parallel` the run fails when any
+slot is still busy once every client has ended (`/health`'s `slots`). `--llama-server PATH`
+runs llama.cpp's `llama-server` on the same model instead (the arguments after `--` go to it,
+e.g. `--parallel 8 --threads 2 --ctx-size 16384`), the same clients and figures.
+
 A readable summary goes to stderr, one JSON line (`"kind": "serve_load"`) to stdout. The exit
 status is 1 when any request ended otherwise than completed or refused with 429, when the
 server counted a failed request, or when the unexplained RSS drift after warm-up is over
@@ -198,7 +204,7 @@ class Outcome:
     """How one of the run's requests ended, with its figures (seconds)."""
 
     index: int
-    status: str  # "ok", "refused" (429, --on-429 drop) or "error"
+    status: str  # "ok", "refused" (429, --on-429 drop), "cancelled" (--cancel-every) or "error"
     refusals: int = 0  # 429 answers it got before its end
     error: str | None = None
     ttft: float | None = None  # the admitted attempt sent -> its first content delta
@@ -218,8 +224,14 @@ class Refused(Exception):
         self.retry_after = retry_after
 
 
-async def attempt(host: str, port: int, request: dict, outcome: Outcome) -> None:
-    """Sends the request once and reads its stream into `outcome`; raises `Refused` on 429."""
+class Cancelled(Exception):
+    """The client hung up on purpose (`--cancel-every`)."""
+
+
+async def attempt(host: str, port: int, request: dict, outcome: Outcome, webvlm: bool, hang_up: bool) -> None:
+    """Sends the request once and reads its stream into `outcome`; raises `Refused` on 429,
+    `Cancelled` after the first content delta when `hang_up`. `webvlm`: the server must give
+    usage.timings.queue_seconds (llama-server has no such field)."""
     sent = time.perf_counter()
     body = json.dumps(request).encode()
     reader, writer, status, headers = await send(host, port, "POST", "/v1/chat/completions", body)
@@ -248,6 +260,8 @@ async def attempt(host: str, port: int, request: dict, outcome: Outcome) -> None
                     deltas.append(time.perf_counter())
                     if outcome.ttft is None:
                         outcome.ttft = deltas[0] - sent
+                    if hang_up:
+                        raise Cancelled()
                 if choice.get("finish_reason"):
                     outcome.finish_reason = choice["finish_reason"]
             if chunk.get("usage"):
@@ -262,8 +276,10 @@ async def attempt(host: str, port: int, request: dict, outcome: Outcome) -> None
             raise ProtocolError("the stream ended without [DONE]")
         if outcome.finish_reason is None:
             raise ProtocolError("no chunk gave a finish_reason")
-        if outcome.queue_seconds is None:
+        if outcome.queue_seconds is None and webvlm:
             raise ProtocolError("the usage chunk has no usage.timings.queue_seconds")
+        if not outcome.completion_tokens:
+            raise ProtocolError("no usage chunk (stream_options.include_usage)")
         outcome.latency = time.perf_counter() - sent
         if len(deltas) > 1:
             outcome.itl = (deltas[-1] - deltas[0]) / (len(deltas) - 1)
@@ -297,9 +313,14 @@ class Run:
         request = make_request(index, args.seed, args.min_tokens, args.max_tokens)
         outcome = Outcome(index=index, status="error")
         first_sent = time.perf_counter()
+        hang_up = args.cancel_every > 0 and index % args.cancel_every == args.cancel_every - 1
+        webvlm = args.llama_server is None
         while True:
             try:
-                await asyncio.wait_for(attempt(self.host, self.port, request, outcome), args.request_timeout)
+                await asyncio.wait_for(attempt(self.host, self.port, request, outcome, webvlm, hang_up), args.request_timeout)
+            except Cancelled:
+                outcome.status = "cancelled"
+                return outcome
             except Refused as refused:
                 outcome.refusals += 1
                 await asyncio.sleep(refused.retry_after)
@@ -335,6 +356,12 @@ class Run:
         health = {}
         try:
             health = await asyncio.wait_for(get_json(self.host, self.port, "/health"), 5)
+            if self.args.llama_server is not None:
+                # llama-server: its slots (GET /slots), in /health's shape; no queue figures.
+                slots = await asyncio.wait_for(get_json(self.host, self.port, "/slots"), 5)
+                health["slots"] = {"total": len(slots), "busy": sum(bool(s.get("is_processing")) for s in slots)}
+                self.samples.append(sample)
+                return health
             queue = health["queue"]
             sample.update(waiting=queue["waiting"], running=queue["running"])
             sample.update(cache_bytes=health["prompt_cache"]["saved_bytes"])
@@ -370,7 +397,10 @@ def rss_kib(pid: int) -> int | None:
 
 
 async def start_server(args, log):
-    """`webvlm serve --port 0` as a child process: (process, host, port) once it listens."""
+    """`webvlm serve --port 0` (or `--llama-server`) as a child process: (process, host, port)
+    once it listens."""
+    if args.llama_server is not None:
+        return await start_llama_server(args, log)
     command = [str(args.binary), "serve", "--port", "0", "--model", str(args.model), *args.serve_args]
     pipe = asyncio.subprocess
     process = await asyncio.create_subprocess_exec(*command, stdin=pipe.DEVNULL, stdout=pipe.PIPE, stderr=log)
@@ -387,6 +417,28 @@ async def start_server(args, log):
         message = f"load_serve: the server did not start ({line.strip()!r}); {log.name}:\n{tail(log.name)}"
         raise SystemExit(message)
     return process, host.strip("[]"), int(port), command
+
+
+async def start_llama_server(args, log):
+    """llama.cpp's `llama-server` on a free port, once its /health answers 200."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [str(args.llama_server), "-m", str(args.model), "--host", "127.0.0.1", "--port", str(port), *args.serve_args]
+    pipe = asyncio.subprocess
+    process = await asyncio.create_subprocess_exec(*command, stdin=pipe.DEVNULL, stdout=log, stderr=log)
+    deadline = time.perf_counter() + args.start_timeout
+    while time.perf_counter() < deadline and process.returncode is None:
+        try:
+            await asyncio.wait_for(get_json("127.0.0.1", port, "/health"), 5)
+            return process, "127.0.0.1", port, command
+        except (OSError, ProtocolError, ValueError, TimeoutError):
+            await asyncio.sleep(0.5)
+    await stop_server(process)
+    log.flush()
+    raise SystemExit(f"load_serve: llama-server did not start; {log.name}:\n{tail(log.name)}")
 
 
 async def stop_server(process) -> None:
@@ -464,6 +516,8 @@ def summarize(run: Run, wall: float, rss_start: int, rss_end: int | None, health
         "on_429": args.on_429,
         "ok": len(ok),
         "refused": sum(o.status == "refused" for o in outcomes),
+        "cancelled": sum(o.status == "cancelled" for o in outcomes),
+        "slots_busy_at_end": (health.get("slots") or {}).get("busy"),
         "answers_429": sum(o.refusals for o in outcomes),
         "requests_refused_at_least_once": sum(o.refusals > 0 for o in outcomes),
         "errors": len(errors),
@@ -477,7 +531,7 @@ def summarize(run: Run, wall: float, rss_start: int, rss_end: int | None, health
         "requests_per_second": round(len(ok) / wall, 4),
         "ttft_seconds": spread([o.ttft for o in ok if o.ttft is not None]),
         "inter_token_seconds": spread([o.itl for o in ok if o.itl is not None]),
-        "queue_seconds": spread([o.queue_seconds for o in ok]),
+        "queue_seconds": spread([o.queue_seconds for o in ok if o.queue_seconds is not None]),
         "server_ttft_seconds": spread([o.server_ttft for o in ok if o.server_ttft is not None]),
         "latency_seconds": spread([o.latency for o in ok]),
         "latency_with_retries_seconds": spread([o.latency_with_retries for o in ok]),
@@ -531,11 +585,12 @@ def report(s: dict) -> str:
     rss, cache, queue, machine = s["rss_mib"], s["prompt_cache_mib"], s["queue_depth"], s["machine"]
     low, high = s["max_tokens"]
     lines = [
-        f"webvlm serve under load: {s['clients']} streaming clients, {s['requests']} requests, "
+        f"a server under load: {s['clients']} streaming clients, {s['requests']} requests, "
         f"max_tokens {low}-{high}",
         f"  server: {s['command']}",
-        f"requests: {s['ok']} completed, {s['refused']} refused (429), {s['errors']} other errors, "
-        f"{s['not_run']} not run",
+        f"requests: {s['ok']} completed, {s['refused']} refused (429), {s['cancelled']} cancelled "
+        f"(the client hung up), {s['errors']} other errors, {s['not_run']} not run; "
+        f"slots busy at the end: {s['slots_busy_at_end']}",
         f"  429 answers: {s['answers_429']} to {s['requests_refused_at_least_once']} requests ({after_429})",
         *[f"  error: {e}" for e in s["error_samples"]],
         f"prompt tokens: {s['prompt_tokens']}, {s['cached_prompt_tokens']} of them from the prompt cache",
@@ -573,6 +628,8 @@ def failures(s: dict, args) -> list[str]:
     failed = (s["server_counters"] or {}).get("failed")
     if failed:
         found.append(f"the server counted {failed} failed requests")
+    if s["slots_busy_at_end"]:
+        found.append(f"{s['slots_busy_at_end']} slots still busy after every client ended")
     drift = s["rss_mib"]["unexplained_drift_pct"]
     if drift is not None and drift > args.max_drift_pct:
         limit = args.max_drift_pct
@@ -606,6 +663,8 @@ def parse_args() -> argparse.Namespace:
     add("--start-timeout", type=float, default=600, help="seconds for the server to load the model [600]")
     add("--max-drift-pct", type=float, default=10, help="unexplained RSS growth that fails the run [10]")
     add("--seed", type=int, default=0, help="seed of the prompts and their sampling [0]")
+    add("--cancel-every", type=int, default=0, help="every Nth request hangs up after its first token [0: none]")
+    add("--llama-server", type=Path, help="run llama.cpp's llama-server instead (args after -- go to it)")
     add("--samples-out", type=Path, help="write the summary, samples and per-request figures here (JSON)")
     argv = sys.argv[1:]
     split = argv.index("--") if "--" in argv else len(argv)
@@ -617,7 +676,7 @@ def parse_args() -> argparse.Namespace:
     if not 1 <= args.min_tokens <= args.max_tokens:
         parser.error("need 1 <= --min-tokens <= --max-tokens")
     for path, make in [
-        (args.binary, "cargo build --release --bin webvlm"),
+        (args.binary if args.llama_server is None else args.llama_server, "cargo build --release --bin webvlm"),
         (args.model, "bash scripts/fetch_smollm2.sh"),
     ]:
         if not path.exists():
@@ -639,6 +698,12 @@ async def main() -> int:
         run.finished.set()
         await sampler
         health = await run.sample()  # the end: also the warm-up point of a run shorter than it
+        # A slot a client hung up on is freed at the server's next step: give it a moment.
+        for _ in range(10):
+            if not (health.get("slots") or {}).get("busy"):
+                break
+            await asyncio.sleep(0.5)
+            health = await run.sample()
         rss_end = run.samples[-1]["rss_kib"]
     finally:
         await stop_server(process)

@@ -10,7 +10,7 @@ use crate::common;
 use common::*;
 use serde_json::Value;
 use webvlm::chat::{ChatContent, ChatMessage, ContentPart};
-use webvlm::engine::{Engine, EngineError, GenerateOptions, Prompt, Vision};
+use webvlm::engine::{Engine, EngineError, GenerateOptions, ParallelEvent, Prompt, Vision};
 use webvlm::gguf::TensorInfo;
 use webvlm::model::{ContextOptions, MemoryPlan, ModelHeaders, PlanLimits, PlanOptions, Precision};
 use webvlm::source::hf::HfModel;
@@ -136,6 +136,46 @@ fn prompt_cache_is_not_reused_across_images() {
     let (got, cached) = greedy(&mut e, &Prompt { tokens: text.clone(), images: Vec::new() });
     let (want, _) = greedy(&mut engine(folder, Precision::F32), &Prompt { tokens: text, images: Vec::new() });
     assert_eq!((got, cached), (want, 0));
+}
+
+/// A parallel run of three requests, two with their own image and one text-only, joining
+/// at different steps: each sequence attends to its own images only (its own cross store)
+/// and gives the tokens it gives alone.
+#[test]
+fn parallel_requests_with_images_generate_as_they_do_alone() {
+    let folder = "tiny_mllama_a";
+    let case = &cases(folder)["cases"][0];
+    let read = |f: &str| std::fs::read(fixture(&format!("{folder}/{f}"))).unwrap();
+    let mut e = engine(folder, Precision::F32);
+    let tokens = ids(&case["tokens"]);
+    let with = |e: &mut Engine, png: &str| {
+        let f = e.image_features(&read(png), None).unwrap();
+        e.prompt_with_images(&tokens, vec![f]).unwrap()
+    };
+    let text = e.text_tokens("Why?").unwrap();
+    let prompts = [with(&mut e, "img_24x20.png"), Prompt { tokens: text, images: Vec::new() }, with(&mut e, "img_26x100.png")];
+    let opts = GenerateOptions { max_tokens: 6, ignore_eos: true, ..GenerateOptions::default() };
+    let alone: Vec<Vec<u32>> =
+        prompts.iter().map(|p| pollster::block_on(e.generate_prompt(p, &opts, |_| None)).unwrap().tokens).collect();
+    assert_ne!(alone[0], alone[2], "the two images give other tokens");
+    let mut run = e.parallel(3).unwrap();
+    let mut done = std::collections::HashMap::new();
+    let mut ids = Vec::new();
+    for step in 0..40 {
+        if step < prompts.len() {
+            ids.push(pollster::block_on(run.admit(&mut e, &prompts[step], &opts)).unwrap().0);
+        }
+        for event in pollster::block_on(run.step(&mut e)).unwrap() {
+            match event {
+                ParallelEvent::Done { id, generation } => drop(done.insert(id, generation.tokens)),
+                ParallelEvent::Failed { error, .. } => panic!("{error}"),
+                ParallelEvent::Text { .. } => {}
+            }
+        }
+    }
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(done[id], alone[i], "request {i}");
+    }
 }
 
 /// `webvlm generate --model DIR --image IMG` writes the engine's greedy reply; `info` names

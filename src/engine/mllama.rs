@@ -198,6 +198,20 @@ impl CrossVision {
         Ok(())
     }
 
+    /// Gives `ctx`, reset, the cross-attention store of `prompt`'s images (a sequence of a
+    /// parallel run: its own store, no prompt cache).
+    pub(super) fn attach(&self, dev: &Device, dec: &Decoder, ctx: &mut Context, prompt: &Prompt) -> Result<(), EngineError> {
+        self.check_count(&prompt.tokens, prompt.images.len())?;
+        if prompt.images.is_empty() {
+            return Ok(());
+        }
+        let max_tiles = self.encoder.cfg.max_tiles;
+        let tiles: Vec<u32> = prompt.images.iter().map(|f| f.rows).collect();
+        let mask = processor_mask(&prompt.tokens, self.image_token, &tiles, max_tiles);
+        let states = self.concat(dev, &prompt.images)?;
+        Ok(ctx.set_cross_attention(dev, dec, &states, tiles.len() as u32 * max_tiles, &mask)?)
+    }
+
     /// Forgets the live image set (the context was reset elsewhere).
     pub(super) fn forget(&mut self) {
         self.live = None;

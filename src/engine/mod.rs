@@ -91,9 +91,6 @@ pub enum EngineError {
     /// Every sequence slot of a parallel run is taken.
     #[error("all {running} sequence slots are running")]
     Busy { running: usize },
-    /// A combination of features this engine does not run yet.
-    #[error("not supported yet: {0}")]
-    Unsupported(&'static str),
 }
 
 impl Classify for EngineError {
@@ -113,8 +110,7 @@ impl Classify for EngineError {
             | EngineError::ImageCount { .. }
             | EngineError::BadImageUrl(_)
             | EngineError::PromptTooLong { .. }
-            | EngineError::Busy { .. }
-            | EngineError::Unsupported(_) => ErrorClass::BadRequest,
+            | EngineError::Busy { .. } => ErrorClass::BadRequest,
         }
     }
 }

@@ -156,9 +156,6 @@ impl Parallel {
         if !self.has_room() {
             return Err(EngineError::Busy { running: self.running.len() });
         }
-        if !prompt.images.is_empty() && engine.placement(prompt)?.is_none() {
-            return Err(EngineError::Unsupported("images of a cross-attention model in a parallel run"));
-        }
         opts.sampling.validate(engine.decoder.cfg.vocab as usize)?;
         let opts = opts.seeded().into_owned();
         let stops = StopStrings::new(opts.stop.clone())?;
@@ -168,9 +165,14 @@ impl Parallel {
             None => Context::new(&engine.dev, &engine.decoder, engine.ctx.options())?,
         };
         ctx.reset();
-        if let Err(e) = ctx.check_prompt(&engine.decoder, &prompt.tokens, engine.placement(prompt)?.as_ref()) {
+        let checked =
+            ctx.check_prompt(&engine.decoder, &prompt.tokens, engine.placement(prompt)?.as_ref()).map_err(EngineError::from);
+        // Llama 3.2 Vision: the sequence's own cross-attention store of its images.
+        let cross = engine.vision.as_ref().and_then(|v| v.cross());
+        let attached = checked.and_then(|()| cross.map_or(Ok(()), |c| c.attach(&engine.dev, &engine.decoder, &mut ctx, prompt)));
+        if let Err(e) = attached {
             self.idle.push(ctx);
-            return Err(e.into());
+            return Err(e);
         }
         let (id, events) = (self.next_id, self.events.clone());
         self.next_id += 1;

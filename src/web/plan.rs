@@ -74,6 +74,8 @@ pub(super) fn plan(inner: &mut Inner) -> Result<Value, PlanError> {
             "budgetBytes": match budget { MemoryBudget::Bytes(b) => Some(b), MemoryBudget::Unknown => None },
             "context": plan.options.ctx,
             "largestContext": plan.largest_context(budget),
+            // Requests that can decode together, each on a context of its own beside the engine's.
+            "largestParallel": plan.largest_seqs(budget, 64),
         }
     }))
 }

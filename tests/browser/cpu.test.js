@@ -173,6 +173,34 @@ test("the threaded build on a cross-origin-isolated page: 2 threads answer as th
   browser.assertNoErrors();
 });
 
+test("4 create calls made together on SmolLM2 decode together on the CPU backend: the replies of the same calls one after another, sooner (times printed)", { timeout: 10 * MIN }, async (t) => {
+  const requests = ["What is the capital of France?", "Name three colors.", "Write a short poem about rain.", "Why is the sky blue?"]
+    .map((q, i) => ({ messages: [{ role: "user", content: q }], max_tokens: 24, temperature: i === 2 ? 0.8 : 0, seed: i }));
+  const r = await inPage(page, async (api, [model, requests]) => {
+    const engine = await api.createEngine({ model, cacheName: null, backend: "cpu" });
+    try {
+      const reply = (x) => [x.choices[0].message.content, x.usage.completion_tokens];
+      await engine.chat.completions.create({ ...requests[0], max_tokens: 2 }); // warm-up
+      let t0 = performance.now();
+      const alone = [];
+      for (const q of requests) alone.push(reply(await engine.chat.completions.create(q)));
+      const aloneMs = performance.now() - t0;
+      t0 = performance.now();
+      const together = (await Promise.all(requests.map((q) => engine.chat.completions.create(q)))).map(reply);
+      return { alone, together, aloneMs, togetherMs: performance.now() - t0, info: engine.info, stats: await engine.stats() };
+    } finally {
+      await engine.unload();
+    }
+  }, [smollm2.model, requests]);
+  const tokens = r.alone.reduce((n, [, k]) => n + k, 0);
+  t.diagnostic(`SmolLM2 on the CPU backend (${r.info.backend.build}, ${r.info.backend.threads} thread, ${r.info.backend.mode}): 4 requests, ${tokens} tokens: `
+    + `one after another ${r.aloneMs.toFixed(0)} ms (${(tokens / r.aloneMs * 1000).toFixed(1)} tokens/s), together ${r.togetherMs.toFixed(0)} ms `
+    + `(${(tokens / r.togetherMs * 1000).toFixed(1)} tokens/s, ${(r.aloneMs / r.togetherMs).toFixed(2)}x); parallel ${r.info.parallel}`);
+  assert.deepEqual(r.together, r.alone, "requests together gave other replies than one after another");
+  assert.equal(r.stats.concurrent.widest, 4, "the 4 requests ran as one group");
+  browser.assertNoErrors();
+});
+
 test("backend and threads are checked before anything loads; more than one thread needs cross-origin isolation", async () => {
   const fails = (on) => inPage(on, async (api) => {
     const fail = (o) => api.createEngine({ model: { text: "/none.gguf" }, cacheName: null, ...o }).then(() => null, (e) => `${e.name}: ${e.message}`);
