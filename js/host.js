@@ -366,20 +366,22 @@ export class Host {
     // Indices in the engine's call are set when it starts: a stop before marks the flow.
     this.group = new Map(group.map((m) => [m.id, { index: -1, flow: streamFlow() }]));
     const images = new Map();
-    const runnable = [];
+    const fetched = [];
     for (const m of group) {
       try {
         if (!engine) throw new EngineUnloadedError("no model is loaded");
         const urls = imageUrls(m.request, "generate");
         if (urls.size) engine.check(JSON.stringify(m.request));
         for (const url of urls) images.set(url, await fetchImage(url, this.downloads.signal));
-        if (this.group.get(m.id).flow.stopped) this.post({ id: m.id, type: "result", value: aborted() });
-        else runnable.push(m);
+        fetched.push(m);
       } catch (e) {
         const error = this.group.get(m.id).flow.stopped ? null : toWire(e);
         this.post(error ? { id: m.id, type: "error", error } : { id: m.id, type: "result", value: aborted() });
       }
     }
+    // Those stopped while the group's images downloaded end here.
+    const runnable = fetched.filter((m) => !this.group.get(m.id).flow.stopped);
+    for (const m of fetched.filter((m) => !runnable.includes(m))) this.post({ id: m.id, type: "result", value: aborted() });
     const stallMs = this.stallMs;
     const members = runnable.map((m, index) => Object.assign(this.group.get(m.id), { index, ended: false }));
     try {
