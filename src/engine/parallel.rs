@@ -192,8 +192,8 @@ impl Parallel {
         Ok((id, Vec::new()))
     }
 
-    /// One step: the next prompt chunks (see the module docs), then one batched decode step
-    /// that feeds every sequence past its prompt its token and picks its next one; returns
+    /// One step: one batched decode step that feeds every sequence past its prompt its token
+    /// and picks its next one, then the next prompt chunks (see the module docs); returns
     /// the text streamed and the generations that ended (their slots are free for the next
     /// admission). A sequence whose prompt or pick fails leaves alone
     /// ([`ParallelEvent::Failed`]); a failed decode step fails the call.
