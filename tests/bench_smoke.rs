@@ -217,6 +217,28 @@ fn no_vision_skips_the_vision_encoder() {
     assert_eq!(of_kind(&lines, "fma").len(), 1);
 }
 
+/// `--batch --profile` on the GPU: each batch size's kernels timed with timestamp queries
+/// (lavapipe has them), every dispatch of the step counted once per step under its kernel.
+#[test]
+fn profiled_batch_steps_time_every_kernel() {
+    let args = ["--quick", "--synthetic", "--shape", "tiny", "--no-model", "--no-kernels", "--no-vision", "--no-breakdown"];
+    let lines = bench_lines(&[&args[..], &["--json-only", "--backend", "gpu", "--batch", "2", "--profile"]].concat());
+    for n in [1u64, 2] {
+        let kernels: Vec<_> = of_kind(&lines, "batch_profile").into_iter().filter(|v| v["sequences"] == n).collect();
+        let name = |v: &Value| v["kernel"].as_str().unwrap_or_default().to_string();
+        for v in &kernels {
+            positive(v, "ms_per_step");
+        }
+        let count = |prefix: &str| -> u64 {
+            kernels.iter().filter(|v| name(v).starts_with(prefix)).map(|v| v["dispatches_per_step"].as_u64().unwrap()).sum()
+        };
+        // The tiny model's 2 layers: attention per sequence, one product per weight role.
+        assert_eq!(count("attention_decode attn_decode"), 2 * n, "{kernels:?}");
+        assert!(kernels.iter().any(|v| name(v).ends_with("ffn_down.weight")), "weight roles summed over layers: {kernels:?}");
+        assert_eq!(count("matvec"), 2 * 5 + 1, "per layer q+k, v, output, gate+up, down; one LM head: {kernels:?}");
+    }
+}
+
 /// A Qwen3.5 text config as Hugging Face writes it (`text_config`): the numbers the
 /// structural figures are checked against.
 struct HfQwen35 {

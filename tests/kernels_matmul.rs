@@ -350,6 +350,34 @@ fn row_split_weights_give_identical_results() {
     }
 }
 
+/// A matvec of several tokens (a batched decode step's product) gives each token the bits
+/// of its matvec alone, in both geometries and both row counts of the GPU shape.
+#[test]
+fn matvec_of_many_tokens_gives_each_token_its_bits_alone() {
+    for geometry in GEOMETRIES {
+        let gpu = gpu_with(geometry);
+        let mut rng = Rng::new(11);
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::F16] {
+            // Fewer than 2048 rows take 2 rows per thread in the GPU shape, more take 4.
+            for rows in [96, 2056] {
+                let cols = 256;
+                let (bytes, _) = weight(ty, rows, cols, 5);
+                let w = Weight::upload(&gpu, "w", ty, rows as u32, cols as u32, &bytes).unwrap();
+                for n_tok in [2, 3, 8, 11] {
+                    let x = rng.vec(n_tok * cols);
+                    let together = run_matvec(&gpu, &w, &x, n_tok);
+                    for t in 0..n_tok {
+                        let alone = run_matvec(&gpu, &w, &x[t * cols..(t + 1) * cols], 1);
+                        let row = &together[t * rows..(t + 1) * rows];
+                        let same = bytemuck::cast_slice::<f32, u32>(row) == bytemuck::cast_slice::<f32, u32>(&alone);
+                        assert!(same, "{geometry:?} {ty} {rows} rows: token {t} of {n_tok} differs from its matvec alone");
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// `record_rows` reads and writes only its window: rows outside it keep their poison.
 #[test]
 fn matmul_row_window_reads_and_writes_only_its_rows() {

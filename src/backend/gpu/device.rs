@@ -94,11 +94,14 @@ pub struct GpuOptions {
     pub allow_subgroups: bool,
     /// Force a kernel geometry (`None`: from the adapter, or `WEBVLM_GEOMETRY` natively).
     pub geometry: Option<Geometry>,
+    /// Time each kernel with timestamp queries where the adapter has them (natively;
+    /// [`Gpu::profiler`]).
+    pub profile: bool,
 }
 
 impl Default for GpuOptions {
     fn default() -> Self {
-        Self { allow_f16: true, allow_subgroups: true, geometry: None }
+        Self { allow_f16: true, allow_subgroups: true, geometry: None, profile: false }
     }
 }
 
@@ -122,6 +125,8 @@ pub struct Gpu {
     lost: Arc<Mutex<Option<String>>>,
     /// Every buffer made by [`Gpu::buffer`], for [`BufferRegistry::destroy_all`].
     buffers: BufferRegistry,
+    #[cfg(not(target_arch = "wasm32"))]
+    profiler: Option<super::profile::Profiler>,
 }
 
 /// The buffers a [`Gpu`] created ([`Gpu::buffer`]), so that unloading frees their memory at
@@ -261,6 +266,10 @@ impl Gpu {
         if options.allow_subgroups && !web && available.contains(wgpu::Features::SUBGROUP) {
             features |= wgpu::Features::SUBGROUP;
         }
+        let profile = options.profile && !web && available.contains(wgpu::Features::TIMESTAMP_QUERY);
+        if profile {
+            features |= wgpu::Features::TIMESTAMP_QUERY;
+        }
         let limits = adapter.limits();
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
@@ -318,7 +327,32 @@ impl Gpu {
             }
         });
         let buffers = BufferRegistry::default();
-        Ok(Gpu { device, queue, caps, pipelines: RefCell::new(PipelineCache::default()), errors, lost, buffers })
+        Ok(Gpu {
+            device,
+            queue,
+            caps,
+            pipelines: RefCell::new(PipelineCache::default()),
+            errors,
+            lost,
+            buffers,
+            #[cfg(not(target_arch = "wasm32"))]
+            profiler: profile.then(Default::default),
+        })
+    }
+
+    /// Whether programs run now are timed per kernel (never in the browser).
+    pub fn profiling(&self) -> bool {
+        #[cfg(not(target_arch = "wasm32"))]
+        return self.profiler().is_some_and(|p| p.is_on());
+        #[cfg(target_arch = "wasm32")]
+        false
+    }
+
+    /// The per-kernel timer, where [`GpuOptions::profile`] asked for one and the adapter
+    /// has timestamp queries: every [`super::Program::run`] is then timed.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn profiler(&self) -> Option<&super::profile::Profiler> {
+        self.profiler.as_ref()
     }
 
     /// A handle that loses this device on purpose ([`DeviceLoss::lose`]), for tests of what

@@ -26,6 +26,8 @@ pub mod matvec;
 pub mod norm;
 pub mod params;
 pub mod pipeline;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod profile;
 pub mod program;
 pub mod quant;
 pub mod rope;

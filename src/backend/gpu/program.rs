@@ -5,6 +5,10 @@
 use std::rc::Rc;
 
 use super::pipeline::KernelSpec;
+#[cfg(not(target_arch = "wasm32"))]
+use super::profile::{role, Profiler};
+#[cfg(not(target_arch = "wasm32"))]
+use super::Readback;
 use super::{Gpu, GpuError, ParamSlot, ParamsArena, Pipeline, Result};
 
 /// One binding of a dispatch, in the kernel's declared order.
@@ -151,22 +155,90 @@ impl Program {
                     ops.next();
                 }
             }
-            match ops.next() {
-                Some(Op::Copy { src, src_offset, dst, dst_offset, size }) => {
-                    encoder.copy_buffer_to_buffer(src, *src_offset, dst, *dst_offset, *size)
-                }
-                Some(Op::Clear(buffer)) => encoder.clear_buffer(buffer, 0, None),
-                Some(Op::Dispatch(_)) | None => {}
+            if let Some(op) = ops.next() {
+                encode_transfer(op, encoder);
             }
         }
     }
 
     /// Encodes, submits and (natively) waits: for tests and one-off work.
     pub fn run(&self, gpu: &Gpu) -> Result<()> {
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(profiler) = gpu.profiler().filter(|p| p.is_on()) {
+            return self.run_profiled(gpu, profiler);
+        }
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
         self.encode(&mut encoder);
         gpu.queue.submit([encoder.finish()]);
         gpu.check_errors()
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl Program {
+    /// [`Program::run`] with each dispatch in a compute pass of its own whose start and end
+    /// the GPU writes into a query set, the times added to `profiler` (waits for each chunk).
+    fn run_profiled(&self, gpu: &Gpu, profiler: &Profiler) -> Result<()> {
+        // Dispatches per submission: two queries each (wgpu's query sets hold 4096 at most).
+        const CHUNK: usize = 2048;
+        let period = gpu.queue.get_timestamp_period() as f64;
+        let mut ops = self.ops.iter().peekable();
+        while ops.peek().is_some() {
+            let desc =
+                wgpu::QuerySetDescriptor { label: Some("profile"), ty: wgpu::QueryType::Timestamp, count: 2 * CHUNK as u32 };
+            let set = gpu.device.create_query_set(&desc);
+            let mut encoder = gpu.device.create_command_encoder(&Default::default());
+            let mut kernels = Vec::new();
+            while let Some(op) = (kernels.len() < CHUNK).then(|| ops.next()).flatten() {
+                let Op::Dispatch(d) = op else {
+                    encode_transfer(op, &mut encoder);
+                    continue;
+                };
+                let i = 2 * kernels.len() as u32;
+                let writes = wgpu::ComputePassTimestampWrites {
+                    query_set: &set,
+                    beginning_of_pass_write_index: Some(i),
+                    end_of_pass_write_index: Some(i + 1),
+                };
+                d.encode(
+                    &mut encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: Some(writes) }),
+                );
+                let weight = d.launch.as_ref().and_then(|l| l.weight.as_ref()).map_or(String::new(), |w| role(&w.label));
+                kernels.push(format!("{} {} {weight}", d.pipeline.label, d.pipeline.entry).trim_end().to_string());
+            }
+            if kernels.is_empty() {
+                gpu.queue.submit([encoder.finish()]);
+                gpu.check_errors()?;
+                continue;
+            }
+            let bytes = 16 * kernels.len() as u64;
+            let resolved = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("profile"),
+                size: bytes,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            });
+            encoder.resolve_query_set(&set, 0..2 * kernels.len() as u32, &resolved, 0);
+            let mut readback = Readback::new(gpu, bytes);
+            readback.copy_from(&mut encoder, &resolved, 0, bytes);
+            readback.map(bytes, gpu.queue.submit([encoder.finish()]));
+            let stamps: Vec<u64> = bytemuck::pod_collect_to_vec(&pollster::block_on(readback.read(gpu))?);
+            for (kernel, pair) in kernels.into_iter().zip(stamps.chunks_exact(2)) {
+                profiler.add(kernel, pair[1].saturating_sub(pair[0]) as f64 * period);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Records a copy or clear (a dispatch records nothing here).
+fn encode_transfer(op: &Op, encoder: &mut wgpu::CommandEncoder) {
+    match op {
+        Op::Copy { src, src_offset, dst, dst_offset, size } => {
+            encoder.copy_buffer_to_buffer(src, *src_offset, dst, *dst_offset, *size)
+        }
+        Op::Clear(buffer) => encoder.clear_buffer(buffer, 0, None),
+        Op::Dispatch(_) => {}
     }
 }
 

@@ -133,6 +133,10 @@ pub struct BenchArgs {
     /// Also time batched decode steps of 1, 2, 4, ... up to N sequences (aggregate tokens/s)
     #[arg(long, value_name = "N", default_value_t = 0)]
     batch: u32,
+    /// With --batch on a GPU with timestamp queries: after each batch size's timing, a few
+    /// steps more with every kernel timed, and the GPU time per step of each kernel
+    #[arg(long)]
+    profile: bool,
     /// Requantize the vision matrices at load time
     #[arg(long, value_name = "Q", default_value = "keep", value_parser = load_quant())]
     vision_quant: LoadQuant,
@@ -178,7 +182,7 @@ pub fn run(args: &BenchArgs) -> CliResult {
     }
     let mut budget = Budget::new(quick);
     budget.reps = args.reps.unwrap_or(budget.reps);
-    let gpu = args.device.device_with(GpuOptions { allow_f16: !args.no_f16, ..Default::default() })?;
+    let gpu = args.device.device_with(GpuOptions { allow_f16: !args.no_f16, profile: args.profile, ..Default::default() })?;
     let caps = gpu.caps();
     // The CPU backend's pool; a GPU's host threads (a software adapter runs on them).
     let threads = match &gpu {

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
+use webvlm::backend::gpu::Readback;
 use webvlm::backend::Device;
 use webvlm::gguf::SplitMix64;
 use webvlm::model::{Context, ContextOptions, DecodeBatch, Decoder};
@@ -39,7 +40,7 @@ pub fn bench_batches(
 ) -> Res<Vec<Value>> {
     let vocab = dec.cfg.vocab as u64;
     let prompt_tokens = prompt_tokens.clamp(1, MAX_PROMPT_TOKENS);
-    let max_ctx = (prompt_tokens + steps + 2) as u32;
+    let max_ctx = (prompt_tokens + steps + 2) as u32 + PROFILED_STEPS;
     let opts = ContextOptions { max_ctx, max_chunk: prompt_tokens as u32, ..ContextOptions::for_adapter(dev.caps()) };
     let mut rng = SplitMix64::new(5);
     let mut figures: Vec<Value> = Vec::new();
@@ -81,8 +82,55 @@ pub fn bench_batches(
         });
         out.emit(v.clone());
         figures.push(v);
+        profile_steps(dev, out, n, vocab, || step(&mut tokens))?;
     }
     Ok(figures)
+}
+
+/// Steps profiled: GPU time per step of each kernel, where the device times its kernels
+/// (`bench --profile`), emitted and noted by decreasing time.
+const PROFILED_STEPS: u32 = 3;
+
+fn profile_steps(dev: &Device, out: &Out, n: u32, vocab: u64, mut step: impl FnMut() -> Res<()>) -> Res<()> {
+    let Device::Gpu(gpu) = dev else { return Ok(()) };
+    let Some(profiler) = gpu.profiler() else { return Ok(()) };
+    // The host's share: reading the rows' logits back through a kept staging buffer, and
+    // picking their tokens.
+    let bytes = n as u64 * vocab * 4;
+    let (logits, mut readback) = (dev.storage("logits", bytes)?, Readback::new(gpu, bytes));
+    let mut read = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let rows = pollster::block_on(gpu.read_with(&mut readback, logits.gpu()?, 0, bytes))?;
+        read.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let picked: Vec<u32> = bytemuck::cast_slice::<u8, f32>(&rows).chunks(vocab as usize).map(argmax).collect();
+        std::hint::black_box(picked);
+        read.push(t.elapsed().as_secs_f64());
+    }
+    let (mut reads, mut picks): (Vec<f64>, Vec<f64>) =
+        (read.iter().step_by(2).copied().collect(), read.iter().skip(1).step_by(2).copied().collect());
+    out.note(&format!(
+        "    host per step of {n}: {:.2} ms reading {:.1} MiB of logits back, {:.2} ms picking tokens",
+        median(&mut reads) * 1e3,
+        bytes as f64 / 1048576.0,
+        median(&mut picks) * 1e3
+    ));
+    profiler.take();
+    profiler.set_on(true);
+    let stepped = (0..PROFILED_STEPS).try_for_each(|_| step());
+    profiler.set_on(false);
+    stepped?;
+    let mut kernels: Vec<_> = profiler.take().into_iter().collect();
+    kernels.sort_by(|a, b| b.1.ns.total_cmp(&a.1.ns));
+    let total: f64 = kernels.iter().map(|k| k.1.ns).sum::<f64>() / PROFILED_STEPS as f64;
+    out.note(&format!("    GPU time per step of {n} (each dispatch in a timed pass of its own): {:.2} ms", total / 1e6));
+    for (kernel, time) in &kernels {
+        let (ms, dispatches) = (time.ns / PROFILED_STEPS as f64 / 1e6, time.dispatches / PROFILED_STEPS as u64);
+        out.note(&format!("      {kernel:<40} {ms:8.3} ms  {dispatches:5} dispatches"));
+        out.emit(json!({ "kind": "batch_profile", "sequences": n, "kernel": kernel, "ms_per_step": ms, "dispatches_per_step": dispatches }));
+    }
+    Ok(())
 }
 
 fn argmax(logits: &[f32]) -> u32 {
