@@ -3,7 +3,8 @@
 //! string, logprobs, an image prompt, one cut short by `max_tokens` — each give the tokens,
 //! text, finish reason and logprobs they give alone (`Engine::generate_prompt`); a cancelled
 //! sequence frees its slot for the next request; a full run refuses one more; a long prompt
-//! is prefilled a chunk per step while the sequences already decoding get a token each step.
+//! is prefilled a chunk per step while the sequences already decoding get a token each step;
+//! the next turn of a chat takes the slot holding its first turn.
 
 use crate::common;
 use common::*;
@@ -60,6 +61,15 @@ fn run_parallel(
     slots: u32,
 ) -> (Vec<Generation>, Vec<String>, usize) {
     let mut run = e.parallel(slots).unwrap();
+    run_in(e, &mut run, requests)
+}
+
+/// [`run_parallel`] on a run already made (its slots keep what earlier requests left).
+fn run_in(
+    e: &mut Engine,
+    run: &mut Parallel,
+    requests: &[(usize, Prompt, GenerateOptions)],
+) -> (Vec<Generation>, Vec<String>, usize) {
     let (mut ids, mut done) = (HashMap::new(), HashMap::new());
     let mut streamed = vec![String::new(); requests.len()];
     let (mut step, mut widest) = (0, 0);
@@ -121,6 +131,32 @@ fn parallel_requests_generate_as_they_do_alone_on_the_cpu_backend() {
 #[test]
 fn parallel_requests_generate_as_they_do_alone_on_the_gpu() {
     same_as_alone(gpu(), "GPU");
+}
+
+/// A slot keeps the sequence it ran: the next turn of a chat, admitted when both slots are
+/// free, takes the slot holding its first turn and prefills only what follows it (counted as
+/// cached tokens), and gives the tokens it gets alone on a fresh engine.
+#[test]
+fn the_next_turn_of_a_chat_takes_the_slot_holding_the_first() {
+    for (what, dev) in [("CPU backend", cpu as fn() -> Device), ("GPU", gpu)] {
+        let mut e = engine(dev());
+        let greedy = GenerateOptions { max_tokens: 8, ignore_eos: true, ..GenerateOptions::default() };
+        let first = serde_json::json!([{ "role": "user", "content": "Say something long." }]);
+        let (p1, p2) =
+            (chat(&mut e, first.clone()), chat(&mut e, serde_json::json!([{ "role": "user", "content": "Count to ten." }])));
+        let mut run = e.parallel(2).unwrap();
+        let (turn1, ..) = run_in(&mut e, &mut run, &[(0, p1.clone(), greedy.clone()), (0, p2, greedy.clone())]);
+        let mut messages = first.as_array().unwrap().clone();
+        messages.push(serde_json::json!({ "role": "assistant", "content": turn1[0].text }));
+        messages.push(serde_json::json!({ "role": "user", "content": "And then?" }));
+        let next = chat(&mut e, serde_json::Value::Array(messages));
+        assert!(next.tokens.starts_with(&p1.tokens), "{what}: the first turn's prompt starts the next one");
+        let (got, ..) = run_in(&mut e, &mut run, &[(0, next.clone(), greedy.clone())]);
+        assert!(got[0].cached_tokens >= p1.tokens.len(), "{what}: {} of {} cached", got[0].cached_tokens, next.tokens.len());
+        let want = pollster::block_on(engine(dev()).generate_prompt(&next, &greedy, |_| None)).unwrap();
+        assert_eq!(want.cached_tokens, 0);
+        assert_eq!((&got[0].tokens, &got[0].text), (&want.tokens, &want.text), "{what}: the next turn's reply");
+    }
 }
 
 /// Steps `run` until `until` holds for the tokens streamed by sequence so far; returns them.

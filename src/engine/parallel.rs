@@ -11,6 +11,11 @@
 //! the host, as `generate.rs` does for such requests), and its chunks start where a prompt
 //! prefilled alone starts them, so its tokens are the ones it gets alone; it leaves at its
 //! end, and [`Parallel::cancel`] frees its slot at once.
+//!
+//! A slot keeps the sequence it last ran: a request admitted to a free slot takes the one
+//! whose sequence shares the longest prefix with its prompt (the keys of `prompt_cache`:
+//! tokens, and images by their digest) and prefills only the rest, as llama-server's slots do
+//! — the next turn of a chat finds its earlier turns there.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -21,6 +26,7 @@ use crate::model::{Context, DecodeBatch};
 use crate::sampling::{StopStrings, TokenLogprob};
 
 use super::generate::{Emitter, HostPicker};
+use super::prompt_cache::{live_prefix, PosKey, PromptCache};
 use super::{Engine, EngineError, FinishReason, GenerateOptions, Generation, Prompt, StepOutput, Wait};
 
 /// A sequence of a [`Parallel`] run, numbered from 0 in the order admitted.
@@ -60,17 +66,24 @@ pub struct Parallel {
     batch: DecodeBatch,
     running: Vec<Running>,
     /// Contexts of sequences that left, for the next ones.
-    idle: Vec<Context>,
+    idle: Vec<Idle>,
     next_id: SeqId,
     events: Events,
     slot_rows: u32,
 }
 
-/// One running sequence: its context, its prompt while that is being prefilled, the token
-/// picked and not yet fed, and the host side of its generation.
+/// A free slot: its context and the keys of the sequence its KV cache holds.
+struct Idle {
+    ctx: Context,
+    live: Vec<PosKey>,
+}
+
+/// One running sequence: its context, its prompt's keys, its prompt while that is being
+/// prefilled, the token picked and not yet fed, and the host side of its generation.
 struct Running {
     id: SeqId,
     ctx: Context,
+    keys: Vec<PosKey>,
     prefill: Option<Prompt>,
     token: u32,
     opts: GenerateOptions,
@@ -160,18 +173,17 @@ impl Parallel {
         let opts = opts.seeded().into_owned();
         let stops = StopStrings::new(opts.stop.clone())?;
         let picker = engine.host_picker(&opts, &prompt.tokens)?;
-        let mut ctx = match self.idle.pop() {
-            Some(ctx) => ctx,
-            None => Context::new(&engine.dev, &engine.decoder, engine.ctx.options())?,
-        };
-        ctx.reset();
+        // Llama 3.2 Vision: the sequence's own cross-attention store of its images (which
+        // its text positions attend to: nothing of another sequence is kept).
+        let cross = engine.vision.as_ref().and_then(|v| v.cross());
+        let keys = PromptCache::keys(prompt, engine.prompt_layout().ok().map(|l| l.fill()));
+        let (mut ctx, cached) = self.slot_for(engine, &keys, cross.is_none())?;
         let checked =
             ctx.check_prompt(&engine.decoder, &prompt.tokens, engine.placement(prompt)?.as_ref()).map_err(EngineError::from);
-        // Llama 3.2 Vision: the sequence's own cross-attention store of its images.
-        let cross = engine.vision.as_ref().and_then(|v| v.cross());
         let attached = checked.and_then(|()| cross.map_or(Ok(()), |c| c.attach(&engine.dev, &engine.decoder, &mut ctx, prompt)));
         if let Err(e) = attached {
-            self.idle.push(ctx);
+            ctx.reset();
+            self.idle.push(Idle { ctx, live: Vec::new() });
             return Err(e);
         }
         let (id, events) = (self.next_id, self.events.clone());
@@ -182,13 +194,17 @@ impl Parallel {
             None
         });
         let emit = engine.emitter(&opts, stops, on_step);
-        let out = Generation::empty(prompt.tokens.len(), opts.sampling.seed.unwrap_or_default());
+        let out = Generation {
+            cached_tokens: cached,
+            ..Generation::empty(prompt.tokens.len(), opts.sampling.seed.unwrap_or_default())
+        };
         if opts.max_tokens == 0 {
-            self.idle.push(ctx);
+            let live = keys[..cached].to_vec();
+            self.idle.push(Idle { ctx, live });
             return Ok((id, vec![ParallelEvent::Done { id, generation: out }]));
         }
         let (prefill, start) = (Some(prompt.clone()), Instant::now());
-        self.running.push(Running { id, ctx, prefill, token: 0, opts, picker, emit, out, start });
+        self.running.push(Running { id, ctx, keys, prefill, token: 0, opts, picker, emit, out, start });
         Ok((id, Vec::new()))
     }
 
@@ -296,9 +312,34 @@ impl Parallel {
         }
     }
 
-    /// Flushes `r`'s held-back text and reports its generation; frees its slot.
+    /// A free slot's context for a prompt with `keys`, and the positions of it kept: the
+    /// slot whose sequence shares the longest prefix (none kept unless `reuse`), else a new
+    /// context.
+    fn slot_for(&mut self, engine: &Engine, keys: &[PosKey], reuse: bool) -> Result<(Context, usize), EngineError> {
+        let kept = |idle: &Idle| if reuse { live_prefix(&idle.live, keys, &idle.ctx) } else { 0 };
+        let best = self.idle.iter().enumerate().max_by_key(|(_, idle)| kept(idle)).map(|(i, _)| i);
+        let Some(i) = best else {
+            return Ok((Context::new(&engine.dev, &engine.decoder, engine.ctx.options())?, 0));
+        };
+        let idle = self.idle.swap_remove(i);
+        let cached = kept(&idle);
+        let mut ctx = idle.ctx;
+        match cached {
+            0 => ctx.reset(),
+            n => ctx.truncate(n as u32),
+        }
+        Ok((ctx, cached))
+    }
+
+    /// Flushes `r`'s held-back text and reports its generation; frees its slot, which keeps
+    /// the sequence its cache holds (the prompt and the tokens fed back: not the last).
     async fn finish(&mut self, r: Running, finish: FinishReason) {
-        let Running { id, ctx, emit, mut out, picker, start, .. } = r;
+        let Running { id, ctx, keys, emit, mut out, picker, start, prefill, .. } = r;
+        let fed = (ctx.n_past() as usize).saturating_sub(keys.len());
+        let live = match prefill {
+            Some(_) => Vec::new(),
+            None => keys.into_iter().chain(out.tokens[..fed.min(out.tokens.len())].iter().map(|&t| PosKey::Token(t))).collect(),
+        };
         out.finish = finish;
         let event = match emit.finish(&mut out).await {
             Ok(()) => {
@@ -309,13 +350,14 @@ impl Parallel {
             Err(error) => ParallelEvent::Failed { id, error },
         };
         self.events.borrow_mut().push(event);
-        self.idle.push(ctx);
+        self.idle.push(Idle { ctx, live });
     }
 
-    /// Reports `r`'s failure; frees its slot.
-    fn fail(&mut self, r: Running, error: EngineError) {
+    /// Reports `r`'s failure; frees its slot (keeping nothing of its sequence).
+    fn fail(&mut self, mut r: Running, error: EngineError) {
         self.events.borrow_mut().push(ParallelEvent::Failed { id: r.id, error });
-        self.idle.push(r.ctx);
+        r.ctx.reset();
+        self.idle.push(Idle { ctx: r.ctx, live: Vec::new() });
     }
 }
 

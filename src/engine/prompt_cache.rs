@@ -102,10 +102,7 @@ impl PromptCache {
         let usable = keys.len().saturating_sub(1);
         let recurrent = ctx.has_recurrent();
         let live = std::mem::take(&mut self.live);
-        let mut live_common = common_prefix(&live, keys).min(ctx.n_past() as usize).min(usable);
-        if recurrent && live_common != ctx.n_past() as usize {
-            live_common = 0;
-        }
+        let live_common = live_prefix(&live, keys, ctx);
         let best = (self.saved.iter().enumerate())
             .map(|(i, s)| (common_prefix(&s.keys, keys).min(usable), i))
             .filter(|&(n, i)| !recurrent || n == self.saved[i].keys.len())
@@ -250,6 +247,17 @@ pub fn turn_boundaries(tokens: &[u32], cached: usize, eot: &[u32]) -> Vec<usize>
     at.dedup();
     at.retain(|&b| b > cached && b >= MIN_SAVED_TOKENS && b < tokens.len());
     at
+}
+
+/// Positions of `ctx`, which holds the sequence `live`, that a prompt with `keys` can keep:
+/// the common prefix, short of the prompt's last token (its logits pick the first new one);
+/// with recurrent layers the whole cached sequence or nothing.
+pub fn live_prefix(live: &[PosKey], keys: &[PosKey], ctx: &Context) -> usize {
+    let common = common_prefix(live, keys).min(ctx.n_past() as usize).min(keys.len().saturating_sub(1));
+    match ctx.has_recurrent() && common != ctx.n_past() as usize {
+        true => 0,
+        false => common,
+    }
 }
 
 /// Leading positions on which `a` and `b` agree.

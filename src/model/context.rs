@@ -563,10 +563,11 @@ impl Context {
         self.counters
     }
 
-    /// Checks `tokens` (with `images`) as the prompt of this context, reset, before any of it
-    /// runs (so that a prompt prefilled a chunk at a time fails here, not midway).
+    /// Checks `tokens` (with `images`) as the prompt of this context, whose cached tokens are
+    /// its first ones, before any of the rest runs (so that a prompt prefilled a chunk at a
+    /// time fails here, not midway).
     pub fn check_prompt(&self, dec: &Decoder, tokens: &[u32], images: Option<&PromptImages<'_>>) -> Result<(), ModelError> {
-        self.check(dec, tokens, 0, images)
+        self.check(dec, tokens, self.n_past as usize, images)
     }
 
     /// Checks a pass over `tokens[from..]`, appended to the `n_past` cached tokens.

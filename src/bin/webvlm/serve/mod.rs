@@ -59,8 +59,9 @@ pub struct ServeArgs {
     queue: usize,
     /// Requests run at once, decoding together in batched steps (continuous batching); each
     /// takes a context of its own (`--ctx` tokens of KV cache), which the memory plan counts
-    /// (refusing an N that does not fit the budget, naming the most that do), and with more
-    /// than one the prompt cache is not used
+    /// (refusing an N that does not fit the budget, naming the most that do) and keeps the
+    /// sequence it last ran: a request takes the free slot sharing the longest prefix with
+    /// its prompt
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     parallel: u32,
     /// Most files kept (uploads and batch results; expired ones are dropped): an upload past

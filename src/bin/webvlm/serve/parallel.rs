@@ -5,7 +5,8 @@
 //! frees its slot for the next one at the next step.
 //! A client that goes away has its sequence cancelled before the next step. A failed step
 //! (a lost device) fails the requests running; the model is loaded again as in the
-//! one-at-a-time loop. Slots have no prompt cache: each prompt is prefilled whole.
+//! one-at-a-time loop. The run lasts as long as the server, so its slots keep what they
+//! last ran: a request takes the free slot sharing the longest prefix with its prompt.
 
 use std::cell::Cell;
 use std::collections::HashMap;
