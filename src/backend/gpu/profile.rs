@@ -1,9 +1,10 @@
 //! GPU time per kernel, for `webvlm bench --profile` (native adapters with timestamp
-//! queries). While the profiler is on ([`Profiler::set_on`]), each [`Program::run`] gives each dispatch a compute pass of its own whose
-//! start and end the GPU writes into a query set; the differences are summed per kernel
-//! (shader label, entry point and the role of the weight it reads, summed over the layers). The passes' boundaries serialise the dispatches, so the
-//! totals run above an ordinary run's: the split between kernels is the figure. The timed
-//! run is `Program::run_profiled`; this module keeps the sums.
+//! queries). While the profiler is on ([`Profiler::set_on`]), `Program::run` gives each
+//! dispatch a compute pass of its own whose start and end the GPU writes into a query set
+//! (`Program::run_profiled`); this module sums the times per kernel: shader label, entry
+//! point and the role of the weight it reads, over the layers. The passes' boundaries
+//! serialise the dispatches, so the totals run above an ordinary run's: the split between
+//! kernels is the figure.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;

@@ -98,18 +98,16 @@ fn profile_steps(dev: &Device, out: &Out, n: u32, vocab: u64, mut step: impl FnM
     // picking their tokens.
     let bytes = n as u64 * vocab * 4;
     let (logits, mut readback) = (dev.storage("logits", bytes)?, Readback::new(gpu, bytes));
-    let mut read = Vec::new();
+    let (mut reads, mut picks) = (Vec::new(), Vec::new());
     for _ in 0..3 {
         let t = Instant::now();
         let rows = pollster::block_on(gpu.read_with(&mut readback, logits.gpu()?, 0, bytes))?;
-        read.push(t.elapsed().as_secs_f64());
+        reads.push(t.elapsed().as_secs_f64());
         let t = Instant::now();
         let picked: Vec<u32> = bytemuck::cast_slice::<u8, f32>(&rows).chunks(vocab as usize).map(argmax).collect();
         std::hint::black_box(picked);
-        read.push(t.elapsed().as_secs_f64());
+        picks.push(t.elapsed().as_secs_f64());
     }
-    let (mut reads, mut picks): (Vec<f64>, Vec<f64>) =
-        (read.iter().step_by(2).copied().collect(), read.iter().skip(1).step_by(2).copied().collect());
     out.note(&format!(
         "    host per step of {n}: {:.2} ms reading {:.1} MiB of logits back, {:.2} ms picking tokens",
         median(&mut reads) * 1e3,
