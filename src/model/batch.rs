@@ -33,8 +33,8 @@ pub struct DecodeBatch {
     max_seqs: u32,
     /// Recorded steps by their sequences' [`Context::binding`]s, in row order.
     programs: HashMap<Vec<(u64, u64)>, StepPrograms>,
-    /// The GPU's staging buffer for the logits, kept (allocating the rows' megabytes of
-    /// host-visible memory each step cost more than the step's kernels on an H200).
+    /// The GPU's staging buffer for the logits, kept rather than allocated each step (as
+    /// `Context::read_logits` keeps its own).
     logits_readback: Option<Readback>,
     /// The commands of the next step of the sequences keyed, encoded during this one (GPU):
     /// a step's dispatches do not depend on its tokens, which are written before its submit.
