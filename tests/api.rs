@@ -68,7 +68,8 @@ fn bad_requests_are_openai_errors_naming_the_field() {
         (json!({ "messages": m, "logit_bias": { "999999999": 1 } }), "logit_bias", "invalid_value"),
         (json!({ "messages": m, "logit_bias": { "5": 101 } }), "logit_bias", "invalid_value"),
         (json!({ "messages": m, "max_tokens": 0 }), "max_tokens", "invalid_value"),
-        (json!({ "messages": m, "n": 2 }), "n", "unsupported_value"),
+        (json!({ "messages": m, "n": 0 }), "n", "invalid_value"),
+        (json!({ "messages": m, "n": 17 }), "n", "invalid_value"),
         (json!({ "messages": m, "stop": ["a", "b", "c", "d", "e"] }), "stop", "invalid_value"),
         (json!({ "messages": m, "top_logprobs": 3 }), "top_logprobs", "invalid_value"),
         (json!({ "messages": m, "logprobs": true, "top_logprobs": 21 }), "top_logprobs", "invalid_value"),
@@ -592,6 +593,55 @@ fn requests_run_together_stream_and_end_as_they_do_alone() {
     assert_eq!(stopped["choices"][0]["finish_reason"], "abort", "{stopped}");
     assert_eq!(chunks[4][..4], alone[4].0[..4], "the stopped request's chunks up to its stop");
     assert!(chunks[4].len() < alone[4].0.len(), "it stopped early");
+}
+
+/// `n` choices: the prompt is prefilled once, choice `i` is what the request gives alone with
+/// its seed plus `i` (message, logprobs, finish), the usage counts the prompt once and every
+/// choice's tokens, each stream chunk names its choice and the usage chunk comes once, last.
+/// More choices than a parallel run's slots are refused.
+#[test]
+fn n_choices_are_the_request_with_the_seed_plus_their_index() {
+    let mut e = smollm2_engine();
+    let body = |n: u32, seed: u64| {
+        json!({ "messages": user("Name three animals."), "max_tokens": 9, "temperature": 1.3, "seed": seed, "n": n,
+            "logprobs": true, "top_logprobs": 2, "stream": true, "stream_options": { "include_usage": true } })
+    };
+    let (reply, chunks) = complete(&mut e, body(3, 40)).unwrap();
+    let choices = reply["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3, "{reply}");
+    let mut generated = 0;
+    for (i, choice) in choices.iter().enumerate() {
+        // On a fresh engine: a prompt-cache hit runs the prompt's last token alone, whose
+        // logits differ from the prefill's in the last bits.
+        let (alone, _) = complete(&mut smollm2_engine(), body(1, 40 + i as u64)).unwrap();
+        let mut want = alone["choices"][0].clone();
+        want["index"] = json!(i);
+        assert_eq!(choice, &want, "choice {i}");
+        generated += alone["usage"]["completion_tokens"].as_u64().unwrap();
+        assert_eq!(reply["usage"]["prompt_tokens"], alone["usage"]["prompt_tokens"]);
+        let streamed: String = (chunks.iter())
+            .filter(|c| c["choices"][0]["index"] == i)
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+            .collect();
+        assert_eq!(streamed, choice["message"]["content"].as_str().unwrap(), "choice {i}'s stream");
+    }
+    assert!(choices[1]["message"] != choices[0]["message"] || choices[2]["message"] != choices[0]["message"], "all alike");
+    assert_eq!(reply["usage"]["completion_tokens"], generated);
+    let usage_chunks: Vec<usize> = (0..chunks.len()).filter(|&i| chunks[i].get("usage").is_some()).collect();
+    assert_eq!(usage_chunks, [chunks.len() - 1], "one usage chunk, last");
+    assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], generated);
+
+    let vocab = e.decoder().cfg.vocab as usize;
+    let request = ManyRequest { request: ChatRequest::from_value(body(3, 1), vocab), abort: None };
+    let mut end = None;
+    pollster::block_on(run_many(&mut e, vec![request], &mut no_files, 2, |_, event| {
+        if let ManyEvent::Done(result) = event {
+            end = Some(result);
+        }
+        None
+    }));
+    let refused = end.unwrap().unwrap_err();
+    assert!(refused.message.contains("n = 3 choices need 3 sequence slots"), "{}", refused.message);
 }
 
 #[test]

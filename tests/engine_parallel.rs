@@ -204,17 +204,120 @@ fn a_long_prompt_is_prefilled_a_chunk_per_step_while_the_others_decode() {
     let short = chat(&mut e, serde_json::json!([{ "role": "user", "content": "Hi" }]));
     let long =
         chat(&mut e, serde_json::json!([{ "role": "user", "content": "Count to ten, slowly, one number per line. ".repeat(8) }]));
-    let chunks = long.tokens.len().div_ceil(16);
-    assert!(chunks >= 4, "{} tokens", long.tokens.len());
     let opts = GenerateOptions { max_tokens: 60, ignore_eos: true, ..GenerateOptions::default() };
     let mut run = e.parallel(2).unwrap();
     let (s, _) = pollster::block_on(run.admit(&mut e, &short, &opts)).unwrap();
     step_until(&mut e, &mut run, |streamed| streamed.contains_key(&s));
     let (l, _) = pollster::block_on(run.admit(&mut e, &long, &opts)).unwrap();
+    // What follows the template's system prompt, which the short prompt shares.
+    let chunks = (long.tokens.len() - run.slots()[1].cached as usize).div_ceil(16);
+    assert!(chunks >= 4, "{} tokens, {:?}", long.tokens.len(), run.slots());
     for step in 1..=chunks {
         let events = pollster::block_on(run.step(&mut e)).unwrap();
         let texts = |id| events.iter().filter(|ev| matches!(ev, ParallelEvent::Text { id: i, .. } if *i == id)).count();
         assert_eq!(texts(s), 1, "step {step}: the decoding sequence's token");
         assert_eq!(texts(l), usize::from(step == chunks), "step {step} of {chunks}: the long prompt's first token");
+    }
+}
+
+/// Runs `run` until none of its sequences is left: each one's generation.
+fn run_to_end(e: &mut Engine, run: &mut Parallel, mut events: Vec<ParallelEvent>) -> HashMap<u64, Generation> {
+    let mut done = HashMap::new();
+    loop {
+        for event in events {
+            match event {
+                ParallelEvent::Done { id, generation } => assert!(done.insert(id, generation).is_none()),
+                ParallelEvent::Failed { id, error } => panic!("sequence {id}: {error}"),
+                ParallelEvent::Text { .. } => {}
+            }
+        }
+        if run.running() == 0 {
+            return done;
+        }
+        events = pollster::block_on(run.step(e)).unwrap();
+    }
+}
+
+fn qwen35_engine(dev: Device) -> Engine {
+    let model = MappedGguf::open(fixture("tiny_qwen35_a").join("model.gguf")).unwrap();
+    let opts = ContextOptions { max_ctx: 256, max_chunk: 16, ..Default::default() };
+    Engine::builder(dev).context(opts).load(&mut Eager(&model)).unwrap()
+}
+
+/// `n` choices of one prompt (OpenAI's `n`): the prompt is prefilled once — the other
+/// choices' prompt tokens are all cached — and choice `i` gives the tokens and logprobs the
+/// prompt gives alone with the request's seed plus `i`; on a decoder with recurrent layers
+/// (Qwen3.5) as on one with a KV cache only.
+#[test]
+fn choices_of_one_prompt_prefill_it_once_and_sample_as_they_do_alone() {
+    type Make = fn(Device) -> Engine;
+    let backends = [("CPU backend", cpu as fn() -> Device), ("GPU", gpu)];
+    for ((family, make), (backend, dev)) in
+        [("Mistral 3", engine as Make), ("Qwen3.5", qwen35_engine)].into_iter().flat_map(|e| backends.map(|d| (e, d)))
+    {
+        let what = format!("{family} on the {backend}");
+        let mut e = make(dev());
+        let prompt = chat(&mut e, serde_json::json!([{ "role": "user", "content": "Say something long, please." }]));
+        let sampling = SamplingParams { temperature: 1.5, seed: Some(11), ..Default::default() };
+        let opts =
+            GenerateOptions { max_tokens: 10, ignore_eos: true, sampling, logprobs: Some(2), ..GenerateOptions::default() };
+        let mut run = e.parallel(4).unwrap();
+        let (ids, events) = pollster::block_on(run.admit_choices(&mut e, &prompt, &opts, 3)).unwrap();
+        assert_eq!(run.running(), 3, "{what}");
+        let mut done = run_to_end(&mut e, &mut run, events);
+        let choices: Vec<Generation> = ids.iter().map(|id| done.remove(id).unwrap()).collect();
+        let cached: Vec<usize> = choices.iter().map(|g| g.cached_tokens).collect();
+        assert_eq!(cached, [0, prompt.tokens.len(), prompt.tokens.len()], "{what}: one prefill");
+        for (i, got) in choices.iter().enumerate() {
+            let mut alone = opts.clone();
+            alone.sampling.seed = Some(11 + i as u64);
+            let want = pollster::block_on(make(dev()).generate_prompt(&prompt, &alone, |_| None)).unwrap();
+            assert_eq!((&got.tokens, got.seed), (&want.tokens, want.seed), "{what}: choice {i}");
+            let bits = |g: &Generation| g.logprobs.iter().map(|l| l.logprob.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(got), bits(&want), "{what}: choice {i}'s logprobs");
+        }
+        assert!(choices[1].tokens != choices[0].tokens || choices[2].tokens != choices[0].tokens, "{what}: all alike");
+    }
+}
+
+/// A choice waiting for a prompt that another choice was prefilling takes it over when that
+/// one is cancelled.
+#[test]
+fn a_cancelled_first_choice_leaves_the_prompt_to_the_next() {
+    let mut e = engine(cpu());
+    let prompt = chat(&mut e, serde_json::json!([{ "role": "user", "content": "Count to ten, slowly. ".repeat(4) }]));
+    let opts = GenerateOptions { max_tokens: 6, ignore_eos: true, ..GenerateOptions::default() };
+    let mut run = e.parallel(2).unwrap();
+    let (ids, _) = pollster::block_on(run.admit_choices(&mut e, &prompt, &opts, 2)).unwrap();
+    pollster::block_on(run.step(&mut e)).unwrap();
+    assert!(run.slots().iter().all(|s| s.prefilling), "{:?}", run.slots());
+    assert_eq!(pollster::block_on(run.cancel(ids[0])).unwrap().unwrap().finish, FinishReason::Abort);
+    let mut done = run_to_end(&mut e, &mut run, Vec::new());
+    let want = pollster::block_on(engine(cpu()).generate_prompt(&prompt, &opts, |_| None)).unwrap();
+    assert_eq!(done.remove(&ids[1]).unwrap().tokens, want.tokens);
+}
+
+/// A prompt starting like a running sequence's (a shared system prompt) copies the common
+/// prefix from it instead of prefilling it, and gives the tokens it gets alone.
+#[test]
+fn a_prompt_sharing_a_running_sequences_prefix_copies_it() {
+    for (what, dev) in [("CPU backend", cpu as fn() -> Device), ("GPU", gpu)] {
+        let mut e = engine(dev());
+        let system = "You are a careful assistant. Answer briefly and in plain words. ".repeat(3);
+        let ask = |e: &mut Engine, q: &str| {
+            chat(e, serde_json::json!([{ "role": "system", "content": system }, { "role": "user", "content": q }]))
+        };
+        let (a, b) = (ask(&mut e, "Hi"), ask(&mut e, "Count to ten."));
+        let common = a.tokens.iter().zip(&b.tokens).take_while(|(x, y)| x == y).count();
+        assert!(common >= 32, "{what}: {common} tokens in common");
+        let opts = GenerateOptions { max_tokens: 8, ignore_eos: true, ..GenerateOptions::default() };
+        let mut run = e.parallel(2).unwrap();
+        let (first, _) = pollster::block_on(run.admit(&mut e, &a, &opts)).unwrap();
+        step_until(&mut e, &mut run, |streamed| streamed.contains_key(&first));
+        let (second, _) = pollster::block_on(run.admit(&mut e, &b, &opts)).unwrap();
+        let got = run_to_end(&mut e, &mut run, Vec::new()).remove(&second).unwrap();
+        assert_eq!(got.cached_tokens, common, "{what}: the common prefix copied");
+        let want = pollster::block_on(engine(dev()).generate_prompt(&b, &opts, |_| None)).unwrap();
+        assert_eq!((&got.tokens, &got.text), (&want.tokens, &want.text), "{what}");
     }
 }

@@ -185,7 +185,7 @@ fn errors_have_openai_shapes_and_status_codes() {
     assert_eq!(error_of(&post(b"{\"messages\": [")), (400, json!("invalid_request_error"), Value::Null, json!("invalid_json")));
     assert_eq!(error_of(&chat(json!({ "messages": user("hi"), "temperature": "hot" }))), invalid("temperature", "invalid_type"));
     assert_eq!(error_of(&chat(json!({ "messages": user("hi"), "tempreature": 1 }))), invalid("tempreature", "unknown_parameter"));
-    assert_eq!(error_of(&chat(json!({ "messages": user("hi"), "n": 2 }))), invalid("n", "unsupported_value"));
+    assert_eq!(error_of(&chat(json!({ "messages": user("hi"), "n": 17 }))), invalid("n", "invalid_value"));
     assert_eq!(error_of(&chat(json!({ "messages": user("hi"), "max_tokens": 0 }))), invalid("max_tokens", "invalid_value"));
     let unknown_model = chat(json!({ "messages": user("hi"), "model": "gpt-4o" }));
     assert_eq!(error_of(&unknown_model), (404, json!("invalid_request_error"), json!("model"), json!("model_not_found")));
@@ -769,9 +769,12 @@ fn parallel_requests_and_batch_lines_run_together_and_answer_as_one_at_a_time() 
         json!({ "messages": user("Give me JSON."), "max_tokens": 24, "temperature": 0, "response_format": { "type": "json_object" } }),
         json!({ "messages": user("Name a color."), "max_tokens": 6, "temperature": 0, "logprobs": true, "top_logprobs": 2 }),
         json!({ "messages": user("Another question, longer than the others are."), "max_tokens": 10, "temperature": 0 }),
+        json!({ "messages": user("Pick a word."), "max_tokens": 7, "temperature": 1.2, "seed": 9, "n": 3 }),
     ];
     let one = start(&["--backend", "cpu"]);
     let want: Vec<Value> = requests.iter().map(|r| answer(&one.post_json("/v1/chat/completions", r).json())).collect();
+    let choices = want[6]["choices"].as_array().unwrap();
+    assert_eq!(choices.iter().map(|c| c["index"].as_u64().unwrap()).collect::<Vec<_>>(), [0, 1, 2], "n = 3: {}", want[6]);
     drop(one);
     let many = start(&["--backend", "cpu", "--parallel", "4"]);
     let got: Vec<Value> = std::thread::scope(|scope| {
@@ -812,13 +815,13 @@ fn parallel_requests_and_batch_lines_run_together_and_answer_as_one_at_a_time() 
     streamed.insert(0, serde_json::from_str(&first).unwrap());
     assert_eq!(json!(content_of(&streamed)), want[1]["choices"][0]["message"]["content"]);
     let health = many.get("/health").json();
-    assert_eq!((health["requests"]["completed"].as_u64(), health["queue"]["running"].as_u64()), (Some(8), Some(0)), "{health}");
+    assert_eq!((health["requests"]["completed"].as_u64(), health["queue"]["running"].as_u64()), (Some(9), Some(0)), "{health}");
     assert_eq!(health["slots"]["busy"], 0, "{health}");
     // A batch's lines run together and give the same answers, in the input's order.
     let input: Vec<String> = requests.iter().enumerate().map(|(i, r)| batch_line(&format!("r{i}"), r.clone())).collect();
     let batch = create_batch(&many, &(input.join("\n") + "\n"));
     let done = poll(&many, &format!("/v1/batches/{}", batch["id"].as_str().unwrap()), |b| b["status"] == "completed");
-    assert_eq!(done["request_counts"], json!({ "total": 6, "completed": 6, "failed": 0 }));
+    assert_eq!(done["request_counts"], json!({ "total": 7, "completed": 7, "failed": 0 }));
     let id = done["output_file_id"].as_str().unwrap();
     let lines: Vec<Value> =
         many.get(&format!("/v1/files/{id}/content")).text().lines().map(|l| serde_json::from_str(l).unwrap()).collect();

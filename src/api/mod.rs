@@ -4,6 +4,7 @@
 //! ([`batch`]). The native CLI and the browser package share it.
 
 pub mod batch;
+mod choices;
 mod error;
 pub mod many;
 mod reply;
@@ -21,9 +22,10 @@ use crate::chat::{ChatContent, ContentPart};
 use crate::engine::{Engine, EngineError, GenerateOptions, Prompt, Wait};
 use crate::image::PreprocessOptions;
 
+pub use choices::Choices;
 pub use error::ApiError;
 pub use reply::Reply;
-pub use request::{chat_template_kwargs, ChatRequest, ToolChoice, ToolRequest, MAX_CHAT_TEMPLATE_KWARGS_BYTES};
+pub use request::{chat_template_kwargs, ChatRequest, ToolChoice, ToolRequest, MAX_CHAT_TEMPLATE_KWARGS_BYTES, MAX_CHOICES};
 pub use response::ResponseMeta;
 
 /// Refuses what [`run`] would refuse before any image is fetched: an invalid or unsupported
@@ -73,11 +75,11 @@ fn image_options(engine: &Engine, req: &ChatRequest) -> Result<PreprocessOptions
 }
 
 /// A checked request made ready to generate: its prompt, its generation options, and the
-/// [`Reply`] that turns what is generated into chunks and the `chat.completion` object.
+/// [`Choices`] that turn what is generated into chunks and the `chat.completion` object.
 pub struct Prepared {
     pub prompt: Prompt,
     pub opts: GenerateOptions,
-    pub reply: Reply,
+    pub choices: Choices,
 }
 
 /// Readies a checked request: builds its prompt (image URLs that are not `data:` URLs go to
@@ -122,13 +124,16 @@ pub fn prepare(
     let markers = syntax.map_or(&[][..], |s| s.markers()).iter().copied();
     let think_markers = reasoning.map(|(_, tags)| [tags.open, tags.close]).into_iter().flatten();
     opts.keep_tokens = tools::special_ids(engine, markers.chain(think_markers));
-    let reply = Reply::new(engine, req, reasoning, syntax, opts.logprobs.is_some());
-    Ok(Prepared { prompt, opts, reply })
+    let meta = ResponseMeta::new(req.model.as_deref().or(engine.decoder().cfg.name.as_deref()).unwrap_or("webvlm"));
+    let replies = (0..req.n).map(|i| Reply::new(engine, req, (&meta, i), reasoning, syntax, opts.logprobs.is_some()));
+    let choices = Choices::new(meta.clone(), replies.collect(), req.stream, req.include_usage);
+    Ok(Prepared { prompt, opts, choices })
 }
 
 /// Runs a checked request ([`prepare`], then the generation) and returns the
 /// `chat.completion` object. With `stream`, each chunk goes to `on_chunk` as it is made
-/// (which may return a future to await: backpressure).
+/// (which may return a future to await: backpressure). A request of `n` > 1 choices runs
+/// them together on a parallel run of `n` sequences ([`many::run_many`]).
 pub async fn run(
     engine: &mut Engine,
     req: &ChatRequest,
@@ -136,16 +141,30 @@ pub async fn run(
     abort: Option<Rc<Cell<bool>>>,
     mut on_chunk: impl FnMut(Value) -> Option<Wait>,
 ) -> Result<Value, ApiError> {
-    let Prepared { prompt, opts, mut reply } = prepare(engine, req, load_url, abort)?;
-    if let Some(wait) = reply.start().and_then(&mut on_chunk) {
-        wait.await;
+    if req.n > 1 {
+        let (request, mut end) = (many::ManyRequest { request: Ok(req.clone()), abort }, None);
+        many::run_many(engine, vec![request], load_url, req.n, |_, event| match event {
+            many::ManyEvent::Chunk(chunk) => on_chunk(chunk),
+            many::ManyEvent::Done(result) => {
+                end = Some(result);
+                None
+            }
+        })
+        .await;
+        return end.expect("run_many ends every request");
     }
-    let g = engine.generate_prompt(&prompt, &opts, |step| reply.step(step).and_then(&mut on_chunk)).await?;
-    let (chunks, completion) = reply.finish(&g);
+    let Prepared { prompt, opts, mut choices } = prepare(engine, req, load_url, abort)?;
+    for chunk in choices.start() {
+        if let Some(wait) = on_chunk(chunk) {
+            wait.await;
+        }
+    }
+    let g = engine.generate_prompt(&prompt, &opts, |step| choices.step(0, step).and_then(&mut on_chunk)).await?;
+    let (chunks, completion) = choices.finish(0, &g);
     for chunk in chunks {
         if let Some(wait) = on_chunk(chunk) {
             wait.await;
         }
     }
-    Ok(completion)
+    Ok(completion.expect("the only choice ended"))
 }

@@ -15,12 +15,12 @@ use crate::chat::tool_calls::ToolSyntax;
 use crate::engine::{Engine, Generation, StepOutput};
 use crate::tokenizer::Tokenizer;
 
-/// The reply to one request (see the module docs).
+/// The reply of one choice of a request (see the module docs; [`super::Choices`] holds a
+/// request's choices).
 pub struct Reply {
     meta: ResponseMeta,
     tokenizer: Arc<Tokenizer>,
     stream: bool,
-    include_usage: bool,
     logprobs: bool,
     /// Whether the reply starts inside a think block, and the template's tags.
     reasoning: Option<(bool, ThinkTags)>,
@@ -33,19 +33,20 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// Choice `index` of the response `meta`.
     pub(super) fn new(
         engine: &Engine,
         req: &ChatRequest,
+        (meta, index): (&ResponseMeta, u32),
         reasoning: Option<(bool, ThinkTags)>,
         syntax: Option<ToolSyntax>,
         logprobs: bool,
     ) -> Reply {
-        let meta = ResponseMeta::new(req.model.as_deref().or(engine.decoder().cfg.name.as_deref()).unwrap_or("webvlm"));
-        let id_seed = meta.id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        let id_seed = (meta.id.bytes().chain(index.to_le_bytes()))
+            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
         Reply {
             tokenizer: engine.tokenizer().clone(),
             stream: req.stream,
-            include_usage: req.include_usage,
             logprobs,
             reasoning,
             splitter: reasoning.map(|(opened, tags)| ReasoningSplitter::new(tags, opened)),
@@ -53,7 +54,7 @@ impl Reply {
             hold: syntax.map(|s| CallHold::new(s, &req.tools, id_seed)),
             tools: req.tools.clone(),
             id_seed,
-            meta,
+            meta: meta.clone(),
         }
     }
 
@@ -80,8 +81,8 @@ impl Reply {
         }
     }
 
-    /// The stream's last chunks (what was held back, the finish reason, the usage when
-    /// asked for; none when not streaming) and the `chat.completion` object of `g`.
+    /// The stream's last chunks (what was held back, the finish reason; none when not
+    /// streaming) and the `chat.completion` object of `g`.
     pub fn finish(mut self, g: &Generation) -> (Vec<Value>, Value) {
         let (reasoning, content) = match self.reasoning {
             Some((opened, tags)) => {
@@ -108,9 +109,6 @@ impl Reply {
             };
             chunks.extend([last, tail].into_iter().flatten().map(|delta| response::chunk(&self.meta, delta, None, None)));
             chunks.push(response::chunk(&self.meta, json!({}), None, Some(finish)));
-            if self.include_usage {
-                chunks.push(response::usage_chunk(&self.meta, g));
-            }
         }
         let mut completion = response::completion(&self.meta, g, &self.tokenizer, self.logprobs);
         if let Some(message) = completion.pointer_mut("/choices/0/message") {

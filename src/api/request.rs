@@ -47,6 +47,9 @@ const FIELDS: &[&str] = &[
     "parallel_tool_calls",
 ];
 
+/// Most choices (`n`) one request may ask for.
+pub const MAX_CHOICES: u32 = 16;
+
 /// Most bytes `chat_template_kwargs` may take as JSON.
 pub const MAX_CHAT_TEMPLATE_KWARGS_BYTES: usize = 16 * 1024;
 
@@ -72,6 +75,8 @@ pub struct ChatRequest {
     pub stream: bool,
     /// `stream_options.include_usage`: a last chunk with the usage.
     pub include_usage: bool,
+    /// `n`: how many choices to generate from the prompt (prefilled once).
+    pub n: u32,
     /// Longest image edge before tiling into 28-pixel tokens, for this request only (at most
     /// the model's image size: [`super::run`] and [`super::check`] refuse larger ones).
     pub image_max_edge: Option<u32>,
@@ -172,14 +177,9 @@ impl ChatRequest {
             seed: f.get::<i64>("seed")?.map(|s| s as u64),
             ..SamplingParams::default()
         };
-        if let Some(n) = f.get::<u32>("n")? {
-            if n != 1 {
-                return Err(ApiError::invalid(
-                    "n",
-                    "unsupported_value",
-                    format!("n = {n}: webvlm generates one choice per request"),
-                ));
-            }
+        let n = f.get::<u32>("n")?.unwrap_or(1);
+        if !(1..=MAX_CHOICES).contains(&n) {
+            return Err(ApiError::invalid("n", "invalid_value", format!("n must be 1 to {MAX_CHOICES}, not {n}")));
         }
         let stop = match f.get::<StopField>("stop")? {
             None => Vec::new(),
@@ -232,6 +232,7 @@ impl ChatRequest {
             requested,
             stream,
             include_usage: stream_options.and_then(|o| o.include_usage).unwrap_or(false),
+            n,
             image_max_edge,
             chat_template_kwargs,
             tools,

@@ -68,14 +68,14 @@ pub fn chunk(meta: &ResponseMeta, delta: Value, logprobs: Option<Value>, finish:
 }
 
 /// The last chunk of a stream with `stream_options.include_usage`: no choices, the usage.
-pub fn usage_chunk(meta: &ResponseMeta, g: &Generation) -> Value {
+pub fn usage_chunk(meta: &ResponseMeta, usage: Value) -> Value {
     json!({
         "id": meta.id,
         "object": "chat.completion.chunk",
         "created": meta.created,
         "model": meta.model,
         "choices": [],
-        "usage": usage(g),
+        "usage": usage,
     })
 }
 

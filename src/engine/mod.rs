@@ -91,6 +91,9 @@ pub enum EngineError {
     /// Every sequence slot of a parallel run is taken.
     #[error("all {running} sequence slots are running")]
     Busy { running: usize },
+    /// A request asked for more choices (`n`) than a parallel run has sequence slots.
+    #[error("n = {n} choices need {n} sequence slots; this engine runs {slots} at once")]
+    TooManyChoices { n: u32, slots: u32 },
 }
 
 impl Classify for EngineError {
@@ -110,7 +113,8 @@ impl Classify for EngineError {
             | EngineError::ImageCount { .. }
             | EngineError::BadImageUrl(_)
             | EngineError::PromptTooLong { .. }
-            | EngineError::Busy { .. } => ErrorClass::BadRequest,
+            | EngineError::Busy { .. }
+            | EngineError::TooManyChoices { .. } => ErrorClass::BadRequest,
         }
     }
 }

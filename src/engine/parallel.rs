@@ -15,7 +15,13 @@
 //! A slot keeps the sequence it last ran: a request admitted to a free slot takes the one
 //! whose sequence shares the longest prefix with its prompt (the keys of `prompt_cache`:
 //! tokens, and images by their digest) and prefills only the rest, as llama-server's slots do
-//! — the next turn of a chat finds its earlier turns there.
+//! — the next turn of a chat finds its earlier turns there. A prompt starting like the
+//! sequence of a running one (a shared system prompt) copies the common prefix from it when
+//! that is longer ([`Context::copy_sequence_from`]: rows copied, not shared).
+//!
+//! [`Parallel::admit_choices`] starts `n` generations of one prompt (OpenAI's `n`): the first
+//! sequence prefills it, the others wait for it and then take a copy of its state and pick
+//! their first tokens from its logits, each with its own seed.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -82,6 +88,9 @@ struct Idle {
 /// prefilled, the token picked and not yet fed, and the host side of its generation.
 struct Running {
     id: SeqId,
+    /// The sequence whose prompt it waits for (a choice of the same request), not prefilling
+    /// its own.
+    fork_of: Option<SeqId>,
     ctx: Context,
     keys: Vec<PosKey>,
     prefill: Option<Prompt>,
@@ -142,7 +151,12 @@ impl Parallel {
 
     /// Whether a sequence can join.
     pub fn has_room(&self) -> bool {
-        self.running.len() < self.batch.max_seqs() as usize
+        self.free_slots() > 0
+    }
+
+    /// Slots free for sequences to join.
+    pub fn free_slots(&self) -> usize {
+        self.batch.max_seqs() as usize - self.running.len()
     }
 
     /// Starts generating `opts` from `prompt` on a free slot: checks the request and gives
@@ -155,8 +169,23 @@ impl Parallel {
         prompt: &Prompt,
         opts: &GenerateOptions,
     ) -> Result<(SeqId, Vec<ParallelEvent>), EngineError> {
+        let (ids, events) = self.admit_choices(engine, prompt, opts, 1).await?;
+        Ok((ids[0], events))
+    }
+
+    /// [`Self::admit`] of `n` generations of one prompt (OpenAI's `n`; see the module docs):
+    /// choice `i` samples with the request's seed (drawn when it has none) plus `i`. Fails
+    /// with [`EngineError::Busy`] unless `n` slots are free, and with
+    /// [`EngineError::TooManyChoices`] when the run has fewer.
+    pub async fn admit_choices(
+        &mut self,
+        engine: &mut Engine,
+        prompt: &Prompt,
+        opts: &GenerateOptions,
+        n: u32,
+    ) -> Result<(Vec<SeqId>, Vec<ParallelEvent>), EngineError> {
         engine.check_device()?;
-        let admitted = self.admit_on_device(engine, prompt, opts);
+        let admitted = self.admit_on_device(engine, prompt, opts, n);
         admitted.map_err(|e| engine.lost_or(e))
     }
 
@@ -165,19 +194,58 @@ impl Parallel {
         engine: &mut Engine,
         prompt: &Prompt,
         opts: &GenerateOptions,
-    ) -> Result<(SeqId, Vec<ParallelEvent>), EngineError> {
-        if !self.has_room() {
+        n: u32,
+    ) -> Result<(Vec<SeqId>, Vec<ParallelEvent>), EngineError> {
+        if n > self.max_seqs() {
+            return Err(EngineError::TooManyChoices { n, slots: self.max_seqs() });
+        }
+        if n == 0 || n as usize > self.free_slots() {
             return Err(EngineError::Busy { running: self.running.len() });
         }
         opts.sampling.validate(engine.decoder.cfg.vocab as usize)?;
         let opts = opts.seeded().into_owned();
+        let seed = opts.sampling.seed.unwrap_or_default();
+        let (mut ids, mut events, mut leader) = (Vec::new(), Vec::new(), None);
+        for i in 0..n {
+            let mut choice = opts.clone();
+            choice.sampling.seed = Some(seed.wrapping_add(i.into()));
+            match self.admit_one(engine, prompt, choice, leader) {
+                Ok((id, done)) => {
+                    ids.push(id);
+                    match done {
+                        Some(done) => events.push(done),
+                        None => leader = leader.or(Some(id)),
+                    }
+                }
+                Err(e) => {
+                    self.drop_admitted(&ids);
+                    return Err(e);
+                }
+            }
+        }
+        Ok((ids, events))
+    }
+
+    /// Admits one sequence (waiting for `fork_of`'s prompt when given): its id, and its end
+    /// when it asks for no tokens.
+    fn admit_one(
+        &mut self,
+        engine: &mut Engine,
+        prompt: &Prompt,
+        opts: GenerateOptions,
+        fork_of: Option<SeqId>,
+    ) -> Result<(SeqId, Option<ParallelEvent>), EngineError> {
         let stops = StopStrings::new(opts.stop.clone())?;
         let picker = engine.host_picker(&opts, &prompt.tokens)?;
         // Llama 3.2 Vision: the sequence's own cross-attention store of its images (which
         // its text positions attend to: nothing of another sequence is kept).
         let cross = engine.vision.as_ref().and_then(|v| v.cross());
         let keys = PromptCache::keys(prompt, engine.prompt_layout().ok().map(|l| l.fill()));
-        let (mut ctx, cached) = self.slot_for(engine, &keys, cross.is_none())?;
+        let reuse = cross.is_none() && fork_of.is_none();
+        let (mut ctx, mut cached) = self.slot_for(engine, &keys, reuse)?;
+        if reuse {
+            cached = self.share_prefix(engine, &mut ctx, &keys, cached)?;
+        }
         let checked =
             ctx.check_prompt(&engine.decoder, &prompt.tokens, engine.placement(prompt)?.as_ref()).map_err(EngineError::from);
         let attached = checked.and_then(|()| cross.map_or(Ok(()), |c| c.attach(&engine.dev, &engine.decoder, &mut ctx, prompt)));
@@ -201,11 +269,20 @@ impl Parallel {
         if opts.max_tokens == 0 {
             let live = keys[..cached].to_vec();
             self.idle.push(Idle { ctx, live });
-            return Ok((id, vec![ParallelEvent::Done { id, generation: out }]));
+            return Ok((id, Some(ParallelEvent::Done { id, generation: out })));
         }
         let (prefill, start) = (Some(prompt.clone()), Instant::now());
-        self.running.push(Running { id, ctx, keys, prefill, token: 0, opts, picker, emit, out, start });
-        Ok((id, Vec::new()))
+        self.running.push(Running { id, fork_of, ctx, keys, prefill, token: 0, opts, picker, emit, out, start });
+        Ok((id, None))
+    }
+
+    /// Takes back the sequences `ids` just admitted (a later choice of theirs failed).
+    fn drop_admitted(&mut self, ids: &[SeqId]) {
+        let (dropped, kept) = std::mem::take(&mut self.running).into_iter().partition(|r| ids.contains(&r.id));
+        self.running = kept;
+        for r in dropped {
+            self.idle.push(Idle { live: r.live_keys(), ctx: r.ctx });
+        }
     }
 
     /// One step: one batched decode step that feeds every sequence past its prompt its token
@@ -259,7 +336,7 @@ impl Parallel {
         let chunk = engine.ctx.options().max_chunk as usize;
         let (mut budget, mut i) = (chunk, 0);
         while let Some(r) = self.running.get(i) {
-            let Some(prompt) = &r.prefill else {
+            let (Some(prompt), None) = (&r.prefill, r.fork_of) else {
                 i += 1;
                 continue;
             };
@@ -278,7 +355,10 @@ impl Parallel {
                     self.running.insert(i, r);
                     i += 1;
                 }
-                Ok(Some(picked)) => self.take(r, picked).await,
+                Ok(Some((picked, logits))) => {
+                    self.fork(engine, &r, &logits).await?;
+                    self.take(r, picked).await;
+                }
                 Err(e) => {
                     let e = engine.lost_or(e);
                     engine.check_device()?;
@@ -287,6 +367,41 @@ impl Parallel {
             }
         }
         Ok(())
+    }
+
+    /// The sequences waiting for `leader`'s prompt, which is done, take a copy of its state
+    /// and pick their first tokens from its `logits`.
+    async fn fork(&mut self, engine: &Engine, leader: &Running, logits: &[f32]) -> Result<(), EngineError> {
+        let (waiting, others): (Vec<Running>, Vec<Running>) =
+            std::mem::take(&mut self.running).into_iter().partition(|r| r.fork_of == Some(leader.id));
+        self.running = others;
+        for mut r in waiting {
+            r.fork_of = None;
+            if let Err(e) = r.ctx.copy_sequence_from(&engine.dev, &leader.ctx, leader.ctx.n_past()) {
+                let e = engine.lost_or(e.into());
+                engine.check_device()?;
+                self.fail(r, e);
+                continue;
+            }
+            r.prefill = None;
+            r.out.cached_tokens = r.out.prompt_tokens;
+            r.out.time_to_first_token = r.start.elapsed().as_secs_f64();
+            match r.picker.mask().and_then(|mask| r.picker.pick(logits, mask.as_deref())) {
+                Ok(picked) => self.take(r, picked).await,
+                Err(e) => self.fail(r, e),
+            }
+        }
+        Ok(())
+    }
+
+    /// `id` leaves before its prompt is done: the sequences waiting for it wait for the first
+    /// of them instead, which prefills the prompt itself.
+    fn release_forks(&mut self, id: SeqId) {
+        let mut waiting = self.running.iter_mut().filter(|r| r.fork_of == Some(id));
+        let Some(first) = waiting.next() else { return };
+        first.fork_of = None;
+        let first = first.id;
+        waiting.for_each(|r| r.fork_of = Some(first));
     }
 
     /// Ends sequence `id` now ([`FinishReason::Abort`]): its generation so far, or `None`
@@ -331,15 +446,26 @@ impl Parallel {
         Ok((ctx, cached))
     }
 
+    /// Copies into `ctx`, which holds `cached` positions of a prompt with `keys`, the longest
+    /// prefix of them a running sequence holds when that is longer; returns the positions
+    /// `ctx` then holds.
+    fn share_prefix(&self, engine: &Engine, ctx: &mut Context, keys: &[PosKey], cached: usize) -> Result<usize, EngineError> {
+        let best = self.running.iter().map(|r| (live_prefix(&r.live_keys(), keys, &r.ctx), r)).max_by_key(|&(n, _)| n);
+        match best {
+            Some((n, r)) if n > cached => {
+                ctx.copy_sequence_from(&engine.dev, &r.ctx, n as u32)?;
+                Ok(ctx.n_past() as usize)
+            }
+            _ => Ok(cached),
+        }
+    }
+
     /// Flushes `r`'s held-back text and reports its generation; frees its slot, which keeps
     /// the sequence its cache holds (the prompt and the tokens fed back: not the last).
     async fn finish(&mut self, r: Running, finish: FinishReason) {
-        let Running { id, ctx, keys, emit, mut out, picker, start, prefill, .. } = r;
-        let fed = (ctx.n_past() as usize).saturating_sub(keys.len());
-        let live = match prefill {
-            Some(_) => Vec::new(),
-            None => keys.into_iter().chain(out.tokens[..fed.min(out.tokens.len())].iter().map(|&t| PosKey::Token(t))).collect(),
-        };
+        self.release_forks(r.id);
+        let live = r.live_keys();
+        let Running { id, ctx, emit, mut out, picker, start, .. } = r;
         out.finish = finish;
         let event = match emit.finish(&mut out).await {
             Ok(()) => {
@@ -355,6 +481,7 @@ impl Parallel {
 
     /// Reports `r`'s failure; frees its slot (keeping nothing of its sequence).
     fn fail(&mut self, mut r: Running, error: EngineError) {
+        self.release_forks(r.id);
         self.events.borrow_mut().push(ParallelEvent::Failed { id: r.id, error });
         r.ctx.reset();
         self.idle.push(Idle { ctx: r.ctx, live: Vec::new() });
@@ -362,6 +489,15 @@ impl Parallel {
 }
 
 impl Running {
+    /// The keys of the positions its cache holds: the prompt's run so far, then the tokens
+    /// fed back (not the last picked).
+    fn live_keys(&self) -> Vec<PosKey> {
+        let n_past = self.ctx.n_past() as usize;
+        let fed = n_past.saturating_sub(self.keys.len()).min(self.out.tokens.len());
+        let prompt = self.keys[..n_past.min(self.keys.len())].iter().cloned();
+        prompt.chain(self.out.tokens[..fed].iter().map(|&t| PosKey::Token(t))).collect()
+    }
+
     /// Runs the next `chunk` tokens of the prompt (more are left after them).
     fn run_chunk(&mut self, engine: &Engine, chunk: usize) -> Result<(), EngineError> {
         let prompt = self.prefill.as_ref().expect("a sequence being prefilled");
@@ -370,14 +506,16 @@ impl Running {
         Ok(self.ctx.submit_prefix(&engine.dev, &engine.decoder, &prompt.tokens, end, images.as_ref())?)
     }
 
-    /// Runs the rest of the prompt and picks the first token.
-    async fn run_last_chunk(&mut self, engine: &Engine) -> Result<(u32, Option<TokenLogprob>), EngineError> {
+    /// Runs the rest of the prompt and picks the first token: that, and the logits it was
+    /// picked from (for the choices waiting for this prompt).
+    async fn run_last_chunk(&mut self, engine: &Engine) -> Result<((u32, Option<TokenLogprob>), Vec<f32>), EngineError> {
         let prompt = self.prefill.take().expect("a sequence being prefilled");
         let (dev, dec) = (&engine.dev, &engine.decoder);
         self.ctx.submit_prompt(dev, dec, &prompt.tokens, engine.placement(&prompt)?.as_ref())?;
         let mask = self.picker.mask()?;
-        let picked = self.picker.pick(&self.ctx.read_logits(dev, dec).await?, mask.as_deref())?;
+        let logits = self.ctx.read_logits(dev, dec).await?;
+        let picked = self.picker.pick(&logits, mask.as_deref())?;
         self.out.time_to_first_token = self.start.elapsed().as_secs_f64();
-        Ok(picked)
+        Ok((picked, logits))
     }
 }

@@ -284,6 +284,26 @@ impl Context {
         Ok(())
     }
 
+    /// Makes this context hold the first `rows` positions of `other`'s sequence (a context
+    /// made with the same options), copied on the device: a prefix another sequence already
+    /// computed. With recurrent layers only `other`'s whole sequence can be taken (fewer rows
+    /// take nothing: see [`Self::n_past`]).
+    pub fn copy_sequence_from(&mut self, dev: &Device, other: &Context, rows: u32) -> GpuResult<()> {
+        self.forget_in_flight();
+        let mut rows = rows.min(other.n_past);
+        if other.state.has_recurrent() && (rows != other.n_past || other.rec_pos != other.n_past) {
+            rows = 0;
+        }
+        if rows > 0 {
+            self.state.copy_from(dev, &other.state, rows)?;
+            self.counters.submits += 1;
+        }
+        self.n_past = rows;
+        self.rec_pos = rows;
+        self.deltas = other.deltas.prefix(rows);
+        Ok(())
+    }
+
     /// Starts the sequence's position ids at `offset` (for tests of long-context RoPE).
     pub fn set_position_offset(&mut self, offset: u32) {
         self.pos_offset = offset;

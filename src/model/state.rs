@@ -209,6 +209,20 @@ impl SequenceState {
         p.run(dev)?;
         Ok(rows)
     }
+
+    /// Copies the first `rows` positions of every layer of `from` (a state made alike) into
+    /// this one, buffer to buffer: a prefix shared with another sequence. Recurrent states are
+    /// copied whole (the caller copies them only where `from` stands).
+    pub fn copy_from(&self, dev: &Device, from: &SequenceState, rows: u32) -> GpuResult<()> {
+        let mut p = Program::new();
+        for (layer, source) in self.layers.iter().zip(&from.layers) {
+            let ([a, b], [from_a, from_b]) = (layer.buffers(), source.buffers());
+            let [span_a, span_b] = self.spans(layer, rows);
+            p.copy(from_a, 0, a, 0, span_a)?;
+            p.copy(from_b, 0, b, 0, span_b)?;
+        }
+        p.run(dev)
+    }
 }
 
 impl LayerState {

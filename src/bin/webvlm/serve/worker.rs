@@ -318,6 +318,13 @@ impl Worker {
     /// Counts a job that ran from `started` and ended as `outcome`, frees its queue place and
     /// sends its last event.
     pub(super) fn end_job(&self, engine: &Engine, job: Job, outcome: Outcome, last_event: Option<Event>, started: Instant) {
+        self.stats.set_prompt_cache(engine);
+        self.close_job(job, outcome, last_event, started);
+    }
+
+    /// [`Self::end_job`] of a job that did not touch the engine's prompt cache (a parallel
+    /// run's: its slots keep their own).
+    pub(super) fn close_job(&self, job: Job, outcome: Outcome, last_event: Option<Event>, started: Instant) {
         let stats = &*self.stats;
         let counter = match outcome {
             Outcome::Completed => &stats.completed,
@@ -331,7 +338,6 @@ impl Worker {
         if let Some(Event::Done(completion)) = &last_event {
             stats.metrics.record(completion);
         }
-        stats.set_prompt_cache(engine);
         stats.running.fetch_sub(1, Ordering::SeqCst);
         // The last event goes out after the counters moved and the job's queue place is
         // given back, so a client that has its answer sees them (`/health`) and can send its
