@@ -170,8 +170,8 @@ export interface ChatCompletionRequest {
   seed?: number;
   /** Up to 4 strings; generation stops before the first one (not included in the output). */
   stop?: string | string[];
-  /** Only 1. */
-  n?: 1;
+  /** 1–16 choices from one prefill (choice i samples with seed + i); at most the engine's `parallel` for calls made together. */
+  n?: number;
   /** Per-token log-probabilities: the log-softmax of the model's raw logits, before
    * penalties, bias, temperature and filtering. */
   logprobs?: boolean;

@@ -321,3 +321,28 @@ fn a_prompt_sharing_a_running_sequences_prefix_copies_it() {
         assert_eq!((&got.tokens, &got.text), (&want.tokens, &want.text), "{what}");
     }
 }
+
+/// A slot saves the sequence a prompt overwrites to the engine's prompt cache: with one slot,
+/// a chat, then another, then the first chat's next turn — which copies the first chat back
+/// from the saved prefix (its prompt counted as cached) and gives the tokens it gets alone.
+#[test]
+fn a_slot_keeps_what_it_overwrites_in_the_engines_prompt_cache() {
+    let mut e = engine(cpu());
+    let greedy = GenerateOptions { max_tokens: 8, ignore_eos: true, ..GenerateOptions::default() };
+    let first = serde_json::json!([{ "role": "user", "content": "Say something long. ".repeat(6) }]);
+    let p1 = chat(&mut e, first.clone());
+    let other =
+        chat(&mut e, serde_json::json!([{ "role": "system", "content": "Be brief." }, { "role": "user", "content": "Hi" }]));
+    let mut run = e.parallel(1).unwrap();
+    let (turn1, ..) = run_in(&mut e, &mut run, &[(0, p1.clone(), greedy.clone())]);
+    run_in(&mut e, &mut run, &[(0, other, greedy.clone())]);
+    assert_eq!(e.prompt_cache_stats().saved_tokens.len(), 1, "the first chat saved: {:?}", e.prompt_cache_stats());
+    let mut messages = first.as_array().unwrap().clone();
+    messages.push(serde_json::json!({ "role": "assistant", "content": turn1[0].text }));
+    messages.push(serde_json::json!({ "role": "user", "content": "And then?" }));
+    let next = chat(&mut e, serde_json::Value::Array(messages));
+    let (got, ..) = run_in(&mut e, &mut run, &[(0, next.clone(), greedy.clone())]);
+    assert!(got[0].cached_tokens >= p1.tokens.len(), "{} of {} cached", got[0].cached_tokens, next.tokens.len());
+    let want = pollster::block_on(engine(cpu()).generate_prompt(&next, &greedy, |_| None)).unwrap();
+    assert_eq!((&got[0].tokens, &got[0].text), (&want.tokens, &want.text));
+}

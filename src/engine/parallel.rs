@@ -15,9 +15,12 @@
 //! A slot keeps the sequence it last ran: a request admitted to a free slot takes the one
 //! whose sequence shares the longest prefix with its prompt (the keys of `prompt_cache`:
 //! tokens, and images by their digest) and prefills only the rest, as llama-server's slots do
-//! — the next turn of a chat finds its earlier turns there. A prompt starting like the
-//! sequence of a running one (a shared system prompt) copies the common prefix from it when
-//! that is longer ([`Context::copy_sequence_from`]: rows copied, not shared).
+//! — the next turn of a chat finds its earlier turns there. A sequence a prompt would
+//! overwrite is saved to the engine's prompt cache first (its saved prefixes are shared by
+//! the engine's contexts), and a saved prefix matching further is copied back. A prompt
+//! starting like the sequence of a running one (a shared system prompt) copies the common
+//! prefix from it when that is longer ([`Context::copy_sequence_from`]: rows copied, not
+//! shared).
 //!
 //! [`Parallel::admit_choices`] starts `n` generations of one prompt (OpenAI's `n`): the first
 //! sequence prefills it, the others wait for it and then take a copy of its state and pick
@@ -237,15 +240,15 @@ impl Parallel {
     ) -> Result<(SeqId, Option<ParallelEvent>), EngineError> {
         let stops = StopStrings::new(opts.stop.clone())?;
         let picker = engine.host_picker(&opts, &prompt.tokens)?;
+        let keys = PromptCache::keys(prompt, engine.prompt_layout().ok().map(|l| l.fill()));
         // Llama 3.2 Vision: the sequence's own cross-attention store of its images (which
         // its text positions attend to: nothing of another sequence is kept).
-        let cross = engine.vision.as_ref().and_then(|v| v.cross());
-        let keys = PromptCache::keys(prompt, engine.prompt_layout().ok().map(|l| l.fill()));
-        let reuse = cross.is_none() && fork_of.is_none();
+        let reuse = engine.vision.as_ref().and_then(|v| v.cross()).is_none() && fork_of.is_none();
         let (mut ctx, mut cached) = self.slot_for(engine, &keys, reuse)?;
         if reuse {
             cached = self.share_prefix(engine, &mut ctx, &keys, cached)?;
         }
+        let cross = engine.vision.as_ref().and_then(|v| v.cross());
         let checked =
             ctx.check_prompt(&engine.decoder, &prompt.tokens, engine.placement(prompt)?.as_ref()).map_err(EngineError::from);
         let attached = checked.and_then(|()| cross.map_or(Ok(()), |c| c.attach(&engine.dev, &engine.decoder, &mut ctx, prompt)));
@@ -428,21 +431,24 @@ impl Parallel {
     }
 
     /// A free slot's context for a prompt with `keys`, and the positions of it kept: the
-    /// slot whose sequence shares the longest prefix (none kept unless `reuse`), else a new
-    /// context.
-    fn slot_for(&mut self, engine: &Engine, keys: &[PosKey], reuse: bool) -> Result<(Context, usize), EngineError> {
-        let kept = |idle: &Idle| if reuse { live_prefix(&idle.live, keys, &idle.ctx) } else { 0 };
-        let best = self.idle.iter().enumerate().max_by_key(|(_, idle)| kept(idle)).map(|(i, _)| i);
-        let Some(i) = best else {
-            return Ok((Context::new(&engine.dev, &engine.decoder, engine.ctx.options())?, 0));
+    /// slot whose sequence shares the longest prefix, else a new context; then (unless
+    /// `reuse` is off: nothing kept) the engine's prompt cache saves the slot's sequence if
+    /// the prompt would overwrite a part worth keeping, and copies back a saved prefix that
+    /// matches further.
+    fn slot_for(&mut self, engine: &mut Engine, keys: &[PosKey], reuse: bool) -> Result<(Context, usize), EngineError> {
+        let best = self.idle.iter().enumerate().max_by_key(|(_, idle)| live_prefix(&idle.live, keys, &idle.ctx));
+        let (mut ctx, live) = match best.map(|(i, _)| i) {
+            Some(i) => {
+                let idle = self.idle.swap_remove(i);
+                (idle.ctx, idle.live)
+            }
+            None => (Context::new(&engine.dev, &engine.decoder, engine.ctx.options())?, Vec::new()),
         };
-        let idle = self.idle.swap_remove(i);
-        let cached = kept(&idle);
-        let mut ctx = idle.ctx;
-        match cached {
-            0 => ctx.reset(),
-            n => ctx.truncate(n as u32),
+        if !reuse {
+            ctx.reset();
+            return Ok((ctx, 0));
         }
+        let cached = engine.prompt_cache.reuse_in(&engine.dev, &mut ctx, live, keys)?;
         Ok((ctx, cached))
     }
 

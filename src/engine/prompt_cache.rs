@@ -21,6 +21,10 @@
 //! the last end-of-turn token, that is the end of the system prompt and of the last message)
 //! and at the prompt's end, where the next turn of the chat, a regenerated reply or a new
 //! chat with the same system prompt pick it up.
+//!
+//! The saved prefixes belong to the engine, not to one context: a parallel run's slots
+//! save the sequences they overwrite there and copy back from there too
+//! ([`PromptCache::reuse_in`]).
 
 use std::rc::Rc;
 
@@ -98,10 +102,17 @@ impl PromptCache {
     /// the last). The live keys stay empty until [`Self::set`] records the new sequence, so a
     /// generation that fails half way leaves nothing stale behind.
     pub fn reuse(&mut self, dev: &Device, ctx: &mut Context, keys: &[PosKey]) -> GpuResult<usize> {
+        let live = std::mem::take(&mut self.live);
+        self.reuse_in(dev, ctx, live, keys)
+    }
+
+    /// [`Self::reuse`] on a context other than the engine's (a parallel run's slot), which
+    /// holds the sequence `live`: the saved prefixes are shared by every context of the
+    /// engine.
+    pub fn reuse_in(&mut self, dev: &Device, ctx: &mut Context, live: Vec<PosKey>, keys: &[PosKey]) -> GpuResult<usize> {
         self.clock += 1;
         let usable = keys.len().saturating_sub(1);
         let recurrent = ctx.has_recurrent();
-        let live = std::mem::take(&mut self.live);
         let live_common = live_prefix(&live, keys, ctx);
         let best = (self.saved.iter().enumerate())
             .map(|(i, s)| (common_prefix(&s.keys, keys).min(usable), i))
