@@ -245,7 +245,8 @@ fn cors_preflights_name_the_authorization_header() {
 
 #[test]
 fn a_full_queue_answers_429_and_a_disconnect_aborts_the_generation() {
-    let server = start(&["--queue", "1"]);
+    // One request at a time: one runs while the others wait (the CPU backend runs several by default).
+    let server = start(&["--queue", "1", "--parallel", "1"]);
     let short = json!({ "messages": user("Count to three."), "max_tokens": 8, "temperature": 0 });
     let before = server.post_json("/v1/chat/completions", &short).json();
     let long = json!({ "messages": user("Tell a long story."), "max_tokens": 300, "temperature": 0,
@@ -322,7 +323,8 @@ fn queue_seconds(usage_holder: &Value) -> f64 {
 
 #[test]
 fn usage_reports_the_time_a_request_waited_in_the_queue() {
-    let server = start(&[]);
+    // One request at a time: one runs while the others wait (the CPU backend runs several by default).
+    let server = start(&["--parallel", "1"]);
     let short = json!({ "messages": user("Count to three."), "max_tokens": 4, "temperature": 0 });
     let alone = queue_seconds(&server.post_json("/v1/chat/completions", &short).json());
     assert!((0.0..1.0).contains(&alone), "a request alone hardly waits: {alone}");
@@ -415,7 +417,8 @@ fn result_lines(server: &Server, file_id: &Value) -> HashMap<String, Value> {
 
 #[test]
 fn batches_round_trip_and_cancel() {
-    let server = start(&[]);
+    // One request at a time: one runs while the others wait (the CPU backend runs several by default).
+    let server = start(&["--parallel", "1"]);
     let bodies = [
         ("colors", json!({ "messages": user("Name a color."), "max_tokens": 6, "temperature": 0 })),
         ("sampled", json!({ "messages": user("Name a fruit."), "max_tokens": 5, "temperature": 0.8, "seed": 3 })),
@@ -548,7 +551,8 @@ fn every_route_but_health_needs_the_api_key() {
 
 #[test]
 fn a_full_queue_says_when_to_retry_from_the_recent_run_times() {
-    let server = start(&["--queue", "1"]);
+    // One request at a time: one runs while the others wait (the CPU backend runs several by default).
+    let server = start(&["--queue", "1", "--parallel", "1"]);
     assert_eq!(server.get("/health").json()["requests"]["mean_run_seconds"], 1.0, "1 s before any request ran");
     // One long request sets the recent mean run time.
     let long = json!({ "messages": user("Tell a long story."), "max_tokens": 400, "temperature": 0,
@@ -666,7 +670,8 @@ fn files_are_bounded_and_expire() {
 
 #[test]
 fn cancelling_a_batch_mid_line_leaves_it_consistent() {
-    let server = start(&["--max-batches", "1"]);
+    // One request at a time: one runs while the others wait (the CPU backend runs several by default).
+    let server = start(&["--max-batches", "1", "--parallel", "1"]);
     let long =
         json!({ "messages": user("Tell a long story."), "max_tokens": 300, "temperature": 0, "logit_bias": no_end_tokens() });
     let short = json!({ "messages": user("Name a color."), "max_tokens": 4, "temperature": 0 });

@@ -147,6 +147,13 @@ impl Parallel {
         slots
     }
 
+    /// Positions the slots' KV caches hold: the running sequences' and those the free slots
+    /// keep for the next request.
+    pub fn held_tokens(&self) -> usize {
+        let running = self.running.iter().map(|r| r.ctx.n_past() as usize);
+        running.chain(self.idle.iter().map(|idle| idle.live.len())).sum()
+    }
+
     /// KV rows each slot holds (its context's `max_ctx`).
     pub fn slot_rows(&self) -> u32 {
         self.slot_rows

@@ -158,9 +158,9 @@ def start_webvlm(binary, name, args, features):
 
 def webvlm_targets(binary):
     """SmolLM2 (a real small model) and the tiny VLM (images; tools: its Ministral 3 template
-    takes them, SmolLM2's does not). Both with `--queue 0`, so that
+    takes them, SmolLM2's does not). Both with `--queue 0 --parallel 1`, so that
     one request in flight makes the next a 429 (the tests send one request at a time)."""
-    common = ["--ctx", "512", "--queue", "0"]
+    common = ["--ctx", "512", "--queue", "0", "--parallel", "1"]
     smollm2 = start_webvlm(binary, "smollm2", ["--model", SMOLLM2, *common], [])
     tiny = start_webvlm(binary, "tiny-vlm",
                         ["--model", TINY_VLM / "model.gguf", "--mmproj", TINY_VLM / "mmproj.gguf", *common], ["vision", "tools"])

@@ -9,7 +9,7 @@ use webvlm::api::{batch, run, ChatRequest};
 
 use crate::args::EngineArgs;
 use crate::stdout::{out, outln};
-use crate::{open_engine, read_file, CliResult};
+use crate::{open_engine, open_engine_for, read_file, CliResult};
 
 #[derive(Args, Debug)]
 pub struct ChatArgs {
@@ -29,9 +29,10 @@ pub struct BatchArgs {
     #[arg(long, value_name = "RESULTS.jsonl")]
     out: Option<PathBuf>,
     /// Requests run at once, decoding together in batched steps (each takes a context of
-    /// `--ctx` tokens, which the memory plan counts)
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
-    parallel: u32,
+    /// `--ctx` tokens, which the memory plan counts) [default: on the CPU backend as many as
+    /// the memory plan fits, up to 4; on a GPU 1]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    parallel: Option<u32>,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -67,9 +68,9 @@ pub fn chat(args: &ChatArgs) -> CliResult {
 
 pub fn batch(args: &BatchArgs) -> CliResult {
     let jsonl = read_text(&args.input)?;
-    let mut engine = open_engine(&args.engine, args.parallel)?;
+    let (mut engine, parallel) = open_engine_for(&args.engine, args.parallel)?;
     let mut load = |url: &str| read_file(url);
-    let run = batch::run_batch(&mut engine, &jsonl, &mut load, args.parallel, |i, total, line| {
+    let run = batch::run_batch(&mut engine, &jsonl, &mut load, parallel, |i, total, line| {
         let status = if line["error"].is_null() { "ok" } else { "error" };
         eprintln!("[{}/{total}] {}: {status}", i + 1, line["custom_id"].as_str().unwrap_or("?"));
     });

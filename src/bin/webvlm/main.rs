@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use webvlm::backend::Device;
 use webvlm::engine::{Engine, EngineError};
 use webvlm::error::{Classify, ErrorClass};
 use webvlm::gguf::{MappedGguf, TensorInfo};
@@ -96,6 +97,18 @@ fn main() -> ExitCode {
 /// The engine of `args`, refused before any weight is uploaded when its memory plan for
 /// `seqs` sequences decoding at once does not fit the budget.
 pub fn open_engine(args: &args::EngineArgs, seqs: u32) -> Result<Engine, Box<dyn std::error::Error>> {
+    open_engine_for(args, Some(seqs)).map(|(engine, _)| engine)
+}
+
+/// Sequences decoding at once when `--parallel` is not given, on the CPU backend, if the
+/// memory plan fits them (it counts a context per sequence).
+pub const DEFAULT_CPU_PARALLEL: u32 = 4;
+
+/// [`open_engine`] for `seqs` sequences at once, or when `None` as many as the memory plan
+/// fits up to [`DEFAULT_CPU_PARALLEL`] on the CPU backend and 1 on a GPU (whose batched
+/// step picks tokens on the host: one stream alone decodes slower than in the
+/// one-at-a-time loop, which samples on the GPU); returns the engine and the sequences.
+pub fn open_engine_for(args: &args::EngineArgs, seqs: Option<u32>) -> Result<(Engine, u32), Box<dyn std::error::Error>> {
     let model = open::ModelFiles::open(&args.model.model)?;
     let mmproj = args.mmproj.as_ref().map(MappedGguf::open).transpose()?;
     let dev = args.device.device()?;
@@ -116,7 +129,7 @@ pub fn open_engine(args: &args::EngineArgs, seqs: u32) -> Result<Engine, Box<dyn
         text_quant: LoadQuant::Keep,
         vision_quant: args.vision_quant,
         image_edge: args.image_max_edge.unwrap_or(DEFAULT_MAX_EDGE),
-        seqs,
+        seqs: seqs.unwrap_or(1),
     };
     let quant = match args.quant {
         Some(q) => q,
@@ -124,7 +137,13 @@ pub fn open_engine(args: &args::EngineArgs, seqs: u32) -> Result<Engine, Box<dyn
     };
     plan_opts.text_quant = quant;
     // Headers the plan cannot read are left to the loader, whose errors name the tensor.
+    let cpu = matches!(dev, Device::Cpu(_));
+    let mut seqs = seqs.unwrap_or(if cpu { DEFAULT_CPU_PARALLEL } else { 1 });
     match memory_plan(&model, mmproj.as_ref(), limits, plan_opts) {
+        Ok(plan) if plan_opts.seqs != seqs => {
+            plan.check(args.budget.budget(&dev))?;
+            seqs = plan.largest_seqs(args.budget.budget(&dev), seqs).max(1);
+        }
         Ok(plan) => plan.check(args.budget.budget(&dev))?,
         Err(e) if e.class() == ErrorClass::AdapterTooSmall => return Err(e.into()),
         Err(_) => {}
@@ -144,7 +163,7 @@ pub fn open_engine(args: &args::EngineArgs, seqs: u32) -> Result<Engine, Box<dyn
     if args.image_min_area.is_some() || args.image_max_area.is_some() {
         engine.set_image_area(args.image_min_area, args.image_max_area)?;
     }
-    Ok(engine)
+    Ok((engine, seqs))
 }
 
 /// `--quant auto`: a GGUF keeps the types it was converted to; a Hugging Face folder's float

@@ -61,9 +61,10 @@ pub struct ServeArgs {
     /// takes a context of its own (`--ctx` tokens of KV cache), which the memory plan counts
     /// (refusing an N that does not fit the budget, naming the most that do) and keeps the
     /// sequence it last ran: a request takes the free slot sharing the longest prefix with
-    /// its prompt
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
-    parallel: u32,
+    /// its prompt. 1 runs requests one at a time [default: on the CPU backend as many as the
+    /// memory plan fits, up to 4; on a GPU 1, whose batched steps pick tokens on the host]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    parallel: Option<u32>,
     /// Most files kept (uploads and batch results; expired ones are dropped): an upload past
     /// it is refused (400), and so is a batch
     #[arg(long, value_name = "N", default_value_t = 1000)]
@@ -138,6 +139,10 @@ pub fn run(args: ServeArgs) -> CliResult {
         let listener = tokio::net::TcpListener::bind((host.as_str(), port)).await.map_err(|e| format!("{host}:{port}: {e}"))?;
         let address = listener.local_addr()?;
         crate::stdout::outln!("webvlm serve: {} on http://{address}/v1", app.model.id);
+        match app.engine.parallel {
+            1 => eprintln!("webvlm serve: one request at a time"),
+            n => eprintln!("webvlm serve: {n} requests at once (--parallel)"),
+        }
         let stopped = app.engine.stopped.clone();
         axum::serve(listener, router).with_graceful_shutdown(async move { stopped.notified().await }).await?;
         // The engine thread stops only when it cannot go on: exit non-zero for a supervisor.

@@ -19,7 +19,7 @@ use serde_json::Value;
 use tokio::sync::mpsc::UnboundedReceiver;
 use webvlm::api::many::{fits, Delivery, RunningRequests};
 use webvlm::api::{self, ApiError, Prepared};
-use webvlm::engine::Engine;
+use webvlm::engine::{Engine, PromptCacheStats};
 
 use super::worker::{add_queue_time, chat_request, refuse_url, Event, Job, ModelInfo, Outcome, Slots, Worker};
 use crate::args::EngineArgs;
@@ -101,6 +101,9 @@ impl Worker {
             let stepped = pollster::block_on(run.step(engine));
             let sequences = run.slots();
             self.stats.set_slots(Slots { total: slots, rows_per_slot: run.slot_rows(), sequences });
+            // The slots' sequences are what the engine's one live sequence is without them.
+            let cache = PromptCacheStats { live_tokens: run.held_tokens(), ..engine.prompt_cache_stats() };
+            self.stats.set_prompt_cache_stats(cache);
             match stepped {
                 Ok(events) => drop(running.dispatch(events, &mut deliver)),
                 Err(e) => {

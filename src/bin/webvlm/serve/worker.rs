@@ -170,7 +170,11 @@ impl Stats {
     }
 
     fn set_prompt_cache(&self, engine: &Engine) {
-        *self.prompt_cache.lock().unwrap_or_else(|e| e.into_inner()) = engine.prompt_cache_stats();
+        self.set_prompt_cache_stats(engine.prompt_cache_stats());
+    }
+
+    pub(super) fn set_prompt_cache_stats(&self, stats: PromptCacheStats) {
+        *self.prompt_cache.lock().unwrap_or_else(|e| e.into_inner()) = stats;
     }
 
     /// Why the engine cannot take requests, once it cannot.
@@ -215,33 +219,34 @@ impl EngineHandle {
     pub fn start(
         engine_args: EngineArgs,
         served_name: Option<String>,
-        (queue_capacity, parallel): (usize, u32),
+        (queue_capacity, parallel): (usize, Option<u32>),
         lose_device_after: Option<u64>,
     ) -> Result<(EngineHandle, ModelInfo), String> {
         let (jobs, receiver) = unbounded_channel::<Job>();
-        let (loaded_tx, loaded_rx) = std::sync::mpsc::channel::<Result<ModelInfo, String>>();
+        let (loaded_tx, loaded_rx) = std::sync::mpsc::channel::<Result<(ModelInfo, u32), String>>();
         let stats = Arc::new(Stats::default());
         let stopped = Arc::new(Notify::new());
-        let worker = Worker { stats: stats.clone(), stopped: stopped.clone(), lose_device_after, seqs: parallel };
+        let (worker_stats, worker_stopped) = (stats.clone(), stopped.clone());
         std::thread::Builder::new()
             .name("webvlm-engine".into())
             .spawn(move || {
-                let mut engine = match crate::open_engine(&engine_args, parallel) {
-                    Ok(engine) => engine,
+                let (mut engine, parallel) = match crate::open_engine_for(&engine_args, parallel) {
+                    Ok(opened) => opened,
                     Err(e) => {
                         let _ = loaded_tx.send(Err(e.to_string()));
                         return;
                     }
                 };
+                let worker = Worker { stats: worker_stats, stopped: worker_stopped, lose_device_after, seqs: parallel };
                 let info = model_info(&engine, &engine_args, served_name);
-                let _ = loaded_tx.send(Ok(info.clone()));
+                let _ = loaded_tx.send(Ok((info.clone(), parallel)));
                 match parallel {
                     1 => worker.work(&mut engine, &engine_args, &info, receiver),
                     n => worker.work_parallel(&mut engine, &engine_args, &info, receiver, n),
                 }
             })
             .map_err(|e| format!("cannot start the engine thread: {e}"))?;
-        let info = loaded_rx.recv().map_err(|_| "the engine thread stopped while loading".to_string())??;
+        let (info, parallel) = loaded_rx.recv().map_err(|_| "the engine thread stopped while loading".to_string())??;
         let slots = Arc::new(Semaphore::new(queue_capacity.saturating_add(parallel as usize)));
         Ok((EngineHandle { jobs, slots, queue_capacity, parallel: parallel as usize, stats, stopped }, info))
     }
@@ -322,8 +327,8 @@ impl Worker {
         self.close_job(job, outcome, last_event, started);
     }
 
-    /// [`Self::end_job`] of a job that did not touch the engine's prompt cache (a parallel
-    /// run's: its slots keep their own).
+    /// [`Self::end_job`] without the prompt cache's figures (a parallel run's loop sets them
+    /// after each step).
     pub(super) fn close_job(&self, job: Job, outcome: Outcome, last_event: Option<Event>, started: Instant) {
         let stats = &*self.stats;
         let counter = match outcome {
