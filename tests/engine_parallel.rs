@@ -319,6 +319,14 @@ fn a_prompt_sharing_a_running_sequences_prefix_copies_it() {
         assert_eq!(got.cached_tokens, common, "{what}: the common prefix copied");
         let want = pollster::block_on(engine(dev()).generate_prompt(&b, &opts, |_| None)).unwrap();
         assert_eq!((&got.tokens, &got.text), (&want.tokens, &want.text), "{what}");
+        // Admitted together, before either ran: the second takes the prefix the first
+        // prefilled meanwhile (its prefill waits, oldest first, for the step budget).
+        let mut run = e.parallel(2).unwrap();
+        let (_, _) = pollster::block_on(run.admit(&mut e, &a, &opts)).unwrap();
+        let (second, _) = pollster::block_on(run.admit(&mut e, &b, &opts)).unwrap();
+        let got = run_to_end(&mut e, &mut run, Vec::new()).remove(&second).unwrap();
+        assert_eq!(got.cached_tokens, common, "{what}: the prefix prefilled meanwhile");
+        assert_eq!((&got.tokens, &got.text), (&want.tokens, &want.text), "{what}");
     }
 }
 

@@ -94,6 +94,9 @@ struct Running {
     /// The sequence whose prompt it waits for (a choice of the same request), not prefilling
     /// its own.
     fork_of: Option<SeqId>,
+    /// Whether it may take a prefix from other sequences (not with Llama 3.2 Vision's
+    /// images: its text rows depend on them).
+    shares: bool,
     ctx: Context,
     keys: Vec<PosKey>,
     prefill: Option<Prompt>,
@@ -186,7 +189,7 @@ impl Parallel {
     /// [`Self::admit`] of `n` generations of one prompt (OpenAI's `n`; see the module docs):
     /// choice `i` samples with the request's seed (drawn when it has none) plus `i`. Fails
     /// with [`EngineError::Busy`] unless `n` slots are free, and with
-    /// [`EngineError::TooManyChoices`] when the run has fewer.
+    /// [`EngineError::TooManyChoices`] when the run has fewer (`n` = 0 admits nothing).
     pub async fn admit_choices(
         &mut self,
         engine: &mut Engine,
@@ -209,7 +212,7 @@ impl Parallel {
         if n > self.max_seqs() {
             return Err(EngineError::TooManyChoices { n, slots: self.max_seqs() });
         }
-        if n == 0 || n as usize > self.free_slots() {
+        if n as usize > self.free_slots() {
             return Err(EngineError::Busy { running: self.running.len() });
         }
         opts.sampling.validate(engine.decoder.cfg.vocab as usize)?;
@@ -282,7 +285,8 @@ impl Parallel {
             return Ok((id, Some(ParallelEvent::Done { id, generation: out })));
         }
         let (prefill, start) = (Some(prompt.clone()), Instant::now());
-        self.running.push(Running { id, fork_of, ctx, keys, prefill, token: 0, opts, picker, emit, out, start });
+        let shares = reuse;
+        self.running.push(Running { id, fork_of, shares, ctx, keys, prefill, token: 0, opts, picker, emit, out, start });
         Ok((id, None))
     }
 
@@ -346,16 +350,22 @@ impl Parallel {
         let chunk = engine.ctx.options().max_chunk as usize;
         let (mut budget, mut i) = (chunk, 0);
         while let Some(r) = self.running.get(i) {
-            let (Some(prompt), None) = (&r.prefill, r.fork_of) else {
+            if r.prefill.is_none() || r.fork_of.is_some() {
                 i += 1;
                 continue;
-            };
-            let left = prompt.tokens.len() - r.ctx.n_past() as usize;
+            }
+            let mut r = self.running.remove(i);
+            if r.shares && r.ctx.n_past() as usize == r.out.cached_tokens {
+                // Before its first chunk: a prefix another sequence computed since this one
+                // joined (requests sent together with one system prompt).
+                r.out.cached_tokens = self.share_prefix(engine, &mut r.ctx, &r.keys, r.out.cached_tokens)?;
+            }
+            let left = r.prefill.as_ref().map_or(0, |p| p.tokens.len()) - r.ctx.n_past() as usize;
             if left.min(chunk) > budget {
+                self.running.insert(i, r);
                 break;
             }
             budget -= left.min(chunk);
-            let mut r = self.running.remove(i);
             let ran = match left > chunk {
                 true => r.run_chunk(engine, chunk).map(|()| None),
                 false => r.run_last_chunk(engine).await.map(Some),
