@@ -13,61 +13,47 @@ use crate::engine::{Generation, StepOutput};
 /// The replies of a request's choices (see the module docs).
 pub struct Choices {
     meta: ResponseMeta,
-    choices: Vec<Choice>,
+    /// By choice: its reply while it runs.
+    replies: Vec<Option<Reply>>,
+    /// By choice: its `chat.completion` once it ended.
+    completions: Vec<Option<Value>>,
     stream: bool,
     include_usage: bool,
 }
 
-/// A choice: its reply while it runs, then its `chat.completion`.
-enum Choice {
-    Running(Box<Reply>),
-    Done(Value),
-}
-
 impl Choices {
     pub(super) fn new(meta: ResponseMeta, replies: Vec<Reply>, stream: bool, include_usage: bool) -> Choices {
-        Choices { meta, choices: replies.into_iter().map(|r| Choice::Running(Box::new(r))).collect(), stream, include_usage }
+        let completions = vec![None; replies.len()];
+        Choices { meta, replies: replies.into_iter().map(Some).collect(), completions, stream, include_usage }
     }
 
     /// Choices asked for.
     pub fn n(&self) -> u32 {
-        self.choices.len() as u32
+        self.replies.len() as u32
     }
 
     /// The stream's first chunks (each choice's role), when streaming.
     pub fn start(&self) -> Vec<Value> {
-        let starts = self.choices.iter().enumerate().filter_map(|(i, c)| match c {
-            Choice::Running(reply) => reply.start().map(|chunk| numbered(chunk, i)),
-            Choice::Done(_) => None,
-        });
+        let starts = self.replies.iter().enumerate().filter_map(|(i, r)| r.as_ref()?.start().map(|chunk| numbered(chunk, i)));
         starts.collect()
     }
 
     /// The chunk of a step of choice `choice`, when streaming and the step settles something.
     pub fn step(&mut self, choice: usize, step: &StepOutput<'_>) -> Option<Value> {
-        match self.choices.get_mut(choice)? {
-            Choice::Running(reply) => reply.step(step).map(|chunk| numbered(chunk, choice)),
-            Choice::Done(_) => None,
-        }
+        let reply = self.replies.get_mut(choice)?.as_mut()?;
+        reply.step(step).map(|chunk| numbered(chunk, choice))
     }
 
     /// Choice `choice` ended with `g`: its last chunks, and when it was the last to end the
     /// usage chunk (streaming with `include_usage`) and the request's `chat.completion`.
     pub fn finish(&mut self, choice: usize, g: &Generation) -> (Vec<Value>, Option<Value>) {
-        let Some(Choice::Running(_)) = self.choices.get(choice) else { return (Vec::new(), None) };
-        let Choice::Running(reply) = std::mem::replace(&mut self.choices[choice], Choice::Done(Value::Null)) else {
-            unreachable!("checked above")
-        };
+        let Some(reply) = self.replies.get_mut(choice).and_then(Option::take) else { return (Vec::new(), None) };
         let (chunks, completion) = reply.finish(g);
         let mut chunks: Vec<Value> = chunks.into_iter().map(|chunk| numbered(chunk, choice)).collect();
-        self.choices[choice] = Choice::Done(completion);
-        let done: Option<Vec<&Value>> = (self.choices.iter())
-            .map(|c| match c {
-                Choice::Done(completion) => Some(completion),
-                Choice::Running(_) => None,
-            })
-            .collect();
-        let Some(done) = done else { return (chunks, None) };
+        self.completions[choice] = Some(completion);
+        let Some(done) = self.completions.iter().map(Option::as_ref).collect::<Option<Vec<&Value>>>() else {
+            return (chunks, None);
+        };
         let completion = merged(&done);
         if self.stream && self.include_usage {
             chunks.push(response::usage_chunk(&self.meta, completion["usage"].clone()));

@@ -142,11 +142,7 @@ impl<T> RunningRequests<T> {
         Self::default()
     }
 
-    /// Requests running.
-    pub fn len(&self) -> usize {
-        self.requests.len()
-    }
-
+    /// Whether no request is running.
     pub fn is_empty(&self) -> bool {
         self.requests.is_empty()
     }

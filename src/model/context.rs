@@ -263,14 +263,22 @@ impl Context {
     /// With recurrent layers only the whole sequence can be saved (their state is valid at its
     /// end only): asked for fewer rows, the snapshot holds none.
     pub fn save_state(&mut self, dev: &Device, rows: u32) -> GpuResult<StateSnapshot> {
-        let mut rows = rows.min(self.n_past);
-        if self.state.has_recurrent() && (rows != self.n_past || self.rec_pos != self.n_past) {
-            rows = 0;
-        }
+        let rows = self.copyable_rows(rows);
         let mut snapshot = self.state.snapshot(dev, rows)?;
         snapshot.rope_deltas = self.deltas.prefix(rows);
         self.counters.submits += 1;
         Ok(snapshot)
+    }
+
+    /// Of the first `rows` cached positions, those a copy can take: at most those in the
+    /// cache; with recurrent layers all of them or none (their state is valid at the
+    /// sequence's end only).
+    fn copyable_rows(&self, rows: u32) -> u32 {
+        let rows = rows.min(self.n_past);
+        match self.state.has_recurrent() && (rows != self.n_past || self.rec_pos != self.n_past) {
+            true => 0,
+            false => rows,
+        }
     }
 
     /// Puts the first `rows` positions of `snapshot` back; the cache then holds those (with
@@ -290,10 +298,7 @@ impl Context {
     /// take nothing: see [`Self::n_past`]).
     pub fn copy_sequence_from(&mut self, dev: &Device, other: &Context, rows: u32) -> GpuResult<()> {
         self.forget_in_flight();
-        let mut rows = rows.min(other.n_past);
-        if other.state.has_recurrent() && (rows != other.n_past || other.rec_pos != other.n_past) {
-            rows = 0;
-        }
+        let rows = other.copyable_rows(rows);
         if rows > 0 {
             self.state.copy_from(dev, &other.state, rows)?;
             self.counters.submits += 1;

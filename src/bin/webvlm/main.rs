@@ -137,14 +137,15 @@ pub fn open_engine_for(args: &args::EngineArgs, seqs: Option<u32>) -> Result<(En
     };
     plan_opts.text_quant = quant;
     // Headers the plan cannot read are left to the loader, whose errors name the tensor.
-    let cpu = matches!(dev, Device::Cpu(_));
-    let mut seqs = seqs.unwrap_or(if cpu { DEFAULT_CPU_PARALLEL } else { 1 });
+    let asked = seqs;
+    let mut seqs = asked.unwrap_or(if matches!(dev, Device::Cpu(_)) { DEFAULT_CPU_PARALLEL } else { 1 });
     match memory_plan(&model, mmproj.as_ref(), limits, plan_opts) {
-        Ok(plan) if plan_opts.seqs != seqs => {
+        Ok(plan) => {
             plan.check(args.budget.budget(&dev))?;
-            seqs = plan.largest_seqs(args.budget.budget(&dev), seqs).max(1);
+            if asked.is_none() {
+                seqs = plan.largest_seqs(args.budget.budget(&dev), seqs).max(1);
+            }
         }
-        Ok(plan) => plan.check(args.budget.budget(&dev))?,
         Err(e) if e.class() == ErrorClass::AdapterTooSmall => return Err(e.into()),
         Err(_) => {}
     }
