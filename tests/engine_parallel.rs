@@ -19,6 +19,7 @@ use webvlm::engine::{
 use webvlm::gguf::MappedGguf;
 use webvlm::model::ContextOptions;
 use webvlm::sampling::SamplingParams;
+use webvlm::source::hf::HfModel;
 use webvlm::source::{Eager, LoadQuant};
 
 fn engine(dev: Device) -> Engine {
@@ -278,6 +279,38 @@ fn choices_of_one_prompt_prefill_it_once_and_sample_as_they_do_alone() {
         }
         assert!(choices[1].tokens != choices[0].tokens || choices[2].tokens != choices[0].tokens, "{what}: all alike");
     }
+}
+
+/// `n` choices of a Llama 3.2 Vision prompt with an image: the first prefills it, the others
+/// copy its state — self-attention rows, and each attaches the image's cross-attention store
+/// — and choice `i` gives the tokens the prompt gives alone with the seed plus `i`.
+#[test]
+fn choices_of_an_image_prompt_on_llama_vision_sample_as_they_do_alone() {
+    let folder = "tiny_mllama_a";
+    let hf = HfModel::open(fixture(folder)).unwrap();
+    let ctx = ContextOptions { max_ctx: 64, max_chunk: 64, ..Default::default() };
+    let mut e = Engine::builder(gpu()).context(ctx).hf_text(hf.text_files()).load(&mut Eager(&hf)).unwrap();
+    let cases: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture(&format!("{folder}/cases.json"))).unwrap()).unwrap();
+    let tokens: Vec<u32> = serde_json::from_value(cases["cases"][0]["tokens"].clone()).unwrap();
+    let image = e.image_features(&std::fs::read(fixture(&format!("{folder}/img_24x20.png"))).unwrap(), None).unwrap();
+    let prompt = e.prompt_with_images(&tokens, vec![image]).unwrap();
+    let sampling = SamplingParams { temperature: 1.5, seed: Some(5), ..Default::default() };
+    let opts = GenerateOptions { max_tokens: 8, ignore_eos: true, sampling, ..GenerateOptions::default() };
+    let mut run = e.parallel(3).unwrap();
+    let (ids, events) = pollster::block_on(run.admit_choices(&mut e, &prompt, &opts, 3)).unwrap();
+    let mut done = run_to_end(&mut e, &mut run, events);
+    let choices: Vec<Generation> = ids.iter().map(|id| done.remove(id).unwrap()).collect();
+    let cached: Vec<usize> = choices.iter().map(|g| g.cached_tokens).collect();
+    assert_eq!(cached, [0, prompt.tokens.len(), prompt.tokens.len()], "one prefill");
+    drop(run);
+    for (i, got) in choices.iter().enumerate() {
+        let mut alone = opts.clone();
+        alone.sampling.seed = Some(5 + i as u64);
+        let want = pollster::block_on(e.generate_prompt(&prompt, &alone, |_| None)).unwrap();
+        assert_eq!(got.tokens, want.tokens, "choice {i}");
+    }
+    assert!(choices[1].tokens != choices[0].tokens || choices[2].tokens != choices[0].tokens, "all alike");
 }
 
 /// A choice waiting for a prompt that another choice was prefilling takes it over when that

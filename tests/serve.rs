@@ -834,4 +834,20 @@ fn parallel_requests_and_batch_lines_run_together_and_answer_as_one_at_a_time() 
         assert_eq!(line["custom_id"], format!("r{i}"), "in the input's order");
         assert_eq!(answer(&line["response"]["body"]), want[i], "batch line {i}");
     }
+    // A request of 4 choices waits for 4 free slots, counted as waiting, not running, while an
+    // unread stream keeps one; that stream's client leaving frees the slot, and it runs.
+    let unread = many.stream(&json!({ "messages": user("Tell a long story."), "max_tokens": 440, "temperature": 0,
+        "logit_bias": no_end_tokens(), "stream": true }));
+    let four = json!({ "messages": user("Pick a word."), "max_tokens": 5, "temperature": 1.0, "seed": 4, "n": 4 });
+    std::thread::scope(|scope| {
+        let waiting = scope.spawn(|| many.post_json("/v1/chat/completions", &four).json());
+        poll(&many, "/health", |h| h["queue"]["waiting"] == 1);
+        // Long enough for the engine's loop to have taken it from the queue many times over.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let health = many.get("/health").json();
+        assert_eq!((&health["queue"]["waiting"], &health["queue"]["running"]), (&json!(1), &json!(1)), "{health}");
+        drop(unread);
+        let answered = waiting.join().unwrap();
+        assert_eq!(answered["choices"].as_array().map(Vec::len), Some(4), "{answered}");
+    });
 }

@@ -75,7 +75,9 @@ impl Worker {
         let mut next: Option<(Running, Prepared)> = None;
         loop {
             loop {
-                if let Some((request, prepared)) = next.take_if(|(_, p)| fits(&run, &p.choices)) {
+                if let Some((mut request, prepared)) = next.take_if(|(_, p)| fits(&run, &p.choices)) {
+                    self.stats.start_one();
+                    (request.queue_seconds, request.started) = (request.job.queued_at.elapsed().as_secs_f64(), Instant::now());
                     pollster::block_on(running.admit(engine, &mut run, prepared, request, &mut deliver));
                     continue;
                 }
@@ -87,8 +89,8 @@ impl Worker {
                     false => jobs.try_recv().ok(),
                 };
                 let Some(job) = job else { break };
-                self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
-                self.stats.running.fetch_add(1, Ordering::SeqCst);
+                // Counted as running once admitted: a request of `n` choices waits for `n`
+                // free slots.
                 next = self.prepare(engine, info, job);
             }
             if running.is_empty() && next.is_none() {
@@ -127,6 +129,7 @@ impl Worker {
         let (queue_seconds, started) = (job.queued_at.elapsed().as_secs_f64(), Instant::now());
         if job.cancel.load(Ordering::SeqCst) || job.events.is_closed() {
             eprintln!("webvlm serve: a request was dropped before it started (client disconnected)");
+            self.stats.start_one();
             self.end_job(engine, job, Outcome::Aborted, None, started);
             return None;
         }
@@ -138,6 +141,7 @@ impl Worker {
         match prepared {
             Ok((prepared, forward_chunks)) => Some((Running { job, forward_chunks, abort, queue_seconds, started }, prepared)),
             Err(e) => {
+                self.stats.start_one();
                 self.end_job(engine, job, Outcome::Failed, Some(Event::Failed(e)), started);
                 None
             }

@@ -134,6 +134,12 @@ pub struct Slots {
 }
 
 impl Stats {
+    /// Counts a request leaving the queue's waiting ones for the running ones.
+    pub(super) fn start_one(&self) {
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        self.running.fetch_add(1, Ordering::SeqCst);
+    }
+
     /// The parallel run's slots (`None` with one request at a time).
     pub fn slots(&self) -> Option<Slots> {
         self.slots.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -300,8 +306,7 @@ impl Worker {
         stats.set_prompt_cache(engine);
         let mut ran = 0u64;
         while let Some(job) = jobs.blocking_recv() {
-            stats.waiting.fetch_sub(1, Ordering::SeqCst);
-            stats.running.fetch_add(1, Ordering::SeqCst);
+            stats.start_one();
             let started = Instant::now();
             let (outcome, last_event) = run_job(engine, info, &job);
             self.end_job(engine, job, outcome, last_event, started);
