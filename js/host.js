@@ -353,10 +353,27 @@ export class Host {
     return group;
   }
 
+  /** The chat request first in the queue when it can join the running group: one with no
+   * image to download (a joiner's images cannot wait for `engine.check`, which needs the
+   * busy engine, and a refused request's images are never fetched); it leaves the queue. */
+  takeJoiner() {
+    const next = this.queued.values().next().value;
+    if (next?.type !== "generate" || this.stopped.has(next.id)) return undefined;
+    try {
+      if (imageUrls(next.request, "generate").size) return undefined;
+    } catch {
+      return undefined; // its own turn answers with the error
+    }
+    this.queued.delete(next.id);
+    this.taken.add(next.id);
+    return next;
+  }
+
   /** Runs chat requests together (`WebEngine.generateMany`: up to `slots` decoding in
    * batched steps, the rest joining as slots free), streaming and answering each as
    * `generate` would; each one's stop, acknowledgements and stall are its own. The requests
-   * behind the first leave the queue (their turn in it then does nothing). */
+   * behind the first leave the queue (their turn in it then does nothing), and so do those
+   * sent while the group decodes, which join it (`takeJoiner`). */
   async generateGroup(group) {
     for (const m of group.slice(1)) {
       this.queued.delete(m.id);
@@ -384,6 +401,18 @@ export class Host {
     for (const m of fetched.filter((m) => !runnable.includes(m))) this.post({ id: m.id, type: "result", value: aborted() });
     const stallMs = this.stallMs;
     const members = runnable.map((m, index) => Object.assign(this.group.get(m.id), { index, ended: false }));
+    // Asked before each step unless a request waits for slots: a request to join, or a wait
+    // for the messages sent meanwhile (the CPU backend's steps never yield to the worker's
+    // message queue).
+    const more = () => {
+      const m = this.takeJoiner();
+      if (!m) return nextTask();
+      const member = { index: runnable.length, ended: false, flow: streamFlow() };
+      this.group.set(m.id, member);
+      runnable.push(m);
+      members.push(member);
+      return JSON.stringify(m.request);
+    };
     try {
       await engine?.generateMany(runnable.map((m) => JSON.stringify(m.request)), images, this.slots, (i, kind, value) => {
         const { id } = runnable[i];
@@ -410,7 +439,7 @@ export class Host {
         if (result.usage) result.usage.wasm_memory_bytes = wasmMemoryBytes();
         this.post({ id, type: "result", value: result });
         return undefined;
-      });
+      }, more);
     } catch (e) {
       // The call itself failed (not one request): every request without an answer gets its error.
       if (e?.name === "DeviceLostError") this.lost ??= e;
@@ -467,7 +496,19 @@ function freeEngine(engine) {
   } catch { /* already freed */ }
 }
 
-/** The result of a request stopped before it ran. */
+/** Settles after the tasks queued now (the page's messages among them): a MessageChannel's
+ * message is a task of its own, and unlike setTimeout it is not clamped when nested. */
+function nextTask() {
+  return new Promise((resolve) => {
+    const { port1, port2 } = new MessageChannel();
+    port1.onmessage = () => {
+      port1.close();
+      resolve();
+    };
+    port2.postMessage(null);
+  });
+}
+
 /** The flow control of one stream: `sent` counts a chunk sent and, once STREAM_WINDOW are
  * unread, returns the Promise the engine waits on before its next step (woken by `resume`:
  * a chunk read, a stop; or by `stall` after `stallMs`). */
@@ -511,6 +552,7 @@ function imageUrls(request, kind) {
   return urls;
 }
 
+/** The result of a request stopped before it ran. */
 function aborted() {
   return {
     id: "chatcmpl-aborted", object: "chat.completion", created: Math.floor(Date.now() / 1000), model: "webvlm",

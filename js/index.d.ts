@@ -48,7 +48,8 @@ export interface EngineOptions {
    * "exact" (f32 activations, the GPU's tolerances). */
   cpuMode?: "fast" | "exact";
   /** Chat requests that decode together in batched steps (continuous batching): requests
-   * made together (concurrent `create` calls, a batch) run up to this many at a time, each
+   * made together (concurrent `create` calls, a batch) run up to this many at a time, and chat
+   * requests sent while they decode join them (but for those with image URLs to fetch), each
    * on a context of its own (`maxContext` tokens of KV cache), and give the tokens they give
    * alone. 1 runs them one after another (default 4). */
   parallel?: number;
@@ -445,8 +446,8 @@ export interface EngineStats {
   /** The wasm heap's size (`WebAssembly.Memory`; it only grows). */
   wasmMemoryBytes: number | null;
   promptCache?: { liveTokens: number; savedTokens: number[]; savedBytes: number; budgetBytes: number; evicted: number };
-  /** Chat requests that ran together with others (in groups of requests made together), and
-   * the largest group. */
+  /** Chat requests that ran together with others (in groups of requests made together, and
+   * those that joined them), and the largest group. */
   concurrent?: { requests: number; widest: number };
   /** The CPU backend's pool: its threads, the workers started so far (Web Workers start
    * asynchronously) and how many times one joined an op. */

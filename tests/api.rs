@@ -12,7 +12,7 @@ use std::cell::Cell;
 use std::rc::Rc;
 
 use serde_json::{json, Value};
-use webvlm::api::many::{run_many, ManyEvent, ManyRequest};
+use webvlm::api::many::{run_many, ManyEvent, ManyRequest, ManySource};
 use webvlm::api::{batch, run, ApiError, ChatRequest};
 use webvlm::engine::{Engine, EngineError};
 use webvlm::gguf::MappedGguf;
@@ -564,10 +564,10 @@ fn requests_run_together_stream_and_end_as_they_do_alone() {
         .iter()
         .enumerate()
         .map(|(i, b)| ManyRequest { request: parse(b), abort: (i == 4).then(|| abort.clone()) })
-        .collect();
+        .collect::<Vec<_>>();
     let mut chunks = vec![Vec::new(); bodies.len()];
     let mut done: Vec<Option<Result<Value, ApiError>>> = vec![None; bodies.len()];
-    pollster::block_on(run_many(&mut e, requests, &mut load, 4, |i, event| {
+    pollster::block_on(run_many(&mut e, requests.into_iter(), &mut load, 4, |i, event| {
         match event {
             ManyEvent::Chunk(c) => chunks[i].push(stable(&c)),
             ManyEvent::Done(result) => {
@@ -634,7 +634,7 @@ fn n_choices_are_the_request_with_the_seed_plus_their_index() {
     let vocab = e.decoder().cfg.vocab as usize;
     let request = ManyRequest { request: ChatRequest::from_value(body(3, 1), vocab), abort: None };
     let mut end = None;
-    pollster::block_on(run_many(&mut e, vec![request], &mut no_files, 2, |_, event| {
+    pollster::block_on(run_many(&mut e, std::iter::once(request), &mut no_files, 2, |_, event| {
         if let ManyEvent::Done(result) = event {
             end = Some(result);
         }
@@ -642,6 +642,49 @@ fn n_choices_are_the_request_with_the_seed_plus_their_index() {
     }));
     let refused = end.unwrap().unwrap_err();
     assert!(refused.message.contains("n = 3 choices need 3 sequence slots"), "{}", refused.message);
+}
+
+/// A source with nothing ready at first and a request later (the package's requests sent
+/// while others decode): the later one joins the running one, ends first (it is short), and
+/// both answer as they do alone.
+#[test]
+fn a_request_ready_later_joins_the_running_ones() {
+    struct Later<'a> {
+        requests: Vec<ManyRequest>,
+        asked: &'a Cell<usize>,
+    }
+    impl ManySource for Later<'_> {
+        fn next_request(&mut self) -> Option<ManyRequest> {
+            self.asked.set(self.asked.get() + 1);
+            // The first at once, the second from the third time asked (two steps later).
+            (self.asked.get() == 1 || self.asked.get() >= 3).then(|| self.requests.pop()).flatten()
+        }
+    }
+    let mut e = tiny_vlm_engine();
+    let bodies = [
+        json!({ "messages": user("Count to ten."), "max_tokens": 24, "temperature": 0, "logit_bias": no_end_tokens(&e) }),
+        json!({ "messages": user("Hi"), "max_tokens": 4, "temperature": 0.9, "seed": 2 }),
+    ];
+    let vocab = e.decoder().cfg.vocab as usize;
+    let parse = |b: &Value| ChatRequest::from_value(b.clone(), vocab).unwrap();
+    let content = |v: &Value| v["choices"][0].clone();
+    let alone: Vec<Value> = bodies
+        .iter()
+        .map(|b| content(&pollster::block_on(run(&mut e, &parse(b), &mut no_files, None, |_| None)).unwrap()))
+        .collect();
+    let requests = bodies.iter().rev().map(|b| ManyRequest { request: Ok(parse(b)), abort: None }).collect();
+    let (mut ended, asked) = (Vec::new(), Cell::new(0));
+    pollster::block_on(run_many(&mut e, Later { requests, asked: &asked }, &mut no_files, 4, |i, event| {
+        if let ManyEvent::Done(result) = event {
+            ended.push((i, content(&result.unwrap())));
+        }
+        None
+    }));
+    assert!(asked.get() > 3, "asked {} times", asked.get());
+    assert_eq!(ended.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [1, 0], "the later request ended first");
+    for (i, reply) in ended {
+        assert_eq!(reply, alone[i], "request {i}");
+    }
 }
 
 #[test]

@@ -74,7 +74,7 @@ pub async fn run_batch(
             out.set(i, result);
         }
     } else {
-        let requests = requests.into_iter().map(|request| ManyRequest { request, abort: None }).collect();
+        let requests = requests.into_iter().map(|request| ManyRequest { request, abort: None });
         run_many(engine, requests, load_url, parallel, |i, event| {
             if let ManyEvent::Done(result) = event {
                 out.set(i, result);

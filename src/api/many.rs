@@ -23,6 +23,26 @@ pub struct ManyRequest {
     pub abort: Option<Rc<Cell<bool>>>,
 }
 
+/// Where the requests of a [`run_many`] call come from. Any iterator of them is one (all
+/// known at the start); a source that has none now and more later lets requests join the run.
+pub trait ManySource {
+    /// The next request, when one is ready: asked before each step unless one already
+    /// waits for free slots.
+    fn next_request(&mut self) -> Option<ManyRequest>;
+
+    /// What the next step waits for first, so that requests sent meanwhile can arrive (the
+    /// browser's host yields to its message queue); nothing by default.
+    fn before_step(&mut self) -> Option<Wait> {
+        None
+    }
+}
+
+impl<I: Iterator<Item = ManyRequest>> ManySource for I {
+    fn next_request(&mut self) -> Option<ManyRequest> {
+        self.next()
+    }
+}
+
 /// What [`run_many`] reports of request `i`.
 #[derive(Debug)]
 pub enum ManyEvent {
@@ -32,12 +52,13 @@ pub enum ManyEvent {
     Done(Result<Value, ApiError>),
 }
 
-/// Runs `requests` on up to `slots` sequences at a time (see the module docs); `sink(i,
-/// event)` gets request `i`'s chunks and end, and when it returns a [`Wait`] the next step
-/// waits for it (a reader slower than the tokens).
+/// Runs `requests` on up to `slots` sequences at a time (see the module docs), numbered in
+/// the order they come; `sink(i, event)` gets request `i`'s chunks and end, and when it
+/// returns a [`Wait`] the next step waits for it (a reader slower than the tokens). The run
+/// ends when nothing runs and `requests` has nothing more.
 pub async fn run_many(
     engine: &mut Engine,
-    requests: Vec<ManyRequest>,
+    mut requests: impl ManySource,
     load_url: &mut dyn FnMut(&str) -> Result<Vec<u8>, EngineError>,
     slots: u32,
     mut sink: impl FnMut(usize, ManyEvent) -> Option<Wait>,
@@ -46,7 +67,11 @@ pub async fn run_many(
         Ok(run) => run,
         Err(e) => {
             let error = ApiError::from(e);
-            (0..requests.len()).for_each(|i| drop(sink(i, ManyEvent::Done(Err(error.clone())))));
+            let mut index = 0;
+            while requests.next_request().is_some() {
+                drop(sink(index, ManyEvent::Done(Err(error.clone()))));
+                index += 1;
+            }
             return;
         }
     };
@@ -56,13 +81,15 @@ pub async fn run_many(
     };
     let mut running = RunningRequests::new();
     let mut waits = Vec::new();
-    let mut requests = requests.into_iter().enumerate();
     let mut next: Option<(Request, Prepared)> = None;
+    let mut count = 0;
     loop {
         // Admits in order while the next request's choices find free slots.
         loop {
             if next.is_none() {
-                let Some((index, ManyRequest { request, abort })) = requests.next() else { break };
+                let Some(ManyRequest { request, abort }) = requests.next_request() else { break };
+                let index = count;
+                count += 1;
                 let prepared = request.and_then(|req| prepare(engine, &req, load_url, abort.clone()));
                 match prepared {
                     Ok(prepared) => next = Some((Request { index, abort }, prepared)),
@@ -73,12 +100,14 @@ pub async fn run_many(
             let Some((request, prepared)) = next.take_if(|(_, p)| fits(&run, &p.choices)) else { break };
             waits.extend(running.admit(engine, &mut run, prepared, request, &mut deliver).await);
         }
+        waits.extend(requests.before_step());
         for wait in waits.drain(..) {
             wait.await;
         }
         waits.extend(running.cancel_ended(&mut run, Request::aborted, &mut deliver).await);
         if run.running() == 0 {
-            if next.is_none() && requests.len() == 0 {
+            // Admission asked `requests` for more and had none.
+            if next.is_none() {
                 break;
             }
             continue;

@@ -143,7 +143,7 @@ pub async fn run(
 ) -> Result<Value, ApiError> {
     if req.n > 1 {
         let (request, mut end) = (many::ManyRequest { request: Ok(req.clone()), abort }, None);
-        many::run_many(engine, vec![request], load_url, req.n, |_, event| match event {
+        many::run_many(engine, std::iter::once(request), load_url, req.n, |_, event| match event {
             many::ManyEvent::Chunk(chunk) => on_chunk(chunk),
             many::ManyEvent::Done(result) => {
                 end = Some(result);

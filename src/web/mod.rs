@@ -16,7 +16,7 @@ use std::rc::Rc;
 
 use wasm_bindgen::prelude::*;
 
-use crate::api::many::{run_many, ManyEvent, ManyRequest};
+use crate::api::many::{run_many, ManyEvent};
 use crate::api::responses::{self, ResponseStore};
 use crate::api::{ApiError, ChatRequest};
 use crate::backend::gpu::{BufferRegistry, Gpu, GpuOptions};
@@ -429,7 +429,11 @@ impl WebEngine {
 
     /// Runs several chat requests (JSON each, checked as [`Self::generate`] checks one) at
     /// once: up to `slots` decode together in batched steps and the rest join as slots free
-    /// (continuous batching, `api::many`); each gives the tokens it gives alone.
+    /// (continuous batching, `api::many`); each gives the tokens it gives alone. `more()`,
+    /// called before each step unless a request waits for slots, returns a request to join
+    /// them (JSON, its images in `images` already), or a Promise the next step waits for (the
+    /// worker handles the messages that came meanwhile): requests sent while these decode
+    /// join the run ([`request::PageRequests`]). Indices go on from `requests` to `more`'s.
     /// `on_event(index, kind, value)` gets request `index`'s stream chunks (`"chunk"`, JSON)
     /// and its end (`"result"`, the `chat.completion` JSON; `"error"`, the Error
     /// [`Self::generate`] would throw); when it returns a Promise, the next step waits for
@@ -442,17 +446,13 @@ impl WebEngine {
         images: js_sys::Map,
         slots: u32,
         on_event: js_sys::Function,
+        more: Option<js_sys::Function>,
     ) -> Result<(), JsError> {
         let mut guard = self.inner.try_borrow_mut().map_err(|_| js(WebError::Busy))?;
         let State::Ready(engine) = &mut guard.state else { return Err(js(WebError::NotLoaded)) };
         let vocab = engine.decoder().cfg.vocab as usize;
-        let aborts: Vec<Rc<Cell<bool>>> = requests.iter().map(|_| Rc::default()).collect();
-        self.many_aborts.replace(aborts.clone());
-        let (runs, widest) = self.many_counts.get();
-        self.many_counts.set((runs + requests.len() as u64, widest.max(requests.len())));
-        let many = (requests.iter().zip(aborts))
-            .map(|(r, abort)| ManyRequest { request: ChatRequest::parse(r, vocab), abort: Some(abort) })
-            .collect();
+        self.many_aborts.take();
+        let many = request::PageRequests::new(requests, more, &self.many_aborts, vocab);
         let mut load = |url: &str| request::image_bytes(&images, url);
         let sink = |i: usize, event: ManyEvent| {
             let (kind, value): (&str, JsValue) = match event {
@@ -467,7 +467,9 @@ impl WebEngine {
             }) as Wait)
         };
         run_many(engine, many, &mut load, slots.max(1), sink).await;
-        self.many_aborts.take();
+        let (runs, widest) = self.many_counts.get();
+        let ran = self.many_aborts.take().len();
+        self.many_counts.set((runs + ran as u64, widest.max(ran)));
         Ok(())
     }
 

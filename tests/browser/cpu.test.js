@@ -201,6 +201,44 @@ test("4 create calls made together on SmolLM2 decode together on the CPU backend
   browser.assertNoErrors();
 });
 
+test("a create call sent while others decode on the CPU backend joins them, and each answers as alone", { timeout: 10 * MIN }, async (t) => {
+  // The first two cannot end early (<|im_end|> and <|endoftext|> banned): the late one, 12
+  // tokens, ends before them only if it decodes beside them.
+  const long = (q) => ({ messages: [{ role: "user", content: q }], max_tokens: 48, temperature: 0, logit_bias: { 0: -100, 2: -100 } });
+  const first = [long("Write a short poem about rain."), long("Tell a story about a cat.")];
+  const late = { messages: [{ role: "user", content: "Why is the sky blue?" }], max_tokens: 12, temperature: 0 };
+  const r = await inPage(page, async (api, [model, first, late]) => {
+    const engine = await api.createEngine({ model, cacheName: null, backend: "cpu" });
+    try {
+      const content = (x) => x.choices[0].message.content;
+      const alone = [];
+      for (const q of [...first, late]) alone.push(content(await engine.chat.completions.create(q)));
+      const t0 = performance.now();
+      const streams = await Promise.all(first.map((q) => engine.chat.completions.create({ ...q, stream: true })));
+      let lateCall;
+      const read = async (stream) => {
+        let text = "";
+        for await (const chunk of stream) {
+          text += chunk.choices[0]?.delta?.content ?? "";
+          // Sent once the first two decode: after the first chunk of the first.
+          lateCall ??= engine.chat.completions.create(late).then((x) => ({ text: content(x), ms: performance.now() - t0 }));
+        }
+        return { text, ms: performance.now() - t0 };
+      };
+      const together = await Promise.all(streams.map(read));
+      return { alone, together, late: await lateCall, stats: (await engine.stats()).concurrent };
+    } finally {
+      await engine.unload();
+    }
+  }, [smollm2.model, first, late]);
+  t.diagnostic(`the first two ended after ${r.together.map((x) => x.ms.toFixed(0)).join(" and ")} ms, the late one after ${r.late.ms.toFixed(0)} ms; `
+    + `concurrent ${JSON.stringify(r.stats)}`);
+  assert.deepEqual([...r.together.map((x) => x.text), r.late.text], r.alone, "the requests' replies differ from theirs alone");
+  assert.equal(r.stats.widest, 3, "the late request ran in the first two's group");
+  assert.ok(r.late.ms < Math.min(...r.together.map((x) => x.ms)), "the late request ended before the first two: it decoded beside them");
+  browser.assertNoErrors();
+});
+
 test("backend and threads are checked before anything loads; more than one thread needs cross-origin isolation", async () => {
   const fails = (on) => inPage(on, async (api) => {
     const fail = (o) => api.createEngine({ model: { text: "/none.gguf" }, cacheName: null, ...o }).then(() => null, (e) => `${e.name}: ${e.message}`);
