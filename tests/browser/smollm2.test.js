@@ -35,18 +35,24 @@ test("SmolLM2 answers in the browser that the capital of France is Paris", async
     const { createEngine } = window.webvlm;
     // On WebGPU (SwiftShader here): the CPU backend's fast mode answers otherwise, as llama.cpp
     // does on this model (cpu.test.js runs SmolLM2 on the CPU).
+    const t0 = performance.now();
     const engine = await createEngine({ model: { text: url }, backend: "webgpu" });
+    const at = [performance.now() - t0];
     const chunks = [];
     for await (const c of await engine.chat.completions.create({
       messages: [{ role: "user", content: "What is the capital of France?" }],
       max_tokens: 12, temperature: 0, stream: true, stream_options: { include_usage: true },
-    })) chunks.push(c);
+    })) {
+      chunks.push(c);
+      at.push(performance.now() - t0);
+    }
     await engine.unload();
-    return { info: engine.info, chunks };
+    return { info: engine.info, chunks, at };
   }, `/models/${MODEL}`);
   const text = r.chunks.map((c) => c.choices[0]?.delta?.content ?? "").join("");
   const usage = r.chunks.at(-1).usage;
-  t.diagnostic(`reply: ${JSON.stringify(text)}; usage ${JSON.stringify(usage)}`);
+  t.diagnostic(`reply: ${JSON.stringify(text)}; usage ${JSON.stringify(usage)}; loaded after ${r.at[0].toFixed(0)} ms, `
+    + `first chunk ${r.at[1].toFixed(0)} ms, last ${r.at.at(-1).toFixed(0)} ms`);
   assert.match(text, /Paris/);
   assert.equal(r.chunks[0].object, "chat.completion.chunk");
   assert.equal(r.chunks[0].choices[0].delta.role, "assistant");
