@@ -3,8 +3,9 @@
 // (worker.js) or, with `createEngine({worker: false})`, on the page's own thread; either way
 // it only talks through `post(message)` and `handle(message)`.
 //
-// Chat requests queued together run together (`generateGroup`, up to the engine option
-// `parallel` decoding in batched steps); everything else runs one at a time, in order.
+// Chat and Responses requests queued together run together (`generateGroup`, up to the
+// engine option `parallel` decoding in batched steps), and those sent while they run join
+// them; everything else runs one at a time, in order.
 //
 // Page → host:  {id, type: "load", model: {text: [source] | repo: URL, quant?, mmproj: [source]?}, options, cacheName, streamStallMs?}
 //               {id, type: "generate", request}   {id, type: "respond", request}   (chat / Responses)
@@ -31,6 +32,8 @@ export const STREAM_STALL_MS = 30_000;
 export const DEFAULT_PARALLEL = 4;
 /** Most chat requests taken up together: the queued ones behind them wait for the next group. */
 const MAX_GROUP = 16;
+/** The requests that run in groups: chat requests and Responses requests. */
+const GROUPED = new Set(["generate", "respond"]);
 
 export class Host {
   constructor(post) {
@@ -131,7 +134,7 @@ export class Host {
       let value, group;
       if (msg.type === "load") value = await this.load(msg, onProgress);
       else if (msg.type === "reload") value = await this.reload(onProgress);
-      else if (msg.type === "generate" && (group = this.groupOf(msg)).length > 1) {
+      else if (GROUPED.has(msg.type) && (group = this.groupOf(msg)).length > 1) {
         await this.generateGroup(group); // answers each request itself
         return;
       } else if (msg.type === "generate" || msg.type === "respond") {
@@ -340,27 +343,28 @@ export class Host {
     }
   }
 
-  /** `msg` (a chat request) and the chat requests queued right behind it, up to MAX_GROUP
-   * (none past another kind of message or a stopped request), when the engine runs several
-   * at once (`parallel` > 1). */
+  /** `msg` (a chat or Responses request) and the chat and Responses requests queued right
+   * behind it, up to MAX_GROUP (none past another kind of message or a stopped request), when
+   * the engine runs several at once (`parallel` > 1). */
   groupOf(msg) {
     const group = [msg];
     if (this.slots <= 1) return group;
     for (const next of this.queued.values()) {
-      if (group.length === MAX_GROUP || next.type !== "generate" || this.stopped.has(next.id)) break;
+      if (group.length === MAX_GROUP || !GROUPED.has(next.type) || this.stopped.has(next.id)) break;
       group.push(next);
     }
     return group;
   }
 
-  /** The chat request first in the queue when it can join the running group: one with no
-   * image to download (a joiner's images cannot wait for `engine.check`, which needs the
-   * busy engine, and a refused request's images are never fetched); it leaves the queue. */
+  /** The chat or Responses request first in the queue when it can join the running group:
+   * one with no image to download (a joiner's images cannot wait for `engine.check`, which
+   * needs the busy engine, and a refused request's images are never fetched); it leaves the
+   * queue. */
   takeJoiner() {
     const next = this.queued.values().next().value;
-    if (next?.type !== "generate" || this.stopped.has(next.id)) return undefined;
+    if (!GROUPED.has(next?.type) || this.stopped.has(next.id)) return undefined;
     try {
-      if (imageUrls(next.request, "generate").size) return undefined;
+      if (imageUrls(next.request, next.type).size) return undefined;
     } catch {
       return undefined; // its own turn answers with the error
     }
@@ -369,9 +373,9 @@ export class Host {
     return next;
   }
 
-  /** Runs chat requests together (`WebEngine.generateMany`: up to `slots` decoding in
-   * batched steps, the rest joining as slots free), streaming and answering each as
-   * `generate` would; each one's stop, acknowledgements and stall are its own. The requests
+  /** Runs chat and Responses requests together (`WebEngine.generateMany`: up to `slots`
+   * decoding in batched steps, the rest joining as slots free), streaming and answering each
+   * as `generate` would; each one's stop, acknowledgements and stall are its own. The requests
    * behind the first leave the queue (their turn in it then does nothing), and so do those
    * sent while the group decodes, which join it (`takeJoiner`). */
   async generateGroup(group) {
@@ -387,8 +391,8 @@ export class Host {
     for (const m of group) {
       try {
         if (!engine) throw new EngineUnloadedError("no model is loaded");
-        const urls = imageUrls(m.request, "generate");
-        if (urls.size) engine.check(JSON.stringify(m.request));
+        const urls = imageUrls(m.request, m.type);
+        if (urls.size && m.type === "generate") engine.check(JSON.stringify(m.request));
         for (const url of urls) images.set(url, await fetchImage(url, this.downloads.signal));
         fetched.push(m);
       } catch (e) {
@@ -411,10 +415,11 @@ export class Host {
       this.group.set(m.id, member);
       runnable.push(m);
       members.push(member);
-      return JSON.stringify(m.request);
+      return [JSON.stringify(m.request), m.type];
     };
     try {
-      await engine?.generateMany(runnable.map((m) => JSON.stringify(m.request)), images, this.slots, (i, kind, value) => {
+      const requests = runnable.map((m) => JSON.stringify(m.request));
+      await engine?.generateMany(requests, runnable.map((m) => m.type), images, this.slots, (i, kind, value) => {
         const { id } = runnable[i];
         const flow = members[i].flow;
         const stall = () => {

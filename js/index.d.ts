@@ -48,8 +48,9 @@ export interface EngineOptions {
    * "exact" (f32 activations, the GPU's tolerances). */
   cpuMode?: "fast" | "exact";
   /** Chat requests that decode together in batched steps (continuous batching): requests
-   * made together (concurrent `create` calls, a batch) run up to this many at a time, and chat
-   * requests sent while they decode join them (but for those with image URLs to fetch), each
+   * made together (concurrent `create` calls, chat or Responses, a batch) run up to this many
+   * at a time, and those sent while they decode join them (but for those with image URLs to
+   * fetch), each
    * on a context of its own (`maxContext` tokens of KV cache), and give the tokens they give
    * alone. 1 runs them one after another (default 4). */
   parallel?: number;

@@ -7,10 +7,10 @@
 //   await engine.unload();
 //
 // The engine runs in a module worker (worker.js) unless `worker: false`; the object is the
-// same either way. Requests are queued and run in order; chat requests made together (in one
-// task: concurrent `create` calls, a batch) decode together in batched steps, up to the engine
-// option `parallel` (4) at a time, each giving the tokens it gives alone; chat requests sent while
-// they decode join them. `createEngine({remote})` gives
+// same either way. Requests are queued and run in order; chat and Responses requests made
+// together (in one task: concurrent `create` calls, a batch) decode together in batched steps, up
+// to the engine option `parallel` (4) at a time, each giving the tokens it gives alone, and those
+// sent while they decode join them. `createEngine({remote})` gives
 // the same interface over HTTP to an OpenAI-compatible server (remote.js), and `engine.fetch`
 // serves OpenAI's HTTP routes from an engine for OpenAI's SDKs (openai-fetch.js).
 

@@ -102,6 +102,64 @@ fn a_streamed_response_puts_together_to_the_response() {
     assert_eq!(output_text(&plain), output_text(&response), "the same seed, streamed or not");
 }
 
+/// Responses requests running together as their chat requests (`ResponseRun` in a parallel
+/// run, as the browser's host groups them): each gives the events and the response it gives
+/// alone, and a stored one continues as a stored one does.
+#[test]
+fn responses_running_together_give_what_they_give_alone() {
+    use webvlm::api::many::{run_many, ManyEvent, ManyRequest};
+    use webvlm::api::responses::ResponseRun;
+    let mut e = engine();
+    let bodies = [
+        json!({ "input": "Tell me a story", "max_output_tokens": 12, "temperature": 0.9, "seed": 3, "stream": true }),
+        json!({ "instructions": "Be brief.", "input": "Hello there", "max_output_tokens": 6, "temperature": 0 }),
+        json!({ "input": "Hi", "max_output_tokens": 5, "temperature": 0, "stream": true, "store": false }),
+    ];
+    let stable = |events: &[Value]| -> Vec<String> {
+        events.iter().map(|e| e["type"].as_str().unwrap().to_string() + e["delta"].as_str().unwrap_or("")).collect()
+    };
+    let mut alone_store = ResponseStore::default();
+    let alone: Vec<(Value, Vec<Value>)> = bodies.iter().map(|b| respond(&mut e, &mut alone_store, b.clone()).unwrap()).collect();
+    let mut store = ResponseStore::default();
+    let vocab = e.decoder().cfg.vocab as usize;
+    let (mut runs, mut requests) = (Vec::new(), Vec::new());
+    for body in &bodies {
+        let (run, chat) = ResponseRun::start(body.clone(), &store, vocab).unwrap();
+        runs.push(Some(run));
+        requests.push(ManyRequest { request: Ok(chat), abort: None });
+    }
+    let mut got: Vec<(Option<Value>, Vec<Value>)> = vec![(None, Vec::new()); bodies.len()];
+    pollster::block_on(run_many(&mut e, requests.into_iter(), &mut no_urls, 4, |i, event| {
+        match event {
+            ManyEvent::Chunk(chunk) => got[i].1.extend(runs[i].as_mut().unwrap().chunk(&chunk)),
+            ManyEvent::Done(completion) => {
+                let (response, closing) = runs[i].take().unwrap().end(&mut store, completion).unwrap();
+                got[i].1.extend(closing);
+                got[i].0 = Some(response);
+            }
+        }
+        None
+    }));
+    for (i, ((response, events), (want, want_events))) in got.iter().zip(&alone).enumerate() {
+        let response = response.as_ref().unwrap();
+        assert_eq!(output_text(response), output_text(want), "request {i}");
+        assert_eq!(
+            (&response["status"], &response["usage"]["output_tokens"]),
+            (&want["status"], &want["usage"]["output_tokens"])
+        );
+        assert_eq!(stable(events), stable(want_events), "request {i}'s events");
+    }
+    assert_eq!(store.len(), 2, "the two stored (store: false keeps nothing)");
+    let first = got[1].0.as_ref().unwrap()["id"].as_str().unwrap();
+    let next = json!({ "previous_response_id": first, "input": "And again?", "max_output_tokens": 4, "temperature": 0 });
+    let want_first = alone[1].0["id"].as_str().unwrap();
+    let (continued, _) = respond(&mut e, &mut store, next.clone()).unwrap();
+    let mut again = next;
+    again["previous_response_id"] = json!(want_first);
+    let (want, _) = respond(&mut e, &mut alone_store, again).unwrap();
+    assert_eq!(output_text(&continued), output_text(&want), "continued from the stored response");
+}
+
 #[test]
 fn an_agent_loop_continues_through_previous_response_id() {
     let mut e = engine();

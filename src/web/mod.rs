@@ -8,6 +8,7 @@
 //! the GGUF parts ([`RepoLoad`]).
 
 pub mod error;
+mod many;
 mod plan;
 mod request;
 
@@ -427,22 +428,25 @@ impl WebEngine {
         Ok(value.to_string())
     }
 
-    /// Runs several chat requests (JSON each, checked as [`Self::generate`] checks one) at
-    /// once: up to `slots` decode together in batched steps and the rest join as slots free
-    /// (continuous batching, `api::many`); each gives the tokens it gives alone. `more()`,
-    /// called before each step unless a request waits for slots, returns a request to join
-    /// them (JSON, its images in `images` already), or a Promise the next step waits for (the
-    /// worker handles the messages that came meanwhile): requests sent while these decode
-    /// join the run ([`request::PageRequests`]). Indices go on from `requests` to `more`'s.
-    /// `on_event(index, kind, value)` gets request `index`'s stream chunks (`"chunk"`, JSON)
-    /// and its end (`"result"`, the `chat.completion` JSON; `"error"`, the Error
-    /// [`Self::generate`] would throw); when it returns a Promise, the next step waits for
-    /// it. [`Self::stop_request`] ends one request, [`Self::stop`] all of them.
+    /// Runs several requests at once — chat requests (`kinds[i]` `"generate"`, checked as
+    /// [`Self::generate`] checks one) and Responses requests (`"respond"`, run as
+    /// [`Self::respond`] runs one) — up to `slots` decoding together in batched steps and the
+    /// rest joining as slots free (continuous batching, `api::many`); each gives the tokens it
+    /// gives alone. `more()`, called before each step unless a request waits for slots,
+    /// returns a `[JSON, kind]` request to join them (its images in `images` already), or a
+    /// Promise the next step waits for (the worker handles the messages that came meanwhile):
+    /// requests sent while these decode join the run ([`many::PageRequests`]). Indices go on
+    /// from `requests` to `more`'s. `on_event(index, kind, value)` gets request `index`'s
+    /// stream chunks (`"chunk"`: JSON, a Responses request's events) and its end
+    /// (`"result"`, the `chat.completion` or `response` JSON; `"error"`, the Error its own
+    /// call would throw); when it returns a Promise, the next step waits for it.
+    /// [`Self::stop_request`] ends one request, [`Self::stop`] all of them.
     #[wasm_bindgen(js_name = generateMany)]
     #[allow(clippy::await_holding_refcell_ref)]
     pub async fn generate_many(
         &self,
         requests: Vec<String>,
+        kinds: Vec<String>,
         images: js_sys::Map,
         slots: u32,
         on_event: js_sys::Function,
@@ -450,26 +454,21 @@ impl WebEngine {
     ) -> Result<(), JsError> {
         let mut guard = self.inner.try_borrow_mut().map_err(|_| js(WebError::Busy))?;
         let State::Ready(engine) = &mut guard.state else { return Err(js(WebError::NotLoaded)) };
-        let vocab = engine.decoder().cfg.vocab as usize;
         self.many_aborts.take();
-        let many = request::PageRequests::new(requests, more, &self.many_aborts, vocab);
-        let mut load = |url: &str| request::image_bytes(&images, url);
-        let sink = |i: usize, event: ManyEvent| {
-            let (kind, value): (&str, JsValue) = match event {
-                ManyEvent::Chunk(chunk) => ("chunk", chunk.to_string().into()),
-                ManyEvent::Done(Ok(completion)) => ("result", completion.to_string().into()),
-                ManyEvent::Done(Err(e)) => ("error", js(e).into()),
-            };
-            let ret = on_event.call3(&JsValue::NULL, &JsValue::from(i as u32), &JsValue::from_str(kind), &value).ok()?;
-            let promise = ret.dyn_into::<js_sys::Promise>().ok()?;
-            Some(Box::pin(async move {
-                let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
-            }) as Wait)
+        let runs = RefCell::default();
+        let shared = many::Shared {
+            aborts: &self.many_aborts,
+            runs: &runs,
+            store: &self.responses,
+            vocab: engine.decoder().cfg.vocab as usize,
         };
-        run_many(engine, many, &mut load, slots.max(1), sink).await;
-        let (runs, widest) = self.many_counts.get();
+        let given = requests.into_iter().zip(kinds).collect();
+        let mut load = |url: &str| request::image_bytes(&images, url);
+        let sink = |i: usize, event: ManyEvent| many::deliver(&on_event, &shared, i, event);
+        run_many(engine, many::PageRequests::new(given, more, &shared), &mut load, slots.max(1), sink).await;
+        let (count, widest) = self.many_counts.get();
         let ran = self.many_aborts.take().len();
-        self.many_counts.set((runs + ran as u64, widest.max(ran)));
+        self.many_counts.set((count + ran as u64, widest.max(ran)));
         Ok(())
     }
 

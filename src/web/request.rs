@@ -1,16 +1,9 @@
 //! What crosses the wasm boundary besides requests (those are [`crate::api::ChatRequest`]):
-//! engine options, the image bytes the worker fetched, and the requests of a
-//! `generateMany` call as they come.
-
-use std::cell::{Cell, RefCell};
-use std::rc::Rc;
+//! engine options, and the image bytes the worker fetched.
 
 use serde::Deserialize;
-use wasm_bindgen::{JsCast, JsValue};
 
-use crate::api::many::{ManyRequest, ManySource};
-use crate::api::ChatRequest;
-use crate::engine::{EngineError, Wait};
+use crate::engine::EngineError;
 
 /// `WebEngine.create` options.
 #[derive(Deserialize, Default)]
@@ -51,55 +44,4 @@ pub fn image_bytes(images: &js_sys::Map, url: &str) -> Result<Vec<u8>, EngineErr
         return Err(EngineError::BadImageUrl(format!("{url}: not fetched by the page")));
     }
     Ok(js_sys::Uint8Array::new(&value).to_vec())
-}
-
-/// The requests of a `generateMany` call: those it was given, then those its `more()` hands
-/// over while they run (a request's JSON; otherwise a Promise the next step waits for, which
-/// settles once the worker has handled the messages that came meanwhile). Each gets an abort
-/// flag, pushed to `aborts` in order.
-pub struct PageRequests<'a> {
-    given: std::vec::IntoIter<String>,
-    more: Option<js_sys::Function>,
-    aborts: &'a RefCell<Vec<Rc<Cell<bool>>>>,
-    vocab: usize,
-    pause: Option<js_sys::Promise>,
-}
-
-impl<'a> PageRequests<'a> {
-    pub fn new(
-        given: Vec<String>,
-        more: Option<js_sys::Function>,
-        aborts: &'a RefCell<Vec<Rc<Cell<bool>>>>,
-        vocab: usize,
-    ) -> Self {
-        PageRequests { given: given.into_iter(), more, aborts, vocab, pause: None }
-    }
-}
-
-impl ManySource for PageRequests<'_> {
-    fn next_request(&mut self) -> Option<ManyRequest> {
-        let json = match self.given.next() {
-            Some(json) => json,
-            None => {
-                let answer = self.more.as_ref()?.call0(&JsValue::NULL).ok()?;
-                match answer.as_string() {
-                    Some(json) => json,
-                    None => {
-                        self.pause = answer.dyn_into().ok();
-                        return None;
-                    }
-                }
-            }
-        };
-        let abort = Rc::<Cell<bool>>::default();
-        self.aborts.borrow_mut().push(abort.clone());
-        Some(ManyRequest { request: ChatRequest::parse(&json, self.vocab), abort: Some(abort) })
-    }
-
-    fn before_step(&mut self) -> Option<Wait> {
-        let pause = wasm_bindgen_futures::JsFuture::from(self.pause.take()?);
-        Some(Box::pin(async move {
-            let _ = pause.await;
-        }))
-    }
 }

@@ -239,6 +239,47 @@ test("a create call sent while others decode on the CPU backend joins them, and 
   browser.assertNoErrors();
 });
 
+test("Responses requests made together with a chat request decode with it on the CPU backend, each as alone; a grouped one is stored", { timeout: 10 * MIN }, async (t) => {
+  const calls = [
+    ["respond", { input: "Tell me a story about a cat.", max_output_tokens: 16, temperature: 0 }],
+    ["respond", { instructions: "Be brief.", input: "Hello there", max_output_tokens: 8, temperature: 0.8, seed: 5, stream: true }],
+    ["chat", { messages: [{ role: "user", content: "Name three colors." }], max_tokens: 12, temperature: 0 }],
+  ];
+  const r = await inPage(page, async (api, [model, calls]) => {
+    const engine = await api.createEngine({ model, cacheName: null, backend: "cpu" });
+    const textOf = (response) => response.output.filter((i) => i.type === "message").flatMap((i) => i.content).map((p) => p.text).join("");
+    // A call's reply: the chat message, or the response's text (from its events when it streams).
+    const answer = async ([kind, request]) => {
+      if (kind === "chat") return { text: (await engine.chat.completions.create(request)).choices[0].message.content };
+      const out = await engine.responses.create(request);
+      if (!request.stream) return { text: textOf(out), id: out.id };
+      let deltas = "", last;
+      for await (const event of out) {
+        if (event.type === "response.output_text.delta") deltas += event.delta;
+        last = event;
+      }
+      return { text: textOf(last.response), deltas, type: last.type };
+    };
+    try {
+      const alone = [];
+      for (const call of calls) alone.push(await answer(call));
+      const together = await Promise.all(calls.map(answer));
+      const stored = await engine.responses.retrieve(together[0].id);
+      return { alone, together, stored: stored && textOf(stored), stats: (await engine.stats()).concurrent };
+    } finally {
+      await engine.unload();
+    }
+  }, [smollm2.model, calls]);
+  t.diagnostic(`together: ${JSON.stringify(r.together.map((x) => x.text))}; concurrent ${JSON.stringify(r.stats)}`);
+  const texts = (list) => list.map((x) => x.text);
+  assert.deepEqual(texts(r.together), texts(r.alone), "the replies made together differ from theirs alone");
+  assert.equal(r.together[1].deltas, r.together[1].text, "the streamed response's deltas make its text");
+  assert.equal(r.together[1].type, r.alone[1].type, "the stream's last event"); // incomplete: max_output_tokens
+  assert.equal(r.stats.widest, 3, "the three ran as one group");
+  assert.equal(r.stored, r.together[0].text, "the grouped response was stored");
+  browser.assertNoErrors();
+});
+
 test("backend and threads are checked before anything loads; more than one thread needs cross-origin isolation", async () => {
   const fails = (on) => inPage(on, async (api) => {
     const fail = (o) => api.createEngine({ model: { text: "/none.gguf" }, cacheName: null, ...o }).then(() => null, (e) => `${e.name}: ${e.message}`);

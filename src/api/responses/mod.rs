@@ -86,6 +86,45 @@ impl ResponsesRequest {
     }
 }
 
+/// A Responses request running as its chat request: the chat stream's chunks become its
+/// events, and the chat completion (or error) its `response` object, kept in a store when
+/// asked. [`run`] drives one alone; the browser's requests running together (`web`'s
+/// `generateMany`) drive one per Responses request among them.
+pub struct ResponseRun {
+    request: ResponsesRequest,
+    events: ResponseEvents,
+}
+
+impl ResponseRun {
+    /// Reads `body` (`store` resolves `previous_response_id`): the run and the chat request
+    /// it runs as.
+    pub fn start(body: Value, store: &ResponseStore, vocab: usize) -> Result<(ResponseRun, ChatRequest), ApiError> {
+        let request = ResponsesRequest::read(body, store)?;
+        let chat = request.chat_request(vocab)?;
+        Ok((ResponseRun { events: request.events(), request }, chat))
+    }
+
+    /// The events of a chat stream chunk.
+    pub fn chunk(&mut self, chunk: &Value) -> Vec<Value> {
+        self.events.push(chunk)
+    }
+
+    /// The end of the chat run: the `response` object (kept in `store` when asked) and the
+    /// stream's closing events (none unless it streams); or the error, naming the Responses
+    /// field at fault.
+    pub fn end(
+        mut self,
+        store: &mut ResponseStore,
+        completion: Result<Value, ApiError>,
+    ) -> Result<(Value, Vec<Value>), ApiError> {
+        let completion = completion.map_err(|e| self.request.rename(e))?;
+        let response = self.request.response(&completion);
+        let closing = if self.request.stream() { self.events.finish(&response) } else { Vec::new() };
+        self.request.keep(store, &response, &completion);
+        Ok((response, closing))
+    }
+}
+
 /// Runs a Responses request on `engine` (the browser's path): returns the `response` object;
 /// with `stream`, each event goes to `on_event` as it is made (which may return a future to
 /// await: backpressure). The response is kept in `store` when asked to.
@@ -97,19 +136,12 @@ pub async fn run(
     abort: Option<Rc<Cell<bool>>>,
     mut on_event: impl FnMut(Value) -> Option<Wait>,
 ) -> Result<Value, ApiError> {
-    let request = ResponsesRequest::read(body, store)?;
-    let chat = request.chat_request(engine.decoder().cfg.vocab as usize)?;
-    let mut events = request.events();
-    let stream = request.stream();
+    let (mut run, chat) = ResponseRun::start(body, store, engine.decoder().cfg.vocab as usize)?;
     let mut send = |events: Vec<Value>| events.into_iter().fold(None, |_, e| on_event(e));
-    let completion =
-        super::run(engine, &chat, load_url, abort, |chunk| send(events.push(&chunk))).await.map_err(|e| request.rename(e))?;
-    let response = request.response(&completion);
-    if stream {
-        if let Some(wait) = send(events.finish(&response)) {
-            wait.await;
-        }
+    let completion = super::run(engine, &chat, load_url, abort, |chunk| send(run.chunk(&chunk))).await;
+    let (response, closing) = run.end(store, completion)?;
+    if let Some(wait) = send(closing) {
+        wait.await;
     }
-    request.keep(store, &response, &completion);
     Ok(response)
 }
