@@ -25,7 +25,9 @@ use crate::image::PreprocessOptions;
 pub use choices::Choices;
 pub use error::ApiError;
 pub use reply::Reply;
-pub use request::{chat_template_kwargs, ChatRequest, ToolChoice, ToolRequest, MAX_CHAT_TEMPLATE_KWARGS_BYTES, MAX_CHOICES};
+pub use request::{
+    chat_template_kwargs, request_json, ChatRequest, ToolChoice, ToolRequest, MAX_CHAT_TEMPLATE_KWARGS_BYTES, MAX_CHOICES,
+};
 pub use response::ResponseMeta;
 
 /// Refuses what [`run`] would refuse before any image is fetched: an invalid or unsupported

@@ -129,12 +129,16 @@ impl Fields {
     }
 }
 
+/// A request body's JSON, or the `invalid_json` error OpenAI gives.
+pub fn request_json(json: &str) -> Result<Value, ApiError> {
+    serde_json::from_str(json)
+        .map_err(|e| ApiError::bad_request(None, "invalid_json", format!("the request is not valid JSON: {e}")))
+}
+
 impl ChatRequest {
     /// Parses and checks a JSON request. `vocab` bounds `logit_bias` ids and `tokens`.
     pub fn parse(json: &str, vocab: usize) -> Result<ChatRequest, ApiError> {
-        let value: Value = serde_json::from_str(json)
-            .map_err(|e| ApiError::bad_request(None, "invalid_json", format!("the request is not valid JSON: {e}")))?;
-        Self::from_value(value, vocab)
+        Self::from_value(request_json(json)?, vocab)
     }
 
     /// [`Self::parse`] of an already parsed JSON value.

@@ -13,7 +13,7 @@ use wasm_bindgen::{JsCast, JsValue};
 use super::js;
 use crate::api::many::{ManyEvent, ManyRequest, ManySource};
 use crate::api::responses::{ResponseRun, ResponseStore};
-use crate::api::{ApiError, ChatRequest};
+use crate::api::{request_json, ApiError, ChatRequest};
 use crate::engine::Wait;
 
 /// The requests as they come: `(JSON, kind)` with kind `"generate"` (chat) or `"respond"`
@@ -62,8 +62,7 @@ impl ManySource for PageRequests<'_> {
     fn next_request(&mut self) -> Option<ManyRequest> {
         let (json, kind) = self.next_json()?;
         let (request, run) = match kind.as_str() {
-            "respond" => match serde_json::from_str(&json)
-                .map_err(|e| ApiError::bad_request(None, "invalid_json", format!("the request is not valid JSON: {e}")))
+            "respond" => match request_json(&json)
                 .and_then(|body| ResponseRun::start(body, &self.shared.store.borrow(), self.shared.vocab))
             {
                 Ok((run, chat)) => (Ok(chat), Some(run)),

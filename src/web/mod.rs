@@ -19,7 +19,7 @@ use wasm_bindgen::prelude::*;
 
 use crate::api::many::{run_many, ManyEvent};
 use crate::api::responses::{self, ResponseStore};
-use crate::api::{ApiError, ChatRequest};
+use crate::api::{request_json, ChatRequest};
 use crate::backend::gpu::{BufferRegistry, Gpu, GpuOptions};
 use crate::backend::{cpu, Device};
 use crate::engine::{Engine, Prompt, RepoLoad, Vision, Wait, DEFAULT_PROMPT_CACHE_BYTES};
@@ -490,8 +490,7 @@ impl WebEngine {
         let mut guard = self.inner.try_borrow_mut().map_err(|_| js(WebError::Busy))?;
         let State::Ready(engine) = &mut guard.state else { return Err(js(WebError::NotLoaded)) };
         let mut store = self.responses.try_borrow_mut().map_err(|_| js(WebError::Busy))?;
-        let body = serde_json::from_str(&request)
-            .map_err(|e| js(ApiError::bad_request(None, "invalid_json", format!("the request is not valid JSON: {e}"))))?;
+        let body = request_json(&request).map_err(js)?;
         self.abort.set(false);
         let mut load = |url: &str| request::image_bytes(&images, url);
         let abort = Some(self.abort.clone());
