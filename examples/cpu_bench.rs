@@ -5,7 +5,8 @@
 //! Run: `cargo run --release --example cpu_bench` (about a minute), or one section of it:
 //! `cargo run --release --example cpu_bench -- kernels` or `-- delta`. `-- levels` compares
 //! the SIMD levels this build runs on SmolLM2-135M's decode matvecs, one thread (also in
-//! wasm32 under Node: see `levels`).
+//! wasm32 under Node: see `levels`). `-- batch` times a batched decode step's products (N
+//! tokens through the same weights, the matvec against the matmul's tiles) on 2 threads.
 
 use std::fmt::Write;
 use std::time::{Duration, Instant};
@@ -23,7 +24,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some("kernels") => println!("{}", report(&BenchConfig::default())?),
         Some("delta") => println!("{}", delta_rule()?),
         Some("levels") => println!("{}", levels()?),
-        Some(other) => return Err(format!("unknown section {other:?} (kernels, delta, levels)").into()),
+        Some("batch") => println!("{}", batch()?),
+        Some(other) => return Err(format!("unknown section {other:?} (kernels, delta, levels, batch)").into()),
     }
     Ok(())
 }
@@ -124,6 +126,56 @@ fn levels() -> Result<String, Box<dyn std::error::Error>> {
             let _ = write!(out, " | {:16.2}", 2.0 * (rows * cols * n) as f64 / ms / 1e6);
         }
         out.push('\n');
+    }
+    Ok(out)
+}
+
+/// A batched decode step's products on 2 threads: four layers of SmolLM2-1.7B's matrices (as in
+/// [`levels`]; larger than the caches) per fast-mode format, N tokens through each, by the
+/// matvec (each row fetched once, dotted with every token) and by the matmul's tiles (a panel
+/// decoded once for the tokens). Each cell is ms per step and, in brackets, the step's tokens/s
+/// over one token's matvec: the batched step's ceiling where the products are the step.
+fn batch() -> Result<String, Box<dyn std::error::Error>> {
+    let pool = ThreadPool::new(2)?;
+    let layer = [(2048, 2048), (2048, 2048), (2048, 2048), (2048, 2048), (8192, 2048), (8192, 2048), (2048, 8192)];
+    let sizes = [1, 2, 4, 8, 16];
+    let mut out = format!("batched decode products, SmolLM2-1.7B x 4 layers, {}, 2 threads, ms per step:\n", simd::level());
+    let _ = writeln!(out, "format product |{}", sizes.map(|n| format!("{:>16}", format!("N = {n}"))).join(" |"));
+    for ty in [GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q4_1, GgmlType::Q8_0] {
+        let weights = (0..4 * layer.len())
+            .map(|i| {
+                let (rows, cols) = layer[i % layer.len()];
+                random_blocks(ty, rows * cols / ty.block_size(), i as u64)
+            })
+            .collect::<Vec<_>>();
+        let ws = weights
+            .iter()
+            .enumerate()
+            .map(|(i, b)| Weight::new(ty, layer[i % layer.len()].0, layer[i % layer.len()].1, b))
+            .collect::<Result<Vec<_>, _>>()?;
+        let x: Vec<f32> = (0..16 * 8192).map(|i| ((i % 61) as f32 - 30.0) / 30.0).collect();
+        let mut y = vec![0.0; 16 * 8192];
+        let mut one = 0.0;
+        for tiles in [false, true] {
+            let _ = write!(out, "{:<6} {:<7}", ty.name(), if tiles { "matmul" } else { "matvec" });
+            for n in sizes {
+                let ms = millis(|| {
+                    ws.iter().try_for_each(|w| {
+                        let (x, y) = (&x[..n * w.cols()], &mut y[..n * w.rows()]);
+                        if tiles {
+                            matmul(&pool, w, x, y, n, Mode::Fast)
+                        } else {
+                            matvec(&pool, w, x, y, n, Mode::Fast)
+                        }
+                    })
+                })?;
+                if n == 1 && !tiles {
+                    one = ms;
+                }
+                let _ = write!(out, " | {ms:8.2} ({:4.2}x)", n as f64 * one / ms);
+            }
+            out.push('\n');
+        }
     }
     Ok(out)
 }

@@ -189,7 +189,7 @@ impl Panel for KPanel<'_> {
         let size = self.w.ty().type_size();
         for (s, dst) in buf.iter_mut().enumerate() {
             let blocks = rows.map(|r| &self.w.row(r)[s * size..][..size]);
-            KRows::decode(self.w.ty(), blocks, dst, self.simd.avx2());
+            KRows::decode(self.w.ty(), blocks, dst, self.simd);
         }
     }
 

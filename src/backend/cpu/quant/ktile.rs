@@ -22,6 +22,7 @@ use std::arch::x86_64::*;
 
 use super::scalar::scales_k4;
 use super::{f16_at, BlockQ8K};
+use crate::backend::cpu::simd::Simd;
 use crate::gguf::GgmlType;
 
 /// Eight rows' super-block `s`, interleaved (see the module header).
@@ -53,21 +54,30 @@ impl Default for KRows {
 
 impl KRows {
     /// Decodes super-block `rows[r]` of eight `ty` rows (Q4_K, Q5_K or Q6_K; layouts in
-    /// `gguf/quant/dequant.rs`, unpacking as in `scalar.rs`); `avx2`: the codes with
-    /// `kquant_avx2.rs`'s unpacking (the CPU has AVX2, FMA and F16C).
-    pub(in crate::backend::cpu) fn decode(ty: GgmlType, rows: [&[u8]; 8], out: &mut KRows, avx2: bool) {
+    /// `gguf/quant/dequant.rs`, unpacking as in `scalar.rs`) at the SIMD level `simd` (from
+    /// AVX2 the codes with `kquant_avx2.rs`'s unpacking; at AVX-512 interleaved in registers).
+    pub(in crate::backend::cpu) fn decode(ty: GgmlType, rows: [&[u8]; 8], out: &mut KRows, simd: Simd) {
         out.six = ty == GgmlType::Q6_K;
+        match simd {
+            // SAFETY: the AVX-512 levels have the features (`Simd::is_supported`).
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512 | Simd::Avx512Vnni => unsafe { codes_512(ty, rows, &mut out.codes) },
+            _ => {
+                for (r, b) in rows.into_iter().enumerate() {
+                    let mut codes = [0; 256];
+                    match simd.avx2() {
+                        // SAFETY: as documented.
+                        #[cfg(target_arch = "x86_64")]
+                        true => unsafe { codes_avx2(ty, b, &mut codes) },
+                        _ => codes_scalar(ty, b, &mut codes),
+                    }
+                    for (q, dst) in out.codes.iter_mut().enumerate() {
+                        dst[8 * r..8 * r + 8].copy_from_slice(&codes[8 * q..8 * q + 8]);
+                    }
+                }
+            }
+        }
         for (r, b) in rows.into_iter().enumerate() {
-            let mut codes = [0; 256];
-            match avx2 {
-                // SAFETY: as documented.
-                #[cfg(target_arch = "x86_64")]
-                true => unsafe { codes_avx2(ty, b, &mut codes) },
-                _ => codes_scalar(ty, b, &mut codes),
-            }
-            for (q, dst) in out.codes.iter_mut().enumerate() {
-                dst[8 * r..8 * r + 8].copy_from_slice(&codes[8 * q..8 * q + 8]);
-            }
             let mut scales = [0i16; 16];
             if out.six {
                 for (g, s) in scales.iter_mut().enumerate() {
@@ -141,6 +151,67 @@ unsafe fn codes_avx2(ty: GgmlType, b: &[u8], codes: &mut [u8; 256]) {
         store(64 * j, lo, codes);
         store(64 * j + 32, hi, codes);
     }
+}
+
+/// The eight rows' codes interleaved with AVX-512: per quarter `j` of the super-block, each
+/// row's codes `64j..64j + 64` in one vector (`kquant_avx2.rs`'s unpacking, two halves), the
+/// eight vectors transposed by 64-bit lanes, so that vector `8j + i` holds every row's codes
+/// `64j + 8i..64j + 8i + 8`.
+///
+/// # Safety
+/// Needs AVX2, FMA, F16C and AVX-512F/BW/VL; each row holds a whole `ty` super-block.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+unsafe fn codes_512(ty: GgmlType, rows: [&[u8]; 8], codes: &mut [[u8; 64]; 32]) {
+    use super::kquant_avx2::{codes45, codes6};
+    let (qs_at, qh_at) = if ty == GgmlType::Q5_K { (48, Some(16)) } else { (16, None) };
+    for j in 0..4 {
+        let mut v = [_mm512_setzero_si512(); 8];
+        for (v, b) in v.iter_mut().zip(rows) {
+            let [lo, hi] = if ty == GgmlType::Q6_K {
+                [codes6(b, 2 * j), codes6(b, 2 * j + 1)]
+            } else {
+                let qh = qh_at.map(|at| _mm256_loadu_si256(b[at..at + 32].as_ptr().cast()));
+                codes45(b[qs_at + 32 * j..][..32].as_ptr(), qh, j as i32)
+            };
+            *v = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+        }
+        for (i, t) in transpose_8x8_i64(v).into_iter().enumerate() {
+            _mm512_store_si512(codes[8 * j + i].as_mut_ptr().cast(), t);
+        }
+    }
+}
+
+/// The 8 x 8 matrix of 64-bit lanes whose row `r` is `v[r]`, transposed: 64-bit interleaves
+/// of row pairs, then 128-bit lane picks of pairs of those, twice.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+fn transpose_8x8_i64(v: [__m512i; 8]) -> [__m512i; 8] {
+    // a[2p]: (v[2p][2k], v[2p + 1][2k]) in 128-bit lane k; a[2p + 1]: the odd columns.
+    let mut a = [_mm512_setzero_si512(); 8];
+    for p in 0..4 {
+        a[2 * p] = _mm512_unpacklo_epi64(v[2 * p], v[2 * p + 1]);
+        a[2 * p + 1] = _mm512_unpackhi_epi64(v[2 * p], v[2 * p + 1]);
+    }
+    // b[4h + 2e + c]: for rows 4h..4h + 4, columns m = 2c + e and m + 4, as 128-bit lanes
+    // (rows 4h, 4h + 1 of m; of m + 4; rows 4h + 2, 4h + 3 of m; of m + 4).
+    let mut b = [_mm512_setzero_si512(); 8];
+    for h in 0..2 {
+        for e in 0..2 {
+            let (x, y) = (a[4 * h + e], a[4 * h + 2 + e]);
+            b[4 * h + 2 * e] = _mm512_shuffle_i64x2::<0x88>(x, y);
+            b[4 * h + 2 * e + 1] = _mm512_shuffle_i64x2::<0xDD>(x, y);
+        }
+    }
+    let mut out = [_mm512_setzero_si512(); 8];
+    for e in 0..2 {
+        for c in 0..2 {
+            let (x, y) = (b[2 * e + c], b[4 + 2 * e + c]);
+            out[2 * c + e] = _mm512_shuffle_i64x2::<0x88>(x, y);
+            out[2 * c + e + 4] = _mm512_shuffle_i64x2::<0xDD>(x, y);
+        }
+    }
+    out
 }
 
 /// `p[r][i] += Σ_s` row `r` of super-blocks `w[s]` times token `i`'s activation block
