@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use webvlm::backend::cpu::bench::{report, BenchConfig};
 use webvlm::backend::cpu::delta_net::{recurrent, DeltaNetLayout, KHeads};
 use webvlm::backend::cpu::delta_net_chunked::chunked;
-use webvlm::backend::cpu::{matmul, matvec, simd, Mode, Simd, ThreadPool, Weight};
+use webvlm::backend::cpu::{matmul, matmul_packed, matvec, simd, Mode, PackedQ4K, Simd, ThreadPool, Weight};
 use webvlm::gguf::{random_blocks, GgmlType, SplitMix64};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -132,8 +132,8 @@ fn levels() -> Result<String, Box<dyn std::error::Error>> {
 
 /// A batched decode step's products on 2 threads: four layers of SmolLM2-1.7B's matrices (as in
 /// [`levels`]; larger than the caches) per fast-mode format, N tokens through each, by the
-/// matvec (each row fetched once, dotted with every token) and by the matmul's tiles (a panel
-/// decoded once for the tokens). Each cell is ms per step and, in brackets, the step's tokens/s
+/// matvec (each row fetched once, dotted with every token), by the matmul's tiles (a panel
+/// decoded once for the tokens) and, for Q4_K, from the rows repacked at load (no decoding). Each cell is ms per step and, in brackets, the step's tokens/s
 /// over one token's matvec: the batched step's ceiling where the products are the step.
 fn batch() -> Result<String, Box<dyn std::error::Error>> {
     let pool = ThreadPool::new(2)?;
@@ -155,21 +155,25 @@ fn batch() -> Result<String, Box<dyn std::error::Error>> {
             .collect::<Result<Vec<_>, _>>()?;
         let x: Vec<f32> = (0..16 * 8192).map(|i| ((i % 61) as f32 - 30.0) / 30.0).collect();
         let mut y = vec![0.0; 16 * 8192];
+        let packed = match ty {
+            GgmlType::Q4_K => ws.iter().map(PackedQ4K::pack).collect::<Result<Vec<_>, _>>()?,
+            _ => Vec::new(),
+        };
         let mut one = 0.0;
-        for tiles in [false, true] {
-            let _ = write!(out, "{:<6} {:<7}", ty.name(), if tiles { "matmul" } else { "matvec" });
+        for product in ["matvec", "matmul", "packed"].into_iter().take(if packed.is_empty() { 2 } else { 3 }) {
+            let _ = write!(out, "{:<6} {product:<7}", ty.name());
             for n in sizes {
                 let ms = millis(|| {
-                    ws.iter().try_for_each(|w| {
+                    ws.iter().zip(0..).try_for_each(|(w, i)| {
                         let (x, y) = (&x[..n * w.cols()], &mut y[..n * w.rows()]);
-                        if tiles {
-                            matmul(&pool, w, x, y, n, Mode::Fast)
-                        } else {
-                            matvec(&pool, w, x, y, n, Mode::Fast)
+                        match product {
+                            "matvec" => matvec(&pool, w, x, y, n, Mode::Fast),
+                            "matmul" => matmul(&pool, w, x, y, n, Mode::Fast),
+                            _ => matmul_packed(&pool, &packed[i], x, y, n),
                         }
                     })
                 })?;
-                if n == 1 && !tiles {
+                if n == 1 && product == "matvec" {
                     one = ms;
                 }
                 let _ = write!(out, " | {ms:8.2} ({:4.2}x)", n as f64 * one / ms);

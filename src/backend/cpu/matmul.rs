@@ -23,6 +23,10 @@
 //!   stretches of [`COLS`] columns that keep a tile's rows and tokens in L1, four rows at a
 //!   time.
 //!
+//! - [`PackedQ4K`]: a Q4_K weight repacked once into the K-quant tile's interleaved layout
+//!   with its codes still 4-bit (`quant/q4k_x8.rs`), so that [`matmul_packed`] reads panels
+//!   as they lie: no decoding per product, from one token up. Bit for bit the matvec's.
+//!
 //! Output rows are split into chunks of whole panels that the pool's threads claim.
 
 use super::elementwise::silu;
@@ -33,7 +37,8 @@ use super::quant::ktile::{self, KRows};
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 use super::quant::ktile_wasm::{self, KRow};
 use super::quant::ltile::{self, LBlock};
-use super::quant::{quantize_q8, quantize_q8k, BlockQ8, BlockQ8K};
+use super::quant::q4k_x8::{self, Q4KBlockX8, Q4_K_BYTES};
+use super::quant::{quantize_q8, quantize_q8k, BlockQ8, BlockQ8K, QuantError};
 use super::simd::{self, Simd};
 use crate::gguf::quant::block_dequantizer;
 use crate::gguf::GgmlType;
@@ -244,6 +249,103 @@ impl Panel for WasmKPanel<'_> {
         let w = std::array::from_fn(|r| &buf[r * n_sb..][..n_sb]);
         let mut p = [[0.0; TOKENS]; ROWS];
         ktile_wasm::tile_wasm(self.simd, w, &xs[..n], &mut p);
+        p
+    }
+}
+
+/// A Q4_K weight repacked once, eight rows at a time (`quant/q4k_x8.rs`), for products that
+/// read it with no decoding step: [`matmul_packed`] of any number of tokens gives the
+/// matvec's (and [`matmul`]'s) result bit for bit.
+pub struct PackedQ4K {
+    rows: usize,
+    cols: usize,
+    /// `[panel][super-block]`; the last panel's missing rows repeat its last row.
+    panels: Vec<Q4KBlockX8>,
+}
+
+impl PackedQ4K {
+    /// Repacks `w`, which must be Q4_K.
+    pub fn pack(w: &Weight) -> Result<PackedQ4K, MatvecError> {
+        if w.ty() != GgmlType::Q4_K {
+            return Err(MatvecError::Unsupported(w.ty()));
+        }
+        let (rows, cols) = (w.rows(), w.cols());
+        let n_sb = cols / 256;
+        let mut panels = Vec::new();
+        panels
+            .try_reserve_exact(rows.div_ceil(ROWS) * n_sb)
+            .map_err(|_| QuantError::OutOfMemory { bytes: rows.div_ceil(ROWS) * n_sb * size_of::<Q4KBlockX8>() })?;
+        for o0 in (0..rows).step_by(ROWS) {
+            let row: [&[u8]; ROWS] = std::array::from_fn(|r| w.row((o0 + r).min(rows - 1)));
+            for s in 0..n_sb {
+                panels.push(Q4KBlockX8::pack(row.map(|b| &b[s * Q4_K_BYTES..][..Q4_K_BYTES])));
+            }
+        }
+        Ok(PackedQ4K { rows, cols, panels })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+}
+
+/// [`matmul`] of a [`PackedQ4K`] weight (fast mode): `y[t][r] = Σ_k w[r][k] x[t][k]` for
+/// `t < n_tok`, `x` `[n_tok][w.cols]`, `y` `[n_tok][w.rows]`.
+pub fn matmul_packed(pool: &ThreadPool, w: &PackedQ4K, x: &[f32], y: &mut [f32], n_tok: usize) -> Result<(), MatvecError> {
+    let (need_x, need_y) = (n_tok * w.cols, n_tok * w.rows);
+    if x.len() < need_x {
+        return Err(MatvecError::Length { what: "x", got: x.len(), need: need_x });
+    }
+    if y.len() < need_y {
+        return Err(MatvecError::Length { what: "y", got: y.len(), need: need_y });
+    }
+    if n_tok == 0 || w.rows == 0 {
+        return Ok(());
+    }
+    let out = Output { stride: w.rows as u32, offset: 0, epilogue: Epilogue::Store };
+    let run = Run { pool, n_tok, outputs: w.rows, out, y: Rows(y.as_mut_ptr()) };
+    run.panels(&PackedPanel { w, x: quantize_q8k(&x[..need_x])?, simd: simd::level() });
+    Ok(())
+}
+
+/// A [`PackedQ4K`] weight's panels as they lie, against Q8_K activations: loading a panel is
+/// naming it.
+struct PackedPanel<'a> {
+    w: &'a PackedQ4K,
+    x: Vec<BlockQ8K>,
+    simd: Simd,
+}
+
+impl Panel for PackedPanel<'_> {
+    /// The panel's first super-block.
+    type Buf = usize;
+
+    fn buf(&self) -> usize {
+        0
+    }
+
+    fn load(&self, buf: &mut usize, rows: [usize; ROWS]) {
+        *buf = rows[0] / ROWS * (self.w.cols / 256);
+    }
+
+    fn tile(&self, buf: &usize, t0: usize, n: usize) -> Tile {
+        let n_sb = self.w.cols / 256;
+        let w = &self.w.panels[*buf..][..n_sb];
+        let xs: [&[BlockQ8K]; TOKENS] = std::array::from_fn(|i| &self.x[(t0 + i.min(n - 1)) * n_sb..][..n_sb]);
+        let mut p = [[0.0; TOKENS]; ROWS];
+        match self.simd {
+            // SAFETY: each level implies the features its tile needs (`Simd::is_supported`),
+            // and every slice holds `n_sb` super-blocks.
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512Vnni => unsafe { q4k_x8::tile_512_vnni(w, &xs[..n], &mut p) },
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512 => unsafe { q4k_x8::tile_512(w, &xs[..n], &mut p) },
+            _ => q4k_x8::tile(w, &xs[..n], &mut p),
+        }
         p
     }
 }

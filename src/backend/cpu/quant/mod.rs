@@ -15,7 +15,8 @@
 //! The tiles of the prefill matmul: K-quant super-blocks decoded once for many tokens and
 //! dotted eight rows at a time (`ktile.rs`; at the wasm32 levels one row against four tokens,
 //! `ktile_wasm.rs`), the same for Q4_0 / Q4_1 / Q8_0 blocks
-//! (`ltile.rs`), and the f32 4 x 2 micro-kernel of its exact mode (`ftile.rs`).
+//! (`ltile.rs`), and the f32 4 x 2 micro-kernel of its exact mode (`ftile.rs`). Q4_K rows
+//! repacked once for products with no decoding step: `q4k_x8.rs`.
 
 mod float;
 pub(super) mod ftile;
@@ -37,6 +38,7 @@ mod legacy_wasm;
 pub(super) mod ltile;
 #[cfg(target_arch = "aarch64")]
 mod neon;
+pub(super) mod q4k_x8;
 mod q8;
 mod scalar;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
