@@ -156,7 +156,7 @@ fn batch() -> Result<String, Box<dyn std::error::Error>> {
         let x: Vec<f32> = (0..16 * 8192).map(|i| ((i % 61) as f32 - 30.0) / 30.0).collect();
         let mut y = vec![0.0; 16 * 8192];
         let packed = match ty {
-            GgmlType::Q4_K => ws.iter().map(PackedQ4K::pack).collect::<Result<Vec<_>, _>>()?,
+            GgmlType::Q4_K => ws.iter().map(|w| PackedQ4K::pack(&pool, w)).collect::<Result<Vec<_>, _>>()?,
             _ => Vec::new(),
         };
         let mut one = 0.0;

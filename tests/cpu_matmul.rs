@@ -107,7 +107,7 @@ fn repacked_q4_k_equals_the_matvec_at_every_token_count() {
     let cols = cols(ty);
     let bytes = random_blocks(ty, ROWS * cols / ty.block_size(), 11);
     let w = Weight::new(ty, ROWS, cols, &bytes).unwrap();
-    let packed = PackedQ4K::pack(&w).unwrap();
+    let packed = PackedQ4K::pack(&ThreadPool::new(2).unwrap(), &w).unwrap();
     assert_eq!((packed.rows(), packed.cols()), (ROWS, cols));
     let packed_run = |level: Simd, pool: &ThreadPool, x: &[f32], n_tok: usize| {
         let mut y = vec![f32::NAN; n_tok * ROWS];
@@ -126,7 +126,7 @@ fn repacked_q4_k_equals_the_matvec_at_every_token_count() {
     }
     let bytes = representable_weights(ty, ROWS * cols, 12);
     let w = Weight::new(ty, ROWS, cols, &bytes).unwrap();
-    let packed = PackedQ4K::pack(&w).unwrap();
+    let packed = PackedQ4K::pack(&ThreadPool::new(2).unwrap(), &w).unwrap();
     let x = representable_activations(3 * cols, 13);
     let want = matvec_ref(&dequantize_to_vec(ty, &bytes, ROWS * cols).unwrap(), ROWS, cols, &x, 3);
     for level in Simd::available() {
@@ -135,7 +135,7 @@ fn repacked_q4_k_equals_the_matvec_at_every_token_count() {
         assert!(y == want, "{level}");
     }
     let q8 = random_blocks(GgmlType::Q8_0, ROWS * cols / 32, 14);
-    let err = PackedQ4K::pack(&Weight::new(GgmlType::Q8_0, ROWS, cols, &q8).unwrap()).err();
+    let err = PackedQ4K::pack(&ThreadPool::new(1).unwrap(), &Weight::new(GgmlType::Q8_0, ROWS, cols, &q8).unwrap()).err();
     assert!(matches!(err, Some(MatvecError::Unsupported(GgmlType::Q8_0))), "{err:?}");
     let mut short = vec![0.0; ROWS];
     let err = matmul_packed(&ThreadPool::new(1).unwrap(), &packed, &x, &mut short, 2).err();

@@ -500,3 +500,27 @@ fn matmul_launch_shapes() {
     assert_eq!(launch.invocations, 256);
     assert_eq!(launch.weight.as_ref().map(|r| r.activation_bytes), Some(4 * k as u64 * 128), "X rows per workgroup");
 }
+
+#[test]
+fn a_cpu_weight_written_again_is_not_read_from_its_old_repacked_form() {
+    // The CPU backend's fast mode takes a Q4_K weight repacked at its first product where the
+    // SIMD level has the repacked kernels (AVX-512): writing the weight's memory again must
+    // reach the next product (each result bit for bit the CPU matvec's of the bytes then).
+    use webvlm::backend::cpu::{self as cpu_backend, Mode, ThreadPool};
+    let dev = cpu_in(Mode::Fast);
+    let (ty, rows, cols, n_tok) = (GgmlType::Q4_K, 24, 512, 3);
+    let (first, _) = weight(ty, rows, cols, 31);
+    let (second, _) = weight(ty, rows, cols, 32);
+    let x: Vec<f32> = (0..n_tok * cols).map(|i| ((i * 7 % 23) as f32 - 11.0) / 11.0).collect();
+    let want = |bytes: &[u8]| {
+        let w = cpu_backend::Weight::new(ty, rows, cols, bytes).unwrap();
+        let mut y = vec![0.0; n_tok * rows];
+        cpu_backend::matvec(&ThreadPool::new(2).unwrap(), &w, &x, &mut y, n_tok, Mode::Fast).unwrap();
+        y
+    };
+    let w = Weight::upload(&dev, "w", ty, rows as u32, cols as u32, &first).unwrap();
+    assert_eq!(run_matvec(&dev, &w, &x, n_tok), want(&first));
+    assert_eq!(run_matvec(&dev, &w, &x, n_tok), want(&first));
+    dev.write(&w.parts[0].buffer, 0, &second).unwrap();
+    assert_eq!(run_matvec(&dev, &w, &x, n_tok), want(&second));
+}

@@ -57,7 +57,12 @@ pub(super) fn cpu_product(
         let (x, mut y) = (x.read_n(x_range.end)?, y.write_n(y_end)?);
         let (x, y) = (&x[x_range.clone()], &mut y[y_start..]);
         weight.with(|w| {
-            // A batched step's tokens on the matmul's tiles where that is faster, same bits.
+            // The weight repacked where that is faster, else a batched step's tokens on the
+            // matmul's tiles where that is: the same bits every way.
+            if let Some(packed) = weight.packed(pool, w, mode, out) {
+                cpu::matmul_packed_into(pool, &packed, x, y, out, n)?;
+                return Ok(());
+            }
             match product {
                 Product::Matvec if !cpu::matmul::takes_decode(w.ty(), mode, n) => cpu::matvec_into(pool, w, x, y, out, n, mode)?,
                 Product::Matvec | Product::Matmul => cpu::matmul_into(pool, w, x, y, out, n, mode)?,

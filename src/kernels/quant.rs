@@ -17,6 +17,10 @@
 //! The repack is a pure byte permutation ([`repack`], inverted by [`unpack`]), so the GPU sees
 //! exactly the GGUF values.
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use super::shapes::{Epilogue, Output};
 use crate::backend::cpu::{self, ProgramError};
 use crate::backend::gpu::GpuError;
 use crate::backend::{Buffer, Device};
@@ -276,12 +280,44 @@ pub(crate) struct CpuWeight {
     cols: usize,
     /// Each part's buffer and the bytes of its rows.
     parts: Vec<(cpu::Buffer, usize)>,
+    repacked: Rc<RefCell<Option<CpuPacked>>>,
 }
 
 impl CpuWeight {
     pub(crate) fn of(w: &Weight) -> Result<CpuWeight, GpuError> {
         let parts = w.parts.iter().map(|p| Ok((p.buffer.cpu()?.clone(), p.bytes as usize))).collect::<Result<_, GpuError>>()?;
-        Ok(CpuWeight { ty: w.ty, rows: w.rows as usize, cols: w.cols as usize, parts })
+        Ok(CpuWeight { ty: w.ty, rows: w.rows as usize, cols: w.cols as usize, parts, repacked: w.cpu_packed.clone() })
+    }
+
+    /// `w` (this weight, borrowed) repacked for a fast-mode product into `out`, where the
+    /// repacked form is faster (Q4_K at the AVX-512 levels: `cpu::PackedQ4K`, whose panels
+    /// a SiLU-gated product takes from both halves only where each half is whole panels):
+    /// made at the first such product and kept until a part is written again. `None` where
+    /// it does not apply or the memory for it was refused (the product then reads the rows
+    /// as they are; the results are the same bits either way).
+    pub(crate) fn packed(
+        &self,
+        pool: &cpu::ThreadPool,
+        w: &cpu::Weight,
+        mode: cpu::Mode,
+        out: Output,
+    ) -> Option<Rc<cpu::PackedQ4K>> {
+        let gated_halves_whole = out.epilogue != Epilogue::SiluMul || (self.rows / 2).is_multiple_of(cpu::matmul::ROWS);
+        let level = matches!(cpu::simd::level(), cpu::Simd::Avx512 | cpu::Simd::Avx512Vnni);
+        if self.ty != GgmlType::Q4_K || mode != cpu::Mode::Fast || !level || !gated_halves_whole {
+            return None;
+        }
+        let writes: Vec<u64> = self.parts.iter().map(|(b, _)| b.writes()).collect();
+        let mut cached = self.repacked.borrow_mut();
+        match &*cached {
+            Some(p) if p.writes == writes => Some(p.weight.clone()),
+            _ => {
+                *cached = None;
+                let weight = Rc::new(cpu::PackedQ4K::pack(pool, w).ok()?);
+                *cached = Some(CpuPacked { writes, weight: weight.clone() });
+                Some(weight)
+            }
+        }
     }
 
     /// Runs `f` on the weight, its buffers borrowed meanwhile.
@@ -317,6 +353,15 @@ pub struct Weight {
     pub cols: u32,
     /// Row ranges, each in its own buffer, in row order.
     pub parts: Vec<WeightPart>,
+    /// On the CPU backend, the weight repacked for its products where that is faster (see
+    /// [`CpuWeight::packed`]), made at its first product; shared by clones.
+    cpu_packed: Rc<RefCell<Option<CpuPacked>>>,
+}
+
+/// A repacked CPU weight and its parts' write counts when it was made.
+struct CpuPacked {
+    writes: Vec<u64>,
+    weight: Rc<cpu::PackedQ4K>,
 }
 
 impl Weight {
@@ -367,7 +412,7 @@ impl Weight {
             let scale_base = if format.split_scale() { (p.body_bytes / 4) as u32 } else { 0 };
             parts.push(WeightPart { buffer, row_offset: p.row_offset, rows: p.rows, scale_base, bytes: p.bytes });
         }
-        Ok(Weight { label: label.to_string(), ty, format, rows, cols, parts })
+        Ok(Weight { label: label.to_string(), ty, format, rows, cols, parts, cpu_packed: Rc::default() })
     }
 
     /// A weight in CPU memory: the GGUF bytes as they are (the CPU kernels read every format
@@ -377,7 +422,7 @@ impl Weight {
         let bytes = row_bytes * rows as u64;
         let buffer = dev.storage(label, bytes)?;
         let part = WeightPart { buffer, row_offset: 0, rows, scale_base: 0, bytes };
-        Ok(Weight { label: label.to_string(), ty, format, rows, cols, parts: vec![part] })
+        Ok(Weight { label: label.to_string(), ty, format, rows, cols, parts: vec![part], cpu_packed: Rc::default() })
     }
 
     /// A CPU weight whose rows are used where they lie: `parts` (a name, a row count and the
@@ -397,7 +442,7 @@ impl Weight {
             mapped.push(WeightPart { buffer, row_offset, rows: n, scale_base: 0, bytes: expected });
             row_offset += n;
         }
-        Ok(Weight { label: label.to_string(), ty, format, rows, cols, parts: mapped })
+        Ok(Weight { label: label.to_string(), ty, format, rows, cols, parts: mapped, cpu_packed: Rc::default() })
     }
 
     /// Whether every part is mapped file memory (a CPU weight used where it lies).

@@ -29,6 +29,9 @@
 //!
 //! Output rows are split into chunks of whole panels that the pool's threads claim.
 
+use std::mem::MaybeUninit;
+use std::sync::{Mutex, PoisonError};
+
 use super::elementwise::silu;
 use super::matvec::{check, MatvecError, Mode, Rows, Weight};
 use super::pool::ThreadPool;
@@ -86,7 +89,7 @@ pub fn matmul_into(
     n_tok: usize,
     mode: Mode,
 ) -> Result<(), MatvecError> {
-    let outputs = check(w, x, y, out, n_tok)?;
+    let outputs = check((w.rows(), w.cols()), x, y, out, n_tok)?;
     if n_tok == 0 || outputs == 0 {
         return Ok(());
     }
@@ -264,23 +267,35 @@ pub struct PackedQ4K {
 }
 
 impl PackedQ4K {
-    /// Repacks `w`, which must be Q4_K.
-    pub fn pack(w: &Weight) -> Result<PackedQ4K, MatvecError> {
+    /// Repacks `w`, which must be Q4_K, its panels shared out to the pool's threads.
+    pub fn pack(pool: &ThreadPool, w: &Weight) -> Result<PackedQ4K, MatvecError> {
         if w.ty() != GgmlType::Q4_K {
             return Err(MatvecError::Unsupported(w.ty()));
         }
         let (rows, cols) = (w.rows(), w.cols());
-        let n_sb = cols / 256;
+        let (n_panels, n_sb) = (rows.div_ceil(ROWS), cols / 256);
+        let n = n_panels * n_sb;
         let mut panels = Vec::new();
-        panels
-            .try_reserve_exact(rows.div_ceil(ROWS) * n_sb)
-            .map_err(|_| QuantError::OutOfMemory { bytes: rows.div_ceil(ROWS) * n_sb * size_of::<Q4KBlockX8>() })?;
-        for o0 in (0..rows).step_by(ROWS) {
-            let row: [&[u8]; ROWS] = std::array::from_fn(|r| w.row((o0 + r).min(rows - 1)));
-            for s in 0..n_sb {
-                panels.push(Q4KBlockX8::pack(row.map(|b| &b[s * Q4_K_BYTES..][..Q4_K_BYTES])));
+        panels.try_reserve_exact(n).map_err(|_| QuantError::OutOfMemory { bytes: n.saturating_mul(size_of::<Q4KBlockX8>()) })?;
+        // Written by the tasks (the pages come to each thread as it first writes them).
+        let per_task = n_panels.div_ceil(pool.threads() * TASKS_PER_THREAD);
+        let chunks: Vec<Mutex<&mut [MaybeUninit<Q4KBlockX8>]>> =
+            panels.spare_capacity_mut()[..n].chunks_mut(per_task * n_sb).map(Mutex::new).collect();
+        let task = |i: usize| {
+            let mut chunk = chunks[i].lock().unwrap_or_else(PoisonError::into_inner);
+            for (p, panel) in chunk.chunks_exact_mut(n_sb).enumerate() {
+                let o0 = (i * per_task + p) * ROWS;
+                let row: [&[u8]; ROWS] = std::array::from_fn(|r| w.row((o0 + r).min(rows - 1)));
+                for (s, dst) in panel.iter_mut().enumerate() {
+                    dst.write(Q4KBlockX8::pack(row.map(|b| &b[s * Q4_K_BYTES..][..Q4_K_BYTES])));
+                }
             }
-        }
+        };
+        pool.run(chunks.len(), &task);
+        drop(chunks);
+        // SAFETY: the tasks wrote every one of the `n` (whole chunks of whole panels, each
+        // super-block of each).
+        unsafe { panels.set_len(n) };
         Ok(PackedQ4K { rows, cols, panels })
     }
 
@@ -296,19 +311,29 @@ impl PackedQ4K {
 /// [`matmul`] of a [`PackedQ4K`] weight (fast mode): `y[t][r] = Σ_k w[r][k] x[t][k]` for
 /// `t < n_tok`, `x` `[n_tok][w.cols]`, `y` `[n_tok][w.rows]`.
 pub fn matmul_packed(pool: &ThreadPool, w: &PackedQ4K, x: &[f32], y: &mut [f32], n_tok: usize) -> Result<(), MatvecError> {
-    let (need_x, need_y) = (n_tok * w.cols, n_tok * w.rows);
-    if x.len() < need_x {
-        return Err(MatvecError::Length { what: "x", got: x.len(), need: need_x });
+    let out = Output { stride: w.rows as u32, offset: 0, epilogue: Epilogue::Store };
+    matmul_packed_into(pool, w, x, y, out, n_tok)
+}
+
+/// [`matmul_packed`] into the columns `out` names, with its epilogue (a SiLU-gated one where
+/// each half of the rows is whole panels: its up rows are panels of their own).
+pub fn matmul_packed_into(
+    pool: &ThreadPool,
+    w: &PackedQ4K,
+    x: &[f32],
+    y: &mut [f32],
+    out: Output,
+    n_tok: usize,
+) -> Result<(), MatvecError> {
+    let outputs = check((w.rows, w.cols), x, y, out, n_tok)?;
+    if out.epilogue == Epilogue::SiluMul && !outputs.is_multiple_of(ROWS) {
+        return Err(MatvecError::GatedPanels { outputs, panel: ROWS });
     }
-    if y.len() < need_y {
-        return Err(MatvecError::Length { what: "y", got: y.len(), need: need_y });
-    }
-    if n_tok == 0 || w.rows == 0 {
+    if n_tok == 0 || outputs == 0 {
         return Ok(());
     }
-    let out = Output { stride: w.rows as u32, offset: 0, epilogue: Epilogue::Store };
-    let run = Run { pool, n_tok, outputs: w.rows, out, y: Rows(y.as_mut_ptr()) };
-    run.panels(&PackedPanel { w, x: quantize_q8k(&x[..need_x])?, simd: simd::level() });
+    let run = Run { pool, n_tok, outputs, out, y: Rows(y.as_mut_ptr()) };
+    run.panels(&PackedPanel { w, x: quantize_q8k(&x[..n_tok * w.cols])?, simd: simd::level() });
     Ok(())
 }
 

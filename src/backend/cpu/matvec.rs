@@ -46,6 +46,8 @@ pub enum MatvecError {
     Length { what: &'static str, got: usize, need: usize },
     #[error("a SiLU-gated product needs an even row count, not {0}")]
     OddGated(usize),
+    #[error("a SiLU-gated product of a repacked weight needs whole panels of {panel} rows per half, not {outputs}")]
+    GatedPanels { outputs: usize, panel: usize },
     #[error("output stride {stride} is below the {outputs} outputs of a token")]
     Stride { stride: usize, outputs: usize },
     #[error(transparent)]
@@ -183,7 +185,7 @@ pub fn matvec_into(
     n_tok: usize,
     mode: Mode,
 ) -> Result<(), MatvecError> {
-    let outputs = check(w, x, y, out, n_tok)?;
+    let outputs = check((w.rows, w.cols), x, y, out, n_tok)?;
     if n_tok == 0 || outputs == 0 {
         return Ok(());
     }
@@ -201,17 +203,17 @@ pub fn matvec_into(
 
 /// Checks `x`, `y` and `out` for `n_tok` tokens of `w` (as [`matvec_into`] and
 /// [`matmul_into`](super::matmul::matmul_into) take them); returns the outputs per token.
-pub(super) fn check(w: &Weight, x: &[f32], y: &[f32], out: Output, n_tok: usize) -> Result<usize, MatvecError> {
+pub(super) fn check((rows, cols): (usize, usize), x: &[f32], y: &[f32], out: Output, n_tok: usize) -> Result<usize, MatvecError> {
     let gated = out.epilogue == Epilogue::SiluMul;
-    if gated && !w.rows.is_multiple_of(2) {
-        return Err(MatvecError::OddGated(w.rows));
+    if gated && !rows.is_multiple_of(2) {
+        return Err(MatvecError::OddGated(rows));
     }
-    let outputs = if gated { w.rows / 2 } else { w.rows };
+    let outputs = if gated { rows / 2 } else { rows };
     let (stride, offset) = (out.stride as usize, out.offset as usize);
     if n_tok > 1 && stride < outputs {
         return Err(MatvecError::Stride { stride, outputs });
     }
-    let need_x = n_tok.saturating_mul(w.cols);
+    let need_x = n_tok.saturating_mul(cols);
     let need_y = n_tok.saturating_sub(1).saturating_mul(stride).saturating_add(offset).saturating_add(outputs);
     if x.len() < need_x {
         return Err(MatvecError::Length { what: "x", got: x.len(), need: need_x });

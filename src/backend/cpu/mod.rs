@@ -37,7 +37,7 @@ pub mod vision_mllama;
 pub mod vision_qwen;
 
 pub use device::Device;
-pub use matmul::{matmul, matmul_into, matmul_packed, PackedQ4K};
+pub use matmul::{matmul, matmul_into, matmul_packed, matmul_packed_into, PackedQ4K};
 pub use matvec::{matvec, matvec_into, Epilogue, MatvecError, Mode, Output, Weight};
 pub use ops::ShapeError;
 pub use pool::{PoolActivity, PoolError, ThreadPool};

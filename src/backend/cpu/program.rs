@@ -16,7 +16,7 @@
 //! file, which the weight kernels read where they lie (no copy, and the pages are the file's:
 //! the kernel can drop and re-read them, and several processes share them).
 
-use std::cell::{Ref, RefCell, RefMut};
+use std::cell::{Cell, Ref, RefCell, RefMut};
 use std::ops::Range;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -67,6 +67,9 @@ impl Memory {
 pub struct Buffer {
     label: Rc<str>,
     memory: Rc<RefCell<Memory>>,
+    /// How many times its words were handed out for writing (what a form derived from its
+    /// bytes, such as a repacked weight, was made from).
+    writes: Rc<Cell<u64>>,
 }
 
 impl Buffer {
@@ -90,7 +93,7 @@ impl Buffer {
     }
 
     fn of(label: &str, memory: Memory) -> Buffer {
-        Buffer { label: label.into(), memory: Rc::new(RefCell::new(memory)) }
+        Buffer { label: label.into(), memory: Rc::new(RefCell::new(memory)), writes: Rc::default() }
     }
 
     pub fn label(&self) -> &str {
@@ -124,6 +127,7 @@ impl Buffer {
     /// Its words, exclusively (an op's output; the host writing a step's inputs).
     pub fn write(&self) -> Result<RefMut<'_, [f32]>, ProgramError> {
         let memory = self.memory.try_borrow_mut().map_err(|_| self.aliased())?;
+        self.writes.set(self.writes.get() + 1);
         RefMut::filter_map(memory, |m| match m {
             Memory::Owned(words) => Some(words.as_mut_slice()),
             Memory::Mapped(_) => None,
@@ -177,6 +181,12 @@ impl Buffer {
 
     fn aliased(&self) -> ProgramError {
         ProgramError::Aliased { label: self.label.to_string() }
+    }
+
+    /// How many times its words were handed out for writing: a form derived from its bytes
+    /// is stale once this moves.
+    pub fn writes(&self) -> u64 {
+        self.writes.get()
     }
 
     /// Whether both handles name the same memory.
