@@ -238,7 +238,7 @@ pub(in crate::backend::cpu) fn tile<const N: usize>(w: &[KRows], xs: &[&[BlockQ8
 /// # Safety
 /// `p` must point at eight readable bytes.
 #[cfg(target_arch = "x86_64")]
-unsafe fn eight<T>(p: *const T) -> i64 {
+pub(super) unsafe fn eight<T>(p: *const T) -> i64 {
     std::ptr::read_unaligned(p.cast::<i64>())
 }
 
@@ -340,7 +340,7 @@ fn add_sums<const N: usize>(sums: &[__m256], p: &mut [[f32; N]; 8], i0: usize) {
 /// `acc +` the four-code dot products of `c` (unsigned) and `x` (signed) per i32 lane.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
-fn dot4_512(acc: __m512i, c: __m512i, x: __m512i) -> __m512i {
+pub(super) fn dot4_512(acc: __m512i, c: __m512i, x: __m512i) -> __m512i {
     _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_maddubs_epi16(c, x), _mm512_set1_epi16(1)))
 }
 
@@ -348,7 +348,7 @@ fn dot4_512(acc: __m512i, c: __m512i, x: __m512i) -> __m512i {
 /// saturate here).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn dot4_512_vnni(acc: __m512i, c: __m512i, x: __m512i) -> __m512i {
+pub(super) fn dot4_512_vnni(acc: __m512i, c: __m512i, x: __m512i) -> __m512i {
     _mm512_dpbusd_epi32(acc, c, x)
 }
 

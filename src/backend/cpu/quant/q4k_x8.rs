@@ -16,6 +16,8 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
+#[cfg(target_arch = "x86_64")]
+use super::ktile::{dot4_512, dot4_512_vnni, eight};
 use super::scalar::scales_k4;
 use super::{f16_at, BlockQ8K};
 
@@ -90,15 +92,6 @@ pub(in crate::backend::cpu) fn tile<const N: usize>(w: &[Q4KBlockX8], xs: &[&[Bl
             }
         }
     }
-}
-
-/// The eight bytes at `p` as an i64.
-///
-/// # Safety
-/// `p` must point at eight readable bytes.
-#[cfg(target_arch = "x86_64")]
-unsafe fn eight<T>(p: *const T) -> i64 {
-    std::ptr::read_unaligned(p.cast::<i64>())
 }
 
 /// [`tile`] with AVX-512 (`tile_512`: `maddubs` + `madd`; `tile_512_vnni`: `vpdpbusd`), all eight
@@ -209,18 +202,6 @@ macro_rules! q4k_tile_512 {
             taken
         }
     };
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
-fn dot4_512(acc: __m512i, c: __m512i, x: __m512i) -> __m512i {
-    _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_maddubs_epi16(c, x), _mm512_set1_epi16(1)))
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn dot4_512_vnni(acc: __m512i, c: __m512i, x: __m512i) -> __m512i {
-    _mm512_dpbusd_epi32(acc, c, x)
 }
 
 q4k_tile_512!("avx2,fma,f16c,avx512f,avx512bw,avx512vl", dot4_512: tile_512, pass_512);
