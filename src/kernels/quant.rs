@@ -293,8 +293,9 @@ impl CpuWeight {
     /// repacked form is faster (Q4_K at the AVX-512 levels: `cpu::PackedQ4K`, whose panels
     /// a SiLU-gated product takes from both halves only where each half is whole panels):
     /// made at the first such product and kept until a part is written again. `None` where
-    /// it does not apply or the memory for it was refused (the product then reads the rows
-    /// as they are; the results are the same bits either way).
+    /// it does not apply or the memory for it was refused, which is not asked again until a
+    /// part is written (the product then reads the rows as they are; the results are the same
+    /// bits either way).
     pub(crate) fn packed(
         &self,
         pool: &cpu::ThreadPool,
@@ -310,12 +311,12 @@ impl CpuWeight {
         let writes: Vec<u64> = self.parts.iter().map(|(b, _)| b.writes()).collect();
         let mut cached = self.repacked.borrow_mut();
         match &*cached {
-            Some(p) if p.writes == writes => Some(p.weight.clone()),
+            Some(p) if p.writes == writes => p.weight.clone(),
             _ => {
-                *cached = None;
-                let weight = Rc::new(cpu::PackedQ4K::pack(pool, w).ok()?);
+                // A refusal is kept too: the next products do not ask again.
+                let weight = cpu::PackedQ4K::pack(pool, w).ok().map(Rc::new);
                 *cached = Some(CpuPacked { writes, weight: weight.clone() });
-                Some(weight)
+                weight
             }
         }
     }
@@ -358,10 +359,11 @@ pub struct Weight {
     cpu_packed: Rc<RefCell<Option<CpuPacked>>>,
 }
 
-/// A repacked CPU weight and its parts' write counts when it was made.
+/// A repacked CPU weight (`None`: its memory was refused) and its parts' write counts when
+/// it was made.
 struct CpuPacked {
     writes: Vec<u64>,
-    weight: Rc<cpu::PackedQ4K>,
+    weight: Option<Rc<cpu::PackedQ4K>>,
 }
 
 impl Weight {
