@@ -308,14 +308,15 @@ impl CpuWeight {
         if self.ty != GgmlType::Q4_K || mode != cpu::Mode::Fast || !level || !gated_halves_whole {
             return None;
         }
-        let writes: Vec<u64> = self.parts.iter().map(|(b, _)| b.writes()).collect();
+        let writes = || self.parts.iter().map(|(b, _)| b.writes());
         let mut cached = self.repacked.borrow_mut();
         match &*cached {
-            Some(p) if p.writes == writes => p.weight.clone(),
+            // Every product of every step asks: compared in place, nothing allocated.
+            Some(p) if p.writes.iter().copied().eq(writes()) => p.weight.clone(),
             _ => {
                 // A refusal is kept too: the next products do not ask again.
                 let weight = cpu::PackedQ4K::pack(pool, w).ok().map(Rc::new);
-                *cached = Some(CpuPacked { writes, weight: weight.clone() });
+                *cached = Some(CpuPacked { writes: writes().collect(), weight: weight.clone() });
                 weight
             }
         }
