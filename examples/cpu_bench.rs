@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use webvlm::backend::cpu::bench::{report, BenchConfig};
 use webvlm::backend::cpu::delta_net::{recurrent, DeltaNetLayout, KHeads};
 use webvlm::backend::cpu::delta_net_chunked::chunked;
-use webvlm::backend::cpu::{matmul, matmul_packed, matvec, simd, Mode, PackedQ4K, Simd, ThreadPool, Weight};
+use webvlm::backend::cpu::{matmul, matmul_repacked, matvec, simd, Mode, Repacked, Simd, ThreadPool, Weight};
 use webvlm::gguf::{random_blocks, GgmlType, SplitMix64};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -133,7 +133,7 @@ fn levels() -> Result<String, Box<dyn std::error::Error>> {
 /// A batched decode step's products on 2 threads: four layers of SmolLM2-1.7B's matrices (as in
 /// [`levels`]; larger than the caches) per fast-mode format, N tokens through each, by the
 /// matvec (each row fetched once, dotted with every token), by the matmul's tiles (a panel
-/// decoded once for the tokens) and, for Q4_K, from the rows repacked at load (no decoding). Each cell is ms per step and, in brackets, the step's tokens/s
+/// decoded once for the tokens) and, for Q4_K and Q6_K at the AVX-512 levels, from the rows repacked at load (no decoding). Each cell is ms per step and, in brackets, the step's tokens/s
 /// over one token's matvec: the batched step's ceiling where the products are the step.
 fn batch() -> Result<String, Box<dyn std::error::Error>> {
     let pool = ThreadPool::new(2)?;
@@ -155,9 +155,9 @@ fn batch() -> Result<String, Box<dyn std::error::Error>> {
             .collect::<Result<Vec<_>, _>>()?;
         let x: Vec<f32> = (0..16 * 8192).map(|i| ((i % 61) as f32 - 30.0) / 30.0).collect();
         let mut y = vec![0.0; 16 * 8192];
-        let packed = match ty {
-            GgmlType::Q4_K => ws.iter().map(|w| PackedQ4K::pack(&pool, w)).collect::<Result<Vec<_>, _>>()?,
-            _ => Vec::new(),
+        let packed = match Repacked::takes(ty, simd::level()) {
+            true => ws.iter().map(|w| Repacked::pack(&pool, w)).collect::<Result<Vec<_>, _>>()?,
+            false => Vec::new(),
         };
         let mut one = 0.0;
         for product in ["matvec", "matmul", "packed"].into_iter().take(if packed.is_empty() { 2 } else { 3 }) {
@@ -169,7 +169,7 @@ fn batch() -> Result<String, Box<dyn std::error::Error>> {
                         match product {
                             "matvec" => matvec(&pool, w, x, y, n, Mode::Fast),
                             "matmul" => matmul(&pool, w, x, y, n, Mode::Fast),
-                            _ => matmul_packed(&pool, &packed[i], x, y, n),
+                            _ => matmul_repacked(&pool, &packed[i], x, y, n),
                         }
                     })
                 })?;

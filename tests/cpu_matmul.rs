@@ -9,7 +9,7 @@ use crate::cpu_common;
 use cpu_common::{activations, pools, rel_l2, representable_activations, representable_weights};
 use webvlm::backend::cpu::matmul::{same_as_matvec, ROWS as PANEL, TOKENS as TILE};
 use webvlm::backend::cpu::{
-    matmul, matmul_into, matmul_packed, matvec, simd, Epilogue, MatvecError, Mode, Output, PackedQ4K, Simd, ThreadPool, Weight,
+    matmul, matmul_into, matmul_repacked, matvec, simd, Epilogue, MatvecError, Mode, Output, Repacked, Simd, ThreadPool, Weight,
 };
 use webvlm::gguf::{dequantize_to_vec, random_blocks, GgmlType};
 use webvlm::kernels::matvec::matvec_ref;
@@ -99,47 +99,46 @@ fn fast_mode_is_within_its_quantization_error_and_equals_matvec() {
 }
 
 #[test]
-fn repacked_q4_k_equals_the_matvec_at_every_token_count() {
+fn repacked_k_quants_equal_the_matvec_at_every_token_count() {
     // Repacked once (no decoding per product): every token count from one (a decode step) to
     // past two tiles, a short last panel, each level and thread count, bit for bit the
     // matvec's; and the exactly representable case against the reference.
-    let ty = GgmlType::Q4_K;
-    let cols = cols(ty);
-    let bytes = random_blocks(ty, ROWS * cols / ty.block_size(), 11);
-    let w = Weight::new(ty, ROWS, cols, &bytes).unwrap();
-    let packed = PackedQ4K::pack(&ThreadPool::new(2).unwrap(), &w).unwrap();
-    assert_eq!((packed.rows(), packed.cols()), (ROWS, cols));
-    let packed_run = |level: Simd, pool: &ThreadPool, x: &[f32], n_tok: usize| {
-        let mut y = vec![f32::NAN; n_tok * ROWS];
-        simd::with_level(level, || matmul_packed(pool, &packed, x, &mut y, n_tok)).unwrap().unwrap();
-        y
-    };
-    for n_tok in (1..=9).chain([16, 17]) {
-        let x = activations(n_tok * cols, 40 + n_tok as u64);
-        for pool in pools() {
-            for level in Simd::available() {
-                let want = run(matvec, level, &pool, &w, &x, n_tok, Mode::Fast);
-                let y = packed_run(level, &pool, &x, n_tok);
-                assert!(y == want, "{level} {} threads, {n_tok} tokens", pool.threads());
+    let rows = ROWS;
+    for ty in [GgmlType::Q4_K, GgmlType::Q6_K] {
+        let cols = cols(ty);
+        let bytes = random_blocks(ty, rows * cols / ty.block_size(), 11);
+        let w = Weight::new(ty, rows, cols, &bytes).unwrap();
+        let packed = Repacked::pack(&ThreadPool::new(2).unwrap(), &w).unwrap();
+        assert_eq!((packed.ty(), packed.rows(), packed.cols()), (ty, rows, cols));
+        for n_tok in (1..=9).chain([16, 17]) {
+            let x = activations(n_tok * cols, 40 + n_tok as u64);
+            for pool in pools() {
+                for level in Simd::available() {
+                    let want = run(matvec, level, &pool, &w, &x, n_tok, Mode::Fast);
+                    let mut y = vec![f32::NAN; n_tok * rows];
+                    simd::with_level(level, || matmul_repacked(&pool, &packed, &x, &mut y, n_tok)).unwrap().unwrap();
+                    assert!(y == want, "{ty} {level} {} threads, {n_tok} tokens", pool.threads());
+                }
             }
         }
+        let bytes = representable_weights(ty, rows * cols, 12);
+        let w = Weight::new(ty, rows, cols, &bytes).unwrap();
+        let packed = Repacked::pack(&ThreadPool::new(2).unwrap(), &w).unwrap();
+        let x = representable_activations(3 * cols, 13);
+        let want = matvec_ref(&dequantize_to_vec(ty, &bytes, rows * cols).unwrap(), rows, cols, &x, 3);
+        for level in Simd::available() {
+            let mut y = vec![f32::NAN; 3 * rows];
+            simd::with_level(level, || matmul_repacked(&ThreadPool::new(2).unwrap(), &packed, &x, &mut y, 3)).unwrap().unwrap();
+            assert!(y == want, "{ty} {level}");
+        }
+        let mut short = vec![0.0; rows];
+        let err = matmul_repacked(&ThreadPool::new(1).unwrap(), &packed, &x, &mut short, 2).err();
+        assert!(matches!(err, Some(MatvecError::Length { what: "y", .. })), "{err:?}");
     }
-    let bytes = representable_weights(ty, ROWS * cols, 12);
-    let w = Weight::new(ty, ROWS, cols, &bytes).unwrap();
-    let packed = PackedQ4K::pack(&ThreadPool::new(2).unwrap(), &w).unwrap();
-    let x = representable_activations(3 * cols, 13);
-    let want = matvec_ref(&dequantize_to_vec(ty, &bytes, ROWS * cols).unwrap(), ROWS, cols, &x, 3);
-    for level in Simd::available() {
-        let mut y = vec![f32::NAN; 3 * ROWS];
-        simd::with_level(level, || matmul_packed(&ThreadPool::new(2).unwrap(), &packed, &x, &mut y, 3)).unwrap().unwrap();
-        assert!(y == want, "{level}");
-    }
+    let cols = cols(GgmlType::Q8_0);
     let q8 = random_blocks(GgmlType::Q8_0, ROWS * cols / 32, 14);
-    let err = PackedQ4K::pack(&ThreadPool::new(1).unwrap(), &Weight::new(GgmlType::Q8_0, ROWS, cols, &q8).unwrap()).err();
+    let err = Repacked::pack(&ThreadPool::new(1).unwrap(), &Weight::new(GgmlType::Q8_0, ROWS, cols, &q8).unwrap()).err();
     assert!(matches!(err, Some(MatvecError::Unsupported(GgmlType::Q8_0))), "{err:?}");
-    let mut short = vec![0.0; ROWS];
-    let err = matmul_packed(&ThreadPool::new(1).unwrap(), &packed, &x, &mut short, 2).err();
-    assert!(matches!(err, Some(MatvecError::Length { what: "y", .. })), "{err:?}");
 }
 
 #[test]

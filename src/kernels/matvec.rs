@@ -60,7 +60,7 @@ pub(super) fn cpu_product(
             // The weight repacked where that is faster, else a batched step's tokens on the
             // matmul's tiles where that is: the same bits every way.
             if let Some(packed) = weight.packed(pool, w, mode, out) {
-                cpu::matmul_packed_into(pool, &packed, x, y, out, n)?;
+                cpu::matmul_repacked_into(pool, &packed, x, y, out, n)?;
                 return Ok(());
             }
             match product {

@@ -290,8 +290,8 @@ impl CpuWeight {
     }
 
     /// `w` (this weight, borrowed) repacked for a fast-mode product into `out`, where the
-    /// repacked form is faster (Q4_K at the AVX-512 levels: `cpu::PackedQ4K`, whose panels
-    /// a SiLU-gated product takes from both halves only where each half is whole panels):
+    /// repacked form is faster ([`cpu::Repacked::takes`]; a SiLU-gated product takes its
+    /// panels from both halves only where each half is whole panels):
     /// made at the first such product and kept until a part is written again. `None` where
     /// it does not apply or the memory for it was refused, which is not asked again until a
     /// part is written (the product then reads the rows as they are; the results are the same
@@ -302,10 +302,9 @@ impl CpuWeight {
         w: &cpu::Weight,
         mode: cpu::Mode,
         out: Output,
-    ) -> Option<Rc<cpu::PackedQ4K>> {
+    ) -> Option<Rc<cpu::Repacked>> {
         let gated_halves_whole = out.epilogue != Epilogue::SiluMul || (self.rows / 2).is_multiple_of(cpu::matmul::ROWS);
-        let level = matches!(cpu::simd::level(), cpu::Simd::Avx512 | cpu::Simd::Avx512Vnni);
-        if self.ty != GgmlType::Q4_K || mode != cpu::Mode::Fast || !level || !gated_halves_whole {
+        if !cpu::Repacked::takes(self.ty, cpu::simd::level()) || mode != cpu::Mode::Fast || !gated_halves_whole {
             return None;
         }
         let writes = || self.parts.iter().map(|(b, _)| b.writes());
@@ -315,7 +314,7 @@ impl CpuWeight {
             Some(p) if p.writes.iter().copied().eq(writes()) => p.weight.clone(),
             _ => {
                 // A refusal is kept too: the next products do not ask again.
-                let weight = cpu::PackedQ4K::pack(pool, w).ok().map(Rc::new);
+                let weight = cpu::Repacked::pack(pool, w).ok().map(Rc::new);
                 *cached = Some(CpuPacked { writes: writes().collect(), weight: weight.clone() });
                 weight
             }
@@ -364,7 +363,7 @@ pub struct Weight {
 /// it was made.
 struct CpuPacked {
     writes: Vec<u64>,
-    weight: Option<Rc<cpu::PackedQ4K>>,
+    weight: Option<Rc<cpu::Repacked>>,
 }
 
 impl Weight {

@@ -23,14 +23,8 @@
 //!   stretches of [`COLS`] columns that keep a tile's rows and tokens in L1, four rows at a
 //!   time.
 //!
-//! - [`PackedQ4K`]: a Q4_K weight repacked once into the K-quant tile's interleaved layout
-//!   with its codes still 4-bit (`quant/q4k_x8.rs`), so that [`matmul_packed`] reads panels
-//!   as they lie: no decoding per product, from one token up. Bit for bit the matvec's.
-//!
-//! Output rows are split into chunks of whole panels that the pool's threads claim.
-
-use std::mem::MaybeUninit;
-use std::sync::{Mutex, PoisonError};
+//! Output rows are split into chunks of whole panels that the pool's threads claim. Weights
+//! repacked once so that panels need no preparing are [`Repacked`](super::repacked)'s.
 
 use super::elementwise::silu;
 use super::matvec::{check, MatvecError, Mode, Rows, Weight};
@@ -40,8 +34,7 @@ use super::quant::ktile::{self, KRows};
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 use super::quant::ktile_wasm::{self, KRow};
 use super::quant::ltile::{self, LBlock};
-use super::quant::q4k_x8::{self, Q4KBlockX8, Q4_K_BYTES};
-use super::quant::{quantize_q8, quantize_q8k, BlockQ8, BlockQ8K, QuantError};
+use super::quant::{quantize_q8, quantize_q8k, BlockQ8, BlockQ8K};
 use super::simd::{self, Simd};
 use crate::gguf::quant::block_dequantizer;
 use crate::gguf::GgmlType;
@@ -55,7 +48,7 @@ pub const TOKENS: usize = 8;
 /// Columns per stretch of the exact micro-kernel: 4 rows and 8 tokens of 512 f32 are 24 KiB.
 pub const COLS: usize = 512;
 /// Chunks per thread: enough for uneven progress to balance.
-const TASKS_PER_THREAD: usize = 4;
+pub(super) const TASKS_PER_THREAD: usize = 4;
 
 /// Whether the matmul of a `ty` weight in `mode` gives the matvec's result bit for bit (the
 /// block formats' fast mode: the matvec's integer sums and f32 steps in its order).
@@ -114,11 +107,11 @@ pub fn matmul_into(
 }
 
 /// Products of a tile: `p[r][i]` is panel row `r` times token `t0 + i`.
-type Tile = [[f32; TOKENS]; ROWS];
+pub(super) type Tile = [[f32; TOKENS]; ROWS];
 
 /// How one kind of weight meets the tokens: a panel of [`ROWS`] weight rows prepared into a
 /// per-task buffer, then tiles of tokens against it.
-trait Panel: Sync {
+pub(super) trait Panel: Sync {
     type Buf;
     fn buf(&self) -> Self::Buf;
     /// Prepares weight rows `rows` (repeated where the panel is short) into `buf`.
@@ -128,17 +121,17 @@ trait Panel: Sync {
 }
 
 /// One checked matmul: `y` validated for `n_tok` tokens of `outputs` values at `out`.
-struct Run<'a> {
-    pool: &'a ThreadPool,
-    n_tok: usize,
-    outputs: usize,
-    out: Output,
-    y: Rows,
+pub(super) struct Run<'a> {
+    pub(super) pool: &'a ThreadPool,
+    pub(super) n_tok: usize,
+    pub(super) outputs: usize,
+    pub(super) out: Output,
+    pub(super) y: Rows,
 }
 
 impl Run<'_> {
     /// Every output row on the pool, a chunk of whole panels per task.
-    fn panels<P: Panel>(&self, panel: &P) {
+    pub(super) fn panels<P: Panel>(&self, panel: &P) {
         let (outputs, n_tok) = (self.outputs, self.n_tok);
         let tasks = outputs.div_ceil(ROWS).min(self.pool.threads() * TASKS_PER_THREAD);
         let chunk = outputs.div_ceil(tasks).next_multiple_of(ROWS);
@@ -252,125 +245,6 @@ impl Panel for WasmKPanel<'_> {
         let w = std::array::from_fn(|r| &buf[r * n_sb..][..n_sb]);
         let mut p = [[0.0; TOKENS]; ROWS];
         ktile_wasm::tile_wasm(self.simd, w, &xs[..n], &mut p);
-        p
-    }
-}
-
-/// A Q4_K weight repacked once, eight rows at a time (`quant/q4k_x8.rs`), for products that
-/// read it with no decoding step: [`matmul_packed`] of any number of tokens gives the
-/// matvec's (and [`matmul`]'s) result bit for bit.
-pub struct PackedQ4K {
-    rows: usize,
-    cols: usize,
-    /// `[panel][super-block]`; the last panel's missing rows repeat its last row.
-    panels: Vec<Q4KBlockX8>,
-}
-
-impl PackedQ4K {
-    /// Repacks `w`, which must be Q4_K, its panels shared out to the pool's threads.
-    pub fn pack(pool: &ThreadPool, w: &Weight) -> Result<PackedQ4K, MatvecError> {
-        if w.ty() != GgmlType::Q4_K {
-            return Err(MatvecError::Unsupported(w.ty()));
-        }
-        let (rows, cols) = (w.rows(), w.cols());
-        let (n_panels, n_sb) = (rows.div_ceil(ROWS), cols / 256);
-        let n = n_panels * n_sb;
-        let mut panels = Vec::new();
-        panels.try_reserve_exact(n).map_err(|_| QuantError::OutOfMemory { bytes: n.saturating_mul(size_of::<Q4KBlockX8>()) })?;
-        // Written by the tasks (the pages come to each thread as it first writes them).
-        let per_task = n_panels.div_ceil(pool.threads() * TASKS_PER_THREAD);
-        let chunks: Vec<Mutex<&mut [MaybeUninit<Q4KBlockX8>]>> =
-            panels.spare_capacity_mut()[..n].chunks_mut(per_task * n_sb).map(Mutex::new).collect();
-        let task = |i: usize| {
-            let mut chunk = chunks[i].lock().unwrap_or_else(PoisonError::into_inner);
-            for (p, panel) in chunk.chunks_exact_mut(n_sb).enumerate() {
-                let o0 = (i * per_task + p) * ROWS;
-                let row: [&[u8]; ROWS] = std::array::from_fn(|r| w.row((o0 + r).min(rows - 1)));
-                for (s, dst) in panel.iter_mut().enumerate() {
-                    dst.write(Q4KBlockX8::pack(row.map(|b| &b[s * Q4_K_BYTES..][..Q4_K_BYTES])));
-                }
-            }
-        };
-        pool.run(chunks.len(), &task);
-        drop(chunks);
-        // SAFETY: the tasks wrote every one of the `n` (whole chunks of whole panels, each
-        // super-block of each).
-        unsafe { panels.set_len(n) };
-        Ok(PackedQ4K { rows, cols, panels })
-    }
-
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
-    pub fn cols(&self) -> usize {
-        self.cols
-    }
-}
-
-/// [`matmul`] of a [`PackedQ4K`] weight (fast mode): `y[t][r] = Σ_k w[r][k] x[t][k]` for
-/// `t < n_tok`, `x` `[n_tok][w.cols]`, `y` `[n_tok][w.rows]`.
-pub fn matmul_packed(pool: &ThreadPool, w: &PackedQ4K, x: &[f32], y: &mut [f32], n_tok: usize) -> Result<(), MatvecError> {
-    let out = Output { stride: w.rows as u32, offset: 0, epilogue: Epilogue::Store };
-    matmul_packed_into(pool, w, x, y, out, n_tok)
-}
-
-/// [`matmul_packed`] into the columns `out` names, with its epilogue (a SiLU-gated one where
-/// each half of the rows is whole panels: its up rows are panels of their own).
-pub fn matmul_packed_into(
-    pool: &ThreadPool,
-    w: &PackedQ4K,
-    x: &[f32],
-    y: &mut [f32],
-    out: Output,
-    n_tok: usize,
-) -> Result<(), MatvecError> {
-    let outputs = check((w.rows, w.cols), x, y, out, n_tok)?;
-    if out.epilogue == Epilogue::SiluMul && !outputs.is_multiple_of(ROWS) {
-        return Err(MatvecError::GatedPanels { outputs, panel: ROWS });
-    }
-    if n_tok == 0 || outputs == 0 {
-        return Ok(());
-    }
-    let run = Run { pool, n_tok, outputs, out, y: Rows(y.as_mut_ptr()) };
-    run.panels(&PackedPanel { w, x: quantize_q8k(&x[..n_tok * w.cols])?, simd: simd::level() });
-    Ok(())
-}
-
-/// A [`PackedQ4K`] weight's panels as they lie, against Q8_K activations: loading a panel is
-/// naming it.
-struct PackedPanel<'a> {
-    w: &'a PackedQ4K,
-    x: Vec<BlockQ8K>,
-    simd: Simd,
-}
-
-impl Panel for PackedPanel<'_> {
-    /// The panel's first super-block.
-    type Buf = usize;
-
-    fn buf(&self) -> usize {
-        0
-    }
-
-    fn load(&self, buf: &mut usize, rows: [usize; ROWS]) {
-        *buf = rows[0] / ROWS * (self.w.cols / 256);
-    }
-
-    fn tile(&self, buf: &usize, t0: usize, n: usize) -> Tile {
-        let n_sb = self.w.cols / 256;
-        let w = &self.w.panels[*buf..][..n_sb];
-        let xs: [&[BlockQ8K]; TOKENS] = std::array::from_fn(|i| &self.x[(t0 + i.min(n - 1)) * n_sb..][..n_sb]);
-        let mut p = [[0.0; TOKENS]; ROWS];
-        match self.simd {
-            // SAFETY: each level implies the features its tile needs (`Simd::is_supported`),
-            // and every slice holds `n_sb` super-blocks.
-            #[cfg(target_arch = "x86_64")]
-            Simd::Avx512Vnni => unsafe { q4k_x8::tile_512_vnni(w, &xs[..n], &mut p) },
-            #[cfg(target_arch = "x86_64")]
-            Simd::Avx512 => unsafe { q4k_x8::tile_512(w, &xs[..n], &mut p) },
-            _ => q4k_x8::tile(w, &xs[..n], &mut p),
-        }
         p
     }
 }

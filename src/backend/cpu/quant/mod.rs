@@ -15,8 +15,9 @@
 //! The tiles of the prefill matmul: K-quant super-blocks decoded once for many tokens and
 //! dotted eight rows at a time (`ktile.rs`; at the wasm32 levels one row against four tokens,
 //! `ktile_wasm.rs`), the same for Q4_0 / Q4_1 / Q8_0 blocks
-//! (`ltile.rs`), and the f32 4 x 2 micro-kernel of its exact mode (`ftile.rs`). Q4_K rows
-//! repacked once for products with no decoding step: `q4k_x8.rs`.
+//! (`ltile.rs`), and the f32 4 x 2 micro-kernel of its exact mode (`ftile.rs`). Q4_K and Q6_K
+//! rows repacked once for products with no decoding step ([`KBlockX8`]: `q4k_x8.rs`,
+//! `q6k_x8.rs`).
 
 mod float;
 pub(super) mod ftile;
@@ -39,6 +40,7 @@ pub(super) mod ltile;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 pub(super) mod q4k_x8;
+pub(super) mod q6k_x8;
 mod q8;
 mod scalar;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
@@ -51,6 +53,16 @@ pub use q8::{quantize_q8, quantize_q8k, BlockQ8, BlockQ8K, QuantError};
 use super::simd::Simd;
 use crate::gguf::quant::{block_dequantizer, BlockDequantizer};
 use crate::gguf::{GgmlType, QK_K};
+
+/// Eight rows' K-quant super-block repacked once for the matmul's tiles (`q4k_x8.rs`,
+/// `q6k_x8.rs`).
+pub(super) trait KBlockX8: Copy + Send + Sync {
+    /// Repacks super-block `rows[r]` of eight GGUF rows.
+    fn pack(rows: [&[u8]; 8]) -> Self;
+    /// `p[r][i] +=` row `r` of super-blocks `w` times token `i`'s activation blocks `xs[i]`
+    /// (`xs.len() ≤ N`, each `w.len()` long) at level `simd`, bit for bit the matvec's.
+    fn tile<const N: usize>(simd: Simd, w: &[Self], xs: &[&[BlockQ8K]], p: &mut [[f32; N]; 8]);
+}
 
 /// The f16 at `b[at..at + 2]` as f32.
 fn f16_at(b: &[u8], at: usize) -> f32 {

@@ -19,16 +19,14 @@ use std::arch::x86_64::*;
 #[cfg(target_arch = "x86_64")]
 use super::ktile::{dot4_512, dot4_512_vnni, eight};
 use super::scalar::scales_k4;
-use super::{f16_at, BlockQ8K};
+use super::{f16_at, BlockQ8K, KBlockX8};
+use crate::backend::cpu::simd::Simd;
 
 /// How many super-blocks ahead of the one being computed the AVX-512 passes ask the memory
 /// for (about 5 KiB: the hardware prefetchers alone leave the pass waiting on the first
 /// bytes of each).
 #[cfg(target_arch = "x86_64")]
 const AHEAD_BLOCKS: usize = 4;
-
-/// Bytes of a Q4_K super-block.
-pub(in crate::backend::cpu) const Q4_K_BYTES: usize = 144;
 
 /// Eight rows' super-block `s`, repacked (see the module header).
 #[derive(Clone, Copy, Debug)]
@@ -50,9 +48,9 @@ impl Default for Q4KBlockX8 {
     }
 }
 
-impl Q4KBlockX8 {
+impl KBlockX8 for Q4KBlockX8 {
     /// Repacks super-block `rows[r]` (144 bytes each) of eight Q4_K rows.
-    pub(in crate::backend::cpu) fn pack(rows: [&[u8]; 8]) -> Q4KBlockX8 {
+    fn pack(rows: [&[u8]; 8]) -> Q4KBlockX8 {
         let mut out = Q4KBlockX8::default();
         for (r, b) in rows.into_iter().enumerate() {
             for (v, dst) in out.qs.iter_mut().enumerate() {
@@ -67,6 +65,20 @@ impl Q4KBlockX8 {
         out
     }
 
+    fn tile<const N: usize>(simd: Simd, w: &[Self], xs: &[&[BlockQ8K]], p: &mut [[f32; N]; 8]) {
+        match simd {
+            // SAFETY: each level implies the features its tile needs (`Simd::is_supported`),
+            // and every slice of `xs` holds `w.len()` super-blocks.
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512Vnni => unsafe { tile_512_vnni(w, xs, p) },
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512 => unsafe { tile_512(w, xs, p) },
+            _ => tile_scalar(w, xs, p),
+        }
+    }
+}
+
+impl Q4KBlockX8 {
     /// Row `r`'s code `e` (0..256).
     fn code(&self, r: usize, e: usize) -> i32 {
         let (j, high, l) = (e / 64, (e % 64) / 32, e % 32);
@@ -77,7 +89,7 @@ impl Q4KBlockX8 {
 
 /// `p[r][i] += Σ_s` row `r` of super-blocks `w[s]` times token `i`'s activation blocks
 /// `xs[i][s]` (`xs.len() ≤ N`), scalar, in `scalar.rs`'s order of f32 steps.
-pub(in crate::backend::cpu) fn tile<const N: usize>(w: &[Q4KBlockX8], xs: &[&[BlockQ8K]], p: &mut [[f32; N]; 8]) {
+fn tile_scalar<const N: usize>(w: &[Q4KBlockX8], xs: &[&[BlockQ8K]], p: &mut [[f32; N]; 8]) {
     for (i, x) in xs.iter().enumerate() {
         for (r, pr) in p.iter_mut().enumerate() {
             for (b, xb) in w.iter().zip(x.iter()) {
@@ -94,7 +106,7 @@ pub(in crate::backend::cpu) fn tile<const N: usize>(w: &[Q4KBlockX8], xs: &[&[Bl
     }
 }
 
-/// [`tile`] with AVX-512 (`tile_512`: `maddubs` + `madd`; `tile_512_vnni`: `vpdpbusd`), all eight
+/// [`tile_scalar`] with AVX-512 (`tile_512`: `maddubs` + `madd`; `tile_512_vnni`: `vpdpbusd`), all eight
 /// rows in one vector and `T` tokens per pass (`T` independent chains; a pass of fewer tokens
 /// than `T` repeats its last, whose sums are dropped): `ktile.rs`'s passes, the codes unpacked
 /// from their bytes (an `and`, or a shift and an `and`) once per pass, the sub-block's scales
@@ -107,7 +119,7 @@ macro_rules! q4k_tile_512 {
         /// `w.len()` super-blocks.
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
-        pub(in crate::backend::cpu) unsafe fn $name<const N: usize>(w: &[Q4KBlockX8], xs: &[&[BlockQ8K]], p: &mut [[f32; N]; 8]) {
+        unsafe fn $name<const N: usize>(w: &[Q4KBlockX8], xs: &[&[BlockQ8K]], p: &mut [[f32; N]; 8]) {
             let mut i0 = 0;
             while i0 < xs.len() {
                 let n = xs.len() - i0;

@@ -1,0 +1,171 @@
+//! Weights repacked once for the matmul, so that its panels are read as they lie: no decoding
+//! step per product, from one token (a decode step) up (llama.cpp's `ggml-cpu/repack.cpp`
+//! eight-row layouts, which its `gemv` and `gemm` share). A [`Repacked`] weight holds each
+//! panel of [`ROWS`] rows as eight rows' super-blocks in a row (`quant/q4k_x8.rs`,
+//! `quant/q6k_x8.rs`: the codes interleaved by eight bytes and kept at their width), and
+//! [`matmul_repacked`] runs the matmul's chunks of panels and tiles of tokens on them. Bit
+//! for bit the matvec's (and [`matmul`](super::matmul::matmul)'s) result.
+//!
+//! Repacking pays where the tiles that read the layout are faster than the ones that decode:
+//! at the AVX-512 levels ([`Repacked::takes`]). The repacked copy is about as large as the
+//! weight (`Q4_K` 152 bytes per row's super-block against 144, `Q6_K` 216 against 210).
+
+use std::mem::MaybeUninit;
+use std::sync::{Mutex, PoisonError};
+
+use super::matmul::{Panel, Run, Tile, ROWS, TASKS_PER_THREAD, TOKENS};
+use super::matvec::{check, MatvecError, Rows, Weight};
+use super::pool::ThreadPool;
+use super::quant::q4k_x8::Q4KBlockX8;
+use super::quant::q6k_x8::Q6KBlockX8;
+use super::quant::{quantize_q8k, BlockQ8K, KBlockX8, QuantError};
+use super::simd::{self, Simd};
+use crate::gguf::GgmlType;
+use crate::kernels::shapes::{Epilogue, Output};
+
+/// A weight repacked once, eight rows at a time (see the module header).
+pub struct Repacked {
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    panels: Panels,
+}
+
+/// `[panel][super-block]`; the last panel's missing rows repeat its last row.
+enum Panels {
+    Q4K(Vec<Q4KBlockX8>),
+    Q6K(Vec<Q6KBlockX8>),
+}
+
+impl Repacked {
+    /// Whether `ty` weights are repacked for their fast-mode products at level `simd`: where
+    /// the repacked tiles are faster than the matvec and the decoding tiles (`cpu_bench batch`).
+    pub fn takes(ty: GgmlType, simd: Simd) -> bool {
+        matches!(ty, GgmlType::Q4_K | GgmlType::Q6_K) && matches!(simd, Simd::Avx512 | Simd::Avx512Vnni)
+    }
+
+    /// Repacks `w` (Q4_K or Q6_K), its panels shared out to the pool's threads.
+    pub fn pack(pool: &ThreadPool, w: &Weight) -> Result<Repacked, MatvecError> {
+        let panels = match w.ty() {
+            GgmlType::Q4_K => Panels::Q4K(pack_panels(pool, w)?),
+            GgmlType::Q6_K => Panels::Q6K(pack_panels(pool, w)?),
+            ty => return Err(MatvecError::Unsupported(ty)),
+        };
+        Ok(Repacked { ty: w.ty(), rows: w.rows(), cols: w.cols(), panels })
+    }
+
+    pub fn ty(&self) -> GgmlType {
+        self.ty
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Bytes it holds.
+    pub fn bytes(&self) -> usize {
+        match &self.panels {
+            Panels::Q4K(p) => size_of_val(p.as_slice()),
+            Panels::Q6K(p) => size_of_val(p.as_slice()),
+        }
+    }
+}
+
+/// `w`'s panels of `B` blocks, written by the pool's tasks (the pages come to each thread as it
+/// first writes them).
+fn pack_panels<B: KBlockX8>(pool: &ThreadPool, w: &Weight) -> Result<Vec<B>, MatvecError> {
+    let (rows, size) = (w.rows(), w.ty().type_size());
+    let (n_panels, n_sb) = (rows.div_ceil(ROWS), w.cols() / 256);
+    let n = n_panels * n_sb;
+    let mut panels = Vec::new();
+    panels.try_reserve_exact(n).map_err(|_| QuantError::OutOfMemory { bytes: n.saturating_mul(size_of::<B>()) })?;
+    let per_task = n_panels.div_ceil(pool.threads() * TASKS_PER_THREAD);
+    let chunks: Vec<Mutex<&mut [MaybeUninit<B>]>> =
+        panels.spare_capacity_mut()[..n].chunks_mut(per_task * n_sb).map(Mutex::new).collect();
+    let task = |i: usize| {
+        let mut chunk = chunks[i].lock().unwrap_or_else(PoisonError::into_inner);
+        for (p, panel) in chunk.chunks_exact_mut(n_sb).enumerate() {
+            let o0 = (i * per_task + p) * ROWS;
+            let row: [&[u8]; ROWS] = std::array::from_fn(|r| w.row((o0 + r).min(rows - 1)));
+            for (s, dst) in panel.iter_mut().enumerate() {
+                dst.write(B::pack(row.map(|b| &b[s * size..][..size])));
+            }
+        }
+    };
+    pool.run(chunks.len(), &task);
+    drop(chunks);
+    // SAFETY: the tasks wrote every one of the `n` (whole chunks of whole panels, each
+    // super-block of each).
+    unsafe { panels.set_len(n) };
+    Ok(panels)
+}
+
+/// The matmul of a [`Repacked`] weight (fast mode): `y[t][r] = Σ_k w[r][k] x[t][k]` for
+/// `t < n_tok`, `x` `[n_tok][w.cols]`, `y` `[n_tok][w.rows]`.
+pub fn matmul_repacked(pool: &ThreadPool, w: &Repacked, x: &[f32], y: &mut [f32], n_tok: usize) -> Result<(), MatvecError> {
+    let out = Output { stride: w.rows as u32, offset: 0, epilogue: Epilogue::Store };
+    matmul_repacked_into(pool, w, x, y, out, n_tok)
+}
+
+/// [`matmul_repacked`] into the columns `out` names, with its epilogue (a SiLU-gated one where
+/// each half of the rows is whole panels: its up rows are panels of their own).
+pub fn matmul_repacked_into(
+    pool: &ThreadPool,
+    w: &Repacked,
+    x: &[f32],
+    y: &mut [f32],
+    out: Output,
+    n_tok: usize,
+) -> Result<(), MatvecError> {
+    let outputs = check((w.rows, w.cols), x, y, out, n_tok)?;
+    if out.epilogue == Epilogue::SiluMul && !outputs.is_multiple_of(ROWS) {
+        return Err(MatvecError::GatedPanels { outputs, panel: ROWS });
+    }
+    if n_tok == 0 || outputs == 0 {
+        return Ok(());
+    }
+    let run = Run { pool, n_tok, outputs, out, y: Rows(y.as_mut_ptr()) };
+    run.panels(&RepackedPanel { w, x: quantize_q8k(&x[..n_tok * w.cols])?, simd: simd::level() });
+    Ok(())
+}
+
+/// A [`Repacked`] weight's panels against Q8_K activations: loading a panel is naming it.
+struct RepackedPanel<'a> {
+    w: &'a Repacked,
+    x: Vec<BlockQ8K>,
+    simd: Simd,
+}
+
+impl RepackedPanel<'_> {
+    fn tile_of<B: KBlockX8>(&self, panels: &[B], first: usize, t0: usize, n: usize) -> Tile {
+        let n_sb = self.w.cols / 256;
+        let xs: [&[BlockQ8K]; TOKENS] = std::array::from_fn(|i| &self.x[(t0 + i.min(n - 1)) * n_sb..][..n_sb]);
+        let mut p = [[0.0; TOKENS]; ROWS];
+        B::tile(self.simd, &panels[first..][..n_sb], &xs[..n], &mut p);
+        p
+    }
+}
+
+impl Panel for RepackedPanel<'_> {
+    /// The panel's first super-block.
+    type Buf = usize;
+
+    fn buf(&self) -> usize {
+        0
+    }
+
+    fn load(&self, buf: &mut usize, rows: [usize; ROWS]) {
+        *buf = rows[0] / ROWS * (self.w.cols / 256);
+    }
+
+    fn tile(&self, buf: &usize, t0: usize, n: usize) -> Tile {
+        match &self.w.panels {
+            Panels::Q4K(p) => self.tile_of(p, *buf, t0, n),
+            Panels::Q6K(p) => self.tile_of(p, *buf, t0, n),
+        }
+    }
+}
