@@ -44,7 +44,7 @@ pub fn gguf_header(data: &[u8]) {
             let _ = ChatTemplate::from_vocab(&vocab, &tokenizer);
         }
     }
-    let limits = PlanLimits { max_buffer: 1 << 30, max_storage_binding: 1 << 28 };
+    let limits = PlanLimits { max_buffer: 1 << 30, max_storage_binding: 1 << 28, repacked_weights: false };
     let text = ModelHeaders::from(&header);
     let _ = MemoryPlan::new(text, None, limits, PlanOptions::default());
     let _ = MemoryPlan::new(text, Some(text), limits, PlanOptions::default());

@@ -822,6 +822,7 @@ mod tests {
             software: geometry == Geometry::Cpu,
             geometry,
             prefill_chunk: if geometry == Geometry::Cpu { 128 } else { 512 },
+            repacked_weights: false,
         }
     }
 

@@ -24,12 +24,15 @@
 //! On the CPU backend the budget is the RAM available ([`MemoryBudget::available_ram`]) and
 //! the weights are counted once: a mapped GGUF's matrices are used where they lie (the page
 //! cache's pages, which `MemAvailable` counts as available, not a copy), requantized ones are
-//! copies in place of the file's.
+//! copies in place of the file's. Where the backend repacks its K-quant matrices for their
+//! products (`cpu::Repacked`, the AVX-512 levels), each product's matrix is counted a second
+//! time as its repacked copy (an untied model's token embedding is a table, not repacked).
 //!
 //! WebGPU exposes no total memory figure, so the budget is the user's ([`MemoryBudget`]).
 //! Reference for the browser practice: WebLLM's model records carry a `vram_required_MB`
 //! figure and it checks `maxStorageBufferBindingSize` / `maxBufferSize` before loading.
 
+use crate::backend::cpu::Repacked;
 use crate::backend::gpu::Caps;
 use crate::gguf::{GgmlType, GgufHeader, Metadata, TensorInfo};
 use crate::image::DEFAULT_MAX_EDGE;
@@ -118,15 +121,25 @@ impl std::str::FromStr for MemoryBudget {
 pub struct PlanLimits {
     pub max_buffer: u64,
     pub max_storage_binding: u64,
+    /// Each K-quant matrix has a repacked copy too ([`Caps::repacked_weights`]).
+    pub repacked_weights: bool,
 }
 
 impl PlanLimits {
     pub fn from_caps(caps: &Caps) -> PlanLimits {
-        PlanLimits { max_buffer: caps.max_buffer, max_storage_binding: caps.max_storage_binding }
+        PlanLimits {
+            max_buffer: caps.max_buffer,
+            max_storage_binding: caps.max_storage_binding,
+            repacked_weights: caps.repacked_weights,
+        }
     }
 
     pub fn from_limits(limits: &wgpu::Limits) -> PlanLimits {
-        PlanLimits { max_buffer: limits.max_buffer_size, max_storage_binding: limits.max_storage_buffer_binding_size }
+        PlanLimits {
+            max_buffer: limits.max_buffer_size,
+            max_storage_binding: limits.max_storage_buffer_binding_size,
+            repacked_weights: false,
+        }
     }
 
     /// The largest weight part ([`Caps::part_limit`]).
@@ -429,12 +442,15 @@ fn weight_bytes(tensors: &[TensorInfo], limits: PlanLimits, quant: impl Fn(&Tens
             }
         }
     }
+    // The token embedding is a table, not a product's matrix, unless it is the LM head too.
+    let untied = by_name.contains_key("output.weight");
     for t in tensors.iter().filter(|t| !stacked.contains(&t.name)) {
         total += match t.dims.len() {
             0 | 1 => (4 * t.n_elements()).max(4),
             _ => {
                 let (ty, rows, cols) = upload_shape(t, &quant)?;
-                matrix_bytes(ty, rows, cols, limits)?
+                let table = untied && t.name == "token_embd.weight";
+                matrix_bytes(ty, rows, cols, PlanLimits { repacked_weights: limits.repacked_weights && !table, ..limits })?
             }
         };
     }
@@ -455,9 +471,19 @@ fn to_u32(name: &str, v: u64) -> Result<u32, ModelError> {
     u32::try_from(v).map_err(|_| ModelError::Invalid(format!("{name}: dimension {v} too large")))
 }
 
+/// Bytes of a matrix's parts, and of its repacked copy where the CPU backend makes one.
 fn matrix_bytes(ty: GgmlType, rows: u32, cols: u32, limits: PlanLimits) -> Result<u64, ModelError> {
     let (_, parts) = plan_parts(ty, rows, cols, limits.part_limit()).map_err(|e| ModelError::Invalid(e.to_string()))?;
-    Ok(parts.iter().map(|p| p.bytes).sum())
+    Ok(parts.iter().map(|p| p.bytes).sum::<u64>() + repacked_bytes(ty, rows, cols, limits))
+}
+
+/// Bytes of the repacked copy the CPU backend makes of a matrix its products read.
+fn repacked_bytes(ty: GgmlType, rows: u32, cols: u32, limits: PlanLimits) -> u64 {
+    if limits.repacked_weights {
+        Repacked::bytes_for(ty, rows as usize, cols as usize)
+    } else {
+        0
+    }
 }
 
 /// Bytes of matrices that multiply one input, as `source::load_stacked` uploads them:
@@ -482,7 +508,7 @@ fn stack_bytes(
         });
         let rows: u32 = run.iter().map(|s| s.1).sum();
         total += match plan_parts(ty, rows, cols, limits.part_limit()) {
-            Ok((_, parts)) if run.len() >= 2 && aligned && parts.len() == 1 => parts[0].bytes,
+            Ok((_, parts)) if run.len() >= 2 && aligned && parts.len() == 1 => parts[0].bytes + repacked_bytes(ty, rows, cols, limits),
             _ => alone()?,
         };
         start = end;

@@ -8,7 +8,7 @@ use crate::gguf::MetaValue;
 const GIB: u64 = 1 << 30;
 
 /// WebGPU's default-ish limits of a desktop browser: 2 GiB buffers, 1 GiB bindings.
-const LIMITS: PlanLimits = PlanLimits { max_buffer: 2 * GIB, max_storage_binding: GIB };
+const LIMITS: PlanLimits = PlanLimits { max_buffer: 2 * GIB, max_storage_binding: GIB, repacked_weights: false };
 
 struct Shape {
     arch: &'static str,
@@ -203,11 +203,33 @@ fn ministral_3b_fits_4_gib() {
 }
 
 #[test]
+fn the_cpu_backends_repacked_copies_are_counted() {
+    // Where the CPU backend repacks its K-quant matrices, each product's matrix is counted
+    // twice (its repacked copy is a little larger); an untied model's token embedding is a
+    // table, not a product's, and the tied one is the LM head's.
+    let opts = PlanOptions { ctx: 4096, ..Default::default() };
+    let repacking = PlanLimits { repacked_weights: true, ..LIMITS };
+    for shape in [&MINISTRAL_3B, &MISTRAL_SMALL] {
+        let text = text_headers(shape, q4_k_m);
+        let (alone, repacked) = (plan(&text, None, opts), MemoryPlan::new(headers(&text), None, repacking, opts).unwrap());
+        let copies: u64 = text
+            .1
+            .iter()
+            .filter(|t| t.dims.len() == 2 && (shape.tied || t.name != "token_embd.weight"))
+            .map(|t| Repacked::bytes_for(t.ty, t.dims[1] as usize, t.dims[0] as usize))
+            .sum();
+        assert!(copies > alone.text_weights * 9 / 10, "{copies} of {}", alone.text_weights);
+        assert_eq!(repacked.text_weights, alone.text_weights + copies, "tied: {}", shape.tied);
+        assert_eq!(repacked.state, alone.state);
+    }
+}
+
+#[test]
 fn kv_cache_over_the_binding_limit_is_refused() {
     let text = text_headers(&MISTRAL_SMALL, q4_k_m);
     let h = ModelHeaders { metadata: &text.0, tensors: &text.1 };
     // One layer's f32 cache row is 4 KiB: a 64 MiB binding holds 16384 positions.
-    let limits = PlanLimits { max_buffer: 64 << 20, max_storage_binding: 64 << 20 };
+    let limits = PlanLimits { max_buffer: 64 << 20, max_storage_binding: 64 << 20, repacked_weights: false };
     let opts = PlanOptions { ctx: 16385, kv: KvDtype::F32, ..Default::default() };
     let err = MemoryPlan::new(h, None, limits, opts).unwrap_err();
     assert!(matches!(err, ModelError::BufferTooLarge { limit, .. } if limit == 64 << 20), "{err}");
@@ -299,7 +321,7 @@ fn llama_3_2_11b_vision_encoder_fits_a_128_mib_binding() {
     let model = mllama_11b_headers();
     let opts = PlanOptions { ctx: 4096, chunk: 512, ..Default::default() };
     let at = |binding: u64| {
-        MemoryPlan::new(headers(&model), None, PlanLimits { max_buffer: 2 * GIB, max_storage_binding: binding }, opts)
+        MemoryPlan::new(headers(&model), None, PlanLimits { max_buffer: 2 * GIB, max_storage_binding: binding, repacked_weights: false }, opts)
     };
     let small = at(128 << 20).unwrap();
     assert_eq!(small.vision_scratch, plan(&model, None, opts).vision_scratch);
@@ -346,7 +368,7 @@ fn qwen35_4b_vision_scratch_is_the_encoders_buffers() {
         + 8 * n // window taps
         + f32s(m, 4 * d); // merger hidden layer
     assert_eq!(plan(&text, Some(&vision), PlanOptions::default()).vision_scratch, want);
-    let small = PlanLimits { max_buffer: 2 * GIB, max_storage_binding: 128 << 20 };
+    let small = PlanLimits { max_buffer: 2 * GIB, max_storage_binding: 128 << 20, repacked_weights: false };
     let err = MemoryPlan::new(headers(&text), Some(headers(&vision)), small, PlanOptions::default()).unwrap_err();
     assert!(matches!(err, ModelError::BufferTooLarge { bytes, .. } if bytes == f32s(4 * n, d)), "{err}");
     assert!(err.to_string().contains("position rows of a 1568x1568 image"), "{err}");

@@ -4,6 +4,7 @@
 
 use super::matvec::Mode;
 use super::pool::{PoolError, ThreadPool};
+use super::repacked::Repacked;
 use super::simd;
 use crate::backend::gpu::{Caps, Geometry};
 
@@ -39,6 +40,7 @@ impl Device {
             software: false,
             geometry: Geometry::Cpu,
             prefill_chunk: 512,
+            repacked_weights: mode == Mode::Fast && Repacked::at_level(level),
         };
         Ok(Device { pool, mode, map_weights: true, caps })
     }

@@ -41,7 +41,27 @@ impl Repacked {
     /// Whether `ty` weights are repacked for their fast-mode products at level `simd`: where
     /// the repacked tiles are faster than the matvec and the decoding tiles (`cpu_bench batch`).
     pub fn takes(ty: GgmlType, simd: Simd) -> bool {
-        matches!(ty, GgmlType::Q4_K | GgmlType::Q6_K) && matches!(simd, Simd::Avx512 | Simd::Avx512Vnni)
+        Repacked::block_bytes(ty).is_some() && Repacked::at_level(simd)
+    }
+
+    /// Whether level `simd` repacks any format.
+    pub fn at_level(simd: Simd) -> bool {
+        matches!(simd, Simd::Avx512 | Simd::Avx512Vnni)
+    }
+
+    /// Bytes of a repacked `rows x cols` matrix of `ty` (0 for a format never repacked).
+    pub fn bytes_for(ty: GgmlType, rows: usize, cols: usize) -> u64 {
+        let blocks = rows.div_ceil(ROWS) as u64 * (cols / 256) as u64;
+        Repacked::block_bytes(ty).map_or(0, |b| blocks * b as u64)
+    }
+
+    /// Bytes of eight rows' repacked super-block of `ty`, for the formats repacked.
+    fn block_bytes(ty: GgmlType) -> Option<usize> {
+        match ty {
+            GgmlType::Q4_K => Some(size_of::<Q4KBlockX8>()),
+            GgmlType::Q6_K => Some(size_of::<Q6KBlockX8>()),
+            _ => None,
+        }
     }
 
     /// Repacks `w` (Q4_K or Q6_K), its panels shared out to the pool's threads.

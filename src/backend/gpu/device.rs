@@ -36,6 +36,9 @@ pub struct Caps {
     /// their scratch small. The CPU backend takes 512: it decodes each panel of weight rows
     /// once per chunk.
     pub prefill_chunk: u32,
+    /// The CPU backend keeps a repacked copy of its K-quant matrices for their products
+    /// (`cpu::Repacked::at_level`, fast mode): memory the plan counts.
+    pub repacked_weights: bool,
 }
 
 /// Launch shapes of the kernels: the same math in two shapes.
@@ -317,6 +320,7 @@ impl Gpu {
                 Geometry::Gpu => 512,
                 Geometry::Cpu => 128,
             },
+            repacked_weights: false,
         };
         let lost = Arc::new(Mutex::new(None));
         let flag = lost.clone();
