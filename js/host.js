@@ -5,7 +5,9 @@
 //
 // Chat and Responses requests queued together run together (`generateGroup`, up to the
 // engine option `parallel` decoding in batched steps), and those sent while they run join
-// them; everything else runs one at a time, in order.
+// them (on the CPU backend a lone one runs as a group too, so that later ones join it; the
+// engine keeps the group's slots, and what they hold, for the next); everything else runs
+// one at a time, in order.
 //
 // Page → host:  {id, type: "load", model: {text: [source] | repo: URL, quant?, mmproj: [source]?}, options, cacheName, streamStallMs?}
 //               {id, type: "generate", request}   {id, type: "respond", request}   (chat / Responses)
@@ -48,6 +50,10 @@ export class Host {
     this.flow = null; // the running stream's flow control: {unread, resume}
     this.queued = new Map(); // the requests waiting to run, by id
     this.slots = DEFAULT_PARALLEL; // chat requests decoding together (`parallel`)
+    // A lone chat request runs as a group of one, which later ones join: on the CPU backend,
+    // whose batched step of one sequence is as fast as its one-sequence loop (a GPU's loop
+    // samples on the device and runs faster alone).
+    this.groupAlone = false;
     this.group = null; // the chat requests running together, by id: {index, flow}
     this.taken = new Set(); // ids of queued requests that run in the group ahead of them
     this.loading = null; // the wasm engine a load is filling, freed if the load fails
@@ -134,7 +140,7 @@ export class Host {
       let value, group;
       if (msg.type === "load") value = await this.load(msg, onProgress);
       else if (msg.type === "reload") value = await this.reload(onProgress);
-      else if (GROUPED.has(msg.type) && (group = this.groupOf(msg)).length > 1) {
+      else if (GROUPED.has(msg.type) && ((group = this.groupOf(msg)).length > 1 || (this.groupAlone && this.slots > 1))) {
         await this.generateGroup(group); // answers each request itself
         return;
       } else if (msg.type === "generate" || msg.type === "respond") {
@@ -161,6 +167,7 @@ export class Host {
     const started = performance.now();
     if (streamStallMs !== undefined) this.stallMs = streamStallMs;
     const backend = await chooseBackend(options.backend);
+    this.groupAlone = backend.name === "cpu";
     const threads = backend.name === "cpu" ? options.threads ?? defaultThreads() : 1;
     const { build, WebEngine } = await loadModule(wasmBuild(options.wasmBuild, threads));
     let repo = model.repo ? { base: repoBase(model.repo), quant: repoQuant(model.quant) } : null;

@@ -4,7 +4,8 @@
 //! text, finish reason and logprobs they give alone (`Engine::generate_prompt`); a cancelled
 //! sequence frees its slot for the next request; a full run refuses one more; a long prompt
 //! is prefilled a chunk per step while the sequences already decoding get a token each step;
-//! the next turn of a chat takes the slot holding its first turn.
+//! the next turn of a chat takes the slot holding its first turn, in the same run or in one the
+//! engine kept between runs.
 
 use crate::common;
 use common::*;
@@ -152,11 +153,25 @@ fn the_next_turn_of_a_chat_takes_the_slot_holding_the_first() {
         messages.push(serde_json::json!({ "role": "user", "content": "And then?" }));
         let next = chat(&mut e, serde_json::Value::Array(messages));
         assert!(next.tokens.starts_with(&p1.tokens), "{what}: the first turn's prompt starts the next one");
+        // Kept by the engine between two runs (the package's calls), the slots keep them.
+        let held = run.held_tokens();
+        e.keep_parallel(run);
+        let mut run = e.parallel(2).unwrap();
+        assert_eq!(run.held_tokens(), held, "{what}: the kept run");
         let (got, ..) = run_in(&mut e, &mut run, &[(0, next.clone(), greedy.clone())]);
         assert!(got[0].cached_tokens >= p1.tokens.len(), "{what}: {} of {} cached", got[0].cached_tokens, next.tokens.len());
         let want = pollster::block_on(engine(dev()).generate_prompt(&next, &greedy, |_| None)).unwrap();
         assert_eq!(want.cached_tokens, 0);
         assert_eq!((&got[0].tokens, &got[0].text), (&want.tokens, &want.text), "{what}: the next turn's reply");
+        // A run of another size starts empty, and so does one after new image settings.
+        e.keep_parallel(run);
+        let mut run = e.parallel(3).unwrap();
+        assert_eq!(run.held_tokens(), 0, "{what}: a run of 3");
+        run_in(&mut e, &mut run, &[(0, next.clone(), greedy.clone())]);
+        assert!(run.held_tokens() > 0);
+        e.keep_parallel(run);
+        e.set_image_area(None, Some(1 << 20)).unwrap();
+        assert_eq!(e.parallel(3).unwrap().held_tokens(), 0, "{what}: after new image settings");
     }
 }
 

@@ -55,14 +55,15 @@ pub enum ManyEvent {
 /// Runs `requests` on up to `slots` sequences at a time (see the module docs), numbered in
 /// the order they come; `sink(i, event)` gets request `i`'s chunks and end, and when it
 /// returns a [`Wait`] the next step waits for it (a reader slower than the tokens). The run
-/// ends when nothing runs and `requests` has nothing more.
+/// ends when nothing runs and `requests` has nothing more; it is returned for
+/// [`Engine::keep_parallel`] (`None` when it could not be made).
 pub async fn run_many(
     engine: &mut Engine,
     mut requests: impl ManySource,
     load_url: &mut dyn FnMut(&str) -> Result<Vec<u8>, EngineError>,
     slots: u32,
     mut sink: impl FnMut(usize, ManyEvent) -> Option<Wait>,
-) {
+) -> Option<Parallel> {
     let mut run = match engine.parallel(slots) {
         Ok(run) => run,
         Err(e) => {
@@ -72,7 +73,7 @@ pub async fn run_many(
                 drop(sink(index, ManyEvent::Done(Err(error.clone()))));
                 index += 1;
             }
-            return;
+            return None;
         }
     };
     let mut deliver = |d: Delivery<'_, Request>| match d {
@@ -120,6 +121,7 @@ pub async fn run_many(
     for wait in waits {
         wait.await;
     }
+    Some(run)
 }
 
 /// Whether a request of `choices` can be admitted to `run` now: its choices find free slots

@@ -163,6 +163,7 @@ impl Engine {
             prompt_cache: PromptCache::new(DEFAULT_PROMPT_CACHE_BYTES),
             constraints: None,
             sampling_defaults,
+            kept_run: None,
         })
     }
 }

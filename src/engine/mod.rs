@@ -146,6 +146,9 @@ pub struct Engine {
     constraints: Option<SchemaCache>,
     /// The sampling settings the model is published with, for requests that leave them unset.
     sampling_defaults: SamplingPreset,
+    /// The last parallel run given back ([`Self::keep_parallel`]): its free slots keep their
+    /// sequences for the next run of as many sequences.
+    kept_run: Option<parallel::Parallel>,
 }
 
 impl Engine {
@@ -232,6 +235,7 @@ impl Engine {
         self.vision.as_mut().ok_or(EngineError::NoVision)?.set_compute(compute);
         self.image_cache.clear();
         self.prompt_cache.clear_all();
+        self.kept_run = None;
         Ok(())
     }
 
@@ -258,6 +262,7 @@ impl Engine {
     /// Sets the default longest image edge, at most [`Self::max_image_edge`].
     pub fn set_image_max_edge(&mut self, edge: u32) -> Result<(), EngineError> {
         self.image_options = self.image_options_for(Some(edge))?;
+        self.kept_run = None;
         Ok(())
     }
 
@@ -273,6 +278,7 @@ impl Engine {
         }
         self.image_options.min_area = min_area;
         self.image_options.max_area = max_area;
+        self.kept_run = None;
         Ok(())
     }
 

@@ -109,8 +109,12 @@ struct Running {
 }
 
 impl Engine {
-    /// A run of up to `max_seqs` sequences decoding together on this engine's model.
-    pub fn parallel(&self, max_seqs: u32) -> Result<Parallel, EngineError> {
+    /// A run of up to `max_seqs` sequences decoding together on this engine's model: the run
+    /// last kept ([`Self::keep_parallel`]) when it was of as many, else a new one.
+    pub fn parallel(&mut self, max_seqs: u32) -> Result<Parallel, EngineError> {
+        if let Some(run) = self.kept_run.take().filter(|r| r.max_seqs() == max_seqs) {
+            return Ok(run);
+        }
         Ok(Parallel {
             batch: DecodeBatch::new(&self.dev, &self.decoder, max_seqs, self.ctx.precision())?,
             running: Vec::new(),
@@ -119,6 +123,16 @@ impl Engine {
             events: Rc::default(),
             slot_rows: self.ctx.options().max_ctx,
         })
+    }
+
+    /// Keeps `run`, when nothing runs in it, for the next [`Self::parallel`] of as many
+    /// sequences: its free slots' sequences stay for the next requests to reuse (as the
+    /// engine's own sequence stays for the next prompt), their memory held meanwhile — a run
+    /// lasting across calls, as the server's does.
+    pub fn keep_parallel(&mut self, run: Parallel) {
+        if run.running() == 0 {
+            self.kept_run = Some(run);
+        }
     }
 }
 

@@ -508,7 +508,9 @@ fn stack_bytes(
         });
         let rows: u32 = run.iter().map(|s| s.1).sum();
         total += match plan_parts(ty, rows, cols, limits.part_limit()) {
-            Ok((_, parts)) if run.len() >= 2 && aligned && parts.len() == 1 => parts[0].bytes + repacked_bytes(ty, rows, cols, limits),
+            Ok((_, parts)) if run.len() >= 2 && aligned && parts.len() == 1 => {
+                parts[0].bytes + repacked_bytes(ty, rows, cols, limits)
+            }
             _ => alone()?,
         };
         start = end;

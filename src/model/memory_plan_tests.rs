@@ -321,7 +321,12 @@ fn llama_3_2_11b_vision_encoder_fits_a_128_mib_binding() {
     let model = mllama_11b_headers();
     let opts = PlanOptions { ctx: 4096, chunk: 512, ..Default::default() };
     let at = |binding: u64| {
-        MemoryPlan::new(headers(&model), None, PlanLimits { max_buffer: 2 * GIB, max_storage_binding: binding, repacked_weights: false }, opts)
+        MemoryPlan::new(
+            headers(&model),
+            None,
+            PlanLimits { max_buffer: 2 * GIB, max_storage_binding: binding, repacked_weights: false },
+            opts,
+        )
     };
     let small = at(128 << 20).unwrap();
     assert_eq!(small.vision_scratch, plan(&model, None, opts).vision_scratch);

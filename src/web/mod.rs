@@ -432,7 +432,8 @@ impl WebEngine {
     /// [`Self::generate`] checks one) and Responses requests (`"respond"`, run as
     /// [`Self::respond`] runs one) — up to `slots` decoding together in batched steps and the
     /// rest joining as slots free (continuous batching, `api::many`); each gives the tokens it
-    /// gives alone. `more()`, called before each step unless a request waits for slots,
+    /// gives alone; the run's slots are kept for the next call (their sequences' prefixes
+    /// reused, as a lone request reuses the engine's). `more()`, called before each step unless a request waits for slots,
     /// returns a `[JSON, kind]` request to join them (its images in `images` already), or a
     /// Promise the next step waits for (the worker handles the messages that came meanwhile):
     /// requests sent while these decode join the run ([`many::PageRequests`]). Indices go on
@@ -465,7 +466,11 @@ impl WebEngine {
         let given = requests.into_iter().zip(kinds).collect();
         let mut load = |url: &str| request::image_bytes(&images, url);
         let sink = |i: usize, event: ManyEvent| many::deliver(&on_event, &shared, i, event);
-        run_many(engine, many::PageRequests::new(given, more, &shared), &mut load, slots.max(1), sink).await;
+        let run = run_many(engine, many::PageRequests::new(given, more, &shared), &mut load, slots.max(1), sink).await;
+        // Its slots keep their sequences for the next call's requests (a chat's next turn).
+        if let Some(run) = run {
+            engine.keep_parallel(run);
+        }
         let (count, widest) = self.many_counts.get();
         let ran = self.many_aborts.take().len();
         self.many_counts.set((count + ran as u64, widest.max(ran)));

@@ -239,6 +239,50 @@ test("a create call sent while others decode on the CPU backend joins them, and 
   browser.assertNoErrors();
 });
 
+test("a create call sent while one decodes alone on the CPU backend joins it, each answers as alone, and the next turn reuses the kept slot", { timeout: 10 * MIN }, async (t) => {
+  // The lone request cannot end early (<|im_end|> and <|endoftext|> banned): the late one, 12
+  // tokens, ends before it only if it decodes beside it.
+  const ask = [{ role: "user", content: "Write a short poem about rain." }];
+  const first = { messages: ask, max_tokens: 48, temperature: 0, logit_bias: { 0: -100, 2: -100 } };
+  const late = { messages: [{ role: "user", content: "Why is the sky blue?" }], max_tokens: 12, temperature: 0 };
+  const r = await inPage(page, async (api, [model, first, late]) => {
+    const engine = await api.createEngine({ model, cacheName: null, backend: "cpu" });
+    try {
+      const content = (x) => x.choices[0].message.content;
+      const alone = [];
+      let firstPrompt;
+      for (const q of [first, late]) {
+        const reply = await engine.chat.completions.create(q);
+        firstPrompt ??= reply.usage.prompt_tokens;
+        alone.push(content(reply));
+      }
+      const before = (await engine.stats()).concurrent;
+      const t0 = performance.now();
+      let text = "";
+      let lateCall;
+      for await (const chunk of await engine.chat.completions.create({ ...first, stream: true })) {
+        text += chunk.choices[0]?.delta?.content ?? "";
+        // Sent once the lone request decodes: after its first chunk.
+        lateCall ??= engine.chat.completions.create(late).then((x) => ({ text: content(x), ms: performance.now() - t0 }));
+      }
+      const lone = { text, ms: performance.now() - t0 };
+      const after = (await engine.stats()).concurrent;
+      const next = { ...first, messages: [...first.messages, { role: "assistant", content: text }, { role: "user", content: "And then?" }], max_tokens: 4 };
+      const turn = await engine.chat.completions.create(next);
+      return { alone, lone, late: await lateCall, before, after, firstPrompt, cached: turn.usage.prompt_tokens_details?.cached_tokens, prompt: turn.usage.prompt_tokens };
+    } finally {
+      await engine.unload();
+    }
+  }, [smollm2.model, first, late]);
+  t.diagnostic(`the lone request ended after ${r.lone.ms.toFixed(0)} ms, the late one after ${r.late.ms.toFixed(0)} ms; `
+    + `concurrent ${JSON.stringify(r.before)} -> ${JSON.stringify(r.after)}; the next turn: ${r.cached} of ${r.prompt} prompt tokens cached`);
+  assert.deepEqual([r.lone.text, r.late.text], r.alone, "the requests' replies differ from theirs alone");
+  assert.equal(r.after.widest, 2, "the late request ran in the lone one's group");
+  assert.ok(r.late.ms < r.lone.ms, "the late request ended before the lone one: it decoded beside it");
+  assert.ok(r.cached >= r.firstPrompt, `the next turn did not reuse the first turn's slot (${r.firstPrompt} tokens)`);
+  browser.assertNoErrors();
+});
+
 test("Responses requests made together with a chat request decode with it on the CPU backend, each as alone; a grouped one is stored", { timeout: 10 * MIN }, async (t) => {
   const calls = [
     ["respond", { input: "Tell me a story about a cat.", max_output_tokens: 16, temperature: 0 }],
