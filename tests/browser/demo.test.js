@@ -266,6 +266,9 @@ test("batch mode describes 5 images (one broken) with per-image progress, stops,
   assert.deepEqual(await page.$$eval(".batch-item", (lis) => lis.map((li) => li.dataset.name)),
     ["tiny_mistral3_tekken/img_56x112.png", "tiny_mistral3_tekken/img_84x56.png"]);
   assert.match(await page.textContent("#batch-summary"), /2 images .* not images were skipped/);
+  // Longer replies: the engine's kept slots hold these two requests' prompts from the first
+  // batch, so that two tokens each would be done before a stop could land.
+  await page.evaluate(() => { window.webvlmDemo.state.settings.max_tokens = 200; });
   await page.click("#batch-start");
   await waitFor(() => document.querySelector('.batch-item[data-state="running"]'), 60_000);
   const tStop = Date.now();
