@@ -85,14 +85,6 @@ impl Repacked {
     pub fn cols(&self) -> usize {
         self.cols
     }
-
-    /// Bytes it holds.
-    pub fn bytes(&self) -> usize {
-        match &self.panels {
-            Panels::Q4K(p) => size_of_val(p.as_slice()),
-            Panels::Q6K(p) => size_of_val(p.as_slice()),
-        }
-    }
 }
 
 /// `w`'s panels of `B` blocks, written by the pool's tasks (the pages come to each thread as it
