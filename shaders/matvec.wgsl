@@ -14,6 +14,11 @@
 //!   2^(8b) exactly, so x is pre-scaled by the inverse power of two once per unit for all rows
 //!   (`NL`, `NH`), leaving one `and`, one signed convert and one FMA per weight. Private arrays
 //!   and run-time-indexed vector components are avoided: CPU adapters (llvmpipe) spill them.
+//!   Several tokens (a batched decode step): with `NT` = 2 or 4 a thread takes that many
+//!   tokens of NRB <= 8 rows, decoding each row's unit once (`decode_unit`) and dotting it with
+//!   every token's x (`unit_dot`), the weight-side work of one token for all of them, as
+//!   llama.cpp's `mul_mat_vec` does for up to 8 columns; each token's sums and reduction are
+//!   those of a thread of one token, so its output has the same bits.
 //! Launch shape (override constants, chosen per adapter by `src/backend/gpu/matvec.rs`): WG
 //! threads per workgroup; the reduction is a log2(TPR) tree (`TREE = 1`, GPUs) or one thread
 //! per row group summing its lanes after a single barrier (`TREE = 0`, CPU adapters, where
@@ -26,7 +31,7 @@
 //! 2 is the SiLU-gated product of a stacked [gate; up] weight: of a thread's rows the first
 //! half are gate rows r, the second half the up rows rows/2 + r, and it writes
 //! y[r] = silu(gate_r . x) * (up_r . x) for r < rows / 2.
-//! Grid: x/y = row groups (`linear_workgroup`, common.wgsl), z = tokens.
+//! Grid: x/y = row groups (`linear_workgroup`, common.wgsl), z = tokens (groups of NT).
 
 struct Params {
     row_words: u32,
@@ -110,6 +115,7 @@ fn put4(t: u32, r: u32, v: vec4<f32>, n_out: u32) {
 /// The epilogue of a row group whose `n` row slots (2, 4, 8 or 16) summed to s0..s3 (s0 =
 /// slots 0..3, ...), outputs from `out0`.
 fn emit(t: u32, out0: u32, n: u32, s0: vec4<f32>, s1: vec4<f32>, s2: vec4<f32>, s3: vec4<f32>) {
+    if (t >= p.n_tok) { return; } // a token past the end of `matvec_blk_tokens`' last layer
     let n_out = out_rows();
     if (n == 2u) {
         var v = s0;
@@ -216,17 +222,64 @@ fn matvec_main(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, sg_size: u32) {
 }
 
 // ---- Block path (Q8_0, Q4_0, Q4_1, Q4_K, Q6_K): one invocation takes a whole unit of 32
-// (Q8_0, Q4_0, Q4_1) or 64 (Q4_K, Q6_K) weights of NR rows per iteration, loading each row's
-// unit as vec4<u32> words and the unit's x once for all NR rows.
+// (Q8_0, Q4_0, Q4_1) or 64 (Q4_K, Q6_K) weights of NRB rows per iteration, loading each row's
+// unit as vec4<u32> words and the unit's x once for all NRB rows.
 
 override PAIR: u32 = 0u; // 1: Q4_0 with an even `bpr`, units of two blocks (scales in one word)
 override TPB: u32 = 32u; // threads per row group in the block path: a power of two <= WG
+override NT: u32 = 1u; // tokens per thread: 1 (`matvec_blk_token`), 2 or 4 (NRB <= 8)
+
+fn i4(v: u32) -> vec4<f32> { return vec4<f32>(i8x4(v)); }
+
+// Nibbles in place: f32(v & (0xF << 8b)) = q * 2^(8b) exactly, so the x paired with byte b is
+// pre-scaled by 2^(-8b) (`NL`; high nibbles `NH`: 2^(-8b-4), the top one shifted down instead)
+// once per unit for all rows: one `and` and one signed convert per weight, then one FMA per
+// weight and token.
+const NL = vec4<f32>(1.0, 0.00390625, 1.52587890625e-5, 5.9604644775390625e-8);
+const NH = vec4<f32>(0.0625, 0.000244140625, 9.5367431640625e-7, 1.0);
+
+/// The low nibbles of the 4 bytes of v, in place (x pre-scaled by NL).
+fn lo4(v: u32) -> vec4<f32> {
+    return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(v) & vec4<u32>(0xFu, 0xF00u, 0xF0000u, 0xF000000u)));
+}
+
+/// The high nibbles of the 4 bytes of v, in place (x pre-scaled by NH).
+fn hi4(v: u32) -> vec4<f32> {
+    return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(v & 0xF0u, v & 0xF000u, v & 0xF00000u, v >> 28u)));
+}
+
+/// The 6-bit values in bits 0..5 of the 4 bytes of g, in place (x pre-scaled by NL).
+fn b6(g: u32) -> vec4<f32> {
+    return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(g) & vec4<u32>(0x3Fu, 0x3F00u, 0x3F0000u, 0x3F000000u)));
+}
+
+/// One row's unit decoded once for every token it meets (`unit_dot`): 32 or 64 codes as f32
+/// in the order the unit's x pairs them (`c0..c7` with `xa`, `c8..c15` with `xb`), and its
+/// scales: Q8_0, Q4_0 `k.x` = d (Q4_0 pairs: `k.xy`, one per block); Q4_1 `k.xy` = (d, m);
+/// Q4_K `k` = the two sub-blocks' (scale, scale, min, min) times (d, d, dmin, dmin); Q6_K `k`
+/// = the four groups' i8 scales and `d` the super-block's.
+struct Codes {
+    c0: vec4<f32>, c1: vec4<f32>, c2: vec4<f32>, c3: vec4<f32>,
+    c4: vec4<f32>, c5: vec4<f32>, c6: vec4<f32>, c7: vec4<f32>,
+    c8: vec4<f32>, c9: vec4<f32>, c10: vec4<f32>, c11: vec4<f32>,
+    c12: vec4<f32>, c13: vec4<f32>, c14: vec4<f32>, c15: vec4<f32>,
+    k: vec4<f32>,
+    d: f32,
+}
 
 /// 32 x values (8 vec4, in the order the unit's decoder pairs them) and their sum.
 struct X32 {
     a0: vec4<f32>, a1: vec4<f32>, a2: vec4<f32>, a3: vec4<f32>,
     a4: vec4<f32>, a5: vec4<f32>, a6: vec4<f32>, a7: vec4<f32>,
     s: f32,
+}
+
+/// A unit's x: `a` meets codes c0..c7, `b` codes c8..c15; `s` (Q6_K only) the sums of its 4
+/// groups of 16 (before the scaling by NL).
+struct UnitX {
+    a: X32,
+    b: X32,
+    s: vec4<f32>,
 }
 
 fn x32(o: u32, step: u32) -> X32 {
@@ -238,86 +291,72 @@ fn x32(o: u32, step: u32) -> X32 {
     return X32(a0, a1, a2, a3, a4, a5, a6, a7, dot(t, vec4<f32>(1.0)));
 }
 
-fn i4(v: u32) -> vec4<f32> { return vec4<f32>(i8x4(v)); }
-
-// Nibbles in place: f32(v & (0xF << 8b)) = q * 2^(8b) exactly, so the x paired with byte b is
-// pre-scaled by 2^(-8b) (`NL`; high nibbles `NH`: 2^(-8b-4), the top one shifted down instead)
-// once per unit for all rows: one `and`, one signed convert and one FMA per weight.
-const NL = vec4<f32>(1.0, 0.00390625, 1.52587890625e-5, 5.9604644775390625e-8);
-const NH = vec4<f32>(0.0625, 0.000244140625, 9.5367431640625e-7, 1.0);
-
-/// sum_b lo_nibble(byte b of v) * xl[b], xl pre-scaled by NL.
-fn nlo(v: u32, xl: vec4<f32>) -> f32 {
-    let q = bitcast<vec4<i32>>(vec4<u32>(v) & vec4<u32>(0xFu, 0xF00u, 0xF0000u, 0xF000000u));
-    return dot(vec4<f32>(q), xl);
-}
-
-/// sum_b hi_nibble(byte b of v) * xh[b], xh pre-scaled by NH.
-fn nhi(v: u32, xh: vec4<f32>) -> f32 {
-    let q = bitcast<vec4<i32>>(vec4<u32>(v & 0xF0u, v & 0xF000u, v & 0xF00000u, v >> 28u));
-    return dot(vec4<f32>(q), xh);
-}
-
-/// Q4_0 / Q4_1 body (16 bytes: low nibbles = elements 0..15, high = 16..31), x pre-scaled
-/// by `x_nib32`.
-fn dot32n(v: vec4<u32>, x: X32) -> f32 {
-    return ((nlo(v.x, x.a0) + nlo(v.y, x.a1)) + (nlo(v.z, x.a2) + nlo(v.w, x.a3)))
-         + ((nhi(v.x, x.a4) + nhi(v.y, x.a5)) + (nhi(v.z, x.a6) + nhi(v.w, x.a7)));
-}
-
-/// Low nibbles of 8 words against 32 x pre-scaled by NL.
-fn dot32lo(q0: vec4<u32>, q1: vec4<u32>, x: X32) -> f32 {
-    return ((nlo(q0.x, x.a0) + nlo(q0.y, x.a1)) + (nlo(q0.z, x.a2) + nlo(q0.w, x.a3)))
-         + ((nlo(q1.x, x.a4) + nlo(q1.y, x.a5)) + (nlo(q1.z, x.a6) + nlo(q1.w, x.a7)));
-}
-
-/// High nibbles of 8 words against 32 x pre-scaled by NH.
-fn dot32hi(q0: vec4<u32>, q1: vec4<u32>, x: X32) -> f32 {
-    return ((nhi(q0.x, x.a0) + nhi(q0.y, x.a1)) + (nhi(q0.z, x.a2) + nhi(q0.w, x.a3)))
-         + ((nhi(q1.x, x.a4) + nhi(q1.y, x.a5)) + (nhi(q1.z, x.a6) + nhi(q1.w, x.a7)));
-}
-
-/// sum_b (6-bit value in byte b of g) * x[b], x pre-scaled by NL.
-fn b6(g: u32, x: vec4<f32>) -> f32 {
-    let q = bitcast<vec4<i32>>(vec4<u32>(g) & vec4<u32>(0x3Fu, 0x3F00u, 0x3F0000u, 0x3F000000u));
-    return dot(vec4<f32>(q), x);
-}
-
 fn x_scale(x: X32, a: vec4<f32>, b: vec4<f32>) -> X32 {
     return X32(x.a0 * a, x.a1 * a, x.a2 * a, x.a3 * a, x.a4 * b, x.a5 * b, x.a6 * b, x.a7 * b, x.s);
 }
 
-/// `xs` (Q6_K only): the sums of x over the unit's 4 groups of 16.
-fn unit_row(l: WLayout, row: u32, u: u32, xa: X32, xb: X32, xs: vec4<f32>) -> f32 {
+/// Unit `u`'s x of the token whose x starts at vec4 index `xo`, pre-scaled for its codes.
+fn unit_x(xo: u32, u: u32) -> UnitX {
+    var x: UnitX;
+    if (WTYPE == WT_Q4_K) {
+        let o = xo + 16u * u;              // 64 consecutive x
+        x.a = x_scale(x32(o, 4u), NL, NL);
+        x.b = x_scale(x32(o + 8u, 4u), NH, NH);
+    } else if (WTYPE == WT_Q6_K) {
+        let o = xo + 64u * (u / 4u) + 32u * ((u / 2u) % 2u) + 4u * (u % 2u);
+        let xa = x32(o, 8u);               // groups 0, 1 (32 elements apart)
+        let xb = x32(o + 16u, 8u);         // groups 2, 3
+        x.s = vec4<f32>(dot(xa.a0 + xa.a1 + xa.a2 + xa.a3, vec4<f32>(1.0)),
+                        dot(xa.a4 + xa.a5 + xa.a6 + xa.a7, vec4<f32>(1.0)),
+                        dot(xb.a0 + xb.a1 + xb.a2 + xb.a3, vec4<f32>(1.0)),
+                        dot(xb.a4 + xb.a5 + xb.a6 + xb.a7, vec4<f32>(1.0)));
+        x.a = x_scale(xa, NL, NL);
+        x.b = x_scale(xb, NL, NL);
+    } else if (PAIR == 1u) {
+        x.a = x_scale(x32(xo + 16u * u, 4u), NL, NH); // blocks 2u, 2u + 1
+        x.b = x_scale(x32(xo + 16u * u + 8u, 4u), NL, NH);
+    } else {
+        x.a = x32(xo + 8u * u, 4u);        // 32 consecutive x
+        if (WTYPE == WT_Q4_0 || WTYPE == WT_Q4_1) { x.a = x_scale(x.a, NL, NH); }
+    }
+    return x;
+}
+
+/// Row `row`'s unit `u` (see `Codes`).
+fn decode_unit(l: WLayout, row: u32, u: u32) -> Codes {
     let m4 = vec4<u32>(0x0F0F0F0Fu);
     let rv = row * (l.row_words / 4u); // vec4 index of the row (row_words % 4 == 0 here)
+    var c: Codes;
     switch WTYPE {
         case WT_Q4_0: {
-            if (PAIR == 1u) { // blocks 2u, 2u+1: xa, xb; both scales in one word
-                let v0 = wv[rv + 2u * u];
-                let v1 = wv[rv + 2u * u + 1u];
-                let dd = unpack2x16float(w[l.scale_base + (row * l.bpr) / 2u + u]);
-                return dd.x * (dot32n(v0, xa) - 8.0 * xa.s) + dd.y * (dot32n(v1, xb) - 8.0 * xb.s);
+            var v0: vec4<u32>;
+            var v1 = vec4<u32>(0u);
+            if (PAIR == 1u) { // blocks 2u, 2u+1; both scales in one word
+                v0 = wv[rv + 2u * u];
+                v1 = wv[rv + 2u * u + 1u];
+                c.k = vec4<f32>(unpack2x16float(w[l.scale_base + (row * l.bpr) / 2u + u]), 0.0, 0.0);
+            } else {
+                v0 = wv[rv + u];
+                c.k.x = split_scale(l, row * l.bpr + u);
             }
-            let blk = row * l.bpr + u;
-            let v = wv[rv + u];
-            let d = split_scale(l, blk);
-            return d * (dot32n(v, xa) - 8.0 * xa.s);
+            c.c0 = lo4(v0.x); c.c1 = lo4(v0.y); c.c2 = lo4(v0.z); c.c3 = lo4(v0.w);
+            c.c4 = hi4(v0.x); c.c5 = hi4(v0.y); c.c6 = hi4(v0.z); c.c7 = hi4(v0.w);
+            c.c8 = lo4(v1.x); c.c9 = lo4(v1.y); c.c10 = lo4(v1.z); c.c11 = lo4(v1.w);
+            c.c12 = hi4(v1.x); c.c13 = hi4(v1.y); c.c14 = hi4(v1.z); c.c15 = hi4(v1.w);
         }
         case WT_Q8_0: {
-            let blk = row * l.bpr + u;
             let v0 = wv[rv + 2u * u];
             let v1 = wv[rv + 2u * u + 1u];
-            let d = split_scale(l, blk);
-            let s = (dot(i4(v0.x), xa.a0) + dot(i4(v0.y), xa.a1)) + (dot(i4(v0.z), xa.a2) + dot(i4(v0.w), xa.a3))
-                  + (dot(i4(v1.x), xa.a4) + dot(i4(v1.y), xa.a5)) + (dot(i4(v1.z), xa.a6) + dot(i4(v1.w), xa.a7));
-            return d * s;
+            c.k.x = split_scale(l, row * l.bpr + u);
+            c.c0 = i4(v0.x); c.c1 = i4(v0.y); c.c2 = i4(v0.z); c.c3 = i4(v0.w);
+            c.c4 = i4(v1.x); c.c5 = i4(v1.y); c.c6 = i4(v1.z); c.c7 = i4(v1.w);
         }
         case WT_Q4_1: {
             let o = row * l.row_words + 5u * u;
-            let dm = unpack2x16float(w[o]);
+            c.k = vec4<f32>(unpack2x16float(w[o]), 0.0, 0.0);
             let v = vec4<u32>(w[o + 1u], w[o + 2u], w[o + 3u], w[o + 4u]);
-            return dm.x * dot32n(v, xa) + dm.y * xa.s;
+            c.c0 = lo4(v.x); c.c1 = lo4(v.y); c.c2 = lo4(v.z); c.c3 = lo4(v.w);
+            c.c4 = hi4(v.x); c.c5 = hi4(v.y); c.c6 = hi4(v.z); c.c7 = hi4(v.w);
         }
         case WT_Q4_K: {
             let sb = u / 4u;
@@ -344,12 +383,12 @@ fn unit_row(l: WLayout, row: u32, u: u32, xa: X32, xb: X32, xs: vec4<f32>) -> f3
                 sc = (hi2 & vec2<u32>(0xFu)) | ((lo2 >> vec2<u32>(6u)) << vec2<u32>(4u));
                 mn = (hi2 >> vec2<u32>(4u)) | ((md2 >> vec2<u32>(6u)) << vec2<u32>(4u));
             }
-            let scf = dm.x * vec2<f32>(sc);
-            let mnf = dm.y * vec2<f32>(mn);
-            // xa: elements 0..31 of the unit (low nibbles), xb: 32..63 (high nibbles).
-            let sa = dot32lo(q0, q1, xa);
-            let sbb = dot32hi(q0, q1, xb);
-            return (scf.x * sa - mnf.x * xa.s) + (scf.y * sbb - mnf.y * xb.s);
+            c.k = vec4<f32>(dm.x * vec2<f32>(sc), dm.y * vec2<f32>(mn));
+            // Elements 0..31 of the unit are the low nibbles, 32..63 the high ones.
+            c.c0 = lo4(q0.x); c.c1 = lo4(q0.y); c.c2 = lo4(q0.z); c.c3 = lo4(q0.w);
+            c.c4 = lo4(q1.x); c.c5 = lo4(q1.y); c.c6 = lo4(q1.z); c.c7 = lo4(q1.w);
+            c.c8 = hi4(q0.x); c.c9 = hi4(q0.y); c.c10 = hi4(q0.z); c.c11 = hi4(q0.w);
+            c.c12 = hi4(q1.x); c.c13 = hi4(q1.y); c.c14 = hi4(q1.z); c.c15 = hi4(q1.w);
         }
         case WT_Q6_K: {
             let sb = u / 4u;
@@ -363,23 +402,68 @@ fn unit_row(l: WLayout, row: u32, u: u32, xa: X32, xb: X32, xs: vec4<f32>) -> f3
             let sw0 = w[so];
             let sw1 = w[so + 1u];
             let sh = 8u * h;
-            let scs = vec4<i32>(bitcast<vec4<i32>>(vec4<u32>(sw0 >> sh, sw0 >> (sh + 16u), sw1 >> sh, sw1 >> (sh + 16u)) << vec4<u32>(24u)) >> vec4<u32>(24u));
+            c.k = vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(sw0 >> sh, sw0 >> (sh + 16u), sw1 >> sh, sw1 >> (sh + 16u)) << vec4<u32>(24u)) >> vec4<u32>(24u));
+            c.d = split_scale(l, row * l.bpr + sb);
             // 6-bit values in place in each byte (bits 0..5): q = byte - 32.
             let m3 = vec4<u32>(0x30303030u);
             let g0 = (qa & m4) | ((qh << vec4<u32>(4u)) & m3);
             let g1 = (qb & m4) | ((qh << vec4<u32>(2u)) & m3);
             let g2 = ((qa >> vec4<u32>(4u)) & m4) | (qh & m3);
             let g3 = ((qb >> vec4<u32>(4u)) & m4) | ((qh >> vec4<u32>(2u)) & m3);
-            // xa: groups 0 (a0..a3), 1 (a4..a7); xb: groups 2, 3; pre-scaled by NL.
-            let s0 = (b6(g0.x, xa.a0) + b6(g0.y, xa.a1)) + (b6(g0.z, xa.a2) + b6(g0.w, xa.a3));
-            let s1 = (b6(g1.x, xa.a4) + b6(g1.y, xa.a5)) + (b6(g1.z, xa.a6) + b6(g1.w, xa.a7));
-            let s2 = (b6(g2.x, xb.a0) + b6(g2.y, xb.a1)) + (b6(g2.z, xb.a2) + b6(g2.w, xb.a3));
-            let s3 = (b6(g3.x, xb.a4) + b6(g3.y, xb.a5)) + (b6(g3.z, xb.a6) + b6(g3.w, xb.a7));
-            let d = split_scale(l, row * l.bpr + sb);
-            return d * dot(vec4<f32>(scs), vec4<f32>(s0, s1, s2, s3) - 32.0 * xs);
+            c.c0 = b6(g0.x); c.c1 = b6(g0.y); c.c2 = b6(g0.z); c.c3 = b6(g0.w);
+            c.c4 = b6(g1.x); c.c5 = b6(g1.y); c.c6 = b6(g1.z); c.c7 = b6(g1.w);
+            c.c8 = b6(g2.x); c.c9 = b6(g2.y); c.c10 = b6(g2.z); c.c11 = b6(g2.w);
+            c.c12 = b6(g3.x); c.c13 = b6(g3.y); c.c14 = b6(g3.z); c.c15 = b6(g3.w);
+        }
+        default: {}
+    }
+    return c;
+}
+
+/// Σ c_i · a_i over 16 values, in pairs.
+fn dot16(c0: vec4<f32>, c1: vec4<f32>, c2: vec4<f32>, c3: vec4<f32>,
+         a0: vec4<f32>, a1: vec4<f32>, a2: vec4<f32>, a3: vec4<f32>) -> f32 {
+    return (dot(c0, a0) + dot(c1, a1)) + (dot(c2, a2) + dot(c3, a3));
+}
+
+/// A unit's codes c0..c7 against `x`.
+fn dot_lo(c: Codes, x: X32) -> f32 {
+    return dot16(c.c0, c.c1, c.c2, c.c3, x.a0, x.a1, x.a2, x.a3) + dot16(c.c4, c.c5, c.c6, c.c7, x.a4, x.a5, x.a6, x.a7);
+}
+
+/// A unit's codes c8..c15 against `x`.
+fn dot_hi(c: Codes, x: X32) -> f32 {
+    return dot16(c.c8, c.c9, c.c10, c.c11, x.a0, x.a1, x.a2, x.a3) + dot16(c.c12, c.c13, c.c14, c.c15, x.a4, x.a5, x.a6, x.a7);
+}
+
+/// A row's decoded unit against one token's x: its share of the row's dot product.
+fn unit_dot(c: Codes, x: UnitX) -> f32 {
+    switch WTYPE {
+        case WT_Q4_0: {
+            if (PAIR == 1u) {
+                return c.k.x * (dot_lo(c, x.a) - 8.0 * x.a.s) + c.k.y * (dot_hi(c, x.b) - 8.0 * x.b.s);
+            }
+            return c.k.x * (dot_lo(c, x.a) - 8.0 * x.a.s);
+        }
+        case WT_Q8_0: { return c.k.x * dot_lo(c, x.a); }
+        case WT_Q4_1: { return c.k.x * dot_lo(c, x.a) + c.k.y * x.a.s; }
+        case WT_Q4_K: { return (c.k.x * dot_lo(c, x.a) - c.k.z * x.a.s) + (c.k.y * dot_hi(c, x.b) - c.k.w * x.b.s); }
+        case WT_Q6_K: {
+            let s = vec4<f32>(dot16(c.c0, c.c1, c.c2, c.c3, x.a.a0, x.a.a1, x.a.a2, x.a.a3),
+                              dot16(c.c4, c.c5, c.c6, c.c7, x.a.a4, x.a.a5, x.a.a6, x.a.a7),
+                              dot16(c.c8, c.c9, c.c10, c.c11, x.b.a0, x.b.a1, x.b.a2, x.b.a3),
+                              dot16(c.c12, c.c13, c.c14, c.c15, x.b.a4, x.b.a5, x.b.a6, x.b.a7));
+            return c.d * dot(c.k, s - 32.0 * x.s);
         }
         default: { return 0.0; }
     }
+}
+
+/// Units per row.
+fn row_units() -> u32 {
+    if (WTYPE == WT_Q4_K || WTYPE == WT_Q6_K) { return 4u * p.bpr; }
+    if (PAIR == 1u) { return p.bpr / 2u; }
+    return p.bpr;
 }
 
 override NRB: u32 = 8u; // rows per thread in the block path: 2, 4, 8 or 16 (one vec4 accumulator per 4)
@@ -467,12 +551,22 @@ fn matvec_blk(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
 }
 
 /// The block-path body; `sg_size` > 0 where the native subgroup entry point calls it.
+
+/// The block-path body; `sg_size` > 0 where the native subgroup entry point calls it.
 fn matvec_blk_main(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, sg_size: u32) {
+    if (NT == 1u) {
+        matvec_blk_token(wid, nwg, lid, sg_size);
+    } else {
+        matvec_blk_tokens(wid, nwg, lid, sg_size);
+    }
+}
+
+/// One token (grid layer `wid.z`), NRB rows per thread.
+fn matvec_blk_token(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, sg_size: u32) {
     let wl = WLayout(p.row_words, p.bpr, p.scale_base);
     let lane = lid % TPB;
-    let grp = lid / TPB;
     let group0 = linear_workgroup(wid, nwg) * (WG / TPB);
-    let out0 = first_output(group0 + grp, NRB);
+    let out0 = first_output(group0 + lid / TPB, NRB);
     let r0 = weight_row(out0, 0u, NRB);
     let r1 = weight_row(out0, 1u, NRB);
     let r2 = weight_row(out0, 2u, NRB);
@@ -495,54 +589,100 @@ fn matvec_blk_main(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, sg_size: u32) {
     var acc2 = vec4<f32>(0.0);
     var acc3 = vec4<f32>(0.0);
     if (out0 < out_rows()) {
-        var units = p.bpr;
-        if (WTYPE == WT_Q4_K || WTYPE == WT_Q6_K) { units = 4u * p.bpr; }
-        if (PAIR == 1u) { units = p.bpr / 2u; }
-        for (var u = lane; u < units; u += TPB) {
-            var xa: X32;
-            var xb: X32;
-            var xs = vec4<f32>(0.0);
-            if (WTYPE == WT_Q4_K) {
-                let o = xo + 16u * u;              // 64 consecutive x
-                xa = x32(o, 4u);
-                xb = x32(o + 8u, 4u);
-                xa = x_scale(xa, NL, NL);
-                xb = x_scale(xb, NH, NH);
-            } else if (WTYPE == WT_Q6_K) {
-                let o = xo + 64u * (u / 4u) + 32u * ((u / 2u) % 2u) + 4u * (u % 2u);
-                xa = x32(o, 8u);                   // groups 0, 1 (32 elements apart)
-                xb = x32(o + 16u, 8u);             // groups 2, 3
-                xs = vec4<f32>(dot(xa.a0 + xa.a1 + xa.a2 + xa.a3, vec4<f32>(1.0)),
-                               dot(xa.a4 + xa.a5 + xa.a6 + xa.a7, vec4<f32>(1.0)),
-                               dot(xb.a0 + xb.a1 + xb.a2 + xb.a3, vec4<f32>(1.0)),
-                               dot(xb.a4 + xb.a5 + xb.a6 + xb.a7, vec4<f32>(1.0)));
-                xa = x_scale(xa, NL, NL);
-                xb = x_scale(xb, NL, NL);
-            } else if (PAIR == 1u) {
-                xa = x32(xo + 16u * u, 4u);        // blocks 2u, 2u + 1
-                xb = x32(xo + 16u * u + 8u, 4u);
-                if (WTYPE == WT_Q4_0) { xa = x_scale(xa, NL, NH); xb = x_scale(xb, NL, NH); }
-            } else {
-                xa = x32(xo + 8u * u, 4u);         // 32 consecutive x
-                if (WTYPE == WT_Q4_0 || WTYPE == WT_Q4_1) { xa = x_scale(xa, NL, NH); }
-            }
-            if (NRB == 2u) {
-                acc += vec4<f32>(unit_row(wl, r0, u, xa, xb, xs), unit_row(wl, r1, u, xa, xb, xs), 0.0, 0.0);
-            } else {
-                acc += vec4<f32>(unit_row(wl, r0, u, xa, xb, xs), unit_row(wl, r1, u, xa, xb, xs),
-                                 unit_row(wl, r2, u, xa, xb, xs), unit_row(wl, r3, u, xa, xb, xs));
-            }
-            if (NRB >= 8u) {
-                acc1 += vec4<f32>(unit_row(wl, r4, u, xa, xb, xs), unit_row(wl, r5, u, xa, xb, xs),
-                                  unit_row(wl, r6, u, xa, xb, xs), unit_row(wl, r7, u, xa, xb, xs));
-            }
+        for (var u = lane; u < row_units(); u += TPB) {
+            let x = unit_x(xo, u);
+            acc += rows4(wl, r0, r1, r2, r3, u, x);
+            if (NRB >= 8u) { acc1 += rows4(wl, r4, r5, r6, r7, u, x); }
             if (NRB == 16u) {
-                acc2 += vec4<f32>(unit_row(wl, r8, u, xa, xb, xs), unit_row(wl, r9, u, xa, xb, xs),
-                                  unit_row(wl, r10, u, xa, xb, xs), unit_row(wl, r11, u, xa, xb, xs));
-                acc3 += vec4<f32>(unit_row(wl, r12, u, xa, xb, xs), unit_row(wl, r13, u, xa, xb, xs),
-                                  unit_row(wl, r14, u, xa, xb, xs), unit_row(wl, r15, u, xa, xb, xs));
+                acc2 += rows4(wl, r8, r9, r10, r11, u, x);
+                acc3 += rows4(wl, r12, r13, r14, r15, u, x);
             }
         }
     }
     reduce_store_blk(acc, acc1, acc2, acc3, lid, group0, wid.z, sg_size);
+}
+
+/// Rows r0..r3's unit `u` against x (rows r0, r1 only where NRB = 2).
+fn rows4(wl: WLayout, r0: u32, r1: u32, r2: u32, r3: u32, u: u32, x: UnitX) -> vec4<f32> {
+    let a = vec2<f32>(unit_dot(decode_unit(wl, r0, u), x), unit_dot(decode_unit(wl, r1, u), x));
+    if (NRB == 2u) { return vec4<f32>(a, 0.0, 0.0); }
+    return vec4<f32>(a, unit_dot(decode_unit(wl, r2, u), x), unit_dot(decode_unit(wl, r3, u), x));
+}
+
+/// NT = 2 or 4 tokens from `NT * wid.z` (those past `n_tok` computed on the last token's x
+/// and not stored) of NRB = 2, 4 or 8 rows, each row's unit decoded once for all of them.
+/// Every token's sums are those `matvec_blk_token` makes (the same units per lane, added in
+/// the same order, the same reduction), so a token's output has the same bits in either.
+fn matvec_blk_tokens(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, sg_size: u32) {
+    let wl = WLayout(p.row_words, p.bpr, p.scale_base);
+    let lane = lid % TPB;
+    let group0 = linear_workgroup(wid, nwg) * (WG / TPB);
+    let out0 = first_output(group0 + lid / TPB, NRB);
+    let r0 = weight_row(out0, 0u, NRB);
+    let r1 = weight_row(out0, 1u, NRB);
+    let r2 = weight_row(out0, 2u, NRB);
+    let r3 = weight_row(out0, 3u, NRB);
+    let r4 = weight_row(out0, 4u, NRB);
+    let r5 = weight_row(out0, 5u, NRB);
+    let r6 = weight_row(out0, 6u, NRB);
+    let r7 = weight_row(out0, 7u, NRB);
+    let t0 = NT * wid.z;
+    let last = p.n_tok - 1u;
+    let xs = p.x_stride / 4u;
+    let xo0 = min(t0, last) * xs;
+    let xo1 = min(t0 + 1u, last) * xs;
+    let xo2 = min(t0 + 2u, last) * xs;
+    let xo3 = min(t0 + 3u, last) * xs;
+    let z = vec4<f32>(0.0);
+    // Token k's sums of rows 0..3 in a_k, of rows 4..7 in b_k.
+    var a0 = z; var a1 = z; var a2 = z; var a3 = z;
+    var b0 = z; var b1 = z; var b2 = z; var b3 = z;
+    if (out0 < out_rows()) {
+        for (var u = lane; u < row_units(); u += TPB) {
+            let c0 = decode_unit(wl, r0, u);
+            let c1 = decode_unit(wl, r1, u);
+            var c2: Codes; var c3: Codes; var c4: Codes; var c5: Codes; var c6: Codes; var c7: Codes;
+            if (NRB >= 4u) {
+                c2 = decode_unit(wl, r2, u);
+                c3 = decode_unit(wl, r3, u);
+            }
+            if (NRB == 8u) {
+                c4 = decode_unit(wl, r4, u);
+                c5 = decode_unit(wl, r5, u);
+                c6 = decode_unit(wl, r6, u);
+                c7 = decode_unit(wl, r7, u);
+            }
+            let x0 = unit_x(xo0, u);
+            a0 += decoded4(c0, c1, c2, c3, x0);
+            if (NRB == 8u) { b0 += decoded4(c4, c5, c6, c7, x0); }
+            let x1 = unit_x(xo1, u);
+            a1 += decoded4(c0, c1, c2, c3, x1);
+            if (NRB == 8u) { b1 += decoded4(c4, c5, c6, c7, x1); }
+            if (NT >= 4u) {
+                let x2 = unit_x(xo2, u);
+                a2 += decoded4(c0, c1, c2, c3, x2);
+                if (NRB == 8u) { b2 += decoded4(c4, c5, c6, c7, x2); }
+                let x3 = unit_x(xo3, u);
+                a3 += decoded4(c0, c1, c2, c3, x3);
+                if (NRB == 8u) { b3 += decoded4(c4, c5, c6, c7, x3); }
+            }
+        }
+    }
+    // One token's reduction after another through the same workgroup memory.
+    reduce_store_blk(a0, b0, z, z, lid, group0, t0, sg_size);
+    workgroupBarrier();
+    reduce_store_blk(a1, b1, z, z, lid, group0, t0 + 1u, sg_size);
+    if (NT >= 4u) {
+        workgroupBarrier();
+        reduce_store_blk(a2, b2, z, z, lid, group0, t0 + 2u, sg_size);
+        workgroupBarrier();
+        reduce_store_blk(a3, b3, z, z, lid, group0, t0 + 3u, sg_size);
+    }
+}
+
+/// Decoded units of rows r0..r3 (r0, r1 where NRB = 2) against one token's x.
+fn decoded4(c0: Codes, c1: Codes, c2: Codes, c3: Codes, x: UnitX) -> vec4<f32> {
+    let a = vec2<f32>(unit_dot(c0, x), unit_dot(c1, x));
+    if (NRB == 2u) { return vec4<f32>(a, 0.0, 0.0); }
+    return vec4<f32>(a, unit_dot(c2, x), unit_dot(c3, x));
 }
