@@ -127,7 +127,7 @@ impl MatvecLaunch {
     /// tokens (the largest power of two up to `n_tok`) of 8 rows, each row's weight unit
     /// decoded once for all of them: a storage load costs a loop over the invocations there,
     /// and this shares x's loads among 8 rows and the weight's among the tokens (lavapipe,
-    /// SmolLM2 at 8 sequences: the step's products 1.5x faster than 16 rows of one token).
+    /// SmolLM2 at 8 sequences: the step 1.5x faster than with 16 rows of one token).
     /// The lanes per row group, which fix each token's sums, stay. GPUs keep one token per
     /// thread, not yet measured otherwise (a thread would hold 8 rows' decoded units).
     pub fn for_tokens(self, n_tok: u32) -> MatvecLaunch {
