@@ -567,22 +567,10 @@ fn matvec_blk_token(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, sg_size: u32) {
     let lane = lid % TPB;
     let group0 = linear_workgroup(wid, nwg) * (WG / TPB);
     let out0 = first_output(group0 + lid / TPB, NRB);
-    let r0 = weight_row(out0, 0u, NRB);
-    let r1 = weight_row(out0, 1u, NRB);
-    let r2 = weight_row(out0, 2u, NRB);
-    let r3 = weight_row(out0, 3u, NRB);
-    let r4 = weight_row(out0, 4u, NRB);
-    let r5 = weight_row(out0, 5u, NRB);
-    let r6 = weight_row(out0, 6u, NRB);
-    let r7 = weight_row(out0, 7u, NRB);
-    let r8 = weight_row(out0, 8u, NRB);
-    let r9 = weight_row(out0, 9u, NRB);
-    let r10 = weight_row(out0, 10u, NRB);
-    let r11 = weight_row(out0, 11u, NRB);
-    let r12 = weight_row(out0, 12u, NRB);
-    let r13 = weight_row(out0, 13u, NRB);
-    let r14 = weight_row(out0, 14u, NRB);
-    let r15 = weight_row(out0, 15u, NRB);
+    let ra = weight_rows4(out0, 0u);
+    let rb = weight_rows4(out0, 1u);
+    let rc = weight_rows4(out0, 2u);
+    let rd = weight_rows4(out0, 3u);
     let xo = wid.z * (p.x_stride / 4u); // vec4 index of this token's x
     var acc = vec4<f32>(0.0);
     var acc1 = vec4<f32>(0.0);
@@ -591,22 +579,29 @@ fn matvec_blk_token(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, sg_size: u32) {
     if (out0 < out_rows()) {
         for (var u = lane; u < row_units(); u += TPB) {
             let x = unit_x(xo, u);
-            acc += rows4(wl, r0, r1, r2, r3, u, x);
-            if (NRB >= 8u) { acc1 += rows4(wl, r4, r5, r6, r7, u, x); }
+            acc += rows4(wl, ra, u, x);
+            if (NRB >= 8u) { acc1 += rows4(wl, rb, u, x); }
             if (NRB == 16u) {
-                acc2 += rows4(wl, r8, r9, r10, r11, u, x);
-                acc3 += rows4(wl, r12, r13, r14, r15, u, x);
+                acc2 += rows4(wl, rc, u, x);
+                acc3 += rows4(wl, rd, u, x);
             }
         }
     }
     reduce_store_blk(acc, acc1, acc2, acc3, lid, group0, wid.z, sg_size);
 }
 
-/// Rows r0..r3's unit `u` against x (rows r0, r1 only where NRB = 2).
-fn rows4(wl: WLayout, r0: u32, r1: u32, r2: u32, r3: u32, u: u32, x: UnitX) -> vec4<f32> {
-    let a = vec2<f32>(unit_dot(decode_unit(wl, r0, u), x), unit_dot(decode_unit(wl, r1, u), x));
+/// The weight rows of a thread's row slots 4i..4i + 4 (`weight_row`).
+fn weight_rows4(out0: u32, i: u32) -> vec4<u32> {
+    let s = 4u * i;
+    return vec4<u32>(weight_row(out0, s, NRB), weight_row(out0, s + 1u, NRB), weight_row(out0, s + 2u, NRB),
+                     weight_row(out0, s + 3u, NRB));
+}
+
+/// The unit `u` of 4 rows against x (the first two only where NRB = 2).
+fn rows4(wl: WLayout, r: vec4<u32>, u: u32, x: UnitX) -> vec4<f32> {
+    let a = vec2<f32>(unit_dot(decode_unit(wl, r.x, u), x), unit_dot(decode_unit(wl, r.y, u), x));
     if (NRB == 2u) { return vec4<f32>(a, 0.0, 0.0); }
-    return vec4<f32>(a, unit_dot(decode_unit(wl, r2, u), x), unit_dot(decode_unit(wl, r3, u), x));
+    return vec4<f32>(a, unit_dot(decode_unit(wl, r.z, u), x), unit_dot(decode_unit(wl, r.w, u), x));
 }
 
 /// NT = 2 or 4 tokens from `NT * wid.z` (those past `n_tok` computed on the last token's x
@@ -618,14 +613,8 @@ fn matvec_blk_tokens(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, sg_size: u32) {
     let lane = lid % TPB;
     let group0 = linear_workgroup(wid, nwg) * (WG / TPB);
     let out0 = first_output(group0 + lid / TPB, NRB);
-    let r0 = weight_row(out0, 0u, NRB);
-    let r1 = weight_row(out0, 1u, NRB);
-    let r2 = weight_row(out0, 2u, NRB);
-    let r3 = weight_row(out0, 3u, NRB);
-    let r4 = weight_row(out0, 4u, NRB);
-    let r5 = weight_row(out0, 5u, NRB);
-    let r6 = weight_row(out0, 6u, NRB);
-    let r7 = weight_row(out0, 7u, NRB);
+    let ra = weight_rows4(out0, 0u);
+    let rb = weight_rows4(out0, 1u);
     let t0 = NT * wid.z;
     let last = p.n_tok - 1u;
     let xs = p.x_stride / 4u;
@@ -639,18 +628,18 @@ fn matvec_blk_tokens(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, sg_size: u32) {
     var b0 = z; var b1 = z; var b2 = z; var b3 = z;
     if (out0 < out_rows()) {
         for (var u = lane; u < row_units(); u += TPB) {
-            let c0 = decode_unit(wl, r0, u);
-            let c1 = decode_unit(wl, r1, u);
+            let c0 = decode_unit(wl, ra.x, u);
+            let c1 = decode_unit(wl, ra.y, u);
             var c2: Codes; var c3: Codes; var c4: Codes; var c5: Codes; var c6: Codes; var c7: Codes;
             if (NRB >= 4u) {
-                c2 = decode_unit(wl, r2, u);
-                c3 = decode_unit(wl, r3, u);
+                c2 = decode_unit(wl, ra.z, u);
+                c3 = decode_unit(wl, ra.w, u);
             }
             if (NRB == 8u) {
-                c4 = decode_unit(wl, r4, u);
-                c5 = decode_unit(wl, r5, u);
-                c6 = decode_unit(wl, r6, u);
-                c7 = decode_unit(wl, r7, u);
+                c4 = decode_unit(wl, rb.x, u);
+                c5 = decode_unit(wl, rb.y, u);
+                c6 = decode_unit(wl, rb.z, u);
+                c7 = decode_unit(wl, rb.w, u);
             }
             let x0 = unit_x(xo0, u);
             a0 += decoded4(c0, c1, c2, c3, x0);
