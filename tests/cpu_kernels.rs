@@ -124,8 +124,8 @@ fn add_and_silu_mul_match_ref() {
 
         let mut g = a.clone();
         silu_mul_inplace(&pool, &b, &mut g).unwrap();
-        // Measured 0 (the same f32 formula).
-        report(&format!("silu_mul_inplace t{}", pool.threads()), rel_max(&g, &silu_mul_ref(&a, &b)), 1e-7);
+        // e^x by a polynomial within 2 ulp of libm's `expf` (so that it vectorizes): measured 1.2e-7.
+        report(&format!("silu_mul_inplace t{}", pool.threads()), rel_max(&g, &silu_mul_ref(&a, &b)), 3e-7);
 
         // [rows][2 half] with odd half.
         let (rows, half) = (41, 517);
@@ -136,7 +136,7 @@ fn add_and_silu_mul_match_ref() {
         );
         let mut out = vec![f32::NAN; rows * half];
         silu_mul_halves(&pool, &gu, &mut out, half).unwrap();
-        report(&format!("silu_mul_halves t{}", pool.threads()), rel_max(&out, &silu_mul_ref(&gate, &up)), 1e-7);
+        report(&format!("silu_mul_halves t{}", pool.threads()), rel_max(&out, &silu_mul_ref(&gate, &up)), 3e-7);
 
         copy_first_halves(&pool, &gu, &mut out, half).unwrap();
         assert_eq!(out, gate, "copy_first_halves");

@@ -7,6 +7,7 @@
 use crate::cpu_common;
 
 use cpu_common::{activations, pools, rel_l2, representable_activations, representable_weights};
+use webvlm::backend::cpu::elementwise::silu;
 use webvlm::backend::cpu::matmul::{same_as_matvec, ROWS as PANEL, TOKENS as TILE};
 use webvlm::backend::cpu::{
     matmul, matmul_into, matmul_repacked, matvec, simd, Epilogue, MatvecError, Mode, Output, Repacked, Simd, ThreadPool, Weight,
@@ -169,7 +170,6 @@ fn epilogues_store_add_and_gate_into_strided_outputs() {
     // Each epilogue equals its formula applied to the plain products of the same level, mode
     // and thread count bit for bit (those are checked against the reference above).
     let (h, cols, stride, offset) = (2 * PANEL + 1, 512, 20, 3);
-    let silu = |g: f32| g / (1.0 + (-g).exp());
     for n_tok in [1, TILE + 1] {
         let x = activations(n_tok * cols, 5);
         let base = activations(n_tok * stride, 6);

@@ -9,6 +9,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use cpu_common::{activations, pools, rel_l2, representable_activations, representable_weights};
+use webvlm::backend::cpu::elementwise::silu;
 use webvlm::backend::cpu::quant::{quantize_q8, quantize_q8k, QuantError};
 use webvlm::backend::cpu::{bench, matvec, matvec_into, simd, Epilogue, MatvecError, Mode, Output, Simd, ThreadPool, Weight};
 use webvlm::gguf::{dequantize_to_vec, random_blocks, GgmlType};
@@ -143,7 +144,6 @@ fn epilogues_add_and_gate_into_strided_outputs() {
     let (h, cols, stride, offset) = (75, 512, 90, 7);
     let x = activations(N_TOK * cols, 5);
     let base = activations(N_TOK * stride, 6);
-    let silu = |g: f32| g / (1.0 + (-g).exp());
     for ty in [GgmlType::Q4_K, GgmlType::Q8_0, GgmlType::F16] {
         let bytes = random_blocks(ty, 2 * h * cols / ty.block_size(), 9);
         let w = Weight::new(ty, 2 * h, cols, &bytes).unwrap();

@@ -24,10 +24,34 @@ pub fn add_inplace(pool: &ThreadPool, a: &[f32], residual: &mut [f32]) -> Result
     Ok(())
 }
 
+/// `e^x` within 2 ulp, 0 below -87.3 (where f32 turns subnormal) and infinity from 88.37 (the
+/// last third of a binade below f32's largest value is not kept): `x = n ln 2 + r` with
+/// `|r| ≤ ln 2 / 2`, `e^r` by Cephes' `expf` polynomial (Moshier 1989; ggml-cpu's
+/// `ggml_v_expf` is the same idea), `2^n` written into the exponent. Branch-free, `n` rounded
+/// by adding and taking away 1.5 · 2^23, so a loop of it vectorizes (libm's `expf`, and
+/// `floorf` below SSE4.1, are a call per value).
+#[inline(always)]
+pub(super) fn exp(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const ROUND: f32 = 12_582_912.0;
+    let n = ((x * std::f32::consts::LOG2_E + ROUND) - ROUND).clamp(-126.0, 127.0);
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = ((((1.987_569_1e-4 * r + 1.398_2e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1) * r + 0.5;
+    let e = (p * r * r + r + 1.0) * f32::from_bits(((n as i32 + 127) as u32) << 23);
+    if x < -87.3 {
+        0.0
+    } else if x >= 88.37 {
+        f32::INFINITY
+    } else {
+        e
+    }
+}
+
 /// `g · σ(g)`: SiLU, the gate of the gated FFNs (also the matvec and matmul epilogues).
 #[inline]
-pub(super) fn silu(g: f32) -> f32 {
-    g / (1.0 + (-g).exp())
+pub fn silu(g: f32) -> f32 {
+    g / (1.0 + exp(-g))
 }
 
 /// `gate[i] = silu(gate[i]) * up[i]` (equal lengths).
@@ -89,7 +113,7 @@ pub fn sigmoid_mul_second_halves(pool: &ThreadPool, x: &[f32], y: &mut [f32], ha
         let x = &x[i * per * 2 * half..];
         for (y, x) in y.chunks_exact_mut(half).zip(x.chunks_exact(2 * half)) {
             for (y, &g) in y.iter_mut().zip(&x[half..]) {
-                *y /= 1.0 + (-g).exp();
+                *y /= 1.0 + exp(-g);
             }
         }
     });
@@ -136,4 +160,25 @@ pub fn gelu_tanh(pool: &ThreadPool, x: &mut [f32]) {
             *v = (xf / (1.0 + (-2.0 * u).exp())) as f32;
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    /// Within 2 units of f32's precision (2^-23, relative) of `f64::exp` over f32's normal
+    /// range; 0 below it, infinity above.
+    #[test]
+    fn exp_is_within_two_ulp() {
+        let worst = (0..=400_000)
+            .map(|i| -87.0 + 175.3 * i as f32 / 400_000.0)
+            .map(|x| ((super::exp(x) as f64 / (x as f64).exp()) - 1.0).abs() / f32::EPSILON as f64)
+            .fold(0.0, f64::max);
+        assert!(worst <= 2.0, "{worst} ulp");
+        assert_eq!(super::exp(-100.0), 0.0);
+        assert_eq!(super::exp(f32::NEG_INFINITY), 0.0);
+        assert_eq!(super::exp(0.0), 1.0);
+        assert_eq!(super::exp(89.0), f32::INFINITY);
+        assert!(super::exp(f32::NAN).is_nan());
+        assert_eq!(super::silu(-200.0), 0.0);
+        assert_eq!(super::silu(200.0), 200.0);
+    }
 }

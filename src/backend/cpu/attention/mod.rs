@@ -23,6 +23,7 @@ use std::ops::Range;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod wasm;
 
+use super::elementwise::exp;
 use super::ops::{check_len, check_min_len, for_each_chunk, invalid, prefetch, ShapeError};
 use super::pool::ThreadPool;
 use super::simd::{self, Simd};
@@ -46,25 +47,6 @@ fn dot<T: KvElem>(a: &[f32], b: &[T]) -> f32 {
         }
     }
     acc.iter().sum::<f32>() + tail
-}
-
-/// `e^x` for `x ≤ 0` (a score less the running maximum) within 2 ulp, 0 below -87.3 (where
-/// f32 turns subnormal): `x = n ln 2 + r` with `|r| ≤ ln 2 / 2`, `e^r` by Cephes' `expf`
-/// polynomial (Moshier 1989; ggml-cpu's `ggml_v_expf` is the same idea), `2^n` written into
-/// the exponent. Branch-free, so a loop of it vectorizes (libm's `expf` is a call per value).
-#[inline(always)]
-fn exp_nonpositive(x: f32) -> f32 {
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    let n = (x * std::f32::consts::LOG2_E + 0.5).floor().max(-126.0);
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let p = ((((1.987_569_1e-4 * r + 1.398_2e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1) * r + 0.5;
-    let e = (p * r * r + r + 1.0) * f32::from_bits(((n as i32 + 127) as u32) << 23);
-    if x < -87.3 {
-        0.0
-    } else {
-        e
-    }
 }
 
 /// One query head's online softmax: running maximum `m` and denominator `l` (its output
@@ -103,7 +85,7 @@ impl OnlineSoftmax {
         let (m, mut sums) = (self.m, [0f32; LANES]);
         for c in s.chunks_mut(LANES) {
             for (sum, x) in sums.iter_mut().zip(c) {
-                *x = exp_nonpositive(*x - m);
+                *x = exp(*x - m);
                 *sum += *x;
             }
         }
@@ -499,21 +481,4 @@ pub fn attention_decode<T: KvElem>(
     kv_start: usize,
 ) -> Result<(), ShapeError> {
     attention_prefill(pool, shape, q, k_cache, v_cache, out, 1, kv_start)
-}
-
-#[cfg(test)]
-mod tests {
-    /// Within 2 units of f32's precision (2^-23, relative) of `f64::exp` over the range
-    /// softmax weights take; 0 below it.
-    #[test]
-    fn exp_nonpositive_is_within_two_ulp() {
-        let worst = (0..=200_000)
-            .map(|i| -87.0 * i as f32 / 200_000.0)
-            .map(|x| ((super::exp_nonpositive(x) as f64 / (x as f64).exp()) - 1.0).abs() / f32::EPSILON as f64)
-            .fold(0.0, f64::max);
-        assert!(worst <= 2.0, "{worst} ulp");
-        assert_eq!(super::exp_nonpositive(-100.0), 0.0);
-        assert_eq!(super::exp_nonpositive(f32::NEG_INFINITY), 0.0);
-        assert_eq!(super::exp_nonpositive(0.0), 1.0);
-    }
 }

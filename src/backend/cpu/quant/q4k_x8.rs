@@ -109,9 +109,11 @@ fn tile_scalar<const N: usize>(w: &[Q4KBlockX8], xs: &[&[BlockQ8K]], p: &mut [[f
 /// [`tile_scalar`] with AVX-512 (`tile_512`: `maddubs` + `madd`; `tile_512_vnni`: `vpdpbusd`), all eight
 /// rows in one vector and `T` tokens per pass (`T` independent chains; a pass of fewer tokens
 /// than `T` repeats its last, whose sums are dropped): `ktile.rs`'s passes, the codes unpacked
-/// from their bytes (an `and`, or a shift and an `and`) once per pass, the sub-block's scales
-/// widened to the rows' pairs of lanes (`pshufb`, `vpmovzxbd`) and the mins of two sub-blocks to
-/// the `madd` with the token's four per-16 sums (`vpmovzxbw`).
+/// from their bytes (an `and`, or a shift and an `and`) once per pass. A sub-block's sums of
+/// two tokens are packed to 16 bits (`packssdw`: a lane holds 16 products of a 4-bit code and
+/// an 8-bit value, which fit) and multiplied by the rows' scales in one `vpmaddwd`, which
+/// also adds each row's pair of lanes (a `vpmulld` per token before); the mins of two
+/// sub-blocks go to a `madd` with the token's four per-16 sums (`vpmovzxbw`).
 macro_rules! q4k_tile_512 {
     ($features:literal, $dot4:path: $name:ident, $pass:ident) => {
         /// # Safety
@@ -146,14 +148,20 @@ macro_rules! q4k_tile_512 {
             let taken = T.min(xs.len());
             let xt: [&[BlockQ8K]; T] = std::array::from_fn(|k| xs[k.min(taken - 1)]);
             let low4 = _mm512_set1_epi8(0x0F);
-            // Each row's scale twice (its pair of lanes); two sub-blocks' mins, each twice, per
-            // row (the `madd` with the token's four per-16 sums).
-            let pairs = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+            // Two sub-blocks' mins, each twice, per row (the `madd` with the token's four per-16
+            // sums).
             let min_pairs = _mm256_setr_epi8(
                 0, 0, 8, 8, 1, 1, 9, 9, 2, 2, 10, 10, 3, 3, 11, 11, 4, 4, 12, 12, 5, 5, 13, 13, 6, 6, 14, 14, 7, 7, 15, 15,
             );
             // Pairs of lanes into rows: the low half of each 64-bit lane's two sums.
             let rows = |v: __m512i| _mm256_cvtepi32_ps(_mm512_cvtepi64_epi32(_mm512_add_epi32(v, _mm512_srli_epi64(v, 32))));
+            // Each row's scale as the 16-bit lanes of `_mm512_packs_epi32`'s rows: per 128-bit
+            // lane `q`, rows `2q, 2q, 2q + 1, 2q + 1` twice.
+            let pack_pairs =
+                _mm256_setr_epi8(0, 0, 1, 1, 0, 0, 1, 1, 2, 2, 3, 3, 2, 2, 3, 3, 4, 4, 5, 5, 4, 4, 5, 5, 6, 6, 7, 7, 6, 6, 7, 7);
+            // Two tokens' rows from `packs`' order (per 128-bit lane: token a's two rows, then
+            // token b's): token a's eight rows low, token b's high.
+            let unpair = _mm512_setr_epi32(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
             let mut sums = [_mm256_setzero_ps(); T];
             for (s, b) in w.iter().enumerate() {
                 // The super-block `AHEAD_BLOCKS` on (past the panel: the next panel's, which
@@ -165,6 +173,7 @@ macro_rules! q4k_tile_512 {
                     }
                 }
                 let xb = xt.map(|x| &x[s]);
+                // Token pair `q`'s sums in `dot[q]` (`packs`' order).
                 let mut dot = [_mm512_setzero_si512(); T];
                 for j in 0..4 {
                     let v: [__m512i; 4] = std::array::from_fn(|m| _mm512_load_si512(b.qs[4 * j + m].as_ptr().cast()));
@@ -180,10 +189,12 @@ macro_rules! q4k_tile_512 {
                                 part[k] = $dot4(part[k], codes, x);
                             }
                         }
-                        let scales = _mm_shuffle_epi8(_mm_loadl_epi64(b.scales[sub].as_ptr().cast()), pairs);
-                        let scales = _mm512_cvtepu8_epi32(scales);
-                        for k in 0..T {
-                            dot[k] = _mm512_add_epi32(dot[k], _mm512_mullo_epi32(part[k], scales));
+                        let scales = _mm256_set1_epi64x(eight(b.scales[sub].as_ptr()));
+                        let scales = _mm512_cvtepu8_epi16(_mm256_shuffle_epi8(scales, pack_pairs));
+                        for q in 0..T.div_ceil(2) {
+                            // Each lane's 16 products fit 16 bits: `packs` keeps them whole.
+                            let two = _mm512_packs_epi32(part[2 * q], part[(2 * q + 1).min(T - 1)]);
+                            dot[q] = _mm512_add_epi32(dot[q], _mm512_madd_epi16(two, scales));
                         }
                     }
                 }
@@ -200,7 +211,10 @@ macro_rules! q4k_tile_512 {
                     }
                     let xd = _mm256_set1_ps(xb[k].d);
                     let sub = _mm256_mul_ps(_mm256_mul_ps(dmin, xd), rows(min));
-                    let step = _mm256_sub_ps(_mm256_mul_ps(_mm256_mul_ps(d, xd), rows(dot[k])), sub);
+                    let two = _mm512_permutexvar_epi32(unpair, dot[k / 2]);
+                    let dot = if k % 2 == 0 { _mm512_castsi512_si256(two) } else { _mm512_extracti64x4_epi64::<1>(two) };
+                    let dot = _mm256_cvtepi32_ps(dot);
+                    let step = _mm256_sub_ps(_mm256_mul_ps(_mm256_mul_ps(d, xd), dot), sub);
                     sums[k] = _mm256_add_ps(sums[k], step);
                 }
             }
