@@ -112,7 +112,8 @@ fn tile_scalar<const N: usize>(w: &[Q4KBlockX8], xs: &[&[BlockQ8K]], p: &mut [[f
 /// from their bytes (an `and`, or a shift and an `and`) once per pass. A sub-block's sums of
 /// two tokens are packed to 16 bits (`packssdw`: a lane holds 16 products of a 4-bit code and
 /// an 8-bit value, which fit) and multiplied by the rows' scales in one `vpmaddwd`, which
-/// also adds each row's pair of lanes (a `vpmulld` per token before); the mins of two
+/// also adds each row's pair of lanes (a pass of one token keeps a `vpmulld`: packing it with
+/// itself made its pass of streamed weights 1.6x slower); the mins of two
 /// sub-blocks go to a `madd` with the token's four per-16 sums (`vpmovzxbw`).
 macro_rules! q4k_tile_512 {
     ($features:literal, $dot4:path: $name:ident, $pass:ident) => {
@@ -148,8 +149,9 @@ macro_rules! q4k_tile_512 {
             let taken = T.min(xs.len());
             let xt: [&[BlockQ8K]; T] = std::array::from_fn(|k| xs[k.min(taken - 1)]);
             let low4 = _mm512_set1_epi8(0x0F);
-            // Two sub-blocks' mins, each twice, per row (the `madd` with the token's four per-16
-            // sums).
+            // Each row's scale twice (its pair of lanes: one token's `vpmulld`); two sub-blocks'
+            // mins, each twice, per row (the `madd` with the token's four per-16 sums).
+            let pairs = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
             let min_pairs = _mm256_setr_epi8(
                 0, 0, 8, 8, 1, 1, 9, 9, 2, 2, 10, 10, 3, 3, 11, 11, 4, 4, 12, 12, 5, 5, 13, 13, 6, 6, 14, 14, 7, 7, 15, 15,
             );
@@ -189,6 +191,11 @@ macro_rules! q4k_tile_512 {
                                 part[k] = $dot4(part[k], codes, x);
                             }
                         }
+                        if T == 1 {
+                            let scales = _mm_shuffle_epi8(_mm_loadl_epi64(b.scales[sub].as_ptr().cast()), pairs);
+                            dot[0] = _mm512_add_epi32(dot[0], _mm512_mullo_epi32(part[0], _mm512_cvtepu8_epi32(scales)));
+                            continue;
+                        }
                         let scales = _mm256_set1_epi64x(eight(b.scales[sub].as_ptr()));
                         let scales = _mm512_cvtepu8_epi16(_mm256_shuffle_epi8(scales, pack_pairs));
                         for q in 0..T.div_ceil(2) {
@@ -211,9 +218,16 @@ macro_rules! q4k_tile_512 {
                     }
                     let xd = _mm256_set1_ps(xb[k].d);
                     let sub = _mm256_mul_ps(_mm256_mul_ps(dmin, xd), rows(min));
-                    let two = _mm512_permutexvar_epi32(unpair, dot[k / 2]);
-                    let dot = if k % 2 == 0 { _mm512_castsi512_si256(two) } else { _mm512_extracti64x4_epi64::<1>(two) };
-                    let dot = _mm256_cvtepi32_ps(dot);
+                    let dot = if T == 1 {
+                        rows(dot[0])
+                    } else {
+                        let two = _mm512_permutexvar_epi32(unpair, dot[k / 2]);
+                        _mm256_cvtepi32_ps(if k % 2 == 0 {
+                            _mm512_castsi512_si256(two)
+                        } else {
+                            _mm512_extracti64x4_epi64::<1>(two)
+                        })
+                    };
                     let step = _mm256_sub_ps(_mm256_mul_ps(_mm256_mul_ps(d, xd), dot), sub);
                     sums[k] = _mm256_add_ps(sums[k], step);
                 }
