@@ -112,9 +112,9 @@ fn tile_scalar<const N: usize>(w: &[Q4KBlockX8], xs: &[&[BlockQ8K]], p: &mut [[f
 /// from their bytes (an `and`, or a shift and an `and`) once per pass. A sub-block's sums of
 /// two tokens are packed to 16 bits (`packssdw`: a lane holds 16 products of a 4-bit code and
 /// an 8-bit value, which fit) and multiplied by the rows' scales in one `vpmaddwd`, which
-/// also adds each row's pair of lanes (a pass of one token keeps a `vpmulld`: packing it with
-/// itself made its pass of streamed weights 1.6x slower); the mins of two
-/// sub-blocks go to a `madd` with the token's four per-16 sums (`vpmovzxbw`).
+/// also adds each row's pair of lanes (a pass of one token keeps a `vpmulld`: packing it
+/// with itself made its pass of streamed weights 1.6x slower); the mins of two sub-blocks go
+/// to a `madd` with the token's four per-16 sums (`vpmovzxbw`).
 macro_rules! q4k_tile_512 {
     ($features:literal, $dot4:path: $name:ident, $pass:ident) => {
         /// # Safety
@@ -175,7 +175,8 @@ macro_rules! q4k_tile_512 {
                     }
                 }
                 let xb = xt.map(|x| &x[s]);
-                // Token pair `q`'s sums in `dot[q]` (`packs`' order).
+                // Token pair `q`'s sums in `dot[q]` (`packs`' order; one token's in `dot[0]`,
+                // each row's pair of lanes).
                 let mut dot = [_mm512_setzero_si512(); T];
                 for j in 0..4 {
                     let v: [__m512i; 4] = std::array::from_fn(|m| _mm512_load_si512(b.qs[4 * j + m].as_ptr().cast()));
