@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use webvlm::backend::Device;
 use webvlm::chat::ChatMessage;
 use webvlm::engine::{
-    Engine, EngineError, FinishReason, GenerateOptions, Generation, Parallel, ParallelEvent, Prompt, ResponseFormat,
+    Engine, EngineError, FinishReason, GenerateOptions, Generation, KvPool, Parallel, ParallelEvent, Prompt, ResponseFormat,
 };
 use webvlm::gguf::MappedGguf;
 use webvlm::model::ContextOptions;
@@ -72,6 +72,16 @@ fn run_in(
     run: &mut Parallel,
     requests: &[(usize, Prompt, GenerateOptions)],
 ) -> (Vec<Generation>, Vec<String>, usize) {
+    run_checked(e, run, requests, |_| {})
+}
+
+/// [`run_in`], calling `check` on the run after every step.
+fn run_checked(
+    e: &mut Engine,
+    run: &mut Parallel,
+    requests: &[(usize, Prompt, GenerateOptions)],
+    mut check: impl FnMut(&Parallel),
+) -> (Vec<Generation>, Vec<String>, usize) {
     let (mut ids, mut done) = (HashMap::new(), HashMap::new());
     let mut streamed = vec![String::new(); requests.len()];
     let (mut step, mut widest) = (0, 0);
@@ -84,6 +94,7 @@ fn run_in(
         }
         widest = widest.max(run.running());
         events.extend(pollster::block_on(run.step(e)).unwrap());
+        check(run);
         for event in events {
             match event {
                 ParallelEvent::Text { id, text, .. } => streamed[ids[&id]].push_str(&text),
@@ -401,4 +412,53 @@ fn a_slot_keeps_what_it_overwrites_in_the_engines_prompt_cache() {
     assert!(got[0].cached_tokens >= p1.tokens.len(), "{} of {} cached", got[0].cached_tokens, next.tokens.len());
     let want = pollster::block_on(engine(cpu()).generate_prompt(&next, &greedy, |_| None)).unwrap();
     assert_eq!((&got[0].tokens, &got[0].text), (&want.tokens, &want.text));
+}
+
+/// A KV pool of one sequence's context (256 rows, pages of 16) under four sequences that
+/// together need more: the newest are preempted and recomputed, never failed, the pool is
+/// never exceeded, and every request gives the tokens, text and finish it gives alone, with
+/// logprobs within 1e-4 (a recomputed sequence's fed tokens come back from prefill passes,
+/// not decode steps); on a decoder with recurrent layers (Qwen3.5) as on one with a KV
+/// cache only. A pool smaller than one context is refused.
+#[test]
+fn a_full_kv_pool_preempts_the_newest_sequence_and_recomputes_it() {
+    type Make = fn(Device) -> Engine;
+    let backends = [("CPU backend", cpu as fn() -> Device), ("GPU", gpu)];
+    for ((family, make), (backend, dev)) in
+        [("Mistral 3", engine as Make), ("Qwen3.5", qwen35_engine)].into_iter().flat_map(|e| backends.map(|d| (e, d)))
+    {
+        let what = format!("{family} on the {backend}");
+        let mut e = make(dev());
+        let text = |e: &mut Engine, s: &str| chat(e, serde_json::json!([{ "role": "user", "content": s }]));
+        let greedy = |max_tokens| GenerateOptions { max_tokens, ignore_eos: true, logprobs: Some(2), ..Default::default() };
+        let seeded = SamplingParams { temperature: 0.9, top_k: 40, seed: Some(5), ..Default::default() };
+        let requests = vec![
+            (0, text(&mut e, "Say something long."), greedy(90)),
+            (0, text(&mut e, "Hi"), GenerateOptions { sampling: seeded, ..greedy(80) }),
+            (1, text(&mut e, "Give me JSON."), GenerateOptions { response_format: ResponseFormat::JsonObject, ..greedy(70) }),
+            (2, text(&mut e, "Count to ten, slowly, one number per line, and then back."), greedy(75)),
+        ];
+        let mut run = e.parallel(4).unwrap();
+        let small = run.set_kv_pool(KvPool { rows: 255, page: 16 });
+        assert!(matches!(small, Err(EngineError::KvPoolTooSmall { least: 256, .. })), "{what}: {small:?}");
+        run.set_kv_pool(KvPool { rows: 256, page: 16 }).unwrap();
+        let mut held = 0;
+        let (batched, streamed, widest) = run_checked(&mut e, &mut run, &requests, |run| {
+            held = held.max(run.kv_rows_held());
+            assert!(run.kv_rows_held() <= 256, "{what}: {:?}", run.slots());
+        });
+        assert!(widest == 4 && held > 200, "{what}: {widest} sequences, {held} rows at most");
+        assert!(run.preemptions() > 0, "{what}: no sequence was preempted");
+        for (i, ((_, prompt, opts), got)) in requests.iter().zip(&batched).enumerate() {
+            let want = pollster::block_on(make(dev()).generate_prompt(prompt, opts, |_| None)).unwrap();
+            assert_eq!(got.tokens, want.tokens, "{what}: request {i}'s tokens");
+            assert_eq!((&got.text, got.finish), (&want.text, want.finish), "{what}: request {i}");
+            assert_eq!(streamed[i], got.text, "{what}: request {i}'s streamed text");
+            for (g, w) in got.logprobs.iter().zip(&want.logprobs) {
+                assert_eq!(g.token, w.token, "{what}: request {i}");
+                assert!((g.logprob - w.logprob).abs() < 1e-4, "{what}: request {i}: {} against {}", g.logprob, w.logprob);
+            }
+        }
+        eprintln!("{what}: {} preemptions, {held} of 256 rows held at most", run.preemptions());
+    }
 }

@@ -22,7 +22,7 @@ pub use generate::{FinishReason, GenerateOptions, Generation, LazyFormat, Respon
 pub use images::{data_url_bytes, expand, expanded_len, ImageCache};
 pub use load::EngineBuilder;
 pub use mllama::CrossVision;
-pub use parallel::{Parallel, ParallelEvent, SeqId, SlotState};
+pub use parallel::{KvPool, Parallel, ParallelEvent, SeqId, SlotState, DEFAULT_KV_PAGE};
 use prompt_cache::PromptCache;
 pub use prompt_cache::{PromptCacheStats, DEFAULT_PROMPT_CACHE_BYTES};
 pub use repo::{RepoLoad, INDEX_JSON};
@@ -94,6 +94,10 @@ pub enum EngineError {
     /// A request asked for more choices (`n`) than a parallel run has sequence slots.
     #[error("n = {n} choices need {n} sequence slots; this engine runs {slots} at once")]
     TooManyChoices { n: u32, slots: u32 },
+    /// A parallel run's KV pool cannot hold one sequence's whole context (or grows by pages
+    /// of no rows).
+    #[error("a KV pool of {rows} rows in pages of {page} cannot hold one sequence's context: it needs at least {least} rows, in pages of 1 or more")]
+    KvPoolTooSmall { rows: u64, page: u32, least: u32 },
 }
 
 impl Classify for EngineError {
@@ -114,7 +118,8 @@ impl Classify for EngineError {
             | EngineError::BadImageUrl(_)
             | EngineError::PromptTooLong { .. }
             | EngineError::Busy { .. }
-            | EngineError::TooManyChoices { .. } => ErrorClass::BadRequest,
+            | EngineError::TooManyChoices { .. }
+            | EngineError::KvPoolTooSmall { .. } => ErrorClass::BadRequest,
         }
     }
 }

@@ -68,6 +68,8 @@ pub(super) struct StepPrograms {
 /// A sequence being processed by one [`Decoder`].
 pub struct Context {
     opts: ContextOptions,
+    /// Rows the KV caches grow by when a step needs more than they hold.
+    kv_page: u32,
     /// Rows of logits one pass can write: a full chunk, within the binding limit.
     logits_rows: u32,
     b: StepBuffers,
@@ -126,7 +128,15 @@ pub struct Counters {
 }
 
 impl Context {
+    /// A context holding all `max_ctx` KV rows from the start.
     pub fn new(dev: &Device, dec: &Decoder, opts: ContextOptions) -> GpuResult<Context> {
+        Context::paged(dev, dec, opts, opts.max_ctx.max(1), opts.max_ctx.max(1))
+    }
+
+    /// A context holding `rows` KV rows, which grows by pages of `page` rows when it must
+    /// hold more (up to `max_ctx`): the contexts of a batched run, whose rows come from one
+    /// pool ([`Self::reserve_kv`], [`Self::release_kv`]).
+    pub fn paged(dev: &Device, dec: &Decoder, opts: ContextOptions, page: u32, rows: u32) -> GpuResult<Context> {
         // A chunk longer than the context is never used; zero sizes would be meaningless.
         let opts =
             ContextOptions { max_ctx: opts.max_ctx.max(1), max_chunk: opts.max_chunk.clamp(1, opts.max_ctx.max(1)), ..opts };
@@ -139,9 +149,10 @@ impl Context {
         let logits_rows = (opts.max_chunk as u64).min(row_limit).max(1) as u32;
         let b = StepBuffers::new(dev, opts.max_chunk, c.n_embd, c.vocab, logits_rows, precision)?;
         let scratch = dec.scratch(dev, opts.max_chunk, opts.max_ctx)?;
-        let state = SequenceState::new(dev, &dec.layers(), opts.max_ctx, precision.kv_dtype())?;
+        let state = SequenceState::new(dev, &dec.layers(), rows.min(opts.max_ctx), precision.kv_dtype())?;
         Ok(Context {
             opts,
+            kv_page: page.clamp(1, opts.max_ctx),
             logits_rows,
             b,
             scratch,
@@ -233,6 +244,48 @@ impl Context {
         self.opts.max_ctx
     }
 
+    /// Positions the KV caches have room for now (`max_ctx` but for a [`Self::paged`]
+    /// context).
+    pub fn kv_rows(&self) -> u32 {
+        self.state.rows()
+    }
+
+    /// Makes room for `rows` positions (at most `max_ctx`), growing the KV caches to the
+    /// next whole page: new buffers, the cached positions copied over, the recorded steps
+    /// dropped. Steps grow a paged context themselves; a pool reserves ahead of them.
+    pub fn reserve_kv(&mut self, dev: &Device, rows: u32) -> GpuResult<()> {
+        let grown = self.kv_rows_for(rows);
+        if grown > self.kv_rows() {
+            self.resize_kv(dev, grown)?;
+        }
+        Ok(())
+    }
+
+    /// The rows [`Self::reserve_kv`] of `rows` leaves the caches with.
+    pub fn kv_rows_for(&self, rows: u32) -> u32 {
+        match rows.min(self.opts.max_ctx) {
+            rows if rows <= self.kv_rows() => self.kv_rows(),
+            rows => rows.next_multiple_of(self.kv_page).min(self.opts.max_ctx),
+        }
+    }
+
+    /// Forgets the cached positions and gives back every KV row (a sequence preempted by a
+    /// pool: it is recomputed later). Llama 3.2 Vision's cross-attention store stays.
+    pub fn release_kv(&mut self, dev: &Device) -> GpuResult<()> {
+        self.forget_in_flight();
+        self.n_past = 0;
+        self.rec_pos = 0;
+        self.deltas = RopeDeltas::default();
+        self.resize_kv(dev, 0)
+    }
+
+    fn resize_kv(&mut self, dev: &Device, rows: u32) -> GpuResult<()> {
+        self.state = self.state.resized(dev, rows, self.n_past)?;
+        self.counters.submits += 1;
+        self.drop_programs();
+        Ok(())
+    }
+
     /// The sizes and precision asked for (what a context alike is made with).
     pub fn options(&self) -> ContextOptions {
         self.opts
@@ -285,6 +338,8 @@ impl Context {
     /// recurrent layers, all of the snapshot's positions or none: see [`Self::n_past`]).
     pub fn restore_state(&mut self, dev: &Device, snapshot: &StateSnapshot, rows: u32) -> GpuResult<()> {
         self.forget_in_flight();
+        self.n_past = 0;
+        self.reserve_kv(dev, rows.min(snapshot.rows()))?;
         self.n_past = self.state.restore(dev, snapshot, rows)?;
         self.rec_pos = self.n_past;
         self.deltas = snapshot.rope_deltas.prefix(self.n_past);
@@ -300,6 +355,9 @@ impl Context {
         self.forget_in_flight();
         let rows = other.copyable_rows(rows);
         if rows > 0 {
+            // The rows held now are overwritten: none to carry into grown caches.
+            self.n_past = 0;
+            self.reserve_kv(dev, rows)?;
             self.state.copy_from(dev, &other.state, rows)?;
             self.counters.submits += 1;
         }
@@ -671,6 +729,7 @@ impl Context {
         positions: Option<&[u32]>,
         read_token: bool,
     ) -> Result<(), ModelError> {
+        self.reserve_kv(dev, self.n_past + n)?;
         self.write_step_inputs(dev, dec, n, positions)?;
         let mut before = Program::new();
         if self.n_past == 0 {
@@ -765,6 +824,7 @@ impl Context {
             return Err(ModelError::BadToken { id: token, vocab: dec.cfg.vocab });
         }
         self.check_room(1)?;
+        self.reserve_kv(dev, self.n_past + 1)?;
         self.write_step_inputs(dev, dec, 1, None)
     }
 

@@ -30,7 +30,7 @@ pub enum LayerKind {
 
 /// One layer's state on the GPU.
 pub enum LayerState {
-    /// Keys and values, `[max_ctx][kv_dim]` each, in the cache's dtype.
+    /// Keys and values, `[rows][kv_dim]` each, in the cache's dtype.
     Attention { k: Buffer, v: Buffer },
     /// The conv window `[channels][kernel - 1]` and the recurrence's state (for Gated
     /// DeltaNet `[Hv][dk][dv]`), f32.
@@ -44,17 +44,21 @@ pub struct SequenceState {
     /// step the pipelined decode loop submitted past the end can be undone
     /// ([`Self::record_checkpoint`], [`Self::restore_checkpoint`]).
     checkpoint: Vec<(Buffer, Buffer)>,
+    kinds: Vec<LayerKind>,
+    kv: KvDtype,
     /// Most positions the caches hold.
-    max_ctx: u32,
+    rows: u32,
 }
 
 impl SequenceState {
-    /// Allocates the state of `layers` for `max_ctx` positions, KV caches in `kv`.
-    pub fn new(dev: &Device, layers: &[LayerKind], max_ctx: u32, kv: KvDtype) -> GpuResult<SequenceState> {
+    /// Allocates the state of `layers` for `rows` positions (0: recurrent states only), KV
+    /// caches in `kv`.
+    pub fn new(dev: &Device, layers: &[LayerKind], rows: u32, kv: KvDtype) -> GpuResult<SequenceState> {
+        let kinds = layers.to_vec();
         let layers = (layers.iter().enumerate())
             .map(|(i, kind)| match *kind {
                 LayerKind::Attention { kv_dim } => {
-                    let bytes = kv.cache_bytes(max_ctx, kv_dim);
+                    let bytes = kv.cache_bytes(rows, kv_dim).max(4);
                     Ok(LayerState::Attention {
                         k: dev.storage(&format!("k_cache.{i}"), bytes)?,
                         v: dev.storage(&format!("v_cache.{i}"), bytes)?,
@@ -75,7 +79,26 @@ impl SequenceState {
                 Ok((dev.storage(&format!("conv_checkpoint.{i}"), conv)?, dev.storage(&format!("ssm_checkpoint.{i}"), ssm)?))
             })
             .collect::<GpuResult<Vec<_>>>()?;
-        Ok(SequenceState { layers, checkpoint, max_ctx })
+        Ok(SequenceState { layers, checkpoint, kinds, kv, rows })
+    }
+
+    /// Positions the KV caches hold.
+    pub fn rows(&self) -> u32 {
+        self.rows
+    }
+
+    /// The same state with room for `rows` positions: new buffers holding the first `keep`
+    /// positions of these (at most `rows`), the recurrent states and their checkpoint.
+    pub fn resized(&self, dev: &Device, rows: u32, keep: u32) -> GpuResult<SequenceState> {
+        let resized = SequenceState::new(dev, &self.kinds, rows, self.kv)?;
+        resized.copy_from(dev, self, keep.min(rows))?;
+        let mut p = Program::new();
+        for ((from_conv, from_ssm), (conv, ssm)) in self.checkpoint.iter().zip(&resized.checkpoint) {
+            p.copy(from_conv, 0, conv, 0, conv.size())?;
+            p.copy(from_ssm, 0, ssm, 0, ssm.size())?;
+        }
+        p.run(dev)?;
+        Ok(resized)
     }
 
     /// The KV cache of layer `i` (families call this for their attention layers).
@@ -152,23 +175,23 @@ impl SequenceState {
     /// Bytes one position takes in all KV caches (recurrent states take the same bytes at
     /// every position).
     pub fn bytes_per_position(&self) -> u64 {
-        (self.layers.iter()).map(|l| 2 * self.row_bytes(l)).sum()
+        (0..self.layers.len()).map(|i| 2 * self.row_bytes(i)).sum()
     }
 
-    fn row_bytes(&self, layer: &LayerState) -> u64 {
-        match layer {
-            // The cache buffers hold exactly `max_ctx` rows (padded to 4 bytes at most).
-            LayerState::Attention { k, .. } => k.size() / self.max_ctx as u64,
-            LayerState::Recurrent { .. } => 0,
+    /// Bytes of one position in layer `i`'s K or V cache (0 for a recurrent layer).
+    fn row_bytes(&self, i: usize) -> u64 {
+        match self.kinds[i] {
+            LayerKind::Attention { kv_dim } => self.kv.cache_bytes(1, kv_dim),
+            LayerKind::Recurrent { .. } => 0,
         }
     }
 
     /// Bytes of each of a layer's two buffers a snapshot of `rows` positions copies: the first
     /// `rows` rows of a KV cache, rounded up to WebGPU's 4-byte copy alignment (the rounding
     /// stays inside the padded buffer); a recurrent state whole.
-    fn spans(&self, layer: &LayerState, rows: u32) -> [u64; 2] {
-        match layer {
-            LayerState::Attention { .. } => [(rows as u64 * self.row_bytes(layer)).next_multiple_of(4); 2],
+    fn spans(&self, i: usize, rows: u32) -> [u64; 2] {
+        match &self.layers[i] {
+            LayerState::Attention { .. } => [(rows as u64 * self.row_bytes(i)).next_multiple_of(4); 2],
             LayerState::Recurrent { conv, ssm } => [conv.size(), ssm.size()],
         }
     }
@@ -181,7 +204,7 @@ impl SequenceState {
         let mut layers = Vec::with_capacity(self.layers.len());
         for (i, layer) in self.layers.iter().enumerate() {
             let [a, b] = layer.buffers();
-            let [span_a, span_b] = self.spans(layer, rows);
+            let [span_a, span_b] = self.spans(i, rows);
             let copy = dev.storage(&format!("state_snapshot.{i}"), (span_a + span_b).max(4))?;
             p.copy(a, 0, &copy, 0, span_a)?;
             p.copy(b, 0, &copy, span_a, span_b)?;
@@ -200,9 +223,9 @@ impl SequenceState {
             return Ok(0);
         }
         let mut p = Program::new();
-        for (layer, (copy, copy_span)) in self.layers.iter().zip(&snapshot.layers) {
+        for (i, (layer, (copy, copy_span))) in self.layers.iter().zip(&snapshot.layers).enumerate() {
             let [a, b] = layer.buffers();
-            let [span_a, span_b] = self.spans(layer, rows);
+            let [span_a, span_b] = self.spans(i, rows);
             p.copy(copy, 0, a, 0, span_a)?;
             p.copy(copy, *copy_span, b, 0, span_b)?;
         }
@@ -215,9 +238,9 @@ impl SequenceState {
     /// copied whole (the caller copies them only where `from` stands).
     pub fn copy_from(&self, dev: &Device, from: &SequenceState, rows: u32) -> GpuResult<()> {
         let mut p = Program::new();
-        for (layer, source) in self.layers.iter().zip(&from.layers) {
+        for (i, (layer, source)) in self.layers.iter().zip(&from.layers).enumerate() {
             let ([a, b], [from_a, from_b]) = (layer.buffers(), source.buffers());
-            let [span_a, span_b] = self.spans(layer, rows);
+            let [span_a, span_b] = self.spans(i, rows);
             p.copy(from_a, 0, a, 0, span_a)?;
             p.copy(from_b, 0, b, 0, span_b)?;
         }

@@ -1,7 +1,7 @@
 //! Many generations at once: continuous batching on one engine. A [`Parallel`] run holds
-//! up to `max_seqs` sequences, each on a context of its own (its own KV rows: one range of
-//! `max_ctx` positions per slot, allocated when a slot is first used and reused after). A
-//! request joins with [`Parallel::admit`] (checked, given a slot); each [`Parallel::step`]
+//! up to `max_seqs` sequences, each on a context of its own (its own KV rows: one range per
+//! slot, growing by pages as its sequence does, from the run's KV pool: `kv_pool.rs`, where
+//! sequences are preempted when it is full). A request joins with [`Parallel::admit`] (checked, given a slot); each [`Parallel::step`]
 //! then runs the prompts waiting to be prefilled, oldest first, a chunk at a time under a
 //! budget of one chunk's tokens (`max_chunk`) per step — a prompt that is done picks its
 //! first token — and one batched decode step of every sequence past its prompt
@@ -34,6 +34,10 @@ use web_time::Instant;
 use crate::model::{Context, DecodeBatch};
 use crate::sampling::{StopStrings, TokenLogprob};
 
+mod kv_pool;
+
+pub use kv_pool::{KvPool, DEFAULT_KV_PAGE};
+
 use super::generate::{Emitter, HostPicker};
 use super::prompt_cache::{live_prefix, PosKey, PromptCache};
 use super::{Engine, EngineError, FinishReason, GenerateOptions, Generation, Prompt, StepOutput, Wait};
@@ -64,6 +68,10 @@ pub struct SlotState {
     pub generated: usize,
     /// Positions in its KV cache (prompt and generated tokens run so far).
     pub cached: u32,
+    /// KV rows its context holds (from the run's pool).
+    pub kv_rows: u32,
+    /// It was preempted and its rows are being prefilled again.
+    pub recomputing: bool,
 }
 
 /// Events collected by the sequences' emitters during one call.
@@ -79,6 +87,8 @@ pub struct Parallel {
     next_id: SeqId,
     events: Events,
     slot_rows: u32,
+    pool: KvPool,
+    preemptions: u64,
 }
 
 /// A free slot: its context and the keys of the sequence its KV cache holds.
@@ -99,7 +109,11 @@ struct Running {
     shares: bool,
     ctx: Context,
     keys: Vec<PosKey>,
+    prompt: Prompt,
+    /// What is left to prefill: the prompt, or after a preemption the prompt and the tokens
+    /// fed back (`recompute`: no token is picked at its end).
     prefill: Option<Prompt>,
+    recompute: bool,
     token: u32,
     opts: GenerateOptions,
     picker: HostPicker,
@@ -115,13 +129,16 @@ impl Engine {
         if let Some(run) = self.kept_run.take().filter(|r| r.max_seqs() == max_seqs) {
             return Ok(run);
         }
+        let slot_rows = self.ctx.options().max_ctx;
         Ok(Parallel {
             batch: DecodeBatch::new(&self.dev, &self.decoder, max_seqs, self.ctx.precision())?,
             running: Vec::new(),
             idle: Vec::new(),
             next_id: 0,
             events: Rc::default(),
-            slot_rows: self.ctx.options().max_ctx,
+            slot_rows,
+            pool: KvPool { rows: max_seqs as u64 * slot_rows as u64, page: DEFAULT_KV_PAGE.min(slot_rows) },
+            preemptions: 0,
         })
     }
 
@@ -158,6 +175,8 @@ impl Parallel {
                 prefilling: r.prefill.is_some(),
                 generated: r.out.tokens.len(),
                 cached: r.ctx.n_past(),
+                kv_rows: r.ctx.kv_rows(),
+                recomputing: r.recompute,
             })
             .collect();
         slots.sort_by_key(|s| s.id);
@@ -269,6 +288,13 @@ impl Parallel {
         // its text positions attend to: nothing of another sequence is kept).
         let reuse = engine.vision.as_ref().and_then(|v| v.cross()).is_none() && fork_of.is_none();
         let (mut ctx, mut cached) = self.slot_for(engine, &keys, reuse)?;
+        if self.kv_rows_held() + ctx.kv_rows() as u64 > self.pool.rows
+            && !self.free_rows(engine, SeqId::MAX, ctx.kv_rows() as u64)?
+        {
+            // A prefix copied back from the prompt cache that the pool has no rows for.
+            ctx.release_kv(&engine.dev)?;
+            cached = 0;
+        }
         if reuse {
             cached = self.share_prefix(engine, &mut ctx, &keys, cached)?;
         }
@@ -299,8 +325,23 @@ impl Parallel {
             return Ok((id, Some(ParallelEvent::Done { id, generation: out })));
         }
         let (prefill, start) = (Some(prompt.clone()), Instant::now());
-        let shares = reuse;
-        self.running.push(Running { id, fork_of, shares, ctx, keys, prefill, token: 0, opts, picker, emit, out, start });
+        let (shares, prompt, recompute) = (reuse, prompt.clone(), false);
+        self.running.push(Running {
+            id,
+            fork_of,
+            shares,
+            ctx,
+            keys,
+            prompt,
+            prefill,
+            recompute,
+            token: 0,
+            opts,
+            picker,
+            emit,
+            out,
+            start,
+        });
         Ok((id, None))
     }
 
@@ -332,9 +373,11 @@ impl Parallel {
 
     /// The batched decode step of the sequences past their prompts.
     async fn decode(&mut self, engine: &Engine) -> Result<(), EngineError> {
-        let (mut decoding, prefilling): (Vec<Running>, Vec<Running>) =
-            std::mem::take(&mut self.running).into_iter().partition(|r| r.prefill.is_none());
-        self.running = prefilling;
+        self.reserve_decode_rows(engine)?;
+        // A sequence the pool had no row for waits for the next step.
+        let (mut decoding, waiting): (Vec<Running>, Vec<Running>) =
+            std::mem::take(&mut self.running).into_iter().partition(|r| r.prefill.is_none() && r.ctx.kv_rows() > r.ctx.n_past());
+        self.running = waiting;
         if decoding.is_empty() {
             return Ok(());
         }
@@ -357,8 +400,26 @@ impl Parallel {
         Ok(())
     }
 
+    /// Reserves, oldest first, the row each decoding sequence's next token takes (see
+    /// `kv_pool.rs`: an older sequence may preempt newer ones).
+    fn reserve_decode_rows(&mut self, engine: &Engine) -> Result<(), EngineError> {
+        let mut ids: Vec<SeqId> = self.running.iter().map(|r| r.id).collect();
+        ids.sort_unstable();
+        for id in ids {
+            let Some(i) = self.running.iter().position(|r| r.id == id && r.prefill.is_none()) else { continue };
+            let mut r = self.running.remove(i);
+            let rows = r.ctx.n_past() + 1;
+            match self.reserve(engine, id, &mut r.ctx, rows) {
+                Ok(_) => self.running.insert(i, r),
+                Err(e) => self.fail_on_device(engine, r, e)?,
+            }
+        }
+        Ok(())
+    }
+
     /// The next chunks of the prompts being prefilled, oldest first, while they fit in one
-    /// chunk's tokens; a prompt that is done picks its sequence's first token. A sequence
+    /// chunk's tokens and the KV pool has their rows; a prompt that is done picks its
+    /// sequence's first token (a recomputed one goes on with the token it had). A sequence
     /// whose chunk fails leaves alone, unless the device is lost.
     async fn prefill(&mut self, engine: &Engine) -> Result<(), EngineError> {
         let chunk = engine.ctx.options().max_chunk as usize;
@@ -369,20 +430,36 @@ impl Parallel {
                 continue;
             }
             let mut r = self.running.remove(i);
-            if r.shares && r.ctx.n_past() as usize == r.out.cached_tokens {
+            if r.shares && !r.recompute && r.ctx.n_past() as usize == r.out.cached_tokens {
                 // Before its first chunk: a prefix another sequence computed since this one
                 // joined (requests sent together with one system prompt).
                 r.out.cached_tokens = self.share_prefix(engine, &mut r.ctx, &r.keys, r.out.cached_tokens)?;
             }
             let left = r.prefill.as_ref().map_or(0, |p| p.tokens.len()) - r.ctx.n_past() as usize;
-            if left.min(chunk) > budget {
-                self.running.insert(i, r);
-                break;
+            let rows = r.ctx.n_past() + left.min(chunk) as u32;
+            let reserved = match left.min(chunk) > budget {
+                true => Ok(false),
+                false => self.reserve(engine, r.id, &mut r.ctx, rows),
+            };
+            match reserved {
+                Ok(true) => budget -= left.min(chunk),
+                Ok(false) => {
+                    self.running.insert(i, r);
+                    break;
+                }
+                Err(e) => {
+                    self.fail_on_device(engine, r, e)?;
+                    continue;
+                }
             }
-            budget -= left.min(chunk);
-            let ran = match left > chunk {
-                true => r.run_chunk(engine, chunk).map(|()| None),
-                false => r.run_last_chunk(engine).await.map(Some),
+            let ran = match (left > chunk, r.recompute) {
+                (true, _) => r.run_chunk(engine, chunk).map(|()| None),
+                (false, true) => r.run_chunk(engine, left).map(|()| {
+                    r.prefill = None;
+                    r.recompute = false;
+                    None
+                }),
+                (false, false) => r.run_last_chunk(engine).await.map(Some),
             };
             match ran {
                 Ok(None) => {
@@ -393,11 +470,7 @@ impl Parallel {
                     self.fork(engine, &r, &logits).await?;
                     self.take(r, picked).await;
                 }
-                Err(e) => {
-                    let e = engine.lost_or(e);
-                    engine.check_device()?;
-                    self.fail(r, e);
-                }
+                Err(e) => self.fail_on_device(engine, r, e)?,
             }
         }
         Ok(())
@@ -411,11 +484,22 @@ impl Parallel {
         self.running = others;
         for mut r in waiting {
             r.fork_of = None;
-            if let Err(e) = r.ctx.copy_sequence_from(&engine.dev, &leader.ctx, leader.ctx.n_past()) {
-                let e = engine.lost_or(e.into());
-                engine.check_device()?;
-                self.fail(r, e);
-                continue;
+            let rows = leader.ctx.n_past();
+            let copied = match self.reserve(engine, r.id, &mut r.ctx, rows) {
+                Ok(true) => r.ctx.copy_sequence_from(&engine.dev, &leader.ctx, rows).map(|()| true).map_err(EngineError::from),
+                reserved => reserved,
+            };
+            match copied {
+                Ok(true) => {}
+                // No rows for a copy: it prefills the prompt itself (to the same logits).
+                Ok(false) => {
+                    self.running.push(r);
+                    continue;
+                }
+                Err(e) => {
+                    self.fail_on_device(engine, r, e)?;
+                    continue;
+                }
             }
             r.prefill = None;
             r.out.cached_tokens = r.out.prompt_tokens;
@@ -473,7 +557,7 @@ impl Parallel {
                 let idle = self.idle.swap_remove(i);
                 (idle.ctx, idle.live)
             }
-            None => (Context::new(&engine.dev, &engine.decoder, engine.ctx.options())?, Vec::new()),
+            None => (self.new_context(engine)?, Vec::new()),
         };
         if !reuse {
             ctx.reset();
@@ -484,13 +568,13 @@ impl Parallel {
     }
 
     /// Copies into `ctx`, which holds `cached` positions of a prompt with `keys`, the longest
-    /// prefix of them a running sequence holds when that is longer; returns the positions
-    /// `ctx` then holds.
-    fn share_prefix(&self, engine: &Engine, ctx: &mut Context, keys: &[PosKey], cached: usize) -> Result<usize, EngineError> {
-        let best = self.running.iter().map(|r| (live_prefix(&r.live_keys(), keys, &r.ctx), r)).max_by_key(|&(n, _)| n);
-        match best {
-            Some((n, r)) if n > cached => {
-                ctx.copy_sequence_from(&engine.dev, &r.ctx, n as u32)?;
+    /// prefix of them a running sequence holds when that is longer and the KV pool has its
+    /// rows without preempting anyone; returns the positions `ctx` then holds.
+    fn share_prefix(&mut self, engine: &Engine, ctx: &mut Context, keys: &[PosKey], cached: usize) -> Result<usize, EngineError> {
+        let prefixes = self.running.iter().enumerate().map(|(i, r)| (live_prefix(&r.live_keys(), keys, &r.ctx), i));
+        match prefixes.max_by_key(|&(n, _)| n) {
+            Some((n, i)) if n > cached && self.reserve(engine, SeqId::MAX, ctx, n as u32)? => {
+                ctx.copy_sequence_from(&engine.dev, &self.running[i].ctx, n as u32)?;
                 Ok(ctx.n_past() as usize)
             }
             _ => Ok(cached),
@@ -514,6 +598,15 @@ impl Parallel {
         };
         self.events.borrow_mut().push(event);
         self.idle.push(Idle { ctx, live });
+    }
+
+    /// `r` failed on the device: it leaves alone, unless the device is lost (which fails the
+    /// call).
+    fn fail_on_device(&mut self, engine: &Engine, r: Running, error: EngineError) -> Result<(), EngineError> {
+        let error = engine.lost_or(error);
+        engine.check_device()?;
+        self.fail(r, error);
+        Ok(())
     }
 
     /// Reports `r`'s failure; frees its slot (keeping nothing of its sequence).

@@ -1,0 +1,114 @@
+//! The KV pool of a [`Parallel`] run: the rows its slots' contexts hold together. Each
+//! context holds one range of rows that grows by whole pages as its sequence does
+//! ([`Context::reserve_kv`]); the pool caps their sum. A sequence that needs a page the pool
+//! no longer has takes it from a free slot's kept sequence first, then from the newest
+//! running sequence newer than itself, which is preempted: its rows are given back and its
+//! prompt and the tokens it was fed are prefilled again later (it keeps its sampler,
+//! constraint and text, so it goes on where it stopped), as vLLM recomputes a preempted
+//! request. The oldest sequence can always take rows from every newer one, so a pool of at
+//! least `max_ctx` rows never deadlocks; a sequence that cannot take a page waits a step.
+//!
+//! The default pool is every slot's whole range (`max_seqs * max_ctx` rows): it never
+//! preempts, and a slot holds only the pages its sequence reached. A smaller pool admits
+//! more sequences of mixed lengths into the same memory, at the cost of recomputing the
+//! newest when the long ones need the rows.
+
+use crate::model::Context;
+
+use super::{Parallel, Running, SeqId};
+use crate::engine::{Engine, EngineError, Prompt};
+
+/// Rows a context's KV caches grow by by default (a multiple of every chunk size in use).
+pub const DEFAULT_KV_PAGE: u32 = 256;
+
+/// The KV rows a run's contexts may hold together, and the page they grow by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvPool {
+    pub rows: u64,
+    pub page: u32,
+}
+
+impl Parallel {
+    /// The run's KV pool.
+    pub fn kv_pool(&self) -> KvPool {
+        self.pool
+    }
+
+    /// Caps the KV rows the run's contexts hold together at `pool.rows`, growing by
+    /// `pool.page` rows (see the module docs). Fails, changing nothing, with
+    /// [`EngineError::KvPoolTooSmall`] for a pool smaller than one sequence's whole context
+    /// or a page of 0 rows. Contexts already made keep their page.
+    pub fn set_kv_pool(&mut self, pool: KvPool) -> Result<(), EngineError> {
+        if pool.rows < self.slot_rows as u64 || pool.page == 0 {
+            return Err(EngineError::KvPoolTooSmall { rows: pool.rows, page: pool.page, least: self.slot_rows });
+        }
+        self.pool = pool;
+        Ok(())
+    }
+
+    /// KV rows the contexts hold now: the running sequences' and the free slots'.
+    pub fn kv_rows_held(&self) -> u64 {
+        let running = self.running.iter().map(|r| r.ctx.kv_rows() as u64);
+        running.chain(self.idle.iter().map(|idle| idle.ctx.kv_rows() as u64)).sum()
+    }
+
+    /// Sequences preempted so far (each recomputed later).
+    pub fn preemptions(&self) -> u64 {
+        self.preemptions
+    }
+
+    /// A new context for a slot: no rows until its sequence runs.
+    pub(super) fn new_context(&self, engine: &Engine) -> Result<Context, EngineError> {
+        Ok(Context::paged(&engine.dev, &engine.decoder, engine.ctx.options(), self.pool.page, 0)?)
+    }
+
+    /// Makes `ctx`, of sequence `id` and not counted in the pool now (taken out of the run),
+    /// hold `rows` positions within the pool: rows are taken from free slots, then from
+    /// running sequences newer than `id` (preempted). Whether it could.
+    pub(super) fn reserve(&mut self, engine: &Engine, id: SeqId, ctx: &mut Context, rows: u32) -> Result<bool, EngineError> {
+        let grown = ctx.kv_rows_for(rows);
+        if grown > ctx.kv_rows() {
+            if !self.free_rows(engine, id, grown as u64)? {
+                return Ok(false);
+            }
+            ctx.reserve_kv(&engine.dev, rows)?;
+        }
+        Ok(true)
+    }
+
+    /// Frees pool rows until `rows` more fit, from free slots' kept sequences, then from the
+    /// newest running sequences newer than `id`; false when those are not enough.
+    pub(super) fn free_rows(&mut self, engine: &Engine, id: SeqId, rows: u64) -> Result<bool, EngineError> {
+        while self.kv_rows_held() + rows > self.pool.rows {
+            if let Some(idle) = self.idle.iter_mut().find(|idle| idle.ctx.kv_rows() > 0) {
+                idle.live.clear();
+                idle.ctx.release_kv(&engine.dev)?;
+                continue;
+            }
+            let newer = self.running.iter_mut().filter(|r| r.id > id && r.ctx.kv_rows() > 0);
+            match newer.max_by_key(|r| r.id) {
+                Some(victim) => {
+                    victim.preempt(engine)?;
+                    self.preemptions += 1;
+                }
+                None => return Ok(false),
+            }
+        }
+        Ok(true)
+    }
+}
+
+impl Running {
+    /// Gives back the sequence's rows; it is prefilled again from its start: a sequence that
+    /// was decoding, its prompt and the tokens it was fed (its last picked token is fed after
+    /// them, by the next decode step); one still prefilling, its prompt.
+    fn preempt(&mut self, engine: &Engine) -> Result<(), EngineError> {
+        if self.prefill.is_none() {
+            let fed = (self.ctx.n_past() as usize).saturating_sub(self.prompt.tokens.len());
+            let tokens = [&self.prompt.tokens[..], &self.out.tokens[..fed]].concat();
+            self.prefill = Some(Prompt { tokens, images: self.prompt.images.clone() });
+            self.recompute = true;
+        }
+        Ok(self.ctx.release_kv(&engine.dev)?)
+    }
+}
