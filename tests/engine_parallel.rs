@@ -414,8 +414,8 @@ fn a_slot_keeps_what_it_overwrites_in_the_engines_prompt_cache() {
     assert_eq!((&got[0].tokens, &got[0].text), (&want.tokens, &want.text));
 }
 
-/// A KV pool of one sequence's context (256 rows, pages of 16) under four sequences that
-/// together need more: the newest are preempted and recomputed, never failed, the pool is
+/// A KV pool of one sequence's context (256 rows, pages of 16) under four or five sequences
+/// (one with an image) that together need more: the newest are preempted and recomputed, never failed, the pool is
 /// never exceeded, and every request gives the tokens, text and finish it gives alone, with
 /// logprobs within 1e-4 (a recomputed sequence's fed tokens come back from prefill passes,
 /// not decode steps); on a decoder with recurrent layers (Qwen3.5) as on one with a KV
@@ -432,13 +432,20 @@ fn a_full_kv_pool_preempts_the_newest_sequence_and_recomputes_it() {
         let text = |e: &mut Engine, s: &str| chat(e, serde_json::json!([{ "role": "user", "content": s }]));
         let greedy = |max_tokens| GenerateOptions { max_tokens, ignore_eos: true, logprobs: Some(2), ..Default::default() };
         let seeded = SamplingParams { temperature: 0.9, top_k: 40, seed: Some(5), ..Default::default() };
-        let requests = vec![
+        let mut requests = vec![
             (0, text(&mut e, "Say something long."), greedy(90)),
             (0, text(&mut e, "Hi"), GenerateOptions { sampling: seeded, ..greedy(80) }),
             (1, text(&mut e, "Give me JSON."), GenerateOptions { response_format: ResponseFormat::JsonObject, ..greedy(70) }),
             (2, text(&mut e, "Count to ten, slowly, one number per line, and then back."), greedy(75)),
         ];
-        let mut run = e.parallel(4).unwrap();
+        if family == "Mistral 3" {
+            // An image prompt: a recomputed sequence's features go back over its [IMG] rows.
+            let image = serde_json::json!([{ "role": "user", "content": [
+                { "type": "text", "text": "What is in the picture?" },
+                { "type": "image_url", "image_url": { "url": "img_84x56.png" } }] }]);
+            requests.push((3, chat(&mut e, image), greedy(60)));
+        }
+        let mut run = e.parallel(requests.len() as u32).unwrap();
         let small = run.set_kv_pool(KvPool { rows: 255, page: 16 });
         assert!(matches!(small, Err(EngineError::KvPoolTooSmall { least: 256, .. })), "{what}: {small:?}");
         run.set_kv_pool(KvPool { rows: 256, page: 16 }).unwrap();
@@ -447,10 +454,10 @@ fn a_full_kv_pool_preempts_the_newest_sequence_and_recomputes_it() {
             held = held.max(run.kv_rows_held());
             assert!(run.kv_rows_held() <= 256, "{what}: {:?}", run.slots());
         });
-        assert!(widest == 4 && held > 200, "{what}: {widest} sequences, {held} rows at most");
+        assert!(widest == requests.len() && held > 200, "{what}: {widest} sequences, {held} rows at most");
         assert!(run.preemptions() > 0, "{what}: no sequence was preempted");
         for (i, ((_, prompt, opts), got)) in requests.iter().zip(&batched).enumerate() {
-            let want = pollster::block_on(make(dev()).generate_prompt(prompt, opts, |_| None)).unwrap();
+            let want = pollster::block_on(e.generate_prompt(prompt, opts, |_| None)).unwrap();
             assert_eq!(got.tokens, want.tokens, "{what}: request {i}'s tokens");
             assert_eq!((&got.text, got.finish), (&want.text, want.finish), "{what}: request {i}");
             assert_eq!(streamed[i], got.text, "{what}: request {i}'s streamed text");

@@ -761,6 +761,51 @@ fn metrics_count_requests_tokens_and_latencies() {
     }
 }
 
+/// `--kv-pool` of one context (512 rows) under four long requests: the newest sequences are preempted
+/// and recomputed (counted in /metrics), never failed, and every answer is the one the
+/// request gets alone; /health reports the pool.
+#[test]
+fn a_kv_pool_smaller_than_the_slots_preempts_and_answers_as_one_at_a_time() {
+    let requests: Vec<Value> = ["Tell a long story.", "Count to a hundred.", "Describe the sea at night.", "hi"]
+        .iter()
+        .map(|text| json!({ "messages": user(text), "max_tokens": 160, "temperature": 0, "logit_bias": no_end_tokens() }))
+        .collect();
+    let one = start(&["--backend", "cpu"]);
+    let want: Vec<Value> = requests.iter().map(|r| answer(&one.post_json("/v1/chat/completions", r).json())).collect();
+    drop(one);
+    let pooled = start(&["--backend", "cpu", "--parallel", "4", "--kv-pool", "512"]);
+    let got: Vec<Value> = std::thread::scope(|scope| {
+        let clients: Vec<_> = requests
+            .iter()
+            .map(|r| {
+                let pooled = &pooled;
+                scope.spawn(move || answer(&pooled.post_json("/v1/chat/completions", r).json()))
+            })
+            .collect();
+        clients.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    for (i, (got, want)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(got, want, "request {i}");
+    }
+    let metrics = pooled.get("/metrics").text();
+    let value = |name: &str| -> f64 {
+        let line = metrics.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("{name} in {metrics}"));
+        line.rsplit_once(' ').unwrap().1.parse().unwrap()
+    };
+    assert!(value("webvlm_preemptions_total") > 0.0, "{metrics}");
+    assert_eq!(value("webvlm_kv_cache_capacity_tokens"), 512.0);
+    assert!(value("webvlm_kv_cache_held_tokens") <= 512.0, "{metrics}");
+    let health = pooled.get("/health").json();
+    assert_eq!(health["slots"]["kv_pool_tokens"], 512, "{health}");
+    assert_eq!(health["requests"]["completed"], 4, "{health}");
+    drop(pooled);
+    let mut args = engine_flags();
+    args.extend(["--parallel", "2", "--kv-pool", "511"].map(String::from));
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_webvlm")).arg("serve").args(&args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("--kv-pool") && stderr.contains("at least 512"), "{stderr}");
+}
+
 #[test]
 fn parallel_requests_and_batch_lines_run_together_and_answer_as_one_at_a_time() {
     let long = |stream: bool| {

@@ -165,6 +165,9 @@ pub struct PlanOptions {
     /// Sequences decoding at once (`serve --parallel`): above one, each has a context of
     /// its own beside the engine's (see [`MemoryPlan::contexts`]).
     pub seqs: u32,
+    /// KV rows the sequences share (a parallel run's pool, `engine::KvPool`); `None`: a
+    /// whole context each.
+    pub kv_pool: Option<u64>,
 }
 
 impl Default for PlanOptions {
@@ -177,6 +180,7 @@ impl Default for PlanOptions {
             vision_quant: LoadQuant::Keep,
             image_edge: DEFAULT_MAX_EDGE,
             seqs: 1,
+            kv_pool: None,
         }
     }
 }
@@ -308,7 +312,18 @@ impl MemoryPlan {
 
     /// Everything at the planned context and sequences.
     pub fn total(&self) -> u64 {
-        self.fixed() + self.contexts() * self.state
+        self.fixed() + self.states(self.options.seqs)
+    }
+
+    /// Bytes of the sequence states of `seqs` sequences decoding at once: each context's
+    /// whole state, or with a KV pool, the engine's own context's, the sequences' recurrent
+    /// states and the pool's rows.
+    fn states(&self, seqs: u32) -> u64 {
+        let fixed_state = self.state - self.state_per_token * self.options.ctx as u64;
+        match self.options.kv_pool {
+            Some(rows) if seqs > 1 => self.state + seqs as u64 * fixed_state + rows * self.state_per_token,
+            _ => contexts(seqs) * self.state,
+        }
     }
 
     /// The largest context (at most the model's own and the KV buffer limit) whose total
@@ -332,8 +347,8 @@ impl MemoryPlan {
     pub fn largest_seqs(&self, budget: MemoryBudget, cap: u32) -> u32 {
         let Some(bytes) = budget.bytes() else { return cap };
         let shared = self.text_weights + self.vision_weights + self.vision_scratch;
-        let per_context = self.step + self.cross_store + self.state;
-        let fit = |n: u32| shared + contexts(n) * per_context <= bytes;
+        let per_context = self.step + self.cross_store;
+        let fit = |n: u32| shared + contexts(n) * per_context + self.states(n) <= bytes;
         (1..=cap).rev().find(|&n| fit(n)).unwrap_or(0)
     }
 
@@ -345,7 +360,7 @@ impl MemoryPlan {
                 needed: self.total(),
                 available,
                 weights: self.text_weights + self.vision_weights,
-                state: self.contexts() * self.state,
+                state: self.states(self.options.seqs),
                 ctx: self.options.ctx,
                 other: self.fixed() - self.text_weights - self.vision_weights,
                 largest_ctx: self.largest_context(budget).unwrap_or(0),

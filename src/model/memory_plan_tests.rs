@@ -406,3 +406,21 @@ fn sequences_at_once_take_a_context_each_and_the_refusal_names_the_most_that_fit
     let at = |ctx| plan(&text, None, PlanOptions { ctx, seqs: 4, ..Default::default() });
     assert!(at(ctx).check(budget).is_ok() && at(ctx + 1).check(budget).is_err(), "{ctx}");
 }
+
+#[test]
+fn a_kv_pool_is_counted_in_place_of_a_context_per_sequence() {
+    let text = text_headers(&MINISTRAL_3B, q4_k_m);
+    let one = plan(&text, None, PlanOptions { ctx: 8192, ..Default::default() });
+    let four = plan(&text, None, PlanOptions { ctx: 8192, seqs: 4, ..Default::default() });
+    let pooled = plan(&text, None, PlanOptions { ctx: 8192, seqs: 4, kv_pool: Some(2 * 8192), ..Default::default() });
+    // Four contexts' buffers, and the KV rows of two whole contexts (no recurrent layers).
+    assert_eq!(pooled.total(), one.total() + 4 * (one.step + one.cross_store) + 2 * one.state);
+    assert!(pooled.total() < four.total());
+    // A budget that holds eight sequences' buffers and a pool of two contexts: without the
+    // pool (a whole context each), three of them.
+    let eight = plan(&text, None, PlanOptions { seqs: 8, ..pooled.options });
+    let budget = MemoryBudget::Bytes(eight.total());
+    assert!(eight.check(budget).is_ok());
+    assert_eq!(eight.largest_seqs(budget, 64), 8);
+    assert_eq!(four.largest_seqs(budget, 64), 3);
+}

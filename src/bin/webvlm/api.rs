@@ -68,7 +68,7 @@ pub fn chat(args: &ChatArgs) -> CliResult {
 
 pub fn batch(args: &BatchArgs) -> CliResult {
     let jsonl = read_text(&args.input)?;
-    let (mut engine, parallel) = open_engine_for(&args.engine, args.parallel)?;
+    let (mut engine, parallel) = open_engine_for(&args.engine, args.parallel, None)?;
     let mut load = |url: &str| read_file(url);
     let run = batch::run_batch(&mut engine, &jsonl, &mut load, parallel, |i, total, line| {
         let status = if line["error"].is_null() { "ok" } else { "error" };

@@ -97,7 +97,7 @@ fn main() -> ExitCode {
 /// The engine of `args`, refused before any weight is uploaded when its memory plan for
 /// `seqs` sequences decoding at once does not fit the budget.
 pub fn open_engine(args: &args::EngineArgs, seqs: u32) -> Result<Engine, Box<dyn std::error::Error>> {
-    open_engine_for(args, Some(seqs)).map(|(engine, _)| engine)
+    open_engine_for(args, Some(seqs), None).map(|(engine, _)| engine)
 }
 
 /// Sequences decoding at once when `--parallel` is not given, on the CPU backend, if the
@@ -107,8 +107,14 @@ pub const DEFAULT_CPU_PARALLEL: u32 = 4;
 /// [`open_engine`] for `seqs` sequences at once, or when `None` as many as the memory plan
 /// fits up to [`DEFAULT_CPU_PARALLEL`] on the CPU backend and 1 on a GPU (whose batched
 /// step picks tokens on the host: one stream alone decodes slower than in the
-/// one-at-a-time loop, which samples on the GPU); returns the engine and the sequences.
-pub fn open_engine_for(args: &args::EngineArgs, seqs: Option<u32>) -> Result<(Engine, u32), Box<dyn std::error::Error>> {
+/// one-at-a-time loop, which samples on the GPU); returns the engine and the sequences. With
+/// `kv_pool`, the plan counts that many KV rows for all sequences together (a parallel run's
+/// pool: `engine::KvPool`) instead of a whole context each.
+pub fn open_engine_for(
+    args: &args::EngineArgs,
+    seqs: Option<u32>,
+    kv_pool: Option<u64>,
+) -> Result<(Engine, u32), Box<dyn std::error::Error>> {
     let model = open::ModelFiles::open(&args.model.model)?;
     let mmproj = args.mmproj.as_ref().map(MappedGguf::open).transpose()?;
     let dev = args.device.device()?;
@@ -130,6 +136,7 @@ pub fn open_engine_for(args: &args::EngineArgs, seqs: Option<u32>) -> Result<(En
         vision_quant: args.vision_quant,
         image_edge: args.image_max_edge.unwrap_or(DEFAULT_MAX_EDGE),
         seqs: seqs.unwrap_or(1),
+        kv_pool,
     };
     let quant = match args.quant {
         Some(q) => q,

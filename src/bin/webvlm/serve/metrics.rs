@@ -2,9 +2,9 @@
 //! and llama-server expose theirs: requests running and waiting, requests ended by outcome,
 //! prompt, cached and generated tokens, and histograms of the time to first token and of the
 //! time between generated tokens, plus the prompt cache and the model reloads; with
-//! `--parallel` > 1, the slots by state and the KV cache positions used of all slots'. No
-//! preemption counter: a slot reserves its whole KV range, so a running sequence is never
-//! preempted (a request waits for a free slot instead).
+//! `--parallel` > 1, the slots by state, the KV cache positions the running sequences use,
+//! the rows the slots hold of the KV pool and its size, and the sequences preempted when the
+//! pool was full.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -14,6 +14,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use serde_json::Value;
+use webvlm::engine::SlotState;
 
 use super::App;
 
@@ -135,18 +136,32 @@ pub async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
     metric(&mut out, "webvlm_prompt_cache_saved_bytes", "gauge", "Bytes of saved prompt-cache prefixes.", &saved);
     metric(&mut out, "webvlm_model_reloads_total", "counter", "Model loads after a lost device.", &[("", get(&stats.reloads))]);
     if let Some(slots) = stats.slots() {
-        let prefilling = slots.sequences.iter().filter(|s| s.prefilling).count() as u64;
+        let count = |state| slots.sequences.iter().filter(|s| slot_state(s) == state).count() as u64;
         let busy = slots.sequences.len() as u64;
         let states = [
-            ("{state=\"prefilling\"}", prefilling),
-            ("{state=\"decoding\"}", busy - prefilling),
+            ("{state=\"prefilling\"}", count("prefilling")),
+            ("{state=\"recomputing\"}", count("recomputing")),
+            ("{state=\"decoding\"}", count("decoding")),
             ("{state=\"idle\"}", u64::from(slots.total) - busy),
         ];
         metric(&mut out, "webvlm_slots", "gauge", "Sequence slots of --parallel, by state.", &states);
         let used = slots.sequences.iter().map(|s| u64::from(s.cached)).sum();
         metric(&mut out, "webvlm_kv_cache_used_tokens", "gauge", "KV cache positions the running sequences hold.", &[("", used)]);
-        let capacity = [("", u64::from(slots.total) * u64::from(slots.rows_per_slot))];
-        metric(&mut out, "webvlm_kv_cache_capacity_tokens", "gauge", "KV cache positions of all slots.", &capacity);
+        let held = [("", slots.kv_rows_held)];
+        metric(&mut out, "webvlm_kv_cache_held_tokens", "gauge", "KV pool rows the slots' contexts hold.", &held);
+        let capacity = [("", slots.kv_pool_rows)];
+        metric(&mut out, "webvlm_kv_cache_capacity_tokens", "gauge", "KV pool rows (--kv-pool).", &capacity);
+        let preempted = [("", slots.preemptions)];
+        metric(&mut out, "webvlm_preemptions_total", "counter", "Sequences preempted by a full KV pool.", &preempted);
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out)
+}
+
+/// A running sequence's state as `/metrics` and `/health` name it.
+pub fn slot_state(s: &SlotState) -> &'static str {
+    match (s.recomputing, s.prefilling) {
+        (true, _) => "recomputing",
+        (false, true) => "prefilling",
+        (false, false) => "decoding",
+    }
 }

@@ -26,6 +26,7 @@ use clap::Args;
 use serde_json::Value;
 
 use webvlm::api::responses::ResponseStore;
+use webvlm::engine::{EngineError, DEFAULT_KV_PAGE};
 
 use crate::args::EngineArgs;
 use crate::CliResult;
@@ -65,6 +66,13 @@ pub struct ServeArgs {
     /// memory plan fits, up to 4; on a GPU 1, whose batched steps pick tokens on the host]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
     parallel: Option<u32>,
+    /// With --parallel > 1: KV cache positions all sequences share, instead of `--ctx` each.
+    /// A sequence's cache grows by pages as it runs; when the pool is full the newest
+    /// sequence is preempted and recomputed later (never failed), so more requests of mixed
+    /// lengths run in the same memory; the memory plan counts the pool. At least --ctx
+    /// [default: --parallel times --ctx: no preemption]
+    #[arg(long, value_name = "TOKENS", value_parser = clap::value_parser!(u64).range(1..))]
+    kv_pool: Option<u64>,
     /// Most files kept (uploads and batch results; expired ones are dropped): an upload past
     /// it is refused (400), and so is a batch
     #[arg(long, value_name = "N", default_value_t = 1000)]
@@ -116,6 +124,7 @@ pub fn run(args: ServeArgs) -> CliResult {
         max_image_bytes,
         queue,
         parallel,
+        kv_pool,
         max_files,
         max_files_bytes,
         max_batches,
@@ -123,7 +132,11 @@ pub fn run(args: ServeArgs) -> CliResult {
         lose_device_after,
         engine,
     } = args;
-    let (engine, model) = EngineHandle::start(engine, served_model_name, (queue, parallel), lose_device_after)?;
+    if let Some(rows) = kv_pool.filter(|&rows| rows < engine.ctx as u64) {
+        let least = engine.ctx;
+        return Err(format!("--kv-pool: {}", EngineError::KvPoolTooSmall { rows, page: DEFAULT_KV_PAGE, least }).into());
+    }
+    let (engine, model) = EngineHandle::start(engine, served_model_name, (queue, parallel, kv_pool), lose_device_after)?;
     let app = Arc::new(App {
         engine,
         model,

@@ -19,7 +19,7 @@ use serde_json::Value;
 use tokio::sync::mpsc::UnboundedReceiver;
 use webvlm::api::many::{fits, Delivery, RunningRequests};
 use webvlm::api::{self, ApiError, Prepared};
-use webvlm::engine::{Engine, PromptCacheStats};
+use webvlm::engine::{Engine, KvPool, Parallel, PromptCacheStats};
 
 use super::worker::{add_queue_time, chat_request, refuse_url, Event, Job, ModelInfo, Outcome, Slots, Worker};
 use crate::args::EngineArgs;
@@ -61,11 +61,11 @@ impl Worker {
         mut jobs: UnboundedReceiver<Job>,
         slots: u32,
     ) {
-        let mut run = match engine.parallel(slots) {
+        let mut run = match self.new_run(engine, slots) {
             Ok(run) => run,
-            Err(e) => return self.stop(&mut jobs, format!("cannot make {slots} sequence slots: {e}")),
+            Err(reason) => return self.stop(&mut jobs, reason),
         };
-        self.stats.set_slots(Slots { total: slots, rows_per_slot: run.slot_rows(), sequences: Vec::new() });
+        self.stats.set_slots(Slots::of(&run));
         let mut running = RunningRequests::new();
         let mut deliver = |d: Delivery<'_, Running>| {
             self.deliver(d);
@@ -101,8 +101,7 @@ impl Worker {
             }
             pollster::block_on(running.cancel_ended(&mut run, Running::gone, &mut deliver));
             let stepped = pollster::block_on(run.step(engine));
-            let sequences = run.slots();
-            self.stats.set_slots(Slots { total: slots, rows_per_slot: run.slot_rows(), sequences });
+            self.stats.set_slots(Slots::of(&run));
             // The slots' sequences are what the engine's one live sequence is without them.
             let cache = PromptCacheStats { live_tokens: run.held_tokens(), ..engine.prompt_cache_stats() };
             self.stats.set_prompt_cache_stats(cache);
@@ -115,13 +114,22 @@ impl Worker {
                             return self.stop(&mut jobs, reason);
                         }
                     }
-                    run = match engine.parallel(slots) {
+                    run = match self.new_run(engine, slots) {
                         Ok(run) => run,
-                        Err(e) => return self.stop(&mut jobs, format!("cannot make {slots} sequence slots: {e}")),
+                        Err(reason) => return self.stop(&mut jobs, reason),
                     };
                 }
             }
         }
+    }
+
+    /// A run of `slots` sequences with the `--kv-pool` asked for.
+    fn new_run(&self, engine: &mut Engine, slots: u32) -> Result<Parallel, String> {
+        let mut run = engine.parallel(slots).map_err(|e| format!("cannot make {slots} sequence slots: {e}"))?;
+        if let Some(rows) = self.kv_pool {
+            run.set_kv_pool(KvPool { rows, ..run.kv_pool() }).map_err(|e| format!("--kv-pool: {e}"))?;
+        }
+        Ok(run)
     }
 
     /// Prepares `job`'s request for admission; a request refused there ends here.

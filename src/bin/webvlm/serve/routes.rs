@@ -154,12 +154,16 @@ async fn health(State(app): State<Arc<App>>) -> (StatusCode, Json<Value>) {
             "total": slots.total,
             "busy": slots.sequences.len(),
             "kv_tokens_per_slot": slots.rows_per_slot,
+            "kv_pool_tokens": slots.kv_pool_rows,
+            "kv_held_tokens": slots.kv_rows_held,
+            "preemptions": slots.preemptions,
             "sequences": slots.sequences.iter().map(|s| json!({
                 "id": s.id,
-                "state": if s.prefilling { "prefilling" } else { "decoding" },
+                "state": super::metrics::slot_state(s),
                 "prompt_tokens": s.prompt_tokens,
                 "generated_tokens": s.generated,
                 "kv_tokens": s.cached,
+                "kv_rows": s.kv_rows,
             })).collect::<Vec<_>>(),
         })),
         "prompt_cache": {

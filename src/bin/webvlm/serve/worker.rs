@@ -35,7 +35,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use webvlm::api::{self, ApiError, ChatRequest};
-use webvlm::engine::{Engine, EngineError, PromptCacheStats, SlotState};
+use webvlm::engine::{Engine, EngineError, Parallel, PromptCacheStats, SlotState};
 use webvlm::error::{Classify, ErrorClass};
 
 use super::errors::HttpError;
@@ -127,10 +127,29 @@ pub struct Stats {
 #[derive(Clone, Debug, Default)]
 pub struct Slots {
     pub total: u32,
-    /// KV cache positions each slot holds (`--ctx`).
+    /// KV cache positions one sequence may reach (`--ctx`).
     pub rows_per_slot: u32,
+    /// KV rows of the run's pool (`--kv-pool`), and those its contexts hold now.
+    pub kv_pool_rows: u64,
+    pub kv_rows_held: u64,
+    /// Sequences preempted (and recomputed) so far.
+    pub preemptions: u64,
     /// The running sequences, in the order admitted.
     pub sequences: Vec<SlotState>,
+}
+
+impl Slots {
+    /// Where `run`'s slots stand.
+    pub fn of(run: &Parallel) -> Slots {
+        Slots {
+            total: run.max_seqs(),
+            rows_per_slot: run.slot_rows(),
+            kv_pool_rows: run.kv_pool().rows,
+            kv_rows_held: run.kv_rows_held(),
+            preemptions: run.preemptions(),
+            sequences: run.slots(),
+        }
+    }
 }
 
 impl Stats {
@@ -225,7 +244,7 @@ impl EngineHandle {
     pub fn start(
         engine_args: EngineArgs,
         served_name: Option<String>,
-        (queue_capacity, parallel): (usize, Option<u32>),
+        (queue_capacity, parallel, kv_pool): (usize, Option<u32>, Option<u64>),
         lose_device_after: Option<u64>,
     ) -> Result<(EngineHandle, ModelInfo), String> {
         let (jobs, receiver) = unbounded_channel::<Job>();
@@ -236,14 +255,15 @@ impl EngineHandle {
         std::thread::Builder::new()
             .name("webvlm-engine".into())
             .spawn(move || {
-                let (mut engine, parallel) = match crate::open_engine_for(&engine_args, parallel) {
+                let (mut engine, parallel) = match crate::open_engine_for(&engine_args, parallel, kv_pool) {
                     Ok(opened) => opened,
                     Err(e) => {
                         let _ = loaded_tx.send(Err(e.to_string()));
                         return;
                     }
                 };
-                let worker = Worker { stats: worker_stats, stopped: worker_stopped, lose_device_after, seqs: parallel };
+                let (stats, stopped, seqs) = (worker_stats, worker_stopped, parallel);
+                let worker = Worker { stats, stopped, lose_device_after, seqs, kv_pool };
                 let info = model_info(&engine, &engine_args, served_name);
                 let _ = loaded_tx.send(Ok((info.clone(), parallel)));
                 match parallel {
@@ -294,8 +314,10 @@ pub(super) struct Worker {
     pub(super) stats: Arc<Stats>,
     stopped: Arc<Notify>,
     lose_device_after: Option<u64>,
-    /// Requests run at once (`--parallel`), which the memory plan of a reload counts.
+    /// Requests run at once (`--parallel`) and the KV rows they share (`--kv-pool`), which
+    /// the memory plan of a reload counts.
     seqs: u32,
+    pub(super) kv_pool: Option<u64>,
 }
 
 impl Worker {
@@ -361,7 +383,7 @@ impl Worker {
     /// The model loaded again on a new device, in place of `engine`, whose device is lost.
     pub(super) fn reload(&self, engine: &mut Engine, args: &EngineArgs, lost: &str) -> Result<(), String> {
         eprintln!("webvlm serve: {lost}; loading the model again on a new device");
-        match crate::open_engine(args, self.seqs) {
+        match crate::open_engine_for(args, Some(self.seqs), self.kv_pool).map(|(engine, _)| engine) {
             Ok(fresh) => {
                 *engine = fresh;
                 self.stats.reloads.fetch_add(1, Ordering::SeqCst);
