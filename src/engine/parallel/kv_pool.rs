@@ -20,7 +20,7 @@ use crate::engine::{Engine, EngineError, Prompt};
 
 /// Rows a context's KV caches grow by by default. Each growth copies the rows held to new
 /// buffers: with pages of 64, a sequence of 2048 positions copies each row 16 times on
-/// average, a few tenths of a percent of its decode time on the CPU backend.
+/// average.
 pub const DEFAULT_KV_PAGE: u32 = 64;
 
 /// The KV rows a run's contexts may hold together, and the page they grow by.
