@@ -10,7 +10,7 @@ use crate::common;
 use common::*;
 use serde_json::Value;
 use webvlm::chat::{ChatContent, ChatMessage, ContentPart};
-use webvlm::engine::{Engine, EngineError, GenerateOptions, ParallelEvent, Prompt, Vision};
+use webvlm::engine::{Engine, EngineError, GenerateOptions, KvPool, ParallelEvent, Prompt, Vision};
 use webvlm::gguf::TensorInfo;
 use webvlm::model::{ContextOptions, MemoryPlan, ModelHeaders, PlanLimits, PlanOptions, Precision};
 use webvlm::source::hf::HfModel;
@@ -140,7 +140,8 @@ fn prompt_cache_is_not_reused_across_images() {
 
 /// A parallel run of three requests, two with their own image and one text-only, joining
 /// at different steps: each sequence attends to its own images only (its own cross store)
-/// and gives the tokens it gives alone.
+/// and gives the tokens it gives alone; so does it in a KV pool of one context, where the
+/// newest sequences are preempted and recomputed (their cross stores kept).
 #[test]
 fn parallel_requests_with_images_generate_as_they_do_alone() {
     let folder = "tiny_mllama_a";
@@ -154,27 +155,33 @@ fn parallel_requests_with_images_generate_as_they_do_alone() {
     };
     let text = e.text_tokens("Why?").unwrap();
     let prompts = [with(&mut e, "img_24x20.png"), Prompt { tokens: text, images: Vec::new() }, with(&mut e, "img_26x100.png")];
-    let opts = GenerateOptions { max_tokens: 6, ignore_eos: true, ..GenerateOptions::default() };
+    let opts = GenerateOptions { max_tokens: 12, ignore_eos: true, ..GenerateOptions::default() };
     let alone: Vec<Vec<u32>> =
         prompts.iter().map(|p| pollster::block_on(e.generate_prompt(p, &opts, |_| None)).unwrap().tokens).collect();
     assert_ne!(alone[0], alone[2], "the two images give other tokens");
-    let mut run = e.parallel(3).unwrap();
-    let mut done = std::collections::HashMap::new();
-    let mut ids = Vec::new();
-    for step in 0..40 {
-        if step < prompts.len() {
-            ids.push(pollster::block_on(run.admit(&mut e, &prompts[step], &opts)).unwrap().0);
+    for pool in [None, Some(KvPool { rows: 64, page: 8 })] {
+        let mut run = e.parallel(3).unwrap();
+        if let Some(pool) = pool {
+            run.set_kv_pool(pool).unwrap();
         }
-        for event in pollster::block_on(run.step(&mut e)).unwrap() {
-            match event {
-                ParallelEvent::Done { id, generation } => drop(done.insert(id, generation.tokens)),
-                ParallelEvent::Failed { error, .. } => panic!("{error}"),
-                ParallelEvent::Text { .. } => {}
+        let mut done = std::collections::HashMap::new();
+        let mut ids = Vec::new();
+        for step in 0..80 {
+            if step < prompts.len() {
+                ids.push(pollster::block_on(run.admit(&mut e, &prompts[step], &opts)).unwrap().0);
+            }
+            for event in pollster::block_on(run.step(&mut e)).unwrap() {
+                match event {
+                    ParallelEvent::Done { id, generation } => drop(done.insert(id, generation.tokens)),
+                    ParallelEvent::Failed { error, .. } => panic!("{error}"),
+                    ParallelEvent::Text { .. } => {}
+                }
             }
         }
-    }
-    for (i, id) in ids.iter().enumerate() {
-        assert_eq!(done[id], alone[i], "request {i}");
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(done[id], alone[i], "request {i} in {pool:?}");
+        }
+        assert_eq!(run.preemptions() > 0, pool.is_some(), "{} preemptions in {pool:?}", run.preemptions());
     }
 }
 
