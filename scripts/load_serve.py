@@ -21,6 +21,9 @@ keeps saved prompt prefixes in GPU memory up to a budget (`/health`'s `prompt_ca
 CPU adapter such as lavapipe that memory is part of the RSS, so the drift is also given net of
 the growth of the saved prefixes ("unexplained"): that is the figure a leak would show in.
 
+With `webvlm serve --parallel`, the KV pool's rows and the sequences it preempted
+(`/health`'s `slots`) are printed too.
+
 `--cancel-every N` makes every Nth request hang up after its first token (a client that goes
 away): those count as cancelled, and with `webvlm serve --parallel` the run fails when any
 slot is still busy once every client has ended (`/health`'s `slots`). `--llama-server PATH`
@@ -518,6 +521,8 @@ def summarize(run: Run, wall: float, rss_start: int, rss_end: int | None, health
         "refused": sum(o.status == "refused" for o in outcomes),
         "cancelled": sum(o.status == "cancelled" for o in outcomes),
         "slots_busy_at_end": (health.get("slots") or {}).get("busy"),
+        "preemptions": (health.get("slots") or {}).get("preemptions"),
+        "kv_pool_tokens": (health.get("slots") or {}).get("kv_pool_tokens"),
         "answers_429": sum(o.refusals for o in outcomes),
         "requests_refused_at_least_once": sum(o.refusals > 0 for o in outcomes),
         "errors": len(errors),
@@ -591,6 +596,8 @@ def report(s: dict) -> str:
         f"requests: {s['ok']} completed, {s['refused']} refused (429), {s['cancelled']} cancelled "
         f"(the client hung up), {s['errors']} other errors, {s['not_run']} not run; "
         f"slots busy at the end: {s['slots_busy_at_end']}",
+        *([f"  KV pool: {s['kv_pool_tokens']} rows, {s['preemptions']} sequences preempted (and recomputed)"]
+          if s["preemptions"] is not None else []),
         f"  429 answers: {s['answers_429']} to {s['requests_refused_at_least_once']} requests ({after_429})",
         *[f"  error: {e}" for e in s["error_samples"]],
         f"prompt tokens: {s['prompt_tokens']}, {s['cached_prompt_tokens']} of them from the prompt cache",
