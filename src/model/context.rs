@@ -128,15 +128,26 @@ pub struct Counters {
 }
 
 impl Context {
-    /// A context holding all `max_ctx` KV rows from the start.
+    /// A context holding all `max_ctx` KV rows from the start, and logits for a whole chunk.
     pub fn new(dev: &Device, dec: &Decoder, opts: ContextOptions) -> GpuResult<Context> {
-        Context::paged(dev, dec, opts, opts.max_ctx.max(1), opts.max_ctx.max(1))
+        Context::with_buffers(dev, dec, opts, (opts.max_ctx.max(1), opts.max_ctx.max(1)), u32::MAX)
     }
 
     /// A context holding `rows` KV rows, which grows by pages of `page` rows when it must
-    /// hold more (up to `max_ctx`): the contexts of a batched run, whose rows come from one
-    /// pool ([`Self::reserve_kv`], [`Self::release_kv`]).
+    /// hold more (up to `max_ctx`), and logits for one row: the contexts of a batched run,
+    /// whose rows come from one pool ([`Self::reserve_kv`], [`Self::release_kv`]) and which
+    /// read their prompts' last logits only ([`Self::logits`] runs a token per pass).
     pub fn paged(dev: &Device, dec: &Decoder, opts: ContextOptions, page: u32, rows: u32) -> GpuResult<Context> {
+        Context::with_buffers(dev, dec, opts, (page, rows), 1)
+    }
+
+    fn with_buffers(
+        dev: &Device,
+        dec: &Decoder,
+        opts: ContextOptions,
+        (page, rows): (u32, u32),
+        logits_rows: u32,
+    ) -> GpuResult<Context> {
         // A chunk longer than the context is never used; zero sizes would be meaningless.
         let opts =
             ContextOptions { max_ctx: opts.max_ctx.max(1), max_chunk: opts.max_chunk.clamp(1, opts.max_ctx.max(1)), ..opts };
@@ -146,7 +157,7 @@ impl Context {
             Precision { compute_f16: opts.precision.compute_f16 && caps.f16, kv_f16: opts.precision.kv_f16 && caps.kv_f16 };
         let c = &dec.cfg;
         let row_limit = dev.caps().max_storage_binding.min(256 << 20) / (4 * c.vocab as u64);
-        let logits_rows = (opts.max_chunk as u64).min(row_limit).max(1) as u32;
+        let logits_rows = (opts.max_chunk as u64).min(row_limit).min(logits_rows as u64).max(1) as u32;
         let b = StepBuffers::new(dev, opts.max_chunk, c.n_embd, c.vocab, logits_rows, precision)?;
         let scratch = dec.scratch(dev, opts.max_chunk, opts.max_ctx)?;
         let state = SequenceState::new(dev, &dec.layers(), rows.min(opts.max_ctx), precision.kv_dtype())?;

@@ -211,8 +211,11 @@ pub struct MemoryPlan {
     pub state: u64,
     /// Bytes each context position adds to `state`.
     pub state_per_token: u64,
-    /// Step buffers, family scratch and logits at `options.chunk`, per context.
+    /// Step buffers, family scratch and logits at `options.chunk`, of the engine's context.
     pub step: u64,
+    /// The same for the context of one of the sequences decoding at once, whose logits
+    /// buffer holds one row (`Context::paged`).
+    pub slot_step: u64,
     /// The vision encoder's scratch for one image of `options.image_edge` (0 without an
     /// encoder; Mllama: one image at its tile count, whatever the edge).
     pub vision_scratch: u64,
@@ -283,7 +286,8 @@ impl MemoryPlan {
             vision_weights,
             state: state_bytes(&layers, opts.ctx, opts.kv),
             state_per_token,
-            step: step_bytes(&cfg, chunk, limits) + extra_step,
+            step: step_bytes(&cfg, chunk, logits_rows(&cfg, chunk, limits)) + extra_step,
+            slot_step: step_bytes(&cfg, chunk, 1) + extra_step,
             vision_scratch,
             cross_store,
             model_context: cfg.context_length,
@@ -307,7 +311,14 @@ impl MemoryPlan {
 
     /// Bytes of everything but the contexts' state.
     pub fn fixed(&self) -> u64 {
-        self.text_weights + self.vision_weights + self.vision_scratch + self.contexts() * (self.step + self.cross_store)
+        self.text_weights + self.vision_weights + self.vision_scratch + self.buffers(self.options.seqs)
+    }
+
+    /// Bytes of the contexts' step buffers and cross stores with `seqs` sequences decoding at
+    /// once: the engine's own context, and one per sequence when there are several.
+    fn buffers(&self, seqs: u32) -> u64 {
+        let slots = contexts(seqs) - 1;
+        self.step + self.cross_store + slots * (self.slot_step + self.cross_store)
     }
 
     /// Everything at the planned context and sequences.
@@ -347,8 +358,7 @@ impl MemoryPlan {
     pub fn largest_seqs(&self, budget: MemoryBudget, cap: u32) -> u32 {
         let Some(bytes) = budget.bytes() else { return cap };
         let shared = self.text_weights + self.vision_weights + self.vision_scratch;
-        let per_context = self.step + self.cross_store;
-        let fit = |n: u32| shared + contexts(n) * per_context + self.states(n) <= bytes;
+        let fit = |n: u32| shared + self.buffers(n) + self.states(n) <= bytes;
         (1..=cap).rev().find(|&n| fit(n)).unwrap_or(0)
     }
 
@@ -546,12 +556,18 @@ fn state_bytes(layers: &[LayerKind], ctx: u32, kv: KvDtype) -> u64 {
         .sum()
 }
 
-/// Step buffers (`model::step::StepBuffers`), the Llama family's scratch and the decode
-/// attention's split-K partials at `chunk` tokens (counted at their most splits, under 2 MiB,
-/// so that the plan's only context-dependent term is the state).
-fn step_bytes(c: &TextConfig, chunk: u32, limits: PlanLimits) -> u64 {
+/// Rows of logits an engine's context keeps: a whole chunk's, within the binding limit
+/// (`Context::new`).
+fn logits_rows(c: &TextConfig, chunk: u32, limits: PlanLimits) -> u64 {
+    (chunk as u64).min(limits.max_storage_binding.min(256 << 20) / (4 * c.vocab as u64)).max(1)
+}
+
+/// Step buffers (`model::step::StepBuffers`) with `logits_rows` rows of logits, the Llama
+/// family's scratch and the decode attention's split-K partials at `chunk` tokens (counted at
+/// their most splits, under 2 MiB, so that the plan's only context-dependent term is the
+/// state).
+fn step_bytes(c: &TextConfig, chunk: u32, logits_rows: u64) -> u64 {
     let (chunk, d, vocab) = (chunk as u64, c.n_embd as u64, c.vocab as u64);
-    let logits_rows = chunk.min(limits.max_storage_binding.min(256 << 20) / (4 * vocab)).max(1);
     let step = 4 * (chunk * (1 + 3 + 2 * d) + d + logits_rows * vocab) + 8 * vocab;
     let qkv = (c.n_head + 2 * c.n_head_kv) as u64 * c.head_dim as u64;
     let scratch = 4 * chunk * (qkv + c.q_dim() as u64 + 3 * c.n_ff as u64);
