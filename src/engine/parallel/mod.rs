@@ -423,6 +423,10 @@ impl Parallel {
     /// whose chunk fails leaves alone, unless the device is lost.
     async fn prefill(&mut self, engine: &Engine) -> Result<(), EngineError> {
         let chunk = engine.ctx.options().max_chunk as usize;
+        // Oldest first: a sequence the pool has no rows for stops the newer ones, and an
+        // older one may take rows from newer ones (a preempted sequence is older than the
+        // prompts admitted after it).
+        self.running.sort_by_key(|r| r.id);
         let (mut budget, mut i) = (chunk, 0);
         while let Some(r) = self.running.get(i) {
             if r.prefill.is_none() || r.fork_of.is_some() {
