@@ -24,9 +24,14 @@ use webvlm::source::hf::HfModel;
 use webvlm::source::{Eager, LoadQuant};
 
 fn engine(dev: Device) -> Engine {
+    engine_of(dev, 256)
+}
+
+/// The tiny VLM with contexts of `max_ctx` positions.
+fn engine_of(dev: Device, max_ctx: u32) -> Engine {
     let model = MappedGguf::open(fixture(TINY_VLM).join("model.gguf")).unwrap();
     let proj = MappedGguf::open(fixture(TINY_VLM).join("mmproj.gguf")).unwrap();
-    let opts = ContextOptions { max_ctx: 256, max_chunk: 16, ..Default::default() };
+    let opts = ContextOptions { max_ctx, max_chunk: 16, ..Default::default() };
     Engine::builder(dev).context(opts).vision(&mut Eager(&proj), LoadQuant::Keep).load(&mut Eager(&model)).unwrap()
 }
 
@@ -467,5 +472,39 @@ fn a_full_kv_pool_preempts_the_newest_sequence_and_recomputes_it() {
             }
         }
         eprintln!("{what}: {} preemptions, {held} of 256 rows held at most", run.preemptions());
+    }
+}
+
+/// A sequence preempted while decoding is prefilled again with the tokens it was fed: the
+/// [IMG] tokens an image request was made to pick (by `logit_bias`) go back as text, as they
+/// were fed, not as image rows. Both prompts fit the pool of 384 rows; some 50 steps into
+/// decoding, the older request's growth preempts the image request, which is recomputed once
+/// the older one is done.
+#[test]
+fn a_preempted_sequence_feeds_back_the_image_tokens_it_picked_as_text() {
+    for (what, dev) in [("CPU backend", cpu as fn() -> Device), ("GPU", gpu)] {
+        let mut e = engine_of(dev(), 384);
+        let long = chat(&mut e, serde_json::json!([{ "role": "user", "content": "Say something long." }]));
+        let image = chat(
+            &mut e,
+            serde_json::json!([{ "role": "user", "content": [
+                { "type": "text", "text": "What is in the picture?" },
+                { "type": "image_url", "image_url": { "url": "img_84x56.png" } }] }]),
+        );
+        assert!(long.tokens.len() + image.tokens.len() + 2 * 40 < 384, "{} {}", long.tokens.len(), image.tokens.len());
+        let img = e.tokenizer().token_id("[IMG]").unwrap();
+        assert!(image.tokens.contains(&img));
+        let greedy = |max_tokens| GenerateOptions { max_tokens, ignore_eos: true, ..GenerateOptions::default() };
+        let sampling = SamplingParams { logit_bias: vec![(img, 100.0)], ..Default::default() };
+        let requests = [(0, long, greedy(200)), (0, image, GenerateOptions { sampling, ..greedy(100) })];
+        let mut run = e.parallel(2).unwrap();
+        run.set_kv_pool(KvPool { rows: 384, page: 16 }).unwrap();
+        let (got, ..) = run_in(&mut e, &mut run, &requests);
+        assert!(run.preemptions() > 0, "{what}: no preemption");
+        assert!(got[1].tokens.iter().all(|&t| t == img), "{what}: {:?}", got[1].tokens);
+        for (i, ((_, prompt, opts), got)) in requests.iter().zip(&got).enumerate() {
+            let want = pollster::block_on(e.generate_prompt(prompt, opts, |_| None)).unwrap();
+            assert_eq!(got.tokens, want.tokens, "{what}: request {i}");
+        }
     }
 }

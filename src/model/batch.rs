@@ -58,6 +58,14 @@ impl DecodeBatch {
         self.max_seqs
     }
 
+    /// Drops the steps recorded (or encoded ahead) against `ctx`'s buffers, which it no
+    /// longer uses (its KV cache given back), so that they are freed.
+    pub fn forget(&mut self, ctx: &Context) {
+        let id = ctx.binding().0;
+        self.programs.retain(|key, _| key.iter().all(|&(i, _)| i != id));
+        self.prepared.take_if(|(key, _)| key.iter().any(|&(i, _)| i == id));
+    }
+
     /// Feeds `tokens[j]` to `seqs[j]` (each prefilled, with room for one more token) in one
     /// pass and returns their logits, `[seqs.len()][vocab]` row-major.
     pub async fn step(
@@ -81,6 +89,10 @@ impl DecodeBatch {
         }
         dev.write(&self.b.ids, 0, bytemuck::cast_slice(tokens))?;
         let key: Vec<_> = seqs.iter().map(|c| c.binding()).collect();
+        // Steps recorded against these contexts' buffers of before (a KV cache grown or
+        // given back) would keep those buffers alive.
+        let stale = |k: &Vec<(u64, u64)>| k.iter().any(|&(id, epoch)| key.iter().any(|&(i, e)| i == id && e != epoch));
+        self.programs.retain(|k, _| !stale(k));
         if !self.programs.contains_key(&key) {
             let rows = Rows::batched(&self.b, &self.scratch, seqs.iter().map(|c| c.seq()).collect());
             let programs =

@@ -328,12 +328,15 @@ impl MemoryPlan {
 
     /// Bytes of the sequence states of `seqs` sequences decoding at once: each context's
     /// whole state, or with a KV pool, the engine's own context's, the sequences' recurrent
-    /// states and the pool's rows.
+    /// states and the pool's rows; with several sequences, one context's KV range more (a
+    /// sequence's KV cache grows by a copy to a larger range).
     fn states(&self, seqs: u32) -> u64 {
-        let fixed_state = self.state - self.state_per_token * self.options.ctx as u64;
+        let kv_range = self.state_per_token * self.options.ctx as u64;
+        let fixed_state = self.state - kv_range;
         match self.options.kv_pool {
-            Some(rows) if seqs > 1 => self.state + seqs as u64 * fixed_state + rows * self.state_per_token,
-            _ => contexts(seqs) * self.state,
+            _ if seqs <= 1 => self.state,
+            Some(rows) => self.state + seqs as u64 * fixed_state + rows * self.state_per_token + kv_range,
+            None => contexts(seqs) * self.state + kv_range,
         }
     }
 
@@ -346,9 +349,12 @@ impl MemoryPlan {
         // Recurrent states do not grow with the context: they are in `state` at any context.
         let fixed_state = self.state - self.state_per_token * self.options.ctx as u64;
         let room = bytes.checked_sub(self.fixed() + self.contexts() * fixed_state)?;
+        // Each context's KV range, and one more for a growing one (`Self::states`; a KV
+        // pool's rows are counted as whole contexts here).
+        let ranges = self.contexts() + u64::from(self.options.seqs > 1);
         let ctx = match self.state_per_token {
             0 => cap as u64,
-            per => (room / (per * self.contexts())).min(cap as u64),
+            per => (room / (per * ranges)).min(cap as u64),
         };
         (ctx >= 1).then_some(ctx as u32)
     }

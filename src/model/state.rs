@@ -57,13 +57,7 @@ impl SequenceState {
         let kinds = layers.to_vec();
         let layers = (layers.iter().enumerate())
             .map(|(i, kind)| match *kind {
-                LayerKind::Attention { kv_dim } => {
-                    let bytes = kv.cache_bytes(rows, kv_dim).max(4);
-                    Ok(LayerState::Attention {
-                        k: dev.storage(&format!("k_cache.{i}"), bytes)?,
-                        v: dev.storage(&format!("v_cache.{i}"), bytes)?,
-                    })
-                }
+                LayerKind::Attention { kv_dim } => LayerState::kv_cache(dev, i, kv.cache_bytes(rows, kv_dim)),
                 LayerKind::Recurrent { conv_floats, ssm_floats } => Ok(LayerState::Recurrent {
                     conv: dev.storage(&format!("conv_state.{i}"), 4 * conv_floats.max(1))?,
                     ssm: dev.storage(&format!("ssm_state.{i}"), 4 * ssm_floats.max(1))?,
@@ -87,18 +81,29 @@ impl SequenceState {
         self.rows
     }
 
-    /// The same state with room for `rows` positions: new buffers holding the first `keep`
-    /// positions of these (at most `rows`), the recurrent states and their checkpoint.
+    /// The same state with room for `rows` positions: new KV buffers holding the first
+    /// `keep` positions of these (at most `rows`); the recurrent states and their checkpoint
+    /// are these very buffers.
     pub fn resized(&self, dev: &Device, rows: u32, keep: u32) -> GpuResult<SequenceState> {
-        let resized = SequenceState::new(dev, &self.kinds, rows, self.kv)?;
-        resized.copy_from(dev, self, keep.min(rows))?;
+        let keep = keep.min(rows);
         let mut p = Program::new();
-        for ((from_conv, from_ssm), (conv, ssm)) in self.checkpoint.iter().zip(&resized.checkpoint) {
-            p.copy(from_conv, 0, conv, 0, conv.size())?;
-            p.copy(from_ssm, 0, ssm, 0, ssm.size())?;
-        }
+        let layers = (self.layers.iter().zip(&self.kinds).enumerate())
+            .map(|(i, (layer, kind))| match (layer, *kind) {
+                (LayerState::Attention { k, v }, LayerKind::Attention { kv_dim }) => {
+                    let resized = LayerState::kv_cache(dev, i, self.kv.cache_bytes(rows, kv_dim))?;
+                    let [span, _] = self.spans(i, keep);
+                    let [to_k, to_v] = resized.buffers();
+                    p.copy(k, 0, to_k, 0, span)?;
+                    p.copy(v, 0, to_v, 0, span)?;
+                    Ok(resized)
+                }
+                (LayerState::Recurrent { conv, ssm }, _) => Ok(LayerState::Recurrent { conv: conv.clone(), ssm: ssm.clone() }),
+                (LayerState::Attention { .. }, LayerKind::Recurrent { .. }) => unreachable!("layer {i} was made of its kind"),
+            })
+            .collect::<GpuResult<Vec<_>>>()?;
         p.run(dev)?;
-        Ok(resized)
+        let (checkpoint, kinds) = (self.checkpoint.clone(), self.kinds.clone());
+        Ok(SequenceState { layers, checkpoint, kinds, kv: self.kv, rows })
     }
 
     /// The KV cache of layer `i` (families call this for their attention layers).
@@ -249,6 +254,12 @@ impl SequenceState {
 }
 
 impl LayerState {
+    /// Layer `i`'s keys and values, `bytes` each (at least 4: a range of no rows).
+    fn kv_cache(dev: &Device, i: usize, bytes: u64) -> GpuResult<LayerState> {
+        let (k, v) = (dev.storage(&format!("k_cache.{i}"), bytes.max(4))?, dev.storage(&format!("v_cache.{i}"), bytes.max(4))?);
+        Ok(LayerState::Attention { k, v })
+    }
+
     fn buffers(&self) -> [&Buffer; 2] {
         match self {
             LayerState::Attention { k, v } => [k, v],

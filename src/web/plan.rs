@@ -30,6 +30,7 @@ pub(super) fn plan(inner: &mut Inner) -> Result<Value, PlanError> {
         vision_quant: inner.vision_quant,
         image_edge: DEFAULT_MAX_EDGE,
         seqs: 1,
+        kv_pool: None,
     };
     let mmproj = inner.vision.as_ref().and_then(|v| v.header()).map(ModelHeaders::from);
     if inner.vision.is_some() && mmproj.is_none() {

@@ -74,6 +74,7 @@ impl Parallel {
                 return Ok(false);
             }
             ctx.reserve_kv(&engine.dev, rows)?;
+            self.batch.forget(ctx);
         }
         Ok(true)
     }
@@ -85,12 +86,14 @@ impl Parallel {
             if let Some(idle) = self.idle.iter_mut().find(|idle| idle.ctx.kv_rows() > 0) {
                 idle.live.clear();
                 idle.ctx.release_kv(&engine.dev)?;
+                self.batch.forget(&idle.ctx);
                 continue;
             }
             let newer = self.running.iter_mut().filter(|r| r.id > id && r.ctx.kv_rows() > 0);
             match newer.max_by_key(|r| r.id) {
                 Some(victim) => {
                     victim.preempt(engine)?;
+                    self.batch.forget(&victim.ctx);
                     self.preemptions += 1;
                 }
                 None => return Ok(false),
@@ -103,13 +106,18 @@ impl Parallel {
 impl Running {
     /// Gives back the sequence's rows; it is prefilled again from its start: a sequence that
     /// was decoding, its prompt and the tokens it was fed (its last picked token is fed after
-    /// them, by the next decode step); one still prefilling, its prompt.
+    /// them, by the next decode step); one still prefilling, its prompt (none of it cached
+    /// now).
     fn preempt(&mut self, engine: &Engine) -> Result<(), EngineError> {
-        if self.prefill.is_none() {
-            let fed = (self.ctx.n_past() as usize).saturating_sub(self.prompt.tokens.len());
-            let tokens = [&self.prompt.tokens[..], &self.out.tokens[..fed]].concat();
-            self.prefill = Some(Prompt { tokens, images: self.prompt.images.clone() });
-            self.recompute = true;
+        match self.prefill.is_none() {
+            true => {
+                let fed = (self.ctx.n_past() as usize).saturating_sub(self.prompt.tokens.len());
+                let tokens = [&self.prompt.tokens[..], &self.out.tokens[..fed]].concat();
+                self.prefill = Some(Prompt { tokens, images: self.prompt.images.clone() });
+                self.recompute = true;
+            }
+            false if !self.recompute => self.out.cached_tokens = 0,
+            false => {}
         }
         Ok(self.ctx.release_kv(&engine.dev)?)
     }

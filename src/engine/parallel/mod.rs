@@ -190,7 +190,7 @@ impl Parallel {
         running.chain(self.idle.iter().map(|idle| idle.live.len())).sum()
     }
 
-    /// KV rows each slot holds (its context's `max_ctx`).
+    /// KV rows one slot's sequence may reach (its context's `max_ctx`).
     pub fn slot_rows(&self) -> u32 {
         self.slot_rows
     }
@@ -291,7 +291,7 @@ impl Parallel {
         if self.kv_rows_held() + ctx.kv_rows() as u64 > self.pool.rows
             && !self.free_rows(engine, SeqId::MAX, ctx.kv_rows() as u64)?
         {
-            // A prefix copied back from the prompt cache that the pool has no rows for.
+            // A free slot's rows the pool no longer has (a smaller pool set since).
             ctx.release_kv(&engine.dev)?;
             cached = 0;
         }
@@ -437,7 +437,13 @@ impl Parallel {
             if r.shares && !r.recompute && r.ctx.n_past() as usize == r.out.cached_tokens {
                 // Before its first chunk: a prefix another sequence computed since this one
                 // joined (requests sent together with one system prompt).
-                r.out.cached_tokens = self.share_prefix(engine, &mut r.ctx, &r.keys, r.out.cached_tokens)?;
+                match self.share_prefix(engine, &mut r.ctx, &r.keys, r.out.cached_tokens) {
+                    Ok(cached) => r.out.cached_tokens = cached,
+                    Err(e) => {
+                        self.fail_on_device(engine, r, e)?;
+                        continue;
+                    }
+                }
             }
             let left = r.prefill.as_ref().map_or(0, |p| p.tokens.len()) - r.ctx.n_past() as usize;
             let rows = r.ctx.n_past() + left.min(chunk) as u32;
@@ -457,10 +463,11 @@ impl Parallel {
                 }
             }
             let ran = match (left > chunk, r.recompute) {
-                (true, _) => r.run_chunk(engine, chunk).map(|()| None),
-                (false, true) => r.run_chunk(engine, left).map(|()| {
-                    r.prefill = None;
-                    r.recompute = false;
+                (true, false) => r.run_chunk(engine, chunk).map(|()| None),
+                (_, true) => r.run_chunk(engine, left.min(chunk)).map(|()| {
+                    if r.ctx.n_past() as usize == r.prefill.as_ref().map_or(0, |p| p.tokens.len()) {
+                        (r.prefill, r.recompute) = (None, false);
+                    }
                     None
                 }),
                 (false, false) => r.run_last_chunk(engine).await.map(Some),
@@ -471,7 +478,11 @@ impl Parallel {
                     i += 1;
                 }
                 Ok(Some((picked, logits))) => {
-                    self.fork(engine, &r, &logits).await?;
+                    // Counted in the pool while the choices waiting for it copy its rows.
+                    let id = r.id;
+                    self.running.push(r);
+                    self.fork(engine, id, &logits).await?;
+                    let r = self.running.remove(self.running.iter().position(|r| r.id == id).expect("the leader runs"));
                     self.take(r, picked).await;
                 }
                 Err(e) => self.fail_on_device(engine, r, e)?,
@@ -481,23 +492,25 @@ impl Parallel {
     }
 
     /// The sequences waiting for `leader`'s prompt, which is done, take a copy of its state
-    /// and pick their first tokens from its `logits`.
-    async fn fork(&mut self, engine: &Engine, leader: &Running, logits: &[f32]) -> Result<(), EngineError> {
-        let (waiting, others): (Vec<Running>, Vec<Running>) =
-            std::mem::take(&mut self.running).into_iter().partition(|r| r.fork_of == Some(leader.id));
-        self.running = others;
-        for mut r in waiting {
+    /// and pick their first tokens from its `logits`, one at a time (each counted in the
+    /// pool but while it takes its rows).
+    async fn fork(&mut self, engine: &Engine, leader: SeqId, logits: &[f32]) -> Result<(), EngineError> {
+        while let Some(i) = self.running.iter().position(|r| r.fork_of == Some(leader)) {
+            let mut r = self.running.remove(i);
             r.fork_of = None;
-            let rows = leader.ctx.n_past();
+            let rows = self.running.iter().find(|l| l.id == leader).expect("the leader runs").ctx.n_past();
             let copied = match self.reserve(engine, r.id, &mut r.ctx, rows) {
-                Ok(true) => r.ctx.copy_sequence_from(&engine.dev, &leader.ctx, rows).map(|()| true).map_err(EngineError::from),
+                Ok(true) => {
+                    let leader = &self.running.iter().find(|l| l.id == leader).expect("the leader runs").ctx;
+                    r.ctx.copy_sequence_from(&engine.dev, leader, rows).map(|()| true).map_err(EngineError::from)
+                }
                 reserved => reserved,
             };
             match copied {
                 Ok(true) => {}
                 // No rows for a copy: it prefills the prompt itself (to the same logits).
                 Ok(false) => {
-                    self.running.push(r);
+                    self.running.insert(i, r);
                     continue;
                 }
                 Err(e) => {
@@ -553,7 +566,7 @@ impl Parallel {
     /// slot whose sequence shares the longest prefix, else a new context; then (unless
     /// `reuse` is off: nothing kept) the engine's prompt cache saves the slot's sequence if
     /// the prompt would overwrite a part worth keeping, and copies back a saved prefix that
-    /// matches further.
+    /// matches further (when the KV pool has the prompt's rows).
     fn slot_for(&mut self, engine: &mut Engine, keys: &[PosKey], reuse: bool) -> Result<(Context, usize), EngineError> {
         let best = self.idle.iter().enumerate().max_by_key(|(_, idle)| live_prefix(&idle.live, keys, &idle.ctx));
         let (mut ctx, live) = match best.map(|(i, _)| i) {
@@ -563,7 +576,9 @@ impl Parallel {
             }
             None => (self.new_context(engine)?, Vec::new()),
         };
-        if !reuse {
+        // The prompt's rows, taken now from the pool (from free slots only) so that a prefix
+        // copied back from the prompt cache fits it.
+        if !reuse || !self.reserve(engine, SeqId::MAX, &mut ctx, keys.len() as u32)? {
             ctx.reset();
             return Ok((ctx, 0));
         }
@@ -633,11 +648,25 @@ impl Running {
     }
 
     /// Runs the next `chunk` tokens of the prompt (more are left after them).
+    /// A recomputed sequence's fed tokens run as text, whatever their ids (an image
+    /// placeholder the model picked is no image), in chunks of their own.
     fn run_chunk(&mut self, engine: &Engine, chunk: usize) -> Result<(), EngineError> {
         let prompt = self.prefill.as_ref().expect("a sequence being prefilled");
-        let end = self.ctx.n_past() as usize + chunk;
-        let images = engine.placement(prompt)?;
-        Ok(self.ctx.submit_prefix(&engine.dev, &engine.decoder, &prompt.tokens, end, images.as_ref())?)
+        let (dev, dec) = (&engine.dev, &engine.decoder);
+        let (n_past, text_from) = (self.ctx.n_past() as usize, self.prompt.tokens.len());
+        let end = n_past + chunk;
+        match self.recompute {
+            true if n_past >= text_from => Ok(self.ctx.submit_prefix(dev, dec, &prompt.tokens, end, None)?),
+            true => {
+                let images = engine.placement(&self.prompt)?;
+                let head = &prompt.tokens[..text_from];
+                Ok(self.ctx.submit_prefix(dev, dec, head, end.min(text_from), images.as_ref())?)
+            }
+            false => {
+                let images = engine.placement(prompt)?;
+                Ok(self.ctx.submit_prefix(dev, dec, &prompt.tokens, end, images.as_ref())?)
+            }
+        }
     }
 
     /// Runs the rest of the prompt and picks the first token: that, and the logits it was
