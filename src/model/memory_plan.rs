@@ -216,6 +216,9 @@ pub struct MemoryPlan {
     /// The same for the context of one of the sequences decoding at once, whose logits
     /// buffer holds one row (`Context::paged`).
     pub slot_step: u64,
+    /// The buffers of a batched decode step of `n` sequences (`model::batch::DecodeBatch`:
+    /// `n` rows of activations, scratch and logits) take `batch_step[0] + n * batch_step[1]`.
+    pub batch_step: [u64; 2],
     /// The vision encoder's scratch for one image of `options.image_edge` (0 without an
     /// encoder; Mllama: one image at its tile count, whatever the edge).
     pub vision_scratch: u64,
@@ -288,6 +291,12 @@ impl MemoryPlan {
             state_per_token,
             step: step_bytes(&cfg, chunk, logits_rows(&cfg, chunk, limits)) + extra_step,
             slot_step: step_bytes(&cfg, chunk, 1) + extra_step,
+            batch_step: {
+                let rows =
+                    |n: u32| step_bytes(&cfg, n, n as u64) + mllama.as_ref().map_or(0, |m| mllama::extra_step_bytes(m, n as u64));
+                let row = rows(2) - rows(1);
+                [rows(1) - row, row]
+            },
             vision_scratch,
             cross_store,
             model_context: cfg.context_length,
@@ -315,10 +324,12 @@ impl MemoryPlan {
     }
 
     /// Bytes of the contexts' step buffers and cross stores with `seqs` sequences decoding at
-    /// once: the engine's own context, and one per sequence when there are several.
+    /// once: the engine's own context, and when there are several, one per sequence and the
+    /// batched step's.
     fn buffers(&self, seqs: u32) -> u64 {
         let slots = contexts(seqs) - 1;
-        self.step + self.cross_store + slots * (self.slot_step + self.cross_store)
+        let batch = if slots > 0 { self.batch_step[0] + slots * self.batch_step[1] } else { 0 };
+        self.step + self.cross_store + slots * (self.slot_step + self.cross_store) + batch
     }
 
     /// Everything at the planned context and sequences.

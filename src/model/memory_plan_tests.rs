@@ -389,12 +389,15 @@ fn sequences_at_once_take_a_context_each_and_the_refusal_names_the_most_that_fit
     assert_eq!(four.contexts(), 5);
     assert_eq!(one.step - one.slot_step, 511 * 4 * 131072);
     let per_context = one.state + one.slot_step + one.cross_store;
-    // And one context's KV range, for the copy of a sequence's cache growing to a larger one.
+    // And one context's KV range, for the copy of a sequence's cache growing to a larger one,
+    // and the batched step's rows (each with a row of logits).
     let growth = one.state_per_token * 8192;
-    assert_eq!(four.total(), one.total() + 4 * per_context + growth);
-    // A budget that holds the weights and three contexts (and a growing KV range): two
-    // sequences (1 + 2 contexts).
-    let budget = MemoryBudget::Bytes(one.total() + 2 * per_context + growth + per_context / 2);
+    let batch = |n: u64| one.batch_step[0] + n * one.batch_step[1];
+    assert!(one.batch_step[1] > 4 * 131072, "{:?}", one.batch_step);
+    assert_eq!(four.total(), one.total() + 4 * per_context + growth + batch(4));
+    // A budget that holds the weights and three contexts (and a growing KV range, a batch of
+    // two): two sequences (1 + 2 contexts).
+    let budget = MemoryBudget::Bytes(one.total() + 2 * per_context + growth + batch(2) + per_context / 2);
     assert!(one.check(budget).is_ok());
     assert_eq!(four.largest_seqs(budget, 64), 2);
     assert_eq!(four.largest_seqs(MemoryBudget::Unknown, 64), 64);
@@ -420,7 +423,8 @@ fn a_kv_pool_is_counted_in_place_of_a_context_per_sequence() {
     let pooled = plan(&text, None, PlanOptions { ctx: 8192, seqs: 4, kv_pool: Some(2 * 8192), ..Default::default() });
     // Four contexts' buffers, and the KV rows of two whole contexts and of one growing (no
     // recurrent layers).
-    assert_eq!(pooled.total(), one.total() + 4 * (one.slot_step + one.cross_store) + 3 * one.state);
+    let batch = |n: u64| one.batch_step[0] + n * one.batch_step[1];
+    assert_eq!(pooled.total(), one.total() + 4 * (one.slot_step + one.cross_store) + 3 * one.state + batch(4));
     assert!(pooled.total() < four.total());
     // A budget that holds eight sequences' buffers and a pool of two contexts: without the
     // pool (a whole context each), fewer of them.
@@ -428,7 +432,8 @@ fn a_kv_pool_is_counted_in_place_of_a_context_per_sequence() {
     let budget = MemoryBudget::Bytes(eight.total());
     assert!(eight.check(budget).is_ok());
     assert_eq!(eight.largest_seqs(budget, 64), 8);
-    let without_pool = (eight.total() - one.total() - one.state) / (one.slot_step + one.cross_store + one.state);
+    let per_sequence = one.slot_step + one.cross_store + one.state + one.batch_step[1];
+    let without_pool = (eight.total() - one.total() - one.state - one.batch_step[0]) / per_sequence;
     assert_eq!(four.largest_seqs(budget, 64) as u64, without_pool);
     assert!(without_pool < 8, "{without_pool}");
 }
