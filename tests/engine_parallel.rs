@@ -276,19 +276,24 @@ fn qwen35_engine(dev: Device) -> Engine {
     Engine::builder(dev).context(opts).load(&mut Eager(&model)).unwrap()
 }
 
+/// The tiny Mistral 3 VLM and Qwen3.5 (recurrent layers) on each backend: a name for
+/// messages, and a maker of the engine.
+fn families_on_backends() -> Vec<(String, impl Fn() -> Engine)> {
+    type Make = fn(Device) -> Engine;
+    let backends = [("CPU backend", cpu as fn() -> Device), ("GPU", gpu)];
+    let families = [("Mistral 3", engine as Make), ("Qwen3.5", qwen35_engine)];
+    let pairs = families.into_iter().flat_map(|f| backends.map(|b| (f, b)));
+    pairs.map(|((family, make), (backend, dev))| (format!("{family} on the {backend}"), move || make(dev()))).collect()
+}
+
 /// `n` choices of one prompt (OpenAI's `n`): the prompt is prefilled once — the other
 /// choices' prompt tokens are all cached — and choice `i` gives the tokens and logprobs the
 /// prompt gives alone with the request's seed plus `i`; on a decoder with recurrent layers
 /// (Qwen3.5) as on one with a KV cache only.
 #[test]
 fn choices_of_one_prompt_prefill_it_once_and_sample_as_they_do_alone() {
-    type Make = fn(Device) -> Engine;
-    let backends = [("CPU backend", cpu as fn() -> Device), ("GPU", gpu)];
-    for ((family, make), (backend, dev)) in
-        [("Mistral 3", engine as Make), ("Qwen3.5", qwen35_engine)].into_iter().flat_map(|e| backends.map(|d| (e, d)))
-    {
-        let what = format!("{family} on the {backend}");
-        let mut e = make(dev());
+    for (what, make) in families_on_backends() {
+        let mut e = make();
         let prompt = chat(&mut e, serde_json::json!([{ "role": "user", "content": "Say something long, please." }]));
         let sampling = SamplingParams { temperature: 1.5, seed: Some(11), ..Default::default() };
         let opts =
@@ -303,7 +308,7 @@ fn choices_of_one_prompt_prefill_it_once_and_sample_as_they_do_alone() {
         for (i, got) in choices.iter().enumerate() {
             let mut alone = opts.clone();
             alone.sampling.seed = Some(11 + i as u64);
-            let want = pollster::block_on(make(dev()).generate_prompt(&prompt, &alone, |_| None)).unwrap();
+            let want = pollster::block_on(make().generate_prompt(&prompt, &alone, |_| None)).unwrap();
             assert_eq!((&got.tokens, got.seed), (&want.tokens, want.seed), "{what}: choice {i}");
             let bits = |g: &Generation| g.logprobs.iter().map(|l| l.logprob.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(got), bits(&want), "{what}: choice {i}'s logprobs");
@@ -427,13 +432,8 @@ fn a_slot_keeps_what_it_overwrites_in_the_engines_prompt_cache() {
 /// cache only. A pool smaller than one context is refused.
 #[test]
 fn a_full_kv_pool_preempts_the_newest_sequence_and_recomputes_it() {
-    type Make = fn(Device) -> Engine;
-    let backends = [("CPU backend", cpu as fn() -> Device), ("GPU", gpu)];
-    for ((family, make), (backend, dev)) in
-        [("Mistral 3", engine as Make), ("Qwen3.5", qwen35_engine)].into_iter().flat_map(|e| backends.map(|d| (e, d)))
-    {
-        let what = format!("{family} on the {backend}");
-        let mut e = make(dev());
+    for (what, make) in families_on_backends() {
+        let mut e = make();
         let text = |e: &mut Engine, s: &str| chat(e, serde_json::json!([{ "role": "user", "content": s }]));
         let greedy = |max_tokens| GenerateOptions { max_tokens, ignore_eos: true, logprobs: Some(2), ..Default::default() };
         let seeded = SamplingParams { temperature: 0.9, top_k: 40, seed: Some(5), ..Default::default() };
@@ -443,7 +443,7 @@ fn a_full_kv_pool_preempts_the_newest_sequence_and_recomputes_it() {
             (1, text(&mut e, "Give me JSON."), GenerateOptions { response_format: ResponseFormat::JsonObject, ..greedy(70) }),
             (2, text(&mut e, "Count to ten, slowly, one number per line, and then back."), greedy(75)),
         ];
-        if family == "Mistral 3" {
+        if what.starts_with("Mistral 3") {
             // An image prompt: a recomputed sequence's features go back over its [IMG] rows.
             let image = serde_json::json!([{ "role": "user", "content": [
                 { "type": "text", "text": "What is in the picture?" },
