@@ -424,9 +424,40 @@ fn a_slot_keeps_what_it_overwrites_in_the_engines_prompt_cache() {
     assert_eq!((&got[0].tokens, &got[0].text), (&want.tokens, &want.text));
 }
 
+/// A free slot's kept chat that the KV pool takes rows from is saved to the engine's prompt
+/// cache first: two chats in two slots of a pool of 384 rows, then the second chat's next
+/// turn, which grows past what the first chat's slot leaves it; then the first chat's next
+/// turn copies its chat back from the saved prefix and gives the tokens it gets alone.
+#[test]
+fn a_free_slot_gives_its_rows_to_the_pool_after_saving_its_chat() {
+    let mut e = engine_of(cpu(), 384);
+    let greedy = |max_tokens| GenerateOptions { max_tokens, ignore_eos: true, ..GenerateOptions::default() };
+    let user = |text: &str| serde_json::json!({ "role": "user", "content": text });
+    let [first, second] = [user("Say something long."), user("Say something else.")].map(|m| vec![m]);
+    let [p1, p2] = [&first, &second].map(|m| chat(&mut e, serde_json::Value::Array(m.clone())));
+    let mut run = e.parallel(2).unwrap();
+    run.set_kv_pool(KvPool { rows: 384, page: 16 }).unwrap();
+    let (turn1, ..) = run_in(&mut e, &mut run, &[(0, p1.clone(), greedy(8)), (0, p2, greedy(8))]);
+    assert_eq!(e.prompt_cache_stats().saved_tokens.len(), 0, "{:?}", e.prompt_cache_stats());
+    let next_turn = |mut messages: Vec<serde_json::Value>, answer: &str, e: &mut Engine| {
+        messages.extend([serde_json::json!({ "role": "assistant", "content": answer }), user("And then?")]);
+        chat(e, serde_json::Value::Array(messages))
+    };
+    let next2 = next_turn(second, &turn1[1].text, &mut e);
+    assert!(next2.tokens.len() + 120 + p1.tokens.len() > 400, "{} {}", next2.tokens.len(), p1.tokens.len());
+    let (got2, ..) = run_in(&mut e, &mut run, &[(0, next2, greedy(120))]);
+    assert!(got2[0].cached_tokens > 0, "the second chat's slot kept it");
+    assert_eq!(e.prompt_cache_stats().saved_tokens.len(), 1, "the first chat saved: {:?}", e.prompt_cache_stats());
+    let next1 = next_turn(first, &turn1[0].text, &mut e);
+    let (got1, ..) = run_in(&mut e, &mut run, &[(0, next1.clone(), greedy(8))]);
+    assert!(got1[0].cached_tokens >= p1.tokens.len(), "{} of {} cached", got1[0].cached_tokens, next1.tokens.len());
+    let want = pollster::block_on(engine_of(cpu(), 384).generate_prompt(&next1, &greedy(8), |_| None)).unwrap();
+    assert_eq!((&got1[0].tokens, &got1[0].text), (&want.tokens, &want.text));
+}
+
 /// A KV pool of one sequence's context (256 rows, pages of 16) under four or five sequences
-/// (one with an image) that together need more: the newest are preempted and recomputed, never failed, the pool is
-/// never exceeded, and every request gives the tokens, text and finish it gives alone, with
+/// (one with an image) that together need more: the newest are preempted and recomputed,
+/// never failed, the pool is never exceeded, and every request gives the tokens, text and finish it gives alone, with
 /// logprobs within 1e-4 (a recomputed sequence's fed tokens come back from prefill passes,
 /// not decode steps); on a decoder with recurrent layers (Qwen3.5) as on one with a KV
 /// cache only. A pool smaller than one context is refused.

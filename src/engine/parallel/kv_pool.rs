@@ -1,12 +1,13 @@
-//! The KV pool of a [`Parallel`] run: the rows its slots' contexts hold together. Each
-//! context holds one range of rows that grows by whole pages as its sequence does
-//! ([`Context::reserve_kv`]); the pool caps their sum. A sequence that needs a page the pool
-//! no longer has takes it from a free slot's kept sequence first, then from the newest
-//! running sequence newer than itself, which is preempted: its rows are given back and its
-//! prompt and the tokens it was fed are prefilled again later (it keeps its sampler,
-//! constraint and text, so it goes on where it stopped), as vLLM recomputes a preempted
-//! request. The oldest sequence can always take rows from every newer one, so a pool of at
-//! least `max_ctx` rows never deadlocks; a sequence that cannot take a page waits a step.
+//! The KV pool of a [`Parallel`] run: the rows its slots' contexts hold together. Each context
+//! holds one range of rows that grows by whole pages as its sequence does
+//! ([`Context::reserve_kv`]); the pool caps their sum. A sequence that needs a page the pool no
+//! longer has takes it from a free slot's kept sequence first (saved to the engine's prompt
+//! cache, for a later turn to copy back), then from the newest running sequence newer than
+//! itself, which is preempted: its rows are given back and its prompt and the tokens it was fed
+//! are prefilled again later (it keeps its sampler, constraint and text, so it goes on where it
+//! stopped), as vLLM recomputes a preempted request. The oldest sequence can always take rows
+//! from every newer one, so a pool of at least `max_ctx` rows never deadlocks; a sequence that
+//! cannot take a page waits a step.
 //!
 //! The default pool is every slot's whole range (`max_seqs * max_ctx` rows): it never
 //! preempts, and a slot holds only the pages its sequence reached. A smaller pool admits
@@ -67,7 +68,7 @@ impl Parallel {
     /// Makes `ctx`, of sequence `id` and not counted in the pool now (taken out of the run),
     /// hold `rows` positions within the pool: rows are taken from free slots, then from
     /// running sequences newer than `id` (preempted). Whether it could.
-    pub(super) fn reserve(&mut self, engine: &Engine, id: SeqId, ctx: &mut Context, rows: u32) -> Result<bool, EngineError> {
+    pub(super) fn reserve(&mut self, engine: &mut Engine, id: SeqId, ctx: &mut Context, rows: u32) -> Result<bool, EngineError> {
         let grown = ctx.kv_rows_for(rows);
         if grown > ctx.kv_rows() {
             if !self.free_rows(engine, id, grown as u64)? {
@@ -79,12 +80,16 @@ impl Parallel {
         Ok(true)
     }
 
-    /// Frees pool rows until `rows` more fit, from free slots' kept sequences, then from the
-    /// newest running sequences newer than `id`; false when those are not enough.
-    pub(super) fn free_rows(&mut self, engine: &Engine, id: SeqId, rows: u64) -> Result<bool, EngineError> {
+    /// Frees pool rows until `rows` more fit, from free slots' kept sequences (saved to the
+    /// prompt cache), then from the newest running sequences newer than `id`; false when
+    /// those are not enough.
+    pub(super) fn free_rows(&mut self, engine: &mut Engine, id: SeqId, rows: u64) -> Result<bool, EngineError> {
         while self.kv_rows_held() + rows > self.pool.rows {
             if let Some(idle) = self.idle.iter_mut().find(|idle| idle.ctx.kv_rows() > 0) {
-                idle.live.clear();
+                // Its kept sequence goes to the engine's prompt cache (as when a prompt
+                // overwrites it), for a later turn to copy back.
+                let live = std::mem::take(&mut idle.live);
+                engine.prompt_cache.save_prefix(&engine.dev, &mut idle.ctx, &live)?;
                 idle.ctx.release_kv(&engine.dev)?;
                 self.batch.forget(&idle.ctx);
                 continue;

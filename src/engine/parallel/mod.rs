@@ -372,7 +372,7 @@ impl Parallel {
     }
 
     /// The batched decode step of the sequences past their prompts.
-    async fn decode(&mut self, engine: &Engine) -> Result<(), EngineError> {
+    async fn decode(&mut self, engine: &mut Engine) -> Result<(), EngineError> {
         self.reserve_decode_rows(engine)?;
         // A sequence the pool had no row for waits for the next step.
         let (mut decoding, waiting): (Vec<Running>, Vec<Running>) =
@@ -402,7 +402,7 @@ impl Parallel {
 
     /// Reserves, oldest first, the row each decoding sequence's next token takes (see
     /// `kv_pool.rs`: an older sequence may preempt newer ones).
-    fn reserve_decode_rows(&mut self, engine: &Engine) -> Result<(), EngineError> {
+    fn reserve_decode_rows(&mut self, engine: &mut Engine) -> Result<(), EngineError> {
         let mut ids: Vec<SeqId> = self.running.iter().map(|r| r.id).collect();
         ids.sort_unstable();
         for id in ids {
@@ -421,7 +421,7 @@ impl Parallel {
     /// chunk's tokens and the KV pool has their rows; a prompt that is done picks its
     /// sequence's first token (a recomputed one goes on with the token it had). A sequence
     /// whose chunk fails leaves alone, unless the device is lost.
-    async fn prefill(&mut self, engine: &Engine) -> Result<(), EngineError> {
+    async fn prefill(&mut self, engine: &mut Engine) -> Result<(), EngineError> {
         let chunk = engine.ctx.options().max_chunk as usize;
         // Oldest first: a sequence the pool has no rows for stops the newer ones, and an
         // older one may take rows from newer ones (a preempted sequence is older than the
@@ -494,7 +494,7 @@ impl Parallel {
     /// The sequences waiting for `leader`'s prompt, which is done, take a copy of its state
     /// and pick their first tokens from its `logits`, one at a time (each counted in the
     /// pool but while it takes its rows).
-    async fn fork(&mut self, engine: &Engine, leader: SeqId, logits: &[f32]) -> Result<(), EngineError> {
+    async fn fork(&mut self, engine: &mut Engine, leader: SeqId, logits: &[f32]) -> Result<(), EngineError> {
         while let Some(i) = self.running.iter().position(|r| r.fork_of == Some(leader)) {
             let mut r = self.running.remove(i);
             r.fork_of = None;
@@ -589,7 +589,13 @@ impl Parallel {
     /// Copies into `ctx`, which holds `cached` positions of a prompt with `keys`, the longest
     /// prefix of them a running sequence holds when that is longer and the KV pool has its
     /// rows without preempting anyone; returns the positions `ctx` then holds.
-    fn share_prefix(&mut self, engine: &Engine, ctx: &mut Context, keys: &[PosKey], cached: usize) -> Result<usize, EngineError> {
+    fn share_prefix(
+        &mut self,
+        engine: &mut Engine,
+        ctx: &mut Context,
+        keys: &[PosKey],
+        cached: usize,
+    ) -> Result<usize, EngineError> {
         let prefixes = self.running.iter().enumerate().map(|(i, r)| (live_prefix(&r.live_keys(), keys, &r.ctx), i));
         match prefixes.max_by_key(|&(n, _)| n) {
             Some((n, i)) if n > cached && self.reserve(engine, SeqId::MAX, ctx, n as u32)? => {
