@@ -1,6 +1,7 @@
-//! Batched decode steps (`DecodeBatch`): sequences of mixed prompt lengths join a running
-//! batch at different steps and leave when their tokens are done (1 to 8 at once), and each
-//! one's greedy tokens and every logits row are bit for bit those it gets decoding alone —
+//! Batched steps (`StepBatch`): sequences of mixed prompt lengths join a running batch at
+//! different steps and leave when their tokens are done (1 to 8 at once), and each one's
+//! greedy tokens and every logits row are bit for bit those it gets decoding alone, or
+//! within rounding when their prompts run in chunks inside the batched steps —
 //! for each family's tiny model (Llama, Qwen3.5's hybrid of recurrent and attention layers,
 //! Llama 3.2 Vision's cross-attention with one sequence holding an image) on the CPU backend
 //! and on the GPU.
@@ -10,7 +11,7 @@ use common::*;
 
 use webvlm::backend::Device;
 use webvlm::gguf::MappedGguf;
-use webvlm::model::{Context, ContextOptions, DecodeBatch, Decoder, ModelError};
+use webvlm::model::{BatchInput, Context, ContextOptions, Decoder, ModelError, StepBatch};
 use webvlm::source::hf::HfModel;
 
 /// One sequence of a test: its prompt (and a cross-attention decoder's image states), the
@@ -54,11 +55,17 @@ fn sequences(vocab: u32, seed: u64) -> Vec<Seq> {
         .collect()
 }
 
-fn prefill(dev: &Device, dec: &Decoder, seq: &Seq) -> (Context, Vec<f32>) {
+/// A context for `seq` (given its image states), nothing run yet.
+fn new_context(dev: &Device, dec: &Decoder, seq: &Seq) -> Context {
     let mut ctx = Context::new(dev, dec, OPTS).unwrap();
     if let Some(im) = &seq.image {
         ctx.set_cross_attention(dev, dec, &upload(dev, &im.states), im.n_tiles, &im.mask).unwrap();
     }
+    ctx
+}
+
+fn prefill(dev: &Device, dec: &Decoder, seq: &Seq) -> (Context, Vec<f32>) {
+    let mut ctx = new_context(dev, dec, seq);
     ctx.submit_prompt(dev, dec, &seq.prompt, None).unwrap();
     let logits = pollster::block_on(ctx.read_logits(dev, dec)).unwrap();
     (ctx, logits)
@@ -79,31 +86,69 @@ fn alone(dev: &Device, dec: &Decoder, seq: &Seq) -> Run {
     }
 }
 
-/// The sequences through one batch: each prefilled alone at its join step, then decoded in
-/// batched steps with whichever others are running; returns the runs and the most
-/// sequences one step took.
-fn batched(dev: &Device, dec: &Decoder, seqs: &[Seq]) -> (Vec<Run>, usize) {
-    let mut batch = DecodeBatch::new(dev, dec, 8, OPTS.precision).unwrap();
+/// How a sequence joins the batch.
+#[derive(Clone, Copy, PartialEq)]
+enum Join {
+    /// Prefilled alone at its join step, then decoded in batched steps.
+    Alone,
+    /// Its prompt run in chunks by the batched steps, beside the others' tokens (at most a
+    /// chunk's rows a step, the oldest prompt first).
+    Chunked,
+}
+
+/// The sequences through one batch: each joining at its step, then decoded in batched
+/// steps with whichever others are running; returns the runs, the most sequences one step
+/// took and the steps that held both a prompt chunk and tokens.
+fn batched(dev: &Device, dec: &Decoder, seqs: &[Seq], join: Join) -> (Vec<Run>, usize, usize) {
+    let mut batch = StepBatch::new(dev, dec, 8, OPTS.max_chunk, OPTS.precision).unwrap();
     let mut running: Vec<Option<Context>> = seqs.iter().map(|_| None).collect();
     let mut runs: Vec<Run> = seqs.iter().map(|_| (vec![], vec![])).collect();
-    let (mut step, mut widest) = (0, 0);
+    let (mut step, mut widest, mut mixed) = (0, 0, 0);
     while runs.iter().zip(seqs).any(|(r, s)| r.0.len() < s.tokens) {
         for (i, seq) in seqs.iter().enumerate().filter(|(_, s)| s.join == step) {
-            let (ctx, logits) = prefill(dev, dec, seq);
-            runs[i].0.push(argmax(&logits) as u32);
-            runs[i].1.push(logits);
-            running[i] = Some(ctx);
+            running[i] = Some(match join {
+                Join::Alone => {
+                    let (ctx, logits) = prefill(dev, dec, seq);
+                    runs[i].0.push(argmax(&logits) as u32);
+                    runs[i].1.push(logits);
+                    ctx
+                }
+                Join::Chunked => new_context(dev, dec, seq),
+            });
         }
-        // Those with tokens still to generate feed their last one.
-        let active: Vec<usize> = (0..seqs.len()).filter(|&i| running[i].is_some() && runs[i].0.len() < seqs[i].tokens).collect();
+        // Those with tokens still to generate feed their last one; prompts run a chunk.
+        let (mut active, mut inputs, mut budget) = (vec![], vec![], OPTS.max_chunk as usize);
+        for (i, seq) in seqs.iter().enumerate() {
+            let (Some(ctx), true) = (&running[i], runs[i].0.len() < seq.tokens) else { continue };
+            let n_past = ctx.n_past() as usize;
+            if !runs[i].0.is_empty() {
+                inputs.push(BatchInput::Token(*runs[i].0.last().unwrap()));
+            } else if budget > 0 {
+                let end = seq.prompt.len().min(n_past + budget);
+                budget -= end - n_past;
+                inputs.push(BatchInput::Chunk { tokens: &seq.prompt, end, images: None });
+            } else {
+                continue;
+            }
+            active.push(i);
+        }
         if !active.is_empty() {
-            let tokens: Vec<u32> = active.iter().map(|&i| *runs[i].0.last().unwrap()).collect();
+            let tokens = inputs.iter().filter(|i| matches!(i, BatchInput::Token(_))).count();
+            mixed += (tokens > 0 && tokens < inputs.len()) as usize;
+            let ends: Vec<bool> = (inputs.iter())
+                .map(|i| match i {
+                    BatchInput::Token(_) => true,
+                    BatchInput::Chunk { tokens, end, .. } => *end == tokens.len(),
+                })
+                .collect();
             let mut ctxs: Vec<&mut Context> =
                 running.iter_mut().enumerate().filter(|(i, _)| active.contains(i)).map(|(_, c)| c.as_mut().unwrap()).collect();
-            let logits = pollster::block_on(batch.step(dev, dec, &mut ctxs, &tokens)).unwrap();
-            for (&i, row) in active.iter().zip(logits.chunks(dec.cfg.vocab as usize)) {
-                runs[i].0.push(argmax(row) as u32);
-                runs[i].1.push(row.to_vec());
+            let logits = pollster::block_on(batch.step(dev, dec, &mut ctxs, inputs)).unwrap();
+            for ((&i, row), end) in active.iter().zip(logits.chunks(dec.cfg.vocab as usize)).zip(ends) {
+                if end {
+                    runs[i].0.push(argmax(row) as u32);
+                    runs[i].1.push(row.to_vec());
+                }
             }
             widest = widest.max(active.len());
         }
@@ -111,18 +156,32 @@ fn batched(dev: &Device, dec: &Decoder, seqs: &[Seq]) -> (Vec<Run>, usize) {
         (0..seqs.len()).filter(|&i| runs[i].0.len() == seqs[i].tokens).for_each(|i| running[i] = None);
         step += 1;
     }
-    (runs, widest)
+    (runs, widest, mixed)
 }
 
-fn check(dev: &Device, dec: &Decoder, seqs: &[Seq], what: &str) {
-    let (runs, widest) = batched(dev, dec, seqs);
+/// Checks every sequence's tokens against its own run, and its logits: bit for bit when each
+/// joins prefilled alone (decode steps only), within `tolerance` when prompts run in the
+/// batched steps (a step holding a chunk runs its products on the prefill kernel).
+fn check(dev: &Device, dec: &Decoder, seqs: &[Seq], join: Join, what: &str) {
+    let (runs, widest, mixed) = batched(dev, dec, seqs, join);
     assert_eq!(widest, 8, "{what}: the batch reaches 8 sequences");
+    if join == Join::Chunked {
+        assert!(mixed >= 4, "{what}: {mixed} steps held both prompt chunks and tokens");
+    }
     for (i, (seq, run)) in seqs.iter().zip(&runs).enumerate() {
         let want = alone(dev, dec, seq);
         assert_eq!(run.0, want.0, "{what}: sequence {i}'s tokens");
-        assert!(run.1 == want.1, "{what}: sequence {i}'s logits differ from its own, max |d| {}", max_row_diff(&run.1, &want.1));
+        let diff = max_row_diff(&run.1, &want.1);
+        match join {
+            Join::Alone => assert!(run.1 == want.1, "{what}: sequence {i}'s logits differ from its own, max |d| {diff}"),
+            Join::Chunked => assert!(diff <= LOGITS_TOLERANCE, "{what}: sequence {i}'s logits differ from its own by {diff}"),
+        }
     }
 }
+
+/// Largest difference of a logit from the sequence's own (f32 rounding of the tiled matmul
+/// against the decode kernel, through a few layers of a tiny model).
+const LOGITS_TOLERANCE: f32 = 1e-4;
 
 fn max_row_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
     a.iter().zip(b).map(|(a, b)| max_abs(a, b)).fold(0.0, f32::max)
@@ -151,37 +210,47 @@ fn mllama(dev: &Device) -> (Decoder, Vec<Seq>) {
     (dec, seqs)
 }
 
-fn every_family(dev: &Device, backend: &str) {
+fn every_family(dev: &Device, backend: &str, join: Join) {
     let dec = llama(dev);
-    check(dev, &dec, &sequences(dec.cfg.vocab, 1), &format!("llama on {backend}"));
+    check(dev, &dec, &sequences(dec.cfg.vocab, 1), join, &format!("llama on {backend}"));
     let dec = qwen35(dev);
-    check(dev, &dec, &sequences(dec.cfg.vocab, 2), &format!("qwen35 on {backend}"));
+    check(dev, &dec, &sequences(dec.cfg.vocab, 2), join, &format!("qwen35 on {backend}"));
     let (dec, seqs) = mllama(dev);
-    check(dev, &dec, &seqs, &format!("mllama on {backend}"));
+    check(dev, &dec, &seqs, join, &format!("mllama on {backend}"));
 }
 
 #[test]
 fn batched_sequences_decode_as_they_do_alone_on_the_cpu_backend() {
-    every_family(&cpu(), "the CPU backend");
+    every_family(&cpu(), "the CPU backend", Join::Alone);
 }
 
 #[test]
 fn batched_sequences_decode_as_they_do_alone_on_the_gpu() {
-    every_family(&gpu(), "the GPU");
+    every_family(&gpu(), "the GPU", Join::Alone);
+}
+
+#[test]
+fn prompts_chunked_beside_decoding_sequences_run_as_they_do_alone_on_the_cpu_backend() {
+    every_family(&cpu(), "the CPU backend", Join::Chunked);
+}
+
+#[test]
+fn prompts_chunked_beside_decoding_sequences_run_as_they_do_alone_on_the_gpu() {
+    every_family(&gpu(), "the GPU", Join::Chunked);
 }
 
 #[test]
 fn a_batched_step_refuses_what_it_cannot_run() {
     let dev = cpu();
     let dec = llama(&dev);
-    let mut batch = DecodeBatch::new(&dev, &dec, 2, OPTS.precision).unwrap();
+    let mut batch = StepBatch::new(&dev, &dec, 2, OPTS.max_chunk, OPTS.precision).unwrap();
     let seqs = sequences(dec.cfg.vocab, 4);
     let (mut a, _) = prefill(&dev, &dec, &seqs[0]);
     let (mut b, _) = prefill(&dev, &dec, &seqs[1]);
     let (mut c, _) = prefill(&dev, &dec, &seqs[2]);
     let mut fresh = Context::new(&dev, &dec, OPTS).unwrap();
-    let step = |batch: &mut DecodeBatch, ctxs: &mut [&mut Context], tokens: &[u32]| {
-        pollster::block_on(batch.step(&dev, &dec, ctxs, tokens)).unwrap_err()
+    let step = |batch: &mut StepBatch, ctxs: &mut [&mut Context], tokens: &[u32]| {
+        pollster::block_on(batch.decode(&dev, &dec, ctxs, tokens)).unwrap_err()
     };
     let invalid = |e: ModelError| matches!(e, ModelError::Invalid(_));
     assert!(invalid(step(&mut batch, &mut [&mut a, &mut b, &mut c], &[1, 1, 1])), "more sequences than the batch holds");

@@ -706,15 +706,7 @@ impl Context {
         mode: LogitsMode,
         read_token: bool,
     ) -> Result<(), ModelError> {
-        let row = dec.cfg.n_embd as u64 * 4;
-        let copies: Vec<_> = images
-            .map(|im| im.runs(tokens, range.start, range.len()))
-            .unwrap_or_default()
-            .into_iter()
-            .map(|r| {
-                (&images.unwrap().images[r.image].buffer, r.src_row as u64 * row, r.dst_row as u64 * row, r.rows as u64 * row)
-            })
-            .collect();
+        let copies = image_copies(dec, tokens, range.clone(), images);
         dev.write(&self.b.ids, 0, bytemuck::cast_slice(&tokens[range.clone()]))?;
         let positions = pass.map(|p| p.chunk(range.clone()));
         self.submit(dev, dec, range.len() as u32, mode, &copies, positions.as_deref(), read_token)?;
@@ -839,9 +831,45 @@ impl Context {
         self.write_step_inputs(dev, dec, 1, None)
     }
 
-    /// The batched step [`Self::begin_batched`] prepared was submitted: its token is cached.
-    pub(super) fn end_batched(&mut self) {
-        self.n_past += 1;
+    /// Prepares this sequence's rows of a batched step that runs `tokens[n_past..end]` of its
+    /// prompt (at most a chunk; images at their `[IMG]` rows): checks the prompt, forgets
+    /// steps in flight, writes the step's inputs and records into `before` what a new
+    /// sequence clears first. Returns the chunk's ids and image copies (source, offset,
+    /// offset from the chunk's first row in `x`, bytes). [`Self::end_batched`] counts the
+    /// chunk in once the step is submitted.
+    pub(super) fn begin_batched_chunk<'i>(
+        &mut self,
+        dev: &Device,
+        dec: &Decoder,
+        (tokens, end, images): (&'i [u32], usize, Option<&PromptImages<'i>>),
+        before: &mut Program,
+    ) -> Result<(&'i [u32], ImageCopies<'i>), ModelError> {
+        self.forget_in_flight();
+        self.sync_recurrent();
+        let start = self.n_past as usize;
+        self.check(dec, tokens, start, images)?;
+        if end <= start || end > tokens.len() || end - start > self.opts.max_chunk as usize {
+            let chunk = self.opts.max_chunk;
+            return Err(ModelError::Invalid(format!("a batched chunk of rows {start}..{end} (at most {chunk})")));
+        }
+        let (range, n) = (start..end, (end - start) as u32);
+        self.reserve_kv(dev, end as u32)?;
+        let pass = self.pass_positions(dec, tokens, 0, images)?;
+        let positions = pass.as_ref().map(|p| p.chunk(range.clone()));
+        self.write_step_inputs(dev, dec, n, positions.as_deref())?;
+        if let Some(p) = &pass {
+            p.record(range.clone(), &mut self.deltas);
+        }
+        if self.n_past == 0 {
+            self.state.clear_recurrent(before)?;
+        }
+        Ok((&tokens[range.clone()], image_copies(dec, tokens, range, images)))
+    }
+
+    /// The batched step [`Self::begin_batched`] or [`Self::begin_batched_chunk`] prepared
+    /// was submitted: its `n` tokens are cached.
+    pub(super) fn end_batched(&mut self, n: u32) {
+        self.n_past += n;
         self.rec_pos = self.n_past;
     }
 
@@ -870,6 +898,23 @@ impl Context {
         }
         Ok(&self.programs[&(n, mode)])
     }
+}
+
+/// Copies of image feature rows into a chunk's rows of `x`: (source, source offset, offset
+/// from the chunk's first row, bytes).
+pub(super) type ImageCopies<'i> = Vec<(&'i Buffer, u64, u64, u64)>;
+
+/// The copies of `images`' feature rows over the `[IMG]` rows of `tokens[range]`.
+fn image_copies<'i>(
+    dec: &Decoder,
+    tokens: &[u32],
+    range: std::ops::Range<usize>,
+    images: Option<&PromptImages<'i>>,
+) -> ImageCopies<'i> {
+    let Some(images) = images else { return Vec::new() };
+    let (row, features) = (dec.cfg.n_embd as u64 * 4, images.images);
+    let runs = images.runs(tokens, range.start, range.len()).into_iter();
+    runs.map(|r| (&features[r.image].buffer, r.src_row as u64 * row, r.dst_row as u64 * row, r.rows as u64 * row)).collect()
 }
 
 #[cfg(test)]

@@ -216,8 +216,9 @@ pub struct MemoryPlan {
     /// The same for the context of one of the sequences decoding at once, whose logits
     /// buffer holds one row (`Context::paged`).
     pub slot_step: u64,
-    /// The buffers of a batched decode step of `n` sequences (`model::batch::DecodeBatch`:
-    /// `n` rows of activations, scratch and logits) take `batch_step[0] + n * batch_step[1]`.
+    /// The buffers of a batched step of `n` sequences (`model::batch::StepBatch`: rows of
+    /// activations and scratch for a token of each and a prompt chunk, a row of logits per
+    /// sequence) take `batch_step[0] + n * batch_step[1]`.
     pub batch_step: [u64; 2],
     /// The vision encoder's scratch for one image of `options.image_edge` (0 without an
     /// encoder; Mllama: one image at its tile count, whatever the edge).
@@ -292,8 +293,11 @@ impl MemoryPlan {
             step: step_bytes(&cfg, chunk, logits_rows(&cfg, chunk, limits)) + extra_step,
             slot_step: step_bytes(&cfg, chunk, 1) + extra_step,
             batch_step: {
-                let rows =
-                    |n: u32| step_bytes(&cfg, n, n as u64) + mllama.as_ref().map_or(0, |m| mllama::extra_step_bytes(m, n as u64));
+                // A row per sequence and a chunk's, a row of logits (and of last rows) per sequence.
+                let rows = |n: u32| {
+                    let (rows, last_rows) = (n + chunk, 4 * n as u64 * cfg.n_embd as u64);
+                    step_bytes(&cfg, rows, n as u64) + last_rows + mllama.as_ref().map_or(0, |m| mllama::extra_step_bytes(m, rows as u64))
+                };
                 let row = rows(2) - rows(1);
                 [rows(1) - row, row]
             },

@@ -1,5 +1,5 @@
 //! Models: decoder families and vision encoders built from shared blocks, run by a
-//! [`Context`] per sequence (many at once through a [`DecodeBatch`]).
+//! [`Context`] per sequence (many at once through a [`StepBatch`]).
 //!
 //! - [`families`]: one folder per decoder family (config from metadata, weight names, the
 //!   recording of one step); [`Decoder`] is a loaded decoder of any family.
@@ -30,7 +30,7 @@ pub mod step;
 pub mod synthetic;
 pub mod vision;
 
-pub use batch::DecodeBatch;
+pub use batch::{BatchInput, StepBatch};
 pub use context::{Context, ContextOptions, Counters};
 pub use decoder::Decoder;
 pub use error::ModelError;

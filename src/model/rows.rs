@@ -1,14 +1,17 @@
 //! The sequences behind the rows of a recorded step. A step of one sequence runs its `n`
-//! tokens in place on that sequence's own buffers. A batched decode step (`super::batch`)
-//! runs one token of each of several sequences: row `j` of the batch's buffers is sequence
-//! `j`'s token, every product is one dispatch over all rows (the decode kernel, so a row
-//! computes exactly as it would alone; the CPU's reads each weight row once for all of
-//! them), and only the token-mixing sections — RoPE and
-//! attention against a KV cache, a recurrence against its state, cross-attention against a
-//! sequence's images — run per sequence ([`Rows::per_sequence`]): the sequence's inputs are
-//! copied from its row to row 0 of its own buffers, the section is recorded against its
-//! step uniform, caches and scratch, and its output is copied back to its row.
+//! tokens in place on that sequence's own buffers. A batched step (`super::batch`) runs
+//! rows of several sequences — one token of a sequence being decoded, a prompt chunk of one
+//! being prefilled — one section after another in the batch's buffers: every product is
+//! one dispatch over all rows (each weight read once for all of them), and only the
+//! token-mixing sections — RoPE and attention against a KV cache, a recurrence against its
+//! state, cross-attention against a sequence's images — run per sequence
+//! ([`Rows::per_sequence`]): the sequence's inputs are copied from its section to row 0 of
+//! its own buffers, the section is recorded against its step uniform, caches and scratch
+//! for its row count, and its output is copied back.
 //!
+//! A step of decode rows only runs its products on the decode kernel, so each row computes
+//! exactly as it would alone; a step holding a prompt chunk runs them on the tiled matmul,
+//! as the chunk alone does (a decode row then differs from alone by the kernels' rounding).
 //! This is the layout vLLM and llama.cpp's server batch with (a "ragged" batch of tokens,
 //! attention per sequence); the row copies keep every kernel as it is for one sequence.
 
@@ -16,7 +19,7 @@ use crate::backend::gpu::Result;
 use crate::backend::{Buffer, Program};
 
 use super::state::SequenceState;
-use super::step::StepBuffers;
+use super::step::{Products, StepBuffers};
 
 /// One sequence of a step: its step buffers (the step uniform, M-RoPE positions), its
 /// family's scratch `S` and its state.
@@ -36,31 +39,51 @@ pub struct Rows<'a, S> {
     pub s: &'a S,
     /// Rows of `b` and `s` the step runs.
     pub n: u32,
-    /// One sequence owning `b` and `s` (all `n` rows are its tokens), or one per row.
-    seqs: Vec<Seq<'a, S>>,
+    /// One sequence owning `b` and `s` (all `n` rows are its tokens), or the sequences of a
+    /// batch with their row counts, in row order.
+    seqs: Vec<(Seq<'a, S>, u32)>,
     batched: bool,
 }
 
 impl<'a, S> Rows<'a, S> {
     /// `n` tokens of the sequence whose buffers these are.
     pub fn one(b: &'a StepBuffers, s: &'a S, state: &'a SequenceState, n: u32) -> Rows<'a, S> {
-        Rows { b, s, n, seqs: vec![Seq { b, s, state }], batched: false }
+        Rows { b, s, n, seqs: vec![(Seq { b, s, state }, n)], batched: false }
     }
 
-    /// One token of each of `seqs`, row `j` of the batch's `b` and `s` being `seqs[j]`'s.
-    pub fn batched(b: &'a StepBuffers, s: &'a S, seqs: Vec<Seq<'a, S>>) -> Rows<'a, S> {
-        Rows { b, s, n: seqs.len() as u32, seqs, batched: true }
+    /// Rows of each of `seqs` (a sequence and its row count), one section after another in
+    /// the batch's `b` and `s`.
+    pub fn batched(b: &'a StepBuffers, s: &'a S, seqs: Vec<(Seq<'a, S>, u32)>) -> Rows<'a, S> {
+        Rows { b, s, n: seqs.iter().map(|(_, n)| n).sum(), seqs, batched: true }
+    }
+
+    /// The kernel of the step's products (see the module docs).
+    pub fn products(&self) -> Products {
+        match self.batched && self.seqs.iter().all(|&(_, n)| n == 1) {
+            true => Products::Matvec,
+            false => self.b.products(self.n),
+        }
+    }
+
+    /// The row of `b` holding each sequence's last token, in sequence order.
+    pub fn last_rows(&self) -> Vec<u32> {
+        let ends = self.seqs.iter().scan(0, |end, &(_, n)| {
+            *end += n;
+            Some(*end - 1)
+        });
+        ends.collect()
     }
 
     /// The same rows with each scratch seen as `T` (a family's own, out of the family enum);
     /// `None` when one is of another kind.
     pub fn map<T>(&self, f: impl Fn(&'a S) -> Option<&'a T>) -> Option<Rows<'a, T>> {
-        let seqs = self.seqs.iter().map(|q| Some(Seq { b: q.b, s: f(q.s)?, state: q.state })).collect::<Option<_>>()?;
+        let seqs =
+            self.seqs.iter().map(|&(ref q, n)| Some((Seq { b: q.b, s: f(q.s)?, state: q.state }, n))).collect::<Option<_>>()?;
         Some(Rows { b: self.b, s: f(self.s)?, n: self.n, seqs, batched: self.batched })
     }
 
     /// Records `section` for every sequence: in place over all rows for one sequence;
-    /// batched, for one token per sequence between the copies of its row of each input
+    /// batched, over each sequence's rows between the copies of its section of each input
     /// (`width` f32 per row) to its own buffers and of its output back.
     pub fn per_sequence(
         &self,
@@ -70,17 +93,20 @@ impl<'a, S> Rows<'a, S> {
         mut section: impl FnMut(&mut Program, &Seq<'a, S>, u32) -> Result<()>,
     ) -> Result<()> {
         if !self.batched {
-            return section(p, &self.seqs[0], self.n);
+            return section(p, &self.seqs[0].0, self.n);
         }
-        for (j, q) in self.seqs.iter().enumerate() {
+        let mut row0 = 0;
+        for (q, n) in &self.seqs {
+            let rows = |width: u32| (row0 * 4 * width as u64, *n as u64 * 4 * width as u64);
             for &(pick, width) in inputs {
-                let row = 4 * width as u64;
-                p.copy(pick(self.b, self.s), j as u64 * row, pick(q.b, q.s), 0, row)?;
+                let (offset, size) = rows(width);
+                p.copy(pick(self.b, self.s), offset, pick(q.b, q.s), 0, size)?;
             }
-            section(p, q, 1)?;
+            section(p, q, *n)?;
             let (pick, width) = output;
-            let row = 4 * width as u64;
-            p.copy(pick(q.b, q.s), 0, pick(self.b, self.s), j as u64 * row, row)?;
+            let (offset, size) = rows(width);
+            p.copy(pick(q.b, q.s), 0, pick(self.b, self.s), offset, size)?;
+            row0 += *n as u64;
         }
         Ok(())
     }

@@ -19,6 +19,8 @@ pub enum LogitsMode {
     LastAndSample,
     /// Every token's (teacher forcing, the `logits` command).
     All,
+    /// Each sequence's last token's (a batched step: the host samples each).
+    LastOfEach,
 }
 
 /// Reduced-precision paths. [`Precision::for_adapter`] is what users get: an f16 KV cache
@@ -78,7 +80,7 @@ impl Precision {
 
 /// Which kernel a step's products run on: the decode kernel (one token, or one token of each
 /// sequence of a batched step: each row computed exactly as it would be alone) or the tiled
-/// matmul at a precision (prefill chunks).
+/// matmul at a precision (prefill chunks, and batched steps holding one).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Products {
     Matvec,
@@ -96,7 +98,8 @@ pub struct StepBuffers {
     pub positions: Buffer,
     /// The residual stream, `[chunk][n_embd]`.
     pub x: Buffer,
-    /// The last row of `x` (the one the head reads when sampling).
+    /// The last row of `x` (the one the head reads when sampling); a batched step's holds
+    /// each sequence's last row.
     pub x_last: Buffer,
     /// A normed or projected `[chunk][n_embd]` (block inputs and outputs).
     pub h: Buffer,
@@ -105,8 +108,6 @@ pub struct StepBuffers {
     /// The precision in effect (`compute_f16` cleared on devices without `shader-f16`).
     pub precision: Precision,
     pub sampler: Option<Sampler>,
-    /// Rows are sequences of a batched decode step (`super::batch`), one token each.
-    pub batched: bool,
 }
 
 impl StepBuffers {
@@ -126,15 +127,14 @@ impl StepBuffers {
                 Device::Gpu(_) => Some(Sampler::new(dev, vocab)?),
                 Device::Cpu(_) => None,
             },
-            batched: false,
         })
     }
 
-    /// The kernel of a step's products over `n` rows: the decode kernel for one token and for
-    /// a batched decode step (so each row is computed as it would be alone), the tiled matmul
-    /// for prefill chunks.
+    /// The kernel of a step's products over `n` rows of one sequence: the decode kernel for
+    /// one token, the tiled matmul for prefill chunks (a batched step's:
+    /// `super::rows::Rows::products`).
     pub fn products(&self, n: u32) -> Products {
-        match n == 1 || self.batched {
+        match n == 1 {
             true => Products::Matvec,
             false => Products::Matmul(self.precision.matmul()),
         }

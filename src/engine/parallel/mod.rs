@@ -1,12 +1,13 @@
 //! Many generations at once: continuous batching on one engine. A [`Parallel`] run holds
 //! up to `max_seqs` sequences, each on a context of its own (its own KV rows: one range per
 //! slot, growing by pages as its sequence does, from the run's KV pool: `kv_pool.rs`, where
-//! sequences are preempted when it is full). A request joins with [`Parallel::admit`] (checked, given a slot); each [`Parallel::step`]
-//! then runs the prompts waiting to be prefilled, oldest first, a chunk at a time under a
-//! budget of one chunk's tokens (`max_chunk`) per step — a prompt that is done picks its
-//! first token — and one batched decode step of every sequence past its prompt
-//! (`crate::model::DecodeBatch`: one pass over all of them). So a long prompt or an image
-//! joining delays the running sequences by at most a chunk per step. Each sequence keeps its
+//! sequences are preempted when it is full). A request joins with [`Parallel::admit`]
+//! (checked, given a slot); each [`Parallel::step`] is then one batched step
+//! (`crate::model::StepBatch`: one pass, each weight read once for all its rows) of the next
+//! token of every sequence past its prompt and the next chunks of the prompts waiting to be
+//! prefilled, oldest first, under a budget of one chunk's tokens (`max_chunk`) — a prompt
+//! that is done picks its first token. So a long prompt or an image joining delays the
+//! running sequences by at most a chunk's rows per step. Each sequence keeps its
 //! own sampler, seed, penalties, constraint, stop strings and logprobs (tokens are picked on
 //! the host, as `generate.rs` does for such requests), and its chunks start where a prompt
 //! prefilled alone starts them, so its tokens are the ones it gets alone; it leaves at its
@@ -31,7 +32,7 @@ use std::rc::Rc;
 
 use web_time::Instant;
 
-use crate::model::{Context, DecodeBatch};
+use crate::model::{BatchInput, Context, StepBatch};
 use crate::sampling::{StopStrings, TokenLogprob};
 
 mod kv_pool;
@@ -80,7 +81,7 @@ type OnStep = Box<dyn FnMut(&StepOutput<'_>) -> Option<Wait>>;
 
 /// Sequences decoding together (see the module docs).
 pub struct Parallel {
-    batch: DecodeBatch,
+    batch: StepBatch,
     running: Vec<Running>,
     /// Contexts of sequences that left, for the next ones.
     idle: Vec<Idle>,
@@ -131,7 +132,7 @@ impl Engine {
         }
         let slot_rows = self.ctx.options().max_ctx;
         Ok(Parallel {
-            batch: DecodeBatch::new(&self.dev, &self.decoder, max_seqs, self.ctx.precision())?,
+            batch: StepBatch::new(&self.dev, &self.decoder, max_seqs, self.ctx.options().max_chunk, self.ctx.precision())?,
             running: Vec::new(),
             idle: Vec::new(),
             next_id: 0,
@@ -366,35 +367,81 @@ impl Parallel {
     }
 
     async fn step_on_device(&mut self, engine: &mut Engine) -> Result<Vec<ParallelEvent>, EngineError> {
-        self.decode(engine).await?;
-        self.prefill(engine).await?;
+        self.reserve_decode_rows(engine)?;
+        let ends = self.plan_chunks(engine)?;
+        self.run_step(engine, &ends).await?;
         Ok(self.events.take())
     }
 
-    /// The batched decode step of the sequences past their prompts.
-    async fn decode(&mut self, engine: &mut Engine) -> Result<(), EngineError> {
-        self.reserve_decode_rows(engine)?;
+    /// The batched step: the token of every sequence past its prompt that has a row for it,
+    /// and the prompt chunks `ends` names (each sequence and where its chunk ends); then each
+    /// sequence picks its next token (a prompt that is done, its first, but a recomputed one,
+    /// which goes on with the token it had).
+    async fn run_step(&mut self, engine: &mut Engine, ends: &[(SeqId, usize)]) -> Result<(), EngineError> {
+        let end_of = |id: SeqId| ends.iter().find(|&&(i, _)| i == id).map(|&(_, end)| end);
         // A sequence the pool had no row for waits for the next step.
-        let (mut decoding, waiting): (Vec<Running>, Vec<Running>) =
-            std::mem::take(&mut self.running).into_iter().partition(|r| r.prefill.is_none() && r.ctx.kv_rows() > r.ctx.n_past());
+        let (mut stepping, waiting): (Vec<Running>, Vec<Running>) = std::mem::take(&mut self.running)
+            .into_iter()
+            .partition(|r| end_of(r.id).is_some() || (r.prefill.is_none() && r.ctx.kv_rows() > r.ctx.n_past()));
         self.running = waiting;
-        if decoding.is_empty() {
+        if stepping.is_empty() {
             return Ok(());
         }
         let (dev, dec) = (&engine.dev, &engine.decoder);
-        let tokens: Vec<u32> = decoding.iter().map(|r| r.token).collect();
-        let mut ctxs: Vec<&mut Context> = decoding.iter_mut().map(|r| &mut r.ctx).collect();
-        let logits = match self.batch.step(dev, dec, &mut ctxs, &tokens).await {
+        let mut ctxs = Vec::with_capacity(stepping.len());
+        let mut inputs = Ok(Vec::with_capacity(stepping.len()));
+        for r in stepping.iter_mut() {
+            let Running { id, ctx, prompt, prefill, recompute, token, .. } = r;
+            let input = match (prefill.as_ref(), end_of(*id)) {
+                (Some(prefill), Some(end)) => chunk_input(engine, prompt, prefill, *recompute, ctx.n_past() as usize, end),
+                _ => Ok(BatchInput::Token(*token)),
+            };
+            inputs = inputs.and_then(|mut inputs| input.map(|i| inputs.push(i)).map(|()| inputs));
+            ctxs.push(ctx);
+        }
+        let stepped = match inputs {
+            Ok(inputs) => self.batch.step(dev, dec, &mut ctxs, inputs).await.map_err(EngineError::from),
+            Err(e) => Err(e),
+        };
+        drop(ctxs);
+        let logits = match stepped {
             Ok(logits) => logits,
             Err(e) => {
-                self.running.append(&mut decoding);
-                return Err(e.into());
+                self.running.append(&mut stepping);
+                return Err(e);
             }
         };
-        for (mut r, row) in decoding.into_iter().zip(logits.chunks(dec.cfg.vocab as usize)) {
-            match r.picker.mask().and_then(|mask| r.picker.pick(row, mask.as_deref())) {
-                Ok(picked) => self.take(r, picked).await,
-                Err(e) => self.fail(r, e),
+        let vocab = dec.cfg.vocab as usize;
+        for (j, mut r) in stepping.into_iter().enumerate() {
+            let row = logits.get(j * vocab..(j + 1) * vocab).unwrap_or_default();
+            let prompt_len = r.prefill.as_ref().map(|p| p.tokens.len());
+            match prompt_len {
+                None => match r.picker.mask().and_then(|mask| r.picker.pick(row, mask.as_deref())) {
+                    Ok(picked) => self.take(r, picked).await,
+                    Err(e) => self.fail(r, e),
+                },
+                Some(len) if r.ctx.n_past() as usize != len => self.running.push(r),
+                Some(_) if r.recompute => {
+                    (r.prefill, r.recompute) = (None, false);
+                    self.running.push(r);
+                }
+                Some(_) => {
+                    r.prefill = None;
+                    let picked = match r.picker.mask().and_then(|mask| r.picker.pick(row, mask.as_deref())) {
+                        Ok(picked) => picked,
+                        Err(e) => {
+                            self.fail(r, e);
+                            continue;
+                        }
+                    };
+                    r.out.time_to_first_token = r.start.elapsed().as_secs_f64();
+                    // Counted in the pool while the choices waiting for it copy its rows.
+                    let id = r.id;
+                    self.running.push(r);
+                    self.fork(engine, id, row).await?;
+                    let r = self.running.remove(self.running.iter().position(|r| r.id == id).expect("the leader runs"));
+                    self.take(r, picked).await;
+                }
             }
         }
         Ok(())
@@ -417,17 +464,16 @@ impl Parallel {
         Ok(())
     }
 
-    /// The next chunks of the prompts being prefilled, oldest first, while they fit in one
-    /// chunk's tokens and the KV pool has their rows; a prompt that is done picks its
-    /// sequence's first token (a recomputed one goes on with the token it had). A sequence
-    /// whose chunk fails leaves alone, unless the device is lost.
-    async fn prefill(&mut self, engine: &mut Engine) -> Result<(), EngineError> {
+    /// The next step's prompt chunks, oldest first, while they fit in one chunk's tokens and
+    /// the KV pool has their rows: each sequence and where its chunk ends. A sequence whose
+    /// rows fail leaves alone, unless the device is lost.
+    fn plan_chunks(&mut self, engine: &mut Engine) -> Result<Vec<(SeqId, usize)>, EngineError> {
         let chunk = engine.ctx.options().max_chunk as usize;
         // Oldest first: a sequence the pool has no rows for stops the newer ones, and an
         // older one may take rows from newer ones (a preempted sequence is older than the
         // prompts admitted after it).
         self.running.sort_by_key(|r| r.id);
-        let (mut budget, mut i) = (chunk, 0);
+        let (mut budget, mut i, mut ends) = (chunk, 0, Vec::new());
         while let Some(r) = self.running.get(i) {
             if r.prefill.is_none() || r.fork_of.is_some() {
                 i += 1;
@@ -446,49 +492,26 @@ impl Parallel {
                 }
             }
             let left = r.prefill.as_ref().map_or(0, |p| p.tokens.len()) - r.ctx.n_past() as usize;
-            let rows = r.ctx.n_past() + left.min(chunk) as u32;
+            let end = r.ctx.n_past() as usize + left.min(chunk);
             let reserved = match left.min(chunk) > budget {
                 true => Ok(false),
-                false => self.reserve(engine, r.id, &mut r.ctx, rows),
+                false => self.reserve(engine, r.id, &mut r.ctx, end as u32),
             };
             match reserved {
-                Ok(true) => budget -= left.min(chunk),
+                Ok(true) => {
+                    budget -= left.min(chunk);
+                    ends.push((r.id, end));
+                    self.running.insert(i, r);
+                    i += 1;
+                }
                 Ok(false) => {
                     self.running.insert(i, r);
                     break;
                 }
-                Err(e) => {
-                    self.fail_on_device(engine, r, e)?;
-                    continue;
-                }
-            }
-            let ran = match (left > chunk, r.recompute) {
-                (true, false) => r.run_chunk(engine, chunk).map(|()| None),
-                (_, true) => r.run_chunk(engine, left.min(chunk)).map(|()| {
-                    if r.ctx.n_past() as usize == r.prefill.as_ref().map_or(0, |p| p.tokens.len()) {
-                        (r.prefill, r.recompute) = (None, false);
-                    }
-                    None
-                }),
-                (false, false) => r.run_last_chunk(engine).await.map(Some),
-            };
-            match ran {
-                Ok(None) => {
-                    self.running.insert(i, r);
-                    i += 1;
-                }
-                Ok(Some((picked, logits))) => {
-                    // Counted in the pool while the choices waiting for it copy its rows.
-                    let id = r.id;
-                    self.running.push(r);
-                    self.fork(engine, id, &logits).await?;
-                    let r = self.running.remove(self.running.iter().position(|r| r.id == id).expect("the leader runs"));
-                    self.take(r, picked).await;
-                }
                 Err(e) => self.fail_on_device(engine, r, e)?,
             }
         }
-        Ok(())
+        Ok(ends)
     }
 
     /// The sequences waiting for `leader`'s prompt, which is done, take a copy of its state
@@ -652,39 +675,24 @@ impl Running {
         let prompt = self.keys[..n_past.min(self.keys.len())].iter().cloned();
         prompt.chain(self.out.tokens[..fed].iter().map(|&t| PosKey::Token(t))).collect()
     }
+}
 
-    /// Runs the next `chunk` tokens of the prompt (more are left after them).
-    /// A recomputed sequence's fed tokens run as text, whatever their ids (an image
-    /// placeholder the model picked is no image), in chunks of their own.
-    fn run_chunk(&mut self, engine: &Engine, chunk: usize) -> Result<(), EngineError> {
-        let prompt = self.prefill.as_ref().expect("a sequence being prefilled");
-        let (dev, dec) = (&engine.dev, &engine.decoder);
-        let (n_past, text_from) = (self.ctx.n_past() as usize, self.prompt.tokens.len());
-        let end = n_past + chunk;
-        match self.recompute {
-            true if n_past >= text_from => Ok(self.ctx.submit_prefix(dev, dec, &prompt.tokens, end, None)?),
-            true => {
-                let images = engine.placement(&self.prompt)?;
-                let head = &prompt.tokens[..text_from];
-                Ok(self.ctx.submit_prefix(dev, dec, head, end.min(text_from), images.as_ref())?)
-            }
-            false => {
-                let images = engine.placement(prompt)?;
-                Ok(self.ctx.submit_prefix(dev, dec, &prompt.tokens, end, images.as_ref())?)
-            }
-        }
-    }
-
-    /// Runs the rest of the prompt and picks the first token: that, and the logits it was
-    /// picked from (for the choices waiting for this prompt).
-    async fn run_last_chunk(&mut self, engine: &Engine) -> Result<((u32, Option<TokenLogprob>), Vec<f32>), EngineError> {
-        let prompt = self.prefill.take().expect("a sequence being prefilled");
-        let (dev, dec) = (&engine.dev, &engine.decoder);
-        self.ctx.submit_prompt(dev, dec, &prompt.tokens, engine.placement(&prompt)?.as_ref())?;
-        let mask = self.picker.mask()?;
-        let logits = self.ctx.read_logits(dev, dec).await?;
-        let picked = self.picker.pick(&logits, mask.as_deref())?;
-        self.out.time_to_first_token = self.start.elapsed().as_secs_f64();
-        Ok((picked, logits))
-    }
+/// The input of a batched step that runs `prefill.tokens[n_past..end]`: the prompt with its
+/// images, or for a recomputed sequence, its prompt's rows with their images, then the tokens
+/// it was fed, as text whatever their ids (an image placeholder the model picked is no image)
+/// and in chunks of their own.
+fn chunk_input<'p>(
+    engine: &'p Engine,
+    prompt: &'p Prompt,
+    prefill: &'p Prompt,
+    recompute: bool,
+    n_past: usize,
+    end: usize,
+) -> Result<BatchInput<'p>, EngineError> {
+    let text_from = prompt.tokens.len();
+    Ok(match recompute {
+        true if n_past >= text_from => BatchInput::Chunk { tokens: &prefill.tokens, end, images: None },
+        true => BatchInput::Chunk { tokens: &prefill.tokens[..text_from], end: end.min(text_from), images: engine.placement(prompt)? },
+        false => BatchInput::Chunk { tokens: &prefill.tokens, end, images: engine.placement(prefill)? },
+    })
 }

@@ -88,8 +88,7 @@ impl AttentionWeights {
         (qkv, attn): (Pick<S>, Pick<S>),
         io: impl Fn(&Seq<'a, S>) -> AttentionIo<'a>,
     ) -> Result<()> {
-        let (b, n) = (rows.b, rows.n);
-        let mm = b.products(n);
+        let (b, n, mm) = (rows.b, rows.n, rows.products());
         let (width, q_dim, kv_dim) = (s.qkv_width(), s.n_head * s.head_dim, s.n_kv_head * s.head_dim);
         linear_stacked(p, dev, &self.qkv, &b.h, (qkv(b, rows.s), width), n, mm)?;
         rows.per_sequence(p, &[(qkv, width)], (attn, q_dim), |p, q, n| {

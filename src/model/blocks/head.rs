@@ -1,6 +1,7 @@
 //! The two ends of a decoder: the token-embedding gather, and the final RMSNorm with the LM
 //! head (tied to the embedding when the file has no `output.weight`), whose logits are kept
-//! for every row or only the last one, from which the GPU sampler picks the next token.
+//! for every row, the last one (from which the GPU sampler picks the next token) or each
+//! sequence's last one in a batched step.
 
 use crate::backend::gpu::Result;
 use crate::backend::{Buffer, Device, Program};
@@ -9,6 +10,7 @@ use crate::kernels::{embedding, matvec, norm};
 use crate::source::{LoadError, LoadQuant, WeightLoader};
 
 use super::linear;
+use crate::model::rows::Rows;
 use crate::model::step::{LogitsMode, StepBuffers};
 
 /// Token embedding, final norm and LM head.
@@ -56,15 +58,25 @@ impl Head {
         embedding::record(p, dev, &self.token_embd, &b.ids, &b.x, n)
     }
 
-    /// The final norm and the logits `mode` asks for, from the hidden states in `b.x`; with
-    /// [`LogitsMode::LastAndSample`] the sampled id goes to `b.ids[0]`.
-    pub fn record_logits(&self, p: &mut Program, dev: &Device, b: &StepBuffers, n: u32, mode: LogitsMode) -> Result<()> {
-        let d = self.token_embd.cols;
+    /// The final norm and the logits `mode` asks for, from the hidden states of `rows` in
+    /// `b.x`; with [`LogitsMode::LastAndSample`] the sampled id goes to `b.ids[0]`.
+    pub fn record_logits<S>(&self, p: &mut Program, dev: &Device, rows: &Rows<'_, S>, mode: LogitsMode) -> Result<()> {
+        let (b, n, d) = (rows.b, rows.n, self.token_embd.cols);
         match mode {
             LogitsMode::None => Ok(()),
             LogitsMode::All => {
                 norm::rms_norm(p, dev, &b.x, &self.output_norm, &b.h, n, d, self.rms_eps)?;
-                linear(p, dev, self.lm_head(), &b.h, &b.logits, n, b.products(n))
+                linear(p, dev, self.lm_head(), &b.h, &b.logits, n, rows.products())
+            }
+            LogitsMode::LastOfEach => {
+                // The decode kernel, as each sequence's last row alone gets.
+                let (row, last) = (4 * d as u64, rows.last_rows());
+                for (j, &r) in last.iter().enumerate() {
+                    p.copy(&b.x, r as u64 * row, &b.x_last, j as u64 * row, row)?;
+                }
+                let k = last.len() as u32;
+                norm::rms_norm(p, dev, &b.x_last, &self.output_norm, &b.h, k, d, self.rms_eps)?;
+                matvec::record(p, dev, self.lm_head(), &b.h, &b.logits, k)
             }
             LogitsMode::LastAndSample => {
                 let row = 4 * d as u64;

@@ -1,4 +1,4 @@
-//! Aggregate decode throughput of batched steps (`DecodeBatch`): for each batch size N,
+//! Aggregate decode throughput of batched steps (`StepBatch`): for each batch size N,
 //! N sequences are prefilled with short random prompts (`--prompt-tokens`, at most 16) and
 //! then decoded together, one
 //! token each per step; the figure is N tokens per step over the step's time, beside the
@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use webvlm::backend::gpu::Readback;
 use webvlm::backend::Device;
 use webvlm::gguf::SplitMix64;
-use webvlm::model::{Context, ContextOptions, DecodeBatch, Decoder};
+use webvlm::model::{Context, ContextOptions, StepBatch, Decoder};
 
 use super::timing::median;
 use super::Out;
@@ -46,7 +46,7 @@ pub fn bench_batches(
     let mut figures: Vec<Value> = Vec::new();
     for &n in sizes {
         let mut ctxs = (0..n).map(|_| Context::new(dev, dec, opts)).collect::<Result<Vec<_>, _>>()?;
-        let mut batch = DecodeBatch::new(dev, dec, n, ctxs[0].precision())?;
+        let mut batch = StepBatch::new(dev, dec, n, 0, ctxs[0].precision())?;
         let mut tokens = Vec::new();
         for ctx in &mut ctxs {
             let prompt: Vec<u32> = (0..prompt_tokens).map(|_| (rng.next_u64() % vocab) as u32).collect();
@@ -55,7 +55,7 @@ pub fn bench_batches(
         }
         let mut refs: Vec<&mut Context> = ctxs.iter_mut().collect();
         let mut step = |tokens: &mut Vec<u32>| -> Res<()> {
-            let logits = pollster::block_on(batch.step(dev, dec, &mut refs, tokens))?;
+            let logits = pollster::block_on(batch.decode(dev, dec, &mut refs, tokens))?;
             *tokens = logits.chunks(vocab as usize).map(argmax).collect();
             Ok(())
         };

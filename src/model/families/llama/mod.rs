@@ -85,14 +85,14 @@ impl Llama {
     pub fn record(&self, p: &mut Program, dev: &Device, rows: &Rows<'_, Scratch>, mode: LogitsMode) -> GpuResult<()> {
         let c = &self.cfg;
         let (b, n) = (rows.b, rows.n);
-        let (d, mm, shape) = (c.text.n_embd, b.products(n), c.attention());
+        let (d, mm, shape) = (c.text.n_embd, rows.products(), c.attention());
         for (i, l) in self.weights.layers.iter().enumerate() {
             norm::rms_norm(p, dev, &b.x, &l.attn_norm, &b.h, n, d, c.rms_eps)?;
             l.attn.record(p, dev, &shape, &self.rope, rows, (|_, s| &s.qkv, |_, s| &s.attn), |q| q.s.attention_io(q.state, i))?;
             norm::rms_norm(p, dev, &b.x, &l.ffn_norm, &b.h, n, d, c.rms_eps)?;
             l.ffn.record(p, dev, &b.h, FfnScratch { gate_up: &rows.s.gate_up, act: &rows.s.act }, &b.x, n, mm)?;
         }
-        self.weights.head.record_logits(p, dev, b, n, mode)
+        self.weights.head.record_logits(p, dev, rows, mode)
     }
 }
 

@@ -134,7 +134,7 @@ impl Mllama {
     pub fn record(&self, p: &mut Program, dev: &Device, rows: &Rows<'_, Scratch>, mode: LogitsMode) -> GpuResult<()> {
         let c = &self.cfg;
         let (b, n) = (rows.b, rows.n);
-        let (d, eps, mm, shape) = (c.llama.text.n_embd, c.llama.rms_eps, b.products(n), c.llama.attention());
+        let (d, eps, mm, shape) = (c.llama.text.n_embd, c.llama.rms_eps, rows.products(), c.llama.attention());
         let (mut self_i, mut cross_i) = (0, 0);
         for l in &self.weights.layers {
             match l {
@@ -160,7 +160,7 @@ impl Mllama {
                 }
             }
         }
-        self.weights.head.record_logits(p, dev, b, n, mode)
+        self.weights.head.record_logits(p, dev, rows, mode)
     }
 
     /// One cross-attention block over `n` tokens with the `i`-th cross layer's image keys.

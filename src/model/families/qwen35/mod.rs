@@ -125,7 +125,7 @@ impl Qwen35 {
     pub fn record(&self, p: &mut Program, dev: &Device, rows: &Rows<'_, Scratch>, mode: LogitsMode) -> GpuResult<()> {
         let (c, t, ss) = (&self.cfg, &self.cfg.text, &self.cfg.ssm);
         let (b, s, n) = (rows.b, rows.s, rows.n);
-        let (d, mm, eps) = (t.n_embd, b.products(n), c.rms_eps);
+        let (d, mm, eps) = (t.n_embd, rows.products(), c.rms_eps);
         let add = Output { stride: d, offset: 0, epilogue: Epilogue::Add };
         for (i, l) in self.weights.layers.iter().enumerate() {
             norm::rms_norm(p, dev, &b.x, &l.attn_norm, &b.h, n, d, eps)?;
@@ -157,7 +157,7 @@ impl Qwen35 {
             norm::rms_norm(p, dev, &b.x, &l.post_attention_norm, &b.h, n, d, eps)?;
             l.ffn.record(p, dev, &b.h, FfnScratch { gate_up: &s.gate_up, act: &s.act }, &b.x, n, mm)?;
         }
-        self.weights.head.record_logits(p, dev, b, n, mode)
+        self.weights.head.record_logits(p, dev, rows, mode)
     }
 
     /// A DeltaNet layer's recurrent part for one sequence's `n` tokens, from the projected
