@@ -296,7 +296,9 @@ impl MemoryPlan {
                 // A row per sequence and a chunk's, a row of logits (and of last rows) per sequence.
                 let rows = |n: u32| {
                     let (rows, last_rows) = (n + chunk, 4 * n as u64 * cfg.n_embd as u64);
-                    step_bytes(&cfg, rows, n as u64) + last_rows + mllama.as_ref().map_or(0, |m| mllama::extra_step_bytes(m, rows as u64))
+                    step_bytes(&cfg, rows, n as u64)
+                        + last_rows
+                        + mllama.as_ref().map_or(0, |m| mllama::extra_step_bytes(m, rows as u64))
                 };
                 let row = rows(2) - rows(1);
                 [rows(1) - row, row]

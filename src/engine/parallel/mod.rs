@@ -10,7 +10,8 @@
 //! running sequences by at most a chunk's rows per step. Each sequence keeps its
 //! own sampler, seed, penalties, constraint, stop strings and logprobs (tokens are picked on
 //! the host, as `generate.rs` does for such requests), and its chunks start where a prompt
-//! prefilled alone starts them, so its tokens are the ones it gets alone; it leaves at its
+//! prefilled alone starts them, so its tokens are the ones it gets alone (see
+//! `crate::model::rows` for the rounding of a step holding a chunk); it leaves at its
 //! end, and [`Parallel::cancel`] frees its slot at once.
 //!
 //! A slot keeps the sequence it last ran: a request admitted to a free slot takes the one
@@ -692,7 +693,9 @@ fn chunk_input<'p>(
     let text_from = prompt.tokens.len();
     Ok(match recompute {
         true if n_past >= text_from => BatchInput::Chunk { tokens: &prefill.tokens, end, images: None },
-        true => BatchInput::Chunk { tokens: &prefill.tokens[..text_from], end: end.min(text_from), images: engine.placement(prompt)? },
+        true => {
+            BatchInput::Chunk { tokens: &prefill.tokens[..text_from], end: end.min(text_from), images: engine.placement(prompt)? }
+        }
         false => BatchInput::Chunk { tokens: &prefill.tokens, end, images: engine.placement(prefill)? },
     })
 }

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use webvlm::backend::gpu::Readback;
 use webvlm::backend::Device;
 use webvlm::gguf::SplitMix64;
-use webvlm::model::{Context, ContextOptions, StepBatch, Decoder};
+use webvlm::model::{Context, ContextOptions, Decoder, StepBatch};
 
 use super::timing::median;
 use super::Out;
