@@ -29,9 +29,12 @@ fn engine(dev: Device) -> Engine {
 
 /// The tiny VLM with contexts of `max_ctx` positions.
 fn engine_of(dev: Device, max_ctx: u32) -> Engine {
+    engine_with(dev, ContextOptions { max_ctx, max_chunk: 16, ..Default::default() })
+}
+
+fn engine_with(dev: Device, opts: ContextOptions) -> Engine {
     let model = MappedGguf::open(fixture(TINY_VLM).join("model.gguf")).unwrap();
     let proj = MappedGguf::open(fixture(TINY_VLM).join("mmproj.gguf")).unwrap();
-    let opts = ContextOptions { max_ctx, max_chunk: 16, ..Default::default() };
     Engine::builder(dev).context(opts).vision(&mut Eager(&proj), LoadQuant::Keep).load(&mut Eager(&model)).unwrap()
 }
 
@@ -395,6 +398,15 @@ fn a_prompt_sharing_a_running_sequences_prefix_copies_it() {
         let (second, _) = pollster::block_on(run.admit(&mut e, &b, &opts)).unwrap();
         let got = run_to_end(&mut e, &mut run, Vec::new()).remove(&second).unwrap();
         assert_eq!(got.cached_tokens, common, "{what}: the prefix prefilled meanwhile");
+        assert_eq!((&got.tokens, &got.text), (&want.tokens, &want.text), "{what}");
+        // Both prompts within one step's chunk: the second waits a step for the prefix the
+        // first computes in it.
+        let mut e = engine_with(dev(), ContextOptions { max_ctx: 256, max_chunk: 256, ..Default::default() });
+        let mut run = e.parallel(2).unwrap();
+        let (_, _) = pollster::block_on(run.admit(&mut e, &a, &opts)).unwrap();
+        let (second, _) = pollster::block_on(run.admit(&mut e, &b, &opts)).unwrap();
+        let got = run_to_end(&mut e, &mut run, Vec::new()).remove(&second).unwrap();
+        assert_eq!(got.cached_tokens, common, "{what}: the prefix computed beside it");
         assert_eq!((&got.tokens, &got.text), (&want.tokens, &want.text), "{what}");
     }
 }

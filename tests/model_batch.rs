@@ -91,8 +91,8 @@ fn alone(dev: &Device, dec: &Decoder, seq: &Seq) -> Run {
 enum Join {
     /// Prefilled alone at its join step, then decoded in batched steps.
     Alone,
-    /// Its prompt run in chunks by the batched steps, beside the others' tokens (at most a
-    /// chunk's rows a step, the oldest prompt first).
+    /// Its prompt run in chunks by the batched steps, beside the others' tokens (a step's
+    /// rows within a chunk's, the oldest prompt first).
     Chunked,
 }
 
@@ -116,10 +116,14 @@ fn batched(dev: &Device, dec: &Decoder, seqs: &[Seq], join: Join) -> (Vec<Run>, 
                 Join::Chunked => new_context(dev, dec, seq),
             });
         }
-        // Those with tokens still to generate feed their last one; prompts run a chunk.
-        let (mut active, mut inputs, mut budget) = (vec![], vec![], OPTS.max_chunk as usize);
+        // Those with tokens still to generate feed their last one; prompts run a chunk, the
+        // step's rows within one chunk's (as `engine::Parallel` plans them).
+        let live = |i: usize| running[i].is_some() && runs[i].0.len() < seqs[i].tokens;
+        let decoding = (0..seqs.len()).filter(|&i| live(i) && !runs[i].0.is_empty()).count();
+        let (mut active, mut inputs) = (vec![], vec![]);
+        let mut budget = (OPTS.max_chunk as usize).saturating_sub(decoding).max(1);
         for (i, seq) in seqs.iter().enumerate() {
-            let (Some(ctx), true) = (&running[i], runs[i].0.len() < seq.tokens) else { continue };
+            let (Some(ctx), true) = (&running[i], live(i)) else { continue };
             let n_past = ctx.n_past() as usize;
             if !runs[i].0.is_empty() {
                 inputs.push(BatchInput::Token(*runs[i].0.last().unwrap()));

@@ -264,8 +264,14 @@ pub fn turn_boundaries(tokens: &[u32], cached: usize, eot: &[u32]) -> Vec<usize>
 /// the common prefix, short of the prompt's last token (its logits pick the first new one);
 /// with recurrent layers the whole cached sequence or nothing.
 pub fn live_prefix(live: &[PosKey], keys: &[PosKey], ctx: &Context) -> usize {
-    let common = common_prefix(live, keys).min(ctx.n_past() as usize).min(keys.len().saturating_sub(1));
-    match ctx.has_recurrent() && common != ctx.n_past() as usize {
+    prefix_of_rows(live, keys, ctx.n_past() as usize, ctx.has_recurrent())
+}
+
+/// [`live_prefix`] of a context that holds (or is about to hold) the first `rows` positions
+/// of `live`.
+pub fn prefix_of_rows(live: &[PosKey], keys: &[PosKey], rows: usize, recurrent: bool) -> usize {
+    let common = common_prefix(live, keys).min(rows).min(keys.len().saturating_sub(1));
+    match recurrent && common != rows {
         true => 0,
         false => common,
     }

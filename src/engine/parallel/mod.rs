@@ -5,14 +5,14 @@
 //! (checked, given a slot); each [`Parallel::step`] is then one batched step
 //! (`crate::model::StepBatch`: one pass, each weight read once for all its rows) of the next
 //! token of every sequence past its prompt and the next chunks of the prompts waiting to be
-//! prefilled, oldest first, under a budget of one chunk's tokens (`max_chunk`) — a prompt
-//! that is done picks its first token. So a long prompt or an image joining delays the
-//! running sequences by at most a chunk's rows per step. Each sequence keeps its
-//! own sampler, seed, penalties, constraint, stop strings and logprobs (tokens are picked on
-//! the host, as `generate.rs` does for such requests), and its chunks start where a prompt
-//! prefilled alone starts them, so its tokens are the ones it gets alone (see
-//! `crate::model::rows` for the rounding of a step holding a chunk); it leaves at its
-//! end, and [`Parallel::cancel`] frees its slot at once.
+//! prefilled, oldest first, the step's rows within one chunk's (`max_chunk`, as vLLM's token
+//! budget per step) — a prompt that is done picks its first token. So a long prompt or an
+//! image joining delays the running sequences by at most a chunk's rows per step. Each
+//! sequence keeps its own sampler, seed, penalties, constraint, stop strings and logprobs
+//! (tokens are picked on the host, as `generate.rs` does for such requests), so its tokens
+//! are the ones it gets alone (its logits within the rounding of the kernels a step holding
+//! a chunk runs: see `crate::model::rows`); it leaves at its end, and [`Parallel::cancel`]
+//! frees its slot at once.
 //!
 //! A slot keeps the sequence it last ran: a request admitted to a free slot takes the one
 //! whose sequence shares the longest prefix with its prompt (the keys of `prompt_cache`:
@@ -41,7 +41,7 @@ mod kv_pool;
 pub use kv_pool::{KvPool, DEFAULT_KV_PAGE};
 
 use super::generate::{Emitter, HostPicker};
-use super::prompt_cache::{live_prefix, PosKey, PromptCache};
+use super::prompt_cache::{live_prefix, prefix_of_rows, PosKey, PromptCache};
 use super::{Engine, EngineError, FinishReason, GenerateOptions, Generation, Prompt, StepOutput, Wait};
 
 /// A sequence of a [`Parallel`] run, numbered from 0 in the order admitted.
@@ -465,17 +465,21 @@ impl Parallel {
         Ok(())
     }
 
-    /// The next step's prompt chunks, oldest first, while they fit in one chunk's tokens and
-    /// the KV pool has their rows: each sequence and where its chunk ends. A sequence whose
-    /// rows fail leaves alone, unless the device is lost.
+    /// The next step's prompt chunks, oldest first, while the step's rows (the decoding
+    /// sequences' tokens, then the chunks) fit in one chunk's (at least one prompt row a
+    /// step) and the KV pool has their rows: each sequence and where its chunk ends. A
+    /// sequence whose rows fail leaves alone, unless the device is lost.
     fn plan_chunks(&mut self, engine: &mut Engine) -> Result<Vec<(SeqId, usize)>, EngineError> {
-        let chunk = engine.ctx.options().max_chunk as usize;
+        // One chunk's rows a step keeps the tiled matmul's tiles full (a chunk and the tokens
+        // beside it would start a tile row of their own).
+        let decoding = self.running.iter().filter(|r| r.prefill.is_none() && r.ctx.kv_rows() > r.ctx.n_past()).count();
+        let mut budget = (engine.ctx.options().max_chunk as usize).saturating_sub(decoding).max(1);
         // Oldest first: a sequence the pool has no rows for stops the newer ones, and an
         // older one may take rows from newer ones (a preempted sequence is older than the
         // prompts admitted after it).
         self.running.sort_by_key(|r| r.id);
-        let (mut budget, mut i, mut ends) = (chunk, 0, Vec::new());
-        while let Some(r) = self.running.get(i) {
+        let (mut i, mut ends) = (0, Vec::new());
+        while let Some(r) = self.running.get(i).filter(|_| budget > 0) {
             if r.prefill.is_none() || r.fork_of.is_some() {
                 i += 1;
                 continue;
@@ -483,7 +487,13 @@ impl Parallel {
             let mut r = self.running.remove(i);
             if r.shares && !r.recompute && r.ctx.n_past() as usize == r.out.cached_tokens {
                 // Before its first chunk: a prefix another sequence computed since this one
-                // joined (requests sent together with one system prompt).
+                // joined (requests sent together with one system prompt), or is computing
+                // in this step, which it then waits for.
+                if self.computes_prefix(&r, &ends) {
+                    self.running.insert(i, r);
+                    i += 1;
+                    continue;
+                }
                 match self.share_prefix(engine, &mut r.ctx, &r.keys, r.out.cached_tokens) {
                     Ok(cached) => r.out.cached_tokens = cached,
                     Err(e) => {
@@ -492,15 +502,11 @@ impl Parallel {
                     }
                 }
             }
-            let left = r.prefill.as_ref().map_or(0, |p| p.tokens.len()) - r.ctx.n_past() as usize;
-            let end = r.ctx.n_past() as usize + left.min(chunk);
-            let reserved = match left.min(chunk) > budget {
-                true => Ok(false),
-                false => self.reserve(engine, r.id, &mut r.ctx, end as u32),
-            };
-            match reserved {
+            let rows = (r.prefill.as_ref().map_or(0, |p| p.tokens.len()) - r.ctx.n_past() as usize).min(budget);
+            let end = r.ctx.n_past() as usize + rows;
+            match self.reserve(engine, r.id, &mut r.ctx, end as u32) {
                 Ok(true) => {
-                    budget -= left.min(chunk);
+                    budget -= rows;
                     ends.push((r.id, end));
                     self.running.insert(i, r);
                     i += 1;
@@ -608,6 +614,13 @@ impl Parallel {
         }
         let cached = engine.prompt_cache.reuse_in(&engine.dev, &mut ctx, live, keys)?;
         Ok((ctx, cached))
+    }
+
+    /// Whether a prompt chunk of `ends` (this step's so far) computes more of `r`'s prompt
+    /// than `r` holds.
+    fn computes_prefix(&self, r: &Running, ends: &[(SeqId, usize)]) -> bool {
+        let planned = ends.iter().filter_map(|&(id, end)| Some((self.running.iter().find(|o| o.id == id && !o.recompute)?, end)));
+        planned.map(|(o, end)| prefix_of_rows(&o.keys, &r.keys, end, o.ctx.has_recurrent())).any(|n| n > r.ctx.n_past() as usize)
     }
 
     /// Copies into `ctx`, which holds `cached` positions of a prompt with `keys`, the longest

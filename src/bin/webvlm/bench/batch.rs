@@ -5,7 +5,8 @@
 //! weight bytes per generated token (the model's once per step, so 1/N of a lone
 //! sequence's where each weight comes from memory once per step: the CPU backend's matvec;
 //! the GPU's reads its weights per token, mostly from cache). Tokens are picked on the host (greedy), as a batch samples each sequence
-//! with its own options.
+//! with its own options. Then a prompt chunk joining the largest batch: in one step with
+//! the decode tokens, against a decode step and a prefill pass of its own.
 
 use std::time::Instant;
 
@@ -14,7 +15,7 @@ use serde_json::{json, Value};
 use webvlm::backend::gpu::Readback;
 use webvlm::backend::Device;
 use webvlm::gguf::SplitMix64;
-use webvlm::model::{Context, ContextOptions, Decoder, StepBatch};
+use webvlm::model::{BatchInput, Context, ContextOptions, Decoder, StepBatch};
 
 use super::timing::median;
 use super::Out;
@@ -84,7 +85,69 @@ pub fn bench_batches(
         figures.push(v);
         profile_steps(dev, out, n, vocab, || step(&mut tokens))?;
     }
+    if let Some(&n) = sizes.iter().filter(|&&n| n >= 2).max() {
+        figures.push(bench_mixed_step(dev, out, label, dec, n, steps)?);
+    }
     Ok(figures)
+}
+
+/// A prompt joining `n - 1` decoding sequences: one step of their tokens and a chunk of the
+/// new sequence's prompt filling the step's rows to one chunk's, as `engine::Parallel` plans
+/// them (`BatchInput::Chunk`, each weight read once), against a decode step of the `n - 1`
+/// then the chunk on its own (each weight read twice), timed in
+/// alternation over `steps` rounds, at most 5 (the chunk rerun from the start of its
+/// prompt each time). Returns the figures (also emitted).
+fn bench_mixed_step(dev: &Device, out: &Out, label: &str, dec: &Decoder, n: u32, steps: usize) -> Res<Value> {
+    let vocab = dec.cfg.vocab as u64;
+    let adapter = ContextOptions::for_adapter(dev.caps());
+    let chunk = adapter.max_chunk.saturating_sub(n - 1).max(1);
+    let decoding_opts = ContextOptions { max_ctx: 16, max_chunk: 1, ..adapter };
+    let mut rng = SplitMix64::new(7);
+    let mut token = || (rng.next_u64() % vocab) as u32;
+    let mut ctxs = (1..n).map(|_| Context::new(dev, dec, decoding_opts)).collect::<Result<Vec<_>, _>>()?;
+    let mut joining = Context::new(dev, dec, ContextOptions { max_ctx: chunk, max_chunk: chunk, ..adapter })?;
+    let mut batch = StepBatch::new(dev, dec, n, chunk, joining.precision())?;
+    let (mut tokens, rounds) = (Vec::new(), steps.clamp(2, 5));
+    for ctx in &mut ctxs {
+        ctx.submit_prompt(dev, dec, &[token()], None)?;
+        tokens.push(argmax(&pollster::block_on(ctx.read_logits(dev, dec))?));
+    }
+    let prompt: Vec<u32> = (0..chunk).map(|_| token()).collect();
+    let chunk_input = || BatchInput::Chunk { tokens: &prompt, end: prompt.len(), images: None };
+    let (mut mixed, mut apart) = (Vec::new(), Vec::new());
+    // The first round of each records its programs.
+    for round in 0..=rounds {
+        let t = Instant::now();
+        joining.reset();
+        let mut refs: Vec<&mut Context> = ctxs.iter_mut().chain([&mut joining]).collect();
+        let inputs = tokens.iter().map(|&t| BatchInput::Token(t)).chain([chunk_input()]).collect();
+        let logits = pollster::block_on(batch.step(dev, dec, &mut refs, inputs))?;
+        tokens = logits.chunks(vocab as usize).take(tokens.len()).map(argmax).collect();
+        let mixed_s = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        joining.reset();
+        let mut refs: Vec<&mut Context> = ctxs.iter_mut().collect();
+        let logits = pollster::block_on(batch.decode(dev, dec, &mut refs, &tokens))?;
+        tokens = logits.chunks(vocab as usize).map(argmax).collect();
+        pollster::block_on(batch.step(dev, dec, &mut [&mut joining], vec![chunk_input()]))?;
+        if round > 0 {
+            (mixed.push(mixed_s), apart.push(t.elapsed().as_secs_f64()));
+        }
+    }
+    let (mixed_s, apart_s) = (median(&mut mixed), median(&mut apart));
+    out.note(&format!(
+        "  a {chunk}-token prompt chunk joining {} decoding sequences: {:.1} ms in one step, {:.1} ms as a decode step and a prefill pass ({:.2}x)",
+        n - 1,
+        mixed_s * 1e3,
+        apart_s * 1e3,
+        apart_s / mixed_s
+    ));
+    let v = json!({
+        "kind": "batch_mixed_step", "model": label, "decoding": n - 1, "chunk_tokens": chunk,
+        "one_step_seconds": mixed_s, "two_passes_seconds": apart_s, "rounds": rounds,
+    });
+    out.emit(v.clone());
+    Ok(v)
 }
 
 /// Steps profiled: GPU time per step of each kernel, where the device times its kernels
