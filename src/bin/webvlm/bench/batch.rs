@@ -131,7 +131,8 @@ fn bench_mixed_step(dev: &Device, out: &Out, label: &str, dec: &Decoder, n: u32,
         tokens = logits.chunks(vocab as usize).map(argmax).collect();
         pollster::block_on(batch.step(dev, dec, &mut [&mut joining], vec![chunk_input()]))?;
         if round > 0 {
-            (mixed.push(mixed_s), apart.push(t.elapsed().as_secs_f64()));
+            mixed.push(mixed_s);
+            apart.push(t.elapsed().as_secs_f64());
         }
     }
     let (mixed_s, apart_s) = (median(&mut mixed), median(&mut apart));
