@@ -118,10 +118,23 @@ impl StepBatch {
             let (got, want) = (c.precision(), self.b.precision);
             return Err(ModelError::Invalid(format!("a context at {got:?} in a batch at {want:?}")));
         }
+        let rows: usize = seqs
+            .iter()
+            .zip(&inputs)
+            .map(|(c, input)| match input {
+                BatchInput::Token(_) => 1,
+                BatchInput::Chunk { end, .. } => end.saturating_sub(c.n_past() as usize),
+            })
+            .sum();
+        if rows > (self.max_seqs + self.max_chunk) as usize {
+            let max = self.max_seqs + self.max_chunk;
+            return Err(ModelError::Invalid(format!("a batched step of {rows} rows (at most {max})")));
+        }
         let (mut ids, mut counts, mut before, mut copies) = (Vec::new(), Vec::new(), Program::new(), Program::new());
         let row = 4 * dec.cfg.n_embd as u64;
         let mut logits = false;
         for (c, input) in seqs.iter_mut().zip(&inputs) {
+            let first = ids.len();
             match input {
                 BatchInput::Token(token) => {
                     c.begin_batched(dev, dec, *token)?;
@@ -137,11 +150,7 @@ impl StepBatch {
                     logits |= *end == tokens.len();
                 }
             }
-            counts.push(ids.len() as u32 - counts.iter().sum::<u32>());
-        }
-        if ids.len() > (self.max_seqs + self.max_chunk) as usize {
-            let (rows, max) = (ids.len(), self.max_seqs + self.max_chunk);
-            return Err(ModelError::Invalid(format!("a batched step of {rows} rows (at most {max})")));
+            counts.push((ids.len() - first) as u32);
         }
         dev.write(&self.b.ids, 0, bytemuck::cast_slice(&ids))?;
         let mode = if logits { LogitsMode::LastOfEach } else { LogitsMode::None };
