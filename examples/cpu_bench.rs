@@ -133,7 +133,8 @@ fn levels() -> Result<String, Box<dyn std::error::Error>> {
 /// A batched decode step's products on 2 threads: four layers of SmolLM2-1.7B's matrices (as in
 /// [`levels`]; larger than the caches) per fast-mode format, N tokens through each, by the
 /// matvec (each row fetched once, dotted with every token), by the matmul's tiles (a panel
-/// decoded once for the tokens) and, for Q4_K and Q6_K at the AVX-512 levels, from the rows repacked at load (no decoding). Each cell is ms per step and, in brackets, the step's tokens/s
+/// decoded once for the tokens) and, at the AVX-512 levels, from the rows repacked at load (no
+/// decoding). Each cell is ms per step and, in brackets, the step's tokens/s
 /// over one token's matvec: the batched step's ceiling where the products are the step.
 fn batch() -> Result<String, Box<dyn std::error::Error>> {
     let pool = ThreadPool::new(2)?;

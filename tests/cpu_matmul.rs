@@ -136,10 +136,56 @@ fn repacked_k_quants_equal_the_matvec_at_every_token_count() {
         let err = matmul_repacked(&ThreadPool::new(1).unwrap(), &packed, &x, &mut short, 2).err();
         assert!(matches!(err, Some(MatvecError::Length { what: "y", .. })), "{err:?}");
     }
-    let cols = cols(GgmlType::Q8_0);
-    let q8 = random_blocks(GgmlType::Q8_0, ROWS * cols / 32, 14);
-    let err = Repacked::pack(&ThreadPool::new(1).unwrap(), &Weight::new(GgmlType::Q8_0, ROWS, cols, &q8).unwrap()).err();
-    assert!(matches!(err, Some(MatvecError::Unsupported(GgmlType::Q8_0))), "{err:?}");
+    let cols = cols(GgmlType::F16);
+    let f16 = vec![0; ROWS * cols * 2];
+    let err = Repacked::pack(&ThreadPool::new(1).unwrap(), &Weight::new(GgmlType::F16, ROWS, cols, &f16).unwrap()).err();
+    assert!(matches!(err, Some(MatvecError::Unsupported(GgmlType::F16))), "{err:?}");
+}
+
+#[test]
+fn repacked_32_element_formats_give_each_token_its_own_bits_at_every_token_count() {
+    // Q4_0, Q4_1 and Q8_0 repacked keep their own order of f32 steps: a token's result is the
+    // same bits alone (a decode step) and among any number of others (a batched step), on
+    // every level and thread count, and within rounding of the matvec's; the exactly
+    // representable case equals the reference.
+    let rows = ROWS;
+    for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+        let cols = cols(ty);
+        let bytes = random_blocks(ty, rows * cols / ty.block_size(), 21);
+        let w = Weight::new(ty, rows, cols, &bytes).unwrap();
+        let packed = Repacked::pack(&ThreadPool::new(2).unwrap(), &w).unwrap();
+        assert_eq!((packed.ty(), packed.rows(), packed.cols()), (ty, rows, cols));
+        let repacked = |level: Simd, pool: &ThreadPool, x: &[f32], n_tok: usize| {
+            let mut y = vec![f32::NAN; n_tok * rows];
+            simd::with_level(level, || matmul_repacked(pool, &packed, x, &mut y, n_tok)).unwrap().unwrap();
+            y
+        };
+        for n_tok in (1..=9).chain([16, 17]) {
+            let x = activations(n_tok * cols, 50 + n_tok as u64);
+            // Each token alone, on the portable level.
+            let alone: Vec<f32> =
+                x.chunks(cols).flat_map(|x| repacked(Simd::Scalar, &ThreadPool::new(1).unwrap(), x, 1)).collect();
+            for pool in pools() {
+                for level in Simd::available() {
+                    let y = repacked(level, &pool, &x, n_tok);
+                    assert!(y == alone, "{ty} {level} {} threads, {n_tok} tokens", pool.threads());
+                    let mv = run(matvec, level, &pool, &w, &x, n_tok, Mode::Fast);
+                    let err = rel_l2(&y, &mv);
+                    assert!(err < 1e-6, "{ty} {level}: {err:e} from the matvec");
+                }
+            }
+        }
+        let bytes = representable_weights(ty, rows * cols, 22);
+        let w = Weight::new(ty, rows, cols, &bytes).unwrap();
+        let packed = Repacked::pack(&ThreadPool::new(2).unwrap(), &w).unwrap();
+        let x = representable_activations(3 * cols, 23);
+        let want = matvec_ref(&dequantize_to_vec(ty, &bytes, rows * cols).unwrap(), rows, cols, &x, 3);
+        for level in Simd::available() {
+            let mut y = vec![f32::NAN; 3 * rows];
+            simd::with_level(level, || matmul_repacked(&ThreadPool::new(2).unwrap(), &packed, &x, &mut y, 3)).unwrap().unwrap();
+            assert!(y == want, "{ty} {level}");
+        }
+    }
 }
 
 #[test]

@@ -294,8 +294,8 @@ impl CpuWeight {
     /// panels from both halves only where each half is whole panels):
     /// made at the first such product and kept until a part is written again. `None` where
     /// it does not apply or the memory for it was refused, which is not asked again until a
-    /// part is written (the product then reads the rows as they are; the results are the same
-    /// bits either way).
+    /// part is written (the product then reads the rows as they are: the same bits for Q4_K
+    /// and Q6_K, within rounding for the 32-element formats, `cpu::repacked`).
     pub(crate) fn packed(
         &self,
         pool: &cpu::ThreadPool,

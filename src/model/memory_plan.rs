@@ -24,7 +24,7 @@
 //! On the CPU backend the budget is the RAM available ([`MemoryBudget::available_ram`]) and
 //! the weights are counted once: a mapped GGUF's matrices are used where they lie (the page
 //! cache's pages, which `MemAvailable` counts as available, not a copy), requantized ones are
-//! copies in place of the file's. Where the backend repacks its K-quant matrices for their
+//! copies in place of the file's. Where the backend repacks its matrices for their
 //! products (`cpu::Repacked`, the AVX-512 levels), each product's matrix is counted a second
 //! time as its repacked copy (an untied model's token embedding is a table, not repacked).
 //!
@@ -121,7 +121,8 @@ impl std::str::FromStr for MemoryBudget {
 pub struct PlanLimits {
     pub max_buffer: u64,
     pub max_storage_binding: u64,
-    /// Each K-quant matrix has a repacked copy too ([`Caps::repacked_weights`]).
+    /// Each matrix of a format the CPU backend repacks (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K) has a
+    /// repacked copy too ([`Caps::repacked_weights`]).
     pub repacked_weights: bool,
 }
 

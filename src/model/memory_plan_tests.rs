@@ -204,7 +204,7 @@ fn ministral_3b_fits_4_gib() {
 
 #[test]
 fn the_cpu_backends_repacked_copies_are_counted() {
-    // Where the CPU backend repacks its K-quant matrices, each product's matrix is counted
+    // Where the CPU backend repacks its matrices, each product's matrix is counted
     // twice (its repacked copy is a little larger); an untied model's token embedding is a
     // table, not a product's, and the tied one is the LM head's.
     let opts = PlanOptions { ctx: 4096, ..Default::default() };

@@ -1,14 +1,17 @@
 //! Weights repacked once for the matmul, so that its panels are read as they lie: no decoding
 //! step per product, from one token (a decode step) up (llama.cpp's `ggml-cpu/repack.cpp`
 //! eight-row layouts, which its `gemv` and `gemm` share). A [`Repacked`] weight holds each
-//! panel of [`ROWS`] rows as eight rows' super-blocks in a row (`quant/q4k_x8.rs`,
-//! `quant/q6k_x8.rs`: the codes interleaved by eight bytes and kept at their width), and
-//! [`matmul_repacked`] runs the matmul's chunks of panels and tiles of tokens on them. Bit
-//! for bit the matvec's (and [`matmul`](super::matmul::matmul)'s) result.
+//! panel of [`ROWS`] rows as eight rows' blocks in a row (`quant/q4k_x8.rs`,
+//! `quant/q6k_x8.rs`, `quant/legacy_x8.rs`: the codes interleaved by eight bytes and kept at
+//! their width), and [`matmul_repacked`] runs the matmul's chunks of panels and tiles of tokens
+//! on them. A token's result is the same bits whatever tokens share the product: for Q4_K and
+//! Q6_K the matvec's (and [`matmul`](super::matmul::matmul)'s); for Q4_0, Q4_1 and Q8_0 its own
+//! order of f32 steps, within rounding of the matvec's.
 //!
 //! Repacking pays where the tiles that read the layout are faster than the ones that decode:
 //! at the AVX-512 levels ([`Repacked::takes`]). The repacked copy is about as large as the
-//! weight (`Q4_K` 152 bytes per row's super-block against 144, `Q6_K` 216 against 210).
+//! weight (`Q4_K` 152 bytes per row's super-block against 144, `Q6_K` 216 against 210, the
+//! 32-element formats the same bytes).
 
 use std::mem::MaybeUninit;
 use std::sync::{Mutex, PoisonError};
@@ -16,9 +19,10 @@ use std::sync::{Mutex, PoisonError};
 use super::matmul::{Panel, Run, Tile, ROWS, TASKS_PER_THREAD, TOKENS};
 use super::matvec::{check, MatvecError, Rows, Weight};
 use super::pool::ThreadPool;
+use super::quant::legacy_x8::{Q40BlockX8, Q41BlockX8, Q80BlockX8};
 use super::quant::q4k_x8::Q4KBlockX8;
 use super::quant::q6k_x8::Q6KBlockX8;
-use super::quant::{quantize_q8k, BlockQ8K, KBlockX8, QuantError};
+use super::quant::{BlockX8, QuantError};
 use super::simd::{self, Simd};
 use crate::gguf::GgmlType;
 use crate::kernels::shapes::{Epilogue, Output};
@@ -31,10 +35,13 @@ pub struct Repacked {
     panels: Panels,
 }
 
-/// `[panel][super-block]`; the last panel's missing rows repeat its last row.
+/// `[panel][block]`; the last panel's missing rows repeat its last row.
 enum Panels {
     Q4K(Vec<Q4KBlockX8>),
     Q6K(Vec<Q6KBlockX8>),
+    Q40(Vec<Q40BlockX8>),
+    Q41(Vec<Q41BlockX8>),
+    Q80(Vec<Q80BlockX8>),
 }
 
 impl Repacked {
@@ -51,24 +58,31 @@ impl Repacked {
 
     /// Bytes of a repacked `rows x cols` matrix of `ty` (0 for a format never repacked).
     pub fn bytes_for(ty: GgmlType, rows: usize, cols: usize) -> u64 {
-        let blocks = rows.div_ceil(ROWS) as u64 * (cols / 256) as u64;
+        let blocks = rows.div_ceil(ROWS) as u64 * (cols / ty.block_size()) as u64;
         Repacked::block_bytes(ty).map_or(0, |b| blocks * b as u64)
     }
 
-    /// Bytes of eight rows' repacked super-block of `ty`, for the formats repacked.
+    /// Bytes of eight rows' repacked block of `ty`, for the formats repacked.
     fn block_bytes(ty: GgmlType) -> Option<usize> {
         match ty {
             GgmlType::Q4_K => Some(size_of::<Q4KBlockX8>()),
             GgmlType::Q6_K => Some(size_of::<Q6KBlockX8>()),
+            GgmlType::Q4_0 => Some(size_of::<Q40BlockX8>()),
+            GgmlType::Q4_1 => Some(size_of::<Q41BlockX8>()),
+            GgmlType::Q8_0 => Some(size_of::<Q80BlockX8>()),
             _ => None,
         }
     }
 
-    /// Repacks `w` (Q4_K or Q6_K), its panels shared out to the pool's threads.
+    /// Repacks `w` (Q4_K, Q6_K, Q4_0, Q4_1 or Q8_0), its panels shared out to the pool's
+    /// threads.
     pub fn pack(pool: &ThreadPool, w: &Weight) -> Result<Repacked, MatvecError> {
         let panels = match w.ty() {
             GgmlType::Q4_K => Panels::Q4K(pack_panels(pool, w)?),
             GgmlType::Q6_K => Panels::Q6K(pack_panels(pool, w)?),
+            GgmlType::Q4_0 => Panels::Q40(pack_panels(pool, w)?),
+            GgmlType::Q4_1 => Panels::Q41(pack_panels(pool, w)?),
+            GgmlType::Q8_0 => Panels::Q80(pack_panels(pool, w)?),
             ty => return Err(MatvecError::Unsupported(ty)),
         };
         Ok(Repacked { ty: w.ty(), rows: w.rows(), cols: w.cols(), panels })
@@ -89,9 +103,9 @@ impl Repacked {
 
 /// `w`'s panels of `B` blocks, written by the pool's tasks (the pages come to each thread as it
 /// first writes them).
-fn pack_panels<B: KBlockX8>(pool: &ThreadPool, w: &Weight) -> Result<Vec<B>, MatvecError> {
+fn pack_panels<B: BlockX8>(pool: &ThreadPool, w: &Weight) -> Result<Vec<B>, MatvecError> {
     let (rows, size) = (w.rows(), w.ty().type_size());
-    let (n_panels, n_sb) = (rows.div_ceil(ROWS), w.cols() / 256);
+    let (n_panels, n_sb) = (rows.div_ceil(ROWS), w.cols() / w.ty().block_size());
     let n = n_panels * n_sb;
     let mut panels = Vec::new();
     panels.try_reserve_exact(n).map_err(|_| QuantError::OutOfMemory { bytes: n.saturating_mul(size_of::<B>()) })?;
@@ -141,29 +155,35 @@ pub fn matmul_repacked_into(
         return Ok(());
     }
     let run = Run { pool, n_tok, outputs, out, y: Rows(y.as_mut_ptr()) };
-    run.panels(&RepackedPanel { w, x: quantize_q8k(&x[..n_tok * w.cols])?, simd: simd::level() });
+    let (x, blocks, simd) = (&x[..n_tok * w.cols], w.cols / w.ty.block_size(), simd::level());
+    match &w.panels {
+        Panels::Q4K(p) => run.panels(&RepackedPanel::new(p, blocks, x, simd)?),
+        Panels::Q6K(p) => run.panels(&RepackedPanel::new(p, blocks, x, simd)?),
+        Panels::Q40(p) => run.panels(&RepackedPanel::new(p, blocks, x, simd)?),
+        Panels::Q41(p) => run.panels(&RepackedPanel::new(p, blocks, x, simd)?),
+        Panels::Q80(p) => run.panels(&RepackedPanel::new(p, blocks, x, simd)?),
+    }
     Ok(())
 }
 
-/// A [`Repacked`] weight's panels against Q8_K activations: loading a panel is naming it.
-struct RepackedPanel<'a> {
-    w: &'a Repacked,
-    x: Vec<BlockQ8K>,
+/// A repacked weight's panels of `B` blocks against the tokens' quantized activations:
+/// loading a panel is naming its first block.
+struct RepackedPanel<'a, B: BlockX8> {
+    panels: &'a [B],
+    /// Blocks per row.
+    blocks: usize,
+    x: Vec<B::Act>,
     simd: Simd,
 }
 
-impl RepackedPanel<'_> {
-    fn tile_of<B: KBlockX8>(&self, panels: &[B], first: usize, t0: usize, n: usize) -> Tile {
-        let n_sb = self.w.cols / 256;
-        let xs: [&[BlockQ8K]; TOKENS] = std::array::from_fn(|i| &self.x[(t0 + i.min(n - 1)) * n_sb..][..n_sb]);
-        let mut p = [[0.0; TOKENS]; ROWS];
-        B::tile(self.simd, &panels[first..][..n_sb], &xs[..n], &mut p);
-        p
+impl<'a, B: BlockX8> RepackedPanel<'a, B> {
+    fn new(panels: &'a [B], blocks: usize, x: &[f32], simd: Simd) -> Result<Self, QuantError> {
+        Ok(RepackedPanel { panels, blocks, x: B::quantize(x)?, simd })
     }
 }
 
-impl Panel for RepackedPanel<'_> {
-    /// The panel's first super-block.
+impl<B: BlockX8> Panel for RepackedPanel<'_, B> {
+    /// The panel's first block.
     type Buf = usize;
 
     fn buf(&self) -> usize {
@@ -171,13 +191,13 @@ impl Panel for RepackedPanel<'_> {
     }
 
     fn load(&self, buf: &mut usize, rows: [usize; ROWS]) {
-        *buf = rows[0] / ROWS * (self.w.cols / 256);
+        *buf = rows[0] / ROWS * self.blocks;
     }
 
     fn tile(&self, buf: &usize, t0: usize, n: usize) -> Tile {
-        match &self.w.panels {
-            Panels::Q4K(p) => self.tile_of(p, *buf, t0, n),
-            Panels::Q6K(p) => self.tile_of(p, *buf, t0, n),
-        }
+        let xs: [&[B::Act]; TOKENS] = std::array::from_fn(|i| &self.x[(t0 + i.min(n - 1)) * self.blocks..][..self.blocks]);
+        let mut p = [[0.0; TOKENS]; ROWS];
+        B::tile(self.simd, &self.panels[*buf..][..self.blocks], &xs[..n], &mut p);
+        p
     }
 }

@@ -36,7 +36,7 @@ pub struct Caps {
     /// their scratch small. The CPU backend takes 512: it decodes each panel of weight rows
     /// once per chunk.
     pub prefill_chunk: u32,
-    /// The CPU backend keeps a repacked copy of its K-quant matrices for their products
+    /// The CPU backend keeps a repacked copy of its quantized matrices for their products
     /// (`cpu::Repacked::at_level`, fast mode): memory the plan counts.
     pub repacked_weights: bool,
 }

@@ -15,9 +15,9 @@
 //! The tiles of the prefill matmul: K-quant super-blocks decoded once for many tokens and
 //! dotted eight rows at a time (`ktile.rs`; at the wasm32 levels one row against four tokens,
 //! `ktile_wasm.rs`), the same for Q4_0 / Q4_1 / Q8_0 blocks
-//! (`ltile.rs`), and the f32 4 x 2 micro-kernel of its exact mode (`ftile.rs`). Q4_K and Q6_K
-//! rows repacked once for products with no decoding step ([`KBlockX8`]: `q4k_x8.rs`,
-//! `q6k_x8.rs`).
+//! (`ltile.rs`), and the f32 4 x 2 micro-kernel of its exact mode (`ftile.rs`). Rows repacked
+//! once for products with no decoding step ([`BlockX8`]: `q4k_x8.rs`, `q6k_x8.rs`,
+//! `legacy_x8.rs`).
 
 mod float;
 pub(super) mod ftile;
@@ -36,6 +36,7 @@ mod legacy_avx2;
 mod legacy_neon;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod legacy_wasm;
+pub(super) mod legacy_x8;
 pub(super) mod ltile;
 #[cfg(target_arch = "aarch64")]
 mod neon;
@@ -54,14 +55,20 @@ use super::simd::Simd;
 use crate::gguf::quant::{block_dequantizer, BlockDequantizer};
 use crate::gguf::{GgmlType, QK_K};
 
-/// Eight rows' K-quant super-block repacked once for the matmul's tiles (`q4k_x8.rs`,
-/// `q6k_x8.rs`).
-pub(super) trait KBlockX8: Copy + Send + Sync {
-    /// Repacks super-block `rows[r]` of eight GGUF rows.
+/// Eight rows' block repacked once for the matmul's tiles: K-quant super-blocks against
+/// [`BlockQ8K`] activations (`q4k_x8.rs`, `q6k_x8.rs`), Q4_0 / Q4_1 / Q8_0 blocks against
+/// [`BlockQ8`] (`legacy_x8.rs`).
+pub(super) trait BlockX8: Copy + Send + Sync {
+    /// The activation blocks the tile reads.
+    type Act: Sync;
+    /// Repacks block `rows[r]` of eight GGUF rows.
     fn pack(rows: [&[u8]; 8]) -> Self;
-    /// `p[r][i] +=` row `r` of super-blocks `w` times token `i`'s activation blocks `xs[i]`
-    /// (`xs.len() ≤ N`, each `w.len()` long) at level `simd`, bit for bit the matvec's.
-    fn tile<const N: usize>(simd: Simd, w: &[Self], xs: &[&[BlockQ8K]], p: &mut [[f32; N]; 8]);
+    /// Activations quantized for the tile.
+    fn quantize(x: &[f32]) -> Result<Vec<Self::Act>, QuantError>;
+    /// `p[r][i] +=` row `r` of blocks `w` times token `i`'s activation blocks `xs[i]`
+    /// (`xs.len() ≤ N`, each `w.len()` long) at level `simd`: the same bits for a token
+    /// whatever tokens share the call (the K-quants: the matvec's bits).
+    fn tile<const N: usize>(simd: Simd, w: &[Self], xs: &[&[Self::Act]], p: &mut [[f32; N]; 8]);
 }
 
 /// The f16 at `b[at..at + 2]` as f32.

@@ -19,7 +19,7 @@ use std::arch::x86_64::*;
 #[cfg(target_arch = "x86_64")]
 use super::ktile::{dot4_512, dot4_512_vnni, eight};
 use super::scalar::scales_k4;
-use super::{f16_at, BlockQ8K, KBlockX8};
+use super::{f16_at, quantize_q8k, BlockQ8K, BlockX8, QuantError};
 use crate::backend::cpu::simd::Simd;
 
 /// How many super-blocks ahead of the one being computed the AVX-512 passes ask the memory
@@ -48,7 +48,9 @@ impl Default for Q4KBlockX8 {
     }
 }
 
-impl KBlockX8 for Q4KBlockX8 {
+impl BlockX8 for Q4KBlockX8 {
+    type Act = BlockQ8K;
+
     /// Repacks super-block `rows[r]` (144 bytes each) of eight Q4_K rows.
     fn pack(rows: [&[u8]; 8]) -> Q4KBlockX8 {
         let mut out = Q4KBlockX8::default();
@@ -63,6 +65,10 @@ impl KBlockX8 for Q4KBlockX8 {
             (out.d[r], out.dmin[r]) = (f16_at(b, 0), f16_at(b, 2));
         }
         out
+    }
+
+    fn quantize(x: &[f32]) -> Result<Vec<BlockQ8K>, QuantError> {
+        quantize_q8k(x)
     }
 
     fn tile<const N: usize>(simd: Simd, w: &[Self], xs: &[&[BlockQ8K]], p: &mut [[f32; N]; 8]) {

@@ -20,7 +20,7 @@ use std::arch::x86_64::*;
 
 #[cfg(target_arch = "x86_64")]
 use super::ktile::{dot4_512, dot4_512_vnni, eight};
-use super::{f16_at, BlockQ8K, KBlockX8};
+use super::{f16_at, quantize_q8k, BlockQ8K, BlockX8, QuantError};
 use crate::backend::cpu::simd::Simd;
 
 /// How many super-blocks ahead of the one being computed the AVX-512 passes ask the memory
@@ -58,7 +58,9 @@ impl Default for Q6KBlockX8 {
     }
 }
 
-impl KBlockX8 for Q6KBlockX8 {
+impl BlockX8 for Q6KBlockX8 {
+    type Act = BlockQ8K;
+
     /// Repacks super-block `rows[r]` (210 bytes each) of eight Q6_K rows.
     fn pack(rows: [&[u8]; 8]) -> Q6KBlockX8 {
         let mut out = Q6KBlockX8::default();
@@ -77,6 +79,10 @@ impl KBlockX8 for Q6KBlockX8 {
             out.d[r] = f16_at(b, 208);
         }
         out
+    }
+
+    fn quantize(x: &[f32]) -> Result<Vec<BlockQ8K>, QuantError> {
+        quantize_q8k(x)
     }
 
     fn tile<const N: usize>(simd: Simd, w: &[Self], xs: &[&[BlockQ8K]], p: &mut [[f32; N]; 8]) {

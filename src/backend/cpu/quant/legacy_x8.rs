@@ -1,0 +1,315 @@
+//! Q4_0, Q4_1 and Q8_0 rows repacked once, eight at a time, so that a product of any number of
+//! tokens reads them with no decoding step (llama.cpp's `block_q4_0x8` and `block_q8_0x8` of
+//! `ggml-cpu/repack.cpp`: eight rows' blocks, the codes interleaved by eight bytes). A block
+//! here holds eight rows' block `b`: vector `v` holds bytes `8v..8v + 8` of every row's codes
+//! (row `r` at bytes `8r..8r + 8`) — Q4_0 and Q4_1 their 16 packed bytes in two vectors, whose
+//! low nibbles are the codes `8v..8v + 8` and high nibbles the codes `16 + 8v..`; Q8_0 its 32
+//! signed codes in four — and the rows' f16 scales (and Q4_1's mins).
+//!
+//! The AVX-512 tile takes all eight rows in one vector: per eight codes of every row and a
+//! token, one `vpdpbusd` (or `maddubs` + `madd`) against the token's eight activations
+//! broadcast, so that row `r`'s sums lie in lanes `2r` (codes `8c..8c + 4` of each eight) and
+//! `2r + 1` (`8c + 4..8c + 8`). Q4_0's offset of 8 comes off as `−8·Σx` (the activation
+//! block's integer sum) in the first lane of each pair; Q8_0's signed codes go in as `|w|`
+//! against `x` with `w`'s sign (unsigned times signed, as the instruction takes them; no pair
+//! of products saturates). The f32 step per block and lane is `acc += (d·xd)·dot`, Q4_1's min
+//! then `acc += m·(xd·Σx)` in the first lane, and the pair's lanes are added at the end.
+//!
+//! Each (row, token) product takes the same operations whatever tokens share its pass, and
+//! [`tile_scalar`] takes them in the same order: a product of N tokens gives each token the
+//! bits it gets alone, at every level. They differ from the matvec's (`legacy_avx2.rs`, which
+//! keeps eight lanes of sums per row) by f32 rounding.
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+#[cfg(target_arch = "x86_64")]
+use super::ktile::{dot4_512, dot4_512_vnni, eight};
+use super::{f16_at, quantize_q8, BlockQ8, BlockX8, QuantError};
+use crate::backend::cpu::simd::Simd;
+
+/// The format a block holds, for what differs between them.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Q4_0,
+    Q4_1,
+    Q8_0,
+}
+
+/// What the tiles read of eight rows' repacked block.
+trait Layout: Copy + Send + Sync {
+    const KIND: Kind;
+    /// The code vectors: `[bytes 8v..8v + 8 of row r at 8r]` (Q4_0 / Q4_1 two, Q8_0 four).
+    fn qs(&self) -> &[[u8; 64]];
+    /// The rows' scales `d`, f16 bits.
+    fn d(&self) -> &[u16; 8];
+    /// Q4_1's mins `m`, f16 bits (zeros for the others).
+    fn m(&self) -> &[u16; 8];
+
+    /// Row `r`'s code of element `e` (0..32): Q4_0 / Q4_1 the nibble, Q8_0 the signed code.
+    fn code(&self, r: usize, e: usize) -> i32 {
+        let qs = self.qs();
+        match Self::KIND {
+            Kind::Q8_0 => qs[e / 8][8 * r + e % 8] as i8 as i32,
+            _ if e < 16 => (qs[e / 8][8 * r + e % 8] & 0x0F) as i32,
+            _ => (qs[(e - 16) / 8][8 * r + e % 8] >> 4) as i32,
+        }
+    }
+}
+
+/// Eight Q4_0 rows' block (144 bytes, as the eight blocks).
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub(in crate::backend::cpu) struct Q40BlockX8 {
+    qs: [[u8; 64]; 2],
+    d: [u16; 8],
+}
+
+/// Eight Q4_1 rows' block (160 bytes, as the eight blocks).
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub(in crate::backend::cpu) struct Q41BlockX8 {
+    qs: [[u8; 64]; 2],
+    d: [u16; 8],
+    m: [u16; 8],
+}
+
+/// Eight Q8_0 rows' block (272 bytes, as the eight blocks).
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub(in crate::backend::cpu) struct Q80BlockX8 {
+    qs: [[u8; 64]; 4],
+    d: [u16; 8],
+}
+
+const NO_MINS: [u16; 8] = [0; 8];
+
+impl Layout for Q40BlockX8 {
+    const KIND: Kind = Kind::Q4_0;
+    fn qs(&self) -> &[[u8; 64]] {
+        &self.qs
+    }
+    fn d(&self) -> &[u16; 8] {
+        &self.d
+    }
+    fn m(&self) -> &[u16; 8] {
+        &NO_MINS
+    }
+}
+
+impl Layout for Q41BlockX8 {
+    const KIND: Kind = Kind::Q4_1;
+    fn qs(&self) -> &[[u8; 64]] {
+        &self.qs
+    }
+    fn d(&self) -> &[u16; 8] {
+        &self.d
+    }
+    fn m(&self) -> &[u16; 8] {
+        &self.m
+    }
+}
+
+impl Layout for Q80BlockX8 {
+    const KIND: Kind = Kind::Q8_0;
+    fn qs(&self) -> &[[u8; 64]] {
+        &self.qs
+    }
+    fn d(&self) -> &[u16; 8] {
+        &self.d
+    }
+    fn m(&self) -> &[u16; 8] {
+        &NO_MINS
+    }
+}
+
+/// The code bytes `rows[r][at..at + 8V]` interleaved into `V` vectors of eight bytes per row.
+fn interleave<const V: usize>(rows: [&[u8]; 8], at: usize) -> [[u8; 64]; V] {
+    let mut qs = [[0; 64]; V];
+    for (r, b) in rows.iter().enumerate() {
+        for (v, dst) in qs.iter_mut().enumerate() {
+            dst[8 * r..8 * r + 8].copy_from_slice(&b[at + 8 * v..][..8]);
+        }
+    }
+    qs
+}
+
+/// The f16 at `b[at..at + 2]` of each row, as bits.
+fn f16_bits(rows: [&[u8]; 8], at: usize) -> [u16; 8] {
+    rows.map(|b| u16::from_le_bytes([b[at], b[at + 1]]))
+}
+
+/// The [`BlockX8`] methods of a [`Layout`]: `pack` as given, the rest shared.
+macro_rules! block_x8 {
+    ($ty:ident, |$rows:ident| $pack:expr) => {
+        impl BlockX8 for $ty {
+            type Act = BlockQ8;
+
+            /// Repacks block `rows[r]` of eight rows (layouts in `gguf/quant/dequant.rs`).
+            fn pack($rows: [&[u8]; 8]) -> $ty {
+                $pack
+            }
+
+            fn quantize(x: &[f32]) -> Result<Vec<BlockQ8>, QuantError> {
+                quantize_q8(x)
+            }
+
+            fn tile<const N: usize>(simd: Simd, w: &[Self], xs: &[&[BlockQ8]], p: &mut [[f32; N]; 8]) {
+                match simd {
+                    // SAFETY: each level implies the features its tile needs
+                    // (`Simd::is_supported`), and every slice of `xs` holds `w.len()` blocks.
+                    #[cfg(target_arch = "x86_64")]
+                    Simd::Avx512Vnni => unsafe { tile_512_vnni(w, xs, p) },
+                    #[cfg(target_arch = "x86_64")]
+                    Simd::Avx512 => unsafe { tile_512(w, xs, p) },
+                    _ => tile_scalar(w, xs, p),
+                }
+            }
+        }
+    };
+}
+
+block_x8!(Q40BlockX8, |rows| Q40BlockX8 { qs: interleave(rows, 2), d: f16_bits(rows, 0) });
+block_x8!(Q41BlockX8, |rows| Q41BlockX8 { qs: interleave(rows, 4), d: f16_bits(rows, 0), m: f16_bits(rows, 2) });
+block_x8!(Q80BlockX8, |rows| Q80BlockX8 { qs: interleave(rows, 2), d: f16_bits(rows, 0) });
+
+/// `p[r][i] +=` row `r` of blocks `w` times token `i`'s activation blocks `xs[i]` (`xs.len() ≤
+/// N`), scalar, in the AVX-512 tile's lanes and order (see the module header).
+fn tile_scalar<B: Layout, const N: usize>(w: &[B], xs: &[&[BlockQ8]], p: &mut [[f32; N]; 8]) {
+    let f16 = |bits: u16| f16_at(&bits.to_le_bytes(), 0);
+    for (i, x) in xs.iter().enumerate() {
+        for (r, pr) in p.iter_mut().enumerate() {
+            let mut acc = [0f32; 2];
+            for (b, xb) in w.iter().zip(x.iter()) {
+                let mut dot = [0i32; 2];
+                for e in 0..32 {
+                    dot[e % 8 / 4] += b.code(r, e) * xb.qs[e] as i32;
+                }
+                if B::KIND == Kind::Q4_0 {
+                    dot[0] -= 8 * xb.sum;
+                }
+                let d = f16(b.d()[r]) * xb.d;
+                acc[0] = d.mul_add(dot[0] as f32, acc[0]);
+                if B::KIND == Kind::Q4_1 {
+                    acc[0] = f16(b.m()[r]).mul_add(xb.d * xb.sum as f32, acc[0]);
+                }
+                acc[1] = d.mul_add(dot[1] as f32, acc[1]);
+            }
+            pr[i] += acc[0] + acc[1];
+        }
+    }
+}
+
+/// Bytes ahead of the block being computed that the AVX-512 passes ask the memory for (about
+/// `q4k_x8.rs`'s distance).
+#[cfg(target_arch = "x86_64")]
+const AHEAD_BYTES: usize = 4096;
+
+/// [`tile_scalar`] with AVX-512 (`tile_512`: `maddubs` + `madd`; `tile_512_vnni`: `vpdpbusd`),
+/// all eight rows in one vector and `T` tokens per pass (`T` independent chains; a pass of
+/// fewer tokens than `T` repeats its last, whose sums are dropped): the codes unpacked (Q4:
+/// an `and`, or a shift and an `and`; Q8_0: `|w|` and the sign mask) and the rows' scales
+/// widened to lane pairs once per block for the pass's tokens.
+macro_rules! legacy_tile_512 {
+    ($features:literal, $dot4:path: $name:ident, $pass:ident) => {
+        /// # Safety
+        /// Needs the CPU features named in its `target_feature`; every token of `xs` holds
+        /// `w.len()` blocks.
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $name<B: Layout, const N: usize>(w: &[B], xs: &[&[BlockQ8]], p: &mut [[f32; N]; 8]) {
+            let mut i0 = 0;
+            while i0 < xs.len() {
+                i0 += match xs.len() - i0 {
+                    1 => $pass::<B, N, 1>(w, &xs[i0..], p, i0),
+                    2 => $pass::<B, N, 2>(w, &xs[i0..], p, i0),
+                    3 | 4 => $pass::<B, N, 4>(w, &xs[i0..], p, i0),
+                    _ => $pass::<B, N, 8>(w, &xs[i0..], p, i0),
+                };
+            }
+        }
+
+        /// One pass of up to `T` tokens from `xs[0]`, added to `p` from token `i0`; returns how
+        /// many it took.
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $pass<B: Layout, const N: usize, const T: usize>(
+            w: &[B],
+            xs: &[&[BlockQ8]],
+            p: &mut [[f32; N]; 8],
+            i0: usize,
+        ) -> usize {
+            let taken = T.min(xs.len());
+            let mut xt = [xs[0]; T];
+            for (k, x) in xt.iter_mut().enumerate() {
+                *x = xs[k.min(taken - 1)];
+            }
+            let low4 = _mm512_set1_epi8(0x0F);
+            // Each row's f32 twice: its pair of lanes.
+            let pairs = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+            let widen = |h: &[u16; 8]| _mm512_castps256_ps512(_mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr().cast())));
+            let mut acc = [_mm512_setzero_ps(); T];
+            for (s, b) in w.iter().enumerate() {
+                let ahead = (b as *const B).wrapping_byte_add(AHEAD_BYTES).cast::<i8>();
+                for line in 0..size_of::<B>().div_ceil(64) {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line));
+                }
+                let qs = b.qs();
+                let load = |v: usize| _mm512_loadu_si512(qs[v].as_ptr().cast());
+                // Code vector `c` holds codes `8c..8c + 8` of every row, unsigned; Q8_0's signs
+                // in `negative[c]`. (Loops, not `array::from_fn`: its closure would not take
+                // this function's features.)
+                let mut codes = [_mm512_setzero_si512(); 4];
+                let mut negative = [0; 4];
+                if B::KIND == Kind::Q8_0 {
+                    for c in 0..4 {
+                        let v = load(c);
+                        (codes[c], negative[c]) = (_mm512_abs_epi8(v), _mm512_movepi8_mask(v));
+                    }
+                } else {
+                    for v in 0..2 {
+                        let q = load(v);
+                        codes[v] = _mm512_and_si512(q, low4);
+                        codes[2 + v] = _mm512_and_si512(_mm512_srli_epi16(q, 4), low4);
+                    }
+                }
+                let d = _mm512_permutexvar_ps(pairs, widen(b.d()));
+                // Q4_1's mins in each pair's first lane.
+                let m = _mm512_maskz_permutexvar_ps(0x5555, pairs, widen(b.m()));
+                for (acc, x) in acc.iter_mut().zip(xt) {
+                    let xb = &x[s];
+                    let mut dot = match B::KIND {
+                        Kind::Q4_0 => _mm512_maskz_set1_epi32(0x5555, -8 * xb.sum),
+                        _ => _mm512_setzero_si512(),
+                    };
+                    for (c, &codes) in codes.iter().enumerate() {
+                        // SAFETY: `8c + 8 ≤ 32`.
+                        let mut x = _mm512_set1_epi64(eight(xb.qs.as_ptr().add(8 * c)));
+                        if B::KIND == Kind::Q8_0 {
+                            x = _mm512_mask_sub_epi8(x, negative[c], _mm512_setzero_si512(), x);
+                        }
+                        dot = $dot4(dot, codes, x);
+                    }
+                    let dxd = _mm512_mul_ps(d, _mm512_set1_ps(xb.d));
+                    *acc = _mm512_fmadd_ps(dxd, _mm512_cvtepi32_ps(dot), *acc);
+                    if B::KIND == Kind::Q4_1 {
+                        *acc = _mm512_fmadd_ps(m, _mm512_set1_ps(xb.d * xb.sum as f32), *acc);
+                    }
+                }
+            }
+            for (k, acc) in acc.iter().enumerate().take(taken) {
+                // Each pair's lanes added (both lanes of the pair get the sum), the rows packed low.
+                let both = _mm512_add_ps(*acc, _mm512_permute_ps::<0b10_11_00_01>(*acc));
+                let mut rows = [0f32; 8];
+                _mm256_storeu_ps(rows.as_mut_ptr(), _mm512_castps512_ps256(_mm512_maskz_compress_ps(0x5555, both)));
+                for (pr, s) in p.iter_mut().zip(rows) {
+                    pr[i0 + k] += s;
+                }
+            }
+            taken
+        }
+    };
+}
+
+legacy_tile_512!("avx2,fma,f16c,avx512f,avx512bw,avx512vl", dot4_512: tile_512, pass_512);
+legacy_tile_512!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", dot4_512_vnni: tile_512_vnni, pass_512_vnni);
