@@ -1,7 +1,7 @@
 //! Q4_0, Q4_1 and Q8_0 rows repacked once, eight at a time, so that a product of any number of
 //! tokens reads them with no decoding step (llama.cpp's `block_q4_0x8` and `block_q8_0x8` of
-//! `ggml-cpu/repack.cpp`: eight rows' blocks, the codes interleaved by eight bytes). A block
-//! here holds eight rows' block `b`: vector `v` holds bytes `8v..8v + 8` of every row's codes
+//! `ggml-cpu/repack.cpp`: eight rows' blocks, the codes interleaved by eight bytes). An
+//! [`LBlockX8`] holds eight rows' block: vector `v` holds bytes `8v..8v + 8` of every row's codes
 //! (row `r` at bytes `8r..8r + 8`) — Q4_0 and Q4_1 their 16 packed bytes in two vectors, whose
 //! low nibbles are the codes `8v..8v + 8` and high nibbles the codes `16 + 8v..`; Q8_0 its 32
 //! signed codes in four — and the rows' f16 scales (and Q4_1's mins).
@@ -36,147 +36,82 @@ enum Kind {
     Q8_0,
 }
 
-/// What the tiles read of eight rows' repacked block.
-trait Layout: Copy + Send + Sync {
-    const KIND: Kind;
-    /// The code vectors: `[bytes 8v..8v + 8 of row r at 8r]` (Q4_0 / Q4_1 two, Q8_0 four).
-    fn qs(&self) -> &[[u8; 64]];
-    /// The rows' scales `d`, f16 bits.
-    fn d(&self) -> &[u16; 8];
-    /// Q4_1's mins `m`, f16 bits (zeros for the others).
-    fn m(&self) -> &[u16; 8];
+/// Eight rows' block of a 32-element format, as many bytes as the eight blocks: `V` code
+/// vectors (`qs[v][8r..8r + 8]`: row `r`'s code bytes `8v..8v + 8`), the rows' f16 scales
+/// and, where `M` is 8, Q4_1's f16 mins.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub(in crate::backend::cpu) struct LBlockX8<const V: usize, const M: usize> {
+    qs: [[u8; 64]; V],
+    d: [u16; 8],
+    m: [u16; M],
+}
+
+pub(in crate::backend::cpu) type Q40BlockX8 = LBlockX8<2, 0>;
+pub(in crate::backend::cpu) type Q41BlockX8 = LBlockX8<2, 8>;
+pub(in crate::backend::cpu) type Q80BlockX8 = LBlockX8<4, 0>;
+
+impl<const V: usize, const M: usize> LBlockX8<V, M> {
+    const KIND: Kind = match (V, M) {
+        (4, _) => Kind::Q8_0,
+        (_, 8) => Kind::Q4_1,
+        _ => Kind::Q4_0,
+    };
+
+    /// The rows' mins, f16 bits (zeros but for Q4_1).
+    fn mins(&self) -> [u16; 8] {
+        std::array::from_fn(|r| self.m.get(r).copied().unwrap_or(0))
+    }
 
     /// Row `r`'s code of element `e` (0..32): Q4_0 / Q4_1 the nibble, Q8_0 the signed code.
     fn code(&self, r: usize, e: usize) -> i32 {
-        let qs = self.qs();
         match Self::KIND {
-            Kind::Q8_0 => qs[e / 8][8 * r + e % 8] as i8 as i32,
-            _ if e < 16 => (qs[e / 8][8 * r + e % 8] & 0x0F) as i32,
-            _ => (qs[(e - 16) / 8][8 * r + e % 8] >> 4) as i32,
+            Kind::Q8_0 => self.qs[e / 8][8 * r + e % 8] as i8 as i32,
+            _ if e < 16 => (self.qs[e / 8][8 * r + e % 8] & 0x0F) as i32,
+            _ => (self.qs[(e - 16) / 8][8 * r + e % 8] >> 4) as i32,
         }
     }
 }
 
-/// Eight Q4_0 rows' block (144 bytes, as the eight blocks).
-#[derive(Clone, Copy, Debug)]
-#[repr(C)]
-pub(in crate::backend::cpu) struct Q40BlockX8 {
-    qs: [[u8; 64]; 2],
-    d: [u16; 8],
-}
+impl<const V: usize, const M: usize> BlockX8 for LBlockX8<V, M> {
+    type Act = BlockQ8;
 
-/// Eight Q4_1 rows' block (160 bytes, as the eight blocks).
-#[derive(Clone, Copy, Debug)]
-#[repr(C)]
-pub(in crate::backend::cpu) struct Q41BlockX8 {
-    qs: [[u8; 64]; 2],
-    d: [u16; 8],
-    m: [u16; 8],
-}
-
-/// Eight Q8_0 rows' block (272 bytes, as the eight blocks).
-#[derive(Clone, Copy, Debug)]
-#[repr(C)]
-pub(in crate::backend::cpu) struct Q80BlockX8 {
-    qs: [[u8; 64]; 4],
-    d: [u16; 8],
-}
-
-const NO_MINS: [u16; 8] = [0; 8];
-
-impl Layout for Q40BlockX8 {
-    const KIND: Kind = Kind::Q4_0;
-    fn qs(&self) -> &[[u8; 64]] {
-        &self.qs
-    }
-    fn d(&self) -> &[u16; 8] {
-        &self.d
-    }
-    fn m(&self) -> &[u16; 8] {
-        &NO_MINS
-    }
-}
-
-impl Layout for Q41BlockX8 {
-    const KIND: Kind = Kind::Q4_1;
-    fn qs(&self) -> &[[u8; 64]] {
-        &self.qs
-    }
-    fn d(&self) -> &[u16; 8] {
-        &self.d
-    }
-    fn m(&self) -> &[u16; 8] {
-        &self.m
-    }
-}
-
-impl Layout for Q80BlockX8 {
-    const KIND: Kind = Kind::Q8_0;
-    fn qs(&self) -> &[[u8; 64]] {
-        &self.qs
-    }
-    fn d(&self) -> &[u16; 8] {
-        &self.d
-    }
-    fn m(&self) -> &[u16; 8] {
-        &NO_MINS
-    }
-}
-
-/// The code bytes `rows[r][at..at + 8V]` interleaved into `V` vectors of eight bytes per row.
-fn interleave<const V: usize>(rows: [&[u8]; 8], at: usize) -> [[u8; 64]; V] {
-    let mut qs = [[0; 64]; V];
-    for (r, b) in rows.iter().enumerate() {
-        for (v, dst) in qs.iter_mut().enumerate() {
-            dst[8 * r..8 * r + 8].copy_from_slice(&b[at + 8 * v..][..8]);
-        }
-    }
-    qs
-}
-
-/// The f16 at `b[at..at + 2]` of each row, as bits.
-fn f16_bits(rows: [&[u8]; 8], at: usize) -> [u16; 8] {
-    rows.map(|b| u16::from_le_bytes([b[at], b[at + 1]]))
-}
-
-/// The [`BlockX8`] methods of a [`Layout`]: `pack` as given, the rest shared.
-macro_rules! block_x8 {
-    ($ty:ident, |$rows:ident| $pack:expr) => {
-        impl BlockX8 for $ty {
-            type Act = BlockQ8;
-
-            /// Repacks block `rows[r]` of eight rows (layouts in `gguf/quant/dequant.rs`).
-            fn pack($rows: [&[u8]; 8]) -> $ty {
-                $pack
-            }
-
-            fn quantize(x: &[f32]) -> Result<Vec<BlockQ8>, QuantError> {
-                quantize_q8(x)
-            }
-
-            fn tile<const N: usize>(simd: Simd, w: &[Self], xs: &[&[BlockQ8]], p: &mut [[f32; N]; 8]) {
-                match simd {
-                    // SAFETY: each level implies the features its tile needs
-                    // (`Simd::is_supported`), and every slice of `xs` holds `w.len()` blocks.
-                    #[cfg(target_arch = "x86_64")]
-                    Simd::Avx512Vnni => unsafe { tile_512_vnni(w, xs, p) },
-                    #[cfg(target_arch = "x86_64")]
-                    Simd::Avx512 => unsafe { tile_512(w, xs, p) },
-                    _ => tile_scalar(w, xs, p),
-                }
+    /// Repacks block `rows[r]` of eight rows (layouts in `gguf/quant/dequant.rs`: the f16
+    /// scale, Q4_1's f16 min, the codes).
+    fn pack(rows: [&[u8]; 8]) -> Self {
+        let f16_bits = |at: usize| rows.map(|b| u16::from_le_bytes([b[at], b[at + 1]]));
+        let codes_at = 2 + M / 4;
+        let mut qs = [[0; 64]; V];
+        for (r, b) in rows.iter().enumerate() {
+            for (v, dst) in qs.iter_mut().enumerate() {
+                dst[8 * r..8 * r + 8].copy_from_slice(&b[codes_at + 8 * v..][..8]);
             }
         }
-    };
-}
+        let mins = f16_bits(2);
+        LBlockX8 { qs, d: f16_bits(0), m: std::array::from_fn(|r| mins[r]) }
+    }
 
-block_x8!(Q40BlockX8, |rows| Q40BlockX8 { qs: interleave(rows, 2), d: f16_bits(rows, 0) });
-block_x8!(Q41BlockX8, |rows| Q41BlockX8 { qs: interleave(rows, 4), d: f16_bits(rows, 0), m: f16_bits(rows, 2) });
-block_x8!(Q80BlockX8, |rows| Q80BlockX8 { qs: interleave(rows, 2), d: f16_bits(rows, 0) });
+    fn quantize(x: &[f32]) -> Result<Vec<BlockQ8>, QuantError> {
+        quantize_q8(x)
+    }
+
+    fn tile<const N: usize>(simd: Simd, w: &[Self], xs: &[&[BlockQ8]], p: &mut [[f32; N]; 8]) {
+        match simd {
+            // SAFETY: each level implies the features its tile needs (`Simd::is_supported`),
+            // and every slice of `xs` holds `w.len()` blocks.
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512Vnni => unsafe { tile_512_vnni(w, xs, p) },
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512 => unsafe { tile_512(w, xs, p) },
+            _ => tile_scalar(w, xs, p),
+        }
+    }
+}
 
 /// `p[r][i] +=` row `r` of blocks `w` times token `i`'s activation blocks `xs[i]` (`xs.len() ≤
 /// N`), scalar, in the AVX-512 tile's lanes and order (see the module header).
-fn tile_scalar<B: Layout, const N: usize>(w: &[B], xs: &[&[BlockQ8]], p: &mut [[f32; N]; 8]) {
-    let f16 = |bits: u16| f16_at(&bits.to_le_bytes(), 0);
+fn tile_scalar<const V: usize, const M: usize, const N: usize>(w: &[LBlockX8<V, M>], xs: &[&[BlockQ8]], p: &mut [[f32; N]; 8]) {
+    let (kind, f16) = (LBlockX8::<V, M>::KIND, |bits: u16| f16_at(&bits.to_le_bytes(), 0));
     for (i, x) in xs.iter().enumerate() {
         for (r, pr) in p.iter_mut().enumerate() {
             let mut acc = [0f32; 2];
@@ -185,13 +120,13 @@ fn tile_scalar<B: Layout, const N: usize>(w: &[B], xs: &[&[BlockQ8]], p: &mut [[
                 for e in 0..32 {
                     dot[e % 8 / 4] += b.code(r, e) * xb.qs[e] as i32;
                 }
-                if B::KIND == Kind::Q4_0 {
+                if kind == Kind::Q4_0 {
                     dot[0] -= 8 * xb.sum;
                 }
-                let d = f16(b.d()[r]) * xb.d;
+                let d = f16(b.d[r]) * xb.d;
                 acc[0] = d.mul_add(dot[0] as f32, acc[0]);
-                if B::KIND == Kind::Q4_1 {
-                    acc[0] = f16(b.m()[r]).mul_add(xb.d * xb.sum as f32, acc[0]);
+                if kind == Kind::Q4_1 {
+                    acc[0] = f16(b.mins()[r]).mul_add(xb.d * xb.sum as f32, acc[0]);
                 }
                 acc[1] = d.mul_add(dot[1] as f32, acc[1]);
             }
@@ -217,14 +152,18 @@ macro_rules! legacy_tile_512 {
         /// `w.len()` blocks.
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
-        unsafe fn $name<B: Layout, const N: usize>(w: &[B], xs: &[&[BlockQ8]], p: &mut [[f32; N]; 8]) {
+        unsafe fn $name<const V: usize, const M: usize, const N: usize>(
+            w: &[LBlockX8<V, M>],
+            xs: &[&[BlockQ8]],
+            p: &mut [[f32; N]; 8],
+        ) {
             let mut i0 = 0;
             while i0 < xs.len() {
                 i0 += match xs.len() - i0 {
-                    1 => $pass::<B, N, 1>(w, &xs[i0..], p, i0),
-                    2 => $pass::<B, N, 2>(w, &xs[i0..], p, i0),
-                    3 | 4 => $pass::<B, N, 4>(w, &xs[i0..], p, i0),
-                    _ => $pass::<B, N, 8>(w, &xs[i0..], p, i0),
+                    1 => $pass::<V, M, N, 1>(w, &xs[i0..], p, i0),
+                    2 => $pass::<V, M, N, 2>(w, &xs[i0..], p, i0),
+                    3 | 4 => $pass::<V, M, N, 4>(w, &xs[i0..], p, i0),
+                    _ => $pass::<V, M, N, 8>(w, &xs[i0..], p, i0),
                 };
             }
         }
@@ -233,13 +172,13 @@ macro_rules! legacy_tile_512 {
         /// many it took.
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
-        unsafe fn $pass<B: Layout, const N: usize, const T: usize>(
-            w: &[B],
+        unsafe fn $pass<const V: usize, const M: usize, const N: usize, const T: usize>(
+            w: &[LBlockX8<V, M>],
             xs: &[&[BlockQ8]],
             p: &mut [[f32; N]; 8],
             i0: usize,
         ) -> usize {
-            let taken = T.min(xs.len());
+            let (kind, taken) = (LBlockX8::<V, M>::KIND, T.min(xs.len()));
             let mut xt = [xs[0]; T];
             for (k, x) in xt.iter_mut().enumerate() {
                 *x = xs[k.min(taken - 1)];
@@ -250,18 +189,17 @@ macro_rules! legacy_tile_512 {
             let widen = |h: &[u16; 8]| _mm512_castps256_ps512(_mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr().cast())));
             let mut acc = [_mm512_setzero_ps(); T];
             for (s, b) in w.iter().enumerate() {
-                let ahead = (b as *const B).wrapping_byte_add(AHEAD_BYTES).cast::<i8>();
-                for line in 0..size_of::<B>().div_ceil(64) {
+                let ahead = (b as *const LBlockX8<V, M>).wrapping_byte_add(AHEAD_BYTES).cast::<i8>();
+                for line in 0..size_of::<LBlockX8<V, M>>().div_ceil(64) {
                     _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line));
                 }
-                let qs = b.qs();
-                let load = |v: usize| _mm512_loadu_si512(qs[v].as_ptr().cast());
+                let load = |v: usize| _mm512_loadu_si512(b.qs[v].as_ptr().cast());
                 // Code vector `c` holds codes `8c..8c + 8` of every row, unsigned; Q8_0's signs
                 // in `negative[c]`. (Loops, not `array::from_fn`: its closure would not take
                 // this function's features.)
                 let mut codes = [_mm512_setzero_si512(); 4];
                 let mut negative = [0; 4];
-                if B::KIND == Kind::Q8_0 {
+                if kind == Kind::Q8_0 {
                     for c in 0..4 {
                         let v = load(c);
                         (codes[c], negative[c]) = (_mm512_abs_epi8(v), _mm512_movepi8_mask(v));
@@ -273,26 +211,29 @@ macro_rules! legacy_tile_512 {
                         codes[2 + v] = _mm512_and_si512(_mm512_srli_epi16(q, 4), low4);
                     }
                 }
-                let d = _mm512_permutexvar_ps(pairs, widen(b.d()));
+                let d = _mm512_permutexvar_ps(pairs, widen(&b.d));
                 // Q4_1's mins in each pair's first lane.
-                let m = _mm512_maskz_permutexvar_ps(0x5555, pairs, widen(b.m()));
+                let m = match kind {
+                    Kind::Q4_1 => _mm512_maskz_permutexvar_ps(0x5555, pairs, widen(&b.mins())),
+                    _ => _mm512_setzero_ps(),
+                };
                 for (acc, x) in acc.iter_mut().zip(xt) {
                     let xb = &x[s];
-                    let mut dot = match B::KIND {
+                    let mut dot = match kind {
                         Kind::Q4_0 => _mm512_maskz_set1_epi32(0x5555, -8 * xb.sum),
                         _ => _mm512_setzero_si512(),
                     };
                     for (c, &codes) in codes.iter().enumerate() {
                         // SAFETY: `8c + 8 ≤ 32`.
                         let mut x = _mm512_set1_epi64(eight(xb.qs.as_ptr().add(8 * c)));
-                        if B::KIND == Kind::Q8_0 {
+                        if kind == Kind::Q8_0 {
                             x = _mm512_mask_sub_epi8(x, negative[c], _mm512_setzero_si512(), x);
                         }
                         dot = $dot4(dot, codes, x);
                     }
                     let dxd = _mm512_mul_ps(d, _mm512_set1_ps(xb.d));
                     *acc = _mm512_fmadd_ps(dxd, _mm512_cvtepi32_ps(dot), *acc);
-                    if B::KIND == Kind::Q4_1 {
+                    if kind == Kind::Q4_1 {
                         *acc = _mm512_fmadd_ps(m, _mm512_set1_ps(xb.d * xb.sum as f32), *acc);
                     }
                 }
