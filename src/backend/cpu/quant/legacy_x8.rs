@@ -179,6 +179,7 @@ macro_rules! legacy_tile_512 {
             i0: usize,
         ) -> usize {
             let (kind, taken) = (LBlockX8::<V, M>::KIND, T.min(xs.len()));
+            // A loop: `array::from_fn`'s closure was left a call here (`perf`).
             let mut xt = [xs[0]; T];
             for (k, x) in xt.iter_mut().enumerate() {
                 *x = xs[k.min(taken - 1)];
@@ -195,8 +196,7 @@ macro_rules! legacy_tile_512 {
                 }
                 let load = |v: usize| _mm512_loadu_si512(b.qs[v].as_ptr().cast());
                 // Code vector `c` holds codes `8c..8c + 8` of every row, unsigned; Q8_0's signs
-                // in `negative[c]`. (Loops, not `array::from_fn`: its closure would not take
-                // this function's features.)
+                // in `negative[c]`.
                 let mut codes = [_mm512_setzero_si512(); 4];
                 let mut negative = [0; 4];
                 if kind == Kind::Q8_0 {
