@@ -106,8 +106,17 @@ pub fn matmul_into(
     Ok(())
 }
 
-/// Products of a tile: `p[r][i]` is panel row `r` times token `t0 + i`.
-pub(super) type Tile = [[f32; TOKENS]; ROWS];
+/// Products of a tile: `p[i][r]` is panel row `r` times token `t0 + i` (a token's outputs
+/// side by side, as they are stored).
+pub(super) type Tile = [[f32; ROWS]; TOKENS];
+
+/// A tile the row-major way the per-row kernels (`ktile`, `ltile`, `ftile`) write it.
+type RowTile = [[f32; TOKENS]; ROWS];
+
+/// `p` token-major.
+fn by_token(p: &RowTile) -> Tile {
+    std::array::from_fn(|i| std::array::from_fn(|r| p[r][i]))
+}
 
 /// How one kind of weight meets the tokens: a panel of [`ROWS`] weight rows prepared into a
 /// per-task buffer, then tiles of tokens against it.
@@ -150,24 +159,30 @@ impl Run<'_> {
                     let n = TOKENS.min(n_tok - t0);
                     let p = panel.tile(&main, t0, n);
                     let q = up.as_ref().map(|up| panel.tile(up, t0, n));
-                    for (r, pr) in p.iter().enumerate().take(n_rows) {
-                        for (i, &v) in pr.iter().enumerate().take(n) {
-                            // SAFETY: in bounds (`check` validated `y` for `n_tok` tokens at
-                            // `out`) and written by this task only: `t * stride + o` differs
-                            // for every (t, o < outputs) as `stride ≥ outputs`, and tasks own
-                            // disjoint output rows.
-                            let y = unsafe { &mut *self.y.at((t0 + i) * stride + offset + o0 + r) };
-                            match (self.out.epilogue, &q) {
-                                (Epilogue::Add, _) => *y += v,
-                                (Epilogue::SiluMul, Some(q)) => *y = silu(v) * q[r][i],
-                                _ => *y = v,
-                            }
-                        }
+                    for i in 0..n {
+                        // SAFETY: in bounds (`check` validated `y` for `n_tok` tokens at
+                        // `out`) and written by this task only: token `t`'s outputs start at
+                        // `t * stride`, `stride ≥ outputs` apart, and tasks own disjoint
+                        // output rows.
+                        let y = unsafe { std::slice::from_raw_parts_mut(self.y.at((t0 + i) * stride + offset + o0), n_rows) };
+                        store(self.out.epilogue, y, &p, q.as_ref(), i);
                     }
                 }
             }
         };
         self.pool.run(outputs.div_ceil(chunk), &task);
+    }
+}
+
+/// Token `i`'s products of a tile (and of its up rows' tile, gated) into its outputs `y`, one per
+/// panel row, through the epilogue.
+#[inline(always)]
+fn store(epilogue: Epilogue, y: &mut [f32], p: &Tile, up: Option<&Tile>, i: usize) {
+    let v = &p[i][..y.len()];
+    match (epilogue, up) {
+        (Epilogue::Add, _) => y.iter_mut().zip(v).for_each(|(y, v)| *y += v),
+        (Epilogue::SiluMul, Some(up)) => y.iter_mut().zip(v).zip(up[i]).for_each(|((y, &v), u)| *y = silu(v) * u),
+        _ => y.copy_from_slice(v),
     }
 }
 
@@ -197,7 +212,7 @@ impl Panel for KPanel<'_> {
     fn tile(&self, buf: &Vec<KRows>, t0: usize, n: usize) -> Tile {
         let n_sb = buf.len();
         let xs: [&[BlockQ8K]; TOKENS] = std::array::from_fn(|i| &self.x[(t0 + i.min(n - 1)) * n_sb..][..n_sb]);
-        let mut p = [[0.0; TOKENS]; ROWS];
+        let mut p: RowTile = [[0.0; TOKENS]; ROWS];
         match self.simd {
             // SAFETY: each level implies the features its tile needs (`Simd::is_supported`),
             // and every slice holds `n_sb` super-blocks.
@@ -209,7 +224,7 @@ impl Panel for KPanel<'_> {
             l if l.avx2() => unsafe { ktile::tile_avx2(buf, &xs[..n], &mut p) },
             _ => ktile::tile(buf, &xs[..n], &mut p),
         }
-        p
+        by_token(&p)
     }
 }
 
@@ -243,9 +258,9 @@ impl Panel for WasmKPanel<'_> {
         let n_sb = self.w.cols() / 256;
         let xs: [&[BlockQ8K]; TOKENS] = std::array::from_fn(|i| &self.x[(t0 + i.min(n - 1)) * n_sb..][..n_sb]);
         let w = std::array::from_fn(|r| &buf[r * n_sb..][..n_sb]);
-        let mut p = [[0.0; TOKENS]; ROWS];
+        let mut p: RowTile = [[0.0; TOKENS]; ROWS];
         ktile_wasm::tile_wasm(self.simd, w, &xs[..n], &mut p);
-        p
+        by_token(&p)
     }
 }
 
@@ -276,7 +291,7 @@ impl Panel for LPanel<'_> {
     fn tile(&self, buf: &Vec<LBlock>, t0: usize, n: usize) -> Tile {
         let (ty, n_b) = (self.w.ty(), self.w.cols() / 32);
         let xs: [&[BlockQ8]; TOKENS] = std::array::from_fn(|i| &self.x[(t0 + i.min(n - 1)) * n_b..][..n_b]);
-        let mut p = [[0.0; TOKENS]; ROWS];
+        let mut p: RowTile = [[0.0; TOKENS]; ROWS];
         // The four-row kernels, on each half of the panel.
         for (half, p) in p.chunks_exact_mut(4).enumerate() {
             let w = [0, 1, 2, 3].map(|r| &buf[(4 * half + r) * n_b..][..n_b]);
@@ -292,7 +307,7 @@ impl Panel for LPanel<'_> {
                 _ => ltile::tile(ty, w, &xs[..n], p),
             }
         }
-        p
+        by_token(&p)
     }
 }
 
@@ -323,7 +338,7 @@ impl Panel for F32Panel<'_> {
 
     fn tile(&self, buf: &Vec<f32>, t0: usize, n: usize) -> Tile {
         let cols = self.w.cols();
-        let mut p = [[0.0; TOKENS]; ROWS];
+        let mut p: RowTile = [[0.0; TOKENS]; ROWS];
         // The four-row micro-kernel, on each half of the panel.
         for (half, p) in p.chunks_exact_mut(4).enumerate() {
             for k in (0..cols).step_by(COLS) {
@@ -348,6 +363,6 @@ impl Panel for F32Panel<'_> {
                 }
             }
         }
-        p
+        by_token(&p)
     }
 }

@@ -196,7 +196,7 @@ impl<B: BlockX8> Panel for RepackedPanel<'_, B> {
 
     fn tile(&self, buf: &usize, t0: usize, n: usize) -> Tile {
         let xs: [&[B::Act]; TOKENS] = std::array::from_fn(|i| &self.x[(t0 + i.min(n - 1)) * self.blocks..][..self.blocks]);
-        let mut p = [[0.0; TOKENS]; ROWS];
+        let mut p: Tile = [[0.0; ROWS]; TOKENS];
         B::tile(self.simd, &self.panels[*buf..][..self.blocks], &xs[..n], &mut p);
         p
     }

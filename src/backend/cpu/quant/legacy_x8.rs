@@ -95,7 +95,7 @@ impl<const V: usize, const M: usize> BlockX8 for LBlockX8<V, M> {
         quantize_q8(x)
     }
 
-    fn tile<const N: usize>(simd: Simd, w: &[Self], xs: &[&[BlockQ8]], p: &mut [[f32; N]; 8]) {
+    fn tile(simd: Simd, w: &[Self], xs: &[&[BlockQ8]], p: &mut [[f32; 8]]) {
         match simd {
             // SAFETY: each level implies the features its tile needs (`Simd::is_supported`),
             // and every slice of `xs` holds `w.len()` blocks.
@@ -108,12 +108,12 @@ impl<const V: usize, const M: usize> BlockX8 for LBlockX8<V, M> {
     }
 }
 
-/// `p[r][i] +=` row `r` of blocks `w` times token `i`'s activation blocks `xs[i]` (`xs.len() ≤
-/// N`), scalar, in the AVX-512 tile's lanes and order (see the module header).
-fn tile_scalar<const V: usize, const M: usize, const N: usize>(w: &[LBlockX8<V, M>], xs: &[&[BlockQ8]], p: &mut [[f32; N]; 8]) {
+/// `p[i][r] +=` row `r` of blocks `w` times token `i`'s activation blocks `xs[i]` (`xs.len() ≤
+/// p.len()`), scalar, in the AVX-512 tile's lanes and order (see the module header).
+fn tile_scalar<const V: usize, const M: usize>(w: &[LBlockX8<V, M>], xs: &[&[BlockQ8]], p: &mut [[f32; 8]]) {
     let (kind, f16) = (LBlockX8::<V, M>::KIND, |bits: u16| f16_at(&bits.to_le_bytes(), 0));
     for (i, x) in xs.iter().enumerate() {
-        for (r, pr) in p.iter_mut().enumerate() {
+        for (r, pr) in p[i].iter_mut().enumerate() {
             let mut acc = [0f32; 2];
             for (b, xb) in w.iter().zip(x.iter()) {
                 let mut dot = [0i32; 2];
@@ -130,7 +130,7 @@ fn tile_scalar<const V: usize, const M: usize, const N: usize>(w: &[LBlockX8<V, 
                 }
                 acc[1] = d.mul_add(dot[1] as f32, acc[1]);
             }
-            pr[i] += acc[0] + acc[1];
+            *pr += acc[0] + acc[1];
         }
     }
 }
@@ -152,18 +152,14 @@ macro_rules! legacy_tile_512 {
         /// `w.len()` blocks.
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
-        unsafe fn $name<const V: usize, const M: usize, const N: usize>(
-            w: &[LBlockX8<V, M>],
-            xs: &[&[BlockQ8]],
-            p: &mut [[f32; N]; 8],
-        ) {
+        unsafe fn $name<const V: usize, const M: usize>(w: &[LBlockX8<V, M>], xs: &[&[BlockQ8]], p: &mut [[f32; 8]]) {
             let mut i0 = 0;
             while i0 < xs.len() {
                 i0 += match xs.len() - i0 {
-                    1 => $pass::<V, M, N, 1>(w, &xs[i0..], p, i0),
-                    2 => $pass::<V, M, N, 2>(w, &xs[i0..], p, i0),
-                    3 | 4 => $pass::<V, M, N, 4>(w, &xs[i0..], p, i0),
-                    _ => $pass::<V, M, N, 8>(w, &xs[i0..], p, i0),
+                    1 => $pass::<V, M, 1>(w, &xs[i0..], p, i0),
+                    2 => $pass::<V, M, 2>(w, &xs[i0..], p, i0),
+                    3 | 4 => $pass::<V, M, 4>(w, &xs[i0..], p, i0),
+                    _ => $pass::<V, M, 8>(w, &xs[i0..], p, i0),
                 };
             }
         }
@@ -172,10 +168,10 @@ macro_rules! legacy_tile_512 {
         /// many it took.
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
-        unsafe fn $pass<const V: usize, const M: usize, const N: usize, const T: usize>(
+        unsafe fn $pass<const V: usize, const M: usize, const T: usize>(
             w: &[LBlockX8<V, M>],
             xs: &[&[BlockQ8]],
-            p: &mut [[f32; N]; 8],
+            p: &mut [[f32; 8]],
             i0: usize,
         ) -> usize {
             let (kind, taken) = (LBlockX8::<V, M>::KIND, T.min(xs.len()));
@@ -241,11 +237,9 @@ macro_rules! legacy_tile_512 {
             for (k, acc) in acc.iter().enumerate().take(taken) {
                 // Each pair's lanes added (both lanes of the pair get the sum), the rows packed low.
                 let both = _mm512_add_ps(*acc, _mm512_permute_ps::<0b10_11_00_01>(*acc));
-                let mut rows = [0f32; 8];
-                _mm256_storeu_ps(rows.as_mut_ptr(), _mm512_castps512_ps256(_mm512_maskz_compress_ps(0x5555, both)));
-                for (pr, s) in p.iter_mut().zip(rows) {
-                    pr[i0 + k] += s;
-                }
+                let rows = _mm512_castps512_ps256(_mm512_maskz_compress_ps(0x5555, both));
+                let at = p[i0 + k].as_mut_ptr();
+                _mm256_storeu_ps(at, _mm256_add_ps(_mm256_loadu_ps(at), rows));
             }
             taken
         }

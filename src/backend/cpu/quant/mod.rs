@@ -65,10 +65,10 @@ pub(super) trait BlockX8: Copy + Send + Sync {
     fn pack(rows: [&[u8]; 8]) -> Self;
     /// Activations quantized for the tile.
     fn quantize(x: &[f32]) -> Result<Vec<Self::Act>, QuantError>;
-    /// `p[r][i] +=` row `r` of blocks `w` times token `i`'s activation blocks `xs[i]`
-    /// (`xs.len() ≤ N`, each `w.len()` long) at level `simd`: the same bits for a token
+    /// `p[i][r] +=` row `r` of blocks `w` times token `i`'s activation blocks `xs[i]`
+    /// (`xs.len() ≤ p.len()`, each `w.len()` long) at level `simd`: the same bits for a token
     /// whatever tokens share the call (the K-quants: the matvec's bits).
-    fn tile<const N: usize>(simd: Simd, w: &[Self], xs: &[&[Self::Act]], p: &mut [[f32; N]; 8]);
+    fn tile(simd: Simd, w: &[Self], xs: &[&[Self::Act]], p: &mut [[f32; 8]]);
 }
 
 /// The f16 at `b[at..at + 2]` as f32.

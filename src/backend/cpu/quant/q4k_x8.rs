@@ -71,7 +71,7 @@ impl BlockX8 for Q4KBlockX8 {
         quantize_q8k(x)
     }
 
-    fn tile<const N: usize>(simd: Simd, w: &[Self], xs: &[&[BlockQ8K]], p: &mut [[f32; N]; 8]) {
+    fn tile(simd: Simd, w: &[Self], xs: &[&[BlockQ8K]], p: &mut [[f32; 8]]) {
         match simd {
             // SAFETY: each level implies the features its tile needs (`Simd::is_supported`),
             // and every slice of `xs` holds `w.len()` super-blocks.
@@ -93,11 +93,11 @@ impl Q4KBlockX8 {
     }
 }
 
-/// `p[r][i] += Σ_s` row `r` of super-blocks `w[s]` times token `i`'s activation blocks
-/// `xs[i][s]` (`xs.len() ≤ N`), scalar, in `scalar.rs`'s order of f32 steps.
-fn tile_scalar<const N: usize>(w: &[Q4KBlockX8], xs: &[&[BlockQ8K]], p: &mut [[f32; N]; 8]) {
+/// `p[i][r] += Σ_s` row `r` of super-blocks `w[s]` times token `i`'s activation blocks
+/// `xs[i][s]` (`xs.len() ≤ p.len()`), scalar, in `scalar.rs`'s order of f32 steps.
+fn tile_scalar(w: &[Q4KBlockX8], xs: &[&[BlockQ8K]], p: &mut [[f32; 8]]) {
     for (i, x) in xs.iter().enumerate() {
-        for (r, pr) in p.iter_mut().enumerate() {
+        for (r, pr) in p[i].iter_mut().enumerate() {
             for (b, xb) in w.iter().zip(x.iter()) {
                 let mut dot = 0;
                 let mut min = 0;
@@ -106,7 +106,7 @@ fn tile_scalar<const N: usize>(w: &[Q4KBlockX8], xs: &[&[BlockQ8K]], p: &mut [[f
                     dot += b.scales[s][r] as i32 * sum;
                     min += b.mins[s][r] as i32 * (xb.bsums[2 * s] as i32 + xb.bsums[2 * s + 1] as i32);
                 }
-                pr[i] += b.d[r] * xb.d * dot as f32 - b.dmin[r] * xb.d * min as f32;
+                *pr += b.d[r] * xb.d * dot as f32 - b.dmin[r] * xb.d * min as f32;
             }
         }
     }
@@ -128,15 +128,15 @@ macro_rules! q4k_tile_512 {
         /// `w.len()` super-blocks.
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
-        unsafe fn $name<const N: usize>(w: &[Q4KBlockX8], xs: &[&[BlockQ8K]], p: &mut [[f32; N]; 8]) {
+        unsafe fn $name(w: &[Q4KBlockX8], xs: &[&[BlockQ8K]], p: &mut [[f32; 8]]) {
             let mut i0 = 0;
             while i0 < xs.len() {
                 let n = xs.len() - i0;
                 let taken = match n {
-                    1 => $pass::<N, 1>(w, &xs[i0..], p, i0),
-                    2 => $pass::<N, 2>(w, &xs[i0..], p, i0),
-                    3 | 4 => $pass::<N, 4>(w, &xs[i0..], p, i0),
-                    _ => $pass::<N, 8>(w, &xs[i0..], p, i0),
+                    1 => $pass::<1>(w, &xs[i0..], p, i0),
+                    2 => $pass::<2>(w, &xs[i0..], p, i0),
+                    3 | 4 => $pass::<4>(w, &xs[i0..], p, i0),
+                    _ => $pass::<8>(w, &xs[i0..], p, i0),
                 };
                 i0 += taken;
             }
@@ -146,12 +146,7 @@ macro_rules! q4k_tile_512 {
         /// many it took.
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
-        unsafe fn $pass<const N: usize, const T: usize>(
-            w: &[Q4KBlockX8],
-            xs: &[&[BlockQ8K]],
-            p: &mut [[f32; N]; 8],
-            i0: usize,
-        ) -> usize {
+        unsafe fn $pass<const T: usize>(w: &[Q4KBlockX8], xs: &[&[BlockQ8K]], p: &mut [[f32; 8]], i0: usize) -> usize {
             let taken = T.min(xs.len());
             let xt: [&[BlockQ8K]; T] = std::array::from_fn(|k| xs[k.min(taken - 1)]);
             let low4 = _mm512_set1_epi8(0x0F);
@@ -240,11 +235,8 @@ macro_rules! q4k_tile_512 {
                 }
             }
             for (k, sum) in sums.iter().enumerate().take(taken) {
-                let mut s = [0f32; 8];
-                _mm256_storeu_ps(s.as_mut_ptr(), *sum);
-                for (pr, s) in p.iter_mut().zip(s) {
-                    pr[i0 + k] += s;
-                }
+                let at = p[i0 + k].as_mut_ptr();
+                _mm256_storeu_ps(at, _mm256_add_ps(_mm256_loadu_ps(at), *sum));
             }
             taken
         }

@@ -85,7 +85,7 @@ impl BlockX8 for Q6KBlockX8 {
         quantize_q8k(x)
     }
 
-    fn tile<const N: usize>(simd: Simd, w: &[Self], xs: &[&[BlockQ8K]], p: &mut [[f32; N]; 8]) {
+    fn tile(simd: Simd, w: &[Self], xs: &[&[BlockQ8K]], p: &mut [[f32; 8]]) {
         match simd {
             // SAFETY: each level implies the features its tile needs (`Simd::is_supported`),
             // and every slice of `xs` holds `w.len()` super-blocks.
@@ -109,18 +109,18 @@ impl Q6KBlockX8 {
     }
 }
 
-/// `p[r][i] += Σ_s` row `r` of super-blocks `w[s]` times token `i`'s activation blocks
-/// `xs[i][s]` (`xs.len() ≤ N`), scalar, in `scalar.rs`'s order of f32 steps.
-fn tile_scalar<const N: usize>(w: &[Q6KBlockX8], xs: &[&[BlockQ8K]], p: &mut [[f32; N]; 8]) {
+/// `p[i][r] += Σ_s` row `r` of super-blocks `w[s]` times token `i`'s activation blocks
+/// `xs[i][s]` (`xs.len() ≤ p.len()`), scalar, in `scalar.rs`'s order of f32 steps.
+fn tile_scalar(w: &[Q6KBlockX8], xs: &[&[BlockQ8K]], p: &mut [[f32; 8]]) {
     for (i, x) in xs.iter().enumerate() {
-        for (r, pr) in p.iter_mut().enumerate() {
+        for (r, pr) in p[i].iter_mut().enumerate() {
             for (b, xb) in w.iter().zip(x.iter()) {
                 let mut sum = 0;
                 for g in 0..16 {
                     let dot: i32 = (16 * g..16 * g + 16).map(|e| b.code(r, e) * xb.qs[e] as i32).sum();
                     sum += b.scales[g][r] as i32 * (dot - 32 * xb.bsums[g] as i32);
                 }
-                pr[i] += b.d[r] * xb.d * sum as f32;
+                *pr += b.d[r] * xb.d * sum as f32;
             }
         }
     }
@@ -137,15 +137,15 @@ macro_rules! q6k_tile_512 {
         /// `w.len()` super-blocks.
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
-        unsafe fn $name<const N: usize>(w: &[Q6KBlockX8], xs: &[&[BlockQ8K]], p: &mut [[f32; N]; 8]) {
+        unsafe fn $name(w: &[Q6KBlockX8], xs: &[&[BlockQ8K]], p: &mut [[f32; 8]]) {
             let mut i0 = 0;
             while i0 < xs.len() {
                 let n = xs.len() - i0;
                 let taken = match n {
-                    1 => $pass::<N, 1>(w, &xs[i0..], p, i0),
-                    2 => $pass::<N, 2>(w, &xs[i0..], p, i0),
-                    3 | 4 => $pass::<N, 4>(w, &xs[i0..], p, i0),
-                    _ => $pass::<N, 8>(w, &xs[i0..], p, i0),
+                    1 => $pass::<1>(w, &xs[i0..], p, i0),
+                    2 => $pass::<2>(w, &xs[i0..], p, i0),
+                    3 | 4 => $pass::<4>(w, &xs[i0..], p, i0),
+                    _ => $pass::<8>(w, &xs[i0..], p, i0),
                 };
                 i0 += taken;
             }
@@ -155,12 +155,7 @@ macro_rules! q6k_tile_512 {
         /// many it took.
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
-        unsafe fn $pass<const N: usize, const T: usize>(
-            w: &[Q6KBlockX8],
-            xs: &[&[BlockQ8K]],
-            p: &mut [[f32; N]; 8],
-            i0: usize,
-        ) -> usize {
+        unsafe fn $pass<const T: usize>(w: &[Q6KBlockX8], xs: &[&[BlockQ8K]], p: &mut [[f32; 8]], i0: usize) -> usize {
             let taken = T.min(xs.len());
             let xt: [&[BlockQ8K]; T] = std::array::from_fn(|k| xs[k.min(taken - 1)]);
             let (low4, high2) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(0x30));
@@ -231,11 +226,8 @@ macro_rules! q6k_tile_512 {
                 }
             }
             for (t, sum) in sums.iter().enumerate().take(taken) {
-                let mut s = [0f32; 8];
-                _mm256_storeu_ps(s.as_mut_ptr(), *sum);
-                for (pr, s) in p.iter_mut().zip(s) {
-                    pr[i0 + t] += s;
-                }
+                let at = p[i0 + t].as_mut_ptr();
+                _mm256_storeu_ps(at, _mm256_add_ps(_mm256_loadu_ps(at), *sum));
             }
             taken
         }
