@@ -6,7 +6,7 @@
 //! comment). Errors are relative: `max |got - want| / max |want|` per output ([`rel_max`]), or
 //! per element for the activations ([`rel_elem`]).
 
-use webvlm::backend::cpu::attention::{attention_decode, attention_prefill, BLOCK};
+use webvlm::backend::cpu::attention::{attention_decode, attention_prefill, attention_seqs, SeqAttention, BLOCK};
 use webvlm::backend::cpu::elementwise::{
     add_inplace, copy_first_halves, gelu_inplace, gelu_tanh, sigmoid_mul_second_halves, silu_mul_halves, silu_mul_inplace,
 };
@@ -304,6 +304,43 @@ fn attention_matches_ref() {
             .unwrap();
             // Measured 7.4e-7 (decode 9/3 hd 64, scalar; 5.9e-7 with AVX2).
             report(&format!("attention {} {level} t{}", c.name, pool.threads()), rel_max(&out, &want), 1.1e-6);
+        }
+    }
+}
+
+/// A batched step's attention: every case as one sequence of one [`attention_seqs`] call (decode
+/// rows and prompt rows, their own shapes, caches and `kv_start`) gives each the bits it gets
+/// alone, at every level and thread count.
+#[test]
+fn attention_of_many_sequences_gives_each_its_bits_alone() {
+    for (pool, level) in pools().iter().flat_map(|p| Simd::available().into_iter().map(move |l| (p, l))) {
+        let inputs: Vec<_> = CASES.iter().map(|c| c.inputs(3, |x| x)).collect();
+        let alone: Vec<Vec<f32>> = CASES
+            .iter()
+            .zip(&inputs)
+            .map(|(c, (q, k, v, shape))| {
+                let mut out = vec![f32::NAN; c.n_tok * c.n_head * c.hd];
+                simd::with_level(level, || attention_prefill(pool, shape, q, k, v, &mut out, c.n_tok, c.kv_start))
+                    .unwrap()
+                    .unwrap();
+                out
+            })
+            .collect();
+        let mut outs: Vec<Vec<f32>> = alone.iter().map(|a| vec![f32::NAN; a.len()]).collect();
+        let seqs = CASES.iter().zip(&inputs).zip(&mut outs).map(|((c, (q, k, v, shape)), out)| SeqAttention {
+            shape: *shape,
+            q,
+            k_cache: k,
+            v_cache: v,
+            out,
+            n_tok: c.n_tok,
+            kv_start: c.kv_start,
+        });
+        let seqs: Vec<_> = seqs.collect();
+        simd::with_level(level, || attention_seqs(pool, seqs)).unwrap().unwrap();
+        for ((c, got), want) in CASES.iter().zip(&outs).zip(&alone) {
+            let same = got.iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{} at {level} on {} threads: batched differs from alone", c.name, pool.threads());
         }
     }
 }

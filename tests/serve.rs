@@ -62,6 +62,33 @@ fn answer(completion: &Value) -> Value {
     })
 }
 
+/// How far a logprob of a request run beside others may be from its own: a decode row that
+/// shares a step with a prompt chunk runs its products on the prefill kernel, whose f32
+/// rounding differs from the decode kernel's for this fixture's f16 matrices.
+const LOGPROB_TOLERANCE: f64 = 1e-4;
+
+/// `got` is `want` (the request's answer run alone): the same text and tokens, and its
+/// logprobs within [`LOGPROB_TOLERANCE`].
+fn assert_same_answer(got: &Value, want: &Value, what: &str) {
+    fn same(got: &Value, want: &Value) -> bool {
+        match (got, want) {
+            (Value::Object(g), Value::Object(w)) => {
+                g.len() == w.len()
+                    && g.iter().all(|(key, g)| match (w.get(key), key.as_str()) {
+                        (Some(w), "logprob") => {
+                            g.as_f64().zip(w.as_f64()).is_some_and(|(g, w)| (g - w).abs() <= LOGPROB_TOLERANCE)
+                        }
+                        (Some(w), _) => same(g, w),
+                        (None, _) => false,
+                    })
+            }
+            (Value::Array(g), Value::Array(w)) => g.len() == w.len() && g.iter().zip(w).all(|(g, w)| same(g, w)),
+            _ => got == want,
+        }
+    }
+    assert!(same(got, want), "{what}:\n got {got}\nwant {want}");
+}
+
 /// `logit_bias` that keeps the tiny model from ending early (long generations).
 fn no_end_tokens() -> Value {
     let gguf = MappedGguf::open(model_file("model.gguf")).unwrap();
@@ -838,7 +865,7 @@ fn parallel_requests_and_batch_lines_run_together_and_answer_as_one_at_a_time() 
         clients.into_iter().map(|c| c.join().unwrap()).collect()
     });
     for (i, (got, want)) in got.iter().zip(&want).enumerate() {
-        assert_eq!(got, want, "request {i}");
+        assert_same_answer(got, want, &format!("request {i}"));
     }
     // A short request is answered while a long stream still runs.
     let mut running = many.stream(&long(true));
@@ -877,7 +904,7 @@ fn parallel_requests_and_batch_lines_run_together_and_answer_as_one_at_a_time() 
         many.get(&format!("/v1/files/{id}/content")).text().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     for (i, line) in lines.iter().enumerate() {
         assert_eq!(line["custom_id"], format!("r{i}"), "in the input's order");
-        assert_eq!(answer(&line["response"]["body"]), want[i], "batch line {i}");
+        assert_same_answer(&answer(&line["response"]["body"]), &want[i], &format!("batch line {i}"));
     }
     // A request of 4 choices waits for 4 free slots, counted as waiting, not running, while an
     // unread stream keeps one; that stream's client leaving frees the slot, and it runs.

@@ -1,5 +1,6 @@
 //! Causal grouped-query attention over the KV cache, prefill ([`attention_prefill`]) and
-//! decode ([`attention_decode`]), plus [`StepParams`], the per-step uniform that RoPE, the
+//! decode ([`attention_decode`]), both for the sequences of a batched step
+//! ([`attention_batch`]), plus [`StepParams`], the per-step uniform that RoPE, the
 //! KV-cache store and attention read. The GPU side in `backend::gpu::attention` (a tiled
 //! FlashAttention-style prefill kernel and a split-K decode kernel with its combine pass, their
 //! launch shapes and decode grid), the CPU side in `backend::cpu::attention` (one pass per
@@ -10,6 +11,8 @@
 //! out `[n_tok][n_head*head_dim]` f32. Query head h uses KV head `h / (n_head / n_kv_head)`.
 //! New token t sits at cache row `kv_start + t` and (causal) sees rows `0..=kv_start + t`; the
 //! cache must already hold the new rows. The math is f32 whatever the cache type.
+
+use std::cell::{Ref, RefMut};
 
 pub use super::shapes::{AttnShape, KvDtype};
 use bytemuck::{Pod, Zeroable};
@@ -143,7 +146,7 @@ pub fn attention_prefill(
             let (step, q, k_cache, v_cache, out) = (step.gpu()?, q.gpu()?, k_cache.gpu()?, v_cache.gpu()?, out.gpu()?);
             gpu::attention::attention_prefill(prog, gpu, shape, step, q, k_cache, v_cache, out)
         }
-        On::Cpu(prog, _) => cpu_attention(prog, shape, step, q, (k_cache, v_cache), out),
+        On::Cpu(prog, _) => cpu_attention(prog, vec![CpuSeq::new(shape, step, q, (k_cache, v_cache), out)?]),
     }
 }
 
@@ -173,34 +176,60 @@ impl DecodeScratch {
     }
 }
 
-/// Records attention on the CPU at the step's `kv_start` and `n_tok` (read when it runs).
-fn cpu_attention(
-    prog: &mut cpu::Program,
-    shape: &AttnShape,
-    step: &Buffer,
-    q: &Buffer,
-    (k_cache, v_cache): (&Buffer, &Buffer),
-    out: &Buffer,
-) -> Result<()> {
-    let (step, q, k, v, out) =
-        (step.cpu()?.clone(), q.cpu()?.clone(), k_cache.cpu()?.clone(), v_cache.cpu()?.clone(), out.cpu()?.clone());
-    let shape = *shape;
-    let width = shape.n_head as usize * shape.head_dim as usize;
+/// One sequence's side of a CPU attention op: its shape and buffers.
+struct CpuSeq {
+    shape: AttnShape,
+    step: cpu::Buffer,
+    q: cpu::Buffer,
+    k: cpu::Buffer,
+    v: cpu::Buffer,
+    out: cpu::Buffer,
+}
+
+impl CpuSeq {
+    fn new(shape: &AttnShape, step: &Buffer, q: &Buffer, (k, v): (&Buffer, &Buffer), out: &Buffer) -> Result<CpuSeq> {
+        let (step, q, k, v, out) =
+            (step.cpu()?.clone(), q.cpu()?.clone(), k.cpu()?.clone(), v.cpu()?.clone(), out.cpu()?.clone());
+        Ok(CpuSeq { shape: *shape, step, q, k, v, out })
+    }
+}
+
+/// Records attention on the CPU of each of `seqs` at its step's `kv_start` and `n_tok` (read
+/// when it runs), in one op.
+fn cpu_attention(prog: &mut cpu::Program, seqs: Vec<CpuSeq>) -> Result<()> {
     prog.push("attention", move |pool| {
-        let s = StepParams::read_cpu(&step)?;
-        let n = s.n_tok.min(shape.max_tok) as usize;
-        let (q, k, v, mut out) = (q.read()?, k.read()?, v.read()?, out.write_n(n * width)?);
-        let kv_start = s.kv_start as usize;
-        Ok(match shape.kv {
-            KvDtype::F32 => cpu::attention::attention_prefill(pool, &shape, &q, &k, &v, &mut out, n, kv_start),
-            KvDtype::F16 => {
-                let (k, v): (&[u16], &[u16]) = (bytemuck::cast_slice(&k[..]), bytemuck::cast_slice(&v[..]));
-                cpu::attention::attention_prefill(pool, &shape, &q, k, v, &mut out, n, kv_start)
-            }
+        let mut borrowed = Vec::with_capacity(seqs.len());
+        for s in &seqs {
+            let step = StepParams::read_cpu(&s.step)?;
+            let n = step.n_tok.min(s.shape.max_tok) as usize;
+            let width = s.shape.n_head as usize * s.shape.head_dim as usize;
+            borrowed.push((s.shape, n, step.kv_start as usize, s.q.read()?, s.k.read()?, s.v.read()?, s.out.write_n(n * width)?));
+        }
+        fn run<T: cpu::attention::KvElem + bytemuck::Pod>(
+            pool: &cpu::ThreadPool,
+            borrowed: &mut [Borrowed],
+        ) -> std::result::Result<(), cpu::ShapeError> {
+            let seqs = borrowed.iter_mut().map(|(shape, n_tok, kv_start, q, k, v, out)| cpu::attention::SeqAttention {
+                shape: *shape,
+                q,
+                k_cache: bytemuck::cast_slice::<f32, T>(k),
+                v_cache: bytemuck::cast_slice::<f32, T>(v),
+                out,
+                n_tok: *n_tok,
+                kv_start: *kv_start,
+            });
+            cpu::attention::attention_seqs(pool, seqs.collect())
+        }
+        Ok(match seqs.first().map(|s| s.shape.kv) {
+            Some(KvDtype::F16) => run::<u16>(pool, &mut borrowed),
+            _ => run::<f32>(pool, &mut borrowed),
         }?)
     });
     Ok(())
 }
+
+/// A sequence's shape, row count, `kv_start`, and its buffers borrowed for one run.
+type Borrowed<'a> = (AttnShape, usize, usize, Ref<'a, [f32]>, Ref<'a, [f32]>, Ref<'a, [f32]>, RefMut<'a, [f32]>);
 
 /// Records split-K decode attention: like [`attention_prefill`], for any `kv_len` up to the
 /// cache size. On the GPU, two dispatches with a grid that does not depend on `kv_len`
@@ -233,8 +262,40 @@ pub fn attention_decode(
             };
             gpu::attention::attention_decode(prog, gpu, shape, step, q, k_cache, v_cache, &scratch, out)
         }
-        On::Cpu(prog, _) => cpu_attention(prog, shape, step, q, (k_cache, v_cache), out),
+        On::Cpu(prog, _) => cpu_attention(prog, vec![CpuSeq::new(shape, step, q, (k_cache, v_cache), out)?]),
     }
+}
+
+/// One sequence of [`attention_batch`]: what [`attention_decode`] (a step recorded for one row)
+/// or [`attention_prefill`] (for more) takes.
+pub struct AttnSeq<'a> {
+    pub shape: AttnShape,
+    pub step: &'a Buffer,
+    pub q: &'a Buffer,
+    pub k_cache: &'a Buffer,
+    pub v_cache: &'a Buffer,
+    pub scratch: &'a DecodeScratch,
+    pub out: &'a Buffer,
+}
+
+/// Records the attention of the sequences of a batched step, each against its own caches at
+/// its own step: on the GPU each sequence's dispatches, on the CPU one op whose tasks (runs of
+/// KV heads of each sequence's rows) share the pool.
+pub fn attention_batch(prog: &mut Program, dev: &Device, seqs: &[AttnSeq]) -> Result<()> {
+    if let On::Cpu(cpu_prog, _) = prog.on(dev)? {
+        let cpu_seqs = seqs.iter().map(|s| {
+            s.shape.check()?;
+            CpuSeq::new(&s.shape, s.step, s.q, (s.k_cache, s.v_cache), s.out)
+        });
+        return cpu_attention(cpu_prog, cpu_seqs.collect::<Result<_>>()?);
+    }
+    for s in seqs {
+        match s.shape.max_tok {
+            1 => attention_decode(prog, dev, &s.shape, s.step, s.q, s.k_cache, s.v_cache, s.scratch, s.out)?,
+            _ => attention_prefill(prog, dev, &s.shape, s.step, s.q, s.k_cache, s.v_cache, s.out)?,
+        }
+    }
+    Ok(())
 }
 
 /// Rounds `x` to f16 values as the f16 cache stores them (round to nearest even), for

@@ -7,7 +7,9 @@
 //! state, cross-attention against a sequence's images — run per sequence
 //! ([`Rows::per_sequence`]): the sequence's inputs are copied from its section to row 0 of
 //! its own buffers, the section is recorded against its step uniform, caches and scratch
-//! for its row count, and its output is copied back.
+//! for its row count, and its output is copied back. A part of a section that a backend
+//! runs for all the sequences at once (the CPU's attention: one pool run) is recorded once
+//! for them ([`Rows::per_sequence_then`]).
 //!
 //! A step of decode rows only runs its products on the decode kernel, so each row computes
 //! exactly as it would alone; a step holding a prompt chunk runs them on the tiled matmul,
@@ -90,23 +92,41 @@ impl<'a, S> Rows<'a, S> {
         p: &mut Program,
         inputs: &[(Pick<S>, u32)],
         output: (Pick<S>, u32),
-        mut section: impl FnMut(&mut Program, &Seq<'a, S>, u32) -> Result<()>,
+        section: impl FnMut(&mut Program, &Seq<'a, S>, u32) -> Result<()>,
+    ) -> Result<()> {
+        self.per_sequence_then(p, inputs, output, section, |_, _| Ok(()))
+    }
+
+    /// [`Self::per_sequence`] with a part of the section recorded once for all sequences:
+    /// `each` for every sequence, then `all` over the sequences and their row counts (one op
+    /// where the backend runs them together), then the outputs copied back.
+    pub fn per_sequence_then(
+        &self,
+        p: &mut Program,
+        inputs: &[(Pick<S>, u32)],
+        (output, output_width): (Pick<S>, u32),
+        mut each: impl FnMut(&mut Program, &Seq<'a, S>, u32) -> Result<()>,
+        all: impl FnOnce(&mut Program, &[(Seq<'a, S>, u32)]) -> Result<()>,
     ) -> Result<()> {
         if !self.batched {
-            return section(p, &self.seqs[0].0, self.n);
+            each(p, &self.seqs[0].0, self.n)?;
+            return all(p, &self.seqs);
         }
-        let mut row0 = 0;
-        for (q, n) in &self.seqs {
-            let rows = |width: u32| (row0 * 4 * width as u64, *n as u64 * 4 * width as u64);
+        // Each sequence's first row in the batch's buffers, and the section's bytes of a row
+        // of `width` f32.
+        let firsts = self.seqs.iter().scan(0u64, |row, &(_, n)| Some(std::mem::replace(row, *row + n as u64)));
+        let rows = |row0: u64, n: u32, width: u32| (row0 * 4 * width as u64, n as u64 * 4 * width as u64);
+        for ((q, n), row0) in self.seqs.iter().zip(firsts.clone()) {
             for &(pick, width) in inputs {
-                let (offset, size) = rows(width);
+                let (offset, size) = rows(row0, *n, width);
                 p.copy(pick(self.b, self.s), offset, pick(q.b, q.s), 0, size)?;
             }
-            section(p, q, *n)?;
-            let (pick, width) = output;
-            let (offset, size) = rows(width);
-            p.copy(pick(q.b, q.s), 0, pick(self.b, self.s), offset, size)?;
-            row0 += *n as u64;
+            each(p, q, *n)?;
+        }
+        all(p, &self.seqs)?;
+        for ((q, n), row0) in self.seqs.iter().zip(firsts) {
+            let (offset, size) = rows(row0, *n, output_width);
+            p.copy(output(q.b, q.s), 0, output(self.b, self.s), offset, size)?;
         }
         Ok(())
     }

@@ -6,12 +6,13 @@
 //!
 //! q, k and v come from one product over the weights stacked `[wq; wk; wv]` at load when
 //! their types allow (by runs of one type otherwise), into one `[n][q + 2 kv]` buffer; one
-//! dispatch rotates q in place and k into the cache with v, attention reads q in place, and
-//! `wo` adds into the residual in its epilogue.
+//! dispatch rotates q in place and k into the cache with v, attention reads q in place (the
+//! sequences of a batched step in one op, `attention_batch`), and `wo` adds into the residual
+//! in its epilogue.
 
 use crate::backend::gpu::Result;
 use crate::backend::{Buffer, Device, Program};
-use crate::kernels::attention::{attention_decode, attention_prefill, AttnShape, DecodeScratch};
+use crate::kernels::attention::{attention_batch, AttnSeq, AttnShape, DecodeScratch};
 use crate::kernels::matvec::{Epilogue, Output};
 use crate::kernels::quant::Weight;
 use crate::kernels::rope::{rope_qkv_store, QScale, QkvRope, RopeFreqs, RopeLayout, RopeMode};
@@ -91,18 +92,31 @@ impl AttentionWeights {
         let (b, n, mm) = (rows.b, rows.n, rows.products());
         let (width, q_dim, kv_dim) = (s.qkv_width(), s.n_head * s.head_dim, s.n_kv_head * s.head_dim);
         linear_stacked(p, dev, &self.qkv, &b.h, (qkv(b, rows.s), width), n, mm)?;
-        rows.per_sequence(p, &[(qkv, width)], (attn, q_dim), |p, q, n| {
-            let (io, (qkv, attn), kv) = (io(q), (qkv(q.b, q.s), attn(q.b, q.s)), q.b.precision.kv_dtype());
+        let kv = rows.b.precision.kv_dtype();
+        let shape = |n| AttnShape { kv, q_stride: width, q_offset: 0, ..AttnShape::new(s.n_head, s.n_kv_head, s.head_dim, n) };
+        let rotate = |p: &mut Program, q: &Seq<'a, S>, n| {
+            let io = io(q);
             let k =
                 RopeLayout { stride: width, offset: q_dim, ..RopeLayout::dense(s.n_kv_head, s.head_dim, n, RopeMode::Adjacent) };
             let qkv_rope = QkvRope { n_q_heads: s.n_head, k, v_offset: q_dim + kv_dim, q_scale: s.q_scale };
-            let shape = AttnShape { kv, q_stride: width, q_offset: 0, ..AttnShape::new(s.n_head, s.n_kv_head, s.head_dim, n) };
-            rope_qkv_store(p, dev, &q.b.step, rope, qkv, &qkv_rope, (io.k_cache, io.v_cache), kv)?;
-            match n {
-                1 => attention_decode(p, dev, &shape, &q.b.step, qkv, io.k_cache, io.v_cache, io.decode_scratch, attn),
-                _ => attention_prefill(p, dev, &shape, &q.b.step, qkv, io.k_cache, io.v_cache, attn),
-            }
-        })?;
+            rope_qkv_store(p, dev, &q.b.step, rope, qkv(q.b, q.s), &qkv_rope, (io.k_cache, io.v_cache), kv)
+        };
+        let attend = |p: &mut Program, seqs: &[(Seq<'a, S>, u32)]| {
+            let seqs = seqs.iter().map(|(q, n)| {
+                let io = io(q);
+                AttnSeq {
+                    shape: shape(*n),
+                    step: &q.b.step,
+                    q: qkv(q.b, q.s),
+                    k_cache: io.k_cache,
+                    v_cache: io.v_cache,
+                    scratch: io.decode_scratch,
+                    out: attn(q.b, q.s),
+                }
+            });
+            attention_batch(p, dev, &seqs.collect::<Vec<_>>())
+        };
+        rows.per_sequence_then(p, &[(qkv, width)], (attn, q_dim), rotate, attend)?;
         let out = Output { stride: self.wo.rows, offset: 0, epilogue: Epilogue::Add };
         linear_into(p, dev, &self.wo, attn(b, rows.s), &b.x, out, n, mm)
     }

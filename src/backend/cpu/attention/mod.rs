@@ -9,8 +9,8 @@
 //! ([`KvElem`]: converted to f32 as they are read, `vcvtph2ps` with AVX2).
 //!
 //! In prefill each (query row, KV head) is one pool task, in decode each run of KV heads (one
-//! run per thread); a task walks its keys once, in blocks of [`BLOCK`], each block for all its
-//! query heads (read from memory once, and in decode as whole stretches of the caches' rows),
+//! run per thread; a batched step's sequences share one pool run, [`attention_seqs`]); a task
+//! walks its keys once, in blocks of [`BLOCK`], each block for all its query heads (read from memory once, and in decode as whole stretches of the caches' rows),
 //! with the online softmax of FlashAttention (Dao et al. 2022; Milakov & Gimelshein 2018;
 //! ggml-cpu `ggml_compute_forward_flash_attn_ext_f16`): per head a running maximum `m`,
 //! denominator `l` and f32 output accumulator, rescaled by `exp(m_old - m_new)` when a block
@@ -19,12 +19,13 @@
 //! wasm32 SIMD128 the same loops four lanes wide: `wasm.rs`). Decode is the same with one row.
 
 use std::ops::Range;
+use std::sync::{Mutex, PoisonError};
 
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod wasm;
 
 use super::elementwise::exp;
-use super::ops::{check_len, check_min_len, for_each_chunk, invalid, prefetch, ShapeError};
+use super::ops::{check_len, check_min_len, invalid, prefetch, ShapeError};
 use super::pool::ThreadPool;
 use super::simd::{self, Simd};
 use crate::kernels::shapes::{AttnShape, KvDtype};
@@ -445,26 +446,55 @@ pub fn attention_prefill<T: KvElem>(
     n_tok: usize,
     kv_start: usize,
 ) -> Result<(), ShapeError> {
-    let group = check(shape, q, k_cache, v_cache, out, n_tok, kv_start)?;
-    let (n_kv, hd) = (shape.n_kv_head as usize, shape.head_dim as usize);
-    let kvs = n_kv * hd;
-    let valid = shape.valid_rows as usize;
+    attention_seqs(pool, vec![SeqAttention { shape: *shape, q, k_cache, v_cache, out, n_tok, kv_start }])
+}
+
+/// One sequence's side of [`attention_seqs`]: what [`attention_prefill`] takes.
+pub struct SeqAttention<'a, T> {
+    pub shape: AttnShape,
+    pub q: &'a [f32],
+    pub k_cache: &'a [T],
+    pub v_cache: &'a [T],
+    pub out: &'a mut [f32],
+    pub n_tok: usize,
+    pub kv_start: usize,
+}
+
+/// [`attention_prefill`] of each of `seqs` (the sequences of a batched step) in one pool run,
+/// so that one sequence's few tasks do not leave threads idle and each sequence costs no
+/// hand-off of its own.
+///
+/// A task is a run of KV heads of one token of one sequence, and the query heads that read
+/// them: query head h of token t is its `out`'s chunk t * n_head + h, so a run is one chunk.
+/// Prompt rows take one KV head per task (enough tasks, and other tokens' tasks read the same
+/// cache rows); a decode row splits its heads into as many runs as the threads per sequence,
+/// so that each task reads whole stretches of the caches' rows.
+pub fn attention_seqs<T: KvElem>(pool: &ThreadPool, seqs: Vec<SeqAttention<T>>) -> Result<(), ShapeError> {
+    let threads_per_seq = pool.threads().div_ceil(seqs.len().max(1));
+    let (mut views, mut tasks) = (Vec::with_capacity(seqs.len()), Vec::new());
+    for SeqAttention { shape, q, k_cache, v_cache, out, n_tok, kv_start } in seqs {
+        let group = check(&shape, q, k_cache, v_cache, out, n_tok, kv_start)?;
+        let (n_kv, hd) = (shape.n_kv_head as usize, shape.head_dim as usize);
+        let per_task = if n_tok == 1 { n_kv.div_ceil(threads_per_seq) } else { 1 };
+        let seq = views.len();
+        tasks.extend(out.chunks_mut(per_task * group * hd).enumerate().map(|(i, chunk)| Mutex::new((seq, i, chunk))));
+        views.push((shape, q, Kv { k: k_cache, v: v_cache, stride: n_kv * hd }, n_tok, kv_start, group, per_task));
+    }
     let simd = simd::level();
-    // A task is a run of KV heads of one token, and the query heads that read them: query
-    // head h of token t is out's chunk t * n_head + h, so a run is one chunk of out. Prefill
-    // runs one KV head per task (enough tasks, and other tokens' tasks read the same rows
-    // from the caches); decode splits the heads into one run per thread, so that each reads
-    // whole stretches of the caches' rows.
-    let per_task = if n_tok == 1 { n_kv.div_ceil(pool.threads()) } else { 1 };
-    let tasks_per_tok = n_kv.div_ceil(per_task);
-    for_each_chunk(pool, out, per_task * group * hd, |task, accs| {
+    pool.run(tasks.len(), &|i| {
+        // One uncontended lock per task hands it its own `&mut` chunk without `unsafe`.
+        let mut claimed = tasks[i].lock().unwrap_or_else(PoisonError::into_inner);
+        let (seq, task, accs) = (claimed.0, claimed.1, &mut *claimed.2);
+        let (shape, q, kv, n_tok, kv_start, group, per_task) = views[seq];
+        let hd = shape.head_dim as usize;
+        let tasks_per_tok = (shape.n_kv_head as usize).div_ceil(per_task);
         let (t, kvh) = (task / tasks_per_tok, task % tasks_per_tok * per_task);
         let mut n_keys = if shape.causal { kv_start + t + 1 } else { kv_start + n_tok };
-        if t >= valid {
-            n_keys = n_keys.min(valid);
+        if t >= shape.valid_rows as usize {
+            n_keys = n_keys.min(shape.valid_rows as usize);
         }
         let q0 = t * shape.q_stride as usize + shape.q_offset as usize + kvh * group * hd;
-        let kv = Kv { k: &k_cache[kvh * hd..], v: &v_cache[kvh * hd..], stride: kvs };
+        let kv = Kv { k: &kv.k[kvh * hd..], v: &kv.v[kvh * hd..], stride: kv.stride };
         attend(simd, &q[q0..][..accs.len()], accs, kv, std::iter::once(0..n_keys), hd, group, shape.scale);
     });
     Ok(())
