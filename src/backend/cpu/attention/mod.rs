@@ -10,11 +10,12 @@
 //!
 //! In prefill each (query row, KV head) is one pool task, in decode each run of KV heads (one
 //! run per thread; a batched step's sequences share one pool run, [`attention_seqs`]); a task
-//! walks its keys once, in blocks of [`BLOCK`], each block for all its query heads (read from memory once, and in decode as whole stretches of the caches' rows),
-//! with the online softmax of FlashAttention (Dao et al. 2022; Milakov & Gimelshein 2018;
-//! ggml-cpu `ggml_compute_forward_flash_attn_ext_f16`): per head a running maximum `m`,
-//! denominator `l` and f32 output accumulator, rescaled by `exp(m_old - m_new)` when a block
-//! raises the maximum. With AVX2 the scores of eight keys come from eight FMA chains and one
+//! walks its keys once, in blocks of [`BLOCK`], each block for all its query heads (read from
+//! memory once, and in decode as whole stretches of the caches' rows), with the online softmax
+//! of FlashAttention (Dao et al. 2022; Milakov & Gimelshein 2018; ggml-cpu
+//! `ggml_compute_forward_flash_attn_ext_f16`): per head a running maximum `m`, denominator `l`
+//! and f32 output accumulator, rescaled by `exp(m_old - m_new)` when a block raises the
+//! maximum. With AVX2 the scores of eight keys come from eight FMA chains and one
 //! `hadd` tree, and the value sums keep 64 output columns in registers across a block (on
 //! wasm32 SIMD128 the same loops four lanes wide: `wasm.rs`). Decode is the same with one row.
 
