@@ -96,15 +96,7 @@ impl<const V: usize, const M: usize> BlockX8 for LBlockX8<V, M> {
     }
 
     fn tile(simd: Simd, w: &[Self], xs: &[&[BlockQ8]], p: &mut [[f32; 8]]) {
-        match simd {
-            // SAFETY: each level implies the features its tile needs (`Simd::is_supported`),
-            // and every slice of `xs` holds `w.len()` blocks.
-            #[cfg(target_arch = "x86_64")]
-            Simd::Avx512Vnni => unsafe { tile_512_vnni(w, xs, p) },
-            #[cfg(target_arch = "x86_64")]
-            Simd::Avx512 => unsafe { tile_512(w, xs, p) },
-            _ => tile_scalar(w, xs, p),
-        }
+        x8_tile_at_level!(simd, w, xs, p)
     }
 }
 

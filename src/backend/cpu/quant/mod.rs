@@ -19,6 +19,23 @@
 //! once for products with no decoding step ([`BlockX8`]: `q4k_x8.rs`, `q6k_x8.rs`,
 //! `legacy_x8.rs`).
 
+/// The body of a [`BlockX8::tile`]: the calling module's `tile_512_vnni` / `tile_512` at the
+/// AVX-512 levels, its `tile_scalar` (the same lanes and order) at the others.
+macro_rules! x8_tile_at_level {
+    ($simd:expr, $w:expr, $xs:expr, $p:expr) => {{
+        let (w, xs, p) = ($w, $xs, $p);
+        match $simd {
+            // SAFETY: each level implies the features its tile needs (`Simd::is_supported`),
+            // and every slice of `xs` holds `w.len()` blocks.
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512Vnni => unsafe { tile_512_vnni(w, xs, p) },
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512 => unsafe { tile_512(w, xs, p) },
+            _ => tile_scalar(w, xs, p),
+        }
+    }};
+}
+
 mod float;
 pub(super) mod ftile;
 #[cfg(target_arch = "x86_64")]

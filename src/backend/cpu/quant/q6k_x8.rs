@@ -86,15 +86,7 @@ impl BlockX8 for Q6KBlockX8 {
     }
 
     fn tile(simd: Simd, w: &[Self], xs: &[&[BlockQ8K]], p: &mut [[f32; 8]]) {
-        match simd {
-            // SAFETY: each level implies the features its tile needs (`Simd::is_supported`),
-            // and every slice of `xs` holds `w.len()` super-blocks.
-            #[cfg(target_arch = "x86_64")]
-            Simd::Avx512Vnni => unsafe { tile_512_vnni(w, xs, p) },
-            #[cfg(target_arch = "x86_64")]
-            Simd::Avx512 => unsafe { tile_512(w, xs, p) },
-            _ => tile_scalar(w, xs, p),
-        }
+        x8_tile_at_level!(simd, w, xs, p)
     }
 }
 
