@@ -14,12 +14,14 @@ use std::arch::x86_64::*;
 
 use crate::backend::cpu::simd::{self, Simd};
 
-/// 32 activations: `x[i] ≈ d * qs[i]`, `sum = Σ qs`.
+/// 32 activations: `x[i] ≈ d * qs[i]`, `sum = Σ qs`, `ds = d * sum` (what a Q4_1 min
+/// multiplies, rounded once here).
 #[derive(Clone, Copy, Debug, PartialEq)]
 #[repr(C)]
 pub struct BlockQ8 {
     pub d: f32,
     pub sum: i32,
+    pub ds: f32,
     pub qs: [i8; 32],
 }
 
@@ -64,7 +66,8 @@ pub fn quantize_q8(x: &[f32]) -> Result<Vec<BlockQ8>, QuantError> {
     for xb in blocks {
         let mut qs = [0; 32];
         let d = quantize(simd, xb, &mut qs);
-        out.push(BlockQ8 { d, sum: qs.iter().map(|&q| q as i32).sum(), qs });
+        let sum = qs.iter().map(|&q| q as i32).sum();
+        out.push(BlockQ8 { d, sum, ds: d * sum as f32, qs });
     }
     Ok(out)
 }
