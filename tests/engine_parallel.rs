@@ -88,8 +88,20 @@ fn run_checked(
     e: &mut Engine,
     run: &mut Parallel,
     requests: &[(usize, Prompt, GenerateOptions)],
-    mut check: impl FnMut(&Parallel),
+    check: impl FnMut(&Parallel),
 ) -> (Vec<Generation>, Vec<String>, usize) {
+    let (ended, streamed, widest) = run_to_ends(e, run, requests, check);
+    let done = ended.into_iter().enumerate().map(|(i, end)| end.unwrap_or_else(|error| panic!("request {i}: {error}")));
+    (done.collect(), streamed, widest)
+}
+
+/// [`run_checked`], with each request's failure as its end.
+fn run_to_ends(
+    e: &mut Engine,
+    run: &mut Parallel,
+    requests: &[(usize, Prompt, GenerateOptions)],
+    mut check: impl FnMut(&Parallel),
+) -> (Vec<Result<Generation, EngineError>>, Vec<String>, usize) {
     let (mut ids, mut done) = (HashMap::new(), HashMap::new());
     let mut streamed = vec![String::new(); requests.len()];
     let (mut step, mut widest) = (0, 0);
@@ -106,8 +118,8 @@ fn run_checked(
         for event in events {
             match event {
                 ParallelEvent::Text { id, text, .. } => streamed[ids[&id]].push_str(&text),
-                ParallelEvent::Done { id, generation } => assert!(done.insert(ids[&id], generation).is_none()),
-                ParallelEvent::Failed { id, error } => panic!("request {}: {error}", ids[&id]),
+                ParallelEvent::Done { id, generation } => assert!(done.insert(ids[&id], Ok(generation)).is_none()),
+                ParallelEvent::Failed { id, error } => assert!(done.insert(ids[&id], Err(error)).is_none()),
             }
         }
         step += 1;
@@ -467,32 +479,61 @@ fn a_free_slot_gives_its_rows_to_the_pool_after_saving_its_chat() {
     assert_eq!((&got1[0].tokens, &got1[0].text), (&want.tokens, &want.text));
 }
 
+/// Four requests of different kinds (greedy with logprobs, seeded, JSON-constrained, a
+/// longer prompt) and on the tiny VLM one with an image, joining at steps 0 to 3, asking
+/// for up to `most` tokens.
+fn mixed_requests(e: &mut Engine, what: &str, most: u32) -> Vec<(usize, Prompt, GenerateOptions)> {
+    let text = |e: &mut Engine, s: &str| chat(e, serde_json::json!([{ "role": "user", "content": s }]));
+    let greedy = |max_tokens| GenerateOptions { max_tokens, ignore_eos: true, logprobs: Some(2), ..Default::default() };
+    let seeded = SamplingParams { temperature: 0.9, top_k: 40, seed: Some(5), ..Default::default() };
+    let mut requests = vec![
+        (0, text(e, "Say something long."), greedy(most)),
+        (0, text(e, "Hi"), GenerateOptions { sampling: seeded, ..greedy(most * 8 / 9) }),
+        (1, text(e, "Give me JSON."), GenerateOptions { response_format: ResponseFormat::JsonObject, ..greedy(most * 7 / 9) }),
+        (2, text(e, "Count to ten, slowly, one number per line, and then back."), greedy(most * 5 / 6)),
+    ];
+    if what.starts_with("Mistral 3") {
+        // An image prompt: a recomputed sequence's features go back over its [IMG] rows.
+        let image = serde_json::json!([{ "role": "user", "content": [
+            { "type": "text", "text": "What is in the picture?" },
+            { "type": "image_url", "image_url": { "url": "img_84x56.png" } }] }]);
+        requests.push((3, chat(e, image), greedy(most * 2 / 3)));
+    }
+    requests
+}
+
+/// Each of `requests` gave in a run what it gives alone: its tokens, text (streamed as
+/// well) and finish, and its logprobs within 1e-4 (a recomputed sequence's fed tokens come
+/// back from prefill passes, not decode steps).
+fn assert_as_alone(
+    what: &str,
+    e: &mut Engine,
+    requests: &[(usize, Prompt, GenerateOptions)],
+    got: &[Generation],
+    streamed: &[String],
+) {
+    for (i, ((_, prompt, opts), got)) in requests.iter().zip(got).enumerate() {
+        let want = pollster::block_on(e.generate_prompt(prompt, opts, |_| None)).unwrap();
+        assert_eq!(got.tokens, want.tokens, "{what}: request {i}'s tokens");
+        assert_eq!((&got.text, got.finish), (&want.text, want.finish), "{what}: request {i}");
+        assert_eq!(streamed[i], got.text, "{what}: request {i}'s streamed text");
+        for (g, w) in got.logprobs.iter().zip(&want.logprobs) {
+            assert_eq!(g.token, w.token, "{what}: request {i}");
+            assert!((g.logprob - w.logprob).abs() < 1e-4, "{what}: request {i}: {} against {}", g.logprob, w.logprob);
+        }
+    }
+}
+
 /// A KV pool of one sequence's context (256 rows, pages of 16) under four or five sequences
 /// (one with an image) that together need more: the newest are preempted and recomputed,
-/// never failed, the pool is never exceeded, and every request gives the tokens, text and finish it gives alone, with
-/// logprobs within 1e-4 (a recomputed sequence's fed tokens come back from prefill passes,
-/// not decode steps); on a decoder with recurrent layers (Qwen3.5) as on one with a KV
+/// never failed, the pool is never exceeded, and every request gives what it gives alone
+/// ([`assert_as_alone`]); on a decoder with recurrent layers (Qwen3.5) as on one with a KV
 /// cache only. A pool smaller than one context is refused.
 #[test]
 fn a_full_kv_pool_preempts_the_newest_sequence_and_recomputes_it() {
     for (what, make) in families_on_backends() {
         let mut e = make();
-        let text = |e: &mut Engine, s: &str| chat(e, serde_json::json!([{ "role": "user", "content": s }]));
-        let greedy = |max_tokens| GenerateOptions { max_tokens, ignore_eos: true, logprobs: Some(2), ..Default::default() };
-        let seeded = SamplingParams { temperature: 0.9, top_k: 40, seed: Some(5), ..Default::default() };
-        let mut requests = vec![
-            (0, text(&mut e, "Say something long."), greedy(90)),
-            (0, text(&mut e, "Hi"), GenerateOptions { sampling: seeded, ..greedy(80) }),
-            (1, text(&mut e, "Give me JSON."), GenerateOptions { response_format: ResponseFormat::JsonObject, ..greedy(70) }),
-            (2, text(&mut e, "Count to ten, slowly, one number per line, and then back."), greedy(75)),
-        ];
-        if what.starts_with("Mistral 3") {
-            // An image prompt: a recomputed sequence's features go back over its [IMG] rows.
-            let image = serde_json::json!([{ "role": "user", "content": [
-                { "type": "text", "text": "What is in the picture?" },
-                { "type": "image_url", "image_url": { "url": "img_84x56.png" } }] }]);
-            requests.push((3, chat(&mut e, image), greedy(60)));
-        }
+        let requests = mixed_requests(&mut e, &what, 90);
         let mut run = e.parallel(requests.len() as u32).unwrap();
         let small = run.set_kv_pool(KvPool { rows: 255, page: 16 });
         assert!(matches!(small, Err(EngineError::KvPoolTooSmall { least: 256, .. })), "{what}: {small:?}");
@@ -504,17 +545,49 @@ fn a_full_kv_pool_preempts_the_newest_sequence_and_recomputes_it() {
         });
         assert!(widest == requests.len() && held > 200, "{what}: {widest} sequences, {held} rows at most");
         assert!(run.preemptions() > 0, "{what}: no sequence was preempted");
-        for (i, ((_, prompt, opts), got)) in requests.iter().zip(&batched).enumerate() {
-            let want = pollster::block_on(e.generate_prompt(prompt, opts, |_| None)).unwrap();
-            assert_eq!(got.tokens, want.tokens, "{what}: request {i}'s tokens");
-            assert_eq!((&got.text, got.finish), (&want.text, want.finish), "{what}: request {i}");
-            assert_eq!(streamed[i], got.text, "{what}: request {i}'s streamed text");
-            for (g, w) in got.logprobs.iter().zip(&want.logprobs) {
-                assert_eq!(g.token, w.token, "{what}: request {i}");
-                assert!((g.logprob - w.logprob).abs() < 1e-4, "{what}: request {i}: {} against {}", g.logprob, w.logprob);
-            }
-        }
+        assert_as_alone(&what, &mut e, &requests, &batched, &streamed);
         eprintln!("{what}: {} preemptions, {held} of 256 rows held at most", run.preemptions());
+    }
+}
+
+/// A batched step that fails on a device that is not lost (made to fail once it has run:
+/// its sequences hold part of it) fails no request: its sequences are recomputed and the
+/// next steps take fewer. With every step of more than two sequences failing, each request
+/// gives what it gives alone ([`assert_as_alone`]); with every step that runs a word of one
+/// prompt failing, that request alone fails, with the step's error, once its steps are down
+/// to that one row, and the others give what they give alone. On a decoder with recurrent
+/// layers (Qwen3.5) as on one with a KV cache only.
+#[test]
+fn a_failed_step_recomputes_its_sequences_and_fails_only_a_step_of_one_row() {
+    for (what, make) in families_on_backends() {
+        let mut e = make();
+        let requests = mixed_requests(&mut e, &what, 27);
+        let mut run = e.parallel(requests.len() as u32).unwrap();
+        run.fail_steps_when(|rows| rows.len() > 2);
+        let (batched, streamed, _) = run_checked(&mut e, &mut run, &requests, |_| {});
+        assert!(run.failed_steps() > 0, "{what}: no step failed");
+        assert_as_alone(&what, &mut e, &requests, &batched, &streamed);
+        eprintln!("{what}: {} failed steps", run.failed_steps());
+
+        // A token of request 3's prompt that no other prompt has, on an engine that has not
+        // cached the prompt (which would then run none of its rows), with its own image
+        // features.
+        let mut e = make();
+        let requests = mixed_requests(&mut e, &what, 27);
+        let others: Vec<u32> =
+            requests.iter().enumerate().filter(|&(i, _)| i != 3).flat_map(|(_, r)| r.1.tokens.clone()).collect();
+        let poison = *requests[3].1.tokens.iter().find(|t| !others.contains(t)).expect("a word of its own");
+        let mut run = e.parallel(requests.len() as u32).unwrap();
+        run.fail_steps_when(move |rows| rows.iter().any(|row| row.contains(&poison)));
+        let (mut ended, streamed, _) = run_to_ends(&mut e, &mut run, &requests, |_| {});
+        match ended.remove(3) {
+            Err(error) => assert!(error.to_string().contains("failed on purpose"), "{what}: {error}"),
+            Ok(done) => panic!("{what}: request 3 ran its poisoned row: {:?}", done.text),
+        }
+        let (mut requests, mut streamed) = (requests, streamed);
+        let _ = (requests.remove(3), streamed.remove(3));
+        let done: Vec<Generation> = ended.into_iter().map(|end| end.unwrap_or_else(|e| panic!("{what}: {e}"))).collect();
+        assert_as_alone(&what, &mut e, &requests, &done, &streamed);
     }
 }
 

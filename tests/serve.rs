@@ -820,6 +820,7 @@ fn a_kv_pool_smaller_than_the_slots_preempts_and_answers_as_one_at_a_time() {
         line.rsplit_once(' ').unwrap().1.parse().unwrap()
     };
     assert!(value("webvlm_preemptions_total") > 0.0, "{metrics}");
+    assert_eq!(value("webvlm_failed_steps_total"), 0.0, "{metrics}");
     assert_eq!(value("webvlm_kv_cache_capacity_tokens"), 512.0);
     assert!(value("webvlm_kv_cache_held_tokens") <= 512.0, "{metrics}");
     let health = pooled.get("/health").json();

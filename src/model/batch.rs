@@ -55,7 +55,12 @@ pub struct StepBatch {
     /// (GPU): a step's dispatches do not depend on its tokens, which are written before its
     /// submit.
     prepared: Option<(StepKey, wgpu::CommandBuffer)>,
+    /// The steps made to fail ([`Self::fail_steps_when`]).
+    failing: Option<FailWhen>,
 }
+
+/// Picks steps to fail by the token ids of each sequence's rows.
+type FailWhen = Box<dyn FnMut(&[&[u32]]) -> bool>;
 
 impl StepBatch {
     /// Buffers for steps of up to `max_seqs` sequences and `max_chunk` rows of prompt chunks
@@ -70,12 +75,19 @@ impl StepBatch {
         // Attention runs on each sequence's own decode scratch: this one's is never used.
         let scratch = dec.scratch(dev, rows, 1)?;
         let programs = HashMap::new();
-        Ok(StepBatch { b, scratch, max_seqs, max_chunk, programs, logits_readback: None, prepared: None })
+        Ok(StepBatch { b, scratch, max_seqs, max_chunk, programs, logits_readback: None, prepared: None, failing: None })
     }
 
     /// Most sequences one step takes.
     pub fn max_seqs(&self) -> u32 {
         self.max_seqs
+    }
+
+    /// Makes the steps `when` picks (given the token ids of each sequence's rows) fail once
+    /// they have run, before their sequences count their rows: as a device refusing an
+    /// allocation midway would leave them (tests of what a failed step costs the run).
+    pub fn fail_steps_when(&mut self, when: impl FnMut(&[&[u32]]) -> bool + 'static) {
+        self.failing = Some(Box::new(when));
     }
 
     /// Drops the steps recorded (or encoded ahead) against `ctx`'s buffers, which it no
@@ -176,6 +188,7 @@ impl StepBatch {
         let bytes = if logits { n * dec.cfg.vocab as usize * 4 } else { 0 };
         let Device::Gpu(gpu) = dev else {
             in_order.iter().try_for_each(|p| p.run(dev))?;
+            fail_on_purpose(&mut self.failing, &ids, &counts)?;
             seqs.iter_mut().zip(&counts).for_each(|(c, &rows)| c.end_batched(rows));
             return Ok(dev.read_f32(&self.b.logits, 0, bytes / 4).await?);
         };
@@ -190,6 +203,7 @@ impl StepBatch {
             gpu.queue.submit([commands]);
             gpu.check_errors()?;
         }
+        fail_on_purpose(&mut self.failing, &ids, &counts)?;
         seqs.iter_mut().zip(&counts).for_each(|(c, &rows)| c.end_batched(rows));
         if bytes == 0 {
             return Ok(Vec::new());
@@ -208,6 +222,24 @@ impl StepBatch {
         }
         let bytes = readback.read(gpu).await?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+}
+
+/// The failure [`StepBatch::fail_steps_when`] asks of a step of `counts` rows of `ids`.
+fn fail_on_purpose(failing: &mut Option<FailWhen>, ids: &[u32], counts: &[u32]) -> Result<(), GpuError> {
+    let Some(when) = failing.as_mut() else { return Ok(()) };
+    let mut rest = ids;
+    let rows: Vec<&[u32]> = counts
+        .iter()
+        .map(|&n| {
+            let (seq, tail) = rest.split_at(n as usize);
+            rest = tail;
+            seq
+        })
+        .collect();
+    match when(&rows) {
+        true => Err(GpuError::OutOfMemory("a step failed on purpose".into())),
+        false => Ok(()),
     }
 }
 

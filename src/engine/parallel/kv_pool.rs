@@ -113,7 +113,7 @@ impl Running {
     /// was decoding, its prompt and the tokens it was fed (its last picked token is fed after
     /// them, by the next decode step); one still prefilling, its prompt (none of it cached
     /// now).
-    fn preempt(&mut self, engine: &Engine) -> Result<(), EngineError> {
+    pub(super) fn preempt(&mut self, engine: &Engine) -> Result<(), EngineError> {
         match self.prefill.is_none() {
             true => {
                 let fed = (self.ctx.n_past() as usize).saturating_sub(self.prompt.tokens.len());

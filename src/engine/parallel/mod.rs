@@ -37,6 +37,7 @@ use crate::model::{BatchInput, Context, StepBatch};
 use crate::sampling::{StopStrings, TokenLogprob};
 
 mod kv_pool;
+mod recovery;
 
 pub use kv_pool::{KvPool, DEFAULT_KV_PAGE};
 
@@ -55,8 +56,8 @@ pub enum ParallelEvent {
     Text { id: SeqId, text: String, logprob: Option<TokenLogprob> },
     /// The sequence ended and left the run.
     Done { id: SeqId, generation: Generation },
-    /// Picking the sequence's next token failed (its constraint, its sampler): it left the
-    /// run; the others go on.
+    /// Picking the sequence's next token failed (its constraint, its sampler), or a step of
+    /// its one row did (`recovery.rs`): it left the run; the others go on.
     Failed { id: SeqId, error: EngineError },
 }
 
@@ -91,6 +92,9 @@ pub struct Parallel {
     slot_rows: u32,
     pool: KvPool,
     preemptions: u64,
+    failed_steps: u64,
+    /// Whether the sequences that run alone (`recovery.rs`) had the last step.
+    alone_turn: bool,
 }
 
 /// A free slot: its context and the keys of the sequence its KV cache holds.
@@ -116,6 +120,9 @@ struct Running {
     /// fed back (`recompute`: no token is picked at its end).
     prefill: Option<Prompt>,
     recompute: bool,
+    /// After a failed step it was in, it runs in steps of its own, its prompt chunks at most
+    /// this many rows (`recovery.rs`).
+    alone: Option<u32>,
     token: u32,
     opts: GenerateOptions,
     picker: HostPicker,
@@ -141,6 +148,8 @@ impl Engine {
             slot_rows,
             pool: KvPool { rows: max_seqs as u64 * slot_rows as u64, page: DEFAULT_KV_PAGE.min(slot_rows) },
             preemptions: 0,
+            failed_steps: 0,
+            alone_turn: false,
         })
     }
 
@@ -337,6 +346,7 @@ impl Parallel {
             prompt,
             prefill,
             recompute,
+            alone: None,
             token: 0,
             opts,
             picker,
@@ -360,7 +370,8 @@ impl Parallel {
     /// and picks its next one, then the next prompt chunks (see the module docs); returns
     /// the text streamed and the generations that ended (their slots are free for the next
     /// admission). A sequence whose prompt or pick fails leaves alone
-    /// ([`ParallelEvent::Failed`]); a failed decode step fails the call.
+    /// ([`ParallelEvent::Failed`]); a failed step preempts its sequences and later steps
+    /// take fewer (`recovery.rs`), and only a lost device fails the call.
     pub async fn step(&mut self, engine: &mut Engine) -> Result<Vec<ParallelEvent>, EngineError> {
         engine.check_device()?;
         let stepped = self.step_on_device(engine).await;
@@ -385,9 +396,12 @@ impl Parallel {
             .into_iter()
             .partition(|r| end_of(r.id).is_some() || (r.prefill.is_none() && r.ctx.kv_rows() > r.ctx.n_past()));
         self.running = waiting;
+        stepping.sort_by_key(|r| r.id);
+        let mut stepping = self.take_turn(stepping);
         if stepping.is_empty() {
             return Ok(());
         }
+        let rows = stepping.iter().map(|r| end_of(r.id).map_or(1, |end| end - r.ctx.n_past() as usize)).sum();
         let (dev, dec) = (&engine.dev, &engine.decoder);
         let mut ctxs = Vec::with_capacity(stepping.len());
         let mut inputs = Ok(Vec::with_capacity(stepping.len()));
@@ -407,10 +421,7 @@ impl Parallel {
         drop(ctxs);
         let logits = match stepped {
             Ok(logits) => logits,
-            Err(e) => {
-                self.running.append(&mut stepping);
-                return Err(e);
-            }
+            Err(e) => return self.recover(engine, stepping, rows, e),
         };
         let vocab = dec.cfg.vocab as usize;
         for (j, mut r) in stepping.into_iter().enumerate() {
@@ -503,6 +514,7 @@ impl Parallel {
                 }
             }
             let rows = (r.prefill.as_ref().map_or(0, |p| p.tokens.len()) - r.ctx.n_past() as usize).min(budget);
+            let rows = rows.min(r.alone.map_or(usize::MAX, |most| most as usize));
             let end = r.ctx.n_past() as usize + rows;
             match self.reserve(engine, r.id, &mut r.ctx, end as u32) {
                 Ok(true) => {

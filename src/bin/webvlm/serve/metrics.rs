@@ -153,6 +153,9 @@ pub async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
         metric(&mut out, "webvlm_kv_cache_capacity_tokens", "gauge", "KV pool rows (--kv-pool).", &capacity);
         let preempted = [("", slots.preemptions)];
         metric(&mut out, "webvlm_preemptions_total", "counter", "Sequences preempted by a full KV pool.", &preempted);
+        let failed = [("", slots.failed_steps)];
+        let help = "Batched steps that failed on a device that was not lost (their sequences recomputed).";
+        metric(&mut out, "webvlm_failed_steps_total", "counter", help, &failed);
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out)
 }

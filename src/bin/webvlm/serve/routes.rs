@@ -157,6 +157,7 @@ async fn health(State(app): State<Arc<App>>) -> (StatusCode, Json<Value>) {
             "kv_pool_tokens": slots.kv_pool_rows,
             "kv_held_tokens": slots.kv_rows_held,
             "preemptions": slots.preemptions,
+            "failed_steps": slots.failed_steps,
             "sequences": slots.sequences.iter().map(|s| json!({
                 "id": s.id,
                 "state": super::metrics::slot_state(s),

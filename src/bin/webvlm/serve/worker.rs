@@ -134,6 +134,8 @@ pub struct Slots {
     pub kv_rows_held: u64,
     /// Sequences preempted (and recomputed) so far.
     pub preemptions: u64,
+    /// Batched steps failed on a device that was not lost (their sequences recomputed).
+    pub failed_steps: u64,
     /// The running sequences, in the order admitted.
     pub sequences: Vec<SlotState>,
 }
@@ -147,6 +149,7 @@ impl Slots {
             kv_pool_rows: run.kv_pool().rows,
             kv_rows_held: run.kv_rows_held(),
             preemptions: run.preemptions(),
+            failed_steps: run.failed_steps(),
             sequences: run.slots(),
         }
     }
