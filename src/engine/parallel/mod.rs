@@ -370,8 +370,8 @@ impl Parallel {
     /// and picks its next one, then the next prompt chunks (see the module docs); returns
     /// the text streamed and the generations that ended (their slots are free for the next
     /// admission). A sequence whose prompt or pick fails leaves alone
-    /// ([`ParallelEvent::Failed`]); a failed step preempts its sequences and later steps
-    /// take fewer (`recovery.rs`), and only a lost device fails the call.
+    /// ([`ParallelEvent::Failed`]); a failed step's sequences are recomputed and then run in
+    /// steps of their own (`recovery.rs`): only a lost device fails the call.
     pub async fn step(&mut self, engine: &mut Engine) -> Result<Vec<ParallelEvent>, EngineError> {
         engine.check_device()?;
         let stepped = self.step_on_device(engine).await;
