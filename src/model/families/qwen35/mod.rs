@@ -18,7 +18,7 @@ pub use weights::{DeltaNetWeights, GatedAttentionWeights, LayerWeights, Mixer, Q
 
 use crate::backend::gpu::Result as GpuResult;
 use crate::backend::{Buffer, Device, Program};
-use crate::kernels::attention::{attention_decode, attention_prefill, default_splits, AttnShape, DecodeScratch};
+use crate::kernels::attention::{attention_batch, default_splits, AttnSeq, AttnShape, DecodeScratch};
 use crate::kernels::delta_net::{self, DeltaNetBuffers, DeltaNetLayout, KHeads};
 use crate::kernels::gdn_prep::{self, ConvShape, GatedNormShape, RowWindow};
 use crate::kernels::matvec::{Epilogue, Output};
@@ -121,7 +121,8 @@ impl Qwen35 {
     /// products, per-head RMSNorm of q and k, M-RoPE of their first `n_rot` dims (k and v
     /// into the cache), attention, times sigmoid(gate), `attn_output` added into `x`);
     /// `post_attention_norm` and the SiLU-gated MLP added into `x`. The conv, delta rule and
-    /// RoPE with attention run per sequence ([`Rows::per_sequence`]).
+    /// RoPE run per sequence ([`Rows::per_sequence`]), the attention of all sequences as one
+    /// op ([`Rows::per_sequence_then`]).
     pub fn record(&self, p: &mut Program, dev: &Device, rows: &Rows<'_, Scratch>, mode: LogitsMode) -> GpuResult<()> {
         let (c, t, ss) = (&self.cfg, &self.cfg.text, &self.cfg.ssm);
         let (b, s, n) = (rows.b, rows.s, rows.n);
@@ -149,7 +150,9 @@ impl Qwen35 {
                     norm::rms_norm(p, dev, &s.k, &w.k_norm, &s.kn, n * kvh, hd, eps)?;
                     let picks: [Pick<Scratch>; 4] = [|_, s| &s.qn, |_, s| &s.kn, |_, s| &s.v, |_, s| &s.attn];
                     let inputs = [(picks[0], t.q_dim()), (picks[1], t.kv_dim()), (picks[2], t.kv_dim())];
-                    rows.per_sequence(p, &inputs, (picks[3], t.q_dim()), |p, q, n| self.record_attention(p, dev, q, i, n))?;
+                    let rotate = |p: &mut Program, q: &Seq<'_, Scratch>, n| self.rotate(p, dev, q, i, n);
+                    let attend = |p: &mut Program, seqs: &[(Seq<'_, Scratch>, u32)]| self.attend(p, dev, seqs, i);
+                    rows.per_sequence_then(p, &inputs, (picks[3], t.q_dim()), rotate, attend)?;
                     elementwise::sigmoid_mul_second_halves(p, dev, &s.qg, &s.attn, n * h, hd)?;
                     linear_into(p, dev, &w.wo, &s.attn, &b.x, add, n, mm)?;
                 }
@@ -191,10 +194,9 @@ impl Qwen35 {
         gdn_prep::record_gated_norm(p, dev, step, &s.o, (&s.mixed, win(ch)), &w.norm, &s.normed, &shape)
     }
 
-    /// A gated attention layer's positional part for one sequence's `n` tokens: M-RoPE on the
-    /// normed queries in place and on the keys into the cache with the values, attention
-    /// into `attn`.
-    fn record_attention(&self, p: &mut Program, dev: &Device, q: &Seq<'_, Scratch>, i: usize, n: u32) -> GpuResult<()> {
+    /// An attention layer's M-RoPE of one sequence's `n` rows: q in place, k (and v) into
+    /// the sequence's cache of layer `i`.
+    fn rotate(&self, p: &mut Program, dev: &Device, q: &Seq<'_, Scratch>, i: usize, n: u32) -> GpuResult<()> {
         let (t, s, b) = (&self.cfg.text, q.s, q.b);
         let (k_cache, v_cache) = q.state.kv(i);
         let (h, kvh, hd) = (t.n_head, t.n_head_kv, t.head_dim);
@@ -203,14 +205,23 @@ impl Qwen35 {
         let [st, sh, sw, _] = self.cfg.rope_sections;
         let mrope = Mrope { positions: &b.positions, sections: [st, sh, sw] };
         rope_inplace_mrope(p, dev, &b.step, &self.rope, &s.qn, &q_layout, &mrope)?;
-        let kv = b.precision.kv_dtype();
         let (k, v) = ((&s.kn, &kv_layout), (&s.v, &kv_layout));
-        rope_kv_store_mrope(p, dev, &b.step, &self.rope, k, v, (k_cache, v_cache), kv, &mrope)?;
-        let shape = AttnShape { kv, ..self.attn_shape(n) };
-        match n {
-            1 => attention_decode(p, dev, &shape, &b.step, &s.qn, k_cache, v_cache, &s.decode, &s.attn),
-            _ => attention_prefill(p, dev, &shape, &b.step, &s.qn, k_cache, v_cache, &s.attn),
-        }
+        rope_kv_store_mrope(p, dev, &b.step, &self.rope, k, v, (k_cache, v_cache), b.precision.kv_dtype(), &mrope)
+    }
+
+    /// An attention layer's attention for the sequences of a step and their row counts, each
+    /// against its own cache of layer `i` (one op on the CPU backend: `attention_batch`).
+    fn attend(&self, p: &mut Program, dev: &Device, seqs: &[(Seq<'_, Scratch>, u32)], i: usize) -> GpuResult<()> {
+        let seqs: Vec<AttnSeq> = seqs
+            .iter()
+            .map(|(q, n)| {
+                let (k_cache, v_cache) = q.state.kv(i);
+                let (s, b) = (q.s, q.b);
+                let shape = AttnShape { kv: b.precision.kv_dtype(), ..self.attn_shape(*n) };
+                AttnSeq { shape, step: &b.step, q: &s.qn, k_cache, v_cache, scratch: &s.decode, out: &s.attn }
+            })
+            .collect();
+        attention_batch(p, dev, &seqs)
     }
 
     pub fn layers(&self) -> Vec<LayerKind> {
