@@ -551,8 +551,8 @@ fn a_full_kv_pool_preempts_the_newest_sequence_and_recomputes_it() {
 }
 
 /// A batched step that fails on a device that is not lost (made to fail once it has run:
-/// its sequences hold part of it) fails no request: its sequences are recomputed and the
-/// next steps take fewer. With every step of more than two sequences failing, each request
+/// its sequences hold part of it) fails no request: its sequences are recomputed and then
+/// run in steps of their own. With every step of more than two sequences failing, each request
 /// gives what it gives alone ([`assert_as_alone`]); with every step that runs a word of one
 /// prompt failing, that request alone fails, with the step's error, once its steps are down
 /// to that one row, and the others give what they give alone. On a decoder with recurrent
