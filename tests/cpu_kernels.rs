@@ -11,13 +11,13 @@ use webvlm::backend::cpu::elementwise::{
     add_inplace, copy_first_halves, gelu_inplace, gelu_tanh, sigmoid_mul_second_halves, silu_mul_halves, silu_mul_inplace,
 };
 use webvlm::backend::cpu::norm::{layer_norm, rms_norm};
-use webvlm::backend::cpu::rope::{rope_inplace, rope_inplace_mrope, rope_kv_store, Positions};
+use webvlm::backend::cpu::rope::{rope_inplace, rope_inplace_mrope, rope_kv_store, rope_qkv_store, Positions};
 use webvlm::backend::cpu::{simd, ShapeError, Simd, ThreadPool};
 use webvlm::gguf::SplitMix64;
 use webvlm::kernels::attention::{attention_ref, pack_f16, round_f16, AttnShape, KvDtype};
 use webvlm::kernels::elementwise::{gelu_ref, sigmoid_mul_second_halves_ref, silu_mul_ref};
 use webvlm::kernels::norm::rms_norm_ref;
-use webvlm::kernels::rope::{mrope_ref, rope_ref, rope_table, QScale, RopeLayout, RopeMode, RopeTable, Yarn};
+use webvlm::kernels::rope::{mrope_ref, rope_ref, rope_table, QScale, QkvRope, RopeLayout, RopeMode, RopeTable, Yarn};
 use webvlm::kernels::vision_qwen::{gelu_tanh_ref, layer_norm_ref};
 
 const THREADS: [usize; 3] = [1, 2, 3];
@@ -391,6 +391,50 @@ fn rope_kv_store_rounds_into_f16_caches() {
         rope_kv_store(&pool, k_in, v_in, (&mut k16[..], &mut v16[..]), n_tok, kv_start, &table, Positions::From(9)).unwrap();
         assert_eq!((f16_bits(&k32), f16_bits(&v32)), (k16, v16), "t{}", pool.threads());
         assert!(k32[kv_start * heads as usize * hd..].iter().all(|x| *x != 0.0), "rows written");
+    }
+}
+
+/// The fused op over q|k|v rows gives the bits of `rope_inplace` on q and `rope_kv_store` on
+/// k and v, and leaves k and v in the rows as they were: every table (partial rotation,
+/// divisors, YaRN), both pairings, f32 and f16 caches, prefill rows and a decode row.
+#[test]
+fn rope_qkv_store_gives_the_bits_of_the_two_ops() {
+    let (hd, n_q, n_kv, kv_start) = (36, 5u32, 2u32, 3);
+    let width = n_kv as usize * hd;
+    for pool in pools() {
+        for (name, table) in tables(hd) {
+            for (mode, n_tok, pos0) in [(RopeMode::Adjacent, 7, 123), (RopeMode::RotateHalf, 1, 70_000)] {
+                let stride = (n_q + 2 * n_kv) * hd as u32 + 3;
+                let q = RopeLayout { stride, ..RopeLayout::dense(n_q, hd as u32, n_tok as u32, mode) };
+                let k = RopeLayout { n_heads: n_kv, offset: n_q * hd as u32, ..q };
+                let v = RopeLayout { offset: (n_q + n_kv) * hd as u32 + 2, ..k };
+                let layout = QkvRope { n_q_heads: n_q, k, v_offset: v.offset, q_scale: QScale { beta: 0.1, orig_ctx: 64 } };
+                let x = random(n_tok * stride as usize, -2.0, 2.0, 30 + n_tok as u64);
+                let rows = (kv_start + n_tok) * width;
+                let what = format!("{name} {mode:?} {n_tok} rows t{}", pool.threads());
+
+                let mut apart = x.clone();
+                rope_inplace(&pool, &mut apart, &q, n_tok, &table, pos0, layout.q_scale).unwrap();
+                let (mut k32, mut v32, mut k16, mut v16) = (vec![0f32; rows], vec![0f32; rows], vec![0u16; rows], vec![0u16; rows]);
+                let (k_in, v_in, at) = ((&x[..], &k), (&x[..], &v), Positions::From(pos0));
+                rope_kv_store(&pool, k_in, v_in, (&mut k32[..], &mut v32[..]), n_tok, kv_start, &table, at).unwrap();
+                rope_kv_store(&pool, k_in, v_in, (&mut k16[..], &mut v16[..]), n_tok, kv_start, &table, at).unwrap();
+
+                let mut fused = x.clone();
+                let (mut fk32, mut fv32, mut fk16, mut fv16) = (vec![0f32; rows], vec![0f32; rows], vec![0u16; rows], vec![0u16; rows]);
+                rope_qkv_store(&pool, &mut fused, &layout, (&mut fk32[..], &mut fv32[..]), n_tok, kv_start, &table, pos0).unwrap();
+                let mut fused16 = x.clone();
+                rope_qkv_store(&pool, &mut fused16, &layout, (&mut fk16[..], &mut fv16[..]), n_tok, kv_start, &table, pos0).unwrap();
+
+                let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&fused), bits(&apart), "{what}: q rotated, k and v untouched");
+                assert_eq!(bits(&fused16), bits(&apart), "{what}: q rotated (f16 caches)");
+                assert_eq!((bits(&fk32), bits(&fv32)), (bits(&k32), bits(&v32)), "{what}: f32 caches");
+                assert_eq!((fk16, fv16), (k16, v16), "{what}: f16 caches");
+                assert!(fk32[..kv_start * width].iter().all(|&c| c == 0.0), "{what}: rows before kv_start untouched");
+                assert!(fk32[kv_start * width..].iter().all(|&c| c != 0.0), "{what}: rows written");
+            }
+        }
     }
 }
 

@@ -296,55 +296,64 @@ fn gpu_geometry_fills_a_large_gpu_at_3b_shapes() {
     }
 }
 
-/// One dispatch over fused q|k|v rows gives exactly what `rope_inplace` on q and
-/// `rope_kv_store` on k and v give (both checked against the CPU in kernels_attention.rs):
-/// both pair layouts, full and partial rotation, the query scaling, f32 and f16 caches.
+/// One dispatch (on the CPU backend, one op) over fused q|k|v rows gives exactly what
+/// `rope_inplace` on q and `rope_kv_store` on k and v give (both checked against the CPU in
+/// kernels_attention.rs): both pair layouts, full and partial rotation, the query scaling, f32
+/// and f16 caches, prefill rows and a decode row.
 #[test]
 fn fused_rope_and_cache_store_equal_the_separate_kernels() {
+    for gpu in [gpu(), cpu()] {
+        fused_rope_equals_separate_kernels_on(&gpu);
+    }
+}
+
+fn fused_rope_equals_separate_kernels_on(dev: &Device) {
     use webvlm::kernels::attention::{KvDtype, StepParams};
     use webvlm::kernels::rope::{self, QScale, QkvRope, RopeFreqs, RopeLayout, RopeMode, Yarn};
-    let gpu = gpu();
-    let (n_q, n_kv, hd, n_tok, max_ctx) = (4u32, 2u32, 64u32, 3u32, 8u32);
-    let width = (n_q + 2 * n_kv) * hd;
-    let qkv = Rng::new(40).vec((n_tok * width) as usize);
-    let step = StepParams::create_buffer(&gpu).unwrap();
-    StepParams::new(2, n_tok, 70_000).write(&gpu, &step).unwrap();
-    let q_scale = QScale { beta: 0.1, orig_ctx: 16384 };
-    let tables = [
-        (rope::rope_table(hd as usize, 1e6, Some(&Yarn::ministral3())), RopeMode::Adjacent),
-        (rope::rope_table(hd as usize / 2, 1e4, None), RopeMode::RotateHalf),
-    ];
-    for (table, mode) in &tables {
-        let freqs = RopeFreqs::upload(&gpu, table).unwrap();
-        let q = RopeLayout { stride: width, ..RopeLayout::dense(n_q, hd, n_tok, *mode) };
-        let k = RopeLayout { n_heads: n_kv, offset: n_q * hd, ..q };
-        let v = RopeLayout { offset: (n_q + n_kv) * hd, ..k };
-        for kv in [KvDtype::F32, KvDtype::F16] {
-            let caches = || {
-                let bytes = kv.cache_bytes(max_ctx, n_kv * hd);
-                (gpu.storage("k", bytes).unwrap(), gpu.storage("v", bytes).unwrap())
-            };
-            let words = (kv.cache_bytes(max_ctx, n_kv * hd) / 4) as usize;
-            let read =
-                |b: &Buffer, n: usize| -> Vec<u32> { gpu.read_f32_blocking(b, n).unwrap().iter().map(|v| v.to_bits()).collect() };
+    let (n_q, n_kv, hd, max_ctx) = (4u32, 2u32, 64u32, 8u32);
+    for n_tok in [3u32, 1] {
+        let width = (n_q + 2 * n_kv) * hd;
+        let qkv = Rng::new(40).vec((n_tok * width) as usize);
+        let step = StepParams::create_buffer(dev).unwrap();
+        StepParams::new(2, n_tok, 70_000).write(dev, &step).unwrap();
+        let q_scale = QScale { beta: 0.1, orig_ctx: 16384 };
+        let tables = [
+            (rope::rope_table(hd as usize, 1e6, Some(&Yarn::ministral3())), RopeMode::Adjacent),
+            (rope::rope_table(hd as usize / 2, 1e4, None), RopeMode::RotateHalf),
+        ];
+        for (table, mode) in &tables {
+            let freqs = RopeFreqs::upload(dev, table).unwrap();
+            let q = RopeLayout { stride: width, ..RopeLayout::dense(n_q, hd, n_tok, *mode) };
+            let k = RopeLayout { n_heads: n_kv, offset: n_q * hd, ..q };
+            let v = RopeLayout { offset: (n_q + n_kv) * hd, ..k };
+            for kv in [KvDtype::F32, KvDtype::F16] {
+                let caches = || {
+                    let bytes = kv.cache_bytes(max_ctx, n_kv * hd);
+                    (dev.storage("k", bytes).unwrap(), dev.storage("v", bytes).unwrap())
+                };
+                let words = (kv.cache_bytes(max_ctx, n_kv * hd) / 4) as usize;
+                let read = |b: &Buffer, n: usize| -> Vec<u32> {
+                    dev.read_f32_blocking(b, n).unwrap().iter().map(|v| v.to_bits()).collect()
+                };
 
-            let (sep, (sk, sv)) = (upload(&gpu, &qkv), caches());
-            let mut prog = Program::new();
-            rope::rope_inplace(&mut prog, &gpu, &step, &freqs, &sep, &q, q_scale).unwrap();
-            rope::rope_kv_store(&mut prog, &gpu, &step, &freqs, &sep, &k, &sep, &v, &sk, &sv, kv).unwrap();
-            prog.run(&gpu).unwrap();
+                let (sep, (sk, sv)) = (upload(dev, &qkv), caches());
+                let mut prog = Program::new();
+                rope::rope_inplace(&mut prog, &dev, &step, &freqs, &sep, &q, q_scale).unwrap();
+                rope::rope_kv_store(&mut prog, &dev, &step, &freqs, &sep, &k, &sep, &v, &sk, &sv, kv).unwrap();
+                prog.run(dev).unwrap();
 
-            let (fused, (fk, fv)) = (upload(&gpu, &qkv), caches());
-            let layout = QkvRope { n_q_heads: n_q, k, v_offset: v.offset, q_scale };
-            let mut prog = Program::new();
-            rope::rope_qkv_store(&mut prog, &gpu, &step, &freqs, &fused, &layout, (&fk, &fv), kv).unwrap();
-            prog.run(&gpu).unwrap();
+                let (fused, (fk, fv)) = (upload(dev, &qkv), caches());
+                let layout = QkvRope { n_q_heads: n_q, k, v_offset: v.offset, q_scale };
+                let mut prog = Program::new();
+                rope::rope_qkv_store(&mut prog, &dev, &step, &freqs, &fused, &layout, (&fk, &fv), kv).unwrap();
+                prog.run(dev).unwrap();
 
-            let what = format!("{mode:?} {kv:?}");
-            assert_eq!(read(&fused, qkv.len()), read(&sep, qkv.len()), "{what}: rotated q (and untouched k, v)");
-            assert_eq!(read(&fk, words), read(&sk, words), "{what}: k cache");
-            assert_eq!(read(&fv, words), read(&sv, words), "{what}: v cache");
-            assert!(read(&fk, words).iter().any(|&w| w != 0), "{what}: the cache was written");
+                let what = format!("{mode:?} {kv:?} {n_tok} rows");
+                assert_eq!(read(&fused, qkv.len()), read(&sep, qkv.len()), "{what}: rotated q (and untouched k, v)");
+                assert_eq!(read(&fk, words), read(&sk, words), "{what}: k cache");
+                assert_eq!(read(&fv, words), read(&sv, words), "{what}: v cache");
+                assert!(read(&fk, words).iter().any(|&w| w != 0), "{what}: the cache was written");
+            }
         }
     }
 }

@@ -110,7 +110,11 @@ impl Device {
 
     /// [`Device::read`] as f32 values.
     pub async fn read_f32(&self, src: &Buffer, offset: u64, len: usize) -> Result<Vec<f32>> {
-        Ok(bytemuck::pod_collect_to_vec(&self.read(src, offset, len as u64 * 4).await?))
+        match (self, src) {
+            // The words copied once (a batched step's logits are megabytes).
+            (Device::Cpu(_), Buffer::Cpu(b)) => Ok(b.read_f32(offset, len)?),
+            _ => Ok(bytemuck::pod_collect_to_vec(&self.read(src, offset, len as u64 * 4).await?)),
+        }
     }
 
     /// Blocking [`Device::read_f32`] of the first `len` values, for native callers.

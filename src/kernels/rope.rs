@@ -272,7 +272,7 @@ pub fn rope_kv_store(
 }
 
 /// [`rope_inplace`] of q and [`rope_kv_store`] of k and v in one op over fused q|k|v rows
-/// (`qkv`, read and written): one dispatch on the GPU.
+/// (`qkv`, read and written): one dispatch on the GPU, one op on the CPU.
 #[allow(clippy::too_many_arguments)]
 pub fn rope_qkv_store(
     prog: &mut Program,
@@ -291,12 +291,23 @@ pub fn rope_qkv_store(
             check_rot(&layout.k, freqs)?;
             gpu::rope::rope_qkv_store(prog, gpu, step, &freqs.gpu()?, qkv, layout, (k_cache, v_cache), kv)
         }
-        On::Cpu(..) => {
-            // q rotated in place, then k and v stored: two CPU ops.
-            let q = RopeLayout { n_heads: layout.n_q_heads, offset: 0, ..layout.k };
-            rope_inplace(prog, dev, step, freqs, qkv, &q, layout.q_scale)?;
-            let v = RopeLayout { offset: layout.v_offset, ..layout.k };
-            rope_kv_store(prog, dev, step, freqs, qkv, &layout.k, qkv, &v, k_cache, v_cache, kv)
+        On::Cpu(prog, _) => {
+            let (step, qkv, table, layout) = (step.cpu()?.clone(), qkv.cpu()?.clone(), freqs.cpu_table()?, *layout);
+            let (k_cache, v_cache) = (k_cache.cpu()?.clone(), v_cache.cpu()?.clone());
+            prog.push("rope_qkv_store", move |pool| {
+                let s = StepParams::read_cpu(&step)?;
+                let (n, kv_start, table) = (s.n_tok.min(layout.k.max_tok) as usize, s.kv_start as usize, table()?);
+                let (mut qkv, mut kc, mut vc) = (qkv.write()?, k_cache.write()?, v_cache.write()?);
+                let (qkv, kc, vc) = (&mut qkv[..], &mut kc[..], &mut vc[..]);
+                Ok(match kv {
+                    KvDtype::F32 => cpu::rope::rope_qkv_store(pool, qkv, &layout, (kc, vc), n, kv_start, &table, s.rope_pos0),
+                    KvDtype::F16 => {
+                        let caches = (bytemuck::cast_slice_mut::<f32, u16>(kc), bytemuck::cast_slice_mut::<f32, u16>(vc));
+                        cpu::rope::rope_qkv_store(pool, qkv, &layout, caches, n, kv_start, &table, s.rope_pos0)
+                    }
+                }?)
+            });
+            Ok(())
         }
     }
 }

@@ -171,6 +171,12 @@ impl Buffer {
         Ok(self.bytes()?[4 * at..4 * (at + n)].to_vec())
     }
 
+    /// `len` words from byte `offset` (a multiple of 4).
+    pub fn read_f32(&self, offset: u64, len: usize) -> Result<Vec<f32>, ProgramError> {
+        let at = words_of(&self.label, offset)?;
+        Ok(self.read_n(at.saturating_add(len))?[at..].to_vec())
+    }
+
     fn check_len(&self, words: usize) -> Result<(), ProgramError> {
         let size = self.size();
         if words as u64 * 4 > size {
