@@ -332,30 +332,40 @@ fn sum8(a: [__m256; 8]) -> __m256 {
 }
 
 /// [`scores_portable`] eight keys at a time: eight independent FMA chains, one per key, and
-/// one [`sum8`] instead of eight horizontal sums.
+/// one [`sum8`] instead of eight horizontal sums; the last few keys one chain each.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn scores_avx2<T: KvElem>(q: &[f32], k: &[T], stride: usize, s: &mut [f32]) {
     let hd = q.len();
-    let mut j = 0;
-    if hd.is_multiple_of(LANES) {
-        debug_assert!(s.is_empty() || k.len() >= (s.len() - 1) * stride + hd);
-        while j + 8 <= s.len() {
-            // SAFETY: key j + i < s.len() ends by (s.len() - 1) * stride + hd ≤ k.len().
-            let rows: [*const T; 8] = std::array::from_fn(|i| k.as_ptr().add((j + i) * stride));
-            let mut acc = [_mm256_setzero_ps(); 8];
-            for c in (0..hd).step_by(LANES) {
-                let qc = _mm256_loadu_ps(q.as_ptr().add(c));
-                for (a, row) in acc.iter_mut().zip(rows) {
-                    *a = _mm256_fmadd_ps(qc, T::load8(row.add(c)), *a);
-                }
-            }
-            _mm256_storeu_ps(s.as_mut_ptr().add(j), sum8(acc));
-            j += 8;
-        }
+    if !hd.is_multiple_of(LANES) {
+        return scores_portable(q, k, stride, s);
     }
-    if j < s.len() {
-        scores_portable(q, &k[j * stride..], stride, &mut s[j..]);
+    assert!(s.is_empty() || k.len() >= (s.len() - 1) * stride + hd);
+    let mut j = 0;
+    while j + 8 <= s.len() {
+        // SAFETY: key j + i < s.len() ends by (s.len() - 1) * stride + hd ≤ k.len().
+        let rows: [*const T; 8] = std::array::from_fn(|i| k.as_ptr().add((j + i) * stride));
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for c in (0..hd).step_by(LANES) {
+            let qc = _mm256_loadu_ps(q.as_ptr().add(c));
+            for (a, row) in acc.iter_mut().zip(rows) {
+                *a = _mm256_fmadd_ps(qc, T::load8(row.add(c)), *a);
+            }
+        }
+        _mm256_storeu_ps(s.as_mut_ptr().add(j), sum8(acc));
+        j += 8;
+    }
+    for (j, s) in s.iter_mut().enumerate().skip(j) {
+        // SAFETY: as above.
+        let row = k.as_ptr().add(j * stride);
+        let mut acc = _mm256_setzero_ps();
+        for c in (0..hd).step_by(LANES) {
+            acc = _mm256_fmadd_ps(_mm256_loadu_ps(q.as_ptr().add(c)), T::load8(row.add(c)), acc);
+        }
+        // The eight lanes' sum: halves, then pairs, then the last two.
+        let h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+        let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        *s = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
     }
 }
 
