@@ -415,16 +415,20 @@ fn rope_qkv_store_gives_the_bits_of_the_two_ops() {
 
                 let mut apart = x.clone();
                 rope_inplace(&pool, &mut apart, &q, n_tok, &table, pos0, layout.q_scale).unwrap();
-                let (mut k32, mut v32, mut k16, mut v16) = (vec![0f32; rows], vec![0f32; rows], vec![0u16; rows], vec![0u16; rows]);
+                let (mut k32, mut v32, mut k16, mut v16) =
+                    (vec![0f32; rows], vec![0f32; rows], vec![0u16; rows], vec![0u16; rows]);
                 let (k_in, v_in, at) = ((&x[..], &k), (&x[..], &v), Positions::From(pos0));
                 rope_kv_store(&pool, k_in, v_in, (&mut k32[..], &mut v32[..]), n_tok, kv_start, &table, at).unwrap();
                 rope_kv_store(&pool, k_in, v_in, (&mut k16[..], &mut v16[..]), n_tok, kv_start, &table, at).unwrap();
 
                 let mut fused = x.clone();
-                let (mut fk32, mut fv32, mut fk16, mut fv16) = (vec![0f32; rows], vec![0f32; rows], vec![0u16; rows], vec![0u16; rows]);
-                rope_qkv_store(&pool, &mut fused, &layout, (&mut fk32[..], &mut fv32[..]), n_tok, kv_start, &table, pos0).unwrap();
+                let (mut fk32, mut fv32, mut fk16, mut fv16) =
+                    (vec![0f32; rows], vec![0f32; rows], vec![0u16; rows], vec![0u16; rows]);
+                rope_qkv_store(&pool, &mut fused, &layout, (&mut fk32[..], &mut fv32[..]), n_tok, kv_start, &table, pos0)
+                    .unwrap();
                 let mut fused16 = x.clone();
-                rope_qkv_store(&pool, &mut fused16, &layout, (&mut fk16[..], &mut fv16[..]), n_tok, kv_start, &table, pos0).unwrap();
+                rope_qkv_store(&pool, &mut fused16, &layout, (&mut fk16[..], &mut fv16[..]), n_tok, kv_start, &table, pos0)
+                    .unwrap();
 
                 let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&fused), bits(&apart), "{what}: q rotated, k and v untouched");

@@ -338,14 +338,14 @@ fn fused_rope_equals_separate_kernels_on(dev: &Device) {
 
                 let (sep, (sk, sv)) = (upload(dev, &qkv), caches());
                 let mut prog = Program::new();
-                rope::rope_inplace(&mut prog, &dev, &step, &freqs, &sep, &q, q_scale).unwrap();
-                rope::rope_kv_store(&mut prog, &dev, &step, &freqs, &sep, &k, &sep, &v, &sk, &sv, kv).unwrap();
+                rope::rope_inplace(&mut prog, dev, &step, &freqs, &sep, &q, q_scale).unwrap();
+                rope::rope_kv_store(&mut prog, dev, &step, &freqs, &sep, &k, &sep, &v, &sk, &sv, kv).unwrap();
                 prog.run(dev).unwrap();
 
                 let (fused, (fk, fv)) = (upload(dev, &qkv), caches());
                 let layout = QkvRope { n_q_heads: n_q, k, v_offset: v.offset, q_scale };
                 let mut prog = Program::new();
-                rope::rope_qkv_store(&mut prog, &dev, &step, &freqs, &fused, &layout, (&fk, &fv), kv).unwrap();
+                rope::rope_qkv_store(&mut prog, dev, &step, &freqs, &fused, &layout, (&fk, &fv), kv).unwrap();
                 prog.run(dev).unwrap();
 
                 let what = format!("{mode:?} {kv:?} {n_tok} rows");
