@@ -37,9 +37,11 @@ use crate::model::{BatchInput, Context, StepBatch};
 use crate::sampling::{StopStrings, TokenLogprob};
 
 mod kv_pool;
+mod picks;
 mod recovery;
 
 pub use kv_pool::{KvPool, DEFAULT_KV_PAGE};
+use picks::PickPool;
 
 use super::generate::{Emitter, HostPicker};
 use super::prompt_cache::{live_prefix, prefix_of_rows, PosKey, PromptCache};
@@ -95,6 +97,8 @@ pub struct Parallel {
     failed_steps: u64,
     /// Whether the sequences that run alone (`recovery.rs`) had the last step.
     alone_turn: bool,
+    /// Where the step's sequences pick their tokens (`picks.rs`).
+    picks: PickPool,
 }
 
 /// A free slot: its context and the keys of the sequence its KV cache holds.
@@ -150,6 +154,7 @@ impl Engine {
             preemptions: 0,
             failed_steps: 0,
             alone_turn: false,
+            picks: PickPool::for_device(&self.dev, max_seqs),
         })
     }
 
@@ -424,37 +429,41 @@ impl Parallel {
             Err(e) => return self.recover(engine, stepping, rows, e),
         };
         let vocab = dec.cfg.vocab as usize;
+        let prompt_done = |r: &Running| r.prefill.as_ref().is_some_and(|p| r.ctx.n_past() as usize == p.tokens.len());
+        // A sequence past its prompt picks, and one at the end of a prompt not recomputed.
+        let pickers =
+            stepping.iter_mut().map(|r| (r.prefill.is_none() || prompt_done(r) && !r.recompute).then_some(&mut r.picker));
+        let mut picks = self.picks.pick_all(dev, pickers.collect(), &logits, vocab).into_iter();
         for (j, mut r) in stepping.into_iter().enumerate() {
-            let row = logits.get(j * vocab..(j + 1) * vocab).unwrap_or_default();
-            let prompt_len = r.prefill.as_ref().map(|p| p.tokens.len());
-            match prompt_len {
-                None => match r.picker.mask().and_then(|mask| r.picker.pick(row, mask.as_deref())) {
-                    Ok(picked) => self.take(r, picked).await,
-                    Err(e) => self.fail(r, e),
-                },
-                Some(len) if r.ctx.n_past() as usize != len => self.running.push(r),
-                Some(_) if r.recompute => {
-                    (r.prefill, r.recompute) = (None, false);
-                    self.running.push(r);
+            let picked = match picks.next().flatten() {
+                Some(Ok(picked)) => picked,
+                Some(Err(e)) => {
+                    self.fail(r, e);
+                    continue;
                 }
-                Some(_) => {
-                    r.prefill = None;
-                    let picked = match r.picker.mask().and_then(|mask| r.picker.pick(row, mask.as_deref())) {
-                        Ok(picked) => picked,
-                        Err(e) => {
-                            self.fail(r, e);
-                            continue;
-                        }
-                    };
-                    r.out.time_to_first_token = r.start.elapsed().as_secs_f64();
-                    // Counted in the pool while the choices waiting for it copy its rows.
-                    let id = r.id;
+                // A prompt with chunks left waits for the next; a recomputed one that is done
+                // goes on with the token it had.
+                None => {
+                    if prompt_done(&r) {
+                        (r.prefill, r.recompute) = (None, false);
+                    }
                     self.running.push(r);
-                    self.fork(engine, id, row).await?;
-                    let r = self.running.remove(self.running.iter().position(|r| r.id == id).expect("the leader runs"));
-                    self.take(r, picked).await;
+                    continue;
                 }
+            };
+            if r.prefill.take().is_none() {
+                self.take(r, picked).await;
+                continue;
             }
+            // A prompt that is done: its first token, and the choices waiting for it fork.
+            r.out.time_to_first_token = r.start.elapsed().as_secs_f64();
+            // Counted in the pool while the choices waiting for it copy its rows.
+            let id = r.id;
+            self.running.push(r);
+            let row = logits.get(j * vocab..(j + 1) * vocab).unwrap_or_default();
+            self.fork(engine, id, row).await?;
+            let r = self.running.remove(self.running.iter().position(|r| r.id == id).expect("the leader runs"));
+            self.take(r, picked).await;
         }
         Ok(())
     }
