@@ -26,7 +26,7 @@
 //! Output rows are split into chunks of whole panels that the pool's threads claim. Weights
 //! repacked once so that panels need no preparing are [`Repacked`](super::repacked)'s.
 
-use super::elementwise::silu;
+use super::elementwise::silu_mul8;
 use super::matvec::{check, MatvecError, Mode, Rows, Weight};
 use super::pool::ThreadPool;
 use super::quant::ftile::tile4x2;
@@ -145,7 +145,7 @@ impl Run<'_> {
         let tasks = outputs.div_ceil(ROWS).min(self.pool.threads() * TASKS_PER_THREAD);
         let chunk = outputs.div_ceil(tasks).next_multiple_of(ROWS);
         let (stride, offset) = (self.out.stride as usize, self.out.offset as usize);
-        let gated = self.out.epilogue == Epilogue::SiluMul;
+        let (gated, simd) = (self.out.epilogue == Epilogue::SiluMul, simd::level());
         let task = |i: usize| {
             let (mut main, mut up) = (panel.buf(), gated.then(|| panel.buf()));
             for o0 in (i * chunk..outputs.min((i + 1) * chunk)).step_by(ROWS) {
@@ -165,7 +165,7 @@ impl Run<'_> {
                         // `t * stride`, `stride ≥ outputs` apart, and tasks own disjoint
                         // output rows.
                         let y = unsafe { std::slice::from_raw_parts_mut(self.y.at((t0 + i) * stride + offset + o0), n_rows) };
-                        store(self.out.epilogue, y, &p, q.as_ref(), i);
+                        store(simd, self.out.epilogue, y, &p, q.as_ref(), i);
                     }
                 }
             }
@@ -177,11 +177,11 @@ impl Run<'_> {
 /// Token `i`'s products of a tile (and of its up rows' tile, gated) into its outputs `y`, one per
 /// panel row, through the epilogue.
 #[inline(always)]
-fn store(epilogue: Epilogue, y: &mut [f32], p: &Tile, up: Option<&Tile>, i: usize) {
+fn store(simd: Simd, epilogue: Epilogue, y: &mut [f32], p: &Tile, up: Option<&Tile>, i: usize) {
     let v = &p[i][..y.len()];
     match (epilogue, up) {
         (Epilogue::Add, _) => y.iter_mut().zip(v).for_each(|(y, v)| *y += v),
-        (Epilogue::SiluMul, Some(up)) => y.iter_mut().zip(v).zip(up[i]).for_each(|((y, &v), u)| *y = silu(v) * u),
+        (Epilogue::SiluMul, Some(up)) => y.copy_from_slice(&silu_mul8(simd, &p[i], &up[i])[..y.len()]),
         _ => y.copy_from_slice(v),
     }
 }

@@ -138,8 +138,9 @@ fn tile_scalar<const V: usize, const M: usize>(w: &[LBlockX8<V, M>], xs: &[&[Blo
 const AHEAD_BYTES: usize = 4096;
 
 /// [`tile_scalar`] with AVX-512 (`tile_512`: `maddubs` + `madd`; `tile_512_vnni`: `vpdpbusd`),
-/// all eight rows in one vector and `P` pairs of tokens per pass (a pass of fewer tokens
-/// leaves the lanes of those it lacks zero): per block the codes unpacked once (Q4: an `and`,
+/// all eight rows in one vector and up to four pairs of tokens per pass, the pass's token
+/// count a constant so that its loops unroll without branches (an odd count leaves its last
+/// pair's second lanes zero): per block the codes unpacked once (Q4: an `and`,
 /// or a shift and an `and`; Q8_0 without VNNI: `|w|` and the sign mask) and the rows' scales
 /// spread to the lanes of a pair's sums (lane `4k + j`: row `2k + j % 2` of the pair's token
 /// `j / 2`).
@@ -153,34 +154,42 @@ macro_rules! legacy_tile_512 {
         unsafe fn $name<const V: usize, const M: usize>(w: &[LBlockX8<V, M>], xs: &[&[BlockQ8]], p: &mut [[f32; 8]]) {
             let mut i0 = 0;
             while i0 < xs.len() {
-                i0 += match xs.len() - i0 {
-                    1 | 2 => $pass::<V, M, 1>(w, &xs[i0..], p, i0),
-                    3 | 4 => $pass::<V, M, 2>(w, &xs[i0..], p, i0),
-                    _ => $pass::<V, M, 4>(w, &xs[i0..], p, i0),
+                let xs = &xs[i0..];
+                i0 += match xs.len() {
+                    1 => $pass::<V, M, 1, 1>(w, xs, p, i0),
+                    2 => $pass::<V, M, 1, 2>(w, xs, p, i0),
+                    3 => $pass::<V, M, 2, 3>(w, xs, p, i0),
+                    4 => $pass::<V, M, 2, 4>(w, xs, p, i0),
+                    5 => $pass::<V, M, 3, 5>(w, xs, p, i0),
+                    6 => $pass::<V, M, 3, 6>(w, xs, p, i0),
+                    7 => $pass::<V, M, 4, 7>(w, xs, p, i0),
+                    _ => $pass::<V, M, 4, 8>(w, xs, p, i0),
                 };
             }
         }
 
-        /// One pass of up to `2P` tokens from `xs[0]`, added to `p` from token `i0`; returns
-        /// how many it took.
+        /// One pass of the `T` tokens from `xs[0]` (`P` pairs, `T ≤ 2P`), added to `p` from
+        /// token `i0`; returns `T`.
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
-        unsafe fn $pass<const V: usize, const M: usize, const P: usize>(
+        unsafe fn $pass<const V: usize, const M: usize, const P: usize, const T: usize>(
             w: &[LBlockX8<V, M>],
             xs: &[&[BlockQ8]],
             p: &mut [[f32; 8]],
             i0: usize,
         ) -> usize {
-            let (kind, taken) = (LBlockX8::<V, M>::KIND, (2 * P).min(xs.len()));
+            let (kind, taken) = (LBlockX8::<V, M>::KIND, T);
             // Q8_0's codes go in signed, their offset not stored, where `maddubs` takes them.
             let (signed_q8, offset) = match kind {
                 Kind::Q8_0 if !$unsigned_q8 => (true, 0),
                 _ => (false, LBlockX8::<V, M>::OFFSET),
             };
             // A loop: `array::from_fn`'s closure was left a call here (`perf`).
-            let mut xt = [[xs[0]; 2]; P];
+            // Each token's first block; its block `s` is `s` on (every token holds `w.len()`).
+            let mut xt = [[xs[0].as_ptr(); 2]; P];
             for k in 0..taken {
-                xt[k / 2][k % 2] = xs[k];
+                debug_assert!(xs[k].len() >= w.len());
+                xt[k / 2][k % 2] = xs[k].as_ptr();
             }
             let low4 = _mm512_set1_epi8(0x0F);
             let by_pair = _mm512_setr_epi32(0, 1, 0, 1, 2, 3, 2, 3, 4, 5, 4, 5, 6, 7, 6, 7);
@@ -223,7 +232,7 @@ macro_rules! legacy_tile_512 {
                 for (k, (acc, pair)) in acc.iter_mut().zip(xt).enumerate() {
                     let mut dot = [_mm512_setzero_si512(); 2];
                     for (dot, x) in dot.iter_mut().zip(pair).take(taken.saturating_sub(2 * k)) {
-                        let xb = &x[s];
+                        let xb = &*x.add(s);
                         *dot = _mm512_maskz_set1_epi32(0x5555, -offset * xb.sum);
                         for (c, &codes) in codes.iter().enumerate() {
                             // SAFETY: `8c + 8 ≤ 32`.
@@ -238,7 +247,7 @@ macro_rules! legacy_tile_512 {
                     let [a, b] = dot.map(|v| _mm512_castsi512_ps(v));
                     let halves = [_mm512_shuffle_ps::<0b10_00_10_00>(a, b), _mm512_shuffle_ps::<0b11_01_11_01>(a, b)];
                     let sums = _mm512_add_epi32(_mm512_castps_si512(halves[0]), _mm512_castps_si512(halves[1]));
-                    let [xa, xb] = pair.map(|x| &x[s]);
+                    let [xa, xb] = pair.map(|x| &*x.add(s));
                     *acc = _mm512_fmadd_ps(_mm512_mul_ps(d, two(xa.d, xb.d)), _mm512_cvtepi32_ps(sums), *acc);
                     if kind == Kind::Q4_1 {
                         *acc = _mm512_fmadd_ps(m, two(xa.ds, xb.ds), *acc);
