@@ -11,7 +11,7 @@ use webvlm::backend::cpu::elementwise::{
     add_inplace, copy_first_halves, gelu_inplace, gelu_tanh, sigmoid_mul_second_halves, silu_mul_halves, silu_mul_inplace,
 };
 use webvlm::backend::cpu::norm::{layer_norm, rms_norm};
-use webvlm::backend::cpu::rope::{rope_inplace, rope_inplace_mrope, rope_kv_store, rope_qkv_store, Positions};
+use webvlm::backend::cpu::rope::{rope_inplace, rope_inplace_mrope, rope_kv_store, rope_qkv_store, Positions, QkvRows};
 use webvlm::backend::cpu::{simd, ShapeError, Simd, ThreadPool};
 use webvlm::gguf::SplitMix64;
 use webvlm::kernels::attention::{attention_ref, pack_f16, round_f16, AttnShape, KvDtype};
@@ -396,7 +396,8 @@ fn rope_kv_store_rounds_into_f16_caches() {
 
 /// The fused op over q|k|v rows gives the bits of `rope_inplace` on q and `rope_kv_store` on
 /// k and v, and leaves k and v in the rows as they were: every table (partial rotation,
-/// divisors, YaRN), both pairings, f32 and f16 caches, prefill rows and a decode row.
+/// divisors, YaRN), both pairings, f32 and f16 caches, prefill rows and a decode row; a second
+/// sequence in the same op gets the bits it gets alone.
 #[test]
 fn rope_qkv_store_gives_the_bits_of_the_two_ops() {
     let (hd, n_q, n_kv, kv_start) = (36, 5u32, 2u32, 3);
@@ -421,20 +422,47 @@ fn rope_qkv_store_gives_the_bits_of_the_two_ops() {
                 rope_kv_store(&pool, k_in, v_in, (&mut k32[..], &mut v32[..]), n_tok, kv_start, &table, at).unwrap();
                 rope_kv_store(&pool, k_in, v_in, (&mut k16[..], &mut v16[..]), n_tok, kv_start, &table, at).unwrap();
 
-                let mut fused = x.clone();
+                // With a second sequence beside it in the op: up to two tokens from position 9.
+                let other_n = n_tok.min(2);
+                let (mut fused, mut other) = (x.clone(), x.clone());
                 let (mut fk32, mut fv32, mut fk16, mut fv16) =
                     (vec![0f32; rows], vec![0f32; rows], vec![0u16; rows], vec![0u16; rows]);
-                rope_qkv_store(&pool, &mut fused, &layout, (&mut fk32[..], &mut fv32[..]), n_tok, kv_start, &table, pos0)
-                    .unwrap();
+                let (mut ok, mut ov) = (vec![0f32; rows], vec![0f32; rows]);
+                let other_layout = QkvRope { k: RopeLayout { max_tok: other_n as u32, ..k }, ..layout };
+                let seqs = vec![
+                    QkvRows { qkv: &mut fused, layout, caches: (&mut fk32[..], &mut fv32[..]), n_tok, kv_start, pos0 },
+                    QkvRows {
+                        qkv: &mut other,
+                        layout: other_layout,
+                        caches: (&mut ok[..], &mut ov[..]),
+                        n_tok: other_n,
+                        kv_start,
+                        pos0: 9,
+                    },
+                ];
+                rope_qkv_store(&pool, &table, seqs).unwrap();
                 let mut fused16 = x.clone();
-                rope_qkv_store(&pool, &mut fused16, &layout, (&mut fk16[..], &mut fv16[..]), n_tok, kv_start, &table, pos0)
-                    .unwrap();
+                let seq16 = QkvRows { qkv: &mut fused16, layout, caches: (&mut fk16[..], &mut fv16[..]), n_tok, kv_start, pos0 };
+                rope_qkv_store(&pool, &table, vec![seq16]).unwrap();
+                let mut alone = x.clone();
+                let (mut ak, mut av) = (vec![0f32; rows], vec![0f32; rows]);
+                let seq = QkvRows {
+                    qkv: &mut alone,
+                    layout: other_layout,
+                    caches: (&mut ak[..], &mut av[..]),
+                    n_tok: other_n,
+                    kv_start,
+                    pos0: 9,
+                };
+                rope_qkv_store(&pool, &table, vec![seq]).unwrap();
 
                 let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&fused), bits(&apart), "{what}: q rotated, k and v untouched");
                 assert_eq!(bits(&fused16), bits(&apart), "{what}: q rotated (f16 caches)");
                 assert_eq!((bits(&fk32), bits(&fv32)), (bits(&k32), bits(&v32)), "{what}: f32 caches");
                 assert_eq!((fk16, fv16), (k16, v16), "{what}: f16 caches");
+                let (other, alone) = ((bits(&other), bits(&ok), bits(&ov)), (bits(&alone), bits(&ak), bits(&av)));
+                assert!(other == alone, "{what}: the second sequence's rows as it gets them alone");
                 assert!(fk32[..kv_start * width].iter().all(|&c| c == 0.0), "{what}: rows before kv_start untouched");
                 assert!(fk32[kv_start * width..].iter().all(|&c| c != 0.0), "{what}: rows written");
             }

@@ -591,6 +591,39 @@ fn a_failed_step_recomputes_its_sequences_and_fails_only_a_step_of_one_row() {
     }
 }
 
+/// The sequences of a failed step run alone until they decode again, then rejoin the batch:
+/// with the first step in which every sequence decodes made to fail, the steps after it hold
+/// several sequences again, and each request gives what it gives alone.
+#[test]
+fn sequences_rejoin_the_batch_after_a_failed_step() {
+    for (what, make) in families_on_backends() {
+        let mut e = make();
+        let requests = mixed_requests(&mut e, &what, 27);
+        let n = requests.len();
+        let mut run = e.parallel(n as u32).unwrap();
+        // The most sequences of a step after the failed one, once that has failed.
+        let widest_after = std::rc::Rc::new(std::cell::Cell::new(None::<usize>));
+        let seen = widest_after.clone();
+        run.fail_steps_when(move |rows| match seen.get() {
+            None => {
+                let all_decode = rows.len() == n && rows.iter().all(|r| r.len() == 1);
+                seen.set(all_decode.then_some(0));
+                all_decode
+            }
+            Some(widest) => {
+                seen.set(Some(widest.max(rows.len())));
+                false
+            }
+        });
+        let (batched, streamed, _) = run_checked(&mut e, &mut run, &requests, |_| {});
+        assert_eq!(run.failed_steps(), 1, "{what}");
+        let widest = widest_after.get().expect("a step in which every sequence decodes");
+        assert!(widest >= 2, "{what}: the steps after the failed one held {widest} sequence at most");
+        assert_as_alone(&what, &mut e, &requests, &batched, &streamed);
+        eprintln!("{what}: {widest} sequences in a step after the failed one");
+    }
+}
+
 /// A sequence preempted while decoding is prefilled again with the tokens it was fed: the
 /// [IMG] tokens an image request was made to pick (by `logit_bias`) go back as text, as they
 /// were fed, not as image rows. Both prompts fit the pool of 384 rows; some 50 steps into

@@ -342,10 +342,19 @@ fn fused_rope_equals_separate_kernels_on(dev: &Device) {
                 rope::rope_kv_store(&mut prog, dev, &step, &freqs, &sep, &k, &sep, &v, &sk, &sv, kv).unwrap();
                 prog.run(dev).unwrap();
 
+                // With a second sequence in the op: the same rows, two cache rows on.
                 let (fused, (fk, fv)) = (upload(dev, &qkv), caches());
+                let (other, (ok, ov), other_step) = (upload(dev, &qkv), caches(), StepParams::create_buffer(dev).unwrap());
+                StepParams::new(4, n_tok, 70_002).write(dev, &other_step).unwrap();
                 let layout = QkvRope { n_q_heads: n_q, k, v_offset: v.offset, q_scale };
+                let seq = |step, qkv, k_cache, v_cache| rope::QkvSeq { step, qkv, layout, k_cache, v_cache };
                 let mut prog = Program::new();
-                rope::rope_qkv_store(&mut prog, dev, &step, &freqs, &fused, &layout, (&fk, &fv), kv).unwrap();
+                let seqs = [seq(&step, &fused, &fk, &fv), seq(&other_step, &other, &ok, &ov)];
+                rope::rope_qkv_store(&mut prog, dev, &freqs, kv, &seqs).unwrap();
+                prog.run(dev).unwrap();
+                let (alone, (ak, av)) = (upload(dev, &qkv), caches());
+                let mut prog = Program::new();
+                rope::rope_qkv_store(&mut prog, dev, &freqs, kv, &[seq(&other_step, &alone, &ak, &av)]).unwrap();
                 prog.run(dev).unwrap();
 
                 let what = format!("{mode:?} {kv:?} {n_tok} rows");
@@ -353,6 +362,9 @@ fn fused_rope_equals_separate_kernels_on(dev: &Device) {
                 assert_eq!(read(&fk, words), read(&sk, words), "{what}: k cache");
                 assert_eq!(read(&fv, words), read(&sv, words), "{what}: v cache");
                 assert!(read(&fk, words).iter().any(|&w| w != 0), "{what}: the cache was written");
+                let rows = |[q, k, v]: [&Buffer; 3]| (read(q, qkv.len()), read(k, words), read(v, words));
+                let (with, apart) = (rows([&other, &ok, &ov]), rows([&alone, &ak, &av]));
+                assert!(with == apart, "{what}: the second sequence as it is alone");
             }
         }
     }

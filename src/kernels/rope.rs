@@ -271,41 +271,77 @@ pub fn rope_kv_store(
     }
 }
 
-/// [`rope_inplace`] of q and [`rope_kv_store`] of k and v in one op over fused q|k|v rows
-/// (`qkv`, read and written): one dispatch on the GPU, one op on the CPU.
-#[allow(clippy::too_many_arguments)]
-pub fn rope_qkv_store(
-    prog: &mut Program,
-    dev: &Device,
-    step: &Buffer,
-    freqs: &RopeFreqs,
-    qkv: &Buffer,
-    layout: &QkvRope,
-    (k_cache, v_cache): (&Buffer, &Buffer),
-    kv: KvDtype,
-) -> Result<()> {
+/// One sequence's part of [`rope_qkv_store`]: its step (positions), its fused q|k|v rows
+/// (read and written) laid out as `layout` says, and its caches.
+pub struct QkvSeq<'a> {
+    pub step: &'a Buffer,
+    pub qkv: &'a Buffer,
+    pub layout: QkvRope,
+    pub k_cache: &'a Buffer,
+    pub v_cache: &'a Buffer,
+}
+
+/// [`rope_inplace`] of q and [`rope_kv_store`] of k and v over fused q|k|v rows, for each of
+/// `seqs` (the sequences of a batched step): a dispatch per sequence on the GPU, one op for
+/// them all on the CPU.
+pub fn rope_qkv_store(prog: &mut Program, dev: &Device, freqs: &RopeFreqs, kv: KvDtype, seqs: &[QkvSeq]) -> Result<()> {
     match prog.on(dev)? {
         On::Gpu(prog, gpu) => {
-            let (step, qkv) = (step.gpu()?, qkv.gpu()?);
-            let (k_cache, v_cache) = (k_cache.gpu()?, v_cache.gpu()?);
-            check_rot(&layout.k, freqs)?;
-            gpu::rope::rope_qkv_store(prog, gpu, step, &freqs.gpu()?, qkv, layout, (k_cache, v_cache), kv)
+            for s in seqs {
+                let (step, qkv) = (s.step.gpu()?, s.qkv.gpu()?);
+                let (k_cache, v_cache) = (s.k_cache.gpu()?, s.v_cache.gpu()?);
+                check_rot(&s.layout.k, freqs)?;
+                gpu::rope::rope_qkv_store(prog, gpu, step, &freqs.gpu()?, qkv, &s.layout, (k_cache, v_cache), kv)?;
+            }
+            Ok(())
         }
         On::Cpu(prog, _) => {
-            let (step, qkv, table, layout) = (step.cpu()?.clone(), qkv.cpu()?.clone(), freqs.cpu_table()?, *layout);
-            let (k_cache, v_cache) = (k_cache.cpu()?.clone(), v_cache.cpu()?.clone());
+            let table = freqs.cpu_table()?;
+            let seqs = seqs
+                .iter()
+                .map(|s| {
+                    Ok((
+                        s.step.cpu()?.clone(),
+                        s.qkv.cpu()?.clone(),
+                        s.layout,
+                        s.k_cache.cpu()?.clone(),
+                        s.v_cache.cpu()?.clone(),
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?;
             prog.push("rope_qkv_store", move |pool| {
-                let s = StepParams::read_cpu(&step)?;
-                let (n, kv_start, table) = (s.n_tok.min(layout.k.max_tok) as usize, s.kv_start as usize, table()?);
-                let (mut qkv, mut kc, mut vc) = (qkv.write()?, k_cache.write()?, v_cache.write()?);
-                let (qkv, kc, vc) = (&mut qkv[..], &mut kc[..], &mut vc[..]);
-                Ok(match kv {
-                    KvDtype::F32 => cpu::rope::rope_qkv_store(pool, qkv, &layout, (kc, vc), n, kv_start, &table, s.rope_pos0),
-                    KvDtype::F16 => {
-                        let caches = (bytemuck::cast_slice_mut::<f32, u16>(kc), bytemuck::cast_slice_mut::<f32, u16>(vc));
-                        cpu::rope::rope_qkv_store(pool, qkv, &layout, caches, n, kv_start, &table, s.rope_pos0)
+                let table = table()?;
+                let mut held = Vec::with_capacity(seqs.len());
+                for (step, qkv, layout, k_cache, v_cache) in &seqs {
+                    held.push((StepParams::read_cpu(step)?, *layout, qkv.write()?, k_cache.write()?, v_cache.write()?));
+                }
+                let rows =
+                    |s: &StepParams, layout: &QkvRope| (s.n_tok.min(layout.k.max_tok) as usize, s.kv_start as usize, s.rope_pos0);
+                match kv {
+                    KvDtype::F32 => {
+                        let seqs = held.iter_mut().map(|(s, layout, qkv, kc, vc)| {
+                            let (n_tok, kv_start, pos0) = rows(s, layout);
+                            cpu::rope::QkvRows {
+                                qkv: &mut qkv[..],
+                                layout: *layout,
+                                caches: (&mut kc[..], &mut vc[..]),
+                                n_tok,
+                                kv_start,
+                                pos0,
+                            }
+                        });
+                        cpu::rope::rope_qkv_store(pool, &table, seqs.collect())?
                     }
-                }?)
+                    KvDtype::F16 => {
+                        let seqs = held.iter_mut().map(|(s, layout, qkv, kc, vc)| {
+                            let (n_tok, kv_start, pos0) = rows(s, layout);
+                            let caches = (bytemuck::cast_slice_mut::<f32, u16>(kc), bytemuck::cast_slice_mut::<f32, u16>(vc));
+                            cpu::rope::QkvRows { qkv: &mut qkv[..], layout: *layout, caches, n_tok, kv_start, pos0 }
+                        });
+                        cpu::rope::rope_qkv_store(pool, &table, seqs.collect())?
+                    }
+                }
+                Ok(())
             });
             Ok(())
         }

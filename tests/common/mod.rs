@@ -115,10 +115,24 @@ pub fn run_cli(args: &[&str]) -> std::process::Output {
     out
 }
 
-/// A fresh path in the temp directory for a test's output file.
+/// A fresh path in the temp directory for a test's output file: in a directory of this test
+/// process's own, removed when the process exits.
 pub fn temp_path(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("webvlm-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        extern "C" {
+            fn atexit(f: extern "C" fn()) -> std::ffi::c_int;
+        }
+        extern "C" fn remove() {
+            if let Some(dir) = DIR.get() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+        // SAFETY: registers a function of the C runtime's signature; it runs once, at exit.
+        assert_eq!(unsafe { atexit(remove) }, 0, "atexit refused the temp directory's removal");
+        std::env::temp_dir().join(format!("webvlm-test-{}", std::process::id()))
+    });
+    std::fs::create_dir_all(dir).unwrap();
     dir.join(name)
 }
 

@@ -179,47 +179,59 @@ pub fn rope_kv_store<T: KvElem>(
 /// Widest head [`rope_qkv_store`] rotates on the stack.
 const MAX_HEAD_DIM: usize = 512;
 
+/// One sequence's rows for [`rope_qkv_store`]: its fused q|k|v rows (read and written) laid
+/// out as `layout` says, its caches, its `n_tok` tokens from cache row `kv_start` and
+/// position `pos0`.
+pub struct QkvRows<'a, T> {
+    pub qkv: &'a mut [f32],
+    pub layout: QkvRope,
+    pub caches: (&'a mut [T], &'a mut [T]),
+    pub n_tok: usize,
+    pub kv_start: usize,
+    pub pos0: u32,
+}
+
 /// [`rope_inplace`] of the q heads of fused q|k|v rows and [`rope_kv_store`] of their k and v
-/// heads in one op (`kernels::rope::rope_qkv_store`): per token its cos/sin computed once, the
-/// q heads rotated (and scaled by `q_scale`) in place, each k head rotated on the stack into
-/// cache row `kv_start + t` and the v heads stored beside them; k and v in `qkv` stay as they
-/// were. The same f32 operations as the two ops, so the same bits.
-#[allow(clippy::too_many_arguments)]
-pub fn rope_qkv_store<T: KvElem>(
-    pool: &ThreadPool,
-    qkv: &mut [f32],
-    layout: &QkvRope,
-    (k_cache, v_cache): (&mut [T], &mut [T]),
-    n_tok: usize,
-    kv_start: usize,
-    table: &RopeTable,
-    pos0: u32,
-) -> Result<(), ShapeError> {
+/// heads in one op (`kernels::rope::rope_qkv_store`), for the rows of every sequence of a
+/// batched step at once (their tokens shared out to the pool together): per token its cos/sin
+/// computed once, the q heads rotated (and scaled by the layout's `q_scale`) in place, each k
+/// head rotated on the stack into cache row `kv_start + t` and the v heads stored beside them;
+/// k and v in `qkv` stay as they were. The same f32 operations as the two ops, so the same
+/// bits.
+pub fn rope_qkv_store<T: KvElem>(pool: &ThreadPool, table: &RopeTable, seqs: Vec<QkvRows<'_, T>>) -> Result<(), ShapeError> {
     const OP: &str = "rope_qkv_store";
-    let k = layout.k;
-    let (q, v) = (RopeLayout { n_heads: layout.n_q_heads, offset: 0, ..k }, RopeLayout { offset: layout.v_offset, ..k });
-    let hd = k.head_dim as usize;
-    if hd > MAX_HEAD_DIM {
-        return Err(invalid(OP, format!("heads of {hd} (at most {MAX_HEAD_DIM})")));
+    // A token's rows: its q|k|v row, its k and v cache rows, its position and layout.
+    let mut tokens = Vec::new();
+    for QkvRows { qkv, layout, caches: (k_cache, v_cache), n_tok, kv_start, pos0 } in seqs {
+        let k = layout.k;
+        let (q, v) = (RopeLayout { n_heads: layout.n_q_heads, offset: 0, ..k }, RopeLayout { offset: layout.v_offset, ..k });
+        let hd = k.head_dim as usize;
+        if hd > MAX_HEAD_DIM {
+            return Err(invalid(OP, format!("heads of {hd} (at most {MAX_HEAD_DIM})")));
+        }
+        let spans = [q, k, v].map(|l| check(OP, qkv, &l, table, n_tok).map(|(_, span)| span));
+        let span = spans.into_iter().try_fold(0, |max, span| span.map(|s| s.max(max)))?;
+        // One token: its row is the whole span, whatever the stride.
+        let stride = if n_tok > 1 { k.stride as usize } else { span.max(1) };
+        let width = k.n_heads as usize * hd;
+        let end = (kv_start + n_tok) * width;
+        check_min_len(OP, "k_cache", k_cache.len(), end)?;
+        check_min_len(OP, "v_cache", v_cache.len(), end)?;
+        let (k_rows, v_rows) =
+            (k_cache[kv_start * width..end].chunks_mut(width), v_cache[kv_start * width..end].chunks_mut(width));
+        let rows = qkv[..span].chunks_mut(stride).zip(k_rows).zip(v_rows);
+        tokens.extend(rows.zip(0..).map(|(((row, k_row), v_row), t)| (row, k_row, v_row, pos0 + t, layout)));
     }
-    let spans = [q, k, v].map(|l| check(OP, qkv, &l, table, n_tok).map(|(_, span)| span));
-    let span = spans.into_iter().try_fold(0, |max, span| span.map(|s| s.max(max)))?;
-    // One token: its row is the whole span, whatever the stride.
-    let stride = if n_tok > 1 { k.stride as usize } else { span.max(1) };
-    let width = k.n_heads as usize * hd;
-    let end = (kv_start + n_tok) * width;
-    check_min_len(OP, "k_cache", k_cache.len(), end)?;
-    check_min_len(OP, "v_cache", v_cache.len(), end)?;
-    let (k_rows, v_rows) = (k_cache[kv_start * width..end].chunks_mut(width), v_cache[kv_start * width..end].chunks_mut(width));
     // One uncontended lock per task hands it its own rows without `unsafe`.
-    let tasks: Vec<_> = qkv[..span].chunks_mut(stride).zip(k_rows).zip(v_rows).map(Mutex::new).collect();
+    let tasks: Vec<_> = tokens.into_iter().map(Mutex::new).collect();
     pool.run(tasks.len(), &|t| {
         let mut claimed = tasks[t].lock().unwrap_or_else(PoisonError::into_inner);
-        let ((row, k_row), v_row) = &mut *claimed;
-        let pos = pos0 + t as u32;
+        let (row, k_row, v_row, pos, layout) = &mut *claimed;
+        let (k, hd) = (layout.k, layout.k.head_dim as usize);
+        let width = k.n_heads as usize * hd;
         let mut cs = [(0f32, 0f32); MAX_HEAD_DIM / 2];
         let cs = &mut cs[..table.inv_freq.len()];
-        cs.iter_mut().enumerate().for_each(|(i, c)| *c = cos_sin(table, i, pos));
+        cs.iter_mut().enumerate().for_each(|(i, c)| *c = cos_sin(table, i, *pos));
         let one_head = RopeLayout { n_heads: 1, offset: 0, ..k };
         let mut rotated = [0f32; MAX_HEAD_DIM];
         let rotated = &mut rotated[..hd];
@@ -228,8 +240,9 @@ pub fn rope_qkv_store<T: KvElem>(
             rotate_row(rotated, &one_head, cs, 1.0);
             cached.iter_mut().zip(&*rotated).for_each(|(c, &x)| *c = T::from_f32(x));
         }
-        v_row.iter_mut().zip(&row[v.offset as usize..][..width]).for_each(|(c, &x)| *c = T::from_f32(x));
-        rotate_row(row, &q, cs, layout.q_scale.factor(pos));
+        v_row.iter_mut().zip(&row[layout.v_offset as usize..][..width]).for_each(|(c, &x)| *c = T::from_f32(x));
+        let q = RopeLayout { n_heads: layout.n_q_heads, offset: 0, ..k };
+        rotate_row(row, &q, cs, layout.q_scale.factor(*pos));
     });
     Ok(())
 }

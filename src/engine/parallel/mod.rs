@@ -125,8 +125,10 @@ struct Running {
     prefill: Option<Prompt>,
     recompute: bool,
     /// After a failed step it was in, it runs in steps of its own, its prompt chunks at most
-    /// this many rows (`recovery.rs`).
+    /// this many rows, until it decodes again (`recovery.rs`).
     alone: Option<u32>,
+    /// The failed steps it was in.
+    failed: u32,
     token: u32,
     opts: GenerateOptions,
     picker: HostPicker,
@@ -352,6 +354,7 @@ impl Parallel {
             prefill,
             recompute,
             alone: None,
+            failed: 0,
             token: 0,
             opts,
             picker,
@@ -428,6 +431,7 @@ impl Parallel {
             Ok(logits) => logits,
             Err(e) => return self.recover(engine, stepping, rows, e),
         };
+        Parallel::rejoin(&mut stepping);
         let vocab = dec.cfg.vocab as usize;
         let prompt_done = |r: &Running| r.prefill.as_ref().is_some_and(|p| r.ctx.n_past() as usize == p.tokens.len());
         // A sequence past its prompt picks, and one at the end of a prompt not recomputed.

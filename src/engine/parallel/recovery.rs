@@ -7,6 +7,9 @@
 //! steps take, and one of a single row fails that sequence alone, as nothing smaller is left
 //! to try. Steps of one sequence take turns with the steps of all the others, so that
 //! neither waits for the other to end; a sequence in no failed step never leaves the batch.
+//! Once it decodes again, a step of its own having run, it rejoins the batch: after its first
+//! failed step, not after a second (which the step sizes of the batch, rather than a passing
+//! shortage, may cause again).
 
 use super::{Parallel, Running};
 use crate::engine::{Engine, EngineError};
@@ -37,6 +40,13 @@ impl Parallel {
         }
     }
 
+    /// The sequences of a step that ran: those that ran alone and decode again rejoin the
+    /// batch, unless they were in more than one failed step.
+    pub(super) fn rejoin(stepping: &mut [Running]) {
+        let back = stepping.iter_mut().filter(|r| r.alone.is_some() && r.prefill.is_none() && r.failed < 2);
+        back.for_each(|r| r.alone = None);
+    }
+
     /// The step of `stepping` (`rows` rows) failed with `error`: preempts its sequences, each
     /// to run alone, or fails a step's only row's sequence (see the module docs). A lost
     /// device fails the call.
@@ -53,6 +63,7 @@ impl Parallel {
             return Err(error);
         }
         self.failed_steps += 1;
+        stepping.iter_mut().for_each(|r| r.failed += 1);
         if let [r] = &mut stepping[..] {
             if rows == 1 {
                 self.fail(stepping.pop().expect("one sequence"), error);

@@ -15,7 +15,7 @@ use crate::backend::{Buffer, Device, Program};
 use crate::kernels::attention::{attention_batch, AttnSeq, AttnShape, DecodeScratch};
 use crate::kernels::matvec::{Epilogue, Output};
 use crate::kernels::quant::Weight;
-use crate::kernels::rope::{rope_qkv_store, QScale, QkvRope, RopeFreqs, RopeLayout, RopeMode};
+use crate::kernels::rope::{rope_qkv_store, QScale, QkvRope, QkvSeq, RopeFreqs, RopeLayout, RopeMode};
 use crate::source::{load_stacked, LoadError, LoadQuant, Stacked, WeightLoader};
 
 use super::{linear_into, linear_stacked};
@@ -77,8 +77,9 @@ impl AttentionWeights {
     }
 
     /// Records the layer over the step's rows: the normed input `rows.b.h` projected into
-    /// the buffer `qkv` picks (`[n][q + 2 kv]`), RoPE and attention per sequence (`io` gives
-    /// a sequence's cache) into the one `attn` picks, `wo` added into the residual `rows.b.x`.
+    /// the buffer `qkv` picks (`[n][q + 2 kv]`), RoPE with the cache store and attention over
+    /// the step's sequences (`io` gives a sequence's cache; one op each for them all on the
+    /// CPU) into the one `attn` picks, `wo` added into the residual `rows.b.x`.
     pub fn record<'a, S>(
         &self,
         p: &mut Program,
@@ -94,14 +95,18 @@ impl AttentionWeights {
         linear_stacked(p, dev, &self.qkv, &b.h, (qkv(b, rows.s), width), n, mm)?;
         let kv = rows.b.precision.kv_dtype();
         let shape = |n| AttnShape { kv, q_stride: width, q_offset: 0, ..AttnShape::new(s.n_head, s.n_kv_head, s.head_dim, n) };
-        let rotate = |p: &mut Program, q: &Seq<'a, S>, n| {
-            let io = io(q);
-            let k =
-                RopeLayout { stride: width, offset: q_dim, ..RopeLayout::dense(s.n_kv_head, s.head_dim, n, RopeMode::Adjacent) };
-            let qkv_rope = QkvRope { n_q_heads: s.n_head, k, v_offset: q_dim + kv_dim, q_scale: s.q_scale };
-            rope_qkv_store(p, dev, &q.b.step, rope, qkv(q.b, q.s), &qkv_rope, (io.k_cache, io.v_cache), kv)
-        };
         let attend = |p: &mut Program, seqs: &[(Seq<'a, S>, u32)]| {
+            let ropes = seqs.iter().map(|(q, n)| {
+                let io = io(q);
+                let k = RopeLayout {
+                    stride: width,
+                    offset: q_dim,
+                    ..RopeLayout::dense(s.n_kv_head, s.head_dim, *n, RopeMode::Adjacent)
+                };
+                let layout = QkvRope { n_q_heads: s.n_head, k, v_offset: q_dim + kv_dim, q_scale: s.q_scale };
+                QkvSeq { step: &q.b.step, qkv: qkv(q.b, q.s), layout, k_cache: io.k_cache, v_cache: io.v_cache }
+            });
+            rope_qkv_store(p, dev, rope, kv, &ropes.collect::<Vec<_>>())?;
             let seqs = seqs.iter().map(|(q, n)| {
                 let io = io(q);
                 AttnSeq {
@@ -116,7 +121,7 @@ impl AttentionWeights {
             });
             attention_batch(p, dev, &seqs.collect::<Vec<_>>())
         };
-        rows.per_sequence_then(p, &[(qkv, width)], (attn, q_dim), rotate, attend)?;
+        rows.per_sequence_then(p, &[(qkv, width)], (attn, q_dim), |_, _, _| Ok(()), attend)?;
         let out = Output { stride: self.wo.rows, offset: 0, epilogue: Epilogue::Add };
         linear_into(p, dev, &self.wo, attn(b, rows.s), &b.x, out, n, mm)
     }
