@@ -16,6 +16,8 @@
 
 pub use super::shapes::{mrope_axis, QScale, QkvRope, RopeLayout, RopeMode, RopeTable};
 
+use std::cell::RefMut;
+
 use super::attention::{KvDtype, StepParams};
 use super::quant::{Weight, WeightError};
 use crate::backend::cpu::{self, rope::Positions};
@@ -315,30 +317,10 @@ pub fn rope_qkv_store(prog: &mut Program, dev: &Device, freqs: &RopeFreqs, kv: K
                 for (step, qkv, layout, k_cache, v_cache) in &seqs {
                     held.push((StepParams::read_cpu(step)?, *layout, qkv.write()?, k_cache.write()?, v_cache.write()?));
                 }
-                let rows =
-                    |s: &StepParams, layout: &QkvRope| (s.n_tok.min(layout.k.max_tok) as usize, s.kv_start as usize, s.rope_pos0);
                 match kv {
-                    KvDtype::F32 => {
-                        let seqs = held.iter_mut().map(|(s, layout, qkv, kc, vc)| {
-                            let (n_tok, kv_start, pos0) = rows(s, layout);
-                            cpu::rope::QkvRows {
-                                qkv: &mut qkv[..],
-                                layout: *layout,
-                                caches: (&mut kc[..], &mut vc[..]),
-                                n_tok,
-                                kv_start,
-                                pos0,
-                            }
-                        });
-                        cpu::rope::rope_qkv_store(pool, &table, seqs.collect())?
-                    }
+                    KvDtype::F32 => cpu::rope::rope_qkv_store(pool, &table, qkv_rows(&mut held, |words| words))?,
                     KvDtype::F16 => {
-                        let seqs = held.iter_mut().map(|(s, layout, qkv, kc, vc)| {
-                            let (n_tok, kv_start, pos0) = rows(s, layout);
-                            let caches = (bytemuck::cast_slice_mut::<f32, u16>(kc), bytemuck::cast_slice_mut::<f32, u16>(vc));
-                            cpu::rope::QkvRows { qkv: &mut qkv[..], layout: *layout, caches, n_tok, kv_start, pos0 }
-                        });
-                        cpu::rope::rope_qkv_store(pool, &table, seqs.collect())?
+                        cpu::rope::rope_qkv_store(pool, &table, qkv_rows(&mut held, bytemuck::cast_slice_mut::<f32, u16>))?
                     }
                 }
                 Ok(())
@@ -346,6 +328,24 @@ pub fn rope_qkv_store(prog: &mut Program, dev: &Device, freqs: &RopeFreqs, kv: K
             Ok(())
         }
     }
+}
+
+/// A sequence of the CPU op [`rope_qkv_store`] while it runs: its step, its layout, and its
+/// rows and caches borrowed.
+type HeldQkv<'b> = (StepParams, QkvRope, RefMut<'b, [f32]>, RefMut<'b, [f32]>, RefMut<'b, [f32]>);
+
+/// The held sequences' rows for the CPU kernel, their caches' words seen as `T` (f32, or f16
+/// bits two per word).
+fn qkv_rows<'a, T>(held: &'a mut [HeldQkv<'_>], cache: fn(&mut [f32]) -> &mut [T]) -> Vec<cpu::rope::QkvRows<'a, T>> {
+    let rows = held.iter_mut().map(|(s, layout, qkv, k_cache, v_cache)| cpu::rope::QkvRows {
+        qkv: &mut qkv[..],
+        layout: *layout,
+        caches: (cache(k_cache), cache(v_cache)),
+        n_tok: s.n_tok.min(layout.k.max_tok) as usize,
+        kv_start: s.kv_start as usize,
+        pos0: s.rope_pos0,
+    });
+    rows.collect()
 }
 
 /// Records [`rope_kv_store`] (or, with `m`, [`rope_kv_store_mrope`]) on the CPU, into f32
