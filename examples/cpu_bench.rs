@@ -6,16 +6,19 @@
 //! `cargo run --release --example cpu_bench -- kernels` or `-- delta`. `-- levels` compares
 //! the SIMD levels this build runs on SmolLM2-135M's decode matvecs, one thread (also in
 //! wasm32 under Node: see `levels`). `-- batch` times a batched decode step's products (N
-//! tokens through the same weights, the matvec against the matmul's tiles) on 2 threads.
+//! tokens through the same weights, the matvec against the matmul's tiles) on 2 threads;
+//! `-- attention` a decode step's attention over f16 caches, one sequence and eight.
 
 use std::fmt::Write;
 use std::time::{Duration, Instant};
 
+use webvlm::backend::cpu::attention::{attention_seqs, SeqAttention};
 use webvlm::backend::cpu::bench::{report, BenchConfig};
 use webvlm::backend::cpu::delta_net::{recurrent, DeltaNetLayout, KHeads};
 use webvlm::backend::cpu::delta_net_chunked::chunked;
 use webvlm::backend::cpu::{matmul, matmul_repacked, matvec, simd, Mode, Repacked, Simd, ThreadPool, Weight};
 use webvlm::gguf::{random_blocks, GgmlType, SplitMix64};
+use webvlm::kernels::shapes::{AttnShape, KvDtype};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let section = std::env::args().nth(1);
@@ -25,7 +28,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some("delta") => println!("{}", delta_rule()?),
         Some("levels") => println!("{}", levels()?),
         Some("batch") => println!("{}", batch()?),
-        Some(other) => return Err(format!("unknown section {other:?} (kernels, delta, levels, batch)").into()),
+        Some("attention") => println!("{}", attention()?),
+        Some(other) => return Err(format!("unknown section {other:?} (kernels, delta, levels, batch, attention)").into()),
     }
     Ok(())
 }
@@ -67,6 +71,60 @@ fn delta_rule() -> Result<String, Box<dyn std::error::Error>> {
             let _ = write!(out, " | {rec:8.3} {chk:8.3} ({:4.2}x)", rec / chk);
         }
         out.push('\n');
+    }
+    Ok(out)
+}
+
+/// A decode step's attention (one query row per sequence, `attention_seqs`) over f16 caches
+/// of SmolLM2-135M's heads (9 query heads on 3 KV heads of 64) and Ministral 3 3B's (32 on 8
+/// of 128), for 1 and 8 sequences of 64 to 4096 keys: µs per layer and G multiply-adds per
+/// second (q·k and p·v), on 1 and 2 threads.
+fn attention() -> Result<String, Box<dyn std::error::Error>> {
+    let pools = [ThreadPool::new(1)?, ThreadPool::new(2)?];
+    let mut out = format!("decode attention on {}, f16 caches, µs per layer (G multiply-adds/s):\n", simd::level());
+    let threads = pools.iter().map(|p| format!("{:>18}", format!("{} threads", p.threads()))).collect::<Vec<_>>();
+    let _ = writeln!(out, "heads        keys seqs |{}", threads.join(" |"));
+    for (name, n_head, n_kv, hd) in [("SmolLM2", 9, 3, 64), ("Ministral3", 32, 8, 128)] {
+        let shape = AttnShape {
+            n_head,
+            n_kv_head: n_kv,
+            head_dim: hd,
+            max_tok: 1,
+            q_stride: n_head * hd,
+            q_offset: 0,
+            scale: 1.0 / (hd as f32).sqrt(),
+            causal: true,
+            kv: KvDtype::F16,
+            valid_rows: u32::MAX,
+        };
+        let (q_len, row) = ((n_head * hd) as usize, (n_kv * hd) as usize);
+        for keys in [64, 512, 4096] {
+            let mut rng = SplitMix64::new(keys as u64);
+            let cache: Vec<u16> = (0..keys * row).map(|_| half::f16::from_f32(rng.uniform(-1.0, 1.0)).to_bits()).collect();
+            let q: Vec<f32> = (0..q_len).map(|_| rng.uniform(-1.0, 1.0)).collect();
+            for n_seqs in [1, 8] {
+                let mut outs = vec![vec![0.0; q_len]; n_seqs];
+                let _ = write!(out, "{name:<10} {keys:>6} {n_seqs:>4} |");
+                for pool in &pools {
+                    let us = 1e3
+                        * millis(|| {
+                            let seqs = outs.iter_mut().map(|out| SeqAttention {
+                                shape,
+                                q: &q,
+                                k_cache: &cache,
+                                v_cache: &cache,
+                                out,
+                                n_tok: 1,
+                                kv_start: keys - 1,
+                            });
+                            attention_seqs(pool, seqs.collect())
+                        })?;
+                    let macs = 2.0 * (n_seqs * keys * q_len) as f64;
+                    let _ = write!(out, " {us:9.1} ({:5.1}) |", macs / us / 1e3);
+                }
+                out.push('\n');
+            }
+        }
     }
     Ok(out)
 }

@@ -82,9 +82,19 @@ pub(super) fn silu_mul8(simd: Simd, g: &[f32; 8], u: &[f32; 8]) -> [f32; 8] {
 #[target_feature(enable = "avx2")]
 unsafe fn silu_mul8_avx2(g: &[f32; 8], u: &[f32; 8]) -> [f32; 8] {
     use std::arch::x86_64::*;
-    let (g, k) = (_mm256_loadu_ps(g.as_ptr()), |c: f32| _mm256_set1_ps(c));
+    let g = _mm256_loadu_ps(g.as_ptr());
+    let e = exp8_avx2(_mm256_xor_ps(g, _mm256_set1_ps(-0.0)));
+    let y = _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0), e)), _mm256_loadu_ps(u.as_ptr()));
+    std::mem::transmute::<__m256, [f32; 8]>(y)
+}
+
+/// [`exp`] of eight lanes, its operations in its order (no fused multiply-adds): the same bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+pub(super) fn exp8_avx2(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let k = |c: f32| _mm256_set1_ps(c);
     let (add, sub, mul) = (|a, b| _mm256_add_ps(a, b), |a, b| _mm256_sub_ps(a, b), |a, b| _mm256_mul_ps(a, b));
-    let x = _mm256_xor_ps(g, k(-0.0));
     let n = sub(add(mul(x, k(std::f32::consts::LOG2_E)), k(EXP_ROUND)), k(EXP_ROUND));
     // `f32::clamp`'s order, which keeps a NaN.
     let n = _mm256_min_ps(k(127.0), _mm256_max_ps(k(-126.0), n));
@@ -93,9 +103,7 @@ unsafe fn silu_mul8_avx2(g: &[f32; 8], u: &[f32; 8]) -> [f32; 8] {
     let two_n = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvttps_epi32(n), _mm256_set1_epi32(127))));
     let e = mul(add(add(mul(mul(p, r), r), r), k(1.0)), two_n);
     let e = _mm256_blendv_ps(e, k(f32::INFINITY), _mm256_cmp_ps::<_CMP_GE_OQ>(x, k(EXP_INFINITE_FROM)));
-    let e = _mm256_blendv_ps(e, k(0.0), _mm256_cmp_ps::<_CMP_LT_OQ>(x, k(EXP_ZERO_BELOW)));
-    let y = mul(_mm256_div_ps(g, add(k(1.0), e)), _mm256_loadu_ps(u.as_ptr()));
-    std::mem::transmute::<__m256, [f32; 8]>(y)
+    _mm256_blendv_ps(e, k(0.0), _mm256_cmp_ps::<_CMP_LT_OQ>(x, k(EXP_ZERO_BELOW)))
 }
 
 /// `gate[i] = silu(gate[i]) * up[i]` (equal lengths).

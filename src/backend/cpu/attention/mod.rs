@@ -16,7 +16,8 @@
 //! `ggml_compute_forward_flash_attn_ext_f16`): per head a running maximum `m`, denominator `l`
 //! and f32 output accumulator, rescaled by `exp(m_old - m_new)` when a block raises the
 //! maximum. With AVX2 the scores of eight keys come from eight FMA chains and one
-//! `hadd` tree, and the value sums keep 64 output columns in registers across a block (on
+//! `hadd` tree, the softmax's exponentials run eight at a time (the scalar `exp`'s operations,
+//! so its bits), and the value sums keep 64 output columns in registers across a block (on
 //! wasm32 SIMD128 the same loops four lanes wide: `wasm.rs`). Decode is the same with one row.
 
 use std::ops::Range;
@@ -26,6 +27,8 @@ use std::sync::{Mutex, PoisonError};
 mod wasm;
 
 use super::elementwise::exp;
+#[cfg(target_arch = "x86_64")]
+use super::elementwise::exp8_avx2;
 use super::ops::{check_len, check_min_len, invalid, prefetch, ShapeError};
 use super::pool::ThreadPool;
 use super::simd::{self, Simd};
@@ -64,9 +67,10 @@ impl OnlineSoftmax {
 
     /// Turns a block's raw scores `s` into softmax weights against the running maximum
     /// (raised first if the block holds a larger score, rescaling `l` and `acc`), and adds
-    /// them to `l`.
+    /// them to `l`; `exps(s, m)` sets `s[j] = exp(s[j] - m)` and returns their sums by lane
+    /// (lane `j % 8`), as [`exps_portable`] does.
     #[inline(always)]
-    fn weigh(&mut self, s: &mut [f32], scale: f32, acc: &mut [f32]) {
+    fn weigh(&mut self, s: &mut [f32], scale: f32, acc: &mut [f32], exps: impl Fn(&mut [f32], f32) -> [f32; LANES]) {
         // Per lane of eight, so that the loops vectorize (`f32::max` and one running sum
         // would be a scalar chain per key).
         let mut lanes = [f32::NEG_INFINITY; LANES];
@@ -84,14 +88,7 @@ impl OnlineSoftmax {
             acc.iter_mut().for_each(|a| *a *= corr);
             self.m = block_max;
         }
-        let (m, mut sums) = (self.m, [0f32; LANES]);
-        for c in s.chunks_mut(LANES) {
-            for (sum, x) in sums.iter_mut().zip(c) {
-                *x = exp(*x - m);
-                *sum += *x;
-            }
-        }
-        self.l += sums.iter().sum::<f32>();
+        self.l += exps(s, self.m).iter().sum::<f32>();
     }
 
     /// Divides by the denominator (no key: the output stays zero).
@@ -101,6 +98,45 @@ impl OnlineSoftmax {
             acc.iter_mut().for_each(|a| *a *= inv);
         }
     }
+}
+
+/// `s[j] = exp(s[j] - m)`, returning the sums of lanes `j % 8` (per lane, so that the loop
+/// vectorizes and each lane's sum runs in key order).
+#[inline(always)]
+fn exps_portable(s: &mut [f32], m: f32) -> [f32; LANES] {
+    let mut sums = [0f32; LANES];
+    for c in s.chunks_mut(LANES) {
+        for (sum, x) in sums.iter_mut().zip(c) {
+            *x = exp(*x - m);
+            *sum += *x;
+        }
+    }
+    sums
+}
+
+/// [`exps_portable`] on AVX2 vectors (`exp8_avx2`, the scalar [`exp`]'s bits) for whole runs
+/// of eight, the rest portable: the same bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn exps_avx2(s: &mut [f32], m: f32) -> [f32; LANES] {
+    let whole = s.len() / LANES * LANES;
+    let (body, rest) = s.split_at_mut(whole);
+    let mut sums = _mm256_setzero_ps();
+    for c in body.chunks_exact_mut(LANES) {
+        // SAFETY: `c` holds eight f32.
+        unsafe {
+            let x = exp8_avx2(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), _mm256_set1_ps(m)));
+            _mm256_storeu_ps(c.as_mut_ptr(), x);
+            sums = _mm256_add_ps(sums, x);
+        }
+    }
+    // SAFETY: an `__m256` is eight f32.
+    let mut sums: [f32; LANES] = unsafe { std::mem::transmute::<__m256, [f32; LANES]>(sums) };
+    for (sum, x) in sums.iter_mut().zip(rest) {
+        *x = exp(*x - m);
+        *sum += *x;
+    }
+    sums
 }
 
 /// An element of a KV cache: `f32`, or `u16` holding f16 bits ([`KvDtype::F16`]: two per
@@ -218,16 +254,38 @@ pub(super) fn attend<T: KvElem, R>(
         use wasm::{accumulate, scores};
         match simd {
             Simd::Relaxed => {
-                return attend_with(qs, out, kv, ranges, head_dim, group, scale, scores::<T, true>, accumulate::<T, true>)
+                return attend_with(
+                    qs,
+                    out,
+                    kv,
+                    ranges,
+                    head_dim,
+                    group,
+                    scale,
+                    scores::<T, true>,
+                    accumulate::<T, true>,
+                    exps_portable,
+                )
             }
             Simd::Simd128 => {
-                return attend_with(qs, out, kv, ranges, head_dim, group, scale, scores::<T, false>, accumulate::<T, false>)
+                return attend_with(
+                    qs,
+                    out,
+                    kv,
+                    ranges,
+                    head_dim,
+                    group,
+                    scale,
+                    scores::<T, false>,
+                    accumulate::<T, false>,
+                    exps_portable,
+                )
             }
             _ => {}
         }
     }
     let _ = simd;
-    attend_with(qs, out, kv, ranges, head_dim, group, scale, scores_portable, accumulate_portable)
+    attend_with(qs, out, kv, ranges, head_dim, group, scale, scores_portable, accumulate_portable, exps_portable)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -236,7 +294,7 @@ unsafe fn attend_avx2<T: KvElem, R>(qs: &[f32], out: &mut [f32], kv: Kv<T>, rang
 where
     R: Iterator<Item = Range<usize>> + Clone,
 {
-    // SAFETY (both closures): this function runs only where AVX2, FMA and F16C are.
+    // SAFETY (every closure): this function runs only where AVX2, FMA and F16C are.
     attend_with(
         qs,
         out,
@@ -247,12 +305,13 @@ where
         scale,
         |q, k, stride, s| unsafe { scores_avx2(q, k, stride, s) },
         |acc, p, v, stride| unsafe { accumulate_avx2(acc, p, v, stride) },
+        |s, m| exps_avx2(s, m),
     )
 }
 
-/// [`attend`] with its two inner loops: `scores(q, k, stride, s)` sets `s[j] = q · k_j` for the
+/// [`attend`] with its inner loops: `scores(q, k, stride, s)` sets `s[j] = q · k_j` for the
 /// block's keys (`k_j` at `k[j * stride..]`), `accumulate(acc, p, v, stride)` adds
-/// `Σ_j p[j] v_j` to `acc`.
+/// `Σ_j p[j] v_j` to `acc`, and `exps` is [`OnlineSoftmax::weigh`]'s.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn attend_with<T: KvElem, R>(
@@ -265,6 +324,7 @@ fn attend_with<T: KvElem, R>(
     scale: f32,
     scores: impl Fn(&[f32], &[T], usize, &mut [f32]),
     accumulate: impl Fn(&mut [f32], &[f32], &[T], usize),
+    exps: impl Fn(&mut [f32], f32) -> [f32; LANES],
 ) where
     R: Iterator<Item = Range<usize>> + Clone,
 {
@@ -293,7 +353,7 @@ fn attend_with<T: KvElem, R>(
                     let (k, v) = (&kv.k[at..][..span], &kv.v[at..][..span]);
                     let s = &mut s[..n];
                     scores(q, k, kv.stride, s);
-                    head.weigh(s, scale, acc);
+                    head.weigh(s, scale, acc, &exps);
                     accumulate(acc, s, v, kv.stride);
                 }
             }
@@ -522,4 +582,32 @@ pub fn attention_decode<T: KvElem>(
     kv_start: usize,
 ) -> Result<(), ShapeError> {
     attention_prefill(pool, shape, q, k_cache, v_cache, out, 1, kv_start)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The softmax weights of a block on AVX2 vectors are the portable loop's bits: every
+    /// block length (the vector body and the scalar rest), scores near and far below the
+    /// maximum, and past where `exp` gives 0.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn exps_avx2_gives_the_portable_bits() {
+        if !crate::backend::cpu::simd::Simd::Avx2.is_supported() {
+            return;
+        }
+        let mut rng = crate::gguf::SplitMix64::new(17);
+        for n in 0..=super::BLOCK {
+            for spread in [1.0, 30.0, 120.0] {
+                let s: Vec<f32> = (0..n).map(|_| rng.uniform(-spread, 0.0)).collect();
+                let m = rng.uniform(-1.0, 1.0);
+                let (mut want, mut got) = (s.clone(), s.clone());
+                let want_sums = super::exps_portable(&mut want, m);
+                // SAFETY: AVX2, FMA and F16C (the level's features), checked above.
+                let got_sums = unsafe { super::exps_avx2(&mut got, m) };
+                let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{n} scores, spread {spread}");
+                assert_eq!(bits(&got_sums), bits(&want_sums), "{n} scores, spread {spread}");
+            }
+        }
+    }
 }
