@@ -250,39 +250,10 @@ pub(super) fn attend<T: KvElem, R>(
         return unsafe { attend_avx2(qs, out, kv, ranges, head_dim, group, scale) };
     }
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    {
-        use wasm::{accumulate, scores};
-        match simd {
-            Simd::Relaxed => {
-                return attend_with(
-                    qs,
-                    out,
-                    kv,
-                    ranges,
-                    head_dim,
-                    group,
-                    scale,
-                    scores::<T, true>,
-                    accumulate::<T, true>,
-                    exps_portable,
-                )
-            }
-            Simd::Simd128 => {
-                return attend_with(
-                    qs,
-                    out,
-                    kv,
-                    ranges,
-                    head_dim,
-                    group,
-                    scale,
-                    scores::<T, false>,
-                    accumulate::<T, false>,
-                    exps_portable,
-                )
-            }
-            _ => {}
-        }
+    match simd {
+        Simd::Relaxed => return attend_wasm::<T, R, true>(qs, out, kv, ranges, head_dim, group, scale),
+        Simd::Simd128 => return attend_wasm::<T, R, false>(qs, out, kv, ranges, head_dim, group, scale),
+        _ => {}
     }
     let _ = simd;
     attend_with(qs, out, kv, ranges, head_dim, group, scale, scores_portable, accumulate_portable, exps_portable)
@@ -307,6 +278,23 @@ where
         |acc, p, v, stride| unsafe { accumulate_avx2(acc, p, v, stride) },
         |s, m| exps_avx2(s, m),
     )
+}
+
+/// [`attend`] with `wasm.rs`'s loops (`RELAXED`: relaxed SIMD's).
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+fn attend_wasm<T: KvElem, R, const RELAXED: bool>(
+    qs: &[f32],
+    out: &mut [f32],
+    kv: Kv<T>,
+    ranges: R,
+    head_dim: usize,
+    group: usize,
+    scale: f32,
+) where
+    R: Iterator<Item = Range<usize>> + Clone,
+{
+    let (scores, accumulate) = (wasm::scores::<T, RELAXED>, wasm::accumulate::<T, RELAXED>);
+    attend_with(qs, out, kv, ranges, head_dim, group, scale, scores, accumulate, exps_portable)
 }
 
 /// [`attend`] with its inner loops: `scores(q, k, stride, s)` sets `s[j] = q · k_j` for the
