@@ -30,15 +30,22 @@
 //! adapters with subgroups, GPU geometry): 16 lanes per row, 4-lane shuffles, then 4 partial
 //! maxima per row in workgroup memory; `attention_nosubgroups.wgsl` keeps one invocation per
 //! row walking the tile.
+//! A workgroup's rows take their step (cache length, the sequence's first cache row) from
+//! `seq_of(token)`, a prelude: one sequence's step uniform, whose tokens share it, or, for the
+//! sequences of a batched step (one token each, caches ranges of one KV arena), the token's
+//! own entry of `steps`; a chunk of R rows then lies within one token (R divides its group).
 //! The cache is read through `kv_k` / `kv_v`, prepended by `src/backend/gpu/attention.rs` for the
 //! cache type (f32, or f16 packed two per word and widened on load); the math is f32.
 
-// `struct Step` (step.wgsl), `struct Params` and `NEG` (attention_common.wgsl), `HD4` and
+// `struct Step` and `SeqStep` (step.wgsl), `seq_of` (a step prelude), `struct Params` and `NEG` (attention_common.wgsl), `HD4` and
 // `VT` (the width prelude), the cache reader and `SUBGROUPS` / `lanes4_max` (the subgroup
 // prelude) are prepended by the Rust side.
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<uniform> step: Step;
+// Built for the sequences of a batched step (one token each, caches in one KV arena): each
+// token's own step, read through `seq_of`.
+@group(0) @binding(1) var<storage, read> steps: array<Step>;
 @group(0) @binding(2) var<storage, read_write> part_ml: array<vec2<f32>>;  // [row][split] (m, l)
 @group(0) @binding(3) var<storage, read_write> part_o: array<vec4<f32>>;   // [row][split][hd4]
 // attn_decode only:
@@ -85,14 +92,19 @@ fn attn_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     let split = wid.x;
     let g = wid.y;
     let group = p.n_head / p.n_kv_head;
-    let n_tok = min(step.n_tok, p.max_tok);
-    let kv_start = step.kv_start;
+    let row0 = wid.z * R;
+    // The step of the chunk's rows (R divides a token's rows when tokens are sequences).
+    let seq = seq_of(row0 / group);
+    let n_tok = min(seq.step.n_tok, p.max_tok);
+    let kv_start = seq.step.kv_start;
+    let kv_base = seq.step.kv_base;
     let kv_len = kv_start + n_tok;
     let plan = split_plan(kv_len);
     let n_split = plan.y;
-    let n_rows = n_tok * group;
-    let row0 = wid.z * R;
-    if (split >= n_split || row0 >= n_rows) { return; }
+    // Rows of the sequence's tokens (counted from row 0 of the step), and row0 past its first.
+    let n_rows = (seq.tok0 + n_tok) * group;
+    let local0 = row0 - seq.tok0 * group;
+    if (split >= n_split || row0 >= n_rows || row0 >= p.max_tok * group) { return; }
     let nr = min(R, n_rows - row0);
     let hd4 = p.head_dim / 4u;
 
@@ -113,7 +125,7 @@ fn attn_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
 
     let k0 = split * plan.x;
     var k1 = min(k0 + plan.x, kv_len);
-    if (p.causal != 0u) { k1 = min(k1, kv_start + (row0 + nr - 1u) / group + 1u); }
+    if (p.causal != 0u) { k1 = min(k1, kv_start + (local0 + nr - 1u) / group + 1u); }
 
     var l: array<f32, PAIRS>;
     var o: array<vec4<f32>, PAIRS>;
@@ -136,7 +148,7 @@ fn attn_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
         var acc: array<vec4<f32>, R_MAX>;
         for (var r = 0u; r < R; r++) { acc[r] = vec4<f32>(0.0); }
         if (j < nk) {
-            let kbase = (key * p.kv_stride + g * p.head_dim) / 4u;
+            let kbase = ((kv_base + key) * p.kv_stride + g * p.head_dim) / 4u;
             for (var c = c0; c < c1; c++) {
                 let kc = kv_k(kbase + c);
                 for (var r = 0u; r < R; r++) { acc[r] += qs[r * HD4 + c] * kc; }
@@ -144,7 +156,7 @@ fn attn_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
         }
         for (var r = 0u; r < R; r++) {
             var lim = kv_len;
-            if (p.causal != 0u) { lim = kv_start + (row0 + r) / group + 1u; }
+            if (p.causal != 0u) { lim = kv_start + (local0 + r) / group + 1u; }
             var s = dot(acc[r], vec4<f32>(1.0));
             if (j >= nk || key >= lim) { s = select(0.0, MASKED, hh == 0u); }
             let i = (hh * R_MAX + r) * BKP + j;
@@ -190,7 +202,7 @@ fn attn_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
         //    folded into every row's owned (row, vec4) outputs.
         for (var vb = 0u; vb < nk; vb += vk) {
             let nv = min(vk, nk - vb);
-            let vbase = ((kb + vb) * p.kv_stride + g * p.head_dim) / 4u;
+            let vbase = ((kv_base + kb + vb) * p.kv_stride + g * p.head_dim) / 4u;
             for (var i = lid; i < nv * hd4; i += WG) {
                 sh[i] = kv_v(vbase + (i / hd4) * (p.kv_stride / 4u) + i % hd4);
             }
@@ -233,9 +245,11 @@ fn attn_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
 fn attn_combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
     let row = linear_workgroup(wid, nwg);  // token * n_head + head
-    let n_tok = min(step.n_tok, p.max_tok);
-    if (row >= n_tok * p.n_head) { return; }
-    let n_split = split_plan(step.kv_start + n_tok).y;
+    let tok = row / p.n_head;
+    let seq = seq_of(tok);
+    let n_tok = min(seq.step.n_tok, p.max_tok);
+    if (tok >= p.max_tok || tok - seq.tok0 >= n_tok) { return; }
+    let n_split = split_plan(seq.step.kv_start + n_tok).y;
     let hd4 = p.head_dim / 4u;
     let base = row * p.n_split;
     var mx = NEG;

@@ -47,7 +47,7 @@ fn load_tile(kb: u32, nk: u32, g: u32, hd4: u32, lid: u32, is_v: bool) {
         let c = i % hd4;
         var val = vec4<f32>(0.0);
         if (r < nk) {
-            let idx = ((kb + r) * p.kv_stride + g * p.head_dim) / 4u + c;
+            let idx = ((step.kv_base + kb + r) * p.kv_stride + g * p.head_dim) / 4u + c;
             if (is_v) { val = kv_v(idx); } else { val = kv_k(idx); }
         }
         kv[r * HD4 + c] = val;

@@ -66,7 +66,7 @@ fn fetch(kb: u32, nk: u32, g: u32, hd4: u32, lid: u32, is_v: bool) -> array<vec4
         let e = lid + i * WG;
         var val = vec4<f32>(0.0);
         if (e / hd4 < nk) {
-            let idx = ((kb + e / hd4) * p.kv_stride + g * p.head_dim) / 4u + e % hd4;
+            let idx = ((step.kv_base + kb + e / hd4) * p.kv_stride + g * p.head_dim) / 4u + e % hd4;
             if (is_v) { val = kv_v(idx); } else { val = kv_k(idx); }
         }
         s[i] = val;

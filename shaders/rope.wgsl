@@ -16,7 +16,7 @@
 //!
 //! One invocation per (token, head, pair). `rope_inplace` rotates q or k in place;
 //! `rope_kv_store` rotates new k rows and writes them, with the matching v rows, into the KV
-//! cache at row `step.kv_start + t`; `rope_kv_store_f16` does the same for an f16 cache (pairs
+//! cache at row `kv_base + kv_start + t` of the step; `rope_kv_store_f16` does the same for an f16 cache (pairs
 //! of halves packed in a u32 by `pack2x16float`, which needs no `shader-f16`): one invocation
 //! per (token, head, word of two adjacent dims), each dim rotated with its own partner.
 //! `rope_qkv_store` / `_f16` do both in one dispatch over a fused q|k|v row (q at column 0,
@@ -29,7 +29,11 @@
 //! position when i % 3 == 1 and i < 3 * mrope_h, with the w position when i % 3 == 2 and
 //! i < 3 * mrope_w, and with t otherwise. Equal axes give plain RoPE bit for bit.
 
-// `struct Step` comes from `step.wgsl`, prepended by the Rust side.
+//! Token row t's step (position, cache row) is `seq_of(t)`, from a prelude: the one step
+//! uniform of a sequence's rows, or, built for the sequences of a batched step (one token
+//! row each, their caches ranges of one KV arena), row t's own entry of `steps`.
+
+// `struct Step` and `seq_of` come from `step.wgsl` and a prelude, prepended by the Rust side.
 
 struct Params {
     max_tok: u32,      // token rows covered by the grid
@@ -52,6 +56,8 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<uniform> step: Step;
+// The entries built for the sequences of a batched step: each token row's own step (`seq_of`).
+@group(0) @binding(1) var<storage, read> steps: array<Step>;
 // [inv_freq (n_rot / 2) | freq_factors (n_rot / 2)]
 @group(0) @binding(2) var<storage, read> inv_freq: array<f32>;
 @group(0) @binding(3) var<storage, read_write> x: array<f32>;
@@ -94,6 +100,9 @@ struct Job {
     t: u32,
     h: u32,
     i: u32,
+    pos: u32,    // the token's position (plain RoPE)
+    row: u32,    // the token's row in the cache buffers
+    n_tok: u32,  // tokens of its step (M-RoPE positions are `[3][n_tok]`)
 }
 
 /// The (token, head, pair) of this invocation, over `n_heads` heads per token.
@@ -103,7 +112,11 @@ fn job(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, n_heads: u32) -> Job {
     let per_tok = n_heads * half_dim;
     let t = g / per_tok;
     let rem = g % per_tok;
-    return Job(t < min(step.n_tok, p.max_tok), t, rem / half_dim, rem % half_dim);
+    let s = seq_of(t);
+    let local = t - s.tok0;
+    let ok = t < p.max_tok && local < min(s.step.n_tok, p.max_tok);
+    let row = s.step.kv_base + s.step.kv_start + local;
+    return Job(ok, t, rem / half_dim, rem % half_dim, s.step.rope_pos0 + local, row, s.step.n_tok);
 }
 
 fn q_scale(pos: u32) -> f32 {
@@ -131,7 +144,7 @@ fn rope_inplace(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
                 @builtin(local_invocation_index) lid: u32) {
     let j = job(wid, nwg, lid, p.n_heads);
     if (!j.ok) { return; }
-    rope_x_pair(j.t * p.x_stride + p.x_offset + j.h * p.head_dim, step.rope_pos0 + j.t, j.i);
+    rope_x_pair(j.t * p.x_stride + p.x_offset + j.h * p.head_dim, j.pos, j.i);
 }
 
 @compute @workgroup_size(WG)
@@ -139,7 +152,7 @@ fn rope_kv_store(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
                  @builtin(local_invocation_index) lid: u32) {
     let j = job(wid, nwg, lid, p.n_heads);
     if (!j.ok) { return; }
-    kv_store_pair(j, step.rope_pos0 + j.t);
+    kv_store_pair(j, j.pos);
 }
 
 /// `rope_kv_store` of pair `j.i` of a k head (rotated at `pos`) and the same dims of v.
@@ -147,7 +160,7 @@ fn kv_store_pair(j: Job, pos: u32) {
     let d = pair_dims(j.i);
     let kb = j.t * p.x_stride + p.x_offset + j.h * p.head_dim;
     let vb = j.t * p.v_stride + p.v_offset + j.h * p.head_dim;
-    let cb = (step.kv_start + j.t) * p.cache_stride + j.h * p.head_dim;
+    let cb = j.row * p.cache_stride + j.h * p.head_dim;
     let k = k_pair(vec2<f32>(k_in[kb + d.x], k_in[kb + d.y]), pos, j.i);
     k_cache[cb + d.x] = k.x;
     k_cache[cb + d.y] = k.y;
@@ -190,8 +203,7 @@ fn rope_kv_store_f16(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
                      @builtin(local_invocation_index) lid: u32) {
     let j = job(wid, nwg, lid, p.n_heads);  // j.i: word of the head (dims 2i, 2i + 1)
     if (!j.ok) { return; }
-    let pos = step.rope_pos0 + j.t;
-    kv_store_word(j, vec2<u32>(pos, pos));
+    kv_store_word(j, vec2<u32>(j.pos, j.pos));
 }
 
 /// `rope_kv_store_f16` of word `j.i` (dims 2i, 2i + 1) of a k head, the pair of each dim
@@ -200,7 +212,7 @@ fn kv_store_word(j: Job, pos: vec2<u32>) {
     let d = 2u * j.i;
     let kb = j.t * p.x_stride + p.x_offset + j.h * p.head_dim;
     let vb = j.t * p.v_stride + p.v_offset + j.h * p.head_dim;
-    let cw = ((step.kv_start + j.t) * p.cache_stride + j.h * p.head_dim + d) / 2u;
+    let cw = (j.row * p.cache_stride + j.h * p.head_dim + d) / 2u;
     var partners = vec2<f32>(0.0);
     if (p.neox != 0u && d < p.n_rot) {
         let pd = neox_partners(d);
@@ -221,13 +233,13 @@ fn qkv_rotate_q(j: Job, pos: u32) -> bool {
 fn rope_qkv_store(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                   @builtin(local_invocation_index) lid: u32) {
     let j = job(wid, nwg, lid, p.n_q + p.n_heads);
-    let pos = step.rope_pos0 + j.t;
+    let pos = j.pos;
     if (qkv_rotate_q(j, pos)) { return; }
     let h = j.h - p.n_q;
     let d = pair_dims(j.i);
     let kb = j.t * p.x_stride + p.x_offset + h * p.head_dim;
     let vb = j.t * p.x_stride + p.v_offset + h * p.head_dim;
-    let cb = (step.kv_start + j.t) * p.cache_stride + h * p.head_dim;
+    let cb = j.row * p.cache_stride + h * p.head_dim;
     let k = k_pair(vec2<f32>(x[kb + d.x], x[kb + d.y]), pos, j.i);
     qkv_k_cache[cb + d.x] = k.x;
     qkv_k_cache[cb + d.y] = k.y;
@@ -239,13 +251,13 @@ fn rope_qkv_store(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
 fn rope_qkv_store_f16(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                       @builtin(local_invocation_index) lid: u32) {
     let j = job(wid, nwg, lid, p.n_q + p.n_heads);  // k heads: j.i a word
-    let pos = step.rope_pos0 + j.t;
+    let pos = j.pos;
     if (qkv_rotate_q(j, pos)) { return; }
     let h = j.h - p.n_q;
     let d = 2u * j.i;
     let kb = j.t * p.x_stride + p.x_offset + h * p.head_dim;
     let vb = j.t * p.x_stride + p.v_offset + h * p.head_dim;
-    let cw = ((step.kv_start + j.t) * p.cache_stride + h * p.head_dim + d) / 2u;
+    let cw = (j.row * p.cache_stride + h * p.head_dim + d) / 2u;
     var partners = vec2<f32>(0.0);
     if (p.neox != 0u && d < p.n_rot) {
         let pd = neox_partners(d);
@@ -278,7 +290,7 @@ fn rope_inplace_mrope(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
                       @builtin(local_invocation_index) lid: u32) {
     let j = job(wid, nwg, lid, p.n_heads);
     if (!j.ok) { return; }
-    let pos = q_pos[mrope_axis(j.i) * step.n_tok + j.t];
+    let pos = q_pos[mrope_axis(j.i) * j.n_tok + j.t];
     rope_x_pair(j.t * p.x_stride + p.x_offset + j.h * p.head_dim, pos, j.i);
 }
 
@@ -287,7 +299,7 @@ fn rope_kv_store_mrope(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workg
                        @builtin(local_invocation_index) lid: u32) {
     let j = job(wid, nwg, lid, p.n_heads);
     if (!j.ok) { return; }
-    kv_store_pair(j, kv_pos[mrope_axis(j.i) * step.n_tok + j.t]);
+    kv_store_pair(j, kv_pos[mrope_axis(j.i) * j.n_tok + j.t]);
 }
 
 @compute @workgroup_size(WG)
@@ -298,8 +310,8 @@ fn rope_kv_store_mrope_f16(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_w
     let d = 2u * j.i;
     var pos = vec2<u32>(0u);
     if (d < p.n_rot) {
-        pos = vec2<u32>(kv_pos[mrope_axis(pair_of_dim(d)) * step.n_tok + j.t],
-                        kv_pos[mrope_axis(pair_of_dim(d + 1u)) * step.n_tok + j.t]);
+        pos = vec2<u32>(kv_pos[mrope_axis(pair_of_dim(d)) * j.n_tok + j.t],
+                        kv_pos[mrope_axis(pair_of_dim(d + 1u)) * j.n_tok + j.t]);
     }
     kv_store_word(j, pos);
 }

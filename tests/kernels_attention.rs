@@ -943,3 +943,94 @@ fn gated_add_matches_reference() {
         assert_eq!(masked, got[dim as usize..2 * dim as usize] == x[dim as usize..2 * dim as usize]);
     }
 }
+
+/// The sequences of a batched decode step with their caches in one KV arena: RoPE with the
+/// cache store and split-K attention of all of them in one program (`*_seqs`) give every
+/// sequence the bits its own one-token dispatches give it on caches of its own — at its own
+/// position, cache length and `kv_base` (cache lengths 1 to max_ctx; groups of 1, 3 and 16,
+/// the last wider than a workgroup's rows; f32 and f16 caches).
+#[test]
+fn sequences_in_one_kv_arena_get_their_bits_alone() {
+    for gpu in variants() {
+        let mut rng = Rng::new(35);
+        for (n_head, n_kv, hd, kv) in [(9, 3, 64, KvDtype::F32), (8, 8, 128, KvDtype::F16), (16, 1, 64, KvDtype::F32)] {
+            let (max_ctx, lens) = (600u32, [600u32, 1, 77, 300]);
+            let (n_seq, row) = (lens.len() as u32, (n_kv * hd) as usize);
+            let width = (n_head + 2 * n_kv) * hd;
+            let qkv = rng.vec((n_seq * width) as usize);
+            // The arena: every sequence's range filled with its earlier rows (random).
+            let held: Vec<f32> = rng.vec(n_seq as usize * max_ctx as usize * row);
+            let held_v: Vec<f32> = rng.vec(held.len());
+            let table = rope::rope_table(hd as usize, 1e4, None);
+            let freqs = RopeFreqs::upload(&gpu, &table).unwrap();
+            let k = RopeLayout {
+                n_heads: n_kv,
+                head_dim: hd,
+                mode: RopeMode::Adjacent,
+                max_tok: n_seq,
+                stride: width,
+                offset: n_head * hd,
+            };
+            let layout = rope::QkvRope { n_q_heads: n_head, k, v_offset: (n_head + n_kv) * hd, q_scale: QScale::NONE };
+            let shape = |max_tok| AttnShape { kv, q_stride: width, ..AttnShape::new(n_head, n_kv, hd, max_tok) };
+            let n_split = attention::default_splits(max_ctx);
+            let out_row = (n_head * hd) as usize;
+            // Sequence s's step: its new token at cache row len - 1, position 1000 s + len - 1.
+            let step_of = |s: usize| StepParams::new(lens[s] - 1, 1, 1000 * s as u32 + lens[s] - 1);
+
+            let (arena_k, arena_v) = (upload_cache(&gpu, &held, kv), upload_cache(&gpu, &held_v, kv));
+            let steps: Vec<StepParams> = (0..n_seq as usize).map(|s| step_of(s).at_base(s as u32 * max_ctx)).collect();
+            let bsteps = StepParams::create_rows_buffer(&gpu, n_seq).unwrap();
+            gpu.write(&bsteps, 0, bytemuck::cast_slice(&steps)).unwrap();
+            let (bqkv, out) = (upload(&gpu, &qkv), gpu.storage("out", (n_seq as usize * out_row * 4) as u64).unwrap());
+            let scratch = DecodeScratch::new(&gpu, &shape(n_seq), n_split).unwrap();
+            let mut prog = Program::new();
+            rope::rope_qkv_store_seqs(&mut prog, &gpu, &freqs, kv, &bsteps, &bqkv, &layout, (&arena_k, &arena_v)).unwrap();
+            attention::attention_decode_seqs(
+                &mut prog,
+                &gpu,
+                &shape(n_seq),
+                &bsteps,
+                &bqkv,
+                (&arena_k, &arena_v),
+                &scratch,
+                &out,
+            )
+            .unwrap();
+            prog.run(&gpu).unwrap();
+            let cells = n_seq as usize * max_ctx as usize * row;
+            let (got_k, got_v) = (read_cache(&gpu, &arena_k, cells, kv), read_cache(&gpu, &arena_v, cells, kv));
+            let got_q = gpu.read_f32_blocking(&bqkv, qkv.len()).unwrap();
+            let got = gpu.read_f32_blocking(&out, n_seq as usize * out_row).unwrap();
+
+            for s in 0..n_seq as usize {
+                let range = s * max_ctx as usize * row..(s + 1) * max_ctx as usize * row;
+                let (own_k, own_v) =
+                    (upload_cache(&gpu, &held[range.clone()], kv), upload_cache(&gpu, &held_v[range.clone()], kv));
+                let one = |rows: &[f32]| rows[s * width as usize..(s + 1) * width as usize].to_vec();
+                let (bq, own_out) = (upload(&gpu, &one(&qkv)), gpu.storage("out", out_row as u64 * 4).unwrap());
+                let step = step_buffer(&gpu, step_of(s));
+                let alone = rope::QkvRope { k: RopeLayout { max_tok: 1, ..k }, ..layout };
+                let seq = rope::QkvSeq { step: &step, qkv: &bq, layout: alone, k_cache: &own_k, v_cache: &own_v };
+                let own_scratch = DecodeScratch::new(&gpu, &shape(1), n_split).unwrap();
+                let mut prog = Program::new();
+                rope::rope_qkv_store(&mut prog, &gpu, &freqs, kv, &[seq]).unwrap();
+                attention::attention_decode(&mut prog, &gpu, &shape(1), &step, &bq, &own_k, &own_v, &own_scratch, &own_out)
+                    .unwrap();
+                prog.run(&gpu).unwrap();
+                let cells = max_ctx as usize * row;
+                let what =
+                    format!("{} h {n_head}/{n_kv} hd {hd} {kv:?}, sequence {s} of cache length {}", variant(&gpu), lens[s]);
+                assert_eq!(gpu.read_f32_blocking(&bq, width as usize).unwrap(), one(&got_q), "{what}: q|k|v rows");
+                assert_eq!(read_cache(&gpu, &own_k, cells, kv), got_k[range.clone()], "{what}: K rows");
+                assert_eq!(read_cache(&gpu, &own_v, cells, kv), got_v[range], "{what}: V rows");
+                let own = gpu.read_f32_blocking(&own_out, out_row).unwrap();
+                assert_eq!(own, got[s * out_row..(s + 1) * out_row], "{what}: attention");
+            }
+            eprintln!(
+                "{} h {n_head}/{n_kv} hd {hd} {kv:?}: {n_seq} sequences in one arena, the bits of each alone",
+                variant(&gpu)
+            );
+        }
+    }
+}

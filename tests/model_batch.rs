@@ -4,14 +4,17 @@
 //! within rounding when their prompts run in chunks inside the batched steps —
 //! for each family's tiny model (Llama, Qwen3.5's hybrid of recurrent and attention layers,
 //! Llama 3.2 Vision's cross-attention with one sequence holding an image) on the CPU backend
-//! and on the GPU.
+//! and on the GPU, where the sequences' caches may also be slots of one KV arena (RoPE and
+//! attention of a step's sequences in one dispatch each).
 
 use crate::common;
 use common::*;
 
+use std::rc::Rc;
+
 use webvlm::backend::Device;
 use webvlm::gguf::MappedGguf;
-use webvlm::model::{BatchInput, Context, ContextOptions, Decoder, ModelError, StepBatch};
+use webvlm::model::{BatchInput, Context, ContextOptions, Decoder, KvArena, ModelError, StepBatch};
 use webvlm::source::hf::HfModel;
 
 /// One sequence of a test: its prompt (and a cross-attention decoder's image states), the
@@ -55,17 +58,21 @@ fn sequences(vocab: u32, seed: u64) -> Vec<Seq> {
         .collect()
 }
 
-/// A context for `seq` (given its image states), nothing run yet.
-fn new_context(dev: &Device, dec: &Decoder, seq: &Seq) -> Context {
-    let mut ctx = Context::new(dev, dec, OPTS).unwrap();
+/// A context for `seq` (given its image states), nothing run yet: of its own, or a slot of
+/// `arena`.
+fn new_context(dev: &Device, dec: &Decoder, seq: &Seq, arena: Option<&Rc<KvArena>>) -> Context {
+    let mut ctx = match arena {
+        Some(arena) => Context::in_arena(dev, dec, OPTS, arena).unwrap().expect("a free slot"),
+        None => Context::new(dev, dec, OPTS).unwrap(),
+    };
     if let Some(im) = &seq.image {
         ctx.set_cross_attention(dev, dec, &upload(dev, &im.states), im.n_tiles, &im.mask).unwrap();
     }
     ctx
 }
 
-fn prefill(dev: &Device, dec: &Decoder, seq: &Seq) -> (Context, Vec<f32>) {
-    let mut ctx = new_context(dev, dec, seq);
+fn prefill(dev: &Device, dec: &Decoder, seq: &Seq, arena: Option<&Rc<KvArena>>) -> (Context, Vec<f32>) {
+    let mut ctx = new_context(dev, dec, seq, arena);
     ctx.submit_prompt(dev, dec, &seq.prompt, None).unwrap();
     let logits = pollster::block_on(ctx.read_logits(dev, dec)).unwrap();
     (ctx, logits)
@@ -73,7 +80,7 @@ fn prefill(dev: &Device, dec: &Decoder, seq: &Seq) -> (Context, Vec<f32>) {
 
 /// The sequence decoded on a context of its own, one token per step.
 fn alone(dev: &Device, dec: &Decoder, seq: &Seq) -> Run {
-    let (mut ctx, mut logits) = prefill(dev, dec, seq);
+    let (mut ctx, mut logits) = prefill(dev, dec, seq, None);
     let (mut tokens, mut rows) = (vec![], vec![]);
     loop {
         tokens.push(argmax(&logits) as u32);
@@ -94,6 +101,8 @@ enum Join {
     /// Its prompt run in chunks by the batched steps, beside the others' tokens (a step's
     /// rows within a chunk's, the oldest prompt first).
     Chunked,
+    /// As `Alone`, in a slot of one KV arena (GPU).
+    Arena,
 }
 
 /// The sequences through one batch: each joining at its step, then decoded in batched
@@ -101,19 +110,20 @@ enum Join {
 /// took and the steps that held both a prompt chunk and tokens.
 fn batched(dev: &Device, dec: &Decoder, seqs: &[Seq], join: Join) -> (Vec<Run>, usize, usize) {
     let mut batch = StepBatch::new(dev, dec, 8, OPTS.max_chunk, OPTS.precision).unwrap();
+    let arena = (join == Join::Arena).then(|| Context::arena(dev, dec, OPTS, 8).unwrap());
     let mut running: Vec<Option<Context>> = seqs.iter().map(|_| None).collect();
     let mut runs: Vec<Run> = seqs.iter().map(|_| (vec![], vec![])).collect();
     let (mut step, mut widest, mut mixed) = (0, 0, 0);
     while runs.iter().zip(seqs).any(|(r, s)| r.0.len() < s.tokens) {
         for (i, seq) in seqs.iter().enumerate().filter(|(_, s)| s.join == step) {
             running[i] = Some(match join {
-                Join::Alone => {
-                    let (ctx, logits) = prefill(dev, dec, seq);
+                Join::Alone | Join::Arena => {
+                    let (ctx, logits) = prefill(dev, dec, seq, arena.as_ref());
                     runs[i].0.push(argmax(&logits) as u32);
                     runs[i].1.push(logits);
                     ctx
                 }
-                Join::Chunked => new_context(dev, dec, seq),
+                Join::Chunked => new_context(dev, dec, seq, None),
             });
         }
         // Those with tokens still to generate feed their last one; prompts run a chunk, the
@@ -177,7 +187,9 @@ fn check(dev: &Device, dec: &Decoder, seqs: &[Seq], join: Join, what: &str) {
         assert_eq!(run.0, want.0, "{what}: sequence {i}'s tokens");
         let diff = max_row_diff(&run.1, &want.1);
         match join {
-            Join::Alone => assert!(run.1 == want.1, "{what}: sequence {i}'s logits differ from its own, max |d| {diff}"),
+            Join::Alone | Join::Arena => {
+                assert!(run.1 == want.1, "{what}: sequence {i}'s logits differ from its own, max |d| {diff}")
+            }
             Join::Chunked => assert!(diff <= LOGITS_TOLERANCE, "{what}: sequence {i}'s logits differ from its own by {diff}"),
         }
     }
@@ -234,6 +246,11 @@ fn batched_sequences_decode_as_they_do_alone_on_the_gpu() {
 }
 
 #[test]
+fn batched_sequences_in_one_kv_arena_decode_as_they_do_alone_on_the_gpu() {
+    every_family(&gpu(), "the GPU, in one KV arena", Join::Arena);
+}
+
+#[test]
 fn prompts_chunked_beside_decoding_sequences_run_as_they_do_alone_on_the_cpu_backend() {
     every_family(&cpu(), "the CPU backend", Join::Chunked);
 }
@@ -249,9 +266,9 @@ fn a_batched_step_refuses_what_it_cannot_run() {
     let dec = llama(&dev);
     let mut batch = StepBatch::new(&dev, &dec, 2, OPTS.max_chunk, OPTS.precision).unwrap();
     let seqs = sequences(dec.cfg.vocab, 4);
-    let (mut a, _) = prefill(&dev, &dec, &seqs[0]);
-    let (mut b, _) = prefill(&dev, &dec, &seqs[1]);
-    let (mut c, _) = prefill(&dev, &dec, &seqs[2]);
+    let (mut a, _) = prefill(&dev, &dec, &seqs[0], None);
+    let (mut b, _) = prefill(&dev, &dec, &seqs[1], None);
+    let (mut c, _) = prefill(&dev, &dec, &seqs[2], None);
     let mut fresh = Context::new(&dev, &dec, OPTS).unwrap();
     let step = |batch: &mut StepBatch, ctxs: &mut [&mut Context], tokens: &[u32]| {
         pollster::block_on(batch.decode(&dev, &dec, ctxs, tokens)).unwrap_err()

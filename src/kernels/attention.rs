@@ -52,12 +52,20 @@ pub struct StepParams {
     pub n_tok: u32,
     /// Position id of the first new token (RoPE and query scaling use `rope_pos0 + t`).
     pub rope_pos0: u32,
-    pub _pad: u32,
+    /// The sequence's first row in the cache buffers: 0 for caches of its own, its range's
+    /// first row in a KV arena shared by the slots of a batched run (`model::KvArena`).
+    /// Cache row `kv_start + t` of the sequence is buffer row `kv_base + kv_start + t`.
+    pub kv_base: u32,
 }
 
 impl StepParams {
     pub fn new(kv_start: u32, n_tok: u32, rope_pos0: u32) -> StepParams {
-        StepParams { kv_start, n_tok, rope_pos0, _pad: 0 }
+        StepParams { kv_start, n_tok, rope_pos0, kv_base: 0 }
+    }
+
+    /// The same step of a sequence whose cache rows start at buffer row `kv_base`.
+    pub fn at_base(self, kv_base: u32) -> StepParams {
+        StepParams { kv_base, ..self }
     }
 
     /// Keys visible after this step: `kv_start + n_tok`.
@@ -83,7 +91,13 @@ impl StepParams {
     /// The step a CPU op runs at: `buffer`'s words, read when the op runs.
     pub fn read_cpu(buffer: &cpu::Buffer) -> std::result::Result<StepParams, cpu::ProgramError> {
         let w = buffer.read_u32(4)?;
-        Ok(StepParams { kv_start: w[0], n_tok: w[1], rope_pos0: w[2], _pad: 0 })
+        Ok(StepParams { kv_start: w[0], n_tok: w[1], rope_pos0: w[2], kv_base: w[3] })
+    }
+
+    /// A storage buffer for the steps of up to `n` sequences, one per token row of a batched
+    /// step ([`attention_decode_seqs`]; written with [`Device::write`] of the steps' bytes).
+    pub fn create_rows_buffer(dev: &Device, n: u32) -> Result<Buffer> {
+        dev.storage("steps", std::mem::size_of::<StepParams>() as u64 * n.max(1) as u64)
     }
 
     /// Writes this step into `buffer` (offset 0): queued on the GPU.
@@ -174,6 +188,12 @@ impl DecodeScratch {
             head_dim: shape.head_dim,
         })
     }
+
+    /// The buffers as the GPU kernels bind them.
+    fn gpu(&self) -> Result<gpu::attention::Scratch<'_>> {
+        let (ml, o) = (self.ml.gpu()?, self.o.gpu()?);
+        Ok(gpu::attention::Scratch { ml, o, n_split: self.n_split, rows: self.rows, head_dim: self.head_dim })
+    }
 }
 
 /// One sequence's side of a CPU attention op: its shape and buffers.
@@ -203,20 +223,26 @@ fn cpu_attention(prog: &mut cpu::Program, seqs: Vec<CpuSeq>) -> Result<()> {
             let step = StepParams::read_cpu(&s.step)?;
             let n = step.n_tok.min(s.shape.max_tok) as usize;
             let width = s.shape.n_head as usize * s.shape.head_dim as usize;
-            borrowed.push((s.shape, n, step.kv_start as usize, s.q.read()?, s.k.read()?, s.v.read()?, s.out.write_n(n * width)?));
+            let at = (step.kv_start as usize, step.kv_base as usize);
+            borrowed.push((s.shape, n, at, s.q.read()?, s.k.read()?, s.v.read()?, s.out.write_n(n * width)?));
         }
         fn run<T: cpu::attention::KvElem + bytemuck::Pod>(
             pool: &cpu::ThreadPool,
             borrowed: &mut [Borrowed],
         ) -> std::result::Result<(), cpu::ShapeError> {
-            let seqs = borrowed.iter_mut().map(|(shape, n_tok, kv_start, q, k, v, out)| cpu::attention::SeqAttention {
-                shape: *shape,
-                q,
-                k_cache: bytemuck::cast_slice::<f32, T>(k),
-                v_cache: bytemuck::cast_slice::<f32, T>(v),
-                out,
-                n_tok: *n_tok,
-                kv_start: *kv_start,
+            let seqs = borrowed.iter_mut().map(|(shape, n_tok, (kv_start, kv_base), q, k, v, out)| {
+                // The sequence's rows of the cache buffers (its range of a KV arena).
+                let base = *kv_base * shape.n_kv_head as usize * shape.head_dim as usize;
+                let (k, v) = (bytemuck::cast_slice::<f32, T>(k), bytemuck::cast_slice::<f32, T>(v));
+                cpu::attention::SeqAttention {
+                    shape: *shape,
+                    q,
+                    k_cache: &k[base.min(k.len())..],
+                    v_cache: &v[base.min(v.len())..],
+                    out,
+                    n_tok: *n_tok,
+                    kv_start: *kv_start,
+                }
             });
             cpu::attention::attention_seqs(pool, seqs.collect())
         }
@@ -228,8 +254,8 @@ fn cpu_attention(prog: &mut cpu::Program, seqs: Vec<CpuSeq>) -> Result<()> {
     Ok(())
 }
 
-/// A sequence's shape, row count, `kv_start`, and its buffers borrowed for one run.
-type Borrowed<'a> = (AttnShape, usize, usize, Ref<'a, [f32]>, Ref<'a, [f32]>, Ref<'a, [f32]>, RefMut<'a, [f32]>);
+/// A sequence's shape, row count, `(kv_start, kv_base)`, and its buffers borrowed for one run.
+type Borrowed<'a> = (AttnShape, usize, (usize, usize), Ref<'a, [f32]>, Ref<'a, [f32]>, Ref<'a, [f32]>, RefMut<'a, [f32]>);
 
 /// Records split-K decode attention: like [`attention_prefill`], for any `kv_len` up to the
 /// cache size. On the GPU, two dispatches with a grid that does not depend on `kv_len`
@@ -253,14 +279,7 @@ pub fn attention_decode(
     match side {
         On::Gpu(prog, gpu) => {
             let (step, q, k_cache, v_cache, out) = (step.gpu()?, q.gpu()?, k_cache.gpu()?, v_cache.gpu()?, out.gpu()?);
-            let scratch = gpu::attention::Scratch {
-                ml: scratch.ml.gpu()?,
-                o: scratch.o.gpu()?,
-                n_split: scratch.n_split,
-                rows: scratch.rows,
-                head_dim: scratch.head_dim,
-            };
-            gpu::attention::attention_decode(prog, gpu, shape, step, q, k_cache, v_cache, &scratch, out)
+            gpu::attention::attention_decode(prog, gpu, shape, step, q, k_cache, v_cache, &scratch.gpu()?, out)
         }
         On::Cpu(prog, _) => cpu_attention(prog, vec![CpuSeq::new(shape, step, q, (k_cache, v_cache), out)?]),
     }
@@ -296,6 +315,32 @@ pub fn attention_batch(prog: &mut Program, dev: &Device, seqs: &[AttnSeq]) -> Re
         }
     }
     Ok(())
+}
+
+/// Records [`attention_decode`] of `shape.max_tok` sequences of one token each: q row and
+/// out row `t` are sequence `t`'s, its cache rows a range of `k_cache` / `v_cache` (the
+/// sequences' KV arena, `model::KvArena`) and its step `steps[t]` (a storage buffer of
+/// [`StepParams`], one per sequence, each with its `kv_base`). On the GPU the same two
+/// dispatches for all of them, each row computed as in the one-token decode of its sequence
+/// alone (the same bits). GPU only: the CPU backend runs a batched step's attention in one
+/// op already ([`attention_batch`]).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_decode_seqs(
+    prog: &mut Program,
+    dev: &Device,
+    shape: &AttnShape,
+    steps: &Buffer,
+    q: &Buffer,
+    (k_cache, v_cache): (&Buffer, &Buffer),
+    scratch: &DecodeScratch,
+    out: &Buffer,
+) -> Result<()> {
+    let On::Gpu(prog, gpu) = prog.on(dev)? else {
+        return Err(GpuError::WrongBackend("attention_decode_seqs runs on the GPU"));
+    };
+    shape.check()?;
+    let (steps, q, k_cache, v_cache, out) = (steps.gpu()?, q.gpu()?, k_cache.gpu()?, v_cache.gpu()?, out.gpu()?);
+    gpu::attention::attention_decode_seqs(prog, gpu, shape, steps, q, (k_cache, v_cache), &scratch.gpu()?, out)
 }
 
 /// Rounds `x` to f16 values as the f16 cache stores them (round to nearest even), for

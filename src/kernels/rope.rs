@@ -330,6 +330,30 @@ pub fn rope_qkv_store(prog: &mut Program, dev: &Device, freqs: &RopeFreqs, kv: K
     }
 }
 
+/// [`rope_qkv_store`] of `layout.k.max_tok` sequences of one token each: fused row `t` of
+/// `qkv` is sequence `t`'s, its caches a range of `k_cache` / `v_cache` (the sequences' KV
+/// arena) and its step `steps[t]` (see `attention::attention_decode_seqs`). On the GPU one
+/// dispatch for them all, each row the bits of its sequence's own dispatch. GPU only (the
+/// CPU backend's [`rope_qkv_store`] is one op for the sequences already).
+#[allow(clippy::too_many_arguments)]
+pub fn rope_qkv_store_seqs(
+    prog: &mut Program,
+    dev: &Device,
+    freqs: &RopeFreqs,
+    kv: KvDtype,
+    steps: &Buffer,
+    qkv: &Buffer,
+    layout: &QkvRope,
+    (k_cache, v_cache): (&Buffer, &Buffer),
+) -> Result<()> {
+    let On::Gpu(prog, gpu) = prog.on(dev)? else {
+        return Err(GpuError::WrongBackend("rope_qkv_store_seqs runs on the GPU"));
+    };
+    check_rot(&layout.k, freqs)?;
+    let (steps, qkv, k_cache, v_cache) = (steps.gpu()?, qkv.gpu()?, k_cache.gpu()?, v_cache.gpu()?);
+    gpu::rope::rope_qkv_store_seqs(prog, gpu, steps, &freqs.gpu()?, qkv, layout, (k_cache, v_cache), kv)
+}
+
 /// A sequence of the CPU op [`rope_qkv_store`] while it runs: its step, its layout, and its
 /// rows and caches borrowed.
 type HeldQkv<'b> = (StepParams, QkvRope, RefMut<'b, [f32]>, RefMut<'b, [f32]>, RefMut<'b, [f32]>);
@@ -342,7 +366,7 @@ fn qkv_rows<'a, T>(held: &'a mut [HeldQkv<'_>], cache: fn(&mut [f32]) -> &mut [T
         layout: *layout,
         caches: (cache(k_cache), cache(v_cache)),
         n_tok: s.n_tok.min(layout.k.max_tok) as usize,
-        kv_start: s.kv_start as usize,
+        kv_start: (s.kv_base + s.kv_start) as usize,
         pos0: s.rope_pos0,
     });
     rows.collect()
@@ -375,7 +399,7 @@ fn cpu_kv_store(
             (Some(p), Some((_, sections))) => Positions::Mrope { positions: mrope_axes(p, n), sections: *sections },
             _ => Positions::From(s.rope_pos0),
         };
-        let (k, v, kv_start) = ((&k[..], &k_layout), (&v[..], &v_layout), s.kv_start as usize);
+        let (k, v, kv_start) = ((&k[..], &k_layout), (&v[..], &v_layout), (s.kv_base + s.kv_start) as usize);
         let (kc, vc) = (&mut kc[..], &mut vc[..]);
         Ok(match kv {
             KvDtype::F32 => cpu::rope::rope_kv_store(pool, k, v, (kc, vc), n, kv_start, &table, positions),

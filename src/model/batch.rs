@@ -9,6 +9,11 @@
 //! the ones it would get alone; a step holding a chunk runs its products on the prefill
 //! kernel, so the chunk's rows are computed as alone and the tokens' within its rounding.
 //!
+//! On the GPU, a step of tokens whose sequences' KV caches are ranges of one arena
+//! (`super::kv_arena`, the contexts of `Context::in_arena`) runs RoPE with the cache store
+//! and attention of all of them in one dispatch each, the steps of the sequences written to
+//! one buffer; other steps run those per sequence.
+//!
 //! The recorded step binds its sequences' buffers, so it is kept per set of sequences and
 //! row counts (the few most recent; a new set records a new one, which costs a host-side
 //! pass over the layers).
@@ -16,12 +21,13 @@
 use std::collections::HashMap;
 
 use crate::backend::gpu::{Gpu, GpuError, Readback, Result as GpuResult};
-use crate::backend::{Device, Program};
+use crate::backend::{Buffer, Device, Program};
+use crate::kernels::attention::StepParams;
 
 use super::context::{Context, StepPrograms};
 use super::decoder::Decoder;
 use super::families::Scratch;
-use super::rows::Rows;
+use super::rows::{ArenaStep, Rows};
 use super::step::{LogitsMode, Precision, StepBuffers};
 use super::vision::PromptImages;
 use super::ModelError;
@@ -47,7 +53,9 @@ pub struct StepBatch {
     max_seqs: u32,
     /// Rows of prompt chunks one step takes besides a token per sequence.
     max_chunk: u32,
-    programs: HashMap<(StepKey, LogitsMode), StepPrograms>,
+    /// Recorded steps by their sequences, logits and whether they ran in one KV arena (a
+    /// prompt chunk of one row has a token's key, not its arena step).
+    programs: HashMap<(StepKey, LogitsMode, bool), StepPrograms>,
     /// The GPU's staging buffer for the logits, kept rather than allocated each step (as
     /// `Context::read_logits` keeps its own).
     logits_readback: Option<Readback>,
@@ -57,6 +65,11 @@ pub struct StepBatch {
     prepared: Option<(StepKey, wgpu::CommandBuffer)>,
     /// The steps made to fail ([`Self::fail_steps_when`]).
     failing: Option<FailWhen>,
+    /// The steps of a step's sequences when their caches share a KV arena (one per row).
+    arena_steps: Buffer,
+    /// The scratch of such steps (decode partials of `max_seqs` rows), made for the
+    /// contexts' `max_ctx` (the first field) at the first one.
+    arena_scratch: Option<(u32, Scratch)>,
 }
 
 /// Picks steps to fail by the token ids of each sequence's rows.
@@ -73,9 +86,21 @@ impl StepBatch {
         b.sampler = None;
         b.x_last = dev.storage("x_last", 4 * max_seqs as u64 * c.n_embd as u64)?;
         // Attention runs on each sequence's own decode scratch: this one's is never used.
-        let scratch = dec.scratch(dev, rows, 1)?;
+        let scratch = dec.scratch(dev, rows, 1, 1)?;
         let programs = HashMap::new();
-        Ok(StepBatch { b, scratch, max_seqs, max_chunk, programs, logits_readback: None, prepared: None, failing: None })
+        let arena_steps = StepParams::create_rows_buffer(dev, max_seqs)?;
+        Ok(StepBatch {
+            b,
+            scratch,
+            max_seqs,
+            max_chunk,
+            programs,
+            logits_readback: None,
+            prepared: None,
+            failing: None,
+            arena_steps,
+            arena_scratch: None,
+        })
     }
 
     /// Most sequences one step takes.
@@ -94,7 +119,7 @@ impl StepBatch {
     /// longer uses (its KV cache given back), so that they are freed.
     pub fn forget(&mut self, ctx: &Context) {
         let id = ctx.binding().0;
-        self.programs.retain(|(key, _), _| key.iter().all(|&((i, _), _)| i != id));
+        self.programs.retain(|(key, ..), _| key.iter().all(|&((i, _), _)| i != id));
         self.prepared.take_if(|(key, _)| key.iter().any(|&((i, _), _)| i == id));
     }
 
@@ -144,12 +169,12 @@ impl StepBatch {
         }
         let (mut ids, mut counts, mut before, mut copies) = (Vec::new(), Vec::new(), Program::new(), Program::new());
         let row = 4 * dec.cfg.n_embd as u64;
-        let mut logits = false;
+        let (mut logits, mut steps) = (false, Vec::new());
         for (c, input) in seqs.iter_mut().zip(&inputs) {
             let first = ids.len();
             match input {
                 BatchInput::Token(token) => {
-                    c.begin_batched(dev, dec, *token)?;
+                    steps.push(c.begin_batched(dev, dec, *token)?);
                     ids.push(*token);
                     logits = true;
                 }
@@ -165,16 +190,29 @@ impl StepBatch {
             counts.push((ids.len() - first) as u32);
         }
         dev.write(&self.b.ids, 0, bytemuck::cast_slice(&ids))?;
+        let decode_only = inputs.iter().all(|i| matches!(i, BatchInput::Token(_)));
+        let in_one_arena = decode_only && matches!(dev, Device::Gpu(_)) && one_arena(seqs);
+        if in_one_arena {
+            dev.write(&self.arena_steps, 0, bytemuck::cast_slice(&steps))?;
+            let max_ctx = seqs[0].max_ctx();
+            if self.arena_scratch.as_ref().is_none_or(|(made_for, _)| *made_for != max_ctx) {
+                self.arena_scratch = Some((max_ctx, dec.scratch(dev, self.max_seqs, max_ctx, self.max_seqs)?));
+            }
+        }
         let mode = if logits { LogitsMode::LastOfEach } else { LogitsMode::None };
         let key: StepKey = seqs.iter().map(|c| c.binding()).zip(counts.iter().copied()).collect();
         // Steps recorded against these contexts' buffers of before (a KV cache grown or
         // given back) would keep those buffers alive.
         let stale = |k: &StepKey| k.iter().any(|&((id, epoch), _)| key.iter().any(|&((i, e), _)| i == id && e != epoch));
-        self.programs.retain(|(k, _), _| !stale(k));
-        let programs_key = (key, mode);
+        self.programs.retain(|(k, ..), _| !stale(k));
+        let programs_key = (key, mode, in_one_arena);
         if !self.programs.contains_key(&programs_key) {
             let seqs_rows = seqs.iter().map(|c| c.seq()).zip(counts.iter().copied()).collect();
-            let rows = Rows::batched(&self.b, &self.scratch, seqs_rows);
+            let arena = match (in_one_arena, &self.arena_scratch) {
+                (true, Some((_, s))) => Some(ArenaStep { steps: &self.arena_steps, s }),
+                _ => None,
+            };
+            let rows = Rows::batched(&self.b, &self.scratch, seqs_rows, arena);
             let programs = StepPrograms { embed: dec.record_embed(dev, &self.b, rows.n)?, body: dec.record(dev, &rows, mode)? };
             if self.programs.len() >= KEPT_STEPS {
                 self.programs.clear();
@@ -182,7 +220,6 @@ impl StepBatch {
             self.programs.insert(programs_key.clone(), programs);
         }
         let programs = &self.programs[&programs_key];
-        let decode_only = inputs.iter().all(|i| matches!(i, BatchInput::Token(_)));
         let key = &programs_key.0;
         let in_order = [&before, &programs.embed, &copies, &programs.body];
         let bytes = if logits { n * dec.cfg.vocab as usize * 4 } else { 0 };
@@ -223,6 +260,13 @@ impl StepBatch {
         let bytes = readback.read(gpu).await?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
+}
+
+/// Whether the KV caches of all of `seqs` are ranges of one arena.
+fn one_arena(seqs: &[&mut Context]) -> bool {
+    let slots = seqs.iter().map(|c| c.arena_slot());
+    let first = seqs.first().and_then(|c| c.arena_slot());
+    first.is_some_and(|first| slots.into_iter().all(|s| s.is_some_and(|s| s.shares_arena(first))))
 }
 
 /// The failure [`StepBatch::fail_steps_when`] asks of a step of `counts` rows of `ids`.

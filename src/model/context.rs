@@ -18,6 +18,7 @@
 //! (carried by truncation and snapshots).
 
 use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::backend::gpu::{Caps, GpuError, Readback, Result as GpuResult};
@@ -27,9 +28,10 @@ use crate::kernels::sample::SamplerState;
 
 use super::decoder::Decoder;
 use super::families::Scratch;
+use super::kv_arena::{ArenaSlot, KvArena};
 use super::positions::{PassPositions, RopeDeltas};
 use super::rows::{Rows, Seq};
-use super::state::{SequenceState, StateSnapshot};
+use super::state::{LayerKind, SequenceState, StateSnapshot};
 use super::step::{LogitsMode, Precision, StepBuffers};
 use super::vision::PromptImages;
 use super::ModelError;
@@ -130,7 +132,7 @@ pub struct Counters {
 impl Context {
     /// A context holding all `max_ctx` KV rows from the start, and logits for a whole chunk.
     pub fn new(dev: &Device, dec: &Decoder, opts: ContextOptions) -> GpuResult<Context> {
-        Context::with_buffers(dev, dec, opts, (opts.max_ctx.max(1), opts.max_ctx.max(1)), u32::MAX)
+        Context::with_buffers(dev, dec, opts, (opts.max_ctx.max(1), opts.max_ctx.max(1)), u32::MAX, None)
     }
 
     /// A context holding `rows` KV rows, which grows by pages of `page` rows when it must
@@ -138,7 +140,30 @@ impl Context {
     /// whose rows come from one pool ([`Self::reserve_kv`], [`Self::release_kv`]) and which
     /// read their prompts' last logits only ([`Self::logits`] runs a token per pass).
     pub fn paged(dev: &Device, dec: &Decoder, opts: ContextOptions, page: u32, rows: u32) -> GpuResult<Context> {
-        Context::with_buffers(dev, dec, opts, (page, rows), 1)
+        Context::with_buffers(dev, dec, opts, (page, rows), 1, None)
+    }
+
+    /// A context whose KV caches are a free slot's range of `arena` (made for contexts of
+    /// `opts`: slots of `max_ctx` rows in its precision's cache type), logits for one row:
+    /// the contexts of a batched run whose steps run the sequences' attention together
+    /// (`super::kv_arena`). `None` when every slot is taken.
+    pub fn in_arena(dev: &Device, dec: &Decoder, opts: ContextOptions, arena: &Rc<KvArena>) -> GpuResult<Option<Context>> {
+        let kv = precision_on(dev, opts).kv_dtype();
+        if arena.rows() != opts.max_ctx.max(1) || arena.kv_dtype() != kv {
+            let (rows, theirs) = (arena.rows(), arena.kv_dtype());
+            return Err(GpuError::Shape(format!(
+                "an arena of {rows} {theirs:?} rows per slot for contexts of {} {kv:?}",
+                opts.max_ctx
+            )));
+        }
+        let Some(slot) = arena.take_slot() else { return Ok(None) };
+        Context::with_buffers(dev, dec, opts, (opts.max_ctx, opts.max_ctx), 1, Some(slot)).map(Some)
+    }
+
+    /// The KV arena for `slots` contexts of `opts` ([`Self::in_arena`]).
+    pub fn arena(dev: &Device, dec: &Decoder, opts: ContextOptions, slots: u32) -> GpuResult<Rc<KvArena>> {
+        let kv_dims: Vec<_> = dec.layers().iter().map(LayerKind::kv_dim).collect();
+        KvArena::new(dev, &kv_dims, slots, opts.max_ctx.max(1), precision_on(dev, opts).kv_dtype())
     }
 
     fn with_buffers(
@@ -147,20 +172,21 @@ impl Context {
         opts: ContextOptions,
         (page, rows): (u32, u32),
         logits_rows: u32,
+        slot: Option<ArenaSlot>,
     ) -> GpuResult<Context> {
         // A chunk longer than the context is never used; zero sizes would be meaningless.
         let opts =
             ContextOptions { max_ctx: opts.max_ctx.max(1), max_chunk: opts.max_chunk.clamp(1, opts.max_ctx.max(1)), ..opts };
-        // What the device cannot do falls back to f32 (the CPU backend keeps f32 caches).
-        let caps = dev.caps();
-        let precision =
-            Precision { compute_f16: opts.precision.compute_f16 && caps.f16, kv_f16: opts.precision.kv_f16 && caps.kv_f16 };
+        let precision = precision_on(dev, opts);
         let c = &dec.cfg;
         let row_limit = dev.caps().max_storage_binding.min(256 << 20) / (4 * c.vocab as u64);
         let logits_rows = (opts.max_chunk as u64).min(row_limit).min(logits_rows as u64).max(1) as u32;
         let b = StepBuffers::new(dev, opts.max_chunk, c.n_embd, c.vocab, logits_rows, precision)?;
-        let scratch = dec.scratch(dev, opts.max_chunk, opts.max_ctx)?;
-        let state = SequenceState::new(dev, &dec.layers(), rows.min(opts.max_ctx), precision.kv_dtype())?;
+        let scratch = dec.scratch(dev, opts.max_chunk, opts.max_ctx, 1)?;
+        let state = match slot {
+            Some(slot) => SequenceState::in_arena(dev, &dec.layers(), slot)?,
+            None => SequenceState::new(dev, &dec.layers(), rows.min(opts.max_ctx), precision.kv_dtype())?,
+        };
         Ok(Context {
             opts,
             kv_page: page.clamp(1, opts.max_ctx),
@@ -282,12 +308,21 @@ impl Context {
 
     /// Forgets the cached positions and gives back every KV row (a sequence preempted by a
     /// pool: it is recomputed later). Llama 3.2 Vision's cross-attention store stays.
+    /// A context in an arena keeps its range (the arena holds it).
     pub fn release_kv(&mut self, dev: &Device) -> GpuResult<()> {
         self.forget_in_flight();
         self.n_past = 0;
         self.rec_pos = 0;
         self.deltas = RopeDeltas::default();
-        self.resize_kv(dev, 0)
+        match self.state.arena_slot() {
+            Some(_) => Ok(()),
+            None => self.resize_kv(dev, 0),
+        }
+    }
+
+    /// The arena slot whose range the KV caches are ([`Self::in_arena`]).
+    pub fn arena_slot(&self) -> Option<&ArenaSlot> {
+        self.state.arena_slot()
     }
 
     fn resize_kv(&mut self, dev: &Device, rows: u32) -> GpuResult<()> {
@@ -785,12 +820,19 @@ impl Context {
     /// Writes the inputs of a step of `n` tokens from `n_past` other than their ids: the step
     /// uniform, the M-RoPE positions (`positions`, `[3][n]`, or a decode step's from its row
     /// and delta) and the family's per-token inputs.
-    fn write_step_inputs(&self, dev: &Device, dec: &Decoder, n: u32, positions: Option<&[u32]>) -> Result<(), ModelError> {
+    fn write_step_inputs(
+        &self,
+        dev: &Device,
+        dec: &Decoder,
+        n: u32,
+        positions: Option<&[u32]>,
+    ) -> Result<StepParams, ModelError> {
         if self.rec_pos != self.n_past && self.state.has_recurrent() {
             return Err(ModelError::RecurrentPosition { consumed: self.rec_pos, cached: self.n_past });
         }
         let pos0 = (self.pos_offset as i64 + self.n_past as i64 + self.deltas.at(self.n_past)).max(0) as u32;
-        StepParams::new(self.n_past, n, pos0).write(dev, &self.b.step)?;
+        let step = StepParams::new(self.n_past, n, pos0).at_base(self.state.kv_base());
+        step.write(dev, &self.b.step)?;
         self.scratch.write_step(dev, self.n_past, n)?;
         if dec.uses_mrope() {
             match positions {
@@ -799,7 +841,7 @@ impl Context {
                 None => return Err(ModelError::Invalid(format!("a step of {n} tokens without their positions"))),
             }
         }
-        Ok(())
+        Ok(step)
     }
 
     /// What a recorded batched step binds of this sequence: its step buffers, scratch and
@@ -816,7 +858,8 @@ impl Context {
     /// Prepares this sequence's row of a batched decode step that feeds `token`: checks
     /// that the sequence was prefilled and has room, forgets steps in flight and writes the
     /// step's inputs. [`Self::end_batched`] counts the token in once the step is submitted.
-    pub(super) fn begin_batched(&mut self, dev: &Device, dec: &Decoder, token: u32) -> Result<(), ModelError> {
+    /// Returns the step it wrote.
+    pub(super) fn begin_batched(&mut self, dev: &Device, dec: &Decoder, token: u32) -> Result<StepParams, ModelError> {
         self.forget_in_flight();
         // A recurrent state that is not where the cache stands restarts the sequence.
         self.sync_recurrent();
@@ -915,6 +958,13 @@ fn image_copies<'i>(
     let (row, features) = (dec.cfg.n_embd as u64 * 4, images.images);
     let runs = images.runs(tokens, range.start, range.len()).into_iter();
     runs.map(|r| (&features[r.image].buffer, r.src_row as u64 * row, r.dst_row as u64 * row, r.rows as u64 * row)).collect()
+}
+
+/// The precision contexts of `opts` run at on `dev`: what the device cannot do falls back to
+/// f32 (the CPU backend keeps f32 caches).
+fn precision_on(dev: &Device, opts: ContextOptions) -> Precision {
+    let caps = dev.caps();
+    Precision { compute_f16: opts.precision.compute_f16 && caps.f16, kv_f16: opts.precision.kv_f16 && caps.kv_f16 }
 }
 
 #[cfg(test)]

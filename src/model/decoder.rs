@@ -83,8 +83,8 @@ impl Decoder {
         self.family.set_cross(dev, s, states, n_tiles, mask)
     }
 
-    pub(super) fn scratch(&self, dev: &Device, chunk: u32, max_ctx: u32) -> GpuResult<Scratch> {
-        self.family.scratch(dev, chunk, max_ctx)
+    pub(super) fn scratch(&self, dev: &Device, chunk: u32, max_ctx: u32, decode_seqs: u32) -> GpuResult<Scratch> {
+        self.family.scratch(dev, chunk, max_ctx, decode_seqs)
     }
 
     /// Records the embedding gather of `n` tokens (ids in `b.ids`) into `b.x`.

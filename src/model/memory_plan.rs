@@ -219,7 +219,8 @@ pub struct MemoryPlan {
     pub slot_step: u64,
     /// The buffers of a batched step of `n` sequences (`model::batch::StepBatch`: rows of
     /// activations and scratch for a token of each and a prompt chunk, a row of logits per
-    /// sequence) take `batch_step[0] + n * batch_step[1]`.
+    /// sequence, a scratch for the decode steps of sequences in one KV arena) take
+    /// `batch_step[0] + n * batch_step[1]`.
     pub batch_step: [u64; 2],
     /// The vision encoder's scratch for one image of `options.image_edge` (0 without an
     /// encoder; Mllama: one image at its tile count, whatever the edge).
@@ -294,11 +295,14 @@ impl MemoryPlan {
             step: step_bytes(&cfg, chunk, logits_rows(&cfg, chunk, limits)) + extra_step,
             slot_step: step_bytes(&cfg, chunk, 1) + extra_step,
             batch_step: {
-                // A row per sequence and a chunk's, a row of logits (and of last rows) per sequence.
+                // A row per sequence and a chunk's, a row of logits (and of last rows) per
+                // sequence, and the scratch of steps whose sequences share a KV arena.
                 let rows = |n: u32| {
                     let (rows, last_rows) = (n + chunk, 4 * n as u64 * cfg.n_embd as u64);
                     step_bytes(&cfg, rows, n as u64)
                         + last_rows
+                        + scratch_bytes(&cfg, n)
+                        + decode_partials(&cfg, n)
                         + mllama.as_ref().map_or(0, |m| mllama::extra_step_bytes(m, rows as u64))
                 };
                 let row = rows(2) - rows(1);
@@ -591,12 +595,21 @@ fn logits_rows(c: &TextConfig, chunk: u32, limits: PlanLimits) -> u64 {
 /// their most splits, under 2 MiB, so that the plan's only context-dependent term is the
 /// state).
 fn step_bytes(c: &TextConfig, chunk: u32, logits_rows: u64) -> u64 {
-    let (chunk, d, vocab) = (chunk as u64, c.n_embd as u64, c.vocab as u64);
-    let step = 4 * (chunk * (1 + 3 + 2 * d) + d + logits_rows * vocab) + 8 * vocab;
+    let (rows, d, vocab) = (chunk as u64, c.n_embd as u64, c.vocab as u64);
+    let step = 4 * (rows * (1 + 3 + 2 * d) + d + logits_rows * vocab) + 8 * vocab;
+    step + scratch_bytes(c, chunk) + decode_partials(c, 1)
+}
+
+/// A family scratch's rows for `rows` rows: q|k|v, the attention's output, the gated FFN's.
+fn scratch_bytes(c: &TextConfig, rows: u32) -> u64 {
     let qkv = (c.n_head + 2 * c.n_head_kv) as u64 * c.head_dim as u64;
-    let scratch = 4 * chunk * (qkv + c.q_dim() as u64 + 3 * c.n_ff as u64);
+    4 * rows as u64 * (qkv + c.q_dim() as u64 + 3 * c.n_ff as u64)
+}
+
+/// Split-K decode partials of `seqs` one-token sequences at the most splits.
+fn decode_partials(c: &TextConfig, seqs: u32) -> u64 {
     let splits = crate::kernels::attention::default_splits(u32::MAX) as u64;
-    step + scratch + 4 * splits * c.n_head as u64 * (c.head_dim as u64 + 2)
+    4 * splits * seqs as u64 * c.n_head as u64 * (c.head_dim as u64 + 2)
 }
 
 /// The vision encoder's scratch for a square image of the largest `edge` it would be given

@@ -11,6 +11,10 @@
 //! runs for all the sequences at once (the CPU's attention: one pool run) is recorded once
 //! for them ([`Rows::per_sequence_then`]).
 //!
+//! A batched step of decode rows whose sequences' KV caches are ranges of one arena
+//! (`super::kv_arena`) runs RoPE with the cache store and attention once for all of them,
+//! in place on the batch's rows, each sequence at its own step ([`Rows::arena`]).
+//!
 //! A step of decode rows only runs its products on the decode kernel, so each row computes
 //! exactly as it would alone; a step holding a prompt chunk runs them on the tiled matmul,
 //! as the chunk alone does (a decode row then differs from alone by the kernels' rounding).
@@ -45,18 +49,36 @@ pub struct Rows<'a, S> {
     /// batch with their row counts, in row order.
     seqs: Vec<(Seq<'a, S>, u32)>,
     batched: bool,
+    arena: Option<ArenaStep<'a, S>>,
+}
+
+/// What a batched step of sequences whose caches share a KV arena runs their attention with:
+/// their steps (row t: sequence t's, `kernels::attention::StepParams` with its `kv_base`) and
+/// a scratch whose decode partials hold all their rows.
+pub struct ArenaStep<'a, S> {
+    pub steps: &'a Buffer,
+    pub s: &'a S,
 }
 
 impl<'a, S> Rows<'a, S> {
     /// `n` tokens of the sequence whose buffers these are.
     pub fn one(b: &'a StepBuffers, s: &'a S, state: &'a SequenceState, n: u32) -> Rows<'a, S> {
-        Rows { b, s, n, seqs: vec![(Seq { b, s, state }, n)], batched: false }
+        Rows { b, s, n, seqs: vec![(Seq { b, s, state }, n)], batched: false, arena: None }
     }
 
     /// Rows of each of `seqs` (a sequence and its row count), one section after another in
-    /// the batch's `b` and `s`.
-    pub fn batched(b: &'a StepBuffers, s: &'a S, seqs: Vec<(Seq<'a, S>, u32)>) -> Rows<'a, S> {
-        Rows { b, s, n: seqs.iter().map(|(_, n)| n).sum(), seqs, batched: true }
+    /// the batch's `b` and `s`; `arena` when their caches are ranges of one KV arena.
+    pub fn batched(b: &'a StepBuffers, s: &'a S, seqs: Vec<(Seq<'a, S>, u32)>, arena: Option<ArenaStep<'a, S>>) -> Rows<'a, S> {
+        Rows { b, s, n: seqs.iter().map(|(_, n)| n).sum(), seqs, batched: true, arena }
+    }
+
+    /// For a step of one token per sequence with the sequences' caches in one KV arena: a
+    /// sequence over the batch's rows whose state's caches are the arena's (the first
+    /// sequence's) and whose scratch's decode partials hold every row, and the steps of the
+    /// rows. Token-mixing sections run once for all rows against these.
+    pub fn arena(&self) -> Option<(Seq<'a, S>, &'a Buffer)> {
+        let arena = self.arena.as_ref().filter(|_| self.seqs.iter().all(|&(_, n)| n == 1))?;
+        Some((Seq { b: self.b, s: arena.s, state: self.seqs.first()?.0.state }, arena.steps))
     }
 
     /// The kernel of the step's products (see the module docs).
@@ -81,7 +103,11 @@ impl<'a, S> Rows<'a, S> {
     pub fn map<T>(&self, f: impl Fn(&'a S) -> Option<&'a T>) -> Option<Rows<'a, T>> {
         let seqs =
             self.seqs.iter().map(|&(ref q, n)| Some((Seq { b: q.b, s: f(q.s)?, state: q.state }, n))).collect::<Option<_>>()?;
-        Some(Rows { b: self.b, s: f(self.s)?, n: self.n, seqs, batched: self.batched })
+        let arena = match &self.arena {
+            Some(a) => Some(ArenaStep { steps: a.steps, s: f(a.s)? }),
+            None => None,
+        };
+        Some(Rows { b: self.b, s: f(self.s)?, n: self.n, seqs, batched: self.batched, arena })
     }
 
     /// Records `section` for every sequence: in place over all rows for one sequence;

@@ -13,6 +13,7 @@
 //! taken ([`SequenceState::restore`] reports 0 positions restored otherwise, and the caller
 //! prefills again from the start).
 
+use super::kv_arena::ArenaSlot;
 use super::positions::RopeDeltas;
 use crate::backend::gpu::Result as GpuResult;
 use crate::backend::{Buffer, Device, Program};
@@ -26,6 +27,17 @@ pub enum LayerKind {
     /// A fixed-size recurrent state: `conv_floats` f32 of the conv's rolling window and
     /// `ssm_floats` f32 of the recurrence's matrices, whatever the position.
     Recurrent { conv_floats: u64, ssm_floats: u64 },
+}
+
+impl LayerKind {
+    /// Elements of one position's keys (and of its values): `Some(kv_dim)` for an attention
+    /// layer, `None` for a recurrent one.
+    pub fn kv_dim(&self) -> Option<u32> {
+        match *self {
+            LayerKind::Attention { kv_dim } => Some(kv_dim),
+            LayerKind::Recurrent { .. } => None,
+        }
+    }
 }
 
 /// One layer's state on the GPU.
@@ -48,6 +60,8 @@ pub struct SequenceState {
     kv: KvDtype,
     /// Most positions the caches hold.
     rows: u32,
+    /// The arena slot whose range of rows the KV caches are (`None`: caches of its own).
+    slot: Option<ArenaSlot>,
 }
 
 impl SequenceState {
@@ -73,7 +87,32 @@ impl SequenceState {
                 Ok((dev.storage(&format!("conv_checkpoint.{i}"), conv)?, dev.storage(&format!("ssm_checkpoint.{i}"), ssm)?))
             })
             .collect::<GpuResult<Vec<_>>>()?;
-        Ok(SequenceState { layers, checkpoint, kinds, kv, rows })
+        Ok(SequenceState { layers, checkpoint, kinds, kv, rows, slot: None })
+    }
+
+    /// The state of `layers` whose KV caches are `slot`'s range of its arena (recurrent
+    /// states of its own).
+    pub fn in_arena(dev: &Device, layers: &[LayerKind], slot: ArenaSlot) -> GpuResult<SequenceState> {
+        let (rows, kv) = (slot.arena.rows(), slot.arena.kv_dtype());
+        let mut state = SequenceState::new(dev, layers, 0, kv)?;
+        for (i, layer) in state.layers.iter_mut().enumerate() {
+            if let Some((k, v)) = slot.arena.layer(i) {
+                *layer = LayerState::Attention { k: k.clone(), v: v.clone() };
+            }
+        }
+        (state.rows, state.slot) = (rows, Some(slot));
+        Ok(state)
+    }
+
+    /// The arena slot the KV caches are a range of.
+    pub fn arena_slot(&self) -> Option<&ArenaSlot> {
+        self.slot.as_ref()
+    }
+
+    /// The first row of the KV caches in their buffers (the arena slot's; 0 for caches of
+    /// its own): the step's `kv_base`.
+    pub fn kv_base(&self) -> u32 {
+        self.slot.as_ref().map_or(0, ArenaSlot::base)
     }
 
     /// Positions the KV caches hold.
@@ -84,7 +123,11 @@ impl SequenceState {
     /// The same state with room for `rows` positions: new KV buffers holding the first
     /// `keep` positions of these (at most `rows`); the recurrent states and their checkpoint
     /// are these very buffers.
+    ///
+    /// # Panics
+    /// For a state in an arena, whose range is fixed (the context never resizes one).
     pub fn resized(&self, dev: &Device, rows: u32, keep: u32) -> GpuResult<SequenceState> {
+        assert!(self.slot.is_none(), "a KV range of an arena is not resized");
         let keep = keep.min(rows);
         let mut p = Program::new();
         let layers = (self.layers.iter().zip(&self.kinds).enumerate())
@@ -103,7 +146,7 @@ impl SequenceState {
             .collect::<GpuResult<Vec<_>>>()?;
         p.run(dev)?;
         let (checkpoint, kinds) = (self.checkpoint.clone(), self.kinds.clone());
-        Ok(SequenceState { layers, checkpoint, kinds, kv: self.kv, rows })
+        Ok(SequenceState { layers, checkpoint, kinds, kv: self.kv, rows, slot: None })
     }
 
     /// The KV cache of layer `i` (families call this for their attention layers).
@@ -174,7 +217,11 @@ impl SequenceState {
     /// GPU memory of every layer's state (with the recurrent states' checkpoint).
     pub fn bytes(&self) -> u64 {
         let checkpoint: u64 = self.checkpoint.iter().map(|(c, s)| c.size() + s.size()).sum();
-        self.layers.iter().map(|l| l.buffers().iter().map(|b| b.size()).sum::<u64>()).sum::<u64>() + checkpoint
+        let layer = |(i, l): (usize, &LayerState)| match (l, &self.slot) {
+            (LayerState::Attention { .. }, Some(_)) => 2 * self.rows as u64 * self.row_bytes(i),
+            _ => l.buffers().iter().map(|b| b.size()).sum::<u64>(),
+        };
+        self.layers.iter().enumerate().map(layer).sum::<u64>() + checkpoint
     }
 
     /// Bytes one position takes in all KV caches (recurrent states take the same bytes at
@@ -201,6 +248,12 @@ impl SequenceState {
         }
     }
 
+    /// Where layer `i`'s first position lies in its buffers (bytes): its arena range's first
+    /// row for a KV cache (rows of 4-byte multiples: `kv_dim` is), 0 otherwise.
+    fn offset(&self, i: usize) -> u64 {
+        self.kv_base() as u64 * self.row_bytes(i)
+    }
+
     /// Copies the first `rows` positions of every layer to new buffers. Recurrent states are
     /// copied whole: they are valid for `rows` only when the sequence holds exactly `rows`
     /// positions (the context snapshots its whole sequence), and restore only there.
@@ -209,10 +262,10 @@ impl SequenceState {
         let mut layers = Vec::with_capacity(self.layers.len());
         for (i, layer) in self.layers.iter().enumerate() {
             let [a, b] = layer.buffers();
-            let [span_a, span_b] = self.spans(i, rows);
+            let ([span_a, span_b], at) = (self.spans(i, rows), self.offset(i));
             let copy = dev.storage(&format!("state_snapshot.{i}"), (span_a + span_b).max(4))?;
-            p.copy(a, 0, &copy, 0, span_a)?;
-            p.copy(b, 0, &copy, span_a, span_b)?;
+            p.copy(a, at, &copy, 0, span_a)?;
+            p.copy(b, at, &copy, span_a, span_b)?;
             layers.push((copy, span_a));
         }
         p.run(dev)?;
@@ -230,9 +283,9 @@ impl SequenceState {
         let mut p = Program::new();
         for (i, (layer, (copy, copy_span))) in self.layers.iter().zip(&snapshot.layers).enumerate() {
             let [a, b] = layer.buffers();
-            let [span_a, span_b] = self.spans(i, rows);
-            p.copy(copy, 0, a, 0, span_a)?;
-            p.copy(copy, *copy_span, b, 0, span_b)?;
+            let ([span_a, span_b], at) = (self.spans(i, rows), self.offset(i));
+            p.copy(copy, 0, a, at, span_a)?;
+            p.copy(copy, *copy_span, b, at, span_b)?;
         }
         p.run(dev)?;
         Ok(rows)
@@ -240,14 +293,27 @@ impl SequenceState {
 
     /// Copies the first `rows` positions of every layer of `from` (a state made alike) into
     /// this one, buffer to buffer: a prefix shared with another sequence. Recurrent states are
-    /// copied whole (the caller copies them only where `from` stands).
+    /// copied whole (the caller copies them only where `from` stands). Two ranges of one
+    /// arena go through a buffer between them (WebGPU copies between distinct buffers only).
     pub fn copy_from(&self, dev: &Device, from: &SequenceState, rows: u32) -> GpuResult<()> {
+        let one_arena = matches!((&self.slot, &from.slot), (Some(a), Some(b)) if a.shares_arena(b));
         let mut p = Program::new();
         for (i, (layer, source)) in self.layers.iter().zip(&from.layers).enumerate() {
             let ([a, b], [from_a, from_b]) = (layer.buffers(), source.buffers());
-            let [span_a, span_b] = self.spans(i, rows);
-            p.copy(from_a, 0, a, 0, span_a)?;
-            p.copy(from_b, 0, b, 0, span_b)?;
+            let ([span_a, span_b], (at, from_at)) = (self.spans(i, rows), (self.offset(i), from.offset(i)));
+            match one_arena && self.row_bytes(i) > 0 {
+                true => {
+                    let between = dev.storage("kv_copy", (span_a + span_b).max(4))?;
+                    p.copy(from_a, from_at, &between, 0, span_a)?;
+                    p.copy(from_b, from_at, &between, span_a, span_b)?;
+                    p.copy(&between, 0, a, at, span_a)?;
+                    p.copy(&between, span_a, b, at, span_b)?;
+                }
+                false => {
+                    p.copy(from_a, from_at, a, at, span_a)?;
+                    p.copy(from_b, from_at, b, at, span_b)?;
+                }
+            }
         }
         p.run(dev)
     }

@@ -60,6 +60,11 @@ use crate::kernels::shapes::{AttnShape, KvDtype};
 
 /// The `Step` struct shared by the RoPE and attention shaders.
 pub(super) const STEP: &str = include_str!("../../../shaders/step.wgsl");
+/// Step preludes of the RoPE and decode shaders, `seq_of(t)`: token row t's step and its
+/// sequence's first row. One sequence's rows share its step uniform; a batched step's
+/// sequences, one token row each, read theirs from a storage array (`*_seqs` launchers).
+pub(super) const SEQ_ONE: &str = "fn seq_of(t: u32) -> SeqStep { return SeqStep(step, 0u); }\n";
+pub(super) const SEQ_ROWS: &str = "fn seq_of(t: u32) -> SeqStep { return SeqStep(steps[t], t); }\n";
 /// The `Params` struct and the constants shared by the attention shaders.
 pub(super) const ATTN_COMMON: &str = include_str!("../../../shaders/attention_common.wgsl");
 pub(super) const PREFILL: &str = include_str!("../../../shaders/attention_prefill.wgsl");
@@ -82,6 +87,11 @@ const PREFILL_BINDINGS: &[Access] =
 const DECODE_BINDINGS: &[Access] =
     &[Access::Uniform, Access::Uniform, Access::ReadWrite, Access::ReadWrite, Access::Read, Access::Read, Access::Read];
 const COMBINE_BINDINGS: &[Access] = &[Access::Uniform, Access::Uniform, Access::ReadWrite, Access::ReadWrite, Access::ReadWrite];
+/// The same two entries reading a step per token row from a storage array.
+const DECODE_SEQS_BINDINGS: &[Access] =
+    &[Access::Uniform, Access::Read, Access::ReadWrite, Access::ReadWrite, Access::Read, Access::Read, Access::Read];
+const COMBINE_SEQS_BINDINGS: &[Access] =
+    &[Access::Uniform, Access::Read, Access::ReadWrite, Access::ReadWrite, Access::ReadWrite];
 
 /// Cache readers prepended to both attention shaders, one per [`KvDtype`]: `kv_k(i)` and
 /// `kv_v(i)` return elements `4i..4i+4` of the K / V cache as f32. The shaders declare both
@@ -386,6 +396,56 @@ pub fn attention_decode(
     scratch: &Scratch,
     out: &wgpu::Buffer,
 ) -> Result<()> {
+    let grid = decode_grid(shape, scratch.n_split);
+    let steps = Steps { buffer: step, per_row: false, rows: decode_rows(shape) };
+    decode_dispatches(prog, gpu, shape, steps, grid, (q, k_cache, v_cache), scratch, out)
+}
+
+/// Records [`attention_decode`] of `shape.max_tok` sequences of one token each in the same
+/// two dispatches: token t (q row t, out row t) at its own step, `steps[t]` (a storage
+/// buffer of [`StepParams`](crate::kernels::attention::StepParams)), its cache rows a range
+/// of `k_cache` / `v_cache` (the sequences' KV arena) from the step's `kv_base`. Each row
+/// computes as in a one-token [`attention_decode`] of its sequence alone (the same rows per
+/// workgroup and splits), so the results are the same bits.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_decode_seqs(
+    prog: &mut Program,
+    gpu: &Gpu,
+    shape: &AttnShape,
+    steps: &wgpu::Buffer,
+    q: &wgpu::Buffer,
+    (k_cache, v_cache): (&wgpu::Buffer, &wgpu::Buffer),
+    scratch: &Scratch,
+    out: &wgpu::Buffer,
+) -> Result<()> {
+    let one = AttnShape { max_tok: 1, ..*shape };
+    let rows = decode_rows(&one);
+    let [n_split, n_kv_head, chunks] = decode_grid(&one, scratch.n_split);
+    let grid = [n_split, n_kv_head, shape.max_tok * chunks];
+    let steps = Steps { buffer: steps, per_row: true, rows };
+    decode_dispatches(prog, gpu, shape, steps, grid, (q, k_cache, v_cache), scratch, out)
+}
+
+/// Where the decode dispatches read their steps: one sequence's uniform, or one entry per
+/// token row; and the rows per workgroup (the shader's `R`).
+struct Steps<'a> {
+    buffer: &'a wgpu::Buffer,
+    per_row: bool,
+    rows: u32,
+}
+
+/// The decode pass over `grid` and its combine pass.
+#[allow(clippy::too_many_arguments)]
+fn decode_dispatches(
+    prog: &mut Program,
+    gpu: &Gpu,
+    shape: &AttnShape,
+    steps: Steps,
+    grid: [u32; 3],
+    (q, k_cache, v_cache): (&wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer),
+    scratch: &Scratch,
+    out: &wgpu::Buffer,
+) -> Result<()> {
     if shape.max_tok * shape.n_head > scratch.rows || shape.head_dim > scratch.head_dim {
         return Err(GpuError::Shape(format!(
             "attention_decode: scratch made for {} rows of {}, shape needs {} of {}",
@@ -395,32 +455,34 @@ pub fn attention_decode(
             shape.head_dim
         )));
     }
-    let grid = decode_grid(shape, scratch.n_split);
     if grid[2] > MAX_GRID_DIM {
         return Err(GpuError::Shape(format!("attention_decode: {} tokens do not fit one grid", shape.max_tok)));
     }
     let params = params(shape, scratch.n_split);
     let subgroups = gpu.caps.geometry == Geometry::Gpu && gpu.caps.subgroups;
     let width = RowWidth::of(shape.head_dim).prelude();
-    let spec = KernelSpec::new("attention_decode", DECODE, "attn_decode", DECODE_BINDINGS)
-        .with_prefix(if subgroups { SUBGROUPS } else { NO_SUBGROUPS })
-        .with_prefix(kv_reader(shape.kv))
-        .with_prefix(ATTN_COMMON)
-        .with_prefix(width)
-        .with_prefix(STEP)
-        .with_constant("R", decode_rows(shape) as i64);
+    let (seq_of, [decode_bindings, combine_bindings]) = match steps.per_row {
+        false => (SEQ_ONE, [DECODE_BINDINGS, COMBINE_BINDINGS]),
+        true => (SEQ_ROWS, [DECODE_SEQS_BINDINGS, COMBINE_SEQS_BINDINGS]),
+    };
+    // The same module for both entries (the reader is part of it; combine does not read the
+    // cache).
+    let spec = |entry, bindings| {
+        KernelSpec::new("attention_decode", DECODE, entry, bindings)
+            .with_prefix(if subgroups { SUBGROUPS } else { NO_SUBGROUPS })
+            .with_prefix(kv_reader(shape.kv))
+            .with_prefix(ATTN_COMMON)
+            .with_prefix(width)
+            .with_prefix(STEP)
+            .with_prefix(seq_of)
+    };
+    let decode = spec("attn_decode", decode_bindings).with_constant("R", steps.rows as i64);
+    let step = steps.buffer;
     let args = [Arg::Buf(step), Arg::Buf(scratch.ml), Arg::Buf(scratch.o), Arg::Buf(q), Arg::Buf(k_cache), Arg::Buf(v_cache)];
-    prog.push_with_params(gpu, &spec, &params, &args, grid)?;
+    prog.push_with_params(gpu, &decode, &params, &args, grid)?;
     prog.set_launch(Launch::threads(128)); // WG in attention_decode.wgsl
-                                           // Same module as attn_decode (the reader is part of it; combine does not read the cache).
-    let spec = KernelSpec::new("attention_decode", DECODE, "attn_combine", COMBINE_BINDINGS)
-        .with_prefix(if subgroups { SUBGROUPS } else { NO_SUBGROUPS })
-        .with_prefix(kv_reader(shape.kv))
-        .with_prefix(ATTN_COMMON)
-        .with_prefix(width)
-        .with_prefix(STEP);
     let args = [Arg::Buf(step), Arg::Buf(scratch.ml), Arg::Buf(scratch.o), Arg::Buf(out)];
-    prog.push_with_params(gpu, &spec, &params, &args, grid_1d(shape.max_tok * shape.n_head))?;
+    prog.push_with_params(gpu, &spec("attn_combine", combine_bindings), &params, &args, grid_1d(shape.max_tok * shape.n_head))?;
     prog.set_launch(Launch::threads(64)); // attn_combine
     Ok(())
 }

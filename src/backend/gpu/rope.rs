@@ -7,7 +7,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::attention::STEP;
+use super::attention::{SEQ_ONE, SEQ_ROWS, STEP};
 use super::{grid_1d, Access, Arg, Gpu, KernelSpec, Launch, Program, Result};
 use crate::kernels::shapes::{KvDtype, QScale, QkvRope, RopeLayout, RopeMode};
 
@@ -18,6 +18,9 @@ const KV_STORE: &[Access] =
 /// `rope_qkv_store`: the fused rows (read and written), then the caches.
 const QKV_STORE: &[Access] =
     &[Access::Uniform, Access::Uniform, Access::Read, Access::ReadWrite, Access::ReadWrite, Access::ReadWrite];
+/// `rope_qkv_store` of the sequences of a batched step: a step per token row, in storage.
+const QKV_STORE_SEQS: &[Access] =
+    &[Access::Uniform, Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite, Access::ReadWrite];
 /// The M-RoPE entries: the plain entry's bindings, then the positions.
 const INPLACE_MROPE: &[Access] = &[Access::Uniform, Access::Uniform, Access::Read, Access::ReadWrite, Access::Read];
 const KV_STORE_MROPE: &[Access] = &[
@@ -114,7 +117,7 @@ pub fn rope_inplace(
     layout: &RopeLayout,
     q_scale: QScale,
 ) -> Result<()> {
-    let spec = KernelSpec::new("rope", SHADER, "rope_inplace", INPLACE).with_prefix(STEP);
+    let spec = KernelSpec::new("rope", SHADER, "rope_inplace", INPLACE).with_prefix(STEP).with_prefix(SEQ_ONE);
     let p = params(layout, freqs, None, q_scale);
     prog.push_with_params(gpu, &spec, &p, &[Arg::Buf(step), Arg::Buf(freqs.table), Arg::Buf(x)], grid(layout))?;
     prog.set_launch(Launch::threads(WG));
@@ -138,7 +141,7 @@ pub fn rope_kv_store(
         KvDtype::F32 => "rope_kv_store",
         KvDtype::F16 => "rope_kv_store_f16",
     };
-    let spec = KernelSpec::new("rope", SHADER, entry, KV_STORE).with_prefix(STEP);
+    let spec = KernelSpec::new("rope", SHADER, entry, KV_STORE).with_prefix(STEP).with_prefix(SEQ_ONE);
     let p = params(k_layout, freqs, Some(v_layout), QScale::NONE);
     let args = [Arg::Buf(step), Arg::Buf(freqs.table), Arg::Buf(k), Arg::Buf(v), Arg::Buf(k_cache), Arg::Buf(v_cache)];
     prog.push_with_params(gpu, &spec, &p, &args, grid(k_layout))?;
@@ -156,6 +159,39 @@ pub fn rope_qkv_store(
     freqs: &Freqs,
     qkv: &wgpu::Buffer,
     layout: &QkvRope,
+    caches: (&wgpu::Buffer, &wgpu::Buffer),
+    kv: KvDtype,
+) -> Result<()> {
+    qkv_store(prog, gpu, (step, false), freqs, qkv, layout, caches, kv)
+}
+
+/// [`rope_qkv_store`] of `layout.k.max_tok` sequences of one token each in one dispatch:
+/// token row t at its own step, `steps[t]` (a storage buffer of
+/// [`StepParams`](crate::kernels::attention::StepParams)), stored in its range of the caches
+/// (the sequences' KV arena) from the step's `kv_base`.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_qkv_store_seqs(
+    prog: &mut Program,
+    gpu: &Gpu,
+    steps: &wgpu::Buffer,
+    freqs: &Freqs,
+    qkv: &wgpu::Buffer,
+    layout: &QkvRope,
+    caches: (&wgpu::Buffer, &wgpu::Buffer),
+    kv: KvDtype,
+) -> Result<()> {
+    qkv_store(prog, gpu, (steps, true), freqs, qkv, layout, caches, kv)
+}
+
+/// The dispatch of [`rope_qkv_store`], its steps one uniform or one per token row.
+#[allow(clippy::too_many_arguments)]
+fn qkv_store(
+    prog: &mut Program,
+    gpu: &Gpu,
+    (step, per_row): (&wgpu::Buffer, bool),
+    freqs: &Freqs,
+    qkv: &wgpu::Buffer,
+    layout: &QkvRope,
     (k_cache, v_cache): (&wgpu::Buffer, &wgpu::Buffer),
     kv: KvDtype,
 ) -> Result<()> {
@@ -163,7 +199,8 @@ pub fn rope_qkv_store(
         KvDtype::F32 => "rope_qkv_store",
         KvDtype::F16 => "rope_qkv_store_f16",
     };
-    let spec = KernelSpec::new("rope", SHADER, entry, QKV_STORE).with_prefix(STEP);
+    let (bindings, seq_of) = if per_row { (QKV_STORE_SEQS, SEQ_ROWS) } else { (QKV_STORE, SEQ_ONE) };
+    let spec = KernelSpec::new("rope", SHADER, entry, bindings).with_prefix(STEP).with_prefix(seq_of);
     let v = RopeLayout { offset: layout.v_offset, ..layout.k };
     let p = Params { n_q: layout.n_q_heads, ..params(&layout.k, freqs, Some(&v), layout.q_scale) };
     let all_heads = RopeLayout { n_heads: layout.n_q_heads + layout.k.n_heads, ..layout.k };
@@ -183,7 +220,7 @@ pub fn rope_inplace_mrope(
     layout: &RopeLayout,
     m: &MropePositions,
 ) -> Result<()> {
-    let spec = KernelSpec::new("rope", SHADER, "rope_inplace_mrope", INPLACE_MROPE).with_prefix(STEP);
+    let spec = KernelSpec::new("rope", SHADER, "rope_inplace_mrope", INPLACE_MROPE).with_prefix(STEP).with_prefix(SEQ_ONE);
     let p = mrope(params(layout, freqs, None, QScale::NONE), m);
     let args = [Arg::Buf(step), Arg::Buf(freqs.table), Arg::Buf(x), Arg::Buf(m.positions)];
     prog.push_with_params(gpu, &spec, &p, &args, grid(layout))?;
@@ -208,7 +245,7 @@ pub fn rope_kv_store_mrope(
         KvDtype::F32 => "rope_kv_store_mrope",
         KvDtype::F16 => "rope_kv_store_mrope_f16",
     };
-    let spec = KernelSpec::new("rope", SHADER, entry, KV_STORE_MROPE).with_prefix(STEP);
+    let spec = KernelSpec::new("rope", SHADER, entry, KV_STORE_MROPE).with_prefix(STEP).with_prefix(SEQ_ONE);
     let p = mrope(params(k_layout, freqs, Some(v_layout), QScale::NONE), m);
     let args = [
         Arg::Buf(step),

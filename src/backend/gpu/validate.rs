@@ -1,9 +1,10 @@
 //! Every kernel module, assembled as the GPU side assembles it (prefixes, `common.wgsl`, the
 //! family source), parses and validates in naga, wgpu's shader compiler on native adapters,
-//! with no device: all entry points, both KV-cache readers, both matmul precisions in both shapes
-//! and both subgroup preludes of matvec and attention.
+//! with no device: all entry points, both KV-cache readers, both matmul precisions in both shapes,
+//! both subgroup preludes of matvec and attention, and both step preludes of RoPE and decode
+//! attention (one sequence's step, a step per row).
 
-use super::attention::{self, ATTN_COMMON, DECODE, PREFILL, PREFILL_GPU, STEP};
+use super::attention::{self, ATTN_COMMON, DECODE, PREFILL, PREFILL_GPU, SEQ_ONE, SEQ_ROWS, STEP};
 use super::matmul::compute_prelude;
 use super::quant::QUANT_WGSL;
 use super::KernelSpec;
@@ -24,7 +25,8 @@ fn modules() -> Vec<KernelSpec> {
         spec("embedding", super::embedding::SHADER).with_prefix(QUANT_WGSL),
         spec("matvec", super::matvec::SHADER).with_prefix(QUANT_WGSL).with_prefix(super::matvec::NO_SUBGROUPS),
         spec("matvec", super::matvec::SHADER).with_prefix(QUANT_WGSL).with_prefix(super::matvec::SUBGROUPS),
-        spec("rope", super::rope::SHADER).with_prefix(STEP),
+        spec("rope", super::rope::SHADER).with_prefix(STEP).with_prefix(SEQ_ONE),
+        spec("rope", super::rope::SHADER).with_prefix(STEP).with_prefix(SEQ_ROWS),
         spec("gdn_prep", super::gdn_prep::SHADER).with_prefix(STEP),
     ];
     for compute in [MatmulCompute::F32, MatmulCompute::F16] {
@@ -44,7 +46,9 @@ fn modules() -> Vec<KernelSpec> {
                         attn("attention_prefill_gpu", PREFILL_GPU).with_prefix(tile).with_prefix(width).with_prefix(prelude),
                     );
                 }
-                specs.push(attn("attention_decode", DECODE).with_prefix(width).with_prefix(prelude));
+                for seq_of in [SEQ_ONE, SEQ_ROWS] {
+                    specs.push(attn("attention_decode", DECODE).with_prefix(width).with_prefix(prelude).with_prefix(seq_of));
+                }
             }
         }
     }

@@ -10,10 +10,14 @@
 //! cannot take a page waits a step.
 //!
 //! The default pool is every slot's whole range (`max_seqs * max_ctx` rows): it never
-//! preempts, and a slot holds only the pages its sequence reached. A smaller pool admits
-//! more sequences of mixed lengths into the same memory, at the cost of recomputing the
-//! newest when the long ones need the rows.
+//! preempts. On a GPU its slots are then the ranges of one KV arena, allocated with the
+//! first context (`crate::model::KvArena`: a batched step runs its sequences' attention
+//! together), and elsewhere a slot holds only the pages its sequence reached. A smaller pool
+//! admits more sequences of mixed lengths into the same memory, at the cost of recomputing
+//! the newest when the long ones need the rows; contexts made in the arena before it was
+//! set keep their ranges until they go idle, and then leave.
 
+use crate::backend::Device;
 use crate::model::Context;
 
 use super::{Parallel, Running, SeqId};
@@ -45,6 +49,10 @@ impl Parallel {
         if pool.rows < self.slot_rows as u64 || pool.page == 0 {
             return Err(EngineError::KvPoolTooSmall { rows: pool.rows, page: pool.page, least: self.slot_rows });
         }
+        if pool.rows < self.max_seqs() as u64 * self.slot_rows as u64 {
+            // New contexts grow ranges of their own; those in the arena leave as they go idle.
+            self.arena = Some(Err(()));
+        }
         self.pool = pool;
         Ok(())
     }
@@ -60,9 +68,21 @@ impl Parallel {
         self.preemptions
     }
 
-    /// A new context for a slot: no rows until its sequence runs.
-    pub(super) fn new_context(&self, engine: &Engine) -> Result<Context, EngineError> {
-        Ok(Context::paged(&engine.dev, &engine.decoder, engine.ctx.options(), self.pool.page, 0)?)
+    /// A new context for a slot: on a GPU with the default pool, a slot of the run's KV
+    /// arena (its steps run the sequences' attention together); otherwise no rows until its
+    /// sequence runs.
+    pub(super) fn new_context(&mut self, engine: &Engine) -> Result<Context, EngineError> {
+        let (dev, dec, opts) = (&engine.dev, &engine.decoder, engine.ctx.options());
+        let whole = self.pool.rows >= self.max_seqs() as u64 * self.slot_rows as u64;
+        if whole && matches!(dev, Device::Gpu(_)) {
+            let arena = self.arena.get_or_insert_with(|| Context::arena(dev, dec, opts, self.batch.max_seqs()).map_err(|_| ()));
+            if let Ok(arena) = arena {
+                if let Some(ctx) = Context::in_arena(dev, dec, opts, arena)? {
+                    return Ok(ctx);
+                }
+            }
+        }
+        Ok(Context::paged(dev, dec, opts, self.pool.page, 0)?)
     }
 
     /// Makes `ctx`, of sequence `id` and not counted in the pool now (taken out of the run),
@@ -85,16 +105,22 @@ impl Parallel {
     /// those are not enough.
     pub(super) fn free_rows(&mut self, engine: &mut Engine, id: SeqId, rows: u64) -> Result<bool, EngineError> {
         while self.kv_rows_held() + rows > self.pool.rows {
-            if let Some(idle) = self.idle.iter_mut().find(|idle| idle.ctx.kv_rows() > 0) {
+            if let Some(i) = self.idle.iter().position(|idle| idle.ctx.kv_rows() > 0) {
                 // Its kept sequence goes to the engine's prompt cache (as when a prompt
                 // overwrites it), for a later turn to copy back.
+                let idle = &mut self.idle[i];
                 let live = std::mem::take(&mut idle.live);
                 engine.prompt_cache.save_prefix(&engine.dev, &mut idle.ctx, &live)?;
-                idle.ctx.release_kv(&engine.dev)?;
                 self.batch.forget(&idle.ctx);
+                match idle.ctx.arena_slot() {
+                    // Its range is the arena's (under a pool made smaller): it leaves.
+                    Some(_) => drop(self.idle.swap_remove(i)),
+                    None => idle.ctx.release_kv(&engine.dev)?,
+                }
                 continue;
             }
-            let newer = self.running.iter_mut().filter(|r| r.id > id && r.ctx.kv_rows() > 0);
+            // A sequence in the arena keeps its range until it leaves.
+            let newer = self.running.iter_mut().filter(|r| r.id > id && r.ctx.kv_rows() > 0 && r.ctx.arena_slot().is_none());
             match newer.max_by_key(|r| r.id) {
                 Some(victim) => {
                     victim.preempt(engine)?;

@@ -1,7 +1,8 @@
 //! Many generations at once: continuous batching on one engine. A [`Parallel`] run holds
 //! up to `max_seqs` sequences, each on a context of its own (its own KV rows: one range per
-//! slot, growing by pages as its sequence does, from the run's KV pool: `kv_pool.rs`, where
-//! sequences are preempted when it is full). A request joins with [`Parallel::admit`]
+//! slot, on a GPU a fixed range of the run's KV arena, otherwise growing by pages as its
+//! sequence does, from the run's KV pool: `kv_pool.rs`, where sequences are preempted when
+//! it is full). A request joins with [`Parallel::admit`]
 //! (checked, given a slot); each [`Parallel::step`] is then one batched step
 //! (`crate::model::StepBatch`: one pass, each weight read once for all its rows) of the next
 //! token of every sequence past its prompt and the next chunks of the prompts waiting to be
@@ -33,7 +34,7 @@ use std::rc::Rc;
 
 use web_time::Instant;
 
-use crate::model::{BatchInput, Context, StepBatch};
+use crate::model::{BatchInput, Context, KvArena, StepBatch};
 use crate::sampling::{StopStrings, TokenLogprob};
 
 mod kv_pool;
@@ -99,6 +100,11 @@ pub struct Parallel {
     alone_turn: bool,
     /// Where the step's sequences pick their tokens (`picks.rs`).
     picks: PickPool,
+    /// The slots' KV arena, made with the first context on a GPU while the pool is every
+    /// slot's whole context (`kv_pool.rs`); `Err` once it could not be made (over the
+    /// binding limit, out of memory) or the pool was made smaller: new contexts then grow
+    /// ranges of their own.
+    arena: Option<Result<Rc<KvArena>, ()>>,
 }
 
 /// A free slot: its context and the keys of the sequence its KV cache holds.
@@ -157,6 +163,7 @@ impl Engine {
             failed_steps: 0,
             alone_turn: false,
             picks: PickPool::for_device(&self.dev, max_seqs),
+            arena: None,
         })
     }
 

@@ -7,15 +7,16 @@
 //! q, k and v come from one product over the weights stacked `[wq; wk; wv]` at load when
 //! their types allow (by runs of one type otherwise), into one `[n][q + 2 kv]` buffer; one
 //! dispatch rotates q in place and k into the cache with v, attention reads q in place (the
-//! sequences of a batched step in one op, `attention_batch`), and `wo` adds into the residual
-//! in its epilogue.
+//! sequences of a batched step in one op, `attention_batch`; on the GPU, one dispatch each
+//! for all of them when their caches share a KV arena, `*_seqs`), and `wo` adds into the
+//! residual in its epilogue.
 
 use crate::backend::gpu::Result;
 use crate::backend::{Buffer, Device, Program};
-use crate::kernels::attention::{attention_batch, AttnSeq, AttnShape, DecodeScratch};
+use crate::kernels::attention::{attention_batch, attention_decode_seqs, AttnSeq, AttnShape, DecodeScratch};
 use crate::kernels::matvec::{Epilogue, Output};
 use crate::kernels::quant::Weight;
-use crate::kernels::rope::{rope_qkv_store, QScale, QkvRope, QkvSeq, RopeFreqs, RopeLayout, RopeMode};
+use crate::kernels::rope::{rope_qkv_store, rope_qkv_store_seqs, QScale, QkvRope, QkvSeq, RopeFreqs, RopeLayout, RopeMode};
 use crate::source::{load_stacked, LoadError, LoadQuant, Stacked, WeightLoader};
 
 use super::{linear_into, linear_stacked};
@@ -95,16 +96,15 @@ impl AttentionWeights {
         linear_stacked(p, dev, &self.qkv, &b.h, (qkv(b, rows.s), width), n, mm)?;
         let kv = rows.b.precision.kv_dtype();
         let shape = |n| AttnShape { kv, q_stride: width, q_offset: 0, ..AttnShape::new(s.n_head, s.n_kv_head, s.head_dim, n) };
+        let layout = |n| {
+            let k =
+                RopeLayout { stride: width, offset: q_dim, ..RopeLayout::dense(s.n_kv_head, s.head_dim, n, RopeMode::Adjacent) };
+            QkvRope { n_q_heads: s.n_head, k, v_offset: q_dim + kv_dim, q_scale: s.q_scale }
+        };
         let attend = |p: &mut Program, seqs: &[(Seq<'a, S>, u32)]| {
             let ropes = seqs.iter().map(|(q, n)| {
                 let io = io(q);
-                let k = RopeLayout {
-                    stride: width,
-                    offset: q_dim,
-                    ..RopeLayout::dense(s.n_kv_head, s.head_dim, *n, RopeMode::Adjacent)
-                };
-                let layout = QkvRope { n_q_heads: s.n_head, k, v_offset: q_dim + kv_dim, q_scale: s.q_scale };
-                QkvSeq { step: &q.b.step, qkv: qkv(q.b, q.s), layout, k_cache: io.k_cache, v_cache: io.v_cache }
+                QkvSeq { step: &q.b.step, qkv: qkv(q.b, q.s), layout: layout(*n), k_cache: io.k_cache, v_cache: io.v_cache }
             });
             rope_qkv_store(p, dev, rope, kv, &ropes.collect::<Vec<_>>())?;
             let seqs = seqs.iter().map(|(q, n)| {
@@ -121,7 +121,16 @@ impl AttentionWeights {
             });
             attention_batch(p, dev, &seqs.collect::<Vec<_>>())
         };
-        rows.per_sequence_then(p, &[(qkv, width)], (attn, q_dim), |_, _, _| Ok(()), attend)?;
+        match rows.arena() {
+            // The sequences' caches share an arena: both passes once, in place on the rows.
+            Some((all, steps)) => {
+                let (io, rows_qkv, rows_attn) = (io(&all), qkv(b, rows.s), attn(b, rows.s));
+                let caches = (io.k_cache, io.v_cache);
+                rope_qkv_store_seqs(p, dev, rope, kv, steps, rows_qkv, &layout(n), caches)?;
+                attention_decode_seqs(p, dev, &shape(n), steps, rows_qkv, caches, io.decode_scratch, rows_attn)?;
+            }
+            None => rows.per_sequence_then(p, &[(qkv, width)], (attn, q_dim), |_, _, _| Ok(()), attend)?,
+        }
         let out = Output { stride: self.wo.rows, offset: 0, epilogue: Epilogue::Add };
         linear_into(p, dev, &self.wo, attn(b, rows.s), &b.x, out, n, mm)
     }

@@ -204,11 +204,11 @@ impl Family {
         }
     }
 
-    pub fn scratch(&self, dev: &Device, chunk: u32, max_ctx: u32) -> GpuResult<Scratch> {
+    pub fn scratch(&self, dev: &Device, chunk: u32, max_ctx: u32, decode_seqs: u32) -> GpuResult<Scratch> {
         match self {
-            Family::Llama(m) => Ok(Scratch::Llama(Box::new(m.scratch(dev, chunk, max_ctx)?))),
-            Family::Mllama(m) => Ok(Scratch::Mllama(Box::new(m.scratch(dev, chunk, max_ctx)?))),
-            Family::Qwen35(m) => Ok(Scratch::Qwen35(Box::new(m.scratch(dev, chunk, max_ctx)?))),
+            Family::Llama(m) => Ok(Scratch::Llama(Box::new(m.scratch(dev, chunk, max_ctx, decode_seqs)?))),
+            Family::Mllama(m) => Ok(Scratch::Mllama(Box::new(m.scratch(dev, chunk, max_ctx, decode_seqs)?))),
+            Family::Qwen35(m) => Ok(Scratch::Qwen35(Box::new(m.scratch(dev, chunk, max_ctx, decode_seqs)?))),
         }
     }
 

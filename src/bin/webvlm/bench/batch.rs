@@ -1,7 +1,8 @@
 //! Aggregate decode throughput of batched steps (`StepBatch`): for each batch size N,
 //! N sequences are prefilled with short random prompts (`--prompt-tokens`, at most 16) and
 //! then decoded together, one
-//! token each per step; the figure is N tokens per step over the step's time, beside the
+//! token each per step (on a GPU in slots of one KV arena, as `webvlm serve` runs them, so
+//! that a step runs the sequences' attention together); the figure is N tokens per step over the step's time, beside the
 //! weight bytes per generated token (the model's once per step, so 1/N of a lone
 //! sequence's where each weight comes from memory once per step: the CPU backend's matvec;
 //! the GPU's reads its weights per token, mostly from cache). Tokens are picked on the host (greedy), as a batch samples each sequence
@@ -46,7 +47,17 @@ pub fn bench_batches(
     let mut rng = SplitMix64::new(5);
     let mut figures: Vec<Value> = Vec::new();
     for &n in sizes {
-        let mut ctxs = (0..n).map(|_| Context::new(dev, dec, opts)).collect::<Result<Vec<_>, _>>()?;
+        let arena = match dev {
+            Device::Gpu(_) => Some(Context::arena(dev, dec, opts, n)?),
+            Device::Cpu(_) => None,
+        };
+        let context = || -> Res<Context> {
+            Ok(match &arena {
+                Some(arena) => Context::in_arena(dev, dec, opts, arena)?.ok_or("a full KV arena")?,
+                None => Context::new(dev, dec, opts)?,
+            })
+        };
+        let mut ctxs = (0..n).map(|_| context()).collect::<Res<Vec<_>>>()?;
         let mut batch = StepBatch::new(dev, dec, n, 0, ctxs[0].precision())?;
         let mut tokens = Vec::new();
         for ctx in &mut ctxs {

@@ -65,10 +65,13 @@ impl Llama {
         vec![LayerKind::Attention { kv_dim: t.kv_dim() }; t.n_layer as usize]
     }
 
-    pub fn scratch(&self, dev: &Device, chunk: u32, max_ctx: u32) -> GpuResult<Scratch> {
+    /// Buffers for steps of `chunk` rows; the split-K decode partials for `decode_seqs`
+    /// one-token sequences over `max_ctx` keys (1 for a context; a batched step whose
+    /// sequences share a KV arena runs their attention together).
+    pub fn scratch(&self, dev: &Device, chunk: u32, max_ctx: u32, decode_seqs: u32) -> GpuResult<Scratch> {
         let c = &self.cfg.text;
         let buf = |label: &str, cols: u32| dev.storage(label, 4 * chunk as u64 * cols as u64);
-        let shape = AttnShape::new(c.n_head, c.n_head_kv, c.head_dim, 1);
+        let shape = AttnShape::new(c.n_head, c.n_head_kv, c.head_dim, decode_seqs.max(1));
         Ok(Scratch {
             qkv: buf("qkv", self.cfg.attention().qkv_width())?,
             attn: buf("attn", c.q_dim())?,

@@ -89,7 +89,10 @@ impl Qwen35 {
         AttnShape::new(t.n_head, t.n_head_kv, t.head_dim, n)
     }
 
-    pub fn scratch(&self, dev: &Device, chunk: u32, max_ctx: u32) -> GpuResult<Scratch> {
+    /// Buffers for steps of `chunk` rows; the split-K decode partials for `decode_seqs`
+    /// one-token sequences over `max_ctx` keys (1 for a context; a batched step whose
+    /// sequences share a KV arena runs their attention together).
+    pub fn scratch(&self, dev: &Device, chunk: u32, max_ctx: u32, decode_seqs: u32) -> GpuResult<Scratch> {
         let (t, s) = (&self.cfg.text, &self.cfg.ssm);
         let buf = |label: &str, cols: u32| dev.storage(label, 4 * chunk as u64 * cols.max(1) as u64);
         let chunked = delta_net::chunked_scratch_len(&self.delta_layout(), chunk as usize).max(1);
@@ -108,7 +111,7 @@ impl Qwen35 {
             kn: buf("attn_kn", t.kv_dim())?,
             v: buf("attn_v", t.kv_dim())?,
             attn: buf("attn_out", t.q_dim())?,
-            decode: DecodeScratch::new(dev, &self.attn_shape(1), default_splits(max_ctx))?,
+            decode: DecodeScratch::new(dev, &self.attn_shape(decode_seqs.max(1)), default_splits(max_ctx))?,
             gate_up: buf("gate_up", 2 * t.n_ff)?,
             act: buf("act", t.n_ff)?,
         })
