@@ -293,6 +293,7 @@ pub fn rope_qkv_store(prog: &mut Program, dev: &Device, freqs: &RopeFreqs, kv: K
                 let (step, qkv) = (s.step.gpu()?, s.qkv.gpu()?);
                 let (k_cache, v_cache) = (s.k_cache.gpu()?, s.v_cache.gpu()?);
                 check_rot(&s.layout.k, freqs)?;
+                let step = gpu::attention::Steps::One(step);
                 gpu::rope::rope_qkv_store(prog, gpu, step, &freqs.gpu()?, qkv, &s.layout, (k_cache, v_cache), kv)?;
             }
             Ok(())
@@ -351,7 +352,8 @@ pub fn rope_qkv_store_seqs(
     };
     check_rot(&layout.k, freqs)?;
     let (steps, qkv, k_cache, v_cache) = (steps.gpu()?, qkv.gpu()?, k_cache.gpu()?, v_cache.gpu()?);
-    gpu::rope::rope_qkv_store_seqs(prog, gpu, steps, &freqs.gpu()?, qkv, layout, (k_cache, v_cache), kv)
+    let steps = gpu::attention::Steps::PerRow(steps);
+    gpu::rope::rope_qkv_store(prog, gpu, steps, &freqs.gpu()?, qkv, layout, (k_cache, v_cache), kv)
 }
 
 /// A sequence of the CPU op [`rope_qkv_store`] while it runs: its step, its layout, and its

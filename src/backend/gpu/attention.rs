@@ -397,8 +397,7 @@ pub fn attention_decode(
     out: &wgpu::Buffer,
 ) -> Result<()> {
     let grid = decode_grid(shape, scratch.n_split);
-    let steps = Steps { buffer: step, per_row: false, rows: decode_rows(shape) };
-    decode_dispatches(prog, gpu, shape, steps, grid, (q, k_cache, v_cache), scratch, out)
+    decode_dispatches(prog, gpu, shape, (Steps::One(step), decode_rows(shape)), grid, (q, k_cache, v_cache), scratch, out)
 }
 
 /// Records [`attention_decode`] of `shape.max_tok` sequences of one token each in the same
@@ -422,25 +421,26 @@ pub fn attention_decode_seqs(
     let rows = decode_rows(&one);
     let [n_split, n_kv_head, chunks] = decode_grid(&one, scratch.n_split);
     let grid = [n_split, n_kv_head, shape.max_tok * chunks];
-    let steps = Steps { buffer: steps, per_row: true, rows };
-    decode_dispatches(prog, gpu, shape, steps, grid, (q, k_cache, v_cache), scratch, out)
+    decode_dispatches(prog, gpu, shape, (Steps::PerRow(steps), rows), grid, (q, k_cache, v_cache), scratch, out)
 }
 
-/// Where the decode dispatches read their steps: one sequence's uniform, or one entry per
-/// token row; and the rows per workgroup (the shader's `R`).
-struct Steps<'a> {
-    buffer: &'a wgpu::Buffer,
-    per_row: bool,
-    rows: u32,
+/// Where RoPE's and decode attention's dispatches read their steps
+/// ([`StepParams`](crate::kernels::attention::StepParams)): one sequence's uniform, or a
+/// storage buffer of one per token row (the sequences of a batched step, one token each).
+#[derive(Clone, Copy)]
+pub enum Steps<'a> {
+    One(&'a wgpu::Buffer),
+    PerRow(&'a wgpu::Buffer),
 }
 
-/// The decode pass over `grid` and its combine pass.
+/// The decode pass over `grid`, `rows` rows per workgroup (the shader's `R`), and its
+/// combine pass.
 #[allow(clippy::too_many_arguments)]
 fn decode_dispatches(
     prog: &mut Program,
     gpu: &Gpu,
     shape: &AttnShape,
-    steps: Steps,
+    (steps, rows): (Steps, u32),
     grid: [u32; 3],
     (q, k_cache, v_cache): (&wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer),
     scratch: &Scratch,
@@ -461,9 +461,9 @@ fn decode_dispatches(
     let params = params(shape, scratch.n_split);
     let subgroups = gpu.caps.geometry == Geometry::Gpu && gpu.caps.subgroups;
     let width = RowWidth::of(shape.head_dim).prelude();
-    let (seq_of, [decode_bindings, combine_bindings]) = match steps.per_row {
-        false => (SEQ_ONE, [DECODE_BINDINGS, COMBINE_BINDINGS]),
-        true => (SEQ_ROWS, [DECODE_SEQS_BINDINGS, COMBINE_SEQS_BINDINGS]),
+    let (step, seq_of, [decode_bindings, combine_bindings]) = match steps {
+        Steps::One(step) => (step, SEQ_ONE, [DECODE_BINDINGS, COMBINE_BINDINGS]),
+        Steps::PerRow(steps) => (steps, SEQ_ROWS, [DECODE_SEQS_BINDINGS, COMBINE_SEQS_BINDINGS]),
     };
     // The same module for both entries (the reader is part of it; combine does not read the
     // cache).
@@ -476,8 +476,7 @@ fn decode_dispatches(
             .with_prefix(STEP)
             .with_prefix(seq_of)
     };
-    let decode = spec("attn_decode", decode_bindings).with_constant("R", steps.rows as i64);
-    let step = steps.buffer;
+    let decode = spec("attn_decode", decode_bindings).with_constant("R", rows as i64);
     let args = [Arg::Buf(step), Arg::Buf(scratch.ml), Arg::Buf(scratch.o), Arg::Buf(q), Arg::Buf(k_cache), Arg::Buf(v_cache)];
     prog.push_with_params(gpu, &decode, &params, &args, grid)?;
     prog.set_launch(Launch::threads(128)); // WG in attention_decode.wgsl

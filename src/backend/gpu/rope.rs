@@ -7,7 +7,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::attention::{SEQ_ONE, SEQ_ROWS, STEP};
+use super::attention::{Steps, SEQ_ONE, SEQ_ROWS, STEP};
 use super::{grid_1d, Access, Arg, Gpu, KernelSpec, Launch, Program, Result};
 use crate::kernels::shapes::{KvDtype, QScale, QkvRope, RopeLayout, RopeMode};
 
@@ -150,45 +150,15 @@ pub fn rope_kv_store(
 }
 
 /// [`rope_inplace`] of q and [`rope_kv_store`] of k and v in one dispatch over fused q|k|v
-/// rows (`qkv`, bound once, read and written).
+/// rows (`qkv`, bound once, read and written), at one sequence's step; or, with
+/// [`Steps::PerRow`], of `layout.k.max_tok` sequences of one token each, token row t at its
+/// own step `steps[t]`, stored in its range of the caches (the sequences' KV arena) from the
+/// step's `kv_base`.
 #[allow(clippy::too_many_arguments)]
 pub fn rope_qkv_store(
     prog: &mut Program,
     gpu: &Gpu,
-    step: &wgpu::Buffer,
-    freqs: &Freqs,
-    qkv: &wgpu::Buffer,
-    layout: &QkvRope,
-    caches: (&wgpu::Buffer, &wgpu::Buffer),
-    kv: KvDtype,
-) -> Result<()> {
-    qkv_store(prog, gpu, (step, false), freqs, qkv, layout, caches, kv)
-}
-
-/// [`rope_qkv_store`] of `layout.k.max_tok` sequences of one token each in one dispatch:
-/// token row t at its own step, `steps[t]` (a storage buffer of
-/// [`StepParams`](crate::kernels::attention::StepParams)), stored in its range of the caches
-/// (the sequences' KV arena) from the step's `kv_base`.
-#[allow(clippy::too_many_arguments)]
-pub fn rope_qkv_store_seqs(
-    prog: &mut Program,
-    gpu: &Gpu,
-    steps: &wgpu::Buffer,
-    freqs: &Freqs,
-    qkv: &wgpu::Buffer,
-    layout: &QkvRope,
-    caches: (&wgpu::Buffer, &wgpu::Buffer),
-    kv: KvDtype,
-) -> Result<()> {
-    qkv_store(prog, gpu, (steps, true), freqs, qkv, layout, caches, kv)
-}
-
-/// The dispatch of [`rope_qkv_store`], its steps one uniform or one per token row.
-#[allow(clippy::too_many_arguments)]
-fn qkv_store(
-    prog: &mut Program,
-    gpu: &Gpu,
-    (step, per_row): (&wgpu::Buffer, bool),
+    steps: Steps,
     freqs: &Freqs,
     qkv: &wgpu::Buffer,
     layout: &QkvRope,
@@ -199,7 +169,10 @@ fn qkv_store(
         KvDtype::F32 => "rope_qkv_store",
         KvDtype::F16 => "rope_qkv_store_f16",
     };
-    let (bindings, seq_of) = if per_row { (QKV_STORE_SEQS, SEQ_ROWS) } else { (QKV_STORE, SEQ_ONE) };
+    let (step, bindings, seq_of) = match steps {
+        Steps::One(step) => (step, QKV_STORE, SEQ_ONE),
+        Steps::PerRow(steps) => (steps, QKV_STORE_SEQS, SEQ_ROWS),
+    };
     let spec = KernelSpec::new("rope", SHADER, entry, bindings).with_prefix(STEP).with_prefix(seq_of);
     let v = RopeLayout { offset: layout.v_offset, ..layout.k };
     let p = Params { n_q: layout.n_q_heads, ..params(&layout.k, freqs, Some(&v), layout.q_scale) };
