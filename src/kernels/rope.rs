@@ -284,8 +284,9 @@ pub struct QkvSeq<'a> {
 }
 
 /// [`rope_inplace`] of q and [`rope_kv_store`] of k and v over fused q|k|v rows, for each of
-/// `seqs` (the sequences of a batched step): a dispatch per sequence on the GPU, one op for
-/// them all on the CPU.
+/// `seqs` (the sequences of a batched step): a dispatch per sequence on the GPU (one for all
+/// of them when their caches share a KV arena: [`rope_qkv_store_seqs`]), one op for them all
+/// on the CPU.
 pub fn rope_qkv_store(prog: &mut Program, dev: &Device, freqs: &RopeFreqs, kv: KvDtype, seqs: &[QkvSeq]) -> Result<()> {
     match prog.on(dev)? {
         On::Gpu(prog, gpu) => {
