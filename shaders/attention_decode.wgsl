@@ -37,9 +37,9 @@
 //! The cache is read through `kv_k` / `kv_v`, prepended by `src/backend/gpu/attention.rs` for the
 //! cache type (f32, or f16 packed two per word and widened on load); the math is f32.
 
-// `struct Step` and `SeqStep` (step.wgsl), `seq_of` (a step prelude), `struct Params` and `NEG` (attention_common.wgsl), `HD4` and
-// `VT` (the width prelude), the cache reader and `SUBGROUPS` / `lanes4_max` (the subgroup
-// prelude) are prepended by the Rust side.
+// `struct Step` and `SeqStep` (step.wgsl), `seq_of` (a step prelude), `struct Params` and
+// `NEG` (attention_common.wgsl), `HD4` and `VT` (the width prelude), the cache reader and
+// `SUBGROUPS` / `lanes4_max` (the subgroup prelude) are prepended by the Rust side.
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<uniform> step: Step;

@@ -16,9 +16,10 @@
 //!
 //! One invocation per (token, head, pair). `rope_inplace` rotates q or k in place;
 //! `rope_kv_store` rotates new k rows and writes them, with the matching v rows, into the KV
-//! cache at row `kv_base + kv_start + t` of the step; `rope_kv_store_f16` does the same for an f16 cache (pairs
-//! of halves packed in a u32 by `pack2x16float`, which needs no `shader-f16`): one invocation
-//! per (token, head, word of two adjacent dims), each dim rotated with its own partner.
+//! cache at row `kv_base + kv_start + t` of the step; `rope_kv_store_f16` does the same for
+//! an f16 cache (pairs of halves packed in a u32 by `pack2x16float`, which needs no
+//! `shader-f16`): one invocation per (token, head, word of two adjacent dims), each dim
+//! rotated with its own partner.
 //! `rope_qkv_store` / `_f16` do both in one dispatch over a fused q|k|v row (q at column 0,
 //! k at `x_offset`, v at `v_offset`): heads below `n_q` rotate q in place, the rest store
 //! k and v.
