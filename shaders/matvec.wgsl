@@ -14,7 +14,7 @@
 //!   2^(8b) exactly, so x is pre-scaled by the inverse power of two once per unit for all rows
 //!   (`NL`, `NH`), leaving one `and`, one signed convert and one FMA per weight. Private arrays
 //!   and run-time-indexed vector components are avoided: CPU adapters (llvmpipe) spill them.
-//!   Several tokens (a batched decode step): with `NT` = 2 or 4 a thread takes that many
+//!   Several tokens (a batched decode step): with `NT` = 2, 4 or 8 a thread takes that many
 //!   tokens of NRB <= 8 rows, decoding each row's unit once (`decode_unit`) and dotting it with
 //!   every token's x (`unit_dot`), the weight-side work of one token for all of them, as
 //!   llama.cpp's `mul_mat_vec` does for up to 8 columns; each token's sums and reduction are
@@ -22,7 +22,8 @@
 //! Launch shape (override constants, chosen per adapter by `src/backend/gpu/matvec.rs`): WG
 //! threads per workgroup; the reduction is a log2(TPR) tree (`TREE = 1`, GPUs) or one thread
 //! per row group summing its lanes after a single barrier (`TREE = 0`, CPU adapters, where
-//! barriers cost). On native adapters with subgroups the tree starts in registers: a
+//! barriers cost); none with one thread per row group (`TPB = 1`, the block path on CPU
+//! adapters: all lanes then load the same x, which a CPU adapter reads once). On native adapters with subgroups the tree starts in registers: a
 //! prelude (`matvec_subgroups.wgsl`) adds the entry points `matvec_sg` / `matvec_blk_sg`,
 //! which sum a subgroup's lanes with `subgroupShuffleXor` before the workgroup-memory tree
 //! (one barrier instead of log2(lanes) when a row group fits a subgroup). Every other module
@@ -227,7 +228,7 @@ fn matvec_main(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, sg_size: u32) {
 
 override PAIR: u32 = 0u; // 1: Q4_0 with an even `bpr`, units of two blocks (scales in one word)
 override TPB: u32 = 32u; // threads per row group in the block path: a power of two <= WG
-override NT: u32 = 1u; // tokens per thread: 1 (`matvec_blk_token`), 2 or 4 (NRB <= 8)
+override NT: u32 = 1u; // tokens per thread: 1 (`matvec_blk_token`), 2, 4 or 8 (NRB <= 8)
 
 fn i4(v: u32) -> vec4<f32> { return vec4<f32>(i8x4(v)); }
 
@@ -475,6 +476,12 @@ var<workgroup> red_blk: array<vec4<f32>, WG * NV>; // `matvec_blk`: NV vec4 per 
 fn reduce_store_blk(a0: vec4<f32>, a1: vec4<f32>, a2: vec4<f32>, a3: vec4<f32>, lid: u32, group0: u32, t: u32,
                     sg_size: u32) {
     let nv = NV;
+    if (TPB == 1u) {
+        // A thread holds its rows' whole sums: nothing to reduce.
+        let out0 = first_output(group0 + lid, NRB);
+        if (out0 < out_rows()) { emit(t, out0, NRB, a0, a1, a2, a3); }
+        return;
+    }
     if (NV == 1u && TREE == 1u) {
         // The GPU shape (one accumulator): as `reduce_store`.
         reduce_store_blk1(a0, lid, group0, t, sg_size);
@@ -604,7 +611,7 @@ fn rows4(wl: WLayout, r: vec4<u32>, u: u32, x: UnitX) -> vec4<f32> {
     return vec4<f32>(a, unit_dot(decode_unit(wl, r.z, u), x), unit_dot(decode_unit(wl, r.w, u), x));
 }
 
-/// NT = 2 or 4 tokens from `NT * wid.z` (those past `n_tok` computed on the last token's x
+/// NT = 2, 4 or 8 tokens from `NT * wid.z` (those past `n_tok` computed on the last token's x
 /// and not stored) of NRB = 2, 4 or 8 rows, each row's unit decoded once for all of them.
 /// Every token's sums are those `matvec_blk_token` makes (the same units per lane, added in
 /// the same order, the same reduction), so a token's output has the same bits in either.
@@ -622,10 +629,16 @@ fn matvec_blk_tokens(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, sg_size: u32) {
     let xo1 = min(t0 + 1u, last) * xs;
     let xo2 = min(t0 + 2u, last) * xs;
     let xo3 = min(t0 + 3u, last) * xs;
+    let xo4 = min(t0 + 4u, last) * xs;
+    let xo5 = min(t0 + 5u, last) * xs;
+    let xo6 = min(t0 + 6u, last) * xs;
+    let xo7 = min(t0 + 7u, last) * xs;
     let z = vec4<f32>(0.0);
     // Token k's sums of rows 0..3 in a_k, of rows 4..7 in b_k.
     var a0 = z; var a1 = z; var a2 = z; var a3 = z;
     var b0 = z; var b1 = z; var b2 = z; var b3 = z;
+    var a4 = z; var a5 = z; var a6 = z; var a7 = z;
+    var b4 = z; var b5 = z; var b6 = z; var b7 = z;
     if (out0 < out_rows()) {
         for (var u = lane; u < row_units(); u += TPB) {
             let c0 = decode_unit(wl, ra.x, u);
@@ -655,18 +668,47 @@ fn matvec_blk_tokens(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, sg_size: u32) {
                 a3 += decoded4(c0, c1, c2, c3, x3);
                 if (NRB == 8u) { b3 += decoded4(c4, c5, c6, c7, x3); }
             }
+            if (NT >= 8u) {
+                let x4 = unit_x(xo4, u);
+                a4 += decoded4(c0, c1, c2, c3, x4);
+                if (NRB == 8u) { b4 += decoded4(c4, c5, c6, c7, x4); }
+                let x5 = unit_x(xo5, u);
+                a5 += decoded4(c0, c1, c2, c3, x5);
+                if (NRB == 8u) { b5 += decoded4(c4, c5, c6, c7, x5); }
+                let x6 = unit_x(xo6, u);
+                a6 += decoded4(c0, c1, c2, c3, x6);
+                if (NRB == 8u) { b6 += decoded4(c4, c5, c6, c7, x6); }
+                let x7 = unit_x(xo7, u);
+                a7 += decoded4(c0, c1, c2, c3, x7);
+                if (NRB == 8u) { b7 += decoded4(c4, c5, c6, c7, x7); }
+            }
         }
     }
     // One token's reduction after another through the same workgroup memory.
     reduce_store_blk(a0, b0, z, z, lid, group0, t0, sg_size);
-    workgroupBarrier();
+    between_tokens();
     reduce_store_blk(a1, b1, z, z, lid, group0, t0 + 1u, sg_size);
     if (NT >= 4u) {
-        workgroupBarrier();
+        between_tokens();
         reduce_store_blk(a2, b2, z, z, lid, group0, t0 + 2u, sg_size);
-        workgroupBarrier();
+        between_tokens();
         reduce_store_blk(a3, b3, z, z, lid, group0, t0 + 3u, sg_size);
     }
+    if (NT >= 8u) {
+        between_tokens();
+        reduce_store_blk(a4, b4, z, z, lid, group0, t0 + 4u, sg_size);
+        between_tokens();
+        reduce_store_blk(a5, b5, z, z, lid, group0, t0 + 5u, sg_size);
+        between_tokens();
+        reduce_store_blk(a6, b6, z, z, lid, group0, t0 + 6u, sg_size);
+        between_tokens();
+        reduce_store_blk(a7, b7, z, z, lid, group0, t0 + 7u, sg_size);
+    }
+}
+
+/// Between two tokens' reductions through the same workgroup memory (none with TPB = 1).
+fn between_tokens() {
+    if (TPB > 1u) { workgroupBarrier(); }
 }
 
 /// Decoded units of rows r0..r3 (r0, r1 where NRB = 2) against one token's x.

@@ -10,11 +10,15 @@
 //!   reduction): a 3072-row matrix launches 768 workgroups, enough for 128 compute units;
 //!   4 rows per thread keep registers moderate; block-format matrices of fewer than 2048
 //!   rows take 2 rows per workgroup (a 1024-row V projection: 512 workgroups).
-//! - CPU adapters: 256-invocation workgroups of 64-512 rows, 16 rows per thread on the block
-//!   path (every storage load costs a per-invocation loop there, so each x load serves 16
-//!   rows: measured on lavapipe, in-cache Q4_K/Q4_0 up to 2x), one summing thread per row
-//!   group after a single barrier. Several tokens (a batched decode step): up to 4 tokens of
-//!   8 rows per thread ([`MatvecLaunch::for_tokens`]).
+//! - CPU adapters: on the block path, 64-invocation workgroups of 256 rows, each thread 4
+//!   whole rows (no reduction). A CPU adapter runs a workgroup's invocations as SIMD lanes,
+//!   where a storage load at an address that differs per lane costs a loop over the lanes
+//!   and one the same in every lane a single load: with whole rows per thread, every x load
+//!   is the same for all lanes and only the weight loads differ (measured on lavapipe,
+//!   SmolLM2: a decode step 55-76 against 90-95 ms with 16 rows per thread and 32 lanes per
+//!   row). Several tokens (a batched decode step): up to 8 tokens per thread
+//!   ([`MatvecLaunch::for_tokens`]). Generic path: 256-invocation workgroups, one summing
+//!   thread per row group after a single barrier.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -58,7 +62,7 @@ pub struct MatvecLaunch {
     pub pair: bool,
     /// Subgroup shuffles start the tree reduction (native adapters with subgroups, GPU shape).
     pub subgroups: bool,
-    /// Tokens per thread (`NT`): 1, or 2 or 4 on the block path, each weight unit decoded
+    /// Tokens per thread (`NT`): 1, or 2, 4 or 8 on the block path, each weight unit decoded
     /// once for all of them (`for_tokens`).
     pub tokens_per_thread: u32,
 }
@@ -90,13 +94,12 @@ impl MatvecLaunch {
                 subgroups: false,
                 tokens_per_thread: 1,
             },
-            // CPU: 16 lanes per row group (fewer idle iterations per thread on lavapipe);
-            // matrices of fewer rows keep 32, so that there are still a few workgroups.
+            // CPU: whole rows per thread (the module header says why).
             Some(_) => MatvecLaunch {
                 entry: "matvec_blk",
-                invocations: 256,
-                lanes: if w.rows >= 8192 { 16 } else { 32 },
-                rows_per_thread: 16,
+                invocations: 64,
+                lanes: 1,
+                rows_per_thread: 4,
                 tree: false,
                 pair,
                 subgroups: false,
@@ -123,18 +126,17 @@ impl MatvecLaunch {
         }
     }
 
-    /// The launch for `n_tok` tokens. On CPU adapters' block path a thread takes up to 4
-    /// tokens (the largest power of two up to `n_tok`) of 8 rows, each row's weight unit
-    /// decoded once for all of them: a storage load costs a loop over the invocations there,
-    /// and this shares x's loads among 8 rows and the weight's among the tokens (lavapipe,
-    /// SmolLM2 at 8 sequences: the step 1.5x faster than with 16 rows of one token).
-    /// The lanes per row group, which fix each token's sums, stay. GPUs keep one token per
-    /// thread, not yet measured otherwise (a thread would hold 8 rows' decoded units).
+    /// The launch for `n_tok` tokens. On CPU adapters' block path a thread takes up to 8
+    /// tokens (the largest power of two up to `n_tok`), each row's weight unit decoded once
+    /// for all of them. Each token's sums stay those of one token per thread (whole rows in
+    /// unit order on CPU adapters, the same lanes per row elsewhere). GPUs keep
+    /// one token per thread, not yet measured otherwise (a thread would hold its rows'
+    /// decoded units for all tokens).
     pub fn for_tokens(self, n_tok: u32) -> MatvecLaunch {
         if self.entry != "matvec_blk" || self.tree || n_tok < 2 {
             return self;
         }
-        MatvecLaunch { tokens_per_thread: 1 << n_tok.min(4).ilog2(), rows_per_thread: 8, ..self }
+        MatvecLaunch { tokens_per_thread: 1 << n_tok.min(8).ilog2(), ..self }
     }
 
     /// The same launch with subgroup reductions where `available` (the device's) and the
