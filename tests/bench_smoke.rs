@@ -133,8 +133,9 @@ fn quick_bench_on_tiny_synthetic_model_reports_every_figure() {
     assert_eq!(prefill[0]["chunk_tokens"].as_u64(), Some(chunk));
     let prefill_families = check_pass_launch(prefill[0]);
     // The blocks' matrices (the decode step's weights less the embedding and head) are each
-    // fetched once per matmul tile of tokens (64 in the CPU shape, 128 in the GPU one).
-    let m_tiles = chunk / if l["geometry"] == "gpu" { 128 } else { 64 };
+    // fetched once per matmul tile of tokens in the GPU shape (128), once per matvec thread's
+    // tokens in the CPU one (8: a CPU adapter's prompt chunks run the matvec).
+    let m_tiles = chunk / if l["geometry"] == "gpu" { 128 } else { 8 };
     for f in families.iter().filter(|f| f["weight_bytes"].as_u64() > Some(0)) {
         let name = f["family"].as_str().unwrap();
         if name != "token_embd" && name != "output" {

@@ -232,7 +232,8 @@ pub fn record_into(
             let args = [Arg::Buf(part.buffer.gpu()?), Arg::Buf(x), Arg::Buf(y)];
             prog.push_with_params(gpu, &spec, &params, &args, grid)?;
         }
-        let weight = WeightRead { label: w.label.clone(), bytes: part.bytes, activation_bytes: 4 * w.cols as u64 };
+        let weight =
+            WeightRead { label: w.label.clone(), bytes: part.bytes * grid[2] as u64, activation_bytes: 4 * w.cols as u64 };
         prog.set_launch(Launch { invocations: launch.invocations, weight: Some(weight) });
     }
     Ok(())

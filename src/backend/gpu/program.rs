@@ -43,8 +43,8 @@ pub struct Launch {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WeightRead {
     pub label: String,
-    /// Bytes of the weight (part) the whole grid fetches: each byte once in a matvec, once per
-    /// tile of tokens in a matmul.
+    /// Bytes of the weight (part) the whole grid fetches: each byte once per group of tokens
+    /// a matvec thread takes, once per tile of tokens in a matmul.
     pub bytes: u64,
     /// Activation bytes each workgroup reads (its input rows): re-read by every workgroup,
     /// small enough to stay in cache.
