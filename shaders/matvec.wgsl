@@ -14,17 +14,18 @@
 //!   2^(8b) exactly, so x is pre-scaled by the inverse power of two once per unit for all rows
 //!   (`NL`, `NH`), leaving one `and`, one signed convert and one FMA per weight. Private arrays
 //!   and run-time-indexed vector components are avoided: CPU adapters (llvmpipe) spill them.
-//!   Several tokens (a batched decode step): with `NT` = 2, 4 or 8 a thread takes that many
-//!   tokens of NRB <= 8 rows, decoding each row's unit once (`decode_unit`) and dotting it with
-//!   every token's x (`unit_dot`), the weight-side work of one token for all of them, as
-//!   llama.cpp's `mul_mat_vec` does for up to 8 columns; each token's sums and reduction are
-//!   those of a thread of one token, so its output has the same bits.
+//!   Several tokens (a batched decode step, a prompt chunk on CPU adapters): with `NT` = 2, 4
+//!   or 8 a thread takes that many tokens of NRB <= 4 rows, decoding each row's unit once
+//!   (`decode_unit`) and dotting it with every token's x (`unit_dot`), the weight-side work
+//!   of one token for all of them, as llama.cpp's `mul_mat_vec` does for up to 8 columns;
+//!   each token's sums and reduction are those of a thread of one token, so its output has
+//!   the same bits.
 //! Launch shape (override constants, chosen per adapter by `src/backend/gpu/matvec.rs`): WG
 //! threads per workgroup; the reduction is a log2(TPR) tree (`TREE = 1`, GPUs) or one thread
 //! per row group summing its lanes after a single barrier (`TREE = 0`, CPU adapters, where
 //! barriers cost); none with one thread per row group (`TPB = 1`, the block path on CPU
-//! adapters: all lanes then load the same x, which a CPU adapter reads once). On native adapters with subgroups the tree starts in registers: a
-//! prelude (`matvec_subgroups.wgsl`) adds the entry points `matvec_sg` / `matvec_blk_sg`,
+//! adapters: all lanes then load the same x, which a CPU adapter reads once). On native
+//! adapters with subgroups the tree starts in registers: a prelude (`matvec_subgroups.wgsl`) adds the entry points `matvec_sg` / `matvec_blk_sg`,
 //! which sum a subgroup's lanes with `subgroupShuffleXor` before the workgroup-memory tree
 //! (one barrier instead of log2(lanes) when a row group fits a subgroup). Every other module
 //! gets `matvec_nosubgroups.wgsl` (WGSL on the web needs an extension wgpu cannot request yet).
@@ -228,7 +229,7 @@ fn matvec_main(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, sg_size: u32) {
 
 override PAIR: u32 = 0u; // 1: Q4_0 with an even `bpr`, units of two blocks (scales in one word)
 override TPB: u32 = 32u; // threads per row group in the block path: a power of two <= WG
-override NT: u32 = 1u; // tokens per thread: 1 (`matvec_blk_token`), 2, 4 or 8 (NRB <= 8)
+override NT: u32 = 1u; // tokens per thread: 1 (`matvec_blk_token`), 2, 4 or 8 (NRB <= 4)
 
 fn i4(v: u32) -> vec4<f32> { return vec4<f32>(i8x4(v)); }
 
@@ -612,7 +613,7 @@ fn rows4(wl: WLayout, r: vec4<u32>, u: u32, x: UnitX) -> vec4<f32> {
 }
 
 /// NT = 2, 4 or 8 tokens from `NT * wid.z` (those past `n_tok` computed on the last token's x
-/// and not stored) of NRB = 2, 4 or 8 rows, each row's unit decoded once for all of them.
+/// and not stored) of NRB = 2 or 4 rows, each row's unit decoded once for all of them.
 /// Every token's sums are those `matvec_blk_token` makes (the same units per lane, added in
 /// the same order, the same reduction), so a token's output has the same bits in either.
 fn matvec_blk_tokens(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, sg_size: u32) {
@@ -620,89 +621,56 @@ fn matvec_blk_tokens(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, sg_size: u32) {
     let lane = lid % TPB;
     let group0 = linear_workgroup(wid, nwg) * (WG / TPB);
     let out0 = first_output(group0 + lid / TPB, NRB);
-    let ra = weight_rows4(out0, 0u);
-    let rb = weight_rows4(out0, 1u);
+    let r = weight_rows4(out0, 0u);
     let t0 = NT * wid.z;
     let last = p.n_tok - 1u;
     let xs = p.x_stride / 4u;
-    let xo0 = min(t0, last) * xs;
-    let xo1 = min(t0 + 1u, last) * xs;
-    let xo2 = min(t0 + 2u, last) * xs;
-    let xo3 = min(t0 + 3u, last) * xs;
-    let xo4 = min(t0 + 4u, last) * xs;
-    let xo5 = min(t0 + 5u, last) * xs;
-    let xo6 = min(t0 + 6u, last) * xs;
-    let xo7 = min(t0 + 7u, last) * xs;
     let z = vec4<f32>(0.0);
-    // Token k's sums of rows 0..3 in a_k, of rows 4..7 in b_k.
+    // Token k's sums of the thread's rows in a_k.
     var a0 = z; var a1 = z; var a2 = z; var a3 = z;
-    var b0 = z; var b1 = z; var b2 = z; var b3 = z;
     var a4 = z; var a5 = z; var a6 = z; var a7 = z;
-    var b4 = z; var b5 = z; var b6 = z; var b7 = z;
     if (out0 < out_rows()) {
         for (var u = lane; u < row_units(); u += TPB) {
-            let c0 = decode_unit(wl, ra.x, u);
-            let c1 = decode_unit(wl, ra.y, u);
-            var c2: Codes; var c3: Codes; var c4: Codes; var c5: Codes; var c6: Codes; var c7: Codes;
-            if (NRB >= 4u) {
-                c2 = decode_unit(wl, ra.z, u);
-                c3 = decode_unit(wl, ra.w, u);
+            let c0 = decode_unit(wl, r.x, u);
+            let c1 = decode_unit(wl, r.y, u);
+            var c2: Codes; var c3: Codes;
+            if (NRB == 4u) {
+                c2 = decode_unit(wl, r.z, u);
+                c3 = decode_unit(wl, r.w, u);
             }
-            if (NRB == 8u) {
-                c4 = decode_unit(wl, rb.x, u);
-                c5 = decode_unit(wl, rb.y, u);
-                c6 = decode_unit(wl, rb.z, u);
-                c7 = decode_unit(wl, rb.w, u);
-            }
-            let x0 = unit_x(xo0, u);
-            a0 += decoded4(c0, c1, c2, c3, x0);
-            if (NRB == 8u) { b0 += decoded4(c4, c5, c6, c7, x0); }
-            let x1 = unit_x(xo1, u);
-            a1 += decoded4(c0, c1, c2, c3, x1);
-            if (NRB == 8u) { b1 += decoded4(c4, c5, c6, c7, x1); }
+            a0 += decoded4(c0, c1, c2, c3, unit_x(min(t0, last) * xs, u));
+            a1 += decoded4(c0, c1, c2, c3, unit_x(min(t0 + 1u, last) * xs, u));
             if (NT >= 4u) {
-                let x2 = unit_x(xo2, u);
-                a2 += decoded4(c0, c1, c2, c3, x2);
-                if (NRB == 8u) { b2 += decoded4(c4, c5, c6, c7, x2); }
-                let x3 = unit_x(xo3, u);
-                a3 += decoded4(c0, c1, c2, c3, x3);
-                if (NRB == 8u) { b3 += decoded4(c4, c5, c6, c7, x3); }
+                a2 += decoded4(c0, c1, c2, c3, unit_x(min(t0 + 2u, last) * xs, u));
+                a3 += decoded4(c0, c1, c2, c3, unit_x(min(t0 + 3u, last) * xs, u));
             }
-            if (NT >= 8u) {
-                let x4 = unit_x(xo4, u);
-                a4 += decoded4(c0, c1, c2, c3, x4);
-                if (NRB == 8u) { b4 += decoded4(c4, c5, c6, c7, x4); }
-                let x5 = unit_x(xo5, u);
-                a5 += decoded4(c0, c1, c2, c3, x5);
-                if (NRB == 8u) { b5 += decoded4(c4, c5, c6, c7, x5); }
-                let x6 = unit_x(xo6, u);
-                a6 += decoded4(c0, c1, c2, c3, x6);
-                if (NRB == 8u) { b6 += decoded4(c4, c5, c6, c7, x6); }
-                let x7 = unit_x(xo7, u);
-                a7 += decoded4(c0, c1, c2, c3, x7);
-                if (NRB == 8u) { b7 += decoded4(c4, c5, c6, c7, x7); }
+            if (NT == 8u) {
+                a4 += decoded4(c0, c1, c2, c3, unit_x(min(t0 + 4u, last) * xs, u));
+                a5 += decoded4(c0, c1, c2, c3, unit_x(min(t0 + 5u, last) * xs, u));
+                a6 += decoded4(c0, c1, c2, c3, unit_x(min(t0 + 6u, last) * xs, u));
+                a7 += decoded4(c0, c1, c2, c3, unit_x(min(t0 + 7u, last) * xs, u));
             }
         }
     }
     // One token's reduction after another through the same workgroup memory.
-    reduce_store_blk(a0, b0, z, z, lid, group0, t0, sg_size);
+    reduce_store_blk(a0, z, z, z, lid, group0, t0, sg_size);
     between_tokens();
-    reduce_store_blk(a1, b1, z, z, lid, group0, t0 + 1u, sg_size);
+    reduce_store_blk(a1, z, z, z, lid, group0, t0 + 1u, sg_size);
     if (NT >= 4u) {
         between_tokens();
-        reduce_store_blk(a2, b2, z, z, lid, group0, t0 + 2u, sg_size);
+        reduce_store_blk(a2, z, z, z, lid, group0, t0 + 2u, sg_size);
         between_tokens();
-        reduce_store_blk(a3, b3, z, z, lid, group0, t0 + 3u, sg_size);
+        reduce_store_blk(a3, z, z, z, lid, group0, t0 + 3u, sg_size);
     }
-    if (NT >= 8u) {
+    if (NT == 8u) {
         between_tokens();
-        reduce_store_blk(a4, b4, z, z, lid, group0, t0 + 4u, sg_size);
+        reduce_store_blk(a4, z, z, z, lid, group0, t0 + 4u, sg_size);
         between_tokens();
-        reduce_store_blk(a5, b5, z, z, lid, group0, t0 + 5u, sg_size);
+        reduce_store_blk(a5, z, z, z, lid, group0, t0 + 5u, sg_size);
         between_tokens();
-        reduce_store_blk(a6, b6, z, z, lid, group0, t0 + 6u, sg_size);
+        reduce_store_blk(a6, z, z, z, lid, group0, t0 + 6u, sg_size);
         between_tokens();
-        reduce_store_blk(a7, b7, z, z, lid, group0, t0 + 7u, sg_size);
+        reduce_store_blk(a7, z, z, z, lid, group0, t0 + 7u, sg_size);
     }
 }
 

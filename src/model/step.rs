@@ -109,7 +109,8 @@ pub struct StepBuffers {
     pub precision: Precision,
     /// Prompt chunks' products on the decode kernel too: on CPU adapters, whose block-format
     /// matvec decodes each weight unit once for up to 8 tokens and runs a chunk at about
-    /// twice the tiled matmul's rate (lavapipe, SmolLM2, 64 and 128 tokens: 2.2-2.3x).
+    /// twice the tiled matmul's rate (lavapipe, SmolLM2, 64 and 128 tokens: 2.2-2.3x); the
+    /// other formats' matvec takes the chunk's tokens one grid layer each.
     pub chunks_by_matvec: bool,
     pub sampler: Option<Sampler>,
 }
