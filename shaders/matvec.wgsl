@@ -24,7 +24,7 @@
 //! threads per workgroup; the reduction is a log2(TPR) tree (`TREE = 1`, GPUs) or one thread
 //! per row group summing its lanes after a single barrier (`TREE = 0`, CPU adapters, where
 //! barriers cost); none with one thread per row group (`TPB = 1`, the block path on CPU
-//! adapters: all lanes then load the same x, which a CPU adapter reads once). On native
+//! adapters: all lanes then load the same x, bound there as a uniform window). On native
 //! adapters with subgroups the tree starts in registers: a prelude (`matvec_subgroups.wgsl`) adds the entry points `matvec_sg` / `matvec_blk_sg`,
 //! which sum a subgroup's lanes with `subgroupShuffleXor` before the workgroup-memory tree
 //! (one barrier instead of log2(lanes) when a row group fits a subgroup). Every other module
@@ -46,8 +46,8 @@ struct Params {
     row_offset: u32, // first output feature of this part
     y_stride: u32,   // floats per output row (all rows of the weight)
     x_stride: u32,   // floats per input row
-    _pad1: u32,
-    _pad2: u32,
+    tok0: u32,       // the dispatch's first token (block path): x's row 0 is its row
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -55,7 +55,8 @@ struct Params {
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 // Entry `matvec_blk` only: vec4 views of the same x and weight buffers (bound twice, read-only).
-@group(0) @binding(4) var<storage, read> xv: array<vec4<f32>>;
+// Binding 4, `xv`, is declared by a prelude (`src/backend/gpu/matvec.rs`): a storage view of
+// the whole buffer, or on CPU adapters a uniform window from the dispatch's first token.
 @group(0) @binding(5) var<storage, read> wv: array<vec4<u32>>;
 
 const NR: u32 = 4u;           // rows per thread of `matvec` (one vec4 accumulator)
@@ -569,7 +570,12 @@ fn matvec_blk_main(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, sg_size: u32) {
     }
 }
 
-/// One token (grid layer `wid.z`), NRB rows per thread.
+/// The vec4 index in `xv` of token `t`'s x (tokens past the end read the last token's).
+fn x_of(t: u32) -> u32 {
+    return (min(t, p.n_tok - 1u) - p.tok0) * (p.x_stride / 4u);
+}
+
+/// One token (`tok0` + grid layer `wid.z`), NRB rows per thread.
 fn matvec_blk_token(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, sg_size: u32) {
     let wl = WLayout(p.row_words, p.bpr, p.scale_base);
     let lane = lid % TPB;
@@ -579,7 +585,8 @@ fn matvec_blk_token(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, sg_size: u32) {
     let rb = weight_rows4(out0, 1u);
     let rc = weight_rows4(out0, 2u);
     let rd = weight_rows4(out0, 3u);
-    let xo = wid.z * (p.x_stride / 4u); // vec4 index of this token's x
+    let t = p.tok0 + wid.z;
+    let xo = x_of(t);
     var acc = vec4<f32>(0.0);
     var acc1 = vec4<f32>(0.0);
     var acc2 = vec4<f32>(0.0);
@@ -595,7 +602,7 @@ fn matvec_blk_token(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, sg_size: u32) {
             }
         }
     }
-    reduce_store_blk(acc, acc1, acc2, acc3, lid, group0, wid.z, sg_size);
+    reduce_store_blk(acc, acc1, acc2, acc3, lid, group0, t, sg_size);
 }
 
 /// The weight rows of a thread's row slots 4i..4i + 4 (`weight_row`).
@@ -612,7 +619,7 @@ fn rows4(wl: WLayout, r: vec4<u32>, u: u32, x: UnitX) -> vec4<f32> {
     return vec4<f32>(a, unit_dot(decode_unit(wl, r.z, u), x), unit_dot(decode_unit(wl, r.w, u), x));
 }
 
-/// NT = 2, 4 or 8 tokens from `NT * wid.z` (those past `n_tok` computed on the last token's x
+/// NT = 2, 4 or 8 tokens from `tok0 + NT * wid.z` (those past `n_tok` computed on the last token's x
 /// and not stored) of NRB = 2 or 4 rows, each row's unit decoded once for all of them.
 /// Every token's sums are those `matvec_blk_token` makes (the same units per lane, added in
 /// the same order, the same reduction), so a token's output has the same bits in either.
@@ -622,9 +629,7 @@ fn matvec_blk_tokens(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, sg_size: u32) {
     let group0 = linear_workgroup(wid, nwg) * (WG / TPB);
     let out0 = first_output(group0 + lid / TPB, NRB);
     let r = weight_rows4(out0, 0u);
-    let t0 = NT * wid.z;
-    let last = p.n_tok - 1u;
-    let xs = p.x_stride / 4u;
+    let t0 = p.tok0 + NT * wid.z;
     let z = vec4<f32>(0.0);
     // Token k's sums of the thread's rows in a_k.
     var a0 = z; var a1 = z; var a2 = z; var a3 = z;
@@ -638,17 +643,17 @@ fn matvec_blk_tokens(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, sg_size: u32) {
                 c2 = decode_unit(wl, r.z, u);
                 c3 = decode_unit(wl, r.w, u);
             }
-            a0 += decoded4(c0, c1, c2, c3, unit_x(min(t0, last) * xs, u));
-            a1 += decoded4(c0, c1, c2, c3, unit_x(min(t0 + 1u, last) * xs, u));
+            a0 += decoded4(c0, c1, c2, c3, unit_x(x_of(t0), u));
+            a1 += decoded4(c0, c1, c2, c3, unit_x(x_of(t0 + 1u), u));
             if (NT >= 4u) {
-                a2 += decoded4(c0, c1, c2, c3, unit_x(min(t0 + 2u, last) * xs, u));
-                a3 += decoded4(c0, c1, c2, c3, unit_x(min(t0 + 3u, last) * xs, u));
+                a2 += decoded4(c0, c1, c2, c3, unit_x(x_of(t0 + 2u), u));
+                a3 += decoded4(c0, c1, c2, c3, unit_x(x_of(t0 + 3u), u));
             }
             if (NT == 8u) {
-                a4 += decoded4(c0, c1, c2, c3, unit_x(min(t0 + 4u, last) * xs, u));
-                a5 += decoded4(c0, c1, c2, c3, unit_x(min(t0 + 5u, last) * xs, u));
-                a6 += decoded4(c0, c1, c2, c3, unit_x(min(t0 + 6u, last) * xs, u));
-                a7 += decoded4(c0, c1, c2, c3, unit_x(min(t0 + 7u, last) * xs, u));
+                a4 += decoded4(c0, c1, c2, c3, unit_x(x_of(t0 + 4u), u));
+                a5 += decoded4(c0, c1, c2, c3, unit_x(x_of(t0 + 5u), u));
+                a6 += decoded4(c0, c1, c2, c3, unit_x(x_of(t0 + 6u), u));
+                a7 += decoded4(c0, c1, c2, c3, unit_x(x_of(t0 + 7u), u));
             }
         }
     }

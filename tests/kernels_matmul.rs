@@ -378,6 +378,34 @@ fn matvec_of_many_tokens_gives_each_token_its_bits_alone() {
     }
 }
 
+/// On CPU adapters the block path reads x through uniform windows of at most 64 KiB: rows of
+/// 4096 columns take 4 tokens a window (the last one partial), rows of 8448 one token a
+/// window, and rows of 8224 would too but their offsets (32896 bytes apart) are not what a
+/// uniform binding takes where the adapter asks 256-byte alignment (x then read as storage).
+/// Each token still gets the bits of its matvec alone.
+#[test]
+fn matvec_of_tokens_in_several_x_windows_gives_each_token_its_bits_alone() {
+    let gpu = gpu_with(Geometry::Cpu);
+    let mut rng = Rng::new(13);
+    for ty in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_K] {
+        let wide = if ty == GgmlType::Q4_K { 8448 } else { 8224 };
+        for cols in [4096, wide] {
+            let rows = 40;
+            let (bytes, _) = weight(ty, rows, cols, 7);
+            let w = Weight::upload(&gpu, "w", ty, rows as u32, cols as u32, &bytes).unwrap();
+            let n_tok = 11;
+            let x = rng.vec(n_tok * cols);
+            let together = run_matvec(&gpu, &w, &x, n_tok);
+            for t in 0..n_tok {
+                let alone = run_matvec(&gpu, &w, &x[t * cols..(t + 1) * cols], 1);
+                let row = &together[t * rows..(t + 1) * rows];
+                let same = bytemuck::cast_slice::<f32, u32>(row) == bytemuck::cast_slice::<f32, u32>(&alone);
+                assert!(same, "{ty} {cols} columns: token {t} of {n_tok} differs from its matvec alone");
+            }
+        }
+    }
+}
+
 /// `record_rows` reads and writes only its window: rows outside it keep their poison.
 #[test]
 fn matmul_row_window_reads_and_writes_only_its_rows() {

@@ -983,6 +983,7 @@ mod tests {
             max_workgroup_storage: 16384,
             max_storage_buffers_per_stage: 8,
             min_uniform_offset_alignment: 256,
+            max_uniform_binding: 64 << 10,
             adapter: "test".into(),
             backend: "none".into(),
             software: geometry == Geometry::Cpu,

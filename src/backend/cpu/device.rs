@@ -35,6 +35,7 @@ impl Device {
             max_workgroup_storage: 0,
             max_storage_buffers_per_stage: u32::MAX,
             min_uniform_offset_alignment: 4,
+            max_uniform_binding: isize::MAX as u64,
             adapter: format!("CPU ({level}, {} threads, {mode:?} mode)", pool.threads()),
             backend: "cpu".into(),
             software: false,

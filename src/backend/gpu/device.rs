@@ -23,6 +23,7 @@ pub struct Caps {
     pub max_workgroup_storage: u32,
     pub max_storage_buffers_per_stage: u32,
     pub min_uniform_offset_alignment: u32,
+    pub max_uniform_binding: u64,
     /// Adapter name, driver and backend, for reports.
     pub adapter: String,
     pub backend: String,
@@ -48,7 +49,7 @@ pub struct Caps {
 ///   reductions in workgroup memory.
 /// - `Cpu`: CPU implementations (lavapipe, SwiftShader) run workgroups on a few threads, where
 ///   every workgroup and barrier costs and memory coalescing does not matter: fewer, wider
-///   workgroups (16 rows per thread on the block path).
+///   workgroups (whole rows per thread on the matvec's block path).
 ///
 /// Chosen from the adapter; forced with [`GpuOptions::geometry`] (natively also by the
 /// `WEBVLM_GEOMETRY=gpu|cpu` environment variable, so that the whole test suite runs the GPU
@@ -312,6 +313,7 @@ impl Gpu {
             max_workgroup_storage: limits.max_compute_workgroup_storage_size,
             max_storage_buffers_per_stage: limits.max_storage_buffers_per_shader_stage,
             min_uniform_offset_alignment: limits.min_uniform_buffer_offset_alignment,
+            max_uniform_binding: limits.max_uniform_buffer_binding_size,
             adapter: format!("{} ({})", info.name, info.driver_info).trim().to_string(),
             backend: format!("{:?}", info.backend),
             software,
@@ -452,13 +454,18 @@ impl Gpu {
         self.buffers.clone()
     }
 
-    /// A zero-filled storage buffer (also usable as a copy source and destination).
+    /// A zero-filled storage buffer (also usable as a copy source and destination, and on
+    /// CPU adapters as a uniform buffer: the matvec reads its x through uniform windows).
     pub fn storage(&self, label: &str, size: u64) -> Result<wgpu::Buffer> {
         self.check_size(label, size)?;
+        let mut usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+        if self.caps.geometry == Geometry::Cpu {
+            usage |= wgpu::BufferUsages::UNIFORM;
+        }
         Ok(self.buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: size.max(4).next_multiple_of(4),
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            usage,
             mapped_at_creation: false,
         }))
     }

@@ -6,6 +6,7 @@
 //! binding list), so entry points of one family may use different subsets of the declared
 //! bindings. Every pipeline is compiled once per device.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::rc::Rc;
 
@@ -31,8 +32,9 @@ pub struct KernelSpec {
     /// Label for errors and debuggers.
     pub label: &'static str,
     /// WGSL parts concatenated in order (e.g. `[QUANT_WGSL, COMMON_WGSL, MATVEC]`); a part
-    /// with an `enable` directive must come first.
-    pub sources: Vec<&'static str>,
+    /// with an `enable` directive must come first. A generated part (a declaration sized
+    /// per launch) is owned.
+    pub sources: Vec<Cow<'static, str>>,
     pub entry: &'static str,
     pub bindings: &'static [Access],
     /// Pipeline-overridable constants (workgroup sizes, tile shapes), as integers.
@@ -42,13 +44,13 @@ pub struct KernelSpec {
 impl KernelSpec {
     /// The family source `source`, preceded by [`COMMON_WGSL`].
     pub fn new(label: &'static str, source: &'static str, entry: &'static str, bindings: &'static [Access]) -> Self {
-        KernelSpec { label, sources: vec![COMMON_WGSL, source], entry, bindings, constants: Vec::new() }
+        KernelSpec { label, sources: vec![COMMON_WGSL.into(), source.into()], entry, bindings, constants: Vec::new() }
     }
 
     /// Prepends a source part (a shared prelude such as a quant decoder or `enable f16;`):
     /// the last part prepended comes first in the module.
-    pub fn with_prefix(mut self, part: &'static str) -> Self {
-        self.sources.insert(0, part);
+    pub fn with_prefix(mut self, part: impl Into<Cow<'static, str>>) -> Self {
+        self.sources.insert(0, part.into());
         self
     }
 
@@ -71,7 +73,7 @@ pub struct Pipeline {
 
 #[derive(Default)]
 pub(super) struct PipelineCache {
-    modules: HashMap<Vec<&'static str>, wgpu::ShaderModule>,
+    modules: HashMap<Vec<Cow<'static, str>>, wgpu::ShaderModule>,
     layouts: HashMap<&'static [Access], (wgpu::BindGroupLayout, wgpu::PipelineLayout)>,
     pipelines: HashMap<KernelSpec, Rc<Pipeline>>,
 }

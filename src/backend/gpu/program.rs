@@ -16,7 +16,8 @@ use super::{Gpu, GpuError, ParamSlot, ParamsArena, Pipeline, Result};
 pub enum Arg<'a> {
     /// A whole buffer.
     Buf(&'a wgpu::Buffer),
-    /// `size` bytes at `offset` (offset aligned to the device's storage offset alignment).
+    /// `size` bytes at `offset` (offset aligned to the device's storage or uniform offset
+    /// alignment, as the binding is).
     Range(&'a wgpu::Buffer, u64, u64),
     /// A params slot from a [`ParamsArena`].
     Params(&'a ParamSlot),

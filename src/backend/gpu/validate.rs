@@ -1,11 +1,13 @@
 //! Every kernel module, assembled as the GPU side assembles it (prefixes, `common.wgsl`, the
 //! family source), parses and validates in naga, wgpu's shader compiler on native adapters,
 //! with no device: all entry points, both KV-cache readers, both matmul precisions in both shapes,
-//! both subgroup preludes of matvec and attention, and both step preludes of RoPE and decode
-//! attention (one sequence's step, a step per row).
+//! both subgroup preludes of matvec and attention, both views of matvec's x (storage, a uniform
+//! window), and both step preludes of RoPE and decode attention (one sequence's step, a step
+//! per row).
 
 use super::attention::{self, ATTN_COMMON, DECODE, PREFILL, PREFILL_GPU, SEQ_ONE, SEQ_ROWS, STEP};
 use super::matmul::compute_prelude;
+use super::matvec::XView;
 use super::quant::QUANT_WGSL;
 use super::KernelSpec;
 use crate::kernels::shapes::{KvDtype, MatmulCompute};
@@ -23,12 +25,17 @@ fn modules() -> Vec<KernelSpec> {
         spec("vision_qwen", super::vision_qwen::SHADER),
         spec("vision_mllama", super::vision_mllama::SHADER),
         spec("embedding", super::embedding::SHADER).with_prefix(QUANT_WGSL),
-        spec("matvec", super::matvec::SHADER).with_prefix(QUANT_WGSL).with_prefix(super::matvec::NO_SUBGROUPS),
-        spec("matvec", super::matvec::SHADER).with_prefix(QUANT_WGSL).with_prefix(super::matvec::SUBGROUPS),
         spec("rope", super::rope::SHADER).with_prefix(STEP).with_prefix(SEQ_ONE),
         spec("rope", super::rope::SHADER).with_prefix(STEP).with_prefix(SEQ_ROWS),
         spec("gdn_prep", super::gdn_prep::SHADER).with_prefix(STEP),
     ];
+    for prelude in [super::matvec::NO_SUBGROUPS, super::matvec::SUBGROUPS] {
+        for x in [XView::Storage, XView::Uniform(4096)] {
+            specs.push(
+                spec("matvec", super::matvec::SHADER).with_prefix(QUANT_WGSL).with_prefix(x.declaration()).with_prefix(prelude),
+            );
+        }
+    }
     for compute in [MatmulCompute::F32, MatmulCompute::F16] {
         for shape in [super::matmul::SHAPE_CPU, super::matmul::SHAPE_GPU] {
             let matmul = spec("matmul", super::matmul::SHADER).with_prefix(QUANT_WGSL);
@@ -63,7 +70,7 @@ fn every_kernel_module_validates() {
     use naga::valid::Capabilities as C;
     let web = C::default() | C::SHADER_FLOAT16_IN_FLOAT32 | C::SHADER_FLOAT16;
     for spec in modules() {
-        let native = spec.sources.contains(&super::matvec::SUBGROUPS) || spec.sources.contains(&attention::SUBGROUPS);
+        let native = spec.sources.iter().any(|part| part == super::matvec::SUBGROUPS || part == attention::SUBGROUPS);
         let caps = if native { web | C::SUBGROUP } else { web };
         let code = spec.sources.concat();
         let module =
