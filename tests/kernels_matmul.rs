@@ -365,13 +365,7 @@ fn matvec_of_many_tokens_gives_each_token_its_bits_alone() {
                 let w = Weight::upload(&gpu, "w", ty, rows as u32, cols as u32, &bytes).unwrap();
                 for n_tok in [2, 3, 8, 11] {
                     let x = rng.vec(n_tok * cols);
-                    let together = run_matvec(&gpu, &w, &x, n_tok);
-                    for t in 0..n_tok {
-                        let alone = run_matvec(&gpu, &w, &x[t * cols..(t + 1) * cols], 1);
-                        let row = &together[t * rows..(t + 1) * rows];
-                        let same = bytemuck::cast_slice::<f32, u32>(row) == bytemuck::cast_slice::<f32, u32>(&alone);
-                        assert!(same, "{geometry:?} {ty} {rows} rows: token {t} of {n_tok} differs from its matvec alone");
-                    }
+                    assert_each_token_as_alone(&gpu, &w, &x, n_tok, &format!("{geometry:?} {ty} {rows} rows"));
                 }
             }
         }
@@ -395,14 +389,20 @@ fn matvec_of_tokens_in_several_x_windows_gives_each_token_its_bits_alone() {
             let w = Weight::upload(&gpu, "w", ty, rows as u32, cols as u32, &bytes).unwrap();
             let n_tok = 11;
             let x = rng.vec(n_tok * cols);
-            let together = run_matvec(&gpu, &w, &x, n_tok);
-            for t in 0..n_tok {
-                let alone = run_matvec(&gpu, &w, &x[t * cols..(t + 1) * cols], 1);
-                let row = &together[t * rows..(t + 1) * rows];
-                let same = bytemuck::cast_slice::<f32, u32>(row) == bytemuck::cast_slice::<f32, u32>(&alone);
-                assert!(same, "{ty} {cols} columns: token {t} of {n_tok} differs from its matvec alone");
-            }
+            assert_each_token_as_alone(&gpu, &w, &x, n_tok, &format!("{ty} {cols} columns"));
         }
+    }
+}
+
+/// Each token's row of `w`'s matvec over `n_tok` tokens of `x` has the bits of its matvec alone.
+fn assert_each_token_as_alone(gpu: &Device, w: &Weight, x: &[f32], n_tok: usize, what: &str) {
+    let (rows, cols) = (w.rows as usize, w.cols as usize);
+    let together = run_matvec(gpu, w, x, n_tok);
+    for t in 0..n_tok {
+        let alone = run_matvec(gpu, w, &x[t * cols..(t + 1) * cols], 1);
+        let row = &together[t * rows..(t + 1) * rows];
+        let same = bytemuck::cast_slice::<f32, u32>(row) == bytemuck::cast_slice::<f32, u32>(&alone);
+        assert!(same, "{what}: token {t} of {n_tok} differs from its matvec alone");
     }
 }
 
