@@ -15,7 +15,7 @@
 //!   (`NL`, `NH`), leaving one `and`, one signed convert and one FMA per weight. Private arrays
 //!   and run-time-indexed vector components are avoided: CPU adapters (llvmpipe) spill them.
 //!   Several tokens (a batched decode step, a prompt chunk on CPU adapters): with `NT` = 2, 4
-//!   or 8 a thread takes that many tokens of NRB <= 4 rows, decoding each row's unit once
+//!   or 8 a thread takes that many tokens of NRB <= 8 rows, decoding each row's unit once
 //!   (`decode_unit`) and dotting it with every token's x (`unit_dot`), the weight-side work
 //!   of one token for all of them, as llama.cpp's `mul_mat_vec` does for up to 8 columns;
 //!   each token's sums and reduction are those of a thread of one token, so its output has
@@ -230,7 +230,7 @@ fn matvec_main(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, sg_size: u32) {
 
 override PAIR: u32 = 0u; // 1: Q4_0 with an even `bpr`, units of two blocks (scales in one word)
 override TPB: u32 = 32u; // threads per row group in the block path: a power of two <= WG
-override NT: u32 = 1u; // tokens per thread: 1 (`matvec_blk_token`), 2, 4 or 8 (NRB <= 4)
+override NT: u32 = 1u; // tokens per thread: 1 (`matvec_blk_token`), 2, 4 or 8 (NRB <= 8)
 
 fn i4(v: u32) -> vec4<f32> { return vec4<f32>(i8x4(v)); }
 
@@ -619,63 +619,82 @@ fn rows4(wl: WLayout, r: vec4<u32>, u: u32, x: UnitX) -> vec4<f32> {
     return vec4<f32>(a, unit_dot(decode_unit(wl, r.z, u), x), unit_dot(decode_unit(wl, r.w, u), x));
 }
 
-/// NT = 2, 4 or 8 tokens from `tok0 + NT * wid.z` (those past `n_tok` computed on the last token's x
-/// and not stored) of NRB = 2 or 4 rows, each row's unit decoded once for all of them.
-/// Every token's sums are those `matvec_blk_token` makes (the same units per lane, added in
-/// the same order, the same reduction), so a token's output has the same bits in either.
+/// NT = 2, 4 or 8 tokens from `tok0 + NT * wid.z` (those past `n_tok` computed on the last
+/// token's x and not stored) of NRB = 2, 4 or 8 rows, each row's unit decoded once for all of
+/// them and each token's x loaded once for all rows. Every token's sums are those
+/// `matvec_blk_token` makes (the same units per lane, added in the same order, the same
+/// reduction), so a token's output has the same bits in either.
 fn matvec_blk_tokens(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, sg_size: u32) {
     let wl = WLayout(p.row_words, p.bpr, p.scale_base);
     let lane = lid % TPB;
     let group0 = linear_workgroup(wid, nwg) * (WG / TPB);
     let out0 = first_output(group0 + lid / TPB, NRB);
     let r = weight_rows4(out0, 0u);
+    let q = weight_rows4(out0, 1u);
     let t0 = p.tok0 + NT * wid.z;
     let z = vec4<f32>(0.0);
-    // Token k's sums of the thread's rows in a_k.
+    // Token k's sums of the thread's rows 0..3 in a_k, of rows 4..7 in b_k (NRB = 8).
     var a0 = z; var a1 = z; var a2 = z; var a3 = z;
     var a4 = z; var a5 = z; var a6 = z; var a7 = z;
+    var b0 = z; var b1 = z; var b2 = z; var b3 = z;
+    var b4 = z; var b5 = z; var b6 = z; var b7 = z;
     if (out0 < out_rows()) {
         for (var u = lane; u < row_units(); u += TPB) {
             let c0 = decode_unit(wl, r.x, u);
             let c1 = decode_unit(wl, r.y, u);
             var c2: Codes; var c3: Codes;
-            if (NRB == 4u) {
+            var d0: Codes; var d1: Codes; var d2: Codes; var d3: Codes;
+            if (NRB >= 4u) {
                 c2 = decode_unit(wl, r.z, u);
                 c3 = decode_unit(wl, r.w, u);
             }
-            a0 += decoded4(c0, c1, c2, c3, unit_x(x_of(t0), u));
-            a1 += decoded4(c0, c1, c2, c3, unit_x(x_of(t0 + 1u), u));
+            if (NRB == 8u) {
+                d0 = decode_unit(wl, q.x, u);
+                d1 = decode_unit(wl, q.y, u);
+                d2 = decode_unit(wl, q.z, u);
+                d3 = decode_unit(wl, q.w, u);
+            }
+            var x = unit_x(x_of(t0), u);
+            a0 += decoded4(c0, c1, c2, c3, x); b0 += decoded4_hi(d0, d1, d2, d3, x);
+            x = unit_x(x_of(t0 + 1u), u);
+            a1 += decoded4(c0, c1, c2, c3, x); b1 += decoded4_hi(d0, d1, d2, d3, x);
             if (NT >= 4u) {
-                a2 += decoded4(c0, c1, c2, c3, unit_x(x_of(t0 + 2u), u));
-                a3 += decoded4(c0, c1, c2, c3, unit_x(x_of(t0 + 3u), u));
+                x = unit_x(x_of(t0 + 2u), u);
+                a2 += decoded4(c0, c1, c2, c3, x); b2 += decoded4_hi(d0, d1, d2, d3, x);
+                x = unit_x(x_of(t0 + 3u), u);
+                a3 += decoded4(c0, c1, c2, c3, x); b3 += decoded4_hi(d0, d1, d2, d3, x);
             }
             if (NT == 8u) {
-                a4 += decoded4(c0, c1, c2, c3, unit_x(x_of(t0 + 4u), u));
-                a5 += decoded4(c0, c1, c2, c3, unit_x(x_of(t0 + 5u), u));
-                a6 += decoded4(c0, c1, c2, c3, unit_x(x_of(t0 + 6u), u));
-                a7 += decoded4(c0, c1, c2, c3, unit_x(x_of(t0 + 7u), u));
+                x = unit_x(x_of(t0 + 4u), u);
+                a4 += decoded4(c0, c1, c2, c3, x); b4 += decoded4_hi(d0, d1, d2, d3, x);
+                x = unit_x(x_of(t0 + 5u), u);
+                a5 += decoded4(c0, c1, c2, c3, x); b5 += decoded4_hi(d0, d1, d2, d3, x);
+                x = unit_x(x_of(t0 + 6u), u);
+                a6 += decoded4(c0, c1, c2, c3, x); b6 += decoded4_hi(d0, d1, d2, d3, x);
+                x = unit_x(x_of(t0 + 7u), u);
+                a7 += decoded4(c0, c1, c2, c3, x); b7 += decoded4_hi(d0, d1, d2, d3, x);
             }
         }
     }
     // One token's reduction after another through the same workgroup memory.
-    reduce_store_blk(a0, z, z, z, lid, group0, t0, sg_size);
+    reduce_store_blk(a0, b0, z, z, lid, group0, t0, sg_size);
     between_tokens();
-    reduce_store_blk(a1, z, z, z, lid, group0, t0 + 1u, sg_size);
+    reduce_store_blk(a1, b1, z, z, lid, group0, t0 + 1u, sg_size);
     if (NT >= 4u) {
         between_tokens();
-        reduce_store_blk(a2, z, z, z, lid, group0, t0 + 2u, sg_size);
+        reduce_store_blk(a2, b2, z, z, lid, group0, t0 + 2u, sg_size);
         between_tokens();
-        reduce_store_blk(a3, z, z, z, lid, group0, t0 + 3u, sg_size);
+        reduce_store_blk(a3, b3, z, z, lid, group0, t0 + 3u, sg_size);
     }
     if (NT == 8u) {
         between_tokens();
-        reduce_store_blk(a4, z, z, z, lid, group0, t0 + 4u, sg_size);
+        reduce_store_blk(a4, b4, z, z, lid, group0, t0 + 4u, sg_size);
         between_tokens();
-        reduce_store_blk(a5, z, z, z, lid, group0, t0 + 5u, sg_size);
+        reduce_store_blk(a5, b5, z, z, lid, group0, t0 + 5u, sg_size);
         between_tokens();
-        reduce_store_blk(a6, z, z, z, lid, group0, t0 + 6u, sg_size);
+        reduce_store_blk(a6, b6, z, z, lid, group0, t0 + 6u, sg_size);
         between_tokens();
-        reduce_store_blk(a7, z, z, z, lid, group0, t0 + 7u, sg_size);
+        reduce_store_blk(a7, b7, z, z, lid, group0, t0 + 7u, sg_size);
     }
 }
 
@@ -689,4 +708,10 @@ fn decoded4(c0: Codes, c1: Codes, c2: Codes, c3: Codes, x: UnitX) -> vec4<f32> {
     let a = vec2<f32>(unit_dot(c0, x), unit_dot(c1, x));
     if (NRB == 2u) { return vec4<f32>(a, 0.0, 0.0); }
     return vec4<f32>(a, unit_dot(c2, x), unit_dot(c3, x));
+}
+
+/// Decoded units of rows r4..r7 against one token's x (zeros unless NRB = 8).
+fn decoded4_hi(d0: Codes, d1: Codes, d2: Codes, d3: Codes, x: UnitX) -> vec4<f32> {
+    if (NRB != 8u) { return vec4<f32>(0.0); }
+    return decoded4(d0, d1, d2, d3, x);
 }

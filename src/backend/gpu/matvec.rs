@@ -15,7 +15,7 @@
 //!   90-95 ms with 16 rows per thread and 32 lanes per row). A CPU adapter runs a
 //!   workgroup's invocations as SIMD lanes; with whole rows every lane reads the same x,
 //!   which comes through uniform windows ([`XWindows`]: llvmpipe loads storage lane by lane).
-//!   Several tokens (a batched decode step, a prompt chunk): up to 8 tokens per thread
+//!   Several tokens (a batched decode step, a prompt chunk): up to 8 tokens of 8 rows per thread
 //!   ([`MatvecLaunch::for_tokens`]). Generic path: 256-invocation workgroups, one summing
 //!   thread per row group after a single barrier.
 
@@ -169,15 +169,21 @@ impl MatvecLaunch {
 
     /// The launch for `n_tok` tokens. On CPU adapters' block path a thread takes up to 8
     /// tokens (the largest power of two up to `n_tok`), each row's weight unit decoded once
-    /// for all of them. Each token's sums stay those of one token per thread (whole rows in
-    /// unit order on CPU adapters, the same lanes per row elsewhere). GPUs keep
-    /// one token per thread, not yet measured otherwise (a thread would hold its rows'
-    /// decoded units for all tokens).
+    /// for all of them, and 8 rows in workgroups of half the invocations (the same 256 rows),
+    /// so that each token's x, loaded once per unit, serves twice the rows of one token's
+    /// launch. Each token's sums stay those of one token per thread (whole rows in unit order
+    /// on CPU adapters, the same lanes per row elsewhere). GPUs keep one token per thread,
+    /// not yet measured otherwise (a thread would hold its rows' decoded units for all tokens).
     pub fn for_tokens(self, n_tok: u32) -> MatvecLaunch {
         if self.entry != "matvec_blk" || self.tree || n_tok < 2 {
             return self;
         }
-        MatvecLaunch { tokens_per_thread: 1 << n_tok.min(8).ilog2(), ..self }
+        MatvecLaunch {
+            tokens_per_thread: 1 << n_tok.min(8).ilog2(),
+            rows_per_thread: 2 * self.rows_per_thread,
+            invocations: self.invocations / 2,
+            ..self
+        }
     }
 
     /// The same launch with subgroup reductions where `available` (the device's) and the
