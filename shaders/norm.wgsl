@@ -1,6 +1,7 @@
 //! RMSNorm over the rows of a row-major f32 matrix: y = x / sqrt(mean(x^2) + eps) * w.
 //! Reference: Zhang & Sennrich 2019; transformers' `MistralRMSNorm` (variance in f32).
-//! One workgroup per row; a tree reduction in workgroup memory (no subgroups needed).
+//! One workgroup of WG invocations per row (256, or 64 on CPU adapters: `src/backend/gpu/norm.rs`);
+//! a tree reduction in workgroup memory (no subgroups needed).
 
 struct Params {
     rows: u32,
@@ -14,8 +15,8 @@ struct Params {
 @group(0) @binding(2) var<storage, read> w: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 
-const WG: u32 = 256u;
-var<workgroup> partial: array<f32, WG>;
+override WG: u32 = 256u; // a power of two <= 256
+var<workgroup> partial: array<f32, 256>;
 
 @compute @workgroup_size(WG)
 fn rms_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
