@@ -3,8 +3,9 @@
 //! (`ffn_up`/`ffn_gate` 1536x576, `ffn_down` 576x1536, `attn_output` 576x576) with random
 //! weights, 30 dispatches of each in one submit, the median of 5 runs.
 //! Run: `cargo run --release --example gpu_matvec_tokens` (about 10 s on lavapipe); the
-//! environment's `TY` picks the format (`q4_1`, the default, `q8_0` or `q4_k`) and `NS` the
-//! token counts (default `1,2,4,8,16`).
+//! environment's `TY` picks the format (`q4_1`, the default, `q8_0` or `q4_k`), `NS` the
+//! token counts (default `1,2,4,8,16`) and `SHAPES=3b` Ministral 3 3B's matrices in place of
+//! SmolLM2's (`ffn_up` 9216x3072, `ffn_down` 3072x9216, `attn_output` 3072x4096; minutes).
 
 use std::time::Instant;
 
@@ -13,7 +14,8 @@ use webvlm::backend::{Device, Program};
 use webvlm::gguf::{random_blocks, GgmlType, SplitMix64};
 use webvlm::kernels::{matvec, quant::Weight};
 
-const SHAPES: [(u32, u32); 3] = [(1536, 576), (576, 1536), (576, 576)];
+const SMOLLM2: [(u32, u32); 3] = [(1536, 576), (576, 1536), (576, 576)];
+const MINISTRAL_3B: [(u32, u32); 3] = [(9216, 3072), (3072, 9216), (3072, 4096)];
 const DISPATCHES: usize = 30;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -25,13 +27,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok("q4_k") => GgmlType::Q4_K,
         _ => GgmlType::Q4_1,
     };
+    let shapes = if std::env::var("SHAPES").as_deref() == Ok("3b") { MINISTRAL_3B } else { SMOLLM2 };
     let counts = std::env::var("NS").unwrap_or_else(|_| "1,2,4,8,16".into());
     let mut rng = SplitMix64::new(3);
     for n in counts.split(',').map(str::parse::<u32>) {
         let n = n?;
         let mut line = String::new();
         let mut total = 0.0;
-        for (rows, cols) in SHAPES {
+        for (rows, cols) in shapes {
             let blocks = rows as usize * cols as usize / ty.block_size();
             let w = Weight::upload(&dev, "w", ty, rows, cols, &random_blocks(ty, blocks, 7))?;
             let x: Vec<f32> = (0..cols * n).map(|_| rng.uniform(-1.0, 1.0)).collect();

@@ -24,7 +24,8 @@
 //! threads per workgroup; the reduction is a log2(TPR) tree (`TREE = 1`, GPUs) or one thread
 //! per row group summing its lanes after a single barrier (`TREE = 0`, CPU adapters, where
 //! barriers cost); none with one thread per row group (`TPB = 1`, the block path on CPU
-//! adapters: all lanes then load the same x, bound there as a uniform window). On native
+//! adapters: all lanes then load the same x, bound there as a uniform window, or one binding per
+//! token of a thread). On native
 //! adapters with subgroups the tree starts in registers: a prelude (`matvec_subgroups.wgsl`) adds the entry points `matvec_sg` / `matvec_blk_sg`,
 //! which sum a subgroup's lanes with `subgroupShuffleXor` before the workgroup-memory tree
 //! (one barrier instead of log2(lanes) when a row group fits a subgroup). Every other module
@@ -55,8 +56,10 @@ struct Params {
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 // Entry `matvec_blk` only: vec4 views of the same x and weight buffers (bound twice, read-only).
-// Binding 4, `xv`, is declared by a prelude (`src/backend/gpu/matvec.rs`): a storage view of
-// the whole buffer, or on CPU adapters a uniform window from the dispatch's first token.
+// x's view is a prelude (`src/backend/gpu/matvec.rs`), with `xv4(k, i)`, vec4 i of the view of
+// the thread's token k, and `x_of(t)`, token t's first vec4 in that view: binding 4 as storage
+// (the whole buffer), or on CPU adapters a uniform window from the dispatch's first token, or
+// one uniform binding per token of a thread (4, 6, 7, ...) where its tokens do not fit one.
 @group(0) @binding(5) var<storage, read> wv: array<vec4<u32>>;
 
 const NR: u32 = 4u;           // rows per thread of `matvec` (one vec4 accumulator)
@@ -285,11 +288,11 @@ struct UnitX {
     s: vec4<f32>,
 }
 
-fn x32(o: u32, step: u32) -> X32 {
-    // Two runs of 16: x[o..o+16] and x[o+step..o+step+16] (vec4 indices).
-    let a0 = xv[o]; let a1 = xv[o + 1u]; let a2 = xv[o + 2u]; let a3 = xv[o + 3u];
+fn x32(k: u32, o: u32, step: u32) -> X32 {
+    // Two runs of 16: x[o..o+16] and x[o+step..o+step+16] (vec4 indices) of the thread's token k.
+    let a0 = xv4(k, o); let a1 = xv4(k, o + 1u); let a2 = xv4(k, o + 2u); let a3 = xv4(k, o + 3u);
     let b = o + step;
-    let a4 = xv[b]; let a5 = xv[b + 1u]; let a6 = xv[b + 2u]; let a7 = xv[b + 3u];
+    let a4 = xv4(k, b); let a5 = xv4(k, b + 1u); let a6 = xv4(k, b + 2u); let a7 = xv4(k, b + 3u);
     let t = (a0 + a1) + (a2 + a3) + (a4 + a5) + (a6 + a7);
     return X32(a0, a1, a2, a3, a4, a5, a6, a7, dot(t, vec4<f32>(1.0)));
 }
@@ -298,17 +301,18 @@ fn x_scale(x: X32, a: vec4<f32>, b: vec4<f32>) -> X32 {
     return X32(x.a0 * a, x.a1 * a, x.a2 * a, x.a3 * a, x.a4 * b, x.a5 * b, x.a6 * b, x.a7 * b, x.s);
 }
 
-/// Unit `u`'s x of the token whose x starts at vec4 index `xo`, pre-scaled for its codes.
-fn unit_x(xo: u32, u: u32) -> UnitX {
+/// Unit `u`'s x of the thread's token k, whose x starts at vec4 index `xo` of its view,
+/// pre-scaled for its codes.
+fn unit_x(k: u32, xo: u32, u: u32) -> UnitX {
     var x: UnitX;
     if (WTYPE == WT_Q4_K) {
         let o = xo + 16u * u;              // 64 consecutive x
-        x.a = x_scale(x32(o, 4u), NL, NL);
-        x.b = x_scale(x32(o + 8u, 4u), NH, NH);
+        x.a = x_scale(x32(k, o, 4u), NL, NL);
+        x.b = x_scale(x32(k, o + 8u, 4u), NH, NH);
     } else if (WTYPE == WT_Q6_K) {
         let o = xo + 64u * (u / 4u) + 32u * ((u / 2u) % 2u) + 4u * (u % 2u);
-        let xa = x32(o, 8u);               // groups 0, 1 (32 elements apart)
-        let xb = x32(o + 16u, 8u);         // groups 2, 3
+        let xa = x32(k, o, 8u);            // groups 0, 1 (32 elements apart)
+        let xb = x32(k, o + 16u, 8u);      // groups 2, 3
         x.s = vec4<f32>(dot(xa.a0 + xa.a1 + xa.a2 + xa.a3, vec4<f32>(1.0)),
                         dot(xa.a4 + xa.a5 + xa.a6 + xa.a7, vec4<f32>(1.0)),
                         dot(xb.a0 + xb.a1 + xb.a2 + xb.a3, vec4<f32>(1.0)),
@@ -316,10 +320,10 @@ fn unit_x(xo: u32, u: u32) -> UnitX {
         x.a = x_scale(xa, NL, NL);
         x.b = x_scale(xb, NL, NL);
     } else if (PAIR == 1u) {
-        x.a = x_scale(x32(xo + 16u * u, 4u), NL, NH); // blocks 2u, 2u + 1
-        x.b = x_scale(x32(xo + 16u * u + 8u, 4u), NL, NH);
+        x.a = x_scale(x32(k, xo + 16u * u, 4u), NL, NH); // blocks 2u, 2u + 1
+        x.b = x_scale(x32(k, xo + 16u * u + 8u, 4u), NL, NH);
     } else {
-        x.a = x32(xo + 8u * u, 4u);        // 32 consecutive x
+        x.a = x32(k, xo + 8u * u, 4u);     // 32 consecutive x
         if (WTYPE == WT_Q4_0 || WTYPE == WT_Q4_1) { x.a = x_scale(x.a, NL, NH); }
     }
     return x;
@@ -560,19 +564,12 @@ fn matvec_blk(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
 }
 
 /// The block-path body; `sg_size` > 0 where the native subgroup entry point calls it.
-
-/// The block-path body; `sg_size` > 0 where the native subgroup entry point calls it.
 fn matvec_blk_main(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, sg_size: u32) {
     if (NT == 1u) {
         matvec_blk_token(wid, nwg, lid, sg_size);
     } else {
         matvec_blk_tokens(wid, nwg, lid, sg_size);
     }
-}
-
-/// The vec4 index in `xv` of token `t`'s x (tokens past the end read the last token's).
-fn x_of(t: u32) -> u32 {
-    return (min(t, p.n_tok - 1u) - p.tok0) * (p.x_stride / 4u);
 }
 
 /// One token (`tok0` + grid layer `wid.z`), NRB rows per thread.
@@ -593,7 +590,7 @@ fn matvec_blk_token(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, sg_size: u32) {
     var acc3 = vec4<f32>(0.0);
     if (out0 < out_rows()) {
         for (var u = lane; u < row_units(); u += TPB) {
-            let x = unit_x(xo, u);
+            let x = unit_x(0u, xo, u);
             acc += rows4(wl, ra, u, x);
             if (NRB >= 8u) { acc1 += rows4(wl, rb, u, x); }
             if (NRB == 16u) {
@@ -654,24 +651,24 @@ fn matvec_blk_tokens(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, sg_size: u32) {
                 d2 = decode_unit(wl, q.z, u);
                 d3 = decode_unit(wl, q.w, u);
             }
-            var x = unit_x(x_of(t0), u);
+            var x = unit_x(0u, x_of(t0), u);
             a0 += decoded4(c0, c1, c2, c3, x); b0 += decoded4_hi(d0, d1, d2, d3, x);
-            x = unit_x(x_of(t0 + 1u), u);
+            x = unit_x(1u, x_of(t0 + 1u), u);
             a1 += decoded4(c0, c1, c2, c3, x); b1 += decoded4_hi(d0, d1, d2, d3, x);
             if (NT >= 4u) {
-                x = unit_x(x_of(t0 + 2u), u);
+                x = unit_x(2u, x_of(t0 + 2u), u);
                 a2 += decoded4(c0, c1, c2, c3, x); b2 += decoded4_hi(d0, d1, d2, d3, x);
-                x = unit_x(x_of(t0 + 3u), u);
+                x = unit_x(3u, x_of(t0 + 3u), u);
                 a3 += decoded4(c0, c1, c2, c3, x); b3 += decoded4_hi(d0, d1, d2, d3, x);
             }
             if (NT == 8u) {
-                x = unit_x(x_of(t0 + 4u), u);
+                x = unit_x(4u, x_of(t0 + 4u), u);
                 a4 += decoded4(c0, c1, c2, c3, x); b4 += decoded4_hi(d0, d1, d2, d3, x);
-                x = unit_x(x_of(t0 + 5u), u);
+                x = unit_x(5u, x_of(t0 + 5u), u);
                 a5 += decoded4(c0, c1, c2, c3, x); b5 += decoded4_hi(d0, d1, d2, d3, x);
-                x = unit_x(x_of(t0 + 6u), u);
+                x = unit_x(6u, x_of(t0 + 6u), u);
                 a6 += decoded4(c0, c1, c2, c3, x); b6 += decoded4_hi(d0, d1, d2, d3, x);
-                x = unit_x(x_of(t0 + 7u), u);
+                x = unit_x(7u, x_of(t0 + 7u), u);
                 a7 += decoded4(c0, c1, c2, c3, x); b7 += decoded4_hi(d0, d1, d2, d3, x);
             }
         }

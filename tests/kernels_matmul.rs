@@ -373,21 +373,23 @@ fn matvec_of_many_tokens_gives_each_token_its_bits_alone() {
 }
 
 /// On CPU adapters the block path reads x through uniform windows of at most 64 KiB: rows of
-/// 4096 columns take 4 tokens a window (the last one partial), rows of 8448 one token a
-/// window, and rows of 8224 would too but their offsets (32896 bytes apart) are not what a
-/// uniform binding takes where the adapter asks 256-byte alignment (x then read as storage).
-/// Each token still gets the bits of its matvec alone.
+/// 1536 columns take 8 tokens a window (19 tokens: three windows, the last partial); rows of
+/// 4096, whose 8 tokens a thread do not fit one window, one binding per token (three
+/// dispatches, the last one's 5 slots past the end bound to the last token); rows of 8448
+/// too (one token a window); rows of 8224 would, but their offsets (32896 bytes apart) are
+/// not what a uniform binding takes where the adapter asks 256-byte alignment (x then read
+/// as storage). Each token still gets the bits of its matvec alone.
 #[test]
 fn matvec_of_tokens_in_several_x_windows_gives_each_token_its_bits_alone() {
     let gpu = gpu_with(Geometry::Cpu);
     let mut rng = Rng::new(13);
     for ty in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_K] {
         let wide = if ty == GgmlType::Q4_K { 8448 } else { 8224 };
-        for cols in [4096, wide] {
+        for cols in [1536, 4096, wide] {
             let rows = 40;
             let (bytes, _) = weight(ty, rows, cols, 7);
             let w = Weight::upload(&gpu, "w", ty, rows as u32, cols as u32, &bytes).unwrap();
-            let n_tok = 11;
+            let n_tok = 19;
             let x = rng.vec(n_tok * cols);
             assert_each_token_as_alone(&gpu, &w, &x, n_tok, &format!("{ty} {cols} columns"));
         }

@@ -14,7 +14,8 @@
 //!   whole rows (no reduction; measured on lavapipe, SmolLM2: a decode step 55-76 against
 //!   90-95 ms with 16 rows per thread and 32 lanes per row). A CPU adapter runs a
 //!   workgroup's invocations as SIMD lanes; with whole rows every lane reads the same x,
-//!   which comes through uniform windows ([`XWindows`]: llvmpipe loads storage lane by lane).
+//!   which comes through uniform windows ([`XWindows`]: llvmpipe loads storage lane by lane),
+//!   or a uniform binding per token where a thread's tokens do not fit one window.
 //!   Several tokens (a batched decode step, a prompt chunk): up to 8 tokens of 8 rows per thread
 //!   ([`MatvecLaunch::for_tokens`]). Generic path: 256-invocation workgroups, one summing
 //!   thread per row group after a single barrier.
@@ -39,6 +40,23 @@ const BINDINGS: &[Access] = &[Access::Uniform, Access::Read, Access::Read, Acces
 const BINDINGS_BLK: &[Access] = &[Access::Uniform, Access::Read, Access::Read, Access::ReadWrite, Access::Read, Access::Read];
 const BINDINGS_BLK_UNIFORM_X: &[Access] =
     &[Access::Uniform, Access::Read, Access::Read, Access::ReadWrite, Access::Uniform, Access::Read];
+/// x as one uniform binding per token of a thread (`XView::PerToken`): bindings 4 and 6.. of
+/// these (the first `5 + tokens`).
+const BINDINGS_BLK_X_PER_TOKEN: &[Access; 13] = &[
+    Access::Uniform,
+    Access::Read,
+    Access::Read,
+    Access::ReadWrite,
+    Access::Uniform,
+    Access::Read,
+    Access::Uniform,
+    Access::Uniform,
+    Access::Uniform,
+    Access::Uniform,
+    Access::Uniform,
+    Access::Uniform,
+    Access::Uniform,
+];
 /// The bytes of x one uniform window binds at most: WebGPU's default limit of a uniform
 /// binding, which every adapter grants.
 const X_WINDOW_BYTES: u64 = 64 << 10;
@@ -50,12 +68,26 @@ const X_WINDOW_BYTES: u64 = 64 << 10;
 /// loads from a storage buffer with a loop over the lanes, each lane's address checked, even
 /// where every lane reads the same word (as all lanes do for x with whole rows per thread);
 /// a uniform load is one gather. Measured on lavapipe, SmolLM2's Q4_1 matrices: 1.2x faster
-/// for one token, 1.7x for 8 tokens per thread.
+/// for one token, 1.7x for 8 tokens per thread. Where a thread's tokens do not fit one window
+/// (wide rows: 8 tokens of 3072 columns, 2 of 9216), each of them gets a uniform binding of
+/// its own row, one dispatch per thread's tokens, so that every row's weights are still
+/// decoded once for all of them.
 struct XWindows {
     /// Tokens per dispatch: all of them, or a window's (a whole number of threads' tokens).
     tokens: u32,
-    /// The most bytes a window binds; none where x is read as storage.
-    uniform_bytes: Option<u64>,
+    /// How x is bound.
+    view: XBinding,
+}
+
+/// Where a dispatch of [`XWindows`] reads x from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum XBinding {
+    /// The whole buffer, as storage.
+    Storage,
+    /// A uniform window of at most this many bytes from the dispatch's first token.
+    Window(u64),
+    /// One uniform binding per token of the dispatch (its one thread's tokens).
+    PerToken,
 }
 
 /// How one dispatch of the block path sees x.
@@ -65,14 +97,36 @@ pub(super) enum XView {
     Storage,
     /// A uniform window of this many vec4s.
     Uniform(u64),
+    /// One uniform binding of this many vec4s (a row) for each of a thread's `tokens` (at most
+    /// 8: with the params, 9 of the 12 uniform bindings WebGPU grants a stage).
+    PerToken { tokens: u32, vec4s: u64 },
 }
 
+/// `xv4` and `x_of` of the views that hold the dispatch's tokens in one binding, `xv`.
+const X_ONE_BINDING: &str = "fn xv4(k: u32, i: u32) -> vec4<f32> { return xv[i]; }
+fn x_of(t: u32) -> u32 { return (min(t, p.n_tok - 1u) - p.tok0) * (p.x_stride / 4u); }
+";
+
 impl XView {
-    /// The declaration of binding 4 (a prelude of the module).
+    /// The declaration of x's bindings (4, then 6.. for more tokens) and of `xv4(k, i)` and
+    /// `x_of(t)` over them: a prelude of the module.
     pub(super) fn declaration(self) -> Cow<'static, str> {
         match self {
-            XView::Storage => "@group(0) @binding(4) var<storage, read> xv: array<vec4<f32>>;\n".into(),
-            XView::Uniform(n) => format!("@group(0) @binding(4) var<uniform> xv: array<vec4<f32>, {n}>;\n").into(),
+            XView::Storage => format!("@group(0) @binding(4) var<storage, read> xv: array<vec4<f32>>;\n{X_ONE_BINDING}").into(),
+            XView::Uniform(n) => format!("@group(0) @binding(4) var<uniform> xv: array<vec4<f32>, {n}>;\n{X_ONE_BINDING}").into(),
+            XView::PerToken { tokens, vec4s } => {
+                let binding = |k: u32| if k == 0 { 4 } else { 5 + k };
+                let mut s = String::new();
+                for k in 0..tokens {
+                    s += &format!("@group(0) @binding({}) var<uniform> xt{k}: array<vec4<f32>, {vec4s}>;\n", binding(k));
+                }
+                s += "fn xv4(k: u32, i: u32) -> vec4<f32> {\n";
+                for k in 1..tokens {
+                    s += &format!("    if (k == {k}u) {{ return xt{k}[i]; }}\n");
+                }
+                s += "    return xt0[i];\n}\nfn x_of(t: u32) -> u32 { return 0u; }\n";
+                s.into()
+            }
         }
     }
 }
@@ -202,14 +256,19 @@ impl MatvecLaunch {
         }
     }
 
-    /// On CPU adapters' block path, x through uniform windows ([`XWindows`]): with fewer
-    /// tokens per thread where one thread's tokens do not fit a window.
+    /// On CPU adapters' block path, x through uniform windows ([`XWindows`]), or a binding per
+    /// token where one thread's tokens do not fit a window (with fewer tokens per thread
+    /// where its rows cannot start a binding).
     fn x_windows(self, caps: &Caps, cols: u32, n_tok: u32) -> (MatvecLaunch, XWindows) {
-        let whole = XWindows { tokens: n_tok.max(1), uniform_bytes: None };
+        let whole = XWindows { tokens: n_tok.max(1), view: XBinding::Storage };
         let row = 4 * cols as u64;
         let limit = X_WINDOW_BYTES.min(caps.max_uniform_binding);
         if self.entry != "matvec_blk" || self.tree || row > limit {
             return (self, whole);
+        }
+        let nt = self.tokens_per_thread;
+        if nt as u64 * row > limit && row.is_multiple_of(caps.min_uniform_offset_alignment as u64) {
+            return (self, XWindows { tokens: nt, view: XBinding::PerToken });
         }
         let mut launch = self;
         while launch.tokens_per_thread as u64 * row > limit {
@@ -221,7 +280,7 @@ impl MatvecLaunch {
         if tokens < n_tok && !(tokens as u64 * row).is_multiple_of(caps.min_uniform_offset_alignment as u64) {
             return (self, whole);
         }
-        (launch, XWindows { tokens: tokens.min(n_tok.max(1)), uniform_bytes: Some(limit) })
+        (launch, XWindows { tokens: tokens.min(n_tok.max(1)), view: XBinding::Window(limit) })
     }
 
     fn spec(&self, w: &Weight, epilogue: Epilogue, x: XView) -> KernelSpec {
@@ -235,6 +294,7 @@ impl MatvecLaunch {
             (false, _) => BINDINGS,
             (true, XView::Storage) => BINDINGS_BLK,
             (true, XView::Uniform(_)) => BINDINGS_BLK_UNIFORM_X,
+            (true, XView::PerToken { tokens, .. }) => &BINDINGS_BLK_X_PER_TOKEN[..5 + tokens as usize],
         };
         let spec = specialise(w, KernelSpec::new("matvec", SHADER, entry, bindings))
             .with_prefix(x.declaration())
@@ -307,8 +367,17 @@ pub fn record_into(
             };
             let mut grid = grid_1d(part_outputs.div_ceil(launch.outputs_per_workgroup(out.epilogue)));
             grid[2] = windows.tokens.min(n_tok - tok0).div_ceil(launch.tokens_per_thread).max(1);
-            match (launch.entry, windows.uniform_bytes) {
-                ("matvec_blk", Some(limit)) => {
+            match (launch.entry, windows.view) {
+                ("matvec_blk", XBinding::PerToken) => {
+                    // Token k's row (the last token's past the end) at binding 4, then 6...
+                    let nt = launch.tokens_per_thread;
+                    let spec = launch.spec(w, out.epilogue, XView::PerToken { tokens: nt, vec4s: row_bytes / 16 });
+                    let row = |k: u32| Arg::Range(x, (tok0 + k).min(n_tok - 1) as u64 * row_bytes, row_bytes);
+                    let mut args = vec![Arg::Buf(weight), Arg::Buf(x), Arg::Buf(y), row(0), Arg::Buf(weight)];
+                    args.extend((1..nt).map(row));
+                    prog.push_with_params(gpu, &spec, &params, &args, grid)?;
+                }
+                ("matvec_blk", XBinding::Window(limit)) => {
                     // The window from the first token: the rest of the buffer, up to the limit.
                     let offset = tok0 as u64 * row_bytes;
                     let bytes = (x.size() - offset).min(limit) / 16 * 16;
@@ -316,7 +385,7 @@ pub fn record_into(
                     let args = [Arg::Buf(weight), Arg::Buf(x), Arg::Buf(y), Arg::Range(x, offset, bytes), Arg::Buf(weight)];
                     prog.push_with_params(gpu, &spec, &params, &args, grid)?;
                 }
-                ("matvec_blk", None) => {
+                ("matvec_blk", XBinding::Storage) => {
                     let spec = launch.spec(w, out.epilogue, XView::Storage);
                     let args = [Arg::Buf(weight), Arg::Buf(x), Arg::Buf(y), Arg::Buf(x), Arg::Buf(weight)];
                     prog.push_with_params(gpu, &spec, &params, &args, grid)?;

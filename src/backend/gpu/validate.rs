@@ -30,7 +30,12 @@ fn modules() -> Vec<KernelSpec> {
         spec("gdn_prep", super::gdn_prep::SHADER).with_prefix(STEP),
     ];
     for prelude in [super::matvec::NO_SUBGROUPS, super::matvec::SUBGROUPS] {
-        for x in [XView::Storage, XView::Uniform(4096)] {
+        for x in [
+            XView::Storage,
+            XView::Uniform(4096),
+            XView::PerToken { tokens: 2, vec4s: 2304 },
+            XView::PerToken { tokens: 8, vec4s: 768 },
+        ] {
             specs.push(
                 spec("matvec", super::matvec::SHADER).with_prefix(QUANT_WGSL).with_prefix(x.declaration()).with_prefix(prelude),
             );
