@@ -37,9 +37,9 @@
 //! The cache is read through `kv_k` / `kv_v`, prepended by `src/backend/gpu/attention.rs` for the
 //! cache type (f32, or f16 packed two per word and widened on load); the math is f32.
 
-// `struct Step` and `SeqStep` (step.wgsl), `seq_of` (a step prelude), `struct Params` and
-// `NEG` (attention_common.wgsl), `HD4` and `VT` (the width prelude), the cache reader and
-// `SUBGROUPS` / `lanes4_max` (the subgroup prelude) are prepended by the Rust side.
+// `struct Step` and `SeqStep` (step.wgsl), `seq_of` (a step prelude), `struct Params`, `NEG`
+// and `split_plan` (attention_common.wgsl), `HD4` and `VT` (the width prelude), the cache
+// reader and `SUBGROUPS` / `lanes4_max` (the subgroup prelude) are prepended by the Rust side.
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<uniform> step: Step;
@@ -78,14 +78,6 @@ var<workgroup> ra: array<f32, R_MAX>;      // rescale of the row's old state for
 var<workgroup> rmx: array<f32, 32>;        // with subgroups: 4 partial maxima per row
 
 fn part(i: u32) -> f32 { return sh[i / 4u][i % 4u]; }
-
-/// (keys per split, splits that hold keys) for `kv_len` keys; both passes use it.
-fn split_plan(kv_len: u32) -> vec2<u32> {
-    let n = max(kv_len, 1u);
-    let want = clamp((n + p.split_keys - 1u) / p.split_keys, 1u, p.n_split);
-    let per = ((n + want - 1u) / want + BK - 1u) / BK * BK;
-    return vec2<u32>(per, (n + per - 1u) / per);
-}
 
 @compute @workgroup_size(WG)
 fn attn_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {

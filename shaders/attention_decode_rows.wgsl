@@ -13,14 +13,13 @@
 //!
 //! Workgroup (split s, chunk of WG rows); row = token * n_head + head, the layout of the
 //! partials. A row takes its step from `seq_of(token)` (one sequence's uniform, or a batched
-//! step's entry per token), the same split plan as the GPU shape (`split_plan`, so the combine
-//! pass reads it alike), and its causal limit kv_start + its token + 1. It writes (m, l) and
-//! the unnormalised o of (row, split); a split without keys writes l = 0. `attn_combine`
-//! merges a row's splits in one invocation too:
+//! step's entry per token), its keys from `split_plan` and its causal limit kv_start + its
+//! token + 1. It writes (m, l) and the unnormalised o of (row, split); a split without keys
+//! writes l = 0. `attn_combine` merges a row's splits in one invocation too:
 //!   out = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s.
 
-// `struct Step` and `SeqStep` (step.wgsl), `seq_of` (a step prelude), `struct Params` and
-// `NEG` (attention_common.wgsl), `HD4` (the width prelude) and the cache reader are
+// `struct Step` and `SeqStep` (step.wgsl), `seq_of` (a step prelude), `struct Params`, `NEG`
+// and `split_plan` (attention_common.wgsl), `HD4` (the width prelude) and the cache reader are
 // prepended by the Rust side (`src/backend/gpu/attention.rs`).
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -37,16 +36,7 @@
 @group(0) @binding(4) var<storage, read_write> out: array<vec4<f32>>;
 
 const WG: u32 = 16u;   // rows per workgroup (`DECODE_ROWS_WG` in attention.rs)
-const BK: u32 = 64u;   // the GPU shape's tile: split lengths are multiples of it
 const BKR: u32 = 8u;   // keys per block of the online softmax (one rescale of o each)
-
-/// (keys per split, splits that hold keys) for `kv_len` keys, as in `attention_decode.wgsl`.
-fn split_plan(kv_len: u32) -> vec2<u32> {
-    let n = max(kv_len, 1u);
-    let want = clamp((n + p.split_keys - 1u) / p.split_keys, 1u, p.n_split);
-    let per = ((n + want - 1u) / want + BK - 1u) / BK * BK;
-    return vec2<u32>(per, (n + per - 1u) / per);
-}
 
 @compute @workgroup_size(WG)
 fn attn_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
