@@ -35,7 +35,7 @@
 // attn_combine only:
 @group(0) @binding(4) var<storage, read_write> out: array<vec4<f32>>;
 
-const WG: u32 = 16u;   // rows per workgroup (`DECODE_ROWS_WG` in attention.rs)
+const WG: u32 = 16u;   // rows per workgroup (`DECODE_CPU_WG` in attention.rs)
 const BKR: u32 = 8u;   // keys per block of the online softmax (one rescale of o each)
 
 @compute @workgroup_size(WG)

@@ -79,9 +79,9 @@ pub(super) const PREFILL: &str = include_str!("../../../shaders/attention_prefil
 pub(super) const PREFILL_GPU: &str = include_str!("../../../shaders/attention_prefill_gpu.wgsl");
 pub(super) const DECODE: &str = include_str!("../../../shaders/attention_decode.wgsl");
 /// Decode on CPU adapters: a query row per invocation (`attn_decode`), no barriers.
-pub(super) const DECODE_ROWS: &str = include_str!("../../../shaders/attention_decode_rows.wgsl");
+pub(super) const DECODE_CPU: &str = include_str!("../../../shaders/attention_decode_rows.wgsl");
 /// Rows per workgroup of `attention_decode_rows.wgsl` (its `WG`).
-const DECODE_ROWS_WG: u32 = 16;
+const DECODE_CPU_WG: u32 = 16;
 /// Preludes of the GPU prefill shape and of decode: subgroup row reductions (native adapters
 /// with subgroups, GPU geometry), or the workgroup-memory-only stand-ins (everywhere else).
 pub(super) const SUBGROUPS: &str = include_str!("../../../shaders/attention_subgroups.wgsl");
@@ -477,7 +477,7 @@ fn decode_dispatches(
     // the cache).
     let cpu = gpu.caps.geometry == Geometry::Cpu;
     let spec = |entry, bindings| {
-        let spec = KernelSpec::new("attention_decode", if cpu { DECODE_ROWS } else { DECODE }, entry, bindings)
+        let spec = KernelSpec::new("attention_decode", if cpu { DECODE_CPU } else { DECODE }, entry, bindings)
             .with_prefix(kv_reader(shape.kv))
             .with_prefix(ATTN_COMMON)
             .with_prefix(RowWidth::of(shape.head_dim).prelude())
@@ -492,10 +492,10 @@ fn decode_dispatches(
     let q_rows = shape.max_tok * shape.n_head;
     // (kernel, grid, workgroup size) of each pass; 128 and 64 are attention_decode.wgsl's.
     let [decode, combine] = if cpu {
-        let chunks = q_rows.div_ceil(DECODE_ROWS_WG);
+        let chunks = q_rows.div_ceil(DECODE_CPU_WG);
         [
-            (spec("attn_decode", decode_bindings), [grid[0], chunks, 1], DECODE_ROWS_WG),
-            (spec("attn_combine", combine_bindings), [chunks, 1, 1], DECODE_ROWS_WG),
+            (spec("attn_decode", decode_bindings), [grid[0], chunks, 1], DECODE_CPU_WG),
+            (spec("attn_combine", combine_bindings), [chunks, 1, 1], DECODE_CPU_WG),
         ]
     } else {
         [

@@ -5,7 +5,7 @@
 //! window), and both step preludes of RoPE and decode attention (one sequence's step, a step
 //! per row).
 
-use super::attention::{self, ATTN_COMMON, DECODE, DECODE_ROWS, PREFILL, PREFILL_GPU, SEQ_ONE, SEQ_ROWS, STEP};
+use super::attention::{self, ATTN_COMMON, DECODE, DECODE_CPU, PREFILL, PREFILL_GPU, SEQ_ONE, SEQ_ROWS, STEP};
 use super::matmul::compute_prelude;
 use super::matvec::XView;
 use super::quant::QUANT_WGSL;
@@ -61,7 +61,7 @@ fn modules() -> Vec<KernelSpec> {
                 for seq_of in [SEQ_ONE, SEQ_ROWS] {
                     specs.push(attn("attention_decode", DECODE).with_prefix(width).with_prefix(prelude).with_prefix(seq_of));
                     if prelude == attention::NO_SUBGROUPS {
-                        specs.push(attn("attention_decode_rows", DECODE_ROWS).with_prefix(width).with_prefix(seq_of));
+                        specs.push(attn("attention_decode_rows", DECODE_CPU).with_prefix(width).with_prefix(seq_of));
                     }
                 }
             }
