@@ -438,13 +438,15 @@ case "$cmd" in
     if cargo build --bin webvlm -v 2>&1 | grep -q "Compiling webvlm"; then
       echo "warning: cargo build --bin webvlm rebuilt webvlm after cargo test: a dev-dependency's features now differ (Cargo.toml)" >&2
     fi
-    # The kernel tests again, and the model tests of every family, with the GPU kernel geometry
-    # forced (a CPU adapter takes the CPU shape by default): every kernel variant a real GPU
-    # takes runs here against the same references and tolerances, and every family's model runs
-    # on lavapipe in the shapes real GPUs take.
+    # The kernel tests again, the model tests of every family and the engine's parallel
+    # requests on the GPU, with the GPU kernel geometry forced (a CPU adapter takes the CPU
+    # shape by default): every kernel variant a real GPU takes runs here against the same
+    # references and tolerances, and every family's model runs on lavapipe in the shapes real
+    # GPUs take.
     phase "native tests, GPU geometry" env WEBVLM_GEOMETRY=gpu cargo test --no-fail-fast --test integration -- \
       kernels_matmul:: kernels_fused:: kernels_sample:: kernels_attention:: \
       kernels_vision:: kernels_mrope:: kernels_vision_mllama:: \
+      engine_parallel::parallel_requests_generate_as_they_do_alone_on_the_gpu \
       "${model_tests[@]}" || failed+=("native tests in the GPU kernel geometry (kernels again, models)")
     # The CPU backend's aarch64 NEON kernels: its kernel tests built for aarch64 and run under
     # qemu-user (which installs itself where missing).

@@ -124,7 +124,7 @@ fn chat_template_kwargs_are_checked() {
 #[test]
 fn replies_without_think_tags_have_no_reasoning_content() {
     let model = gguf_with_template(&fixture(TINY_VLM).join("model.gguf"), webvlm::chat::CHATML_TEMPLATE);
-    let mut e = Engine::builder(gpu())
+    let mut e = Engine::builder(cpu())
         .context(ContextOptions { max_ctx: 512, max_chunk: 16, ..Default::default() })
         .load(&mut Eager(&model))
         .unwrap();
@@ -150,7 +150,7 @@ fn think_template_engine() -> Engine {
         {%- if enable_thinking is defined and enable_thinking is false %}{{ '<think>\\n\\n</think>\\n\\n' }}\
         {%- else %}{{ '<think>\\n' }}{%- endif %}{%- endif %}";
     let model = gguf_with_template(&fixture(TINY_VLM).join("model.gguf"), TEMPLATE);
-    Engine::builder(gpu())
+    Engine::builder(cpu())
         .context(ContextOptions { max_ctx: 512, max_chunk: 16, ..Default::default() })
         .load(&mut Eager(&model))
         .unwrap()
@@ -816,7 +816,7 @@ fn qwen35_json_schema_logprobs_and_batch() {
     let model = MappedGguf::open(fixture(QWEN).join("model.gguf")).unwrap();
     let proj = MappedGguf::open(fixture(QWEN).join("mmproj.gguf")).unwrap();
     let opts = ContextOptions { max_ctx: 512, max_chunk: 32, ..Default::default() };
-    let mut e = Engine::builder(gpu()).context(opts).vision(&mut Eager(&proj), LoadQuant::Keep).load(&mut Eager(&model)).unwrap();
+    let mut e = Engine::builder(cpu()).context(opts).vision(&mut Eager(&proj), LoadQuant::Keep).load(&mut Eager(&model)).unwrap();
     // The fixture processor's area bounds (its cases.json `image_processor`).
     e.set_image_area(Some(1024), Some(65536)).unwrap();
     fn load(url: &str) -> Result<Vec<u8>, EngineError> {

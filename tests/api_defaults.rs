@@ -42,7 +42,7 @@ fn folder_with(name: &str, changes: Value) -> PathBuf {
 fn load_hf(dir: PathBuf) -> Result<Engine, EngineError> {
     let hf = HfModel::open(dir).unwrap();
     let opts = ContextOptions { max_ctx: 256, max_chunk: 32, ..Default::default() };
-    Engine::builder(gpu()).context(opts).hf_text(hf.text_files()).load(&mut Eager(&hf))
+    Engine::builder(cpu()).context(opts).hf_text(hf.text_files()).load(&mut Eager(&hf))
 }
 
 fn no_urls(url: &str) -> Result<Vec<u8>, EngineError> {
@@ -181,7 +181,7 @@ fn gguf_engine_with(extra: &[(&str, MetaValue)]) -> Result<Engine, EngineError> 
         w.add_tensor(t.name.clone(), &t.dims, t.ty, bytes[r.start as usize..r.end as usize].to_vec()).unwrap();
     }
     let model = GgufBytes::parse(w.write().unwrap()).unwrap();
-    Engine::builder(gpu()).context(ContextOptions { max_ctx: 256, max_chunk: 16, ..Default::default() }).load(&mut Eager(&model))
+    Engine::builder(cpu()).context(ContextOptions { max_ctx: 256, max_chunk: 16, ..Default::default() }).load(&mut Eager(&model))
 }
 
 /// llama.cpp's `general.sampling.top_k = 1` in a GGUF file: unset requests are greedy and

@@ -41,14 +41,14 @@ const MISTRAL_SMALL_SUBJECT: Subject = Subject {
 fn mllama_engine() -> Engine {
     let hf = HfModel::open(fixture(MLLAMA)).unwrap();
     let opts = ContextOptions { max_ctx: 256, max_chunk: 32, ..Default::default() };
-    Engine::builder(gpu()).context(opts).hf_text(hf.text_files()).load(&mut Eager(&hf)).unwrap()
+    Engine::builder(cpu()).context(opts).hf_text(hf.text_files()).load(&mut Eager(&hf)).unwrap()
 }
 
 fn mistral_small_engine() -> Engine {
     let model = MappedGguf::open(fixture(MISTRAL_SMALL).join("model.gguf")).unwrap();
     let proj = MappedGguf::open(fixture(MISTRAL_SMALL).join("mmproj.gguf")).unwrap();
     let opts = ContextOptions { max_ctx: 512, max_chunk: 16, ..Default::default() };
-    Engine::builder(gpu()).context(opts).vision(&mut Eager(&proj), LoadQuant::Keep).load(&mut Eager(&model)).unwrap()
+    Engine::builder(cpu()).context(opts).vision(&mut Eager(&proj), LoadQuant::Keep).load(&mut Eager(&model)).unwrap()
 }
 
 /// A fixture PNG as a `data:` URL.

@@ -12,6 +12,7 @@ use common::*;
 
 use std::collections::HashMap;
 
+use webvlm::backend::gpu::Geometry;
 use webvlm::backend::Device;
 use webvlm::chat::ChatMessage;
 use webvlm::engine::{
@@ -128,7 +129,12 @@ fn run_to_ends(
     (generations, streamed, widest)
 }
 
+/// Every request as alone: its tokens, text and finish; its logprobs bit for bit where a
+/// step's prompt-chunk rows take the products they take alone (the CPU backend, and CPU
+/// adapters' matvec), within 1e-4 in the GPU shape, where they run on the tiled matmul and
+/// its rounding (docs/ARCHITECTURE.md).
 fn same_as_alone(dev: Device, what: &str) {
+    let exact = dev.caps().geometry == Geometry::Cpu;
     let mut e = engine(dev);
     let requests = requests(&mut e);
     let (batched, streamed, widest) = run_parallel(&mut e, &requests, 8);
@@ -140,7 +146,9 @@ fn same_as_alone(dev: Device, what: &str) {
         assert_eq!(streamed[i], got.text, "{what}: request {i}'s streamed text");
         assert_eq!(got.logprobs.len(), want.logprobs.len(), "{what}: request {i}'s logprobs");
         for (g, w) in got.logprobs.iter().zip(&want.logprobs) {
-            assert_eq!((g.token, g.logprob.to_bits()), (w.token, w.logprob.to_bits()), "{what}: request {i}");
+            assert_eq!(g.token, w.token, "{what}: request {i}");
+            let same = if exact { g.logprob.to_bits() == w.logprob.to_bits() } else { (g.logprob - w.logprob).abs() < 1e-4 };
+            assert!(same, "{what}: request {i}: logprob {} against {} alone", g.logprob, w.logprob);
         }
         if let Some(seed) = opts.sampling.seed {
             assert_eq!((got.seed, want.seed), (seed, seed), "{what}: request {i}'s seed");

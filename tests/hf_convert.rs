@@ -11,7 +11,7 @@ use crate::common;
 use std::path::Path;
 use std::rc::Rc;
 
-use common::{fixture, gpu, run_cli, temp_path};
+use common::{cpu, fixture, run_cli, temp_path};
 use serde_json::Value;
 use webvlm::chat::ChatMessage;
 use webvlm::engine::{Engine, Prompt, RepoLoad, Vision};
@@ -34,7 +34,7 @@ fn convert(folder: &Path, quant: LoadQuant) -> (Engine, Vec<u8>) {
         let mut chunks = bytes.chunks(1000);
         while !repo.push_header(i, chunks.next().unwrap()).unwrap() {}
     }
-    let engine = repo.build(gpu(), opts()).unwrap();
+    let engine = repo.build(cpu(), opts()).unwrap();
     assert!(repo.write_gguf().is_err(), "the output is asked for before the model is planned");
     let mut file = repo.take_gguf();
     let header = GgufHeaderParser::new().feed(&file).unwrap().expect("the header comes out when the model is planned");
@@ -55,7 +55,7 @@ fn convert(folder: &Path, quant: LoadQuant) -> (Engine, Vec<u8>) {
 
 fn load_gguf(bytes: Vec<u8>) -> Engine {
     let file = GgufBytes::parse(bytes).expect("a valid GGUF");
-    Engine::builder(gpu()).context(opts()).load(&mut Eager(&file)).unwrap()
+    Engine::builder(cpu()).context(opts()).load(&mut Eager(&file)).unwrap()
 }
 
 fn cases(folder: &Path) -> Value {
