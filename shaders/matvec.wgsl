@@ -4,13 +4,13 @@
 //! every x value it loads serves all of them; a row group of threads strides over the columns
 //! (consecutive threads read consecutive weight words of the same rows), and the row group's
 //! partial sums are reduced in workgroup memory.
-//! - `matvec` (F32, F16, BF16, Q5_K; any `cols`): NR = 4 rows per thread, TPR threads per row
+//! - `matvec` (F32, F16, BF16; any `cols`): NR = 4 rows per thread, TPR threads per row
 //!   group, units of 8 weights through `wdecode8`.
-//! - `matvec_blk` (Q8_0, Q4_0, Q4_1, Q4_K, Q6_K): NRB = 2, 4, 8 or 16 rows per thread (one
+//! - `matvec_blk` (Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K): NRB = 2, 4, 8 or 16 rows per thread (one
 //!   vec4 accumulator per 4 rows), TPB threads per row group; a thread decodes a whole unit (a 32-weight
 //!   block, or 64 weights of a K-quant super-block) per iteration from `vec4<u32>` loads of the
 //!   weight and `vec4<f32>` loads of x (bindings 4 and 5 are vec4 views of the same buffers).
-//!   4- and 6-bit values are not shifted down: `f32(v & (0xF << 8b))` is the value times
+//!   4-, 5- and 6-bit values are not shifted down: `f32(v & (0xF << 8b))` is the value times
 //!   2^(8b) exactly, so x is pre-scaled by the inverse power of two once per unit for all rows
 //!   (`NL`, `NH`), leaving one `and`, one signed convert and one FMA per weight. Private arrays
 //!   and run-time-indexed vector components are avoided: CPU adapters (llvmpipe) spill them.
@@ -227,8 +227,8 @@ fn matvec_main(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, sg_size: u32) {
     reduce_store(acc, lid, group0, TPR, wid.z, sg_size);
 }
 
-// ---- Block path (Q8_0, Q4_0, Q4_1, Q4_K, Q6_K): one invocation takes a whole unit of 32
-// (Q8_0, Q4_0, Q4_1) or 64 (Q4_K, Q6_K) weights of NRB rows per iteration, loading each row's
+// ---- Block path (Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K): one invocation takes a whole unit of 32
+// (Q8_0, Q4_0, Q4_1) or 64 (Q4_K, Q5_K, Q6_K) weights of NRB rows per iteration, loading each row's
 // unit as vec4<u32> words and the unit's x once for all NRB rows.
 
 override PAIR: u32 = 0u; // 1: Q4_0 with an even `bpr`, units of two blocks (scales in one word)
@@ -262,7 +262,7 @@ fn b6(g: u32) -> vec4<f32> {
 /// One row's unit decoded once for every token it meets (`unit_dot`): 32 or 64 codes as f32
 /// in the order the unit's x pairs them (`c0..c7` with `xa`, `c8..c15` with `xb`), and its
 /// scales: Q8_0, Q4_0 `k.x` = d (Q4_0 pairs: `k.xy`, one per block); Q4_1 `k.xy` = (d, m);
-/// Q4_K `k` = the two sub-blocks' (scale, scale, min, min) times (d, d, dmin, dmin); Q6_K `k`
+/// Q4_K, Q5_K `k` = the two sub-blocks' (scale, scale, min, min) times (d, d, dmin, dmin); Q6_K `k`
 /// = the four groups' i8 scales and `d` the super-block's.
 struct Codes {
     c0: vec4<f32>, c1: vec4<f32>, c2: vec4<f32>, c3: vec4<f32>,
@@ -309,6 +309,10 @@ fn unit_x(k: u32, xo: u32, u: u32) -> UnitX {
         let o = xo + 16u * u;              // 64 consecutive x
         x.a = x_scale(x32(k, o, 4u), NL, NL);
         x.b = x_scale(x32(k, o + 8u, 4u), NH, NH);
+    } else if (WTYPE == WT_Q5_K) {
+        let o = xo + 16u * u;              // 64 consecutive x, both halves' codes in bits 0..4
+        x.a = x_scale(x32(k, o, 4u), NL, NL);
+        x.b = x_scale(x32(k, o + 8u, 4u), NL, NL);
     } else if (WTYPE == WT_Q6_K) {
         let o = xo + 64u * (u / 4u) + 32u * ((u / 2u) % 2u) + 4u * (u % 2u);
         let xa = x32(k, o, 8u);            // groups 0, 1 (32 elements apart)
@@ -327,6 +331,30 @@ fn unit_x(k: u32, xo: u32, u: u32) -> UnitX {
         if (WTYPE == WT_Q4_0 || WTYPE == WT_Q4_1) { x.a = x_scale(x.a, NL, NH); }
     }
     return x;
+}
+
+/// Sub-blocks 2j and 2j + 1's (scale, scale, min, min) times (d, d, dmin, dmin) from a Q4_K or
+/// Q5_K super-block's first 16 bytes `hd` (d and dmin, then the 12 bytes of 6-bit scales and
+/// mins: ggml's `get_scale_min_k4`, without indexing vector components).
+fn k_scales(hd: vec4<u32>, j: u32) -> vec4<f32> {
+    let dm = unpack2x16float(hd.x);
+    let sh = 16u * (j % 2u);                    // byte 2j%4 of a word, as a bit shift
+    let lo = (hd.y >> sh) & 0xFFFFu;            // bytes 2j, 2j+1 of scales[0..4)
+    let md = (hd.z >> sh) & 0xFFFFu;            // bytes 2j, 2j+1 of scales[4..8)
+    let hi = (hd.w >> sh) & 0xFFFFu;            // bytes 2j, 2j+1 of scales[8..12)
+    var sc: vec2<u32>;
+    var mn: vec2<u32>;
+    let lo2 = vec2<u32>(lo & 0xFFu, lo >> 8u);
+    let md2 = vec2<u32>(md & 0xFFu, md >> 8u);
+    let hi2 = vec2<u32>(hi & 0xFFu, hi >> 8u);
+    if (j < 2u) {
+        sc = lo2 & vec2<u32>(63u);
+        mn = md2 & vec2<u32>(63u);
+    } else {
+        sc = (hi2 & vec2<u32>(0xFu)) | ((lo2 >> vec2<u32>(6u)) << vec2<u32>(4u));
+        mn = (hi2 >> vec2<u32>(4u)) | ((md2 >> vec2<u32>(6u)) << vec2<u32>(4u));
+    }
+    return vec4<f32>(dm.x * vec2<f32>(sc), dm.y * vec2<f32>(mn));
 }
 
 /// Row `row`'s unit `u` (see `Codes`).
@@ -366,36 +394,35 @@ fn decode_unit(l: WLayout, row: u32, u: u32) -> Codes {
             c.c4 = hi4(v.x); c.c5 = hi4(v.y); c.c6 = hi4(v.z); c.c7 = hi4(v.w);
         }
         case WT_Q4_K: {
-            let sb = u / 4u;
-            let j = u % 4u;
-            let bv = rv + 9u * sb;
-            let hd = wv[bv];
-            let q0 = wv[bv + 1u + 2u * j];
-            let q1 = wv[bv + 2u + 2u * j];
-            let dm = unpack2x16float(hd.x);
-            // scale_min_k4 for sub-blocks 2j and 2j+1 without indexing vector components.
-            let sh = 16u * (j % 2u);                    // byte 2j%4 of a word, as a bit shift
-            let lo = (hd.y >> sh) & 0xFFFFu;            // bytes 2j, 2j+1 of scales[0..4)
-            let md = (hd.z >> sh) & 0xFFFFu;            // bytes 2j, 2j+1 of scales[4..8)
-            let hi = (hd.w >> sh) & 0xFFFFu;            // bytes 2j, 2j+1 of scales[8..12)
-            var sc: vec2<u32>;
-            var mn: vec2<u32>;
-            let lo2 = vec2<u32>(lo & 0xFFu, lo >> 8u);
-            let md2 = vec2<u32>(md & 0xFFu, md >> 8u);
-            let hi2 = vec2<u32>(hi & 0xFFu, hi >> 8u);
-            if (j < 2u) {
-                sc = lo2 & vec2<u32>(63u);
-                mn = md2 & vec2<u32>(63u);
-            } else {
-                sc = (hi2 & vec2<u32>(0xFu)) | ((lo2 >> vec2<u32>(6u)) << vec2<u32>(4u));
-                mn = (hi2 >> vec2<u32>(4u)) | ((md2 >> vec2<u32>(6u)) << vec2<u32>(4u));
-            }
-            c.k = vec4<f32>(dm.x * vec2<f32>(sc), dm.y * vec2<f32>(mn));
+            let bv = rv + 9u * (u / 4u);                // super-blocks of 9 vec4
+            let q0 = wv[bv + 1u + 2u * (u % 4u)];
+            let q1 = wv[bv + 2u + 2u * (u % 4u)];
+            c.k = k_scales(wv[bv], u % 4u);
             // Elements 0..31 of the unit are the low nibbles, 32..63 the high ones.
             c.c0 = lo4(q0.x); c.c1 = lo4(q0.y); c.c2 = lo4(q0.z); c.c3 = lo4(q0.w);
             c.c4 = lo4(q1.x); c.c5 = lo4(q1.y); c.c6 = lo4(q1.z); c.c7 = lo4(q1.w);
             c.c8 = hi4(q0.x); c.c9 = hi4(q0.y); c.c10 = hi4(q0.z); c.c11 = hi4(q0.w);
             c.c12 = hi4(q1.x); c.c13 = hi4(q1.y); c.c14 = hi4(q1.z); c.c15 = hi4(q1.w);
+        }
+        case WT_Q5_K: {
+            let j = u % 4u;
+            let bv = rv + 11u * (u / 4u);               // super-blocks of 11 vec4: d, scales, qh, qs
+            let h0 = wv[bv + 1u];                       // qh bytes 0..15 (element l's fifth bits)
+            let h1 = wv[bv + 2u];                       // qh bytes 16..31
+            let q0 = wv[bv + 3u + 2u * j];
+            let q1 = wv[bv + 4u + 2u * j];
+            c.k = k_scales(wv[bv], j);
+            // Five bits in place in each byte (bits 0..4): the nibble, and bit 2j (low
+            // nibbles) or 2j + 1 (high ones) of the element's qh byte as its fifth.
+            let m1 = vec4<u32>(0x01010101u);
+            let g0 = (q0 & m4) | (((h0 >> vec4<u32>(2u * j)) & m1) << vec4<u32>(4u));
+            let g1 = (q1 & m4) | (((h1 >> vec4<u32>(2u * j)) & m1) << vec4<u32>(4u));
+            let g2 = ((q0 >> vec4<u32>(4u)) & m4) | (((h0 >> vec4<u32>(2u * j + 1u)) & m1) << vec4<u32>(4u));
+            let g3 = ((q1 >> vec4<u32>(4u)) & m4) | (((h1 >> vec4<u32>(2u * j + 1u)) & m1) << vec4<u32>(4u));
+            c.c0 = b6(g0.x); c.c1 = b6(g0.y); c.c2 = b6(g0.z); c.c3 = b6(g0.w);
+            c.c4 = b6(g1.x); c.c5 = b6(g1.y); c.c6 = b6(g1.z); c.c7 = b6(g1.w);
+            c.c8 = b6(g2.x); c.c9 = b6(g2.y); c.c10 = b6(g2.z); c.c11 = b6(g2.w);
+            c.c12 = b6(g3.x); c.c13 = b6(g3.y); c.c14 = b6(g3.z); c.c15 = b6(g3.w);
         }
         case WT_Q6_K: {
             let sb = u / 4u;
@@ -454,7 +481,7 @@ fn unit_dot(c: Codes, x: UnitX) -> f32 {
         }
         case WT_Q8_0: { return c.k.x * dot_lo(c, x.a); }
         case WT_Q4_1: { return c.k.x * dot_lo(c, x.a) + c.k.y * x.a.s; }
-        case WT_Q4_K: { return (c.k.x * dot_lo(c, x.a) - c.k.z * x.a.s) + (c.k.y * dot_hi(c, x.b) - c.k.w * x.b.s); }
+        case WT_Q4_K, WT_Q5_K: { return (c.k.x * dot_lo(c, x.a) - c.k.z * x.a.s) + (c.k.y * dot_hi(c, x.b) - c.k.w * x.b.s); }
         case WT_Q6_K: {
             let s = vec4<f32>(dot16(c.c0, c.c1, c.c2, c.c3, x.a.a0, x.a.a1, x.a.a2, x.a.a3),
                               dot16(c.c4, c.c5, c.c6, c.c7, x.a.a4, x.a.a5, x.a.a6, x.a.a7),
@@ -468,7 +495,7 @@ fn unit_dot(c: Codes, x: UnitX) -> f32 {
 
 /// Units per row.
 fn row_units() -> u32 {
-    if (WTYPE == WT_Q4_K || WTYPE == WT_Q6_K) { return 4u * p.bpr; }
+    if (WTYPE == WT_Q4_K || WTYPE == WT_Q5_K || WTYPE == WT_Q6_K) { return 4u * p.bpr; }
     if (PAIR == 1u) { return p.bpr / 2u; }
     return p.bpr;
 }

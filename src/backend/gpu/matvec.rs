@@ -170,7 +170,7 @@ impl MatvecLaunch {
         // word). Measured on lavapipe: Q4_0 +7-25%, Q8_0 no gain.
         let pair = w.format == W::Q4_0 && blocks.is_multiple_of(2);
         let units = match w.format {
-            W::Q4_K | W::Q6_K => Some(4 * blocks),
+            W::Q4_K | W::Q5_K | W::Q6_K => Some(4 * blocks),
             W::Q4_0 if pair => Some(blocks / 2),
             W::Q8_0 | W::Q4_0 | W::Q4_1 => Some(blocks),
             _ => None,
