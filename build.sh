@@ -445,7 +445,7 @@ case "$cmd" in
     # GPUs take.
     phase "native tests, GPU geometry" env WEBVLM_GEOMETRY=gpu cargo test --no-fail-fast --test integration -- \
       kernels_matmul:: kernels_fused:: kernels_sample:: kernels_attention:: \
-      kernels_vision:: kernels_mrope:: kernels_vision_mllama:: \
+      kernels_vision:: kernels_mrope:: kernels_vision_mllama:: kernels_delta_net:: \
       engine_parallel::parallel_requests_generate_as_they_do_alone_on_the_gpu \
       "${model_tests[@]}" || failed+=("native tests in the GPU kernel geometry (kernels again, models)")
     # The CPU backend's aarch64 NEON kernels: its kernel tests built for aarch64 and run under

@@ -8,7 +8,8 @@
 //!
 //! `gdn_recurrent`: one workgroup per (block of COLS state columns, v head); invocation
 //! (col, slice) keeps rows slice, slice + SLICES, ... of state column j = block * COLS + col in
-//! registers (<= ROWS floats) across all `n_tok` tokens, reading and writing the state once.
+//! registers (<= ROWS floats) across the dispatch's `n_tok` tokens from `t0`, reading and
+//! writing the state once. `gdn_recurrent_cols` (below) is its form for CPU adapters.
 //! The d_k-long reductions S^T k and S^T q are SLICES partial sums per column added through
 //! workgroup memory. q and k of the token are staged in workgroup memory (1.5 KiB in all).
 //!
@@ -28,7 +29,7 @@ struct Params {
     v_offset: u32,
     k_head_tiled: u32, // 1: kh = h % Hk (GGUF tiled v heads); 0: kh = h / (Hv / Hk) (HF grouped)
     q_scale: f32,      // 1 / sqrt(d_k), rounded to f32 as torch does
-    _pad: u32,
+    t0: u32,           // the recurrent kernels: the first of this dispatch's n_tok tokens
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -77,7 +78,7 @@ fn gdn_recurrent(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     for (var m = 0u; m < ROWS; m++) {
         if (m < n_rows && live) { s[m] = state[s_base + (slice + SLICES * m) * p.d_v]; }
     }
-    for (var t = 0u; t < p.n_tok; t++) {
+    for (var t = p.t0; t < p.t0 + p.n_tok; t++) {
         let row = t * p.row_stride;
         if (lid < p.d_k) {
             q_row[lid] = qkv[row + p.q_offset + kh * p.d_k + lid];
@@ -125,6 +126,83 @@ fn gdn_recurrent(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     if (live) {
         for (var m = 0u; m < ROWS; m++) {
             if (m < n_rows) { state[s_base + (slice + SLICES * m) * p.d_v] = s[m]; }
+        }
+    }
+}
+
+// `gdn_recurrent_cols`, the same recurrence on CPU adapters (lavapipe, SwiftShader), which run
+// a workgroup's invocations as SIMD lanes and pay each barrier as a switch between groups of
+// lanes: one invocation per state column j (COLS_CPU columns per workgroup of one v head),
+// the whole column in its own registers (4 rows a vec4; d_k a multiple of 4), no barrier and
+// no workgroup memory. The token's q and k are the same for every lane (one load,
+// broadcast); each lane forms their norms and its column's S^T k and S^T q itself.
+
+const COLS_CPU: u32 = 16u;
+const MAX_D4: u32 = 32u; // MAX_D / 4
+
+/// Rows 4r..4r + 4 of q or k (from element `at`) of the current token.
+fn qk4(at: u32, r: u32) -> vec4<f32> {
+    let i = at + 4u * r;
+    return vec4<f32>(qkv[i], qkv[i + 1u], qkv[i + 2u], qkv[i + 3u]);
+}
+
+@compute @workgroup_size(COLS_CPU)
+fn gdn_recurrent_cols(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let h = wid.y;
+    let j = wid.x * COLS_CPU + lid;
+    if (j >= p.d_v) { return; }
+    let rows4 = p.d_k / 4u;
+    let dv = p.d_v;
+    let s_base = h * p.d_k * dv + j;
+    let kh = k_head(h);
+    var s: array<vec4<f32>, MAX_D4>;
+    for (var r = 0u; r < MAX_D4; r++) {
+        if (r < rows4) {
+            let a = s_base + 4u * r * dv;
+            s[r] = vec4<f32>(state[a], state[a + dv], state[a + 2u * dv], state[a + 3u * dv]);
+        }
+    }
+    for (var t = p.t0; t < p.t0 + p.n_tok; t++) {
+        let row = t * p.row_stride;
+        let q0 = row + p.q_offset + kh * p.d_k;
+        let k0 = row + p.k_offset + kh * p.d_k;
+        var qq = vec4<f32>(0.0);
+        var kk = vec4<f32>(0.0);
+        for (var r = 0u; r < MAX_D4; r++) {
+            if (r < rows4) {
+                let q = qk4(q0, r);
+                let k = qk4(k0, r);
+                qq += q * q;
+                kk += k * k;
+            }
+        }
+        let q_mul = inverseSqrt(dot(qq, vec4<f32>(1.0)) + L2_EPS) * p.q_scale;
+        let k_mul = inverseSqrt(dot(kk, vec4<f32>(1.0)) + L2_EPS);
+        let decay = exp(g[t * p.n_v_heads + h]);
+        var kv = vec4<f32>(0.0);
+        for (var r = 0u; r < MAX_D4; r++) {
+            if (r < rows4) {
+                s[r] *= decay;
+                kv += s[r] * (qk4(k0, r) * k_mul);
+            }
+        }
+        let delta = (qkv[row + p.v_offset + h * dv + j] - dot(kv, vec4<f32>(1.0))) * beta[t * p.n_v_heads + h];
+        var o = vec4<f32>(0.0);
+        for (var r = 0u; r < MAX_D4; r++) {
+            if (r < rows4) {
+                s[r] += (qk4(k0, r) * k_mul) * delta;
+                o += s[r] * (qk4(q0, r) * q_mul);
+            }
+        }
+        out[t * p.n_v_heads * dv + h * dv + j] = dot(o, vec4<f32>(1.0));
+    }
+    for (var r = 0u; r < MAX_D4; r++) {
+        if (r < rows4) {
+            let a = s_base + 4u * r * dv;
+            state[a] = s[r].x;
+            state[a + dv] = s[r].y;
+            state[a + 2u * dv] = s[r].z;
+            state[a + 3u * dv] = s[r].w;
         }
     }
 }

@@ -1,11 +1,12 @@
 //! The gated delta rule's dispatches (`shaders/gated_delta_net.wgsl`): `gdn_recurrent`, the
-//! token-by-token recurrence (decode), and the chunked form of prefill, `gdn_chunk_prep` (the
+//! token-by-token recurrence (decode; `gdn_recurrent_cols`, a state column per invocation and
+//! no barrier, on CPU adapters), and the chunked form of prefill, `gdn_chunk_prep` (the
 //! within-chunk UT transform of every chunk at once, into a scratch buffer) then
 //! `gdn_chunk_state` (the state carried across the chunks in order, 16 columns per workgroup).
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{check_len, Access, Arg, Gpu, GpuError, KernelSpec, Launch, Program, Result};
+use super::{check_len, Access, Arg, Geometry, Gpu, GpuError, KernelSpec, Launch, Program, Result};
 use crate::kernels::shapes::{DeltaNetLayout, KHeads};
 
 pub(super) const SHADER: &str = include_str!("../../../shaders/gated_delta_net.wgsl");
@@ -18,6 +19,12 @@ const CHUNK_WG: u32 = 256;
 /// State columns per recurrent workgroup, and its invocations (`COLS` x 4 row slices).
 const COLS: u32 = 32;
 const RECURRENT_WG: u32 = 128;
+/// On CPU adapters (`gdn_recurrent_cols`): one invocation per state column, 16 a workgroup.
+const COLS_CPU: u32 = 16;
+/// Most tokens of one recurrent dispatch (each takes the state the one before left): llvmpipe
+/// stops an invocation's loops after 65535 iterations in all, which a few hundred tokens' loops
+/// over the d_k rows reach (the model's decode steps are one token; prompts take `chunked`).
+const RECURRENT_TOKENS: usize = 128;
 /// Tokens per chunk of the chunked form (torch's default `chunk_size`).
 pub const CHUNK: usize = 64;
 
@@ -35,14 +42,14 @@ struct Params {
     v_offset: u32,
     k_head_tiled: u32,
     q_scale: f32,
-    _pad: u32,
+    t0: u32,
 }
 
 /// The buffers of one dispatch: the mixed rows, `g`, `beta`, the state (in place) and the
 /// output, as `kernels::delta_net::DeltaNetBuffers` names them.
 pub type Buffers<'a> = [&'a wgpu::Buffer; 5];
 
-fn params(l: &DeltaNetLayout, n_tok: usize, q_scale: f32) -> Params {
+fn params(l: &DeltaNetLayout, (t0, n_tok): (usize, usize), q_scale: f32) -> Params {
     Params {
         n_tok: n_tok as u32,
         n_k_heads: l.n_k_heads,
@@ -55,17 +62,27 @@ fn params(l: &DeltaNetLayout, n_tok: usize, q_scale: f32) -> Params {
         v_offset: l.v_offset,
         k_head_tiled: (l.k_heads == KHeads::Tiled) as u32,
         q_scale,
-        _pad: 0,
+        t0: t0 as u32,
     }
 }
 
-/// Records `gdn_recurrent` over `n_tok` checked tokens, q scaled by `q_scale`: (ceil(d_v / 32),
-/// Hv) workgroups of 128 invocations, each owning a quarter of one state column.
+/// Records `gdn_recurrent` over `n_tok` checked tokens (a dispatch per [`RECURRENT_TOKENS`]),
+/// q scaled by `q_scale`: (ceil(d_v / 32),
+/// Hv) workgroups of 128 invocations, each owning a quarter of one state column; on CPU
+/// adapters (d_k a multiple of 4) `gdn_recurrent_cols`, (ceil(d_v / 16), Hv) workgroups of
+/// 16, each invocation a whole column.
 pub fn recurrent(prog: &mut Program, gpu: &Gpu, layout: &DeltaNetLayout, n_tok: usize, q_scale: f32, b: Buffers) -> Result<()> {
-    let spec = KernelSpec::new("gated_delta_net", SHADER, "gdn_recurrent", RECURRENT);
+    let (entry, cols, invocations) = match gpu.caps.geometry {
+        Geometry::Cpu if layout.d_k.is_multiple_of(4) => ("gdn_recurrent_cols", COLS_CPU, COLS_CPU),
+        _ => ("gdn_recurrent", COLS, RECURRENT_WG),
+    };
+    let spec = KernelSpec::new("gated_delta_net", SHADER, entry, RECURRENT);
     let args = b.map(Arg::Buf);
-    prog.push_with_params(gpu, &spec, &params(layout, n_tok, q_scale), &args, [layout.d_v.div_ceil(COLS), layout.n_v_heads, 1])?;
-    prog.set_launch(Launch::threads(RECURRENT_WG));
+    for t0 in (0..n_tok).step_by(RECURRENT_TOKENS) {
+        let p = params(layout, (t0, RECURRENT_TOKENS.min(n_tok - t0)), q_scale);
+        prog.push_with_params(gpu, &spec, &p, &args, [layout.d_v.div_ceil(cols), layout.n_v_heads, 1])?;
+        prog.set_launch(Launch::threads(invocations));
+    }
     Ok(())
 }
 
@@ -95,7 +112,7 @@ pub fn chunked(
         return Err(GpuError::Shape(format!("gated delta rule: {n_tok} tokens need {scratch_len} scratch floats")));
     }
     check_len("gated delta rule scratch", scratch, scratch_len as u64)?;
-    let p = params(layout, n_tok, q_scale);
+    let p = params(layout, (0, n_tok), q_scale);
     let [qkv, g, beta, state, out] = b;
     let prep = KernelSpec::new("gated_delta_net", SHADER, "gdn_chunk_prep", CHUNK_PREP);
     let args = [Arg::Buf(qkv), Arg::Buf(g), Arg::Buf(beta), Arg::Buf(scratch)];
