@@ -351,13 +351,15 @@ fn quick_bench_on_tiny_qwen35_reports_structure_run_and_vision() {
     assert_eq!(m["submits_per_token"].as_f64(), Some(1.0));
     assert_eq!(m["host_waits_per_token"].as_f64(), Some(0.0));
 
-    // The decode step: one delta-rule dispatch per DeltaNet layer, one attention (and its
-    // combine) per attention layer, every dispatch in a family.
+    // The decode step: one delta-rule dispatch per DeltaNet layer (`gdn_recurrent`, on CPU
+    // adapters `gdn_recurrent_cols`), one attention (and its combine) per attention layer,
+    // every dispatch in a family.
     let launch = of_kind(&lines, "launch");
     assert_eq!(launch.len(), 1);
     let families = launch[0]["families"].as_array().expect("families");
     let count = |name: &str| families.iter().find(|f| f["family"] == name).and_then(|f| f["dispatches"].as_u64());
-    assert_eq!(count("gated_delta_net gdn_recurrent"), Some(6));
+    let recurrent = count("gated_delta_net gdn_recurrent").or(count("gated_delta_net gdn_recurrent_cols"));
+    assert_eq!(recurrent, Some(6), "{families:?}");
     assert_eq!(count("attention_decode attn_decode"), Some(2));
     assert_eq!(count("ssm_out"), Some(6));
     assert_eq!(count("attn_output"), Some(2));
