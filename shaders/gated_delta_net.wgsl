@@ -138,7 +138,7 @@ fn gdn_recurrent(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
 // broadcast); each lane forms their norms and its column's S^T k and S^T q itself.
 
 const COLS_CPU: u32 = 16u;
-const MAX_D4: u32 = 32u; // MAX_D / 4
+const MAX_D4: u32 = MAX_D / 4u;
 
 /// Rows 4r..4r + 4 of q or k (from element `at`) of the current token.
 fn qk4(at: u32, r: u32) -> vec4<f32> {
