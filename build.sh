@@ -64,23 +64,17 @@ size_line() { # file -> "N bytes (gzip -9: M)"
 
 # wasm-bindgen and wasm-bindgen-test-runner (both from wasm-bindgen-cli) at that version, on
 # PATH: those built into $WEBVLM_CACHE/wasm-bindgen-cli-VERSION (once per version, a few minutes
-# of compiling, unless PATH already has that version). Runs sharing the cache take turns
-# (flock): `test` starts the build in the background, and the wasm build waits for it.
+# of compiling, unless PATH already has that version).
 wasm_bindgen_cli() {
   local want root
   want="$(wasm_bindgen_version)"
   root="$WEBVLM_CACHE/wasm-bindgen-cli-$want"
-  mkdir -p "$WEBVLM_CACHE"
-  exec 8>"$root.lock"
-  if command -v flock >/dev/null; then flock 8; fi
   [ ! -x "$root/bin/wasm-bindgen" ] || export PATH="$root/bin:$PATH"
   if ! wasm-bindgen --version 2>/dev/null | grep -q " $want\$" ||
      ! wasm-bindgen-test-runner --version 2>/dev/null | grep -q " $want\$"; then
-    # In a target dir of its own (a temporary one): not blocked by a build holding a shared one.
-    env -u CARGO_TARGET_DIR cargo install --root "$root" wasm-bindgen-cli --version "$want"
+    cargo install --root "$root" wasm-bindgen-cli --version "$want"
     export PATH="$root/bin:$PATH"
   fi
-  exec 8>&-
 }
 
 # The wasm package holds four builds of the same code, which the engine's realm picks between
@@ -428,12 +422,6 @@ case "$cmd" in
       ) >"$llama_log" 2>&1 &
       llama_pid=$!
     fi
-    # wasm-bindgen-cli, which the wasm build and the browser's Rust tests need, builds from
-    # crates.io once per version (~2.5 minutes of one core; kept in $WEBVLM_CACHE): in the
-    # background too, beside the lint, so that the wasm build finds it made.
-    bindgen_log="${CARGO_TARGET_DIR:-target}/wasm-bindgen-cli-install.log"
-    mkdir -p "$(dirname "$bindgen_log")"
-    nice bash "$0" wasm-bindgen-cli >"$bindgen_log" 2>&1 &
     # The parts that are this script's own commands run as child processes so that `set -e`
     # holds inside each of them.
     phase "lint" bash "$0" lint || failed+=("lint (cargo fmt --check, scripts/import_cycles.py, clippy -D warnings)")
@@ -513,15 +501,12 @@ case "$cmd" in
   lint)
     lint
     ;;
-  wasm-bindgen-cli)
-    wasm_bindgen_cli
-    ;;
   sdk)
     shift
     sdk_tests "$@"
     ;;
   *)
-    echo "usage: $0 [serve|test|wasm|browser|wasm-test|lint|sdk|wasm-bindgen-cli]" >&2
+    echo "usage: $0 [serve|test|wasm|browser|wasm-test|lint|sdk]" >&2
     exit 2
     ;;
 esac
