@@ -58,6 +58,9 @@ status=0
 # matches in the binary instead.
 modules=(cpu_levels:: cpu_matvec:: cpu_matmul:: cpu_kernels:: cpu_vision::)
 [ $# -eq 0 ] || modules=()
+# Both test binaries built by one cargo: the library's test build and its plain one (which the
+# kernel tests link) compile side by side rather than one after the other.
+cargo test "${args[@]}" --no-run --lib --test cpu || status=$?
 cargo test "${args[@]}" --no-fail-fast --test cpu -- "${modules[@]}" "$@" || status=$?
 # The library's CPU backend tests (the tiles against the row dots, the scale unpacking), from
 # the same build; a filter in ARGS adds to `backend::cpu::`.

@@ -71,6 +71,9 @@ status=0
 # matches in the binary instead.
 modules=(cpu_levels:: cpu_matvec:: cpu_matmul:: cpu_kernels:: cpu_vision:: cpu_delta_net::)
 [ $# -eq 0 ] || modules=()
+# Both test binaries built by one cargo: the library's test build and its plain one (which the
+# kernel tests link) compile side by side rather than one after the other.
+cargo test "${args[@]}" --no-run --lib --test cpu || status=$?
 cargo test "${args[@]}" --no-fail-fast --test cpu -- "${modules[@]}" \
   --nocapture --skip pool_propagates_a_panicking_task --skip pool_survives_many_runs_idle_gaps_and_concurrent_callers \
   "$@" || status=$?
