@@ -25,9 +25,9 @@
 # WEBVLM_CACHE: what a later run or another clone reuses, kept outside the clone: the real models
 # and tokenizers the tests read (scripts/fetch_smollm2.sh, scripts/fetch_qwen_tokenizer.sh),
 # llama.cpp's server (scripts/llama_cpp_server.sh: llama-cpp-venv-VERSION), wasm-bindgen-cli
-# (wasm-bindgen-cli-VERSION-lean), the SDK suite's virtualenv (sdk-venv-HASH) and wasm-opt's output
-# (wasm-opt/). Default ${XDG_CACHE_HOME:-~/.cache}/webvlm; exported, absolute, to every command
-# build.sh runs. The Rust tests run by hand look there too (tests/common/cache.rs).
+# (wasm-bindgen-cli-VERSION-lean), the SDK suite's virtualenv (sdk-venv-HASH) and wasm-opt's
+# output (wasm-opt/). Default ${XDG_CACHE_HOME:-~/.cache}/webvlm; exported, absolute, to every
+# command build.sh runs. The Rust tests run by hand look there too (tests/common/cache.rs).
 set -euo pipefail
 cd "$(dirname "$0")"
 
